@@ -1,0 +1,92 @@
+"""The agent contract: a task description in, a runnable command and an output parser out.
+
+An agent knows nothing of providers. It is told where things are *inside* the sandbox
+(workspace, its home, the prompt file) and returns an :class:`AgentLaunch`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from hal9999.events.models import Event
+from hal9999.spec import ArgvCommand, ShellCommand
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """Per-agent settings from config (``[agents.<name>]``) and the command line."""
+
+    model: str | None = None
+    """Model name passed to the agent."""
+    base_url: str | None = None
+    """API endpoint the agent talks to."""
+    api_key_env: str | None = None
+    """Host environment variable holding the API key (forwarded at exec time only)."""
+    command: str | None = None
+    """Override of the agent's program (path or name)."""
+    extra_args: tuple[str, ...] = ()
+    """Arguments appended to the agent's command line."""
+
+
+@dataclass(frozen=True)
+class AgentContext:
+    """Where a task's inputs are, as paths inside the sandbox."""
+
+    task_id: str
+    prompt: str
+    prompt_file: str
+    """File inside the sandbox holding the prompt."""
+    workspace: str
+    """The repository checkout the agent works in."""
+    home: str
+    """A per-session directory used as the agent's HOME and config dir."""
+    resume_session: str | None = None
+    """The agent's own session id to continue, when resuming."""
+    settings: AgentSettings = AgentSettings()
+
+
+@dataclass(frozen=True)
+class AgentLaunch:
+    """What the orchestrator runs for an agent."""
+
+    command: ArgvCommand | ShellCommand
+    env: dict[str, str] = field(default_factory=dict)
+    """Non-secret environment (telemetry off, HOME, config dirs)."""
+    files: dict[str, bytes] = field(default_factory=dict)
+    """Config files to write inside the sandbox before start (path -> content)."""
+    secret_env: tuple[str, ...] = ()
+    """Host environment variables to forward at exec time (e.g. the API key)."""
+
+
+class OutputParser(Protocol):
+    """Turns an agent's output stream into events. Robust to partial lines and noise."""
+
+    def feed(self, data: str) -> list[Event]:
+        """Consume a chunk of output; return the events it completes."""
+        ...
+
+    def close(self) -> list[Event]:
+        """End of output; return events from any buffered partial line."""
+        ...
+
+
+@runtime_checkable
+class Agent(Protocol):
+    """A coding agent preset."""
+
+    name: str
+    program: str
+    """The executable the agent needs inside the sandbox."""
+    install_hint: str
+    """How to install the program, for error messages and ``hal doctor``."""
+    supports_resume: bool
+
+    def build(self, ctx: AgentContext) -> AgentLaunch:
+        """The command, environment and files that run the task."""
+        ...
+
+    def parser(self) -> OutputParser:
+        """A fresh parser for one run's output."""
+        ...
+

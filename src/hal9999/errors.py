@@ -1,0 +1,197 @@
+"""The one error tree of hal9999.
+
+Every error a user can see is a :class:`HalError`. Each class carries a stable ``code``
+(used in events, HTTP/MCP payloads and the CLI), an ``exit_status`` for the CLI, and an
+optional ``hint`` that tells the user how to fix the problem::
+
+    HalError                      hal_error          exit 1
+    ├── ConfigError               config_invalid     exit 2
+    │   └── UsageError            usage              exit 2
+    ├── NotFoundError             not_found          exit 3
+    │   ├── TaskNotFound          task_not_found     exit 3
+    │   └── AmbiguousTaskId       task_id_ambiguous  exit 3
+    ├── RepoError                 repo_invalid       exit 4
+    ├── AgentError                agent_error        exit 5
+    │   ├── UnknownAgent          agent_unknown      exit 5
+    │   ├── AgentNotInstalled     agent_missing      exit 5
+    │   └── AgentFailed           agent_failed       exit 5
+    ├── ProviderError             provider_error     exit 6
+    │   ├── UnknownProvider       provider_unknown   exit 6
+    │   ├── ProviderUnavailable   provider_missing   exit 6
+    │   ├── CapabilityError       capability_missing exit 6
+    │   ├── SandboxNotFound       sandbox_not_found  exit 6
+    │   └── ExecError             exec_failed        exit 6
+    ├── ProcessError              process_error      exit 7
+    ├── CredentialsError          credentials_error  exit 8
+    ├── TaskStateError            task_state         exit 9
+    ├── TaskTimeout               timed_out          exit 124
+    └── TaskCancelled             cancelled          exit 130
+
+Library exceptions are mapped to these at the boundary with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class HalError(Exception):
+    """Base of every error hal9999 raises on purpose."""
+
+    code: ClassVar[str] = "hal_error"
+    exit_status: ClassVar[int] = 1
+
+    def __init__(self, message: str, *, hint: str | None = None, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.details = details
+
+    def __str__(self) -> str:
+        return self.message
+
+    def one_line(self) -> str:
+        """The message and the fix, as the CLI prints them."""
+        if self.hint:
+            return f"{self.message} ({self.hint})"
+        return self.message
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form for events and API payloads."""
+        return {"code": self.code, "message": self.message, "hint": self.hint}
+
+
+class ConfigError(HalError):
+    """Configuration or an option is invalid."""
+
+    code = "config_invalid"
+    exit_status = 2
+
+
+class UsageError(ConfigError):
+    """The command line is invalid."""
+
+    code = "usage"
+
+
+class NotFoundError(HalError):
+    """Something the user named does not exist."""
+
+    code = "not_found"
+    exit_status = 3
+
+
+class TaskNotFound(NotFoundError):
+    """No task matches the id or prefix."""
+
+    code = "task_not_found"
+
+
+class AmbiguousTaskId(NotFoundError):
+    """A task id prefix matches more than one task."""
+
+    code = "task_id_ambiguous"
+
+
+class RepoError(HalError):
+    """The repository path, URL or ref is unusable."""
+
+    code = "repo_invalid"
+    exit_status = 4
+
+
+class AgentError(HalError):
+    """An agent could not be set up or failed."""
+
+    code = "agent_error"
+    exit_status = 5
+
+
+class UnknownAgent(AgentError):
+    """No preset or template matches the agent name."""
+
+    code = "agent_unknown"
+
+
+class AgentNotInstalled(AgentError):
+    """The agent's program is missing inside the sandbox."""
+
+    code = "agent_missing"
+
+
+class AgentFailed(AgentError):
+    """The agent exited with a failure status."""
+
+    code = "agent_failed"
+
+
+class ProviderError(HalError):
+    """A sandbox provider failed."""
+
+    code = "provider_error"
+    exit_status = 6
+
+
+class UnknownProvider(ProviderError):
+    """No provider is registered under the name."""
+
+    code = "provider_unknown"
+
+
+class ProviderUnavailable(ProviderError):
+    """The provider's host tooling is missing or unusable."""
+
+    code = "provider_missing"
+
+
+class CapabilityError(ProviderError):
+    """The provider does not support what the spec asks for."""
+
+    code = "capability_missing"
+
+
+class SandboxNotFound(ProviderError):
+    """The sandbox does not exist (any more)."""
+
+    code = "sandbox_not_found"
+
+
+class ExecError(ProviderError):
+    """A command could not be run inside the sandbox."""
+
+    code = "exec_failed"
+
+
+class ProcessError(HalError):
+    """The process manager could not start, find or stop a process."""
+
+    code = "process_error"
+    exit_status = 7
+
+
+class CredentialsError(HalError):
+    """A credential could not be found or installed."""
+
+    code = "credentials_error"
+    exit_status = 8
+
+
+class TaskStateError(HalError):
+    """The task is not in a state that allows the action."""
+
+    code = "task_state"
+    exit_status = 9
+
+
+class TaskTimeout(HalError):
+    """The task ran past its timeout."""
+
+    code = "timed_out"
+    exit_status = 124
+
+
+class TaskCancelled(HalError):
+    """The task was cancelled."""
+
+    code = "cancelled"
+    exit_status = 130

@@ -1,0 +1,154 @@
+"""Typed task events: a pydantic discriminated union on ``type``.
+
+Agents' output parsers produce the payload classes without ``seq``/``ts``/``task_id``;
+:class:`hal9999.events.log.EventLog` stamps them when it records them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seq: int = 0
+    """Per-task monotonic sequence number, from 1."""
+    ts: float = 0.0
+    """Unix time of recording."""
+    task_id: str = ""
+    """The task the event belongs to."""
+
+
+class TaskCreated(_Event):
+    """A task was created."""
+
+    type: Literal["task_created"] = "task_created"
+    prompt_chars: int
+    agent: str
+    provider: str
+    repo: str
+    ref: str | None = None
+
+
+class Phase(_Event):
+    """The task moved to another state."""
+
+    type: Literal["phase"] = "phase"
+    phase: str
+    previous: str | None = None
+    detail: str | None = None
+
+
+class SandboxAcquired(_Event):
+    """A sandbox was created or taken from the pool for the task."""
+
+    type: Literal["sandbox_acquired"] = "sandbox_acquired"
+    sandbox_id: str
+    provider: str
+    warm: bool = False
+
+
+class Output(_Event):
+    """A chunk of the agent's raw output (also in the log file)."""
+
+    type: Literal["output"] = "output"
+    text: str
+
+
+class AgentText(_Event):
+    """Prose from the agent."""
+
+    type: Literal["agent_text"] = "agent_text"
+    text: str
+
+
+class ToolCall(_Event):
+    """The agent called a tool."""
+
+    type: Literal["tool_call"] = "tool_call"
+    name: str
+    call_id: str | None = None
+    input: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolResult(_Event):
+    """A tool returned to the agent."""
+
+    type: Literal["tool_result"] = "tool_result"
+    call_id: str | None = None
+    output: str = ""
+    is_error: bool = False
+
+
+class Usage(_Event):
+    """Token usage and cost, as the agent reports it (cumulative when ``total``)."""
+
+    type: Literal["usage"] = "usage"
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost_usd: float | None = None
+    total: bool = False
+    """True when the figures are the run's totals rather than a step's."""
+
+
+class AgentSession(_Event):
+    """The agent's own session id, used to resume it."""
+
+    type: Literal["agent_session"] = "agent_session"
+    session_id: str
+
+
+class RawEvent(_Event):
+    """An agent output record hal does not know; kept whole."""
+
+    type: Literal["raw"] = "raw"
+    data: dict[str, Any]
+
+
+class Message(_Event):
+    """A note from hal itself (warnings, progress)."""
+
+    type: Literal["message"] = "message"
+    level: Literal["info", "warning", "error"] = "info"
+    text: str
+
+
+class TaskEnd(_Event):
+    """The task reached a final or resting state."""
+
+    type: Literal["task_end"] = "task_end"
+    status: str
+    exit_code: int | None = None
+    error_code: str | None = None
+    error: str | None = None
+    files_changed: int = 0
+    duration_s: float = 0.0
+
+
+Event = Annotated[
+    TaskCreated
+    | Phase
+    | SandboxAcquired
+    | Output
+    | AgentText
+    | ToolCall
+    | ToolResult
+    | Usage
+    | AgentSession
+    | RawEvent
+    | Message
+    | TaskEnd,
+    Field(discriminator="type"),
+]
+
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def parse_event(line: str | bytes) -> Event:
+    """Parse one JSONL line into a typed event."""
+    return EVENT_ADAPTER.validate_json(line)

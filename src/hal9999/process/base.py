@@ -1,0 +1,65 @@
+"""The process-manager contract: start a long-running process in a sandbox and watch it.
+
+Either way the process's combined output goes to ``ProcessSpec.log_path`` and, when it ends,
+its exit status is written to ``ProcessSpec.exit_path`` (atomically), so the state of a run
+can be read back after the ``hal`` process that started it is gone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
+
+from hal9999.providers.base import Sandbox
+from hal9999.spec import ProcessSpec
+
+ProcessState = Literal["running", "exited", "missing"]
+
+
+@dataclass(frozen=True)
+class ProcessStatus:
+    """What became of a process."""
+
+    state: ProcessState
+    exit_code: int | None = None
+
+
+@runtime_checkable
+class ProcessManager(Protocol):
+    """Runs agents (and other long-running processes) inside sandboxes."""
+
+    name: str
+    survives_caller: bool
+    """Whether the process outlives the ``hal`` process that started it."""
+
+    async def start(
+        self, sandbox: Sandbox, spec: ProcessSpec, *, env: Mapping[str, str] | None = None
+    ) -> None:
+        """Start the process; ``env`` is exec-time environment (secrets)."""
+        ...
+
+    async def status(self, spec: ProcessSpec) -> ProcessStatus:
+        """Whether the process runs, and its exit status once it has ended."""
+        ...
+
+    async def stop(self, spec: ProcessSpec) -> None:
+        """Stop the process and everything it started. Idempotent."""
+        ...
+
+    def attach_command(self, spec: ProcessSpec) -> list[str] | None:
+        """A host command line that attaches a terminal to the process, if possible."""
+        ...
+
+
+def read_exit_status(path: Path) -> int | None:
+    """The exit status recorded at ``path``, or None when the process has not ended."""
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None

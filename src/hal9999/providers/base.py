@@ -1,0 +1,202 @@
+"""The provider contract: lifecycle on the provider, operations on the sandbox handle.
+
+A provider knows nothing of agents, tasks, git or events. It turns a :class:`SandboxSpec`
+into a running sandbox and hands back a :class:`Sandbox` through which commands run and
+files move. What a provider can do is declared in :class:`Capabilities`, never probed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Literal, Protocol, runtime_checkable
+
+from hal9999.spec import ArgvCommand, SandboxSpec, ShellCommand
+
+Command = ArgvCommand | ShellCommand
+
+SandboxState = Literal["running", "stopped", "destroyed"]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a provider supports, declared up front."""
+
+    isolation: Literal["none", "namespace", "vm", "fake"]
+    """How strongly the sandbox is separated from the host."""
+    network_modes: frozenset[str] = frozenset({"none", "host"})
+    """Network modes accepted (``allow-list`` when allow-lists work)."""
+    resource_limits: bool = False
+    """Whether cpu/memory/pid limits are enforced."""
+    host_launch: bool = False
+    """Whether a host process can run a command inside the sandbox (:meth:`Sandbox.launch`)."""
+    snapshot: bool = False
+    """Whether ``snapshot``/``fork`` are available."""
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """The outcome of a finished command."""
+
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def ok(self) -> bool:
+        """True when the command exited 0."""
+        return self.exit_code == 0
+
+    def text(self) -> str:
+        """Stdout decoded as UTF-8 (lossy)."""
+        return self.stdout.decode("utf-8", "replace")
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """One item of :meth:`Sandbox.exec_stream`: a chunk of output, or the exit status last."""
+
+    kind: Literal["stdout", "stderr", "exit"]
+    data: bytes = b""
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True)
+class Launch:
+    """A host command line that runs a command inside the sandbox.
+
+    ``env`` is the complete environment for the host process; secrets travel here, never in
+    ``argv``.
+    """
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+
+
+@dataclass(frozen=True)
+class SandboxInfo:
+    """A provider's record of one sandbox."""
+
+    id: str
+    provider: str
+    state: SandboxState
+    spec: SandboxSpec
+    created_at: float
+
+
+@runtime_checkable
+class Sandbox(Protocol):
+    """Operations on one sandbox. Paths are paths as seen inside the sandbox."""
+
+    @property
+    def id(self) -> str:
+        """Unique sandbox id."""
+        ...
+
+    @property
+    def provider(self) -> str:
+        """Name of the provider that owns it."""
+        ...
+
+    @property
+    def spec(self) -> SandboxSpec:
+        """The spec it was created from."""
+        ...
+
+    @property
+    def workdir(self) -> str:
+        """Where the spec's workspace appears inside the sandbox."""
+        ...
+
+    def path(self, target: str) -> str:
+        """Where the bind ``target`` (an absolute sandbox path) is seen by commands inside."""
+        ...
+
+    async def exec(
+        self,
+        command: Command,
+        *,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | None = None,
+        timeout: float | None = None,
+    ) -> ExecResult:
+        """Run a command to completion. ``env`` is exec-time environment (secrets go here)."""
+        ...
+
+    def exec_stream(
+        self, command: Command, *, env: Mapping[str, str] | None = None
+    ) -> AsyncIterator[StreamEvent]:
+        """Run a command, yielding output as it comes and the exit status last."""
+        ...
+
+    def launch(self, command: Command, *, env: Mapping[str, str] | None = None) -> Launch:
+        """A host command line that runs ``command`` inside (when ``host_launch``)."""
+        ...
+
+    def attach_command(self) -> list[str]:
+        """A host command line that opens an interactive shell inside."""
+        ...
+
+    async def read_file(self, path: str) -> bytes:
+        """The contents of a file."""
+        ...
+
+    async def write_file_atomic(self, path: str, data: bytes, *, mode: int = 0o644) -> None:
+        """Write a file atomically (temp + rename), create parents, verify it."""
+        ...
+
+    async def exists(self, path: str) -> bool:
+        """Whether the path exists."""
+        ...
+
+    async def mkdir(self, path: str, *, mode: int = 0o755) -> None:
+        """Create a directory and its parents."""
+        ...
+
+    async def remove(self, path: str, *, recursive: bool = False) -> None:
+        """Remove a file, or a directory tree with ``recursive``."""
+        ...
+
+    async def __aenter__(self) -> Sandbox: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """Sandbox lifecycle for one backend."""
+
+    name: str
+    capabilities: Capabilities
+
+    async def create(self, spec: SandboxSpec) -> Sandbox:
+        """Create and start a sandbox."""
+        ...
+
+    async def get(self, sandbox_id: str) -> Sandbox:
+        """A handle on an existing sandbox; :class:`SandboxNotFound` when gone."""
+        ...
+
+    async def list(self) -> list[SandboxInfo]:
+        """Every sandbox this provider knows of."""
+        ...
+
+    async def stop(self, sandbox_id: str) -> None:
+        """Stop every process inside; the sandbox can be started again."""
+        ...
+
+    async def start(self, sandbox_id: str) -> Sandbox:
+        """Start a stopped sandbox."""
+        ...
+
+    async def destroy(self, sandbox_id: str) -> None:
+        """Stop and remove the sandbox; never touches the spec's workspace. Idempotent."""
+        ...

@@ -1,0 +1,136 @@
+"""Contracts shared by every layer: commands, processes and sandboxes.
+
+A command is either ``argv`` (an exact program and its arguments) or ``shell`` (a bash
+script). Quoting happens in one place, :func:`CommandSpec.to_argv`; no call site builds an
+opaque command string.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ArgvCommand(_Frozen):
+    """An exact program and its arguments, run without a shell."""
+
+    kind: Literal["argv"] = "argv"
+    argv: tuple[str, ...]
+    """Program first, then its arguments."""
+    cwd: str | None = None
+    """Working directory inside the sandbox; the sandbox's workdir when unset."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """Extra environment for this command only."""
+
+    @field_validator("argv")
+    @classmethod
+    def _not_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("argv must name a program")
+        return value
+
+
+class ShellCommand(_Frozen):
+    """A bash script; variables come from ``env``, never from interpolation."""
+
+    kind: Literal["shell"] = "shell"
+    script: str
+    """The script text, run as ``bash -c SCRIPT``."""
+    cwd: str | None = None
+    """Working directory inside the sandbox; the sandbox's workdir when unset."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """Extra environment for this command only."""
+
+
+CommandSpec = Annotated[ArgvCommand | ShellCommand, Field(discriminator="kind")]
+
+
+def to_argv(command: ArgvCommand | ShellCommand) -> list[str]:
+    """The argv that runs ``command`` (env and cwd are applied by the runner)."""
+    if isinstance(command, ArgvCommand):
+        return list(command.argv)
+    return ["bash", "-c", command.script]
+
+
+def display(command: ArgvCommand | ShellCommand) -> str:
+    """A human-readable rendering for logs; never executed."""
+    return shlex.join(to_argv(command))
+
+
+class RestartPolicy(_Frozen):
+    """Whether a process is restarted when it exits."""
+
+    mode: Literal["never", "on-failure"] = "never"
+    """``never`` (agents) or ``on-failure`` (services)."""
+    max_restarts: int = 0
+    """Restarts allowed before giving up."""
+
+
+class ProcessSpec(_Frozen):
+    """A long-running process: what to run, how to restart it, where its output goes."""
+
+    name: str
+    """Unique name within a sandbox, e.g. ``hal-<task-id>``."""
+    command: ArgvCommand | ShellCommand = Field(discriminator="kind")
+    """What to run."""
+    restart: RestartPolicy = RestartPolicy()
+    """Restart policy."""
+    log_path: Path
+    """Host file that receives the process's combined stdout and stderr."""
+    exit_path: Path
+    """Host file that receives the exit status when the process ends."""
+
+
+class Resources(_Frozen):
+    """Resource limits; ``None`` means unlimited."""
+
+    cpus: float | None = None
+    """CPU quota in cores (e.g. 1.5)."""
+    memory_mb: int | None = None
+    """Memory limit in MiB, swap included where the kernel allows."""
+    pids: int | None = None
+    """Maximum number of processes and threads."""
+
+
+class Bind(_Frozen):
+    """A host directory made visible inside the sandbox."""
+
+    source: Path
+    """Host path."""
+    target: str
+    """Absolute path inside the sandbox."""
+    read_only: bool = True
+    """Mount read-only (the default) or read-write."""
+
+
+NetworkMode = Literal["none", "host"]
+
+
+class SandboxSpec(_Frozen):
+    """Everything that defines a sandbox; the warm pool keys on the whole spec."""
+
+    provider: str = "bwrap"
+    """Registered provider name."""
+    image: str | None = None
+    """Image name for VM and container providers."""
+    rootfs: Path | None = None
+    """A root filesystem directory for namespace providers (host ``/usr`` when unset)."""
+    resources: Resources = Resources()
+    """CPU, memory and pid limits."""
+    network: NetworkMode | tuple[str, ...] = "none"
+    """``none``, ``host``, or an allow-list of ``host:port`` endpoints."""
+    workspace: Path | None = None
+    """Host directory mounted read-write as the sandbox's working directory."""
+    binds: tuple[Bind, ...] = ()
+    """Further host directories to mount."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """Environment for every command (non-secret; secrets go in at exec time)."""
+    labels: dict[str, str] = Field(default_factory=dict)
+    """Free-form labels recorded with the sandbox (e.g. the task id)."""
