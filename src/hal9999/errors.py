@@ -195,3 +195,16 @@ class TaskCancelled(HalError):
 
     code = "cancelled"
     exit_status = 130
+
+
+def exit_status_for(code: str | None) -> int:
+    """The CLI exit status of an error code (1 for an unknown code, 0 for none)."""
+    if code is None:
+        return 0
+    pending: list[type[HalError]] = [HalError]
+    while pending:
+        cls = pending.pop()
+        if cls.code == code:
+            return cls.exit_status
+        pending.extend(cls.__subclasses__())
+    return 1

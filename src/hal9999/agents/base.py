@@ -89,4 +89,3 @@ class Agent(Protocol):
     def parser(self) -> OutputParser:
         """A fresh parser for one run's output."""
         ...
-

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what hal needs on a fresh Debian machine (as root, or with sudo) and the project
+# itself into .venv. Idempotent: re-running installs nothing that is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for pair in bwrap:bubblewrap tmux:tmux git:git ps:procps; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "setup: apt-get install ${need[*]}"
+  $sudo apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${need[@]}" >/dev/null
+fi
+
+if ! command -v uv >/dev/null 2>&1; then
+  echo "setup: pip install uv"
+  python3 -m pip install -q uv
+fi
+uv sync -q --frozen

@@ -1,0 +1,142 @@
+"""``hal doctor``: what hal needs on this machine, what is missing, and how to fix it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import click
+
+from hal9999.agents.registry import available_agents, resolve_agent
+from hal9999.cli.main import cli, emit_json, run_async
+from hal9999.config import load_config
+
+_CGROUP = Path("/sys/fs/cgroup")
+
+
+@dataclass
+class Check:
+    """One line of the report."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str | None = None
+    required: bool = True
+
+
+async def _version(argv: list[str]) -> str | None:
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 20)
+    except (OSError, TimeoutError):
+        return None
+    if proc.returncode != 0:
+        return None
+    lines = out.decode(errors="replace").strip().splitlines()
+    return lines[0] if lines else ""
+
+
+async def _tool(name: str, argv: list[str], fix: str, required: bool = True) -> Check:
+    path = shutil.which(argv[0])
+    if path is None:
+        return Check(name, False, "not installed", fix, required)
+    version = await _version([path, *argv[1:]])
+    return Check(name, version is not None, version or f"{path} does not run", fix, required)
+
+
+async def _bwrap_works() -> Check:
+    if shutil.which("bwrap") is None:
+        return Check("bwrap sandbox", False, "bubblewrap missing", "apt-get install bubblewrap")
+    argv = ["bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", "/usr", "/usr"]
+    for name in ("bin", "lib", "lib64", "sbin"):
+        if Path("/", name).is_symlink():
+            argv += ["--symlink", f"usr/{name}", f"/{name}"]
+    argv += ["--proc", "/proc", "--dev", "/dev", "--cap-drop", "ALL", "true"]
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await proc.communicate()
+    if proc.returncode == 0:
+        return Check("bwrap sandbox", True, "namespaces work")
+    return Check(
+        "bwrap sandbox",
+        False,
+        err.decode(errors="replace").strip()[:200],
+        "enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1) "
+        "or run as root",
+    )
+
+
+def _cgroups() -> Check:
+    fix = "run as root or delegate a cgroup to your user; without it, limits are not enforced"
+    if (_CGROUP / "cgroup.controllers").exists():
+        controllers = (_CGROUP / "cgroup.controllers").read_text().split()
+        ok = os.access(_CGROUP, os.W_OK) and {"memory", "pids"} <= set(controllers)
+        return Check("cgroups", ok, f"v2 ({' '.join(controllers)})", None if ok else fix, False)
+    v1 = [c for c in ("memory", "pids", "cpu") if os.access(_CGROUP / c, os.W_OK)]
+    ok = len(v1) == 3
+    return Check(
+        "cgroups", ok, f"v1 writable: {', '.join(v1) or 'none'}", None if ok else fix, False
+    )
+
+
+def _home() -> Check:
+    try:
+        home = load_config().home
+    except Exception as exc:  # a broken config is itself the finding
+        return Check("config", False, str(exc), "fix the file named above")
+    home.mkdir(parents=True, exist_ok=True)
+    ok = os.access(home, os.W_OK)
+    return Check("HAL_HOME", ok, str(home), None if ok else "set HAL_HOME to a writable dir")
+
+
+async def gather() -> list[Check]:
+    """Run every check."""
+    checks = [
+        Check("python", True, sys.version.split()[0]),
+        _home(),
+        await _tool("git", ["git", "--version"], "apt-get install git"),
+        await _tool("tmux", ["tmux", "-V"], "apt-get install tmux"),
+        await _tool("bubblewrap", ["bwrap", "--version"], "apt-get install bubblewrap"),
+        await _bwrap_works(),
+        _cgroups(),
+    ]
+    for name in available_agents():
+        agent = resolve_agent(name)
+        check = await _tool(f"agent {name}", [agent.program, "--version"], agent.install_hint)
+        check.required = False
+        checks.append(check)
+    return checks
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def doctor(as_json: bool) -> None:
+    """Check what hal needs and say how to fix what is missing."""
+    checks = run_async(gather())
+    failed = [c for c in checks if c.required and not c.ok]
+    if as_json:
+        emit_json({"ok": not failed, "checks": [asdict(c) for c in checks]})
+    else:
+        for c in checks:
+            mark = "ok  " if c.ok else ("FAIL" if c.required else "warn")
+            line = f"{mark}  {c.name:<18} {c.detail}"
+            if not c.ok and c.fix:
+                line += f"\n      fix: {c.fix}"
+            click.echo(line)
+        click.echo(
+            "all required checks passed"
+            if not failed
+            else f"{len(failed)} required check(s) failed"
+        )
+    sys.exit(1 if failed else 0)

@@ -1,0 +1,185 @@
+"""The ``hal`` command line: one place that turns errors into one clear line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from hal9999 import __version__
+from hal9999.config import HalConfig, load_config
+from hal9999.credentials import parse_env_option
+from hal9999.errors import HalError, exit_status_for
+from hal9999.store import Store, TaskRecord
+from hal9999.tasks.service import RunRequest, TaskService
+
+T = TypeVar("T")
+
+
+@dataclass
+class App:
+    """What every command needs: config, store, the task service."""
+
+    config: HalConfig
+    store: Store
+    service: TaskService
+
+
+def app() -> App:
+    """Load config and open the store for a command."""
+    config = load_config()
+    store = Store.open(config.home)
+    return App(config, store, TaskService(config, store, os.environ))
+
+
+def run_async(coro: Awaitable[T]) -> T:
+    """The one bridge from the CLI into the async core."""
+
+    async def main() -> T:
+        return await coro
+
+    return asyncio.run(main())
+
+
+def emit_json(data: Any) -> None:
+    """Print one JSON document."""
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+class HalGroup(click.Group):
+    """A click group that prints :class:`HalError` as one line and exits with its status."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; map errors to messages and exit statuses."""
+        try:
+            return super().invoke(ctx)
+        except HalError as exc:
+            click.echo(f"hal: error: {exc.one_line()}", err=True)
+            ctx.exit(exc.exit_status)
+        except KeyboardInterrupt:
+            click.echo("hal: interrupted", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=HalGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hal")
+def cli() -> None:
+    """hal9999: hand coding work to agents in isolated sandboxes."""
+
+
+def spawn_runner(app_: App, task: TaskRecord, args: list[str], env: dict[str, str]) -> int:
+    """Start a detached ``hal`` process that runs the task; return its pid."""
+    log_path = Path(task.session_dir) / "run" / "runner.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hal9999.cli.main", "task", "_run", task.id, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env={**os.environ, **env},
+            start_new_session=True,
+        )
+    app_.store.update_task(task.id, runner_pid=proc.pid)
+    return proc.pid
+
+
+def finish_run(
+    app_: App, task_id: str, run: Callable[[], Awaitable[TaskRecord]], as_json: bool
+) -> None:
+    """Run in the foreground, print the summary, exit with the outcome's status."""
+    from hal9999.cli.render import summary, task_json
+
+    try:
+        record = run_async(run())
+    except KeyboardInterrupt:
+        record = app_.store.get_task(task_id)
+        click.echo(
+            f"\nhal: task {task_id} cancelled; session kept at {record.session_dir}", err=True
+        )
+        sys.exit(130)
+    if as_json:
+        emit_json(task_json(record))
+    else:
+        click.echo("")
+        click.echo(summary(record))
+    status = 0 if record.status == "succeeded" else exit_status_for(record.error_code) or 1
+    sys.exit(status)
+
+
+def stream_to_terminal(text: str) -> None:
+    """Echo agent output as it arrives."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+@cli.command()
+@click.argument("prompt")
+@click.option("--repo", help="Repository path or git URL (default: the current repository).")
+@click.option("--ref", help="Branch, tag or commit to start from (default: the repo's HEAD).")
+@click.option("--agent", help="Agent preset name or a command template with {{prompt_file}} etc.")
+@click.option("--provider", help="Sandbox provider (default from config: bwrap).")
+@click.option("--process-manager", help="tmux (default) or direct.")
+@click.option("--timeout", type=float, help="Seconds before the task is stopped as timed out.")
+@click.option("--env", "env", multiple=True, help="KEY or KEY=VALUE forwarded at exec time.")
+@click.option("--detach", is_flag=True, help="Return at once; the task runs in the background.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def run(
+    prompt: str,
+    repo: str | None,
+    ref: str | None,
+    agent: str | None,
+    provider: str | None,
+    process_manager: str | None,
+    timeout: float | None,
+    env: tuple[str, ...],
+    detach: bool,
+    as_json: bool,
+) -> None:
+    """Run PROMPT with a coding agent on a repository, in a sandbox."""
+    a = app()
+    names, given = parse_env_option(env)
+    request = RunRequest(
+        prompt=prompt,
+        repo=repo,
+        ref=ref,
+        agent=agent or a.config.default_agent,
+        provider=provider or a.config.default_provider,
+        process_manager=process_manager or a.config.process_manager,
+        timeout_s=timeout if timeout is not None else a.config.timeout_s,
+        env_names=names,
+        given_env=given,
+    )
+    task = run_async(a.service.create(request))
+    if detach:
+        spawn_runner(a, task, [], given)
+        if as_json:
+            emit_json({"id": task.id, "status": task.status, "session_dir": task.session_dir})
+        else:
+            click.echo(task.id)
+        return
+    if not as_json:
+        click.echo(f"hal: task {task.id} ({request.agent} on {request.provider})", err=True)
+    on_output = None if as_json else stream_to_terminal
+    finish_run(
+        a, task.id, lambda: a.service.run(task.id, given_env=given, on_output=on_output), as_json
+    )
+
+
+def main() -> None:
+    """Console entry point."""
+    from hal9999.cli import doctor, task  # noqa: F401  (registers the subcommands)
+
+    cli()
+
+
+if __name__ == "__main__":
+    main()

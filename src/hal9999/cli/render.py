@@ -1,0 +1,135 @@
+"""How the CLI shows tasks and events to a person."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from hal9999.events.models import (
+    AgentSession,
+    AgentText,
+    Event,
+    Message,
+    Output,
+    Phase,
+    RawEvent,
+    SandboxAcquired,
+    TaskCreated,
+    TaskEnd,
+    ToolCall,
+    ToolResult,
+    Usage,
+)
+from hal9999.store import TaskRecord
+
+
+def _short(text: str, limit: int = 100) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def event_line(event: Event) -> str | None:
+    """One line for an event; None for events not worth a line (raw output chunks)."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(event.ts))
+    body: str
+    match event:
+        case TaskCreated():
+            body = f"task created: agent {event.agent}, provider {event.provider}, {event.repo}"
+        case Phase():
+            body = f"phase {event.phase}" + (f" ({event.detail})" if event.detail else "")
+        case SandboxAcquired():
+            body = f"sandbox {event.sandbox_id} ({event.provider})"
+        case Output():
+            return None
+        case AgentText():
+            body = f"agent: {_short(event.text)}"
+        case ToolCall():
+            body = f"tool {event.name} {_short(json.dumps(event.input), 80)}"
+        case ToolResult():
+            mark = "error" if event.is_error else "ok"
+            body = f"result {mark}: {_short(event.output, 80)}"
+        case Usage():
+            cost = f", ${event.cost_usd:.4f}" if event.cost_usd is not None else ""
+            kind = "total" if event.total else "step"
+            body = f"usage ({kind}): {event.input_tokens} in, {event.output_tokens} out{cost}"
+        case AgentSession():
+            body = f"agent session {event.session_id}"
+        case RawEvent():
+            body = f"raw {_short(json.dumps(event.data), 80)}"
+        case Message():
+            body = f"{event.level}: {event.text}"
+        case TaskEnd():
+            tail = f" — {event.error}" if event.error else ""
+            body = f"end: {event.status} (exit {event.exit_code}){tail}"
+    return f"{event.seq:>5} {stamp} {body}"
+
+
+def duration(task: TaskRecord) -> str:
+    """How long the task ran (or has been running)."""
+    if task.started_at is None:
+        return "-"
+    end = task.finished_at or time.time()
+    seconds = max(0.0, end - task.started_at)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+def age(ts: float) -> str:
+    """A compact 'time ago'."""
+    seconds = max(0, int(time.time() - ts))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def task_table(tasks: list[TaskRecord]) -> str:
+    """The ``hal task list`` table."""
+    rows = [("ID", "STATUS", "AGENT", "PROVIDER", "AGE", "TIME", "PROMPT")]
+    for t in tasks:
+        agent = t.agent if len(t.agent) <= 16 else t.agent[:15] + "…"
+        rows.append(
+            (
+                t.id,
+                t.status,
+                agent,
+                t.provider,
+                age(t.created_at),
+                duration(t),
+                _short(t.prompt, 40),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
+        for r in rows
+    )
+
+
+def summary(task: TaskRecord) -> str:
+    """The block printed when a run ends, and by ``hal task show``."""
+    lines = [
+        f"task      {task.id}",
+        f"status    {task.status}"
+        + (f" (exit {task.exit_code})" if task.exit_code is not None else ""),
+        f"agent     {task.agent} on {task.provider}",
+        f"repo      {task.repo}" + (f" @ {task.ref}" if task.ref else ""),
+        f"branch    {task.branch}",
+        f"duration  {duration(task)}",
+        f"files     {task.files_changed} changed",
+    ]
+    if task.input_tokens or task.output_tokens:
+        lines.append(f"tokens    {task.input_tokens} in, {task.output_tokens} out")
+    if task.cost_usd is not None:
+        lines.append(f"cost      ${task.cost_usd:.4f}")
+    if task.error_message:
+        lines.append(f"error     {task.error_message}")
+    lines.append(f"session   {task.session_dir}")
+    return "\n".join(lines)
+
+
+def task_json(task: TaskRecord) -> dict[str, Any]:
+    """The JSON form of a task for ``--json``."""
+    return task.model_dump(mode="json")

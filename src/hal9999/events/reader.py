@@ -1,0 +1,163 @@
+"""Reading event logs and output logs, once or following them as they grow.
+
+Writers append whole lines, but a reader can catch a line half-written (or a crash can
+leave one); an incomplete trailing line is never parsed, only held until it is finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from hal9999.events.models import Event, parse_event
+from hal9999.redact import SecretMasker
+
+logger = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+"""Bytes read per step while following, so a large backlog does not stall the event loop."""
+
+
+def parse_line(line: bytes, path: Path, *, warn: bool = True) -> Event | None:
+    """One complete JSONL line as an event; ``None`` (with a warning) when it is not one."""
+    if not line.strip():
+        return None
+    try:
+        return parse_event(line)
+    except (ValidationError, ValueError) as exc:
+        if warn:
+            logger.warning("%s: skipping a line that is not a valid event: %s", path, exc)
+        return None
+
+
+def read_events(path: Path, *, after_seq: int = 0) -> list[Event]:
+    """Every complete event in ``path`` with a seq above ``after_seq`` (none if missing)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    *lines, _partial = data.split(b"\n")
+    events = []
+    for line in lines:
+        event = parse_line(line, path)
+        if event is not None and event.seq > after_seq:
+            events.append(event)
+    return events
+
+
+def _read_chunk(path: Path, offset: int) -> tuple[bytes, int] | None:
+    """Up to ``_CHUNK`` bytes of ``path`` from ``offset``, and the file's size."""
+    try:
+        with path.open("rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            if offset >= size:
+                return b"", size
+            file.seek(offset)
+            return file.read(_CHUNK), size
+    except FileNotFoundError:
+        return None
+
+
+async def follow_events(
+    path: Path,
+    *,
+    after_seq: int = 0,
+    stop: Callable[[], bool],
+    poll: float = 0.1,
+) -> AsyncIterator[Event]:
+    """Yield the events of ``path`` above ``after_seq``, then new ones as they are written.
+
+    Ends once ``stop()`` is true and everything written before that has been yielded.
+    Each seq is yielded at most once, in increasing order.
+    """
+    offset = 0
+    pending = b""
+    last = after_seq
+    retried = -1
+    while True:
+        # Ask before reading: an empty read after stop() turned true means fully drained.
+        stopping = stop()
+        got = _read_chunk(path, offset)
+        data = b""
+        if got is not None:
+            data, size = got
+            if size < offset:
+                # The writer cut a crash-truncated line away: re-read from that line's start,
+                # or from the top if the file was replaced (seq dedupe drops repeats).
+                line_start = offset - len(pending)
+                offset = line_start if size >= line_start else 0
+                pending = b""
+                continue
+        if not data:
+            if stopping:
+                return
+            await asyncio.sleep(poll)
+            continue
+        line_start = offset - len(pending)
+        carried = bool(pending)
+        offset += len(data)
+        *lines, pending = (pending + data).split(b"\n")
+        for index, line in enumerate(lines):
+            if index == 0 and carried and line_start != retried:
+                event = parse_line(line, path, warn=False)
+                if event is None and line.strip():
+                    # The half line held from the last read may have been truncated away
+                    # and the file regrown past it before this read: re-read from there.
+                    retried = line_start
+                    offset, pending = line_start, b""
+                    break
+            else:
+                event = parse_line(line, path)
+            if event is not None and event.seq > last:
+                last = event.seq
+                yield event
+
+
+async def follow_text(
+    path: Path,
+    *,
+    offset: int = 0,
+    stop: Callable[[], bool],
+    poll: float = 0.1,
+    masker: SecretMasker | None = None,
+) -> AsyncIterator[str]:
+    """Yield the text of ``path`` from byte ``offset`` on, then text appended to it.
+
+    Waits for a file that does not exist yet. Ends once ``stop()`` is true and the file is
+    drained. With a ``masker``, secrets are masked even when split across reads.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    stream = masker.stream() if masker is not None else None
+    while True:
+        stopping = stop()
+        got = _read_chunk(path, offset)
+        data = b""
+        if got is not None:
+            data, size = got
+            if size < offset:
+                # Truncated or replaced: start over rather than wait for it to regrow.
+                offset = 0
+                decoder.reset()
+                continue
+            offset += len(data)
+        if data:
+            text = decoder.decode(data)
+            if stream is not None:
+                text = stream.feed(text)
+            if text:
+                yield text
+            continue
+        if stopping:
+            tail = decoder.decode(b"", final=True)
+            if stream is not None:
+                tail = stream.feed(tail) + stream.flush()
+            if tail:
+                yield tail
+            return
+        await asyncio.sleep(poll)

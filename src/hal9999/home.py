@@ -1,0 +1,95 @@
+"""The layout of hal's data directory (``HAL_HOME``, default ``$XDG_DATA_HOME/hal9999``).
+
+::
+
+    <home>/hal.db                     the store (SQLite, WAL)
+    <home>/sessions/<task-id>/        one task's session: repo, agent home, log, events
+    <home>/sandboxes/<provider>/      a provider's own state (sandbox records, images)
+    <home>/run/                       sockets and pid files of running hal processes
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+DB_NAME = "hal.db"
+"""File name of the store inside the home directory."""
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _checked(kind: str, name: str) -> str:
+    # Names become path components; refuse anything that could climb out of the home.
+    if not _SAFE_NAME.fullmatch(name) or name in {".", ".."}:
+        raise ValueError(f"invalid {kind} {name!r}: use letters, digits, '.', '_' and '-'")
+    return name
+
+
+@dataclass(frozen=True)
+class HalPaths:
+    """Where hal keeps its database, sessions and per-provider state."""
+
+    home: Path
+    """The data directory itself."""
+
+    @property
+    def db(self) -> Path:
+        """The SQLite database file."""
+        return self.home / DB_NAME
+
+    @property
+    def sessions(self) -> Path:
+        """Directory holding one session directory per task."""
+        return self.home / "sessions"
+
+    @property
+    def sandboxes(self) -> Path:
+        """Directory holding one state directory per provider."""
+        return self.home / "sandboxes"
+
+    @property
+    def run(self) -> Path:
+        """Directory for sockets and pid files."""
+        return self.home / "run"
+
+    def session(self, task_id: str) -> Path:
+        """The session directory of a task."""
+        return self.sessions / _checked("task id", task_id)
+
+    def events_path(self, task_id: str) -> Path:
+        """The JSONL event log of a task, inside its session directory."""
+        return self.session(task_id) / "events.jsonl"
+
+    def sandbox_state(self, provider: str) -> Path:
+        """The state directory of a provider."""
+        return self.sandboxes / _checked("provider name", provider)
+
+    def ensure(self) -> HalPaths:
+        """Create the home and its directories (mode 700 when created); return self."""
+        for directory in (self.home, self.sessions, self.sandboxes, self.run):
+            _mkdir_private(directory)
+        return self
+
+    def ensure_session(self, task_id: str) -> Path:
+        """Create a task's session directory (mode 700) and return it."""
+        self.ensure()
+        path = self.session(task_id)
+        _mkdir_private(path)
+        return path
+
+    def ensure_sandbox_state(self, provider: str) -> Path:
+        """Create a provider's state directory (mode 700) and return it."""
+        self.ensure()
+        path = self.sandbox_state(provider)
+        _mkdir_private(path)
+        return path
+
+
+def _mkdir_private(path: Path) -> None:
+    # Only directories hal creates are chmod'ed: HAL_HOME may point at one the user owns.
+    if path.is_dir():
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)

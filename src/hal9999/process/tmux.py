@@ -1,0 +1,101 @@
+"""The tmux process manager: each process runs in its own tmux server and session.
+
+One server per process (its own socket) means the server's environment, which the pane
+inherits, holds exactly that process's exec-time environment, and ``kill-server`` ends
+everything of that run. The server is a daemon, so the agent outlives the ``hal`` process
+that started it, and ``hal task attach`` opens the live pane.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from hal9999.errors import ProcessError
+from hal9999.process.base import ProcessStatus, read_exit_status
+from hal9999.process.launch import run_host, supervised
+from hal9999.providers.base import Sandbox
+from hal9999.spec import ProcessSpec
+
+# Unix socket paths are limited to 107 bytes, so sockets live in a short per-user dir.
+_SOCKET_DIR = Path(tempfile.gettempdir()) / f"hal9999-tmux-{os.getuid()}"
+
+
+class TmuxProcessManager:
+    """Runs each process in a detached tmux session on the host."""
+
+    name = "tmux"
+    survives_caller = True
+
+    def __init__(self, *, runtime_dir: Path | None = None) -> None:
+        self._tmux = shutil.which("tmux")
+
+    def socket(self, spec: ProcessSpec) -> Path:
+        """The tmux socket of the process (derived from its log path and name)."""
+        key = hashlib.sha256(f"{spec.log_path}\0{spec.name}".encode()).hexdigest()[:20]
+        return _SOCKET_DIR / key
+
+    def _base(self, spec: ProcessSpec) -> list[str]:
+        if self._tmux is None:
+            raise ProcessError("tmux is not installed", hint="apt-get install tmux")
+        return [self._tmux, "-S", str(self.socket(spec))]
+
+    async def start(
+        self, sandbox: Sandbox, spec: ProcessSpec, *, env: Mapping[str, str] | None = None
+    ) -> None:
+        """Start ``spec`` in a new tmux server; its pane runs the supervised command."""
+        base = self._base(spec)
+        _SOCKET_DIR.mkdir(mode=0o700, exist_ok=True)
+        await self.stop(spec)
+        launch = supervised(sandbox, spec, env)
+        server_env = dict(launch.env)
+        server_env.setdefault("TERM", "xterm-256color")
+        cwd = str(launch.cwd) if launch.cwd else str(spec.log_path.parent)
+        await run_host(
+            [
+                *base,
+                "new-session",
+                "-d",
+                "-s",
+                spec.name,
+                "-x",
+                "200",
+                "-y",
+                "50",
+                "-c",
+                cwd,
+                "--",
+                *launch.argv,
+            ],
+            env=server_env,
+        )
+
+    async def status(self, spec: ProcessSpec) -> ProcessStatus:
+        """Exited (with status) once the exit file exists; running while the session lives."""
+        code = read_exit_status(spec.exit_path)
+        if code is not None:
+            return ProcessStatus("exited", code)
+        if self._tmux is None or not self.socket(spec).exists():
+            return ProcessStatus("missing")
+        status, _ = await run_host([*self._base(spec), "has-session", "-t", spec.name], check=False)
+        if status == 0:
+            return ProcessStatus("running")
+        # The session may have ended between the two checks.
+        code = read_exit_status(spec.exit_path)
+        return ProcessStatus("exited", code) if code is not None else ProcessStatus("missing")
+
+    async def stop(self, spec: ProcessSpec) -> None:
+        """Kill the tmux server; the supervisor passes SIGHUP on to the process group."""
+        sock = self.socket(spec)
+        if self._tmux is None or not sock.exists():
+            return
+        await run_host([*self._base(spec), "kill-server"], check=False)
+        sock.unlink(missing_ok=True)
+
+    def attach_command(self, spec: ProcessSpec) -> list[str] | None:
+        """``tmux attach`` to the live session."""
+        return [*self._base(spec), "attach-session", "-t", spec.name]

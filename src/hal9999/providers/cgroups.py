@@ -1,0 +1,316 @@
+"""Per-sandbox control groups on cgroup v1 or v2: limits, membership, a reliable kill.
+
+A sandbox's cgroup lives at ``<hierarchy>/hal9999/<sandbox-id>`` (one directory per v1
+hierarchy, one in total on v2). Nothing here moves the calling process: a launcher writes its
+own pid into :meth:`Cgroup.procs_files` before it execs the sandboxed program, so every
+descendant is born inside the group and cannot leave it without privilege.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import re
+import signal
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from hal9999.errors import CapabilityError, ProviderError
+from hal9999.spec import Resources
+
+PARENT = "hal9999"
+"""Directory under each hierarchy that holds one cgroup per sandbox."""
+CPU_PERIOD_US = 100_000
+V1_CONTROLLERS = ("memory", "pids", "cpu")
+KILL_DEADLINE = 3.0
+RMDIR_DEADLINE = 1.0
+_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+@dataclass(frozen=True)
+class CgroupLimits:
+    """Kernel-level limits derived from :class:`Resources`."""
+
+    memory_bytes: int | None = None
+    pids: int | None = None
+    cpu_quota_us: int | None = None
+    cpu_period_us: int = CPU_PERIOD_US
+
+    @classmethod
+    def from_resources(cls, resources: Resources) -> CgroupLimits:
+        """The limits that enforce ``resources``."""
+        return cls(
+            memory_bytes=None if resources.memory_mb is None else resources.memory_mb << 20,
+            pids=resources.pids,
+            cpu_quota_us=None
+            if resources.cpus is None
+            else max(1000, round(resources.cpus * CPU_PERIOD_US)),
+        )
+
+    def controllers(self) -> set[str]:
+        """The cgroup controllers these limits need."""
+        wanted = {
+            "memory": self.memory_bytes is not None,
+            "pids": self.pids is not None,
+            "cpu": self.cpu_quota_us is not None,
+        }
+        return {name for name, needed in wanted.items() if needed}
+
+
+class Cgroup(ABC):
+    """One sandbox's cgroup, possibly spread over several v1 hierarchies."""
+
+    version: Literal[1, 2]
+
+    def __init__(self, dirs: list[Path]) -> None:
+        self.dirs = dirs
+
+    @abstractmethod
+    def apply(self, limits: CgroupLimits) -> None:
+        """Write ``limits`` into the cgroup's control files."""
+
+    @abstractmethod
+    def oom_kills(self) -> int:
+        """How many processes the kernel killed for exceeding the memory limit."""
+
+    def procs_files(self) -> list[str]:
+        """The ``cgroup.procs`` files a launcher writes its own pid into."""
+        return [str(path / "cgroup.procs") for path in self.dirs]
+
+    def pids(self) -> set[int]:
+        """Every process currently inside."""
+        found: set[int] = set()
+        for path in self.dirs:
+            with contextlib.suppress(FileNotFoundError):
+                found.update(int(line) for line in (path / "cgroup.procs").read_text().split())
+        return found
+
+    def exists(self) -> bool:
+        """Whether the cgroup directories are all present."""
+        return all(path.is_dir() for path in self.dirs)
+
+    async def kill_all(self) -> None:
+        """SIGKILL every process inside, repeating until none is left (forks race the kill)."""
+        deadline = time.monotonic() + KILL_DEADLINE
+        while pids := self.pids():
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            if time.monotonic() > deadline:
+                raise ProviderError(
+                    f"processes {sorted(pids)} survived SIGKILL in cgroup {self.dirs[0]}"
+                )
+            await asyncio.sleep(0.01)
+
+    async def remove(self) -> None:
+        """Kill what is left and remove the directories; idempotent."""
+        await self.kill_all()
+        for path in self.dirs:
+            await _rmdir_retry(path)
+
+    def to_record(self) -> dict[str, Any]:
+        """A JSON-ready form, so a later process can find the cgroup again."""
+        return {"version": self.version, "dirs": [str(path) for path in self.dirs]}
+
+    @staticmethod
+    def from_record(record: dict[str, Any]) -> Cgroup:
+        """The cgroup described by :meth:`to_record`."""
+        dirs = [Path(path) for path in record["dirs"]]
+        return CgroupV2(dirs) if record["version"] == 2 else CgroupV1(dirs)
+
+
+class CgroupV1(Cgroup):
+    """A cgroup with one directory in each of the memory, pids and cpu hierarchies."""
+
+    version: Literal[1, 2] = 1
+
+    def _dir(self, controller: str) -> Path | None:
+        for path in self.dirs:
+            if (path / f"{controller}.{'max' if controller == 'pids' else 'stat'}").exists():
+                return path
+        return None
+
+    def apply(self, limits: CgroupLimits) -> None:
+        """Write ``limits`` into the cgroup's control files."""
+        memory, pids, cpu = self._dir("memory"), self._dir("pids"), self._dir("cpu")
+        if limits.memory_bytes is not None:
+            assert memory is not None, "create() checked the memory hierarchy"
+            _write(memory / "memory.limit_in_bytes", limits.memory_bytes)
+            # memsw is memory+swap; equal limits mean no swap at all (absent without swapaccount).
+            if (memory / "memory.memsw.limit_in_bytes").exists():
+                _write(memory / "memory.memsw.limit_in_bytes", limits.memory_bytes)
+        if limits.pids is not None:
+            assert pids is not None, "create() checked the pids hierarchy"
+            _write(pids / "pids.max", limits.pids)
+        if limits.cpu_quota_us is not None:
+            assert cpu is not None, "create() checked the cpu hierarchy"
+            _write(cpu / "cpu.cfs_period_us", limits.cpu_period_us)
+            _write(cpu / "cpu.cfs_quota_us", limits.cpu_quota_us)
+
+    def oom_kills(self) -> int:
+        """How many processes the kernel killed for exceeding the memory limit."""
+        memory = self._dir("memory")
+        return 0 if memory is None else _read_counter(memory / "memory.oom_control", "oom_kill")
+
+
+class CgroupV2(Cgroup):
+    """A cgroup in the unified hierarchy."""
+
+    version: Literal[1, 2] = 2
+
+    def apply(self, limits: CgroupLimits) -> None:
+        """Write ``limits`` into the cgroup's control files."""
+        (path,) = self.dirs
+        if limits.memory_bytes is not None:
+            _write(path / "memory.max", limits.memory_bytes)
+            if (path / "memory.swap.max").exists():
+                _write(path / "memory.swap.max", 0)
+        if limits.pids is not None:
+            _write(path / "pids.max", limits.pids)
+        if limits.cpu_quota_us is not None:
+            _write(path / "cpu.max", f"{limits.cpu_quota_us} {limits.cpu_period_us}")
+
+    def oom_kills(self) -> int:
+        """How many processes the kernel killed for exceeding the memory limit."""
+        return _read_counter(self.dirs[0] / "memory.events", "oom_kill")
+
+    async def kill_all(self) -> None:
+        """Kill everything inside; ``cgroup.kill`` does it atomically where the kernel has it."""
+        kill_file = self.dirs[0] / "cgroup.kill"
+        if kill_file.exists():
+            with contextlib.suppress(FileNotFoundError):
+                _write(kill_file, 1)
+        await super().kill_all()
+
+
+@dataclass(frozen=True)
+class CgroupHost:
+    """A writable cgroup hierarchy this host offers, and which controllers it has."""
+
+    version: Literal[1, 2]
+    roots: dict[str, Path]
+    """v1: controller -> hierarchy mount; v2: ``{"unified": base}``."""
+    controllers: frozenset[str]
+
+    def create(self, name: str, limits: CgroupLimits) -> Cgroup:
+        """Create (or reuse) the cgroup ``name`` and apply ``limits``."""
+        needed = limits.controllers()
+        missing = needed - self.controllers
+        if missing:
+            raise CapabilityError(
+                f"cgroup v{self.version} here lacks the {', '.join(sorted(missing))} "
+                "controller(s) needed for the requested resource limits",
+                hint="drop the resource limits, or enable the controllers for this user",
+            )
+        try:
+            cgroup = self._mkdirs(name, needed)
+            cgroup.apply(limits)
+        except OSError as exc:
+            raise CapabilityError(
+                f"cannot set up cgroup {name!r} under {next(iter(self.roots.values()))}: {exc}",
+                hint="run as root or in a delegated cgroup, or drop the resource limits",
+            ) from exc
+        return cgroup
+
+    def _mkdirs(self, name: str, needed: set[str]) -> Cgroup:
+        if self.version == 1:
+            # dict.fromkeys dedupes hierarchies that mount several controllers together.
+            dirs = list(
+                dict.fromkeys(self.roots[c] / PARENT / name for c in V1_CONTROLLERS if c in self.roots)
+            )
+            for path in dirs:
+                path.mkdir(parents=True, exist_ok=True)
+            return CgroupV1(dirs)
+        base = self.roots["unified"]
+        parent = base / PARENT
+        parent.mkdir(exist_ok=True)
+        # A child only gets a controller that every ancestor enables for its subtree; enable
+        # just what the limits need, so tracking still works where enabling is refused.
+        enable = " ".join(f"+{c}" for c in sorted(needed))
+        for level in (base, parent) if needed else ():
+            if not needed <= _words(level / "cgroup.subtree_control"):
+                _write(level / "cgroup.subtree_control", enable)
+        path = parent / name
+        path.mkdir(exist_ok=True)
+        return CgroupV2([path])
+
+
+def detect(mountinfo: str | None = None) -> CgroupHost | None:
+    """The best writable hierarchy here: the one offering memory and pids, v2 first."""
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return None
+    v1: dict[str, Path] = {}
+    v2: list[Path] = []
+    for line in mountinfo.splitlines():
+        fields = line.split(" - ")
+        if len(fields) != 2:
+            continue
+        mountpoint = Path(_ESCAPE.sub(lambda m: chr(int(m[1], 8)), fields[0].split()[4]))
+        fstype, _source, options = (fields[1].split() + ["", ""])[:3]
+        if fstype == "cgroup2":
+            v2.append(mountpoint)
+        elif fstype == "cgroup":
+            for controller in set(options.split(",")) & set(V1_CONTROLLERS):
+                v1.setdefault(controller, mountpoint)
+    candidates: list[CgroupHost] = []
+    for base in v2:
+        if os.access(base, os.W_OK):
+            offered = _words(base / "cgroup.controllers") & set(V1_CONTROLLERS)
+            candidates.append(CgroupHost(2, {"unified": base}, frozenset(offered)))
+    writable = {c: path for c, path in v1.items() if os.access(path, os.W_OK)}
+    if writable:
+        candidates.append(CgroupHost(1, writable, frozenset(writable)))
+    for host in candidates:
+        if {"memory", "pids"} <= host.controllers:
+            return host
+    return candidates[0] if candidates else None
+
+
+def _words(path: Path) -> set[str]:
+    try:
+        return set(path.read_text().split())
+    except OSError:
+        return set()
+
+
+def _write(path: Path, value: object) -> None:
+    # Control files take one value per write(2); buffering could split or merge them.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, f"{value}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def _read_counter(path: Path, key: str) -> int:
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except OSError:
+        pass
+    return 0
+
+
+async def _rmdir_retry(path: Path) -> None:
+    # A just-killed process can keep the cgroup busy until the kernel has reaped it.
+    deadline = time.monotonic() + RMDIR_DEADLINE
+    while True:
+        try:
+            path.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise ProviderError(f"cannot remove cgroup {path}: {exc}") from exc
+        await asyncio.sleep(0.02)

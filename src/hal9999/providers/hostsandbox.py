@@ -1,0 +1,404 @@
+"""What the host-side providers (local, bwrap, fake) share: records, lifecycle, file ops.
+
+Each sandbox is a directory ``<state_dir>/<id>/`` holding ``sandbox.json`` (id, state,
+spec, created_at, cgroup), so any later ``hal`` process can get, list, stop or destroy a
+sandbox an earlier one created. Processes are tracked by a per-sandbox cgroup where the
+host allows one, otherwise by the ``HAL_SANDBOX`` marker in their environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from hal9999.errors import CapabilityError, ConfigError, ExecError, ProviderError, SandboxNotFound
+from hal9999.providers import cgroups, hostexec, hostfs
+from hal9999.providers.base import (
+    Capabilities,
+    Command,
+    ExecResult,
+    Launch,
+    SandboxInfo,
+    SandboxState,
+    StreamEvent,
+)
+from hal9999.spec import ArgvCommand, SandboxSpec, display
+
+RECORD = "sandbox.json"
+_ID = re.compile(r"[0-9a-f]{12}")
+
+
+class SandboxRecord(BaseModel):
+    """What ``sandbox.json`` holds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    """Sandbox id (12 hex digits)."""
+    provider: str
+    """Name of the owning provider."""
+    state: SandboxState
+    """Lifecycle state."""
+    spec: SandboxSpec
+    """The spec it was created from."""
+    created_at: float
+    """Creation time, seconds since the epoch."""
+    cgroup: dict[str, Any] | None = None
+    """The cgroup tracking its processes (:meth:`Cgroup.to_record`), if any."""
+
+    def info(self) -> SandboxInfo:
+        """The public view of this record."""
+        return SandboxInfo(self.id, self.provider, self.state, self.spec, self.created_at)
+
+
+class RecordStore:
+    """The sandbox directories under a provider's state dir."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def dir(self, sandbox_id: str) -> Path:
+        """The directory of ``sandbox_id`` (which must look like an id: no path tricks)."""
+        if not _ID.fullmatch(sandbox_id):
+            raise SandboxNotFound(f"no sandbox {sandbox_id!r}: not a sandbox id")
+        return self.root / sandbox_id
+
+    def load(self, sandbox_id: str) -> SandboxRecord:
+        """The record of ``sandbox_id``; :class:`SandboxNotFound` when gone."""
+        path = self.dir(sandbox_id) / RECORD
+        try:
+            return SandboxRecord.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            raise SandboxNotFound(f"no sandbox {sandbox_id} under {self.root}") from None
+        except ValidationError as exc:
+            raise ProviderError(f"corrupt sandbox record {path}: {exc}") from exc
+
+    def save(self, record: SandboxRecord) -> None:
+        """Write the record atomically."""
+        path = self.dir(record.id) / RECORD
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record.model_dump(mode="json"), indent=2))
+        os.replace(tmp, path)
+
+    def all(self) -> list[SandboxRecord]:
+        """Every readable record, oldest first."""
+        records = []
+        for child in self.root.glob("*/" + RECORD):
+            with contextlib.suppress(SandboxNotFound, ProviderError):
+                records.append(self.load(child.parent.name))
+        return sorted(records, key=lambda r: r.created_at)
+
+
+def check_spec(name: str, capabilities: Capabilities, spec: SandboxSpec) -> None:
+    """Reject what ``capabilities`` cannot honour, naming the provider that can."""
+    if isinstance(spec.network, tuple):
+        if "allow-list" not in capabilities.network_modes:
+            raise CapabilityError(
+                f"provider {name!r} cannot restrict the network to an allow-list",
+                hint='use network "host", or a VM provider that supports allow-lists',
+            )
+    elif spec.network not in capabilities.network_modes:
+        raise CapabilityError(
+            f"provider {name!r} cannot give network mode {spec.network!r}",
+            hint="use --provider bwrap for network isolation"
+            if spec.network == "none"
+            else f"choose one of: {', '.join(sorted(capabilities.network_modes))}",
+        )
+    limits = cgroups.CgroupLimits.from_resources(spec.resources)
+    if limits.controllers() and not capabilities.resource_limits:
+        raise CapabilityError(
+            f"provider {name!r} cannot enforce resource limits",
+            hint="use --provider bwrap for cpu, memory and pid limits",
+        )
+    for bind in spec.binds:
+        if not bind.target.startswith("/") or hostfs.normalize(bind.target, "/") == "/":
+            raise ConfigError(f"bind target {bind.target!r} must be an absolute path below /")
+        if not bind.source.exists():
+            raise ConfigError(f"bind source {bind.source} does not exist")
+    if spec.workspace is not None and not spec.workspace.is_dir():
+        raise ConfigError(f"workspace {spec.workspace} is not a directory")
+
+
+class HostSandbox:
+    """A sandbox handle whose files map onto host directories (see :mod:`hostfs`)."""
+
+    home: str
+    """HOME of commands inside."""
+
+    def __init__(self, owner: HostProvider, record: SandboxRecord, paths: hostfs.PathMap) -> None:
+        self._owner = owner
+        self._record = record
+        self._paths = paths
+
+    @property
+    def id(self) -> str:
+        """Unique sandbox id."""
+        return self._record.id
+
+    @property
+    def provider(self) -> str:
+        """Name of the provider that owns it."""
+        return self._owner.name
+
+    @property
+    def spec(self) -> SandboxSpec:
+        """The spec it was created from."""
+        return self._record.spec
+
+    @property
+    def workdir(self) -> str:
+        """Where the spec's workspace appears inside the sandbox."""
+        return self._paths.cwd
+
+    @property
+    def dir(self) -> Path:
+        """The sandbox's private state directory on the host."""
+        return self._owner.store.dir(self.id)
+
+    def path(self, target: str) -> str:
+        """Where the bind ``target`` is seen by commands inside (the same path, here)."""
+        return target
+
+    def launch(self, command: Command, *, env: Mapping[str, str] | None = None) -> Launch:
+        """A host command line that runs ``command`` inside."""
+        raise NotImplementedError
+
+    def attach_command(self) -> list[str]:
+        """A host command line that opens an interactive shell inside."""
+        raise NotImplementedError
+
+    def base_env(self) -> dict[str, str]:
+        """The environment every command starts from; nothing else leaks in from the host."""
+        base = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": self.home, "LANG": "C.UTF-8"}
+        if "TERM" in os.environ:
+            base["TERM"] = os.environ["TERM"]
+        return base
+
+    def command_env(self, command: Command, env: Mapping[str, str] | None) -> dict[str, str]:
+        """The exact environment of ``command``: base, spec, command, exec-time, marker."""
+        merged = self.base_env() | self.spec.env | command.env | dict(env or {})
+        # Last, so no spec can hide its processes from kill_marked().
+        merged[hostexec.MARKER_VAR] = self.id
+        return merged
+
+    def _require(self, *, running: bool) -> None:
+        state = self._owner.store.load(self.id).state
+        if running and state != "running":
+            raise ExecError(
+                f"sandbox {self.id} is {state}", hint="start the sandbox before running commands"
+            )
+
+    async def exec(
+        self,
+        command: Command,
+        *,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the contract's per-command timeout
+    ) -> ExecResult:
+        """Run a command to completion; past ``timeout`` it is killed and ExecError raised."""
+        self._require(running=True)
+        launch = self.launch(command, env=env)
+        return await hostexec.run(launch, stdin=stdin, timeout=timeout, what=display(command))
+
+    async def exec_stream(
+        self, command: Command, *, env: Mapping[str, str] | None = None
+    ) -> AsyncIterator[StreamEvent]:
+        """Run a command, yielding output as it comes and the exit status last."""
+        self._require(running=True)
+        async with contextlib.aclosing(hostexec.stream(self.launch(command, env=env))) as events:
+            async for event in events:
+                yield event
+
+    async def _inside(self, argv: list[str], *, stdin: bytes | None = None) -> ExecResult:
+        return await self.exec(ArgvCommand(argv=tuple(argv), cwd=self.workdir), stdin=stdin)
+
+    async def read_file(self, path: str) -> bytes:
+        """The contents of a file."""
+        self._require(running=False)
+        where = self._paths.host(path, follow=True)
+        if where is None:
+            result = await self._inside(["cat", "--", self._paths.normalize(path)])
+            if not result.ok:
+                raise ExecError(f"cannot read {path}: {result.stderr.decode().strip()}")
+            return result.stdout
+        return await asyncio.to_thread(hostfs.read_file, where, path)
+
+    async def write_file_atomic(self, path: str, data: bytes, *, mode: int = 0o644) -> None:
+        """Write a file atomically (temp + rename), create parents, verify it."""
+        self._require(running=False)
+        where = self._paths.host(path, follow=False)
+        if where is not None:
+            await asyncio.to_thread(hostfs.write_file_atomic, where, path, data, mode)
+            return
+        # Unmapped: the same steps with the sandbox's own tools; paths travel as arguments.
+        script = (
+            'set -e; d=$(dirname -- "$1"); mkdir -p -- "$d"; t=$(mktemp "$d/.hal.XXXXXX"); '
+            'trap \'rm -f -- "$t"\' EXIT; cat > "$t"; chmod "$2" "$t"; mv -f -- "$t" "$1"'
+        )
+        target = self._paths.normalize(path)
+        result = await self._inside(["sh", "-c", script, "sh", target, f"{mode:o}"], stdin=data)
+        if not result.ok:
+            raise ExecError(f"cannot write {path}: {result.stderr.decode().strip()}")
+        if await self.read_file(target) != data:
+            raise ExecError(f"wrote {path} but read back different bytes")
+
+    async def exists(self, path: str) -> bool:
+        """Whether the path exists."""
+        self._require(running=False)
+        where = self._paths.host(path, follow=True)
+        if where is None:
+            return (await self._inside(["test", "-e", self._paths.normalize(path)])).ok
+        return await asyncio.to_thread(hostfs.exists, where)
+
+    async def mkdir(self, path: str, *, mode: int = 0o755) -> None:
+        """Create a directory and its parents."""
+        self._require(running=False)
+        where = self._paths.host(path, follow=True)
+        if where is not None:
+            await asyncio.to_thread(hostfs.mkdir, where, path, mode)
+            return
+        result = await self._inside(["mkdir", "-p", "-m", f"{mode:o}", self._paths.normalize(path)])
+        if not result.ok:
+            raise ExecError(f"cannot create directory {path}: {result.stderr.decode().strip()}")
+
+    async def remove(self, path: str, *, recursive: bool = False) -> None:
+        """Remove a file, or a directory tree with ``recursive``."""
+        self._require(running=False)
+        where = self._paths.host(path, follow=False)
+        if where is not None:
+            await asyncio.to_thread(hostfs.remove, where, path, recursive)
+            return
+        flags = "-rf" if recursive else "-f"
+        result = await self._inside(["rm", flags, "--", self._paths.normalize(path)])
+        if not result.ok:
+            raise ExecError(f"cannot remove {path}: {result.stderr.decode().strip()}")
+
+    async def __aenter__(self) -> HostSandbox:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._owner.destroy(self.id)
+
+
+class HostProvider:
+    """Lifecycle over a :class:`RecordStore`; subclasses add dirs, mounts and launching."""
+
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+    config_model: ClassVar[type[BaseModel]]
+
+    def __init__(self, *, state_dir: Path, cgroup: Literal["auto", "off"] = "auto") -> None:
+        self.state_dir = state_dir
+        self.store = RecordStore(state_dir)
+        self._cgroup_mode = cgroup
+        self._cgroup_host: cgroups.CgroupHost | Literal[False] | None = False
+
+    def _handle(self, record: SandboxRecord) -> HostSandbox:
+        raise NotImplementedError
+
+    def cgroup_host(self) -> cgroups.CgroupHost | None:
+        """The cgroup hierarchy sandboxes go into (None when off or unavailable)."""
+        if self._cgroup_host is False:
+            self._cgroup_host = cgroups.detect() if self._cgroup_mode == "auto" else None
+        return self._cgroup_host
+
+    def cgroup(self, record: SandboxRecord) -> cgroups.Cgroup | None:
+        """The cgroup of the sandbox, if it has one."""
+        return None if record.cgroup is None else cgroups.Cgroup.from_record(record.cgroup)
+
+    async def _prepare(self, record: SandboxRecord) -> SandboxRecord:
+        """Make the sandbox runnable (dirs, cgroup); also used by start(), so idempotent."""
+        limits = cgroups.CgroupLimits.from_resources(record.spec.resources)
+        host = self.cgroup_host()
+        if host is None:
+            if limits.controllers():
+                raise CapabilityError(
+                    "resource limits need a writable cgroup hierarchy, and none is available"
+                    + (" (cgroups are off in the provider settings)" if self._cgroup_mode == "off"
+                       else ""),
+                    hint="run hal as root or in a delegated cgroup, or drop the resource limits",
+                )
+            return record
+        cgroup = host.create(record.id, limits)
+        return record.model_copy(update={"cgroup": cgroup.to_record()})
+
+    async def _kill(self, record: SandboxRecord) -> None:
+        """Kill every process of the sandbox."""
+        cgroup = self.cgroup(record)
+        if cgroup is not None:
+            await cgroup.kill_all()
+        # Also without a cgroup: a process the cgroup lost track of is still ours to end.
+        await hostexec.kill_marked(record.id)
+
+    async def create(self, spec: SandboxSpec) -> HostSandbox:
+        """Create and start a sandbox."""
+        check_spec(self.name, self.capabilities, spec)
+        sandbox_id = secrets.token_hex(6)
+        directory = self.store.dir(sandbox_id)
+        directory.mkdir(parents=True)
+        record = SandboxRecord(
+            id=sandbox_id, provider=self.name, state="running", spec=spec, created_at=time.time()
+        )
+        try:
+            self.store.save(record)
+            record = await self._prepare(record)
+            self.store.save(record)
+        except BaseException:
+            await self.destroy(sandbox_id)
+            raise
+        return self._handle(record)
+
+    async def get(self, sandbox_id: str) -> HostSandbox:
+        """A handle on an existing sandbox; :class:`SandboxNotFound` when gone."""
+        return self._handle(self.store.load(sandbox_id))
+
+    async def list(self) -> list[SandboxInfo]:
+        """Every sandbox this provider knows of."""
+        return [record.info() for record in self.store.all()]
+
+    async def stop(self, sandbox_id: str) -> None:
+        """Stop every process inside; the sandbox can be started again."""
+        record = self.store.load(sandbox_id)
+        await self._kill(record)
+        self.store.save(record.model_copy(update={"state": "stopped"}))
+
+    async def start(self, sandbox_id: str) -> HostSandbox:
+        """Start a stopped sandbox (re-creating its cgroup if, say, the host rebooted)."""
+        record = await self._prepare(self.store.load(sandbox_id))
+        record = record.model_copy(update={"state": "running"})
+        self.store.save(record)
+        return self._handle(record)
+
+    async def destroy(self, sandbox_id: str) -> None:
+        """Stop and remove the sandbox; never touches the spec's workspace. Idempotent."""
+        directory = self.store.dir(sandbox_id)
+        try:
+            record: SandboxRecord | None = self.store.load(sandbox_id)
+        except SandboxNotFound:
+            record = None
+        if record is not None:
+            self.store.save(record.model_copy(update={"state": "destroyed"}))
+            await self._kill(record)
+            cgroup = self.cgroup(record)
+            if cgroup is not None:
+                await cgroup.remove()
+        # rmtree does not follow symlinks, so a workspace linked from here is safe.
+        await asyncio.to_thread(shutil.rmtree, directory, ignore_errors=True)

@@ -1,0 +1,279 @@
+"""Secret masking for every sink hal writes to: logs, events, the store, the dashboard.
+
+A :class:`SecretMasker` knows the secret values of a run (API keys forwarded into the
+sandbox, tokens read from credential files) and replaces each occurrence with
+``[REDACTED]``. Besides the raw value it registers the forms a secret commonly takes when a
+program echoes it: JSON-escaped, percent-encoded and base64. Where occurrences overlap the
+union of them is replaced, so no character of any secret survives.
+
+Output arrives in chunks that may split a secret; :class:`StreamMasker` holds back the few
+characters that could be the start of one until the next chunk decides.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import sys
+import urllib.parse
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+REDACTED = "[REDACTED]"
+"""What a masked secret is replaced with."""
+
+MIN_SECRET_LEN = 4
+"""Shorter values are ignored: masking them would shred ordinary text and hide nothing."""
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+"""Format of every log line hal writes."""
+
+
+def _variants(secret: str) -> set[str]:
+    """The raw secret and the encodings a program is likely to print it in."""
+    forms = {secret}
+    # json.dumps escapes quotes, backslashes, control and non-ASCII characters.
+    forms.add(json.dumps(secret)[1:-1])
+    forms.add(urllib.parse.quote(secret, safe=""))
+    forms.add(urllib.parse.quote_plus(secret, safe=""))
+    # Padding is stripped: a base64 secret embedded in a longer encoded string keeps its
+    # leading characters but not its '=' tail.
+    forms.add(base64.b64encode(secret.encode()).decode().rstrip("="))
+    forms.add(base64.urlsafe_b64encode(secret.encode()).decode().rstrip("="))
+    return {form for form in forms if len(form) >= MIN_SECRET_LEN}
+
+
+def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Merge overlapping ``[start, end)`` spans; touching spans stay apart."""
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if merged and start < merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+class SecretMasker:
+    """Replaces every registered secret (and its common encodings) with ``[REDACTED]``."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets: set[str] = set()
+        self._ordered: list[str] = []
+        self._first_chars: frozenset[str] = frozenset()
+        for secret in secrets:
+            self.add(secret)
+
+    def add(self, secret: str) -> None:
+        """Register a secret value; values shorter than ``MIN_SECRET_LEN`` are ignored."""
+        if len(secret) < MIN_SECRET_LEN:
+            return
+        new = _variants(secret) - self._secrets
+        if not new:
+            return
+        self._secrets |= new
+        # Longest first, so a secret that contains another is found whole.
+        self._ordered = sorted(self._secrets, key=lambda s: (-len(s), s))
+        self._first_chars = frozenset(s[0] for s in self._secrets)
+
+    def __len__(self) -> int:
+        return len(self._secrets)
+
+    def __bool__(self) -> bool:
+        return bool(self._secrets)
+
+    @property
+    def max_len(self) -> int:
+        """Length of the longest registered form (0 when empty)."""
+        return len(self._ordered[0]) if self._ordered else 0
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """Merged ``[start, end)`` spans of ``text`` covered by some secret."""
+        found: list[tuple[int, int]] = []
+        for secret in self._ordered:
+            start = text.find(secret)
+            while start != -1:
+                found.append((start, start + len(secret)))
+                start = text.find(secret, start + 1)
+        return _merge(found)
+
+    def mask(self, text: str) -> str:
+        """``text`` with every secret occurrence replaced by ``[REDACTED]``."""
+        if not self._secrets or not text:
+            return text
+        spans = self.spans(text)
+        if not spans:
+            return text
+        return _render(text, spans, 0, len(text), continued=False)
+
+    def mask_obj(self, obj: Any) -> Any:
+        """Mask every string inside dicts, lists and tuples (keys too); other values pass."""
+        if not self._secrets:
+            return obj
+        if isinstance(obj, str):
+            return self.mask(obj)
+        if isinstance(obj, dict):
+            return {self.mask_obj(k): self.mask_obj(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [self.mask_obj(item) for item in obj]
+        if isinstance(obj, tuple):
+            return tuple(self.mask_obj(item) for item in obj)
+        return obj
+
+    def pending_start(self, text: str) -> int:
+        """The earliest index whose tail of ``text`` is a proper prefix of a secret.
+
+        ``len(text)`` when no tail could still grow into a secret.
+        """
+        if not self._secrets:
+            return len(text)
+        for start in range(max(0, len(text) - self.max_len + 1), len(text)):
+            if text[start] not in self._first_chars:
+                continue
+            tail = text[start:]
+            if any(len(s) > len(tail) and s.startswith(tail) for s in self._ordered):
+                return start
+        return len(text)
+
+    def stream(self) -> StreamMasker:
+        """A fresh :class:`StreamMasker` over this masker's secrets."""
+        return StreamMasker(self)
+
+
+def _render(
+    text: str, spans: list[tuple[int, int]], begin: int, end: int, *, continued: bool
+) -> str:
+    """``text[begin:end]`` with each span replaced by one marker.
+
+    A span starting at ``begin`` when ``continued`` was already marked by earlier output.
+    """
+    out: list[str] = []
+    pos = begin
+    for start, stop in spans:
+        if stop <= begin or start >= end:
+            continue
+        out.append(text[pos:start] if start > pos else "")
+        if not (continued and start <= begin):
+            out.append(REDACTED)
+        pos = stop
+    out.append(text[pos:end] if end > pos else "")
+    return "".join(out)
+
+
+class StreamMasker:
+    """Masks a text stream whose chunks may split a secret.
+
+    Concatenating every :meth:`feed` result and the final :meth:`flush` gives the same text
+    as masking the whole stream at once. At most ``max_len - 1`` characters are held back.
+    """
+
+    def __init__(self, masker: SecretMasker) -> None:
+        self._masker = masker
+        # _buf holds text not yet emitted, preceded by _done characters that were already
+        # emitted as part of a redaction; they stay so a secret overlapping them is found.
+        self._buf = ""
+        self._done = 0
+
+    def feed(self, chunk: str) -> str:
+        """Consume a chunk; return the masked text that is safe to emit now."""
+        if not chunk:
+            return ""
+        buf = self._buf + chunk
+        spans = self._spans(buf)
+        cut = self._masker.pending_start(buf)
+        emit_to = cut
+        for start, stop in spans:
+            if start <= cut < stop:
+                # The possible secret starts inside a redaction: emit the redaction whole,
+                # keep its end as already-emitted context for the next chunk.
+                emit_to = stop
+                break
+        out = _render(buf, spans, self._done, emit_to, continued=self._done > 0)
+        self._buf = buf[cut:]
+        self._done = max(0, emit_to - cut)
+        return out
+
+    def flush(self) -> str:
+        """End of stream: return whatever was held back, masked."""
+        buf, done = self._buf, self._done
+        self._buf, self._done = "", 0
+        if len(buf) <= done:
+            return ""
+        return _render(buf, self._spans(buf, done), done, len(buf), continued=done > 0)
+
+    def _spans(self, buf: str, done: int | None = None) -> list[tuple[int, int]]:
+        done = self._done if done is None else done
+        spans = self._masker.spans(buf)
+        return _merge([(0, done), *spans]) if done else spans
+
+
+class MaskingFilter(logging.Filter):
+    """A logging filter that masks secrets in the formatted message and traceback."""
+
+    def __init__(self, masker: SecretMasker) -> None:
+        super().__init__()
+        self.masker = masker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Mask the record in place; never drops it."""
+        if not self.masker:
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:
+            # A broken format string: logging reports it later, with msg and args printed.
+            message = f"{record.msg} {record.args!r}"
+        record.msg = self.masker.mask(message)
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            # Format the traceback now so the formatter uses this masked copy.
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.masker.mask(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.masker.mask(record.stack_info)
+        return True
+
+
+_HAL_HANDLER_ATTR = "_hal9999_handler"
+
+
+def configure_logging(
+    masker: SecretMasker, level: int | str = logging.WARNING, file: Path | None = None
+) -> list[logging.Handler]:
+    """Install hal's log handlers (stderr, and ``file`` when given) on the root logger.
+
+    Every handler carries a :class:`MaskingFilter`. Calling it again replaces the handlers
+    of the previous call. Returns the handlers installed.
+    """
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, _HAL_HANDLER_ATTR, False)]:
+        root.removeHandler(old)
+        old.close()
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if file is not None:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        # Create the file private before logging opens it: logs describe the user's work.
+        os.close(os.open(file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+        handlers.append(logging.FileHandler(file, encoding="utf-8"))
+    formatter = logging.Formatter(LOG_FORMAT)
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        handler.addFilter(MaskingFilter(masker))
+        setattr(handler, _HAL_HANDLER_ATTR, True)
+        root.addHandler(handler)
+    root.setLevel(level)
+    return handlers
+
+
+def masker_from_env(names: Iterable[str], environ: Mapping[str, str]) -> SecretMasker:
+    """A masker holding the values of the named environment variables that are set."""
+    masker = SecretMasker()
+    for name in names:
+        value = environ.get(name)
+        if value:
+            masker.add(value)
+    return masker

@@ -1,0 +1,75 @@
+"""The store's schema, as an append-only list of migrations.
+
+Each migration is applied once, in order, inside a transaction, and recorded in the
+``schema_migrations`` table. NEVER edit or reorder a migration that has been released:
+databases in the field have already applied it. To change the schema, append a new one
+with the next version number.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Migration(NamedTuple):
+    """One schema step."""
+
+    version: int
+    """Strictly increasing, from 1."""
+    name: str
+    """Short description, recorded with the version."""
+    sql: str
+    """Statements separated by ``;``."""
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "tasks and event index",
+        """
+        CREATE TABLE tasks (
+            id               TEXT PRIMARY KEY,
+            prompt           TEXT NOT NULL,
+            agent            TEXT NOT NULL,
+            provider         TEXT NOT NULL,
+            process_manager  TEXT NOT NULL,
+            repo             TEXT NOT NULL,
+            repo_kind        TEXT NOT NULL CHECK (repo_kind IN ('local', 'url')),
+            ref              TEXT,
+            base_commit      TEXT,
+            branch           TEXT NOT NULL,
+            status           TEXT NOT NULL,
+            created_at       REAL NOT NULL,
+            started_at       REAL,
+            finished_at      REAL,
+            exit_code        INTEGER,
+            error_code       TEXT,
+            error_message    TEXT,
+            sandbox_id       TEXT,
+            runner_pid       INTEGER,
+            session_dir      TEXT NOT NULL,
+            agent_session_id TEXT,
+            timeout_s        REAL,
+            input_tokens     INTEGER NOT NULL DEFAULT 0,
+            output_tokens    INTEGER NOT NULL DEFAULT 0,
+            cost_usd         REAL,
+            files_changed    INTEGER NOT NULL DEFAULT 0,
+            env_keys         TEXT NOT NULL DEFAULT '[]',
+            resumes          INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX tasks_created_at ON tasks (created_at);
+        CREATE INDEX tasks_status ON tasks (status);
+
+        -- An index of the JSONL event logs, which stay the source of truth. No foreign key
+        -- to tasks: indexing must never fail an emit; delete_task removes the rows itself.
+        CREATE TABLE events (
+            task_id TEXT NOT NULL,
+            seq     INTEGER NOT NULL,
+            type    TEXT NOT NULL,
+            ts      REAL NOT NULL,
+            PRIMARY KEY (task_id, seq)
+        ) WITHOUT ROWID;
+        CREATE INDEX events_task_type ON events (task_id, type);
+        """,
+    ),
+)

@@ -1,0 +1,85 @@
+"""Rows of the store as pydantic models."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+RepoKind = Literal["local", "url"]
+"""Whether a task's repository is a host path or a URL."""
+
+
+class TaskRecord(BaseModel):
+    """One task as the store keeps it. Never holds secret values."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    id: str
+    """Unique task id."""
+    prompt: str
+    """The work the agent was asked to do."""
+    agent: str
+    """Agent preset name."""
+    provider: str
+    """Sandbox provider name."""
+    process_manager: str
+    """Process manager running the agent (``tmux``, ``direct``)."""
+    repo: str
+    """The source repository: a host path or a URL."""
+    repo_kind: RepoKind
+    """Whether ``repo`` is a local path or a URL."""
+    ref: str | None = None
+    """The ref the work started from, as the user gave it."""
+    base_commit: str | None = None
+    """The commit ``ref`` resolved to."""
+    branch: str
+    """The branch the agent's work lands on (``hal/<task-id>``)."""
+    status: str
+    """Current state (see the task state machine)."""
+    created_at: float
+    """Unix time the task was created."""
+    started_at: float | None = None
+    """Unix time the agent started."""
+    finished_at: float | None = None
+    """Unix time the task reached a final or resting state."""
+    exit_code: int | None = None
+    """The agent's exit status."""
+    error_code: str | None = None
+    """A :mod:`hal9999.errors` code when the task failed."""
+    error_message: str | None = None
+    """What went wrong, for people."""
+    sandbox_id: str | None = None
+    """The sandbox the task runs or ran in."""
+    runner_pid: int | None = None
+    """Pid of the hal process driving the task, to detect orphans."""
+    session_dir: str
+    """Host path of the task's session directory."""
+    agent_session_id: str | None = None
+    """The agent's own session id, used to resume it."""
+    timeout_s: float | None = None
+    """Run time limit in seconds; ``None`` for none."""
+    input_tokens: int = 0
+    """Input tokens used, as the agent reports them."""
+    output_tokens: int = 0
+    """Output tokens used, as the agent reports them."""
+    cost_usd: float | None = None
+    """Cost in US dollars, when the agent reports it."""
+    files_changed: int = 0
+    """Files changed on the task's branch."""
+    env_keys: list[str] = Field(default_factory=list)
+    """Names of the environment variables forwarded to the agent; never their values."""
+    resumes: int = 0
+    """How many times the task was resumed."""
+
+    @field_validator("env_keys")
+    @classmethod
+    def _names_only(cls, value: list[str]) -> list[str]:
+        # Refuse "KEY=value" and the like: a secret must never reach the database.
+        bad = [name for name in value if not _ENV_NAME.fullmatch(name)]
+        if bad:
+            raise ValueError(f"env_keys must hold variable names only, got {len(bad)} other")
+        return value

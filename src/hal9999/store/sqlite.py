@@ -1,0 +1,311 @@
+"""The SQLite store: the only place in hal9999 that holds SQL.
+
+One file, ``<home>/hal.db``, in WAL mode so a ``hal serve`` and any number of ``hal``
+commands can read and write it at once; writers wait up to ``BUSY_TIMEOUT_S`` for each
+other instead of failing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Collection, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from hal9999.errors import AmbiguousTaskId, HalError, TaskNotFound
+from hal9999.home import HalPaths
+from hal9999.store.migrations import MIGRATIONS, Migration
+from hal9999.store.records import TaskRecord
+
+BUSY_TIMEOUT_S = 5.0
+"""How long a writer waits for another process's write lock."""
+
+_TASK_COLUMNS: tuple[str, ...] = tuple(TaskRecord.model_fields)
+_LIST_HINT = "list tasks with `hal task list`"
+_AMBIGUOUS_SHOWN = 10
+
+
+def _split_statements(sql: str) -> Iterator[str]:
+    """The statements of a script; ``;`` inside strings, comments or triggers is kept."""
+    pending = ""
+    for part in sql.split(";"):
+        pending += part + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \t\r\n;"):
+                yield pending
+            pending = ""
+    if pending.strip(" \t\r\n;"):
+        raise ValueError(f"incomplete SQL statement in migration: {pending.strip()!r}")
+
+
+def _to_row(record: TaskRecord) -> dict[str, Any]:
+    row = record.model_dump()
+    row["env_keys"] = json.dumps(row["env_keys"])
+    return row
+
+
+def _from_row(row: sqlite3.Row) -> TaskRecord:
+    data = dict(zip(row.keys(), row, strict=True))
+    data["env_keys"] = json.loads(data["env_keys"])
+    return TaskRecord.model_validate(data)
+
+
+class Store:
+    """Tasks and the event index, in one SQLite database."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # The database holds prompts and repo paths: create it private. SQLite gives
+            # the -wal and -shm files the same mode.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            self._conn = sqlite3.connect(
+                path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            self._migrate()
+        except (sqlite3.Error, OSError) as exc:
+            self.close()
+            raise HalError(
+                f"cannot open the database {path}: {exc}",
+                hint="check that HAL_HOME is writable and not on a network filesystem",
+            ) from exc
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def open(cls, home: Path) -> Store:
+        """Open (creating and migrating as needed) the store of a hal home directory."""
+        return cls(HalPaths(home).ensure().db)
+
+    def close(self) -> None:
+        """Close the connection; further calls fail. Safe to call twice."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise ValueError("the store is closed")
+        return self._conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction; IMMEDIATE takes the lock up front, so no upgrade deadlock."""
+        with self._lock:
+            conn = self._db()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db().execute(sql, tuple(params)).fetchall()
+
+    def _migrate(self) -> None:
+        latest = MIGRATIONS[-1].version if MIGRATIONS else 0
+        with self._write() as conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+            )
+        current = self.schema_version()
+        if current > latest:
+            raise HalError(
+                f"the database {self.path} has schema version {current}, newer than this"
+                f" hal knows ({latest})",
+                hint="upgrade hal9999",
+            )
+        for migration in MIGRATIONS:
+            if migration.version > current:
+                self._apply(migration)
+
+    def _apply(self, migration: Migration) -> None:
+        with self._write() as conn:
+            # Another process may have applied it while this one waited for the lock.
+            done = conn.execute(
+                "SELECT 1 FROM schema_migrations WHERE version = ?", (migration.version,)
+            ).fetchone()
+            if done:
+                return
+            for statement in _split_statements(migration.sql):
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                (migration.version, migration.name, time.time()),
+            )
+
+    def schema_version(self) -> int:
+        """The highest migration applied (0 for an empty database)."""
+        row = self._query("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")[0]
+        return int(row[0])
+
+    def applied_migrations(self) -> list[tuple[int, str, float]]:
+        """``(version, name, applied_at)`` of every applied migration, in order."""
+        rows = self._query("SELECT version, name, applied_at FROM schema_migrations ORDER BY 1")
+        return [(int(r[0]), str(r[1]), float(r[2])) for r in rows]
+
+    def journal_mode(self) -> str:
+        """The journal mode SQLite reports (``wal`` unless the filesystem refused it)."""
+        return str(self._query("PRAGMA journal_mode")[0][0])
+
+    # -- tasks ----------------------------------------------------------------------------
+
+    def insert_task(self, record: TaskRecord) -> None:
+        """Add a new task; its id must be unused."""
+        columns = ", ".join(_TASK_COLUMNS)
+        values = ", ".join(f":{name}" for name in _TASK_COLUMNS)
+        try:
+            with self._write() as conn:
+                conn.execute(f"INSERT INTO tasks ({columns}) VALUES ({values})", _to_row(record))
+        except sqlite3.IntegrityError as exc:
+            raise ValueError(f"task {record.id} already exists") from exc
+
+    def get_task(self, task_id: str) -> TaskRecord:
+        """The task with exactly this id."""
+        rows = self._query("SELECT * FROM tasks WHERE id = ?", (task_id,))
+        if not rows:
+            raise TaskNotFound(f"no task {task_id!r}", hint=_LIST_HINT, task_id=task_id)
+        return _from_row(rows[0])
+
+    def find_task(self, id_or_prefix: str) -> TaskRecord:
+        """The task with this id, else the only task whose id starts with it."""
+        key = id_or_prefix.strip()
+        if not key:
+            raise TaskNotFound("no task id given", hint=_LIST_HINT)
+        rows = self._query("SELECT * FROM tasks WHERE id = ?", (key,))
+        if rows:
+            return _from_row(rows[0])
+        rows = self._query(
+            "SELECT * FROM tasks WHERE substr(id, 1, ?) = ? ORDER BY created_at DESC",
+            (len(key), key),
+        )
+        if not rows:
+            raise TaskNotFound(f"no task id starts with {key!r}", hint=_LIST_HINT, task_id=key)
+        if len(rows) > 1:
+            ids = [str(row["id"]) for row in rows]
+            shown = ", ".join(ids[:_AMBIGUOUS_SHOWN]) + (
+                ", ..." if len(ids) > _AMBIGUOUS_SHOWN else ""
+            )
+            raise AmbiguousTaskId(
+                f"task id prefix {key!r} matches {len(ids)} tasks: {shown}",
+                hint="type more characters of the task id",
+                candidates=ids,
+            )
+        return _from_row(rows[0])
+
+    def list_tasks(
+        self, *, status: Collection[str] | None = None, limit: int | None = None
+    ) -> list[TaskRecord]:
+        """Tasks, newest first, optionally only those in the given states."""
+        sql = "SELECT * FROM tasks"
+        params: list[Any] = []
+        if status is not None:
+            if not status:
+                return []
+            sql += f" WHERE status IN ({', '.join('?' * len(status))})"
+            params.extend(status)
+        sql += " ORDER BY created_at DESC, rowid DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [_from_row(row) for row in self._query(sql, params)]
+
+    def update_task(self, task_id: str, **fields: Any) -> TaskRecord:
+        """Set some fields of a task; returns the updated record.
+
+        Raises ``ValueError`` for a name that is not a :class:`TaskRecord` field (or ``id``)
+        and pydantic's ``ValidationError`` for a value of the wrong type.
+        """
+        unknown = sorted(set(fields) - set(_TASK_COLUMNS))
+        if unknown:
+            raise ValueError(f"unknown task field(s): {', '.join(unknown)}")
+        if "id" in fields:
+            raise ValueError("a task's id cannot change")
+        with self._write() as conn:
+            rows = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchall()
+            if not rows:
+                raise TaskNotFound(f"no task {task_id!r}", hint=_LIST_HINT, task_id=task_id)
+            if not fields:
+                return _from_row(rows[0])
+            current = _from_row(rows[0])
+            updated = TaskRecord.model_validate({**current.model_dump(), **fields})
+            row = _to_row(updated)
+            # Only the named columns are written, so concurrent updates of other fields
+            # by other processes are not overwritten with stale values.
+            assignments = ", ".join(f"{name} = :{name}" for name in fields)
+            conn.execute(
+                f"UPDATE tasks SET {assignments} WHERE id = :id",
+                {name: row[name] for name in (*fields, "id")},
+            )
+        return updated
+
+    def delete_task(self, task_id: str) -> None:
+        """Remove a task and its event index rows."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM events WHERE task_id = ?", (task_id,))
+            deleted = conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,)).rowcount
+            if not deleted:
+                raise TaskNotFound(f"no task {task_id!r}", hint=_LIST_HINT, task_id=task_id)
+
+    def all_task_ids(self) -> set[str]:
+        """Every task id in the store."""
+        return {str(row[0]) for row in self._query("SELECT id FROM tasks")}
+
+    # -- event index ----------------------------------------------------------------------
+
+    def index_events(self, task_id: str, rows: Iterable[tuple[int, str, float]]) -> None:
+        """Record ``(seq, type, ts)`` of events; rows already indexed are ignored."""
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT OR IGNORE INTO events (task_id, seq, type, ts) VALUES (?, ?, ?, ?)",
+                ((task_id, seq, type_, ts) for seq, type_, ts in rows),
+            )
+
+    def event_count(self, task_id: str, type: str | None = None) -> int:
+        """How many events of a task (of one type, when given) are indexed."""
+        if type is None:
+            rows = self._query("SELECT COUNT(*) FROM events WHERE task_id = ?", (task_id,))
+        else:
+            rows = self._query(
+                "SELECT COUNT(*) FROM events WHERE task_id = ? AND type = ?", (task_id, type)
+            )
+        return int(rows[0][0])
+
+    def last_seq(self, task_id: str) -> int:
+        """The highest indexed seq of a task (0 when none)."""
+        rows = self._query("SELECT COALESCE(MAX(seq), 0) FROM events WHERE task_id = ?", (task_id,))
+        return int(rows[0][0])

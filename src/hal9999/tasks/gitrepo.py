@@ -1,0 +1,191 @@
+"""Git work around a task: the source, the session checkout, and bringing the branch back.
+
+Trust boundary: once an agent has run, the checkout is untrusted (its ``.git/config`` could
+name hooks, filters or an fsmonitor that git would run). So everything that touches the
+checkout after the agent runs happens *inside the sandbox*, and the host only reads the
+result as a git bundle, a plain file that carries no configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from hal9999.errors import RepoError
+from hal9999.providers.base import Sandbox
+from hal9999.spec import ArgvCommand
+
+_URL = re.compile(r"^([a-z][a-z0-9+.-]*://|[\w.-]+@[\w.-]+:)", re.IGNORECASE)
+# Host-side git never runs repository hooks and never prompts for credentials.
+_GIT_SAFE = ["-c", "core.hooksPath=/dev/null", "-c", "protocol.file.allow=always"]
+_IDENTITY = ["-c", "user.name=hal9999", "-c", "user.email=hal9999@localhost"]
+
+
+@dataclass(frozen=True)
+class RepoSource:
+    """Where a task's repository comes from."""
+
+    kind: Literal["local", "url"]
+    location: str
+    """An absolute path (the repository's top level) or a URL."""
+
+
+@dataclass(frozen=True)
+class Collected:
+    """What collection produced."""
+
+    head: str
+    files_changed: int
+    committed_leftovers: bool
+
+
+async def git(args: Sequence[str], *, cwd: Path | None = None, what: str = "git") -> str:
+    """Run host git; raise :class:`RepoError` with git's own message on failure."""
+    proc = await asyncio.create_subprocess_exec(
+        "git",
+        *_GIT_SAFE,
+        *args,
+        cwd=cwd,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/"},
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        detail = err.decode("utf-8", "replace").strip().splitlines()
+        raise RepoError(f"{what} failed: {detail[-1] if detail else 'git exited with error'}")
+    return out.decode("utf-8", "replace").strip()
+
+
+async def resolve_source(repo: str | None, cwd: Path) -> RepoSource:
+    """Turn ``--repo`` (a path, a URL, or nothing for the current directory) into a source."""
+    if repo and _URL.match(repo):
+        return RepoSource("url", repo)
+    path = (cwd / repo).resolve() if repo else cwd.resolve()
+    if not path.exists():
+        raise RepoError(
+            f"repository path does not exist: {path}",
+            hint="pass --repo with a path to a git repository or a git URL",
+        )
+    try:
+        top = await git(["rev-parse", "--show-toplevel"], cwd=path, what="finding the repository")
+    except RepoError:
+        raise RepoError(
+            f"not a git repository: {path}",
+            hint="run hal inside a git repository, or pass --repo PATH|URL",
+        ) from None
+    return RepoSource("local", top)
+
+
+async def clone(source: RepoSource, ref: str | None, dest: Path, branch: str) -> str:
+    """Clone ``source`` at ``ref`` into ``dest`` on a new ``branch``; return the base commit."""
+    location = source.location
+    await git(
+        ["clone", "--quiet", "--no-hardlinks", location, str(dest)],
+        what=f"cloning {location}",
+    )
+    if ref:
+        for candidate in (ref, f"origin/{ref}"):
+            try:
+                await git(["checkout", "--quiet", "--detach", candidate], cwd=dest)
+                break
+            except RepoError:
+                continue
+        else:
+            raise RepoError(
+                f"ref {ref!r} not found in {location}",
+                hint="pass --ref with an existing branch, tag or commit",
+            )
+    await git(["checkout", "--quiet", "-b", branch], cwd=dest, what="creating the branch")
+    for key, value in (("user.name", "hal9999"), ("user.email", "hal9999@localhost")):
+        await git(["config", key, value], cwd=dest)
+    return await git(["rev-parse", "HEAD"], cwd=dest)
+
+
+def _in(sandbox: Sandbox, *args: str) -> ArgvCommand:
+    return ArgvCommand(
+        argv=("git", "-c", "core.hooksPath=/dev/null", *_IDENTITY, *args),
+        cwd=sandbox.workdir,
+        env={"GIT_TERMINAL_PROMPT": "0"},
+    )
+
+
+async def _sandbox_git(sandbox: Sandbox, *args: str, what: str) -> str:
+    result = await sandbox.exec(_in(sandbox, *args), timeout=300)
+    if not result.ok:
+        detail = result.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise RepoError(f"{what} failed: {detail[-1] if detail else 'git error'}")
+    return result.text().strip()
+
+
+async def collect(
+    sandbox: Sandbox,
+    *,
+    base: str,
+    branch: str,
+    task_id: str,
+    patch: Path,
+    bundle_target: str,
+    full_bundle: bool,
+) -> Collected:
+    """Inside the sandbox: commit leftovers, point ``branch`` at HEAD, write patch and bundle.
+
+    ``bundle_target`` is a sandbox path on a writable bind; the caller moves the file.
+    """
+    status = await _sandbox_git(sandbox, "status", "--porcelain", what="reading the changes")
+    committed = False
+    if status:
+        await _sandbox_git(sandbox, "add", "-A", what="staging leftover changes")
+        await _sandbox_git(
+            sandbox,
+            "commit",
+            "--quiet",
+            "--no-verify",
+            "-m",
+            f"hal: uncommitted changes left by task {task_id}",
+            what="committing leftover changes",
+        )
+        committed = True
+    head = await _sandbox_git(sandbox, "rev-parse", "HEAD", what="reading HEAD")
+    await _sandbox_git(
+        sandbox, "update-ref", f"refs/heads/{branch}", head, what="updating the branch"
+    )
+    diff = await sandbox.exec(
+        _in(sandbox, "diff", "--binary", "--no-ext-diff", "--no-textconv", base, head),
+        timeout=300,
+    )
+    if not diff.ok:
+        raise RepoError("writing the patch failed: " + diff.stderr.decode(errors="replace"))
+    patch.write_bytes(diff.stdout)
+    names = await _sandbox_git(
+        sandbox, "diff", "--name-only", "--no-ext-diff", base, head, what="listing changes"
+    )
+    files = len([n for n in names.splitlines() if n])
+    if full_bundle or head != base:
+        rev = branch if full_bundle else f"{base}..{branch}"
+        await _sandbox_git(
+            sandbox, "bundle", "create", "--quiet", bundle_target, rev, what="bundling the branch"
+        )
+    return Collected(head=head, files_changed=files, committed_leftovers=committed)
+
+
+async def bring_back(
+    source: RepoSource, *, bundle: Path, branch: str, head: str, base: str
+) -> None:
+    """Create or move ``branch`` in a local source repository to ``head``."""
+    if source.kind != "local":
+        return
+    repo = Path(source.location)
+    if head == base or not bundle.exists():
+        await git(["branch", "--force", branch, base], cwd=repo, what="creating the branch")
+        return
+    await git(
+        ["fetch", "--quiet", "--no-tags", str(bundle), f"+refs/heads/{branch}:refs/heads/{branch}"],
+        cwd=repo,
+        what=f"bringing {branch} back to {repo}",
+    )

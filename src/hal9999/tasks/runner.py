@@ -1,0 +1,400 @@
+"""One run of a task: sandbox, prepare, agent, stream, collect, release.
+
+The runner owns a task only while it runs. Another ``hal`` process may stop or cancel the task
+meanwhile (it kills the process and the sandbox and records the new state); the runner notices
+the record changed under it and leaves without touching it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from hal9999.agents.base import Agent, AgentContext, AgentLaunch
+from hal9999.agents.registry import resolve_agent
+from hal9999.config import HalConfig
+from hal9999.credentials import forwarded_env, install_files
+from hal9999.errors import (
+    AgentFailed,
+    AgentNotInstalled,
+    HalError,
+    TaskTimeout,
+)
+from hal9999.events.log import EventLog
+from hal9999.events.models import (
+    AgentSession,
+    Event,
+    Output,
+    Phase,
+    SandboxAcquired,
+    TaskEnd,
+    Usage,
+)
+from hal9999.process.base import ProcessManager
+from hal9999.providers.base import Sandbox
+from hal9999.redact import SecretMasker
+from hal9999.spec import ArgvCommand, ProcessSpec, SandboxSpec, ShellCommand
+from hal9999.store import Store, TaskRecord
+from hal9999.tasks import gitrepo
+from hal9999.tasks.plugins import load_process_manager, load_provider_for
+from hal9999.tasks.session import HOME_TARGET, INPUT_TARGET, Session
+from hal9999.tasks.state import TaskStatus, check_transition
+
+_POLL_S = 0.05
+_DEFAULT_RESUME_PROMPT = "Continue where you left off and finish the task."
+
+
+class Superseded(Exception):
+    """Another hal process moved the task to a resting state; this run must leave it alone."""
+
+
+@dataclass
+class Totals:
+    """Token and cost figures gathered from usage events."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float | None = None
+
+    def add(self, usage: Usage) -> None:
+        """Fold one usage event in; a run total replaces the running sum."""
+        if usage.total:
+            self.input_tokens, self.output_tokens = usage.input_tokens, usage.output_tokens
+            self.cost_usd = usage.cost_usd
+            return
+        self.input_tokens += usage.input_tokens + usage.cache_read_tokens
+        self.output_tokens += usage.output_tokens
+        if usage.cost_usd is not None:
+            self.cost_usd = (self.cost_usd or 0.0) + usage.cost_usd
+
+
+@dataclass
+class RunContext:
+    """Everything one run needs, resolved before it starts."""
+
+    task: TaskRecord
+    session: Session
+    events: EventLog
+    masker: SecretMasker
+    secrets: dict[str, str]
+    on_output: Callable[[str], None] | None = None
+    totals: Totals = field(default_factory=Totals)
+
+
+def process_spec(
+    task: TaskRecord, session: Session, command: ArgvCommand | ShellCommand
+) -> ProcessSpec:
+    """The process spec of a task's current run."""
+    return ProcessSpec(
+        name=f"hal-{task.id}",
+        command=command,
+        log_path=session.log,
+        exit_path=session.exit_file(task.resumes),
+    )
+
+
+def sandbox_spec(config: HalConfig, task: TaskRecord, session: Session) -> SandboxSpec:
+    """The sandbox a task runs in."""
+    return SandboxSpec(
+        provider=task.provider,
+        resources=config.resources,
+        network=config.network,
+        workspace=session.workspace,
+        binds=session.binds(),
+        labels={"hal.task": task.id},
+    )
+
+
+class TaskRunner:
+    """Runs tasks from the store to a final or resting state."""
+
+    def __init__(self, config: HalConfig, store: Store, environ: Mapping[str, str]) -> None:
+        self.config = config
+        self.store = store
+        self.environ = environ
+
+    # -- state -------------------------------------------------------------------------
+    def transition(self, ctx: RunContext, target: TaskStatus, detail: str | None = None) -> None:
+        """Apply ``target`` to the task, unless someone else already put it to rest."""
+        current = self.store.get_task(ctx.task.id)
+        if (
+            current.status in (TaskStatus.STOPPED, TaskStatus.CANCELLED)
+            and current.status != target
+        ):
+            raise Superseded(current.status)
+        check_transition(current.status, target)
+        changes: dict[str, object] = {"status": target.value}
+        if target is TaskStatus.RUNNING:
+            changes["started_at"] = time.time()
+        self.store.update_task(ctx.task.id, **changes)
+        ctx.task = self.store.get_task(ctx.task.id)
+        ctx.events.emit(Phase(phase=target.value, previous=current.status, detail=detail))
+
+    def emit(self, ctx: RunContext, event: Event) -> None:
+        """Record an event, folding usage and session ids into the task."""
+        if isinstance(event, Usage):
+            ctx.totals.add(event)
+        elif isinstance(event, AgentSession):
+            self.store.update_task(ctx.task.id, agent_session_id=event.session_id)
+        ctx.events.emit(event)
+
+    # -- the run -----------------------------------------------------------------------
+    async def run(self, ctx: RunContext, prompt: str | None = None) -> TaskRecord:
+        """Run the task once; returns the record in its final or resting state."""
+        task = ctx.task
+        self.store.update_task(task.id, runner_pid=os.getpid())
+        agent = resolve_agent(task.agent, self.config.agent_settings(task.agent))
+        provider = load_provider_for(self.config, task.provider)
+        manager = load_process_manager(self.config, task.process_manager)
+        sandbox: Sandbox | None = None
+        pspec: ProcessSpec | None = None
+        started = time.monotonic()
+        exit_code: int | None = None
+        try:
+            self.transition(ctx, TaskStatus.PROVISIONING)
+            sandbox = await provider.create(sandbox_spec(self.config, task, ctx.session))
+            self.store.update_task(task.id, sandbox_id=sandbox.id)
+            self.emit(ctx, SandboxAcquired(sandbox_id=sandbox.id, provider=sandbox.provider))
+
+            self.transition(ctx, TaskStatus.PREPARING)
+            launch = await self.prepare(ctx, sandbox, agent, prompt)
+            pspec = process_spec(ctx.task, ctx.session, launch.command)
+            self.transition(ctx, TaskStatus.RUNNING, detail=f"agent {agent.name}")
+            secrets = {**forwarded_env(launch.secret_env, self.environ), **ctx.secrets}
+            await manager.start(sandbox, pspec, env=secrets)
+            exit_code = await self.follow(ctx, manager, pspec, agent, started)
+
+            self.transition(ctx, TaskStatus.COLLECTING)
+            files = await self.collect(ctx, sandbox)
+            if exit_code == 0:
+                return self.finish(ctx, TaskStatus.SUCCEEDED, started, exit_code, files=files)
+            error = AgentFailed(
+                f"agent {agent.name} exited with status {exit_code}",
+                hint=f"see `hal task logs {task.id}`",
+            )
+            return self.finish(ctx, TaskStatus.FAILED, started, exit_code, error=error, files=files)
+        except Superseded:
+            return self.store.get_task(task.id)
+        except TaskTimeout as exc:
+            if pspec is not None:
+                await manager.stop(pspec)
+            files = await self.collect_quietly(ctx, sandbox)
+            return self.finish(
+                ctx, TaskStatus.TIMED_OUT, started, exit_code, error=exc, files=files
+            )
+        except HalError as exc:
+            if pspec is not None:
+                await manager.stop(pspec)
+            return self.finish(ctx, TaskStatus.FAILED, started, exit_code, error=exc)
+        except asyncio.CancelledError:
+            # Ctrl-C: stop the agent and keep the session; the sandbox goes in `finally`.
+            if pspec is not None:
+                await manager.stop(pspec)
+            self.finish(
+                ctx, TaskStatus.CANCELLED, started, exit_code, note="interrupted by the user"
+            )
+            raise
+        finally:
+            if sandbox is not None:
+                await provider.destroy(sandbox.id)
+                self.store.update_task(task.id, sandbox_id=None)
+            self.store.update_task(task.id, runner_pid=None)
+
+    async def prepare(
+        self, ctx: RunContext, sandbox: Sandbox, agent: Agent, prompt: str | None
+    ) -> AgentLaunch:
+        """Repo, prompt, agent config and credentials into the session and the sandbox."""
+        task, session = ctx.task, ctx.session
+        if task.base_commit is None:
+            source = gitrepo.RepoSource(task.repo_kind, task.repo)  # type: ignore[arg-type]
+            base = await gitrepo.clone(source, task.ref, session.workspace, task.branch)
+            self.store.update_task(task.id, base_commit=base)
+            ctx.task = task = self.store.get_task(task.id)
+        text = prompt or task.prompt
+        session.prompt_file.write_text(text)
+        resume = task.agent_session_id if task.resumes and agent.supports_resume else None
+        if task.resumes and resume is None and prompt is None:
+            text = task.prompt
+        actx = AgentContext(
+            task_id=task.id,
+            prompt=text,
+            prompt_file=sandbox.path(INPUT_TARGET) + "/prompt.txt",
+            workspace=sandbox.workdir,
+            home=sandbox.path(HOME_TARGET),
+            resume_session=resume,
+            settings=self.config.agent_settings(task.agent),
+        )
+        launch = agent.build(actx)
+        for path, data in launch.files.items():
+            await sandbox.write_file_atomic(path, data, mode=0o600)
+        await install_files(sandbox, self.config.credentials, actx.home)
+        program = launch.command.argv[0] if isinstance(launch.command, ArgvCommand) else None
+        program = program or agent.program
+        found = await sandbox.exec(
+            ArgvCommand(argv=("sh", "-c", 'command -v "$1"', "hal-which", program)),
+        )
+        if not found.ok:
+            raise AgentNotInstalled(
+                f"agent program {program!r} is not installed in the {sandbox.provider} sandbox",
+                hint=agent.install_hint,
+            )
+        command = launch.command.model_copy(update={"env": {**launch.env, **launch.command.env}})
+        return AgentLaunch(
+            command=command, env=launch.env, files=launch.files, secret_env=launch.secret_env
+        )
+
+    async def follow(
+        self,
+        ctx: RunContext,
+        manager: ProcessManager,
+        pspec: ProcessSpec,
+        agent: Agent,
+        started: float,
+    ) -> int:
+        """Stream the log into events until the process ends; return its exit status."""
+        parser = agent.parser()
+        offset = ctx.session.log.stat().st_size if ctx.session.log.exists() else 0
+        timeout = ctx.task.timeout_s
+        decoder_buf = b""
+
+        def pump(final: bool = False) -> None:
+            nonlocal offset, decoder_buf
+            try:
+                with ctx.session.log.open("rb") as fh:
+                    fh.seek(offset)
+                    data = fh.read()
+            except FileNotFoundError:
+                return
+            offset += len(data)
+            data = decoder_buf + data
+            # Hold back an incomplete UTF-8 sequence until its remaining bytes arrive.
+            cut = len(data)
+            while not final and cut > 0 and len(data) - cut < 4 and (data[cut - 1] & 0xC0) == 0x80:
+                cut -= 1
+            if not final and cut > 0 and data[cut - 1] >= 0xC0:
+                cut -= 1
+            decoder_buf, data = data[cut:], data[:cut]
+            if not data:
+                return
+            text = data.decode("utf-8", "replace")
+            masked = ctx.masker.mask(text)
+            if ctx.on_output is not None:
+                ctx.on_output(masked)
+            self.emit(ctx, Output(text=text))
+            for event in parser.feed(text):
+                self.emit(ctx, event)
+
+        while True:
+            status = await manager.status(pspec)
+            pump()
+            if status.state != "running":
+                break
+            if timeout is not None and time.monotonic() - started > timeout:
+                raise TaskTimeout(
+                    f"task ran past its timeout of {timeout:g}s",
+                    hint="raise it with --timeout SECONDS",
+                )
+            await asyncio.sleep(_POLL_S)
+        pump(final=True)
+        for event in parser.close():
+            self.emit(ctx, event)
+        if status.state == "missing" or status.exit_code is None:
+            current = self.store.get_task(ctx.task.id)
+            if current.status in (TaskStatus.STOPPED, TaskStatus.CANCELLED):
+                raise Superseded(current.status)
+            raise AgentFailed("the agent process vanished without an exit status")
+        return status.exit_code
+
+    async def collect(self, ctx: RunContext, sandbox: Sandbox) -> int:
+        """Commit leftovers, bring the branch back, write the patch; return files changed."""
+        task, session = ctx.task, ctx.session
+        assert task.base_commit is not None
+        bundle_name = ".hal-result.bundle"
+        result = await gitrepo.collect(
+            sandbox,
+            base=task.base_commit,
+            branch=task.branch,
+            task_id=task.id,
+            patch=session.patch,
+            bundle_target=sandbox.path(HOME_TARGET) + "/" + bundle_name,
+            full_bundle=task.repo_kind == "url",
+        )
+        staged = session.home / bundle_name
+        if staged.exists():
+            shutil.move(staged, session.bundle)
+        source = gitrepo.RepoSource(task.repo_kind, task.repo)  # type: ignore[arg-type]
+        await gitrepo.bring_back(
+            source,
+            bundle=session.bundle,
+            branch=task.branch,
+            head=result.head,
+            base=task.base_commit,
+        )
+        self.store.update_task(task.id, files_changed=result.files_changed)
+        return result.files_changed
+
+    async def collect_quietly(self, ctx: RunContext, sandbox: Sandbox | None) -> int:
+        """Collect what a timed-out run left, reporting (not raising) a failure."""
+        if sandbox is None or ctx.task.base_commit is None:
+            return 0
+        try:
+            return await self.collect(ctx, sandbox)
+        except HalError as exc:
+            from hal9999.events.models import Message
+
+            ctx.events.emit(Message(level="warning", text=f"collecting failed: {exc.one_line()}"))
+            return 0
+
+    def finish(
+        self,
+        ctx: RunContext,
+        status: TaskStatus,
+        started: float,
+        exit_code: int | None,
+        *,
+        error: HalError | None = None,
+        files: int | None = None,
+        note: str | None = None,
+    ) -> TaskRecord:
+        """Record the end of a run and emit ``task_end``."""
+        current = self.store.get_task(ctx.task.id)
+        if current.status in (TaskStatus.STOPPED, TaskStatus.CANCELLED):
+            return current
+        check_transition(current.status, status)
+        totals = ctx.totals
+        self.store.update_task(
+            ctx.task.id,
+            status=status.value,
+            finished_at=time.time(),
+            exit_code=exit_code,
+            error_code=error.code if error else None,
+            error_message=ctx.masker.mask(error.one_line()) if error else note,
+            input_tokens=current.input_tokens + totals.input_tokens,
+            output_tokens=current.output_tokens + totals.output_tokens,
+            cost_usd=_add_cost(current.cost_usd, totals.cost_usd),
+        )
+        record = self.store.get_task(ctx.task.id)
+        ctx.events.emit(Phase(phase=status.value, previous=current.status, detail=note))
+        ctx.events.emit(
+            TaskEnd(
+                status=status.value,
+                exit_code=exit_code,
+                error_code=error.code if error else None,
+                error=error.one_line() if error else note,
+                files_changed=files if files is not None else record.files_changed,
+                duration_s=round(time.monotonic() - started, 3),
+            )
+        )
+        return record
+
+
+def _add_cost(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a + b

@@ -1,0 +1,302 @@
+"""Task operations the CLI offers: create, run, stop, cancel, resume, remove, reconcile."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hal9999.agents.registry import resolve_agent
+from hal9999.config import HalConfig
+from hal9999.credentials import forwarded_env
+from hal9999.errors import TaskStateError
+from hal9999.events.log import EventLog
+from hal9999.events.models import Message, Phase, TaskCreated, TaskEnd
+from hal9999.home import HalPaths
+from hal9999.process.base import read_exit_status
+from hal9999.providers.base import Provider
+from hal9999.redact import SecretMasker
+from hal9999.spec import ArgvCommand
+from hal9999.store import Store, TaskRecord
+from hal9999.tasks import gitrepo
+from hal9999.tasks.plugins import load_process_manager, load_provider_for
+from hal9999.tasks.runner import RunContext, TaskRunner, process_spec
+from hal9999.tasks.session import Session
+from hal9999.tasks.state import ACTIVE, RESUMABLE, TaskStatus, check_transition
+
+_ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+@dataclass
+class RunRequest:
+    """What ``hal run`` asks for."""
+
+    prompt: str
+    repo: str | None
+    ref: str | None
+    agent: str
+    provider: str
+    process_manager: str
+    timeout_s: float | None
+    env_names: list[str] = field(default_factory=list)
+    given_env: dict[str, str] = field(default_factory=dict)
+    """Values given as ``--env KEY=VALUE`` (never stored)."""
+    cwd: Path = field(default_factory=Path.cwd)
+
+
+def new_task_id(taken: set[str]) -> str:
+    """A short random id (8 chars of Crockford base32) not in ``taken``."""
+    while True:
+        candidate = "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
+        if candidate not in taken:
+            return candidate
+
+
+def runner_alive(pid: int | None) -> bool:
+    """Whether ``pid`` is a live hal process (not a zombie, not a reused pid)."""
+    if pid is None:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            if stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                return False
+        with open(f"/proc/{pid}/cmdline", "rb") as cmd:
+            return b"hal" in cmd.read()
+    except OSError:
+        return False
+
+
+class TaskService:
+    """The task layer behind the CLI (and, later, the daemon)."""
+
+    def __init__(self, config: HalConfig, store: Store, environ: Mapping[str, str]) -> None:
+        self.config = config
+        self.store = store
+        self.environ = environ
+        self.paths = HalPaths(config.home).ensure()
+        self.runner = TaskRunner(config, store, environ)
+
+    def session(self, task: TaskRecord) -> Session:
+        """The session directory of ``task``."""
+        return Session(Path(task.session_dir))
+
+    def masker(self, task: TaskRecord, extra: Mapping[str, str] | None = None) -> SecretMasker:
+        """A masker for every secret the task may see."""
+        masker = SecretMasker()
+        names = [*task.env_keys, *self.agent_secret_names(task)]
+        for name in names:
+            value = self.environ.get(name)
+            if value:
+                masker.add(value)
+        for value in (extra or {}).values():
+            masker.add(value)
+        return masker
+
+    def agent_secret_names(self, task: TaskRecord) -> list[str]:
+        """Host variables the task's agent forwards (its API key)."""
+        settings = self.config.agent_settings(task.agent)
+        return [settings.api_key_env] if settings.api_key_env else []
+
+    def event_log(self, task: TaskRecord, masker: SecretMasker) -> EventLog:
+        """The task's event log."""
+        return EventLog(self.session(task).events, task.id, store=self.store, masker=masker)
+
+    # -- create ------------------------------------------------------------------------
+    async def create(self, req: RunRequest) -> TaskRecord:
+        """Validate the request, create the record and session; the task is ``queued``."""
+        if not req.prompt.strip():
+            raise TaskStateError("the prompt is empty", hint='hal run "describe the work"')
+        resolve_agent(req.agent, self.config.agent_settings(req.agent))
+        load_provider_for(self.config, req.provider)
+        load_process_manager(self.config, req.process_manager)
+        forwarded_env([n for n in req.env_names if n not in req.given_env], self.environ)
+        source = await gitrepo.resolve_source(req.repo, req.cwd)
+        task_id = new_task_id(self.store.all_task_ids())
+        session = Session(self.paths.ensure_session(task_id))
+        session.create()
+        session.workspace.mkdir(exist_ok=True)
+        record = TaskRecord(
+            id=task_id,
+            prompt=req.prompt,
+            agent=req.agent,
+            provider=req.provider,
+            process_manager=req.process_manager,
+            repo=source.location,
+            repo_kind=source.kind,
+            ref=req.ref,
+            branch=f"hal/{task_id}",
+            status=TaskStatus.QUEUED.value,
+            created_at=time.time(),
+            session_dir=str(session.root),
+            timeout_s=req.timeout_s,
+            env_keys=list(dict.fromkeys(req.env_names + self.config.forward_env)),
+        )
+        self.store.insert_task(record)
+        session.prompt_file.write_text(req.prompt)
+        log = self.event_log(record, SecretMasker())
+        log.emit(
+            TaskCreated(
+                prompt_chars=len(req.prompt),
+                agent=req.agent,
+                provider=req.provider,
+                repo=source.location,
+                ref=req.ref,
+            )
+        )
+        log.close()
+        return record
+
+    # -- run ---------------------------------------------------------------------------
+    async def run(
+        self,
+        task_id: str,
+        *,
+        given_env: Mapping[str, str] | None = None,
+        prompt: str | None = None,
+        on_output: Callable[[str], None] | None = None,
+    ) -> TaskRecord:
+        """Run a queued task to its end in this process."""
+        task = self.store.get_task(task_id)
+        given = dict(given_env or {})
+        forwarded = [name for name in task.env_keys if name not in given]
+        secrets_env = {**forwarded_env(forwarded, self.environ), **given}
+        masker = self.masker(task, secrets_env)
+        events = self.event_log(task, masker)
+        ctx = RunContext(
+            task=task,
+            session=self.session(task),
+            events=events,
+            masker=masker,
+            secrets=secrets_env,
+            on_output=on_output,
+        )
+        try:
+            return await self.runner.run(ctx, prompt)
+        finally:
+            events.close()
+
+    # -- control -----------------------------------------------------------------------
+    async def halt(self, task_id: str, target: TaskStatus, reason: str) -> TaskRecord:
+        """Stop the agent, destroy the sandbox, keep the session; record ``target``."""
+        task = self.reconcile(self.store.find_task(task_id))
+        if target is TaskStatus.STOPPED and task.status == TaskStatus.STOPPED:
+            return task
+        check_transition(task.status, target)
+        # Record first, so a live runner sees the task was taken from it.
+        self.store.update_task(task.id, status=target.value, finished_at=time.time())
+        await self.kill(task)
+        events = self.event_log(task, self.masker(task))
+        events.emit(Phase(phase=target.value, previous=task.status, detail=reason))
+        events.emit(TaskEnd(status=target.value, error_code=None, error=reason))
+        events.close()
+        return self.store.get_task(task.id)
+
+    async def kill(self, task: TaskRecord) -> None:
+        """Stop the task's process and destroy its sandbox, if any remain."""
+        manager = load_process_manager(self.config, task.process_manager)
+        session = self.session(task)
+        await manager.stop(process_spec(task, session, ArgvCommand(argv=("true",))))
+        provider = load_provider_for(self.config, task.provider)
+        await self.destroy_sandboxes(provider, task)
+        self.store.update_task(task.id, sandbox_id=None)
+
+    async def destroy_sandboxes(self, provider: Provider, task: TaskRecord) -> None:
+        """Destroy every sandbox the provider holds for ``task`` (recorded or labelled)."""
+        ids = {task.sandbox_id} if task.sandbox_id else set()
+        for info in await provider.list():
+            if info.spec.labels.get("hal.task") == task.id:
+                ids.add(info.id)
+        for sandbox_id in ids:
+            await provider.destroy(sandbox_id)
+
+    async def stop(self, task_id: str) -> TaskRecord:
+        """Stop a task; it can be resumed."""
+        return await self.halt(task_id, TaskStatus.STOPPED, "stopped by the user")
+
+    async def cancel(self, task_id: str) -> TaskRecord:
+        """Cancel a task for good (its session stays until ``hal task rm``)."""
+        return await self.halt(task_id, TaskStatus.CANCELLED, "cancelled by the user")
+
+    def prepare_resume(self, task_id: str) -> TaskRecord:
+        """Move a resting task back to ``queued`` for another run."""
+        task = self.reconcile(self.store.find_task(task_id))
+        if task.status not in RESUMABLE:
+            raise TaskStateError(
+                f"task {task.id} is {task.status}; only a stopped or finished task can resume",
+                hint=f"stop it first with `hal task stop {task.id}`",
+            )
+        check_transition(task.status, TaskStatus.QUEUED)
+        self.store.update_task(
+            task.id,
+            status=TaskStatus.QUEUED.value,
+            resumes=task.resumes + 1,
+            exit_code=None,
+            error_code=None,
+            error_message=None,
+            finished_at=None,
+        )
+        events = self.event_log(task, SecretMasker())
+        events.emit(Phase(phase="queued", previous=task.status, detail="resumed"))
+        events.close()
+        return self.store.get_task(task.id)
+
+    async def remove(self, task_id: str, *, force: bool = False) -> TaskRecord:
+        """Delete a task's record and session directory."""
+        task = self.reconcile(self.store.find_task(task_id))
+        if task.status in ACTIVE and not force:
+            raise TaskStateError(
+                f"task {task.id} is {task.status}",
+                hint=f"cancel it first (`hal task cancel {task.id}`) or pass --force",
+            )
+        await self.kill(task)
+        shutil.rmtree(task.session_dir, ignore_errors=True)
+        self.store.delete_task(task.id)
+        return task
+
+    # -- truth -------------------------------------------------------------------------
+    def reconcile(self, task: TaskRecord) -> TaskRecord:
+        """Mark an active task whose runner died as ``interrupted``; return the fresh record."""
+        if task.status not in ACTIVE or runner_alive(task.runner_pid):
+            return task
+        if task.runner_pid is None and task.status == TaskStatus.QUEUED:
+            # Not yet picked up (a detached runner may be starting); give it a moment.
+            if time.time() - task.created_at < 10:
+                return task
+        exit_code = read_exit_status(self.session(task).exit_file(task.resumes))
+        agent = (
+            f"the agent exited with status {exit_code}"
+            if exit_code is not None
+            else "the agent may still be running"
+        )
+        message = f"the hal process running this task died; {agent}"
+        self.store.update_task(
+            task.id,
+            status=TaskStatus.INTERRUPTED.value,
+            runner_pid=None,
+            error_code="interrupted",
+            error_message=message,
+        )
+        events = self.event_log(task, SecretMasker())
+        events.emit(Phase(phase="interrupted", previous=task.status, detail=message))
+        events.emit(
+            Message(
+                level="warning",
+                text=f"{message}; `hal task resume {task.id}` continues it, "
+                f"`hal task stop {task.id}` stops it",
+            )
+        )
+        events.close()
+        return self.store.get_task(task.id)
+
+    def list(
+        self, *, status: list[str] | None = None, limit: int | None = None
+    ) -> list[TaskRecord]:
+        """Tasks, newest first, with dead runners reconciled."""
+        return [self.reconcile(t) for t in self.store.list_tasks(status=status, limit=limit)]
+
+    def find(self, task_id: str) -> TaskRecord:
+        """One task by id or unique prefix, reconciled."""
+        return self.reconcile(self.store.find_task(task_id))

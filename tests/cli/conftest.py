@@ -1,0 +1,96 @@
+"""Fixtures for driving the real ``hal`` command against real repositories."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+AGENT = """#!/bin/sh
+# A tiny custom agent: reads its prompt, fixes the bug, runs the test.
+echo "agent: prompt: $(cat "$1")"
+python3 test_calc.py || echo "agent: test fails, fixing"
+sed -i 's/a - b/a + b/' calc.py
+python3 test_calc.py
+"""
+
+
+def git(repo: Path, *args: str) -> str:
+    """Run git in ``repo`` and return stdout."""
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+@pytest.fixture
+def demo_repo(tmp_path: Path) -> Path:
+    """A git repo with a planted bug, a failing test and an agent script."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "calc.py").write_text("def add(a, b):\n    return a - b\n")
+    (repo / "test_calc.py").write_text(
+        "import calc\n\nassert calc.add(2, 3) == 5, 'add is broken'\nprint('test ok')\n"
+    )
+    (repo / "agent.sh").write_text(AGENT)
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "initial")
+    return repo
+
+
+Hal = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def hal_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for hal subprocesses: a private HAL_HOME and config dir."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HAL_")}
+    env["HAL_HOME"] = str(tmp_path / "halhome")
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "xdg-config")
+    env["HAL_PROVIDER"] = "bwrap"
+    return env
+
+
+@pytest.fixture
+def hal(hal_env: dict[str, str], demo_repo: Path) -> Hal:
+    """Run ``hal ARGS...`` in the demo repo; returns the completed process."""
+
+    def run(
+        *args: str, env: dict[str, str] | None = None, timeout: float = 60, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "hal9999.cli.main", *args],
+            cwd=cwd or demo_repo,
+            env={**hal_env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
+    return run
+
+
+def tasks_json(hal: Hal) -> list[dict[str, Any]]:
+    """``hal task list --json`` parsed."""
+    out = hal("task", "list", "--json")
+    assert out.returncode == 0, out.stderr
+    data: list[dict[str, Any]] = json.loads(out.stdout)
+    return data
+
+
+def events_of(hal: Hal, task_id: str) -> list[dict[str, Any]]:
+    """``hal task events --json`` parsed."""
+    out = hal("task", "events", task_id, "--json")
+    assert out.returncode == 0, out.stderr
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]

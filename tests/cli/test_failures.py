@@ -1,0 +1,201 @@
+"""Every failure gives one clear line, never a traceback, and keeps the session."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from tests.cli.conftest import Hal, tasks_json
+
+pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
+
+
+def one_error_line(out: subprocess.CompletedProcess[str]) -> str:
+    """The single error line; asserts there is no traceback."""
+    assert "Traceback" not in out.stderr + out.stdout
+    lines = [line for line in out.stderr.splitlines() if line.startswith("hal: error:")]
+    assert len(lines) == 1, out.stderr
+    return lines[0]
+
+
+def test_bad_repo_path(hal: Hal, tmp_path: Path) -> None:
+    out = hal("run", "--repo", str(tmp_path / "nope"), "--agent", "true", "x")
+    assert out.returncode == 4
+    assert "does not exist" in one_error_line(out) and "--repo" in out.stderr
+
+
+def test_not_a_git_repo(hal: Hal, tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    out = hal("run", "--agent", "true", "x", cwd=plain)
+    assert out.returncode == 4
+    assert "not a git repository" in one_error_line(out)
+
+
+def test_bad_url_fails_task_and_says_so(hal: Hal, tmp_path: Path) -> None:
+    out = hal("run", "--repo", f"file://{tmp_path}/missing.git", "--agent", "true", "x")
+    assert out.returncode == 4, out.stderr
+    assert "cloning" in out.stdout and "failed" in out.stdout
+    [task] = tasks_json(hal)
+    assert task["status"] == "failed" and task["error_code"] == "repo_invalid"
+
+
+def test_unknown_agent(hal: Hal) -> None:
+    out = hal("run", "--agent", "nosuchagent", "x")
+    assert out.returncode == 5
+    line = one_error_line(out)
+    assert "nosuchagent" in line and "claude" in line
+    assert tasks_json(hal) == []
+
+
+def test_agent_binary_missing(hal: Hal) -> None:
+    out = hal("run", "--agent", "no-such-program-xyz {{prompt_file}}", "x", "--json")
+    assert out.returncode == 5
+    task = json.loads(out.stdout)
+    assert task["status"] == "failed" and task["error_code"] == "agent_missing"
+    assert "no-such-program-xyz" in task["error_message"]
+    assert Path(task["session_dir"], "workspace", "calc.py").exists()
+
+
+def test_agent_crash(hal: Hal) -> None:
+    out = hal("run", "--agent", "sh -c 'echo dying; exit 3'", "x", "--json")
+    assert out.returncode == 5
+    task = json.loads(out.stdout)
+    assert task["status"] == "failed" and task["exit_code"] == 3
+    assert task["error_code"] == "agent_failed"
+    assert "dying" in Path(task["session_dir"], "agent.log").read_text()
+
+
+def test_timeout(hal: Hal) -> None:
+    start = time.monotonic()
+    out = hal(
+        "run", "--agent", "sh -c 'echo edit > new.txt; sleep 60'", "--timeout", "2", "x", "--json"
+    )
+    assert time.monotonic() - start < 30
+    assert out.returncode == 124, out.stderr
+    task = json.loads(out.stdout)
+    assert task["status"] == "timed_out" and task["error_code"] == "timed_out"
+    # Work done before the timeout is kept and collected.
+    assert "new.txt" in Path(task["session_dir"], "result.patch").read_text()
+    assert_no_leftovers(task)
+
+
+def hal_processes_of(task: dict[str, object]) -> list[str]:
+    """Command lines of live processes that belong to the task's session."""
+    needle = str(task["session_dir"]).encode()
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if needle in cmd:
+            found.append(cmd.replace(b"\0", b" ").decode(errors="replace"))
+    return found
+
+
+def assert_no_leftovers(task: dict[str, object]) -> None:
+    """No process of the task is alive and its sandbox is gone."""
+    deadline = time.monotonic() + 5
+    while hal_processes_of(task) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert hal_processes_of(task) == []
+    home = Path(str(task["session_dir"])).parents[1]
+    state = home / "sandboxes" / str(task["provider"])
+    leftovers = [p.name for p in state.iterdir()] if state.exists() else []
+    assert leftovers == [], f"sandboxes left behind: {leftovers}"
+
+
+def wait_for_status(hal: Hal, wanted: str, timeout: float = 30) -> dict[str, object]:
+    """Poll until the only task reaches ``wanted``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        tasks = tasks_json(hal)
+        if tasks and tasks[0]["status"] == wanted:
+            return tasks[0]
+        time.sleep(0.2)
+    pytest.fail(f"task never became {wanted}: {tasks_json(hal)}")
+
+
+def start_hal(hal_env: dict[str, str], repo: Path, *args: str) -> subprocess.Popen[str]:
+    """``hal run ...`` in the background."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "hal9999.cli.main", "run", *args],
+        cwd=repo,
+        env=hal_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_ctrl_c_cancels_cleanly(hal: Hal, hal_env: dict[str, str], demo_repo: Path) -> None:
+    proc = start_hal(hal_env, demo_repo, "--agent", "sleep 60", "wait")
+    task = wait_for_status(hal, "running")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "cancelled" in err and "Traceback" not in err
+    [task] = tasks_json(hal)
+    assert task["status"] == "cancelled" and task["sandbox_id"] is None
+    assert Path(task["session_dir"], "workspace", "calc.py").exists()
+    assert_no_leftovers(task)
+
+
+def test_kill_9_then_list_tells_truth_and_stop_cleans(
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    agent = "sh -c 'test -f done.txt && exit 0; touch done.txt; sleep 60'"
+    proc = start_hal(hal_env, demo_repo, "--agent", agent, "wait")
+    wait_for_status(hal, "running")
+    proc.kill()
+    proc.wait()
+    [task] = tasks_json(hal)
+    assert task["status"] == "interrupted"
+    assert "still be running" in task["error_message"]
+    assert hal_processes_of(task), "the agent survives in tmux until stopped"
+
+    stop = hal("task", "stop", task["id"])
+    assert stop.returncode == 0, stop.stderr
+    [task] = tasks_json(hal)
+    assert task["status"] == "stopped"
+    assert_no_leftovers(task)
+
+    resumed = hal("task", "resume", task["id"], "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    final = json.loads(resumed.stdout)
+    assert final["status"] == "succeeded" and final["resumes"] == 1
+    assert "done.txt" in Path(final["session_dir"], "result.patch").read_text()
+
+
+def test_stop_and_cancel_a_detached_task(hal: Hal) -> None:
+    out = hal("run", "--detach", "--agent", "sleep 60", "wait")
+    task_id = out.stdout.strip()
+    wait_for_status(hal, "running")
+    assert hal("task", "cancel", task_id).returncode == 0
+    [task] = tasks_json(hal)
+    assert task["status"] == "cancelled"
+    assert_no_leftovers(task)
+    again = hal("task", "cancel", task_id)
+    assert again.returncode == 9 and "cannot become" in one_error_line(again)
+
+
+def test_unknown_and_ambiguous_task_ids(hal: Hal) -> None:
+    out = hal("task", "show", "zzzzzzzz")
+    assert out.returncode == 3 and "hal task list" in one_error_line(out)
+
+
+def test_rm_removes_session(hal: Hal) -> None:
+    out = hal("run", "--agent", "true", "x", "--json")
+    task = json.loads(out.stdout)
+    assert hal("task", "rm", task["id"]).returncode == 0
+    assert not Path(task["session_dir"]).exists()
+    assert tasks_json(hal) == []

@@ -1,0 +1,303 @@
+"""The SQLite store, on real files: pragmas, migrations, tasks, prefixes, event index."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from hal9999.errors import AmbiguousTaskId, HalError, TaskNotFound
+from hal9999.store import Store, TaskRecord
+from hal9999.store.migrations import MIGRATIONS
+
+
+def make_task(task_id: str, created_at: float = 1000.0, **overrides: Any) -> TaskRecord:
+    fields: dict[str, Any] = {
+        "id": task_id,
+        "prompt": "fix the bug",
+        "agent": "claude",
+        "provider": "bwrap",
+        "process_manager": "tmux",
+        "repo": "/src/project",
+        "repo_kind": "local",
+        "branch": f"hal/{task_id}",
+        "status": "queued",
+        "created_at": created_at,
+        "session_dir": f"/home/sessions/{task_id}",
+    }
+    fields.update(overrides)
+    return TaskRecord(**fields)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with Store(tmp_path / "hal.db") as opened:
+        yield opened
+
+
+def test_open_uses_wal_and_pragmas(tmp_path: Path) -> None:
+    with Store(tmp_path / "hal.db") as store:
+        assert store.journal_mode() == "wal"
+    # The journal mode is persistent: a plain connection sees it too.
+    conn = sqlite3.connect(tmp_path / "hal.db")
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        conn.close()
+
+
+def test_connection_pragmas(store: Store) -> None:
+    rows = {
+        name: store._query(f"PRAGMA {name}")[0][0]
+        for name in ("busy_timeout", "synchronous", "foreign_keys")
+    }
+    assert rows == {"busy_timeout": 5000, "synchronous": 1, "foreign_keys": 1}
+
+
+def test_database_file_is_private(tmp_path: Path) -> None:
+    Store(tmp_path / "hal.db").close()
+    assert stat.S_IMODE((tmp_path / "hal.db").stat().st_mode) == 0o600
+
+
+def test_migrations_are_recorded_in_order(store: Store) -> None:
+    applied = store.applied_migrations()
+    assert [(v, n) for v, n, _ in applied] == [(m.version, m.name) for m in MIGRATIONS]
+    assert store.schema_version() == MIGRATIONS[-1].version
+
+
+def test_migration_versions_strictly_increase() -> None:
+    versions = [m.version for m in MIGRATIONS]
+    assert versions == sorted(set(versions))
+    assert versions[0] == 1
+
+
+def test_reopen_does_not_reapply(tmp_path: Path) -> None:
+    path = tmp_path / "hal.db"
+    with Store(path) as first:
+        first.insert_task(make_task("t1"))
+        applied = first.applied_migrations()
+    with Store(path) as second:
+        assert second.applied_migrations() == applied
+        assert second.get_task("t1").id == "t1"
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "hal.db"
+    Store(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("INSERT INTO schema_migrations VALUES (999, 'future', 0)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(HalError, match="newer"):
+        Store(path)
+
+
+def test_unopenable_path_is_a_hal_error(tmp_path: Path) -> None:
+    (tmp_path / "hal.db").mkdir()
+    with pytest.raises(HalError, match="cannot open the database"):
+        Store(tmp_path / "hal.db")
+
+
+def test_open_home_creates_database(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "home") as store:
+        assert store.path == tmp_path / "home" / "hal.db"
+    assert (tmp_path / "home" / "hal.db").is_file()
+
+
+def test_insert_and_get_round_trip(store: Store) -> None:
+    task = make_task("t1", env_keys=["ANTHROPIC_API_KEY"], timeout_s=60.0, cost_usd=0.25)
+    store.insert_task(task)
+    assert store.get_task("t1") == task
+
+
+def test_env_keys_hold_names_never_values() -> None:
+    with pytest.raises(ValidationError, match="names only"):
+        make_task("t1", env_keys=["API_KEY=sk-secret-value"])
+    assert make_task("t1", env_keys=["API_KEY", "_X1"]).env_keys == ["API_KEY", "_X1"]
+
+
+def test_duplicate_insert_is_refused(store: Store) -> None:
+    store.insert_task(make_task("t1"))
+    with pytest.raises(ValueError, match="already exists"):
+        store.insert_task(make_task("t1"))
+
+
+def test_get_missing_task(store: Store) -> None:
+    with pytest.raises(TaskNotFound) as info:
+        store.get_task("nope")
+    assert "hal task list" in (info.value.hint or "")
+
+
+def test_find_task_exact_then_unique_prefix(store: Store) -> None:
+    for task_id in ("abc", "abcd12", "abx999", "zz1"):
+        store.insert_task(make_task(task_id))
+    assert store.find_task("abc").id == "abc"  # exact wins although a prefix of abcd12
+    assert store.find_task("abcd").id == "abcd12"
+    assert store.find_task("z").id == "zz1"
+
+
+def test_find_task_ambiguous_prefix_lists_candidates(store: Store) -> None:
+    store.insert_task(make_task("abc1"))
+    store.insert_task(make_task("abc2"))
+    with pytest.raises(AmbiguousTaskId) as info:
+        store.find_task("ab")
+    assert "abc1" in info.value.message and "abc2" in info.value.message
+    assert "more characters" in (info.value.hint or "")
+    assert sorted(info.value.details["candidates"]) == ["abc1", "abc2"]
+
+
+@pytest.mark.parametrize("key", ["q", "", "  "])
+def test_find_task_no_match(store: Store, key: str) -> None:
+    store.insert_task(make_task("abc1"))
+    with pytest.raises(TaskNotFound) as info:
+        store.find_task(key)
+    assert "hal task list" in (info.value.hint or "")
+
+
+def test_prefix_is_not_a_like_pattern(store: Store) -> None:
+    store.insert_task(make_task("a_b"))
+    store.insert_task(make_task("axb"))
+    assert store.find_task("a_").id == "a_b"
+    with pytest.raises(TaskNotFound):
+        store.find_task("a%")
+
+
+def test_list_tasks_newest_first_with_filters(store: Store) -> None:
+    store.insert_task(make_task("old", created_at=1.0, status="succeeded"))
+    store.insert_task(make_task("mid", created_at=2.0, status="running"))
+    store.insert_task(make_task("new", created_at=3.0, status="failed"))
+    assert [t.id for t in store.list_tasks()] == ["new", "mid", "old"]
+    assert [t.id for t in store.list_tasks(limit=2)] == ["new", "mid"]
+    assert [t.id for t in store.list_tasks(status={"succeeded", "failed"})] == ["new", "old"]
+    assert store.list_tasks(status=[]) == []
+
+
+def test_update_task_sets_fields(store: Store) -> None:
+    store.insert_task(make_task("t1"))
+    updated = store.update_task("t1", status="running", started_at=5.0, env_keys=["A", "B"])
+    assert updated.status == "running"
+    assert store.get_task("t1") == updated
+    assert store.get_task("t1").env_keys == ["A", "B"]
+
+
+def test_update_task_rejects_unknown_fields_and_bad_values(store: Store) -> None:
+    store.insert_task(make_task("t1"))
+    with pytest.raises(ValueError, match="unknown task field"):
+        store.update_task("t1", colour="red")
+    with pytest.raises(ValueError, match="cannot change"):
+        store.update_task("t1", id="t2")
+    with pytest.raises(ValidationError):
+        store.update_task("t1", exit_code="not a number")
+    with pytest.raises(TaskNotFound):
+        store.update_task("missing", status="running")
+    assert store.get_task("t1") == make_task("t1")
+
+
+def test_update_writes_only_named_columns(tmp_path: Path) -> None:
+    path = tmp_path / "hal.db"
+    with Store(path) as a, Store(path) as b:
+        a.insert_task(make_task("t1"))
+        stale = b.get_task("t1")
+        a.update_task("t1", input_tokens=10)
+        b.update_task(stale.id, status="running")
+        assert a.get_task("t1").input_tokens == 10
+        assert a.get_task("t1").status == "running"
+
+
+def test_delete_task_removes_event_rows(store: Store) -> None:
+    store.insert_task(make_task("t1"))
+    store.insert_task(make_task("t2"))
+    store.index_events("t1", [(1, "phase", 1.0), (2, "output", 2.0)])
+    store.index_events("t2", [(1, "phase", 1.0)])
+    store.delete_task("t1")
+    assert store.all_task_ids() == {"t2"}
+    assert store.event_count("t1") == 0
+    assert store.event_count("t2") == 1
+    with pytest.raises(TaskNotFound):
+        store.delete_task("t1")
+
+
+def test_event_index_counts_and_ignores_duplicates(store: Store) -> None:
+    assert store.last_seq("t1") == 0
+    store.index_events("t1", [(1, "phase", 1.0), (2, "output", 1.5), (3, "output", 2.0)])
+    store.index_events("t1", [(3, "output", 2.0), (4, "task_end", 3.0)])
+    assert store.event_count("t1") == 4
+    assert store.event_count("t1", "output") == 2
+    assert store.event_count("t1", "usage") == 0
+    assert store.last_seq("t1") == 4
+
+
+def test_two_stores_on_one_file_see_each_other(tmp_path: Path) -> None:
+    path = tmp_path / "hal.db"
+    with Store(path) as a, Store(path) as b:
+        a.insert_task(make_task("t1"))
+        assert b.get_task("t1").id == "t1"
+        b.update_task("t1", status="running")
+        assert a.get_task("t1").status == "running"
+
+
+def test_concurrent_writers_on_one_file(tmp_path: Path) -> None:
+    # No store exists yet: the writers also race to create and migrate the database.
+    path = tmp_path / "hal.db"
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        try:
+            with Store(path) as store:
+                for i in range(50):
+                    store.insert_task(make_task(f"w{n}-{i}", created_at=float(i)))
+                    store.index_events(f"w{n}-{i}", [(1, "phase", 1.0)])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with Store(path) as store:
+        assert len(store.all_task_ids()) == 200
+        assert store.schema_version() == MIGRATIONS[-1].version
+        assert len(store.applied_migrations()) == len(MIGRATIONS)
+
+
+CHILD = """
+import sys
+from pathlib import Path
+from hal9999.store import Store, TaskRecord
+with Store(Path(sys.argv[1])) as store:
+    for i in range(100):
+        store.insert_task(TaskRecord(
+            id=f"child-{i}", prompt="p", agent="a", provider="p", process_manager="m",
+            repo="r", repo_kind="url", branch="b", status="queued", created_at=float(i),
+            session_dir="s"))
+"""
+
+
+def test_another_process_writes_while_this_one_does(tmp_path: Path) -> None:
+    path = tmp_path / "hal.db"
+    with Store(path) as store:
+        child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)])
+        for i in range(100):
+            store.insert_task(make_task(f"parent-{i}"))
+        assert child.wait(timeout=60) == 0
+        ids = store.all_task_ids()
+    assert len(ids) == 200
+    assert {i for i in ids if i.startswith("child-")} == {f"child-{i}" for i in range(100)}
+
+
+def test_closed_store_refuses_use(tmp_path: Path) -> None:
+    store = Store(tmp_path / "hal.db")
+    store.close()
+    store.close()
+    with pytest.raises(ValueError, match="closed"):
+        store.get_task("t1")

@@ -1,0 +1,247 @@
+"""Layered configuration (defaults < user file < hal.toml < HAL_* env) and the home layout."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from hal9999.agents.base import AgentSettings
+from hal9999.config import AgentConfig, CredentialFile, HalConfig, load_config
+from hal9999.errors import ConfigError
+from hal9999.home import HalPaths
+from hal9999.spec import Resources
+
+
+@pytest.fixture
+def user_home(tmp_path: Path) -> Path:
+    home = tmp_path / "user"
+    home.mkdir()
+    return home
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    cwd = tmp_path / "project"
+    cwd.mkdir()
+    return cwd
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def user_file(user_home: Path) -> Path:
+    return user_home / ".config" / "hal9999" / "config.toml"
+
+
+def test_defaults(user_home: Path, project: Path) -> None:
+    config = load_config({"HOME": str(user_home)}, project)
+    assert config == HalConfig(home=user_home / ".local" / "share" / "hal9999")
+    assert config.default_agent == "claude"
+    assert config.default_provider == "bwrap"
+    assert config.process_manager == "tmux"
+    assert config.timeout_s == 3600
+    assert config.network == "none"
+    assert config.resources == Resources()
+
+
+def test_xdg_directories_are_honoured(tmp_path: Path, user_home: Path, project: Path) -> None:
+    data, conf = tmp_path / "data", tmp_path / "conf"
+    write(conf / "hal9999" / "config.toml", 'default_agent = "codex"\n')
+    environ = {"HOME": str(user_home), "XDG_DATA_HOME": str(data), "XDG_CONFIG_HOME": str(conf)}
+    config = load_config(environ, project)
+    assert config.home == data / "hal9999"
+    assert config.default_agent == "codex"
+
+
+def test_relative_xdg_values_are_ignored(user_home: Path, project: Path) -> None:
+    config = load_config({"HOME": str(user_home), "XDG_DATA_HOME": "rel/data"}, project)
+    assert config.home == user_home / ".local" / "share" / "hal9999"
+
+
+def test_precedence_file_then_project_then_env(user_home: Path, project: Path) -> None:
+    write(
+        user_file(user_home),
+        """
+        default_agent = "codex"
+        timeout_s = 100
+        forward_env = ["A"]
+        [resources]
+        pids = 100
+        cpus = 1.0
+        [agents.claude]
+        model = "from-user"
+        base_url = "https://user.example"
+        """,
+    )
+    write(
+        project / "hal.toml",
+        """
+        timeout_s = 200
+        forward_env = ["B"]
+        [agents.claude]
+        model = "from-project"
+        """,
+    )
+    environ = {"HOME": str(user_home), "HAL_TIMEOUT": "300", "HAL_MEMORY_MB": "512"}
+    config = load_config(environ, project)
+    assert config.default_agent == "codex"  # only the user file sets it
+    assert config.timeout_s == 300  # env beats both files
+    assert config.forward_env == ["B"]  # lists are replaced, not merged
+    assert config.resources == Resources(cpus=1.0, memory_mb=512, pids=100)  # tables merge
+    assert config.agents["claude"] == AgentConfig(
+        model="from-project", base_url="https://user.example"
+    )
+
+
+def test_every_hal_variable(tmp_path: Path, user_home: Path, project: Path) -> None:
+    environ = {
+        "HOME": str(user_home),
+        "HAL_HOME": str(tmp_path / "halhome"),
+        "HAL_AGENT": "aider",
+        "HAL_PROVIDER": "local",
+        "HAL_PROCESS_MANAGER": "direct",
+        "HAL_TIMEOUT": "12.5",
+        "HAL_NETWORK": "host",
+        "HAL_MEMORY_MB": "2048",
+        "HAL_CPUS": "1.5",
+        "HAL_PIDS": "256",
+    }
+    config = load_config(environ, project)
+    assert config.home == tmp_path / "halhome"
+    assert (config.default_agent, config.default_provider) == ("aider", "local")
+    assert config.process_manager == "direct"
+    assert config.timeout_s == 12.5
+    assert config.network == "host"
+    assert config.resources == Resources(cpus=1.5, memory_mb=2048, pids=256)
+
+
+def test_empty_variables_count_as_unset(user_home: Path, project: Path) -> None:
+    write(project / "hal.toml", 'default_agent = "goose"\n')
+    config = load_config({"HOME": str(user_home), "HAL_AGENT": "", "HAL_HOME": ""}, project)
+    assert config.default_agent == "goose"
+    assert config.home == user_home / ".local" / "share" / "hal9999"
+
+
+def test_home_from_file_expands_user_and_relative_paths(
+    user_home: Path, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(user_home))
+    write(project / "hal.toml", 'home = "~/halstuff"\n')
+    assert load_config({"HOME": str(user_home)}, project).home == user_home / "halstuff"
+    write(project / "hal.toml", 'home = "state"\n')
+    assert load_config({"HOME": str(user_home)}, project).home == (project / "state").resolve()
+
+
+def test_invalid_toml_names_the_file(user_home: Path, project: Path) -> None:
+    write(project / "hal.toml", "timeout_s = = 3\n")
+    with pytest.raises(ConfigError) as info:
+        load_config({"HOME": str(user_home)}, project)
+    assert info.value.message.startswith("hal.toml: invalid TOML")
+    assert "line 1" in info.value.message
+
+
+def test_bad_value_names_file_key_and_expectation(user_home: Path, project: Path) -> None:
+    write(project / "hal.toml", 'timeout_s = "soon"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config({"HOME": str(user_home)}, project)
+    assert info.value.message == "hal.toml: timeout_s: expected a number"
+    assert info.value.code == "config_invalid"
+
+
+def test_bad_env_value_names_the_variable(user_home: Path, project: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config({"HOME": str(user_home), "HAL_NETWORK": "wifi"}, project)
+    assert info.value.message == "HAL_NETWORK: network: expected one of 'none' or 'host'"
+
+
+def test_env_value_overriding_a_bad_file_value_is_fine(user_home: Path, project: Path) -> None:
+    write(project / "hal.toml", 'timeout_s = "soon"\n')
+    config = load_config({"HOME": str(user_home), "HAL_TIMEOUT": "5"}, project)
+    assert config.timeout_s == 5
+
+
+def test_unknown_nested_key_names_the_user_file(user_home: Path, project: Path) -> None:
+    path = write(user_file(user_home), '[agents.claude]\nmodle = "x"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config({"HOME": str(user_home)}, project)
+    assert info.value.message == f"{path}: agents.claude.modle: unknown key"
+
+
+def test_several_problems_are_all_kept(user_home: Path, project: Path) -> None:
+    write(project / "hal.toml", 'timeout_s = -1\nnetwork = "lan"\n[resources]\npids = "many"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config({"HOME": str(user_home)}, project)
+    assert "(and 2 more)" in info.value.message
+    assert sorted(info.value.details["problems"]) == [
+        "hal.toml: network: expected one of 'none' or 'host'",
+        "hal.toml: resources.pids: expected a whole number",
+        "hal.toml: timeout_s: expected a number greater than 0",
+    ]
+
+
+def test_credentials_and_agents_from_file(user_home: Path, project: Path) -> None:
+    write(
+        project / "hal.toml",
+        """
+        [[credentials]]
+        source = "/etc/creds.json"
+        target = ".claude/.credentials.json"
+
+        [[credentials]]
+        source = "/etc/other"
+        target = "/opt/other"
+        mode = 0o644
+
+        [agents.codex]
+        api_key_env = "OPENAI_API_KEY"
+        extra_args = ["--full-auto"]
+        """,
+    )
+    config = load_config({"HOME": str(user_home)}, project)
+    assert config.credentials == [
+        CredentialFile(source=Path("/etc/creds.json"), target=".claude/.credentials.json"),
+        CredentialFile(source=Path("/etc/other"), target="/opt/other", mode=0o644),
+    ]
+    assert config.credentials[0].mode == 0o600
+    assert config.agent_settings("codex") == AgentSettings(
+        api_key_env="OPENAI_API_KEY", extra_args=("--full-auto",)
+    )
+    assert config.agent_settings("unconfigured") == AgentSettings()
+
+
+def test_credential_mode_is_bounded() -> None:
+    with pytest.raises(ValueError):
+        CredentialFile(source=Path("/x"), target="y", mode=0o1000)
+
+
+def test_agent_config_to_settings() -> None:
+    agent = AgentConfig(model="m", base_url="u", api_key_env="K", command="c", extra_args=["-v"])
+    assert agent.to_settings() == AgentSettings(
+        model="m", base_url="u", api_key_env="K", command="c", extra_args=("-v",)
+    )
+
+
+def test_hal_paths_layout_and_ensure(tmp_path: Path) -> None:
+    paths = HalPaths(tmp_path / "home")
+    assert paths.db == tmp_path / "home" / "hal.db"
+    assert paths.session("abc") == tmp_path / "home" / "sessions" / "abc"
+    assert paths.events_path("abc") == paths.session("abc") / "events.jsonl"
+    assert paths.sandbox_state("bwrap") == tmp_path / "home" / "sandboxes" / "bwrap"
+    assert paths.run == tmp_path / "home" / "run"
+    assert paths.ensure() is paths
+    for directory in (paths.home, paths.sessions, paths.sandboxes, paths.run):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    session = paths.ensure_session("abc")
+    assert session.is_dir() and stat.S_IMODE(session.stat().st_mode) == 0o700
+    assert paths.ensure_sandbox_state("bwrap").is_dir()
+
+
+@pytest.mark.parametrize("bad", ["..", "../etc", "a/b", "", ".hidden"])
+def test_hal_paths_refuse_names_that_escape(tmp_path: Path, bad: str) -> None:
+    with pytest.raises(ValueError):
+        HalPaths(tmp_path).session(bad)

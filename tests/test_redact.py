@@ -1,0 +1,233 @@
+"""Secret masking: whole texts, objects, streams split anywhere, and log records."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import random
+import stat
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hal9999.redact import (
+    REDACTED,
+    MaskingFilter,
+    SecretMasker,
+    StreamMasker,
+    configure_logging,
+    masker_from_env,
+)
+
+SECRET = "sk-ant-api03-SECRETVALUE"
+
+
+def test_mask_replaces_every_occurrence() -> None:
+    masker = SecretMasker([SECRET])
+    text = f"key={SECRET} again {SECRET}."
+    assert masker.mask(text) == f"key={REDACTED} again {REDACTED}."
+
+
+def test_short_and_empty_values_are_ignored() -> None:
+    masker = SecretMasker(["", "abc"])
+    assert len(masker) == 0
+    assert not masker
+    assert masker.mask("abc abc") == "abc abc"
+
+
+def test_text_without_secrets_is_returned_unchanged() -> None:
+    masker = SecretMasker([SECRET])
+    assert masker.mask("nothing to see") == "nothing to see"
+    assert masker.mask("") == ""
+
+
+def test_secret_containing_another_is_masked_whole() -> None:
+    masker = SecretMasker(["token", "token-extended-part"])
+    assert masker.mask("a token-extended-part b token c") == f"a {REDACTED} b {REDACTED} c"
+
+
+def test_overlapping_secrets_leave_no_fragment() -> None:
+    masker = SecretMasker(["abcdef", "defghi"])
+    assert masker.mask("xxabcdefghixx") == f"xx{REDACTED}xx"
+
+
+def test_adjacent_secrets_are_masked_separately() -> None:
+    masker = SecretMasker(["abcd", "efgh"])
+    assert masker.mask("abcdefgh") == REDACTED + REDACTED
+
+
+@pytest.mark.parametrize(
+    "encoded",
+    [
+        base64.b64encode(SECRET.encode()).decode(),
+        base64.b64encode(SECRET.encode()).decode().rstrip("="),
+        urllib.parse.quote("p@ss/w:rd&x", safe=""),
+        json.dumps('quote"back\\slash')[1:-1],
+    ],
+)
+def test_common_encodings_are_masked(encoded: str) -> None:
+    masker = SecretMasker([SECRET, "p@ss/w:rd&x", 'quote"back\\slash'])
+    masked = masker.mask(f"<{encoded}>")
+    assert encoded.rstrip("=") not in masked
+    assert masked.startswith(f"<{REDACTED}")
+
+
+def test_mask_obj_walks_containers_and_keeps_types() -> None:
+    masker = SecretMasker([SECRET])
+    obj = {"a": [SECRET, 1, None], "b": (f"x{SECRET}", 2.5), SECRET: {"c": True}}
+    assert masker.mask_obj(obj) == {
+        "a": [REDACTED, 1, None],
+        "b": (f"x{REDACTED}", 2.5),
+        REDACTED: {"c": True},
+    }
+
+
+def _feed_all(masker: SecretMasker, chunks: list[str]) -> str:
+    stream = StreamMasker(masker)
+    return "".join(stream.feed(chunk) for chunk in chunks) + stream.flush()
+
+
+STREAM_CASES = [
+    (["abcdef"], "--abcdef--"),
+    (["abcdef"], "abcdefabcdef"),
+    (["abcdef"], "ababcdeabcdef"),
+    (["abcdef", "defghi"], "xxabcdefghixx"),
+    (["abcdef", "cdefgh"], "zabcdefghz"),
+    (["abcd", "efgh"], "abcdefgh"),
+    (["aaaa"], "aaaaaaaaaab"),
+    (["token", "token-extended-part"], "a token-extended-par token-extended-part b"),
+    ([SECRET], f"Authorization: Bearer {SECRET}\nsk-ant-api03-SECRET"),
+]
+
+
+@pytest.mark.parametrize(("secrets", "text"), STREAM_CASES)
+def test_stream_split_at_every_boundary_matches_whole_mask(secrets: list[str], text: str) -> None:
+    masker = SecretMasker(secrets)
+    expected = masker.mask(text)
+    for i in range(len(text) + 1):
+        for j in range(i, len(text) + 1):
+            out = _feed_all(masker, [text[:i], text[i:j], text[j:]])
+            assert out == expected, (i, j)
+            for secret in secrets:
+                assert secret not in out
+
+
+@pytest.mark.parametrize(("secrets", "text"), STREAM_CASES)
+def test_stream_one_character_at_a_time(secrets: list[str], text: str) -> None:
+    masker = SecretMasker(secrets)
+    assert _feed_all(masker, list(text)) == masker.mask(text)
+
+
+def _random_chunks(rng: random.Random, text: str) -> Iterator[str]:
+    pos = 0
+    while pos < len(text):
+        step = rng.randint(1, 7)
+        yield text[pos : pos + step]
+        pos += step
+
+
+def test_stream_random_chunks_never_leak() -> None:
+    rng = random.Random(1234)
+    secrets = ["s3cr3t", "t0ken", "3t0k"]
+    masker = SecretMasker(secrets)
+    alphabet = "s3cr3t0ken -"
+    for _ in range(300):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60))) + "s3cr3t0ken"
+        out = _feed_all(masker, list(_random_chunks(rng, text)))
+        assert out == masker.mask(text), text
+        assert not any(secret in out for secret in secrets)
+
+
+def test_stream_emits_text_that_cannot_start_a_secret_at_once() -> None:
+    stream = SecretMasker(["abcdef"]).stream()
+    assert stream.feed("hello world") == "hello world"
+    assert stream.feed("xyzabc") == "xyz"  # "abc" may grow into the secret
+    assert stream.feed("dXX") == "abcdXX"
+    assert stream.flush() == ""
+
+
+def test_stream_holds_back_at_most_max_len_minus_one() -> None:
+    masker = SecretMasker(["abcdef"])
+    stream = masker.stream()
+    out = stream.feed("q" * 50 + "abcde")
+    assert out == "q" * 50
+    assert stream.flush() == "abcde"
+
+
+def test_stream_without_secrets_passes_through() -> None:
+    stream = SecretMasker().stream()
+    assert stream.feed("abc") == "abc"
+    assert stream.flush() == ""
+
+
+def _logger_with_filter(masker: SecretMasker) -> tuple[logging.Logger, io.StringIO]:
+    buffer = io.StringIO()
+    handler = logging.StreamHandler(buffer)
+    handler.addFilter(MaskingFilter(masker))
+    logger = logging.getLogger(f"test.redact.{id(buffer)}")
+    logger.handlers = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    return logger, buffer
+
+
+def test_logging_filter_masks_message_and_args() -> None:
+    logger, buffer = _logger_with_filter(SecretMasker([SECRET]))
+    logger.warning("key %s in %r", SECRET, {"k": SECRET})
+    logger.info(f"inline {SECRET}")
+    output = buffer.getvalue()
+    assert SECRET not in output
+    assert output.count(REDACTED) == 3
+
+
+def test_logging_filter_masks_tracebacks() -> None:
+    logger, buffer = _logger_with_filter(SecretMasker([SECRET]))
+    try:
+        raise RuntimeError(f"bad key {SECRET}")
+    except RuntimeError:
+        logger.exception("failed")
+    output = buffer.getvalue()
+    assert "RuntimeError: bad key [REDACTED]" in output
+    assert SECRET not in output
+
+
+def test_logging_filter_survives_a_broken_format_string() -> None:
+    logger, buffer = _logger_with_filter(SecretMasker([SECRET]))
+    logger.warning("%d items", SECRET)
+    output = buffer.getvalue()
+    assert SECRET not in output
+    assert REDACTED in output
+
+
+def test_configure_logging_installs_masking_handlers(tmp_path: Path) -> None:
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    log_file = tmp_path / "logs" / "hal.log"
+    try:
+        configure_logging(SecretMasker([SECRET]), logging.INFO, None)
+        handlers = configure_logging(SecretMasker([SECRET]), logging.INFO, log_file)
+        assert len(handlers) == 2
+        assert [h for h in root.handlers if h not in before] == handlers  # replaced, not added
+        assert all(any(isinstance(f, MaskingFilter) for f in h.filters) for h in handlers)
+        logging.getLogger("hal9999.test").info("using %s", SECRET)
+        for handler in handlers:
+            handler.flush()
+        content = log_file.read_text()
+        assert f"using {REDACTED}" in content
+        assert SECRET not in content
+        assert stat.S_IMODE(log_file.stat().st_mode) == 0o600
+    finally:
+        for handler in [h for h in root.handlers if h not in before]:
+            root.removeHandler(handler)
+            handler.close()
+        root.setLevel(level)
+
+
+def test_masker_from_env_takes_only_named_set_variables() -> None:
+    environ = {"API_KEY": SECRET, "OTHER": "other-secret-value", "EMPTY": ""}
+    masker = masker_from_env(["API_KEY", "EMPTY", "MISSING"], environ)
+    assert masker.mask(f"{SECRET} other-secret-value") == f"{REDACTED} other-secret-value"
