@@ -23,11 +23,13 @@ PY
 # The "agent": reads its prompt, edits the code, runs the test. Any command can be an agent.
 cat > demo_agent.sh <<'SH'
 #!/bin/sh
+export PYTHONDONTWRITEBYTECODE=1  # an edit within the same second must not look stale
 echo "demo agent: prompt is: $(cat "$1")"
 python3 test_calc.py || echo "demo agent: the test fails, fixing calc.py"
 sed -i 's/a - b/a + b/' calc.py
 python3 test_calc.py
 SH
+echo "__pycache__/" > .gitignore
 git add -A && git -c user.name=demo -c user.email=demo@localhost commit -qm "calc with a bug"
 
 echo "== hal doctor"

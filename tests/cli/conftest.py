@@ -14,6 +14,8 @@ import pytest
 
 AGENT = """#!/bin/sh
 # A tiny custom agent: reads its prompt, fixes the bug, runs the test.
+# No bytecode cache: an edit within the same second as the first run would look stale.
+export PYTHONDONTWRITEBYTECODE=1
 echo "agent: prompt: $(cat "$1")"
 python3 test_calc.py || echo "agent: test fails, fixing"
 sed -i 's/a - b/a + b/' calc.py
@@ -42,6 +44,7 @@ def demo_repo(tmp_path: Path) -> Path:
         "import calc\n\nassert calc.add(2, 3) == 5, 'add is broken'\nprint('test ok')\n"
     )
     (repo / "agent.sh").write_text(AGENT)
+    (repo / ".gitignore").write_text("__pycache__/\n")
     git(repo, "init", "-q", "-b", "main")
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "initial")
@@ -69,7 +72,7 @@ def hal(hal_env: dict[str, str], demo_repo: Path) -> Hal:
         *args: str, env: dict[str, str] | None = None, timeout: float = 60, cwd: Path | None = None
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "hal9999.cli.main", *args],
+            [sys.executable, "-m", "hal9999", *args],
             cwd=cwd or demo_repo,
             env={**hal_env, **(env or {})},
             capture_output=True,

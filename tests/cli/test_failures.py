@@ -25,7 +25,7 @@ def one_error_line(out: subprocess.CompletedProcess[str]) -> str:
 
 
 def test_bad_repo_path(hal: Hal, tmp_path: Path) -> None:
-    out = hal("run", "--repo", str(tmp_path / "nope"), "--agent", "true", "x")
+    out = hal("run", "--repo", str(tmp_path / "nope"), "--agent", "true {{prompt_file}}", "x")
     assert out.returncode == 4
     assert "does not exist" in one_error_line(out) and "--repo" in out.stderr
 
@@ -33,13 +33,13 @@ def test_bad_repo_path(hal: Hal, tmp_path: Path) -> None:
 def test_not_a_git_repo(hal: Hal, tmp_path: Path) -> None:
     plain = tmp_path / "plain"
     plain.mkdir()
-    out = hal("run", "--agent", "true", "x", cwd=plain)
+    out = hal("run", "--agent", "true {{prompt_file}}", "x", cwd=plain)
     assert out.returncode == 4
     assert "not a git repository" in one_error_line(out)
 
 
 def test_bad_url_fails_task_and_says_so(hal: Hal, tmp_path: Path) -> None:
-    out = hal("run", "--repo", f"file://{tmp_path}/missing.git", "--agent", "true", "x")
+    out = hal("run", "--repo", f"file://{tmp_path}/missing.git", "--agent", "true {{prompt_file}}", "x")
     assert out.returncode == 4, out.stderr
     assert "cloning" in out.stdout and "failed" in out.stdout
     [task] = tasks_json(hal)
@@ -128,7 +128,7 @@ def wait_for_status(hal: Hal, wanted: str, timeout: float = 30) -> dict[str, obj
 def start_hal(hal_env: dict[str, str], repo: Path, *args: str) -> subprocess.Popen[str]:
     """``hal run ...`` in the background."""
     return subprocess.Popen(
-        [sys.executable, "-m", "hal9999.cli.main", "run", *args],
+        [sys.executable, "-m", "hal9999", "run", *args],
         cwd=repo,
         env=hal_env,
         stdout=subprocess.PIPE,
@@ -157,7 +157,7 @@ def test_kill_9_then_list_tells_truth_and_stop_cleans(
     proc = start_hal(hal_env, demo_repo, "--agent", agent, "wait")
     wait_for_status(hal, "running")
     proc.kill()
-    proc.wait()
+    proc.communicate()
     [task] = tasks_json(hal)
     assert task["status"] == "interrupted"
     assert "still be running" in task["error_message"]
@@ -194,7 +194,7 @@ def test_unknown_and_ambiguous_task_ids(hal: Hal) -> None:
 
 
 def test_rm_removes_session(hal: Hal) -> None:
-    out = hal("run", "--agent", "true", "x", "--json")
+    out = hal("run", "--agent", "true {{prompt_file}}", "x", "--json")
     task = json.loads(out.stdout)
     assert hal("task", "rm", task["id"]).returncode == 0
     assert not Path(task["session_dir"]).exists()

@@ -116,6 +116,6 @@ def test_ref_option(hal: Hal, demo_repo: Path) -> None:
     git(demo_repo, "add", "-A")
     git(demo_repo, "commit", "-qm", "other")
     git(demo_repo, "checkout", "-q", "main")
-    out = hal("run", "--ref", "other", "--agent", "ls", "list", "--json")
+    out = hal("run", "--ref", "other", "--agent", "ls -a", "list", "--json")
     assert out.returncode == 0, out.stderr
     assert "other.txt" in Path(json.loads(out.stdout)["session_dir"], "agent.log").read_text()

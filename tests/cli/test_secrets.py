@@ -110,7 +110,7 @@ def test_canary_secret_is_nowhere(
 
 
 def test_missing_forwarded_variable_is_a_clear_error(hal: Hal) -> None:
-    out = hal("run", "--env", "NOT_SET_ANYWHERE_123", "--agent", "true", "x")
+    out = hal("run", "--env", "NOT_SET_ANYWHERE_123", "--agent", "true {{prompt_file}}", "x")
     assert out.returncode == 8
     assert "NOT_SET_ANYWHERE_123 is not set" in out.stderr
     assert tasks_json(hal) == []

@@ -42,19 +42,26 @@ class OpenAIResponses:
             found = [
                 i
                 for i, item in enumerate(items)
-                if not _is_assistant_item(item) and anchor in message_text(item.get("content"))
+                if not _is_assistant_item(item)
+                and message_text(item.get("content")).lstrip().startswith(anchor)
             ]
             if not found:
                 return None
             items = items[found[0] :]
-        turns, in_run = 0, False
+        # A turn is a run of model items; it stays open while some of its calls still await
+        # their outputs, so parallel calls (fc1, fc2, out1, out2) count once and sequential
+        # ones (fc1, out1, fc2, out2) twice.
+        turns, in_run, pending = 0, False, set[str]()
         for item in items:
             if _is_assistant_item(item):
-                turns += 0 if in_run else 1
-                in_run = True
-            elif item.get("type") not in ("function_call_output", "custom_tool_call_output"):
-                # Outputs can interleave with the calls of the same turn; anything else
-                # (a user message) ends the run.
+                if not in_run:
+                    turns, in_run = turns + 1, True
+                if item.get("type") in ("function_call", "custom_tool_call"):
+                    pending.add(str(item.get("call_id")))
+            elif item.get("type") in ("function_call_output", "custom_tool_call_output"):
+                pending.discard(str(item.get("call_id")))
+                in_run = in_run and bool(pending)
+            else:
                 in_run = False
         return turns
 

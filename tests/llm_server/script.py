@@ -81,7 +81,9 @@ class Script:
 
     `anchor` is for agents that put canned exchanges before the task (aider sends example
     and "files added" user/assistant pairs): only assistant turns after the first
-    non-assistant message containing the anchor (usually the prompt) are counted.
+    non-assistant message whose text starts with the anchor (usually the prompt) are
+    counted. "Starts with" keeps out requests that merely quote the prompt, such as aider's
+    commit-message request.
     """
 
     turns: list[Turn]
@@ -89,6 +91,8 @@ class Script:
     side_reply: Turn = field(default_factory=lambda: Turn.say("ok"))
     model: str = "scripted-model"
     anchor: str | None = None
+    max_model_calls: int = 100
+    """Model calls past this many get HTTP 400, so an agent stuck in a loop stops."""
 
     def turn_at(self, index: int) -> Turn:
         """The turn to send when the request already carries `index` assistant turns."""
@@ -133,7 +137,7 @@ def count_assistant_messages(messages: list[Any], anchor: str | None) -> int | N
             for i, m in enumerate(messages)
             if isinstance(m, dict)
             and m.get("role") != "assistant"
-            and anchor in message_text(m.get("content"))
+            and message_text(m.get("content")).lstrip().startswith(anchor)
         ]
         if not found:
             return None

@@ -90,12 +90,7 @@ def _claude(fix: BugFix, repo: Path) -> Script:
 
 def _codex(fix: BugFix, repo: Path) -> Script:
     patch = (
-        "*** Begin Patch\n"
-        f"*** Update File: {fix.file}\n"
-        "@@\n"
-        f"-{fix.old}\n"
-        f"+{fix.new}\n"
-        "*** End Patch\n"
+        f"*** Begin Patch\n*** Update File: {fix.file}\n@@\n-{fix.old}\n+{fix.new}\n*** End Patch\n"
     )
     return Script(
         turns=[

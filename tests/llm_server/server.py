@@ -135,6 +135,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._not_found(body)
             return
         script = self.server.llm.script
+        if len(self.server.llm.requests.model_calls(include_side=True)) >= script.max_model_calls:
+            self._record(body, api=wire.name, status=400)
+            self._send(_error(400, f"scripted server: over {script.max_model_calls} model calls"))
+            return
         index = wire.count_turns(body, script.anchor)
         if index is None:
             turn, side = script.side_reply, True

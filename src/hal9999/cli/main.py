@@ -81,7 +81,7 @@ def spawn_runner(app_: App, task: TaskRecord, args: list[str], env: dict[str, st
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "hal9999.cli.main", "task", "_run", task.id, *args],
+            [sys.executable, "-m", "hal9999", "task", "_run", task.id, *args],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
@@ -182,4 +182,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the canonical module, not this __main__ copy, so subcommands register on one group.
+    from hal9999.cli import main as canonical
+
+    canonical.main()

@@ -220,9 +220,8 @@ class CgroupHost:
     def _mkdirs(self, name: str, needed: set[str]) -> Cgroup:
         if self.version == 1:
             # dict.fromkeys dedupes hierarchies that mount several controllers together.
-            dirs = list(
-                dict.fromkeys(self.roots[c] / PARENT / name for c in V1_CONTROLLERS if c in self.roots)
-            )
+            mounts = [self.roots[c] for c in V1_CONTROLLERS if c in self.roots]
+            dirs = list(dict.fromkeys(mount / PARENT / name for mount in mounts))
             for path in dirs:
                 path.mkdir(parents=True, exist_ok=True)
             return CgroupV1(dirs)
@@ -254,7 +253,7 @@ def detect(mountinfo: str | None = None) -> CgroupHost | None:
         if len(fields) != 2:
             continue
         mountpoint = Path(_ESCAPE.sub(lambda m: chr(int(m[1], 8)), fields[0].split()[4]))
-        fstype, _source, options = (fields[1].split() + ["", ""])[:3]
+        fstype, _source, options = [*fields[1].split(), "", ""][:3]
         if fstype == "cgroup2":
             v2.append(mountpoint)
         elif fstype == "cgroup":

@@ -12,15 +12,14 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Literal
 
 from hal9999.errors import ExecError, ProviderError
 from hal9999.providers.base import ExecResult, Launch, StreamEvent
 
 LAUNCHER_SCRIPT = (
-    'for f; do [ "$f" = -- ] && break; echo $$ > "$f" || exit 125; shift; done; shift; '
-    'exec "$@"'
+    'for f; do [ "$f" = -- ] && break; echo $$ > "$f" || exit 125; shift; done; shift; exec "$@"'
 )
 """Joins the cgroups named before ``--``, then execs the rest; a constant, never interpolated.
 
@@ -30,6 +29,7 @@ a failed write exits 125 rather than run the command without its limits.
 MARKER_VAR = "HAL_SANDBOX"
 """Set in every sandbox command's environment, so processes can be found without a cgroup."""
 CHUNK = 65536
+QUEUE_CHUNKS = 64
 DRAIN_GRACE = 1.0
 KILL_DEADLINE = 3.0
 
@@ -38,6 +38,8 @@ _Item = StreamEvent | Literal["eof", "abandon"]
 
 def launcher_argv(procs_files: Sequence[str], argv: Sequence[str]) -> list[str]:
     """The host argv that joins ``procs_files`` (cgroup.procs paths) and then runs ``argv``."""
+    if not procs_files:
+        return list(argv)  # nothing to join: spare the shell
     return ["/bin/sh", "-c", LAUNCHER_SCRIPT, "hal-launch", *procs_files, "--", *argv]
 
 
@@ -69,7 +71,9 @@ async def spawn(launch: Launch, *, stdin: bool) -> asyncio.subprocess.Process:
         raise ExecError(f"cannot start {launch.argv[0]}: {exc.strerror}{where}") from exc
 
 
-async def stream(launch: Launch, *, stdin: bytes | None = None) -> AsyncIterator[StreamEvent]:
+async def stream(
+    launch: Launch, *, stdin: bytes | None = None
+) -> AsyncGenerator[StreamEvent, None]:
     """Run ``launch``, yielding output chunks as they come and the exit event last.
 
     When the command exits, whatever it left running in its process group is killed: a
@@ -78,12 +82,13 @@ async def stream(launch: Launch, *, stdin: bytes | None = None) -> AsyncIterator
     """
     proc = await spawn(launch, stdin=stdin is not None)
     assert proc.stdout is not None and proc.stderr is not None
-    queue: asyncio.Queue[_Item] = asyncio.Queue()
+    # Bounded: a slow consumer stalls the pipes, and so the command, instead of our memory.
+    queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=QUEUE_CHUNKS)
 
     async def pump(reader: asyncio.StreamReader, kind: Literal["stdout", "stderr"]) -> None:
         while chunk := await reader.read(CHUNK):
-            queue.put_nowait(StreamEvent(kind, chunk))
-        queue.put_nowait("eof")
+            await queue.put(StreamEvent(kind, chunk))
+        await queue.put("eof")
 
     async def feed(data: bytes) -> None:
         assert proc.stdin is not None
@@ -98,7 +103,7 @@ async def stream(launch: Launch, *, stdin: bytes | None = None) -> AsyncIterator
         kill_group(proc.pid)
         # A child that started its own session may still hold the pipes open.
         await asyncio.sleep(DRAIN_GRACE)
-        queue.put_nowait("abandon")
+        await queue.put("abandon")
 
     tasks = [
         asyncio.create_task(pump(proc.stdout, "stdout")),
@@ -128,11 +133,11 @@ async def stream(launch: Launch, *, stdin: bytes | None = None) -> AsyncIterator
 
 
 async def run(
-    launch: Launch, *, stdin: bytes | None, timeout: float | None, what: str
+    launch: Launch, *, stdin: bytes | None, time_limit: float | None, what: str
 ) -> ExecResult:
     """Run ``launch`` to completion.
 
-    Past ``timeout`` seconds the command's process group is killed and :class:`ExecError`
+    Past ``time_limit`` seconds the command's process group is killed and :class:`ExecError`
     raised (``details`` keep ``timeout`` and the partial ``stdout``/``stderr``): a timed-out
     command has no exit status, and a made-up 124 could be mistaken for a real one.
     """
@@ -140,7 +145,7 @@ async def run(
     code = -1
     events = stream(launch, stdin=stdin)
     try:
-        async with contextlib.aclosing(events), asyncio.timeout(timeout):
+        async with contextlib.aclosing(events), asyncio.timeout(time_limit):
             async for event in events:
                 if event.kind == "stdout":
                     out += event.data
@@ -150,9 +155,9 @@ async def run(
                     code = event.exit_code
     except TimeoutError as exc:
         raise ExecError(
-            f"command timed out after {timeout:g}s and was killed: {what}",
+            f"command timed out after {time_limit:g}s and was killed: {what}",
             hint="raise the timeout, or run long work through a process manager",
-            timeout=timeout,
+            timeout=time_limit,
             stdout=bytes(out),
             stderr=bytes(err),
         ) from exc

@@ -211,7 +211,7 @@ class HostSandbox:
         """Run a command to completion; past ``timeout`` it is killed and ExecError raised."""
         self._require(running=True)
         launch = self.launch(command, env=env)
-        return await hostexec.run(launch, stdin=stdin, timeout=timeout, what=display(command))
+        return await hostexec.run(launch, stdin=stdin, time_limit=timeout, what=display(command))
 
     async def exec_stream(
         self, command: Command, *, env: Mapping[str, str] | None = None
@@ -330,10 +330,10 @@ class HostProvider:
         host = self.cgroup_host()
         if host is None:
             if limits.controllers():
+                off = self._cgroup_mode == "off"
+                why = "cgroups are off in its settings" if off else "no writable cgroup here"
                 raise CapabilityError(
-                    "resource limits need a writable cgroup hierarchy, and none is available"
-                    + (" (cgroups are off in the provider settings)" if self._cgroup_mode == "off"
-                       else ""),
+                    f"provider {self.name!r} cannot enforce resource limits: {why}",
                     hint="run hal as root or in a delegated cgroup, or drop the resource limits",
                 )
             return record
@@ -376,9 +376,9 @@ class HostProvider:
 
     async def stop(self, sandbox_id: str) -> None:
         """Stop every process inside; the sandbox can be started again."""
-        record = self.store.load(sandbox_id)
+        record = self.store.load(sandbox_id).model_copy(update={"state": "stopped"})
+        self.store.save(record)  # first, so no new command starts while we kill
         await self._kill(record)
-        self.store.save(record.model_copy(update={"state": "stopped"}))
 
     async def start(self, sandbox_id: str) -> HostSandbox:
         """Start a stopped sandbox (re-creating its cgroup if, say, the host rebooted)."""

@@ -232,8 +232,7 @@ class TaskRunner:
         for path, data in launch.files.items():
             await sandbox.write_file_atomic(path, data, mode=0o600)
         await install_files(sandbox, self.config.credentials, actx.home)
-        program = launch.command.argv[0] if isinstance(launch.command, ArgvCommand) else None
-        program = program or agent.program
+        program = agent.program
         found = await sandbox.exec(
             ArgvCommand(argv=("sh", "-c", 'command -v "$1"', "hal-which", program)),
         )

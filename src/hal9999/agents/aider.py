@@ -1,0 +1,156 @@
+"""aider (``aider --message-file``), plain-text output.
+
+Command (flags from ``aider/args.py``, version 0.86)::
+
+    aider --message-file PROMPT_FILE --yes-always --no-check-update --no-show-release-notes
+        --no-analytics --no-auto-commits --no-dirty-commits --no-gitignore --no-pretty
+        --no-stream --no-fancy-input --no-detect-urls --no-show-model-warnings
+        --input-history-file HOME/.aider.input.history
+        --chat-history-file HOME/.aider.chat.history.md
+        [--model MODEL] [--openai-api-base URL] [EXTRA_ARGS...]
+
+Auto-commits are off: hal commits what the agent leaves in the workspace itself, and
+aider's commit messages would cost an extra model call. ``--no-gitignore`` stops aider
+adding ``.aider*`` to the repository's ``.gitignore``; its history files go to the session
+home instead of the workspace (its repo-map cache, ``.aider.tags.cache.v*``, still lands in
+the workspace).
+
+With a base URL (an OpenAI-compatible endpoint) a bare model name gets litellm's
+``openai/`` prefix and the key is handed over as ``OPENAI_API_KEY``; else the key goes under
+the variable litellm reads for the model's provider (:data:`MODEL_KEY_VARS`, default
+``OPENAI_API_KEY``).
+
+At start aider fetches litellm's model price list unless
+``HOME/.aider/caches/model_prices_and_context_window.json`` is younger than a day;
+``LITELLM_LOCAL_MODEL_COST_MAP=True`` stops litellm's own fetch at import. Seeding that cache
+is left to the orchestrator.
+
+The parser reads aider's usage line, ``Tokens: 1.2k sent, 85 received. Cost: $0.01
+message, $0.02 session.`` (``Coder.calculate_and_show_tokens_and_cost``; cache figures are
+optional and counts over 1000 are rounded by aider), and ``Applied edit to PATH``.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+
+from hal9999.agents.base import AgentContext, AgentLaunch, AgentSettings, OutputParser
+from hal9999.agents.custom import PresetAgent, agent_launch, key_forwarding
+from hal9999.agents.parsing import PlainTextParser
+from hal9999.events.models import Event, ToolCall, Usage
+
+FLAGS = (
+    "--yes-always",
+    "--no-check-update",
+    "--no-show-release-notes",
+    "--no-analytics",
+    "--no-auto-commits",
+    "--no-dirty-commits",
+    "--no-gitignore",
+    "--no-pretty",
+    "--no-stream",
+    "--no-fancy-input",
+    "--no-detect-urls",
+    "--no-show-model-warnings",
+)
+"""Non-interactive, no update checks or analytics, no commits, plain output."""
+
+MODEL_KEY_VARS = {
+    "anthropic/": "ANTHROPIC_API_KEY",
+    "claude-": "ANTHROPIC_API_KEY",
+    "gemini/": "GEMINI_API_KEY",
+    "openrouter/": "OPENROUTER_API_KEY",
+    "deepseek/": "DEEPSEEK_API_KEY",
+    "groq/": "GROQ_API_KEY",
+    "xai/": "XAI_API_KEY",
+}
+"""Model-name prefix to the variable litellm reads that provider's key from."""
+
+
+def aider_key_var(settings: AgentSettings) -> str:
+    """The variable aider (litellm) will read the API key from."""
+    if settings.base_url:
+        return "OPENAI_API_KEY"
+    model = settings.model or ""
+    for prefix, var in MODEL_KEY_VARS.items():
+        if model.startswith(prefix):
+            return var
+    return "OPENAI_API_KEY"
+
+
+def aider_model(settings: AgentSettings) -> str:
+    """The ``--model`` value: with a base URL a bare name is routed to the OpenAI wire API."""
+    model = settings.model or ""
+    if settings.base_url and "/" not in model:
+        return f"openai/{model}"
+    return model
+
+
+class AiderAgent(PresetAgent):
+    """Paul Gauthier's aider."""
+
+    name = "aider"
+    default_program = "aider"
+    install_hint = "pip install aider-chat"
+    supports_resume = False
+
+    def build(self, ctx: AgentContext) -> AgentLaunch:
+        """One aider message from the prompt file, then exit."""
+        settings = self.settings_for(ctx)
+        argv = [self.program_for(settings), "--message-file", ctx.prompt_file, *FLAGS]
+        argv += ["--input-history-file", posixpath.join(ctx.home, ".aider.input.history")]
+        argv += ["--chat-history-file", posixpath.join(ctx.home, ".aider.chat.history.md")]
+        if settings.model:
+            argv += ["--model", aider_model(settings)]
+        if settings.base_url:
+            argv += ["--openai-api-base", settings.base_url]
+        argv += settings.extra_args
+        key_env, secret_env = key_forwarding(settings, [aider_key_var(settings)])
+        env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True"} | key_env
+        return agent_launch(ctx, argv, env=env, secret_env=secret_env)
+
+    def parser(self) -> OutputParser:
+        """A parser for aider's usage and edit lines."""
+        return AiderOutputParser()
+
+
+_COUNT = r"(\d+(?:\.\d+)?k?)"
+_TOKENS = re.compile(
+    rf"^Tokens: {_COUNT} sent(?:, {_COUNT} cache write)?(?:, {_COUNT} cache hit)?,"
+    rf" {_COUNT} received\.(?: Cost: \$(\d+(?:\.\d+)?) message, \$(\d+(?:\.\d+)?) session\.)?"
+)
+_APPLIED = re.compile(r"^Applied edit to (.+?)\s*$")
+
+
+def parse_count(text: str | None) -> int:
+    """An aider token count (``85``, ``1.2k``, ``12k``) as an integer."""
+    if not text:
+        return 0
+    if text.endswith("k"):
+        return round(float(text[:-1]) * 1000)
+    return int(float(text))
+
+
+class AiderOutputParser(PlainTextParser):
+    """Turns aider's usage lines into Usage and its edit notices into ToolCalls."""
+
+    def parse_text_line(self, line: str) -> list[Event]:
+        """One line of aider's output."""
+        text = line.strip()
+        match = _TOKENS.match(text)
+        if match:
+            sent, write, hit, received, message_cost, _session = match.groups()
+            return [
+                Usage(
+                    input_tokens=parse_count(sent),
+                    output_tokens=parse_count(received),
+                    cache_read_tokens=parse_count(hit),
+                    cache_write_tokens=parse_count(write),
+                    cost_usd=float(message_cost) if message_cost else None,
+                )
+            ]
+        match = _APPLIED.match(text)
+        if match:
+            return [ToolCall(name="edit", input={"path": match.group(1)})]
+        return []

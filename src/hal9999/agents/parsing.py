@@ -1,0 +1,185 @@
+"""Line-oriented output parsers that agent presets build on.
+
+Every parser buffers partial lines across :meth:`feed` calls, so the events it returns do not
+depend on how the output was chunked, and accepts ``\\n`` and ``\\r\\n`` line ends. Parsers
+never raise on odd input: a line that is not JSON is noise and yields nothing (the raw text
+is kept as ``output`` events elsewhere), and a JSON record of a type the parser does not know
+becomes a :class:`~hal9999.events.models.RawEvent`, so nothing the agent reported is lost.
+
+Conventions shared by the presets' parsers:
+
+* ``Usage.input_tokens`` counts input tokens *not* served from a cache, where the agent
+  reports that split; cache reads and writes go to their own fields.
+* Reasoning/thinking text is not reported as :class:`AgentText` (it is in the raw output).
+* Errors the agent reports about itself become :class:`Message` events.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from typing import Any
+
+from hal9999.events.models import AgentSession, AgentText, Event, Message, RawEvent
+
+_RECOVERABLE = (KeyError, TypeError, ValueError, AttributeError, IndexError)
+"""What a malformed-but-JSON record can raise while a parser reads it."""
+
+
+class LineParser(ABC):
+    """Splits a stream into lines and hands each complete line to :meth:`parse_line`."""
+
+    def __init__(self) -> None:
+        self._pending: list[str] = []
+
+    def feed(self, data: str) -> list[Event]:
+        """Consume a chunk of output; return the events of the lines it completes."""
+        if "\n" not in data:
+            if data:
+                self._pending.append(data)
+            return []
+        head, _, tail = data.rpartition("\n")
+        text = "".join([*self._pending, head])
+        self._pending = [tail] if tail else []
+        events: list[Event] = []
+        for line in text.split("\n"):
+            events.extend(self._line(line))
+        return events
+
+    def close(self) -> list[Event]:
+        """End of output: parse any unterminated last line, then flush held state."""
+        events: list[Event] = []
+        if self._pending:
+            line = "".join(self._pending)
+            self._pending = []
+            events.extend(self._line(line))
+        events.extend(self.finish())
+        return events
+
+    def _line(self, line: str) -> list[Event]:
+        return self.parse_line(line.removesuffix("\r"))
+
+    @abstractmethod
+    def parse_line(self, line: str) -> list[Event]:
+        """The events one complete line (without its line end) yields."""
+
+    def finish(self) -> list[Event]:
+        """Events held back until the end of output (none by default)."""
+        return []
+
+
+class PlainTextParser(LineParser):
+    """Plain-text output: lines yield nothing unless :meth:`parse_text_line` recognises them.
+
+    Prose is deliberately not turned into :class:`AgentText` line by line; the raw text is
+    already recorded as ``output`` events and would only be duplicated.
+    """
+
+    def parse_line(self, line: str) -> list[Event]:
+        """Recognise one line; never raises."""
+        try:
+            return self.parse_text_line(line)
+        except _RECOVERABLE:
+            return []
+
+    def parse_text_line(self, line: str) -> list[Event]:
+        """Events for a recognised line; subclasses override (the default knows none)."""
+        return []
+
+
+class JsonLinesParser(LineParser):
+    """JSON Lines output: one object per line, surrounded by arbitrary noise.
+
+    Subclasses implement :meth:`parse_record`. A record that makes it fail (a field of an
+    unexpected type, say) is kept whole as a :class:`RawEvent` rather than raising.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._session_id: str | None = None
+
+    def parse_line(self, line: str) -> list[Event]:
+        """Decode one line; noise yields nothing, malformed known records a RawEvent."""
+        text = line.strip()
+        if not text.startswith("{"):
+            return []
+        try:
+            record = json.loads(text)
+        except ValueError:
+            return []
+        if not isinstance(record, dict):
+            return []
+        try:
+            return self.parse_record(record)
+        except _RECOVERABLE:
+            return [RawEvent(data=record)]
+
+    @abstractmethod
+    def parse_record(self, record: dict[str, Any]) -> list[Event]:
+        """The events one decoded JSON object yields."""
+
+    def session(self, session_id: object) -> list[Event]:
+        """An :class:`AgentSession` event the first time a new session id is seen."""
+        if not isinstance(session_id, str) or not session_id or session_id == self._session_id:
+            return []
+        self._session_id = session_id
+        return [AgentSession(session_id=session_id)]
+
+
+def text_event(text: object) -> list[Event]:
+    """An :class:`AgentText` for non-blank text, else nothing."""
+    if isinstance(text, str) and text.strip():
+        return [AgentText(text=text)]
+    return []
+
+
+def error_event(text: object, *, level: str = "error") -> list[Event]:
+    """A :class:`Message` carrying an error the agent reported."""
+    message = text if isinstance(text, str) and text else "the agent reported an error"
+    return [Message(level="warning" if level == "warning" else "error", text=message)]
+
+
+def as_dict(value: object) -> dict[str, Any]:
+    """``value`` if it is a JSON object, else an empty one."""
+    return value if isinstance(value, dict) else {}
+
+
+def as_int(value: object) -> int:
+    """A token count from JSON; anything that is not a number counts as 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    return int(value)
+
+
+def as_cost(value: object) -> float | None:
+    """A cost in USD from JSON, or ``None`` when absent or not a number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def tool_input(value: object) -> dict[str, Any]:
+    """A tool's input as an object (non-object inputs are wrapped as ``{"value": ...}``)."""
+    if isinstance(value, dict):
+        return value
+    if value is None:
+        return {}
+    return {"value": value}
+
+
+def content_text(content: object) -> str:
+    """Flatten tool output given as a string or as a list of content blocks."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        content = [content]
+    if not isinstance(content, list):
+        return "" if content is None else json.dumps(content)
+    parts: list[str] = []
+    for block in content:
+        if isinstance(block, str):
+            parts.append(block)
+        elif isinstance(block, dict):
+            text = block.get("text")
+            parts.append(text if isinstance(text, str) else f"[{block.get('type', 'content')}]")
+    return "\n".join(parts)

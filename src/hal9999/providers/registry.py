@@ -1,0 +1,68 @@
+"""Providers by name: built-ins and plugins alike come from the ``hal9999.providers`` entry
+points, so a third-party backend registers exactly like ``bwrap`` does."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
+from typing import Any, cast
+
+from pydantic import BaseModel, ValidationError
+
+from hal9999.errors import ConfigError, ProviderUnavailable, UnknownProvider
+from hal9999.providers.base import Provider
+
+GROUP = "hal9999.providers"
+
+
+def _entry_points() -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=GROUP)}
+
+
+def available_providers() -> list[str]:
+    """Names of every registered provider, sorted."""
+    return sorted(_entry_points())
+
+
+def load_provider(
+    name: str, *, state_dir: Path, settings: Mapping[str, Any] | None = None
+) -> Provider:
+    """The provider ``name``, its ``settings`` validated by its ``config_model``.
+
+    ``state_dir`` is the provider's private directory for its sandbox records.
+    """
+    entry = _entry_points().get(name)
+    if entry is None:
+        raise UnknownProvider(
+            f"no provider named {name!r}",
+            hint=f"available: {', '.join(available_providers()) or 'none'}",
+        )
+    try:
+        cls = entry.load()
+    except ImportError as exc:
+        raise ProviderUnavailable(
+            f"provider {name!r} cannot be imported: {exc}",
+            hint=f"reinstall the package that provides it ({entry.value})",
+        ) from exc
+    model = cast(type[BaseModel] | None, getattr(cls, "config_model", None))
+    config: BaseModel | None = None
+    if model is not None:
+        try:
+            config = model.model_validate(dict(settings or {}))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or '(settings)'}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise ConfigError(
+                f"invalid settings for provider {name!r}: {problems}",
+                hint=f"fix [providers.{name}] in your hal config",
+            ) from exc
+    elif settings:
+        raise ConfigError(f"provider {name!r} takes no settings", hint=f"remove [providers.{name}]")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    provider = cls(state_dir=state_dir, config=config) if model else cls(state_dir=state_dir)
+    if not isinstance(provider, Provider):
+        raise ProviderUnavailable(f"{entry.value} does not implement the provider contract")
+    return provider

@@ -1,0 +1,121 @@
+"""Presets load through entry points; templates are recognised; unknown names fail clearly."""
+
+from __future__ import annotations
+
+from importlib.metadata import EntryPoint
+
+import pytest
+
+from hal9999.agents import registry
+from hal9999.agents.aider import AiderAgent
+from hal9999.agents.base import Agent, AgentContext, AgentLaunch, AgentSettings, OutputParser
+from hal9999.agents.claude import ClaudeCodeAgent
+from hal9999.agents.codex import CodexAgent
+from hal9999.agents.custom import PresetAgent, TemplateAgent, agent_launch
+from hal9999.agents.gemini import GeminiAgent
+from hal9999.agents.goose import GooseAgent
+from hal9999.agents.opencode import OpencodeAgent
+from hal9999.agents.parsing import PlainTextParser
+from hal9999.agents.registry import available_agents, is_template, resolve_agent
+from hal9999.errors import AgentError, UnknownAgent, UsageError
+
+PRESETS = {
+    "aider": AiderAgent,
+    "claude": ClaudeCodeAgent,
+    "codex": CodexAgent,
+    "gemini": GeminiAgent,
+    "goose": GooseAgent,
+    "opencode": OpencodeAgent,
+}
+
+
+def test_builtin_presets_are_the_registered_entry_points() -> None:
+    assert available_agents() == sorted(PRESETS)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_each_preset_resolves_to_its_class_with_settings(name: str) -> None:
+    settings = AgentSettings(model="m", command="/opt/bin/tool")
+    agent = resolve_agent(name, settings)
+    assert type(agent) is PRESETS[name]
+    assert isinstance(agent, Agent)
+    assert agent.name == name
+    assert agent.program == "/opt/bin/tool"
+    assert agent.install_hint
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_program_defaults_to_the_cli_name(name: str) -> None:
+    agent = resolve_agent(name)
+    assert agent.program == name
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["my-agent {{prompt_file}}", "my-agent --flag", "run\tit", "x{{prompt}}", "a\nb"],
+)
+def test_templates_are_detected(text: str) -> None:
+    assert is_template(text)
+    assert isinstance(resolve_agent(text), TemplateAgent)
+
+
+@pytest.mark.parametrize("text", ["claude", "my-agent", "./bin/agent", "a{b}"])
+def test_plain_names_are_not_templates(text: str) -> None:
+    assert not is_template(text)
+
+
+def test_unknown_name_lists_presets_and_template_syntax() -> None:
+    with pytest.raises(UnknownAgent) as info:
+        resolve_agent("clod")
+    assert "clod" in info.value.message
+    hint = info.value.hint or ""
+    for name in PRESETS:
+        assert name in hint
+    assert "{{prompt_file}}" in hint
+    assert info.value.code == "agent_unknown"
+
+
+def test_bad_template_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match=r"\{\{promt\}\}"):
+        resolve_agent("my-agent {{promt}}")
+
+
+class EchoAgent(PresetAgent):
+    """A third-party preset, registered only through an entry point."""
+
+    name = "echo"
+    default_program = "echo"
+    install_hint = "coreutils"
+
+    def build(self, ctx: AgentContext) -> AgentLaunch:
+        return agent_launch(ctx, [self.program_for(self.settings_for(ctx))])
+
+    def parser(self) -> OutputParser:
+        return PlainTextParser()
+
+
+def test_third_party_plugins_load_like_builtins(monkeypatch: pytest.MonkeyPatch) -> None:
+    plugin = EntryPoint(
+        name="echo", value=f"{__name__}:EchoAgent", group=registry.ENTRY_POINT_GROUP
+    )
+    monkeypatch.setattr(registry, "entry_points", lambda group: [plugin])
+    assert available_agents() == ["echo"]
+    agent = resolve_agent("echo", AgentSettings(command="/bin/echo"))
+    assert isinstance(agent, EchoAgent)
+    assert agent.program == "/bin/echo"
+    with pytest.raises(UnknownAgent):
+        resolve_agent("claude")
+
+
+def test_a_plugin_that_is_not_an_agent_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    plugin = EntryPoint(name="bad", value="builtins:str", group=registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [plugin])
+    with pytest.raises(AgentError, match="is not an Agent"):
+        resolve_agent("bad")
+
+
+def test_a_plugin_that_fails_to_import_is_an_agent_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    plugin = EntryPoint(name="gone", value="hal9999.nope:Agent", group=registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [plugin])
+    with pytest.raises(AgentError, match="gone"):
+        resolve_agent("gone")

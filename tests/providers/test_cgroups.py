@@ -1,0 +1,155 @@
+"""Cgroup detection, limits and kills: on fake hierarchies for v2 files, for real where allowed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from hal9999.errors import CapabilityError
+from hal9999.providers import cgroups, hostexec
+from hal9999.providers.bwrap import BwrapConfig, BwrapProvider
+from hal9999.spec import Resources, SandboxSpec
+
+
+def mountinfo(v2: Path, v1: dict[str, Path]) -> str:
+    """A /proc/self/mountinfo with one cgroup2 mount and the given v1 hierarchies."""
+
+    def escaped(path: Path) -> str:
+        return str(path).replace(" ", "\\040")
+
+    lines = ["31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755"]
+    lines.append(f"41 31 0:38 / {escaped(v2)} rw,relatime - cgroup2 cgroup2 rw")
+    for n, (controller, path) in enumerate(v1.items()):
+        lines.append(f"{50 + n} 31 0:{40 + n} / {path} rw - cgroup cgroup rw,{controller}")
+    return "\n".join(lines) + "\n"
+
+
+def hierarchy(tmp_path: Path, v2_controllers: str) -> tuple[Path, dict[str, Path]]:
+    v2 = tmp_path / "uni fied"  # a space, escaped as \040 in mountinfo
+    tmp_path.mkdir()
+    v2.mkdir()
+    (v2 / "cgroup.controllers").write_text(v2_controllers + "\n")
+    v1 = {c: tmp_path / c for c in ("memory", "pids", "cpu")}
+    for path in v1.values():
+        path.mkdir()
+    return v2, v1
+
+
+def test_limits_from_resources() -> None:
+    limits = cgroups.CgroupLimits.from_resources(Resources(cpus=1.5, memory_mb=64, pids=10))
+    assert (limits.memory_bytes, limits.pids, limits.cpu_quota_us) == (64 << 20, 10, 150_000)
+    assert limits.controllers() == {"memory", "pids", "cpu"}
+    assert cgroups.CgroupLimits.from_resources(Resources()).controllers() == set()
+
+
+def test_detect_prefers_the_hierarchy_with_memory_and_pids(tmp_path: Path) -> None:
+    v2, v1 = hierarchy(tmp_path / "a", "cpu io memory pids")
+    host = cgroups.detect(mountinfo(v2, v1))
+    assert host is not None and (host.version, host.roots) == (2, {"unified": v2})
+    assert host.controllers == {"cpu", "memory", "pids"}
+
+    v2, v1 = hierarchy(tmp_path / "b", "hugetlb")
+    host = cgroups.detect(mountinfo(v2, v1))
+    assert host is not None and (host.version, host.roots) == (1, v1)
+
+    # Only a controller-less v2: still good for tracking processes, not for limits.
+    host = cgroups.detect(mountinfo(v2, {}))
+    assert host is not None and (host.version, host.controllers) == (2, frozenset())
+    with pytest.raises(CapabilityError, match="memory"):
+        host.create("x", cgroups.CgroupLimits(memory_bytes=1 << 20))
+
+    assert cgroups.detect("") is None
+
+
+def test_v2_limits_and_delegation_files(tmp_path: Path) -> None:
+    base = tmp_path / "v2"
+    leaf = base / cgroups.PARENT / "abc"
+    leaf.mkdir(parents=True)
+    (leaf / "memory.swap.max").write_text("max\n")
+    host = cgroups.CgroupHost(2, {"unified": base}, frozenset({"memory", "pids", "cpu"}))
+    limits = cgroups.CgroupLimits.from_resources(Resources(cpus=0.5, memory_mb=64, pids=32))
+    cgroup = host.create("abc", limits)
+    assert cgroup.procs_files() == [str(leaf / "cgroup.procs")]
+    assert {f: (leaf / f).read_text() for f in ("memory.max", "memory.swap.max", "pids.max")} == {
+        "memory.max": f"{64 << 20}\n",
+        "memory.swap.max": "0\n",
+        "pids.max": "32\n",
+    }
+    assert (leaf / "cpu.max").read_text() == "50000 100000\n"
+    for level in (base, base / cgroups.PARENT):
+        assert (level / "cgroup.subtree_control").read_text() == "+cpu +memory +pids\n"
+    (leaf / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\n")
+    assert cgroup.oom_kills() == 2
+    assert cgroups.Cgroup.from_record(cgroup.to_record()).dirs == [leaf]
+
+
+@pytest.mark.bwrap
+async def test_no_cgroup_means_no_limits(hal_home: Path) -> None:
+    provider = BwrapProvider(state_dir=hal_home, config=BwrapConfig(cgroup="off"))
+    with pytest.raises(CapabilityError, match="cgroup") as info:
+        await provider.create(SandboxSpec(resources=Resources(memory_mb=64)))
+    assert info.value.hint is not None and "drop the resource limits" in info.value.hint
+    assert await provider.list() == []
+
+
+async def _join_and_kill(cgroup: cgroups.Cgroup) -> None:
+    """Start a forking shell inside ``cgroup`` through the launcher, then kill it all."""
+    argv = hostexec.launcher_argv(cgroup.procs_files(), ["sh", "-c", "sleep 30 & exec sleep 30"])
+    proc = await asyncio.create_subprocess_exec(*argv, start_new_session=True)
+    for _ in range(100):
+        if len(cgroup.pids()) == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert proc.pid in cgroup.pids() and len(cgroup.pids()) == 2
+    await cgroup.kill_all()
+    assert await proc.wait() == -9
+    assert cgroup.pids() == set()
+    await cgroup.remove()
+    assert not any(path.exists() for path in cgroup.dirs)
+    await cgroup.remove()  # idempotent
+
+
+@pytest.mark.cgroup
+async def test_real_cgroup_limits_join_kill_remove() -> None:
+    host = cgroups.detect()
+    assert host is not None
+    name = f"test-{os.getpid()}"
+    limits = cgroups.CgroupLimits.from_resources(Resources(cpus=0.25, memory_mb=96, pids=20))
+    cgroup = host.create(name, limits)
+    try:
+        if cgroup.version == 1:
+            values = {
+                p.name: p.read_text().strip()
+                for d in cgroup.dirs
+                for p in d.glob("*")
+                if p.name in ("memory.limit_in_bytes", "pids.max", "cpu.cfs_quota_us")
+            }
+            assert values == {
+                "memory.limit_in_bytes": str(96 << 20),
+                "pids.max": "20",
+                "cpu.cfs_quota_us": "25000",
+            }
+        else:
+            assert (cgroup.dirs[0] / "pids.max").read_text().strip() == "20"
+        assert cgroup.oom_kills() == 0
+        await _join_and_kill(cgroup)
+    finally:
+        await cgroup.remove()
+
+
+async def test_real_v2_tracking_with_cgroup_kill() -> None:
+    # Kill and removal through cgroup.kill, which every v2 hierarchy has controllers or not.
+    info = Path("/proc/self/mountinfo").read_text()
+    mounts = [line.split()[4] for line in info.splitlines() if " - cgroup2 " in line]
+    usable = [Path(m) for m in mounts if os.access(m, os.W_OK)]
+    if not usable:
+        pytest.skip("no writable cgroup v2 hierarchy here")
+    host = cgroups.CgroupHost(2, {"unified": usable[0]}, frozenset())
+    cgroup = host.create(f"test-v2-{os.getpid()}", cgroups.CgroupLimits())
+    try:
+        await _join_and_kill(cgroup)
+    finally:
+        await cgroup.remove()
