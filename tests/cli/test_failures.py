@@ -39,7 +39,9 @@ def test_not_a_git_repo(hal: Hal, tmp_path: Path) -> None:
 
 
 def test_bad_url_fails_task_and_says_so(hal: Hal, tmp_path: Path) -> None:
-    out = hal("run", "--repo", f"file://{tmp_path}/missing.git", "--agent", "true {{prompt_file}}", "x")
+    out = hal(
+        "run", "--repo", f"file://{tmp_path}/missing.git", "--agent", "true {{prompt_file}}", "x"
+    )
     assert out.returncode == 4, out.stderr
     assert "cloning" in out.stdout and "failed" in out.stdout
     [task] = tasks_json(hal)

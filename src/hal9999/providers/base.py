@@ -121,7 +121,8 @@ class Sandbox(Protocol):
         *,
         env: Mapping[str, str] | None = None,
         stdin: bytes | None = None,
-        timeout: float | None = None,
+        # The provider must kill the command at the deadline, not merely stop waiting for it.
+        timeout: float | None = None,  # noqa: ASYNC109
     ) -> ExecResult:
         """Run a command to completion. ``env`` is exec-time environment (secrets go here)."""
         ...

@@ -210,7 +210,7 @@ class TaskRunner:
         """Repo, prompt, agent config and credentials into the session and the sandbox."""
         task, session = ctx.task, ctx.session
         if task.base_commit is None:
-            source = gitrepo.RepoSource(task.repo_kind, task.repo)  # type: ignore[arg-type]
+            source = gitrepo.RepoSource(task.repo_kind, task.repo)
             base = await gitrepo.clone(source, task.ref, session.workspace, task.branch)
             self.store.update_task(task.id, base_commit=base)
             ctx.task = task = self.store.get_task(task.id)
@@ -325,7 +325,7 @@ class TaskRunner:
         staged = session.home / bundle_name
         if staged.exists():
             shutil.move(staged, session.bundle)
-        source = gitrepo.RepoSource(task.repo_kind, task.repo)  # type: ignore[arg-type]
+        source = gitrepo.RepoSource(task.repo_kind, task.repo)
         await gitrepo.bring_back(
             source,
             bundle=session.bundle,

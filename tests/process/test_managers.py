@@ -1,0 +1,183 @@
+"""Both process managers, run against the real local provider."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from hal9999.process.base import ProcessManager
+from hal9999.process.direct import DirectProcessManager
+from hal9999.process.registry import available_process_managers, load_process_manager
+from hal9999.process.tmux import TmuxProcessManager
+from hal9999.providers.base import Sandbox
+from hal9999.providers.local import LocalProvider
+from hal9999.spec import ArgvCommand, ProcessSpec, SandboxSpec, ShellCommand
+
+
+@pytest.fixture(params=["tmux", "direct"])
+def manager(request: pytest.FixtureRequest) -> ProcessManager:
+    """Each process manager in turn (tmux needs tmux)."""
+    if request.param == "tmux":
+        request.applymarker(pytest.mark.tmux)
+        return TmuxProcessManager()
+    return DirectProcessManager()
+
+
+@pytest.fixture
+async def sandbox(tmp_path: Path) -> AsyncIterator[Sandbox]:
+    """A local sandbox over a temporary workspace."""
+    provider = LocalProvider(state_dir=tmp_path / "state")
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    async with await provider.create(
+        SandboxSpec(provider="local", network="host", workspace=workspace)
+    ) as sb:
+        yield sb
+
+
+def spec_for(tmp_path: Path, command: ArgvCommand | ShellCommand) -> ProcessSpec:
+    """A process spec logging under ``tmp_path``."""
+    return ProcessSpec(
+        name="hal-test",
+        command=command,
+        log_path=tmp_path / "run" / "out.log",
+        exit_path=tmp_path / "run" / "exit",
+    )
+
+
+async def wait_exit(manager: ProcessManager, spec: ProcessSpec, timeout: float = 20) -> int:
+    """Poll until the process has exited; return its status."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = await manager.status(spec)
+        if status.state == "exited":
+            assert status.exit_code is not None
+            return status.exit_code
+        await asyncio.sleep(0.05)
+    raise AssertionError("process did not exit")
+
+
+def test_registry_lists_builtins() -> None:
+    assert {"tmux", "direct"} <= set(available_process_managers())
+    assert load_process_manager("direct").name == "direct"
+
+
+async def test_output_to_log_and_exit_status(
+    manager: ProcessManager, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    spec = spec_for(tmp_path, ShellCommand(script="echo hello; echo oops >&2; exit 7"))
+    await manager.start(sandbox, spec)
+    assert await wait_exit(manager, spec) == 7
+    log = spec.log_path.read_text()
+    assert "hello" in log and "oops" in log
+    assert spec.log_path.stat().st_mode & 0o777 == 0o600
+
+
+async def test_secrets_from_env_are_masked_and_not_in_argv(
+    manager: ProcessManager, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    secret = "s3cret-value-for-masking-1234"
+    spec = spec_for(tmp_path, ShellCommand(script='echo "key=$API_KEY"; sleep 1'))
+    await manager.start(sandbox, spec, env={"API_KEY": secret})
+    await asyncio.sleep(0.3)
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            assert secret.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+    assert await wait_exit(manager, spec) == 0
+    log = spec.log_path.read_text()
+    assert "key=[REDACTED]" in log and secret not in log
+
+
+async def test_stop_kills_the_process_tree(
+    manager: ProcessManager, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    marker = tmp_path / "child-pid"
+    script = f"sleep 300 & echo $! > {marker}; wait"
+    spec = spec_for(tmp_path, ShellCommand(script=script))
+    await manager.start(sandbox, spec)
+    deadline = time.monotonic() + 10
+    while not (marker.exists() and marker.read_text().strip()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    child = int(marker.read_text())
+    assert (await manager.status(spec)).state == "running"
+    await manager.stop(spec)
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert not Path(f"/proc/{child}").exists() or _zombie(child)
+    assert (await manager.status(spec)).state in ("exited", "missing")
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+async def test_missing_program_reports_127(
+    manager: ProcessManager, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    spec = spec_for(tmp_path, ArgvCommand(argv=("definitely-not-a-program-xyz",)))
+    await manager.start(sandbox, spec)
+    assert await wait_exit(manager, spec) == 127
+
+
+@pytest.mark.tmux
+async def test_tmux_process_outlives_its_starter_and_can_be_attached(tmp_path: Path) -> None:
+    """A separate process starts the agent and exits; the pane lives on and shows output."""
+    spec_dir = tmp_path / "run"
+    starter = f"""
+import asyncio
+from pathlib import Path
+from hal9999.process.tmux import TmuxProcessManager
+from hal9999.providers.local import LocalProvider
+from hal9999.spec import ProcessSpec, SandboxSpec, ShellCommand
+
+async def main():
+    provider = LocalProvider(state_dir=Path({str(tmp_path / "state")!r}))
+    ws = Path({str(tmp_path / "ws2")!r}); ws.mkdir()
+    sb = await provider.create(SandboxSpec(provider="local", network="host", workspace=ws))
+    spec = ProcessSpec(name="hal-live", command=ShellCommand(script="echo live-output; sleep 30"),
+                       log_path=Path({str(spec_dir / "out.log")!r}),
+                       exit_path=Path({str(spec_dir / "exit")!r}))
+    await TmuxProcessManager().start(sb, spec)
+
+asyncio.run(main())
+"""
+    subprocess.run([sys.executable, "-c", starter], check=True, timeout=30)
+    manager = TmuxProcessManager()
+    spec = ProcessSpec(
+        name="hal-live",
+        command=ShellCommand(script="true"),
+        log_path=spec_dir / "out.log",
+        exit_path=spec_dir / "exit",
+    )
+    try:
+        assert (await manager.status(spec)).state == "running"
+        attach = manager.attach_command(spec)
+        assert attach is not None and "attach-session" in attach
+        # Attach for real from an outer tmux session and read the screen.
+        outer = [attach[0], "-S", str(tmp_path / "outer.sock")]
+        subprocess.run([*outer, "new-session", "-d", "-x", "120", "-y", "20", *attach], check=True)
+        screen = ""
+        deadline = time.monotonic() + 10
+        while "live-output" not in screen and time.monotonic() < deadline:
+            screen = subprocess.run(
+                [*outer, "capture-pane", "-p"], capture_output=True, text=True
+            ).stdout
+            await asyncio.sleep(0.1)
+        assert "live-output" in screen
+        subprocess.run([*outer, "kill-server"], check=False)
+    finally:
+        await manager.stop(spec)
+    assert (await manager.status(spec)).state in ("exited", "missing")
