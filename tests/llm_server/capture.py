@@ -51,8 +51,8 @@ def summarize(request: RecordedRequest) -> dict[str, Any]:
         "turn_index": request.turn_index,
         "side": request.side,
         "status": request.status,
-        "user_agent": request.headers.get("User-Agent") or request.headers.get("user-agent"),
-        "auth": _auth(request.headers),
+        "user_agent": request.headers.get("user-agent"),
+        "auth": request.headers.get("x-api-key") or request.headers.get("authorization"),
         "model": body.get("model"),
         "stream": body.get("stream"),
         "items": len(messages) if isinstance(messages, list) else 1,
@@ -80,11 +80,6 @@ def tool_shapes(request: RecordedRequest) -> dict[str, Any]:
     return shapes
 
 
-def _auth(headers: dict[str, str]) -> str | None:
-    lowered = {k.lower(): v for k, v in headers.items()}
-    return lowered.get("x-api-key") or lowered.get("authorization")
-
-
 def _text(data: bytes | str | None) -> str:
     if isinstance(data, bytes):
         return data.decode(errors="replace")
@@ -106,9 +101,11 @@ def _connects(trace: Path) -> list[str]:
     return list(seen)
 
 
-def capture(agent: str, out: Path, *, strace: bool, timeout: float) -> dict[str, Any]:
+def capture(
+    agent: str, out: Path, *, strace: bool, timeout: float, root: Path = ROOT
+) -> dict[str, Any]:
     """Run one agent through the bug fix and write its capture directory."""
-    work = ROOT / agent
+    work = root / agent
     shutil.rmtree(work, ignore_errors=True)
     repo, home = work / "repo", work / "home"
     repo.mkdir(parents=True)
@@ -186,10 +183,11 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--strace", action="store_true", help="log connect() attempts")
     parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--work", type=Path, default=ROOT, help="where repos and homes go")
     args = parser.parse_args()
     failed = 0
     for agent in args.agents:
-        result = capture(agent, args.out, strace=args.strace, timeout=args.timeout)
+        result = capture(agent, args.out, strace=args.strace, timeout=args.timeout, root=args.work)
         ok = result["fixed"] and result["test_passed"] and result["exit_code"] == 0
         failed += not ok
         sys.stdout.write(

@@ -99,6 +99,8 @@ def codex_command(setup: AgentSetup) -> AgentCommand:
         "plugins = false\n"
         "remote_plugin = false\n"
         "apps = false\n"
+        # On by default: a refused connection is retried forever ("waiting for network").
+        "unbounded_connection_retries = false\n"
     )
     env = base_env(setup.home) | {"CODEX_HOME": str(codex_home), "HAL_LLM_API_KEY": DUMMY_KEY}
     argv = ["codex", "exec", "--json", "--skip-git-repo-check"]
@@ -115,7 +117,8 @@ def opencode_command(setup: AgentSetup) -> AgentCommand:
                 "npm": "@ai-sdk/openai-compatible",
                 "name": "hal scripted server",
                 "options": {"baseURL": f"{setup.base_url}/v1", "apiKey": DUMMY_KEY},
-                "models": {setup.model: {"name": setup.model}},
+                # A price (USD per million tokens) so step_finish reports a non-zero cost.
+                "models": {setup.model: {"name": setup.model, "cost": {"input": 1, "output": 2}}},
             }
         },
         "model": f"hal/{setup.model}",

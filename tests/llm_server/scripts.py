@@ -109,7 +109,7 @@ def _opencode(fix: BugFix, repo: Path) -> Script:
         turns=[
             Turn.call("read", filePath=path),
             Turn.call("edit", filePath=path, oldString=fix.old, newString=fix.new),
-            Turn.call("bash", command=fix.test_command, description="Run the tests"),
+            Turn.call("bash", command=fix.test_command),
             Turn.say(DONE),
         ],
     )

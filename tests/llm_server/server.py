@@ -48,6 +48,7 @@ class RecordedRequest:
     path: str
     query: str
     headers: dict[str, str]
+    """Header names lower-cased; the auth header is kept as sent."""
     body: Any
     api: str | None = None
     """`anthropic`, `chat` or `responses` for model calls; None for everything else."""
@@ -76,8 +77,9 @@ class RequestLog:
             return list(self._items)
 
     def model_calls(self, *, include_side: bool = False) -> list[RecordedRequest]:
-        """Requests answered from the Script (conversation turns, optionally side requests)."""
-        return [r for r in self.all() if r.api and (include_side or not r.side)]
+        """Requests answered from the Script: conversation turns, optionally side requests;
+        never those refused over `max_model_calls`."""
+        return [r for r in self.all() if r.api and r.status == 200 and (include_side or not r.side)]
 
     def paths(self) -> list[str]:
         """`METHOD /path` for every request, in order."""
@@ -167,7 +169,7 @@ class _Handler(BaseHTTPRequestHandler):
                 method=self.command,
                 path=url.path,
                 query=url.query,
-                headers=dict(self.headers.items()),
+                headers={name.lower(): value for name, value in self.headers.items()},
                 body=body,
                 status=status,
                 **extra,

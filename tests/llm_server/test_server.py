@@ -3,8 +3,14 @@ side requests, the call limit, and the Anthropic Messages format (JSON and SSE).
 
 from __future__ import annotations
 
+import gzip
+import http.client
 import json
+import urllib.error
+import urllib.request
 from typing import Any
+
+import pytest
 
 from .client import call
 from .script import Script, ToolCall, Turn
@@ -47,14 +53,29 @@ def test_unknown_path_is_404_and_recorded(llm_server: ScriptedLLMServer) -> None
 
 
 def test_non_json_body_is_400(llm_server: ScriptedLLMServer) -> None:
-    import urllib.request
-
     request = urllib.request.Request(llm_server.base_url + "/v1/messages", data=b"{oops")
-    try:
+    with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(request, timeout=5)
-    except Exception as exc:  # urllib raises HTTPError for 4xx
-        assert getattr(exc, "code", None) == 400
+    caught.value.close()
+    assert caught.value.code == 400
     assert llm_server.requests.all()[0].status == 400
+
+
+def test_chunked_and_gzipped_bodies_are_decoded(llm_server: ScriptedLLMServer) -> None:
+    llm_server.script = Script(turns=[Turn.say("hi")])
+    payload = json.dumps(messages_body(0)).encode()
+    connection = http.client.HTTPConnection("127.0.0.1", llm_server.port, timeout=5)
+    try:
+        headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+        body = iter([gzip.compress(payload)])
+        connection.request("POST", "/v1/messages", body, headers, encode_chunked=True)
+        reply = json.loads(connection.getresponse().read())
+    finally:
+        connection.close()
+    assert reply["content"][0]["text"] == "hi"
+    (recorded,) = llm_server.requests.all()
+    assert recorded.headers["transfer-encoding"] == "chunked"
+    assert recorded.body == json.loads(payload)
 
 
 def test_log_keeps_method_path_query_headers_and_body(llm_server: ScriptedLLMServer) -> None:
@@ -113,6 +134,7 @@ def test_calls_past_the_limit_get_400(llm_server: ScriptedLLMServer) -> None:
     url = llm_server.base_url + "/v1/messages"
     statuses = [call(url, messages_body(0)).status for _ in range(3)]
     assert statuses == [200, 200, 400]
+    assert len(llm_server.requests.model_calls()) == 2
 
 
 def test_anthropic_json_reply_shape(llm_server: ScriptedLLMServer) -> None:
