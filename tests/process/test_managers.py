@@ -180,4 +180,8 @@ asyncio.run(main())
         subprocess.run([*outer, "kill-server"], check=False)
     finally:
         await manager.stop(spec)
+        provider = LocalProvider(state_dir=tmp_path / "state")
+        for info in await provider.list():
+            await provider.destroy(info.id)
     assert (await manager.status(spec)).state in ("exited", "missing")
+    assert await LocalProvider(state_dir=tmp_path / "state").list() == []

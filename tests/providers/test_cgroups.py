@@ -97,7 +97,9 @@ async def test_no_cgroup_means_no_limits(hal_home: Path) -> None:
 
 async def _join_and_kill(cgroup: cgroups.Cgroup) -> None:
     """Start a forking shell inside ``cgroup`` through the launcher, then kill it all."""
-    argv = hostexec.launcher_argv(cgroup.procs_files(), ["sh", "-c", "sleep 30 & exec sleep 30"])
+    argv = hostexec.launcher_argv(
+        "0" * 12, cgroup.procs_files(), ["sh", "-c", "sleep 30 & exec sleep 30"]
+    )
     proc = await asyncio.create_subprocess_exec(*argv, start_new_session=True)
     for _ in range(100):
         if len(cgroup.pids()) == 2:

@@ -16,6 +16,7 @@ from hal9999.errors import (
     CapabilityError,
     ConfigError,
     ExecError,
+    ProviderUnavailable,
     SandboxNotFound,
     UnknownProvider,
 )
@@ -92,6 +93,15 @@ async def test_registry_lists_and_loads_builtins(hal_home: Path) -> None:
         load_provider("fake", state_dir=hal_home / "x", settings={"colour": "red"})
 
 
+def test_missing_bwrap_names_the_package(
+    hal_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # a PATH with no bwrap on it
+    with pytest.raises(ProviderUnavailable) as info:
+        load_provider("bwrap", state_dir=hal_home / "bwrap")
+    assert info.value.hint is not None and "apt-get install bubblewrap" in info.value.hint
+
+
 async def test_create_get_list_destroy(provider: Provider, spec: SpecFactory) -> None:
     sandbox = await provider.create(spec(labels={"hal.task": "t1"}))
     assert isinstance(sandbox, Sandbox)
@@ -164,10 +174,13 @@ async def test_stop_kills_launched_processes_even_escaped_ones(
     provider = load_provider(name, state_dir=hal_home / name, settings={"cgroup": cgroup})
     network = "host" if name == "local" else "none"
     async with await provider.create(SandboxSpec(provider=name, network=network)) as sandbox:
-        # A process manager runs launch() on the host; one child leaves the process group.
+        # A process manager runs launch() under a host supervisor, which must survive to
+        # record the exit status; inside, one child leaves the process group.
         launch = sandbox.launch(sh("setsid sleep 30 & exec sleep 30"))
+        status_file = hal_home / "status"
+        supervisor = ["/bin/sh", "-c", '"$@"; echo $? > "$0"', str(status_file)]
         host = await asyncio.create_subprocess_exec(
-            *launch.argv, env=launch.env, cwd=launch.cwd, start_new_session=True
+            *supervisor, *launch.argv, env=launch.env, cwd=launch.cwd, start_new_session=True
         )
         for _ in range(100):
             if len(hostexec.marked_pids(sandbox.id)) >= 2:
@@ -175,7 +188,8 @@ async def test_stop_kills_launched_processes_even_escaped_ones(
             await asyncio.sleep(0.02)
         assert len(hostexec.marked_pids(sandbox.id)) >= 2
         await provider.stop(sandbox.id)
-        assert await asyncio.wait_for(host.wait(), 5) != 0
+        assert await asyncio.wait_for(host.wait(), 5) == 0
+        assert status_file.read_text() == "137\n"
         assert hostexec.marked_pids(sandbox.id) == set()
 
 
@@ -256,6 +270,19 @@ async def test_timeout_kills_and_raises(sandbox: Sandbox) -> None:
     assert (await sandbox.exec(argv("true"), timeout=5)).ok
 
 
+async def test_exec_returns_though_an_escaped_child_holds_its_pipes(
+    provider: Provider, spec: SpecFactory
+) -> None:
+    if provider.capabilities.isolation == "fake":
+        pytest.skip("fake commands start no processes")
+    async with await provider.create(spec()) as sandbox:
+        started = time.monotonic()
+        result = await sandbox.exec(sh("setsid sleep 30 & sleep 0.2; echo done"), timeout=10)
+        assert result.stdout == b"done\n"
+        assert time.monotonic() - started < 3
+    assert hostexec.marked_pids(sandbox.id) == set()  # destroy got the escapee
+
+
 async def test_exec_stream_orders_output_and_ends_with_exit(sandbox: Sandbox) -> None:
     events: list[StreamEvent] = [
         event async for event in sandbox.exec_stream(sh("echo a; echo b >&2; echo c; exit 4"))
@@ -272,8 +299,10 @@ async def test_exec_stream_closed_early_kills_command(sandbox: Sandbox) -> None:
     assert first == StreamEvent("stdout", b"ready\n")
     started = time.monotonic()
     await stream.aclose()  # type: ignore[attr-defined]
-    assert time.monotonic() - started < 3
-    assert hostexec.marked_pids(sandbox.id) == set()
+    # The namespace's own processes die with bwrap's, a moment after it.
+    while hostexec.marked_pids(sandbox.id):
+        assert time.monotonic() - started < 3, "the command outlived its closed stream"
+        await asyncio.sleep(0.02)
 
 
 async def test_launch_runs_inside_or_is_refused(provider: Provider, sandbox: Sandbox) -> None:
@@ -288,6 +317,23 @@ async def test_launch_runs_inside_or_is_refused(provider: Provider, sandbox: San
     )
     out, _ = await proc.communicate()
     assert (proc.returncode, out) == (0, b"s3\n")
+
+
+async def test_attach_command_opens_a_shell_inside(provider: Provider, sandbox: Sandbox) -> None:
+    if not provider.capabilities.host_launch:
+        with pytest.raises(CapabilityError):
+            sandbox.attach_command()
+        return
+    proc = await asyncio.create_subprocess_exec(
+        *sandbox.attach_command(),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env={"HAL_TEST_HOST_ONLY": "leaked"},
+    )
+    script = b"pwd; echo ${HAL_TEST_HOST_ONLY:-clean} $HAL_SANDBOX; exit 0\n"
+    out, _ = await asyncio.wait_for(proc.communicate(script), 10)
+    assert out.decode().split() == [sandbox.workdir, "clean", sandbox.id]
 
 
 # -- files ----------------------------------------------------------------------------------

@@ -131,7 +131,7 @@ class BwrapSandbox(HostSandbox):
         # A new session keeps a command from pushing keystrokes into a terminal (TIOCSTI).
         session = ["--new-session"] if new_session else []
         bwrap = [self._bwrap, *session, *self._args, "--chdir", cwd, "--", *to_argv(command)]
-        return hostexec.launcher_argv(self._procs, bwrap)
+        return hostexec.launcher_argv(self.id, self._procs, bwrap)
 
     def launch(self, command: Command, *, env: Mapping[str, str] | None = None) -> Launch:
         """The host argv (launcher + bwrap) and exact env that run ``command`` inside."""

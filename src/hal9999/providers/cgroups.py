@@ -97,7 +97,8 @@ class Cgroup(ABC):
     async def kill_all(self) -> None:
         """SIGKILL every process inside, repeating until none is left (forks race the kill)."""
         deadline = time.monotonic() + KILL_DEADLINE
-        while pids := self.pids():
+        # Never ourselves, should hal itself have been started inside the sandbox's cgroup.
+        while pids := self.pids() - {os.getpid()}:
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)

@@ -19,28 +19,29 @@ from hal9999.errors import ExecError, ProviderError
 from hal9999.providers.base import ExecResult, Launch, StreamEvent
 
 LAUNCHER_SCRIPT = (
+    "HAL_SANDBOX=$1; export HAL_SANDBOX; shift; "
     'for f; do [ "$f" = -- ] && break; echo $$ > "$f" || exit 125; shift; done; shift; exec "$@"'
 )
-"""Joins the cgroups named before ``--``, then execs the rest; a constant, never interpolated.
+"""Marks the process, joins the cgroups named before ``--``, then execs the rest.
 
-Writing the pid before exec means the sandboxed program and all it forks are born inside;
-a failed write exits 125 rather than run the command without its limits.
+A constant, never interpolated: everything variable is a positional argument. Writing the
+pid before exec means the sandboxed program and all it forks are born inside; a failed
+write exits 125 rather than run the command without its limits. The marker is set here,
+not in the launch env, so a host wrapper around the launcher (a process manager's
+supervisor) is not mistaken for a sandbox process.
 """
 MARKER_VAR = "HAL_SANDBOX"
-"""Set in every sandbox command's environment, so processes can be found without a cgroup."""
+"""Set in every sandbox process's environment, so they can be found without a cgroup."""
 CHUNK = 65536
 QUEUE_CHUNKS = 64
 DRAIN_GRACE = 1.0
 KILL_DEADLINE = 3.0
 
-_Item = StreamEvent | Literal["eof", "abandon"]
 
-
-def launcher_argv(procs_files: Sequence[str], argv: Sequence[str]) -> list[str]:
-    """The host argv that joins ``procs_files`` (cgroup.procs paths) and then runs ``argv``."""
-    if not procs_files:
-        return list(argv)  # nothing to join: spare the shell
-    return ["/bin/sh", "-c", LAUNCHER_SCRIPT, "hal-launch", *procs_files, "--", *argv]
+def launcher_argv(sandbox_id: str, procs_files: Sequence[str], argv: Sequence[str]) -> list[str]:
+    """The host argv that marks the process as ``sandbox_id``'s, joins ``procs_files``
+    (cgroup.procs paths), then runs ``argv``."""
+    return ["/bin/sh", "-c", LAUNCHER_SCRIPT, "hal-launch", sandbox_id, *procs_files, "--", *argv]
 
 
 def exit_status(returncode: int) -> int:
@@ -54,12 +55,74 @@ def kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-async def spawn(launch: Launch, *, stdin: bool) -> asyncio.subprocess.Process:
-    """Start ``launch`` in a new session with piped output."""
+class _Pipes(asyncio.SubprocessProtocol):
+    """Turns pipe callbacks into a queue, and tells process exit apart from pipe EOF.
+
+    ``asyncio.subprocess.Process.wait()`` only returns once the pipes are closed too, so a
+    grandchild that keeps them open (a daemon started by the command) would hang us; the
+    protocol's ``process_exited`` does not wait for that.
+    """
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[StreamEvent | Literal["eof", "exited"]] = asyncio.Queue()
+        self.exited = asyncio.Event()
+        self.transport: asyncio.SubprocessTransport | None = None
+        self.paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.SubprocessTransport)
+        self.transport = transport
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        self.queue.put_nowait(StreamEvent("stdout" if fd == 1 else "stderr", data))
+        if self.queue.qsize() >= QUEUE_CHUNKS and not self.paused:
+            # A slow consumer stalls the command through its pipes, not our memory.
+            self._reading(pause=True)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd in (1, 2):
+            self.queue.put_nowait("eof")
+
+    def process_exited(self) -> None:
+        self.exited.set()
+        self.queue.put_nowait("exited")
+
+    async def next(self) -> StreamEvent | Literal["eof", "exited"]:
+        """The next item; reading resumes once the consumer has caught up."""
+        item = await self.queue.get()
+        if self.paused and self.queue.qsize() <= QUEUE_CHUNKS // 4:
+            self._reading(pause=False)
+        return item
+
+    def _reading(self, *, pause: bool) -> None:
+        assert self.transport is not None
+        self.paused = pause
+        for fd in (1, 2):
+            pipe = self.transport.get_pipe_transport(fd)
+            if not isinstance(pipe, asyncio.ReadTransport) or pipe.is_closing():
+                continue
+            if pause:
+                pipe.pause_reading()
+            else:
+                pipe.resume_reading()
+
+
+async def stream(
+    launch: Launch, *, stdin: bytes | None = None
+) -> AsyncGenerator[StreamEvent, None]:
+    """Run ``launch`` in a new session, yielding output as it comes and the exit event last.
+
+    When the command exits, whatever it left running in its process group is killed: a
+    command runs to completion, background work belongs to a process manager. A process
+    that escaped the group and holds the pipes gets :data:`DRAIN_GRACE` seconds before we
+    stop reading. Closing the iterator early kills the command.
+    """
+    loop = asyncio.get_running_loop()
     try:
-        return await asyncio.create_subprocess_exec(
+        transport, pipes = await loop.subprocess_exec(
+            _Pipes,
             *launch.argv,
-            stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=launch.env,
@@ -69,67 +132,40 @@ async def spawn(launch: Launch, *, stdin: bool) -> asyncio.subprocess.Process:
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename else ""
         raise ExecError(f"cannot start {launch.argv[0]}: {exc.strerror}{where}") from exc
-
-
-async def stream(
-    launch: Launch, *, stdin: bytes | None = None
-) -> AsyncGenerator[StreamEvent, None]:
-    """Run ``launch``, yielding output chunks as they come and the exit event last.
-
-    When the command exits, whatever it left running in its process group is killed: a
-    command runs to completion, background work belongs to a process manager. Closing the
-    iterator early kills the command.
-    """
-    proc = await spawn(launch, stdin=stdin is not None)
-    assert proc.stdout is not None and proc.stderr is not None
-    # Bounded: a slow consumer stalls the pipes, and so the command, instead of our memory.
-    queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=QUEUE_CHUNKS)
-
-    async def pump(reader: asyncio.StreamReader, kind: Literal["stdout", "stderr"]) -> None:
-        while chunk := await reader.read(CHUNK):
-            await queue.put(StreamEvent(kind, chunk))
-        await queue.put("eof")
-
-    async def feed(data: bytes) -> None:
-        assert proc.stdin is not None
-        # The command may exit without reading its input; that is its business.
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            proc.stdin.write(data)
-            await proc.stdin.drain()
-            proc.stdin.close()
-
-    async def reap() -> None:
-        await proc.wait()
-        kill_group(proc.pid)
-        # A child that started its own session may still hold the pipes open.
-        await asyncio.sleep(DRAIN_GRACE)
-        await queue.put("abandon")
-
-    tasks = [
-        asyncio.create_task(pump(proc.stdout, "stdout")),
-        asyncio.create_task(pump(proc.stderr, "stderr")),
-        asyncio.create_task(reap()),
-    ]
+    pid = transport.get_pid()
     if stdin is not None:
-        tasks.append(asyncio.create_task(feed(stdin)))
+        # Buffered by the transport and flushed before the pipe closes; EPIPE is ignored.
+        writer = transport.get_pipe_transport(0)
+        assert isinstance(writer, asyncio.WriteTransport)
+        writer.write(stdin)
+        writer.close()
     try:
-        open_pipes = 2
-        while open_pipes:
-            item = await queue.get()
+        open_pipes, grace_ends = 2, None
+        while open_pipes or grace_ends is None:
+            try:
+                async with asyncio.timeout_at(grace_ends):
+                    item = await pipes.next()
+            except TimeoutError:
+                break
             if item == "eof":
                 open_pipes -= 1
-            elif item == "abandon":
-                break
-            elif isinstance(item, StreamEvent):
+            elif item == "exited":
+                kill_group(pid)
+                grace_ends = loop.time() + DRAIN_GRACE
+            else:
                 yield item
-        yield StreamEvent("exit", exit_code=exit_status(await proc.wait()))
+        returncode = transport.get_returncode()
+        assert returncode is not None
+        yield StreamEvent("exit", exit_code=exit_status(returncode))
     finally:
-        if proc.returncode is None:
-            kill_group(proc.pid)
-            await proc.wait()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if not pipes.exited.is_set():
+            kill_group(pid)
+            # Also the process itself, in case it left its group. Not transport.kill():
+            # Popen polls first, reaping the child behind asyncio's watcher.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            await pipes.exited.wait()
+        transport.close()
 
 
 async def run(

@@ -56,8 +56,9 @@ class PathMap:
     """Translates sandbox paths to host paths through a sandbox's mounts."""
 
     def __init__(self, mounts: Iterable[Mount], *, cwd: str) -> None:
+        normal = [Mount(normalize(m.target, "/"), m.source, m.writable) for m in mounts]
         # Longest target first, so a bind inside the workspace wins over the workspace.
-        self.mounts = sorted(mounts, key=lambda m: len(m.target), reverse=True)
+        self.mounts = sorted(normal, key=lambda m: len(m.target), reverse=True)
         self.cwd = cwd
         self._real = {m.source: os.path.realpath(m.source) for m in self.mounts}
 

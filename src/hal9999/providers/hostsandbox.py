@@ -132,7 +132,13 @@ def check_spec(name: str, capabilities: Capabilities, spec: SandboxSpec) -> None
 
 
 class HostSandbox:
-    """A sandbox handle whose files map onto host directories (see :mod:`hostfs`)."""
+    """A sandbox handle whose files map onto host directories (see :mod:`hostfs`).
+
+    File operations on mapped paths run on the host. Paths no mount covers, or whose
+    symlinks lead out of their mount, are handled by commands inside the sandbox (``cat``,
+    ``test``, ``mkdir``, ``rm``, a ``sh`` script for writes), so they mean what they mean
+    there; a failure is an :class:`ExecError`. Writes to read-only binds are refused.
+    """
 
     home: str
     """HOME of commands inside."""
@@ -187,10 +193,10 @@ class HostSandbox:
         return base
 
     def command_env(self, command: Command, env: Mapping[str, str] | None) -> dict[str, str]:
-        """The exact environment of ``command``: base, spec, command, exec-time, marker."""
+        """The exact environment of ``command``: base, spec, command, exec-time."""
         merged = self.base_env() | self.spec.env | command.env | dict(env or {})
-        # Last, so no spec can hide its processes from kill_marked().
-        merged[hostexec.MARKER_VAR] = self.id
+        # The launcher sets the marker; a value from the spec must not pretend otherwise.
+        merged.pop(hostexec.MARKER_VAR, None)
         return merged
 
     def _require(self, *, running: bool) -> None:

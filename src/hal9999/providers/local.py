@@ -73,7 +73,7 @@ class LocalSandbox(HostSandbox):
         """A host command line that runs ``command`` inside."""
         cwd = self.path(command.cwd) if command.cwd else self.workdir
         return Launch(
-            argv=hostexec.launcher_argv(self._procs, to_argv(command)),
+            argv=hostexec.launcher_argv(self.id, self._procs, to_argv(command)),
             env=self.command_env(command, env),
             cwd=Path(hostfs.normalize(cwd, self.workdir)),
         )
@@ -82,7 +82,7 @@ class LocalSandbox(HostSandbox):
         """An interactive bash in the workdir, with the sandbox environment."""
         env = self.command_env(ArgvCommand(argv=("bash",)), None)
         pairs = [f"{key}={value}" for key, value in env.items()]
-        shell = hostexec.launcher_argv(self._procs, ["bash", "-i"])
+        shell = hostexec.launcher_argv(self.id, self._procs, ["bash", "-i"])
         return ["/usr/bin/env", "-i", "-C", self.workdir, *pairs, *shell]
 
 
