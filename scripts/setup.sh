@@ -17,6 +17,6 @@ fi
 
 if ! command -v uv >/dev/null 2>&1; then
   echo "setup: pip install uv"
-  python3 -m pip install -q uv
+  python3 -m pip install -q uv 2>/dev/null || python3 -m pip install -q --break-system-packages uv
 fi
 uv sync -q --frozen
