@@ -18,6 +18,7 @@ from hal9999 import __version__
 from hal9999.config import HalConfig, load_config
 from hal9999.credentials import parse_env_option
 from hal9999.errors import HalError, exit_status_for
+from hal9999.redact import configure_logging, masker_from_env
 from hal9999.store import Store, TaskRecord
 from hal9999.tasks.service import RunRequest, TaskService
 
@@ -36,6 +37,12 @@ class App:
 def app() -> App:
     """Load config and open the store for a command."""
     config = load_config()
+    # Every log sink masks every secret hal may forward (see redact.MaskingFilter).
+    secret_names = [*config.forward_env, *(a.api_key_env for a in config.agents.values())]
+    configure_logging(
+        masker_from_env([n for n in secret_names if n], os.environ),
+        level=os.environ.get("HAL_LOG_LEVEL", "WARNING").upper(),
+    )
     store = Store.open(config.home)
     return App(config, store, TaskService(config, store, os.environ))
 
