@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Sets up and runs every check CI runs: ruff, mypy --strict, the test suite.
+# Sets up and runs every check CI runs: ruff, mypy --strict, the whole test suite.
+# Installs what the tests need: hal's own prerequisites, the pinned agent CLIs (real agents
+# are tested end to end), and QEMU with a kernel for the microVM provider.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/install-agents.sh
+[ ! -f scripts/setup-qemu.sh ] || bash scripts/setup-qemu.sh
 .venv/bin/ruff check src tests
-.venv/bin/ruff format --check src tests >/dev/null || echo "note: ruff format would reformat files"
 .venv/bin/mypy
 .venv/bin/python -m pytest "$@"
