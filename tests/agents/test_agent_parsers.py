@@ -153,8 +153,17 @@ def test_captured_runs_are_understood(path: Path) -> None:
         assert any(not isinstance(e, RawEvent) for e in events)
     run_json = path.parent / "run.json"
     if run_json.exists() and json.loads(run_json.read_text()).get("fixed") is True:
-        # A run that fixed the bug called tools (aider edits without tool calls).
+        # A run that fixed the bug called tools (aider's are its "Applied edit" lines).
         assert any(isinstance(e, ToolCall) for e in events)
+    # Every CLI reports what it spent; the JSON ones also name their session.
+    assert any(isinstance(e, Usage) and e.input_tokens > 0 for e in events)
+    if path.suffix == ".jsonl":
+        assert any(isinstance(e, AgentSession) for e in events)
+
+
+def test_every_captured_cli_is_covered() -> None:
+    """The real CLIs the end-to-end tests run each have a captured output here."""
+    assert {agent_of(p) for p in CAPTURED} >= {"claude", "codex", "opencode", "aider", "gemini"}
 
 
 def shell(call_id: str, command: str) -> ToolCall:

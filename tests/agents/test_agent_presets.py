@@ -16,6 +16,13 @@ from hal9999.spec import ArgvCommand
 HOME = "/hal/home"
 PROMPT_FILE = "/hal/input/prompt.txt"
 SECRET = "sk-very-secret-value-123"
+FEATURES_OFF = {
+    "plugins": False,
+    "remote_plugin": False,
+    "apps": False,
+    "unbounded_connection_retries": False,
+}
+"""Codex features that look hosts up at start or retry a dead endpoint forever."""
 
 
 def context(settings: AgentSettings | None = None, resume: str | None = None) -> AgentContext:
@@ -55,7 +62,9 @@ def test_home_and_xdg_dirs_are_the_session_home(name: str) -> None:
         assert launch.env[var].startswith(HOME + "/")
     assert launch.env["HAL_PROMPT_FILE"] == PROMPT_FILE
     assert launch.command.cwd == "/hal/workspace"
-    assert all(path.startswith(HOME + "/") for path in launch.files)
+    # Config goes to the home; only the checkout's own git exclude list may be touched.
+    exclude = "/hal/workspace/.git/info/exclude"
+    assert all(path.startswith(HOME + "/") or path == exclude for path in launch.files)
 
 
 @pytest.mark.parametrize("name", available_agents())
@@ -166,6 +175,7 @@ def test_codex_command_and_config() -> None:
         "model_provider": "hal",
         "analytics": {"enabled": False},
         "feedback": {"enabled": False},
+        "features": FEATURES_OFF,
         "model_providers": {
             "hal": {
                 "name": "hal",
@@ -183,6 +193,7 @@ def test_codex_without_endpoint_or_key_keeps_the_builtin_provider() -> None:
         "check_for_update_on_startup": False,
         "analytics": {"enabled": False},
         "feedback": {"enabled": False},
+        "features": FEATURES_OFF,
     }
 
 
@@ -234,6 +245,7 @@ def test_opencode_command_and_config() -> None:
     assert config["permission"] == "allow"
     assert config["autoupdate"] is False
     assert config["share"] == "disabled"
+    assert config["snapshot"] is False
     assert config["model"] == "hal/qwen3-coder"
     assert config["provider"]["hal"] == {
         "npm": "@ai-sdk/openai-compatible",
@@ -341,9 +353,35 @@ def test_aider_command_and_environment() -> None:
         assert flag in argv
     assert argv[argv.index("--input-history-file") + 1].startswith(HOME + "/")
     assert argv[argv.index("--chat-history-file") + 1].startswith(HOME + "/")
-    assert argv[-4:] == ["--model", "openai/qwen3", "--openai-api-base", "http://llm:8080/v1"]
+    assert argv[-6:] == [
+        "--model",
+        "openai/qwen3",
+        "--openai-api-base",
+        "http://llm:8080/v1",
+        "--edit-format",
+        "diff",
+    ]
     assert launch.env["HAL_API_KEY_AS"] == "OPENAI_API_KEY"
     assert launch.env["LITELLM_LOCAL_MODEL_COST_MAP"] == "True"
+
+
+def test_aider_seeds_its_price_cache_and_keeps_its_repo_map_out_of_git() -> None:
+    launch = build("aider", AgentSettings(model="gpt-4.1"))
+    cache = json.loads(launch.files[f"{HOME}/.aider/caches/model_prices_and_context_window.json"])
+    # Non-empty (aider refetches an empty cache) and no real model's entry overridden.
+    assert cache and "gpt-4.1" not in cache and "openai/gpt-4.1" not in cache
+    exclude = launch.files["/hal/workspace/.git/info/exclude"].decode()
+    assert exclude.splitlines() == ["/.aider.tags.cache.v*/"]
+
+
+def test_aider_edit_format_is_diff_only_with_a_base_url_and_extra_args_win() -> None:
+    assert "--edit-format" not in argv_of(build("aider", AgentSettings(model="gpt-4.1")))
+    settings = AgentSettings(
+        model="m", base_url="http://llm/v1", extra_args=("--edit-format", "udiff")
+    )
+    argv = argv_of(build("aider", settings))
+    assert argv[-2:] == ["--edit-format", "udiff"]
+    assert argv.index("diff") < argv.index("udiff")
 
 
 def test_aider_routes_a_bare_model_to_the_openai_wire_api_with_a_base_url() -> None:

@@ -201,3 +201,30 @@ def test_rm_removes_session(hal: Hal) -> None:
     assert hal("task", "rm", task["id"]).returncode == 0
     assert not Path(task["session_dir"]).exists()
     assert tasks_json(hal) == []
+
+
+def test_api_agent_without_network_is_warned_about(hal: Hal, hal_env: dict[str, str]) -> None:
+    # A preset whose program is `false` stands in for an agent that cannot reach its API.
+    config = Path(hal_env["XDG_CONFIG_HOME"]) / "hal9999" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text('network = "none"\n[agents.claude]\ncommand = "false"\n')
+    out = hal("run", "--agent", "claude", "x")
+    assert out.returncode == 5, out.stderr
+    assert 'network = "host"' in out.stdout  # the failure says what to change
+    [task] = tasks_json(hal)
+    assert task["status"] == "failed" and "no network" in task["error_message"]
+    events = [
+        json.loads(line)
+        for line in hal("task", "events", task["id"], "--json").stdout.split("\n")
+        if line
+    ]
+    warnings = [e["text"] for e in events if e["type"] == "message" and e["level"] == "warning"]
+    assert len(warnings) == 1 and "HAL_NETWORK=host" in warnings[0]
+
+
+def test_custom_agent_without_network_is_not_warned_about(hal: Hal) -> None:
+    out = hal("run", "--agent", "true {{prompt_file}}", "x")
+    assert out.returncode == 0, out.stderr
+    [task] = tasks_json(hal)
+    events = hal("task", "events", task["id"], "--json").stdout
+    assert '"level":"warning"' not in events.replace(" ", "")

@@ -1,7 +1,7 @@
 """Run a real agent CLI against the scripted server and save what it did.
 
     unshare -n sh -c 'ip link set lo up && \
-        .venv/bin/python -m tests.llm_server.capture claude codex opencode aider'
+        .venv/bin/python -m tests.llm_server.capture claude codex opencode aider gemini'
 
 (`unshare -n` gives the run a network with loopback only, so nothing can leave the machine.)
 For each agent this plants CALC_BUG in a fresh git repo under /tmp/hal-capture/<agent>/repo,
@@ -41,8 +41,8 @@ GIT = ["git", "-c", "user.name=hal", "-c", "user.email=hal@example.invalid"]
 def summarize(request: RecordedRequest) -> dict[str, Any]:
     """What a request log line keeps: routing, the turn picked, and the body's outline."""
     body = request.body if isinstance(request.body, dict) else {}
-    messages = body.get("messages") or body.get("input") or []
-    tools = body.get("tools") or []
+    messages = body.get("messages") or body.get("input") or body.get("contents") or []
+    tools = _flat_tools(body)
     return {
         "method": request.method,
         "path": request.path,
@@ -52,7 +52,9 @@ def summarize(request: RecordedRequest) -> dict[str, Any]:
         "side": request.side,
         "status": request.status,
         "user_agent": request.headers.get("user-agent"),
-        "auth": request.headers.get("x-api-key") or request.headers.get("authorization"),
+        "auth": request.headers.get("x-api-key")
+        or request.headers.get("x-goog-api-key")
+        or request.headers.get("authorization"),
         "model": body.get("model"),
         "stream": body.get("stream"),
         "items": len(messages) if isinstance(messages, list) else 1,
@@ -63,12 +65,25 @@ def summarize(request: RecordedRequest) -> dict[str, Any]:
     }
 
 
+def _flat_tools(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The offered tools; Gemini's `functionDeclarations` groups are flattened."""
+    tools: list[dict[str, Any]] = []
+    for tool in body.get("tools") or []:
+        tools.extend(tool.get("functionDeclarations") or [tool])
+    return tools
+
+
 def tool_shapes(request: RecordedRequest) -> dict[str, Any]:
     """Each offered tool's kind, parameter names and required ones, from one request."""
     shapes: dict[str, Any] = {}
-    for tool in (request.body or {}).get("tools") or []:
+    for tool in _flat_tools(request.body or {}):
         spec = tool.get("function", tool)
-        schema = spec.get("input_schema") or spec.get("parameters") or {}
+        schema = (
+            spec.get("input_schema")
+            or spec.get("parameters")
+            or spec.get("parametersJsonSchema")
+            or {}
+        )
         name = spec.get("name") or tool.get("type")
         shapes[name] = {
             "kind": tool.get("type", "function"),

@@ -176,10 +176,35 @@ def aider_command(setup: AgentSetup) -> AgentCommand:
     return AgentCommand(argv, env, "text")
 
 
+def gemini_command(setup: AgentSetup) -> AgentCommand:
+    """Gemini CLI, headless (prompt on stdin is not used here: `-p`), stream-json output.
+
+    `security.auth.selectedType = gemini-api-key` makes it take GEMINI_API_KEY; without it a
+    base URL selects the `gateway` auth type. Usage statistics and telemetry are off.
+    """
+    settings = {
+        "general": {"enableAutoUpdate": False, "enableAutoUpdateNotification": False},
+        "privacy": {"usageStatisticsEnabled": False},
+        "telemetry": {"enabled": False},
+        "security": {"auth": {"selectedType": "gemini-api-key"}},
+    }
+    (setup.home / ".gemini").mkdir(parents=True, exist_ok=True)
+    (setup.home / ".gemini" / "settings.json").write_text(json.dumps(settings))
+    env = base_env(setup.home) | {
+        "GEMINI_API_KEY": DUMMY_KEY,
+        "GOOGLE_GEMINI_BASE_URL": setup.base_url,
+        "GEMINI_TELEMETRY_ENABLED": "false",
+        "GEMINI_CLI_TRUST_WORKSPACE": "true",
+    }
+    argv = ["gemini", "-p", setup.prompt, "--output-format", "stream-json", "--yolo"]
+    return AgentCommand([*argv, "-m", setup.model], env, "jsonl")
+
+
 COMMANDS: dict[str, Callable[[AgentSetup], AgentCommand]] = {
     "claude": claude_command,
     "codex": codex_command,
     "opencode": opencode_command,
     "aider": aider_command,
+    "gemini": gemini_command,
 }
 """Agent name (as in the `hal9999.agents` entry points) to its command builder."""

@@ -6,10 +6,13 @@ tests/agents/captured/README.md):
     claude    Anthropic  Read{file_path} Edit{file_path,old_string,new_string} Bash{command}
     codex     Responses  exec_command{cmd} (function) and apply_patch (custom, freeform patch)
     opencode  Chat       read{filePath} edit{filePath,oldString,newString} bash{command}
+    gemini    Gemini     read_file{file_path} replace{file_path,instruction,old_string,
+                         new_string} run_shell_command{command}
     aider     Chat       no tools: one reply holding a SEARCH/REPLACE block (`--edit-format
                          diff`; an unknown model name selects the `whole` format)
 
-Claude Code and opencode want absolute paths, so their scripts need the repo directory.
+Claude Code, opencode and the Gemini CLI want absolute paths, so their scripts need the repo
+directory.
 """
 
 from __future__ import annotations
@@ -115,6 +118,25 @@ def _opencode(fix: BugFix, repo: Path) -> Script:
     )
 
 
+def _gemini(fix: BugFix, repo: Path) -> Script:
+    path = str(repo / fix.file)
+    return Script(
+        turns=[
+            Turn.call("read_file", file_path=path),
+            Turn.call(
+                "replace",
+                file_path=path,
+                instruction="Make add() return the sum instead of the difference.",
+                old_string=fix.old,
+                new_string=fix.new,
+            ),
+            Turn.call("run_shell_command", command=fix.test_command, description="Run the tests"),
+            Turn.say(DONE),
+        ],
+        model="gemini-2.5-pro",
+    )
+
+
 def _aider(fix: BugFix, repo: Path) -> Script:
     block = (
         f"{fix.file}\n"
@@ -140,6 +162,7 @@ SCRIPTS: dict[str, ScriptBuilder] = {
     "codex": ScriptBuilder(_codex, "needs a model slug codex knows (gpt-5.5) for apply_patch"),
     "opencode": ScriptBuilder(_opencode),
     "aider": ScriptBuilder(_aider, "run with --edit-format diff"),
+    "gemini": ScriptBuilder(_gemini, "replace needs `instruction`; paths are absolute"),
 }
 """Agent name (as in the `hal9999.agents` entry points) to its bug-fix Script builder."""
 

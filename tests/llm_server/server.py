@@ -8,6 +8,9 @@ Routes (a `?query` is ignored for routing and kept in the log):
     POST /v1/messages/count_tokens     Anthropic token count
     POST /v1/chat/completions          OpenAI Chat Completions, JSON or SSE
     POST /v1/responses                 OpenAI Responses, JSON or SSE
+    POST /v1beta/models/M:generateContent         Gemini, JSON
+    POST /v1beta/models/M:streamGenerateContent   Gemini, SSE (`?alt=sse`)
+    POST /v1beta/models/M:countTokens             Gemini token count
 
 The `/v1` prefix is optional, so a base URL with or without it works. Every request is
 recorded in full, headers included: the auth header is kept (not redacted) so tests can assert
@@ -27,6 +30,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .anthropic_messages import AnthropicMessages, count_tokens_reply
+from .gemini_generate import GeminiGenerate
+from .gemini_generate import count_tokens_reply as gemini_count_tokens_reply
 from .openai_chat import OpenAIChat
 from .openai_responses import OpenAIResponses
 from .script import Script
@@ -38,6 +43,14 @@ WIRE_FORMATS: dict[str, WireFormat] = {
     "/responses": OpenAIResponses(),
 }
 """Path (without the /v1 prefix) to the wire format served there."""
+
+GEMINI_METHODS: dict[str, WireFormat] = {
+    "generateContent": GeminiGenerate(stream=False),
+    "streamGenerateContent": GeminiGenerate(stream=True),
+}
+"""Gemini `models/MODEL:METHOD` method to the wire format serving it."""
+
+GEMINI_PREFIX = "/v1beta/models/"
 
 
 @dataclass
@@ -51,7 +64,7 @@ class RecordedRequest:
     """Header names lower-cased; the auth header is kept as sent."""
     body: Any
     api: str | None = None
-    """`anthropic`, `chat` or `responses` for model calls; None for everything else."""
+    """`anthropic`, `chat`, `responses` or `gemini` for model calls; None for everything else."""
     turn_index: int | None = None
     """How many assistant turns the request carried (the index of the scripted reply)."""
     side: bool = False
@@ -88,6 +101,14 @@ class RequestLog:
 
 def _strip_v1(path: str) -> str:
     return path[3:] if path.startswith("/v1/") else path
+
+
+def _gemini_method(path: str) -> str | None:
+    """`streamGenerateContent` for `/v1beta/models/M:streamGenerateContent`, else None."""
+    if not path.startswith(GEMINI_PREFIX):
+        return None
+    _, colon, method = path[len(GEMINI_PREFIX) :].rpartition(":")
+    return method if colon else None
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -132,7 +153,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._record(body)
             self._send(count_tokens_reply(body))
             return
-        wire = WIRE_FORMATS.get(path)
+        gemini_method = _gemini_method(path)
+        if gemini_method == "countTokens" and isinstance(body, dict):
+            self._record(body)
+            self._send(gemini_count_tokens_reply(body))
+            return
+        wire = GEMINI_METHODS.get(gemini_method or "") or WIRE_FORMATS.get(path)
         if wire is None or not isinstance(body, dict):
             self._not_found(body)
             return

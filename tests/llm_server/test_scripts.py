@@ -96,6 +96,12 @@ _ALLOWED_NEW = {
         )
     },
     "aider": {"OPENAI_API_KEY", "LITELLM_LOCAL_MODEL_COST_MAP"},
+    "gemini": {
+        "GEMINI_API_KEY",
+        "GOOGLE_GEMINI_BASE_URL",
+        "GEMINI_TELEMETRY_ENABLED",
+        "GEMINI_CLI_TRUST_WORKSPACE",
+    },
 }
 
 

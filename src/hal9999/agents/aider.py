@@ -7,23 +7,29 @@ Command (flags from ``aider/args.py``, version 0.86)::
         --no-stream --no-fancy-input --no-detect-urls --no-show-model-warnings
         --input-history-file HOME/.aider.input.history
         --chat-history-file HOME/.aider.chat.history.md
-        [--model MODEL] [--openai-api-base URL] [EXTRA_ARGS...]
+        [--model MODEL] [--openai-api-base URL --edit-format diff] [EXTRA_ARGS...]
 
 Auto-commits are off: hal commits what the agent leaves in the workspace itself, and
 aider's commit messages would cost an extra model call. ``--no-gitignore`` stops aider
 adding ``.aider*`` to the repository's ``.gitignore``; its history files go to the session
-home instead of the workspace (its repo-map cache, ``.aider.tags.cache.v*``, still lands in
-the workspace).
+home instead of the workspace, and its repo-map cache (``.aider.tags.cache.v*``, always in
+the repository root) is kept out of the result by the checkout's ``.git/info/exclude``.
 
 With a base URL (an OpenAI-compatible endpoint) a bare model name gets litellm's
 ``openai/`` prefix and the key is handed over as ``OPENAI_API_KEY``; else the key goes under
 the variable litellm reads for the model's provider (:data:`MODEL_KEY_VARS`, default
-``OPENAI_API_KEY``).
+``OPENAI_API_KEY``). A base URL also selects ``--edit-format diff`` (SEARCH/REPLACE
+blocks): for a model name aider has no settings for it falls back to ``whole`` (the model
+re-sends entire files), which few models served that way do well. ``extra_args`` come
+last, so ``["--edit-format", "udiff"]`` there wins.
 
-At start aider fetches litellm's model price list unless
-``HOME/.aider/caches/model_prices_and_context_window.json`` is younger than a day;
-``LITELLM_LOCAL_MODEL_COST_MAP=True`` stops litellm's own fetch at import. Seeding that cache
-is left to the orchestrator.
+At start aider downloads litellm's model price list from GitHub unless
+``HOME/.aider/caches/model_prices_and_context_window.json`` is younger than a day and not
+empty (a failed fetch writes ``{}``, which counts as missing). hal writes a one-entry
+placeholder there (:data:`PRICE_CACHE`) so no run makes that download; models litellm knows
+keep the prices bundled with it, which ``LITELLM_LOCAL_MODEL_COST_MAP=True`` makes litellm
+use instead of its own fetch at import. For a model litellm does not know, aider shows no
+cost unless given ``--model-metadata-file``.
 
 The parser reads aider's usage line, ``Tokens: 1.2k sent, 85 received. Cost: $0.01
 message, $0.02 session.`` (``Coder.calculate_and_show_tokens_and_cost``; cache figures are
@@ -32,6 +38,7 @@ optional and counts over 1000 are rounded by aider), and ``Applied edit to PATH`
 
 from __future__ import annotations
 
+import json
 import posixpath
 import re
 
@@ -68,6 +75,22 @@ MODEL_KEY_VARS = {
 """Model-name prefix to the variable litellm reads that provider's key from."""
 
 
+PRICE_CACHE = ".aider/caches/model_prices_and_context_window.json"
+"""aider's price-list cache, relative to HOME."""
+
+PRICE_CACHE_PLACEHOLDER = {
+    "hal-placeholder": {
+        "comment": "written by hal so aider skips its price-list download; "
+        "litellm's bundled prices apply",
+        "mode": "chat",
+    }
+}
+"""Non-empty (``{}`` would count as missing) and naming no real model."""
+
+GIT_EXCLUDE = "/.aider.tags.cache.v*/\n"
+"""What the checkout's ``.git/info/exclude`` gets: aider's repo-map cache."""
+
+
 def aider_key_var(settings: AgentSettings) -> str:
     """The variable aider (litellm) will read the API key from."""
     if settings.base_url:
@@ -92,8 +115,9 @@ class AiderAgent(PresetAgent):
 
     name = "aider"
     default_program = "aider"
-    install_hint = "pip install aider-chat"
+    install_hint = "pip install aider-chat==0.86.2"
     supports_resume = False
+    tested_version = "0.86.2"
 
     def build(self, ctx: AgentContext) -> AgentLaunch:
         """One aider message from the prompt file, then exit."""
@@ -104,11 +128,15 @@ class AiderAgent(PresetAgent):
         if settings.model:
             argv += ["--model", aider_model(settings)]
         if settings.base_url:
-            argv += ["--openai-api-base", settings.base_url]
+            argv += ["--openai-api-base", settings.base_url, "--edit-format", "diff"]
         argv += settings.extra_args
         key_env, secret_env = key_forwarding(settings, [aider_key_var(settings)])
         env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True"} | key_env
-        return agent_launch(ctx, argv, env=env, secret_env=secret_env)
+        files = {
+            posixpath.join(ctx.home, PRICE_CACHE): json.dumps(PRICE_CACHE_PLACEHOLDER).encode(),
+            posixpath.join(ctx.workspace, ".git", "info", "exclude"): GIT_EXCLUDE.encode(),
+        }
+        return agent_launch(ctx, argv, env=env, files=files, secret_env=secret_env)
 
     def parser(self) -> OutputParser:
         """A parser for aider's usage and edit lines."""

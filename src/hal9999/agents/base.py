@@ -73,7 +73,11 @@ class OutputParser(Protocol):
 
 @runtime_checkable
 class Agent(Protocol):
-    """A coding agent preset."""
+    """A coding agent preset.
+
+    An agent may also set ``needs_network = True`` (optional, read by :func:`needs_network`)
+    when it calls a remote API, so hal can warn when it runs in a sandbox without network.
+    """
 
     name: str
     program: str
@@ -89,3 +93,8 @@ class Agent(Protocol):
     def parser(self) -> OutputParser:
         """A fresh parser for one run's output."""
         ...
+
+
+def needs_network(agent: Agent) -> bool:
+    """Whether ``agent`` says it calls a remote API (its optional ``needs_network`` flag)."""
+    return getattr(agent, "needs_network", False) is True

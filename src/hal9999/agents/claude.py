@@ -49,7 +49,8 @@ class ClaudeCodeAgent(PresetAgent):
 
     name = "claude"
     default_program = "claude"
-    install_hint = "npm install -g @anthropic-ai/claude-code"
+    install_hint = "npm install -g @anthropic-ai/claude-code@2.1.330"
+    tested_version = "2.1.330"
     supports_resume = True
 
     def build(self, ctx: AgentContext) -> AgentLaunch:

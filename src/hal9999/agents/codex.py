@@ -7,10 +7,21 @@ Command (flags from ``codex exec --help`` and ``codex exec resume --help``, vers
     codex exec resume --json ... [-m MODEL] [EXTRA_ARGS...] SESSION_ID -
 
 ``-`` makes Codex read the prompt from stdin. ``CODEX_HOME`` is ``<home>/.codex`` and hal
-writes its ``config.toml``: update checks, analytics and feedback off (keys accepted by
-``--strict-config``), and, when a base URL or key variable is configured, a ``hal`` model
-provider (``wire_api = "responses"``, the only wire API current Codex accepts) whose
-``env_key`` is the host variable's own name, so the key needs no renaming.
+writes its ``config.toml`` (every key accepted by ``--strict-config``):
+
+* update checks, analytics and feedback off;
+* ``[features]`` ``plugins``, ``remote_plugin`` and ``apps`` off: each looks a host up at
+  start (``api.github.com``, ``chatgpt.com``) and Codex waits for it (~5 s without network);
+* ``unbounded_connection_retries`` off: on by default, a refused connection is retried
+  forever ("Reconnecting... waiting for network"); off, Codex fails at once, which is what an
+  unattended run needs;
+* when a base URL or key variable is configured, a ``hal`` model provider
+  (``wire_api = "responses"``, the only wire API current Codex accepts) whose ``env_key`` is
+  the host variable's own name, so the key needs no renaming.
+
+Codex picks its tool set from the model's metadata: with a model name it does not know it
+offers no ``apply_patch`` tool, so point it at a model slug it knows (e.g. ``gpt-5.5``).
+Any of these can be switched back with ``extra_args``, e.g. ``["-c", "features.apps=true"]``.
 
 The JSONL schema is ``codex-rs/exec/src/exec_events.rs``: ``thread.started`` (the id
 ``codex exec resume`` takes), ``turn.*``, ``item.started``/``item.updated``/
@@ -39,6 +50,9 @@ from hal9999.events.models import Event, RawEvent, ToolCall, ToolResult, Usage
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 """Base URL of the ``hal`` provider when only a key variable is configured."""
 
+FEATURES_OFF = ("plugins", "remote_plugin", "apps", "unbounded_connection_retries")
+"""Codex features hal turns off: start-up lookups and retrying a dead endpoint forever."""
+
 
 def _toml_str(value: str) -> str:
     # A JSON string is a valid TOML basic string once DEL is escaped too.
@@ -49,6 +63,7 @@ def codex_config(settings: AgentSettings) -> str:
     """The ``config.toml`` hal writes into ``CODEX_HOME``."""
     root = ["check_for_update_on_startup = false"]
     tables = ["[analytics]", "enabled = false", "", "[feedback]", "enabled = false"]
+    tables += ["", "[features]", *(f"{name} = false" for name in FEATURES_OFF)]
     if settings.base_url or settings.api_key_env:
         root.append('model_provider = "hal"')
         tables += ["", "[model_providers.hal]", 'name = "hal"']
@@ -64,7 +79,8 @@ class CodexAgent(PresetAgent):
 
     name = "codex"
     default_program = "codex"
-    install_hint = "npm install -g @openai/codex"
+    install_hint = "npm install -g @openai/codex@0.169.0"
+    tested_version = "0.169.0"
     supports_resume = True
 
     def build(self, ctx: AgentContext) -> AgentLaunch:

@@ -156,6 +156,8 @@ class TemplateAgent:
 
     name = "custom"
     supports_resume = False
+    needs_network = False
+    """Unknown: a custom command may work offline, so hal does not warn about it."""
 
     def __init__(self, template: str, settings: AgentSettings | None = None) -> None:
         self.template = template
@@ -228,6 +230,10 @@ class PresetAgent(ABC):
     """The executable's usual name; ``settings.command`` overrides it."""
     install_hint = ""
     supports_resume = False
+    needs_network = True
+    """Presets call an LLM API, so a sandbox without network leaves them nothing to talk to."""
+    tested_version: str | None = None
+    """The CLI version hal's end-to-end tests run (``scripts/install-agents.sh`` pins it)."""
 
     def __init__(self, settings: AgentSettings | None = None) -> None:
         self.settings = settings or AgentSettings()

@@ -10,7 +10,8 @@ A non-terminal stdin puts the CLI in headless mode and is the prompt (checked: t
 from the ``init`` event. The key is handed over as ``GEMINI_API_KEY`` and the base URL as
 ``GOOGLE_GEMINI_BASE_URL``; ``<home>/.gemini/settings.json`` turns auto-update, update
 notices, usage statistics and telemetry off and, when a key is configured, pins the auth type
-to ``gemini-api-key`` (without it a base URL selects the ``gateway`` auth type).
+to ``gemini-api-key`` (without it a base URL selects the ``gateway`` auth type). Checked
+end to end (``tests/e2e``) against the scripted server's ``streamGenerateContent`` endpoint.
 
 ``stream-json`` events (``packages/core/src/output``): ``init`` (session_id, model),
 ``message`` (role, content, ``delta`` for streamed chunks), ``tool_use`` (tool_name,
@@ -60,7 +61,8 @@ class GeminiAgent(PresetAgent):
 
     name = "gemini"
     default_program = "gemini"
-    install_hint = "npm install -g @google/gemini-cli"
+    install_hint = "npm install -g @google/gemini-cli@0.61.0"
+    tested_version = "0.61.0"
     supports_resume = True
 
     def build(self, ctx: AgentContext) -> AgentLaunch:

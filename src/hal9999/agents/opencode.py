@@ -11,7 +11,8 @@ prompt file's exact text; a message given as an argument is re-quoted by opencod
 contains spaces, so stdin is the faithful path).
 
 Configuration goes in ``OPENCODE_CONFIG_CONTENT``: ``"permission": "allow"`` (``run``
-auto-rejects anything that would ask), ``autoupdate`` off, sharing disabled, and with a base
+auto-rejects anything that would ask), ``autoupdate`` off, sharing disabled, ``snapshot``
+off (undo history hal does not use), and with a base
 URL an OpenAI-compatible ``hal`` provider (``@ai-sdk/openai-compatible``, ``options.baseURL``)
 whose model ids are the configured model. The key is referenced as ``{env:NAME}`` (opencode's
 config variable syntax) under the provider's ``options.apiKey``, so it needs no renaming.
@@ -63,6 +64,9 @@ def opencode_config(settings: AgentSettings) -> tuple[dict[str, Any], str | None
         "autoupdate": False,
         "share": "disabled",
         "permission": "allow",
+        # Snapshots back opencode's undo; hal keeps the run's changes as a branch instead,
+        # and taking them costs a git pass over the workspace at every step.
+        "snapshot": False,
     }
     key = f"{{env:{checked_env_name(settings.api_key_env)}}}" if settings.api_key_env else None
     if settings.base_url:
@@ -101,7 +105,8 @@ class OpencodeAgent(PresetAgent):
 
     name = "opencode"
     default_program = "opencode"
-    install_hint = "npm install -g opencode-ai"
+    install_hint = "npm install -g opencode-ai@1.18.33"
+    tested_version = "1.18.33"
     supports_resume = True
 
     def build(self, ctx: AgentContext) -> AgentLaunch:

@@ -111,12 +111,21 @@ async def gather() -> list[Check]:
         await _bwrap_works(),
         _cgroups(),
     ]
-    for name in available_agents():
-        agent = resolve_agent(name)
-        check = await _tool(f"agent {name}", [agent.program, "--version"], agent.install_hint)
-        check.required = False
-        checks.append(check)
+    checks += await asyncio.gather(*(_agent(name) for name in available_agents()))
     return checks
+
+
+async def _agent(name: str) -> Check:
+    """An agent CLI: installed?, its version, and the version hal is tested with."""
+    agent = resolve_agent(name)
+    tested: str | None = getattr(agent, "tested_version", None)
+    fix = agent.install_hint
+    if tested is not None:
+        fix += f" (or, from a hal checkout, as root: scripts/install-agents.sh {name})"
+    check = await _tool(f"agent {name}", [agent.program, "--version"], fix, required=False)
+    if check.ok and tested is not None and tested not in check.detail:
+        check.detail += f" (hal is tested with {tested})"
+    return check
 
 
 @cli.command()

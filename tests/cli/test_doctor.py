@@ -1,0 +1,85 @@
+"""``hal doctor`` on agent CLIs: installed or not, their versions, and how to install them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.cli.conftest import Hal
+
+pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
+
+PINNED = {
+    "claude": "2.1.330",
+    "codex": "0.169.0",
+    "opencode": "1.18.33",
+    "gemini": "0.61.0",
+    "aider": "0.86.2",
+}
+"""What scripts/install-agents.sh installs (tests/agents/test_agent_versions.py keeps the
+presets in step with it)."""
+
+
+def fake_bin(tmp_path: Path) -> str:
+    """A PATH whose `claude` is of another version, whose `codex` fails, and without aider.
+
+    /usr/bin stays on it: the bwrap check runs `true` inside a sandbox, which sees only /usr.
+    """
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(parents=True)
+    for tool in ("git", "tmux", "bwrap"):  # wherever they live on this host
+        found = shutil.which(tool)
+        assert found, tool
+        (bin_dir / tool).symlink_to(found)
+    scripts = {"claude": "echo '9.9.9 (Claude Code)'", "codex": "echo broken >&2; exit 3"}
+    for name, body in scripts.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    return f"{bin_dir}:/usr/bin:/bin"
+
+
+def agent_checks(out_json: str) -> dict[str, dict[str, Any]]:
+    report = json.loads(out_json)
+    return {c["name"].removeprefix("agent "): c for c in report["checks"]}
+
+
+def test_doctor_reports_agent_versions_and_install_hints(hal: Hal, tmp_path: Path) -> None:
+    out = hal("doctor", "--json", env={"PATH": fake_bin(tmp_path)}, timeout=60)
+    assert out.returncode == 0, out.stdout  # agents are optional: the report still passes
+    checks = agent_checks(out.stdout)
+
+    claude = checks["claude"]
+    assert claude["ok"] and not claude["required"]
+    assert claude["detail"] == "9.9.9 (Claude Code) (hal is tested with 2.1.330)"
+
+    codex = checks["codex"]
+    assert not codex["ok"] and "does not run" in codex["detail"]
+
+    aider = checks["aider"]
+    assert not aider["ok"] and aider["detail"] == "not installed"
+    assert "pip install aider-chat==0.86.2" in aider["fix"]
+    assert "scripts/install-agents.sh aider" in aider["fix"]
+    for name in ("opencode", "gemini"):
+        assert f"scripts/install-agents.sh {name}" in checks[name]["fix"]
+    assert "goose" in checks and checks["goose"]["fix"]
+
+    text = hal("doctor", env={"PATH": fake_bin(tmp_path / "again")}, timeout=60).stdout
+    assert "agent claude       9.9.9 (Claude Code)" in text
+    assert "fix: pip install aider-chat==0.86.2" in text
+
+
+def test_doctor_shows_installed_versions(hal: Hal) -> None:
+    out = hal("doctor", "--json", timeout=120)
+    checks = agent_checks(out.stdout)
+    ci = os.environ.get("CI", "").lower() == "true"
+    for name, version in PINNED.items():
+        check = checks[name]
+        if not check["ok"] and not ci:
+            continue  # not installed here; CI installs every pinned CLI
+        assert check["ok"] and check["detail"], check
+        if ci:  # exactly the version hal is tested with, so no note
+            assert version in check["detail"] and "tested with" not in check["detail"], check
