@@ -109,6 +109,11 @@ class HalConfig(_Config):
     """Files installed into every sandbox."""
     forward_env: list[str] = Field(default_factory=list)
     """Host environment variables forwarded to the agent on every run (names only)."""
+    pool: dict[str, Any] = Field(default_factory=dict)
+    """Warm-pool and placement settings: ``[pool]`` for every provider, ``[pool.<name>]`` for
+    one; validated by :mod:`hal9999.pool.settings` (``HAL_<PROVIDER>_*``, ``HAL_*`` win)."""
+    scheduler: dict[str, Any] = Field(default_factory=dict)
+    """Daemon queue settings (``[scheduler]``), validated by :mod:`hal9999.pool.settings`."""
 
     @field_validator("home")
     @classmethod

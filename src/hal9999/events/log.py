@@ -91,11 +91,17 @@ class EventLog:
         *,
         store: Store | None = None,
         masker: SecretMasker | None = None,
+        index_batch: int = 1,
     ) -> None:
         self.path = path
         self.task_id = task_id
         self.store = store
         self.masker = masker
+        self.index_batch = max(1, index_batch)
+        """Index rows written per store transaction; rows wait at most until the next phase
+        or end event, or close. The file stays the source of truth: a crash leaves the
+        index behind it, and the next open catches up."""
+        self._pending: list[tuple[int, str, float]] = []
         # Re-entrant so a sink that emits (a warning about itself, say) cannot deadlock.
         self._lock = threading.RLock()
         self._sinks: list[Sink] = []
@@ -139,20 +145,15 @@ class EventLog:
         with self._lock:
             if self._file is None:
                 raise ValueError(f"the event log {self.path} is closed")
-            data = event.model_dump(mode="json")
-            payload = {k: v for k, v in data.items() if k not in _STAMPS}
-            if self.masker is not None:
-                payload = self.masker.mask_obj(payload)
             seq = self._seq + 1
-            stamped = EVENT_ADAPTER.validate_python(
-                {
-                    **payload,
-                    "type": data["type"],
-                    "seq": seq,
-                    "ts": time.time(),
-                    "task_id": self.task_id,
-                }
-            )
+            stamps = {"seq": seq, "ts": time.time(), "task_id": self.task_id}
+            if self.masker:
+                data = event.model_dump(mode="json")
+                payload = self.masker.mask_obj({k: v for k, v in data.items() if k not in _STAMPS})
+                stamped = EVENT_ADAPTER.validate_python({**payload, **stamps, "type": data["type"]})
+            else:
+                # Nothing to mask: the event is already valid, only the stamps change.
+                stamped = event.model_copy(update=stamps)
             line = stamped.model_dump_json().encode() + b"\n"
             try:
                 self._file.write(line)
@@ -184,14 +185,23 @@ class EventLog:
     def _index(self, event: Event) -> None:
         if self.store is None:
             return
+        self._pending.append((event.seq, event.type, event.ts))
+        if len(self._pending) >= self.index_batch or event.type in FSYNC_TYPES:
+            self._flush_index()
+
+    def _flush_index(self) -> None:
+        if self.store is None or not self._pending:
+            return
+        rows, self._pending = self._pending, []
         try:
-            self.store.index_events(self.task_id, [(event.seq, event.type, event.ts)])
+            self.store.index_events(self.task_id, rows)
         except Exception:
-            logger.exception("%s: could not index event #%d", self.path, event.seq)
+            logger.exception("%s: could not index event #%d", self.path, rows[0][0])
 
     def close(self) -> None:
         """Flush and close the file; further emits fail. Safe to call twice."""
         with self._lock:
+            self._flush_index()
             if self._file is not None:
                 try:
                     self._file.flush()

@@ -56,6 +56,8 @@ class Output(_Event):
 
     type: Literal["output"] = "output"
     text: str
+    log_end: int | None = None
+    """Byte offset in ``agent.log`` just past this chunk, so a re-attached runner resumes there."""
 
 
 class AgentText(_Event):

@@ -72,4 +72,33 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX events_task_type ON events (task_id, type);
         """,
     ),
+    Migration(
+        2,
+        "queue order, retries, providers, sandboxes",
+        """
+        ALTER TABLE tasks ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE tasks ADD COLUMN providers TEXT NOT NULL DEFAULT '[]';
+        ALTER TABLE tasks ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE tasks ADD COLUMN agent_retries INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE tasks ADD COLUMN infra_retries INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE tasks ADD COLUMN not_before REAL;
+        CREATE INDEX tasks_queue ON tasks (status, priority, created_at);
+
+        -- Sandboxes the warm pool (or a daemon-run task) holds, so a restarted daemon can
+        -- tell its own sandboxes from orphans and mark recorded ones that are gone.
+        CREATE TABLE sandboxes (
+            provider     TEXT NOT NULL,
+            id           TEXT NOT NULL,
+            pool_key     TEXT NOT NULL,
+            state        TEXT NOT NULL,
+            task_id      TEXT,
+            owner_pid    INTEGER,
+            created_at   REAL NOT NULL,
+            last_used_at REAL NOT NULL,
+            detail       TEXT,
+            PRIMARY KEY (provider, id)
+        ) WITHOUT ROWID;
+        CREATE INDEX sandboxes_task ON sandboxes (task_id);
+        """,
+    ),
 )

@@ -74,6 +74,18 @@ class TaskRecord(BaseModel):
     """Names of the environment variables forwarded to the agent; never their values."""
     resumes: int = 0
     """How many times the task was resumed."""
+    priority: int = 0
+    """Queue order: higher starts first; equal priorities start oldest first."""
+    providers: list[str] = Field(default_factory=list)
+    """Providers the task may run on, in priority order (empty: just ``provider``)."""
+    retries: int = 0
+    """How many times an agent failure is retried (infrastructure failures always are)."""
+    agent_retries: int = 0
+    """Agent failures retried so far."""
+    infra_retries: int = 0
+    """Infrastructure failures (sandbox, provider, process) retried so far."""
+    not_before: float | None = None
+    """Unix time before which the queued task is not started (retry backoff)."""
 
     @field_validator("env_keys")
     @classmethod
@@ -83,3 +95,32 @@ class TaskRecord(BaseModel):
         if bad:
             raise ValueError(f"env_keys must hold variable names only, got {len(bad)} other")
         return value
+
+
+SandboxState = Literal["creating", "idle", "leased", "resetting", "destroying", "gone"]
+"""Where a pooled sandbox is in its life (see :mod:`hal9999.pool`)."""
+
+
+class SandboxRow(BaseModel):
+    """A sandbox the warm pool or a daemon-run task holds, as the store keeps it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    provider: str
+    """Provider that owns it."""
+    id: str
+    """The provider's sandbox id."""
+    pool_key: str
+    """The pool key of its spec (provider, image, resources, network...)."""
+    state: SandboxState
+    """Lifecycle state in the pool."""
+    task_id: str | None = None
+    """The task it is leased to, if any."""
+    owner_pid: int | None = None
+    """Pid of the daemon that holds it."""
+    created_at: float
+    """Unix time it was created."""
+    last_used_at: float
+    """Unix time it was last handed out or returned."""
+    detail: str | None = None
+    """A short human note (why it was reaped, what failed)."""

@@ -22,6 +22,7 @@ from hal9999.errors import AmbiguousTaskId, HalError, TaskNotFound
 from hal9999.home import HalPaths
 from hal9999.store.migrations import MIGRATIONS, Migration
 from hal9999.store.records import TaskRecord
+from hal9999.store.sandboxes import SandboxTable
 
 BUSY_TIMEOUT_S = 5.0
 """How long a writer waits for another process's write lock."""
@@ -44,20 +45,25 @@ def _split_statements(sql: str) -> Iterator[str]:
         raise ValueError(f"incomplete SQL statement in migration: {pending.strip()!r}")
 
 
+_JSON_COLUMNS = ("env_keys", "providers")
+
+
 def _to_row(record: TaskRecord) -> dict[str, Any]:
     row = record.model_dump()
-    row["env_keys"] = json.dumps(row["env_keys"])
+    for name in _JSON_COLUMNS:
+        row[name] = json.dumps(row[name])
     return row
 
 
 def _from_row(row: sqlite3.Row) -> TaskRecord:
     data = dict(zip(row.keys(), row, strict=True))
-    data["env_keys"] = json.loads(data["env_keys"])
+    for name in _JSON_COLUMNS:
+        data[name] = json.loads(data[name])
     return TaskRecord.model_validate(data)
 
 
-class Store:
-    """Tasks and the event index, in one SQLite database."""
+class Store(SandboxTable):
+    """Tasks, the event index and pooled sandboxes, in one SQLite database."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -281,6 +287,23 @@ class Store:
             if not deleted:
                 raise TaskNotFound(f"no task {task_id!r}", hint=_LIST_HINT, task_id=task_id)
 
+    def queued_tasks(self, now: float, *, limit: int = 100) -> list[TaskRecord]:
+        """Queued tasks due by ``now``: highest priority first, then oldest first."""
+        rows = self._query(
+            "SELECT * FROM tasks WHERE status = 'queued' AND"
+            " (not_before IS NULL OR not_before <= ?)"
+            " ORDER BY priority DESC, created_at ASC, rowid ASC LIMIT ?",
+            (now, limit),
+        )
+        return [_from_row(row) for row in rows]
+
+    def next_not_before(self) -> float | None:
+        """The earliest backoff deadline among queued tasks (None when none waits)."""
+        rows = self._query(
+            "SELECT MIN(not_before) FROM tasks WHERE status = 'queued' AND not_before IS NOT NULL"
+        )
+        return None if rows[0][0] is None else float(rows[0][0])
+
     def all_task_ids(self) -> set[str]:
         """Every task id in the store."""
         return {str(row[0]) for row in self._query("SELECT id FROM tasks")}
@@ -304,6 +327,13 @@ class Store:
                 "SELECT COUNT(*) FROM events WHERE task_id = ? AND type = ?", (task_id, type)
             )
         return int(rows[0][0])
+
+    def last_event_ts(self, task_id: str, type: str) -> float | None:
+        """When the task's last indexed event of ``type`` was recorded (None if never)."""
+        rows = self._query(
+            "SELECT MAX(ts) FROM events WHERE task_id = ? AND type = ?", (task_id, type)
+        )
+        return None if rows[0][0] is None else float(rows[0][0])
 
     def last_seq(self, task_id: str) -> int:
         """The highest indexed seq of a task (0 when none)."""

@@ -1,0 +1,402 @@
+"""The warm pool: sandboxes kept ready per pool key, handed to one task at a time.
+
+Every decision (take an idle sandbox, reserve room to create one, evict an idle one of
+another key) is made under one :class:`asyncio.Condition` with no ``await`` in between, so a
+sandbox is never handed to two claimers and the caps are never exceeded: room is reserved
+before a sandbox is created, and given back only once a sandbox is destroyed. Waiters sleep
+on the condition and are woken whenever room or an idle sandbox appears.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hal9999.errors import ConfigError, HalError, ProviderError
+from hal9999.pool import report
+from hal9999.pool.settings import ProviderSettings, policy_of
+from hal9999.pool.slots import Slot, SlotDir, WorkspaceAttach, pool_key
+from hal9999.providers.base import Provider, Sandbox
+from hal9999.spec import ArgvCommand, SandboxSpec
+from hal9999.store import SandboxRow, Store
+from hal9999.store.records import SandboxState
+
+logger = logging.getLogger(__name__)
+
+_SCRATCH_WIPE = ArgvCommand(
+    argv=("sh", "-c", "rm -rf /tmp/* /tmp/.[!.]* /tmp/..?* 2>/dev/null; true")
+)
+"""Run inside an isolated sandbox on reset: its /tmp is its own, and must not carry over."""
+
+
+@dataclass(eq=False)
+class Entry:
+    """One sandbox the pool tracks (possibly still being created)."""
+
+    provider: str
+    key: str
+    template: SandboxSpec
+    slot: Slot | None
+    state: SandboxState
+    id: str | None = None
+    task_id: str | None = None
+    created_at: float = field(default_factory=time.time)
+    last_used_at: float = field(default_factory=time.time)
+    destroy_on_return: bool = False
+
+
+@dataclass
+class Lease:
+    """A sandbox handed to one claimer until :meth:`WarmPool.release`."""
+
+    sandbox: Sandbox
+    warm: bool
+    """Whether it came ready from the pool rather than being created for this claim."""
+    entry: Entry
+
+
+class WarmPool:
+    """Sandboxes per pool key, created up to per-provider and per-key caps."""
+
+    def __init__(
+        self,
+        *,
+        providers: Callable[[str], Provider],
+        settings: Callable[[str], ProviderSettings],
+        slots: SlotDir,
+        store: Store | None = None,
+    ) -> None:
+        self.providers = providers
+        self.settings = settings
+        self.slots = slots
+        self.store = store
+        self.entries: list[Entry] = []
+        self.templates: dict[str, SandboxSpec] = {}
+        """Every key seen, with a spec of its shape (for keeping ``key_min_warm`` ready)."""
+        self.default_keys: dict[str, str] = {}
+        """Provider -> the key of its default spec (kept at ``min_warm``)."""
+        self.paused = False
+        """Set by :meth:`drain`: nothing is kept warm and returned sandboxes are destroyed."""
+        self._cond = asyncio.Condition()
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # -- bookkeeping (never awaits between a check and its update) ------------------------
+    def count(self, provider: str, key: str | None = None) -> int:
+        """Sandboxes of ``provider`` (and ``key``) in any state, room reserved included."""
+        return sum(
+            1 for e in self.entries if e.provider == provider and (key is None or e.key == key)
+        )
+
+    def idle(self, key: str) -> list[Entry]:
+        """Idle sandboxes of ``key``, least recently used first."""
+        found = [e for e in self.entries if e.key == key and e.state == "idle"]
+        return sorted(found, key=lambda e: e.last_used_at)
+
+    def _has_room(self, provider: str, key: str) -> bool:
+        settings = self.settings(provider)
+        key_cap = settings.key_max_size if settings.key_max_size is not None else settings.max_size
+        return self.count(provider) < settings.max_size and self.count(provider, key) < key_cap
+
+    def poolable(self, provider: Provider) -> bool:
+        """Whether the provider's sandboxes can be handed from one task to the next: it
+        attaches workspaces itself, or resolves its mounts on the host per command."""
+        caps = provider.capabilities
+        return isinstance(provider, WorkspaceAttach) or caps.host_launch or caps.isolation == "fake"
+
+    def _record(self, entry: Entry, **changes: Any) -> None:
+        for name, value in changes.items():
+            setattr(entry, name, value)
+        if self.store is None or entry.id is None:
+            return
+        self.store.put_sandbox(
+            SandboxRow(
+                provider=entry.provider,
+                id=entry.id,
+                pool_key=entry.key,
+                state=entry.state,
+                task_id=entry.task_id,
+                owner_pid=os.getpid(),
+                created_at=entry.created_at,
+                last_used_at=entry.last_used_at,
+            )
+        )
+
+    # -- claim and release ---------------------------------------------------------------
+    async def claim(
+        self,
+        spec: SandboxSpec,
+        *,
+        task_id: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - a deadline over many waits
+    ) -> Lease:
+        """A sandbox for ``spec``: an idle one of its key, else a new one once there is room."""
+        provider = self.providers(spec.provider)
+        pooled = self.poolable(provider)
+        key = pool_key(spec)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        async with self._cond:
+            self.templates.setdefault(key, spec)
+            while True:
+                idle = self.idle(key) if pooled else []
+                if idle:
+                    entry = idle[-1]  # the most recently used: its caches are warmest
+                    entry.state, entry.task_id, warm = "leased", task_id, True
+                    break
+                if self._has_room(spec.provider, key):
+                    slot = self.slots.new() if pooled else None
+                    entry = Entry(spec.provider, key, spec, slot, "creating", task_id=task_id)
+                    self.entries.append(entry)
+                    warm = False
+                    break
+                self._evict_one(spec.provider, key)
+                remaining = None if deadline is None else deadline - loop.time()
+                if remaining is not None and remaining <= 0:
+                    raise ProviderError(
+                        f"no {spec.provider} sandbox became free within {timeout:g}s",
+                        hint=f"raise HAL_{spec.provider.upper()}_MAX_POOL_SIZE",
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._cond.wait(), remaining)
+        try:
+            sandbox = await (self._hand_over(entry, spec) if warm else self._create(entry, spec))
+        except BaseException:
+            await self._destroy(entry)
+            raise
+        return Lease(sandbox, warm, entry)
+
+    async def _create(self, entry: Entry, spec: SandboxSpec) -> Sandbox:
+        provider = self.providers(entry.provider)
+        if entry.slot is None:
+            sandbox = await provider.create(spec)
+        else:
+            entry.slot.point(spec)
+            sandbox = await provider.create(entry.slot.spec_for(spec, entry.key))
+        self._record(entry, id=sandbox.id, state="leased", last_used_at=time.time())
+        return sandbox
+
+    async def _hand_over(self, entry: Entry, spec: SandboxSpec) -> Sandbox:
+        assert entry.id is not None
+        provider = self.providers(entry.provider)
+        if isinstance(provider, WorkspaceAttach):
+            await provider.attach_workspace(entry.id, spec)
+        elif entry.slot is not None:
+            entry.slot.point(spec)
+        sandbox = await provider.get(entry.id)
+        self._record(entry, last_used_at=time.time())
+        return sandbox
+
+    async def release(self, lease: Lease, *, reuse: bool = True) -> None:
+        """Return a sandbox: reset for the next task, or destroy it, per provider policy."""
+        entry = lease.entry
+        if entry.state not in ("leased", "creating"):
+            return
+        settings = self.settings(entry.provider)
+        keep = (
+            reuse
+            and entry.slot is not None
+            and not self.paused
+            and not entry.destroy_on_return
+            and policy_of(entry.provider, settings) == "reset"
+        )
+        if keep:
+            self._record(entry, state="resetting", task_id=None)
+            try:
+                await self._reset(entry)
+            except (HalError, OSError) as exc:
+                logger.warning("resetting sandbox %s failed, destroying it: %s", entry.id, exc)
+            else:
+                async with self._cond:
+                    self._record(entry, state="idle", last_used_at=time.time())
+                    self._cond.notify_all()
+                return
+        await self._destroy(entry)
+
+    async def _reset(self, entry: Entry) -> None:
+        assert entry.id is not None and entry.slot is not None
+        provider = self.providers(entry.provider)
+        await provider.stop(entry.id)  # every process the task left behind
+        entry.slot.clear(entry.template)
+        sandbox = await provider.start(entry.id)
+        if provider.capabilities.isolation in ("namespace", "vm"):
+            await sandbox.exec(_SCRATCH_WIPE, timeout=30)
+
+    async def _destroy(self, entry: Entry) -> None:
+        """Destroy the sandbox (if it was created) and give its room back."""
+        if entry.state == "gone":
+            return
+        self._record(entry, state="destroying")
+        try:
+            if entry.id is not None:
+                await self.providers(entry.provider).destroy(entry.id)
+        except (HalError, OSError) as exc:
+            logger.warning("destroying sandbox %s failed: %s", entry.id, exc)
+        finally:
+            if entry.slot is not None:
+                entry.slot.remove()
+            async with self._cond:
+                entry.state = "gone"
+                if entry in self.entries:
+                    self.entries.remove(entry)
+                if self.store is not None and entry.id is not None:
+                    self.store.delete_sandbox(entry.provider, entry.id)
+                self._cond.notify_all()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _evict_one(self, provider: str, key: str) -> None:
+        """Free room for ``key`` by destroying the least recently used idle sandbox of
+        another key of the same provider (in the background; waiters wake when it is gone)."""
+        victims = [
+            e for e in self.entries if e.provider == provider and e.key != key and e.state == "idle"
+        ]
+        if victims:
+            victim = min(victims, key=lambda e: e.last_used_at)
+            victim.state = "destroying"
+            self._spawn(self._destroy(victim))
+
+    # -- keeping warm ------------------------------------------------------------------
+    async def warm(self, spec: SandboxSpec, count: int) -> int:
+        """Create up to ``count`` idle sandboxes of ``spec``'s key, within the caps."""
+        provider = self.providers(spec.provider)
+        if not self.poolable(provider):
+            raise ProviderError(
+                f"provider {spec.provider!r} cannot hand a sandbox from one task to the next",
+                hint="its sandboxes are created per task",
+            )
+        key = pool_key(spec)
+        planned: list[Entry] = []
+        async with self._cond:
+            self.templates.setdefault(key, spec)
+            self.paused = False
+            while len(planned) < count and self._has_room(spec.provider, key):
+                entry = Entry(spec.provider, key, spec, self.slots.new(), "creating")
+                self.entries.append(entry)
+                planned.append(entry)
+        results = await asyncio.gather(
+            *(self._create_idle(e) for e in planned), return_exceptions=True
+        )
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed and len(failed) == len(results):
+            raise ProviderError(f"could not create warm {spec.provider} sandboxes: {failed[0]}")
+        return len(results) - len(failed)
+
+    async def _create_idle(self, entry: Entry) -> None:
+        assert entry.slot is not None
+        try:
+            entry.slot.clear(entry.template)
+            spec = entry.slot.spec_for(entry.template, entry.key)
+            sandbox = await self.providers(entry.provider).create(spec)
+        except BaseException:
+            await self._destroy(entry)
+            raise
+        async with self._cond:
+            self._record(entry, id=sandbox.id, state="idle", last_used_at=time.time())
+            self._cond.notify_all()
+
+    def warm_floor(self, key: str) -> int:
+        """How many idle sandboxes of ``key`` the keeper keeps."""
+        provider = key.split(":", 1)[0]
+        settings = self.settings(provider)
+        floor = settings.key_min_warm
+        if self.default_keys.get(provider) == key:
+            floor = max(floor, settings.min_warm)
+        return 0 if self.paused else floor
+
+    async def keep_warm(self, defaults: dict[str, SandboxSpec]) -> None:
+        """Top every key up to its warm floor (``defaults``: provider -> default spec)."""
+        for name, spec in defaults.items():
+            self.default_keys[name] = pool_key(spec)
+            self.templates.setdefault(self.default_keys[name], spec)
+        for key, spec in list(self.templates.items()):
+            floor = self.warm_floor(key)
+            ready = sum(1 for e in self.entries if e.key == key and e.state in ("idle", "creating"))
+            if floor > ready:
+                with contextlib.suppress(HalError, OSError):
+                    await self.warm(spec, floor - ready)
+
+    async def reap_idle(self, now: float | None = None) -> list[str]:
+        """Destroy idle sandboxes past their idle timeout, above the warm floor; their ids."""
+        now = time.time() if now is None else now
+        doomed: list[Entry] = []
+        async with self._cond:
+            for key in {e.key for e in self.entries}:
+                provider = key.split(":", 1)[0]
+                settings = self.settings(provider)
+                idle = self.idle(key)
+                spare = len(idle) - self.warm_floor(key)
+                for entry in idle:  # oldest first
+                    if spare <= 0:
+                        break
+                    if now - entry.last_used_at > settings.idle_timeout_s:
+                        entry.state = "destroying"
+                        doomed.append(entry)
+                        spare -= 1
+        await asyncio.gather(*(self._destroy(e) for e in doomed))
+        return [e.id for e in doomed if e.id is not None]
+
+    async def drain(self) -> int:
+        """Destroy every idle sandbox and keep none warm; in-use ones go when returned."""
+        async with self._cond:
+            self.paused = True
+            doomed = [e for e in self.entries if e.state == "idle"]
+            for entry in doomed:
+                entry.state = "destroying"
+            for entry in self.entries:
+                if entry.state in ("leased", "creating"):
+                    entry.destroy_on_return = True
+        await asyncio.gather(*(self._destroy(e) for e in doomed))
+        return len(doomed)
+
+    async def destroy_idle(self, provider: str, sandbox_id: str) -> bool:
+        """Destroy one sandbox the pool holds idle; False when it holds no such sandbox."""
+        async with self._cond:
+            found = [e for e in self.entries if e.provider == provider and e.id == sandbox_id]
+            if not found:
+                return False
+            entry = found[0]
+            if entry.state != "idle":
+                raise ConfigError(
+                    f"sandbox {sandbox_id} is {entry.state} (task {entry.task_id})",
+                    hint="cancel or stop its task instead",
+                )
+            entry.state = "destroying"
+        await self._destroy(entry)
+        return True
+
+    async def close(self) -> None:
+        """Wait for background destroys (a shutdown leaves in-use sandboxes to reconcile)."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    # -- restart -----------------------------------------------------------------------
+    async def adopt(self, provider: str, sandbox_id: str, task_id: str) -> Lease:
+        """Take over a sandbox a previous daemon leased to ``task_id`` (it keeps running)."""
+        owner = self.providers(provider)
+        sandbox = await owner.get(sandbox_id)
+        spec = sandbox.spec
+        slot_name = spec.labels.get("hal.slot")
+        slot = self.slots.get(slot_name) if slot_name else None
+        key = spec.labels.get("hal.pool") or pool_key(spec)
+        async with self._cond:
+            entry = Entry(provider, key, spec, slot, "leased", id=sandbox_id, task_id=task_id)
+            self.entries.append(entry)
+            self._record(entry)
+        return Lease(sandbox, True, entry)
+
+    def status(self) -> dict[str, Any]:
+        """Counts per provider and per key, for ``hal pool status``."""
+        return report.status(self)
+
+    def sandboxes(self) -> list[dict[str, Any]]:
+        """Every tracked sandbox, for ``hal sandbox list``."""
+        return report.sandboxes(self)

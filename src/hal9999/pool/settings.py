@@ -1,0 +1,165 @@
+"""Per-provider pool and placement settings, and the daemon's queue settings.
+
+Each setting of a provider comes from the first of::
+
+    HAL_<PROVIDER>_<NAME>  >  HAL_<NAME>  >  [pool.<provider>] key  >  [pool] key  >  default
+
+so ``HAL_BWRAP_MAX_POOL_SIZE=4`` caps bwrap alone and ``HAL_MAX_POOL_SIZE=4`` every provider.
+``network`` and the resource limits default to the top-level config (which already folds in
+``HAL_NETWORK`` and friends), so a mixed pool can, say, give ``local`` host networking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hal9999.config import HalConfig
+from hal9999.errors import ConfigError
+from hal9999.spec import NetworkMode, Resources
+
+Policy = Literal["reset", "destroy"]
+
+DEFAULT_POLICY: dict[str, Policy] = {"bwrap": "reset", "fake": "reset"}
+"""How a provider's sandbox is returned after a task when no setting says otherwise.
+
+``reset`` kills what is left inside, wipes its scratch space and detaches the task's session;
+providers without isolation (``local``) are destroyed and replaced instead, since a task may
+have changed the host itself."""
+
+
+class ProviderSettings(BaseModel):
+    """How many sandboxes of one provider exist, and how they are placed and returned."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_size: int = Field(default=8, ge=0)
+    """Sandboxes of this provider at most, idle and in use (``HAL_<P>_MAX_POOL_SIZE``)."""
+    min_warm: int = Field(default=0, ge=0)
+    """Idle sandboxes kept ready for the provider's default spec (``HAL_<P>_MIN_WARM``)."""
+    key_max_size: int | None = Field(default=None, ge=0)
+    """Sandboxes at most per pool key (one spec); ``max_size`` when unset."""
+    key_min_warm: int = Field(default=0, ge=0)
+    """Idle sandboxes kept ready for every spec seen since the daemon started."""
+    idle_timeout_s: float = Field(default=300.0, gt=0)
+    """An idle sandbox above the warm minimum is destroyed after this long."""
+    max_concurrent: int | None = Field(default=None, ge=0)
+    """Tasks running on this provider at once; ``max_size`` when unset."""
+    policy: Policy | None = None
+    """``reset`` or ``destroy`` a sandbox after its task; the provider's default when unset."""
+    network: NetworkMode | None = None
+    """Network of this provider's sandboxes; the config's ``network`` when unset."""
+    memory_mb: int | None = Field(default=None, gt=0)
+    """Memory limit override for this provider."""
+    cpus: float | None = Field(default=None, gt=0)
+    """CPU quota override for this provider."""
+    pids: int | None = Field(default=None, gt=0)
+    """Process limit override for this provider."""
+
+
+class SchedulerSettings(BaseModel):
+    """The daemon's queue: how much runs at once, how failures are retried."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_concurrent: int = Field(default=8, ge=1)
+    """Tasks running at once over all providers (``HAL_MAX_CONCURRENT``)."""
+    max_infra_retries: int = Field(default=5, ge=0)
+    """Infrastructure failures (sandbox, provider, process) retried at most this often."""
+    backoff_base_s: float = Field(default=0.5, gt=0)
+    """First retry delay; doubled each retry, with jitter."""
+    backoff_max_s: float = Field(default=30.0, gt=0)
+    """Retry delays are capped here."""
+    stuck_after_s: float = Field(default=900.0, gt=0)
+    """A task this long in provisioning, preparing or collecting is reaped."""
+    reap_interval_s: float = Field(default=2.0, gt=0)
+    """How often the reaper looks for idle sandboxes and stuck tasks."""
+
+
+ENV_NAMES: dict[str, str] = {
+    "max_size": "MAX_POOL_SIZE",
+    "min_warm": "MIN_WARM",
+    "key_max_size": "KEY_MAX_POOL_SIZE",
+    "key_min_warm": "KEY_MIN_WARM",
+    "idle_timeout_s": "IDLE_TIMEOUT_S",
+    "max_concurrent": "MAX_CONCURRENT",
+    "policy": "POOL_POLICY",
+    "network": "NETWORK",
+    "memory_mb": "MEMORY_MB",
+    "cpus": "CPUS",
+    "pids": "PIDS",
+}
+"""Setting name -> environment suffix (``HAL_<P>_<SUFFIX>``, ``HAL_<SUFFIX>``)."""
+
+_NO_GLOBAL_ENV = frozenset({"max_concurrent", "network", "memory_mb", "cpus", "pids"})
+"""Settings whose ``HAL_<NAME>`` means something else (the global limit, the config's
+defaults), so only ``HAL_<P>_<NAME>`` sets them per provider."""
+
+_SCHEDULER_ENV: dict[str, str] = {"max_concurrent": "HAL_MAX_CONCURRENT"}
+
+
+def env_prefix(provider: str) -> str:
+    """``HAL_<PROVIDER>_`` for a provider name (``-`` and ``.`` become ``_``)."""
+    return "HAL_" + provider.upper().replace("-", "_").replace(".", "_") + "_"
+
+
+def _invalid(where: str, exc: ValidationError) -> ConfigError:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    return ConfigError(f"{where}: {loc}: {err['msg']}", hint=f"fix {where}")
+
+
+def provider_settings(
+    config: HalConfig, environ: Mapping[str, str], provider: str
+) -> ProviderSettings:
+    """The resolved settings of ``provider`` (see the module docstring for the order)."""
+    table = {k: v for k, v in config.pool.items() if not isinstance(v, dict)}
+    own = config.pool.get(provider)
+    if isinstance(own, dict):
+        table.update(own)
+    prefix = env_prefix(provider)
+    for name, suffix in ENV_NAMES.items():
+        value = environ.get(prefix + suffix) or (
+            None if name in _NO_GLOBAL_ENV else environ.get("HAL_" + suffix)
+        )
+        if value:
+            table[name] = value
+    try:
+        return ProviderSettings.model_validate(table)
+    except ValidationError as exc:
+        where = f"pool settings of {provider} ([pool.{provider}] or {prefix}*)"
+        raise _invalid(where, exc) from exc
+
+
+def scheduler_settings(config: HalConfig, environ: Mapping[str, str]) -> SchedulerSettings:
+    """The resolved queue settings: ``HAL_MAX_CONCURRENT``, then ``[scheduler]``."""
+    table: dict[str, Any] = dict(config.scheduler)
+    for name, var in _SCHEDULER_ENV.items():
+        if environ.get(var):
+            table[name] = environ[var]
+    try:
+        return SchedulerSettings.model_validate(table)
+    except ValidationError as exc:
+        raise _invalid("[scheduler] settings (or HAL_MAX_CONCURRENT)", exc) from exc
+
+
+def policy_of(provider: str, settings: ProviderSettings) -> Policy:
+    """What happens to a sandbox of ``provider`` after its task."""
+    return settings.policy or DEFAULT_POLICY.get(provider, "destroy")
+
+
+def resources_of(config: HalConfig, settings: ProviderSettings) -> Resources:
+    """The config's resource limits with the provider's overrides applied."""
+    overrides = {
+        name: getattr(settings, name)
+        for name in ("memory_mb", "cpus", "pids")
+        if getattr(settings, name) is not None
+    }
+    return config.resources.model_copy(update=overrides)
+
+
+def network_of(config: HalConfig, settings: ProviderSettings) -> NetworkMode:
+    """The provider's network mode, else the config's."""
+    return settings.network or config.network

@@ -1,0 +1,135 @@
+"""Pool keys, and how a warm sandbox is handed its task's session.
+
+A pool key is the whole :class:`SandboxSpec` except what belongs to one task: the *sources*
+of the workspace and binds (their targets and modes stay in the key) and the labels. Two
+tasks with the same key can therefore share a sandbox one after the other.
+
+A warm sandbox is created over a *slot*: a private directory holding one symlink per mount
+(``ws`` for the workspace, ``b0``, ``b1``... for the binds), each pointing at ``empty/``
+while the sandbox is idle. Handing the sandbox to a task re-points the links atomically at
+the task's session directories. This works for every provider that resolves its mounts when
+a command starts (``bwrap`` binds, ``local`` and ``fake`` paths), which is what
+``host_launch`` providers do; a provider that cannot (a VM mounting its share at boot)
+implements :class:`WorkspaceAttach` instead, or is not pooled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from hal9999.spec import Bind, SandboxSpec
+
+_PLACEHOLDER = Path("/")
+SLOT_LABEL = "hal.slot"
+"""Label naming a pooled sandbox's slot directory."""
+KEY_LABEL = "hal.pool"
+"""Label holding a pooled sandbox's pool key."""
+
+
+def pool_key(spec: SandboxSpec) -> str:
+    """``<provider>:<digest>`` of everything in ``spec`` that is not per task."""
+    shape = spec.model_copy(
+        update={
+            "workspace": None if spec.workspace is None else _PLACEHOLDER,
+            "binds": tuple(b.model_copy(update={"source": _PLACEHOLDER}) for b in spec.binds),
+            "labels": {},
+        }
+    )
+    blob = json.dumps(shape.model_dump(mode="json"), sort_keys=True).encode()
+    return f"{spec.provider}:{hashlib.sha256(blob).hexdigest()[:12]}"
+
+
+@runtime_checkable
+class WorkspaceAttach(Protocol):
+    """Optional provider hook: mount a task's workspace and binds into a live sandbox."""
+
+    async def attach_workspace(self, sandbox_id: str, spec: SandboxSpec) -> None:
+        """Make ``spec``'s workspace and binds (same targets as before) the sandbox's."""
+        ...
+
+
+class Slot:
+    """A slot directory: the symlinks a warm sandbox's mounts go through."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @property
+    def name(self) -> str:
+        """The slot's id (its directory name)."""
+        return self.root.name
+
+    @property
+    def empty(self) -> Path:
+        """What idle links point at."""
+        return self.root / "empty"
+
+    def _links(self, spec: SandboxSpec) -> list[Path]:
+        links = [self.root / "ws"] if spec.workspace is not None else []
+        return links + [self.root / f"b{i}" for i in range(len(spec.binds))]
+
+    def spec_for(self, spec: SandboxSpec, key: str) -> SandboxSpec:
+        """The spec a sandbox of this slot is created with: mounts through the links."""
+        workspace = None if spec.workspace is None else self.root / "ws"
+        binds = tuple(
+            Bind(source=self.root / f"b{i}", target=b.target, read_only=b.read_only)
+            for i, b in enumerate(spec.binds)
+        )
+        labels = {KEY_LABEL: key, SLOT_LABEL: self.name}
+        return spec.model_copy(update={"workspace": workspace, "binds": binds, "labels": labels})
+
+    def point(self, spec: SandboxSpec) -> None:
+        """Re-point the links at ``spec``'s workspace and bind sources, atomically each."""
+        sources = ([spec.workspace] if spec.workspace is not None else []) + [
+            b.source for b in spec.binds
+        ]
+        for link, source in zip(self._links(spec), sources, strict=True):
+            _relink(link, Path(source))
+
+    def clear(self, spec: SandboxSpec) -> None:
+        """Point every link at the empty directory (the sandbox sees no task's files)."""
+        self.empty.mkdir(mode=0o755, exist_ok=True)
+        for link in self._links(spec):
+            _relink(link, self.empty)
+
+    def remove(self) -> None:
+        """Delete the slot (links only; never what they point at)."""
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _relink(link: Path, target: Path) -> None:
+    tmp = link.with_name(f".{link.name}.{secrets.token_hex(4)}")
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+class SlotDir:
+    """Where slots live (``<home>/pool/``)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def new(self) -> Slot:
+        """A fresh, empty slot."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        slot = Slot(self.root / secrets.token_hex(6))
+        slot.root.mkdir(mode=0o700)
+        slot.empty.mkdir(mode=0o755)
+        return slot
+
+    def get(self, name: str) -> Slot:
+        """The slot called ``name``."""
+        return Slot(self.root / name)
+
+    def names(self) -> set[str]:
+        """Every slot on disk."""
+        try:
+            return {p.name for p in self.root.iterdir() if p.is_dir()}
+        except FileNotFoundError:
+            return set()

@@ -1,0 +1,71 @@
+"""The ``sandboxes`` table: what the warm pool holds, so a restart can tell it from orphans."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any
+
+from hal9999.store.records import SandboxRow
+
+_COLUMNS: tuple[str, ...] = tuple(SandboxRow.model_fields)
+
+
+def _row(row: sqlite3.Row) -> SandboxRow:
+    return SandboxRow.model_validate(dict(zip(row.keys(), row, strict=True)))
+
+
+class SandboxTable:
+    """SQL of the ``sandboxes`` table, mixed into :class:`hal9999.store.Store`."""
+
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        raise NotImplementedError
+
+    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        raise NotImplementedError
+
+    def put_sandbox(self, row: SandboxRow) -> None:
+        """Insert or replace the record of one sandbox."""
+        names = ", ".join(_COLUMNS)
+        values = ", ".join(f":{name}" for name in _COLUMNS)
+        with self._write() as conn:
+            conn.execute(
+                f"INSERT OR REPLACE INTO sandboxes ({names}) VALUES ({values})", row.model_dump()
+            )
+
+    def update_sandbox(self, provider: str, sandbox_id: str, **fields: Any) -> None:
+        """Set some fields of a sandbox record (no error when it is gone)."""
+        unknown = sorted(set(fields) - set(_COLUMNS) | ({"provider", "id"} & set(fields)))
+        if unknown:
+            raise ValueError(f"cannot set sandbox field(s): {', '.join(unknown)}")
+        if not fields:
+            return
+        assignments = ", ".join(f"{name} = :{name}" for name in fields)
+        with self._write() as conn:
+            conn.execute(
+                f"UPDATE sandboxes SET {assignments} WHERE provider = :provider AND id = :id",
+                {**fields, "provider": provider, "id": sandbox_id},
+            )
+
+    def delete_sandbox(self, provider: str, sandbox_id: str) -> None:
+        """Forget a sandbox (no error when it is already forgotten)."""
+        with self._write() as conn:
+            conn.execute(
+                "DELETE FROM sandboxes WHERE provider = ? AND id = ?", (provider, sandbox_id)
+            )
+
+    def list_sandboxes(self, *, provider: str | None = None) -> list[SandboxRow]:
+        """Every recorded sandbox (of one provider, when given), oldest first."""
+        if provider is None:
+            rows = self._query("SELECT * FROM sandboxes ORDER BY created_at")
+        else:
+            rows = self._query(
+                "SELECT * FROM sandboxes WHERE provider = ? ORDER BY created_at", (provider,)
+            )
+        return [_row(row) for row in rows]
+
+    def sandboxes_of_task(self, task_id: str) -> Iterator[SandboxRow]:
+        """The recorded sandboxes leased to ``task_id``."""
+        for row in self._query("SELECT * FROM sandboxes WHERE task_id = ?", (task_id,)):
+            yield _row(row)

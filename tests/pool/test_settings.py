@@ -1,0 +1,55 @@
+"""Per-provider settings: HAL_<PROVIDER>_* over HAL_* over [pool.<provider>] over [pool]."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hal9999.config import HalConfig
+from hal9999.errors import ConfigError
+from hal9999.pool.settings import (
+    network_of,
+    policy_of,
+    provider_settings,
+    resources_of,
+    scheduler_settings,
+)
+from hal9999.spec import Resources
+
+
+def config(tmp_path: Path, **fields: object) -> HalConfig:
+    return HalConfig.model_validate({"home": str(tmp_path), **fields})
+
+
+def test_precedence(tmp_path: Path) -> None:
+    cfg = config(tmp_path, pool={"max_size": 3, "min_warm": 1, "local": {"max_size": 5}})
+    assert provider_settings(cfg, {}, "bwrap").max_size == 3
+    assert provider_settings(cfg, {}, "local").max_size == 5
+    env = {"HAL_MAX_POOL_SIZE": "7"}
+    assert provider_settings(cfg, env, "local").max_size == 7, "HAL_* beats config"
+    env["HAL_LOCAL_MAX_POOL_SIZE"] = "9"
+    assert provider_settings(cfg, env, "local").max_size == 9, "HAL_<P>_* beats HAL_*"
+    assert provider_settings(cfg, env, "bwrap").max_size == 7
+    assert provider_settings(cfg, {}, "bwrap").min_warm == 1
+
+
+def test_network_resources_and_policy_per_provider(tmp_path: Path) -> None:
+    cfg = config(tmp_path, network="none", resources={"memory_mb": 512})
+    env = {"HAL_LOCAL_NETWORK": "host", "HAL_BWRAP_MEMORY_MB": "256", "HAL_NETWORK": "none"}
+    local, bwrap = provider_settings(cfg, env, "local"), provider_settings(cfg, env, "bwrap")
+    assert network_of(cfg, local) == "host" and network_of(cfg, bwrap) == "none"
+    assert resources_of(cfg, bwrap) == Resources(memory_mb=256)
+    assert resources_of(cfg, local) == Resources(memory_mb=512)
+    assert policy_of("bwrap", bwrap) == "reset" and policy_of("local", local) == "destroy"
+    assert policy_of("local", provider_settings(cfg, {"HAL_POOL_POLICY": "reset"}, "local")) == (
+        "reset"
+    )
+
+
+def test_bad_values_say_where(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="HAL_BWRAP_"):
+        provider_settings(config(tmp_path), {"HAL_BWRAP_MAX_POOL_SIZE": "lots"}, "bwrap")
+    assert scheduler_settings(config(tmp_path), {"HAL_MAX_CONCURRENT": "3"}).max_concurrent == 3
+    with pytest.raises(ConfigError, match="scheduler"):
+        scheduler_settings(config(tmp_path, scheduler={"max_concurrent": 0}), {})
