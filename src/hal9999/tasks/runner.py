@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from hal9999.agents.base import Agent, AgentContext, AgentLaunch
+from hal9999.agents.base import Agent, AgentContext, AgentLaunch, OutputParser, needs_network
 from hal9999.agents.registry import resolve_agent
 from hal9999.config import HalConfig
 from hal9999.credentials import forwarded_env, install_files
@@ -28,24 +28,31 @@ from hal9999.events.log import EventLog
 from hal9999.events.models import (
     AgentSession,
     Event,
+    Message,
     Output,
     Phase,
     SandboxAcquired,
     TaskEnd,
     Usage,
 )
+from hal9999.pool.settings import network_of, provider_settings, resources_of
 from hal9999.process.base import ProcessManager
-from hal9999.providers.base import Sandbox
+from hal9999.providers.base import Provider, Sandbox
 from hal9999.redact import SecretMasker
 from hal9999.spec import ArgvCommand, ProcessSpec, SandboxSpec, ShellCommand
 from hal9999.store import Store, TaskRecord
 from hal9999.tasks import gitrepo
 from hal9999.tasks.plugins import load_process_manager, load_provider_for
+from hal9999.tasks.sandboxes import DirectSource, SandboxSource
 from hal9999.tasks.session import HOME_TARGET, INPUT_TARGET, Session
 from hal9999.tasks.state import TaskStatus, check_transition
 
 _POLL_S = 0.05
 _DEFAULT_RESUME_PROMPT = "Continue where you left off and finish the task."
+
+
+TAKEN_AWAY = frozenset({TaskStatus.STOPPED, TaskStatus.CANCELLED, TaskStatus.INTERRUPTED})
+"""States another process puts a task in while a runner holds it (stop, cancel, the reaper)."""
 
 
 class Superseded(Exception):
@@ -83,6 +90,30 @@ class RunContext:
     secrets: dict[str, str]
     on_output: Callable[[str], None] | None = None
     totals: Totals = field(default_factory=Totals)
+    detached: bool = False
+    """Set when a daemon shuts down: leave the agent and its sandbox for the next to adopt."""
+    adopted: Adopted | None = None
+    """Set when carrying on a run whose agent outlived its runner."""
+    sandbox: Sandbox | None = None
+    """The run's sandbox, once acquired."""
+    pspec: ProcessSpec | None = None
+    """The agent's process spec, once known."""
+
+
+@dataclass
+class Adopted:
+    """Where an adopted run picks up: its sandbox, process and how far its log was read."""
+
+    sandbox: Sandbox
+    pspec: ProcessSpec
+    offset: int
+    """Log bytes already turned into events."""
+    parser: OutputParser
+    """The agent's parser, already fed the log up to ``offset``."""
+    started: float
+    """``time.monotonic()`` value equivalent to when the agent started (for the timeout)."""
+    totals: Totals = field(default_factory=Totals)
+    """Usage the run's events already record."""
 
 
 def process_spec(
@@ -97,15 +128,29 @@ def process_spec(
     )
 
 
-def sandbox_spec(config: HalConfig, task: TaskRecord, session: Session) -> SandboxSpec:
-    """The sandbox a task runs in."""
+def sandbox_spec(
+    config: HalConfig,
+    task: TaskRecord,
+    session: Session,
+    environ: Mapping[str, str] | None = None,
+) -> SandboxSpec:
+    """The sandbox a task runs in (with its provider's network and limits, when set)."""
+    settings = provider_settings(config, environ or {}, task.provider)
     return SandboxSpec(
         provider=task.provider,
-        resources=config.resources,
-        network=config.network,
+        resources=resources_of(config, settings),
+        network=network_of(config, settings),
         workspace=session.workspace,
         binds=session.binds(),
         labels={"hal.task": task.id},
+    )
+
+
+def offline_warning(agent: str) -> str:
+    """Why an API-calling agent in a sandbox without network is likely to fail, and the fix."""
+    return (
+        f'agent {agent} calls an LLM API but the sandbox has no network (network = "none"): '
+        'set network = "host" in hal.toml or HAL_NETWORK=host'
     )
 
 
@@ -116,15 +161,14 @@ class TaskRunner:
         self.config = config
         self.store = store
         self.environ = environ
+        self.sandboxes: SandboxSource = DirectSource()
+        """Where runs get sandboxes: created per run, or the daemon's warm pool."""
 
     # -- state -------------------------------------------------------------------------
     def transition(self, ctx: RunContext, target: TaskStatus, detail: str | None = None) -> None:
         """Apply ``target`` to the task, unless someone else already put it to rest."""
         current = self.store.get_task(ctx.task.id)
-        if (
-            current.status in (TaskStatus.STOPPED, TaskStatus.CANCELLED)
-            and current.status != target
-        ):
+        if current.status in TAKEN_AWAY and current.status != target:
             raise Superseded(current.status)
         check_transition(current.status, target)
         changes: dict[str, object] = {"status": target.value}
@@ -144,65 +188,107 @@ class TaskRunner:
 
     # -- the run -----------------------------------------------------------------------
     async def run(self, ctx: RunContext, prompt: str | None = None) -> TaskRecord:
-        """Run the task once; returns the record in its final or resting state."""
+        """Run the task once (or carry on an adopted run); returns the record in its final or
+        resting state."""
         task = ctx.task
         self.store.update_task(task.id, runner_pid=os.getpid())
         agent = resolve_agent(task.agent, self.config.agent_settings(task.agent))
         provider = load_provider_for(self.config, task.provider)
         manager = load_process_manager(self.config, task.process_manager)
-        sandbox: Sandbox | None = None
-        pspec: ProcessSpec | None = None
         started = time.monotonic()
         exit_code: int | None = None
+        offline = False
         try:
-            self.transition(ctx, TaskStatus.PROVISIONING)
-            sandbox = await provider.create(sandbox_spec(self.config, task, ctx.session))
-            self.store.update_task(task.id, sandbox_id=sandbox.id)
-            self.emit(ctx, SandboxAcquired(sandbox_id=sandbox.id, provider=sandbox.provider))
-
-            self.transition(ctx, TaskStatus.PREPARING)
-            launch = await self.prepare(ctx, sandbox, agent, prompt)
-            pspec = process_spec(ctx.task, ctx.session, launch.command)
-            self.transition(ctx, TaskStatus.RUNNING, detail=f"agent {agent.name}")
-            secrets = {**forwarded_env(launch.secret_env, self.environ), **ctx.secrets}
-            await manager.start(sandbox, pspec, env=secrets)
-            exit_code = await self.follow(ctx, manager, pspec, agent, started)
-
+            if ctx.adopted is None:
+                offline = await self.launch(ctx, provider, manager, agent, prompt, started)
+                assert ctx.pspec is not None
+                exit_code = await self.follow(ctx, manager, ctx.pspec, agent, started)
+            else:
+                started, ctx.totals = ctx.adopted.started, ctx.adopted.totals
+                ctx.sandbox, ctx.pspec = ctx.adopted.sandbox, ctx.adopted.pspec
+                exit_code = await self.follow(
+                    ctx,
+                    manager,
+                    ctx.pspec,
+                    agent,
+                    started,
+                    offset=ctx.adopted.offset,
+                    parser=ctx.adopted.parser,
+                )
+            assert ctx.sandbox is not None
             self.transition(ctx, TaskStatus.COLLECTING)
-            files = await self.collect(ctx, sandbox)
+            files = await self.collect(ctx, ctx.sandbox)
             if exit_code == 0:
                 return self.finish(ctx, TaskStatus.SUCCEEDED, started, exit_code, files=files)
-            error = AgentFailed(
-                f"agent {agent.name} exited with status {exit_code}",
-                hint=f"see `hal task logs {task.id}`",
-            )
+            hint = f"see `hal task logs {task.id}`"
+            if offline:
+                hint += f"; {offline_warning(agent.name)}"
+            error = AgentFailed(f"agent {agent.name} exited with status {exit_code}", hint=hint)
             return self.finish(ctx, TaskStatus.FAILED, started, exit_code, error=error, files=files)
         except Superseded:
             return self.store.get_task(task.id)
         except TaskTimeout as exc:
-            if pspec is not None:
-                await manager.stop(pspec)
-            files = await self.collect_quietly(ctx, sandbox)
+            if ctx.pspec is not None:
+                await manager.stop(ctx.pspec)
+            files = await self.collect_quietly(ctx, ctx.sandbox)
             return self.finish(
                 ctx, TaskStatus.TIMED_OUT, started, exit_code, error=exc, files=files
             )
         except HalError as exc:
-            if pspec is not None:
-                await manager.stop(pspec)
+            if ctx.pspec is not None:
+                await manager.stop(ctx.pspec)
             return self.finish(ctx, TaskStatus.FAILED, started, exit_code, error=exc)
         except asyncio.CancelledError:
+            if ctx.detached:
+                raise  # the daemon is shutting down; the agent runs on, to be adopted
             # Ctrl-C: stop the agent and keep the session; the sandbox goes in `finally`.
-            if pspec is not None:
-                await manager.stop(pspec)
+            if ctx.pspec is not None:
+                await manager.stop(ctx.pspec)
             self.finish(
                 ctx, TaskStatus.CANCELLED, started, exit_code, note="interrupted by the user"
             )
             raise
         finally:
-            if sandbox is not None:
-                await provider.destroy(sandbox.id)
+            if ctx.sandbox is not None and not ctx.detached:
+                await self.release(provider, ctx.sandbox)
                 self.store.update_task(task.id, sandbox_id=None)
             self.store.update_task(task.id, runner_pid=None)
+
+    async def launch(
+        self,
+        ctx: RunContext,
+        provider: Provider,
+        manager: ProcessManager,
+        agent: Agent,
+        prompt: str | None,
+        started: float,
+    ) -> bool:
+        """Provision, prepare and start the agent; returns whether the sandbox is offline."""
+        task = ctx.task
+        self.transition(ctx, TaskStatus.PROVISIONING)
+        spec = sandbox_spec(self.config, task, ctx.session, self.environ)
+        offline = spec.network == "none" and needs_network(agent)
+        if offline:
+            self.emit(ctx, Message(level="warning", text=offline_warning(agent.name)))
+        lease = await self.sandboxes.acquire(provider, spec, task.id)
+        ctx.sandbox = sandbox = lease.sandbox if lease is not None else await provider.create(spec)
+        warm = lease is not None and lease.warm
+        self.store.update_task(task.id, sandbox_id=sandbox.id)
+        self.emit(ctx, SandboxAcquired(sandbox_id=sandbox.id, provider=sandbox.provider, warm=warm))
+
+        self.transition(ctx, TaskStatus.PREPARING)
+        launch = await self.prepare(ctx, sandbox, agent, prompt)
+        ctx.pspec = process_spec(ctx.task, ctx.session, launch.command)
+        self.transition(ctx, TaskStatus.RUNNING, detail=f"agent {agent.name}")
+        missing = [name for name in launch.secret_env if name not in ctx.secrets]
+        secrets = {**forwarded_env(missing, self.environ), **ctx.secrets}
+        await manager.start(sandbox, ctx.pspec, env=secrets)
+        return offline
+
+    async def release(self, provider: Provider, sandbox: Sandbox) -> None:
+        """Give the sandbox back to where it came from (the pool), else destroy it."""
+        if not await self.sandboxes.release(sandbox, reuse=True):
+            await provider.destroy(sandbox.id)
 
     async def prepare(
         self, ctx: RunContext, sandbox: Sandbox, agent: Agent, prompt: str | None
@@ -253,10 +339,18 @@ class TaskRunner:
         pspec: ProcessSpec,
         agent: Agent,
         started: float,
+        *,
+        offset: int | None = None,
+        parser: OutputParser | None = None,
     ) -> int:
-        """Stream the log into events until the process ends; return its exit status."""
-        parser = agent.parser()
-        offset = ctx.session.log.stat().st_size if ctx.session.log.exists() else 0
+        """Stream the log into events until the process ends; return its exit status.
+
+        An adopted run passes the log ``offset`` its events already cover and a ``parser``
+        that has been fed the log up to there.
+        """
+        parser = parser or agent.parser()
+        if offset is None:
+            offset = ctx.session.log.stat().st_size if ctx.session.log.exists() else 0
         timeout = ctx.task.timeout_s
         decoder_buf = b""
 
@@ -283,7 +377,7 @@ class TaskRunner:
             masked = ctx.masker.mask(text)
             if ctx.on_output is not None:
                 ctx.on_output(masked)
-            self.emit(ctx, Output(text=text))
+            self.emit(ctx, Output(text=text, log_end=offset - len(decoder_buf)))
             for event in parser.feed(text):
                 self.emit(ctx, event)
 
@@ -303,7 +397,7 @@ class TaskRunner:
             self.emit(ctx, event)
         if status.state == "missing" or status.exit_code is None:
             current = self.store.get_task(ctx.task.id)
-            if current.status in (TaskStatus.STOPPED, TaskStatus.CANCELLED):
+            if current.status in TAKEN_AWAY:
                 raise Superseded(current.status)
             raise AgentFailed("the agent process vanished without an exit status")
         return status.exit_code
@@ -343,8 +437,6 @@ class TaskRunner:
         try:
             return await self.collect(ctx, sandbox)
         except HalError as exc:
-            from hal9999.events.models import Message
-
             ctx.events.emit(Message(level="warning", text=f"collecting failed: {exc.one_line()}"))
             return 0
 
@@ -361,7 +453,7 @@ class TaskRunner:
     ) -> TaskRecord:
         """Record the end of a run and emit ``task_end``."""
         current = self.store.get_task(ctx.task.id)
-        if current.status in (TaskStatus.STOPPED, TaskStatus.CANCELLED):
+        if current.status in TAKEN_AWAY:
             return current
         check_transition(current.status, status)
         totals = ctx.totals

@@ -12,7 +12,7 @@ from pathlib import Path
 from hal9999.agents.registry import resolve_agent
 from hal9999.config import HalConfig
 from hal9999.credentials import forwarded_env
-from hal9999.errors import TaskStateError
+from hal9999.errors import ConfigError, TaskStateError
 from hal9999.events.log import EventLog
 from hal9999.events.models import Message, Phase, TaskCreated, TaskEnd
 from hal9999.home import HalPaths
@@ -23,11 +23,13 @@ from hal9999.spec import ArgvCommand
 from hal9999.store import Store, TaskRecord
 from hal9999.tasks import gitrepo
 from hal9999.tasks.plugins import load_process_manager, load_provider_for
-from hal9999.tasks.runner import RunContext, TaskRunner, process_spec
+from hal9999.tasks.runner import Adopted, RunContext, TaskRunner, process_spec
 from hal9999.tasks.session import Session
 from hal9999.tasks.state import ACTIVE, RESUMABLE, TaskStatus, check_transition
 
 _ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+INDEX_BATCH = 64
+"""Event index rows per store write for task event logs (phase and end events flush)."""
 
 
 @dataclass
@@ -45,6 +47,10 @@ class RunRequest:
     given_env: dict[str, str] = field(default_factory=dict)
     """Values given as ``--env KEY=VALUE`` (never stored)."""
     cwd: Path = field(default_factory=Path.cwd)
+    priority: int = 0
+    """Queue order under a daemon: higher starts first."""
+    retries: int = 0
+    """How many times an agent failure is retried."""
 
 
 def new_task_id(taken: set[str]) -> str:
@@ -53,6 +59,14 @@ def new_task_id(taken: set[str]) -> str:
         candidate = "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
         if candidate not in taken:
             return candidate
+
+
+def provider_list(value: str) -> list[str]:
+    """``"bwrap,local"`` as ``["bwrap", "local"]``: providers in priority order."""
+    names = list(dict.fromkeys(name.strip() for name in value.split(",") if name.strip()))
+    if not names:
+        raise ConfigError("no provider given", hint="--provider NAME[,NAME...]")
+    return names
 
 
 def runner_alive(pid: int | None) -> bool:
@@ -78,6 +92,8 @@ class TaskService:
         self.environ = environ
         self.paths = HalPaths(config.home).ensure()
         self.runner = TaskRunner(config, store, environ)
+        self.contexts: dict[str, RunContext] = {}
+        """Runs in progress in this process, by task id."""
 
     def session(self, task: TaskRecord) -> Session:
         """The session directory of ``task``."""
@@ -102,7 +118,13 @@ class TaskService:
 
     def event_log(self, task: TaskRecord, masker: SecretMasker) -> EventLog:
         """The task's event log."""
-        return EventLog(self.session(task).events, task.id, store=self.store, masker=masker)
+        return EventLog(
+            self.session(task).events,
+            task.id,
+            store=self.store,
+            masker=masker,
+            index_batch=INDEX_BATCH,
+        )
 
     # -- create ------------------------------------------------------------------------
     async def create(self, req: RunRequest) -> TaskRecord:
@@ -110,7 +132,9 @@ class TaskService:
         if not req.prompt.strip():
             raise TaskStateError("the prompt is empty", hint='hal run "describe the work"')
         resolve_agent(req.agent, self.config.agent_settings(req.agent))
-        load_provider_for(self.config, req.provider)
+        providers = provider_list(req.provider)
+        for name in providers:
+            load_provider_for(self.config, name)
         load_process_manager(self.config, req.process_manager)
         forwarded_env([n for n in req.env_names if n not in req.given_env], self.environ)
         source = await gitrepo.resolve_source(req.repo, req.cwd)
@@ -122,7 +146,10 @@ class TaskService:
             id=task_id,
             prompt=req.prompt,
             agent=req.agent,
-            provider=req.provider,
+            provider=providers[0],
+            providers=providers if len(providers) > 1 else [],
+            priority=req.priority,
+            retries=req.retries,
             process_manager=req.process_manager,
             repo=source.location,
             repo_kind=source.kind,
@@ -141,7 +168,7 @@ class TaskService:
             TaskCreated(
                 prompt_chars=len(req.prompt),
                 agent=req.agent,
-                provider=req.provider,
+                provider=",".join(providers),
                 repo=source.location,
                 ref=req.ref,
             )
@@ -157,8 +184,9 @@ class TaskService:
         given_env: Mapping[str, str] | None = None,
         prompt: str | None = None,
         on_output: Callable[[str], None] | None = None,
+        adopted: Adopted | None = None,
     ) -> TaskRecord:
-        """Run a queued task to its end in this process."""
+        """Run a queued task (or carry on an ``adopted`` one) to its end in this process."""
         task = self.store.get_task(task_id)
         given = dict(given_env or {})
         forwarded = [name for name in task.env_keys if name not in given]
@@ -172,11 +200,20 @@ class TaskService:
             masker=masker,
             secrets=secrets_env,
             on_output=on_output,
+            adopted=adopted,
         )
+        self.contexts[task.id] = ctx
         try:
             return await self.runner.run(ctx, prompt)
         finally:
+            self.contexts.pop(task.id, None)
             events.close()
+
+    def detach(self, task_id: str) -> None:
+        """Let a run in progress leave its agent running (a daemon shutting down)."""
+        ctx = self.contexts.get(task_id)
+        if ctx is not None:
+            ctx.detached = True
 
     # -- control -----------------------------------------------------------------------
     async def halt(self, task_id: str, target: TaskStatus, reason: str) -> TaskRecord:

@@ -60,8 +60,9 @@ TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
     TaskStatus.TIMED_OUT: frozenset({TaskStatus.QUEUED}),
     TaskStatus.CANCELLED: frozenset({TaskStatus.QUEUED}),
     TaskStatus.STOPPED: frozenset({TaskStatus.QUEUED, TaskStatus.CANCELLED}),
+    # An interrupted task whose agent still runs (or has just ended) is adopted by a daemon.
     TaskStatus.INTERRUPTED: frozenset(
-        {TaskStatus.QUEUED, TaskStatus.STOPPED, TaskStatus.CANCELLED}
+        {TaskStatus.QUEUED, TaskStatus.STOPPED, TaskStatus.CANCELLED, TaskStatus.RUNNING}
     ),
 }
 

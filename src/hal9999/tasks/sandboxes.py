@@ -1,0 +1,60 @@
+"""Where a run gets its sandbox: created for it, or leased from the daemon's warm pool."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from hal9999.pool import Lease, WarmPool
+from hal9999.providers.base import Provider, Sandbox
+from hal9999.spec import SandboxSpec
+
+
+class SandboxSource(Protocol):
+    """Hands sandboxes to runs and takes them back."""
+
+    async def acquire(self, provider: Provider, spec: SandboxSpec, task_id: str) -> Lease | None:
+        """A sandbox for ``spec``; ``None`` means: create one directly with ``provider``."""
+        ...
+
+    async def release(self, sandbox: Sandbox, *, reuse: bool) -> bool:
+        """Take ``sandbox`` back; False when it is not this source's (destroy it directly)."""
+        ...
+
+
+class DirectSource:
+    """No pool: every run creates its sandbox and destroys it afterwards (in-process runs)."""
+
+    async def acquire(self, provider: Provider, spec: SandboxSpec, task_id: str) -> Lease | None:
+        """Always ``None``: the runner creates the sandbox itself."""
+        return None
+
+    async def release(self, sandbox: Sandbox, *, reuse: bool) -> bool:
+        """Never ours: the runner destroys the sandbox itself."""
+        return False
+
+
+class PoolSource:
+    """Runs lease sandboxes from a :class:`WarmPool` and give them back to it."""
+
+    def __init__(self, pool: WarmPool) -> None:
+        self.pool = pool
+        self.leases: dict[str, Lease] = {}
+        """Sandbox id -> its lease, while a run holds it."""
+
+    async def acquire(self, provider: Provider, spec: SandboxSpec, task_id: str) -> Lease | None:
+        """Claim a sandbox for ``spec`` from the pool."""
+        lease = await self.pool.claim(spec, task_id=task_id)
+        self.leases[lease.sandbox.id] = lease
+        return lease
+
+    def adopted(self, lease: Lease) -> None:
+        """Track a lease taken over from a previous daemon."""
+        self.leases[lease.sandbox.id] = lease
+
+    async def release(self, sandbox: Sandbox, *, reuse: bool) -> bool:
+        """Return the sandbox to the pool (reset or destroyed, per provider policy)."""
+        lease = self.leases.pop(sandbox.id, None)
+        if lease is None:
+            return False
+        await self.pool.release(lease, reuse=reuse)
+        return True

@@ -1,0 +1,246 @@
+"""The daemon's queue: start queued tasks within the limits, retry what failed for no fault
+of the agent, and reap what got stuck.
+
+Order is priority (higher first), then age. A task names its providers in priority order;
+it is placed on the first whose running count is under its limit (so the first fills up
+and the rest take the overflow). Secrets given with a request (``--env KEY=VALUE`` and the
+values of forwarded names) are held in memory only, for as long as the task is queued or
+running; a daemon restart drops them, as it should.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from hal9999.errors import HalError
+from hal9999.events.models import Phase
+from hal9999.pool.settings import SchedulerSettings
+from hal9999.redact import SecretMasker
+from hal9999.store import TaskRecord
+from hal9999.tasks.runner import Adopted
+from hal9999.tasks.service import TaskService
+from hal9999.tasks.state import TaskStatus, check_transition
+
+logger = logging.getLogger(__name__)
+
+TRANSIENT_CODES = frozenset(
+    {"provider_error", "sandbox_not_found", "exec_failed", "process_error", "hal_error"}
+)
+"""Error codes of infrastructure failures, which are retried with backoff. Configuration
+problems (unknown or missing provider, missing capability) are not: they would fail again."""
+
+STUCK_STATES = (TaskStatus.PROVISIONING, TaskStatus.PREPARING, TaskStatus.COLLECTING)
+"""States a task passes through; one that stays in them past the deadline is reaped."""
+
+
+def backoff(
+    attempt: int, settings: SchedulerSettings, rand: Callable[[], float] = random.random
+) -> float:
+    """Delay before retry number ``attempt`` (from 1): capped exponential, equal jitter."""
+    ceiling: float = min(settings.backoff_max_s, settings.backoff_base_s * 2 ** (attempt - 1))
+    return ceiling / 2 + rand() * ceiling / 2
+
+
+@dataclass
+class Submission:
+    """What the scheduler keeps in memory for one queued task."""
+
+    env: dict[str, str] = field(default_factory=dict)
+    prompt: str | None = None
+
+
+class Scheduler:
+    """Starts queued tasks up to the global and per-provider limits."""
+
+    def __init__(
+        self,
+        service: TaskService,
+        settings: SchedulerSettings,
+        provider_limit: Callable[[str], int],
+    ) -> None:
+        self.service = service
+        self.store = service.store
+        self.settings = settings
+        self.provider_limit = provider_limit
+        self.running: dict[str, asyncio.Task[None]] = {}
+        """Task id -> the coroutine running it in this process."""
+        self.placed: dict[str, str] = {}
+        """Task id -> the provider it runs on."""
+        self.submissions: dict[str, Submission] = {}
+        self.started = 0
+        self.finished = 0
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    # -- intake ------------------------------------------------------------------------
+    def submit(
+        self, task_id: str, env: Mapping[str, str] | None = None, prompt: str | None = None
+    ) -> None:
+        """Note a newly queued task (and its in-memory secrets) and wake the loop."""
+        self.submissions[task_id] = Submission(dict(env or {}), prompt)
+        self.wake()
+
+    def wake(self) -> None:
+        """Look at the queue again soon."""
+        self._wake.set()
+
+    def on_provider(self, provider: str) -> int:
+        """How many tasks run on ``provider`` in this process."""
+        return sum(1 for name in self.placed.values() if name == provider)
+
+    # -- the loop ----------------------------------------------------------------------
+    async def run_forever(self) -> None:
+        """Dispatch whenever woken, or when the earliest retry falls due."""
+        while not self._stopping:
+            self._wake.clear()
+            self.dispatch()
+            due = self.store.next_not_before()
+            wait = None if due is None else max(0.01, due - time.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+
+    def dispatch(self) -> int:
+        """Start as many queued tasks as the limits allow; returns how many started."""
+        free = self.settings.max_concurrent - len(self.running)
+        if free <= 0 or self._stopping:
+            return 0
+        started = 0
+        for task in self.store.queued_tasks(time.time(), limit=max(64, free * 4)):
+            if task.id in self.running:
+                continue
+            provider = self.place(task)
+            if provider is None:
+                continue
+            self.start(task, provider)
+            started += 1
+            if started == free:
+                break
+        return started
+
+    def place(self, task: TaskRecord) -> str | None:
+        """The first of the task's providers with room, or None."""
+        for name in task.providers or [task.provider]:
+            if self.on_provider(name) < self.provider_limit(name):
+                return name
+        return None
+
+    def start(self, task: TaskRecord, provider: str) -> None:
+        """Run ``task`` on ``provider`` in the background."""
+        if provider != task.provider:
+            self.store.update_task(task.id, provider=provider)
+        self.placed[task.id] = provider
+        self.started += 1
+        self.running[task.id] = asyncio.create_task(self._run(task.id), name=f"task-{task.id}")
+
+    def carry_on(self, task: TaskRecord, adopted: Adopted) -> None:
+        """Follow an adopted run to its end in the background (it counts against the limits)."""
+        self.placed[task.id] = task.provider
+        self.running[task.id] = asyncio.create_task(
+            self._run(task.id, adopted), name=f"adopted-{task.id}"
+        )
+
+    async def _run(self, task_id: str, adopted: Adopted | None = None) -> None:
+        submission = self.submissions.get(task_id, Submission())
+        try:
+            record = await self.service.run(
+                task_id, given_env=submission.env, prompt=submission.prompt, adopted=adopted
+            )
+            if not self.retry(record):
+                self.submissions.pop(task_id, None)
+        except HalError as exc:
+            logger.warning("task %s: %s", task_id, exc.one_line())
+            self.submissions.pop(task_id, None)
+        except Exception:
+            logger.exception("task %s: the runner failed", task_id)
+            self.submissions.pop(task_id, None)
+        finally:
+            self.running.pop(task_id, None)
+            self.placed.pop(task_id, None)
+            self.finished += 1
+            self.wake()
+
+    # -- retries -----------------------------------------------------------------------
+    def retry(self, task: TaskRecord) -> bool:
+        """Queue a failed task again when its failure is worth retrying; True if it was."""
+        if task.status != TaskStatus.FAILED or self._stopping:
+            return False
+        if task.error_code in TRANSIENT_CODES:
+            if task.infra_retries >= self.settings.max_infra_retries:
+                return False
+            attempt = task.infra_retries + 1
+            counters = {"infra_retries": attempt}
+        elif task.error_code == "agent_failed" and task.agent_retries < task.retries:
+            attempt = task.agent_retries + 1
+            counters = {"agent_retries": attempt}
+        else:
+            return False
+        check_transition(task.status, TaskStatus.QUEUED)
+        delay = backoff(attempt, self.settings)
+        self.store.update_task(
+            task.id,
+            status=TaskStatus.QUEUED.value,
+            runner_pid=os.getpid(),
+            not_before=time.time() + delay,
+            exit_code=None,
+            error_code=None,
+            error_message=None,
+            finished_at=None,
+            **counters,
+        )
+        events = self.service.event_log(task, SecretMasker())
+        why = task.error_message or task.error_code
+        events.emit(
+            Phase(
+                phase="queued",
+                previous=task.status,
+                detail=f"retry {attempt} in {delay:.1f}s: {why}",
+            )
+        )
+        events.close()
+        return True
+
+    # -- control -----------------------------------------------------------------------
+    async def cancel(self, task_id: str, *, stop: bool = False) -> TaskRecord:
+        """Cancel (or stop) a queued or running task; a running one leaves at once."""
+        task = self.service.find(task_id)
+        self.submissions.pop(task.id, None)
+        if stop:
+            return await self.service.stop(task.id)
+        return await self.service.cancel(task.id)
+
+    async def reap_stuck(self, now: float | None = None) -> list[str]:
+        """Interrupt tasks stuck in a passing state past the deadline; their ids."""
+        now = time.time() if now is None else now
+        reaped = []
+        for task in self.store.list_tasks(status=[s.value for s in STUCK_STATES]):
+            since = self.store.last_event_ts(task.id, "phase") or task.created_at
+            if now - since <= self.settings.stuck_after_s:
+                continue
+            reason = (
+                f"reaped: stuck in {task.status} for {now - since:.0f}s "
+                f"(limit {self.settings.stuck_after_s:g}s)"
+            )
+            with contextlib.suppress(HalError):
+                await self.service.halt(task.id, TaskStatus.INTERRUPTED, reason)
+                reaped.append(task.id)
+            runner = self.running.get(task.id)
+            if runner is not None:
+                runner.cancel()
+        return reaped
+
+    async def shutdown(self) -> None:
+        """Stop starting tasks; leave running agents to be adopted by the next daemon."""
+        self._stopping = True
+        self.wake()
+        for task_id, runner in list(self.running.items()):
+            self.service.detach(task_id)
+            runner.cancel()
+        if self.running:
+            await asyncio.gather(*self.running.values(), return_exceptions=True)

@@ -1,0 +1,94 @@
+"""What a starting daemon does with tasks and sandboxes an earlier one left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+from hal9999.config import HalConfig
+from hal9999.events.reader import read_events
+from hal9999.pool import ProviderSettings, SlotDir, WarmPool
+from hal9999.spec import SandboxSpec
+from hal9999.store import SandboxRow, Store, TaskRecord
+from hal9999.tasks.plugins import load_provider_for
+from hal9999.tasks.recovery import Recovery
+from hal9999.tasks.sandboxes import PoolSource
+from hal9999.tasks.service import TaskService
+from hal9999.tasks.session import Session
+
+DEAD_PID = 2**22 + 7  # above pid_max's default: never a live process
+
+
+def make_task(home: Path, task_id: str, status: str, **fields: object) -> TaskRecord:
+    session = Session(home / "sessions" / task_id)
+    session.create()
+    session.workspace.mkdir(exist_ok=True)
+    values: dict[str, object] = {
+        "id": task_id,
+        "prompt": "p",
+        "agent": "true {{prompt_file}}",
+        "provider": "fake",
+        "process_manager": "direct",
+        "repo": str(home),
+        "repo_kind": "local",
+        "branch": f"hal/{task_id}",
+        "status": status,
+        "created_at": time.time() - 60,
+        "session_dir": str(session.root),
+        **fields,
+    }
+    return TaskRecord.model_validate(values)
+
+
+async def test_recovery_interrupts_requeues_and_sweeps(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    config = HalConfig(home=home)
+    store = Store.open(home)
+    service = TaskService(config, store, {})
+    fake = load_provider_for(config, "fake")
+    pool = WarmPool(
+        providers=lambda name: fake,
+        settings=lambda name: ProviderSettings(),
+        slots=SlotDir(home / "pool"),
+        store=store,
+    )
+    orphan = await fake.create(SandboxSpec(provider="fake", labels={"hal.task": "gone1234"}))
+    held = await fake.create(SandboxSpec(provider="fake"))
+    store.insert_task(make_task(home, "prep1234", "preparing", runner_pid=DEAD_PID,
+                                sandbox_id=held.id))  # fmt: skip
+    store.insert_task(make_task(home, "queu1234", "queued", runner_pid=DEAD_PID))
+    # A foreground `hal run` elsewhere: alive, and "hal" is in its command line.
+    other = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import time; time.sleep(60)", "hal"
+    )
+    store.insert_task(make_task(home, "live1234", "running", runner_pid=other.pid))
+    now = time.time()
+    store.put_sandbox(SandboxRow(provider="fake", id="0123456789ab", pool_key="fake:x",
+                                 state="idle", created_at=now, last_used_at=now))  # fmt: skip
+    (home / "pool" / "deadbeef0000").mkdir(parents=True)
+
+    try:
+        report, adoptions = await Recovery(service, pool, PoolSource(pool), lambda n: fake).run()
+    finally:
+        other.kill()
+        await other.wait()
+
+    assert adoptions == []
+    prep = store.get_task("prep1234")
+    assert prep.status == "interrupted" and prep.runner_pid is None and prep.sandbox_id is None
+    assert "preparing" in (prep.error_message or "") and "resume" in (prep.error_message or "")
+    phases = [e for e in read_events(Session(Path(prep.session_dir)).events) if e.type == "phase"]
+    assert phases[-1].phase == "interrupted"  # type: ignore[union-attr]
+    assert store.get_task("queu1234").runner_pid == os.getpid()
+    assert report.requeued == ["queu1234"] and report.interrupted == ["prep1234"]
+    assert "live1234" in report.left_alone, "a live runner elsewhere is left alone"
+    assert {s.id for s in await fake.list()} == set(), "the orphan and the held sandbox are gone"
+    assert f"fake:{orphan.id}" in report.orphans_destroyed
+    assert report.gone == ["fake:0123456789ab"] and store.list_sandboxes() == []
+    assert SlotDir(home / "pool").names() == set(), "stale slots are removed"
+    # Interrupted means resumable.
+    assert service.prepare_resume("prep1234").status == "queued"
+    store.close()

@@ -1,0 +1,157 @@
+"""The queue: limits, priority then age, provider overflow, retries with backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from tests.tasks.test_recovery import make_task
+
+from hal9999.events.log import EventLog
+from hal9999.events.models import Phase
+from hal9999.pool.settings import SchedulerSettings
+from hal9999.redact import SecretMasker
+from hal9999.store import Store, TaskRecord
+from hal9999.tasks.scheduler import Scheduler, backoff
+from hal9999.tasks.session import Session
+
+
+class ScriptedService:
+    """Stands in for TaskService: each run holds until released, then ends as scripted."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.started: list[str] = []
+        self.gates: dict[str, asyncio.Event] = {}
+        self.outcomes: dict[str, list[tuple[str, str | None]]] = {}
+
+    def gate(self, task_id: str) -> asyncio.Event:
+        return self.gates.setdefault(task_id, asyncio.Event())
+
+    async def run(self, task_id: str, **_: Any) -> TaskRecord:
+        self.started.append(task_id)
+        self.store.update_task(task_id, status="running")
+        await self.gate(task_id).wait()
+        self.gate(task_id).clear()
+        status, code = (self.outcomes.get(task_id) or [("succeeded", None)]).pop(0)
+        return self.store.update_task(task_id, status=status, error_code=code)
+
+    def event_log(self, task: TaskRecord, masker: SecretMasker) -> EventLog:
+        return EventLog(Session(Path(task.session_dir)).events, task.id, store=self.store)
+
+    def find(self, task_id: str) -> TaskRecord:
+        return self.store.find_task(task_id)
+
+    async def cancel(self, task_id: str) -> TaskRecord:
+        return self.store.update_task(task_id, status="cancelled")
+
+    def detach(self, task_id: str) -> None:
+        pass
+
+    async def halt(self, task_id: str, target: str, reason: str) -> TaskRecord:
+        log = self.event_log(self.store.get_task(task_id), SecretMasker())
+        log.emit(Phase(phase=str(target), detail=reason))
+        log.close()
+        return self.store.update_task(task_id, status=str(target), error_message=reason)
+
+
+def setup(
+    tmp_path: Path, limits: Mapping[str, int], **settings: Any
+) -> tuple[Store, ScriptedService, Scheduler]:
+    store = Store.open(tmp_path)
+    service = ScriptedService(store)
+    values = SchedulerSettings.model_validate({"backoff_base_s": 0.05, **settings})
+    scheduler = Scheduler(service, values, lambda name: limits.get(name, 0))  # type: ignore[arg-type]
+    return store, service, scheduler
+
+
+async def until(check: Any, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def test_priority_then_age_within_the_global_limit(tmp_path: Path) -> None:
+    store, service, scheduler = setup(tmp_path, {"fake": 10}, max_concurrent=2)
+    for n, priority in enumerate([0, 0, 5, 0]):
+        store.insert_task(
+            make_task(tmp_path, f"t{n}aaaaaa", "queued", created_at=100 + n, priority=priority)
+        )
+    loop = asyncio.create_task(scheduler.run_forever())
+    await until(lambda: len(service.started) == 2)
+    assert service.started == ["t2aaaaaa", "t0aaaaaa"], "priority first, then the oldest"
+    assert len(scheduler.running) == 2
+    service.gate("t2aaaaaa").set()
+    await until(lambda: len(service.started) == 3)
+    assert service.started[2] == "t1aaaaaa"
+    for task_id in ("t0aaaaaa", "t1aaaaaa", "t3aaaaaa"):
+        service.gate(task_id).set()
+    await until(lambda: store.list_tasks(status=["succeeded"]).__len__() == 4)
+    await scheduler.shutdown()
+    loop.cancel()
+
+
+async def test_providers_fill_in_order_and_overflow(tmp_path: Path) -> None:
+    store, service, scheduler = setup(tmp_path, {"fake": 2, "local": 1}, max_concurrent=10)
+    for n in range(4):
+        store.insert_task(
+            make_task(tmp_path, f"m{n}aaaaaa", "queued", created_at=n, providers=["fake", "local"])
+        )
+    assert scheduler.dispatch() == 3, "2 on the first provider, 1 overflowing to the next"
+    assert sorted(scheduler.placed.values()) == ["fake", "fake", "local"]
+    assert store.get_task("m2aaaaaa").provider == "local"
+    assert store.get_task("m3aaaaaa").status == "queued"
+    for task_id in list(scheduler.running):
+        service.gate(task_id).set()
+    await until(lambda: not scheduler.running)
+    await scheduler.shutdown()
+
+
+async def test_infrastructure_failures_retry_agent_failures_do_not(tmp_path: Path) -> None:
+    store, service, scheduler = setup(tmp_path, {"fake": 5}, max_infra_retries=2)
+    store.insert_task(make_task(tmp_path, "infraaaa", "queued"))
+    store.insert_task(make_task(tmp_path, "agentaaa", "queued"))
+    store.insert_task(make_task(tmp_path, "retryaaa", "queued", retries=1))
+    service.outcomes = {
+        "infraaaa": [("failed", "provider_error")] * 3,
+        "agentaaa": [("failed", "agent_failed")],
+        "retryaaa": [("failed", "agent_failed"), ("succeeded", None)],
+    }
+    for gate in ("infraaaa", "agentaaa", "retryaaa"):
+        service.gate(gate).set()
+    loop = asyncio.create_task(scheduler.run_forever())
+
+    def settled() -> bool:
+        for gate in service.gates.values():
+            gate.set()
+        return not scheduler.running and not store.list_tasks(status=["queued", "running"])
+
+    await until(settled)
+    infra, agent, retry = (store.get_task(i) for i in ("infraaaa", "agentaaa", "retryaaa"))
+    assert infra.status == "failed" and infra.infra_retries == 2
+    assert service.started.count("infraaaa") == 3, "the first run and two retries"
+    assert agent.status == "failed" and service.started.count("agentaaa") == 1
+    assert retry.status == "succeeded" and retry.agent_retries == 1
+    assert infra.not_before is not None
+    await scheduler.shutdown()
+    loop.cancel()
+
+
+def test_backoff_is_capped_exponential_with_jitter() -> None:
+    settings = SchedulerSettings(backoff_base_s=1, backoff_max_s=8)
+    assert [backoff(n, settings, rand=lambda: 1.0) for n in (1, 2, 3, 4, 5)] == [1, 2, 4, 8, 8]
+    assert [backoff(n, settings, rand=lambda: 0.0) for n in (1, 4)] == [0.5, 4]
+
+
+async def test_stuck_tasks_are_reaped_with_a_reason(tmp_path: Path) -> None:
+    store, _, scheduler = setup(tmp_path, {"fake": 1}, stuck_after_s=60)
+    store.insert_task(make_task(tmp_path, "stuckaaa", "preparing", created_at=time.time() - 600))
+    store.insert_task(make_task(tmp_path, "freshaaa", "collecting", created_at=time.time()))
+    assert await scheduler.reap_stuck() == ["stuckaaa"]
+    stuck = store.get_task("stuckaaa")
+    assert stuck.status == "interrupted" and "stuck in preparing" in (stuck.error_message or "")
+    assert store.get_task("freshaaa").status == "collecting"
