@@ -19,6 +19,7 @@ from hal9999.config import HalConfig, load_config
 from hal9999.credentials import parse_env_option
 from hal9999.errors import HalError, exit_status_for
 from hal9999.redact import configure_logging, masker_from_env
+from hal9999.server.client import DaemonClient
 from hal9999.store import Store, TaskRecord
 from hal9999.tasks.service import RunRequest, TaskService
 
@@ -32,6 +33,12 @@ class App:
     config: HalConfig
     store: Store
     service: TaskService
+
+    def daemon(self) -> DaemonClient | None:
+        """The running ``hal serve`` of this home, if any (``HAL_NO_DAEMON=1`` ignores it)."""
+        from hal9999.cli.via_daemon import find_daemon
+
+        return find_daemon(self.config, os.environ)
 
 
 def app() -> App:
@@ -138,6 +145,8 @@ def stream_to_terminal(text: str) -> None:
 @click.option("--timeout", type=float, help="Seconds before the task is stopped as timed out.")
 @click.option("--env", "env", multiple=True, help="KEY or KEY=VALUE forwarded at exec time.")
 @click.option("--detach", is_flag=True, help="Return at once; the task runs in the background.")
+@click.option("--priority", type=int, default=0, help="Queue order under hal serve (higher first).")
+@click.option("--retries", type=int, default=0, help="Retry an agent failure up to N times.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def run(
     prompt: str,
@@ -149,9 +158,14 @@ def run(
     timeout: float | None,
     env: tuple[str, ...],
     detach: bool,
+    priority: int,
+    retries: int,
     as_json: bool,
 ) -> None:
-    """Run PROMPT with a coding agent on a repository, in a sandbox."""
+    """Run PROMPT with a coding agent on a repository, in a sandbox.
+
+    PROVIDER may be a list in priority order (``bwrap,local``): the first fills up to its
+    limits and the rest take the overflow (under ``hal serve``)."""
     a = app()
     names, given = parse_env_option(env)
     request = RunRequest(
@@ -164,7 +178,14 @@ def run(
         timeout_s=timeout if timeout is not None else a.config.timeout_s,
         env_names=names,
         given_env=given,
+        retries=retries,
     )
+    client = a.daemon()
+    if client is not None:
+        from hal9999.cli.via_daemon import run_via_daemon
+
+        run_via_daemon(a, client, request, priority=priority, detach=detach, as_json=as_json)
+        return
     task = run_async(a.service.create(request))
     if detach:
         spawn_runner(a, task, [], given)
@@ -183,7 +204,7 @@ def run(
 
 def main() -> None:
     """Console entry point."""
-    from hal9999.cli import doctor, task  # noqa: F401  (registers the subcommands)
+    from hal9999.cli import doctor, pool, serve, task  # noqa: F401  (registers the subcommands)
 
     cli()
 

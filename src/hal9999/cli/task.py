@@ -18,6 +18,8 @@ from hal9999.cli.main import (
     stream_to_terminal,
 )
 from hal9999.cli.render import event_line, summary, task_json, task_table
+from hal9999.cli.via_daemon import finish_daemon_run
+from hal9999.cli.via_daemon import record as from_api
 from hal9999.credentials import parse_env_option
 from hal9999.errors import ProcessError, TaskStateError
 from hal9999.events.reader import follow_events, follow_text, read_events
@@ -40,7 +42,13 @@ def task() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_(statuses: tuple[str, ...], limit: int | None, as_json: bool) -> None:
     """List tasks, newest first."""
-    tasks = app().service.list(status=list(statuses) or None, limit=limit)
+    a = app()
+    client = a.daemon()
+    if client is not None:
+        query = {"status": ",".join(statuses) or None, "limit": limit}
+        tasks = [from_api(t) for t in run_async(client.call("GET", "/v1/tasks", query=query))]
+    else:
+        tasks = a.service.list(status=list(statuses) or None, limit=limit)
     if as_json:
         emit_json([task_json(t) for t in tasks])
     elif tasks:
@@ -54,12 +62,17 @@ def list_(statuses: tuple[str, ...], limit: int | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def show(task_id: str, as_json: bool) -> None:
     """Show one task."""
-    record = app().service.find(task_id)
-    if as_json:
-        emit_json(task_json(record))
+    a = app()
+    client = a.daemon()
+    if client is not None:
+        found = from_api(run_async(client.call("GET", f"/v1/tasks/{task_id}")))
     else:
-        click.echo(summary(record))
-        click.echo(f"prompt    {record.prompt}")
+        found = a.service.find(task_id)
+    if as_json:
+        emit_json(task_json(found))
+    else:
+        click.echo(summary(found))
+        click.echo(f"prompt    {found.prompt}")
 
 
 def _still_running(task_id: str) -> bool:
@@ -151,17 +164,17 @@ def attach(task_id: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def stop(task_id: str, as_json: bool) -> None:
     """Stop a task: its sandbox goes, its session stays; resume it later."""
-    record = run_async(app().service.stop(task_id))
-    _report(record, as_json, f"stopped {record.id}; resume with `hal task resume {record.id}`")
+    done = _control(task_id, "stop")
+    _report(done, as_json, f"stopped {done.id}; resume with `hal task resume {done.id}`")
 
 
 @task.command()
 @click.argument("task_id")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def cancel(task_id: str, as_json: bool) -> None:
-    """Cancel a task: its sandbox goes, its session stays until `hal task rm`."""
-    record = run_async(app().service.cancel(task_id))
-    _report(record, as_json, f"cancelled {record.id}")
+    """Cancel a task (queued or running): its sandbox goes, its session stays."""
+    done = _control(task_id, "cancel")
+    _report(done, as_json, f"cancelled {done.id}")
 
 
 @task.command()
@@ -176,6 +189,15 @@ def resume(
     """Run a stopped or finished task again in a new sandbox over the same session."""
     a = app()
     _, given = parse_env_option(env)
+    client = a.daemon()
+    if client is not None:
+        body = {"prompt": prompt, "env": given}
+        queued = from_api(run_async(client.call("POST", f"/v1/tasks/{task_id}/resume", body)))
+        if detach:
+            _report(queued, as_json, queued.id)
+            return
+        finish_daemon_run(a, client, queued, as_json)
+        return
     record = a.service.prepare_resume(task_id)
     if detach:
         spawn_runner(a, record, [prompt] if prompt else [], given)
@@ -220,8 +242,25 @@ def diff(task_id: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def rm(task_id: str, force: bool, as_json: bool) -> None:
     """Delete a task and its session directory."""
-    record = run_async(app().service.remove(task_id, force=force))
-    _report(record, as_json, f"removed {record.id}")
+    a = app()
+    client = a.daemon()
+    if client is not None:
+        query = {"force": "1" if force else None}
+        gone = from_api(run_async(client.call("DELETE", f"/v1/tasks/{task_id}", query=query)))
+    else:
+        gone = run_async(a.service.remove(task_id, force=force))
+    _report(gone, as_json, f"removed {gone.id}")
+
+
+def _control(task_id: str, action: str) -> TaskRecord:
+    """Stop or cancel, through the daemon when it runs."""
+    a = app()
+    client = a.daemon()
+    if client is not None:
+        return from_api(run_async(client.call("POST", f"/v1/tasks/{task_id}/{action}")))
+    if action == "stop":
+        return run_async(a.service.stop(task_id))
+    return run_async(a.service.cancel(task_id))
 
 
 def _report(record: TaskRecord, as_json: bool, text: str) -> None:

@@ -1,0 +1,130 @@
+"""``hal serve`` and ``hal status``: run the daemon, and ask what it is doing."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import click
+
+from hal9999.cli.main import app, cli, emit_json, run_async
+from hal9999.config import load_config
+from hal9999.errors import HalError
+from hal9999.redact import configure_logging, masker_from_env
+from hal9999.server.runtime import DaemonFiles
+
+START_TIMEOUT_S = 30.0
+
+
+@cli.command()
+@click.option("--detach", is_flag=True, help="Start in the background and return once it is up.")
+@click.option("--stop", is_flag=True, help="Stop the running daemon (agents keep running).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def serve(detach: bool, stop: bool, as_json: bool) -> None:
+    """Run the daemon: queue, warm pool, reaper and API (unix socket + 127.0.0.1)."""
+    config = load_config()
+    files = DaemonFiles(config.home)
+    if stop:
+        _stop(files, as_json)
+        return
+    running = files.running()
+    if running is not None:
+        raise HalError(f"hal serve is already running (pid {running.pid})", hint="see `hal status`")
+    if detach:
+        _detach(files, as_json)
+        return
+    from hal9999.server.daemon import Daemon
+
+    secret_names = [*config.forward_env, *(a.api_key_env for a in config.agents.values())]
+    configure_logging(
+        masker_from_env([n for n in secret_names if n], os.environ),
+        level=os.environ.get("HAL_LOG_LEVEL", "INFO").upper(),
+    )
+    logging.getLogger(__name__).info("hal serve starting for %s", config.home)
+
+    async def main() -> None:
+        await Daemon(config, os.environ).serve_forever()
+
+    asyncio.run(main())
+
+
+def _detach(files: DaemonFiles, as_json: bool) -> None:
+    files.paths.ensure()
+    with files.log_file.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hal9999", "serve"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        info = files.running()
+        if info is not None and info.pid == proc.pid:
+            if as_json:
+                emit_json({"pid": info.pid, "socket": info.socket, "port": info.port})
+            else:
+                click.echo(f"hal serve: pid {info.pid}, socket {info.socket}, port {info.port}")
+            return
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    tail = files.log_file.read_text(errors="replace").strip().splitlines()[-5:]
+    raise HalError(
+        "hal serve did not start" + (f": {tail[-1]}" if tail else ""),
+        hint=f"see {files.log_file}",
+    )
+
+
+def _stop(files: DaemonFiles, as_json: bool) -> None:
+    info = files.running()
+    if info is None:
+        click.echo("hal serve is not running")
+        return
+    os.kill(info.pid, signal.SIGTERM)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while files.running() is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if files.running() is not None:
+        raise HalError(f"hal serve (pid {info.pid}) did not stop", hint=f"kill {info.pid}")
+    if as_json:
+        emit_json({"stopped": info.pid})
+    else:
+        click.echo(f"stopped hal serve (pid {info.pid}); running agents keep running")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(as_json: bool) -> None:
+    """Is the daemon up, and what is it doing? (exit 1 when it is not running)"""
+    client = app().daemon()
+    if client is None:
+        if as_json:
+            emit_json({"running": False})
+        else:
+            click.echo("hal serve is not running (start it with `hal serve --detach`)")
+        sys.exit(1)
+    data = run_async(client.call("GET", "/v1/status"))
+    if as_json:
+        emit_json({"running": True, **data})
+        return
+    click.echo(
+        f"hal serve: pid {data['pid']}, up {data['uptime_s']:.0f}s, "
+        f"socket {data['socket']}, port {data['port']}"
+    )
+    running = data["running"]
+    click.echo(
+        f"tasks: {len(running)} running (limit {data['max_concurrent']}), "
+        f"{data['queued']} queued, {data['finished']} finished since start"
+    )
+    for item in running:
+        click.echo(f"  {item['id']}  on {item['provider']}")
+    for name, row in data["pool"]["providers"].items():
+        states = ", ".join(f"{n} {s}" for s, n in sorted(row["states"].items()))
+        click.echo(f"pool {name}: {states} (max {row['max_size']}, {row['policy']})")

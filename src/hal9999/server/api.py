@@ -1,0 +1,163 @@
+"""The daemon's HTTP API: tasks, pool, sandboxes, status. JSON in, JSON out, under ``/v1``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hal9999.errors import ConfigError
+from hal9999.server.http import Request, Router
+from hal9999.spec import ArgvCommand
+from hal9999.store import TaskRecord
+from hal9999.tasks.service import RunRequest
+
+if TYPE_CHECKING:
+    from hal9999.server.daemon import Daemon
+
+
+def task_json(task: TaskRecord) -> dict[str, Any]:
+    """A task as the API returns it."""
+    return task.model_dump(mode="json")
+
+
+def _env(body: dict[str, Any]) -> dict[str, str]:
+    env = body.get("env") or {}
+    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+        raise ConfigError("env must map variable names to strings")
+    return {str(k): v for k, v in env.items()}
+
+
+def _int(value: Any, name: str, default: int) -> int:
+    try:
+        return default if value in (None, "") else int(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name} must be a whole number") from exc
+
+
+def build_router(daemon: Daemon) -> Router:
+    """Every route of the API, bound to ``daemon``."""
+    router = Router()
+    service, scheduler, pool = daemon.service, daemon.scheduler, daemon.pool
+
+    async def status(request: Request) -> Any:
+        return daemon.status()
+
+    async def create(request: Request) -> Any:
+        body = request.json()
+        config = daemon.config
+        run = RunRequest(
+            prompt=str(body.get("prompt", "")),
+            repo=body.get("repo"),
+            ref=body.get("ref"),
+            agent=str(body.get("agent") or config.default_agent),
+            provider=str(body.get("provider") or config.default_provider),
+            process_manager=str(body.get("process_manager") or config.process_manager),
+            timeout_s=body.get("timeout_s", config.timeout_s),
+            env_names=[str(n) for n in body.get("env_names") or []],
+            given_env=_env(body),
+            cwd=Path(str(body.get("cwd") or "/")),
+            priority=_int(body.get("priority"), "priority", 0),
+            retries=_int(body.get("retries"), "retries", 0),
+        )
+        task = await service.create(run)
+        task = daemon.store.update_task(task.id, runner_pid=os.getpid())
+        scheduler.submit(task.id, run.given_env)
+        return task_json(task)
+
+    async def list_tasks(request: Request) -> Any:
+        wanted = request.query.get("status")
+        limit = request.query.get("limit")
+        tasks = service.list(
+            status=wanted.split(",") if wanted else None,
+            limit=_int(limit, "limit", 0) or None,
+        )
+        return [task_json(t) for t in tasks]
+
+    async def show(request: Request) -> Any:
+        return task_json(service.find(request.params["id"]))
+
+    async def cancel(request: Request) -> Any:
+        return task_json(await scheduler.cancel(request.params["id"]))
+
+    async def stop(request: Request) -> Any:
+        return task_json(await scheduler.cancel(request.params["id"], stop=True))
+
+    async def resume(request: Request) -> Any:
+        body = request.json()
+        task = service.prepare_resume(request.params["id"])
+        task = daemon.store.update_task(task.id, runner_pid=os.getpid())
+        scheduler.submit(task.id, _env(body), body.get("prompt"))
+        return task_json(task)
+
+    async def remove(request: Request) -> Any:
+        force = request.query.get("force") in ("1", "true")
+        task = await service.remove(request.params["id"], force=force)
+        scheduler.submissions.pop(task.id, None)
+        return task_json(task)
+
+    async def pool_status(request: Request) -> Any:
+        return pool.status()
+
+    async def warm(request: Request) -> Any:
+        body = request.json()
+        count = _int(body.get("count"), "count", 1)
+        names = [str(body["provider"])] if body.get("provider") else daemon.warm_targets()
+        created = {}
+        for name in names:
+            created[name] = await pool.warm(daemon.default_spec(name), count)
+        return {"created": created, "pool": pool.status()}
+
+    async def drain(request: Request) -> Any:
+        return {"destroyed": await pool.drain(), "pool": pool.status()}
+
+    async def sandboxes(request: Request) -> Any:
+        return pool.sandboxes()
+
+    async def sandbox_exec(request: Request) -> Any:
+        body = request.json()
+        argv = body.get("argv")
+        if not isinstance(argv, list) or not argv:
+            raise ConfigError("argv must be a non-empty list of strings")
+        provider = daemon.provider(request.params["provider"])
+        sandbox = await provider.get(request.params["id"])
+        timeout = body.get("timeout")
+        result = await sandbox.exec(
+            ArgvCommand(argv=tuple(str(a) for a in argv)),
+            timeout=float(timeout) if timeout is not None else None,
+        )
+        return {
+            "exit_code": result.exit_code,
+            "stdout": result.stdout.decode("utf-8", "replace"),
+            "stderr": result.stderr.decode("utf-8", "replace"),
+        }
+
+    async def sandbox_destroy(request: Request) -> Any:
+        name, sandbox_id = request.params["provider"], request.params["id"]
+        if not await pool.destroy_idle(name, sandbox_id):
+            provider = daemon.provider(name)
+            await provider.get(sandbox_id)  # SandboxNotFound when there is no such sandbox
+            await provider.destroy(sandbox_id)
+        return {"destroyed": sandbox_id}
+
+    async def shutdown(request: Request) -> Any:
+        asyncio.get_running_loop().call_soon(daemon.stopping.set)
+        return {"stopping": True}
+
+    router.add("GET", "/v1/status", status)
+    router.add("POST", "/v1/tasks", create)
+    router.add("GET", "/v1/tasks", list_tasks)
+    router.add("GET", "/v1/tasks/{id}", show)
+    router.add("POST", "/v1/tasks/{id}/cancel", cancel)
+    router.add("POST", "/v1/tasks/{id}/stop", stop)
+    router.add("POST", "/v1/tasks/{id}/resume", resume)
+    router.add("DELETE", "/v1/tasks/{id}", remove)
+    router.add("GET", "/v1/pool", pool_status)
+    router.add("POST", "/v1/pool/warm", warm)
+    router.add("POST", "/v1/pool/drain", drain)
+    router.add("GET", "/v1/sandboxes", sandboxes)
+    router.add("POST", "/v1/sandboxes/{provider}/{id}/exec", sandbox_exec)
+    router.add("DELETE", "/v1/sandboxes/{provider}/{id}", sandbox_destroy)
+    router.add("POST", "/v1/shutdown", shutdown)
+    return router

@@ -1,0 +1,209 @@
+"""``hal serve``: one process owning the scheduler, the warm pool and its keeper, the reaper
+and the HTTP API (a unix socket, and 127.0.0.1 on a free port, both behind a bearer token).
+
+On start it reconciles what an earlier daemon left (see :mod:`hal9999.tasks.recovery`). On
+SIGTERM or SIGINT it stops accepting work, leaves running agents running in tmux (the next
+daemon adopts them), destroys its idle warm sandboxes and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+from hal9999.config import HalConfig
+from hal9999.errors import HalError
+from hal9999.pool import SlotDir, WarmPool
+from hal9999.pool.settings import ProviderSettings, provider_settings, scheduler_settings
+from hal9999.providers.base import Provider
+from hal9999.server.api import build_router
+from hal9999.server.http import HttpServer
+from hal9999.server.runtime import DaemonFiles, DaemonInfo
+from hal9999.spec import SandboxSpec
+from hal9999.store import Store, TaskRecord
+from hal9999.tasks.plugins import load_provider_for
+from hal9999.tasks.recovery import Recovery, RecoveryReport
+from hal9999.tasks.runner import sandbox_spec
+from hal9999.tasks.sandboxes import PoolSource
+from hal9999.tasks.scheduler import Scheduler
+from hal9999.tasks.service import TaskService, provider_list
+from hal9999.tasks.session import Session
+from hal9999.tasks.state import TaskStatus
+
+logger = logging.getLogger(__name__)
+
+
+class Daemon:
+    """Composes the store, task service, pool, scheduler and API of one hal home."""
+
+    def __init__(self, config: HalConfig, environ: Mapping[str, str]) -> None:
+        self.config = config
+        self.environ = environ
+        self.store = Store.open(config.home)
+        self.service = TaskService(config, self.store, environ)
+        self.files = DaemonFiles(config.home)
+        self._providers: dict[str, Provider] = {}
+        self._settings: dict[str, ProviderSettings] = {}
+        self.pool = WarmPool(
+            providers=self.provider,
+            settings=self.settings_of,
+            slots=SlotDir(config.home / "pool"),
+            store=self.store,
+        )
+        self.source = PoolSource(self.pool)
+        self.service.runner.sandboxes = self.source
+        self.scheduler = Scheduler(
+            self.service, scheduler_settings(config, environ), self.provider_limit
+        )
+        self.http: HttpServer | None = None
+        self.info: DaemonInfo | None = None
+        self.recovery = RecoveryReport()
+        self.started_at = time.time()
+        self.stopping = asyncio.Event()
+        self._lock: IO[str] | None = None
+        self._loops: list[asyncio.Task[None]] = []
+
+    # -- composition -------------------------------------------------------------------
+    def provider(self, name: str) -> Provider:
+        """The provider ``name``, loaded once."""
+        if name not in self._providers:
+            self._providers[name] = load_provider_for(self.config, name)
+        return self._providers[name]
+
+    def settings_of(self, name: str) -> ProviderSettings:
+        """The resolved pool settings of provider ``name``."""
+        if name not in self._settings:
+            self._settings[name] = provider_settings(self.config, self.environ, name)
+        return self._settings[name]
+
+    def provider_limit(self, name: str) -> int:
+        """Tasks that may run on provider ``name`` at once."""
+        settings = self.settings_of(name)
+        return settings.max_concurrent if settings.max_concurrent is not None else settings.max_size
+
+    def default_spec(self, provider: str) -> SandboxSpec:
+        """The spec a task on ``provider`` gets by default (what ``hal pool warm`` warms)."""
+        template = TaskRecord(
+            id="warm",
+            prompt="",
+            agent="",
+            provider=provider,
+            process_manager="",
+            repo="",
+            repo_kind="local",
+            branch="",
+            status=TaskStatus.QUEUED.value,
+            created_at=0,
+            session_dir="/",
+        )
+        session = Session(self.config.home / "pool" / "template")
+        return sandbox_spec(self.config, template, session, self.environ)
+
+    def warm_targets(self) -> list[str]:
+        """Providers ``hal pool warm`` warms when none is named: the default ones."""
+        return provider_list(self.config.default_provider)
+
+    def warm_providers(self) -> list[str]:
+        """Providers whose default spec the keeper keeps warm."""
+        names = provider_list(self.config.default_provider)
+        names += [k for k, v in self.config.pool.items() if isinstance(v, dict)]
+        return list(dict.fromkeys(n for n in names if self.settings_of(n).min_warm > 0))
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> DaemonInfo:
+        """Take the home's lock, reconcile, listen, and start the background loops."""
+        self._lock = self.files.lock()
+        token = self.files.ensure_token()
+        recovery = Recovery(self.service, self.pool, self.source, self.provider)
+        self.recovery, adoptions = await recovery.run()
+        self.http = HttpServer(build_router(self), token)
+        sock = self.files.socket_path()
+        sock.unlink(missing_ok=True)
+        old_umask = os.umask(0o177)  # the socket is born private
+        try:
+            await self.http.listen_unix(str(sock))
+        finally:
+            os.umask(old_umask)
+        port = await self.http.listen_tcp("127.0.0.1", 0)
+        self.info = DaemonInfo(os.getpid(), str(sock), port, self.started_at)
+        self.files.write_info(self.info)
+        for task, adopted in adoptions:
+            self.scheduler.carry_on(task, adopted)
+        self._loops = [
+            asyncio.create_task(self.scheduler.run_forever(), name="scheduler"),
+            asyncio.create_task(self.keep(), name="keeper"),
+        ]
+        logger.info("hal serve: pid %d, socket %s, port %d", os.getpid(), sock, port)
+        return self.info
+
+    async def keep(self) -> None:
+        """The pool keeper and reaper: warm floors, idle timeouts, stuck tasks."""
+        interval = self.scheduler.settings.reap_interval_s
+        while True:
+            try:
+                defaults = {name: self.default_spec(name) for name in self.warm_providers()}
+                await self.pool.keep_warm(defaults)
+                await self.pool.reap_idle()
+                await self.scheduler.reap_stuck()
+            except (HalError, OSError) as exc:
+                logger.warning("keeper: %s", exc)
+            await asyncio.sleep(interval)
+
+    async def stop(self) -> None:
+        """Stop serving; running agents stay in tmux for the next daemon to adopt."""
+        if self.http is not None:
+            await self.http.close()
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        await self.scheduler.shutdown()
+        with contextlib.suppress(HalError, OSError):
+            await self.pool.drain()
+        await self.pool.close()
+        if self.info is not None:
+            self.files.clear(self.info)
+        self.store.close()
+        if self._lock is not None:
+            self._lock.close()
+
+    async def serve_forever(self, ready: Path | None = None) -> None:
+        """Run until SIGTERM/SIGINT (or a shutdown request)."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        await self.start()
+        if ready is not None:
+            ready.write_text(str(os.getpid()))
+        try:
+            await self.stopping.wait()
+        finally:
+            await self.stop()
+
+    def status(self) -> dict[str, Any]:
+        """What the daemon is doing, for ``hal status``."""
+        queued = self.store.list_tasks(status=[TaskStatus.QUEUED.value])
+        return {
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "socket": self.info.socket if self.info else None,
+            "port": self.info.port if self.info else None,
+            "max_concurrent": self.scheduler.settings.max_concurrent,
+            "running": [
+                {"id": task_id, "provider": provider}
+                for task_id, provider in self.scheduler.placed.items()
+            ],
+            "queued": len(queued),
+            "started": self.scheduler.started,
+            "finished": self.scheduler.finished,
+            "requests": self.http.requests if self.http else 0,
+            "recovery": vars(self.recovery),
+            "pool": self.pool.status(),
+        }

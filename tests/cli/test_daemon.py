@@ -1,0 +1,202 @@
+"""``hal serve`` end to end: routing through the daemon, queue, pool, shutdown and kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.cli.conftest import Hal, events_of, tasks_json
+from tests.cli.test_failures import hal_processes_of
+
+pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
+
+
+def poll(what: str, check: Any, timeout: float = 30) -> Any:
+    """Call ``check`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def serve_info(home: Path) -> dict[str, Any]:
+    return json.loads((home / "run" / "serve.json").read_text())
+
+
+@pytest.fixture
+def daemon(hal: Hal, hal_env: dict[str, str]) -> Iterator[Hal]:
+    """A running ``hal serve --detach``; stopped (or found dead) at the end."""
+    out = hal("serve", "--detach", "--json")
+    assert out.returncode == 0, out.stderr
+    yield hal
+    home = Path(hal_env["HAL_HOME"])
+    stopped = hal("serve", "--stop")
+    assert stopped.returncode == 0, stopped.stderr
+    # Nothing of any task, nor any warm sandbox, may outlive the test.
+    for task in tasks_json(hal):
+        if task["status"] in ("running", "queued", "interrupted"):
+            hal("task", "stop", task["id"])
+    assert list((home / "sandboxes").glob("*/*")) == []
+
+
+def wait_status(hal: Hal, task_id: str, wanted: set[str], timeout: float = 30) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        found = [t for t in tasks_json(hal) if t["id"] == task_id]
+        return found[0] if found and found[0]["status"] in wanted else None
+
+    return poll(f"task {task_id} to become {wanted}", check, timeout)  # type: ignore[no-any-return]
+
+
+def test_serve_routes_run_and_task_commands(daemon: Hal, hal_env: dict[str, str]) -> None:
+    home = Path(hal_env["HAL_HOME"])
+    token = home / "token"
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    info = serve_info(home)
+    assert info["port"] > 0 and Path(info["socket"]).exists()
+
+    out = daemon("run", "--agent", "sh agent.sh {{prompt_file}}", "fix the bug", "--json")
+    assert out.returncode == 0, out.stderr
+    task = json.loads(out.stdout)
+    assert task["status"] == "succeeded" and task["files_changed"] == 1
+    acquired = [e for e in events_of(daemon, task["id"]) if e["type"] == "sandbox_acquired"]
+    assert acquired and acquired[0]["provider"] == "bwrap"
+
+    # A second task reuses the reset sandbox.
+    again = json.loads(daemon("run", "--agent", "true {{prompt_file}}", "x", "--json").stdout)
+    warm = [e for e in events_of(daemon, again["id"]) if e["type"] == "sandbox_acquired"]
+    assert warm[0]["warm"] is True
+
+    status = json.loads(daemon("status", "--json").stdout)
+    assert status["running"] is not False and status["pid"] == info["pid"]
+    assert status["requests"] >= 2
+    pool = json.loads(daemon("pool", "status", "--json").stdout)
+    assert pool["providers"]["bwrap"]["states"] == {"idle": 1}
+
+
+def test_detach_queue_limit_priority_and_cancel(hal: Hal, hal_env: dict[str, str]) -> None:
+    env = {"HAL_MAX_CONCURRENT": "1"}
+    assert hal("serve", "--detach", env=env).returncode == 0
+    try:
+        start = time.monotonic()
+        first = hal("run", "--detach", "--agent", "sleep 30", "blocker").stdout.strip()
+        assert time.monotonic() - start < 5, "--detach returns at once"
+        low = hal("run", "--detach", "--agent", "true {{prompt_file}}", "low").stdout.strip()
+        high = hal(
+            "run", "--detach", "--priority", "5", "--agent", "true {{prompt_file}}", "high"
+        ).stdout.strip()
+        doomed = hal("run", "--detach", "--agent", "true {{prompt_file}}", "doomed").stdout.strip()
+        wait_status(hal, first, {"running"})
+        queued = {t["id"]: t for t in tasks_json(hal)}
+        assert {queued[i]["status"] for i in (low, high, doomed)} == {"queued"}
+
+        cancelled = hal("task", "cancel", doomed, "--json")
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert json.loads(cancelled.stdout)["status"] == "cancelled"
+        assert hal("task", "cancel", first).returncode == 0
+
+        done_low = wait_status(hal, low, {"succeeded"})
+        done_high = wait_status(hal, high, {"succeeded"})
+        assert done_high["started_at"] < done_low["started_at"], "higher priority first"
+        assert wait_status(hal, doomed, {"cancelled"})["started_at"] is None
+    finally:
+        assert hal("serve", "--stop").returncode == 0
+
+
+def test_pool_warm_drain_and_sandbox_commands(daemon: Hal) -> None:
+    out = daemon("pool", "warm", "2", "--provider", "bwrap", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["created"] == {"bwrap": 2}
+    rows = json.loads(daemon("sandbox", "list", "--json").stdout)
+    assert len(rows) == 2 and {r["pool"] for r in rows} == {"idle"}
+    run = daemon("sandbox", "exec", rows[0]["id"], "--", "sh", "-c", "echo $HOME; exit 3")
+    assert run.returncode == 3 and run.stdout.strip() == "/home/hal"
+    assert daemon("sandbox", "destroy", rows[0]["id"]).returncode == 0
+    assert len(json.loads(daemon("sandbox", "list", "--json").stdout)) == 1
+    drained = json.loads(daemon("pool", "drain", "--json").stdout)
+    assert drained["destroyed"] == 1
+    assert json.loads(daemon("sandbox", "list", "--json").stdout) == []
+
+
+def test_sigterm_leaves_agents_running_and_restart_adopts(
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    home = Path(hal_env["HAL_HOME"])
+    assert hal("serve", "--detach").returncode == 0
+    agent = "sh -c 'while [ ! -e gate ]; do sleep 0.1; done; rm gate; echo adopted-output; touch a'"
+    task_id = hal("run", "--detach", "--agent", agent, "wait").stdout.strip()
+    task = wait_status(hal, task_id, {"running"})
+    gate = Path(task["session_dir"], "workspace", "gate")
+    pid = serve_info(home)["pid"]
+    os.kill(pid, signal.SIGTERM)
+    poll("the daemon to exit", lambda: not Path(f"/proc/{pid}").exists())
+    assert hal_processes_of(task), "the agent keeps running in tmux"
+    gate.touch()
+    assert hal("serve", "--detach").returncode == 0
+    try:
+        done = wait_status(hal, task_id, {"succeeded"})
+        assert done["files_changed"] == 1
+        log = Path(done["session_dir"], "agent.log").read_text()
+        assert "adopted-output" in log
+        texts = "".join(e.get("text", "") for e in events_of(hal, task_id) if e["type"] == "output")
+        assert texts.count("adopted-output") == 1, "output is recorded exactly once"
+    finally:
+        assert hal("serve", "--stop").returncode == 0
+
+
+def test_kill_9_mid_run_then_restart_leaves_nothing_behind(
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    home = Path(hal_env["HAL_HOME"])
+    assert hal("serve", "--detach").returncode == 0
+    # Quick agents that may be anywhere when it dies, and long ones that will be adopted.
+    ids = [
+        hal("run", "--detach", "--agent", "sh agent.sh {{prompt_file}}", f"q {n}").stdout.strip()
+        for n in range(3)
+    ]
+    slow = "sh -c 'echo started; sleep 6; echo line >> calc.py'"
+    ids += [hal("run", "--detach", "--agent", slow, f"slow {n}").stdout.strip() for n in range(3)]
+    for task_id in ids[3:]:
+        wait_status(hal, task_id, {"running"})
+    before = {t["id"]: events_of(hal, t["id"]) for t in tasks_json(hal)}
+    pid = serve_info(home)["pid"]
+    os.kill(pid, signal.SIGKILL)
+    poll("the daemon to die", lambda: not Path(f"/proc/{pid}").exists())
+
+    assert hal("serve", "--detach").returncode == 0
+    try:
+        settled = {"succeeded", "interrupted", "failed"}
+        final = {i: wait_status(hal, i, settled, timeout=60) for i in ids}
+        for task_id, task in final.items():
+            events = events_of(hal, task_id)
+            seqs = [e["seq"] for e in events]
+            assert seqs == list(range(1, len(seqs) + 1)), "events intact, in order, no gaps"
+            old = [(e["seq"], e["type"]) for e in before[task_id]]
+            assert [(e["seq"], e["type"]) for e in events[: len(old)]] == old
+            assert Path(task["session_dir"], "workspace", "calc.py").exists()
+            assert task["status"] != "failed", task
+        for task_id, task in final.items():
+            if task["status"] == "interrupted":
+                out = hal("task", "resume", task_id, "--json", timeout=90)
+                assert out.returncode == 0, out.stderr
+                assert json.loads(out.stdout)["status"] == "succeeded"
+        assert all(t["status"] == "succeeded" for t in tasks_json(hal))
+    finally:
+        assert hal("serve", "--stop").returncode == 0
+    # No orphan sandbox, slot or process.
+    assert list((home / "sandboxes").glob("*/*")) == []
+    for task in tasks_json(hal):
+        assert hal_processes_of(task) == []
+    assert [p for p in (home / "pool").iterdir() if p.name != "template"] == []
+    assert not (home / "run" / "serve.json").exists()
+    subprocess.run(["true"], check=True)

@@ -1,0 +1,94 @@
+"""The daemon's HTTP layer: bearer auth, routing, error mapping, keep-alive, the client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hal9999.errors import TaskNotFound, TaskStateError
+from hal9999.server.client import DaemonClient
+from hal9999.server.http import HttpServer, Request, Router
+from hal9999.server.runtime import DaemonFiles, DaemonInfo
+
+
+def router() -> Router:
+    r = Router()
+
+    async def echo(request: Request) -> Any:
+        return {"id": request.params["id"], "body": request.json(), "q": request.query}
+
+    async def missing(request: Request) -> Any:
+        raise TaskNotFound("no task 'x'", hint="list them")
+
+    async def wrong(request: Request) -> Any:
+        raise TaskStateError("a queued task cannot become succeeded")
+
+    async def boom(request: Request) -> Any:
+        raise RuntimeError("secret internals")
+
+    r.add("POST", "/v1/echo/{id}", echo)
+    r.add("GET", "/v1/missing", missing)
+    r.add("GET", "/v1/wrong", wrong)
+    r.add("GET", "/v1/boom", boom)
+    return r
+
+
+async def raw(port: int, data: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    out = await reader.read()
+    writer.close()
+    return out
+
+
+async def test_tcp_needs_the_token_and_keeps_alive(tmp_path: Path) -> None:
+    server = HttpServer(router(), "s3cret")
+    port = await server.listen_tcp()
+    denied = await raw(port, b"GET /v1/missing HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert denied.startswith(b"HTTP/1.1 401")
+    bad = await raw(
+        port, b"GET /v1/missing HTTP/1.1\r\nAuthorization: Bearer nope\r\nConnection: close\r\n\r\n"
+    )
+    assert bad.startswith(b"HTTP/1.1 401")
+    body = b'{"a": 1}'
+    two = (
+        b"POST /v1/echo/7?x=y HTTP/1.1\r\nAuthorization: Bearer s3cret\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    ) + b"GET /v1/nope HTTP/1.1\r\nAuthorization: Bearer s3cret\r\nConnection: close\r\n\r\n"
+    out = await raw(port, two)
+    first, second = out.split(b"HTTP/1.1 ")[1:]
+    assert first.startswith(b"200") and b'"id": "7"' in first and b'"x": "y"' in first
+    assert second.startswith(b"404")
+    await server.close()
+
+
+async def test_client_maps_errors_back(tmp_path: Path) -> None:
+    files = DaemonFiles(tmp_path)
+    token = files.ensure_token()
+    assert files.ensure_token() == token and (tmp_path / "token").stat().st_mode & 0o777 == 0o600
+    server = HttpServer(router(), token)
+    sock = str(files.socket_path())
+    await server.listen_unix(sock)
+    client = DaemonClient(DaemonInfo(1, sock, 0, 0.0), token)
+    assert (await client.call("POST", "/v1/echo/a", {"k": [1]}))["body"] == {"k": [1]}
+    with pytest.raises(TaskNotFound, match="no task") as found:
+        await client.call("GET", "/v1/missing")
+    assert found.value.hint == "list them"
+    with pytest.raises(TaskStateError):
+        await client.call("GET", "/v1/wrong")
+    with pytest.raises(Exception, match="internal error") as internal:
+        await client.call("GET", "/v1/boom")
+    assert "secret internals" not in str(internal.value)
+    assert json.loads(json.dumps(await client.call("POST", "/v1/echo/b")))["body"] == {}
+    await server.close()
+
+
+def test_long_homes_get_a_short_socket(tmp_path: Path) -> None:
+    long_home = tmp_path / ("x" * 120)
+    sock = DaemonFiles(long_home).socket_path()
+    assert len(str(sock)) < 108 and sock.name.endswith(".sock")
