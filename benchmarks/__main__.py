@@ -1,0 +1,89 @@
+"""Run the benchmarks and print a table: ``python -m benchmarks [--quick] [--write-docs]``.
+
+Every ratio is against a baseline measured in the same run. ``--write-docs`` replaces the
+daemon/pool section of ``docs/benchmarks.md`` (between its markers) with this run's table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.cases import (
+    Result,
+    events_case,
+    hal_run_case,
+    machine,
+    rss_case,
+    sandbox_cases,
+    throughput_case,
+)
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+BEGIN = "<!-- daemon-pool-benchmarks:begin -->"
+END = "<!-- daemon-pool-benchmarks:end -->"
+
+
+def table(results: list[Result]) -> str:
+    """A Markdown table of the results."""
+    lines = [
+        "| measurement | figure | baseline (same run) | ratio | target | met |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        figure = f"{r.value:,.1f} {r.unit}"
+        lines.append(
+            f"| {r.name} | {figure} | {r.baseline} | {r.ratio} | {r.target} | "
+            f"{'yes' if r.met else 'NO'} |"
+        )
+    return "\n".join(lines)
+
+
+def write_docs(text: str) -> None:
+    """Put ``text`` between the markers of docs/benchmarks.md (adding them when missing)."""
+    current = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
+    block = f"{BEGIN}\n{text}\n{END}"
+    if BEGIN in current and END in current:
+        head, rest = current.split(BEGIN, 1)
+        current = head + block + rest.split(END, 1)[1]
+    else:
+        current = current.rstrip() + "\n\n" + block + "\n"
+    DOCS.write_text(current)
+
+
+async def main(args: argparse.Namespace) -> list[Result]:
+    """Run every case in turn."""
+    results: list[Result] = []
+    runs = 10 if args.quick else 30
+    print("sandboxes ...", file=sys.stderr)
+    results += await sandbox_cases(runs)
+    print("hal run ...", file=sys.stderr)
+    results += await hal_run_case(3 if args.quick else 7)
+    print("throughput ...", file=sys.stderr)
+    results += await throughput_case(100 if args.quick else args.tasks, 16)
+    print("events ...", file=sys.stderr)
+    results += events_case(20_000 if args.quick else 100_000)
+    print("rss ...", file=sys.stderr)
+    results += await rss_case(20 if args.quick else 100)
+    return results
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m benchmarks")
+    parser.add_argument("--quick", action="store_true", help="Fewer runs and tasks.")
+    parser.add_argument("--tasks", type=int, default=1000, help="Tasks for the throughput run.")
+    parser.add_argument("--write-docs", action="store_true", help="Record in docs/benchmarks.md.")
+    args = parser.parse_args()
+    if shutil.which("bwrap") is None or shutil.which("tmux") is None:
+        sys.exit("the benchmarks need bubblewrap and tmux (bash scripts/test.sh installs them)")
+    results = asyncio.run(main(args))
+    stamp = time.strftime("%Y-%m-%d")
+    text = f"Measured {stamp} on {machine()}{' (--quick)' if args.quick else ''}.\n\n"
+    text += table(results)
+    print(text)
+    if args.write_docs:
+        write_docs(text)

@@ -1,0 +1,307 @@
+"""The measurements. Each returns a :class:`Result`: the figure, its baseline and target."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hal9999.events.log import EventLog
+from hal9999.events.models import Output
+from hal9999.pool import ProviderSettings, SlotDir, WarmPool
+from hal9999.providers.bwrap import BwrapProvider
+from hal9999.server.client import DaemonClient
+from hal9999.spec import ArgvCommand, Bind, SandboxSpec
+from hal9999.store import Store
+from hal9999.tasks.service import INDEX_BATCH
+
+BARE_BWRAP = [
+    "bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", "/usr", "/usr",
+    "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
+    "--symlink", "usr/lib64", "/lib64", "--proc", "/proc", "--dev", "/dev", "--", "true",
+]  # fmt: skip
+TRUE = ArgvCommand(argv=("true",))
+
+
+@dataclass
+class Result:
+    """One row of the table."""
+
+    name: str
+    value: float
+    unit: str
+    baseline: str
+    ratio: str
+    target: str
+    met: bool
+    note: str = ""
+
+
+async def timed(fn: Callable[[], Awaitable[Any]], runs: int) -> float:
+    """Median wall time of ``fn`` in milliseconds."""
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        await fn()
+        samples.append((time.perf_counter() - start) * 1000)
+    return statistics.median(samples)
+
+
+async def bare_bwrap() -> None:
+    """One bare ``bwrap ... true``."""
+    proc = await asyncio.create_subprocess_exec(*BARE_BWRAP)
+    await proc.wait()
+
+
+def task_like_spec(root: Path, n: int) -> SandboxSpec:
+    """A spec shaped like a task's (workspace, home and input binds)."""
+    session = root / f"s{n}"
+    for name in ("workspace", "home", "input"):
+        (session / name).mkdir(parents=True, exist_ok=True)
+    return SandboxSpec(
+        provider="bwrap",
+        workspace=session / "workspace",
+        binds=(
+            Bind(source=session / "home", target="/home/hal", read_only=False),
+            Bind(source=session / "input", target="/hal", read_only=True),
+        ),
+    )
+
+
+async def sandbox_cases(runs: int) -> list[Result]:
+    """Warm acquire + first command, and cold create + first command, against bare bwrap."""
+    root = Path(tempfile.mkdtemp(prefix="hal-bench-"))
+    provider = BwrapProvider(state_dir=root / "state")
+    settings = ProviderSettings(max_size=4)
+    pool = WarmPool(
+        providers=lambda n: provider, settings=lambda n: settings, slots=SlotDir(root / "slots")
+    )
+    await bare_bwrap()  # page cache
+    bare = await timed(bare_bwrap, runs)
+    counter = iter(range(10**6))
+    await pool.warm(task_like_spec(root, next(counter)), 1)
+
+    async def warm_once() -> None:
+        lease = await pool.claim(task_like_spec(root, next(counter)))
+        await lease.sandbox.exec(TRUE)
+        leases.append(lease)
+
+    leases: list[Any] = []
+    warm_samples, acquire_samples = [], []
+    for _ in range(runs):
+        warm_samples.append(await timed(warm_once, 1))
+        await pool.release(leases.pop())  # reset happens off the measured path
+        start = time.perf_counter()
+        leases.append(await pool.claim(task_like_spec(root, next(counter))))
+        acquire_samples.append((time.perf_counter() - start) * 1000)
+        await pool.release(leases.pop())
+    warm = statistics.median(warm_samples)
+    acquire = statistics.median(acquire_samples)
+
+    async def cold_once() -> None:
+        box = await provider.create(task_like_spec(root, next(counter)))
+        await box.exec(TRUE)
+        created.append(box.id)
+
+    created: list[str] = []
+    box = await provider.create(task_like_spec(root, next(counter)))
+    created.append(box.id)
+    cold = await timed(cold_once, runs)
+    exec_only = await timed(lambda: box.exec(TRUE), runs)
+    for sandbox_id in created:
+        await provider.destroy(sandbox_id)
+    await pool.drain()
+    shutil.rmtree(root, ignore_errors=True)
+    return [
+        Result("warm acquire + first command", warm, "ms", f"bare bwrap {bare:.1f} ms",
+               f"{warm / bare:.2f}x", "<= 2x", warm / bare <= 2),
+        Result("cold create + first command", cold, "ms", f"bare bwrap {bare:.1f} ms",
+               f"{cold / bare:.2f}x", "<= 4x", cold / bare <= 4),
+        Result("  of which: warm acquire alone", acquire, "ms", "-", "-", "-", True,
+               "pool bookkeeping, re-pointing the slot, a fresh handle"),
+        Result("  of which: bwrap provider exec of true", exec_only, "ms",
+               f"bare bwrap {bare:.1f} ms", f"{exec_only / bare:.2f}x", "-", True,
+               "launcher sh joining the cgroup, curated /etc, session binds"),
+    ]  # fmt: skip
+
+
+def make_repo(root: Path) -> Path:
+    """A tiny git repository to run tasks on."""
+    repo = root / "repo"
+    repo.mkdir(parents=True)
+    (repo / "README").write_text("bench\n")
+    git = ["git", "-c", "user.name=b", "-c", "user.email=b@b"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], cwd=repo, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], cwd=repo, check=True)
+    return repo
+
+
+def hal_env(home: Path, **extra: str) -> dict[str, str]:
+    """Environment for hal subprocesses with a private home."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HAL_")}
+    env.update(HAL_HOME=str(home), XDG_CONFIG_HOME=str(home / "xdg"), HAL_PROVIDER="bwrap")
+    env.update(extra)
+    return env
+
+
+async def hal(env: dict[str, str], cwd: Path, *args: str) -> tuple[int, bytes]:
+    """Run ``python -m hal9999 ARGS``; its status and stdout."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hal9999", *args, cwd=cwd, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    return proc.returncode or 0, out
+
+
+async def hal_run_case(runs: int) -> list[Result]:
+    """``hal run`` of a trivial custom agent vs the same command under bwrap directly."""
+    root = Path(tempfile.mkdtemp(prefix="hal-bench-"))
+    repo = make_repo(root)
+    bare = await timed(bare_bwrap, runs)
+    results = []
+    for label, extra, serve in (
+        ("hal run, in-process", {"HAL_NO_DAEMON": "1"}, False),
+        ("hal run, via hal serve", {}, True),
+    ):
+        home = root / label.replace(" ", "_").replace(",", "")
+        env = hal_env(home, **extra)
+        if serve:
+            assert (await hal(env, repo, "serve", "--detach"))[0] == 0
+        await hal(env, repo, "run", "--agent", "true {{prompt_file}}", "warm up")
+
+        async def once(env: dict[str, str] = env) -> None:
+            code, _ = await hal(env, repo, "run", "--agent", "true {{prompt_file}}", "x")
+            assert code == 0
+
+        took = await timed(once, runs)
+        if serve:
+            await hal(env, repo, "serve", "--stop")
+        over = took - bare
+        ratio = f"+{over:.0f} ms"
+        results.append(
+            Result(label, took, "ms", f"bwrap true {bare:.1f} ms", ratio, "<= +150 ms", over <= 150)
+        )
+    shutil.rmtree(root, ignore_errors=True)
+    return results
+
+
+async def start_daemon(env: dict[str, str], cwd: Path) -> DaemonClient:
+    """``hal serve --detach`` and a client for it."""
+    code, _ = await hal(env, cwd, "serve", "--detach")
+    assert code == 0, "hal serve did not start"
+    client = DaemonClient.find(Path(env["HAL_HOME"]))
+    assert client is not None
+    return client
+
+
+async def throughput_case(count: int, concurrency: int) -> list[Result]:
+    """``count`` trivial tasks through the daemon at ``concurrency``."""
+    root = Path(tempfile.mkdtemp(prefix="hal-bench-"))
+    repo = make_repo(root)
+    env = hal_env(
+        root / "home",
+        HAL_MAX_CONCURRENT=str(concurrency),
+        HAL_BWRAP_MAX_POOL_SIZE=str(concurrency),
+        HAL_PROCESS_MANAGER="direct",
+    )
+    client = await start_daemon(env, repo)
+    body = {"prompt": "x", "agent": "true {{prompt_file}}", "cwd": str(repo)}
+    start = time.perf_counter()
+    sem = asyncio.Semaphore(32)
+
+    async def submit() -> str:
+        async with sem:
+            return str((await client.call("POST", "/v1/tasks", body))["id"])
+
+    ids = await asyncio.gather(*(submit() for _ in range(count)))
+    submitted = time.perf_counter() - start
+    home = Path(env["HAL_HOME"])
+    store = Store.open(home)
+    active = ["queued", "provisioning", "preparing", "running", "collecting"]
+    # Polling the store: the daemon is another process, there is nothing to await.
+    while store.list_tasks(status=active, limit=1):  # noqa: ASYNC110
+        await asyncio.sleep(0.2)
+    elapsed = time.perf_counter() - start
+    done = {t.id: t.status for t in store.list_tasks()}
+    store.close()
+    await hal(env, repo, "serve", "--stop")
+    lost = sum(1 for i in ids if done.get(i) != "succeeded")
+    rate = count / elapsed
+    shutil.rmtree(root, ignore_errors=True)
+    return [
+        Result(f"{count} tasks via daemon, concurrency {concurrency}", rate, "tasks/s",
+               f"{elapsed:.1f} s total ({submitted:.1f} s to submit)", f"{lost} lost",
+               ">= 20/s, 0 lost", rate >= 20 and lost == 0)
+    ]  # fmt: skip
+
+
+def events_case(count: int) -> list[Result]:
+    """Events appended to the JSONL log and indexed in the store, per second."""
+    root = Path(tempfile.mkdtemp(prefix="hal-bench-"))
+    store = Store.open(root)
+    # As a task's runs record them (TaskService.event_log): index rows batched.
+    log = EventLog(root / "events.jsonl", "benchtask", store=store, index_batch=INDEX_BATCH)
+    start = time.perf_counter()
+    for n in range(count):
+        log.emit(Output(text=f"line {n}\n"))
+    log.close()
+    rate = count / (time.perf_counter() - start)
+    indexed = store.event_count("benchtask")
+    store.close()
+    shutil.rmtree(root, ignore_errors=True)
+    return [
+        Result("events appended + indexed", rate, "events/s", f"{indexed} indexed", "-",
+               ">= 50k/s", rate >= 50_000 and indexed == count)
+    ]  # fmt: skip
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of ``pid``."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def rss_case(count: int) -> list[Result]:
+    """RSS of ``hal serve`` with ``count`` tasks running."""
+    root = Path(tempfile.mkdtemp(prefix="hal-bench-"))
+    repo = make_repo(root)
+    env = hal_env(root / "home", HAL_MAX_CONCURRENT=str(count), HAL_BWRAP_MAX_POOL_SIZE=str(count))
+    client = await start_daemon(env, repo)
+    body = {"prompt": "x", "agent": "sleep 600", "cwd": str(repo)}
+    ids = [str((await client.call("POST", "/v1/tasks", body))["id"]) for _ in range(count)]
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        status = await client.call("GET", "/v1/status")
+        tasks = await client.call("GET", "/v1/tasks", query={"status": "running"})
+        if len(tasks) >= count:
+            break
+        await asyncio.sleep(0.5)
+    rss = rss_kib(status["pid"]) / 1024
+    for task_id in ids:
+        await client.call("POST", f"/v1/tasks/{task_id}/cancel")
+    await hal(env, repo, "serve", "--stop")
+    shutil.rmtree(root, ignore_errors=True)
+    return [
+        Result(f"RSS of hal serve, {len(tasks)} tasks running", rss, "MiB", "-", "-",
+               "<= 150 MiB", rss <= 150 and len(tasks) >= count)
+    ]  # fmt: skip
+
+
+def machine() -> str:
+    """A one-line description of where the figures were measured."""
+    cpus = os.cpu_count()
+    bwrap = subprocess.run(["bwrap", "--version"], capture_output=True, text=True).stdout.strip()
+    return f"{cpus} CPUs, Python {sys.version.split()[0]}, {bwrap}"
