@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import time
 from collections.abc import AsyncGenerator, Sequence
@@ -32,6 +33,8 @@ supervisor) is not mistaken for a sandbox process.
 """
 MARKER_VAR = "HAL_SANDBOX"
 """Set in every sandbox process's environment, so they can be found without a cgroup."""
+EXEC_MARKER_VAR = "HAL_EXEC"
+"""Set per command by :func:`stream`, so a command closed early can be hunted down whole."""
 CHUNK = 65536
 QUEUE_CHUNKS = 64
 DRAIN_GRACE = 1.0
@@ -118,6 +121,7 @@ async def stream(
     stop reading. Closing the iterator early kills the command.
     """
     loop = asyncio.get_running_loop()
+    token = secrets.token_hex(8)
     try:
         transport, pipes = await loop.subprocess_exec(
             _Pipes,
@@ -125,7 +129,7 @@ async def stream(
             stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env=launch.env,
+            env={**launch.env, EXEC_MARKER_VAR: token},
             cwd=launch.cwd,
             start_new_session=True,
         )
@@ -165,6 +169,10 @@ async def stream(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             await pipes.exited.wait()
+            # What the command started in a session of its own (bwrap's --new-session, or
+            # setsid) outlives the group kill; its marker finds it, so that closing the
+            # stream returns only once the whole command is gone.
+            await _kill_marked_by(EXEC_MARKER_VAR, token, what="command")
         transport.close()
 
 
@@ -202,7 +210,11 @@ async def run(
 
 def marked_pids(sandbox_id: str) -> set[int]:
     """Host processes whose environment carries ``HAL_SANDBOX=<sandbox_id>``."""
-    needle = f"{MARKER_VAR}={sandbox_id}".encode()
+    return _pids_marked(MARKER_VAR, sandbox_id)
+
+
+def _pids_marked(var: str, value: str) -> set[int]:
+    needle = f"{var}={value}".encode()
     found: set[int] = set()
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -223,11 +235,15 @@ async def kill_marked(sandbox_id: str) -> None:
     The fallback when no cgroup tracks the sandbox: a process that scrubs its environment
     escapes it, which is why cgroups are preferred whenever the host offers one.
     """
+    await _kill_marked_by(MARKER_VAR, sandbox_id, what="sandbox")
+
+
+async def _kill_marked_by(var: str, value: str, *, what: str) -> None:
     deadline = time.monotonic() + KILL_DEADLINE
-    while pids := marked_pids(sandbox_id) - {os.getpid()}:
+    while pids := _pids_marked(var, value) - {os.getpid()}:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
         if time.monotonic() > deadline:
-            raise ProviderError(f"processes {sorted(pids)} of sandbox {sandbox_id} survived")
+            raise ProviderError(f"processes {sorted(pids)} of {what} {value} survived")
         await asyncio.sleep(0.01)
