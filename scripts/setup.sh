@@ -19,4 +19,7 @@ if ! command -v uv >/dev/null 2>&1; then
   echo "setup: pip install uv"
   python3 -m pip install -q uv 2>/dev/null || python3 -m pip install -q --break-system-packages uv
 fi
-uv sync -q --frozen
+# Bytecode compiled up front: with PYTHONDONTWRITEBYTECODE set (as on some CI images) every
+# `hal` start would otherwise recompile pydantic, click and hal from source (~250 ms).
+uv sync -q --frozen --compile-bytecode
+.venv/bin/python -m compileall -q src/hal9999 >/dev/null

@@ -87,7 +87,7 @@ async def follow_until_done(store: Store, task: TaskRecord, on_output: Any | Non
     def done() -> bool:
         return store.get_task(task.id).status not in ACTIVE
 
-    async for chunk in follow_text(log, stop=done, poll=0.05):
+    async for chunk in follow_text(log, stop=done, poll=0.02):
         if on_output is not None:
             on_output(chunk)
     return store.get_task(task.id)

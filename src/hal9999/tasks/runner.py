@@ -36,7 +36,7 @@ from hal9999.events.models import (
     Usage,
 )
 from hal9999.pool.settings import network_of, provider_settings, resources_of
-from hal9999.process.base import ProcessManager
+from hal9999.process.base import ProcessManager, read_exit_status
 from hal9999.providers.base import Provider, Sandbox
 from hal9999.redact import SecretMasker
 from hal9999.spec import ArgvCommand, ProcessSpec, SandboxSpec, ShellCommand
@@ -48,6 +48,8 @@ from hal9999.tasks.session import HOME_TARGET, INPUT_TARGET, Session
 from hal9999.tasks.state import TaskStatus, check_transition
 
 _POLL_S = 0.05
+_FIRST_POLL_S = 0.005
+_LIVENESS_S = 1.0
 _DEFAULT_RESUME_PROMPT = "Continue where you left off and finish the task."
 
 
@@ -381,17 +383,25 @@ class TaskRunner:
             for event in parser.feed(text):
                 self.emit(ctx, event)
 
+        # The exit file is a stat away, so it is checked often (from 5 ms, backing off to
+        # _POLL_S); asking the manager whether the process lives can cost a subprocess (tmux
+        # has-session), so that happens at most every _LIVENESS_S.
+        delay, checked = _FIRST_POLL_S, -_LIVENESS_S
         while True:
-            status = await manager.status(pspec)
+            now = time.monotonic()
+            if read_exit_status(pspec.exit_path) is not None or now - checked >= _LIVENESS_S:
+                status = await manager.status(pspec)
+                checked = now
+                if status.state != "running":
+                    break
             pump()
-            if status.state != "running":
-                break
             if timeout is not None and time.monotonic() - started > timeout:
                 raise TaskTimeout(
                     f"task ran past its timeout of {timeout:g}s",
                     hint="raise it with --timeout SECONDS",
                 )
-            await asyncio.sleep(_POLL_S)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _POLL_S)
         pump(final=True)
         for event in parser.close():
             self.emit(ctx, event)
