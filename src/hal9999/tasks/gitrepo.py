@@ -22,7 +22,8 @@ from hal9999.spec import ArgvCommand
 _URL = re.compile(r"^([a-z][a-z0-9+.-]*://|[\w.-]+@[\w.-]+:)", re.IGNORECASE)
 # Host-side git never runs repository hooks and never prompts for credentials.
 _GIT_SAFE = ["-c", "core.hooksPath=/dev/null", "-c", "protocol.file.allow=always"]
-_IDENTITY = ["-c", "user.name=hal9999", "-c", "user.email=hal9999@localhost"]
+# `clone -c` writes these into the new checkout's config: the agent commits as hal9999.
+_CLONE_IDENTITY = ["-c", "user.name=hal9999", "-c", "user.email=hal9999@localhost"]
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ async def clone(source: RepoSource, ref: str | None, dest: Path, branch: str) ->
     """Clone ``source`` at ``ref`` into ``dest`` on a new ``branch``; return the base commit."""
     location = source.location
     await git(
-        ["clone", "--quiet", "--no-hardlinks", location, str(dest)],
+        ["clone", "--quiet", "--no-hardlinks", *_CLONE_IDENTITY, location, str(dest)],
         what=f"cloning {location}",
     )
     if ref:
@@ -102,25 +103,40 @@ async def clone(source: RepoSource, ref: str | None, dest: Path, branch: str) ->
                 hint="pass --ref with an existing branch, tag or commit",
             )
     await git(["checkout", "--quiet", "-b", branch], cwd=dest, what="creating the branch")
-    for key, value in (("user.name", "hal9999"), ("user.email", "hal9999@localhost")):
-        await git(["config", key, value], cwd=dest)
     return await git(["rev-parse", "HEAD"], cwd=dest)
 
 
-def _in(sandbox: Sandbox, *args: str) -> ArgvCommand:
-    return ArgvCommand(
-        argv=("git", "-c", "core.hooksPath=/dev/null", *_IDENTITY, *args),
-        cwd=sandbox.workdir,
-        env={"GIT_TERMINAL_PROMPT": "0"},
-    )
+COLLECT_SCRIPT = r"""
+set -eu
+base=$1 branch=$2 message=$3 bundle=$4 full=$5
+step() { echo "hal-step: $1" >&2; }
+g() { git -c core.hooksPath=/dev/null -c user.name=hal9999 -c user.email=hal9999@localhost "$@"; }
+committed=0
+step "reading the changes"
+changes=$(g status --porcelain)
+if [ -n "$changes" ]; then
+  step "staging leftover changes"; g add -A
+  step "committing leftover changes"; g commit --quiet --no-verify -m "$message" >&2
+  committed=1
+fi
+step "reading HEAD"; head=$(g rev-parse HEAD)
+step "updating the branch"; g update-ref "refs/heads/$branch" "$head"
+step "listing changes"; names=$(g diff --name-only --no-ext-diff "$base" "$head")
+files=0
+if [ -n "$names" ]; then files=$(printf '%s\n' "$names" | wc -l); fi
+step "bundling the branch"
+if [ "$full" = 1 ]; then g bundle create --quiet "$bundle" "$branch"
+elif [ "$head" != "$base" ]; then g bundle create --quiet "$bundle" "$base..$branch"; fi
+step "writing the patch"
+printf '%s %s %s\n' "$head" "$committed" "$files"
+g diff --binary --no-ext-diff --no-textconv "$base" "$head"
+"""
+"""Collection in one sandbox command (each exec costs a sandbox start; in a VM, much more).
 
-
-async def _sandbox_git(sandbox: Sandbox, *args: str, what: str) -> str:
-    result = await sandbox.exec(_in(sandbox, *args), timeout=300)
-    if not result.ok:
-        detail = result.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise RepoError(f"{what} failed: {detail[-1] if detail else 'git error'}")
-    return result.text().strip()
+A constant: everything variable is a positional argument. The first stdout line is
+``HEAD COMMITTED FILES``; the patch follows. ``hal-step:`` lines on stderr say which step
+a failure belongs to.
+"""
 
 
 async def collect(
@@ -137,41 +153,25 @@ async def collect(
 
     ``bundle_target`` is a sandbox path on a writable bind; the caller moves the file.
     """
-    status = await _sandbox_git(sandbox, "status", "--porcelain", what="reading the changes")
-    committed = False
-    if status:
-        await _sandbox_git(sandbox, "add", "-A", what="staging leftover changes")
-        await _sandbox_git(
-            sandbox,
-            "commit",
-            "--quiet",
-            "--no-verify",
-            "-m",
-            f"hal: uncommitted changes left by task {task_id}",
-            what="committing leftover changes",
-        )
-        committed = True
-    head = await _sandbox_git(sandbox, "rev-parse", "HEAD", what="reading HEAD")
-    await _sandbox_git(
-        sandbox, "update-ref", f"refs/heads/{branch}", head, what="updating the branch"
+    message = f"hal: uncommitted changes left by task {task_id}"
+    args = (base, branch, message, bundle_target, "1" if full_bundle else "0")
+    command = ArgvCommand(
+        argv=("sh", "-c", COLLECT_SCRIPT, "hal-collect", *args),
+        cwd=sandbox.workdir,
+        env={"GIT_TERMINAL_PROMPT": "0"},
     )
-    diff = await sandbox.exec(
-        _in(sandbox, "diff", "--binary", "--no-ext-diff", "--no-textconv", base, head),
-        timeout=300,
-    )
-    if not diff.ok:
-        raise RepoError("writing the patch failed: " + diff.stderr.decode(errors="replace"))
-    patch.write_bytes(diff.stdout)
-    names = await _sandbox_git(
-        sandbox, "diff", "--name-only", "--no-ext-diff", base, head, what="listing changes"
-    )
-    files = len([n for n in names.splitlines() if n])
-    if full_bundle or head != base:
-        rev = branch if full_bundle else f"{base}..{branch}"
-        await _sandbox_git(
-            sandbox, "bundle", "create", "--quiet", bundle_target, rev, what="bundling the branch"
-        )
-    return Collected(head=head, files_changed=files, committed_leftovers=committed)
+    result = await sandbox.exec(command, timeout=300)
+    header, _, diff = result.stdout.partition(b"\n")
+    fields = header.decode("utf-8", "replace").split()
+    if not result.ok or len(fields) != 3:
+        lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
+        steps = [line[len("hal-step: ") :] for line in lines if line.startswith("hal-step: ")]
+        errors = [line for line in lines if not line.startswith("hal-step: ")]
+        what = steps[-1] if steps else "collecting the result"
+        raise RepoError(f"{what} failed: {errors[-1] if errors else 'git error'}")
+    head, committed, files = fields
+    patch.write_bytes(diff)
+    return Collected(head=head, files_changed=int(files), committed_leftovers=committed == "1")
 
 
 async def bring_back(
