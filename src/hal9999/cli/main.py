@@ -129,6 +129,14 @@ def finish_run(
     sys.exit(status)
 
 
+def print_detached(task: TaskRecord, as_json: bool) -> None:
+    """What ``hal run --detach`` prints: the id, or a small JSON document."""
+    if as_json:
+        emit_json({"id": task.id, "status": task.status, "session_dir": task.session_dir})
+    else:
+        click.echo(task.id)
+
+
 def stream_to_terminal(text: str) -> None:
     """Echo agent output as it arrives."""
     sys.stdout.write(text)
@@ -189,10 +197,7 @@ def run(
     task = run_async(a.service.create(request))
     if detach:
         spawn_runner(a, task, [], given)
-        if as_json:
-            emit_json({"id": task.id, "status": task.status, "session_dir": task.session_dir})
-        else:
-            click.echo(task.id)
+        print_detached(task, as_json)
         return
     if not as_json:
         click.echo(f"hal: task {task.id} ({request.agent} on {request.provider})", err=True)

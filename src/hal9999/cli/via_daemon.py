@@ -93,17 +93,6 @@ async def follow_until_done(store: Store, task: TaskRecord, on_output: Any | Non
     return store.get_task(task.id)
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def run_via_daemon(
     app_: App,
     client: DaemonClient,
@@ -116,16 +105,13 @@ def run_via_daemon(
     """``hal run`` through the daemon: queue the task, then return or follow it to its end."""
     import click
 
-    from hal9999.cli.main import emit_json, run_async
+    from hal9999.cli.main import print_detached, run_async
 
     env = client_secrets(app_.config, request, os.environ)
     body = run_body(request, env, priority, request.retries)
     task = record(run_async(client.call("POST", "/v1/tasks", body)))
     if detach:
-        if as_json:
-            emit_json({"id": task.id, "status": task.status, "session_dir": task.session_dir})
-        else:
-            click.echo(task.id)
+        print_detached(task, as_json)
         return
     if not as_json:
         click.echo(
