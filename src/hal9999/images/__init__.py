@@ -1,0 +1,1 @@
+"""Golden images for the ``qemu`` provider: building them and keeping them on disk."""

@@ -1,0 +1,403 @@
+"""``hal image build``: a Debian golden image for the ``qemu`` provider, in cached stages.
+
+Stages (cached ones are shared by every image and reused when re-run):
+
+1. rootfs (cached): ``debootstrap --variant=minbase`` with git, tmux, bash, sshd, tini.
+2. kernel (cached): the package ``linux-image-amd64`` points at, unpacked with
+   ``dpkg-deb``; only ``vmlinuz`` and the modules the guest needs are kept.
+3. hal-exec (cached): the guest's exec helper, compiled static from ``guest/hal-exec.c``.
+4. initramfs: busybox, those modules and a tiny init that mounts the root disk.
+5. disk: a copy of the rootfs with an ``agent`` user (uid 1000), the guest init, a fresh
+   sshd host key and client key for this image, made into an ext4 qcow2.
+6. state: the image booted once and its VM state saved, so sandboxes start by restoring.
+
+Every command's output goes to a build log; a failure reports its last lines and the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import os
+import re
+import shutil
+import stat
+import time
+from collections.abc import Callable, Sequence
+from importlib import resources
+from pathlib import Path
+
+from hal9999.errors import ConfigError, ProviderError, ProviderUnavailable
+from hal9999.images.store import Image, ImageMeta, ImageStore, now
+
+BASE_PACKAGES = (
+    "openssh-server", "git", "tmux", "bash", "tini", "iproute2", "ca-certificates", "procps",
+)  # fmt: skip
+MODULES = (
+    "virtio_mmio", "virtio_blk", "virtio_console", "virtio_net", "virtio_rng", "ext4", "9p",
+    "9pnet_virtio", "crc32c_generic",
+)  # fmt: skip
+"""Guest kernel modules, loaded by the initramfs (dependencies are found and loaded first)."""
+DISK_SIZE = 4 << 30
+"""Size of the root filesystem; the qcow2 holds only what is written."""
+GUEST_FILES = {"init": "lib/hal/init", "setup": "lib/hal/setup", "quiesce": "lib/hal/quiesce"}
+
+Progress = Callable[[str], None]
+
+
+def guest_file(name: str) -> bytes:
+    """A file of the guest side (``hal9999/images/guest/``)."""
+    return resources.files("hal9999.images").joinpath("guest", name).read_bytes()
+
+
+def default_mirror() -> str:
+    """The Debian mirror apt uses here (from its sources), else deb.debian.org."""
+    sources = [Path("/etc/apt/sources.list"), *Path("/etc/apt/sources.list.d").glob("*")]
+    for path in sources:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        for match in re.finditer(r"(?m)^(?:deb\s+(?:\[[^]]*\]\s+)?|URIs:\s*)(\S+)", text):
+            url = match.group(1).rstrip("/")
+            # The Debian archive itself, not its security suite or a third-party repo.
+            if url.endswith("/debian") and "security" not in url:
+                return url
+    return "http://deb.debian.org/debian"
+
+
+class Builder:
+    """Builds one image; every step's output goes to ``log``."""
+
+    def __init__(self, store: ImageStore, *, progress: Progress, log: Path) -> None:
+        self.store = store
+        self.progress = progress
+        self.log = log
+
+    async def run(
+        self, argv: Sequence[str], *, what: str, cwd: Path | None = None, out: Path | None = None
+    ) -> bytes:
+        """Run a build command, its output into the log (or ``out``); fail with its tail."""
+        with self.log.open("ab") as log:
+            log.write(f"\n$ {' '.join(argv)}\n".encode())
+            log.flush()
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    cwd=cwd,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=log,
+                )
+            except FileNotFoundError as exc:
+                raise ProviderUnavailable(
+                    f"{argv[0]} is not installed", hint=_INSTALL.get(argv[0], "apt-get install it")
+                ) from exc
+            data, _ = await proc.communicate()
+            if out is None:
+                log.write(data)
+        if proc.returncode != 0:
+            from hal9999.providers.qemuvm import tail
+
+            raise ProviderError(
+                f"image build: {what} failed (exit {proc.returncode}): {tail(self.log, 8)}",
+                hint=f"full log: {self.log}",
+            )
+        return data
+
+    # -- cached stages ------------------------------------------------------------------
+    async def rootfs(self, suite: str, mirror: str, packages: Sequence[str]) -> Path:
+        """The debootstrapped root filesystem (cached by suite, mirror and packages)."""
+        wanted = sorted({*BASE_PACKAGES, *packages})
+        key = _digest(suite, mirror, *wanted)
+        done = self.store.cache / f"rootfs-{key}"
+        if (done / ".hal-done").exists():
+            self.progress(f"rootfs: cached ({done.name})")
+            return done
+        if shutil.which("debootstrap") is None:
+            raise ProviderUnavailable("debootstrap is not installed", hint=_INSTALL["debootstrap"])
+        partial = done.with_name(done.name + ".partial")
+        await asyncio.to_thread(shutil.rmtree, partial, True)
+        self.progress(f"rootfs: debootstrap {suite} from {mirror} (about a minute)")
+        started = time.monotonic()
+        await self.run(
+            ["debootstrap", "--variant=minbase", f"--include={','.join(wanted)}", suite,
+             str(partial), mirror],
+            what="debootstrap",
+        )  # fmt: skip
+        for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            for entry in (partial / junk).glob("*"):
+                if entry.is_file():
+                    entry.unlink()
+        (partial / ".hal-done").write_text(" ".join(wanted))
+        await asyncio.to_thread(shutil.rmtree, done, True)
+        partial.rename(done)
+        self.progress(f"rootfs: done in {time.monotonic() - started:.0f}s")
+        return done
+
+    async def kernel(self) -> Path:
+        """vmlinuz and the guest's modules, from Debian's kernel package (cached by version)."""
+        depends = (await self.run(["apt-cache", "depends", "linux-image-amd64"], what="apt-cache"))
+        found = re.search(rb"Depends: (linux-image-[0-9][^\s]*)", depends)
+        if found is None:
+            raise ProviderError(
+                "cannot find the kernel package linux-image-amd64 depends on",
+                hint="run apt-get update",
+            )
+        package = found.group(1).decode()
+        release = package.removeprefix("linux-image-")
+        done = self.store.cache / f"kernel-{release}-{_digest(*MODULES)}"
+        if (done / ".hal-done").exists():
+            self.progress(f"kernel: cached ({package})")
+            return done
+        self.progress(f"kernel: downloading {package}")
+        work = done.with_name(done.name + ".partial")
+        await asyncio.to_thread(shutil.rmtree, work, True)
+        work.mkdir(parents=True)
+        await self.run(["apt-get", "download", package], what="apt-get download", cwd=work)
+        (deb,) = work.glob("*.deb")
+        await self.run(["dpkg-deb", "-x", str(deb), str(work / "x")], what="dpkg-deb")
+        shutil.copy(work / "x" / "boot" / f"vmlinuz-{release}", work / "vmlinuz")
+        modules_dir = work / "x" / "lib" / "modules" / release
+        order = _module_order(modules_dir, MODULES)
+        (work / "modules").mkdir()
+        for name, path in order:
+            shutil.copy(path, work / "modules" / f"{name}.ko")
+        (work / "modules.order").write_text("\n".join(name for name, _ in order) + "\n")
+        (work / "release").write_text(release)
+        await asyncio.to_thread(shutil.rmtree, work / "x")
+        deb.unlink()
+        (work / ".hal-done").touch()
+        await asyncio.to_thread(shutil.rmtree, done, True)
+        work.rename(done)
+        return done
+
+    async def hal_exec(self) -> Path:
+        """The static ``hal-exec`` binary (cached by source)."""
+        source = guest_file("hal-exec.c")
+        done = self.store.cache / f"hal-exec-{_digest(source.decode())}"
+        if done.exists():
+            return done
+        if shutil.which("gcc") is None:
+            raise ProviderUnavailable("gcc is not installed", hint=_INSTALL["gcc"])
+        self.progress("hal-exec: compiling the guest exec helper")
+        src = done.with_suffix(".c")
+        src.write_bytes(source)
+        tmp = done.with_suffix(".tmp")
+        await self.run(
+            ["gcc", "-O2", "-static", "-Wall", "-o", str(tmp), str(src)], what="gcc hal-exec"
+        )
+        tmp.rename(done)
+        return done
+
+    # -- per image ----------------------------------------------------------------------
+    def initramfs(self, kernel: Path, target: Path) -> None:
+        """busybox + modules + init as a gzipped newc cpio."""
+        busybox = _static_busybox()
+        order = (kernel / "modules.order").read_text().split()
+        cpio = _Cpio()
+        for directory in ("bin", "dev", "proc", "sys", "newroot", "lib", "lib/modules"):
+            cpio.add(directory, stat.S_IFDIR | 0o755)
+        cpio.add("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1))
+        cpio.add("bin/busybox", stat.S_IFREG | 0o755, busybox.read_bytes())
+        cpio.add("init", stat.S_IFREG | 0o755, guest_file("initramfs-init"))
+        cpio.add("modules", stat.S_IFREG | 0o644, ("\n".join(order) + "\n").encode())
+        for name in order:
+            data = (kernel / "modules" / f"{name}.ko").read_bytes()
+            cpio.add(f"lib/modules/{name}.ko", stat.S_IFREG | 0o644, data)
+        target.write_bytes(gzip.compress(cpio.finish(), compresslevel=6))
+
+    async def disk(self, rootfs: Path, hal_exec: Path, image_dir: Path) -> None:
+        """The image's root disk: the rootfs plus hal's guest side and fresh keys."""
+        work = image_dir / "root"
+        self.progress("disk: customizing the rootfs (agent user, exec channel, keys)")
+        await self.run(["cp", "-a", "--reflink=auto", str(rootfs), str(work)], what="copy rootfs")
+        (work / ".hal-done").unlink(missing_ok=True)
+        await self.run(
+            ["chroot", str(work), "useradd", "-m", "-u", "1000", "-U", "-s", "/bin/bash", "agent"],
+            what="useradd agent",
+        )
+        # Commands run as root log in through /bin/sh, which reads no startup files.
+        await self.run(["chroot", str(work), "usermod", "-s", "/bin/sh", "root"], what="usermod")
+        for name, target in GUEST_FILES.items():
+            path = work / "usr/local" / target
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(guest_file(name))
+            path.chmod(0o755)
+        shutil.copy(hal_exec, work / "usr/local/bin/hal-exec")
+        (work / "usr/local/bin/hal-exec").chmod(0o755)
+        for directory, mode in (("home/hal", 0o755), ("workspace", 0o755), ("hal", 0o755)):
+            (work / directory).mkdir(parents=True, exist_ok=True)
+            (work / directory).chmod(mode)
+        os.chown(work / "home/hal", 1000, 1000)
+        (work / "etc/hostname").write_text("hal\n")
+        (work / "etc/hosts").write_text("127.0.0.1 localhost hal\n")
+        (work / "etc/machine-id").write_text("")
+        (work / "etc/ssh/sshd_config").write_bytes(guest_file("sshd.conf"))
+        for old in (work / "etc/ssh").glob("ssh_host_*"):
+            old.unlink()
+        await self.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "hal-host",
+             "-f", str(work / "etc/ssh/ssh_host_ed25519_key")],
+            what="ssh-keygen (host key)",
+        )  # fmt: skip
+        host_pub = (work / "etc/ssh/ssh_host_ed25519_key.pub").read_text().split()
+        (image_dir / "known_hosts").write_text(f"hal {host_pub[0]} {host_pub[1]}\n")
+        key = image_dir / "id_ed25519"
+        await self.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "hal", "-f", str(key)],
+            what="ssh-keygen (client key)",
+        )
+        ssh_dir = work / "root/.ssh"
+        ssh_dir.mkdir(mode=0o700, exist_ok=True)
+        (ssh_dir / "authorized_keys").write_text((image_dir / "id_ed25519.pub").read_text())
+        (ssh_dir / "authorized_keys").chmod(0o600)
+        self.progress("disk: making the ext4 qcow2")
+        raw = image_dir / "disk.raw"
+        with raw.open("wb") as handle:
+            handle.truncate(DISK_SIZE)
+        await self.run(
+            ["mkfs.ext4", "-q", "-F", "-L", "hal-root", "-d", str(work), str(raw)], what="mkfs.ext4"
+        )
+        await asyncio.to_thread(shutil.rmtree, work)
+        await self.run(
+            ["qemu-img", "convert", "-O", "qcow2", str(raw), str(image_dir / "disk.qcow2")],
+            what="qemu-img convert",
+        )
+        raw.unlink()
+
+
+async def build_image(
+    store: ImageStore,
+    name: str,
+    *,
+    packages: Sequence[str] = (),
+    suite: str = "bookworm",
+    mirror: str | None = None,
+    progress: Progress,
+    save_state: bool = True,
+) -> Image:
+    """Build image ``name`` (see the module docstring); re-running reuses cached stages."""
+    if os.geteuid() != 0:
+        raise ConfigError(
+            "hal image build needs root (debootstrap, chroot)", hint="run it with sudo"
+        )
+    for package in packages:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", package):
+            raise ConfigError(f"invalid package name {package!r}")
+    started = time.monotonic()
+    store.cache.mkdir(parents=True, exist_ok=True)
+    image_dir = store.new_dir(name)
+    log = store.cache / f"build-{name}.log"
+    log.write_text("")
+    builder = Builder(store, progress=progress, log=log)
+    try:
+        rootfs = await builder.rootfs(suite, mirror or default_mirror(), packages)
+        kernel = await builder.kernel()
+        hal_exec = await builder.hal_exec()
+        progress("initramfs: busybox and modules")
+        await asyncio.to_thread(builder.initramfs, kernel, image_dir / "initrd.img")
+        shutil.copy(kernel / "vmlinuz", image_dir / "vmlinuz")
+        await builder.disk(rootfs, hal_exec, image_dir)
+        meta = ImageMeta(
+            name=name,
+            kind="golden",
+            created_at=now(),
+            suite=suite,
+            kernel=(kernel / "release").read_text().strip(),
+            packages=sorted(packages),
+        )
+        image = Image(image_dir, meta)
+        if save_state:
+            from hal9999.providers.qemustate import default_shape, ensure_state
+
+            shape = await default_shape(store, image)
+            progress(f"state: booting once to save a VM state ({shape.key})")
+            seconds = await ensure_state(image, shape)
+            progress(f"state: saved (boot took {seconds:.1f}s)")
+        meta = meta.model_copy(update={"build_s": round(time.monotonic() - started, 1)})
+        store.save_meta(image_dir, meta)
+    except BaseException:
+        await asyncio.to_thread(shutil.rmtree, image_dir, True)
+        raise
+    progress(f"image {name!r} built in {meta.build_s:.0f}s: {image_dir}")
+    return Image(image_dir, meta)
+
+
+_INSTALL = {
+    "debootstrap": "apt-get install debootstrap",
+    "gcc": "apt-get install gcc libc6-dev",
+    "qemu-img": "apt-get install qemu-utils",
+    "mkfs.ext4": "apt-get install e2fsprogs",
+    "ssh-keygen": "apt-get install openssh-client",
+    "apt-get": "hal image build needs a Debian or Ubuntu host (apt-get, dpkg-deb)",
+    "apt-cache": "hal image build needs a Debian or Ubuntu host (apt-get, dpkg-deb)",
+    "dpkg-deb": "hal image build needs a Debian or Ubuntu host (apt-get, dpkg-deb)",
+}
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
+
+
+def _static_busybox() -> Path:
+    for candidate in ("/bin/busybox", "/usr/bin/busybox"):
+        path = Path(candidate)
+        if path.is_file() and b"ld-linux" not in path.read_bytes()[:16384]:
+            return path
+    raise ProviderUnavailable(
+        "a static busybox is needed for the initramfs", hint="apt-get install busybox-static"
+    )
+
+
+def _module_order(modules_dir: Path, wanted: Sequence[str]) -> list[tuple[str, Path]]:
+    """``wanted`` modules and their dependencies, dependencies first (from ``.modinfo``)."""
+    index = {p.name.removesuffix(".ko").replace("-", "_"): p for p in modules_dir.rglob("*.ko")}
+    order: list[tuple[str, Path]] = []
+    seen: set[str] = set()
+
+    def visit(name: str) -> None:
+        name = name.replace("-", "_")
+        if name in seen:
+            return
+        seen.add(name)
+        path = index.get(name)
+        if path is None:
+            return  # built into the kernel
+        deps = re.search(rb"depends=([^\0]*)\0", path.read_bytes())
+        for dep in (deps.group(1).decode().split(",") if deps else []):
+            if dep:
+                visit(dep)
+        order.append((name, path))
+
+    for name in wanted:
+        visit(name)
+    return order
+
+
+class _Cpio:
+    """A minimal writer of the ``newc`` cpio format the kernel unpacks."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._ino = 1
+
+    def add(self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)) -> None:
+        """Append one entry."""
+        encoded = name.encode() + b"\0"
+        fields = (
+            self._ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(encoded), 0,
+        )  # fmt: skip
+        header = b"070701" + b"".join(b"%08X" % f for f in fields)
+        self._parts.append(_pad(header + encoded) + _pad(data))
+        self._ino += 1
+
+    def finish(self) -> bytes:
+        """The archive, with its trailer."""
+        self.add("TRAILER!!!", 0)
+        return b"".join(self._parts)
+
+
+def _pad(data: bytes) -> bytes:
+    return data + b"\0" * (-len(data) % 4)

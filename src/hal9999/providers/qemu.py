@@ -1,0 +1,327 @@
+"""The ``qemu`` provider: each sandbox is a QEMU microVM over a copy-on-write golden image.
+
+A sandbox is a qcow2 overlay on a layer of its image, a QEMU process started by restoring
+the image's saved VM state (or by booting, see ``boot``), and host directories shared in by
+virtio-9p: the spec's workspace at ``/workspace`` and each bind at its target. Stopping
+ends the VM and keeps every file (the overlay and the shares); starting boots a new VM over
+them. Commands reach the guest over ssh on a virtio-serial port (see :mod:`qemussh`), so
+no TCP port is ever opened and any number of VMs run side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from hal9999.errors import ConfigError, ProviderError, SandboxNotFound
+from hal9999.images.store import Image, ImageStore, images_root
+from hal9999.providers import hostfs, qemussh, qemuvm
+from hal9999.providers.base import Capabilities, Command, Launch, SandboxInfo, StreamEvent
+from hal9999.providers.hostsandbox import HostProvider, HostSandbox, SandboxRecord, check_spec
+from hal9999.providers.qemustate import (
+    DEFAULT_CPUS,
+    DEFAULT_MEMORY_MB,
+    VmPlan,
+    accel,
+    ensure_state,
+    overlay,
+    start_vm,
+)
+from hal9999.providers.qemuvm import RunDir, Shape, Share
+from hal9999.spec import ArgvCommand, SandboxSpec, to_argv
+
+WORKDIR = "/workspace"
+HOME = "/home/hal"
+VM_RECORD = "vm.json"
+SETUP = "/usr/local/lib/hal/setup"
+QUIESCE = "/usr/local/lib/hal/quiesce"
+
+
+class QemuConfig(BaseModel):
+    """Settings of the ``qemu`` provider."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["qemu"] = "qemu"
+    """Provider kind."""
+    image: str = "default"
+    """Image used when the spec names none (``hal image build`` makes ``default``)."""
+    images_dir: Path | None = None
+    """Where images live; ``HAL_QEMU_IMAGES`` or ``HAL_HOME/images`` when unset."""
+    boot: Literal["restore", "cold"] = "restore"
+    """``restore`` starts sandboxes from the image's saved VM state; ``cold`` boots them."""
+    boot_timeout_s: float = 180.0
+    """A VM not ready by then is killed and reported with its console's last lines."""
+
+
+class VmRecord(BaseModel):
+    """What ``vm.json`` holds about the sandbox's current VM."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pid: int | None = None
+    """QEMU's pid."""
+    image: str
+    """The image (or snapshot) whose layer the overlay is on."""
+    shape: dict[str, str | int]
+    """Accelerator, vCPUs, memory, network."""
+    started: Literal["restore", "cold"] = "restore"
+    """How the VM came up."""
+    start_s: float = 0.0
+    """Seconds from QEMU start to a working exec channel."""
+
+
+class QemuSandbox(HostSandbox):
+    """A microVM; shared directories are read and written on the host, the rest inside."""
+
+    home = HOME
+
+    def __init__(self, owner: QemuProvider, record: SandboxRecord) -> None:
+        mounts = [hostfs.Mount(WORKDIR, record.spec.workspace, True)] if record.spec.workspace else []
+        mounts += [
+            hostfs.Mount(hostfs.normalize(b.target, "/"), b.source, not b.read_only)
+            for b in record.spec.binds
+        ]
+        super().__init__(owner, record, hostfs.PathMap(mounts, cwd=WORKDIR))
+        self._run = RunDir(record.id)
+
+    def guest_env(self, command: Command, env: Mapping[str, str] | None) -> dict[str, str]:
+        """The command's environment inside, with the sandbox marker."""
+        return self.command_env(command, env) | {"HAL_SANDBOX": self.id}
+
+    def launch(self, command: Command, *, env: Mapping[str, str] | None = None) -> Launch:
+        """An ssh command line over the VM's channel; variable values ride in its env."""
+        guest = self.guest_env(command, env)
+        uid, gid = qemussh.uid_gid()
+        argv = qemussh.command_argv(
+            self._run, to_argv(command), env=guest,
+            cwd=self._paths.normalize(command.cwd or WORKDIR), uid=uid, gid=gid,
+        )  # fmt: skip
+        return Launch(argv=argv, env=qemussh.ssh_env(guest), cwd=self.dir)
+
+    def attach_command(self) -> list[str]:
+        """An interactive bash inside (a terminal when the caller has one)."""
+        shell = ArgvCommand(argv=("bash", "-i"))
+        guest = self.guest_env(shell, None)
+        uid, gid = qemussh.uid_gid()
+        argv = qemussh.command_argv(
+            self._run, to_argv(shell), env=guest, cwd=WORKDIR, uid=uid, gid=gid, tty=True
+        )
+        return ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in guest.items()), *argv]
+
+    async def exec_stream(
+        self, command: Command, *, env: Mapping[str, str] | None = None
+    ) -> AsyncIterator[StreamEvent]:
+        """Run a command, yielding output as it comes and the exit status last."""
+        async with contextlib.aclosing(super().exec_stream(command, env=env)) as events:
+            async for event in events:
+                yield event
+
+
+class QemuProvider(HostProvider):
+    """MicroVM sandboxes: QEMU over qcow2 overlays, host directories shared by virtio-9p."""
+
+    name = "qemu"
+    capabilities = Capabilities(
+        isolation="vm",
+        network_modes=frozenset({"none", "host"}),
+        resource_limits=True,
+        host_launch=True,
+        snapshot=True,
+    )
+    config_model = QemuConfig
+
+    def __init__(self, *, state_dir: Path, config: QemuConfig | None = None) -> None:
+        self.config = config or QemuConfig()
+        qemuvm.qemu_binary()  # missing QEMU is said once, here, with the apt-get line
+        super().__init__(state_dir=state_dir, cgroup="off")
+        self.images = ImageStore(self.config.images_dir or images_root(state_dir.parent.parent))
+        self._reconciled = False
+
+    # -- shapes and images ----------------------------------------------------------------
+    def image(self, spec: SandboxSpec) -> Image:
+        """The image a spec names (or the configured default)."""
+        return self.images.get(spec.image or self.config.image)
+
+    async def shape(self, spec: SandboxSpec, image: Image) -> Shape:
+        """The VM shape of a spec: vCPUs and memory from its resources, its network."""
+        chosen, _ = await accel(self.images, image)
+        cpus = DEFAULT_CPUS if spec.resources.cpus is None else max(1, math.ceil(spec.resources.cpus))
+        memory = spec.resources.memory_mb or DEFAULT_MEMORY_MB
+        if memory < 128:
+            raise ConfigError(f"a qemu sandbox needs at least 128 MiB of memory, not {memory}")
+        return Shape(chosen, cpus, memory, "none" if spec.network == "none" else "user")
+
+    def shares(self, spec: SandboxSpec) -> list[tuple[Share, str]]:
+        """(share, target inside) for the workspace and each bind, parents first."""
+        found = [(Share(spec.workspace, False), WORKDIR)] if spec.workspace else []
+        found += [(Share(b.source, b.read_only), hostfs.normalize(b.target, "/")) for b in spec.binds]
+        if len(found) > qemuvm.SHARES:
+            raise ConfigError(f"a qemu sandbox takes at most {qemuvm.SHARES} shared directories")
+        return sorted(found, key=lambda item: item[1].count("/"))
+
+    # -- records ------------------------------------------------------------------------
+    def vm_record(self, sandbox_id: str) -> VmRecord | None:
+        """The sandbox's VM record, if it has one."""
+        path = self.store.dir(sandbox_id) / VM_RECORD
+        try:
+            return VmRecord.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            return None
+
+    def save_vm(self, sandbox_id: str, vm: VmRecord) -> None:
+        """Write ``vm.json`` atomically."""
+        path = self.store.dir(sandbox_id) / VM_RECORD
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(vm.model_dump_json(indent=2))
+        os.replace(tmp, path)
+
+    def running(self, sandbox_id: str) -> bool:
+        """Whether the sandbox's QEMU is alive."""
+        vm = self.vm_record(sandbox_id)
+        return vm is not None and qemuvm.alive(vm.pid, sandbox_id)
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def create(self, spec: SandboxSpec) -> QemuSandbox:
+        """Create and start a sandbox (an overlay, then a restored or booted VM)."""
+        await self.reconcile()
+        check_spec(self.name, self.capabilities, spec)
+        self.shares(spec)
+        self.image(spec)  # a missing image fails here, before anything is made
+        sandbox = await super().create(spec)
+        assert isinstance(sandbox, QemuSandbox)
+        return sandbox
+
+    async def _prepare(self, record: SandboxRecord) -> SandboxRecord:
+        if self.running(record.id):
+            return record
+        directory = self.store.dir(record.id)
+        disk = directory / "disk.qcow2"
+        vm = self.vm_record(record.id)
+        image = self.images.get(vm.image) if vm else self.image(record.spec)
+        shape = await self.shape(record.spec, image)
+        incoming = None
+        if not disk.exists():
+            layer = image.disk
+            if self.config.boot == "restore":
+                await ensure_state(image, shape)
+                layer = image.state_dir(shape.key) / "disk.qcow2"
+                incoming = image.state_dir(shape.key) / "vm.state"
+            await overlay(layer, disk)
+        # else: a stopped sandbox's disk holds its files; only a boot is consistent with it.
+        await self.boot(record, image, shape, disk, incoming)
+        return record
+
+    async def boot(
+        self, record: SandboxRecord, image: Image, shape: Shape, disk: Path, incoming: Path | None
+    ) -> None:
+        """Start the VM, connect its channel, mount the shares."""
+        shares = self.shares(record.spec)
+        plan = VmPlan(record.id, image, shape, disk, self.store.dir(record.id),
+                      [s for s, _ in shares], incoming)  # fmt: skip
+        started = time.monotonic()
+        pid = await start_vm(plan, time_limit=None if incoming else self.config.boot_timeout_s)
+        vm = VmRecord(
+            pid=pid, image=image.name, shape=shape.__dict__,
+            started="restore" if incoming else "cold",
+        )  # fmt: skip
+        self.save_vm(record.id, vm)
+        run = RunDir(record.id)
+        qemussh.write_config(run, key=image.key, known_hosts=image.known_hosts)
+        try:
+            await qemussh.start_master(run, log=plan.log, time_limit=60)
+            args = [SETUP, str(int(time.time())), str(record.spec.resources.pids or "max")]
+            for index, (share, target) in enumerate(shares):
+                args += [qemuvm.SHARE_TAG.format(index), target, "ro" if share.read_only else "rw"]
+            await qemussh.run_root(run, args, stdin=os.urandom(64), time_limit=60)
+        except BaseException:
+            await qemuvm.kill(pid, record.id)
+            raise
+        vm.start_s = round(time.monotonic() - started, 3)
+        self.save_vm(record.id, vm)
+
+    async def _kill(self, record: SandboxRecord) -> None:
+        vm = self.vm_record(record.id)
+        run = RunDir(record.id)
+        if vm is not None and qemuvm.alive(vm.pid, record.id):
+            if record.state == "stopped":
+                # The disk is kept: flush the guest's caches to it first.
+                with contextlib.suppress(ProviderError):
+                    await qemussh.run_root(run, ["sync"], time_limit=10)
+            await qemuvm.kill(vm.pid, record.id)
+        await asyncio.to_thread(shutil.rmtree, run.path, True)
+
+    async def get(self, sandbox_id: str) -> QemuSandbox:
+        """A handle on an existing sandbox; :class:`SandboxNotFound` when gone."""
+        return self._handle(self.store.load(sandbox_id))
+
+    def _handle(self, record: SandboxRecord) -> QemuSandbox:
+        return QemuSandbox(self, record)
+
+    async def list(self) -> list[SandboxInfo]:
+        """Every sandbox; one whose VM has died is reported stopped (start boots it again)."""
+        await self.reconcile()
+        infos = []
+        for record in self.store.all():
+            info = record.info()
+            if info.state == "running" and not self.running(record.id):
+                info = SandboxInfo(info.id, info.provider, "stopped", info.spec, info.created_at)
+            infos.append(info)
+        return infos
+
+    async def reconcile(self, *, force: bool = False) -> list[str]:
+        """Kill VMs of this state dir no running sandbox owns, and remove stale run dirs.
+
+        Runs once per provider object unless ``force``; returns what it removed.
+        """
+        if self._reconciled and not force:
+            return []
+        self._reconciled = True
+        removed: list[str] = []
+        mine = f"{self.state_dir}/".encode()
+        vms = qemuvm.find_vms()
+        for vm_id, pid in vms.items():
+            try:
+                if mine not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    continue
+            except OSError:
+                continue
+            try:
+                state = self.store.load(vm_id).state
+            except (SandboxNotFound, ProviderError):
+                state = "destroyed"
+            if state != "running":
+                await qemuvm.kill(pid, vm_id)
+                removed.append(f"vm {vm_id}")
+        for child in self.state_dir.iterdir() if self.state_dir.is_dir() else []:
+            if child.is_dir() and not (child / "sandbox.json").exists():
+                if time.time() - child.stat().st_mtime > 60:  # not one being created now
+                    await asyncio.to_thread(shutil.rmtree, child, True)
+                    removed.append(f"dir {child.name}")
+        for run in qemuvm.run_root().iterdir():
+            if run.name not in vms and time.time() - run.stat().st_mtime > 60:
+                await asyncio.to_thread(shutil.rmtree, run, True)
+                removed.append(f"run {run.name}")
+        return removed
+
+    # -- snapshot and fork ----------------------------------------------------------------
+    async def snapshot(self, sandbox_id: str, name: str | None = None) -> str:
+        """Save the sandbox's disk and VM state as a new image; the sandbox goes on from it."""
+        from hal9999.providers.qemusnap import snapshot
+
+        return await snapshot(self, sandbox_id, name)
+
+    async def fork(self, image: str, count: int, spec: SandboxSpec) -> list[QemuSandbox]:
+        """``count`` new sandboxes from ``image`` (a snapshot), started concurrently."""
+        from hal9999.providers.qemusnap import fork
+
+        return await fork(self, image, count, spec)

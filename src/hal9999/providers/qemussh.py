@@ -1,0 +1,165 @@
+"""The exec channel into a QEMU sandbox: ssh over a virtio-serial port, no network at all.
+
+The guest's init serves ``sshd -i`` on the virtio-serial port ``hal.ssh``; QEMU exposes
+that port as a unix socket in the VM's run directory. One ssh ControlMaster per VM holds
+the connection (``ProxyUseFdpass``: a tiny proxy connects the socket, hands ssh the file
+descriptor and exits), and every command is a multiplexed session over it. Remote
+commands run under ``hal-exec`` (in the guest), which gives each its own cgroup, working
+directory, uid and exactly its environment. Values of variables travel by ssh's
+``SendEnv`` (the ssh protocol's environment requests), never in an argv; only their names
+appear on command lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from hal9999.errors import ProviderError
+from hal9999.providers.qemuvm import RunDir, tail
+
+SSH = "/usr/bin/ssh"
+HAL_EXEC = "/usr/local/bin/hal-exec"
+CGROUP = "/sys/fs/cgroup/hal"
+FDPASS = (
+    "import socket, sys\n"
+    "s = socket.socket(socket.AF_UNIX)\n"
+    "s.connect(sys.argv[1])\n"
+    "socket.send_fds(socket.socket(fileno=1), [b'\\0'], [s.fileno()])\n"
+)
+"""The ProxyCommand: connect the VM's channel socket and pass the descriptor to ssh."""
+_VAR = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
+
+
+def config_path(run: RunDir) -> Path:
+    """The VM's ssh client configuration."""
+    return run.path / "ssh_config"
+
+
+def write_config(run: RunDir, *, key: Path, known_hosts: Path) -> Path:
+    """Write the ssh configuration (and the fd-passing proxy) into the run directory."""
+    proxy = run.path / "fdpass.py"
+    proxy.write_text(FDPASS)
+    lines = {
+        "HostName": "hal",
+        "User": "root",
+        "HostKeyAlias": "hal",
+        "UserKnownHostsFile": f'"{known_hosts}"',
+        "GlobalKnownHostsFile": "/dev/null",
+        "StrictHostKeyChecking": "yes",
+        "UpdateHostKeys": "no",
+        "IdentityFile": f'"{key}"',
+        "IdentitiesOnly": "yes",
+        "BatchMode": "yes",
+        "PasswordAuthentication": "no",
+        "ControlPath": f'"{run.control}"',
+        "ProxyCommand": shlex.join([sys.executable, "-I", str(proxy), str(run.channel)]),
+        "ProxyUseFdpass": "yes",
+        "LogLevel": "ERROR",
+        "ForwardAgent": "no",
+        "ForwardX11": "no",
+        "EscapeChar": "none",
+        "ConnectTimeout": "60",
+    }
+    text = "Host hal\n" + "".join(f"  {k} {v}\n" for k, v in lines.items())
+    path = config_path(run)
+    path.write_text(text)
+    return path
+
+
+async def start_master(run: RunDir, *, log: Path, time_limit: float) -> None:
+    """Connect the ControlMaster; it backgrounds itself once logged in, and lives as long
+    as the VM does (it exits when QEMU closes the channel). The master forwards only the
+    variables its own SendEnv allows, so it allows all; each session's ssh client decides
+    which of its variables to send (the master itself runs no session, sends nothing)."""
+    argv = [SSH, "-F", str(config_path(run)), "-f", "-N", "-o", "ControlMaster=yes",
+            "-o", "ControlPersist=yes", "-o", "SendEnv=*", "hal"]  # fmt: skip
+    with log.open("ab") as errors:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=errors,
+            env={"PATH": "/usr/bin:/bin", "HOME": str(run.path)},
+            start_new_session=True,
+        )
+    try:
+        code = await asyncio.wait_for(proc.wait(), time_limit)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise ProviderError(f"ssh to the VM timed out after {time_limit:g}s: {tail(log)}") from None
+    if code != 0:
+        raise ProviderError(f"ssh to the VM failed (exit {code}): {tail(log)}")
+
+
+def check_names(names: Sequence[str]) -> None:
+    """Variable names travel as ssh options: refuse anything but [A-Za-z0-9_]."""
+    for name in names:
+        if not name or not set(name) <= _VAR or name[0].isdigit():
+            raise ProviderError(f"invalid environment variable name {name!r}")
+
+
+def command_argv(
+    run: RunDir,
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: str,
+    uid: int,
+    gid: int,
+    tty: bool = False,
+) -> list[str]:
+    """The host ssh command line that runs ``argv`` inside via hal-exec. The values of
+    ``env`` must be in the ssh process's own environment (see :func:`ssh_env`)."""
+    names = sorted(env)
+    check_names(names)
+    remote = [HAL_EXEC, *(["-t"] if tty else []), "-u", str(uid), "-g", str(gid), "-d", cwd,
+              "-C", CGROUP]  # fmt: skip
+    for name in names:
+        remote += ["-E", name]
+    remote += ["--", *argv]
+    send = [arg for name in names for arg in ("-o", f"SendEnv={name}")]
+    return [SSH, "-F", str(config_path(run)), "-t" if tty else "-T", *send, "hal",
+            shlex.join(remote)]  # fmt: skip
+
+
+def root_argv(run: RunDir, argv: Sequence[str]) -> list[str]:
+    """An ssh command line that runs ``argv`` as root in the guest (hal's own setup steps)."""
+    return [SSH, "-F", str(config_path(run)), "-T", "hal", shlex.join(argv)]
+
+
+def ssh_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The ssh process's environment: what it sends, plus nothing of ``hal``'s."""
+    return dict(env)
+
+
+async def run_root(run: RunDir, argv: Sequence[str], *, stdin: bytes = b"", time_limit: float) -> str:
+    """Run a setup command as root in the guest; its output, or ProviderError."""
+    proc = await asyncio.create_subprocess_exec(
+        *root_argv(run, argv),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(run.path)},
+        start_new_session=True,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(stdin), time_limit)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise ProviderError(f"{argv[0]} in the VM timed out") from None
+    text = out.decode("utf-8", "replace").strip()
+    if proc.returncode != 0:
+        raise ProviderError(f"{' '.join(argv[:1])} in the VM failed: {text[-500:]}")
+    return text
+
+
+def uid_gid() -> tuple[int, int]:
+    """Commands inside run as the host user, so files on the shares keep their owner."""
+    return os.getuid(), os.getgid()

@@ -1,0 +1,331 @@
+"""One QEMU microVM: its command line, its QMP socket, boot, restore, save and kill.
+
+A VM is started detached from ``hal`` (a new session, re-parented to init), so it outlives
+the process that started it; everything about it is found again from files: the pid file,
+the console log and the unix sockets in its run directory. No TCP port is ever opened: the
+monitor (QMP) and the exec channel (a virtio-serial port) are unix sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from hal9999.errors import ProviderError, ProviderUnavailable
+
+QEMU = "qemu-system-x86_64"
+QEMU_IMG = "qemu-img"
+INSTALL_HINT = "apt-get install qemu-system-x86 qemu-utils"
+SHARES = 8
+"""virtio-9p devices every VM has (tags ``hal0``..``hal7``), used or not: a saved VM state
+can only be restored into a VM with exactly the same devices."""
+READY = "HAL-READY"
+"""What the guest init prints on the console once the exec channel is waiting."""
+SHARE_TAG = "hal{}"
+
+
+def qemu_binary() -> str:
+    """The QEMU system emulator; :class:`ProviderUnavailable` with the fix when missing."""
+    found = shutil.which(QEMU)
+    if found is None or shutil.which(QEMU_IMG) is None:
+        raise ProviderUnavailable("QEMU is not installed", hint=INSTALL_HINT)
+    return found
+
+
+@functools.cache
+def tsc_khz() -> int:
+    """The host TSC frequency in kHz: microvm under TCG can hang calibrating without it."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("cpu MHz"):
+                return int(float(line.split(":")[1]) * 1000)
+    return 2_000_000
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What a saved VM state must match to be restored: accelerator and devices."""
+
+    accel: Literal["kvm", "tcg"]
+    cpus: int
+    memory_mb: int
+    net: Literal["none", "user"]
+
+    @property
+    def key(self) -> str:
+        """A file-name-safe key, e.g. ``tcg-c1-m1024-none``."""
+        return f"{self.accel}-c{self.cpus}-m{self.memory_mb}-{self.net}"
+
+
+@dataclass(frozen=True)
+class Share:
+    """A host directory exported to the guest by virtio-9p."""
+
+    path: Path
+    read_only: bool
+
+
+@dataclass(frozen=True)
+class Boot:
+    """The kernel and initramfs a VM boots."""
+
+    kernel: Path
+    initrd: Path
+
+
+class RunDir:
+    """Sockets of one VM, in a short directory (unix socket paths are limited to 107 bytes)."""
+
+    def __init__(self, vm_id: str) -> None:
+        self.path = run_root() / vm_id
+
+    @property
+    def qmp(self) -> Path:
+        """The QMP monitor socket."""
+        return self.path / "qmp"
+
+    @property
+    def channel(self) -> Path:
+        """The virtio-serial port the guest's sshd answers on."""
+        return self.path / "ssh"
+
+    @property
+    def control(self) -> Path:
+        """The ssh ControlMaster socket."""
+        return self.path / "ctl"
+
+
+def run_root() -> Path:
+    """Where every VM's run directory lives (mode 700)."""
+    root = Path(os.environ.get("HAL_QEMU_RUN_DIR") or f"/tmp/hal9999-qemu-{os.getuid()}")
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return root
+
+
+def argv(
+    *,
+    qemu: str,
+    vm_id: str,
+    boot: Boot,
+    shape: Shape,
+    disk: Path,
+    shares: Sequence[Share | None],
+    empty: Path,
+    run: RunDir,
+    console: Path,
+    pidfile: Path,
+    incoming: Path | None = None,
+    cmdline: str = "",
+) -> list[str]:
+    """The full QEMU command line. Devices are always the same, in the same order."""
+    accel = "kvm" if shape.accel == "kvm" else "tcg,tb-size=256"
+    append = f"console=ttyS0 quiet panic=-1 tsc_early_khz={tsc_khz()} {cmdline}".strip()
+    args = [
+        qemu, "-name", f"hal-{vm_id}", "-M", "microvm", "-accel", accel, "-cpu", "max",
+        "-smp", str(shape.cpus), "-m", str(shape.memory_mb),
+        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-kernel", str(boot.kernel), "-initrd", str(boot.initrd), "-append", append,
+        "-chardev", f"file,id=con,path={console}", "-serial", "chardev:con",
+        "-drive", f"id=root,file={disk},format=qcow2,if=none,discard=unmap",
+        "-device", "virtio-blk-device,drive=root",
+        "-device", "virtio-serial-device",
+        "-chardev", f"socket,id=ssh,path={run.channel},server=on,wait=off",
+        "-device", "virtserialport,chardev=ssh,name=hal.ssh",
+        "-device", "virtio-rng-device",
+        "-netdev", f"user,id=net0,restrict={'on' if shape.net == 'none' else 'off'}",
+        "-device", "virtio-net-device,netdev=net0",
+        "-qmp", f"unix:{run.qmp},server=on,wait=off",
+        "-pidfile", str(pidfile),
+    ]  # fmt: skip
+    for index in range(SHARES):
+        share = shares[index] if index < len(shares) else None
+        path, ro = (share.path, share.read_only) if share is not None else (empty, True)
+        readonly = ",readonly=on" if ro else ""
+        args += [
+            "-fsdev", f"local,id=fs{index},path={path},security_model=none{readonly}",
+            "-device", f"virtio-9p-device,fsdev=fs{index},mount_tag={SHARE_TAG.format(index)}",
+        ]  # fmt: skip
+    if incoming is not None:
+        # QEMU 7.2 has no file: migration URI; exec: runs the command through /bin/sh.
+        args += ["-incoming", f"exec:cat {shlex.quote(str(incoming))}"]
+    return args
+
+
+async def spawn(args: list[str], log: Path) -> int:
+    """Start QEMU detached (own session, re-parented to init); its pid."""
+    script = 'exec 3>&1 >>"$0" 2>&1 </dev/null; "$@" 3>&- & echo $! >&3'
+    proc = await asyncio.create_subprocess_exec(
+        "/bin/sh", "-c", script, str(log), *args,
+        stdout=asyncio.subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    try:
+        return int(out.strip())
+    except ValueError:
+        raise ProviderError(f"cannot start QEMU: {tail(log)}") from None
+
+
+def alive(pid: int | None, vm_id: str) -> bool:
+    """Whether ``pid`` is still the QEMU of ``vm_id`` (not a recycled pid)."""
+    if pid is None:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return f"hal-{vm_id}".encode() in cmdline.split(b"\0")
+
+
+def find_vms() -> dict[str, int]:
+    """Every running hal QEMU on this host: vm id -> pid (found by ``-name hal-<id>``)."""
+    found: dict[str, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            parts = Path(entry.path, "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if not parts or not parts[0].endswith(b"qemu-system-x86_64"):
+            continue
+        for i, part in enumerate(parts[:-1]):
+            if part == b"-name" and parts[i + 1].startswith(b"hal-"):
+                found[parts[i + 1][4:].decode()] = int(entry.name)
+    return found
+
+
+async def kill(pid: int | None, vm_id: str) -> None:
+    """SIGKILL the VM's QEMU and wait until it is gone."""
+    if not alive(pid, vm_id):
+        return
+    assert pid is not None
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while alive(pid, vm_id):
+        if time.monotonic() > deadline:
+            raise ProviderError(f"QEMU {pid} of VM {vm_id} survived SIGKILL")
+        await asyncio.sleep(0.01)
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    """The last lines of a console or log file, for error messages."""
+    try:
+        text = path.read_bytes()[-8192:].decode("utf-8", "replace")
+    except OSError:
+        return "(no output)"
+    kept = [line.rstrip() for line in text.splitlines() if line.strip()][-lines:]
+    return " | ".join(kept) or "(no output)"
+
+
+class Qmp:
+    """A minimal QMP client over the VM's monitor socket."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader, self._writer = reader, writer
+
+    @classmethod
+    async def connect(cls, path: Path, *, deadline: float) -> Qmp:
+        """Connect (retrying until ``deadline``, monotonic) and negotiate capabilities."""
+        while True:
+            try:
+                reader, writer = await asyncio.open_unix_connection(str(path), limit=1 << 20)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.01)
+        qmp = cls(reader, writer)
+        await qmp._read()  # the greeting
+        await qmp.call("qmp_capabilities")
+        return qmp
+
+    async def _read(self) -> dict[str, Any]:
+        line = await self._reader.readline()
+        if not line:
+            raise ProviderError("QEMU closed its monitor")
+        data: dict[str, Any] = json.loads(line)
+        return data
+
+    async def call(self, command: str, **arguments: Any) -> Any:
+        """Run a QMP command; its ``return`` value, or ProviderError."""
+        message: dict[str, Any] = {"execute": command}
+        if arguments:
+            message["arguments"] = arguments
+        self._writer.write(json.dumps(message).encode() + b"\n")
+        await self._writer.drain()
+        while True:
+            reply = await self._read()
+            if "return" in reply:
+                return reply["return"]
+            if "error" in reply:
+                raise ProviderError(f"QEMU {command}: {reply['error'].get('desc', reply)}")
+
+    async def close(self) -> None:
+        """Close the connection."""
+        self._writer.close()
+        with contextlib.suppress(OSError):
+            await self._writer.wait_closed()
+
+
+async def wait_console(console: Path, needle: str, *, pid: int, vm_id: str, deadline: float) -> None:
+    """Wait until ``needle`` appears on the console; past ``deadline`` (or if QEMU dies),
+    raise with the console's last lines."""
+    pattern = re.compile(re.escape(needle).encode())
+    while True:
+        with contextlib.suppress(OSError):
+            if pattern.search(console.read_bytes()):
+                return
+        if not alive(pid, vm_id):
+            raise ProviderError(f"VM {vm_id} exited while booting; console: {tail(console)}")
+        if time.monotonic() > deadline:
+            raise ProviderError(f"VM {vm_id} did not boot in time; console: {tail(console)}")
+        await asyncio.sleep(0.05)
+
+
+async def wait_restored(qmp: Qmp, *, vm_id: str, deadline: float) -> None:
+    """Wait until a VM started with ``-incoming`` has loaded its saved state and runs."""
+    while True:
+        status = (await qmp.call("query-status"))["status"]
+        if status == "running":
+            return
+        if status == "paused":
+            # The state was saved from a paused VM, and QEMU restores it paused.
+            await qmp.call("cont")
+            continue
+        if status not in ("inmigrate", "prelaunch", "restore-vm"):
+            info = await qmp.call("query-migrate")
+            why = info.get("error-desc", status)
+            raise ProviderError(f"VM {vm_id}: restoring its saved state failed: {why}")
+        if time.monotonic() > deadline:
+            raise ProviderError(f"VM {vm_id}: restoring its saved state took too long")
+        await asyncio.sleep(0.01)
+
+
+async def save(qmp: Qmp, state: Path, *, vm_id: str) -> None:
+    """Write the VM's state to ``state`` (the VM is left paused)."""
+    tmp = state.with_name(state.name + ".tmp")
+    await qmp.call("migrate", uri=f"exec:cat > {shlex.quote(str(tmp))}")
+    while True:
+        info = await qmp.call("query-migrate")
+        status = info.get("status")
+        if status == "completed":
+            break
+        if status in ("failed", "cancelled"):
+            why = info.get("error-desc", status)
+            raise ProviderError(f"VM {vm_id}: saving its state failed: {why}")
+        await asyncio.sleep(0.02)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, state)
