@@ -1,7 +1,8 @@
 """Test policy shared by the whole suite.
 
-Tests marked ``bwrap``, ``tmux`` or ``cgroup`` need that component; when it is missing they
-skip locally but fail under ``CI=true``, so CI can never go green by skipping everything.
+Tests marked ``bwrap``, ``tmux``, ``cgroup`` or ``qemu`` need that component; when it is
+missing they skip locally but fail under ``CI=true``, so CI can never go green by skipping
+everything. The ``qemu`` tests share one image, built once per run (see ``qemu_images``).
 """
 
 from __future__ import annotations
@@ -38,12 +39,27 @@ def _missing_cgroup() -> str | None:
     return None
 
 
+def _missing_qemu() -> str | None:
+    from tests.qemu_image import image_problem
+
+    return image_problem()
+
+
 REQUIREMENTS: dict[str, Callable[[], str | None]] = {
     "bwrap": _missing_bwrap,
     "tmux": _missing_tmux,
     "cgroup": _missing_cgroup,
+    "qemu": _missing_qemu,
 }
 """Marker name -> why the component is unusable here (None when it is fine)."""
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build the qemu test image before any test runs (outside every test's timeout)."""
+    if any(item.get_closest_marker("qemu") for item in session.items):
+        from tests.qemu_image import prepare
+
+        prepare()
 
 
 @pytest.fixture(autouse=True)

@@ -30,6 +30,7 @@ PROVIDERS = [
     pytest.param("local", id="local"),
     pytest.param("bwrap", id="bwrap", marks=pytest.mark.bwrap),
     pytest.param("fake", id="fake"),
+    pytest.param("qemu", id="qemu", marks=pytest.mark.qemu),
 ]
 
 SpecFactory = Callable[..., SandboxSpec]

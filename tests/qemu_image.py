@@ -1,0 +1,90 @@
+"""The image the ``qemu`` tests run on: built once per test run, reused while unchanged.
+
+It lives under ``HAL_TEST_QEMU_IMAGES`` (default ``/var/tmp/hal9999-test-images``) in a
+directory named by a digest of everything that goes into it (the guest files and the
+build code), so an edit rebuilds it and an unchanged checkout reuses it. ``prepare`` runs
+once, before the first test (from ``pytest_collection_finish``), and exports
+``HAL_QEMU_IMAGES`` so every qemu provider of the run finds the image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import hal9999.images
+import hal9999.providers.qemustate
+
+ROOT = Path(os.environ.get("HAL_TEST_QEMU_IMAGES", "/var/tmp/hal9999-test-images"))
+IMAGE = "default"
+_state: dict[str, str | None] = {}
+
+
+def digest() -> str:
+    """A digest of the guest files and the code that builds the image."""
+    package = Path(hal9999.images.__file__).parent
+    sources = sorted(package.rglob("*"))
+    sources.append(Path(hal9999.providers.qemustate.__file__))
+    h = hashlib.sha256()
+    for path in sources:
+        if path.is_file() and "__pycache__" not in path.parts:
+            h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def images_dir() -> Path:
+    """Where this checkout's test image lives."""
+    return ROOT / digest()
+
+
+def prepare() -> None:
+    """Build the test image unless it exists; remember why it cannot be had."""
+    if "problem" in _state:
+        return
+    _state["problem"] = _prepare()
+
+
+def _prepare() -> str | None:
+    from hal9999.errors import HalError
+    from hal9999.images.build import build_image
+    from hal9999.images.store import ImageStore
+
+    if shutil.which("qemu-system-x86_64") is None or shutil.which("qemu-img") is None:
+        return "QEMU is not installed (apt-get install qemu-system-x86 qemu-utils)"
+    store = ImageStore(images_dir())
+    os.environ["HAL_QEMU_IMAGES"] = str(store.root)
+    try:
+        image = store.get(IMAGE)
+        if image.states():
+            return None
+        store.remove(IMAGE)
+    except HalError:
+        pass
+    if os.geteuid() != 0:
+        return "building the qemu test image needs root (debootstrap); run as root"
+    if ROOT.is_dir():
+        for old in ROOT.iterdir():  # images of other checkouts' code
+            if old.name != store.root.name:
+                shutil.rmtree(old, ignore_errors=True)
+    started = time.monotonic()
+
+    def progress(line: str) -> None:
+        print(f"qemu test image: {line}", file=sys.stderr, flush=True)
+
+    try:
+        asyncio.run(build_image(store, IMAGE, progress=progress))
+    except HalError as exc:
+        return f"cannot build the qemu test image: {exc.one_line()}"
+    progress(f"ready in {time.monotonic() - started:.0f}s")
+    return None
+
+
+def image_problem() -> str | None:
+    """Why the qemu tests cannot run here (None when they can)."""
+    prepare()
+    return _state["problem"]
