@@ -11,12 +11,13 @@ no TCP port is ever opened and any number of VMs run side by side.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import math
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -25,7 +26,7 @@ from pydantic import BaseModel, ConfigDict
 from hal9999.errors import ConfigError, ProviderError, SandboxNotFound
 from hal9999.images.store import Image, ImageStore, images_root
 from hal9999.providers import hostfs, qemussh, qemuvm
-from hal9999.providers.base import Capabilities, Command, Launch, SandboxInfo, StreamEvent
+from hal9999.providers.base import Capabilities, Command, Launch, SandboxInfo
 from hal9999.providers.hostsandbox import HostProvider, HostSandbox, SandboxRecord, check_spec
 from hal9999.providers.qemustate import (
     DEFAULT_CPUS,
@@ -86,7 +87,8 @@ class QemuSandbox(HostSandbox):
     home = HOME
 
     def __init__(self, owner: QemuProvider, record: SandboxRecord) -> None:
-        mounts = [hostfs.Mount(WORKDIR, record.spec.workspace, True)] if record.spec.workspace else []
+        workspace = record.spec.workspace
+        mounts = [hostfs.Mount(WORKDIR, workspace, True)] if workspace else []
         mounts += [
             hostfs.Mount(hostfs.normalize(b.target, "/"), b.source, not b.read_only)
             for b in record.spec.binds
@@ -118,14 +120,6 @@ class QemuSandbox(HostSandbox):
         )
         return ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in guest.items()), *argv]
 
-    async def exec_stream(
-        self, command: Command, *, env: Mapping[str, str] | None = None
-    ) -> AsyncIterator[StreamEvent]:
-        """Run a command, yielding output as it comes and the exit status last."""
-        async with contextlib.aclosing(super().exec_stream(command, env=env)) as events:
-            async for event in events:
-                yield event
-
 
 class QemuProvider(HostProvider):
     """MicroVM sandboxes: QEMU over qcow2 overlays, host directories shared by virtio-9p."""
@@ -155,7 +149,8 @@ class QemuProvider(HostProvider):
     async def shape(self, spec: SandboxSpec, image: Image) -> Shape:
         """The VM shape of a spec: vCPUs and memory from its resources, its network."""
         chosen, _ = await accel(self.images, image)
-        cpus = DEFAULT_CPUS if spec.resources.cpus is None else max(1, math.ceil(spec.resources.cpus))
+        wanted = spec.resources.cpus
+        cpus = DEFAULT_CPUS if wanted is None else max(1, math.ceil(wanted))
         memory = spec.resources.memory_mb or DEFAULT_MEMORY_MB
         if memory < 128:
             raise ConfigError(f"a qemu sandbox needs at least 128 MiB of memory, not {memory}")
@@ -164,7 +159,9 @@ class QemuProvider(HostProvider):
     def shares(self, spec: SandboxSpec) -> list[tuple[Share, str]]:
         """(share, target inside) for the workspace and each bind, parents first."""
         found = [(Share(spec.workspace, False), WORKDIR)] if spec.workspace else []
-        found += [(Share(b.source, b.read_only), hostfs.normalize(b.target, "/")) for b in spec.binds]
+        found += [
+            (Share(b.source, b.read_only), hostfs.normalize(b.target, "/")) for b in spec.binds
+        ]
         if len(found) > qemuvm.SHARES:
             raise ConfigError(f"a qemu sandbox takes at most {qemuvm.SHARES} shared directories")
         return sorted(found, key=lambda item: item[1].count("/"))
@@ -278,7 +275,7 @@ class QemuProvider(HostProvider):
             infos.append(info)
         return infos
 
-    async def reconcile(self, *, force: bool = False) -> list[str]:
+    async def reconcile(self, *, force: bool = False) -> builtins.list[str]:
         """Kill VMs of this state dir no running sandbox owns, and remove stale run dirs.
 
         Runs once per provider object unless ``force``; returns what it removed.
@@ -286,7 +283,7 @@ class QemuProvider(HostProvider):
         if self._reconciled and not force:
             return []
         self._reconciled = True
-        removed: list[str] = []
+        removed: builtins.list[str] = []
         mine = f"{self.state_dir}/".encode()
         vms = qemuvm.find_vms()
         for vm_id, pid in vms.items():
@@ -320,7 +317,7 @@ class QemuProvider(HostProvider):
 
         return await snapshot(self, sandbox_id, name)
 
-    async def fork(self, image: str, count: int, spec: SandboxSpec) -> list[QemuSandbox]:
+    async def fork(self, image: str, count: int, spec: SandboxSpec) -> builtins.list[QemuSandbox]:
         """``count`` new sandboxes from ``image`` (a snapshot), started concurrently."""
         from hal9999.providers.qemusnap import fork
 

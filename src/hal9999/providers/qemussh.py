@@ -138,7 +138,9 @@ def ssh_env(env: Mapping[str, str]) -> dict[str, str]:
     return dict(env)
 
 
-async def run_root(run: RunDir, argv: Sequence[str], *, stdin: bytes = b"", time_limit: float) -> str:
+async def run_root(
+    run: RunDir, argv: Sequence[str], *, stdin: bytes = b"", time_limit: float
+) -> str:
     """Run a setup command as root in the guest; its output, or ProviderError."""
     proc = await asyncio.create_subprocess_exec(
         *root_argv(run, argv),

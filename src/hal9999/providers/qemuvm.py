@@ -280,7 +280,9 @@ class Qmp:
             await self._writer.wait_closed()
 
 
-async def wait_console(console: Path, needle: str, *, pid: int, vm_id: str, deadline: float) -> None:
+async def wait_console(
+    console: Path, needle: str, *, pid: int, vm_id: str, deadline: float
+) -> None:
     """Wait until ``needle`` appears on the console; past ``deadline`` (or if QEMU dies),
     raise with the console's last lines."""
     pattern = re.compile(re.escape(needle).encode())
