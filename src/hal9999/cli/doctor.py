@@ -14,6 +14,7 @@ import click
 from hal9999.agents.registry import available_agents, resolve_agent
 from hal9999.cli.main import cli, emit_json, run_async
 from hal9999.config import load_config
+from hal9999.images.store import Image, ImageStore
 
 _CGROUP = Path("/sys/fs/cgroup")
 
@@ -112,7 +113,57 @@ async def gather() -> list[Check]:
         _cgroups(),
     ]
     checks += await asyncio.gather(*(_agent(name) for name in available_agents()))
+    checks += await _qemu()
     return checks
+
+
+async def _qemu() -> list[Check]:
+    """The ``qemu`` provider: QEMU, the image build tools, KVM (probed by booting), images."""
+    fix = "apt-get install qemu-system-x86 qemu-utils (or from a checkout: scripts/setup-qemu.sh)"
+    checks = [
+        await _tool("qemu", ["qemu-system-x86_64", "--version"], fix, required=False),
+        await _tool("qemu-img", ["qemu-img", "--version"], fix, required=False),
+        await _tool(
+            "debootstrap", ["debootstrap", "--version"], "apt-get install debootstrap "
+            "(needed by `hal image build`)", required=False,
+        ),
+    ]  # fmt: skip
+    try:
+        from hal9999.cli.image import image_store
+
+        store = image_store(load_config())
+        images = store.all() if store.root.is_dir() else []
+    except Exception as exc:  # a broken config is reported by the config check
+        return [*checks, Check("qemu images", False, str(exc), None, False)]
+    golden = [i for i in images if i.meta.kind == "golden"]
+    if images:
+        names = ", ".join(f"{i.name} ({i.meta.kind}, {len(i.states())} saved state(s))"
+                          for i in images)  # fmt: skip
+        checks.append(Check("qemu images", True, f"{store.root}: {names}", required=False))
+    else:
+        checks.append(Check("qemu images", False, f"none in {store.root}",
+                            "hal image build (as root)", required=False))  # fmt: skip
+    if golden:
+        checks.append(Check("guest kernel", True, golden[0].meta.kernel, required=False))
+    checks.append(await _kvm(store, golden[0] if golden else None))
+    return checks
+
+
+async def _kvm(store: ImageStore, image: Image | None) -> Check:
+    """Whether KVM really runs a guest here (booted once, remembered), else TCG."""
+    if not Path("/dev/kvm").exists():
+        return Check("kvm", False, "no /dev/kvm: qemu sandboxes use TCG (software emulation, "
+                     "slower)", "enable KVM (nested virtualisation) for faster VMs",
+                     required=False)  # fmt: skip
+    if image is None or shutil.which("qemu-system-x86_64") is None:
+        return Check("kvm", False, "/dev/kvm exists; not probed yet (needs QEMU and an image)",
+                     "hal image build", required=False)  # fmt: skip
+    from hal9999.providers.qemustate import accel
+
+    chosen, why = await accel(store, image)
+    return Check("kvm", chosen == "kvm", f"{why}: qemu sandboxes use {chosen}",
+                 None if chosen == "kvm" else "TCG works; HAL_QEMU_ACCEL=kvm forces KVM",
+                 required=False)  # fmt: skip
 
 
 async def _agent(name: str) -> Check:

@@ -209,7 +209,7 @@ def run(
 
 def main() -> None:
     """Console entry point."""
-    from hal9999.cli import doctor, pool, serve, task  # noqa: F401  (registers the subcommands)
+    from hal9999.cli import doctor, image, pool, serve, task  # noqa: F401  (registers the subcommands)
 
     cli()
 

@@ -182,3 +182,66 @@ def sandbox_destroy(sandbox_id: str, provider: str | None) -> None:
 
     name = run_async(go())
     click.echo(f"destroyed {name} sandbox {sandbox_id}")
+
+
+def _snapshotting(a: App, name: str) -> Any:
+    provider = load_provider_for(a.config, name)
+    if not provider.capabilities.snapshot:
+        raise HalError(f"provider {name!r} cannot snapshot sandboxes", hint="use a qemu sandbox")
+    return provider
+
+
+@sandbox.command("snapshot")
+@click.argument("sandbox_id")
+@click.option("--name", help="Name of the new image (generated when not given).")
+@click.option("--provider", help="The sandbox's provider (found when not given).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def sandbox_snapshot(
+    sandbox_id: str, name: str | None, provider: str | None, as_json: bool
+) -> None:
+    """Save a running sandbox's disk and VM state as a new image; the sandbox goes on."""
+    a = app()
+
+    async def go() -> str:
+        found = await _locate(a, sandbox_id, provider)
+        made: str = await _snapshotting(a, found).snapshot(sandbox_id, name)
+        return made
+
+    image = run_async(go())
+    if as_json:
+        emit_json({"image": image, "sandbox_id": sandbox_id})
+    else:
+        click.echo(image)
+
+
+@sandbox.command("fork")
+@click.argument("image")
+@click.argument("count", type=int, default=1)
+@click.option("--provider", default="qemu", show_default=True, help="Provider of the image.")
+@click.option("--cpus", type=float, help="vCPUs of each copy.")
+@click.option("--memory", "memory_mb", type=int, help="Memory of each copy, in MiB.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def sandbox_fork(
+    image: str,
+    count: int,
+    provider: str,
+    cpus: float | None,
+    memory_mb: int | None,
+    as_json: bool,
+) -> None:
+    """Start COUNT sandboxes from IMAGE (a snapshot), concurrently; print their ids."""
+    from hal9999.spec import Resources, SandboxSpec
+
+    a = app()
+    resources = Resources(cpus=cpus, memory_mb=memory_mb)
+    spec = SandboxSpec(provider=provider, image=image, resources=resources)
+
+    async def go() -> list[str]:
+        started = await _snapshotting(a, provider).fork(image, count, spec)
+        return [box.id for box in started]
+
+    ids = run_async(go())
+    if as_json:
+        emit_json({"image": image, "sandboxes": ids})
+    else:
+        click.echo("\n".join(ids))

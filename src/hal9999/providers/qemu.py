@@ -276,7 +276,8 @@ class QemuProvider(HostProvider):
         return infos
 
     async def reconcile(self, *, force: bool = False) -> builtins.list[str]:
-        """Kill VMs of this state dir no running sandbox owns, and remove stale run dirs.
+        """Kill VMs of this state dir no running sandbox owns, finish destroys a crash cut
+        short, and remove stale sandbox and run dirs.
 
         Runs once per provider object unless ``force``; returns what it removed.
         """
@@ -299,6 +300,10 @@ class QemuProvider(HostProvider):
             if state != "running":
                 await qemuvm.kill(pid, vm_id)
                 removed.append(f"vm {vm_id}")
+        for record in self.store.all():
+            if record.state == "destroyed":  # a destroy that a crash cut short: finish it
+                await self.destroy(record.id)
+                removed.append(f"sandbox {record.id}")
         for child in self.state_dir.iterdir() if self.state_dir.is_dir() else []:
             if child.is_dir() and not (child / "sandbox.json").exists():
                 if time.time() - child.stat().st_mtime > 60:  # not one being created now

@@ -13,6 +13,7 @@ import asyncio
 import os
 import secrets
 import shutil
+import time
 from typing import TYPE_CHECKING
 
 from hal9999.errors import ConfigError, ExecError
@@ -41,6 +42,15 @@ async def snapshot(provider: QemuProvider, sandbox_id: str, name: str | None) ->
         state_dir.mkdir(parents=True)
         run = RunDir(sandbox_id)
         await qemussh.run_root(run, ["/usr/local/lib/hal/quiesce"], time_limit=60)
+        # Save no live ssh session: end ours and wait until the guest serves a fresh sshd
+        # (its init prints HAL-READY again), so a VM restored from the state answers at once.
+        console = provider.store.dir(sandbox_id) / "console.log"
+        served = console.read_bytes().count(qemuvm.READY.encode())
+        await qemussh.stop_master(run)
+        await qemuvm.wait_console_count(
+            console, qemuvm.READY, served + 1, pid=vm.pid or 0, vm_id=sandbox_id,
+            deadline=time.monotonic() + 30,
+        )  # fmt: skip
         await save_and_quit(sandbox_id, state_dir / "vm.state")
         await qemuvm.kill(vm.pid, sandbox_id)
         directory = provider.store.dir(sandbox_id)

@@ -97,6 +97,16 @@ async def start_master(run: RunDir, *, log: Path, time_limit: float) -> None:
         raise ProviderError(f"ssh to the VM failed (exit {code}): {tail(log)}")
 
 
+async def stop_master(run: RunDir) -> None:
+    """End the ControlMaster (and so the guest's ``sshd -i``, which then reads EOF)."""
+    proc = await asyncio.create_subprocess_exec(
+        SSH, "-F", str(config_path(run)), "-O", "exit", "hal",
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin", "HOME": str(run.path)},
+    )  # fmt: skip
+    await proc.wait()
+
+
 def check_names(names: Sequence[str]) -> None:
     """Variable names travel as ssh options: refuse anything but [A-Za-z0-9_]."""
     for name in names:

@@ -13,7 +13,6 @@ import contextlib
 import functools
 import json
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -285,10 +284,18 @@ async def wait_console(
 ) -> None:
     """Wait until ``needle`` appears on the console; past ``deadline`` (or if QEMU dies),
     raise with the console's last lines."""
-    pattern = re.compile(re.escape(needle).encode())
+    await wait_console_count(console, needle, 1, pid=pid, vm_id=vm_id, deadline=deadline)
+
+
+async def wait_console_count(
+    console: Path, needle: str, count: int, *, pid: int, vm_id: str, deadline: float
+) -> None:
+    """Wait until ``needle`` has appeared ``count`` times on the console (see
+    :func:`wait_console`)."""
+    wanted = needle.encode()
     while True:
         with contextlib.suppress(OSError):
-            if pattern.search(console.read_bytes()):
+            if console.read_bytes().count(wanted) >= count:
                 return
         if not alive(pid, vm_id):
             raise ProviderError(f"VM {vm_id} exited while booting; console: {tail(console)}")

@@ -1,0 +1,140 @@
+"""``hal image ...``: golden images and snapshots of the ``qemu`` provider."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+
+from hal9999.cli.main import cli, emit_json, run_async
+from hal9999.config import HalConfig, load_config
+from hal9999.errors import ConfigError
+from hal9999.images.store import Image, ImageStore, images_root
+
+
+def image_store(config: HalConfig) -> ImageStore:
+    """The images of this hal home: ``[providers.qemu] images_dir``, ``HAL_QEMU_IMAGES``,
+    else ``HAL_HOME/images`` (the same place the ``qemu`` provider looks)."""
+    from hal9999.providers.qemu import QemuConfig
+
+    settings = QemuConfig.model_validate(dict(config.providers.get("qemu") or {}))
+    return ImageStore(settings.images_dir or images_root(config.home))
+
+
+def image_json(image: Image) -> dict[str, Any]:
+    """One image as a JSON document."""
+    return {
+        **image.meta.model_dump(mode="json"),
+        "dir": str(image.dir),
+        "size_bytes": image.size_bytes(),
+        "states": image.states(),
+    }
+
+
+@cli.group()
+def image() -> None:
+    """Golden images and snapshots for the qemu provider."""
+
+
+@image.command("build")
+@click.option("--name", default="default", show_default=True, help="Image name.")
+@click.option(
+    "--packages", "packages", multiple=True,
+    help="Extra Debian packages, comma-separated or repeated (git, tmux, bash, sshd are in).",
+)  # fmt: skip
+@click.option("--suite", default="bookworm", show_default=True, help="Debian release.")
+@click.option("--mirror", help="Debian mirror (default: the one apt uses here).")
+@click.option("--no-state", is_flag=True, help="Skip booting once to save a VM state.")
+@click.option("--json", "as_json", is_flag=True, help="Print the image as JSON when done.")
+def image_build(
+    name: str,
+    packages: tuple[str, ...],
+    suite: str,
+    mirror: str | None,
+    no_state: bool,
+    as_json: bool,
+) -> None:
+    """Build a Debian golden image (rootfs, kernel, exec channel, saved VM state).
+
+    Cached stages (rootfs, kernel, exec helper) are reused when re-run; progress goes to
+    stderr."""
+    from hal9999.images.build import build_image
+
+    store = image_store(load_config())
+    wanted = [p.strip() for group in packages for p in group.split(",") if p.strip()]
+    started = time.monotonic()
+
+    def progress(line: str) -> None:
+        click.echo(f"[{time.monotonic() - started:5.0f}s] {line}", err=True)
+
+    built = run_async(
+        build_image(
+            store, name, packages=wanted, suite=suite, mirror=mirror, progress=progress,
+            save_state=not no_state,
+        )
+    )  # fmt: skip
+    if as_json:
+        emit_json(image_json(built))
+    else:
+        click.echo(built.name)
+
+
+@image.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def image_list(as_json: bool) -> None:
+    """Every image: golden ones and snapshots (with their parent)."""
+    store = image_store(load_config())
+    images = store.all() if store.root.is_dir() else []
+    if as_json:
+        emit_json([image_json(i) for i in images])
+        return
+    if not images:
+        click.echo(f"no images in {store.root}; build one with `hal image build`")
+        return
+    for i in images:
+        origin = f"from {i.meta.parent}" if i.meta.parent else i.meta.suite
+        states = ", ".join(i.states()) or "no saved state"
+        size = i.size_bytes() / (1 << 20)
+        click.echo(f"{i.name:<20} {i.meta.kind:<8} {origin:<18} {size:7.0f} MiB  "
+                   f"kernel {i.meta.kernel or '?'}  states: {states}")  # fmt: skip
+
+
+@image.command("rm")
+@click.argument("names", nargs=-1, required=True)
+def image_rm(names: tuple[str, ...]) -> None:
+    """Remove images (refused for one a snapshot or a sandbox still stands on)."""
+    config = load_config()
+    store = image_store(config)
+    in_use = run_async(_images_in_use(config))
+    for name in names:
+        store.get(name)
+        users = in_use.get(name, [])
+        if users:
+            raise ConfigError(
+                f"image {name!r} is used by sandbox(es) {', '.join(users)}",
+                hint="destroy them first with `hal sandbox destroy`",
+            )
+        store.remove(name)
+        click.echo(f"removed image {name}")
+
+
+async def _images_in_use(config: HalConfig) -> dict[str, list[str]]:
+    """Image name -> the qemu sandboxes whose disks stand on it."""
+    from hal9999.home import HalPaths
+    from hal9999.providers.qemu import QemuProvider
+
+    if not HalPaths(config.home).sandbox_state("qemu").is_dir():
+        return {}
+    from hal9999.tasks.plugins import load_provider_for
+
+    provider = load_provider_for(config, "qemu")
+    assert isinstance(provider, QemuProvider)
+    users: dict[str, list[str]] = {}
+    for info in await provider.list():
+        if info.state == "destroyed":
+            continue
+        vm = provider.vm_record(info.id)
+        name = vm.image if vm else (info.spec.image or provider.config.image)
+        users.setdefault(name, []).append(info.id)
+    return users

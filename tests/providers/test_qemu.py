@@ -1,0 +1,274 @@
+"""What the ``qemu`` provider promises beyond the common contract: overlays, restore, VM
+shape, network modes, no TCP ports, stop/start, boot deadline, orphans, snapshot and fork."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from hal9999.errors import ProviderError
+from hal9999.providers import qemuvm
+from hal9999.providers.qemu import QemuConfig, QemuProvider, QemuSandbox
+from hal9999.spec import ArgvCommand, Resources, SandboxSpec, ShellCommand
+
+pytestmark = [pytest.mark.qemu, pytest.mark.timeout(300)]
+
+
+def sh(script: str) -> ShellCommand:
+    return ShellCommand(script=script)
+
+
+def make_provider(hal_home: Path, config: QemuConfig | None = None) -> QemuProvider:
+    state = hal_home / "sandboxes" / "qemu"
+    state.mkdir(parents=True, exist_ok=True)
+    return QemuProvider(state_dir=state, config=config)
+
+
+@pytest.fixture
+def provider(hal_home: Path) -> QemuProvider:
+    return make_provider(hal_home)
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    path = tmp_path / "workspace"
+    path.mkdir()
+    (path / "README").write_text("hello\n")
+    return path
+
+
+@pytest.fixture
+async def box(provider: QemuProvider, workspace: Path) -> AsyncIterator[QemuSandbox]:
+    sandbox = await provider.create(SandboxSpec(provider="qemu", workspace=workspace))
+    try:
+        yield sandbox
+    finally:
+        await provider.destroy(sandbox.id)
+
+
+def vms_of(provider: QemuProvider) -> dict[str, int]:
+    """Running QEMUs whose command line is under this provider's state dir."""
+    mine = f"{provider.state_dir}/".encode()
+    found = {}
+    for vm_id, pid in qemuvm.find_vms().items():
+        try:
+            if mine in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found[vm_id] = pid
+        except OSError:
+            continue
+    return found
+
+
+def assert_nothing_left(provider: QemuProvider, sandbox_id: str) -> None:
+    assert sandbox_id not in qemuvm.find_vms(), "the VM outlived its sandbox"
+    assert not qemuvm.RunDir(sandbox_id).path.exists(), "its sockets outlived it"
+    assert not (provider.state_dir / sandbox_id).exists(), "its overlay outlived it"
+
+
+async def test_a_sandbox_is_an_overlay_restored_from_the_saved_state(
+    provider: QemuProvider, workspace: Path
+) -> None:
+    sandbox = await provider.create(SandboxSpec(provider="qemu", workspace=workspace))
+    disk = provider.state_dir / sandbox.id / "disk.qcow2"
+    info = json.loads(
+        subprocess.check_output(["qemu-img", "info", "-U", "--output=json", str(disk)], text=True)
+    )
+    image = provider.images.get("default")
+    assert Path(info["backing-filename"]).is_relative_to(image.dir / "states")
+    assert disk.stat().st_blocks * 512 < 32 << 20, "create must not copy the image"
+    vm = provider.vm_record(sandbox.id)
+    assert vm is not None and vm.started == "restore" and vm.start_s > 0
+    kernel = await sandbox.exec(ArgvCommand(argv=("uname", "-r")))
+    assert kernel.text().strip() == image.meta.kernel
+    where = await sandbox.exec(sh("pwd; cat README; id -un"))
+    assert where.text().split() == ["/workspace", "hello", "root"]
+    await provider.destroy(sandbox.id)
+    assert_nothing_left(provider, sandbox.id)
+
+
+async def test_resources_set_the_vm_shape_and_the_pid_limit(
+    provider: QemuProvider, workspace: Path
+) -> None:
+    spec = SandboxSpec(
+        provider="qemu",
+        workspace=workspace,
+        resources=Resources(cpus=2, memory_mb=512, pids=40),
+    )
+    async with await provider.create(spec) as sandbox:
+        out = await sandbox.exec(
+            sh("nproc; grep MemTotal /proc/meminfo; cat /sys/fs/cgroup/hal/pids.max")
+        )
+        cpus, _, mem_kb, _, pids = out.text().split()
+        assert cpus == "2"
+        assert 400_000 < int(mem_kb) <= 512 * 1024
+        assert pids == "40"
+        bomb = await sandbox.exec(sh("for i in $(seq 80); do sleep 5 & done; wait"))
+        assert bomb.exit_code != 0 and b"fork" in bomb.stderr.lower() + bomb.stdout.lower()
+
+
+@pytest.fixture
+def loopback_server() -> Iterator[int]:
+    """A TCP server on the host's 127.0.0.1 that greets with ``hello``."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.sendall(b"hello")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join()
+    server.close()
+
+
+# QEMU's user-mode network maps the guest's gateway 10.0.2.2 to the host's loopback; the
+# packets never leave the QEMU process.
+REACH = "timeout 10 bash -c 'exec 3<>/dev/tcp/10.0.2.2/{port}; head -c 5 <&3'"
+
+
+async def test_network_is_off_by_default_and_user_mode_when_asked(
+    provider: QemuProvider, workspace: Path, loopback_server: int
+) -> None:
+    script = REACH.format(port=loopback_server)
+    async with await provider.create(SandboxSpec(provider="qemu", workspace=workspace)) as box:
+        closed = await box.exec(sh(script))
+        assert closed.exit_code != 0 and closed.text() == ""
+    spec = SandboxSpec(provider="qemu", workspace=workspace, network="host")
+    async with await provider.create(spec) as box:
+        opened = await box.exec(sh(script))
+        assert opened.exit_code == 0, opened.stderr
+        assert opened.text() == "hello"
+
+
+def tcp_listeners(pid: int) -> list[str]:
+    """TCP sockets in LISTEN state that process ``pid`` holds."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(fd) if fd.is_symlink() else ""
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    listening = []
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                listening.append(fields[1])
+    return listening
+
+
+async def test_many_vms_run_at_once_and_open_no_tcp_port(
+    provider: QemuProvider, workspace: Path
+) -> None:
+    spec = SandboxSpec(provider="qemu", workspace=workspace)
+    boxes = await asyncio.gather(*(provider.create(spec) for _ in range(4)))
+    try:
+        assert len({b.id for b in boxes}) == 4
+        pids = vms_of(provider)
+        assert set(pids) == {b.id for b in boxes}
+        for pid in pids.values():
+            assert tcp_listeners(pid) == []
+        outs = await asyncio.gather(
+            *(b.exec(sh(f"echo {b.id} > /var/tmp/me; cat /var/tmp/me")) for b in boxes)
+        )
+        assert [o.text().strip() for o in outs] == [b.id for b in boxes]
+    finally:
+        await asyncio.gather(*(provider.destroy(b.id) for b in boxes))
+    for b in boxes:
+        assert_nothing_left(provider, b.id)
+
+
+async def test_stop_ends_the_vm_and_keeps_its_files_start_boots_a_new_one(
+    provider: QemuProvider, box: QemuSandbox, workspace: Path
+) -> None:
+    await box.exec(sh("echo on-disk > /var/tmp/kept; echo shared > /workspace/kept"))
+    first = provider.vm_record(box.id)
+    assert first is not None
+    await provider.stop(box.id)
+    assert box.id not in qemuvm.find_vms()
+    assert (workspace / "kept").read_text() == "shared\n"
+    again = await provider.start(box.id)
+    vm = provider.vm_record(box.id)
+    assert vm is not None and vm.started == "cold" and vm.pid != first.pid
+    out = await again.exec(sh("cat /var/tmp/kept /workspace/kept"))
+    assert out.text().split() == ["on-disk", "shared"]
+
+
+async def test_a_vm_that_does_not_boot_in_time_is_killed_and_its_console_reported(
+    hal_home: Path, workspace: Path
+) -> None:
+    slow = make_provider(hal_home, QemuConfig(boot="cold", boot_timeout_s=1.0))
+    with pytest.raises(ProviderError, match="did not boot in time; console: "):
+        await slow.create(SandboxSpec(provider="qemu", workspace=workspace))
+    assert vms_of(slow) == {}
+    assert [p for p in slow.state_dir.iterdir()] == []
+
+
+async def test_reconcile_finishes_cut_short_destroys_and_kills_orphan_vms(
+    hal_home: Path, workspace: Path
+) -> None:
+    first = make_provider(hal_home)
+    spec = SandboxSpec(provider="qemu", workspace=workspace)
+    orphan = await first.create(spec)
+    kept = await first.create(spec)
+    # A crash in the middle of destroy: the record says destroyed, the VM still runs.
+    record = first.store.load(orphan.id)
+    first.store.save(record.model_copy(update={"state": "destroyed"}))
+    assert orphan.id in vms_of(first)
+
+    second = make_provider(hal_home)  # a new hal process
+    infos = await second.list()
+    assert [i.id for i in infos] == [kept.id]
+    assert orphan.id not in qemuvm.find_vms()
+    assert_nothing_left(second, orphan.id)
+    out = await (await second.get(kept.id)).exec(sh("echo alive"))
+    assert out.text() == "alive\n"
+    await second.destroy(kept.id)
+
+
+async def test_snapshot_saves_a_layer_and_fork_starts_copies_from_it(
+    provider: QemuProvider, box: QemuSandbox, workspace: Path
+) -> None:
+    await box.exec(sh("echo before > /var/tmp/marker"))
+    name = f"test-snap-{box.id}"
+    try:
+        assert await provider.snapshot(box.id, name) == name
+        image = provider.images.get(name)
+        assert image.meta.kind == "snapshot" and image.meta.parent == "default"
+        assert image.states(), "a snapshot carries its VM state"
+        # The sandbox goes on from its snapshot.
+        out = await box.exec(sh("cat /var/tmp/marker; cat /workspace/README"))
+        assert out.text().split() == ["before", "hello"]
+
+        forks = await provider.fork(name, 2, SandboxSpec(provider="qemu", workspace=workspace))
+        try:
+            for fork in forks:
+                vm = provider.vm_record(fork.id)
+                assert vm is not None and vm.started == "restore" and vm.image == name
+            await forks[0].exec(sh("echo changed > /var/tmp/marker"))
+            seen = [(await f.exec(sh("cat /var/tmp/marker"))).text() for f in forks]
+            assert seen == ["changed\n", "before\n"], "forks share no disk state"
+            assert (await box.exec(sh("cat /var/tmp/marker"))).text() == "before\n"
+        finally:
+            for fork in forks:
+                await provider.destroy(fork.id)
+    finally:
+        await provider.destroy(box.id)
+        if provider.images.path(name).exists():
+            provider.images.remove(name)
