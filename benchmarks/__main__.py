@@ -56,8 +56,13 @@ def write_docs(text: str) -> None:
 
 
 async def main(args: argparse.Namespace) -> list[Result]:
-    """Run every case in turn."""
+    """Run every case in turn (only the qemu ones with ``--qemu``)."""
     results: list[Result] = []
+    if args.qemu:
+        from benchmarks.qemu import qemu_cases
+
+        print("qemu (cold boots take a while under TCG) ...", file=sys.stderr)
+        return await qemu_cases(3 if args.quick else 7, 1 if args.quick else 3)
     runs = 10 if args.quick else 30
     print("sandboxes ...", file=sys.stderr)
     results += await sandbox_cases(runs)
@@ -77,9 +82,19 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="Fewer runs and tasks.")
     parser.add_argument("--tasks", type=int, default=1000, help="Tasks for the throughput run.")
     parser.add_argument("--write-docs", action="store_true", help="Record in docs/benchmarks.md.")
+    parser.add_argument(
+        "--qemu", action="store_true", help="The qemu microVM cases (needs an image)."
+    )
     args = parser.parse_args()
     if shutil.which("bwrap") is None or shutil.which("tmux") is None:
         sys.exit("the benchmarks need bubblewrap and tmux (bash scripts/test.sh installs them)")
+    if args.qemu:
+        from benchmarks.qemu import qemu_ready
+
+        problem = qemu_ready()
+        if problem:
+            sys.exit(f"the qemu benchmarks need an image: {problem}")
+        BEGIN, END = "<!-- qemu-benchmarks:begin -->", "<!-- qemu-benchmarks:end -->"
     results = asyncio.run(main(args))
     stamp = time.strftime("%Y-%m-%d")
     text = f"Measured {stamp} on {machine()}{' (--quick)' if args.quick else ''}.\n\n"

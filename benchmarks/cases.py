@@ -13,11 +13,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hal9999.events.log import EventLog
 from hal9999.events.models import Output
 from hal9999.pool import ProviderSettings, SlotDir, WarmPool
+from hal9999.providers.base import Provider
 from hal9999.providers.bwrap import BwrapProvider
 from hal9999.server.client import DaemonClient
 from hal9999.spec import ArgvCommand, Bind, SandboxSpec
@@ -83,7 +84,9 @@ async def sandbox_cases(runs: int) -> list[Result]:
     provider = BwrapProvider(state_dir=root / "state")
     settings = ProviderSettings(max_size=4)
     pool = WarmPool(
-        providers=lambda n: provider, settings=lambda n: settings, slots=SlotDir(root / "slots")
+        providers=lambda n: cast(Provider, provider),
+        settings=lambda n: settings,
+        slots=SlotDir(root / "slots"),
     )
     await bare_bwrap()  # page cache
     bare = await timed(bare_bwrap, runs)

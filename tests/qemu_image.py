@@ -9,10 +9,11 @@ once, before the first test (from ``pytest_collection_finish``), and exports
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
+import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -51,7 +52,6 @@ def prepare() -> None:
 
 def _prepare() -> str | None:
     from hal9999.errors import HalError
-    from hal9999.images.build import build_image
     from hal9999.images.store import ImageStore
 
     if shutil.which("qemu-system-x86_64") is None or shutil.which("qemu-img") is None:
@@ -72,14 +72,22 @@ def _prepare() -> str | None:
             if old.name != store.root.name:
                 shutil.rmtree(old, ignore_errors=True)
     started = time.monotonic()
+    # Built by the real command line, as a user would: `hal image build`.
+    env = {**os.environ, "HAL_QEMU_IMAGES": str(store.root), "HAL_NO_DAEMON": "1"}
+    env["HAL_HOME"] = str(store.root / ".hal-home")
+    build = subprocess.run(
+        [sys.executable, "-m", "hal9999", "image", "build", "--name", IMAGE, "--json"],
+        env=env, stdout=subprocess.PIPE, stderr=None, text=True, check=False,
+    )  # fmt: skip
+    if build.returncode != 0:
+        return f"cannot build the qemu test image: hal image build exited {build.returncode}"
+    built = json.loads(build.stdout)
+    if built["name"] != IMAGE or not built["states"]:
+        return f"hal image build made no usable image: {built}"
 
     def progress(line: str) -> None:
         print(f"qemu test image: {line}", file=sys.stderr, flush=True)
 
-    try:
-        asyncio.run(build_image(store, IMAGE, progress=progress))
-    except HalError as exc:
-        return f"cannot build the qemu test image: {exc.one_line()}"
     progress(f"ready in {time.monotonic() - started:.0f}s")
     return None
 

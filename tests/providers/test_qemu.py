@@ -77,6 +77,14 @@ async def test_a_sandbox_is_an_overlay_restored_from_the_saved_state(
     provider: QemuProvider, workspace: Path
 ) -> None:
     sandbox = await provider.create(SandboxSpec(provider="qemu", workspace=workspace))
+    try:
+        await _check_overlay_and_restore(provider, sandbox)
+    finally:
+        await provider.destroy(sandbox.id)
+    assert_nothing_left(provider, sandbox.id)
+
+
+async def _check_overlay_and_restore(provider: QemuProvider, sandbox: QemuSandbox) -> None:
     disk = provider.state_dir / sandbox.id / "disk.qcow2"
     info = json.loads(
         subprocess.check_output(["qemu-img", "info", "-U", "--output=json", str(disk)], text=True)
@@ -90,8 +98,6 @@ async def test_a_sandbox_is_an_overlay_restored_from_the_saved_state(
     assert kernel.text().strip() == image.meta.kernel
     where = await sandbox.exec(sh("pwd; cat README; id -un"))
     assert where.text().split() == ["/workspace", "hello", "root"]
-    await provider.destroy(sandbox.id)
-    assert_nothing_left(provider, sandbox.id)
 
 
 async def test_resources_set_the_vm_shape_and_the_pid_limit(
@@ -272,3 +278,38 @@ async def test_snapshot_saves_a_layer_and_fork_starts_copies_from_it(
         await provider.destroy(box.id)
         if provider.images.path(name).exists():
             provider.images.remove(name)
+
+
+async def test_a_warm_vm_is_handed_the_next_tasks_workspace(
+    provider: QemuProvider, tmp_path: Path
+) -> None:
+    from hal9999.pool import ProviderSettings, SlotDir, WarmPool
+
+    pool = WarmPool(
+        providers=lambda name: provider,
+        settings=lambda name: ProviderSettings(max_size=2),
+        slots=SlotDir(tmp_path / "slots"),
+    )
+    tasks = []
+    for name in ("one", "two"):
+        ws = tmp_path / name
+        ws.mkdir()
+        (ws / "task.txt").write_text(f"{name}\n")
+        tasks.append(SandboxSpec(provider="qemu", workspace=ws, labels={"hal.task": name}))
+    assert await pool.warm(tasks[0], 2) == 2
+    leases = [await pool.claim(spec, task_id=spec.labels["hal.task"]) for spec in tasks]
+    try:
+        assert all(lease.warm for lease in leases), "both came from the pool, already running"
+        for lease, name in zip(leases, ("one", "two"), strict=True):
+            out = await lease.sandbox.exec(sh("cat task.txt; echo out > result.txt; ls"))
+            assert out.text().split() == [name, "result.txt", "task.txt"]
+            assert (tmp_path / name / "result.txt").read_text() == "out\n"
+            assert await lease.sandbox.read_file("task.txt") == f"{name}\n".encode()
+    finally:
+        for lease in leases:
+            await pool.release(lease)
+    # The VMs are gone, and destroying them removed nothing of the workspaces.
+    assert vms_of(provider) == {}
+    for name in ("one", "two"):
+        assert sorted(p.name for p in (tmp_path / name).iterdir()) == ["result.txt", "task.txt"]
+    assert [p for p in provider.state_dir.iterdir()] == []

@@ -106,8 +106,10 @@ class WarmPool:
     def poolable(self, provider: Provider) -> bool:
         """Whether the provider's sandboxes can be handed from one task to the next: it
         attaches workspaces itself, or resolves its mounts on the host per command."""
+        if isinstance(provider, WorkspaceAttach):
+            return provider.attaches_workspaces()
         caps = provider.capabilities
-        return isinstance(provider, WorkspaceAttach) or caps.host_launch or caps.isolation == "fake"
+        return caps.host_launch or caps.isolation == "fake"
 
     def _record(self, entry: Entry, **changes: Any) -> None:
         for name, value in changes.items():
@@ -184,10 +186,10 @@ class WarmPool:
     async def _hand_over(self, entry: Entry, spec: SandboxSpec) -> Sandbox:
         assert entry.id is not None
         provider = self.providers(entry.provider)
+        if entry.slot is not None:
+            entry.slot.point(spec)  # host-side paths of the sandbox go through the links
         if isinstance(provider, WorkspaceAttach):
             await provider.attach_workspace(entry.id, spec)
-        elif entry.slot is not None:
-            entry.slot.point(spec)
         sandbox = await provider.get(entry.id)
         self._record(entry, last_used_at=time.time())
         return sandbox

@@ -10,7 +10,8 @@ while the sandbox is idle. Handing the sandbox to a task re-points the links ato
 the task's session directories. This works for every provider that resolves its mounts when
 a command starts (``bwrap`` binds, ``local`` and ``fake`` paths), which is what
 ``host_launch`` providers do; a provider that cannot (a VM mounting its share at boot)
-implements :class:`WorkspaceAttach` instead, or is not pooled.
+implements :class:`WorkspaceAttach` instead (``qemu``: host bind mounts, see
+:mod:`hal9999.providers.qemumount`), or is not pooled.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ class WorkspaceAttach(Protocol):
 
     async def attach_workspace(self, sandbox_id: str, spec: SandboxSpec) -> None:
         """Make ``spec``'s workspace and binds (same targets as before) the sandbox's."""
+        ...
+
+    def attaches_workspaces(self) -> bool:
+        """Whether attaching works here (else the provider's sandboxes are not pooled)."""
         ...
 
 

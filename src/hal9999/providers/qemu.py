@@ -15,6 +15,7 @@ import builtins
 import contextlib
 import math
 import os
+import shlex
 import shutil
 import time
 from collections.abc import Mapping
@@ -25,7 +26,7 @@ from pydantic import BaseModel, ConfigDict
 
 from hal9999.errors import ConfigError, ProviderError, SandboxNotFound
 from hal9999.images.store import Image, ImageStore, images_root
-from hal9999.providers import hostfs, qemussh, qemuvm
+from hal9999.providers import hostfs, qemumount, qemussh, qemuvm
 from hal9999.providers.base import Capabilities, Command, Launch, SandboxInfo
 from hal9999.providers.hostsandbox import HostProvider, HostSandbox, SandboxRecord, check_spec
 from hal9999.providers.qemustate import (
@@ -166,6 +167,55 @@ class QemuProvider(HostProvider):
             raise ConfigError(f"a qemu sandbox takes at most {qemuvm.SHARES} shared directories")
         return sorted(found, key=lambda item: item[1].count("/"))
 
+    def indirect(self, spec: SandboxSpec) -> bool:
+        """Whether the sandbox's shares go through host bind mounts, so a warm VM can be
+        handed the next task's directories (pooled sandboxes, when hal may mount)."""
+        from hal9999.pool.slots import SLOT_LABEL
+
+        return SLOT_LABEL in spec.labels and qemumount.can_mount()
+
+    def exports(
+        self, record: SandboxRecord
+    ) -> tuple[builtins.list[tuple[Share, str]], builtins.list[tuple[str, str]]]:
+        """What the VM exports (share, where the guest mounts it) and the binds the guest
+        then makes (from, to). A pooled sandbox exports ``mnt/<i>`` and the host binds each
+        source on ``mnt/<i>/d`` (see :mod:`qemumount`); others export their sources."""
+        shares = self.shares(record.spec)
+        if not self.indirect(record.spec):
+            return shares, []
+        exported, guest_binds = [], []
+        for index, (share, target) in enumerate(shares):
+            point = self.store.dir(record.id) / "mnt" / str(index)
+            self.mount_source(point, share)
+            exported.append((Share(point, share.read_only), f"/run/hal/9p/{index}"))
+            guest_binds.append((f"/run/hal/9p/{index}/d", target))
+        return exported, guest_binds
+
+    @staticmethod
+    def mount_source(point: Path, share: Share) -> None:
+        """(Re)bind ``share``'s source (links resolved) on ``point/d``."""
+        (point / "d").mkdir(parents=True, exist_ok=True)
+        qemumount.unmount(point / "d")
+        source = Path(os.path.realpath(share.path))
+        if not source.is_dir():
+            raise ConfigError(f"shared directory {share.path} does not exist")
+        qemumount.bind(source, point / "d", read_only=share.read_only)
+
+    async def attach_workspace(self, sandbox_id: str, spec: SandboxSpec) -> None:
+        """Give a running pooled sandbox ``spec``'s workspace and binds (pool hand-over)."""
+        record = self.store.load(sandbox_id)
+        if not self.indirect(record.spec):
+            raise ProviderError(f"sandbox {sandbox_id} was not made for hand-over")
+        new = self.shares(spec)
+        if [t for _, t in new] != [t for _, t in self.shares(record.spec)]:
+            raise ConfigError("a hand-over must keep the sandbox's mount targets")
+        for index, (share, _) in enumerate(new):
+            self.mount_source(self.store.dir(sandbox_id) / "mnt" / str(index), share)
+
+    def attaches_workspaces(self) -> bool:
+        """Whether :meth:`attach_workspace` works here (it needs bind mounts: root)."""
+        return qemumount.can_mount()
+
     # -- records ------------------------------------------------------------------------
     def vm_record(self, sandbox_id: str) -> VmRecord | None:
         """The sandbox's VM record, if it has one."""
@@ -222,7 +272,7 @@ class QemuProvider(HostProvider):
         self, record: SandboxRecord, image: Image, shape: Shape, disk: Path, incoming: Path | None
     ) -> None:
         """Start the VM, connect its channel, mount the shares."""
-        shares = self.shares(record.spec)
+        shares, guest_binds = self.exports(record)
         plan = VmPlan(record.id, image, shape, disk, self.store.dir(record.id),
                       [s for s, _ in shares], incoming)  # fmt: skip
         started = time.monotonic()
@@ -239,7 +289,15 @@ class QemuProvider(HostProvider):
             args = [SETUP, str(int(time.time())), str(record.spec.resources.pids or "max")]
             for index, (share, target) in enumerate(shares):
                 args += [qemuvm.SHARE_TAG.format(index), target, "ro" if share.read_only else "rw"]
-            await qemussh.run_root(run, args, stdin=os.urandom(64), time_limit=60)
+            # Fresh host entropy first: guests restored from one saved state share its RNG.
+            seeded = ["sh", "-c", 'head -c 64 > /dev/urandom && exec "$0" "$@"', *args]
+            await qemussh.run_root(run, seeded, stdin=os.urandom(64), time_limit=60)
+            if guest_binds:
+                script = "set -e; " + "; ".join(
+                    f"mkdir -p {shlex.quote(t)}; mount --bind {shlex.quote(s)} {shlex.quote(t)}"
+                    for s, t in guest_binds
+                )
+                await qemussh.run_root(run, ["sh", "-c", script], time_limit=60)
         except BaseException:
             await qemuvm.kill(pid, record.id)
             raise
@@ -256,6 +314,14 @@ class QemuProvider(HostProvider):
                     await qemussh.run_root(run, ["sync"], time_limit=10)
             await qemuvm.kill(vm.pid, record.id)
         await asyncio.to_thread(shutil.rmtree, run.path, True)
+        qemumount.unmount_all(self.store.dir(record.id) / "mnt")
+
+    async def destroy(self, sandbox_id: str) -> None:
+        """Stop and remove the sandbox; never anything mounted into it. Idempotent."""
+        # First, so the directory is deleted only with nothing mounted in it (raises if
+        # something stays); _kill unmounts again after the VM is gone.
+        qemumount.unmount_all(self.store.dir(sandbox_id))
+        await super().destroy(sandbox_id)
 
     async def get(self, sandbox_id: str) -> QemuSandbox:
         """A handle on an existing sandbox; :class:`SandboxNotFound` when gone."""
@@ -307,6 +373,7 @@ class QemuProvider(HostProvider):
         for child in self.state_dir.iterdir() if self.state_dir.is_dir() else []:
             if child.is_dir() and not (child / "sandbox.json").exists():
                 if time.time() - child.stat().st_mtime > 60:  # not one being created now
+                    qemumount.unmount_all(child)
                     await asyncio.to_thread(shutil.rmtree, child, True)
                     removed.append(f"dir {child.name}")
         for run in qemuvm.run_root().iterdir():
