@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import logging
 import math
 import os
 import shlex
@@ -41,6 +42,7 @@ from hal9999.providers.qemustate import (
 from hal9999.providers.qemuvm import RunDir, Shape, Share
 from hal9999.spec import ArgvCommand, SandboxSpec, to_argv
 
+logger = logging.getLogger(__name__)
 WORKDIR = "/workspace"
 HOME = "/home/hal"
 VM_RECORD = "vm.json"
@@ -256,17 +258,29 @@ class QemuProvider(HostProvider):
         vm = self.vm_record(record.id)
         image = self.images.get(vm.image) if vm else self.image(record.spec)
         shape = await self.shape(record.spec, image)
-        incoming = None
-        if not disk.exists():
-            layer = image.disk
-            if self.config.boot == "restore":
-                await ensure_state(image, shape)
-                layer = image.state_dir(shape.key) / "disk.qcow2"
-                incoming = image.state_dir(shape.key) / "vm.state"
-            await overlay(layer, disk)
+        fresh = not disk.exists()
         # else: a stopped sandbox's disk holds its files; only a boot is consistent with it.
-        await self.boot(record, image, shape, disk, incoming)
-        return record
+        for attempt in (1, 2):
+            incoming = None
+            if fresh:
+                disk.unlink(missing_ok=True)  # a failed first attempt may have written to it
+                layer = image.disk
+                if self.config.boot == "restore":
+                    await ensure_state(image, shape)
+                    layer = image.state_dir(shape.key) / "disk.qcow2"
+                    incoming = image.state_dir(shape.key) / "vm.state"
+                await overlay(layer, disk)
+            try:
+                await self.boot(record, image, shape, disk, incoming)
+            except ProviderError as exc:
+                # A guest that started but whose first commands hung: one more start.
+                if attempt == 2 or not exc.details.get("retry"):
+                    raise
+                logger.warning("sandbox %s: VM start failed, starting it again: %s",
+                               record.id, exc.one_line())  # fmt: skip
+                continue
+            return record
+        raise AssertionError("unreachable")
 
     async def boot(
         self, record: SandboxRecord, image: Image, shape: Shape, disk: Path, incoming: Path | None
@@ -298,6 +312,11 @@ class QemuProvider(HostProvider):
                     for s, t in guest_binds
                 )
                 await qemussh.run_root(run, ["sh", "-c", script], time_limit=60)
+        except ProviderError as exc:
+            await qemuvm.kill(pid, record.id)
+            raise ProviderError(
+                f"{exc.message}; console: {qemuvm.tail(plan.console)}", hint=exc.hint, retry=True
+            ) from exc
         except BaseException:
             await qemuvm.kill(pid, record.id)
             raise
