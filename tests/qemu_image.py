@@ -61,6 +61,10 @@ def _prepare() -> str | None:
     try:
         image = store.get(IMAGE)
         if image.states():
+            # Snapshots that an interrupted run left layered on it are not this run's.
+            for other in store.all():
+                if other.name != IMAGE:
+                    shutil.rmtree(other.dir, ignore_errors=True)
             return None
         store.remove(IMAGE)
     except HalError:

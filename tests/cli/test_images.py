@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 from tests.cli.conftest import Hal
@@ -66,7 +67,10 @@ def test_fork_snapshot_and_rm_guards(qemu_env: dict[str, str], hal: Hal) -> None
         assert images(hal)[snap]["parent"] == "default"
 
         base = hal("image", "rm", "default")
-        assert base.returncode != 0 and f"is the base of {snap}" in base.stderr
+        assert base.returncode != 0, base.stdout
+        bases = re.search(r"image 'default' is the base of (.+) \(remove those first", base.stderr)
+        assert bases is not None, base.stderr
+        assert snap in bases.group(1).split(", ")
         in_use = hal("image", "rm", snap)
         assert in_use.returncode != 0 and f"used by sandbox(es) {sandbox_id}" in in_use.stderr
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from hal9999.errors import ProviderError
-from hal9999.providers import qemuvm
+from hal9999.providers import qemussh, qemuvm
 from hal9999.providers.qemu import QemuConfig, QemuProvider, QemuSandbox
 from hal9999.spec import ArgvCommand, Resources, SandboxSpec, ShellCommand
 
@@ -224,6 +224,29 @@ async def test_a_vm_that_does_not_boot_in_time_is_killed_and_its_console_reporte
         await slow.create(SandboxSpec(provider="qemu", workspace=workspace))
     assert vms_of(slow) == {}
     assert [p for p in slow.state_dir.iterdir()] == []
+
+
+async def test_a_vm_whose_first_commands_hang_is_started_again(
+    provider: QemuProvider, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = qemussh.run_root
+    hangs: list[str] = []
+
+    async def hang_once(run: qemuvm.RunDir, argv: list[str], **kwargs: object) -> str:
+        if not hangs:
+            hangs.append(run.path.name)
+            raise ProviderError("sh in the VM timed out")
+        return await real(run, argv, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(qemussh, "run_root", hang_once)
+    sandbox = await provider.create(SandboxSpec(provider="qemu", workspace=workspace))
+    try:
+        assert hangs == [sandbox.id]
+        assert (await sandbox.exec(sh("cat /workspace/README"))).text() == "hello\n"
+        assert list(vms_of(provider)) == [sandbox.id]
+    finally:
+        await provider.destroy(sandbox.id)
+    assert_nothing_left(provider, sandbox.id)
 
 
 async def test_reconcile_finishes_cut_short_destroys_and_kills_orphan_vms(

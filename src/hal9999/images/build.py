@@ -138,7 +138,7 @@ class Builder:
 
     async def kernel(self) -> Path:
         """vmlinuz and the guest's modules, from Debian's kernel package (cached by version)."""
-        depends = (await self.run(["apt-cache", "depends", "linux-image-amd64"], what="apt-cache"))
+        depends = await self.run(["apt-cache", "depends", "linux-image-amd64"], what="apt-cache")
         found = re.search(rb"Depends: (linux-image-[0-9][^\s]*)", depends)
         if found is None:
             raise ProviderError(
@@ -366,7 +366,7 @@ def _module_order(modules_dir: Path, wanted: Sequence[str]) -> list[tuple[str, P
         if path is None:
             return  # built into the kernel
         deps = re.search(rb"depends=([^\0]*)\0", path.read_bytes())
-        for dep in (deps.group(1).decode().split(",") if deps else []):
+        for dep in deps.group(1).decode().split(",") if deps else []:
             if dep:
                 visit(dep)
         order.append((name, path))

@@ -176,15 +176,36 @@ async def spawn(args: list[str], log: Path) -> int:
         raise ProviderError(f"cannot start QEMU: {tail(log)}") from None
 
 
-def alive(pid: int | None, vm_id: str) -> bool:
-    """Whether ``pid`` is still the QEMU of ``vm_id`` (not a recycled pid)."""
-    if pid is None:
-        return False
+PF_KTHREAD = 0x00200000
+
+
+def _named(pid: int, vm_id: str) -> bool:
+    """Whether ``pid``'s command line names ``vm_id``."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
     return f"hal-{vm_id}".encode() in cmdline.split(b"\0")
+
+
+def alive(pid: int | None, vm_id: str) -> bool:
+    """Whether ``pid`` is still the QEMU of ``vm_id`` (not a recycled pid).
+
+    A process reads an empty command line for a moment in the middle of its ``execve`` and
+    from when it starts exiting until it is a zombie: both count as alive (the first is QEMU
+    starting, the second still holds its files and locks), unless it is a kernel thread.
+    """
+    if pid is None:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if cmdline:
+            return f"hal-{vm_id}".encode() in cmdline.split(b"\0")
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    state, flags = fields[0], int(fields[6])
+    return state not in ("Z", "X", "x") and not flags & PF_KTHREAD
 
 
 def find_vms() -> dict[str, int]:
@@ -207,13 +228,12 @@ def find_vms() -> dict[str, int]:
 
 async def kill(pid: int | None, vm_id: str) -> None:
     """SIGKILL the VM's QEMU and wait until it is gone."""
-    if not alive(pid, vm_id):
-        return
-    assert pid is not None
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
     while alive(pid, vm_id):
+        assert pid is not None
+        if _named(pid, vm_id):  # never a signal to a pid not proven to be this VM's
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         if time.monotonic() > deadline:
             raise ProviderError(f"QEMU {pid} of VM {vm_id} survived SIGKILL")
         await asyncio.sleep(0.01)
