@@ -5,7 +5,8 @@ Stages (cached ones are shared by every image and reused when re-run):
 1. rootfs (cached): ``debootstrap --variant=minbase`` with git, tmux, bash, sshd, tini.
 2. kernel (cached): the package ``linux-image-amd64`` points at, unpacked with
    ``dpkg-deb``; only ``vmlinuz`` and the modules the guest needs are kept.
-3. hal-exec (cached): the guest's exec helper, compiled static from ``guest/hal-exec.c``.
+3. helpers (cached): the guest's exec and start-up helpers, compiled static from
+   ``guest/hal-exec.c`` and ``guest/hal-setup.c``.
 4. initramfs: busybox, those modules and a tiny init that mounts the root disk.
 5. disk: a copy of the rootfs with an ``agent`` user (uid 1000), the guest init, a fresh
    sshd host key and client key for this image, made into an ext4 qcow2.
@@ -41,7 +42,9 @@ MODULES = (
 """Guest kernel modules, loaded by the initramfs (dependencies are found and loaded first)."""
 DISK_SIZE = 4 << 30
 """Size of the root filesystem; the qcow2 holds only what is written."""
-GUEST_FILES = {"init": "lib/hal/init", "setup": "lib/hal/setup", "quiesce": "lib/hal/quiesce"}
+GUEST_FILES = {"init": "lib/hal/init", "quiesce": "lib/hal/quiesce"}
+HELPERS = {"hal-exec": "bin/hal-exec", "hal-setup": "lib/hal/setup"}
+"""Static C programs of the guest side: source ``guest/<name>.c``, path under /usr/local."""
 
 Progress = Callable[[str], None]
 
@@ -173,23 +176,25 @@ class Builder:
         work.rename(done)
         return done
 
-    async def hal_exec(self) -> Path:
-        """The static ``hal-exec`` binary (cached by source)."""
-        source = guest_file("hal-exec.c")
-        done = self.store.cache / f"hal-exec-{_digest(source.decode())}"
-        if done.exists():
-            return done
-        if shutil.which("gcc") is None:
-            raise ProviderUnavailable("gcc is not installed", hint=_INSTALL["gcc"])
-        self.progress("hal-exec: compiling the guest exec helper")
-        src = done.with_suffix(".c")
-        src.write_bytes(source)
-        tmp = done.with_suffix(".tmp")
-        await self.run(
-            ["gcc", "-O2", "-static", "-Wall", "-o", str(tmp), str(src)], what="gcc hal-exec"
-        )
-        tmp.rename(done)
-        return done
+    async def helpers(self) -> dict[str, Path]:
+        """The static guest helpers (:data:`HELPERS`), each cached by its source."""
+        built = {}
+        for name in HELPERS:
+            source = guest_file(f"{name}.c")
+            done = self.store.cache / f"{name}-{_digest(source.decode())}"
+            built[name] = done
+            if done.exists():
+                continue
+            if shutil.which("gcc") is None:
+                raise ProviderUnavailable("gcc is not installed", hint=_INSTALL["gcc"])
+            self.progress(f"{name}: compiling a guest helper")
+            src = done.with_suffix(".c")
+            src.write_bytes(source)
+            tmp = done.with_suffix(".tmp")
+            argv = ["gcc", "-O2", "-static", "-Wall", "-Werror", "-o", str(tmp), str(src)]
+            await self.run(argv, what=f"gcc {name}")
+            tmp.rename(done)
+        return built
 
     # -- per image ----------------------------------------------------------------------
     def initramfs(self, kernel: Path, target: Path) -> None:
@@ -208,7 +213,7 @@ class Builder:
             cpio.add(f"lib/modules/{name}.ko", stat.S_IFREG | 0o644, data)
         target.write_bytes(gzip.compress(cpio.finish(), compresslevel=6))
 
-    async def disk(self, rootfs: Path, hal_exec: Path, image_dir: Path) -> None:
+    async def disk(self, rootfs: Path, helpers: dict[str, Path], image_dir: Path) -> None:
         """The image's root disk: the rootfs plus hal's guest side and fresh keys."""
         work = image_dir / "root"
         self.progress("disk: customizing the rootfs (agent user, exec channel, keys)")
@@ -225,8 +230,11 @@ class Builder:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(guest_file(name))
             path.chmod(0o755)
-        shutil.copy(hal_exec, work / "usr/local/bin/hal-exec")
-        (work / "usr/local/bin/hal-exec").chmod(0o755)
+        for name, built in helpers.items():
+            path = work / "usr/local" / HELPERS[name]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(built, path)
+            path.chmod(0o755)
         for directory, mode in (("home/hal", 0o755), ("workspace", 0o755), ("hal", 0o755)):
             (work / directory).mkdir(parents=True, exist_ok=True)
             (work / directory).chmod(mode)
@@ -295,11 +303,11 @@ async def build_image(
     try:
         rootfs = await builder.rootfs(suite, mirror or default_mirror(), packages)
         kernel = await builder.kernel()
-        hal_exec = await builder.hal_exec()
+        helpers = await builder.helpers()
         progress("initramfs: busybox and modules")
         await asyncio.to_thread(builder.initramfs, kernel, image_dir / "initrd.img")
         shutil.copy(kernel / "vmlinuz", image_dir / "vmlinuz")
-        await builder.disk(rootfs, hal_exec, image_dir)
+        await builder.disk(rootfs, helpers, image_dir)
         meta = ImageMeta(
             name=name,
             kind="golden",

@@ -16,7 +16,6 @@ import contextlib
 import logging
 import math
 import os
-import shlex
 import shutil
 import time
 from collections.abc import Mapping
@@ -47,6 +46,7 @@ WORKDIR = "/workspace"
 HOME = "/home/hal"
 VM_RECORD = "vm.json"
 SETUP = "/usr/local/lib/hal/setup"
+"""The guest's start-up helper (``images/guest/hal-setup.c``): entropy, clock, limits, mounts."""
 QUIESCE = "/usr/local/lib/hal/quiesce"
 
 
@@ -300,18 +300,14 @@ class QemuProvider(HostProvider):
         qemussh.write_config(run, key=image.key, known_hosts=image.known_hosts)
         try:
             await qemussh.start_master(run, log=plan.log, time_limit=60)
-            args = [SETUP, str(int(time.time())), str(record.spec.resources.pids or "max")]
+            args = [SETUP, f"{time.time():.6f}", str(record.spec.resources.pids or "max")]
             for index, (share, target) in enumerate(shares):
-                args += [qemuvm.SHARE_TAG.format(index), target, "ro" if share.read_only else "rw"]
-            # Fresh host entropy first: guests restored from one saved state share its RNG.
-            seeded = ["sh", "-c", 'head -c 64 > /dev/urandom && exec "$0" "$@"', *args]
-            await qemussh.run_root(run, seeded, stdin=os.urandom(64), time_limit=60)
-            if guest_binds:
-                script = "set -e; " + "; ".join(
-                    f"mkdir -p {shlex.quote(t)}; mount --bind {shlex.quote(s)} {shlex.quote(t)}"
-                    for s, t in guest_binds
-                )
-                await qemussh.run_root(run, ["sh", "-c", script], time_limit=60)
+                mode = "ro" if share.read_only else "rw"
+                args += ["9p", qemuvm.SHARE_TAG.format(index), target, mode]
+            for source, target in guest_binds:
+                args += ["bind", source, target]
+            # Fresh host entropy on stdin: guests restored from one saved state share its RNG.
+            await qemussh.run_root(run, args, stdin=os.urandom(64), time_limit=60)
         except ProviderError as exc:
             await qemuvm.kill(pid, record.id)
             raise ProviderError(
