@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -127,9 +128,23 @@ def wait_for_status(hal: Hal, wanted: str, timeout: float = 30) -> dict[str, obj
     pytest.fail(f"task never became {wanted}: {tasks_json(hal)}")
 
 
+_started: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _reap_background_hal() -> Iterator[None]:
+    """A test that fails half-way leaves no ``hal run`` behind for the next one."""
+    yield
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
 def start_hal(hal_env: dict[str, str], repo: Path, *args: str) -> subprocess.Popen[str]:
-    """``hal run ...`` in the background."""
-    return subprocess.Popen(
+    """``hal run ...`` in the background (killed at the end of the test if still running)."""
+    proc = subprocess.Popen(
         [sys.executable, "-m", "hal9999", "run", *args],
         cwd=repo,
         env=hal_env,
@@ -137,6 +152,8 @@ def start_hal(hal_env: dict[str, str], repo: Path, *args: str) -> subprocess.Pop
         stderr=subprocess.PIPE,
         text=True,
     )
+    _started.append(proc)
+    return proc
 
 
 def test_ctrl_c_cancels_cleanly(hal: Hal, hal_env: dict[str, str], demo_repo: Path) -> None:

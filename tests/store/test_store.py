@@ -7,6 +7,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -301,3 +302,30 @@ def test_closed_store_refuses_use(tmp_path: Path) -> None:
     store.close()
     with pytest.raises(ValueError, match="closed"):
         store.get_task("t1")
+
+
+def test_processes_opening_a_new_database_at_once_all_succeed(tmp_path: Path) -> None:
+    """The first opens race to switch a new file to WAL; none may fail with "locked"."""
+    opener = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from hal9999.store import Store\n"
+        "while time.time() < float(sys.argv[2]): pass\n"  # start together
+        "Store(Path(sys.argv[1])).close()\n"
+    )
+    for round_ in range(5):
+        db = tmp_path / f"hal-{round_}.db"
+        start = f"{time.time() + 1.5:.3f}"
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", opener, str(db), start],
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(6)
+        ]
+        errors = [p.communicate(timeout=60)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0] * 6, errors
+        with Store(db) as store:
+            assert store.journal_mode() == "wal"
+            assert store.schema_version() == MIGRATIONS[-1].version

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -79,10 +80,9 @@ class Store(SandboxTable):
             )
             self._conn.row_factory = sqlite3.Row
             self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.execute("PRAGMA synchronous = NORMAL")
             self._conn.execute("PRAGMA foreign_keys = ON")
-            self._migrate()
+            self._set_up()
         except (sqlite3.Error, OSError) as exc:
             self.close()
             raise HalError(
@@ -140,6 +140,26 @@ class Store(SandboxTable):
     def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
             return self._db().execute(sql, tuple(params)).fetchall()
+
+    def _set_up(self) -> None:
+        """WAL mode and migrations, retried while another process holds the database.
+
+        Two processes that open a new file at once both read it in rollback mode and both
+        want to switch it to WAL: SQLite breaks that deadlock by failing one of them at once
+        with "database is locked", without waiting in the busy handler. So a locked error
+        here is retried (with jitter) until the busy timeout.
+        """
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                self._db().execute("PRAGMA journal_mode = WAL")
+                self._migrate()
+                return
+            except sqlite3.OperationalError as exc:
+                locked = "locked" in str(exc) or "busy" in str(exc)
+                if not locked or time.monotonic() > deadline:
+                    raise
+                time.sleep(random.uniform(0.005, 0.03))
 
     def _migrate(self) -> None:
         latest = MIGRATIONS[-1].version if MIGRATIONS else 0
