@@ -252,7 +252,10 @@ class TaskRunner:
             raise
         finally:
             if ctx.sandbox is not None and not ctx.detached:
-                await self.release(provider, ctx.sandbox)
+                # A task stopped or cancelled from outside: whoever did it destroys the
+                # sandbox too, so it must not go back to the pool for the next task.
+                taken = self.store.get_task(task.id).status in TAKEN_AWAY
+                await self.release(provider, ctx.sandbox, reuse=not taken)
                 self.store.update_task(task.id, sandbox_id=None)
             self.store.update_task(task.id, runner_pid=None)
 
@@ -287,9 +290,10 @@ class TaskRunner:
         await manager.start(sandbox, ctx.pspec, env=secrets)
         return offline
 
-    async def release(self, provider: Provider, sandbox: Sandbox) -> None:
-        """Give the sandbox back to where it came from (the pool), else destroy it."""
-        if not await self.sandboxes.release(sandbox, reuse=True):
+    async def release(self, provider: Provider, sandbox: Sandbox, *, reuse: bool = True) -> None:
+        """Give the sandbox back to where it came from (the pool, which keeps it for reuse
+        only when ``reuse``), else destroy it."""
+        if not await self.sandboxes.release(sandbox, reuse=reuse):
             await provider.destroy(sandbox.id)
 
     async def prepare(
