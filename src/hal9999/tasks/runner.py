@@ -22,6 +22,7 @@ from hal9999.errors import (
     AgentFailed,
     AgentNotInstalled,
     HalError,
+    TaskNotFound,
     TaskTimeout,
 )
 from hal9999.events.log import EventLog
@@ -254,7 +255,10 @@ class TaskRunner:
             if ctx.sandbox is not None and not ctx.detached:
                 # A task stopped or cancelled from outside: whoever did it destroys the
                 # sandbox too, so it must not go back to the pool for the next task.
-                taken = self.store.get_task(task.id).status in TAKEN_AWAY
+                try:
+                    taken = self.store.get_task(task.id).status in TAKEN_AWAY
+                except TaskNotFound:  # removed with --force while running
+                    taken = True
                 await self.release(provider, ctx.sandbox, reuse=not taken)
                 self.store.update_task(task.id, sandbox_id=None)
             self.store.update_task(task.id, runner_pid=None)
