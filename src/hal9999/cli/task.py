@@ -26,7 +26,7 @@ from hal9999.events.reader import follow_events, follow_text, read_events
 from hal9999.process.registry import load_process_manager
 from hal9999.spec import ArgvCommand
 from hal9999.store import TaskRecord
-from hal9999.tasks.runner import process_spec
+from hal9999.tasks.context import process_spec
 from hal9999.tasks.session import Session
 from hal9999.tasks.state import ACTIVE
 

@@ -28,9 +28,9 @@ from hal9999.server.http import HttpServer
 from hal9999.server.runtime import DaemonFiles, DaemonInfo
 from hal9999.spec import SandboxSpec
 from hal9999.store import Store, TaskRecord
+from hal9999.tasks.context import sandbox_spec
 from hal9999.tasks.plugins import load_provider_for
 from hal9999.tasks.recovery import Recovery, RecoveryReport
-from hal9999.tasks.runner import sandbox_spec
 from hal9999.tasks.sandboxes import PoolSource
 from hal9999.tasks.scheduler import Scheduler
 from hal9999.tasks.service import TaskService, provider_list

@@ -30,8 +30,8 @@ from hal9999.providers.base import Provider
 from hal9999.redact import SecretMasker
 from hal9999.spec import ArgvCommand
 from hal9999.store import TaskRecord
+from hal9999.tasks.context import Adopted, Totals, process_spec
 from hal9999.tasks.plugins import load_process_manager
-from hal9999.tasks.runner import Adopted, Totals, process_spec
 from hal9999.tasks.sandboxes import PoolSource
 from hal9999.tasks.service import TaskService, runner_alive
 from hal9999.tasks.session import Session

@@ -24,7 +24,7 @@ from hal9999.events.models import Phase
 from hal9999.pool.settings import SchedulerSettings
 from hal9999.redact import SecretMasker
 from hal9999.store import TaskRecord
-from hal9999.tasks.runner import Adopted
+from hal9999.tasks.context import Adopted
 from hal9999.tasks.service import TaskService
 from hal9999.tasks.state import TaskStatus, check_transition
 

@@ -22,8 +22,9 @@ from hal9999.redact import SecretMasker
 from hal9999.spec import ArgvCommand
 from hal9999.store import Store, TaskRecord
 from hal9999.tasks import gitrepo
+from hal9999.tasks.context import Adopted, RunContext, process_spec
 from hal9999.tasks.plugins import load_process_manager, load_provider_for
-from hal9999.tasks.runner import Adopted, RunContext, TaskRunner, process_spec
+from hal9999.tasks.runner import TaskRunner
 from hal9999.tasks.session import Session
 from hal9999.tasks.state import ACTIVE, RESUMABLE, TaskStatus, check_transition
 

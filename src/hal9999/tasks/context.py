@@ -1,0 +1,121 @@
+"""What one run of a task is made of: its context, usage totals, and the specs of its
+process and sandbox (shared by the runner, the service, recovery and the CLI)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from hal9999.agents.base import OutputParser
+from hal9999.config import HalConfig
+from hal9999.events.log import EventLog
+from hal9999.events.models import Usage
+from hal9999.pool.settings import network_of, provider_settings, resources_of
+from hal9999.providers.base import Sandbox
+from hal9999.redact import SecretMasker
+from hal9999.spec import ArgvCommand, ProcessSpec, SandboxSpec, ShellCommand
+from hal9999.store import TaskRecord
+from hal9999.tasks.session import Session
+from hal9999.tasks.state import TaskStatus
+
+TAKEN_AWAY = frozenset({TaskStatus.STOPPED, TaskStatus.CANCELLED, TaskStatus.INTERRUPTED})
+"""States another process puts a task in while a runner holds it (stop, cancel, the reaper)."""
+
+
+class Superseded(Exception):
+    """Another hal process moved the task to a resting state; this run must leave it alone."""
+
+
+@dataclass
+class Totals:
+    """Token and cost figures gathered from usage events."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float | None = None
+
+    def add(self, usage: Usage) -> None:
+        """Fold one usage event in; a run total replaces the running sum."""
+        if usage.total:
+            self.input_tokens, self.output_tokens = usage.input_tokens, usage.output_tokens
+            self.cost_usd = usage.cost_usd
+            return
+        self.input_tokens += usage.input_tokens + usage.cache_read_tokens
+        self.output_tokens += usage.output_tokens
+        if usage.cost_usd is not None:
+            self.cost_usd = (self.cost_usd or 0.0) + usage.cost_usd
+
+
+@dataclass
+class RunContext:
+    """Everything one run needs, resolved before it starts."""
+
+    task: TaskRecord
+    session: Session
+    events: EventLog
+    masker: SecretMasker
+    secrets: dict[str, str]
+    on_output: Callable[[str], None] | None = None
+    totals: Totals = field(default_factory=Totals)
+    detached: bool = False
+    """Set when a daemon shuts down: leave the agent and its sandbox for the next to adopt."""
+    adopted: Adopted | None = None
+    """Set when carrying on a run whose agent outlived its runner."""
+    sandbox: Sandbox | None = None
+    """The run's sandbox, once acquired."""
+    pspec: ProcessSpec | None = None
+    """The agent's process spec, once known."""
+
+
+@dataclass
+class Adopted:
+    """Where an adopted run picks up: its sandbox, process and how far its log was read."""
+
+    sandbox: Sandbox
+    pspec: ProcessSpec
+    offset: int
+    """Log bytes already turned into events."""
+    parser: OutputParser
+    """The agent's parser, already fed the log up to ``offset``."""
+    started: float
+    """``time.monotonic()`` value equivalent to when the agent started (for the timeout)."""
+    totals: Totals = field(default_factory=Totals)
+    """Usage the run's events already record."""
+
+
+def process_spec(
+    task: TaskRecord, session: Session, command: ArgvCommand | ShellCommand
+) -> ProcessSpec:
+    """The process spec of a task's current run."""
+    return ProcessSpec(
+        name=f"hal-{task.id}",
+        command=command,
+        log_path=session.log,
+        exit_path=session.exit_file(task.resumes),
+    )
+
+
+def sandbox_spec(
+    config: HalConfig,
+    task: TaskRecord,
+    session: Session,
+    environ: Mapping[str, str] | None = None,
+) -> SandboxSpec:
+    """The sandbox a task runs in (with its provider's network and limits, when set)."""
+    settings = provider_settings(config, environ or {}, task.provider)
+    return SandboxSpec(
+        provider=task.provider,
+        resources=resources_of(config, settings),
+        network=network_of(config, settings),
+        workspace=session.workspace,
+        binds=session.binds(),
+        labels={"hal.task": task.id},
+    )
+
+
+def offline_warning(agent: str) -> str:
+    """Why an API-calling agent in a sandbox without network is likely to fail, and the fix."""
+    return (
+        f'agent {agent} calls an LLM API but the sandbox has no network (network = "none"): '
+        'set network = "host" in hal.toml or HAL_NETWORK=host'
+    )
