@@ -179,13 +179,17 @@ async def spawn(args: list[str], log: Path) -> int:
 PF_KTHREAD = 0x00200000
 
 
-def _named(pid: int, vm_id: str) -> bool:
-    """Whether ``pid``'s command line names ``vm_id``."""
+def _cmdline(pid: int) -> bytes | None:
+    """``pid``'s command line (NUL-separated), or None when there is no such process."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
-        return False
-    return f"hal-{vm_id}".encode() in cmdline.split(b"\0")
+        return None
+
+
+def _names(cmdline: bytes | None, vm_id: str) -> bool:
+    """Whether a command line is the QEMU of ``vm_id`` (``-name hal-<id>``)."""
+    return cmdline is not None and f"hal-{vm_id}".encode() in cmdline.split(b"\0")
 
 
 def alive(pid: int | None, vm_id: str) -> bool:
@@ -197,10 +201,12 @@ def alive(pid: int | None, vm_id: str) -> bool:
     """
     if pid is None:
         return False
+    cmdline = _cmdline(pid)
+    if cmdline is None:
+        return False
+    if cmdline:
+        return _names(cmdline, vm_id)
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        if cmdline:
-            return f"hal-{vm_id}".encode() in cmdline.split(b"\0")
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return False
@@ -231,7 +237,7 @@ async def kill(pid: int | None, vm_id: str) -> None:
     deadline = time.monotonic() + 10
     while alive(pid, vm_id):
         assert pid is not None
-        if _named(pid, vm_id):  # never a signal to a pid not proven to be this VM's
+        if _names(_cmdline(pid), vm_id):  # never a signal to a pid not proven to be this VM's
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         if time.monotonic() > deadline:
