@@ -3,27 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.cli.conftest import git
+from tests.tasks.test_recovery import pooled_service
 
-from hal9999.config import HalConfig
-from hal9999.pool import ProviderSettings, SlotDir, WarmPool
 from hal9999.pool.pool import Entry
-from hal9999.store import Store
-from hal9999.tasks.plugins import load_provider_for
 from hal9999.tasks.sandboxes import PoolSource
-from hal9999.tasks.service import RunRequest, TaskService
+from hal9999.tasks.service import RunRequest
 
 
 def git_repo(path: Path) -> Path:
     path.mkdir()
     (path / "README").write_text("hello\n")
     for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "initial"]):
-        subprocess.run(["git", "-C", str(path), *args], check=True)
+        git(path, *args)
     return path
 
 
@@ -31,21 +28,8 @@ def git_repo(path: Path) -> Path:
 async def test_a_halted_tasks_sandbox_is_destroyed_not_handed_to_the_next_task(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, halt: str
 ) -> None:
-    monkeypatch.setenv("GIT_AUTHOR_NAME", "t")
-    monkeypatch.setenv("GIT_AUTHOR_EMAIL", "t@example.invalid")
-    monkeypatch.setenv("GIT_COMMITTER_NAME", "t")
-    monkeypatch.setenv("GIT_COMMITTER_EMAIL", "t@example.invalid")
     home = tmp_path / "home"
-    config = HalConfig(home=home)
-    store = Store.open(home)
-    service = TaskService(config, store, {})
-    bwrap = load_provider_for(config, "bwrap")
-    pool = WarmPool(
-        providers=lambda name: bwrap,
-        settings=lambda name: ProviderSettings(),  # bwrap's policy: reset and reuse
-        slots=SlotDir(home / "pool"),
-        store=store,
-    )
+    store, service, bwrap, pool = pooled_service(home, "bwrap")  # bwrap's policy: reset
     service.runner.sandboxes = PoolSource(pool)
     states: list[tuple[str | None, str]] = []
     record = pool._record

@@ -11,6 +11,7 @@ from pathlib import Path
 from hal9999.config import HalConfig
 from hal9999.events.reader import read_events
 from hal9999.pool import ProviderSettings, SlotDir, WarmPool
+from hal9999.providers.base import Provider
 from hal9999.spec import SandboxSpec
 from hal9999.store import SandboxRow, Store, TaskRecord
 from hal9999.tasks.plugins import load_provider_for
@@ -43,18 +44,24 @@ def make_task(home: Path, task_id: str, status: str, **fields: object) -> TaskRe
     return TaskRecord.model_validate(values)
 
 
-async def test_recovery_interrupts_requeues_and_sweeps(tmp_path: Path) -> None:
-    home = tmp_path / "home"
+def pooled_service(home: Path, provider: str) -> tuple[Store, TaskService, Provider, WarmPool]:
+    """A task service over a fresh home, and a warm pool of one provider with its defaults."""
     config = HalConfig(home=home)
     store = Store.open(home)
     service = TaskService(config, store, {})
-    fake = load_provider_for(config, "fake")
+    loaded = load_provider_for(config, provider)
     pool = WarmPool(
-        providers=lambda name: fake,
+        providers=lambda name: loaded,
         settings=lambda name: ProviderSettings(),
         slots=SlotDir(home / "pool"),
         store=store,
     )
+    return store, service, loaded, pool
+
+
+async def test_recovery_interrupts_requeues_and_sweeps(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    store, service, fake, pool = pooled_service(home, "fake")
     orphan = await fake.create(SandboxSpec(provider="fake", labels={"hal.task": "gone1234"}))
     held = await fake.create(SandboxSpec(provider="fake"))
     store.insert_task(make_task(home, "prep1234", "preparing", runner_pid=DEAD_PID,
