@@ -21,6 +21,7 @@ optional ``hint`` that tells the user how to fix the problem::
     │   ├── CapabilityError       capability_missing exit 6
     │   ├── SandboxNotFound       sandbox_not_found  exit 6
     │   └── ExecError             exec_failed        exit 6
+    │       └── UnsafePath        unsafe_path        exit 6
     ├── ProcessError              process_error      exit 7
     ├── CredentialsError          credentials_error  exit 8
     ├── TaskStateError            task_state         exit 9
@@ -160,6 +161,12 @@ class ExecError(ProviderError):
     """A command could not be run inside the sandbox."""
 
     code = "exec_failed"
+
+
+class UnsafePath(ExecError):
+    """A path the agent controls is not what the host may touch (a link, FIFO, hard link...)."""
+
+    code = "unsafe_path"
 
 
 class ProcessError(HalError):

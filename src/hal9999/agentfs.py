@@ -1,0 +1,337 @@
+"""Every host-side access to a place an agent can write (workspace, agent home, scratch tmp).
+
+The rule: the host never follows a path the agent can influence. An agent can plant a
+symlink, a dangling symlink, a directory, a FIFO or a hard link to a host file under any
+name the host is about to use, and can swap one for another between the host's check and
+its use. So each access here starts from a directory fd the host opened from a path it
+trusts (:meth:`AgentDir.open`), walks down one component at a time with ``O_NOFOLLOW``,
+checks what it opened with ``fstat`` (a regular file with one link, of bounded size) and
+then reads, copies or writes *by fd*. Nothing is resolved by path twice, so nothing can be
+swapped in between.
+
+Writes into an agent place create a fresh file (``O_EXCL``) under a random name and rename it
+over the target, so an existing link or hard link at the target is replaced, never written
+through. Removal uses ``unlinkat`` and fd-based ``rmtree``, which never leave the tree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import shutil
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO, Literal
+
+from hal9999.errors import UnsafePath
+
+Kind = Literal["file", "dir", "symlink", "other"]
+CHUNK = 1 << 20
+"""Bytes per read when copying or scanning."""
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: opening a FIFO the agent planted must not hang the host; O_NOCTTY: a tty
+# must never become ours.
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _parts(relative: str) -> list[str]:
+    """The components of a relative path; absolute paths and ``..`` are refused."""
+    parts = [p for p in relative.split("/") if p not in ("", ".")]
+    if relative.startswith("/") or ".." in parts or not parts:
+        raise UnsafePath(f"not a plain relative path: {relative!r}", path=relative)
+    return parts
+
+
+def _describe(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symlink"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+def _kind(mode: int) -> Kind:
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    return "other"
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or create inside ``path`` (a host directory) durable."""
+    fd = os.open(path, _DIR_FLAGS)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class AgentDir:
+    """An open host directory whose contents the agent controls; all access is by fd."""
+
+    def __init__(self, fd: int, label: str) -> None:
+        self.fd = fd
+        self.label = label
+        """How errors name this directory (a host path or a sandbox path)."""
+
+    @classmethod
+    def open(cls, path: Path, *, label: str | None = None) -> AgentDir:
+        """Open ``path``, whose parents the host trusts; a link as its last part is refused."""
+        try:
+            fd = os.open(path, _DIR_FLAGS)
+        except OSError as exc:
+            raise _error("open", str(path), exc) from exc
+        return cls(fd, label or str(path))
+
+    def close(self) -> None:
+        """Close the directory fd (idempotent)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> AgentDir:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def name(self, relative: str) -> str:
+        """``relative`` as errors show it."""
+        return f"{self.label.rstrip('/')}/{relative}"
+
+    # -- walking -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _parent(
+        self, relative: str, *, create: bool = False, mode: int = 0o700
+    ) -> Iterator[tuple[int, str]]:
+        """The fd of ``relative``'s directory (opened without following links) and its name."""
+        parts = _parts(relative)
+        fd = os.dup(self.fd)
+        try:
+            for part in parts[:-1]:
+                try:
+                    if create:
+                        with contextlib.suppress(FileExistsError):
+                            os.mkdir(part, mode, dir_fd=fd)
+                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    raise _error("open", self.name(relative), exc) from exc
+                os.close(fd)
+                fd = child
+            yield fd, parts[-1]
+        finally:
+            os.close(fd)
+
+    def subdir(self, relative: str, *, create: bool = False, mode: int = 0o700) -> AgentDir:
+        """Open a directory below this one (created with ``create``); links are refused."""
+        with self._parent(relative, create=create, mode=mode) as (fd, name):
+            try:
+                if create:
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(name, mode, dir_fd=fd)
+                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                raise _error("open", self.name(relative), exc) from exc
+        return AgentDir(child, self.name(relative))
+
+    def kind(self, relative: str) -> Kind | None:
+        """What is at ``relative`` without following it, or None when nothing is."""
+        try:
+            with self._parent(relative) as (fd, name):
+                return _kind(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode)
+        except UnsafePath as exc:
+            if exc.details.get("errno") in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                return None
+            raise
+        except FileNotFoundError:
+            return None
+
+    # -- reading -----------------------------------------------------------------------
+    def open_fd(self, relative: str, *, limit: int) -> int:
+        """An fd of the regular file at ``relative`` (one link, at most ``limit`` bytes).
+
+        The caller owns the fd. Symlinks, directories, FIFOs, devices, sockets and hard
+        links (which could be a host file the agent linked in) raise :class:`UnsafePath`.
+        """
+        shown = self.name(relative)
+        with self._parent(relative) as (dfd, name):
+            try:
+                fd = os.open(name, _READ_FLAGS, dir_fd=dfd)
+            except OSError as exc:
+                raise _error("read", shown, exc) from exc
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise UnsafePath(f"refusing to read {shown}: it is {_describe(info.st_mode)}")
+            if info.st_nlink != 1:
+                raise UnsafePath(
+                    f"refusing to read {shown}: it has {info.st_nlink} hard links "
+                    "(it may be a host file linked in)",
+                    path=shown,
+                )
+            if info.st_size > limit:
+                raise UnsafePath(
+                    f"refusing to read {shown}: {info.st_size} bytes is over the limit of {limit}",
+                    path=shown,
+                )
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    @contextlib.contextmanager
+    def reader(self, relative: str, *, limit: int) -> Iterator[BinaryIO]:
+        """A binary reader of the checked regular file at ``relative``."""
+        fd = self.open_fd(relative, limit=limit)
+        with os.fdopen(fd, "rb", buffering=0) as handle:
+            yield handle
+
+    def read_bytes(self, relative: str, *, limit: int) -> bytes:
+        """The content of the regular file at ``relative``, at most ``limit`` bytes."""
+        with self.reader(relative, limit=limit) as handle:
+            data = handle.read(limit + 1)
+        if len(data) > limit:  # it grew after the check
+            raise UnsafePath(f"refusing to read {self.name(relative)}: it grew past {limit} bytes")
+        return data
+
+    def copy_out(self, relative: str, dest: Path, *, limit: int, mode: int = 0o600) -> int:
+        """Copy the regular file at ``relative`` to ``dest``, a path in a directory the agent
+        cannot reach; fsynced, replaced atomically. Returns the byte count."""
+        with self.reader(relative, limit=limit) as handle:
+            return write_host_file(dest, _chunks(handle, limit, self.name(relative)), mode=mode)
+
+    # -- writing -----------------------------------------------------------------------
+    def write_atomic(
+        self, relative: str, data: bytes, *, mode: int = 0o600, parents: bool = False
+    ) -> None:
+        """Create ``relative`` with ``data`` (fsynced, then renamed over whatever was there:
+        a planted link or hard link is replaced, never written through)."""
+        shown = self.name(relative)
+        with self._parent(relative, create=parents) as (dfd, name):
+            tmp = f".{name[:40]}.{secrets.token_hex(6)}.hal-tmp"
+            try:
+                fd = os.open(tmp, _CREATE_FLAGS, mode & 0o777, dir_fd=dfd)
+            except OSError as exc:
+                raise _error("write", shown, exc) from exc
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fchmod(handle.fileno(), mode)  # the umask must not decide
+                    os.fsync(handle.fileno())
+                os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                os.fsync(dfd)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=dfd)
+                raise _error("write", shown, exc) from exc
+
+    def mkdir(self, relative: str, *, mode: int = 0o700) -> None:
+        """Create the directory ``relative`` and its parents; links on the way are refused."""
+        self.subdir(relative, create=True, mode=mode).close()
+
+    def rename(self, relative: str, target: str) -> None:
+        """Rename ``relative`` to ``target`` (both below this directory), never following."""
+        with self._parent(relative) as (sfd, sname), self._parent(target) as (tfd, tname):
+            try:
+                os.rename(sname, tname, src_dir_fd=sfd, dst_dir_fd=tfd)
+            except OSError as exc:
+                raise _error("rename", self.name(relative), exc) from exc
+
+    def remove(self, relative: str, *, recursive: bool = False) -> bool:
+        """Remove what is at ``relative`` (a link as the link itself; a directory only with
+        ``recursive``, fd-based so no link inside is followed). False when nothing was there."""
+        shown = self.name(relative)
+        try:
+            with self._parent(relative) as (dfd, name):
+                try:
+                    info = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                    if not stat.S_ISDIR(info.st_mode):
+                        os.unlink(name, dir_fd=dfd)
+                    elif recursive:
+                        shutil.rmtree(name, dir_fd=dfd)
+                    else:
+                        os.rmdir(name, dir_fd=dfd)
+                except FileNotFoundError:
+                    return False
+                except OSError as exc:
+                    raise _error("remove", shown, exc) from exc
+        except UnsafePath as exc:
+            if exc.details.get("errno") == errno.ENOENT:
+                return False
+            raise
+        return True
+
+
+def _chunks(handle: BinaryIO, limit: int, shown: str) -> Iterator[bytes]:
+    total = 0
+    while chunk := handle.read(CHUNK):
+        total += len(chunk)
+        if total > limit:  # it grew after the check
+            raise UnsafePath(f"refusing to copy {shown}: it grew past {limit} bytes", path=shown)
+        yield chunk
+
+
+def write_host_file(dest: Path, chunks: Iterator[bytes], *, mode: int = 0o600) -> int:
+    """Write ``chunks`` to ``dest`` (in a directory only the host writes) through a fresh
+    temp file, fsync it, rename it over ``dest`` and fsync the directory. Returns the size."""
+    parent = AgentDir.open(dest.parent)
+    with parent:
+        tmp = f".{dest.name[:40]}.{secrets.token_hex(6)}.hal-tmp"
+        fd = os.open(tmp, _CREATE_FLAGS, mode & 0o777, dir_fd=parent.fd)
+        total = 0
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                for chunk in chunks:
+                    handle.write(chunk)
+                    total += len(chunk)
+                handle.flush()
+                os.fchmod(handle.fileno(), mode)
+                os.fsync(handle.fileno())
+            os.replace(tmp, dest.name, src_dir_fd=parent.fd, dst_dir_fd=parent.fd)
+            os.fsync(parent.fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=parent.fd)
+            raise
+    return total
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a host file the host wrote (``result.patch``, a bundle) to disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _error(action: str, shown: str, exc: OSError) -> UnsafePath:
+    code = exc.errno
+    if code == errno.ELOOP:
+        reason = "it is a symlink (hal never follows links the agent can plant)"
+    elif code == errno.ENOTDIR:
+        reason = "a part of the path is not a directory (or is a symlink)"
+    elif code == errno.EISDIR:
+        reason = "it is a directory"
+    else:
+        reason = exc.strerror or str(exc)
+    return UnsafePath(f"cannot {action} {shown}: {reason}", path=shown, errno=code)

@@ -1,0 +1,273 @@
+"""agentfs: the host never follows, blocks on, or writes through what an agent plants.
+
+Each hostile shape (symlink, dangling symlink, directory, FIFO, hard link to a host file, a
+swap between check and use) is planted under the name the host is about to use, with the
+agent directory and the host target on one filesystem and on two (``/dev/shm``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from hal9999 import agentfs
+from hal9999.agentfs import AgentDir
+from hal9999.errors import UnsafePath
+
+
+@pytest.fixture(params=["same-fs", "other-fs"])
+def places(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """(agent dir, host dir): on one filesystem, or the agent's on /dev/shm."""
+    host = tmp_path / "host"
+    host.mkdir()
+    if request.param == "same-fs":
+        agent = tmp_path / "agent"
+        agent.mkdir()
+        yield agent, host
+        return
+    if not os.access("/dev/shm", os.W_OK) or os.stat("/dev/shm").st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no second filesystem at /dev/shm")
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as other:
+        yield Path(other), host
+
+
+def _secret(host: Path) -> Path:
+    secret = host / "secret"
+    secret.write_text("host secret\n")
+    return secret
+
+
+Plant = Callable[[Path, Path], None]
+
+
+def _symlink(at: Path, host: Path) -> None:
+    at.symlink_to(_secret(host))
+
+
+def _dangling(at: Path, host: Path) -> None:
+    at.symlink_to(host / "not-yet")
+
+
+def _directory(at: Path, host: Path) -> None:
+    at.mkdir()
+
+
+def _fifo(at: Path, host: Path) -> None:
+    os.mkfifo(at)
+
+
+def _hardlink(at: Path, host: Path) -> None:
+    secret = _secret(host)
+    try:
+        os.link(secret, at)
+    except OSError:  # across filesystems: the closest the agent gets is a link in its tree
+        os.link(_planted_file(at.parent), at)
+
+
+def _planted_file(agent: Path) -> Path:
+    other = agent / "other-name"
+    other.write_text("agent file\n")
+    return other
+
+
+HOSTILE: dict[str, Plant] = {
+    "symlink": _symlink,
+    "dangling-symlink": _dangling,
+    "directory": _directory,
+    "fifo": _fifo,
+    "hardlink": _hardlink,
+}
+
+
+@pytest.mark.parametrize("shape", sorted(HOSTILE))
+def test_reading_refuses_every_hostile_shape(places: tuple[Path, Path], shape: str) -> None:
+    agent, host = places
+    HOSTILE[shape](agent / "result", host)
+    with AgentDir.open(agent) as adir, pytest.raises(UnsafePath) as caught:
+        adir.read_bytes("result", limit=1 << 20)
+    assert "result" in str(caught.value)
+
+
+@pytest.mark.parametrize("shape", sorted(HOSTILE))
+def test_copy_out_never_writes_through_or_copies_host_data(
+    places: tuple[Path, Path], shape: str
+) -> None:
+    agent, host = places
+    HOSTILE[shape](agent / "result", host)
+    dest = host / "copy"
+    with AgentDir.open(agent) as adir, pytest.raises(UnsafePath):
+        adir.copy_out("result", dest, limit=1 << 20)
+    assert not dest.exists()
+    assert not (host / "not-yet").exists()
+    assert [p.name for p in host.iterdir() if p.name.endswith(".hal-tmp")] == []
+
+
+@pytest.mark.parametrize("shape", ["symlink", "dangling-symlink", "hardlink"])
+def test_write_atomic_replaces_a_planted_name_instead_of_writing_through(
+    places: tuple[Path, Path], shape: str
+) -> None:
+    agent, host = places
+    HOSTILE[shape](agent / "cred", host)
+    with AgentDir.open(agent) as adir:
+        adir.write_atomic("cred", b"token", mode=0o600)
+    assert (agent / "cred").read_bytes() == b"token"
+    assert not (agent / "cred").is_symlink()
+    assert (agent / "cred").stat().st_mode & 0o777 == 0o600
+    if (host / "secret").exists():
+        assert (host / "secret").read_text() == "host secret\n"
+    assert not (host / "not-yet").exists()
+
+
+def test_write_atomic_refuses_a_directory_in_the_way(places: tuple[Path, Path]) -> None:
+    agent, _ = places
+    (agent / "cred").mkdir()
+    with AgentDir.open(agent) as adir, pytest.raises(UnsafePath, match="cred"):
+        adir.write_atomic("cred", b"token")
+
+
+@pytest.mark.parametrize("shape", ["symlink", "dangling-symlink", "fifo"])
+def test_walking_never_follows_a_planted_parent(places: tuple[Path, Path], shape: str) -> None:
+    agent, host = places
+    (host / "dir").mkdir()
+    if shape == "symlink":
+        (agent / "sub").symlink_to(host / "dir")
+    else:
+        HOSTILE[shape](agent / "sub", host)
+    with AgentDir.open(agent) as adir:
+        with pytest.raises(UnsafePath):
+            adir.write_atomic("sub/cred", b"token", parents=True)
+        with pytest.raises(UnsafePath):
+            adir.read_bytes("sub/cred", limit=10)
+        assert adir.kind("sub/cred") is None
+    assert list((host / "dir").iterdir()) == []
+
+
+def test_the_trusted_root_itself_must_not_be_a_link(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "home").symlink_to(tmp_path / "real")
+    with pytest.raises(UnsafePath, match="symlink"):
+        AgentDir.open(tmp_path / "home")
+
+
+def test_remove_takes_the_link_and_never_its_target(places: tuple[Path, Path]) -> None:
+    agent, host = places
+    keep = host / "keep"
+    keep.mkdir()
+    (keep / "precious").write_text("x")
+    (agent / "tree").mkdir()
+    (agent / "tree" / "escape").symlink_to(keep)
+    (agent / "link").symlink_to(keep)
+    with AgentDir.open(agent) as adir:
+        assert adir.remove("link")
+        assert adir.remove("tree", recursive=True)
+        assert not adir.remove("gone")
+        assert not adir.remove("gone/deeper")
+    assert (keep / "precious").read_text() == "x"
+    assert list(agent.iterdir()) == []
+
+
+def test_remove_refuses_a_directory_without_recursive(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_text("x")
+    with AgentDir.open(tmp_path) as adir, pytest.raises(UnsafePath):
+        adir.remove("d")
+
+
+def test_a_swap_between_check_and_use_is_caught(
+    places: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent swaps the checked file for a link right after hal looked at it."""
+    agent, host = places
+    secret = _secret(host)
+    (agent / "result").write_text("harmless")
+    with AgentDir.open(agent) as adir:
+        assert adir.kind("result") == "file"
+        # The swap, between the check above and the use below.
+        (agent / "result").unlink()
+        (agent / "result").symlink_to(secret)
+        with pytest.raises(UnsafePath, match="symlink"):
+            adir.copy_out("result", host / "copy", limit=100)
+    assert not (host / "copy").exists()
+
+
+def test_a_swapped_parent_after_open_keeps_the_original_directory(
+    places: tuple[Path, Path],
+) -> None:
+    """Once open, the directory fd is the directory: renaming it and planting a link at its
+    old name redirects nothing."""
+    agent, host = places
+    (agent / "home").mkdir()
+    with AgentDir.open(agent / "home") as adir:
+        (agent / "home").rename(agent / "moved")
+        (agent / "home").symlink_to(host)
+        adir.write_atomic("cred", b"token")
+    assert (agent / "moved" / "cred").read_bytes() == b"token"
+    assert not (host / "cred").exists()
+
+
+def test_reads_are_bounded(tmp_path: Path) -> None:
+    (tmp_path / "big").write_bytes(b"x" * 101)
+    with AgentDir.open(tmp_path) as adir:
+        with pytest.raises(UnsafePath, match="limit"):
+            adir.read_bytes("big", limit=100)
+        with pytest.raises(UnsafePath, match="limit"):
+            adir.copy_out("big", tmp_path / "copy", limit=100)
+        assert adir.read_bytes("big", limit=101) == b"x" * 101
+
+
+def test_a_file_that_grows_after_the_check_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "grow").write_bytes(b"x" * 10)
+    with AgentDir.open(tmp_path) as adir, adir.reader("grow", limit=10) as handle:
+        (tmp_path / "grow").write_bytes(b"x" * 50)  # same inode, more bytes
+        with pytest.raises(UnsafePath, match="grew"):
+            agentfs.write_host_file(tmp_path / "copy", agentfs._chunks(handle, 10, "grow"))
+    assert not (tmp_path / "copy").exists()
+
+
+def test_copy_out_copies_a_regular_file_across_filesystems(places: tuple[Path, Path]) -> None:
+    agent, host = places
+    (agent / "sub").mkdir()
+    (agent / "sub" / "result").write_bytes(b"bundle" * 1000)
+    dest = host / "result.bundle"
+    dest.symlink_to(host / "elsewhere")  # a stale link at the destination is replaced
+    with AgentDir.open(agent) as adir:
+        assert adir.copy_out("sub/result", dest, limit=1 << 20, mode=0o600) == 6000
+    assert not dest.is_symlink()
+    assert dest.read_bytes() == b"bundle" * 1000
+    assert dest.stat().st_mode & 0o777 == 0o600
+    assert not (host / "elsewhere").exists()
+
+
+@pytest.mark.parametrize("bad", ["/etc/passwd", "../x", "a/../../x", "", "."])
+def test_only_plain_relative_paths(tmp_path: Path, bad: str) -> None:
+    with AgentDir.open(tmp_path) as adir, pytest.raises(UnsafePath, match="relative"):
+        adir.read_bytes(bad, limit=10)
+
+
+def test_kind_names_what_is_there_without_following(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "l").symlink_to(tmp_path / "f")
+    os.mkfifo(tmp_path / "p")
+    with AgentDir.open(tmp_path) as adir:
+        assert [adir.kind(n) for n in ("f", "d", "l", "p", "none")] == [
+            "file",
+            "dir",
+            "symlink",
+            "other",
+            None,
+        ]
+
+
+def test_mkdir_and_rename_stay_below(tmp_path: Path) -> None:
+    with AgentDir.open(tmp_path) as adir:
+        adir.mkdir("a/b/c", mode=0o700)
+        adir.rename("a/b", "moved")
+        assert adir.kind("moved/c") == "dir"
+        (tmp_path / "link").symlink_to(tmp_path / "moved")
+        with pytest.raises(UnsafePath):
+            adir.mkdir("link/d")
