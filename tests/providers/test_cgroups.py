@@ -155,3 +155,35 @@ async def test_real_v2_tracking_with_cgroup_kill() -> None:
         await _join_and_kill(cgroup)
     finally:
         await cgroup.remove()
+
+
+def test_v2_a_reused_cgroup_gets_unset_limits_back_to_unlimited(tmp_path: Path) -> None:
+    base = tmp_path / "v2"
+    leaf = base / cgroups.PARENT / "abc"
+    leaf.mkdir(parents=True)
+    host = cgroups.CgroupHost(2, {"unified": base}, frozenset({"memory", "pids", "cpu"}))
+    host.create("abc", cgroups.CgroupLimits.from_resources(Resources(cpus=0.5, memory_mb=64)))
+    (leaf / "pids.max").write_text("3\n")  # left over from an earlier setting
+    host.create("abc", cgroups.CgroupLimits.from_resources(Resources(pids=40)))
+    values = {f: (leaf / f).read_text() for f in ("memory.max", "pids.max", "cpu.max")}
+    assert values == {"memory.max": "max\n", "pids.max": "40\n", "cpu.max": "max\n"}
+
+
+@pytest.mark.cgroup
+async def test_real_cgroup_reapplied_limits_replace_the_old_ones() -> None:
+    host = cgroups.detect()
+    assert host is not None
+    name = f"test-reapply-{os.getpid()}"
+    cgroup = host.create(name, cgroups.CgroupLimits.from_resources(Resources(pids=20, cpus=0.5)))
+    try:
+        host.create(name, cgroups.CgroupLimits.from_resources(Resources(memory_mb=96)))
+        files = {p.name: p for d in cgroup.dirs for p in d.glob("*")}
+        if cgroup.version == 1:
+            assert files["pids.max"].read_text().strip() == "max"
+            assert files["cpu.cfs_quota_us"].read_text().strip() == "-1"
+            assert files["memory.limit_in_bytes"].read_text().strip() == str(96 << 20)
+        else:
+            assert files["pids.max"].read_text().strip() == "max"
+            assert files["cpu.max"].read_text().split()[0] == "max"
+    finally:
+        await cgroup.remove()

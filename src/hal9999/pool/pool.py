@@ -20,20 +20,14 @@ from typing import Any
 
 from hal9999.errors import ConfigError, HalError, ProviderError
 from hal9999.pool import report
-from hal9999.pool.settings import ProviderSettings, policy_of
-from hal9999.pool.slots import Slot, SlotDir, WorkspaceAttach, pool_key
+from hal9999.pool.settings import ProviderSettings, env_prefix, policy_of
+from hal9999.pool.slots import SandboxReset, Slot, SlotDir, WorkspaceAttach, pool_key
 from hal9999.providers.base import Provider, Sandbox
-from hal9999.spec import ArgvCommand, SandboxSpec
+from hal9999.spec import SandboxSpec
 from hal9999.store import SandboxRow, Store
 from hal9999.store.records import SandboxState
 
 logger = logging.getLogger(__name__)
-
-_SCRATCH_WIPE = ArgvCommand(
-    argv=("sh", "-c", "rm -rf /tmp/* /tmp/.[!.]* /tmp/..?* 2>/dev/null; true")
-)
-"""Run inside an isolated sandbox on reset: its /tmp is its own, and must not carry over."""
-
 
 @dataclass(eq=False)
 class Entry:
@@ -111,6 +105,20 @@ class WarmPool:
         caps = provider.capabilities
         return caps.host_launch or caps.isolation == "fake"
 
+    def check_policy(self, name: str, provider: Provider) -> None:
+        """Refuse a ``reset`` policy for a provider that cannot reset safely (a VM keeps its
+        disk and kernel, ``local`` shares the host): its sandboxes are destroyed after each
+        task, and a setting saying otherwise is a mistake to report, not to ignore."""
+        if policy_of(name, self.settings(name)) != "reset":
+            return
+        if isinstance(provider, SandboxReset) and provider.resets_safely():
+            return
+        raise ConfigError(
+            f"pool policy 'reset' is not safe for provider {name!r}: a reused sandbox would "
+            "keep what the previous task left",
+            hint=f'set policy = "destroy" under [pool.{name}] (or {env_prefix(name)}POOL_POLICY)',
+        )
+
     def _record(self, entry: Entry, **changes: Any) -> None:
         for name, value in changes.items():
             setattr(entry, name, value)
@@ -139,6 +147,7 @@ class WarmPool:
     ) -> Lease:
         """A sandbox for ``spec``: an idle one of its key, else a new one once there is room."""
         provider = self.providers(spec.provider)
+        self.check_policy(spec.provider, provider)
         pooled = self.poolable(provider)
         key = pool_key(spec)
         loop = asyncio.get_running_loop()
@@ -223,11 +232,13 @@ class WarmPool:
     async def _reset(self, entry: Entry) -> None:
         assert entry.id is not None and entry.slot is not None
         provider = self.providers(entry.provider)
+        if not isinstance(provider, SandboxReset) or not provider.resets_safely():
+            raise ProviderError(f"provider {entry.provider!r} cannot reset a sandbox safely")
         await provider.stop(entry.id)  # every process the task left behind
         entry.slot.clear(entry.template)
-        sandbox = await provider.start(entry.id)
-        if provider.capabilities.isolation in ("namespace", "vm"):
-            await sandbox.exec(_SCRATCH_WIPE, timeout=30)
+        # The provider swaps the sandbox's own dirs from the host and verifies the result; a
+        # wipe from inside cannot pass the 000 and 555 directories a task may leave.
+        await provider.reset(entry.id)
 
     async def _destroy(self, entry: Entry) -> None:
         """Destroy the sandbox (if it was created) and give its room back."""

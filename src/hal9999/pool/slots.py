@@ -59,6 +59,20 @@ class WorkspaceAttach(Protocol):
         ...
 
 
+@runtime_checkable
+class SandboxReset(Protocol):
+    """Optional provider hook: make a used sandbox as good as new for the next task."""
+
+    async def reset(self, sandbox_id: str) -> object:
+        """Nothing running, the sandbox's own dirs fresh, limits as specced; raises when it
+        cannot verify that (the pool then destroys the sandbox)."""
+        ...
+
+    def resets_safely(self) -> bool:
+        """Whether :meth:`reset` can leave nothing of a task behind with this provider."""
+        ...
+
+
 class Slot:
     """A slot directory: the symlinks a warm sandbox's mounts go through."""
 

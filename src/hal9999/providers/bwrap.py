@@ -195,10 +195,14 @@ class BwrapProvider(HostProvider):
         self.bwrap = found
         super().__init__(state_dir=state_dir, cgroup=self.config.cgroup)
 
+    def _own_dirs(self, record: SandboxRecord) -> list[str]:
+        """``tmp`` (outlives each exec), ``home`` and an own ``workspace`` where no bind or
+        spec workspace takes their place; a reset swaps each for a fresh one."""
+        return ["home", "tmp"] + (["workspace"] if record.spec.workspace is None else [])
+
     async def _prepare(self, record: SandboxRecord) -> SandboxRecord:
         directory = self.store.dir(record.id)
-        names = ["home", "tmp"] + (["workspace"] if record.spec.workspace is None else [])
-        for name in names:
+        for name in self._own_dirs(record):
             (directory / name).mkdir(exist_ok=True)
             # Like the host's /tmp: anyone writes, nobody deletes another's files.
             os.chmod(directory / name, 0o1777 if name == "tmp" else 0o755)

@@ -139,6 +139,7 @@ class CgroupV1(Cgroup):
     def apply(self, limits: CgroupLimits) -> None:
         """Write ``limits`` into the cgroup's control files."""
         memory, pids, cpu = self._dir("memory"), self._dir("pids"), self._dir("cpu")
+        _unset_v1(memory, pids, cpu, limits)
         if limits.memory_bytes is not None:
             assert memory is not None, "create() checked the memory hierarchy"
             _write(memory / "memory.limit_in_bytes", limits.memory_bytes)
@@ -167,6 +168,17 @@ class CgroupV2(Cgroup):
     def apply(self, limits: CgroupLimits) -> None:
         """Write ``limits`` into the cgroup's control files."""
         (path,) = self.dirs
+        # A limit the spec leaves unset goes back to unlimited: a reused cgroup keeps nothing
+        # an earlier setting (or anything else) wrote there.
+        unset = {
+            "memory.max": limits.memory_bytes is None,
+            "memory.swap.max": limits.memory_bytes is None,
+            "pids.max": limits.pids is None,
+            "cpu.max": limits.cpu_quota_us is None,
+        }
+        for name, reset in unset.items():
+            if reset and (path / name).exists():
+                _write(path / name, "max")
         if limits.memory_bytes is not None:
             _write(path / "memory.max", limits.memory_bytes)
             if (path / "memory.swap.max").exists():
@@ -272,6 +284,21 @@ def detect(mountinfo: str | None = None) -> CgroupHost | None:
         if {"memory", "pids"} <= host.controllers:
             return host
     return candidates[0] if candidates else None
+
+
+def _unset_v1(
+    memory: Path | None, pids: Path | None, cpu: Path | None, limits: CgroupLimits
+) -> None:
+    """Set the limits ``limits`` leaves unset back to unlimited (a reused cgroup keeps none)."""
+    if memory is not None and limits.memory_bytes is None:
+        # memory+swap may never be below memory: raise it first.
+        for name in ("memory.memsw.limit_in_bytes", "memory.limit_in_bytes"):
+            if (memory / name).exists():
+                _write(memory / name, -1)
+    if pids is not None and limits.pids is None:
+        _write(pids / "pids.max", "max")
+    if cpu is not None and limits.cpu_quota_us is None and (cpu / "cpu.cfs_quota_us").exists():
+        _write(cpu / "cpu.cfs_quota_us", -1)
 
 
 def _words(path: Path) -> set[str]:

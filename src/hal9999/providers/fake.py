@@ -224,6 +224,10 @@ class FakeProvider(HostProvider):
             (root / path).mkdir(parents=True, exist_ok=True)
         return record
 
+    def _own_dirs(self, record: SandboxRecord) -> list[str]:
+        """The fake root (everything outside the mounts); a reset swaps it for a fresh one."""
+        return ["root"]
+
     async def _kill(self, record: SandboxRecord) -> None:
         for task in list(self.running.pop(record.id, ())):
             task.cancel()

@@ -16,7 +16,7 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, Literal
@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from hal9999.errors import CapabilityError, ConfigError, ExecError, ProviderError, SandboxNotFound
-from hal9999.providers import cgroups, hostexec, hostfs
+from hal9999.providers import cgroups, hostexec, hostfs, scratch
 from hal9999.providers.base import (
     Capabilities,
     Command,
@@ -393,6 +393,47 @@ class HostProvider:
         self.store.save(record)
         return self._handle(record)
 
+    def resets_safely(self) -> bool:
+        """Whether :meth:`reset` leaves nothing of a task behind: true where a task can change
+        nothing outside its session but the sandbox's own dirs and cgroup (not on the host
+        itself, not on a VM's disk or kernel)."""
+        return self.capabilities.isolation in ("namespace", "fake")
+
+    def _own_dirs(self, record: SandboxRecord) -> Sequence[str]:
+        """The sandbox's own writable dirs under its state dir, renewed by :meth:`reset`;
+        :meth:`_prepare` creates them."""
+        return []
+
+    async def reset(self, sandbox_id: str) -> HostSandbox:
+        """Bring a sandbox back to how :meth:`create` made it, for the next task: nothing
+        running, fresh own dirs (swapped from the host side), cgroup limits as specced.
+        ProviderError when that cannot be verified; the caller must then destroy it."""
+        if not self.resets_safely():
+            raise CapabilityError(
+                f"provider {self.name!r} cannot reset a sandbox safely",
+                hint="use the destroy pool policy for it",
+            )
+        await self.stop(sandbox_id)
+        record = self.store.load(sandbox_id)
+        directory = self.store.dir(sandbox_id)
+        names = self._own_dirs(record)
+        retired = [scratch.retire(directory, name) for name in names]
+        sandbox = await self.start(sandbox_id)  # _prepare: fresh dirs, limits written again
+        for old in retired:
+            if old is not None:
+                await asyncio.to_thread(scratch.remove_tree, old)
+        self._verify_reset(self.store.load(sandbox_id), names)
+        return sandbox
+
+    def _verify_reset(self, record: SandboxRecord, names: Sequence[str]) -> None:
+        directory = self.store.dir(record.id)
+        for name in names:
+            if not scratch.holds_no_files(directory / name):
+                raise ProviderError(f"sandbox {record.id}: {name}/ is not fresh after its reset")
+        cgroup = self.cgroup(record)
+        if cgroup is not None and cgroup.pids():
+            raise ProviderError(f"sandbox {record.id}: processes left after its reset")
+
     async def destroy(self, sandbox_id: str) -> None:
         """Stop and remove the sandbox; never touches the spec's workspace. Idempotent."""
         directory = self.store.dir(sandbox_id)
@@ -406,5 +447,8 @@ class HostProvider:
             cgroup = self.cgroup(record)
             if cgroup is not None:
                 await cgroup.remove()
-        # rmtree does not follow symlinks, so a workspace linked from here is safe.
+        # Never follows a link (a workspace linked from here is safe) and gets past the
+        # 000 and 555 directories a task may leave; rmtree is the fallback for the rest.
+        with contextlib.suppress(ProviderError, OSError):
+            await asyncio.to_thread(scratch.remove_tree, directory)
         await asyncio.to_thread(shutil.rmtree, directory, ignore_errors=True)

@@ -1,0 +1,138 @@
+"""Returning a sandbox to the pool: a reset that cannot be verified destroys it, and providers
+that cannot reset safely (a VM, the host itself) refuse the ``reset`` policy."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from hal9999.errors import ConfigError, ProviderError, ProviderUnavailable
+from hal9999.pool import ProviderSettings, SlotDir, WarmPool
+from hal9999.pool.settings import policy_of
+from hal9999.providers import scratch
+from hal9999.providers.base import Provider
+from hal9999.providers.fake import FakeProvider
+from hal9999.providers.local import LocalProvider
+from hal9999.spec import SandboxSpec
+
+
+def pool_of(tmp_path: Path, provider: Provider, **settings: object) -> WarmPool:
+    values = ProviderSettings.model_validate(settings)
+    return WarmPool(
+        providers=lambda name: provider,
+        settings=lambda name: values,
+        slots=SlotDir(tmp_path / "slots"),
+    )
+
+
+def spec_for(tmp_path: Path, provider: str, n: int) -> SandboxSpec:
+    workspace = tmp_path / f"ws{n}"
+    workspace.mkdir(exist_ok=True)
+    network = "host" if provider == "local" else "none"
+    return SandboxSpec(provider=provider, workspace=workspace, network=network)
+
+
+async def test_a_reset_that_cannot_finish_destroys_the_sandbox(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provider = FakeProvider(state_dir=tmp_path / "state")
+    pool = pool_of(tmp_path, provider)
+    first = await pool.claim(spec_for(tmp_path, "fake", 1))
+    await first.sandbox.write_file_atomic("/tmp/left", b"task 1")
+
+    def stuck(path: Path) -> None:
+        raise ProviderError(f"cannot remove {path}: Operation not permitted")
+
+    monkeypatch.setattr(scratch, "remove_tree", stuck)
+    await pool.release(first)
+    assert not provider.store.dir(first.sandbox.id).exists(), "destroyed, not kept"
+    monkeypatch.undo()
+    second = await pool.claim(spec_for(tmp_path, "fake", 2))
+    assert not second.warm and second.sandbox.id != first.sandbox.id
+    assert not await second.sandbox.exists("/tmp/left")
+    await pool.release(second, reuse=False)
+
+
+async def test_a_reset_leaves_a_fresh_root_and_nothing_retired(tmp_path: Path) -> None:
+    provider = FakeProvider(state_dir=tmp_path / "state")
+    pool = pool_of(tmp_path, provider)
+    first = await pool.claim(spec_for(tmp_path, "fake", 1))
+    await first.sandbox.write_file_atomic("/tmp/deep/left", b"task 1")
+    await first.sandbox.write_file_atomic("/etc/planted", b"task 1")
+    await pool.release(first)
+    second = await pool.claim(spec_for(tmp_path, "fake", 2))
+    assert second.warm and second.sandbox.id == first.sandbox.id
+    for path in ("/tmp/deep", "/etc/planted"):
+        assert not await second.sandbox.exists(path)
+    names = os.listdir(provider.store.dir(second.sandbox.id))
+    assert not [n for n in names if n.startswith(scratch.RETIRED_PREFIX)]
+    await pool.release(second, reuse=False)
+
+
+async def test_local_refuses_the_reset_policy_and_is_destroyed_by_default(
+    tmp_path: Path,
+) -> None:
+    provider = LocalProvider(state_dir=tmp_path / "state")
+    assert not provider.resets_safely()
+    assert policy_of("local", ProviderSettings()) == "destroy"
+    with pytest.raises(ConfigError, match="not safe for provider 'local'") as info:
+        await pool_of(tmp_path, provider, policy="reset").claim(spec_for(tmp_path, "local", 1))
+    assert info.value.hint is not None and 'policy = "destroy"' in info.value.hint
+    pool = pool_of(tmp_path, provider)
+    lease = await pool.claim(spec_for(tmp_path, "local", 1))
+    await pool.release(lease)
+    assert await provider.list() == []
+
+
+async def test_qemu_refuses_the_reset_policy_and_is_destroyed_by_default(
+    hal_home: Path, tmp_path: Path
+) -> None:
+    from hal9999.providers.qemu import QemuProvider
+
+    if shutil.which("qemu-system-x86_64") is None and os.environ.get("CI") != "true":
+        pytest.skip("QEMU is not installed")
+    try:
+        provider = QemuProvider(state_dir=hal_home / "sandboxes" / "qemu")
+    except ProviderUnavailable as exc:
+        pytest.skip(str(exc))
+    # A reused VM would keep its disk, its kernel and its processes: it is never reset.
+    assert not provider.resets_safely()
+    assert policy_of("qemu", ProviderSettings()) == "destroy"
+    with pytest.raises(ConfigError, match="not safe for provider 'qemu'"):
+        await pool_of(tmp_path, provider, policy="reset").claim(spec_for(tmp_path, "qemu", 1))
+    assert await provider.list() == []
+
+
+def test_remove_tree_gets_past_locked_dirs_and_never_follows_a_link(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("host file")
+    tree = tmp_path / "tree"
+    (tree / "zero" / "deeper").mkdir(parents=True)
+    (tree / "zero" / "deeper" / "secret").write_text("x")
+    (tree / "ro").mkdir()
+    (tree / "ro" / "f").write_text("x")
+    (tree / "link").symlink_to(outside)
+    (tree / "zero" / "deeper" / "link").symlink_to(outside / "keep")
+    os.mkfifo(tree / "fifo")
+    os.chmod(tree / "zero" / "deeper", 0)
+    os.chmod(tree / "zero", 0)
+    os.chmod(tree / "ro", 0o555)
+    retired = scratch.retire(tmp_path, "tree")
+    assert retired is not None and not tree.exists()
+    assert not scratch.holds_no_files(retired)
+    scratch.remove_tree(retired)
+    assert not retired.exists()
+    assert (outside / "keep").read_text() == "host file"
+    assert scratch.retire(tmp_path, "tree") is None
+
+
+def test_a_fresh_dir_holds_only_dirs(tmp_path: Path) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    assert scratch.holds_no_files(tmp_path / "a")
+    (tmp_path / "a" / "b" / "l").symlink_to(tmp_path)
+    assert not scratch.holds_no_files(tmp_path / "a")
+    assert not scratch.holds_no_files(tmp_path / "missing")

@@ -1,0 +1,85 @@
+"""A hostile task on a warm bwrap sandbox leaves nothing for the next task on that sandbox."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hal9999.pool import ProviderSettings, SlotDir, WarmPool
+from hal9999.providers import hostexec
+from hal9999.providers.bwrap import BwrapProvider
+from hal9999.spec import Bind, Resources, SandboxSpec, ShellCommand
+
+pytestmark = pytest.mark.bwrap
+
+PLANT = r"""
+set -u
+echo TASK1-SECRET > /tmp/secret
+mkdir -p /tmp/zero/deeper && echo TASK1-SECRET > /tmp/zero/deeper/s
+chmod 000 /tmp/zero/deeper /tmp/zero
+mkdir /tmp/ro && cp /bin/true /tmp/ro/planted && chmod 4755 /tmp/ro/planted && chmod 555 /tmp/ro
+cp /bin/true /tmp/.hidden-setuid && chmod 6755 /tmp/.hidden-setuid
+echo TASK1-SECRET > /tmp/locked && chmod 000 /tmp/locked
+touch /tmp/immutable && (chattr +i /tmp/immutable 2>/dev/null || true)
+mkfifo /tmp/fifo
+ln -s /etc/passwd /tmp/link
+mkdir -p /var/tmp/vt && echo TASK1-SECRET > /var/tmp/vt/s
+setsid nohup sleep 1000 >/dev/null 2>&1 < /dev/null &
+echo planted
+"""
+
+LOOK = r"""
+find /tmp /var/tmp/ -mindepth 1 2>&1
+cat /tmp/secret /tmp/zero/deeper/s /tmp/locked 2>/dev/null
+pgrep -a sleep || true
+echo looked
+"""
+
+
+def task_spec(root: Path, n: int) -> SandboxSpec:
+    """A spec shaped like a task's: its own workspace and home from its session."""
+    session = root / f"s{n}"
+    for name in ("workspace", "home"):
+        (session / name).mkdir(parents=True, exist_ok=True)
+    return SandboxSpec(
+        provider="bwrap",
+        resources=Resources(pids=256),
+        workspace=session / "workspace",
+        binds=(Bind(source=session / "home", target="/home/hal", read_only=False),),
+        labels={"hal.task": f"t{n}"},
+    )
+
+
+async def test_the_next_task_on_a_warm_sandbox_sees_nothing_the_last_one_left(
+    hal_home: Path, tmp_path: Path
+) -> None:
+    provider = BwrapProvider(state_dir=hal_home / "sandboxes" / "bwrap")
+    pool = WarmPool(
+        providers=lambda name: provider,
+        settings=lambda name: ProviderSettings(max_size=1),
+        slots=SlotDir(hal_home / "pool"),
+    )
+    first = await pool.claim(task_spec(tmp_path, 1), task_id="t1")
+    try:
+        planted = await first.sandbox.exec(ShellCommand(script=PLANT), timeout=30)
+        assert planted.text().strip() == "planted", planted.stderr
+    finally:
+        await pool.release(first)
+    second = await pool.claim(task_spec(tmp_path, 2), task_id="t2")
+    try:
+        assert second.warm and second.sandbox.id == first.sandbox.id, "the same warm sandbox"
+        # Host side, before task 2 runs anything: nothing of task 1 in the sandbox's dir, no
+        # process of it anywhere.
+        directory = provider.store.dir(second.sandbox.id)
+        assert sorted(p.name for p in directory.iterdir()) == ["home", "sandbox.json", "tmp"]
+        assert list((directory / "tmp").iterdir()) == []
+        assert (directory / "tmp").stat().st_mode & 0o7777 == 0o1777
+        assert hostexec._pids_marked(hostexec.MARKER_VAR, second.sandbox.id) == set()
+        cgroup = provider.cgroup(provider.store.load(second.sandbox.id))
+        assert cgroup is None or cgroup.pids() == set()
+        looked = await second.sandbox.exec(ShellCommand(script=LOOK), timeout=30)
+        assert looked.text() == "looked\n", looked.text()
+    finally:
+        await pool.release(second, reuse=False)
+    assert not provider.store.dir(second.sandbox.id).exists()
