@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -113,13 +114,13 @@ def finish_run(
     from hal9999.cli.render import summary, task_json
 
     try:
-        record = run_async(run())
-    except KeyboardInterrupt:
+        record = run_async(cancel_on_sigterm(run))
+    except (KeyboardInterrupt, asyncio.CancelledError) as exc:
         record = app_.store.get_task(task_id)
         click.echo(
             f"\nhal: task {task_id} cancelled; session kept at {record.session_dir}", err=True
         )
-        sys.exit(130)
+        sys.exit(130 if isinstance(exc, KeyboardInterrupt) else 128 + signal.SIGTERM)
     if as_json:
         emit_json(task_json(record))
     else:
@@ -127,6 +128,26 @@ def finish_run(
         click.echo(summary(record))
     status = 0 if record.status == "succeeded" else exit_status_for(record.error_code) or 1
     sys.exit(status)
+
+
+async def cancel_on_sigterm(run: Callable[[], Awaitable[T]]) -> T:
+    """Run a foreground task so that SIGTERM ends it like Ctrl-C: the run is cancelled,
+    which stops the agent and gives its sandbox back, instead of the process dying with
+    the sandbox and a half-made clone left behind."""
+    loop = asyncio.get_running_loop()
+    current = asyncio.current_task()
+    assert current is not None
+
+    def terminate() -> None:
+        # Once only: a second SIGTERM must not cancel the cleanup the first one started.
+        if not current.cancelling():
+            current.cancel("terminated by SIGTERM")
+
+    loop.add_signal_handler(signal.SIGTERM, terminate)
+    try:
+        return await run()
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 def print_detached(task: TaskRecord, as_json: bool) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from hal9999.errors import RepoError
+from hal9999.procs import kill_group_until_gone
 from hal9999.providers.base import Sandbox
 from hal9999.spec import ArgvCommand
 
@@ -55,8 +56,16 @@ async def git(args: Sequence[str], *, cwd: Path | None = None, what: str = "git"
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/"},
+        # Its own process group: git's helpers (git-remote-http, ssh) die with it.
+        start_new_session=True,
     )
-    out, err = await proc.communicate()
+    try:
+        out, err = await proc.communicate()
+    except BaseException:
+        # Cancelled (a timeout, Ctrl-C, SIGTERM): a clone stuck on the network must not
+        # outlive the task.
+        await kill_group_until_gone(proc)
+        raise
     if proc.returncode != 0:
         detail = err.decode("utf-8", "replace").strip().splitlines()
         raise RepoError(f"{what} failed: {detail[-1] if detail else 'git exited with error'}")

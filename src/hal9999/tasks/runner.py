@@ -56,6 +56,8 @@ _POLL_S = 0.05
 _FIRST_POLL_S = 0.005
 _LIVENESS_S = 1.0
 _DEFAULT_RESUME_PROMPT = "Continue where you left off and finish the task."
+_COLLECT_GRACE_S = 60.0
+"""How long collecting may take after a timeout (the agent's work is still brought back)."""
 
 
 class TaskRunner:
@@ -102,26 +104,37 @@ class TaskRunner:
         started = time.monotonic()
         exit_code: int | None = None
         offline = False
+        if ctx.adopted is not None:
+            started = ctx.adopted.started
+        # The timeout bounds the whole run (sandbox, clone, agent, collection), not only the
+        # agent: a clone stuck on a silent server must end too.
+        deadline = asyncio.timeout_at(_loop_deadline(task.timeout_s, started))
         try:
-            if ctx.adopted is None:
-                offline = await self.launch(ctx, provider, manager, agent, prompt, started)
-                assert ctx.pspec is not None
-                exit_code = await self.follow(ctx, manager, ctx.pspec, agent, started)
-            else:
-                started, ctx.totals = ctx.adopted.started, ctx.adopted.totals
-                ctx.sandbox, ctx.pspec = ctx.adopted.sandbox, ctx.adopted.pspec
-                exit_code = await self.follow(
-                    ctx,
-                    manager,
-                    ctx.pspec,
-                    agent,
-                    started,
-                    offset=ctx.adopted.offset,
-                    parser=ctx.adopted.parser,
-                )
-            assert ctx.sandbox is not None
-            self.transition(ctx, TaskStatus.COLLECTING)
-            files = await self.collect(ctx, ctx.sandbox)
+            try:
+                async with deadline:
+                    if ctx.adopted is None:
+                        offline = await self.launch(ctx, provider, manager, agent, prompt, started)
+                        assert ctx.pspec is not None
+                        exit_code = await self.follow(ctx, manager, ctx.pspec, agent, started)
+                    else:
+                        ctx.totals = ctx.adopted.totals
+                        ctx.sandbox, ctx.pspec = ctx.adopted.sandbox, ctx.adopted.pspec
+                        exit_code = await self.follow(
+                            ctx,
+                            manager,
+                            ctx.pspec,
+                            agent,
+                            started,
+                            offset=ctx.adopted.offset,
+                            parser=ctx.adopted.parser,
+                        )
+                    assert ctx.sandbox is not None
+                    self.transition(ctx, TaskStatus.COLLECTING)
+                    files = await self.collect(ctx, ctx.sandbox)
+            except TimeoutError as exc:
+                if not deadline.expired():
+                    raise
+                raise _timed_out(task.timeout_s, self.store.get_task(task.id).status) from exc
             if exit_code == 0:
                 return self.finish(ctx, TaskStatus.SUCCEEDED, started, exit_code, files=files)
             hint = f"see `hal task logs {task.id}`"
@@ -134,7 +147,15 @@ class TaskRunner:
         except TaskTimeout as exc:
             if ctx.pspec is not None:
                 await manager.stop(ctx.pspec)
-            files = await self.collect_quietly(ctx, ctx.sandbox)
+            files = 0
+            if ctx.pspec is not None:  # the agent ran: keep what it did before the timeout
+                try:
+                    async with asyncio.timeout(_COLLECT_GRACE_S):
+                        files = await self.collect_quietly(ctx, ctx.sandbox)
+                except TimeoutError:
+                    ctx.events.emit(
+                        Message(level="warning", text="collecting after the timeout took too long")
+                    )
             return self.finish(
                 ctx, TaskStatus.TIMED_OUT, started, exit_code, error=exc, files=files
             )
@@ -142,15 +163,14 @@ class TaskRunner:
             if ctx.pspec is not None:
                 await manager.stop(ctx.pspec)
             return self.finish(ctx, TaskStatus.FAILED, started, exit_code, error=exc)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as cancelled:
             if ctx.detached:
                 raise  # the daemon is shutting down; the agent runs on, to be adopted
             # Ctrl-C: stop the agent and keep the session; the sandbox goes in `finally`.
             if ctx.pspec is not None:
                 await manager.stop(ctx.pspec)
-            self.finish(
-                ctx, TaskStatus.CANCELLED, started, exit_code, note="interrupted by the user"
-            )
+            reason = _cancel_reason(cancelled)
+            self.finish(ctx, TaskStatus.CANCELLED, started, exit_code, note=reason)
             raise
         finally:
             if ctx.sandbox is not None and not ctx.detached:
@@ -400,6 +420,37 @@ class TaskRunner:
             )
         )
         return record
+
+
+def _loop_deadline(timeout_s: float | None, started: float) -> float | None:
+    """The event loop time at which a run that began at ``started`` (``time.monotonic()``)
+    runs out of time, or None without a timeout."""
+    if timeout_s is None:
+        return None
+    return asyncio.get_running_loop().time() + (started + timeout_s - time.monotonic())
+
+
+_PHASE_DOING = {
+    TaskStatus.PROVISIONING: "acquiring a sandbox; the agent never started",
+    TaskStatus.PREPARING: "preparing (cloning the repository); the agent never started",
+    TaskStatus.RUNNING: "the agent was running",
+    TaskStatus.COLLECTING: "collecting the results",
+}
+
+
+def _timed_out(timeout_s: float | None, status: str) -> TaskTimeout:
+    """The timeout error, saying what the run was doing when time ran out."""
+    doing = _PHASE_DOING.get(TaskStatus(status), status)
+    return TaskTimeout(
+        f"task ran past its timeout of {timeout_s or 0:g}s while {doing}",
+        hint="raise it with --timeout SECONDS",
+    )
+
+
+def _cancel_reason(exc: asyncio.CancelledError) -> str:
+    """Why the run was cancelled: the message given to ``cancel()`` (the CLI names SIGTERM),
+    else Ctrl-C."""
+    return str(exc.args[0]) if exc.args and exc.args[0] else "interrupted by the user"
 
 
 def _add_cost(a: float | None, b: float | None) -> float | None:

@@ -304,11 +304,12 @@ class TaskService:
             if time.time() - task.created_at < 10:
                 return task
         exit_code = read_exit_status(self.session(task).exit_file(task.resumes))
-        agent = (
-            f"the agent exited with status {exit_code}"
-            if exit_code is not None
-            else "the agent may still be running"
-        )
+        if exit_code is not None:
+            agent = f"the agent exited with status {exit_code}"
+        elif task.status in (TaskStatus.RUNNING, TaskStatus.COLLECTING):
+            agent = "the agent may still be running"
+        else:  # it died while acquiring a sandbox or cloning: no agent was ever started
+            agent = f"the agent had not started (the task was {task.status})"
         message = f"the hal process running this task died; {agent}"
         self.store.update_task(
             task.id,

@@ -50,8 +50,9 @@ _ENDINGS = {TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.STOPPED, TaskSta
 
 TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
     TaskStatus.QUEUED: frozenset({TaskStatus.PROVISIONING, *_ENDINGS}),
-    TaskStatus.PROVISIONING: frozenset({TaskStatus.PREPARING, *_ENDINGS}),
-    TaskStatus.PREPARING: frozenset({TaskStatus.RUNNING, *_ENDINGS}),
+    # The timeout bounds the whole task, so a sandbox or a clone that hangs times out too.
+    TaskStatus.PROVISIONING: frozenset({TaskStatus.PREPARING, TaskStatus.TIMED_OUT, *_ENDINGS}),
+    TaskStatus.PREPARING: frozenset({TaskStatus.RUNNING, TaskStatus.TIMED_OUT, *_ENDINGS}),
     TaskStatus.RUNNING: frozenset({TaskStatus.COLLECTING, TaskStatus.TIMED_OUT, *_ENDINGS}),
     TaskStatus.COLLECTING: frozenset({TaskStatus.SUCCEEDED, TaskStatus.TIMED_OUT, *_ENDINGS}),
     # Resting states may be resumed (back to queued); a resumed task keeps its session.
