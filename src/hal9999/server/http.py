@@ -24,11 +24,46 @@ logger = logging.getLogger(__name__)
 
 MAX_BODY = 4 << 20
 """Largest request body accepted (prompts are text; 4 MiB is plenty)."""
+MAX_LINE = 8 << 10
+"""Longest request line or header line."""
 MAX_HEADER_LINES = 100
+MAX_HEAD = 32 << 10
+"""Request line and headers together at most."""
+MAX_UNAUTHENTICATED = 32
+"""Connections at once that have not yet shown the token; more are refused (503)."""
+HEAD_TIMEOUT_S = 10.0
+"""A connection that has not authenticated sends its whole head within this (slowloris)."""
+BODY_TIMEOUT_S = 60.0
+"""An authenticated request's body arrives within this."""
 IDLE_TIMEOUT_S = 300.0
+"""An authenticated keep-alive connection may wait this long for its next request."""
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
             405: "Method Not Allowed", 409: "Conflict", 413: "Payload Too Large",
-            500: "Internal Server Error"}  # fmt: skip
+            431: "Request Header Fields Too Large", 500: "Internal Server Error",
+            503: "Service Unavailable"}  # fmt: skip
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+class HttpError(Exception):
+    """A request the server answers with an error status and closes the connection on."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+    def payload(self) -> dict[str, Any]:
+        """The JSON error body."""
+        return {"error": {"code": self.code, "message": str(self)}}
+
+
+@dataclass
+class Head:
+    """A request line and its headers, read before anything else of the request."""
+
+    method: str
+    target: str
+    headers: dict[str, str]
 
 
 @dataclass
@@ -95,21 +130,39 @@ class Router:
 
 
 class HttpServer:
-    """Serves a :class:`Router` to clients presenting the bearer token."""
+    """Serves a :class:`Router` to clients presenting the bearer token.
 
-    def __init__(self, router: Router, token: str) -> None:
+    What a client without the token can make the server hold is bounded: it reads at most
+    :data:`MAX_HEAD` bytes of head within :data:`HEAD_TIMEOUT_S`, never a body (the token is
+    checked from the headers first), and answers at most :data:`MAX_UNAUTHENTICATED` such
+    connections at once.
+    """
+
+    def __init__(
+        self,
+        router: Router,
+        token: str,
+        *,
+        max_unauthenticated: int = MAX_UNAUTHENTICATED,
+        head_timeout_s: float = HEAD_TIMEOUT_S,
+    ) -> None:
         self.router = router
         self._token = token.encode()
         self.servers: list[asyncio.Server] = []
         self.requests = 0
+        self.max_unauthenticated = max_unauthenticated
+        self.head_timeout_s = head_timeout_s
+        self.unauthenticated = 0
+        """Open connections that have not shown the token yet."""
 
     async def listen_unix(self, path: str) -> None:
         """Accept connections on a unix socket."""
-        self.servers.append(await asyncio.start_unix_server(self._serve, path=path))
+        server = await asyncio.start_unix_server(self._serve, path=path, limit=MAX_LINE)
+        self.servers.append(server)
 
     async def listen_tcp(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Accept connections on ``host``; returns the port (a free one when 0)."""
-        server = await asyncio.start_server(self._serve, host=host, port=port)
+        server = await asyncio.start_server(self._serve, host=host, port=port, limit=MAX_LINE)
         self.servers.append(server)
         return int(server.sockets[0].getsockname()[1])
 
@@ -128,20 +181,33 @@ class HttpServer:
         )
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        authenticated = False
         try:
-            while True:
-                request = await asyncio.wait_for(_read_request(reader), IDLE_TIMEOUT_S)
-                if request is None:
-                    break
-                if isinstance(request, int):
-                    await _send(writer, request, {"error": {"code": "bad_request"}}, close=True)
-                    break
-                self.requests += 1
-                status, payload = await self._dispatch(request)
-                close = request.headers.get("connection", "").lower() == "close"
-                await _send(writer, status, payload, close=close)
-                if close:
-                    break
+            if self.unauthenticated >= self.max_unauthenticated:
+                busy = HttpError(503, "busy", "too many connections waiting to authenticate")
+                await _send(writer, busy.status, busy.payload(), close=True)
+                return
+            self.unauthenticated += 1
+            try:
+                while True:
+                    wait = IDLE_TIMEOUT_S if authenticated else self.head_timeout_s
+                    request = await self._next(reader, wait, authenticated=authenticated)
+                    if request is None:
+                        break
+                    if not authenticated:
+                        authenticated = True
+                        self.unauthenticated -= 1
+                    self.requests += 1
+                    status, payload = await self._dispatch(request)
+                    close = request.headers.get("connection", "").lower() == "close"
+                    await _send(writer, status, payload, close=close)
+                    if close:
+                        break
+            except HttpError as exc:
+                await _send(writer, exc.status, exc.payload(), close=True)
+            finally:
+                if not authenticated:
+                    self.unauthenticated -= 1
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -151,9 +217,25 @@ class HttpServer:
             except (ConnectionError, OSError):
                 pass
 
+    async def _next(
+        self,
+        reader: asyncio.StreamReader,
+        wait: float,
+        *,
+        authenticated: bool,
+    ) -> Request | None:
+        """The next request: head, token check, then (only then) its body."""
+        head = await asyncio.wait_for(_read_head(reader), wait)
+        if head is None:
+            return None
+        if not self._authorized(head.headers):
+            raise HttpError(401, "unauthorized", "a valid token is needed")
+        length = _content_length(head.headers)
+        body = await asyncio.wait_for(reader.readexactly(length), BODY_TIMEOUT_S) if length else b""
+        url = urlsplit(head.target)
+        return Request(head.method, url.path, dict(parse_qsl(url.query)), head.headers, body)
+
     async def _dispatch(self, request: Request) -> tuple[int, Any]:
-        if not self._authorized(request.headers):
-            return 401, {"error": {"code": "unauthorized", "message": "a valid token is needed"}}
         found = self.router.match(request.method, request.path)
         if isinstance(found, int):
             return found, {"error": {"code": "no_route", "message": request.path}}
@@ -167,29 +249,56 @@ class HttpServer:
             return 500, {"error": {"code": "internal", "message": "internal error, see the log"}}
 
 
-async def _read_request(reader: asyncio.StreamReader) -> Request | int | None:
-    line = await reader.readline()
+async def _read_line(reader: asyncio.StreamReader) -> bytes:
+    try:
+        return await reader.readline()
+    except ValueError:  # longer than the stream's limit (MAX_LINE)
+        too_long = f"a line is longer than {MAX_LINE} bytes"
+        raise HttpError(431, "header_too_large", too_long) from None
+
+
+async def _read_head(reader: asyncio.StreamReader) -> Head | None:
+    """The request line and headers (None at a clean end of the connection)."""
+    line = await _read_line(reader)
     if not line:
         return None
     parts = line.decode("latin-1").split()
-    if len(parts) != 3:
-        return 400
+    if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not parts[2].startswith("HTTP/1."):
+        raise HttpError(400, "bad_request", "malformed request line")
     method, target, _version = parts
     headers: dict[str, str] = {}
-    for _ in range(MAX_HEADER_LINES):
-        raw = await reader.readline()
-        if raw in (b"\r\n", b"\n", b""):
-            break
-        name, _, value = raw.decode("latin-1").partition(":")
-        headers[name.strip().lower()] = value.strip()
-    else:
-        return 400
-    length = int(headers.get("content-length", "0") or 0)
+    size = len(line)
+    for _ in range(MAX_HEADER_LINES + 1):
+        raw = await _read_line(reader)
+        if raw in (b"\r\n", b"\n"):
+            return Head(method.upper(), target, headers)
+        if not raw.endswith(b"\n"):
+            raise asyncio.IncompleteReadError(raw, None)
+        size += len(raw)
+        if size > MAX_HEAD:
+            raise HttpError(431, "header_too_large", f"the headers exceed {MAX_HEAD} bytes")
+        name, colon, value = raw.decode("latin-1").partition(":")
+        name = name.strip().lower()
+        if not colon or not _TOKEN.fullmatch(name):
+            raise HttpError(400, "bad_request", "malformed header line")
+        if name in headers and name in ("content-length", "authorization", "host"):
+            raise HttpError(400, "bad_request", f"repeated {name} header")
+        headers[name] = value.strip()
+    raise HttpError(431, "header_too_large", f"more than {MAX_HEADER_LINES} header lines")
+
+
+def _content_length(headers: dict[str, str]) -> int:
+    """The body's length: digits only, at most :data:`MAX_BODY`; no chunked bodies."""
+    if "transfer-encoding" in headers:
+        unsupported = "Transfer-Encoding is not supported; send Content-Length"
+        raise HttpError(400, "bad_request", unsupported)
+    value = headers.get("content-length", "0")
+    if not value.isdigit() or not value.isascii() or len(value) > 12:
+        raise HttpError(400, "bad_request", "Content-Length must be a decimal number of bytes")
+    length = int(value)
     if length > MAX_BODY:
-        return 413
-    body = await reader.readexactly(length) if length else b""
-    url = urlsplit(target)
-    return Request(method.upper(), url.path, dict(parse_qsl(url.query)), headers, body)
+        raise HttpError(413, "payload_too_large", f"the body exceeds {MAX_BODY} bytes")
+    return length
 
 
 async def _send(writer: asyncio.StreamWriter, status: int, payload: Any, *, close: bool) -> None:

@@ -1,0 +1,149 @@
+"""A hostile client of the daemon's HTTP API, over raw sockets (TCP and the unix socket), so
+these hold whatever server implementation sits behind the port: no body is read before the
+token is checked, bad framing gets one clear error and no traceback, and clients without the
+token can hold only a bounded number of connections, for a bounded time."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hal9999.server.http import HttpServer, Request, Router
+
+TOKEN = "s3cret-token"
+AUTH = f"Authorization: Bearer {TOKEN}\r\n".encode()
+Connect = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+
+
+def router() -> Router:
+    r = Router()
+
+    async def echo(request: Request) -> Any:
+        return {"body": request.json()}
+
+    r.add("POST", "/v1/echo", echo)
+    return r
+
+
+@pytest.fixture(params=["tcp", "unix"])
+async def serve(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Callable[..., Awaitable[Connect]]]:
+    servers: list[HttpServer] = []
+
+    async def start(**options: Any) -> Connect:
+        server = HttpServer(router(), TOKEN, **options)
+        servers.append(server)
+        if request.param == "tcp":
+            port = await server.listen_tcp()
+            return lambda: asyncio.open_connection("127.0.0.1", port)
+        path = str(tmp_path / "api.sock")
+        await server.listen_unix(path)
+        return lambda: asyncio.open_unix_connection(path)
+
+    yield start
+    for server in servers:
+        await server.close()
+
+
+async def exchange(connect: Connect, data: bytes, *, within: float = 3.0) -> bytes:
+    """Send ``data`` and read until the server closes (within ``within`` seconds)."""
+    reader, writer = await connect()
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), within)
+    finally:
+        writer.close()
+
+
+def status_and_code(response: bytes) -> tuple[int, str]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)["error"]["code"]
+
+
+async def test_an_unauthenticated_body_is_never_read(
+    serve: Callable[..., Awaitable[Connect]],
+) -> None:
+    connect = await serve()
+    # 25 clients each announce a 4 MiB body and send none of it: each gets its 401 at once,
+    # without the server waiting for (or buffering) a byte of the body.
+    head = b"POST /v1/echo HTTP/1.1\r\nContent-Length: 4194304\r\n\r\n"
+    answers = await asyncio.gather(*(exchange(connect, head, within=2.0) for _ in range(25)))
+    assert all(status_and_code(a) == (401, "unauthorized") for a in answers)
+    wrong = b"POST /v1/echo HTTP/1.1\r\nAuthorization: Bearer nope\r\nContent-Length: 9\r\n\r\n"
+    assert status_and_code(await exchange(connect, wrong, within=2.0)) == (401, "unauthorized")
+    body = b'{"a": 1}'
+    ok = b"POST /v1/echo HTTP/1.1\r\n%sContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+    answer = await exchange(connect, ok % (AUTH, len(body), body))
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b'{"body": {"a": 1}}')
+
+
+@pytest.mark.parametrize(
+    "length", ["abc", "-5", "1e3", " 12 4", "0x10", "99999999999999999999", "½"]
+)
+async def test_a_malformed_content_length_is_a_clear_400_without_a_traceback(
+    serve: Callable[..., Awaitable[Connect]], length: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    connect = await serve()
+    data = f"POST /v1/echo HTTP/1.1\r\nContent-Length: {length}\r\n".encode() + AUTH + b"\r\n"
+    with caplog.at_level(logging.DEBUG):
+        assert status_and_code(await exchange(connect, data)) == (400, "bad_request")
+        for framing in (
+            b"POST /v1/echo HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 9\r\n",
+            b"POST /v1/echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n",
+        ):
+            answer = await exchange(connect, framing + AUTH + b"\r\n")
+            assert status_and_code(answer) == (400, "bad_request")
+        too_big = b"POST /v1/echo HTTP/1.1\r\nContent-Length: 4194305\r\n" + AUTH + b"\r\n"
+        assert status_and_code(await exchange(connect, too_big)) == (413, "payload_too_large")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+
+
+async def test_header_size_and_count_are_bounded(
+    serve: Callable[..., Awaitable[Connect]], caplog: pytest.LogCaptureFixture
+) -> None:
+    connect = await serve()
+    long_line = b"GET /v1/echo HTTP/1.1\r\nX-Pad: " + b"a" * 100_000 + b"\r\n\r\n"
+    many = b"GET /v1/echo HTTP/1.1\r\n" + b"X-A: b\r\n" * 101 + b"\r\n"
+    big = b"GET /v1/echo HTTP/1.1\r\n" + (b"X-A: " + b"b" * 4000 + b"\r\n") * 10 + b"\r\n"
+    for data in (long_line, many, big):
+        assert status_and_code(await exchange(connect, data)) == (431, "header_too_large")
+    for data in (b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nno colon here\r\n\r\n"):
+        assert status_and_code(await exchange(connect, data)) == (400, "bad_request")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+
+
+async def test_connections_without_the_token_are_few_and_short(
+    serve: Callable[..., Awaitable[Connect]],
+) -> None:
+    connect = await serve(max_unauthenticated=4, head_timeout_s=0.5)
+    idle = [await connect() for _ in range(4)]
+    await asyncio.sleep(0.1)
+    # A fifth silent connection is refused at once while four wait to authenticate...
+    refused = await exchange(connect, b"", within=1.0)
+    assert status_and_code(refused) == (503, "busy")
+    # ...and the four are closed when they send no request in time (slowloris too).
+    idle[0][1].write(b"GET /v1/echo HTTP/1.1\r\n")
+    for reader, writer in idle:
+        assert await asyncio.wait_for(reader.read(), 2.0) == b""
+        writer.close()
+    # Then room is back, and an authenticated keep-alive connection no longer counts.
+    reader, writer = await connect()
+    body = b"{}"
+    request = b"POST /v1/echo HTTP/1.1\r\n%sContent-Length: 2\r\n\r\n%s" % (AUTH, body)
+    writer.write(request)
+    await writer.drain()
+    assert (await reader.readuntil(b"}}")).startswith(b"HTTP/1.1 200")
+    others = [await connect() for _ in range(4)]
+    writer.write(request)
+    await writer.drain()
+    assert (await asyncio.wait_for(reader.readuntil(b"}}"), 2.0)).startswith(b"HTTP/1.1 200")
+    for _, other in [*others, (reader, writer)]:
+        other.close()
