@@ -11,6 +11,7 @@ optional ``hint`` that tells the user how to fix the problem::
     │   ├── TaskNotFound          task_not_found     exit 3
     │   └── AmbiguousTaskId       task_id_ambiguous  exit 3
     ├── RepoError                 repo_invalid       exit 4
+    │   └── SecretInResult        secret_in_result   exit 4
     ├── AgentError                agent_error        exit 5
     │   ├── UnknownAgent          agent_unknown      exit 5
     │   ├── AgentNotInstalled     agent_missing      exit 5
@@ -99,6 +100,12 @@ class RepoError(HalError):
 
     code = "repo_invalid"
     exit_status = 4
+
+
+class SecretInResult(RepoError):
+    """The task's result holds the value of one of its secrets; it was not brought back."""
+
+    code = "secret_in_result"
 
 
 class AgentError(HalError):

@@ -1,15 +1,17 @@
-"""Git work around a task: the source, the session checkout, and bringing the branch back.
+"""Git work around a task on the host: the source and the session checkout.
 
 Trust boundary: once an agent has run, the checkout is untrusted (its ``.git/config`` could
 name hooks, filters or an fsmonitor that git would run). So everything that touches the
-checkout after the agent runs happens *inside the sandbox*, and the host only reads the
-result as a git bundle, a plain file that carries no configuration.
+checkout after the agent runs happens *inside the sandbox* (:mod:`hal9999.tasks.collect`),
+and the host only reads the result as a git bundle, a plain file that carries no
+configuration (:mod:`hal9999.tasks.bringback`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +19,15 @@ from typing import Literal
 
 from hal9999.errors import RepoError
 from hal9999.procs import kill_group_until_gone
-from hal9999.providers.base import Sandbox
-from hal9999.spec import ArgvCommand
 
 _URL = re.compile(r"^([a-z][a-z0-9+.-]*://|[\w.-]+@[\w.-]+:)", re.IGNORECASE)
-# Host-side git never runs repository hooks and never prompts for credentials.
-_GIT_SAFE = ["-c", "core.hooksPath=/dev/null", "-c", "protocol.file.allow=always"]
+# Host-side git never runs repository hooks and never prompts for credentials. No
+# `protocol.file.allow=always`: a repository's `.gitmodules` must never make host git copy
+# another host repository (git's default allows local paths only for the user's own command).
+_GIT_SAFE = ["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false"]
+# How much of git's stderr an error keeps: the whole relevant message, never megabytes.
+_ERROR_LINES = 12
+_ERROR_CHARS = 1500
 # `clone -c` writes these into the new checkout's config: the agent commits as hal9999.
 _CLONE_IDENTITY = ["-c", "user.name=hal9999", "-c", "user.email=hal9999@localhost"]
 
@@ -36,16 +41,9 @@ class RepoSource:
     """An absolute path (the repository's top level) or a URL."""
 
 
-@dataclass(frozen=True)
-class Collected:
-    """What collection produced."""
-
-    head: str
-    files_changed: int
-    committed_leftovers: bool
-
-
-async def git(args: Sequence[str], *, cwd: Path | None = None, what: str = "git") -> str:
+async def git(
+    args: Sequence[str], *, cwd: Path | None = None, what: str = "git", hint: str | None = None
+) -> str:
     """Run host git; raise :class:`RepoError` with git's own message on failure."""
     proc = await asyncio.create_subprocess_exec(
         "git",
@@ -67,9 +65,16 @@ async def git(args: Sequence[str], *, cwd: Path | None = None, what: str = "git"
         await kill_group_until_gone(proc)
         raise
     if proc.returncode != 0:
-        detail = err.decode("utf-8", "replace").strip().splitlines()
-        raise RepoError(f"{what} failed: {detail[-1] if detail else 'git exited with error'}")
+        raise RepoError(f"{what} failed: {git_message(err)}", hint=hint)
     return out.decode("utf-8", "replace").strip()
+
+
+def git_message(stderr: bytes) -> str:
+    """Git's whole relevant message on one line (its last lines, bounded; hint lines kept)."""
+    lines = [line.strip() for line in stderr.decode("utf-8", "replace").splitlines()]
+    lines = [line for line in lines if line][-_ERROR_LINES:]
+    text = "; ".join(lines) or "git exited with an error and printed nothing"
+    return text if len(text) <= _ERROR_CHARS else "..." + text[-_ERROR_CHARS:]
 
 
 async def resolve_source(repo: str | None, cwd: Path) -> RepoSource:
@@ -92,109 +97,57 @@ async def resolve_source(repo: str | None, cwd: Path) -> RepoSource:
     return RepoSource("local", top)
 
 
+def check_ref(ref: str) -> str:
+    """``ref`` if it can only ever be read as a revision (never as an option of git)."""
+    if not ref or ref.startswith("-") or any(ord(c) < 0x20 or c == "\x7f" for c in ref):
+        raise RepoError(
+            f"invalid --ref {ref!r}: a ref is a branch, tag or commit and cannot start with '-'",
+            hint="pass --ref with an existing branch, tag or commit",
+        )
+    return ref
+
+
 async def clone(source: RepoSource, ref: str | None, dest: Path, branch: str) -> str:
-    """Clone ``source`` at ``ref`` into ``dest`` on a new ``branch``; return the base commit."""
+    """Clone ``source`` at ``ref`` into ``dest`` on a new ``branch``; return the base commit.
+
+    The checkout keeps no host path: a local source's path is removed from the remote and
+    from the reflog the clone wrote, so the agent does not learn where the host keeps it.
+    """
     location = source.location
+    if ref is not None:
+        check_ref(ref)
     await git(
-        ["clone", "--quiet", "--no-hardlinks", *_CLONE_IDENTITY, location, str(dest)],
+        ["clone", "--quiet", "--no-hardlinks", *_CLONE_IDENTITY, "--", location, str(dest)],
         what=f"cloning {location}",
     )
     if ref:
         for candidate in (ref, f"origin/{ref}"):
             try:
-                await git(["checkout", "--quiet", "--detach", candidate], cwd=dest)
-                break
+                commit = await git(
+                    [
+                        "rev-parse",
+                        "--verify",
+                        "--quiet",
+                        "--end-of-options",
+                        f"{candidate}^{{commit}}",
+                    ],
+                    cwd=dest,
+                )
             except RepoError:
                 continue
+            await git(
+                ["checkout", "--quiet", "--detach", commit], cwd=dest, what=f"checking out {ref}"
+            )
+            break
         else:
             raise RepoError(
                 f"ref {ref!r} not found in {location}",
                 hint="pass --ref with an existing branch, tag or commit",
             )
     await git(["checkout", "--quiet", "-b", branch], cwd=dest, what="creating the branch")
+    if source.kind == "local":
+        await git(
+            ["config", "--unset-all", "remote.origin.url"], cwd=dest, what="hiding the source"
+        )
+    await asyncio.to_thread(shutil.rmtree, dest / ".git" / "logs", True)
     return await git(["rev-parse", "HEAD"], cwd=dest)
-
-
-COLLECT_SCRIPT = r"""
-set -eu
-base=$1 branch=$2 message=$3 bundle=$4 full=$5
-step() { echo "hal-step: $1" >&2; }
-g() { git -c core.hooksPath=/dev/null -c user.name=hal9999 -c user.email=hal9999@localhost "$@"; }
-committed=0
-step "reading the changes"
-changes=$(g status --porcelain)
-if [ -n "$changes" ]; then
-  step "staging leftover changes"; g add -A
-  step "committing leftover changes"; g commit --quiet --no-verify -m "$message" >&2
-  committed=1
-fi
-step "reading HEAD"; head=$(g rev-parse HEAD)
-step "updating the branch"; g update-ref "refs/heads/$branch" "$head"
-step "listing changes"; names=$(g diff --name-only --no-ext-diff "$base" "$head")
-files=0
-if [ -n "$names" ]; then files=$(printf '%s\n' "$names" | wc -l); fi
-step "bundling the branch"
-if [ "$full" = 1 ]; then g bundle create --quiet "$bundle" "$branch"
-elif [ "$head" != "$base" ]; then g bundle create --quiet "$bundle" "$base..$branch"; fi
-step "writing the patch"
-printf '%s %s %s\n' "$head" "$committed" "$files"
-g diff --binary --no-ext-diff --no-textconv "$base" "$head"
-"""
-"""Collection in one sandbox command (each exec costs a sandbox start; in a VM, much more).
-
-A constant: everything variable is a positional argument. The first stdout line is
-``HEAD COMMITTED FILES``; the patch follows. ``hal-step:`` lines on stderr say which step
-a failure belongs to.
-"""
-
-
-async def collect(
-    sandbox: Sandbox,
-    *,
-    base: str,
-    branch: str,
-    task_id: str,
-    patch: Path,
-    bundle_target: str,
-    full_bundle: bool,
-) -> Collected:
-    """Inside the sandbox: commit leftovers, point ``branch`` at HEAD, write patch and bundle.
-
-    ``bundle_target`` is a sandbox path on a writable bind; the caller moves the file.
-    """
-    message = f"hal: uncommitted changes left by task {task_id}"
-    args = (base, branch, message, bundle_target, "1" if full_bundle else "0")
-    command = ArgvCommand(
-        argv=("sh", "-c", COLLECT_SCRIPT, "hal-collect", *args),
-        cwd=sandbox.workdir,
-        env={"GIT_TERMINAL_PROMPT": "0"},
-    )
-    result = await sandbox.exec(command, timeout=300)
-    header, _, diff = result.stdout.partition(b"\n")
-    fields = header.decode("utf-8", "replace").split()
-    if not result.ok or len(fields) != 3:
-        lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
-        steps = [line[len("hal-step: ") :] for line in lines if line.startswith("hal-step: ")]
-        errors = [line for line in lines if not line.startswith("hal-step: ")]
-        what = steps[-1] if steps else "collecting the result"
-        raise RepoError(f"{what} failed: {errors[-1] if errors else 'git error'}")
-    head, committed, files = fields
-    patch.write_bytes(diff)
-    return Collected(head=head, files_changed=int(files), committed_leftovers=committed == "1")
-
-
-async def bring_back(
-    source: RepoSource, *, bundle: Path, branch: str, head: str, base: str
-) -> None:
-    """Create or move ``branch`` in a local source repository to ``head``."""
-    if source.kind != "local":
-        return
-    repo = Path(source.location)
-    if head == base or not bundle.exists():
-        await git(["branch", "--force", branch, base], cwd=repo, what="creating the branch")
-        return
-    await git(
-        ["fetch", "--quiet", "--no-tags", str(bundle), f"+refs/heads/{branch}:refs/heads/{branch}"],
-        cwd=repo,
-        what=f"bringing {branch} back to {repo}",
-    )

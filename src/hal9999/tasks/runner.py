@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import time
 from collections.abc import Mapping
 
@@ -21,6 +20,7 @@ from hal9999.errors import (
     AgentFailed,
     AgentNotInstalled,
     HalError,
+    RepoError,
     TaskNotFound,
     TaskTimeout,
 )
@@ -38,7 +38,7 @@ from hal9999.process.base import ProcessManager, read_exit_status
 from hal9999.providers.base import Provider, Sandbox
 from hal9999.spec import ArgvCommand, ProcessSpec
 from hal9999.store import Store, TaskRecord
-from hal9999.tasks import gitrepo
+from hal9999.tasks import bringback, collect, gitrepo
 from hal9999.tasks.context import (
     TAKEN_AWAY,
     RunContext,
@@ -342,31 +342,42 @@ class TaskRunner:
         return status.exit_code
 
     async def collect(self, ctx: RunContext, sandbox: Sandbox) -> int:
-        """Commit leftovers, bring the branch back, write the patch; return files changed."""
+        """Commit leftovers, write patch and bundle, bring the branch back; return files changed.
+
+        Work the branch cannot carry (nested repositories, submodules) fails the task loudly,
+        with the work kept in the session; so does a result that holds a secret's value.
+        """
         task, session = ctx.task, ctx.session
         assert task.base_commit is not None
-        bundle_name = ".hal-result.bundle"
-        result = await gitrepo.collect(
+        result = await collect.collect(
             sandbox,
+            session,
             base=task.base_commit,
             branch=task.branch,
             task_id=task.id,
-            patch=session.patch,
-            bundle_target=sandbox.path(HOME_TARGET) + "/" + bundle_name,
             full_bundle=task.repo_kind == "url",
         )
-        staged = session.home / bundle_name
-        if staged.exists():
-            shutil.move(staged, session.bundle)
-        source = gitrepo.RepoSource(task.repo_kind, task.repo)
-        await gitrepo.bring_back(
-            source,
-            bundle=session.bundle,
+        self.store.update_task(task.id, files_changed=result.files_changed)
+        if result.nested:
+            raise RepoError(
+                "the agent changed nested repositories or submodules whose work the branch "
+                f"cannot carry: {', '.join(result.nested[:5])}; nothing was brought back",
+                hint=collect.safe_in_session(session),
+            )
+        brought = await bringback.bring_back(
+            gitrepo.RepoSource(task.repo_kind, task.repo),
+            session,
+            task_id=task.id,
             branch=task.branch,
             head=result.head,
             base=task.base_commit,
+            masker=ctx.masker,
         )
-        self.store.update_task(task.id, files_changed=result.files_changed)
+        if brought is not None and brought.moved_aside:
+            self.store.update_task(task.id, branch=brought.branch)
+            ctx.task = self.store.get_task(task.id)
+            text = f"{task.branch} was changed outside hal and is left as it is; the result is "
+            ctx.events.emit(Message(level="warning", text=f"{text}on {brought.branch}"))
         return result.files_changed
 
     async def collect_quietly(self, ctx: RunContext, sandbox: Sandbox | None) -> int:

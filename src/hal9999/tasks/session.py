@@ -8,7 +8,7 @@
       input/         prompt.txt (read-only inside, at /hal)
       agent.log      the agent's output (masked)
       events.jsonl   typed events
-      run/           exit status of each run, runner log
+      run/           exit status of each run, runner log, branches hal moved
       result.patch   the task's change against its base commit
       result.bundle  the branch as a git bundle (for URL sources)
 """
@@ -74,6 +74,11 @@ class Session:
     def runner_log(self) -> Path:
         """Output of a detached runner process."""
         return self.run_dir / "runner.log"
+
+    @property
+    def brought_back(self) -> Path:
+        """Which branches hal last moved in the source repository, and to which commit."""
+        return self.run_dir / "brought-back.json"
 
     @property
     def patch(self) -> Path:

@@ -1,0 +1,260 @@
+"""Bringing a task's branch back into a local source repository, from the verified bundle.
+
+The bundle is the session's own copy (``result.bundle``, copied by fd out of the agent's
+home), a plain file, so fetching from it cannot borrow objects from another repository the
+way an agent-built repository with ``objects/info/alternates`` could. Before any branch of
+the user's moves:
+
+1. ``git bundle verify`` (prerequisites present), and its only head must be the task branch
+   at the head collection reported;
+2. the fetch goes into a private ref (``refs/hal-incoming/<id>``) with every transport but
+   the bundle file refused and objects checked, so a branch named ``hal`` cannot break it;
+3. every object new on the branch (file contents, commit messages) is scanned for the
+   values of the task's secrets; a hit brings nothing back and says which file holds it;
+4. ``result.patch`` is rewritten from the fetched objects, so it is exactly the branch's
+   diff against the base;
+5. the branch moves only from where hal last left it (compare-and-set): a branch the user
+   changed is kept and the result lands on ``hal/<id>-<n>`` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from hal9999 import agentfs
+from hal9999.errors import RepoError, SecretInResult
+from hal9999.redact import SecretMasker
+from hal9999.tasks.collect import safe_in_session
+from hal9999.tasks.gitrepo import _GIT_SAFE, RepoSource, git, git_message
+from hal9999.tasks.session import Session
+
+_ZERO = "0" * 40
+# Fetch from a bundle file only: no transport helpers, no remote protocols (a bundle is read
+# through the "file" transport), and every received object checked.
+_FETCH_SAFE = [
+    "-c",
+    "protocol.allow=never",
+    "-c",
+    "protocol.file.allow=always",
+    "-c",
+    "fetch.fsckObjects=true",
+    "-c",
+    "transfer.fsckObjects=true",
+]
+# The same options the sandbox's patch uses (collect.py), pinned against the repository's
+# own diff settings (noprefix, external drivers, colour).
+_DIFF = ["diff", "--binary", "--no-ext-diff", "--no-textconv", "--no-color"]
+_DIFF_FIXED = ["--src-prefix=a/", "--dst-prefix=b/"]
+_CANDIDATES = 9
+_CHUNK = agentfs.CHUNK
+
+
+@dataclass(frozen=True)
+class BroughtBack:
+    """Where the result landed in the source repository."""
+
+    branch: str
+    head: str
+    moved_aside: bool
+    """True when the task's own branch was changed by the user and left alone."""
+
+
+async def bring_back(
+    source: RepoSource,
+    session: Session,
+    *,
+    task_id: str,
+    branch: str,
+    head: str,
+    base: str,
+    masker: SecretMasker,
+) -> BroughtBack | None:
+    """Verify the bundle, scan it for secrets and move a branch of a local source to ``head``."""
+    if source.kind != "local":
+        return None
+    repo = Path(source.location)
+    safe = safe_in_session(session)
+    if not (repo / ".git").exists() and not (repo / "HEAD").exists():
+        raise RepoError(f"the source repository {repo} is gone or moved", hint=safe)
+    incoming = f"refs/hal-incoming/{task_id}"
+    try:
+        if head != base:
+            await _fetch_verified(repo, session.bundle, branch, head, incoming, safe)
+            await _scan(repo, incoming, base, masker, safe)
+            await _write_patch(repo, base, incoming, session.patch)
+        return await _move_branch(repo, session, branch, head, safe)
+    finally:
+        if head != base:
+            await git(["update-ref", "-d", incoming], cwd=repo, what="dropping the private ref")
+
+
+async def _fetch_verified(
+    repo: Path, bundle: Path, branch: str, head: str, incoming: str, safe: str
+) -> None:
+    if not bundle.is_file() or bundle.is_symlink():
+        raise RepoError(f"no result bundle at {bundle}", hint=safe)
+    await git(["bundle", "verify", "--quiet", str(bundle)], cwd=repo, what="verifying", hint=safe)
+    heads = await git(["bundle", "list-heads", str(bundle)], cwd=repo, what="reading the bundle")
+    listed = [line.split(" ", 1) for line in heads.splitlines() if line.strip()]
+    if listed != [[head, f"refs/heads/{branch}"]]:
+        raise RepoError(
+            f"the result bundle does not hold exactly {branch} at {head[:12]} (it lists "
+            f"{', '.join(ref for _, ref in listed) or 'nothing'})",
+            hint=safe,
+        )
+    await git(
+        [
+            *_FETCH_SAFE,
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            "--no-write-fetch-head",
+            "--no-recurse-submodules",
+            "--end-of-options",
+            str(bundle),
+            f"+refs/heads/{branch}:{incoming}",
+        ],
+        cwd=repo,
+        what=f"fetching the result into {repo}",
+        hint=safe,
+    )
+    fetched = await git(["rev-parse", "--verify", f"{incoming}^{{commit}}"], cwd=repo)
+    if fetched != head:
+        raise RepoError(f"the fetched result is {fetched[:12]}, not {head[:12]}", hint=safe)
+
+
+async def _lines(argv: list[str], cwd: Path) -> AsyncIterator[bytes]:
+    proc = await asyncio.create_subprocess_exec(
+        "git", *_GIT_SAFE, *argv, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    while line := await proc.stdout.readline():
+        yield line
+    err = await proc.stderr.read()
+    if await proc.wait() != 0:
+        raise RepoError(f"git {argv[0]} failed: {git_message(err)}")
+
+
+async def _scan(repo: Path, incoming: str, base: str, masker: SecretMasker, safe: str) -> None:
+    """Refuse the result when a new object holds a secret's value (streamed, chunked)."""
+    if not masker:
+        return
+    listing = _lines(["rev-list", "--objects", incoming, "--not", base], repo)
+    proc = await asyncio.create_subprocess_exec(
+        "git", *_GIT_SAFE, "cat-file",
+        "--batch=%(objectname) %(objecttype) %(objectsize) %(rest)",
+        cwd=repo, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+    feeder = asyncio.create_task(_feed(proc.stdin, listing))
+    overlap = max(masker.max_len - 1, 0)
+    hit: str | None = None
+    try:
+        while header := await proc.stdout.readline():
+            name, kind, size, *rest = header.decode("utf-8", "replace").rstrip("\n").split(" ", 3)
+            tail, left = "", int(size)
+            while left > 0:
+                chunk = await proc.stdout.readexactly(min(left, _CHUNK))
+                left -= len(chunk)
+                text = tail + chunk.decode("utf-8", "replace")
+                if hit is None and masker.spans(text):
+                    where = rest[0] if rest and rest[0] else ""
+                    hit = f"file {where}" if where else f"the {kind} {name[:12]}"
+                tail = text[-overlap:] if overlap else ""
+            await proc.stdout.readexactly(1)  # the newline after each object
+    finally:
+        await feeder
+        await proc.wait()
+    if hit is not None:
+        raise SecretInResult(
+            f"the result holds the value of one of the task's secrets, in {hit}; "
+            "the branch was not brought back",
+            hint=f"remove the secret (resume the task and tell the agent, or edit the files) "
+            f"and collect again; {safe}",
+        )
+
+
+async def _feed(stdin: asyncio.StreamWriter, listing: AsyncIterator[bytes]) -> None:
+    try:
+        async for line in listing:
+            stdin.write(line)
+            await stdin.drain()
+    finally:
+        stdin.close()
+
+
+async def _write_patch(repo: Path, base: str, incoming: str, patch: Path) -> None:
+    """Rewrite ``result.patch`` from the fetched objects (streamed, fsynced, replaced)."""
+    tmp = patch.with_name(f".{patch.name}.hal-tmp")
+    with tmp.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            "git", *_GIT_SAFE, *_DIFF, *_DIFF_FIXED, base, incoming, "--",
+            cwd=repo, stdin=asyncio.subprocess.DEVNULL, stdout=out,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise RepoError(f"writing the patch failed: {git_message(err)}")
+        await asyncio.to_thread(os.fsync, out.fileno())
+    tmp.replace(patch)
+    await asyncio.to_thread(agentfs.fsync_dir, patch.parent)
+
+
+def _load_record(session: Session) -> dict[str, str]:
+    try:
+        data = json.loads(session.brought_back.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def _candidates(branch: str) -> list[list[str]]:
+    """Names to try, in families: ``hal/<id>``, ``hal/<id>-2``..., then ``hal-<id>``... for a
+    repository where a branch ``hal`` makes every ``hal/...`` impossible."""
+    flat = branch.replace("/", "-")
+    families = [branch, flat] if flat != branch else [branch]
+    return [[name] + [f"{name}-{n}" for n in range(2, _CANDIDATES + 1)] for name in families]
+
+
+async def _current(repo: Path, name: str) -> str | None:
+    try:
+        return await git(["rev-parse", "--verify", "--quiet", f"refs/heads/{name}"], cwd=repo)
+    except RepoError:
+        return None
+
+
+async def _move_branch(
+    repo: Path, session: Session, branch: str, head: str, safe: str
+) -> BroughtBack:
+    record = _load_record(session)
+    last_error = ""
+    for family in _candidates(branch):
+        for name in family:
+            current = await _current(repo, name)
+            if current is not None and current != head and current != record.get(name):
+                continue  # someone else's commits: never move it
+            if current != head:
+                try:
+                    await git(
+                        ["update-ref", "-m", "hal: task result", "--end-of-options",
+                         f"refs/heads/{name}", head, current or _ZERO],
+                        cwd=repo, what=f"creating branch {name}",
+                    )  # fmt: skip
+                except RepoError as exc:
+                    last_error = exc.message
+                    break  # a ref in the way of the whole family (e.g. a branch `hal`)
+            record[name] = head
+            data = json.dumps(record, indent=1).encode()
+            await asyncio.to_thread(agentfs.write_host_file, session.brought_back, iter([data]))
+            return BroughtBack(name, head, moved_aside=name != branch)
+    raise RepoError(
+        f"cannot create a branch for the result in {repo}: {last_error or 'every name is taken'}",
+        hint=safe,
+    )

@@ -1,0 +1,173 @@
+"""Collection: inside the sandbox, commit what the agent left and write the patch and bundle;
+on the host, copy both out of the agent's home by fd into the session.
+
+The host never follows a path the agent can influence (see :mod:`hal9999.agentfs`): the
+script writes into a fresh directory with a random name in the agent's home, and the host
+opens it relative to the home's fd with ``O_NOFOLLOW``, accepts only regular files with one
+link and a bounded size, and copies them into the session root, which no sandbox sees.
+Nothing large passes through memory: the patch and bundle are files, stdout is one line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from dataclasses import dataclass
+
+from hal9999 import agentfs
+from hal9999.errors import HalError, RepoError
+from hal9999.providers.base import Sandbox
+from hal9999.spec import ArgvCommand
+from hal9999.tasks.gitrepo import git_message
+from hal9999.tasks.session import HOME_TARGET, Session
+
+RESULT_LIMIT = 4 << 30
+"""Largest patch or bundle hal copies out of a sandbox (bytes)."""
+_NESTED_LIMIT = 64 << 10
+
+COLLECT_SCRIPT = r"""
+set -eu
+base=$1 branch=$2 message=$3 out=$4 full=$5
+step() { echo "hal-step: $1" >&2; }
+g() { git -c core.hooksPath=/dev/null -c core.fsmonitor=false -c user.name=hal9999 \
+  -c user.email=hal9999@localhost "$@"; }
+step "creating the result directory"; mkdir -m 700 -- "$out"
+committed=0
+step "reading the changes"
+changes=$(g status --porcelain)
+if [ -n "$changes" ]; then
+  step "staging leftover changes"; g add -A
+  step "committing leftover changes"; g commit --quiet --no-verify -m "$message" >&2
+  committed=1
+fi
+step "reading HEAD"; head=$(g rev-parse --verify HEAD)
+step "updating the branch"; g update-ref "refs/heads/$branch" "$head"
+step "checking nested repositories"
+: > "$out/nested"
+# Work git cannot carry on this branch: a submodule or nested repository whose pointer moved,
+# one with changes inside, and files dropped into a submodule that was never checked out.
+g diff --raw --no-abbrev "$base" "$head" \
+  | awk -F'\t' '{ split($1, m, " "); if (m[1] == ":160000" || m[2] == "160000") print $2 }' \
+  >> "$out/nested"
+g status --porcelain --ignore-submodules=none | cut -c4- >> "$out/nested"
+g ls-files -s | awk -F'\t' '{ split($1, m, " "); if (m[1] == "160000") print $2 }' \
+  | while IFS= read -r path; do
+      if [ -d "$path" ] && [ ! -e "$path/.git" ] && [ -n "$(ls -A -- "$path")" ]; then
+        printf '%s\n' "$path" >> "$out/nested"
+      fi
+    done
+step "listing changes"
+files=$(g diff --name-only --no-ext-diff "$base" "$head" | wc -l)
+step "bundling the branch"
+if [ "$full" = 1 ]; then g bundle create --quiet "$out/result.bundle" "$branch"
+elif [ "$head" != "$base" ]; then g bundle create --quiet "$out/result.bundle" "$base..$branch"; fi
+step "writing the patch"
+g diff --binary --no-ext-diff --no-textconv --no-color --src-prefix=a/ --dst-prefix=b/ \
+  "$base" "$head" > "$out/result.patch"
+printf '%s %s %s\n' "$head" "$committed" "$files"
+"""
+"""Collection in one sandbox command (each exec costs a sandbox start; in a VM, much more).
+
+A constant: everything variable is a positional argument. Stdout is one line,
+``HEAD COMMITTED FILES``; the patch, bundle and nested-work list are files in ``$out``.
+``hal-step:`` lines on stderr say which step a failure belongs to.
+"""
+
+
+@dataclass(frozen=True)
+class Collected:
+    """What collection produced (the patch and bundle are in the session)."""
+
+    head: str
+    files_changed: int
+    committed_leftovers: bool
+    patch_bytes: int
+    bundle_bytes: int | None
+    """None when there was nothing to bundle."""
+    nested: tuple[str, ...]
+    """Paths of nested repositories or submodules whose work the branch does not carry."""
+
+
+def safe_in_session(session: Session) -> str:
+    """Where the work is when bringing it back fails, and how to get it by hand."""
+    return (
+        f"the work is safe in the session: {session.workspace} (the checkout), "
+        f"{session.patch} and {session.bundle}; apply it by hand with `git am`/`git apply "
+        f"{session.patch}` or `git fetch {session.bundle} <branch>`"
+    )
+
+
+async def collect(
+    sandbox: Sandbox,
+    session: Session,
+    *,
+    base: str,
+    branch: str,
+    task_id: str,
+    full_bundle: bool,
+) -> Collected:
+    """Inside the sandbox: commit leftovers, point ``branch`` at HEAD, write patch and bundle;
+    then copy both into the session (by fd, bounded, fsynced)."""
+    out = f".hal-result-{secrets.token_hex(8)}"
+    message = f"hal: uncommitted changes left by task {task_id}"
+    args = (
+        base,
+        branch,
+        message,
+        f"{sandbox.path(HOME_TARGET)}/{out}",
+        "1" if full_bundle else "0",
+    )
+    command = ArgvCommand(
+        argv=("sh", "-c", COLLECT_SCRIPT, "hal-collect", *args),
+        cwd=sandbox.workdir,
+        env={"GIT_TERMINAL_PROMPT": "0"},
+    )
+    try:
+        result = await sandbox.exec(command, timeout=300)
+        fields = result.stdout.decode("utf-8", "replace").split()
+        if not result.ok or len(fields) != 3 or not fields[2].isdigit():
+            raise _script_error(result.stderr, session)
+        head, committed, files = fields
+        patch_bytes, bundle_bytes, nested = await asyncio.to_thread(_copy_out, session, out)
+    finally:
+        with contextlib.suppress(HalError, OSError):
+            await asyncio.to_thread(_remove_out, session, out)
+    return Collected(
+        head=head,
+        files_changed=int(files),
+        committed_leftovers=committed == "1",
+        patch_bytes=patch_bytes,
+        bundle_bytes=bundle_bytes,
+        nested=nested,
+    )
+
+
+def _script_error(stderr: bytes, session: Session) -> RepoError:
+    lines = stderr.decode("utf-8", "replace").strip().splitlines()
+    steps = [line[len("hal-step: ") :] for line in lines if line.startswith("hal-step: ")]
+    errors = "\n".join(line for line in lines if not line.startswith("hal-step: "))
+    what = steps[-1] if steps else "collecting the result"
+    return RepoError(
+        f"{what} failed: {git_message(errors.encode())}", hint=safe_in_session(session)
+    )
+
+
+def _copy_out(session: Session, out: str) -> tuple[int, int | None, tuple[str, ...]]:
+    """Copy patch and bundle from the agent's home into the session root."""
+    with agentfs.AgentDir.open(session.home) as home, home.subdir(out) as results:
+        patch = results.copy_out("result.patch", session.patch, limit=RESULT_LIMIT)
+        bundle: int | None = None
+        if results.kind("result.bundle") is None:
+            # A bundle from an earlier run would describe another head.
+            session.bundle.unlink(missing_ok=True)
+        else:
+            bundle = results.copy_out("result.bundle", session.bundle, limit=RESULT_LIMIT)
+        listed = results.read_bytes("nested", limit=_NESTED_LIMIT).decode("utf-8", "replace")
+    nested = tuple(dict.fromkeys(line for line in listed.splitlines() if line.strip()))
+    return patch, bundle, nested
+
+
+def _remove_out(session: Session, out: str) -> None:
+    with agentfs.AgentDir.open(session.home) as home:
+        home.remove(out, recursive=True)
