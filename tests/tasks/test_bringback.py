@@ -1,0 +1,279 @@
+"""Bringing a result back into the source repository: only from a verified bundle, never over
+the user's commits, never with a secret in it, whatever the source repository's branches."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hal9999.errors import RepoError, SecretInResult
+from hal9999.redact import SecretMasker
+from hal9999.tasks import bringback, gitrepo
+from hal9999.tasks.session import Session
+
+TASK = "abcdef012345"
+BRANCH = f"hal/{TASK}"
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        cwd=repo, check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+
+
+def make_repo(path: Path, files: dict[str, str]) -> str:
+    path.mkdir(parents=True)
+    git(path, "init", "-q", "-b", "main")
+    for name, text in files.items():
+        (path / name).write_text(text)
+    git(path, "add", "-A")
+    git(path, "commit", "-qm", "initial")
+    return git(path, "rev-parse", "HEAD")
+
+
+class World:
+    """A source repository, a task session with its clone, and helpers to play the agent."""
+
+    def __init__(self, root: Path) -> None:
+        self.source = root / "source"
+        self.base = make_repo(self.source, {"a.txt": "one\n"})
+        self.session = Session(root / "session")
+        self.session.create()
+
+    async def clone(self) -> None:
+        src = gitrepo.RepoSource("local", str(self.source))
+        await gitrepo.clone(src, None, self.session.workspace, BRANCH)
+
+    def agent_commits(self, files: dict[str, str], message: str = "agent work") -> str:
+        ws = self.session.workspace
+        for name, text in files.items():
+            (ws / name).parent.mkdir(parents=True, exist_ok=True)
+            (ws / name).write_text(text)
+        git(ws, "add", "-A")
+        git(ws, "commit", "-qm", message)
+        return git(ws, "rev-parse", "HEAD")
+
+    def bundle(self) -> None:
+        git(self.session.workspace, "bundle", "create", "-q", str(self.session.bundle),
+            f"{self.base}..{BRANCH}")  # fmt: skip
+
+    async def bring_back(self, head: str, masker: SecretMasker | None = None) -> object:
+        return await bringback.bring_back(
+            gitrepo.RepoSource("local", str(self.source)),
+            self.session,
+            task_id=TASK,
+            branch=BRANCH,
+            head=head,
+            base=self.base,
+            masker=masker or SecretMasker(),
+        )
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> World:
+    w = World(tmp_path)
+    await w.clone()
+    return w
+
+
+def has_object(repo: Path, sha: str) -> bool:
+    return subprocess.run(["git", "cat-file", "-e", sha], cwd=repo).returncode == 0
+
+
+async def test_brings_back_and_rewrites_the_patch_from_the_fetched_objects(world: World) -> None:
+    head = world.agent_commits({"a.txt": "two\n"})
+    world.bundle()
+    world.session.patch.write_text("a patch that lies\n")
+    brought = await world.bring_back(head)
+    assert isinstance(brought, bringback.BroughtBack)
+    assert (brought.branch, brought.moved_aside) == (BRANCH, False)
+    assert git(world.source, "rev-parse", BRANCH) == head
+    expected = subprocess.run(
+        ["git", "diff", "--binary", world.base, BRANCH], cwd=world.source, capture_output=True
+    ).stdout
+    assert world.session.patch.read_bytes() == expected
+    assert "+two" in world.session.patch.read_text()
+    # The private ref is gone; only the task branch changed.
+    assert git(world.source, "for-each-ref", "--format=%(refname)") == (
+        f"refs/heads/{BRANCH}\nrefs/heads/main"
+    )
+
+
+async def test_an_agent_built_repository_with_alternates_is_never_fetched(
+    world: World, tmp_path: Path
+) -> None:
+    """The bundle path leads to an agent-made repository that borrows a private host
+    repository's objects through objects/info/alternates (issue 9 item 3)."""
+    private = tmp_path / "private"
+    secret_commit = make_repo(private, {"key.txt": "private key\n"})
+    evil = world.session.home / "evil.git"
+    git(world.session.home, "init", "-q", "--bare", str(evil))
+    (evil / "objects" / "info" / "alternates").write_text(f"{private}/.git/objects\n")
+    (evil / "refs" / "heads" / "hal").mkdir(parents=True)
+    (evil / "refs" / "heads" / BRANCH).write_text(secret_commit + "\n")
+    world.session.bundle.symlink_to(evil)  # what the old move left for the next run
+    with pytest.raises(RepoError) as caught:
+        await world.bring_back(secret_commit)
+    assert str(world.session.bundle) in caught.value.message
+    assert caught.value.hint is not None and "result.patch" in caught.value.hint
+    assert not has_object(world.source, secret_commit)
+    assert git(world.source, "branch", "--list", BRANCH) == ""
+
+
+async def test_a_bundle_with_other_heads_or_another_tip_is_refused(world: World) -> None:
+    head = world.agent_commits({"a.txt": "two\n"})
+    ws = world.session.workspace
+    git(ws, "branch", "extra")
+    git(ws, "bundle", "create", "-q", str(world.session.bundle), f"{world.base}..{BRANCH}", "extra")
+    with pytest.raises(RepoError, match="does not hold exactly"):
+        await world.bring_back(head)
+    world.bundle()
+    with pytest.raises(RepoError, match="does not hold exactly"):
+        await world.bring_back(world.base[:-1] + ("0" if world.base[-1] != "0" else "1"))
+    assert git(world.source, "branch", "--list", BRANCH) == ""
+
+
+async def test_a_branch_the_user_changed_is_never_moved(world: World, tmp_path: Path) -> None:
+    """Resume after the user committed on hal/<id>: the user's commit stays (issue 10 item 2)."""
+    first = world.agent_commits({"a.txt": "two\n"})
+    world.bundle()
+    await world.bring_back(first)
+    # The user works on the task branch in the source repository.
+    check = tmp_path / "check"
+    git(world.source, "worktree", "add", "-q", str(check), BRANCH)
+    (check / "user.txt").write_text("mine\n")
+    git(check, "add", "-A")
+    git(check, "commit", "-qm", "user work")
+    user_head = git(check, "rev-parse", "HEAD")
+    # The resumed agent goes on from where it was.
+    second = world.agent_commits({"b.txt": "more\n"})
+    world.bundle()
+    brought = await world.bring_back(second)
+    assert isinstance(brought, bringback.BroughtBack)
+    assert brought.moved_aside and brought.branch == f"{BRANCH}-2"
+    assert git(world.source, "rev-parse", BRANCH) == user_head
+    assert git(world.source, "rev-parse", f"{BRANCH}-2") == second
+    # A third run moves the -2 branch hal made, since nobody touched it.
+    third = world.agent_commits({"c.txt": "again\n"})
+    world.bundle()
+    again = await world.bring_back(third)
+    assert isinstance(again, bringback.BroughtBack) and again.branch == f"{BRANCH}-2"
+    assert git(world.source, "rev-parse", f"{BRANCH}-2") == third
+
+
+async def test_a_branch_hal_moved_before_is_moved_again(world: World) -> None:
+    first = world.agent_commits({"a.txt": "two\n"})
+    world.bundle()
+    await world.bring_back(first)
+    second = world.agent_commits({"a.txt": "three\n"})
+    world.bundle()
+    brought = await world.bring_back(second)
+    assert isinstance(brought, bringback.BroughtBack) and not brought.moved_aside
+    assert git(world.source, "rev-parse", BRANCH) == second
+
+
+async def test_a_source_branch_named_hal_does_not_break_bringing_back(world: World) -> None:
+    """A branch `hal` makes `hal/<id>` impossible; the result lands on `hal-<id>` instead
+    of a failed task with advice to prune remotes (issue 10 item 13)."""
+    git(world.source, "branch", "hal")
+    head = world.agent_commits({"a.txt": "two\n"})
+    world.bundle()
+    brought = await world.bring_back(head)
+    assert isinstance(brought, bringback.BroughtBack)
+    assert brought.branch == f"hal-{TASK}" and brought.moved_aside
+    assert git(world.source, "rev-parse", f"hal-{TASK}") == head
+    assert git(world.source, "rev-parse", "hal") == world.base
+
+
+async def test_no_change_creates_the_branch_at_the_base(world: World) -> None:
+    brought = await world.bring_back(world.base)
+    assert isinstance(brought, bringback.BroughtBack)
+    assert git(world.source, "rev-parse", BRANCH) == world.base
+
+
+@pytest.mark.parametrize("where", ["file", "history", "message"])
+async def test_a_secret_in_the_result_keeps_the_branch_out(world: World, where: str) -> None:
+    """Issue 9 item 10: the value of a task secret anywhere in the new objects (a file, a
+    file removed again later, a commit message) stops the branch and names where it is."""
+    secret = "sk-live-7f3a9c2e1b"
+    if where == "file":
+        head = world.agent_commits({"a.txt": "two\n", "conf/env.txt": f"KEY={secret}\n"})
+    elif where == "history":
+        world.agent_commits({"leak.txt": "x" * 5000 + secret + "\n"})
+        (world.session.workspace / "leak.txt").unlink()
+        head = world.agent_commits({})
+    else:
+        head = world.agent_commits({"a.txt": "two\n"}, message=f"use {secret}")
+    world.bundle()
+    with pytest.raises(SecretInResult) as caught:
+        await world.bring_back(head, SecretMasker([secret]))
+    text = caught.value.one_line()
+    assert secret not in text
+    assert {"file": "conf/env.txt", "history": "leak.txt", "message": "commit"}[where] in text
+    assert "result.bundle" in text
+    assert git(world.source, "branch", "--list", BRANCH) == ""
+    assert git(world.source, "for-each-ref", "refs/hal-incoming") == ""
+
+
+async def test_a_secret_split_across_read_chunks_is_found(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bringback, "_CHUNK", 7)
+    secret = "tok-0123456789abcdef"
+    head = world.agent_commits({"big.txt": "y" * 31 + secret + "z" * 40})
+    world.bundle()
+    with pytest.raises(SecretInResult, match=r"big\.txt"):
+        await world.bring_back(head, SecretMasker([secret]))
+
+
+async def test_the_source_repository_gone_says_where_the_work_is(world: World) -> None:
+    head = world.agent_commits({"a.txt": "two\n"})
+    world.bundle()
+    world.source.rename(world.source.with_name("moved"))
+    with pytest.raises(RepoError, match="gone or moved") as caught:
+        await world.bring_back(head)
+    assert caught.value.hint is not None and str(world.session.bundle) in caught.value.hint
+
+
+# -- the clone -----------------------------------------------------------------------------
+
+
+async def test_clone_keeps_no_host_path_in_the_checkout(tmp_path: Path) -> None:
+    """Issue 9 item 11: the session clone's git config and reflogs do not name the source."""
+    w = World(tmp_path)
+    await w.clone()
+    git_dir = w.session.workspace / ".git"
+    for path in git_dir.rglob("*"):
+        if path.is_file() and "objects" not in path.parts:
+            assert str(w.source) not in path.read_text(errors="replace"), path
+    assert git(w.session.workspace, "branch", "--show-current") == BRANCH
+
+
+@pytest.mark.parametrize("ref", ["-f", "--upload-pack=touch /tmp/x", "--orphan=x"])
+async def test_a_ref_never_becomes_an_option(tmp_path: Path, ref: str) -> None:
+    """Issue 10 item 12: `--ref=-f` used to "succeed" at HEAD."""
+    w = World(tmp_path)
+    src = gitrepo.RepoSource("local", str(w.source))
+    with pytest.raises(RepoError, match="invalid --ref"):
+        await gitrepo.clone(src, ref, tmp_path / "ws", BRANCH)
+    assert not (tmp_path / "ws").exists()
+
+
+async def test_a_ref_that_does_not_exist_is_named(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    src = gitrepo.RepoSource("local", str(w.source))
+    with pytest.raises(RepoError, match="'nope' not found"):
+        await gitrepo.clone(src, "nope", tmp_path / "ws", BRANCH)
+
+
+async def test_git_errors_keep_the_whole_message(tmp_path: Path) -> None:
+    """Issue 10 item 13: not just git's last line."""
+    with pytest.raises(RepoError) as caught:
+        await gitrepo.git(["rev-parse", "--verify", "no-such-ref", "also-no"], cwd=tmp_path)
+    assert "not a git repository" in caught.value.message
+    message = gitrepo.git_message(b"fatal: first\nhint: the fix is\nhint: to do this\n")
+    assert message == "fatal: first; hint: the fix is; hint: to do this"
+    assert len(gitrepo.git_message(b"x" * 10_000 + b"\n")) <= 1503

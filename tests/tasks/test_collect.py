@@ -1,0 +1,282 @@
+"""Collection: the patch and bundle leave the agent's home by fd, never by a path the agent
+can redirect; large results never pass through memory; nested repositories are reported.
+
+A leftover agent process is played by a hook that runs on the host right after the collect
+script and before the host copies the results: it swaps what the script wrote for a
+symlink, a dangling symlink, a directory, a FIFO or a hard link to a host file. The session
+lives on the test's tmp filesystem, or on /dev/shm with the host target on tmp.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hal9999.errors import RepoError, UnsafePath
+from hal9999.providers.base import Sandbox
+from hal9999.providers.registry import load_provider
+from hal9999.spec import SandboxSpec
+from hal9999.tasks import collect, gitrepo
+from hal9999.tasks.session import Session
+
+TASK = "abcdef012345"
+BRANCH = f"hal/{TASK}"
+Hook = Callable[[Path], None]
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        cwd=repo, check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+
+
+class HostileSandbox:
+    """Delegates to a real sandbox; after each exec, ``hook`` gets the result dir (if any)."""
+
+    def __init__(self, inner: Sandbox, home: Path) -> None:
+        self._inner = inner
+        self._home = home
+        self.hook: Hook | None = None
+        self.stdout_sizes: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def exec(self, *args: Any, **kw: Any) -> Any:
+        result = await self._inner.exec(*args, **kw)
+        self.stdout_sizes.append(len(result.stdout))
+        outs = sorted(self._home.glob(".hal-result-*"))
+        if self.hook is not None and outs:
+            self.hook(outs[0])
+        return result
+
+
+@pytest.fixture(params=["same-fs", "other-fs"])
+def base_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
+    if request.param == "same-fs":
+        yield tmp_path
+        return
+    if not os.access("/dev/shm", os.W_OK) or os.stat("/dev/shm").st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no second filesystem at /dev/shm")
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as other:
+        yield Path(other)
+
+
+class World:
+    def __init__(self, base: Path, host: Path) -> None:
+        self.source = host / "source"
+        self.host = host
+        self.session = Session(base / "session")
+        self.base = ""
+
+    def host_secret(self) -> Path:
+        secret = self.host / "shadow"
+        secret.write_text("host-only secret\n")
+        return secret
+
+
+@pytest.fixture
+async def world(
+    base_dir: Path, tmp_path: Path, hal_home: Path
+) -> AsyncIterator[tuple[World, HostileSandbox]]:
+    w = World(base_dir, tmp_path)
+    w.source.mkdir()
+    git(w.source, "init", "-q", "-b", "main")
+    (w.source / "a.txt").write_text("one\n")
+    git(w.source, "add", "-A")
+    git(w.source, "commit", "-qm", "initial")
+    w.session.create()
+    src = gitrepo.RepoSource("local", str(w.source))
+    w.base = await gitrepo.clone(src, None, w.session.workspace, BRANCH)
+    provider = load_provider("local", state_dir=hal_home / "sandboxes")
+    spec = SandboxSpec(
+        provider="local", network="host", workspace=w.session.workspace, binds=w.session.binds()
+    )
+    async with await provider.create(spec) as sandbox:
+        yield w, HostileSandbox(sandbox, w.session.home)
+
+
+async def run_collect(w: World, sandbox: HostileSandbox, *, full: bool = False) -> Any:
+    return await collect.collect(
+        sandbox,  # type: ignore[arg-type]
+        w.session,
+        base=w.base,
+        branch=BRANCH,
+        task_id=TASK,
+        full_bundle=full,
+    )
+
+
+async def test_collect_commits_leftovers_and_copies_patch_and_bundle(
+    world: tuple[World, HostileSandbox],
+) -> None:
+    w, sandbox = world
+    (w.session.workspace / "a.txt").write_text("two\n")
+    result = await run_collect(w, sandbox)
+    assert result.committed_leftovers and result.files_changed == 1
+    assert "+two" in w.session.patch.read_text()
+    assert result.patch_bytes == w.session.patch.stat().st_size
+    assert result.bundle_bytes == w.session.bundle.stat().st_size
+    assert not list(w.session.home.glob(".hal-result-*"))  # cleaned from the agent's home
+    assert w.session.patch.stat().st_mode & 0o777 == 0o600
+    heads = git(w.session.workspace, "bundle", "list-heads", str(w.session.bundle))
+    assert heads == f"{result.head} refs/heads/{BRANCH}"
+
+
+async def test_a_large_change_never_passes_through_stdout(
+    world: tuple[World, HostileSandbox],
+) -> None:
+    """Issue 10 item 4: the patch is a file copied by fd, stdout is one line."""
+    w, sandbox = world
+    (w.session.workspace / "big.txt").write_text("line of text\n" * 200_000)  # ~2.6 MB
+    result = await run_collect(w, sandbox)
+    assert result.patch_bytes > 2_000_000
+    assert max(sandbox.stdout_sizes) < 200
+
+
+async def test_no_change_leaves_no_stale_bundle(world: tuple[World, HostileSandbox]) -> None:
+    w, sandbox = world
+    w.session.bundle.write_bytes(b"from an earlier run")
+    result = await run_collect(w, sandbox)
+    assert result.head == w.base and result.bundle_bytes is None and result.files_changed == 0
+    assert not w.session.bundle.exists()
+    assert w.session.patch.read_bytes() == b""
+
+
+def _symlink_to_secret(w: World) -> Hook:
+    return lambda out: _replace(out / "result.patch", lambda p: p.symlink_to(w.host_secret()))
+
+
+def _dangling_to_host(w: World) -> Hook:
+    return lambda out: _replace(out / "result.bundle", lambda p: p.symlink_to(w.host / "planted"))
+
+
+def _directory(w: World) -> Hook:
+    return lambda out: _replace(out / "result.patch", lambda p: p.mkdir())
+
+
+def _fifo(w: World) -> Hook:
+    return lambda out: _replace(out / "result.patch", os.mkfifo)
+
+
+def _hardlink(w: World) -> Hook:
+    def plant(out: Path) -> None:
+        secret = w.host_secret()
+
+        def link(p: Path) -> None:
+            try:
+                os.link(secret, p)
+            except OSError:  # across filesystems: a second link to a file of the agent's
+                (out / "twin").write_text("agent")
+                os.link(out / "twin", p)
+
+        _replace(out / "result.patch", link)
+
+    return plant
+
+
+def _result_dir_link(w: World) -> Hook:
+    """The whole result directory swapped for a link to a host directory."""
+
+    def plant(out: Path) -> None:
+        (w.host / "decoy").mkdir(exist_ok=True)
+        (w.host / "decoy" / "result.patch").write_text("decoy patch with host data\n")
+        os.rename(out, out.with_name("moved"))
+        out.symlink_to(w.host / "decoy")
+
+    return plant
+
+
+def _replace(path: Path, make: Callable[[Path], None]) -> None:
+    path.unlink()
+    make(path)
+
+
+HOSTILE = {
+    "symlink": _symlink_to_secret,
+    "dangling-symlink": _dangling_to_host,
+    "directory": _directory,
+    "fifo": _fifo,
+    "hardlink": _hardlink,
+    "result-dir-link": _result_dir_link,
+}
+
+
+@pytest.mark.parametrize("shape", sorted(HOSTILE))
+async def test_a_swap_after_the_script_never_reaches_the_host(
+    world: tuple[World, HostileSandbox], shape: str
+) -> None:
+    w, sandbox = world
+    (w.session.workspace / "a.txt").write_text("two\n")
+    sandbox.hook = HOSTILE[shape](w)
+    with pytest.raises(UnsafePath):
+        await run_collect(w, sandbox)
+    for name in ("result.patch", "result.bundle"):
+        path = w.session.root / name
+        assert not path.is_symlink()
+        if path.exists():
+            assert b"host" not in path.read_bytes()
+    assert not (w.host / "planted").exists()
+    if (w.host / "shadow").exists():
+        assert (w.host / "shadow").read_text() == "host-only secret\n"
+    assert not list(w.session.home.glob(".hal-result-*"))
+
+
+async def test_a_planted_old_staging_name_is_ignored(world: tuple[World, HostileSandbox]) -> None:
+    """The name the host used to move from (issue 9 item 2) means nothing any more."""
+    w, sandbox = world
+    target = w.host / "target"
+    target.mkdir()
+    (w.session.home / ".hal-result.bundle").symlink_to(target)
+    w.session.bundle.unlink(missing_ok=True)
+    (w.session.workspace / "a.txt").write_text("two\n")
+    await run_collect(w, sandbox)
+    assert list(target.iterdir()) == []
+    assert w.session.bundle.is_file() and not w.session.bundle.is_symlink()
+
+
+async def test_work_in_a_nested_repository_is_reported(
+    world: tuple[World, HostileSandbox],
+) -> None:
+    """Issue 10 item 3: an agent that commits inside its own nested repository."""
+    w, sandbox = world
+    nested = w.session.workspace / "sub"
+    nested.mkdir()
+    git(nested, "init", "-q")
+    (nested / "code.py").write_text("print('work')\n")
+    git(nested, "add", "-A")
+    git(nested, "commit", "-qm", "nested work")
+    result = await run_collect(w, sandbox)
+    assert result.nested == ("sub",)
+
+
+async def test_files_dropped_into_an_empty_submodule_are_reported(
+    world: tuple[World, HostileSandbox], tmp_path: Path
+) -> None:
+    w, sandbox = world
+    ws = w.session.workspace
+    git(ws, "update-index", "--add", "--cacheinfo", f"160000,{w.base},vendor/lib")
+    git(ws, "commit", "-qm", "a submodule, never checked out")
+    (ws / "vendor" / "lib").mkdir(parents=True)
+    (ws / "vendor" / "lib" / "patch.c").write_text("int x;\n")
+    result = await run_collect(w, sandbox)
+    assert "vendor/lib" in result.nested
+
+
+async def test_a_failing_step_keeps_git_s_message_and_says_where_the_work_is(
+    world: tuple[World, HostileSandbox],
+) -> None:
+    w, sandbox = world
+    (w.session.workspace / ".git" / "index").write_bytes(b"corrupt index")
+    with pytest.raises(RepoError) as caught:
+        await run_collect(w, sandbox)
+    assert caught.value.message.startswith("reading the changes failed: ")
+    assert "index" in caught.value.message
+    assert caught.value.hint is not None and str(w.session.workspace) in caught.value.hint
