@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import click
@@ -28,7 +31,7 @@ from hal9999.spec import ArgvCommand
 from hal9999.store import TaskRecord
 from hal9999.tasks.context import process_spec
 from hal9999.tasks.session import Session
-from hal9999.tasks.state import ACTIVE
+from hal9999.tasks.state import ACTIVE, TaskStatus
 
 
 @cli.group()
@@ -75,12 +78,53 @@ def show(task_id: str, as_json: bool) -> None:
         click.echo(f"prompt    {found.prompt}")
 
 
-def _still_running(task_id: str) -> bool:
+async def _still_going(task_id: str) -> bool:
+    """Whether a task is still in flight: its runner works on it, or its runner died but its
+    agent still runs (a ``kill -9`` of ``hal run`` leaves the agent alive in tmux)."""
+    from hal9999.tasks.recovery import agent_status
+
     a = app()
     try:
-        return a.service.find(task_id).status in ACTIVE
+        record = a.service.find(task_id)
+        if record.status in ACTIVE:
+            return True
+        if record.status != TaskStatus.INTERRUPTED:
+            return False
+        return (await agent_status(a.service, record)).state == "running"
     finally:
         a.store.close()
+
+
+class _Liveness:
+    """Polls :func:`_still_going` in the background; ``stopped()`` is what followers ask."""
+
+    def __init__(self, task_id: str, every: float = 0.5) -> None:
+        self.task_id = task_id
+        self.every = every
+        self.going = True
+
+    def stopped(self) -> bool:
+        """True once the task is over (and its agent gone)."""
+        return not self.going
+
+    async def watch(self) -> None:
+        """Keep ``going`` current until the task is over."""
+        while self.going:
+            self.going = await _still_going(self.task_id)
+            await asyncio.sleep(self.every)
+
+
+async def _following(task_id: str, follow: Callable[[_Liveness], Awaitable[None]]) -> None:
+    """Run ``follow`` while a watcher keeps the task's liveness current."""
+    live = _Liveness(task_id)
+    live.going = await _still_going(task_id)
+    watcher = asyncio.create_task(live.watch())
+    try:
+        await follow(live)
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
 
 
 @task.command()
@@ -95,11 +139,11 @@ def logs(task_id: str, follow: bool) -> None:
             sys.stdout.write(log.read_text(errors="replace"))
         return
 
-    async def tail() -> None:
-        async for chunk in follow_text(log, stop=lambda: not _still_running(record.id)):
+    async def tail(live: _Liveness) -> None:
+        async for chunk in follow_text(log, stop=live.stopped):
             stream_to_terminal(chunk)
 
-    run_async(tail())
+    run_async(_following(record.id, tail))
 
 
 @task.command()
@@ -130,20 +174,27 @@ def events(task_id: str, follow: bool, as_json: bool, with_output: bool) -> None
             show(event)
         return
 
-    async def tail() -> None:
-        async for event in follow_events(path, stop=lambda: not _still_running(record.id)):
+    async def tail(live: _Liveness) -> None:
+        async for event in follow_events(path, stop=live.stopped):
             show(event)
 
-    run_async(tail())
+    run_async(_following(record.id, tail))
 
 
 @task.command()
 @click.argument("task_id")
 def attach(task_id: str) -> None:
     """Attach your terminal to the running agent (detach: Ctrl-b d)."""
+    from hal9999.tasks.recovery import agent_status
+
     a = app()
     record = a.service.find(task_id)
-    if record.status not in ACTIVE:
+    # A task whose runner died (interrupted) may still have its agent running in tmux.
+    live = record.status in ACTIVE or (
+        record.status == TaskStatus.INTERRUPTED
+        and run_async(agent_status(a.service, record)).state == "running"
+    )
+    if not live:
         raise TaskStateError(
             f"task {record.id} is {record.status}, there is nothing to attach to",
             hint=f"read its output with `hal task logs {record.id}`",
@@ -198,27 +249,42 @@ def resume(
             return
         finish_daemon_run(a, client, queued, as_json)
         return
-    record = a.service.prepare_resume(task_id)
+    from hal9999.tasks.recovery import resume as resume_task
+
+    task_id = a.service.find(task_id).id
     if detach:
-        spawn_runner(a, record, [prompt] if prompt else [], given)
+        record, adopted = run_async(resume_task(a.service, task_id, prompt=prompt))
+        spawn_runner(a, record, ["--adopt"] if adopted else [prompt] if prompt else [], given)
         _report(record, as_json, record.id)
         return
     on_output = None if as_json else stream_to_terminal
-    finish_run(
-        a,
-        record.id,
-        lambda: a.service.run(record.id, given_env=given, prompt=prompt, on_output=on_output),
-        as_json,
-    )
+
+    async def resume_and_run() -> TaskRecord:
+        _, adopted = await resume_task(a.service, task_id, prompt=prompt)
+        if adopted is not None and not as_json:
+            click.echo(f"hal: task {task_id}: its agent is still running; following it", err=True)
+        return await a.service.run(
+            task_id, given_env=given, prompt=prompt, on_output=on_output, adopted=adopted
+        )
+
+    finish_run(a, task_id, resume_and_run, as_json)
 
 
 @task.command("_run", hidden=True)
 @click.argument("task_id")
 @click.argument("prompt", required=False)
-def run_detached(task_id: str, prompt: str | None) -> None:
-    """Run a queued task (used by --detach)."""
+@click.option("--adopt", is_flag=True, help="Carry on the task's live agent.")
+def run_detached(task_id: str, prompt: str | None, adopt: bool) -> None:
+    """Run a queued task, or carry on an adopted one (used by --detach)."""
+    from hal9999.tasks.recovery import adopt_again
+
     a = app()
-    record = run_async(a.service.run(task_id, prompt=prompt))
+
+    async def go() -> TaskRecord:
+        adopted = await adopt_again(a.service, task_id) if adopt else None
+        return await a.service.run(task_id, prompt=prompt, adopted=adopted)
+
+    record = run_async(go())
     click.echo(f"task {record.id}: {record.status}")
 
 

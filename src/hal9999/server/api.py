@@ -11,6 +11,7 @@ from hal9999.errors import ConfigError
 from hal9999.server.http import Request, Router
 from hal9999.spec import ArgvCommand
 from hal9999.store import TaskRecord
+from hal9999.tasks.recovery import resume as resume_task
 from hal9999.tasks.service import RunRequest
 
 if TYPE_CHECKING:
@@ -86,7 +87,8 @@ def build_router(daemon: Daemon) -> Router:
 
     async def resume(request: Request) -> Any:
         body = request.json()
-        task = service.prepare_resume(request.params["id"])
+        # A live agent whose runner died is refused here (the daemon adopts only at start).
+        task, _ = await resume_task(service, request.params["id"], adopt=False)
         task = daemon.store.update_task(task.id, runner_pid=os.getpid())
         scheduler.submit(task.id, _env(body), body.get("prompt"))
         return task_json(task)

@@ -15,23 +15,26 @@ Every task gets a truthful state and every sandbox an owner:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from hal9999.agents.registry import resolve_agent
-from hal9999.errors import HalError
+from hal9999.errors import HalError, TaskStateError
 from hal9999.events.models import Message, Output, Phase, Usage
 from hal9999.events.reader import read_events
 from hal9999.pool import WarmPool
-from hal9999.providers.base import Provider
+from hal9999.process.base import ProcessManager, ProcessStatus
+from hal9999.providers.base import Provider, Sandbox
 from hal9999.redact import SecretMasker
-from hal9999.spec import ArgvCommand
+from hal9999.spec import ArgvCommand, ProcessSpec
 from hal9999.store import TaskRecord
 from hal9999.tasks.context import Adopted, Totals, process_spec
-from hal9999.tasks.plugins import load_process_manager
+from hal9999.tasks.plugins import load_process_manager, load_provider_for
 from hal9999.tasks.sandboxes import PoolSource
 from hal9999.tasks.service import TaskService, runner_alive
 from hal9999.tasks.session import Session
@@ -124,39 +127,20 @@ class Recovery:
         """How to carry on ``task``, when its agent runs or has ended and its sandbox lives."""
         if not task.sandbox_id:
             return None
-        session = self.service.session(task)
-        manager = load_process_manager(self.service.config, task.process_manager)
-        pspec = process_spec(task, session, ArgvCommand(argv=("true",)))
         try:
-            status = await manager.status(pspec)
-            if status.state == "missing":
+            if (await agent_status(self.service, task)).state == "missing":
                 return None
             lease = await self.pool.adopt(task.provider, task.sandbox_id, task.id)
-            agent = resolve_agent(task.agent, self.service.config.agent_settings(task.agent))
+            adopted = adoption(self.service, task, lease.sandbox)
         except HalError as exc:
             logger.warning("task %s cannot be adopted: %s", task.id, exc.one_line())
             return None
         self.source.adopted(lease)
-        offset, texts, totals = replay(session)
-        parser = agent.parser()
-        for text in texts:
-            parser.feed(text)  # rebuild the parser's state; its events are already recorded
-        ran_for = time.time() - (task.started_at or time.time())
-        return Adopted(lease.sandbox, pspec, offset, parser, time.monotonic() - ran_for, totals)
+        return adopted
 
     def mark_adopted(self, task: TaskRecord) -> TaskRecord:
         """Record that this daemon now runs ``task``."""
-        events = self.service.event_log(task, SecretMasker())
-        if task.status == TaskStatus.INTERRUPTED:
-            self.store.update_task(
-                task.id, status=TaskStatus.RUNNING.value, error_code=None, error_message=None
-            )
-            events.emit(Phase(phase="running", previous=task.status, detail="adopted"))
-        events.emit(
-            Message(text=f"adopted by hal serve (pid {os.getpid()}); the agent kept running")
-        )
-        events.close()
-        return self.store.update_task(task.id, runner_pid=os.getpid())
+        return mark_adopted(self.service, task, "hal serve")
 
     async def interrupt(self, task: TaskRecord) -> None:
         """Mark an in-flight task ``interrupted`` (resumable), remove its process and sandbox."""
@@ -225,3 +209,137 @@ class Recovery:
         for task in self.store.list_tasks(status=[TaskStatus.INTERRUPTED.value]):
             if task.sandbox_id and (task.provider, task.sandbox_id) not in live:
                 self.store.update_task(task.id, sandbox_id=None)
+
+
+# -- one task whose runner died: attach, follow, resume -----------------------------------
+
+
+def current_process(service: TaskService, task: TaskRecord) -> tuple[ProcessManager, ProcessSpec]:
+    """The process manager and spec of the task's current run (enough to ask or stop it)."""
+    manager = load_process_manager(service.config, task.process_manager)
+    return manager, process_spec(task, service.session(task), ArgvCommand(argv=("true",)))
+
+
+async def agent_status(service: TaskService, task: TaskRecord) -> ProcessStatus:
+    """Whether the agent of the task's current run lives, whoever started it."""
+    manager, pspec = current_process(service, task)
+    return await manager.status(pspec)
+
+
+def adoption(service: TaskService, task: TaskRecord, sandbox: Sandbox) -> Adopted:
+    """How a new runner picks up the task's live (or just ended) agent in ``sandbox``: the
+    log offset its events cover, its parser rebuilt from them, its usage so far."""
+    session = service.session(task)
+    _, pspec = current_process(service, task)
+    agent = resolve_agent(task.agent, service.config.agent_settings(task.agent))
+    offset, texts, totals = replay(session)
+    parser = agent.parser()
+    for text in texts:
+        parser.feed(text)  # rebuild the parser's state; its events are already recorded
+    ran_for = time.time() - (task.started_at or time.time())
+    return Adopted(sandbox, pspec, offset, parser, time.monotonic() - ran_for, totals)
+
+
+def mark_adopted(service: TaskService, task: TaskRecord, by: str) -> TaskRecord:
+    """Record that this process (``by`` says which command) now runs ``task``."""
+    events = service.event_log(task, SecretMasker())
+    if task.status == TaskStatus.INTERRUPTED:
+        service.store.update_task(
+            task.id, status=TaskStatus.RUNNING.value, error_code=None, error_message=None
+        )
+        events.emit(Phase(phase="running", previous=task.status, detail="adopted"))
+    events.emit(Message(text=f"adopted by {by} (pid {os.getpid()}); the agent kept running"))
+    events.close()
+    return service.store.update_task(task.id, runner_pid=os.getpid())
+
+
+@contextlib.contextmanager
+def resume_lock(session: Session, task_id: str) -> Iterator[None]:
+    """Held while one process decides how to resume a task, so two resumes never both
+    start (or adopt) a run over the same workspace."""
+    session.run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(session.run_dir / "resume.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TaskStateError(
+                f"task {task_id} is being resumed by another hal process",
+                hint=f"watch it with `hal task logs -f {task_id}`",
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+async def resume(
+    service: TaskService, task_id: str, *, prompt: str | None = None, adopt: bool = True
+) -> tuple[TaskRecord, Adopted | None]:
+    """Resume a resting task. When its runner died but its agent lives (or has ended and
+    not been collected), the agent is adopted rather than started again: the returned
+    :class:`Adopted` is to be passed to ``TaskService.run``. Without ``adopt`` (or with a new
+    ``prompt``) a live agent is refused with a clear message. Never two runs on one workspace.
+    """
+    found = service.find(task_id)
+    with resume_lock(service.session(found), found.id):
+        task = service.find(found.id)  # fresh, under the lock
+        status = ProcessStatus("missing")
+        if task.status == TaskStatus.INTERRUPTED:
+            status = await agent_status(service, task)
+        if status.state == "running" and (prompt is not None or not adopt):
+            raise _still_running(task.id, adopt)
+        if status.state != "missing" and prompt is None and adopt:
+            sandbox = await _live_sandbox(service, task)
+            if sandbox is not None:
+                return mark_adopted(service, task, "hal task resume"), adoption(
+                    service, task, sandbox
+                )
+            if status.state == "running":
+                raise TaskStateError(
+                    f"the agent of task {task.id} is still running but its sandbox is gone",
+                    hint=f"stop it with `hal task stop {task.id}`, then resume",
+                )
+        if task.status == TaskStatus.INTERRUPTED:
+            # What the dead runner left (an ended agent's tmux server, the old sandbox with
+            # the workspace mounted) goes before a new run starts over the workspace.
+            await service.kill(task)
+        return service.prepare_resume(task.id), None
+
+
+async def _live_sandbox(service: TaskService, task: TaskRecord) -> Sandbox | None:
+    """The task's recorded sandbox, if its provider still has it."""
+    if not task.sandbox_id:
+        return None
+    try:
+        return await load_provider_for(service.config, task.provider).get(task.sandbox_id)
+    except HalError as exc:
+        logger.info("task %s: sandbox %s is gone: %s", task.id, task.sandbox_id, exc.one_line())
+        return None
+
+
+def _still_running(task_id: str, adoptable: bool) -> TaskStateError:
+    """Why a resume is refused while the task's agent still runs, and what to do instead."""
+    if adoptable:
+        return TaskStateError(
+            f"the agent of task {task_id} is still running; a new prompt needs a new run",
+            hint=f"`hal task resume {task_id}` without a prompt adopts the running agent; "
+            f"`hal task stop {task_id}` stops it first",
+        )
+    return TaskStateError(
+        f"the agent of task {task_id} is still running, started by a hal process that died",
+        hint=f"restart `hal serve` to adopt it, watch it with `hal task attach {task_id}`, "
+        f"or stop it with `hal task stop {task_id}`",
+    )
+
+
+async def adopt_again(service: TaskService, task_id: str) -> Adopted:
+    """The :class:`Adopted` of a task another hal process just marked adopted for this one
+    (``hal task resume --detach`` hands the live agent to a background runner)."""
+    task = service.store.get_task(task_id)
+    sandbox = await _live_sandbox(service, task)
+    if sandbox is None:
+        raise TaskStateError(
+            f"the sandbox of task {task_id} is gone; its agent cannot be adopted",
+            hint=f"`hal task stop {task_id}`, then `hal task resume {task_id}`",
+        )
+    return adoption(service, task, sandbox)

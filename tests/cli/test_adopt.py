@@ -1,0 +1,135 @@
+"""After ``kill -9`` of a foreground ``hal run`` the agent lives on in tmux: it stays
+attachable and followable, and ``hal task resume`` adopts it instead of killing it (never two
+runs on one workspace)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.cli.conftest import Hal, git, tasks_json
+from tests.cli.test_failures import assert_no_leftovers, wait_for_status
+
+pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
+
+# Waits for the test to drop `go` into its workspace, then leaves its work and ends.
+AGENT = (
+    "sh -c 'echo agent-started; while [ ! -f go ]; do sleep 0.2; done; rm go; "
+    "echo late > late.txt; echo agent-finished'"
+)
+
+_started: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _reap() -> Iterator[None]:
+    yield
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def start(hal_env: dict[str, str], cwd: Path, *args: str) -> subprocess.Popen[str]:
+    """``hal ARGS...`` in the background (killed at the end of the test if still running)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hal9999", *args],
+        cwd=cwd,
+        env=hal_env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _started.append(proc)
+    return proc
+
+
+def wait_until(check: object, what: str, timeout: float = 20) -> None:
+    """Poll ``check()`` until it is true."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def attach_screen(hal_env: dict[str, str], task_id: str, tmp_path: Path, want: str) -> str:
+    """Run ``hal task attach`` in a detached outer tmux and return what its screen shows."""
+    tmux = shutil.which("tmux")
+    assert tmux is not None
+    outer = [tmux, "-S", str(tmp_path / "outer.sock")]
+    env_args = [
+        arg for key in ("HAL_HOME", "XDG_CONFIG_HOME") for arg in ("-e", f"{key}={hal_env[key]}")
+    ]
+    subprocess.run(
+        [*outer, "new-session", "-d", *env_args, "-x", "120", "-y", "20",
+         sys.executable, "-m", "hal9999", "task", "attach", task_id],
+        check=True,
+    )  # fmt: skip
+    screen = ""
+    deadline = time.monotonic() + 15
+    try:
+        while want not in screen and time.monotonic() < deadline:
+            shown = subprocess.run([*outer, "capture-pane", "-p"], capture_output=True, text=True)
+            screen = shown.stdout
+            time.sleep(0.1)
+    finally:
+        subprocess.run([*outer, "kill-server"], check=False, capture_output=True)
+    return screen
+
+
+def test_kill_9_leaves_agent_attachable_followable_and_resume_adopts_it(
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path, tmp_path: Path
+) -> None:
+    runner = start(hal_env, demo_repo, "run", "--agent", AGENT, "work")
+    task = wait_for_status(hal, "running")
+    log = Path(str(task["session_dir"]), "agent.log")
+    wait_until(lambda: log.exists() and "agent-started" in log.read_text(), "the agent")
+    runner.kill()
+    runner.communicate()
+    [task] = tasks_json(hal)
+    task_id = task["id"]
+    assert task["status"] == "interrupted"
+
+    # attach opens the live agent's pane.
+    assert "agent-started" in attach_screen(hal_env, task_id, tmp_path, "agent-started")
+
+    # logs -f keeps following while the agent lives.
+    follower = start(hal_env, demo_repo, "task", "logs", "-f", task_id)
+    time.sleep(2)
+    assert follower.poll() is None, follower.communicate()
+
+    # A new prompt cannot be given to a live agent: refused, and the agent is left alone.
+    prompted = hal("task", "resume", task_id, "another prompt")
+    assert prompted.returncode == 9 and "still running" in prompted.stderr, prompted.stderr
+    assert "Traceback" not in prompted.stderr
+
+    # resume adopts the live agent...
+    resumer = start(hal_env, demo_repo, "task", "resume", task_id, "--json")
+    wait_until(lambda: tasks_json(hal)[0]["status"] == "running", "the adoption")
+    # ...and a second resume while that run lives is refused.
+    second = hal("task", "resume", task_id)
+    assert second.returncode == 9, second.stderr
+    assert "running" in second.stderr and "Traceback" not in second.stderr
+
+    Path(str(task["session_dir"]), "workspace", "go").touch()
+    out, err = resumer.communicate(timeout=60)
+    assert resumer.returncode == 0, err
+    final = json.loads(out)
+    assert final["status"] == "succeeded" and final["resumes"] == 0, final
+    assert "late.txt" in Path(final["session_dir"], "result.patch").read_text()
+    assert git(demo_repo, "show", f"hal/{task_id}:late.txt") == "late"
+
+    followed, _ = follower.communicate(timeout=30)
+    assert follower.returncode == 0
+    assert "agent-started" in followed and "agent-finished" in followed
+    assert_no_leftovers(final)
