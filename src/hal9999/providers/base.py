@@ -161,6 +161,11 @@ class Sandbox(Protocol):
         """Remove a file, or a directory tree with ``recursive``."""
         ...
 
+    async def adopt(self, target: str) -> None:
+        """Hand host-made files under the writable mount at ``target`` to the sandbox's
+        user (a no-op where the sandbox runs as the user running hal)."""
+        ...
+
     async def __aenter__(self) -> Sandbox: ...
 
     async def __aexit__(

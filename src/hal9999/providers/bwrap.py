@@ -9,6 +9,7 @@ script joins the cgroup and execs bwrap, so the per-command cost is bwrap's own.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import shutil
@@ -18,8 +19,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from hal9999.errors import ProviderUnavailable
-from hal9999.providers import hostexec, hostfs
+from hal9999.errors import ProviderError, ProviderUnavailable, SandboxNotFound
+from hal9999.providers import hostexec, hostfs, sandboxuser, seccomp
 from hal9999.providers.base import Capabilities, Command, ExecResult, Launch
 from hal9999.providers.hostsandbox import HostProvider, HostSandbox, SandboxRecord
 from hal9999.spec import ArgvCommand, to_argv
@@ -35,6 +36,13 @@ ETC = (
 """What toolchains (git, node, python, TLS, DNS) need from the host's /etc; no shadow, no
 sudoers, none of the rest. Each is a bind mount costing ~0.2 ms per exec, so the list is lean."""
 ROOTFS_SKIP = frozenset({"proc", "dev", "sys", "tmp", "run", "home", "workspace"})
+PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs", "acpi")
+"""Host-wide writers under /proc: read-only inside whatever the sandbox's uid (as Docker)."""
+SETPRIV = "/usr/bin/setpriv"
+DROP_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")
+"""What setpriv needs to switch uid and empty the bounding set; gone once it has."""
+HOST_USR = "/.hal-host/usr"
+"""Where a custom rootfs sees the host's /usr, for the host's setpriv (a root hal only)."""
 
 
 class BwrapConfig(BaseModel):
@@ -83,6 +91,83 @@ def system_args(rootfs: Path | None, ro_paths: tuple[Path, ...]) -> tuple[str, .
     return tuple(args)
 
 
+_BINDS = frozenset({"--bind", "--ro-bind", "--ro-bind-try", "--dev-bind"})
+
+
+def with_parents(args: list[str]) -> list[str]:
+    """``args`` with a ``--dir`` (mode 0755) before each bind whose parents do not exist yet.
+
+    bwrap makes missing parents of a bind target itself, but running as root it makes
+    them mode 0700, which the sandbox's own uid could not enter (``/etc``, ``/home``).
+    """
+    out: list[str] = []
+    made: set[str] = {"/"}
+    bound: list[str] = []
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg in _BINDS or arg == "--symlink":
+            target = args[index + 2]
+            parents = [str(p) for p in reversed(Path(target).parents)]
+            for parent in parents:
+                inside = any(parent == b or parent.startswith(b + "/") for b in bound)
+                if parent not in made and not inside:
+                    out += ["--dir", parent]
+                    made.add(parent)
+            bound.append(target)
+            out += args[index : index + 3]
+            index += 3
+            continue
+        if arg == "--dir":
+            made.add(args[index + 1])
+        out.append(arg)
+        index += 1
+    return out
+
+
+def namespace_args(record: SandboxRecord, *, seccomp_fd: bool) -> list[str]:
+    """Namespaces, capabilities and the seccomp filter.
+
+    Run by an ordinary user, bwrap makes a user namespace mapping that user, and nested ones
+    are disabled. Run by root, a user namespace would map the sandbox to host uid 0 (which
+    the kernel's sysctl and keyring checks treat as root), so bwrap makes none: it sets up
+    the mounts as root and the command drops to the sandbox's own uid (see
+    :func:`drop_privileges`); the filter then refuses nested user namespaces.
+    """
+    network = record.spec.network == "host"
+    if record.uid is None:
+        args = ["--unshare-all", "--unshare-user", "--disable-userns"]
+        args += ["--share-net"] if network else []
+        args += ["--cap-drop", "ALL"]
+    else:
+        args = ["--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try"]
+        args += [] if network else ["--unshare-net"]
+        # Only what the drop to the sandbox's uid needs (see DROP_CAPS).
+        args += ["--cap-drop", "ALL"]
+        args += [arg for cap in DROP_CAPS for arg in ("--cap-add", cap)]
+    args.append("--die-with-parent")
+    if seccomp_fd:
+        args += ["--seccomp", str(hostexec.SECCOMP_FD)]
+    return args
+
+
+def drop_privileges(uid: int | None, rootfs: Path | None) -> list[str]:
+    """The argv prefix that switches a command inside to ``uid`` (nothing without one)."""
+    if uid is None:
+        return []
+    setpriv = [SETPRIV]
+    if rootfs is not None:
+        # The rootfs need not have setpriv: run the host's, with the host's loader and libs.
+        loader = os.path.realpath("/lib64/ld-linux-x86-64.so.2").removeprefix("/usr")
+        lib = f"{HOST_USR}/lib/{os.uname().machine}-linux-gnu"
+        setpriv = [f"{HOST_USR}{loader}", "--library-path", lib, f"{HOST_USR}/bin/setpriv"]
+    return [
+        *setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--",
+    ]  # fmt: skip
+
+
 class BwrapSandbox(HostSandbox):
     """Host directories and a cgroup; each command is a fresh bubblewrap invocation."""
 
@@ -115,23 +200,35 @@ class BwrapSandbox(HostSandbox):
         self.cgroup = owner.cgroup(record)
         """The cgroup holding every process of the sandbox (None when cgroups are off)."""
         self._procs = [] if self.cgroup is None else self.cgroup.procs_files()
-        args = ["--unshare-all", "--die-with-parent", "--cap-drop", "ALL"]
-        if spec.network == "host":
-            args.append("--share-net")
+        self._seccomp = str(owner.seccomp_file) if owner.seccomp_file is not None else ""
+        args = namespace_args(record, seccomp_fd=bool(self._seccomp))
         args += system_args(spec.rootfs, owner.config.ro_paths)
+        if record.uid is not None and spec.rootfs is None:
+            # Our own account files: the sandbox user has a name, the host's users stay hidden.
+            etc = directory / "etc"
+            args += ["--ro-bind", str(etc / "passwd"), "/etc/passwd"]
+            args += ["--ro-bind", str(etc / "group"), "/etc/group"]
+        if record.uid is not None and spec.rootfs is not None:
+            args += ["--ro-bind", "/usr", HOST_USR]
         args += ["--proc", "/proc", "--dev", "/dev"]
+        for name in PROC_READ_ONLY:
+            args += ["--ro-bind-try", f"/proc/{name}", f"/proc/{name}"]
         for mount in mounts:
             args += ["--bind" if mount.writable else "--ro-bind", str(mount.source), mount.target]
         # Nothing may be left behind in the root tmpfs: every exec gets a fresh one.
         args += ["--hostname", f"hal-{record.id}", "--remount-ro", "/"]
-        self._args = args
+        self._args = with_parents(args)
+        self._drop = drop_privileges(record.uid, spec.rootfs)
 
     def _argv(self, command: Command, *, new_session: bool) -> list[str]:
         cwd = self._paths.normalize(command.cwd or WORKDIR)
         # A new session keeps a command from pushing keystrokes into a terminal (TIOCSTI).
         session = ["--new-session"] if new_session else []
-        bwrap = [self._bwrap, *session, *self._args, "--chdir", cwd, "--", *to_argv(command)]
-        return hostexec.launcher_argv(self.id, self._procs, bwrap)
+        bwrap = [
+            self._bwrap, *session, *self._args, "--chdir", cwd, "--", *self._drop,
+            *to_argv(command),
+        ]  # fmt: skip
+        return hostexec.launcher_argv(self.id, self._procs, bwrap, seccomp=self._seccomp)
 
     def launch(self, command: Command, *, env: Mapping[str, str] | None = None) -> Launch:
         """The host argv (launcher + bwrap) and exact env that run ``command`` inside."""
@@ -194,6 +291,20 @@ class BwrapProvider(HostProvider):
             )
         self.bwrap = found
         super().__init__(state_dir=state_dir, cgroup=self.config.cgroup)
+        self.seccomp_file: Path | None = None
+        """The compiled seccomp filter every sandbox runs under (None: ABI not covered)."""
+
+    def _filter(self) -> Path | None:
+        if self.seccomp_file is None and seccomp.supported():
+            path = self.state_dir / "seccomp.bpf"
+            program = seccomp.build()
+            if not path.is_file() or path.read_bytes() != program:
+                self.state_dir.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".seccomp.{os.getpid()}.tmp")
+                tmp.write_bytes(program)
+                os.replace(tmp, path)
+            self.seccomp_file = path
+        return self.seccomp_file
 
     def _own_dirs(self, record: SandboxRecord) -> list[str]:
         """``tmp`` (outlives each exec), ``home`` and an own ``workspace`` where no bind or
@@ -201,12 +312,40 @@ class BwrapProvider(HostProvider):
         return ["home", "tmp"] + (["workspace"] if record.spec.workspace is None else [])
 
     async def _prepare(self, record: SandboxRecord) -> SandboxRecord:
+        await asyncio.to_thread(self._filter)
+        if record.uid is None and sandboxuser.privileged():
+            uid = sandboxuser.allocate(f"{self.state_dir} {record.id}")
+            record = record.model_copy(update={"uid": uid})
+            self.store.save(record)  # now, so that destroy() gives the uid back on failure
+        await asyncio.to_thread(self.prepare_dirs, record)
+        return await super()._prepare(record)
+
+    def prepare_dirs(self, record: SandboxRecord) -> None:
+        """Create the sandbox's own directories (home, tmp, workspace unless the spec has
+        one) and hand every writable directory the sandbox sees to its user. Idempotent;
+        also the way to give a sandbox a fresh one after removing it (e.g. ``tmp``)."""
         directory = self.store.dir(record.id)
         for name in self._own_dirs(record):
             (directory / name).mkdir(exist_ok=True)
             # Like the host's /tmp: anyone writes, nobody deletes another's files.
             os.chmod(directory / name, 0o1777 if name == "tmp" else 0o755)
-        return await super()._prepare(record)
+        if record.uid is None:
+            return
+        sandboxuser.account_files(directory / "etc", record.uid, record.uid)
+        for mount in BwrapSandbox(self, record)._paths.mounts:
+            # The session's workspace and home, the sandbox's own dirs; never a user's bind.
+            if mount.writable and (mount.target in (WORKDIR, HOME, "/tmp")):
+                sandboxuser.adopt(mount.source, record.uid)
+
+    async def destroy(self, sandbox_id: str) -> None:
+        """Stop and remove the sandbox, and give its uid back. Idempotent."""
+        try:
+            uid = self.store.load(sandbox_id).uid
+        except (SandboxNotFound, ProviderError):
+            uid = None
+        await super().destroy(sandbox_id)
+        if uid is not None:
+            sandboxuser.release(uid)
 
     def _handle(self, record: SandboxRecord) -> BwrapSandbox:
         return BwrapSandbox(self, record)

@@ -20,17 +20,22 @@ from hal9999.errors import ExecError, ProviderError
 from hal9999.providers.base import ExecResult, Launch, StreamEvent
 
 LAUNCHER_SCRIPT = (
-    "HAL_SANDBOX=$1; export HAL_SANDBOX; shift; "
+    "HAL_SANDBOX=$1; export HAL_SANDBOX; "
+    '[ -z "$2" ] || exec 9<"$2" || exit 125; shift 2; '
     'for f; do [ "$f" = -- ] && break; echo $$ > "$f" || exit 125; shift; done; shift; exec "$@"'
 )
-"""Marks the process, joins the cgroups named before ``--``, then execs the rest.
+"""Marks the process, opens the seccomp filter (if any) as fd 9, joins the cgroups named
+before ``--``, then execs the rest.
 
 A constant, never interpolated: everything variable is a positional argument. Writing the
 pid before exec means the sandboxed program and all it forks are born inside; a failed
 write exits 125 rather than run the command without its limits. The marker is set here,
 not in the launch env, so a host wrapper around the launcher (a process manager's
-supervisor) is not mistaken for a sandbox process.
+supervisor) is not mistaken for a sandbox process. The filter travels as an fd because
+bwrap's ``--seccomp`` reads it from one (and closes it before the command runs).
 """
+SECCOMP_FD = 9
+"""The fd the launcher opens the seccomp filter on (see :data:`LAUNCHER_SCRIPT`)."""
 MARKER_VAR = "HAL_SANDBOX"
 """Set in every sandbox process's environment, so they can be found without a cgroup."""
 EXEC_MARKER_VAR = "HAL_EXEC"
@@ -41,10 +46,19 @@ DRAIN_GRACE = 1.0
 KILL_DEADLINE = 3.0
 
 
-def launcher_argv(sandbox_id: str, procs_files: Sequence[str], argv: Sequence[str]) -> list[str]:
-    """The host argv that marks the process as ``sandbox_id``'s, joins ``procs_files``
-    (cgroup.procs paths), then runs ``argv``."""
-    return ["/bin/sh", "-c", LAUNCHER_SCRIPT, "hal-launch", sandbox_id, *procs_files, "--", *argv]
+def launcher_argv(
+    sandbox_id: str,
+    procs_files: Sequence[str],
+    argv: Sequence[str],
+    *,
+    seccomp: str = "",
+) -> list[str]:
+    """The host argv that marks the process as ``sandbox_id``'s, opens ``seccomp`` (a file)
+    as :data:`SECCOMP_FD`, joins ``procs_files`` (cgroup.procs paths), then runs ``argv``."""
+    return [
+        "/bin/sh", "-c", LAUNCHER_SCRIPT, "hal-launch", sandbox_id, seccomp, *procs_files,
+        "--", *argv,
+    ]  # fmt: skip
 
 
 def exit_status(returncode: int) -> int:

@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from hal9999.errors import CapabilityError, ConfigError, ExecError, ProviderError, SandboxNotFound
-from hal9999.providers import cgroups, hostexec, hostfs, scratch
+from hal9999.providers import cgroups, hostexec, hostfs, sandboxuser, scratch
 from hal9999.providers.base import (
     Capabilities,
     Command,
@@ -57,6 +57,9 @@ class SandboxRecord(BaseModel):
     """Creation time, seconds since the epoch."""
     cgroup: dict[str, Any] | None = None
     """The cgroup tracking its processes (:meth:`Cgroup.to_record`), if any."""
+    uid: int | None = None
+    """The host uid (and gid) its processes run as, when hal runs as root (see
+    :mod:`sandboxuser`); None means they run as the user running hal."""
 
     def info(self) -> SandboxInfo:
         """The public view of this record."""
@@ -177,6 +180,25 @@ class HostSandbox:
         """Where the bind ``target`` is seen by commands inside (the same path, here)."""
         return target
 
+    @property
+    def uid(self) -> int | None:
+        """The host uid its processes run as (None: the user running hal)."""
+        return self._record.uid
+
+    async def adopt(self, target: str) -> None:
+        """Hand the host-made files under the writable mount at ``target`` (e.g. a fresh
+        clone in the workspace) to the sandbox's user, so the agent can change them."""
+        found = self._paths.mount_for(target)
+        if self.uid is None or found is None or found[1] or not found[0].writable:
+            return
+        await asyncio.to_thread(sandboxuser.adopt, found[0].source, self.uid)
+
+    def _own(self, path: str) -> None:
+        # What the host just wrote into a writable mount must be the sandbox user's.
+        found = self._paths.mount_for(path)
+        if self.uid is not None and found is not None and found[0].writable:
+            sandboxuser.own_created(found[0].source, found[1], self.uid)
+
     def launch(self, command: Command, *, env: Mapping[str, str] | None = None) -> Launch:
         """A host command line that runs ``command`` inside."""
         raise NotImplementedError
@@ -248,6 +270,7 @@ class HostSandbox:
         where = self._paths.host(path, follow=False)
         if where is not None:
             await asyncio.to_thread(hostfs.write_file_atomic, where, path, data, mode)
+            await asyncio.to_thread(self._own, path)
             return
         # Unmapped: the same steps with the sandbox's own tools; paths travel as arguments.
         script = (
@@ -275,6 +298,7 @@ class HostSandbox:
         where = self._paths.host(path, follow=True)
         if where is not None:
             await asyncio.to_thread(hostfs.mkdir, where, path, mode)
+            await asyncio.to_thread(self._own, path)
             return
         result = await self._inside(["mkdir", "-p", "-m", f"{mode:o}", self._paths.normalize(path)])
         if not result.ok:

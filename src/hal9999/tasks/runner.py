@@ -229,6 +229,7 @@ class TaskRunner:
         if task.base_commit is None:
             source = gitrepo.RepoSource(task.repo_kind, task.repo)
             base = await gitrepo.clone(source, task.ref, session.workspace, task.branch)
+            await sandbox.adopt(sandbox.workdir)  # made by host git; the agent must own it
             self.store.update_task(task.id, base_commit=base)
             ctx.task = task = self.store.get_task(task.id)
         text = prompt or task.prompt

@@ -94,6 +94,8 @@ class Session:
         """Create the directory tree (private to the user)."""
         for path in (self.root, self.home, self.input, self.run_dir):
             path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Readable by a sandbox's own uid (hal as root); the root above keeps others out.
+        self.input.chmod(0o755)
 
     def binds(self) -> tuple[Bind, ...]:
         """The session's mounts besides the workspace."""

@@ -1,0 +1,133 @@
+"""The host user a sandbox's processes run as, and handing files over to it.
+
+When ``hal`` runs as root, a sandbox must not run as root: the kernel checks ``/proc/sys``,
+keyrings and other host-wide objects by uid, not by capability, so a sandbox process with
+host uid 0 could rewrite ``kernel.core_pattern`` and have the host run its program as root.
+Each sandbox therefore gets a host uid of its own from a reserved range (one uid per sandbox,
+so two sandboxes never share files or signals), recorded in ``sandbox.json``; the files the
+agent may write (its workspace, home and tmp) are handed to that uid with :func:`adopt`.
+When ``hal`` runs as an ordinary user, sandboxes run as that user and nothing here applies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import stat
+from pathlib import Path
+
+from hal9999.errors import ProviderError
+
+UID_BASE = 2_000_000_000
+"""First uid of the reserved range: far above login users, subuid ranges and nobody."""
+UID_SLOTS = 1 << 24
+"""How many uids the range holds."""
+LOCK_DIR = Path("/run/hal9999/uids")
+"""Host-wide, so that two ``HAL_HOME``s on one host never hand out the same uid."""
+
+
+def privileged() -> bool:
+    """Whether sandboxes need a uid of their own (``hal`` runs as root)."""
+    return os.geteuid() == 0
+
+
+def allocate(owner: str) -> int:
+    """A uid no live sandbox on this host has; ``owner`` is noted in its lock file."""
+    LOCK_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for _ in range(64):
+        uid = UID_BASE + secrets.randbelow(UID_SLOTS)
+        try:
+            fd = os.open(LOCK_DIR / str(uid), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(owner + "\n")
+        return uid
+    raise ProviderError(f"no free sandbox uid in {LOCK_DIR} after 64 tries")
+
+
+def release(uid: int) -> None:
+    """Give ``uid`` back to the range (idempotent)."""
+    if UID_BASE <= uid < UID_BASE + UID_SLOTS:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(LOCK_DIR / str(uid))
+
+
+def adopt(root: Path, uid: int) -> None:
+    """Make ``root`` and everything below it owned by ``uid`` (group too), never following
+    a symlink.
+
+    The tree may hold what an agent planted, so the walk is by directory fd (``os.fwalk``
+    checks each directory it enters is the one it listed) and every change is an
+    ``fchownat(AT_SYMLINK_NOFOLLOW)``: a link swapped in mid-walk changes the link, never
+    its target. A regular file with other hard links is left alone, since its other names
+    may be outside the tree.
+    """
+    _own(root, None, uid)
+    for _, dirs, files, dirfd in os.fwalk(root, follow_symlinks=False):
+        for name in (*dirs, *files):
+            _own(name, dirfd, uid)
+
+
+def _own(name: str | Path, dirfd: int | None, uid: int) -> None:
+    try:
+        st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if st.st_uid == uid and st.st_gid == uid:
+        return
+    if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+        return
+    with contextlib.suppress(FileNotFoundError):
+        os.chown(name, uid, uid, dir_fd=dirfd, follow_symlinks=False)
+
+
+PASSWD = (
+    "root:x:0:0:root:/root:/usr/sbin/nologin\n"
+    "hal:x:{uid}:{gid}:hal:/home/hal:/bin/bash\n"
+    "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+)
+GROUP = "root:x:0:\nhal:x:{gid}:\nnogroup:x:65534:\n"
+
+
+def account_files(directory: Path, uid: int, gid: int) -> tuple[Path, Path]:
+    """``passwd`` and ``group`` files naming the sandbox user ``hal`` (tools look their user
+    up; the host's own files would also list the host's accounts)."""
+    directory.mkdir(mode=0o755, exist_ok=True)
+    out = []
+    for name, template in (("passwd", PASSWD), ("group", GROUP)):
+        path = directory / name
+        tmp = directory / f".{name}.tmp"
+        tmp.write_text(template.format(uid=uid, gid=gid))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+        out.append(path)
+    return out[0], out[1]
+
+
+def own_created(root: Path, relative: str, uid: int) -> None:
+    """Hand to ``uid`` what the host just created at ``root/relative`` (a written file and
+    the parents made for it): each component still owned by this process, walked by
+    directory fd with ``O_NOFOLLOW`` so a planted link is never followed."""
+    me = os.geteuid()
+    parts = [p for p in relative.split("/") if p not in ("", ".")]
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        for index, name in enumerate(parts):
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return
+            if st.st_uid == me and not (stat.S_ISREG(st.st_mode) and st.st_nlink > 1):
+                os.chown(name, uid, uid, dir_fd=fd, follow_symlinks=False)
+            if index == len(parts) - 1 or not stat.S_ISDIR(st.st_mode):
+                return
+            try:
+                child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError:
+                return  # swapped for a link or removed meanwhile: nothing of ours below
+            os.close(fd)
+            fd = child
+    finally:
+        os.close(fd)

@@ -1,0 +1,160 @@
+"""The seccomp filter every bwrap sandbox runs under: system calls an agent never needs fail.
+
+bwrap's ``--seccomp FD`` takes a compiled classic-BPF program. It is small and fixed, so it
+is assembled here rather than through libseccomp (whose Python binding only loads in the
+system Python): a deny-list over an allow-by-default policy, per ABI. The x86_64 and i386
+ABIs get the same list under their own numbers; the x32 ABI (x86_64 numbers with bit 30
+set), which no agent tool uses and which would otherwise dodge an x86_64 list, is refused
+whole. Denied calls fail with ``EPERM``, so tools see an ordinary error, not a crash;
+``clone3`` fails with ``ENOSYS`` because its flags sit behind a pointer a filter cannot read,
+and C libraries then fall back to ``clone``, whose flags the filter does check.
+"""
+
+from __future__ import annotations
+
+import errno
+import platform
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+AUDIT_ARCH_X86_64 = 0xC000003E
+AUDIT_ARCH_I386 = 0x40000003
+X32_BIT = 0x40000000
+CLONE_NEWUSER = 0x10000000
+TIOCSTI = 0x5412
+"""Pushes a byte into the terminal's input: keystrokes typed into the user's shell."""
+TIOCLINUX = 0x541C
+"""Can do the same on a Linux console (selection paste)."""
+
+RET_ALLOW = 0x7FFF0000
+RET_ERRNO = 0x00050000
+
+DENIED = (
+    # Kernel keyrings are per uid, not per namespace: another task's (or root's) keys.
+    "keyctl", "add_key", "request_key",
+    # Kernel attack surface an agent never needs.
+    "bpf", "perf_event_open", "userfaultfd",
+    "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
+    # Mounting: the sandbox's view of the filesystem is fixed by bwrap.
+    "mount", "umount", "umount2", "pivot_root", "move_mount", "open_tree",
+    "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr",
+    # Host-wide switches and the classic file-handle escape.
+    "open_by_handle_at", "swapon", "swapoff", "reboot", "acct", "iopl", "ioperm", "quotactl",
+)  # fmt: skip
+"""System calls that fail with EPERM whatever their arguments."""
+
+SYSCALLS: dict[int, dict[str, int]] = {
+    AUDIT_ARCH_X86_64: {
+        "keyctl": 250, "add_key": 248, "request_key": 249, "bpf": 321, "perf_event_open": 298,
+        "userfaultfd": 323, "kexec_load": 246, "kexec_file_load": 320, "init_module": 175,
+        "finit_module": 313, "delete_module": 176, "mount": 165, "umount2": 166,
+        "pivot_root": 155, "move_mount": 429, "open_tree": 428, "fsopen": 430, "fsconfig": 431,
+        "fsmount": 432, "fspick": 433, "mount_setattr": 442, "open_by_handle_at": 304,
+        "swapon": 167, "swapoff": 168, "reboot": 169, "acct": 163, "iopl": 172, "ioperm": 173,
+        "quotactl": 179, "unshare": 272, "clone": 56, "clone3": 435, "ioctl": 16,
+    },
+    AUDIT_ARCH_I386: {
+        "keyctl": 288, "add_key": 286, "request_key": 287, "bpf": 357, "perf_event_open": 336,
+        "userfaultfd": 374, "kexec_load": 283, "init_module": 128, "finit_module": 350,
+        "delete_module": 129, "mount": 21, "umount": 22, "umount2": 52, "pivot_root": 217,
+        "move_mount": 429, "open_tree": 428, "fsopen": 430, "fsconfig": 431, "fsmount": 432,
+        "fspick": 433, "mount_setattr": 442, "open_by_handle_at": 342, "swapon": 87,
+        "swapoff": 115, "reboot": 88, "acct": 51, "iopl": 110, "ioperm": 101, "quotactl": 131,
+        "unshare": 310, "clone": 120, "clone3": 435, "ioctl": 54,
+    },
+}  # fmt: skip
+"""Syscall numbers per ABI (from the kernel's unistd_64.h / unistd_32.h; they never change)."""
+
+# Classic BPF opcodes (linux/filter.h).
+_LD_W_ABS = 0x20
+_JEQ_K = 0x15
+_JGE_K = 0x35
+_JSET_K = 0x45
+_RET_K = 0x06
+_NR, _ARCH = 0, 4
+
+
+def _arg_low(index: int) -> int:
+    # seccomp_data.args[i] is 64-bit at offset 16 + 8i; the low half comes first (little endian).
+    return 16 + 8 * index
+
+
+@dataclass
+class _Insn:
+    code: int
+    k: int
+    jt: int | str = 0
+    jf: int | str = 0
+
+
+class _Program:
+    """A tiny assembler: instructions with symbolic jump targets, resolved at the end."""
+
+    def __init__(self) -> None:
+        self.insns: list[_Insn] = []
+        self.labels: dict[str, int] = {}
+
+    def label(self, name: str) -> None:
+        self.labels[name] = len(self.insns)
+
+    def add(self, code: int, k: int, jt: int | str = 0, jf: int | str = 0) -> None:
+        self.insns.append(_Insn(code, k, jt, jf))
+
+    def assemble(self) -> bytes:
+        out = bytearray()
+        for at, insn in enumerate(self.insns):
+            jumps = []
+            for target in (insn.jt, insn.jf):
+                offset = target if isinstance(target, int) else self.labels[target] - at - 1
+                if not 0 <= offset <= 255:
+                    raise ValueError(f"seccomp jump out of range at {at}: {offset}")
+                jumps.append(offset)
+            out += struct.pack("=HBBI", insn.code, jumps[0], jumps[1], insn.k)
+        return bytes(out)
+
+
+def _arch_section(prog: _Program, arch: int, denied: Iterable[str]) -> None:
+    numbers = SYSCALLS[arch]
+    tag = f"{arch:x}"
+    prog.label(f"arch_{tag}")
+    prog.add(_LD_W_ABS, _NR)
+    if arch == AUDIT_ARCH_X86_64:
+        prog.add(_JGE_K, X32_BIT, "enosys", 0)
+    for name in denied:
+        if name in numbers:
+            prog.add(_JEQ_K, numbers[name], "eperm", 0)
+    prog.add(_JEQ_K, numbers["clone3"], "enosys", 0)
+    # Nested user namespaces: clone(2) and unshare(2) both take the flags as argument 0.
+    prog.add(_JEQ_K, numbers["clone"], "flags0", 0)
+    prog.add(_JEQ_K, numbers["unshare"], "flags0", 0)
+    prog.add(_JEQ_K, numbers["ioctl"], "ioctl", "allow")
+
+
+def build(*, deny_userns: bool = True) -> bytes:
+    """The filter as bwrap's ``--seccomp`` wants it: an array of ``struct sock_filter``."""
+    prog = _Program()
+    prog.add(_LD_W_ABS, _ARCH)
+    prog.add(_JEQ_K, AUDIT_ARCH_X86_64, f"arch_{AUDIT_ARCH_X86_64:x}", 0)
+    prog.add(_JEQ_K, AUDIT_ARCH_I386, f"arch_{AUDIT_ARCH_I386:x}", "allow")
+    for arch in (AUDIT_ARCH_X86_64, AUDIT_ARCH_I386):
+        _arch_section(prog, arch, DENIED)
+    prog.label("flags0")
+    prog.add(_LD_W_ABS, _arg_low(0))
+    prog.add(_JSET_K, CLONE_NEWUSER if deny_userns else 0, "eperm", "allow")
+    prog.label("ioctl")
+    prog.add(_LD_W_ABS, _arg_low(1))
+    prog.add(_JEQ_K, TIOCSTI, "eperm", 0)
+    prog.add(_JEQ_K, TIOCLINUX, "eperm", "allow")
+    prog.label("allow")
+    prog.add(_RET_K, RET_ALLOW)
+    prog.label("eperm")
+    prog.add(_RET_K, RET_ERRNO | errno.EPERM)
+    prog.label("enosys")
+    prog.add(_RET_K, RET_ERRNO | errno.ENOSYS)
+    return prog.assemble()
+
+
+def supported() -> bool:
+    """Whether the filter covers this host's ABI (x86_64; elsewhere bwrap runs without it)."""
+    return platform.machine() == "x86_64"
