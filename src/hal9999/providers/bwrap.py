@@ -41,6 +41,8 @@ PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs", "acpi")
 SETPRIV = "/usr/bin/setpriv"
 DROP_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")
 """What setpriv needs to switch uid and empty the bounding set; gone once it has."""
+SECCOMP_FILE = "seccomp.bpf"
+"""The compiled filter in each sandbox's directory (see :mod:`seccomp`)."""
 HOST_USR = "/.hal-host/usr"
 """Where a custom rootfs sees the host's /usr, for the host's setpriv (a root hal only)."""
 
@@ -200,7 +202,7 @@ class BwrapSandbox(HostSandbox):
         self.cgroup = owner.cgroup(record)
         """The cgroup holding every process of the sandbox (None when cgroups are off)."""
         self._procs = [] if self.cgroup is None else self.cgroup.procs_files()
-        self._seccomp = str(owner.seccomp_file) if owner.seccomp_file is not None else ""
+        self._seccomp = str(directory / SECCOMP_FILE) if seccomp.supported() else ""
         args = namespace_args(record, seccomp_fd=bool(self._seccomp))
         args += system_args(spec.rootfs, owner.config.ro_paths)
         if record.uid is not None and spec.rootfs is None:
@@ -291,20 +293,7 @@ class BwrapProvider(HostProvider):
             )
         self.bwrap = found
         super().__init__(state_dir=state_dir, cgroup=self.config.cgroup)
-        self.seccomp_file: Path | None = None
-        """The compiled seccomp filter every sandbox runs under (None: ABI not covered)."""
-
-    def _filter(self) -> Path | None:
-        if self.seccomp_file is None and seccomp.supported():
-            path = self.state_dir / "seccomp.bpf"
-            program = seccomp.build()
-            if not path.is_file() or path.read_bytes() != program:
-                self.state_dir.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".seccomp.{os.getpid()}.tmp")
-                tmp.write_bytes(program)
-                os.replace(tmp, path)
-            self.seccomp_file = path
-        return self.seccomp_file
+        self._program = seccomp.build() if seccomp.supported() else None
 
     def _own_dirs(self, record: SandboxRecord) -> list[str]:
         """``tmp`` (outlives each exec), ``home`` and an own ``workspace`` where no bind or
@@ -312,7 +301,6 @@ class BwrapProvider(HostProvider):
         return ["home", "tmp"] + (["workspace"] if record.spec.workspace is None else [])
 
     async def _prepare(self, record: SandboxRecord) -> SandboxRecord:
-        await asyncio.to_thread(self._filter)
         if record.uid is None and sandboxuser.privileged():
             uid = sandboxuser.allocate(f"{self.state_dir} {record.id}")
             record = record.model_copy(update={"uid": uid})
@@ -329,12 +317,18 @@ class BwrapProvider(HostProvider):
             (directory / name).mkdir(exist_ok=True)
             # Like the host's /tmp: anyone writes, nobody deletes another's files.
             os.chmod(directory / name, 0o1777 if name == "tmp" else 0o755)
+        if self._program is not None:
+            # One copy per sandbox: nothing of a sandbox's lives outside its directory.
+            tmp = directory / ".seccomp.tmp"
+            tmp.write_bytes(self._program)
+            os.replace(tmp, directory / SECCOMP_FILE)
         if record.uid is None:
             return
         sandboxuser.account_files(directory / "etc", record.uid, record.uid)
         for mount in BwrapSandbox(self, record)._paths.mounts:
-            # The session's workspace and home, the sandbox's own dirs; never a user's bind.
-            if mount.writable and (mount.target in (WORKDIR, HOME, "/tmp")):
+            # Writable means writable by the sandbox's uid: workspace, home, tmp, and the
+            # writable binds of the spec (documented in docs/security.md).
+            if mount.writable:
                 sandboxuser.adopt(mount.source, record.uid)
 
     async def destroy(self, sandbox_id: str) -> None:

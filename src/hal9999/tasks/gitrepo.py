@@ -120,11 +120,15 @@ async def clone(source: RepoSource, ref: str | None, dest: Path, branch: str) ->
         ["clone", "--quiet", "--no-hardlinks", *_CLONE_IDENTITY, "--", location, str(dest)],
         what=f"cloning {location}",
     )
+    # dest itself may already belong to the sandbox's own uid (hal as root); what is in it
+    # was just made by this clone, so host git may work there.
+    here = ["-c", f"safe.directory={dest}"]
     if ref:
         for candidate in (ref, f"origin/{ref}"):
             try:
                 commit = await git(
                     [
+                        *here,
                         "rev-parse",
                         "--verify",
                         "--quiet",
@@ -136,7 +140,9 @@ async def clone(source: RepoSource, ref: str | None, dest: Path, branch: str) ->
             except RepoError:
                 continue
             await git(
-                ["checkout", "--quiet", "--detach", commit], cwd=dest, what=f"checking out {ref}"
+                [*here, "checkout", "--quiet", "--detach", commit],
+                cwd=dest,
+                what=f"checking out {ref}",
             )
             break
         else:
@@ -144,10 +150,12 @@ async def clone(source: RepoSource, ref: str | None, dest: Path, branch: str) ->
                 f"ref {ref!r} not found in {location}",
                 hint="pass --ref with an existing branch, tag or commit",
             )
-    await git(["checkout", "--quiet", "-b", branch], cwd=dest, what="creating the branch")
+    await git([*here, "checkout", "--quiet", "-b", branch], cwd=dest, what="creating the branch")
     if source.kind == "local":
         await git(
-            ["config", "--unset-all", "remote.origin.url"], cwd=dest, what="hiding the source"
+            [*here, "config", "--unset-all", "remote.origin.url"],
+            cwd=dest,
+            what="hiding the source",
         )
     await asyncio.to_thread(shutil.rmtree, dest / ".git" / "logs", True)
-    return await git(["rev-parse", "HEAD"], cwd=dest)
+    return await git([*here, "rev-parse", "HEAD"], cwd=dest)
