@@ -72,7 +72,8 @@ async def test_the_next_task_on_a_warm_sandbox_sees_nothing_the_last_one_left(
         # Host side, before task 2 runs anything: nothing of task 1 in the sandbox's dir, no
         # process of it anywhere.
         directory = provider.store.dir(second.sandbox.id)
-        assert sorted(p.name for p in directory.iterdir()) == ["home", "sandbox.json", "tmp"]
+        # etc/: the host-made filter and account files (never writable inside).
+        assert sorted(p.name for p in directory.iterdir()) == ["etc", "home", "sandbox.json", "tmp"]
         assert list((directory / "tmp").iterdir()) == []
         assert (directory / "tmp").stat().st_mode & 0o7777 == 0o1777
         assert hostexec._pids_marked(hostexec.MARKER_VAR, second.sandbox.id) == set()

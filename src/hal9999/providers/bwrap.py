@@ -41,6 +41,8 @@ PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs", "acpi")
 SETPRIV = "/usr/bin/setpriv"
 DROP_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")
 """What setpriv needs to switch uid and empty the bounding set; gone once it has."""
+ETC_DIR = "etc"
+"""Host-made, read-only files of each sandbox (filter, account files), never mounted rw."""
 SECCOMP_FILE = "seccomp.bpf"
 """The compiled filter in each sandbox's directory (see :mod:`seccomp`)."""
 HOST_USR = "/.hal-host/usr"
@@ -202,12 +204,12 @@ class BwrapSandbox(HostSandbox):
         self.cgroup = owner.cgroup(record)
         """The cgroup holding every process of the sandbox (None when cgroups are off)."""
         self._procs = [] if self.cgroup is None else self.cgroup.procs_files()
-        self._seccomp = str(directory / SECCOMP_FILE) if seccomp.supported() else ""
+        self._seccomp = str(directory / ETC_DIR / SECCOMP_FILE) if seccomp.supported() else ""
         args = namespace_args(record, seccomp_fd=bool(self._seccomp))
         args += system_args(spec.rootfs, owner.config.ro_paths)
         if record.uid is not None and spec.rootfs is None:
             # Our own account files: the sandbox user has a name, the host's users stay hidden.
-            etc = directory / "etc"
+            etc = directory / ETC_DIR
             args += ["--ro-bind", str(etc / "passwd"), "/etc/passwd"]
             args += ["--ro-bind", str(etc / "group"), "/etc/group"]
         if record.uid is not None and spec.rootfs is not None:
@@ -317,14 +319,16 @@ class BwrapProvider(HostProvider):
             (directory / name).mkdir(exist_ok=True)
             # Like the host's /tmp: anyone writes, nobody deletes another's files.
             os.chmod(directory / name, 0o1777 if name == "tmp" else 0o755)
+        etc = directory / ETC_DIR
+        etc.mkdir(mode=0o755, exist_ok=True)
         if self._program is not None:
             # One copy per sandbox: nothing of a sandbox's lives outside its directory.
-            tmp = directory / ".seccomp.tmp"
+            tmp = etc / ".seccomp.tmp"
             tmp.write_bytes(self._program)
-            os.replace(tmp, directory / SECCOMP_FILE)
+            os.replace(tmp, etc / SECCOMP_FILE)
         if record.uid is None:
             return
-        sandboxuser.account_files(directory / "etc", record.uid, record.uid)
+        sandboxuser.account_files(etc, record.uid, record.uid)
         for mount in BwrapSandbox(self, record)._paths.mounts:
             # Writable means writable by the sandbox's uid: workspace, home, tmp, and the
             # writable binds of the spec (documented in docs/security.md).
