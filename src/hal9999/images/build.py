@@ -30,7 +30,10 @@ from importlib import resources
 from pathlib import Path
 
 from hal9999.errors import ConfigError, ProviderError, ProviderUnavailable
+from hal9999.images import workdirs
+from hal9999.images.initramfs import Cpio, module_order, static_busybox
 from hal9999.images.store import Image, ImageMeta, ImageStore, now
+from hal9999.procs import kill_group_until_gone
 
 BASE_PACKAGES = (
     "openssh-server", "git", "tmux", "bash", "tini", "iproute2", "ca-certificates", "procps",
@@ -81,10 +84,12 @@ class Builder:
     async def run(
         self, argv: Sequence[str], *, what: str, cwd: Path | None = None, out: Path | None = None
     ) -> bytes:
-        """Run a build command, its output into the log (or ``out``); fail with its tail."""
+        """Run a build command, its output into the log (or ``out``); fail with the tail of
+        this step's own output."""
         with self.log.open("ab") as log:
             log.write(f"\n$ {' '.join(argv)}\n".encode())
             log.flush()
+            step_start = log.tell()
             try:
                 proc = await asyncio.create_subprocess_exec(
                     *argv,
@@ -92,19 +97,23 @@ class Builder:
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.PIPE,
                     stderr=log,
+                    start_new_session=True,
                 )
             except FileNotFoundError as exc:
                 raise ProviderUnavailable(
                     f"{argv[0]} is not installed", hint=_INSTALL.get(argv[0], "apt-get install it")
                 ) from exc
-            data, _ = await proc.communicate()
+            try:
+                data, _ = await proc.communicate()
+            except BaseException:
+                await kill_group_until_gone(proc)  # cancelled: the step must not run on
+                raise
             if out is None:
                 log.write(data)
         if proc.returncode != 0:
-            from hal9999.providers.qemuvm import tail
-
             raise ProviderError(
-                f"image build: {what} failed (exit {proc.returncode}): {tail(self.log, 8)}",
+                f"image build: {what} failed (exit {proc.returncode}): "
+                f"{step_tail(self.log, step_start)}",
                 hint=f"full log: {self.log}",
             )
         return data
@@ -116,26 +125,32 @@ class Builder:
         key = _digest(suite, mirror, *wanted)
         done = self.store.cache / f"rootfs-{key}"
         if (done / ".hal-done").exists():
+            # A build before this fix may have cached it with proc still mounted inside.
+            await asyncio.to_thread(workdirs.unmount_under, done)
             self.progress(f"rootfs: cached ({done.name})")
             return done
         if shutil.which("debootstrap") is None:
             raise ProviderUnavailable("debootstrap is not installed", hint=_INSTALL["debootstrap"])
         partial = done.with_name(done.name + ".partial")
-        await asyncio.to_thread(shutil.rmtree, partial, True)
+        await asyncio.to_thread(workdirs.clear, partial)
         self.progress(f"rootfs: debootstrap {suite} from {mirror} (about a minute)")
         started = time.monotonic()
-        await self.run(
-            ["debootstrap", "--variant=minbase", f"--include={','.join(wanted)}", suite,
-             str(partial), mirror],
-            what="debootstrap",
-        )  # fmt: skip
+        try:
+            await self.run(
+                ["debootstrap", "--variant=minbase", f"--include={','.join(wanted)}", suite,
+                 str(partial), mirror],
+                what="debootstrap",
+            )  # fmt: skip
+        except BaseException:
+            # debootstrap mounts proc and sys inside; a failed or killed one leaves them.
+            await asyncio.to_thread(workdirs.clear, partial)
+            raise
         for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
             for entry in (partial / junk).glob("*"):
                 if entry.is_file():
                     entry.unlink()
         (partial / ".hal-done").write_text(" ".join(wanted))
-        await asyncio.to_thread(shutil.rmtree, done, True)
-        partial.rename(done)
+        await asyncio.to_thread(workdirs.seal, partial, done)
         self.progress(f"rootfs: done in {time.monotonic() - started:.0f}s")
         return done
 
@@ -156,14 +171,14 @@ class Builder:
             return done
         self.progress(f"kernel: downloading {package}")
         work = done.with_name(done.name + ".partial")
-        await asyncio.to_thread(shutil.rmtree, work, True)
+        await asyncio.to_thread(workdirs.clear, work)
         work.mkdir(parents=True)
         await self.run(["apt-get", "download", package], what="apt-get download", cwd=work)
         (deb,) = work.glob("*.deb")
         await self.run(["dpkg-deb", "-x", str(deb), str(work / "x")], what="dpkg-deb")
         shutil.copy(work / "x" / "boot" / f"vmlinuz-{release}", work / "vmlinuz")
         modules_dir = work / "x" / "lib" / "modules" / release
-        order = _module_order(modules_dir, MODULES)
+        order = module_order(modules_dir, MODULES)
         (work / "modules").mkdir()
         for name, path in order:
             shutil.copy(path, work / "modules" / f"{name}.ko")
@@ -172,8 +187,7 @@ class Builder:
         await asyncio.to_thread(shutil.rmtree, work / "x")
         deb.unlink()
         (work / ".hal-done").touch()
-        await asyncio.to_thread(shutil.rmtree, done, True)
-        work.rename(done)
+        await asyncio.to_thread(workdirs.seal, work, done)
         return done
 
     async def helpers(self) -> dict[str, Path]:
@@ -199,9 +213,9 @@ class Builder:
     # -- per image ----------------------------------------------------------------------
     def initramfs(self, kernel: Path, target: Path) -> None:
         """busybox + modules + init as a gzipped newc cpio."""
-        busybox = _static_busybox()
+        busybox = static_busybox()
         order = (kernel / "modules.order").read_text().split()
-        cpio = _Cpio()
+        cpio = Cpio()
         for directory in ("bin", "dev", "proc", "sys", "newroot", "lib", "lib/modules"):
             cpio.add(directory, stat.S_IFDIR | 0o755)
         cpio.add("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1))
@@ -262,13 +276,15 @@ class Builder:
         (ssh_dir / "authorized_keys").write_text((image_dir / "id_ed25519.pub").read_text())
         (ssh_dir / "authorized_keys").chmod(0o600)
         self.progress("disk: making the ext4 qcow2")
+        # mkfs copies the tree: nothing a chroot step left mounted may go into the disk.
+        await asyncio.to_thread(workdirs.unmount_under, work)
         raw = image_dir / "disk.raw"
         with raw.open("wb") as handle:
             handle.truncate(DISK_SIZE)
         await self.run(
             ["mkfs.ext4", "-q", "-F", "-L", "hal-root", "-d", str(work), str(raw)], what="mkfs.ext4"
         )
-        await asyncio.to_thread(shutil.rmtree, work)
+        await asyncio.to_thread(workdirs.clear, work)
         await self.run(
             ["qemu-img", "convert", "-O", "qcow2", str(raw), str(image_dir / "disk.qcow2")],
             what="qemu-img convert",
@@ -294,43 +310,62 @@ async def build_image(
     for package in packages:
         if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", package):
             raise ConfigError(f"invalid package name {package!r}")
-    started = time.monotonic()
     store.cache.mkdir(parents=True, exist_ok=True)
-    image_dir = store.new_dir(name)
-    log = store.cache / f"build-{name}.log"
-    log.write_text("")
-    builder = Builder(store, progress=progress, log=log)
-    try:
+    with workdirs.build_lock(store.cache, name):
+        image_dir = store.new_dir(name)
+        log = store.cache / f"build-{name}.log"
+        log.write_text("")
+        builder = Builder(store, progress=progress, log=log)
+        try:
+            meta = await _build_into(builder, image_dir, name, packages, suite, mirror, save_state)
+        except BaseException:
+            try:
+                await asyncio.to_thread(workdirs.clear, image_dir)
+            except ProviderError as exc:  # the build's own error matters more; say both
+                progress(f"cleaning up failed: {exc.one_line()}")
+            raise
+    progress(f"image {name!r} built in {meta.build_s:.0f}s: {image_dir}")
+    return Image(image_dir, meta)
+
+
+async def _build_into(
+    builder: Builder,
+    image_dir: Path,
+    name: str,
+    packages: Sequence[str],
+    suite: str,
+    mirror: str | None,
+    save_state: bool,
+) -> ImageMeta:
+    """The stages of :func:`build_image`, into ``image_dir``; returns the saved metadata."""
+    store, progress, started = builder.store, builder.progress, time.monotonic()
+    async with workdirs.stages_lock(store.cache):
         rootfs = await builder.rootfs(suite, mirror or default_mirror(), packages)
         kernel = await builder.kernel()
         helpers = await builder.helpers()
-        progress("initramfs: busybox and modules")
-        await asyncio.to_thread(builder.initramfs, kernel, image_dir / "initrd.img")
-        shutil.copy(kernel / "vmlinuz", image_dir / "vmlinuz")
-        await builder.disk(rootfs, helpers, image_dir)
-        meta = ImageMeta(
-            name=name,
-            kind="golden",
-            created_at=now(),
-            suite=suite,
-            kernel=(kernel / "release").read_text().strip(),
-            packages=sorted(packages),
-        )
-        image = Image(image_dir, meta)
-        if save_state:
-            from hal9999.providers.qemustate import default_shape, ensure_state
+    progress("initramfs: busybox and modules")
+    await asyncio.to_thread(builder.initramfs, kernel, image_dir / "initrd.img")
+    shutil.copy(kernel / "vmlinuz", image_dir / "vmlinuz")
+    await builder.disk(rootfs, helpers, image_dir)
+    meta = ImageMeta(
+        name=name,
+        kind="golden",
+        created_at=now(),
+        suite=suite,
+        kernel=(kernel / "release").read_text().strip(),
+        packages=sorted(packages),
+    )
+    image = Image(image_dir, meta)
+    if save_state:
+        from hal9999.providers.qemustate import default_shape, ensure_state
 
-            shape = await default_shape(store, image)
-            progress(f"state: booting once to save a VM state ({shape.key})")
-            seconds = await ensure_state(image, shape)
-            progress(f"state: saved (boot took {seconds:.1f}s)")
-        meta = meta.model_copy(update={"build_s": round(time.monotonic() - started, 1)})
-        store.save_meta(image_dir, meta)
-    except BaseException:
-        await asyncio.to_thread(shutil.rmtree, image_dir, True)
-        raise
-    progress(f"image {name!r} built in {meta.build_s:.0f}s: {image_dir}")
-    return Image(image_dir, meta)
+        shape = await default_shape(store, image)
+        progress(f"state: booting once to save a VM state ({shape.key})")
+        seconds = await ensure_state(image, shape)
+        progress(f"state: saved (boot took {seconds:.1f}s)")
+    meta = meta.model_copy(update={"build_s": round(time.monotonic() - started, 1)})
+    store.save_meta(image_dir, meta)
+    return meta
 
 
 _INSTALL = {
@@ -349,63 +384,14 @@ def _digest(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
 
 
-def _static_busybox() -> Path:
-    for candidate in ("/bin/busybox", "/usr/bin/busybox"):
-        path = Path(candidate)
-        if path.is_file() and b"ld-linux" not in path.read_bytes()[:16384]:
-            return path
-    raise ProviderUnavailable(
-        "a static busybox is needed for the initramfs", hint="apt-get install busybox-static"
-    )
-
-
-def _module_order(modules_dir: Path, wanted: Sequence[str]) -> list[tuple[str, Path]]:
-    """``wanted`` modules and their dependencies, dependencies first (from ``.modinfo``)."""
-    index = {p.name.removesuffix(".ko").replace("-", "_"): p for p in modules_dir.rglob("*.ko")}
-    order: list[tuple[str, Path]] = []
-    seen: set[str] = set()
-
-    def visit(name: str) -> None:
-        name = name.replace("-", "_")
-        if name in seen:
-            return
-        seen.add(name)
-        path = index.get(name)
-        if path is None:
-            return  # built into the kernel
-        deps = re.search(rb"depends=([^\0]*)\0", path.read_bytes())
-        for dep in deps.group(1).decode().split(",") if deps else []:
-            if dep:
-                visit(dep)
-        order.append((name, path))
-
-    for name in wanted:
-        visit(name)
-    return order
-
-
-class _Cpio:
-    """A minimal writer of the ``newc`` cpio format the kernel unpacks."""
-
-    def __init__(self) -> None:
-        self._parts: list[bytes] = []
-        self._ino = 1
-
-    def add(self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)) -> None:
-        """Append one entry."""
-        encoded = name.encode() + b"\0"
-        fields = (
-            self._ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(encoded), 0,
-        )  # fmt: skip
-        header = b"070701" + b"".join(b"%08X" % f for f in fields)
-        self._parts.append(_pad(header + encoded) + _pad(data))
-        self._ino += 1
-
-    def finish(self) -> bytes:
-        """The archive, with its trailer."""
-        self.add("TRAILER!!!", 0)
-        return b"".join(self._parts)
-
-
-def _pad(data: bytes) -> bytes:
-    return data + b"\0" * (-len(data) % 4)
+def step_tail(log: Path, offset: int, lines: int = 8) -> str:
+    """The last lines a build step wrote to ``log`` from ``offset`` on (one line for errors)."""
+    try:
+        with log.open("rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(offset, size - 8192))
+            text = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return "(no output)"
+    kept = [line.rstrip() for line in text.splitlines() if line.strip()][-lines:]
+    return " | ".join(kept) or "(no output)"

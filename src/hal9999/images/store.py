@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import Literal
@@ -27,6 +26,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from hal9999.errors import ConfigError, NotFoundError, ProviderError
+from hal9999.images import workdirs
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 META = "meta.json"
@@ -181,7 +181,7 @@ class ImageStore:
             )
         # The metadata goes first, so a half-removed image is never listed as usable.
         (image.dir / META).unlink()
-        shutil.rmtree(image.dir, ignore_errors=True)
+        workdirs.clear(image.dir)
 
     def new_dir(self, name: str) -> Path:
         """A fresh directory for image ``name`` (refused if it exists)."""
@@ -190,7 +190,8 @@ class ImageStore:
             raise ConfigError(
                 f"image {name!r} already exists", hint=f"remove it first: hal image rm {name}"
             )
-        shutil.rmtree(root, ignore_errors=True)  # leftovers of an interrupted build
+        # Leftovers of an interrupted build (never deleted through a mount left inside).
+        workdirs.clear(root)
         root.mkdir(parents=True)
         return root
 
