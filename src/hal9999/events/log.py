@@ -1,14 +1,29 @@
 """The append-only JSONL event log of one task, and its fan-out to the store and sinks.
 
-One line per event, flushed at once and fsync'ed at phase changes and the end, so a crash
-loses at most the output since the last phase. The file is the source of truth; the store's
-event index and the sinks (SSE, dashboards) are derived from it and may fail without
-breaking a task. One process writes a task's log at a time.
+Writing a batch (one event, or up to ``index_batch`` of them within ``max_delay``):
+
+1. the first event of a batch takes an exclusive ``flock`` on the file, so writers in other
+   processes (``hal task stop`` while ``hal run`` runs the task) wait their turn; if the file
+   grew meanwhile the per-task ``seq`` is re-read from its last line;
+2. each event gets the next per-task ``seq`` at once (``emit`` returns it);
+3. the batch is indexed in the store in one transaction that also hands out its global
+   ``gseq`` numbers (:mod:`hal9999.store.events`): commit order is ``gseq`` order;
+4. the lines, carrying both numbers, are appended and flushed (fsync'ed at phase changes and
+   the end), the lock is released, and the sinks (the bus) get the events.
+
+The file is the source of truth for event bodies; the index says which events exist and in
+what global order. A ``kill -9`` can lose the events of the unwritten batch (at most
+``max_delay`` worth: output is still in ``agent.log``, and an adopted run re-reads it from
+the last recorded ``log_end``), and can leave index rows whose lines were never written:
+the next writer drops them on open (their ``gseq`` stays unused). A failing store or sink is
+logged and never breaks a task: the line is then written with ``gseq`` 0 and indexed by the
+next writer that opens the log.
 """
 
 from __future__ import annotations
 
 import logging
+import fcntl
 import os
 import threading
 import time
@@ -25,7 +40,7 @@ from hal9999.store import Store
 logger = logging.getLogger(__name__)
 
 Sink = Callable[[Event], None]
-"""Receives each recorded event, in seq order, on the emitting thread; must be quick."""
+"""Receives each recorded event, in seq order, on the writing thread; must be quick."""
 
 FSYNC_TYPES = frozenset({"phase", "task_end"})
 """Event types after which the file is forced to disk."""
@@ -82,7 +97,7 @@ def recover(path: Path) -> int:
 
 
 class EventLog:
-    """Records a task's events: stamps, masks, appends, indexes and fans out."""
+    """Records a task's events: stamps, masks, indexes, appends and fans out."""
 
     def __init__(
         self,
@@ -92,42 +107,77 @@ class EventLog:
         store: Store | None = None,
         masker: SecretMasker | None = None,
         index_batch: int = 1,
+        max_delay: float = 0.02,
     ) -> None:
         self.path = path
         self.task_id = task_id
         self.store = store
-        self.masker = masker
+        self.maskers: list[SecretMasker] = [masker] if masker else []
         self.index_batch = max(1, index_batch)
-        """Index rows written per store transaction; rows wait at most until the next phase
-        or end event, or close. The file stays the source of truth: a crash leaves the
-        index behind it, and the next open catches up."""
-        self._pending: list[tuple[int, str, float]] = []
+        """Events written per store transaction and file write. A batch is written when it
+        is full, at a ``phase`` or ``task_end`` event, after ``max_delay`` seconds, on
+        :meth:`flush` and on close."""
+        self.max_delay = max_delay
+        self._pending: list[Event] = []
         # Re-entrant so a sink that emits (a warning about itself, say) cannot deadlock.
         self._lock = threading.RLock()
         self._sinks: list[Sink] = []
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._seq = recover(path)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._file: BinaryIO | None = os.fdopen(fd, "ab")
-        self._size = os.fstat(fd).st_size
-        self._catch_up_index()
+        self._locked = False
+        self._seq = 0
+        self._size = -1  # unknown: the first lock reads the file's last seq
+        self._lock_file()
+        try:
+            self._catch_up_index()
+        finally:
+            self._unlock_file()
 
     @property
     def last_seq(self) -> int:
         """The seq of the last event recorded (0 for an empty log)."""
         return self._seq
 
+    def add_masker(self, masker: SecretMasker) -> None:
+        """Also mask the secrets of ``masker`` (a second user of a shared writer)."""
+        with self._lock:
+            if masker and all(m is not masker for m in self.maskers):
+                self.maskers.append(masker)
+
+    # -- the file lock -------------------------------------------------------------------
+
+    def _lock_file(self) -> None:
+        """Take the cross-process lock and catch up with what other writers appended."""
+        assert self._file is not None
+        fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)
+        self._locked = True
+        size = os.fstat(self._file.fileno()).st_size
+        if size != self._size:
+            self._seq = recover(self.path)
+            self._size = os.fstat(self._file.fileno()).st_size
+
+    def _unlock_file(self) -> None:
+        if self._locked and self._file is not None:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+        self._locked = False
+
     def _catch_up_index(self) -> None:
-        # A crash between the append and the index leaves the index behind the file.
-        if self.store is None or self._seq == 0:
+        # Lines written without a store (or while it failed) are indexed now; rows indexed
+        # by a writer killed before its file write are dropped. Runs under the file lock.
+        if self.store is None:
             return
         try:
             indexed = self.store.last_seq(self.task_id)
-            if indexed < self._seq:
+            if indexed > self._seq:
+                self.store.forget_events_after(self.task_id, self._seq)
+            elif indexed < self._seq:
                 missing = read_events(self.path, after_seq=indexed)
-                self.store.index_events(self.task_id, ((e.seq, e.type, e.ts) for e in missing))
+                self.store.record_events(self.task_id, [(e.seq, e.type, e.ts) for e in missing])
         except Exception:
             logger.exception("%s: could not bring the event index up to date", self.path)
+
+    # -- sinks ---------------------------------------------------------------------------
 
     def add_sink(self, sink: Sink) -> None:
         """Also hand every recorded event to ``sink``; its failures are logged, not raised."""
@@ -140,39 +190,91 @@ class EventLog:
             if sink in self._sinks:
                 self._sinks.remove(sink)
 
+    # -- writing -------------------------------------------------------------------------
+
     def emit(self, event: Event) -> Event:
-        """Record an event; returns the stamped, masked copy that was written."""
+        """Record an event; returns the stamped, masked copy (its ``gseq`` is set in place
+        when its batch is written)."""
         with self._lock:
             if self._file is None:
                 raise ValueError(f"the event log {self.path} is closed")
+            if not self._pending:
+                self._lock_file()
             seq = self._seq + 1
             stamps = {"seq": seq, "ts": time.time(), "task_id": self.task_id}
-            if self.masker:
+            if self.maskers:
                 data = event.model_dump(mode="json")
-                payload = self.masker.mask_obj({k: v for k, v in data.items() if k not in _STAMPS})
+                payload = {k: v for k, v in data.items() if k not in _STAMPS}
+                for masker in self.maskers:
+                    payload = masker.mask_obj(payload)
                 stamped = EVENT_ADAPTER.validate_python({**payload, **stamps, "type": data["type"]})
             else:
                 # Nothing to mask: the event is already valid, only the stamps change.
                 stamped = event.model_copy(update=stamps)
-            line = stamped.model_dump_json().encode() + b"\n"
+            self._seq = seq
+            self._pending.append(stamped)
+            if len(self._pending) >= self.index_batch or stamped.type in FSYNC_TYPES:
+                self._write_batch()
+            elif len(self._pending) == 1:
+                FLUSHER.schedule(self, time.monotonic() + self.max_delay)
+            return stamped
+
+    def flush(self) -> None:
+        """Write the pending batch now."""
+        with self._lock:
+            if self._pending:
+                self._write_batch()
+
+    def _write_batch(self) -> None:
+        batch, self._pending = self._pending, []
+        FLUSHER.cancel(self)
+        try:
+            self._index(batch)
+            data = b"".join(e.model_dump_json().encode() + b"\n" for e in batch)
+            assert self._file is not None
             try:
-                self._file.write(line)
+                self._file.write(data)
                 self._file.flush()
-                if stamped.type in FSYNC_TYPES:
+                if any(e.type in FSYNC_TYPES for e in batch):
                     os.fsync(self._file.fileno())
             except OSError:
-                # Leave no half line behind for the next event to be glued onto.
+                # Leave no half line behind, and no index rows for lines that are not there.
                 self._truncate_to(self._size)
+                self._seq = batch[0].seq - 1
+                self._forget(batch[0].seq - 1)
                 raise
-            self._size += len(line)
-            self._seq = seq
-            self._index(stamped)
+            self._size += len(data)
+        finally:
+            self._unlock_file()
+        for stamped in batch:
             for sink in list(self._sinks):
                 try:
                     sink(stamped)
                 except Exception:
-                    logger.exception("event sink %r failed on %s #%d", sink, stamped.type, seq)
-            return stamped
+                    logger.exception(
+                        "event sink %r failed on %s #%d", sink, stamped.type, stamped.seq
+                    )
+
+    def _index(self, batch: list[Event]) -> None:
+        if self.store is None:
+            return
+        try:
+            numbers = self.store.record_events(
+                self.task_id, [(e.seq, e.type, e.ts) for e in batch]
+            )
+        except Exception:
+            logger.exception("%s: could not index event #%d", self.path, batch[0].seq)
+            return
+        for event, gseq in zip(batch, numbers, strict=True):
+            event.gseq = gseq
+
+    def _forget(self, seq: int) -> None:
+        if self.store is None:
+            return
+        try:
+            self.store.forget_events_after(self.task_id, seq)
+        except Exception:
+            logger.exception("%s: could not drop index rows past #%d", self.path, seq)
 
     def _truncate_to(self, size: int) -> None:
         if self._file is None:
@@ -182,33 +284,21 @@ class EventLog:
         except OSError:
             logger.exception("%s: could not remove a partly written event", self.path)
 
-    def _index(self, event: Event) -> None:
-        if self.store is None:
-            return
-        self._pending.append((event.seq, event.type, event.ts))
-        if len(self._pending) >= self.index_batch or event.type in FSYNC_TYPES:
-            self._flush_index()
-
-    def _flush_index(self) -> None:
-        if self.store is None or not self._pending:
-            return
-        rows, self._pending = self._pending, []
-        try:
-            self.store.index_events(self.task_id, rows)
-        except Exception:
-            logger.exception("%s: could not index event #%d", self.path, rows[0][0])
-
     def close(self) -> None:
-        """Flush and close the file; further emits fail. Safe to call twice."""
+        """Write what is pending and close the file; further emits fail. Safe to call twice."""
         with self._lock:
-            self._flush_index()
-            if self._file is not None:
-                try:
-                    self._file.flush()
-                    os.fsync(self._file.fileno())
-                finally:
-                    self._file.close()
-                    self._file = None
+            if self._file is None:
+                return
+            try:
+                if self._pending:
+                    self._write_batch()
+                self._file.flush()
+                os.fsync(self._file.fileno())
+            finally:
+                FLUSHER.cancel(self)
+                self._unlock_file()
+                self._file.close()
+                self._file = None
 
     def __enter__(self) -> EventLog:
         return self
@@ -220,3 +310,49 @@ class EventLog:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class _Flusher:
+    """One background thread per process that writes batches whose delay ran out."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._due: dict[EventLog, float] = {}
+        self._thread: threading.Thread | None = None
+
+    def schedule(self, log: EventLog, when: float) -> None:
+        """Write ``log``'s batch at ``when`` (monotonic) unless it is written before."""
+        with self._cond:
+            self._due.setdefault(log, when)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="hal-event-flusher", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+
+    def cancel(self, log: EventLog) -> None:
+        """Forget ``log``'s deadline (its batch was written)."""
+        with self._cond:
+            self._due.pop(log, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                ready = [log for log, when in self._due.items() if when <= now]
+                for log in ready:
+                    del self._due[log]
+                if not ready:
+                    wait = min(self._due.values(), default=now + 60) - now
+                    self._cond.wait(wait)
+                    continue
+            for log in ready:
+                try:
+                    log.flush()
+                except Exception:
+                    logger.exception("%s: writing a batch of events failed", log.path)
+
+
+FLUSHER = _Flusher()
+"""The process's batch flusher."""

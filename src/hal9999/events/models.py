@@ -16,6 +16,9 @@ class _Event(BaseModel):
 
     seq: int = 0
     """Per-task monotonic sequence number, from 1."""
+    gseq: int = 0
+    """Global sequence number from the store: unique across every task and process, and
+    increasing in the order events are committed (0 when written without a store)."""
     ts: float = 0.0
     """Unix time of recording."""
     task_id: str = ""

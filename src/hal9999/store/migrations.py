@@ -101,4 +101,20 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX sandboxes_task ON sandboxes (task_id);
         """,
     ),
+    Migration(
+        3,
+        "global event sequence",
+        """
+        -- One counter for every event of every task: an index flush takes the next numbers
+        -- in its write transaction, so they are unique and increase in commit order.
+        CREATE TABLE event_counter (
+            id    INTEGER PRIMARY KEY CHECK (id = 1),
+            value INTEGER NOT NULL
+        );
+        INSERT INTO event_counter (id, value) VALUES (1, 0);
+        -- NULL for rows indexed before this migration.
+        ALTER TABLE events ADD COLUMN gseq INTEGER;
+        CREATE UNIQUE INDEX events_gseq ON events (gseq);
+        """,
+    ),
 )

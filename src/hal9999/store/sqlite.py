@@ -21,6 +21,7 @@ from typing import Any
 
 from hal9999.errors import AmbiguousTaskId, HalError, TaskNotFound
 from hal9999.home import HalPaths
+from hal9999.store.events import EventTable
 from hal9999.store.migrations import MIGRATIONS, Migration
 from hal9999.store.records import TaskRecord
 from hal9999.store.sandboxes import SandboxTable
@@ -63,7 +64,7 @@ def _from_row(row: sqlite3.Row) -> TaskRecord:
     return TaskRecord.model_validate(data)
 
 
-class Store(SandboxTable):
+class Store(EventTable, SandboxTable):
     """Tasks, the event index and pooled sandboxes, in one SQLite database."""
 
     def __init__(self, path: Path) -> None:
@@ -124,18 +125,29 @@ class Store(SandboxTable):
         return self._conn
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction; IMMEDIATE takes the lock up front, so no upgrade deadlock."""
+    def _write(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """A write transaction; IMMEDIATE takes the lock up front, so no upgrade deadlock.
+
+        ``durable`` fsyncs the WAL at this commit (and so every commit before it): in WAL
+        mode ``synchronous = NORMAL`` only syncs at checkpoints, which is right for the hot
+        path but not for "this task is finished".
+        """
         with self._lock:
             conn = self._db()
-            conn.execute("BEGIN IMMEDIATE")
+            if durable:
+                conn.execute("PRAGMA synchronous = FULL")
             try:
-                yield conn
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            finally:
+                if durable:
+                    conn.execute("PRAGMA synchronous = NORMAL")
 
     def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -299,6 +311,33 @@ class Store(SandboxTable):
             )
         return updated
 
+    def set_status(
+        self, task_id: str, target: str, *, expect: str, durable: bool = False, **fields: Any
+    ) -> TaskRecord | None:
+        """Compare-and-set: move the task from ``expect`` to ``target`` (with ``fields``) in
+        one statement; returns the new record, or None when its status was not ``expect``.
+
+        Callers check the move against the state table first (:mod:`hal9999.tasks.state`);
+        this only guarantees that nobody changed the status in between.
+        """
+        fields = {**fields, "status": target}
+        unknown = sorted(set(fields) - set(_TASK_COLUMNS) | ({"id"} & set(fields)))
+        if unknown:
+            raise ValueError(f"unknown task field(s): {', '.join(unknown)}")
+        with self._write(durable=durable) as conn:
+            rows = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchall()
+            if not rows:
+                raise TaskNotFound(f"no task {task_id!r}", hint=_LIST_HINT, task_id=task_id)
+            current = _from_row(rows[0])
+            updated = TaskRecord.model_validate({**current.model_dump(), **fields})
+            row = _to_row(updated)
+            assignments = ", ".join(f"{name} = :{name}" for name in fields)
+            changed = conn.execute(
+                f"UPDATE tasks SET {assignments} WHERE id = :id AND status = :expect",
+                {**{name: row[name] for name in (*fields, "id")}, "expect": expect},
+            ).rowcount
+        return updated if changed == 1 else None
+
     def delete_task(self, task_id: str) -> None:
         """Remove a task and its event index rows."""
         with self._write() as conn:
@@ -327,35 +366,3 @@ class Store(SandboxTable):
     def all_task_ids(self) -> set[str]:
         """Every task id in the store."""
         return {str(row[0]) for row in self._query("SELECT id FROM tasks")}
-
-    # -- event index ----------------------------------------------------------------------
-
-    def index_events(self, task_id: str, rows: Iterable[tuple[int, str, float]]) -> None:
-        """Record ``(seq, type, ts)`` of events; rows already indexed are ignored."""
-        with self._write() as conn:
-            conn.executemany(
-                "INSERT OR IGNORE INTO events (task_id, seq, type, ts) VALUES (?, ?, ?, ?)",
-                ((task_id, seq, type_, ts) for seq, type_, ts in rows),
-            )
-
-    def event_count(self, task_id: str, type: str | None = None) -> int:
-        """How many events of a task (of one type, when given) are indexed."""
-        if type is None:
-            rows = self._query("SELECT COUNT(*) FROM events WHERE task_id = ?", (task_id,))
-        else:
-            rows = self._query(
-                "SELECT COUNT(*) FROM events WHERE task_id = ? AND type = ?", (task_id, type)
-            )
-        return int(rows[0][0])
-
-    def last_event_ts(self, task_id: str, type: str) -> float | None:
-        """When the task's last indexed event of ``type`` was recorded (None if never)."""
-        rows = self._query(
-            "SELECT MAX(ts) FROM events WHERE task_id = ? AND type = ?", (task_id, type)
-        )
-        return None if rows[0][0] is None else float(rows[0][0])
-
-    def last_seq(self, task_id: str) -> int:
-        """The highest indexed seq of a task (0 when none)."""
-        rows = self._query("SELECT COALESCE(MAX(seq), 0) FROM events WHERE task_id = ?", (task_id,))
-        return int(rows[0][0])

@@ -1,0 +1,116 @@
+"""The ``events`` index and the global event sequence (mixed into the store).
+
+Every event of every task gets a ``gseq`` from one counter row, taken in the same write
+transaction that indexes it. SQLite serialises write transactions across processes, so
+``gseq`` is unique, never reused (the counter only grows, also over gaps), and increases in
+commit order: a reader that has seen ``gseq`` N from the index will only ever see larger
+numbers committed after it. That is what lets a consumer resume with "everything after N".
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, NamedTuple
+
+
+class IndexedEvent(NamedTuple):
+    """One row of the event index."""
+
+    gseq: int
+    task_id: str
+    seq: int
+    type: str
+    ts: float
+
+
+class EventTable:
+    """SQL of the ``events`` index and ``event_counter``, mixed into the store."""
+
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        raise NotImplementedError
+
+    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        raise NotImplementedError
+
+    def record_events(self, task_id: str, rows: Sequence[tuple[int, str, float]]) -> list[int]:
+        """Index ``(seq, type, ts)`` rows and return the ``gseq`` given to each, in order.
+
+        One transaction however many rows: the counter moves by ``len(rows)`` at once. A row
+        already indexed keeps its number; the one reserved for it stays unused (a gap).
+        """
+        if not rows:
+            return []
+        with self._write() as conn:
+            (end,) = conn.execute(
+                "UPDATE event_counter SET value = value + ? WHERE id = 1 RETURNING value",
+                (len(rows),),
+            ).fetchone()
+            first = int(end) - len(rows) + 1
+            numbers = list(range(first, int(end) + 1))
+            conn.executemany(
+                "INSERT OR IGNORE INTO events (task_id, seq, type, ts, gseq)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (
+                    (task_id, seq, type_, ts, gseq)
+                    for (seq, type_, ts), gseq in zip(rows, numbers, strict=True)
+                ),
+            )
+        return numbers
+
+    def index_events(self, task_id: str, rows: Iterable[tuple[int, str, float]]) -> None:
+        """Record ``(seq, type, ts)`` of events; rows already indexed are ignored."""
+        self.record_events(task_id, list(rows))
+
+    def forget_events_after(self, task_id: str, seq: int) -> int:
+        """Drop index rows of a task above ``seq`` (indexed, then lost by a crash before the
+        file write); returns how many."""
+        with self._write() as conn:
+            return int(
+                conn.execute(
+                    "DELETE FROM events WHERE task_id = ? AND seq > ?", (task_id, seq)
+                ).rowcount
+            )
+
+    def events_after(
+        self, gseq: int, *, task_id: str | None = None, limit: int = 1000
+    ) -> list[IndexedEvent]:
+        """Indexed events with a ``gseq`` above ``gseq``, in ``gseq`` order."""
+        sql = "SELECT gseq, task_id, seq, type, ts FROM events WHERE gseq > ?"
+        params: list[Any] = [gseq]
+        if task_id is not None:
+            sql += " AND task_id = ?"
+            params.append(task_id)
+        sql += " ORDER BY gseq LIMIT ?"
+        params.append(limit)
+        return [
+            IndexedEvent(int(r[0]), str(r[1]), int(r[2]), str(r[3]), float(r[4]))
+            for r in self._query(sql, params)
+        ]
+
+    def last_gseq(self) -> int:
+        """The highest ``gseq`` handed out so far (0 when none)."""
+        return int(self._query("SELECT value FROM event_counter WHERE id = 1")[0][0])
+
+    def event_count(self, task_id: str, type: str | None = None) -> int:
+        """How many events of a task (of one type, when given) are indexed."""
+        if type is None:
+            rows = self._query("SELECT COUNT(*) FROM events WHERE task_id = ?", (task_id,))
+        else:
+            rows = self._query(
+                "SELECT COUNT(*) FROM events WHERE task_id = ? AND type = ?", (task_id, type)
+            )
+        return int(rows[0][0])
+
+    def last_event_ts(self, task_id: str, type: str) -> float | None:
+        """When the task's last indexed event of ``type`` was recorded (None if never)."""
+        rows = self._query(
+            "SELECT MAX(ts) FROM events WHERE task_id = ? AND type = ?", (task_id, type)
+        )
+        return None if rows[0][0] is None else float(rows[0][0])
+
+    def last_seq(self, task_id: str) -> int:
+        """The highest indexed seq of a task (0 when none)."""
+        rows = self._query("SELECT COALESCE(MAX(seq), 0) FROM events WHERE task_id = ?", (task_id,))
+        return int(rows[0][0])
