@@ -35,12 +35,15 @@ WRITER = textwrap.dedent(
 )
 
 
-def start_writers(tmp_path: Path, jobs: list[tuple[str, str]], count: int) -> list[subprocess.Popen[bytes]]:
+def start_writers(
+    tmp_path: Path, jobs: list[tuple[str, str]], count: int
+) -> list[subprocess.Popen[bytes]]:
     go = tmp_path / "go"
+    db = str(tmp_path / "hal.db")
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", WRITER, str(tmp_path / "hal.db"), str(tmp_path / f"{file}.jsonl"),
-             task, str(count), str(go)]
+            [sys.executable, "-c", WRITER, db, str(tmp_path / f"{file}.jsonl"), task,
+             str(count), str(go)]
         )
         for file, task in jobs
     ]  # fmt: skip
@@ -89,7 +92,10 @@ def test_two_processes_writing_one_task_share_its_seq(tmp_path: Path) -> None:
 
 
 def test_gseq_survives_a_restart(tmp_path: Path) -> None:
-    with Store(tmp_path / "hal.db") as store, EventLog(tmp_path / "a.jsonl", "a", store=store) as log:
+    with (
+        Store(tmp_path / "hal.db") as store,
+        EventLog(tmp_path / "a.jsonl", "a", store=store) as log,
+    ):
         first = [log.emit(Output(text="x")).gseq for _ in range(3)]
     with Store(tmp_path / "hal.db") as store:
         assert store.last_gseq() == 3

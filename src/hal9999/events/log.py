@@ -22,8 +22,8 @@ next writer that opens the log.
 
 from __future__ import annotations
 
-import logging
 import fcntl
+import logging
 import os
 import threading
 import time
