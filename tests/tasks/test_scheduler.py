@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,10 @@ class ScriptedService:
         status, code = (self.outcomes.get(task_id) or [("succeeded", None)]).pop(0)
         return self.store.update_task(task_id, status=status, error_code=code)
 
-    def event_log(self, task: TaskRecord, masker: SecretMasker) -> EventLog:
-        return EventLog(Session(Path(task.session_dir)).events, task.id, store=self.store)
+    @contextmanager
+    def events(self, task: TaskRecord, masker: SecretMasker | None = None) -> Iterator[EventLog]:
+        with EventLog(Session(Path(task.session_dir)).events, task.id, store=self.store) as log:
+            yield log
 
     def find(self, task_id: str) -> TaskRecord:
         return self.store.find_task(task_id)
@@ -52,9 +55,8 @@ class ScriptedService:
         pass
 
     async def halt(self, task_id: str, target: str, reason: str) -> TaskRecord:
-        log = self.event_log(self.store.get_task(task_id), SecretMasker())
-        log.emit(Phase(phase=str(target), detail=reason))
-        log.close()
+        with self.events(self.store.get_task(task_id)) as log:
+            log.emit(Phase(phase=str(target), detail=reason))
         return self.store.update_task(task_id, status=str(target), error_message=reason)
 
 

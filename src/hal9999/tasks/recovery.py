@@ -30,7 +30,6 @@ from hal9999.events.reader import read_events
 from hal9999.pool import WarmPool
 from hal9999.process.base import ProcessManager, ProcessStatus
 from hal9999.providers.base import Provider, Sandbox
-from hal9999.redact import SecretMasker
 from hal9999.spec import ArgvCommand, ProcessSpec
 from hal9999.store import TaskRecord
 from hal9999.tasks.context import Adopted, Totals, process_spec
@@ -38,7 +37,7 @@ from hal9999.tasks.plugins import load_process_manager, load_provider_for
 from hal9999.tasks.sandboxes import PoolSource
 from hal9999.tasks.service import TaskService, runner_alive
 from hal9999.tasks.session import Session
-from hal9999.tasks.state import ACTIVE, TaskStatus
+from hal9999.tasks.state import ACTIVE, TaskStatus, transition
 
 logger = logging.getLogger(__name__)
 
@@ -148,16 +147,22 @@ class Recovery:
             f"the hal process running this task died while it was {task.status}; "
             f"`hal task resume {task.id}` continues it"
         )
-        self.store.update_task(
-            task.id,
-            status=TaskStatus.INTERRUPTED.value,
-            runner_pid=None,
-            error_code="interrupted",
-            error_message=reason,
-        )
-        events = self.service.event_log(task, SecretMasker())
-        events.emit(Phase(phase="interrupted", previous=task.status, detail=reason))
-        events.close()
+        with self.service.events(task) as events:
+            try:
+                transition(
+                    self.store,
+                    events,
+                    task.id,
+                    TaskStatus.INTERRUPTED,
+                    expect=task.status,
+                    detail=reason,
+                    runner_pid=None,
+                    error_code="interrupted",
+                    error_message=reason,
+                )
+            except HalError as exc:
+                logger.warning("task %s changed while recovering: %s", task.id, exc.one_line())
+                return
         await self.clean(task)
 
     async def clean(self, task: TaskRecord) -> None:
@@ -242,14 +247,19 @@ def adoption(service: TaskService, task: TaskRecord, sandbox: Sandbox) -> Adopte
 
 def mark_adopted(service: TaskService, task: TaskRecord, by: str) -> TaskRecord:
     """Record that this process (``by`` says which command) now runs ``task``."""
-    events = service.event_log(task, SecretMasker())
-    if task.status == TaskStatus.INTERRUPTED:
-        service.store.update_task(
-            task.id, status=TaskStatus.RUNNING.value, error_code=None, error_message=None
-        )
-        events.emit(Phase(phase="running", previous=task.status, detail="adopted"))
-    events.emit(Message(text=f"adopted by {by} (pid {os.getpid()}); the agent kept running"))
-    events.close()
+    with service.events(task) as events:
+        if task.status == TaskStatus.INTERRUPTED:
+            transition(
+                service.store,
+                events,
+                task.id,
+                TaskStatus.RUNNING,
+                expect=TaskStatus.INTERRUPTED,
+                detail="adopted",
+                error_code=None,
+                error_message=None,
+            )
+        events.emit(Message(text=f"adopted by {by} (pid {os.getpid()}); the agent kept running"))
     return service.store.update_task(task.id, runner_pid=os.getpid())
 
 

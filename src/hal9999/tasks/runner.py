@@ -11,6 +11,7 @@ import asyncio
 import os
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from hal9999.agents.base import Agent, AgentContext, AgentLaunch, OutputParser, needs_network
 from hal9999.agents.registry import resolve_agent
@@ -22,6 +23,7 @@ from hal9999.errors import (
     HalError,
     RepoError,
     TaskNotFound,
+    TaskStateError,
     TaskTimeout,
 )
 from hal9999.events.models import (
@@ -29,7 +31,6 @@ from hal9999.events.models import (
     Event,
     Message,
     Output,
-    Phase,
     SandboxAcquired,
     TaskEnd,
     Usage,
@@ -50,7 +51,7 @@ from hal9999.tasks.context import (
 from hal9999.tasks.plugins import load_process_manager, load_provider_for
 from hal9999.tasks.sandboxes import DirectSource, SandboxSource
 from hal9999.tasks.session import HOME_TARGET, INPUT_TARGET
-from hal9999.tasks.state import TaskStatus, check_transition
+from hal9999.tasks.state import TaskStatus, transition
 
 _POLL_S = 0.05
 _FIRST_POLL_S = 0.005
@@ -71,18 +72,29 @@ class TaskRunner:
         """Where runs get sandboxes: created per run, or the daemon's warm pool."""
 
     # -- state -------------------------------------------------------------------------
-    def transition(self, ctx: RunContext, target: TaskStatus, detail: str | None = None) -> None:
-        """Apply ``target`` to the task, unless someone else already put it to rest."""
-        current = self.store.get_task(ctx.task.id)
-        if current.status in TAKEN_AWAY and current.status != target:
-            raise Superseded(current.status)
-        check_transition(current.status, target)
-        changes: dict[str, object] = {"status": target.value}
+    def transition(
+        self, ctx: RunContext, target: TaskStatus, detail: str | None = None, **fields: Any
+    ) -> TaskRecord:
+        """Move the task on from the state this run put it in (compare-and-set); raises
+        :class:`Superseded` when another process took the task meanwhile."""
         if target is TaskStatus.RUNNING:
-            changes["started_at"] = time.time()
-        self.store.update_task(ctx.task.id, **changes)
-        ctx.task = self.store.get_task(ctx.task.id)
-        ctx.events.emit(Phase(phase=target.value, previous=current.status, detail=detail))
+            fields.setdefault("started_at", time.time())
+        try:
+            _, ctx.task = transition(
+                self.store,
+                ctx.events,
+                ctx.task.id,
+                target,
+                expect=ctx.task.status,
+                detail=detail,
+                **fields,
+            )
+        except TaskStateError:
+            current = self.store.get_task(ctx.task.id)
+            if current.status in TAKEN_AWAY:
+                raise Superseded(current.status) from None
+            raise
+        return ctx.task
 
     def emit(self, ctx: RunContext, event: Event) -> None:
         """Record an event, folding usage and session ids into the task."""
@@ -402,25 +414,24 @@ class TaskRunner:
         files: int | None = None,
         note: str | None = None,
     ) -> TaskRecord:
-        """Record the end of a run and emit ``task_end``."""
+        """Record the end of a run and emit ``task_end`` (nothing when the task was taken)."""
         current = self.store.get_task(ctx.task.id)
-        if current.status in TAKEN_AWAY:
-            return current
-        check_transition(current.status, status)
         totals = ctx.totals
-        self.store.update_task(
-            ctx.task.id,
-            status=status.value,
-            finished_at=time.time(),
-            exit_code=exit_code,
-            error_code=error.code if error else None,
-            error_message=ctx.masker.mask(error.one_line()) if error else note,
-            input_tokens=current.input_tokens + totals.input_tokens,
-            output_tokens=current.output_tokens + totals.output_tokens,
-            cost_usd=_add_cost(current.cost_usd, totals.cost_usd),
-        )
-        record = self.store.get_task(ctx.task.id)
-        ctx.events.emit(Phase(phase=status.value, previous=current.status, detail=note))
+        try:
+            record = self.transition(
+                ctx,
+                status,
+                note,
+                finished_at=time.time(),
+                exit_code=exit_code,
+                error_code=error.code if error else None,
+                error_message=ctx.masker.mask(error.one_line()) if error else note,
+                input_tokens=current.input_tokens + totals.input_tokens,
+                output_tokens=current.output_tokens + totals.output_tokens,
+                cost_usd=_add_cost(current.cost_usd, totals.cost_usd),
+            )
+        except Superseded:
+            return self.store.get_task(ctx.task.id)
         ctx.events.emit(
             TaskEnd(
                 status=status.value,

@@ -20,13 +20,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from hal9999.errors import HalError
-from hal9999.events.models import Phase
 from hal9999.pool.settings import SchedulerSettings
-from hal9999.redact import SecretMasker
 from hal9999.store import TaskRecord
 from hal9999.tasks.context import Adopted
 from hal9999.tasks.service import TaskService
-from hal9999.tasks.state import TaskStatus, check_transition
+from hal9999.tasks.state import TaskStatus, transition
 
 logger = logging.getLogger(__name__)
 
@@ -181,29 +179,27 @@ class Scheduler:
             counters = {"agent_retries": attempt}
         else:
             return False
-        check_transition(task.status, TaskStatus.QUEUED)
         delay = backoff(attempt, self.settings)
-        self.store.update_task(
-            task.id,
-            status=TaskStatus.QUEUED.value,
-            runner_pid=os.getpid(),
-            not_before=time.time() + delay,
-            exit_code=None,
-            error_code=None,
-            error_message=None,
-            finished_at=None,
-            **counters,
-        )
-        events = self.service.event_log(task, SecretMasker())
         why = task.error_message or task.error_code
-        events.emit(
-            Phase(
-                phase="queued",
-                previous=task.status,
-                detail=f"retry {attempt} in {delay:.1f}s: {why}",
-            )
-        )
-        events.close()
+        with self.service.events(task) as events:
+            try:
+                transition(
+                    self.store,
+                    events,
+                    task.id,
+                    TaskStatus.QUEUED,
+                    expect=TaskStatus.FAILED,
+                    detail=f"retry {attempt} in {delay:.1f}s: {why}",
+                    runner_pid=os.getpid(),
+                    not_before=time.time() + delay,
+                    exit_code=None,
+                    error_code=None,
+                    error_message=None,
+                    finished_at=None,
+                    **counters,
+                )
+            except HalError:
+                return False  # resumed, removed or cancelled meanwhile: not ours to retry
         return True
 
     # -- control -----------------------------------------------------------------------

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +16,8 @@ from hal9999.config import HalConfig
 from hal9999.credentials import forwarded_env
 from hal9999.errors import ConfigError, TaskStateError
 from hal9999.events.log import EventLog
-from hal9999.events.models import Message, Phase, TaskCreated, TaskEnd
+from hal9999.events.models import Message, TaskCreated, TaskEnd
+from hal9999.events.writers import EventWriters
 from hal9999.home import HalPaths
 from hal9999.process.base import read_exit_status
 from hal9999.providers.base import Provider
@@ -26,7 +29,7 @@ from hal9999.tasks.context import Adopted, RunContext, process_spec
 from hal9999.tasks.plugins import load_process_manager, load_provider_for
 from hal9999.tasks.runner import TaskRunner
 from hal9999.tasks.session import Session
-from hal9999.tasks.state import ACTIVE, RESUMABLE, TaskStatus, check_transition
+from hal9999.tasks.state import ACTIVE, RESUMABLE, TaskStatus, transition
 
 _ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 INDEX_BATCH = 64
@@ -93,6 +96,8 @@ class TaskService:
         self.environ = environ
         self.paths = HalPaths(config.home).ensure()
         self.runner = TaskRunner(config, store, environ)
+        self.writers = EventWriters(store, index_batch=INDEX_BATCH)
+        """The one event writer of each task in this process (the daemon adds its bus)."""
         self.contexts: dict[str, RunContext] = {}
         """Runs in progress in this process, by task id."""
 
@@ -117,15 +122,11 @@ class TaskService:
         settings = self.config.agent_settings(task.agent)
         return [settings.api_key_env] if settings.api_key_env else []
 
-    def event_log(self, task: TaskRecord, masker: SecretMasker) -> EventLog:
-        """The task's event log."""
-        return EventLog(
-            self.session(task).events,
-            task.id,
-            store=self.store,
-            masker=masker,
-            index_batch=INDEX_BATCH,
-        )
+    @contextmanager
+    def events(self, task: TaskRecord, masker: SecretMasker | None = None) -> Iterator[EventLog]:
+        """The task's event writer (shared with whoever else in this process writes it)."""
+        with self.writers.open(task.id, self.session(task).events, masker) as log:
+            yield log
 
     # -- create ------------------------------------------------------------------------
     async def create(self, req: RunRequest) -> TaskRecord:
@@ -164,17 +165,16 @@ class TaskService:
         )
         self.store.insert_task(record)
         session.prompt_file.write_text(req.prompt)
-        log = self.event_log(record, SecretMasker())
-        log.emit(
-            TaskCreated(
-                prompt_chars=len(req.prompt),
-                agent=req.agent,
-                provider=",".join(providers),
-                repo=source.location,
-                ref=req.ref,
+        with self.events(record) as log:
+            log.emit(
+                TaskCreated(
+                    prompt_chars=len(req.prompt),
+                    agent=req.agent,
+                    provider=",".join(providers),
+                    repo=source.location,
+                    ref=req.ref,
+                )
             )
-        )
-        log.close()
         return record
 
     # -- run ---------------------------------------------------------------------------
@@ -193,22 +193,21 @@ class TaskService:
         forwarded = [name for name in task.env_keys if name not in given]
         secrets_env = {**forwarded_env(forwarded, self.environ), **given}
         masker = self.masker(task, secrets_env)
-        events = self.event_log(task, masker)
-        ctx = RunContext(
-            task=task,
-            session=self.session(task),
-            events=events,
-            masker=masker,
-            secrets=secrets_env,
-            on_output=on_output,
-            adopted=adopted,
-        )
-        self.contexts[task.id] = ctx
-        try:
-            return await self.runner.run(ctx, prompt)
-        finally:
-            self.contexts.pop(task.id, None)
-            events.close()
+        with self.events(task, masker) as events:
+            ctx = RunContext(
+                task=task,
+                session=self.session(task),
+                events=events,
+                masker=masker,
+                secrets=secrets_env,
+                on_output=on_output,
+                adopted=adopted,
+            )
+            self.contexts[task.id] = ctx
+            try:
+                return await self.runner.run(ctx, prompt)
+            finally:
+                self.contexts.pop(task.id, None)
 
     def detach(self, task_id: str) -> None:
         """Let a run in progress leave its agent running (a daemon shutting down)."""
@@ -222,15 +221,15 @@ class TaskService:
         task = self.reconcile(self.store.find_task(task_id))
         if target is TaskStatus.STOPPED and task.status == TaskStatus.STOPPED:
             return task
-        check_transition(task.status, target)
-        # Record first, so a live runner sees the task was taken from it.
-        self.store.update_task(task.id, status=target.value, finished_at=time.time())
-        await self.kill(task)
-        events = self.event_log(task, self.masker(task))
-        events.emit(Phase(phase=target.value, previous=task.status, detail=reason))
-        events.emit(TaskEnd(status=target.value, error_code=None, error=reason))
-        events.close()
-        return self.store.get_task(task.id)
+        # Record first (compare-and-set: a runner finishing at this moment either finishes
+        # first, and this fails, or sees the task was taken from it).
+        with self.events(task, self.masker(task)) as events:
+            _, halted = transition(
+                self.store, events, task.id, target, detail=reason, finished_at=time.time()
+            )
+            await self.kill(task)
+            events.emit(TaskEnd(status=target.value, error_code=None, error=reason))
+        return self.store.get_task(halted.id)
 
     async def kill(self, task: TaskRecord) -> None:
         """Stop the task's process and destroy its sandbox, if any remain."""
@@ -266,20 +265,21 @@ class TaskService:
                 f"task {task.id} is {task.status}; only a stopped or finished task can resume",
                 hint=f"stop it first with `hal task stop {task.id}`",
             )
-        check_transition(task.status, TaskStatus.QUEUED)
-        self.store.update_task(
-            task.id,
-            status=TaskStatus.QUEUED.value,
-            resumes=task.resumes + 1,
-            exit_code=None,
-            error_code=None,
-            error_message=None,
-            finished_at=None,
-        )
-        events = self.event_log(task, SecretMasker())
-        events.emit(Phase(phase="queued", previous=task.status, detail="resumed"))
-        events.close()
-        return self.store.get_task(task.id)
+        with self.events(task) as events:
+            _, queued = transition(
+                self.store,
+                events,
+                task.id,
+                TaskStatus.QUEUED,
+                expect=task.status,
+                detail="resumed",
+                resumes=task.resumes + 1,
+                exit_code=None,
+                error_code=None,
+                error_message=None,
+                finished_at=None,
+            )
+        return queued
 
     async def remove(self, task_id: str, *, force: bool = False) -> TaskRecord:
         """Delete a task's record and session directory."""
@@ -290,7 +290,8 @@ class TaskService:
                 hint=f"cancel it first (`hal task cancel {task.id}`) or pass --force",
             )
         await self.kill(task)
-        shutil.rmtree(task.session_dir, ignore_errors=True)
+        # A session can be large: deleting it must not stall a daemon's other work.
+        await asyncio.to_thread(shutil.rmtree, task.session_dir, ignore_errors=True)
         self.store.delete_task(task.id)
         return task
 
@@ -311,24 +312,29 @@ class TaskService:
         else:  # it died while acquiring a sandbox or cloning: no agent was ever started
             agent = f"the agent had not started (the task was {task.status})"
         message = f"the hal process running this task died; {agent}"
-        self.store.update_task(
-            task.id,
-            status=TaskStatus.INTERRUPTED.value,
-            runner_pid=None,
-            error_code="interrupted",
-            error_message=message,
-        )
-        events = self.event_log(task, SecretMasker())
-        events.emit(Phase(phase="interrupted", previous=task.status, detail=message))
-        events.emit(
-            Message(
-                level="warning",
-                text=f"{message}; `hal task resume {task.id}` continues it, "
-                f"`hal task stop {task.id}` stops it",
+        with self.events(task) as events:
+            try:
+                _, interrupted = transition(
+                    self.store,
+                    events,
+                    task.id,
+                    TaskStatus.INTERRUPTED,
+                    expect=task.status,
+                    detail=message,
+                    runner_pid=None,
+                    error_code="interrupted",
+                    error_message=message,
+                )
+            except TaskStateError:
+                return self.store.get_task(task.id)  # it moved meanwhile: that is the truth
+            events.emit(
+                Message(
+                    level="warning",
+                    text=f"{message}; `hal task resume {task.id}` continues it, "
+                    f"`hal task stop {task.id}` stops it",
+                )
             )
-        )
-        events.close()
-        return self.store.get_task(task.id)
+        return interrupted
 
     def list(
         self, *, status: list[str] | None = None, limit: int | None = None

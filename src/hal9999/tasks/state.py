@@ -1,10 +1,15 @@
-"""The task state machine, as data: the states, the allowed moves, one function to check them."""
+"""The task state machine, as data: the states, the allowed moves, and :func:`transition`,
+the one function that changes a task's status (checked, compare-and-set, with its event)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from enum import StrEnum
+from typing import Any, Protocol
 
 from hal9999.errors import TaskStateError
+from hal9999.events.models import Event, Phase
+from hal9999.store import Store, TaskRecord
 
 
 class TaskStatus(StrEnum):
@@ -77,3 +82,54 @@ def check_transition(current: str, target: str) -> TaskStatus:
             hint="see `hal task show ID` for its state",
         )
     return dst
+
+
+RESTING = FINAL | {TaskStatus.STOPPED, TaskStatus.INTERRUPTED}
+"""States a task stays in until someone acts; reaching one is committed durably (fsync)."""
+
+
+class EventWriter(Protocol):
+    """Where :func:`transition` records the ``phase`` event (an ``EventLog``)."""
+
+    def emit(self, event: Event) -> Event:
+        """Record one event."""
+        ...
+
+
+def transition(
+    store: Store,
+    events: EventWriter | None,
+    task_id: str,
+    target: TaskStatus,
+    *,
+    expect: str | Collection[str] | None = None,
+    detail: str | None = None,
+    **fields: Any,
+) -> tuple[TaskRecord, TaskRecord]:
+    """Move a task to ``target``; returns its records before and after.
+
+    The move must be in :data:`TRANSITIONS` from the status the task has *when it is
+    written*: the write is ``UPDATE ... WHERE status = <the status just read>``, and when
+    another process changed it in between, the check runs again on the new status. With
+    ``expect``, the task must also be in one of those states (a runner expects the state it
+    put the task in; anything else means the task was taken from it). Raises
+    :class:`TaskStateError` when the move is not allowed. ``fields`` are written in the
+    same statement; a resting state is committed durably. Then the ``phase`` event.
+    """
+    wanted = {expect} if isinstance(expect, str) else set(expect) if expect is not None else None
+    while True:
+        current = store.get_task(task_id)
+        if wanted is not None and current.status not in wanted:
+            raise TaskStateError(
+                f"task {task_id} is {current.status}, not {' or '.join(sorted(wanted))}",
+                hint=f"see `hal task show {task_id}`",
+            )
+        check_transition(current.status, target)
+        updated = store.set_status(
+            task_id, target.value, expect=current.status, durable=target in RESTING, **fields
+        )
+        if updated is not None:
+            break
+    if events is not None:
+        events.emit(Phase(phase=target.value, previous=current.status, detail=detail))
+    return current, updated
