@@ -27,13 +27,13 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
 from hal9999.events.models import EVENT_ADAPTER, Event
-from hal9999.events.reader import parse_line, read_events
+from hal9999.events.reader import lines_backwards, parse_line, read_events
 from hal9999.redact import SecretMasker
 from hal9999.store import Store
 
@@ -47,21 +47,6 @@ FSYNC_TYPES = frozenset({"phase", "task_end"})
 
 _STAMPS = ("type", "seq", "ts", "task_id")
 _BLOCK = 1 << 16
-
-
-def _lines_backwards(file: BinaryIO, end: int) -> Iterator[bytes]:
-    """The lines of ``file[:end]``, last first, reading blocks from the end."""
-    pos = end
-    head = b""
-    while pos > 0:
-        step = min(_BLOCK, pos)
-        pos -= step
-        file.seek(pos)
-        lines = (file.read(step) + head).split(b"\n")
-        # lines[0] may be the end of a line that starts in an earlier block: keep it.
-        head = lines[0]
-        yield from reversed(lines[1:])
-    yield head
 
 
 def _complete_end(file: BinaryIO, size: int) -> int:
@@ -89,7 +74,7 @@ def recover(path: Path) -> int:
         if end < size:
             logger.warning("%s: removing %d bytes of an unfinished last event", path, size - end)
             file.truncate(end)
-        for line in _lines_backwards(file, end):
+        for line in lines_backwards(file, end):
             event = parse_line(line, path)
             if event is not None:
                 return event.seq
@@ -259,9 +244,7 @@ class EventLog:
         if self.store is None:
             return
         try:
-            numbers = self.store.record_events(
-                self.task_id, [(e.seq, e.type, e.ts) for e in batch]
-            )
+            numbers = self.store.record_events(self.task_id, [(e.seq, e.type, e.ts) for e in batch])
         except Exception:
             logger.exception("%s: could not index event #%d", self.path, batch[0].seq)
             return

@@ -10,8 +10,9 @@ import asyncio
 import codecs
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from pydantic import ValidationError
 
@@ -22,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 """Bytes read per step while following, so a large backlog does not stall the event loop."""
+_BLOCK = 1 << 16
 
 
 def parse_line(line: bytes, path: Path, *, warn: bool = True) -> Event | None:
@@ -49,6 +51,44 @@ def read_events(path: Path, *, after_seq: int = 0) -> list[Event]:
         if event is not None and event.seq > after_seq:
             events.append(event)
     return events
+
+
+def lines_backwards(file: BinaryIO, end: int) -> Iterator[bytes]:
+    """The lines of ``file[:end]``, last first, reading blocks from the end."""
+    pos = end
+    head = b""
+    while pos > 0:
+        step = min(_BLOCK, pos)
+        pos -= step
+        file.seek(pos)
+        lines = (file.read(step) + head).split(b"\n")
+        # lines[0] may be the end of a line that starts in an earlier block: keep it.
+        head = lines[0]
+        yield from reversed(lines[1:])
+    yield head
+
+
+def events_after_seq(path: Path, after_seq: int) -> list[Event]:
+    """The complete events of ``path`` above ``after_seq``, read from the end backwards (so
+    the cost is the size of the tail, not of the file)."""
+    try:
+        file = path.open("rb")
+    except FileNotFoundError:
+        return []
+    found: list[Event] = []
+    with file:
+        size = file.seek(0, os.SEEK_END)
+        for index, line in enumerate(lines_backwards(file, size)):
+            if index == 0:
+                continue  # what follows the last newline: incomplete (or empty)
+            event = parse_line(line, path, warn=False)
+            if event is None:
+                continue
+            if event.seq <= after_seq:
+                break
+            found.append(event)
+    found.reverse()
+    return found
 
 
 def _read_chunk(path: Path, offset: int) -> tuple[bytes, int] | None:

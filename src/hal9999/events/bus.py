@@ -1,0 +1,210 @@
+"""The event bus: every recorded event, fanned out in-process to whoever subscribed.
+
+Writers in this process publish to it as they write (``EventLog`` sinks, from any thread).
+Events that *other* processes write (a foreground ``hal run`` while ``hal serve`` runs)
+reach it through :class:`IndexTail`, which follows the store's event index by global
+``gseq`` and reads the bodies from the tasks' JSONL files. An event that arrives both ways is
+delivered once (dedupe by ``gseq``).
+
+A consumer subscribes *first*, then reads the history it needs, and drops what it already
+has by ``seq`` (per task) or ``gseq`` (global). A subscriber that falls more than
+``max_queue`` events behind is closed (``overflowed``) rather than slowing the writers; it
+resumes from the last ``gseq`` it saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from hal9999.events.log import Sink
+from hal9999.events.models import Event
+from hal9999.events.reader import events_after_seq
+from hal9999.store import Store
+
+logger = logging.getLogger(__name__)
+
+_REMEMBERED = 1 << 16
+"""How many recent gseqs the bus remembers to drop an event that arrives twice."""
+
+
+class Subscription:
+    """The events one subscriber gets, in publishing order."""
+
+    def __init__(self, bus: EventBus, task_id: str | None, max_queue: int) -> None:
+        self.bus = bus
+        self.task_id = task_id
+        self.queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self.max_queue = max_queue
+        self.overflowed = False
+        """Set when the subscriber fell too far behind and was closed."""
+
+    def offer(self, event: Event) -> None:
+        """Queue ``event`` if it is for this subscriber (on the bus's loop)."""
+        if self.task_id is not None and event.task_id != self.task_id:
+            return
+        if self.queue.qsize() >= self.max_queue:
+            self.overflowed = True
+            self.close()
+            return
+        self.queue.put_nowait(event)
+
+    async def get(self) -> Event | None:
+        """The next event; None once closed."""
+        return await self.queue.get()
+
+    def close(self) -> None:
+        """Stop receiving; a waiting :meth:`get` returns None."""
+        self.bus.unsubscribe(self)
+        self.queue.put_nowait(None)
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Event]:
+        while (event := await self.queue.get()) is not None:
+            yield event
+
+
+class EventBus:
+    """In-process publish/subscribe of recorded events; :meth:`publish` is thread-safe."""
+
+    def __init__(self, *, max_queue: int = 10_000) -> None:
+        self.max_queue = max_queue
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._subscriptions: list[Subscription] = []
+        self._seen: set[int] = set()
+        self._order: deque[int] = deque()
+        self._lock = threading.Lock()
+        self.last_gseq = 0
+        """The highest ``gseq`` delivered so far."""
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Deliver on ``loop`` (where subscribers await)."""
+        self._loop = loop
+
+    @property
+    def sink(self) -> Sink:
+        """This bus as an ``EventLog`` sink."""
+        return self.publish
+
+    def publish(self, event: Event) -> None:
+        """Hand ``event`` to every matching subscriber (from any thread)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._deliver(event)
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._deliver, event)
+
+    def seen(self, gseq: int) -> bool:
+        """Whether the event with this ``gseq`` was delivered recently."""
+        with self._lock:
+            return gseq in self._seen
+
+    def _deliver(self, event: Event) -> None:
+        if event.gseq:
+            with self._lock:
+                if event.gseq in self._seen:
+                    return
+                self._seen.add(event.gseq)
+                self._order.append(event.gseq)
+                if len(self._order) > _REMEMBERED:
+                    self._seen.discard(self._order.popleft())
+                self.last_gseq = max(self.last_gseq, event.gseq)
+        for subscription in list(self._subscriptions):
+            subscription.offer(event)
+
+    def subscribe(self, task_id: str | None = None) -> Subscription:
+        """Start receiving events (of one task, or all); call on the bus's loop."""
+        if self._loop is None:
+            self.attach(asyncio.get_running_loop())
+        subscription = Subscription(self, task_id, self.max_queue)
+        self._subscriptions.append(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        """Stop delivering to ``subscription`` (no error when already gone)."""
+        if subscription in self._subscriptions:
+            self._subscriptions.remove(subscription)
+
+
+class IndexTail:
+    """Brings events written by other processes to the bus: follows the store's index by
+    ``gseq`` and reads each new event's body from its task's file."""
+
+    def __init__(
+        self,
+        store: Store,
+        bus: EventBus,
+        path_of: Callable[[str], Path | None],
+        *,
+        poll: float = 0.2,
+        patience: float = 5.0,
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.path_of = path_of
+        """The events file of a task (None for a task that is gone)."""
+        self.poll = poll
+        self.patience = patience
+        """How long an indexed event may stay missing from its file before it is skipped
+        (its writer was killed between the index commit and the file write)."""
+        self.cursor = 0
+        self._missing_since: float | None = None
+
+    async def run(self, *, start: int | None = None) -> None:
+        """Follow the index forever, from ``start`` (default: what is there now)."""
+        self.cursor = start if start is not None else await asyncio.to_thread(self.store.last_gseq)
+        while True:
+            try:
+                await self.step()
+            except Exception:
+                logger.exception("following the event index failed; retrying")
+            await asyncio.sleep(self.poll)
+
+    async def step(self) -> int:
+        """Publish what was committed since the cursor; returns how many events."""
+        rows = await asyncio.to_thread(self.store.events_after, self.cursor, limit=2000)
+        wanted = [row for row in rows if not self.bus.seen(row.gseq)]
+        by_task: dict[str, list[int]] = {}
+        for row in wanted:
+            by_task.setdefault(row.task_id, []).append(row.seq)
+        found: dict[int, Event] = {}
+        for task_id, seqs in by_task.items():
+            path = self.path_of(task_id)
+            if path is None:
+                continue
+            events = await asyncio.to_thread(events_after_seq, path, min(seqs) - 1)
+            found.update({e.gseq: e for e in events if e.gseq})
+        published = 0
+        for row in rows:
+            if self.bus.seen(row.gseq):
+                self.cursor = row.gseq
+                continue
+            event = found.get(row.gseq)
+            if event is None and self.path_of(row.task_id) is not None:
+                # Indexed but not in the file yet (written just after the commit), or lost.
+                now = time.monotonic()
+                self._missing_since = self._missing_since or now
+                if now - self._missing_since < self.patience:
+                    break
+                logger.warning("event %d of task %s is not in its file", row.gseq, row.task_id)
+            self._missing_since = None
+            self.cursor = row.gseq
+            if event is not None:
+                self.bus.publish(event)
+                published += 1
+        return published
