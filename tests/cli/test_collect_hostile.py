@@ -1,0 +1,138 @@
+"""Hostile agents against collection, end to end (`hal run --provider bwrap --agent 'sh evil.sh'`).
+
+Each agent here took over something on the host with the code before the fix (issue 9 items
+2, 3 and 10; issue 10 item 3): it plants links under the name the host moved the bundle from,
+builds a repository that borrows a private host repository's objects, hides work in a nested
+repository, or commits a secret.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from tests.cli.conftest import Hal, events_of, git, tasks_json
+
+pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
+
+# Run 1 plants; run 2 (a resume) makes a change, so the host handles a new bundle.
+PLANT_LINK = """#!/bin/sh
+if [ ! -e "$HOME/.ran" ]; then
+  touch "$HOME/.ran"
+  ln -s "$1" "$HOME/.hal-result.bundle"
+  exit 0
+fi
+echo "# change" >> calc.py
+"""
+
+ALTERNATES = """#!/bin/sh
+# $1: a private host repository's object dir, $2: a commit in it.
+if [ ! -e "$HOME/.ran" ]; then
+  touch "$HOME/.ran"
+  branch=$(git branch --show-current)
+  git init -q --bare "$HOME/evil.git"
+  echo "$1" > "$HOME/evil.git/objects/info/alternates"
+  mkdir -p "$(dirname "$HOME/evil.git/refs/heads/$branch")"
+  echo "$2" > "$HOME/evil.git/refs/heads/$branch"
+  # Resolves from the agent's home (home/home -> .) and from the session root alike.
+  ln -s . "$HOME/home"
+  ln -s home/evil.git "$HOME/.hal-result.bundle"
+  exit 0
+fi
+echo "# harmless" >> calc.py
+"""
+
+
+def commit_agent(repo: Path, name: str, script: str) -> None:
+    (repo / name).write_text(script)
+    git(repo, "add", name)
+    git(repo, "commit", "-qm", f"add {name}")
+
+
+def run_twice(hal: Hal, agent: str) -> dict[str, object]:
+    first = hal("run", "--provider", "bwrap", "--agent", agent, "go", "--json")
+    assert first.returncode == 0, first.stderr + first.stdout
+    task_id = json.loads(first.stdout)["id"]
+    second = hal("task", "resume", task_id, "--json")
+    assert "Traceback" not in second.stderr
+    task: dict[str, object] = json.loads(second.stdout)
+    return task
+
+
+def test_a_planted_bundle_link_never_writes_a_host_file(
+    hal: Hal, demo_repo: Path, tmp_path: Path
+) -> None:
+    """Issue 9 item 2: the link the agent planted used to be moved into the session, and the
+    next run's bundle was then moved through it into any host directory."""
+    target = tmp_path / "host-dir"
+    target.mkdir()
+    commit_agent(demo_repo, "evil.sh", PLANT_LINK)
+    task = run_twice(hal, f"sh evil.sh {target}")
+    assert list(target.iterdir()) == []
+    assert task["status"] == "succeeded", task
+    session = Path(str(task["session_dir"]))
+    assert session.joinpath("result.bundle").is_file()
+    assert not session.joinpath("result.bundle").is_symlink()
+    assert "# change" in git(demo_repo, "show", f"{task['branch']}:calc.py")
+
+
+def test_an_agent_built_repository_cannot_import_a_private_host_repository(
+    hal: Hal, demo_repo: Path, tmp_path: Path
+) -> None:
+    """Issue 9 item 3: host git fetched from the agent's repository, whose alternates borrowed
+    a private host repository's objects, into hal/<id> of the source repository."""
+    private = tmp_path / "private"
+    private.mkdir()
+    git(private, "init", "-q")
+    (private / "id_rsa").write_text("PRIVATE KEY\n")
+    git(private, "add", "-A")
+    git(private, "commit", "-qm", "private")
+    secret_commit = git(private, "rev-parse", "HEAD")
+    commit_agent(demo_repo, "evil.sh", ALTERNATES)
+    task = run_twice(hal, f"sh evil.sh {private}/.git/objects {secret_commit}")
+    assert subprocess.run(["git", "cat-file", "-e", secret_commit], cwd=demo_repo).returncode != 0
+    assert task["status"] == "succeeded", task
+    branch = str(task["branch"])
+    assert git(demo_repo, "rev-parse", branch) != secret_commit
+    assert "# harmless" in git(demo_repo, "show", f"{branch}:calc.py")
+    assert "id_rsa" not in git(demo_repo, "ls-tree", "-r", "--name-only", branch)
+
+
+def test_work_hidden_in_a_nested_repository_fails_the_task_loudly(
+    hal: Hal, demo_repo: Path
+) -> None:
+    """Issue 10 item 3: this used to report success with the work nowhere."""
+    agent = "sh -c 'mkdir sub && cd sub && git init -q && echo x > f && git add f && "
+    agent += "git -c user.name=a -c user.email=a@a commit -qm nested'"
+    out = hal("run", "--provider", "bwrap", "--agent", agent, "go", "--json")
+    assert "Traceback" not in out.stderr
+    task = json.loads(out.stdout)
+    assert task["status"] == "failed", task
+    assert "nested repositories" in task["error_message"] and "sub" in task["error_message"]
+    assert "result.patch" in task["error_message"]
+    assert out.returncode != 0
+    session = Path(task["session_dir"])
+    assert (session / "workspace" / "sub" / "f").read_text() == "x\n"
+
+
+def test_a_committed_secret_keeps_the_branch_out(
+    hal: Hal, demo_repo: Path, hal_env: dict[str, str]
+) -> None:
+    """Issue 9 item 10: the value of a forwarded secret in the result stops the branch."""
+    value = "tok-4f9c1e7a2b8d"
+    agent = "sh -c 'mkdir -p conf && printf \"%s\\n\" \"$API_TOKEN\" > conf/token'"
+    out = hal(
+        "run", "--provider", "bwrap", "--env", "API_TOKEN", "--agent", agent, "go", "--json",
+        env={"API_TOKEN": value},
+    )  # fmt: skip
+    assert "Traceback" not in out.stderr
+    task = json.loads(out.stdout)
+    assert task["status"] == "failed" and task["error_code"] == "secret_in_result", task
+    assert "conf/token" in task["error_message"]
+    assert value not in out.stdout + out.stderr
+    assert git(demo_repo, "branch", "--list", task["branch"]) == ""
+    [listed] = tasks_json(hal)
+    assert listed["id"] == task["id"]
+    assert all(value not in json.dumps(event) for event in events_of(hal, task["id"]))
