@@ -20,14 +20,18 @@ the user's moves:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+from asyncio.subprocess import DEVNULL, PIPE, Process
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hal9999 import agentfs
 from hal9999.errors import RepoError, SecretInResult
+from hal9999.procs import kill_group_until_gone
 from hal9999.redact import SecretMasker
 from hal9999.tasks.collect import safe_in_session
 from hal9999.tasks.gitrepo import _GIT_SAFE, RepoSource, git, git_message
@@ -128,17 +132,31 @@ async def _fetch_verified(
         raise RepoError(f"the fetched result is {fetched[:12]}, not {head[:12]}", hint=safe)
 
 
-async def _lines(argv: list[str], cwd: Path) -> AsyncIterator[bytes]:
+@contextlib.asynccontextmanager
+async def _git_proc(argv: list[str], cwd: Path, **pipes: Any) -> AsyncIterator[Process]:
+    """Host git in its own process group, killed with its children if the caller fails or is
+    cancelled (a timeout must not leave a scan running)."""
     proc = await asyncio.create_subprocess_exec(
-        "git", *_GIT_SAFE, *argv, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        "git", *_GIT_SAFE, *argv, cwd=cwd, start_new_session=True,
+        env={"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/"},
+        **pipes,
     )  # fmt: skip
-    assert proc.stdout is not None and proc.stderr is not None
-    while line := await proc.stdout.readline():
-        yield line
-    err = await proc.stderr.read()
-    if await proc.wait() != 0:
-        raise RepoError(f"git {argv[0]} failed: {git_message(err)}")
+    try:
+        yield proc
+    except BaseException:
+        await kill_group_until_gone(proc)
+        raise
+
+
+async def _lines(argv: list[str], cwd: Path) -> AsyncIterator[bytes]:
+    pipes = {"stdin": DEVNULL, "stdout": PIPE, "stderr": PIPE}
+    async with _git_proc(argv, cwd, **pipes) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        while line := await proc.stdout.readline():
+            yield line
+        err = await proc.stderr.read()
+        if await proc.wait() != 0:
+            raise RepoError(f"git {argv[0]} failed: {git_message(err)}")
 
 
 async def _scan(repo: Path, incoming: str, base: str, masker: SecretMasker, safe: str) -> None:
@@ -146,31 +164,32 @@ async def _scan(repo: Path, incoming: str, base: str, masker: SecretMasker, safe
     if not masker:
         return
     listing = _lines(["rev-list", "--objects", incoming, "--not", base], repo)
-    proc = await asyncio.create_subprocess_exec(
-        "git", *_GIT_SAFE, "cat-file",
-        "--batch=%(objectname) %(objecttype) %(objectsize) %(rest)",
-        cwd=repo, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    assert proc.stdin is not None and proc.stdout is not None
-    feeder = asyncio.create_task(_feed(proc.stdin, listing))
+    batch = ["cat-file", "--batch=%(objectname) %(objecttype) %(objectsize) %(rest)"]
     overlap = max(masker.max_len - 1, 0)
     hit: str | None = None
-    try:
-        while header := await proc.stdout.readline():
-            name, kind, size, *rest = header.decode("utf-8", "replace").rstrip("\n").split(" ", 3)
-            tail, left = "", int(size)
-            while left > 0:
-                chunk = await proc.stdout.readexactly(min(left, _CHUNK))
-                left -= len(chunk)
-                text = tail + chunk.decode("utf-8", "replace")
-                if hit is None and masker.spans(text):
-                    where = rest[0] if rest and rest[0] else ""
-                    hit = f"file {where}" if where else f"the {kind} {name[:12]}"
-                tail = text[-overlap:] if overlap else ""
-            await proc.stdout.readexactly(1)  # the newline after each object
-    finally:
-        await feeder
+    pipes = {"stdin": PIPE, "stdout": PIPE, "stderr": DEVNULL}
+    async with _git_proc(batch, repo, **pipes) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        feeder = asyncio.create_task(_feed(proc.stdin, listing))
+        try:
+            while header := await proc.stdout.readline():
+                fields = header.decode("utf-8", "replace").rstrip("\n").split(" ", 3)
+                name, kind, size, *rest = fields
+                tail, left = "", int(size)
+                while left > 0:
+                    chunk = await proc.stdout.readexactly(min(left, _CHUNK))
+                    left -= len(chunk)
+                    text = tail + chunk.decode("utf-8", "replace")
+                    if hit is None and masker.spans(text):
+                        where = rest[0] if rest and rest[0] else ""
+                        hit = f"file {where}" if where else f"the {kind} {name[:12]}"
+                    tail = text[-overlap:] if overlap else ""
+                await proc.stdout.readexactly(1)  # the newline after each object
+        finally:
+            if not feeder.done():
+                feeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await feeder
         await proc.wait()
     if hit is not None:
         raise SecretInResult(
@@ -194,12 +213,9 @@ async def _write_patch(repo: Path, base: str, incoming: str, patch: Path) -> Non
     """Rewrite ``result.patch`` from the fetched objects (streamed, fsynced, replaced)."""
     tmp = patch.with_name(f".{patch.name}.hal-tmp")
     with tmp.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(
-            "git", *_GIT_SAFE, *_DIFF, *_DIFF_FIXED, base, incoming, "--",
-            cwd=repo, stdin=asyncio.subprocess.DEVNULL, stdout=out,
-            stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        _, err = await proc.communicate()
+        argv = [*_DIFF, *_DIFF_FIXED, base, incoming, "--"]
+        async with _git_proc(argv, repo, stdin=DEVNULL, stdout=out, stderr=PIPE) as proc:
+            _, err = await proc.communicate()
         if proc.returncode != 0:
             raise RepoError(f"writing the patch failed: {git_message(err)}")
         await asyncio.to_thread(os.fsync, out.fileno())

@@ -371,6 +371,11 @@ class TaskRunner:
             full_bundle=task.repo_kind == "url",
         )
         self.store.update_task(task.id, files_changed=result.files_changed)
+        # Sizes, never the diff itself: a 300 MB patch stays in result.patch.
+        sizes = f"patch {result.patch_bytes} bytes"
+        if result.bundle_bytes is not None:
+            sizes += f", bundle {result.bundle_bytes} bytes"
+        ctx.events.emit(Message(text=f"collected {result.files_changed} changed files; {sizes}"))
         if result.nested:
             raise RepoError(
                 "the agent changed nested repositories or submodules whose work the branch "
