@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pair in bwrap:bubblewrap tmux:tmux git:git ps:procps; do
+for pair in bwrap:bubblewrap tmux:tmux git:git ps:procps prlimit:util-linux; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if [ "${#need[@]}" -gt 0 ]; then

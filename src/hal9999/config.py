@@ -35,6 +35,7 @@ ENV_KEYS: dict[str, tuple[str, ...]] = {
     "HAL_MEMORY_MB": ("resources", "memory_mb"),
     "HAL_CPUS": ("resources", "cpus"),
     "HAL_PIDS": ("resources", "pids"),
+    "HAL_DISK_MB": ("resources", "disk_mb"),
 }
 """Environment variables and the config key each one sets."""
 
@@ -100,7 +101,8 @@ class HalConfig(_Config):
     network: Literal["none", "host"] = "none"
     """Default network access of sandboxes (``HAL_NETWORK``)."""
     resources: Resources = Resources()
-    """Default resource limits (``HAL_MEMORY_MB``, ``HAL_CPUS``, ``HAL_PIDS``)."""
+    """Default resource limits (``HAL_MEMORY_MB``, ``HAL_CPUS``, ``HAL_PIDS``, ``HAL_DISK_MB``);
+    unset ones get safe defaults, ``0`` means unlimited (see :mod:`hal9999.providers.limits`)."""
     agents: dict[str, AgentConfig] = Field(default_factory=dict)
     """Per-agent settings, keyed by agent name."""
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)

@@ -26,6 +26,8 @@ optional ``hint`` that tells the user how to fix the problem::
     ├── ProcessError              process_error      exit 7
     ├── CredentialsError          credentials_error  exit 8
     ├── TaskStateError            task_state         exit 9
+    ├── DiskLimitExceeded         disk_limit         exit 10
+    ├── DiskFull                  disk_full          exit 10
     ├── TaskTimeout               timed_out          exit 124
     └── TaskCancelled             cancelled          exit 130
 
@@ -195,6 +197,21 @@ class TaskStateError(HalError):
 
     code = "task_state"
     exit_status = 9
+
+
+class DiskLimitExceeded(HalError):
+    """The sandbox's files grew past its disk limit; the task was stopped (its work is still
+    collected)."""
+
+    code = "disk_limit"
+    exit_status = 10
+
+
+class DiskFull(HalError):
+    """The disk holding hal's home filled up while a task ran; the task was stopped."""
+
+    code = "disk_full"
+    exit_status = 10
 
 
 class TaskTimeout(HalError):

@@ -89,7 +89,9 @@ class ProcessSpec(_Frozen):
 
 
 class Resources(_Frozen):
-    """Resource limits; ``None`` means unlimited."""
+    """Resource limits. ``None`` (unset) means the safe default of a provider that enforces
+    limits (:mod:`hal9999.providers.limits`: pids 4096, half the host's memory, every core,
+    20 GiB of disk); ``0`` means unlimited."""
 
     cpus: float | None = None
     """CPU quota in cores (e.g. 1.5)."""
@@ -97,6 +99,9 @@ class Resources(_Frozen):
     """Memory limit in MiB, swap included where the kernel allows."""
     pids: int | None = None
     """Maximum number of processes and threads."""
+    disk_mb: int | None = None
+    """Disk the sandbox may fill, in MiB: its workspace, home and scratch space together
+    (checked while the task runs), and no single file larger."""
 
 
 class Bind(_Frozen):

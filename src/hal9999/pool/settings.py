@@ -51,12 +51,14 @@ class ProviderSettings(BaseModel):
     """``reset`` or ``destroy`` a sandbox after its task; the provider's default when unset."""
     network: NetworkMode | None = None
     """Network of this provider's sandboxes; the config's ``network`` when unset."""
-    memory_mb: int | None = Field(default=None, gt=0)
+    memory_mb: int | None = Field(default=None, ge=0)
     """Memory limit override for this provider."""
-    cpus: float | None = Field(default=None, gt=0)
+    cpus: float | None = Field(default=None, ge=0)
     """CPU quota override for this provider."""
-    pids: int | None = Field(default=None, gt=0)
+    pids: int | None = Field(default=None, ge=0)
     """Process limit override for this provider."""
+    disk_mb: int | None = Field(default=None, ge=0)
+    """Disk limit override for this provider (``0``, like for the others: no limit)."""
 
 
 class SchedulerSettings(BaseModel):
@@ -90,10 +92,11 @@ ENV_NAMES: dict[str, str] = {
     "memory_mb": "MEMORY_MB",
     "cpus": "CPUS",
     "pids": "PIDS",
+    "disk_mb": "DISK_MB",
 }
 """Setting name -> environment suffix (``HAL_<P>_<SUFFIX>``, ``HAL_<SUFFIX>``)."""
 
-_NO_GLOBAL_ENV = frozenset({"max_concurrent", "network", "memory_mb", "cpus", "pids"})
+_NO_GLOBAL_ENV = frozenset({"max_concurrent", "network", "memory_mb", "cpus", "pids", "disk_mb"})
 """Settings whose ``HAL_<NAME>`` means something else (the global limit, the config's
 defaults), so only ``HAL_<P>_<NAME>`` sets them per provider."""
 
@@ -154,7 +157,7 @@ def resources_of(config: HalConfig, settings: ProviderSettings) -> Resources:
     """The config's resource limits with the provider's overrides applied."""
     overrides = {
         name: getattr(settings, name)
-        for name in ("memory_mb", "cpus", "pids")
+        for name in ("memory_mb", "cpus", "pids", "disk_mb")
         if getattr(settings, name) is not None
     }
     return config.resources.model_copy(update=overrides)

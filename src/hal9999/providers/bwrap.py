@@ -204,6 +204,11 @@ class BwrapSandbox(HostSandbox):
         self.cgroup = owner.cgroup(record)
         """The cgroup holding every process of the sandbox (None when cgroups are off)."""
         self._procs = [] if self.cgroup is None else self.cgroup.procs_files()
+        self.limits = owner.resources(spec)
+        """The limits in force (the spec's, defaults filled in where enforced)."""
+        disk = self.limits.disk_mb
+        # No single file beyond the disk limit (SIGXFSZ, then EFBIG); the total is watched.
+        self._rlimits = [owner.prlimit, f"--fsize={disk << 20}", "--"] if disk else []
         self._seccomp = str(directory / ETC_DIR / SECCOMP_FILE) if seccomp.supported() else ""
         args = namespace_args(record, seccomp_fd=bool(self._seccomp))
         args += system_args(spec.rootfs, owner.config.ro_paths)
@@ -229,8 +234,8 @@ class BwrapSandbox(HostSandbox):
         # A new session keeps a command from pushing keystrokes into a terminal (TIOCSTI).
         session = ["--new-session"] if new_session else []
         bwrap = [
-            self._bwrap, *session, *self._args, "--chdir", cwd, "--", *self._drop,
-            *to_argv(command),
+            *self._rlimits, self._bwrap, *session, *self._args, "--chdir", cwd, "--",
+            *self._drop, *to_argv(command),
         ]  # fmt: skip
         return hostexec.launcher_argv(self.id, self._procs, bwrap, seccomp=self._seccomp)
 
@@ -261,13 +266,13 @@ class BwrapSandbox(HostSandbox):
         timeout: float | None = None,  # noqa: ASYNC109 - the contract's per-command timeout
     ) -> ExecResult:
         """Run a command to completion; an out-of-memory kill is noted on stderr."""
-        limited = self.spec.resources.memory_mb is not None
+        limited = self.cgroup is not None and self.limits.memory_mb is not None
         before = self.oom_kills() if limited else 0
         result = await super().exec(command, env=env, stdin=stdin, timeout=timeout)
         if limited and not result.ok and self.oom_kills() > before:
             # ExecResult has no field for it, and a bare 137 does not say why.
             note = (
-                f"\nhal: killed by the sandbox memory limit ({self.spec.resources.memory_mb} MiB)\n"
+                f"\nhal: killed by the sandbox memory limit ({self.limits.memory_mb} MiB)\n"
             ).encode()
             result = ExecResult(result.exit_code, result.stdout, result.stderr + note)
         return result
@@ -294,6 +299,8 @@ class BwrapProvider(HostProvider):
                 hint="apt-get install bubblewrap (dnf install bubblewrap on Fedora)",
             )
         self.bwrap = found
+        self.prlimit = shutil.which("prlimit") or "prlimit"
+        """util-linux's prlimit, which sets the per-file size limit before bwrap starts."""
         super().__init__(state_dir=state_dir, cgroup=self.config.cgroup)
         self._program = seccomp.build() if seccomp.supported() else None
 

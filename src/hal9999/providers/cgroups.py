@@ -43,13 +43,14 @@ class CgroupLimits:
 
     @classmethod
     def from_resources(cls, resources: Resources) -> CgroupLimits:
-        """The limits that enforce ``resources``."""
+        """The limits that enforce ``resources`` as given (unset and ``0`` mean no limit;
+        :func:`hal9999.providers.limits.effective` fills in the defaults first)."""
         return cls(
-            memory_bytes=None if resources.memory_mb is None else resources.memory_mb << 20,
-            pids=resources.pids,
-            cpu_quota_us=None
-            if resources.cpus is None
-            else max(1000, round(resources.cpus * CPU_PERIOD_US)),
+            memory_bytes=resources.memory_mb << 20 if resources.memory_mb else None,
+            pids=resources.pids or None,
+            cpu_quota_us=max(1000, round(resources.cpus * CPU_PERIOD_US))
+            if resources.cpus
+            else None,
         )
 
     def controllers(self) -> set[str]:

@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from hal9999.errors import CapabilityError, ConfigError, ExecError, ProviderError, SandboxNotFound
-from hal9999.providers import cgroups, hostexec, hostfs, sandboxuser, scratch
+from hal9999.providers import cgroups, hostexec, hostfs, limits, sandboxuser, scratch
 from hal9999.providers.base import (
     Capabilities,
     Command,
@@ -34,7 +34,7 @@ from hal9999.providers.base import (
     SandboxState,
     StreamEvent,
 )
-from hal9999.spec import ArgvCommand, SandboxSpec, display
+from hal9999.spec import ArgvCommand, Resources, SandboxSpec, display
 
 RECORD = "sandbox.json"
 _ID = re.compile(r"[0-9a-f]{12}")
@@ -119,8 +119,8 @@ def check_spec(name: str, capabilities: Capabilities, spec: SandboxSpec) -> None
             if spec.network == "none"
             else f"choose one of: {', '.join(sorted(capabilities.network_modes))}",
         )
-    limits = cgroups.CgroupLimits.from_resources(spec.resources)
-    if limits.controllers() and not capabilities.resource_limits:
+    wanted = cgroups.CgroupLimits.from_resources(spec.resources)
+    if wanted.controllers() and not capabilities.resource_limits:
         raise CapabilityError(
             f"provider {name!r} cannot enforce resource limits",
             hint="use --provider bwrap for cpu, memory and pid limits",
@@ -316,6 +316,15 @@ class HostSandbox:
         if not result.ok:
             raise ExecError(f"cannot remove {path}: {result.stderr.decode().strip()}")
 
+    async def disk_use(self) -> limits.DiskUse:
+        """What the sandbox's writable host dirs (workspace, home, scratch, writable binds)
+        hold now, against its disk limit."""
+        dirs = list(dict.fromkeys(Path(os.path.realpath(m.source)) for m in self._paths.mounts
+                                  if m.writable))  # fmt: skip
+        disk_mb = self._owner.resources(self.spec).disk_mb
+        used = await limits.measure(dirs)
+        return limits.DiskUse(used, None if disk_mb is None else disk_mb << 20)
+
     async def __aenter__(self) -> HostSandbox:
         return self
 
@@ -354,12 +363,32 @@ class HostProvider:
         """The cgroup of the sandbox, if it has one."""
         return None if record.cgroup is None else cgroups.Cgroup.from_record(record.cgroup)
 
+    def resources(self, spec: SandboxSpec) -> Resources:
+        """The limits a sandbox of ``spec`` gets here: where this provider enforces limits,
+        the defaults for what ``spec`` leaves unset, as far as the host allows (a cgroup with
+        the controller; the disk limit needs none)."""
+        asked = limits.explicit(spec.resources)
+        if not self.capabilities.resource_limits:
+            return asked
+        host = self.cgroup_host()
+        offered = set() if host is None else host.controllers
+        # A default the host has no controller for is dropped (what was asked is not: that
+        # fails in _prepare with the controller named).
+        controller = {"memory_mb": "memory", "pids": "pids", "cpus": "cpu"}
+        return limits.effective(spec.resources).model_copy(
+            update={
+                name: None
+                for name, needed in controller.items()
+                if getattr(asked, name) is None and needed not in offered
+            }
+        )
+
     async def _prepare(self, record: SandboxRecord) -> SandboxRecord:
         """Make the sandbox runnable (dirs, cgroup); also used by start(), so idempotent."""
-        limits = cgroups.CgroupLimits.from_resources(record.spec.resources)
+        wanted = cgroups.CgroupLimits.from_resources(record.spec.resources)
         host = self.cgroup_host()
         if host is None:
-            if limits.controllers():
+            if wanted.controllers():
                 off = self._cgroup_mode == "off"
                 why = "cgroups are off in its settings" if off else "no writable cgroup here"
                 raise CapabilityError(
@@ -367,7 +396,8 @@ class HostProvider:
                     hint="run hal as root or in a delegated cgroup, or drop the resource limits",
                 )
             return record
-        cgroup = host.create(record.id, limits)
+        effective = cgroups.CgroupLimits.from_resources(self.resources(record.spec))
+        cgroup = host.create(record.id, effective)
         return record.model_copy(update={"cgroup": cgroup.to_record()})
 
     async def _kill(self, record: SandboxRecord) -> None:
@@ -466,7 +496,9 @@ class HostProvider:
         except SandboxNotFound:
             record = None
         if record is not None:
-            self.store.save(record.model_copy(update={"state": "destroyed"}))
+            # On a full disk the record cannot be rewritten; the sandbox must go all the same.
+            with contextlib.suppress(OSError):
+                self.store.save(record.model_copy(update={"state": "destroyed"}))
             await self._kill(record)
             cgroup = self.cgroup(record)
             if cgroup is not None:

@@ -20,6 +20,7 @@ from hal9999.credentials import forwarded_env, install_files
 from hal9999.errors import (
     AgentFailed,
     AgentNotInstalled,
+    DiskLimitExceeded,
     HalError,
     RepoError,
     TaskNotFound,
@@ -36,6 +37,7 @@ from hal9999.events.models import (
     Usage,
 )
 from hal9999.process.base import ProcessManager, read_exit_status
+from hal9999.providers import limits
 from hal9999.providers.base import Provider, Sandbox
 from hal9999.spec import ArgvCommand, ProcessSpec
 from hal9999.store import Store, TaskRecord
@@ -156,11 +158,13 @@ class TaskRunner:
             return self.finish(ctx, TaskStatus.FAILED, started, exit_code, error=error, files=files)
         except Superseded:
             return self.store.get_task(task.id)
-        except TaskTimeout as exc:
+        except (TaskTimeout, DiskLimitExceeded) as exc:
             if ctx.pspec is not None:
                 await manager.stop(ctx.pspec)
             files = 0
-            if ctx.pspec is not None:  # the agent ran: keep what it did before the timeout
+            # The agent ran: keep what it did before the timeout or the disk limit (which a
+            # watchdog enforces, so collection still has room to write).
+            if ctx.pspec is not None:
                 try:
                     async with asyncio.timeout(_COLLECT_GRACE_S):
                         files = await self.collect_quietly(ctx, ctx.sandbox)
@@ -168,9 +172,8 @@ class TaskRunner:
                     ctx.events.emit(
                         Message(level="warning", text="collecting after the timeout took too long")
                     )
-            return self.finish(
-                ctx, TaskStatus.TIMED_OUT, started, exit_code, error=exc, files=files
-            )
+            ended = TaskStatus.TIMED_OUT if isinstance(exc, TaskTimeout) else TaskStatus.FAILED
+            return self.finish(ctx, ended, started, exit_code, error=exc, files=files)
         except HalError as exc:
             if ctx.pspec is not None:
                 await manager.stop(ctx.pspec)
@@ -329,6 +332,8 @@ class TaskRunner:
         # _POLL_S); asking the manager whether the process lives can cost a subprocess (tmux
         # has-session), so that happens at most every _LIVENESS_S.
         delay, checked = _FIRST_POLL_S, -_LIVENESS_S
+        disk = limits.DiskWatchdog(ctx.sandbox, self.config.home)
+        await disk.start()
         while True:
             now = time.monotonic()
             if read_exit_status(pspec.exit_path) is not None or now - checked >= _LIVENESS_S:
@@ -337,6 +342,7 @@ class TaskRunner:
                 if status.state != "running":
                     break
             pump()
+            await disk.check()
             if timeout is not None and time.monotonic() - started > timeout:
                 raise TaskTimeout(
                     f"task ran past its timeout of {timeout:g}s",
@@ -344,6 +350,7 @@ class TaskRunner:
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, _POLL_S)
+        await disk.check()  # an agent that died of a full disk ends as that, not as a crash
         pump(final=True)
         for event in parser.close():
             self.emit(ctx, event)

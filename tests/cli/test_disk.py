@@ -1,0 +1,81 @@
+"""The disk limit stops a task and still brings its work back; a full disk ends a task with a
+clear error, leaks no sandbox or cgroup, and leaves ``hal task list`` working."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.cli.conftest import Hal, tasks_json
+from tests.cli.test_failures import assert_no_leftovers
+
+from hal9999.providers import cgroups
+
+pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
+
+FILL = (
+    "sh -c 'echo kept > kept.txt; i=0; while [ $i -lt 40 ]; do i=$((i+1)); "
+    "head -c 500000 /dev/zero > /tmp/fill$i; done; echo filled; sleep 60'"
+)
+
+
+def no_cgroup_left(sandbox_ids: set[str]) -> None:
+    host = cgroups.detect()
+    if host is None:
+        return
+    for root in host.roots.values():
+        parent = root / cgroups.PARENT
+        left = {p.name for p in parent.iterdir()} & sandbox_ids if parent.exists() else set()
+        assert left == set(), f"cgroups left behind: {left}"
+
+
+def sandbox_ids(hal_home: Path) -> set[str]:
+    state = hal_home / "sandboxes" / "bwrap"
+    return {p.name for p in state.iterdir()} if state.exists() else set()
+
+
+def test_past_its_disk_limit_a_task_stops_and_its_work_comes_back(hal: Hal) -> None:
+    start = time.monotonic()
+    out = hal("run", "--agent", FILL, "x", "--json", env={"HAL_DISK_MB": "10"})
+    assert time.monotonic() - start < 40, "stopped by the watchdog, not by the agent's sleep"
+    assert out.returncode == 10, out.stderr
+    assert "Traceback" not in out.stderr
+    task = json.loads(out.stdout)
+    assert task["status"] == "failed" and task["error_code"] == "disk_limit"
+    assert "disk limit of 10 MiB" in task["error_message"]
+    # Work done before the stop is collected (the scratch files are not part of it).
+    assert "kept.txt" in Path(task["session_dir"], "result.patch").read_text()
+    assert_no_leftovers(task)
+
+
+@pytest.fixture
+def small_home(hal_env: dict[str, str]) -> Iterator[Path]:
+    """HAL_HOME on a 24 MiB tmpfs (root only: it mounts one)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs as HAL_HOME needs root")
+    home = Path(hal_env["HAL_HOME"])
+    home.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(home)], check=True)
+    try:
+        yield home
+    finally:
+        subprocess.run(["umount", "-l", str(home)], check=False)
+
+
+def test_a_full_disk_ends_the_task_cleanly(hal: Hal, small_home: Path) -> None:
+    fill = "sh -c 'echo kept > kept.txt; head -c 100000000 /dev/zero > big; echo $?; sleep 1'"
+    out = hal("run", "--agent", fill, "x", "--json")
+    assert "Traceback" not in out.stderr + out.stdout, out.stderr
+    assert out.returncode != 0
+    [task] = tasks_json(hal)  # the store is still readable and `hal task list` works
+    assert task["status"] == "failed", task
+    assert task["error_code"], task
+    assert_no_leftovers(task)
+    no_cgroup_left(sandbox_ids(small_home) | {task.get("sandbox_id") or ""})
+    listed = hal("task", "list")
+    assert listed.returncode == 0 and task["id"][:8] in listed.stdout, listed.stderr

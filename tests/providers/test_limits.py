@@ -1,0 +1,88 @@
+"""Limits by default: a sandbox with no [resources] is still bounded; ``0`` means unlimited."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from hal9999.providers import limits
+from hal9999.providers.bwrap import BwrapProvider, BwrapSandbox
+from hal9999.spec import Resources, SandboxSpec, ShellCommand
+
+
+def test_unset_fields_get_the_defaults_and_zero_means_unlimited() -> None:
+    memory = limits.host_memory_mb()
+    assert memory is not None and memory > 0
+    got = limits.effective(Resources())
+    assert got.pids == limits.DEFAULT_PIDS == 4096
+    assert got.memory_mb == max(limits.MIN_DEFAULT_MEMORY_MB, memory // 2)
+    assert got.cpus == len(os.sched_getaffinity(0))
+    assert got.disk_mb == limits.DEFAULT_DISK_MB
+    asked = Resources(pids=0, memory_mb=256, cpus=0, disk_mb=0)
+    assert limits.effective(asked) == Resources(memory_mb=256)
+    assert limits.explicit(Resources(pids=10, cpus=0)) == Resources(pids=10)
+
+
+@pytest.fixture
+async def bwrap(hal_home: Path, tmp_path: Path) -> AsyncIterator[tuple[BwrapProvider, Path]]:
+    provider = BwrapProvider(state_dir=hal_home / "sandboxes" / "bwrap")
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    yield provider, workspace
+    for info in await provider.list():
+        await provider.destroy(info.id)
+
+
+def cgroup_values(sandbox: BwrapSandbox) -> dict[str, str]:
+    assert sandbox.cgroup is not None
+    wanted = {
+        "memory.limit_in_bytes", "memory.max", "pids.max", "cpu.cfs_quota_us", "cpu.max",
+    }  # fmt: skip
+    return {
+        p.name: p.read_text().strip()
+        for d in sandbox.cgroup.dirs
+        for p in d.iterdir()
+        if p.name in wanted
+    }
+
+
+@pytest.mark.bwrap
+@pytest.mark.cgroup
+async def test_a_sandbox_without_resources_gets_the_default_limits(
+    bwrap: tuple[BwrapProvider, Path],
+) -> None:
+    provider, workspace = bwrap
+    sandbox = await provider.create(SandboxSpec(workspace=workspace))
+    assert isinstance(sandbox, BwrapSandbox)
+    expected = limits.effective(Resources())
+    assert expected.memory_mb is not None and expected.cpus is not None
+    values = cgroup_values(sandbox)
+    assert values["pids.max"] == "4096"
+    memory = values.get("memory.max") or values["memory.limit_in_bytes"]
+    assert memory == str(expected.memory_mb << 20)
+    quota = values.get("cpu.max", values.get("cpu.cfs_quota_us", "")).split()[0]
+    assert quota == str(round(expected.cpus * 100_000))
+    # The per-file limit is the disk limit (ulimit -f counts 1024-byte blocks in bash).
+    out = await sandbox.exec(ShellCommand(script="ulimit -f"))
+    assert out.text().strip() == str(limits.DEFAULT_DISK_MB << 10)
+
+
+@pytest.mark.bwrap
+@pytest.mark.cgroup
+async def test_zero_means_unlimited_and_no_file_outgrows_the_disk_limit(
+    bwrap: tuple[BwrapProvider, Path],
+) -> None:
+    provider, workspace = bwrap
+    spec = SandboxSpec(workspace=workspace, resources=Resources(pids=0, cpus=0, disk_mb=1))
+    sandbox = await provider.create(spec)
+    assert isinstance(sandbox, BwrapSandbox)
+    values = cgroup_values(sandbox)
+    assert values["pids.max"] == "max"
+    assert values.get("cpu.cfs_quota_us", "max") in ("-1", "max")
+    assert values.get("cpu.max", "max").split()[0] == "max"
+    big = await sandbox.exec(ShellCommand(script="head -c 3000000 /dev/zero > big"))
+    assert not big.ok and b"File size limit exceeded" in big.stderr
+    assert (workspace / "big").stat().st_size == 1 << 20
