@@ -4,23 +4,27 @@ A :class:`PathMap` lists the host directories a sandbox sees (its workspace, hom
 each as a :class:`Mount`. A file operation on a mapped path runs directly on the host,
 which is fast and needs no process inside. Symlinks are the catch: a command inside can
 plant ``/workspace/x -> /etc/shadow``, which means one thing inside and another on the host.
-So a path is mapped only when, resolved on the host, it stays within its mount; otherwise
-the caller gets None and must do the operation inside the sandbox, where the link means
-what the command meant.
+So a path with a symlink anywhere below its mount is not mapped (the caller gets None and
+does the operation inside the sandbox, where the link means what the command meant), and a
+mapped path is used only through :mod:`hal9999.agentfs`: relative to the mount's directory
+fd, ``O_NOFOLLOW`` at every step, regular files only. A link swapped in between the check
+here and the use there makes the operation fail; it is never followed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import posixpath
-import shutil
-import tempfile
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from hal9999.agentfs import AgentDir
 from hal9999.errors import ExecError
+
+READ_LIMIT = 256 << 20
+"""Largest file read host-side into memory (bytes); configuration files, not results."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,16 @@ class HostPath:
     path: Path
     writable: bool
     is_mount_root: bool
+    root: Path | None = None
+    """The mount's directory on the host (resolved once, from host configuration)."""
+    relative: str = ""
+    """The path below ``root``; every access walks it without following links."""
+    label: str = ""
+    """The mount's path inside the sandbox, for messages."""
+
+    def open_root(self) -> AgentDir:
+        """The mount's directory, opened without following a link."""
+        return AgentDir.open(self.root or self.path, label=self.label or str(self.path))
 
 
 def normalize(path: str, cwd: str) -> str:
@@ -52,6 +66,22 @@ def _within(path: str, root: str) -> bool:
     return root == "/" or path == root or path.startswith(root + "/")
 
 
+def _has_link(root: str, relative: str, *, last: bool) -> bool:
+    """Whether a component of ``relative`` below ``root`` is a symlink (the last one only
+    when ``last``). A check, not a guarantee: the use goes through agentfs, by fd."""
+    parts = [p for p in relative.split("/") if p]
+    current = root
+    for index, part in enumerate(parts):
+        current = os.path.join(current, part)
+        try:
+            mode = os.lstat(current).st_mode
+        except OSError:
+            return False  # missing from here on: nothing to follow
+        if stat.S_ISLNK(mode) and (last or index < len(parts) - 1):
+            return True
+    return False
+
+
 class PathMap:
     """Translates sandbox paths to host paths through a sandbox's mounts."""
 
@@ -60,6 +90,7 @@ class PathMap:
         # Longest target first, so a bind inside the workspace wins over the workspace.
         self.mounts = sorted(normal, key=lambda m: len(m.target), reverse=True)
         self.cwd = cwd
+        # Mount sources come from host configuration, so their own links are resolved once.
         self._real = {m.source: os.path.realpath(m.source) for m in self.mounts}
 
     def normalize(self, path: str) -> str:
@@ -75,7 +106,7 @@ class PathMap:
         return None
 
     def host(self, path: str, *, follow: bool) -> HostPath | None:
-        """The host path for ``path``, or None when unmapped or resolving outside its mount.
+        """The host path for ``path``, or None when unmapped or a symlink is on the way.
 
         ``follow`` says whether the operation follows a symlink in the last component
         (read, exists, mkdir) or acts on the link itself (write by rename, remove).
@@ -84,15 +115,11 @@ class PathMap:
         if found is None:
             return None
         mount, relative = found
-        host = mount.source / relative if relative else mount.source
-        resolved = os.path.realpath(host if follow or not relative else host.parent)
-        if not _within(resolved, self._real[mount.source]):
+        real = self._real[mount.source]
+        if _has_link(real, relative, last=follow):
             return None
-        return HostPath(host, mount.writable, not relative)
-
-
-def _fail(action: str, path: str, exc: OSError) -> ExecError:
-    return ExecError(f"cannot {action} {path}: {exc.strerror or exc}", path=path)
+        host = mount.source / relative if relative else mount.source
+        return HostPath(host, mount.writable, not relative, Path(real), relative, mount.target)
 
 
 def _require_writable(where: HostPath, path: str) -> None:
@@ -101,83 +128,62 @@ def _require_writable(where: HostPath, path: str) -> None:
 
 
 def read_file(where: HostPath, path: str) -> bytes:
-    """The bytes of the file at ``where`` (``path`` is the sandbox name, for errors)."""
-    try:
-        return where.path.read_bytes()
-    except OSError as exc:
-        raise _fail("read", path, exc) from exc
+    """The bytes of the regular file at ``where`` (``path`` is the sandbox name, for errors)."""
+    if where.is_mount_root:
+        raise ExecError(f"cannot read {path}: it is a directory", path=path)
+    with where.open_root() as root:
+        return root.read_bytes(where.relative, limit=READ_LIMIT)
 
 
 def write_file_atomic(where: HostPath, path: str, data: bytes, mode: int) -> None:
-    """Write through a temp file in the same directory, fsync, rename, then read it back."""
+    """Write through a fresh temp file in the same directory, fsync, rename, read it back.
+
+    A link, hard link or FIFO planted at the target is replaced, never written through."""
     _require_writable(where, path)
-    target = where.path
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fchmod(handle.fileno(), mode)  # explicit: the umask must not decide
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(target.parent)
-        written = target.read_bytes()
-    except OSError as exc:
-        raise _fail("write", path, exc) from exc
+    if where.is_mount_root:
+        raise ExecError(f"cannot write {path}: it is a mount point of the sandbox", path=path)
+    with where.open_root() as root:
+        root.write_atomic(where.relative, data, mode=mode, parents=True)
+        written = root.read_bytes(where.relative, limit=len(data) + 1)
     if written != data:
         raise ExecError(
             f"wrote {path} but read back {len(written)} bytes instead of {len(data)}", path=path
         )
 
 
-def _fsync_dir(path: Path) -> None:
-    # The rename is durable only once the directory entry is on disk.
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def exists(where: HostPath) -> bool:
     """Whether the path exists (a dangling symlink does not)."""
-    return where.path.exists()
+    if where.is_mount_root:
+        return where.path.is_dir()
+    with where.open_root() as root:
+        kind = root.kind(where.relative)
+    return kind is not None and kind != "symlink"
 
 
 def mkdir(where: HostPath, path: str, mode: int) -> None:
     """Create the directory and its parents; ``mode`` applies to the directory itself."""
-    if where.path.is_dir():
+    if where.is_mount_root:
         return
-    _require_writable(where, path)
-    try:
-        where.path.mkdir(parents=True, mode=mode)
-        os.chmod(where.path, mode)
-    except FileExistsError as exc:
-        raise ExecError(f"cannot create directory {path}: a file is in the way", path=path) from exc
-    except OSError as exc:
-        raise _fail("create directory", path, exc) from exc
+    with where.open_root() as root:
+        kind = root.kind(where.relative)
+        if kind == "dir":
+            return
+        _require_writable(where, path)
+        if kind is not None:
+            raise ExecError(f"cannot create directory {path}: a file is in the way", path=path)
+        with root.subdir(where.relative, create=True, mode=mode) as created:
+            os.fchmod(created.fd, mode)  # explicit: the umask must not decide
 
 
 def remove(where: HostPath, path: str, recursive: bool) -> None:
     """Remove a file or symlink, or a tree with ``recursive``; a missing path is fine."""
     if where.is_mount_root:
         raise ExecError(f"cannot remove {path}: it is a mount point of the sandbox", path=path)
-    target = where.path
-    if not os.path.lexists(target):
-        return
-    _require_writable(where, path)
-    try:
-        if target.is_dir() and not target.is_symlink():
-            if not recursive:
-                raise ExecError(f"cannot remove {path}: is a directory (pass recursive)", path=path)
-            shutil.rmtree(target)
-        else:
-            target.unlink()
-    except OSError as exc:
-        raise _fail("remove", path, exc) from exc
+    with where.open_root() as root:
+        kind = root.kind(where.relative)
+        if kind is None:
+            return
+        _require_writable(where, path)
+        if kind == "dir" and not recursive:
+            raise ExecError(f"cannot remove {path}: is a directory (pass recursive)", path=path)
+        root.remove(where.relative, recursive=recursive)
