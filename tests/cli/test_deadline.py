@@ -3,10 +3,10 @@ foreground ``hal run`` ends it as cleanly as Ctrl-C: no sandbox, no process, an 
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,34 +22,60 @@ from tests.cli.test_failures import assert_no_leftovers, wait_for_status
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 
 
+class GitServer:
+    """An HTTP server that accepts and never answers until ``serve(dir)`` is called; from
+    then on it serves that directory (a bare repository works over git's dumb HTTP)."""
+
+    def __init__(self) -> None:
+        self.served: Path | None = None
+        self.release = threading.Event()
+        outer = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, directory=str(outer.served or "/nonexistent"), **kwargs)
+
+            def do_GET(self) -> None:
+                if outer.served is None:
+                    outer.release.wait(120)  # silent: the client waits forever
+                    self.close_connection = True
+                    return
+                super().do_GET()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                """Quiet."""
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def serve(self, directory: Path) -> None:
+        """Answer from now on, with the files of ``directory``."""
+        self.served = directory
+        self.release.set()
+
+    def close(self) -> None:
+        """Stop serving and let every blocked request go."""
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
 @pytest.fixture
-def silent_server() -> Iterator[int]:
+def git_server() -> Iterator[GitServer]:
+    """A git HTTP server that starts out silent."""
+    server = GitServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def silent_server(git_server: GitServer) -> int:
     """A port that accepts connections and never answers (the client waits forever)."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            held.append(conn)
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield listener.getsockname()[1]
-    stop.set()
-    thread.join(timeout=5)
-    for conn in held:
-        conn.close()
-    listener.close()
+    return git_server.port
 
 
 def processes_naming(needle: str) -> list[str]:
@@ -131,3 +157,43 @@ def test_sigterm_during_clone_ends_cleanly(
     assert task["status"] == "cancelled" and task["sandbox_id"] is None
     assert "SIGTERM" in (task["error_message"] or ""), task
     assert_clean(hal, task, url)
+
+
+def test_resume_after_a_clone_cut_short_clones_again(
+    hal: Hal, demo_repo: Path, tmp_path: Path, git_server: GitServer
+) -> None:
+    url = f"http://127.0.0.1:{git_server.port}/x.git"
+    out = hal(
+        "run", "--timeout", "5", "--repo", url, "--agent", "sh -c 'echo hi > hi.txt'", "x",
+        "--json", timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 124, out.stderr
+    task = json.loads(out.stdout)
+    # The server comes back: the half-made clone the timeout cut short must not be in the way.
+    served = tmp_path / "served"
+    subprocess.run(
+        ["git", "clone", "-q", "--bare", str(demo_repo), str(served / "x.git")], check=True
+    )
+    subprocess.run(["git", "-C", str(served / "x.git"), "update-server-info"], check=True)
+    git_server.serve(served)
+    resumed = hal("task", "resume", task["id"], "--json", timeout=60)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    final = json.loads(resumed.stdout)
+    assert final["status"] == "succeeded", final
+    assert "hi.txt" in Path(final["session_dir"], "result.patch").read_text()
+
+
+def test_sigterm_to_a_detached_runner_ends_cleanly(hal: Hal, silent_server: int) -> None:
+    url = f"http://127.0.0.1:{silent_server}/x.git"
+    out = hal("run", "--detach", "--repo", url, "--agent", "true {{prompt_file}}", "x")
+    assert out.returncode == 0, out.stderr
+    task = wait_for_status(hal, "preparing")
+    deadline = time.monotonic() + 20
+    while not processes_naming(url) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    runner = task["runner_pid"]
+    assert isinstance(runner, int)
+    os.kill(runner, signal.SIGTERM)
+    final = wait_for_status(hal, "cancelled")
+    assert "SIGTERM" in str(final["error_message"]) and final["sandbox_id"] is None
+    assert_clean(hal, final, url)

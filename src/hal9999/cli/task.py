@@ -13,6 +13,7 @@ import click
 
 from hal9999.cli.main import (
     app,
+    cancel_on_sigterm,
     cli,
     emit_json,
     finish_run,
@@ -284,7 +285,7 @@ def run_detached(task_id: str, prompt: str | None, adopt: bool) -> None:
         adopted = await adopt_again(a.service, task_id) if adopt else None
         return await a.service.run(task_id, prompt=prompt, adopted=adopted)
 
-    record = run_async(go())
+    record = run_async(cancel_on_sigterm(go))  # SIGTERM: cancelled, the sandbox given back
     click.echo(f"task {record.id}: {record.status}")
 
 

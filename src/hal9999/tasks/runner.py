@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from hal9999.agents.base import Agent, AgentContext, AgentLaunch, OutputParser, needs_network
@@ -242,6 +244,9 @@ class TaskRunner:
         """Repo, prompt, agent config and credentials into the session and the sandbox."""
         task, session = ctx.task, ctx.session
         if task.base_commit is None:
+            # No clone finished, so no agent ever ran here: a clone cut short (timeout,
+            # SIGTERM, kill -9) left only its own files, which would block cloning again.
+            await asyncio.to_thread(_empty, session.workspace)
             source = gitrepo.RepoSource(task.repo_kind, task.repo)
             base = await gitrepo.clone(source, task.ref, session.workspace, task.branch)
             await sandbox.adopt(sandbox.workdir)  # made by host git; the agent must own it
@@ -486,6 +491,17 @@ def _cancel_reason(exc: asyncio.CancelledError) -> str:
     """Why the run was cancelled: the message given to ``cancel()`` (the CLI names SIGTERM),
     else Ctrl-C."""
     return str(exc.args[0]) if exc.args and exc.args[0] else "interrupted by the user"
+
+
+def _empty(directory: Path) -> None:
+    """Remove what is inside ``directory`` (not the directory: it may be a mount target)."""
+    if not directory.is_dir():
+        return
+    for entry in directory.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def _add_cost(a: float | None, b: float | None) -> float | None:
