@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,3 +121,54 @@ async def test_two_builds_of_one_image_cannot_collide(
     with pytest.raises(ProviderError, match="debootstrap failed"):
         await first
     assert mounts_under(root.resolve()) == []
+
+
+def test_sigterm_to_hal_image_build_kills_the_step_and_unmounts(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_debootstrap(root, monkeypatch, "sleep 60; exit 0")
+    images = root / "images"
+    env = {
+        **os.environ,
+        "HAL_HOME": str(root / "home"),
+        "HAL_QEMU_IMAGES": str(images),
+        "XDG_CONFIG_HOME": str(root / "xdg"),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hal9999", "image", "build", "--name", "t",
+         "--mirror", "http://mirror.invalid", "--no-state"],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        log = images / ".cache" / "build-t.log"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if log.exists() and "Retrieving" in log.read_text():
+                break
+            time.sleep(0.1)
+        assert mounts_under(root.resolve()), "the fake debootstrap mounted nothing"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    assert proc.returncode == 143, err
+    assert "terminated by SIGTERM" in err and "Traceback" not in err
+    assert mounts_under(root.resolve()) == []
+    assert not [cmd for cmd in _cmdlines() if str(images) in cmd], "the build step survived"
+    assert not (images / "t").exists()
+
+
+def _cmdlines() -> list[str]:
+    """Command lines of live processes."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+                found.append(cmd.replace(b"\0", b" ").decode(errors="replace"))
+            except OSError:
+                continue
+    return found

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import sys
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import click
 
-from hal9999.cli.main import cli, emit_json, run_async
+from hal9999.cli.main import cancel_on_sigterm, cli, emit_json, run_async
 from hal9999.config import HalConfig, load_config
 from hal9999.errors import ConfigError
 from hal9999.images.store import Image, ImageStore, images_root
@@ -68,12 +72,18 @@ def image_build(
     def progress(line: str) -> None:
         click.echo(f"[{time.monotonic() - started:5.0f}s] {line}", err=True)
 
-    built = run_async(
-        build_image(
+    def build() -> Awaitable[Image]:
+        return build_image(
             store, name, packages=wanted, suite=suite, mirror=mirror, progress=progress,
             save_state=not no_state,
-        )
-    )  # fmt: skip
+        )  # fmt: skip
+
+    try:
+        # SIGTERM cancels the build like Ctrl-C: its steps are killed and nothing stays mounted.
+        built = run_async(cancel_on_sigterm(build))
+    except asyncio.CancelledError:
+        click.echo(f"hal: image build of {name!r} terminated by SIGTERM; cleaned up", err=True)
+        sys.exit(128 + signal.SIGTERM)
     if as_json:
         emit_json(image_json(built))
     else:
