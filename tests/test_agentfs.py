@@ -271,3 +271,64 @@ def test_mkdir_and_rename_stay_below(tmp_path: Path) -> None:
         (tmp_path / "link").symlink_to(tmp_path / "moved")
         with pytest.raises(UnsafePath):
             adir.mkdir("link/d")
+
+
+PLANT_AND_REMOVE = """
+import os, sys
+from pathlib import Path
+from hal9999 import agentfs
+root, host = Path(sys.argv[1]), Path(sys.argv[2])
+(root / "ws" / "closed" / "deeper").mkdir(parents=True)
+(root / "ws" / "closed" / "deeper" / "f").write_text("x")
+(root / "ws" / "readonly").mkdir()
+(root / "ws" / "readonly" / "g").write_text("y")
+(root / "ws" / "to-host").symlink_to(host)
+(root / "ws" / "dangling").symlink_to(host / "missing")
+(root / "ws" / "to-file").symlink_to(host / "precious")
+os.mkfifo(root / "ws" / "pipe")
+os.chmod(root / "ws" / "closed" / "deeper", 0o000)
+os.chmod(root / "ws" / "closed", 0o000)
+os.chmod(root / "ws" / "readonly", 0o555)
+print(agentfs.remove_tree(root / "ws"), agentfs.remove_tree(root / "ws"))
+"""
+
+
+def test_remove_tree_opens_closed_dirs_and_never_follows(tmp_path: Path) -> None:
+    """A session the agent filled with mode-000/555 dirs, links and FIFOs goes away whole
+    (as an ordinary user too, which a plain rmtree with ignore_errors left behind), and
+    nothing the links point at is touched."""
+    import shutil
+    import subprocess
+    import sys
+
+    src = Path(agentfs.__file__).parents[1]
+    with tempfile.TemporaryDirectory() as scratch:
+        root, host = Path(scratch) / "root", Path(scratch) / "host"
+        root.mkdir()
+        host.mkdir()
+        (host / "precious").write_text("keep")
+        (host / "inner").mkdir()
+        argv = [sys.executable, "-c", PLANT_AND_REMOVE, str(root), str(host)]
+        if os.geteuid() == 0:  # run as an ordinary user, the case that needs opening up
+            setpriv = shutil.which("setpriv")
+            if setpriv is None:
+                pytest.skip("setpriv is needed to run as an ordinary user")
+            os.chmod(scratch, 0o755)
+            os.chown(root, 65534, 65534)
+            argv = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
+        env = {"PYTHONPATH": str(src), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == ["True", "False"]
+        assert list(root.iterdir()) == []
+        assert (host / "precious").read_text() == "keep"
+        assert (host / "inner").is_dir()
+
+
+def test_remove_tree_refuses_a_link_as_the_tree(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "f").write_text("x")
+    (tmp_path / "session").symlink_to(tmp_path / "real")
+    assert agentfs.remove_tree(tmp_path / "session")  # the link goes, not what it names
+    assert (tmp_path / "real" / "f").read_text() == "x"
+    assert not (tmp_path / "session").exists()

@@ -290,6 +290,59 @@ def _chunks(handle: BinaryIO, limit: int, shown: str) -> Iterator[bytes]:
         yield chunk
 
 
+def remove_tree(path: Path) -> bool:
+    """Delete a host tree that holds agent-made files (a session, a scratch dir).
+
+    Never follows a link (every step is relative to an open directory fd) and opens up
+    directories the agent closed (mode 000 or 555) when hal owns them, which a plain
+    ``rmtree`` run by an ordinary user skips silently. False when ``path`` was not there.
+    """
+    try:
+        parent = AgentDir.open(path.parent)
+    except UnsafePath as exc:
+        if exc.details.get("errno") == errno.ENOENT:
+            return False
+        raise
+    with parent:
+        try:
+            _remove_entry(parent.fd, path.name)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise _error("remove", str(path), exc) from exc
+    return True
+
+
+def _remove_entry(dfd: int, name: str) -> None:
+    info = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    if not stat.S_ISDIR(info.st_mode):
+        os.unlink(name, dir_fd=dfd)
+        return
+    _open_up(dfd, name)
+    fd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+    try:
+        for entry in os.scandir(fd):
+            _remove_entry(fd, entry.name)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dfd)
+
+
+def _open_up(dfd: int, name: str) -> None:
+    """Give a directory hal owns back its owner's rwx, on the inode itself (an ``O_PATH``
+    fd, changed through ``/proc/self/fd``: a link swapped in is never followed)."""
+    if os.geteuid() == 0:
+        return  # root reads and writes whatever the mode says
+    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+    try:
+        info = os.fstat(fd)
+        mode = stat.S_IMODE(info.st_mode)
+        if stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid() and mode & 0o700 != 0o700:
+            os.chmod(f"/proc/self/fd/{fd}", mode | 0o700)
+    finally:
+        os.close(fd)
+
+
 def write_host_file(dest: Path, chunks: Iterator[bytes], *, mode: int = 0o600) -> int:
     """Write ``chunks`` to ``dest`` (in a directory only the host writes) through a fresh
     temp file, fsync it, rename it over ``dest`` and fsync the directory. Returns the size."""

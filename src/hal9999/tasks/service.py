@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hal9999 import agentfs
 from hal9999.agents.registry import resolve_agent
 from hal9999.config import HalConfig
 from hal9999.credentials import forwarded_env
-from hal9999.errors import ConfigError, TaskStateError
+from hal9999.errors import ConfigError, HalError, TaskStateError
 from hal9999.events.log import EventLog
 from hal9999.events.models import Message, TaskCreated, TaskEnd
 from hal9999.events.writers import EventWriters
@@ -290,8 +290,15 @@ class TaskService:
                 hint=f"cancel it first (`hal task cancel {task.id}`) or pass --force",
             )
         await self.kill(task)
-        # A session can be large: deleting it must not stall a daemon's other work.
-        await asyncio.to_thread(shutil.rmtree, task.session_dir, ignore_errors=True)
+        # A session can be large: deleting it must not stall a daemon's other work. It holds
+        # agent-made files, so no link in it is followed and closed directories are opened.
+        try:
+            await asyncio.to_thread(agentfs.remove_tree, Path(task.session_dir))
+        except HalError as exc:
+            raise TaskStateError(
+                f"cannot remove the session of task {task.id}: {exc.message}",
+                hint=f"remove {task.session_dir} by hand, then run `hal task rm {task.id}` again",
+            ) from exc
         self.store.delete_task(task.id)
         return task
 
