@@ -41,6 +41,13 @@ PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs", "acpi")
 SETPRIV = "/usr/bin/setpriv"
 DROP_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")
 """What setpriv needs to switch uid and empty the bounding set; gone once it has."""
+HOST_SESSION_VARS = (
+    "TMUX", "TMUX_PANE", "TERM_PROGRAM", "TERM_PROGRAM_VERSION", "STY", "WINDOW",
+    "SSH_AUTH_SOCK", "SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY", "DISPLAY", "WAYLAND_DISPLAY",
+    "DBUS_SESSION_BUS_ADDRESS", "XDG_RUNTIME_DIR",
+)  # fmt: skip
+"""Variables a terminal multiplexer or login session adds around the launcher: they name
+host sockets and paths, so bwrap drops them unless the command's own env sets them."""
 ETC_DIR = "etc"
 """Host-made, read-only files of each sandbox (filter, account files), never mounted rw."""
 SECCOMP_FILE = "seccomp.bpf"
@@ -229,29 +236,29 @@ class BwrapSandbox(HostSandbox):
         self._args = with_parents(args)
         self._drop = drop_privileges(record.uid, spec.rootfs)
 
-    def _argv(self, command: Command, *, new_session: bool) -> list[str]:
+    def _argv(self, command: Command, env: Mapping[str, str], *, new_session: bool) -> list[str]:
         cwd = self._paths.normalize(command.cwd or WORKDIR)
         # A new session keeps a command from pushing keystrokes into a terminal (TIOCSTI).
         session = ["--new-session"] if new_session else []
+        # What a host wrapper (tmux's pane) adds to the environment names host paths.
+        unset = [a for name in HOST_SESSION_VARS if name not in env for a in ("--unsetenv", name)]
         bwrap = [
-            *self._rlimits, self._bwrap, *session, *self._args, "--chdir", cwd, "--",
+            *self._rlimits, self._bwrap, *session, *self._args, *unset, "--chdir", cwd, "--",
             *self._drop, *to_argv(command),
         ]  # fmt: skip
         return hostexec.launcher_argv(self.id, self._procs, bwrap, seccomp=self._seccomp)
 
     def launch(self, command: Command, *, env: Mapping[str, str] | None = None) -> Launch:
         """The host argv (launcher + bwrap) and exact env that run ``command`` inside."""
-        return Launch(
-            argv=self._argv(command, new_session=True),
-            env=self.command_env(command, env),
-            cwd=self.dir,
-        )
+        exact = self.command_env(command, env)
+        return Launch(argv=self._argv(command, exact, new_session=True), env=exact, cwd=self.dir)
 
     def attach_command(self) -> list[str]:
         """An interactive bash inside; it keeps the terminal, which job control needs."""
         shell = ArgvCommand(argv=("bash", "-i"))
-        pairs = [f"{k}={v}" for k, v in self.command_env(shell, None).items()]
-        return ["/usr/bin/env", "-i", *pairs, *self._argv(shell, new_session=False)]
+        exact = self.command_env(shell, None)
+        pairs = [f"{k}={v}" for k, v in exact.items()]
+        return ["/usr/bin/env", "-i", *pairs, *self._argv(shell, exact, new_session=False)]
 
     def oom_kills(self) -> int:
         """How many processes inside the kernel has killed for exceeding the memory limit."""

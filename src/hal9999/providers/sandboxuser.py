@@ -62,8 +62,10 @@ def adopt(root: Path, uid: int) -> None:
     checks each directory it enters is the one it listed) and every change is an
     ``fchownat(AT_SYMLINK_NOFOLLOW)``: a link swapped in mid-walk changes the link, never
     its target. A regular file with other hard links is left alone, since its other names
-    may be outside the tree.
+    may be outside the tree. ``root`` itself is a mount source named by hal (possibly a
+    pool slot's link to a session directory), so it is resolved first.
     """
+    root = Path(os.path.realpath(root))
     _own(root, None, uid)
     for _, dirs, files, dirfd in os.fwalk(root, follow_symlinks=False):
         for name in (*dirs, *files):

@@ -249,9 +249,12 @@ class TaskRunner:
             await asyncio.to_thread(_empty, session.workspace)
             source = gitrepo.RepoSource(task.repo_kind, task.repo)
             base = await gitrepo.clone(source, task.ref, session.workspace, task.branch)
-            await sandbox.adopt(sandbox.workdir)  # made by host git; the agent must own it
             self.store.update_task(task.id, base_commit=base)
             ctx.task = task = self.store.get_task(task.id)
+        # The checkout (made by host git) and the home are the agent's to change; a warm
+        # sandbox from the pool meets this session's directories only now.
+        for target in (sandbox.workdir, sandbox.path(HOME_TARGET)):
+            await sandbox.adopt(target)
         text = prompt or task.prompt
         session.prompt_file.write_text(text)
         resume = task.agent_session_id if task.resumes and agent.supports_resume else None
