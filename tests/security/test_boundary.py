@@ -1,0 +1,280 @@
+"""A hostile command inside a real bwrap sandbox cannot reach the host's kernel knobs, keys,
+namespaces or files, while the tools an agent needs still work.
+
+Every probe only checks (``test -w``, a syscall with arguments that would do nothing, EPERM
+read back); none changes the host. The same tests run as root (CI's first run) and as an
+ordinary user (``scripts/test.sh`` runs ``tests/security`` again as one).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import zipfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from hal9999.providers import hostexec, sandboxuser
+from hal9999.providers.bwrap import BwrapProvider, BwrapSandbox
+from hal9999.spec import Bind, SandboxSpec, ShellCommand
+
+pytestmark = pytest.mark.bwrap
+
+
+@pytest.fixture
+async def sandbox(hal_home: Path, tmp_path: Path) -> AsyncIterator[BwrapSandbox]:
+    """A sandbox shaped like a task's: a workspace and a home bound from a session."""
+    session = tmp_path / "session"
+    for name in ("workspace", "home"):
+        (session / name).mkdir(parents=True)
+    provider = BwrapProvider(state_dir=hal_home / "sandboxes" / "bwrap")
+    spec = SandboxSpec(
+        workspace=session / "workspace",
+        binds=(Bind(source=session / "home", target="/home/hal", read_only=False),),
+    )
+    created = await provider.create(spec)
+    assert isinstance(created, BwrapSandbox)
+    try:
+        yield created
+    finally:
+        await provider.destroy(created.id)
+
+
+async def sh(sandbox: BwrapSandbox, script: str) -> str:
+    """Run ``script`` inside; its stdout (it must succeed)."""
+    result = await sandbox.exec(ShellCommand(script=script), timeout=120)
+    assert result.ok, result.stderr.decode() + result.stdout.decode()
+    return result.text()
+
+
+# -- item 1: no host root through the kernel's uid checks ---------------------------------
+
+
+async def test_no_file_under_proc_sys_is_writable(sandbox: BwrapSandbox) -> None:
+    writable = await sh(sandbox, "find /proc/sys -type f -writable 2>/dev/null | head -20")
+    assert writable == "", writable
+    for path in ("/proc/sys/kernel/core_pattern", "/proc/sys/kernel/modprobe"):
+        assert await sh(sandbox, f"test -w {path} && echo WRITABLE || echo no") == "no\n"
+    # The other global writers are read-only mounts where they exist.
+    others = "/proc/sysrq-trigger /proc/irq /proc/bus /proc/fs /proc/acpi"
+    probe = f"for p in {others}; do [ -e $p ] && [ -w $p ] && echo $p; done; true"
+    assert await sh(sandbox, probe) == ""
+
+
+async def test_the_sandbox_never_runs_as_host_root(sandbox: BwrapSandbox) -> None:
+    # Inside: map our uid through uid_map to the host's uid.
+    code = (
+        "import os\n"
+        "uid = os.getuid()\n"
+        "for line in open('/proc/self/uid_map'):\n"
+        "    inside, outside, count = map(int, line.split())\n"
+        "    if inside <= uid < inside + count:\n"
+        "        print(outside + uid - inside)\n"
+    )
+    host_uid = int(await sh(sandbox, f'python3 -c "{code}"'))
+    assert host_uid != 0
+    # Outside: the host sees a sandbox process with a uid that is not root, and (when hal
+    # runs as root) with the sandbox's own uid, not one shared with other sandboxes.
+    assert host_uid == (sandbox.uid if sandbox.uid is not None else os.getuid())
+    if sandboxuser.privileged():
+        assert sandbox.uid is not None and sandbox.uid >= sandboxuser.UID_BASE
+
+
+async def test_each_sandbox_has_its_own_uid(hal_home: Path, tmp_path: Path) -> None:
+    if not sandboxuser.privileged():
+        pytest.skip("only a root hal gives sandboxes uids of their own")
+    provider = BwrapProvider(state_dir=hal_home / "sandboxes" / "bwrap")
+    first, second = await provider.create(SandboxSpec()), await provider.create(SandboxSpec())
+    try:
+        assert isinstance(first, BwrapSandbox) and isinstance(second, BwrapSandbox)
+        assert first.uid != second.uid
+        ids = [await sh(s, "id -u") for s in (first, second)]
+        assert ids == [f"{first.uid}\n", f"{second.uid}\n"]
+        # One cannot read the other's home even if it knew the host path.
+        assert (provider.store.dir(first.id) / "home").stat().st_uid == first.uid
+    finally:
+        for made in (first, second):
+            await provider.destroy(made.id)
+    assert not (sandboxuser.LOCK_DIR / str(first.uid)).exists()
+
+
+async def test_nested_user_namespaces_are_refused(sandbox: BwrapSandbox) -> None:
+    out = await sh(sandbox, "unshare -U true 2>/dev/null && echo NESTED || echo refused")
+    assert out == "refused\n"
+    out = await sh(sandbox, "unshare -Ur true 2>/dev/null && echo NESTED || echo refused")
+    assert out == "refused\n"
+
+
+PROBE = r"""
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+def call(nr, *args):
+    rc = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args])
+    return "ok" if rc >= 0 else errno.errorcode.get(ctypes.get_errno(), "?")
+CLONE_NEWUSER = 0x10000000
+calls = {
+    "keyctl": (250, 0, 0), "add_key": (248, 0, 0, 0, 0, 0), "request_key": (249, 0, 0, 0, 0),
+    "bpf": (321, 0, 0, 0), "perf_event_open": (298, 0, 0, -1, -1, 0), "userfaultfd": (323, 0),
+    "kexec_load": (246, 0, 0, 0, 0), "init_module": (175, 0, 0, 0),
+    "finit_module": (313, -1, 0, 0), "delete_module": (176, 0, 0), "mount": (165, 0, 0, 0, 0, 0),
+    "umount2": (166, 0, 0), "pivot_root": (155, 0, 0), "open_tree": (428, -1, 0, 0),
+    "move_mount": (429, -1, 0, -1, 0, 0), "fsopen": (430, 0, 0), "fspick": (433, -1, 0, 0),
+    "mount_setattr": (442, -1, 0, 0, 0, 0), "unshare_newuser": (272, CLONE_NEWUSER),
+    "clone_newuser": (56, CLONE_NEWUSER | 17, 0, 0, 0, 0),
+}
+for name, (nr, *args) in calls.items():
+    print(name, call(nr, *args))
+print("clone3", call(435, 0, 0))
+print("x32_getpid", call(0x40000000 | 39))
+"""
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="syscall numbers of x86_64")
+async def test_syscalls_an_agent_never_needs_fail_with_eperm(sandbox: BwrapSandbox) -> None:
+    await sandbox.write_file_atomic("/workspace/probe.py", PROBE.encode())
+    results = dict(line.split() for line in (await sh(sandbox, "python3 probe.py")).splitlines())
+    refused = {name: res for name, res in results.items() if name not in ("clone3", "x32_getpid")}
+    assert refused == dict.fromkeys(refused, "EPERM"), results
+    # clone3's flags are out of a filter's reach: ENOSYS makes libc fall back to clone.
+    assert results["clone3"] == "ENOSYS" and results["x32_getpid"] == "ENOSYS"
+    status = await sh(sandbox, "grep -E '^(Seccomp|NoNewPrivs|Cap(Inh|Prm|Eff|Bnd|Amb)):' "
+                               "/proc/self/status")  # fmt: skip
+    assert "Seccomp:\t2" in status and "NoNewPrivs:\t1" in status
+    assert status.count("0000000000000000") == 5, status
+
+
+def _wheel(directory: Path) -> Path:
+    """A tiny pure-Python wheel, built by hand (no network, no build backend)."""
+    path = directory / "halprobe-1.0-py3-none-any.whl"
+    files = {
+        "halprobe/__init__.py": "ANSWER = 42\n",
+        "halprobe-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: halprobe\nVersion: 1.0\n",
+        "halprobe-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: hand\n"
+        "Root-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = "".join(f"{name},,\n" for name in files) + "halprobe-1.0.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+        archive.writestr("halprobe-1.0.dist-info/RECORD", record)
+    return path
+
+
+async def test_the_agents_tools_still_work(sandbox: BwrapSandbox, tmp_path: Path) -> None:
+    wheel = _wheel(tmp_path)
+    await sandbox.write_file_atomic(f"/workspace/{wheel.name}", wheel.read_bytes())
+    script = rf"""
+set -e
+cd /workspace
+git init -q repo && cd repo
+echo hi > f && git add f && git -c user.name=a -c user.email=a@a commit -qm one
+git log --oneline | wc -l
+python3 -c 'print(6 * 7)'
+node -e 'console.log(6 * 7)'
+printf 'int main(void) {{ return 42; }}\n' > /tmp/t.c
+cc -o /tmp/t /tmp/t.c && {{ /tmp/t || echo $?; }}
+python3 -m pip install -q --no-index --disable-pip-version-check --target /workspace/lib \
+    /workspace/{wheel.name} >/dev/null 2>&1
+PYTHONPATH=/workspace/lib python3 -c 'import halprobe; print(halprobe.ANSWER)'
+touch ~/.agent-config && echo home-ok
+whoami
+"""
+    assert await sh(sandbox, script) == "1\n42\n42\n42\n42\nhome-ok\nhal\n"
+
+
+# -- item 11: what the boundary shows of the host ---------------------------------------------
+
+
+async def test_no_host_path_in_the_environment(
+    sandbox: BwrapSandbox, hal_home: Path, tmp_path: Path
+) -> None:
+    # As a tmux pane would see it: the launcher runs with host session variables around it.
+    launch = sandbox.launch(ShellCommand(script="env"))
+    polluted = {**launch.env, "TMUX": f"{tmp_path}/tmux-0/default,1,0", "TMUX_PANE": "%0",
+                "SSH_AUTH_SOCK": f"{tmp_path}/agent.sock"}  # fmt: skip
+    result = await hostexec.run(
+        type(launch)(launch.argv, polluted, launch.cwd), stdin=None, time_limit=60, what="env"
+    )
+    env = result.stdout.decode()
+    assert result.ok and "HOME=/home/hal" in env
+    for leak in (str(hal_home), str(tmp_path), "TMUX", "SSH_AUTH_SOCK"):
+        assert leak not in env, leak
+
+
+async def test_host_accounts_are_not_listed(sandbox: BwrapSandbox) -> None:
+    if not sandboxuser.privileged():
+        pytest.skip("an unprivileged hal shows the host's /etc/passwd (its own user is in it)")
+    passwd = await sh(sandbox, "cat /etc/passwd")
+    assert {line.split(":")[0] for line in passwd.splitlines()} == {"root", "hal", "nobody"}
+
+
+# -- what held before: keep it so ------------------------------------------------------------
+
+
+async def test_hal_home_and_host_files_are_unreachable(
+    sandbox: BwrapSandbox, hal_home: Path
+) -> None:
+    token = hal_home / "run" / "token"
+    token.parent.mkdir(parents=True, exist_ok=True)
+    token.write_text("TOKEN-SECRET\n")
+    probe = (
+        f"for p in {hal_home} {token} /root /etc/shadow /home/hal/../../{hal_home}; do "
+        '[ -e "$p" ] && echo "$p"; done; true'
+    )
+    assert await sh(sandbox, probe) == ""
+    found = await sh(
+        sandbox, "grep -rs TOKEN-SECRET / --exclude-dir=proc --exclude-dir=usr 2>/dev/null; true"
+    )
+    assert found == ""
+
+
+async def test_only_workspace_home_and_tmp_are_writable(sandbox: BwrapSandbox) -> None:
+    script = (
+        "find / -xdev -writable \\( -path /proc -o -path /dev -o -path /sys \\) -prune "
+        "-o -writable -print 2>/dev/null "
+        "| grep -v -E '^/(workspace|home/hal|tmp|var/tmp)(/|$)'; true"
+    )
+    writable = await sh(sandbox, script)
+    assert writable == "", writable
+    root_listing = await sh(
+        sandbox, "for d in / /usr /etc /home; do [ -w $d ] && echo $d; done; true"
+    )
+    assert root_listing == ""
+
+
+async def test_ioctl_tiocsti_is_refused(sandbox: BwrapSandbox) -> None:
+    code = (
+        "import fcntl, os, termios, errno\n"
+        "master, slave = os.openpty()\n"
+        "try:\n"
+        "    fcntl.ioctl(slave, termios.TIOCSTI, b'x'); print('pushed')\n"
+        "except OSError as e:\n"
+        "    print(errno.errorcode[e.errno])\n"
+    )
+    await sandbox.write_file_atomic("/workspace/tiocsti.py", code.encode())
+    assert await sh(sandbox, "python3 tiocsti.py") == "EPERM\n"
+
+
+async def test_files_the_host_writes_belong_to_the_sandbox_user(sandbox: BwrapSandbox) -> None:
+    await sandbox.write_file_atomic("/home/hal/.config/agent/settings.json", b"{}", mode=0o600)
+    await sandbox.mkdir("/workspace/made/by/host")
+    out = await sh(
+        sandbox,
+        "cat ~/.config/agent/settings.json && echo >> ~/.config/agent/settings.json && "
+        "touch ~/.config/new /workspace/made/by/host/f && echo ok",
+    )
+    assert out == "{}ok\n"
+
+
+async def test_adopting_never_follows_a_planted_link(sandbox: BwrapSandbox, tmp_path: Path) -> None:
+    if sandbox.uid is None:
+        pytest.skip("nothing is handed over when sandboxes run as the user running hal")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "file").write_text("host\n")
+    await sh(sandbox, f"ln -s {victim} /workspace/dirlink; ln -s {victim}/file /workspace/flink")
+    await sandbox.adopt("/workspace")
+    assert victim.stat().st_uid == os.getuid()
+    assert (victim / "file").stat().st_uid == os.getuid()
