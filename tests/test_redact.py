@@ -20,6 +20,7 @@ from hal9999.redact import (
     SecretMasker,
     StreamMasker,
     configure_logging,
+    forwarded_is_secret,
     masker_from_env,
 )
 
@@ -231,3 +232,76 @@ def test_masker_from_env_takes_only_named_set_variables() -> None:
     environ = {"API_KEY": SECRET, "OTHER": "other-secret-value", "EMPTY": ""}
     masker = masker_from_env(["API_KEY", "EMPTY", "MISSING"], environ)
     assert masker.mask(f"{SECRET} other-secret-value") == f"{REDACTED} other-secret-value"
+
+
+# -- encodings at any offset (issue 9.10) --------------------------------------------------
+ENCODED_SECRET = "hunter2-Pa55word"
+
+
+def _encoded_forms(secret: str) -> dict[str, str]:
+    raw = secret.encode()
+    forms = {
+        "hex": raw.hex(),
+        "HEX": raw.hex().upper(),
+        "reversed": secret[::-1],
+        "spaced": " ".join(secret),
+        "dashed": "-".join(secret),
+        "hex dump": " ".join(f"{b:02x}" for b in raw),
+        "url lower": urllib.parse.quote(secret + "/", safe="").replace("%2F", "%2f"),
+    }
+    for pad in range(3):
+        # The secret inside a longer base64 blob, at each byte alignment.
+        blob = base64.b64encode(b"x" * pad + raw).decode()
+        forms[f"base64 +{pad}"] = blob
+        forms[f"urlsafe base64 +{pad}"] = base64.urlsafe_b64encode(b"?" * pad + raw).decode()
+    wrapped = base64.b64encode(b"pre" + raw).decode()
+    forms["wrapped base64"] = wrapped[:9] + "\n" + wrapped[9:]
+    return forms
+
+
+@pytest.mark.parametrize("kind", sorted(_encoded_forms(ENCODED_SECRET)))
+def test_encoded_forms_are_masked_at_any_offset(kind: str) -> None:
+    masker = SecretMasker([ENCODED_SECRET, ENCODED_SECRET + "/"])
+    encoded = _encoded_forms(ENCODED_SECRET)[kind]
+    for prefix in ("", "a", "ab", "abc=", "say: "):
+        masked = masker.mask(f"{prefix}{encoded} end")
+        assert REDACTED in masked, (kind, prefix, masked)
+        # What survives around the marker is too short to rebuild the secret from.
+        for piece in masked.split(REDACTED):
+            assert len(piece.replace(prefix, "").replace(" end", "")) <= 4, (kind, masked)
+
+
+@pytest.mark.parametrize("kind", sorted(_encoded_forms(ENCODED_SECRET)))
+def test_encoded_forms_are_masked_across_chunk_boundaries(kind: str) -> None:
+    masker = SecretMasker([ENCODED_SECRET, ENCODED_SECRET + "/"])
+    text = "out: " + _encoded_forms(ENCODED_SECRET)[kind] + " done\n"
+    expected = masker.mask(text)
+    for cut in range(len(text) + 1):
+        assert _feed_all(masker, [text[:cut], text[cut:]]) == expected, cut
+
+
+def test_ordinary_words_survive_a_masker_of_real_secrets() -> None:
+    masker = SecretMasker(["sk-ant-api03-abcdefghijklmnop0123456789"])
+    text = '{"type":"result","is_error":false,"usage":{"input_tokens":12}}'
+    assert masker.mask(text) == text
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "secret"),
+    [
+        ("ANTHROPIC_API_KEY", "short", True),
+        ("GH_TOKEN", "x", True),
+        ("db_password", "hunter2", True),
+        ("HTTP_AUTH", "basic", True),
+        ("AWS_CREDENTIALS", "a", True),
+        ("MY_SECRET", "a", True),
+        ("VERBOSE", "true", False),
+        ("HOME_DIR", "/home/user/projects", False),
+        ("UPSTREAM", "sk3Jf9aQ2mZx7LpV0c", True),
+        ("GREETING", "hello there general kenobi", False),
+    ],
+)
+def test_forwarded_values_are_secret_by_name_or_entropy(
+    name: str, value: str, secret: bool
+) -> None:
+    assert forwarded_is_secret(name, value) is secret

@@ -3,11 +3,18 @@
 A :class:`SecretMasker` knows the secret values of a run (API keys forwarded into the
 sandbox, tokens read from credential files) and replaces each occurrence with
 ``[REDACTED]``. Besides the raw value it registers the forms a secret commonly takes when a
-program echoes it: JSON-escaped, percent-encoded and base64. Where occurrences overlap the
-union of them is replaced, so no character of any secret survives.
+program echoes it: JSON-escaped, percent-encoded (either case), base64 (standard and URL-safe,
+at each of the three byte alignments, so a secret inside a longer encoded blob is found),
+hex (either case) and reversed. Every form is also matched "spaced": up to two separator
+characters (whitespace, ``.``, ``_``, ``:``, ``-``) between any two of its characters, which
+covers ``s e c r e t``, hex dumps and wrapped base64. Where occurrences overlap the union of
+them is replaced, so no character of any secret survives.
 
 Output arrives in chunks that may split a secret; :class:`StreamMasker` holds back the few
 characters that could be the start of one until the next chunk decides.
+
+What counts as a secret is decided by the caller; :func:`forwarded_is_secret` is the rule for
+values forwarded from the host environment (a name or a value that looks like a credential).
 """
 
 from __future__ import annotations
@@ -15,9 +22,12 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import os
+import re
 import sys
 import urllib.parse
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -31,19 +41,97 @@ MIN_SECRET_LEN = 4
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 """Format of every log line hal writes."""
 
+SECRET_NAME_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "AUTH", "CREDENTIAL")
+"""A variable whose name contains one of these (any case) holds a secret."""
+
+SEPARATORS = " \t\r\n._:-"
+"""Characters a "spaced" form may carry between two characters of a secret."""
+
+_MAX_GAP = 2
+"""At most this many separators between two characters of a spaced form."""
+
+_SEP_CLASS = "[" + re.escape(SEPARATORS) + "]{0," + str(_MAX_GAP) + "}"
+
+
+def secret_like_name(name: str) -> bool:
+    """Whether a variable name says it holds a secret (``API_KEY``, ``GH_TOKEN``, ...)."""
+    upper = name.upper()
+    return any(word in upper for word in SECRET_NAME_WORDS)
+
+
+def high_entropy(value: str) -> bool:
+    """Whether ``value`` looks like a generated token: long, one word, letters and digits,
+    and at least 3.5 bits of Shannon entropy per character."""
+    if len(value) < 16 or any(c.isspace() for c in value):
+        return False
+    if not (any(c.isdigit() for c in value) and any(c.isalpha() for c in value)):
+        return False
+    counts = Counter(value)
+    bits = -sum(n / len(value) * math.log2(n / len(value)) for n in counts.values())
+    return bits >= 3.5
+
+
+def forwarded_is_secret(name: str, value: str) -> bool:
+    """The rule for a value forwarded from the host (``--env NAME``, ``forward_env``): it is
+    masked when its name or its value looks like a credential."""
+    return secret_like_name(name) or high_entropy(value)
+
+
+def _b64_cores(raw: bytes) -> set[str]:
+    """The base64 characters that depend only on ``raw``, for each of the three alignments
+    ``raw`` can have inside a longer encoded blob (standard and URL-safe alphabets)."""
+    forms: set[str] = set()
+    for offset in range(3):
+        encoded = base64.b64encode(b"\0" * offset + raw).decode()
+        first = math.ceil(8 * offset / 6)
+        last = (8 * (offset + len(raw))) // 6
+        core = encoded[first:last]
+        forms.add(core)
+        forms.add(core.translate(str.maketrans("+/", "-_")))
+    whole = base64.b64encode(raw).decode().rstrip("=")
+    forms |= {whole, whole.translate(str.maketrans("+/", "-_"))}
+    return forms
+
 
 def _variants(secret: str) -> set[str]:
     """The raw secret and the encodings a program is likely to print it in."""
-    forms = {secret}
+    raw = secret.encode()
+    forms = {secret, secret[::-1], raw.hex(), raw.hex().upper()}
     # json.dumps escapes quotes, backslashes, control and non-ASCII characters.
     forms.add(json.dumps(secret)[1:-1])
-    forms.add(urllib.parse.quote(secret, safe=""))
-    forms.add(urllib.parse.quote_plus(secret, safe=""))
-    # Padding is stripped: a base64 secret embedded in a longer encoded string keeps its
-    # leading characters but not its '=' tail.
-    forms.add(base64.b64encode(secret.encode()).decode().rstrip("="))
-    forms.add(base64.urlsafe_b64encode(secret.encode()).decode().rstrip("="))
+    for quoted in (
+        urllib.parse.quote(secret, safe=""),
+        urllib.parse.quote_plus(secret, safe=""),
+    ):
+        forms.add(quoted)
+        forms.add(re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), quoted))
+    forms |= _b64_cores(raw)
     return {form for form in forms if len(form) >= MIN_SECRET_LEN}
+
+
+def _spaced_pattern(form: str) -> str:
+    return _SEP_CLASS.join(re.escape(c) for c in form)
+
+
+def _could_start(tail: str, form: str) -> bool:
+    """Whether ``tail`` is the beginning of a spaced occurrence of ``form`` not yet complete."""
+    if not tail or tail[0] != form[0]:
+        return False
+    # States (next char of form needed, separators used in the current gap).
+    states = {(1, 0)}
+    for ch in tail[1:]:
+        nxt: set[tuple[int, int]] = set()
+        for needed, gap in states:
+            if needed >= len(form):
+                continue
+            if ch == form[needed]:
+                nxt.add((needed + 1, 0))
+            if ch in SEPARATORS and gap < _MAX_GAP:
+                nxt.add((needed, gap + 1))
+        if not nxt:
+            return False
+        states = nxt
+    return any(needed < len(form) for needed, _ in states)
 
 
 def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -64,6 +152,7 @@ class SecretMasker:
         self._secrets: set[str] = set()
         self._ordered: list[str] = []
         self._first_chars: frozenset[str] = frozenset()
+        self._pattern: re.Pattern[str] | None = None
         for secret in secrets:
             self.add(secret)
 
@@ -78,6 +167,7 @@ class SecretMasker:
         # Longest first, so a secret that contains another is found whole.
         self._ordered = sorted(self._secrets, key=lambda s: (-len(s), s))
         self._first_chars = frozenset(s[0] for s in self._secrets)
+        self._pattern = re.compile("|".join(_spaced_pattern(s) for s in self._ordered))
 
     def __len__(self) -> int:
         return len(self._secrets)
@@ -87,17 +177,20 @@ class SecretMasker:
 
     @property
     def max_len(self) -> int:
-        """Length of the longest registered form (0 when empty)."""
-        return len(self._ordered[0]) if self._ordered else 0
+        """Length of the longest possible occurrence, separators included (0 when empty)."""
+        longest = len(self._ordered[0]) if self._ordered else 0
+        return longest + _MAX_GAP * max(0, longest - 1)
 
     def spans(self, text: str) -> list[tuple[int, int]]:
         """Merged ``[start, end)`` spans of ``text`` covered by some secret."""
+        if self._pattern is None:
+            return []
         found: list[tuple[int, int]] = []
-        for secret in self._ordered:
-            start = text.find(secret)
-            while start != -1:
-                found.append((start, start + len(secret)))
-                start = text.find(secret, start + 1)
+        pos = 0
+        # search() from one past each match's start finds overlapping occurrences too.
+        while (match := self._pattern.search(text, pos)) is not None:
+            found.append(match.span())
+            pos = match.start() + 1
         return _merge(found)
 
     def mask(self, text: str) -> str:
@@ -124,7 +217,7 @@ class SecretMasker:
         return obj
 
     def pending_start(self, text: str) -> int:
-        """The earliest index whose tail of ``text`` is a proper prefix of a secret.
+        """The earliest index whose tail of ``text`` may be the start of a secret.
 
         ``len(text)`` when no tail could still grow into a secret.
         """
@@ -134,7 +227,7 @@ class SecretMasker:
             if text[start] not in self._first_chars:
                 continue
             tail = text[start:]
-            if any(len(s) > len(tail) and s.startswith(tail) for s in self._ordered):
+            if any(_could_start(tail, s) for s in self._ordered):
                 return start
         return len(text)
 
@@ -148,7 +241,7 @@ def _render(
 ) -> str:
     """``text[begin:end]`` with each span replaced by one marker.
 
-    A span starting at ``begin`` when ``continued`` was already marked by earlier output.
+    A span starting before ``begin`` when ``continued`` was already marked by earlier output.
     """
     out: list[str] = []
     pos = begin
@@ -156,7 +249,7 @@ def _render(
         if stop <= begin or start >= end:
             continue
         out.append(text[pos:start] if start > pos else "")
-        if not (continued and start <= begin):
+        if not (continued and start < begin):
             out.append(REDACTED)
         pos = stop
     out.append(text[pos:end] if end > pos else "")
