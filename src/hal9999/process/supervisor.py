@@ -1,20 +1,26 @@
-"""The process supervisor: runs one command, masks its output into a log, records its exit.
+"""The process supervisor: runs one command, parses and masks its output, records its exit.
 
 Both process managers run the agent under this small program (``python -m
 hal9999.process.supervisor``) so that output handling is the same whether the agent lives in a
-tmux pane or is a plain child: output is copied to the terminal (what ``hal task attach``
-shows) and appended to the log, with every secret masked in both; when the command ends its
-exit status is written atomically to the exit file, which survives the ``hal`` process that
+tmux pane or is a plain child. The agent's *raw* output goes to its parser first (``--parser``
+names the agent), so usage, cost and tool calls are read from what the agent really printed;
+the parsed events are masked field by field (numbers are never touched) and appended to the
+``--events`` file, each line tagged with the log offset it belongs to, for the runner to emit.
+Only then is the text masked, for the terminal (what ``hal task attach`` shows) and for the
+log, which is capped (see :mod:`hal9999.process.caplog`). When the command ends its exit
+status is written atomically to the exit file, which survives the ``hal`` process that
 started the run.
 
-The names of the secret variables come in ``--mask-var`` options; their values are read from
-this process's own environment, never from argv.
+The names of the secret variables come in ``--mask-var`` options (values read from this
+process's own environment, never from argv); ``--mask-file`` names host credential files
+whose token-like values are secrets too.
 """
 
 from __future__ import annotations
 
 import argparse
 import codecs
+import json
 import os
 import signal
 import subprocess
@@ -23,6 +29,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
+from hal9999.process.caplog import CappedLog
 from hal9999.redact import SecretMasker, StreamMasker
 
 
@@ -38,6 +45,10 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--log", type=Path, required=True)
     parser.add_argument("--exit", type=Path, required=True, dest="exit_file")
     parser.add_argument("--mask-var", action="append", default=[])
+    parser.add_argument("--mask-file", action="append", default=[], type=Path)
+    parser.add_argument("--parser", help="agent (preset name or template) whose parser to run")
+    parser.add_argument("--events", type=Path, help="where parsed events go (JSON lines)")
+    parser.add_argument("--log-cap", type=int, help="bytes of output kept in the log per run")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.command[:1] == ["--"]:
@@ -47,19 +58,64 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def supervise(argv: list[str]) -> int:
-    """Run the command described by ``argv``; return its exit status."""
-    args = _parse(argv)
+def _masker(args: argparse.Namespace) -> SecretMasker:
+    from hal9999.credentials import file_secrets
+
     masker = SecretMasker()
     for name in args.mask_var:
         value = os.environ.get(name)
         if value:
             masker.add(value)
+    for path in args.mask_file:
+        for value in file_secrets(path):
+            masker.add(value)
+    return masker
+
+
+class ParsedEvents:
+    """Runs the agent's parser on raw output; appends masked events to the events file."""
+
+    def __init__(self, agent: str | None, path: Path | None, masker: SecretMasker) -> None:
+        self._parser = None
+        self._file: TextIO | None = None
+        self._masker = masker
+        if agent is None or path is None:
+            return
+        from hal9999.agents.registry import resolve_agent
+
+        self._parser = resolve_agent(agent).parser()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self._file = os.fdopen(fd, "w", encoding="utf-8")
+
+    def feed(self, text: str, log_end: int) -> None:
+        """Parse a chunk of raw output; ``log_end`` is where the log stands after it."""
+        if self._parser is not None:
+            self._write(self._parser.feed(text), log_end)
+
+    def close(self, log_end: int) -> None:
+        """End of output: flush the parser's held state."""
+        if self._parser is not None:
+            self._write(self._parser.close(), log_end)
+        if self._file is not None:
+            self._file.close()
+
+    def _write(self, events: list[object], log_end: int) -> None:
+        if not events or self._file is None:
+            return
+        for event in events:
+            data = self._masker.mask_obj(event.model_dump(mode="json"))  # type: ignore[attr-defined]
+            self._file.write(json.dumps({"log_end": log_end, "event": data}) + "\n")
+        self._file.flush()
+
+
+def supervise(argv: list[str]) -> int:
+    """Run the command described by ``argv``; return its exit status."""
+    args = _parse(argv)
+    masker = _masker(args)
     stream = StreamMasker(masker)
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
-
-    fd = os.open(args.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    log = os.fdopen(fd, "w", encoding="utf-8")
+    log = CappedLog(args.log, args.log_cap)
+    parsed = ParsedEvents(args.parser, args.events, masker)
     try:
         child = subprocess.Popen(
             args.command,
@@ -69,9 +125,9 @@ def supervise(argv: list[str]) -> int:
             start_new_session=True,
         )
     except OSError as exc:
-        message = f"hal: cannot start {args.command[0]}: {exc.strerror}\n"
-        log.write(message)
+        log.write(f"hal: cannot start {args.command[0]}: {exc.strerror}\n".encode())
         log.close()
+        parsed.close(log.size)
         write_exit_status(args.exit_file, 127)
         return 127
 
@@ -85,34 +141,34 @@ def supervise(argv: list[str]) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
 
-    out = sys.stdout
     assert child.stdout is not None
-    while True:
+    final = False
+    while not final:
         chunk = os.read(child.stdout.fileno(), 65536)
-        if not chunk:
-            break
-        text = stream.feed(decoder.decode(chunk))
+        final = not chunk
+        raw = decoder.decode(chunk, final=final)
+        text = stream.feed(raw) + (stream.flush() if final else "")
         if text:
-            _emit(text, log, out)
-    tail = stream.feed(decoder.decode(b"", final=True)) + stream.flush()
-    if tail:
-        _emit(tail, log, out)
+            # The log first: parsed events name the log offset they are covered by.
+            log.write(text.encode())
+            _emit(text, sys.stdout)
+        parsed.feed(raw, log.size)
     status = child.wait()
     if status < 0:
         status = 128 - status
     log.close()
+    parsed.close(log.size)
     write_exit_status(args.exit_file, status)
     return status
 
 
-def _emit(text: str, *sinks: TextIO) -> None:
-    for sink in sinks:
-        try:
-            sink.write(text)
-            sink.flush()
-        except (OSError, ValueError):
-            # A closed terminal (detached tmux client gone) must not stop the log.
-            pass
+def _emit(text: str, sink: TextIO) -> None:
+    try:
+        sink.write(text)
+        sink.flush()
+    except (OSError, ValueError):
+        # A closed terminal (detached tmux client gone) must not stop the log.
+        pass
 
 
 def main() -> None:

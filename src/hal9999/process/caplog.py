@@ -1,0 +1,123 @@
+"""A log file of bounded size: the first part of a run's output and its tail, with a line
+saying how much was dropped between them.
+
+An agent can print without end (a loop, a 300 MB file sent to stdout), and every byte of it
+would otherwise land on the host's disk, twice (the log and the ``output`` events). The
+supervisor writes each run's output through a :class:`CappedLog`: the first half of the cap
+goes to the log as it arrives (so ``hal task logs -f`` shows a live run), then output goes to
+two rotating tail segments next to the log holding the latest quarter-to-half of the cap;
+when the run ends the log gets a marker line and the kept tail.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_LOG_CAP = 256 * 1024 * 1024
+"""Bytes of one run's output kept in ``agent.log`` by default (128 MiB head + up to 128 MiB
+of tail); ``HAL_LOG_CAP_MB`` overrides it."""
+
+LOG_CAP_VAR = "HAL_LOG_CAP_MB"
+"""Host environment variable overriding :data:`DEFAULT_LOG_CAP`, in MiB."""
+
+_MIN_CAP = 4096
+
+
+def log_cap_from(environ: dict[str, str] | os._Environ[str]) -> int:
+    """The log cap in bytes from ``HAL_LOG_CAP_MB`` (a positive number), else the default."""
+    raw = environ.get(LOG_CAP_VAR, "").strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        return DEFAULT_LOG_CAP
+    if not value > 0 or value == float("inf"):
+        return DEFAULT_LOG_CAP
+    return max(_MIN_CAP, int(value * 1024 * 1024))
+
+
+def dropped_marker(dropped: int) -> bytes:
+    """The line written where output was left out."""
+    return f"\n[hal: {dropped} bytes of output dropped here (log cap); the tail follows]\n".encode()
+
+
+class CappedLog:
+    """Appends a run's output to ``path``, keeping the head and the tail within ``cap`` bytes."""
+
+    def __init__(self, path: Path, cap: int | None) -> None:
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self.size = os.fstat(self._fd).st_size
+        """Bytes in the log file now (what the reader can see)."""
+        self._head_left = cap // 2 if cap is not None else None
+        self._segment_cap = max(1, cap // 4) if cap is not None else 0
+        self._segments = [path.with_name(f".{path.name}.tail-0"), path.with_name(f".{path.name}.tail-1")]
+        for segment in self._segments:
+            segment.unlink(missing_ok=True)
+        self._current = 0
+        self._current_size = 0
+        self._tail_fd: int | None = None
+        self._tail_total = 0
+
+    def write(self, data: bytes) -> None:
+        """Append ``data``: to the log while the head lasts, then to the tail segments."""
+        if self._head_left is None or len(data) <= self._head_left:
+            self._write_log(data)
+            if self._head_left is not None:
+                self._head_left -= len(data)
+            return
+        head, rest = data[: self._head_left], data[self._head_left :]
+        if head:
+            self._write_log(head)
+        self._head_left = 0
+        while rest:
+            if self._tail_fd is None or self._current_size >= self._segment_cap:
+                self._rotate()
+            assert self._tail_fd is not None
+            room = self._segment_cap - self._current_size
+            part, rest = rest[:room], rest[room:]
+            _write_all(self._tail_fd, part)
+            self._current_size += len(part)
+            self._tail_total += len(part)
+
+    def close(self) -> int:
+        """Write the marker and the kept tail into the log; return the bytes dropped."""
+        dropped = 0
+        if self._tail_fd is not None:
+            os.close(self._tail_fd)
+            self._tail_fd = None
+            older = self._segments[1 - self._current]
+            newer = self._segments[self._current]
+            kept = [p for p in (older, newer) if p.exists()]
+            dropped = self._tail_total - sum(p.stat().st_size for p in kept)
+            if dropped > 0:
+                self._write_log(dropped_marker(dropped))
+            for part in kept:
+                fd = os.open(part, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    while chunk := os.read(fd, 1 << 20):
+                        self._write_log(chunk)
+                finally:
+                    os.close(fd)
+                part.unlink()
+        os.close(self._fd)
+        return dropped
+
+    def _rotate(self) -> None:
+        if self._tail_fd is not None:
+            os.close(self._tail_fd)
+            self._current = 1 - self._current
+        path = self._segments[self._current]
+        self._tail_fd = os.open(
+            path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
+        self._current_size = 0
+
+    def _write_log(self, data: bytes) -> None:
+        _write_all(self._fd, data)
+        self.size += len(data)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
