@@ -111,6 +111,9 @@ class HalConfig(_Config):
     """Files installed into every sandbox."""
     forward_env: list[str] = Field(default_factory=list)
     """Host environment variables forwarded to the agent on every run (names only)."""
+    secrets: list[str] = Field(default_factory=list)
+    """Host environment variables that are secrets: forwarded to the agent when set and
+    masked in every log, event and record (names only; like ``hal run --secret NAME``)."""
     pool: dict[str, Any] = Field(default_factory=dict)
     """Warm-pool and placement settings: ``[pool]`` for every provider, ``[pool.<name>]`` for
     one; validated by :mod:`hal9999.pool.settings` (``HAL_<PROVIDER>_*``, ``HAL_*`` win)."""

@@ -86,6 +86,16 @@ class ProcessSpec(_Frozen):
     """Host file that receives the process's combined stdout and stderr."""
     exit_path: Path
     """Host file that receives the exit status when the process ends."""
+    parser: str | None = None
+    """Agent (preset name or template) whose output parser runs on the raw output."""
+    events_path: Path | None = None
+    """Host file receiving the parsed events (masked JSON lines), when ``parser`` is set."""
+    mask_vars: tuple[str, ...] | None = None
+    """Exec-time variables whose values are secrets; ``None`` treats every one as secret."""
+    mask_files: tuple[Path, ...] = ()
+    """Host credential files whose token-like values are secrets."""
+    log_cap: int | None = None
+    """Bytes of output one run keeps in the log (head and tail); ``None`` is unbounded."""
 
 
 class Resources(_Frozen):

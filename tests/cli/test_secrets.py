@@ -95,11 +95,11 @@ def test_canary_secret_is_nowhere(
 
     assert CANARY.encode() not in out + err
     home = Path(hal_env["HAL_HOME"])
-    # The installed credential file is the one place the credential may live (mode 600).
-    cred_copy = session / "home" / ".config" / "tool" / "token.json"
-    assert cred_copy.stat().st_mode & 0o777 == 0o600
+    # The credential file lived in the session only while the run used it (mode 600,
+    # checked by the agent above); afterwards no file under HAL_HOME holds either secret.
+    assert not (session / "home" / ".config" / "tool" / "token.json").exists()
     for needle in (CANARY.encode(), CRED.encode()):
-        assert files_containing(home, needle, skip={cred_copy}) == []
+        assert files_containing(home, needle, skip=set()) == []
     for name in ("hal.db", "hal.db-wal"):
         path = home / name
         if path.exists():

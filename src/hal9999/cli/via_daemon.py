@@ -40,8 +40,9 @@ def client_secrets(
     ``forward_env`` and the agent's API key variable (when set). Sent over the private
     socket, held in the daemon's memory for the run, never stored."""
     values = dict(request.given_env)
-    values.update(forwarded_env([n for n in request.env_names if n not in values], environ))
-    optional = list(config.forward_env)
+    names = [*request.env_names, *request.secret_names]
+    values.update(forwarded_env([n for n in names if n not in values], environ))
+    optional = [*config.forward_env, *config.secrets]
     try:
         settings = config.agent_settings(request.agent)
         resolve_agent(request.agent, settings)
@@ -69,6 +70,8 @@ def run_body(
         "timeout_s": request.timeout_s,
         "env_names": request.env_names,
         "env": env,
+        "literal_env": sorted(request.given_env),
+        "secret_names": request.secret_names,
         "cwd": str(request.cwd),
         "priority": priority,
         "retries": retries,

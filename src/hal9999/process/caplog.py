@@ -12,6 +12,7 @@ when the run ends the log gets a marker line and the kept tail.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 DEFAULT_LOG_CAP = 256 * 1024 * 1024
@@ -24,7 +25,7 @@ LOG_CAP_VAR = "HAL_LOG_CAP_MB"
 _MIN_CAP = 4096
 
 
-def log_cap_from(environ: dict[str, str] | os._Environ[str]) -> int:
+def log_cap_from(environ: Mapping[str, str]) -> int:
     """The log cap in bytes from ``HAL_LOG_CAP_MB`` (a positive number), else the default."""
     raw = environ.get(LOG_CAP_VAR, "").strip()
     try:
@@ -50,7 +51,7 @@ class CappedLog:
         """Bytes in the log file now (what the reader can see)."""
         self._head_left = cap // 2 if cap is not None else None
         self._segment_cap = max(1, cap // 4) if cap is not None else 0
-        self._segments = [path.with_name(f".{path.name}.tail-0"), path.with_name(f".{path.name}.tail-1")]
+        self._segments = [path.with_name(f".{path.name}.tail-{n}") for n in (0, 1)]
         for segment in self._segments:
             segment.unlink(missing_ok=True)
         self._current = 0

@@ -15,8 +15,9 @@ from hal9999.spec import ProcessSpec
 def supervised(sandbox: Sandbox, spec: ProcessSpec, env: Mapping[str, str] | None) -> Launch:
     """The host command that runs ``spec`` inside ``sandbox`` under the supervisor.
 
-    Every exec-time variable is treated as a secret: its name is passed to the supervisor,
-    which masks its value in the log.
+    The names of the secret exec-time variables (``spec.mask_vars``, or every one when unset)
+    are passed to the supervisor, which masks their values; with ``spec.parser`` it also
+    parses the raw output into ``spec.events_path``.
     """
     try:
         inner = sandbox.launch(spec.command, env=env)
@@ -27,7 +28,15 @@ def supervised(sandbox: Sandbox, spec: ProcessSpec, env: Mapping[str, str] | Non
         ) from exc
     spec.log_path.parent.mkdir(parents=True, exist_ok=True)
     spec.exit_path.unlink(missing_ok=True)
-    mask = [arg for name in sorted(env or {}) for arg in ("--mask-var", name)]
+    if spec.events_path is not None:
+        spec.events_path.unlink(missing_ok=True)
+    names = sorted(env or {}) if spec.mask_vars is None else sorted(spec.mask_vars)
+    options = [arg for name in names for arg in ("--mask-var", name)]
+    options += [arg for path in spec.mask_files for arg in ("--mask-file", str(path))]
+    if spec.parser is not None and spec.events_path is not None:
+        options += ["--parser", spec.parser, "--events", str(spec.events_path)]
+    if spec.log_cap is not None:
+        options += ["--log-cap", str(spec.log_cap)]
     argv = [
         sys.executable,
         "-m",
@@ -36,7 +45,7 @@ def supervised(sandbox: Sandbox, spec: ProcessSpec, env: Mapping[str, str] | Non
         str(spec.log_path),
         "--exit",
         str(spec.exit_path),
-        *mask,
+        *options,
         "--",
         *inner.argv,
     ]

@@ -29,6 +29,8 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
+from hal9999.agents.base import OutputParser
+from hal9999.events.models import Event
 from hal9999.process.caplog import CappedLog
 from hal9999.redact import SecretMasker, StreamMasker
 
@@ -76,7 +78,7 @@ class ParsedEvents:
     """Runs the agent's parser on raw output; appends masked events to the events file."""
 
     def __init__(self, agent: str | None, path: Path | None, masker: SecretMasker) -> None:
-        self._parser = None
+        self._parser: OutputParser | None = None
         self._file: TextIO | None = None
         self._masker = masker
         if agent is None or path is None:
@@ -99,13 +101,69 @@ class ParsedEvents:
         if self._file is not None:
             self._file.close()
 
-    def _write(self, events: list[object], log_end: int) -> None:
+    def _write(self, events: list[Event], log_end: int) -> None:
         if not events or self._file is None:
             return
         for event in events:
-            data = self._masker.mask_obj(event.model_dump(mode="json"))  # type: ignore[attr-defined]
+            data = self._masker.mask_obj(event.model_dump(mode="json"))
             self._file.write(json.dumps({"log_end": log_end, "event": data}) + "\n")
         self._file.flush()
+
+
+PARSED_CHUNK = 1 << 20
+"""Bytes of the parsed-events file read per step."""
+
+
+def read_parsed(path: Path, offset: int) -> tuple[list[tuple[int, Event, int]], int]:
+    """Complete records of a parsed-events file from ``offset``: (log offset, event, file
+    offset past the record) triples and the offset past the last complete line read.
+    Unreadable lines are skipped."""
+    from hal9999.events.models import EVENT_ADAPTER
+
+    try:
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            data = handle.read(PARSED_CHUNK)
+    except FileNotFoundError:
+        return [], offset
+    end = data.rfind(b"\n")
+    if end < 0:
+        if len(data) >= PARSED_CHUNK:  # one line longer than a chunk: skip it whole
+            return [], offset + len(data)
+        return [], offset
+    records: list[tuple[int, Event, int]] = []
+    position = offset
+    for line in data[: end + 1].splitlines(keepends=True):
+        position += len(line)
+        try:
+            record = json.loads(line)
+            event = EVENT_ADAPTER.validate_python(record["event"])
+            records.append((int(record["log_end"]), event, position))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return records, offset + end + 1
+
+
+def parsed_offset_after(path: Path, log_end: int) -> int:
+    """The offset in a parsed-events file of the first record not covered by ``log_end``
+    (where an adopted run carries on)."""
+    offset = 0
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return 0
+    with handle:
+        for line in handle:
+            if not line.endswith(b"\n"):
+                break
+            try:
+                covered = int(json.loads(line)["log_end"]) <= log_end
+            except (ValueError, KeyError, TypeError):
+                covered = True
+            if not covered:
+                break
+            offset += len(line)
+    return offset
 
 
 def supervise(argv: list[str]) -> int:

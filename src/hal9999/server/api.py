@@ -61,6 +61,8 @@ def build_router(daemon: Daemon) -> Router:
             cwd=Path(str(body.get("cwd") or "/")),
             priority=_int(body.get("priority"), "priority", 0),
             retries=_int(body.get("retries"), "retries", 0),
+            secret_names=[str(n) for n in body.get("secret_names") or []],
+            literal_names=[str(n) for n in body.get("literal_env") or []],
         )
         task = await service.create(run)
         task = daemon.store.update_task(task.id, runner_pid=os.getpid())

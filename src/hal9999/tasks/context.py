@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from hal9999.agents.base import OutputParser
 from hal9999.config import HalConfig
 from hal9999.events.log import EventLog
-from hal9999.events.models import Usage
+from hal9999.events.models import Event, Usage
 from hal9999.pool.settings import network_of, provider_settings, resources_of
 from hal9999.providers.base import Sandbox
 from hal9999.redact import SecretMasker
@@ -56,6 +56,13 @@ class RunContext:
     masker: SecretMasker
     secrets: dict[str, str]
     on_output: Callable[[str], None] | None = None
+    """Called with each chunk of (masked) output as it is read."""
+    on_event: Callable[[Event], None] | None = None
+    """Called with each event the agent's output yields (parsed events and output chunks)."""
+    mask_names: tuple[str, ...] = ()
+    """Exec-time variables whose values are secrets (the supervisor masks them)."""
+    log_start: int | None = None
+    """Size of the log when this run's agent started (where its output begins)."""
     totals: Totals = field(default_factory=Totals)
     detached: bool = False
     """Set when a daemon shuts down: leave the agent and its sandbox for the next to adopt."""
@@ -75,8 +82,8 @@ class Adopted:
     pspec: ProcessSpec
     offset: int
     """Log bytes already turned into events."""
-    parser: OutputParser
-    """The agent's parser, already fed the log up to ``offset``."""
+    parsed_offset: int
+    """Bytes of the run's parsed-events file already emitted."""
     started: float
     """``time.monotonic()`` value equivalent to when the agent started (for the timeout)."""
     totals: Totals = field(default_factory=Totals)
@@ -92,7 +99,14 @@ def process_spec(
         command=command,
         log_path=session.log,
         exit_path=session.exit_file(task.resumes),
+        parser=task.agent,
+        events_path=parsed_events_path(session, task.resumes),
     )
+
+
+def parsed_events_path(session: Session, attempt: int) -> Path:
+    """Where the supervisor of run ``attempt`` writes the events parsed from raw output."""
+    return session.run_dir / f"parsed-{attempt}.jsonl"
 
 
 def sandbox_spec(

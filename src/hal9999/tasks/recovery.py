@@ -29,6 +29,7 @@ from hal9999.events.models import Message, Output, Phase, Usage
 from hal9999.events.reader import read_events
 from hal9999.pool import WarmPool
 from hal9999.process.base import ProcessManager, ProcessStatus
+from hal9999.process.supervisor import parsed_offset_after
 from hal9999.providers.base import Provider, Sandbox
 from hal9999.spec import ArgvCommand, ProcessSpec
 from hal9999.store import TaskRecord
@@ -233,16 +234,15 @@ async def agent_status(service: TaskService, task: TaskRecord) -> ProcessStatus:
 
 def adoption(service: TaskService, task: TaskRecord, sandbox: Sandbox) -> Adopted:
     """How a new runner picks up the task's live (or just ended) agent in ``sandbox``: the
-    log offset its events cover, its parser rebuilt from them, its usage so far."""
+    log offset its events cover, the parsed events already emitted, its usage so far."""
     session = service.session(task)
     _, pspec = current_process(service, task)
-    agent = resolve_agent(task.agent, service.config.agent_settings(task.agent))
-    offset, texts, totals = replay(session)
-    parser = agent.parser()
-    for text in texts:
-        parser.feed(text)  # rebuild the parser's state; its events are already recorded
+    resolve_agent(task.agent, service.config.agent_settings(task.agent))
+    offset, _texts, totals = replay(session)
+    # The supervisor parsed the raw output; carry on after the parsed events already emitted.
+    parsed = parsed_offset_after(pspec.events_path, offset) if pspec.events_path else 0
     ran_for = time.time() - (task.started_at or time.time())
-    return Adopted(sandbox, pspec, offset, parser, time.monotonic() - ran_for, totals)
+    return Adopted(sandbox, pspec, offset, parsed, time.monotonic() - ran_for, totals)
 
 
 def mark_adopted(service: TaskService, task: TaskRecord, by: str) -> TaskRecord:

@@ -15,10 +15,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hal9999.agents.base import Agent, AgentContext, AgentLaunch, OutputParser, needs_network
+from hal9999.agents.base import Agent, AgentContext, AgentLaunch, needs_network
 from hal9999.agents.registry import resolve_agent
 from hal9999.config import HalConfig
-from hal9999.credentials import forwarded_env, install_files
+from hal9999.credentials import forwarded_env, install_files, remove_files
 from hal9999.errors import (
     AgentFailed,
     AgentNotInstalled,
@@ -33,12 +33,12 @@ from hal9999.events.models import (
     AgentSession,
     Event,
     Message,
-    Output,
     SandboxAcquired,
     TaskEnd,
     Usage,
 )
 from hal9999.process.base import ProcessManager, read_exit_status
+from hal9999.process.caplog import log_cap_from
 from hal9999.providers import limits
 from hal9999.providers.base import Provider, Sandbox
 from hal9999.spec import ArgvCommand, ProcessSpec
@@ -52,6 +52,7 @@ from hal9999.tasks.context import (
     process_spec,
     sandbox_spec,
 )
+from hal9999.tasks.output import OutputFollower, file_size
 from hal9999.tasks.plugins import load_process_manager, load_provider_for
 from hal9999.tasks.sandboxes import DirectSource, SandboxSource
 from hal9999.tasks.session import HOME_TARGET, INPUT_TARGET
@@ -142,7 +143,7 @@ class TaskRunner:
                             agent,
                             started,
                             offset=ctx.adopted.offset,
-                            parser=ctx.adopted.parser,
+                            parsed_offset=ctx.adopted.parsed_offset,
                         )
                     assert ctx.sandbox is not None
                     self.transition(ctx, TaskStatus.COLLECTING)
@@ -190,6 +191,8 @@ class TaskRunner:
             self.finish(ctx, TaskStatus.CANCELLED, started, exit_code, note=reason)
             raise
         finally:
+            if not ctx.detached:
+                await self.remove_credentials(ctx)
             if ctx.sandbox is not None and not ctx.detached:
                 # A task stopped or cancelled from outside: whoever did it destroys the
                 # sandbox too, so it must not go back to the pool for the next task.
@@ -225,12 +228,35 @@ class TaskRunner:
 
         self.transition(ctx, TaskStatus.PREPARING)
         launch = await self.prepare(ctx, sandbox, agent, prompt)
-        ctx.pspec = process_spec(ctx.task, ctx.session, launch.command)
         self.transition(ctx, TaskStatus.RUNNING, detail=f"agent {agent.name}")
         missing = [name for name in launch.secret_env if name not in ctx.secrets]
         secrets = {**forwarded_env(missing, self.environ), **ctx.secrets}
+        # The agent's own key variables are secrets however they were given.
+        for name in launch.secret_env:
+            ctx.masker.add(secrets[name])
+        ctx.pspec = process_spec(ctx.task, ctx.session, launch.command).model_copy(
+            update={
+                "mask_vars": tuple(sorted({*ctx.mask_names, *launch.secret_env})),
+                "mask_files": tuple(cred.source for cred in self.config.credentials),
+                "log_cap": log_cap_from(self.environ),
+            }
+        )
+        ctx.log_start = file_size(ctx.session.log)
         await manager.start(sandbox, ctx.pspec, env=secrets)
         return offline
+
+    async def remove_credentials(self, ctx: RunContext) -> None:
+        """Take the credential files out of the session (the next run installs them again);
+        what cannot be removed is reported as a warning event."""
+        if not self.config.credentials:
+            return
+        home = ctx.sandbox.path(HOME_TARGET) if ctx.sandbox is not None else HOME_TARGET
+        left = await asyncio.to_thread(
+            remove_files, ctx.session.home, self.config.credentials, home
+        )
+        if left:
+            text = f"credential files left in the session (not regular files): {', '.join(left)}"
+            ctx.events.emit(Message(level="warning", text=text))
 
     async def release(self, provider: Provider, sandbox: Sandbox, *, reuse: bool = True) -> None:
         """Give the sandbox back to where it came from (the pool, which keeps it for reuse
@@ -296,45 +322,21 @@ class TaskRunner:
         started: float,
         *,
         offset: int | None = None,
-        parser: OutputParser | None = None,
+        parsed_offset: int = 0,
     ) -> int:
-        """Stream the log into events until the process ends; return its exit status.
+        """Stream the run's output and parsed events into the task's events until the process
+        ends; return its exit status.
 
-        An adopted run passes the log ``offset`` its events already cover and a ``parser``
-        that has been fed the log up to there.
+        The supervisor parsed the agent's raw output and wrote the (masked) events to
+        ``pspec.events_path``, each tagged with the log offset that covers it; they are
+        emitted once the log has been read that far, before the ``output`` event whose
+        ``log_end`` covers them. An adopted run passes the log ``offset`` its events already
+        cover and the ``parsed_offset`` of the parsed events already emitted.
         """
-        parser = parser or agent.parser()
         if offset is None:
-            offset = ctx.session.log.stat().st_size if ctx.session.log.exists() else 0
+            offset = ctx.log_start if ctx.log_start is not None else file_size(ctx.session.log)
         timeout = ctx.task.timeout_s
-        decoder_buf = b""
-
-        def pump(final: bool = False) -> None:
-            nonlocal offset, decoder_buf
-            try:
-                with ctx.session.log.open("rb") as fh:
-                    fh.seek(offset)
-                    data = fh.read()
-            except FileNotFoundError:
-                return
-            offset += len(data)
-            data = decoder_buf + data
-            # Hold back an incomplete UTF-8 sequence until its remaining bytes arrive.
-            cut = len(data)
-            while not final and cut > 0 and len(data) - cut < 4 and (data[cut - 1] & 0xC0) == 0x80:
-                cut -= 1
-            if not final and cut > 0 and data[cut - 1] >= 0xC0:
-                cut -= 1
-            decoder_buf, data = data[cut:], data[:cut]
-            if not data:
-                return
-            text = data.decode("utf-8", "replace")
-            masked = ctx.masker.mask(text)
-            if ctx.on_output is not None:
-                ctx.on_output(masked)
-            self.emit(ctx, Output(text=text, log_end=offset - len(decoder_buf)))
-            for event in parser.feed(text):
-                self.emit(ctx, event)
+        follower = OutputFollower(ctx, pspec, offset, parsed_offset, emit=self.emit)
 
         # The exit file is a stat away, so it is checked often (from 5 ms, backing off to
         # _POLL_S); asking the manager whether the process lives can cost a subprocess (tmux
@@ -349,7 +351,7 @@ class TaskRunner:
                 checked = now
                 if status.state != "running":
                     break
-            pump()
+            follower.pump()
             await disk.check()
             if timeout is not None and time.monotonic() - started > timeout:
                 raise TaskTimeout(
@@ -359,9 +361,10 @@ class TaskRunner:
             await asyncio.sleep(delay)
             delay = min(delay * 2, _POLL_S)
         await disk.check()  # an agent that died of a full disk ends as that, not as a crash
-        pump(final=True)
-        for event in parser.close():
-            self.emit(ctx, event)
+        while True:  # the rest, a step at a time so a large backlog does not block the loop
+            if not follower.pump(final=True):
+                break
+            await asyncio.sleep(0)
         if status.state == "missing" or status.exit_code is None:
             current = self.store.get_task(ctx.task.id)
             if current.status in TAKEN_AWAY:

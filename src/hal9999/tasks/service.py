@@ -13,15 +13,15 @@ from pathlib import Path
 from hal9999 import agentfs
 from hal9999.agents.registry import resolve_agent
 from hal9999.config import HalConfig
-from hal9999.credentials import forwarded_env
+from hal9999.credentials import EnvKinds, file_secrets, forwarded_env, iter_unique
 from hal9999.errors import ConfigError, HalError, TaskStateError
 from hal9999.events.log import EventLog
-from hal9999.events.models import Message, TaskCreated, TaskEnd
+from hal9999.events.models import Event, Message, TaskCreated, TaskEnd
 from hal9999.events.writers import EventWriters
 from hal9999.home import HalPaths
 from hal9999.process.base import read_exit_status
 from hal9999.providers.base import Provider
-from hal9999.redact import SecretMasker
+from hal9999.redact import SecretMasker, forwarded_is_secret
 from hal9999.spec import ArgvCommand
 from hal9999.store import Store, TaskRecord
 from hal9999.tasks import gitrepo
@@ -55,6 +55,11 @@ class RunRequest:
     """Queue order under a daemon: higher starts first."""
     retries: int = 0
     """How many times an agent failure is retried."""
+    secret_names: list[str] = field(default_factory=list)
+    """Host variables marked secret (``--secret NAME``): forwarded and always masked."""
+    literal_names: list[str] | None = None
+    """Names given as ``--env NAME=value`` (configuration, never masked); ``None`` means the
+    keys of ``given_env`` (a daemon request says which of its values were literal)."""
 
 
 def new_task_id(taken: set[str]) -> str:
@@ -105,22 +110,50 @@ class TaskService:
         """The session directory of ``task``."""
         return Session(Path(task.session_dir))
 
-    def masker(self, task: TaskRecord, extra: Mapping[str, str] | None = None) -> SecretMasker:
-        """A masker for every secret the task may see."""
+    def masker(self, task: TaskRecord, values: Mapping[str, str] | None = None) -> SecretMasker:
+        """A masker for every secret the task may see.
+
+        Marked secrets (``--secret``, ``[secrets]`` names, the agent's API key variable) are
+        always masked; another forwarded variable when its name or value looks like a secret
+        (:func:`~hal9999.redact.forwarded_is_secret`); a literal ``--env NAME=value`` never:
+        it is configuration, and masking it would rewrite ordinary words in the output. The
+        token-like values inside credential files are masked too. ``values`` are the run's
+        exec-time values (the host environment is used for names not in it)."""
         masker = SecretMasker()
-        names = [*task.env_keys, *self.agent_secret_names(task)]
-        for name in names:
-            value = self.environ.get(name)
-            if value:
-                masker.add(value)
-        for value in (extra or {}).values():
+        for value in self.secret_values(task, values).values():
             masker.add(value)
+        for cred in self.config.credentials:
+            for value in file_secrets(cred.source):
+                masker.add(value)
         return masker
 
+    def secret_values(
+        self, task: TaskRecord, values: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
+        """The task's exec-time variables that are secrets, by name (see :meth:`masker`)."""
+        kinds = EnvKinds.load(self.env_kinds_path(task))
+        marked = set(self.agent_secret_names(task)) | set(kinds.secret)
+        literal = set(kinds.literal) - marked
+        given = values or {}
+        found: dict[str, str] = {}
+        for name in iter_unique(task.env_keys, sorted(marked)):
+            if name in literal:
+                continue
+            value = given.get(name, self.environ.get(name))
+            if value and (name in marked or forwarded_is_secret(name, value)):
+                found[name] = value
+        return found
+
     def agent_secret_names(self, task: TaskRecord) -> list[str]:
-        """Host variables the task's agent forwards (its API key)."""
+        """Host variables that are secrets for this task: its agent's API key variable and
+        the ``secrets`` names of the config."""
         settings = self.config.agent_settings(task.agent)
-        return [settings.api_key_env] if settings.api_key_env else []
+        names = [settings.api_key_env] if settings.api_key_env else []
+        return [*names, *self.config.secrets]
+
+    def env_kinds_path(self, task: TaskRecord) -> Path:
+        """Where the task records which of its variables are literal and which secret."""
+        return self.session(task).run_dir / "env-kinds.json"
 
     @contextmanager
     def events(self, task: TaskRecord, masker: SecretMasker | None = None) -> Iterator[EventLog]:
@@ -138,7 +171,10 @@ class TaskService:
         for name in providers:
             load_provider_for(self.config, name)
         load_process_manager(self.config, req.process_manager)
-        forwarded_env([n for n in req.env_names if n not in req.given_env], self.environ)
+        forwarded_env(
+            [n for n in iter_unique(req.env_names, req.secret_names) if n not in req.given_env],
+            self.environ,
+        )
         source = await gitrepo.resolve_source(req.repo, req.cwd)
         task_id = new_task_id(self.store.all_task_ids())
         session = Session(self.paths.ensure_session(task_id))
@@ -161,7 +197,11 @@ class TaskService:
             created_at=time.time(),
             session_dir=str(session.root),
             timeout_s=req.timeout_s,
-            env_keys=list(dict.fromkeys(req.env_names + self.config.forward_env)),
+            env_keys=list(iter_unique(req.env_names, req.secret_names, self.config.forward_env)),
+        )
+        literal = req.given_env if req.literal_names is None else req.literal_names
+        EnvKinds(literal=sorted(literal), secret=sorted(req.secret_names)).save(
+            session.run_dir / "env-kinds.json"
         )
         self.store.insert_task(record)
         session.prompt_file.write_text(req.prompt)
@@ -185,6 +225,7 @@ class TaskService:
         given_env: Mapping[str, str] | None = None,
         prompt: str | None = None,
         on_output: Callable[[str], None] | None = None,
+        on_event: Callable[[Event], None] | None = None,
         adopted: Adopted | None = None,
     ) -> TaskRecord:
         """Run a queued task (or carry on an ``adopted`` one) to its end in this process."""
@@ -192,6 +233,10 @@ class TaskService:
         given = dict(given_env or {})
         forwarded = [name for name in task.env_keys if name not in given]
         secrets_env = {**forwarded_env(forwarded, self.environ), **given}
+        # Config secrets are forwarded when set (not required, unlike --env and --secret).
+        for name in self.config.secrets:
+            if name not in secrets_env and name in self.environ:
+                secrets_env[name] = self.environ[name]
         masker = self.masker(task, secrets_env)
         with self.events(task, masker) as events:
             ctx = RunContext(
@@ -201,6 +246,8 @@ class TaskService:
                 masker=masker,
                 secrets=secrets_env,
                 on_output=on_output,
+                on_event=on_event,
+                mask_names=tuple(sorted(self.secret_values(task, secrets_env))),
                 adopted=adopted,
             )
             self.contexts[task.id] = ctx
