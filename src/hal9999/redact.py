@@ -30,7 +30,12 @@ import urllib.parse
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+M = TypeVar("M", bound="BaseModel")
 
 REDACTED = "[REDACTED]"
 """What a masked secret is replaced with."""
@@ -215,6 +220,41 @@ class SecretMasker:
         if isinstance(obj, tuple):
             return tuple(self.mask_obj(item) for item in obj)
         return obj
+
+    def mask_fields(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Mask a record's values at every depth, and the keys of nested objects; its own
+        top-level keys are field names of hal's schema and stay."""
+        if not self._secrets:
+            return data
+        return {key: self.mask_obj(value) for key, value in data.items()}
+
+    def mask_model(self, model: M) -> M:
+        """A copy of a pydantic record (an event) with its text masked field by field.
+
+        Numbers and booleans are never touched. A field whose masked value the model
+        refuses (a closed vocabulary such as a message level or a phase name, which hal
+        sets and an agent cannot fill with a secret) keeps its value."""
+        if not self._secrets:
+            return model
+        data = model.model_dump(mode="json")
+        masked = self.mask_fields(data)
+        if masked == data:
+            return model
+        cls = type(model)
+        try:
+            return cls.model_validate(masked)
+        except ValueError:
+            pass
+        kept = dict(data)
+        for key, value in masked.items():
+            if value == data[key]:
+                continue
+            try:
+                cls.model_validate({**kept, key: value})
+            except ValueError:
+                continue
+            kept[key] = value
+        return cls.model_validate(kept)
 
     def pending_start(self, text: str) -> int:
         """The earliest index whose tail of ``text`` may be the start of a secret.

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, tasks_json
+from tests.cli.conftest import Hal, events_of, tasks_json
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 
@@ -114,3 +114,121 @@ def test_missing_forwarded_variable_is_a_clear_error(hal: Hal) -> None:
     assert out.returncode == 8
     assert "NOT_SET_ANYWHERE_123 is not set" in out.stderr
     assert tasks_json(hal) == []
+
+
+CAPTURED_CLAUDE = Path(__file__).parents[1] / "agents" / "captured" / "claude" / "stdout.jsonl"
+
+
+def _fake_claude(hal_env: dict[str, str], demo_repo: Path) -> None:
+    """The claude preset runs a script that replays a captured stream-json run."""
+    (demo_repo / "claude-stream.jsonl").write_bytes(CAPTURED_CLAUDE.read_bytes())
+    script = demo_repo / "fake-claude"
+    script.write_text("#!/bin/sh\ncat /workspace/claude-stream.jsonl\n")
+    script.chmod(0o755)
+    subprocess.run(["git", "-C", str(demo_repo), "add", "."], check=True)
+    subprocess.run(["git", "-C", str(demo_repo), "commit", "-qm", "fake claude"], check=True)
+    config = Path(hal_env["XDG_CONFIG_HOME"]) / "hal9999" / "config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text('[agents.claude]\ncommand = "/workspace/fake-claude"\n')
+
+
+def _captured_result() -> dict[str, object]:
+    import json
+
+    lines = [json.loads(line) for line in CAPTURED_CLAUDE.read_text().splitlines() if line]
+    [result] = [r for r in lines if r.get("type") == "result"]
+    return result
+
+
+@pytest.mark.parametrize(
+    ("args", "extra_env", "masked"),
+    [
+        # A literal value is configuration: never masked, even when it is a common word.
+        (["--env", "FLAG=false", "--env", "VERBOSE=true"], {}, None),
+        # A marked secret that is a common word or a number in the output: masked in the
+        # log, while usage and cost, parsed from the raw output, stay exact.
+        (["--secret", "WORD"], {"WORD": "error"}, "error"),
+        (["--secret", "PIN"], {"PIN": "12052"}, "12052"),
+    ],
+)
+def test_masking_never_corrupts_usage_and_cost(
+    hal: Hal,
+    hal_env: dict[str, str],
+    demo_repo: Path,
+    args: list[str],
+    extra_env: dict[str, str],
+    masked: str | None,
+) -> None:
+    _fake_claude(hal_env, demo_repo)
+    out = hal("run", "--agent", "claude", *args, "fix it", env=extra_env)
+    assert out.returncode == 0, out.stderr
+    [task] = tasks_json(hal)
+    result = _captured_result()
+    usage = result["usage"]
+    assert isinstance(usage, dict)
+    assert task["input_tokens"] == usage["input_tokens"]
+    assert task["output_tokens"] == usage["output_tokens"]
+    assert task["cost_usd"] == result["total_cost_usd"]
+    log = (Path(task["session_dir"]) / "agent.log").read_text()
+    if masked is None:
+        assert "[REDACTED]" not in log
+        assert '"is_error":false' in log
+    else:
+        assert masked not in log and "[REDACTED]" in log
+        # No text of any event holds it (field names and numbers are not text).
+        texts = [s for event in events_of(hal, task["id"]) for s in _strings(event)]
+        assert texts and not [s for s in texts if masked in s]
+
+
+def _strings(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def test_forwarded_secret_by_name_is_masked_and_plain_value_is_not(
+    hal: Hal, hal_env: dict[str, str]
+) -> None:
+    agent = "sh -c 'echo \"k=$MY_API_KEY m=$MODE_NAME\"'"
+    env = {"MY_API_KEY": "plainword", "MODE_NAME": "fastmode"}
+    out = hal("run", "--env", "MY_API_KEY", "--env", "MODE_NAME", "--agent", agent, "x", env=env)
+    assert out.returncode == 0, out.stderr
+    [task] = tasks_json(hal)
+    log = (Path(task["session_dir"]) / "agent.log").read_text()
+    assert "k=[REDACTED] m=fastmode" in log
+
+
+def test_credential_file_values_are_masked_and_reinstalled_on_resume(
+    hal: Hal, hal_env: dict[str, str], tmp_path: Path
+) -> None:
+    token = "ghp_9fK2mQ7xLw4Zt8Rb1Vn6Yc3Hd5Js0Ae"
+    cred = tmp_path / "hosts.yml"
+    cred.write_text(f"github.com:\n  user: octocat\n  oauth_token: {token}\n")
+    config = Path(hal_env["XDG_CONFIG_HOME"]) / "hal9999" / "config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(f'[[credentials]]\nsource = "{cred}"\ntarget = ".config/gh/hosts.yml"\n')
+    # The agent prints the file, and the token hex-encoded and base64-encoded.
+    agent = (
+        "sh -c 'f=$HOME/.config/gh/hosts.yml; cat $f; "
+        "grep oauth_token $f | cut -d\" \" -f4 | tr -d \"\\n\" | od -An -tx1; "
+        "grep oauth_token $f | cut -d\" \" -f4 | base64'"
+    )
+    out = hal("run", "--agent", agent, "x")
+    assert out.returncode == 0, out.stderr
+    [task] = tasks_json(hal)
+    session = Path(task["session_dir"])
+    log = (session / "agent.log").read_text()
+    assert "user: octocat" in log  # the file is shown, its token is not
+    assert token not in log and token.encode().hex()[:20] not in log.replace(" ", "")
+    assert "[REDACTED]" in log
+    assert not (session / "home" / ".config" / "gh" / "hosts.yml").exists()
+    again = hal("task", "resume", task["id"], "again")
+    assert again.returncode == 0, again.stderr
+    log = (session / "agent.log").read_text()
+    assert log.count("user: octocat") == 2  # installed again for the second run
+    assert token not in log
+    assert not (session / "home" / ".config" / "gh" / "hosts.yml").exists()

@@ -11,18 +11,21 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from hal9999 import __version__
 from hal9999.config import HalConfig, load_config
 from hal9999.credentials import parse_env_option
-from hal9999.errors import HalError, exit_status_for
+from hal9999.errors import ConfigError, HalError, exit_status_for
 from hal9999.redact import configure_logging, masker_from_env
 from hal9999.server.client import DaemonClient
 from hal9999.store import Store, TaskRecord
 from hal9999.tasks.service import RunRequest, TaskService
+
+if TYPE_CHECKING:
+    from hal9999.cli.output import TerminalSanitizer
 
 T = TypeVar("T")
 
@@ -46,7 +49,11 @@ def app() -> App:
     """Load config and open the store for a command."""
     config = load_config()
     # Every log sink masks every secret hal may forward (see redact.MaskingFilter).
-    secret_names = [*config.forward_env, *(a.api_key_env for a in config.agents.values())]
+    secret_names = [
+        *config.forward_env,
+        *config.secrets,
+        *(a.api_key_env for a in config.agents.values()),
+    ]
     configure_logging(
         masker_from_env([n for n in secret_names if n], os.environ),
         level=os.environ.get("HAL_LOG_LEVEL", "WARNING").upper(),
@@ -158,10 +165,38 @@ def print_detached(task: TaskRecord, as_json: bool) -> None:
         click.echo(task.id)
 
 
+_TERMINAL: TerminalSanitizer | None = None
+
+
 def stream_to_terminal(text: str) -> None:
-    """Echo agent output as it arrives."""
-    sys.stdout.write(text)
+    """Echo agent output as it arrives, sanitised (colours kept; escape sequences that move
+    the cursor, clear the screen, set the title or the clipboard dropped)."""
+    global _TERMINAL
+    from hal9999.cli.output import TerminalSanitizer
+
+    if _TERMINAL is None:
+        _TERMINAL = TerminalSanitizer()
+    sys.stdout.write(_TERMINAL.feed(text))
     sys.stdout.flush()
+
+
+def offline_notice(config: HalConfig, agent_name: str, provider: str) -> str | None:
+    """Why the agent is likely to fail (it calls an API, the sandbox has no network), said
+    before the agent starts; None when that is not the case."""
+    from hal9999.agents.base import needs_network
+    from hal9999.agents.registry import resolve_agent
+    from hal9999.pool.settings import network_of, provider_settings
+    from hal9999.tasks.context import offline_warning
+
+    try:
+        agent = resolve_agent(agent_name, config.agent_settings(agent_name))
+        first = provider.split(",")[0].strip()
+        network = network_of(config, provider_settings(config, os.environ, first))
+    except HalError:
+        return None  # creating the task reports these itself
+    if network == "none" and needs_network(agent):
+        return offline_warning(agent.name)
+    return None
 
 
 @cli.command()
@@ -172,7 +207,21 @@ def stream_to_terminal(text: str) -> None:
 @click.option("--provider", help="Sandbox provider (default from config: bwrap).")
 @click.option("--process-manager", help="tmux (default) or direct.")
 @click.option("--timeout", type=float, help="Seconds before the task is stopped as timed out.")
-@click.option("--env", "env", multiple=True, help="KEY or KEY=VALUE forwarded at exec time.")
+@click.option(
+    "--env",
+    "env",
+    multiple=True,
+    help="NAME forwards a host variable (masked when it looks like a secret); NAME=VALUE "
+    "sets one (configuration, never masked).",
+)
+@click.option(
+    "--secret",
+    "secret",
+    multiple=True,
+    help="NAME: forward a host variable as a secret (masked in every log and event).",
+)
+@click.option("--raw", is_flag=True, help="Show the agent CLI's own output (sanitised).")
+@click.option("--events", "as_events", is_flag=True, help="Print hal's events as JSON lines.")
 @click.option("--detach", is_flag=True, help="Return at once; the task runs in the background.")
 @click.option("--priority", type=int, default=0, help="Queue order under hal serve (higher first).")
 @click.option("--retries", type=int, default=0, help="Retry an agent failure up to N times.")
@@ -186,6 +235,9 @@ def run(
     process_manager: str | None,
     timeout: float | None,
     env: tuple[str, ...],
+    secret: tuple[str, ...],
+    raw: bool,
+    as_events: bool,
     detach: bool,
     priority: int,
     retries: int,
@@ -197,6 +249,12 @@ def run(
     limits and the rest take the overflow (under ``hal serve``)."""
     a = app()
     names, given = parse_env_option(env)
+    secret_names, secret_given = parse_env_option(secret)
+    if secret_given:
+        raise ConfigError(
+            "--secret takes a variable name, not a value",
+            hint="export NAME=... and pass --secret NAME (values never go on the command line)",
+        )
     request = RunRequest(
         prompt=prompt,
         repo=repo,
@@ -208,7 +266,11 @@ def run(
         env_names=names,
         given_env=given,
         retries=retries,
+        secret_names=secret_names,
     )
+    notice = offline_notice(a.config, request.agent, request.provider)
+    if notice is not None and not as_json and not as_events:
+        click.echo(f"hal: warning: {notice}", err=True)
     client = a.daemon()
     if client is not None:
         from hal9999.cli.via_daemon import run_via_daemon
@@ -220,12 +282,34 @@ def run(
         spawn_runner(a, task, [], given)
         print_detached(task, as_json)
         return
+    if as_events:
+        from hal9999.cli.output import run_printing_events
+
+        record = run_async(run_printing_events(a.service, task, given))
+        sys.exit(0 if record.status == "succeeded" else exit_status_for(record.error_code) or 1)
     if not as_json:
         click.echo(f"hal: task {task.id} ({request.agent} on {request.provider})", err=True)
-    on_output = None if as_json else stream_to_terminal
+    on_output, on_event = output_callbacks(request.agent, raw=raw, quiet=as_json)
     finish_run(
-        a, task.id, lambda: a.service.run(task.id, given_env=given, on_output=on_output), as_json
+        a,
+        task.id,
+        lambda: a.service.run(task.id, given_env=given, on_output=on_output, on_event=on_event),
+        as_json,
     )
+
+
+def output_callbacks(
+    agent: str, *, raw: bool, quiet: bool
+) -> tuple[Callable[[str], None] | None, Callable[[Any], None] | None]:
+    """How a foreground run shows the agent: nothing (``--json``), its raw output (``--raw``,
+    or when stdout is not a terminal), else events rendered for a person."""
+    if quiet:
+        return None, None
+    if raw or not sys.stdout.isatty():
+        return stream_to_terminal, None
+    from hal9999.cli.output import EventRenderer, shows_raw_output
+
+    return None, EventRenderer(sys.stdout, show_output=shows_raw_output(agent))
 
 
 def main() -> None:

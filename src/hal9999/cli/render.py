@@ -6,6 +6,7 @@ import json
 import time
 from typing import Any
 
+from hal9999.cli.output import sanitize
 from hal9999.events.models import (
     AgentSession,
     AgentText,
@@ -62,7 +63,8 @@ def event_line(event: Event) -> str | None:
         case TaskEnd():
             tail = f" — {event.error}" if event.error else ""
             body = f"end: {event.status} (exit {event.exit_code}){tail}"
-    return f"{event.seq:>5} {stamp} {body}"
+    # Agent text, tool output and messages come from the agent: no escape sequences pass.
+    return sanitize(f"{event.seq:>5} {stamp} {body}")
 
 
 def duration(task: TaskRecord) -> str:

@@ -17,10 +17,12 @@ from hal9999.cli.main import (
     cli,
     emit_json,
     finish_run,
+    output_callbacks,
     run_async,
     spawn_runner,
     stream_to_terminal,
 )
+from hal9999.cli.output import escape_json_line
 from hal9999.cli.render import event_line, summary, task_json, task_table
 from hal9999.cli.via_daemon import finish_daemon_run
 from hal9999.cli.via_daemon import record as from_api
@@ -136,8 +138,12 @@ def logs(task_id: str, follow: bool) -> None:
     record = app().service.find(task_id)
     log = Session(Path(record.session_dir)).log
     if not follow:
+        # Streamed in chunks (the log can be large), sanitised for the terminal.
         if log.exists():
-            sys.stdout.write(log.read_text(errors="replace"))
+            with log.open("r", encoding="utf-8", errors="replace") as handle:
+                while chunk := handle.read(1 << 20):
+                    stream_to_terminal(chunk)
+            stream_to_terminal("")
         return
 
     async def tail(live: _Liveness) -> None:
@@ -161,7 +167,7 @@ def events(task_id: str, follow: bool, as_json: bool, with_output: bool) -> None
         from hal9999.events.models import Output
 
         if as_json:
-            click.echo(event.model_dump_json())  # type: ignore[attr-defined]
+            click.echo(escape_json_line(event.model_dump_json()))  # type: ignore[attr-defined]
             return
         if isinstance(event, Output) and with_output:
             stream_to_terminal(event.text)
@@ -258,14 +264,21 @@ def resume(
         spawn_runner(a, record, ["--adopt"] if adopted else [prompt] if prompt else [], given)
         _report(record, as_json, record.id)
         return
-    on_output = None if as_json else stream_to_terminal
+    on_output, on_event = output_callbacks(
+        a.service.find(task_id).agent, raw=False, quiet=as_json
+    )
 
     async def resume_and_run() -> TaskRecord:
         _, adopted = await resume_task(a.service, task_id, prompt=prompt)
         if adopted is not None and not as_json:
             click.echo(f"hal: task {task_id}: its agent is still running; following it", err=True)
         return await a.service.run(
-            task_id, given_env=given, prompt=prompt, on_output=on_output, adopted=adopted
+            task_id,
+            given_env=given,
+            prompt=prompt,
+            on_output=on_output,
+            on_event=on_event,
+            adopted=adopted,
         )
 
     finish_run(a, task_id, resume_and_run, as_json)

@@ -32,7 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-from hal9999.events.models import EVENT_ADAPTER, Event
+from hal9999.events.models import Event
 from hal9999.events.reader import lines_backwards, parse_line, read_events
 from hal9999.redact import SecretMasker
 from hal9999.store import Store
@@ -187,15 +187,11 @@ class EventLog:
                 self._lock_file()
             seq = self._seq + 1
             stamps = {"seq": seq, "ts": time.time(), "task_id": self.task_id}
-            if self.maskers:
-                data = event.model_dump(mode="json")
-                payload = {k: v for k, v in data.items() if k not in _STAMPS}
-                for masker in self.maskers:
-                    payload = masker.mask_obj(payload)
-                stamped = EVENT_ADAPTER.validate_python({**payload, **stamps, "type": data["type"]})
-            else:
-                # Nothing to mask: the event is already valid, only the stamps change.
-                stamped = event.model_copy(update=stamps)
+            # Masked field by field (numbers and hal's vocabulary untouched), then stamped.
+            masked = event
+            for masker in self.maskers:
+                masked = masker.mask_model(masked)
+            stamped = masked.model_copy(update=stamps)
             self._seq = seq
             self._pending.append(stamped)
             if len(self._pending) >= self.index_batch or stamped.type in FSYNC_TYPES:

@@ -105,7 +105,7 @@ class ParsedEvents:
         if not events or self._file is None:
             return
         for event in events:
-            data = self._masker.mask_obj(event.model_dump(mode="json"))
+            data = self._masker.mask_model(event).model_dump(mode="json")
             self._file.write(json.dumps({"log_end": log_end, "event": data}) + "\n")
         self._file.flush()
 

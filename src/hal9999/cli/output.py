@@ -1,0 +1,190 @@
+"""What the CLI prints of an agent's run: sanitised for a terminal, and readable.
+
+Agent output is hostile input to the user's terminal: escape sequences can set the window
+title, write the clipboard (OSC 52), move the cursor and clear the screen to paint a fake
+"status succeeded". :func:`sanitize` (and :class:`TerminalSanitizer` for a stream whose
+chunks may split a sequence) keeps SGR colours and the ``\\n``/``\\t`` controls and drops
+every other escape sequence (CSI, OSC, DCS, SOS/PM/APC), C1 control and C0 control.
+``hal task attach`` is tmux itself: tmux is the terminal the agent writes to there.
+
+:class:`EventRenderer` turns parsed events into what a person reads during ``hal run`` in a
+terminal: the agent's text, one line per tool call (tool and file or command), results
+summarised, errors in red. Usage and cost are in the summary printed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from hal9999.events.models import AgentText, Event, Message, Output, ToolCall, ToolResult
+
+if TYPE_CHECKING:
+    from hal9999.store import TaskRecord
+    from hal9999.tasks.service import TaskService
+
+_SGR = re.compile(r"\x1b\[[0-9;:]*m")
+_ESCAPE = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI (SGR among them, kept by the caller)
+    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)"  # OSC: title, clipboard (52), hyperlinks
+    r"|\x1b[PX^_][^\x1b]*\x1b\\"  # DCS, SOS, PM, APC strings
+    r"|\x1b[ -/]*[0-~]"  # any other escape sequence (reset, charset, keypad...)
+)
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+"""C0 controls but tab and newline, DEL, and C1 controls (8-bit CSI, OSC, DCS...)."""
+
+_HOLD_MAX = 4096
+"""An unfinished escape sequence at the end of a chunk is held back up to this length."""
+
+RED = "\x1b[31m"
+YELLOW = "\x1b[33m"
+DIM = "\x1b[2m"
+RESET = "\x1b[0m"
+
+
+def sanitize(text: str) -> str:
+    """``text`` safe for a terminal: SGR colours, newlines and tabs kept, other controls gone."""
+    kept = _ESCAPE.sub(lambda m: m.group(0) if _SGR.fullmatch(m.group(0)) else "", text)
+    return _CONTROLS.sub("", kept)
+
+
+def escape_json_line(line: str) -> str:
+    """A JSON line with C1 controls escaped too (JSON only requires C0 to be escaped, but a
+    terminal may act on U+0080-U+009F); valid JSON either way, since they only occur inside
+    strings."""
+    return re.sub(r"[\x7f-\x9f]", lambda m: f"\\u{ord(m.group(0)):04x}", line)
+
+
+class TerminalSanitizer:
+    """Sanitises a stream; an escape sequence split across chunks is judged whole."""
+
+    def __init__(self) -> None:
+        self._held = ""
+
+    def feed(self, chunk: str) -> str:
+        """The sanitised text of ``chunk`` that is complete so far."""
+        text = self._held + chunk
+        self._held = ""
+        start = text.rfind("\x1b")
+        if start != -1 and len(text) - start < _HOLD_MAX and not _ESCAPE.match(text, start):
+            text, self._held = text[:start], text[start:]
+        return sanitize(text)
+
+    def flush(self) -> str:
+        """Whatever was held back, sanitised."""
+        held, self._held = self._held, ""
+        return sanitize(held)
+
+
+def _one_line(text: str, limit: int) -> str:
+    text = " ".join(sanitize(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+_TARGET_KEYS = ("command", "cmd", "file_path", "path", "filePath", "pattern", "url", "query")
+
+
+def tool_target(data: dict[str, Any]) -> str:
+    """What a tool call works on, for one line: its command, file, pattern or URL."""
+    for key in _TARGET_KEYS:
+        value = data.get(key)
+        if isinstance(value, str) and value:
+            return value
+        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            return " ".join(value)
+    return json.dumps(data, ensure_ascii=False) if data else ""
+
+
+def result_summary(output: str) -> str:
+    """A tool result in a few words: its first line and how many more there are."""
+    lines = [line for line in output.splitlines() if line.strip()]
+    if not lines:
+        return "(no output)"
+    more = f" (+{len(lines) - 1} lines)" if len(lines) > 1 else ""
+    return _one_line(lines[0], 80) + more
+
+
+class EventRenderer:
+    """Writes a run's events as text a person reads (``hal run`` in a terminal)."""
+
+    def __init__(self, out: TextIO, *, color: bool = True, show_output: bool = False) -> None:
+        self.out = out
+        self.color = color
+        self.show_output = show_output
+        """Print raw output chunks too (agents whose output has no structure to render)."""
+        self._stream = TerminalSanitizer()
+
+    def paint(self, text: str, color: str) -> str:
+        """``text`` in ``color`` when colours are on."""
+        return f"{color}{text}{RESET}" if self.color else text
+
+    def __call__(self, event: Event) -> None:
+        """Render one event (events without a line of their own print nothing)."""
+        text = self.render(event)
+        if text:
+            self.out.write(text)
+            self.out.flush()
+
+    def render(self, event: Event) -> str:
+        """The text for one event ("" for none)."""
+        match event:
+            case Output():
+                return self._stream.feed(event.text) if self.show_output else ""
+            case AgentText():
+                return sanitize(event.text).rstrip("\n") + "\n"
+            case ToolCall():
+                target = _one_line(tool_target(event.input), 100)
+                return self.paint(f"▸ {sanitize(event.name)}", DIM) + f" {target}\n"
+            case ToolResult():
+                if event.is_error:
+                    return self.paint(f"  ✗ {result_summary(event.output)}", RED) + "\n"
+                return self.paint(f"  ✓ {result_summary(event.output)}", DIM) + "\n"
+            case Message() if event.level == "error":
+                return self.paint(f"error: {_one_line(event.text, 300)}", RED) + "\n"
+            case Message() if event.level == "warning":
+                return self.paint(f"warning: {_one_line(event.text, 300)}", YELLOW) + "\n"
+        return ""
+
+
+def jsonl_writer(out: TextIO) -> Callable[[Event], None]:
+    """A callback printing each event as one JSON line (``hal run --events``)."""
+
+    def write(event: Event) -> None:
+        out.write(escape_json_line(event.model_dump_json()) + "\n")
+        out.flush()
+
+    return write
+
+
+def shows_raw_output(agent: str) -> bool:
+    """Whether the agent's output has no structure to render (command templates, plain-text
+    presets), so the rendered view shows its sanitised output as it comes."""
+    from hal9999.agents.parsing import JsonLinesParser
+    from hal9999.agents.registry import resolve_agent
+    from hal9999.errors import HalError
+
+    try:
+        return not isinstance(resolve_agent(agent).parser(), JsonLinesParser)
+    except HalError:
+        return True
+
+
+async def run_printing_events(
+    service: TaskService, task: TaskRecord, given: dict[str, str]
+) -> TaskRecord:
+    """Run ``task`` in this process, printing every event it records as a JSON line."""
+    import asyncio
+    import sys
+
+    from hal9999.events.reader import follow_events
+    from hal9999.tasks.session import Session
+
+    write = jsonl_writer(sys.stdout)
+    run = asyncio.ensure_future(service.run(task.id, given_env=given))
+    path = Session(Path(task.session_dir)).events
+    async for event in follow_events(path, stop=run.done, poll=0.05):
+        write(event)
+    return await run
