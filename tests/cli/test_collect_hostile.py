@@ -136,3 +136,30 @@ def test_a_committed_secret_keeps_the_branch_out(
     [listed] = tasks_json(hal)
     assert listed["id"] == task["id"]
     assert all(value not in json.dumps(event) for event in events_of(hal, task["id"]))
+
+
+def test_submodules_come_from_inside_the_sandbox_and_dropped_work_fails_loudly(
+    hal: Hal, demo_repo: Path, tmp_path: Path
+) -> None:
+    """Issue 10 item 3: a submodule naming a host repository by path is never copied by host
+    git; files the agent writes into the empty submodule fail the task instead of vanishing."""
+    private = tmp_path / "private-lib"
+    private.mkdir()
+    git(private, "init", "-q")
+    (private / "secret.c").write_text("host only\n")
+    git(private, "add", "-A")
+    git(private, "commit", "-qm", "lib")
+    allow = ["-c", "protocol.file.allow=always"]  # the user's own command may
+    git(demo_repo, *allow, "submodule", "add", "-q", str(private), "lib")
+    git(demo_repo, "commit", "-qm", "add a submodule")
+    agent = "sh -c 'echo fix > lib/new.c'"
+    out = hal("run", "--provider", "bwrap", "--agent", agent, "go", "--json")
+    assert "Traceback" not in out.stderr
+    task = json.loads(out.stdout)
+    session = Path(task["session_dir"])
+    assert not (session / "workspace" / "lib" / "secret.c").exists()
+    assert task["status"] == "failed", task
+    assert "lib" in task["error_message"] and "nested" in task["error_message"]
+    texts = [e.get("text", "") for e in events_of(hal, task["id"]) if e["type"] == "message"]
+    assert any("submodules could not be fetched" in text for text in texts), texts
+    assert (session / "workspace" / "lib" / "new.c").read_text() == "fix\n"

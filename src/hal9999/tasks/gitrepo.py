@@ -19,6 +19,8 @@ from typing import Literal
 
 from hal9999.errors import RepoError
 from hal9999.procs import kill_group_until_gone
+from hal9999.providers.base import Sandbox
+from hal9999.spec import ArgvCommand
 
 _URL = re.compile(r"^([a-z][a-z0-9+.-]*://|[\w.-]+@[\w.-]+:)", re.IGNORECASE)
 # Host-side git never runs repository hooks and never prompts for credentials. No
@@ -159,3 +161,32 @@ async def clone(source: RepoSource, ref: str | None, dest: Path, branch: str) ->
         )
     await asyncio.to_thread(shutil.rmtree, dest / ".git" / "logs", True)
     return await git([*here, "rev-parse", "HEAD"], cwd=dest)
+
+
+SUBMODULES_SCRIPT = r"""
+set -eu
+[ -f .gitmodules ] || exit 0
+git -c core.hooksPath=/dev/null -c protocol.file.allow=never -c protocol.ext.allow=never \
+  submodule update --init --recursive >&2
+"""
+"""Submodules are fetched inside the sandbox, over the network it has: a repository controls
+``.gitmodules``, and host git would copy any host repository it names (``file`` transport is
+refused here too, so a local path names nothing)."""
+
+
+async def init_submodules(sandbox: Sandbox) -> str | None:
+    """Check out the repository's submodules inside the sandbox; a warning when that fails
+    (the task goes on; work dropped into a missing submodule fails collection loudly)."""
+    command = ArgvCommand(
+        argv=("sh", "-c", SUBMODULES_SCRIPT, "hal-submodules"),
+        cwd=sandbox.workdir,
+        env={"GIT_TERMINAL_PROMPT": "0"},
+    )
+    result = await sandbox.exec(command, timeout=300)
+    if result.ok:
+        return None
+    return (
+        f"the repository's submodules could not be fetched inside the sandbox "
+        f"({git_message(result.stderr)}); they stay empty, and files the agent writes into "
+        "them cannot be brought back"
+    )

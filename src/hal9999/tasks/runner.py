@@ -269,6 +269,7 @@ class TaskRunner:
     ) -> AgentLaunch:
         """Repo, prompt, agent config and credentials into the session and the sandbox."""
         task, session = ctx.task, ctx.session
+        cloned = task.base_commit is None
         if task.base_commit is None:
             # No clone finished, so no agent ever ran here: a clone cut short (timeout,
             # SIGTERM, kill -9) left only its own files, which would block cloning again.
@@ -281,6 +282,10 @@ class TaskRunner:
         # sandbox from the pool meets this session's directories only now.
         for target in (sandbox.workdir, sandbox.path(HOME_TARGET)):
             await sandbox.adopt(target)
+        if cloned:  # inside, as the agent's own user, once the checkout is theirs
+            warning = await gitrepo.init_submodules(sandbox)
+            if warning is not None:
+                self.emit(ctx, Message(level="warning", text=warning))
         text = prompt or task.prompt
         session.prompt_file.write_text(text)
         resume = task.agent_session_id if task.resumes and agent.supports_resume else None
