@@ -313,7 +313,12 @@ def diff(task_id: str) -> None:
             f"task {record.id} has no patch yet ({record.status})",
             hint="the patch is written when the task finishes, stops or times out",
         )
-    sys.stdout.write(patch.read_text(errors="replace"))
+    # Streamed: a patch can be hundreds of MB and must not be held in memory.
+    sys.stdout.flush()
+    with patch.open("rb") as source:
+        while chunk := source.read(1 << 20):
+            sys.stdout.buffer.write(chunk)
+    sys.stdout.buffer.flush()
 
 
 @task.command()
