@@ -305,3 +305,14 @@ def test_forwarded_values_are_secret_by_name_or_entropy(
     name: str, value: str, secret: bool
 ) -> None:
     assert forwarded_is_secret(name, value) is secret
+
+
+def test_mask_model_masks_text_but_keeps_numbers_and_hal_vocabulary() -> None:
+    from hal9999.events.models import Message, Usage
+
+    masker = SecretMasker(["error", "12052"])
+    message = masker.mask_model(Message(level="error", text="an error happened: 12052"))
+    assert message.level == "error"  # a closed vocabulary: kept
+    assert message.text == f"an {REDACTED} happened: {REDACTED}"
+    usage = masker.mask_model(Usage(input_tokens=12052, output_tokens=1, total=True))
+    assert usage.input_tokens == 12052

@@ -31,10 +31,11 @@ _ESCAPE = re.compile(
     r"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI (SGR among them, kept by the caller)
     r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)"  # OSC: title, clipboard (52), hyperlinks
     r"|\x1b[PX^_][^\x1b]*\x1b\\"  # DCS, SOS, PM, APC strings
-    r"|\x1b[ -/]*[0-~]"  # any other escape sequence (reset, charset, keypad...)
+    r"|\x1b[ -/]*(?![\[\]PX^_])[0-~]"  # any other escape (reset, charset, keypad...)
 )
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 """C0 controls but tab and newline, DEL, and C1 controls (8-bit CSI, OSC, DCS...)."""
+_UNSAFE = re.compile(f"{_ESCAPE.pattern}|{_CONTROLS.pattern}")
 
 _HOLD_MAX = 4096
 """An unfinished escape sequence at the end of a chunk is held back up to this length."""
@@ -47,8 +48,7 @@ RESET = "\x1b[0m"
 
 def sanitize(text: str) -> str:
     """``text`` safe for a terminal: SGR colours, newlines and tabs kept, other controls gone."""
-    kept = _ESCAPE.sub(lambda m: m.group(0) if _SGR.fullmatch(m.group(0)) else "", text)
-    return _CONTROLS.sub("", kept)
+    return _UNSAFE.sub(lambda m: m.group(0) if _SGR.fullmatch(m.group(0)) else "", text)
 
 
 def escape_json_line(line: str) -> str:
@@ -68,8 +68,12 @@ class TerminalSanitizer:
         """The sanitised text of ``chunk`` that is complete so far."""
         text = self._held + chunk
         self._held = ""
-        start = text.rfind("\x1b")
-        if start != -1 and len(text) - start < _HOLD_MAX and not _ESCAPE.match(text, start):
+        # An escape that starts after the last complete sequence is unfinished: hold it.
+        done = 0
+        for match in _ESCAPE.finditer(text):
+            done = match.end()
+        start = text.find("\x1b", done)
+        if start != -1 and len(text) - start < _HOLD_MAX:
             text, self._held = text[:start], text[start:]
         return sanitize(text)
 

@@ -211,6 +211,7 @@ def supervise(argv: list[str]) -> int:
             log.write(text.encode())
             _emit(text, sys.stdout)
         parsed.feed(raw, log.size)
+    child.stdout.close()
     status = child.wait()
     if status < 0:
         status = 128 - status

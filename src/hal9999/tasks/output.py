@@ -15,8 +15,9 @@ from hal9999.spec import ProcessSpec
 from hal9999.tasks.context import RunContext
 
 OUTPUT_EVENTS_CAP = 32 * 1024 * 1024
-"""Characters of output one run records as ``output`` events; the rest is only in the log
-(itself capped by the supervisor), so agent output is not written to disk twice in full."""
+"""Characters of output one run records as ``output`` events at most (and never more than
+half the log cap); the rest is only in the log, itself capped by the supervisor, so agent
+output is not written to disk twice in full."""
 
 _READ_CHUNK = 4 * 1024 * 1024
 """Log bytes read per step, so a large backlog neither stalls the loop nor fills memory."""
@@ -41,12 +42,14 @@ class OutputFollower:
         parsed: int,
         *,
         emit: Callable[[RunContext, Event], None],
+        cap: int = OUTPUT_EVENTS_CAP,
     ) -> None:
         self.ctx, self.pspec, self.emit = ctx, pspec, emit
         self.offset, self.parsed_offset = offset, parsed
         self.pending = b""
         self.recorded = 0
         self.capped = False
+        self.cap = cap
 
     def pump(self, final: bool = False) -> bool:
         """Emit what is new; returns whether there may be more to read right away."""
@@ -96,7 +99,7 @@ class OutputFollower:
         ctx = self.ctx
         if ctx.on_output is not None:
             ctx.on_output(ctx.masker.mask(text))
-        room = max(0, OUTPUT_EVENTS_CAP - self.recorded)
+        room = max(0, self.cap - self.recorded)
         kept = text[:room]
         self.recorded += len(kept)
         event = Output(text=kept, log_end=log_end)
@@ -109,7 +112,7 @@ class OutputFollower:
                 ctx,
                 Message(
                     level="warning",
-                    text=f"output events stop after {OUTPUT_EVENTS_CAP} characters; "
+                    text=f"output events stop after {self.cap} characters; "
                     f"the rest is in the log (`hal task logs {ctx.task.id}`)",
                 ),
             )

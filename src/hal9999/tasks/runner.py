@@ -52,7 +52,7 @@ from hal9999.tasks.context import (
     process_spec,
     sandbox_spec,
 )
-from hal9999.tasks.output import OutputFollower, file_size
+from hal9999.tasks.output import OUTPUT_EVENTS_CAP, OutputFollower, file_size
 from hal9999.tasks.plugins import load_process_manager, load_provider_for
 from hal9999.tasks.sandboxes import DirectSource, SandboxSource
 from hal9999.tasks.session import HOME_TARGET, INPUT_TARGET
@@ -341,7 +341,8 @@ class TaskRunner:
         if offset is None:
             offset = ctx.log_start if ctx.log_start is not None else file_size(ctx.session.log)
         timeout = ctx.task.timeout_s
-        follower = OutputFollower(ctx, pspec, offset, parsed_offset, emit=self.emit)
+        cap = min(OUTPUT_EVENTS_CAP, (pspec.log_cap or log_cap_from(self.environ)) // 2)
+        follower = OutputFollower(ctx, pspec, offset, parsed_offset, emit=self.emit, cap=cap)
 
         # The exit file is a stat away, so it is checked often (from 5 ms, backing off to
         # _POLL_S); asking the manager whether the process lives can cost a subprocess (tmux

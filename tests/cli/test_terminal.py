@@ -1,0 +1,133 @@
+"""What a person sees of a run: no escape injection in any viewer, readable output in a
+terminal, bounded output on disk, and an offline agent named before it starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tests.cli.conftest import Hal, events_of, tasks_json
+from tests.cli.test_secrets import _fake_claude
+
+pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
+
+# Window title, clipboard write (OSC 52), clear screen, cursor up, erase line, 8-bit CSI,
+# carriage return; then a colour that must survive.
+HOSTILE_AGENT = (
+    "sh -c 'printf \"\\033]0;pwned\\007\\033]52;c;ZXZpbA==\\007\\033[2J\\033[1A\\033[2K"
+    "\\302\\2332J\\rstatus succeeded\\033[31mred\\033[0m\\n\"'"
+)
+INJECTIONS = ["\x1b]", "\x1b[2J", "\x1b[1A", "\x1b[2K", "\x9b", "\r"]
+
+
+def _assert_clean(text: str) -> None:
+    for bad in INJECTIONS:
+        assert bad not in text, (bad, text)
+    assert "\x1b[31mred\x1b[0m" in text
+
+
+def test_no_viewer_passes_terminal_escapes_from_the_agent(hal: Hal) -> None:
+    out = hal("run", "--agent", HOSTILE_AGENT, "x")
+    assert out.returncode == 0, out.stderr
+    _assert_clean(out.stdout)
+    [task] = tasks_json(hal)
+    # The log on disk keeps the agent's bytes; every viewer cleans them.
+    log = (Path(task["session_dir"]) / "agent.log").read_text()
+    assert "\x1b]52;" in log
+    for args in (["logs"], ["logs", "-f"], ["events", "--output"]):
+        shown = hal("task", *args, task["id"])
+        assert shown.returncode == 0, shown.stderr
+        _assert_clean(shown.stdout)
+    text = hal("task", "events", task["id"]).stdout
+    assert not [bad for bad in INJECTIONS if bad in text]
+    raw = hal("task", "events", "--json", task["id"]).stdout
+    assert "\x1b" not in raw and "\x9b" not in raw
+    assert any(e["type"] == "output" and "\x1b]52" in e["text"] for e in events_of(hal, task["id"]))
+
+
+def test_output_on_disk_is_capped_with_head_and_tail(hal: Hal) -> None:
+    agent = "sh -c 'seq 1 400000'"  # about 2.7 MB
+    out = hal("run", "--agent", agent, "x", "--json", env={"HAL_LOG_CAP_MB": "1"})
+    assert out.returncode == 0, out.stderr
+    [task] = tasks_json(hal)
+    session = Path(task["session_dir"])
+    log = (session / "agent.log").read_text()
+    assert len(log) < (1 << 20) + 1000
+    assert log.startswith("1\n2\n3\n") and log.endswith("399999\n400000\n")
+    assert "bytes of output dropped here (log cap)" in log
+    events = events_of(hal, task["id"])
+    recorded = sum(len(e["text"]) for e in events if e["type"] == "output")
+    assert 0 < recorded <= 1 << 19
+    assert any(
+        e["type"] == "message" and "output events stop after" in e["text"] for e in events
+    )
+    assert (session / "events.jsonl").stat().st_size < 1 << 20
+
+
+def test_offline_api_agent_is_named_before_it_starts(hal: Hal, hal_env: dict[str, str]) -> None:
+    config = Path(hal_env["XDG_CONFIG_HOME"]) / "hal9999" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text('network = "none"\n[agents.claude]\ncommand = "false"\n')
+    out = hal("run", "--agent", "claude", "x")
+    lines = out.stderr.splitlines()
+    assert lines[0].startswith("hal: warning: agent claude calls an LLM API")
+    assert 'network = "host"' in lines[0]
+    assert lines[1].startswith("hal: task ")
+
+
+def _run_in_terminal(args: list[str], env: dict[str, str], cwd: Path) -> str:
+    """Run hal with a pseudo-terminal as stdout; return what the terminal received."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hal9999", *args],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=subprocess.PIPE,
+    )
+    os.close(slave)
+    chunks: list[bytes] = []
+    while True:
+        ready, _, _ = select.select([master], [], [], 60)
+        if not ready:
+            break
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the other side closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    return b"".join(chunks).decode()
+
+
+def test_terminal_shows_rendered_events_raw_and_jsonl_on_request(
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    _fake_claude(hal_env, demo_repo)
+    shown = _run_in_terminal(["run", "--agent", "claude", "fix it"], hal_env, demo_repo)
+    assert "Done: add() now returns a + b and the test passes." in shown
+    assert "▸ Read" in shown and "calc.py" in shown
+    assert "▸ Bash" in shown and "python3 -m unittest -q test_calc" in shown
+    assert '{"type":' not in shown  # no raw stream-json
+    assert "tokens    12052 in, 48 out" in shown and "cost      $0.0492" in shown
+
+    raw = _run_in_terminal(["run", "--raw", "--agent", "claude", "fix it"], hal_env, demo_repo)
+    assert '"type":"result"' in raw
+
+    out = hal("run", "--events", "--agent", "claude", "fix it")
+    assert out.returncode == 0, out.stderr
+    events = [json.loads(line) for line in out.stdout.splitlines()]
+    kinds = {e["type"] for e in events}
+    assert {"phase", "tool_call", "tool_result", "usage", "task_end"} <= kinds
+    assert events[-1]["type"] == "task_end" and events[-1]["status"] == "succeeded"

@@ -1,0 +1,126 @@
+"""The supervisor parses the agent's raw output before masking, and caps what it writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from hal9999.events.models import Usage
+from hal9999.process.caplog import CappedLog, log_cap_from
+from hal9999.process.supervisor import parsed_offset_after, read_parsed, supervise
+
+CAPTURED_CLAUDE = Path(__file__).parents[1] / "agents" / "captured" / "claude" / "stdout.jsonl"
+
+
+def _run(tmp_path: Path, script: str, *options: str, env: dict[str, str] | None = None) -> int:
+    old = dict(os.environ)
+    os.environ.update(env or {})
+    try:
+        return supervise(
+            [
+                "--log",
+                str(tmp_path / "agent.log"),
+                "--exit",
+                str(tmp_path / "exit"),
+                *options,
+                "--",
+                sys.executable,
+                "-c",
+                script,
+            ]
+        )
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+
+
+def _usage(tmp_path: Path) -> Usage:
+    records, _ = read_parsed(tmp_path / "parsed.jsonl", 0)
+    [usage] = [event for _, event, _ in records if isinstance(event, Usage)]
+    return usage
+
+
+@pytest.mark.parametrize("secret", ["false", "error", "12052", "0.049168", "input_tokens"])
+def test_parser_reads_raw_output_while_the_log_is_masked(tmp_path: Path, secret: str) -> None:
+    script = f"import sys; sys.stdout.write(open({str(CAPTURED_CLAUDE)!r}).read())"
+    status = _run(
+        tmp_path,
+        script,
+        "--mask-var",
+        "WORD",
+        "--parser",
+        "claude",
+        "--events",
+        str(tmp_path / "parsed.jsonl"),
+        env={"WORD": secret},
+    )
+    assert status == 0
+    usage = _usage(tmp_path)
+    assert (usage.input_tokens, usage.output_tokens, usage.cost_usd) == (12052, 48, 0.049168)
+    assert usage.total
+    log = (tmp_path / "agent.log").read_text()
+    assert secret not in log and "[REDACTED]" in log
+    # Text fields of parsed events are masked too (numbers are not text).
+    for line in (tmp_path / "parsed.jsonl").read_text().splitlines():
+        event = json.loads(line)["event"]
+        texts = [v for v in event.values() if isinstance(v, str) and v != event["type"]]
+        assert not [t for t in texts if secret in t]
+
+
+def test_parsed_events_name_the_log_offset_that_covers_them(tmp_path: Path) -> None:
+    script = f"import sys; sys.stdout.write(open({str(CAPTURED_CLAUDE)!r}).read())"
+    parsed = tmp_path / "parsed.jsonl"
+    assert _run(tmp_path, script, "--parser", "claude", "--events", str(parsed)) == 0
+    size = (tmp_path / "agent.log").stat().st_size
+    records, end = read_parsed(parsed, 0)
+    assert records and end == parsed.stat().st_size
+    assert all(0 < log_end <= size for log_end, _, _ in records)
+    # An adopted run that has read the whole log carries on after every record ...
+    assert parsed_offset_after(parsed, size) == parsed.stat().st_size
+    # ... and one that has read nothing starts from the first.
+    assert parsed_offset_after(parsed, 0) == 0
+    assert parsed_offset_after(tmp_path / "missing.jsonl", 10) == 0
+
+
+def test_log_keeps_head_and_tail_and_says_what_was_dropped(tmp_path: Path) -> None:
+    # 200 numbered lines of 100 bytes through a 4 KiB cap.
+    script = "import sys\nfor i in range(200): sys.stdout.write(f'{i:05d}' + 'x' * 94 + '\\n')"
+    assert _run(tmp_path, script, "--log-cap", "4096") == 0
+    log = (tmp_path / "agent.log").read_bytes()
+    assert len(log) <= 4096 + 200
+    assert log.startswith(b"00000x")
+    assert log.rstrip().endswith(b"00199" + b"x" * 94)
+    marker = [line for line in log.split(b"\n") if line.startswith(b"[hal: ")]
+    assert len(marker) == 1 and b"bytes of output dropped" in marker[0]
+    dropped = int(marker[0].split()[1])
+    kept = len(log) - len(marker[0]) - 2
+    assert dropped + kept == 200 * 100
+    assert not list(tmp_path.glob(".agent.log.tail-*"))
+
+
+def test_capped_log_without_overflow_writes_everything(tmp_path: Path) -> None:
+    log = CappedLog(tmp_path / "a.log", 1000)
+    log.write(b"x" * 500)
+    assert log.close() == 0
+    assert (tmp_path / "a.log").read_bytes() == b"x" * 500
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("", 256 << 20), ("1", 1 << 20), ("nan", 256 << 20), ("-3", 256 << 20), ("x", 256 << 20)],
+)
+def test_log_cap_from_environment(value: str, expected: int) -> None:
+    assert log_cap_from({"HAL_LOG_CAP_MB": value}) == expected
+
+
+def test_credential_file_values_are_masked_by_the_supervisor(tmp_path: Path) -> None:
+    cred = tmp_path / "netrc"
+    cred.write_text("machine api.example.com login me password s3cretPassw0rd\n")
+    script = "print('login me password s3cretPassw0rd and', '733363726574'.upper())"
+    assert _run(tmp_path, script, "--mask-file", str(cred)) == 0
+    log = (tmp_path / "agent.log").read_text()
+    assert "s3cretPassw0rd" not in log and "login me password [REDACTED]" in log
