@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets up and runs every check CI runs: ruff, mypy --strict, the whole test suite.
+# Sets up and runs every check CI runs: ruff, mypy --strict, the whole test suite (and the
+# sandbox-boundary tests once more as an ordinary user).
 # Installs what the tests need: hal's own prerequisites, the pinned agent CLIs (real agents
 # are tested end to end), and QEMU with a kernel for the microVM provider.
 set -euo pipefail
@@ -10,3 +11,6 @@ bash scripts/install-agents.sh
 .venv/bin/ruff check src tests
 .venv/bin/mypy
 .venv/bin/python -m pytest "$@"
+# The boundary again as an ordinary user (a root hal and a user's hal sandbox differently);
+# only on a full run, since arguments above pick a subset.
+[ "$#" -gt 0 ] || bash scripts/test-nonroot.sh

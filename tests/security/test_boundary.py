@@ -8,8 +8,11 @@ ordinary user (``scripts/test.sh`` runs ``tests/security`` again as one).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
+import pwd
+import secrets
 import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -63,23 +66,40 @@ async def test_no_file_under_proc_sys_is_writable(sandbox: BwrapSandbox) -> None
     assert await sh(sandbox, probe) == ""
 
 
-async def test_the_sandbox_never_runs_as_host_root(sandbox: BwrapSandbox) -> None:
-    # Inside: map our uid through uid_map to the host's uid.
-    code = (
-        "import os\n"
-        "uid = os.getuid()\n"
-        "for line in open('/proc/self/uid_map'):\n"
-        "    inside, outside, count = map(int, line.split())\n"
-        "    if inside <= uid < inside + count:\n"
-        "        print(outside + uid - inside)\n"
-    )
-    host_uid = int(await sh(sandbox, f'python3 -c "{code}"'))
-    assert host_uid != 0
-    # Outside: the host sees a sandbox process with a uid that is not root, and (when hal
-    # runs as root) with the sandbox's own uid, not one shared with other sandboxes.
-    assert host_uid == (sandbox.uid if sandbox.uid is not None else os.getuid())
+async def test_the_sandbox_never_runs_as_host_root(sandbox: BwrapSandbox, tmp_path: Path) -> None:
+    # The host's view is what the kernel checks: the owner of a file made inside, and the
+    # uid of a process running inside (uid_map alone cannot say: bwrap may nest namespaces).
+    await sh(sandbox, "touch /workspace/made-inside")
+    expected = sandbox.uid if sandbox.uid is not None else os.getuid()
+    assert (tmp_path / "session" / "workspace" / "made-inside").stat().st_uid == expected
+    naptime = f"{30 + secrets.randbelow(10**6) / 10**7:.7f}"  # finds it among host processes
+    events = hostexec.stream(sandbox.launch(ShellCommand(script=f"echo up; exec sleep {naptime}")))
+    try:
+        first = await anext(events)
+        assert first.data == b"up\n"
+        uids: set[int] = set()
+        for _ in range(200):  # "up" comes before the exec of sleep: wait until it is there
+            uids = _uids_of(b"sleep\0" + naptime.encode() + b"\0")
+            if uids:
+                break
+            await asyncio.sleep(0.02)
+        assert uids == {expected} and 0 not in uids
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
     if sandboxuser.privileged():
         assert sandbox.uid is not None and sandbox.uid >= sandboxuser.UID_BASE
+
+
+def _uids_of(cmdline: bytes) -> set[int]:
+    """Host uids of the host processes whose command line is exactly ``cmdline``."""
+    uids = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes() == cmdline:
+                uids.add(int((proc / "status").read_text().split("Uid:")[1].split()[0]))
+        except OSError:
+            continue
+    return uids
 
 
 async def test_each_sandbox_has_its_own_uid(hal_home: Path, tmp_path: Path) -> None:
@@ -181,7 +201,8 @@ PYTHONPATH=/workspace/lib python3 -c 'import halprobe; print(halprobe.ANSWER)'
 touch ~/.agent-config && echo home-ok
 whoami
 """
-    assert await sh(sandbox, script) == "1\n42\n42\n42\n42\nhome-ok\nhal\n"
+    user = "hal" if sandbox.uid is not None else pwd.getpwuid(os.getuid()).pw_name
+    assert await sh(sandbox, script) == f"1\n42\n42\n42\n42\nhome-ok\n{user}\n"
 
 
 # -- item 11: what the boundary shows of the host ---------------------------------------------

@@ -11,7 +11,8 @@ from hal9999.providers import hostexec
 from hal9999.providers.bwrap import BwrapProvider
 from hal9999.spec import Bind, Resources, SandboxSpec, ShellCommand
 
-pytestmark = pytest.mark.bwrap
+# pids=256 below needs a cgroup (an ordinary user running the tests has none).
+pytestmark = [pytest.mark.bwrap, pytest.mark.cgroup]
 
 PLANT = r"""
 set -u
