@@ -9,9 +9,10 @@ import pytest
 
 from hal9999.agents.base import AgentSettings
 from hal9999.config import AgentConfig, CredentialFile, HalConfig, load_config
-from hal9999.errors import ConfigError
+from hal9999.errors import ConfigError, UsageError
 from hal9999.home import HalPaths
 from hal9999.spec import Resources
+from hal9999.trust import TrustStore
 
 
 @pytest.fixture
@@ -36,6 +37,12 @@ def write(path: Path, text: str) -> Path:
 
 def user_file(user_home: Path) -> Path:
     return user_home / ".config" / "hal9999" / "config.toml"
+
+
+def trusted(user_home: Path, path: Path) -> Path:
+    """Record ``path`` as trusted by the user (what ``hal trust`` does): applied in full."""
+    TrustStore.for_config_dir(user_file(user_home).parent).trust(path, path.read_bytes())
+    return path
 
 
 def test_defaults(user_home: Path, project: Path) -> None:
@@ -78,14 +85,17 @@ def test_precedence_file_then_project_then_env(user_home: Path, project: Path) -
         base_url = "https://user.example"
         """,
     )
-    write(
-        project / "hal.toml",
-        """
-        timeout_s = 200
-        forward_env = ["B"]
-        [agents.claude]
-        model = "from-project"
-        """,
+    trusted(
+        user_home,
+        write(
+            project / "hal.toml",
+            """
+            timeout_s = 200
+            forward_env = ["B"]
+            [agents.claude]
+            model = "from-project"
+            """,
+        ),
     )
     environ = {"HOME": str(user_home), "HAL_TIMEOUT": "300", "HAL_MEMORY_MB": "512"}
     config = load_config(environ, project)
@@ -131,9 +141,9 @@ def test_home_from_file_expands_user_and_relative_paths(
     user_home: Path, project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HOME", str(user_home))
-    write(project / "hal.toml", 'home = "~/halstuff"\n')
+    trusted(user_home, write(project / "hal.toml", 'home = "~/halstuff"\n'))
     assert load_config({"HOME": str(user_home)}, project).home == user_home / "halstuff"
-    write(project / "hal.toml", 'home = "state"\n')
+    trusted(user_home, write(project / "hal.toml", 'home = "state"\n'))
     assert load_config({"HOME": str(user_home)}, project).home == (project / "state").resolve()
 
 
@@ -173,7 +183,10 @@ def test_unknown_nested_key_names_the_user_file(user_home: Path, project: Path) 
 
 
 def test_several_problems_are_all_kept(user_home: Path, project: Path) -> None:
-    write(project / "hal.toml", 'timeout_s = -1\nnetwork = "lan"\n[resources]\npids = "many"\n')
+    trusted(
+        user_home,
+        write(project / "hal.toml", 'timeout_s = -1\nnetwork = "lan"\n[resources]\npids = "many"\n'),
+    )
     with pytest.raises(ConfigError) as info:
         load_config({"HOME": str(user_home)}, project)
     assert "(and 2 more)" in info.value.message
@@ -185,7 +198,7 @@ def test_several_problems_are_all_kept(user_home: Path, project: Path) -> None:
 
 
 def test_credentials_and_agents_from_file(user_home: Path, project: Path) -> None:
-    write(
+    config_file = write(
         project / "hal.toml",
         """
         [[credentials]]
@@ -194,7 +207,7 @@ def test_credentials_and_agents_from_file(user_home: Path, project: Path) -> Non
 
         [[credentials]]
         source = "/etc/other"
-        target = "/opt/other"
+        target = "/home/hal/other"
         mode = 0o644
 
         [agents.codex]
@@ -202,10 +215,11 @@ def test_credentials_and_agents_from_file(user_home: Path, project: Path) -> Non
         extra_args = ["--full-auto"]
         """,
     )
+    trusted(user_home, config_file)
     config = load_config({"HOME": str(user_home)}, project)
     assert config.credentials == [
         CredentialFile(source=Path("/etc/creds.json"), target=".claude/.credentials.json"),
-        CredentialFile(source=Path("/etc/other"), target="/opt/other", mode=0o644),
+        CredentialFile(source=Path("/etc/other"), target="/home/hal/other", mode=0o644),
     ]
     assert config.credentials[0].mode == 0o600
     assert config.agent_settings("codex") == AgentSettings(
@@ -243,5 +257,5 @@ def test_hal_paths_layout_and_ensure(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("bad", ["..", "../etc", "a/b", "", ".hidden"])
 def test_hal_paths_refuse_names_that_escape(tmp_path: Path, bad: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(UsageError, match="invalid task id"):
         HalPaths(tmp_path).session(bad)

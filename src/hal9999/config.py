@@ -4,23 +4,41 @@ Layers, later wins, tables merged key by key::
 
     defaults < $XDG_CONFIG_HOME/hal9999/config.toml < ./hal.toml < HAL_* environment
 
+``./hal.toml`` is the file in the directory hal runs in (not the ``--repo`` target). It is
+usually part of a repository someone else wrote, so until the user runs ``hal trust`` it may
+only narrow what a task gets (see :mod:`hal9999.trust`); the rest of it is ignored and
+reported in :class:`ConfigSources`.
+
 A bad value is reported with where it came from, e.g. ``hal.toml: timeout_s: expected a
-number`` or ``HAL_NETWORK: network: expected one of 'none', 'host'``.
+number`` or ``HAL_NETWORK: network: expected one of 'none', 'host'``. The same field types
+check the command line (:func:`check_value`), so one rule holds for CLI, files and env.
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
+import re
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
 from hal9999.agents.base import AgentSettings
-from hal9999.errors import ConfigError
+from hal9999.errors import ConfigError, UsageError
 from hal9999.spec import Resources
+from hal9999.trust import ProjectConfig, TrustStore, narrow_project_table
 
 CONFIG_FILE_NAME = "hal.toml"
 """The per-project config file, read from the current directory."""
@@ -40,6 +58,50 @@ ENV_KEYS: dict[str, tuple[str, ...]] = {
 """Environment variables and the config key each one sets."""
 
 
+AGENT_HOME = "/home/hal"
+"""The agent's home inside every sandbox; credential files may only go below it."""
+
+MAX_TIMEOUT_S = 366 * 24 * 3600
+"""The longest timeout accepted (a year): larger values overflow the event loop's timers."""
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _env_name(value: str) -> str:
+    # ASCII only: a name the shell and execve agree on, and one SQLite and JSON keep exactly.
+    if not _ENV_NAME.fullmatch(value):
+        raise ValueError("expected a variable name: ASCII letters, digits and '_'")
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+EnvName = Annotated[str, AfterValidator(_env_name)]
+"""An environment variable name (``--env``, ``forward_env``, ``api_key_env``)."""
+TimeoutSeconds = Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False)]
+"""A time limit in seconds: a finite number greater than 0 (``--timeout``, ``timeout_s``)."""
+Name = Annotated[str, AfterValidator(_not_blank)]
+"""A non-empty name (agent, provider, process manager)."""
+
+T = TypeVar("T")
+
+
+def check_value(kind: Any, value: Any, what: str) -> Any:
+    """Validate a command-line ``value`` with the config's field type ``kind``.
+
+    Raises :class:`UsageError` ``what: expected ...``, so ``--timeout inf`` and
+    ``timeout_s = inf`` are refused by one rule with one wording.
+    """
+    try:
+        return TypeAdapter(kind).validate_python(value)
+    except ValidationError as exc:
+        raise UsageError(f"{what}: {_describe(exc.errors()[0])}", hint=f"fix {what}") from exc
+
+
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -51,7 +113,7 @@ class AgentConfig(_Config):
     """Model name passed to the agent."""
     base_url: str | None = None
     """API endpoint the agent talks to."""
-    api_key_env: str | None = None
+    api_key_env: EnvName | None = None
     """Host environment variable holding the API key (forwarded at exec time only)."""
     command: str | None = None
     """Override of the agent's program (path or name)."""
@@ -75,7 +137,8 @@ class CredentialFile(_Config):
     source: Path
     """Path on the host; ``~`` is expanded."""
     target: str
-    """Path inside the sandbox; a relative one is relative to the agent's home."""
+    """Path inside the sandbox, below the agent's home: relative (to the home), ``~/...`` or
+    an absolute path under ``/home/hal``; never ``..`` and never the workspace."""
     mode: int = Field(default=0o600, ge=0, le=0o777)
     """File mode inside the sandbox."""
 
@@ -84,19 +147,33 @@ class CredentialFile(_Config):
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
 
+    @field_validator("target")
+    @classmethod
+    def _inside_home(cls, value: str) -> str:
+        # A credential in the workspace would be committed to the result branch.
+        rest = value[2:] if value.startswith("~/") else value
+        if rest.startswith("/"):
+            if not rest.startswith(AGENT_HOME + "/"):
+                raise ValueError(f"must be inside the agent's home {AGENT_HOME}")
+            rest = rest[len(AGENT_HOME) + 1 :]
+        parts = [p for p in rest.split("/") if p not in ("", ".")]
+        if not parts or ".." in parts or "\0" in rest:
+            raise ValueError("expected a file path below the agent's home, without '..'")
+        return posixpath.join(AGENT_HOME, *parts) if value.startswith("/") else value
+
 
 class HalConfig(_Config):
     """Everything configurable about hal."""
 
     home: Path
     """Data directory: database, sessions, provider state (``HAL_HOME``)."""
-    default_agent: str = "claude"
+    default_agent: Name = "claude"
     """Agent used when a task names none (``HAL_AGENT``)."""
-    default_provider: str = "bwrap"
+    default_provider: Name = "bwrap"
     """Sandbox provider used when a task names none (``HAL_PROVIDER``)."""
-    process_manager: str = "tmux"
+    process_manager: Name = "tmux"
     """How the agent process is run inside the sandbox (``HAL_PROCESS_MANAGER``)."""
-    timeout_s: float = Field(default=3600, gt=0)
+    timeout_s: TimeoutSeconds = 3600
     """Default run time limit of a task, in seconds (``HAL_TIMEOUT``)."""
     network: Literal["none", "host"] = "none"
     """Default network access of sandboxes (``HAL_NETWORK``)."""
@@ -109,7 +186,7 @@ class HalConfig(_Config):
     """Per-provider settings, keyed by provider name; each provider validates its own."""
     credentials: list[CredentialFile] = Field(default_factory=list)
     """Files installed into every sandbox."""
-    forward_env: list[str] = Field(default_factory=list)
+    forward_env: list[EnvName] = Field(default_factory=list)
     """Host environment variables forwarded to the agent on every run (names only)."""
     secrets: list[str] = Field(default_factory=list)
     """Host environment variables that are secrets: forwarded to the agent when set and
@@ -155,15 +232,24 @@ def default_home(environ: Mapping[str, str]) -> Path:
     return _xdg_dir(environ, "XDG_DATA_HOME", ".local/share") / "hal9999"
 
 
-def _read_toml(path: Path, label: str) -> dict[str, Any] | None:
+def _read_toml(path: Path, label: str) -> tuple[dict[str, Any], bytes] | None:
+    """The parsed table and the exact bytes it came from (trust hashes those bytes)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{label}: cannot read the file: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(
+            f"{label}: cannot read the file: {exc.strerror or exc}",
+            hint=f"fix or remove {path}",
+            path=str(path),
+        ) from exc
     try:
-        return tomllib.loads(text)
+        return tomllib.loads(data.decode("utf-8")), data
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{label}: not UTF-8 text", hint=f"save {path} as UTF-8", path=str(path)
+        ) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(
             f"{label}: invalid TOML: {exc}", hint=f"fix the syntax of {path}", path=str(path)
@@ -227,6 +313,7 @@ _EXPECTED: dict[str, str] = {
     "path_type": "expected a path",
     "extra_forbidden": "unknown key",
     "missing": "required key is missing",
+    "finite_number": "expected a finite number",
 }
 
 
@@ -241,6 +328,8 @@ _BOUNDS: dict[str, str] = {
 def _describe(error: Mapping[str, Any]) -> str:
     kind = str(error.get("type", ""))
     ctx = error.get("ctx") or {}
+    if kind == "value_error" and "error" in ctx:
+        return str(ctx["error"])
     if kind == "literal_error" and "expected" in ctx:
         return f"expected one of {ctx['expected']}"
     if kind in _BOUNDS:
@@ -259,19 +348,113 @@ def _source_of(loc: tuple[str | int, ...], origin: Mapping[tuple[str, ...], str]
     return "config"
 
 
+@dataclass(frozen=True)
+class ConfigSources:
+    """Where the configuration came from: what ``hal run`` prints and the daemon carries."""
+
+    files: tuple[str, ...] = ()
+    """Config files that applied, in order (the user file, then ``hal.toml``)."""
+    env: tuple[str, ...] = ()
+    """``HAL_*`` variables that applied."""
+    project: ProjectConfig | None = None
+    """The directory's ``hal.toml``, whether it is trusted and what of it was ignored."""
+
+    def describe(self) -> str:
+        """One line: ``config: <file>, <file>, HAL_X`` (or ``config: defaults``)."""
+        return "config: " + (", ".join([*self.files, *self.env]) or "defaults")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form (for events and the daemon's API)."""
+        project = self.project.to_dict() if self.project else None
+        return {"files": list(self.files), "env": list(self.env), "project": project}
+
+
+def current_dir() -> Path | None:
+    """The current directory, or ``None`` when it was deleted (or is unreadable)."""
+    try:
+        return Path.cwd()
+    except OSError:
+        return None
+
+
+def working_dir(repo: str | None) -> Path:
+    """The directory ``--repo`` is relative to; a deleted one is a :class:`UsageError`
+    unless ``repo`` needs none (an absolute path or a URL)."""
+    here = current_dir()
+    if here is not None:
+        return here
+    if repo and (Path(repo).is_absolute() or "://" in repo or "@" in repo):
+        return Path("/")
+    raise UsageError(
+        "the current directory no longer exists",
+        hint="cd to an existing directory, or pass --repo with an absolute path or a URL",
+    )
+
+
+def log_level(environ: Mapping[str, str]) -> str:
+    """The level named by ``HAL_LOG_LEVEL`` (default WARNING); a bad name is a ConfigError."""
+    value = environ.get("HAL_LOG_LEVEL", "").strip().upper() or "WARNING"
+    levels = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+    if value not in levels:
+        raise ConfigError(
+            f"HAL_LOG_LEVEL: expected one of {', '.join(levels)}, got {value!r}",
+            hint="fix or unset HAL_LOG_LEVEL",
+        )
+    return value
+
+
 def load_config(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> HalConfig:
     """Read the layered configuration; raises :class:`ConfigError` on any bad input."""
+    return load_config_sources(environ, cwd)[0]
+
+
+def load_config_sources(
+    environ: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> tuple[HalConfig, ConfigSources]:
+    """The configuration and where it came from; raises :class:`ConfigError` on bad input.
+
+    ``cwd`` defaults to the current directory; when that was deleted there is no project
+    file to read, and hal carries on with the other layers.
+    """
     env: Mapping[str, str] = os.environ if environ is None else environ
-    here = Path.cwd() if cwd is None else cwd
+    here = current_dir() if cwd is None else cwd
 
-    layers: list[Layer] = [("defaults", {"home": str(default_home(env))})]
+    base: list[Layer] = [("defaults", {"home": str(default_home(env))})]
+    files: list[str] = []
     user_file = user_config_path(env)
-    for path, label in ((user_file, str(user_file)), (here / CONFIG_FILE_NAME, CONFIG_FILE_NAME)):
-        table = _read_toml(path, label)
-        if table is not None:
-            layers.append((label, table))
-    layers.extend(_env_layer(env))
+    user = _read_toml(user_file, str(user_file))
+    if user is not None:
+        base.append((str(user_file), user[0]))
+        files.append(str(user_file))
 
+    layers = list(base)
+    project: ProjectConfig | None = None
+    project_file = here / CONFIG_FILE_NAME if here is not None else None
+    found = _read_toml(project_file, CONFIG_FILE_NAME) if project_file is not None else None
+    if project_file is not None and found is not None:
+        table, data = found
+        trust = TrustStore.for_config_dir(user_file.parent)
+        if trust.is_trusted(project_file, data):
+            project = ProjectConfig(project_file, trusted=True)
+        else:
+            # Narrowing is judged against what the user's own layers give.
+            table, ignored = narrow_project_table(table, _validate(base, here).model_dump())
+            project = ProjectConfig(
+                project_file,
+                trusted=False,
+                ignored=tuple(ignored),
+                changed=trust.was_trusted(project_file),
+            )
+        layers.append((CONFIG_FILE_NAME, table))
+        files.append(str(project_file))
+    env_layers = _env_layer(env)
+    layers.extend(env_layers)
+    config = _validate(layers, here)
+    sources = ConfigSources(tuple(files), tuple(var for var, _ in env_layers), project)
+    return config, sources
+
+
+def _validate(layers: list[Layer], here: Path | None) -> HalConfig:
     merged: dict[str, Any] = {}
     origin: dict[tuple[str, ...], str] = {}
     for source, table in layers:
@@ -292,5 +475,11 @@ def load_config(environ: Mapping[str, str] | None = None, cwd: Path | None = Non
             problems=problems,
         ) from exc
     if not config.home.is_absolute():
+        if here is None:
+            raise ConfigError(
+                f"home: the relative path {config.home} needs a current directory, "
+                "and it was deleted",
+                hint="cd to an existing directory, or make home absolute",
+            )
         config = config.model_copy(update={"home": (here / config.home).resolve()})
     return config

@@ -5,8 +5,10 @@ Every error a user can see is a :class:`HalError`. Each class carries a stable `
 optional ``hint`` that tells the user how to fix the problem::
 
     HalError                      hal_error          exit 1
+    ├── InternalError             internal           exit 1
     ├── ConfigError               config_invalid     exit 2
-    │   └── UsageError            usage              exit 2
+    │   ├── UsageError            usage              exit 2
+    │   └── HomeError             home_unusable      exit 2
     ├── NotFoundError             not_found          exit 3
     │   ├── TaskNotFound          task_not_found     exit 3
     │   └── AmbiguousTaskId       task_id_ambiguous  exit 3
@@ -76,6 +78,18 @@ class UsageError(ConfigError):
     """The command line is invalid."""
 
     code = "usage"
+
+
+class HomeError(ConfigError):
+    """The data directory (``HAL_HOME``) or its database cannot be used."""
+
+    code = "home_unusable"
+
+
+class InternalError(HalError):
+    """A bug: an exception hal did not expect; the traceback is in a log file."""
+
+    code = "internal"
 
 
 class NotFoundError(HalError):

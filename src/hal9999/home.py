@@ -10,9 +10,13 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from hal9999.errors import HomeError, UsageError
 
 DB_NAME = "hal.db"
 """File name of the store inside the home directory."""
@@ -23,7 +27,7 @@ _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 def _checked(kind: str, name: str) -> str:
     # Names become path components; refuse anything that could climb out of the home.
     if not _SAFE_NAME.fullmatch(name) or name in {".", ".."}:
-        raise ValueError(f"invalid {kind} {name!r}: use letters, digits, '.', '_' and '-'")
+        raise UsageError(f"invalid {kind} {name!r}", hint="use letters, digits, '.', '_' and '-'")
     return name
 
 
@@ -67,9 +71,22 @@ class HalPaths:
         return self.sandboxes / _checked("provider name", provider)
 
     def ensure(self) -> HalPaths:
-        """Create the home and its directories (mode 700 when created); return self."""
+        """Create the home and its directories (mode 700 when created); return self.
+
+        Raises :class:`HomeError` naming the directory and the fix when the home is a file,
+        lies below a file, or is not writable (a read-only mount, say).
+        """
         for directory in (self.home, self.sessions, self.sandboxes, self.run):
             _mkdir_private(directory)
+        for directory in (self.home, self.sessions, self.run):
+            # access() reports EROFS even for root, so a read-only mount is caught here and
+            # not as a traceback from SQLite or a half-made session directory later.
+            if not os.access(directory, os.W_OK | os.X_OK):
+                raise HomeError(
+                    f"hal's data directory is not writable: {directory}",
+                    hint=_HOME_FIX,
+                    path=str(directory),
+                )
         return self
 
     def ensure_session(self, task_id: str) -> Path:
@@ -87,9 +104,28 @@ class HalPaths:
         return path
 
 
+_HOME_FIX = "set HAL_HOME (or `home` in your user config) to a writable directory"
+
+
 def _mkdir_private(path: Path) -> None:
     # Only directories hal creates are chmod'ed: HAL_HOME may point at one the user owns.
-    if path.is_dir():
-        return
-    path.mkdir(parents=True, exist_ok=True)
-    path.chmod(0o700)
+    try:
+        if path.is_dir():
+            return
+        path.mkdir(parents=True, exist_ok=True)
+        path.chmod(0o700)
+    except OSError as exc:
+        raise HomeError(
+            f"cannot create {path}: {_why(exc)}", hint=_HOME_FIX, path=str(path)
+        ) from exc
+
+
+def _why(exc: OSError) -> str:
+    """What went wrong, in words a user can act on."""
+    if exc.errno == errno.EEXIST:
+        return "a file of that name is in the way"
+    if exc.errno == errno.ENOTDIR:
+        return "a part of the path is a file, not a directory"
+    if exc.errno == errno.EROFS:
+        return "the file system is read-only"
+    return exc.strerror or str(exc)

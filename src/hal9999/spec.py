@@ -98,6 +98,16 @@ class ProcessSpec(_Frozen):
     """Bytes of output one run keeps in the log (head and tail); ``None`` is unbounded."""
 
 
+MAX_CPUS = 4096
+"""More cores than any host has; the cgroup quota arithmetic stays exact below it."""
+MIN_MEMORY_MB = 8
+"""Less memory than this cannot start a shell; a smaller limit is a typo, not a limit."""
+MAX_MEMORY_MB = 1 << 30
+"""A petabyte in MiB: keeps the byte count inside the 64-bit cgroup value."""
+MAX_PIDS = 4_194_304
+"""The kernel's largest ``pid_max``."""
+
+
 class Resources(_Frozen):
     """Resource limits. ``None`` (unset) means the safe default of a provider that enforces
     limits (:mod:`hal9999.providers.limits`: pids 4096, half the host's memory, every core,
@@ -112,6 +122,28 @@ class Resources(_Frozen):
     disk_mb: int | None = None
     """Disk the sandbox may fill, in MiB: its workspace, home and scratch space together
     (checked while the task runs), and no single file larger."""
+
+    # Validators apart from the fields and their defaults: one rule for CLI, config and env.
+    @field_validator("cpus")
+    @classmethod
+    def _cpus(cls, value: float | None) -> float | None:
+        if value is not None and not (0 < value <= MAX_CPUS):
+            raise ValueError(f"expected a number of cores greater than 0 and at most {MAX_CPUS}")
+        return value
+
+    @field_validator("memory_mb")
+    @classmethod
+    def _memory(cls, value: int | None) -> int | None:
+        if value is not None and not (MIN_MEMORY_MB <= value <= MAX_MEMORY_MB):
+            raise ValueError(f"expected MiB from {MIN_MEMORY_MB} to {MAX_MEMORY_MB}")
+        return value
+
+    @field_validator("pids")
+    @classmethod
+    def _pids(cls, value: int | None) -> int | None:
+        if value is not None and not (1 <= value <= MAX_PIDS):
+            raise ValueError(f"expected a number of processes from 1 to {MAX_PIDS}")
+        return value
 
 
 class Bind(_Frozen):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import sqlite3
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,6 +15,8 @@ import click
 from hal9999.agents.registry import available_agents, resolve_agent
 from hal9999.cli.main import cli, emit_json, run_async
 from hal9999.config import load_config
+from hal9999.errors import HalError
+from hal9999.home import HalPaths
 from hal9999.images.store import Image, ImageStore
 
 _CGROUP = Path("/sys/fs/cgroup")
@@ -91,21 +94,42 @@ def _cgroups() -> Check:
     )
 
 
-def _home() -> Check:
+def _home() -> list[Check]:
+    """The config, the data directory and the database: each a line, never a traceback."""
     try:
         home = load_config().home
-    except Exception as exc:  # a broken config is itself the finding
-        return Check("config", False, str(exc), "fix the file named above")
-    home.mkdir(parents=True, exist_ok=True)
-    ok = os.access(home, os.W_OK)
-    return Check("HAL_HOME", ok, str(home), None if ok else "set HAL_HOME to a writable dir")
+    except HalError as exc:  # a broken config is itself the finding
+        return [Check("config", False, exc.message, exc.hint or "fix the file named above")]
+    try:
+        paths = HalPaths(home).ensure()
+    except HalError as exc:
+        return [Check("HAL_HOME", False, exc.message, exc.hint)]
+    return [Check("HAL_HOME", True, str(home)), _database(paths.db)]
+
+
+def _database(db: Path) -> Check:
+    """Whether hal.db opens and passes SQLite's quick check (read-only: doctor changes nothing)."""
+    if not db.exists():
+        return Check("database", True, f"{db} (not created yet)")
+    fix = f"move {db} aside (tasks are forgotten, sessions stay on disk) or restore a backup"
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            result = conn.execute("PRAGMA quick_check").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return Check("database", False, f"{db}: {exc}", fix)
+    if not result or result[0] != "ok":
+        return Check("database", False, f"{db}: damaged ({result[0] if result else '?'})", fix)
+    return Check("database", True, f"{db}: ok")
 
 
 async def gather() -> list[Check]:
     """Run every check."""
     checks = [
         Check("python", True, sys.version.split()[0]),
-        _home(),
+        *_home(),
         await _tool("git", ["git", "--version"], "apt-get install git"),
         await _tool("tmux", ["tmux", "-V"], "apt-get install tmux"),
         await _tool("bubblewrap", ["bwrap", "--version"], "apt-get install bubblewrap"),

@@ -6,19 +6,28 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from hal9999 import __version__
-from hal9999.config import HalConfig, load_config
+from hal9999.cli.options import NAME, PRIORITY, RETRIES, TIMEOUT
+from hal9999.config import (
+    ConfigSources,
+    HalConfig,
+    load_config_sources,
+    log_level,
+    working_dir,
+)
 from hal9999.credentials import parse_env_option
-from hal9999.errors import ConfigError, HalError, exit_status_for
+from hal9999.errors import ConfigError, HalError, HomeError, exit_status_for
+from hal9999.home import HalPaths
 from hal9999.redact import configure_logging, masker_from_env
 from hal9999.server.client import DaemonClient
 from hal9999.store import Store, TaskRecord
@@ -37,6 +46,8 @@ class App:
     config: HalConfig
     store: Store
     service: TaskService
+    sources: ConfigSources = field(default_factory=ConfigSources)
+    """Which config files and variables applied, and what of ./hal.toml was ignored."""
 
     def daemon(self) -> DaemonClient | None:
         """The running ``hal serve`` of this home, if any (``HAL_NO_DAEMON=1`` ignores it)."""
@@ -47,7 +58,7 @@ class App:
 
 def app() -> App:
     """Load config and open the store for a command."""
-    config = load_config()
+    config, sources = load_config_sources()
     # Every log sink masks every secret hal may forward (see redact.MaskingFilter).
     secret_names = [
         *config.forward_env,
@@ -56,10 +67,23 @@ def app() -> App:
     ]
     configure_logging(
         masker_from_env([n for n in secret_names if n], os.environ),
-        level=os.environ.get("HAL_LOG_LEVEL", "WARNING").upper(),
+        level=log_level(os.environ),
     )
-    store = Store.open(config.home)
-    return App(config, store, TaskService(config, store, os.environ))
+    store = open_store(config)
+    return App(config, store, TaskService(config, store, os.environ), sources)
+
+
+def open_store(config: HalConfig) -> Store:
+    """The store of the config's home; an unusable home or database is a :class:`HomeError`."""
+    paths = HalPaths(config.home).ensure()
+    try:
+        return Store.open(config.home)
+    except sqlite3.Error as exc:
+        raise HomeError(
+            f"cannot open hal's database {paths.db}: {exc}",
+            hint="if it is damaged, move it aside (tasks are forgotten, sessions stay on disk)",
+            path=str(paths.db),
+        ) from exc
 
 
 def run_async(coro: Awaitable[T]) -> T:
@@ -89,6 +113,14 @@ class HalGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("hal: interrupted", err=True)
             ctx.exit(130)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:  # the safety net: a traceback is a bug, say so in one line
+            from hal9999.cli.crash import internal_error
+
+            error = internal_error(exc, os.environ)
+            click.echo(f"hal: error: {error.one_line()}", err=True)
+            ctx.exit(error.exit_status)
 
 
 @click.group(cls=HalGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -200,13 +232,16 @@ def offline_notice(config: HalConfig, agent_name: str, provider: str) -> str | N
 
 
 @cli.command()
-@click.argument("prompt")
+@click.argument("prompt", required=False)
+@click.option("--prompt-file", help="Read the prompt from this file ('-': standard input).")
 @click.option("--repo", help="Repository path or git URL (default: the current repository).")
 @click.option("--ref", help="Branch, tag or commit to start from (default: the repo's HEAD).")
-@click.option("--agent", help="Agent preset name or a command template with {{prompt_file}} etc.")
-@click.option("--provider", help="Sandbox provider (default from config: bwrap).")
-@click.option("--process-manager", help="tmux (default) or direct.")
-@click.option("--timeout", type=float, help="Seconds before the task is stopped as timed out.")
+@click.option(
+    "--agent", type=NAME, help="Agent preset name or a command template with {{prompt_file}} etc."
+)
+@click.option("--provider", type=NAME, help="Sandbox provider (default from config: bwrap).")
+@click.option("--process-manager", type=NAME, help="tmux (default) or direct.")
+@click.option("--timeout", type=TIMEOUT, help="Seconds before the task is stopped as timed out.")
 @click.option(
     "--env",
     "env",
@@ -223,11 +258,14 @@ def offline_notice(config: HalConfig, agent_name: str, provider: str) -> str | N
 @click.option("--raw", is_flag=True, help="Show the agent CLI's own output (sanitised).")
 @click.option("--events", "as_events", is_flag=True, help="Print hal's events as JSON lines.")
 @click.option("--detach", is_flag=True, help="Return at once; the task runs in the background.")
-@click.option("--priority", type=int, default=0, help="Queue order under hal serve (higher first).")
-@click.option("--retries", type=int, default=0, help="Retry an agent failure up to N times.")
+@click.option(
+    "--priority", type=PRIORITY, default=0, help="Queue order under hal serve (higher first)."
+)
+@click.option("--retries", type=RETRIES, default=0, help="Retry an agent failure up to N times.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def run(
-    prompt: str,
+    prompt: str | None,
+    prompt_file: str | None,
     repo: str | None,
     ref: str | None,
     agent: str | None,
@@ -245,8 +283,13 @@ def run(
 ) -> None:
     """Run PROMPT with a coding agent on a repository, in a sandbox.
 
+    PROMPT ``-`` (or ``--prompt-file -``) reads the prompt from standard input.
     PROVIDER may be a list in priority order (``bwrap,local``): the first fills up to its
     limits and the rest take the overflow (under ``hal serve``)."""
+    from hal9999.cli.notices import print_notices
+    from hal9999.cli.prompt import read_prompt
+
+    prompt = read_prompt(prompt, prompt_file, sys.stdin.buffer)
     a = app()
     names, given = parse_env_option(env)
     secret_names, secret_given = parse_env_option(secret)
@@ -255,18 +298,20 @@ def run(
             "--secret takes a variable name, not a value",
             hint="export NAME=... and pass --secret NAME (values never go on the command line)",
         )
+    print_notices(a.sources, repo, ref)
     request = RunRequest(
         prompt=prompt,
         repo=repo,
         ref=ref,
-        agent=agent or a.config.default_agent,
-        provider=provider or a.config.default_provider,
-        process_manager=process_manager or a.config.process_manager,
+        agent=agent if agent is not None else a.config.default_agent,
+        provider=provider if provider is not None else a.config.default_provider,
+        process_manager=a.config.process_manager if process_manager is None else process_manager,
         timeout_s=timeout if timeout is not None else a.config.timeout_s,
         env_names=names,
         given_env=given,
         retries=retries,
         secret_names=secret_names,
+        cwd=working_dir(repo),
     )
     notice = offline_notice(a.config, request.agent, request.provider)
     if notice is not None and not as_json and not as_events:
@@ -313,10 +358,19 @@ def output_callbacks(
 
 
 def main() -> None:
-    """Console entry point."""
-    from hal9999.cli import doctor, image, pool, serve, task  # noqa: F401  (registers the subcommands)
+    """Console entry point: usage errors are one line too, with the usage status 2."""
+    from hal9999.cli import doctor, image, pool, serve, task, trust  # noqa: F401  (registers the subcommands)
 
-    cli()
+    try:
+        status = cli.main(prog_name="hal", standalone_mode=False)
+    except click.ClickException as exc:
+        where = exc.ctx.command_path if isinstance(exc, click.UsageError) and exc.ctx else "hal"
+        click.echo(f"hal: error: {exc.format_message()} (see: {where} --help)", err=True)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("hal: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(status if isinstance(status, int) else 0)
 
 
 if __name__ == "__main__":

@@ -47,18 +47,27 @@ async def git(
     args: Sequence[str], *, cwd: Path | None = None, what: str = "git", hint: str | None = None
 ) -> str:
     """Run host git; raise :class:`RepoError` with git's own message on failure."""
-    proc = await asyncio.create_subprocess_exec(
-        "git",
-        *_GIT_SAFE,
-        *args,
-        cwd=cwd,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/"},
-        # Its own process group: git's helpers (git-remote-http, ssh) die with it.
-        start_new_session=True,
-    )
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "git",
+            *_GIT_SAFE,
+            *args,
+            cwd=cwd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/"},
+            # Its own process group: git's helpers (git-remote-http, ssh) die with it.
+            start_new_session=True,
+        )
+    except OSError as exc:
+        # A directory that moved or vanished (the source repository, say) is a repository
+        # problem with a clear message, not a traceback that leaves the task half-collected.
+        place = f" in {cwd}" if cwd is not None else ""
+        raise RepoError(
+            f"{what} failed: cannot run git{place}: {exc.strerror or exc}",
+            hint="check that the directory still exists; was the repository moved?",
+        ) from exc
     try:
         out, err = await proc.communicate()
     except BaseException:
@@ -89,9 +98,19 @@ async def resolve_source(repo: str | None, cwd: Path) -> RepoSource:
             f"repository path does not exist: {path}",
             hint="pass --repo with a path to a git repository or a git URL",
         )
+    if not path.is_dir():
+        raise RepoError(
+            f"--repo names a file, not a repository: {path}",
+            hint="pass --repo with the repository's directory or a git URL",
+        )
     try:
         top = await git(["rev-parse", "--show-toplevel"], cwd=path, what="finding the repository")
     except RepoError:
+        if await _is_bare(path):
+            raise RepoError(
+                f"{path} is a bare repository (it has no working tree to start from)",
+                hint=f"pass --repo file://{path} to work from a clone of it, or use a checkout",
+            ) from None
         raise RepoError(
             f"not a git repository: {path}",
             hint="run hal inside a git repository, or pass --repo PATH|URL",
@@ -107,6 +126,13 @@ def check_ref(ref: str) -> str:
             hint="pass --ref with an existing branch, tag or commit",
         )
     return ref
+
+
+async def _is_bare(path: Path) -> bool:
+    try:
+        return await git(["rev-parse", "--is-bare-repository"], cwd=path) == "true"
+    except RepoError:
+        return False
 
 
 async def clone(source: RepoSource, ref: str | None, dest: Path, branch: str) -> str:

@@ -1,0 +1,54 @@
+"""What ``hal run`` tells the user before a task starts: config and what is left out."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import click
+
+from hal9999.config import ConfigSources, current_dir
+
+_URL_PREFIXES = ("http://", "https://", "ssh://", "git://", "file://", "git@")
+
+
+def print_notices(sources: ConfigSources, repo: str | None, ref: str | None) -> None:
+    """One stderr line each: which config applied, what of ./hal.toml was ignored, and the
+    uncommitted changes a task started from HEAD leaves out."""
+    if sources.files:
+        click.echo(f"hal: {sources.describe()}", err=True)
+    notice = sources.project.notice() if sources.project else None
+    if notice:
+        click.echo(f"hal: note: {notice}", err=True)
+    if ref is None:
+        left_out = uncommitted_notice(repo)
+        if left_out:
+            click.echo(f"hal: note: {left_out}", err=True)
+
+
+def uncommitted_notice(repo: str | None) -> str | None:
+    """A line saying the task starts from HEAD without N uncommitted changes, or ``None``."""
+    if repo and repo.startswith(_URL_PREFIXES):
+        return None
+    here = current_dir()
+    if here is None and not (repo and Path(repo).is_absolute()):
+        return None
+    path = Path(repo) if repo and Path(repo).is_absolute() else (here or Path("/")) / (repo or "")
+    if not path.is_dir():
+        return None  # resolve_source says what is wrong with it
+    try:
+        # Host git on the user's own checkout, with nothing of it run: no hooks, no fsmonitor.
+        out = subprocess.run(
+            ["git", "-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null",
+             "status", "--porcelain", "--untracked-files=normal"],
+            cwd=path, capture_output=True, text=True, timeout=10, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    changes = [line for line in out.stdout.splitlines() if line.strip()]
+    if out.returncode != 0 or not changes:
+        return None
+    return (
+        f"the task starts from the last commit (HEAD); {len(changes)} uncommitted change(s) "
+        f"in {path} are left out (commit or stash them first to include them)"
+    )

@@ -1,0 +1,80 @@
+"""``hal trust``: apply a project's ``hal.toml`` in full, show its state, or revoke it."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+
+import click
+
+from hal9999.cli.main import cli, emit_json
+from hal9999.config import CONFIG_FILE_NAME, load_config_sources, user_config_path
+from hal9999.errors import ConfigError, NotFoundError, UsageError
+from hal9999.trust import TrustStore, digest
+
+
+def _project_file(path: str | None) -> Path:
+    target = Path(path) if path else Path(os.getcwd()) / CONFIG_FILE_NAME
+    if target.is_dir():
+        target = target / CONFIG_FILE_NAME
+    return target.absolute()
+
+
+def _read(file: Path) -> bytes:
+    try:
+        return file.read_bytes()
+    except FileNotFoundError:
+        raise NotFoundError(
+            f"no {file.name} at {file}", hint="run hal trust in the directory that has it"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {file}: {exc.strerror or exc}") from exc
+
+
+@cli.command()
+@click.argument("path", required=False)
+@click.option("--revoke", is_flag=True, help="Forget the trust; the file is narrowed again.")
+@click.option("--show", is_flag=True, help="Say whether the file is trusted and what is ignored.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def trust(path: str | None, revoke: bool, show: bool, as_json: bool) -> None:
+    """Trust ./hal.toml (or PATH): apply all of it, not only the keys that narrow a task.
+
+    A project's hal.toml may set network, credentials, providers and more, so hal applies
+    such keys only after you have read the file and trusted this exact content; any change
+    revokes the trust."""
+    if revoke and show:
+        raise UsageError("--revoke and --show exclude each other", hint="give one of them")
+    file = _project_file(path)
+    store = TrustStore.for_config_dir(user_config_path(os.environ).parent)
+    if revoke:
+        removed = store.revoke(file)
+        result = {"path": str(file), "trusted": False, "revoked": removed}
+        message = f"revoked trust in {file}" if removed else f"{file} was not trusted"
+    elif show:
+        content = _read(file)
+        trusted = store.is_trusted(file, content)
+        ignored: list[str] = []
+        if not trusted:
+            _, sources = load_config_sources(cwd=file.parent) if file.name == CONFIG_FILE_NAME \
+                else (None, None)  # fmt: skip
+            if sources is not None and sources.project is not None:
+                ignored = list(sources.project.ignored)
+        changed = not trusted and store.was_trusted(file)
+        result = {"path": str(file), "trusted": trusted, "changed": changed,
+                  "digest": digest(content), "ignored": ignored}  # fmt: skip
+        state = "trusted" if trusted else ("changed since trusted" if changed else "not trusted")
+        message = f"{file}: {state}" + (f"; ignored: {', '.join(ignored)}" if ignored else "")
+    else:
+        content = _read(file)
+        try:
+            tomllib.loads(content.decode("utf-8"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{file}: not valid TOML: {exc}", hint="fix it first") from exc
+        recorded = store.trust(file, content)
+        result = {"path": str(file), "trusted": True, "digest": recorded}
+        message = f"trusted {file} ({recorded[:19]}...): hal applies all of it until it changes"
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(message)
