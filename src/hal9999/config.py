@@ -67,9 +67,14 @@ MAX_TIMEOUT_S = 366 * 24 * 3600
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def _env_name(value: str) -> str:
+def is_env_name(value: str) -> bool:
+    """Whether ``value`` is a usable environment variable name (ASCII letters, digits, _)."""
     # ASCII only: a name the shell and execve agree on, and one SQLite and JSON keep exactly.
-    if not _ENV_NAME.fullmatch(value):
+    return _ENV_NAME.fullmatch(value) is not None
+
+
+def _env_name(value: str) -> str:
+    if not is_env_name(value):
         raise ValueError("expected a variable name: ASCII letters, digits and '_'")
     return value
 

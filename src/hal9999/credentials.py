@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hal9999.config import CredentialFile
-from hal9999.errors import CredentialsError, HalError
+from hal9999.config import CredentialFile, is_env_name
+from hal9999.errors import CredentialsError, HalError, UsageError
 from hal9999.providers.base import Sandbox
 from hal9999.redact import MIN_SECRET_LEN, high_entropy, secret_like_name
 
@@ -57,9 +57,10 @@ def parse_env_option(values: Iterable[str]) -> tuple[list[str], dict[str, str]]:
     given: dict[str, str] = {}
     for item in values:
         key, sep, value = item.partition("=")
-        if not key or not key.replace("_", "a").isalnum() or key[0].isdigit():
-            raise CredentialsError(
-                f"invalid --env name {key!r}", hint="use --env NAME or --env NAME=VALUE"
+        if not is_env_name(key):  # ASCII only: the same rule as forward_env in the config
+            raise UsageError(
+                f"invalid --env name {key!r}",
+                hint="use --env NAME or --env NAME=VALUE, NAME of ASCII letters, digits and _",
             )
         if sep:
             given[key] = value

@@ -22,6 +22,7 @@ from hal9999.cli.main import (
     spawn_runner,
     stream_to_terminal,
 )
+from hal9999.cli.options import LIMIT, STATUS
 from hal9999.cli.output import escape_json_line
 from hal9999.cli.render import event_line, summary, task_json, task_table
 from hal9999.cli.via_daemon import finish_daemon_run
@@ -43,8 +44,8 @@ def task() -> None:
 
 
 @task.command("list")
-@click.option("--status", "statuses", multiple=True, help="Only tasks in this state.")
-@click.option("--limit", type=int, help="At most this many tasks.")
+@click.option("--status", "statuses", multiple=True, type=STATUS, help="Only tasks in this state.")
+@click.option("--limit", type=LIMIT, help="At most this many tasks.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_(statuses: tuple[str, ...], limit: int | None, as_json: bool) -> None:
     """List tasks, newest first."""
@@ -302,6 +303,19 @@ def run_detached(task_id: str, prompt: str | None, adopt: bool) -> None:
     click.echo(f"task {record.id}: {record.status}")
 
 
+def _no_patch_hint(record: TaskRecord) -> str:
+    """Why a task has no patch, by its state (a stopped task is collected only on resume)."""
+    workspace = Path(record.session_dir) / "workspace"
+    if record.status in ACTIVE:
+        return "the patch is written when the task finishes, fails or times out"
+    if record.status in ("stopped", "interrupted"):
+        return (
+            f"a {record.status} task is collected when it is resumed and ends: "
+            f"hal task resume {record.id}; its work so far is in {workspace}"
+        )
+    return f"collection did not produce one; the agent's work, if any, is in {workspace}"
+
+
 @task.command()
 @click.argument("task_id")
 def diff(task_id: str) -> None:
@@ -310,8 +324,7 @@ def diff(task_id: str) -> None:
     patch = Session(Path(record.session_dir)).patch
     if not patch.exists():
         raise TaskStateError(
-            f"task {record.id} has no patch yet ({record.status})",
-            hint="the patch is written when the task finishes, stops or times out",
+            f"task {record.id} has no patch ({record.status})", hint=_no_patch_hint(record)
         )
     # Streamed: a patch can be hundreds of MB and must not be held in memory.
     sys.stdout.flush()

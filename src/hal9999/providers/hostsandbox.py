@@ -115,7 +115,11 @@ def check_spec(name: str, capabilities: Capabilities, spec: SandboxSpec) -> None
     elif spec.network not in capabilities.network_modes:
         raise CapabilityError(
             f"provider {name!r} cannot give network mode {spec.network!r}",
-            hint="use --provider bwrap for network isolation"
+            hint=(
+                f"{name!r} cannot cut the network off; to run on it with the host's network "
+                f"set HAL_{name.upper()}_NETWORK=host (or network = \"host\" in [pool.{name}]), "
+                "or pick a provider that isolates, such as bwrap"
+            )
             if spec.network == "none"
             else f"choose one of: {', '.join(sorted(capabilities.network_modes))}",
         )
