@@ -1,0 +1,213 @@
+"""Bad input of every kind ends in one clear line and the documented status, never a traceback,
+and leaves no task or session behind when it is refused up front."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tests.cli.conftest import Hal, git, tasks_json
+
+BWRAP = shutil.which("bwrap")
+
+
+def one_error_line(out: subprocess.CompletedProcess[str]) -> str:
+    """The single error line; asserts there is no traceback and no crash report."""
+    assert "Traceback" not in out.stderr + out.stdout
+    lines = [line for line in out.stderr.splitlines() if line.startswith("hal: error:")]
+    assert len(lines) == 1, out.stderr
+    assert "internal error" not in lines[0], lines[0]
+    return lines[0]
+
+
+def no_sessions(hal_env: dict[str, str]) -> bool:
+    sessions = Path(hal_env["HAL_HOME"], "sessions")
+    return not sessions.exists() or not any(sessions.iterdir())
+
+
+def test_non_ascii_env_name_is_refused_and_leaves_no_session(
+    hal: Hal, hal_env: dict[str, str]
+) -> None:
+    out = hal("run", "--env", "NAMÉ=1", "--agent", "true {{prompt_file}}", "x")
+    assert out.returncode == 2
+    assert "invalid --env name 'NAMÉ'" in one_error_line(out)
+    assert tasks_json(hal) == [] and no_sessions(hal_env)
+
+
+def test_repo_that_is_a_regular_file(hal: Hal, demo_repo: Path) -> None:
+    out = hal("run", "--repo", str(demo_repo / "calc.py"), "--agent", "true {{prompt_file}}", "x")
+    assert out.returncode == 4
+    assert "names a file, not a repository" in one_error_line(out)
+
+
+def test_bare_repository_is_named_as_such(hal: Hal, demo_repo: Path, tmp_path: Path) -> None:
+    bare = tmp_path / "bare.git"
+    git(tmp_path, "clone", "-q", "--bare", str(demo_repo), str(bare))
+    out = hal("run", "--repo", str(bare), "--agent", "true {{prompt_file}}", "x")
+    assert out.returncode == 4
+    line = one_error_line(out)
+    assert "is a bare repository" in line and f"file://{bare}" in line
+
+
+@pytest.mark.parametrize("where", ["file", "below-file"])
+@pytest.mark.parametrize("command", [("task", "list"), ("run", "x")])
+def test_hal_home_that_cannot_be_a_directory(
+    hal: Hal, tmp_path: Path, where: str, command: tuple[str, ...]
+) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    home = blocker if where == "file" else blocker / "home"
+    out = hal(*command, env={"HAL_HOME": str(home)})
+    assert out.returncode == 2
+    line = one_error_line(out)
+    assert str(home) in line or str(blocker) in line
+    assert "HAL_HOME" in line
+
+
+def test_doctor_reports_a_bad_hal_home_instead_of_crashing(hal: Hal, tmp_path: Path) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    out = hal("doctor", "--json", env={"HAL_HOME": str(blocker / "home")}, timeout=120)
+    assert "Traceback" not in out.stderr
+    assert out.returncode == 1
+    checks = {c["name"]: c for c in json.loads(out.stdout)["checks"]}
+    assert not checks["HAL_HOME"]["ok"] and "HAL_HOME" in checks["HAL_HOME"]["fix"]
+
+
+def test_doctor_fails_on_a_corrupt_database(hal: Hal, hal_env: dict[str, str]) -> None:
+    assert hal("task", "list").returncode == 0  # creates a healthy hal.db
+    db = Path(hal_env["HAL_HOME"], "hal.db")
+    db.write_bytes(b"SQLite format 3\x00" + b"\xff" * 8192)
+    out = hal("doctor", "--json", timeout=120)
+    assert out.returncode == 1, out.stdout
+    checks = {c["name"]: c for c in json.loads(out.stdout)["checks"]}
+    assert not checks["database"]["ok"] and "move" in checks["database"]["fix"]
+    listed = hal("task", "list")
+    assert listed.returncode != 0 and str(db) in one_error_line(listed)
+
+
+@pytest.mark.bwrap
+@pytest.mark.skipif(BWRAP is None, reason="needs bwrap for a read-only mount")
+def test_hal_home_on_a_read_only_mount(hal_env: dict[str, str], tmp_path: Path) -> None:
+    home = Path(hal_env["HAL_HOME"])
+    home.mkdir()
+    # A real read-only mount, private to this command: the host is not changed.
+    argv = [str(BWRAP), "--dev-bind", "/", "/", "--ro-bind", str(home), str(home),
+            sys.executable, "-m", "hal9999"]  # fmt: skip
+    for command in (["task", "list"], ["doctor"]):
+        out = subprocess.run(
+            [*argv, *command], env=hal_env, capture_output=True, text=True, timeout=120
+        )
+        assert "Traceback" not in out.stderr, out.stderr
+        if command == ["doctor"]:
+            assert out.returncode == 1 and "read-only" in out.stdout
+        else:
+            assert out.returncode == 2 and "read-only" in one_error_line(out)
+
+
+def test_running_from_a_deleted_directory(hal_env: dict[str, str], tmp_path: Path) -> None:
+    gone = tmp_path / "gone"
+    script = f'mkdir "{gone}" && cd "{gone}" && rmdir "{gone}" && exec "$@"'
+    base = ["sh", "-c", script, "sh", sys.executable, "-m", "hal9999"]
+    listed = subprocess.run([*base, "task", "list"], env=hal_env, capture_output=True, text=True)
+    assert listed.returncode == 0, listed.stderr
+    out = subprocess.run([*base, "run", "x"], env=hal_env, capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "current directory no longer exists" in one_error_line(out)
+
+
+def test_invalid_log_level(hal: Hal) -> None:
+    out = hal("task", "list", env={"HAL_LOG_LEVEL": "chatty"})
+    assert out.returncode == 2
+    assert "HAL_LOG_LEVEL" in one_error_line(out)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "-inf", "1e400", "soon"])
+def test_bad_timeouts_are_refused_up_front(
+    hal: Hal, hal_env: dict[str, str], value: str
+) -> None:
+    out = hal("run", "--timeout", value, "--detach", "--agent", "true {{prompt_file}}", "x")
+    assert out.returncode == 2
+    assert "--timeout" in one_error_line(out)
+    assert tasks_json(hal) == [] and no_sessions(hal_env)
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [({"HAL_PIDS": "0"}, "pids"), ({"HAL_MEMORY_MB": "-5"}, "memory_mb"),
+     ({"HAL_CPUS": "-1"}, "cpus"), ({"HAL_TIMEOUT": "inf"}, "timeout_s")],
+)  # fmt: skip
+def test_bad_limits_from_the_environment(hal: Hal, env: dict[str, str], key: str) -> None:
+    out = hal("run", "--agent", "true {{prompt_file}}", "x", env=env)
+    assert out.returncode == 2
+    line = one_error_line(out)
+    assert next(iter(env)) in line and key in line
+
+
+@pytest.mark.parametrize("option", ["--agent", "--provider", "--process-manager"])
+def test_empty_names_are_refused(hal: Hal, option: str) -> None:
+    out = hal("run", option, "", "x")
+    assert out.returncode == 2
+    assert option in one_error_line(out)
+    assert tasks_json(hal) == []
+
+
+def test_unknown_status_filter(hal: Hal) -> None:
+    out = hal("task", "list", "--status", "bogus")
+    assert out.returncode == 2
+    line = one_error_line(out)
+    assert "bogus" in line and "succeeded" in line
+
+
+@pytest.mark.parametrize(
+    "args", [("--retries", "-1"), ("--priority", str(2**70)), ("--nope",), ()]
+)
+def test_usage_errors_are_one_line_with_status_2(hal: Hal, args: tuple[str, ...]) -> None:
+    out = hal("run", *args, *(("x",) if args else ()))
+    assert out.returncode == 2
+    one_error_line(out)
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "expected"),
+    [
+        (("",), None, "the prompt is empty"),
+        (("  \n",), None, "the prompt is empty"),
+        (("-",), "", "the prompt is empty"),
+        (("--prompt-file", "missing.txt"), None, "cannot read --prompt-file"),
+        (("--prompt-file", "."), None, "cannot read --prompt-file"),
+        (("--prompt-file", "-", "also"), "x", "given twice"),
+        (("-",), "\udcff", "not UTF-8"),
+    ],
+)
+def test_bad_prompts_exit_with_usage_status(
+    hal_env: dict[str, str], demo_repo: Path, args: tuple[str, ...], stdin: str | None,
+    expected: str,
+) -> None:  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "hal9999", "run", "--agent", "true {{prompt_file}}", *args],
+        cwd=demo_repo, env=hal_env, capture_output=True, timeout=60,
+        input=None if stdin is None else stdin.encode("utf-8", "surrogateescape"),
+    )  # fmt: skip
+    result = subprocess.CompletedProcess(
+        out.args, out.returncode, out.stdout.decode(), out.stderr.decode()
+    )
+    assert out.returncode == 2
+    assert expected in one_error_line(result)
+
+
+def test_local_provider_says_how_to_run_on_it(hal: Hal) -> None:
+    out = hal("run", "--provider", "local", "--agent", "true {{prompt_file}}", "x", "--json")
+    assert out.returncode == 6
+    assert "HAL_LOCAL_NETWORK=host" in json.loads(out.stdout)["error_message"]
+    [task] = tasks_json(hal)
+    assert task["error_code"] == "capability_missing"
+    ok = hal(
+        "run", "--provider", "local", "--process-manager", "direct",
+        "--agent", "true {{prompt_file}}", "x", env={"HAL_LOCAL_NETWORK": "host"},
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stdout + ok.stderr
