@@ -183,10 +183,8 @@ def test_unknown_nested_key_names_the_user_file(user_home: Path, project: Path) 
 
 
 def test_several_problems_are_all_kept(user_home: Path, project: Path) -> None:
-    trusted(
-        user_home,
-        write(project / "hal.toml", 'timeout_s = -1\nnetwork = "lan"\n[resources]\npids = "many"\n'),
-    )
+    text = 'timeout_s = -1\nnetwork = "lan"\n[resources]\npids = "many"\n'
+    trusted(user_home, write(project / "hal.toml", text))
     with pytest.raises(ConfigError) as info:
         load_config({"HOME": str(user_home)}, project)
     assert "(and 2 more)" in info.value.message

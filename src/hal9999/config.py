@@ -212,6 +212,44 @@ class HalConfig(_Config):
         return self.agents.get(name, AgentConfig()).to_settings()
 
 
+class RunOptions(BaseModel):
+    """The per-task values of a run request, checked with the config's own field rules.
+
+    The daemon's API and the CLI both end in :func:`check_run_options`, so a request that
+    bypasses the CLI (``timeout_s: Infinity`` over HTTP, say) is refused the same way.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: Name
+    """The prompt text (not blank)."""
+    agent: Name
+    """Agent preset or command template."""
+    provider: Name
+    """Provider name or a comma-separated priority list."""
+    process_manager: Name
+    """Process manager name."""
+    timeout_s: TimeoutSeconds | None = None
+    """Time limit of the task."""
+    env_names: list[EnvName] = Field(default_factory=list)
+    """Forwarded host variable names."""
+    priority: int = Field(default=0, ge=-1_000_000, le=1_000_000)
+    """Queue order under the daemon."""
+    retries: int = Field(default=0, ge=0, le=100)
+    """Retries of an agent failure."""
+
+
+def check_run_options(values: Mapping[str, Any]) -> None:
+    """Refuse a run request whose values break the config's rules (a :class:`UsageError`
+    naming the field; the values themselves are never echoed: they may hold secrets)."""
+    try:
+        RunOptions.model_validate(dict(values))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise UsageError(f"{where}: {_describe(err)}", hint=f"fix {where} in the request") from exc
+
+
 # -- loading ------------------------------------------------------------------------------
 
 Layer = tuple[str, dict[str, Any]]
@@ -396,9 +434,9 @@ def working_dir(repo: str | None) -> Path:
     )
 
 
-def log_level(environ: Mapping[str, str]) -> str:
-    """The level named by ``HAL_LOG_LEVEL`` (default WARNING); a bad name is a ConfigError."""
-    value = environ.get("HAL_LOG_LEVEL", "").strip().upper() or "WARNING"
+def log_level(environ: Mapping[str, str], default: str = "WARNING") -> str:
+    """The level named by ``HAL_LOG_LEVEL`` (else ``default``); a bad name is a ConfigError."""
+    value = environ.get("HAL_LOG_LEVEL", "").strip().upper() or default
     levels = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
     if value not in levels:
         raise ConfigError(

@@ -92,3 +92,24 @@ def test_long_homes_get_a_short_socket(tmp_path: Path) -> None:
     long_home = tmp_path / ("x" * 120)
     sock = DaemonFiles(long_home).socket_path()
     assert len(str(sock)) < 108 and sock.name.endswith(".sock")
+
+
+async def test_internal_error_names_the_log_file_and_the_task(tmp_path: Path) -> None:
+    files = DaemonFiles(tmp_path)
+    token = files.ensure_token()
+    r = router()
+
+    async def task_boom(request: Request) -> Any:
+        raise RuntimeError("secret internals")
+
+    r.add("POST", "/v1/tasks/{id}/stop", task_boom)
+    server = HttpServer(r, token, log_file=str(files.log_file))
+    sock = str(files.socket_path())
+    await server.listen_unix(sock)
+    client = DaemonClient(DaemonInfo(1, sock, 0, 0.0), token)
+    with pytest.raises(Exception, match="internal error") as internal:
+        await client.call("POST", "/v1/tasks/abc123/stop")
+    message = str(internal.value)
+    assert str(files.log_file) in message and "task abc123" in message
+    assert "secret internals" not in message
+    await server.close()

@@ -13,7 +13,7 @@ import time
 import click
 
 from hal9999.cli.main import app, cli, emit_json, run_async
-from hal9999.config import load_config
+from hal9999.config import load_config, log_level
 from hal9999.errors import HalError
 from hal9999.redact import configure_logging, masker_from_env
 from hal9999.server.runtime import DaemonFiles
@@ -43,7 +43,7 @@ def serve(detach: bool, stop: bool, as_json: bool) -> None:
     secret_names = [*config.forward_env, *(a.api_key_env for a in config.agents.values())]
     configure_logging(
         masker_from_env([n for n in secret_names if n], os.environ),
-        level=os.environ.get("HAL_LOG_LEVEL", "INFO").upper(),
+        level=log_level(os.environ, default="INFO"),
     )
     logging.getLogger(__name__).info("hal serve starting for %s", config.home)
 

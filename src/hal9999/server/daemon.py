@@ -123,7 +123,7 @@ class Daemon:
         token = self.files.ensure_token()
         recovery = Recovery(self.service, self.pool, self.source, self.provider)
         self.recovery, adoptions = await recovery.run()
-        self.http = HttpServer(build_router(self), token)
+        self.http = HttpServer(build_router(self), token, log_file=str(self.files.log_file))
         sock = self.files.socket_path()
         sock.unlink(missing_ok=True)
         old_umask = os.umask(0o177)  # the socket is born private

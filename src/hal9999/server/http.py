@@ -145,9 +145,12 @@ class HttpServer:
         *,
         max_unauthenticated: int = MAX_UNAUTHENTICATED,
         head_timeout_s: float = HEAD_TIMEOUT_S,
+        log_file: str | None = None,
     ) -> None:
         self.router = router
         self._token = token.encode()
+        self.log_file = log_file
+        """Where the daemon logs; an internal error's reply names it."""
         self.servers: list[asyncio.Server] = []
         self.requests = 0
         self.max_unauthenticated = max_unauthenticated
@@ -244,9 +247,17 @@ class HttpServer:
             return 200, await handler(request)
         except HalError as exc:
             return status_for(exc), {"error": exc.to_dict()}
-        except Exception:
+        except Exception as exc:
             logger.exception("%s %s failed", request.method, request.path)
-            return 500, {"error": {"code": "internal", "message": "internal error, see the log"}}
+            task = request.params.get("id")
+            where = f"the daemon's log {self.log_file}" if self.log_file else "the daemon's log"
+            message = (
+                f"internal error ({type(exc).__name__}) in {request.method} {request.path}"
+                + (f" for task {task}" if task else "")
+                + f"; the traceback is in {where}"
+            )
+            return 500, {"error": {"code": "internal", "message": message,
+                                   "hint": "this is a bug in hal: please report it"}}  # fmt: skip
 
 
 async def _read_line(reader: asyncio.StreamReader) -> bytes:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from hal9999 import agentfs
 from hal9999.agents.registry import resolve_agent
-from hal9999.config import HalConfig
+from hal9999.config import HalConfig, check_run_options
 from hal9999.credentials import EnvKinds, file_secrets, forwarded_env, iter_unique
-from hal9999.errors import ConfigError, HalError, TaskStateError
+from hal9999.errors import ConfigError, HalError, TaskStateError, UsageError
 from hal9999.events.log import EventLog
 from hal9999.events.models import Event, Message, TaskCreated, TaskEnd
 from hal9999.events.writers import EventWriters
@@ -164,8 +164,9 @@ class TaskService:
     # -- create ------------------------------------------------------------------------
     async def create(self, req: RunRequest) -> TaskRecord:
         """Validate the request, create the record and session; the task is ``queued``."""
-        if not req.prompt.strip():
-            raise TaskStateError("the prompt is empty", hint='hal run "describe the work"')
+        if not str(req.prompt).strip():
+            raise UsageError("the prompt is empty", hint='hal run "describe the work"')
+        check_run_options(vars(req))  # one rule for the CLI and the daemon's API
         resolve_agent(req.agent, self.config.agent_settings(req.agent))
         providers = provider_list(req.provider)
         for name in providers:
