@@ -332,3 +332,33 @@ def test_remove_tree_refuses_a_link_as_the_tree(tmp_path: Path) -> None:
     assert agentfs.remove_tree(tmp_path / "session")  # the link goes, not what it names
     assert (tmp_path / "real" / "f").read_text() == "x"
     assert not (tmp_path / "session").exists()
+
+
+def test_a_tree_deeper_than_python_recursion_goes_too(tmp_path: Path) -> None:
+    """An agent's 1,500-level tree: removed, or an error; never a RecursionError."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip("needs 2048 open files (one fd per level)")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), hard))
+    try:
+        _deep_tree_goes(tmp_path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _deep_tree_goes(tmp_path: Path) -> None:
+    (tmp_path / "deep").mkdir()
+    fd = os.open(tmp_path / "deep", os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(1500):
+        os.mkdir("d", dir_fd=fd)
+        child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    os.close(fd)
+    assert agentfs.remove_tree(tmp_path / "deep")
+    assert not (tmp_path / "deep").exists()
+    with AgentDir.open(tmp_path) as adir:
+        adir.mkdir("again/a/b")
+        assert adir.remove("again", recursive=True)

@@ -20,7 +20,6 @@ import contextlib
 import errno
 import os
 import secrets
-import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -267,7 +266,7 @@ class AgentDir:
                     if not stat.S_ISDIR(info.st_mode):
                         os.unlink(name, dir_fd=dfd)
                     elif recursive:
-                        shutil.rmtree(name, dir_fd=dfd)
+                        _remove_entry(dfd, name)
                     else:
                         os.rmdir(name, dir_fd=dfd)
                 except FileNotFoundError:
@@ -314,18 +313,39 @@ def remove_tree(path: Path) -> bool:
 
 
 def _remove_entry(dfd: int, name: str) -> None:
-    info = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-    if not stat.S_ISDIR(info.st_mode):
+    """Remove ``name`` below ``dfd`` and, for a directory, all it holds; iterative, so an
+    agent's 10,000-level tree ends in an error at worst, never a RecursionError."""
+    if not stat.S_ISDIR(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
         os.unlink(name, dir_fd=dfd)
         return
+    stack: list[tuple[int, str, int, list[str]]] = []
+    try:
+        stack.append((dfd, name, *_enter(dfd, name)))
+        while stack:
+            parent, here, fd, names = stack[-1]
+            if not names:
+                stack.pop()
+                os.close(fd)
+                os.rmdir(here, dir_fd=parent)
+                continue
+            child = names.pop()
+            if stat.S_ISDIR(os.stat(child, dir_fd=fd, follow_symlinks=False).st_mode):
+                stack.append((fd, child, *_enter(fd, child)))
+            else:
+                os.unlink(child, dir_fd=fd)
+    finally:
+        for _, _, fd, _ in stack:
+            os.close(fd)
+
+
+def _enter(dfd: int, name: str) -> tuple[int, list[str]]:
     _open_up(dfd, name)
     fd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
     try:
-        for entry in os.scandir(fd):
-            _remove_entry(fd, entry.name)
-    finally:
+        return fd, [entry.name for entry in os.scandir(fd)]
+    except BaseException:
         os.close(fd)
-    os.rmdir(name, dir_fd=dfd)
+        raise
 
 
 def _open_up(dfd: int, name: str) -> None:
