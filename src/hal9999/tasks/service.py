@@ -176,6 +176,8 @@ class TaskService:
             [n for n in iter_unique(req.env_names, req.secret_names) if n not in req.given_env],
             self.environ,
         )
+        if req.ref is not None:
+            gitrepo.check_ref(req.ref)  # before any task exists: never a git option later
         source = await gitrepo.resolve_source(req.repo, req.cwd)
         task_id = new_task_id(self.store.all_task_ids())
         session = Session(self.paths.ensure_session(task_id))

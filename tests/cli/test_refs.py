@@ -1,0 +1,16 @@
+"""`--ref` values that look like options are refused before any task exists (issue 10
+item 12: `--ref=-f` "succeeded" at HEAD and was recorded as "@ -f")."""
+
+from __future__ import annotations
+
+import pytest
+from tests.cli.conftest import Hal, tasks_json
+
+
+@pytest.mark.parametrize("ref", ["-f", "--orphan=x", "--upload-pack=touch /tmp/hal-x"])
+def test_a_ref_that_looks_like_an_option_is_refused(hal: Hal, ref: str) -> None:
+    out = hal("run", f"--ref={ref}", "--agent", "sh agent.sh {{prompt_file}}", "go")
+    assert out.returncode == 4, out.stderr + out.stdout
+    assert "Traceback" not in out.stderr
+    assert "invalid --ref" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert tasks_json(hal) == []
