@@ -133,3 +133,35 @@ def test_kill_9_leaves_agent_attachable_followable_and_resume_adopts_it(
     assert follower.returncode == 0
     assert "agent-started" in followed and "agent-finished" in followed
     assert_no_leftovers(final)
+
+
+def test_resume_through_hal_serve_adopts_too(
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    assert hal("serve", "--detach").returncode == 0
+    try:
+        # A foreground run that bypasses the daemon, killed while its agent runs.
+        alone = {**hal_env, "HAL_NO_DAEMON": "1"}
+        runner = start(alone, demo_repo, "run", "--agent", AGENT, "work")
+        task = wait_for_status(hal, "running")
+        log = Path(str(task["session_dir"]), "agent.log")
+        wait_until(lambda: log.exists() and "agent-started" in log.read_text(), "the agent")
+        runner.kill()
+        runner.communicate()
+        task_id = str(task["id"])
+
+        resumer = start(hal_env, demo_repo, "task", "resume", task_id, "--json")
+        daemon_pid = json.loads(Path(hal_env["HAL_HOME"], "run", "serve.json").read_text())["pid"]
+        wait_until(
+            lambda: tasks_json(hal)[0]["runner_pid"] == daemon_pid, "the daemon's adoption"
+        )
+        assert tasks_json(hal)[0]["status"] == "running"
+        Path(str(task["session_dir"]), "workspace", "go").touch()
+        out, err = resumer.communicate(timeout=60)
+        assert resumer.returncode == 0, err
+        final = json.loads(out)
+        assert final["status"] == "succeeded" and final["resumes"] == 0, final
+        assert git(demo_repo, "show", f"hal/{task_id}:late.txt") == "late"
+    finally:
+        assert hal("serve", "--stop").returncode == 0
+    assert_no_leftovers(final)

@@ -11,6 +11,7 @@ from hal9999.errors import ConfigError
 from hal9999.server.http import Request, Router
 from hal9999.spec import ArgvCommand
 from hal9999.store import TaskRecord
+from hal9999.tasks.recovery import Recovery
 from hal9999.tasks.recovery import resume as resume_task
 from hal9999.tasks.service import RunRequest
 
@@ -89,8 +90,15 @@ def build_router(daemon: Daemon) -> Router:
 
     async def resume(request: Request) -> Any:
         body = request.json()
-        # A live agent whose runner died is refused here (the daemon adopts only at start).
-        task, _ = await resume_task(service, request.params["id"], adopt=False)
+        # A live agent whose runner died (a foreground `hal run` killed) is adopted.
+        recovery = Recovery(service, daemon.pool, daemon.source, daemon.provider)
+        task, adopted = await resume_task(
+            service, request.params["id"], prompt=body.get("prompt"),
+            take_sandbox=recovery.take_sandbox,
+        )  # fmt: skip
+        if adopted is not None:
+            scheduler.carry_on(task, adopted)
+            return task_json(task)
         task = daemon.store.update_task(task.id, runner_pid=os.getpid())
         scheduler.submit(task.id, _env(body), body.get("prompt"))
         return task_json(task)

@@ -20,7 +20,7 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from hal9999.agents.registry import resolve_agent
@@ -130,13 +130,23 @@ class Recovery:
         try:
             if (await agent_status(self.service, task)).state == "missing":
                 return None
+        except HalError as exc:
+            logger.warning("task %s cannot be adopted: %s", task.id, exc.one_line())
+            return None
+        sandbox = await self.take_sandbox(task)
+        return adoption(self.service, task, sandbox) if sandbox is not None else None
+
+    async def take_sandbox(self, task: TaskRecord) -> Sandbox | None:
+        """The task's sandbox, leased to this daemon's pool; None when it is gone."""
+        if not task.sandbox_id:
+            return None
+        try:
             lease = await self.pool.adopt(task.provider, task.sandbox_id, task.id)
-            adopted = adoption(self.service, task, lease.sandbox)
         except HalError as exc:
             logger.warning("task %s cannot be adopted: %s", task.id, exc.one_line())
             return None
         self.source.adopted(lease)
-        return adopted
+        return lease.sandbox
 
     def mark_adopted(self, task: TaskRecord) -> TaskRecord:
         """Record that this daemon now runs ``task``."""
@@ -283,23 +293,33 @@ def resume_lock(session: Session, task_id: str) -> Iterator[None]:
 
 
 async def resume(
-    service: TaskService, task_id: str, *, prompt: str | None = None, adopt: bool = True
+    service: TaskService,
+    task_id: str,
+    *,
+    prompt: str | None = None,
+    take_sandbox: Callable[[TaskRecord], Awaitable[Sandbox | None]] | None = None,
 ) -> tuple[TaskRecord, Adopted | None]:
     """Resume a resting task. When its runner died but its agent lives (or has ended and
     not been collected), the agent is adopted rather than started again: the returned
-    :class:`Adopted` is to be passed to ``TaskService.run``. Without ``adopt`` (or with a new
-    ``prompt``) a live agent is refused with a clear message. Never two runs on one workspace.
+    :class:`Adopted` is to be passed to ``TaskService.run``. ``take_sandbox`` takes over the
+    task's sandbox (a daemon leases it into its pool; by default the provider's handle). A
+    new ``prompt`` while the agent lives is refused. Never two runs on one workspace.
     """
+    take = take_sandbox or (lambda task: _live_sandbox(service, task))
     found = service.find(task_id)
     with resume_lock(service.session(found), found.id):
         task = service.find(found.id)  # fresh, under the lock
         status = ProcessStatus("missing")
         if task.status == TaskStatus.INTERRUPTED:
             status = await agent_status(service, task)
-        if status.state == "running" and (prompt is not None or not adopt):
-            raise _still_running(task.id, adopt)
-        if status.state != "missing" and prompt is None and adopt:
-            sandbox = await _live_sandbox(service, task)
+        if status.state == "running" and prompt is not None:
+            raise TaskStateError(
+                f"the agent of task {task.id} is still running; a new prompt needs a new run",
+                hint=f"`hal task resume {task.id}` without a prompt adopts the running agent; "
+                f"`hal task stop {task.id}` stops it first",
+            )
+        if status.state != "missing" and prompt is None:
+            sandbox = await take(task)
             if sandbox is not None:
                 return mark_adopted(service, task, "hal task resume"), adoption(
                     service, task, sandbox
@@ -325,21 +345,6 @@ async def _live_sandbox(service: TaskService, task: TaskRecord) -> Sandbox | Non
     except HalError as exc:
         logger.info("task %s: sandbox %s is gone: %s", task.id, task.sandbox_id, exc.one_line())
         return None
-
-
-def _still_running(task_id: str, adoptable: bool) -> TaskStateError:
-    """Why a resume is refused while the task's agent still runs, and what to do instead."""
-    if adoptable:
-        return TaskStateError(
-            f"the agent of task {task_id} is still running; a new prompt needs a new run",
-            hint=f"`hal task resume {task_id}` without a prompt adopts the running agent; "
-            f"`hal task stop {task_id}` stops it first",
-        )
-    return TaskStateError(
-        f"the agent of task {task_id} is still running, started by a hal process that died",
-        hint=f"restart `hal serve` to adopt it, watch it with `hal task attach {task_id}`, "
-        f"or stop it with `hal task stop {task_id}`",
-    )
 
 
 async def adopt_again(service: TaskService, task_id: str) -> Adopted:
