@@ -185,3 +185,23 @@ asyncio.run(main())
             await provider.destroy(info.id)
     assert (await manager.status(spec)).state in ("exited", "missing")
     assert await LocalProvider(state_dir=tmp_path / "state").list() == []
+
+
+@pytest.mark.tmux
+async def test_tmux_session_never_passes_the_clipboard_escape(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    manager = TmuxProcessManager()
+    spec = spec_for(tmp_path, ArgvCommand(argv=("sleep", "5")))
+    await manager.start(sandbox, spec)
+    try:
+        socket = manager.socket(spec)
+        shown = subprocess.run(
+            ["tmux", "-S", str(socket), "show-options", "-s", "set-clipboard"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert shown.stdout.strip() == "set-clipboard off"
+    finally:
+        await manager.stop(spec)

@@ -58,6 +58,15 @@ class TmuxProcessManager:
         await run_host(
             [
                 *base,
+                # Before the agent's pane exists: the agent must not write the clipboard of
+                # whoever attaches (OSC 52 passes through to the outer terminal otherwise).
+                "start-server",
+                ";",
+                "set-option",
+                "-s",
+                "set-clipboard",
+                "off",
+                ";",
                 "new-session",
                 "-d",
                 "-s",
