@@ -1,0 +1,69 @@
+"""A run adopted after its runner died carries on from the parsed events already recorded:
+nothing the agent reported is lost or recorded twice, and usage stays exact."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from tests.cli.conftest import Hal, events_of, tasks_json
+from tests.cli.test_adopt import start, wait_until
+from tests.cli.test_failures import wait_for_status
+from tests.cli.test_secrets import CAPTURED_CLAUDE
+
+pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
+
+
+def _pausing_claude(hal_env: dict[str, str], demo_repo: Path) -> None:
+    """A claude preset replaying a captured run: three records, a pause until `go`, the rest."""
+    (demo_repo / "claude-stream.jsonl").write_bytes(CAPTURED_CLAUDE.read_bytes())
+    script = demo_repo / "fake-claude"
+    script.write_text(
+        "#!/bin/sh\nhead -n 3 /workspace/claude-stream.jsonl\n"
+        "while [ ! -f /workspace/go ]; do sleep 0.1; done\n"
+        "tail -n +4 /workspace/claude-stream.jsonl\n"
+    )
+    script.chmod(0o755)
+    subprocess.run(["git", "-C", str(demo_repo), "add", "."], check=True)
+    subprocess.run(["git", "-C", str(demo_repo), "commit", "-qm", "fake claude"], check=True)
+    config = Path(hal_env["XDG_CONFIG_HOME"]) / "hal9999" / "config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text('[agents.claude]\ncommand = "/workspace/fake-claude"\n')
+
+
+def test_adopted_run_emits_each_parsed_event_once(
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    _pausing_claude(hal_env, demo_repo)
+    runner = start(hal_env, demo_repo, "run", "--agent", "claude", "fix it", "--json")
+    task = wait_for_status(hal, "running")
+    task_id = str(task["id"])
+    wait_until(
+        lambda: any(e["type"] == "tool_result" for e in events_of(hal, task_id)),
+        "the first tool result",
+    )
+    runner.kill()
+    runner.communicate()
+    assert tasks_json(hal)[0]["status"] == "interrupted"
+
+    resumer = start(hal_env, demo_repo, "task", "resume", task_id, "--json")
+    wait_until(lambda: tasks_json(hal)[0]["status"] == "running", "the adoption")
+    Path(str(task["session_dir"]), "workspace", "go").touch()
+    out, err = resumer.communicate(timeout=60)
+    assert resumer.returncode == 0, err
+    final = json.loads(out)
+    assert final["status"] == "succeeded"
+    assert (final["input_tokens"], final["output_tokens"]) == (12052, 48)
+    assert final["cost_usd"] == 0.049168
+
+    events = events_of(hal, task_id)
+    calls = [e["call_id"] for e in events if e["type"] == "tool_call"]
+    results = [e["call_id"] for e in events if e["type"] == "tool_result"]
+    assert calls == ["toolu_hal00000", "toolu_hal00100", "toolu_hal00200"]
+    assert results == calls
+    assert len([e for e in events if e["type"] == "usage"]) == 1
+    assert len([e for e in events if e["type"] == "agent_session"]) == 1
+    texts = [e["text"] for e in events if e["type"] == "agent_text"]
+    assert texts == ["Done: add() now returns a + b and the test passes."]
