@@ -163,3 +163,28 @@ def test_submodules_come_from_inside_the_sandbox_and_dropped_work_fails_loudly(
     texts = [e.get("text", "") for e in events_of(hal, task["id"]) if e["type"] == "message"]
     assert any("submodules could not be fetched" in text for text in texts), texts
     assert (session / "workspace" / "lib" / "new.c").read_text() == "fix\n"
+
+
+def test_resume_never_moves_a_branch_the_user_changed(
+    hal: Hal, demo_repo: Path, tmp_path: Path
+) -> None:
+    """Issue 10 item 2: the fetch back used to be forced over the user's commit."""
+    commit_agent(demo_repo, "evil.sh", 'echo "# run" >> calc.py\n')
+    first = hal("run", "--provider", "bwrap", "--agent", "sh evil.sh", "go", "--json")
+    assert first.returncode == 0, first.stderr
+    task = json.loads(first.stdout)
+    branch = task["branch"]
+    check = tmp_path / "check"
+    git(demo_repo, "worktree", "add", "-q", str(check), branch)
+    (check / "mine.txt").write_text("the user's work\n")
+    git(check, "add", "mine.txt")
+    git(check, "commit", "-qm", "user commit")
+    mine = git(check, "rev-parse", "HEAD")
+    resumed = hal("task", "resume", task["id"], "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    final = json.loads(resumed.stdout)
+    assert git(demo_repo, "rev-parse", branch) == mine
+    assert final["branch"] == f"{branch}-2"
+    assert git(demo_repo, "show", f"{branch}-2:calc.py").count("# run") == 2
+    texts = [e.get("text", "") for e in events_of(hal, task["id"]) if e["type"] == "message"]
+    assert any(f"the result is on {branch}-2" in text for text in texts), texts

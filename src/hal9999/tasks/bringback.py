@@ -195,8 +195,9 @@ async def _scan(repo: Path, incoming: str, base: str, masker: SecretMasker, safe
         raise SecretInResult(
             f"the result holds the value of one of the task's secrets, in {hit}; "
             "the branch was not brought back",
-            hint=f"remove the secret (resume the task and tell the agent, or edit the files) "
-            f"and collect again; {safe}",
+            hint="the secret must leave the branch's history, not only its last commit: resume "
+            "the task and have the agent rewrite its commits without it (for example `git reset "
+            f"--soft {base[:12]}` and commit again); {safe}",
         )
 
 
