@@ -110,7 +110,7 @@ def test_untrusted_project_file_cannot_raise_a_limit(user_home: Path, project: P
         ('default_agent = "sh -c {{prompt_file}}"\n', "default_agent"),
         ('default_agent = "--help"\n', "default_agent"),
         ('[agents.claude]\nmodel = "--dangerously-skip-permissions"\n', "agents.claude.model"),
-        ("[resources]\ndisk_mb = 1\n", "resources.disk_mb"),
+        ("[resources]\nswap_mb = 1\n", "resources.swap_mb"),
         ('[agents]\nclaude = "x"\n', "agents.claude"),
     ],
 )
@@ -123,9 +123,7 @@ def test_untrusted_agent_must_be_a_preset_and_model_a_name(
     assert sources.project is not None and sources.project.ignored == (ignored,)
 
 
-def test_trust_applies_everything_until_the_content_changes(
-    user_home: Path, project: Path
-) -> None:
+def test_trust_applies_everything_until_the_content_changes(user_home: Path, project: Path) -> None:
     file = project / "hal.toml"
     file.write_text('network = "host"\n')
     store_of(user_home).trust(file, file.read_bytes())
@@ -147,6 +145,31 @@ def test_a_corrupt_trust_record_trusts_nothing(user_home: Path, project: Path) -
     store.trust(file, file.read_bytes())
     store.path.write_text("{not json")
     assert load_config({"HOME": str(user_home)}, project).network == "none"
+
+
+@pytest.mark.parametrize(
+    ("text", "ignored"),
+    [("[resources]\npids = 0\n", "resources.pids (raises the limit)"),  # 0 = no limit
+     ("[resources]\npids = 100000\n", "resources.pids (raises the limit)"),  # default 4096
+     ("[resources]\ndisk_mb = 0\n", "resources.disk_mb (raises the limit)")],
+)  # fmt: skip
+def test_untrusted_file_cannot_lift_a_default_limit(
+    user_home: Path, project: Path, text: str, ignored: str
+) -> None:
+    (project / "hal.toml").write_text(text)
+    config, sources = load_config_sources({"HOME": str(user_home)}, project)
+    assert config.resources == Resources()
+    assert sources.project is not None and sources.project.ignored == (ignored,)
+
+
+def test_zero_in_the_user_config_means_any_project_limit_narrows(
+    user_home: Path, project: Path
+) -> None:
+    user = user_home / ".config" / "hal9999" / "config.toml"
+    user.parent.mkdir(parents=True)
+    user.write_text("[resources]\npids = 0\n")
+    (project / "hal.toml").write_text("[resources]\npids = 100000\n")
+    assert load_config({"HOME": str(user_home)}, project).resources.pids == 100000
 
 
 def test_narrowing_with_unlimited_base_keeps_any_limit() -> None:
@@ -181,10 +204,12 @@ def test_credential_targets_inside_the_home_are_kept(target: str, kept: str) -> 
         ("HAL_TIMEOUT", "-1", "timeout_s: expected a number greater than 0"),
         ("HAL_TIMEOUT", "nan", "timeout_s: expected a finite number"),
         ("HAL_TIMEOUT", "inf", "timeout_s: expected a finite number"),
-        ("HAL_PIDS", "0", "resources.pids: expected a number of processes from 1"),
-        ("HAL_MEMORY_MB", "-5", "resources.memory_mb: expected MiB from 8"),
-        ("HAL_CPUS", "-1", "resources.cpus: expected a number of cores greater than 0"),
-        ("HAL_CPUS", "nan", "resources.cpus: expected a number of cores greater than 0"),
+        ("HAL_PIDS", "-1", "resources.pids: expected 0 (no limit) or a number of processes"),
+        ("HAL_MEMORY_MB", "-5", "resources.memory_mb: expected 0 (no limit) or MiB from 8"),
+        ("HAL_MEMORY_MB", "4", "resources.memory_mb: expected 0 (no limit) or MiB from 8"),
+        ("HAL_CPUS", "-1", "resources.cpus: expected 0 (no limit) or a number of cores"),
+        ("HAL_CPUS", "nan", "resources.cpus: expected 0 (no limit) or a number of cores"),
+        ("HAL_DISK_MB", "-1", "resources.disk_mb: expected 0 (no limit)"),
         ("HAL_AGENT", " ", "default_agent: must not be empty"),
     ],
 )

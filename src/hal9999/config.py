@@ -481,7 +481,11 @@ def load_config_sources(
             project = ProjectConfig(project_file, trusted=True)
         else:
             # Narrowing is judged against what the user's own layers give.
-            table, ignored = narrow_project_table(table, _validate(base, here).model_dump())
+            from hal9999.providers.limits import defaults  # only for an untrusted file
+
+            table, ignored = narrow_project_table(
+                table, _validate(base, here).model_dump(), defaults().model_dump()
+            )
             project = ProjectConfig(
                 project_file,
                 trusted=False,

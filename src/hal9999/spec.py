@@ -98,12 +98,14 @@ class ProcessSpec(_Frozen):
     """Bytes of output one run keeps in the log (head and tail); ``None`` is unbounded."""
 
 
+MIN_CPUS = 0.01
+"""The smallest CPU quota: 1% of a core (the cgroup quota's resolution)."""
 MAX_CPUS = 4096
 """More cores than any host has; the cgroup quota arithmetic stays exact below it."""
 MIN_MEMORY_MB = 8
 """Less memory than this cannot start a shell; a smaller limit is a typo, not a limit."""
 MAX_MEMORY_MB = 1 << 30
-"""A petabyte in MiB: keeps the byte count inside the 64-bit cgroup value."""
+"""A petabyte in MiB: keeps the byte count inside the 64-bit cgroup value (disk too)."""
 MAX_PIDS = 4_194_304
 """The kernel's largest ``pid_max``."""
 
@@ -124,25 +126,37 @@ class Resources(_Frozen):
     (checked while the task runs), and no single file larger."""
 
     # Validators apart from the fields and their defaults: one rule for CLI, config and env.
+    # 0 asks for no limit (see providers.limits); anything else must be a real limit.
     @field_validator("cpus")
     @classmethod
     def _cpus(cls, value: float | None) -> float | None:
-        if value is not None and not (0 < value <= MAX_CPUS):
-            raise ValueError(f"expected a number of cores greater than 0 and at most {MAX_CPUS}")
+        if value is not None and value != 0 and not (MIN_CPUS <= value <= MAX_CPUS):
+            raise ValueError(
+                f"expected 0 (no limit) or a number of cores from {MIN_CPUS} to {MAX_CPUS}"
+            )
         return value
 
     @field_validator("memory_mb")
     @classmethod
     def _memory(cls, value: int | None) -> int | None:
-        if value is not None and not (MIN_MEMORY_MB <= value <= MAX_MEMORY_MB):
-            raise ValueError(f"expected MiB from {MIN_MEMORY_MB} to {MAX_MEMORY_MB}")
+        if value is not None and value != 0 and not (MIN_MEMORY_MB <= value <= MAX_MEMORY_MB):
+            raise ValueError(
+                f"expected 0 (no limit) or MiB from {MIN_MEMORY_MB} to {MAX_MEMORY_MB}"
+            )
         return value
 
     @field_validator("pids")
     @classmethod
     def _pids(cls, value: int | None) -> int | None:
-        if value is not None and not (1 <= value <= MAX_PIDS):
-            raise ValueError(f"expected a number of processes from 1 to {MAX_PIDS}")
+        if value is not None and not (0 <= value <= MAX_PIDS):
+            raise ValueError(f"expected 0 (no limit) or a number of processes up to {MAX_PIDS}")
+        return value
+
+    @field_validator("disk_mb")
+    @classmethod
+    def _disk(cls, value: int | None) -> int | None:
+        if value is not None and not (0 <= value <= MAX_MEMORY_MB):
+            raise ValueError(f"expected 0 (no limit) or MiB up to {MAX_MEMORY_MB}")
         return value
 
 

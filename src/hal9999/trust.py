@@ -31,12 +31,13 @@ NARROWING_KEYS = (
     "resources.memory_mb",
     "resources.cpus",
     "resources.pids",
+    "resources.disk_mb",
     "default_agent",
     "agents.<name>.model",
 )
 """What an untrusted ``hal.toml`` may set; limits only downwards, the agent only by preset."""
 
-_LIMITS = ("memory_mb", "cpus", "pids")
+_LIMITS = ("memory_mb", "cpus", "pids", "disk_mb")
 # A preset name, never a command template (a template is a command line hal would run).
 _PRESET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # A model name never starts with '-', so it cannot turn into an option of the agent's CLI.
@@ -146,10 +147,13 @@ class TrustStore:
 
 
 def narrow_project_table(
-    table: Mapping[str, Any], base: Mapping[str, Any]
+    table: Mapping[str, Any], base: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
 ) -> tuple[dict[str, Any], list[str]]:
-    """What an untrusted project table may apply over ``base`` (the user's validated
-    config as a dict), and the dotted keys it may not (with why, where it is a limit)."""
+    """What an untrusted project table may apply over ``base`` (the user's validated config
+    as a dict), and the dotted keys it may not (with why, where it is a limit).
+
+    A resource limit left unset in ``base`` stands for its default in ``defaults`` (what a
+    sandbox really gets); ``0`` means no limit, so a project may never ask for it."""
     kept: dict[str, Any] = {}
     ignored: list[str] = []
     for key, value in table.items():
@@ -160,8 +164,11 @@ def narrow_project_table(
             current = base.get("resources") or {}
             for name, limit in value.items():
                 if name in _LIMITS:
-                    _keep_if_lower(limits, ignored, name, f"resources.{name}", limit,
-                                   current.get(name))  # fmt: skip
+                    now = current.get(name)
+                    if now is None and defaults is not None:
+                        now = defaults.get(name)
+                    _keep_if_lower(limits, ignored, name, f"resources.{name}", limit, now,
+                                   zero_is_unlimited=True)  # fmt: skip
                 else:
                     ignored.append(f"resources.{name}")
             if limits:
@@ -178,14 +185,28 @@ def narrow_project_table(
 
 
 def _keep_if_lower(
-    kept: dict[str, Any], ignored: list[str], name: str, dotted: str, value: Any, current: Any
+    kept: dict[str, Any],
+    ignored: list[str],
+    name: str,
+    dotted: str,
+    value: Any,
+    current: Any,
+    *,
+    zero_is_unlimited: bool = False,
 ) -> None:
     is_number = isinstance(value, int | float) and not isinstance(value, bool)
-    if is_number and current is not None and not value <= current:
-        ignored.append(f"{dotted} (raises the limit)")
-    else:
-        # Not a number: kept, so validation names the bad value and the file.
+    if not is_number:
+        kept[name] = value  # not a number: kept, so validation names the bad value and file
+        return
+    unlimited = float("inf")
+    mine = unlimited if zero_is_unlimited and value == 0 else value
+    theirs = current
+    if current is None or (zero_is_unlimited and current == 0):
+        theirs = unlimited
+    if mine <= theirs:
         kept[name] = value
+    else:
+        ignored.append(f"{dotted} (raises the limit)")
 
 
 def _agent_models(agents: Mapping[str, Any], ignored: list[str]) -> dict[str, Any]:

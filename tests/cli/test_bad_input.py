@@ -138,7 +138,7 @@ def test_bad_timeouts_are_refused_up_front(
 
 @pytest.mark.parametrize(
     ("env", "key"),
-    [({"HAL_PIDS": "0"}, "pids"), ({"HAL_MEMORY_MB": "-5"}, "memory_mb"),
+    [({"HAL_PIDS": "-1"}, "pids"), ({"HAL_MEMORY_MB": "-5"}, "memory_mb"),
      ({"HAL_CPUS": "-1"}, "cpus"), ({"HAL_TIMEOUT": "inf"}, "timeout_s")],
 )  # fmt: skip
 def test_bad_limits_from_the_environment(hal: Hal, env: dict[str, str], key: str) -> None:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from hal9999.config import ENV_KEYS, AgentConfig, HalConfig, load_config, load_config_sources
 from hal9999.errors import ConfigError
+from hal9999.providers.limits import effective
 
 FUZZ = settings(
     max_examples=80,
@@ -119,9 +120,10 @@ def test_an_untrusted_project_file_never_widens(project: dict[str, Any]) -> None
         for key in WIDENING:
             assert getattr(config, key) == getattr(base, key), key
         assert config.timeout_s <= base.timeout_s
-        for limit in ("memory_mb", "cpus", "pids"):
-            ours, theirs = getattr(config.resources, limit), getattr(base.resources, limit)
-            assert theirs is None or (ours is not None and ours <= theirs), limit
+        ours, theirs = effective(config.resources), effective(base.resources)
+        for limit in ("memory_mb", "cpus", "pids", "disk_mb"):  # None: no limit
+            mine, before = getattr(ours, limit), getattr(theirs, limit)
+            assert before is None or (mine is not None and mine <= before), limit
         defaults = AgentConfig().model_dump(exclude={"model"})
         for agent in config.agents.values():  # only the model of an agent may be set
             assert agent.model_dump(exclude={"model"}) == defaults
