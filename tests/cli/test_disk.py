@@ -3,6 +3,7 @@ clear error, leaks no sandbox or cgroup, and leaves ``hal task list`` working.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -79,3 +80,31 @@ def test_a_full_disk_ends_the_task_cleanly(hal: Hal, small_home: Path) -> None:
     no_cgroup_left(sandbox_ids(small_home) | {task.get("sandbox_id") or ""})
     listed = hal("task", "list")
     assert listed.returncode == 0 and task["id"][:8] in listed.stdout, listed.stderr
+
+
+def fill(home: Path, name: str) -> None:
+    """Write zeros into ``home/name`` until the disk is full."""
+    with (home / name).open("wb") as filler, contextlib.suppress(OSError):
+        while True:
+            filler.write(b"\0" * (1 << 20))
+            filler.flush()
+
+
+def test_on_a_full_disk_task_list_works_and_a_run_says_so_in_one_line(
+    hal: Hal, small_home: Path
+) -> None:
+    first = hal("run", "--agent", "true {{prompt_file}}", "x", "--json")
+    assert first.returncode == 0, first.stderr
+    assert (small_home / ".disk-reserve").exists(), "a run reserves room for a full disk"
+    fill(small_home, "filler")
+    # The reserve is given up, so the store opens and the list shows.
+    listed = hal("task", "list")
+    assert listed.returncode == 0 and "succeeded" in listed.stdout, listed.stderr
+    assert not (small_home / ".disk-reserve").exists()
+    fill(small_home, "filler2")
+    out = hal("run", "--agent", "true {{prompt_file}}", "x")
+    assert "Traceback" not in out.stderr + out.stdout, out.stderr
+    assert out.returncode != 0, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.startswith("hal: error:")]
+    # Where it fails depends on what still fits (the store may not even open: "disk I/O").
+    assert len(lines) == 1 and ("is full" in lines[0] or "disk" in lines[0]), out.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import signal
@@ -26,8 +27,9 @@ from hal9999.config import (
     working_dir,
 )
 from hal9999.credentials import parse_env_option
-from hal9999.errors import ConfigError, HalError, HomeError, exit_status_for
+from hal9999.errors import ConfigError, DiskFull, HalError, HomeError, exit_status_for
 from hal9999.home import HalPaths
+from hal9999.providers import limits
 from hal9999.redact import configure_logging, masker_from_env
 from hal9999.server.client import DaemonClient
 from hal9999.store import Store, TaskRecord
@@ -69,6 +71,7 @@ def app() -> App:
         masker_from_env([n for n in secret_names if n], os.environ),
         level=log_level(os.environ),
     )
+    limits.release_if_full(config.home)  # on a full disk: room for the store to open
     store = open_store(config)
     return App(config, store, TaskService(config, store, os.environ), sources)
 
@@ -118,9 +121,30 @@ class HalGroup(click.Group):
         except Exception as exc:  # the safety net: a traceback is a bug, say so in one line
             from hal9999.cli.crash import internal_error
 
+            if disk_full(exc):
+                full = DiskFull(
+                    "the disk holding hal's home is full",
+                    hint="free space on the filesystem of HAL_HOME",
+                )
+                click.echo(f"hal: error: {full.one_line()}", err=True)
+                ctx.exit(full.exit_status)
             error = internal_error(exc, os.environ)
             click.echo(f"hal: error: {error.one_line()}", err=True)
             ctx.exit(error.exit_status)
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a write that failed for lack of disk space."""
+    current: BaseException | None = exc
+    while current is not None:
+        if isinstance(current, OSError) and current.errno == errno.ENOSPC:
+            return True
+        # sqlite3 is loaded by the store already; its "full" error carries no errno.
+        sqlite3 = sys.modules.get("sqlite3")
+        if sqlite3 is not None and isinstance(current, sqlite3.OperationalError):
+            return "full" in str(current)
+        current = current.__cause__ or current.__context__
+    return False
 
 
 @click.group(cls=HalGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -158,6 +158,14 @@ class Ballast:
             self.path.unlink()
 
 
+def release_if_full(home: Path) -> None:
+    """Give up the reserve in ``home`` when its disk is full, so hal can still open its store
+    (even a read needs room for SQLite's shared-memory file) and say what is wrong."""
+    with contextlib.suppress(OSError):
+        if free_bytes(home) < FULL_BELOW_BYTES:
+            Ballast(home).release()
+
+
 def free_bytes(path: Path) -> int:
     """Space an unprivileged writer still has on the filesystem of ``path``."""
     info = os.statvfs(path)
