@@ -139,9 +139,8 @@ def disk_full(exc: BaseException) -> bool:
     while current is not None:
         if isinstance(current, OSError) and current.errno == errno.ENOSPC:
             return True
-        # sqlite3 is loaded by the store already; its "full" error carries no errno.
-        sqlite3 = sys.modules.get("sqlite3")
-        if sqlite3 is not None and isinstance(current, sqlite3.OperationalError):
+        # SQLite's "database or disk is full" carries no errno.
+        if isinstance(current, sqlite3.OperationalError):
             return "full" in str(current)
         current = current.__cause__ or current.__context__
     return False
