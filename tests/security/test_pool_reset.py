@@ -26,6 +26,9 @@ cp /bin/true /tmp/.hidden-setuid && chmod 6755 /tmp/.hidden-setuid
 echo TASK1-SECRET > /tmp/locked && chmod 000 /tmp/locked
 touch /tmp/immutable && (chattr +i /tmp/immutable 2>/dev/null || true)
 mkfifo /tmp/fifo
+mkdir /tmp/deep && cd /tmp/deep && python3 -c 'import os
+for _ in range(1200): os.mkdir("d"); os.chdir("d")
+open("secret", "w").write("TASK1-SECRET")' && cd /
 ln -s /etc/passwd /tmp/link
 mkdir -p /var/tmp/vt && echo TASK1-SECRET > /var/tmp/vt/s
 setsid nohup sleep 1000 >/dev/null 2>&1 < /dev/null &

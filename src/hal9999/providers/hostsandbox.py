@@ -508,7 +508,8 @@ class HostProvider:
             if cgroup is not None:
                 await cgroup.remove()
         # Never follows a link (a workspace linked from here is safe) and gets past the
-        # 000 and 555 directories a task may leave; rmtree is the fallback for the rest.
-        with contextlib.suppress(ProviderError, OSError):
+        # 000 and 555 directories and the deep trees a task may leave.
+        try:
             await asyncio.to_thread(scratch.remove_tree, directory)
-        await asyncio.to_thread(shutil.rmtree, directory, ignore_errors=True)
+        except ProviderError:  # an immutable file: remove what can go
+            await asyncio.to_thread(shutil.rmtree, directory, ignore_errors=True)

@@ -19,8 +19,9 @@ from hal9999.errors import ProviderError
 
 RETIRED_PREFIX = ".retired-"
 """Name prefix of a directory moved away by :func:`retire`, waiting for :func:`remove_tree`."""
-MAX_DEPTH = 200
-"""Deeper trees are refused (each level holds a descriptor); the caller destroys instead."""
+MAX_DEPTH = 64
+"""Directories deeper than this are moved up to the top of the tree being removed and taken
+apart from there: any depth goes, with at most this many descriptors and frames in use."""
 
 
 def retire(parent: Path, name: str) -> Path | None:
@@ -37,11 +38,23 @@ def retire(parent: Path, name: str) -> Path | None:
 
 
 def remove_tree(path: Path) -> None:
-    """Delete ``path`` and everything below it without following a link; ProviderError when
-    something cannot go (an immutable file, a tree deeper than :data:`MAX_DEPTH`)."""
+    """Delete ``path`` and everything below it without following a link, at any depth;
+    ProviderError when something cannot go (an immutable file)."""
     parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        _remove(parent, path.name, 0)
+        info = os.stat(path.name, dir_fd=parent, follow_symlinks=False)
+        if stat.S_ISDIR(info.st_mode):
+            top = _open_dir_for_removal(parent, path.name)
+            try:
+                # Each pass removes what it can reach and moves deeper subtrees up into the
+                # top directory, where the next pass finds them.
+                while os.listdir(top):
+                    _empty(top, top, 0)
+            finally:
+                os.close(top)
+            os.rmdir(path.name, dir_fd=parent)
+        else:
+            os.unlink(path.name, dir_fd=parent)
     except FileNotFoundError:
         return
     except OSError as exc:
@@ -68,20 +81,21 @@ def holds_no_files(path: Path) -> bool:
     return True
 
 
-def _remove(dir_fd: int, name: str, depth: int) -> None:
-    info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    if stat.S_ISDIR(info.st_mode):
-        if depth >= MAX_DEPTH:
-            raise OSError(f"more than {MAX_DEPTH} nested directories")
-        fd = _open_dir_for_removal(dir_fd, name)
-        try:
-            for child in os.listdir(fd):
-                _remove(fd, child, depth + 1)
-        finally:
-            os.close(fd)
-        os.rmdir(name, dir_fd=dir_fd)
-    else:
-        os.unlink(name, dir_fd=dir_fd)
+def _empty(dir_fd: int, top: int, depth: int) -> None:
+    for name in os.listdir(dir_fd):
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if not stat.S_ISDIR(info.st_mode):
+            os.unlink(name, dir_fd=dir_fd)
+        elif depth >= MAX_DEPTH:
+            moved = f"{RETIRED_PREFIX}deep-{secrets.token_hex(6)}"
+            os.rename(name, moved, src_dir_fd=dir_fd, dst_dir_fd=top)
+        else:
+            fd = _open_dir_for_removal(dir_fd, name)
+            try:
+                _empty(fd, top, depth + 1)
+            finally:
+                os.close(fd)
+            os.rmdir(name, dir_fd=dir_fd)
 
 
 def _open_dir_for_removal(dir_fd: int, name: str) -> int:
