@@ -85,4 +85,7 @@ async def test_zero_means_unlimited_and_no_file_outgrows_the_disk_limit(
     assert values.get("cpu.max", "max").split()[0] == "max"
     big = await sandbox.exec(ShellCommand(script="head -c 3000000 /dev/zero > big"))
     assert not big.ok and b"File size limit exceeded" in big.stderr
+    # The hard limit is set too: the sandbox cannot lift it.
+    lift = await sandbox.exec(ShellCommand(script="ulimit -f unlimited && ulimit -f"))
+    assert not lift.ok, lift.text()
     assert (workspace / "big").stat().st_size == 1 << 20

@@ -51,10 +51,7 @@ def sandboxes(pool: WarmPool) -> list[dict[str, Any]]:
 def describe(spec: SandboxSpec) -> str:
     """A short human form of a pool key's spec."""
     res = spec.resources
-    limits = ",".join(
-        f"{name}={value}"
-        for name, value in (("mem", res.memory_mb), ("cpus", res.cpus), ("pids", res.pids))
-        if value is not None
-    )
+    shown = {"mem": res.memory_mb, "cpus": res.cpus, "pids": res.pids, "disk": res.disk_mb}
+    limits = ",".join(f"{name}={value}" for name, value in shown.items() if value is not None)
     parts = [spec.provider, f"net={spec.network}", spec.image or "", limits]
     return " ".join(p for p in parts if p)
