@@ -113,17 +113,19 @@ def test_kill_9_leaves_agent_attachable_followable_and_resume_adopts_it(
     assert prompted.returncode == 9 and "still running" in prompted.stderr, prompted.stderr
     assert "Traceback" not in prompted.stderr
 
-    # resume adopts the live agent...
-    resumer = start(hal_env, demo_repo, "task", "resume", task_id, "--json")
+    # Two resumes at once: one adopts the live agent, the other is refused...
+    racing = [start(hal_env, demo_repo, "task", "resume", task_id, "--json") for _ in range(2)]
     wait_until(lambda: tasks_json(hal)[0]["status"] == "running", "the adoption")
-    # ...and a second resume while that run lives is refused.
+    # ...and so is another one while that run lives.
     second = hal("task", "resume", task_id)
     assert second.returncode == 9, second.stderr
     assert "running" in second.stderr and "Traceback" not in second.stderr
 
     Path(str(task["session_dir"]), "workspace", "go").touch()
-    out, err = resumer.communicate(timeout=60)
-    assert resumer.returncode == 0, err
+    done = [(proc, *proc.communicate(timeout=60)) for proc in racing]
+    [(_, out, _)] = [d for d in done if d[0].returncode == 0]
+    [(_, _, refused)] = [d for d in done if d[0].returncode == 9]
+    assert "Traceback" not in refused and "hal: error:" in refused, refused
     final = json.loads(out)
     assert final["status"] == "succeeded" and final["resumes"] == 0, final
     assert "late.txt" in Path(final["session_dir"], "result.patch").read_text()
