@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from tests.cli.conftest import Hal, events_of, tasks_json
+from tests.cli.test_daemon import daemon  # noqa: F401  (the fixture)
 from tests.cli.test_secrets import _fake_claude
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
@@ -131,3 +132,28 @@ def test_terminal_shows_rendered_events_raw_and_jsonl_on_request(
     kinds = {e["type"] for e in events}
     assert {"phase", "tool_call", "tool_result", "usage", "task_end"} <= kinds
     assert events[-1]["type"] == "task_end" and events[-1]["status"] == "succeeded"
+
+
+@pytest.fixture
+def claude_replay(hal_env: dict[str, str], demo_repo: Path) -> None:
+    """The claude preset replays a captured run (configured before any daemon starts)."""
+    _fake_claude(hal_env, demo_repo)
+
+
+@pytest.mark.usefixtures("claude_replay", "daemon")
+def test_through_the_daemon_the_views_are_the_same(
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    shown = _run_in_terminal(["run", "--agent", "claude", "fix it"], hal_env, demo_repo)
+    assert "Done: add() now returns a + b and the test passes." in shown
+    assert "▸ Read" in shown and '{"type":' not in shown
+
+    out = hal("run", "--events", "--agent", "claude", "fix it")
+    assert out.returncode == 0, out.stderr
+    assert "via hal serve" in out.stderr
+    events = [json.loads(line) for line in out.stdout.splitlines()]
+    assert {"tool_call", "usage", "task_end"} <= {e["type"] for e in events}
+
+    hostile = hal("run", "--agent", HOSTILE_AGENT, "x")
+    assert hostile.returncode == 0, hostile.stderr
+    _assert_clean(hostile.stdout)

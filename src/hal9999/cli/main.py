@@ -343,7 +343,16 @@ def run(
     if client is not None:
         from hal9999.cli.via_daemon import run_via_daemon
 
-        run_via_daemon(a, client, request, priority=priority, detach=detach, as_json=as_json)
+        run_via_daemon(
+            a,
+            client,
+            request,
+            priority=priority,
+            detach=detach,
+            as_json=as_json,
+            raw=raw,
+            events=as_events,
+        )
         return
     task = run_async(a.service.create(request))
     if detach:

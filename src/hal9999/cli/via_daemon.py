@@ -12,7 +12,7 @@ from hal9999.agents.registry import resolve_agent
 from hal9999.config import HalConfig
 from hal9999.credentials import forwarded_env
 from hal9999.errors import HalError, exit_status_for
-from hal9999.events.reader import follow_text
+from hal9999.events.reader import follow_events, follow_text
 from hal9999.server.client import DaemonClient
 from hal9999.store import Store, TaskRecord
 from hal9999.tasks.service import RunRequest
@@ -83,14 +83,21 @@ def record(data: Any) -> TaskRecord:
     return TaskRecord.model_validate(data)
 
 
-async def follow_until_done(store: Store, task: TaskRecord, on_output: Any | None) -> TaskRecord:
-    """Stream the task's log (when ``on_output``) until it leaves the active states."""
-    log = Session(Path(task.session_dir)).log
+async def follow_until_done(
+    store: Store, task: TaskRecord, on_output: Any | None, on_event: Any | None = None
+) -> TaskRecord:
+    """Stream the task's log (to ``on_output``) or its events (to ``on_event``) until it
+    leaves the active states."""
+    session = Session(Path(task.session_dir))
 
     def done() -> bool:
         return store.get_task(task.id).status not in ACTIVE
 
-    async for chunk in follow_text(log, stop=done, poll=0.02):
+    if on_event is not None:
+        async for event in follow_events(session.events, stop=done, poll=0.05):
+            on_event(event)
+        return store.get_task(task.id)
+    async for chunk in follow_text(session.log, stop=done, poll=0.02):
         if on_output is not None:
             on_output(chunk)
     return store.get_task(task.id)
@@ -104,6 +111,8 @@ def run_via_daemon(
     priority: int,
     detach: bool,
     as_json: bool,
+    raw: bool = False,
+    events: bool = False,
 ) -> None:
     """``hal run`` through the daemon: queue the task, then return or follow it to its end."""
     import click
@@ -120,26 +129,38 @@ def run_via_daemon(
         click.echo(
             f"hal: task {task.id} ({request.agent} on {request.provider}, via hal serve)", err=True
         )
-    finish_daemon_run(app_, client, task, as_json)
+    finish_daemon_run(app_, client, task, as_json, raw=raw, events=events)
 
 
-def finish_daemon_run(app_: App, client: DaemonClient, task: TaskRecord, as_json: bool) -> None:
+def finish_daemon_run(
+    app_: App,
+    client: DaemonClient,
+    task: TaskRecord,
+    as_json: bool,
+    *,
+    raw: bool = False,
+    events: bool = False,
+) -> None:
     """Follow a daemon-run task to its end, print the summary, exit with its status."""
     import click
 
-    from hal9999.cli.main import emit_json, run_async, stream_to_terminal
+    from hal9999.cli.main import emit_json, output_callbacks, run_async
     from hal9999.cli.render import summary, task_json
 
-    on_output = None if as_json else stream_to_terminal
+    on_output, on_event = output_callbacks(task.agent, raw=raw, quiet=as_json or events)
+    if events:
+        from hal9999.cli.output import jsonl_writer
+
+        on_event = jsonl_writer(sys.stdout)
     try:
-        final = run_async(follow_until_done(app_.store, task, on_output))
+        final = run_async(follow_until_done(app_.store, task, on_output, on_event))
     except KeyboardInterrupt:
         run_async(client.call("POST", f"/v1/tasks/{task.id}/cancel"))
         click.echo(f"\nhal: task {task.id} cancelled; session kept at {task.session_dir}", err=True)
         sys.exit(130)
     if as_json:
         emit_json(task_json(final))
-    else:
+    elif not events:
         click.echo("")
         click.echo(summary(final))
     sys.exit(0 if final.status == "succeeded" else exit_status_for(final.error_code) or 1)
