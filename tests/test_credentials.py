@@ -32,6 +32,7 @@ TOKEN = "ghp_9fK2mQ7xLw4Zt8Rb1Vn6Yc3Hd5Js0Ae"
             [],
         ),
         (f"some prose mentioning {TOKEN} inline\n", [TOKEN], ["prose", "mentioning"]),
+        ('{"user":"octocat","token":"tok-12345"}', ["tok-12345"], ["octocat"]),
     ],
 )
 def test_token_like_values_are_secrets_not_whole_files(
@@ -65,7 +66,6 @@ def test_remove_files_never_follows_agent_links(tmp_path: Path) -> None:
         CredentialFile(source=tmp_path / "a", target=".config/token"),
         CredentialFile(source=tmp_path / "b", target="~/.netrc"),
         CredentialFile(source=tmp_path / "c", target="dir-cred"),
-        CredentialFile(source=tmp_path / "d", target="/etc/other"),
     ]
     left = remove_files(home, creds, "/home/hal")
     assert left == ["dir-cred"]

@@ -151,8 +151,9 @@ def secrets_in_text(text: str) -> list[str]:
     """The values in a credential file's text that are secrets (see the module docstring)."""
     found: dict[str, None] = {}
     stripped = text.strip()
-    if stripped and not any(c.isspace() for c in stripped):
-        found[stripped] = None  # a bare token file
+    structured = stripped.startswith(("{", "[")) or "=" in stripped
+    if stripped and not structured and not any(c.isspace() for c in stripped):
+        found[stripped] = None  # a bare token file (not a compact JSON or KEY=VALUE line)
     try:
         _walk_json(json.loads(text), None, found)
     except ValueError:
