@@ -77,9 +77,15 @@ def test_offline_api_agent_is_named_before_it_starts(hal: Hal, hal_env: dict[str
     config.write_text('network = "none"\n[agents.claude]\ncommand = "false"\n')
     out = hal("run", "--agent", "claude", "x")
     lines = out.stderr.splitlines()
-    assert lines[0].startswith("hal: warning: agent claude calls an LLM API")
-    assert 'network = "host"' in lines[0]
-    assert lines[1].startswith("hal: task ")
+    [warning] = [i for i, line in enumerate(lines) if line.startswith("hal: warning: agent")]
+    [started] = [i for i, line in enumerate(lines) if line.startswith("hal: task ")]
+    assert warning < started  # said before the agent starts
+    assert "calls an LLM API" in lines[warning] and 'network = "host"' in lines[warning]
+    [task] = tasks_json(hal)
+    again = hal("task", "resume", task["id"])
+    # Up front: after at most the line naming the config files, before anything else.
+    head = again.stderr.splitlines()[:2]
+    assert any(line.startswith("hal: warning: agent claude calls an LLM API") for line in head)
 
 
 def _run_in_terminal(args: list[str], env: dict[str, str], cwd: Path) -> str:

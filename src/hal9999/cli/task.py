@@ -17,6 +17,7 @@ from hal9999.cli.main import (
     cli,
     emit_json,
     finish_run,
+    offline_notice,
     output_callbacks,
     run_async,
     spawn_runner,
@@ -265,9 +266,11 @@ def resume(
         spawn_runner(a, record, ["--adopt"] if adopted else [prompt] if prompt else [], given)
         _report(record, as_json, record.id)
         return
-    on_output, on_event = output_callbacks(
-        a.service.find(task_id).agent, raw=False, quiet=as_json
-    )
+    found = a.service.find(task_id)
+    on_output, on_event = output_callbacks(found.agent, raw=False, quiet=as_json)
+    notice = offline_notice(a.config, found.agent, found.provider)
+    if notice is not None and not as_json:
+        click.echo(f"hal: warning: {notice}", err=True)
 
     async def resume_and_run() -> TaskRecord:
         _, adopted = await resume_task(a.service, task_id, prompt=prompt)
