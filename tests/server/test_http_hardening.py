@@ -147,3 +147,24 @@ async def test_connections_without_the_token_are_few_and_short(
     assert (await asyncio.wait_for(reader.readuntil(b"}}"), 2.0)).startswith(b"HTTP/1.1 200")
     for _, other in [*others, (reader, writer)]:
         other.close()
+
+
+async def test_a_flood_on_the_tcp_port_does_not_lock_the_owner_out_of_the_unix_socket(
+    tmp_path: Path,
+) -> None:
+    server = HttpServer(router(), TOKEN, max_unauthenticated=3, head_timeout_s=5.0)
+    port = await server.listen_tcp()
+    path = str(tmp_path / "api.sock")
+    await server.listen_unix(path)
+    flood = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+    try:
+        await asyncio.sleep(0.1)
+        refused = await exchange(lambda: asyncio.open_connection("127.0.0.1", port), b"")
+        assert status_and_code(refused) == (503, "busy")
+        ok = b"POST /v1/echo HTTP/1.1\r\n%sContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+        answer = await exchange(lambda: asyncio.open_unix_connection(path), ok % AUTH)
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+    finally:
+        for _, writer in flood:
+            writer.close()
+        await server.close()

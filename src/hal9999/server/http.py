@@ -9,6 +9,7 @@ becomes its stable ``code`` with a status (404 not found, 409 wrong state, 400 b
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import logging
@@ -155,17 +156,20 @@ class HttpServer:
         self.requests = 0
         self.max_unauthenticated = max_unauthenticated
         self.head_timeout_s = head_timeout_s
-        self.unauthenticated = 0
-        """Open connections that have not shown the token yet."""
+        self.unauthenticated: dict[str, int] = {}
+        """Open connections that have not shown the token yet, per listener (``unix`` and
+        ``tcp``), so a flood on the TCP port cannot lock the owner out of the unix socket."""
 
     async def listen_unix(self, path: str) -> None:
         """Accept connections on a unix socket."""
-        server = await asyncio.start_unix_server(self._serve, path=path, limit=MAX_LINE)
+        serve = functools.partial(self._serve, listener="unix")
+        server = await asyncio.start_unix_server(serve, path=path, limit=MAX_LINE)
         self.servers.append(server)
 
     async def listen_tcp(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Accept connections on ``host``; returns the port (a free one when 0)."""
-        server = await asyncio.start_server(self._serve, host=host, port=port, limit=MAX_LINE)
+        serve = functools.partial(self._serve, listener="tcp")
+        server = await asyncio.start_server(serve, host=host, port=port, limit=MAX_LINE)
         self.servers.append(server)
         return int(server.sockets[0].getsockname()[1])
 
@@ -183,14 +187,16 @@ class HttpServer:
             token.strip().encode(), self._token
         )
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, listener: str
+    ) -> None:
         authenticated = False
         try:
-            if self.unauthenticated >= self.max_unauthenticated:
+            if self.unauthenticated.get(listener, 0) >= self.max_unauthenticated:
                 busy = HttpError(503, "busy", "too many connections waiting to authenticate")
                 await _send(writer, busy.status, busy.payload(), close=True)
                 return
-            self.unauthenticated += 1
+            self.unauthenticated[listener] = self.unauthenticated.get(listener, 0) + 1
             try:
                 while True:
                     wait = IDLE_TIMEOUT_S if authenticated else self.head_timeout_s
@@ -199,7 +205,7 @@ class HttpServer:
                         break
                     if not authenticated:
                         authenticated = True
-                        self.unauthenticated -= 1
+                        self.unauthenticated[listener] -= 1
                     self.requests += 1
                     status, payload = await self._dispatch(request)
                     close = request.headers.get("connection", "").lower() == "close"
@@ -210,7 +216,7 @@ class HttpServer:
                 await _send(writer, exc.status, exc.payload(), close=True)
             finally:
                 if not authenticated:
-                    self.unauthenticated -= 1
+                    self.unauthenticated[listener] -= 1
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
