@@ -216,8 +216,9 @@ async def test_a_swap_after_the_script_never_reaches_the_host(
     w, sandbox = world
     (w.session.workspace / "a.txt").write_text("two\n")
     sandbox.hook = HOSTILE[shape](w)
-    with pytest.raises(UnsafePath):
+    with pytest.raises(UnsafePath) as caught:
         await run_collect(w, sandbox)
+    assert caught.value.hint is not None and str(w.session.workspace) in caught.value.hint
     for name in ("result.patch", "result.bundle"):
         path = w.session.root / name
         assert not path.is_symlink()

@@ -16,7 +16,7 @@ import secrets
 from dataclasses import dataclass
 
 from hal9999 import agentfs
-from hal9999.errors import HalError, RepoError
+from hal9999.errors import HalError, RepoError, UnsafePath
 from hal9999.providers.base import Sandbox
 from hal9999.spec import ArgvCommand
 from hal9999.tasks.gitrepo import git_message
@@ -129,7 +129,13 @@ async def collect(
         if not result.ok or len(fields) != 3 or not fields[2].isdigit():
             raise _script_error(result.stderr, session)
         head, committed, files = fields
-        patch_bytes, bundle_bytes, nested = await asyncio.to_thread(_copy_out, session, out)
+        try:
+            patch_bytes, bundle_bytes, nested = await asyncio.to_thread(_copy_out, session, out)
+        except UnsafePath as exc:
+            # The checkout itself is intact: only the copies the script made were tampered
+            # with (or are too large), so say where the work still is.
+            hint = f"the commits are in the session checkout {session.workspace}"
+            raise UnsafePath(f"collecting the result: {exc.message}", hint=hint) from exc
     finally:
         with contextlib.suppress(HalError, OSError):
             await asyncio.to_thread(_remove_out, session, out)
