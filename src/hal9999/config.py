@@ -18,27 +18,25 @@ from __future__ import annotations
 
 import os
 import posixpath
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    TypeAdapter,
-    ValidationError,
-    field_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hal9999.agents.base import AgentSettings
 from hal9999.errors import ConfigError, UsageError
 from hal9999.spec import Resources
 from hal9999.trust import ProjectConfig, TrustStore, narrow_project_table
+from hal9999.values import (
+    AGENT_HOME,
+    EnvName,
+    Name,
+    TimeoutSeconds,
+    describe,
+)
 
 CONFIG_FILE_NAME = "hal.toml"
 """The per-project config file, read from the current directory."""
@@ -56,55 +54,6 @@ ENV_KEYS: dict[str, tuple[str, ...]] = {
     "HAL_DISK_MB": ("resources", "disk_mb"),
 }
 """Environment variables and the config key each one sets."""
-
-
-AGENT_HOME = "/home/hal"
-"""The agent's home inside every sandbox; credential files may only go below it."""
-
-MAX_TIMEOUT_S = 366 * 24 * 3600
-"""The longest timeout accepted (a year): larger values overflow the event loop's timers."""
-
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def is_env_name(value: str) -> bool:
-    """Whether ``value`` is a usable environment variable name (ASCII letters, digits, _)."""
-    # ASCII only: a name the shell and execve agree on, and one SQLite and JSON keep exactly.
-    return _ENV_NAME.fullmatch(value) is not None
-
-
-def _env_name(value: str) -> str:
-    if not is_env_name(value):
-        raise ValueError("expected a variable name: ASCII letters, digits and '_'")
-    return value
-
-
-def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be empty")
-    return value
-
-
-EnvName = Annotated[str, AfterValidator(_env_name)]
-"""An environment variable name (``--env``, ``forward_env``, ``api_key_env``)."""
-TimeoutSeconds = Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False)]
-"""A time limit in seconds: a finite number greater than 0 (``--timeout``, ``timeout_s``)."""
-Name = Annotated[str, AfterValidator(_not_blank)]
-"""A non-empty name (agent, provider, process manager)."""
-
-T = TypeVar("T")
-
-
-def check_value(kind: Any, value: Any, what: str) -> Any:
-    """Validate a command-line ``value`` with the config's field type ``kind``.
-
-    Raises :class:`UsageError` ``what: expected ...``, so ``--timeout inf`` and
-    ``timeout_s = inf`` are refused by one rule with one wording.
-    """
-    try:
-        return TypeAdapter(kind).validate_python(value)
-    except ValidationError as exc:
-        raise UsageError(f"{what}: {_describe(exc.errors()[0])}", hint=f"fix {what}") from exc
 
 
 class _Config(BaseModel):
@@ -212,44 +161,6 @@ class HalConfig(_Config):
         return self.agents.get(name, AgentConfig()).to_settings()
 
 
-class RunOptions(BaseModel):
-    """The per-task values of a run request, checked with the config's own field rules.
-
-    The daemon's API and the CLI both end in :func:`check_run_options`, so a request that
-    bypasses the CLI (``timeout_s: Infinity`` over HTTP, say) is refused the same way.
-    """
-
-    model_config = ConfigDict(extra="ignore")
-
-    prompt: Name
-    """The prompt text (not blank)."""
-    agent: Name
-    """Agent preset or command template."""
-    provider: Name
-    """Provider name or a comma-separated priority list."""
-    process_manager: Name
-    """Process manager name."""
-    timeout_s: TimeoutSeconds | None = None
-    """Time limit of the task."""
-    env_names: list[EnvName] = Field(default_factory=list)
-    """Forwarded host variable names."""
-    priority: int = Field(default=0, ge=-1_000_000, le=1_000_000)
-    """Queue order under the daemon."""
-    retries: int = Field(default=0, ge=0, le=100)
-    """Retries of an agent failure."""
-
-
-def check_run_options(values: Mapping[str, Any]) -> None:
-    """Refuse a run request whose values break the config's rules (a :class:`UsageError`
-    naming the field; the values themselves are never echoed: they may hold secrets)."""
-    try:
-        RunOptions.model_validate(dict(values))
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise UsageError(f"{where}: {_describe(err)}", hint=f"fix {where} in the request") from exc
-
-
 # -- loading ------------------------------------------------------------------------------
 
 Layer = tuple[str, dict[str, Any]]
@@ -338,49 +249,6 @@ def _copy(value: Any) -> Any:
     if isinstance(value, list):
         return [_copy(v) for v in value]
     return value
-
-
-_EXPECTED: dict[str, str] = {
-    "float_parsing": "expected a number",
-    "float_type": "expected a number",
-    "int_parsing": "expected a whole number",
-    "int_type": "expected a whole number",
-    "int_from_float": "expected a whole number",
-    "string_type": "expected a string",
-    "bool_parsing": "expected true or false",
-    "bool_type": "expected true or false",
-    "list_type": "expected a list",
-    "dict_type": "expected a table",
-    "model_type": "expected a table",
-    "model_attributes_type": "expected a table",
-    "path_type": "expected a path",
-    "extra_forbidden": "unknown key",
-    "missing": "required key is missing",
-    "finite_number": "expected a finite number",
-}
-
-
-_BOUNDS: dict[str, str] = {
-    "greater_than": "greater than",
-    "greater_than_equal": "at least",
-    "less_than": "less than",
-    "less_than_equal": "at most",
-}
-
-
-def _describe(error: Mapping[str, Any]) -> str:
-    kind = str(error.get("type", ""))
-    ctx = error.get("ctx") or {}
-    if kind == "value_error" and "error" in ctx:
-        return str(ctx["error"])
-    if kind == "literal_error" and "expected" in ctx:
-        return f"expected one of {ctx['expected']}"
-    if kind in _BOUNDS:
-        bound = next(iter(ctx.values()), "")
-        if isinstance(bound, float) and bound.is_integer():
-            bound = int(bound)  # "greater than 0", not "greater than 0.0"
-        return f"expected a number {_BOUNDS[kind]} {bound}"
-    return _EXPECTED.get(kind, str(error.get("msg", "invalid value")))
 
 
 def _source_of(loc: tuple[str | int, ...], origin: Mapping[tuple[str, ...], str]) -> str:
@@ -512,7 +380,7 @@ def _validate(layers: list[Layer], here: Path | None) -> HalConfig:
     except ValidationError as exc:
         problems = [
             f"{_source_of(err['loc'], origin)}: {'.'.join(str(p) for p in err['loc'])}: "
-            f"{_describe(err)}"
+            f"{describe(err)}"
             for err in exc.errors()
         ]
         first = exc.errors()[0]

@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hal9999.config import CredentialFile, is_env_name
+from hal9999.config import CredentialFile
 from hal9999.errors import CredentialsError, HalError, UsageError
 from hal9999.providers.base import Sandbox
 from hal9999.redact import MIN_SECRET_LEN, high_entropy, secret_like_name
+from hal9999.values import is_env_name
 
 logger = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import click
 
-from hal9999.config import Name, TimeoutSeconds, check_value
 from hal9999.errors import UsageError
 from hal9999.tasks.state import TaskStatus
+from hal9999.values import Name, TimeoutSeconds, check_value
 
 
 class ModelChecked(click.ParamType[Any]):

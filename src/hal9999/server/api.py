@@ -14,6 +14,7 @@ from hal9999.store import TaskRecord
 from hal9999.tasks.recovery import Recovery
 from hal9999.tasks.recovery import resume as resume_task
 from hal9999.tasks.service import RunRequest
+from hal9999.values import check_run_body
 
 if TYPE_CHECKING:
     from hal9999.server.daemon import Daemon
@@ -48,6 +49,7 @@ def build_router(daemon: Daemon) -> Router:
 
     async def create(request: Request) -> Any:
         body = request.json()
+        check_run_body(body)  # types and values first: the same rules as the CLI's
         config = daemon.config
         run = RunRequest(
             prompt=str(body.get("prompt", "")),

@@ -19,7 +19,15 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from hal9999.errors import ConfigError, HalError, NotFoundError, TaskStateError
+from hal9999.errors import (
+    ConfigError,
+    HalError,
+    NotFoundError,
+    SandboxNotFound,
+    TaskStateError,
+    UnknownAgent,
+    UnknownProvider,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -98,11 +106,12 @@ Handler = Callable[[Request], Awaitable[Any]]
 
 def status_for(error: HalError) -> int:
     """The HTTP status of an error."""
-    if isinstance(error, NotFoundError):
+    if isinstance(error, NotFoundError | SandboxNotFound):
         return 404
     if isinstance(error, TaskStateError):
         return 409
-    if isinstance(error, ConfigError):
+    # A name the caller got wrong is bad input, like a bad option on the command line.
+    if isinstance(error, ConfigError | UnknownProvider | UnknownAgent):
         return 400
     return 500
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from hal9999 import agentfs
 from hal9999.agents.registry import resolve_agent
-from hal9999.config import HalConfig, check_run_options
+from hal9999.config import HalConfig
 from hal9999.credentials import EnvKinds, file_secrets, forwarded_env, iter_unique
 from hal9999.errors import ConfigError, HalError, TaskStateError, UsageError
 from hal9999.events.log import EventLog
@@ -30,6 +30,7 @@ from hal9999.tasks.plugins import load_process_manager, load_provider_for
 from hal9999.tasks.runner import TaskRunner
 from hal9999.tasks.session import Session
 from hal9999.tasks.state import ACTIVE, RESUMABLE, TaskStatus, transition
+from hal9999.values import check_run_options
 
 _ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 INDEX_BATCH = 64
@@ -396,7 +397,12 @@ class TaskService:
     def list(
         self, *, status: list[str] | None = None, limit: int | None = None
     ) -> list[TaskRecord]:
-        """Tasks, newest first, with dead runners reconciled."""
+        """Tasks, newest first, with dead runners reconciled; an unknown state is refused."""
+        known = [state.value for state in TaskStatus]
+        unknown = [name for name in status or [] if name not in known]
+        if unknown:
+            hint = f"one of: {', '.join(known)}"
+            raise UsageError(f"unknown task state {unknown[0]!r}", hint=hint)
         return [self.reconcile(t) for t in self.store.list_tasks(status=status, limit=limit)]
 
     def find(self, task_id: str) -> TaskRecord:

@@ -1,0 +1,201 @@
+"""Value rules shared by every way a value reaches hal: the command line, config files,
+``HAL_*`` variables and the daemon's API. One field type per kind of value, so
+``--timeout inf``, ``timeout_s = inf``, ``HAL_TIMEOUT=inf`` and ``{"timeout_s": 1e999}``
+are refused by one rule with one wording.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from hal9999.errors import UsageError
+
+AGENT_HOME = "/home/hal"
+"""The agent's home inside every sandbox; credential files may only go below it."""
+
+MAX_TIMEOUT_S = 366 * 24 * 3600
+"""The longest timeout accepted (a year): larger values overflow the event loop's timers."""
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def is_env_name(value: str) -> bool:
+    """Whether ``value`` is a usable environment variable name (ASCII letters, digits, _)."""
+    # ASCII only: a name the shell and execve agree on, and one SQLite and JSON keep exactly.
+    return _ENV_NAME.fullmatch(value) is not None
+
+
+def _env_name(value: str) -> str:
+    if not is_env_name(value):
+        raise ValueError("expected a variable name: ASCII letters, digits and '_'")
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+EnvName = Annotated[str, AfterValidator(_env_name)]
+"""An environment variable name (``--env``, ``forward_env``, ``api_key_env``)."""
+TimeoutSeconds = Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False)]
+"""A time limit in seconds: a finite number greater than 0 (``--timeout``, ``timeout_s``)."""
+Name = Annotated[str, AfterValidator(_not_blank)]
+"""A non-empty name (agent, provider, process manager)."""
+
+
+def check_value(kind: Any, value: Any, what: str) -> Any:
+    """Validate a command-line ``value`` with the config's field type ``kind``.
+
+    Raises :class:`UsageError` ``what: expected ...``, so ``--timeout inf`` and
+    ``timeout_s = inf`` are refused by one rule with one wording.
+    """
+    try:
+        return TypeAdapter(kind).validate_python(value)
+    except ValidationError as exc:
+        raise UsageError(f"{what}: {describe(exc.errors()[0])}", hint=f"fix {what}") from exc
+
+
+class RunOptions(BaseModel):
+    """The per-task values of a run request, checked with the config's own field rules.
+
+    The daemon's API and the CLI both end in :func:`check_run_options`, so a request that
+    bypasses the CLI (``timeout_s: Infinity`` over HTTP, say) is refused the same way.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: Name
+    """The prompt text (not blank)."""
+    agent: Name
+    """Agent preset or command template."""
+    provider: Name
+    """Provider name or a comma-separated priority list."""
+    process_manager: Name
+    """Process manager name."""
+    timeout_s: TimeoutSeconds | None = None
+    """Time limit of the task."""
+    env_names: list[EnvName] = Field(default_factory=list)
+    """Forwarded host variable names."""
+    priority: int = Field(default=0, ge=-1_000_000, le=1_000_000)
+    """Queue order under the daemon."""
+    retries: int = Field(default=0, ge=0, le=100)
+    """Retries of an agent failure."""
+
+
+def check_run_options(values: Mapping[str, Any]) -> None:
+    """Refuse a run request whose values break the config's rules (a :class:`UsageError`
+    naming the field; the values themselves are never echoed: they may hold secrets)."""
+    try:
+        RunOptions.model_validate(dict(values))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise UsageError(f"{where}: {describe(err)}", hint=f"fix {where} in the request") from exc
+
+
+_EXPECTED: dict[str, str] = {
+    "float_parsing": "expected a number",
+    "float_type": "expected a number",
+    "int_parsing": "expected a whole number",
+    "int_type": "expected a whole number",
+    "int_from_float": "expected a whole number",
+    "string_type": "expected a string",
+    "bool_parsing": "expected true or false",
+    "bool_type": "expected true or false",
+    "list_type": "expected a list",
+    "dict_type": "expected a table",
+    "model_type": "expected a table",
+    "model_attributes_type": "expected a table",
+    "path_type": "expected a path",
+    "extra_forbidden": "unknown key",
+    "missing": "required key is missing",
+    "finite_number": "expected a finite number",
+}
+
+
+_BOUNDS: dict[str, str] = {
+    "greater_than": "greater than",
+    "greater_than_equal": "at least",
+    "less_than": "less than",
+    "less_than_equal": "at most",
+}
+
+
+def describe(error: Mapping[str, Any]) -> str:
+    """A pydantic error in words: ``expected a number greater than 0``."""
+    kind = str(error.get("type", ""))
+    ctx = error.get("ctx") or {}
+    if kind == "value_error" and "error" in ctx:
+        return str(ctx["error"])
+    if kind == "literal_error" and "expected" in ctx:
+        return f"expected one of {ctx['expected']}"
+    if kind in _BOUNDS:
+        bound = next(iter(ctx.values()), "")
+        if isinstance(bound, float) and bound.is_integer():
+            bound = int(bound)  # "greater than 0", not "greater than 0.0"
+        return f"expected a number {_BOUNDS[kind]} {bound}"
+    return _EXPECTED.get(kind, str(error.get("msg", "invalid value")))
+
+
+def _no_nul(value: str | None) -> str | None:
+    if value is not None and "\0" in value:
+        raise ValueError("must not contain a NUL byte")
+    return value
+
+
+PathText = Annotated[str | None, AfterValidator(_no_nul)]
+"""A path or URL as text (no NUL: it could never name a file)."""
+
+
+class RunBody(BaseModel):
+    """The JSON body of ``POST /v1/tasks``: every field of the right type before it is used."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    prompt: str = ""
+    """The prompt (checked for emptiness by the task service)."""
+    repo: PathText = None
+    """Repository path or URL."""
+    ref: PathText = None
+    """Branch, tag or commit."""
+    cwd: PathText = None
+    """The caller's directory, which a relative ``repo`` is relative to."""
+    agent: str | None = None
+    """Agent; the daemon's default when unset."""
+    provider: str | None = None
+    """Provider list; the daemon's default when unset."""
+    process_manager: str | None = None
+    """Process manager; the daemon's default when unset."""
+    timeout_s: (
+        Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False, strict=False)] | None
+    ) = None
+    """Time limit in seconds."""
+    env_names: list[EnvName] | None = None
+    """Forwarded variable names."""
+    env: dict[EnvName, str] | None = None
+    """Variable values the caller sends."""
+    secret_names: list[EnvName] | None = None
+    """Variables marked secret."""
+    literal_env: list[EnvName] | None = None
+    """Variables given as literal values (configuration)."""
+    priority: int | None = Field(default=None, ge=-1_000_000, le=1_000_000)
+    """Queue order."""
+    retries: int | None = Field(default=None, ge=0, le=100)
+    """Retries of an agent failure."""
+
+
+def check_run_body(body: Mapping[str, Any]) -> None:
+    """Refuse a run request body with a field of the wrong type or value (a
+    :class:`UsageError` naming the field; values are never echoed)."""
+    try:
+        RunBody.model_validate(dict(body))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise UsageError(f"{where}: {describe(err)}", hint=f"fix {where} in the request") from exc
