@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, git
+from tests.cli.conftest import Hal, events_of, git
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 
@@ -47,6 +47,10 @@ def test_untrusted_hal_toml_cannot_run_a_host_program(hal: Hal, demo_repo: Path)
     for key in ("network", "forward_env", "providers", "credentials"):
         assert key in notes[0]
     assert f"hal: config: {repo / 'hal.toml'}" in out.stderr
+    # For --json users the same facts are events of the task.
+    messages = [e["text"] for e in events_of(hal, task["id"]) if e["type"] == "message"]
+    assert any(m.startswith("config: ") and str(repo / "hal.toml") in m for m in messages)
+    assert any("not trusted" in m and "providers" in m for m in messages)
 
 
 def test_hal_trust_applies_the_file_until_it_changes(hal: Hal, demo_repo: Path) -> None:

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.cli.conftest import AGENT, git
 
-pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
+pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.timeout(300)]
 
 DOCUMENTED = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 124, 130}
 """The exit statuses the README lists."""
@@ -53,7 +53,9 @@ class World:
         self.home = root / "halhome"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("HAL_")}
         self.env.update(HAL_HOME=str(self.home), XDG_CONFIG_HOME=str(root / "xdg"),
-                        HAL_PROVIDER="bwrap", HAL_NO_DAEMON="1")  # fmt: skip
+                        HAL_PROVIDER="bwrap", HAL_NO_DAEMON="1",
+                        # Bounded runs: a quick default agent and a short timeout.
+                        HAL_AGENT="true {{prompt_file}}", HAL_TIMEOUT="20")  # fmt: skip
 
     def hal(
         self, *args: str, env: dict[str, str] | None = None

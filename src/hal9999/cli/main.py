@@ -309,7 +309,7 @@ def run(
     PROMPT ``-`` (or ``--prompt-file -``) reads the prompt from standard input.
     PROVIDER may be a list in priority order (``bwrap,local``): the first fills up to its
     limits and the rest take the overflow (under ``hal serve``)."""
-    from hal9999.cli.notices import print_notices
+    from hal9999.cli.notices import print_notices, record_config_sources
     from hal9999.cli.prompt import read_prompt
 
     prompt = read_prompt(prompt, prompt_file, sys.stdin.buffer)
@@ -355,6 +355,7 @@ def run(
         )
         return
     task = run_async(a.service.create(request))
+    record_config_sources(a.service, task, a.sources)
     if detach:
         spawn_runner(a, task, [], given)
         print_detached(task, as_json)

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from hal9999.config import ConfigSources, current_dir
+from hal9999.events.models import Message
+
+if TYPE_CHECKING:
+    from hal9999.store import TaskRecord
+    from hal9999.tasks.service import TaskService
 
 _URL_PREFIXES = ("http://", "https://", "ssh://", "git://", "file://", "git@")
 
@@ -24,6 +30,16 @@ def print_notices(sources: ConfigSources, repo: str | None, ref: str | None) -> 
         left_out = uncommitted_notice(repo)
         if left_out:
             click.echo(f"hal: note: {left_out}", err=True)
+
+
+def record_config_sources(service: TaskService, task: TaskRecord, sources: ConfigSources) -> None:
+    """Put which config applied, and what of ./hal.toml was ignored, in the task's events
+    (``hal task events --json`` shows them; the line on stderr is only for a person)."""
+    notice = sources.project.notice() if sources.project else None
+    with service.events(task) as log:
+        log.emit(Message(level="info", text=sources.describe()))
+        if notice:
+            log.emit(Message(level="warning", text=notice))
 
 
 def uncommitted_notice(repo: str | None) -> str | None:
