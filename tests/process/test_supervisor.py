@@ -124,3 +124,13 @@ def test_credential_file_values_are_masked_by_the_supervisor(tmp_path: Path) -> 
     assert _run(tmp_path, script, "--mask-file", str(cred)) == 0
     log = (tmp_path / "agent.log").read_text()
     assert "s3cretPassw0rd" not in log and "login me password [REDACTED]" in log
+
+
+def test_a_parser_that_cannot_load_never_stops_the_agent(tmp_path: Path) -> None:
+    parsed = tmp_path / "parsed.jsonl"
+    status = _run(
+        tmp_path, "print('agent ran')", "--parser", "no-such-preset", "--events", str(parsed)
+    )
+    assert status == 0
+    log = (tmp_path / "agent.log").read_text()
+    assert "agent ran" in log and "hal: no parsed events for this run" in log

@@ -25,6 +25,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import TextIO
@@ -75,33 +76,49 @@ def _masker(args: argparse.Namespace) -> SecretMasker:
 
 
 class ParsedEvents:
-    """Runs the agent's parser on raw output; appends masked events to the events file."""
+    """Runs the agent's parser on raw output; appends masked events to the events file.
+
+    A parser that cannot be loaded or that breaks is dropped with a note in ``problems``: the
+    agent's run and its log must never depend on it."""
 
     def __init__(self, agent: str | None, path: Path | None, masker: SecretMasker) -> None:
         self._parser: OutputParser | None = None
         self._file: TextIO | None = None
         self._masker = masker
+        self.problems: list[str] = []
+        """What went wrong with parsing (written to the log by the caller)."""
         if agent is None or path is None:
             return
         from hal9999.agents.registry import resolve_agent
 
-        self._parser = resolve_agent(agent).parser()
+        try:
+            self._parser = resolve_agent(agent).parser()
+        except Exception as exc:  # a broken plugin must not stop the agent
+            self.problems.append(f"hal: no parsed events for this run: {exc}\n")
+            return
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         self._file = os.fdopen(fd, "w", encoding="utf-8")
 
     def feed(self, text: str, log_end: int) -> None:
         """Parse a chunk of raw output; ``log_end`` is where the log stands after it."""
         if self._parser is not None:
-            self._write(self._parser.feed(text), log_end)
+            self._run(lambda parser: parser.feed(text), log_end)
 
     def close(self, log_end: int) -> None:
         """End of output: flush the parser's held state."""
         if self._parser is not None:
-            self._write(self._parser.close(), log_end)
+            self._run(lambda parser: parser.close(), log_end)
         if self._file is not None:
             self._file.close()
 
-    def _write(self, events: list[Event], log_end: int) -> None:
+    def _run(self, step: Callable[[OutputParser], list[Event]], log_end: int) -> None:
+        assert self._parser is not None
+        try:
+            events = step(self._parser)
+        except Exception as exc:  # parsers must not raise; one that does is dropped
+            self._parser = None
+            self.problems.append(f"hal: the output parser failed and was stopped: {exc!r}\n")
+            return
         if not events or self._file is None:
             return
         for event in events:
@@ -211,12 +228,16 @@ def supervise(argv: list[str]) -> int:
             log.write(text.encode())
             _emit(text, sys.stdout)
         parsed.feed(raw, log.size)
+        while parsed.problems:
+            log.write(masker.mask(parsed.problems.pop(0)).encode())
     child.stdout.close()
     status = child.wait()
     if status < 0:
         status = 128 - status
-    log.close()
     parsed.close(log.size)
+    for problem in parsed.problems:
+        log.write(masker.mask(problem).encode())
+    log.close()
     write_exit_status(args.exit_file, status)
     return status
 
