@@ -30,7 +30,7 @@ from hal9999.credentials import parse_env_option
 from hal9999.errors import ConfigError, DiskFull, HalError, HomeError, exit_status_for
 from hal9999.home import HalPaths
 from hal9999.providers import limits
-from hal9999.redact import configure_logging, masker_from_env
+from hal9999.redact import configure_logging, forwarded_is_secret, masker_from_env
 from hal9999.server.client import DaemonClient
 from hal9999.store import Store, TaskRecord
 from hal9999.tasks.service import RunRequest, TaskService
@@ -61,16 +61,15 @@ class App:
 def app() -> App:
     """Load config and open the store for a command."""
     config, sources = load_config_sources()
-    # Every log sink masks every secret hal may forward (see redact.MaskingFilter).
-    secret_names = [
-        *config.forward_env,
-        *config.secrets,
-        *(a.api_key_env for a in config.agents.values()),
-    ]
-    configure_logging(
-        masker_from_env([n for n in secret_names if n], os.environ),
-        level=log_level(os.environ),
-    )
+    # Every log sink masks every secret hal may forward (see redact.MaskingFilter): marked
+    # ones always, other forwarded variables when they look like secrets.
+    secret_names = [*config.secrets, *(a.api_key_env for a in config.agents.values())]
+    masker = masker_from_env([n for n in secret_names if n], os.environ)
+    for name in config.forward_env:
+        value = os.environ.get(name)
+        if value and forwarded_is_secret(name, value):
+            masker.add(value)
+    configure_logging(masker, level=log_level(os.environ))
     limits.release_if_full(config.home)  # on a full disk: room for the store to open
     store = open_store(config)
     return App(config, store, TaskService(config, store, os.environ), sources)
