@@ -3,7 +3,8 @@
 Each test gets a private HAL_HOME and config dir, a git repo with a planted bug and a failing
 test, a running :class:`ScriptedLLMServer` on 127.0.0.1, and a dummy API key that reaches hal
 only as the host variable named by ``api_key_env``. The sandbox shares the host's network
-(``HAL_NETWORK=host``): the server listens on the host's loopback.
+(``HAL_NETWORK=host`` with ``host_network = "shared"``): the server listens on the host's
+loopback.
 """
 
 from __future__ import annotations
@@ -87,6 +88,10 @@ class HalCli:
             f"model = {json.dumps(model)}\n"
             f"api_key_env = {json.dumps(KEY_VAR)}\n"
             f"extra_args = {json.dumps(list(extra_args))}\n"
+            # The scripted server listens on the host's loopback, which network "host" keeps
+            # out of reach unless the bwrap provider is told to share the host's network.
+            "[providers.bwrap]\n"
+            'host_network = "shared"\n'
         )
 
     def __call__(

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from hal9999.providers import hostexec
-from hal9999.providers.bwrap import BwrapProvider, BwrapSandbox
+from hal9999.providers.bwrap import BwrapConfig, BwrapProvider, BwrapSandbox
 from hal9999.spec import ArgvCommand, Resources, SandboxSpec, ShellCommand
 
 pytestmark = pytest.mark.bwrap
@@ -201,7 +201,9 @@ async def test_host_processes_are_invisible(sandbox: BwrapSandbox) -> None:
         await host.wait()
 
 
-async def test_network_none_has_only_loopback_and_cannot_reach_host(make: Any) -> None:
+async def test_network_none_has_only_loopback_and_cannot_reach_host(
+    make: Any, hal_home: Path
+) -> None:
     async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.close()
 
@@ -215,8 +217,16 @@ async def test_network_none_has_only_loopback_and_cannot_reach_host(make: Any) -
         assert names == {"lo"}
         refused = await isolated.exec(connect)
         assert not refused.ok and b"ConnectionRefused" in refused.stderr
-        # The same probe with the host network proves the listener was reachable at all.
-        assert (await (await make(network="host")).exec(connect)).ok
+        # The same probe sharing the host's network proves the listener was reachable at all
+        # (network "host" itself no longer reaches it: tests/security/test_network.py).
+        shared = BwrapProvider(
+            state_dir=hal_home / "sandboxes" / "shared", config=BwrapConfig(host_network="shared")
+        )
+        sandbox = await shared.create(SandboxSpec(network="host"))
+        try:
+            assert (await sandbox.exec(connect)).ok
+        finally:
+            await shared.destroy(sandbox.id)
 
 
 async def test_secrets_stay_out_of_argv(sandbox: BwrapSandbox) -> None:

@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from hal9999.errors import ProviderError, ProviderUnavailable, SandboxNotFound
-from hal9999.providers import hostexec, hostfs, sandboxuser, seccomp
+from hal9999.providers import hostexec, hostfs, sandboxuser, seccomp, usernet
 from hal9999.providers.base import Capabilities, Command, ExecResult, Launch
 from hal9999.providers.hostsandbox import HostProvider, HostSandbox, SandboxRecord
 from hal9999.spec import ArgvCommand, to_argv
@@ -48,6 +48,8 @@ HOST_SESSION_VARS = (
 )  # fmt: skip
 """Variables a terminal multiplexer or login session adds around the launcher: they name
 host sockets and paths, so bwrap drops them unless the command's own env sets them."""
+RUN_DIR = "run"
+"""Host-side scratch of the launcher (the network wiring's fifos), never mounted inside."""
 ETC_DIR = "etc"
 """Host-made, read-only files of each sandbox (filter, account files), never mounted rw."""
 SECCOMP_FILE = "seccomp.bpf"
@@ -70,6 +72,11 @@ class BwrapConfig(BaseModel):
     limits); ``off`` relies on bwrap's pid namespace and the ``HAL_SANDBOX`` marker."""
     ro_paths: tuple[Path, ...] = ()
     """Further host paths shown read-only at the same place inside, e.g. ``/opt``."""
+    host_network: Literal["usernet", "shared"] = "usernet"
+    """What ``network = "host"`` means: ``usernet`` (default) gives the sandbox its own
+    network namespace with outbound access through slirp4netns and no way to the host's
+    loopback; ``shared`` shares the host's namespace, exposing every loopback listener and
+    abstract unix socket of the host (docs/security.md)."""
 
 
 @functools.lru_cache(maxsize=8)
@@ -136,16 +143,18 @@ def with_parents(args: list[str]) -> list[str]:
     return out
 
 
-def namespace_args(record: SandboxRecord, *, seccomp_fd: bool) -> list[str]:
+def namespace_args(record: SandboxRecord, *, seccomp_fd: bool, shared_net: bool) -> list[str]:
     """Namespaces, capabilities and the seccomp filter.
 
     Run by an ordinary user, bwrap makes a user namespace mapping that user, and nested ones
     are disabled. Run by root, a user namespace would map the sandbox to host uid 0 (which
     the kernel's sysctl and keyring checks treat as root), so bwrap makes none: it sets up
     the mounts as root and the command drops to the sandbox's own uid (see
-    :func:`drop_privileges`); the filter then refuses nested user namespaces.
+    :func:`drop_privileges`); the filter then refuses nested user namespaces. The network
+    namespace is the host's only with ``shared_net``; ``host`` mode otherwise has its own,
+    wired by :mod:`usernet`.
     """
-    network = record.spec.network == "host"
+    network = shared_net
     if record.uid is None:
         args = ["--unshare-all", "--unshare-user", "--disable-userns"]
         args += ["--share-net"] if network else []
@@ -159,6 +168,8 @@ def namespace_args(record: SandboxRecord, *, seccomp_fd: bool) -> list[str]:
     args.append("--die-with-parent")
     if seccomp_fd:
         args += ["--seccomp", str(hostexec.SECCOMP_FD)]
+    if record.spec.network == "host" and not shared_net:
+        args += usernet.bwrap_args()
     return args
 
 
@@ -217,8 +228,17 @@ class BwrapSandbox(HostSandbox):
         # No single file beyond the disk limit (SIGXFSZ, then EFBIG); the total is watched.
         self._rlimits = [owner.prlimit, f"--fsize={disk << 20}", "--"] if disk else []
         self._seccomp = str(directory / ETC_DIR / SECCOMP_FILE) if seccomp.supported() else ""
-        args = namespace_args(record, seccomp_fd=bool(self._seccomp))
+        host_net = spec.network == "host"
+        shared_net = host_net and owner.config.host_network == "shared"
+        slirp = usernet.program() if host_net and not shared_net else None
+        userns = record.uid is None
+        # Without slirp4netns the namespace stays empty (loopback only): it fails closed.
+        self._net = usernet.prefix(str(directory / RUN_DIR), slirp, userns=userns) if slirp else []
+        args = namespace_args(record, seccomp_fd=bool(self._seccomp), shared_net=shared_net)
         args += system_args(spec.rootfs, owner.config.ro_paths)
+        if host_net and not shared_net and spec.rootfs is None:
+            # The host's resolver may live on its loopback, out of reach: slirp's forwarder.
+            args += ["--ro-bind", str(directory / ETC_DIR / "resolv.conf"), "/etc/resolv.conf"]
         if record.uid is not None and spec.rootfs is None:
             # Our own account files: the sandbox user has a name, the host's users stay hidden.
             etc = directory / ETC_DIR
@@ -243,8 +263,8 @@ class BwrapSandbox(HostSandbox):
         # What a host wrapper (tmux's pane) adds to the environment names host paths.
         unset = [a for name in HOST_SESSION_VARS if name not in env for a in ("--unsetenv", name)]
         bwrap = [
-            *self._rlimits, self._bwrap, *session, *self._args, *unset, "--chdir", cwd, "--",
-            *self._drop, *to_argv(command),
+            *self._rlimits, *self._net, self._bwrap, *session, *self._args, *unset,
+            "--chdir", cwd, "--", *self._drop, *to_argv(command),
         ]  # fmt: skip
         return hostexec.launcher_argv(self.id, self._procs, bwrap, seccomp=self._seccomp)
 
@@ -317,6 +337,8 @@ class BwrapProvider(HostProvider):
         return ["home", "tmp"] + (["workspace"] if record.spec.workspace is None else [])
 
     async def _prepare(self, record: SandboxRecord) -> SandboxRecord:
+        if record.spec.network == "host" and self.config.host_network == "usernet":
+            usernet.check(userns=record.uid is None and not sandboxuser.privileged())
         if record.uid is None and sandboxuser.privileged():
             uid = sandboxuser.allocate(f"{self.state_dir} {record.id}")
             record = record.model_copy(update={"uid": uid})
@@ -335,6 +357,9 @@ class BwrapProvider(HostProvider):
             os.chmod(directory / name, 0o1777 if name == "tmp" else 0o755)
         etc = directory / ETC_DIR
         etc.mkdir(mode=0o755, exist_ok=True)
+        if record.spec.network == "host":
+            (directory / RUN_DIR).mkdir(mode=0o700, exist_ok=True)
+            (etc / "resolv.conf").write_text(usernet.RESOLV_CONF)
         if self._program is not None:
             # One copy per sandbox: nothing of a sandbox's lives outside its directory.
             tmp = etc / ".seccomp.tmp"

@@ -1,0 +1,103 @@
+"""``network = "host"`` for bwrap: the sandbox's own network namespace, with outbound access
+through user-mode networking (slirp4netns) and the host's loopback out of reach.
+
+Sharing the host's network namespace would show the sandbox every loopback listener of the
+host (other tasks' servers, the daemon's port) and every abstract unix socket. Instead bwrap
+makes a fresh namespace as for ``none``, and slirp4netns gives it a ``tap0`` whose traffic
+leaves through ordinary host sockets: TCP/UDP to the outside world works, ``10.0.2.2`` (the
+host) is refused (``--disable-host-loopback``), abstract sockets are per namespace anyway,
+and DNS goes to slirp's forwarder at ``10.0.2.3``. slirp4netns sandboxes itself
+(``--enable-sandbox``, ``--enable-seccomp``) and exits when the sandbox's processes are gone.
+
+The wiring is a constant ``sh`` script between the launcher and bwrap: it starts a helper
+that reads the sandbox's pid from bwrap's ``--info-fd``, attaches slirp4netns to its
+namespace and only then releases bwrap's ``--block-fd``, so the command never runs before
+its network is there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from hal9999.errors import CapabilityError
+
+INFO_FD, BLOCK_FD, EXIT_FD = 5, 6, 7
+DNS = "10.0.2.3"
+"""slirp4netns's DNS forwarder, which resolves with the host's resolvers."""
+RESOLV_CONF = f"nameserver {DNS}\n"
+
+SCRIPT = r"""
+d=$1 slirp=$2 userns=$3; shift 3
+info=$d/info.$$ block=$d/block.$$ gone=$d/exit.$$
+rm -f "$info" "$block" "$gone"
+mkfifo -m 600 "$info" "$block" "$gone" || exit 125
+exec 7<>"$gone" 6<>"$block"
+(
+  exec 7>&- 9<&- 4<"$gone" 5<"$info"
+  pid=
+  while read -r line <&5; do
+    case $line in *'"child-pid"'*) pid=${line##*: }; pid=${pid%,}; break ;; esac
+  done
+  # The rest of bwrap's report is drained, or bwrap would die of SIGPIPE writing it.
+  cat <&5 >/dev/null &
+  exec 5<&-
+  rm -f "$info" "$block" "$gone"
+  # bwrap's child brings its loopback up in parallel; slirp4netns touching the namespace
+  # before that makes bwrap fail. Wait for 127.0.0.1 to appear there (2 s at most).
+  tries=400
+  while [ -n "$pid" ] && [ "$tries" -gt 0 ]; do
+    up=
+    while read -r l; do case $l in *127.0.0.1*) up=1; break ;; esac; done \
+      < "/proc/$pid/net/fib_trie" 2>/dev/null
+    [ -n "$up" ] && break
+    tries=$((tries - 1)); sleep 0.005
+  done
+  if [ -n "$pid" ]; then
+    set -- --configure --mtu=65520 --disable-host-loopback --enable-sandbox --enable-seccomp \
+      --exit-fd 4 --ready-fd 3 --netns-type=path
+    [ "$userns" = 1 ] && set -- "$@" "--userns-path=/proc/$pid/ns/user"
+    # Released once slirp4netns is ready, or has failed (then with loopback only).
+    "$slirp" "$@" "/proc/$pid/ns/net" tap0 3>&1 >/dev/null 2>&1 |
+      { head -c1 >/dev/null; echo go >&6; }
+  else
+    echo go >&6
+  fi
+) </dev/null >/dev/null 2>&1 &
+exec "$@" 5>"$info"
+"""
+"""Args: a private dir for the fifos, the slirp4netns program, ``1`` when bwrap makes a user
+namespace; then the bwrap argv (which must carry :func:`bwrap_args`). A constant, never
+interpolated. If slirp4netns fails the command still runs, with no network but loopback:
+it fails closed."""
+
+
+def program() -> str | None:
+    """The slirp4netns program, if installed."""
+    return shutil.which("slirp4netns")
+
+
+def check(*, userns: bool) -> str:
+    """The slirp4netns program; :class:`CapabilityError` naming the fix when it cannot work."""
+    found = program()
+    if found is None:
+        raise CapabilityError(
+            'network "host" needs slirp4netns for the sandbox\'s own network namespace',
+            hint='apt-get install slirp4netns (or use network "none")',
+        )
+    if userns and not os.access("/dev/net/tun", os.R_OK | os.W_OK):
+        raise CapabilityError(
+            'network "host" needs /dev/net/tun, which this user cannot open',
+            hint='chmod 0666 /dev/net/tun (its usual mode), run hal as root, or use network "none"',
+        )
+    return found
+
+
+def prefix(run_dir: str, slirp: str, *, userns: bool) -> list[str]:
+    """The argv that runs before bwrap to give its namespace user-mode networking."""
+    return ["/bin/sh", "-c", SCRIPT, "hal-usernet", run_dir, slirp, "1" if userns else "0"]
+
+
+def bwrap_args() -> list[str]:
+    """What bwrap needs for :data:`SCRIPT`: report its pid, wait for the network."""
+    return ["--info-fd", str(INFO_FD), "--block-fd", str(BLOCK_FD)]

@@ -1,0 +1,121 @@
+"""``network = "host"`` gives outbound access, not the host's loopback: a hostile command in a
+host-mode sandbox reaches neither a listener on the host's 127.0.0.1 (another task's server,
+the daemon's port) nor an abstract unix socket, through any address."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from hal9999.errors import CapabilityError
+from hal9999.providers import sandboxuser, usernet
+from hal9999.providers.bwrap import BwrapConfig, BwrapProvider, BwrapSandbox
+from hal9999.spec import SandboxSpec, ShellCommand
+
+pytestmark = pytest.mark.bwrap
+
+PROBE = r"""
+import socket, sys
+port, abstract = int(sys.argv[1]), sys.argv[2]
+for host in ("127.0.0.1", "10.0.2.2", "::1"):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family)
+    s.settimeout(2)
+    try:
+        s.connect((host, port))
+        print(host, "REACHED", s.recv(64).decode())
+    except OSError as e:
+        print(host, "refused", type(e).__name__)
+u = socket.socket(socket.AF_UNIX)
+try:
+    u.connect("\0" + abstract)
+    print("abstract REACHED", u.recv(64).decode())
+except OSError as e:
+    print("abstract refused", type(e).__name__)
+"""
+
+
+@contextlib.asynccontextmanager
+async def host_listeners(secret: str) -> AsyncIterator[tuple[int, str]]:
+    """A TCP listener on the host's loopback and an abstract unix socket, both answering
+    ``secret``, the way another task's server would."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(secret.encode())
+        await writer.drain()
+        writer.close()
+
+    tcp = await asyncio.start_server(answer, "127.0.0.1", 0)
+    abstract = f"hal-test-{secrets.token_hex(6)}"
+    unix_sock = socket.socket(socket.AF_UNIX)
+    unix_sock.bind("\0" + abstract)
+    unix = await asyncio.start_unix_server(answer, sock=unix_sock)
+    try:
+        yield tcp.sockets[0].getsockname()[1], abstract
+    finally:
+        for server in (tcp, unix):
+            server.close()
+            await server.wait_closed()
+
+
+def _usernet_works() -> bool:
+    userns = not sandboxuser.privileged()
+    return usernet.program() is not None and (
+        not userns or os.access("/dev/net/tun", os.R_OK | os.W_OK)
+    )
+
+
+async def test_host_mode_reaches_no_host_loopback_service(hal_home: Path) -> None:
+    provider = BwrapProvider(state_dir=hal_home / "sandboxes" / "bwrap")
+    if not _usernet_works():
+        # It fails closed, naming the fix, rather than share the host's network.
+        with pytest.raises(CapabilityError, match=r"slirp4netns|/dev/net/tun"):
+            await provider.create(SandboxSpec(network="host"))
+        return
+    sandbox = await provider.create(SandboxSpec(network="host"))
+    assert isinstance(sandbox, BwrapSandbox)
+    secret = f"TASK-A-SECRET-{secrets.token_hex(4)}"
+    try:
+        await sandbox.write_file_atomic("/workspace/probe.py", PROBE.encode())
+        async with host_listeners(secret) as (port, abstract):
+            result = await sandbox.exec(
+                ShellCommand(script=f"python3 probe.py {port} {abstract}"), timeout=60
+            )
+        out = result.stdout.decode()
+        assert result.ok, result.stderr
+        assert secret not in out and "REACHED" not in out, out
+        assert out.count("refused") == 4, out
+        # Outbound is wired: its own interface, a default route, and slirp's resolver.
+        setup = await sandbox.exec(
+            ShellCommand(script="ip -br link; ip route; cat /etc/resolv.conf"), timeout=30
+        )
+        text = setup.stdout.decode()
+        assert "tap0" in text and "default via 10.0.2.2" in text, text
+        assert f"nameserver {usernet.DNS}" in text
+    finally:
+        await provider.destroy(sandbox.id)
+
+
+async def test_shared_host_network_is_an_explicit_choice(hal_home: Path) -> None:
+    # The old behaviour stays available, but only when asked for in the provider's settings.
+    assert BwrapConfig().host_network == "usernet"
+    shared = BwrapProvider(
+        state_dir=hal_home / "sandboxes" / "bwrap", config=BwrapConfig(host_network="shared")
+    )
+    sandbox = await shared.create(SandboxSpec(network="host"))
+    try:
+        async with host_listeners("shared") as (port, abstract):
+            await sandbox.write_file_atomic("/workspace/probe.py", PROBE.encode())
+            result = await sandbox.exec(
+                ShellCommand(script=f"python3 probe.py {port} {abstract}"), timeout=60
+            )
+        assert "127.0.0.1 REACHED shared" in result.stdout.decode()
+    finally:
+        await shared.destroy(sandbox.id)
