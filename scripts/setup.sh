@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pair in bwrap:bubblewrap tmux:tmux git:git ps:procps prlimit:util-linux; do
+for pair in bwrap:bubblewrap tmux:tmux git:git ps:procps prlimit:util-linux \
+    setpriv:util-linux slirp4netns:slirp4netns; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if [ "${#need[@]}" -gt 0 ]; then
