@@ -83,3 +83,17 @@ def test_doctor_shows_installed_versions(hal: Hal) -> None:
         assert check["ok"] and check["detail"], check
         if ci:  # exactly the version hal is tested with, so no note
             assert version in check["detail"] and "tested with" not in check["detail"], check
+
+
+def test_doctor_says_who_sandboxes_run_as_and_what_network_host_exposes(hal: Hal) -> None:
+    report = {
+        c["name"]: c for c in json.loads(hal("doctor", "--json", timeout=120).stdout)["checks"]
+    }
+    user = report["sandbox user"]["detail"]
+    assert ("never root" in user) if os.geteuid() == 0 else (f"uid {os.getuid()}" in user)
+    assert "loopback only" in report["network none"]["detail"]
+    host = report["network host"]
+    if host["ok"]:
+        assert "not reachable" in host["detail"] and "slirp4netns" in host["detail"]
+    else:  # says why, and that the way around it exposes the host's loopback
+        assert "loopback" in (host["fix"] or "")

@@ -81,6 +81,55 @@ async def _bwrap_works() -> Check:
     )
 
 
+def _boundary() -> list[Check]:
+    """Who sandbox processes run as, what the seccomp filter covers, and what each network
+    mode exposes (docs/security.md)."""
+    from hal9999.providers import sandboxuser, seccomp, usernet
+
+    if sandboxuser.privileged():
+        who = (
+            "hal runs as root: each bwrap sandbox runs as a host uid of its own "
+            f"({sandboxuser.UID_BASE}+), never root"
+        )
+    else:
+        who = f"each bwrap sandbox runs as this user (uid {os.getuid()}) in a user namespace"
+    checks = [Check("sandbox user", True, who)]
+    covered = seccomp.supported()
+    checks.append(
+        Check(
+            "seccomp filter",
+            covered,
+            "x86_64, i386 and x32 ABIs covered" if covered else "not on this CPU architecture",
+            None if covered else "only x86_64 hosts get the filter; the rest of the boundary holds",
+            required=False,
+        )
+    )
+    checks.append(Check("network none", True, "loopback only: no host or outside service"))
+    try:
+        usernet.check(userns=not sandboxuser.privileged())
+    except HalError as exc:
+        checks.append(
+            Check(
+                "network host",
+                False,
+                f"unavailable: {exc.message}",
+                f"{exc.hint}; or [providers.bwrap] host_network = \"shared\", which exposes "
+                "every service on the host's loopback and its abstract unix sockets",
+                required=False,
+            )
+        )
+    else:
+        checks.append(
+            Check(
+                "network host",
+                True,
+                "own namespace, outbound through slirp4netns; the host's loopback services, "
+                "abstract unix sockets and other tasks are not reachable",
+            )
+        )
+    return checks
+
+
 def _cgroups() -> Check:
     fix = "run as root or delegate a cgroup to your user; without it, limits are not enforced"
     if (_CGROUP / "cgroup.controllers").exists():
@@ -134,6 +183,7 @@ async def gather() -> list[Check]:
         await _tool("tmux", ["tmux", "-V"], "apt-get install tmux"),
         await _tool("bubblewrap", ["bwrap", "--version"], "apt-get install bubblewrap"),
         await _bwrap_works(),
+        *_boundary(),
         _cgroups(),
     ]
     checks += await asyncio.gather(*(_agent(name) for name in available_agents()))
