@@ -134,3 +134,25 @@ def test_a_parser_that_cannot_load_never_stops_the_agent(tmp_path: Path) -> None
     assert status == 0
     log = (tmp_path / "agent.log").read_text()
     assert "agent ran" in log and "hal: no parsed events for this run" in log
+
+
+def test_parsed_events_are_bounded_but_usage_stays_exact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hal9999.process import supervisor
+
+    monkeypatch.setattr(supervisor, "MAX_EVENT_TEXT", 20)
+    monkeypatch.setattr(supervisor, "PARSED_CAP", 600)
+    script = f"import sys; sys.stdout.write(open({str(CAPTURED_CLAUDE)!r}).read())"
+    parsed = tmp_path / "parsed.jsonl"
+    assert _run(tmp_path, script, "--parser", "claude", "--events", str(parsed)) == 0
+    events = [event for _, event, _ in read_parsed(parsed, 0)[0]]
+    kinds = [event.type for event in events]
+    assert "tool_call" in kinds  # the first events, before the cap
+    assert "agent_text" not in kinds  # the last text came after the cap
+    usage = _usage(tmp_path)
+    assert (usage.input_tokens, usage.output_tokens, usage.cost_usd) == (12052, 48, 0.049168)
+    results = [e for e in events if e.type == "tool_result"]
+    assert all(len(r.output) < 80 for r in results)  # type: ignore[attr-defined]
+    assert any("more characters in the log" in r.output for r in results)  # type: ignore[attr-defined]
+    assert "parsed events past 600 bytes" in (tmp_path / "agent.log").read_text()

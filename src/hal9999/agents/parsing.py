@@ -26,33 +26,53 @@ _RECOVERABLE = (KeyError, TypeError, ValueError, AttributeError, IndexError)
 """What a malformed-but-JSON record can raise while a parser reads it."""
 
 
+MAX_LINE_CHARS = 16 * 1024 * 1024
+"""A line longer than this is skipped whole (its text stays in the log): an agent that
+prints a 300 MB line must not make hal hold it in memory to parse it."""
+
+
 class LineParser(ABC):
     """Splits a stream into lines and hands each complete line to :meth:`parse_line`."""
 
     def __init__(self) -> None:
         self._pending: list[str] = []
+        self._pending_chars = 0
+        self._oversized = False
+        """Inside a line already past ``MAX_LINE_CHARS``: skip to its end."""
 
     def feed(self, data: str) -> list[Event]:
         """Consume a chunk of output; return the events of the lines it completes."""
         if "\n" not in data:
-            if data:
-                self._pending.append(data)
+            self._hold(data)
             return []
         head, _, tail = data.rpartition("\n")
-        text = "".join([*self._pending, head])
-        self._pending = [tail] if tail else []
+        lines = "".join([*self._pending, head]).split("\n")
+        if self._oversized:
+            lines = lines[1:]  # the end of the line that was too long
+            self._oversized = False
+        self._pending, self._pending_chars = [], 0
+        self._hold(tail)
         events: list[Event] = []
-        for line in text.split("\n"):
-            events.extend(self._line(line))
+        for line in lines:
+            if len(line) <= MAX_LINE_CHARS:
+                events.extend(self._line(line))
         return events
+
+    def _hold(self, data: str) -> None:
+        if not data or self._oversized:
+            return
+        self._pending.append(data)
+        self._pending_chars += len(data)
+        if self._pending_chars > MAX_LINE_CHARS:
+            self._pending, self._pending_chars, self._oversized = [], 0, True
 
     def close(self) -> list[Event]:
         """End of output: parse any unterminated last line, then flush held state."""
         events: list[Event] = []
-        if self._pending:
+        if self._pending and not self._oversized:
             line = "".join(self._pending)
-            self._pending = []
             events.extend(self._line(line))
+        self._pending, self._pending_chars, self._oversized = [], 0, False
         events.extend(self.finish())
         return events
 

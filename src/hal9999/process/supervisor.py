@@ -28,7 +28,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import TextIO
+from typing import Any, TextIO
 
 from hal9999.agents.base import OutputParser
 from hal9999.events.models import Event
@@ -87,6 +87,8 @@ class ParsedEvents:
         self._masker = masker
         self.problems: list[str] = []
         """What went wrong with parsing (written to the log by the caller)."""
+        self._written = 0
+        self._capped = False
         if agent is None or path is None:
             return
         from hal9999.agents.registry import resolve_agent
@@ -122,9 +124,41 @@ class ParsedEvents:
         if not events or self._file is None:
             return
         for event in events:
-            data = self._masker.mask_model(event).model_dump(mode="json")
-            self._file.write(json.dumps({"log_end": log_end, "event": data}) + "\n")
+            if self._written >= PARSED_CAP and event.type not in ESSENTIAL_TYPES:
+                if not self._capped:
+                    self._capped = True
+                    self.problems.append(
+                        f"hal: parsed events past {PARSED_CAP} bytes keep only usage, "
+                        "session and messages\n"
+                    )
+                continue
+            data = _clip(self._masker.mask_model(event).model_dump(mode="json"))
+            line = json.dumps({"log_end": log_end, "event": data}) + "\n"
+            self._file.write(line)
+            self._written += len(line)
         self._file.flush()
+
+
+MAX_EVENT_TEXT = 256 * 1024
+"""Characters of one text field a parsed event keeps (the whole text is in the log)."""
+
+PARSED_CAP = 64 * 1024 * 1024
+"""Bytes of parsed events one run writes before only :data:`ESSENTIAL_TYPES` are kept."""
+
+ESSENTIAL_TYPES = frozenset({"usage", "agent_session", "message"})
+"""Events kept past the cap: usage and cost stay exact, errors stay visible."""
+
+
+def _clip(value: Any) -> Any:
+    """``value`` with every string longer than :data:`MAX_EVENT_TEXT` cut, saying so."""
+    if isinstance(value, str) and len(value) > MAX_EVENT_TEXT:
+        left = len(value) - MAX_EVENT_TEXT
+        return value[:MAX_EVENT_TEXT] + f"… [hal: {left} more characters in the log]"
+    if isinstance(value, dict):
+        return {key: _clip(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_clip(item) for item in value]
+    return value
 
 
 PARSED_CHUNK = 1 << 20
