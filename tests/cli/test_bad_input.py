@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -211,3 +212,24 @@ def test_local_provider_says_how_to_run_on_it(hal: Hal) -> None:
         "--agent", "true {{prompt_file}}", "x", env={"HAL_LOCAL_NETWORK": "host"},
     )  # fmt: skip
     assert ok.returncode == 0, ok.stdout + ok.stderr
+
+
+@pytest.mark.bwrap
+@pytest.mark.tmux
+def test_resume_after_the_source_repository_moved(
+    hal: Hal, demo_repo: Path, tmp_path: Path
+) -> None:
+    agent = "sh -c 'test -f done.txt && exit 0; touch done.txt; sleep 60'"
+    task_id = hal("run", "--detach", "--agent", agent, "x").stdout.strip()
+    deadline = time.monotonic() + 60
+    while tasks_json(hal)[0]["status"] != "running":
+        assert time.monotonic() < deadline, tasks_json(hal)
+        time.sleep(0.3)
+    assert hal("task", "stop", task_id).returncode == 0
+    demo_repo.rename(tmp_path / "moved")
+    out = hal("task", "resume", task_id, "--json", cwd=tmp_path)
+    assert "Traceback" not in out.stderr + out.stdout
+    assert out.returncode == 4, out.stderr
+    [task] = json.loads(hal("task", "list", "--json", cwd=tmp_path).stdout)
+    assert task["status"] == "failed" and task["error_code"] == "repo_invalid"
+    assert "moved" in task["error_message"] and "Errno" not in task["error_message"]
