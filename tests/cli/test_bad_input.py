@@ -233,3 +233,10 @@ def test_resume_after_the_source_repository_moved(
     [task] = json.loads(hal("task", "list", "--json", cwd=tmp_path).stdout)
     assert task["status"] == "failed" and task["error_code"] == "repo_invalid"
     assert "moved" in task["error_message"] and "Errno" not in task["error_message"]
+
+
+@pytest.mark.parametrize("args", [(), ("task",)])
+def test_a_bare_group_prints_its_help(hal: Hal, args: tuple[str, ...]) -> None:
+    out = hal(*args)
+    assert "Usage: hal" in out.stdout + out.stderr and "Commands:" in out.stdout + out.stderr
+    assert "hal: error:" not in out.stderr

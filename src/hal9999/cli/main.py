@@ -396,6 +396,9 @@ def main() -> None:
     try:
         status = cli.main(prog_name="hal", standalone_mode=False)
     except click.ClickException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `hal` or `hal task`: the help
+            exc.show()
+            sys.exit(exc.exit_code)
         where = exc.ctx.command_path if isinstance(exc, click.UsageError) and exc.ctx else "hal"
         click.echo(f"hal: error: {exc.format_message()} (see: {where} --help)", err=True)
         sys.exit(exc.exit_code)
