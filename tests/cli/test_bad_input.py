@@ -226,6 +226,9 @@ def test_resume_after_the_source_repository_moved(
         assert time.monotonic() < deadline, tasks_json(hal)
         time.sleep(0.3)
     assert hal("task", "stop", task_id).returncode == 0
+    diff = hal("task", "diff", task_id)  # a stopped task has no patch, and it is said why
+    assert diff.returncode == 9
+    assert "collected when it is resumed" in one_error_line(diff)
     demo_repo.rename(tmp_path / "moved")
     out = hal("task", "resume", task_id, "--json", cwd=tmp_path)
     assert "Traceback" not in out.stderr + out.stdout
@@ -240,3 +243,20 @@ def test_a_bare_group_prints_its_help(hal: Hal, args: tuple[str, ...]) -> None:
     out = hal(*args)
     assert "Usage: hal" in out.stdout + out.stderr and "Commands:" in out.stdout + out.stderr
     assert "hal: error:" not in out.stderr
+
+
+def test_task_list_json_is_strict_even_for_an_old_infinite_timeout(
+    hal: Hal, hal_env: dict[str, str]
+) -> None:
+    from hal9999.store import Store
+
+    out = hal("run", "--provider", "local", "--agent", "true {{prompt_file}}", "x", "--json")
+    task_id = json.loads(out.stdout)["id"]
+    with Store.open(Path(hal_env["HAL_HOME"])) as store:  # what a release before the fix stored
+        store.update_task(task_id, timeout_s=float("inf"))
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"not JSON: {constant}")
+
+    listed = hal("task", "list", "--json")
+    assert json.loads(listed.stdout, parse_constant=refuse)[0]["timeout_s"] is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import math
 import os
 import signal
 import sqlite3
@@ -98,8 +99,19 @@ def run_async(coro: Awaitable[T]) -> T:
 
 
 def emit_json(data: Any) -> None:
-    """Print one JSON document."""
-    click.echo(json.dumps(data, indent=2, default=str))
+    """Print one JSON document: strict JSON (a non-finite number, which older databases may
+    hold, becomes null instead of the invalid ``Infinity``)."""
+    click.echo(json.dumps(_finite(data), indent=2, default=str, allow_nan=False))
+
+
+def _finite(data: Any) -> Any:
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {key: _finite(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [_finite(value) for value in data]
+    return data
 
 
 class HalGroup(click.Group):
