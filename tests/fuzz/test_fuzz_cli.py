@@ -24,7 +24,7 @@ DOCUMENTED = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 124, 130}
 UNFINISHED = {"queued", "provisioning", "preparing", "running", "collecting"}
 
 FUZZ = settings(
-    max_examples=int(os.environ.get("HAL_FUZZ_EXAMPLES", "12")),
+    max_examples=int(os.environ.get("HAL_FUZZ_EXAMPLES", "10")),
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
@@ -102,6 +102,22 @@ def check_outcome(world: World, out: subprocess.CompletedProcess[str], before: s
         assert task["status"] not in UNFINISHED, task
     # In-process runs destroy their sandbox at the end, whatever happened.
     assert list((world.home / "sandboxes").glob("*/*")) == []
+    assert processes_under(world.home) == []
+
+
+def processes_under(home: Path) -> list[str]:
+    """Command lines of live processes that name ``home`` (an agent, tmux or runner left)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(home) in cmdline:
+            found.append(cmdline)
+    return found
 
 
 AGENTS = st.one_of(

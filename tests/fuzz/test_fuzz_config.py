@@ -17,7 +17,7 @@ from hal9999.errors import ConfigError
 from hal9999.providers.limits import effective
 
 FUZZ = settings(
-    max_examples=80,
+    max_examples=60,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow],
