@@ -117,15 +117,17 @@ def test_work_hidden_in_a_nested_repository_fails_the_task_loudly(
     assert (session / "workspace" / "sub" / "f").read_text() == "x\n"
 
 
+@pytest.mark.parametrize("source", ["path", "url"])
 def test_a_committed_secret_keeps_the_branch_out(
-    hal: Hal, demo_repo: Path, hal_env: dict[str, str]
+    hal: Hal, demo_repo: Path, hal_env: dict[str, str], source: str
 ) -> None:
     """Issue 9 item 10: the value of a forwarded secret in the result stops the branch."""
     value = "tok-4f9c1e7a2b8d"
     agent = "sh -c 'mkdir -p conf && printf \"%s\\n\" \"$API_TOKEN\" > conf/token'"
+    repo = ["--repo", f"file://{demo_repo}"] if source == "url" else []
     out = hal(
-        "run", "--provider", "bwrap", "--env", "API_TOKEN", "--agent", agent, "go", "--json",
-        env={"API_TOKEN": value},
+        "run", *repo, "--provider", "bwrap", "--env", "API_TOKEN", "--agent", agent, "go",
+        "--json", env={"API_TOKEN": value},
     )  # fmt: skip
     assert "Traceback" not in out.stderr
     task = json.loads(out.stdout)

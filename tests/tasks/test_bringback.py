@@ -277,3 +277,21 @@ async def test_git_errors_keep_the_whole_message(tmp_path: Path) -> None:
     message = gitrepo.git_message(b"fatal: first\nhint: the fix is\nhint: to do this\n")
     assert message == "fatal: first; hint: the fix is; hint: to do this"
     assert len(gitrepo.git_message(b"x" * 10_000 + b"\n")) <= 1503
+
+
+@pytest.mark.parametrize("chunk", [16, 1 << 20])
+def test_a_patch_scan_names_the_file_and_finds_a_secret_across_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    """URL sources bring nothing back into a host repository; their patch is scanned."""
+    monkeypatch.setattr(bringback, "_CHUNK", chunk)
+    secret = "tok-0123456789abcdef"
+    patch = tmp_path / "result.patch"
+    patch.write_text(
+        "diff --git a/x b/x\n--- a/x\n+++ b/x\n+clean\n"
+        "diff --git a/conf/y b/conf/y\n--- a/conf/y\n+++ b/conf/y\n+" + "p" * 13 + secret + "\n"
+        "diff --git a/z b/z\n--- a/z\n+++ b/z\n+later\n"
+    )
+    assert bringback.patch_holds_secret(patch, SecretMasker([secret])) == "conf/y"
+    assert bringback.patch_holds_secret(patch, SecretMasker(["not-in-there-at-all"])) is None
+    assert bringback.patch_holds_secret(patch, SecretMasker()) is None

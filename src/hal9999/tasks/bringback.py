@@ -201,6 +201,34 @@ async def _scan(repo: Path, incoming: str, base: str, masker: SecretMasker, safe
         )
 
 
+def patch_holds_secret(patch: Path, masker: SecretMasker) -> str | None:
+    """The first ``+++ b/<file>`` whose added text holds a secret's value, streamed in chunks
+    with overlap; ``"result.patch"`` when the hit is before any file header; None when clean."""
+    if not masker:
+        return None
+    overlap = max(masker.max_len - 1, 0)
+    where, tail = "result.patch", ""
+    with patch.open("rb") as source:
+        while chunk := source.read(_CHUNK):
+            text = tail + chunk.decode("utf-8", "replace")
+            spans = masker.spans(text)
+            # The file a hit belongs to is the last header before it.
+            where = _last_header(text[: spans[0][0]] if spans else text, where)
+            if spans:
+                return where
+            tail = text[-overlap:] if overlap else ""
+    return None
+
+
+def _last_header(text: str, default: str) -> str:
+    at = text.rfind("\n+++ b/")
+    start = at + 1 if at != -1 else (0 if text.startswith("+++ b/") else -1)
+    if start == -1:
+        return default
+    end = text.find("\n", start)
+    return text[start + len("+++ b/") : end if end != -1 else len(text)]
+
+
 async def _feed(stdin: asyncio.StreamWriter, listing: AsyncIterator[bytes]) -> None:
     try:
         async for line in listing:

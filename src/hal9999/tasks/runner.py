@@ -25,6 +25,7 @@ from hal9999.errors import (
     DiskLimitExceeded,
     HalError,
     RepoError,
+    SecretInResult,
     TaskNotFound,
     TaskStateError,
     TaskTimeout,
@@ -415,6 +416,14 @@ class TaskRunner:
             base=task.base_commit,
             masker=ctx.masker,
         )
+        if brought is None:  # a URL source: the session's bundle is the result, scan it too
+            scan = bringback.patch_holds_secret
+            holder = await asyncio.to_thread(scan, session.patch, ctx.masker)
+            if holder is not None:
+                raise SecretInResult(
+                    f"the result holds the value of one of the task's secrets, in {holder}",
+                    hint=f"remove it from the branch's history; {collect.safe_in_session(session)}",
+                )
         if brought is not None and brought.moved_aside:
             self.store.update_task(task.id, branch=brought.branch)
             ctx.task = self.store.get_task(task.id)
