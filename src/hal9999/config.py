@@ -116,6 +116,48 @@ class CredentialFile(_Config):
         return posixpath.join(AGENT_HOME, *parts) if value.startswith("/") else value
 
 
+class ModelPrice(_Config):
+    """USD per million tokens of one model (``[gateway.prices."<model>"]``)."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cache_read: float | None = Field(default=None, ge=0)
+    """Cache reads; the input price when unset."""
+    cache_write: float | None = Field(default=None, ge=0)
+    """Cache writes; the input price when unset."""
+
+
+class GatewayConfig(_Config):
+    """The host-side LLM gateway (``[gateway]``): user config only, never a project's
+    hal.toml (the trust allow-list does not name it), since it holds budgets and egress."""
+
+    enabled: bool = True
+    """Route preset agents through the gateway (the real key stays on the host)."""
+    concurrency: int = Field(default=8, ge=1, le=1024)
+    """Upstream calls at once per upstream and key, across every task of this HAL_HOME."""
+    requests_per_minute: float | None = Field(default=None, gt=0)
+    """Token-bucket rate of new upstream calls per upstream and key; unlimited when unset."""
+    max_retries: int = Field(default=6, ge=0, le=50)
+    """Retries of a 429/529/5xx answer (honouring ``retry-after``) before the agent sees it."""
+    max_cost_usd: float | None = Field(default=None, gt=0)
+    """Default budget of one task in dollars (``hal run --max-cost`` overrides)."""
+    max_tokens: int | None = Field(default=None, gt=0)
+    """Default budget of one task in tokens (``hal run --max-tokens`` overrides)."""
+    daily_max_cost_usd: float | None = Field(default=None, gt=0)
+    """Dollars all tasks may spend per UTC day."""
+    daily_max_tokens: int | None = Field(default=None, gt=0)
+    """Tokens all tasks may use per UTC day."""
+    models: list[str] | None = None
+    """Model allow-list: a request for any other model is refused; every model when unset."""
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)
+    """Prices by model, over the shipped table (:mod:`hal9999.gateway.prices`)."""
+    store_bodies: bool = False
+    """Keep request bodies (masked) with each call record."""
+    egress: list[str] = Field(default_factory=list)
+    """Hosts (``host`` or ``host:port``, ``*.domain``) every task may reach through the egress
+    proxy when the sandbox has no network."""
+
+
 class HalConfig(_Config):
     """Everything configurable about hal."""
 
@@ -150,6 +192,8 @@ class HalConfig(_Config):
     one; validated by :mod:`hal9999.pool.settings` (``HAL_<PROVIDER>_*``, ``HAL_*`` win)."""
     scheduler: dict[str, Any] = Field(default_factory=dict)
     """Daemon queue settings (``[scheduler]``), validated by :mod:`hal9999.pool.settings`."""
+    gateway: GatewayConfig = GatewayConfig()
+    """The LLM gateway and egress policy (``[gateway]``)."""
 
     @field_validator("home")
     @classmethod

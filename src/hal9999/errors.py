@@ -30,6 +30,8 @@ optional ``hint`` that tells the user how to fix the problem::
     ├── TaskStateError            task_state         exit 9
     ├── DiskLimitExceeded         disk_limit         exit 10
     ├── DiskFull                  disk_full          exit 10
+    ├── GatewayError              gateway_error      exit 11
+    ├── BudgetExceeded            budget_exceeded    exit 11
     ├── TaskTimeout               timed_out          exit 124
     └── TaskCancelled             cancelled          exit 130
 
@@ -226,6 +228,20 @@ class DiskFull(HalError):
 
     code = "disk_full"
     exit_status = 10
+
+
+class GatewayError(HalError):
+    """The LLM gateway could not be started, reached or told about a task."""
+
+    code = "gateway_error"
+    exit_status = 11
+
+
+class BudgetExceeded(HalError):
+    """A task (or the day) reached its token or cost budget; the gateway refused more calls."""
+
+    code = "budget_exceeded"
+    exit_status = 11
 
 
 class TaskTimeout(HalError):

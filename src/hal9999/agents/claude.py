@@ -52,6 +52,8 @@ class ClaudeCodeAgent(PresetAgent):
     install_hint = "npm install -g @anthropic-ai/claude-code@2.1.330"
     tested_version = "2.1.330"
     supports_resume = True
+    upstream = "https://api.anthropic.com"
+    upstream_key_env = "ANTHROPIC_API_KEY"
 
     def build(self, ctx: AgentContext) -> AgentLaunch:
         """``claude -p`` reading the prompt from stdin, streaming JSON events."""

@@ -82,6 +82,8 @@ class CodexAgent(PresetAgent):
     install_hint = "npm install -g @openai/codex@0.169.0"
     tested_version = "0.169.0"
     supports_resume = True
+    upstream = "https://api.openai.com/v1"
+    upstream_key_env = "OPENAI_API_KEY"
 
     def build(self, ctx: AgentContext) -> AgentLaunch:
         """``codex exec`` (or ``exec resume``) reading the prompt from stdin."""

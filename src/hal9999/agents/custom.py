@@ -12,7 +12,9 @@ the environment, so nothing is ever quoted into a shell line. It
   travels through a process manager's command line, where size limits apply (tmux's are
   ~16 KiB),
 * copies the API key from the host variable the user named (forwarded under its own name via
-  ``AgentLaunch.secret_env``) to the variable names the agent reads, when they differ.
+  ``AgentLaunch.secret_env``) to the variable names the agent reads, when they differ,
+* starts the LLM gateway's forwarder on ``127.0.0.1:$HAL_GATEWAY_PORT`` when set (the key the
+  agent then holds is the task's placeholder token; see :mod:`hal9999.gateway`).
 """
 
 from __future__ import annotations
@@ -47,7 +49,11 @@ if [ -n "${HAL_PROMPT_MARK-}" ]; then
   set -- "${hal_args[@]}"
   unset hal_prompt hal_args hal_arg
 fi
-unset HAL_API_KEY_ENV HAL_API_KEY_AS HAL_PROMPT_MARK
+if [ -n "${HAL_GATEWAY_PORT-}" ]; then
+  # The LLM gateway's forwarder, in this exec's own network namespace (see hal9999.gateway).
+  python3 -I -S "$HAL_GATEWAY_DIR/forwarder.py" "$HAL_GATEWAY_PORT" "$HAL_GATEWAY_DIR/llm.sock"
+fi
+unset HAL_API_KEY_ENV HAL_API_KEY_AS HAL_PROMPT_MARK HAL_GATEWAY_PORT HAL_GATEWAY_DIR
 if ! command -v -- "$1" >/dev/null 2>&1; then
   printf 'hal: agent program %s is not installed in the sandbox\n' "$1" >&2
   exit 127
@@ -234,6 +240,19 @@ class PresetAgent(ABC):
     """Presets call an LLM API, so a sandbox without network leaves them nothing to talk to."""
     tested_version: str | None = None
     """The CLI version hal's end-to-end tests run (``scripts/install-agents.sh`` pins it)."""
+    upstream: str | None = None
+    """The API the preset talks to by default (through the LLM gateway)."""
+    upstream_key_env: str | None = None
+    """The host variable holding that API's key by default."""
+
+    def gateway_upstream(self, settings: AgentSettings) -> tuple[str, str] | None:
+        """The upstream base URL and the host key variable the gateway uses for this
+        preset under ``settings`` (None: the preset cannot go through the gateway)."""
+        upstream = settings.base_url or self.upstream
+        key_env = settings.api_key_env or self.upstream_key_env
+        if upstream is None or key_env is None:
+            return None
+        return upstream, key_env
 
     def __init__(self, settings: AgentSettings | None = None) -> None:
         self.settings = settings or AgentSettings()

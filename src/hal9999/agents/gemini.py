@@ -64,6 +64,8 @@ class GeminiAgent(PresetAgent):
     install_hint = "npm install -g @google/gemini-cli@0.61.0"
     tested_version = "0.61.0"
     supports_resume = True
+    upstream = "https://generativelanguage.googleapis.com"
+    upstream_key_env = "GEMINI_API_KEY"
 
     def build(self, ctx: AgentContext) -> AgentLaunch:
         """Headless ``gemini`` reading the prompt from stdin."""

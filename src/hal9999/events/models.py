@@ -99,6 +99,14 @@ class Usage(_Event):
     cost_usd: float | None = None
     total: bool = False
     """True when the figures are the run's totals rather than a step's."""
+    source: Literal["agent", "gateway"] = "agent"
+    """Who measured it: the agent's own output, or the LLM gateway (one model call, exact)."""
+    model: str | None = None
+    """The model called (gateway figures)."""
+    status: int | None = None
+    """The HTTP status the agent got for the call (gateway figures)."""
+    latency_ms: float | None = None
+    """Request to end of response (gateway figures)."""
 
 
 class AgentSession(_Event):

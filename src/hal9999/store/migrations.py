@@ -117,4 +117,33 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE UNIQUE INDEX events_gseq ON events (gseq);
         """,
     ),
+    Migration(
+        4,
+        "gateway model calls",
+        """
+        -- One row per model call through the LLM gateway: what budgets and `hal task
+        -- requests` read. Bodies are not kept (see gateway.store_bodies, masked when on).
+        CREATE TABLE gateway_requests (
+            id            INTEGER PRIMARY KEY AUTOINCREMENT,
+            task_id       TEXT NOT NULL,
+            ts            REAL NOT NULL,
+            method        TEXT NOT NULL,
+            path          TEXT NOT NULL,
+            model         TEXT,
+            status        INTEGER NOT NULL,
+            latency_ms    REAL NOT NULL,
+            input_tokens  INTEGER NOT NULL DEFAULT 0,
+            output_tokens INTEGER NOT NULL DEFAULT 0,
+            cache_read_tokens  INTEGER NOT NULL DEFAULT 0,
+            cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+            total_tokens  INTEGER NOT NULL DEFAULT 0,
+            cost_usd      REAL,
+            error         TEXT,
+            retries       INTEGER NOT NULL DEFAULT 0,
+            body          TEXT
+        );
+        CREATE INDEX gateway_requests_task ON gateway_requests (task_id, id);
+        CREATE INDEX gateway_requests_ts ON gateway_requests (ts);
+        """,
+    ),
 )

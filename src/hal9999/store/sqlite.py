@@ -22,6 +22,7 @@ from typing import Any
 from hal9999.errors import AmbiguousTaskId, HalError, TaskNotFound
 from hal9999.home import HalPaths
 from hal9999.store.events import EventTable
+from hal9999.store.gateway import GatewayTable
 from hal9999.store.migrations import MIGRATIONS, Migration
 from hal9999.store.records import TaskRecord
 from hal9999.store.sandboxes import SandboxTable
@@ -64,7 +65,7 @@ def _from_row(row: sqlite3.Row) -> TaskRecord:
     return TaskRecord.model_validate(data)
 
 
-class Store(EventTable, SandboxTable):
+class Store(EventTable, SandboxTable, GatewayTable):
     """Tasks, the event index and pooled sandboxes, in one SQLite database."""
 
     def __init__(self, path: Path) -> None:
@@ -342,6 +343,7 @@ class Store(EventTable, SandboxTable):
         """Remove a task and its event index rows."""
         with self._write() as conn:
             conn.execute("DELETE FROM events WHERE task_id = ?", (task_id,))
+            conn.execute("DELETE FROM gateway_requests WHERE task_id = ?", (task_id,))
             deleted = conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,)).rowcount
             if not deleted:
                 raise TaskNotFound(f"no task {task_id!r}", hint=_LIST_HINT, task_id=task_id)

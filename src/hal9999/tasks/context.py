@@ -10,6 +10,7 @@ from pathlib import Path
 from hal9999.config import HalConfig
 from hal9999.events.log import EventLog
 from hal9999.events.models import Event, Usage
+from hal9999.gateway.tasks import GatewayRoute
 from hal9999.pool.settings import network_of, provider_settings, resources_of
 from hal9999.providers.base import Sandbox
 from hal9999.redact import SecretMasker
@@ -72,6 +73,8 @@ class RunContext:
     """The run's sandbox, once acquired."""
     pspec: ProcessSpec | None = None
     """The agent's process spec, once known."""
+    gateway: GatewayRoute | None = None
+    """The run's way to its LLM through the host's gateway (None: the agent goes direct)."""
 
 
 @dataclass

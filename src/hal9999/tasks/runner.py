@@ -12,6 +12,7 @@ import os
 import shutil
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from hal9999.events.models import (
     TaskEnd,
     Usage,
 )
+from hal9999.gateway.tasks import GatewayUsage, route_for
 from hal9999.process.base import ProcessManager, read_exit_status
 from hal9999.process.caplog import log_cap_from
 from hal9999.providers import limits
@@ -103,9 +105,11 @@ class TaskRunner:
         return ctx.task
 
     def emit(self, ctx: RunContext, event: Event) -> None:
-        """Record an event, folding usage and session ids into the task."""
+        """Record an event, folding usage and session ids into the task (the gateway's exact
+        figures, when the agent goes through it, instead of what the agent says)."""
         if isinstance(event, Usage):
-            ctx.totals.add(event)
+            if ctx.gateway is None or event.source == "gateway":
+                ctx.totals.add(event)
         elif isinstance(event, AgentSession):
             self.store.update_task(ctx.task.id, agent_session_id=event.session_id)
         ctx.events.emit(event)
@@ -194,6 +198,8 @@ class TaskRunner:
         finally:
             if not ctx.detached:
                 await self.remove_credentials(ctx)
+                if ctx.gateway is not None:
+                    await ctx.gateway.close()
             if ctx.sandbox is not None and not ctx.detached:
                 # A task stopped or cancelled from outside: whoever did it destroys the
                 # sandbox too, so it must not go back to the pool for the next task.
@@ -218,7 +224,10 @@ class TaskRunner:
         task = ctx.task
         self.transition(ctx, TaskStatus.PROVISIONING)
         spec = sandbox_spec(self.config, task, ctx.session, self.environ)
-        offline = spec.network == "none" and needs_network(agent)
+        ctx.gateway = route_for(self.config, agent, task.id, self.environ, ctx.secrets)
+        if ctx.gateway is not None:
+            spec = spec.model_copy(update={"binds": (*spec.binds, ctx.gateway.bind())})
+        offline = spec.network == "none" and needs_network(agent) and ctx.gateway is None
         if offline:
             self.emit(ctx, Message(level="warning", text=offline_warning(agent.name)))
         lease = await self.sandboxes.acquire(provider, spec, task.id)
@@ -230,8 +239,9 @@ class TaskRunner:
         self.transition(ctx, TaskStatus.PREPARING)
         launch = await self.prepare(ctx, sandbox, agent, prompt)
         self.transition(ctx, TaskStatus.RUNNING, detail=f"agent {agent.name}")
-        missing = [name for name in launch.secret_env if name not in ctx.secrets]
-        secrets = {**forwarded_env(missing, self.environ), **ctx.secrets}
+        given = {**ctx.secrets, **(ctx.gateway.secrets() if ctx.gateway else {})}
+        missing = [name for name in launch.secret_env if name not in given]
+        secrets = {**forwarded_env(missing, self.environ), **given}
         # The agent's own key variables are secrets however they were given.
         for name in launch.secret_env:
             ctx.masker.add(secrets[name])
@@ -243,6 +253,9 @@ class TaskRunner:
             }
         )
         ctx.log_start = file_size(ctx.session.log)
+        if ctx.gateway is not None:
+            ctx.gateway.usage = GatewayUsage(self.store, task.id)  # calls from here on
+            await ctx.gateway.open()
         await manager.start(sandbox, ctx.pspec, env=secrets)
         return offline
 
@@ -301,6 +314,8 @@ class TaskRunner:
             resume_session=resume,
             settings=self.config.agent_settings(task.agent),
         )
+        if ctx.gateway is not None:
+            actx = replace(actx, settings=ctx.gateway.agent_settings(actx.settings))
         launch = agent.build(actx)
         for path, data in launch.files.items():
             await sandbox.write_file_atomic(path, data, mode=0o600)
@@ -314,7 +329,9 @@ class TaskRunner:
                 f"agent program {program!r} is not installed in the {sandbox.provider} sandbox",
                 hint=agent.install_hint,
             )
-        command = launch.command.model_copy(update={"env": {**launch.env, **launch.command.env}})
+        gateway_env = ctx.gateway.launcher_env() if ctx.gateway is not None else {}
+        env = {**launch.env, **launch.command.env, **gateway_env}
+        command = launch.command.model_copy(update={"env": env})
         return AgentLaunch(
             command=command, env=launch.env, files=launch.files, secret_env=launch.secret_env
         )
@@ -351,6 +368,7 @@ class TaskRunner:
         delay, checked = _FIRST_POLL_S, -_LIVENESS_S
         disk = limits.DiskWatchdog(ctx.sandbox, self.config.home)
         await disk.start()
+        usage = ctx.gateway.usage if ctx.gateway is not None else None
         while True:
             now = time.monotonic()
             if read_exit_status(pspec.exit_path) is not None or now - checked >= _LIVENESS_S:
@@ -359,6 +377,8 @@ class TaskRunner:
                 if status.state != "running":
                     break
             follower.pump()
+            if usage is not None:
+                usage.pump(lambda event: self.emit(ctx, event))
             await disk.check()
             if timeout is not None and time.monotonic() - started > timeout:
                 raise TaskTimeout(
@@ -372,6 +392,8 @@ class TaskRunner:
             if not follower.pump(final=True):
                 break
             await asyncio.sleep(0)
+        if usage is not None:
+            usage.pump(lambda event: self.emit(ctx, event), final=True)
         if status.state == "missing" or status.exit_code is None:
             current = self.store.get_task(ctx.task.id)
             if current.status in TAKEN_AWAY:

@@ -1,0 +1,1 @@
+"""The host-side LLM gateway and egress policy (see docs/security.md)."""

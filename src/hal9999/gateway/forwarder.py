@@ -1,0 +1,98 @@
+"""The in-sandbox forwarder: ``127.0.0.1:PORT`` inside the sandbox to the gateway's unix socket.
+
+Run by the agent's launcher as ``python3 forwarder.py PORT SOCKET``, inside the same bwrap exec
+as the agent (every exec has its own network namespace, so a listener started by another exec
+would be invisible). It binds first, then forks: the parent exits 0 once the port accepts
+connections, so the launcher can ``exec`` the agent right after; the child serves until the
+launcher's process (which became the agent) is gone.
+
+Dependency-free on purpose (the standard library of the sandbox's ``python3``): the file is
+copied as it is into the gateway's channel directory, read-only inside every sandbox. It
+carries bytes only; the placeholder token, the checks and the real key live on the host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+
+CHUNK = 1 << 16
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(CHUNK):
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+    except (ConnectionError, OSError):
+        pass
+
+
+async def _serve_one(
+    path: str, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
+) -> None:
+    try:
+        up_r, up_w = await asyncio.open_unix_connection(path)
+    except OSError:
+        client_w.close()
+        return
+    sock = client_w.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    await asyncio.gather(_pump(client_r, up_w), _pump(up_r, client_w))
+    for w in (up_w, client_w):
+        w.close()
+
+
+async def _watch(pid: int) -> None:
+    # The launcher exec'd the agent under this pid: when it is gone, so is the forwarder's job.
+    while True:
+        await asyncio.sleep(1.0)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            continue
+
+
+async def _main(listener: socket.socket, path: str, pid: int) -> None:
+    server = await asyncio.start_server(
+        lambda r, w: _serve_one(path, r, w), sock=listener, limit=CHUNK
+    )
+    async with server:
+        await _watch(pid)
+
+
+def main(argv: list[str]) -> int:
+    """Bind ``127.0.0.1:PORT``, fork a server child, return once it listens."""
+    if len(argv) != 2:
+        print("usage: forwarder.py PORT SOCKET", file=sys.stderr)  # noqa: T201
+        return 2
+    port, path = int(argv[0]), argv[1]
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(("127.0.0.1", port))
+    except OSError as exc:
+        print(f"hal: gateway forwarder cannot listen on 127.0.0.1:{port}: {exc}", file=sys.stderr)  # noqa: T201
+        return 1
+    listener.listen(128)
+    listener.setblocking(False)
+    watched = os.getppid()  # the launcher, which becomes the agent by exec
+    if os.fork() != 0:
+        return 0
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    asyncio.run(_main(listener, path, watched))
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,41 @@
+"""The shipped price table: USD per million tokens, each entry with its date and source.
+
+``[gateway.prices."<model>"]`` in the user's config overrides or adds entries. A model is
+matched exactly, then by the longest entry its name starts with (``claude-sonnet-4-5-2025...``
+takes ``claude-sonnet-4-5``). A model with no price gets ``cost_usd = null``, never a guess.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+PRICES_AS_OF = "2026-11-01"
+"""When the table below was last checked against the providers' public price pages."""
+
+DEFAULT_PRICES: dict[str, dict[str, float]] = {
+    # Anthropic, https://www.anthropic.com/pricing (API), checked 2026-11-01.
+    "claude-opus-4": {"input": 15.0, "output": 75.0, "cache_read": 1.5, "cache_write": 18.75},
+    "claude-sonnet-4": {"input": 3.0, "output": 15.0, "cache_read": 0.3, "cache_write": 3.75},
+    "claude-haiku-4": {"input": 1.0, "output": 5.0, "cache_read": 0.1, "cache_write": 1.25},
+    # OpenAI, https://openai.com/api/pricing, checked 2026-11-01.
+    "gpt-5": {"input": 1.25, "output": 10.0, "cache_read": 0.125},
+    "gpt-5-mini": {"input": 0.25, "output": 2.0, "cache_read": 0.025},
+    "gpt-4.1": {"input": 2.0, "output": 8.0, "cache_read": 0.5},
+    # Google, https://ai.google.dev/gemini-api/docs/pricing, checked 2026-11-01.
+    "gemini-2.5-pro": {"input": 1.25, "output": 10.0, "cache_read": 0.31},
+    "gemini-2.5-flash": {"input": 0.3, "output": 2.5, "cache_read": 0.075},
+}
+"""Model name (or prefix) to USD per million input, output, cache-read and cache-write tokens."""
+
+
+def price_of(
+    model: str | None, table: Mapping[str, Mapping[str, float]]
+) -> dict[str, float] | None:
+    """The price of ``model`` in ``table`` (exact, else the longest matching prefix)."""
+    if not model:
+        return None
+    name = model.rpartition("/")[2]  # "openai/gpt-5" and "models/gemini-2.5-pro"
+    if name in table:
+        return dict(table[name])
+    matches = [key for key in table if name.startswith(key)]
+    return dict(table[max(matches, key=len)]) if matches else None

@@ -1,0 +1,345 @@
+"""The LLM gateway: placeholder token in, real key out, usage and budgets at the choke point.
+
+An agent's request arrives on the data socket (through the in-sandbox forwarder) carrying its
+task's placeholder token where an API key goes (``authorization: Bearer``, ``x-api-key``,
+``x-goog-api-key``, ``api-key`` or ``?key=``). The gateway finds the task's :class:`Grant` by
+that token (any other token is refused, 401), checks the model allow-list and the budgets
+(refusals are 400-class, which the agent CLIs treat as final), swaps the token for the real
+key and forwards the request to the task's upstream over httpx, streaming the answer back
+unbuffered while a :class:`UsageMeter` reads the usage out of it. Each call becomes a
+``gateway_requests`` row, which the task's runner turns into a ``usage`` event.
+
+httpx and h11 are imported here only: this module runs in the gateway process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import h11
+import httpx
+
+from hal9999.gateway import refusal
+from hal9999.gateway.channel import TOKEN_PREFIX, Grant
+from hal9999.gateway.limits import RETRY_STATUSES, UpstreamLimiter, retry_after_s
+from hal9999.gateway.prices import DEFAULT_PRICES, price_of
+from hal9999.gateway.usage import UsageMeter, cost_usd
+from hal9999.store import Store
+from hal9999.store.gateway import GatewayRequest
+
+logger = logging.getLogger(__name__)
+
+MAX_REQUEST_BODY = 64 << 20
+"""The largest request an agent may send (long conversations with images stay below this)."""
+CHUNK = 1 << 16
+_KEY_HEADERS = ("x-api-key", "x-goog-api-key", "api-key")
+_HOP_HEADERS = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
+     "upgrade", "host", "content-length", "accept-encoding", "proxy-authorization"}
+)  # fmt: skip
+_UPSTREAM_TIMEOUT = httpx.Timeout(connect=15.0, read=600.0, write=60.0, pool=None)
+
+
+class Gateway:
+    """The data plane: grants by token, shared limiters, one httpx client."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.grants: dict[str, Grant] = {}
+        self.limiters: dict[str, UpstreamLimiter] = {}
+        self.inflight: dict[str, set[asyncio.Task[Any]]] = {}
+        self.client = httpx.AsyncClient(
+            timeout=_UPSTREAM_TIMEOUT,
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+            follow_redirects=False,
+            trust_env=False,
+        )
+        self.last_active = time.monotonic()
+
+    # -- grants ---------------------------------------------------------------------------
+    def register(self, grant: Grant) -> None:
+        """Accept ``grant``'s token from now on."""
+        if not grant.token.startswith(TOKEN_PREFIX) or not grant.key:
+            raise ValueError("a grant needs a gateway token and a key")
+        self.grants[grant.token] = grant
+        self.last_active = time.monotonic()
+
+    def unregister(self, token: str) -> None:
+        """Refuse ``token`` from now on and abort its calls in flight."""
+        self.grants.pop(token, None)
+        for task in self.inflight.pop(token, set()):
+            task.cancel()
+        self.last_active = time.monotonic()
+
+    def limiter(self, grant: Grant) -> UpstreamLimiter:
+        """The shared limiter of ``grant``'s upstream and key."""
+        origin = _origin(grant.upstream)
+        name = origin + " " + hashlib.sha256(grant.key.encode()).hexdigest()[:16]
+        if name not in self.limiters:
+            settings = grant.settings
+            self.limiters[name] = UpstreamLimiter(
+                int(settings.get("concurrency", 8)), settings.get("requests_per_minute")
+            )
+        return self.limiters[name]
+
+    # -- serving --------------------------------------------------------------------------
+    async def serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Answer HTTP/1.1 requests on one connection until it closes."""
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 << 10)
+        try:
+            while True:
+                request, body = await _read_request(conn, reader)
+                if request is None:
+                    return
+                await self.answer(conn, writer, request, body)
+                if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+                    return
+                conn.start_next_cycle()
+        except (h11.ProtocolError, ConnectionError, asyncio.IncompleteReadError):
+            return
+        except Exception:
+            logger.exception("gateway connection failed")
+        finally:
+            writer.close()
+
+    async def answer(
+        self, conn: h11.Connection, writer: asyncio.StreamWriter, req: h11.Request, body: bytes
+    ) -> None:
+        """One request: find its grant, check it, forward it, record it."""
+        started, wall = time.monotonic(), time.time()
+        self.last_active = started
+        headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in req.headers]
+        target = req.target.decode("latin-1")
+        method = req.method.decode("ascii")
+        token, grant = self._grant_of(headers, target)
+        if grant is None:
+            await _send_refusal(conn, writer, 401, "unknown_token", "no valid hal gateway token")
+            return
+        path = urlsplit(target).path
+        model = refusal.requested_model(path, body)
+        record = GatewayRequest(
+            task_id=grant.task_id, ts=wall, method=method, path=path[:500], model=model,
+            status=0, latency_ms=0.0,
+        )  # fmt: skip
+        problem = self._refused(grant, model)
+        if problem is not None:
+            status, code, text = problem
+            await _send_refusal(conn, writer, status, code, text, path=path)
+            self._record(record, started, status=status, error=code)
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self.inflight.setdefault(token, set()).add(task)
+        try:
+            await self._forward(conn, writer, grant, method, target, headers, body, record, started)
+        except asyncio.CancelledError:
+            self._record(record, started, status=record.status or 499, error="aborted")
+            raise
+        finally:
+            self.inflight.get(token, set()).discard(task)
+
+    def _grant_of(self, headers: list[tuple[str, str]], target: str) -> tuple[str, Grant | None]:
+        for name, value in headers:
+            if name == "authorization" and value.lower().startswith("bearer "):
+                value = value[7:].strip()
+            elif name not in _KEY_HEADERS:
+                continue
+            if value in self.grants:
+                return value, self.grants[value]
+        for name, value in parse_qsl(urlsplit(target).query):
+            if name == "key" and value in self.grants:
+                return value, self.grants[value]
+        return "", None
+
+    def _refused(self, grant: Grant, model: str | None) -> tuple[int, str, str] | None:
+        allowed = grant.models
+        if allowed is not None and model is not None and model not in allowed:
+            return 403, "model_not_allowed", (
+                f"hal gateway: model {model!r} is not allowed for this task "
+                f"(allowed: {', '.join(allowed)})"
+            )
+        spent_tokens, spent_cost = self.store.gateway_spent(task_id=grant.task_id)
+        if grant.max_tokens is not None and spent_tokens >= grant.max_tokens:
+            return 400, "budget_exceeded", (
+                f"hal gateway: the task's token budget ({grant.max_tokens}) is spent"
+            )
+        if grant.max_cost_usd is not None and spent_cost >= grant.max_cost_usd:
+            return 400, "budget_exceeded", (
+                f"hal gateway: the task's cost budget (${grant.max_cost_usd:g}) is spent"
+            )
+        daily_tokens = grant.settings.get("daily_max_tokens")
+        daily_cost = grant.settings.get("daily_max_cost_usd")
+        if daily_tokens is not None or daily_cost is not None:
+            midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+            day_tokens, day_cost = self.store.gateway_spent(since=midnight.timestamp())
+            if (daily_tokens is not None and day_tokens >= daily_tokens) or (
+                daily_cost is not None and day_cost >= daily_cost
+            ):
+                return 400, "budget_exceeded", "hal gateway: today's budget for all tasks is spent"
+        return None
+
+    async def _forward(
+        self,
+        conn: h11.Connection,
+        writer: asyncio.StreamWriter,
+        grant: Grant,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        record: GatewayRequest,
+        started: float,
+    ) -> None:
+        url = _upstream_url(grant, target)
+        out_headers = [(k, _swap(k, v, grant)) for k, v in headers if k not in _HOP_HEADERS]
+        out_headers.append(("accept-encoding", "identity"))  # usage is read from the bytes
+        limiter = self.limiter(grant)
+        retries = int(grant.settings.get("max_retries", 6))
+        attempt = 0
+        while True:
+            await limiter.acquire()
+            try:
+                request = self.client.build_request(method, url, headers=out_headers, content=body)
+                try:
+                    response = await self.client.send(request, stream=True)
+                except httpx.HTTPError as exc:
+                    if attempt < retries and _safe_to_retry(exc):
+                        limiter.pause(retry_after_s({}, attempt))
+                        attempt += 1
+                        continue
+                    text = f"hal gateway: upstream unreachable: {type(exc).__name__}"
+                    await _send_refusal(conn, writer, 502, "upstream_unreachable", text)
+                    self._record(record, started, status=502, error="upstream_unreachable")
+                    return
+                if response.status_code in RETRY_STATUSES and attempt < retries:
+                    limiter.pause(retry_after_s(response.headers, attempt))
+                    await response.aclose()
+                    attempt += 1
+                    continue
+                record.retries = attempt
+                await self._relay(conn, writer, response, record, started, grant)
+                return
+            finally:
+                limiter.release()
+
+    async def _relay(
+        self,
+        conn: h11.Connection,
+        writer: asyncio.StreamWriter,
+        response: httpx.Response,
+        record: GatewayRequest,
+        started: float,
+        grant: Grant,
+    ) -> None:
+        meter = UsageMeter()
+        record.status = response.status_code
+        headers = [
+            (k, v) for k, v in response.headers.items() if k.lower() not in _HOP_HEADERS
+        ]
+        try:
+            writer.write(conn.send(h11.Response(status_code=response.status_code, headers=headers)))
+            async for chunk in response.aiter_raw(CHUNK):
+                meter.feed(chunk)
+                writer.write(conn.send(h11.Data(data=chunk)))
+                await writer.drain()
+            writer.write(conn.send(h11.EndOfMessage()))
+            await writer.drain()
+        finally:
+            await response.aclose()
+            usage = meter.close()
+            record.model = meter.model or record.model
+            prices = {**DEFAULT_PRICES, **grant.settings.get("prices", {})}
+            price = price_of(record.model, prices)
+            record.input_tokens, record.output_tokens = usage.input, usage.output + usage.thoughts
+            record.cache_read_tokens = usage.cache_read
+            record.cache_write_tokens = usage.cache_write
+            record.total_tokens = usage.total
+            record.cost_usd = cost_usd(usage, price) if usage.total else None
+            self._record(record, started, status=record.status)
+
+    def _record(
+        self, record: GatewayRequest, started: float, *, status: int, **fields: Any
+    ) -> None:
+        record.status = status
+        record.latency_ms = round((time.monotonic() - started) * 1000, 3)
+        for name, value in fields.items():
+            setattr(record, name, value)
+        try:
+            self.store.add_gateway_request(record)
+        except Exception:
+            logger.exception("gateway: could not record a call of task %s", record.task_id)
+
+
+async def _read_request(
+    conn: h11.Connection, reader: asyncio.StreamReader
+) -> tuple[h11.Request | None, bytes]:
+    request: h11.Request | None = None
+    body = bytearray()
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            data = await reader.read(CHUNK)
+            conn.receive_data(data)
+            if not data and request is None:
+                return None, b""
+            continue
+        if isinstance(event, h11.Request):
+            request = event
+        elif isinstance(event, h11.Data):
+            body += event.data
+            if len(body) > MAX_REQUEST_BODY:
+                raise h11.RemoteProtocolError("request body too large")
+        elif isinstance(event, h11.EndOfMessage):
+            return request, bytes(body)
+        elif isinstance(event, h11.ConnectionClosed):
+            return None, b""
+
+
+async def _send_refusal(
+    conn: h11.Connection,
+    writer: asyncio.StreamWriter,
+    status: int,
+    code: str,
+    text: str,
+    *,
+    path: str = "",
+) -> None:
+    data = refusal.error_body(status, code, text, path)
+    headers = [("content-type", "application/json"), ("content-length", str(len(data)))]
+    writer.write(conn.send(h11.Response(status_code=status, headers=headers)))
+    writer.write(conn.send(h11.Data(data=data)))
+    writer.write(conn.send(h11.EndOfMessage()))
+    await writer.drain()
+
+
+def _origin(upstream: str) -> str:
+    parts = urlsplit(upstream)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _upstream_url(grant: Grant, target: str) -> str:
+    parts = urlsplit(target)
+    query = [(k, grant.key if k == "key" and v == grant.token else v)
+             for k, v in parse_qsl(parts.query, keep_blank_values=True)]  # fmt: skip
+    url = _origin(grant.upstream) + (parts.path or "/")
+    return url + ("?" + urlencode(query) if query else "")
+
+
+def _swap(name: str, value: str, grant: Grant) -> str:
+    # Only the headers a key travels in, and only the exact token: nothing else is rewritten.
+    if name == "authorization" or name in _KEY_HEADERS:
+        return value.replace(grant.token, grant.key)
+    return value
+
+
+def _safe_to_retry(exc: httpx.HTTPError) -> bool:
+    # Nothing reached the upstream: a refused or failed connect is always safe to repeat.
+    return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)

@@ -1,0 +1,123 @@
+"""The gateway process: one per HAL_HOME, held by a lock, listening on two unix sockets.
+
+``control.sock`` (in the 0700 gateway directory, host only) takes JSON lines: ``ping``,
+``register`` (a :class:`Grant`, key included) and ``unregister``. ``channel/llm.sock`` is the
+data plane, bound into sandboxes; a request there is only served with a registered token.
+The process exits after ``HAL_GATEWAY_IDLE_S`` seconds (default 600) with no grant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from hal9999.gateway.channel import GatewayPaths, Grant
+from hal9999.gateway.proxy import Gateway
+from hal9999.store import Store
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_IDLE_S = 600.0
+MAX_CONTROL_LINE = 1 << 20
+
+
+def take_lock(paths: GatewayPaths) -> int | None:
+    """The held lock's fd, or None when another gateway holds it."""
+    paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def prepare_channel(paths: GatewayPaths) -> None:
+    """The channel directory (world-traversable, read-only inside) with the forwarder in it."""
+    paths.root.chmod(0o700)
+    paths.channel.mkdir(exist_ok=True)
+    paths.channel.chmod(0o755)  # a sandbox runs as its own uid: it must reach the socket
+    source = Path(__file__).with_name("forwarder.py")
+    tmp = paths.channel / ".forwarder.py.tmp"
+    shutil.copyfile(source, tmp)
+    tmp.chmod(0o644)
+    tmp.replace(paths.forwarder)
+    for sock in (paths.socket, paths.control):
+        sock.unlink(missing_ok=True)
+
+
+class GatewayServer:
+    """Both sockets of one gateway and its idle timer."""
+
+    def __init__(self, paths: GatewayPaths, idle_s: float = DEFAULT_IDLE_S) -> None:
+        self.paths = paths
+        self.idle_s = idle_s
+        self.store = Store.open(paths.home)
+        self.gateway = Gateway(self.store)
+
+    async def control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One control request."""
+        try:
+            line = await reader.readline()
+            answer = self.handle(json.loads(line)) if line else {"ok": False}
+        except (ValueError, TypeError, KeyError) as exc:
+            answer = {"ok": False, "error": type(exc).__name__}
+        writer.write(json.dumps(answer).encode() + b"\n")
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()
+
+    def handle(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Apply a control message."""
+        op = message.get("op")
+        if op == "ping":
+            return {"ok": True, "pid": os.getpid()}
+        if op == "register":
+            self.gateway.register(Grant(**message["grant"]))
+            return {"ok": True}
+        if op == "unregister":
+            self.gateway.unregister(str(message["token"]))
+            return {"ok": True}
+        if op == "stats":
+            peaks = {name: lim.peak for name, lim in self.gateway.limiters.items()}
+            return {"ok": True, "grants": len(self.gateway.grants), "peaks": peaks}
+        return {"ok": False, "error": f"unknown op {op!r}"}
+
+    async def run(self, ready: int | None = None) -> None:
+        """Serve until idle."""
+        data = await asyncio.start_unix_server(
+            self.gateway.serve_connection, path=str(self.paths.socket), limit=1 << 16
+        )
+        os.chmod(self.paths.socket, 0o666)  # tokens, not file modes, decide who is served
+        control = await asyncio.start_unix_server(
+            self.control, path=str(self.paths.control), limit=MAX_CONTROL_LINE
+        )
+        os.chmod(self.paths.control, 0o600)
+        if ready is not None:
+            os.write(ready, b"ready\n")
+            os.close(ready)
+        async with data, control:
+            while True:
+                await asyncio.sleep(min(5.0, self.idle_s))
+                idle = time.monotonic() - self.gateway.last_active
+                if not self.gateway.grants and not self.gateway.inflight and idle >= self.idle_s:
+                    break
+        await self.gateway.client.aclose()
+        self.store.close()
+
+
+def idle_seconds(environ: dict[str, str]) -> float:
+    """The idle time after which a gateway with no grant exits."""
+    try:
+        return max(0.1, float(environ.get("HAL_GATEWAY_IDLE_S", DEFAULT_IDLE_S)))
+    except ValueError:
+        return DEFAULT_IDLE_S

@@ -1,0 +1,148 @@
+"""What a task's run needs from the gateway: its route (token, port, bind, agent settings) and
+the ``usage`` events made from the gateway's records of its calls.
+
+Lean on purpose (no httpx): the runner imports it in every ``hal run``.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from urllib.parse import urlsplit
+
+from hal9999.agents.base import Agent, AgentSettings
+from hal9999.config import HalConfig
+from hal9999.events.models import Usage
+from hal9999.gateway.channel import (
+    CHANNEL_TARGET,
+    GatewayPaths,
+    Grant,
+    forward_port,
+    new_token,
+    register,
+    unregister,
+)
+from hal9999.spec import Bind
+from hal9999.store import Store
+
+TOKEN_VAR = "HAL_GATEWAY_TOKEN"
+"""The exec-time variable carrying the placeholder token (the launcher copies it to the
+variable the agent reads its key from)."""
+USAGE_POLL_S = 0.5
+
+
+@dataclass
+class GatewayRoute:
+    """One task's way to its LLM through the gateway."""
+
+    paths: GatewayPaths
+    grant: Grant
+    port: int
+    usage: GatewayUsage | None = None
+    """Turns the run's recorded calls into events (set when the run registers)."""
+
+    @property
+    def base_url(self) -> str:
+        """The agent's base URL inside the sandbox: the forwarder, with the upstream's path."""
+        path = urlsplit(self.grant.upstream).path.rstrip("/")
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def agent_settings(self, settings: AgentSettings) -> AgentSettings:
+        """``settings`` pointing the agent at the gateway, holding the placeholder token."""
+        return replace(settings, base_url=self.base_url, api_key_env=TOKEN_VAR)
+
+    def launcher_env(self) -> dict[str, str]:
+        """What the launcher needs to start the forwarder."""
+        return {"HAL_GATEWAY_PORT": str(self.port), "HAL_GATEWAY_DIR": CHANNEL_TARGET}
+
+    def bind(self) -> Bind:
+        """The channel directory, read-only inside the sandbox."""
+        return Bind(source=self.paths.channel, target=CHANNEL_TARGET, read_only=True)
+
+    def secrets(self) -> dict[str, str]:
+        """Exec-time variables the agent gets (the token; masked like any secret)."""
+        return {TOKEN_VAR: self.grant.token}
+
+    async def open(self) -> None:
+        """Start the gateway if needed and register the task's grant."""
+        self.paths.channel.mkdir(parents=True, exist_ok=True)
+        await register(self.paths, self.grant)
+
+    async def close(self) -> None:
+        """Withdraw the grant: the token stops working, calls in flight are aborted."""
+        await unregister(self.paths, self.grant.token)
+
+
+def route_for(
+    config: HalConfig,
+    agent: Agent,
+    task_id: str,
+    environ: Mapping[str, str],
+    secrets: Mapping[str, str],
+    *,
+    max_tokens: int | None = None,
+    max_cost_usd: float | None = None,
+) -> GatewayRoute | None:
+    """The gateway route of a task, or None when its agent goes direct (gateway off, an agent
+    that names no upstream, or no key on the host to give the gateway)."""
+    gateway = config.gateway
+    choose = getattr(agent, "gateway_upstream", None)
+    if not gateway.enabled or choose is None:
+        return None
+    chosen = choose(config.agent_settings(agent.name))
+    if chosen is None:
+        return None
+    upstream, key_env = chosen
+    key = secrets.get(key_env) or environ.get(key_env)
+    if not key or urlsplit(upstream).scheme not in ("http", "https"):
+        return None
+    grant = Grant(
+        task_id=task_id,
+        token=new_token(),
+        upstream=upstream,
+        key=key,
+        models=list(gateway.models) if gateway.models is not None else None,
+        max_tokens=max_tokens or gateway.max_tokens,
+        max_cost_usd=max_cost_usd or gateway.max_cost_usd,
+        settings=gateway.model_dump(mode="json", exclude={"egress", "enabled"}),
+    )
+    return GatewayRoute(paths=GatewayPaths(config.home), grant=grant, port=forward_port(task_id))
+
+
+def forwarder_path() -> str:
+    """The forwarder script inside a sandbox."""
+    return posixpath.join(CHANNEL_TARGET, "forwarder.py")
+
+
+class GatewayUsage:
+    """Turns a task's new ``gateway_requests`` rows into ``usage`` events (polled)."""
+
+    def __init__(self, store: Store, task_id: str) -> None:
+        self.store = store
+        self.task_id = task_id
+        self.last_id = max((r.id or 0 for r in store.gateway_requests(task_id)), default=0)
+        self._polled = 0.0
+
+    def pump(self, emit: Callable[[Usage], None], *, final: bool = False) -> None:
+        """Emit a usage event for each call recorded since the last pump."""
+        now = time.monotonic()
+        if not final and now - self._polled < USAGE_POLL_S:
+            return
+        self._polled = now
+        for row in self.store.gateway_requests(self.task_id, after=self.last_id):
+            self.last_id = row.id or self.last_id
+            emit(
+                Usage(
+                    input_tokens=row.input_tokens,
+                    output_tokens=row.output_tokens,
+                    cache_read_tokens=row.cache_read_tokens,
+                    cache_write_tokens=row.cache_write_tokens,
+                    cost_usd=row.cost_usd,
+                    source="gateway",
+                    model=row.model,
+                    status=row.status,
+                    latency_ms=row.latency_ms,
+                )
+            )
