@@ -2,9 +2,9 @@
 
 Each test gets a private HAL_HOME and config dir, a git repo with a planted bug and a failing
 test, a running :class:`ScriptedLLMServer` on 127.0.0.1, and a dummy API key that reaches hal
-only as the host variable named by ``api_key_env``. The sandbox shares the host's network
-(``HAL_NETWORK=host`` with ``host_network = "shared"``): the server listens on the host's
-loopback.
+only as the host variable named by ``api_key_env``. The sandbox has no network (the default,
+``network = "none"``): the agent reaches the server only through hal's LLM gateway, which holds
+the key; the agent holds a placeholder token.
 """
 
 from __future__ import annotations
@@ -88,10 +88,8 @@ class HalCli:
             f"model = {json.dumps(model)}\n"
             f"api_key_env = {json.dumps(KEY_VAR)}\n"
             f"extra_args = {json.dumps(list(extra_args))}\n"
-            # The scripted server listens on the host's loopback, which network "host" keeps
-            # out of reach unless the bwrap provider is told to share the host's network.
-            "[providers.bwrap]\n"
-            'host_network = "shared"\n'
+            # The scripted model has no public price; the gateway prices it from config.
+            '[gateway.prices."scripted-model"]\ninput = 1.0\noutput = 2.0\n'
         )
 
     def __call__(
@@ -111,14 +109,15 @@ class HalCli:
 
 @pytest.fixture
 def hal_cli(tmp_path: Path, bug_repo: Path, dummy_key: str) -> HalCli:
-    """hal with a private HAL_HOME, bwrap, host network and the dummy key in KEY_VAR."""
+    """hal with a private HAL_HOME, bwrap, no network and the dummy key in KEY_VAR."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HAL_")}
     home = tmp_path / "halhome"
     env |= {
         "HAL_HOME": str(home),
         "XDG_CONFIG_HOME": str(tmp_path / "xdg-config"),
         "HAL_PROVIDER": "bwrap",
-        "HAL_NETWORK": "host",
+        "HAL_NETWORK": "none",
+        "HAL_GATEWAY_IDLE_S": "2",
         KEY_VAR: dummy_key,
     }
     config = tmp_path / "xdg-config" / "hal9999" / "config.toml"

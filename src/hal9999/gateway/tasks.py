@@ -111,6 +111,11 @@ def route_for(
     return GatewayRoute(paths=GatewayPaths(config.home), grant=grant, port=forward_port(task_id))
 
 
+def goes_through_gateway(config: HalConfig, agent: Agent, environ: Mapping[str, str]) -> bool:
+    """Whether ``agent`` would reach its LLM through the gateway (so it needs no network)."""
+    return route_for(config, agent, "probe", environ, {}) is not None
+
+
 def forwarder_path() -> str:
     """The forwarder script inside a sandbox."""
     return posixpath.join(CHANNEL_TARGET, "forwarder.py")

@@ -226,6 +226,8 @@ class TaskRunner:
         spec = sandbox_spec(self.config, task, ctx.session, self.environ)
         ctx.gateway = route_for(self.config, agent, task.id, self.environ, ctx.secrets)
         if ctx.gateway is not None:
+            ctx.gateway.usage = GatewayUsage(self.store, task.id)  # calls from here on
+            await ctx.gateway.open()
             spec = spec.model_copy(update={"binds": (*spec.binds, ctx.gateway.bind())})
         offline = spec.network == "none" and needs_network(agent) and ctx.gateway is None
         if offline:
@@ -253,9 +255,6 @@ class TaskRunner:
             }
         )
         ctx.log_start = file_size(ctx.session.log)
-        if ctx.gateway is not None:
-            ctx.gateway.usage = GatewayUsage(self.store, task.id)  # calls from here on
-            await ctx.gateway.open()
         await manager.start(sandbox, ctx.pspec, env=secrets)
         return offline
 
