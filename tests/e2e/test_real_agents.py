@@ -177,6 +177,11 @@ def test_real_agent_fixes_the_failing_test(
     usage = [e for e in events if e["type"] == "usage"]
     assert usage and all(u["input_tokens"] > 0 and u["output_tokens"] > 0 for u in usage)
     assert task["input_tokens"] > 0 and task["output_tokens"] > 0
+    # The gateway measured every model call itself (network "none": it is the only way out).
+    measured = [u for u in usage if u["source"] == "gateway"]
+    assert len(measured) >= len(llm_server.requests.model_calls())
+    assert all(u["status"] == 200 and u["model"] == spec.model for u in measured)
+    assert task["input_tokens"] >= sum(u["input_tokens"] for u in measured) > 0
     if spec.reports_cost:
         assert all(u["cost_usd"] is not None for u in usage)
         assert task["cost_usd"] is not None

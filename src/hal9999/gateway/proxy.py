@@ -254,16 +254,22 @@ class Gateway:
             await writer.drain()
         finally:
             await response.aclose()
-            usage = meter.close()
-            record.model = meter.model or record.model
-            prices = {**DEFAULT_PRICES, **grant.settings.get("prices", {})}
-            price = price_of(record.model, prices)
-            record.input_tokens, record.output_tokens = usage.input, usage.output + usage.thoughts
-            record.cache_read_tokens = usage.cache_read
-            record.cache_write_tokens = usage.cache_write
-            record.total_tokens = usage.total
-            record.cost_usd = cost_usd(usage, price) if usage.total else None
+            try:
+                self._measure(record, meter, grant)
+            except Exception:  # a figure we cannot read must not lose the call's record
+                logger.exception("gateway: could not read the usage of a call")
             self._record(record, started, status=record.status)
+
+    def _measure(self, record: GatewayRequest, meter: UsageMeter, grant: Grant) -> None:
+        usage = meter.close()
+        record.model = meter.model or record.model
+        prices = {**DEFAULT_PRICES, **grant.settings.get("prices", {})}
+        price = price_of(record.model, prices)
+        record.input_tokens, record.output_tokens = usage.input, usage.output + usage.thoughts
+        record.cache_read_tokens = usage.cache_read
+        record.cache_write_tokens = usage.cache_write
+        record.total_tokens = usage.total
+        record.cost_usd = cost_usd(usage, price) if usage.total else None
 
     def _record(
         self, record: GatewayRequest, started: float, *, status: int, **fields: Any

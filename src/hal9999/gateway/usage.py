@@ -9,6 +9,7 @@ The counts a stream repeats are cumulative, so the meter keeps the largest value
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,16 +134,17 @@ class UsageMeter:
                 self._walk(value[key], depth + 1)
 
 
-def cost_usd(usage: CallUsage, price: dict[str, float] | None) -> float | None:
+def cost_usd(usage: CallUsage, price: Mapping[str, float | None] | None) -> float | None:
     """Dollars for ``usage`` at ``price`` (USD per million tokens: input, output, cache_read,
     cache_write); ``None`` when the model has no price."""
     if price is None:
         return None
+    known = {name: value for name, value in price.items() if value is not None}
     plain_input = usage.input if usage.separate_cache else max(0, usage.input - usage.cache_read)
     total = (
-        plain_input * price.get("input", 0.0)
-        + (usage.output + usage.thoughts) * price.get("output", 0.0)
-        + usage.cache_read * price.get("cache_read", price.get("input", 0.0))
-        + usage.cache_write * price.get("cache_write", price.get("input", 0.0))
+        plain_input * known.get("input", 0.0)
+        + (usage.output + usage.thoughts) * known.get("output", 0.0)
+        + usage.cache_read * known.get("cache_read", known.get("input", 0.0))
+        + usage.cache_write * known.get("cache_write", known.get("input", 0.0))
     )
     return round(total / 1_000_000, 8)
