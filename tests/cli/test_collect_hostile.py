@@ -190,3 +190,18 @@ def test_resume_never_moves_a_branch_the_user_changed(
     assert git(demo_repo, "show", f"{branch}-2:calc.py").count("# run") == 2
     texts = [e.get("text", "") for e in events_of(hal, task["id"]) if e["type"] == "message"]
     assert any(f"the result is on {branch}-2" in text for text in texts), texts
+
+
+def test_a_source_branch_named_hal_still_gets_the_result(hal: Hal, demo_repo: Path) -> None:
+    """Issue 10 item 13: this run used to be reported "failed (exit 0)" with advice to run
+    `git remote prune`."""
+    git(demo_repo, "branch", "hal")
+    agent = "sh agent.sh {{prompt_file}}"
+    out = hal("run", "--provider", "bwrap", "--agent", agent, "go", "--json")
+    assert out.returncode == 0, out.stderr + out.stdout
+    task = json.loads(out.stdout)
+    assert task["status"] == "succeeded" and task["branch"] == f"hal-{task['id']}"
+    assert "a + b" in git(demo_repo, "show", f"hal-{task['id']}:calc.py")
+    texts = [e.get("text", "") for e in events_of(hal, task["id"]) if e["type"] == "message"]
+    wanted = (f"cannot hold hal/{task['id']}", f"the result is on hal-{task['id']}")
+    assert any(all(w in text for w in wanted) for text in texts), texts

@@ -65,7 +65,9 @@ class BroughtBack:
     branch: str
     head: str
     moved_aside: bool
-    """True when the task's own branch was changed by the user and left alone."""
+    """True when the result is not on the task's own branch (see ``why``)."""
+    why: str = ""
+    """Why the task's own branch was left alone (the user moved it, or a ref is in the way)."""
 
 
 async def bring_back(
@@ -280,10 +282,12 @@ async def _move_branch(
 ) -> BroughtBack:
     record = _load_record(session)
     last_error = ""
+    why = ""
     for family in _candidates(branch):
         for name in family:
             current = await _current(repo, name)
             if current is not None and current != head and current != record.get(name):
+                why = why or f"{branch} was changed outside hal and is left as it is"
                 continue  # someone else's commits: never move it
             if current != head:
                 try:
@@ -294,11 +298,13 @@ async def _move_branch(
                     )  # fmt: skip
                 except RepoError as exc:
                     last_error = exc.message
-                    break  # a ref in the way of the whole family (e.g. a branch `hal`)
+                    # A ref in the way of the whole family (e.g. a branch `hal`).
+                    why = f"the source repository cannot hold {name} ({exc.message})"
+                    break
             record[name] = head
             data = json.dumps(record, indent=1).encode()
             await asyncio.to_thread(agentfs.write_host_file, session.brought_back, iter([data]))
-            return BroughtBack(name, head, moved_aside=name != branch)
+            return BroughtBack(name, head, moved_aside=name != branch, why=why)
     raise RepoError(
         f"cannot create a branch for the result in {repo}: {last_error or 'every name is taken'}",
         hint=safe,

@@ -448,8 +448,8 @@ class TaskRunner:
         if brought is not None and brought.moved_aside:
             self.store.update_task(task.id, branch=brought.branch)
             ctx.task = self.store.get_task(task.id)
-            text = f"{task.branch} was changed outside hal and is left as it is; the result is "
-            ctx.events.emit(Message(level="warning", text=f"{text}on {brought.branch}"))
+            text = f"{brought.why}; the result is on {brought.branch}"
+            ctx.events.emit(Message(level="warning", text=text))
         return result.files_changed
 
     async def collect_quietly(self, ctx: RunContext, sandbox: Sandbox | None) -> int:
