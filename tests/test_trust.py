@@ -245,3 +245,12 @@ def test_log_level() -> None:
     assert log_level({"HAL_LOG_LEVEL": "debug"}) == "DEBUG"
     with pytest.raises(ConfigError, match="HAL_LOG_LEVEL: expected one of DEBUG"):
         log_level({"HAL_LOG_LEVEL": "chatty"})
+
+
+def test_trust_in_an_unwritable_config_dir_is_one_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    file = tmp_path / "hal.toml"
+    file.write_text("")
+    with pytest.raises(ConfigError, match="cannot record trust"):
+        TrustStore.for_config_dir(blocker / "hal9999").trust(file, b"")

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hal9999.errors import ConfigError
+
 TRUST_FILE_NAME = "trusted.json"
 """The trust record, in the user's hal config directory."""
 
@@ -132,6 +134,15 @@ class TrustStore:
         return True
 
     def _write(self, entries: Mapping[str, str]) -> None:
+        try:
+            self._write_atomic(entries)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot record trust in {self.path}: {exc.strerror or exc}",
+                hint="make your hal config directory ($XDG_CONFIG_HOME/hal9999) writable",
+            ) from exc
+
+    def _write_atomic(self, entries: Mapping[str, str]) -> None:
         # Atomic and private: a torn write must not trust anything it should not.
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".trusted-")
