@@ -136,7 +136,7 @@ def with_parents(args: list[str]) -> list[str]:
             out += args[index : index + 3]
             index += 3
             continue
-        if arg == "--dir":
+        if arg in ("--dir", "--proc", "--dev", "--tmpfs"):
             made.add(args[index + 1])
         out.append(arg)
         index += 1
