@@ -2,9 +2,10 @@
 
 A sandbox is a set of host directories (workspace, home, tmp under
 ``<state_dir>/<id>/``) plus a cgroup; every command is a new ``bwrap`` invocation over
-them, with all namespaces unshared, every capability dropped, a read-only ``/usr`` and a
-curated read-only ``/etc``. Nothing in Python sits in the exec path: a constant ``sh``
-script joins the cgroup and execs bwrap, so the per-command cost is bwrap's own.
+them, with all namespaces unshared, every capability dropped, a seccomp filter, a read-only
+``/usr`` and a curated read-only ``/etc``, as a host uid of the sandbox's own when hal runs
+as root (:mod:`sandboxuser`; docs/security.md). Nothing in Python sits in the exec path: a
+constant ``sh`` script joins the cgroup and execs bwrap, so the per-command cost is bwrap's.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ sudoers, none of the rest. Each is a bind mount costing ~0.2 ms per exec, so the
 ROOTFS_SKIP = frozenset({"proc", "dev", "sys", "tmp", "run", "home", "workspace"})
 PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs", "acpi")
 """Host-wide writers under /proc: read-only inside whatever the sandbox's uid (as Docker)."""
-SETPRIV = "/usr/bin/setpriv"
 DROP_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")
 """What setpriv needs to switch uid and empty the bounding set; gone once it has."""
 HOST_SESSION_VARS = (
@@ -54,8 +54,6 @@ ETC_DIR = "etc"
 """Host-made, read-only files of each sandbox (filter, account files), never mounted rw."""
 SECCOMP_FILE = "seccomp.bpf"
 """The compiled filter in each sandbox's directory (see :mod:`seccomp`)."""
-HOST_USR = "/.hal-host/usr"
-"""Where a custom rootfs sees the host's /usr, for the host's setpriv (a root hal only)."""
 
 
 class BwrapConfig(BaseModel):
@@ -150,9 +148,9 @@ def namespace_args(record: SandboxRecord, *, seccomp_fd: bool, shared_net: bool)
     are disabled. Run by root, a user namespace would map the sandbox to host uid 0 (which
     the kernel's sysctl and keyring checks treat as root), so bwrap makes none: it sets up
     the mounts as root and the command drops to the sandbox's own uid (see
-    :func:`drop_privileges`); the filter then refuses nested user namespaces. The network
-    namespace is the host's only with ``shared_net``; ``host`` mode otherwise has its own,
-    wired by :mod:`usernet`.
+    :func:`sandboxuser.drop_privileges`); the filter then refuses nested user namespaces.
+    The network namespace is the host's only with ``shared_net``; ``host`` mode otherwise
+    has its own, wired by :mod:`usernet`.
     """
     network = shared_net
     if record.uid is None:
@@ -171,23 +169,6 @@ def namespace_args(record: SandboxRecord, *, seccomp_fd: bool, shared_net: bool)
     if record.spec.network == "host" and not shared_net:
         args += usernet.bwrap_args()
     return args
-
-
-def drop_privileges(uid: int | None, rootfs: Path | None) -> list[str]:
-    """The argv prefix that switches a command inside to ``uid`` (nothing without one)."""
-    if uid is None:
-        return []
-    setpriv = [SETPRIV]
-    if rootfs is not None:
-        # The rootfs need not have setpriv: run the host's, with the host's loader and libs.
-        loader = os.path.realpath("/lib64/ld-linux-x86-64.so.2").removeprefix("/usr")
-        lib = f"{HOST_USR}/lib/{os.uname().machine}-linux-gnu"
-        setpriv = [f"{HOST_USR}{loader}", "--library-path", lib, f"{HOST_USR}/bin/setpriv"]
-    return [
-        *setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
-        "--bounding-set=-all",
-        "--",
-    ]  # fmt: skip
 
 
 class BwrapSandbox(HostSandbox):
@@ -245,7 +226,7 @@ class BwrapSandbox(HostSandbox):
             args += ["--ro-bind", str(etc / "passwd"), "/etc/passwd"]
             args += ["--ro-bind", str(etc / "group"), "/etc/group"]
         if record.uid is not None and spec.rootfs is not None:
-            args += ["--ro-bind", "/usr", HOST_USR]
+            args += ["--ro-bind", "/usr", sandboxuser.HOST_USR]
         args += ["--proc", "/proc", "--dev", "/dev"]
         for name in PROC_READ_ONLY:
             args += ["--ro-bind-try", f"/proc/{name}", f"/proc/{name}"]
@@ -254,7 +235,7 @@ class BwrapSandbox(HostSandbox):
         # Nothing may be left behind in the root tmpfs: every exec gets a fresh one.
         args += ["--hostname", f"hal-{record.id}", "--remount-ro", "/"]
         self._args = with_parents(args)
-        self._drop = drop_privileges(record.uid, spec.rootfs)
+        self._drop = sandboxuser.drop_privileges(record.uid, rootfs=spec.rootfs is not None)
 
     def _argv(self, command: Command, env: Mapping[str, str], *, new_session: bool) -> list[str]:
         cwd = self._paths.normalize(command.cwd or WORKDIR)

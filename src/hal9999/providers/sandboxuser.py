@@ -19,6 +19,9 @@ from pathlib import Path
 
 from hal9999.errors import ProviderError
 
+SETPRIV = "/usr/bin/setpriv"
+HOST_USR = "/.hal-host/usr"
+"""Where a custom rootfs sees the host's /usr, for the host's setpriv (a root hal only)."""
 UID_BASE = 2_000_000_000
 """First uid of the reserved range: far above login users, subuid ranges and nobody."""
 UID_SLOTS = 1 << 24
@@ -133,3 +136,20 @@ def own_created(root: Path, relative: str, uid: int) -> None:
             fd = child
     finally:
         os.close(fd)
+
+
+def drop_privileges(uid: int | None, *, rootfs: bool) -> list[str]:
+    """The argv prefix that switches a command inside to ``uid`` (nothing without one)."""
+    if uid is None:
+        return []
+    setpriv = [SETPRIV]
+    if rootfs:
+        # The rootfs need not have setpriv: run the host's, with the host's loader and libs.
+        loader = os.path.realpath("/lib64/ld-linux-x86-64.so.2").removeprefix("/usr")
+        lib = f"{HOST_USR}/lib/{os.uname().machine}-linux-gnu"
+        setpriv = [f"{HOST_USR}{loader}", "--library-path", lib, f"{HOST_USR}/bin/setpriv"]
+    return [
+        *setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--",
+    ]  # fmt: skip
