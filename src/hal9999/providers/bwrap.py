@@ -153,8 +153,13 @@ def namespace_args(record: SandboxRecord, *, seccomp_fd: bool, shared_net: bool)
     has its own, wired by :mod:`usernet`.
     """
     network = shared_net
+    usernet_wired = record.spec.network == "host" and not shared_net
     if record.uid is None:
-        args = ["--unshare-all", "--unshare-user", "--disable-userns"]
+        args = ["--unshare-all", "--unshare-user"]
+        # --disable-userns nests a second user namespace, which slirp4netns (joining the
+        # sandbox's) would then lack the rights for; the filter refuses nested ones anyway.
+        if not (usernet_wired and seccomp_fd):
+            args.append("--disable-userns")
         args += ["--share-net"] if network else []
         args += ["--cap-drop", "ALL"]
     else:
@@ -166,7 +171,7 @@ def namespace_args(record: SandboxRecord, *, seccomp_fd: bool, shared_net: bool)
     args.append("--die-with-parent")
     if seccomp_fd:
         args += ["--seccomp", str(hostexec.SECCOMP_FD)]
-    if record.spec.network == "host" and not shared_net:
+    if usernet_wired:
         args += usernet.bwrap_args()
     return args
 
