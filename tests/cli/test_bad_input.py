@@ -260,3 +260,19 @@ def test_task_list_json_is_strict_even_for_an_old_infinite_timeout(
 
     listed = hal("task", "list", "--json")
     assert json.loads(listed.stdout, parse_constant=refuse)[0]["timeout_s"] is None
+
+
+@pytest.mark.parametrize("kind", ["symlink-loop", "name-too-long", "path-too-long"])
+def test_repo_paths_the_os_refuses(hal: Hal, tmp_path: Path, kind: str) -> None:
+    if kind == "symlink-loop":
+        (tmp_path / "a").symlink_to(tmp_path / "b")
+        (tmp_path / "b").symlink_to(tmp_path / "a")
+        repo = str(tmp_path / "a")
+    else:
+        repo = "x" * 5000 if kind == "name-too-long" else "x/" * 3000
+    out = hal("run", "--repo", repo, "--agent", "true {{prompt_file}}", "x")
+    assert out.returncode == 4
+    assert "cannot use --repo" in one_error_line(out)
+    shown = hal("trust", "--show", repo)
+    assert shown.returncode in (2, 3, 4) and "Traceback" not in shown.stderr
+    one_error_line(shown)

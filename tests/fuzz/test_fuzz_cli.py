@@ -153,6 +153,8 @@ def run_args(draw: st.DrawFn, world: World) -> list[str]:
                 str(world.bare),
                 ".",
                 "file:///nonexistent.git",
+                "x" * 5000,
+                "x/" * 3000,
                 str(world.root),
             ]
         ),

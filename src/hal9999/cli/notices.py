@@ -50,8 +50,11 @@ def uncommitted_notice(repo: str | None) -> str | None:
     if here is None and not (repo and Path(repo).is_absolute()):
         return None
     path = Path(repo) if repo and Path(repo).is_absolute() else (here or Path("/")) / (repo or "")
-    if not path.is_dir():
-        return None  # resolve_source says what is wrong with it
+    try:
+        if not path.is_dir():
+            return None  # resolve_source says what is wrong with it
+    except OSError:
+        return None  # a name too long, say: resolve_source says so
     try:
         # Host git on the user's own checkout, with nothing of it run: no hooks, no fsmonitor.
         out = subprocess.run(

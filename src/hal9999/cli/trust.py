@@ -9,16 +9,22 @@ from pathlib import Path
 import click
 
 from hal9999.cli.main import cli, emit_json
-from hal9999.config import CONFIG_FILE_NAME, load_config_sources, user_config_path
+from hal9999.config import CONFIG_FILE_NAME, current_dir, load_config_sources, user_config_path
 from hal9999.errors import ConfigError, NotFoundError, UsageError
 from hal9999.trust import TrustStore, digest
 
 
 def _project_file(path: str | None) -> Path:
-    target = Path(path) if path else Path(os.getcwd()) / CONFIG_FILE_NAME
-    if target.is_dir():
-        target = target / CONFIG_FILE_NAME
-    return target.absolute()
+    here = current_dir()
+    if here is None and not (path and Path(path).is_absolute()):
+        raise UsageError("the current directory no longer exists", hint="cd to the project")
+    target = Path(path) if path else (here or Path("/")) / CONFIG_FILE_NAME
+    try:
+        if target.is_dir():
+            target = target / CONFIG_FILE_NAME
+        return (here or Path("/")) / target if not target.is_absolute() else target
+    except OSError as exc:
+        raise UsageError(f"cannot use {path}: {exc.strerror or exc}") from exc
 
 
 def _read(file: Path) -> bytes:

@@ -92,13 +92,21 @@ async def resolve_source(repo: str | None, cwd: Path) -> RepoSource:
     """Turn ``--repo`` (a path, a URL, or nothing for the current directory) into a source."""
     if repo and _URL.match(repo):
         return RepoSource("url", repo)
-    path = (cwd / repo).resolve() if repo else cwd.resolve()
-    if not path.exists():
+    try:
+        path = (cwd / repo).resolve() if repo else cwd.resolve()
+        exists, is_dir = path.exists(), path.is_dir()
+    except (OSError, RuntimeError) as exc:  # a symlink loop, a name too long, ...
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise RepoError(
+            f"cannot use --repo {repo or cwd}: {reason}",
+            hint="pass --repo with a path to a git repository or a git URL",
+        ) from exc
+    if not exists:
         raise RepoError(
             f"repository path does not exist: {path}",
             hint="pass --repo with a path to a git repository or a git URL",
         )
-    if not path.is_dir():
+    if not is_dir:
         raise RepoError(
             f"--repo names a file, not a repository: {path}",
             hint="pass --repo with the repository's directory or a git URL",
