@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -254,3 +255,20 @@ def test_trust_in_an_unwritable_config_dir_is_one_clear_error(tmp_path: Path) ->
     file.write_text("")
     with pytest.raises(ConfigError, match="cannot record trust"):
         TrustStore.for_config_dir(blocker / "hal9999").trust(file, b"")
+
+
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo", "huge", "deep"])
+def test_a_hostile_project_file_cannot_hang_or_crash_the_loader(
+    user_home: Path, project: Path, kind: str
+) -> None:
+    file = project / "hal.toml"
+    if kind == "dev-zero":
+        file.symlink_to("/dev/zero")  # a repository can commit this link
+    elif kind == "fifo":
+        os.mkfifo(file)
+    elif kind == "huge":
+        file.write_text("# " + "x" * (2 << 20) + "\n")
+    else:
+        file.write_text("a = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ConfigError, match=r"hal\.toml: "):
+        load_config({"HOME": str(user_home)}, project)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hal9999.agents.base import AgentSettings
+from hal9999.configfile import merge, read_toml
 from hal9999.errors import ConfigError, UsageError
 from hal9999.spec import Resources
 from hal9999.trust import ProjectConfig, TrustStore, narrow_project_table
@@ -230,30 +230,6 @@ def default_home(environ: Mapping[str, str]) -> Path:
     return _xdg_dir(environ, "XDG_DATA_HOME", ".local/share") / "hal9999"
 
 
-def _read_toml(path: Path, label: str) -> tuple[dict[str, Any], bytes] | None:
-    """The parsed table and the exact bytes it came from (trust hashes those bytes)."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise ConfigError(
-            f"{label}: cannot read the file: {exc.strerror or exc}",
-            hint=f"fix or remove {path}",
-            path=str(path),
-        ) from exc
-    try:
-        return tomllib.loads(data.decode("utf-8")), data
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"{label}: not UTF-8 text", hint=f"save {path} as UTF-8", path=str(path)
-        ) from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(
-            f"{label}: invalid TOML: {exc}", hint=f"fix the syntax of {path}", path=str(path)
-        ) from exc
-
-
 def _env_layer(environ: Mapping[str, str]) -> list[Layer]:
     layers: list[Layer] = []
     for var, key in ENV_KEYS.items():
@@ -265,34 +241,6 @@ def _env_layer(environ: Mapping[str, str]) -> list[Layer]:
             table = {part: table}
         layers.append((var, table))
     return layers
-
-
-def _merge(
-    base: dict[str, Any],
-    update: Mapping[str, Any],
-    origin: dict[tuple[str, ...], str],
-    source: str,
-    prefix: tuple[str, ...] = (),
-) -> None:
-    """Deep-merge ``update`` into ``base``, recording which source set each key."""
-    for key, value in update.items():
-        path = (*prefix, key)
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value, origin, source, path)
-        else:
-            base[key] = _copy(value)
-            # Drop provenance of whatever this value replaced, then claim the whole subtree.
-            for old in [p for p in origin if p[: len(path)] == path]:
-                del origin[old]
-        origin[path] = source
-
-
-def _copy(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_copy(v) for v in value]
-    return value
 
 
 def _source_of(loc: tuple[str | int, ...], origin: Mapping[tuple[str, ...], str]) -> str:
@@ -377,7 +325,7 @@ def load_config_sources(
     base: list[Layer] = [("defaults", {"home": str(default_home(env))})]
     files: list[str] = []
     user_file = user_config_path(env)
-    user = _read_toml(user_file, str(user_file))
+    user = read_toml(user_file, str(user_file))
     if user is not None:
         base.append((str(user_file), user[0]))
         files.append(str(user_file))
@@ -385,7 +333,7 @@ def load_config_sources(
     layers = list(base)
     project: ProjectConfig | None = None
     project_file = here / CONFIG_FILE_NAME if here is not None else None
-    found = _read_toml(project_file, CONFIG_FILE_NAME) if project_file is not None else None
+    found = read_toml(project_file, CONFIG_FILE_NAME) if project_file is not None else None
     if project_file is not None and found is not None:
         table, data = found
         trust = TrustStore.for_config_dir(user_file.parent)
@@ -417,7 +365,7 @@ def _validate(layers: list[Layer], here: Path | None) -> HalConfig:
     merged: dict[str, Any] = {}
     origin: dict[tuple[str, ...], str] = {}
     for source, table in layers:
-        _merge(merged, table, origin, source)
+        merge(merged, table, origin, source)
 
     try:
         config = HalConfig.model_validate(merged)

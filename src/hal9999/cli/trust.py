@@ -10,6 +10,7 @@ import click
 
 from hal9999.cli.main import cli, emit_json
 from hal9999.config import CONFIG_FILE_NAME, current_dir, load_config_sources, user_config_path
+from hal9999.configfile import read_regular
 from hal9999.errors import ConfigError, NotFoundError, UsageError
 from hal9999.trust import TrustStore, digest
 
@@ -29,7 +30,7 @@ def _project_file(path: str | None) -> Path:
 
 def _read(file: Path) -> bytes:
     try:
-        return file.read_bytes()
+        return read_regular(file, str(file))
     except FileNotFoundError:
         raise NotFoundError(
             f"no {file.name} at {file}", hint="run hal trust in the directory that has it"

@@ -1,0 +1,88 @@
+"""Reading config files: one bounded regular file each, and layers merged key by key."""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hal9999.errors import ConfigError
+
+MAX_CONFIG_BYTES = 1 << 20
+"""The largest config file read: a repository's hal.toml could be a link to /dev/zero."""
+
+
+def read_toml(path: Path, label: str) -> tuple[dict[str, Any], bytes] | None:
+    """The parsed table and the exact bytes it came from (trust hashes those bytes)."""
+    try:
+        data = read_regular(path, label)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(
+            f"{label}: cannot read the file: {exc.strerror or exc}",
+            hint=f"fix or remove {path}",
+            path=str(path),
+        ) from exc
+    try:
+        return tomllib.loads(data.decode("utf-8")), data
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{label}: not UTF-8 text", hint=f"save {path} as UTF-8", path=str(path)
+        ) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"{label}: invalid TOML: {exc}", hint=f"fix the syntax of {path}", path=str(path)
+        ) from exc
+    except RecursionError as exc:
+        raise ConfigError(
+            f"{label}: nested too deeply to read", hint=f"fix {path}", path=str(path)
+        ) from exc
+
+
+def read_regular(path: Path, label: str) -> bytes:
+    """The bytes of a bounded regular file (a device, FIFO or huge file is a ConfigError)."""
+    # Non-blocking open: a FIFO must not hang hal; then only a bounded regular file is read.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(
+                f"{label}: not a regular file", hint=f"replace {path} with a file", path=str(path)
+            )
+        data = handle.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{label}: larger than {MAX_CONFIG_BYTES >> 20} MiB", hint=f"fix {path}", path=str(path)
+        )
+    return data
+
+
+def merge(
+    base: dict[str, Any],
+    update: Mapping[str, Any],
+    origin: dict[tuple[str, ...], str],
+    source: str,
+    prefix: tuple[str, ...] = (),
+) -> None:
+    """Deep-merge ``update`` into ``base``, recording which source set each key."""
+    for key, value in update.items():
+        path = (*prefix, key)
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge(base[key], value, origin, source, path)
+        else:
+            base[key] = _copy(value)
+            # Drop provenance of whatever this value replaced, then claim the whole subtree.
+            for old in [p for p in origin if p[: len(path)] == path]:
+                del origin[old]
+        origin[path] = source
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
