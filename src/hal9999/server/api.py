@@ -7,7 +7,11 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
+from hal9999.config import HalConfig
 from hal9999.errors import ConfigError
+from hal9999.server.follow import MAX_WAIT_S, events_page, follow_page
 from hal9999.server.http import Request, Router
 from hal9999.spec import ArgvCommand
 from hal9999.store import TaskRecord
@@ -39,18 +43,48 @@ def _int(value: Any, name: str, default: int) -> int:
         raise ConfigError(f"{name} must be a whole number") from exc
 
 
+def _wait(value: str | None) -> float:
+    try:
+        wait = float(value) if value else 0.0
+    except ValueError as exc:
+        raise ConfigError("wait must be a number of seconds") from exc
+    if not 0 <= wait <= MAX_WAIT_S:  # also refuses nan
+        raise ConfigError(f"wait must be between 0 and {MAX_WAIT_S:g} seconds")
+    return wait
+
+
+def _caller_config(body: dict[str, Any], own: HalConfig) -> HalConfig | None:
+    """The settings the caller resolved (its ``./hal.toml`` included), in this home."""
+    data = body.get("config")
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise ConfigError("config must be an object of hal settings")
+    try:
+        return HalConfig.model_validate({**data, "home": str(own.home)})
+    except ValidationError as exc:
+        raise ConfigError(f"the caller's settings are not valid: {exc}") from exc
+
+
 def build_router(daemon: Daemon) -> Router:
     """Every route of the API, bound to ``daemon``."""
     router = Router()
     service, scheduler, pool = daemon.service, daemon.scheduler, daemon.pool
 
+    # Store calls run in a thread: another process holding the database's write lock (for
+    # up to the busy timeout) must never freeze the daemon's event loop.
+    async def health(request: Request) -> Any:
+        return {"ok": True, "pid": os.getpid()}
+
     async def status(request: Request) -> Any:
-        return daemon.status()
+        queued = await asyncio.to_thread(daemon.store.list_tasks, status=["queued"])
+        return daemon.status(len(queued))
 
     async def create(request: Request) -> Any:
         body = request.json()
         check_run_body(body)  # types and values first: the same rules as the CLI's
-        config = daemon.config
+        caller = _caller_config(body, daemon.config)
+        config = caller or daemon.config
         run = RunRequest(
             prompt=str(body.get("prompt", "")),
             repo=body.get("repo"),
@@ -66,23 +100,41 @@ def build_router(daemon: Daemon) -> Router:
             retries=_int(body.get("retries"), "retries", 0),
             secret_names=[str(n) for n in body.get("secret_names") or []],
             literal_names=[str(n) for n in body.get("literal_env") or []],
+            config=caller,
+            config_files=[str(f) for f in body.get("config_files") or []],
         )
         task = await service.create(run)
-        task = daemon.store.update_task(task.id, runner_pid=os.getpid())
+        task = await asyncio.to_thread(daemon.store.update_task, task.id, runner_pid=os.getpid())
         scheduler.submit(task.id, run.given_env)
         return task_json(task)
 
     async def list_tasks(request: Request) -> Any:
         wanted = request.query.get("status")
         limit = request.query.get("limit")
-        tasks = service.list(
+        tasks = await asyncio.to_thread(
+            service.list,
             status=wanted.split(",") if wanted else None,
             limit=_int(limit, "limit", 0) or None,
         )
         return [task_json(t) for t in tasks]
 
     async def show(request: Request) -> Any:
-        return task_json(service.find(request.params["id"]))
+        return task_json(await asyncio.to_thread(service.find, request.params["id"]))
+
+    async def task_events(request: Request) -> Any:
+        return await follow_page(
+            daemon,
+            request.params["id"],
+            after_seq=_int(request.query.get("after_seq"), "after_seq", 0),
+            wait=_wait(request.query.get("wait")),
+        )
+
+    async def all_events(request: Request) -> Any:
+        return await events_page(
+            daemon,
+            after=_int(request.query.get("after"), "after", 0),
+            wait=_wait(request.query.get("wait")),
+        )
 
     async def cancel(request: Request) -> Any:
         return task_json(await scheduler.cancel(request.params["id"]))
@@ -159,7 +211,10 @@ def build_router(daemon: Daemon) -> Router:
         asyncio.get_running_loop().call_soon(daemon.stopping.set)
         return {"stopping": True}
 
+    router.add("GET", "/v1/health", health)
     router.add("GET", "/v1/status", status)
+    router.add("GET", "/v1/events", all_events)
+    router.add("GET", "/v1/tasks/{id}/events", task_events)
     router.add("POST", "/v1/tasks", create)
     router.add("GET", "/v1/tasks", list_tasks)
     router.add("GET", "/v1/tasks/{id}", show)

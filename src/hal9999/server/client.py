@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+from hal9999.agents.registry import resolve_agent
+from hal9999.config import HalConfig
+from hal9999.credentials import forwarded_env
 from hal9999.errors import HalError
+from hal9999.events.models import EVENT_ADAPTER, Event, Output
 from hal9999.server.runtime import DaemonFiles, DaemonInfo
+from hal9999.store import TaskRecord
+from hal9999.tasks.api import OnOutput, OnStart
+from hal9999.tasks.service import RunRequest
+
+FOLLOW_WAIT_S = 10.0
+"""How long one follow request waits for new events before the daemon answers."""
 
 
 class DaemonUnavailable(HalError):
@@ -102,3 +114,143 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, Any]:
             length = int(value.strip())
     body = await reader.readexactly(length) if length else b""
     return status, json.loads(body) if body else None
+
+
+def client_secrets(
+    config: HalConfig, request: RunRequest, environ: Mapping[str, str]
+) -> dict[str, str]:
+    """Secret values the daemon needs from this shell: ``--env`` names (which must be set),
+    ``forward_env`` and the agent's API key variable (when set). Sent over the private
+    socket, held in the daemon's memory for the run, never stored."""
+    values = dict(request.given_env)
+    values.update(forwarded_env([n for n in request.env_names if n not in values], environ))
+    optional = list(config.forward_env)
+    try:
+        settings = config.agent_settings(request.agent)
+        resolve_agent(request.agent, settings)
+        if settings.api_key_env:
+            optional.append(settings.api_key_env)
+    except HalError:
+        pass  # the daemon reports a bad agent itself
+    for name in optional:
+        if name in environ and name not in values:
+            values[name] = environ[name]
+    return values
+
+
+def run_body(request: RunRequest, env: dict[str, str]) -> dict[str, Any]:
+    """The JSON body of ``POST /v1/tasks``: the request, its secrets, the caller's settings."""
+    return {
+        "prompt": request.prompt,
+        "repo": request.repo,
+        "ref": request.ref,
+        "agent": request.agent,
+        "provider": request.provider,
+        "process_manager": request.process_manager,
+        "timeout_s": request.timeout_s,
+        "env_names": request.env_names,
+        "env": env,
+        "cwd": str(request.cwd),
+        "priority": request.priority,
+        "retries": request.retries,
+        "config": request.config.model_dump(mode="json") if request.config else None,
+        "config_files": request.config_files,
+    }
+
+
+def _record(data: Any) -> TaskRecord:
+    return TaskRecord.model_validate(data)
+
+
+class DaemonTaskAPI:
+    """:class:`hal9999.tasks.api.TaskAPI` through a running ``hal serve``."""
+
+    def __init__(self, client: DaemonClient, config: HalConfig, environ: Mapping[str, str]) -> None:
+        self.client = client
+        self.config = config
+        self.environ = environ
+
+    async def create(self, request: RunRequest) -> TaskRecord:
+        """Queue the task with the daemon (with this shell's secrets and settings)."""
+        body = run_body(request, client_secrets(self.config, request, self.environ))
+        return _record(await self.client.call("POST", "/v1/tasks", body))
+
+    async def run(
+        self,
+        request: RunRequest,
+        *,
+        on_start: OnStart | None = None,
+        on_output: OnOutput | None = None,
+    ) -> TaskRecord:
+        """Queue the task and follow it to its end (the daemon retries it)."""
+        task = await self.create(request)
+        if on_start is not None:
+            on_start(task)
+        return await self._see_through(task.id, on_output)
+
+    async def _see_through(self, task_id: str, on_output: OnOutput | None) -> TaskRecord:
+        try:
+            async for event in self.follow(task_id):
+                if on_output is not None and isinstance(event, Output):
+                    on_output(event.text)
+        except asyncio.CancelledError:
+            # Ctrl-C (or SIGTERM) of a foreground run cancels the task, as without a daemon.
+            with contextlib.suppress(HalError):
+                await self.client.call("POST", f"/v1/tasks/{task_id}/cancel")
+            raise
+        return await self.get(task_id)
+
+    async def get(self, task_id: str) -> TaskRecord:
+        """One task."""
+        return _record(await self.client.call("GET", f"/v1/tasks/{task_id}"))
+
+    async def list(
+        self, *, status: list[str] | None = None, limit: int | None = None
+    ) -> list[TaskRecord]:
+        """Tasks, newest first."""
+        query = {"status": ",".join(status) if status else None, "limit": limit}
+        return [_record(t) for t in await self.client.call("GET", "/v1/tasks", query=query)]
+
+    async def stop(self, task_id: str) -> TaskRecord:
+        """Stop a task."""
+        return _record(await self.client.call("POST", f"/v1/tasks/{task_id}/stop"))
+
+    async def cancel(self, task_id: str) -> TaskRecord:
+        """Cancel a task."""
+        return _record(await self.client.call("POST", f"/v1/tasks/{task_id}/cancel"))
+
+    async def resume(
+        self,
+        task_id: str,
+        *,
+        prompt: str | None = None,
+        env: Mapping[str, str] | None = None,
+        detach: bool = False,
+        on_start: OnStart | None = None,
+        on_output: OnOutput | None = None,
+    ) -> TaskRecord:
+        """Queue the task again with the daemon; follow it unless ``detach``."""
+        body = {"prompt": prompt, "env": dict(env or {})}
+        queued = _record(await self.client.call("POST", f"/v1/tasks/{task_id}/resume", body))
+        if detach:
+            return queued
+        if on_start is not None:
+            on_start(queued)
+        return await self._see_through(queued.id, on_output)
+
+    async def remove(self, task_id: str, *, force: bool = False) -> TaskRecord:
+        """Delete a task and its session."""
+        query = {"force": "1" if force else None}
+        return _record(await self.client.call("DELETE", f"/v1/tasks/{task_id}", query=query))
+
+    async def follow(self, task_id: str, *, after_seq: int = 0) -> AsyncIterator[Event]:
+        """Long-polls the task's events until the daemon says it is over (retries done)."""
+        while True:
+            query = {"after_seq": after_seq, "wait": FOLLOW_WAIT_S}
+            page = await self.client.call("GET", f"/v1/tasks/{task_id}/events", query=query)
+            for data in page["events"]:
+                event = EVENT_ADAPTER.validate_python(data)
+                after_seq = max(after_seq, event.seq)
+                yield event
+            if page["done"]:
+                return

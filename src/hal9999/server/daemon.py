@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from hal9999.config import HalConfig
-from hal9999.errors import HalError
+from hal9999.errors import HalError, TaskNotFound
+from hal9999.events.bus import EventBus, IndexTail
 from hal9999.pool import SlotDir, WarmPool
 from hal9999.pool.settings import ProviderSettings, provider_settings, scheduler_settings
 from hal9999.providers.base import Provider
@@ -48,6 +49,9 @@ class Daemon:
         self.environ = environ
         self.store = Store.open(config.home)
         self.service = TaskService(config, self.store, environ)
+        self.bus = EventBus()
+        """Every event of every task: written here, or by another process (via the index)."""
+        self.service.writers.sinks.append(self.bus.sink)
         self.files = DaemonFiles(config.home)
         self._providers: dict[str, Provider] = {}
         self._settings: dict[str, ProviderSettings] = {}
@@ -82,6 +86,13 @@ class Daemon:
         if name not in self._settings:
             self._settings[name] = provider_settings(self.config, self.environ, name)
         return self._settings[name]
+
+    def events_path(self, task_id: str) -> Path | None:
+        """The events file of a task (None once it is removed)."""
+        try:
+            return Session(Path(self.store.get_task(task_id).session_dir)).events
+        except TaskNotFound:
+            return None
 
     def provider_limit(self, name: str) -> int:
         """Tasks that may run on provider ``name`` at once."""
@@ -120,6 +131,9 @@ class Daemon:
     async def start(self) -> DaemonInfo:
         """Take the home's lock, reconcile, listen, and start the background loops."""
         self._lock = self.files.lock()
+        self.bus.attach(asyncio.get_running_loop())
+        tail = IndexTail(self.store, self.bus, self.events_path)
+        first_gseq = await asyncio.to_thread(self.store.last_gseq)
         token = self.files.ensure_token()
         recovery = Recovery(self.service, self.pool, self.source, self.provider)
         self.recovery, adoptions = await recovery.run()
@@ -139,6 +153,7 @@ class Daemon:
         self._loops = [
             asyncio.create_task(self.scheduler.run_forever(), name="scheduler"),
             asyncio.create_task(self.keep(), name="keeper"),
+            asyncio.create_task(tail.run(start=first_gseq), name="event-index-tail"),
         ]
         logger.info("hal serve: pid %d, socket %s, port %d", os.getpid(), sock, port)
         return self.info
@@ -186,9 +201,11 @@ class Daemon:
         finally:
             await self.stop()
 
-    def status(self) -> dict[str, Any]:
-        """What the daemon is doing, for ``hal status``."""
-        queued = self.store.list_tasks(status=[TaskStatus.QUEUED.value])
+    def status(self, queued: int | None = None) -> dict[str, Any]:
+        """What the daemon is doing, for ``hal status`` (``queued``: the count, when the
+        caller read it off the event loop)."""
+        if queued is None:
+            queued = len(self.store.list_tasks(status=[TaskStatus.QUEUED.value]))
         return {
             "pid": os.getpid(),
             "started_at": self.started_at,
@@ -200,7 +217,7 @@ class Daemon:
                 {"id": task_id, "provider": provider}
                 for task_id, provider in self.scheduler.placed.items()
             ],
-            "queued": len(queued),
+            "queued": queued,
             "started": self.scheduler.started,
             "finished": self.scheduler.finished,
             "requests": self.http.requests if self.http else 0,

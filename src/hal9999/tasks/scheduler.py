@@ -46,6 +46,51 @@ def backoff(
     return ceiling / 2 + rand() * ceiling / 2
 
 
+def retry_plan(task: TaskRecord, settings: SchedulerSettings) -> tuple[int, dict[str, int]] | None:
+    """Whether a failed run is worth another: the attempt number and the counter to record.
+
+    Infrastructure failures are retried up to ``max_infra_retries``; an agent failure up
+    to the task's own ``--retries``; anything else never (it would fail again).
+    """
+    if task.status != TaskStatus.FAILED:
+        return None
+    if task.error_code in TRANSIENT_CODES:
+        if task.infra_retries >= settings.max_infra_retries:
+            return None
+        return task.infra_retries + 1, {"infra_retries": task.infra_retries + 1}
+    if task.error_code == "agent_failed" and task.agent_retries < task.retries:
+        return task.agent_retries + 1, {"agent_retries": task.agent_retries + 1}
+    return None
+
+
+def requeue(
+    service: TaskService, task: TaskRecord, attempt: int, counters: dict[str, int], delay: float
+) -> bool:
+    """Move a failed task back to ``queued`` for retry ``attempt`` after ``delay`` seconds;
+    False when it moved on meanwhile (resumed, removed, cancelled)."""
+    why = task.error_message or task.error_code
+    with service.events(task) as events:
+        try:
+            transition(
+                service.store,
+                events,
+                task.id,
+                TaskStatus.QUEUED,
+                expect=TaskStatus.FAILED,
+                detail=f"retry {attempt} in {delay:.1f}s: {why}",
+                runner_pid=os.getpid(),
+                not_before=time.time() + delay,
+                exit_code=None,
+                error_code=None,
+                error_message=None,
+                finished_at=None,
+                **counters,
+            )
+        except HalError:
+            return False
+    return True
+
+
 @dataclass
 class Submission:
     """What the scheduler keeps in memory for one queued task."""
@@ -167,40 +212,13 @@ class Scheduler:
     # -- retries -----------------------------------------------------------------------
     def retry(self, task: TaskRecord) -> bool:
         """Queue a failed task again when its failure is worth retrying; True if it was."""
-        if task.status != TaskStatus.FAILED or self._stopping:
+        if self._stopping:
             return False
-        if task.error_code in TRANSIENT_CODES:
-            if task.infra_retries >= self.settings.max_infra_retries:
-                return False
-            attempt = task.infra_retries + 1
-            counters = {"infra_retries": attempt}
-        elif task.error_code == "agent_failed" and task.agent_retries < task.retries:
-            attempt = task.agent_retries + 1
-            counters = {"agent_retries": attempt}
-        else:
+        plan = retry_plan(task, self.settings)
+        if plan is None:
             return False
-        delay = backoff(attempt, self.settings)
-        why = task.error_message or task.error_code
-        with self.service.events(task) as events:
-            try:
-                transition(
-                    self.store,
-                    events,
-                    task.id,
-                    TaskStatus.QUEUED,
-                    expect=TaskStatus.FAILED,
-                    detail=f"retry {attempt} in {delay:.1f}s: {why}",
-                    runner_pid=os.getpid(),
-                    not_before=time.time() + delay,
-                    exit_code=None,
-                    error_code=None,
-                    error_message=None,
-                    finished_at=None,
-                    **counters,
-                )
-            except HalError:
-                return False  # resumed, removed or cancelled meanwhile: not ours to retry
-        return True
+        attempt, counters = plan
+        return requeue(self.service, task, attempt, counters, backoff(attempt, self.settings))
 
     # -- control -----------------------------------------------------------------------
     async def cancel(self, task_id: str, *, stop: bool = False) -> TaskRecord:

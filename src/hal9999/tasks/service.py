@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -33,6 +34,9 @@ from hal9999.tasks.state import ACTIVE, RESUMABLE, TaskStatus, transition
 from hal9999.values import check_run_options
 
 _ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+TASK_CONFIG = "config.json"
+"""In a session: the settings the task was created with, when they differ from the
+service's (the caller's ``./hal.toml``, say)."""
 INDEX_BATCH = 64
 """Event index rows per store write for task event logs (phase and end events flush)."""
 
@@ -61,6 +65,11 @@ class RunRequest:
     literal_names: list[str] | None = None
     """Names given as ``--env NAME=value`` (configuration, never masked); ``None`` means the
     keys of ``given_env`` (a daemon request says which of its values were literal)."""
+    config: HalConfig | None = None
+    """The caller's resolved settings (its ``./hal.toml`` included); the task keeps them
+    for every run, with or without the daemon. None: the service's own."""
+    config_files: list[str] = field(default_factory=list)
+    """Which config files the caller's settings came from (said back by ``hal run``)."""
 
 
 def new_task_id(taken: set[str]) -> str:
@@ -110,6 +119,29 @@ class TaskService:
     def session(self, task: TaskRecord) -> Session:
         """The session directory of ``task``."""
         return Session(Path(task.session_dir))
+
+    def config_for(self, task: TaskRecord) -> HalConfig:
+        """The settings ``task`` was created with (this service's, when it kept none)."""
+        path = self.session(task).root / TASK_CONFIG
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return self.config
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"cannot read the settings of task {task.id} ({path}): {exc}",
+                hint=f"remove {path} to run it with the current settings",
+            ) from exc
+        # The home is where this service keeps the task, whoever created it.
+        return HalConfig.model_validate({**data, "home": str(self.config.home)})
+
+    def runner_for(self, config: HalConfig) -> TaskRunner:
+        """A runner applying ``config`` (sharing this service's sandbox source)."""
+        if config == self.config:
+            return self.runner
+        runner = TaskRunner(config, self.store, self.environ)
+        runner.sandboxes = self.runner.sandboxes
+        return runner
 
     def masker(self, task: TaskRecord, values: Mapping[str, str] | None = None) -> SecretMasker:
         """A masker for every secret the task may see.
@@ -168,11 +200,14 @@ class TaskService:
         if not str(req.prompt).strip():
             raise UsageError("the prompt is empty", hint='hal run "describe the work"')
         check_run_options(vars(req))  # one rule for the CLI and the daemon's API
-        resolve_agent(req.agent, self.config.agent_settings(req.agent))
+        config = self.config
+        if req.config is not None:
+            config = req.config.model_copy(update={"home": self.config.home})
+        resolve_agent(req.agent, config.agent_settings(req.agent))
         providers = provider_list(req.provider)
         for name in providers:
-            load_provider_for(self.config, name)
-        load_process_manager(self.config, req.process_manager)
+            load_provider_for(config, name)
+        load_process_manager(config, req.process_manager)
         forwarded_env(
             [n for n in iter_unique(req.env_names, req.secret_names) if n not in req.given_env],
             self.environ,
@@ -201,12 +236,16 @@ class TaskService:
             created_at=time.time(),
             session_dir=str(session.root),
             timeout_s=req.timeout_s,
-            env_keys=list(iter_unique(req.env_names, req.secret_names, self.config.forward_env)),
+            env_keys=list(iter_unique(req.env_names, req.secret_names, config.forward_env)),
         )
         literal = req.given_env if req.literal_names is None else req.literal_names
         EnvKinds(literal=sorted(literal), secret=sorted(req.secret_names)).save(
             session.run_dir / "env-kinds.json"
         )
+        if config != self.config:
+            agentfs.write_host_file(
+                session.root / TASK_CONFIG, iter([config.model_dump_json().encode()])
+            )
         self.store.insert_task(record)
         session.prompt_file.write_text(req.prompt)
         with self.events(record) as log:
@@ -255,8 +294,9 @@ class TaskService:
                 adopted=adopted,
             )
             self.contexts[task.id] = ctx
+            runner = self.runner_for(self.config_for(task))
             try:
-                return await self.runner.run(ctx, prompt)
+                return await runner.run(ctx, prompt)
             finally:
                 self.contexts.pop(task.id, None)
 

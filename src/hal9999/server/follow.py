@@ -1,0 +1,115 @@
+"""Following events through the daemon: one task's by per-task ``seq``, or everything by
+global ``gseq`` (what a dashboard resumes from). Each request subscribes to the bus *first*,
+then reads the history it asks for, then (when there is nothing new) waits on the
+subscription up to ``wait`` seconds: no event can fall between the read and the wait."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hal9999.errors import TaskNotFound
+from hal9999.events.bus import Subscription
+from hal9999.events.models import Event
+from hal9999.events.reader import events_after_seq
+from hal9999.store import Store
+from hal9999.store.events import IndexedEvent
+from hal9999.tasks.state import ACTIVE, TaskStatus
+
+if TYPE_CHECKING:
+    from hal9999.server.daemon import Daemon
+
+PAGE = 1000
+"""Events per answer at most; the caller asks again from where the page ends."""
+MAX_WAIT_S = 60.0
+"""Longest a request may wait for new events."""
+_LOST_AFTER_S = 5.0
+"""An indexed event still missing from its file after this long was lost by a crash."""
+
+
+async def _woken(subscription: Subscription, newer: Any, wait: float) -> bool:
+    """Whether an event ``newer(event)`` accepts arrives within ``wait`` seconds. The bus
+    only wakes the request: what it answers is read again from the file or the index, which
+    hold the order (events of other processes can reach the bus after later ones)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(wait):
+            while (event := await subscription.get()) is not None:
+                if newer(event):
+                    return True
+    return False
+
+
+async def follow_page(daemon: Daemon, task_id: str, *, after_seq: int, wait: float) -> Any:
+    """Events of one task above ``after_seq``; ``done`` once it is over and all is sent."""
+    service = daemon.service
+    task = await asyncio.to_thread(service.find, task_id)
+    subscription = daemon.bus.subscribe(task.id)
+    path = service.session(task).events
+    try:
+        while True:
+            status = (await asyncio.to_thread(service.store.get_task, task.id)).status
+            over = status not in ACTIVE and task.id not in daemon.scheduler.running
+            # From the last event the caller has, to learn its type (is it the task_end?).
+            tail = await asyncio.to_thread(events_after_seq, path, max(0, after_seq - 1))
+            newer = [e for e in tail if e.seq > after_seq]
+            page = newer[:PAGE]
+            last = page[-1] if page else (tail[-1] if tail else None)
+            ended = status == TaskStatus.INTERRUPTED or (
+                last is not None and last.type == "task_end"
+            )
+            done = over and len(newer) <= PAGE and ended
+            if page or done or wait <= 0:
+                break
+            started = time.monotonic()
+            if not await _woken(subscription, lambda e: e.seq > after_seq, wait):
+                break
+            wait -= time.monotonic() - started
+    finally:
+        subscription.close()
+    return {"events": [e.model_dump(mode="json") for e in page], "status": status, "done": done}
+
+
+def _bodies(store: Store, rows: list[IndexedEvent]) -> list[Event]:
+    """The events of index rows, read from their tasks' files, in ``gseq`` order; stops at
+    one not written yet (a writer commits the index just before the file)."""
+    wanted: dict[str, int] = {}
+    for row in rows:
+        wanted[row.task_id] = min(wanted.get(row.task_id, row.seq), row.seq)
+    found: dict[int, Event] = {}
+    for task_id, first in wanted.items():
+        try:
+            path = Path(store.get_task(task_id).session_dir) / "events.jsonl"
+        except TaskNotFound:
+            continue  # removed since
+        found.update({e.gseq: e for e in events_after_seq(path, first - 1) if e.gseq})
+    events = []
+    for row in rows:
+        event = found.get(row.gseq)
+        if event is None:
+            if time.time() - row.ts < _LOST_AFTER_S:
+                break
+            continue
+        events.append(event)
+    return events
+
+
+async def events_page(daemon: Daemon, *, after: int, wait: float) -> Any:
+    """Every task's events with a ``gseq`` above ``after``, in commit order."""
+    subscription = daemon.bus.subscribe()
+    try:
+        while True:
+            rows = await asyncio.to_thread(daemon.store.events_after, after, limit=PAGE)
+            page = await asyncio.to_thread(_bodies, daemon.store, rows)
+            if page or wait <= 0:
+                break
+            started = time.monotonic()
+            if not await _woken(subscription, lambda e: e.gseq > after, wait):
+                break
+            wait -= time.monotonic() - started
+    finally:
+        subscription.close()
+    last = page[-1].gseq if page else after
+    return {"events": [e.model_dump(mode="json") for e in page], "last_gseq": last}
