@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
+import sqlite3
 import stat
 import subprocess
 import time
@@ -15,6 +17,8 @@ from typing import Any
 import pytest
 from tests.cli.conftest import Hal, events_of, tasks_json
 from tests.cli.test_failures import hal_processes_of
+
+from hal9999.server.client import DaemonClient
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 
@@ -200,3 +204,83 @@ def test_kill_9_mid_run_then_restart_leaves_nothing_behind(
     assert [p for p in (home / "pool").iterdir() if p.name != "template"] == []
     assert not (home / "run" / "serve.json").exists()
     subprocess.run(["true"], check=True)
+
+
+def test_project_config_applies_through_the_daemon(daemon: Hal, demo_repo: Path) -> None:
+    # network = "host" in ./hal.toml: the sandbox sees the host's interfaces, not only lo.
+    agent = "sh -c 'cat /proc/net/dev'"
+    plain = json.loads(daemon("run", "--agent", agent, "net", "--json").stdout)
+    (demo_repo / "hal.toml").write_text('network = "host"\n')
+    assert daemon("trust").returncode == 0  # network is applied from a trusted file only
+    out = daemon("run", "--agent", agent, "net", "--json")
+    assert out.returncode == 0, out.stderr
+    project = json.loads(out.stdout)
+
+    def interfaces(task: dict[str, Any]) -> set[str]:
+        log = Path(task["session_dir"], "agent.log").read_text()
+        return {line.split(":")[0].strip() for line in log.splitlines() if ":" in line}
+
+    assert interfaces(plain) == {"lo"}
+    assert interfaces(project) - {"lo"}, "the project's network = host applied"
+    shown = daemon("run", "--agent", "true {{prompt_file}}", "x")
+    assert f"config: {demo_repo / 'hal.toml'}" in shown.stderr
+
+
+@pytest.mark.parametrize("via_daemon", [False, True])
+def test_retries_work_with_and_without_the_daemon(hal: Hal, via_daemon: bool) -> None:
+    if via_daemon:
+        assert hal("serve", "--detach").returncode == 0
+    try:
+        out = hal("run", "--retries", "2", "--agent", "sh -c 'exit 3'", "fail", "--json")
+        task = json.loads(out.stdout)
+        assert out.returncode != 0 and task["status"] == "failed"
+        assert task["agent_retries"] == 2
+        retries = [
+            e for e in events_of(hal, task["id"])
+            if e["type"] == "phase" and e["phase"] == "queued"
+        ]  # fmt: skip
+        assert [e["detail"].split(" in ")[0] for e in retries] == ["retry 1", "retry 2"]
+    finally:
+        if via_daemon:
+            assert hal("serve", "--stop").returncode == 0
+
+
+def test_a_held_database_write_lock_does_not_stall_the_daemon_api(
+    daemon: Hal, hal_env: dict[str, str]
+) -> None:
+    home = Path(hal_env["HAL_HOME"])
+    # A task whose runner died: listing it writes (it is marked interrupted), which must
+    # wait for the lock, but in a thread, not on the daemon's event loop.
+    task = json.loads(daemon("run", "--detach", "--agent", "true {{prompt_file}}", "x",
+                             "--json").stdout)  # fmt: skip
+    wait_status(daemon, task["id"], {"succeeded"})
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    db = sqlite3.connect(home / "hal.db", isolation_level=None)
+    db.execute("UPDATE tasks SET status = 'running', runner_pid = ? WHERE id = ?",
+               (dead.pid, task["id"]))  # fmt: skip
+    holder = sqlite3.connect(home / "hal.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        client = DaemonClient.find(home)
+        assert client is not None
+
+        async def probe() -> tuple[float, float]:
+            listing = asyncio.create_task(client.call("GET", "/v1/tasks"))
+            await asyncio.sleep(0.3)  # the listing now waits for the lock
+            start = time.monotonic()
+            await client.call("GET", "/v1/health")
+            await client.call("GET", "/v1/status")
+            answered = time.monotonic() - start
+            holder.execute("ROLLBACK")
+            await listing
+            return answered, time.monotonic() - start
+
+        answered, listed = asyncio.run(probe())
+    finally:
+        if holder.in_transaction:
+            holder.execute("ROLLBACK")
+        holder.close()
+        db.close()
+    assert answered < 1.0, f"the API was stalled {answered:.1f}s behind a database lock"
+    assert listed < 10

@@ -329,3 +329,22 @@ def test_processes_opening_a_new_database_at_once_all_succeed(tmp_path: Path) ->
         with Store(db) as store:
             assert store.journal_mode() == "wal"
             assert store.schema_version() == MIGRATIONS[-1].version
+
+
+def test_a_writer_waiting_for_the_lock_does_not_hold_up_reads(tmp_path: Path) -> None:
+    with Store(tmp_path / "hal.db") as store:
+        store.insert_task(make_task("t1"))
+        other = sqlite3.connect(tmp_path / "hal.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        writer = threading.Thread(target=store.update_task, args=("t1",), kwargs={"ref": "x"})
+        writer.start()
+        time.sleep(0.2)  # the writer now waits in SQLite's busy handler
+        start = time.monotonic()
+        assert store.get_task("t1").ref is None
+        assert store.list_tasks()[0].id == "t1"
+        took = time.monotonic() - start
+        other.execute("ROLLBACK")
+        writer.join(10)
+        other.close()
+        assert store.get_task("t1").ref == "x"
+    assert took < 1.0, f"reads waited {took:.1f}s behind a writer"

@@ -34,6 +34,7 @@ from hal9999.providers import limits
 from hal9999.redact import configure_logging, forwarded_is_secret, masker_from_env
 from hal9999.server.client import DaemonClient
 from hal9999.store import Store, TaskRecord
+from hal9999.tasks.api import TaskAPI
 from hal9999.tasks.service import RunRequest, TaskService
 
 if TYPE_CHECKING:
@@ -51,12 +52,20 @@ class App:
     service: TaskService
     sources: ConfigSources = field(default_factory=ConfigSources)
     """Which config files and variables applied, and what of ./hal.toml was ignored."""
+    via_daemon: bool = False
+    """Set once :meth:`tasks` found a running ``hal serve``."""
 
     def daemon(self) -> DaemonClient | None:
         """The running ``hal serve`` of this home, if any (``HAL_NO_DAEMON=1`` ignores it)."""
         from hal9999.cli.via_daemon import find_daemon
 
         return find_daemon(self.config, os.environ)
+
+    def tasks(self) -> TaskAPI:
+        """The task API every command calls: through ``hal serve`` when it runs, else here."""
+        from hal9999.cli.via_daemon import task_api
+
+        return task_api(self)
 
 
 def app() -> App:
@@ -180,8 +189,18 @@ def spawn_runner(app_: App, task: TaskRecord, args: list[str], env: dict[str, st
     return proc.pid
 
 
+@dataclass
+class Started:
+    """The task a foreground command started, once it exists (for the Ctrl-C message)."""
+
+    task: TaskRecord | None = None
+
+    def __call__(self, task: TaskRecord) -> None:
+        self.task = task
+
+
 def finish_run(
-    app_: App, task_id: str, run: Callable[[], Awaitable[TaskRecord]], as_json: bool
+    app_: App, started: Started, run: Callable[[], Awaitable[TaskRecord]], as_json: bool
 ) -> None:
     """Run in the foreground, print the summary, exit with the outcome's status."""
     from hal9999.cli.render import summary, task_json
@@ -189,9 +208,12 @@ def finish_run(
     try:
         record = run_async(cancel_on_sigterm(run))
     except (KeyboardInterrupt, asyncio.CancelledError) as exc:
-        record = app_.store.get_task(task_id)
+        if started.task is None:
+            raise KeyboardInterrupt from exc
+        task_id = started.task.id
         click.echo(
-            f"\nhal: task {task_id} cancelled; session kept at {record.session_dir}", err=True
+            f"\nhal: task {task_id} cancelled; session kept at {started.task.session_dir}",
+            err=True,
         )
         sys.exit(130 if isinstance(exc, KeyboardInterrupt) else 128 + signal.SIGTERM)
     if as_json:
@@ -346,48 +368,63 @@ def run(
         timeout_s=timeout if timeout is not None else a.config.timeout_s,
         env_names=names,
         given_env=given,
+        priority=priority,
         retries=retries,
         secret_names=secret_names,
         cwd=working_dir(repo),
+        config=a.config,
+        config_files=list(a.sources.files),
     )
     notice = offline_notice(a.config, request.agent, request.provider)
     if notice is not None and not as_json and not as_events:
         click.echo(f"hal: warning: {notice}", err=True)
-    client = a.daemon()
-    if client is not None:
-        from hal9999.cli.via_daemon import run_via_daemon
-
-        run_via_daemon(
-            a,
-            client,
-            request,
-            priority=priority,
-            detach=detach,
-            as_json=as_json,
-            raw=raw,
-            events=as_events,
-        )
-        return
-    task = run_async(a.service.create(request))
-    record_config_sources(a.service, task, a.sources)
+    api = a.tasks()
     if detach:
-        spawn_runner(a, task, [], given)
+        task = run_async(api.create(request))
+        record_config_sources(a.service, task, a.sources)
         print_detached(task, as_json)
         return
+    started = Started()
     if as_events:
-        from hal9999.cli.output import run_printing_events
-
-        record = run_async(run_printing_events(a.service, task, given))
+        record = run_async(run_printing_events(api, request, started))
         sys.exit(0 if record.status == "succeeded" else exit_status_for(record.error_code) or 1)
-    if not as_json:
-        click.echo(f"hal: task {task.id} ({request.agent} on {request.provider})", err=True)
+
+    def announce(task: TaskRecord) -> None:
+        started(task)
+        record_config_sources(a.service, task, a.sources)
+        if as_json:
+            return
+        via = ", via hal serve" if a.via_daemon else ""
+        click.echo(f"hal: task {task.id} ({request.agent} on {request.provider}{via})", err=True)
+
     on_output, on_event = output_callbacks(request.agent, raw=raw, quiet=as_json)
     finish_run(
         a,
-        task.id,
-        lambda: a.service.run(task.id, given_env=given, on_output=on_output, on_event=on_event),
+        started,
+        lambda: api.run(request, on_start=announce, on_output=on_output, on_event=on_event),
         as_json,
     )
+
+
+async def run_printing_events(api: TaskAPI, request: RunRequest, started: Started) -> TaskRecord:
+    """Run the task, printing every event it records as a JSON line (``--events``)."""
+    from hal9999.cli.output import jsonl_writer
+
+    write = jsonl_writer(sys.stdout)
+    created = asyncio.Event()
+
+    def on_start(task: TaskRecord) -> None:
+        started(task)
+        created.set()
+
+    run = asyncio.ensure_future(api.run(request, on_start=on_start))
+    waiting = asyncio.ensure_future(created.wait())
+    await asyncio.wait({run, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    waiting.cancel()
+    if started.task is not None:
+        async for event in api.follow(started.task.id):
+            write(event)
+    return await run
 
 
 def output_callbacks(

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from hal9999.cli.main import (
+    Started,
     app,
     cancel_on_sigterm,
     cli,
@@ -20,14 +21,11 @@ from hal9999.cli.main import (
     offline_notice,
     output_callbacks,
     run_async,
-    spawn_runner,
     stream_to_terminal,
 )
 from hal9999.cli.options import LIMIT, STATUS
 from hal9999.cli.output import escape_json_line
 from hal9999.cli.render import event_line, summary, task_json, task_table
-from hal9999.cli.via_daemon import finish_daemon_run
-from hal9999.cli.via_daemon import record as from_api
 from hal9999.credentials import parse_env_option
 from hal9999.errors import ProcessError, TaskStateError
 from hal9999.events.reader import follow_events, follow_text, read_events
@@ -51,12 +49,7 @@ def task() -> None:
 def list_(statuses: tuple[str, ...], limit: int | None, as_json: bool) -> None:
     """List tasks, newest first."""
     a = app()
-    client = a.daemon()
-    if client is not None:
-        query = {"status": ",".join(statuses) or None, "limit": limit}
-        tasks = [from_api(t) for t in run_async(client.call("GET", "/v1/tasks", query=query))]
-    else:
-        tasks = a.service.list(status=list(statuses) or None, limit=limit)
+    tasks = run_async(a.tasks().list(status=list(statuses) or None, limit=limit))
     if as_json:
         emit_json([task_json(t) for t in tasks])
     elif tasks:
@@ -70,12 +63,7 @@ def list_(statuses: tuple[str, ...], limit: int | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def show(task_id: str, as_json: bool) -> None:
     """Show one task."""
-    a = app()
-    client = a.daemon()
-    if client is not None:
-        found = from_api(run_async(client.call("GET", f"/v1/tasks/{task_id}")))
-    else:
-        found = a.service.find(task_id)
+    found = run_async(app().tasks().get(task_id))
     if as_json:
         emit_json(task_json(found))
     else:
@@ -249,43 +237,36 @@ def resume(
     """Run a stopped or finished task again in a new sandbox over the same session."""
     a = app()
     _, given = parse_env_option(env)
-    client = a.daemon()
-    if client is not None:
-        body = {"prompt": prompt, "env": given}
-        queued = from_api(run_async(client.call("POST", f"/v1/tasks/{task_id}/resume", body)))
-        if detach:
-            _report(queued, as_json, queued.id)
-            return
-        finish_daemon_run(a, client, queued, as_json)
-        return
-    from hal9999.tasks.recovery import resume as resume_task
-
-    task_id = a.service.find(task_id).id
+    api = a.tasks()
     if detach:
-        record, adopted = run_async(resume_task(a.service, task_id, prompt=prompt))
-        spawn_runner(a, record, ["--adopt"] if adopted else [prompt] if prompt else [], given)
-        _report(record, as_json, record.id)
+        queued = run_async(api.resume(task_id, prompt=prompt, env=given, detach=True))
+        _report(queued, as_json, queued.id)
         return
-    found = a.service.find(task_id)
-    on_output, on_event = output_callbacks(found.agent, raw=False, quiet=as_json)
+    found = run_async(api.get(task_id))
     notice = offline_notice(a.config, found.agent, found.provider)
     if notice is not None and not as_json:
         click.echo(f"hal: warning: {notice}", err=True)
+    started = Started()
 
-    async def resume_and_run() -> TaskRecord:
-        _, adopted = await resume_task(a.service, task_id, prompt=prompt)
-        if adopted is not None and not as_json:
-            click.echo(f"hal: task {task_id}: its agent is still running; following it", err=True)
-        return await a.service.run(
+    def announce(record: TaskRecord) -> None:
+        started(record)
+        if record.status == TaskStatus.RUNNING and not as_json:
+            click.echo(f"hal: task {record.id}: its agent is still running; following it", err=True)
+
+    on_output, on_event = output_callbacks(found.agent, raw=False, quiet=as_json)
+    finish_run(
+        a,
+        started,
+        lambda: api.resume(
             task_id,
-            given_env=given,
             prompt=prompt,
+            env=given,
+            on_start=announce,
             on_output=on_output,
             on_event=on_event,
-            adopted=adopted,
-        )
-
-    finish_run(a, task_id, resume_and_run, as_json)
+        ),
+        as_json,
+    )
 
 
 @task.command("_run", hidden=True)
@@ -343,25 +324,14 @@ def diff(task_id: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def rm(task_id: str, force: bool, as_json: bool) -> None:
     """Delete a task and its session directory."""
-    a = app()
-    client = a.daemon()
-    if client is not None:
-        query = {"force": "1" if force else None}
-        gone = from_api(run_async(client.call("DELETE", f"/v1/tasks/{task_id}", query=query)))
-    else:
-        gone = run_async(a.service.remove(task_id, force=force))
+    gone = run_async(app().tasks().remove(task_id, force=force))
     _report(gone, as_json, f"removed {gone.id}")
 
 
 def _control(task_id: str, action: str) -> TaskRecord:
     """Stop or cancel, through the daemon when it runs."""
-    a = app()
-    client = a.daemon()
-    if client is not None:
-        return from_api(run_async(client.call("POST", f"/v1/tasks/{task_id}/{action}")))
-    if action == "stop":
-        return run_async(a.service.stop(task_id))
-    return run_async(a.service.cancel(task_id))
+    api = app().tasks()
+    return run_async(api.stop(task_id) if action == "stop" else api.cancel(task_id))
 
 
 def _report(record: TaskRecord, as_json: bool, text: str) -> None:

@@ -17,9 +17,12 @@ from hal9999.errors import HalError
 from hal9999.events.models import EVENT_ADAPTER, Event, Output
 from hal9999.server.runtime import DaemonFiles, DaemonInfo
 from hal9999.store import TaskRecord
-from hal9999.tasks.api import OnOutput, OnStart
+from hal9999.tasks.api import OnEvent, OnOutput, OnStart
 from hal9999.tasks.service import RunRequest
 
+_HAL_OWN = frozenset({"task_created", "phase", "sandbox_acquired", "message", "task_end"})
+"""Events hal records about the task itself; a foreground run's ``on_event`` gets only the
+agent's (its output and what was parsed from it), with or without the daemon."""
 FOLLOW_WAIT_S = 10.0
 """How long one follow request waits for new events before the daemon answers."""
 
@@ -123,8 +126,9 @@ def client_secrets(
     ``forward_env`` and the agent's API key variable (when set). Sent over the private
     socket, held in the daemon's memory for the run, never stored."""
     values = dict(request.given_env)
-    values.update(forwarded_env([n for n in request.env_names if n not in values], environ))
-    optional = list(config.forward_env)
+    names = [*request.env_names, *request.secret_names]
+    values.update(forwarded_env([n for n in names if n not in values], environ))
+    optional = [*config.forward_env, *config.secrets]
     try:
         settings = config.agent_settings(request.agent)
         resolve_agent(request.agent, settings)
@@ -150,6 +154,8 @@ def run_body(request: RunRequest, env: dict[str, str]) -> dict[str, Any]:
         "timeout_s": request.timeout_s,
         "env_names": request.env_names,
         "env": env,
+        "literal_env": sorted(request.given_env),
+        "secret_names": request.secret_names,
         "cwd": str(request.cwd),
         "priority": request.priority,
         "retries": request.retries,
@@ -181,18 +187,23 @@ class DaemonTaskAPI:
         *,
         on_start: OnStart | None = None,
         on_output: OnOutput | None = None,
+        on_event: OnEvent | None = None,
     ) -> TaskRecord:
         """Queue the task and follow it to its end (the daemon retries it)."""
         task = await self.create(request)
         if on_start is not None:
             on_start(task)
-        return await self._see_through(task.id, on_output)
+        return await self._see_through(task.id, on_output, on_event)
 
-    async def _see_through(self, task_id: str, on_output: OnOutput | None) -> TaskRecord:
+    async def _see_through(
+        self, task_id: str, on_output: OnOutput | None, on_event: OnEvent | None
+    ) -> TaskRecord:
         try:
             async for event in self.follow(task_id):
                 if on_output is not None and isinstance(event, Output):
                     on_output(event.text)
+                if on_event is not None and event.type not in _HAL_OWN:
+                    on_event(event)
         except asyncio.CancelledError:
             # Ctrl-C (or SIGTERM) of a foreground run cancels the task, as without a daemon.
             with contextlib.suppress(HalError):
@@ -228,6 +239,7 @@ class DaemonTaskAPI:
         detach: bool = False,
         on_start: OnStart | None = None,
         on_output: OnOutput | None = None,
+        on_event: OnEvent | None = None,
     ) -> TaskRecord:
         """Queue the task again with the daemon; follow it unless ``detach``."""
         body = {"prompt": prompt, "env": dict(env or {})}
@@ -236,7 +248,7 @@ class DaemonTaskAPI:
             return queued
         if on_start is not None:
             on_start(queued)
-        return await self._see_through(queued.id, on_output)
+        return await self._see_through(queued.id, on_output, on_event)
 
     async def remove(self, task_id: str, *, force: bool = False) -> TaskRecord:
         """Delete a task and its session."""

@@ -70,20 +70,15 @@ class Store(EventTable, SandboxTable, GatewayTable):
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._closed = False
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # The database holds prompts and repo paths: create it private. SQLite gives
             # the -wal and -shm files the same mode.
             os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-            self._conn = sqlite3.connect(
-                path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-            )
-            self._conn.row_factory = sqlite3.Row
-            self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            self._conn.execute("PRAGMA synchronous = NORMAL")
-            self._conn.execute("PRAGMA foreign_keys = ON")
             self._set_up()
         except (sqlite3.Error, OSError) as exc:
             self.close()
@@ -101,11 +96,12 @@ class Store(EventTable, SandboxTable, GatewayTable):
         return cls(HalPaths(home).ensure().db)
 
     def close(self) -> None:
-        """Close the connection; further calls fail. Safe to call twice."""
+        """Close every connection; further calls fail. Safe to call twice."""
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            self._closed = True
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
 
     def __enter__(self) -> Store:
         return self
@@ -121,9 +117,25 @@ class Store(EventTable, SandboxTable, GatewayTable):
     # -- plumbing -------------------------------------------------------------------------
 
     def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise ValueError("the store is closed")
-        return self._conn
+        """This thread's connection. One per thread, so a thread waiting for another
+        process's write lock (up to the busy timeout) never holds up reads elsewhere: a
+        daemon's event loop keeps reading while a worker thread waits to write."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None or self._closed:
+            with self._lock:
+                if self._closed:
+                    raise ValueError("the store is closed")
+                conn = sqlite3.connect(
+                    self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                    check_same_thread=False,
+                )  # fmt: skip
+                self._conns.append(conn)
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._local.conn = conn
+        return conn
 
     @contextmanager
     def _write(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
@@ -133,26 +145,24 @@ class Store(EventTable, SandboxTable, GatewayTable):
         mode ``synchronous = NORMAL`` only syncs at checkpoints, which is right for the hot
         path but not for "this task is finished".
         """
-        with self._lock:
-            conn = self._db()
-            if durable:
-                conn.execute("PRAGMA synchronous = FULL")
+        conn = self._db()
+        if durable:
+            conn.execute("PRAGMA synchronous = FULL")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield conn
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-            finally:
-                if durable:
-                    conn.execute("PRAGMA synchronous = NORMAL")
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            if durable:
+                conn.execute("PRAGMA synchronous = NORMAL")
 
     def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db().execute(sql, tuple(params)).fetchall()
+        return self._db().execute(sql, tuple(params)).fetchall()
 
     def _set_up(self) -> None:
         """WAL mode and migrations, retried while another process holds the database.

@@ -25,6 +25,8 @@ OnStart = Callable[[TaskRecord], None]
 """Told the task once it exists (or, on resume, once it is queued or adopted)."""
 OnOutput = Callable[[str], None]
 """Gets the agent's output (secrets masked) as it arrives."""
+OnEvent = Callable[[Event], None]
+"""Gets each event the run records (rendered for a person, or printed as JSON)."""
 Spawn = Callable[[TaskRecord, list[str], dict[str, str]], int]
 """Starts a detached ``hal task _run ID ARGS...`` with extra environment; returns its pid."""
 
@@ -42,6 +44,7 @@ class TaskAPI(Protocol):
         *,
         on_start: OnStart | None = None,
         on_output: OnOutput | None = None,
+        on_event: OnEvent | None = None,
     ) -> TaskRecord:
         """Create the task and see it to its end (retries included); returns the outcome.
         Cancelling the caller (Ctrl-C) cancels the task."""
@@ -74,6 +77,7 @@ class TaskAPI(Protocol):
         detach: bool = False,
         on_start: OnStart | None = None,
         on_output: OnOutput | None = None,
+        on_event: OnEvent | None = None,
     ) -> TaskRecord:
         """Run a resting task again (or carry on its live agent); with ``detach``, return
         once it is queued, else at its end."""
@@ -114,12 +118,13 @@ class LocalTaskAPI:
         *,
         on_start: OnStart | None = None,
         on_output: OnOutput | None = None,
+        on_event: OnEvent | None = None,
     ) -> TaskRecord:
         """Create the task and run it here, to its end."""
         task = await self.service.create(request)
         if on_start is not None:
             on_start(task)
-        return await self._run(task.id, request.given_env, None, on_output)
+        return await self._run(task.id, request.given_env, None, on_output, on_event)
 
     async def _run(
         self,
@@ -127,11 +132,17 @@ class LocalTaskAPI:
         env: Mapping[str, str],
         prompt: str | None,
         on_output: OnOutput | None,
+        on_event: OnEvent | None,
         adopted: Adopted | None = None,
     ) -> TaskRecord:
         """Run, and run again while a failure is worth retrying (as the scheduler does)."""
         record = await self.service.run(
-            task_id, given_env=env, prompt=prompt, on_output=on_output, adopted=adopted
+            task_id,
+            given_env=env,
+            prompt=prompt,
+            on_output=on_output,
+            on_event=on_event,
+            adopted=adopted,
         )
         while (plan := retry_plan(record, self.settings)) is not None:
             attempt, counters = plan
@@ -140,7 +151,7 @@ class LocalTaskAPI:
                 break
             await asyncio.sleep(delay)
             record = await self.service.run(
-                task_id, given_env=env, prompt=prompt, on_output=on_output
+                task_id, given_env=env, prompt=prompt, on_output=on_output, on_event=on_event
             )
         return record
 
@@ -171,6 +182,7 @@ class LocalTaskAPI:
         detach: bool = False,
         on_start: OnStart | None = None,
         on_output: OnOutput | None = None,
+        on_event: OnEvent | None = None,
     ) -> TaskRecord:
         """Queue the task again (or adopt its live agent) and run it here or detached."""
         from hal9999.tasks.recovery import resume as resume_task
@@ -184,7 +196,7 @@ class LocalTaskAPI:
             return record
         if on_start is not None:
             on_start(record)
-        return await self._run(task_id, given, prompt, on_output, adopted)
+        return await self._run(task_id, given, prompt, on_output, on_event, adopted)
 
     async def remove(self, task_id: str, *, force: bool = False) -> TaskRecord:
         """Delete a task and its session."""
