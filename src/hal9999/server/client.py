@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from hal9999.tasks.service import RunRequest
 _HAL_OWN = frozenset({"task_created", "phase", "sandbox_acquired", "message", "task_end"})
 """Events hal records about the task itself; a foreground run's ``on_event`` gets only the
 agent's (its output and what was parsed from it), with or without the daemon."""
+RECONNECT_S = 60.0
+"""How long a follower waits for a daemon that went away to come back."""
 FOLLOW_WAIT_S = 10.0
 """How long one follow request waits for new events before the daemon answers."""
 
@@ -257,9 +260,20 @@ class DaemonTaskAPI:
 
     async def follow(self, task_id: str, *, after_seq: int = 0) -> AsyncIterator[Event]:
         """Long-polls the task's events until the daemon says it is over (retries done)."""
+        gone_since: float | None = None
         while True:
             query = {"after_seq": after_seq, "wait": FOLLOW_WAIT_S}
-            page = await self.client.call("GET", f"/v1/tasks/{task_id}/events", query=query)
+            try:
+                page = await self.client.call("GET", f"/v1/tasks/{task_id}/events", query=query)
+            except DaemonUnavailable:
+                # A restarting daemon (it adopts running agents): keep following a while.
+                now = time.monotonic()
+                gone_since = gone_since or now
+                if now - gone_since > RECONNECT_S:
+                    raise
+                await asyncio.sleep(0.5)
+                continue
+            gone_since = None
             for data in page["events"]:
                 event = EVENT_ADAPTER.validate_python(data)
                 after_seq = max(after_seq, event.seq)
