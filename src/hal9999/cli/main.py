@@ -385,9 +385,6 @@ def run(
         print_detached(task, as_json)
         return
     started = Started()
-    if as_events:
-        record = run_async(run_printing_events(api, request, started))
-        sys.exit(0 if record.status == "succeeded" else exit_status_for(record.error_code) or 1)
 
     def announce(task: TaskRecord) -> None:
         started(task)
@@ -396,6 +393,10 @@ def run(
             return
         via = ", via hal serve" if a.via_daemon else ""
         click.echo(f"hal: task {task.id} ({request.agent} on {request.provider}{via})", err=True)
+
+    if as_events:
+        record = run_async(run_printing_events(api, request, announce))
+        sys.exit(0 if record.status == "succeeded" else exit_status_for(record.error_code) or 1)
 
     on_output, on_event = output_callbacks(request.agent, raw=raw, quiet=as_json)
     finish_run(
@@ -406,23 +407,27 @@ def run(
     )
 
 
-async def run_printing_events(api: TaskAPI, request: RunRequest, started: Started) -> TaskRecord:
+async def run_printing_events(
+    api: TaskAPI, request: RunRequest, on_start: Callable[[TaskRecord], None]
+) -> TaskRecord:
     """Run the task, printing every event it records as a JSON line (``--events``)."""
     from hal9999.cli.output import jsonl_writer
 
     write = jsonl_writer(sys.stdout)
-    created = asyncio.Event()
+    created: list[TaskRecord] = []
+    ready = asyncio.Event()
 
-    def on_start(task: TaskRecord) -> None:
-        started(task)
-        created.set()
+    def started(task: TaskRecord) -> None:
+        on_start(task)
+        created.append(task)
+        ready.set()
 
-    run = asyncio.ensure_future(api.run(request, on_start=on_start))
-    waiting = asyncio.ensure_future(created.wait())
+    run = asyncio.ensure_future(api.run(request, on_start=started))
+    waiting = asyncio.ensure_future(ready.wait())
     await asyncio.wait({run, waiting}, return_when=asyncio.FIRST_COMPLETED)
     waiting.cancel()
-    if started.task is not None:
-        async for event in api.follow(started.task.id):
+    if created:
+        async for event in api.follow(created[0].id):
             write(event)
     return await run
 
