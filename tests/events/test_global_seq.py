@@ -130,3 +130,25 @@ def test_index_rows_without_lines_are_dropped_on_open(tmp_path: Path) -> None:
             assert store.event_count("t") == 1
             again = log.emit(Output(text="b"))
         assert (again.seq, again.gseq) == (2, 4)  # numbers are never handed out twice
+
+
+def test_a_background_writer_never_waits_for_the_database(tmp_path: Path) -> None:
+    import sqlite3
+
+    with Store(tmp_path / "hal.db") as store:
+        log = EventLog(tmp_path / "e.jsonl", "t", store=store, background=True)
+        other = sqlite3.connect(tmp_path / "hal.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        start = time.monotonic()
+        phase = log.emit(Phase(phase="running"))
+        for n in range(100):
+            log.emit(Output(text=str(n)))
+        took = time.monotonic() - start
+        time.sleep(0.3)
+        assert store.event_count("t") == 0  # waiting for the lock, on the flusher thread
+        other.execute("ROLLBACK")
+        other.close()
+        log.close()
+        assert took < 0.5, f"emit waited {took:.1f}s for the database"
+        assert phase.gseq == 1 and store.event_count("t") == 101
+    assert [e.seq for e in read_events(tmp_path / "e.jsonl")] == list(range(1, 102))

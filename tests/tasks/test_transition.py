@@ -134,7 +134,8 @@ SIDE = textwrap.dedent(
         with EventLog(service.session(task).events, task_id, store=store) as events:
             ctx = RunContext(task=task, session=service.session(task), events=events,
                              masker=SecretMasker(), secrets={})
-            return service.runner.finish(ctx, TaskStatus.SUCCEEDED, time.monotonic(), 0).status
+            done = await service.runner.finish(ctx, TaskStatus.SUCCEEDED, time.monotonic(), 0)
+            return done.status
 
     try:
         result = {"status": asyncio.run(act())}

@@ -93,6 +93,7 @@ class EventLog:
         masker: SecretMasker | None = None,
         index_batch: int = 1,
         max_delay: float = 0.02,
+        background: bool = False,
     ) -> None:
         self.path = path
         self.task_id = task_id
@@ -103,7 +104,11 @@ class EventLog:
         is full, at a ``phase`` or ``task_end`` event, after ``max_delay`` seconds, on
         :meth:`flush` and on close."""
         self.max_delay = max_delay
+        self.background = background
+        """Write every batch on the flusher thread, never on the emitting one (a daemon's
+        event loop must not wait for the database)."""
         self._pending: list[Event] = []
+        self._io_lock = threading.RLock()
         # Re-entrant so a sink that emits (a warning about itself, say) cannot deadlock.
         self._lock = threading.RLock()
         self._sinks: list[Sink] = []
@@ -183,7 +188,7 @@ class EventLog:
         with self._lock:
             if self._file is None:
                 raise ValueError(f"the event log {self.path} is closed")
-            if not self._pending:
+            if not self._locked:
                 self._lock_file()
             seq = self._seq + 1
             stamps = {"seq": seq, "ts": time.time(), "task_id": self.task_id}
@@ -194,47 +199,58 @@ class EventLog:
             stamped = masked.model_copy(update=stamps)
             self._seq = seq
             self._pending.append(stamped)
-            if len(self._pending) >= self.index_batch or stamped.type in FSYNC_TYPES:
-                self._write_batch()
-            elif len(self._pending) == 1:
+            due = len(self._pending) >= self.index_batch or stamped.type in FSYNC_TYPES
+            if due and self.background:
+                FLUSHER.schedule(self, 0.0)
+            elif not due and len(self._pending) == 1:
                 FLUSHER.schedule(self, time.monotonic() + self.max_delay)
-            return stamped
+        if due and not self.background:
+            self.flush()
+        return stamped
 
     def flush(self) -> None:
-        """Write the pending batch now."""
-        with self._lock:
-            if self._pending:
-                self._write_batch()
-
-    def _write_batch(self) -> None:
-        batch, self._pending = self._pending, []
-        FLUSHER.cancel(self)
-        try:
-            self._index(batch)
-            data = b"".join(e.model_dump_json().encode() + b"\n" for e in batch)
-            assert self._file is not None
+        """Write the pending batch now (on this thread)."""
+        # _io_lock orders the batches (and their sinks); _lock is held only to take the
+        # batch, so emitting never waits for a write (nor for the database behind it).
+        with self._io_lock:
+            with self._lock:
+                batch, self._pending = self._pending, []
+                FLUSHER.cancel(self)
+                if not batch or self._file is None:
+                    return
             try:
-                self._file.write(data)
-                self._file.flush()
-                if any(e.type in FSYNC_TYPES for e in batch):
-                    os.fsync(self._file.fileno())
-            except OSError:
-                # Leave no half line behind, and no index rows for lines that are not there.
-                self._truncate_to(self._size)
-                self._seq = batch[0].seq - 1
-                self._forget(batch[0].seq - 1)
-                raise
-            self._size += len(data)
-        finally:
-            self._unlock_file()
-        for stamped in batch:
-            for sink in list(self._sinks):
-                try:
-                    sink(stamped)
-                except Exception:
-                    logger.exception(
-                        "event sink %r failed on %s #%d", sink, stamped.type, stamped.seq
-                    )
+                self._write(batch)
+            finally:
+                with self._lock:
+                    if not self._pending:
+                        self._unlock_file()
+            for stamped in batch:
+                for sink in list(self._sinks):
+                    try:
+                        sink(stamped)
+                    except Exception:
+                        logger.exception(
+                            "event sink %r failed on %s #%d", sink, stamped.type, stamped.seq
+                        )
+
+    def _write(self, batch: list[Event]) -> None:
+        self._index(batch)
+        data = b"".join(e.model_dump_json().encode() + b"\n" for e in batch)
+        assert self._file is not None
+        try:
+            self._file.write(data)
+            self._file.flush()
+            if any(e.type in FSYNC_TYPES for e in batch):
+                os.fsync(self._file.fileno())
+        except OSError:
+            # Leave no half line behind, and no index rows for lines that are not there.
+            self._truncate_to(self._size)
+            self._forget(batch[0].seq - 1)
+            with self._lock:
+                if not self._pending:  # else later events hold the numbers after: a gap
+                    self._seq = batch[0].seq - 1
+            raise
+        self._size += len(data)
 
     def _index(self, batch: list[Event]) -> None:
         if self.store is None:
@@ -268,16 +284,19 @@ class EventLog:
         with self._lock:
             if self._file is None:
                 return
-            try:
-                if self._pending:
-                    self._write_batch()
-                self._file.flush()
-                os.fsync(self._file.fileno())
-            finally:
+        try:
+            self.flush()
+        finally:
+            with self._io_lock, self._lock:
                 FLUSHER.cancel(self)
-                self._unlock_file()
-                self._file.close()
-                self._file = None
+                if self._file is not None:
+                    try:
+                        self._file.flush()
+                        os.fsync(self._file.fileno())
+                    finally:
+                        self._unlock_file()
+                        self._file.close()
+                        self._file = None
 
     def __enter__(self) -> EventLog:
         return self
@@ -302,7 +321,7 @@ class _Flusher:
     def schedule(self, log: EventLog, when: float) -> None:
         """Write ``log``'s batch at ``when`` (monotonic) unless it is written before."""
         with self._cond:
-            self._due.setdefault(log, when)
+            self._due[log] = min(when, self._due.get(log, when))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="hal-event-flusher", daemon=True

@@ -35,6 +35,8 @@ class EventWriters:
         self.index_batch = index_batch
         self.sinks = list(sinks)
         """Every writer hands its events to these (the process's event bus)."""
+        self.background = False
+        """Writers write on the flusher thread only (set by the daemon: see ``EventLog``)."""
         self._open: dict[str, _Open] = {}
         self._lock = threading.Lock()
 
@@ -48,7 +50,12 @@ class EventWriters:
             entry = self._open.get(task_id)
             if entry is None:
                 log = EventLog(
-                    path, task_id, store=self.store, masker=masker, index_batch=self.index_batch
+                    path,
+                    task_id,
+                    store=self.store,
+                    masker=masker,
+                    index_batch=self.index_batch,
+                    background=self.background,
                 )
                 for sink in self.sinks:
                     log.add_sink(sink)

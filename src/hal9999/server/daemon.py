@@ -52,6 +52,7 @@ class Daemon:
         self.bus = EventBus()
         """Every event of every task: written here, or by another process (via the index)."""
         self.service.writers.sinks.append(self.bus.sink)
+        self.service.writers.background = True  # event writes never on the event loop
         self.files = DaemonFiles(config.home)
         self._providers: dict[str, Provider] = {}
         self._settings: dict[str, ProviderSettings] = {}

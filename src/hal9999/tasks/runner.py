@@ -80,11 +80,17 @@ class TaskRunner:
         """Where runs get sandboxes: created per run, or the daemon's warm pool."""
 
     # -- state -------------------------------------------------------------------------
-    def transition(
+    async def transition(
         self, ctx: RunContext, target: TaskStatus, detail: str | None = None, **fields: Any
     ) -> TaskRecord:
         """Move the task on from the state this run put it in (compare-and-set); raises
-        :class:`Superseded` when another process took the task meanwhile."""
+        :class:`Superseded` when another process took the task meanwhile. The database work
+        runs in a thread: a write lock held elsewhere must not stall the event loop."""
+        return await asyncio.to_thread(self._transition, ctx, target, detail, **fields)
+
+    def _transition(
+        self, ctx: RunContext, target: TaskStatus, detail: str | None, **fields: Any
+    ) -> TaskRecord:
         if target is TaskStatus.RUNNING:
             fields.setdefault("started_at", time.time())
         try:
@@ -151,19 +157,21 @@ class TaskRunner:
                             parsed_offset=ctx.adopted.parsed_offset,
                         )
                     assert ctx.sandbox is not None
-                    self.transition(ctx, TaskStatus.COLLECTING)
+                    await self.transition(ctx, TaskStatus.COLLECTING)
                     files = await self.collect(ctx, ctx.sandbox)
             except TimeoutError as exc:
                 if not deadline.expired():
                     raise
                 raise _timed_out(task.timeout_s, self.store.get_task(task.id).status) from exc
             if exit_code == 0:
-                return self.finish(ctx, TaskStatus.SUCCEEDED, started, exit_code, files=files)
+                return await self.finish(ctx, TaskStatus.SUCCEEDED, started, exit_code, files=files)
             hint = f"see `hal task logs {task.id}`"
             if offline:
                 hint += f"; {offline_warning(agent.name)}"
             error = AgentFailed(f"agent {agent.name} exited with status {exit_code}", hint=hint)
-            return self.finish(ctx, TaskStatus.FAILED, started, exit_code, error=error, files=files)
+            return await self.finish(
+                ctx, TaskStatus.FAILED, started, exit_code, error=error, files=files
+            )
         except Superseded:
             return self.store.get_task(task.id)
         except (TaskTimeout, DiskLimitExceeded) as exc:
@@ -181,11 +189,11 @@ class TaskRunner:
                         Message(level="warning", text="collecting after the timeout took too long")
                     )
             ended = TaskStatus.TIMED_OUT if isinstance(exc, TaskTimeout) else TaskStatus.FAILED
-            return self.finish(ctx, ended, started, exit_code, error=exc, files=files)
+            return await self.finish(ctx, ended, started, exit_code, error=exc, files=files)
         except HalError as exc:
             if ctx.pspec is not None:
                 await manager.stop(ctx.pspec)
-            return self.finish(ctx, TaskStatus.FAILED, started, exit_code, error=exc)
+            return await self.finish(ctx, TaskStatus.FAILED, started, exit_code, error=exc)
         except asyncio.CancelledError as cancelled:
             if ctx.detached:
                 raise  # the daemon is shutting down; the agent runs on, to be adopted
@@ -193,7 +201,7 @@ class TaskRunner:
             if ctx.pspec is not None:
                 await manager.stop(ctx.pspec)
             reason = _cancel_reason(cancelled)
-            self.finish(ctx, TaskStatus.CANCELLED, started, exit_code, note=reason)
+            await self.finish(ctx, TaskStatus.CANCELLED, started, exit_code, note=reason)
             raise
         finally:
             if not ctx.detached:
@@ -222,7 +230,7 @@ class TaskRunner:
     ) -> bool:
         """Provision, prepare and start the agent; returns whether the sandbox is offline."""
         task = ctx.task
-        self.transition(ctx, TaskStatus.PROVISIONING)
+        await self.transition(ctx, TaskStatus.PROVISIONING)
         spec = sandbox_spec(self.config, task, ctx.session, self.environ)
         ctx.gateway = route_for(self.config, agent, task.id, self.environ, ctx.secrets)
         if ctx.gateway is not None:
@@ -238,9 +246,9 @@ class TaskRunner:
         self.store.update_task(task.id, sandbox_id=sandbox.id)
         self.emit(ctx, SandboxAcquired(sandbox_id=sandbox.id, provider=sandbox.provider, warm=warm))
 
-        self.transition(ctx, TaskStatus.PREPARING)
+        await self.transition(ctx, TaskStatus.PREPARING)
         launch = await self.prepare(ctx, sandbox, agent, prompt)
-        self.transition(ctx, TaskStatus.RUNNING, detail=f"agent {agent.name}")
+        await self.transition(ctx, TaskStatus.RUNNING, detail=f"agent {agent.name}")
         given = {**ctx.secrets, **(ctx.gateway.secrets() if ctx.gateway else {})}
         missing = [name for name in launch.secret_env if name not in given]
         secrets = {**forwarded_env(missing, self.environ), **given}
@@ -462,7 +470,7 @@ class TaskRunner:
             ctx.events.emit(Message(level="warning", text=f"collecting failed: {exc.one_line()}"))
             return 0
 
-    def finish(
+    async def finish(
         self,
         ctx: RunContext,
         status: TaskStatus,
@@ -473,11 +481,26 @@ class TaskRunner:
         files: int | None = None,
         note: str | None = None,
     ) -> TaskRecord:
-        """Record the end of a run and emit ``task_end`` (nothing when the task was taken)."""
+        """Record the end of a run and emit ``task_end`` (nothing when the task was taken);
+        in a thread, like :meth:`transition`."""
+        return await asyncio.to_thread(
+            self._finish, ctx, status, started, exit_code, error, files, note
+        )
+
+    def _finish(
+        self,
+        ctx: RunContext,
+        status: TaskStatus,
+        started: float,
+        exit_code: int | None,
+        error: HalError | None,
+        files: int | None,
+        note: str | None,
+    ) -> TaskRecord:
         current = self.store.get_task(ctx.task.id)
         totals = ctx.totals
         try:
-            record = self.transition(
+            record = self._transition(
                 ctx,
                 status,
                 note,
