@@ -195,7 +195,7 @@ class Scheduler:
             record = await self.service.run(
                 task_id, given_env=submission.env, prompt=submission.prompt, adopted=adopted
             )
-            if not self.retry(record):
+            if not await asyncio.to_thread(self.retry, record):
                 self.submissions.pop(task_id, None)
         except HalError as exc:
             logger.warning("task %s: %s", task_id, exc.one_line())
