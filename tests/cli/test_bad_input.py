@@ -276,3 +276,14 @@ def test_repo_paths_the_os_refuses(hal: Hal, tmp_path: Path, kind: str) -> None:
     shown = hal("trust", "--show", repo)
     assert shown.returncode in (2, 3, 4) and "Traceback" not in shown.stderr
     one_error_line(shown)
+
+
+@pytest.mark.parametrize("name", ["../x", "a/../../b", "", ".hidden"])
+def test_image_build_refuses_a_name_that_is_a_path(
+    hal: Hal, hal_env: dict[str, str], name: str
+) -> None:
+    out = hal("image", "build", "--name", name)
+    assert out.returncode == 2
+    assert "invalid image name" in one_error_line(out)
+    images = Path(hal_env["HAL_HOME"], "images")
+    assert not images.exists() or not any(images.rglob("*.lock"))

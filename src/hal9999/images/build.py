@@ -32,7 +32,7 @@ from pathlib import Path
 from hal9999.errors import ConfigError, ProviderError, ProviderUnavailable
 from hal9999.images import workdirs
 from hal9999.images.initramfs import Cpio, module_order, static_busybox
-from hal9999.images.store import Image, ImageMeta, ImageStore, now
+from hal9999.images.store import Image, ImageMeta, ImageStore, check_name, now
 from hal9999.procs import kill_group_until_gone
 
 BASE_PACKAGES = (
@@ -303,6 +303,7 @@ async def build_image(
     save_state: bool = True,
 ) -> Image:
     """Build image ``name`` (see the module docstring); re-running reuses cached stages."""
+    check_name(name)  # before it names a lock or a log: never a path out of the cache
     if os.geteuid() != 0:
         raise ConfigError(
             "hal image build needs root (debootstrap, chroot)", hint="run it with sudo"
