@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -284,3 +285,41 @@ def test_a_held_database_write_lock_does_not_stall_the_daemon_api(
         db.close()
     assert answered < 1.0, f"the API was stalled {answered:.1f}s behind a database lock"
     assert listed < 10
+
+
+def test_events_of_a_foreground_run_reach_the_daemon_in_commit_order(
+    daemon: Hal, hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    home = Path(hal_env["HAL_HOME"])
+    client = DaemonClient.find(home)
+    assert client is not None
+    first = asyncio.run(client.call("GET", "/v1/events", query={"after": 0}))
+    start = first["last_gseq"]
+    # Run in a separate hal process, not through the daemon: its events reach the daemon's
+    # bus through the store's index, and a follower resuming by gseq gets all of them.
+    agent = "sh -c 'for i in 1 2 3; do echo line $i; sleep 0.5; done'"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "hal9999", "run", "--agent", agent, "x", "--json"],
+        cwd=demo_repo, env={**hal_env, "HAL_NO_DAEMON": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+    async def collect() -> list[dict[str, Any]]:
+        seen: list[dict[str, Any]] = []
+        after = start
+        while not any(e["type"] == "task_end" for e in seen):
+            page = await client.call("GET", "/v1/events", query={"after": after, "wait": 5})
+            assert page["events"], "the daemon's bus was never woken"
+            seen += page["events"]
+            after = page["last_gseq"]
+        return seen
+
+    seen = asyncio.run(collect())  # long-polls while the other process runs the task
+    stdout, stderr = run.communicate(timeout=60)
+    assert run.returncode == 0, stderr
+    task_id = json.loads(stdout)["id"]
+    gseqs = [e["gseq"] for e in seen]
+    assert gseqs == sorted(set(gseqs)) and gseqs[0] > start
+    mine = [e for e in seen if e["task_id"] == task_id]
+    assert [e["seq"] for e in mine] == list(range(1, len(mine) + 1))
+    assert [e["seq"] for e in events_of(daemon, task_id)][: len(mine)] == [e["seq"] for e in mine]
