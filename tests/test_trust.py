@@ -205,6 +205,8 @@ def test_credential_targets_inside_the_home_are_kept(target: str, kept: str) -> 
         ("HAL_TIMEOUT", "-1", "timeout_s: expected a number greater than 0"),
         ("HAL_TIMEOUT", "nan", "timeout_s: expected a finite number"),
         ("HAL_TIMEOUT", "inf", "timeout_s: expected a finite number"),
+        ("HAL_TIMEOUT", "1e-300", "timeout_s: expected at least 1 second"),
+        ("HAL_HOME", "~no-such-user-x/hal", "home: cannot expand ~no-such-user-x: no such user"),
         ("HAL_PIDS", "-1", "resources.pids: expected 0 (no limit) or a number of processes"),
         ("HAL_MEMORY_MB", "-5", "resources.memory_mb: expected 0 (no limit) or MiB from 8"),
         ("HAL_MEMORY_MB", "4", "resources.memory_mb: expected 0 (no limit) or MiB from 8"),

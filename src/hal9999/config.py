@@ -56,6 +56,15 @@ ENV_KEYS: dict[str, tuple[str, ...]] = {
 """Environment variables and the config key each one sets."""
 
 
+def expand_user(path: Path) -> Path:
+    """``path`` with ``~`` or ``~user`` expanded; an unknown user is a ValueError (which the
+    config reports with the file or variable it came from), not a RuntimeError."""
+    try:
+        return path.expanduser()
+    except RuntimeError as exc:
+        raise ValueError(f"cannot expand {str(path).split('/')[0]}: no such user") from exc
+
+
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -99,7 +108,7 @@ class CredentialFile(_Config):
     @field_validator("source")
     @classmethod
     def _expand(cls, value: Path) -> Path:
-        return value.expanduser()
+        return expand_user(value)
 
     @field_validator("target")
     @classmethod
@@ -198,7 +207,7 @@ class HalConfig(_Config):
     @field_validator("home")
     @classmethod
     def _expand(cls, value: Path) -> Path:
-        return value.expanduser()
+        return expand_user(value)
 
     def agent_settings(self, name: str) -> AgentSettings:
         """Settings for an agent; defaults when the config has no table for it."""

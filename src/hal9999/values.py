@@ -43,8 +43,22 @@ def _not_blank(value: str) -> str:
 
 EnvName = Annotated[str, AfterValidator(_env_name)]
 """An environment variable name (``--env``, ``forward_env``, ``api_key_env``)."""
-TimeoutSeconds = Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False)]
-"""A time limit in seconds: a finite number greater than 0 (``--timeout``, ``timeout_s``)."""
+MIN_TIMEOUT_S = 1.0
+"""The shortest timeout accepted: less cannot even start a sandbox."""
+
+
+def _at_least_a_second(value: float) -> float:
+    if value < MIN_TIMEOUT_S:
+        raise ValueError(f"expected at least {MIN_TIMEOUT_S:g} second")
+    return value
+
+
+TimeoutSeconds = Annotated[
+    float,
+    Field(gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False),
+    AfterValidator(_at_least_a_second),
+]
+"""A time limit in seconds: finite, from 1 s to a year (``--timeout``, ``timeout_s``)."""
 Name = Annotated[str, AfterValidator(_not_blank)]
 """A non-empty name (agent, provider, process manager)."""
 
@@ -172,9 +186,7 @@ class RunBody(BaseModel):
     """Provider list; the daemon's default when unset."""
     process_manager: str | None = None
     """Process manager; the daemon's default when unset."""
-    timeout_s: (
-        Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False, strict=False)] | None
-    ) = None
+    timeout_s: Annotated[TimeoutSeconds, Field(strict=False)] | None = None
     """Time limit in seconds."""
     env_names: list[EnvName] | None = None
     """Forwarded variable names."""

@@ -127,7 +127,7 @@ def test_invalid_log_level(hal: Hal) -> None:
     assert "HAL_LOG_LEVEL" in one_error_line(out)
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "-inf", "1e400", "soon"])
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "-inf", "1e400", "soon", "1e-300"])
 def test_bad_timeouts_are_refused_up_front(
     hal: Hal, hal_env: dict[str, str], value: str
 ) -> None:
@@ -140,7 +140,8 @@ def test_bad_timeouts_are_refused_up_front(
 @pytest.mark.parametrize(
     ("env", "key"),
     [({"HAL_PIDS": "-1"}, "pids"), ({"HAL_MEMORY_MB": "-5"}, "memory_mb"),
-     ({"HAL_CPUS": "-1"}, "cpus"), ({"HAL_TIMEOUT": "inf"}, "timeout_s")],
+     ({"HAL_CPUS": "-1"}, "cpus"), ({"HAL_TIMEOUT": "inf"}, "timeout_s"),
+     ({"HAL_HOME": "~no-such-user-x/h"}, "home")],
 )  # fmt: skip
 def test_bad_limits_from_the_environment(hal: Hal, env: dict[str, str], key: str) -> None:
     out = hal("run", "--agent", "true {{prompt_file}}", "x", env=env)

@@ -32,7 +32,10 @@ def _log_dirs(environ: Mapping[str, str]) -> list[Path]:
     dirs: list[Path] = []
     home = environ.get("HAL_HOME")
     if home:
-        dirs.append(Path(home).expanduser() / "run")
+        try:
+            dirs.append(Path(home).expanduser() / "run")
+        except RuntimeError:  # ~user of no user: the crash may be about exactly that
+            pass
     dirs.append(Path(tempfile.gettempdir()))
     return dirs
 
