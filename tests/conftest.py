@@ -1,6 +1,6 @@
 """Test policy shared by the whole suite.
 
-Tests marked ``bwrap``, ``tmux``, ``cgroup`` or ``qemu`` need that component; when it is
+Tests marked ``bwrap``, ``tmux``, ``cgroup``, ``qemu`` or ``ssh`` need that component; when it is
 missing they skip locally but fail under ``CI=true``, so CI can never go green by skipping
 everything. The ``qemu`` tests share one image, built once per run (see ``qemu_images``).
 """
@@ -10,10 +10,14 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.sshd import Sshd
 
 
 @functools.cache
@@ -45,11 +49,37 @@ def _missing_qemu() -> str | None:
     return image_problem()
 
 
+def _missing_sshd() -> str | None:
+    from tests.sshd import missing_sshd
+
+    return missing_sshd()
+
+
+@pytest.fixture(scope="session")
+def sshd_server() -> Iterator[Sshd]:
+    """A real OpenSSH sshd in its own network namespace (see tests/sshd.py), shared by the
+    session's ssh tests; each test uses its own provider state and sandboxes."""
+    from tests.sshd import running_sshd
+
+    with running_sshd() as server:
+        yield server
+
+
+@pytest.fixture
+async def ssh_connections_closed() -> AsyncIterator[None]:
+    """Close the test's ssh connections in its own event loop before that loop ends."""
+    yield
+    from hal9999.providers.ssh.connections import close_all
+
+    await close_all()
+
+
 REQUIREMENTS: dict[str, Callable[[], str | None]] = {
     "bwrap": _missing_bwrap,
     "tmux": _missing_tmux,
     "cgroup": _missing_cgroup,
     "qemu": _missing_qemu,
+    "ssh": _missing_sshd,
 }
 """Marker name -> why the component is unusable here (None when it is fine)."""
 

@@ -23,6 +23,7 @@ optional ``hint`` that tells the user how to fix the problem::
     │   ├── ProviderUnavailable   provider_missing   exit 6
     │   ├── CapabilityError       capability_missing exit 6
     │   ├── SandboxNotFound       sandbox_not_found  exit 6
+    │   ├── HostKeyRejected       host_key_rejected  exit 6
     │   └── ExecError             exec_failed        exit 6
     │       └── UnsafePath        unsafe_path        exit 6
     ├── ProcessError              process_error      exit 7
@@ -180,6 +181,12 @@ class SandboxNotFound(ProviderError):
     """The sandbox does not exist (any more)."""
 
     code = "sandbox_not_found"
+
+
+class HostKeyRejected(ProviderError):
+    """A remote host's key does not match the configured known-hosts entry."""
+
+    code = "host_key_rejected"
 
 
 class ExecError(ProviderError):

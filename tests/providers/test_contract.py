@@ -31,6 +31,7 @@ PROVIDERS = [
     pytest.param("bwrap", id="bwrap", marks=pytest.mark.bwrap),
     pytest.param("fake", id="fake"),
     pytest.param("qemu", id="qemu", marks=pytest.mark.qemu),
+    pytest.param("ssh", id="ssh", marks=pytest.mark.ssh),
 ]
 
 SpecFactory = Callable[..., SandboxSpec]
@@ -47,7 +48,11 @@ def argv(*args: str, **kw: Any) -> ArgvCommand:
 @pytest.fixture(params=PROVIDERS)
 def provider(request: pytest.FixtureRequest, hal_home: Path) -> Provider:
     name: str = request.param
-    return load_provider(name, state_dir=hal_home / "sandboxes" / name)
+    settings = None
+    if name == "ssh":  # a real sshd in a network namespace (tests/sshd.py)
+        settings = {"hosts": [request.getfixturevalue("sshd_server").host_entry()]}
+        request.getfixturevalue("ssh_connections_closed")
+    return load_provider(name, state_dir=hal_home / "sandboxes" / name, settings=settings)
 
 
 @pytest.fixture

@@ -1,0 +1,103 @@
+"""One remote command over an open connection: stdin in, output streamed, exit status last."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from hal9999.errors import ExecError
+from hal9999.providers.base import StreamEvent
+from hal9999.providers.ssh import remote
+
+CHUNK = 65536
+
+
+async def stream(
+    conn: Any, command: str, *, stdin: bytes = b"", what: str = "command"
+) -> AsyncGenerator[StreamEvent, None]:
+    """Run ``command`` (a remote command string); ``stdin`` is written then closed. A lost
+    connection raises :class:`ExecError`; the caller kills leftovers by their marker."""
+    asyncssh = _asyncssh()
+    try:
+        proc = await conn.create_process(command, encoding=None)
+    except (asyncssh.Error, OSError) as exc:
+        raise ExecError(f"cannot start {what} over ssh: {exc}") from exc
+    try:
+        # A command may end (and its channel close) before reading its stdin: not an error.
+        with contextlib.suppress(BrokenPipeError, ConnectionError):
+            if stdin:
+                proc.stdin.write(stdin)
+            proc.stdin.write_eof()
+        queue: asyncio.Queue[StreamEvent | None] = asyncio.Queue(maxsize=64)
+
+        async def pump(reader: Any, kind: str) -> None:
+            try:
+                while chunk := await reader.read(CHUNK):
+                    await queue.put(StreamEvent(kind, chunk))  # type: ignore[arg-type]
+            finally:
+                await queue.put(None)
+
+        pumps = [
+            asyncio.create_task(pump(proc.stdout, "stdout")),
+            asyncio.create_task(pump(proc.stderr, "stderr")),
+        ]
+        try:
+            open_pipes = 2
+            while open_pipes:
+                item = await queue.get()
+                if item is None:
+                    open_pipes -= 1
+                else:
+                    yield item
+            for task in pumps:
+                await task  # a lost connection surfaces here
+            await proc.wait_closed()
+        finally:
+            for task in pumps:
+                task.cancel()
+        yield StreamEvent("exit", exit_code=exit_code(proc))
+    except (asyncssh.Error, OSError, BrokenPipeError) as exc:
+        raise ExecError(f"the ssh connection was lost during {what}: {exc}") from exc
+    finally:
+        with contextlib.suppress(Exception):
+            proc.close()
+
+
+def exit_code(proc: Any) -> int:
+    """The command's status; a signal as 128+n, and 255 when none came (like ssh(1))."""
+    if proc.exit_status is not None and proc.exit_status >= 0:
+        return int(proc.exit_status)
+    signals = {"KILL": 9, "TERM": 15, "HUP": 1, "INT": 2, "PIPE": 13}
+    if proc.exit_signal:
+        return 128 + signals.get(proc.exit_signal[0], 0)
+    return 255
+
+
+async def run(
+    conn: Any, command: str, *, stdin: bytes = b"", what: str
+) -> tuple[int, bytes, bytes]:
+    """Run to completion: status, stdout, stderr."""
+    out, err = bytearray(), bytearray()
+    code = 255
+    async with contextlib.aclosing(stream(conn, command, stdin=stdin, what=what)) as events:
+        async for event in events:
+            if event.kind == "stdout":
+                out += event.data
+            elif event.kind == "stderr":
+                err += event.data
+            else:
+                code = event.exit_code if event.exit_code is not None else 255
+    return code, bytes(out), bytes(err)
+
+
+async def kill_marked(conn: Any, var: str, value: str) -> None:
+    """Kill every remote process whose environment carries ``var=value``."""
+    await run(conn, remote.plain(["sh", "-c", remote.KILL, "hal-kill", var, value]), what="kill")
+
+
+def _asyncssh() -> Any:
+    from hal9999.providers.ssh.connections import load_asyncssh
+
+    return load_asyncssh()

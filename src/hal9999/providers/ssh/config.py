@@ -1,0 +1,77 @@
+"""Settings of the ``ssh`` provider: the hosts it may use and how the agent is isolated there."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class SshHost(BaseModel):
+    """One ``[[providers.ssh.hosts]]`` entry."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+    """What hal calls the host (in records, ``hal pool status``)."""
+    address: str
+    """Host name or IP address."""
+    port: int = Field(default=22, ge=1, le=65535)
+    """SSH port."""
+    user: str
+    """Login user."""
+    key_file: Path
+    """The private key hal logs in with (no passphrase; keep it mode 600)."""
+    host_key: str | None = None
+    """The host's public key (``ssh-ed25519 AAAA...``): the known-hosts entry to verify."""
+    known_hosts: Path | None = None
+    """Or a known_hosts file holding the host's entry (``[address]:port`` when not 22)."""
+    capacity: int = Field(default=4, ge=1)
+    """Sandboxes hal places on this host at once."""
+
+    @model_validator(mode="after")
+    def _one_known_host(self) -> SshHost:
+        # A host key is never accepted on first sight: one of the two must say what it is.
+        if (self.host_key is None) == (self.known_hosts is None):
+            raise ValueError("give exactly one of host_key or known_hosts (never auto-accepted)")
+        return self
+
+
+class SshConfig(BaseModel):
+    """Settings of the ``ssh`` provider."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["ssh"] = "ssh"
+    """Provider kind."""
+    hosts: tuple[SshHost, ...] = ()
+    """The hosts sandboxes are placed on, in order, up to each one's capacity."""
+    isolation: Literal["bwrap", "disposable", "none"] = "bwrap"
+    """``bwrap``: every command runs in bubblewrap on the host (as locally). ``disposable``:
+    the host is a machine destroyed after the task (commands run as the login user).
+    ``none``: bare on a host that is neither; only with ``allow_bare_shared_host``."""
+    allow_bare_shared_host: bool = False
+    """The explicit opt-in ``isolation = "none"`` needs."""
+    remote_dir: str = ".hal9999"
+    """Where sandbox mirrors live on the host, relative to the login user's HOME."""
+    bwrap: str = "bwrap"
+    """The bubblewrap program on the remote host."""
+    connect_timeout_s: float = 15.0
+    """How long a connection attempt may take."""
+    keepalive_s: float = 5.0
+    """Keepalive interval; three missed answers mark the connection lost."""
+    checkpoint_s: float = 60.0
+    """How often a running agent's workspace is pulled back to the hal host."""
+
+    @model_validator(mode="after")
+    def _bare_needs_opt_in(self) -> SshConfig:
+        if self.isolation == "none" and not self.allow_bare_shared_host:
+            raise ValueError(
+                'isolation = "none" runs agents bare on a shared host: set '
+                "allow_bare_shared_host = true to accept that, or use bwrap"
+            )
+        names = [h.name for h in self.hosts]
+        if len(names) != len(set(names)):
+            raise ValueError("host names must be unique")
+        return self

@@ -1,0 +1,78 @@
+"""Moving a session directory between the hal host and its mirror on the remote host.
+
+The session lives on the hal host; a remote sandbox works on a mirror of it. A *push* sends
+a host directory as a tar stream and the remote side unpacks it into a fresh directory that
+then replaces the mirror (so files deleted on the host are gone there too). A *pull* brings a
+writable mirror directory back the same way: the host unpacks the remote tar into a fresh
+sibling with :mod:`tarfile`'s ``data`` filter (no absolute or escaping names or links, no
+devices, no owners; a link created by the archive is never written through), then swaps it
+in by rename. The host never follows a path the agent made: the tree it writes is new, and
+the only paths it resolves are its own (the session dir, a pool slot link).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import secrets
+import shutil
+import tarfile
+from pathlib import Path
+
+from hal9999.errors import ExecError
+
+PUSH = (
+    'set -e; d=$1; rm -rf -- "$d.new"; mkdir -p -- "$d.new"; '
+    'tar -x --no-same-owner -C "$d.new"; rm -rf -- "$d.old"; '
+    'if [ -e "$d" ]; then mv -- "$d" "$d.old"; fi; mv -- "$d.new" "$d"; rm -rf -- "$d.old"'
+)
+"""Remote: unpack stdin into ``$1`` as a whole (replacing what was there)."""
+PULL = 'set -e; cd -- "$1"; tar -c --numeric-owner -f - .'
+"""Remote: the mirror directory ``$1`` as a tar stream on stdout."""
+PULL_LIMIT = 4 << 30
+"""Largest mirror hal brings back (bytes of tar)."""
+
+
+def host_dir(path: Path) -> Path:
+    """The real directory behind ``path`` (a pool slot's link is hal's own, resolved once)."""
+    return Path(os.path.realpath(path))
+
+
+def pack(directory: Path) -> bytes:
+    """``directory`` as an uncompressed tar (links stored as links, never followed)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        if directory.is_dir():
+            for entry in sorted(os.listdir(directory)):
+                archive.add(directory / entry, arcname=entry, recursive=True)
+    return buffer.getvalue()
+
+
+def unpack_into(data: bytes, target: Path) -> None:
+    """Replace ``target`` by the tree in ``data`` (unpacked beside it, then renamed in)."""
+    if len(data) > PULL_LIMIT:
+        raise ExecError(f"the sandbox's {target.name} is over {PULL_LIMIT >> 30} GiB; not pulled")
+    parent = target.parent
+    fresh = parent / f".{target.name}.hal-pull-{secrets.token_hex(4)}"
+    old = parent / f".{target.name}.hal-old-{secrets.token_hex(4)}"
+    fresh.mkdir(mode=0o700)
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
+            archive.extractall(fresh, filter="data")
+        mode = target.stat().st_mode & 0o7777 if target.exists() else 0o755
+        fresh.chmod(mode)
+        if target.exists():
+            os.rename(target, old)
+        try:
+            os.rename(fresh, target)
+        except OSError:
+            if old.exists() and not target.exists():
+                os.rename(old, target)  # never leave the session without its directory
+            raise
+    except (tarfile.TarError, OSError) as exc:
+        raise ExecError(f"cannot bring back {target}: {exc}") from exc
+    finally:
+        for leftover in (fresh, old):
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(leftover)

@@ -1,0 +1,174 @@
+"""The ``ssh`` provider: sandboxes on hosts reached over SSH.
+
+Hosts come from ``[[providers.ssh.hosts]]`` (or are handed over by another provider, such
+as ``lima``). Each sandbox is a mirror directory on its host (``~/.hal9999/sandboxes/<id>``)
+holding the workspace, the binds, a home and a /tmp; the session itself stays on the hal
+host, pushed out at creation (and when a warm sandbox is handed a task) and pulled back
+after every command, at checkpoints of a running agent, and at stop. Commands run over
+one connection per host (:mod:`.connections`), by default inside bubblewrap there.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from pathlib import Path
+
+from hal9999.errors import HalError, ProviderError, SandboxNotFound
+from hal9999.providers.base import Capabilities, SandboxInfo
+from hal9999.providers.hostexec import MARKER_VAR
+from hal9999.providers.hostsandbox import check_spec
+from hal9999.providers.ssh import channel, remote
+from hal9999.providers.ssh.config import SshConfig, SshHost
+from hal9999.providers.ssh.connections import ConnectionPool, load_asyncssh
+from hal9999.providers.ssh.records import MountRecord, SshRecord, SshRecords
+from hal9999.providers.ssh.sandbox import HOME, WORKDIR, SshSandbox
+from hal9999.spec import SandboxSpec
+
+logger = logging.getLogger(__name__)
+ISOLATION = {"bwrap": "namespace", "disposable": "vm", "none": "none"}
+
+
+class SshProvider:
+    """Sandboxes on ssh hosts, placed in order up to each host's capacity."""
+
+    name = "ssh"
+    capabilities = Capabilities(isolation="namespace", host_launch=True)
+    config_model = SshConfig
+
+    def __init__(self, *, state_dir: Path, config: SshConfig | None = None) -> None:
+        self.config = config or SshConfig()
+        self.records = SshRecords(state_dir)
+        self.pool = ConnectionPool(
+            timeout=self.config.connect_timeout_s, keepalive=self.config.keepalive_s
+        )
+        self.capabilities = Capabilities(
+            isolation=ISOLATION[self.config.isolation],  # type: ignore[arg-type]
+            host_launch=True,
+        )
+
+    def hosts(self) -> tuple[SshHost, ...]:
+        """The hosts sandboxes may go to."""
+        return self.config.hosts
+
+    def _place(self) -> SshHost:
+        used: dict[str, int] = {}
+        for record in self.records.all():
+            used[record.host.name] = used.get(record.host.name, 0) + 1
+        for host in self.hosts():
+            if used.get(host.name, 0) < host.capacity:
+                return host
+        if not self.hosts():
+            raise ProviderError(
+                f"provider {self.name!r} has no hosts",
+                hint="add [[providers.ssh.hosts]] entries (address, user, key_file, host_key)",
+            )
+        raise ProviderError(f"every {self.name} host is at its capacity", hint="raise capacity")
+
+    async def create(self, spec: SandboxSpec) -> SshSandbox:
+        """Make the mirror on a host with room and push the session's directories out."""
+        check_spec(self.name, self.capabilities, spec)
+        load_asyncssh()
+        host = self._place()
+        conn = await self.pool.get(host)
+        code, out, err = await channel.run(conn, remote.plain(["sh", "-c", 'printf %s "$HOME"']),
+                                           what="reading HOME")  # fmt: skip
+        home = out.decode().strip()
+        if code != 0 or not home.startswith("/"):
+            raise ProviderError(f"ssh host {host.name!r} has no usable HOME: {err.decode()}")
+        sandbox_id = secrets.token_hex(6)
+        root = f"{home}/{self.config.remote_dir}/sandboxes/{sandbox_id}"
+        mounts = _mounts(spec, root)
+        dirs = [m.remote for m in mounts]
+        code, _, err = await channel.run(
+            conn, remote.plain(["mkdir", "-p", "-m", "700", "--", root, *dirs]), what="mkdir"
+        )
+        if code != 0:
+            raise ProviderError(f"cannot create {root} on {host.name!r}: {err.decode()}")
+        record = SshRecord(
+            id=sandbox_id, provider=self.name, state="running", spec=spec,
+            created_at=time.time(), host=host, root=root, mounts=mounts,
+            isolation=self.config.isolation, bwrap=self.config.bwrap,
+            checkpoint_s=self.config.checkpoint_s,
+        )  # fmt: skip
+        self.records.save(record)
+        sandbox = self._handle(record)
+        try:
+            await sandbox.push()
+        except HalError:
+            await self.destroy(sandbox_id)
+            raise
+        return sandbox
+
+    def _handle(self, record: SshRecord) -> SshSandbox:
+        return SshSandbox(record, self.pool, self.records)
+
+    async def get(self, sandbox_id: str) -> SshSandbox:
+        """A handle on an existing sandbox."""
+        return self._handle(self.records.load(sandbox_id))
+
+    async def list(self) -> list[SandboxInfo]:
+        """Every sandbox this provider knows of."""
+        return [record.info() for record in self.records.all()]
+
+    async def stop(self, sandbox_id: str) -> None:
+        """Kill every process of the sandbox on its host, then bring its files back."""
+        record = self.records.load(sandbox_id)
+        self.records.save(record.model_copy(update={"state": "stopped"}))
+        conn = await self.pool.get(record.host)
+        await channel.kill_marked(conn, MARKER_VAR, sandbox_id)
+        await self._handle(record).pull()
+
+    async def start(self, sandbox_id: str) -> SshSandbox:
+        """Commands may run again (the mirror is as it was)."""
+        record = self.records.load(sandbox_id).model_copy(update={"state": "running"})
+        self.records.save(record)
+        return self._handle(record)
+
+    async def attach_workspace(self, sandbox_id: str, spec: SandboxSpec) -> None:
+        """A warm sandbox is handed a task: push that task's directories out (the record's
+        host paths are the pool slot's links, which now point at the task's session)."""
+        await self._handle(self.records.load(sandbox_id)).push()
+
+    def attaches_workspaces(self) -> bool:
+        """Pushing is how a sandbox gets its task's files, so warm ones can be handed over."""
+        return True
+
+    async def destroy(self, sandbox_id: str) -> None:
+        """Kill its processes and delete the mirror on the host; never the session."""
+        await destroy_record(self.records, self.pool, sandbox_id)
+
+
+async def destroy_record(records: SshRecords, pool: ConnectionPool, sandbox_id: str) -> None:
+    """Destroy one sandbox (idempotent). An unreachable host leaves its mirror behind, with
+    a warning: the record goes regardless, so a lost host does not block hal."""
+    try:
+        record = records.load(sandbox_id)
+    except SandboxNotFound:
+        return
+    try:
+        conn = await pool.get(record.host)
+        await channel.kill_marked(conn, MARKER_VAR, sandbox_id)
+        await channel.run(conn, remote.plain(["rm", "-rf", "--", record.root]), what="rm")
+    except HalError as exc:
+        logger.warning("sandbox %s: %s left on %s: %s", sandbox_id, record.root,
+                       record.host.name, exc.one_line())  # fmt: skip
+    records.delete(sandbox_id)
+
+
+def _mounts(spec: SandboxSpec, root: str) -> tuple[MountRecord, ...]:
+    mounts = []
+    if spec.workspace is not None:
+        mounts.append(MountRecord(target=WORKDIR, remote=f"{root}/ws", writable=True,
+                                  host=spec.workspace))  # fmt: skip
+    for index, bind in enumerate(spec.binds):
+        mounts.append(MountRecord(target=bind.target, remote=f"{root}/b{index}",
+                                  writable=not bind.read_only, host=bind.source))  # fmt: skip
+    targets = {m.target for m in mounts}
+    if WORKDIR not in targets:
+        mounts.append(MountRecord(target=WORKDIR, remote=f"{root}/ws", writable=True))
+    if HOME not in targets:
+        mounts.append(MountRecord(target=HOME, remote=f"{root}/home", writable=True))
+    mounts.append(MountRecord(target="/tmp", remote=f"{root}/tmp", writable=True))
+    return tuple(mounts)

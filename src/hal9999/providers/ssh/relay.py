@@ -1,0 +1,129 @@
+"""``python -m hal9999.providers.ssh.relay``: run one command in an ssh sandbox from a host
+process (what a process manager starts; see :meth:`SshSandbox.launch`).
+
+Values of the command's variables come from this process's environment (names in argv),
+and go to the remote host on the command's stdin (see :mod:`.remote`). Before the command
+the read-only directories (the prompt) go out; while it runs, the writable ones come back
+every ``checkpoint_s``; when it ends (or this relay is told to stop) they come back once
+more and the remote processes are killed. A lost connection ends the relay with status 255
+and one line on stderr; the hal host keeps the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import sys
+import termios
+import tty
+from pathlib import Path
+from typing import Any
+
+from hal9999.errors import HalError
+from hal9999.providers.hostexec import EXEC_MARKER_VAR
+from hal9999.providers.ssh import channel, remote
+from hal9999.providers.ssh.connections import ConnectionPool
+from hal9999.providers.ssh.records import SshRecords
+from hal9999.providers.ssh.sandbox import SshSandbox
+from hal9999.spec import ArgvCommand
+
+
+def _arguments(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="hal-ssh-relay")
+    parser.add_argument("--records", required=True, type=Path)
+    parser.add_argument("--id", required=True)
+    parser.add_argument("--env", action="append", default=[])
+    parser.add_argument("--cwd")
+    parser.add_argument("command", nargs="+")
+    return parser.parse_args(argv)
+
+
+async def _checkpoints(sandbox: SshSandbox, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        with contextlib.suppress(HalError):
+            await sandbox.pull()
+
+
+async def relay(args: argparse.Namespace) -> int:
+    """Run the command; its exit status."""
+    records = SshRecords(args.records)
+    record = records.load(args.id)
+    pool = ConnectionPool(timeout=30, keepalive=5)
+    sandbox = SshSandbox(record, pool, records)
+    env = {name: os.environ.get(name, "") for name in args.env}
+    command = ArgvCommand(argv=tuple(args.command), cwd=args.cwd)
+    interactive = sys.stdin.isatty()
+    token = secrets.token_hex(8)
+    env[EXEC_MARKER_VAR] = token
+    await sandbox.push(writable=False)
+    conn = await pool.get(record.host)
+    line = remote.env_line(env)
+    size = os.get_terminal_size(0) if interactive else None
+    proc = await conn.create_process(
+        remote.wrapped(sandbox.remote_argv(command, tty=interactive)),
+        encoding=None,
+        term_type=os.environ.get("TERM", "xterm-256color") if interactive else None,
+        term_size=(size.columns, size.lines) if size else None,
+    )
+    proc.stdin.write(line)
+    checkpoints = asyncio.create_task(_checkpoints(sandbox, record.checkpoint_s))
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        await proc.redirect(stdin=sys.stdin.buffer, stdout=sys.stdout.buffer,
+                            stderr=sys.stderr.buffer, send_eof=True)  # fmt: skip
+        waiting = asyncio.create_task(proc.wait_closed())
+        stop = asyncio.create_task(stopping.wait())
+        await asyncio.wait({waiting, stop}, return_when=asyncio.FIRST_COMPLETED)
+        code = 143 if stopping.is_set() else channel.exit_code(proc)
+        lost = not stopping.is_set() and proc.exit_status is None and not proc.exit_signal
+        if stopping.is_set() or lost:
+            with contextlib.suppress(HalError):
+                await channel.kill_marked(await pool.get(record.host), EXEC_MARKER_VAR, token)
+        if lost:
+            _say(f"the ssh connection to {record.host.name} was lost; the hal host keeps "
+                 "the work of the last checkpoint")  # fmt: skip
+            return 255
+        return code
+    finally:
+        checkpoints.cancel()
+        with contextlib.suppress(HalError, OSError):
+            await sandbox.pull()
+        await pool.close()
+
+
+def _say(text: str) -> None:
+    # The relay's stderr is the agent's log (through the supervisor): one line, no traceback.
+    sys.stderr.write(f"hal: {text}\n")
+    sys.stderr.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; the command's exit status (255: the connection failed)."""
+    args = _arguments(sys.argv[1:] if argv is None else argv)
+    saved: Any = None
+    if sys.stdin.isatty():
+        saved = termios.tcgetattr(0)
+        tty.setraw(0)
+    try:
+        return asyncio.run(relay(args))
+    except HalError as exc:
+        _say(exc.one_line())
+        return 255
+    except OSError as exc:
+        _say(f"the ssh relay failed: {exc}")
+        return 255
+    finally:
+        if saved is not None:
+            termios.tcsetattr(0, termios.TCSADRAIN, saved)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

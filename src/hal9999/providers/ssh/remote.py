@@ -1,0 +1,129 @@
+"""Command lines for the remote host, built on the hal host; quoting happens here only.
+
+Every remote command is ``sh -c WRAPPER hal-ssh ARGV...``. The wrapper reads one line from
+stdin: the command's whole environment as ``export NAME='value'`` lines, base64-encoded.
+It drops the login environment sshd gave it, applies that one, and execs ARGV (which reads
+the rest of stdin). So values, secrets included, cross over the ssh channel's data and never
+appear in an argv on either side (``AcceptEnv`` is off by default in sshd anyway); only the
+wrapper's own builtins (``read``, ``printf``) ever hold them on the remote host.
+"""
+
+from __future__ import annotations
+
+import base64
+import posixpath
+import shlex
+from collections.abc import Mapping, Sequence
+
+from hal9999.errors import ProviderError
+
+WRAPPER = (
+    "IFS= read -r hal_env || exit 125; "
+    'hal_env=$(printf %s "$hal_env" | base64 -d) || exit 125; '
+    # Drop what sshd set (USER, SSH_CONNECTION, MAIL...): the command gets exactly its env.
+    "for hal_v in $(env | sed -n 's/^\\([A-Za-z_][A-Za-z0-9_]*\\)=.*/\\1/p'); do "
+    'case $hal_v in hal_env|hal_v) ;; *) unset "$hal_v" ;; esac; done; '
+    'eval "$hal_env"; unset hal_env hal_v; exec "$@"'
+)
+"""The constant remote wrapper (see the module docstring)."""
+
+KILL = (
+    'for round in 1 2 3 4 5 6 7 8 9 10; do '
+    'pids=$(grep -lzxF -- "$1=$2" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3); '
+    '[ -z "$pids" ] && exit 0; kill -9 $pids 2>/dev/null; sleep 0.05; done; exit 1'
+)
+"""Kill, until none is left, every process whose environment carries ``$1=$2`` (the
+sandbox or command marker), including children that left the process group."""
+
+ETC = (
+    "passwd", "group", "hosts", "resolv.conf", "nsswitch.conf", "host.conf", "gai.conf",
+    "services", "protocols", "ssl", "ca-certificates", "alternatives", "ld.so.cache",
+    "localtime", "gitconfig", "os-release", "mime.types",
+)  # fmt: skip
+"""What toolchains need of the remote /etc (as the local bwrap provider binds)."""
+MERGED_USR = ("bin", "sbin", "lib", "lib64")
+
+
+def env_line(env: Mapping[str, str]) -> bytes:
+    """The first line of the wrapper's stdin: ``env`` as base64 of ``export`` lines."""
+    lines = []
+    for name, value in env.items():
+        check_name(name)
+        lines.append(f"export {name}={shlex.quote(value)}\n")
+    return base64.b64encode("".join(lines).encode()) + b"\n"
+
+
+def check_name(name: str) -> None:
+    """Variable names become shell code in the wrapper: only [A-Za-z_][A-Za-z0-9_]*."""
+    ok = name and (name[0].isalpha() or name[0] == "_")
+    if not ok or not all(c.isalnum() or c == "_" for c in name) or not name.isascii():
+        raise ProviderError(f"invalid environment variable name {name!r}")
+
+
+def wrapped(argv: Sequence[str]) -> str:
+    """The remote command string that runs ``argv`` under the wrapper."""
+    return shlex.join(["sh", "-c", WRAPPER, "hal-ssh", *argv])
+
+
+def plain(argv: Sequence[str]) -> str:
+    """A remote command string for hal's own steps (no secrets, login environment)."""
+    return shlex.join(list(argv))
+
+
+class Mounts:
+    """Where each sandbox path lives in the mirror on the remote host."""
+
+    def __init__(self, root: str, mounts: Sequence[tuple[str, str, bool]]) -> None:
+        self.root = root
+        self.mounts = sorted(mounts, key=lambda m: m[0].count("/"))
+        """(target inside, directory in the mirror, writable), shallowest first."""
+
+    def remote(self, target: str) -> str | None:
+        """The mirror directory of the mount whose target is ``target`` exactly."""
+        for inside, where, _ in self.mounts:
+            if inside == target:
+                return where
+        return None
+
+    def translate(self, path: str) -> str:
+        """``path`` (as seen inside a bwrap sandbox) as a path on the remote host."""
+        path = posixpath.normpath(path)
+        best: tuple[str, str] | None = None
+        for inside, where, _ in self.mounts:
+            if path == inside or path.startswith(inside.rstrip("/") + "/"):
+                if best is None or len(inside) > len(best[0]):
+                    best = (inside, where)
+        if best is None:
+            raise ProviderError(f"{path} is outside the sandbox's directories")
+        rest = path[len(best[0]) :].lstrip("/")
+        return posixpath.join(best[1], rest) if rest else best[1]
+
+
+def bwrap_argv(
+    bwrap: str,
+    mounts: Mounts,
+    *,
+    cwd: str,
+    network: bool,
+    tty: bool,
+    argv: Sequence[str],
+) -> list[str]:
+    """bubblewrap on the remote host: all namespaces unshared, read-only system, the mirror's
+    directories bound at their targets, the command last. The environment is inherited
+    from the wrapper (bwrap's ``--setenv`` would put values in its argv)."""
+    args = [bwrap, "--unshare-all", "--die-with-parent", "--cap-drop", "ALL"]
+    if network:
+        args.append("--share-net")
+    if not tty:
+        # Without a terminal of its own, TIOCSTI on an inherited one is the escape to close.
+        args.append("--new-session")
+    args += ["--ro-bind", "/usr", "/usr"]
+    for name in MERGED_USR:
+        args += ["--ro-bind-try", f"/{name}", f"/{name}"]
+    for name in ETC:
+        args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    for inside, where, writable in mounts.mounts:
+        args += ["--bind" if writable else "--ro-bind", where, inside]
+    args += ["--dir", "/var", "--symlink", "../tmp", "/var/tmp", "--chdir", cwd, "--", *argv]
+    return args

@@ -1,0 +1,332 @@
+"""A sandbox on an ssh host: commands over the host's shared connection, files in a mirror.
+
+Paths: with ``bwrap`` isolation commands see the same paths as locally (``/workspace``,
+``/home/hal``, bind targets); without it they work on the mirror's directories directly and
+:meth:`SshSandbox.path` says where. Reads and writes run as commands inside (so a link the
+agent planted resolves inside its own view, never on the hal host). After every command
+and file change the writable directories come back to the hal host (:mod:`.mirror`); the
+read-only ones (the prompt) go out before every command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import sys
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from types import TracebackType
+
+from hal9999.errors import ExecError
+from hal9999.providers.base import Command, ExecResult, Launch, StreamEvent
+from hal9999.providers.hostexec import EXEC_MARKER_VAR, MARKER_VAR
+from hal9999.providers.ssh import channel, mirror, remote
+from hal9999.providers.ssh.connections import ConnectionPool
+from hal9999.providers.ssh.records import MountRecord, SshRecord, SshRecords
+from hal9999.spec import ArgvCommand, SandboxSpec, display, to_argv
+
+WORKDIR = "/workspace"
+HOME = "/home/hal"
+
+
+class SshSandbox:
+    """Operations on one sandbox of an ssh host."""
+
+    def __init__(self, record: SshRecord, pool: ConnectionPool, records: SshRecords) -> None:
+        self._record = record
+        self._pool = pool
+        self._records = records
+        self._mounts = remote.Mounts(record.root, [(m.target, m.remote, m.writable)
+                                                   for m in record.mounts])  # fmt: skip
+        self._sync = asyncio.Lock()
+
+    # -- identity ---------------------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        """Unique sandbox id."""
+        return self._record.id
+
+    @property
+    def provider(self) -> str:
+        """Name of the provider that owns it."""
+        return self._record.provider
+
+    @property
+    def spec(self) -> SandboxSpec:
+        """The spec it was created from."""
+        return self._record.spec
+
+    @property
+    def record(self) -> SshRecord:
+        """The provider's record."""
+        return self._record
+
+    @property
+    def isolated(self) -> bool:
+        """Whether commands run inside bubblewrap."""
+        return self._record.isolation == "bwrap"
+
+    @property
+    def workdir(self) -> str:
+        """Where the workspace is seen by commands."""
+        return self.path(WORKDIR)
+
+    def path(self, target: str) -> str:
+        """Where the mount ``target`` is seen by commands (the mirror's dir when bare)."""
+        if self.isolated:
+            return target
+        found = self._mounts.remote(target)
+        return found if found is not None else self._mounts.translate(target)
+
+    def _remote_path(self, path: str) -> str:
+        # The path as the command will see it: bare commands need the mirror's path.
+        if self.isolated:
+            return path
+        for mount in self._record.mounts:
+            if path == mount.remote or path.startswith(mount.remote + "/"):
+                return path
+        return self._mounts.translate(path)
+
+    # -- commands ---------------------------------------------------------------------------
+    def command_env(self, command: Command, env: Mapping[str, str] | None) -> dict[str, str]:
+        """Base, spec, command and exec-time environment, plus the sandbox marker."""
+        base = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": self.path(HOME),
+                "LANG": "C.UTF-8"}  # fmt: skip
+        merged = base | self.spec.env | command.env | dict(env or {})
+        merged[MARKER_VAR] = self.id
+        return merged
+
+    def remote_argv(self, command: Command, *, tty: bool = False) -> list[str]:
+        """The argv the wrapper execs on the remote host (bwrap around it when isolated)."""
+        cwd = self._remote_path(command.cwd or self.workdir)
+        argv = to_argv(command)
+        if not self.isolated:
+            return ["sh", "-c", 'cd -- "$1" && shift && exec "$@"', "hal-cd", cwd, *argv]
+        network = self.spec.network == "host"
+        return remote.bwrap_argv(self._record.bwrap, self._mounts, cwd=cwd, network=network,
+                                 tty=tty, argv=argv)  # fmt: skip
+
+    def _require_running(self) -> None:
+        state = self._records.load(self.id).state
+        if state != "running":
+            raise ExecError(
+                f"sandbox {self.id} is {state}", hint="start the sandbox before running commands"
+            )
+
+    async def _events(
+        self, command: Command, env: Mapping[str, str] | None, stdin: bytes, token: str
+    ) -> AsyncGenerator[StreamEvent, None]:
+        full = self.command_env(command, env) | {EXEC_MARKER_VAR: token}
+        conn = await self._pool.get(self._record.host)
+        line = remote.env_line(full)
+        finished = False
+        try:
+            async with contextlib.aclosing(channel.stream(
+                conn, remote.wrapped(self.remote_argv(command)), stdin=line + stdin,
+                what=display(command),
+            )) as events:  # fmt: skip
+                async for event in events:
+                    finished = event.kind == "exit"
+                    yield event
+        except ExecError:
+            self._pool.forget(self._record.host)
+            raise
+        finally:
+            # A command that ended by itself took its namespace along (bwrap's pid 1); one
+            # closed early, timed out or cut off is hunted down by its marker.
+            if not finished or not self.isolated:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._kill(EXEC_MARKER_VAR, token))
+
+    async def _kill(self, var: str, value: str) -> None:
+        conn = await self._pool.get(self._record.host)
+        await channel.kill_marked(conn, var, value)
+
+    async def _run(
+        self, command: Command, env: Mapping[str, str] | None, stdin: bytes,
+        timeout: float | None,  # noqa: ASYNC109
+    ) -> ExecResult:  # fmt: skip
+        out, err = bytearray(), bytearray()
+        code = 255
+        token = secrets.token_hex(8)
+        try:
+            async with asyncio.timeout(timeout):
+                async with contextlib.aclosing(self._events(command, env, stdin, token)) as events:
+                    async for event in events:
+                        if event.kind == "stdout":
+                            out += event.data
+                        elif event.kind == "stderr":
+                            err += event.data
+                        else:
+                            code = event.exit_code if event.exit_code is not None else 255
+        except TimeoutError:
+            raise ExecError(
+                f"{display(command)} timed out after {timeout:g}s",
+                stdout=bytes(out), stderr=bytes(err),
+            ) from None  # fmt: skip
+        return ExecResult(code, bytes(out), bytes(err))
+
+    async def exec(
+        self,
+        command: Command,
+        *,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the contract's per-command timeout
+    ) -> ExecResult:
+        """Run a command to completion, then bring its changes back to the hal host."""
+        self._require_running()
+        await self.push(writable=False)
+        try:
+            return await self._run(command, env, stdin or b"", timeout)
+        finally:
+            with contextlib.suppress(ExecError):
+                await self.pull()
+
+    async def exec_stream(
+        self, command: Command, *, env: Mapping[str, str] | None = None
+    ) -> AsyncIterator[StreamEvent]:
+        """Run a command, yielding output as it comes and the exit status last."""
+        self._require_running()
+        await self.push(writable=False)
+        token = secrets.token_hex(8)
+        try:
+            async with contextlib.aclosing(self._events(command, env, b"", token)) as events:
+                async for event in events:
+                    yield event
+        finally:
+            with contextlib.suppress(ExecError):
+                await asyncio.shield(self.pull())
+
+    def launch(self, command: Command, *, env: Mapping[str, str] | None = None) -> Launch:
+        """The relay (:mod:`.relay`) running ``command`` here: it reaches the host itself,
+        so the run outlives this process; values ride in its environment, names in argv."""
+        full = self.command_env(command, env)
+        argv = [sys.executable, "-m", "hal9999.providers.ssh.relay", "--records",
+                str(self._records.root), "--id", self.id]  # fmt: skip
+        for name in sorted(full):
+            remote.check_name(name)
+            argv += ["--env", name]
+        if command.cwd:
+            argv += ["--cwd", command.cwd]
+        return Launch(argv=[*argv, "--", *to_argv(command)], env=full)
+
+    def attach_command(self) -> list[str]:
+        """An interactive bash inside, through the relay (a terminal when the caller has one)."""
+        launch = self.launch(ArgvCommand(argv=("bash", "-i")))
+        return ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in launch.env.items()), *launch.argv]
+
+    # -- files (as commands inside: links resolve in the sandbox's own view) -----------------
+    async def _inside(self, script: str, *args: str, stdin: bytes = b"") -> ExecResult:
+        command = ArgvCommand(argv=("sh", "-c", script, "hal-file", *args), cwd=self.workdir)
+        return await self._run(command, None, stdin, 120)
+
+    def _target(self, path: str) -> str:
+        return self._remote_path(path)
+
+    async def read_file(self, path: str) -> bytes:
+        """The contents of a file."""
+        self._require_running()
+        result = await self._inside('exec cat -- "$1"', self._target(path))
+        if not result.ok:
+            raise ExecError(f"cannot read {path}: {_reason(result)}")
+        return result.stdout
+
+    async def write_file_atomic(self, path: str, data: bytes, *, mode: int = 0o644) -> None:
+        """Write a file atomically (temp + rename, replacing a link rather than following
+        it), create parents, verify it, then bring it back to the hal host."""
+        self._require_running()
+        script = (
+            'set -e; d=$(dirname -- "$1"); mkdir -p -- "$d"; t=$(mktemp "$d/.hal.XXXXXX"); '
+            'trap \'rm -f -- "$t"\' EXIT; cat > "$t"; chmod "$2" "$t"; mv -f -- "$t" "$1"; '
+            'trap - EXIT; wc -c < "$1"'
+        )
+        result = await self._inside(script, self._target(path), f"{mode:o}", stdin=data)
+        if not result.ok:
+            raise ExecError(f"cannot write {path}: {_reason(result)}")
+        if result.stdout.strip() != str(len(data)).encode():
+            raise ExecError(f"wrote {path} but read back a different size")
+        await self.pull()
+
+    async def exists(self, path: str) -> bool:
+        """Whether the path exists."""
+        self._require_running()
+        return (await self._inside('test -e "$1" || test -L "$1"', self._target(path))).ok
+
+    async def mkdir(self, path: str, *, mode: int = 0o755) -> None:
+        """Create a directory and its parents."""
+        self._require_running()
+        result = await self._inside('mkdir -p -m "$2" -- "$1"', self._target(path), f"{mode:o}")
+        if not result.ok:
+            raise ExecError(f"cannot create directory {path}: {_reason(result)}")
+        await self.pull()
+
+    async def remove(self, path: str, *, recursive: bool = False) -> None:
+        """Remove a file, or a directory tree with ``recursive``."""
+        self._require_running()
+        script = 'rm -rf -- "$1"' if recursive else 'rm -f -- "$1"'
+        result = await self._inside(script, self._target(path))
+        if not result.ok:
+            raise ExecError(f"cannot remove {path}: {_reason(result)}")
+        await self.pull()
+
+    async def adopt(self, target: str) -> None:
+        """What the hal host just made in the mount at ``target`` (a fresh clone) goes out."""
+        for mount in self._record.mounts:
+            if target in (mount.target, mount.remote):
+                await self._push_one(mount)
+
+    # -- the mirror -------------------------------------------------------------------------
+    async def push(self, *, writable: bool = True) -> None:
+        """Send host directories out: the read-only ones, and with ``writable`` all."""
+        for mount in self._record.mounts:
+            if mount.host is not None and (writable or not mount.writable):
+                await self._push_one(mount)
+
+    async def _push_one(self, mount: MountRecord) -> None:
+        if mount.host is None:
+            return
+        data = await asyncio.to_thread(mirror.pack, mirror.host_dir(mount.host))
+        conn = await self._pool.get(self._record.host)
+        code, _, err = await channel.run(
+            conn, remote.plain(["sh", "-c", mirror.PUSH, "hal-push", mount.remote]), stdin=data,
+            what=f"pushing {mount.target}",
+        )  # fmt: skip
+        if code != 0:
+            raise ExecError(f"cannot send {mount.target} to the ssh host: {err.decode()[-300:]}")
+
+    async def pull(self) -> None:
+        """Bring every writable directory with a host counterpart back to the hal host."""
+        async with self._sync:
+            for mount in self._record.mounts:
+                if mount.host is None or not mount.writable:
+                    continue
+                conn = await self._pool.get(self._record.host)
+                code, out, err = await channel.run(
+                    conn, remote.plain(["sh", "-c", mirror.PULL, "hal-pull", mount.remote]),
+                    what=f"pulling {mount.target}",
+                )  # fmt: skip
+                if code != 0:
+                    raise ExecError(f"cannot bring back {mount.target}: {err.decode()[-300:]}")
+                await asyncio.to_thread(mirror.unpack_into, out, mirror.host_dir(mount.host))
+
+    async def __aenter__(self) -> SshSandbox:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        from hal9999.providers.ssh.provider import destroy_record
+
+        await destroy_record(self._records, self._pool, self.id)
+
+
+def _reason(result: ExecResult) -> str:
+    text = result.stderr.decode("utf-8", "replace").strip()
+    if "Read-only file system" in text:
+        text += " (read-only)"
+    return text or f"exit {result.exit_code}"
+

@@ -1,0 +1,187 @@
+"""A real OpenSSH ``sshd`` for tests, in a network namespace of its own.
+
+The namespace is reached over a veth pair with link-local addresses (a random /30 in
+169.254.77.0/24, so a leftover of a crashed run never collides). sshd runs in a private
+mount namespace too, where copies of /etc/passwd, /etc/group and /etc/shadow add the test
+user ``haltest`` (uid 4242) with an empty HOME under the test's tmp dir; the machine's own
+files are never changed. Everything (processes, namespace, veth) goes in the finalizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SSHD = "/usr/sbin/sshd"
+USER, UID = "haltest", 4242
+
+
+@functools.cache
+def missing_sshd() -> str | None:
+    """Why the ssh tests cannot run here (None when they can)."""
+    if not Path(SSHD).exists():
+        return "OpenSSH's sshd is not installed (apt-get install openssh-server)"
+    if shutil.which("ip") is None or shutil.which("ssh-keygen") is None:
+        return "ip (iproute2) or ssh-keygen is missing"
+    if os.geteuid() != 0:
+        return "the sshd tests need root (network namespaces)"
+    try:
+        import asyncssh  # noqa: F401
+    except ImportError:
+        return "asyncssh is not installed (uv sync installs the dev group)"
+    return None
+
+
+@dataclass
+class Sshd:
+    """A running sshd and what a client needs to reach it."""
+
+    netns: str
+    address: str
+    host_veth: str
+    key_file: Path
+    host_key: str
+    home: Path
+    proc: subprocess.Popen[bytes]
+
+    def host_entry(self, name: str = "box", **extra: Any) -> dict[str, Any]:
+        """A ``[[providers.ssh.hosts]]`` entry for this server."""
+        entry = {"name": name, "address": self.address, "user": USER,
+                 "key_file": str(self.key_file), "host_key": self.host_key}  # fmt: skip
+        return entry | extra
+
+    def session_pids(self) -> list[int]:
+        """sshd's per-connection children (the listener excluded)."""
+        found = []
+        for pid in _netns_pids(self.netns):
+            if pid == self.proc.pid:
+                continue
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "sshd":
+                    found.append(pid)
+        return found
+
+    def remote_argvs(self) -> list[str]:
+        """The command line of every process of the test user (what ``ps`` shows there)."""
+        lines = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                if entry.stat().st_uid == UID:
+                    lines.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        return lines
+
+
+def _run(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True)
+
+
+def _netns_pids(netns: str) -> list[int]:
+    out = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def _keygen(path: Path) -> str:
+    _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "hal-test", "-f", str(path))
+    return path.with_suffix(".pub").read_text().strip() if path.suffix else Path(
+        f"{path}.pub").read_text().strip()  # fmt: skip
+
+
+@contextlib.contextmanager
+def running_sshd() -> Iterator[Sshd]:
+    """Start sshd in a fresh namespace; stop and remove everything afterwards."""
+    # Not pytest's tmp_path: its parents are mode 700, and the test user must reach its
+    # HOME and sshd must read the authorized keys as that user.
+    tmp = Path(tempfile.mkdtemp(prefix="hal-sshd-"))
+    tmp.chmod(0o755)
+    tag = os.urandom(3).hex()
+    netns, host_veth, ns_veth = f"halssh-{tag}", f"hsh{tag}", f"hsn{tag}"
+    block = random.randrange(64) * 4
+    host_ip, ns_ip = f"169.254.77.{block + 1}", f"169.254.77.{block + 2}"
+    etc = tmp / "etc"
+    etc.mkdir()
+    home = tmp / "home"
+    home.mkdir()
+    os.chown(home, UID, UID)
+    host_key_file, client_key = etc / "host_key", tmp / "client_key"
+    host_key = " ".join(_keygen(host_key_file).split()[:2])
+    client_pub = _keygen(client_key)
+    (etc / "authorized_keys").write_text(client_pub + "\n")
+    etc.chmod(0o755)
+    (etc / "authorized_keys").chmod(0o644)
+    for name, line in (("passwd", f"{USER}:x:{UID}:{UID}::{home}:/bin/sh\n"),
+                       ("group", f"{USER}:x:{UID}:\n"),
+                       ("shadow", f"{USER}:*:19000:0:99999:7:::\n")):  # fmt: skip
+        (etc / name).write_text(Path(f"/etc/{name}").read_text() + line)
+    config = etc / "sshd_config"
+    config.write_text(
+        f"ListenAddress {ns_ip}\nPort 22\nHostKey {host_key_file}\nPidFile none\n"
+        f"AuthorizedKeysFile {etc}/authorized_keys\nStrictModes no\nUsePAM no\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin no\n"
+        f"AllowUsers {USER}\nMaxSessions 200\nMaxStartups 100\nLogLevel ERROR\n"
+        "X11Forwarding no\nAllowTcpForwarding no\nAllowAgentForwarding no\n"
+    )
+    proc: subprocess.Popen[bytes] | None = None
+    log = (tmp / "sshd.log").open("wb")
+    try:
+        _run("ip", "netns", "add", netns)
+        _run("ip", "link", "add", host_veth, "type", "veth", "peer", "name", ns_veth)
+        _run("ip", "link", "set", ns_veth, "netns", netns)
+        _run("ip", "addr", "add", f"{host_ip}/30", "dev", host_veth)
+        _run("ip", "link", "set", host_veth, "up")
+        _run("ip", "-n", netns, "addr", "add", f"{ns_ip}/30", "dev", ns_veth)
+        _run("ip", "-n", netns, "link", "set", ns_veth, "up")
+        _run("ip", "-n", netns, "link", "set", "lo", "up")
+        script = (
+            'set -e; for f in passwd group shadow; do mount --bind "$1/$f" "/etc/$f"; done; '
+            "mount -t tmpfs -o mode=755 tmpfs /run; mkdir -p /run/sshd; "
+            f'exec {SSHD} -D -e -f "$1/sshd_config"'
+        )
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", netns, "unshare", "--mount", "--propagation", "private",
+             "sh", "-c", script, "sh", str(etc)],
+            stdin=subprocess.DEVNULL, stderr=log,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as probe:
+                probe.settimeout(0.2)
+                if probe.connect_ex((ns_ip, 22)) == 0:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"sshd did not start: {(tmp / 'sshd.log').read_text()}")
+            time.sleep(0.05)
+        yield Sshd(netns, ns_ip, host_veth, client_key, host_key, home, proc)
+    finally:
+        for pid in _netns_pids(netns) + ([proc.pid] if proc else []):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _kill_user_processes()
+        if proc is not None:
+            proc.wait()
+        log.close()
+        subprocess.run(["ip", "link", "del", host_veth], capture_output=True)
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _kill_user_processes() -> None:
+    # What the test user ran (sandbox commands) dies with the server, even a stray one.
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if entry.stat().st_uid == UID:
+                    os.kill(int(entry.name), signal.SIGKILL)
