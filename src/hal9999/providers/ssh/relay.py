@@ -19,6 +19,7 @@ import secrets
 import signal
 import sys
 import termios
+import threading
 import tty
 from pathlib import Path
 from typing import Any
@@ -76,12 +77,17 @@ async def relay(args: argparse.Namespace) -> int:
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    pumps = [
+        asyncio.create_task(_copy_in(proc)),
+        asyncio.create_task(_copy_out(proc.stdout, 1)),
+        asyncio.create_task(_copy_out(proc.stderr, 2)),
+    ]
     try:
-        await proc.redirect(stdin=sys.stdin.buffer, stdout=sys.stdout.buffer,
-                            stderr=sys.stderr.buffer, send_eof=True)  # fmt: skip
-        waiting = asyncio.create_task(proc.wait_closed())
+        waiting = asyncio.create_task(_finish(proc, pumps[1:]))
         stop = asyncio.create_task(stopping.wait())
         await asyncio.wait({waiting, stop}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (*pumps, waiting, stop):
+            task.cancel()
         code = 143 if stopping.is_set() else channel.exit_code(proc)
         lost = not stopping.is_set() and proc.exit_status is None and not proc.exit_signal
         if stopping.is_set() or lost:
@@ -94,9 +100,54 @@ async def relay(args: argparse.Namespace) -> int:
         return code
     finally:
         checkpoints.cancel()
+        proc.close()
         with contextlib.suppress(HalError, OSError):
             await sandbox.pull()
         await pool.close()
+
+
+async def _copy_in(proc: Any) -> None:
+    """Our stdin (a tmux pane, a pipe, /dev/null) to the command's. Read by a daemon thread:
+    it may be a file the event loop cannot watch, and a blocked read must not hold the exit."""
+    loop = asyncio.get_running_loop()
+    chunks: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def read() -> None:
+        while True:
+            try:
+                data = os.read(0, 65536)
+            except OSError:
+                data = b""
+            try:
+                loop.call_soon_threadsafe(chunks.put_nowait, data)
+            except RuntimeError:  # the relay is ending; its loop is closed
+                return
+            if not data:
+                return
+
+    threading.Thread(target=read, daemon=True).start()
+    with contextlib.suppress(OSError, BrokenPipeError):
+        while data := await chunks.get():
+            proc.stdin.write(data)
+        proc.stdin.write_eof()
+
+
+async def _copy_out(reader: Any, fd: int) -> None:
+    with contextlib.suppress(Exception):
+        while data := await reader.read(65536):
+            await asyncio.to_thread(_write_all, fd, data)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+async def _finish(proc: Any, outputs: list[asyncio.Task[None]]) -> None:
+    await asyncio.gather(*outputs, return_exceptions=True)
+    with contextlib.suppress(Exception):
+        await proc.wait_closed()
 
 
 def _say(text: str) -> None:
