@@ -1,0 +1,90 @@
+"""A whole ``hal run`` over ssh: a custom agent on a real sshd (tests/sshd.py), the result
+back as a branch of the source repository through the collection rules of every provider."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.sshd import Sshd
+
+pytestmark = [pytest.mark.ssh, pytest.mark.slow]
+
+AGENT = """#!/bin/sh
+export PYTHONDONTWRITEBYTECODE=1
+echo "agent: prompt: $(cat "$1")"
+echo "agent: token ${API_TOKEN:+is set}"
+python3 test_calc.py || echo "agent: test fails, fixing"
+sed -i 's/a - b/a + b/' calc.py
+python3 test_calc.py
+"""
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        cwd=repo, check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+
+
+def toml_host(server: Sshd) -> str:
+    entry = server.host_entry()
+    lines = [f"{key} = {json.dumps(value)}" for key, value in entry.items()]
+    return "[[providers.ssh.hosts]]\n" + "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    path = tmp_path / "repo"
+    path.mkdir()
+    (path / "calc.py").write_text("def add(a, b):\n    return a - b\n")
+    (path / "test_calc.py").write_text(
+        "import calc\n\nassert calc.add(2, 3) == 5\nprint('test ok')\n"
+    )
+    (path / "agent.sh").write_text(AGENT)
+    git(path, "init", "-q", "-b", "main")
+    git(path, "add", "-A")
+    git(path, "commit", "-qm", "initial")
+    return path
+
+
+def hal(repo: Path, tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    config = tmp_path / "xdg" / "hal9999" / "config.toml"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("HAL_")}
+    environ |= {"HAL_HOME": str(tmp_path / "halhome"), "XDG_CONFIG_HOME": str(config.parents[1])}
+    out = subprocess.run(
+        [sys.executable, "-m", "hal9999", *args], cwd=repo, env=environ | (env or {}),
+        capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert "Traceback" not in out.stderr, out.stderr
+    return out.stdout
+
+
+def test_hal_run_with_a_custom_agent_over_ssh(
+    sshd_server: Sshd, repo: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "xdg" / "hal9999" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text(toml_host(sshd_server))
+    secret = "tok-7d1c0ffee"
+    out = hal(
+        repo, tmp_path, "run", "--provider", "ssh", "--env", "API_TOKEN",
+        "--agent", "sh agent.sh {{prompt_file}}", "fix the test", "--json",
+        env={"API_TOKEN": secret},
+    )  # fmt: skip
+    task = json.loads(out)
+    assert task["status"] == "succeeded", task
+    assert task["files_changed"] == 1
+    branch = task["branch"]
+    assert "a + b" in git(repo, "show", f"{branch}:calc.py")
+    log = hal(repo, tmp_path, "task", "logs", task["id"])
+    assert "agent: prompt: fix the test" in log and "test ok" in log
+    assert "token is set" in log and secret not in log
+    # The session lives on the hal host: the checkout there has the agent's work.
+    session = tmp_path / "halhome" / "sessions" / task["id"] / "workspace"
+    assert "a + b" in (session / "calc.py").read_text()
