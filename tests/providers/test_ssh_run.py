@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from tests.sshd import Sshd
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
