@@ -36,6 +36,7 @@ from hal9999.values import (
     Name,
     TimeoutSeconds,
     describe,
+    is_text,
 )
 
 CONFIG_FILE_NAME = "hal.toml"
@@ -245,6 +246,8 @@ def _env_layer(environ: Mapping[str, str]) -> list[Layer]:
         value = environ.get(var, "")
         if not value:
             continue  # An empty variable means unset, as shells make it easy to produce.
+        if not is_text(value):
+            raise ConfigError(f"{var}: not UTF-8 text", hint=f"fix or unset {var}")
         table: dict[str, Any] = {key[-1]: value}
         for part in reversed(key[:-1]):
             table = {part: table}

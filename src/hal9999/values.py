@@ -23,6 +23,16 @@ MAX_TIMEOUT_S = 366 * 24 * 3600
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+def is_text(value: str) -> bool:
+    """Whether ``value`` is text: undecodable bytes from argv or the environment arrive as
+    lone surrogates, which no file, database or JSON document can hold."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def is_env_name(value: str) -> bool:
     """Whether ``value`` is a usable environment variable name (ASCII letters, digits, _)."""
     # ASCII only: a name the shell and execve agree on, and one SQLite and JSON keep exactly.

@@ -288,3 +288,27 @@ def test_image_build_refuses_a_name_that_is_a_path(
     assert "invalid image name" in one_error_line(out)
     images = Path(hal_env["HAL_HOME"], "images")
     assert not images.exists() or not any(images.rglob("*.lock"))
+
+
+@pytest.mark.parametrize("option", ["--ref", "--repo", "--agent", "--env", "--prompt-file"])
+def test_arguments_that_are_not_utf8(
+    hal_env: dict[str, str], demo_repo: Path, option: str
+) -> None:
+    value = b"A=\xff" if option == "--env" else b"ma\xffin"
+    out = subprocess.run(
+        [sys.executable.encode(), b"-m", b"hal9999", b"run", option.encode(), value, b"x"],
+        cwd=demo_repo, env=hal_env, capture_output=True, text=True, errors="replace",
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert "not UTF-8 text" in one_error_line(out)
+
+
+def test_a_hal_variable_that_is_not_utf8(hal_env: dict[str, str], demo_repo: Path) -> None:
+    env = {k.encode(): v.encode() for k, v in hal_env.items()}
+    env[b"HAL_AGENT"] = b"cl\xffaude"
+    out = subprocess.run(
+        [sys.executable, "-m", "hal9999", "run", "x"],
+        cwd=demo_repo, env=env, capture_output=True, text=True, errors="replace",
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert "HAL_AGENT: not UTF-8 text" in one_error_line(out)

@@ -28,7 +28,7 @@ from hal9999.config import (
     working_dir,
 )
 from hal9999.credentials import parse_env_option
-from hal9999.errors import ConfigError, DiskFull, HalError, HomeError, exit_status_for
+from hal9999.errors import ConfigError, DiskFull, HalError, HomeError, UsageError, exit_status_for
 from hal9999.home import HalPaths
 from hal9999.providers import limits
 from hal9999.redact import configure_logging, forwarded_is_secret, masker_from_env
@@ -36,6 +36,7 @@ from hal9999.server.client import DaemonClient
 from hal9999.store import Store, TaskRecord
 from hal9999.tasks.api import TaskAPI
 from hal9999.tasks.service import RunRequest, TaskService
+from hal9999.values import is_text
 
 if TYPE_CHECKING:
     from hal9999.cli.output import TerminalSanitizer
@@ -450,6 +451,11 @@ def main() -> None:
     """Console entry point: usage errors are one line too, with the usage status 2."""
     from hal9999.cli import doctor, image, pool, serve, task, trust  # noqa: F401  (registers the subcommands)
 
+    for position, arg in enumerate(sys.argv[1:], 1):
+        if not is_text(arg):
+            click.echo(f"hal: error: argument {position} is not UTF-8 text "
+                       "(pass names, paths and values as UTF-8)", err=True)  # fmt: skip
+            sys.exit(UsageError.exit_status)
     try:
         status = cli.main(prog_name="hal", standalone_mode=False)
     except click.ClickException as exc:
