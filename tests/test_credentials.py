@@ -91,3 +91,32 @@ def test_env_kinds_round_trip(tmp_path: Path) -> None:
     EnvKinds(literal=["FLAG"], secret=["TOKEN"]).save(path)
     assert EnvKinds.load(path) == EnvKinds(literal=["FLAG"], secret=["TOKEN"])
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_hal_own_log_masks_credential_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import logging
+
+    from hal9999.cli.main import app
+
+    cred = tmp_path / "hosts.yml"
+    cred.write_text(f"github.com:\n  oauth_token: {TOKEN}\n")
+    config = tmp_path / "xdg" / "hal9999" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text(f'[[credentials]]\nsource = "{cred}"\ntarget = ".config/gh/hosts.yml"\n')
+    for name in [n for n in os.environ if n.startswith("HAL_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HAL_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    handle = app()
+    try:
+        logging.getLogger("hal9999.test").warning("token is %s", TOKEN)
+    finally:
+        handle.store.close()
+        for handler in list(logging.getLogger().handlers):
+            if getattr(handler, "_hal9999_handler", False):
+                logging.getLogger().removeHandler(handler)
+    err = capsys.readouterr().err
+    assert "token is [REDACTED]" in err and TOKEN not in err

@@ -80,6 +80,12 @@ def app() -> App:
         value = os.environ.get(name)
         if value and forwarded_is_secret(name, value):
             masker.add(value)
+    if config.credentials:
+        from hal9999.credentials import file_secrets
+
+        for cred in config.credentials:
+            for secret in file_secrets(cred.source):
+                masker.add(secret)
     configure_logging(masker, level=log_level(os.environ))
     limits.release_if_full(config.home)  # on a full disk: room for the store to open
     store = open_store(config)
