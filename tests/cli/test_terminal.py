@@ -160,6 +160,11 @@ def test_through_the_daemon_the_views_are_the_same(
     events = [json.loads(line) for line in out.stdout.splitlines()]
     assert {"tool_call", "usage", "task_end"} <= {e["type"] for e in events}
 
+    # A resume shows its own run, not the earlier ones again.
+    task_id = events[0]["task_id"]
+    again = _run_in_terminal(["task", "resume", task_id], hal_env, demo_repo)
+    assert again.count("Done: add() now returns a + b") == 1, again
+
     hostile = hal("run", "--agent", HOSTILE_AGENT, "x")
     assert hostile.returncode == 0, hostile.stderr
     _assert_clean(hostile.stdout)

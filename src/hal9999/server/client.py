@@ -199,10 +199,15 @@ class DaemonTaskAPI:
         return await self._see_through(task.id, on_output, on_event)
 
     async def _see_through(
-        self, task_id: str, on_output: OnOutput | None, on_event: OnEvent | None
+        self,
+        task_id: str,
+        on_output: OnOutput | None,
+        on_event: OnEvent | None,
+        *,
+        after_seq: int = 0,
     ) -> TaskRecord:
         try:
-            async for event in self.follow(task_id):
+            async for event in self.follow(task_id, after_seq=after_seq):
                 if on_output is not None and isinstance(event, Output):
                     on_output(event.text)
                 if on_event is not None and event.type not in _HAL_OWN:
@@ -245,13 +250,19 @@ class DaemonTaskAPI:
         on_event: OnEvent | None = None,
     ) -> TaskRecord:
         """Queue the task again with the daemon; follow it unless ``detach``."""
+        # The new run is shown from here: the task is resting, so following ends at the last
+        # event its earlier runs recorded.
+        seen = 0
+        if not detach and (on_output is not None or on_event is not None):
+            async for event in self.follow(task_id):
+                seen = event.seq
         body = {"prompt": prompt, "env": dict(env or {})}
         queued = _record(await self.client.call("POST", f"/v1/tasks/{task_id}/resume", body))
         if detach:
             return queued
         if on_start is not None:
             on_start(queued)
-        return await self._see_through(queued.id, on_output, on_event)
+        return await self._see_through(queued.id, on_output, on_event, after_seq=seen)
 
     async def remove(self, task_id: str, *, force: bool = False) -> TaskRecord:
         """Delete a task and its session."""
