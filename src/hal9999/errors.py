@@ -33,6 +33,7 @@ optional ``hint`` that tells the user how to fix the problem::
     ├── DiskFull                  disk_full          exit 10
     ├── GatewayError              gateway_error      exit 11
     ├── BudgetExceeded            budget_exceeded    exit 11
+    ├── ModelNotAllowed           model_not_allowed  exit 11
     ├── TaskTimeout               timed_out          exit 124
     └── TaskCancelled             cancelled          exit 130
 
@@ -248,6 +249,13 @@ class BudgetExceeded(HalError):
     """A task (or the day) reached its token or cost budget; the gateway refused more calls."""
 
     code = "budget_exceeded"
+    exit_status = 11
+
+
+class ModelNotAllowed(HalError):
+    """The agent asked the gateway for a model outside the task's allow-list."""
+
+    code = "model_not_allowed"
     exit_status = 11
 
 

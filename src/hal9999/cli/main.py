@@ -328,6 +328,10 @@ def offline_notice(config: HalConfig, agent_name: str, provider: str) -> str | N
     "--priority", type=PRIORITY, default=0, help="Queue order under hal serve (higher first)."
 )
 @click.option("--retries", type=RETRIES, default=0, help="Retry an agent failure up to N times.")
+@click.option(
+    "--max-cost", type=click.FloatRange(min=0, min_open=True), help="Budget of the task in USD."
+)
+@click.option("--max-tokens", type=click.IntRange(min=1), help="Budget of the task in tokens.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def run(
     prompt: str | None,
@@ -345,6 +349,8 @@ def run(
     detach: bool,
     priority: int,
     retries: int,
+    max_cost: float | None,
+    max_tokens: int | None,
     as_json: bool,
 ) -> None:
     """Run PROMPT with a coding agent on a repository, in a sandbox.
@@ -381,6 +387,8 @@ def run(
         cwd=working_dir(repo),
         config=a.config,
         config_files=list(a.sources.files),
+        max_tokens=max_tokens,
+        max_cost_usd=max_cost,
     )
     notice = offline_notice(a.config, request.agent, request.provider)
     if notice is not None and not as_json and not as_events:
@@ -455,7 +463,7 @@ def output_callbacks(
 
 def main() -> None:
     """Console entry point: usage errors are one line too, with the usage status 2."""
-    from hal9999.cli import doctor, image, pool, serve, task, trust  # noqa: F401  (registers the subcommands)
+    from hal9999.cli import doctor, image, pool, requests, serve, task, trust  # noqa: F401  (registers the subcommands)
 
     for position, arg in enumerate(sys.argv[1:], 1):
         if not is_text(arg):

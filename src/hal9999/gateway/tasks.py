@@ -6,14 +6,17 @@ Lean on purpose (no httpx): the runner imports it in every ``hal run``.
 
 from __future__ import annotations
 
+import json
 import posixpath
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from hal9999.agents.base import Agent, AgentSettings
 from hal9999.config import HalConfig
+from hal9999.errors import BudgetExceeded, HalError, ModelNotAllowed
 from hal9999.events.models import Usage
 from hal9999.gateway.channel import (
     CHANNEL_TARGET,
@@ -70,6 +73,22 @@ class GatewayRoute:
         self.paths.channel.mkdir(parents=True, exist_ok=True)
         await register(self.paths, self.grant)
 
+    def refusal(self, store: Store) -> HalError | None:
+        """The error that ends the task when the gateway refused one of its calls for a
+        budget or a model outside the allow-list (None when it refused nothing)."""
+        if store.gateway_refused(self.grant.task_id, "budget_exceeded"):
+            return BudgetExceeded(
+                "the task reached its budget: the LLM gateway refused further model calls",
+                hint=f"see `hal task requests {self.grant.task_id}`; raise --max-cost or "
+                "--max-tokens (or [gateway] budgets) and `hal task resume` it",
+            )
+        if store.gateway_refused(self.grant.task_id, "model_not_allowed"):
+            return ModelNotAllowed(
+                "the agent asked for a model outside the allow-list ([gateway] models)",
+                hint=f"see `hal task requests {self.grant.task_id}`",
+            )
+        return None
+
     async def close(self) -> None:
         """Withdraw the grant: the token stops working, calls in flight are aborted."""
         await unregister(self.paths, self.grant.token)
@@ -82,8 +101,7 @@ def route_for(
     environ: Mapping[str, str],
     secrets: Mapping[str, str],
     *,
-    max_tokens: int | None = None,
-    max_cost_usd: float | None = None,
+    budget: Path | None = None,
 ) -> GatewayRoute | None:
     """The gateway route of a task, or None when its agent goes direct (gateway off, an agent
     that names no upstream, or no key on the host to give the gateway)."""
@@ -95,6 +113,7 @@ def route_for(
     if chosen is None:
         return None
     upstream, key_env = chosen
+    max_tokens, max_cost_usd = load_budget(budget) if budget is not None else (None, None)
     key = secrets.get(key_env) or environ.get(key_env)
     if not key or urlsplit(upstream).scheme not in ("http", "https"):
         return None
@@ -109,6 +128,33 @@ def route_for(
         settings=gateway.model_dump(mode="json", exclude={"egress", "enabled"}),
     )
     return GatewayRoute(paths=GatewayPaths(config.home), grant=grant, port=forward_port(task_id))
+
+
+BUDGET_FILE = "budget.json"
+"""A task's own budget (``hal run --max-tokens/--max-cost``), in its session's run dir."""
+
+
+def save_budget(run_dir: Path, max_tokens: int | None, max_cost_usd: float | None) -> None:
+    """Record a task's budget for every run of it (resumes included)."""
+    if max_tokens is None and max_cost_usd is None:
+        return
+    data = {"max_tokens": max_tokens, "max_cost_usd": max_cost_usd}
+    tmp = run_dir / f".{BUDGET_FILE}.tmp"
+    tmp.write_text(json.dumps(data))
+    tmp.replace(run_dir / BUDGET_FILE)
+
+
+def load_budget(run_dir: Path) -> tuple[int | None, float | None]:
+    """A task's own budget; none recorded gives ``(None, None)``."""
+    try:
+        data = json.loads((run_dir / BUDGET_FILE).read_text())
+    except (OSError, ValueError):
+        return None, None
+    tokens, cost = data.get("max_tokens"), data.get("max_cost_usd")
+    return (
+        int(tokens) if isinstance(tokens, int) else None,
+        float(cost) if isinstance(cost, int | float) else None,
+    )
 
 
 def goes_through_gateway(config: HalConfig, agent: Agent, environ: Mapping[str, str]) -> bool:

@@ -102,6 +102,8 @@ def build_router(daemon: Daemon) -> Router:
             literal_names=[str(n) for n in body.get("literal_env") or []],
             config=caller,
             config_files=[str(f) for f in body.get("config_files") or []],
+            max_tokens=body.get("max_tokens"),  # checked by service.create (RunOptions)
+            max_cost_usd=body.get("max_cost_usd"),
         )
         task = await service.create(run)
         task = await asyncio.to_thread(daemon.store.update_task, task.id, runner_pid=os.getpid())

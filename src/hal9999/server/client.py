@@ -162,6 +162,8 @@ def run_body(request: RunRequest, env: dict[str, str]) -> dict[str, Any]:
         "cwd": str(request.cwd),
         "priority": request.priority,
         "retries": request.retries,
+        "max_tokens": request.max_tokens,
+        "max_cost_usd": request.max_cost_usd,
         "config": request.config.model_dump(mode="json") if request.config else None,
         "config_files": request.config_files,
     }

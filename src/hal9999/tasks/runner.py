@@ -163,6 +163,11 @@ class TaskRunner:
                 if not deadline.expired():
                     raise
                 raise _timed_out(task.timeout_s, self.store.get_task(task.id).status) from exc
+            refused = ctx.gateway.refusal(self.store) if ctx.gateway is not None else None
+            if refused is not None:  # the agent's work is collected above: nothing is lost
+                return self.finish(
+                    ctx, TaskStatus.FAILED, started, exit_code, error=refused, files=files
+                )
             if exit_code == 0:
                 return await self.finish(ctx, TaskStatus.SUCCEEDED, started, exit_code, files=files)
             hint = f"see `hal task logs {task.id}`"
@@ -232,7 +237,9 @@ class TaskRunner:
         task = ctx.task
         await self.transition(ctx, TaskStatus.PROVISIONING)
         spec = sandbox_spec(self.config, task, ctx.session, self.environ)
-        ctx.gateway = route_for(self.config, agent, task.id, self.environ, ctx.secrets)
+        ctx.gateway = route_for(
+            self.config, agent, task.id, self.environ, ctx.secrets, budget=ctx.session.run_dir
+        )
         if ctx.gateway is not None:
             ctx.gateway.usage = GatewayUsage(self.store, task.id)  # calls from here on
             await ctx.gateway.open()

@@ -19,6 +19,7 @@ from hal9999.errors import ConfigError, HalError, TaskStateError, UsageError
 from hal9999.events.log import EventLog
 from hal9999.events.models import Event, Message, TaskCreated, TaskEnd
 from hal9999.events.writers import EventWriters
+from hal9999.gateway.tasks import save_budget
 from hal9999.home import HalPaths
 from hal9999.process.base import read_exit_status
 from hal9999.providers.base import Provider
@@ -70,6 +71,10 @@ class RunRequest:
     for every run, with or without the daemon. None: the service's own."""
     config_files: list[str] = field(default_factory=list)
     """Which config files the caller's settings came from (said back by ``hal run``)."""
+    max_tokens: int | None = None
+    """The task's token budget at the LLM gateway (``--max-tokens``)."""
+    max_cost_usd: float | None = None
+    """The task's cost budget in dollars at the LLM gateway (``--max-cost``)."""
 
 
 def new_task_id(taken: set[str]) -> str:
@@ -246,6 +251,7 @@ class TaskService:
             agentfs.write_host_file(
                 session.root / TASK_CONFIG, iter([config.model_dump_json().encode()])
             )
+        save_budget(session.run_dir, req.max_tokens, req.max_cost_usd)
         self.store.insert_task(record)
         session.prompt_file.write_text(req.prompt)
         with self.events(record) as log:

@@ -1,0 +1,184 @@
+"""The gateway in process: tokens, the key swap, usage records, refusals, the shared backoff."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from tests.gateway.upstream import StormUpstream
+
+from hal9999.gateway.channel import Grant, new_token
+from hal9999.gateway.proxy import Gateway
+from hal9999.store import Store
+
+KEY = "sk-real-key-0123456789abcdef"
+
+
+@pytest.fixture
+def upstream() -> Iterator[StormUpstream]:
+    with StormUpstream() as server:
+        yield server
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path) -> AsyncIterator[tuple[Gateway, str]]:
+    store = Store.open(tmp_path / "home")
+    gw = Gateway(store)
+    sock = str(tmp_path / "llm.sock")
+    server = await asyncio.start_unix_server(gw.serve_connection, path=sock)
+    async with server:
+        yield gw, sock
+    await gw.client.aclose()
+    store.close()
+
+
+def grant_for(upstream: StormUpstream, task_id: str = "t1", **fields: Any) -> Grant:
+    return Grant(task_id=task_id, token=new_token(), upstream=upstream.url, key=KEY, **fields)
+
+
+def client(sock: str) -> httpx.AsyncClient:
+    transport = httpx.AsyncHTTPTransport(uds=sock)
+    return httpx.AsyncClient(transport=transport, base_url="http://gw", timeout=60)
+
+
+async def call(
+    http: httpx.AsyncClient, token: str, *, model: str = "claude-sonnet-4-5", stream: bool = False
+) -> httpx.Response:
+    body = {"model": model, "max_tokens": 10, "stream": stream, "messages": []}
+    return await http.post("/v1/messages", json=body, headers={"x-api-key": token})
+
+
+async def test_token_is_swapped_for_the_key_and_usage_recorded(
+    gateway: tuple[Gateway, str], upstream: StormUpstream
+) -> None:
+    gw, sock = gateway
+    grant = grant_for(upstream)
+    gw.register(grant)
+    async with client(sock) as http:
+        whole = await call(http, grant.token)
+        streamed = await call(http, grant.token, stream=True)
+    assert whole.status_code == 200 and whole.json()["content"][0]["text"] == "ok"
+    assert streamed.status_code == 200 and "message_delta" in streamed.text
+    assert [s.headers["x-api-key"] for s in upstream.seen] == [KEY, KEY]
+    rows = gw.store.gateway_requests("t1")
+    assert [(r.status, r.model, r.input_tokens, r.output_tokens, r.cache_read_tokens)
+            for r in rows] == [(200, "claude-sonnet-4-5", 11, 7, 5)] * 2  # fmt: skip
+    # Anthropic bills cache reads apart: 11 + 7 + 5 tokens, at the shipped Sonnet price.
+    assert rows[0].total_tokens == 23
+    assert rows[0].cost_usd == pytest.approx((11 * 3 + 7 * 15 + 5 * 0.3) / 1e6)
+    assert KEY not in Path(gw.store.path).read_bytes().decode("latin-1")
+
+
+async def test_other_tokens_are_refused_and_never_forwarded(
+    gateway: tuple[Gateway, str], upstream: StormUpstream
+) -> None:
+    gw, sock = gateway
+    gw.register(grant_for(upstream))
+    async with client(sock) as http:
+        for token in ("hal-gw-forged", KEY, ""):
+            answer = await call(http, token)
+            assert answer.status_code == 401
+            assert answer.json()["error"]["code"] == "unknown_token"
+        bearer = await http.post("/v1/messages", json={}, headers={"authorization": "Bearer x"})
+        assert bearer.status_code == 401
+    assert upstream.seen == []
+
+
+async def test_withdrawn_token_stops_working(
+    gateway: tuple[Gateway, str], upstream: StormUpstream
+) -> None:
+    gw, sock = gateway
+    grant = grant_for(upstream)
+    gw.register(grant)
+    gw.unregister(grant.token)
+    async with client(sock) as http:
+        assert (await call(http, grant.token)).status_code == 401
+
+
+async def test_model_outside_the_allow_list_is_refused(
+    gateway: tuple[Gateway, str], upstream: StormUpstream
+) -> None:
+    gw, sock = gateway
+    grant = grant_for(upstream, models=["claude-haiku-4-5"])
+    gw.register(grant)
+    async with client(sock) as http:
+        refused = await call(http, grant.token, model="claude-opus-4-1")
+        allowed = await call(http, grant.token, model="claude-haiku-4-5")
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "model_not_allowed"
+    assert "claude-opus-4-1" in refused.json()["error"]["message"]
+    assert allowed.status_code == 200
+    assert [s.body["model"] for s in upstream.seen] == ["claude-haiku-4-5"]
+
+
+async def test_task_budget_refuses_with_a_final_400(
+    gateway: tuple[Gateway, str], upstream: StormUpstream
+) -> None:
+    gw, sock = gateway
+    grant = grant_for(upstream, max_tokens=40)
+    gw.register(grant)
+    async with client(sock) as http:
+        statuses = [(await call(http, grant.token)).status_code for _ in range(3)]
+        last = await call(http, grant.token)
+    # 23 tokens a call: the first two are under 40 when they start, the third is refused.
+    assert statuses == [200, 200, 400]
+    assert last.json()["error"]["code"] == "budget_exceeded"
+    assert len(upstream.seen) == 2
+    assert gw.store.gateway_refused("t1", "budget_exceeded")
+
+
+async def test_daily_budget_spans_tasks(
+    gateway: tuple[Gateway, str], upstream: StormUpstream
+) -> None:
+    gw, sock = gateway
+    first = grant_for(upstream, "t1", settings={"daily_max_tokens": 30})
+    second = grant_for(upstream, "t2", settings={"daily_max_tokens": 30})
+    gw.register(first)
+    gw.register(second)
+    async with client(sock) as http:
+        assert (await call(http, first.token)).status_code == 200
+        assert (await call(http, second.token)).status_code == 200
+        assert (await call(http, second.token)).status_code == 400
+
+
+async def test_storm_is_absorbed_by_one_shared_backoff(
+    gateway: tuple[Gateway, str], upstream: StormUpstream
+) -> None:
+    gw, sock = gateway
+    upstream.fail_first, upstream.retry_after, upstream.delay_s = 6, "0.3", 0.05
+    grants = [grant_for(upstream, f"t{n}", settings={"concurrency": 3}) for n in range(8)]
+    for grant in grants:
+        gw.register(grant)
+    async with client(sock) as http:
+        answers = await asyncio.gather(
+            *(call(http, g.token, stream=True) for g in grants for _ in range(2))
+        )
+    assert [a.status_code for a in answers] == [200] * 16
+    assert upstream.refused == 6 and len(upstream.seen) == 16
+    assert upstream.peak <= 3, "the upstream saw more than the configured concurrency"
+
+
+async def test_unregister_aborts_calls_in_flight(
+    gateway: tuple[Gateway, str], upstream: StormUpstream
+) -> None:
+    gw, sock = gateway
+    upstream.delay_s = 5.0
+    grant = grant_for(upstream)
+    gw.register(grant)
+    async with client(sock) as http:
+        pending = asyncio.ensure_future(call(http, grant.token, stream=True))
+        for _ in range(100):
+            if gw.inflight.get(grant.token):
+                break
+            await asyncio.sleep(0.02)
+        started = asyncio.get_running_loop().time()
+        gw.unregister(grant.token)
+        with pytest.raises(httpx.HTTPError):
+            await pending
+        assert asyncio.get_running_loop().time() - started < 2.0
+    [row] = gw.store.gateway_requests("t1")
+    assert row.error == "aborted"
