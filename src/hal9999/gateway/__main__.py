@@ -27,6 +27,9 @@ def _serve(paths: GatewayPaths, ready: int | None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s gateway[%(process)d] %(levelname)s %(message)s"
     )
+    # httpx logs each request's URL at INFO, and a Gemini key may travel in the query string.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     server = GatewayServer(paths, idle_seconds(dict(os.environ)))
     asyncio.run(server.run(ready))
     return 0

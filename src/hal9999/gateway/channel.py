@@ -34,7 +34,8 @@ CHANNEL_TARGET = "/hal-gateway"
 """Where the channel directory appears inside a sandbox."""
 TOKEN_PREFIX = "hal-gw-"
 """Every placeholder token starts with this (so a log line holding one is recognisable)."""
-START_TIMEOUT_S = 10.0
+START_TIMEOUT_S = 60.0
+"""A loaded machine (many hal processes starting at once) can take seconds to start it."""
 CONTROL_TIMEOUT_S = 10.0
 
 
@@ -136,10 +137,7 @@ async def ping(paths: GatewayPaths) -> bool:
     return True
 
 
-async def ensure_running(paths: GatewayPaths) -> None:
-    """Start the gateway of this HAL_HOME unless one answers already."""
-    if await ping(paths):
-        return
+async def _spawn(paths: GatewayPaths) -> None:
     paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
     with paths.log.open("ab") as log:
         os.chmod(paths.log, 0o600)
@@ -147,13 +145,24 @@ async def ensure_running(paths: GatewayPaths) -> None:
             sys.executable, "-m", "hal9999.gateway", "--home", str(paths.home), "--detach",
             stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
         )  # fmt: skip
-        await proc.wait()  # returns once the detached gateway listens (or failed to)
+        await proc.wait()  # returns once the detached gateway listens (or another holds it)
+
+
+async def ensure_running(paths: GatewayPaths) -> None:
+    """Start the gateway of this HAL_HOME unless one answers already.
+
+    A gateway that was about to exit when asked (idle) is replaced: starting one is a no-op
+    while another holds the lock, so this simply tries again until one answers."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + START_TIMEOUT_S
     while loop.time() < deadline:
         if await ping(paths):
             return
-        await asyncio.sleep(0.05)
+        await _spawn(paths)
+        for _ in range(20):
+            if await ping(paths):
+                return
+            await asyncio.sleep(0.05)
     raise GatewayError(
         "the LLM gateway did not start", hint=f"see {paths.log}; or set [gateway] enabled = false"
     )
@@ -161,8 +170,14 @@ async def ensure_running(paths: GatewayPaths) -> None:
 
 async def register(paths: GatewayPaths, grant: Grant) -> None:
     """Hand a task's grant to the gateway (starting it when needed)."""
-    await ensure_running(paths)
-    await _call(paths, {"op": "register", "grant": asdict(grant)})
+    for attempt in range(3):
+        await ensure_running(paths)
+        try:
+            await _call(paths, {"op": "register", "grant": asdict(grant)})
+            return
+        except (OSError, TimeoutError) as exc:
+            if attempt == 2:  # it went idle between the ping and the grant: start another
+                raise GatewayError(f"cannot reach the LLM gateway: {exc}") from exc
 
 
 async def unregister(paths: GatewayPaths, token: str) -> None:

@@ -80,6 +80,7 @@ class GatewayServer:
         """Apply a control message."""
         op = message.get("op")
         if op == "ping":
+            self.gateway.last_active = time.monotonic()  # a grant is on its way
             return {"ok": True, "pid": os.getpid()}
         if op == "register":
             self.gateway.register(Grant(**message["grant"]))

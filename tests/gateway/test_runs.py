@@ -1,0 +1,86 @@
+"""Whole ``hal run`` tasks through the gateway (network "none"): budgets end a task as
+``budget_exceeded`` with its work kept, and eight agents at once ride out a 429 storm."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.e2e.conftest import KEY_VAR, HalCli, files_containing, git
+from tests.gateway.upstream import StormUpstream
+
+pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.slow, pytest.mark.timeout(240)]
+
+CALLER = Path(__file__).with_name("caller_agent.py")
+
+
+@pytest.fixture
+def upstream() -> Iterator[StormUpstream]:
+    with StormUpstream() as server:
+        yield server
+
+
+def use_caller(hal: HalCli, repo: Path, upstream: StormUpstream, gateway: str = "") -> None:
+    """Commit the caller agent into the repo and make it the claude preset's program."""
+    shutil.copy(CALLER, repo / "caller.py")
+    (repo / "caller.py").chmod(0o755)
+    git(repo, "add", "caller.py")
+    git(repo, "commit", "-qm", "caller agent")
+    hal.config_file.parent.mkdir(parents=True, exist_ok=True)
+    hal.config_file.write_text(
+        "[agents.claude]\n"
+        'command = "/workspace/caller.py"\n'
+        f'base_url = "{upstream.url}"\n'
+        f'api_key_env = "{KEY_VAR}"\n' + gateway
+    )
+
+
+def test_budget_ends_the_task_and_keeps_its_work(
+    hal_cli: HalCli, bug_repo: Path, upstream: StormUpstream, dummy_key: str
+) -> None:
+    use_caller(hal_cli, bug_repo, upstream)
+    out = hal_cli("run", "--agent", "claude", "--max-tokens", "30", "spend it", "--json")
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr
+    task = json.loads(hal_cli("task", "list", "--json").stdout)[0]
+    assert task["status"] == "failed" and task["error_code"] == "budget_exceeded"
+    assert "budget" in task["error_message"]
+    assert task["files_changed"] == 1, "the work done before the budget ran out is kept"
+    assert "work.txt" in git(bug_repo, "show", "--stat", task["branch"])
+    assert len(upstream.seen) == 2, "the refused call never reached the upstream"
+
+    calls = json.loads(hal_cli("task", "requests", task["id"], "--json").stdout)
+    assert [(c["status"], c["error"]) for c in calls] == [
+        (200, None), (200, None), (400, "budget_exceeded")
+    ]
+    table = hal_cli("task", "requests", task["id"]).stdout
+    assert "budget_exceeded" in table and "3 calls" in table
+    assert files_containing(hal_cli.home, dummy_key.encode()) == []
+
+
+def test_eight_agents_ride_out_a_429_storm(
+    hal_cli: HalCli, bug_repo: Path, upstream: StormUpstream
+) -> None:
+    upstream.fail_first, upstream.retry_after, upstream.delay_s = 8, "1", 0.2
+    use_caller(hal_cli, bug_repo, upstream, "[gateway]\nconcurrency = 2\n")
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "hal9999", "run", "--agent", "claude", "--json", "call"],
+            cwd=bug_repo, env=hal_cli.env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        for _ in range(8)
+    ]
+    outcomes = [run.communicate(timeout=200) for run in runs]
+    assert [run.returncode for run in runs] == [0] * 8, [err[-800:] for _, err in outcomes]
+    tasks = json.loads(hal_cli("task", "list", "--json").stdout)
+    assert sorted(t["status"] for t in tasks) == ["succeeded"] * 8
+    assert upstream.refused == 8 and len(upstream.seen) == 8 * 3  # 3 calls each
+    assert upstream.peak <= 2, "the upstream saw more calls at once than the configured cap"
+    log = (hal_cli.home / "gateway" / "gateway.log").read_text()
+    assert "HTTP Request" not in log, "no request URLs in the gateway's log"
