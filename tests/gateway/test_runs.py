@@ -68,14 +68,9 @@ def test_eight_agents_ride_out_a_429_storm(
 ) -> None:
     upstream.fail_first, upstream.retry_after, upstream.delay_s = 8, "1", 0.2
     use_caller(hal_cli, bug_repo, upstream, "[gateway]\nconcurrency = 2\n")
-    runs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "hal9999", "run", "--agent", "claude", "--json", "call"],
-            cwd=bug_repo, env=hal_cli.env,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        for _ in range(8)
-    ]
+    argv = [sys.executable, "-m", "hal9999", "run", "--agent", "claude", "--json", "call"]
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    runs = [subprocess.Popen(argv, cwd=bug_repo, env=hal_cli.env, **pipes) for _ in range(8)]
     outcomes = [run.communicate(timeout=200) for run in runs]
     assert [run.returncode for run in runs] == [0] * 8, [err[-800:] for _, err in outcomes]
     tasks = json.loads(hal_cli("task", "list", "--json").stdout)

@@ -165,7 +165,7 @@ class TaskRunner:
                 raise _timed_out(task.timeout_s, self.store.get_task(task.id).status) from exc
             refused = ctx.gateway.refusal(self.store) if ctx.gateway is not None else None
             if refused is not None:  # the agent's work is collected above: nothing is lost
-                return self.finish(
+                return await self.finish(
                     ctx, TaskStatus.FAILED, started, exit_code, error=refused, files=files
                 )
             if exit_code == 0:
