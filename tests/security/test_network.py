@@ -24,7 +24,7 @@ pytestmark = pytest.mark.bwrap
 PROBE = r"""
 import socket, sys
 port, abstract = int(sys.argv[1]), sys.argv[2]
-for host in ("127.0.0.1", "10.0.2.2", "::1"):
+for host in ("127.0.0.1", sys.argv[3], "::1"):
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     s = socket.socket(family)
     s.settimeout(2)
@@ -86,7 +86,8 @@ async def test_host_mode_reaches_no_host_loopback_service(hal_home: Path) -> Non
         await sandbox.write_file_atomic("/workspace/probe.py", PROBE.encode())
         async with host_listeners(secret) as (port, abstract):
             result = await sandbox.exec(
-                ShellCommand(script=f"python3 probe.py {port} {abstract}"), timeout=60
+                ShellCommand(script=f"python3 probe.py {port} {abstract} {usernet.GATEWAY}"),
+                timeout=60,
             )
         out = result.stdout.decode()
         assert result.ok, result.stderr
@@ -97,7 +98,7 @@ async def test_host_mode_reaches_no_host_loopback_service(hal_home: Path) -> Non
             ShellCommand(script="ip -br link; ip route; cat /etc/resolv.conf"), timeout=30
         )
         text = setup.stdout.decode()
-        assert "tap0" in text and "default via 10.0.2.2" in text, text
+        assert "tap0" in text and f"default via {usernet.GATEWAY}" in text, text
         assert f"nameserver {usernet.DNS}" in text
     finally:
         await provider.destroy(sandbox.id)
@@ -114,7 +115,8 @@ async def test_shared_host_network_is_an_explicit_choice(hal_home: Path) -> None
         async with host_listeners("shared") as (port, abstract):
             await sandbox.write_file_atomic("/workspace/probe.py", PROBE.encode())
             result = await sandbox.exec(
-                ShellCommand(script=f"python3 probe.py {port} {abstract}"), timeout=60
+                ShellCommand(script=f"python3 probe.py {port} {abstract} {usernet.GATEWAY}"),
+                timeout=60,
             )
         assert "127.0.0.1 REACHED shared" in result.stdout.decode()
     finally:

@@ -4,9 +4,11 @@ through user-mode networking (slirp4netns) and the host's loopback out of reach.
 Sharing the host's network namespace would show the sandbox every loopback listener of the
 host (other tasks' servers, the daemon's port) and every abstract unix socket. Instead bwrap
 makes a fresh namespace as for ``none``, and slirp4netns gives it a ``tap0`` whose traffic
-leaves through ordinary host sockets: TCP/UDP to the outside world works, ``10.0.2.2`` (the
-host) is refused (``--disable-host-loopback``), abstract sockets are per namespace anyway,
-and DNS goes to slirp's forwarder at ``10.0.2.3``. slirp4netns sandboxes itself
+leaves through ordinary host sockets: TCP/UDP to the outside world works, the gateway
+(:data:`GATEWAY`, standing for the host) is refused (``--disable-host-loopback``), abstract
+sockets are per namespace anyway, and DNS goes to slirp's forwarder (:data:`DNS`). The
+virtual network is link-local (:data:`CIDR`), not slirp's default 10.0.2.0/24, so it can
+never shadow or be mistaken for a private network the host routes to. slirp4netns sandboxes itself
 (``--enable-sandbox``, ``--enable-seccomp``) and exits when the sandbox's processes are gone.
 
 The wiring is a constant ``sh`` script between the launcher and bwrap: it starts a helper
@@ -23,7 +25,11 @@ import shutil
 from hal9999.errors import CapabilityError
 
 INFO_FD, BLOCK_FD, EXIT_FD = 5, 6, 7
-DNS = "10.0.2.3"
+CIDR = "169.254.231.0/24"
+"""The sandbox's virtual network (slirp4netns ``--cidr``): link-local, private to the namespace."""
+GATEWAY = "169.254.231.2"
+"""slirp's gateway, which would be the host's loopback were it not disabled."""
+DNS = "169.254.231.3"
 """slirp4netns's DNS forwarder, which resolves with the host's resolvers."""
 RESOLV_CONF = f"nameserver {DNS}\n"
 
@@ -54,8 +60,8 @@ exec 7<>"$gone" 6<>"$block"
     tries=$((tries - 1)); sleep 0.005
   done
   if [ -n "$pid" ]; then
-    set -- --configure --mtu=65520 --disable-host-loopback --enable-sandbox --enable-seccomp \
-      --exit-fd 4 --ready-fd 3 --netns-type=path
+    set -- --configure --mtu=65520 --cidr=@CIDR@ --disable-host-loopback \
+      --enable-sandbox --enable-seccomp --exit-fd 4 --ready-fd 3 --netns-type=path
     [ "$userns" = 1 ] && set -- "$@" "--userns-path=/proc/$pid/ns/user"
     # Released once slirp4netns is ready, or has failed (then with loopback only).
     "$slirp" "$@" "/proc/$pid/ns/net" tap0 3>&1 >/dev/null 2>&1 |
@@ -65,7 +71,7 @@ exec 7<>"$gone" 6<>"$block"
   fi
 ) </dev/null >/dev/null 2>&1 &
 exec "$@" 5>"$info"
-"""
+""".replace("@CIDR@", CIDR)
 """Args: a private dir for the fifos, the slirp4netns program, ``1`` when bwrap makes a user
 namespace; then the bwrap argv (which must carry :func:`bwrap_args`). A constant, never
 interpolated. If slirp4netns fails the command still runs, with no network but loopback:
