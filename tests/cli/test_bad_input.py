@@ -312,3 +312,14 @@ def test_a_hal_variable_that_is_not_utf8(hal_env: dict[str, str], demo_repo: Pat
     )  # fmt: skip
     assert out.returncode == 2
     assert "HAL_AGENT: not UTF-8 text" in one_error_line(out)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("sandbox", "fork", "img", "2", "--cpus", "nan"), ("sandbox", "fork", "img", "0"),
+     ("sandbox", "fork", "img", "1", "--memory", "-5"), ("pool", "warm", "99999999")],
+)  # fmt: skip
+def test_pool_and_fork_numbers_are_checked(hal: Hal, args: tuple[str, ...]) -> None:
+    out = hal(*args)
+    assert out.returncode == 2
+    one_error_line(out)

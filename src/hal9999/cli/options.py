@@ -9,10 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 import click
+from pydantic import ValidationError
 
 from hal9999.errors import UsageError
+from hal9999.spec import Resources
 from hal9999.tasks.state import TaskStatus
-from hal9999.values import Name, TimeoutSeconds, check_value
+from hal9999.values import Name, TimeoutSeconds, check_value, describe
 
 
 class ModelChecked(click.ParamType[Any]):
@@ -44,3 +46,29 @@ LIMIT = click.IntRange(1, 1_000_000)
 """``--limit`` of listings."""
 STATUS = click.Choice([s.value for s in TaskStatus])
 """``--status`` filters: only states a task can be in."""
+
+
+class ResourceLimit(click.ParamType[Any]):
+    """A resource limit option (``--cpus``, ``--memory``), checked by :class:`Resources`."""
+
+    def __init__(self, field: str, base: click.ParamType[Any]) -> None:
+        self.field = field
+        self.base = base
+        self.name = field
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """Parse with ``base``, then check with the model's own validator."""
+        parsed = self.base.convert(value, param, ctx)
+        try:
+            Resources.model_validate({self.field: parsed})
+        except ValidationError as exc:
+            self.fail(describe(exc.errors()[0]), param, ctx)
+        return parsed
+
+
+CPUS = ResourceLimit("cpus", click.FLOAT)
+"""``--cpus``: 0 (no limit) or a real quota."""
+MEMORY_MB = ResourceLimit("memory_mb", click.INT)
+"""``--memory``: 0 (no limit) or MiB from the minimum."""
+COUNT = click.IntRange(1, 1024)
+"""How many sandboxes one command creates."""

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from hal9999.cli.main import App, app, cli, emit_json, run_async
+from hal9999.cli.options import COUNT, CPUS, MEMORY_MB
 from hal9999.errors import HalError, SandboxNotFound
 from hal9999.server.client import DaemonClient
 from hal9999.spec import ArgvCommand
@@ -50,7 +51,7 @@ def pool_status(as_json: bool) -> None:
 
 
 @pool.command()
-@click.argument("count", type=int)
+@click.argument("count", type=COUNT)
 @click.option("--provider", help="Provider to warm (default: the configured ones).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def warm(count: int, provider: str | None, as_json: bool) -> None:
@@ -216,10 +217,10 @@ def sandbox_snapshot(
 
 @sandbox.command("fork")
 @click.argument("image")
-@click.argument("count", type=int, default=1)
+@click.argument("count", type=COUNT, default=1)
 @click.option("--provider", default="qemu", show_default=True, help="Provider of the image.")
-@click.option("--cpus", type=float, help="vCPUs of each copy.")
-@click.option("--memory", "memory_mb", type=int, help="Memory of each copy, in MiB.")
+@click.option("--cpus", type=CPUS, help="vCPUs of each copy.")
+@click.option("--memory", "memory_mb", type=MEMORY_MB, help="Memory of each copy, in MiB.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def sandbox_fork(
     image: str,
