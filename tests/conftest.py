@@ -72,6 +72,10 @@ async def ssh_connections_closed() -> AsyncIterator[None]:
     from hal9999.providers.ssh.connections import close_all
 
     await close_all()
+def _missing_podman() -> str | None:
+    from tests.podman_env import problem
+
+    return problem()
 
 
 REQUIREMENTS: dict[str, Callable[[], str | None]] = {
@@ -80,6 +84,7 @@ REQUIREMENTS: dict[str, Callable[[], str | None]] = {
     "cgroup": _missing_cgroup,
     "qemu": _missing_qemu,
     "ssh": _missing_sshd,
+    "podman": _missing_podman,
 }
 """Marker name -> why the component is unusable here (None when it is fine)."""
 
@@ -90,6 +95,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         from tests.qemu_image import prepare
 
         prepare()
+    if any(item.get_closest_marker("podman") for item in session.items):
+        from tests.podman_env import prepare as prepare_podman
+
+        prepare_podman()
 
 
 @pytest.fixture(autouse=True)

@@ -32,6 +32,7 @@ PROVIDERS = [
     pytest.param("fake", id="fake"),
     pytest.param("qemu", id="qemu", marks=pytest.mark.qemu),
     pytest.param("ssh", id="ssh", marks=pytest.mark.ssh),
+    pytest.param("docker", id="docker", marks=pytest.mark.podman),
 ]
 
 SpecFactory = Callable[..., SandboxSpec]

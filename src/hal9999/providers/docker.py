@@ -1,0 +1,374 @@
+"""The ``docker`` provider: sandboxes as containers, through the Docker Engine API.
+
+Works with Docker and with Podman's Docker-compatible service (``podman system service``).
+A sandbox is a container ``hal-<id>`` from a hal image (``hal image container`` imports one
+from the debootstrap rootfs; no registry), kept alive by ``tini -s -- sleep infinity``:
+
+- the session's workspace bound at ``/workspace`` and the spec's binds at their targets;
+- a read-only root; ``/tmp`` and ``/home/hal`` are volumes of the container (kept across
+  stop and start, removed with it);
+- no network (``network_mode=none``); the gateway issue's unix socket reaches the sandbox as
+  an ordinary bind of its host path, which needs no network;
+- every capability dropped, ``no-new-privileges``, the engine's default seccomp profile
+  (which denies what bwrap's filter denies: keyrings, bpf, perf, mount, kexec, modules...);
+- a uid of its own (from hal's reserved range when hal runs as root, else hal's own uid),
+  never root, never a login user's uid;
+- memory (swap included), pids and CPU limits, the defaults of :mod:`providers.limits` for
+  whatever the spec leaves unset.
+
+The provider's records are the containers themselves (labels carry the spec), so a second
+``hal`` process sees the same sandboxes; ``state_dir`` scopes them (one label per state dir).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import hashlib
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from hal9999.errors import (
+    CapabilityError,
+    ConfigError,
+    ProviderError,
+    ProviderUnavailable,
+    SandboxNotFound,
+)
+from hal9999.providers import limits, sandboxuser
+from hal9999.providers.base import Capabilities, SandboxInfo, SandboxState
+from hal9999.providers.dockerbox import WORKDIR, DockerSandbox
+from hal9999.providers.dockerexec import engine_client, engine_errors
+from hal9999.spec import SandboxSpec
+
+DEFAULT_URL = "unix:///var/run/docker.sock"
+LABEL = "hal9999.sandbox"
+"""Label holding the sandbox id; its presence marks hal's containers."""
+SCOPE_LABEL = "hal9999.scope"
+SPEC_LABEL = "hal9999.spec"
+UID_LABEL = "hal9999.uid"
+CREATED_LABEL = "hal9999.created"
+ID_PATTERN = re.compile(r"[0-9a-f]{12}")
+HOME = "/home/hal"
+VOLUMES = ("/tmp", HOME)
+"""Writable places besides the binds: container volumes, so they survive stop and start."""
+
+
+class DockerConfig(BaseModel):
+    """Settings of the ``docker`` provider (``[providers.docker]``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["docker"] = "docker"
+    """Provider kind."""
+    url: str | None = None
+    """Engine API address; ``HAL_DOCKER_URL``, then ``DOCKER_HOST``, then Docker's socket."""
+    image: str = "hal9999:default"
+    """Image for specs that name none (``hal image container`` builds ``hal9999:default``)."""
+    init: tuple[str, ...] = ("tini", "-s", "--")
+    """PID 1 of every container, reaping orphans; ``sleep infinity`` runs under it."""
+    cli: str | None = None
+    """Host CLI for launch and attach (``podman`` or ``docker``); the first found when unset."""
+
+    def engine_url(self) -> str:
+        """Where the engine API listens."""
+        return self.url or os.environ.get("HAL_DOCKER_URL") or os.environ.get(
+            "DOCKER_HOST", DEFAULT_URL
+        )
+
+
+class DockerProvider:
+    """Containers on a Docker or Podman engine."""
+
+    name = "docker"
+    capabilities = Capabilities(
+        isolation="namespace",
+        network_modes=frozenset({"none"}),
+        resource_limits=True,
+        host_launch=True,
+        snapshot=True,
+    )
+    config_model = DockerConfig
+
+    def __init__(self, *, state_dir: Path, config: DockerConfig | None = None) -> None:
+        self.state_dir = state_dir
+        self.config = config or DockerConfig()
+        self.url = self.config.engine_url()
+        self.scope = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:16]
+        self._client: Any = None
+
+    # -- engine -------------------------------------------------------------------------
+    def client(self) -> Any:
+        """The SDK client, made on first use (a missing SDK is reported here)."""
+        if self._client is None:
+            self._client = engine_client(self.url)
+        return self._client
+
+    async def call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a blocking SDK call in a thread, its errors mapped to hal's."""
+        import docker.errors
+
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except docker.errors.NotFound:
+            raise
+        except engine_errors() as exc:
+            text = str(getattr(exc, "explanation", "") or exc)
+            if "connection" in text.lower() or "no such file" in text.lower():
+                raise ProviderUnavailable(
+                    f"no Docker API answers at {self.url}",
+                    hint="start Docker, or Podman's service (scripts/setup-podman.sh), and "
+                    "set HAL_DOCKER_URL or [providers.docker] url",
+                ) from exc
+            raise ProviderError(f"docker: {what} failed: {text}") from exc
+
+    def cli_argv(self) -> list[str]:
+        """The host CLI and its engine address, absolute (launch runs with a bare env)."""
+        names = [self.config.cli] if self.config.cli else ["podman", "docker"]
+        for name in names:
+            found = shutil.which(name)
+            if found:
+                flag = "--url" if Path(found).name == "podman" else "-H"
+                remote = ["--remote"] if Path(found).name == "podman" else []
+                return [found, *remote, flag, self.url]
+        raise ProviderUnavailable(
+            "no podman or docker CLI to launch commands with",
+            hint="apt-get install podman (or docker.io), or set [providers.docker] cli",
+        )
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def check(self, spec: SandboxSpec) -> None:
+        """Refuse what containers here cannot do."""
+        if spec.network != "none":
+            raise CapabilityError(
+                f"docker sandboxes have no network (asked for {spec.network!r})",
+                hint='use network "none"; LLM traffic goes through the gateway socket',
+            )
+        for bind in spec.binds:
+            if not bind.target.startswith("/") or bind.target.rstrip("/") in ("", WORKDIR):
+                raise ConfigError(f"bind target {bind.target!r} is not allowed here")
+
+    async def create(self, spec: SandboxSpec) -> DockerSandbox:
+        """Create and start a container for ``spec``."""
+        self.check(spec)
+        sandbox_id = secrets.token_hex(6)
+        uid = sandboxuser.allocate(f"docker {sandbox_id}") if sandboxuser.privileged() else (
+            os.geteuid()
+        )
+        try:
+            await self._make_container(sandbox_id, spec, uid)
+        except BaseException:
+            sandboxuser.release(uid)
+            await self._remove(sandbox_id)
+            raise
+        return await self.get(sandbox_id)
+
+    async def _make_container(self, sandbox_id: str, spec: SandboxSpec, uid: int) -> None:
+        from docker.types import Mount
+
+        if sandboxuser.privileged():
+            writable = [spec.workspace] if spec.workspace else []
+            writable += [b.source for b in spec.binds if not b.read_only]
+            for source in writable:
+                await asyncio.to_thread(sandboxuser.adopt, source, uid)
+        mounts = []
+        if spec.workspace is not None:
+            mounts.append(Mount(WORKDIR, str(spec.workspace), type="bind"))
+        else:
+            mounts.append(Mount(WORKDIR, None, type="volume"))
+        bound = {b.target.rstrip("/") for b in spec.binds}
+        mounts += [Mount(target, None, type="volume") for target in VOLUMES if target not in bound]
+        mounts += [
+            Mount(b.target, str(b.source), type="bind", read_only=b.read_only) for b in spec.binds
+        ]
+        res = limits.effective(spec.resources)
+        memory = f"{res.memory_mb}m" if res.memory_mb else None
+        # HAL_SANDBOX goes with each command, not PID 1: a sandbox at rest runs nothing marked.
+        env = {"HOME": HOME, "LANG": "C.UTF-8", "PATH": PATH, **spec.env}
+        labels = {
+            LABEL: sandbox_id,
+            SCOPE_LABEL: self.scope,
+            SPEC_LABEL: spec.model_dump_json(),
+            UID_LABEL: str(uid),
+            CREATED_LABEL: str(time.time()),
+        }
+        client = self.client()
+        image = spec.image or self.config.image
+        await self._check_image(image)
+        container = await self.call(
+            "create", client.containers.create, image, ["sleep", "infinity"],
+            entrypoint=list(self.config.init), name=container_name(sandbox_id),
+            hostname=f"hal-{sandbox_id}", user=f"{uid}:{uid}", working_dir=WORKDIR,
+            environment=env, labels=labels, mounts=mounts, read_only=True,
+            network_mode="none", cap_drop=["ALL"], security_opt=["no-new-privileges"],
+            mem_limit=memory, memswap_limit=memory, pids_limit=res.pids or -1,
+            nano_cpus=int(res.cpus * 1e9) if res.cpus else None, stop_signal="SIGKILL",
+        )  # fmt: skip
+        await self.call("start", container.start)
+
+    async def _check_image(self, image: str) -> None:
+        import docker.errors
+
+        try:
+            await self.call("image lookup", self.client().images.get, image)
+        except docker.errors.NotFound as exc:
+            raise ConfigError(
+                f"container image {image!r} is not in the engine at {self.url}",
+                hint="build it with `sudo hal image container` (or name another image)",
+            ) from exc
+
+    async def _inspect(self, sandbox_id: str) -> dict[str, Any]:
+        import docker.errors
+
+        if not ID_PATTERN.fullmatch(sandbox_id):
+            raise SandboxNotFound(f"no docker sandbox {sandbox_id!r}")
+        try:
+            found = await self.call(
+                "inspect", self.client().api.inspect_container, container_name(sandbox_id)
+            )
+        except docker.errors.NotFound as exc:
+            raise SandboxNotFound(f"no docker sandbox {sandbox_id!r}") from exc
+        labels = found.get("Config", {}).get("Labels") or {}
+        if labels.get(SCOPE_LABEL) != self.scope or labels.get(LABEL) != sandbox_id:
+            raise SandboxNotFound(f"no docker sandbox {sandbox_id!r} here")
+        return dict(found)
+
+    def _handle(self, found: Mapping[str, Any]) -> DockerSandbox:
+        labels = found["Config"]["Labels"]
+        spec = SandboxSpec.model_validate_json(labels[SPEC_LABEL])
+        running = bool(found.get("State", {}).get("Running"))
+        return DockerSandbox(self, labels[LABEL], spec, int(labels[UID_LABEL]), running)
+
+    async def get(self, sandbox_id: str) -> DockerSandbox:
+        """A handle on an existing sandbox."""
+        return self._handle(await self._inspect(sandbox_id))
+
+    async def list(self) -> builtins.list[SandboxInfo]:
+        """This state dir's sandboxes, oldest first."""
+        client = self.client()
+        scope = {"label": f"{SCOPE_LABEL}={self.scope}"}
+        containers = await self.call("list", client.api.containers, all=True, filters=scope)
+        out = []
+        for summary in containers:
+            labels = summary.get("Labels") or {}
+            state: SandboxState = "running" if summary.get("State") == "running" else "stopped"
+            out.append(
+                SandboxInfo(
+                    id=labels[LABEL],
+                    provider=self.name,
+                    state=state,
+                    spec=SandboxSpec.model_validate_json(labels[SPEC_LABEL]),
+                    created_at=float(labels.get(CREATED_LABEL, 0)),
+                )
+            )
+        return sorted(out, key=lambda info: info.created_at)
+
+    async def stop(self, sandbox_id: str) -> None:
+        """Kill every process of the container; volumes and binds stay."""
+        await self._inspect(sandbox_id)
+        await self.call("stop", self.client().api.kill, container_name(sandbox_id))
+        await self.call("wait", self.client().api.wait, container_name(sandbox_id))
+
+    async def start(self, sandbox_id: str) -> DockerSandbox:
+        """Start a stopped container (its binds are resolved again)."""
+        found = await self._inspect(sandbox_id)
+        if not found.get("State", {}).get("Running"):
+            await self.call("start", self.client().api.start, container_name(sandbox_id))
+        return await self.get(sandbox_id)
+
+    async def destroy(self, sandbox_id: str) -> None:
+        """Remove the container and its volumes; binds are untouched. Idempotent."""
+        try:
+            found = await self._inspect(sandbox_id)
+        except SandboxNotFound:
+            return
+        await self._remove(sandbox_id)
+        sandboxuser.release(int(found["Config"]["Labels"].get(UID_LABEL, -1)))
+
+    async def _remove(self, sandbox_id: str) -> None:
+        import docker.errors
+
+        try:
+            await self.call(
+                "remove", self.client().api.remove_container, container_name(sandbox_id),
+                v=True, force=True,
+            )  # fmt: skip
+        except docker.errors.NotFound:
+            pass
+
+    # -- pool ---------------------------------------------------------------------------
+    async def attach_workspace(self, sandbox_id: str, spec: SandboxSpec) -> None:
+        """Give a pooled sandbox ``spec``'s workspace: a restart re-resolves its bind sources
+        (the pool's slot links now point at the new task's directories)."""
+        found = await self._inspect(sandbox_id)
+        uid = int(found["Config"]["Labels"][UID_LABEL])
+        if sandboxuser.privileged():
+            writable = [spec.workspace] if spec.workspace else []
+            writable += [b.source for b in spec.binds if not b.read_only]
+            for source in writable:
+                await asyncio.to_thread(sandboxuser.adopt, source, uid)
+        name = container_name(sandbox_id)
+        await self.call("restart", self.client().api.restart, name, timeout=0)
+
+    def attaches_workspaces(self) -> bool:
+        """Always: binds are resolved when the container starts."""
+        return True
+
+    async def reset(self, sandbox_id: str) -> DockerSandbox:
+        """A new container from the image under the same id and uid: fresh root, volumes and
+        processes, so nothing a task left inside survives."""
+        found = await self._inspect(sandbox_id)
+        labels = found["Config"]["Labels"]
+        spec = SandboxSpec.model_validate_json(labels[SPEC_LABEL])
+        await self._remove(sandbox_id)
+        await self._make_container(sandbox_id, spec, int(labels[UID_LABEL]))
+        return await self.get(sandbox_id)
+
+    def resets_safely(self) -> bool:
+        """True: a reset replaces the container whole (see :meth:`reset`)."""
+        return True
+
+    # -- snapshots ----------------------------------------------------------------------
+    async def snapshot(self, sandbox_id: str, name: str | None = None) -> str:
+        """Commit the container's filesystem (not its volumes or binds) as image ``name``."""
+        await self._inspect(sandbox_id)
+        name = name or f"snap-{sandbox_id}-{secrets.token_hex(3)}"
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,127}", name):
+            raise ConfigError(f"invalid snapshot name {name!r}", hint="lowercase, digits, .-_")
+        await self.call(
+            "commit", self.client().api.commit, container_name(sandbox_id),
+            repository="hal9999", tag=name, pause=True,
+        )  # fmt: skip
+        return f"hal9999:{name}"
+
+    async def fork(self, image: str, count: int, spec: SandboxSpec) -> builtins.list[DockerSandbox]:
+        """``count`` new sandboxes of ``spec`` from snapshot ``image``, made concurrently."""
+        if count < 1:
+            raise ConfigError("fork needs a count of at least 1")
+        forked = spec.model_copy(update={"image": image})
+        results = await asyncio.gather(
+            *(self.create(forked) for _ in range(count)), return_exceptions=True
+        )
+        made = [r for r in results if isinstance(r, DockerSandbox)]
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            for sandbox in made:
+                await self.destroy(sandbox.id)
+            raise failed[0]
+        return made
+
+
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def container_name(sandbox_id: str) -> str:
+    """The engine's name for a sandbox's container."""
+    return f"hal-{sandbox_id}"

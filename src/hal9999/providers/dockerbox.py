@@ -1,0 +1,205 @@
+"""The handle on one ``docker`` sandbox: commands and files, all run inside the container.
+
+File operations are small shell programs run inside as the sandbox user, so the host never
+walks a path the agent can change: a planted symlink resolves inside the container's own
+view, where the host's files are not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from hal9999.errors import CapabilityError, ExecError
+from hal9999.providers import sandboxuser
+from hal9999.providers.base import Command, ExecResult, Launch, StreamEvent
+from hal9999.providers.dockerexec import ContainerExec
+from hal9999.spec import SandboxSpec, to_argv
+
+if TYPE_CHECKING:
+    from hal9999.providers.docker import DockerProvider
+
+WORKDIR = "/workspace"
+
+# A failure before the data is read still drains stdin: a command that exits with its input
+# unread makes Podman reset the attach, and its error message would be lost with it.
+WRITE = r"""
+p="$1"; d=$(dirname -- "$p")
+drain() { cat > /dev/null; exit 1; }
+mkdir -p -- "$d" || drain
+t=$(mktemp "$d/.hal-write.XXXXXX") || drain
+trap 'rm -f -- "$t"' EXIT
+cat > "$t" || exit 1
+chmod "$2" "$t" || exit 1
+[ "$(stat -c %s -- "$t")" = "$3" ] || { echo "short write to $t" >&2; exit 1; }
+mv -f -T -- "$t" "$p" || exit 1
+trap - EXIT
+"""
+REMOVE = r"""
+if [ -d "$1" ] && [ ! -L "$1" ]; then echo "$1 is a directory" >&2; exit 2; fi
+rm -f -- "$1"
+"""
+
+
+class DockerSandbox:
+    """Operations on one container."""
+
+    def __init__(
+        self, owner: DockerProvider, sandbox_id: str, spec: SandboxSpec, uid: int, running: bool
+    ) -> None:
+        from hal9999.providers.docker import container_name
+
+        self._owner = owner
+        self._id = sandbox_id
+        self._spec = spec
+        self.uid = uid
+        self.running = running
+        self.container = container_name(sandbox_id)
+        self._exec = ContainerExec(owner.client(), self.container, f"{uid}:{uid}")
+
+    @property
+    def id(self) -> str:
+        """Unique sandbox id."""
+        return self._id
+
+    @property
+    def provider(self) -> str:
+        """``docker``."""
+        return self._owner.name
+
+    @property
+    def spec(self) -> SandboxSpec:
+        """The spec it was created from."""
+        return self._spec
+
+    @property
+    def workdir(self) -> str:
+        """The workspace's place inside."""
+        return WORKDIR
+
+    def path(self, target: str) -> str:
+        """Binds appear at their own targets inside a container."""
+        return target
+
+    def _env(self, command: Command, env: Mapping[str, str] | None) -> dict[str, str]:
+        return {**command.env, **(env or {}), "HAL_SANDBOX": self._id}
+
+    async def exec(
+        self,
+        command: Command,
+        *,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> ExecResult:
+        """Run a command to completion (killed at ``timeout``)."""
+        code, out, err = await self._exec.run(
+            to_argv(command), env=self._env(command, env), cwd=command.cwd or WORKDIR,
+            stdin=stdin, timeout=timeout,
+        )  # fmt: skip
+        return ExecResult(code, out, err)
+
+    async def exec_stream(
+        self, command: Command, *, env: Mapping[str, str] | None = None
+    ) -> AsyncIterator[StreamEvent]:
+        """Run a command, yielding output as it comes and the exit status last."""
+        stream = self._exec.stream(
+            to_argv(command), env=self._env(command, env), cwd=command.cwd or WORKDIR
+        )
+        try:
+            async for event in stream:
+                yield event
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    def launch(self, command: Command, *, env: Mapping[str, str] | None = None) -> Launch:
+        """``podman|docker exec`` on the host; variable names in argv, values in its env."""
+        values = self._env(command, env)
+        names = [arg for key in values for arg in ("-e", key)]
+        argv = [
+            *self._owner.cli_argv(), "exec", "-i", "-u", f"{self.uid}:{self.uid}",
+            "-w", command.cwd or WORKDIR, *names, self.container, *to_argv(command),
+        ]  # fmt: skip
+        return Launch(argv=argv, env={"PATH": os.environ.get("PATH", ""), **values})
+
+    def attach_command(self) -> list[str]:
+        """An interactive bash in the workspace (a terminal when the caller has one)."""
+        tty = ["-t"] if os.isatty(0) else []
+        return [
+            *self._owner.cli_argv(), "exec", "-i", *tty, "-u", f"{self.uid}:{self.uid}",
+            "-w", WORKDIR, "-e", f"HAL_SANDBOX={self._id}", self.container, "bash", "-i",
+        ]  # fmt: skip
+
+    async def _sh(self, script: str, *args: str, stdin: bytes | None = None) -> ExecResult:
+        code, out, err = await self._exec.run(
+            ["sh", "-c", script, "hal", *args], env={"HAL_SANDBOX": self._id}, cwd="/",
+            stdin=stdin, timeout=120,
+        )
+        return ExecResult(code, out, err)
+
+    async def read_file(self, path: str) -> bytes:
+        """The contents of a file."""
+        result = await self._sh('exec cat -- "$1"', path)
+        if not result.ok:
+            raise ExecError(f"cannot read {path}: {_reason(result)}")
+        return result.stdout
+
+    async def write_file_atomic(self, path: str, data: bytes, *, mode: int = 0o644) -> None:
+        """Write by temp file and rename inside the container (a planted link is replaced)."""
+        result = await self._sh(WRITE, path, f"{mode:o}", str(len(data)), stdin=data)
+        if not result.ok:
+            raise ExecError(f"cannot write {path}: {_reason(result)}")
+
+    async def exists(self, path: str) -> bool:
+        """Whether the path exists (a dangling link counts)."""
+        return (await self._sh('test -e "$1" || test -L "$1"', path)).ok
+
+    async def mkdir(self, path: str, *, mode: int = 0o755) -> None:
+        """Create a directory and its parents."""
+        result = await self._sh('mkdir -p -m "$2" -- "$1"', path, f"{mode:o}")
+        if not result.ok:
+            raise ExecError(f"cannot create {path}: {_reason(result)}")
+
+    async def remove(self, path: str, *, recursive: bool = False) -> None:
+        """Remove a file, or a directory tree with ``recursive``."""
+        script = 'rm -rf -- "$1"' if recursive else REMOVE
+        result = await self._sh(script, path)
+        if not result.ok:
+            raise ExecError(f"cannot remove {path}: {_reason(result)}")
+
+    async def adopt(self, target: str) -> None:
+        """Hand host-made files under the writable bind at ``target`` to the sandbox's uid."""
+        if not sandboxuser.privileged():
+            return
+        sources = {WORKDIR: self.spec.workspace}
+        sources |= {b.target.rstrip("/"): b.source for b in self.spec.binds if not b.read_only}
+        source = sources.get(target.rstrip("/") or "/")
+        if source is None:
+            raise CapabilityError(f"{target} is not a writable bind of sandbox {self.id}")
+        await asyncio.to_thread(sandboxuser.adopt, source, self.uid)
+
+    async def __aenter__(self) -> DockerSandbox:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._owner.destroy(self.id)
+
+
+def _reason(result: ExecResult) -> str:
+    # Podman may append its own line (an attach reset when a command exits before reading
+    # its stdin), so the command's reason is looked for in every line.
+    lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
+    for line in lines:
+        if "Read-only file system" in line:
+            return f"read-only mount ({line})"
+        if "is a directory" in line.lower():
+            return f"is a directory ({line})"
+    return lines[0] if lines else f"exit {result.exit_code}"

@@ -1,0 +1,219 @@
+"""Commands inside a container through the Docker Engine API (Docker, or Podman's service).
+
+The ``docker`` SDK is synchronous: each exec runs in a worker thread that feeds its output to
+the event loop through a queue, so nothing blocks the loop.
+
+The engine API has no call that kills an exec'd command, so every command carries a random
+token in its environment (``HAL_EXEC``) and a kill is a second exec that SIGKILLs every
+process whose environment holds that token, until none is left. Children a command leaves
+behind inherit the token and go with it; a process that rewrites its own environment can
+outlive its command, but never its sandbox (stop and destroy end the whole container).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import socket
+import threading
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+from hal9999.errors import ExecError, ProviderUnavailable
+from hal9999.providers.base import StreamEvent
+
+TOKEN_VAR = "HAL_EXEC"
+"""Environment variable carrying an exec's kill token."""
+KILL_SCRIPT = r"""
+tok="$1"
+for _ in $(seq 50); do
+  found=
+  for d in /proc/[0-9]*; do
+    if tr '\0' '\n' < "$d/environ" 2>/dev/null | grep -qxF "HAL_EXEC=$tok"; then
+      kill -9 "${d#/proc/}" 2>/dev/null && found=1
+    fi
+  done
+  [ -n "$found" ] || exit 0
+  sleep 0.05
+done
+exit 1
+"""
+INSTALL_HINT = "pip install 'hal9999[docker]' (the docker SDK)"
+
+
+_CLIENTS: dict[str, Any] = {}
+"""One client per engine address for the whole process: its connection pool is reused by
+every provider instance and closed only at exit (a client per instance would leak sockets)."""
+
+
+def engine_client(url: str) -> Any:
+    """The ``docker.DockerClient`` for ``url``; the SDK is imported here only."""
+    try:
+        import docker
+    except ImportError as exc:
+        raise ProviderUnavailable(
+            "the docker provider needs the docker SDK", hint=INSTALL_HINT
+        ) from exc
+    if url not in _CLIENTS:
+        _CLIENTS[url] = docker.DockerClient(base_url=url, timeout=60)
+    return _CLIENTS[url]
+
+
+def engine_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions the SDK raises for a failed API call or an unreachable engine."""
+    import docker.errors
+    import requests.exceptions
+
+    return (docker.errors.DockerException, requests.exceptions.RequestException)
+
+
+class ContainerExec:
+    """Runs commands in one container as one user."""
+
+    def __init__(self, client: Any, container: str, user: str) -> None:
+        self.client = client
+        self.container = container
+        self.user = user
+
+    async def stream(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        cwd: str,
+        stdin: bytes | None = None,
+    ) -> AsyncIterator[StreamEvent]:
+        """Run ``argv``; yield its output as it comes and the exit status last. Leaving
+        early (closed, cancelled) kills the command and everything it started."""
+        token = secrets.token_hex(12)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[StreamEvent | BaseException] = asyncio.Queue()
+        done = threading.Event()
+
+        def put(item: StreamEvent | BaseException) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def run() -> None:
+            try:
+                code = self._run(argv, {**env, TOKEN_VAR: token}, cwd, stdin, put)
+                put(StreamEvent("exit", exit_code=code))
+            except BaseException as exc:  # handed to the loop, raised there
+                put(exc)
+            finally:
+                done.set()
+
+        worker = loop.run_in_executor(None, run)
+        finished = False
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                yield item
+                if item.kind == "exit":
+                    finished = True
+                    return
+        finally:
+            if not finished:
+                await asyncio.shield(self.kill(token))
+            with contextlib.suppress(Exception):
+                await asyncio.shield(worker)
+
+    def _run(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        cwd: str,
+        stdin: bytes | None,
+        put: Any,
+    ) -> int:
+        """One exec, blocking: create, attach, feed stdin, demultiplex output."""
+        from docker.utils.socket import frames_iter
+
+        api = self.client.api
+        try:
+            created = api.exec_create(
+                self.container, list(argv), stdin=True, stdout=True, stderr=True,
+                environment=dict(env), workdir=cwd, user=self.user,
+            )  # fmt: skip
+            sock = api.exec_start(created["Id"], socket=True)
+        except engine_errors() as exc:
+            raise self._exec_failed(exc) from exc
+        raw = getattr(sock, "_sock", sock)
+        try:
+            with contextlib.suppress(OSError):
+                if stdin:
+                    raw.sendall(stdin)
+                raw.shutdown(socket.SHUT_WR)  # end of input: `cat` and friends finish
+            for stream, data in frames_iter(sock, tty=False):
+                if data:
+                    put(StreamEvent("stderr" if stream == 2 else "stdout", bytes(data)))
+        finally:
+            with contextlib.suppress(OSError):
+                sock.close()
+            with contextlib.suppress(OSError):
+                raw.close()
+        try:
+            code = api.exec_inspect(created["Id"]).get("ExitCode")
+        except engine_errors() as exc:
+            raise self._exec_failed(exc) from exc
+        return 137 if code is None else int(code)
+
+    def _exec_failed(self, exc: BaseException) -> ExecError:
+        explanation = str(getattr(exc, "explanation", "") or exc)
+        lowered = explanation.lower()
+        if "not running" in lowered or "stopped" in lowered or "state" in lowered:
+            return ExecError(
+                f"sandbox {self.container} is stopped", hint="start it with its provider first"
+            )
+        return ExecError(f"exec in {self.container} failed: {explanation}")
+
+    async def kill(self, token: str) -> None:
+        """SIGKILL every process carrying ``token``, until none is left (or the container is
+        gone, which ends them too)."""
+
+        def run() -> None:
+            with contextlib.suppress(*engine_errors()):
+                chunks: list[StreamEvent] = []
+                self._run(["sh", "-c", KILL_SCRIPT, "hal-kill", token], {}, "/", None,
+                          chunks.append)  # fmt: skip
+
+        await asyncio.to_thread(run)
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        cwd: str,
+        stdin: bytes | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> tuple[int, bytes, bytes]:
+        """Run ``argv`` to completion; on ``timeout`` kill it and raise :class:`ExecError`
+        carrying what it wrote so far."""
+        out: list[bytes] = []
+        err: list[bytes] = []
+        code: list[int] = []
+
+        async def collect() -> None:
+            stream = self.stream(argv, env=env, cwd=cwd, stdin=stdin)
+            try:
+                async for event in stream:
+                    if event.kind == "stdout":
+                        out.append(event.data)
+                    elif event.kind == "stderr":
+                        err.append(event.data)
+                    else:
+                        code.append(event.exit_code if event.exit_code is not None else 137)
+            finally:
+                await stream.aclose()  # type: ignore[attr-defined]
+
+        try:
+            await asyncio.wait_for(collect(), timeout)
+        except TimeoutError as exc:
+            raise ExecError(
+                f"command timed out after {timeout}s", stdout=b"".join(out), stderr=b"".join(err)
+            ) from exc
+        return code[0], b"".join(out), b"".join(err)
