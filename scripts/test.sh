@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/install-agents.sh
 [ ! -f scripts/setup-qemu.sh ] || bash scripts/setup-qemu.sh
+[ ! -f scripts/setup-podman.sh ] || bash scripts/setup-podman.sh
 .venv/bin/ruff check src tests
 .venv/bin/mypy
 .venv/bin/python -m pytest "$@"

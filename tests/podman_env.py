@@ -9,7 +9,6 @@ share when the engine lacks it, and exports ``HAL_DOCKER_URL`` for every docker 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import subprocess
@@ -85,16 +84,16 @@ def _prepare() -> str | None:
         return f"building {IMAGE} needs root (debootstrap)"
     from tests.qemu_image import images_dir
 
-    from hal9999.images.container import build_container_image
-    from hal9999.images.store import ImageStore
-
     started = time.monotonic()
-    store = ImageStore(images_dir())  # shares the qemu tests' cached rootfs stage
-    asyncio.run(
-        build_container_image(
-            store, "default", client=client,
-            progress=lambda line: print(f"[podman image] {line}", file=sys.stderr),
-        )
+    # Built by the real command line, sharing the qemu tests' cached rootfs stage.
+    root = images_dir()
+    env = {**os.environ, "HAL_QEMU_IMAGES": str(root), "HAL_NO_DAEMON": "1"}
+    env["HAL_HOME"] = str(root / ".hal-home")
+    build = subprocess.run(
+        [sys.executable, "-m", "hal9999", "image", "container", "--name", IMAGE.split(":")[1]],
+        env=env, stdout=subprocess.PIPE, stderr=None, text=True, check=False,
     )  # fmt: skip
+    if build.returncode != 0 or build.stdout.strip() != IMAGE:
+        return f"cannot build {IMAGE}: hal image container exited {build.returncode}"
     print(f"[podman image] built in {time.monotonic() - started:.0f}s", file=sys.stderr)
     return None

@@ -148,3 +148,40 @@ async def _images_in_use(config: HalConfig) -> dict[str, list[str]]:
         name = vm.image if vm else (info.spec.image or provider.config.image)
         users.setdefault(name, []).append(info.id)
     return users
+
+
+@image.command("container")
+@click.option("--name", default="default", show_default=True, help="Tag: hal9999:<name>.")
+@click.option(
+    "--packages", "packages", multiple=True,
+    help="Extra Debian packages, comma-separated or repeated (git, tmux, bash are in).",
+)  # fmt: skip
+@click.option("--suite", default="bookworm", show_default=True, help="Debian release.")
+@click.option("--mirror", help="Debian mirror (default: the one apt uses here).")
+def image_container(
+    name: str, packages: tuple[str, ...], suite: str, mirror: str | None
+) -> None:
+    """Build a container image for the docker provider (the qemu images' cached Debian
+    rootfs, imported into the engine at [providers.docker] url; no registry)."""
+    from hal9999.images.container import build_container_image
+    from hal9999.providers.docker import DockerConfig
+    from hal9999.providers.dockerexec import engine_client
+
+    config = load_config()
+    settings = DockerConfig.model_validate(dict(config.providers.get("docker") or {}))
+    client = engine_client(settings.engine_url())
+    wanted = [p.strip() for group in packages for p in group.split(",") if p.strip()]
+    for package in wanted:
+        if not package.replace("-", "").replace(".", "").replace("+", "").isalnum():
+            raise ConfigError(f"invalid package name {package!r}")
+    started = time.monotonic()
+
+    def progress(line: str) -> None:
+        click.echo(f"[{time.monotonic() - started:5.0f}s] {line}", err=True)
+
+    build = build_container_image(
+        image_store(config), name, client=client, packages=wanted, suite=suite,
+        mirror=mirror, progress=progress,
+    )  # fmt: skip
+    run_async(build)
+    click.echo(f"hal9999:{name}")

@@ -9,8 +9,8 @@ from the debootstrap rootfs; no registry), kept alive by ``tini -s -- sleep infi
   stop and start, removed with it);
 - no network (``network_mode=none``); the gateway issue's unix socket reaches the sandbox as
   an ordinary bind of its host path, which needs no network;
-- every capability dropped, ``no-new-privileges``, the engine's default seccomp profile
-  (which denies what bwrap's filter denies: keyrings, bpf, perf, mount, kexec, modules...);
+- every capability dropped, ``no-new-privileges``, and bwrap's seccomp stance
+  (:mod:`providers.dockerseccomp`: keyrings, bpf, mount, modules, nested user namespaces...);
 - a uid of its own (from hal's reserved range when hal runs as root, else hal's own uid),
   never root, never a login user's uid;
 - memory (swap included), pids and CPU limits, the defaults of :mod:`providers.limits` for
@@ -43,7 +43,7 @@ from hal9999.errors import (
     ProviderUnavailable,
     SandboxNotFound,
 )
-from hal9999.providers import limits, sandboxuser
+from hal9999.providers import dockerseccomp, limits, sandboxuser
 from hal9999.providers.base import Capabilities, SandboxInfo, SandboxState
 from hal9999.providers.dockerbox import WORKDIR, DockerSandbox
 from hal9999.providers.dockerexec import engine_client, engine_errors
@@ -104,6 +104,7 @@ class DockerProvider:
         self.url = self.config.engine_url()
         self.scope = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:16]
         self._client: Any = None
+        self._podman: bool | None = None
 
     # -- engine -------------------------------------------------------------------------
     def client(self) -> Any:
@@ -208,11 +209,45 @@ class DockerProvider:
             entrypoint=list(self.config.init), name=container_name(sandbox_id),
             hostname=f"hal-{sandbox_id}", user=f"{uid}:{uid}", working_dir=WORKDIR,
             environment=env, labels=labels, mounts=mounts, read_only=True,
-            network_mode="none", cap_drop=["ALL"], security_opt=["no-new-privileges"],
+            network_mode="none", cap_drop=["ALL"],
+            security_opt=["no-new-privileges", f"seccomp={await self._seccomp()}"],
             mem_limit=memory, memswap_limit=memory, pids_limit=res.pids or -1,
             nano_cpus=int(res.cpus * 1e9) if res.cpus else None, stop_signal="SIGKILL",
         )  # fmt: skip
         await self.call("start", container.start)
+        await self._adopt_home(container.id, uid)
+
+    async def _adopt_home(self, container: str, uid: int) -> None:
+        """Hand the home volume's contents to the sandbox's uid: a fork's home came from a
+        snapshot of another sandbox, whose uid owns it. Possible where the engine's volumes
+        are on this host and hal is root (local Docker or Podman); elsewhere a fork's home
+        stays readable but not writable by its new user."""
+        if not sandboxuser.privileged():
+            return
+        found = await self.call("inspect", self.client().api.inspect_container, container)
+        for mount in found.get("Mounts") or []:
+            source = Path(str(mount.get("Source") or ""))
+            if mount.get("Destination") == HOME and mount.get("Type") == "volume":
+                if source.is_absolute() and source.is_dir():
+                    await asyncio.to_thread(sandboxuser.adopt, source, uid)
+
+    async def _seccomp(self) -> str:
+        """The profile as the engine takes it: Docker wants the JSON itself, Podman's service
+        a file on its host (written under the state dir; a remote Podman needs one there)."""
+        if self._podman is None:
+            version = await self.call("version", self.client().version)
+            names = [c.get("Name", "") for c in version.get("Components") or []]
+            self._podman = any("podman" in name.lower() for name in names)
+        if not self._podman:
+            return dockerseccomp.profile()
+        text = dockerseccomp.profile()
+        path = self.state_dir / f"seccomp-{hashlib.sha256(text.encode()).hexdigest()[:12]}.json"
+        if not path.exists():
+            tmp = path.with_suffix(f".{secrets.token_hex(4)}.tmp")
+            tmp.write_text(text)
+            tmp.chmod(0o644)
+            os.replace(tmp, path)
+        return str(path)
 
     async def _check_image(self, image: str) -> None:
         import docker.errors
@@ -338,16 +373,28 @@ class DockerProvider:
 
     # -- snapshots ----------------------------------------------------------------------
     async def snapshot(self, sandbox_id: str, name: str | None = None) -> str:
-        """Commit the container's filesystem (not its volumes or binds) as image ``name``."""
+        """Save the sandbox as image ``hal9999:<name>``: its filesystem and its home (a
+        volume, which a commit alone leaves out); the workspace is the session's, not the
+        image's, and ``/tmp`` is temporary."""
         await self._inspect(sandbox_id)
         name = name or f"snap-{sandbox_id}-{secrets.token_hex(3)}"
         if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,127}", name):
             raise ConfigError(f"invalid snapshot name {name!r}", hint="lowercase, digits, .-_")
-        await self.call(
-            "commit", self.client().api.commit, container_name(sandbox_id),
-            repository="hal9999", tag=name, pause=True,
-        )  # fmt: skip
+        await self.call("snapshot", self._snapshot_blocking, container_name(sandbox_id), name)
         return f"hal9999:{name}"
+
+    def _snapshot_blocking(self, container: str, name: str) -> None:
+        api = self.client().api
+        base = api.commit(container, pause=True)["Id"]
+        stream, _ = api.get_archive(container, HOME)
+        home = b"".join(stream)
+        # A created, never started, writable container takes the home as a layer on top.
+        staging = api.create_container(base, ["true"], labels={LABEL: "snapshot"})["Id"]
+        try:
+            api.put_archive(staging, "/home", home)
+            api.commit(staging, repository="hal9999", tag=name)
+        finally:
+            api.remove_container(staging, force=True, v=True)
 
     async def fork(self, image: str, count: int, spec: SandboxSpec) -> builtins.list[DockerSandbox]:
         """``count`` new sandboxes of ``spec`` from snapshot ``image``, made concurrently."""

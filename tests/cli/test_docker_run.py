@@ -1,0 +1,48 @@
+"""``hal run --provider docker`` end to end: a custom agent in a Podman container under tmux."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from tests.cli.conftest import Hal, git, tasks_json
+
+pytestmark = [pytest.mark.podman, pytest.mark.tmux, pytest.mark.timeout(300)]
+
+FIX = (
+    "sh -c \"sed -i 's/a - b/a + b/' calc.py && cat /proc/1/cmdline | tr '\\\\0' ' ' "
+    '&& id -u && echo agent-done"'
+)
+
+
+@pytest.fixture
+def docker_env(hal_env: dict[str, str]) -> dict[str, str]:
+    """hal on the docker provider, against the run's Podman service."""
+    hal_env["HAL_PROVIDER"] = "docker"
+    hal_env["HAL_DOCKER_URL"] = os.environ["HAL_DOCKER_URL"]
+    return hal_env
+
+
+def test_run_in_a_container_brings_back_the_branch(
+    docker_env: dict[str, str], hal: Hal, demo_repo: Path
+) -> None:
+    out = hal("run", "--agent", FIX, "fix the failing test", timeout=180)
+    assert out.returncode == 0, out.stderr + out.stdout
+    assert "agent-done" in out.stdout
+    # The agent ran in the container (its PID 1 is the container's init), never as root.
+    assert "tini -s -- sleep infinity" in out.stdout
+    assert "\n0\n" not in out.stdout
+    [task] = tasks_json(hal)
+    assert task["status"] == "succeeded" and task["provider"] == "docker"
+    assert "a + b" in git(demo_repo, "show", f"hal/{task['id']}:calc.py")
+    assert "a - b" in (demo_repo / "calc.py").read_text()
+    assert "+    return a + b" in Path(task["session_dir"], "result.patch").read_text()
+    import docker
+
+    client = docker.DockerClient(base_url=os.environ["HAL_DOCKER_URL"])
+    try:
+        leftovers = client.containers.list(all=True, filters={"label": "hal9999.sandbox"})
+        assert [c.name for c in leftovers if c.name == f"hal-{task['sandbox_id']}"] == []
+    finally:
+        client.close()

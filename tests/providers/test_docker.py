@@ -1,0 +1,150 @@
+"""What the ``docker`` provider promises beyond the common contract, against real Podman:
+the boundary a hostile agent meets, limits, snapshot and fork, and the warm pool."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from hal9999.errors import CapabilityError, ConfigError
+from hal9999.providers.docker import DockerProvider, container_name
+from hal9999.providers.registry import load_provider
+from hal9999.spec import Resources, SandboxSpec, ShellCommand
+
+pytestmark = [pytest.mark.podman, pytest.mark.timeout(180)]
+
+
+def sh(script: str) -> ShellCommand:
+    return ShellCommand(script=script)
+
+
+@pytest.fixture
+async def provider(hal_home: Path) -> AsyncIterator[DockerProvider]:
+    made = load_provider("docker", state_dir=hal_home / "sandboxes" / "docker")
+    assert isinstance(made, DockerProvider)
+    yield made
+    for info in await made.list():  # a failed test leaves no container behind
+        await made.destroy(info.id)
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    path = tmp_path / "ws"
+    path.mkdir()
+    (path / "task.txt").write_text("task\n")
+    return path
+
+
+async def test_a_hostile_agent_meets_the_boundary(
+    provider: DockerProvider, workspace: Path
+) -> None:
+    spec = SandboxSpec(provider="docker", workspace=workspace)
+    async with await provider.create(spec) as box:
+        ident = await box.exec(sh("id -u; grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status"))
+        uid, *status = ident.text().split("\n")
+        assert int(uid) not in (0, 1000), "never root, never the image's login uid"
+        assert "CapEff:\t0000000000000000" in status and "CapBnd:\t0000000000000000" in status
+        assert "NoNewPrivs:\t1" in status
+        attacks = {
+            "write the root": "echo x > /etc/hal-owned",
+            "write /usr": "touch /usr/bin/hal-owned",
+            "mount": "mkdir -p /tmp/m && mount -t tmpfs none /tmp/m",
+            "user namespace": "unshare -r true",
+            "network": "test $(ls /sys/class/net | grep -vx lo | wc -l) -gt 0",
+            "raw socket to the host": "exec 3<>/dev/tcp/169.254.1.1/80",
+            "setuid root": "su -c true root </dev/null",
+        }
+        for what, script in attacks.items():
+            result = await box.exec(sh(script), timeout=20)
+            assert not result.ok, f"{what} worked: {result}"
+        # What the agent may write: its workspace, home and tmp.
+        wrote = await box.exec(sh("echo w > /workspace/w && echo h > ~/h && echo t > /tmp/t"))
+        assert wrote.ok, wrote
+        host = workspace / "w"
+        assert host.read_text() == "w\n" and host.stat().st_uid == int(uid)
+
+
+async def test_limits_default_and_explicit(provider: DockerProvider, workspace: Path) -> None:
+    limited = Resources(pids=64, memory_mb=256, cpus=0.5)
+    spec = SandboxSpec(provider="docker", workspace=workspace, resources=limited)
+    async with await provider.create(spec) as box:
+        host = provider.client().api.inspect_container(container_name(box.id))["HostConfig"]
+        assert (host["PidsLimit"], host["Memory"], host["NanoCpus"]) == (64, 256 << 20, 5 * 10**8)
+        assert host["MemorySwap"] == host["Memory"], "no swap beyond the memory limit"
+        bomb = await box.exec(sh("for i in $(seq 100); do sleep 5 & done; wait"), timeout=60)
+        assert b"retry" in bomb.stderr or b"Resource temporarily unavailable" in bomb.stderr
+    async with await provider.create(SandboxSpec(provider="docker")) as box:
+        host = provider.client().api.inspect_container(container_name(box.id))["HostConfig"]
+        assert host["PidsLimit"] == 4096 and host["Memory"] > 0, "unset fields get defaults"
+
+
+async def test_network_other_than_none_is_refused(provider: DockerProvider) -> None:
+    with pytest.raises(CapabilityError, match="no network"):
+        await provider.create(SandboxSpec(provider="docker", network="host"))
+    with pytest.raises(ConfigError, match="no-such-image") as info:
+        await provider.create(SandboxSpec(provider="docker", image="hal9999:no-such-image"))
+    assert info.value.hint is not None and "hal image container" in info.value.hint
+    assert await provider.list() == []
+
+
+async def test_snapshot_keeps_home_and_fork_starts_copies(
+    provider: DockerProvider, workspace: Path, tmp_path: Path
+) -> None:
+    spec = SandboxSpec(provider="docker", workspace=workspace)
+    name = f"test-snap-{os.getpid()}"
+    async with await provider.create(spec) as box:
+        assert (await box.exec(sh("mkdir -p ~/.agent && echo remembered > ~/.agent/state"))).ok
+        image = await provider.snapshot(box.id, name)
+    try:
+        assert image == f"hal9999:{name}"
+        other = tmp_path / "ws2"
+        other.mkdir()
+        forks = await provider.fork(image, 2, SandboxSpec(provider="docker", workspace=other))
+        assert len({f.id for f in forks}) == 2
+        for fork in forks:
+            assert (await fork.read_file("/home/hal/.agent/state")) == b"remembered\n"
+            assert (await fork.exec(sh("echo mine > ~/.agent/state"))).ok
+            assert not await fork.exists("/workspace/task.txt"), "the fork has its own workspace"
+        assert (await forks[0].read_file("/home/hal/.agent/state")) == b"mine\n"
+        for fork in forks:
+            await provider.destroy(fork.id)
+    finally:
+        provider.client().api.remove_image(image, force=True)
+
+
+async def test_a_pooled_container_is_reset_and_handed_the_next_workspace(
+    provider: DockerProvider, tmp_path: Path
+) -> None:
+    from hal9999.pool import ProviderSettings, SlotDir, WarmPool
+
+    pool = WarmPool(
+        providers=lambda name: provider,
+        settings=lambda name: ProviderSettings(max_size=1, policy="reset"),
+        slots=SlotDir(tmp_path / "slots"),
+    )
+    specs = []
+    for name in ("one", "two"):
+        ws = tmp_path / name
+        ws.mkdir()
+        (ws / "task.txt").write_text(f"{name}\n")
+        specs.append(SandboxSpec(provider="docker", workspace=ws, labels={"hal.task": name}))
+    first = await pool.claim(specs[0], task_id="one")
+    first_id = first.sandbox.id
+    script = "cat task.txt; echo left > ~/left; echo left > /tmp/left; sleep 300 & echo ok"
+    assert (await first.sandbox.exec(sh(script))).text().split() == ["one", "ok"]
+    await pool.release(first)
+    second = await pool.claim(specs[1], task_id="two")
+    try:
+        assert second.sandbox.id == first_id, "the same sandbox, reused"
+        leftovers = "ls ~ /tmp | grep -c left; ps -eo args | grep -c '^sleep 300$' || true"
+        seen = await second.sandbox.exec(sh(f"cat task.txt; {leftovers}"))
+        assert seen.text().split() == ["two", "0", "0"], "nothing of task one is left"
+        assert (await second.sandbox.exec(sh("echo two > out"))).ok
+        assert (tmp_path / "two" / "out").read_text() == "two\n"
+        assert not (tmp_path / "one" / "out").exists()
+    finally:
+        await pool.release(second, reuse=False)
+    assert await provider.list() == []
