@@ -39,6 +39,7 @@ for _ in $(seq 50); do
 done
 exit 1
 """
+API_VERSION = "1.41"
 INSTALL_HINT = "pip install 'hal9999[docker]' (the docker SDK)"
 
 
@@ -56,7 +57,9 @@ def engine_client(url: str) -> Any:
             "the docker provider needs the docker SDK", hint=INSTALL_HINT
         ) from exc
     if url not in _CLIENTS:
-        _CLIENTS[url] = docker.DockerClient(base_url=url, timeout=60)
+        # A fixed API version (which Docker and Podman 4+ serve) makes no call here; an engine
+        # that does not answer is reported by the first real call, with the provider's hint.
+        _CLIENTS[url] = docker.DockerClient(base_url=url, version=API_VERSION, timeout=60)
     return _CLIENTS[url]
 
 
