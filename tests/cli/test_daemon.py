@@ -19,6 +19,7 @@ import pytest
 from tests.cli.conftest import Hal, events_of, tasks_json
 from tests.cli.test_failures import hal_processes_of
 
+from hal9999.errors import ConfigError
 from hal9999.server.client import DaemonClient
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
@@ -323,3 +324,21 @@ def test_events_of_a_foreground_run_reach_the_daemon_in_commit_order(
     mine = [e for e in seen if e["task_id"] == task_id]
     assert [e["seq"] for e in mine] == list(range(1, len(mine) + 1))
     assert [e["seq"] for e in events_of(daemon, task_id)][: len(mine)] == [e["seq"] for e in mine]
+
+
+BAD_POSITIONS = [
+    {"after": "abc"}, {"after": "-1"}, {"after": str(10**30)}, {"wait": "nan"},
+    {"wait": "inf"}, {"wait": "1e9"}, {"after_seq": str(10**30)},
+]  # fmt: skip
+
+
+def test_follow_routes_refuse_bad_positions_in_one_line(
+    daemon: Hal, hal_env: dict[str, str]
+) -> None:
+    client = DaemonClient.find(Path(hal_env["HAL_HOME"]))
+    assert client is not None
+    for query in BAD_POSITIONS:
+        path = "/v1/tasks/nosuch/events" if "after_seq" in query else "/v1/events"
+        with pytest.raises(ConfigError) as raised:
+            asyncio.run(client.call("GET", path, query=query))
+        assert "\n" not in str(raised.value), query

@@ -43,6 +43,14 @@ def _int(value: Any, name: str, default: int) -> int:
         raise ConfigError(f"{name} must be a whole number") from exc
 
 
+def _position(value: str | None, name: str) -> int:
+    """A sequence number to resume after (SQLite integers are 64-bit)."""
+    position = _int(value, name, 0)
+    if not 0 <= position < 2**63:
+        raise ConfigError(f"{name} must be a sequence number (0 or more)")
+    return position
+
+
 def _wait(value: str | None) -> float:
     try:
         wait = float(value) if value else 0.0
@@ -127,14 +135,14 @@ def build_router(daemon: Daemon) -> Router:
         return await follow_page(
             daemon,
             request.params["id"],
-            after_seq=_int(request.query.get("after_seq"), "after_seq", 0),
+            after_seq=_position(request.query.get("after_seq"), "after_seq"),
             wait=_wait(request.query.get("wait")),
         )
 
     async def all_events(request: Request) -> Any:
         return await events_page(
             daemon,
-            after=_int(request.query.get("after"), "after", 0),
+            after=_position(request.query.get("after"), "after"),
             wait=_wait(request.query.get("wait")),
         )
 
