@@ -65,6 +65,25 @@ def sshd_server() -> Iterator[Sshd]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def lima_sshd() -> Iterator[Sshd]:
+    """The sshd the fake limactl's "VMs" are (its host key changes with each VM)."""
+    from tests.sshd import running_sshd
+
+    with running_sshd() as server:
+        yield server
+
+
+@pytest.fixture
+def fake_lima(lima_sshd: Sshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The fake limactl first on PATH (tests/fakes/limactl.py), ``$LIMA_HOME`` in tmp."""
+    from tests.sshd import fake_lima_env
+
+    for name, value in fake_lima_env(lima_sshd, tmp_path / "fake-lima").items():
+        monkeypatch.setenv(name, value)
+    return tmp_path / "fake-lima" / "lima"
+
+
 @pytest.fixture
 async def ssh_connections_closed() -> AsyncIterator[None]:
     """Close the test's ssh connections in its own event loop before that loop ends."""

@@ -55,6 +55,7 @@ class Sshd:
     host_key: str
     home: Path
     proc: subprocess.Popen[bytes]
+    host_key_file: Path
 
     def host_entry(self, name: str = "box", **extra: Any) -> dict[str, Any]:
         """A ``[[providers.ssh.hosts]]`` entry for this server."""
@@ -164,7 +165,7 @@ def running_sshd() -> Iterator[Sshd]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"sshd did not start: {(tmp / 'sshd.log').read_text()}")
             time.sleep(0.05)
-        yield Sshd(netns, ns_ip, host_veth, client_key, host_key, home, proc)
+        yield Sshd(netns, ns_ip, host_veth, client_key, host_key, home, proc, host_key_file)
     finally:
         for pid in _netns_pids(netns) + ([proc.pid] if proc else []):
             with contextlib.suppress(ProcessLookupError):
@@ -185,3 +186,25 @@ def _kill_user_processes() -> None:
             with contextlib.suppress(OSError):
                 if entry.stat().st_uid == UID:
                     os.kill(int(entry.name), signal.SIGKILL)
+
+
+def fake_lima_env(server: Sshd, root: Path) -> dict[str, str]:
+    """Environment that puts the fake ``limactl`` (tests/fakes/limactl.py) first on PATH,
+    with its "VM" being ``server`` and ``$LIMA_HOME`` under ``root``."""
+    import sys
+
+    bin_dir = root / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    fake = Path(__file__).parent / "fakes" / "limactl.py"
+    launcher = bin_dir / "limactl"
+    launcher.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{fake}" "$@"\n')
+    launcher.chmod(0o755)
+    return {
+        "PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "LIMA_HOME": str(root / "lima"),
+        "FAKE_LIMA_SSH_ADDRESS": server.address,
+        "FAKE_LIMA_USER": USER,
+        "FAKE_LIMA_USER_KEY": str(server.key_file),
+        "FAKE_LIMA_HOST_KEY": str(server.host_key_file),
+        "FAKE_LIMA_SSHD_PID": str(server.proc.pid),
+    }

@@ -33,6 +33,7 @@ PROVIDERS = [
     pytest.param("qemu", id="qemu", marks=pytest.mark.qemu),
     pytest.param("ssh", id="ssh", marks=pytest.mark.ssh),
     pytest.param("docker", id="docker", marks=pytest.mark.podman),
+    pytest.param("lima", id="lima", marks=pytest.mark.ssh),
 ]
 
 SpecFactory = Callable[..., SandboxSpec]
@@ -52,6 +53,9 @@ def provider(request: pytest.FixtureRequest, hal_home: Path) -> Provider:
     settings = None
     if name == "ssh":  # a real sshd in a network namespace (tests/sshd.py)
         settings = {"hosts": [request.getfixturevalue("sshd_server").host_entry()]}
+        request.getfixturevalue("ssh_connections_closed")
+    if name == "lima":  # the fake limactl whose "VMs" are a real sshd (tests/fakes/)
+        request.getfixturevalue("fake_lima")
         request.getfixturevalue("ssh_connections_closed")
     return load_provider(name, state_dir=hal_home / "sandboxes" / name, settings=settings)
 

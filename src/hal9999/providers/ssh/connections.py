@@ -115,7 +115,11 @@ class ConnectionPool:
 
     def forget(self, host: SshHost) -> None:
         """Drop a connection that failed under a command (the next use reconnects)."""
-        conn = self._open.pop(host.name, None)
+        self.forget_name(host.name)
+
+    def forget_name(self, name: str) -> None:
+        """Drop the connection to the host called ``name``, if any."""
+        conn = self._open.pop(name, None)
         if conn is not None:
             conn.abort()
 

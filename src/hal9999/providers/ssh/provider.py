@@ -52,6 +52,13 @@ class SshProvider:
         """The hosts sandboxes may go to."""
         return self.config.hosts
 
+    async def acquire_host(self, sandbox_id: str, spec: SandboxSpec) -> SshHost:
+        """The host the new sandbox goes to (a subclass may create one, as ``lima`` does)."""
+        return self._place()
+
+    async def release_host(self, record: SshRecord) -> None:
+        """Called once a sandbox is destroyed (``lima`` deletes its VM here)."""
+
     def _place(self) -> SshHost:
         used: dict[str, int] = {}
         for record in self.records.all():
@@ -70,14 +77,14 @@ class SshProvider:
         """Make the mirror on a host with room and push the session's directories out."""
         check_spec(self.name, self.capabilities, spec)
         load_asyncssh()
-        host = self._place()
+        sandbox_id = secrets.token_hex(6)
+        host = await self.acquire_host(sandbox_id, spec)
         conn = await self.pool.get(host)
         code, out, err = await channel.run(conn, remote.plain(["sh", "-c", 'printf %s "$HOME"']),
                                            what="reading HOME")  # fmt: skip
         home = out.decode().strip()
         if code != 0 or not home.startswith("/"):
             raise ProviderError(f"ssh host {host.name!r} has no usable HOME: {err.decode()}")
-        sandbox_id = secrets.token_hex(6)
         root = f"{home}/{self.config.remote_dir}/sandboxes/{sandbox_id}"
         mounts = _mounts(spec, root)
         dirs = [m.remote for m in mounts]
@@ -102,7 +109,7 @@ class SshProvider:
         return sandbox
 
     def _handle(self, record: SshRecord) -> SshSandbox:
-        return SshSandbox(record, self.pool, self.records)
+        return SshSandbox(record, self.pool, self.records, self.destroy)
 
     async def get(self, sandbox_id: str) -> SshSandbox:
         """A handle on an existing sandbox."""
@@ -137,7 +144,12 @@ class SshProvider:
 
     async def destroy(self, sandbox_id: str) -> None:
         """Kill its processes and delete the mirror on the host; never the session."""
+        try:
+            record = self.records.load(sandbox_id)
+        except SandboxNotFound:
+            return
         await destroy_record(self.records, self.pool, sandbox_id)
+        await self.release_host(record)
 
 
 async def destroy_record(records: SshRecords, pool: ConnectionPool, sandbox_id: str) -> None:

@@ -35,6 +35,14 @@ KILL = (
 """Kill, until none is left, every process whose environment carries ``$1=$2`` (the
 sandbox or command marker), including children that left the process group."""
 
+BARE = (
+    'cd -- "$1" || exit 1; shift; "$@"; s=$?; '
+    'for p in $(grep -lzxF -- "HAL_EXEC=$HAL_EXEC" /proc/[0-9]*/environ 2>/dev/null '
+    '| cut -d/ -f3); do [ "$p" = "$$" ] || kill -9 "$p" 2>/dev/null; done; exit $s'
+)
+"""Without bwrap: run the command in its directory; when it ends, what it left running
+(marked by the command's ``HAL_EXEC``) goes too, as bwrap's pid namespace does."""
+
 ETC = (
     "passwd", "group", "hosts", "resolv.conf", "nsswitch.conf", "host.conf", "gai.conf",
     "services", "protocols", "ssl", "ca-certificates", "alternatives", "ld.so.cache",
@@ -84,6 +92,16 @@ class Mounts:
             if inside == target:
                 return where
         return None
+
+    def writable(self, path: str) -> bool:
+        """Whether ``path`` (inside, or in the mirror) lies on a writable mount."""
+        path = posixpath.normpath(path)
+        best: tuple[int, bool] = (-1, True)
+        for inside, where, writable in self.mounts:
+            for base in (inside, where):
+                if path == base or path.startswith(base.rstrip("/") + "/"):
+                    best = max(best, (len(base), writable))
+        return best[1]
 
     def translate(self, path: str) -> str:
         """``path`` (as seen inside a bwrap sandbox) as a path on the remote host."""

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import secrets
 import sys
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from types import TracebackType
 
 from hal9999.errors import ExecError
@@ -32,7 +32,14 @@ HOME = "/home/hal"
 class SshSandbox:
     """Operations on one sandbox of an ssh host."""
 
-    def __init__(self, record: SshRecord, pool: ConnectionPool, records: SshRecords) -> None:
+    def __init__(
+        self,
+        record: SshRecord,
+        pool: ConnectionPool,
+        records: SshRecords,
+        destroy: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
+        self._destroy = destroy
         self._record = record
         self._pool = pool
         self._records = records
@@ -101,7 +108,7 @@ class SshSandbox:
         cwd = self._remote_path(command.cwd or self.workdir)
         argv = to_argv(command)
         if not self.isolated:
-            return ["sh", "-c", 'cd -- "$1" && shift && exec "$@"', "hal-cd", cwd, *argv]
+            return ["sh", "-c", remote.BARE, "hal-run", cwd, *argv]
         network = self.spec.network == "host"
         return remote.bwrap_argv(self._record.bwrap, self._mounts, cwd=cwd, network=network,
                                  tty=tty, argv=argv)  # fmt: skip
@@ -221,7 +228,11 @@ class SshSandbox:
         command = ArgvCommand(argv=("sh", "-c", script, "hal-file", *args), cwd=self.workdir)
         return await self._run(command, None, stdin, 120)
 
-    def _target(self, path: str) -> str:
+    def _target(self, path: str, *, write: bool = False) -> str:
+        # Without bwrap nothing enforces a read-only bind inside; hal's own writes refuse it
+        # (and what a command changes there is never pulled back).
+        if write and not self.isolated and not self._mounts.writable(path):
+            raise ExecError(f"cannot write {path}: it is on a read-only mount")
         return self._remote_path(path)
 
     async def read_file(self, path: str) -> bytes:
@@ -241,7 +252,8 @@ class SshSandbox:
             'trap \'rm -f -- "$t"\' EXIT; cat > "$t"; chmod "$2" "$t"; mv -f -- "$t" "$1"; '
             'trap - EXIT; wc -c < "$1"'
         )
-        result = await self._inside(script, self._target(path), f"{mode:o}", stdin=data)
+        result = await self._inside(script, self._target(path, write=True), f"{mode:o}",
+                                    stdin=data)  # fmt: skip
         if not result.ok:
             raise ExecError(f"cannot write {path}: {_reason(result)}")
         if result.stdout.strip() != str(len(data)).encode():
@@ -256,7 +268,8 @@ class SshSandbox:
     async def mkdir(self, path: str, *, mode: int = 0o755) -> None:
         """Create a directory and its parents."""
         self._require_running()
-        result = await self._inside('mkdir -p -m "$2" -- "$1"', self._target(path), f"{mode:o}")
+        where = self._target(path, write=True)
+        result = await self._inside('mkdir -p -m "$2" -- "$1"', where, f"{mode:o}")
         if not result.ok:
             raise ExecError(f"cannot create directory {path}: {_reason(result)}")
         await self.pull()
@@ -265,7 +278,7 @@ class SshSandbox:
         """Remove a file, or a directory tree with ``recursive``."""
         self._require_running()
         script = 'rm -rf -- "$1"' if recursive else 'rm -f -- "$1"'
-        result = await self._inside(script, self._target(path))
+        result = await self._inside(script, self._target(path, write=True))
         if not result.ok:
             raise ExecError(f"cannot remove {path}: {_reason(result)}")
         await self.pull()
@@ -319,6 +332,9 @@ class SshSandbox:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._destroy is not None:
+            await self._destroy(self.id)
+            return
         from hal9999.providers.ssh.provider import destroy_record
 
         await destroy_record(self._records, self._pool, self.id)
