@@ -28,7 +28,6 @@ from hal9999.errors import ProviderError, ProviderUnavailable
 from hal9999.providers.ssh.config import SshConfig, SshHost
 from hal9999.providers.ssh.connections import load_asyncssh
 from hal9999.providers.ssh.provider import SshProvider
-from hal9999.providers.ssh.records import SshRecord
 from hal9999.spec import SandboxSpec
 
 HOST_KEY = "/etc/ssh/ssh_host_ed25519_key"
@@ -166,9 +165,9 @@ class LimaProvider(SshProvider):
             capacity=1,
         )
 
-    async def release_host(self, record: SshRecord) -> None:
+    async def release_host(self, host: SshHost) -> None:
         """Delete the sandbox's VM."""
-        await self._delete(record.host.name)
+        await self._delete(host.name)
 
     async def _delete(self, name: str) -> None:
         self.pool.forget_name(name)

@@ -56,7 +56,7 @@ class SshProvider:
         """The host the new sandbox goes to (a subclass may create one, as ``lima`` does)."""
         return self._place()
 
-    async def release_host(self, record: SshRecord) -> None:
+    async def release_host(self, host: SshHost) -> None:
         """Called once a sandbox is destroyed (``lima`` deletes its VM here)."""
 
     def _place(self) -> SshHost:
@@ -79,6 +79,18 @@ class SshProvider:
         load_asyncssh()
         sandbox_id = secrets.token_hex(6)
         host = await self.acquire_host(sandbox_id, spec)
+        try:
+            return await self._create_on(host, sandbox_id, spec)
+        except BaseException:
+            # Whatever was made goes: the mirror and record, and the host when it was made
+            # for this sandbox (a lima VM).
+            if self.records.path(sandbox_id).exists():
+                await self.destroy(sandbox_id)
+            else:
+                await self.release_host(host)
+            raise
+
+    async def _create_on(self, host: SshHost, sandbox_id: str, spec: SandboxSpec) -> SshSandbox:
         conn = await self.pool.get(host)
         code, out, err = await channel.run(conn, remote.plain(["sh", "-c", 'printf %s "$HOME"']),
                                            what="reading HOME")  # fmt: skip
@@ -101,11 +113,7 @@ class SshProvider:
         )  # fmt: skip
         self.records.save(record)
         sandbox = self._handle(record)
-        try:
-            await sandbox.push()
-        except HalError:
-            await self.destroy(sandbox_id)
-            raise
+        await sandbox.push()
         return sandbox
 
     def _handle(self, record: SshRecord) -> SshSandbox:
@@ -149,7 +157,7 @@ class SshProvider:
         except SandboxNotFound:
             return
         await destroy_record(self.records, self.pool, sandbox_id)
-        await self.release_host(record)
+        await self.release_host(record.host)
 
 
 async def destroy_record(records: SshRecords, pool: ConnectionPool, sandbox_id: str) -> None:
