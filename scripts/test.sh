@@ -9,6 +9,7 @@ bash scripts/setup.sh
 bash scripts/install-agents.sh
 [ ! -f scripts/setup-qemu.sh ] || bash scripts/setup-qemu.sh
 [ ! -f scripts/setup-podman.sh ] || bash scripts/setup-podman.sh
+[ ! -f scripts/install-pm2.sh ] || bash scripts/install-pm2.sh
 .venv/bin/ruff check src tests
 .venv/bin/mypy
 .venv/bin/python -m pytest "$@"

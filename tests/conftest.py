@@ -91,6 +91,11 @@ async def ssh_connections_closed() -> AsyncIterator[None]:
     from hal9999.providers.ssh.connections import close_all
 
     await close_all()
+def _missing_pm2() -> str | None:
+    found = shutil.which("pm2")
+    return None if found else "PM2 is not installed (bash scripts/install-pm2.sh)"
+
+
 def _missing_podman() -> str | None:
     from tests.podman_env import problem
 
@@ -104,6 +109,7 @@ REQUIREMENTS: dict[str, Callable[[], str | None]] = {
     "qemu": _missing_qemu,
     "ssh": _missing_sshd,
     "podman": _missing_podman,
+    "pm2": _missing_pm2,
 }
 """Marker name -> why the component is unusable here (None when it is fine)."""
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 
 from hal9999.process.base import ProcessManager
 from hal9999.process.direct import DirectProcessManager
+from hal9999.process.pm2 import Pm2ProcessManager
 from hal9999.process.registry import available_process_managers, load_process_manager
 from hal9999.process.tmux import TmuxProcessManager
 from hal9999.providers.base import Sandbox
@@ -21,13 +24,28 @@ from hal9999.providers.local import LocalProvider
 from hal9999.spec import ArgvCommand, ProcessSpec, SandboxSpec, ShellCommand
 
 
-@pytest.fixture(params=["tmux", "direct"])
-def manager(request: pytest.FixtureRequest) -> ProcessManager:
-    """Each process manager in turn (tmux needs tmux)."""
+@pytest.fixture(
+    params=[
+        pytest.param("tmux", marks=pytest.mark.tmux),
+        "direct",
+        pytest.param("pm2", marks=pytest.mark.pm2),
+    ]
+)
+async def manager(request: pytest.FixtureRequest) -> AsyncIterator[ProcessManager]:
+    """Each process manager in turn (tmux needs tmux; pm2 gets a daemon of its own)."""
     if request.param == "tmux":
-        request.applymarker(pytest.mark.tmux)
-        return TmuxProcessManager()
-    return DirectProcessManager()
+        yield TmuxProcessManager()
+    elif request.param == "pm2":
+        # A short home: PM2's unix sockets live there.
+        home = Path(tempfile.mkdtemp(prefix="hal-pm2-", dir="/tmp"))
+        pm2 = Pm2ProcessManager(home=home)
+        try:
+            yield pm2
+        finally:
+            await pm2.kill_daemon()
+            shutil.rmtree(home, ignore_errors=True)
+    else:
+        yield DirectProcessManager()
 
 
 @pytest.fixture
@@ -65,7 +83,7 @@ async def wait_exit(manager: ProcessManager, spec: ProcessSpec, timeout: float =
 
 
 def test_registry_lists_builtins() -> None:
-    assert {"tmux", "direct"} <= set(available_process_managers())
+    assert {"tmux", "direct", "pm2"} <= set(available_process_managers())
     assert load_process_manager("direct").name == "direct"
 
 
@@ -139,6 +157,7 @@ async def test_tmux_process_outlives_its_starter_and_can_be_attached(tmp_path: P
     starter = f"""
 import asyncio
 from pathlib import Path
+from hal9999.process.pm2 import Pm2ProcessManager
 from hal9999.process.tmux import TmuxProcessManager
 from hal9999.providers.local import LocalProvider
 from hal9999.spec import ProcessSpec, SandboxSpec, ShellCommand

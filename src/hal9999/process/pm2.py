@@ -1,0 +1,184 @@
+"""The pm2 process manager: each process is an app of a PM2 daemon on the host.
+
+Like tmux, PM2 runs the supervised host command (:func:`hal9999.process.launch.supervised`),
+so it works with every provider that can launch from the host (``local``, ``bwrap`` -- where
+every exec has a pid namespace of its own, so a daemon inside would not see its apps --
+``qemu``, ``docker``) and a provider that cannot is refused with a clear error. The daemon
+outlives ``hal``; PM2's restart policy comes from the :class:`ProcessSpec`.
+
+The app is described by a JSON ecosystem file (name, program, args, cwd, env, restart
+policy), never by inline flags: exec-time secrets travel in its ``env``, so they are in no
+argv. The file is written mode 600 in a private directory and removed once PM2 has read it;
+the values then live in the daemon's memory, as they live in a tmux server's environment.
+The daemon's state is under ``HAL_PM2_HOME`` (default a short per-user directory in /tmp:
+PM2's sockets live there and unix socket paths are short).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hal9999.errors import ProcessError
+from hal9999.process.base import ProcessStatus, read_exit_status
+from hal9999.process.launch import run_host, supervised
+from hal9999.providers.base import Sandbox
+from hal9999.spec import ProcessSpec
+
+MIN_UPTIME_MS = 5000
+"""A restarted run shorter than this counts as a failed start (PM2's ``min_uptime``)."""
+KILL_TIMEOUT_MS = 3000
+"""Grace between PM2's SIGINT and its SIGKILL when stopping."""
+
+
+def default_home() -> Path:
+    """``HAL_PM2_HOME``, else ``/tmp/hal9999-pm2-<uid>``."""
+    override = os.environ.get("HAL_PM2_HOME")
+    if override:
+        return Path(override)
+    return Path(tempfile.gettempdir()) / f"hal9999-pm2-{os.getuid()}"
+
+
+class Pm2ProcessManager:
+    """Runs each process as an app of a PM2 daemon on the host."""
+
+    name = "pm2"
+    survives_caller = True
+
+    def __init__(self, *, runtime_dir: Path | None = None, home: Path | None = None) -> None:
+        self._pm2 = shutil.which("pm2")
+        self.home = home or default_home()
+
+    def app_name(self, spec: ProcessSpec) -> str:
+        """PM2 names are global in a daemon: the spec's name plus a digest of its log path."""
+        key = hashlib.sha256(f"{spec.log_path}\0{spec.name}".encode()).hexdigest()[:12]
+        return f"{spec.name}-{key}"
+
+    def _env(self) -> dict[str, str]:
+        # The daemon starts from the first command's environment: nothing of hal's own.
+        return {"PM2_HOME": str(self.home), "HOME": str(self.home), "PATH": os.environ["PATH"]}
+
+    async def _run(self, *args: str, check: bool = True) -> tuple[int, str]:
+        if self._pm2 is None:
+            raise ProcessError("PM2 is not installed", hint="bash scripts/install-pm2.sh")
+        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        status, out = await run_host([self._pm2, *args], env=self._env(), check=False)
+        if check and status != 0:
+            lines = [line for line in out.splitlines() if line.strip()]
+            raise ProcessError(
+                f"pm2 {args[0]} failed (exit {status}): {lines[-1] if lines else 'no output'}",
+                hint=f"see the daemon's log in {self.home}/pm2.log",
+            )
+        return status, out
+
+    def ecosystem(self, spec: ProcessSpec, argv: list[str], env: Mapping[str, str],
+                  cwd: str) -> dict[str, Any]:  # fmt: skip
+        """The app's ecosystem document (see the module docstring)."""
+        restart = spec.restart.mode == "on-failure"
+        logs = self.home / "logs"
+        name = self.app_name(spec)
+        app: dict[str, Any] = {
+            "name": name,
+            "script": argv[0],
+            "args": argv[1:],
+            "interpreter": "none",
+            "cwd": cwd,
+            "env": dict(env),
+            "filter_env": True,
+            "autorestart": restart,
+            "out_file": str(logs / f"{name}-out.log"),
+            "error_file": str(logs / f"{name}-error.log"),
+            "kill_timeout": KILL_TIMEOUT_MS,
+            "treekill": True,
+        }
+        if restart:
+            app |= {
+                # PM2 stops once its count of unstable starts reaches max_restarts, and the
+                # first start counts: n restarts after the first run are n + 1 starts.
+                "max_restarts": spec.restart.max_restarts + 1,
+                "min_uptime": MIN_UPTIME_MS,
+                "stop_exit_codes": [0],
+            }
+        return {"apps": [app]}
+
+    async def start(
+        self, sandbox: Sandbox, spec: ProcessSpec, *, env: Mapping[str, str] | None = None
+    ) -> None:
+        """Start ``spec`` as a PM2 app running the supervised command."""
+        await self.stop(spec)
+        launch = supervised(sandbox, spec, env)
+        cwd = str(launch.cwd) if launch.cwd else str(spec.log_path.parent)
+        document = self.ecosystem(spec, launch.argv, launch.env, cwd)
+        private = self.home / "apps"
+        private.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = private / f"{self.app_name(spec)}.{secrets.token_hex(4)}.json"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                json.dump(document, handle)
+            await self._run("start", str(path))
+        finally:
+            path.unlink(missing_ok=True)
+
+    async def _app(self, spec: ProcessSpec) -> dict[str, Any] | None:
+        """The app's entry in ``pm2 jlist`` (holds its env: never logged), or None."""
+        _, out = await self._run("jlist")
+        start = out.find("[")
+        try:
+            apps = json.loads(out[start:]) if start >= 0 else []
+        except ValueError as exc:
+            raise ProcessError("pm2 jlist printed no JSON list") from exc
+        name = self.app_name(spec)
+        for app in apps:
+            if app.get("name") == name:
+                return dict(app)
+        return None
+
+    async def status(self, spec: ProcessSpec) -> ProcessStatus:
+        """Exited once the exit file exists; running while PM2 has the app online."""
+        code = read_exit_status(spec.exit_path)
+        if code is not None:
+            return ProcessStatus("exited", code)
+        if self._pm2 is None or not (self.home / "rpc.sock").exists():
+            return ProcessStatus("missing")  # no daemon: nothing to ask, none to start
+        app = await self._app(spec)
+        state = (app or {}).get("pm2_env", {}).get("status")
+        if state in ("online", "launching", "waiting restart", "one-launch-status"):
+            return ProcessStatus("running")
+        code = read_exit_status(spec.exit_path)
+        return ProcessStatus("exited", code) if code is not None else ProcessStatus("missing")
+
+    async def logs(self, spec: ProcessSpec, lines: int = 100) -> str:
+        """The app's last output lines as PM2 kept them (masked by the supervisor)."""
+        _, out = await self._run(
+            "logs", self.app_name(spec), "--nostream", "--raw", "--lines", str(lines)
+        )
+        return out
+
+    async def stop(self, spec: ProcessSpec) -> None:
+        """Stop and forget the app; PM2 kills its whole process tree. Idempotent."""
+        if self._pm2 is None or not (self.home / "rpc.sock").exists():
+            return
+        status, out = await self._run("delete", self.app_name(spec), check=False)
+        if status != 0 and "not found" not in out:
+            lines = [line for line in out.splitlines() if line.strip()]
+            raise ProcessError(f"pm2 delete failed: {lines[-1] if lines else status}")
+
+    def attach_command(self, spec: ProcessSpec) -> list[str] | None:
+        """PM2 has no terminal to attach: this follows the app's output instead."""
+        if self._pm2 is None:
+            return None
+        env = [f"{key}={value}" for key, value in self._env().items()]
+        return ["/usr/bin/env", *env, self._pm2, "logs", self.app_name(spec), "--raw"]
+
+    async def kill_daemon(self) -> None:
+        """End the PM2 daemon and every app it runs (tests, and `hal` housekeeping)."""
+        if self._pm2 is not None and (self.home / "rpc.sock").exists():
+            await self._run("kill", check=False)

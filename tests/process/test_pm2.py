@@ -1,0 +1,139 @@
+"""What the pm2 process manager promises beyond the shared suite, against real PM2 from npm:
+the restart policy, the ecosystem payload (no secret in argv or left on disk), logs, and the
+host-side run for bwrap sandboxes."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from hal9999.errors import ProcessError
+from hal9999.process.pm2 import Pm2ProcessManager
+from hal9999.providers.base import Sandbox
+from hal9999.providers.local import LocalProvider
+from hal9999.providers.registry import load_provider
+from hal9999.spec import ProcessSpec, RestartPolicy, SandboxSpec, ShellCommand
+
+pytestmark = [pytest.mark.pm2, pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+async def pm2() -> AsyncIterator[Pm2ProcessManager]:
+    home = Path(tempfile.mkdtemp(prefix="hal-pm2-", dir="/tmp"))
+    manager = Pm2ProcessManager(home=home)
+    try:
+        yield manager
+    finally:
+        await manager.kill_daemon()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+async def sandbox(tmp_path: Path) -> AsyncIterator[Sandbox]:
+    provider = LocalProvider(state_dir=tmp_path / "state")
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    spec = SandboxSpec(provider="local", network="host", workspace=workspace)
+    async with await provider.create(spec) as sb:
+        yield sb
+
+
+def spec_for(tmp_path: Path, script: str, restart: RestartPolicy | None = None) -> ProcessSpec:
+    return ProcessSpec(
+        name="hal-pm2",
+        command=ShellCommand(script=script),
+        restart=restart or RestartPolicy(),
+        log_path=tmp_path / "run" / "out.log",
+        exit_path=tmp_path / "run" / "exit",
+    )
+
+
+async def runs(counter: Path, want: int, timeout: float = 20) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen = len(counter.read_text().splitlines()) if counter.exists() else 0
+        if seen >= want:
+            return seen
+        await asyncio.sleep(0.1)
+    return len(counter.read_text().splitlines()) if counter.exists() else 0
+
+
+async def test_restart_policy_comes_from_the_spec(
+    pm2: Pm2ProcessManager, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    never, again = tmp_path / "never", tmp_path / "again"
+    once = spec_for(tmp_path, f"echo run >> {never}; exit 3")
+    await pm2.start(sandbox, once)
+    assert await runs(never, 2, timeout=4) == 1, "never: no restart"
+    failing = spec_for(
+        tmp_path / "b",
+        f"echo run >> {again}; exit 3",
+        RestartPolicy(mode="on-failure", max_restarts=2),
+    )
+    await pm2.start(sandbox, failing)
+    assert await runs(again, 3) == 3, "the first run and two restarts"
+    await asyncio.sleep(2)
+    assert len(again.read_text().splitlines()) == 3, "no more than max_restarts"
+    app = await pm2._app(failing)
+    assert app is not None and app["pm2_env"]["status"] in ("errored", "stopped")
+    await pm2.stop(failing)
+    await pm2.stop(once)
+
+
+async def test_the_ecosystem_payload_leaves_nothing_on_disk_and_logs_are_masked(
+    pm2: Pm2ProcessManager, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    secret = "pm2-secret-value-0123456789"
+    spec = spec_for(tmp_path, 'echo "token=$API_KEY"; echo second-line; sleep 30')
+    await pm2.start(sandbox, spec, env={"API_KEY": secret})
+    assert list((pm2.home / "apps").iterdir()) == [], "the payload is removed once read"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (
+        not spec.log_path.exists() or "second-line" not in spec.log_path.read_text()
+    ):
+        await asyncio.sleep(0.1)
+    logs = await pm2.logs(spec)
+    assert "token=[REDACTED]" in logs and secret not in logs
+    for kept in (pm2.home / "logs").iterdir():
+        assert secret not in kept.read_text(), f"{kept} holds the secret"
+    assert (await pm2.status(spec)).state == "running"
+    attach = pm2.attach_command(spec)
+    assert attach is not None and pm2.app_name(spec) in attach
+    await pm2.stop(spec)
+    assert (await pm2.status(spec)).state in ("exited", "missing")
+    await pm2.stop(spec)  # idempotent
+
+
+async def test_errors_are_one_line(pm2: Pm2ProcessManager, tmp_path: Path) -> None:
+    spec = spec_for(tmp_path, "true")
+    assert (await pm2.status(spec)).state == "missing"  # no daemon yet: none is started
+    assert not (pm2.home / "rpc.sock").exists()
+    missing = Pm2ProcessManager(home=pm2.home)
+    missing._pm2 = None
+    with pytest.raises(ProcessError) as info:
+        await missing.logs(spec)
+    assert info.value.hint == "bash scripts/install-pm2.sh"
+
+
+@pytest.mark.bwrap
+async def test_a_bwrap_sandbox_runs_under_pm2_from_the_host(
+    pm2: Pm2ProcessManager, hal_home: Path, tmp_path: Path
+) -> None:
+    provider = load_provider("bwrap", state_dir=hal_home / "bwrap")
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    async with await provider.create(SandboxSpec(provider="bwrap", workspace=workspace)) as sb:
+        spec = spec_for(tmp_path, "echo inside > made-by-agent; cat /proc/1/cmdline | tr '\\0' ' '")
+        await pm2.start(sb, spec)
+        deadline = time.monotonic() + 20
+        while (await pm2.status(spec)).state == "running" and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert (await pm2.status(spec)).exit_code == 0
+        assert (workspace / "made-by-agent").read_text() == "inside\n"
+        assert "PM2" not in spec.log_path.read_text(), "PID 1 inside is bwrap's, not PM2's"
