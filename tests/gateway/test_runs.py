@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from tests.e2e.conftest import KEY_VAR, HalCli, files_containing, git
+from tests.gateway.test_egress import host_address
 from tests.gateway.upstream import StormUpstream
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.slow, pytest.mark.timeout(240)]
 
 CALLER = Path(__file__).with_name("caller_agent.py")
+EGRESS_AGENT = Path(__file__).with_name("egress_agent.py")
 
 
 @pytest.fixture
@@ -79,3 +83,35 @@ def test_eight_agents_ride_out_a_429_storm(
     assert upstream.peak <= 2, "the upstream saw more calls at once than the configured cap"
     log = (hal_cli.home / "gateway" / "gateway.log").read_text()
     assert "HTTP Request" not in log, "no request URLs in the gateway's log"
+
+
+def test_egress_goes_through_the_allow_list(
+    hal_cli: HalCli, bug_repo: Path, upstream: StormUpstream
+) -> None:
+    address = host_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback address to tunnel to")
+    with socket.create_server((address, 0)) as listener:
+        port = listener.getsockname()[1]
+        target = f"{address}:{port}"
+        threading.Thread(target=_echo_once, args=(listener,), daemon=True).start()
+        use_caller(hal_cli, bug_repo, upstream, f"[gateway]\negress = [{json.dumps(target)}]\n")
+        shutil.copy(EGRESS_AGENT, bug_repo / "caller.py")
+        (bug_repo / "caller.py").chmod(0o755)
+        git(bug_repo, "commit", "-qam", "egress agent")
+        out = hal_cli("run", "--agent", "claude", target)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    task = json.loads(hal_cli("task", "list", "--json").stdout)[0]
+    logs = hal_cli("task", "logs", task["id"]).stdout
+    assert "EGRESS denied.example:443 HTTP/1.1 403" in logs
+    assert f"EGRESS {target} echo:through the tunnel" in logs
+    assert f"DIRECT {target} direct refused" in logs, "network none: no way out but the proxy"
+    lines = hal_cli("task", "events", task["id"], "--json").stdout.splitlines()
+    denied = [json.loads(line) for line in lines if '"egress_denied"' in line]
+    assert [(e["host"], e["port"]) for e in denied] == [("denied.example", 443)]
+
+
+def _echo_once(listener: socket.socket) -> None:
+    conn, _ = listener.accept()
+    with conn:
+        conn.sendall(b"echo:" + conn.recv(4096))

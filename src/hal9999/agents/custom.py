@@ -14,7 +14,9 @@ the environment, so nothing is ever quoted into a shell line. It
 * copies the API key from the host variable the user named (forwarded under its own name via
   ``AgentLaunch.secret_env``) to the variable names the agent reads, when they differ,
 * starts the LLM gateway's forwarder on ``127.0.0.1:$HAL_GATEWAY_PORT`` when set (the key the
-  agent then holds is the task's placeholder token; see :mod:`hal9999.gateway`).
+  agent then holds is the task's placeholder token; see :mod:`hal9999.gateway`), and with
+  ``HAL_EGRESS_PORT`` the egress proxy too, named in ``HTTPS_PROXY``/``HTTP_PROXY`` with the
+  token as its password (built here, at exec time: the token is in no stored command).
 """
 
 from __future__ import annotations
@@ -51,9 +53,20 @@ if [ -n "${HAL_PROMPT_MARK-}" ]; then
 fi
 if [ -n "${HAL_GATEWAY_PORT-}" ]; then
   # The LLM gateway's forwarder, in this exec's own network namespace (see hal9999.gateway).
-  python3 -I -S "$HAL_GATEWAY_DIR/forwarder.py" "$HAL_GATEWAY_PORT" "$HAL_GATEWAY_DIR/llm.sock"
+  hal_fwd=("$HAL_GATEWAY_PORT" "$HAL_GATEWAY_DIR/llm.sock")
+  if [ -n "${HAL_EGRESS_PORT-}" ]; then
+    hal_fwd+=("$HAL_EGRESS_PORT" "$HAL_GATEWAY_DIR/egress.sock")
+    hal_proxy="http://hal:${HAL_GATEWAY_TOKEN-}@127.0.0.1:$HAL_EGRESS_PORT"
+    export HTTPS_PROXY="$hal_proxy" HTTP_PROXY="$hal_proxy"
+    export https_proxy="$hal_proxy" http_proxy="$hal_proxy"
+    export NO_PROXY="127.0.0.1,localhost" no_proxy="127.0.0.1,localhost"
+    unset hal_proxy
+  fi
+  python3 -I -S "$HAL_GATEWAY_DIR/forwarder.py" "${hal_fwd[@]}"
+  unset hal_fwd
 fi
-unset HAL_API_KEY_ENV HAL_API_KEY_AS HAL_PROMPT_MARK HAL_GATEWAY_PORT HAL_GATEWAY_DIR
+unset HAL_API_KEY_ENV HAL_API_KEY_AS HAL_PROMPT_MARK
+unset HAL_GATEWAY_PORT HAL_GATEWAY_DIR HAL_EGRESS_PORT
 if ! command -v -- "$1" >/dev/null 2>&1; then
   printf 'hal: agent program %s is not installed in the sandbox\n' "$1" >&2
   exit 127

@@ -109,6 +109,15 @@ class Usage(_Event):
     """Request to end of response (gateway figures)."""
 
 
+class EgressDenied(_Event):
+    """The egress proxy refused a connection the agent (or a tool it ran) asked for."""
+
+    type: Literal["egress_denied"] = "egress_denied"
+    host: str
+    port: int | None = None
+    method: str = "CONNECT"
+
+
 class AgentSession(_Event):
     """The agent's own session id, used to resume it."""
 
@@ -152,6 +161,7 @@ Event = Annotated[
     | ToolCall
     | ToolResult
     | Usage
+    | EgressDenied
     | AgentSession
     | RawEvent
     | Message

@@ -8,6 +8,7 @@
       gateway.log     the gateway's own log (never a key, never a body)
       channel/        bound read-only into every sandbox at /hal-gateway (0755)
         llm.sock      the data socket agents reach through the forwarder (0666: tokens guard it)
+      egress.sock   the CONNECT proxy for everything else (same token, per-task allow-list)
         forwarder.py  the in-sandbox 127.0.0.1 -> llm.sock forwarder
 
 A task registers a :class:`Grant` (its placeholder token, upstream, real key, limits) over the
@@ -76,6 +77,11 @@ class GatewayPaths:
         return self.channel / "llm.sock"
 
     @property
+    def egress_socket(self) -> Path:
+        """The egress proxy's socket."""
+        return self.channel / "egress.sock"
+
+    @property
     def forwarder(self) -> Path:
         """The forwarder script's host copy."""
         return self.channel / "forwarder.py"
@@ -97,6 +103,8 @@ class Grant:
     max_cost_usd: float | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     """The ``[gateway]`` config of the registering hal (limits, prices, daily budgets)."""
+    egress: list[str] = field(default_factory=list)
+    """Hosts the task may reach through the egress proxy (``[gateway] egress``)."""
 
 
 def new_token() -> str:

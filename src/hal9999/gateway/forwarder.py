@@ -1,10 +1,10 @@
 """The in-sandbox forwarder: ``127.0.0.1:PORT`` inside the sandbox to the gateway's unix socket.
 
-Run by the agent's launcher as ``python3 forwarder.py PORT SOCKET``, inside the same bwrap exec
-as the agent (every exec has its own network namespace, so a listener started by another exec
-would be invisible). It binds first, then forks: the parent exits 0 once the port accepts
-connections, so the launcher can ``exec`` the agent right after; the child serves until the
-launcher's process (which became the agent) is gone.
+Run by the agent's launcher as ``python3 forwarder.py PORT SOCKET [PORT SOCKET ...]``, inside
+the same bwrap exec as the agent (every exec has its own network namespace, so a listener
+started by another exec would be invisible). It binds first, then forks: the parent exits 0
+once the ports accept connections, so the launcher can ``exec`` the agent right after; the
+child serves until the launcher's process (which became the agent) is gone.
 
 Dependency-free on purpose (the standard library of the sandbox's ``python3``): the file is
 copied as it is into the gateway's channel directory, read-only inside every sandbox. It
@@ -60,29 +60,39 @@ async def _watch(pid: int) -> None:
             continue
 
 
-async def _main(listener: socket.socket, path: str, pid: int) -> None:
-    server = await asyncio.start_server(
-        lambda r, w: _serve_one(path, r, w), sock=listener, limit=CHUNK
-    )
-    async with server:
-        await _watch(pid)
+def _handler(path: str):  # type: ignore[no-untyped-def]
+    return lambda r, w: _serve_one(path, r, w)
+
+
+async def _main(pairs: list[tuple[socket.socket, str]], pid: int) -> None:
+    servers = [
+        await asyncio.start_server(_handler(path), sock=listener, limit=CHUNK)
+        for listener, path in pairs
+    ]
+    await _watch(pid)
+    for server in servers:
+        server.close()
 
 
 def main(argv: list[str]) -> int:
-    """Bind ``127.0.0.1:PORT``, fork a server child, return once it listens."""
-    if len(argv) != 2:
-        print("usage: forwarder.py PORT SOCKET", file=sys.stderr)  # noqa: T201
+    """Bind each ``127.0.0.1:PORT``, fork a server child, return once they listen."""
+    if not argv or len(argv) % 2:
+        print("usage: forwarder.py PORT SOCKET [PORT SOCKET ...]", file=sys.stderr)  # noqa: T201
         return 2
-    port, path = int(argv[0]), argv[1]
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        listener.bind(("127.0.0.1", port))
-    except OSError as exc:
-        print(f"hal: gateway forwarder cannot listen on 127.0.0.1:{port}: {exc}", file=sys.stderr)  # noqa: T201
-        return 1
-    listener.listen(128)
-    listener.setblocking(False)
+    pairs = []
+    for port_text, path in zip(argv[::2], argv[1::2], strict=True):
+        port = int(port_text)
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            listener.bind(("127.0.0.1", port))
+        except OSError as exc:
+            text = f"hal: gateway forwarder cannot listen on 127.0.0.1:{port}: {exc}"
+            print(text, file=sys.stderr)  # noqa: T201
+            return 1
+        listener.listen(128)
+        listener.setblocking(False)
+        pairs.append((listener, path))
     watched = os.getppid()  # the launcher, which becomes the agent by exec
     if os.fork() != 0:
         return 0
@@ -90,7 +100,7 @@ def main(argv: list[str]) -> int:
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
-    asyncio.run(_main(listener, path, watched))
+    asyncio.run(_main(pairs, watched))
     os._exit(0)
 
 

@@ -133,7 +133,7 @@ class Gateway:
         if problem is not None:
             status, code, text = problem
             await _send_refusal(conn, writer, status, code, text, path=path)
-            self._record(record, started, status=status, error=code)
+            self.record_call(record, started, status=status, error=code)
             return
         task = asyncio.current_task()
         assert task is not None
@@ -141,7 +141,7 @@ class Gateway:
         try:
             await self._forward(conn, writer, grant, method, target, headers, body, record, started)
         except asyncio.CancelledError:
-            self._record(record, started, status=record.status or 499, error="aborted")
+            self.record_call(record, started, status=record.status or 499, error="aborted")
             raise
         finally:
             self.inflight.get(token, set()).discard(task)
@@ -217,7 +217,7 @@ class Gateway:
                         continue
                     text = f"hal gateway: upstream unreachable: {type(exc).__name__}"
                     await _send_refusal(conn, writer, 502, "upstream_unreachable", text)
-                    self._record(record, started, status=502, error="upstream_unreachable")
+                    self.record_call(record, started, status=502, error="upstream_unreachable")
                     return
                 if response.status_code in RETRY_STATUSES and attempt < retries:
                     limiter.pause(retry_after_s(response.headers, attempt))
@@ -258,7 +258,7 @@ class Gateway:
                 self._measure(record, meter, grant)
             except Exception:  # a figure we cannot read must not lose the call's record
                 logger.exception("gateway: could not read the usage of a call")
-            self._record(record, started, status=record.status)
+            self.record_call(record, started, status=record.status)
 
     def _measure(self, record: GatewayRequest, meter: UsageMeter, grant: Grant) -> None:
         usage = meter.close()
@@ -271,9 +271,10 @@ class Gateway:
         record.total_tokens = usage.total
         record.cost_usd = cost_usd(usage, price) if usage.total else None
 
-    def _record(
+    def record_call(
         self, record: GatewayRequest, started: float, *, status: int, **fields: Any
     ) -> None:
+        """Store one call (or refusal) with its status and latency; never raises."""
         record.status = status
         record.latency_ms = round((time.monotonic() - started) * 1000, 3)
         for name, value in fields.items():

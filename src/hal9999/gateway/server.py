@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hal9999.gateway.channel import GatewayPaths, Grant
+from hal9999.gateway.egress import MAX_HEAD, EgressProxy
 from hal9999.gateway.proxy import Gateway
 from hal9999.store import Store
 
@@ -51,7 +52,7 @@ def prepare_channel(paths: GatewayPaths) -> None:
     shutil.copyfile(source, tmp)
     tmp.chmod(0o644)
     tmp.replace(paths.forwarder)
-    for sock in (paths.socket, paths.control):
+    for sock in (paths.socket, paths.egress_socket, paths.control):
         sock.unlink(missing_ok=True)
 
 
@@ -99,6 +100,12 @@ class GatewayServer:
             self.gateway.serve_connection, path=str(self.paths.socket), limit=1 << 16
         )
         os.chmod(self.paths.socket, 0o666)  # tokens, not file modes, decide who is served
+        egress = await asyncio.start_unix_server(
+            EgressProxy(self.gateway).serve_connection,
+            path=str(self.paths.egress_socket),
+            limit=MAX_HEAD,
+        )
+        os.chmod(self.paths.egress_socket, 0o666)
         control = await asyncio.start_unix_server(
             self.control, path=str(self.paths.control), limit=MAX_CONTROL_LINE
         )
@@ -106,7 +113,7 @@ class GatewayServer:
         if ready is not None:
             os.write(ready, b"ready\n")
             os.close(ready)
-        async with data, control:
+        async with data, egress, control:
             while True:
                 await asyncio.sleep(min(5.0, self.idle_s))
                 idle = time.monotonic() - self.gateway.last_active

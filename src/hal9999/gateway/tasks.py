@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from hal9999.agents.base import Agent, AgentSettings
 from hal9999.config import HalConfig
 from hal9999.errors import BudgetExceeded, HalError, ModelNotAllowed
-from hal9999.events.models import Usage
+from hal9999.events.models import EgressDenied, Event, Usage
 from hal9999.gateway.channel import (
     CHANNEL_TARGET,
     GatewayPaths,
@@ -56,9 +56,13 @@ class GatewayRoute:
         """``settings`` pointing the agent at the gateway, holding the placeholder token."""
         return replace(settings, base_url=self.base_url, api_key_env=TOKEN_VAR)
 
-    def launcher_env(self) -> dict[str, str]:
-        """What the launcher needs to start the forwarder."""
-        return {"HAL_GATEWAY_PORT": str(self.port), "HAL_GATEWAY_DIR": CHANNEL_TARGET}
+    def launcher_env(self, *, egress: bool) -> dict[str, str]:
+        """What the launcher needs to start the forwarder (and, with ``egress``, to route
+        other traffic through the egress proxy: a sandbox without network)."""
+        env = {"HAL_GATEWAY_PORT": str(self.port), "HAL_GATEWAY_DIR": CHANNEL_TARGET}
+        if egress:
+            env["HAL_EGRESS_PORT"] = str(self.port + 1)
+        return env
 
     def bind(self) -> Bind:
         """The channel directory, read-only inside the sandbox."""
@@ -126,6 +130,7 @@ def route_for(
         max_tokens=max_tokens or gateway.max_tokens,
         max_cost_usd=max_cost_usd or gateway.max_cost_usd,
         settings=gateway.model_dump(mode="json", exclude={"egress", "enabled"}),
+        egress=list(gateway.egress),
     )
     return GatewayRoute(paths=GatewayPaths(config.home), grant=grant, port=forward_port(task_id))
 
@@ -176,14 +181,20 @@ class GatewayUsage:
         self.last_id = max((r.id or 0 for r in store.gateway_requests(task_id)), default=0)
         self._polled = 0.0
 
-    def pump(self, emit: Callable[[Usage], None], *, final: bool = False) -> None:
-        """Emit a usage event for each call recorded since the last pump."""
+    def pump(self, emit: Callable[[Event], None], *, final: bool = False) -> None:
+        """Emit a usage event for each call recorded since the last pump (an
+        ``egress_denied`` event for each refused connection)."""
         now = time.monotonic()
         if not final and now - self._polled < USAGE_POLL_S:
             return
         self._polled = now
         for row in self.store.gateway_requests(self.task_id, after=self.last_id):
             self.last_id = row.id or self.last_id
+            if row.error == "egress_denied":
+                host, _, port = row.path.rpartition(":")
+                emit(EgressDenied(host=host or row.path, port=int(port) if port.isdigit() else None,
+                                  method=row.method))  # fmt: skip
+                continue
             emit(
                 Usage(
                     input_tokens=row.input_tokens,

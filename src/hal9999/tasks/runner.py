@@ -343,7 +343,8 @@ class TaskRunner:
                 f"agent program {program!r} is not installed in the {sandbox.provider} sandbox",
                 hint=agent.install_hint,
             )
-        gateway_env = ctx.gateway.launcher_env() if ctx.gateway is not None else {}
+        no_network = sandbox.spec.network == "none"
+        gateway_env = ctx.gateway.launcher_env(egress=no_network) if ctx.gateway else {}
         env = {**launch.env, **launch.command.env, **gateway_env}
         command = launch.command.model_copy(update={"env": env})
         return AgentLaunch(

@@ -1,0 +1,165 @@
+"""The egress proxy: HTTP ``CONNECT`` to hosts on the task's allow-list, nothing else.
+
+A sandbox with ``network = "none"`` reaches it on ``127.0.0.1:<port+1>`` through the same
+forwarder as the LLM gateway (``channel/egress.sock`` on the host). The agent and its tools
+(git, pip, npm, curl) find it in ``HTTPS_PROXY``/``HTTP_PROXY``, whose URL carries the task's
+placeholder token as the proxy password: that is how the proxy knows the task and its
+allow-list. There is no TLS interception: after ``200 Connection Established`` bytes flow
+through untouched. Every refusal is recorded (``CONNECT host:port``, status 403, error
+``egress_denied``) and becomes an ``egress_denied`` event of the task.
+
+A name on the allow-list that resolves to a loopback, link-local, multicast or unspecified
+address is refused: an allowed name must not become a way to the host's own services.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import ipaddress
+import socket
+import time
+from collections.abc import Iterable
+
+from hal9999.gateway.channel import Grant
+from hal9999.gateway.proxy import Gateway
+from hal9999.store.gateway import GatewayRequest
+
+MAX_HEAD = 16 << 10
+CONNECT_TIMEOUT_S = 15.0
+CHUNK = 1 << 16
+PROXY_AUTH_REQUIRED = (
+    b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+    b'Proxy-Authenticate: Basic realm="hal"\r\nContent-Length: 0\r\n\r\n'
+)
+
+
+def allowed(host: str, port: int, rules: Iterable[str]) -> bool:
+    """Whether ``host:port`` matches an allow-list entry: ``host`` (port 443),
+    ``host:port``, ``*.domain`` (any subdomain, port 443) or ``*.domain:port``."""
+    host = host.lower().rstrip(".")
+    for rule in rules:
+        name, _, rule_port = rule.lower().partition(":")
+        want = int(rule_port) if rule_port.isdigit() else 443
+        if port != want:
+            continue
+        if name.startswith("*."):
+            if host.endswith(name[1:]) and host != name[2:]:
+                return True
+        elif host == name:
+            return True
+    return False
+
+
+def _unsafe(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified
+
+
+class EgressProxy:
+    """CONNECT tunnels for the tasks whose grants the gateway holds."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """One proxy connection: a CONNECT head, then a tunnel (or a refusal)."""
+        try:
+            async with asyncio.timeout(30):
+                head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.LimitOverrunError, asyncio.IncompleteReadError, TimeoutError, OSError):
+            writer.close()
+            return
+        try:
+            await self._handle(head, reader, writer)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def _handle(
+        self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        lines = head.decode("latin-1").split("\r\n")
+        method, _, rest = lines[0].partition(" ")
+        target = rest.partition(" ")[0]
+        grant = self._grant(lines[1:])
+        if grant is None:
+            writer.write(PROXY_AUTH_REQUIRED)
+            return
+        host, _, port_text = target.rpartition(":")
+        host = host.strip("[]")
+        port = int(port_text) if port_text.isdigit() else 0
+        started = time.monotonic()
+        if method != "CONNECT" or not host or not allowed(host, port, grant.egress):
+            await self._deny(writer, grant, method, target, started, "not on the allow-list")
+            return
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                infos = await asyncio.get_running_loop().getaddrinfo(
+                    host, port, type=socket.SOCK_STREAM
+                )
+                addresses = [str(info[4][0]) for info in infos]
+                if not addresses or any(_unsafe(a) for a in addresses):
+                    await self._deny(writer, grant, method, target, started, "a local address")
+                    return
+                up_reader, up_writer = await asyncio.open_connection(addresses[0], port)
+        except (OSError, TimeoutError):
+            writer.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+            return
+        writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+        await writer.drain()
+        try:
+            await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
+        finally:
+            up_writer.close()
+
+    def _grant(self, headers: list[str]) -> Grant | None:
+        for line in headers:
+            name, _, value = line.partition(":")
+            if name.strip().lower() != "proxy-authorization":
+                continue
+            scheme, _, encoded = value.strip().partition(" ")
+            if scheme.lower() != "basic":
+                continue
+            try:
+                token = base64.b64decode(encoded).decode().partition(":")[2]
+            except (ValueError, UnicodeDecodeError):
+                return None
+            return self.gateway.grants.get(token)
+        return None
+
+    async def _deny(
+        self,
+        writer: asyncio.StreamWriter,
+        grant: Grant,
+        method: str,
+        target: str,
+        started: float,
+        why: str,
+    ) -> None:
+        text = f"hal egress: {target} is refused ({why}); allow it with [gateway] egress"
+        body = text.encode()
+        writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\n"
+                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)  # fmt: skip
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        record = GatewayRequest(
+            task_id=grant.task_id, ts=time.time(), method=method[:16] or "?",
+            path=target[:300], status=403, latency_ms=0.0, error="egress_denied",
+        )  # fmt: skip
+        self.gateway.record_call(record, started, status=403)
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(CHUNK):
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+    except (ConnectionError, OSError):
+        pass

@@ -1,0 +1,116 @@
+"""The egress proxy: CONNECT only to allowed hosts, never to the host's own loopback, with the
+task's token; every refusal recorded (it becomes an ``egress_denied`` event)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from hal9999.gateway.channel import Grant, new_token
+from hal9999.gateway.egress import EgressProxy, allowed
+from hal9999.gateway.proxy import Gateway
+from hal9999.store import Store
+
+
+def test_allow_list_rules() -> None:
+    rules = ["pypi.org", "*.pythonhosted.org", "git.example:22"]
+    assert allowed("pypi.org", 443, rules) and allowed("PyPI.org.", 443, rules)
+    assert not allowed("pypi.org", 80, rules), "a bare host means port 443 only"
+    assert allowed("files.pythonhosted.org", 443, rules)
+    assert not allowed("pythonhosted.org", 443, rules), "*. means subdomains"
+    assert not allowed("evilpythonhosted.org", 443, rules)
+    assert allowed("git.example", 22, rules) and not allowed("git.example", 443, rules)
+    assert not allowed("pypi.org.evil.example", 443, rules)
+
+
+def host_address() -> str | None:
+    """A non-loopback address of this machine (the tunnel test's target), if any."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("192.0.2.123", 9))  # no packet is sent: only picks the route
+        address = str(probe.getsockname()[0])
+    except OSError:
+        return None
+    finally:
+        probe.close()
+    return None if address.startswith("127.") else address
+
+
+@pytest.fixture
+async def egress(tmp_path: Path) -> AsyncIterator[tuple[Gateway, str]]:
+    store = Store.open(tmp_path / "home")
+    gateway = Gateway(store)
+    sock = str(tmp_path / "egress.sock")
+    server = await asyncio.start_unix_server(EgressProxy(gateway).serve_connection, path=sock)
+    async with server:
+        yield gateway, sock
+    await gateway.client.aclose()
+    store.close()
+
+
+async def connect(
+    sock: str, target: str, token: str | None
+) -> tuple[bytes, asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_unix_connection(sock)
+    head = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
+    if token is not None:
+        auth = base64.b64encode(f"hal:{token}".encode()).decode()
+        head += f"Proxy-Authorization: Basic {auth}\r\n"
+    writer.write((head + "\r\n").encode())
+    status = await reader.readuntil(b"\r\n\r\n")
+    return status, reader, writer
+
+
+async def test_denied_hosts_are_refused_and_recorded(egress: tuple[Gateway, str]) -> None:
+    gateway, sock = egress
+    grant = Grant(task_id="t1", token=new_token(), upstream="https://x", key="k",
+                  egress=["pypi.org", "localhost:1"])  # fmt: skip
+    gateway.register(grant)
+    status, _, writer = await connect(sock, "evil.example:443", grant.token)
+    writer.close()
+    assert status.startswith(b"HTTP/1.1 403")
+    # An allowed name that is the host's own loopback: refused too.
+    status, _, writer = await connect(sock, "localhost:1", grant.token)
+    writer.close()
+    assert status.startswith(b"HTTP/1.1 403")
+    status, _, writer = await connect(sock, "pypi.org:443", None)
+    writer.close()
+    assert status.startswith(b"HTTP/1.1 407")
+    status, _, writer = await connect(sock, "pypi.org:443", "hal-gw-forged")
+    writer.close()
+    assert status.startswith(b"HTTP/1.1 407")
+    rows = gateway.store.gateway_requests("t1")
+    assert [(r.path, r.status, r.error) for r in rows] == [
+        ("evil.example:443", 403, "egress_denied"),
+        ("localhost:1", 403, "egress_denied"),
+    ]
+
+
+async def test_allowed_host_gets_a_raw_tunnel(egress: tuple[Gateway, str]) -> None:
+    address = host_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback address to tunnel to")
+    gateway, sock = egress
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"echo:" + await reader.readline())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, address, 0)
+    port = server.sockets[0].getsockname()[1]
+    grant = Grant(task_id="t1", token=new_token(), upstream="https://x", key="k",
+                  egress=[f"{address}:{port}"])  # fmt: skip
+    gateway.register(grant)
+    async with server:
+        status, reader, writer = await connect(sock, f"{address}:{port}", grant.token)
+        assert status.startswith(b"HTTP/1.1 200")
+        writer.write(b"bytes untouched\n")
+        assert await reader.readline() == b"echo:bytes untouched\n"
+        writer.close()
+    assert gateway.store.gateway_requests("t1") == []
