@@ -58,6 +58,11 @@ def write_docs(text: str) -> None:
 async def main(args: argparse.Namespace) -> list[Result]:
     """Run every case in turn (only the qemu ones with ``--qemu``)."""
     results: list[Result] = []
+    if args.gateway:
+        from benchmarks.gateway import gateway_cases
+
+        print("gateway ...", file=sys.stderr)
+        return await gateway_cases(300 if args.quick else 2000)
     if args.qemu:
         from benchmarks.qemu import qemu_cases
 
@@ -85,6 +90,9 @@ if __name__ == "__main__":
     parser.add_argument(
         "--qemu", action="store_true", help="The qemu microVM cases (needs an image)."
     )
+    parser.add_argument(
+        "--gateway", action="store_true", help="The LLM gateway's added latency and throughput."
+    )
     args = parser.parse_args()
     if shutil.which("bwrap") is None or shutil.which("tmux") is None:
         sys.exit("the benchmarks need bubblewrap and tmux (bash scripts/test.sh installs them)")
@@ -95,6 +103,8 @@ if __name__ == "__main__":
         if problem:
             sys.exit(f"the qemu benchmarks need an image: {problem}")
         BEGIN, END = "<!-- qemu-benchmarks:begin -->", "<!-- qemu-benchmarks:end -->"
+    if args.gateway:
+        BEGIN, END = "<!-- gateway-benchmarks:begin -->", "<!-- gateway-benchmarks:end -->"
     results = asyncio.run(main(args))
     stamp = time.strftime("%Y-%m-%d")
     text = f"Measured {stamp} on {machine()}{' (--quick)' if args.quick else ''}.\n\n"

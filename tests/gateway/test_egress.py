@@ -84,6 +84,7 @@ async def test_denied_hosts_are_refused_and_recorded(egress: tuple[Gateway, str]
     status, _, writer = await connect(sock, "pypi.org:443", "hal-gw-forged")
     writer.close()
     assert status.startswith(b"HTTP/1.1 407")
+    await gateway.drain()
     rows = gateway.store.gateway_requests("t1")
     assert [(r.path, r.status, r.error) for r in rows] == [
         ("evil.example:443", 403, "egress_denied"),
@@ -113,4 +114,5 @@ async def test_allowed_host_gets_a_raw_tunnel(egress: tuple[Gateway, str]) -> No
         writer.write(b"bytes untouched\n")
         assert await reader.readline() == b"echo:bytes untouched\n"
         writer.close()
+    await gateway.drain()
     assert gateway.store.gateway_requests("t1") == []

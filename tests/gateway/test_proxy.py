@@ -64,6 +64,7 @@ async def test_token_is_swapped_for_the_key_and_usage_recorded(
     assert whole.status_code == 200 and whole.json()["content"][0]["text"] == "ok"
     assert streamed.status_code == 200 and "message_delta" in streamed.text
     assert [s.headers["x-api-key"] for s in upstream.seen] == [KEY, KEY]
+    await gw.drain()
     rows = gw.store.gateway_requests("t1")
     assert [(r.status, r.model, r.input_tokens, r.output_tokens, r.cache_read_tokens)
             for r in rows] == [(200, "claude-sonnet-4-5", 11, 7, 5)] * 2  # fmt: skip
@@ -128,6 +129,7 @@ async def test_task_budget_refuses_with_a_final_400(
     assert statuses == [200, 200, 400]
     assert last.json()["error"]["code"] == "budget_exceeded"
     assert len(upstream.seen) == 2
+    await gw.drain()
     assert gw.store.gateway_refused("t1", "budget_exceeded")
 
 
@@ -180,5 +182,6 @@ async def test_unregister_aborts_calls_in_flight(
         with pytest.raises(httpx.HTTPError):
             await pending
         assert asyncio.get_running_loop().time() - started < 2.0
+    await gw.drain()
     [row] = gw.store.gateway_requests("t1")
     assert row.error == "aborted"

@@ -54,6 +54,9 @@ class Gateway:
         self.grants: dict[str, Grant] = {}
         self.limiters: dict[str, UpstreamLimiter] = {}
         self.inflight: dict[str, set[asyncio.Task[Any]]] = {}
+        self.writes: set[asyncio.Future[None]] = set()
+        self.spent: dict[str, tuple[int, float]] = {}
+        """Tokens and dollars per task so far (budgets check these, not the store)."""
         self.client = httpx.AsyncClient(
             timeout=_UPSTREAM_TIMEOUT,
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
@@ -76,6 +79,12 @@ class Gateway:
         for task in self.inflight.pop(token, set()):
             task.cancel()
         self.last_active = time.monotonic()
+
+    def _spent(self, task_id: str) -> tuple[int, float]:
+        # Counted in memory once read from the store (a restarted gateway reads it again).
+        if task_id not in self.spent:
+            self.spent[task_id] = self.store.gateway_spent(task_id=task_id)
+        return self.spent[task_id]
 
     def limiter(self, grant: Grant) -> UpstreamLimiter:
         """The shared limiter of ``grant``'s upstream and key."""
@@ -166,19 +175,22 @@ class Gateway:
                 f"hal gateway: model {model!r} is not allowed for this task "
                 f"(allowed: {', '.join(allowed)})"
             )
-        spent_tokens, spent_cost = self.store.gateway_spent(task_id=grant.task_id)
-        if grant.max_tokens is not None and spent_tokens >= grant.max_tokens:
-            return 400, "budget_exceeded", (
-                f"hal gateway: the task's token budget ({grant.max_tokens}) is spent"
-            )
-        if grant.max_cost_usd is not None and spent_cost >= grant.max_cost_usd:
-            return 400, "budget_exceeded", (
-                f"hal gateway: the task's cost budget (${grant.max_cost_usd:g}) is spent"
-            )
+        if grant.max_tokens is not None or grant.max_cost_usd is not None:
+            spent_tokens, spent_cost = self._spent(grant.task_id)
+            if grant.max_tokens is not None and spent_tokens >= grant.max_tokens:
+                return 400, "budget_exceeded", (
+                    f"hal gateway: the task's token budget ({grant.max_tokens}) is spent"
+                )
+            if grant.max_cost_usd is not None and spent_cost >= grant.max_cost_usd:
+                return 400, "budget_exceeded", (
+                    f"hal gateway: the task's cost budget (${grant.max_cost_usd:g}) is spent"
+                )
         daily_tokens = grant.settings.get("daily_max_tokens")
         daily_cost = grant.settings.get("daily_max_cost_usd")
         if daily_tokens is not None or daily_cost is not None:
             midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+            # Other HAL_HOMEs do not share this store; all tasks of this one pass here, but a
+            # restarted gateway must count the day so far: the store has it.
             day_tokens, day_cost = self.store.gateway_spent(since=midnight.timestamp())
             if (daily_tokens is not None and day_tokens >= daily_tokens) or (
                 daily_cost is not None and day_cost >= daily_cost
@@ -279,10 +291,31 @@ class Gateway:
         record.latency_ms = round((time.monotonic() - started) * 1000, 3)
         for name, value in fields.items():
             setattr(record, name, value)
+        if record.task_id in self.spent:
+            tokens, cost = self.spent[record.task_id]
+            self.spent[record.task_id] = (
+                tokens + record.total_tokens, cost + (record.cost_usd or 0.0)
+            )
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._write(record)
+            return
+        # SQLite's commit off the event loop: the next request must not wait for it.
+        future = loop.run_in_executor(None, self._write, record)
+        self.writes.add(future)
+        future.add_done_callback(self.writes.discard)
+
+    def _write(self, record: GatewayRequest) -> None:
         try:
             self.store.add_gateway_request(record)
         except Exception:
             logger.exception("gateway: could not record a call of task %s", record.task_id)
+
+    async def drain(self) -> None:
+        """Wait until every call so far is in the store."""
+        while self.writes:
+            await asyncio.gather(*list(self.writes))
 
 
 async def _read_request(

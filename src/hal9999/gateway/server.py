@@ -119,6 +119,7 @@ class GatewayServer:
                 idle = time.monotonic() - self.gateway.last_active
                 if not self.gateway.grants and not self.gateway.inflight and idle >= self.idle_s:
                     break
+        await self.gateway.drain()
         await self.gateway.client.aclose()
         self.store.close()
 
