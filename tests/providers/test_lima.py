@@ -106,3 +106,16 @@ def test_hal_run_on_lima(fake_lima: Path, tmp_path: Path) -> None:
                            capture_output=True, text=True, check=True)  # fmt: skip
     assert "a + b" in shown.stdout
     assert limactl_list() == []
+
+
+async def test_doctor_reports_limactl_and_hals_vms(
+    fake_lima: Path, hal_home: Path, workspace: Path
+) -> None:
+    from hal9999.providers.ssh.doctor import lima_findings
+
+    provider = load_provider("lima", state_dir=hal_home / "lima")
+    async with await provider.create(
+        SandboxSpec(provider="lima", network="none", workspace=workspace)
+    ):
+        [finding] = await lima_findings({}, hal_home / "lima")
+        assert finding.ok and "1 hal VM(s), 1 sandbox(es)" in finding.detail

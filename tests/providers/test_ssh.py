@@ -213,3 +213,19 @@ def test_relay_without_asyncssh_names_the_install(tmp_path: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert "pip install 'hal9999[ssh]'" in out.stdout
+
+
+async def test_doctor_says_which_hosts_are_reachable_and_isolated(
+    sshd_server: Sshd, hal_home: Path, tmp_path: Path
+) -> None:
+    from hal9999.providers.ssh.doctor import ssh_findings
+
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    wrong = " ".join(Path(f"{other}.pub").read_text().split()[:2])
+    hosts = [sshd_server.host_entry(), sshd_server.host_entry(name="impostor", host_key=wrong)]
+    good, bad = await ssh_findings({"hosts": hosts}, hal_home / "ssh")
+    assert good.ok and "reachable" in good.detail and "bubblewrap" in good.detail
+    assert "0/4 sandboxes" in good.detail
+    assert not bad.ok and "does not match" in bad.detail and bad.fix
+    assert await ssh_findings(None, hal_home / "ssh") == []

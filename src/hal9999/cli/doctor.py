@@ -188,7 +188,22 @@ async def gather() -> list[Check]:
     ]
     checks += await asyncio.gather(*(_agent(name) for name in available_agents()))
     checks += await _qemu()
+    checks += await _remote()
     return checks
+
+
+async def _remote() -> list[Check]:
+    """The ``ssh`` hosts (reachable, bwrap there) and ``lima`` (limactl, hal's VMs)."""
+    from hal9999.providers.ssh.doctor import lima_findings, ssh_findings
+
+    try:
+        config = load_config()
+    except HalError:  # reported by the config check
+        return []
+    paths = HalPaths(config.home)
+    found = await ssh_findings(config.providers.get("ssh"), paths.sandbox_state("ssh"))
+    found += await lima_findings(config.providers.get("lima"), paths.sandbox_state("lima"))
+    return [Check(f.name, f.ok, f.detail, f.fix, required=False) for f in found]
 
 
 async def _qemu() -> list[Check]:

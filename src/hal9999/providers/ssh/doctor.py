@@ -1,0 +1,93 @@
+"""What ``hal doctor`` says of the ``ssh`` and ``lima`` providers: configured, reachable,
+isolated as configured, how many sandboxes. Probes only look: a connection, ``bwrap
+--version`` on the host, ``limactl list``; nothing is created or changed."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from hal9999.errors import HalError
+from hal9999.providers.ssh import channel, remote
+from hal9999.providers.ssh.config import SshConfig, SshHost
+from hal9999.providers.ssh.connections import INSTALL_HINT, ConnectionPool
+from hal9999.providers.ssh.records import SshRecords
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One line of the report."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str | None = None
+
+
+async def ssh_findings(settings: Mapping[str, Any] | None, state_dir: Path) -> list[Finding]:
+    """One line per configured host (nothing when none is configured)."""
+    if not settings:
+        return []
+    try:
+        config = SshConfig.model_validate(dict(settings))
+    except ValidationError as exc:
+        return [Finding("ssh", False, f"[providers.ssh] is invalid: {exc.errors()[0]['msg']}",
+                        "fix [providers.ssh] in your hal config")]  # fmt: skip
+    try:
+        import asyncssh  # noqa: F401
+    except ImportError:
+        return [Finding("ssh", False, "asyncssh is not installed", INSTALL_HINT)]
+    used: dict[str, int] = {}
+    for record in SshRecords(state_dir).all():
+        used[record.host.name] = used.get(record.host.name, 0) + 1
+    pool = ConnectionPool(timeout=min(config.connect_timeout_s, 10), keepalive=5)
+    try:
+        return list(await asyncio.gather(*(
+            _host(pool, config, host, used.get(host.name, 0)) for host in config.hosts
+        )))  # fmt: skip
+    finally:
+        await pool.close()
+
+
+async def _host(pool: ConnectionPool, config: SshConfig, host: SshHost, used: int) -> Finding:
+    name = f"ssh {host.name}"
+    where = f"{host.user}@{host.address}:{host.port}"
+    count = f"{used}/{host.capacity} sandboxes"
+    try:
+        conn = await pool.get(host)
+    except HalError as exc:
+        return Finding(name, False, f"{where}: {exc.message}", exc.hint)
+    if config.isolation != "bwrap":
+        return Finding(name, True, f"{where} reachable, isolation {config.isolation}; {count}")
+    code, out, _ = await channel.run(conn, remote.plain([config.bwrap, "--version"]), what="bwrap")
+    if code != 0:
+        return Finding(name, False, f"{where} reachable but has no {config.bwrap}",
+                       "apt-get install bubblewrap on that host")  # fmt: skip
+    version = out.decode().strip()
+    return Finding(name, True, f"{where} reachable, {version} isolates agents; {count}")
+
+
+async def lima_findings(settings: Mapping[str, Any] | None, state_dir: Path) -> list[Finding]:
+    """limactl installed?, and hal's VMs (nothing when limactl is absent and unconfigured)."""
+    program = str((settings or {}).get("limactl", "limactl"))
+    found = shutil.which(program)
+    if found is None:
+        if not settings:
+            return []
+        return [Finding("lima", False, f"{program} is not installed",
+                        "install Lima: https://lima-vm.io/docs/installation/")]  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        found, "list", "--json", stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    ours = [line for line in out.decode().splitlines() if '"name": "hal-' in line
+            or '"name":"hal-' in line]  # fmt: skip
+    return [Finding("lima", proc.returncode == 0, f"{found}; {len(ours)} hal VM(s), "
+                    f"{len(SshRecords(state_dir).all())} sandbox(es)")]  # fmt: skip
