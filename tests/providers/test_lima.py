@@ -40,7 +40,7 @@ async def test_a_sandbox_is_a_vm_made_and_deleted_with_limactl(
     provider = load_provider("lima", state_dir=hal_home / "lima")
     assert isinstance(provider, LimaProvider)
     assert provider.capabilities.isolation == "vm"
-    spec = SandboxSpec(provider="lima", network="none", workspace=workspace)
+    spec = SandboxSpec(provider="lima", network="host", workspace=workspace)
     async with await provider.create(spec) as sandbox:
         [vm] = limactl_list()
         assert vm["name"] == f"hal-{sandbox.id}" and vm["status"] == "Running"
@@ -68,7 +68,7 @@ async def test_a_vm_without_hals_host_key_is_refused(
     monkeypatch.setenv("FAKE_LIMA_HOST_KEY", str(tmp_path / "not-the-sshd-key"))
     provider = load_provider("lima", state_dir=hal_home / "lima")
     with pytest.raises(HostKeyRejected):
-        await provider.create(SandboxSpec(provider="lima", network="none", workspace=workspace))
+        await provider.create(SandboxSpec(provider="lima", network="host", workspace=workspace))
     assert limactl_list() == []
     assert await provider.list() == []
 
@@ -93,6 +93,8 @@ def test_hal_run_on_lima(fake_lima: Path, tmp_path: Path) -> None:
     subprocess.run([*git, "commit", "-qm", "initial"], cwd=repo, check=True)
     environ = {k: v for k, v in os.environ.items() if not k.startswith("HAL_")}
     environ |= {"HAL_HOME": str(tmp_path / "halhome"), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    # A disposable VM cannot take the network away (no bwrap): the per-provider setting says so.
+    environ["HAL_LIMA_NETWORK"] = "host"
     agent = "sed -i s/a\\ -\\ b/a\\ +\\ b/ calc.py"
     out = subprocess.run(
         [sys.executable, "-m", "hal9999", "run", "--provider", "lima", "--agent", agent, "fix",
@@ -115,7 +117,7 @@ async def test_doctor_reports_limactl_and_hals_vms(
 
     provider = load_provider("lima", state_dir=hal_home / "lima")
     async with await provider.create(
-        SandboxSpec(provider="lima", network="none", workspace=workspace)
+        SandboxSpec(provider="lima", network="host", workspace=workspace)
     ):
         [finding] = await lima_findings({}, hal_home / "lima")
         assert finding.ok and "1 hal VM(s), 1 sandbox(es)" in finding.detail

@@ -43,8 +43,11 @@ class SshProvider:
         self.pool = ConnectionPool(
             timeout=self.config.connect_timeout_s, keepalive=self.config.keepalive_s
         )
+        # Without bwrap nothing takes the network away from a command: only "host" is honest.
+        bwrap = self.config.isolation == "bwrap"
         self.capabilities = Capabilities(
             isolation=ISOLATION[self.config.isolation],  # type: ignore[arg-type]
+            network_modes=frozenset({"none", "host"} if bwrap else {"host"}),
             host_launch=True,
         )
 
