@@ -43,13 +43,14 @@ def test_adopted_run_emits_each_parsed_event_once(
     wait_until(
         lambda: any(e["type"] == "tool_result" for e in events_of(hal, task_id)),
         "the first tool result",
+        timeout=60,
     )
     runner.kill()
     runner.communicate()
     assert tasks_json(hal)[0]["status"] == "interrupted"
 
     resumer = start(hal_env, demo_repo, "task", "resume", task_id, "--json")
-    wait_until(lambda: tasks_json(hal)[0]["status"] == "running", "the adoption")
+    wait_until(lambda: tasks_json(hal)[0]["status"] == "running", "the adoption", timeout=60)
     Path(str(task["session_dir"]), "workspace", "go").touch()
     out, err = resumer.communicate(timeout=60)
     assert resumer.returncode == 0, err
