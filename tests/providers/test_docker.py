@@ -3,6 +3,8 @@ the boundary a hostile agent meets, limits, snapshot and fork, and the warm pool
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,7 +14,7 @@ import pytest
 from hal9999.errors import CapabilityError, ConfigError
 from hal9999.providers.docker import DockerProvider, container_name
 from hal9999.providers.registry import load_provider
-from hal9999.spec import Resources, SandboxSpec, ShellCommand
+from hal9999.spec import ArgvCommand, Resources, SandboxSpec, ShellCommand
 
 pytestmark = [pytest.mark.podman, pytest.mark.timeout(180)]
 
@@ -65,6 +67,30 @@ async def test_a_hostile_agent_meets_the_boundary(
         assert wrote.ok, wrote
         host = workspace / "w"
         assert host.read_text() == "w\n" and host.stat().st_uid == int(uid)
+
+
+async def test_exec_time_secrets_never_reach_the_engines_records(
+    provider: DockerProvider, workspace: Path
+) -> None:
+    secret = f"hal-secret-{os.getpid()}-{id(provider)}"
+    command = ArgvCommand(argv=("printenv", "SECRET"))
+    async with await provider.create(SandboxSpec(provider="docker", workspace=workspace)) as box:
+        assert (await box.exec(command, env={"SECRET": secret})).stdout == f"{secret}\n".encode()
+        launch = box.launch(command, env={"SECRET": secret})
+        assert not any(secret in arg for arg in launch.argv)
+        proc = await asyncio.create_subprocess_exec(
+            *launch.argv, env=launch.env, stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await proc.communicate()
+        assert out == f"{secret}\n".encode()
+        api = provider.client().api
+        execs = api.inspect_container(container_name(box.id)).get("ExecIDs") or []
+        assert execs, "the engine recorded the execs"
+        for exec_id in execs:
+            assert secret not in json.dumps(api.exec_inspect(exec_id))
+        state = Path("/var/lib/containers/storage/libpod/bolt_state.db")
+        if state.exists():  # Podman's own database, on disk
+            assert secret.encode() not in state.read_bytes()
 
 
 async def test_limits_default_and_explicit(provider: DockerProvider, workspace: Path) -> None:

@@ -243,6 +243,7 @@ class DockerProvider:
         text = dockerseccomp.profile()
         path = self.state_dir / f"seccomp-{hashlib.sha256(text.encode()).hexdigest()[:12]}.json"
         if not path.exists():
+            self.state_dir.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{secrets.token_hex(4)}.tmp")
             tmp.write_text(text)
             tmp.chmod(0o644)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 from hal9999.errors import CapabilityError, ExecError
 from hal9999.providers import sandboxuser
 from hal9999.providers.base import Command, ExecResult, Launch, StreamEvent
-from hal9999.providers.dockerexec import ContainerExec
+from hal9999.providers.dockerexec import ENV_WRAPPER, ContainerExec
 from hal9999.spec import SandboxSpec, to_argv
 
 if TYPE_CHECKING:
@@ -116,12 +117,14 @@ class DockerSandbox:
             await stream.aclose()  # type: ignore[attr-defined]
 
     def launch(self, command: Command, *, env: Mapping[str, str] | None = None) -> Launch:
-        """``podman|docker exec`` on the host; variable names in argv, values in its env."""
+        """The engine CLI's ``exec`` under :mod:`providers.dockerlaunch`: variable names in
+        argv, values in its environment, handed to the command over stdin."""
         values = self._env(command, env)
-        names = [arg for key in values for arg in ("-e", key)]
         argv = [
+            sys.executable, "-m", "hal9999.providers.dockerlaunch", ",".join(values), "--",
             *self._owner.cli_argv(), "exec", "-i", "-u", f"{self.uid}:{self.uid}",
-            "-w", command.cwd or WORKDIR, *names, self.container, *to_argv(command),
+            "-w", command.cwd or WORKDIR, "-e", f"HAL_SANDBOX={self._id}", self.container,
+            "bash", "-c", ENV_WRAPPER, "hal-env", *to_argv(command),
         ]  # fmt: skip
         return Launch(argv=argv, env={"PATH": os.environ.get("PATH", ""), **values})
 

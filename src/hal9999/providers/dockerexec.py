@@ -40,6 +40,17 @@ done
 exit 1
 """
 API_VERSION = "1.41"
+ENV_WRAPPER = r"""
+IFS= read -r n || exit 125
+while IFS= read -r -d '' kv; do export "$kv" || exit 125; done < <(head -c "$n")
+exec "$@"
+"""
+"""Runs inside before every command: exports the environment block that opens its stdin.
+
+Exec-time variables (secrets among them) never go in the engine's exec record: Podman keeps
+those in its state database on disk, and Docker shows them to ``docker inspect``. They
+travel on the exec's stdin instead, as ``<length>\n`` and ``KEY=VALUE\0`` entries, read
+with ``head -c`` (which never reads past its count) so the command's own stdin follows."""
 INSTALL_HINT = "pip install 'hal9999[docker]' (the docker SDK)"
 
 
@@ -61,6 +72,12 @@ def engine_client(url: str) -> Any:
         # that does not answer is reported by the first real call, with the provider's hint.
         _CLIENTS[url] = docker.DockerClient(base_url=url, version=API_VERSION, timeout=60)
     return _CLIENTS[url]
+
+
+def env_block(env: Mapping[str, str]) -> bytes:
+    """The environment block :data:`ENV_WRAPPER` reads (see there)."""
+    body = b"".join(f"{key}={value}".encode() + b"\0" for key, value in env.items())
+    return f"{len(body)}\n".encode() + body
 
 
 def engine_errors() -> tuple[type[BaseException], ...]:
@@ -99,7 +116,7 @@ class ContainerExec:
 
         def run() -> None:
             try:
-                code = self._run(argv, {**env, TOKEN_VAR: token}, cwd, stdin, put)
+                code = self._run(argv, env, cwd, stdin, put, token=token)
                 put(StreamEvent("exit", exit_code=code))
             except BaseException as exc:  # handed to the loop, raised there
                 put(exc)
@@ -131,15 +148,22 @@ class ContainerExec:
         cwd: str,
         stdin: bytes | None,
         put: Any,
+        *,
+        token: str = "",
     ) -> int:
-        """One exec, blocking: create, attach, feed stdin, demultiplex output."""
+        """One exec, blocking: create, attach, feed the environment and stdin, demultiplex
+        output. Only the kill token and the sandbox id are in the engine's exec record."""
         from docker.utils.socket import frames_iter
 
         api = self.client.api
+        marks = {TOKEN_VAR: token} if token else {}
+        if "HAL_SANDBOX" in env:
+            marks["HAL_SANDBOX"] = env["HAL_SANDBOX"]
+        stdin = env_block(env) + (stdin or b"")
         try:
             created = api.exec_create(
-                self.container, list(argv), stdin=True, stdout=True, stderr=True,
-                environment=dict(env), workdir=cwd, user=self.user,
+                self.container, ["bash", "-c", ENV_WRAPPER, "hal-env", *argv], stdin=True,
+                stdout=True, stderr=True, environment=marks, workdir=cwd, user=self.user,
             )  # fmt: skip
             sock = api.exec_start(created["Id"], socket=True)
         except engine_errors() as exc:
