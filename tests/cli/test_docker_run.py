@@ -46,3 +46,16 @@ def test_run_in_a_container_brings_back_the_branch(
         assert [c.name for c in leftovers if c.name == f"hal-{task['sandbox_id']}"] == []
     finally:
         client.close()
+
+
+def test_doctor_covers_the_docker_provider_and_pm2(docker_env: dict[str, str], hal: Hal) -> None:
+    import json
+
+    out = hal("doctor", "--json", timeout=120)
+    checks = {c["name"]: c for c in json.loads(out.stdout)["checks"]}
+    assert checks["docker engine"]["ok"] and "Podman" in checks["docker engine"]["detail"]
+    assert checks["docker image"]["ok"] and checks["docker image"]["detail"] == "hal9999:default"
+    assert checks["docker sandboxes"]["detail"].startswith("0 ")
+    silent = hal("doctor", "--json", env={"HAL_DOCKER_URL": "unix:///nonexistent.sock"})
+    checks = {c["name"]: c for c in json.loads(silent.stdout)["checks"]}
+    assert not checks["docker engine"]["ok"] and "setup-podman.sh" in checks["docker engine"]["fix"]

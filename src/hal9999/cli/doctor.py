@@ -189,7 +189,21 @@ async def gather() -> list[Check]:
     checks += await asyncio.gather(*(_agent(name) for name in available_agents()))
     checks += await _qemu()
     checks += await _remote()
+    checks += await _containers()
     return checks
+
+
+async def _containers() -> list[Check]:
+    """The ``docker`` provider (SDK, engine, image, sandboxes) and PM2."""
+    from hal9999.providers.dockerdoctor import docker_findings, pm2_finding
+
+    try:
+        config = load_config()
+    except HalError:  # reported by the config check
+        return []
+    state = HalPaths(config.home).sandbox_state("docker")
+    found = await docker_findings(config.providers.get("docker"), state)
+    return [Check(*finding, required=False) for finding in [*found, pm2_finding()]]
 
 
 async def _remote() -> list[Check]:
