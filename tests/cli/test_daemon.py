@@ -248,7 +248,7 @@ def test_retries_work_with_and_without_the_daemon(hal: Hal, via_daemon: bool) ->
 
 
 def test_a_held_database_write_lock_does_not_stall_the_daemon_api(
-    daemon: Hal, hal_env: dict[str, str]
+    daemon: Hal, hal_env: dict[str, str], demo_repo: Path
 ) -> None:
     home = Path(hal_env["HAL_HOME"])
     # A task whose runner died: listing it writes (it is marked interrupted), which must
@@ -269,13 +269,16 @@ def test_a_held_database_write_lock_does_not_stall_the_daemon_api(
 
         async def probe() -> tuple[float, float]:
             listing = asyncio.create_task(client.call("GET", "/v1/tasks"))
-            await asyncio.sleep(0.3)  # the listing now waits for the lock
+            body = {"prompt": "x", "agent": "true {{prompt_file}}", "cwd": str(demo_repo)}
+            creating = asyncio.create_task(client.call("POST", "/v1/tasks", body))
+            await asyncio.sleep(0.5)  # the listing and the creation now wait for the lock
             start = time.monotonic()
             await client.call("GET", "/v1/health")
             await client.call("GET", "/v1/status")
             answered = time.monotonic() - start
             holder.execute("ROLLBACK")
             await listing
+            await creating
             return answered, time.monotonic() - start
 
         answered, listed = asyncio.run(probe())

@@ -113,7 +113,9 @@ def build_router(daemon: Daemon) -> Router:
             max_tokens=body.get("max_tokens"),  # checked by service.create (RunOptions)
             max_cost_usd=body.get("max_cost_usd"),
         )
-        task = await service.create(run)
+        # On a loop of its own in a worker thread: creating writes the store (and the session),
+        # which must not hold up this loop while another process holds the write lock.
+        task = await asyncio.to_thread(asyncio.run, service.create(run))
         task = await asyncio.to_thread(daemon.store.update_task, task.id, runner_pid=os.getpid())
         scheduler.submit(task.id, run.given_env)
         return task_json(task)
