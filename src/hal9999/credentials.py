@@ -23,10 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hal9999.config import CredentialFile
+from hal9999.config import CredentialFile, HalConfig
 from hal9999.errors import CredentialsError, HalError, UsageError
 from hal9999.providers.base import Sandbox
-from hal9999.redact import MIN_SECRET_LEN, high_entropy, secret_like_name
+from hal9999.redact import (
+    MIN_SECRET_LEN,
+    SecretMasker,
+    forwarded_is_secret,
+    high_entropy,
+    secret_like_name,
+)
 from hal9999.values import is_env_name
 
 logger = logging.getLogger(__name__)
@@ -137,6 +143,25 @@ def remove_files(home_dir: Path, files: Iterable[CredentialFile], home: str) -> 
                 logger.warning("credential file %s not removed: %s", relative, exc.one_line())
                 left.append(relative)
     return left
+
+
+def host_log_masker(config: HalConfig, environ: Mapping[str, str]) -> SecretMasker:
+    """The masker of hal's own log (CLI and daemon): marked secrets (``secrets``, agents'
+    ``api_key_env``) always, ``forward_env`` values that look like secrets, and the
+    token-like values of credential files."""
+    masker = SecretMasker()
+    for name in [*config.secrets, *(a.api_key_env for a in config.agents.values())]:
+        value = environ.get(name) if name else None
+        if value:
+            masker.add(value)
+    for name in config.forward_env:
+        value = environ.get(name)
+        if value and forwarded_is_secret(name, value):
+            masker.add(value)
+    for cred in config.credentials:
+        for secret in file_secrets(cred.source):
+            masker.add(secret)
+    return masker
 
 
 def file_secrets(source: Path) -> list[str]:

@@ -31,7 +31,7 @@ from hal9999.credentials import parse_env_option
 from hal9999.errors import ConfigError, DiskFull, HalError, HomeError, UsageError, exit_status_for
 from hal9999.home import HalPaths
 from hal9999.providers import limits
-from hal9999.redact import configure_logging, forwarded_is_secret, masker_from_env
+from hal9999.redact import configure_logging
 from hal9999.server.client import DaemonClient
 from hal9999.store import Store, TaskRecord
 from hal9999.tasks.api import TaskAPI
@@ -72,20 +72,10 @@ class App:
 def app() -> App:
     """Load config and open the store for a command."""
     config, sources = load_config_sources()
-    # Every log sink masks every secret hal may forward (see redact.MaskingFilter): marked
-    # ones always, other forwarded variables when they look like secrets.
-    secret_names = [*config.secrets, *(a.api_key_env for a in config.agents.values())]
-    masker = masker_from_env([n for n in secret_names if n], os.environ)
-    for name in config.forward_env:
-        value = os.environ.get(name)
-        if value and forwarded_is_secret(name, value):
-            masker.add(value)
-    if config.credentials:
-        from hal9999.credentials import file_secrets
+    # Every log sink masks every secret hal may forward (see redact.MaskingFilter).
+    from hal9999.credentials import host_log_masker
 
-        for cred in config.credentials:
-            for secret in file_secrets(cred.source):
-                masker.add(secret)
+    masker = host_log_masker(config, os.environ)
     configure_logging(masker, level=log_level(os.environ))
     limits.release_if_full(config.home)  # on a full disk: room for the store to open
     store = open_store(config)

@@ -15,7 +15,7 @@ import click
 from hal9999.cli.main import app, cli, emit_json, run_async
 from hal9999.config import load_config, log_level
 from hal9999.errors import HalError
-from hal9999.redact import configure_logging, masker_from_env
+from hal9999.redact import configure_logging
 from hal9999.server.runtime import DaemonFiles
 
 START_TIMEOUT_S = 30.0
@@ -38,12 +38,11 @@ def serve(detach: bool, stop: bool, as_json: bool) -> None:
     if detach:
         _detach(files, as_json)
         return
+    from hal9999.credentials import host_log_masker
     from hal9999.server.daemon import Daemon
 
-    secret_names = [*config.forward_env, *(a.api_key_env for a in config.agents.values())]
     configure_logging(
-        masker_from_env([n for n in secret_names if n], os.environ),
-        level=log_level(os.environ, default="INFO"),
+        host_log_masker(config, os.environ), level=log_level(os.environ, default="INFO")
     )
     logging.getLogger(__name__).info("hal serve starting for %s", config.home)
 
