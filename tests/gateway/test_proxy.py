@@ -185,3 +185,16 @@ async def test_unregister_aborts_calls_in_flight(
     await gw.drain()
     [row] = gw.store.gateway_requests("t1")
     assert row.error == "aborted"
+
+
+async def test_grants_of_tasks_gone_are_withdrawn(tmp_path: Path) -> None:
+    from hal9999.gateway.channel import GatewayPaths
+    from hal9999.gateway.server import GatewayServer
+
+    server = GatewayServer(GatewayPaths(tmp_path / "home"))
+    grant = Grant(task_id="no-such-task", token=new_token(), upstream="http://x", key=KEY)
+    server.gateway.register(grant)
+    server.drop_stale_grants()  # a runner killed before withdrawing its grant
+    assert grant.token not in server.gateway.grants
+    await server.gateway.client.aclose()
+    server.store.close()

@@ -19,10 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hal9999.errors import HalError
 from hal9999.gateway.channel import GatewayPaths, Grant
 from hal9999.gateway.egress import MAX_HEAD, EgressProxy
 from hal9999.gateway.proxy import Gateway
 from hal9999.store import Store
+from hal9999.tasks.state import RESTING
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +96,18 @@ class GatewayServer:
             return {"ok": True, "grants": len(self.gateway.grants), "peaks": peaks}
         return {"ok": False, "error": f"unknown op {op!r}"}
 
+    def drop_stale_grants(self) -> None:
+        """Withdraw the grants of tasks that are no longer in flight (a runner killed before
+        it could withdraw its own, or a task removed): their tokens stop working."""
+        for token, grant in list(self.gateway.grants.items()):
+            try:
+                status = self.store.get_task(grant.task_id).status
+            except HalError:
+                status = None  # removed
+            if status is None or status in RESTING:
+                logger.info("withdrawing the grant of task %s (%s)", grant.task_id, status)
+                self.gateway.unregister(token)
+
     async def run(self, ready: int | None = None) -> None:
         """Serve until idle."""
         data = await asyncio.start_unix_server(
@@ -116,6 +130,7 @@ class GatewayServer:
         async with data, egress, control:
             while True:
                 await asyncio.sleep(min(5.0, self.idle_s))
+                self.drop_stale_grants()
                 idle = time.monotonic() - self.gateway.last_active
                 if not self.gateway.grants and not self.gateway.inflight and idle >= self.idle_s:
                     break
