@@ -187,14 +187,22 @@ async def test_unregister_aborts_calls_in_flight(
     assert row.error == "aborted"
 
 
-async def test_grants_of_tasks_gone_are_withdrawn(tmp_path: Path) -> None:
+async def test_grants_of_tasks_at_rest_are_withdrawn(tmp_path: Path) -> None:
+    from tests.store.test_store import make_task
+
     from hal9999.gateway.channel import GatewayPaths
     from hal9999.gateway.server import GatewayServer
 
     server = GatewayServer(GatewayPaths(tmp_path / "home"))
-    grant = Grant(task_id="no-such-task", token=new_token(), upstream="http://x", key=KEY)
-    server.gateway.register(grant)
+    server.store.insert_task(make_task("running1", status="running"))
+    server.store.insert_task(make_task("crashed1", status="interrupted"))
+    grants = [
+        Grant(task_id=task, token=new_token(), upstream="http://x", key=KEY)
+        for task in ("running1", "crashed1", "not-a-task")
+    ]
+    for grant in grants:
+        server.gateway.register(grant)
     server.drop_stale_grants()  # a runner killed before withdrawing its grant
-    assert grant.token not in server.gateway.grants
+    assert sorted(g.task_id for g in server.gateway.grants.values()) == ["not-a-task", "running1"]
     await server.gateway.client.aclose()
     server.store.close()
