@@ -135,7 +135,7 @@ class Gateway:
         path = urlsplit(target).path
         # Parsing a long conversation costs ~1 ms per 100 kB: only for an allow-list (the
         # response names the model anyway).
-        model = refusal.requested_model(path, body) if grant.models is not None else None
+        model = refusal.requested_model(path, body if grant.models is not None else b"")
         record = GatewayRequest(
             task_id=grant.task_id, ts=wall, method=method, path=path[:500], model=model,
             status=0, latency_ms=0.0,
