@@ -161,8 +161,9 @@ class GatewayConfig(_Config):
     """Model allow-list: a request for any other model is refused; every model when unset."""
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
     """Prices by model, over the shipped table (:mod:`hal9999.gateway.prices`)."""
-    store_bodies: bool = False
-    """Keep request bodies (masked) with each call record."""
+    ca_file: Path | None = None
+    """Extra CA certificates (PEM) the gateway trusts for upstreams (a private endpoint);
+    the system's trusted roots otherwise."""
     egress: list[str] = Field(default_factory=list)
     """Hosts (``host`` or ``host:port``, ``*.domain``) every task may reach through the egress
     proxy when the sandbox has no network."""

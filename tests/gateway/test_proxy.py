@@ -32,7 +32,7 @@ async def gateway(tmp_path: Path) -> AsyncIterator[tuple[Gateway, str]]:
     server = await asyncio.start_unix_server(gw.serve_connection, path=sock)
     async with server:
         yield gw, sock
-    await gw.client.aclose()
+    await gw.aclose()
     store.close()
 
 
@@ -204,5 +204,5 @@ async def test_grants_of_tasks_at_rest_are_withdrawn(tmp_path: Path) -> None:
         server.gateway.register(grant)
     server.drop_stale_grants()  # a runner killed before withdrawing its grant
     assert sorted(g.task_id for g in server.gateway.grants.values()) == ["not-a-task", "running1"]
-    await server.gateway.client.aclose()
+    await server.gateway.aclose()
     server.store.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import ssl
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -57,12 +58,9 @@ class Gateway:
         self.writes: set[asyncio.Future[None]] = set()
         self.spent: dict[str, tuple[int, float]] = {}
         """Tokens and dollars per task so far (budgets check these, not the store)."""
-        self.client = httpx.AsyncClient(
-            timeout=_UPSTREAM_TIMEOUT,
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-            follow_redirects=False,
-            trust_env=False,
-        )
+        self.client = _client(None)
+        self.clients: dict[str, httpx.AsyncClient] = {}
+        """Clients for upstreams behind a private CA, by CA file."""
         self.last_active = time.monotonic()
 
     # -- grants ---------------------------------------------------------------------------
@@ -96,6 +94,20 @@ class Gateway:
                 int(settings.get("concurrency", 8)), settings.get("requests_per_minute")
             )
         return self.limiters[name]
+
+    def client_for(self, grant: Grant) -> httpx.AsyncClient:
+        """The shared client, or the one trusting the grant's extra CA file."""
+        ca_file = grant.settings.get("ca_file")
+        if not ca_file:
+            return self.client
+        if ca_file not in self.clients:
+            self.clients[ca_file] = _client(str(ca_file))
+        return self.clients[ca_file]
+
+    async def aclose(self) -> None:
+        """Close every upstream client."""
+        for client in [self.client, *self.clients.values()]:
+            await client.aclose()
 
     # -- serving --------------------------------------------------------------------------
     async def serve_connection(
@@ -216,14 +228,15 @@ class Gateway:
         out_headers = [(k, _swap(k, v, grant)) for k, v in headers if k not in _HOP_HEADERS]
         out_headers.append(("accept-encoding", "identity"))  # usage is read from the bytes
         limiter = self.limiter(grant)
+        client = self.client_for(grant)
         retries = int(grant.settings.get("max_retries", 6))
         attempt = 0
         while True:
             await limiter.acquire()
             try:
-                request = self.client.build_request(method, url, headers=out_headers, content=body)
+                request = client.build_request(method, url, headers=out_headers, content=body)
                 try:
-                    response = await self.client.send(request, stream=True)
+                    response = await client.send(request, stream=True)
                 except httpx.HTTPError as exc:
                     if attempt < retries and _safe_to_retry(exc):
                         limiter.pause(retry_after_s({}, attempt))
@@ -383,5 +396,22 @@ def _swap(name: str, value: str, grant: Grant) -> str:
 
 
 def _safe_to_retry(exc: httpx.HTTPError) -> bool:
-    # Nothing reached the upstream: a refused or failed connect is always safe to repeat.
+    # Nothing reached the upstream: a refused or failed connect is always safe to repeat;
+    # a certificate that does not verify will not verify on a retry either.
+    if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        return False
     return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+
+
+def _client(ca_file: str | None) -> httpx.AsyncClient:
+    verify: ssl.SSLContext | bool = True
+    if ca_file is not None:
+        verify = ssl.create_default_context()
+        verify.load_verify_locations(cafile=ca_file)
+    return httpx.AsyncClient(
+        timeout=_UPSTREAM_TIMEOUT,
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+        follow_redirects=False,
+        trust_env=False,
+        verify=verify,
+    )

@@ -136,7 +136,7 @@ class GatewayServer:
                 if not self.gateway.grants and not self.gateway.inflight and idle >= self.idle_s:
                     break
         await self.gateway.drain()
-        await self.gateway.client.aclose()
+        await self.gateway.aclose()
         self.store.close()
 
 
