@@ -104,7 +104,15 @@ def _boundary() -> list[Check]:
             required=False,
         )
     )
-    checks.append(Check("network none", True, "loopback only: no host or outside service"))
+    checks.append(
+        Check(
+            "network none",
+            True,
+            "loopback only: no host or outside service; presets reach their API through the "
+            "LLM gateway (the key stays on the host) and other hosts through the egress proxy "
+            "([gateway] egress)",
+        )
+    )
     try:
         usernet.check(userns=not sandboxuser.privileged())
     except HalError as exc:
