@@ -190,11 +190,11 @@ class RunBody(BaseModel):
     """Branch, tag or commit."""
     cwd: PathText = None
     """The caller's directory, which a relative ``repo`` is relative to."""
-    agent: str | None = None
-    """Agent; the daemon's default when unset."""
-    provider: str | None = None
+    agent: Name | None = None
+    """Agent; the daemon's default when unset (never when empty: that is a mistake)."""
+    provider: Name | None = None
     """Provider list; the daemon's default when unset."""
-    process_manager: str | None = None
+    process_manager: Name | None = None
     """Process manager; the daemon's default when unset."""
     timeout_s: Annotated[TimeoutSeconds, Field(strict=False)] | None = None
     """Time limit in seconds."""

@@ -177,3 +177,23 @@ def test_fuzz_http_api(daemon: Daemon, data: st.DataObject) -> None:
         assert "Traceback" not in error["message"]
     if token != daemon.token:
         assert status == 401
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"prompt": "x", "timeout_s": 1e308 * 10}, {"prompt": "x", "timeout_s": "soon"},
+     {"prompt": "x", "env_names": 5}, {"prompt": "x", "repo": 5}, {"prompt": "x", "cwd": "a\0b"},
+     {"prompt": "x", "env": {"NAMÉ": "1"}}, {"prompt": "x", "agent": ""}, {"prompt": " "}],
+)  # fmt: skip
+def test_bad_run_bodies_are_400(daemon: Daemon, body: dict[str, Any]) -> None:
+    before = json.loads(daemon.hal("task", "list", "--json").stdout)
+    raw = json.dumps(body).encode()  # 1e309 is written as Infinity, as a hostile client may
+    status, payload = daemon.request("POST", "/v1/tasks", raw, daemon.token)
+    assert status == 400, payload
+    assert "\n" not in payload["error"]["message"]
+    assert json.loads(daemon.hal("task", "list", "--json").stdout) == before
+
+
+def test_unknown_status_filter_is_400(daemon: Daemon) -> None:
+    status, payload = daemon.request("GET", "/v1/tasks?status=bogus", b"", daemon.token)
+    assert status == 400 and "bogus" in payload["error"]["message"]

@@ -23,6 +23,7 @@ from hal9999.errors import (
     ConfigError,
     HalError,
     NotFoundError,
+    RepoError,
     SandboxNotFound,
     TaskStateError,
     UnknownAgent,
@@ -110,8 +111,8 @@ def status_for(error: HalError) -> int:
         return 404
     if isinstance(error, TaskStateError):
         return 409
-    # A name the caller got wrong is bad input, like a bad option on the command line.
-    if isinstance(error, ConfigError | UnknownProvider | UnknownAgent):
+    # A name or repository the caller got wrong is bad input, like a bad command-line option.
+    if isinstance(error, ConfigError | UnknownProvider | UnknownAgent | RepoError):
         return 400
     return 500
 
