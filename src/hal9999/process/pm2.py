@@ -16,11 +16,14 @@ PM2's sockets live there and unix socket paths are short).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import secrets
 import shutil
+import signal
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -180,5 +183,32 @@ class Pm2ProcessManager:
 
     async def kill_daemon(self) -> None:
         """End the PM2 daemon and every app it runs (tests, and `hal` housekeeping)."""
+        try:
+            pid = int((self.home / "pm2.pid").read_text().strip())
+        except (OSError, ValueError):
+            pid = None
         if self._pm2 is not None and (self.home / "rpc.sock").exists():
             await self._run("kill", check=False)
+        if pid is not None:
+            # `pm2 kill` can return while the daemon still winds down (and rewrites its home).
+            await _daemon_gone(pid)
+
+
+def _is_daemon(pid: int) -> bool:
+    try:
+        return b"PM2" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+async def _daemon_gone(pid: int, wait_s: float = 5.0) -> None:
+    """Wait for the PM2 daemon ``pid`` to exit; SIGKILL it when it does not in time."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    for _ in range(int(wait_s / 0.05)):
+        if not _is_daemon(pid) or loop.time() >= deadline:
+            break
+        await asyncio.sleep(0.05)
+    if _is_daemon(pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
