@@ -132,7 +132,7 @@ def running_sshd() -> Iterator[Sshd]:
         f"ListenAddress {ns_ip}\nPort 22\nHostKey {host_key_file}\nPidFile none\n"
         f"AuthorizedKeysFile {etc}/authorized_keys\nStrictModes no\nUsePAM no\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin no\n"
-        f"AllowUsers {USER}\nMaxSessions 200\nMaxStartups 100\nLogLevel ERROR\n"
+        f"AllowUsers {USER}\nMaxSessions 10\nMaxStartups 100\nLogLevel ERROR\n"
         "X11Forwarding no\nAllowTcpForwarding no\nAllowAgentForwarding no\n"
     )
     proc: subprocess.Popen[bytes] | None = None

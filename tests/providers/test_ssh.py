@@ -229,3 +229,20 @@ async def test_doctor_says_which_hosts_are_reachable_and_isolated(
     assert "0/4 sandboxes" in good.detail
     assert not bad.ok and "does not match" in bad.detail and bad.fix
     assert await ssh_findings(None, hal_home / "ssh") == []
+
+
+async def test_many_commands_at_once_share_the_connection_within_sshds_session_limit(
+    sshd_server: Sshd, hal_home: Path, workspace: Path
+) -> None:
+    # The test sshd keeps OpenSSH's default MaxSessions 10: 24 concurrent commands on one
+    # connection would have channels refused without hal's own limit.
+    provider = ssh_provider(sshd_server, hal_home / "ssh")
+    spec = SandboxSpec(provider="ssh", network="none", workspace=workspace)
+    async with await provider.create(spec) as sandbox:
+        assert isinstance(sandbox, SshSandbox)
+        results = await asyncio.gather(*(
+            sandbox._run(ShellCommand(script=f"sleep 0.3; echo {n}"), None, b"", 60)
+            for n in range(24)
+        ))  # fmt: skip
+        assert [r.stdout for r in results] == [f"{n}\n".encode() for n in range(24)]
+        assert provider.pool.opened == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -12,6 +13,10 @@ from hal9999.providers.base import StreamEvent
 from hal9999.providers.ssh import remote
 
 CHUNK = 65536
+MAX_SESSIONS = 8
+"""Channels open at once on one connection: sshd refuses more than ``MaxSessions`` (10 by
+default), so commands beyond this wait for a free one instead of failing."""
+_sessions: weakref.WeakKeyDictionary[Any, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
 
 async def stream(
@@ -20,6 +25,16 @@ async def stream(
     """Run ``command`` (a remote command string); ``stdin`` is written then closed. A lost
     connection raises :class:`ExecError`; the caller kills leftovers by their marker."""
     asyncssh = _asyncssh()
+    limit = _sessions.setdefault(conn, asyncio.Semaphore(MAX_SESSIONS))
+    async with limit:
+        async with contextlib.aclosing(_session(conn, command, stdin, what, asyncssh)) as events:
+            async for event in events:
+                yield event
+
+
+async def _session(
+    conn: Any, command: str, stdin: bytes, what: str, asyncssh: Any
+) -> AsyncGenerator[StreamEvent, None]:
     try:
         proc = await conn.create_process(command, encoding=None)
     except (asyncssh.Error, OSError) as exc:
