@@ -170,7 +170,7 @@ class LimaProvider(SshProvider):
         await self._delete(host.name)
 
     async def _delete(self, name: str) -> None:
-        self.pool.forget_name(name)
+        self.pool.forget_name(name, force=True)
         with contextlib.suppress(ProviderError):
             await self._limactl("delete", "--force", name)
 

@@ -35,10 +35,18 @@ async def stream(
 async def _session(
     conn: Any, command: str, stdin: bytes, what: str, asyncssh: Any
 ) -> AsyncGenerator[StreamEvent, None]:
-    try:
-        proc = await conn.create_process(command, encoding=None)
-    except (asyncssh.Error, OSError) as exc:
-        raise ExecError(f"cannot start {what} over ssh: {exc}") from exc
+    for attempt in range(1, 7):
+        try:
+            proc = await conn.create_process(command, encoding=None)
+            break
+        except asyncssh.ChannelOpenError as exc:
+            # sshd frees a session slot a little after the client saw the channel close, so
+            # a refusal on a live connection is retried after a pause (nothing ran).
+            if conn.is_closed() or attempt == 6:
+                raise NotStarted(f"cannot start {what} over ssh: {exc}") from exc
+            await asyncio.sleep(0.05 * attempt)
+        except (asyncssh.Error, OSError) as exc:
+            raise NotStarted(f"cannot start {what} over ssh: {exc}") from exc
     try:
         # A command may end (and its channel close) before reading its stdin: not an error.
         with contextlib.suppress(BrokenPipeError, ConnectionError):
@@ -78,6 +86,10 @@ async def _session(
     finally:
         with contextlib.suppress(Exception):
             proc.close()
+
+
+class NotStarted(ExecError):
+    """The channel did not open: the command never ran, so running it again is safe."""
 
 
 def exit_code(proc: Any) -> int:

@@ -117,10 +117,12 @@ class ConnectionPool:
         """Drop a connection that failed under a command (the next use reconnects)."""
         self.forget_name(host.name)
 
-    def forget_name(self, name: str) -> None:
-        """Drop the connection to the host called ``name``, if any."""
-        conn = self._open.pop(name, None)
-        if conn is not None:
+    def forget_name(self, name: str, *, force: bool = False) -> None:
+        """Drop the connection to the host called ``name`` once it is closed (other commands
+        may still be using a live one), or at once with ``force`` (its host is gone)."""
+        conn = self._open.get(name)
+        if conn is not None and (force or _closed(conn)):
+            del self._open[name]
             conn.abort()
 
     async def close(self) -> None:

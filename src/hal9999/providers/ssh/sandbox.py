@@ -25,6 +25,8 @@ from hal9999.providers.ssh.connections import ConnectionPool
 from hal9999.providers.ssh.records import MountRecord, SshRecord, SshRecords
 from hal9999.spec import ArgvCommand, SandboxSpec, display, to_argv
 
+OPEN_ATTEMPTS = 6
+"""Tries to open a command's channel (see :meth:`SshSandbox._events`)."""
 WORKDIR = "/workspace"
 HOME = "/home/hal"
 
@@ -124,26 +126,36 @@ class SshSandbox:
         self, command: Command, env: Mapping[str, str] | None, stdin: bytes, token: str
     ) -> AsyncGenerator[StreamEvent, None]:
         full = self.command_env(command, env) | {EXEC_MARKER_VAR: token}
-        conn = await self._pool.get(self._record.host)
         line = remote.env_line(full)
         finished = False
-        try:
-            async with contextlib.aclosing(channel.stream(
-                conn, remote.wrapped(self.remote_argv(command)), stdin=line + stdin,
-                what=display(command),
-            )) as events:  # fmt: skip
-                async for event in events:
-                    finished = event.kind == "exit"
-                    yield event
-        except ExecError:
-            self._pool.forget(self._record.host)
-            raise
-        finally:
-            # A command that ended by itself took its namespace along (bwrap's pid 1); one
-            # closed early, timed out or cut off is hunted down by its marker.
-            if not finished or not self.isolated:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(self._kill(EXEC_MARKER_VAR, token))
+        for attempt in range(1, OPEN_ATTEMPTS + 1):
+            conn = await self._pool.get(self._record.host)
+            try:
+                async with contextlib.aclosing(channel.stream(
+                    conn, remote.wrapped(self.remote_argv(command)), stdin=line + stdin,
+                    what=display(command),
+                )) as events:  # fmt: skip
+                    async for event in events:
+                        finished = event.kind == "exit"
+                        yield event
+                return
+            except channel.NotStarted:
+                # Nothing ran, so it is safe to try again: on a new connection when this one
+                # was found closed; after a pause when sshd refused the channel (it frees a
+                # session slot a little after the client has seen the channel close).
+                self._pool.forget(self._record.host)
+                if attempt == OPEN_ATTEMPTS:
+                    raise
+                await asyncio.sleep(0.05 * attempt)
+            except ExecError:
+                self._pool.forget(self._record.host)
+                raise
+            finally:
+                # A command that ended by itself took its namespace along (bwrap's pid 1);
+                # one closed early, timed out or cut off is hunted down by its marker.
+                if not finished or not self.isolated:
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(self._kill(EXEC_MARKER_VAR, token))
 
     async def _kill(self, var: str, value: str) -> None:
         conn = await self._pool.get(self._record.host)
