@@ -246,3 +246,27 @@ async def test_many_commands_at_once_share_the_connection_within_sshds_session_l
         ))  # fmt: skip
         assert [r.stdout for r in results] == [f"{n}\n".encode() for n in range(24)]
         assert provider.pool.opened == 1
+
+
+async def test_pool_status_shows_each_host_and_how_full_it_is(
+    sshd_server: Sshd, hal_home: Path, workspace: Path, tmp_path: Path
+) -> None:
+    from hal9999.pool.pool import WarmPool
+    from hal9999.pool.settings import ProviderSettings
+    from hal9999.pool.slots import SlotDir
+
+    provider = ssh_provider(sshd_server, hal_home / "ssh", capacity=3)
+    pool = WarmPool(
+        providers=lambda name: provider,
+        settings=lambda name: ProviderSettings(max_size=3),
+        slots=SlotDir(tmp_path / "slots"),
+    )
+    spec = SandboxSpec(provider="ssh", network="none", workspace=workspace)
+    lease = await pool.claim(spec, task_id="t1")
+    try:
+        [host] = pool.status()["providers"]["ssh"]["hosts"]
+        address = f"haltest@{sshd_server.address}:22"
+        assert host == {"host": "box", "address": address, "capacity": 3, "sandboxes": 1}
+    finally:
+        await pool.release(lease, reuse=False)
+        await pool.close()

@@ -44,6 +44,9 @@ def pool_status(as_json: bool) -> None:
         states = ", ".join(f"{n} {s}" for s, n in sorted(row["states"].items()))
         click.echo(f"{name}: {states} (max {row['max_size']}, min warm {row['min_warm']}, "
                    f"after a task: {row['policy']})")  # fmt: skip
+        for host in row.get("hosts", []):
+            click.echo(f"  host {host['host']} ({host['address']}): "
+                       f"{host['sandboxes']}/{host['capacity']} sandboxes")  # fmt: skip
         for key, counts in row["keys"].items():
             spec = counts.pop("spec")
             line = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))

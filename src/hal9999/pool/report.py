@@ -26,6 +26,10 @@ def status(pool: WarmPool) -> dict[str, Any]:
                 "keys": {},
             },
         )
+        if "hosts" not in row:
+            # Providers that place sandboxes on hosts (ssh, lima) say where, and how full.
+            placement = getattr(pool.providers(entry.provider), "placement", None)
+            row["hosts"] = placement() if callable(placement) else []
         row["states"][entry.state] = row["states"].get(entry.state, 0) + 1
         key = row["keys"].setdefault(entry.key, {"spec": describe(entry.template)})
         key[entry.state] = key.get(entry.state, 0) + 1

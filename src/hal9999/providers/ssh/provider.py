@@ -55,6 +55,20 @@ class SshProvider:
         """The hosts sandboxes may go to."""
         return self.config.hosts
 
+    def placement(self) -> list[dict[str, object]]:
+        """Per host: where it is, its capacity and the sandboxes on it now (from the
+        records; no connection is made). For ``hal pool status``."""
+        used: dict[str, int] = {}
+        hosts = {host.name: host for host in self.hosts()}
+        for record in self.records.all():
+            used[record.host.name] = used.get(record.host.name, 0) + 1
+            hosts.setdefault(record.host.name, record.host)
+        return [
+            {"host": host.name, "address": f"{host.user}@{host.address}:{host.port}",
+             "capacity": host.capacity, "sandboxes": used.get(host.name, 0)}
+            for host in hosts.values()
+        ]  # fmt: skip
+
     async def acquire_host(self, sandbox_id: str, spec: SandboxSpec) -> SshHost:
         """The host the new sandbox goes to (a subclass may create one, as ``lima`` does)."""
         return self._place()
