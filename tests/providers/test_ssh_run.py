@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,40 @@ def test_hal_run_with_a_custom_agent_over_ssh(
     # The session lives on the hal host: the checkout there has the agent's work.
     session = tmp_path / "halhome" / "sessions" / task["id"] / "workspace"
     assert "a + b" in (session / "calc.py").read_text()
+
+
+def test_a_dropped_connection_mid_task_fails_clearly_and_keeps_the_work(
+    sshd_server: Sshd, repo: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "xdg" / "hal9999" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text(toml_host(sshd_server))
+    agent = "sh -c 'echo work-before-the-drop > made.txt; sleep 120'"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("HAL_")}
+    environ |= {"HAL_HOME": str(tmp_path / "halhome"), "XDG_CONFIG_HOME": str(config.parents[1])}
+    run = subprocess.Popen(
+        [sys.executable, "-m", "hal9999", "run", "--provider", "ssh", "--agent", agent, "go",
+         "--json"], cwd=repo, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        mirrors = sshd_server.home / ".hal9999" / "sandboxes"
+        deadline = time.monotonic() + 120
+        while not list(mirrors.glob("*/ws/made.txt")):
+            assert run.poll() is None and time.monotonic() < deadline, run.stderr
+            time.sleep(0.1)
+        # Cut every connection from the server side, as a network failure would.
+        for pid in sshd_server.session_pids():
+            subprocess.run(["kill", "-9", str(pid)], check=False)
+        out, err = run.communicate(timeout=180)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert "Traceback" not in err, err
+    task = json.loads(out)
+    assert task["status"] == "failed", task
+    assert "255" in task["error_message"], task
+    # Nothing lost: the work made before the drop is on the task's branch.
+    assert git(repo, "show", f"{task['branch']}:made.txt") == "work-before-the-drop"
+    log = hal(repo, tmp_path, "task", "logs", task["id"])
+    assert "the ssh connection to box was lost" in log
