@@ -49,6 +49,7 @@ async def egress(tmp_path: Path) -> AsyncIterator[tuple[Gateway, str]]:
     server = await asyncio.start_unix_server(EgressProxy(gateway).serve_connection, path=sock)
     async with server:
         yield gateway, sock
+    await gateway.drain()
     await gateway.aclose()
     store.close()
 

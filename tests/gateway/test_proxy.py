@@ -32,6 +32,7 @@ async def gateway(tmp_path: Path) -> AsyncIterator[tuple[Gateway, str]]:
     server = await asyncio.start_unix_server(gw.serve_connection, path=sock)
     async with server:
         yield gw, sock
+    await gw.drain()
     await gw.aclose()
     store.close()
 

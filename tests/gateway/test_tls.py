@@ -54,6 +54,7 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[Gateway, httpx.AsyncClie
     transport = httpx.AsyncHTTPTransport(uds=sock)
     async with server, httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
         yield gateway, http
+    await gateway.drain()
     await gateway.aclose()
     store.close()
 

@@ -188,6 +188,14 @@ async def register(paths: GatewayPaths, grant: Grant) -> None:
                 raise GatewayError(f"cannot reach the LLM gateway: {exc}") from exc
 
 
+async def drain(paths: GatewayPaths) -> None:
+    """Wait until the gateway has stored every call so far (it writes them in batches)."""
+    try:
+        await _call(paths, {"op": "drain"})
+    except (OSError, TimeoutError, GatewayError, ValueError):
+        pass  # a gateway that is gone has written what it had
+
+
 async def unregister(paths: GatewayPaths, token: str) -> None:
     """Withdraw a task's grant: its token stops working and its calls in flight end."""
     try:

@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 MAX_REQUEST_BODY = 64 << 20
 """The largest request an agent may send (long conversations with images stay below this)."""
 CHUNK = 1 << 16
+FLUSH_S = 0.05
+"""Call records wait at most this long before they are written (in one batch)."""
 _KEY_HEADERS = ("x-api-key", "x-goog-api-key", "api-key")
 _HOP_HEADERS = frozenset(
     {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
@@ -56,7 +58,11 @@ class Gateway:
         self.limiters: dict[str, UpstreamLimiter] = {}
         self.inflight: dict[str, set[asyncio.Task[Any]]] = {}
         self.writes: set[asyncio.Future[None]] = set()
+        self.pending: list[GatewayRequest] = []
+        self._flush_handle: asyncio.TimerHandle | None = None
         self.spent: dict[str, tuple[int, float]] = {}
+        self.day: tuple[float, int, float] | None = None
+        """The current UTC day's start, tokens and dollars over all tasks."""
         """Tokens and dollars per task so far (budgets check these, not the store)."""
         self.client = _client(None)
         self.clients: dict[str, httpx.AsyncClient] = {}
@@ -77,6 +83,15 @@ class Gateway:
         for task in self.inflight.pop(token, set()):
             task.cancel()
         self.last_active = time.monotonic()
+
+    def _day_spent(self) -> tuple[int, float]:
+        # Every task of this HAL_HOME passes here; a restarted gateway (or a new UTC day)
+        # reads the day so far from the store once, then counts in memory.
+        midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        if self.day is None or self.day[0] != midnight.timestamp():
+            tokens, cost = self.store.gateway_spent(since=midnight.timestamp())
+            self.day = (midnight.timestamp(), tokens, cost)
+        return self.day[1], self.day[2]
 
     def _spent(self, task_id: str) -> tuple[int, float]:
         # Counted in memory once read from the store (a restarted gateway reads it again).
@@ -202,10 +217,7 @@ class Gateway:
         daily_tokens = grant.settings.get("daily_max_tokens")
         daily_cost = grant.settings.get("daily_max_cost_usd")
         if daily_tokens is not None or daily_cost is not None:
-            midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-            # Other HAL_HOMEs do not share this store; all tasks of this one pass here, but a
-            # restarted gateway must count the day so far: the store has it.
-            day_tokens, day_cost = self.store.gateway_spent(since=midnight.timestamp())
+            day_tokens, day_cost = self._day_spent()
             if (daily_tokens is not None and day_tokens >= daily_tokens) or (
                 daily_cost is not None and day_cost >= daily_cost
             ):
@@ -306,6 +318,9 @@ class Gateway:
         record.latency_ms = round((time.monotonic() - started) * 1000, 3)
         for name, value in fields.items():
             setattr(record, name, value)
+        if self.day is not None and record.ts >= self.day[0]:
+            start, tokens, cost = self.day
+            self.day = (start, tokens + record.total_tokens, cost + (record.cost_usd or 0.0))
         if record.task_id in self.spent:
             tokens, cost = self.spent[record.task_id]
             self.spent[record.task_id] = (
@@ -314,21 +329,34 @@ class Gateway:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self._write(record)
+            self._write([record])
             return
-        # SQLite's commit off the event loop: the next request must not wait for it.
-        future = loop.run_in_executor(None, self._write, record)
-        self.writes.add(future)
-        future.add_done_callback(self.writes.discard)
+        # SQLite's commits off the event loop and batched: a thread hand-off per call would
+        # cost more than the call's own work (the runner polls every half second anyway).
+        self.pending.append(record)
+        if self._flush_handle is None:
+            self._flush_handle = loop.call_later(FLUSH_S, self._flush)
 
-    def _write(self, record: GatewayRequest) -> None:
-        try:
-            self.store.add_gateway_request(record)
-        except Exception:
-            logger.exception("gateway: could not record a call of task %s", record.task_id)
+    def _flush(self) -> None:
+        self._flush_handle = None
+        batch, self.pending = self.pending, []
+        if batch:
+            future = asyncio.get_running_loop().run_in_executor(None, self._write, batch)
+            self.writes.add(future)
+            future.add_done_callback(self.writes.discard)
+
+    def _write(self, records: list[GatewayRequest]) -> None:
+        for record in records:
+            try:
+                self.store.add_gateway_request(record)
+            except Exception:
+                logger.exception("gateway: could not record a call of task %s", record.task_id)
 
     async def drain(self) -> None:
         """Wait until every call so far is in the store."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+        self._flush()
         while self.writes:
             await asyncio.gather(*list(self.writes))
 

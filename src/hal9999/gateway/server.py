@@ -71,7 +71,10 @@ class GatewayServer:
         """One control request."""
         try:
             line = await reader.readline()
-            answer = self.handle(json.loads(line)) if line else {"ok": False}
+            message = json.loads(line) if line else {}
+            if message.get("op") == "drain":  # a run ends: its last calls into the store
+                await self.gateway.drain()
+            answer = self.handle(message) if line else {"ok": False}
         except (ValueError, TypeError, KeyError) as exc:
             answer = {"ok": False, "error": type(exc).__name__}
         writer.write(json.dumps(answer).encode() + b"\n")
@@ -82,6 +85,8 @@ class GatewayServer:
     def handle(self, message: dict[str, Any]) -> dict[str, Any]:
         """Apply a control message."""
         op = message.get("op")
+        if op == "drain":
+            return {"ok": True}
         if op == "ping":
             self.gateway.last_active = time.monotonic()  # a grant is on its way
             return {"ok": True, "pid": os.getpid()}

@@ -22,6 +22,7 @@ from hal9999.gateway.channel import (
     CHANNEL_TARGET,
     GatewayPaths,
     Grant,
+    drain,
     forward_port,
     new_token,
     register,
@@ -92,6 +93,10 @@ class GatewayRoute:
                 hint=f"see `hal task requests {self.grant.task_id}`",
             )
         return None
+
+    async def settle(self) -> None:
+        """Wait until the gateway has recorded every call of the run so far."""
+        await drain(self.paths)
 
     async def close(self) -> None:
         """Withdraw the grant: the token stops working, calls in flight are aborted."""

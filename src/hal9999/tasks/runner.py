@@ -407,7 +407,8 @@ class TaskRunner:
             if not follower.pump(final=True):
                 break
             await asyncio.sleep(0)
-        if usage is not None:
+        if usage is not None and ctx.gateway is not None:
+            await ctx.gateway.settle()  # the gateway writes its call records in batches
             usage.pump(lambda event: self.emit(ctx, event), final=True)
         if status.state == "missing" or status.exit_code is None:
             current = self.store.get_task(ctx.task.id)
