@@ -7,6 +7,7 @@ promises of issue 14 item 1 that the contract does not cover.
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -270,3 +271,40 @@ async def test_pool_status_shows_each_host_and_how_full_it_is(
     finally:
         await pool.release(lease, reuse=False)
         await pool.close()
+
+
+async def test_hostile_links_are_left_out_of_a_pull_and_the_rest_comes_back(
+    sshd_server: Sshd, hal_home: Path, workspace: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "host-secret"
+    outside.write_text("host only")
+    provider = ssh_provider(sshd_server, hal_home / "ssh")
+    spec = SandboxSpec(provider="ssh", network="none", workspace=workspace)
+    async with await provider.create(spec) as sandbox:
+        script = (
+            f"ln -s {outside} abs; ln -s ../../../../../../etc escape; mkdir d; "
+            "ln -s ../README d/ok; echo work > work.txt"
+        )
+        assert (await sandbox.exec(ShellCommand(script=script))).ok
+    assert (workspace / "work.txt").read_text() == "work\n"
+    assert os.readlink(workspace / "d" / "ok") == "../README"  # a link inside stays
+    assert not (workspace / "abs").is_symlink() and not (workspace / "escape").is_symlink()
+    assert outside.read_text() == "host only"
+
+
+async def test_a_pull_over_the_limit_is_refused_and_the_host_copy_kept(
+    sshd_server: Sshd, hal_home: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hal9999.providers.ssh import mirror
+
+    monkeypatch.setattr(mirror, "PULL_LIMIT", 1 << 20)
+    provider = ssh_provider(sshd_server, hal_home / "ssh")
+    spec = SandboxSpec(provider="ssh", network="none", workspace=workspace)
+    async with await provider.create(spec) as sandbox:
+        assert isinstance(sandbox, SshSandbox)
+        big = ShellCommand(script="head -c 3000000 /dev/zero > big")
+        assert (await sandbox.exec(big)).ok  # the pull after it fails quietly...
+        assert not (workspace / "big").exists()
+        with pytest.raises(ExecError, match="not brought back"):
+            await sandbox.pull()  # ...and loudly when asked for
+        assert (workspace / "README").read_text() == "hello\n"

@@ -19,6 +19,7 @@ import secrets
 import shutil
 import tarfile
 from pathlib import Path
+from typing import BinaryIO
 
 from hal9999.errors import ExecError
 
@@ -49,17 +50,25 @@ def pack(directory: Path) -> bytes:
     return buffer.getvalue()
 
 
-def unpack_into(data: bytes, target: Path) -> None:
-    """Replace ``target`` by the tree in ``data`` (unpacked beside it, then renamed in)."""
-    if len(data) > PULL_LIMIT:
-        raise ExecError(f"the sandbox's {target.name} is over {PULL_LIMIT >> 30} GiB; not pulled")
+def _keep(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+    # What the data filter refuses (an absolute or escaping link, a device) is left out
+    # rather than failing the whole pull: one such link must not cost the rest of the work.
+    try:
+        return tarfile.data_filter(member, dest)
+    except tarfile.FilterError:
+        return None
+
+
+def unpack_into(spool: BinaryIO, target: Path) -> None:
+    """Replace ``target`` by the tree in the tar ``spool`` (unpacked beside it, renamed in)."""
+    spool.seek(0)
     parent = target.parent
     fresh = parent / f".{target.name}.hal-pull-{secrets.token_hex(4)}"
     old = parent / f".{target.name}.hal-old-{secrets.token_hex(4)}"
     fresh.mkdir(mode=0o700)
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
-            archive.extractall(fresh, filter="data")
+        with tarfile.open(fileobj=spool, mode="r:") as archive:
+            archive.extractall(fresh, filter=_keep)
         mode = target.stat().st_mode & 0o7777 if target.exists() else 0o755
         fresh.chmod(mode)
         if target.exists():

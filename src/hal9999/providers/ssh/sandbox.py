@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import secrets
 import sys
+import tempfile
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from types import TracebackType
 
@@ -326,14 +327,31 @@ class SshSandbox:
             for mount in self._record.mounts:
                 if mount.host is None or not mount.writable:
                     continue
-                conn = await self._pool.get(self._record.host)
-                code, out, err = await channel.run(
-                    conn, remote.plain(["sh", "-c", mirror.PULL, "hal-pull", mount.remote]),
-                    what=f"pulling {mount.target}",
-                )  # fmt: skip
-                if code != 0:
-                    raise ExecError(f"cannot bring back {mount.target}: {err.decode()[-300:]}")
-                await asyncio.to_thread(mirror.unpack_into, out, mirror.host_dir(mount.host))
+                await self._pull_one(mount)
+
+    async def _pull_one(self, mount: MountRecord) -> None:
+        assert mount.host is not None
+        conn = await self._pool.get(self._record.host)
+        command = remote.plain(["sh", "-c", mirror.PULL, "hal-pull", mount.remote])
+        # Spooled to a host temp file with a cap as it arrives: the agent decides the size.
+        with tempfile.TemporaryFile() as spool:
+            size, err, code = 0, b"", 255
+            stream = channel.stream(conn, command, what=f"pulling {mount.target}")
+            async with contextlib.aclosing(stream) as events:
+                async for event in events:
+                    if event.kind == "stdout":
+                        size += len(event.data)
+                        if size > mirror.PULL_LIMIT:
+                            raise ExecError(f"{mount.target} is over {mirror.PULL_LIMIT >> 30} "
+                                            "GiB; not brought back")  # fmt: skip
+                        await asyncio.to_thread(spool.write, event.data)
+                    elif event.kind == "stderr":
+                        err = (err + event.data)[-2000:]
+                    else:
+                        code = event.exit_code if event.exit_code is not None else 255
+            if code != 0:
+                raise ExecError(f"cannot bring back {mount.target}: {err.decode()[-300:]}")
+            await asyncio.to_thread(mirror.unpack_into, spool, mirror.host_dir(mount.host))
 
     async def __aenter__(self) -> SshSandbox:
         return self
