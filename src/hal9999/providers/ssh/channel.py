@@ -20,16 +20,21 @@ _sessions: weakref.WeakKeyDictionary[Any, asyncio.Semaphore] = weakref.WeakKeyDi
 
 
 async def stream(
-    conn: Any, command: str, *, stdin: bytes = b"", what: str = "command"
+    conn: Any, command: str, *, stdin: bytes = b"", what: str = "command", retryable: bool = False
 ) -> AsyncGenerator[StreamEvent, None]:
     """Run ``command`` (a remote command string); ``stdin`` is written then closed. A lost
     connection raises :class:`ExecError`; the caller kills leftovers by their marker."""
     asyncssh = _asyncssh()
     limit = _sessions.setdefault(conn, asyncio.Semaphore(MAX_SESSIONS))
     async with limit:
-        async with contextlib.aclosing(_session(conn, command, stdin, what, asyncssh)) as events:
-            async for event in events:
-                yield event
+        try:
+            async with contextlib.aclosing(_session(conn, command, stdin, what, asyncssh)) as ev:
+                async for event in ev:
+                    yield event
+        except NotStarted as exc:
+            if retryable:
+                raise
+            raise exc.error from exc
 
 
 async def _session(
@@ -43,10 +48,10 @@ async def _session(
             # sshd frees a session slot a little after the client saw the channel close, so
             # a refusal on a live connection is retried after a pause (nothing ran).
             if conn.is_closed() or attempt == 6:
-                raise NotStarted(f"cannot start {what} over ssh: {exc}") from exc
+                raise NotStarted(ExecError(f"cannot start {what} over ssh: {exc}")) from exc
             await asyncio.sleep(0.05 * attempt)
         except (asyncssh.Error, OSError) as exc:
-            raise NotStarted(f"cannot start {what} over ssh: {exc}") from exc
+            raise NotStarted(ExecError(f"cannot start {what} over ssh: {exc}")) from exc
     try:
         # A command may end (and its channel close) before reading its stdin: not an error.
         with contextlib.suppress(BrokenPipeError, ConnectionError):
@@ -88,8 +93,13 @@ async def _session(
             proc.close()
 
 
-class NotStarted(ExecError):
-    """The channel did not open: the command never ran, so running it again is safe."""
+class NotStarted(Exception):
+    """The channel did not open: the command never ran, so running it again is safe.
+    Callers that asked for it (``retryable=True``) get this; others the :attr:`error`."""
+
+    def __init__(self, error: ExecError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 def exit_code(proc: Any) -> int:

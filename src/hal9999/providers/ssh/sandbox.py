@@ -134,19 +134,19 @@ class SshSandbox:
             try:
                 async with contextlib.aclosing(channel.stream(
                     conn, remote.wrapped(self.remote_argv(command)), stdin=line + stdin,
-                    what=display(command),
+                    what=display(command), retryable=True,
                 )) as events:  # fmt: skip
                     async for event in events:
                         finished = event.kind == "exit"
                         yield event
                 return
-            except channel.NotStarted:
+            except channel.NotStarted as exc:
                 # Nothing ran, so it is safe to try again: on a new connection when this one
                 # was found closed; after a pause when sshd refused the channel (it frees a
                 # session slot a little after the client has seen the channel close).
                 self._pool.forget(self._record.host)
                 if attempt == OPEN_ATTEMPTS:
-                    raise
+                    raise exc.error from exc
                 await asyncio.sleep(0.05 * attempt)
             except ExecError:
                 self._pool.forget(self._record.host)
