@@ -32,6 +32,7 @@ from hal9999.spec import Resources
 from hal9999.trust import ProjectConfig, TrustStore, narrow_project_table
 from hal9999.values import (
     AGENT_HOME,
+    EgressHost,
     EnvName,
     Name,
     TimeoutSeconds,
@@ -164,7 +165,7 @@ class GatewayConfig(_Config):
     ca_file: Path | None = None
     """Extra CA certificates (PEM) the gateway trusts for upstreams (a private endpoint);
     the system's trusted roots otherwise."""
-    egress: list[str] = Field(default_factory=list)
+    egress: list[EgressHost] = Field(default_factory=list)
     """Hosts (``host`` or ``host:port``, ``*.domain``) every task may reach through the egress
     proxy when the sandbox has no network."""
 

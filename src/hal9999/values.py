@@ -53,6 +53,18 @@ def _not_blank(value: str) -> str:
 
 EnvName = Annotated[str, AfterValidator(_env_name)]
 """An environment variable name (``--env``, ``forward_env``, ``api_key_env``)."""
+
+_EGRESS_HOST = re.compile(r"(\*\.)?[A-Za-z0-9][A-Za-z0-9.-]{0,252}(:[0-9]{1,5})?")
+
+
+def _egress_host(value: str) -> str:
+    if not _EGRESS_HOST.fullmatch(value):
+        raise ValueError("expected HOST, HOST:PORT or *.DOMAIN[:PORT]")
+    return value
+
+
+EgressHost = Annotated[str, AfterValidator(_egress_host)]
+"""An egress allow-list entry (``[gateway] egress``, ``hal run --egress``)."""
 MIN_TIMEOUT_S = 1.0
 """The shortest timeout accepted: less cannot even start a sandbox."""
 
@@ -110,6 +122,12 @@ class RunOptions(BaseModel):
     """Queue order under the daemon."""
     retries: int = Field(default=0, ge=0, le=100)
     """Retries of an agent failure."""
+    max_tokens: int | None = Field(default=None, gt=0)
+    """The task's token budget at the LLM gateway."""
+    max_cost_usd: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    """The task's cost budget in dollars at the LLM gateway."""
+    egress: list[EgressHost] = Field(default_factory=list)
+    """The task's own egress hosts."""
 
 
 def check_run_options(values: Mapping[str, Any]) -> None:

@@ -36,7 +36,7 @@ from hal9999.server.client import DaemonClient
 from hal9999.store import Store, TaskRecord
 from hal9999.tasks.api import TaskAPI
 from hal9999.tasks.service import RunRequest, TaskService
-from hal9999.values import is_text
+from hal9999.values import EgressHost, check_value, is_text
 
 if TYPE_CHECKING:
     from hal9999.cli.output import TerminalSanitizer
@@ -322,6 +322,11 @@ def offline_notice(config: HalConfig, agent_name: str, provider: str) -> str | N
     "--max-cost", type=click.FloatRange(min=0, min_open=True), help="Budget of the task in USD."
 )
 @click.option("--max-tokens", type=click.IntRange(min=1), help="Budget of the task in tokens.")
+@click.option(
+    "--egress",
+    multiple=True,
+    help="HOST[:PORT] or *.DOMAIN the task may reach through the egress proxy (repeatable).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def run(
     prompt: str | None,
@@ -341,6 +346,7 @@ def run(
     retries: int,
     max_cost: float | None,
     max_tokens: int | None,
+    egress: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Run PROMPT with a coding agent on a repository, in a sandbox.
@@ -379,6 +385,7 @@ def run(
         config_files=list(a.sources.files),
         max_tokens=max_tokens,
         max_cost_usd=max_cost,
+        egress=[check_value(EgressHost, host, "--egress") for host in egress],
     )
     notice = offline_notice(a.config, request.agent, request.provider)
     if notice is not None and not as_json and not as_events:

@@ -135,20 +135,26 @@ def route_for(
         max_tokens=max_tokens or gateway.max_tokens,
         max_cost_usd=max_cost_usd or gateway.max_cost_usd,
         settings=gateway.model_dump(mode="json", exclude={"egress", "enabled"}),
-        egress=list(gateway.egress),
+        egress=[*gateway.egress, *(load_egress(budget) if budget is not None else [])],
     )
     return GatewayRoute(paths=GatewayPaths(config.home), grant=grant, port=forward_port(task_id))
 
 
 BUDGET_FILE = "budget.json"
-"""A task's own budget (``hal run --max-tokens/--max-cost``), in its session's run dir."""
+"""A task's own budget and egress hosts (``hal run --max-tokens/--max-cost/--egress``), in
+its session's run dir."""
 
 
-def save_budget(run_dir: Path, max_tokens: int | None, max_cost_usd: float | None) -> None:
-    """Record a task's budget for every run of it (resumes included)."""
-    if max_tokens is None and max_cost_usd is None:
+def save_budget(
+    run_dir: Path,
+    max_tokens: int | None,
+    max_cost_usd: float | None,
+    egress: list[str] | None = None,
+) -> None:
+    """Record a task's own budget and egress hosts for every run of it (resumes included)."""
+    if max_tokens is None and max_cost_usd is None and not egress:
         return
-    data = {"max_tokens": max_tokens, "max_cost_usd": max_cost_usd}
+    data = {"max_tokens": max_tokens, "max_cost_usd": max_cost_usd, "egress": egress or []}
     tmp = run_dir / f".{BUDGET_FILE}.tmp"
     tmp.write_text(json.dumps(data))
     tmp.replace(run_dir / BUDGET_FILE)
@@ -156,15 +162,26 @@ def save_budget(run_dir: Path, max_tokens: int | None, max_cost_usd: float | Non
 
 def load_budget(run_dir: Path) -> tuple[int | None, float | None]:
     """A task's own budget; none recorded gives ``(None, None)``."""
-    try:
-        data = json.loads((run_dir / BUDGET_FILE).read_text())
-    except (OSError, ValueError):
-        return None, None
+    data = _task_file(run_dir)
     tokens, cost = data.get("max_tokens"), data.get("max_cost_usd")
     return (
         int(tokens) if isinstance(tokens, int) else None,
         float(cost) if isinstance(cost, int | float) else None,
     )
+
+
+def load_egress(run_dir: Path) -> list[str]:
+    """A task's own egress hosts (``hal run --egress``)."""
+    hosts = _task_file(run_dir).get("egress")
+    return [str(h) for h in hosts] if isinstance(hosts, list) else []
+
+
+def _task_file(run_dir: Path) -> dict[str, object]:
+    try:
+        data = json.loads((run_dir / BUDGET_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def goes_through_gateway(config: HalConfig, agent: Agent, environ: Mapping[str, str]) -> bool:

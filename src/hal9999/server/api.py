@@ -112,6 +112,7 @@ def build_router(daemon: Daemon) -> Router:
             config_files=[str(f) for f in body.get("config_files") or []],
             max_tokens=body.get("max_tokens"),  # checked by service.create (RunOptions)
             max_cost_usd=body.get("max_cost_usd"),
+            egress=[str(h) for h in body.get("egress") or []],
         )
         # On a loop of its own in a worker thread: creating writes the store (and the session),
         # which must not hold up this loop while another process holds the write lock.

@@ -164,6 +164,7 @@ def run_body(request: RunRequest, env: dict[str, str]) -> dict[str, Any]:
         "retries": request.retries,
         "max_tokens": request.max_tokens,
         "max_cost_usd": request.max_cost_usd,
+        "egress": request.egress,
         "config": request.config.model_dump(mode="json") if request.config else None,
         "config_files": request.config_files,
     }

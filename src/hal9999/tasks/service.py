@@ -75,6 +75,8 @@ class RunRequest:
     """The task's token budget at the LLM gateway (``--max-tokens``)."""
     max_cost_usd: float | None = None
     """The task's cost budget in dollars at the LLM gateway (``--max-cost``)."""
+    egress: list[str] = field(default_factory=list)
+    """Hosts this task may reach through the egress proxy besides ``[gateway] egress``."""
 
 
 def new_task_id(taken: set[str]) -> str:
@@ -251,7 +253,7 @@ class TaskService:
             agentfs.write_host_file(
                 session.root / TASK_CONFIG, iter([config.model_dump_json().encode()])
             )
-        save_budget(session.run_dir, req.max_tokens, req.max_cost_usd)
+        save_budget(session.run_dir, req.max_tokens, req.max_cost_usd, req.egress)
         self.store.insert_task(record)
         session.prompt_file.write_text(req.prompt)
         with self.events(record) as log:

@@ -1,0 +1,51 @@
+"""A task's route: the agent settings it gets, its budget and egress hosts (``hal run
+--max-tokens/--max-cost/--egress``, kept for every run), and the checks on those values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hal9999.agents.registry import resolve_agent
+from hal9999.config import GatewayConfig, HalConfig
+from hal9999.errors import UsageError
+from hal9999.gateway.tasks import TOKEN_VAR, route_for, save_budget
+from hal9999.values import check_run_options
+
+
+def test_route_carries_the_task_budget_and_egress(tmp_path: Path) -> None:
+    config = HalConfig(home=tmp_path, gateway=GatewayConfig(egress=["pypi.org"], max_tokens=9))
+    save_budget(tmp_path, 500, 1.5, ["git.example:22"])
+    agent = resolve_agent("claude", config.agent_settings("claude"))
+    route = route_for(config, agent, "t1", {"ANTHROPIC_API_KEY": "sk-x"}, {}, budget=tmp_path)
+    assert route is not None
+    grant = route.grant
+    assert (grant.max_tokens, grant.max_cost_usd) == (500, 1.5)
+    assert grant.egress == ["pypi.org", "git.example:22"]
+    assert grant.upstream == "https://api.anthropic.com" and grant.key == "sk-x"
+    settings = route.agent_settings(config.agent_settings("claude"))
+    assert settings.api_key_env == TOKEN_VAR
+    assert settings.base_url == f"http://127.0.0.1:{route.port}"
+
+
+def test_no_key_on_the_host_means_no_route(tmp_path: Path) -> None:
+    config = HalConfig(home=tmp_path)
+    agent = resolve_agent("claude", config.agent_settings("claude"))
+    assert route_for(config, agent, "t1", {}, {}) is None
+
+
+BAD_OPTIONS: list[dict[str, object]] = [
+    {"max_tokens": 0},
+    {"max_cost_usd": -1.0},
+    {"egress": ["-oProxyCommand=x"]},
+    {"egress": ["evil.example/path"]},
+]
+
+
+@pytest.mark.parametrize("bad", BAD_OPTIONS)
+def test_run_options_refuse_bad_budget_and_egress(bad: dict[str, object]) -> None:
+    base = {"prompt": "p", "agent": "claude", "provider": "bwrap", "process_manager": "tmux"}
+    with pytest.raises(UsageError):
+        check_run_options({**base, **bad})
+    check_run_options({**base, "max_tokens": 10, "egress": ["*.pypi.org", "git.example:22"]})
