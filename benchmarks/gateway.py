@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.cases import Result
-from hal9999.gateway.channel import GatewayPaths, Grant, new_token, register
+from hal9999.gateway.channel import GatewayPaths, Grant, new_token, register, unregister
 
 EVENTS = [
     {"type": "message_start", "message": {"model": "bench", "usage": {"input_tokens": 9}}},
@@ -117,6 +117,7 @@ async def gateway_cases(runs: int, streams: int = 32) -> list[Result]:
             g_first, g_total = await _series(through, grant.token, runs)
             d_rate = await _throughput(direct, "sk-bench", streams, 3.0)
             g_rate = await _throughput(through, grant.token, streams, 3.0)
+        await unregister(paths, grant.token)  # the gateway goes idle and exits
     added_first = statistics.median(g_first) - statistics.median(d_first)
     added_total = statistics.median(g_total) - statistics.median(d_total)
     p99 = _p99(g_first) - _p99(d_first)

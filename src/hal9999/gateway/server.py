@@ -137,6 +137,8 @@ class GatewayServer:
             while True:
                 await asyncio.sleep(min(5.0, self.idle_s))
                 self.drop_stale_grants()
+                if not self.paths.lock.exists():
+                    break  # the HAL_HOME was removed: nobody can reach or need this gateway
                 idle = time.monotonic() - self.gateway.last_active
                 if not self.gateway.grants and not self.gateway.inflight and idle >= self.idle_s:
                     break
