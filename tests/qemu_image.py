@@ -9,6 +9,7 @@ once, before the first test (from ``pytest_collection_finish``), and exports
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -23,6 +24,9 @@ import hal9999.providers.qemustate
 
 ROOT = Path(os.environ.get("HAL_TEST_QEMU_IMAGES", "/var/tmp/hal9999-test-images"))
 IMAGE = "default"
+STALE_S = 24 * 3600
+"""Images of other code older than this are removed (a checkout beside this one may still use
+a newer one)."""
 _state: dict[str, str | None] = {}
 
 
@@ -44,10 +48,24 @@ def images_dir() -> Path:
 
 
 def prepare() -> None:
-    """Build the test image unless it exists; remember why it cannot be had."""
+    """Build the test image unless it exists; remember why it cannot be had.
+
+    Several test runs on one machine (CI's root and non-root passes, or checkouts side by
+    side) share ``ROOT``: one builds while the others wait for it, then all reuse the image.
+    """
     if "problem" in _state:
         return
-    _state["problem"] = _prepare()
+    try:
+        ROOT.mkdir(parents=True, exist_ok=True)
+        fd = os.open(ROOT / ".prepare.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        _state["problem"] = f"cannot use {ROOT} for the qemu test image: {exc.strerror}"
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _state["problem"] = _prepare()
+    finally:
+        os.close(fd)
 
 
 def _prepare() -> str | None:
@@ -72,8 +90,9 @@ def _prepare() -> str | None:
     if os.geteuid() != 0:
         return "building the qemu test image needs root (debootstrap); run as root"
     if ROOT.is_dir():
-        for old in ROOT.iterdir():  # images of other checkouts' code
-            if old.name != store.root.name:
+        for old in ROOT.iterdir():  # images of other checkouts' code, unused for a day
+            stale = time.time() - old.stat().st_mtime > STALE_S
+            if old.is_dir() and old.name != store.root.name and stale:
                 shutil.rmtree(old, ignore_errors=True)
     started = time.monotonic()
     # Built by the real command line, as a user would: `hal image build`.
