@@ -78,6 +78,8 @@ class WarmPool:
         self.paused = False
         """Set by :meth:`drain`: nothing is kept warm and returned sandboxes are destroyed."""
         self._cond = asyncio.Condition()
+        self._writes = asyncio.Lock()
+        """Orders the sandbox records' writes, which run in threads (off the event loop)."""
         self._background: set[asyncio.Task[Any]] = set()
 
     # -- bookkeeping (never awaits between a check and its update) ------------------------
@@ -119,13 +121,18 @@ class WarmPool:
             hint=f'set policy = "destroy" under [pool.{name}] (or {env_prefix(name)}POOL_POLICY)',
         )
 
-    def _record(self, entry: Entry, **changes: Any) -> None:
+    async def _record(self, entry: Entry, **changes: Any) -> None:
         for name, value in changes.items():
             setattr(entry, name, value)
-        if self.store is None or entry.id is None:
+        store = self.store
+        if store is None or entry.id is None:
             return
-        self.store.put_sandbox(
-            SandboxRow(
+        # The row is built under the lock, so the last write carries the entry's latest
+        # state; a thread does the write, so another process's write lock stalls no loop.
+        async with self._writes:
+            if entry.state == "gone":  # forgotten meanwhile: do not bring the row back
+                return
+            row = SandboxRow(
                 provider=entry.provider,
                 id=entry.id,
                 pool_key=entry.key,
@@ -135,7 +142,7 @@ class WarmPool:
                 created_at=entry.created_at,
                 last_used_at=entry.last_used_at,
             )
-        )
+            await asyncio.to_thread(store.put_sandbox, row)
 
     # -- claim and release ---------------------------------------------------------------
     async def claim(
@@ -189,7 +196,7 @@ class WarmPool:
         else:
             entry.slot.point(spec)
             sandbox = await provider.create(entry.slot.spec_for(spec, entry.key))
-        self._record(entry, id=sandbox.id, state="leased", last_used_at=time.time())
+        await self._record(entry, id=sandbox.id, state="leased", last_used_at=time.time())
         return sandbox
 
     async def _hand_over(self, entry: Entry, spec: SandboxSpec) -> Sandbox:
@@ -200,7 +207,7 @@ class WarmPool:
         if isinstance(provider, WorkspaceAttach):
             await provider.attach_workspace(entry.id, spec)
         sandbox = await provider.get(entry.id)
-        self._record(entry, last_used_at=time.time())
+        await self._record(entry, last_used_at=time.time())
         return sandbox
 
     async def release(self, lease: Lease, *, reuse: bool = True) -> None:
@@ -217,14 +224,14 @@ class WarmPool:
             and policy_of(entry.provider, settings) == "reset"
         )
         if keep:
-            self._record(entry, state="resetting", task_id=None)
+            await self._record(entry, state="resetting", task_id=None)
             try:
                 await self._reset(entry)
             except (HalError, OSError) as exc:
                 logger.warning("resetting sandbox %s failed, destroying it: %s", entry.id, exc)
             else:
                 async with self._cond:
-                    self._record(entry, state="idle", last_used_at=time.time())
+                    await self._record(entry, state="idle", last_used_at=time.time())
                     self._cond.notify_all()
                 return
         await self._destroy(entry)
@@ -244,7 +251,7 @@ class WarmPool:
         """Destroy the sandbox (if it was created) and give its room back."""
         if entry.state == "gone":
             return
-        self._record(entry, state="destroying")
+        await self._record(entry, state="destroying")
         try:
             if entry.id is not None:
                 await self.providers(entry.provider).destroy(entry.id)
@@ -258,7 +265,8 @@ class WarmPool:
                 if entry in self.entries:
                     self.entries.remove(entry)
                 if self.store is not None and entry.id is not None:
-                    self.store.delete_sandbox(entry.provider, entry.id)
+                    async with self._writes:
+                        await asyncio.to_thread(self.store.delete_sandbox, entry.provider, entry.id)
                 self._cond.notify_all()
 
     def _spawn(self, coro: Any) -> None:
@@ -313,7 +321,7 @@ class WarmPool:
             await self._destroy(entry)
             raise
         async with self._cond:
-            self._record(entry, id=sandbox.id, state="idle", last_used_at=time.time())
+            await self._record(entry, id=sandbox.id, state="idle", last_used_at=time.time())
             self._cond.notify_all()
 
     def warm_floor(self, key: str) -> int:
@@ -403,7 +411,7 @@ class WarmPool:
         async with self._cond:
             entry = Entry(provider, key, spec, slot, "leased", id=sandbox_id, task_id=task_id)
             self.entries.append(entry)
-            self._record(entry)
+            await self._record(entry)
         return Lease(sandbox, True, entry)
 
     def status(self) -> dict[str, Any]:

@@ -166,7 +166,7 @@ def build_router(daemon: Daemon) -> Router:
         if adopted is not None:
             scheduler.carry_on(task, adopted)
             return task_json(task)
-        task = daemon.store.update_task(task.id, runner_pid=os.getpid())
+        task = await asyncio.to_thread(daemon.store.update_task, task.id, runner_pid=os.getpid())
         scheduler.submit(task.id, _env(body), body.get("prompt"))
         return task_json(task)
 

@@ -75,6 +75,8 @@ class RunContext:
     """The agent's process spec, once known."""
     gateway: GatewayRoute | None = None
     """The run's way to its LLM through the host's gateway (None: the agent goes direct)."""
+    session_id: str | None = None
+    """An agent session id seen in the output and not yet written to the task's record."""
 
 
 @dataclass

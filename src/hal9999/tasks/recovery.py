@@ -15,6 +15,7 @@ Every task gets a truthful state and every sandbox an owner:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import logging
@@ -104,7 +105,7 @@ class Recovery:
                     keep.add((task.provider, task.sandbox_id))
                 continue
             if task.status == TaskStatus.QUEUED:
-                self.store.update_task(task.id, runner_pid=me)
+                await asyncio.to_thread(self.store.update_task, task.id, runner_pid=me)
                 report.requeued.append(task.id)
                 continue
             adopted = None
@@ -112,7 +113,7 @@ class Recovery:
                 adopted = await self.adoptable(task)
             if adopted is not None:
                 keep.add((task.provider, adopted.sandbox.id))
-                adoptions.append((self.mark_adopted(task), adopted))
+                adoptions.append((await asyncio.to_thread(self.mark_adopted, task), adopted))
                 report.adopted.append(task.id)
             elif task.status == TaskStatus.INTERRUPTED:
                 if task.sandbox_id or task.runner_pid:
@@ -158,23 +159,27 @@ class Recovery:
             f"the hal process running this task died while it was {task.status}; "
             f"`hal task resume {task.id}` continues it"
         )
-        with self.service.events(task) as events:
-            try:
-                transition(
-                    self.store,
-                    events,
-                    task.id,
-                    TaskStatus.INTERRUPTED,
-                    expect=task.status,
-                    detail=reason,
-                    runner_pid=None,
-                    error_code="interrupted",
-                    error_message=reason,
-                )
-            except HalError as exc:
-                logger.warning("task %s changed while recovering: %s", task.id, exc.one_line())
-                return
+        try:
+            await asyncio.to_thread(self._mark_interrupted, task, reason)
+        except HalError as exc:
+            logger.warning("task %s changed while recovering: %s", task.id, exc.one_line())
+            return
         await self.clean(task)
+
+    def _mark_interrupted(self, task: TaskRecord, reason: str) -> None:
+        # In a thread: a write lock held by another process must not stall the loop.
+        with self.service.events(task) as events:
+            transition(
+                self.store,
+                events,
+                task.id,
+                TaskStatus.INTERRUPTED,
+                expect=task.status,
+                detail=reason,
+                runner_pid=None,
+                error_code="interrupted",
+                error_message=reason,
+            )
 
     async def clean(self, task: TaskRecord) -> None:
         """Stop what an interrupted task left running (no agent to adopt)."""
@@ -182,7 +187,7 @@ class Recovery:
             await self.service.kill(task)
         except HalError as exc:
             logger.warning("task %s: cleaning up failed: %s", task.id, exc.one_line())
-        self.store.update_task(task.id, runner_pid=None)
+        await asyncio.to_thread(self.store.update_task, task.id, runner_pid=None)
 
     def provider_names(self) -> Iterable[str]:
         """Every provider that may hold sandboxes: state dirs, store records, tasks."""
@@ -215,7 +220,7 @@ class Recovery:
             if (row.provider, row.id) in live:
                 continue
             if (row.provider, row.id) not in keep:
-                self.store.delete_sandbox(row.provider, row.id)
+                await asyncio.to_thread(self.store.delete_sandbox, row.provider, row.id)
                 if not any(o == f"{row.provider}:{row.id}" for o in report.orphans_destroyed):
                     report.gone.append(f"{row.provider}:{row.id}")
                     logger.info("sandbox %s:%s was recorded but is gone", row.provider, row.id)
@@ -224,7 +229,7 @@ class Recovery:
             self.pool.slots.get(name).remove()
         for task in self.store.list_tasks(status=[TaskStatus.INTERRUPTED.value]):
             if task.sandbox_id and (task.provider, task.sandbox_id) not in live:
-                self.store.update_task(task.id, sandbox_id=None)
+                await asyncio.to_thread(self.store.update_task, task.id, sandbox_id=None)
 
 
 # -- one task whose runner died: attach, follow, resume -----------------------------------
@@ -306,9 +311,10 @@ async def resume(
     new ``prompt`` while the agent lives is refused. Never two runs on one workspace.
     """
     take = take_sandbox or (lambda task: _live_sandbox(service, task))
-    found = service.find(task_id)
+    # The database work runs in threads: in a daemon this is on its event loop.
+    found = await asyncio.to_thread(service.find, task_id)
     with resume_lock(service.session(found), found.id):
-        task = service.find(found.id)  # fresh, under the lock
+        task = await asyncio.to_thread(service.find, found.id)  # fresh, under the lock
         status = ProcessStatus("missing")
         if task.status == TaskStatus.INTERRUPTED:
             status = await agent_status(service, task)
@@ -321,9 +327,9 @@ async def resume(
         if status.state != "missing" and prompt is None:
             sandbox = await take(task)
             if sandbox is not None:
-                return mark_adopted(service, task, "hal task resume"), adoption(
-                    service, task, sandbox
-                )
+                by = "hal task resume"
+                adopted = await asyncio.to_thread(mark_adopted, service, task, by)
+                return adopted, adoption(service, task, sandbox)
             if status.state == "running":
                 raise TaskStateError(
                     f"the agent of task {task.id} is still running but its sandbox is gone",
@@ -333,7 +339,7 @@ async def resume(
             # What the dead runner left (an ended agent's tmux server, the old sandbox with
             # the workspace mounted) goes before a new run starts over the workspace.
             await service.kill(task)
-        return service.prepare_resume(task.id), None
+        return await asyncio.to_thread(service.prepare_resume, task.id), None
 
 
 async def _live_sandbox(service: TaskService, task: TaskRecord) -> Sandbox | None:

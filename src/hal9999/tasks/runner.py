@@ -110,22 +110,35 @@ class TaskRunner:
             raise
         return ctx.task
 
+    async def update(self, task_id: str, **fields: Any) -> TaskRecord:
+        """Write ``fields`` to the task's record in a thread: a write lock held elsewhere
+        must not stall the event loop (the daemon's API and every other run share it)."""
+        return await asyncio.to_thread(self.store.update_task, task_id, **fields)
+
     def emit(self, ctx: RunContext, event: Event) -> None:
         """Record an event, folding usage and session ids into the task (the gateway's exact
-        figures, when the agent goes through it, instead of what the agent says)."""
+        figures, when the agent goes through it, instead of what the agent says). A session
+        id is only noted here (emit is synchronous, called from the output pumps); the
+        awaited :meth:`save_session` right after the pump writes it."""
         if isinstance(event, Usage):
             if ctx.gateway is None or event.source == "gateway":
                 ctx.totals.add(event)
         elif isinstance(event, AgentSession):
-            self.store.update_task(ctx.task.id, agent_session_id=event.session_id)
+            ctx.session_id = event.session_id
         ctx.events.emit(event)
+
+    async def save_session(self, ctx: RunContext) -> None:
+        """Write the agent session id :meth:`emit` noted, if any, to the task's record."""
+        if ctx.session_id is not None:
+            await self.update(ctx.task.id, agent_session_id=ctx.session_id)
+            ctx.session_id = None
 
     # -- the run -----------------------------------------------------------------------
     async def run(self, ctx: RunContext, prompt: str | None = None) -> TaskRecord:
         """Run the task once (or carry on an adopted run); returns the record in its final or
         resting state."""
         task = ctx.task
-        self.store.update_task(task.id, runner_pid=os.getpid())
+        await self.update(task.id, runner_pid=os.getpid())
         agent = resolve_agent(task.agent, self.config.agent_settings(task.agent))
         provider = load_provider_for(self.config, task.provider)
         manager = load_process_manager(self.config, task.process_manager)
@@ -221,8 +234,9 @@ class TaskRunner:
                 except TaskNotFound:  # removed with --force while running
                     taken = True
                 await self.release(provider, ctx.sandbox, reuse=not taken)
-                self.store.update_task(task.id, sandbox_id=None)
-            self.store.update_task(task.id, runner_pid=None)
+                await self.update(task.id, sandbox_id=None)
+            await self.save_session(ctx)  # a run cut short between a pump and its save
+            await self.update(task.id, runner_pid=None)
 
     async def launch(
         self,
@@ -250,7 +264,7 @@ class TaskRunner:
         lease = await self.sandboxes.acquire(provider, spec, task.id)
         ctx.sandbox = sandbox = lease.sandbox if lease is not None else await provider.create(spec)
         warm = lease is not None and lease.warm
-        self.store.update_task(task.id, sandbox_id=sandbox.id)
+        await self.update(task.id, sandbox_id=sandbox.id)
         self.emit(ctx, SandboxAcquired(sandbox_id=sandbox.id, provider=sandbox.provider, warm=warm))
 
         await self.transition(ctx, TaskStatus.PREPARING)
@@ -304,8 +318,7 @@ class TaskRunner:
             await asyncio.to_thread(_empty, session.workspace)
             source = gitrepo.RepoSource(task.repo_kind, task.repo)
             base = await gitrepo.clone(source, task.ref, session.workspace, task.branch)
-            self.store.update_task(task.id, base_commit=base)
-            ctx.task = task = self.store.get_task(task.id)
+            ctx.task = task = await self.update(task.id, base_commit=base)
         # The checkout (made by host git) and the home are the agent's to change; a warm
         # sandbox from the pool meets this session's directories only now.
         for target in (sandbox.workdir, sandbox.path(HOME_TARGET)):
@@ -394,6 +407,7 @@ class TaskRunner:
             follower.pump()
             if usage is not None:
                 usage.pump(lambda event: self.emit(ctx, event))
+            await self.save_session(ctx)
             await disk.check()
             if timeout is not None and time.monotonic() - started > timeout:
                 raise TaskTimeout(
@@ -406,7 +420,9 @@ class TaskRunner:
         while True:  # the rest, a step at a time so a large backlog does not block the loop
             if not follower.pump(final=True):
                 break
+            await self.save_session(ctx)
             await asyncio.sleep(0)
+        await self.save_session(ctx)
         if usage is not None and ctx.gateway is not None:
             await ctx.gateway.settle()  # the gateway writes its call records in batches
             usage.pump(lambda event: self.emit(ctx, event), final=True)
@@ -433,7 +449,7 @@ class TaskRunner:
             task_id=task.id,
             full_bundle=task.repo_kind == "url",
         )
-        self.store.update_task(task.id, files_changed=result.files_changed)
+        await self.update(task.id, files_changed=result.files_changed)
         # Sizes, never the diff itself: a 300 MB patch stays in result.patch.
         sizes = f"patch {result.patch_bytes} bytes"
         if result.bundle_bytes is not None:
@@ -463,8 +479,7 @@ class TaskRunner:
                     hint=f"remove it from the branch's history; {collect.safe_in_session(session)}",
                 )
         if brought is not None and brought.moved_aside:
-            self.store.update_task(task.id, branch=brought.branch)
-            ctx.task = self.store.get_task(task.id)
+            ctx.task = await self.update(task.id, branch=brought.branch)
             text = f"{brought.why}; the result is on {brought.branch}"
             ctx.events.emit(Message(level="warning", text=text))
         return result.files_changed

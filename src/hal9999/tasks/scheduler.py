@@ -175,12 +175,14 @@ class Scheduler:
         return None
 
     def start(self, task: TaskRecord, provider: str) -> None:
-        """Run ``task`` on ``provider`` in the background."""
-        if provider != task.provider:
-            self.store.update_task(task.id, provider=provider)
+        """Run ``task`` on ``provider`` in the background (a provider other than the task's
+        own is written to its record there, in a thread, before the run reads it)."""
+        moved = provider if provider != task.provider else None
         self.placed[task.id] = provider
         self.started += 1
-        self.running[task.id] = asyncio.create_task(self._run(task.id), name=f"task-{task.id}")
+        self.running[task.id] = asyncio.create_task(
+            self._run(task.id, provider=moved), name=f"task-{task.id}"
+        )
 
     def carry_on(self, task: TaskRecord, adopted: Adopted) -> None:
         """Follow an adopted run to its end in the background (it counts against the limits)."""
@@ -189,9 +191,13 @@ class Scheduler:
             self._run(task.id, adopted), name=f"adopted-{task.id}"
         )
 
-    async def _run(self, task_id: str, adopted: Adopted | None = None) -> None:
+    async def _run(
+        self, task_id: str, adopted: Adopted | None = None, *, provider: str | None = None
+    ) -> None:
         submission = self.submissions.get(task_id, Submission())
         try:
+            if provider is not None:  # off the loop: another process may hold the write lock
+                await asyncio.to_thread(self.store.update_task, task_id, provider=provider)
             record = await self.service.run(
                 task_id, given_env=submission.env, prompt=submission.prompt, adopted=adopted
             )

@@ -317,15 +317,17 @@ class TaskService:
     # -- control -----------------------------------------------------------------------
     async def halt(self, task_id: str, target: TaskStatus, reason: str) -> TaskRecord:
         """Stop the agent, destroy the sandbox, keep the session; record ``target``."""
-        task = self.reconcile(self.store.find_task(task_id))
+        # The database work runs in threads: in a daemon this is on its event loop.
+        task = await asyncio.to_thread(self.find, task_id)
         if target is TaskStatus.STOPPED and task.status == TaskStatus.STOPPED:
             return task
         # Record first (compare-and-set: a runner finishing at this moment either finishes
         # first, and this fails, or sees the task was taken from it).
         with self.events(task, self.masker(task)) as events:
-            _, halted = transition(
-                self.store, events, task.id, target, detail=reason, finished_at=time.time()
-            )
+            _, halted = await asyncio.to_thread(
+                transition, self.store, events, task.id, target,
+                detail=reason, finished_at=time.time(),
+            )  # fmt: skip
             await self.kill(task)
             events.emit(TaskEnd(status=target.value, error_code=None, error=reason))
         return self.store.get_task(halted.id)
@@ -337,7 +339,7 @@ class TaskService:
         await manager.stop(process_spec(task, session, ArgvCommand(argv=("true",))))
         provider = load_provider_for(self.config, task.provider)
         await self.destroy_sandboxes(provider, task)
-        self.store.update_task(task.id, sandbox_id=None)
+        await asyncio.to_thread(self.store.update_task, task.id, sandbox_id=None)
 
     async def destroy_sandboxes(self, provider: Provider, task: TaskRecord) -> None:
         """Destroy every sandbox the provider holds for ``task`` (recorded or labelled)."""
