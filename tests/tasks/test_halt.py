@@ -34,8 +34,8 @@ async def test_a_halted_tasks_sandbox_is_destroyed_not_handed_to_the_next_task(
     states: list[tuple[str | None, str]] = []
     record = pool._record
 
-    def recording(entry: Entry, **changes: Any) -> None:
-        record(entry, **changes)
+    async def recording(entry: Entry, **changes: Any) -> None:
+        await record(entry, **changes)
         states.append((entry.id, entry.state))
 
     monkeypatch.setattr(pool, "_record", recording)

@@ -105,6 +105,8 @@ async def test_providers_fill_in_order_and_overflow(tmp_path: Path) -> None:
         )
     assert scheduler.dispatch() == 3, "2 on the first provider, 1 overflowing to the next"
     assert sorted(scheduler.placed.values()) == ["fake", "fake", "local"]
+    # Written by the run's task, in a thread (off the loop), before the run starts.
+    await until(lambda: "m2aaaaaa" in service.started)
     assert store.get_task("m2aaaaaa").provider == "local"
     assert store.get_task("m3aaaaaa").status == "queued"
     for task_id in list(scheduler.running):
