@@ -344,6 +344,25 @@ def test_a_task_in_flight_rides_out_a_held_database_write_lock(
     assert done["base_commit"] and done["runner_pid"] is None
 
 
+def test_the_agents_session_id_reaches_the_task_record(
+    daemon: Hal, hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    # The session id is noted by the (synchronous) output pump and written by an awaited
+    # save right after: it must still land on the record a resume reads.
+    from tests.cli.test_parsed_adoption import _pausing_claude
+
+    _pausing_claude(hal_env, demo_repo)
+    (demo_repo / "go").touch()  # replay without the pause
+    subprocess.run(["git", "-C", str(demo_repo), "add", "go"], check=True)
+    subprocess.run(["git", "-C", str(demo_repo), "commit", "-qm", "go"], check=True)
+    out = daemon("run", "--agent", "claude", "fix it", "--json")
+    assert out.returncode == 0, out.stderr
+    task = json.loads(out.stdout)
+    assert task["status"] == "succeeded"
+    record = next(t for t in tasks_json(daemon) if t["id"] == task["id"])
+    assert record["agent_session_id"] == "d132bc1e-04d0-4164-aa9f-94c96618212b"
+
+
 def test_events_of_a_foreground_run_reach_the_daemon_in_commit_order(
     daemon: Hal, hal_env: dict[str, str], demo_repo: Path
 ) -> None:
