@@ -454,7 +454,9 @@ class TaskRunner:
         sizes = f"patch {result.patch_bytes} bytes"
         if result.bundle_bytes is not None:
             sizes += f", bundle {result.bundle_bytes} bytes"
-        ctx.events.emit(Message(text=f"collected {result.files_changed} changed files; {sizes}"))
+        count = result.files_changed
+        files = f"{count} changed file{'' if count == 1 else 's'}"
+        ctx.events.emit(Message(text=f"collected {files}; {sizes}"))
         if result.nested:
             raise RepoError(
                 "the agent changed nested repositories or submodules whose work the branch "
