@@ -11,7 +11,8 @@ optional ``hint`` that tells the user how to fix the problem::
     │   └── HomeError             home_unusable      exit 2
     ├── NotFoundError             not_found          exit 3
     │   ├── TaskNotFound          task_not_found     exit 3
-    │   └── AmbiguousTaskId       task_id_ambiguous  exit 3
+    │   ├── AmbiguousTaskId       task_id_ambiguous  exit 3
+    │   └── AgentNotFound         agent_not_found    exit 3
     ├── RepoError                 repo_invalid       exit 4
     │   └── SecretInResult        secret_in_result   exit 4
     ├── AgentError                agent_error        exit 5
@@ -34,6 +35,8 @@ optional ``hint`` that tells the user how to fix the problem::
     ├── GatewayError              gateway_error      exit 11
     ├── BudgetExceeded            budget_exceeded    exit 11
     ├── ModelNotAllowed           model_not_allowed  exit 11
+    ├── HiveError                 hive_error         exit 12
+    │   └── HiveLimited           hive_limited       exit 12
     ├── TaskTimeout               timed_out          exit 124
     └── TaskCancelled             cancelled          exit 130
 
@@ -113,6 +116,12 @@ class AmbiguousTaskId(NotFoundError):
     """A task id prefix matches more than one task."""
 
     code = "task_id_ambiguous"
+
+
+class AgentNotFound(NotFoundError):
+    """No hive agent has that name."""
+
+    code = "agent_not_found"
 
 
 class RepoError(HalError):
@@ -257,6 +266,19 @@ class ModelNotAllowed(HalError):
 
     code = "model_not_allowed"
     exit_status = 11
+
+
+class HiveError(HalError):
+    """A hive action is not possible (a reserved or taken name, a refused message)."""
+
+    code = "hive_error"
+    exit_status = 12
+
+
+class HiveLimited(HiveError):
+    """A hive guard refused the action: the hive budget, a rate limit or a message loop."""
+
+    code = "hive_limited"
 
 
 class TaskTimeout(HalError):

@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+from hal9999.events.hive import HiveEvent
 from hal9999.events.log import Sink
 from hal9999.events.models import Event
 from hal9999.events.reader import events_after_seq
@@ -72,6 +73,33 @@ class Subscription:
             yield event
 
 
+class HiveSubscription:
+    """The hive events one subscriber gets, in publishing order (see :class:`Subscription`)."""
+
+    def __init__(self, bus: EventBus, max_queue: int) -> None:
+        self.bus = bus
+        self.queue: asyncio.Queue[HiveEvent | None] = asyncio.Queue()
+        self.max_queue = max_queue
+        self.overflowed = False
+
+    def offer(self, event: HiveEvent) -> None:
+        """Queue ``event`` (on the bus's loop); a subscriber too far behind is closed."""
+        if self.queue.qsize() >= self.max_queue:
+            self.overflowed = True
+            self.close()
+            return
+        self.queue.put_nowait(event)
+
+    async def get(self) -> HiveEvent | None:
+        """The next hive event; None once closed."""
+        return await self.queue.get()
+
+    def close(self) -> None:
+        """Stop receiving; a waiting :meth:`get` returns None."""
+        self.bus.unsubscribe_hive(self)
+        self.queue.put_nowait(None)
+
+
 class EventBus:
     """In-process publish/subscribe of recorded events; :meth:`publish` is thread-safe."""
 
@@ -79,6 +107,7 @@ class EventBus:
         self.max_queue = max_queue
         self._loop: asyncio.AbstractEventLoop | None = None
         self._subscriptions: list[Subscription] = []
+        self._hive: list[HiveSubscription] = []
         self._seen: set[int] = set()
         self._order: deque[int] = deque()
         self._lock = threading.Lock()
@@ -109,21 +138,60 @@ class EventBus:
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 loop.call_soon_threadsafe(self._deliver, event)
 
+    def publish_hive(self, event: HiveEvent) -> None:
+        """Hand a recorded hive event to every hive subscriber (from any thread)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._deliver_hive(event)
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._deliver_hive, event)
+
+    def _deliver_hive(self, event: HiveEvent) -> None:
+        if event.gseq and not self._remember(event.gseq):
+            return
+        for subscription in list(self._hive):
+            subscription.offer(event)
+
+    def subscribe_hive(self) -> HiveSubscription:
+        """Start receiving hive events; call on the bus's loop."""
+        if self._loop is None:
+            self.attach(asyncio.get_running_loop())
+        subscription = HiveSubscription(self, self.max_queue)
+        self._hive.append(subscription)
+        return subscription
+
+    def unsubscribe_hive(self, subscription: HiveSubscription) -> None:
+        """Stop delivering hive events to ``subscription``."""
+        if subscription in self._hive:
+            self._hive.remove(subscription)
+
+    def _remember(self, gseq: int) -> bool:
+        """Note ``gseq`` as delivered; False when it already was (the same event twice)."""
+        with self._lock:
+            if gseq in self._seen:
+                return False
+            self._seen.add(gseq)
+            self._order.append(gseq)
+            if len(self._order) > _REMEMBERED:
+                self._seen.discard(self._order.popleft())
+            self.last_gseq = max(self.last_gseq, gseq)
+            return True
+
     def seen(self, gseq: int) -> bool:
         """Whether the event with this ``gseq`` was delivered recently."""
         with self._lock:
             return gseq in self._seen
 
     def _deliver(self, event: Event) -> None:
-        if event.gseq:
-            with self._lock:
-                if event.gseq in self._seen:
-                    return
-                self._seen.add(event.gseq)
-                self._order.append(event.gseq)
-                if len(self._order) > _REMEMBERED:
-                    self._seen.discard(self._order.popleft())
-                self.last_gseq = max(self.last_gseq, event.gseq)
+        if event.gseq and not self._remember(event.gseq):
+            return
         for subscription in list(self._subscriptions):
             subscription.offer(event)
 

@@ -146,4 +146,76 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX gateway_requests_ts ON gateway_requests (ts);
         """,
     ),
+    Migration(
+        5,
+        "hive: agents, messages, turns, hive events",
+        """
+        -- Named long-lived agents (issue 12). task_id is the agent's long-lived task whose
+        -- session (workspace on hal/agent/<name>, agent home) every turn resumes.
+        CREATE TABLE hive_agents (
+            name         TEXT PRIMARY KEY,
+            agent        TEXT NOT NULL,
+            provider     TEXT NOT NULL,
+            repo         TEXT,
+            kind         TEXT NOT NULL DEFAULT 'agent',
+            state        TEXT NOT NULL,
+            detail       TEXT,
+            task_id      TEXT,
+            policy       TEXT NOT NULL DEFAULT '{}',
+            created_at   REAL NOT NULL,
+            updated_at   REAL NOT NULL,
+            crashes      INTEGER NOT NULL DEFAULT 0,
+            last_crash_at REAL
+        );
+        -- The broker's mailbox: sent -> delivered -> read. A rowid table, so the order of
+        -- arrival is the rowid order.
+        CREATE TABLE hive_messages (
+            id           TEXT NOT NULL UNIQUE,
+            sender       TEXT NOT NULL,
+            recipient    TEXT NOT NULL,
+            kind         TEXT NOT NULL,
+            body         TEXT NOT NULL,
+            ref          TEXT,
+            state        TEXT NOT NULL CHECK (state IN ('sent', 'delivered', 'read')),
+            created      REAL NOT NULL,
+            delivered_at REAL,
+            read_at      REAL
+        );
+        CREATE INDEX hive_messages_inbox ON hive_messages (recipient, state);
+        CREATE INDEX hive_messages_created ON hive_messages (created);
+        -- One row per turn of an agent (hal agent stats).
+        CREATE TABLE hive_turns (
+            id           INTEGER PRIMARY KEY AUTOINCREMENT,
+            agent        TEXT NOT NULL,
+            task_id      TEXT,
+            model        TEXT,
+            wake_reason  TEXT NOT NULL,
+            started_at   REAL NOT NULL,
+            ended_at     REAL,
+            duration_ms  REAL,
+            input_tokens INTEGER NOT NULL DEFAULT 0,
+            output_tokens INTEGER NOT NULL DEFAULT 0,
+            cache_read_tokens INTEGER NOT NULL DEFAULT 0,
+            cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+            cost_usd     REAL,
+            usage_source TEXT,
+            tool_calls   INTEGER NOT NULL DEFAULT 0,
+            tools        TEXT NOT NULL DEFAULT '{}',
+            result       TEXT,
+            open_threads INTEGER,
+            messages     TEXT NOT NULL DEFAULT '[]'
+        );
+        CREATE INDEX hive_turns_agent ON hive_turns (agent, id);
+        CREATE INDEX hive_turns_started ON hive_turns (started_at);
+        -- Hive events; gseq comes from the same event_counter as task events.
+        CREATE TABLE hive_events (
+            gseq  INTEGER PRIMARY KEY,
+            type  TEXT NOT NULL,
+            ts    REAL NOT NULL,
+            agent TEXT,
+            body  TEXT NOT NULL
+        );
+        CREATE INDEX hive_events_ts ON hive_events (ts);
+        """,
+    ),
 )

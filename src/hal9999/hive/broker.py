@@ -1,0 +1,288 @@
+"""The broker: durable messages between the operator, hal and the hive's agents.
+
+A message is committed (SQLite, WAL) before :func:`send` returns, with its
+``message_sent`` event in the same transaction; then the recipient's turn loop is woken.
+States only move forward: ``sent`` (committed) -> ``delivered`` (in the recipient's mailbox
+ledger, see :mod:`hal9999.hive.turns`) -> ``read`` (the turn that got it ended, or the
+operator read it). Nothing that is not ``read`` is ever removed by retention.
+
+Guards against a hive that feeds itself: a per-agent send rate limit, and a ping-pong
+detector that stops two agents that keep waking each other (and tells the operator).
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from hal9999.errors import AgentNotFound, HiveError, HiveLimited
+from hal9999.events.hive import HiveEvent, HiveGuard, MessageDelivered, MessageRead, MessageSent
+from hal9999.hive.store import (
+    agent_exists,
+    hive_write,
+    insert_hive_event,
+    record_hive_event,
+    update_agent,
+)
+from hal9999.store import Store
+
+OPERATOR = "operator"
+"""The reserved recipient/sender name of the human."""
+SYSTEM = "hal"
+"""Sender of system notices (crash, approval results, reminders, expiries)."""
+
+MessageKind = Literal["message", "question", "answer", "approval", "reminder", "notice"]
+MessageState = Literal["sent", "delivered", "read"]
+_ORDER: dict[str, int] = {"sent": 0, "delivered": 1, "read": 2}
+
+MAX_BODY_CHARS = 64 * 1024
+"""The longest message body (it lands in a prompt; a file belongs in the workspace)."""
+
+
+class Message(BaseModel):
+    """One message as the broker holds it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    sender: str
+    recipient: str
+    kind: MessageKind
+    body: str
+    ref: str | None = None
+    """What it answers or refers to: a question, approval or reminder id."""
+    state: MessageState
+    created: float
+
+
+@dataclass
+class BrokerLimits:
+    """The broker's guards (set by the daemon from ``[hive]`` settings)."""
+
+    rate_per_minute: int = 30
+    """Messages one agent may send in any 60 s (0: no limit)."""
+    loop_messages: int = 24
+    """Messages between one pair of agents, both ways, within ``loop_window_s`` and without
+    the operator writing to either, that count as a ping-pong loop (0: never)."""
+    loop_window_s: float = 600.0
+
+
+limits = BrokerLimits()
+"""The limits :func:`send` applies (module-wide: one broker per process)."""
+
+Waker = Callable[[str], None]
+_waker: Waker | None = None
+_waker_lock = threading.Lock()
+
+
+def set_waker(waker: Waker | None) -> None:
+    """Register who is told a recipient's name after each committed message (the daemon's
+    turn loop; it must be thread-safe: :func:`send` runs in any thread)."""
+    global _waker
+    with _waker_lock:
+        _waker = waker
+
+
+def _wake(name: str) -> None:
+    with _waker_lock:
+        waker = _waker
+    if waker is not None:
+        waker(name)
+
+
+def _new_id() -> str:
+    # Time first, so ids sort roughly by creation; random after, so they are unguessable.
+    return f"m{int(time.time() * 1000):x}{secrets.token_hex(4)}"
+
+
+def _is_agent(name: str) -> bool:
+    return name not in (OPERATOR, SYSTEM)
+
+
+def _check_parties(store: Store, sender: str, recipient: str) -> None:
+    if recipient == SYSTEM:
+        raise HiveError(f"{SYSTEM!r} receives no messages", hint="send to an agent or the operator")
+    if sender == recipient:
+        raise HiveError(f"{sender!r} cannot send a message to itself")
+    for name, role in ((sender, "sender"), (recipient, "recipient")):
+        if _is_agent(name) and not agent_exists(store, name):
+            raise AgentNotFound(
+                f"no agent called {name!r} (the {role})", hint="list agents with `hal agent list`"
+            )
+
+
+def send(
+    store: Store,
+    *,
+    sender: str,
+    recipient: str,
+    body: str,
+    kind: MessageKind = "message",
+    ref: str | None = None,
+) -> Message:
+    """Commit a message (durable before this returns), publish ``message_sent`` and wake
+    the recipient. Refuses unknown parties, empty or oversized bodies, and sends that a
+    guard stops (:class:`HiveLimited`)."""
+    _check_parties(store, sender, recipient)
+    if not body.strip():
+        raise HiveError("the message is empty", hint="give the text to send")
+    if len(body) > MAX_BODY_CHARS:
+        raise HiveError(
+            f"the message has {len(body)} characters, more than {MAX_BODY_CHARS}",
+            hint="put long text in a file of the workspace and send its path",
+        )
+    now = time.time()
+    message = Message(
+        id=_new_id(), sender=sender, recipient=recipient, kind=kind, body=body, ref=ref,
+        state="sent", created=now,
+    )  # fmt: skip
+    if _is_agent(sender):
+        _check_rate(store, sender, now)
+        if _is_agent(recipient):
+            _check_loop(store, sender, recipient, now)
+    with hive_write(store) as (conn, recorded):
+        conn.execute(
+            "INSERT INTO hive_messages (id, sender, recipient, kind, body, ref, state, created)"
+            " VALUES (?, ?, ?, ?, ?, ?, 'sent', ?)",
+            (message.id, sender, recipient, kind, body, ref, now),
+        )
+        agent = recipient if _is_agent(recipient) else sender if _is_agent(sender) else None
+        event = MessageSent(
+            agent=agent, id=message.id, sender=sender, recipient=recipient, kind=kind, ref=ref,
+            chars=len(body),
+        )  # fmt: skip
+        recorded.append(insert_hive_event(conn, event))
+    _wake(recipient)
+    return message
+
+
+def _count(store: Store, sql: str, params: tuple[object, ...]) -> int:
+    return int(store._query(sql, params)[0][0])
+
+
+def _check_rate(store: Store, sender: str, now: float) -> None:
+    if limits.rate_per_minute <= 0:
+        return
+    sent = _count(
+        store,
+        "SELECT COUNT(*) FROM hive_messages WHERE sender = ? AND created > ?",
+        (sender, now - 60.0),
+    )
+    if sent >= limits.rate_per_minute:
+        _guard(store, "rate_limit", sender, f"{sender} sent {sent} messages in the last minute")
+        raise HiveLimited(
+            f"agent {sender!r} sent {sent} messages in the last minute (limit"
+            f" {limits.rate_per_minute})",
+            hint="wait a minute; batch what you have to say into fewer messages",
+        )
+
+
+def _check_loop(store: Store, a: str, b: str, now: float) -> None:
+    """Stop both agents when they keep messaging each other with nobody else involved."""
+    if limits.loop_messages <= 0:
+        return
+    since = now - limits.loop_window_s
+    operator_wrote = _count(
+        store,
+        "SELECT COUNT(*) FROM hive_messages WHERE sender = ? AND recipient IN (?, ?)"
+        " AND created > ?",
+        (OPERATOR, a, b, since),
+    )
+    if operator_wrote:
+        return
+    between = _count(
+        store,
+        "SELECT COUNT(*) FROM hive_messages WHERE created > ? AND"
+        " ((sender = ? AND recipient = ?) OR (sender = ? AND recipient = ?))",
+        (since, a, b, b, a),
+    )
+    if between + 1 < limits.loop_messages:
+        return
+    detail = (
+        f"{a} and {b} exchanged {between + 1} messages within"
+        f" {limits.loop_window_s:g} s with no operator message: stopped both as a message loop"
+    )
+    for name in (a, b):
+        update_agent(store, name, state="stopped", detail="message loop (hive guard)")
+    _guard(store, "loop", a, detail)
+    send(
+        store, sender=SYSTEM, recipient=OPERATOR, kind="notice",
+        body=f"{detail}. Start them again with `hal agent start {a}` / `hal agent start {b}`.",
+    )  # fmt: skip
+    raise HiveLimited(detail, hint=f"the operator can start them again: `hal agent start {a}`")
+
+
+def _guard(
+    store: Store, guard: Literal["budget", "rate_limit", "loop"], agent: str, detail: str
+) -> None:
+    record_hive_event(store, HiveGuard(agent=agent, guard=guard, detail=detail))
+
+
+def _message(row: sqlite3.Row) -> Message:
+    return Message.model_validate(dict(zip(row.keys(), row, strict=True)))
+
+
+_SELECT = "SELECT id, sender, recipient, kind, body, ref, state, created FROM hive_messages"
+
+
+def inbox(
+    store: Store, recipient: str, *, include_read: bool = False, limit: int = 100
+) -> list[Message]:
+    """A recipient's messages in arrival order: the oldest ``limit`` not read yet, or, with
+    ``include_read``, the newest ``limit`` of all."""
+    if include_read:
+        rows = store._query(
+            f"SELECT * FROM ({_SELECT} WHERE recipient = ? ORDER BY rowid DESC LIMIT ?)"
+            " ORDER BY created, id",
+            (recipient, limit),
+        )
+    else:
+        rows = store._query(
+            f"{_SELECT} WHERE recipient = ? AND state != 'read' ORDER BY rowid LIMIT ?",
+            (recipient, limit),
+        )
+    return [_message(r) for r in rows]
+
+
+def get_message(store: Store, message_id: str) -> Message:
+    """One message by id."""
+    rows = store._query(f"{_SELECT} WHERE id = ?", (message_id,))
+    if not rows:
+        raise HiveError(f"no message {message_id!r}")
+    return _message(rows[0])
+
+
+def mark(store: Store, ids: Sequence[str], state: Literal["delivered", "read"]) -> None:
+    """Move messages forward to ``state`` (never back); publishes which ones moved."""
+    if not ids:
+        return
+    now = time.time()
+    column = "delivered_at" if state == "delivered" else "read_at"
+    lower = [s for s, n in _ORDER.items() if n < _ORDER[state]]
+    by_agent: dict[str | None, list[str]] = {}
+    with hive_write(store) as (conn, recorded):
+        for message_id in dict.fromkeys(ids):
+            row = conn.execute(
+                f"UPDATE hive_messages SET state = ?, {column} = ?"
+                f" WHERE id = ? AND state IN ({', '.join('?' * len(lower))}) RETURNING recipient",
+                (state, now, message_id, *lower),
+            ).fetchone()
+            if row is not None:
+                recipient = str(row[0])
+                by_agent.setdefault(recipient if _is_agent(recipient) else None, []).append(
+                    message_id
+                )
+        for agent, moved in by_agent.items():
+            event: HiveEvent = (
+                MessageDelivered(agent=agent, ids=moved)
+                if state == "delivered"
+                else MessageRead(agent=agent, ids=moved)
+            )
+            recorded.append(insert_hive_event(conn, event))

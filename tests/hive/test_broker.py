@@ -1,0 +1,203 @@
+"""The hive's tables and broker on a real SQLite store: names, durability, states that only
+move forward, hive events with a gseq from the task events' counter, the guards."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hal9999.errors import AgentNotFound, HiveError, HiveLimited
+from hal9999.events.bus import EventBus
+from hal9999.events.hive import AgentState, MessageSent
+from hal9999.hive import broker
+from hal9999.hive.broker import OPERATOR, SYSTEM, inbox, mark, send
+from hal9999.hive.store import (
+    AgentRecord,
+    agent_exists,
+    check_name,
+    get_agent,
+    hive_events_after,
+    insert_agent,
+    record_hive_event,
+    set_publisher,
+)
+from hal9999.store import Store
+
+
+def add_agent(store: Store, name: str) -> AgentRecord:
+    now = time.time()
+    record = AgentRecord(
+        name=name, agent="custom", provider="local", created_at=now, updated_at=now
+    )
+    return insert_agent(store, record)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with Store.open(tmp_path / "home") as opened:
+        yield opened
+
+
+@pytest.fixture(autouse=True)
+def _fresh_broker() -> Iterator[None]:
+    saved = broker.BrokerLimits(**vars(broker.limits))
+    yield
+    broker.limits = saved
+    broker.set_waker(None)
+    set_publisher(None)
+
+
+@pytest.mark.parametrize("name", ["", "Alice", "9lives", "a" * 33, "a_b", "a b", "a/b", "..", "é"])
+def test_bad_names_are_refused(name: str) -> None:
+    with pytest.raises(HiveError, match="not a valid agent name"):
+        check_name(name)
+
+
+@pytest.mark.parametrize("name", ["operator", "hal"])
+def test_reserved_names_are_refused(store: Store, name: str) -> None:
+    with pytest.raises(HiveError, match="reserved"):
+        add_agent(store, name)
+    assert not agent_exists(store, name)
+
+
+def test_a_taken_name_is_refused(store: Store) -> None:
+    add_agent(store, "alice")
+    with pytest.raises(HiveError, match="already exists"):
+        add_agent(store, "alice")
+
+
+def test_send_is_durable_before_it_returns_and_wakes_the_recipient(
+    store: Store, tmp_path: Path
+) -> None:
+    add_agent(store, "alice")
+    woken: list[str] = []
+    broker.set_waker(woken.append)
+    message = send(store, sender=OPERATOR, recipient="alice", body="hello")
+    assert woken == ["alice"]
+    # Another connection (another process would see the same) reads it committed.
+    with Store.open(tmp_path / "home") as other:
+        [seen] = inbox(other, "alice")
+    assert seen == message and seen.state == "sent"
+
+
+def test_unknown_parties_and_bad_bodies_are_refused(store: Store) -> None:
+    add_agent(store, "alice")
+    with pytest.raises(AgentNotFound, match="bob"):
+        send(store, sender=OPERATOR, recipient="bob", body="hi")
+    with pytest.raises(AgentNotFound, match="mallory"):
+        send(store, sender="mallory", recipient="alice", body="hi")
+    with pytest.raises(HiveError, match="itself"):
+        send(store, sender="alice", recipient="alice", body="hi")
+    with pytest.raises(HiveError, match="receives no messages"):
+        send(store, sender="alice", recipient=SYSTEM, body="hi")
+    with pytest.raises(HiveError, match="empty"):
+        send(store, sender=OPERATOR, recipient="alice", body="  \n")
+    with pytest.raises(HiveError, match="characters"):
+        send(store, sender=OPERATOR, recipient="alice", body="x" * (broker.MAX_BODY_CHARS + 1))
+    assert inbox(store, "alice") == []
+
+
+def test_states_only_move_forward(store: Store) -> None:
+    add_agent(store, "alice")
+    first = send(store, sender=OPERATOR, recipient="alice", body="one")
+    second = send(store, sender=OPERATOR, recipient="alice", body="two")
+    mark(store, [first.id], "read")
+    mark(store, [first.id, second.id], "delivered")  # first stays read
+    states = {m.id: m.state for m in inbox(store, "alice", include_read=True)}
+    assert states == {first.id: "read", second.id: "delivered"}
+    assert [m.id for m in inbox(store, "alice")] == [second.id]
+
+
+def test_hive_events_share_the_task_events_counter(store: Store) -> None:
+    add_agent(store, "alice")
+    [task_gseq] = store.record_events("t1", [(1, "phase", 1.0)])
+    message = send(store, sender=OPERATOR, recipient="alice", body="hi")
+    mark(store, [message.id], "delivered")
+    recorded = record_hive_event(store, AgentState(agent="alice", state="running"))
+    [after_task] = store.record_events("t1", [(2, "phase", 2.0)])
+    events = hive_events_after(store, 0)
+    assert [e.type for e in events] == ["message_sent", "message_delivered", "agent_state"]
+    gseqs = [e.gseq for e in events]
+    assert task_gseq < gseqs[0] < gseqs[1] < gseqs[2] == recorded.gseq < after_task
+    assert hive_events_after(store, gseqs[0]) == events[1:]
+    sent = events[0]
+    assert isinstance(sent, MessageSent) and sent.id == message.id and sent.chars == 2
+    assert "hi" not in sent.model_dump_json()  # the body stays in the broker
+
+
+async def test_hive_events_reach_the_bus_once(store: Store) -> None:
+    bus = EventBus()
+    bus.attach(asyncio.get_running_loop())
+    set_publisher(bus.publish_hive)
+    subscription = bus.subscribe_hive()
+    add_agent(store, "alice")
+    # From a worker thread, as the daemon's API sends.
+    message = await asyncio.to_thread(send, store, sender=OPERATOR, recipient="alice", body="x")
+    event = await asyncio.wait_for(subscription.get(), 5)
+    assert isinstance(event, MessageSent) and event.id == message.id
+    bus.publish_hive(event)  # the same gseq again is dropped
+    record_hive_event(store, AgentState(agent="alice", state="running"))
+    following = await asyncio.wait_for(subscription.get(), 5)
+    assert isinstance(following, AgentState)
+
+
+def test_an_agent_over_its_rate_limit_is_refused(store: Store) -> None:
+    broker.limits.rate_per_minute = 3
+    add_agent(store, "alice")
+    for n in range(3):
+        send(store, sender="alice", recipient=OPERATOR, body=f"m{n}")
+    with pytest.raises(HiveLimited, match="3 messages in the last minute"):
+        send(store, sender="alice", recipient=OPERATOR, body="one too many")
+    assert len(inbox(store, OPERATOR)) == 3
+    assert [e.type for e in hive_events_after(store, 0)][-1] == "hive_guard"
+    send(store, sender=OPERATOR, recipient="alice", body="the operator is not limited")
+
+
+def test_two_agents_in_a_ping_pong_loop_are_stopped_and_the_operator_told(store: Store) -> None:
+    broker.limits.loop_messages = 6
+    add_agent(store, "alice")
+    add_agent(store, "bob")
+    pair = ("alice", "bob")
+    with pytest.raises(HiveLimited, match="message loop"):
+        for n in range(10):
+            send(store, sender=pair[n % 2], recipient=pair[(n + 1) % 2], body=f"ping {n}")
+    assert n == 5  # the sixth message is refused
+    assert get_agent(store, "alice").state == "stopped"
+    assert get_agent(store, "bob").state == "stopped"
+    [notice] = inbox(store, OPERATOR)
+    assert notice.sender == SYSTEM and "bob and alice exchanged 6 messages" in notice.body
+    assert "hal agent start alice" in notice.body and "hal agent start bob" in notice.body
+
+
+def test_an_operator_message_keeps_a_busy_pair_out_of_the_loop_guard(store: Store) -> None:
+    broker.limits.loop_messages = 4
+    add_agent(store, "alice")
+    add_agent(store, "bob")
+    send(store, sender=OPERATOR, recipient="alice", body="work with bob on this")
+    for n in range(8):
+        send(store, sender=("alice", "bob")[n % 2], recipient=("bob", "alice")[n % 2], body="x")
+    assert get_agent(store, "alice").state == "sleeping"
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(steps=st.lists(st.tuples(st.integers(0, 4), st.sampled_from(["delivered", "read"]))))
+def test_marks_in_any_order_never_move_a_message_back(
+    tmp_path: Path, steps: list[tuple[int, str]]
+) -> None:
+    with Store.open(tmp_path / f"h{len(steps)}-{time.monotonic_ns()}") as store:
+        add_agent(store, "alice")
+        ids = [send(store, sender=OPERATOR, recipient="alice", body=str(n)).id for n in range(5)]
+        highest = dict.fromkeys(ids, 0)
+        for index, state in steps:
+            mark(store, [ids[index]], state)  # type: ignore[arg-type]
+            highest[ids[index]] = max(highest[ids[index]], {"delivered": 1, "read": 2}[state])
+        got = {m.id: m.state for m in inbox(store, "alice", include_read=True)}
+        assert got == {i: ("sent", "delivered", "read")[h] for i, h in highest.items()}
