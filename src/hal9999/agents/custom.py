@@ -53,16 +53,19 @@ if [ -n "${HAL_PROMPT_MARK-}" ]; then
 fi
 if [ -n "${HAL_GATEWAY_PORT-}" ]; then
   # The LLM gateway's forwarder, in this exec's own network namespace (see hal9999.gateway).
-  hal_fwd=("$HAL_GATEWAY_PORT" "$HAL_GATEWAY_DIR/llm.sock")
+  # Without HAL_GATEWAY_DIR the provider forwards the ports itself (a microVM's ssh).
+  hal_fwd=("$HAL_GATEWAY_PORT" "${HAL_GATEWAY_DIR-}/llm.sock")
   if [ -n "${HAL_EGRESS_PORT-}" ]; then
-    hal_fwd+=("$HAL_EGRESS_PORT" "$HAL_GATEWAY_DIR/egress.sock")
+    hal_fwd+=("$HAL_EGRESS_PORT" "${HAL_GATEWAY_DIR-}/egress.sock")
     hal_proxy="http://hal:${HAL_GATEWAY_TOKEN-}@127.0.0.1:$HAL_EGRESS_PORT"
     export HTTPS_PROXY="$hal_proxy" HTTP_PROXY="$hal_proxy"
     export https_proxy="$hal_proxy" http_proxy="$hal_proxy"
     export NO_PROXY="127.0.0.1,localhost" no_proxy="127.0.0.1,localhost"
     unset hal_proxy
   fi
-  python3 -I -S "$HAL_GATEWAY_DIR/forwarder.py" "${hal_fwd[@]}"
+  if [ -n "${HAL_GATEWAY_DIR-}" ]; then
+    python3 -I -S "$HAL_GATEWAY_DIR/forwarder.py" "${hal_fwd[@]}"
+  fi
   unset hal_fwd
 fi
 unset HAL_API_KEY_ENV HAL_API_KEY_AS HAL_PROMPT_MARK

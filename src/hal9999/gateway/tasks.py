@@ -28,6 +28,7 @@ from hal9999.gateway.channel import (
     register,
     unregister,
 )
+from hal9999.providers.base import Sandbox, SocketForwarding
 from hal9999.spec import Bind
 from hal9999.store import Store
 
@@ -46,6 +47,9 @@ class GatewayRoute:
     port: int
     usage: GatewayUsage | None = None
     """Turns the run's recorded calls into events (set when the run registers)."""
+    forwarder: bool = True
+    """Whether the launcher starts the in-sandbox forwarder (False once the provider
+    forwards the ports itself, see :meth:`connect`)."""
 
     @property
     def base_url(self) -> str:
@@ -59,11 +63,27 @@ class GatewayRoute:
 
     def launcher_env(self, *, egress: bool) -> dict[str, str]:
         """What the launcher needs to start the forwarder (and, with ``egress``, to route
-        other traffic through the egress proxy: a sandbox without network)."""
-        env = {"HAL_GATEWAY_PORT": str(self.port), "HAL_GATEWAY_DIR": CHANNEL_TARGET}
+        other traffic through the egress proxy: a sandbox without network). Where the
+        provider forwards the ports itself (:meth:`connect`) no forwarder is started:
+        ``HAL_GATEWAY_DIR`` is left out."""
+        env = {"HAL_GATEWAY_PORT": str(self.port)}
+        if self.forwarder:
+            env["HAL_GATEWAY_DIR"] = CHANNEL_TARGET
         if egress:
             env["HAL_EGRESS_PORT"] = str(self.port + 1)
         return env
+
+    async def connect(self, sandbox: Sandbox) -> None:
+        """Reach the gateway from ``sandbox``: a provider that forwards sockets itself (a
+        microVM, whose shared directories cannot carry a unix socket) gets the data port
+        and, with no network, the egress port forwarded now; any other sandbox runs the
+        in-sandbox forwarder from its launcher (over the bound channel directory)."""
+        if not isinstance(sandbox, SocketForwarding):
+            return
+        await sandbox.forward_socket(self.port, self.paths.socket)
+        if sandbox.spec.network == "none":
+            await sandbox.forward_socket(self.port + 1, self.paths.egress_socket)
+        self.forwarder = False
 
     def bind(self) -> Bind:
         """The channel directory, read-only inside the sandbox."""

@@ -177,6 +177,16 @@ class Sandbox(Protocol):
 
 
 @runtime_checkable
+class SocketForwarding(Protocol):
+    """A sandbox whose provider can make ``127.0.0.1:PORT`` inside reach a unix socket on
+    the host by itself (the qemu exec channel's ssh), so nothing needs to run inside for it."""
+
+    async def forward_socket(self, port: int, socket: Path) -> None:
+        """From now on, connections to ``127.0.0.1:port`` inside reach ``socket``."""
+        ...
+
+
+@runtime_checkable
 class Provider(Protocol):
     """Sandbox lifecycle for one backend."""
 

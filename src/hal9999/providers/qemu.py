@@ -113,6 +113,11 @@ class QemuSandbox(HostSandbox):
         )  # fmt: skip
         return Launch(argv=argv, env=qemussh.ssh_env(guest), cwd=self.dir)
 
+    async def forward_socket(self, port: int, socket: Path) -> None:
+        """``127.0.0.1:port`` in the guest reaches the host unix ``socket`` over the exec
+        channel (how the LLM gateway and the egress proxy reach a VM with no network)."""
+        await qemussh.forward_socket(self._run, port, socket)
+
     def attach_command(self) -> list[str]:
         """An interactive bash inside (a terminal when the caller has one)."""
         shell = ArgvCommand(argv=("bash", "-i"))

@@ -118,6 +118,38 @@ async def stop_master(run: RunDir) -> None:
     await proc.wait()
 
 
+async def forward_socket(run: RunDir, port: int, socket: Path) -> None:
+    """Have the ControlMaster listen on ``127.0.0.1:port`` in the guest (sshd's remote
+    forward; loopback only, ``GatewayPorts`` is off) and carry each connection to the host
+    unix ``socket``. The forward lives as long as the master (the VM), not this process, so
+    an agent still runs through it after the hal that started it is gone; the socket is
+    connected afresh per connection, so a restarted listener on the same path is reached."""
+    if not 0 < port < 65536 or ":" in str(socket) or not socket.is_absolute():
+        raise ProviderError(f"cannot forward guest port {port} to {socket}")
+    spec = f"127.0.0.1:{port}:{socket}"
+    base = [SSH, "-F", str(config_path(run))]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(run.path)}
+    null = asyncio.subprocess.DEVNULL
+    # A forward left by an earlier launch in this VM would make the new one fail: drop it.
+    cancel = await asyncio.create_subprocess_exec(
+        *base, "-O", "cancel", "-R", spec, "hal", stdin=null, stdout=null, stderr=null, env=env
+    )  # fmt: skip
+    await cancel.wait()
+    proc = await asyncio.create_subprocess_exec(
+        *base, "-O", "forward", "-R", spec, "hal", stdin=null, stdout=null,
+        stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise ProviderError(f"forwarding guest port {port} timed out") from None
+    if proc.returncode != 0:
+        text = err.decode("utf-8", "replace").strip()[-300:]
+        raise ProviderError(f"cannot forward guest port {port} to {socket}: {text}")
+
+
 def check_names(names: Sequence[str]) -> None:
     """Variable names travel as ssh options: refuse anything but [A-Za-z0-9_]."""
     for name in names:

@@ -266,6 +266,8 @@ class TaskRunner:
         warm = lease is not None and lease.warm
         await self.update(task.id, sandbox_id=sandbox.id)
         self.emit(ctx, SandboxAcquired(sandbox_id=sandbox.id, provider=sandbox.provider, warm=warm))
+        if ctx.gateway is not None:
+            await ctx.gateway.connect(sandbox)
 
         await self.transition(ctx, TaskStatus.PREPARING)
         launch = await self.prepare(ctx, sandbox, agent, prompt)

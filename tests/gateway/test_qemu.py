@@ -1,0 +1,73 @@
+"""A task in a microVM with network "none" reaches the gateway and the egress proxy over the
+VM's exec channel (ssh remote forwards to the host's sockets; nothing runs in the guest)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.e2e.conftest import KEY_VAR, HalCli, files_containing, git
+from tests.gateway.test_egress import host_address
+from tests.gateway.upstream import StormUpstream
+
+pytestmark = [pytest.mark.qemu, pytest.mark.tmux, pytest.mark.slow, pytest.mark.timeout(300)]
+
+AGENT = Path(__file__).with_name("bash_agent.sh")
+
+
+@pytest.fixture
+def upstream() -> Iterator[StormUpstream]:
+    with StormUpstream() as server:
+        yield server
+
+
+def test_a_vm_task_calls_the_model_and_egress_through_the_gateway(
+    hal_cli: HalCli, bug_repo: Path, upstream: StormUpstream, dummy_key: str
+) -> None:
+    address = host_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback address to tunnel to")
+    hal_cli.env |= {"HAL_PROVIDER": "qemu", "HAL_QEMU_IMAGES": os.environ["HAL_QEMU_IMAGES"]}
+    shutil.copy(AGENT, bug_repo / "caller.sh")
+    git(bug_repo, "add", "caller.sh")
+    git(bug_repo, "commit", "-qm", "bash agent")
+    with socket.create_server((address, 0)) as listener:
+        target = f"{address}:{listener.getsockname()[1]}"
+        threading.Thread(target=_echo_once, args=(listener,), daemon=True).start()
+        hal_cli.config_file.parent.mkdir(parents=True, exist_ok=True)
+        hal_cli.config_file.write_text(
+            "[agents.claude]\n"
+            'command = "/workspace/caller.sh"\n'
+            f'base_url = "{upstream.url}"\n'
+            f'api_key_env = "{KEY_VAR}"\n'
+            f"[gateway]\negress = [{json.dumps(target)}]\n"
+        )
+        out = hal_cli("run", "--agent", "claude", target, timeout=240)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    [task] = json.loads(hal_cli("task", "list", "--json").stdout)
+    assert task["provider"] == "qemu"
+    logs = hal_cli("task", "logs", task["id"]).stdout
+    assert "CALL HTTP/1.1 200" in logs, logs[-2000:]
+    assert [seen.headers["x-api-key"] for seen in upstream.seen] == [dummy_key]
+    assert "EGRESS denied.example:443 HTTP/1.1 403" in logs
+    assert f"EGRESS {target} echo:through the tunnel" in logs
+    assert f"DIRECT {target} direct refused" in logs, "network none: no way out but the proxy"
+    calls = json.loads(hal_cli("task", "requests", task["id"], "--json").stdout)
+    assert [(c["status"], c["total_tokens"]) for c in calls if c["error"] is None] == [(200, 23)]
+    lines = hal_cli("task", "events", task["id"], "--json").stdout.splitlines()
+    events = [json.loads(line) for line in lines]
+    assert [e["source"] for e in events if e["type"] == "usage"] == ["gateway"]
+    assert [e["host"] for e in events if e["type"] == "egress_denied"] == ["denied.example"]
+    assert files_containing(hal_cli.home, dummy_key.encode()) == []
+
+
+def _echo_once(listener: socket.socket) -> None:
+    conn, _ = listener.accept()
+    with conn:
+        conn.sendall(b"echo:" + conn.recv(4096))
