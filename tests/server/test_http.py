@@ -10,8 +10,11 @@ from typing import Any
 import pytest
 
 from hal9999.errors import TaskNotFound, TaskStateError
+from hal9999.server.app import ServerContext, build_app
 from hal9999.server.client import DaemonClient
-from hal9999.server.http import HttpServer, Request, Router
+from hal9999.server.listen import HalServer
+from hal9999.server.routing import ApiRequest as Request
+from hal9999.server.routing import Router
 from hal9999.server.runtime import DaemonFiles, DaemonInfo
 
 
@@ -37,6 +40,14 @@ def router() -> Router:
     return r
 
 
+def http_server(
+    r: Router, token: str, *, log_file: str | None = None, **limits: Any
+) -> HalServer:
+    """The daemon's server stack serving ``r`` (no dashboard)."""
+    ctx = ServerContext(home=Path("/nonexistent"), token=token, log_file=log_file)
+    return HalServer(build_app(ctx, r, dashboard=False), **limits)
+
+
 async def raw(port: int, data: bytes) -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(data)
@@ -47,19 +58,24 @@ async def raw(port: int, data: bytes) -> bytes:
 
 
 async def test_tcp_needs_the_token_and_keeps_alive(tmp_path: Path) -> None:
-    server = HttpServer(router(), "s3cret")
+    server = http_server(router(), "s3cret")
     port = await server.listen_tcp()
-    denied = await raw(port, b"GET /v1/missing HTTP/1.1\r\nConnection: close\r\n\r\n")
+    denied = await raw(port, b"GET /v1/missing HTTP/1.1\r\nHost: hal\r\nConnection: close\r\n\r\n")
     assert denied.startswith(b"HTTP/1.1 401")
     bad = await raw(
-        port, b"GET /v1/missing HTTP/1.1\r\nAuthorization: Bearer nope\r\nConnection: close\r\n\r\n"
+        port,
+        b"GET /v1/missing HTTP/1.1\r\nHost: hal\r\n"
+        b"Authorization: Bearer nope\r\nConnection: close\r\n\r\n",
     )
     assert bad.startswith(b"HTTP/1.1 401")
     body = b'{"a": 1}'
     two = (
-        b"POST /v1/echo/7?x=y HTTP/1.1\r\nAuthorization: Bearer s3cret\r\n"
+        b"POST /v1/echo/7?x=y HTTP/1.1\r\nHost: hal\r\nAuthorization: Bearer s3cret\r\n"
         b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-    ) + b"GET /v1/nope HTTP/1.1\r\nAuthorization: Bearer s3cret\r\nConnection: close\r\n\r\n"
+    ) + (
+        b"GET /v1/nope HTTP/1.1\r\nHost: hal\r\n"
+        b"Authorization: Bearer s3cret\r\nConnection: close\r\n\r\n"
+    )
     out = await raw(port, two)
     first, second = out.split(b"HTTP/1.1 ")[1:]
     assert first.startswith(b"200") and b'"id": "7"' in first and b'"x": "y"' in first
@@ -71,7 +87,7 @@ async def test_client_maps_errors_back(tmp_path: Path) -> None:
     files = DaemonFiles(tmp_path)
     token = files.ensure_token()
     assert files.ensure_token() == token and (tmp_path / "token").stat().st_mode & 0o777 == 0o600
-    server = HttpServer(router(), token)
+    server = http_server(router(), token)
     sock = str(files.socket_path())
     await server.listen_unix(sock)
     client = DaemonClient(DaemonInfo(1, sock, 0, 0.0), token)
@@ -103,7 +119,7 @@ async def test_internal_error_names_the_log_file_and_the_task(tmp_path: Path) ->
         raise RuntimeError("secret internals")
 
     r.add("POST", "/v1/tasks/{id}/stop", task_boom)
-    server = HttpServer(r, token, log_file=str(files.log_file))
+    server = http_server(r, token, log_file=str(files.log_file))
     sock = str(files.socket_path())
     await server.listen_unix(sock)
     client = DaemonClient(DaemonInfo(1, sock, 0, 0.0), token)

@@ -14,7 +14,10 @@ from typing import Any
 
 import pytest
 
-from hal9999.server.http import HttpServer, Request, Router
+from hal9999.server.app import ServerContext, build_app
+from hal9999.server.listen import HalServer
+from hal9999.server.routing import ApiRequest as Request
+from hal9999.server.routing import Router
 
 TOKEN = "s3cret-token"
 AUTH = f"Authorization: Bearer {TOKEN}\r\n".encode()
@@ -31,14 +34,22 @@ def router() -> Router:
     return r
 
 
+def http_server(
+    r: Router, token: str, *, log_file: str | None = None, **limits: Any
+) -> HalServer:
+    """The daemon's server stack serving ``r`` (no dashboard)."""
+    ctx = ServerContext(home=Path("/nonexistent"), token=token, log_file=log_file)
+    return HalServer(build_app(ctx, r, dashboard=False), **limits)
+
+
 @pytest.fixture(params=["tcp", "unix"])
 async def serve(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[Callable[..., Awaitable[Connect]]]:
-    servers: list[HttpServer] = []
+    servers: list[HalServer] = []
 
     async def start(**options: Any) -> Connect:
-        server = HttpServer(router(), TOKEN, **options)
+        server = http_server(router(), TOKEN, **options)
         servers.append(server)
         if request.param == "tcp":
             port = await server.listen_tcp()
@@ -74,13 +85,19 @@ async def test_an_unauthenticated_body_is_never_read(
     connect = await serve()
     # 25 clients each announce a 4 MiB body and send none of it: each gets its 401 at once,
     # without the server waiting for (or buffering) a byte of the body.
-    head = b"POST /v1/echo HTTP/1.1\r\nContent-Length: 4194304\r\n\r\n"
+    head = b"POST /v1/echo HTTP/1.1\r\nHost: hal\r\nContent-Length: 4194304\r\n\r\n"
     answers = await asyncio.gather(*(exchange(connect, head, within=2.0) for _ in range(25)))
     assert all(status_and_code(a) == (401, "unauthorized") for a in answers)
-    wrong = b"POST /v1/echo HTTP/1.1\r\nAuthorization: Bearer nope\r\nContent-Length: 9\r\n\r\n"
+    wrong = (
+        b"POST /v1/echo HTTP/1.1\r\nHost: hal\r\n"
+        b"Authorization: Bearer nope\r\nContent-Length: 9\r\n\r\n"
+    )
     assert status_and_code(await exchange(connect, wrong, within=2.0)) == (401, "unauthorized")
     body = b'{"a": 1}'
-    ok = b"POST /v1/echo HTTP/1.1\r\n%sContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+    ok = (
+        b"POST /v1/echo HTTP/1.1\r\nHost: hal\r\n"
+        b"%sContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+    )
     answer = await exchange(connect, ok % (AUTH, len(body), body))
     assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b'{"body": {"a": 1}}')
 
@@ -92,16 +109,19 @@ async def test_a_malformed_content_length_is_a_clear_400_without_a_traceback(
     serve: Callable[..., Awaitable[Connect]], length: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     connect = await serve()
-    data = f"POST /v1/echo HTTP/1.1\r\nContent-Length: {length}\r\n".encode() + AUTH + b"\r\n"
+    head = f"POST /v1/echo HTTP/1.1\r\nHost: hal\r\nContent-Length: {length}\r\n"
+    data = head.encode() + AUTH + b"\r\n"
     with caplog.at_level(logging.DEBUG):
         assert status_and_code(await exchange(connect, data)) == (400, "bad_request")
         for framing in (
-            b"POST /v1/echo HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 9\r\n",
-            b"POST /v1/echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n",
+            b"POST /v1/echo HTTP/1.1\r\nHost: hal\r\nContent-Length: 2\r\nContent-Length: 9\r\n",
+            b"POST /v1/echo HTTP/1.1\r\nHost: hal\r\nTransfer-Encoding: chunked\r\n",
         ):
             answer = await exchange(connect, framing + AUTH + b"\r\n")
             assert status_and_code(answer) == (400, "bad_request")
-        too_big = b"POST /v1/echo HTTP/1.1\r\nContent-Length: 4194305\r\n" + AUTH + b"\r\n"
+        too_big = (
+            b"POST /v1/echo HTTP/1.1\r\nHost: hal\r\nContent-Length: 4194305\r\n" + AUTH + b"\r\n"
+        )
         assert status_and_code(await exchange(connect, too_big)) == (413, "payload_too_large")
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
 
@@ -110,12 +130,13 @@ async def test_header_size_and_count_are_bounded(
     serve: Callable[..., Awaitable[Connect]], caplog: pytest.LogCaptureFixture
 ) -> None:
     connect = await serve()
-    long_line = b"GET /v1/echo HTTP/1.1\r\nX-Pad: " + b"a" * 100_000 + b"\r\n\r\n"
-    many = b"GET /v1/echo HTTP/1.1\r\n" + b"X-A: b\r\n" * 101 + b"\r\n"
-    big = b"GET /v1/echo HTTP/1.1\r\n" + (b"X-A: " + b"b" * 4000 + b"\r\n") * 10 + b"\r\n"
+    long_line = b"GET /v1/echo HTTP/1.1\r\nHost: hal\r\nX-Pad: " + b"a" * 100_000 + b"\r\n\r\n"
+    many = b"GET /v1/echo HTTP/1.1\r\nHost: hal\r\n" + b"X-A: b\r\n" * 101 + b"\r\n"
+    pad = (b"X-A: " + b"b" * 4000 + b"\r\n") * 10
+    big = b"GET /v1/echo HTTP/1.1\r\nHost: hal\r\n" + pad + b"\r\n"
     for data in (long_line, many, big):
         assert status_and_code(await exchange(connect, data)) == (431, "header_too_large")
-    for data in (b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nno colon here\r\n\r\n"):
+    for data in (b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nHost: hal\r\nno colon here\r\n\r\n"):
         assert status_and_code(await exchange(connect, data)) == (400, "bad_request")
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
 
@@ -130,14 +151,14 @@ async def test_connections_without_the_token_are_few_and_short(
     refused = await exchange(connect, b"", within=1.0)
     assert status_and_code(refused) == (503, "busy")
     # ...and the four are closed when they send no request in time (slowloris too).
-    idle[0][1].write(b"GET /v1/echo HTTP/1.1\r\n")
+    idle[0][1].write(b"GET /v1/echo HTTP/1.1\r\nHost: hal\r\n")
     for reader, writer in idle:
         assert await asyncio.wait_for(reader.read(), 2.0) == b""
         writer.close()
     # Then room is back, and an authenticated keep-alive connection no longer counts.
     reader, writer = await connect()
     body = b"{}"
-    request = b"POST /v1/echo HTTP/1.1\r\n%sContent-Length: 2\r\n\r\n%s" % (AUTH, body)
+    request = b"POST /v1/echo HTTP/1.1\r\nHost: hal\r\n%sContent-Length: 2\r\n\r\n%s" % (AUTH, body)
     writer.write(request)
     await writer.drain()
     assert (await reader.readuntil(b"}}")).startswith(b"HTTP/1.1 200")
@@ -152,7 +173,7 @@ async def test_connections_without_the_token_are_few_and_short(
 async def test_a_flood_on_the_tcp_port_does_not_lock_the_owner_out_of_the_unix_socket(
     tmp_path: Path,
 ) -> None:
-    server = HttpServer(router(), TOKEN, max_unauthenticated=3, head_timeout_s=5.0)
+    server = http_server(router(), TOKEN, max_unauthenticated=3, head_timeout_s=5.0)
     port = await server.listen_tcp()
     path = str(tmp_path / "api.sock")
     await server.listen_unix(path)
@@ -161,7 +182,10 @@ async def test_a_flood_on_the_tcp_port_does_not_lock_the_owner_out_of_the_unix_s
         await asyncio.sleep(0.1)
         refused = await exchange(lambda: asyncio.open_connection("127.0.0.1", port), b"")
         assert status_and_code(refused) == (503, "busy")
-        ok = b"POST /v1/echo HTTP/1.1\r\n%sContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+        ok = (
+            b"POST /v1/echo HTTP/1.1\r\nHost: hal\r\n"
+            b"%sContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+        )
         answer = await exchange(lambda: asyncio.open_unix_connection(path), ok % AUTH)
         assert answer.startswith(b"HTTP/1.1 200"), answer
     finally:

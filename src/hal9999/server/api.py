@@ -1,4 +1,5 @@
-"""The daemon's HTTP API: tasks, pool, sandboxes, status. JSON in, JSON out, under ``/v1``."""
+"""The daemon's HTTP API: tasks, pool, sandboxes, status. JSON in, JSON out, under ``/v1``;
+the event streams (server-sent events) of :mod:`hal9999.server.sse`."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from pydantic import ValidationError
 from hal9999.config import HalConfig
 from hal9999.errors import ConfigError
 from hal9999.server.follow import MAX_WAIT_S, events_page, follow_page
-from hal9999.server.http import Request, Router
+from hal9999.server.routing import ApiRequest as Request
+from hal9999.server.routing import Router
 from hal9999.spec import ArgvCommand
 from hal9999.store import TaskRecord
 from hal9999.tasks.recovery import Recovery
@@ -21,7 +23,35 @@ from hal9999.tasks.service import RunRequest
 from hal9999.values import check_run_body
 
 if TYPE_CHECKING:
+    from hal9999.server.app import ServerContext
     from hal9999.server.daemon import Daemon
+
+TASK = {"$ref": "#/components/schemas/TaskRecord"}
+TASKS = {"type": "array", "items": TASK}
+OBJECT: dict[str, Any] = {"type": "object"}
+PAGE = {
+    "type": "object",
+    "properties": {"events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}},
+}
+RESUME_BODY = {
+    "type": "object",
+    "properties": {
+        "prompt": {"type": ["string", "null"]},
+        "env": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+}
+WARM_BODY = {
+    "type": "object",
+    "properties": {"count": {"type": "integer"}, "provider": {"type": "string"}},
+}
+EXEC_BODY = {
+    "type": "object",
+    "required": ["argv"],
+    "properties": {
+        "argv": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "timeout": {"type": ["number", "null"]},
+    },
+}
 
 
 def task_json(task: TaskRecord) -> dict[str, Any]:
@@ -74,8 +104,10 @@ def _caller_config(body: dict[str, Any], own: HalConfig) -> HalConfig | None:
         raise ConfigError(f"the caller's settings are not valid: {exc}") from exc
 
 
-def build_router(daemon: Daemon) -> Router:
-    """Every route of the API, bound to ``daemon``."""
+def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
+    """Every route of the API, bound to ``daemon`` (the event streams need ``ctx``)."""
+    from hal9999.values import RunBody
+
     router = Router()
     service, scheduler, pool = daemon.service, daemon.scheduler, daemon.pool
 
@@ -224,22 +256,36 @@ def build_router(daemon: Daemon) -> Router:
         asyncio.get_running_loop().call_soon(daemon.stopping.set)
         return {"stopping": True}
 
-    router.add("GET", "/v1/health", health)
-    router.add("GET", "/v1/status", status)
-    router.add("GET", "/v1/events", all_events)
-    router.add("GET", "/v1/tasks/{id}/events", task_events)
-    router.add("POST", "/v1/tasks", create)
-    router.add("GET", "/v1/tasks", list_tasks)
-    router.add("GET", "/v1/tasks/{id}", show)
-    router.add("POST", "/v1/tasks/{id}/cancel", cancel)
-    router.add("POST", "/v1/tasks/{id}/stop", stop)
-    router.add("POST", "/v1/tasks/{id}/resume", resume)
-    router.add("DELETE", "/v1/tasks/{id}", remove)
-    router.add("GET", "/v1/pool", pool_status)
-    router.add("POST", "/v1/pool/warm", warm)
-    router.add("POST", "/v1/pool/drain", drain)
-    router.add("GET", "/v1/sandboxes", sandboxes)
-    router.add("POST", "/v1/sandboxes/{provider}/{id}/exec", sandbox_exec)
-    router.add("DELETE", "/v1/sandboxes/{provider}/{id}", sandbox_destroy)
-    router.add("POST", "/v1/shutdown", shutdown)
+    run_body = RunBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    add = router.add
+    add("GET", "/v1/health", health, "Is the daemon up (and its pid).", response=OBJECT)
+    add("GET", "/v1/status", status, "What the daemon is doing.", response=OBJECT)
+    add("GET", "/v1/events", all_events, "Every task's events after a gseq (long poll).",
+        query=("after", "wait"), response=PAGE)
+    add("GET", "/v1/tasks/{id}/events", task_events, "One task's events after a seq.",
+        query=("after_seq", "wait"), response=PAGE)
+    add("POST", "/v1/tasks", create, "Create a task and queue it.", body=run_body, response=TASK)
+    add("GET", "/v1/tasks", list_tasks, "Tasks, newest first.", query=("status", "limit"),
+        response=TASKS)
+    add("GET", "/v1/tasks/{id}", show, "One task by id or unique prefix.", response=TASK)
+    add("POST", "/v1/tasks/{id}/cancel", cancel, "Cancel a task.", response=TASK)
+    add("POST", "/v1/tasks/{id}/stop", stop, "Stop a task, keeping its files.", response=TASK)
+    add("POST", "/v1/tasks/{id}/resume", resume, "Resume a task (a follow-up prompt).",
+        body=RESUME_BODY, response=TASK)
+    add("DELETE", "/v1/tasks/{id}", remove, "Remove a finished task.", query=("force",),
+        response=TASK)
+    add("GET", "/v1/pool", pool_status, "The warm pool per provider.", response=OBJECT)
+    add("POST", "/v1/pool/warm", warm, "Warm sandboxes.", body=WARM_BODY, response=OBJECT)
+    add("POST", "/v1/pool/drain", drain, "Destroy the idle warm sandboxes.", response=OBJECT)
+    add("GET", "/v1/sandboxes", sandboxes, "Sandboxes the pool knows.", response=OBJECT)
+    add("POST", "/v1/sandboxes/{provider}/{id}/exec", sandbox_exec,
+        "Run a command in a sandbox.", body=EXEC_BODY, response=OBJECT)
+    add("DELETE", "/v1/sandboxes/{provider}/{id}", sandbox_destroy, "Destroy a sandbox.",
+        response=OBJECT)
+    add("POST", "/v1/shutdown", shutdown, "Stop the daemon (agents keep running).",
+        response=OBJECT)
+    if ctx is not None and ctx.feed is not None:
+        from hal9999.server.sse import add_stream_routes
+
+        add_stream_routes(router, ctx)
     return router

@@ -16,7 +16,7 @@ import signal
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from hal9999.config import HalConfig
 from hal9999.errors import HalError, TaskNotFound
@@ -24,8 +24,6 @@ from hal9999.events.bus import EventBus, IndexTail
 from hal9999.pool import SlotDir, WarmPool
 from hal9999.pool.settings import ProviderSettings, provider_settings, scheduler_settings
 from hal9999.providers.base import Provider
-from hal9999.server.api import build_router
-from hal9999.server.http import HttpServer
 from hal9999.server.runtime import DaemonFiles, DaemonInfo
 from hal9999.spec import SandboxSpec
 from hal9999.store import Store, TaskRecord
@@ -37,6 +35,10 @@ from hal9999.tasks.scheduler import Scheduler
 from hal9999.tasks.service import TaskService, provider_list
 from hal9999.tasks.session import Session
 from hal9999.tasks.state import TaskStatus
+
+if TYPE_CHECKING:
+    from hal9999.server.listen import HalServer
+    from hal9999.server.sse import EventFeed
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +69,9 @@ class Daemon:
         self.scheduler = Scheduler(
             self.service, scheduler_settings(config, environ), self.provider_limit
         )
-        self.http: HttpServer | None = None
+        self.http: HalServer | None = None
+        self.feed: EventFeed | None = None
+        """Every event in ``gseq`` order for the event streams (set by :meth:`start`)."""
         self.info: DaemonInfo | None = None
         self.recovery = RecoveryReport()
         self.started_at = time.time()
@@ -138,14 +142,16 @@ class Daemon:
         token = self.files.ensure_token()
         recovery = Recovery(self.service, self.pool, self.source, self.provider)
         self.recovery, adoptions = await recovery.run()
-        self.http = HttpServer(build_router(self), token, log_file=str(self.files.log_file))
+        # The server stack is imported here: only `hal serve` pays for Starlette and uvicorn.
+        from hal9999.server.app import ServerContext, build_app
+        from hal9999.server.listen import HalServer
+        from hal9999.server.sse import EventFeed
+
+        self.feed = EventFeed(self.store, self.bus, self.events_path)
+        await self.feed.start()
+        self.http = HalServer(build_app(ServerContext.of_daemon(self, token)))
         sock = self.files.socket_path()
-        sock.unlink(missing_ok=True)
-        old_umask = os.umask(0o177)  # the socket is born private
-        try:
-            await self.http.listen_unix(str(sock))
-        finally:
-            os.umask(old_umask)
+        await self.http.listen_unix(str(sock))  # mode 600 from its creation
         port = await self.http.listen_tcp("127.0.0.1", 0)
         self.info = DaemonInfo(os.getpid(), str(sock), port, self.started_at)
         self.files.write_info(self.info)
@@ -155,6 +161,7 @@ class Daemon:
             asyncio.create_task(self.scheduler.run_forever(), name="scheduler"),
             asyncio.create_task(self.keep(), name="keeper"),
             asyncio.create_task(tail.run(start=first_gseq), name="event-index-tail"),
+            asyncio.create_task(self.feed.run(), name="event-feed"),
         ]
         logger.info("hal serve: pid %d, socket %s, port %d", os.getpid(), sock, port)
         return self.info
@@ -174,6 +181,8 @@ class Daemon:
 
     async def stop(self) -> None:
         """Stop serving; running agents stay in tmux for the next daemon to adopt."""
+        if self.feed is not None:
+            self.feed.close()  # event streams end, so the listeners close at once
         if self.http is not None:
             await self.http.close()
         for loop in self._loops:

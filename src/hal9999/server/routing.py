@@ -1,0 +1,191 @@
+"""The JSON API's route table and its adapter to Starlette.
+
+A route is data (method, path pattern, handler, a summary and optional schemas) so that the
+same table serves requests and describes itself (:mod:`hal9999.server.openapi`). Handlers
+take an :class:`ApiRequest` and return JSON-ready data (status 200) or raise
+:class:`HalError`. Errors map here, at the boundary: a :class:`HalError` becomes its stable
+``code`` with a status (404 not found, 409 wrong state, 400 bad input, 500 otherwise);
+anything else is logged and becomes a 500 that names the daemon's log, without details.
+
+Starlette is imported inside :func:`starlette_routes` only: the CLI imports this module's
+types (through ``api.py`` in tests) without paying for the server stack.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from hal9999.errors import (
+    ConfigError,
+    HalError,
+    NotFoundError,
+    RepoError,
+    SandboxNotFound,
+    TaskStateError,
+    UnknownAgent,
+    UnknownProvider,
+)
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import BaseRoute
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ApiRequest:
+    """One request as a handler sees it: the body already read (bounded by the guard)."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes = b""
+    params: dict[str, str] = field(default_factory=dict)
+    """Values of ``{name}`` segments of the matched route."""
+
+    def json(self) -> dict[str, Any]:
+        """The body as a JSON object (an empty body is ``{}``)."""
+        if not self.body:
+            return {}
+        try:
+            data = json.loads(self.body)
+        except ValueError as exc:
+            raise ConfigError(f"the request body is not JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError("the request body must be a JSON object")
+        return data
+
+
+Handler = Callable[[ApiRequest], Awaitable[Any]]
+"""Returns JSON-ready data (status 200) or raises :class:`HalError`."""
+Raw = Callable[["Request"], Awaitable["Response"]]
+"""A handler that answers by itself (a stream); it gets Starlette's request."""
+
+
+@dataclass(frozen=True)
+class ApiRoute:
+    """One route of the API and what the OpenAPI schema says of it."""
+
+    method: str
+    path: str
+    handler: Handler | None
+    summary: str
+    body: dict[str, Any] | None = None
+    """JSON schema of the request body (None: no body)."""
+    response: dict[str, Any] | None = None
+    """JSON schema of the 200 answer (None: any JSON)."""
+    query: tuple[str, ...] = ()
+    """Names of the query parameters it reads."""
+    raw: Raw | None = None
+    """Set for a route that streams (server-sent events) instead of returning JSON."""
+    media_type: str = "application/json"
+
+
+class Router:
+    """The route table: ``METHOD /path/{param}`` to handlers."""
+
+    def __init__(self) -> None:
+        self.routes: list[ApiRoute] = []
+
+    def add(
+        self, method: str, path: str, handler: Handler, summary: str = "", **schema: Any
+    ) -> None:
+        """Register ``handler`` for ``method`` on ``path`` (``{name}`` is one segment)."""
+        summary = summary or (handler.__doc__ or "").strip() or f"{method} {path}"
+        self.routes.append(ApiRoute(method, path, handler, summary, **schema))
+
+    def add_stream(self, path: str, endpoint: Raw, summary: str, **schema: Any) -> None:
+        """Register a ``GET`` that answers by itself (``text/event-stream``)."""
+        self.routes.append(
+            ApiRoute(
+                "GET", path, None, summary, raw=endpoint, media_type="text/event-stream", **schema
+            )
+        )
+
+
+def status_for(error: HalError) -> int:
+    """The HTTP status of an error."""
+    if isinstance(error, NotFoundError | SandboxNotFound):
+        return 404
+    if isinstance(error, TaskStateError):
+        return 409
+    # A name or repository the caller got wrong is bad input, like a bad command-line option.
+    if isinstance(error, ConfigError | UnknownProvider | UnknownAgent | RepoError):
+        return 400
+    return 500
+
+
+def error_body(code: str, message: str, hint: str | None = None) -> dict[str, Any]:
+    """The JSON body of every error answer."""
+    return {"error": {"code": code, "message": message, "hint": hint}}
+
+
+def internal_error(
+    kind: str, method: str, path: str, task: str | None, log_file: str | None
+) -> str:
+    """What a caller is told of a bug (``kind``: the exception's class): where the traceback
+    is, never the exception's text."""
+    where = f"the daemon's log {log_file}" if log_file else "the daemon's log"
+    return (
+        f"internal error ({kind}) in {method} {path}"
+        + (f" for task {task}" if task else "")
+        + f"; the traceback is in {where}"
+    )
+
+
+async def call_handler(
+    handler: Handler, request: ApiRequest, log_file: str | None
+) -> tuple[int, Any]:
+    """Run ``handler``, mapping errors to a status and an error body."""
+    try:
+        return 200, await handler(request)
+    except HalError as exc:
+        return status_for(exc), {"error": exc.to_dict()}
+    except Exception as exc:
+        logger.exception("%s %s failed", request.method, request.path)
+        task = request.params.get("id")
+        message = internal_error(type(exc).__name__, request.method, request.path, task, log_file)
+        return 500, error_body("internal", message, "this is a bug in hal: please report it")
+
+
+def starlette_routes(router: Router, log_file: str | None = None) -> list[BaseRoute]:
+    """The table as Starlette routes (imported here: only the daemon pays for Starlette)."""
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        async def run(request: Request) -> Response:
+            api_request = ApiRequest(
+                method=request.method,
+                path=request.url.path,
+                query=dict(request.query_params),
+                headers={k.lower(): v for k, v in request.headers.items()},
+                body=await request.body(),
+                params={k: str(v) for k, v in request.path_params.items()},
+            )
+            status, payload = await call_handler(handler, api_request, log_file)
+            body = json.dumps(payload, default=str).encode()
+            return Response(body, status, media_type="application/json")
+
+        return run
+
+    routes: list[BaseRoute] = []
+    for route in router.routes:
+        if route.raw is not None:
+            routes.append(Route(route.path, route.raw, methods=[route.method]))
+        elif route.handler is not None:
+            routes.append(Route(route.path, endpoint(route.handler), methods=[route.method]))
+    return routes
+
+
+def path_params(path: str) -> list[str]:
+    """The ``{name}`` segments of a route's path."""
+    return re.findall(r"\{(\w+)\}", path)
