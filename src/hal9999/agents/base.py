@@ -30,6 +30,20 @@ class AgentSettings:
 
 
 @dataclass(frozen=True)
+class McpServer:
+    """An MCP server the agent CLI starts over stdio (hal's own: the hive's tools)."""
+
+    name: str
+    """The server's key in the CLI's config; tools appear as ``mcp__<name>__<tool>``."""
+    command: str
+    """The program the CLI runs inside the sandbox (e.g. ``python3``)."""
+    args: tuple[str, ...] = ()
+    """Its arguments (e.g. the forwarder script and the socket it reaches)."""
+    timeout_s: int = 60
+    """How long the CLI should wait for one tool call (a long-poll returns well before)."""
+
+
+@dataclass(frozen=True)
 class AgentContext:
     """Where a task's inputs are, as paths inside the sandbox."""
 
@@ -44,6 +58,8 @@ class AgentContext:
     resume_session: str | None = None
     """The agent's own session id to continue, when resuming."""
     settings: AgentSettings = AgentSettings()
+    mcp: McpServer | None = None
+    """hal's MCP server for this run (a hive agent's tools), wired into the CLI's config."""
 
 
 @dataclass(frozen=True)

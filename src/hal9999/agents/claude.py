@@ -18,10 +18,12 @@ and a final ``result`` with the run's total usage and cost.
 
 from __future__ import annotations
 
+import posixpath
 from typing import Any
 
 from hal9999.agents.base import AgentContext, AgentLaunch, OutputParser
 from hal9999.agents.custom import PresetAgent, agent_launch, key_forwarding
+from hal9999.agents.mcp_config import claude_mcp_args, claude_mcp_env, claude_mcp_json
 from hal9999.agents.parsing import (
     JsonLinesParser,
     as_cost,
@@ -64,12 +66,18 @@ class ClaudeCodeAgent(PresetAgent):
             argv += ["--model", settings.model]
         if ctx.resume_session:
             argv += ["--resume", ctx.resume_session]
-        argv += settings.extra_args
         env = dict(QUIET_ENV)
+        files: dict[str, bytes] = {}
+        if ctx.mcp is not None:
+            config_file = posixpath.join(ctx.home, ".hal", "mcp.json")
+            files[config_file] = claude_mcp_json(ctx.mcp)
+            argv += claude_mcp_args(ctx.mcp, config_file)
+            env |= claude_mcp_env(ctx.mcp)
+        argv += settings.extra_args
         if settings.base_url:
             env["ANTHROPIC_BASE_URL"] = settings.base_url
         key_env, secret_env = key_forwarding(settings, ["ANTHROPIC_API_KEY"])
-        return agent_launch(ctx, argv, env=env | key_env, secret_env=secret_env)
+        return agent_launch(ctx, argv, env=env | key_env, files=files, secret_env=secret_env)
 
     def parser(self) -> OutputParser:
         """A parser for ``--output-format stream-json``."""

@@ -34,8 +34,9 @@ import json
 import posixpath
 from typing import Any
 
-from hal9999.agents.base import AgentContext, AgentLaunch, AgentSettings, OutputParser
+from hal9999.agents.base import AgentContext, AgentLaunch, AgentSettings, McpServer, OutputParser
 from hal9999.agents.custom import PresetAgent, agent_launch, checked_env_name
+from hal9999.agents.mcp_config import codex_mcp_toml
 from hal9999.agents.parsing import (
     JsonLinesParser,
     as_dict,
@@ -59,7 +60,7 @@ def _toml_str(value: str) -> str:
     return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
-def codex_config(settings: AgentSettings) -> str:
+def codex_config(settings: AgentSettings, mcp: McpServer | None = None) -> str:
     """The ``config.toml`` hal writes into ``CODEX_HOME``."""
     root = ["check_for_update_on_startup = false"]
     tables = ["[analytics]", "enabled = false", "", "[feedback]", "enabled = false"]
@@ -71,6 +72,8 @@ def codex_config(settings: AgentSettings) -> str:
         if settings.api_key_env:
             tables.append(f"env_key = {_toml_str(checked_env_name(settings.api_key_env))}")
         tables.append('wire_api = "responses"')
+    if mcp is not None:
+        tables += ["", codex_mcp_toml(mcp)]
     return "\n".join([*root, "", *tables]) + "\n"
 
 
@@ -99,7 +102,8 @@ class CodexAgent(PresetAgent):
             argv.append(ctx.resume_session)
         argv.append("-")
         codex_home = posixpath.join(ctx.home, ".codex")
-        files = {posixpath.join(codex_home, "config.toml"): codex_config(settings).encode()}
+        config = codex_config(settings, ctx.mcp)
+        files = {posixpath.join(codex_home, "config.toml"): config.encode()}
         secret_env = (settings.api_key_env,) if settings.api_key_env else ()
         return agent_launch(
             ctx, argv, env={"CODEX_HOME": codex_home}, files=files, secret_env=secret_env

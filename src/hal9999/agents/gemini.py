@@ -27,6 +27,7 @@ from typing import Any
 
 from hal9999.agents.base import AgentContext, AgentLaunch, AgentSettings, OutputParser
 from hal9999.agents.custom import PresetAgent, agent_launch, key_forwarding
+from hal9999.agents.mcp_config import gemini_mcp
 from hal9999.agents.parsing import (
     JsonLinesParser,
     as_dict,
@@ -81,7 +82,10 @@ class GeminiAgent(PresetAgent):
             env["GOOGLE_GEMINI_BASE_URL"] = settings.base_url
         key_env, secret_env = key_forwarding(settings, ["GEMINI_API_KEY"])
         path = posixpath.join(ctx.home, ".gemini", "settings.json")
-        files = {path: json.dumps(gemini_settings(settings), indent=2).encode()}
+        config = gemini_settings(settings)
+        if ctx.mcp is not None:
+            config["mcpServers"] = gemini_mcp(ctx.mcp)
+        files = {path: json.dumps(config, indent=2).encode()}
         return agent_launch(ctx, argv, env=env | key_env, files=files, secret_env=secret_env)
 
     def parser(self) -> OutputParser:

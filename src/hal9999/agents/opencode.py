@@ -31,6 +31,7 @@ from typing import Any
 
 from hal9999.agents.base import AgentContext, AgentLaunch, AgentSettings, OutputParser
 from hal9999.agents.custom import PresetAgent, agent_launch, checked_env_name
+from hal9999.agents.mcp_config import opencode_mcp
 from hal9999.agents.parsing import (
     JsonLinesParser,
     as_cost,
@@ -123,6 +124,8 @@ class OpencodeAgent(PresetAgent):
         """``opencode run`` reading the message from stdin."""
         settings = self.settings_for(ctx)
         config, model = opencode_config(settings)
+        if ctx.mcp is not None:
+            config["mcp"] = opencode_mcp(ctx.mcp)
         argv = [self.program_for(settings), "run", "--format", "json"]
         if model:
             argv += ["--model", model]

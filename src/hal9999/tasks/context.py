@@ -11,6 +11,7 @@ from hal9999.config import HalConfig
 from hal9999.events.log import EventLog
 from hal9999.events.models import Event, Usage
 from hal9999.gateway.tasks import GatewayRoute
+from hal9999.hive.mcp.channel import McpRoute
 from hal9999.pool.settings import network_of, provider_settings, resources_of
 from hal9999.providers.base import Sandbox
 from hal9999.redact import SecretMasker
@@ -75,6 +76,8 @@ class RunContext:
     """The agent's process spec, once known."""
     gateway: GatewayRoute | None = None
     """The run's way to its LLM through the host's gateway (None: the agent goes direct)."""
+    mcp: McpRoute | None = None
+    """The run's way to its hive agent's MCP server (None: not a hive agent's task)."""
     session_id: str | None = None
     """An agent session id seen in the output and not yet written to the task's record."""
 

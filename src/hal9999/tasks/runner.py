@@ -40,6 +40,7 @@ from hal9999.events.models import (
     Usage,
 )
 from hal9999.gateway.tasks import GatewayUsage, route_for
+from hal9999.hive.mcp.channel import route_for as mcp_route_for
 from hal9999.process.base import ProcessManager, read_exit_status
 from hal9999.process.caplog import log_cap_from
 from hal9999.providers import limits
@@ -258,6 +259,9 @@ class TaskRunner:
             ctx.gateway.usage = GatewayUsage(self.store, task.id)  # calls from here on
             await ctx.gateway.open()
             spec = spec.model_copy(update={"binds": (*spec.binds, ctx.gateway.bind())})
+        ctx.mcp = mcp_route_for(self.config.home, ctx.session.run_dir)
+        if ctx.mcp is not None:  # a hive agent's run: its own MCP socket, and no other
+            spec = spec.model_copy(update={"binds": (*spec.binds, ctx.mcp.bind())})
         offline = spec.network == "none" and needs_network(agent) and ctx.gateway is None
         if offline:
             self.emit(ctx, Message(level="warning", text=offline_warning(agent.name)))
@@ -345,6 +349,8 @@ class TaskRunner:
         )
         if ctx.gateway is not None:
             actx = replace(actx, settings=ctx.gateway.agent_settings(actx.settings))
+        if ctx.mcp is not None:
+            actx = replace(actx, mcp=ctx.mcp.server())
         launch = agent.build(actx)
         for path, data in launch.files.items():
             await sandbox.write_file_atomic(path, data, mode=0o600)

@@ -1,0 +1,119 @@
+"""Where an agent's MCP socket lives and how a run reaches it (lean: no MCP SDK here).
+
+::
+
+    $HAL_HOME/hive/mcp/            0700: no other host user, no sandbox sees it whole
+      <agent>/                     bound read-only into that agent's sandboxes only, at /hal-mcp
+        mcp.sock                   the daemon's MCP server for <agent> (0666 inside its mount)
+        forwarder.py               the stdio <-> socket forwarder the agent CLI starts
+
+Identity is the socket: the daemon serves each agent on its own socket and attributes every
+call to the agent whose socket it arrived on; a sandbox sees only its own agent's directory,
+so it can neither reach nor name another agent's socket.
+
+A task is a hive agent's when its run directory holds ``mcp.json`` (written by hal on the
+host, never visible inside): the runner then binds the agent's directory and hands the preset
+an :class:`~hal9999.agents.base.McpServer` running the forwarder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from hal9999.agents.base import McpServer
+from hal9999.spec import Bind
+
+CHANNEL_TARGET = "/hal-mcp"
+"""Where an agent's MCP directory appears inside its sandbox."""
+SOCKET_NAME = "mcp.sock"
+FORWARDER_NAME = "forwarder.py"
+MARKER = "mcp.json"
+"""In a task's run directory: the hive agent the task's runs belong to."""
+SERVER_NAME = "hal"
+"""The server's key in the agent CLI's config (tools are ``mcp__hal__<tool>``)."""
+AGENT_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
+
+
+@dataclass(frozen=True)
+class McpPaths:
+    """The MCP sockets of one hal home."""
+
+    home: Path
+
+    @property
+    def root(self) -> Path:
+        """The directory of every agent's socket directory."""
+        return self.home / "hive" / "mcp"
+
+    def agent_dir(self, agent: str) -> Path:
+        """The directory bound into ``agent``'s sandboxes."""
+        return self.root / checked_name(agent)
+
+    def socket(self, agent: str) -> Path:
+        """``agent``'s MCP socket on the host."""
+        return self.agent_dir(agent) / SOCKET_NAME
+
+    def prepare(self, agent: str) -> Path:
+        """Create ``agent``'s directory with the forwarder in it; returns the directory."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.root.chmod(0o700)
+        directory = self.agent_dir(agent)
+        directory.mkdir(exist_ok=True)
+        directory.chmod(0o755)  # a sandbox runs as its own uid: it must reach the socket
+        tmp = directory / f".{FORWARDER_NAME}.tmp"
+        shutil.copyfile(Path(__file__).with_name(FORWARDER_NAME), tmp)
+        tmp.chmod(0o644)
+        tmp.replace(directory / FORWARDER_NAME)
+        return directory
+
+
+def checked_name(agent: str) -> str:
+    """``agent`` if it is a valid agent name (it becomes a path component), else ValueError."""
+    if not AGENT_NAME.fullmatch(agent):
+        raise ValueError(f"not an agent name: {agent!r}")
+    return agent
+
+
+@dataclass(frozen=True)
+class McpRoute:
+    """One hive agent's way to its MCP server from inside its sandbox."""
+
+    paths: McpPaths
+    agent: str
+
+    def bind(self) -> Bind:
+        """The agent's own MCP directory, read-only inside."""
+        return Bind(source=self.paths.agent_dir(self.agent), target=CHANNEL_TARGET, read_only=True)
+
+    def server(self) -> McpServer:
+        """The stdio command the agent CLI starts: the forwarder to the bound socket."""
+        forwarder = posixpath.join(CHANNEL_TARGET, FORWARDER_NAME)
+        sock = posixpath.join(CHANNEL_TARGET, SOCKET_NAME)
+        return McpServer(name=SERVER_NAME, command="python3", args=("-I", "-S", forwarder, sock))
+
+
+def attach(run_dir: Path, agent: str) -> None:
+    """Mark the task whose run directory is ``run_dir`` as ``agent``'s (host side only)."""
+    run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = run_dir / f".{MARKER}.tmp"
+    tmp.write_text(json.dumps({"agent": checked_name(agent)}))
+    os.replace(tmp, run_dir / MARKER)
+
+
+def route_for(home: Path, run_dir: Path) -> McpRoute | None:
+    """The MCP route of the task whose run directory is ``run_dir`` (None: not an agent's)."""
+    try:
+        data = json.loads((run_dir / MARKER).read_text())
+        agent = checked_name(str(data["agent"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    paths = McpPaths(home)
+    if not paths.agent_dir(agent).is_dir():
+        paths.prepare(agent)  # the daemon (re)binds the socket when it serves the agent
+    return McpRoute(paths, agent)

@@ -1,0 +1,239 @@
+"""The daemon's MCP server: one unix socket per hive agent, the official SDK on each.
+
+Only ``hal serve`` imports this module (the SDK pulls in starlette and more). Each agent's
+socket lives in its own directory, bound into that agent's sandboxes only (see
+:mod:`.channel`); a connection speaks MCP's stdio framing (one JSON-RPC message a line)
+because the agent CLI's stdio reaches it byte for byte through the forwarder. The
+:class:`~.tools.Caller` of every call is the agent whose socket accepted the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any, cast
+
+import mcp_types as types
+from mcp.server.lowlevel import Server
+from mcp.server.stdio import stdio_server
+from pydantic import BaseModel, ValidationError
+
+from hal9999.errors import HalError
+from hal9999.hive.mcp.channel import SOCKET_NAME, McpPaths, checked_name
+from hal9999.hive.mcp.tools import Caller, Hive, Tool, tools_for
+
+logger = logging.getLogger(__name__)
+
+MAX_LINE = 4 << 20
+"""The longest JSON-RPC line a connection accepts (a message body is at most 64 KiB)."""
+SYNC_INTERVAL_S = 2.0
+INSTRUCTIONS = (
+    "hal's hive tools. You are a named agent; messages, answers, approval results and "
+    "reminders arrive in your next turn's prompt (or via inbox/recv)."
+)
+
+
+def tool_error(text: str) -> types.CallToolResult:
+    """A tool call that failed, as the agent sees it: one clear line."""
+    return types.CallToolResult(content=[types.TextContent(type="text", text=text)], is_error=True)
+
+
+def _schema(model: type[BaseModel]) -> dict[str, Any]:
+    schema = model.model_json_schema()
+    schema.pop("title", None)
+    schema.pop("description", None)  # the tool's own description says it, once
+    for prop in schema.get("properties", {}).values():
+        prop.pop("title", None)
+    return schema
+
+
+def _validation_line(name: str, exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "arguments"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"bad arguments for {name}: {where}: {first['msg']}{more}"
+
+
+def build_server(caller: Caller, tools: dict[str, Tool]) -> Server[Any]:
+    """An MCP server whose every tool acts as ``caller``."""
+    listing = [
+        types.Tool(name=t.name, description=t.description, input_schema=_schema(t.args))
+        for t in tools.values()
+    ]
+
+    async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=listing)
+
+    async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+        tool = tools.get(params.name)
+        if tool is None:
+            return tool_error(f"unknown tool {params.name!r} (tools: {', '.join(tools)})")
+        try:
+            args = tool.args.model_validate(params.arguments or {})
+        except ValidationError as exc:
+            return tool_error(_validation_line(tool.name, exc))
+        try:
+            text = await tool.run(caller, args)
+        except HalError as exc:
+            return tool_error(f"{exc.code}: {exc.one_line()}")
+        except Exception:
+            logger.exception("mcp tool %s of %s failed", tool.name, caller.agent)
+            return tool_error(f"internal: {tool.name} failed in hal (see the daemon's log)")
+        return types.CallToolResult(content=[types.TextContent(type="text", text=text)])
+
+    return Server(
+        "hal",
+        instructions=INSTRUCTIONS,
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+    )
+
+
+class _Lines:
+    """A connection's read side as the text lines ``stdio_server`` iterates over."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self.reader = reader
+
+    def __aiter__(self) -> _Lines:
+        return self
+
+    async def __anext__(self) -> str:
+        try:
+            line = await self.reader.readline()
+        except (ValueError, ConnectionError):  # a line past MAX_LINE, a reset: hang up
+            raise StopAsyncIteration from None
+        if not line:
+            raise StopAsyncIteration
+        return line.decode("utf-8", "replace")
+
+
+class _Out:
+    """A connection's write side as the text file ``stdio_server`` writes to."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+
+    async def write(self, text: str) -> None:
+        self.writer.write(text.encode())
+
+    async def flush(self) -> None:
+        await self.writer.drain()
+
+
+def _bind(directory: Path) -> socket.socket:
+    """A listening socket at ``directory/mcp.sock`` (via the directory's fd: a long home
+    would not fit a socket address), world-connectable: the directory is what guards it."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(SOCKET_NAME, dir_fd=fd)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(f"/proc/self/fd/{fd}/{SOCKET_NAME}")
+        os.chmod(SOCKET_NAME, 0o666, dir_fd=fd)  # the sandbox's own uid connects
+    finally:
+        os.close(fd)
+    sock.listen(16)
+    sock.setblocking(False)
+    return sock
+
+
+class McpHub:
+    """The daemon's per-agent MCP sockets."""
+
+    def __init__(self, hive: Hive, extra_tools: list[Tool] | None = None) -> None:
+        self.hive = hive
+        self.paths = McpPaths(hive.home)
+        self.extra_tools = list(extra_tools or [])
+        self._servers: dict[str, asyncio.Server] = {}
+        self._conns: set[asyncio.Task[None]] = set()
+
+    @property
+    def served(self) -> list[str]:
+        """The agents with a socket open."""
+        return sorted(self._servers)
+
+    async def serve(self, agent: str, *, manager: bool = False) -> Path:
+        """Open ``agent``'s socket (again, if open); returns its host path."""
+        checked_name(agent)
+        await self.close(agent)
+        directory = await asyncio.to_thread(self.paths.prepare, agent)
+        listener = await asyncio.to_thread(_bind, directory)
+        caller = Caller(self.hive, agent, manager)
+        tools = tools_for(manager, self.extra_tools)
+
+        async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            if task is not None:
+                self._conns.add(task)
+            try:
+                await self._session(caller, tools, reader, writer)
+            finally:
+                if task is not None:
+                    self._conns.discard(task)
+
+        self._servers[agent] = await asyncio.start_unix_server(
+            connected, sock=listener, limit=MAX_LINE
+        )
+        return directory / SOCKET_NAME
+
+    async def _session(
+        self,
+        caller: Caller,
+        tools: dict[str, Tool],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        server = build_server(caller, tools)
+        try:
+            async with stdio_server(cast(Any, _Lines(reader)), cast(Any, _Out(writer))) as (
+                read_stream,
+                write_stream,
+            ):
+                await server.run(read_stream, write_stream, server.create_initialization_options())
+        except (ConnectionError, OSError):
+            pass  # the agent CLI went away mid-call
+        finally:
+            writer.close()
+
+    async def close(self, agent: str) -> None:
+        """Close ``agent``'s socket (its file goes with it; open sessions end)."""
+        server = self._servers.pop(agent, None)
+        if server is None:
+            return
+        server.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.paths.socket(agent).unlink()
+
+    async def sync(self) -> None:
+        """Serve every agent of the hive, and only those (called at start and periodically)."""
+        from hal9999.hive.store import list_agents
+
+        records = await self.hive.db(list_agents, self.hive.store)
+        wanted = {r.name: r.kind == "manager" for r in records}
+        for name in [n for n in self._servers if n not in wanted]:
+            await self.close(name)
+        for name, manager in wanted.items():
+            if name not in self._servers:
+                await self.serve(name, manager=manager)
+
+    async def run_forever(self) -> None:
+        """Keep :meth:`sync` applied (agents spawned or removed while the daemon runs)."""
+        while True:
+            try:
+                await self.sync()
+            except (HalError, OSError, ValueError) as exc:
+                logger.warning("mcp: %s", exc)
+            await asyncio.sleep(SYNC_INTERVAL_S)
+
+    async def close_all(self) -> None:
+        """Close every socket and end the sessions in flight."""
+        for agent in list(self._servers):
+            await self.close(agent)
+        for task in list(self._conns):
+            task.cancel()
+        await asyncio.gather(*self._conns, return_exceptions=True)

@@ -1,0 +1,322 @@
+"""The hive's MCP tools: what each does for the calling agent, independent of the SDK.
+
+A tool is an input model (pydantic: its JSON schema is what the agent CLI sees; keep the
+descriptions short, every definition costs context in every turn) and an async function
+``(Caller, args) -> str``. The caller is who the call's socket belongs to, never a name the
+agent sends. Store access runs in a worker thread (SQLite is blocking I/O). A refusal is a
+:class:`~hal9999.errors.HalError`: the server turns it into one line of MCP tool error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hal9999.errors import HalError, UsageError
+from hal9999.store import Store, TaskRecord
+from hal9999.tasks.service import RunRequest
+
+RECV_MAX_S = 40.0
+"""A long-poll ``recv`` returns by then: MCP clients time a tool call out at about 60 s."""
+RECV_POLL_S = 0.5
+RESULT_PATCH_CHARS = 20_000
+"""How much of a sub-task's patch ``task_result`` shows (the rest stays on its branch)."""
+
+
+class Delegate(Protocol):
+    """How the MCP server starts and looks up sub-tasks (the daemon's task service)."""
+
+    async def create(self, request: RunRequest) -> TaskRecord:
+        """Create and queue a task."""
+        ...
+
+    async def get(self, task_id: str) -> TaskRecord:
+        """One task by id."""
+        ...
+
+
+@dataclass
+class Hive:
+    """What the tools act on (one per daemon)."""
+
+    store: Store
+    home: Path
+    tasks: Delegate | None = None
+    """Sub-task delegation; None: ``run_task`` and friends say it is unavailable."""
+    request_defaults: Callable[[], dict[str, Any]] = field(default=dict)
+    """Extra :class:`RunRequest` fields for sub-tasks (the daemon's process manager...)."""
+
+    async def db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a blocking store call off the event loop."""
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The agent a call came from (by its socket) and what it may do."""
+
+    hive: Hive
+    agent: str
+    manager: bool = False
+
+
+class _Args(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NoArgs(_Args):
+    """No arguments."""
+
+
+class SendArgs(_Args):
+    """Send a message to an agent or the operator."""
+
+    to: str = Field(description="agent name, or 'operator'")
+    body: str = Field(description="the message")
+
+
+class InboxArgs(_Args):
+    """Your unread messages (marked read once returned)."""
+
+    include_read: bool = Field(False, description="also the latest read ones")
+
+
+class RecvArgs(_Args):
+    """Wait for a message."""
+
+    wait_s: float = Field(RECV_MAX_S, ge=0, le=RECV_MAX_S, description="seconds to wait, max 40")
+
+
+class RunTaskArgs(_Args):
+    """Delegate a sub-task to another sandbox."""
+
+    prompt: str = Field(description="what the sub-task's agent should do")
+    ref: str | None = Field(None, description="branch or commit to start from (default: HEAD)")
+    agent: str | None = Field(None, description="agent preset (default: yours)")
+
+
+class TaskIdArgs(_Args):
+    """A sub-task you started."""
+
+    id: str = Field(description="the id run_task returned")
+
+
+Handler = Callable[[Caller, Any], Awaitable[str]]
+
+
+@dataclass(frozen=True)
+class Tool:
+    """One MCP tool: its name, one-line description, input model and handler."""
+
+    name: str
+    description: str
+    args: type[BaseModel]
+    run: Handler
+    manager_only: bool = False
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _message_json(message: Any) -> dict[str, Any]:
+    data = {"id": message.id, "from": message.sender, "kind": message.kind, "body": message.body}
+    if message.ref:
+        data["ref"] = message.ref
+    return data
+
+
+# -- messages ------------------------------------------------------------------------------
+async def send(caller: Caller, args: SendArgs) -> str:
+    """Send ``args.body`` to ``args.to`` as the caller."""
+    from hal9999.hive import broker
+
+    message = await caller.hive.db(
+        broker.send, caller.hive.store, sender=caller.agent, recipient=args.to, body=args.body
+    )
+    return _dump({"sent": message.id, "to": args.to})
+
+
+async def _take_unread(caller: Caller) -> list[Any]:
+    from hal9999.hive import broker
+
+    store = caller.hive.store
+    messages = await caller.hive.db(broker.inbox, store, caller.agent, limit=50)
+    if messages:
+        await caller.hive.db(broker.mark, store, [m.id for m in messages], "read")
+    return list(messages)
+
+
+async def inbox(caller: Caller, args: InboxArgs) -> str:
+    """The caller's unread messages (then read); with ``include_read``, recent ones too."""
+    from hal9999.hive import broker
+
+    if args.include_read:
+        store = caller.hive.store
+        messages = await caller.hive.db(
+            broker.inbox, store, caller.agent, include_read=True, limit=50
+        )
+        unread = [m.id for m in messages if m.state != "read"]
+        if unread:
+            await caller.hive.db(broker.mark, store, unread, "read")
+    else:
+        messages = await _take_unread(caller)
+    return _dump({"messages": [_message_json(m) for m in messages]})
+
+
+async def recv(caller: Caller, args: RecvArgs) -> str:
+    """Unread messages as soon as there are any, or an empty answer after ``wait_s``."""
+    deadline = time.monotonic() + min(args.wait_s, RECV_MAX_S)
+    while True:
+        messages = await _take_unread(caller)
+        if messages:
+            return _dump({"messages": [_message_json(m) for m in messages]})
+        if time.monotonic() >= deadline:
+            return _dump({"messages": [], "note": "nothing yet; call recv again to keep waiting"})
+        await asyncio.sleep(RECV_POLL_S)
+
+
+# -- sub-tasks -----------------------------------------------------------------------------
+def _tasks_file(hive: Hive, agent: str) -> Path:
+    return hive.home / "hive" / "mcp-tasks" / f"{agent}.json"
+
+
+def _owned(hive: Hive, agent: str) -> list[str]:
+    try:
+        data = json.loads(_tasks_file(hive, agent).read_text())
+    except (OSError, ValueError):
+        return []
+    return [str(t) for t in data] if isinstance(data, list) else []
+
+
+def _own(hive: Hive, agent: str, task_id: str) -> None:
+    path = _tasks_file(hive, agent)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps([*_owned(hive, agent), task_id]))
+    tmp.replace(path)
+
+
+def _delegate(hive: Hive) -> Delegate:
+    if hive.tasks is None:
+        raise HalError("sub-tasks are not available here", hint="run the hive under `hal serve`")
+    return hive.tasks
+
+
+async def run_task(caller: Caller, args: RunTaskArgs) -> str:
+    """Start a sub-task on the caller's repository; returns its id at once."""
+    from hal9999.hive.store import get_agent
+
+    hive = caller.hive
+    tasks = _delegate(hive)
+    record = await hive.db(get_agent, hive.store, caller.agent)
+    if record.repo is None:
+        raise UsageError(
+            f"agent {caller.agent!r} has no repository to run a sub-task on",
+            hint="spawn the agent with --repo",
+        )
+    fields: dict[str, Any] = {
+        "process_manager": "tmux",
+        "timeout_s": None,
+        **hive.request_defaults(),
+    }
+    request = RunRequest(
+        prompt=args.prompt,
+        repo=record.repo,
+        ref=args.ref,
+        agent=args.agent or record.agent,
+        provider=record.provider,
+        cwd=Path(record.repo) if Path(record.repo).is_dir() else hive.home,
+        **fields,
+    )
+    task = await tasks.create(request)
+    await hive.db(_own, hive, caller.agent, task.id)
+    return _dump({"task": task.id, "status": task.status, "branch": task.branch})
+
+
+async def _own_task(caller: Caller, task_id: str) -> TaskRecord:
+    hive = caller.hive
+    owned = await hive.db(_owned, hive, caller.agent)
+    if task_id not in owned:  # another agent's or the operator's tasks stay theirs
+        raise UsageError(f"no sub-task {task_id!r} of yours", hint="use the id run_task returned")
+    return await _delegate(hive).get(task_id)
+
+
+def _status(task: TaskRecord) -> dict[str, Any]:
+    data: dict[str, Any] = {"task": task.id, "status": task.status, "branch": task.branch}
+    if task.error_message:
+        data["error"] = task.error_message
+    return data
+
+
+async def task_status(caller: Caller, args: TaskIdArgs) -> str:
+    """Where a sub-task of the caller's stands."""
+    return _dump(_status(await _own_task(caller, args.id)))
+
+
+async def task_result(caller: Caller, args: TaskIdArgs) -> str:
+    """A finished sub-task's outcome: status, branch and its patch (truncated)."""
+    from hal9999.tasks.session import Session
+    from hal9999.tasks.state import ACTIVE
+
+    task = await _own_task(caller, args.id)
+    data = _status(task)
+    if task.status in {s.value for s in ACTIVE}:
+        data["note"] = "still running; call task_result again later"
+        return _dump(data)
+    patch = Session(Path(task.session_dir)).patch
+    text = await caller.hive.db(_read_head, patch, RESULT_PATCH_CHARS)
+    data["base_commit"] = task.base_commit
+    data["patch"] = text
+    return _dump(data)
+
+
+def _read_head(path: Path, limit: int) -> str:
+    try:
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            text = handle.read(limit + 1)
+    except OSError:
+        return ""
+    return text if len(text) <= limit else text[:limit] + "\n[... truncated: see the branch]"
+
+
+# -- the manager ---------------------------------------------------------------------------
+async def list_agents(caller: Caller, args: NoArgs) -> str:
+    """Every agent of the hive with its state."""
+    from hal9999.hive.store import list_agents as all_agents
+
+    records = await caller.hive.db(all_agents, caller.hive.store)
+    return _dump(
+        {
+            "agents": [
+                {"name": r.name, "agent": r.agent, "kind": r.kind, "state": r.state}
+                | ({"detail": r.detail} if r.detail else {})
+                for r in records
+            ]
+        }
+    )
+
+
+BASE_TOOLS: list[Tool] = [
+    Tool("send", "Send a message to an agent or the operator.", SendArgs, send),
+    Tool("inbox", "Your unread messages (marked read).", InboxArgs, inbox),
+    Tool("recv", "Wait up to 40 s for messages; empty means call again.", RecvArgs, recv),
+    Tool("run_task", "Hand a sub-task to a new sandbox; returns its id.", RunTaskArgs, run_task),
+    Tool("task_status", "Status of a sub-task you started.", TaskIdArgs, task_status),
+    Tool("task_result", "Outcome, branch and patch of a sub-task.", TaskIdArgs, task_result),
+    Tool("list_agents", "Agents of the hive and their state.", NoArgs, list_agents, True),
+]
+"""The tools every agent has (``manager_only`` ones: the manager's)."""
+
+
+def tools_for(manager: bool, extra: list[Tool] | None = None) -> dict[str, Tool]:
+    """The tools one agent sees, by name."""
+    chosen = [t for t in [*BASE_TOOLS, *(extra or [])] if manager or not t.manager_only]
+    return {t.name: t for t in chosen}

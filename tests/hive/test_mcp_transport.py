@@ -1,0 +1,58 @@
+"""The MCP server over an agent's socket, reached through the real forwarder."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from tests.hive.mcp_client import call, connect
+
+from hal9999.hive.mcp.server import McpHub
+from hal9999.hive.mcp.tools import Hive
+from hal9999.store import Store
+
+
+@pytest.fixture
+async def hub(tmp_path: Path) -> AsyncIterator[McpHub]:
+    store = Store.open(tmp_path / "home")
+    hub = McpHub(Hive(store=store, home=tmp_path / "home"))
+    yield hub
+    await hub.close_all()
+    store.close()
+
+
+async def test_lists_the_agent_tools_and_hides_the_manager_ones(hub: McpHub) -> None:
+    sock = await hub.serve("alpha")
+    boss = await hub.serve("boss", manager=True)
+    async with connect(sock) as client:
+        names = {t.name for t in (await client.list_tools()).tools}
+    assert {"send", "inbox", "recv", "run_task", "task_status", "task_result"} <= names
+    assert "list_agents" not in names
+    async with connect(boss) as client:
+        assert "list_agents" in {t.name for t in (await client.list_tools()).tools}
+
+
+async def test_errors_are_one_line_tool_errors(hub: McpHub) -> None:
+    sock = await hub.serve("alpha")
+    async with connect(sock) as client:
+        failed, text = await call(client, "task_status", id="nope1234")
+        assert failed and text.startswith("usage: no sub-task 'nope1234' of yours")
+        failed, text = await call(client, "task_status")
+        assert failed and text == "bad arguments for task_status: id: Field required"
+        failed, text = await call(client, "recv", wait_s=999)
+        assert failed and text.startswith("bad arguments for recv: wait_s:")
+        failed, text = await call(client, "list_agents")
+        assert failed and text.startswith("unknown tool 'list_agents'")
+        assert "\n" not in text
+
+
+async def test_socket_is_in_its_own_directory_and_reopens(hub: McpHub) -> None:
+    sock = await hub.serve("alpha")
+    assert sock.parent.name == "alpha" and (sock.parent / "forwarder.py").is_file()
+    assert oct(sock.parent.parent.stat().st_mode & 0o777) == "0o700"
+    await hub.close("alpha")
+    assert not sock.exists()
+    assert await hub.serve("alpha") == sock
+    async with connect(sock) as client:
+        assert (await client.list_tools()).tools
