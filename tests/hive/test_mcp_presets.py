@@ -54,6 +54,7 @@ def test_claude_gets_strict_mcp_config_and_the_server_allowed() -> None:
         "mcpServers": {"hal": {"type": "stdio", "command": "python3", "args": FORWARD, "env": {}}}
     }
     assert launch.env["MCP_TOOL_TIMEOUT"] == "60000"
+    assert launch.env["ENABLE_TOOL_SEARCH"] == "false"  # else the tools hide behind a search
     plain = ClaudeCodeAgent().build(ctx(mcp=False))
     assert not any("mcp" in a for a in argv(plain)) and not plain.files
 

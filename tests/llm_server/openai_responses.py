@@ -70,12 +70,17 @@ class OpenAIResponses:
         tools = body.get("tools")
         if not tools:
             return set()
-        return {t["name"] for t in tools if "name" in t}
+        names = {t["name"] for t in tools if "name" in t}
+        # A namespace (Codex's MCP servers) offers its tools as `<namespace>__<tool>`.
+        for ns in (t for t in tools if t.get("type") == "namespace"):
+            names |= {f"{ns['name']}__{t['name']}" for t in ns.get("tools", []) if "name" in t}
+        return names
 
     def render(self, body: dict[str, Any], turn: Turn, index: int, model: str) -> Reply:
         """The response object, or its event stream when `stream: true`."""
         model = body.get("model", model)
         items = _output_items(turn, index)
+        _split_namespaces(items, body)
         response = _response(body, index, model, items, status="completed")
         if not body.get("stream"):
             return Reply(body=response)
@@ -96,6 +101,16 @@ def _output_items(turn: Turn, index: int) -> list[dict[str, Any]]:
         )
     items.extend(_call_item(call, index, position) for position, call in enumerate(turn.tool_calls))
     return items
+
+
+def _split_namespaces(items: list[dict[str, Any]], body: dict[str, Any]) -> None:
+    """A call of `<namespace>__<tool>` goes out as `tool` in `namespace` (how the Responses
+    API names a function of a namespace tool)."""
+    spaces = [t["name"] for t in body.get("tools") or [] if t.get("type") == "namespace"]
+    for item in items:
+        for ns in spaces:
+            if item.get("type") == "function_call" and item["name"].startswith(f"{ns}__"):
+                item["name"], item["namespace"] = item["name"][len(ns) + 2 :], ns
 
 
 def _call_item(call: ToolCall, index: int, position: int) -> dict[str, Any]:

@@ -5,7 +5,8 @@ agent's own socket, see :mod:`hal9999.hive.mcp.channel`); only the shape of the 
 
 * Claude Code: ``--mcp-config FILE --strict-mcp-config`` (no other server: neither the user's
   nor a repository's ``.mcp.json``) and ``--allowedTools mcp__<name>`` (every tool of that
-  server, without a prompt); ``MCP_TOOL_TIMEOUT`` (ms) bounds one call.
+  server, without a prompt); ``MCP_TOOL_TIMEOUT`` (ms) bounds one call and
+  ``ENABLE_TOOL_SEARCH=false`` offers the tools directly (not deferred behind a search).
 * Codex: an ``[mcp_servers.<name>]`` table in ``config.toml`` (``command``, ``args``,
   ``startup_timeout_sec``, ``tool_timeout_sec``).
 * opencode: ``mcp.<name>`` in its config, ``{"type": "local", "command": [...]}``.
@@ -43,8 +44,10 @@ def claude_mcp_args(server: McpServer, config_file: str) -> list[str]:
 
 
 def claude_mcp_env(server: McpServer) -> dict[str, str]:
-    """Claude Code's per-call timeout for MCP tools (milliseconds)."""
-    return {"MCP_TOOL_TIMEOUT": str(server.timeout_s * 1000)}
+    """Claude Code's per-call timeout for MCP tools (milliseconds), and its tool search
+    off: it would defer the server's tools behind a search round trip, and hal's few
+    tools cost less context than that search does."""
+    return {"MCP_TOOL_TIMEOUT": str(server.timeout_s * 1000), "ENABLE_TOOL_SEARCH": "false"}
 
 
 def _toml_str(value: str) -> str:
