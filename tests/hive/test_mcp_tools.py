@@ -1,0 +1,170 @@
+"""Each MCP tool through the SDK's client over an agent's socket: what it does, who it acts
+as (the socket's agent, never a name sent), and its refusals as one-line tool errors."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from hal9999.hive import broker
+from hal9999.hive.mcp import tools
+from hal9999.hive.mcp.server import McpHub
+from hal9999.hive.mcp.tools import Hive
+from hal9999.hive.store import AgentRecord, insert_agent
+from hal9999.store import Store, TaskRecord
+from hal9999.tasks.service import RunRequest
+from tests.hive.mcp_client import call, connect
+
+
+@dataclass
+class FakeTasks:
+    """Records sub-task requests; tasks stay as the test sets them."""
+
+    created: list[RunRequest] = field(default_factory=list)
+    records: dict[str, TaskRecord] = field(default_factory=dict)
+
+    async def create(self, request: RunRequest) -> TaskRecord:
+        task_id = f"t{len(self.created):07d}"
+        self.created.append(request)
+        record = TaskRecord(
+            id=task_id, prompt=request.prompt, agent=request.agent, provider=request.provider,
+            process_manager="tmux", repo=str(request.repo), repo_kind="local",
+            branch=f"hal/{task_id}", status="queued", created_at=time.time(),
+            session_dir=f"/nonexistent/{task_id}",
+        )  # fmt: skip
+        self.records[task_id] = record
+        return record
+
+    async def get(self, task_id: str) -> TaskRecord:
+        return self.records[task_id]
+
+
+@dataclass
+class World:
+    store: Store
+    hub: McpHub
+    tasks: FakeTasks
+    socks: dict[str, Path]
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    home = tmp_path / "home"
+    store = Store.open(home)
+    now = time.time()
+    for name, kind in (("alpha", "agent"), ("beta", "agent"), ("boss", "manager")):
+        record = AgentRecord(
+            name=name, agent="claude", provider="bwrap", repo=str(tmp_path), kind=kind,
+            created_at=now, updated_at=now,
+        )  # fmt: skip
+        insert_agent(store, record)
+    fake = FakeTasks()
+    hub = McpHub(Hive(store=store, home=home, tasks=fake))
+    await hub.sync()
+    socks = {name: hub.paths.socket(name) for name in hub.served}
+    yield World(store, hub, fake, socks)
+    await hub.close_all()
+    store.close()
+
+
+async def test_send_is_from_the_socket_agent_and_inbox_reads_it(world: World) -> None:
+    async with connect(world.socks["alpha"]) as alpha:
+        failed, sent = await call(alpha, "send", to="beta", body="ping?")
+        assert not failed and sent["to"] == "beta"
+    [message] = broker.inbox(world.store, "beta")
+    assert (message.sender, message.body) == ("alpha", "ping?")
+    async with connect(world.socks["beta"]) as beta:
+        failed, got = await call(beta, "inbox")
+        assert not failed
+        assert got["messages"] == [
+            {"id": message.id, "from": "alpha", "kind": "message", "body": "ping?"}
+        ]
+        assert (await call(beta, "inbox"))[1]["messages"] == []  # read now
+        failed, again = await call(beta, "inbox", include_read=True)
+        assert [m["id"] for m in again["messages"]] == [message.id]
+    assert broker.inbox(world.store, "beta") == []
+
+
+async def test_send_refusals_are_one_line(world: World) -> None:
+    async with connect(world.socks["alpha"]) as alpha:
+        failed, text = await call(alpha, "send", to="nobody", body="hi")
+        assert failed and text.startswith("agent_not_found: no agent called 'nobody'")
+        failed, text = await call(alpha, "send", to="alpha", body="hi")
+        assert failed and "cannot send a message to itself" in text
+        failed, text = await call(alpha, "send", to="beta", body="x", sender="beta")
+        assert failed and text.startswith("bad arguments for send: sender: Extra inputs")
+        for text in [t for _, t in [await call(alpha, "send", to="beta", body="  ")]]:
+            assert "\n" not in text
+    assert broker.inbox(world.store, "beta") == []
+
+
+async def test_recv_returns_as_soon_as_a_message_arrives(world: World) -> None:
+    async with connect(world.socks["beta"]) as beta:
+        waiting = asyncio.create_task(call(beta, "recv", wait_s=20))
+        await asyncio.sleep(0.7)
+        assert not waiting.done()
+        await asyncio.to_thread(
+            broker.send, world.store, sender="operator", recipient="beta", body="wake up"
+        )
+        started = time.monotonic()
+        failed, got = await asyncio.wait_for(waiting, 5)
+        assert time.monotonic() - started < 3
+    assert not failed and [m["body"] for m in got["messages"]] == ["wake up"]
+
+
+async def test_recv_says_call_again_when_nothing_came(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with connect(world.socks["beta"]) as beta:
+        started = time.monotonic()
+        failed, got = await call(beta, "recv", wait_s=1)
+        assert time.monotonic() - started < 4
+    assert not failed and got["messages"] == [] and "call recv again" in got["note"]
+    assert tools.RECV_MAX_S <= 45  # MCP clients time a call out at ~60 s
+
+
+async def test_sub_tasks_belong_to_the_agent_that_started_them(world: World) -> None:
+    async with connect(world.socks["alpha"]) as alpha:
+        failed, started = await call(alpha, "run_task", prompt="write the docs", ref="main")
+        assert not failed and started["status"] == "queued"
+        [request] = world.tasks.created
+        assert (request.prompt, request.ref, request.agent) == ("write the docs", "main", "claude")
+        failed, status = await call(alpha, "task_status", id=started["task"])
+        assert not failed and status["branch"] == started["branch"]
+        failed, result = await call(alpha, "task_result", id=started["task"])
+        assert not failed and "still running" in result["note"]
+        world.tasks.records[started["task"]].status = "succeeded"
+        failed, result = await call(alpha, "task_result", id=started["task"])
+        assert not failed and result["status"] == "succeeded" and result["patch"] == ""
+    async with connect(world.socks["beta"]) as beta:
+        failed, text = await call(beta, "task_status", id=started["task"])
+        assert failed and text.startswith("usage: no sub-task")
+        failed, text = await call(beta, "task_result", id=started["task"])
+        assert failed and text.startswith("usage: no sub-task")
+
+
+async def test_the_manager_lists_agents_and_others_cannot(world: World) -> None:
+    async with connect(world.socks["boss"]) as boss:
+        failed, got = await call(boss, "list_agents")
+    assert not failed
+    assert {a["name"]: a["kind"] for a in got["agents"]} == {
+        "alpha": "agent", "beta": "agent", "boss": "manager"
+    }  # fmt: skip
+    async with connect(world.socks["alpha"]) as alpha:
+        failed, text = await call(alpha, "list_agents")
+    assert failed and text.startswith("unknown tool 'list_agents'")
+
+
+async def test_sync_follows_the_hive(world: World) -> None:
+    assert world.hub.served == ["alpha", "beta", "boss"]
+    from hal9999.hive.store import delete_agent
+
+    delete_agent(world.store, "beta")
+    await world.hub.sync()
+    assert world.hub.served == ["alpha", "boss"]
+    assert not world.socks["beta"].exists()
