@@ -87,11 +87,11 @@ async def test_a_sandbox_acts_only_as_its_own_agent(
     sandbox = await provider.create(SandboxSpec(network="none", binds=(route.bind(),)))
     try:
         result = await sandbox.exec(
-            ArgvCommand(argv=("python3", "-I", "-S", "-c", PROBE, str(beta_sock))), timeout_s=60
+            ArgvCommand(argv=("python3", "-I", "-S", "-c", PROBE, str(beta_sock))), timeout=60
         )
     finally:
         await provider.destroy(sandbox.id)
-    assert result.exit_code == 0, result.stderr
+    assert result.exit_code == 0, result.stderr.decode()
     out = json.loads(result.stdout)
     assert out["send"][0] is False
     assert out["forged"] == [True, out["forged"][1]]

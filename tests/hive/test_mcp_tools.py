@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from tests.hive.mcp_client import call, connect
 
 from hal9999.hive import broker
 from hal9999.hive.mcp import tools
@@ -18,7 +19,6 @@ from hal9999.hive.mcp.tools import Hive
 from hal9999.hive.store import AgentRecord, insert_agent
 from hal9999.store import Store, TaskRecord
 from hal9999.tasks.service import RunRequest
-from tests.hive.mcp_client import call, connect
 
 
 @dataclass
