@@ -147,3 +147,35 @@ def hal_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home.mkdir()
     monkeypatch.setenv("HAL_HOME", str(home))
     return home
+
+
+@pytest.fixture(scope="session")
+def do_machines() -> Iterator[list[Sshd]]:
+    """Two sshds the fake DigitalOcean API's droplets boot on (host keys change per droplet)."""
+    from tests.sshd import running_sshd
+
+    with running_sshd() as first, running_sshd() as second:
+        yield [first, second]
+
+
+@pytest.fixture
+def fake_do(do_machines: list[Sshd], monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """The fake DigitalOcean API (tests/fakes/do_api.py), its token in HAL_DO_TOKEN."""
+    from tests.fakes.do_api import TOKEN, FakeDigitalOcean
+
+    monkeypatch.setenv("HAL_DO_TOKEN", TOKEN)
+    monkeypatch.delenv("HAL_DO_SNAPSHOT_ID", raising=False)
+    with FakeDigitalOcean(do_machines) as fake:
+        # What every hal process of the test reads (a second provider instance too).
+        monkeypatch.setenv("HAL_DO_API_URL", fake.url)
+        yield fake
+
+
+@pytest.fixture
+def fake_do_settings(fake_do: object, do_machines: list[Sshd]) -> dict[str, object]:
+    """``[providers.digitalocean]`` settings pointing at the fake, polling fast."""
+    from tests.sshd import USER
+
+    key = str(do_machines[0].key_file)
+    return {"snapshot_id": "71829930", "user": USER, "key_file": key, "poll_s": 0.05,
+            "boot_timeout_s": 30}  # fmt: skip

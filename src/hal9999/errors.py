@@ -25,6 +25,13 @@ optional ``hint`` that tells the user how to fix the problem::
     │   ├── CapabilityError       capability_missing exit 6
     │   ├── SandboxNotFound       sandbox_not_found  exit 6
     │   ├── HostKeyRejected       host_key_rejected  exit 6
+    │   ├── SpendCapReached       spend_cap          exit 6
+    │   ├── CloudApiError         cloud_api_error    exit 6
+    │   │   ├── CloudValidationError cloud_validation exit 6
+    │   │   ├── CloudAuthError    cloud_auth         exit 6
+    │   │   ├── CloudNotFound     cloud_not_found    exit 6
+    │   │   ├── CloudRateLimited  cloud_rate_limited exit 6
+    │   │   └── CloudServerError  cloud_server       exit 6
     │   └── ExecError             exec_failed        exit 6
     │       └── UnsafePath        unsafe_path        exit 6
     ├── ProcessError              process_error      exit 7
@@ -197,6 +204,48 @@ class HostKeyRejected(ProviderError):
     """A remote host's key does not match the configured known-hosts entry."""
 
     code = "host_key_rejected"
+
+
+class SpendCapReached(ProviderError):
+    """A cloud provider's spend cap (machines at once, machine-hours a day) is reached."""
+
+    code = "spend_cap"
+
+
+class CloudApiError(ProviderError):
+    """A cloud vendor's API refused or failed a call (mapped from its HTTP status)."""
+
+    code = "cloud_api_error"
+
+
+class CloudValidationError(CloudApiError):
+    """The API said the request was invalid (HTTP 400/422)."""
+
+    code = "cloud_validation"
+
+
+class CloudAuthError(CloudApiError):
+    """The API refused the credentials (HTTP 401/403)."""
+
+    code = "cloud_auth"
+
+
+class CloudNotFound(CloudApiError):
+    """The API has no such resource (HTTP 404)."""
+
+    code = "cloud_not_found"
+
+
+class CloudRateLimited(CloudApiError):
+    """The API's rate limit held after every retry (HTTP 429)."""
+
+    code = "cloud_rate_limited"
+
+
+class CloudServerError(CloudApiError):
+    """The API failed on its side or could not be reached (HTTP 5xx, timeouts)."""
+
+    code = "cloud_server"
 
 
 class ExecError(ProviderError):

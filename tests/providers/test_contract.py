@@ -34,6 +34,7 @@ PROVIDERS = [
     pytest.param("ssh", id="ssh", marks=pytest.mark.ssh),
     pytest.param("docker", id="docker", marks=pytest.mark.podman),
     pytest.param("lima", id="lima", marks=pytest.mark.ssh),
+    pytest.param("digitalocean", id="digitalocean", marks=pytest.mark.ssh),
 ]
 
 SpecFactory = Callable[..., SandboxSpec]
@@ -56,6 +57,9 @@ def provider(request: pytest.FixtureRequest, hal_home: Path) -> Provider:
         request.getfixturevalue("ssh_connections_closed")
     if name == "lima":  # the fake limactl whose "VMs" are a real sshd (tests/fakes/)
         request.getfixturevalue("fake_lima")
+        request.getfixturevalue("ssh_connections_closed")
+    if name == "digitalocean":  # the fake API (tests/fakes/do_api.py) whose droplets are sshds
+        settings = request.getfixturevalue("fake_do_settings")
         request.getfixturevalue("ssh_connections_closed")
     return load_provider(name, state_dir=hal_home / "sandboxes" / name, settings=settings)
 

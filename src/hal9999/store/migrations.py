@@ -218,4 +218,20 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX hive_events_ts ON hive_events (ts);
         """,
     ),
+    Migration(
+        6,
+        "cloud machines",
+        """
+        -- One row per cloud machine hal made (or is making): the spend cap counts those
+        -- running (ended_at NULL) and the machine-hours of the day from these rows.
+        CREATE TABLE cloud_machines (
+            provider    TEXT NOT NULL,
+            machine_id  TEXT NOT NULL,
+            started_at  REAL NOT NULL,
+            ended_at    REAL,
+            PRIMARY KEY (provider, machine_id)
+        );
+        CREATE INDEX cloud_machines_open ON cloud_machines (provider, ended_at);
+        """,
+    ),
 )

@@ -21,6 +21,7 @@ from typing import Any
 
 from hal9999.errors import AmbiguousTaskId, HalError, TaskNotFound
 from hal9999.home import HalPaths
+from hal9999.store.cloud import CloudMachineTable
 from hal9999.store.events import EventTable
 from hal9999.store.gateway import GatewayTable
 from hal9999.store.migrations import MIGRATIONS, Migration
@@ -65,7 +66,7 @@ def _from_row(row: sqlite3.Row) -> TaskRecord:
     return TaskRecord.model_validate(data)
 
 
-class Store(EventTable, SandboxTable, GatewayTable):
+class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
     """Tasks, the event index and pooled sandboxes, in one SQLite database."""
 
     def __init__(self, path: Path) -> None:

@@ -1,0 +1,190 @@
+"""One HTTP client for cloud vendors' JSON APIs (DigitalOcean, Morph).
+
+Bearer auth, a timeout per call, exponential-backoff retries, the vendor's rate-limit
+headers honoured, and HTTP errors mapped to hal's error tree at this boundary:
+
+    400, 422 -> CloudValidationError    401, 403 -> CloudAuthError    404 -> CloudNotFound
+    429      -> CloudRateLimited (after waiting and retrying)         5xx -> CloudServerError
+
+What is retried: 429 always (the vendor did not act on the call), and 5xx or a transport
+failure only for idempotent calls (GET, DELETE, PUT): a ``POST`` that creates a machine
+may have been acted on, so its caller cleans up by tag instead of sending it twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from hal9999.errors import (
+    CloudApiError,
+    CloudAuthError,
+    CloudNotFound,
+    CloudRateLimited,
+    CloudServerError,
+    CloudValidationError,
+)
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "DELETE", "PUT", "OPTIONS"})
+_BY_STATUS: dict[int, type[CloudApiError]] = {
+    400: CloudValidationError, 422: CloudValidationError,
+    401: CloudAuthError, 403: CloudAuthError, 404: CloudNotFound,
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ApiResponse:
+    """A successful answer: status, parsed JSON body (None when empty) and headers."""
+
+    status: int
+    body: Any
+    headers: Mapping[str, str]
+
+
+@dataclass
+class RetryPolicy:
+    """How hard a client tries before giving up."""
+
+    attempts: int = 5
+    """Tries per call, the first included."""
+    backoff_s: float = 0.5
+    """First wait between tries; doubled each time, with jitter."""
+    max_wait_s: float = 60.0
+    """The longest single wait (a far-off rate-limit reset is not waited for)."""
+    timeout_s: float = 30.0
+    """Per-call timeout (connect, read, write)."""
+
+
+class CloudApi:
+    """An async JSON client for one vendor (``vendor`` names it in error messages)."""
+
+    def __init__(
+        self,
+        *,
+        vendor: str,
+        base_url: str,
+        token: str,
+        policy: RetryPolicy | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.vendor = vendor
+        self.policy = policy or RetryPolicy()
+        self._sleep = sleep
+        self._client = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers={"authorization": f"Bearer {token}", "accept": "application/json"},
+            timeout=self.policy.timeout_s,
+        )
+        # From the last answer's rate-limit headers: calls left, and when the window resets.
+        self._remaining: int | None = None
+        self._reset_at: float | None = None
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+    ) -> ApiResponse:
+        """One call with retries; a :class:`CloudApiError` subclass when it fails."""
+        method = method.upper()
+        retry_failures = method in IDEMPOTENT
+        what = f"{self.vendor} {method} {path}"
+        for attempt in range(self.policy.attempts):
+            last = attempt == self.policy.attempts - 1
+            await self._wait_for_window()
+            try:
+                response = await self._client.request(method, path, params=params, json=json)
+            except httpx.TransportError as exc:
+                if not retry_failures or last:
+                    raise CloudServerError(
+                        f"{what} failed: {type(exc).__name__}: {exc}",
+                        hint=f"check the network and the {self.vendor} status page",
+                    ) from exc
+                await self._sleep(self._backoff(attempt))
+                continue
+            self._note_window(response.headers)
+            status = response.status_code
+            if status < 400:
+                return ApiResponse(status, _json(response), response.headers)
+            if status == 429 and not last:
+                await self._sleep(self._retry_after(response.headers, attempt))
+                continue
+            if status >= 500 and retry_failures and not last:
+                await self._sleep(self._backoff(attempt))
+                continue
+            raise _error(what, response, self.vendor)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _backoff(self, attempt: int) -> float:
+        base = self.policy.backoff_s * (2**attempt)
+        return float(min(self.policy.max_wait_s, base * (0.5 + random.random() / 2)))
+
+    def _retry_after(self, headers: Mapping[str, str], attempt: int) -> float:
+        value = headers.get("retry-after")
+        if value is not None:
+            try:
+                return min(self.policy.max_wait_s, max(0.0, float(value)))
+            except ValueError:
+                pass
+        if self._reset_at is not None:
+            return min(self.policy.max_wait_s, max(0.0, self._reset_at - time.time()))
+        return self._backoff(attempt)
+
+    def _note_window(self, headers: Mapping[str, str]) -> None:
+        try:
+            remaining = headers.get("ratelimit-remaining")
+            reset = headers.get("ratelimit-reset")
+            self._remaining = int(remaining) if remaining is not None else None
+            self._reset_at = float(reset) if reset is not None else None
+        except ValueError:
+            self._remaining = self._reset_at = None
+
+    async def _wait_for_window(self) -> None:
+        # The last answer said no calls are left: wait for the reset rather than earn a 429.
+        if self._remaining is None or self._remaining > 0 or self._reset_at is None:
+            return
+        wait = self._reset_at - time.time()
+        self._remaining = None
+        if wait > 0:
+            await self._sleep(min(self.policy.max_wait_s, wait))
+
+
+def _json(response: httpx.Response) -> Any:
+    if not response.content:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _error(what: str, response: httpx.Response, vendor: str) -> CloudApiError:
+    status = response.status_code
+    body = _json(response)
+    detail = ""
+    if isinstance(body, dict):
+        found = body.get("message") or body.get("detail") or body.get("error") or ""
+        detail = str(found)[:300]
+    message = f"{what}: HTTP {status}{': ' + detail if detail else ''}"
+    cls = _BY_STATUS.get(status)
+    if cls is None:
+        cls = CloudRateLimited if status == 429 else (
+            CloudServerError if status >= 500 else CloudApiError)  # fmt: skip
+    hints = {
+        CloudAuthError: f"check the {vendor} API token (it may be missing, wrong or expired)",
+        CloudRateLimited: f"the {vendor} rate limit held after retries: try again later",
+        CloudServerError: f"{vendor} failed on its side: try again, or see its status page",
+    }
+    return cls(message, hint=hints.get(cls), status=status)

@@ -1,0 +1,355 @@
+"""An in-process fake of DigitalOcean's v2 droplet API, whose droplets are real sshds.
+
+It follows the published API (https://docs.digitalocean.com/reference/api/ and the OpenAPI
+spec vendored under tests/fakes/schemas/, which the tests check its answers against):
+
+    POST   /v2/droplets                 202 {"droplet": {... "status": "new"}, "links": {...}}
+    GET    /v2/droplets/{id}            200 {"droplet": {...}} | 404
+    GET    /v2/droplets?tag_name=&page=&per_page=   200 {"droplets", "links": {"pages"}, "meta"}
+    DELETE /v2/droplets/{id}            204 | 404
+    DELETE /v2/droplets?tag_name=T      204
+
+Bearer auth (401 ``Unauthorized`` otherwise), errors as ``{"id", "message"}``, and
+``ratelimit-limit``/``-remaining``/``-reset`` headers on every answer (429
+``too_many_requests`` when the window is spent, with ``retry-after``).
+
+Booting is real enough: a new droplet takes a free machine from ``machines`` (a test sshd,
+tests/sshd.py), applies the ``ssh_keys`` of its cloud-init user data as that sshd's host key
+(as cloud-init's cc_ssh would) and restarts it; only then is it ``active`` with the sshd's
+address. Injected faults: :meth:`fail` (any status, ``retry-after``), ``slow_s``, ``stuck``
+(droplets stay ``new``), :meth:`vanish` (a droplet disappears).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+from tests.sshd import Sshd
+
+TOKEN = "dop_v1_fake_test_token"
+
+
+@dataclass
+class Fault:
+    """An answer given instead of the real one, ``times`` times, to matching calls."""
+
+    status: int
+    method: str | None = None
+    path_prefix: str = "/v2/"
+    times: int = 1
+    retry_after: int | None = None
+
+
+@dataclass
+class Seen:
+    """One call the fake answered: what came, and what went back."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    body: Any
+    status: int
+    answer: Any
+    headers: dict[str, str]
+    at: float
+
+
+@dataclass
+class FakeDroplet:
+    """The fake's state of one droplet."""
+
+    id: int
+    body: dict[str, Any]
+    status: str = "new"
+    machine: Sshd | None = None
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"))  # fmt: skip
+
+
+class FakeDigitalOcean:
+    """The fake API server; use as a context manager (``url`` once started)."""
+
+    def __init__(self, machines: list[Sshd], *, boot_s: float = 0.1, limit: int = 5000) -> None:
+        self.machines = machines
+        self.boot_s = boot_s
+        self.limit = limit
+        self.remaining = limit
+        self.reset_at = time.time() + 3600
+        self.faults: list[Fault] = []
+        self.slow_s = 0.0
+        self.stuck = False
+        self.seen: list[Seen] = []
+        self.droplets: dict[int, FakeDroplet] = {}
+        self.lock = threading.RLock()
+        self._next_id = 3164444
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> FakeDigitalOcean:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        with self.lock:
+            self.droplets.clear()
+
+    # -- faults -------------------------------------------------------------------------
+
+    def fail(self, status: int, **kw: Any) -> None:
+        """Answer the next matching call(s) with ``status``."""
+        with self.lock:
+            self.faults.append(Fault(status, **kw))
+
+    def vanish(self, droplet_id: int) -> None:
+        """The droplet disappears (deleted behind hal's back)."""
+        with self.lock:
+            self.droplets.pop(droplet_id, None)
+
+    def exhaust_window(self, reset_in_s: float) -> None:
+        """No calls left until ``reset_in_s`` from now (the next call gets a 429)."""
+        with self.lock:
+            self.remaining = 0
+            self.reset_at = time.time() + reset_in_s
+
+    def live(self) -> list[FakeDroplet]:
+        """Droplets that exist now."""
+        with self.lock:
+            return list(self.droplets.values())
+
+    # -- the API ------------------------------------------------------------------------
+
+    def handle(
+        self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str],
+        body: Any,
+    ) -> tuple[int, Any, dict[str, str]]:  # fmt: skip
+        """One call: (status, JSON body or None, extra headers)."""
+        if self.slow_s:
+            time.sleep(self.slow_s)
+        with self.lock:
+            if self.remaining <= 0 and time.time() >= self.reset_at:
+                self.remaining, self.reset_at = self.limit, time.time() + 3600
+            for fault in self.faults:
+                if (fault.method in (None, method) and path.startswith(fault.path_prefix)
+                        and fault.times > 0):  # fmt: skip
+                    fault.times -= 1
+                    extra = {"retry-after": str(fault.retry_after)} if fault.retry_after else {}
+                    return fault.status, _error(fault.status), extra
+            if headers.get("authorization") != f"Bearer {TOKEN}":
+                return 401, _error(401), {}
+            if self.remaining <= 0:
+                wait = max(1, int(self.reset_at - time.time() + 0.999))
+                return 429, _error(429), {"retry-after": str(wait)}
+            self.remaining -= 1
+            return self._route(method, path, query, body)
+
+    def _route(
+        self, method: str, path: str, query: dict[str, list[str]], body: Any
+    ) -> tuple[int, Any, dict[str, str]]:
+        parts = path.strip("/").split("/")
+        if parts[:2] != ["v2", "droplets"] or len(parts) > 3:
+            return 404, _error(404), {}
+        if len(parts) == 3:
+            if not parts[2].isdigit():
+                return 404, _error(404), {}
+            found = self.droplets.get(int(parts[2]))
+            if found is None:
+                return 404, _error(404), {}
+            if method == "GET":
+                return 200, {"droplet": self._view(found)}, {}
+            if method == "DELETE":
+                self.droplets.pop(found.id, None)
+                return 204, None, {}
+            return 405, _error(405), {}
+        if method == "POST":
+            return self._create(body)
+        tag = (query.get("tag_name") or [None])[0]
+        if method == "DELETE":
+            if tag is None:
+                return 422, {"id": "unprocessable_entity", "message": "tag_name is required"}, {}
+            for droplet in [d for d in self.droplets.values() if tag in d.body["tags"]]:
+                self.droplets.pop(droplet.id, None)
+            return 204, None, {}
+        if method == "GET":
+            return 200, self._page(path, query, tag), {}
+        return 405, _error(405), {}
+
+    def _create(self, body: Any) -> tuple[int, Any, dict[str, str]]:
+        if not isinstance(body, dict) or not body.get("name") or not body.get("image"):
+            return 422, {"id": "unprocessable_entity", "message": "name and image are required"}, {}
+        for key in ("region", "size"):
+            if not isinstance(body.get(key), str):
+                return 422, {"id": "unprocessable_entity", "message": f"{key} is invalid"}, {}
+        self._next_id += 1
+        droplet = FakeDroplet(self._next_id, {**body, "tags": list(body.get("tags") or [])})
+        self.droplets[droplet.id] = droplet
+        threading.Thread(target=self._boot, args=(droplet,), daemon=True).start()
+        action = {"id": droplet.id * 10, "rel": "create",
+                  "href": f"{self.url}/v2/actions/{droplet.id * 10}"}  # fmt: skip
+        return 202, {"droplet": self._view(droplet), "links": {"actions": [action]}}, {}
+
+    def _page(self, path: str, query: dict[str, list[str]], tag: str | None) -> dict[str, Any]:
+        page = int((query.get("page") or ["1"])[0])
+        per_page = min(200, int((query.get("per_page") or ["20"])[0]))
+        chosen = [d for d in sorted(self.droplets.values(), key=lambda d: d.id)
+                  if tag is None or tag in d.body["tags"]]  # fmt: skip
+        last = max(1, -(-len(chosen) // per_page))
+        items = chosen[(page - 1) * per_page: page * per_page]
+
+        def link(number: int) -> str:
+            params = {"page": number, "per_page": per_page} | ({"tag_name": tag} if tag else {})
+            return f"{self.url}{path}?{urlencode(params)}"
+
+        pages: dict[str, str] = {}
+        if page > 1:
+            pages |= {"first": link(1), "prev": link(page - 1)}
+        if page < last:
+            pages |= {"next": link(page + 1), "last": link(last)}
+        return {"droplets": [self._view(d) for d in items], "links": {"pages": pages},
+                "meta": {"total": len(chosen)}}  # fmt: skip
+
+    def _view(self, droplet: FakeDroplet) -> dict[str, Any]:
+        body = droplet.body
+        image = body["image"]
+        region = {"name": "Fake Region 3", "slug": body["region"], "features": ["metadata"],
+                  "available": True, "sizes": [body["size"]]}  # fmt: skip
+        v4 = []
+        if droplet.status == "active" and droplet.machine is not None:
+            v4 = [{"ip_address": droplet.machine.address, "netmask": "255.255.255.252",
+                   "gateway": droplet.machine.address, "type": "public"}]  # fmt: skip
+        return {
+            "id": droplet.id, "name": body["name"], "memory": 4096, "vcpus": 2, "disk": 80,
+            "disk_info": [{"type": "local", "size": {"amount": 80, "unit": "gib"}}],
+            "locked": False, "status": droplet.status, "kernel": None,
+            "created_at": droplet.created_at, "features": ["droplet_agent"],
+            "backup_ids": [], "next_backup_window": None, "snapshot_ids": [],
+            "image": {"id": image if isinstance(image, int) else 1, "name": "hal golden",
+                      "type": "snapshot", "distribution": "Debian", "public": False,
+                      "regions": [body["region"]], "created_at": droplet.created_at,
+                      "min_disk_size": 25, "size_gigabytes": 2.4, "status": "available"},
+            "volume_ids": [],
+            "size": {"slug": body["size"], "memory": 4096, "vcpus": 2, "disk": 80,
+                     "transfer": 4.0, "price_monthly": 24.0, "price_hourly": 0.03571,
+                     "regions": [body["region"]], "available": True,
+                     "description": "Basic"},
+            "size_slug": body["size"],
+            "networks": {"v4": v4, "v6": []},
+            "region": region, "tags": body["tags"],
+            "vpc_uuid": "5a4981aa-0000-4000-8000-fa4e5ea00000",
+        }  # fmt: skip
+
+    # -- booting --------------------------------------------------------------------------
+
+    def _boot(self, droplet: FakeDroplet) -> None:
+        time.sleep(self.boot_s)
+        while True:
+            with self.lock:
+                if droplet.id not in self.droplets:
+                    return
+                busy = {id(d.machine) for d in self.droplets.values() if d.machine}
+                free = [m for m in self.machines if id(m) not in busy]
+                if free and not self.stuck:
+                    droplet.machine = free[0]
+                    break
+            time.sleep(0.05)
+        _apply_cloud_init(droplet.body.get("user_data") or "", droplet.machine)
+        with self.lock:
+            if droplet.id in self.droplets:
+                droplet.status = "active"
+
+
+def _apply_cloud_init(user_data: str, machine: Sshd) -> None:
+    # cloud-init's cc_ssh: the given host keys replace the machine's. The user data is
+    # "#cloud-config" then YAML; hal writes JSON, a subset of YAML this fake can read.
+    head, _, rest = user_data.partition("\n")
+    if head.strip() != "#cloud-config":
+        return
+    config = json.loads(rest) or {}
+    for item in config.get("write_files") or []:
+        # The login user's authorized_keys: this sshd reads them from its own file.
+        if str(item.get("path", "")).endswith("/.ssh/authorized_keys"):
+            with (machine.host_key_file.parent / "authorized_keys").open("a") as out:
+                out.write(item.get("content", ""))
+    keys = config.get("ssh_keys") or {}
+    private = keys.get("ed25519_private")
+    if not private:
+        return
+    fd = os.open(machine.host_key_file, os.O_WRONLY | os.O_TRUNC | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(private)
+    os.kill(machine.proc.pid, signal.SIGHUP)
+    time.sleep(0.3)  # sshd re-executes itself on SIGHUP
+    for _ in range(100):
+        with socket.socket() as probe, contextlib.suppress(OSError):
+            probe.settimeout(0.2)
+            if probe.connect_ex((machine.address, 22)) == 0:
+                return
+        time.sleep(0.05)
+
+
+_MESSAGES = {
+    401: ("Unauthorized", "Unable to authenticate you."),
+    404: ("not_found", "The resource you were accessing could not be found."),
+    405: ("method_not_allowed", "Method not allowed."),
+    429: ("too_many_requests", "API Rate limit exceeded."),
+    500: ("server_error", "Unexpected server-side error"),
+    503: ("service_unavailable", "The service is temporarily unavailable."),
+}
+
+
+def _error(status: int) -> dict[str, str]:
+    error_id, message = _MESSAGES.get(status, ("error", "Something went wrong."))
+    return {"id": error_id, "message": message}
+
+
+def _handler(fake: FakeDigitalOcean) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _serve(self) -> None:
+            split = urlsplit(self.path)
+            length = int(self.headers.get("content-length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            try:
+                body = json.loads(raw) if raw else None
+            except ValueError:
+                body = None
+            query = parse_qs(split.query)
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            status, answer, extra = fake.handle(self.command, split.path, query, headers, body)
+            with fake.lock:
+                sent = {"ratelimit-limit": str(fake.limit),
+                        "ratelimit-remaining": str(max(0, fake.remaining)),
+                        "ratelimit-reset": str(int(fake.reset_at))} | extra  # fmt: skip
+                fake.seen.append(Seen(self.command, split.path, query, body, status, answer,
+                                      sent, time.time()))  # fmt: skip
+            data = json.dumps(answer).encode() if answer is not None else b""
+            self.send_response(status)
+            for name, value in sent.items():
+                self.send_header(name, value)
+            if data:
+                self.send_header("content-type", "application/json; charset=utf-8")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = do_DELETE = do_PUT = _serve
+
+    return Handler
