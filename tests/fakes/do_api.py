@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import socket
@@ -124,7 +125,8 @@ class FakeDigitalOcean:
         """No calls left until ``reset_in_s`` from now (the next call gets a 429)."""
         with self.lock:
             self.remaining = 0
-            self.reset_at = time.time() + reset_in_s
+            # The header carries whole epoch seconds: the window resets on one.
+            self.reset_at = float(math.ceil(time.time() + reset_in_s))
 
     def live(self) -> list[FakeDroplet]:
         """Droplets that exist now."""
@@ -335,7 +337,9 @@ def _handler(fake: FakeDigitalOcean) -> type[BaseHTTPRequestHandler]:
             headers = {k.lower(): v for k, v in self.headers.items()}
             status, answer, extra = fake.handle(self.command, split.path, query, headers, body)
             with fake.lock:
-                sent = {"ratelimit-limit": str(fake.limit),
+                # DigitalOcean labels every answer JSON, the empty 204s included.
+                sent = {"content-type": "application/json; charset=utf-8",
+                        "ratelimit-limit": str(fake.limit),
                         "ratelimit-remaining": str(max(0, fake.remaining)),
                         "ratelimit-reset": str(int(fake.reset_at))} | extra  # fmt: skip
                 fake.seen.append(Seen(self.command, split.path, query, body, status, answer,
@@ -344,8 +348,6 @@ def _handler(fake: FakeDigitalOcean) -> type[BaseHTTPRequestHandler]:
             self.send_response(status)
             for name, value in sent.items():
                 self.send_header(name, value)
-            if data:
-                self.send_header("content-type", "application/json; charset=utf-8")
             self.send_header("content-length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)

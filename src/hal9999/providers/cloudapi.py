@@ -61,6 +61,17 @@ class RetryPolicy:
     """Per-call timeout (connect, read, write)."""
 
 
+@dataclass
+class RateWindow:
+    """The vendor's rate-limit window as its last answer told it; shared by every client
+    of one provider, so a fresh client does not forget that no calls are left."""
+
+    remaining: int | None = None
+    """Calls left in the window."""
+    reset_at: float | None = None
+    """When the window resets (seconds since the epoch)."""
+
+
 class CloudApi:
     """An async JSON client for one vendor (``vendor`` names it in error messages)."""
 
@@ -71,6 +82,7 @@ class CloudApi:
         base_url: str,
         token: str,
         policy: RetryPolicy | None = None,
+        window: RateWindow | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.vendor = vendor
@@ -81,9 +93,7 @@ class CloudApi:
             headers={"authorization": f"Bearer {token}", "accept": "application/json"},
             timeout=self.policy.timeout_s,
         )
-        # From the last answer's rate-limit headers: calls left, and when the window resets.
-        self._remaining: int | None = None
-        self._reset_at: float | None = None
+        self.window = window or RateWindow()
 
     async def aclose(self) -> None:
         """Close the connection pool."""
@@ -138,25 +148,26 @@ class CloudApi:
                 return min(self.policy.max_wait_s, max(0.0, float(value)))
             except ValueError:
                 pass
-        if self._reset_at is not None:
-            return min(self.policy.max_wait_s, max(0.0, self._reset_at - time.time()))
+        if self.window.reset_at is not None:
+            return min(self.policy.max_wait_s, max(0.0, self.window.reset_at - time.time()))
         return self._backoff(attempt)
 
     def _note_window(self, headers: Mapping[str, str]) -> None:
         try:
             remaining = headers.get("ratelimit-remaining")
             reset = headers.get("ratelimit-reset")
-            self._remaining = int(remaining) if remaining is not None else None
-            self._reset_at = float(reset) if reset is not None else None
+            self.window.remaining = int(remaining) if remaining is not None else None
+            self.window.reset_at = float(reset) if reset is not None else None
         except ValueError:
-            self._remaining = self._reset_at = None
+            self.window.remaining = self.window.reset_at = None
 
     async def _wait_for_window(self) -> None:
         # The last answer said no calls are left: wait for the reset rather than earn a 429.
-        if self._remaining is None or self._remaining > 0 or self._reset_at is None:
+        window = self.window
+        if window.remaining is None or window.remaining > 0 or window.reset_at is None:
             return
-        wait = self._reset_at - time.time()
-        self._remaining = None
+        wait = window.reset_at - time.time()
+        window.remaining = None
         if wait > 0:
             await self._sleep(min(self.policy.max_wait_s, wait))
 

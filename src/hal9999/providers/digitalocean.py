@@ -32,13 +32,14 @@ from pydantic import ConfigDict, Field
 from hal9999.errors import (
     CloudApiError,
     CloudNotFound,
+    CloudServerError,
     ConfigError,
     HostKeyRejected,
     ProviderError,
     SandboxNotFound,
 )
 from hal9999.providers.base import SandboxInfo
-from hal9999.providers.cloudapi import RetryPolicy
+from hal9999.providers.cloudapi import RateWindow, RetryPolicy
 from hal9999.providers.cloudspend import SpendCap, SpendLedger
 from hal9999.providers.digitalocean_api import API_URL, DigitalOceanApi, Droplet
 from hal9999.providers.ssh.config import SshConfig, SshHost
@@ -108,13 +109,14 @@ class DigitalOceanProvider(SshProvider):
         super().__init__(state_dir=state_dir, config=SshConfig(isolation=self.do.isolation))
         self.ledger = SpendLedger(self.name, state_dir, self.do)
         self._owner: str | None = None
+        self._window = RateWindow()
 
     # -- the API ------------------------------------------------------------------------
 
     def _api(self) -> DigitalOceanApi:
         policy = RetryPolicy(attempts=self.do.api_attempts, timeout_s=self.do.api_timeout_s)
         url = self.do.api_url or os.environ.get("HAL_DO_API_URL", "").strip() or API_URL
-        return DigitalOceanApi(token=_token(), base_url=url, policy=policy)
+        return DigitalOceanApi(token=_token(), base_url=url, policy=policy, window=self._window)
 
     def owner_tag(self) -> str:
         """This state directory's tag: reconcile touches only droplets that carry it."""
@@ -159,15 +161,23 @@ class DigitalOceanProvider(SshProvider):
                                    login, self.do.user),
         }  # fmt: skip
         await self.ledger.reserve(sandbox_id)
-        api = self._api()
+        try:
+            api = self._api()
+        except BaseException:
+            await self.ledger.end(sandbox_id)
+            raise
         try:
             droplet = await api.create_droplet(body)
             address = await self._wait_active(api, droplet)
-        except BaseException:
+        except BaseException as exc:
             # Whatever the POST did (a 5xx may still have made it), the tag finds it. When
-            # even that fails, the spend record stays open and reconcile deletes it later.
-            with contextlib.suppress(CloudApiError):
+            # even that fails, the spend record stays open and reconcile deletes it later,
+            # unless the vendor plainly refused the create (a 4xx: nothing was made).
+            try:
                 await self._delete(api, sandbox_id)
+            except CloudApiError:
+                if isinstance(exc, CloudApiError) and not isinstance(exc, CloudServerError):
+                    await self.ledger.end(sandbox_id)
             raise
         finally:
             await api.aclose()

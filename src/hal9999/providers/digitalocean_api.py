@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from hal9999.errors import CloudApiError
-from hal9999.providers.cloudapi import CloudApi, RetryPolicy
+from hal9999.providers.cloudapi import CloudApi, RateWindow, RetryPolicy
 
 API_URL = "https://api.digitalocean.com"
 PER_PAGE = 200  # the API's maximum page size
@@ -88,8 +88,11 @@ class _Many(BaseModel):
 class DigitalOceanApi:
     """Droplet calls, each validated; errors are :class:`CloudApiError` subclasses."""
 
-    def __init__(self, *, token: str, base_url: str = API_URL, policy: RetryPolicy) -> None:
-        self.api = CloudApi(vendor="DigitalOcean", base_url=base_url, token=token, policy=policy)
+    def __init__(
+        self, *, token: str, base_url: str = API_URL, policy: RetryPolicy, window: RateWindow
+    ) -> None:
+        self.api = CloudApi(vendor="DigitalOcean", base_url=base_url, token=token,
+                            policy=policy, window=window)  # fmt: skip
 
     async def aclose(self) -> None:
         """Close the client."""
