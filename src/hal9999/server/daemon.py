@@ -37,6 +37,7 @@ from hal9999.tasks.session import Session
 from hal9999.tasks.state import TaskStatus
 
 if TYPE_CHECKING:
+    from hal9999.hive.mcp.server import McpHub
     from hal9999.server.listen import HalServer
     from hal9999.server.sse import EventFeed
 
@@ -72,6 +73,8 @@ class Daemon:
         self.http: HalServer | None = None
         self.feed: EventFeed | None = None
         """Every event in ``gseq`` order for the event streams (set by :meth:`start`)."""
+        self.mcp: McpHub | None = None
+        """Each hive agent's MCP socket (set by :meth:`start`)."""
         self.info: DaemonInfo | None = None
         self.recovery = RecoveryReport()
         self.started_at = time.time()
@@ -163,6 +166,10 @@ class Daemon:
             asyncio.create_task(tail.run(start=first_gseq), name="event-index-tail"),
             asyncio.create_task(self.feed.run(), name="event-feed"),
         ]
+        from hal9999.hive.mcp.wiring import hub_for  # the MCP SDK: `hal serve` only
+
+        self.mcp = hub_for(self)
+        self._loops.append(asyncio.create_task(self.mcp.run_forever(), name="mcp"))
         logger.info("hal serve: pid %d, socket %s, port %d", os.getpid(), sock, port)
         return self.info
 
@@ -188,6 +195,8 @@ class Daemon:
         for loop in self._loops:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
+        if self.mcp is not None:
+            await self.mcp.close_all()
         await self.scheduler.shutdown()
         with contextlib.suppress(HalError, OSError):
             await self.pool.drain()

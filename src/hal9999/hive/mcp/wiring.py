@@ -1,0 +1,49 @@
+"""The MCP hub in ``hal serve``: sub-tasks through the daemon's own task service and
+scheduler, and the per-agent sockets kept in step with the hive."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import TYPE_CHECKING, Any
+
+from hal9999.hive.mcp.server import McpHub
+from hal9999.hive.mcp.tools import Hive
+from hal9999.store import TaskRecord
+from hal9999.tasks.service import RunRequest
+
+if TYPE_CHECKING:
+    from hal9999.server.daemon import Daemon
+
+
+class DaemonTasks:
+    """Sub-tasks as ``POST /v1/tasks`` makes them: created off the loop, then queued on the
+    daemon's scheduler."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    async def create(self, request: RunRequest) -> TaskRecord:
+        """Create the task and hand it to the scheduler."""
+        daemon = self.daemon
+        task = await asyncio.to_thread(asyncio.run, daemon.service.create(request))
+        task = await asyncio.to_thread(daemon.store.update_task, task.id, runner_pid=os.getpid())
+        daemon.scheduler.submit(task.id, request.given_env)
+        return task
+
+    async def get(self, task_id: str) -> TaskRecord:
+        """One task, as the store has it."""
+        return await asyncio.to_thread(self.daemon.store.get_task, task_id)
+
+
+def hub_for(daemon: Daemon) -> McpHub:
+    """The daemon's MCP hub (serving starts with :meth:`McpHub.run_forever`)."""
+    config = daemon.config
+
+    def defaults() -> dict[str, Any]:
+        return {"process_manager": config.process_manager, "timeout_s": config.timeout_s}
+
+    hive = Hive(
+        store=daemon.store, home=config.home, tasks=DaemonTasks(daemon), request_defaults=defaults
+    )
+    return McpHub(hive)

@@ -1,0 +1,64 @@
+"""``hal serve`` serves each hive agent's MCP socket (agents spawned while it runs too), and
+``run_task`` hands a sub-task to the daemon's scheduler: it runs in its own sandbox and
+``task_result`` brings back its patch."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.cli import conftest as cli
+from tests.cli.conftest import Hal
+from tests.cli.test_daemon import poll
+from tests.hive.mcp_client import call, connect
+
+from hal9999.hive import broker
+from hal9999.hive.mcp.channel import McpPaths
+from hal9999.hive.store import AgentRecord, insert_agent
+from hal9999.store import Store
+
+pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
+
+demo_repo, hal, hal_env = cli.demo_repo, cli.hal, cli.hal_env  # the CLI tests' fixtures
+
+
+@pytest.fixture
+def served(hal: Hal, hal_env: dict[str, str]) -> Iterator[Path]:
+    out = hal("serve", "--detach", "--json")
+    assert out.returncode == 0, out.stderr
+    yield Path(hal_env["HAL_HOME"])
+    stopped = hal("serve", "--stop")
+    assert stopped.returncode == 0, stopped.stderr
+
+
+async def test_the_daemon_serves_agents_and_runs_their_sub_tasks(
+    served: Path, demo_repo: Path
+) -> None:
+    store = Store.open(served)
+    now = time.time()
+    record = AgentRecord(
+        name="alpha", agent="sh agent.sh {{prompt_file}}", provider="bwrap", repo=str(demo_repo),
+        created_at=now, updated_at=now,
+    )  # fmt: skip
+    insert_agent(store, record)  # after the daemon started: it notices within seconds
+    sock = McpPaths(served).socket("alpha")
+    poll("alpha's MCP socket", sock.exists, timeout=15)
+    async with connect(sock) as alpha:
+        failed, sent = await call(alpha, "send", to="operator", body="starting a sub-task")
+        assert not failed, sent
+        failed, started = await call(alpha, "run_task", prompt="fix calc")
+        assert not failed, started
+        deadline = time.monotonic() + 90
+        while True:
+            failed, result = await call(alpha, "task_result", id=started["task"])
+            assert not failed, result
+            if "note" not in result or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+    assert result["status"] == "succeeded", result
+    assert "+    return a + b" in result["patch"]
+    assert [m.sender for m in broker.inbox(store, "operator")] == ["alpha"]
+    store.close()
