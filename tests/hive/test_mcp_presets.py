@@ -4,6 +4,7 @@ agent's (``AgentContext.mcp``), and changes nothing otherwise."""
 from __future__ import annotations
 
 import json
+import time
 import tomllib
 from pathlib import Path
 
@@ -121,3 +122,22 @@ def test_a_marker_naming_no_agent_gives_no_route(tmp_path: Path, name: str) -> N
     assert route_for(tmp_path, run_dir) is None
     with pytest.raises(ValueError, match="not an agent name"):
         attach(run_dir, name)
+
+
+def test_an_agents_long_lived_task_gets_its_route_without_a_marker(tmp_path: Path) -> None:
+    from hal9999.hive.store import AgentRecord, insert_agent, update_agent
+    from hal9999.store import Store
+
+    store = Store.open(tmp_path)
+    now = time.time()
+    for name in ("alpha", "beta"):
+        insert_agent(
+            store, AgentRecord(name=name, agent="claude", provider="bwrap", created_at=now,
+                               updated_at=now)
+        )  # fmt: skip
+    update_agent(store, "beta", task_id="t-beta")
+    run_dir = tmp_path / "sessions" / "t-beta" / "run"
+    assert route_for(tmp_path, run_dir, store, "t-other") is None
+    route = route_for(tmp_path, run_dir, store, "t-beta")
+    assert route is not None and route.agent == "beta"
+    store.close()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from tests.hive.mcp_client import call, connect
+from tests.hive.mcp_client import FORWARDER, call, connect
 
 from hal9999.hive.mcp.server import McpHub
 from hal9999.hive.mcp.tools import Hive
@@ -56,3 +60,26 @@ async def test_socket_is_in_its_own_directory_and_reopens(hub: McpHub) -> None:
     assert await hub.serve("alpha") == sock
     async with connect(sock) as client:
         assert (await client.list_tools()).tools
+
+
+async def test_the_forwarder_waits_for_a_socket_opened_late(hub: McpHub) -> None:
+    async def open_later() -> None:
+        await asyncio.sleep(1.0)
+        await hub.serve("late")
+
+    sock = hub.paths.socket("late")
+    opener = asyncio.create_task(open_later())
+    async with connect(sock) as client:  # started before the socket exists
+        assert (await client.list_tools()).tools
+    await opener
+
+
+def test_the_forwarder_says_in_one_line_when_no_socket_comes(tmp_path: Path) -> None:
+    started = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", str(FORWARDER), str(tmp_path / "none.sock")],
+        input=b"", capture_output=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert out.returncode == 1 and time.monotonic() - started < 20
+    assert out.stderr.decode().startswith("hal: cannot reach hal's MCP socket")
+    assert out.stderr.count(b"\n") == 1

@@ -259,7 +259,9 @@ class TaskRunner:
             ctx.gateway.usage = GatewayUsage(self.store, task.id)  # calls from here on
             await ctx.gateway.open()
             spec = spec.model_copy(update={"binds": (*spec.binds, ctx.gateway.bind())})
-        ctx.mcp = mcp_route_for(self.config.home, ctx.session.run_dir)
+        ctx.mcp = await asyncio.to_thread(
+            mcp_route_for, self.config.home, ctx.session.run_dir, self.store, task.id
+        )
         if ctx.mcp is not None:  # a hive agent's run: its own MCP socket, and no other
             spec = spec.model_copy(update={"binds": (*spec.binds, ctx.mcp.bind())})
         offline = spec.network == "none" and needs_network(agent) and ctx.gateway is None

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from hal9999.agents.base import McpServer
 from hal9999.spec import Bind
+from hal9999.store import Store
 
 CHANNEL_TARGET = "/hal-mcp"
 """Where an agent's MCP directory appears inside its sandbox."""
@@ -106,14 +107,29 @@ def attach(run_dir: Path, agent: str) -> None:
     os.replace(tmp, run_dir / MARKER)
 
 
-def route_for(home: Path, run_dir: Path) -> McpRoute | None:
-    """The MCP route of the task whose run directory is ``run_dir`` (None: not an agent's)."""
+def route_for(
+    home: Path, run_dir: Path, store: Store | None = None, task_id: str | None = None
+) -> McpRoute | None:
+    """The MCP route of the task whose run directory is ``run_dir`` (None: not an agent's):
+    named by its marker, or else the agent whose long-lived task it is in ``store``."""
     try:
         data = json.loads((run_dir / MARKER).read_text())
         agent = checked_name(str(data["agent"]))
     except (OSError, ValueError, KeyError, TypeError):
-        return None
+        found = _agent_of_task(store, task_id) if store and task_id else None
+        if found is None:
+            return None
+        agent = found
     paths = McpPaths(home)
     if not paths.agent_dir(agent).is_dir():
         paths.prepare(agent)  # the daemon (re)binds the socket when it serves the agent
     return McpRoute(paths, agent)
+
+
+def _agent_of_task(store: Store, task_id: str) -> str | None:
+    from hal9999.hive.store import list_agents
+
+    for record in list_agents(store):
+        if record.task_id == task_id and AGENT_NAME.fullmatch(record.name):
+            return record.name
+    return None

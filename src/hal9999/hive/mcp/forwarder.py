@@ -15,8 +15,11 @@ import os
 import socket
 import sys
 import threading
+import time
 
 CHUNK = 1 << 16
+CONNECT_WAIT_S = 10.0
+"""How long a missing or refusing socket is retried before giving up."""
 MAX_SUN_PATH = 100
 """Longer socket paths are reached through their directory's ``/proc/self/fd`` entry."""
 
@@ -47,13 +50,25 @@ def _stdin_to_socket(sock: socket.socket) -> None:
         pass
 
 
+def _connect_soon(path: str) -> socket.socket:
+    # The daemon opens a new agent's socket within seconds, and again after a restart.
+    deadline = time.monotonic() + CONNECT_WAIT_S
+    while True:
+        try:
+            return _connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
+
+
 def main(argv: list[str]) -> int:
     """Forward stdin/stdout to the unix socket ``argv[0]``; returns the exit status."""
     if len(argv) != 1:
         print("usage: forwarder.py SOCKET", file=sys.stderr)  # noqa: T201
         return 2
     try:
-        sock = _connect(argv[0])
+        sock = _connect_soon(argv[0])
     except OSError as exc:
         print(f"hal: cannot reach hal's MCP socket {argv[0]}: {exc}", file=sys.stderr)  # noqa: T201
         return 1

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from hal9999.errors import HalError, UsageError
+from hal9999.hive import broker
 from hal9999.store import Store, TaskRecord
 from hal9999.tasks.service import RunRequest
 
@@ -136,8 +137,6 @@ def _message_json(message: Any) -> dict[str, Any]:
 # -- messages ------------------------------------------------------------------------------
 async def send(caller: Caller, args: SendArgs) -> str:
     """Send ``args.body`` to ``args.to`` as the caller."""
-    from hal9999.hive import broker
-
     message = await caller.hive.db(
         broker.send, caller.hive.store, sender=caller.agent, recipient=args.to, body=args.body
     )
@@ -145,8 +144,6 @@ async def send(caller: Caller, args: SendArgs) -> str:
 
 
 async def _take_unread(caller: Caller) -> list[Any]:
-    from hal9999.hive import broker
-
     store = caller.hive.store
     messages = await caller.hive.db(broker.inbox, store, caller.agent, limit=50)
     if messages:
@@ -156,8 +153,6 @@ async def _take_unread(caller: Caller) -> list[Any]:
 
 async def inbox(caller: Caller, args: InboxArgs) -> str:
     """The caller's unread messages (then read); with ``include_read``, recent ones too."""
-    from hal9999.hive import broker
-
     if args.include_read:
         store = caller.hive.store
         messages = await caller.hive.db(
