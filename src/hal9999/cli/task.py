@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from hal9999.cli.main import (
+    App,
     Started,
     app,
     cancel_on_sigterm,
@@ -198,13 +199,29 @@ def attach(task_id: str) -> None:
         )
     manager = load_process_manager(record.process_manager, runtime_dir=None)
     spec = process_spec(record, Session(Path(record.session_dir)), ArgvCommand(argv=("true",)))
-    argv = manager.attach_command(spec)
+    argv = _remote_attach(a, record) or manager.attach_command(spec)
     if argv is None:
         raise ProcessError(
             f"the {record.process_manager} process manager cannot attach",
             hint=f"follow it with `hal task logs -f {record.id}`",
         )
     os.execvp(argv[0], argv)
+
+
+def _remote_attach(a: App, record: TaskRecord) -> list[str] | None:
+    """When the task's run lives on another host (an ssh sandbox holds it in tmux there),
+    the command that attaches to it there; None when the host-side attach is the one."""
+    from hal9999.errors import HalError
+    from hal9999.tasks.plugins import load_provider_for
+
+    if not record.sandbox_id or not record.provider:
+        return None
+    try:
+        sandbox = run_async(load_provider_for(a.config, record.provider).get(record.sandbox_id))
+    except HalError:
+        return None
+    opener = getattr(sandbox, "session_attach_command", None)
+    return list(opener()) if callable(opener) else None
 
 
 @task.command()

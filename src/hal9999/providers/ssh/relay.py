@@ -26,7 +26,7 @@ from typing import Any
 
 from hal9999.errors import HalError
 from hal9999.providers.hostexec import EXEC_MARKER_VAR
-from hal9999.providers.ssh import channel, remote
+from hal9999.providers.ssh import channel, remote, session
 from hal9999.providers.ssh.connections import ConnectionPool
 from hal9999.providers.ssh.records import SshRecords
 from hal9999.providers.ssh.sandbox import SshSandbox
@@ -39,6 +39,8 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--id", required=True)
     parser.add_argument("--env", action="append", default=[])
     parser.add_argument("--cwd")
+    parser.add_argument("--session", action="store_true",
+                        help="hold the run in a tmux session on the host (see .session)")
     parser.add_argument("command", nargs="+")
     return parser.parse_args(argv)
 
@@ -58,32 +60,43 @@ async def relay(args: argparse.Namespace) -> int:
     sandbox = SshSandbox(record, pool, records)
     env = {name: os.environ.get(name, "") for name in args.env}
     command = ArgvCommand(argv=tuple(args.command), cwd=args.cwd)
-    interactive = sys.stdin.isatty()
     token = secrets.token_hex(8)
     env[EXEC_MARKER_VAR] = token
     await sandbox.push(writable=False)
     conn = await pool.get(record.host)
     line = remote.env_line(env)
+    in_tmux = args.session and await _has_tmux(conn)
+    interactive = sys.stdin.isatty() and not in_tmux
+    if in_tmux:
+        # The run lives in a tmux session on the host (what `hal task attach` opens); the
+        # relay follows its output. The command gets the remote pane as its terminal.
+        argv = ["sh", "-c", session.START, "hal-session", session.run_dir(record.root, token),
+                session.PANE, *sandbox.remote_argv(command, tty=False)]  # fmt: skip
+    else:
+        argv = sandbox.remote_argv(command, tty=interactive)
     size = os.get_terminal_size(0) if interactive else None
     proc = await conn.create_process(
-        remote.wrapped(sandbox.remote_argv(command, tty=interactive)),
+        remote.wrapped(argv),
         encoding=None,
         term_type=os.environ.get("TERM", "xterm-256color") if interactive else None,
         term_size=(size.columns, size.lines) if size else None,
     )
     proc.stdin.write(line)
+    if in_tmux:
+        proc.stdin.write_eof()
     checkpoints = asyncio.create_task(_checkpoints(sandbox, record.checkpoint_s))
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     pumps = [
-        asyncio.create_task(_copy_in(proc)),
         asyncio.create_task(_copy_out(proc.stdout, 1)),
         asyncio.create_task(_copy_out(proc.stderr, 2)),
     ]
+    if not in_tmux:
+        pumps.append(asyncio.create_task(_copy_in(proc)))
     try:
-        waiting = asyncio.create_task(_finish(proc, pumps[1:]))
+        waiting = asyncio.create_task(_finish(proc, pumps[:2]))
         stop = asyncio.create_task(stopping.wait())
         await asyncio.wait({waiting, stop}, return_when=asyncio.FIRST_COMPLETED)
         for task in (*pumps, waiting, stop):
@@ -91,8 +104,14 @@ async def relay(args: argparse.Namespace) -> int:
         code = 143 if stopping.is_set() else channel.exit_code(proc)
         lost = not stopping.is_set() and proc.exit_status is None and not proc.exit_signal
         if stopping.is_set() or lost:
-            with contextlib.suppress(HalError):
-                await channel.kill_marked(await pool.get(record.host), EXEC_MARKER_VAR, token)
+            # A run held in tmux outlives a lost connection: a new one ends it (the task
+            # fails clearly rather than an agent running on unseen).
+            pool.forget(record.host)
+            with contextlib.suppress(HalError, TimeoutError):
+                async with asyncio.timeout(20):
+                    conn = await pool.get(record.host)
+                    await channel.kill_marked(conn, EXEC_MARKER_VAR, token)
+                    await channel.kill_marked(conn, EXEC_MARKER_VAR, session.inner_token(token))
         if lost:
             _say(f"the ssh connection to {record.host.name} was lost; the hal host keeps "
                  "the work of the last checkpoint")  # fmt: skip
@@ -104,6 +123,12 @@ async def relay(args: argparse.Namespace) -> int:
         with contextlib.suppress(HalError, OSError):
             await sandbox.pull()
         await pool.close()
+
+
+async def _has_tmux(conn: Any) -> bool:
+    code, _, _ = await channel.run(conn, remote.plain(["sh", "-c", session.HAS_TMUX]),
+                                   what="looking for tmux")  # fmt: skip
+    return code == 0
 
 
 async def _copy_in(proc: Any) -> None:
@@ -160,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; the command's exit status (255: the connection failed)."""
     args = _arguments(sys.argv[1:] if argv is None else argv)
     saved: Any = None
-    if sys.stdin.isatty():
+    if sys.stdin.isatty() and not args.session:
         saved = termios.tcgetattr(0)
         tty.setraw(0)
     try:

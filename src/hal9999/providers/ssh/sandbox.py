@@ -21,7 +21,7 @@ from types import TracebackType
 from hal9999.errors import ExecError
 from hal9999.providers.base import Command, ExecResult, Launch, StreamEvent
 from hal9999.providers.hostexec import EXEC_MARKER_VAR, MARKER_VAR
-from hal9999.providers.ssh import channel, mirror, remote
+from hal9999.providers.ssh import channel, mirror, remote, session
 from hal9999.providers.ssh.connections import ConnectionPool
 from hal9999.providers.ssh.records import MountRecord, SshRecord, SshRecords
 from hal9999.spec import ArgvCommand, SandboxSpec, display, to_argv
@@ -223,7 +223,7 @@ class SshSandbox:
         so the run outlives this process; values ride in its environment, names in argv."""
         full = self.command_env(command, env)
         argv = [sys.executable, "-m", "hal9999.providers.ssh.relay", "--records",
-                str(self._records.root), "--id", self.id]  # fmt: skip
+                str(self._records.root), "--id", self.id, "--session"]  # fmt: skip
         for name in sorted(full):
             remote.check_name(name)
             argv += ["--env", name]
@@ -234,7 +234,13 @@ class SshSandbox:
     def attach_command(self) -> list[str]:
         """An interactive bash inside, through the relay (a terminal when the caller has one)."""
         launch = self.launch(ArgvCommand(argv=("bash", "-i")))
-        return ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in launch.env.items()), *launch.argv]
+        argv = [arg for arg in launch.argv if arg != "--session"]
+        return ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in launch.env.items()), *argv]
+
+    def session_attach_command(self) -> list[str]:
+        """The system ``ssh`` command line that opens the live run's tmux session on the
+        host (see :mod:`.session`): what ``hal task attach`` runs for this sandbox."""
+        return session.attach_argv(self._record.host, self._record.root, self._records.root)
 
     # -- files (as commands inside: links resolve in the sandbox's own view) -----------------
     async def _inside(self, script: str, *args: str, stdin: bytes = b"") -> ExecResult:
