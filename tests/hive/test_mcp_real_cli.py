@@ -1,0 +1,123 @@
+"""Real agent CLIs, in a bwrap sandbox with no network, call hal's tools over MCP: the
+preset wiring, the bound socket, the forwarder run by the sandbox's own python3, and the
+call attributed to the agent whose task it is (the scripted LLM server asks for the call).
+
+The whole hive flow (a send waking the other agent, its answer reaching the first agent's
+next turn) is in test_mcp_hive_e2e.py; this one needs only the runner and the hub.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from tests.e2e.conftest import KEY_VAR, bug_repo, dummy_key, llm_server, requires_cli
+from tests.llm_server.script import Script, Turn
+from tests.llm_server.server import ScriptedLLMServer
+
+from hal9999.config import load_config
+from hal9999.hive import broker
+from hal9999.hive.mcp.server import McpHub
+from hal9999.hive.mcp.tools import Hive
+from hal9999.hive.store import AgentRecord, insert_agent, update_agent
+from hal9999.store import Store
+from hal9999.tasks.service import RunRequest, TaskService
+
+pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.slow, pytest.mark.timeout(240)]
+
+__all__ = ["bug_repo", "dummy_key", "llm_server"]  # fixtures used by name
+
+MODELS = {"claude": ("claude-sonnet-4-5", False), "codex": ("gpt-4.1", True)}
+"""The model each CLI is pointed at and whether its base URL is OpenAI style. Codex offers
+an MCP server's tools directly (a ``namespace`` tool) for a model like gpt-4.1; for models
+with tool search (gpt-5.5) it defers them behind ``tool_search``."""
+
+
+@dataclass
+class Hal:
+    store: Store
+    service: TaskService
+    env: dict[str, str]
+    repo: Path
+
+
+@pytest.fixture
+async def hal(
+    tmp_path: Path, bug_repo: Path, dummy_key: str, llm_server: ScriptedLLMServer
+) -> AsyncIterator[Hal]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HAL_")}
+    env |= {
+        "HAL_HOME": str(tmp_path / "halhome"),
+        "XDG_CONFIG_HOME": str(tmp_path / "xdg"),
+        "HAL_PROVIDER": "bwrap",
+        "HAL_NETWORK": "none",
+        "HAL_GATEWAY_IDLE_S": "2",
+        KEY_VAR: dummy_key,
+    }
+    config_file = tmp_path / "xdg" / "hal9999" / "config.toml"
+    config_file.parent.mkdir(parents=True)
+    lines = []
+    for agent, (model, openai) in MODELS.items():
+        base = llm_server.openai_base_url if openai else llm_server.base_url
+        lines += [f"[agents.{agent}]", f"base_url = {json.dumps(base)}"]
+        lines += [f"model = {json.dumps(model)}", f"api_key_env = {json.dumps(KEY_VAR)}"]
+    config_file.write_text("\n".join(lines) + "\n")
+    config = load_config(env, cwd=bug_repo)
+    store = Store.open(config.home)
+    now = time.time()
+    for name, agent in (("alpha", "claude"), ("beta", "codex")):
+        insert_agent(
+            store, AgentRecord(name=name, agent=agent, provider="bwrap", repo=str(bug_repo),
+                               created_at=now, updated_at=now),
+        )  # fmt: skip
+    hub = McpHub(Hive(store=store, home=config.home))
+    await hub.sync()
+    yield Hal(store, TaskService(config, store, env), env, bug_repo)
+    await hub.close_all()
+    store.close()
+
+
+async def run_as(hal: Hal, name: str, agent: str, prompt: str) -> str:
+    """Run ``prompt`` as agent ``name``'s long-lived task; returns the task id."""
+    request = RunRequest(
+        prompt=prompt, repo=str(hal.repo), ref=None, agent=agent, provider="bwrap",
+        process_manager="tmux", timeout_s=150, cwd=hal.repo,
+    )  # fmt: skip
+    task = await hal.service.create(request)
+    update_agent(hal.store, name, task_id=task.id)
+    record = await hal.service.run(task.id)
+    assert record.status == "succeeded", (record.status, record.error_message)
+    return task.id
+
+
+def tool_events(hal: Hal, task_id: str) -> list[dict[str, object]]:
+    from hal9999.tasks.session import Session
+
+    path = Session(Path(hal.store.get_task(task_id).session_dir)).events
+    events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [e for e in events if e["type"] in ("tool_call", "tool_result")]
+
+
+@pytest.mark.parametrize(("name", "agent", "peer"), [("alpha", "claude", "beta"),
+                                                      ("beta", "codex", "alpha")])  # fmt: skip
+async def test_a_real_cli_calls_send_as_its_own_agent(
+    hal: Hal, llm_server: ScriptedLLMServer, name: str, agent: str, peer: str
+) -> None:
+    requires_cli(agent)
+    llm_server.script = Script(
+        turns=[Turn.call("mcp__hal__send", to=peer, body="what is 6*7?"), Turn.say("asked")],
+        model=MODELS[agent][0],
+    )
+    task_id = await run_as(hal, name, agent, "ask your peer")
+    assert [(m.sender, m.body) for m in broker.inbox(hal.store, peer)] == [(name, "what is 6*7?")]
+    events = tool_events(hal, task_id)
+    results = [e for e in events if e["type"] == "tool_result"]
+    assert results and not any(e["is_error"] for e in results), events
+    # The CLI saw hal's answer (the message id) as the tool's result.
+    [sent] = broker.inbox(hal.store, peer)
+    assert any(sent.id in str(e.get("output")) for e in results), results
