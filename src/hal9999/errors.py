@@ -12,9 +12,11 @@ optional ``hint`` that tells the user how to fix the problem::
     ├── NotFoundError             not_found          exit 3
     │   ├── TaskNotFound          task_not_found     exit 3
     │   ├── AmbiguousTaskId       task_id_ambiguous  exit 3
-    │   └── AgentNotFound         agent_not_found    exit 3
+    │   ├── AgentNotFound         agent_not_found    exit 3
+    │   └── ThreadNotFound        thread_not_found   exit 3
     ├── RepoError                 repo_invalid       exit 4
-    │   └── SecretInResult        secret_in_result   exit 4
+    │   ├── SecretInResult        secret_in_result   exit 4
+    │   └── MergeRefused          merge_refused      exit 4
     ├── AgentError                agent_error        exit 5
     │   ├── UnknownAgent          agent_unknown      exit 5
     │   ├── AgentNotInstalled     agent_missing      exit 5
@@ -37,6 +39,8 @@ optional ``hint`` that tells the user how to fix the problem::
     ├── ProcessError              process_error      exit 7
     ├── CredentialsError          credentials_error  exit 8
     ├── TaskStateError            task_state         exit 9
+    ├── ThreadStateError          thread_state       exit 9
+    ├── ThreadForbidden           thread_forbidden   exit 9
     ├── DiskLimitExceeded         disk_limit         exit 10
     ├── DiskFull                  disk_full          exit 10
     ├── GatewayError              gateway_error      exit 11
@@ -131,6 +135,12 @@ class AgentNotFound(NotFoundError):
     code = "agent_not_found"
 
 
+class ThreadNotFound(NotFoundError):
+    """No approval, question or reminder of the hive has this id."""
+
+    code = "thread_not_found"
+
+
 class RepoError(HalError):
     """The repository path, URL or ref is unusable."""
 
@@ -142,6 +152,12 @@ class SecretInResult(RepoError):
     """The task's result holds the value of one of its secrets; it was not brought back."""
 
     code = "secret_in_result"
+
+
+class MergeRefused(RepoError):
+    """An approved branch cannot be merged as shown (conflict, moved, target checked out)."""
+
+    code = "merge_refused"
 
 
 class AgentError(HalError):
@@ -278,6 +294,20 @@ class TaskStateError(HalError):
     """The task is not in a state that allows the action."""
 
     code = "task_state"
+    exit_status = 9
+
+
+class ThreadStateError(HalError):
+    """The approval or question is already resolved (or expired); the action is refused."""
+
+    code = "thread_state"
+    exit_status = 9
+
+
+class ThreadForbidden(HalError):
+    """The caller may not act on this approval or question (not its target, asking itself)."""
+
+    code = "thread_forbidden"
     exit_status = 9
 
 

@@ -234,4 +234,58 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX cloud_machines_open ON cloud_machines (provider, ended_at);
         """,
     ),
+    Migration(
+        7,
+        "hive approvals, questions and reminders",
+        """
+        -- Proposals waiting for the operator (spawn an agent, apply an agent's branch, destroy
+        -- an agent, a gated tool call). `payload` is JSON; an apply pins the exact commit shown.
+        CREATE TABLE hive_approvals (
+            id          TEXT PRIMARY KEY,
+            kind        TEXT NOT NULL CHECK (kind IN ('spawn', 'apply', 'destroy', 'tool')),
+            proposer    TEXT NOT NULL,
+            title       TEXT NOT NULL,
+            payload     TEXT NOT NULL,
+            state       TEXT NOT NULL CHECK (state IN ('pending', 'approved', 'denied', 'expired')),
+            reason      TEXT,
+            result      TEXT,
+            created     REAL NOT NULL,
+            expires     REAL,
+            resolved    REAL,
+            resolved_by TEXT
+        );
+        CREATE INDEX hive_approvals_state ON hive_approvals (state, expires);
+        -- Questions to the operator or to another agent; the answer goes to the asker's mailbox.
+        CREATE TABLE hive_questions (
+            id       TEXT PRIMARY KEY,
+            asker    TEXT NOT NULL,
+            target   TEXT NOT NULL,
+            question TEXT NOT NULL,
+            state    TEXT NOT NULL CHECK (state IN ('open', 'answered', 'expired')),
+            answer   TEXT,
+            answerer TEXT,
+            created  REAL NOT NULL,
+            expires  REAL,
+            answered REAL
+        );
+        CREATE INDEX hive_questions_state ON hive_questions (state, expires);
+        CREATE INDEX hive_questions_target ON hive_questions (target, state);
+        -- Reminders an agent set for itself; `file_root` is a host directory hal made (the
+        -- agent's own), `file_rel` a checked relative path below it.
+        CREATE TABLE hive_reminders (
+            id         TEXT PRIMARY KEY,
+            agent      TEXT NOT NULL,
+            body       TEXT NOT NULL,
+            due        REAL NOT NULL,
+            file_shown TEXT,
+            file_root  TEXT,
+            file_rel   TEXT,
+            state      TEXT NOT NULL CHECK (state IN ('pending', 'delivered')),
+            created    REAL NOT NULL,
+            delivered  REAL,
+            note       TEXT
+        );
+        CREATE INDEX hive_reminders_due ON hive_reminders (state, due);
+        """,
+    ),
 )

@@ -1,0 +1,296 @@
+"""The approval queue: proposals an agent makes and the operator approves or denies.
+
+Kinds: ``spawn`` (a new agent), ``apply`` (merge the proposer's branch ``hal/agent/<name>``
+into a branch of its repository; see :mod:`hal9999.hive.merge`), ``destroy`` (an agent) and
+``tool`` (a tool call the operator gates). Every resolution (approved, denied with a reason,
+expired) reaches the proposer as a message of kind ``approval`` from ``hal``, and is a hive
+event. A resolution is compare-and-set on the row's state: of two processes resolving the
+same proposal, one wins and the other is told it is no longer pending.
+
+Store calls are synchronous; the async functions run theirs in a worker thread, and callers
+on an event loop run the synchronous ones (:func:`deny`, :func:`propose`) in a thread too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from hal9999.errors import HalError, ThreadStateError, UsageError
+from hal9999.hive import broker, merge
+from hal9999.hive.broker import OPERATOR, SYSTEM
+from hal9999.hive.thread_events import ApprovalAdded, ApprovalResolved, record
+from hal9999.hive.threads import (
+    Approval,
+    ApprovalKind,
+    approval_of,
+    check_participant,
+    check_text,
+    find_row,
+    new_id,
+)
+from hal9999.store import Store
+
+DEFAULT_TTL_S = 7 * 86400.0
+"""How long a proposal waits for a decision before it expires (and the proposer is told)."""
+DIFF_LIMIT = 4 << 20
+"""The most of a proposal's diff ``hal approvals show`` prints."""
+
+Executor = Callable[[Approval], Awaitable[dict[str, Any]]]
+"""What carries out an approved proposal of one kind; returns what it did (JSON-ready)."""
+_EXECUTORS: dict[str, Executor] = {}
+
+
+def set_executor(kind: ApprovalKind, executor: Executor | None) -> None:
+    """Register what approving a ``spawn`` or ``destroy`` proposal does (the hive's agents)."""
+    if executor is None:
+        _EXECUTORS.pop(kind, None)
+    else:
+        _EXECUTORS[kind] = executor
+
+
+def branch_of(agent: str) -> str:
+    """The branch an agent's work lives on."""
+    return f"hal/agent/{agent}"
+
+
+def _insert(store: Store, approval: Approval) -> Approval:
+    with store._write() as conn:
+        conn.execute(
+            "INSERT INTO hive_approvals (id, kind, proposer, title, payload, state, created,"
+            " expires) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+            (approval.id, approval.kind, approval.proposer, approval.title,
+             json.dumps(approval.payload), approval.created, approval.expires),
+        )  # fmt: skip
+    record(store, ApprovalAdded(approval_id=approval.id, kind=approval.kind,
+                                proposer=approval.proposer))  # fmt: skip
+    return approval
+
+
+def _new(kind: ApprovalKind, proposer: str, title: str, payload: dict[str, Any],
+         ttl_s: float | None, approval_id: str | None = None) -> Approval:  # fmt: skip
+    if ttl_s is not None and not 0 < ttl_s <= 365 * 86400:
+        raise UsageError(f"a proposal's ttl must be above 0 and at most a year, not {ttl_s}")
+    now = time.time()
+    return Approval(
+        id=approval_id or new_id("a"), kind=kind, proposer=proposer, title=title,
+        payload=payload, state="pending", created=now,
+        expires=now + ttl_s if ttl_s is not None else None,
+    )  # fmt: skip
+
+
+def propose(
+    store: Store,
+    *,
+    kind: ApprovalKind,
+    proposer: str,
+    title: str,
+    payload: dict[str, Any],
+    ttl_s: float | None = DEFAULT_TTL_S,
+) -> Approval:
+    """Queue a ``spawn``, ``destroy`` or ``tool`` proposal (``apply`` has :func:`propose_apply`)."""
+    if kind == "apply":
+        raise UsageError("an apply proposal is made with propose_apply (it pins the commits)")
+    check_participant(store, proposer, "the proposer")
+    title = check_text(title, "title")[:200]
+    if len(json.dumps(payload)) > 16 * 1024:
+        raise UsageError("the proposal's details are over 16 KiB", hint="keep them short")
+    return _insert(store, _new(kind, proposer, title, payload, ttl_s))
+
+
+async def propose_apply(
+    store: Store,
+    *,
+    proposer: str,
+    repo: Path,
+    target: str,
+    summary: str = "",
+    ttl_s: float | None = DEFAULT_TTL_S,
+) -> Approval:
+    """Queue the proposer's own branch for merging into ``target`` of ``repo``: the range is
+    resolved and its head pinned now, and that exact commit is what approval merges."""
+    await asyncio.to_thread(check_participant, store, proposer, "the proposer")
+    if summary:
+        check_text(summary, "summary")
+    approval_id = new_id("a")
+    branch = branch_of(proposer)
+    shown = await merge.pin(repo, branch, target, approval_id)
+    plural = "s" if shown.commits != 1 else ""
+    title = (f"apply {branch} onto {target}: {shown.commits} commit{plural}, "
+             f"{shown.files} file{'s' if shown.files != 1 else ''}")  # fmt: skip
+    payload = {**shown.payload(), "summary": summary}
+    approval = _new("apply", proposer, title, payload, ttl_s, approval_id)
+    try:
+        return await asyncio.to_thread(_insert, store, approval)
+    except BaseException:
+        await merge.unpin(repo, approval_id)
+        raise
+
+
+def get(store: Store, approval_id: str) -> Approval:
+    """The approval with this id (or unique id prefix)."""
+    return approval_of(find_row(store, "approval", approval_id))
+
+
+def list_approvals(
+    store: Store, *, state: str | None = "pending", limit: int = 200
+) -> list[Approval]:
+    """Proposals, oldest first; only those in ``state`` unless it is None."""
+    if state is None:
+        rows = store._query("SELECT * FROM hive_approvals ORDER BY created LIMIT ?", (limit,))
+    else:
+        rows = store._query(
+            "SELECT * FROM hive_approvals WHERE state = ? ORDER BY created LIMIT ?", (state, limit)
+        )
+    return [approval_of(row) for row in rows]
+
+
+async def show(store: Store, approval_id: str, *, limit: int = DIFF_LIMIT) -> dict[str, Any]:
+    """The approval and, for ``apply``, its commits and unified diff as pinned."""
+    approval = await asyncio.to_thread(get, store, approval_id)
+    view: dict[str, Any] = {"approval": approval.model_dump()}
+    if approval.kind == "apply":
+        data = approval.payload
+        try:
+            log, diff, cut = await merge.shown(Path(data["repo"]), data["base"], data["head"],
+                                               limit=limit)  # fmt: skip
+        except (HalError, OSError) as exc:
+            log, diff, cut = "", f"(the commits cannot be shown any more: {exc})", False
+        view.update(commits=log, diff=diff, diff_truncated=cut)
+    return view
+
+
+def _state_error(approval: Approval) -> ThreadStateError:
+    by = f" by {approval.resolved_by}" if approval.resolved_by else ""
+    return ThreadStateError(
+        f"proposal {approval.id} is already {approval.state}{by}",
+        hint="see `hal approvals list --all`",
+    )
+
+
+def _resolve(store: Store, approval: Approval, state: str, by: str, reason: str | None,
+             result: dict[str, Any] | None, body: str) -> Approval:  # fmt: skip
+    """Move a pending proposal to ``state`` (compare-and-set), tell the proposer, record it."""
+    now = time.time()
+    with store._write(durable=True) as conn:
+        changed = conn.execute(
+            "UPDATE hive_approvals SET state = ?, reason = ?, result = ?, resolved = ?,"
+            " resolved_by = ? WHERE id = ? AND state = 'pending'",
+            (state, reason, json.dumps(result) if result is not None else None, now, by,
+             approval.id),
+        ).rowcount  # fmt: skip
+    if changed != 1:
+        raise _state_error(get(store, approval.id))
+    broker.send(store, sender=SYSTEM, recipient=approval.proposer, body=body, kind="approval",
+                ref=approval.id)  # fmt: skip
+    event = ApprovalResolved(approval_id=approval.id, kind=approval.kind,
+                             proposer=approval.proposer, state=state, resolved_by=by)  # fmt: skip
+    record(store, event)
+    return get(store, approval.id)
+
+
+def _pending(store: Store, approval_id: str) -> Approval:
+    approval = get(store, approval_id)
+    if approval.state != "pending":
+        raise _state_error(approval)
+    if approval.expires is not None and approval.expires <= time.time():
+        _expire(store, approval)
+        raise ThreadStateError(f"proposal {approval.id} has expired", hint="nothing was done")
+    return approval
+
+
+def _with_reason(text: str, reason: str | None) -> str:
+    return f"{text} Reason: {reason}" if reason else text
+
+
+async def approve(
+    store: Store, approval_id: str, *, by: str = OPERATOR, reason: str | None = None
+) -> Approval:
+    """Carry out a pending proposal, then mark it approved and tell the proposer.
+
+    When carrying it out is refused (a conflict, a moved branch), nothing changes and the
+    proposal stays pending, so the operator can deny it with a reason or try again."""
+    if reason:
+        check_text(reason, "reason")
+    approval = await asyncio.to_thread(_pending, store, approval_id)
+    result = await _carry_out(approval)
+    what = _done(approval, result)
+    body = _with_reason(f"Your proposal {approval.id} ({approval.title}) was approved by {by}"
+                        f"{what}.", reason)  # fmt: skip
+    resolved = await asyncio.to_thread(
+        _resolve, store, approval, "approved", by, reason, result, body
+    )
+    if approval.kind == "apply":
+        await merge.unpin(Path(approval.payload["repo"]), approval.id)
+    return resolved
+
+
+async def _carry_out(approval: Approval) -> dict[str, Any]:
+    if approval.kind == "apply":
+        shown = merge.ApplyRange(**{k: approval.payload[k] for k in (
+            "repo", "branch", "target", "base", "head", "commits", "files")})  # fmt: skip
+        return await merge.merge(shown, approval.id)
+    if approval.kind == "tool":
+        return {}  # the gate only records the decision; the tool's caller acts on it
+    executor = _EXECUTORS.get(approval.kind)
+    if executor is None:
+        raise ThreadStateError(
+            f"a {approval.kind} proposal can only be carried out where the hive runs",
+            hint="approve it again with `hal serve` running",
+        )
+    return await executor(approval)
+
+
+def _done(approval: Approval, result: dict[str, Any]) -> str:
+    if approval.kind != "apply":
+        return ""
+    target, to = result["target"], str(result["to"])[:12]
+    if result["how"] == "already-merged":
+        return f"; {target} already held that work ({to})"
+    return f"; {result['how']} of {approval.payload['branch']} into {target}, now at {to}"
+
+
+def deny(store: Store, approval_id: str, *, by: str = OPERATOR, reason: str) -> Approval:
+    """Refuse a pending proposal; the reason reaches the proposer."""
+    check_text(reason, "reason")
+    approval = _pending(store, approval_id)
+    body = _with_reason(f"Your proposal {approval.id} ({approval.title}) was denied by {by}.",
+                        reason)  # fmt: skip
+    resolved = _resolve(store, approval, "denied", by, reason, None, body)
+    _unpin_later(approval)
+    return resolved
+
+
+def _expire(store: Store, approval: Approval) -> Approval:
+    body = (f"Your proposal {approval.id} ({approval.title}) expired without a decision; "
+            "nothing was done. Propose again if it still matters.")  # fmt: skip
+    resolved = _resolve(store, approval, "expired", SYSTEM, None, None, body)
+    _unpin_later(approval)
+    return resolved
+
+
+def expire_due(store: Store, now: float | None = None) -> list[Approval]:
+    """Expire every pending proposal whose time is up; returns them."""
+    now = time.time() if now is None else now
+    rows = store._query(
+        "SELECT * FROM hive_approvals WHERE state = 'pending' AND expires IS NOT NULL"
+        " AND expires <= ? ORDER BY expires",
+        (now,),
+    )
+    expired: list[Approval] = []
+    for row in rows:
+        try:
+            expired.append(_expire(store, approval_of(row)))
+        except ThreadStateError:
+            continue  # resolved by someone else meanwhile
+    return expired
+
+
+def _unpin_later(approval: Approval) -> None:
+    """Drop the pin of a denied or expired ``apply`` (sync code, so a plain git run)."""
+    if approval.kind == "apply":
+        merge.unpin_sync(Path(approval.payload["repo"]), approval.id)

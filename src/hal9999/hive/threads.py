@@ -1,0 +1,216 @@
+"""The hive's open threads: approvals, questions and reminders as records, and the query of
+what is still open (pending approvals and unanswered questions), hive-wide or per agent.
+
+The three kinds live in their own tables (migration 5); :mod:`~hal9999.hive.approvals`,
+:mod:`~hal9999.hive.questions` and :mod:`~hal9999.hive.reminders` change them, each change
+guarded compare-and-set on the row's state, so two processes resolving the same thread at
+once cannot both win.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import secrets
+import sqlite3
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from hal9999.errors import ThreadNotFound, UsageError
+from hal9999.hive.broker import OPERATOR, SYSTEM
+from hal9999.hive.store import agent_exists
+from hal9999.store import Store
+
+logger = logging.getLogger(__name__)
+
+ApprovalKind = Literal["spawn", "apply", "destroy", "tool"]
+ApprovalState = Literal["pending", "approved", "denied", "expired"]
+QuestionState = Literal["open", "answered", "expired"]
+ReminderState = Literal["pending", "delivered"]
+
+AGENT_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
+"""What an agent's name looks like (the contract's rule); ``operator`` and ``hal`` are reserved."""
+MAX_TEXT = 64 * 1024
+"""The longest question, answer, reason or reminder text kept (a mailbox is not a file store)."""
+
+
+class Approval(BaseModel):
+    """One proposal in the approval queue."""
+
+    model_config = ConfigDict(frozen=True)
+    id: str
+    kind: ApprovalKind
+    proposer: str
+    title: str
+    payload: dict[str, Any]
+    """What was proposed: for ``apply`` the repository, branch, target and the pinned commits."""
+    state: ApprovalState
+    reason: str | None = None
+    result: dict[str, Any] | None = None
+    """What approving did (for ``apply``: the new commit of the target branch)."""
+    created: float
+    expires: float | None = None
+    resolved: float | None = None
+    resolved_by: str | None = None
+
+
+class Question(BaseModel):
+    """A question to the operator or to another agent."""
+
+    model_config = ConfigDict(frozen=True)
+    id: str
+    asker: str
+    target: str
+    question: str
+    state: QuestionState
+    answer: str | None = None
+    answerer: str | None = None
+    """Who answered: the target, the operator (overriding), or ``hal`` when it expired."""
+    created: float
+    expires: float | None = None
+    answered: float | None = None
+
+
+class Reminder(BaseModel):
+    """A reminder an agent set for itself."""
+
+    model_config = ConfigDict(frozen=True)
+    id: str
+    agent: str
+    body: str
+    due: float
+    file_shown: str | None = None
+    """The file as the agent named it (a path inside its sandbox)."""
+    file_root: str | None = None
+    file_rel: str | None = None
+    state: ReminderState
+    created: float
+    delivered: float | None = None
+    note: str | None = None
+    """What went wrong writing the file, when something did (the reminder is delivered anyway)."""
+
+
+class OpenThreads(BaseModel):
+    """What is still open: proposals waiting for the operator, questions waiting for answers."""
+
+    model_config = ConfigDict(frozen=True)
+    approvals: list[Approval]
+    questions: list[Question]
+
+    @property
+    def count(self) -> int:
+        """How many threads are open."""
+        return len(self.approvals) + len(self.questions)
+
+
+def new_id(prefix: str) -> str:
+    """A fresh id: ``a-`` approvals, ``q-`` questions, ``r-`` reminders."""
+    return f"{prefix}-{secrets.token_hex(5)}"
+
+
+def check_text(text: str, what: str) -> str:
+    """``text`` if it is non-empty and not too long for a mailbox."""
+    if not text.strip():
+        raise UsageError(f"the {what} is empty", hint=f"give the {what} as text")
+    if len(text) > MAX_TEXT:
+        raise UsageError(
+            f"the {what} is {len(text)} characters, over the limit of {MAX_TEXT}",
+            hint="put long material in a file of your workspace and refer to it",
+        )
+    return text
+
+
+def check_participant(store: Store, name: str, what: str) -> str:
+    """``name`` if it is the operator or an existing agent."""
+    if name == OPERATOR:
+        return name
+    if name == SYSTEM or not AGENT_NAME.fullmatch(name) or not agent_exists(store, name):
+        raise UsageError(
+            f"{what} {name!r} is neither {OPERATOR!r} nor an agent of the hive",
+            hint="list the agents with `hal agent list`",
+        )
+    return name
+
+
+_TABLES = {"approval": "hive_approvals", "question": "hive_questions", "reminder": "hive_reminders"}
+_LIST = {
+    "approval": "hal approvals list",
+    "question": "hal questions list",
+    "reminder": "hal agent show",
+}
+
+
+def find_row(store: Store, what: Literal["approval", "question", "reminder"], key: str) -> Any:
+    """The row whose id is ``key`` or, failing that, the only one whose id starts with it."""
+    table = _TABLES[what]
+    key = key.strip()
+    rows = store._query(f"SELECT * FROM {table} WHERE id = ?", (key,)) if key else []
+    if not rows and key:
+        rows = store._query(
+            f"SELECT * FROM {table} WHERE substr(id, 1, ?) = ? LIMIT 2", (len(key), key)
+        )
+    if len(rows) != 1:
+        several = "matches several" if rows else "matches no"
+        raise ThreadNotFound(
+            f"{key!r} {several} {what}", hint=f"see `{_LIST[what]}`", id=key, kind=what
+        )
+    return rows[0]
+
+
+def approval_of(row: sqlite3.Row) -> Approval:
+    """An :class:`Approval` from its row."""
+    data = dict(row)
+    data["payload"] = json.loads(data["payload"])
+    data["result"] = json.loads(data["result"]) if data["result"] else None
+    return Approval.model_validate(data)
+
+
+def question_of(row: sqlite3.Row) -> Question:
+    """A :class:`Question` from its row."""
+    return Question.model_validate(dict(row))
+
+
+def reminder_of(row: sqlite3.Row) -> Reminder:
+    """A :class:`Reminder` from its row."""
+    return Reminder.model_validate(dict(row))
+
+
+def open_threads(store: Store, agent: str | None = None) -> OpenThreads:
+    """Pending approvals and unanswered questions: hive-wide, or those ``agent`` is part of
+    (its own proposals, the questions it asked and those waiting for its answer)."""
+    if agent is None:
+        approvals = store._query(
+            "SELECT * FROM hive_approvals WHERE state = 'pending' ORDER BY created"
+        )
+        questions = store._query(
+            "SELECT * FROM hive_questions WHERE state = 'open' ORDER BY created"
+        )
+    else:
+        approvals = store._query(
+            "SELECT * FROM hive_approvals WHERE state = 'pending' AND proposer = ?"
+            " ORDER BY created",
+            (agent,),
+        )
+        questions = store._query(
+            "SELECT * FROM hive_questions WHERE state = 'open' AND (asker = ? OR target = ?)"
+            " ORDER BY created",
+            (agent, agent),
+        )
+    return OpenThreads(
+        approvals=[approval_of(row) for row in approvals],
+        questions=[question_of(row) for row in questions],
+    )
+
+
+def next_deadline(store: Store) -> float | None:
+    """The earliest time something open falls due: a reminder, or a question's or
+    proposal's expiry (None when nothing waits on the clock)."""
+    row = store._query(
+        "SELECT MIN(t) FROM ("
+        " SELECT MIN(due) AS t FROM hive_reminders WHERE state = 'pending'"
+        " UNION ALL SELECT MIN(expires) FROM hive_questions WHERE state = 'open'"
+        " UNION ALL SELECT MIN(expires) FROM hive_approvals WHERE state = 'pending')"
+    )[0]
+    return None if row[0] is None else float(row[0])

@@ -1,0 +1,66 @@
+"""Fixtures of the hive's thread tests: a store with agents, a user's repository."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hal9999.store import Store
+
+
+def git(repo: Path, *args: str) -> str:
+    """Run git in ``repo`` (as the user would) and return stdout."""
+    return subprocess.run(
+        ["git", "-c", "user.name=u", "-c", "user.email=u@u", *args],
+        cwd=repo, check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+
+
+def make_agent(store: Store, name: str) -> None:
+    """Make ``name`` an agent of the hive."""
+    from hal9999.hive.store import add_agent_stub
+
+    add_agent_stub(store, name)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    """A fresh store with agents ``alice`` and ``bob``."""
+    with Store.open(tmp_path / "halhome") as opened:
+        make_agent(opened, "alice")
+        make_agent(opened, "bob")
+        yield opened
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """The user's repository: ``main`` with two files, the user working on ``work``."""
+    path = tmp_path / "repo"
+    path.mkdir()
+    git(path, "init", "-q", "-b", "main")
+    (path / "app.py").write_text("def add(a, b):\n    return a - b\n")
+    (path / "README").write_text("demo\n")
+    git(path, "add", "-A")
+    git(path, "commit", "-qm", "initial")
+    git(path, "checkout", "-q", "-b", "work")
+    return path
+
+
+def agent_commit(repo: Path, agent: str, files: dict[str, str], *, start: str = "main") -> str:
+    """Commit ``files`` on the agent's branch (created from ``start``) without leaving the
+    user's branch checked out elsewhere; returns the new head."""
+    branch = f"hal/agent/{agent}"
+    current = git(repo, "rev-parse", "--abbrev-ref", "HEAD")
+    exists = subprocess.run(["git", "rev-parse", "--verify", "-q", f"refs/heads/{branch}"],
+                            cwd=repo, capture_output=True).returncode == 0  # fmt: skip
+    git(repo, "checkout", "-q", branch if exists else "-b", *([] if exists else [branch, start]))
+    for name, text in files.items():
+        (repo / name).write_text(text)
+    git(repo, "add", "-A", *files)
+    git(repo, "commit", "-qm", f"{agent}: change {', '.join(files)}")
+    head = git(repo, "rev-parse", "HEAD")
+    git(repo, "checkout", "-q", current)
+    return head

