@@ -64,3 +64,10 @@ def agent_commit(repo: Path, agent: str, files: dict[str, str], *, start: str = 
     head = git(repo, "rev-parse", "HEAD")
     git(repo, "checkout", "-q", current)
     return head
+
+
+def hive_events(store: Store) -> list[dict[str, object]]:
+    """Every hive event recorded, in ``gseq`` order."""
+    from hal9999.hive.store import hive_events_stub
+
+    return hive_events_stub(store)
