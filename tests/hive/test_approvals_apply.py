@@ -7,12 +7,12 @@ import stat
 from pathlib import Path
 
 import pytest
+from tests.hive.conftest import agent_commit, git
 
 from hal9999.errors import MergeRefused, RepoError, ThreadStateError, UsageError
 from hal9999.hive import approvals, broker
 from hal9999.hive.merge import PIN_PREFIX
 from hal9999.store import Store
-from tests.hive.conftest import agent_commit, git
 
 
 def snapshot(repo: Path) -> tuple[str, str, str, dict[str, str]]:

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.hive.conftest import agent_commit, git, hive_events
 
 from hal9999.errors import ThreadNotFound, ThreadStateError, UsageError
 from hal9999.hive import approvals, broker
 from hal9999.hive.merge import PIN_PREFIX
 from hal9999.hive.threads import Approval, open_threads
 from hal9999.store import Store
-from tests.hive.conftest import agent_commit, git, hive_events
 
 
 async def test_a_denial_and_its_reason_reach_the_proposing_agent(

@@ -1,0 +1,162 @@
+"""Questions: to the operator or to another agent, answered later into the asker's mailbox.
+
+:func:`ask` returns the question's id at once (a tool call never waits minutes for a
+person); the answer arrives as a message of kind ``answer`` (``ref`` = the question's id),
+which wakes the asker's next turn. A question to the operator waits in the operator's queue
+(``hal questions list``); one to an agent is also a message in that agent's inbox. Only the
+target answers, or the operator overriding; an agent never asks itself. A question with a
+TTL that runs out is answered by ``hal`` with a sentinel the asker cannot mistake for a
+real answer (:data:`EXPIRED_PREFIX`).
+
+Store calls are synchronous: callers on an event loop run these in a worker thread.
+"""
+
+from __future__ import annotations
+
+import time
+
+from hal9999.errors import ThreadForbidden, ThreadStateError, UsageError
+from hal9999.hive import broker
+from hal9999.hive.broker import OPERATOR, SYSTEM
+from hal9999.hive.thread_events import QuestionAnswered, QuestionAsked, QuestionExpired, record
+from hal9999.hive.threads import (
+    Question,
+    check_participant,
+    check_text,
+    find_row,
+    new_id,
+    question_of,
+)
+from hal9999.store import Store
+
+EXPIRED_PREFIX = "[no answer]"
+"""How the sentinel answer of an expired question starts."""
+MAX_TTL_S = 30 * 86400.0
+
+
+def ask(
+    store: Store, *, asker: str, question: str, to: str = OPERATOR, ttl_s: float | None = None
+) -> Question:
+    """Queue ``question`` for ``to`` (the operator or an agent); returns it with its id."""
+    check_participant(store, asker, "the asker")
+    check_participant(store, to, "the question's target")
+    if asker == to:
+        raise ThreadForbidden(
+            f"{asker} cannot ask itself", hint="ask the operator or another agent"
+        )
+    check_text(question, "question")
+    if ttl_s is not None and not 0 < ttl_s <= MAX_TTL_S:
+        raise UsageError(f"a question's ttl must be above 0 and at most 30 days, not {ttl_s}")
+    now = time.time()
+    asked = Question(
+        id=new_id("q"), asker=asker, target=to, question=question, state="open", created=now,
+        expires=now + ttl_s if ttl_s is not None else None,
+    )  # fmt: skip
+    with store._write() as conn:
+        conn.execute(
+            "INSERT INTO hive_questions (id, asker, target, question, state, created, expires)"
+            " VALUES (?, ?, ?, ?, 'open', ?, ?)",
+            (asked.id, asker, to, question, now, asked.expires),
+        )
+    if to != OPERATOR:
+        body = (f"Question {asked.id} from {asker}:\n{question}\n"
+                f"(reply with answer(id={asked.id!r}, text=...))")  # fmt: skip
+        broker.send(store, sender=asker, recipient=to, body=body, kind="question", ref=asked.id)
+    record(store, QuestionAsked(question_id=asked.id, asker=asker, target=to))
+    return asked
+
+
+def get(store: Store, question_id: str) -> Question:
+    """The question with this id (or unique id prefix)."""
+    return question_of(find_row(store, "question", question_id))
+
+
+def list_questions(
+    store: Store, *, target: str | None = None, open_only: bool = True, limit: int = 200
+) -> list[Question]:
+    """Questions, oldest first: to ``target`` only when given; unanswered only by default."""
+    sql, params = "SELECT * FROM hive_questions WHERE 1 = 1", []
+    if target is not None:
+        sql += " AND target = ?"
+        params.append(target)
+    if open_only:
+        sql += " AND state = 'open'"
+    rows = store._query(sql + " ORDER BY created LIMIT ?", (*params, limit))
+    return [question_of(row) for row in rows]
+
+
+def _settle(store: Store, question: Question, state: str, answer: str, answerer: str) -> bool:
+    """Compare-and-set: close an open question; False when someone else closed it first."""
+    with store._write(durable=True) as conn:
+        return (
+            conn.execute(
+                "UPDATE hive_questions SET state = ?, answer = ?, answerer = ?, answered = ?"
+                " WHERE id = ? AND state = 'open'",
+                (state, answer, answerer, time.time(), question.id),
+            ).rowcount
+            == 1
+        )
+
+
+def _closed(question: Question) -> ThreadStateError:
+    how = "expired" if question.state == "expired" else f"answered by {question.answerer}"
+    return ThreadStateError(f"question {question.id} is already {how}", hint="nothing to do")
+
+
+def answer(store: Store, question_id: str, text: str, *, answerer: str) -> Question:
+    """Answer an open question; the answer goes to the asker's mailbox. Only its target, or
+    the operator overriding, may answer."""
+    question = get(store, question_id)
+    if answerer not in (question.target, OPERATOR):
+        raise ThreadForbidden(
+            f"question {question.id} is for {question.target}; only {question.target} (or the "
+            "operator) may answer it",
+            hint="answer the questions asked of you (see open_threads)",
+        )
+    check_text(text, "answer")
+    if question.state != "open":
+        raise _closed(question)
+    if question.expires is not None and question.expires <= time.time():
+        _expire(store, question)
+        raise ThreadStateError(f"question {question.id} has expired", hint="nothing was sent")
+    if not _settle(store, question, "answered", text, answerer):
+        raise _closed(get(store, question.id))
+    by = answerer if answerer == question.target else f"{answerer} (for {question.target})"
+    body = f"Answer from {by} to your question {question.id} ({_short(question.question)}):\n{text}"
+    broker.send(store, sender=answerer, recipient=question.asker, body=body, kind="answer",
+                ref=question.id)  # fmt: skip
+    record(store, QuestionAnswered(question_id=question.id, asker=question.asker,
+                                   target=question.target, answerer=answerer))  # fmt: skip
+    return get(store, question.id)
+
+
+def _short(text: str) -> str:
+    line = " ".join(text.split())
+    return repr(line if len(line) <= 80 else line[:77] + "...")
+
+
+def _expire(store: Store, question: Question) -> bool:
+    waited = ""
+    if question.expires is not None:
+        waited = f" after {round(question.expires - question.created)} s"
+    sentinel = (f"{EXPIRED_PREFIX} question {question.id} to {question.target} expired{waited} "
+                "without an answer; go on without it, or ask again.")  # fmt: skip
+    if not _settle(store, question, "expired", sentinel, SYSTEM):
+        return False
+    body = f"{sentinel}\nThe question was: {_short(question.question)}"
+    broker.send(store, sender=SYSTEM, recipient=question.asker, body=body, kind="answer",
+                ref=question.id)  # fmt: skip
+    record(store, QuestionExpired(question_id=question.id, asker=question.asker,
+                                  target=question.target))  # fmt: skip
+    return True
+
+
+def expire_due(store: Store, now: float | None = None) -> list[Question]:
+    """Answer every open question whose time is up with the sentinel; returns them."""
+    now = time.time() if now is None else now
+    rows = store._query(
+        "SELECT * FROM hive_questions WHERE state = 'open' AND expires IS NOT NULL"
+        " AND expires <= ? ORDER BY expires",
+        (now,),
+    )
+    return [question for question in map(question_of, rows) if _expire(store, question)]

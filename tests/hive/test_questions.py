@@ -1,0 +1,100 @@
+"""Questions: asked at once, answered into the asker's mailbox, only by the target (or the
+operator overriding), never of oneself, and a TTL that ends in a clear sentinel answer."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from tests.hive.conftest import hive_events
+
+from hal9999.errors import ThreadForbidden, ThreadStateError, UsageError
+from hal9999.hive import broker, questions
+from hal9999.hive.threads import open_threads
+from hal9999.store import Store
+
+
+def test_a_peer_question_reaches_the_target_and_the_answer_the_asker(store: Store) -> None:
+    asked = questions.ask(store, asker="alice", question="Which port does the API use?",
+                          to="bob")  # fmt: skip
+    [incoming] = broker.inbox(store, "bob")
+    assert (incoming.kind, incoming.sender, incoming.ref) == ("question", "alice", asked.id)
+    assert "Which port" in incoming.body
+    assert [q.id for q in open_threads(store, "bob").questions] == [asked.id]
+    assert [q.id for q in open_threads(store, "alice").questions] == [asked.id]
+    answered = questions.answer(store, asked.id, "8080", answerer="bob")
+    assert (answered.state, answered.answer, answered.answerer) == ("answered", "8080", "bob")
+    [reply] = broker.inbox(store, "alice")
+    assert (reply.kind, reply.sender, reply.ref) == ("answer", "bob", asked.id)
+    assert reply.body.endswith("\n8080") and "Which port" in reply.body
+    assert open_threads(store).count == 0
+    with pytest.raises(ThreadStateError, match="already answered by bob"):
+        questions.answer(store, asked.id, "9090", answerer="bob")
+    assert [e["type"] for e in hive_events(store)] == ["question_asked", "question_answered"]
+
+
+def test_an_operator_question_waits_in_the_operators_queue(store: Store) -> None:
+    asked = questions.ask(store, asker="alice", question="May I delete the old API?")
+    assert questions.list_questions(store, target="operator") == [asked]
+    assert broker.inbox(store, "operator") == []  # the queue, not a mailbox message
+    questions.answer(store, asked.id, "yes", answerer="operator")
+    [reply] = broker.inbox(store, "alice")
+    assert reply.kind == "answer" and reply.sender == "operator"
+    assert questions.list_questions(store, target="operator") == []
+
+
+def test_only_the_target_or_the_operator_may_answer(store: Store) -> None:
+    to_operator = questions.ask(store, asker="alice", question="deploy?")
+    with pytest.raises(ThreadForbidden, match="only operator"):
+        questions.answer(store, to_operator.id, "yes, do it", answerer="bob")
+    with pytest.raises(ThreadForbidden, match="only operator"):
+        questions.answer(store, to_operator.id, "yes", answerer="alice")  # self-approval
+    to_bob = questions.ask(store, asker="alice", question="port?", to="bob")
+    with pytest.raises(ThreadForbidden, match="only bob"):
+        questions.answer(store, to_bob.id, "1", answerer="alice")
+    assert broker.inbox(store, "alice") == []
+    overridden = questions.answer(store, to_bob.id, "443", answerer="operator")
+    assert overridden.answerer == "operator"
+    assert "operator (for bob)" in broker.inbox(store, "alice")[0].body
+
+
+def test_asking_oneself_or_nobody_is_refused(store: Store) -> None:
+    with pytest.raises(ThreadForbidden, match="alice cannot ask itself"):
+        questions.ask(store, asker="alice", question="hm?", to="alice")
+    with pytest.raises(UsageError, match="neither 'operator' nor an agent"):
+        questions.ask(store, asker="alice", question="hm?", to="nobody")
+    with pytest.raises(UsageError, match="neither 'operator' nor an agent"):
+        questions.ask(store, asker="alice", question="hm?", to="hal")
+    with pytest.raises(UsageError, match="question is empty"):
+        questions.ask(store, asker="alice", question=" \n", to="bob")
+    with pytest.raises(UsageError, match="over the limit"):
+        questions.ask(store, asker="alice", question="x" * 70000, to="bob")
+    with pytest.raises(UsageError, match="ttl"):
+        questions.ask(store, asker="alice", question="hm?", ttl_s=0)
+    assert questions.list_questions(store, open_only=False) == []
+
+
+def test_a_question_past_its_ttl_gets_the_sentinel_answer(store: Store) -> None:
+    asked = questions.ask(store, asker="alice", question="Shall I refactor?", to="bob",
+                          ttl_s=120)  # fmt: skip
+    assert questions.expire_due(store, now=time.time() + 60) == []
+    [expired] = questions.expire_due(store, now=time.time() + 121)
+    assert expired.id == asked.id
+    stored = questions.get(store, asked.id)
+    assert (stored.state, stored.answerer) == ("expired", "hal")
+    [reply] = broker.inbox(store, "alice")
+    assert (reply.kind, reply.sender, reply.ref) == ("answer", "hal", asked.id)
+    assert reply.body.startswith(questions.EXPIRED_PREFIX) and "Shall I refactor?" in reply.body
+    with pytest.raises(ThreadStateError, match="already expired"):
+        questions.answer(store, asked.id, "too late", answerer="bob")
+    assert questions.expire_due(store, now=time.time() + 500) == []  # once only
+    assert [e["type"] for e in hive_events(store)][-1] == "question_expired"
+
+
+def test_an_answer_after_the_deadline_but_before_the_sweep_expires_it(store: Store) -> None:
+    asked = questions.ask(store, asker="alice", question="?", to="bob", ttl_s=0.05)
+    time.sleep(0.1)
+    with pytest.raises(ThreadStateError, match="has expired"):
+        questions.answer(store, asked.id, "late", answerer="bob")
+    [reply] = broker.inbox(store, "alice")
+    assert reply.body.startswith(questions.EXPIRED_PREFIX)
