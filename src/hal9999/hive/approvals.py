@@ -32,6 +32,7 @@ from hal9999.hive.threads import (
     check_text,
     find_row,
     new_id,
+    notify_deadline,
 )
 from hal9999.store import Store
 
@@ -68,6 +69,8 @@ def _insert(store: Store, approval: Approval) -> Approval:
         )  # fmt: skip
     record(store, ApprovalAdded(approval_id=approval.id, kind=approval.kind,
                                 proposer=approval.proposer))  # fmt: skip
+    if approval.expires is not None:
+        notify_deadline()
     return approval
 
 

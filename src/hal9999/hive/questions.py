@@ -25,6 +25,7 @@ from hal9999.hive.threads import (
     check_text,
     find_row,
     new_id,
+    notify_deadline,
     question_of,
 )
 from hal9999.store import Store
@@ -63,6 +64,8 @@ def ask(
                 f"(reply with answer(id={asked.id!r}, text=...))")  # fmt: skip
         broker.send(store, sender=asker, recipient=to, body=body, kind="question", ref=asked.id)
     record(store, QuestionAsked(question_id=asked.id, asker=asker, target=to))
+    if asked.expires is not None:
+        notify_deadline()
     return asked
 
 

@@ -14,6 +14,7 @@ import logging
 import re
 import secrets
 import sqlite3
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -103,6 +104,22 @@ class OpenThreads(BaseModel):
     def count(self) -> int:
         """How many threads are open."""
         return len(self.approvals) + len(self.questions)
+
+
+_deadline_waker: Callable[[], None] | None = None
+
+
+def set_deadline_waker(waker: Callable[[], None] | None) -> None:
+    """Register what wakes the daemon's deadline loop when a new deadline is stored here."""
+    global _deadline_waker
+    _deadline_waker = waker
+
+
+def notify_deadline() -> None:
+    """Tell the deadline loop (when this process runs one) that something new waits on the
+    clock; other processes' inserts reach it through its poll."""
+    if _deadline_waker is not None:
+        _deadline_waker()
 
 
 def new_id(prefix: str) -> str:

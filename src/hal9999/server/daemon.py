@@ -21,6 +21,7 @@ from typing import IO, TYPE_CHECKING, Any
 from hal9999.config import HalConfig
 from hal9999.errors import HalError, TaskNotFound
 from hal9999.events.bus import EventBus, IndexTail
+from hal9999.hive.deadlines import DeadlineLoop
 from hal9999.pool import SlotDir, WarmPool
 from hal9999.pool.settings import ProviderSettings, provider_settings, scheduler_settings
 from hal9999.providers.base import Provider
@@ -165,6 +166,8 @@ class Daemon:
             asyncio.create_task(self.keep(), name="keeper"),
             asyncio.create_task(tail.run(start=first_gseq), name="event-index-tail"),
             asyncio.create_task(self.feed.run(), name="event-feed"),
+            # Hive reminders and expiries: due ones left by a stopped daemon fire now.
+            asyncio.create_task(DeadlineLoop(self.store).run(), name="hive-deadlines"),
         ]
         from hal9999.hive.mcp.wiring import hub_for  # the MCP SDK: `hal serve` only
 
