@@ -1,0 +1,130 @@
+"""``hal approvals list|show|approve|deny``: the operator's side of the hive's approval queue.
+
+Everything a proposal carries came from an agent (its title, summary, commit messages, diff),
+so it is printed with every escape sequence and control character removed, colours too.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import click
+
+from hal9999.cli.main import app, cli, emit_json, run_async
+
+_SGR = re.compile(r"\x1b\[[0-9;:]*m")
+
+
+def plain(text: str) -> str:
+    """``text`` with no escape sequence or control character but newline and tab."""
+    from hal9999.cli.output import sanitize
+
+    return _SGR.sub("", sanitize(text))
+
+
+def when(ts: float | None) -> str:
+    """A unix time as a person reads it (local time), ``-`` for none."""
+    if ts is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+@cli.group()
+def approvals() -> None:
+    """The hive's approval queue: proposals agents made (spawn, apply a branch, destroy, tool)."""
+
+
+@approvals.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Resolved proposals too, not only pending.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def list_(show_all: bool, as_json: bool) -> None:
+    """List pending proposals (oldest first)."""
+    from hal9999.hive.approvals import list_approvals
+
+    rows = list_approvals(app().store, state=None if show_all else "pending")
+    if as_json:
+        emit_json([row.model_dump() for row in rows])
+        return
+    if not rows:
+        click.echo("no proposals" + ("" if show_all else " pending"))
+        return
+    for row in rows:
+        expiry = f", expires {when(row.expires)}" if row.state == "pending" and row.expires else ""
+        click.echo(plain(f"{row.id}  {row.state:<8} {row.kind:<7} from {row.proposer}: "
+                         f"{row.title}  ({when(row.created)}{expiry})"))  # fmt: skip
+
+
+@approvals.command()
+@click.argument("approval_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def show(approval_id: str, as_json: bool) -> None:
+    """Show a proposal; for an apply, its commits and the unified diff that approval merges."""
+    from hal9999.hive.approvals import show as view_of
+
+    view = run_async(view_of(app().store, approval_id))
+    if as_json:
+        emit_json(view)
+        return
+    click.echo(plain(_describe(view)))
+
+
+def _describe(view: dict[str, Any]) -> str:
+    approval = view["approval"]
+    lines = [
+        f"proposal {approval['id']}: {approval['title']}",
+        f"kind {approval['kind']}, from {approval['proposer']}, {approval['state']}"
+        + (f" by {approval['resolved_by']}" if approval["resolved_by"] else ""),
+        f"created {when(approval['created'])}, expires {when(approval['expires'])}",
+    ]
+    if approval["reason"]:
+        lines.append(f"reason: {approval['reason']}")
+    payload = approval["payload"]
+    if approval["kind"] == "apply":
+        lines.append(f"repository {payload['repo']}: {payload['branch']} at "
+                     f"{payload['head'][:12]} onto {payload['target']}")  # fmt: skip
+        if payload.get("summary"):
+            lines.append(f"summary: {payload['summary']}")
+        lines += ["", "commits:", view["commits"], "", view["diff"]]
+        if view["diff_truncated"]:
+            lines.append("... (the diff goes on; see it in the repository with git diff "
+                         f"{payload['base'][:12]} {payload['head'][:12]})")  # fmt: skip
+    else:
+        lines += [f"{key}: {value}" for key, value in payload.items()]
+    if approval["result"]:
+        lines.append(f"result: {approval['result']}")
+    return "\n".join(lines)
+
+
+@approvals.command()
+@click.argument("approval_id")
+@click.option("--reason", help="Why; the proposing agent receives it.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def approve(approval_id: str, reason: str | None, as_json: bool) -> None:
+    """Approve a proposal and carry it out (an apply merges the exact commit shown)."""
+    from hal9999.hive.approvals import approve as approve_
+
+    done = run_async(approve_(app().store, approval_id, reason=reason))
+    if as_json:
+        emit_json(done.model_dump())
+        return
+    result = done.result or {}
+    how = f": {result['how']}, {result['target']} now at {str(result['to'])[:12]}" \
+        if "how" in result else ""  # fmt: skip
+    click.echo(plain(f"approved {done.id} ({done.title}){how}"))
+
+
+@approvals.command()
+@click.argument("approval_id")
+@click.option("--reason", help="Why; the proposing agent receives it.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def deny(approval_id: str, reason: str | None, as_json: bool) -> None:
+    """Deny a proposal; the reason reaches the proposing agent."""
+    from hal9999.hive.approvals import deny as deny_
+
+    done = deny_(app().store, approval_id, reason=reason or "(no reason given)")
+    if as_json:
+        emit_json(done.model_dump())
+        return
+    click.echo(plain(f"denied {done.id} ({done.title})"))

@@ -1,0 +1,102 @@
+"""``hal approvals`` and ``hal questions`` as the operator runs them: JSON everywhere, the
+diff shown sanitised for the terminal, one-line errors with the README's exit statuses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from tests.hive.conftest import agent_commit, git
+
+from hal9999.hive import approvals, broker, questions
+from hal9999.store import Store
+
+Hal = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def hal(tmp_path: Path, store: Store) -> Hal:
+    """``hal ARGS...`` on the fixture store's home, without a daemon."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HAL_")}
+    env.update(HAL_HOME=str(store.path.parent), XDG_CONFIG_HOME=str(tmp_path / "xdg"),
+               HAL_NO_DAEMON="1")  # fmt: skip
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "hal9999", *args], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    return run
+
+
+def one_error(out: subprocess.CompletedProcess[str], status: int, text: str) -> None:
+    """The command failed with ``status`` and one error line saying ``text``."""
+    assert out.returncode == status, out.stderr
+    assert out.stderr.count("hal: error:") == 1 and text in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_the_operator_reviews_denies_and_approves_from_the_cli(
+    hal: Hal, store: Store, repo: Path
+) -> None:
+    hostile = "x = 1  # \x1b]0;owned\x07\x1b[2J\x1b[31mred\x1b[0m\x9b2J\n"
+    agent_commit(repo, "alice", {"new.py": hostile})
+    first = asyncio.run(approvals.propose_apply(store, proposer="alice", repo=repo,
+                                                target="main", summary="adds new.py"))  # fmt: skip
+    listed = hal("approvals", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [row["id"] for row in json.loads(listed.stdout)] == [first.id]
+    shown = hal("approvals", "show", first.id)
+    assert shown.returncode == 0, shown.stderr
+    assert "+x = 1  # " in shown.stdout and "adds new.py" in shown.stdout
+    assert "owned" not in shown.stdout.split("+x = 1")[0]
+    assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout and "\x9b" not in shown.stdout
+    assert json.loads(hal("approvals", "show", first.id, "--json").stdout)["diff"].count(
+        "\x1b]0;owned") == 1  # JSON keeps the bytes, escaped  # fmt: skip
+
+    denied = hal("approvals", "deny", first.id, "--reason", "add a test", "--json")
+    assert denied.returncode == 0, denied.stderr
+    assert json.loads(denied.stdout)["state"] == "denied"
+    assert "add a test" in broker.inbox(store, "alice")[0].body
+    one_error(hal("approvals", "approve", first.id), 9, "already denied")
+
+    second = asyncio.run(approvals.propose_apply(store, proposer="alice", repo=repo,
+                                                 target="main"))  # fmt: skip
+    approved = hal("approvals", "approve", second.id[:7], "--reason", "thanks")
+    assert approved.returncode == 0, approved.stderr
+    assert "fast-forward" in approved.stdout
+    assert git(repo, "rev-parse", "main") == second.payload["head"]
+    assert hal("approvals", "list").stdout.strip() == "no proposals pending"
+    assert len(json.loads(hal("approvals", "list", "--all", "--json").stdout)) == 2
+
+
+def test_refusals_and_unknown_ids_are_one_line(hal: Hal, store: Store, repo: Path) -> None:
+    one_error(hal("approvals", "show", "a-nope"), 3, "matches no approval")
+    one_error(hal("questions", "answer", "q-nope", "x"), 3, "matches no question")
+    agent_commit(repo, "alice", {"app.py": "changed by alice\n"})
+    proposal = asyncio.run(approvals.propose_apply(store, proposer="alice", repo=repo,
+                                                   target="main"))  # fmt: skip
+    git(repo, "checkout", "-q", "main")
+    one_error(hal("approvals", "approve", proposal.id), 4, "main is checked out in")
+    assert approvals.get(store, proposal.id).state == "pending"
+
+
+def test_the_operator_answers_questions_from_the_cli(hal: Hal, store: Store) -> None:
+    asked = questions.ask(store, asker="alice", question="Deploy now?\x1b]52;c;cGF5bG9hZA==\x07")
+    peer = questions.ask(store, asker="alice", question="port?", to="bob")
+    listed = hal("questions", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert asked.id in listed.stdout and peer.id in listed.stdout and "\x1b" not in listed.stdout
+    assert "alice -> you" in listed.stdout and "alice -> bob" in listed.stdout
+    out = hal("questions", "answer", asked.id, "yes, after lunch", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["answerer"] == "operator"
+    [reply] = broker.inbox(store, "alice")
+    assert reply.kind == "answer" and reply.body.endswith("yes, after lunch")
+    one_error(hal("questions", "answer", asked.id, "again"), 9, "already answered")
+    assert [q["id"] for q in json.loads(hal("questions", "list", "--json").stdout)] == [peer.id]
