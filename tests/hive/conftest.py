@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,10 +21,12 @@ def git(repo: Path, *args: str) -> str:
 
 
 def make_agent(store: Store, name: str) -> None:
-    """Make ``name`` an agent of the hive."""
-    from hal9999.hive.store import add_agent_stub
+    """Make ``name`` an agent of the hive (its record only: no sandbox, no turn)."""
+    from hal9999.hive.store import AgentRecord, insert_agent
 
-    add_agent_stub(store, name)
+    now = time.time()
+    insert_agent(store, AgentRecord(name=name, agent="custom", provider="local",
+                                    created_at=now, updated_at=now))  # fmt: skip
 
 
 @pytest.fixture
@@ -66,8 +69,13 @@ def agent_commit(repo: Path, agent: str, files: dict[str, str], *, start: str = 
     return head
 
 
-def hive_events(store: Store) -> list[dict[str, object]]:
-    """Every hive event recorded, in ``gseq`` order."""
-    from hal9999.hive.store import hive_events_stub
+THREAD_EVENTS = {"approval_added", "approval_resolved", "question_asked", "question_answered",
+                 "question_expired", "reminder_set", "reminder_due"}  # fmt: skip
 
-    return hive_events_stub(store)
+
+def hive_events(store: Store) -> list[dict[str, object]]:
+    """The hive events of approvals, questions and reminders, in ``gseq`` order."""
+    from hal9999.hive.store import hive_events_after
+
+    events = [event.model_dump() for event in hive_events_after(store, 0)]
+    return [event for event in events if event["type"] in THREAD_EVENTS]

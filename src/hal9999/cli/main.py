@@ -460,7 +460,7 @@ def output_callbacks(
 
 def main() -> None:
     """Console entry point: usage errors are one line too, with the usage status 2."""
-    from hal9999.cli import approvals, doctor, image, pool, questions, requests, serve, task, trust  # noqa: F401  (registers the subcommands)  # noqa: F401  (the hive's threads)
+    from hal9999.cli import approvals, doctor, image, pool, questions, requests, serve, task, trust  # noqa: F401  (registers the subcommands)
 
     for position, arg in enumerate(sys.argv[1:], 1):
         if not is_text(arg):

@@ -91,9 +91,73 @@ class HiveGuard(_HiveEvent):
     detail: str
 
 
+class ApprovalAdded(_HiveEvent):
+    """A proposal joined the approval queue (``agent``: the proposer)."""
+
+    type: Literal["approval_added"] = "approval_added"
+    approval_id: str
+    kind: str
+
+
+class ApprovalResolved(_HiveEvent):
+    """A proposal was approved, denied or expired (``agent``: the proposer)."""
+
+    type: Literal["approval_resolved"] = "approval_resolved"
+    approval_id: str
+    kind: str
+    state: str
+    resolved_by: str
+
+
+class QuestionAsked(_HiveEvent):
+    """A question to the operator or another agent (``agent``: the asker, when an agent).
+    Ids and names only: the text stays in the store."""
+
+    type: Literal["question_asked"] = "question_asked"
+    question_id: str
+    asker: str
+    target: str
+
+
+class QuestionAnswered(_HiveEvent):
+    """A question got its answer, from its target or the operator overriding."""
+
+    type: Literal["question_answered"] = "question_answered"
+    question_id: str
+    asker: str
+    target: str
+    answerer: str
+
+
+class QuestionExpired(_HiveEvent):
+    """A question's time ran out; the asker got the sentinel answer."""
+
+    type: Literal["question_expired"] = "question_expired"
+    question_id: str
+    asker: str
+    target: str
+
+
+class ReminderSet(_HiveEvent):
+    """An agent set a reminder for itself."""
+
+    type: Literal["reminder_set"] = "reminder_set"
+    reminder_id: str
+    due: float
+
+
+class ReminderDue(_HiveEvent):
+    """A reminder came due and was delivered to its agent's mailbox."""
+
+    type: Literal["reminder_due"] = "reminder_due"
+    reminder_id: str
+
+
 HiveEvent = Annotated[
     MessageSent | MessageDelivered | MessageRead | AgentState | AgentCrashed | TurnFinished
-    | HiveGuard,
+    | HiveGuard
+    | ApprovalAdded | ApprovalResolved | QuestionAsked | QuestionAnswered | QuestionExpired
+    | ReminderSet | ReminderDue,
     Field(discriminator="type"),
 ]  # fmt: skip
 

@@ -21,17 +21,20 @@ from pathlib import Path
 from typing import Any
 
 from hal9999.errors import HalError, ThreadStateError, UsageError
-from hal9999.hive import broker, merge
+from hal9999.events.hive import ApprovalAdded, ApprovalResolved
+from hal9999.hive import merge
 from hal9999.hive.broker import OPERATOR, SYSTEM
-from hal9999.hive.thread_events import ApprovalAdded, ApprovalResolved, record
+from hal9999.hive.store import hive_write, insert_hive_event
 from hal9999.hive.threads import (
     Approval,
     ApprovalKind,
+    agent_or_none,
     approval_of,
     check_participant,
     check_text,
     find_row,
     new_id,
+    notify,
     notify_deadline,
 )
 from hal9999.store import Store
@@ -60,15 +63,16 @@ def branch_of(agent: str) -> str:
 
 
 def _insert(store: Store, approval: Approval) -> Approval:
-    with store._write() as conn:
+    event = ApprovalAdded(agent=agent_or_none(approval.proposer), approval_id=approval.id,
+                          kind=approval.kind)  # fmt: skip
+    with hive_write(store) as (conn, recorded):
         conn.execute(
             "INSERT INTO hive_approvals (id, kind, proposer, title, payload, state, created,"
             " expires) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
             (approval.id, approval.kind, approval.proposer, approval.title,
              json.dumps(approval.payload), approval.created, approval.expires),
         )  # fmt: skip
-    record(store, ApprovalAdded(approval_id=approval.id, kind=approval.kind,
-                                proposer=approval.proposer))  # fmt: skip
+        recorded.append(insert_hive_event(conn, event))
     if approval.expires is not None:
         notify_deadline()
     return approval
@@ -179,20 +183,20 @@ def _resolve(store: Store, approval: Approval, state: str, by: str, reason: str 
              result: dict[str, Any] | None, body: str) -> Approval:  # fmt: skip
     """Move a pending proposal to ``state`` (compare-and-set), tell the proposer, record it."""
     now = time.time()
-    with store._write(durable=True) as conn:
+    event = ApprovalResolved(agent=agent_or_none(approval.proposer), approval_id=approval.id,
+                             kind=approval.kind, state=state, resolved_by=by)  # fmt: skip
+    with hive_write(store) as (conn, recorded):
         changed = conn.execute(
             "UPDATE hive_approvals SET state = ?, reason = ?, result = ?, resolved = ?,"
             " resolved_by = ? WHERE id = ? AND state = 'pending'",
             (state, reason, json.dumps(result) if result is not None else None, now, by,
              approval.id),
         ).rowcount  # fmt: skip
+        if changed == 1:
+            recorded.append(insert_hive_event(conn, event))
     if changed != 1:
         raise _state_error(get(store, approval.id))
-    broker.send(store, sender=SYSTEM, recipient=approval.proposer, body=body, kind="approval",
-                ref=approval.id)  # fmt: skip
-    event = ApprovalResolved(approval_id=approval.id, kind=approval.kind,
-                             proposer=approval.proposer, state=state, resolved_by=by)  # fmt: skip
-    record(store, event)
+    notify(store, recipient=approval.proposer, body=body, kind="approval", ref=approval.id)
     return get(store, approval.id)
 
 

@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import time
 
-from hal9999.errors import ThreadForbidden, ThreadStateError, UsageError
+from hal9999.errors import HalError, ThreadForbidden, ThreadStateError, UsageError
+from hal9999.events.hive import HiveEvent, QuestionAnswered, QuestionAsked, QuestionExpired
 from hal9999.hive import broker
 from hal9999.hive.broker import OPERATOR, SYSTEM
-from hal9999.hive.thread_events import QuestionAnswered, QuestionAsked, QuestionExpired, record
+from hal9999.hive.store import hive_write, insert_hive_event, record_hive_event
 from hal9999.hive.threads import (
     Question,
+    agent_or_none,
     check_participant,
     check_text,
     find_row,
     new_id,
+    notify,
     notify_deadline,
     question_of,
 )
@@ -53,17 +56,20 @@ def ask(
         id=new_id("q"), asker=asker, target=to, question=question, state="open", created=now,
         expires=now + ttl_s if ttl_s is not None else None,
     )  # fmt: skip
-    with store._write() as conn:
+    if to != OPERATOR:
+        # First, so a send the broker's guards refuse (rate, loop) leaves nothing behind.
+        body = (f"Question {asked.id} from {asker}:\n{question}\n"
+                f"(reply with answer(id={asked.id!r}, text=...))")  # fmt: skip
+        broker.send(store, sender=asker, recipient=to, body=body, kind="question", ref=asked.id)
+    event = QuestionAsked(agent=agent_or_none(asker) or to, question_id=asked.id, asker=asker,
+                          target=to)  # fmt: skip
+    with hive_write(store) as (conn, recorded):
         conn.execute(
             "INSERT INTO hive_questions (id, asker, target, question, state, created, expires)"
             " VALUES (?, ?, ?, ?, 'open', ?, ?)",
             (asked.id, asker, to, question, now, asked.expires),
         )
-    if to != OPERATOR:
-        body = (f"Question {asked.id} from {asker}:\n{question}\n"
-                f"(reply with answer(id={asked.id!r}, text=...))")  # fmt: skip
-        broker.send(store, sender=asker, recipient=to, body=body, kind="question", ref=asked.id)
-    record(store, QuestionAsked(question_id=asked.id, asker=asker, target=to))
+        recorded.append(insert_hive_event(conn, event))
     if asked.expires is not None:
         notify_deadline()
     return asked
@@ -88,17 +94,20 @@ def list_questions(
     return [question_of(row) for row in rows]
 
 
-def _settle(store: Store, question: Question, state: str, answer: str, answerer: str) -> bool:
-    """Compare-and-set: close an open question; False when someone else closed it first."""
-    with store._write(durable=True) as conn:
-        return (
-            conn.execute(
-                "UPDATE hive_questions SET state = ?, answer = ?, answerer = ?, answered = ?"
-                " WHERE id = ? AND state = 'open'",
-                (state, answer, answerer, time.time(), question.id),
-            ).rowcount
-            == 1
-        )
+def _settle(store: Store, question: Question, state: str, answer: str | None,
+            answerer: str | None, event: HiveEvent | None = None, *,
+            expect: str = "open") -> bool:  # fmt: skip
+    """Compare-and-set the question's state from ``expect``; False when someone else moved
+    it first. ``event`` is recorded in the same transaction."""
+    with hive_write(store) as (conn, recorded):
+        changed = conn.execute(
+            "UPDATE hive_questions SET state = ?, answer = ?, answerer = ?, answered = ?"
+            " WHERE id = ? AND state = ?",
+            (state, answer, answerer, time.time() if answer else None, question.id, expect),
+        ).rowcount
+        if changed == 1 and event is not None:
+            recorded.append(insert_hive_event(conn, event))
+    return changed == 1
 
 
 def _closed(question: Question) -> ThreadStateError:
@@ -126,10 +135,16 @@ def answer(store: Store, question_id: str, text: str, *, answerer: str) -> Quest
         raise _closed(get(store, question.id))
     by = answerer if answerer == question.target else f"{answerer} (for {question.target})"
     body = f"Answer from {by} to your question {question.id} ({_short(question.question)}):\n{text}"
-    broker.send(store, sender=answerer, recipient=question.asker, body=body, kind="answer",
-                ref=question.id)  # fmt: skip
-    record(store, QuestionAnswered(question_id=question.id, asker=question.asker,
-                                   target=question.target, answerer=answerer))  # fmt: skip
+    try:
+        broker.send(store, sender=answerer, recipient=question.asker, body=body, kind="answer",
+                    ref=question.id)  # fmt: skip
+    except HalError:
+        # Not delivered (a broker guard, the asker removed): the question stays open.
+        _settle(store, question, "open", None, None, expect="answered")
+        raise
+    record_hive_event(store, QuestionAnswered(
+        agent=agent_or_none(question.asker) or answerer, question_id=question.id,
+        asker=question.asker, target=question.target, answerer=answerer))  # fmt: skip
     return get(store, question.id)
 
 
@@ -144,13 +159,12 @@ def _expire(store: Store, question: Question) -> bool:
         waited = f" after {round(question.expires - question.created)} s"
     sentinel = (f"{EXPIRED_PREFIX} question {question.id} to {question.target} expired{waited} "
                 "without an answer; go on without it, or ask again.")  # fmt: skip
-    if not _settle(store, question, "expired", sentinel, SYSTEM):
+    event = QuestionExpired(agent=agent_or_none(question.asker), question_id=question.id,
+                            asker=question.asker, target=question.target)  # fmt: skip
+    if not _settle(store, question, "expired", sentinel, SYSTEM, event):
         return False
     body = f"{sentinel}\nThe question was: {_short(question.question)}"
-    broker.send(store, sender=SYSTEM, recipient=question.asker, body=body, kind="answer",
-                ref=question.id)  # fmt: skip
-    record(store, QuestionExpired(question_id=question.id, asker=question.asker,
-                                  target=question.target))  # fmt: skip
+    notify(store, recipient=question.asker, body=body, kind="answer", ref=question.id)
     return True
 
 

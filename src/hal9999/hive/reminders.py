@@ -23,14 +23,15 @@ from pathlib import Path
 
 from hal9999.agentfs import AgentDir
 from hal9999.errors import UnsafePath, UsageError
+from hal9999.events.hive import ReminderDue, ReminderSet
 from hal9999.hive import broker
-from hal9999.hive.broker import SYSTEM
-from hal9999.hive.thread_events import ReminderDue, ReminderSet, record
+from hal9999.hive.store import hive_write, insert_hive_event
 from hal9999.hive.threads import (
     Reminder,
     check_participant,
     check_text,
     new_id,
+    notify,
     notify_deadline,
     reminder_of,
 )
@@ -106,7 +107,7 @@ def remind(
         id=new_id("r"), agent=agent, body=text, due=due, file_shown=file, file_root=root,
         file_rel=rel, state="pending", created=now,
     )  # fmt: skip
-    with store._write() as conn:
+    with hive_write(store) as (conn, recorded):
         (pending,) = conn.execute(
             "SELECT COUNT(*) FROM hive_reminders WHERE agent = ? AND state = 'pending'", (agent,)
         ).fetchone()
@@ -119,7 +120,8 @@ def remind(
             " state, created) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
             (reminder.id, agent, text, due, file, root, rel, now),
         )
-    record(store, ReminderSet(reminder_id=reminder.id, agent=agent, due=due))
+        event = ReminderSet(agent=agent, reminder_id=reminder.id, due=due)
+        recorded.append(insert_hive_event(conn, event))
     notify_deadline()
     return reminder
 
@@ -163,17 +165,20 @@ def _deliver(store: Store, reminder: Reminder) -> Reminder | None:
         if note is not None:
             body += f"\n(hal did not write it to {reminder.file_shown}: {note})"
     # Delivered first, then marked: a crash in between repeats a reminder, never loses it.
-    broker.send(store, sender=SYSTEM, recipient=reminder.agent, body=body, kind="reminder",
-                ref=reminder.id)  # fmt: skip
-    with store._write(durable=True) as conn:
+    # An agent removed since gets nothing; the reminder is done all the same.
+    if not notify(store, recipient=reminder.agent, body=body, kind="reminder", ref=reminder.id):
+        note = note or f"not delivered: {reminder.agent} is gone"
+    event = ReminderDue(agent=reminder.agent, reminder_id=reminder.id)
+    with hive_write(store) as (conn, recorded):
         changed = conn.execute(
             "UPDATE hive_reminders SET state = 'delivered', delivered = ?, note = ?"
             " WHERE id = ? AND state = 'pending'",
             (time.time(), note, reminder.id),
         ).rowcount
+        if changed == 1:
+            recorded.append(insert_hive_event(conn, event))
     if changed != 1:
         return None
-    record(store, ReminderDue(reminder_id=reminder.id, agent=reminder.agent))
     return reminder.model_copy(update={"state": "delivered", "note": note})
 
 

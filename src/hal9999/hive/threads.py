@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import secrets
 import sqlite3
 from collections.abc import Callable
@@ -19,9 +18,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from hal9999.errors import ThreadNotFound, UsageError
-from hal9999.hive.broker import OPERATOR, SYSTEM
-from hal9999.hive.store import agent_exists
+from hal9999.errors import HalError, ThreadNotFound, UsageError
+from hal9999.hive import broker
+from hal9999.hive.broker import OPERATOR, SYSTEM, MessageKind
+from hal9999.hive.store import NAME_RE, agent_exists
 from hal9999.store import Store
 
 logger = logging.getLogger(__name__)
@@ -31,10 +31,9 @@ ApprovalState = Literal["pending", "approved", "denied", "expired"]
 QuestionState = Literal["open", "answered", "expired"]
 ReminderState = Literal["pending", "delivered"]
 
-AGENT_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
-"""What an agent's name looks like (the contract's rule); ``operator`` and ``hal`` are reserved."""
-MAX_TEXT = 64 * 1024
-"""The longest question, answer, reason or reminder text kept (a mailbox is not a file store)."""
+MAX_TEXT = 60 * 1024
+"""The longest question, answer, reason or reminder text kept (a mailbox is not a file store;
+what hal adds around it must still fit the broker's limit on a message)."""
 
 
 class Approval(BaseModel):
@@ -143,12 +142,28 @@ def check_participant(store: Store, name: str, what: str) -> str:
     """``name`` if it is the operator or an existing agent."""
     if name == OPERATOR:
         return name
-    if name == SYSTEM or not AGENT_NAME.fullmatch(name) or not agent_exists(store, name):
+    if name == SYSTEM or not NAME_RE.fullmatch(name) or not agent_exists(store, name):
         raise UsageError(
             f"{what} {name!r} is neither {OPERATOR!r} nor an agent of the hive",
             hint="list the agents with `hal agent list`",
         )
     return name
+
+
+def agent_or_none(name: str) -> str | None:
+    """``name`` when it is an agent's (events name the agent they are about), else None."""
+    return None if name in (OPERATOR, SYSTEM) else name
+
+
+def notify(store: Store, *, recipient: str, body: str, kind: MessageKind, ref: str) -> bool:
+    """Send hal's notice of a thread's outcome; a recipient that is gone (an agent removed
+    since) is logged, never an error: the outcome itself is already committed."""
+    try:
+        broker.send(store, sender=SYSTEM, recipient=recipient, body=body, kind=kind, ref=ref)
+    except HalError as exc:
+        logger.warning("could not tell %s about %s: %s", recipient, ref, exc)
+        return False
+    return True
 
 
 _TABLES = {"approval": "hive_approvals", "question": "hive_questions", "reminder": "hive_reminders"}
