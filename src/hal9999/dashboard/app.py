@@ -1,0 +1,168 @@
+"""The dashboard's ASGI app: login, the page shells, static files, and ``/api/...``.
+
+Pages are fixed HTML shells; the scripts in ``static/js`` fill them from the JSON API and the
+event stream, building every element with ``textContent`` (agent data is never parsed as
+HTML). ``/api/X`` is the daemon's ``/v1/X`` for a logged-in browser: the gate has checked the
+session (and the CSRF token of a state-changing request), the bearer token is added here, so
+the browser never holds it and the dashboard has exactly the API's routes (hive ones included).
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hal9999.dashboard.auth import COOKIE, CSRF_HEADER, SESSION_MAX_AGE_S, SessionKeeper
+from hal9999.dashboard.guard import DashboardGuard, session_of
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    from hal9999.server.daemon import Daemon
+
+Scope = dict[str, Any]
+
+PAGES = {
+    "/": ("overview", "Overview"),
+    "/new": ("new", "New task"),
+    "/sandboxes": ("sandboxes", "Sandboxes and pool"),
+}
+"""Fixed pages: path -> (page name, title)."""
+_DROPPED = {b"cookie", b"authorization", b"origin", b"referer", CSRF_HEADER.encode()}
+"""Browser headers the API never sees (it gets the bearer token instead)."""
+SCRIPTS = ("ansi.js", "core.js", "live.js", "render.js", "pages.js", "task.js", "terminal.js")
+
+
+def static_dir() -> Path:
+    """The shipped static files (scripts, styles, vendored libraries)."""
+    return Path(str(resources.files("hal9999.dashboard") / "static"))
+
+
+def shell(page: str, title: str, csrf: str, arg: str = "") -> str:
+    """The HTML of one page: no inline script, no data but the page's name and argument."""
+    vendor = [
+        "/static/vendor/xterm-xterm/xterm.js",
+        "/static/vendor/xterm-addon-fit/addon-fit.js",
+        "/static/vendor/uplot/uPlot.iife.min.js",
+    ]
+    scripts = "".join(
+        f'<script src="{src}" defer></script>'
+        for src in (*vendor, *(f"/static/js/{name}" for name in SCRIPTS))
+    )
+    e = html.escape
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<meta name="hal-csrf" content="{e(csrf)}"><meta name="hal-page" content="{e(page)}">'
+        f'<meta name="hal-arg" content="{e(arg)}"><title>{e(title)} · hal</title>'
+        '<link rel="stylesheet" href="/static/app.css">'
+        '<link rel="stylesheet" href="/static/vendor/xterm-xterm/xterm.css">'
+        '<link rel="stylesheet" href="/static/vendor/uplot/uPlot.min.css">'
+        f"{scripts}</head><body>"
+        '<header class="top"><a class="brand" href="/">hal</a><nav>'
+        '<a href="/">Overview</a><a href="/new">New task</a>'
+        '<a href="/sandboxes">Sandboxes</a></nav>'
+        '<span id="live-state" class="live-state">connecting</span>'
+        '<button id="notify" type="button" class="small">Notify me</button></header>'
+        f'<main id="main" data-page="{e(page)}"></main></body></html>'
+    )
+
+
+class ApiForward:
+    """``/api/X`` of a logged-in browser -> the daemon's ``/v1/X`` with the bearer token."""
+
+    def __init__(self, api: Any, token: str) -> None:
+        self.api = api
+        self.token = token
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        """Rewrite the path and headers, then let the API answer (streams included)."""
+        path = "/v1" + scope["path"][len("/api") :]
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _DROPPED]
+        headers.append((b"authorization", f"Bearer {self.token}".encode()))
+        inner = {**scope, "path": path, "raw_path": path.encode(), "headers": headers}
+        await self.api(inner, receive, send)
+
+
+def dashboard_app(
+    *,
+    home: Path,
+    api: Any,
+    token: str,
+    daemon: Daemon | None = None,
+    hosts: Iterable[str] = (),
+) -> DashboardGuard:
+    """The dashboard for the hal home ``home``, in front of the JSON API app ``api`` (which
+    serves ``/v1/...`` and checks ``token``); ``hosts``: extra names it answers to."""
+    from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse
+    from starlette.routing import Mount, Route, Router, WebSocketRoute
+    from starlette.staticfiles import StaticFiles
+
+    from hal9999.dashboard.files import task_patch
+    from hal9999.dashboard.terminal import terminal_endpoint
+
+    sessions = SessionKeeper(home)
+    forward = ApiForward(api, token)
+
+    async def login(request: Request) -> Response:
+        cookie = sessions.redeem(request.query_params.get("t", ""))
+        if cookie is None:
+            return HTMLResponse(
+                "<!doctype html><title>hal</title><p>This login link is not valid (used, "
+                "expired or mistyped). Run <code>hal dashboard</code> for a fresh one.</p>",
+                status_code=403,
+            )
+        # A redirect, so the token leaves the address bar and the history.
+        response = RedirectResponse("/", status_code=303)
+        secure = request.url.scheme == "https"
+        response.set_cookie(
+            COOKIE, cookie, max_age=SESSION_MAX_AGE_S, httponly=True, samesite="strict",
+            secure=secure, path="/",
+        )  # fmt: skip
+        response.headers["cache-control"] = "no-store"
+        return response
+
+    async def logout(request: Request) -> Response:
+        response = JSONResponse({"logged_out": True})
+        response.delete_cookie(COOKIE, path="/")
+        return response
+
+    def page(name: str, title: str) -> Any:
+        async def endpoint(request: Request) -> Response:
+            session = session_of(request.scope)
+            csrf = session.csrf if session else ""
+            arg = request.path_params.get("task_id", "")
+            return HTMLResponse(
+                shell(name, title, csrf, arg), headers={"cache-control": "no-store"}
+            )
+
+        return endpoint
+
+    async def patch(request: Request) -> Response:
+        if daemon is None:
+            return JSONResponse({"error": {"code": "no_daemon", "message": "no daemon"}}, 404)
+        return await task_patch(daemon, request.path_params["task_id"])
+
+    routes: list[Any] = [
+        Route("/login", login),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/tasks/{task_id:str}", page("task", "Task")),
+        Route("/files/tasks/{task_id:str}/patch", patch),
+        WebSocketRoute("/terminal/{task_id:str}", terminal_endpoint(daemon)),
+        Mount("/static", app=StaticFiles(directory=static_dir()), name="static"),
+    ]
+    routes += [Route(path, page(name, title)) for path, (name, title) in PAGES.items()]
+    router = Router(routes=routes)
+
+    async def dispatch(scope: Scope, receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and path.startswith("/api/"):
+            await forward(scope, receive, send)
+            return
+        await router(scope, receive, send)
+
+    return DashboardGuard(dispatch, sessions, hosts)

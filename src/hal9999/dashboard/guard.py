@@ -1,0 +1,142 @@
+"""The dashboard's gate, in front of every dashboard route (plain ASGI, so streams pass).
+
+In order: the ``Host`` must name this server (a DNS-rebinding page reaches 127.0.0.1 under its
+own host name); a state-changing request or a websocket must come with an ``Origin`` of this
+server; every route but the login and the static files needs a valid session cookie; every
+state-changing request needs the session's CSRF token in ``X-CSRF-Token``. Every answer gets
+the security headers (a Content-Security-Policy without inline scripts among them).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, MutableMapping
+from http.cookies import SimpleCookie
+from typing import Any
+from urllib.parse import urlsplit
+
+from hal9999.dashboard.auth import COOKIE, CSRF_HEADER, DashboardSession, SessionKeeper
+
+Scope = MutableMapping[str, Any]
+Message = dict[str, Any]
+
+CSP = (
+    "default-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'; form-action 'self'; img-src 'self' data:; connect-src 'self'; "
+    # xterm.js and uPlot size their elements with style attributes; no script can run inline.
+    "style-src 'self' 'unsafe-inline'"
+)
+"""Content-Security-Policy of every answer: scripts only from this server's files."""
+SECURITY_HEADERS = [
+    (b"content-security-policy", CSP.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+]
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+PUBLIC_PREFIXES = ("/login", "/static/", "/favicon.ico")
+"""Paths a browser may fetch without a session."""
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+def _host_ok(host: str, scope: Scope, allowed: frozenset[str]) -> bool:
+    """``host`` is one of our names with the port this server listens on."""
+    try:
+        parts = urlsplit("//" + host)
+        name, port = parts.hostname, parts.port
+    except ValueError:
+        return False
+    if not name or name not in allowed or parts.username or parts.path or "@" in host:
+        return False
+    server = scope.get("server")
+    listening = server[1] if isinstance(server, (tuple, list)) and len(server) == 2 else None
+    if listening is None:
+        return True
+    if port is None:
+        port = 443 if scope.get("scheme") in ("https", "wss") else 80
+    return bool(port == listening)
+
+
+def _origin_ok(origin: str | None, host: str, scope: Scope) -> bool:
+    """``origin`` is exactly this server (same scheme, host and port as the request)."""
+    if not origin:
+        return False
+    parts = urlsplit(origin)
+    secure = scope.get("scheme") in ("https", "wss")
+    return parts.scheme == ("https" if secure else "http") and parts.netloc.lower() == host.lower()
+
+
+def session_of(scope: Scope) -> DashboardSession | None:
+    """The session the gate found for this request (None on public paths without one)."""
+    found = scope.get("state", {}).get("hal_session")
+    return found if isinstance(found, DashboardSession) else None
+
+
+class DashboardGuard:
+    """ASGI middleware: Host, Origin, session and CSRF checks, and security headers."""
+
+    def __init__(self, app: Any, sessions: SessionKeeper, hosts: Iterable[str] = ()) -> None:
+        self.app = app
+        self.sessions = sessions
+        self.hosts = frozenset(h.lower() for h in (*LOCAL_HOSTS, *hosts))
+        """Host names the dashboard answers to (the local ones, and ``--listen``'s)."""
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        """Check the request, then pass it on with the security headers added."""
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = _headers(scope)
+        host = headers.get("host", "")
+        websocket = scope["type"] == "websocket"
+        method = "WEBSOCKET" if websocket else scope["method"]
+        path = scope["path"]
+        if not _host_ok(host, scope, self.hosts):
+            await self._refuse(scope, send, 421, "host_refused", "this Host is not the dashboard")
+            return
+        unsafe = websocket or method not in SAFE_METHODS
+        if unsafe and not _origin_ok(headers.get("origin"), host, scope):
+            await self._refuse(scope, send, 403, "origin_refused", "cross-origin request refused")
+            return
+        cookie = SimpleCookie()
+        try:
+            cookie.load(headers.get("cookie", ""))
+        except Exception:  # a malformed Cookie header is just no session
+            cookie = SimpleCookie()
+        morsel = cookie.get(COOKIE)
+        session = self.sessions.check(morsel.value if morsel else None)
+        public = path == "/login" or path.startswith(PUBLIC_PREFIXES[1:])
+        if session is None and not public:
+            await self._refuse(
+                scope, send, 401, "login_required", "log in with the link `hal dashboard` prints"
+            )
+            return
+        if unsafe and not websocket and path != "/login":
+            if session is None or headers.get(CSRF_HEADER) != session.csrf:
+                await self._refuse(scope, send, 403, "csrf_refused", "missing or wrong CSRF token")
+                return
+        scope.setdefault("state", {})["hal_session"] = session
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    async def _refuse(self, scope: Scope, send: Any, status: int, code: str, text: str) -> None:
+        """One JSON line naming the problem (a websocket is closed instead)."""
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 4403 if status != 401 else 4401})
+            return
+        body = json.dumps({"error": {"code": code, "message": text}}).encode()
+        headers = [(b"content-type", b"application/json"), *SECURITY_HEADERS]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

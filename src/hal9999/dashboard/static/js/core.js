@@ -1,0 +1,119 @@
+"use strict";
+// Shared helpers. Rule: agent data (output, prompts, file names, messages) only ever reaches
+// the page through textContent or attribute values we pick; never innerHTML.
+(function () {
+  const hal = (window.hal = window.hal || {});
+  hal.meta = (name) => {
+    const node = document.querySelector('meta[name="' + name + '"]');
+    return node ? node.getAttribute("content") : "";
+  };
+
+  /** Only links inside this dashboard: a "javascript:" or foreign URL becomes inert. */
+  hal.safeHref = (href) => {
+    const value = String(href);
+    return value.startsWith("/") && !value.startsWith("//") && !value.includes("\\") ? value : "#";
+  };
+
+  /** el("div", {class: "x", text: "y", onclick: f}, child, "text") */
+  hal.el = function (tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === undefined || value === null || value === false) continue;
+      if (key === "class") node.className = value;
+      else if (key === "text") node.textContent = String(value);
+      else if (key === "href") node.setAttribute("href", hal.safeHref(value));
+      else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+      else if (/^(data-[a-z-]+|id|type|name|value|placeholder|title|for|rows|min|max|step|disabled|required|checked|selected|role|aria-[a-z]+|autocomplete|open|colspan)$/.test(key))
+        node.setAttribute(key, value === true ? "" : String(value));
+    }
+    for (const child of children.flat()) {
+      if (child === undefined || child === null || child === false) continue;
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return node;
+  };
+
+  hal.clear = (node) => { while (node.firstChild) node.removeChild(node.firstChild); return node; };
+
+  /** Calls the daemon's JSON API (as /api/...); throws an Error with its one-line message. */
+  hal.api = async function (method, path, body) {
+    const init = { method, credentials: "same-origin", headers: { "x-csrf-token": hal.meta("hal-csrf") } };
+    if (body !== undefined) {
+      init.headers["content-type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    const response = await fetch("/api" + path, init);
+    const text = await response.text();
+    let data = null;
+    try { data = text ? JSON.parse(text) : null; } catch (e) { data = null; }
+    if (!response.ok) {
+      const err = data && data.error ? data.error : {};
+      if (response.status === 401) hal.loggedOut();
+      throw new Error((err.message || ("HTTP " + response.status)) + (err.hint ? " (" + err.hint + ")" : ""));
+    }
+    return data;
+  };
+
+  hal.loggedOut = () => {
+    const main = document.getElementById("main");
+    if (main) hal.clear(main).append(hal.el("p", { class: "error", text: "Logged out: run `hal dashboard` and open the link it prints." }));
+  };
+
+  hal.fmtTime = (ts) => (ts ? new Date(ts * 1000).toLocaleString() : "");
+  hal.fmtAgo = (ts) => {
+    if (!ts) return "";
+    const s = Math.max(0, Date.now() / 1000 - ts);
+    if (s < 60) return Math.round(s) + "s ago";
+    if (s < 3600) return Math.round(s / 60) + "m ago";
+    if (s < 86400) return Math.round(s / 3600) + "h ago";
+    return Math.round(s / 86400) + "d ago";
+  };
+  hal.fmtCost = (usd) => (usd === null || usd === undefined ? "–" : "$" + Number(usd).toFixed(usd < 1 ? 4 : 2));
+  hal.badge = (state) => hal.el("span", { class: "badge badge-" + String(state).replace(/[^a-z_-]/g, ""), text: state });
+
+  /** A message line at the top of the page (errors of actions). */
+  hal.flash = (text, kind) => {
+    let box = document.getElementById("flash");
+    if (!box) {
+      box = hal.el("div", { id: "flash", role: "status" });
+      document.getElementById("main").prepend(box);
+    }
+    hal.clear(box).append(hal.el("p", { class: kind || "error", text }));
+  };
+
+  // -- what waits for the operator: the count goes in the title ---------------------------
+  const baseTitle = () => document.title.replace(/^\(\d+\) /, "");
+  hal.setWaiting = (count) => {
+    hal.waiting = count;
+    document.title = (count > 0 ? "(" + count + ") " : "") + baseTitle();
+  };
+
+  // -- browser notifications (opt-in) -------------------------------------------------------
+  hal.notifyEnabled = () => window.Notification && Notification.permission === "granted" && localStorage.getItem("hal-notify") === "1";
+  hal.notify = (title, body, href) => {
+    if (!hal.notifyEnabled()) return;
+    const note = new Notification(String(title), { body: String(body || "").slice(0, 200), tag: href || title });
+    note.onclick = () => { window.focus(); if (href) location.href = hal.safeHref(href); };
+  };
+  function setupNotifyButton() {
+    const button = document.getElementById("notify");
+    if (!button) return;
+    const label = () => { button.textContent = hal.notifyEnabled() ? "Notifications on" : "Notify me"; };
+    label();
+    if (!window.Notification) { button.hidden = true; return; }
+    button.addEventListener("click", async () => {
+      if (hal.notifyEnabled()) { localStorage.setItem("hal-notify", "0"); label(); return; }
+      const permission = await Notification.requestPermission();
+      localStorage.setItem("hal-notify", permission === "granted" ? "1" : "0");
+      label();
+    });
+  }
+
+  hal.pages = hal.pages || {};
+  document.addEventListener("DOMContentLoaded", () => {
+    setupNotifyButton();
+    const main = document.getElementById("main");
+    const page = hal.pages[main.dataset.page];
+    if (page) page(main, hal.meta("hal-arg")).catch((err) => hal.flash(String(err.message || err)));
+  });
+})();

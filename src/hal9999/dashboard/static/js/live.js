@@ -1,0 +1,124 @@
+"use strict";
+// The live event stream: server-sent events read with fetch (so the page controls
+// reconnection and sends Last-Event-ID itself). The page subscribes FIRST, then reads its
+// snapshot, then releases the events held meanwhile; handlers drop what they already have
+// (by gseq, or per task by seq). A dropped connection resumes from the last gseq seen.
+(function () {
+  const hal = (window.hal = window.hal || {});
+
+  hal.Live = class {
+    constructor(handler, options) {
+      this.handler = handler;
+      this.options = options || {};
+      this.lastGseq = 0;
+      this.held = [];
+      this.holding = true;
+      this.controller = null;
+      this.stopped = false;
+      this.connected = null; // resolves once the first response started (we are subscribed)
+      this.stats = { connects: 0, events: 0, duplicates: 0 };
+    }
+
+    /** Opens the stream; resolves once the server answered (the subscription exists). */
+    start() {
+      this.connected = new Promise((resolve) => { this._ready = resolve; });
+      this._loop();
+      return this.connected;
+    }
+
+    /** Hands the events held since start() to the handler, then delivers directly. */
+    release() {
+      this.holding = false;
+      const held = this.held;
+      this.held = [];
+      for (const event of held) this._deliver(event);
+    }
+
+    /** Closes the current connection as a network failure would (it reconnects). */
+    drop() { if (this.controller) this.controller.abort(); }
+
+    stop() { this.stopped = true; this.drop(); }
+
+    _state(text) {
+      const node = document.getElementById("live-state");
+      if (node) { node.textContent = text; node.dataset.state = text; }
+    }
+
+    async _loop() {
+      let delay = 250;
+      while (!this.stopped) {
+        this.controller = new AbortController();
+        try {
+          const headers = { accept: "text/event-stream" };
+          if (this.lastGseq > 0) headers["last-event-id"] = String(this.lastGseq);
+          const response = await fetch("/api/events/stream", { headers, credentials: "same-origin", signal: this.controller.signal, cache: "no-store" });
+          if (response.status === 401) { hal.loggedOut(); this._ready(); return; }
+          if (!response.ok || !response.body) throw new Error("HTTP " + response.status);
+          this.stats.connects++;
+          this._state("live");
+          this._ready();
+          delay = 250;
+          await this._read(response.body.getReader());
+        } catch (err) {
+          if (this.stopped) break;
+        }
+        this._state("reconnecting");
+        this._ready(); // a page never waits forever on a daemon that is down
+        await new Promise((r) => setTimeout(r, delay));
+        delay = Math.min(delay * 2, 5000);
+      }
+    }
+
+    async _read(reader) {
+      const decoder = new TextDecoder();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return;
+        buffer += decoder.decode(value, { stream: true }).replace(/\r\n?/g, "\n");
+        let cut;
+        while ((cut = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, cut);
+          buffer = buffer.slice(cut + 2);
+          this._block(block);
+        }
+      }
+    }
+
+    _block(block) {
+      let id = null, name = null;
+      const data = [];
+      for (const line of block.split("\n")) {
+        if (!line || line.startsWith(":")) continue; // keep-alive comment
+        const colon = line.indexOf(":");
+        const field = colon < 0 ? line : line.slice(0, colon);
+        let value = colon < 0 ? "" : line.slice(colon + 1);
+        if (value.startsWith(" ")) value = value.slice(1);
+        if (field === "id") id = value;
+        else if (field === "event") name = value;
+        else if (field === "data") data.push(value);
+      }
+      if (!data.length) return;
+      let event;
+      try { event = JSON.parse(data.join("\n")); } catch (e) { return; }
+      if (!event || typeof event !== "object") return;
+      if (name && !event.type) event.type = name;
+      if (name === "resync" || event.type === "resync") {
+        // Too far behind: the page reads its snapshot again.
+        if (id && /^\d+$/.test(id)) this.lastGseq = parseInt(id, 10);
+        if (this.options.onResync) this.options.onResync(event);
+        return;
+      }
+      const gseq = id && /^\d+$/.test(id) ? parseInt(id, 10) : (event.gseq || 0);
+      if (gseq && gseq <= this.lastGseq) { this.stats.duplicates++; return; }
+      if (gseq) { this.lastGseq = gseq; if (!event.gseq) event.gseq = gseq; }
+      this.stats.events++;
+      if (this.holding) this.held.push(event);
+      else this._deliver(event);
+    }
+
+    _deliver(event) {
+      try { this.handler(event); } catch (err) { console.error("hal: event handler failed", err); }
+    }
+  };
+})();

@@ -1,0 +1,123 @@
+"use strict";
+// Rendering of events and diffs, all through hal.el (textContent): a file name or a line of
+// agent output is text on the page, whatever characters it holds.
+(function () {
+  const hal = (window.hal = window.hal || {});
+  const el = (...args) => hal.el(...args);
+
+  /** Unified diff text -> [{name, hunks: [{header, rows: [[kind, oldNo, oldText, newNo, newText]]}]}] */
+  hal.parseDiff = function (text) {
+    const files = [];
+    let file = null, hunk = null, oldNo = 0, newNo = 0, dels = [], adds = [];
+    const flush = () => {
+      if (!hunk) return;
+      const n = Math.max(dels.length, adds.length);
+      for (let i = 0; i < n; i++) {
+        const d = dels[i], a = adds[i];
+        hunk.rows.push(["change", d ? d[0] : "", d ? d[1] : null, a ? a[0] : "", a ? a[1] : null]);
+      }
+      dels = []; adds = [];
+    };
+    for (const line of String(text).split("\n")) {
+      if (line.startsWith("diff --git ")) {
+        flush(); hunk = null;
+        file = { name: line.replace(/^diff --git a\/(.*) b\/.*$/, "$1"), hunks: [] };
+        files.push(file);
+      } else if (line.startsWith("+++ ") && file) {
+        const name = line.slice(4).replace(/^b\//, "");
+        if (name !== "/dev/null") file.name = name;
+      } else if (line.startsWith("--- ") && (!hunk || (!dels.length && !adds.length && hunk.rows.length === 0))) {
+        if (!file) { file = { name: line.slice(4).replace(/^a\//, ""), hunks: [] }; files.push(file); }
+      } else if (line.startsWith("@@")) {
+        flush();
+        const m = /^@@ -(\d+)(?:,\d+)? \+(\d+)(?:,\d+)? @@(.*)$/.exec(line);
+        oldNo = m ? parseInt(m[1], 10) : 1; newNo = m ? parseInt(m[2], 10) : 1;
+        if (!file) { file = { name: "(file)", hunks: [] }; files.push(file); }
+        hunk = { header: line, rows: [] };
+        file.hunks.push(hunk);
+      } else if (hunk && line.startsWith("-")) dels.push([oldNo++, line.slice(1)]);
+      else if (hunk && line.startsWith("+")) adds.push([newNo++, line.slice(1)]);
+      else if (hunk && line.startsWith(" ")) { flush(); hunk.rows.push(["same", oldNo++, line.slice(1), newNo++, line.slice(1)]); }
+    }
+    flush();
+    return files;
+  };
+
+  /** A side-by-side table for a unified diff. */
+  hal.renderDiff = function (text) {
+    const files = hal.parseDiff(text);
+    const box = el("div", { class: "diff" });
+    if (!files.length) box.append(el("p", { class: "muted", text: "no changes" }));
+    for (const file of files) {
+      const table = el("table", { class: "diff-table" }, el("colgroup", {},
+        el("col", { class: "ln" }), el("col", {}), el("col", { class: "ln" }), el("col", {})));
+      for (const hunk of file.hunks) {
+        table.append(el("tr", { class: "diff-hunk" }, el("td", { colspan: 4, text: hunk.header })));
+        for (const [kind, oldNo, oldText, newNo, newText] of hunk.rows) {
+          const left = kind === "same" ? "same" : oldText === null ? "empty" : "del";
+          const right = kind === "same" ? "same" : newText === null ? "empty" : "add";
+          table.append(el("tr", {},
+            el("td", { class: "ln", text: oldNo }), el("td", { class: "code " + left, text: oldText === null ? "" : oldText }),
+            el("td", { class: "ln", text: newNo }), el("td", { class: "code " + right, text: newText === null ? "" : newText })));
+        }
+      }
+      box.append(el("details", { class: "diff-file", open: true }, el("summary", { class: "file-name", text: file.name }), table));
+    }
+    return box;
+  };
+  /** old/new strings -> a tiny unified diff (line level), for an Edit tool call. */
+  hal.editDiff = function (name, before, after) {
+    const a = String(before || "").split("\n"), b = String(after || "").split("\n");
+    let start = 0;
+    while (start < a.length && start < b.length && a[start] === b[start]) start++;
+    let endA = a.length - 1, endB = b.length - 1;
+    while (endA >= start && endB >= start && a[endA] === b[endB]) { endA--; endB--; }
+    const lines = ["diff --git a/" + name + " b/" + name, "--- a/" + name, "+++ b/" + name,
+      "@@ -" + (start + 1) + " +" + (start + 1) + " @@"];
+    for (let i = start; i <= endA; i++) lines.push("-" + a[i]);
+    for (let i = start; i <= endB; i++) lines.push("+" + b[i]);
+    return lines.join("\n");
+  };
+
+  const EDIT_TOOLS = /^(edit|multiedit|str_replace|write|create|write_file|apply_patch|patch)$/i;
+
+  /** The inline diff of a tool call that edits or writes a file, or null. */
+  hal.toolDiff = function (event) {
+    const input = event.input || {};
+    if (!EDIT_TOOLS.test(event.name || "")) return null;
+    const name = String(input.file_path || input.path || input.filename || "(file)");
+    if (typeof input.patch === "string" || typeof input.input === "string") return hal.renderDiff(input.patch || input.input);
+    if (typeof input.old_string === "string" || typeof input.new_string === "string")
+      return hal.renderDiff(hal.editDiff(name, input.old_string, input.new_string));
+    if (Array.isArray(input.edits))
+      return el("div", {}, input.edits.map((e) => hal.renderDiff(hal.editDiff(name, e.old_string, e.new_string))));
+    if (typeof input.content === "string" || typeof input.file_text === "string")
+      return hal.renderDiff(hal.editDiff(name, "", input.content || input.file_text));
+    return null;
+  };
+
+  const short = (value, n) => { const s = typeof value === "string" ? value : JSON.stringify(value); return s.length > n ? s.slice(0, n) + "…" : s; };
+
+  /** One timeline entry for a parsed event (null for events the log shows instead). */
+  hal.renderEvent = function (event) {
+    const when = el("time", { class: "when", text: event.ts ? new Date(event.ts * 1000).toLocaleTimeString() : "" });
+    const row = (kind, ...body) => el("li", { class: "ev ev-" + kind, "data-seq": event.seq }, when, el("span", { class: "kind", text: kind }), ...body);
+    switch (event.type) {
+      case "agent_text": return row("agent", el("div", { class: "prose", text: event.text }));
+      case "tool_call": {
+        const diff = hal.toolDiff(event);
+        return row("tool", el("code", { class: "tool-name", text: event.name }),
+          diff || el("pre", { class: "tool-input", text: short(event.input || {}, 2000) }));
+      }
+      case "tool_result": return row(event.is_error ? "tool-error" : "result", el("pre", { class: "tool-output", text: short(event.output || "", 2000) }));
+      case "usage": return row("usage", el("span", { text: (event.input_tokens || 0) + " in / " + (event.output_tokens || 0) + " out" + (event.cost_usd != null ? " · " + hal.fmtCost(event.cost_usd) : "") + (event.model ? " · " + event.model : "") }));
+      case "phase": return row("phase", hal.badge(event.phase), event.detail ? el("span", { class: "muted", text: " " + event.detail }) : null);
+      case "message": return row(event.level || "info", el("span", { text: event.text }));
+      case "sandbox_acquired": return row("sandbox", el("span", { text: event.provider + " " + event.sandbox_id + (event.warm ? " (warm)" : "") }));
+      case "egress_denied": return row("egress", el("span", { text: "denied " + event.method + " " + event.host + (event.port ? ":" + event.port : "") }));
+      case "task_end": return row("end", hal.badge(event.status), el("span", { text: " " + (event.files_changed || 0) + " files changed in " + Math.round(event.duration_s || 0) + "s" + (event.error ? " · " + event.error : "") }));
+      case "task_created": return row("created", el("span", { text: event.agent + " on " + event.provider }));
+      default: return null;
+    }
+  };
+})();

@@ -1,0 +1,148 @@
+"""The browser terminal: a websocket attached to a running task's tmux session through a pty.
+
+Read-only by default (``tmux attach -f read-only,ignore-size``: keys are dropped by tmux
+itself, and the browser's size never shrinks the agent's window). ``?write=1`` attaches for
+typing; it needs the session's CSRF token in ``?csrf=`` as well as the gate's Origin check.
+Frames: binary from the server are terminal output; text from the browser is JSON,
+``{"data": "keys"}`` or ``{"resize": [cols, rows]}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import struct
+import termios
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hal9999.dashboard.guard import session_of
+from hal9999.errors import HalError
+
+if TYPE_CHECKING:
+    from starlette.websockets import WebSocket
+
+    from hal9999.server.daemon import Daemon
+
+MAX_INPUT = 4096
+"""Largest keystroke frame accepted from the browser."""
+
+
+def attach_argv(daemon: Daemon, task_id: str, *, write: bool) -> list[str]:
+    """The command that attaches to the task's live agent, or a HalError saying why not."""
+    from hal9999.errors import ProcessError, TaskStateError
+    from hal9999.process.registry import load_process_manager
+    from hal9999.spec import ArgvCommand
+    from hal9999.tasks.context import process_spec
+    from hal9999.tasks.session import Session
+    from hal9999.tasks.state import ACTIVE
+
+    record = daemon.service.find(task_id)
+    if record.status not in ACTIVE:
+        raise TaskStateError(f"task {record.id} is {record.status}: nothing to attach to")
+    manager = load_process_manager(record.process_manager, runtime_dir=None)
+    spec = process_spec(record, Session(Path(record.session_dir)), ArgvCommand(argv=("true",)))
+    argv = manager.attach_command(spec)
+    if argv is None or "attach-session" not in argv:
+        raise ProcessError(f"the {record.process_manager} process manager cannot attach")
+    at = argv.index("attach-session") + 1
+    flags = "ignore-size" if write else "read-only,ignore-size"
+    return [*argv[:at], "-f", flags, *argv[at:]]
+
+
+def _resize(fd: int, cols: int, rows: int) -> None:
+    cols, rows = max(2, min(cols, 500)), max(2, min(rows, 200))
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+async def _pump_out(master: int, websocket: WebSocket) -> None:
+    """Terminal output to the browser until the attach ends."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def readable() -> None:
+        try:
+            data = os.read(master, 65536)
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(master)
+        queue.put_nowait(data)
+
+    loop.add_reader(master, readable)
+    try:
+        while data := await queue.get():
+            await websocket.send_bytes(data)
+    finally:
+        loop.remove_reader(master)
+
+
+async def _pump_in(master: int, websocket: WebSocket, write: bool) -> None:
+    """Keys and sizes from the browser (keys only in write mode)."""
+    while True:
+        text = await websocket.receive_text()
+        if len(text) > MAX_INPUT:
+            continue
+        try:
+            frame = json.loads(text)
+        except ValueError:
+            continue
+        if not isinstance(frame, dict):
+            continue
+        size = frame.get("resize")
+        if isinstance(size, list) and len(size) == 2 and all(isinstance(n, int) for n in size):
+            _resize(master, size[0], size[1])
+        data = frame.get("data")
+        if write and isinstance(data, str):
+            os.write(master, data.encode())
+
+
+def terminal_endpoint(daemon: Daemon | None) -> Any:
+    """The websocket endpoint for ``/terminal/{task_id}``."""
+
+    async def endpoint(websocket: WebSocket) -> None:
+        session = session_of(websocket.scope)
+        write = websocket.query_params.get("write") == "1"
+        if daemon is None or session is None:
+            await websocket.close(code=4401)
+            return
+        if write and websocket.query_params.get("csrf") != session.csrf:
+            await websocket.close(code=4403)
+            return
+        await websocket.accept()
+        try:
+            argv = await asyncio.to_thread(
+                attach_argv, daemon, websocket.path_params["task_id"], write=write
+            )
+        except HalError as exc:
+            await websocket.send_text(json.dumps({"error": str(exc)}))
+            await websocket.close(code=4409)
+            return
+        master, slave = os.openpty()
+        _resize(master, 120, 32)
+        env = {**os.environ, "TERM": "xterm-256color"}
+        env.pop("TMUX", None)
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True
+        )
+        os.close(slave)
+        os.set_blocking(master, False)
+        out = asyncio.create_task(_pump_out(master, websocket))
+        keys = asyncio.create_task(_pump_in(master, websocket, write))
+        try:
+            await asyncio.wait({out, keys}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pump in (out, keys):
+                pump.cancel()
+            await asyncio.gather(out, keys, return_exceptions=True)
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()  # detaches the tmux client; the agent keeps running
+            await proc.wait()
+            os.close(master)
+            with contextlib.suppress(RuntimeError):
+                await websocket.close()
+
+    return endpoint

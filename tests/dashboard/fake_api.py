@@ -1,0 +1,140 @@
+"""A stand-in for the daemon's ``/v1`` JSON API with data a test controls (hostile data
+included), so the dashboard's rendering and gate are tested without running agents."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+TOKEN = "fake-bearer-token"
+
+
+def task(task_id: str, **fields: Any) -> dict[str, Any]:
+    """A task record as the API returns it."""
+    base = {
+        "id": task_id, "prompt": "fix it", "agent": "claude", "provider": "bwrap",
+        "process_manager": "tmux", "repo": "/src/repo", "repo_kind": "local", "ref": None,
+        "base_commit": None, "branch": f"hal/{task_id}", "status": "running",
+        "created_at": time.time(), "started_at": time.time(), "finished_at": None,
+        "exit_code": None, "error_code": None, "error_message": None, "sandbox_id": "sb1",
+        "runner_pid": 1, "session_dir": "/nonexistent", "agent_session_id": None,
+        "timeout_s": None, "input_tokens": 10, "output_tokens": 20, "cost_usd": 0.0123,
+        "files_changed": 0, "env_keys": [], "resumes": 0,
+    }  # fmt: skip
+    base.update(fields)
+    return base
+
+
+class FakeApi:
+    """Tasks and events in memory; :meth:`emit` adds an event (from any thread)."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, dict[str, Any]] = {}
+        self.events: list[dict[str, Any]] = []
+        self.calls: list[tuple[str, str, Any]] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.changed: asyncio.Condition | None = None
+        self.app = Starlette(routes=self._routes())
+
+    def add_task(self, record: dict[str, Any]) -> None:
+        """Put a task in the list."""
+        self.tasks[record["id"]] = record
+
+    def emit(self, **event: Any) -> dict[str, Any]:
+        """Record an event with the next gseq and per-task seq, and wake the streams."""
+        seq = 1 + sum(1 for e in self.events if e.get("task_id") == event.get("task_id"))
+        full = {"seq": seq, "gseq": len(self.events) + 1, "ts": time.time(), **event}
+        self.events.append(full)
+        if self.loop is not None and self.changed is not None:
+            self.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._notify()))
+        return full
+
+    async def _notify(self) -> None:
+        assert self.changed is not None
+        async with self.changed:
+            self.changed.notify_all()
+
+    def _routes(self) -> list[Route]:
+        def authed(handler: Any) -> Any:
+            async def endpoint(request: Request) -> Response:
+                if request.headers.get("authorization") != f"Bearer {TOKEN}":
+                    return JSONResponse({"error": {"code": "unauthorized", "message": "no"}}, 401)
+                if self.loop is None:
+                    self.loop = asyncio.get_running_loop()
+                    self.changed = asyncio.Condition()
+                body = await request.body()
+                self.calls.append((request.method, request.url.path, body and json.loads(body)))
+                return await handler(request)  # type: ignore[no-any-return]
+
+            return endpoint
+
+        async def list_tasks(request: Request) -> Response:
+            return JSONResponse(list(self.tasks.values()))
+
+        async def show(request: Request) -> Response:
+            found = self.tasks.get(request.path_params["id"])
+            if found is None:
+                return JSONResponse(
+                    {"error": {"code": "task_not_found", "message": "no task"}}, 404
+                )
+            return JSONResponse(found)
+
+        async def task_events(request: Request) -> Response:
+            after = int(request.query_params.get("after_seq", "0"))
+            tid = request.path_params["id"]
+            page = [e for e in self.events if e.get("task_id") == tid and e["seq"] > after]
+            return JSONResponse(
+                {"events": page, "status": self.tasks[tid]["status"], "done": False}
+            )
+
+        async def control(request: Request) -> Response:
+            return JSONResponse(self.tasks[request.path_params["id"]])
+
+        async def status(request: Request) -> Response:
+            return JSONResponse({"running": [], "queued": 0, "max_concurrent": 4,
+                                 "pool": {"paused": False, "providers": {}}})  # fmt: skip
+
+        async def empty_list(request: Request) -> Response:
+            return JSONResponse([])
+
+        async def pool(request: Request) -> Response:
+            return JSONResponse({"paused": False, "providers": {}})
+
+        async def stream(request: Request) -> Response:
+            last = int(request.headers.get("last-event-id") or 0) or len(self.events)
+            assert self.changed is not None
+
+            async def body() -> AsyncIterator[bytes]:
+                sent = last
+                yield b": hello\n\n"
+                while True:
+                    for event in self.events[sent:]:
+                        yield f"id: {event['gseq']}\ndata: {json.dumps(event)}\n\n".encode()
+                        sent = event["gseq"]
+                    assert self.changed is not None
+                    async with self.changed:
+                        try:
+                            await asyncio.wait_for(self.changed.wait(), 5)
+                        except TimeoutError:
+                            yield b": ping\n\n"
+
+            return StreamingResponse(body(), media_type="text/event-stream")
+
+        return [
+            Route("/v1/tasks", authed(list_tasks)),
+            Route("/v1/tasks/{id}", authed(show)),
+            Route("/v1/tasks/{id}/events", authed(task_events)),
+            Route("/v1/tasks/{id}/{action}", authed(control), methods=["POST"]),
+            Route("/v1/status", authed(status)),
+            Route("/v1/sandboxes", authed(empty_list)),
+            Route("/v1/pool", authed(pool)),
+            Route("/v1/events/stream", authed(stream)),
+        ]

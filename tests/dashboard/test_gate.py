@@ -1,0 +1,101 @@
+"""The dashboard's gate over plain HTTP: login link, cookie, Host, Origin, CSRF, headers."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+from tests.dashboard.conftest import Served
+
+from hal9999.dashboard.auth import COOKIE, login_url
+
+Dashboard = tuple[Served, Any, Path]
+
+
+@contextlib.contextmanager
+def logged_in(served: Served, home: Path) -> Iterator[tuple[httpx.Client, str]]:
+    """A client holding a session cookie, and the page's CSRF token."""
+    with httpx.Client(base_url=served.base, follow_redirects=False) as client:
+        answer = client.get(login_url(home, served.base))
+        assert answer.status_code == 303 and answer.headers["location"] == "/"
+        page = client.get("/")
+        csrf = page.text.split('name="hal-csrf" content="')[1].split('"')[0]
+        yield client, csrf
+
+
+def test_login_link_works_once_and_sets_a_strict_http_only_cookie(
+    fake_dashboard: Dashboard,
+) -> None:
+    served, _, home = fake_dashboard
+    link = login_url(home, served.base)
+    with httpx.Client() as client:
+        assert client.get(served.base + "/").status_code == 401
+        first = client.get(link)
+        assert first.status_code == 303
+        cookie = first.headers["set-cookie"].lower()
+        assert f"{COOKIE}=" in cookie and "httponly" in cookie and "samesite=strict" in cookie
+        assert client.get(served.base + "/").status_code == 200
+    with httpx.Client() as other:
+        assert other.get(link).status_code == 403  # used once already
+        assert other.get(served.base + "/").status_code == 401
+        forged = other.get(served.base + "/login?t=" + link.split("t=")[1][:-2] + "xx")
+        assert forged.status_code == 403
+
+
+def test_api_forwarding_adds_the_bearer_and_never_passes_the_cookie(
+    fake_dashboard: Dashboard,
+) -> None:
+    served, api, home = fake_dashboard
+    with logged_in(served, home) as (client, _):
+        assert client.get("/api/tasks").json() == []
+        # Without a session the forward refuses before the API sees anything.
+        assert httpx.get(served.base + "/api/tasks").status_code == 401
+        assert [c[1] for c in api.calls] == ["/v1/tasks"]
+
+
+def test_host_origin_and_csrf_refusals(fake_dashboard: Dashboard) -> None:
+    served, api, home = fake_dashboard
+    from tests.dashboard.fake_api import task
+
+    api.add_task(task("t1"))
+    with logged_in(served, home) as (client, csrf):
+        # DNS rebinding: the attacker's name resolves to 127.0.0.1; the Host says who it is.
+        rebound = client.get("/", headers={"host": f"evil.example:{served.port}"})
+        assert rebound.status_code == 421 and "host_refused" in rebound.text
+        assert client.get("/", headers={"host": f"localhost:{served.port}"}).status_code == 200
+        assert client.get("/", headers={"host": "127.0.0.1:1"}).status_code == 421
+        origin = {"origin": served.base, "x-csrf-token": csrf}
+        ok = client.post("/api/tasks/t1/cancel", headers=origin)
+        assert ok.status_code == 200
+        cross = client.post(
+            "/api/tasks/t1/cancel", headers={**origin, "origin": "http://evil.example"}
+        )
+        assert cross.status_code == 403 and "origin_refused" in cross.text
+        no_origin = client.post("/api/tasks/t1/cancel", headers={"x-csrf-token": csrf})
+        assert no_origin.status_code == 403
+        no_csrf = client.post("/api/tasks/t1/cancel", headers={"origin": served.base})
+        assert no_csrf.status_code == 403 and "csrf_refused" in no_csrf.text
+        wrong = client.post("/api/tasks/t1/cancel", headers={**origin, "x-csrf-token": "nope"})
+        assert wrong.status_code == 403
+        assert [c[:2] for c in api.calls if c[0] == "POST"] == [("POST", "/v1/tasks/t1/cancel")]
+
+
+def test_every_answer_forbids_inline_scripts_and_framing(fake_dashboard: Dashboard) -> None:
+    served, _, home = fake_dashboard
+    with logged_in(served, home) as (client, _):
+        for path in ("/", "/tasks/abc", "/new", "/static/js/core.js", "/api/tasks"):
+            answer = client.get(path)
+            assert answer.status_code == 200, path
+            csp = answer.headers["content-security-policy"]
+            assert (
+                "script-src 'self'" in csp
+                and "unsafe-inline" not in csp.split("script-src")[1].split(";")[0]
+            )
+            assert answer.headers["x-frame-options"] == "DENY"
+        page = client.get("/").text
+        assert "<script>" not in page and "<script src=" in page  # scripts only from files
+        refused = httpx.get(served.base + "/", headers={"host": "evil.example"})
+        assert "content-security-policy" in refused.headers

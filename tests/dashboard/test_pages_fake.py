@@ -1,0 +1,121 @@
+"""The pages in chromium against a stand-in API: login, hostile data stays inert, live
+events, the phone layout."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.dashboard.conftest import Served
+from tests.dashboard.fake_api import task
+
+from hal9999.dashboard.auth import login_url
+
+pytestmark = pytest.mark.browser
+
+Dashboard = tuple[Served, Any, Path]
+
+HOSTILE = [
+    "<script>window.__pwned = 'script'</script>",
+    "<img src=x onerror=\"window.__pwned='img'\">",
+    "<a href=\"javascript:window.__pwned='link'\">click me</a>",
+    "<svg onload=\"window.__pwned='svg'\"></svg>",
+    "\x1b]8;;javascript:window.__pwned='osc8'\x1b\\osc link\x1b]8;;\x1b\\",
+]
+"""Payloads planted in agent output, file names, prompts and tool calls."""
+
+
+def open_logged_in(browser: Any, served: Served, home: Path, **context: Any) -> Any:
+    page = browser.new_context(**context).new_page()
+    page.on(
+        "dialog",
+        lambda d: (
+            setattr(page, "dialogs", [*getattr(page, "dialogs", []), d.message]),
+            d.dismiss(),
+        ),
+    )
+    page.goto(login_url(home, served.base))
+    return page
+
+
+def test_login_link_opens_the_overview(browser: Any, fake_dashboard: Dashboard, shot: Any) -> None:
+    served, api, home = fake_dashboard
+    api.add_task(task("t1", status="succeeded", prompt="make it faster"))
+    page = browser.new_context().new_page()
+    page.goto(served.base + "/")
+    assert "login_required" in page.content()
+    page.goto(login_url(home, served.base))
+    assert page.url == served.base + "/"  # the token left the address bar
+    page.wait_for_selector("tr[data-task='t1']")
+    assert "make it faster" in page.inner_text("#tasks")
+    shot(page)
+
+
+def test_hostile_agent_data_never_runs(browser: Any, fake_dashboard: Dashboard, shot: Any) -> None:
+    served, api, home = fake_dashboard
+    evil = "\n".join(HOSTILE)
+    api.add_task(task("t1", prompt=evil, repo=evil, error_message=evil))
+    page = open_logged_in(browser, served, home)
+    page.wait_for_selector("tr[data-task='t1']")
+    page.goto(served.base + "/tasks/t1")
+    page.wait_for_selector("#live-state[data-state='live']")
+    for payload in HOSTILE:
+        api.emit(task_id="t1", type="output", text=payload + "\n")
+        api.emit(task_id="t1", type="agent_text", text=payload)
+    name = "<img src=x onerror=window.__pwned='file'>.py"
+    edit = {"file_path": name, "old_string": HOSTILE[0], "new_string": HOSTILE[1]}
+    api.emit(task_id="t1", type="tool_call", name="Edit", input=edit)
+    api.emit(task_id="t1", type="tool_call", name="Bash", input={"command": HOSTILE[2]})
+    api.emit(task_id="t1", type="tool_result", output=HOSTILE[3])
+    api.emit(task_id="t1", type="message", level="warning", text=HOSTILE[1])
+    page.wait_for_function("document.querySelectorAll('#timeline li').length >= 9", timeout=10000)
+    time.sleep(0.5)  # give any planted handler the chance to fire
+    assert page.evaluate("window.__pwned") is None
+    assert getattr(page, "dialogs", []) == []
+    # The payloads are on the page as text, not as elements.
+    assert page.locator("#log").inner_text().count("<script>") == 1
+    assert page.locator("#main script, #main img, #main svg, #main iframe").count() == 0
+    hrefs = page.eval_on_selector_all("#main a", "as => as.map(a => a.getAttribute('href'))")
+    assert all(not h.lower().startswith("javascript") for h in hrefs)
+    assert name in page.inner_text("#timeline")
+    shot(page)
+    page.goto(served.base + "/")
+    page.wait_for_selector("tr[data-task='t1']")
+    assert page.evaluate("window.__pwned") is None
+    assert page.locator("#main script, #main img, #main svg").count() == 0
+
+
+def test_overview_at_phone_width(browser: Any, fake_dashboard: Dashboard, shot: Any) -> None:
+    served, api, home = fake_dashboard
+    for n in range(6):
+        api.add_task(task(f"t{n}", status=["running", "queued", "failed"][n % 3],
+                          prompt="a long prompt that goes on " * 5))  # fmt: skip
+    page = open_logged_in(browser, served, home, viewport={"width": 390, "height": 844})
+    page.wait_for_selector("tr[data-task='t5']")
+    # Nothing wider than the screen: no sideways scrolling of the page itself.
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    assert page.locator("th.wide").first.is_hidden()
+    link = page.locator("tr[data-task='t0'] a")
+    box = link.bounding_box()
+    assert box is not None and box["x"] + box["width"] <= 390
+    shot(page)
+    page.goto(served.base + "/tasks/t0")
+    page.wait_for_selector("#cancel")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    shot(page, "task")
+
+
+def test_live_events_update_the_overview_and_the_title(
+    browser: Any, fake_dashboard: Dashboard, shot: Any
+) -> None:
+    served, api, home = fake_dashboard
+    api.add_task(task("t1", status="running"))
+    page = open_logged_in(browser, served, home)
+    page.wait_for_selector("tr[data-task='t1'] .badge-running")
+    page.wait_for_selector("#live-state[data-state='live']")
+    api.tasks["t1"]["status"] = "succeeded"
+    api.emit(task_id="t1", type="task_end", status="succeeded")
+    page.wait_for_selector("tr[data-task='t1'] .badge-succeeded", timeout=5000)
+    shot(page)
