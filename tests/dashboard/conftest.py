@@ -62,9 +62,11 @@ def browser_missing() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """One chromium for the session (skips locally without it, fails in CI)."""
+    """One chromium per module (skips locally without it, fails in CI). Not per session:
+    sync Playwright keeps an event loop running while it is open, which the async tests of
+    other modules could not start theirs under."""
     reason = browser_missing()
     if reason is not None:
         if os.environ.get("CI", "").lower() == "true":

@@ -70,7 +70,7 @@ def test_hostile_agent_data_never_runs(browser: Any, fake_dashboard: Dashboard, 
     api.emit(task_id="t1", type="tool_call", name="Bash", input={"command": HOSTILE[2]})
     api.emit(task_id="t1", type="tool_result", output=HOSTILE[3])
     api.emit(task_id="t1", type="message", level="warning", text=HOSTILE[1])
-    page.wait_for_function("document.querySelectorAll('#timeline li').length >= 9", timeout=10000)
+    page.wait_for_selector("#timeline li:nth-child(9)", timeout=10000)
     time.sleep(0.5)  # give any planted handler the chance to fire
     assert page.evaluate("window.__pwned") is None
     assert getattr(page, "dialogs", []) == []

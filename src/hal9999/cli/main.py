@@ -460,7 +460,18 @@ def output_callbacks(
 
 def main() -> None:
     """Console entry point: usage errors are one line too, with the usage status 2."""
-    from hal9999.cli import approvals, doctor, image, pool, questions, requests, serve, task, trust  # noqa: F401  (registers the subcommands)
+    from hal9999.cli import (  # noqa: F401  (registers the subcommands)
+        approvals,
+        dashboard,
+        doctor,
+        image,
+        pool,
+        questions,
+        requests,
+        serve,
+        task,
+        trust,
+    )
 
     for position, arg in enumerate(sys.argv[1:], 1):
         if not is_text(arg):

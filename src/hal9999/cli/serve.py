@@ -38,6 +38,7 @@ def serve(detach: bool, stop: bool, as_json: bool) -> None:
     if detach:
         _detach(files, as_json)
         return
+    from hal9999.cli.dashboard import announce_when_up
     from hal9999.credentials import host_log_masker
     from hal9999.server.daemon import Daemon
 
@@ -47,7 +48,12 @@ def serve(detach: bool, stop: bool, as_json: bool) -> None:
     logging.getLogger(__name__).info("hal serve starting for %s", config.home)
 
     async def main() -> None:
-        await Daemon(config, os.environ).serve_forever()
+        daemon = Daemon(config, os.environ)
+        announce = asyncio.create_task(announce_when_up(daemon, config.home))
+        try:
+            await daemon.serve_forever()
+        finally:
+            announce.cancel()
 
     asyncio.run(main())
 
@@ -66,10 +72,15 @@ def _detach(files: DaemonFiles, as_json: bool) -> None:
     while time.monotonic() < deadline:
         info = files.running()
         if info is not None and info.pid == proc.pid:
+            from hal9999.cli.dashboard import dashboard_link
+
+            link = dashboard_link(files.paths.home, info.port)
             if as_json:
-                emit_json({"pid": info.pid, "socket": info.socket, "port": info.port})
+                emit_json({"pid": info.pid, "socket": info.socket, "port": info.port,
+                           "dashboard": link})  # fmt: skip
             else:
                 click.echo(f"hal serve: pid {info.pid}, socket {info.socket}, port {info.port}")
+                click.echo(f"dashboard (the link works once): {link}")
             return
         if proc.poll() is not None:
             break

@@ -1,0 +1,120 @@
+"""The dashboard of a real ``hal serve`` in chromium: log in with the printed link, start a
+task from the form and watch its log arrive live, cancel it, drop the stream mid-task and get
+every line exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.cli.conftest import git
+
+pytestmark = [pytest.mark.browser, pytest.mark.bwrap, pytest.mark.tmux]
+
+LINES = 40
+SLOW = f"""#!/bin/sh
+# Prints numbered lines slowly, with colour, then edits a file.
+i=1
+while [ $i -le {LINES} ]; do
+  printf '\\033[32mline %d\\033[0m of {LINES}\\n' $i
+  i=$((i + 1))
+  sleep 0.1
+done
+echo "def add(a, b):\\n    return a + b" > calc.py
+"""
+
+
+class Hal:
+    """A ``hal serve`` on a private home over a demo repository."""
+
+    def __init__(self, root: Path) -> None:
+        self.repo = root / "repo"
+        self.repo.mkdir()
+        (self.repo / "calc.py").write_text("def add(a, b):\n    return a - b\n")
+        (self.repo / "slow.sh").write_text(SLOW)
+        git(self.repo, "init", "-q", "-b", "main")
+        git(self.repo, "add", "-A")
+        git(self.repo, "commit", "-qm", "initial")
+        self.home = root / "halhome"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("HAL_")}
+        self.env.update(HAL_HOME=str(self.home), XDG_CONFIG_HOME=str(root / "xdg"),
+                        HAL_PROVIDER="bwrap")  # fmt: skip
+
+    def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "hal9999", *args],
+            cwd=self.repo, env=self.env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    def link(self) -> str:
+        out = self("dashboard", "--json")
+        assert out.returncode == 0, out.stderr
+        return str(json.loads(out.stdout)["url"])
+
+
+@pytest.fixture(scope="module")
+def hal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hal]:
+    h = Hal(tmp_path_factory.mktemp("dash"))
+    started = h("serve", "--detach", "--json")
+    assert started.returncode == 0, started.stderr
+    info = json.loads(started.stdout)
+    assert "/login?t=" in info["dashboard"]  # `hal serve` prints the link
+    h.base = info["dashboard"].split("/login")[0]  # type: ignore[attr-defined]
+    yield h
+    h("serve", "--stop")
+
+
+def log_lines(page: Any) -> list[str]:
+    return [line for line in page.inner_text("#log").splitlines() if line.startswith("line ")]
+
+
+def test_start_from_the_form_watch_it_live_and_cancel(browser: Any, hal: Hal, shot: Any) -> None:
+    page = browser.new_context().new_page()
+    page.goto(hal.link())
+    page.click("a[href='/new']")
+    page.fill("#prompt", "count slowly")
+    page.fill("#repo", str(hal.repo))
+    page.fill("#agent", "sh slow.sh {{prompt_file}}")
+    page.click("#start")
+    page.wait_for_url("**/tasks/*")
+    page.wait_for_selector("#log:has-text('line 3 of')", timeout=30000)
+    assert page.locator("#log .ansi-fg2").count() >= 3  # the colour arrived as a class
+    shot(page, "live")
+    page.click("#cancel")
+    page.wait_for_selector("#task-status .badge-cancelled", timeout=30000)
+    lines = log_lines(page)
+    assert len(lines) < LINES and len(lines) == len(set(lines))
+    shot(page)
+
+
+def test_a_dropped_stream_resumes_without_duplicate_or_gap(
+    browser: Any, hal: Hal, shot: Any
+) -> None:
+    out = hal("run", "--detach", "--agent", "sh slow.sh {{prompt_file}}", "count")
+    assert out.returncode == 0, out.stderr
+    task_id = out.stdout.strip()
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(hal.link())
+    page.goto(f"{hal.base}/tasks/{task_id}")  # type: ignore[attr-defined]
+    page.wait_for_selector("#log:has-text('line 5 of')", timeout=30000)
+    page.evaluate("hal.live.drop()")  # the connection goes as a network failure would
+    time.sleep(0.5)
+    context.set_offline(True)  # and again, with the network down for a while
+    page.evaluate("hal.live.drop()")
+    time.sleep(1.5)
+    context.set_offline(False)
+    page.wait_for_selector("#task-status .badge-succeeded", timeout=60000)
+    lines = log_lines(page)
+    assert lines == [f"line {n} of {LINES}" for n in range(1, LINES + 1)]
+    assert page.evaluate("hal.live.stats.connects") >= 2
+    page.wait_for_selector("#result-diff .diff-table")
+    assert "calc.py" in page.inner_text("#result-diff")
+    shot(page)
