@@ -47,7 +47,7 @@ def test_canary_key_stays_on_the_host(
     report = hostile_report(hal_cli, task["id"])
     assert report["proc_hits"] == [] and report["file_hits"] == []
     assert isinstance(report["files_seen"], int) and report["files_seen"] > 10
-    assert report["gateway_dir"] == ["egress.sock", "forwarder.py", "llm.sock"]
+    assert report["gateway_dir"] == ["egress.sock", "forwarder.pl", "forwarder.py", "llm.sock"]
     assert report["token_prefix"] == "hal-gw-", "the agent holds a placeholder, not a key"
     assert report["status"] == 200
     assert report["forged_status"] == 401

@@ -63,8 +63,10 @@ if [ -n "${HAL_GATEWAY_PORT-}" ]; then
     export NO_PROXY="127.0.0.1,localhost" no_proxy="127.0.0.1,localhost"
     unset hal_proxy
   fi
-  if [ -n "${HAL_GATEWAY_DIR-}" ]; then
+  if [ -n "${HAL_GATEWAY_DIR-}" ] && command -v python3 >/dev/null 2>&1; then
     python3 -I -S "$HAL_GATEWAY_DIR/forwarder.py" "${hal_fwd[@]}"
+  elif [ -n "${HAL_GATEWAY_DIR-}" ]; then  # an image without python (perl-base is Essential)
+    perl "$HAL_GATEWAY_DIR/forwarder.pl" "${hal_fwd[@]}"
   fi
   unset hal_fwd
 fi

@@ -10,6 +10,7 @@
         llm.sock      the data socket agents reach through the forwarder (0666: tokens guard it)
       egress.sock   the CONNECT proxy for everything else (same token, per-task allow-list)
         forwarder.py  the in-sandbox 127.0.0.1 -> llm.sock forwarder
+        forwarder.pl  the same in perl, for images without python3 (containers)
 
 A task registers a :class:`Grant` (its placeholder token, upstream, real key, limits) over the
 control socket before its agent starts and withdraws it when its run ends; the real key lives

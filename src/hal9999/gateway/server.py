@@ -49,11 +49,11 @@ def prepare_channel(paths: GatewayPaths) -> None:
     paths.root.chmod(0o700)
     paths.channel.mkdir(exist_ok=True)
     paths.channel.chmod(0o755)  # a sandbox runs as its own uid: it must reach the socket
-    source = Path(__file__).with_name("forwarder.py")
-    tmp = paths.channel / ".forwarder.py.tmp"
-    shutil.copyfile(source, tmp)
-    tmp.chmod(0o644)
-    tmp.replace(paths.forwarder)
+    for name in ("forwarder.py", "forwarder.pl"):  # perl: for images without python3
+        tmp = paths.channel / f".{name}.tmp"
+        shutil.copyfile(Path(__file__).with_name(name), tmp)
+        tmp.chmod(0o644)
+        tmp.replace(paths.channel / name)
     for sock in (paths.socket, paths.egress_socket, paths.control):
         sock.unlink(missing_ok=True)
 

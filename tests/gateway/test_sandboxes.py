@@ -1,5 +1,7 @@
-"""A task in a microVM with network "none" reaches the gateway and the egress proxy over the
-VM's exec channel (ssh remote forwards to the host's sockets; nothing runs in the guest)."""
+"""Tasks in a microVM and in a container with network "none" reach the gateway and the egress
+proxy: the VM over its exec channel (ssh remote forwards to the host's sockets, nothing runs
+in the guest), the container through the bound channel directory and the perl forwarder (its
+image has no python). The agent is bash alone, so it runs in either image."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from tests.e2e.conftest import KEY_VAR, HalCli, files_containing, git
 from tests.gateway.test_egress import host_address
 from tests.gateway.upstream import StormUpstream
 
-pytestmark = [pytest.mark.qemu, pytest.mark.tmux, pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.tmux, pytest.mark.slow, pytest.mark.timeout(300)]
 
 AGENT = Path(__file__).with_name("bash_agent.sh")
 
@@ -27,13 +29,30 @@ def upstream() -> Iterator[StormUpstream]:
         yield server
 
 
+@pytest.mark.qemu
 def test_a_vm_task_calls_the_model_and_egress_through_the_gateway(
     hal_cli: HalCli, bug_repo: Path, upstream: StormUpstream, dummy_key: str
 ) -> None:
+    hal_cli.env |= {"HAL_PROVIDER": "qemu", "HAL_QEMU_IMAGES": os.environ["HAL_QEMU_IMAGES"]}
+    run_bash_agent(hal_cli, bug_repo, upstream, dummy_key, "qemu")
+
+
+@pytest.mark.podman
+def test_a_container_task_calls_the_model_and_egress_through_the_gateway(
+    hal_cli: HalCli, bug_repo: Path, upstream: StormUpstream, dummy_key: str
+) -> None:
+    hal_cli.env |= {"HAL_PROVIDER": "docker", "HAL_DOCKER_URL": os.environ["HAL_DOCKER_URL"]}
+    run_bash_agent(hal_cli, bug_repo, upstream, dummy_key, "docker")
+
+
+def run_bash_agent(
+    hal_cli: HalCli, bug_repo: Path, upstream: StormUpstream, dummy_key: str, provider: str
+) -> None:
+    """One task of the bash agent as "claude": a model call, a denied and an allowed CONNECT,
+    a direct connection; checks each outcome, the records, the events and the canary."""
     address = host_address()
     if address is None:
         pytest.skip("this machine has no non-loopback address to tunnel to")
-    hal_cli.env |= {"HAL_PROVIDER": "qemu", "HAL_QEMU_IMAGES": os.environ["HAL_QEMU_IMAGES"]}
     shutil.copy(AGENT, bug_repo / "caller.sh")
     git(bug_repo, "add", "caller.sh")
     git(bug_repo, "commit", "-qm", "bash agent")
@@ -51,7 +70,7 @@ def test_a_vm_task_calls_the_model_and_egress_through_the_gateway(
         out = hal_cli("run", "--agent", "claude", target, timeout=240)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     [task] = json.loads(hal_cli("task", "list", "--json").stdout)
-    assert task["provider"] == "qemu"
+    assert task["provider"] == provider
     logs = hal_cli("task", "logs", task["id"]).stdout
     assert "CALL HTTP/1.1 200" in logs, logs[-2000:]
     assert [seen.headers["x-api-key"] for seen in upstream.seen] == [dummy_key]

@@ -1,0 +1,86 @@
+"""The in-sandbox forwarders (python, and perl for images without python): bytes both ways
+between ``127.0.0.1:PORT`` and the unix socket, half-closes passed on, gone with their
+launcher."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import hal9999.gateway
+
+GATEWAY = Path(hal9999.gateway.__file__).parent
+RUNNERS = {"py": [sys.executable, "-I", "-S"], "pl": ["perl"]}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.parametrize("kind", ["py", "pl"])
+def test_forwarder_carries_bytes_both_ways_and_ends_with_its_launcher(
+    tmp_path: Path, kind: str
+) -> None:
+    path = str(tmp_path / "llm.sock")
+    port = _free_port()
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(path)
+        server.listen()
+        server.settimeout(10)
+        script = str(GATEWAY / f"forwarder.{kind}")
+        # The launcher: a shell that starts the forwarder, then waits to be killed (the agent).
+        launcher = subprocess.Popen(
+            ["sh", "-c", '"$@" && exec sleep 60', "launcher", *RUNNERS[kind], script,
+             str(port), path],
+        )  # fmt: skip
+        try:
+            client = _connect(port)
+            with client:
+                client.sendall(b"request")
+                client.shutdown(socket.SHUT_WR)
+                upstream, _ = server.accept()
+                with upstream:
+                    upstream.settimeout(10)
+                    assert _read_all(upstream) == b"request", "half-close passed on"
+                    upstream.sendall(b"answer" * 20000)
+                client.settimeout(10)
+                assert _read_all(client) == b"answer" * 20000
+        finally:
+            launcher.kill()
+            launcher.wait()
+        deadline = time.monotonic() + 10
+        while _listening(port):
+            assert time.monotonic() < deadline, "the forwarder outlived its launcher"
+            time.sleep(0.2)
+
+
+def _connect(port: int) -> socket.socket:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=10)
+        except OSError:
+            assert time.monotonic() < deadline, "the forwarder never listened"
+            time.sleep(0.05)
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def _read_all(conn: socket.socket) -> bytes:
+    data = b""
+    while chunk := conn.recv(65536):
+        data += chunk
+    return data
