@@ -460,6 +460,7 @@ def output_callbacks(
 
 def main() -> None:
     """Console entry point: usage errors are one line too, with the usage status 2."""
+    import hal9999.cli.auth  # noqa: F401  (registers hal auth)
     from hal9999.cli import (  # noqa: F401  (registers the subcommands)
         approvals,
         dashboard,

@@ -19,6 +19,7 @@ import hashlib
 import logging
 import ssl
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -26,6 +27,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import h11
 import httpx
 
+from hal9999.auth.upstream import oauth_headers, upstream_key
+from hal9999.errors import HalError
 from hal9999.gateway import refusal
 from hal9999.gateway.channel import TOKEN_PREFIX, Grant
 from hal9999.gateway.limits import RETRY_STATUSES, UpstreamLimiter, retry_after_s
@@ -237,7 +240,14 @@ class Gateway:
         started: float,
     ) -> None:
         url = _upstream_url(grant, target)
-        out_headers = [(k, _swap(k, v, grant)) for k, v in headers if k not in _HOP_HEADERS]
+        try:  # a stored sign-in (hal auth claude) is resolved, and refreshed, per call
+            live = replace(grant, key=await upstream_key(grant.key))
+        except HalError as exc:
+            await _send_refusal(conn, writer, 502, exc.code, f"hal gateway: {exc.one_line()}")
+            self.record_call(record, started, status=502, error=exc.code)
+            return
+        out_headers = [(k, _swap(k, v, live)) for k, v in headers if k not in _HOP_HEADERS]
+        out_headers = oauth_headers(out_headers, grant.key)
         out_headers.append(("accept-encoding", "identity"))  # usage is read from the bytes
         limiter = self.limiter(grant)
         client = self.client_for(grant)

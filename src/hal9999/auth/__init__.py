@@ -1,0 +1,1 @@
+"""Signing in to model vendors on the host (``hal auth``); credentials never enter a sandbox."""

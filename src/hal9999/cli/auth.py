@@ -1,0 +1,103 @@
+"""``hal auth claude login|status|logout``: Claude credentials on the host, for the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+
+import click
+
+from hal9999.cli.main import cli, emit_json, run_async
+from hal9999.config import load_config
+from hal9999.errors import CredentialsError, UsageError
+
+
+@cli.group()
+def auth() -> None:
+    """Sign in to model vendors; credentials stay on this host (mode 600) and reach the
+    vendor only through hal's gateway, never a sandbox."""
+
+
+@auth.group()
+def claude() -> None:
+    """Claude credentials for the claude agent (see docs/auth.md)."""
+
+
+@claude.command()
+@click.option("--method", type=click.Choice(["setup-token", "pkce"]), default="setup-token",
+              show_default=True, help="setup-token: paste the token `claude setup-token` "
+              "prints; pkce: OAuth PKCE with your organisation's OAuth client.")  # fmt: skip
+@click.option("--token-stdin", is_flag=True, help="Read the setup token from stdin.")
+@click.option("--no-browser", is_flag=True, help="pkce: print the sign-in URL only.")
+@click.option("--timeout", type=float, default=300.0, show_default=True,
+              help="pkce: seconds to wait for the browser.")  # fmt: skip
+def login(method: str, token_stdin: bool, no_browser: bool, timeout: float) -> None:
+    """Store Claude credentials for the gateway."""
+    from hal9999.auth import claude as auth_claude
+
+    file = auth_claude.CredentialFile(load_config(os.environ).home)
+    if method == "setup-token":
+        if token_stdin:
+            token = sys.stdin.readline()
+        elif sys.stdin.isatty():
+            click.echo("Run `claude setup-token` (Claude Code, signed in to your Claude plan) "
+                       "and paste the token it prints.", err=True)  # fmt: skip
+            token = click.prompt("token", hide_input=True, err=True)
+        else:
+            raise UsageError("no terminal to paste the token into",
+                             hint="pipe it in with --token-stdin")  # fmt: skip
+        creds = auth_claude.from_setup_token(token)
+    else:
+        client = auth_claude.OAuthClient.from_env()
+        if client is None:
+            raise CredentialsError(
+                "hal has no OAuth client of its own with Anthropic",
+                hint="set HAL_CLAUDE_OAUTH_CLIENT_ID (an OAuth client Anthropic gave your "
+                "organisation), or use the default --method setup-token",
+            )
+
+        async def show(url: str) -> None:
+            click.echo(f"Open this URL to sign in:\n  {url}", err=True)
+            if not no_browser:
+                import webbrowser
+
+                await asyncio.to_thread(webbrowser.open, url)
+
+        creds = run_async(auth_claude.login_pkce(client, show, timeout_s=timeout))
+    file.save(creds)
+    days = (creds.expires_at - time.time()) / 86400
+    click.echo(f"signed in ({creds.method}); stored in {file.path} (mode 600); "
+               f"expires in {days:.1f} days", err=True)  # fmt: skip
+
+
+@claude.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(as_json: bool) -> None:
+    """Whether Claude credentials are stored, how obtained, and when they expire."""
+    from hal9999.auth import claude as auth_claude
+
+    file = auth_claude.CredentialFile(load_config(os.environ).home)
+    creds = file.load()
+    if as_json:
+        emit_json({"signed_in": creds is not None, "path": str(file.path)}
+                  | (auth_claude.describe(creds) if creds else {}))  # fmt: skip
+        return
+    if creds is None:
+        click.echo("not signed in (hal auth claude login)")
+        return
+    info = auth_claude.describe(creds)
+    left = info["expires_in_s"] / 86400
+    state = "EXPIRED" if info["expired"] else f"expires in {left:.1f} days"
+    renew = "refreshed automatically" if info["refreshable"] else "renew with login"
+    click.echo(f"signed in ({info['method']}, {info['scopes'] or 'no scopes'}): {state}, {renew}")
+
+
+@claude.command()
+def logout() -> None:
+    """Forget the stored Claude credentials."""
+    from hal9999.auth.claude import CredentialFile
+
+    file = CredentialFile(load_config(os.environ).home)
+    click.echo("signed out" if file.delete() else "was not signed in")
