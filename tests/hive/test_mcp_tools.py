@@ -168,3 +168,16 @@ async def test_sync_follows_the_hive(world: World) -> None:
     await world.hub.sync()
     assert world.hub.served == ["alpha", "boss"]
     assert not world.socks["beta"].exists()
+
+
+async def test_sub_tasks_are_bounded_and_name_a_known_agent(world: World) -> None:
+    async with connect(world.socks["alpha"]) as alpha:
+        failed, text = await call(alpha, "run_task", prompt="x", agent="sh -c 'echo pwned'")
+        assert failed and text.startswith("usage: unknown agent \"sh -c 'echo pwned'\"")
+        for _ in range(tools.MAX_ACTIVE_SUBTASKS):
+            assert not (await call(alpha, "run_task", prompt="work"))[0]
+        failed, text = await call(alpha, "run_task", prompt="one more")
+        assert failed and "sub-tasks queued or running" in text
+        for record in world.tasks.records.values():
+            record.status = "succeeded"
+        assert not (await call(alpha, "run_task", prompt="now it fits"))[0]

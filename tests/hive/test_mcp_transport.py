@@ -83,3 +83,19 @@ def test_the_forwarder_says_in_one_line_when_no_socket_comes(tmp_path: Path) -> 
     assert out.returncode == 1 and time.monotonic() - started < 20
     assert out.stderr.decode().startswith("hal: cannot reach hal's MCP socket")
     assert out.stderr.count(b"\n") == 1
+
+
+async def test_one_agent_gets_a_bounded_number_of_connections(hub: McpHub) -> None:
+    from hal9999.hive.mcp.server import MAX_SESSIONS
+
+    sock = await hub.serve("alpha")
+    held = [await asyncio.open_unix_connection(str(sock)) for _ in range(MAX_SESSIONS)]
+    await asyncio.sleep(0.2)
+    reader, extra = await asyncio.open_unix_connection(str(sock))
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # hung up at once
+    for _, writer in [*held, (reader, extra)]:
+        writer.close()
+        await writer.wait_closed()
+    await asyncio.sleep(0.2)
+    async with connect(sock) as client:  # the slots free again
+        assert (await client.list_tools()).tools

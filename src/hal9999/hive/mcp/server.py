@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 MAX_LINE = 4 << 20
 """The longest JSON-RPC line a connection accepts (a message body is at most 64 KiB)."""
 SYNC_INTERVAL_S = 2.0
+MAX_SESSIONS = 8
+"""Connections one agent may hold at once (a CLI uses one; a hostile agent gets no more)."""
 INSTRUCTIONS = (
     "hal's hive tools. You are a named agent; messages, answers, approval results and "
     "reminders arrive in your next turn's prompt (or via inbox/recv)."
@@ -165,16 +167,20 @@ class McpHub:
         listener = await asyncio.to_thread(_bind, directory)
         caller = Caller(self.hive, agent, manager)
         tools = tools_for(manager, self.extra_tools)
+        mine: set[asyncio.Task[None]] = set()
 
         async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             task = asyncio.current_task()
-            if task is not None:
-                self._conns.add(task)
+            if task is None or len(mine) >= MAX_SESSIONS:
+                writer.close()
+                return
+            mine.add(task)
+            self._conns.add(task)
             try:
                 await self._session(caller, tools, reader, writer)
             finally:
-                if task is not None:
-                    self._conns.discard(task)
+                mine.discard(task)
+                self._conns.discard(task)
 
         self._servers[agent] = await asyncio.start_unix_server(
             connected, sock=listener, limit=MAX_LINE

@@ -10,6 +10,7 @@ agent sends. Store access runs in a worker thread (SQLite is blocking I/O). A re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -27,8 +28,23 @@ from hal9999.tasks.service import RunRequest
 RECV_MAX_S = 40.0
 """A long-poll ``recv`` returns by then: MCP clients time a tool call out at about 60 s."""
 RECV_POLL_S = 0.5
+MAX_ACTIVE_SUBTASKS = 4
+"""Sub-tasks one agent may have queued or running at once (a looping agent must not flood
+the scheduler)."""
 RESULT_PATCH_CHARS = 20_000
 """How much of a sub-task's patch ``task_result`` shows (the rest stays on its branch)."""
+
+
+class Lifecycle(Protocol):
+    """Stopping and starting agents (the daemon's turn loop), for the manager's gated tools."""
+
+    async def stop_agent(self, name: str, reason: str = ...) -> Any:
+        """Stop agent ``name``."""
+        ...
+
+    async def start_agent(self, name: str) -> Any:
+        """Start agent ``name`` again."""
+        ...
 
 
 class Delegate(Protocol):
@@ -53,6 +69,8 @@ class Hive:
     """Sub-task delegation; None: ``run_task`` and friends say it is unavailable."""
     request_defaults: Callable[[], dict[str, Any]] = field(default=dict)
     """Extra :class:`RunRequest` fields for sub-tasks (the daemon's process manager...)."""
+    lifecycle: Lifecycle | None = None
+    """The turn loop, for the manager's stop/restart (None: not available here)."""
 
     async def db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a blocking store call off the event loop."""
@@ -207,11 +225,28 @@ def _delegate(hive: Hive) -> Delegate:
 
 async def run_task(caller: Caller, args: RunTaskArgs) -> str:
     """Start a sub-task on the caller's repository; returns its id at once."""
+    from hal9999.agents.registry import available_agents
     from hal9999.hive.store import get_agent
+    from hal9999.tasks.state import ACTIVE
 
     hive = caller.hive
     tasks = _delegate(hive)
     record = await hive.db(get_agent, hive.store, caller.agent)
+    if args.agent is not None and args.agent not in available_agents():
+        raise UsageError(
+            f"unknown agent {args.agent!r} for a sub-task",
+            hint=f"one of: {', '.join(available_agents())}",
+        )
+    active = {s.value for s in ACTIVE}
+    running = 0
+    for task_id in await hive.db(_owned, hive, caller.agent):
+        with contextlib.suppress(HalError):
+            running += (await tasks.get(task_id)).status in active
+    if running >= MAX_ACTIVE_SUBTASKS:
+        raise UsageError(
+            f"you have {running} sub-tasks queued or running (at most {MAX_ACTIVE_SUBTASKS})",
+            hint="wait for one with task_result first",
+        )
     if record.repo is None:
         raise UsageError(
             f"agent {caller.agent!r} has no repository to run a sub-task on",
