@@ -24,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 from hal9999.errors import HalError
 from hal9999.hive.mcp.channel import SOCKET_NAME, McpPaths, checked_name
+from hal9999.hive.mcp.thread_tools import THREAD_TOOLS
 from hal9999.hive.mcp.tools import Caller, Hive, Tool, tools_for
 
 logger = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ class McpHub:
     def __init__(self, hive: Hive, extra_tools: list[Tool] | None = None) -> None:
         self.hive = hive
         self.paths = McpPaths(hive.home)
-        self.extra_tools = list(extra_tools or [])
+        self.extra_tools = [*THREAD_TOOLS, *(extra_tools or [])]
         self._servers: dict[str, asyncio.Server] = {}
         self._conns: set[asyncio.Task[None]] = set()
 
