@@ -181,3 +181,12 @@ async def test_sub_tasks_are_bounded_and_name_a_known_agent(world: World) -> Non
         for record in world.tasks.records.values():
             record.status = "succeeded"
         assert not (await call(alpha, "run_task", prompt="now it fits"))[0]
+
+
+async def test_inbox_leaves_out_what_the_turns_prompt_delivered(world: World) -> None:
+    early = broker.send(world.store, sender="operator", recipient="beta", body="in the prompt")
+    broker.mark(world.store, [early.id], "delivered")  # the turn loop put it in the prompt
+    broker.send(world.store, sender="alpha", recipient="beta", body="new")
+    async with connect(world.socks["beta"]) as beta:
+        failed, got = await call(beta, "inbox")
+    assert not failed and [m["body"] for m in got["messages"]] == ["new"]

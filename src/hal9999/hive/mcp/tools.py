@@ -102,7 +102,7 @@ class SendArgs(_Args):
 
 
 class InboxArgs(_Args):
-    """Your unread messages (marked read once returned)."""
+    """Messages that came since your turn's prompt (marked read once returned)."""
 
     include_read: bool = Field(False, description="also the latest read ones")
 
@@ -163,7 +163,9 @@ async def send(caller: Caller, args: SendArgs) -> str:
 
 async def _take_unread(caller: Caller) -> list[Any]:
     store = caller.hive.store
-    messages = await caller.hive.db(broker.inbox, store, caller.agent, limit=50)
+    found = await caller.hive.db(broker.inbox, store, caller.agent, limit=100)
+    # A delivered message is in the current turn's prompt already: only new ones here.
+    messages = [m for m in found if m.state == "sent"][:50]
     if messages:
         await caller.hive.db(broker.mark, store, [m.id for m in messages], "read")
     return list(messages)
