@@ -10,7 +10,7 @@ from tests.hive.conftest import hive_events
 
 from hal9999.errors import ThreadForbidden, ThreadStateError, UsageError
 from hal9999.hive import broker, questions
-from hal9999.hive.threads import open_threads
+from hal9999.hive.threads import open_count, open_threads
 from hal9999.store import Store
 
 
@@ -22,12 +22,13 @@ def test_a_peer_question_reaches_the_target_and_the_answer_the_asker(store: Stor
     assert "Which port" in incoming.body
     assert [q.id for q in open_threads(store, "bob").questions] == [asked.id]
     assert [q.id for q in open_threads(store, "alice").questions] == [asked.id]
+    assert (open_count(store, "alice"), open_count(store, "bob")) == (1, 1)
     answered = questions.answer(store, asked.id, "8080", answerer="bob")
     assert (answered.state, answered.answer, answered.answerer) == ("answered", "8080", "bob")
     [reply] = broker.inbox(store, "alice")
     assert (reply.kind, reply.sender, reply.ref) == ("answer", "bob", asked.id)
     assert reply.body.endswith("\n8080") and "Which port" in reply.body
-    assert open_threads(store).count == 0
+    assert open_threads(store).count == 0 and open_count(store, "bob") == 0
     with pytest.raises(ThreadStateError, match="already answered by bob"):
         questions.answer(store, asked.id, "9090", answerer="bob")
     assert [e["type"] for e in hive_events(store)] == ["question_asked", "question_answered"]

@@ -236,6 +236,17 @@ def open_threads(store: Store, agent: str | None = None) -> OpenThreads:
     )
 
 
+def open_count(store: Store, agent: str) -> int:
+    """How many threads ``agent`` is part of are open (what turn statistics record)."""
+    row = store._query(
+        "SELECT (SELECT COUNT(*) FROM hive_approvals WHERE state = 'pending' AND proposer = ?)"
+        " + (SELECT COUNT(*) FROM hive_questions WHERE state = 'open'"
+        " AND (asker = ? OR target = ?))",
+        (agent, agent, agent),
+    )[0]
+    return int(row[0])
+
+
 def next_deadline(store: Store) -> float | None:
     """The earliest time something open falls due: a reminder, or a question's or
     proposal's expiry (None when nothing waits on the clock)."""
