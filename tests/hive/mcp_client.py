@@ -5,21 +5,24 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from mcp import Client, StdioServerParameters
 
+from hal9999.hive.mcp.channel import LAUNCH
+
 FORWARDER = Path(__file__).parents[2] / "src" / "hal9999" / "hive" / "mcp" / "forwarder.py"
 
 
 @contextlib.asynccontextmanager
-async def connect(sock: Path) -> AsyncIterator[Client]:
-    """An MCP client whose server command is the forwarder to ``sock``."""
-    args = ["-I", "-S", str(FORWARDER), str(sock)]
-    params = StdioServerParameters(command=sys.executable, args=args)
+async def connect(sock: Path, *, path: str | None = None) -> AsyncIterator[Client]:
+    """An MCP client whose server command is the one the presets use (the launch script
+    running a forwarder from the socket's directory) to ``sock``; ``path`` replaces PATH."""
+    args = ["-c", LAUNCH, str(sock.parent), str(sock)]
+    env = {"PATH": path} if path is not None else None
+    params = StdioServerParameters(command="sh", args=args, env=env)
     async with Client(params) as client:
         yield client
 

@@ -15,10 +15,17 @@ from hal9999.agents.claude import ClaudeCodeAgent
 from hal9999.agents.codex import CodexAgent
 from hal9999.agents.gemini import GeminiAgent
 from hal9999.agents.opencode import OpencodeAgent
-from hal9999.hive.mcp.channel import CHANNEL_TARGET, McpPaths, McpRoute, attach, route_for
+from hal9999.hive.mcp.channel import (
+    CHANNEL_TARGET,
+    LAUNCH,
+    McpPaths,
+    McpRoute,
+    attach,
+    route_for,
+)
 
 SERVER = McpRoute(McpPaths(Path("/nonexistent")), "alpha").server()
-FORWARD = ["-I", "-S", f"{CHANNEL_TARGET}/forwarder.py", f"{CHANNEL_TARGET}/mcp.sock"]
+FORWARD = ["-c", LAUNCH, CHANNEL_TARGET, f"{CHANNEL_TARGET}/mcp.sock"]
 
 
 def ctx(*, mcp: bool = True, settings: AgentSettings | None = None) -> AgentContext:
@@ -39,7 +46,8 @@ def argv(launch: object) -> list[str]:
 
 
 def test_the_server_is_the_forwarder_to_the_bound_socket() -> None:
-    assert SERVER.name == "hal" and SERVER.command == "python3"
+    assert SERVER.name == "hal" and SERVER.command == "sh"
+    assert "python3 -I -S" in LAUNCH and 'perl "$0/forwarder.pl"' in LAUNCH
     assert list(SERVER.args) == FORWARD
 
 
@@ -52,7 +60,7 @@ def test_claude_gets_strict_mcp_config_and_the_server_allowed() -> None:
     assert args[args.index("--resume") + 1] == "sess-1"
     config = json.loads(launch.files["/home/hal/.hal/mcp.json"])
     assert config == {
-        "mcpServers": {"hal": {"type": "stdio", "command": "python3", "args": FORWARD, "env": {}}}
+        "mcpServers": {"hal": {"type": "stdio", "command": "sh", "args": FORWARD, "env": {}}}
     }
     assert launch.env["MCP_TOOL_TIMEOUT"] == "60000"
     assert launch.env["ENABLE_TOOL_SEARCH"] == "false"  # else the tools hide behind a search
@@ -65,7 +73,7 @@ def test_codex_gets_an_mcp_servers_table() -> None:
     launch = CodexAgent().build(ctx(settings=settings))
     config = tomllib.loads(launch.files["/home/hal/.codex/config.toml"].decode())
     assert config["mcp_servers"]["hal"] == {
-        "command": "python3",
+        "command": "sh",
         "args": FORWARD,
         "startup_timeout_sec": 20,
         "tool_timeout_sec": 60,
@@ -80,7 +88,7 @@ def test_opencode_gets_a_local_mcp_entry() -> None:
     config = json.loads(launch.env["OPENCODE_CONFIG_CONTENT"])
     assert config["mcp"]["hal"] == {
         "type": "local",
-        "command": ["python3", *FORWARD],
+        "command": ["sh", *FORWARD],
         "enabled": True,
         "timeout": 60000,
     }
@@ -92,7 +100,7 @@ def test_gemini_gets_trusted_mcp_servers() -> None:
     launch = GeminiAgent().build(ctx())
     config = json.loads(launch.files["/home/hal/.gemini/settings.json"])
     assert config["mcpServers"]["hal"] == {
-        "command": "python3",
+        "command": "sh",
         "args": FORWARD,
         "timeout": 60000,
         "trust": True,
@@ -111,7 +119,7 @@ def test_route_is_found_only_for_a_marked_task_and_binds_that_agent_only(tmp_pat
     bind = route.bind()
     assert bind.source == tmp_path / "hive" / "mcp" / "alpha"
     assert bind.target == CHANNEL_TARGET and bind.read_only
-    assert (bind.source / "forwarder.py").is_file()
+    assert (bind.source / "forwarder.py").is_file() and (bind.source / "forwarder.pl").is_file()
 
 
 @pytest.mark.parametrize("name", ["../beta", "Alpha", "a/b", "", "x" * 33])

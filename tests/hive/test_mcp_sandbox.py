@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hal9999.hive import broker
-from hal9999.hive.mcp.channel import McpPaths, McpRoute
+from hal9999.hive.mcp.channel import LAUNCH, McpPaths, McpRoute
 from hal9999.hive.mcp.server import McpHub
 from hal9999.hive.mcp.tools import Hive
 from hal9999.hive.store import AgentRecord, insert_agent
@@ -24,8 +24,8 @@ pytestmark = pytest.mark.bwrap
 
 PROBE = r"""
 import json, os, socket, subprocess, sys
-other = sys.argv[1]
-fwd = subprocess.Popen(["python3", "-I", "-S", "/hal-mcp/forwarder.py", "/hal-mcp/mcp.sock"],
+other, launch = sys.argv[1], sys.argv[2]
+fwd = subprocess.Popen(["sh", "-c", launch, "/hal-mcp", "/hal-mcp/mcp.sock"],
                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 def rpc(message):
     fwd.stdin.write((json.dumps(message) + "\n").encode()); fwd.stdin.flush()
@@ -87,7 +87,8 @@ async def test_a_sandbox_acts_only_as_its_own_agent(
     sandbox = await provider.create(SandboxSpec(network="none", binds=(route.bind(),)))
     try:
         result = await sandbox.exec(
-            ArgvCommand(argv=("python3", "-I", "-S", "-c", PROBE, str(beta_sock))), timeout=60
+            ArgvCommand(argv=("python3", "-I", "-S", "-c", PROBE, str(beta_sock), LAUNCH)),
+            timeout=60,
         )
     finally:
         await provider.destroy(sandbox.id)

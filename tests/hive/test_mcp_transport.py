@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 import sys
 import time
@@ -67,6 +68,7 @@ async def test_the_forwarder_waits_for_a_socket_opened_late(hub: McpHub) -> None
         await asyncio.sleep(1.0)
         await hub.serve("late")
 
+    hub.paths.prepare("late")  # as the runner does before the sandbox starts
     sock = hub.paths.socket("late")
     opener = asyncio.create_task(open_later())
     async with connect(sock) as client:  # started before the socket exists
@@ -99,3 +101,17 @@ async def test_one_agent_gets_a_bounded_number_of_connections(hub: McpHub) -> No
     await asyncio.sleep(0.2)
     async with connect(sock) as client:  # the slots free again
         assert (await client.list_tools()).tools
+
+
+@pytest.mark.skipif(shutil.which("perl") is None, reason="no perl here")
+async def test_without_python_the_perl_forwarder_carries_the_session(
+    hub: McpHub, tmp_path: Path
+) -> None:
+    sock = await hub.serve("alpha")
+    bare = tmp_path / "bin"  # a PATH with a shell and perl, no python (hal's container image)
+    bare.mkdir()
+    for program in ("sh", "perl"):
+        (bare / program).symlink_to(shutil.which(program) or program)
+    async with connect(sock, path=str(bare)) as client:
+        failed, text = await call(client, "task_status", id="nope1234")
+    assert failed and text.startswith("usage: no sub-task 'nope1234' of yours")

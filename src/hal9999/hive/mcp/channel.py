@@ -34,6 +34,13 @@ CHANNEL_TARGET = "/hal-mcp"
 """Where an agent's MCP directory appears inside its sandbox."""
 SOCKET_NAME = "mcp.sock"
 FORWARDER_NAME = "forwarder.py"
+PERL_FORWARDER_NAME = "forwarder.pl"
+LAUNCH = (
+    'if command -v python3 >/dev/null 2>&1; then exec python3 -I -S "$0/forwarder.py" "$1"; fi\n'
+    'exec perl "$0/forwarder.pl" "$1"\n'
+)
+"""The CLI's MCP command: the python forwarder, or the perl one in an image without python
+(hal's container image: perl-base is Essential in Debian, python is not)."""
 MARKER = "mcp.json"
 """In a task's run directory: the hive agent the task's runs belong to."""
 SERVER_NAME = "hal"
@@ -67,10 +74,11 @@ class McpPaths:
         directory = self.agent_dir(agent)
         directory.mkdir(exist_ok=True)
         directory.chmod(0o755)  # a sandbox runs as its own uid: it must reach the socket
-        tmp = directory / f".{FORWARDER_NAME}.tmp"
-        shutil.copyfile(Path(__file__).with_name(FORWARDER_NAME), tmp)
-        tmp.chmod(0o644)
-        tmp.replace(directory / FORWARDER_NAME)
+        for name in (FORWARDER_NAME, PERL_FORWARDER_NAME):
+            tmp = directory / f".{name}.tmp"
+            shutil.copyfile(Path(__file__).with_name(name), tmp)
+            tmp.chmod(0o644)
+            tmp.replace(directory / name)
         return directory
 
 
@@ -93,10 +101,9 @@ class McpRoute:
         return Bind(source=self.paths.agent_dir(self.agent), target=CHANNEL_TARGET, read_only=True)
 
     def server(self) -> McpServer:
-        """The stdio command the agent CLI starts: the forwarder to the bound socket."""
-        forwarder = posixpath.join(CHANNEL_TARGET, FORWARDER_NAME)
+        """The stdio command the agent CLI starts: a forwarder to the bound socket."""
         sock = posixpath.join(CHANNEL_TARGET, SOCKET_NAME)
-        return McpServer(name=SERVER_NAME, command="python3", args=("-I", "-S", forwarder, sock))
+        return McpServer(name=SERVER_NAME, command="sh", args=("-c", LAUNCH, CHANNEL_TARGET, sock))
 
 
 def attach(run_dir: Path, agent: str) -> None:
