@@ -118,3 +118,16 @@ async def test_of_two_resolutions_at_once_only_one_wins(store: Store) -> None:
     with pytest.raises(ThreadStateError, match="already denied"):
         approvals._resolve(store, stale, "approved", "operator", None, {}, "approved")
     assert len(broker.inbox(store, "bob")) == 1
+
+
+def test_an_agent_cannot_bury_the_operator_in_proposals(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(approvals, "MAX_PENDING", 2)
+    for n in range(2):
+        approvals.propose(store, kind="tool", proposer="bob", title=f"t{n}", payload={})
+    with pytest.raises(UsageError, match="already has 2 proposals waiting"):
+        approvals.propose(store, kind="tool", proposer="bob", title="t3", payload={})
+    approvals.propose(store, kind="tool", proposer="alice", title="alice's", payload={})
+    approvals.deny(store, approvals.list_approvals(store)[0].id, reason="no")
+    approvals.propose(store, kind="tool", proposer="bob", title="room again", payload={})

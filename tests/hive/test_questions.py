@@ -99,3 +99,15 @@ def test_an_answer_after_the_deadline_but_before_the_sweep_expires_it(store: Sto
         questions.answer(store, asked.id, "late", answerer="bob")
     [reply] = broker.inbox(store, "alice")
     assert reply.body.startswith(questions.EXPIRED_PREFIX)
+
+
+def test_an_agent_cannot_flood_others_with_questions(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(questions, "MAX_OPEN", 2)
+    questions.ask(store, asker="alice", question="1?", to="bob")
+    questions.ask(store, asker="alice", question="2?")
+    with pytest.raises(UsageError, match="already has 2 unanswered questions"):
+        questions.ask(store, asker="alice", question="3?", to="bob")
+    assert len(broker.inbox(store, "bob")) == 1  # the refused one never reached bob
+    questions.ask(store, asker="bob", question="mine?", to="alice")

@@ -44,6 +44,9 @@ DEFAULT_TTL_S = 7 * 86400.0
 DIFF_LIMIT = 4 << 20
 """The most of a proposal's diff ``hal approvals show`` prints."""
 
+MAX_PENDING = 20
+"""Pending proposals one agent may have (a looping agent must not bury the operator)."""
+
 Executor = Callable[[Approval], Awaitable[dict[str, Any]]]
 """What carries out an approved proposal of one kind; returns what it did (JSON-ready)."""
 _EXECUTORS: dict[str, Executor] = {}
@@ -60,6 +63,17 @@ def set_executor(kind: ApprovalKind, executor: Executor | None) -> None:
 def branch_of(agent: str) -> str:
     """The branch an agent's work lives on."""
     return f"hal/agent/{agent}"
+
+
+def _check_room(store: Store, proposer: str) -> None:
+    (pending,) = store._query(
+        "SELECT COUNT(*) FROM hive_approvals WHERE proposer = ? AND state = 'pending'", (proposer,)
+    )[0]
+    if proposer != OPERATOR and pending >= MAX_PENDING:
+        raise UsageError(
+            f"{proposer} already has {pending} proposals waiting for the operator",
+            hint="wait for decisions (see open_threads) before proposing more",
+        )
 
 
 def _insert(store: Store, approval: Approval) -> Approval:
@@ -103,6 +117,7 @@ def propose(
     if kind == "apply":
         raise UsageError("an apply proposal is made with propose_apply (it pins the commits)")
     check_participant(store, proposer, "the proposer")
+    _check_room(store, proposer)
     title = check_text(title, "title")[:200]
     if len(json.dumps(payload)) > 16 * 1024:
         raise UsageError("the proposal's details are over 16 KiB", hint="keep them short")
@@ -121,6 +136,9 @@ async def propose_apply(
     """Queue the proposer's own branch for merging into ``target`` of ``repo``: the range is
     resolved and its head pinned now, and that exact commit is what approval merges."""
     await asyncio.to_thread(check_participant, store, proposer, "the proposer")
+    if proposer == OPERATOR:
+        raise UsageError("an apply proposal is an agent's, for its own branch")
+    await asyncio.to_thread(_check_room, store, proposer)
     if summary:
         check_text(summary, "summary")
     approval_id = new_id("a")

@@ -36,6 +36,8 @@ from hal9999.store import Store
 EXPIRED_PREFIX = "[no answer]"
 """How the sentinel answer of an expired question starts."""
 MAX_TTL_S = 30 * 86400.0
+MAX_OPEN = 50
+"""Unanswered questions one agent may have asked (a looping agent must not flood anyone)."""
 
 
 def ask(
@@ -51,6 +53,14 @@ def ask(
     check_text(question, "question")
     if ttl_s is not None and not 0 < ttl_s <= MAX_TTL_S:
         raise UsageError(f"a question's ttl must be above 0 and at most 30 days, not {ttl_s}")
+    (waiting,) = store._query(
+        "SELECT COUNT(*) FROM hive_questions WHERE asker = ? AND state = 'open'", (asker,)
+    )[0]
+    if asker != OPERATOR and waiting >= MAX_OPEN:
+        raise UsageError(
+            f"{asker} already has {waiting} unanswered questions",
+            hint="wait for answers (see open_threads) before asking more",
+        )
     now = time.time()
     asked = Question(
         id=new_id("q"), asker=asker, target=to, question=question, state="open", created=now,
