@@ -206,6 +206,8 @@ class HalConfig(_Config):
     """Daemon queue settings (``[scheduler]``), validated by :mod:`hal9999.pool.settings`."""
     gateway: GatewayConfig = GatewayConfig()
     """The LLM gateway and egress policy (``[gateway]``)."""
+    hive: dict[str, Any] = Field(default_factory=dict)
+    """Hive settings (``[hive]``), validated by :mod:`hal9999.hive.settings`."""
 
     @field_validator("home")
     @classmethod

@@ -465,6 +465,7 @@ def main() -> None:
         approvals,
         dashboard,
         doctor,
+        hive,  # hal agent, hal msg, hal hive, hal vacuum
         image,
         pool,
         questions,

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from hal9999.config import HalConfig
 from hal9999.errors import ConfigError
 from hal9999.server.follow import MAX_WAIT_S, events_page, follow_page
+from hal9999.server.hive_api import add_hive_routes
 from hal9999.server.routing import ApiRequest as Request
 from hal9999.server.routing import Router
 from hal9999.spec import ArgvCommand
@@ -288,4 +289,5 @@ def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
         from hal9999.server.sse import add_stream_routes
 
         add_stream_routes(router, ctx)
+    add_hive_routes(router, daemon)
     return router

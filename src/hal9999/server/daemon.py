@@ -21,7 +21,12 @@ from typing import IO, TYPE_CHECKING, Any
 from hal9999.config import HalConfig
 from hal9999.errors import HalError, TaskNotFound
 from hal9999.events.bus import EventBus, IndexTail
+from hal9999.hive import broker
+from hal9999.hive import store as hive_store
 from hal9999.hive.deadlines import DeadlineLoop
+from hal9999.hive.retention import vacuum_forever
+from hal9999.hive.settings import hive_settings
+from hal9999.hive.turns import HiveLoop
 from hal9999.pool import SlotDir, WarmPool
 from hal9999.pool.settings import ProviderSettings, provider_settings, scheduler_settings
 from hal9999.providers.base import Provider
@@ -71,6 +76,9 @@ class Daemon:
         self.scheduler = Scheduler(
             self.service, scheduler_settings(config, environ), self.provider_limit
         )
+        self.hive_settings = hive_settings(config)
+        self.hive = HiveLoop(self.service, self.scheduler, self.hive_settings)
+        """The hive's turn loop (agents woken by their mail)."""
         self.http: HalServer | None = None
         self.feed: EventFeed | None = None
         """Every event in ``gseq`` order for the event streams (set by :meth:`start`)."""
@@ -161,7 +169,8 @@ class Daemon:
         self.files.write_info(self.info)
         for task, adopted in adoptions:
             self.scheduler.carry_on(task, adopted)
-        self._loops = [
+        self.start_hive()
+        self._loops += [
             asyncio.create_task(self.scheduler.run_forever(), name="scheduler"),
             asyncio.create_task(self.keep(), name="keeper"),
             asyncio.create_task(tail.run(start=first_gseq), name="event-index-tail"),
@@ -175,6 +184,17 @@ class Daemon:
         self._loops.append(asyncio.create_task(self.mcp.run_forever(), name="mcp"))
         logger.info("hal serve: pid %d, socket %s, port %d", os.getpid(), sock, port)
         return self.info
+
+    def start_hive(self) -> None:
+        """Wire the broker and hive events to this daemon; start the turn loop and vacuum."""
+        s = self.hive_settings
+        broker.limits = broker.BrokerLimits(s.rate_per_minute, s.loop_messages, s.loop_window_s)
+        broker.set_waker(self.hive.wake)
+        hive_store.set_publisher(self.bus.publish_hive)
+        self._loops += [
+            asyncio.create_task(self.hive.run_forever(), name="hive"),
+            asyncio.create_task(vacuum_forever(self.store, s), name="hive-vacuum"),
+        ]
 
     async def keep(self) -> None:
         """The pool keeper and reaper: warm floors, idle timeouts, stuck tasks."""
@@ -195,9 +215,11 @@ class Daemon:
             self.feed.close()  # event streams end, so the listeners close at once
         if self.http is not None:
             await self.http.close()
-        for loop in self._loops:
+        broker.set_waker(None)
+        hive_store.set_publisher(None)
+        for loop in [*self._loops, *self.hive.turns.values()]:
             loop.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        await asyncio.gather(*self._loops, *self.hive.turns.values(), return_exceptions=True)
         if self.mcp is not None:
             await self.mcp.close_all()
         await self.scheduler.shutdown()

@@ -1,0 +1,335 @@
+"""``hal agent ...``, ``hal msg ...``, ``hal hive init`` and ``hal vacuum``: the hive.
+
+The hive runs in ``hal serve`` (its turn loop wakes agents); commands that change agents
+go through the daemon. Reading (list, show, stats, inbox, logs) works without it, from the
+store; ``hal msg send`` without the daemon commits the message, and the daemon delivers it
+when it runs.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hal9999.cli.main import App, app, cli, emit_json, run_async
+from hal9999.errors import HalError, UsageError
+from hal9999.server.client import DaemonClient
+
+MANAGER = "manager"
+MANAGER_ROLE = """\
+You are the manager of a hive of coding agents run by hal. You wake when something arrives in
+your mailbox: a message from the operator, a crash notice of an agent, an answer, an approval
+result. You coordinate: you ask for new agents (a spawn request goes to the operator for
+approval), see the agents and their state, see open threads (pending approvals and unanswered
+questions across the hive), stop or restart agents (with approval), and message anyone.
+Keep durable notes in NOTES.md of your workspace.
+"""
+
+
+def _daemon(a: App, what: str) -> DaemonClient:
+    client = a.daemon()
+    if client is None:
+        raise HalError(
+            f"{what} needs the hive's turn loop, which runs in hal serve (not running)",
+            hint="start it with `hal serve --detach`",
+        )
+    return client
+
+
+def _call(a: App, what: str, method: str, path: str, body: dict[str, Any] | None = None,
+          query: dict[str, Any] | None = None) -> Any:  # fmt: skip
+    return run_async(_daemon(a, what).call(method, path, body, query))
+
+
+def _ago(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    seconds = max(0, time.time() - ts)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit} ago"
+    return f"{seconds:.0f}s ago"
+
+
+def _read_role(role: Path | None) -> str | None:
+    if role is None:
+        return None
+    try:
+        return role.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read the role file {role}: {exc}", hint="--role FILE") from exc
+
+
+def _agent_line(data: dict[str, Any]) -> str:
+    detail = f"  ({data['detail']})" if data.get("detail") else ""
+    kind = " [manager]" if data.get("kind") == "manager" else ""
+    return f"{data['name']:<16} {data['state']:<9} {data['agent']:<10} {data['provider']:<8}" + (
+        f" task {data['task_id'] or '-'}{kind}{detail}"
+    )
+
+
+# -- hal agent -------------------------------------------------------------------------
+@cli.group()
+def agent() -> None:
+    """Long-lived named agents of the hive (woken by their mail; see docs/hive.md)."""
+
+
+@agent.command()
+@click.argument("name")
+@click.option("--agent", "preset", help="Agent preset or command template (default: config).")
+@click.option("--repo", help="Repository the agent works on (default: its own new one).")
+@click.option("--role", type=click.Path(path_type=Path, dir_okay=False), help="Role prompt file.")
+@click.option("--provider", help="Sandbox provider (default: config).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def spawn(name: str, preset: str | None, repo: str | None, role: Path | None,
+          provider: str | None, as_json: bool) -> None:  # fmt: skip
+    """Create agent NAME, asleep until its first message."""
+    from hal9999.hive.store import check_name
+
+    check_name(name)
+    a = app()
+    if repo is not None and "://" not in repo:
+        repo = str(Path(repo).resolve())
+    body = {"name": name, "agent": preset, "repo": repo, "role": _read_role(role),
+            "provider": provider}  # fmt: skip
+    data = _call(a, "spawning an agent", "POST", "/v1/hive/agents", body)
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(f"spawned {name}; it wakes on its first message: hal msg send {name} \"...\"")
+
+
+@agent.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def list_(as_json: bool) -> None:
+    """Every agent and its state."""
+    from hal9999.hive.store import list_agents
+
+    rows = [r.model_dump(mode="json") for r in list_agents(app().store)]
+    if as_json:
+        emit_json(rows)
+    elif rows:
+        click.echo("\n".join(_agent_line(r) for r in rows))
+    else:
+        click.echo("no agents yet; create one with: hal agent spawn NAME (or hal hive init)")
+
+
+@agent.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def show(name: str, as_json: bool) -> None:
+    """One agent: state, task, unread mail, recent turns."""
+    from hal9999.hive import stats
+    from hal9999.hive.broker import inbox
+    from hal9999.hive.store import get_agent
+
+    a = app()
+    record = get_agent(a.store, name)
+    recent = stats.turns(a.store, name, limit=5)
+    data = {**record.model_dump(mode="json"), "unread": len(inbox(a.store, name)),
+            "recent_turns": [t.model_dump(mode="json") for t in recent]}  # fmt: skip
+    if as_json:
+        emit_json(data)
+        return
+    click.echo(_agent_line(data))
+    click.echo(f"repo {data['repo']}, branch hal/agent/{name}, unread {data['unread']}")
+    for turn in data["recent_turns"]:
+        click.echo(f"  turn {turn['id']}: {turn['result'] or 'running'} "
+                   f"({turn['wake_reason']}, {_ago(turn['started_at'])})")  # fmt: skip
+
+
+def _control(name: str, action: str, as_json: bool) -> None:
+    a = app()
+    method, path = ("DELETE", "") if action == "rm" else ("POST", f"/{action}")
+    data = _call(a, f"`hal agent {action}`", method, f"/v1/hive/agents/{name}{path}")
+    if as_json:
+        emit_json(data)
+    elif action == "rm":
+        click.echo(f"removed {name} (its task, session and state directory)")
+    else:
+        click.echo(_agent_line(data))
+
+
+@agent.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def stop(name: str, as_json: bool) -> None:
+    """Stop NAME: a turn in progress is stopped, and it wakes for nothing until started."""
+    _control(name, "stop", as_json)
+
+
+@agent.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def start(name: str, as_json: bool) -> None:
+    """Let a stopped or crashed NAME wake again (mail waiting wakes it at once)."""
+    _control(name, "start", as_json)
+
+
+@agent.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def rm(name: str, as_json: bool) -> None:
+    """Remove NAME: its task and session, its state directory and its record."""
+    _control(name, "rm", as_json)
+
+
+def _task_of(name: str) -> str:
+    from hal9999.hive.store import get_agent
+
+    record = get_agent(app().store, name)
+    if record.task_id is None:
+        raise HalError(f"agent {name} has not run a turn yet", hint=f'hal msg send {name} "..."')
+    return record.task_id
+
+
+@agent.command()
+@click.argument("name")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing while the turn runs.")
+@click.pass_context
+def logs(ctx: click.Context, name: str, follow: bool) -> None:
+    """The agent's output (every turn, from its session's log)."""
+    from hal9999.cli.task import logs as task_logs
+
+    ctx.invoke(task_logs, task_id=_task_of(name), follow=follow)
+
+
+@agent.command()
+@click.argument("name")
+@click.pass_context
+def attach(ctx: click.Context, name: str) -> None:
+    """Attach your terminal to the agent's turn in progress (detach: Ctrl-b d)."""
+    from hal9999.cli.task import attach as task_attach
+
+    ctx.invoke(task_attach, task_id=_task_of(name))
+
+
+@agent.command("stats")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def agent_stats(name: str, as_json: bool) -> None:
+    """Turn statistics of NAME: totals, results, tokens, cost, tools, p50/p95 turn time."""
+    from hal9999.hive import stats
+    from hal9999.hive.store import get_agent
+
+    a = app()
+    get_agent(a.store, name)
+    data = stats.summary(a.store, name)
+    if as_json:
+        emit_json(data)
+        return
+
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value / 1000:.1f}s"
+
+    results = ", ".join(f"{n} {k}" for k, n in sorted(data["results"].items())) or "none"
+    cost = "-" if data["cost_usd"] is None else f"${data['cost_usd']:.4f}"
+    click.echo(f"{name}: {data['turns']} turn(s) ({results})")
+    click.echo(f"  time: p50 {ms(data['p50_ms'])}, p95 {ms(data['p95_ms'])}, "
+               f"total {ms(data['total_ms'])}")  # fmt: skip
+    click.echo(f"  tokens: in {data['input_tokens']}, out {data['output_tokens']}, cache read "
+               f"{data['cache_read_tokens']}, cache write {data['cache_write_tokens']};"
+               f" cost {cost}")  # fmt: skip
+    tools = ", ".join(f"{k} {n}" for k, n in data["tools"].items()) or "none"
+    click.echo(f"  tool calls: {data['tool_calls']} ({tools})")
+
+
+# -- hal msg ---------------------------------------------------------------------------
+@cli.group()
+def msg() -> None:
+    """Messages between you (the operator) and the hive's agents."""
+
+
+@msg.command()
+@click.argument("name")
+@click.argument("text")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def send(name: str, text: str, as_json: bool) -> None:
+    """Send TEXT to agent NAME (it wakes for it)."""
+    a = app()
+    client = a.daemon()
+    if client is not None:
+        data = run_async(client.call("POST", "/v1/hive/messages", {"to": name, "body": text}))
+    else:
+        from hal9999.hive.broker import OPERATOR
+        from hal9999.hive.broker import send as broker_send
+
+        data = broker_send(a.store, sender=OPERATOR, recipient=name, body=text).model_dump()
+    if as_json:
+        emit_json(data)
+    else:
+        later = "" if client is not None else " (hal serve is not running: delivered when it is)"
+        click.echo(f"sent {data['id']} to {name}{later}")
+
+
+@msg.command("inbox")
+@click.argument("name", required=False)
+@click.option("--all", "every", is_flag=True, help="Read messages too (the newest 100).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def inbox_(name: str | None, every: bool, as_json: bool) -> None:
+    """Your unread messages (marked read once shown), or agent NAME's mailbox."""
+    from hal9999.hive.broker import OPERATOR, inbox, mark
+    from hal9999.hive.store import get_agent
+
+    a = app()
+    who = name or OPERATOR
+    if who != OPERATOR:
+        get_agent(a.store, who)
+    found = inbox(a.store, who, include_read=every)
+    if who == OPERATOR:
+        mark(a.store, [m.id for m in found if m.state != "read"], "read")
+    if as_json:
+        emit_json([m.model_dump() for m in found])
+        return
+    if not found:
+        click.echo(f"no {'' if every else 'unread '}messages for {who}")
+    for m in found:
+        ref = f" re {m.ref}" if m.ref else ""
+        click.echo(f"{m.id} {_ago(m.created)} {m.kind} from {m.sender}{ref} [{m.state}]:")
+        click.echo("  " + m.body.replace("\n", "\n  "))
+
+
+# -- hal hive --------------------------------------------------------------------------
+@cli.group()
+def hive() -> None:
+    """The hive as a whole."""
+
+
+@hive.command()
+@click.option("--agent", "preset", help="Agent preset for the manager (default: config).")
+@click.option("--provider", help="Sandbox provider (default: config).")
+@click.option("--repo", help="Repository the manager works on (default: its own new one).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def init(preset: str | None, provider: str | None, repo: str | None, as_json: bool) -> None:
+    """Create the manager agent, which coordinates the hive."""
+    a = app()
+    if repo is not None and "://" not in repo:
+        repo = str(Path(repo).resolve())
+    body = {"name": MANAGER, "agent": preset, "provider": provider, "repo": repo,
+            "role": MANAGER_ROLE, "kind": "manager"}  # fmt: skip
+    data = _call(a, "`hal hive init`", "POST", "/v1/hive/agents", body)
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(f'the hive has its manager; talk to it: hal msg send {MANAGER} "..."')
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Only count what would be removed.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def vacuum(dry_run: bool, as_json: bool) -> None:
+    """Remove read messages, hive events and turn stats past their retention ([hive])."""
+    from hal9999.hive.retention import vacuum as run_vacuum
+    from hal9999.hive.settings import hive_settings
+
+    a = app()
+    counts = run_vacuum(a.store, hive_settings(a.config), dry_run=dry_run)
+    if as_json:
+        emit_json({"dry_run": dry_run, **counts})
+        return
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"{verb} {counts['messages']} read message(s), {counts['events']} hive event(s), "
+               f"{counts['turns']} turn stat(s)")  # fmt: skip

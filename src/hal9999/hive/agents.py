@@ -1,0 +1,243 @@
+"""Named agents: their durable state directory on the host, and spawn/stop/start/rm.
+
+::
+
+    <home>/agents/<name>/
+      role.md        the role prompt (given at spawn, or the default)
+      mailbox.jsonl  the mailbox ledger: every message handed to the agent, once
+      cursor         how many ledger entries the agent's finished turns have taken
+      repo/          the agent's own repository, when it was spawned without --repo
+
+The agent's long-lived session (workspace on branch ``hal/agent/<name>``, the agent CLI's
+home with its own session, so ``claude -p --resume`` continues) is its task's session:
+every turn resumes that one task. Only the host writes this directory; no sandbox sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from hal9999 import agentfs
+from hal9999.agents.registry import resolve_agent
+from hal9999.config import HalConfig
+from hal9999.errors import HiveError
+from hal9999.events.hive import AgentState
+from hal9999.hive.broker import Message
+from hal9999.hive.store import (
+    AgentPolicy,
+    AgentRecord,
+    check_name,
+    delete_agent,
+    get_agent,
+    insert_agent,
+    record_hive_event,
+    update_agent,
+)
+from hal9999.store import Store
+from hal9999.tasks import gitrepo
+
+DEFAULT_ROLE = """\
+You are {name}, a long-lived agent in a hive run by hal. You wake when something arrives in
+your mailbox (a message from the operator or another agent, an answer, an approval result,
+a reminder); each wake-up is one turn, and the new items are your prompt. Your workspace and
+your notes persist between turns: keep durable notes in NOTES.md of your workspace. Commit
+your work on your branch; the operator reviews it.
+"""
+ROLE_MAX_CHARS = 32 * 1024
+
+
+def agents_dir(home: Path) -> Path:
+    """Where the hive keeps the state directories of its agents."""
+    return home / "agents"
+
+
+@dataclass(frozen=True)
+class AgentDir:
+    """Paths of one agent's state directory."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, home: Path, name: str) -> AgentDir:
+        """The state directory of agent ``name`` (the name checked: it is a path part)."""
+        return cls(agents_dir(home) / check_name(name))
+
+    @property
+    def role(self) -> Path:
+        """The role prompt."""
+        return self.root / "role.md"
+
+    @property
+    def mailbox(self) -> Path:
+        """The mailbox ledger (JSON lines, one per message, each id once)."""
+        return self.root / "mailbox.jsonl"
+
+    @property
+    def cursor_file(self) -> Path:
+        """How many ledger entries finished turns have taken."""
+        return self.root / "cursor"
+
+    @property
+    def repo(self) -> Path:
+        """The agent's own repository (when spawned without one)."""
+        return self.root / "repo"
+
+    # -- the mailbox ledger ------------------------------------------------------------
+    def entries(self) -> list[dict[str, Any]]:
+        """Every ledger entry, in order; a torn last line (a crash mid-append) is skipped."""
+        try:
+            data = self.mailbox.read_bytes()
+        except FileNotFoundError:
+            return []
+        found = []
+        for line in data.splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+                found.append(entry)
+        return found
+
+    def append(self, messages: Iterable[Message]) -> list[str]:
+        """Add messages not in the ledger yet (dedupe by id), fsynced; returns the ids added.
+
+        Called before the broker marks them delivered: a crash in between delivers them
+        again after a restart, and this dedupe makes the agent see each one once."""
+        have = {entry["id"] for entry in self.entries()}
+        new = [m for m in messages if m.id not in have]
+        if not new:
+            return []
+        lines = b"".join(
+            json.dumps(m.model_dump(exclude={"state"}), ensure_ascii=False).encode() + b"\n"
+            for m in new
+        )
+        fd = os.open(self.mailbox, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            size = os.fstat(fd).st_size
+            if size and _last_byte(self.mailbox, size) != b"\n":
+                lines = b"\n" + lines  # end a torn line first
+            os.write(fd, lines)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return [m.id for m in new]
+
+    def cursor(self) -> int:
+        """How many entries finished turns have taken."""
+        try:
+            return int(self.cursor_file.read_text().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def set_cursor(self, value: int) -> None:
+        """Record that turns have taken the first ``value`` entries (atomic)."""
+        agentfs.write_host_file(self.cursor_file, iter([str(value).encode()]))
+
+    def pending(self) -> list[dict[str, Any]]:
+        """Ledger entries no finished turn has taken yet."""
+        return self.entries()[self.cursor() :]
+
+
+def _last_byte(path: Path, size: int) -> bytes:
+    with path.open("rb") as handle:
+        handle.seek(size - 1)
+        return handle.read(1)
+
+
+async def spawn(
+    store: Store,
+    config: HalConfig,
+    name: str,
+    *,
+    agent: str,
+    provider: str,
+    repo: str | None = None,
+    role: str | None = None,
+    kind: Literal["agent", "manager"] = "agent",
+    policy: AgentPolicy | None = None,
+) -> AgentRecord:
+    """Create agent ``name`` asleep: its state directory, role and (without ``repo``) its
+    own repository. It runs its first turn when its first message arrives."""
+    check_name(name)
+    resolve_agent(agent, config.agent_settings(agent))  # an unknown agent fails here
+    if role is not None and len(role) > ROLE_MAX_CHARS:
+        raise HiveError(f"the role has {len(role)} characters, more than {ROLE_MAX_CHARS}")
+    if repo is not None:
+        source = await gitrepo.resolve_source(repo, Path.cwd())
+        repo = source.location
+    paths = AgentDir.of(config.home, name)
+    if await asyncio.to_thread(get_agent_or_none, store, name) is not None:
+        raise HiveError(
+            f"an agent called {name!r} already exists",
+            hint=f"choose another name, or `hal agent rm {name}` first",
+        )
+    agents_dir(config.home).mkdir(mode=0o700, exist_ok=True)
+    paths.root.mkdir(mode=0o700, exist_ok=True)
+    agentfs.write_host_file(paths.role, iter([(role or DEFAULT_ROLE.format(name=name)).encode()]))
+    if repo is None:
+        repo = str(await _own_repo(paths.repo, name))
+    now = time.time()
+    record = AgentRecord(
+        name=name, agent=agent, provider=provider, repo=repo, kind=kind,
+        state="sleeping", policy=policy or AgentPolicy(), created_at=now, updated_at=now,
+    )  # fmt: skip
+    await asyncio.to_thread(insert_agent, store, record)
+    await asyncio.to_thread(
+        record_hive_event, store, AgentState(agent=name, state="sleeping", detail="spawned")
+    )
+    return record
+
+
+def get_agent_or_none(store: Store, name: str) -> AgentRecord | None:
+    """The agent called ``name``, or None."""
+    from hal9999.errors import AgentNotFound
+
+    try:
+        return get_agent(store, name)
+    except AgentNotFound:
+        return None
+
+
+async def _own_repo(path: Path, name: str) -> Path:
+    """A fresh repository with one commit, for an agent spawned without one."""
+    if (path / ".git").is_dir():
+        return path
+    path.mkdir(mode=0o700, exist_ok=True)
+    (path / "README.md").write_text(f"# {name}\n\nThe workspace of hive agent {name}.\n")
+    ident = ["-c", "user.name=hal", "-c", "user.email=hal@localhost"]
+    await gitrepo.git(["init", "-q", "-b", "main"], cwd=path, what="creating the agent's repo")
+    await gitrepo.git(["add", "README.md"], cwd=path, what="creating the agent's repo")
+    await gitrepo.git(
+        [*ident, "commit", "-q", "--no-verify", "-m", "hive agent workspace"],
+        cwd=path, what="creating the agent's repo",
+    )  # fmt: skip
+    return path
+
+
+def set_state(
+    store: Store, name: str, state: str, detail: str | None = None, *, expect: str | None = None,
+    **fields: Any,
+) -> AgentRecord | None:
+    """Move an agent to ``state`` (compare-and-set with ``expect``) and record the event."""
+    before = get_agent(store, name)
+    updated = update_agent(store, name, expect=expect, state=state, detail=detail, **fields)
+    if updated is not None and (before.state != state or detail):
+        record_hive_event(
+            store, AgentState(agent=name, state=state, previous=before.state, detail=detail)
+        )
+    return updated
+
+
+def forget(store: Store, home: Path, name: str) -> None:
+    """Remove an agent's record and state directory (its task is removed by the caller)."""
+    delete_agent(store, name)
+    agentfs.remove_tree(AgentDir.of(home, name).root)
+    record_hive_event(store, AgentState(agent=name, state="removed"))

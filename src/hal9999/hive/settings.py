@@ -1,0 +1,55 @@
+"""The hive's settings (``[hive]`` in the config), with documented defaults."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hal9999.config import HalConfig
+from hal9999.errors import ConfigError
+
+
+class HiveSettings(BaseModel):
+    """``[hive]``: guards, crash watch and retention of the hive."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    daily_budget_usd: float | None = Field(default=None, gt=0)
+    """Dollars all agents' turns may spend in any 24 h (None: no hive budget). Past it no
+    turn starts; the operator is told once."""
+    daily_budget_tokens: int | None = Field(default=None, gt=0)
+    """Tokens all agents' turns may spend in any 24 h (None: no limit)."""
+    rate_per_minute: int = Field(default=30, ge=0)
+    """Messages one agent may send in any 60 s (0: no limit)."""
+    loop_messages: int = Field(default=24, ge=0)
+    """Messages between two agents (both ways, no operator message to either) within
+    ``loop_window_s`` that stop both as a ping-pong loop (0: never)."""
+    loop_window_s: float = Field(default=600.0, gt=0)
+    crash_backoff_s: float = Field(default=2.0, ge=0)
+    """First restart delay after a crash; doubles with each crash in the window."""
+    crash_backoff_max_s: float = Field(default=300.0, ge=0)
+    crash_loop: int = Field(default=3, ge=1)
+    """Crashes within ``crash_window_s`` after which crash watch gives up (state
+    ``crashed``, the operator told) instead of restarting."""
+    crash_window_s: float = Field(default=600.0, gt=0)
+    turn_timeout_s: float = Field(default=1800.0, gt=0)
+    """The longest one turn may run."""
+    keep_messages_days: float = Field(default=30.0, gt=0)
+    """Read messages older than this are removed by ``hal vacuum`` (never unread ones)."""
+    keep_events_days: float = Field(default=7.0, gt=0)
+    """Hive events older than this are removed."""
+    keep_turns_days: float = Field(default=90.0, gt=0)
+    """Turn statistics older than this are removed."""
+    vacuum_interval_s: float = Field(default=3600.0, gt=0)
+    """How often the daemon runs the retention job."""
+
+
+def hive_settings(config: HalConfig) -> HiveSettings:
+    """The validated ``[hive]`` table of ``config``."""
+    try:
+        return HiveSettings.model_validate(config.hive)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(
+            f"[hive] {where}: {first['msg']}", hint="see docs/hive.md for the hive settings"
+        ) from exc

@@ -1,0 +1,389 @@
+"""The turn loop: wakes an agent when its mailbox has something new and runs one turn.
+
+A turn is one run of the agent's long-lived task: the first creates it (workspace on
+``hal/agent/<name>``), every later one resumes it with the agent CLI's own resume (its
+session id is on the task), so the gateway, events, masking and collection all apply. The
+prompt is the mailbox entries no finished turn has taken.
+
+Delivery, crash-safe: the broker's ``sent`` messages are appended to the agent's ledger
+(deduplicated by id, fsynced), then marked ``delivered``. A daemon killed in between
+delivers them again after a restart, and the ledger keeps each once. A turn that ends
+(well or not, but not a crash or a stop) advances the ledger cursor and marks its messages
+``read``; a crashed one is run again over the same entries by crash watch.
+
+Sleeping holds no sandbox. The loop also looks every ``poll_s`` for mail committed by
+other processes (a ``hal msg send`` without the daemon) and for turns left open by a
+daemon that died (their adopted task is followed to its end; a vanished one is a crash).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hal9999.agents.registry import resolve_agent
+from hal9999.errors import HalError
+from hal9999.events.hive import HiveGuard, TurnFinished
+from hal9999.hive import stats, watch
+from hal9999.hive.agents import AgentDir, set_state
+from hal9999.hive.broker import OPERATOR, SYSTEM, inbox, mark, send
+from hal9999.hive.settings import HiveSettings
+from hal9999.hive.store import AgentRecord, get_agent, list_agents, record_hive_event, update_agent
+from hal9999.store import Store, TaskRecord
+from hal9999.tasks.recovery import resume as resume_task
+from hal9999.tasks.scheduler import Scheduler
+from hal9999.tasks.service import RunRequest, TaskService
+from hal9999.tasks.session import Session
+from hal9999.tasks.state import ACTIVE, TaskStatus
+
+logger = logging.getLogger(__name__)
+
+OpenThreads = Callable[[Store, str], int]
+_open_threads: OpenThreads | None = None
+
+
+def set_open_threads(counter: OpenThreads | None) -> None:
+    """Register the count of an agent's open threads (pending approvals and unanswered
+    questions; :mod:`hal9999.hive.questions` and ``approvals`` own them), for turn stats."""
+    global _open_threads
+    _open_threads = counter
+
+
+def build_prompt(agent: AgentRecord, role: str, entries: list[dict[str, Any]], first: bool) -> str:
+    """The prompt of a turn: the role on a first turn (or for an agent that cannot resume),
+    then the new mailbox entries."""
+    parts = [role.strip(), ""] if first else []
+    parts.append(f"[hive] {len(entries)} new item(s) in the mailbox of {agent.name}:")
+    for entry in entries:
+        ref = f", re {entry['ref']}" if entry.get("ref") else ""
+        parts.append(f"\n--- {entry['kind']} {entry['id']} from {entry['sender']}{ref} ---")
+        parts.append(str(entry["body"]))
+    return "\n".join(parts) + "\n"
+
+
+def _result(task: TaskRecord) -> stats.TurnResult:
+    if task.status == TaskStatus.SUCCEEDED:
+        return "ok"
+    if task.status == TaskStatus.TIMED_OUT:
+        return "timeout"
+    if task.status in (TaskStatus.STOPPED, TaskStatus.CANCELLED):
+        return "stopped"
+    if watch.crash_reason(task) is not None:
+        return "crashed"
+    if task.error_code == "budget_exceeded":
+        return "budget"
+    return "error"
+
+
+class HiveLoop:
+    """The daemon's turn loop over every agent of the hive."""
+
+    def __init__(
+        self, service: TaskService, scheduler: Scheduler, settings: HiveSettings,
+        *, poll_s: float = 2.0,
+    ) -> None:  # fmt: skip
+        self.service = service
+        self.store = service.store
+        self.home = service.config.home
+        self.scheduler = scheduler
+        self.settings = settings
+        self.poll_s = poll_s
+        self.turns: dict[str, asyncio.Task[None]] = {}
+        """Agent name -> its turn in progress in this process."""
+        self._hold: dict[str, float] = {}
+        """Agent name -> monotonic time before which it does not wake (crash backoff)."""
+        self._held: set[str] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._budget_told = False
+
+    # -- waking ------------------------------------------------------------------------
+    def wake(self, name: str) -> None:
+        """Run a turn of ``name`` soon if it has mail (thread-safe; the broker's waker)."""
+        loop = self._loop
+        if loop is None or loop.is_closed() or name in (OPERATOR, SYSTEM):
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._wake_now, name)
+
+    def _wake_now(self, name: str) -> None:
+        if name in self.turns:
+            return  # it looks for more mail once this turn is over
+        wait = self._hold.get(name, 0.0) - time.monotonic()
+        if wait > 0:
+            if name not in self._held and self._loop is not None:
+                self._held.add(name)
+                self._loop.call_later(wait, self._release, name)
+            return
+        self.turns[name] = asyncio.create_task(self._guarded(name), name=f"turn-{name}")
+
+    def _release(self, name: str) -> None:
+        self._held.discard(name)
+        self._hold.pop(name, None)
+        self._wake_now(name)
+
+    async def run_forever(self) -> None:
+        """Wake agents with mail, finish turns a dead daemon left, poll for outside mail."""
+        self._loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await self.sweep()
+            except Exception:
+                logger.exception("hive: the sweep failed; retrying")
+            await asyncio.sleep(self.poll_s)
+
+    async def sweep(self) -> None:
+        """One look over every agent (also run at start)."""
+        agents = await asyncio.to_thread(list_agents, self.store)
+        for agent in agents:
+            if agent.name in self.turns:
+                continue
+            if agent.state == "running":
+                self.turns[agent.name] = asyncio.create_task(
+                    self._guarded(agent.name, adopted=True), name=f"turn-{agent.name}"
+                )
+            elif agent.state == "sleeping" and await asyncio.to_thread(self._has_mail, agent.name):
+                self._wake_now(agent.name)
+
+    def _has_mail(self, name: str) -> bool:
+        return bool(inbox(self.store, name, limit=1)) or bool(
+            AgentDir.of(self.home, name).pending()
+        )
+
+    async def _guarded(self, name: str, *, adopted: bool = False) -> None:
+        try:
+            if adopted:
+                await self._finish_adopted(name)
+            else:
+                await self.turn(name)
+        except Exception:
+            logger.exception("hive: the turn of %s failed", name)
+            with contextlib.suppress(HalError):
+                await asyncio.to_thread(
+                    set_state, self.store, name, "sleeping", "its last turn failed in hal",
+                    expect="running",
+                )  # fmt: skip
+        finally:
+            self.turns.pop(name, None)
+            # Mail that arrived during the turn (or a crashed turn's) gets a turn of its own.
+            if await asyncio.to_thread(self._wants_turn, name):
+                self._wake_now(name)
+
+    def _wants_turn(self, name: str) -> bool:
+        try:
+            return get_agent(self.store, name).state == "sleeping" and self._has_mail(name)
+        except HalError:
+            return False
+
+    # -- one turn ----------------------------------------------------------------------
+    def deliver(self, name: str) -> list[dict[str, Any]]:
+        """Hand the agent's ``sent`` messages to its ledger, then mark them delivered;
+        returns the ledger entries no finished turn has taken."""
+        paths = AgentDir.of(self.home, name)
+        fresh = [m for m in inbox(self.store, name, limit=1000) if m.state == "sent"]
+        paths.append(fresh)
+        mark(self.store, [m.id for m in fresh], "delivered")
+        return paths.pending()
+
+    def over_budget(self) -> str | None:
+        """Why no turn may start (the hive's daily budget is spent), or None."""
+        s = self.settings
+        if s.daily_budget_usd is None and s.daily_budget_tokens is None:
+            return None
+        tokens, cost = stats.hive_spent(self.store, time.time() - 86400)
+        if s.daily_budget_usd is not None and cost >= s.daily_budget_usd:
+            return f"the hive spent ${cost:.2f} in 24 h (budget ${s.daily_budget_usd:g})"
+        if s.daily_budget_tokens is not None and tokens >= s.daily_budget_tokens:
+            return f"the hive spent {tokens} tokens in 24 h (budget {s.daily_budget_tokens})"
+        return None
+
+    async def turn(self, name: str) -> None:
+        """Run one turn of ``name`` if it sleeps and has mail."""
+        agent = await asyncio.to_thread(get_agent, self.store, name)
+        if agent.state != "sleeping":
+            return
+        entries = await asyncio.to_thread(self.deliver, name)
+        if not entries:
+            return
+        spent = await asyncio.to_thread(self.over_budget)
+        if spent is not None:
+            await asyncio.to_thread(self._tell_budget, name, spent)
+            return
+        self._budget_told = False
+        moved = await asyncio.to_thread(
+            set_state, self.store, name, "running", None, expect="sleeping"
+        )
+        if moved is None:
+            return
+        first = entries[0]
+        reason = f"{first['kind']} from {first['sender']}"
+        ids = [str(e["id"]) for e in entries]
+        turn_id = await asyncio.to_thread(
+            stats.start_turn, self.store, name, agent.task_id, reason, ids
+        )
+        role = await asyncio.to_thread(AgentDir.of(self.home, name).role.read_text)
+        resumes = resolve_agent(agent.agent, self.service.config.agent_settings(agent.agent))
+        fresh = agent.task_id is None or not resumes.supports_resume
+        prompt = build_prompt(agent, role, entries, first=fresh)
+        since = time.time()
+        after_seq = 0
+        if agent.task_id is not None:
+            after_seq = await asyncio.to_thread(self.store.last_seq, agent.task_id)
+        try:
+            task_id = await self._start(agent, prompt)
+        except HalError as exc:
+            # Like a crash: retried with backoff, and a start that keeps failing stops.
+            why = f"its turn could not start: {exc.one_line()}"
+            logger.warning("hive: %s: %s", name, why)
+            await asyncio.to_thread(
+                self._close, name, turn_id, None, "crashed", since, after_seq, ids, why
+            )
+            return
+        await asyncio.to_thread(stats.set_turn_task, self.store, turn_id, task_id)
+        task = await self._wait(task_id)
+        await asyncio.to_thread(
+            self._close, name, turn_id, task, _result(task), since, after_seq, ids
+        )
+
+    async def _start(self, agent: AgentRecord, prompt: str) -> str:
+        """Start the turn's run under the scheduler; returns the task id."""
+        if agent.task_id is None:
+            request = RunRequest(
+                prompt=prompt, repo=agent.repo, ref=None, agent=agent.agent,
+                provider=agent.provider, process_manager=self.service.config.process_manager,
+                timeout_s=min(agent.policy.turn_timeout_s, self.settings.turn_timeout_s),
+                cwd=Path("/"),
+            )  # fmt: skip
+            # On a loop of its own in a thread, as the API's create: it writes the store.
+            task = await asyncio.to_thread(asyncio.run, self.service.create(request))
+            await asyncio.to_thread(
+                self.store.update_task, task.id, branch=f"hal/agent/{agent.name}",
+                runner_pid=os.getpid(),
+            )  # fmt: skip
+            await asyncio.to_thread(update_agent, self.store, agent.name, task_id=task.id)
+            self.scheduler.submit(task.id)
+            return task.id
+        task, adopted = await resume_task(self.service, agent.task_id, prompt=prompt)
+        await asyncio.to_thread(self.store.update_task, task.id, runner_pid=os.getpid())
+        if adopted is not None:
+            self.scheduler.carry_on(task, adopted)
+        else:
+            self.scheduler.submit(task.id, None, prompt)
+        return task.id
+
+    async def _wait(self, task_id: str) -> TaskRecord:
+        """The task once it rests (retries of infrastructure failures included)."""
+        while True:
+            task = await asyncio.to_thread(self.store.get_task, task_id)
+            if task.status not in ACTIVE and task_id not in self.scheduler.running:
+                return task
+            await asyncio.sleep(0.2)
+
+    async def _finish_adopted(self, name: str) -> None:
+        """A turn a dead daemon left open: follow its task to its end, then close it."""
+        agent = await asyncio.to_thread(get_agent, self.store, name)
+        row = await asyncio.to_thread(stats.open_turn, self.store, name)
+        task_id = (row.task_id if row else None) or agent.task_id
+        if row is None or task_id is None:
+            await asyncio.to_thread(
+                set_state, self.store, name, "sleeping", "no turn to finish", expect="running"
+            )
+            return
+        task = await asyncio.to_thread(self.store.get_task, task_id)
+        if task.status in ACTIVE and task_id not in self.scheduler.running:
+            # Queued again (a retry) or adopted by recovery a moment from now: give it time.
+            await asyncio.sleep(self.poll_s)
+            task = await asyncio.to_thread(self.store.get_task, task_id)
+            if task.status == TaskStatus.QUEUED:
+                self.scheduler.submit(task_id)
+        task = await self._wait(task_id)
+        await asyncio.to_thread(
+            self._close, name, row.id, task, _result(task), row.started_at, 0, row.messages
+        )
+
+    def _close(
+        self, name: str, turn_id: int, task: TaskRecord | None, result: stats.TurnResult,
+        since: float, after_seq: int, ids: list[str], why: str | None = None,
+    ) -> None:  # fmt: skip
+        """Record the turn, move the mailbox on, and put the agent back to sleep (or hand
+        a crash to crash watch)."""
+        events = Session(Path(task.session_dir)).events if task is not None else None
+        measured = stats.measure(self.store, task, events, since, after_seq)
+        threads = _open_threads(self.store, name) if _open_threads is not None else None
+        row = stats.finish_turn(self.store, turn_id, result, measured, threads)
+        paths = AgentDir.of(self.home, name)
+        if result not in ("crashed", "stopped"):
+            ledger = [str(e["id"]) for e in paths.entries()]
+            taken = [ledger.index(i) for i in ids if i in ledger]
+            if taken:
+                paths.set_cursor(max(paths.cursor(), max(taken) + 1))
+            mark(self.store, ids, "read")
+        record_hive_event(
+            self.store,
+            TurnFinished(agent=name, turn_id=turn_id, result=result,
+                         duration_ms=row.duration_ms or 0.0, wake_reason=row.wake_reason),
+        )  # fmt: skip
+        agent = get_agent(self.store, name)
+        if agent.state != "running":
+            return  # stopped by the operator (or a guard) meanwhile: it stays so
+        if result == "crashed":
+            why = why or (watch.crash_reason(task) if task is not None else None) or "crashed"
+            verdict = watch.on_crash(self.store, agent, why, self.settings)
+            if verdict.restart_in_s is not None:
+                self._hold[name] = time.monotonic() + verdict.restart_in_s
+            return
+        set_state(self.store, name, "sleeping", None, expect="running")
+
+    def _tell_budget(self, name: str, why: str) -> None:
+        if self._budget_told:
+            return
+        self._budget_told = True
+        record_hive_event(self.store, HiveGuard(agent=name, guard="budget", detail=why))
+        send(
+            self.store, sender=SYSTEM, recipient=OPERATOR, kind="notice",
+            body=f"{why}: no agent turn starts until it frees up or the budget is raised"
+            " ([hive] daily_budget_usd / daily_budget_tokens).",
+        )  # fmt: skip
+
+    # -- operator actions --------------------------------------------------------------
+    async def stop_agent(self, name: str, reason: str = "stopped by the operator") -> AgentRecord:
+        """Stop an agent: it wakes for nothing until started; a turn in progress is stopped."""
+        agent = await asyncio.to_thread(get_agent, self.store, name)
+        await asyncio.to_thread(set_state, self.store, name, "stopped", reason)
+        if agent.task_id is not None:
+            task = await asyncio.to_thread(self.store.get_task, agent.task_id)
+            if task.status in ACTIVE:
+                with contextlib.suppress(HalError):
+                    await self.scheduler.cancel(agent.task_id, stop=True)
+        return await asyncio.to_thread(get_agent, self.store, name)
+
+    async def start_agent(self, name: str) -> AgentRecord:
+        """Let a stopped or crashed agent wake again (its crash count starts over)."""
+        agent = await asyncio.to_thread(get_agent, self.store, name)
+        if agent.state in ("stopped", "crashed"):
+            await asyncio.to_thread(
+                set_state, self.store, name, "sleeping", "started by the operator",
+                crashes=0, last_crash_at=None,
+            )  # fmt: skip
+        self.wake(name)
+        return await asyncio.to_thread(get_agent, self.store, name)
+
+    async def remove_agent(self, name: str) -> AgentRecord:
+        """Stop an agent, remove its task and session, its state directory and its record."""
+        from hal9999.hive.agents import forget
+
+        agent = await self.stop_agent(name, "being removed")
+        running = self.turns.get(name)
+        if running is not None:
+            with contextlib.suppress(asyncio.TimeoutError, Exception):
+                await asyncio.wait_for(asyncio.shield(running), 30)
+        if agent.task_id is not None:
+            with contextlib.suppress(HalError):
+                await self.service.remove(agent.task_id, force=True)
+        await asyncio.to_thread(forget, self.store, self.home, name)
+        return agent

@@ -1,0 +1,93 @@
+"""Crash watch: what happens when an agent's sandbox or process goes away without an
+operator action.
+
+A turn whose task ends interrupted, killed by a signal (exit status 128 + n) or with an
+infrastructure error is a crash (a stop by the operator is not: the agent is ``stopped``
+then). Each crash records an ``agent_crashed`` event and tells the manager (the operator
+when there is no manager, or the manager itself crashed). The agent is restarted (its turn
+runs again over the same mailbox entries) after a backoff that doubles with each crash in
+the window; ``crash_loop`` crashes within ``crash_window_s`` stop that: the agent is left
+``crashed`` and the operator is told, until ``hal agent start NAME``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from hal9999.events.hive import AgentCrashed
+from hal9999.hive.agents import set_state
+from hal9999.hive.broker import OPERATOR, SYSTEM, send
+from hal9999.hive.settings import HiveSettings
+from hal9999.hive.store import AgentRecord, list_agents, record_hive_event
+from hal9999.store import Store, TaskRecord
+from hal9999.tasks.scheduler import TRANSIENT_CODES
+from hal9999.tasks.state import TaskStatus
+
+
+def crash_reason(task: TaskRecord) -> str | None:
+    """Why a turn's task counts as a crash (None when it ended on its own)."""
+    if task.status == TaskStatus.INTERRUPTED:
+        return f"the run was interrupted: {task.error_message or 'its hal process died'}"
+    if task.status != TaskStatus.FAILED:
+        return None
+    if task.exit_code is not None and task.exit_code >= 128:
+        return f"the agent was killed by signal {task.exit_code - 128}"
+    if task.error_code in TRANSIENT_CODES:
+        return f"its sandbox failed: {task.error_message or task.error_code}"
+    return None
+
+
+@dataclass
+class CrashVerdict:
+    """What crash watch decided."""
+
+    crashes: int
+    restart_in_s: float | None
+    """None: not restarted (crash loop, or the policy says never)."""
+
+
+def manager_of(store: Store, crashed: str) -> str:
+    """Who hears of a crash: the manager agent, else (or when it crashed) the operator."""
+    for agent in list_agents(store):
+        if agent.kind == "manager" and agent.name != crashed and agent.state != "crashed":
+            return agent.name
+    return OPERATOR
+
+
+def on_crash(store: Store, agent: AgentRecord, detail: str, settings: HiveSettings) -> CrashVerdict:
+    """Record a crash of ``agent``, tell its manager, and decide on a restart."""
+    now = time.time()
+    recent = agent.last_crash_at is not None and now - agent.last_crash_at < settings.crash_window_s
+    crashes = agent.crashes + 1 if recent else 1
+    if crashes >= settings.crash_loop or agent.policy.restart == "never":
+        why = (
+            f"crash loop: {crashes} crashes within {settings.crash_window_s:g} s"
+            if crashes >= settings.crash_loop
+            else "its restart policy is never"
+        )
+        set_state(store, agent.name, "crashed", f"{detail}; not restarted ({why})",
+                  crashes=crashes, last_crash_at=now)  # fmt: skip
+        record_hive_event(
+            store, AgentCrashed(agent=agent.name, detail=detail, crashes=crashes, restart_in_s=None)
+        )
+        text = (
+            f"agent {agent.name} crashed ({detail}) and is NOT restarted: {why}."
+            f" Look at `hal agent logs {agent.name}`; `hal agent start {agent.name}` restarts it."
+        )
+        for whom in dict.fromkeys((manager_of(store, agent.name), OPERATOR)):
+            send(store, sender=SYSTEM, recipient=whom, body=text, kind="notice")
+        return CrashVerdict(crashes, None)
+    delay = min(settings.crash_backoff_max_s, settings.crash_backoff_s * 2 ** (crashes - 1))
+    set_state(store, agent.name, "sleeping", f"crashed ({detail}); restarting in {delay:g} s",
+              crashes=crashes, last_crash_at=now)  # fmt: skip
+    record_hive_event(
+        store, AgentCrashed(agent=agent.name, detail=detail, crashes=crashes, restart_in_s=delay)
+    )
+    send(
+        store, sender=SYSTEM, recipient=manager_of(store, agent.name), kind="notice",
+        body=f"agent {agent.name} crashed ({detail}); crash watch restarts it in {delay:g} s"
+        f" (crash {crashes} of {settings.crash_loop} allowed within"
+        f" {settings.crash_window_s:g} s).",
+    )  # fmt: skip
+    return CrashVerdict(crashes, delay)

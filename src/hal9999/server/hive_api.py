@@ -1,0 +1,165 @@
+"""The daemon's hive routes (``/v1/hive/...``): agents, messages, stats, vacuum, events.
+
+Whoever holds the daemon's bearer token is the operator: a message sent through this API
+is always from ``operator`` (a body cannot name another sender). Agents reach the hive
+through their own channel (the MCP server), which attributes their calls by the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING, Any, Literal
+
+from hal9999.errors import ConfigError
+from hal9999.events.hive import HiveEvent
+from hal9999.hive import agents, broker, stats
+from hal9999.hive.broker import OPERATOR
+from hal9999.hive.retention import vacuum
+from hal9999.hive.store import get_agent, hive_events_after, list_agents
+from hal9999.server.follow import MAX_WAIT_S, PAGE
+from hal9999.server.routing import ApiRequest as Request
+from hal9999.server.routing import Router
+
+if TYPE_CHECKING:
+    from hal9999.server.daemon import Daemon
+
+
+def _text(body: dict[str, Any], name: str, *, required: bool = True) -> str | None:
+    value = body.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or (required and not value):
+        raise ConfigError(f"{name} must be a non-empty string")
+    return value
+
+
+def _number(value: str | None, name: str, *, top: float) -> float:
+    try:
+        number = float(value) if value else 0.0
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number") from exc
+    if not 0 <= number <= top:
+        raise ConfigError(f"{name} must be between 0 and {top:g}")
+    return number
+
+
+def add_hive_routes(router: Router, daemon: Daemon) -> None:
+    """Bind the hive routes to ``daemon``'s store and turn loop."""
+    store, hive = daemon.store, daemon.hive
+
+    async def spawn(request: Request) -> Any:
+        body = request.json()
+        kind: Literal["agent", "manager"] = "manager" if body.get("kind") == "manager" else "agent"
+        if body.get("kind") not in (None, "agent", "manager"):
+            raise ConfigError("kind must be agent or manager")
+        record = await agents.spawn(
+            store, daemon.config, str(_text(body, "name")),
+            agent=_text(body, "agent", required=False) or daemon.config.default_agent,
+            provider=_text(body, "provider", required=False) or daemon.config.default_provider,
+            repo=_text(body, "repo", required=False), role=_text(body, "role", required=False),
+            kind=kind,
+        )  # fmt: skip
+        return record.model_dump(mode="json")
+
+    async def list_(request: Request) -> Any:
+        return [a.model_dump(mode="json") for a in await asyncio.to_thread(list_agents, store)]
+
+    async def show(request: Request) -> Any:
+        name = request.params["name"]
+        record = await asyncio.to_thread(get_agent, store, name)
+        recent = await asyncio.to_thread(stats.turns, store, name, limit=5)
+        waiting = await asyncio.to_thread(broker.inbox, store, name)
+        return {
+            **record.model_dump(mode="json"),
+            "turn_running": name in hive.turns,
+            "unread": len(waiting),
+            "recent_turns": [t.model_dump(mode="json") for t in recent],
+        }
+
+    async def stop(request: Request) -> Any:
+        return (await hive.stop_agent(request.params["name"])).model_dump(mode="json")
+
+    async def start(request: Request) -> Any:
+        return (await hive.start_agent(request.params["name"])).model_dump(mode="json")
+
+    async def remove(request: Request) -> Any:
+        return (await hive.remove_agent(request.params["name"])).model_dump(mode="json")
+
+    async def agent_stats(request: Request) -> Any:
+        name = request.params["name"]
+        await asyncio.to_thread(get_agent, store, name)
+        return await asyncio.to_thread(stats.summary, store, name)
+
+    async def send(request: Request) -> Any:
+        body = request.json()
+        message = await asyncio.to_thread(
+            broker.send, store, sender=OPERATOR, recipient=str(_text(body, "to")),
+            body=str(_text(body, "body")),
+        )  # fmt: skip
+        return message.model_dump(mode="json")
+
+    async def inbox(request: Request) -> Any:
+        name = request.query.get("name") or OPERATOR
+        every = request.query.get("all") in ("1", "true")
+        if name != OPERATOR:
+            await asyncio.to_thread(get_agent, store, name)
+        found = await asyncio.to_thread(broker.inbox, store, name, include_read=every)
+        if name == OPERATOR and request.query.get("mark") in ("1", "true"):
+            unread = [m.id for m in found if m.state != "read"]
+            await asyncio.to_thread(broker.mark, store, unread, "read")
+        return [m.model_dump(mode="json") for m in found]
+
+    async def run_vacuum(request: Request) -> Any:
+        body = request.json()
+        return await asyncio.to_thread(
+            vacuum, store, daemon.hive_settings, dry_run=bool(body.get("dry_run"))
+        )
+
+    async def events(request: Request) -> Any:
+        after = int(_number(request.query.get("after"), "after", top=2**62))
+        wait = _number(request.query.get("wait"), "wait", top=MAX_WAIT_S)
+        subscription = daemon.bus.subscribe_hive()  # first, then read: nothing falls between
+        try:
+            deadline = time.monotonic() + wait
+            while True:
+                page: list[HiveEvent] = await asyncio.to_thread(
+                    hive_events_after, store, after, limit=PAGE
+                )
+                left = deadline - time.monotonic()
+                if page or left <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(left):
+                        while (event := await subscription.get()) is not None:
+                            if event.gseq > after:
+                                break
+        finally:
+            subscription.close()
+        last = page[-1].gseq if page else after
+        return {"events": [e.model_dump(mode="json") for e in page], "last_gseq": last}
+
+    obj: dict[str, Any] = {"type": "object"}
+    objs: dict[str, Any] = {"type": "array", "items": obj}
+    add = router.add
+    add("POST", "/v1/hive/agents", spawn, "Spawn a named agent (asleep until mail).",
+        body={"type": "object", "required": ["name"], "properties": {
+            k: {"type": "string"} for k in ("name", "agent", "provider", "repo", "role", "kind")
+        }}, response=obj)  # fmt: skip
+    add("GET", "/v1/hive/agents", list_, "Every agent of the hive.", response=objs)
+    add("GET", "/v1/hive/agents/{name}", show, "One agent, with recent turns.", response=obj)
+    add("POST", "/v1/hive/agents/{name}/stop", stop, "Stop an agent.", response=obj)
+    add("POST", "/v1/hive/agents/{name}/start", start, "Start a stopped agent.", response=obj)
+    add("DELETE", "/v1/hive/agents/{name}", remove, "Remove an agent.", response=obj)
+    add("GET", "/v1/hive/agents/{name}/stats", agent_stats, "Turn statistics of an agent.",
+        response=obj)  # fmt: skip
+    add("POST", "/v1/hive/messages", send, "Send a message as the operator.",
+        body={"type": "object", "required": ["to", "body"], "properties": {
+            "to": {"type": "string"}, "body": {"type": "string"}}}, response=obj)  # fmt: skip
+    add("GET", "/v1/hive/inbox", inbox, "A mailbox (the operator's by default).",
+        query=("name", "all", "mark"), response=objs)  # fmt: skip
+    add("POST", "/v1/hive/vacuum", run_vacuum, "Apply the hive's retention.",
+        body={"type": "object", "properties": {"dry_run": {"type": "boolean"}}}, response=obj)
+    add("GET", "/v1/hive/events", events, "Hive events after a gseq (long poll).",
+        query=("after", "wait"), response=obj)  # fmt: skip
