@@ -337,7 +337,9 @@ class HiveLoop:
             if verdict.restart_in_s is not None:
                 self._hold[name] = time.monotonic() + verdict.restart_in_s
             return
-        set_state(self.store, name, "sleeping", None, expect="running")
+        # A turn that ended on its own ends a crash streak.
+        reset = {"crashes": 0, "last_crash_at": None} if agent.crashes else {}
+        set_state(self.store, name, "sleeping", None, expect="running", **reset)
 
     def _tell_budget(self, name: str, why: str) -> None:
         if self._budget_told:

@@ -1,0 +1,256 @@
+"""The hive through a real ``hal serve``: an operator message wakes a custom (shell script)
+agent whose turns resume one long-lived workspace; mail is delivered once across a kill -9
+of the daemon; crash watch restarts a killed agent and gives up on a crash loop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tests.cli.conftest as cli_fixtures
+from tests.cli.conftest import Hal, git
+
+pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
+
+# The CLI tests' fixtures: a private HAL_HOME, a demo repository, `hal` as a subprocess.
+demo_repo, hal_env, hal = cli_fixtures.demo_repo, cli_fixtures.hal_env, cli_fixtures.hal
+
+AGENT = """#!/bin/sh
+# A hive agent: records every prompt it gets, and misbehaves when told to.
+cat "$1" >> seen.txt
+if grep -q "please crash" "$1" && [ ! -e crashed-once ]; then
+  touch crashed-once
+  exec sleep 300  # hal-hive-test-sleeper
+fi
+if grep -q "always crash" "$1"; then exec sleep 300; fi  # hal-hive-test-sleeper
+if grep -q "take your time" "$1"; then sleep 4; fi
+echo "done: $(grep -c . "$1") lines"
+"""
+PRESET = "sh agent.sh {{prompt_file}}"
+
+
+def poll(what: str, check: Any, timeout: float = 45) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def as_json(hal: Hal, *args: str) -> Any:
+    out = hal(*args, "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+@pytest.fixture
+def hive_repo(demo_repo: Path) -> Path:
+    (demo_repo / "agent.sh").write_text(AGENT)
+    git(demo_repo, "add", "-A")
+    git(demo_repo, "commit", "-qm", "hive agent")
+    return demo_repo
+
+
+@pytest.fixture
+def serve(hal: Hal, hal_env: dict[str, str], hive_repo: Path) -> Iterator[Hal]:
+    config = Path(hal_env["XDG_CONFIG_HOME"]) / "hal9999" / "config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text("[hive]\ncrash_backoff_s = 0.5\ncrash_loop = 3\n")
+    assert hal("serve", "--detach").returncode == 0
+    yield hal
+    for agent in as_json(hal, "agent", "list"):
+        hal("agent", "stop", agent["name"])
+    assert hal("serve", "--stop").returncode == 0
+    subprocess.run(["pkill", "-KILL", "-f", "hal-hive-test-sleeper"], check=False)
+
+
+def agent_of(hal: Hal, name: str) -> dict[str, Any]:
+    return as_json(hal, "agent", "show", name)  # type: ignore[no-any-return]
+
+
+def turns_done(hal: Hal, name: str, count: int) -> dict[str, Any] | None:
+    agent = agent_of(hal, name)
+    ended = [t for t in agent["recent_turns"] if t["result"]]
+    return agent if len(ended) >= count and agent["state"] == "sleeping" else None
+
+
+def hive_events(hal_env: dict[str, str]) -> list[dict[str, Any]]:
+    from hal9999.hive.store import hive_events_after
+    from hal9999.store import Store
+
+    with Store.open(Path(hal_env["HAL_HOME"])) as store:
+        return [e.model_dump() for e in hive_events_after(store, 0)]
+
+
+def seen(hal_env: dict[str, str], task_id: str) -> str:
+    path = Path(hal_env["HAL_HOME"]) / "sessions" / task_id / "workspace" / "seen.txt"
+    return path.read_text() if path.exists() else ""
+
+
+def test_an_operator_message_wakes_the_agent_and_turns_resume_its_workspace(
+    serve: Hal, hal_env: dict[str, str], hive_repo: Path
+) -> None:
+    hal = serve
+    out = hal("agent", "spawn", "alice", "--agent", PRESET, "--repo", str(hive_repo))
+    assert out.returncode == 0, out.stderr
+    spawned = agent_of(hal, "alice")
+    assert spawned["state"] == "sleeping" and spawned["task_id"] is None
+
+    assert hal("msg", "send", "alice", "first: fix the bug").returncode == 0
+    first = poll("the first turn", lambda: turns_done(hal, "alice", 1))
+    task_id = first["task_id"]
+    assert first["recent_turns"][0]["result"] == "ok"
+    assert first["recent_turns"][0]["wake_reason"] == "message from operator"
+
+    assert hal("msg", "send", "alice", "second: and now the docs").returncode == 0
+    second = poll("the second turn", lambda: turns_done(hal, "alice", 2))
+    assert second["task_id"] == task_id, "every turn resumes the one long-lived task"
+    text = seen(hal_env, task_id)
+    # One workspace across turns: the file the first turn wrote is there in the second.
+    assert text.count("first: fix the bug") == 1 and text.count("second: and now the docs") == 1
+    assert "You are alice" in text
+    # The work is on the agent's branch in the source repository.
+    assert "seen.txt" in git(hive_repo, "show", "--stat", "hal/agent/alice")
+
+    inbox = as_json(hal, "msg", "inbox", "alice", "--all")
+    assert [m["state"] for m in inbox] == ["read", "read"]
+    stats = as_json(hal, "agent", "stats", "alice")
+    assert stats["turns"] == 2 and stats["results"] == {"ok": 2}
+    assert stats["p50_ms"] > 0 and stats["p95_ms"] >= stats["p50_ms"]
+
+    types = [e["type"] for e in hive_events(hal_env)]
+    for wanted in ("message_sent", "message_delivered", "message_read", "agent_state",
+                   "turn_finished"):  # fmt: skip
+        assert wanted in types
+    gseqs = [e["gseq"] for e in hive_events(hal_env)]
+    assert gseqs == sorted(gseqs) and len(set(gseqs)) == len(gseqs)
+
+    # A stopped agent wakes for nothing; started, the mail waiting wakes it.
+    assert hal("agent", "stop", "alice").returncode == 0
+    assert hal("msg", "send", "alice", "third: while stopped").returncode == 0
+    time.sleep(3)
+    assert agent_of(hal, "alice")["state"] == "stopped"
+    assert "third" not in seen(hal_env, task_id)
+    assert hal("agent", "start", "alice").returncode == 0
+    poll("the third turn", lambda: turns_done(hal, "alice", 3))
+    assert seen(hal_env, task_id).count("third: while stopped") == 1
+
+    removed = hal("agent", "rm", "alice")
+    assert removed.returncode == 0, removed.stderr
+    assert not (Path(hal_env["HAL_HOME"]) / "agents" / "alice").exists()
+    assert hal("agent", "show", "alice").returncode == 3
+
+
+KILL_DURING_DELIVERY = """
+import os, signal, sys
+from pathlib import Path
+from hal9999.config import load_config
+from hal9999.hive import turns
+from hal9999.hive.settings import HiveSettings
+from hal9999.store import Store
+from hal9999.tasks.service import TaskService
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)  # after the ledger append, before the mark
+
+config = load_config()
+store = Store.open(config.home)
+loop = turns.HiveLoop(TaskService(config, store, os.environ), None, HiveSettings())
+turns.mark = die
+loop.deliver(sys.argv[1])
+"""
+
+
+def test_a_message_is_delivered_once_across_kill_9_during_delivery(
+    hal: Hal, hal_env: dict[str, str], hive_repo: Path
+) -> None:
+    assert hal("serve", "--detach").returncode == 0
+    try:
+        spawned = hal("agent", "spawn", "bob", "--agent", PRESET, "--repo", str(hive_repo))
+        assert spawned.returncode == 0, spawned.stderr
+        assert hal("serve", "--stop").returncode == 0
+        # No daemon: the message is committed, not delivered.
+        sent = as_json(hal, "msg", "send", "bob", "deliver me exactly once")
+        # A process delivering it is killed -9 between the ledger and the broker's mark.
+        died = subprocess.run(
+            [sys.executable, "-c", KILL_DURING_DELIVERY, "bob"],
+            env={**hal_env, "PYTHONPATH": os.pathsep.join(sys.path)}, capture_output=True,
+            text=True, timeout=60,
+        )  # fmt: skip
+        assert died.returncode == -signal.SIGKILL, died.stderr
+        ledger = Path(hal_env["HAL_HOME"]) / "agents" / "bob" / "mailbox.jsonl"
+        assert sent["id"] in ledger.read_text()
+        assert as_json(hal, "msg", "inbox", "bob")[0]["state"] == "sent"  # not marked
+
+        # The daemon delivers it again (at least once), the agent sees it once.
+        assert hal("serve", "--detach").returncode == 0
+        agent = poll("bob's turn", lambda: turns_done(hal, "bob", 1))
+        assert ledger.read_text().count(sent["id"]) == 1
+        assert seen(hal_env, agent["task_id"]).count("deliver me exactly once") == 1
+        assert [m["state"] for m in as_json(hal, "msg", "inbox", "bob", "--all")] == ["read"]
+
+        # kill -9 of the daemon in the middle of a turn: the next one finishes that turn.
+        assert hal("msg", "send", "bob", "take your time").returncode == 0
+        poll("bob's second turn", lambda: agent_of(hal, "bob")["state"] == "running")
+        pid = json.loads((Path(hal_env["HAL_HOME"]) / "run" / "serve.json").read_text())["pid"]
+        os.kill(pid, signal.SIGKILL)
+        poll("the daemon to die", lambda: not Path(f"/proc/{pid}").exists() or
+             "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3])  # fmt: skip
+        assert hal("serve", "--detach").returncode == 0
+        agent = poll("bob's second turn to end", lambda: turns_done(hal, "bob", 2), timeout=60)
+        assert seen(hal_env, agent["task_id"]).count("take your time") == 1
+        assert [m["state"] for m in as_json(hal, "msg", "inbox", "bob", "--all")] == ["read"] * 2
+    finally:
+        hal("serve", "--stop")
+
+
+def kill_sleeper() -> bool:
+    found = subprocess.run(["pgrep", "-f", "^sleep 300"], capture_output=True, text=True)
+    pids = [int(p) for p in found.stdout.split()]
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    return bool(pids)
+
+
+def test_crash_watch_restarts_a_killed_agent_and_stops_a_crash_loop(
+    serve: Hal, hal_env: dict[str, str], hive_repo: Path
+) -> None:
+    hal = serve
+    assert hal("hive", "init", "--agent", PRESET, "--repo", str(hive_repo)).returncode == 0
+    spawned = hal("agent", "spawn", "carol", "--agent", PRESET, "--repo", str(hive_repo))
+    assert spawned.returncode == 0, spawned.stderr
+    assert hal("msg", "send", "carol", "please crash").returncode == 0
+    poll("carol's agent to run", kill_sleeper)
+    # Restarted after the backoff over the same mail; this time it finishes.
+    agent = poll("carol's restarted turn", lambda: turns_done(hal, "carol", 2))
+    assert [t["result"] for t in agent["recent_turns"]] == ["crashed", "ok"]
+    assert seen(hal_env, agent["task_id"]).count("please crash") == 2
+    crashed = [e for e in hive_events(hal_env) if e["type"] == "agent_crashed"]
+    assert crashed[0]["agent"] == "carol" and crashed[0]["restart_in_s"] == 0.5
+    assert "killed by signal 9" in crashed[0]["detail"]
+    # The manager was told (and woke for it).
+    manager_mail = as_json(hal, "msg", "inbox", "manager", "--all")
+    assert any("carol crashed" in m["body"] and m["sender"] == "hal" for m in manager_mail)
+
+    assert hal("msg", "send", "carol", "always crash").returncode == 0
+    for n in range(3):
+        poll(f"carol's agent to run ({n})", kill_sleeper)
+        time.sleep(0.5)
+    final = poll("carol to be given up on", lambda: agent_of(hal, "carol")["state"] == "crashed")
+    assert final
+    carol = agent_of(hal, "carol")
+    assert "crash loop: 3 crashes" in carol["detail"]
+    notices = as_json(hal, "msg", "inbox")
+    assert any("carol crashed" in m["body"] and "NOT restarted" in m["body"] for m in notices)
+    time.sleep(2)
+    assert not kill_sleeper(), "a crash loop is not restarted"
