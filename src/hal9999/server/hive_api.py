@@ -47,7 +47,7 @@ def _number(value: str | None, name: str, *, top: float) -> float:
 
 def add_hive_routes(router: Router, daemon: Daemon) -> None:
     """Bind the hive routes to ``daemon``'s store and turn loop."""
-    store, hive = daemon.store, daemon.hive
+    # Read off the daemon at request time: the router is built before the daemon starts.
 
     async def spawn(request: Request) -> Any:
         body = request.json()
@@ -55,7 +55,7 @@ def add_hive_routes(router: Router, daemon: Daemon) -> None:
         if body.get("kind") not in (None, "agent", "manager"):
             raise ConfigError("kind must be agent or manager")
         record = await agents.spawn(
-            store, daemon.config, str(_text(body, "name")),
+            daemon.store, daemon.config, str(_text(body, "name")),
             agent=_text(body, "agent", required=False) or daemon.config.default_agent,
             provider=_text(body, "provider", required=False) or daemon.config.default_provider,
             repo=_text(body, "repo", required=False), role=_text(body, "role", required=False),
@@ -64,38 +64,39 @@ def add_hive_routes(router: Router, daemon: Daemon) -> None:
         return record.model_dump(mode="json")
 
     async def list_(request: Request) -> Any:
-        return [a.model_dump(mode="json") for a in await asyncio.to_thread(list_agents, store)]
+        found = await asyncio.to_thread(list_agents, daemon.store)
+        return [a.model_dump(mode="json") for a in found]
 
     async def show(request: Request) -> Any:
         name = request.params["name"]
-        record = await asyncio.to_thread(get_agent, store, name)
-        recent = await asyncio.to_thread(stats.turns, store, name, limit=5)
-        waiting = await asyncio.to_thread(broker.inbox, store, name)
+        record = await asyncio.to_thread(get_agent, daemon.store, name)
+        recent = await asyncio.to_thread(stats.turns, daemon.store, name, limit=5)
+        waiting = await asyncio.to_thread(broker.inbox, daemon.store, name)
         return {
             **record.model_dump(mode="json"),
-            "turn_running": name in hive.turns,
+            "turn_running": name in daemon.hive.turns,
             "unread": len(waiting),
             "recent_turns": [t.model_dump(mode="json") for t in recent],
         }
 
     async def stop(request: Request) -> Any:
-        return (await hive.stop_agent(request.params["name"])).model_dump(mode="json")
+        return (await daemon.hive.stop_agent(request.params["name"])).model_dump(mode="json")
 
     async def start(request: Request) -> Any:
-        return (await hive.start_agent(request.params["name"])).model_dump(mode="json")
+        return (await daemon.hive.start_agent(request.params["name"])).model_dump(mode="json")
 
     async def remove(request: Request) -> Any:
-        return (await hive.remove_agent(request.params["name"])).model_dump(mode="json")
+        return (await daemon.hive.remove_agent(request.params["name"])).model_dump(mode="json")
 
     async def agent_stats(request: Request) -> Any:
         name = request.params["name"]
-        await asyncio.to_thread(get_agent, store, name)
-        return await asyncio.to_thread(stats.summary, store, name)
+        await asyncio.to_thread(get_agent, daemon.store, name)
+        return await asyncio.to_thread(stats.summary, daemon.store, name)
 
     async def send(request: Request) -> Any:
         body = request.json()
         message = await asyncio.to_thread(
-            broker.send, store, sender=OPERATOR, recipient=str(_text(body, "to")),
+            broker.send, daemon.store, sender=OPERATOR, recipient=str(_text(body, "to")),
             body=str(_text(body, "body")),
         )  # fmt: skip
         return message.model_dump(mode="json")
@@ -104,17 +105,17 @@ def add_hive_routes(router: Router, daemon: Daemon) -> None:
         name = request.query.get("name") or OPERATOR
         every = request.query.get("all") in ("1", "true")
         if name != OPERATOR:
-            await asyncio.to_thread(get_agent, store, name)
-        found = await asyncio.to_thread(broker.inbox, store, name, include_read=every)
+            await asyncio.to_thread(get_agent, daemon.store, name)
+        found = await asyncio.to_thread(broker.inbox, daemon.store, name, include_read=every)
         if name == OPERATOR and request.query.get("mark") in ("1", "true"):
             unread = [m.id for m in found if m.state != "read"]
-            await asyncio.to_thread(broker.mark, store, unread, "read")
+            await asyncio.to_thread(broker.mark, daemon.store, unread, "read")
         return [m.model_dump(mode="json") for m in found]
 
     async def run_vacuum(request: Request) -> Any:
         body = request.json()
         return await asyncio.to_thread(
-            vacuum, store, daemon.hive_settings, dry_run=bool(body.get("dry_run"))
+            vacuum, daemon.store, daemon.hive_settings, dry_run=bool(body.get("dry_run"))
         )
 
     async def events(request: Request) -> Any:
@@ -125,7 +126,7 @@ def add_hive_routes(router: Router, daemon: Daemon) -> None:
             deadline = time.monotonic() + wait
             while True:
                 page: list[HiveEvent] = await asyncio.to_thread(
-                    hive_events_after, store, after, limit=PAGE
+                    hive_events_after, daemon.store, after, limit=PAGE
                 )
                 left = deadline - time.monotonic()
                 if page or left <= 0:
