@@ -38,10 +38,14 @@ def prepare() -> None:
 def _answers() -> bool:
     import docker
 
-    client = docker.DockerClient(base_url=URL, timeout=5)
+    try:
+        # The client asks the engine its version already: a dead socket fails here.
+        client = docker.DockerClient(base_url=URL, timeout=5)
+    except Exception:  # any failure means "not answering"
+        return False
     try:
         client.ping()
-    except Exception:  # any failure means "not answering"
+    except Exception:
         return False
     finally:
         client.close()

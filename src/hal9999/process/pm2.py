@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from hal9999.errors import ProcessError
+from hal9999.process import pm2inside
 from hal9999.process.base import ProcessStatus, read_exit_status
 from hal9999.process.launch import run_host, supervised
 from hal9999.providers.base import Sandbox
@@ -114,8 +115,16 @@ class Pm2ProcessManager:
     async def start(
         self, sandbox: Sandbox, spec: ProcessSpec, *, env: Mapping[str, str] | None = None
     ) -> None:
-        """Start ``spec`` as a PM2 app running the supervised command."""
+        """Start ``spec`` as a PM2 app running the supervised command; inside the sandbox
+        when it hosts daemons and has node and pm2 (:mod:`.pm2inside`), else on the host."""
         await self.stop(spec)
+        if pm2inside.hosts_daemons(sandbox) and await pm2inside.has_pm2(sandbox):
+            name = self.app_name(spec)
+            document = pm2inside.payload(spec, name, sandbox.workdir, MIN_UPTIME_MS,
+                                         KILL_TIMEOUT_MS)  # fmt: skip
+            names = sorted(set(env or {}) | set(spec.command.env))
+            pm2inside.save_control(sandbox, spec, name)
+            spec = pm2inside.follower_spec(spec, document, names)
         launch = supervised(sandbox, spec, env)
         cwd = str(launch.cwd) if launch.cwd else str(spec.log_path.parent)
         document = self.ecosystem(spec, launch.argv, launch.env, cwd)
@@ -159,7 +168,12 @@ class Pm2ProcessManager:
         return ProcessStatus("exited", code) if code is not None else ProcessStatus("missing")
 
     async def logs(self, spec: ProcessSpec, lines: int = 100) -> str:
-        """The app's last output lines as PM2 kept them (masked by the supervisor)."""
+        """The app's last output lines as PM2 kept them: on the host, the supervisor's
+        masked output; inside a sandbox, the app's own output there (unmasked: hal's log is
+        the host's)."""
+        inside = await pm2inside.logs_inside(spec, self.app_name(spec), lines)
+        if inside is not None:
+            return inside
         _, out = await self._run(
             "logs", self.app_name(spec), "--nostream", "--raw", "--lines", str(lines)
         )
@@ -167,6 +181,7 @@ class Pm2ProcessManager:
 
     async def stop(self, spec: ProcessSpec) -> None:
         """Stop and forget the app; PM2 kills its whole process tree. Idempotent."""
+        await pm2inside.stop_inside(spec, self.app_name(spec))
         if self._pm2 is None or not (self.home / "rpc.sock").exists():
             return
         status, out = await self._run("delete", self.app_name(spec), check=False)

@@ -48,6 +48,9 @@ rm -f -- "$1"
 class DockerSandbox:
     """Operations on one container."""
 
+    hosts_daemons = True
+    """A daemon one exec starts lives on in the container (PM2 can run inside)."""
+
     def __init__(
         self, owner: DockerProvider, sandbox_id: str, spec: SandboxSpec, uid: int, running: bool
     ) -> None:

@@ -77,6 +77,12 @@ class SshSandbox:
         return self._record.isolation == "bwrap"
 
     @property
+    def hosts_daemons(self) -> bool:
+        """Whether a daemon one command starts lives on (on a bare host, not inside
+        bwrap's pid namespace): PM2 can then run on the host itself."""
+        return not self.isolated
+
+    @property
     def workdir(self) -> str:
         """Where the workspace is seen by commands."""
         return self.path(WORKDIR)

@@ -1,0 +1,176 @@
+"""PM2 INSIDE a sandbox that hosts daemons (a container, a bare ssh host or VM) and has node.
+
+The agent becomes an app of a PM2 daemon inside the sandbox, so PM2's restart policy acts
+there and the run does not depend on the host's link to the sandbox. The host still needs
+the supervisor (masking, parsing, the log and exit files hal reads), so the host-side PM2
+app of :mod:`.pm2` runs a small follower inside (:data:`FOLLOW`, through the sandbox's
+``launch``): it builds the app's ecosystem payload, ``pm2 start``\\ s it, copies the app's
+output to its own until the app has stopped for good, and exits with the app's status.
+
+Secrets: the follower gets the exec-time environment as every launched command does (never
+an argv); node writes the payload with the values (``env``) mode 600 under the daemon's
+home, ``pm2 start`` reads it and it is removed. The payload template crossing argv holds
+names and the restart policy only. The daemon and its apps carry a marker of their own (the
+exec marker plus ``d``), so they outlive the follower; ``stop`` deletes the app inside
+through the control file written at start (a launch command line with no secret in it).
+
+bwrap sandboxes (every exec in a pid namespace of its own) are never asked: their PM2 stays on
+the host (:class:`hal9999.process.pm2.Pm2ProcessManager`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from hal9999.errors import HalError, ProcessError
+from hal9999.process.launch import run_host
+from hal9999.providers.base import Sandbox
+from hal9999.spec import ArgvCommand, ProcessSpec, RestartPolicy
+
+HOME = ".hal-pm2"
+"""The in-sandbox daemon's home, under the sandbox user's HOME."""
+
+BUILD = (
+    "const e=JSON.parse(Buffer.from(process.argv[1],'base64').toString());"
+    "const env={};for(const n of process.argv.slice(2)){if(n in process.env)env[n]=process.env[n]}"
+    "e.apps[0].env=env;process.stdout.write(JSON.stringify(e))"
+)
+"""node: the payload template (argv[1], base64) with ``env`` filled from this process's
+environment for the names that follow."""
+
+STATE = (
+    "let d='';process.stdin.on('data',c=>d+=c).on('end',()=>{let a;"
+    "try{a=JSON.parse(d.slice(d.indexOf('['))).find(x=>x.name===process.argv[1])}catch(e){}"
+    "if(!a){console.log('missing 255');return}const s=a.pm2_env.status.replace(/ /g,'-');"
+    "console.log(s+' '+(s==='online'?a.pid:(a.pm2_env.exit_code??255)))})"
+)
+"""node: ``pm2 jlist`` on stdin to ``STATUS PID`` while online, else ``STATUS EXIT_CODE``."""
+
+FOLLOW = (
+    'set -u; umask 077; name=$1; eco=$2; build=$3; state=$4; prog=$5; shift 5; '
+    # PM2 would say "Script not found" and start nothing: the same 127 as everywhere.
+    'command -v -- "$prog" >/dev/null || { echo "hal: $prog: command not found" >&2; exit 127; }; '
+    'export PM2_HOME="$HOME/' + HOME + '"; '
+    'if ! command -v pm2 >/dev/null || ! command -v node >/dev/null; then '
+    'echo "hal: pm2 or node is missing inside the sandbox" >&2; exit 127; fi; '
+    'mkdir -p -- "$PM2_HOME" || exit 125; log="$PM2_HOME/$name.log"; f="$PM2_HOME/$name.json"; '
+    'node -e "$build" "$eco" "$@" > "$f" || exit 125; : > "$log"; '
+    'HAL_EXEC="${HAL_EXEC:-}d" pm2 start "$f" > "$PM2_HOME/$name.start" 2>&1; s=$?; '
+    'rm -f -- "$f"; if [ $s -ne 0 ]; then tail -n 3 "$PM2_HOME/$name.start" >&2; exit 125; fi; '
+    'tail -c +1 -F -s 0.2 -- "$log" 2>/dev/null & t=$!; '
+    'while :; do set -- $(pm2 jlist 2>/dev/null | node -e "$state" "$name"); '
+    'case ${1:-missing} in online|launching|waiting-restart|one-launch-status) '
+    'if [ "${2:-0}" -gt 0 ] 2>/dev/null; then '
+    'while kill -0 "$2" 2>/dev/null; do sleep 0.2; done; else sleep 0.3; fi ;; '
+    '*) break ;; esac; done; '
+    'sleep 0.5; kill $t 2>/dev/null; '
+    'case ${2:-255} in ""|*[!0-9]*) exit 255 ;; *) exit "$2" ;; esac'
+)
+"""The follower (see the module docstring); ``$1`` the app's name, ``$2`` the payload
+template, ``$3``/``$4`` :data:`BUILD`/:data:`STATE`, ``$5`` the program, then the names of
+the variables."""
+
+STOP = 'export PM2_HOME="$HOME/' + HOME + '"; command -v pm2 >/dev/null || exit 0; ' \
+    'pm2 delete "$1" >/dev/null 2>&1; exit 0'  # fmt: skip
+"""Delete the app inside (idempotent)."""
+
+LOGS = 'export PM2_HOME="$HOME/' + HOME + '"; exec pm2 logs "$1" --nostream --raw --lines "$2"'
+"""The app's last lines as PM2 kept them inside."""
+
+
+def hosts_daemons(sandbox: Sandbox) -> bool:
+    """Whether a daemon started by one command of ``sandbox`` outlives it (declared by the
+    sandbox handle: containers and bare ssh hosts do; bwrap's pid namespaces do not)."""
+    return bool(getattr(sandbox, "hosts_daemons", False))
+
+
+async def has_pm2(sandbox: Sandbox) -> bool:
+    """Whether node and pm2 are on the sandbox's PATH."""
+    probe = ArgvCommand(argv=("sh", "-c", "command -v node && command -v pm2"))
+    try:
+        return (await sandbox.exec(probe, timeout=60)).ok
+    except HalError:  # a sandbox that cannot say has no pm2 for us
+        return False
+
+
+def payload(spec: ProcessSpec, name: str, cwd: str, min_uptime_ms: int,
+            kill_timeout_ms: int) -> dict[str, Any]:  # fmt: skip
+    """The app's ecosystem document without ``env`` (the follower adds it inside)."""
+    from hal9999.spec import to_argv
+
+    argv = to_argv(spec.command)
+    log = f"{HOME}/{name}.log"
+    restart = spec.restart.mode == "on-failure"
+    app: dict[str, Any] = {
+        "name": name, "script": argv[0], "args": list(argv[1:]), "interpreter": "none",
+        "cwd": cwd, "autorestart": restart, "kill_timeout": kill_timeout_ms, "treekill": True,
+        # Relative to the daemon's cwd is not reliable: PM2 resolves ~ to its HOME.
+        "out_file": f"~/{log}", "error_file": f"~/{log}",
+    }  # fmt: skip
+    if restart:
+        app |= {"max_restarts": spec.restart.max_restarts + 1, "min_uptime": min_uptime_ms,
+                "stop_exit_codes": [0]}  # fmt: skip
+    return {"apps": [app]}
+
+
+def follower_spec(spec: ProcessSpec, document: dict[str, Any], names: list[str]) -> ProcessSpec:
+    """``spec`` with the follower as its command and no restart of its own (PM2 inside
+    restarts the app; the follower only ends when the app has stopped for good)."""
+    name = document["apps"][0]["name"]
+    template = base64.b64encode(json.dumps(document).encode()).decode()
+    program = document["apps"][0]["script"]
+    argv = ("sh", "-c", FOLLOW, "hal-pm2", name, template, BUILD, STATE, program, *names)
+    return spec.model_copy(update={"command": ArgvCommand(argv=argv), "restart": RestartPolicy()})
+
+
+def control_path(spec: ProcessSpec, name: str) -> Path:
+    """Where the host keeps how to reach the app inside (for ``stop`` and ``logs``)."""
+    return spec.log_path.parent / f".pm2-inside-{name}.json"
+
+
+def save_control(sandbox: Sandbox, spec: ProcessSpec, name: str) -> None:
+    """Record the launch command lines that stop the app and read its logs (no secrets:
+    no exec-time environment is given to them)."""
+    stop = sandbox.launch(ArgvCommand(argv=("sh", "-c", STOP, "hal-pm2-stop", name)))
+    logs = sandbox.launch(ArgvCommand(argv=("sh", "-c", LOGS, "hal-pm2-logs", name, "LINES")))
+    data = {"stop": {"argv": stop.argv, "env": stop.env},
+            "logs": {"argv": logs.argv, "env": logs.env}}  # fmt: skip
+    path = control_path(spec, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(data, out)
+    os.replace(tmp, path)
+
+
+def _control(spec: ProcessSpec, name: str) -> dict[str, Any] | None:
+    try:
+        return dict(json.loads(control_path(spec, name).read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+async def stop_inside(spec: ProcessSpec, name: str) -> None:
+    """Delete the app inside the sandbox, when it was started there. Idempotent."""
+    control = _control(spec, name)
+    if control is None:
+        return
+    await run_host(control["stop"]["argv"], env=control["stop"]["env"], check=False)
+    control_path(spec, name).unlink(missing_ok=True)
+
+
+async def logs_inside(spec: ProcessSpec, name: str, lines: int) -> str | None:
+    """``pm2 logs --nostream`` run inside; None when the app was not started there."""
+    control = _control(spec, name)
+    if control is None:
+        return None
+    argv = [str(lines) if arg == "LINES" else arg for arg in control["logs"]["argv"]]
+    status, out = await run_host(argv, env=control["logs"]["env"], check=False)
+    if status != 0:
+        raise ProcessError(f"pm2 logs inside the sandbox failed (exit {status})")
+    return out

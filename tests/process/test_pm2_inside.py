@@ -1,0 +1,158 @@
+"""PM2 INSIDE a sandbox that hosts daemons: a real Podman container (the docker provider)
+with the host's node and the pinned PM2 of scripts/install-pm2.sh bound in read-only.
+
+The process-manager contract (output and status, secrets masked and in no argv, stop kills
+the tree, a missing program is 127) plus what is PM2's own: the restart policy, ``pm2 jlist``
+and ``pm2 logs --nostream`` inside, no payload left behind, the daemon inside the container.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.process.test_managers import spec_for, wait_exit
+
+from hal9999.process.pm2 import Pm2ProcessManager
+from hal9999.process.pm2inside import HOME
+from hal9999.providers.docker import DockerProvider
+from hal9999.providers.registry import load_provider
+from hal9999.spec import ArgvCommand, Bind, ProcessSpec, RestartPolicy, SandboxSpec, ShellCommand
+
+pytestmark = [pytest.mark.podman, pytest.mark.pm2, pytest.mark.timeout(240)]
+
+NODE_DIR = "/opt/hal-node"
+
+
+def _pm2_prefix() -> Path:
+    found = shutil.which("pm2")
+    assert found is not None
+    # .../hal-pm2/node_modules/.bin/pm2 -> the install prefix
+    return Path(found).resolve().parents[2].parent
+
+
+@pytest.fixture
+async def manager() -> AsyncIterator[Pm2ProcessManager]:
+    """The host-side PM2 daemon (it runs the supervisor of the follower) of this test."""
+    home = Path(tempfile.mkdtemp(prefix="hal-pm2-", dir="/tmp"))
+    pm2 = Pm2ProcessManager(home=home)
+    try:
+        yield pm2
+    finally:
+        await pm2.kill_daemon()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+async def container(hal_home: Path, tmp_path: Path) -> AsyncIterator[object]:
+    """A container with node and PM2 on its PATH (bound read-only from the host)."""
+    provider = load_provider("docker", state_dir=hal_home / "sandboxes" / "docker")
+    assert isinstance(provider, DockerProvider)
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    node = Path(shutil.which("node") or "/usr/bin/node").resolve()
+    prefix = _pm2_prefix()
+    spec = SandboxSpec(
+        provider="docker", network="none", workspace=workspace,
+        binds=(Bind(source=node, target=f"{NODE_DIR}/node"),
+               Bind(source=prefix, target=str(prefix))),
+        env={"PATH": f"{prefix}/node_modules/.bin:{NODE_DIR}:/usr/local/bin:/usr/bin:/bin"},
+    )  # fmt: skip
+    sandbox = await provider.create(spec)
+    try:
+        yield sandbox
+    finally:
+        for info in await provider.list():
+            await provider.destroy(info.id)
+
+
+async def _inside(sandbox: object, script: str) -> str:
+    result = await sandbox.exec(ShellCommand(script=script))  # type: ignore[attr-defined]
+    return str(result.stdout.decode())
+
+
+async def test_the_app_runs_under_a_pm2_daemon_inside_the_container(
+    manager: Pm2ProcessManager, container: object, tmp_path: Path
+) -> None:
+    secret = "s3cret-value-inside-5678"
+    spec = spec_for(tmp_path, ShellCommand(script='echo "key=$API_KEY"; echo oops >&2; '
+                                                  "sleep 2; exit 7"))  # fmt: skip
+    await manager.start(container, spec, env={"API_KEY": secret})  # type: ignore[arg-type]
+    # The daemon is inside: `pm2 jlist` there lists the app, online, and the secret is in
+    # no argv (PM2 keeps it in memory, as a tmux server does).
+    jlist = f'test -S "$HOME/{HOME}/rpc.sock" && PM2_HOME="$HOME/{HOME}" pm2 jlist 2>/dev/null'
+    found: list[dict[str, Any]] = []
+    for _ in range(100):
+        out = await _inside(container, jlist)
+        listed = json.loads(out[out.index("[") :]) if "[" in out else []
+        found = [a for a in listed if a["name"] == manager.app_name(spec)]
+        if found:
+            break
+        await asyncio.sleep(0.2)
+    [app] = found
+    assert app["pm2_env"]["status"] == "online" and app["pm2_env"]["autorestart"] is False
+    argvs = await _inside(container, "cat /proc/[0-9]*/cmdline | tr '\\0' ' '")
+    assert "PM2" in argvs and secret not in argvs
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            assert secret.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+    assert await wait_exit(manager, spec, timeout=60) == 7
+    log = spec.log_path.read_text()
+    assert "key=[REDACTED]" in log and "oops" in log and secret not in log
+    # The payload (with the values) was read by PM2 and removed.
+    left = await _inside(container, f'ls -a "$HOME/{HOME}"')
+    assert f"{manager.app_name(spec)}.json" not in left, left
+    assert secret not in await _inside(container, f'cat "$HOME/{HOME}"/*.json')
+    logs = await manager.logs(spec, lines=20)
+    assert "oops" in logs
+
+
+async def test_restart_policy_acts_inside(
+    manager: Pm2ProcessManager, container: object, tmp_path: Path
+) -> None:
+    spec = spec_for(tmp_path, ShellCommand(script="echo run; exit 3"))
+    spec = spec.model_copy(update={"restart": RestartPolicy(mode="on-failure", max_restarts=2)})
+    await manager.start(container, spec)  # type: ignore[arg-type]
+    assert await wait_exit(manager, spec, timeout=90) == 3
+    # The first run and two restarts, all inside; then PM2 gives up and the status comes back.
+    assert spec.log_path.read_text().count("run") == 3
+
+
+async def test_stop_kills_the_app_inside(
+    manager: Pm2ProcessManager, container: object, tmp_path: Path
+) -> None:
+    spec = spec_for(tmp_path, ShellCommand(script="sleep 300 & echo $! > /tmp/child; wait"))
+    await manager.start(container, spec)  # type: ignore[arg-type]
+    for _ in range(200):
+        if (await _inside(container, "cat /tmp/child 2>/dev/null")).strip():
+            break
+        await asyncio.sleep(0.1)
+    child = (await _inside(container, "cat /tmp/child")).strip()
+    assert (await manager.status(spec)).state == "running"
+    await manager.stop(spec)
+    for _ in range(100):
+        if not (await _inside(container, f"kill -0 {child} 2>/dev/null && echo alive")).strip():
+            break
+        await asyncio.sleep(0.1)
+    assert not (await _inside(container, f"kill -0 {child} 2>/dev/null && echo alive")).strip()
+    assert "sleep 300" not in await _inside(container, "cat /proc/[0-9]*/cmdline | tr '\\0' ' '")
+    assert (await manager.status(spec)).state in ("exited", "missing")
+
+
+async def test_a_missing_program_is_127(
+    manager: Pm2ProcessManager, container: object, tmp_path: Path
+) -> None:
+    spec: ProcessSpec = spec_for(tmp_path, ArgvCommand(argv=("definitely-not-a-program-xyz",)))
+    await manager.start(container, spec)  # type: ignore[arg-type]
+    code = await wait_exit(manager, spec, timeout=60)
+    assert code == 127, spec.log_path.read_text()
+    assert "definitely-not-a-program-xyz" in spec.log_path.read_text()
