@@ -44,6 +44,10 @@ def hub_for(daemon: Daemon) -> McpHub:
         return {"process_manager": config.process_manager, "timeout_s": config.timeout_s}
 
     hive = Hive(
-        store=daemon.store, home=config.home, tasks=DaemonTasks(daemon), request_defaults=defaults
+        store=daemon.store,
+        home=config.home,
+        tasks=DaemonTasks(daemon),
+        request_defaults=defaults,
+        lifecycle=getattr(daemon, "hive", None),  # the turn loop: the manager's stop/restart
     )
     return McpHub(hive)
