@@ -71,6 +71,16 @@ def hal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hal]:
     h("serve", "--stop")
 
 
+def screen_shows(page: Any, text: str, timeout: float = 15.0) -> bool:
+    """Whether the terminal's screen shows ``text`` within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in (page.text_content(".xterm-rows") or ""):
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def log_lines(page: Any) -> list[str]:
     return [line for line in page.inner_text("#log").splitlines() if line.startswith("line ")]
 
@@ -118,3 +128,60 @@ def test_a_dropped_stream_resumes_without_duplicate_or_gap(
     page.wait_for_selector("#result-diff .diff-table")
     assert "calc.py" in page.inner_text("#result-diff")
     shot(page)
+
+
+TICKING = """#!/bin/sh
+i=1
+while [ $i -le 120 ]; do echo "ticking $i"; i=$((i + 1)); sleep 0.5; done
+"""
+
+
+def test_terminal_is_read_only_until_asked_and_checks_origin(
+    browser: Any, hal: Hal, shot: Any
+) -> None:
+    (hal.repo / "tick.sh").write_text(TICKING)
+    git(hal.repo, "add", "tick.sh")
+    git(hal.repo, "commit", "-qm", "ticking agent")
+    out = hal("run", "--detach", "--agent", "sh tick.sh {{prompt_file}}", "tick")
+    assert out.returncode == 0, out.stderr
+    task_id = out.stdout.strip()
+    base = hal.base  # type: ignore[attr-defined]
+    page = browser.new_context().new_page()
+    page.goto(hal.link())
+    page.goto(f"{base}/tasks/{task_id}")
+    page.wait_for_selector("#task-status .badge-running", timeout=30000)
+    page.click("#open-terminal")
+    assert screen_shows(page, "ticking")
+    page.click(".term-screen")
+    page.keyboard.type("zzqq")
+    # Read-only: tmux drops the keys (in write mode the pane's terminal echoes them).
+    assert not screen_shows(page, "zzqq", timeout=1.5)
+    shot(page, "read-only")
+    page.click("#terminal-write")
+    page.wait_for_selector("#terminal-mode:has-text('typing')")
+    assert screen_shows(page, "ticking")
+    page.click(".term-screen")
+    page.keyboard.type("typed")
+    assert screen_shows(page, "typed")
+    shot(page, "typing")
+
+    # The websocket by hand: a foreign Origin, or typing without the CSRF token, is refused.
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+    from websockets.sync.client import connect
+
+    cookies = page.context.cookies()
+    cookie = "; ".join(f"{c['name']}={c['value']}" for c in cookies)
+    url = base.replace("http", "ws") + f"/terminal/{task_id}"
+    headers = {"cookie": cookie}
+    with pytest.raises(InvalidStatus) as refused:
+        connect(url, origin="http://evil.example", additional_headers=headers)  # type: ignore[arg-type]
+    assert refused.value.response.status_code == 403
+    with pytest.raises(InvalidStatus):
+        connect(url, origin=base, additional_headers={})  # type: ignore[arg-type]  # no cookie
+    with pytest.raises((InvalidStatus, ConnectionClosed)):
+        with connect(url + "?write=1&csrf=wrong", origin=base, additional_headers=headers) as ws:  # type: ignore[arg-type]
+            ws.recv(timeout=5)
+    with connect(url, origin=base, additional_headers=headers) as ws:  # type: ignore[arg-type]
+        assert ws.recv(timeout=10)  # the screen arrives
+    page.click("#cancel")
+    page.wait_for_selector("#task-status .badge-cancelled", timeout=30000)

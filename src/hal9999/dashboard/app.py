@@ -98,7 +98,7 @@ def dashboard_app(
 ) -> DashboardGuard:
     """The dashboard for the hal home ``home``, in front of the JSON API app ``api`` (which
     serves ``/v1/...`` and checks ``token``); ``hosts``: extra names it answers to."""
-    from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse
+    from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
     from starlette.routing import Mount, Route, Router, WebSocketRoute
     from starlette.staticfiles import StaticFiles
 
@@ -147,8 +147,12 @@ def dashboard_app(
             return JSONResponse({"error": {"code": "no_daemon", "message": "no daemon"}}, 404)
         return await task_patch(daemon, request.path_params["task_id"])
 
+    async def favicon(request: Request) -> Response:
+        return Response(status_code=204)
+
     routes: list[Any] = [
         Route("/login", login),
+        Route("/favicon.ico", favicon),
         Route("/logout", logout, methods=["POST"]),
         Route("/tasks/{task_id:str}", page("task", "Task")),
         Route("/files/tasks/{task_id:str}/patch", patch),

@@ -121,6 +121,8 @@ def terminal_endpoint(daemon: Daemon | None) -> Any:
             await websocket.send_text(json.dumps({"error": str(exc)}))
             await websocket.close(code=4409)
             return
+        from starlette.websockets import WebSocketDisconnect
+
         master, slave = os.openpty()
         _resize(master, 120, 32)
         env = {**os.environ, "TERM": "xterm-256color"}
@@ -142,7 +144,7 @@ def terminal_endpoint(daemon: Daemon | None) -> Any:
                 proc.terminate()  # detaches the tmux client; the agent keeps running
             await proc.wait()
             os.close(master)
-            with contextlib.suppress(RuntimeError):
-                await websocket.close()
+            with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+                await websocket.close()  # unless the browser went first
 
     return endpoint

@@ -20,7 +20,7 @@
     const follow = el("input", { type: "checkbox", id: "follow", checked: true });
     const timeline = el("ol", { class: "timeline", id: "timeline" });
     const diffBox = el("div", { id: "result-diff" }, el("p", { class: "muted", text: "The diff appears when the task ends." }));
-    const termBox = el("div", { id: "terminal", class: "terminal" });
+    const termBox = el("div", { id: "terminal", class: "term-box" });
     const resumePrompt = el("textarea", { id: "resume-prompt", rows: 2, placeholder: "Follow-up prompt (optional)" });
     const act = (label, id, fn) => el("button", { type: "button", id, text: label, onclick: async (ev) => {
       ev.target.disabled = true;
