@@ -7,7 +7,8 @@ that token (any other token is refused, 401), checks the model allow-list and th
 (refusals are 400-class, which the agent CLIs treat as final), swaps the token for the real
 key and forwards the request to the task's upstream over httpx, streaming the answer back
 unbuffered while a :class:`UsageMeter` reads the usage out of it. Each call becomes a
-``gateway_requests`` row, which the task's runner turns into a ``usage`` event.
+``gateway_requests`` row (committed by the :class:`Ledger` before the agent has the end of
+its answer), which the task's runner turns into a ``usage`` event.
 
 httpx and h11 are imported here only: this module runs in the gateway process.
 """
@@ -20,7 +21,6 @@ import logging
 import ssl
 import time
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -31,6 +31,7 @@ from hal9999.auth.upstream import oauth_headers, upstream_key
 from hal9999.errors import HalError
 from hal9999.gateway import refusal
 from hal9999.gateway.channel import TOKEN_PREFIX, Grant
+from hal9999.gateway.ledger import Ledger
 from hal9999.gateway.limits import RETRY_STATUSES, UpstreamLimiter, retry_after_s
 from hal9999.gateway.prices import DEFAULT_PRICES, price_of
 from hal9999.gateway.usage import UsageMeter, cost_usd
@@ -42,8 +43,6 @@ logger = logging.getLogger(__name__)
 MAX_REQUEST_BODY = 64 << 20
 """The largest request an agent may send (long conversations with images stay below this)."""
 CHUNK = 1 << 16
-FLUSH_S = 0.05
-"""Call records wait at most this long before they are written (in one batch)."""
 _KEY_HEADERS = ("x-api-key", "x-goog-api-key", "api-key")
 _HOP_HEADERS = frozenset(
     {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
@@ -60,13 +59,7 @@ class Gateway:
         self.grants: dict[str, Grant] = {}
         self.limiters: dict[str, UpstreamLimiter] = {}
         self.inflight: dict[str, set[asyncio.Task[Any]]] = {}
-        self.writes: set[asyncio.Future[None]] = set()
-        self.pending: list[GatewayRequest] = []
-        self._flush_handle: asyncio.TimerHandle | None = None
-        self.spent: dict[str, tuple[int, float]] = {}
-        self.day: tuple[float, int, float] | None = None
-        """The current UTC day's start, tokens and dollars over all tasks."""
-        """Tokens and dollars per task so far (budgets check these, not the store)."""
+        self.ledger = Ledger(store)
         self.client = _client(None)
         self.clients: dict[str, httpx.AsyncClient] = {}
         """Clients for upstreams behind a private CA, by CA file."""
@@ -86,21 +79,6 @@ class Gateway:
         for task in self.inflight.pop(token, set()):
             task.cancel()
         self.last_active = time.monotonic()
-
-    def _day_spent(self) -> tuple[int, float]:
-        # Every task of this HAL_HOME passes here; a restarted gateway (or a new UTC day)
-        # reads the day so far from the store once, then counts in memory.
-        midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        if self.day is None or self.day[0] != midnight.timestamp():
-            tokens, cost = self.store.gateway_spent(since=midnight.timestamp())
-            self.day = (midnight.timestamp(), tokens, cost)
-        return self.day[1], self.day[2]
-
-    def _spent(self, task_id: str) -> tuple[int, float]:
-        # Counted in memory once read from the store (a restarted gateway reads it again).
-        if task_id not in self.spent:
-            self.spent[task_id] = self.store.gateway_spent(task_id=task_id)
-        return self.spent[task_id]
 
     def limiter(self, grant: Grant) -> UpstreamLimiter:
         """The shared limiter of ``grant``'s upstream and key."""
@@ -123,9 +101,10 @@ class Gateway:
         return self.clients[ca_file]
 
     async def aclose(self) -> None:
-        """Close every upstream client."""
+        """Close every upstream client and the ledger (after :meth:`drain`)."""
         for client in [self.client, *self.clients.values()]:
             await client.aclose()
+        self.ledger.close()
 
     # -- serving --------------------------------------------------------------------------
     async def serve_connection(
@@ -208,7 +187,7 @@ class Gateway:
                 f"(allowed: {', '.join(allowed)})"
             )
         if grant.max_tokens is not None or grant.max_cost_usd is not None:
-            spent_tokens, spent_cost = self._spent(grant.task_id)
+            spent_tokens, spent_cost = self.ledger.task_spent(grant.task_id)
             if grant.max_tokens is not None and spent_tokens >= grant.max_tokens:
                 return 400, "budget_exceeded", (
                     f"hal gateway: the task's token budget ({grant.max_tokens}) is spent"
@@ -220,7 +199,7 @@ class Gateway:
         daily_tokens = grant.settings.get("daily_max_tokens")
         daily_cost = grant.settings.get("daily_max_cost_usd")
         if daily_tokens is not None or daily_cost is not None:
-            day_tokens, day_cost = self._day_spent()
+            day_tokens, day_cost = self.ledger.day_spent()
             if (daily_tokens is not None and day_tokens >= daily_tokens) or (
                 daily_cost is not None and day_cost >= daily_cost
             ):
@@ -293,21 +272,40 @@ class Gateway:
         headers = [
             (k, v) for k, v in response.headers.items() if k.lower() not in _HOP_HEADERS
         ]
+        # The end of the answer (the bytes that complete a known length, or the last chunk
+        # of a chunked one) waits until the call's row is committed: an agent never holds an
+        # answer whose spend a killed gateway could forget.
+        length = _content_length(response.headers)
+        relayed, tail = 0, b""
+        recorded = False
         try:
             writer.write(conn.send(h11.Response(status_code=response.status_code, headers=headers)))
             async for chunk in response.aiter_raw(CHUNK):
                 meter.feed(chunk)
+                relayed += len(chunk)
+                if length is not None and relayed >= length:
+                    tail += chunk
+                    continue
                 writer.write(conn.send(h11.Data(data=chunk)))
                 await writer.drain()
+            await response.aclose()
+            self._measure(record, meter, grant)
+            recorded = True
+            committed = self.record_call(record, started, status=record.status)
+            if committed is not None:
+                await committed
+            if tail:
+                writer.write(conn.send(h11.Data(data=tail)))
             writer.write(conn.send(h11.EndOfMessage()))
             await writer.drain()
         finally:
             await response.aclose()
-            try:
-                self._measure(record, meter, grant)
-            except Exception:  # a figure we cannot read must not lose the call's record
-                logger.exception("gateway: could not read the usage of a call")
-            self.record_call(record, started, status=record.status)
+            if not recorded:  # cut short (the agent left, the task ended): record what was
+                try:
+                    self._measure(record, meter, grant)
+                except Exception:  # a figure we cannot read must not lose the call's record
+                    logger.exception("gateway: could not read the usage of a call")
+                self.record_call(record, started, status=record.status)
 
     def _measure(self, record: GatewayRequest, meter: UsageMeter, grant: Grant) -> None:
         usage = meter.close()
@@ -322,53 +320,18 @@ class Gateway:
 
     def record_call(
         self, record: GatewayRequest, started: float, *, status: int, **fields: Any
-    ) -> None:
-        """Store one call (or refusal) with its status and latency; never raises."""
+    ) -> asyncio.Future[None] | None:
+        """Count and store one call (or refusal) with its status and latency; never raises.
+        The future resolves once the row is committed."""
         record.status = status
         record.latency_ms = round((time.monotonic() - started) * 1000, 3)
         for name, value in fields.items():
             setattr(record, name, value)
-        if self.day is not None and record.ts >= self.day[0]:
-            start, tokens, cost = self.day
-            self.day = (start, tokens + record.total_tokens, cost + (record.cost_usd or 0.0))
-        if record.task_id in self.spent:
-            tokens, cost = self.spent[record.task_id]
-            self.spent[record.task_id] = (
-                tokens + record.total_tokens, cost + (record.cost_usd or 0.0)
-            )
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self._write([record])
-            return
-        # SQLite's commits off the event loop and batched: a thread hand-off per call would
-        # cost more than the call's own work (the runner polls every half second anyway).
-        self.pending.append(record)
-        if self._flush_handle is None:
-            self._flush_handle = loop.call_later(FLUSH_S, self._flush)
-
-    def _flush(self) -> None:
-        self._flush_handle = None
-        batch, self.pending = self.pending, []
-        if batch:
-            future = asyncio.get_running_loop().run_in_executor(None, self._write, batch)
-            self.writes.add(future)
-            future.add_done_callback(self.writes.discard)
-
-    def _write(self, records: list[GatewayRequest]) -> None:
-        for record in records:
-            try:
-                self.store.add_gateway_request(record)
-            except Exception:
-                logger.exception("gateway: could not record a call of task %s", record.task_id)
+        return self.ledger.add(record)
 
     async def drain(self) -> None:
         """Wait until every call so far is in the store."""
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-        self._flush()
-        while self.writes:
-            await asyncio.gather(*list(self.writes))
+        await self.ledger.drain()
 
 
 async def _read_request(
@@ -411,6 +374,11 @@ async def _send_refusal(
     writer.write(conn.send(h11.Data(data=data)))
     writer.write(conn.send(h11.EndOfMessage()))
     await writer.drain()
+
+
+def _content_length(headers: httpx.Headers) -> int | None:
+    value = headers.get("content-length")
+    return int(value) if value is not None and value.isdigit() else None
 
 
 def _origin(upstream: str) -> str:

@@ -60,6 +60,16 @@ class GatewayTable:
             )
             return int(cursor.lastrowid or 0)
 
+    def add_gateway_requests(self, rows: list[GatewayRequest]) -> None:
+        """Record several calls in one transaction (the gateway's group commit)."""
+        names = ", ".join(_COLUMNS)
+        values = ", ".join(f":{name}" for name in _COLUMNS)
+        with self._write() as conn:
+            conn.executemany(
+                f"INSERT INTO gateway_requests ({names}) VALUES ({values})",
+                [row.model_dump(exclude={"id"}) for row in rows],
+            )
+
     def gateway_requests(self, task_id: str, *, after: int = 0) -> list[GatewayRequest]:
         """The calls of a task, oldest first, with ids above ``after``."""
         rows = self._query(

@@ -1,0 +1,71 @@
+"""The gateway process killed and started again: spend is never lost (a call's row is
+committed before the agent has its answer), so the new gateway refuses at the right budget."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from tests.gateway.upstream import StormUpstream
+
+from hal9999.gateway.channel import GatewayPaths, Grant, new_token, register, unregister
+from hal9999.store import Store
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+KEY = "sk-real-key-restart-0123456789"
+
+
+@pytest.fixture
+def upstream() -> Iterator[StormUpstream]:
+    with StormUpstream() as server:
+        yield server
+
+
+async def gateway_pid(paths: GatewayPaths) -> int:
+    """The running gateway's pid, from its control socket."""
+    reader, writer = await asyncio.open_unix_connection(str(paths.control))
+    writer.write(b'{"op": "ping"}\n')
+    answer = json.loads(await reader.readline())
+    writer.close()
+    return int(answer["pid"])
+
+
+async def call(paths: GatewayPaths, token: str) -> int:
+    transport = httpx.AsyncHTTPTransport(uds=str(paths.socket))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw", timeout=30) as http:
+        body = {"model": "claude-sonnet-4-5", "max_tokens": 8, "messages": []}
+        response = await http.post("/v1/messages", json=body, headers={"x-api-key": token})
+        return response.status_code
+
+
+async def test_a_killed_gateway_loses_no_spend(
+    tmp_path: Path, upstream: StormUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HAL_GATEWAY_IDLE_S", "2")
+    paths = GatewayPaths(tmp_path / "home")
+    # Each call costs 23 tokens: two fit under 50, the third still starts (46 < 50), the
+    # fourth is refused.
+    grant = Grant(task_id="t-budget", token=new_token(), upstream=upstream.url, key=KEY,
+                  max_tokens=50)  # fmt: skip
+    await register(paths, grant)
+    assert [await call(paths, grant.token) for _ in range(2)] == [200, 200]
+    first = await gateway_pid(paths)
+    os.kill(first, signal.SIGKILL)  # at once: no drain, no clean exit
+
+    await register(paths, grant)  # a new gateway process, reading the spend from the store
+    assert await gateway_pid(paths) != first
+    assert await call(paths, grant.token) == 200
+    assert await call(paths, grant.token) == 400, "the budget counts the killed gateway's calls"
+    assert len(upstream.seen) == 3
+    await unregister(paths, grant.token)
+    store = Store.open(paths.home)
+    try:
+        assert store.gateway_spent(task_id="t-budget")[0] == 3 * 23
+    finally:
+        store.close()
