@@ -179,3 +179,26 @@ def fake_do_settings(fake_do: object, do_machines: list[Sshd]) -> dict[str, obje
     key = str(do_machines[0].key_file)
     return {"snapshot_id": "71829930", "user": USER, "key_file": key, "poll_s": 0.05,
             "boot_timeout_s": 30}  # fmt: skip
+
+
+@pytest.fixture
+def fake_morph(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """The fake Morph Cloud API (tests/fakes/morph_api.py), its key in MORPH_API_KEY."""
+    from tests.fakes.morph_api import TOKEN, FakeMorph
+
+    monkeypatch.setenv("MORPH_API_KEY", TOKEN)
+    monkeypatch.delenv("HAL_MORPH_SNAPSHOT_ID", raising=False)
+    with FakeMorph() as fake:
+        monkeypatch.setenv("HAL_MORPH_API_URL", fake.url)
+        yield fake
+
+
+@pytest.fixture
+def fake_morph_settings(fake_morph: object, sshd_server: Sshd) -> dict[str, object]:
+    """``[providers.morph]`` settings: the fake API, the test sshd as Morph's SSH gateway."""
+    from tests.sshd import USER
+
+    return {"snapshot_id": "snapshot_golden", "ssh_host": sshd_server.address,
+            "ssh_host_key": sshd_server.host_key, "ssh_user": USER,
+            "key_file": str(sshd_server.key_file), "poll_s": 0.05,
+            "boot_timeout_s": 30}  # fmt: skip

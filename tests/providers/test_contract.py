@@ -35,6 +35,7 @@ PROVIDERS = [
     pytest.param("docker", id="docker", marks=pytest.mark.podman),
     pytest.param("lima", id="lima", marks=pytest.mark.ssh),
     pytest.param("digitalocean", id="digitalocean", marks=pytest.mark.ssh),
+    pytest.param("morph", id="morph", marks=[pytest.mark.ssh, pytest.mark.bwrap]),
 ]
 
 SpecFactory = Callable[..., SandboxSpec]
@@ -60,6 +61,9 @@ def provider(request: pytest.FixtureRequest, hal_home: Path) -> Provider:
         request.getfixturevalue("ssh_connections_closed")
     if name == "digitalocean":  # the fake API (tests/fakes/do_api.py) whose droplets are sshds
         settings = request.getfixturevalue("fake_do_settings")
+        request.getfixturevalue("ssh_connections_closed")
+    if name == "morph":  # the fake Morph API (tests/fakes/morph_api.py), sshd as its gateway
+        settings = request.getfixturevalue("fake_morph_settings")
         request.getfixturevalue("ssh_connections_closed")
     return load_provider(name, state_dir=hal_home / "sandboxes" / name, settings=settings)
 
