@@ -213,6 +213,7 @@ class DockerProvider:
             security_opt=["no-new-privileges", f"seccomp={await self._seccomp()}"],
             mem_limit=memory, memswap_limit=memory, pids_limit=res.pids or -1,
             nano_cpus=int(res.cpus * 1e9) if res.cpus else None, stop_signal="SIGKILL",
+            ulimits=_file_size_limit(res.disk_mb),
         )  # fmt: skip
         await self.call("start", container.start)
         await self._adopt_home(container.id, uid)
@@ -420,3 +421,19 @@ PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 def container_name(sandbox_id: str) -> str:
     """The engine's name for a sandbox's container."""
     return f"hal-{sandbox_id}"
+
+
+def _file_size_limit(disk_mb: int | None) -> list[Any] | None:
+    """No single file beyond the disk limit (RLIMIT_FSIZE, as bwrap's prlimit; the total is
+    watched by :meth:`DockerSandbox.disk_use`): overlay quotas need xfs, rarely there.
+    Podman drops its configured ``default_ulimits`` once any is given and then asks for a
+    ``nofile`` beyond what its service may grant, so those of scripts/setup-podman.sh go too."""
+    if not disk_mb:
+        return None
+    from docker.types import Ulimit
+
+    return [
+        Ulimit(name="fsize", soft=disk_mb << 20, hard=disk_mb << 20),
+        Ulimit(name="nofile", soft=4096, hard=4096),
+        Ulimit(name="nproc", soft=4096, hard=4096),
+    ]

@@ -11,11 +11,12 @@ import asyncio
 import os
 import sys
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 from hal9999.errors import CapabilityError, ExecError
-from hal9999.providers import sandboxuser
+from hal9999.providers import limits, sandboxuser
 from hal9999.providers.base import Command, ExecResult, Launch, StreamEvent
 from hal9999.providers.dockerexec import ENV_WRAPPER, ContainerExec
 from hal9999.spec import SandboxSpec, to_argv
@@ -130,6 +131,21 @@ class DockerSandbox:
             "bash", "-c", ENV_WRAPPER, "hal-env", *to_argv(command),
         ]  # fmt: skip
         return Launch(argv=argv, env={"PATH": os.environ.get("PATH", ""), **values})
+
+    async def disk_use(self) -> limits.DiskUse:
+        """What the container's writable places hold now (the workspace and writable binds,
+        and its volumes, /tmp and the home, where the engine keeps them on this host),
+        against its disk limit. The root is read-only, so nothing else grows."""
+        found = await self._owner.call("inspect", self._owner.client().api.inspect_container,
+                                       self.container)  # fmt: skip
+        dirs = []
+        for mount in found.get("Mounts") or []:
+            source = Path(str(mount.get("Source") or ""))
+            if mount.get("RW", True) and source.is_absolute() and source.is_dir():
+                dirs.append(Path(os.path.realpath(source)))
+        used = await limits.measure(list(dict.fromkeys(dirs)))
+        disk_mb = limits.effective(self._spec.resources).disk_mb
+        return limits.DiskUse(used, disk_mb << 20 if disk_mb else None)
 
     def attach_command(self) -> list[str]:
         """An interactive bash in the workspace (a terminal when the caller has one)."""
