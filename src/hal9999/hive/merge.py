@@ -183,10 +183,11 @@ async def _bounded(repo: Path, args: list[str], limit: int) -> tuple[str, bool]:
 
 async def checked_out(repo: Path, branch: str) -> list[str]:
     """The worktrees of ``repo`` that have ``branch`` checked out."""
-    _, listing = await _git(repo, ["worktree", "list", "--porcelain"])
+    # -z: one NUL after each field, so a worktree path with a newline cannot fake a line.
+    _, listing = await _git(repo, ["worktree", "list", "--porcelain", "-z"])
     found: list[str] = []
     path = ""
-    for line in listing.splitlines():
+    for line in listing.split("\0"):
         if line.startswith("worktree "):
             path = line[len("worktree ") :]
         elif line == f"branch refs/heads/{branch}":
