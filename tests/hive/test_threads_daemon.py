@@ -16,7 +16,7 @@ import pytest
 import tests.cli.conftest as cli_fixtures
 from tests.cli.conftest import Hal, git
 
-from hal9999.hive import approvals
+from hal9999.hive import approvals, questions
 from hal9999.store import Store
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.slow]
@@ -106,8 +106,13 @@ def test_deny_then_approve_an_agents_branch_and_approve_a_spawn(
     assert "call it version two" in (workspace / "seen.txt").read_text()
     assert git(hive_repo, "rev-parse", "main") == main
 
+    with Store.open(Path(hal_env["HAL_HOME"])) as store:
+        questions.ask(store, asker="alice", question="Is version two the name?")
     assert hal("msg", "send", "alice", "write: version two").returncode == 0
-    poll("alice's third turn", lambda: turns_done(hal, "alice", 3))
+    third = poll("alice's third turn", lambda: turns_done(hal, "alice", 3))
+    # Turn statistics count the threads still open after the turn: the question.
+    last = max(third["recent_turns"], key=lambda turn: turn["id"])
+    assert last["open_threads"] == 1, third["recent_turns"]
     with Store.open(Path(hal_env["HAL_HOME"])) as store:
         second = asyncio.run(approvals.propose_apply(store, proposer="alice", repo=hive_repo,
                                                      target="main"))  # fmt: skip
