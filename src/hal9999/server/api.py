@@ -16,6 +16,7 @@ from hal9999.server.follow import MAX_WAIT_S, events_page, follow_page
 from hal9999.server.hive_api import add_hive_routes
 from hal9999.server.routing import ApiRequest as Request
 from hal9999.server.routing import Router
+from hal9999.server.threads_api import add_thread_routes
 from hal9999.spec import ArgvCommand
 from hal9999.store import TaskRecord
 from hal9999.tasks.recovery import Recovery
@@ -290,4 +291,5 @@ def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
 
         add_stream_routes(router, ctx)
     add_hive_routes(router, daemon)
+    add_thread_routes(router, daemon)
     return router

@@ -32,6 +32,7 @@ from hal9999.pool import SlotDir, WarmPool
 from hal9999.pool.settings import ProviderSettings, provider_settings, scheduler_settings
 from hal9999.providers.base import Provider
 from hal9999.server.runtime import DaemonFiles, DaemonInfo
+from hal9999.server.threads_api import use_hive_for_agents
 from hal9999.spec import SandboxSpec
 from hal9999.store import Store, TaskRecord
 from hal9999.tasks.context import sandbox_spec
@@ -193,6 +194,7 @@ class Daemon:
         broker.set_waker(self.hive.wake)
         hive_store.set_publisher(self.bus.publish_hive)
         set_open_threads(open_count)  # turn statistics count them after each turn
+        use_hive_for_agents(self)  # approved spawn/destroy proposals act through this hive
         self._loops += [
             asyncio.create_task(self.hive.run_forever(), name="hive"),
             asyncio.create_task(vacuum_forever(self.store, s), name="hive-vacuum"),

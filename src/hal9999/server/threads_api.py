@@ -1,0 +1,121 @@
+"""The daemon's routes over the hive's open threads (``/v1/hive/approvals``, ``questions``,
+``threads``), for the dashboard and any client holding the token.
+
+Whoever holds the daemon's bearer token is the operator: decisions and answers made here are
+the operator's (a body cannot name another decider). In this process, approved ``spawn`` and
+``destroy`` proposals are carried out by the hive itself (:func:`use_hive_for_agents`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from hal9999.errors import ConfigError
+from hal9999.hive import approvals, questions
+from hal9999.hive.broker import OPERATOR
+from hal9999.hive.store import check_name
+from hal9999.hive.threads import Approval, open_threads
+from hal9999.server.routing import ApiRequest as Request
+from hal9999.server.routing import Router
+
+if TYPE_CHECKING:
+    from hal9999.server.daemon import Daemon
+
+
+def _reason(body: dict[str, Any]) -> str | None:
+    value = body.get("reason")
+    if value is not None and not isinstance(value, str):
+        raise ConfigError("reason must be a string")
+    return value or None
+
+
+def use_hive_for_agents(daemon: Daemon) -> None:
+    """Approved spawn and destroy proposals act through this daemon's hive."""
+    from hal9999.hive import agents
+
+    async def spawn(approval: Approval) -> dict[str, Any]:
+        data = approval.payload
+        record = await agents.spawn(
+            daemon.store, daemon.config, check_name(str(data.get("name", ""))),
+            agent=str(data.get("agent") or daemon.config.default_agent),
+            provider=str(data.get("provider") or daemon.config.default_provider),
+            repo=data.get("repo"), role=data.get("role"),
+        )  # fmt: skip
+        return {"spawned": record.name, "agent": record.agent}
+
+    async def destroy(approval: Approval) -> dict[str, Any]:
+        name = check_name(str(approval.payload.get("name", "")))
+        await daemon.hive.remove_agent(name)
+        return {"destroyed": name}
+
+    approvals.set_executor("spawn", spawn)
+    approvals.set_executor("destroy", destroy)
+
+
+def add_thread_routes(router: Router, daemon: Daemon) -> None:
+    """Bind the approval, question and open-thread routes to ``daemon``'s store."""
+
+    async def list_approvals(request: Request) -> Any:
+        every = request.query.get("all") in ("1", "true")
+        found = await asyncio.to_thread(
+            approvals.list_approvals, daemon.store, state=None if every else "pending"
+        )
+        return [a.model_dump(mode="json") for a in found]
+
+    async def show_approval(request: Request) -> Any:
+        return await approvals.show(daemon.store, request.params["id"])
+
+    async def approve(request: Request) -> Any:
+        reason = _reason(request.json())
+        done = await approvals.approve(daemon.store, request.params["id"], reason=reason)
+        return done.model_dump(mode="json")
+
+    async def deny(request: Request) -> Any:
+        reason = _reason(request.json()) or "(no reason given)"
+        done = await asyncio.to_thread(
+            approvals.deny, daemon.store, request.params["id"], reason=reason
+        )
+        return done.model_dump(mode="json")
+
+    async def list_questions(request: Request) -> Any:
+        every = request.query.get("all") in ("1", "true")
+        found = await asyncio.to_thread(
+            questions.list_questions, daemon.store, open_only=not every
+        )
+        return [q.model_dump(mode="json") for q in found]
+
+    async def answer(request: Request) -> Any:
+        text = request.json().get("text")
+        if not isinstance(text, str):
+            raise ConfigError("text must be a string")
+        done = await asyncio.to_thread(
+            questions.answer, daemon.store, request.params["id"], text, answerer=OPERATOR
+        )
+        return done.model_dump(mode="json")
+
+    async def threads(request: Request) -> Any:
+        agent = request.query.get("agent") or None
+        found = await asyncio.to_thread(open_threads, daemon.store, agent)
+        return found.model_dump(mode="json")
+
+    obj: dict[str, Any] = {"type": "object"}
+    objs: dict[str, Any] = {"type": "array", "items": obj}
+    reason = {"type": "object", "properties": {"reason": {"type": "string"}}}
+    add = router.add
+    add("GET", "/v1/hive/approvals", list_approvals, "Pending proposals (all: resolved too).",
+        query=("all",), response=objs)  # fmt: skip
+    add("GET", "/v1/hive/approvals/{id}", show_approval,
+        "A proposal; for an apply, its commits and diff.", response=obj)  # fmt: skip
+    add("POST", "/v1/hive/approvals/{id}/approve", approve,
+        "Approve and carry out a proposal (the proposer is told).", body=reason, response=obj)
+    add("POST", "/v1/hive/approvals/{id}/deny", deny,
+        "Deny a proposal; the reason reaches the proposer.", body=reason, response=obj)
+    add("GET", "/v1/hive/questions", list_questions, "Unanswered questions (all: every one).",
+        query=("all",), response=objs)  # fmt: skip
+    add("POST", "/v1/hive/questions/{id}/answer", answer, "Answer a question as the operator.",
+        body={"type": "object", "required": ["text"],
+              "properties": {"text": {"type": "string"}}}, response=obj)  # fmt: skip
+    add("GET", "/v1/hive/threads", threads,
+        "Open threads: pending proposals and unanswered questions (of one agent).",
+        query=("agent",), response=obj)  # fmt: skip

@@ -1,0 +1,95 @@
+"""The daemon's routes over approvals, questions and open threads (a real ``hal serve``):
+decisions and answers as the operator, spawn and destroy carried out by the daemon's hive,
+errors back as their own classes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.hive.conftest import make_agent
+
+from hal9999.errors import ThreadNotFound, ThreadStateError
+from hal9999.hive import approvals, broker, questions
+from hal9999.hive.store import agent_exists
+from hal9999.server.client import DaemonClient
+from hal9999.store import Store
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[tuple[DaemonClient, Store]]:
+    """A running ``hal serve`` of a fresh home with agents alice and bob, and its store."""
+    home = tmp_path / "halhome"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HAL_")}
+    env.update(HAL_HOME=str(home), XDG_CONFIG_HOME=str(tmp_path / "xdg"), HAL_PROVIDER="local")
+
+    def hal(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "hal9999", *args], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    with Store.open(home) as store:
+        make_agent(store, "alice")
+        make_agent(store, "bob")
+        started = hal("serve", "--detach")
+        assert started.returncode == 0, started.stderr
+        try:
+            client = DaemonClient.find(home)
+            assert client is not None
+            yield client, store
+        finally:
+            stopped = hal("serve", "--stop")
+            assert stopped.returncode == 0, stopped.stderr
+
+
+def call(client: DaemonClient, method: str, path: str, body: Any = None, **query: Any) -> Any:
+    """One API call."""
+    return asyncio.run(client.call(method, path, body, query or None))
+
+
+def test_the_operator_decides_and_answers_through_the_api(
+    daemon: tuple[DaemonClient, Store],
+) -> None:
+    client, store = daemon
+    gate = approvals.propose(store, kind="tool", proposer="alice", title="push", payload={})
+    carol = {"name": "carol", "agent": "sh run.sh {{prompt_file}}"}
+    spawn = approvals.propose(store, kind="spawn", proposer="alice", title="spawn carol",
+                              payload=carol)  # fmt: skip
+    asked = questions.ask(store, asker="alice", question="which branch?", to="bob")
+
+    assert [a["id"] for a in call(client, "GET", "/v1/hive/approvals")] == [gate.id, spawn.id]
+    assert call(client, "GET", f"/v1/hive/approvals/{gate.id}")["approval"]["title"] == "push"
+    threads = call(client, "GET", "/v1/hive/threads", agent="bob")
+    assert threads["approvals"] == [] and [q["id"] for q in threads["questions"]] == [asked.id]
+
+    denied = call(client, "POST", f"/v1/hive/approvals/{gate.id}/deny", {"reason": "not yet"})
+    assert denied["state"] == "denied" and denied["resolved_by"] == "operator"
+    done = call(client, "POST", f"/v1/hive/approvals/{spawn.id}/approve", {})
+    assert done["state"] == "approved" and done["result"]["spawned"] == "carol"
+    assert agent_exists(store, "carol")
+    destroy = approvals.propose(store, kind="destroy", proposer="alice", title="destroy carol",
+                                payload={"name": "carol"})  # fmt: skip
+    call(client, "POST", f"/v1/hive/approvals/{destroy.id}/approve")
+    assert not agent_exists(store, "carol")
+    bodies = [m.body for m in broker.inbox(store, "alice") if m.kind == "approval"]
+    assert len(bodies) == 3 and "not yet" in bodies[0]
+
+    assert [q["id"] for q in call(client, "GET", "/v1/hive/questions")] == [asked.id]
+    answered = call(client, "POST", f"/v1/hive/questions/{asked.id}/answer", {"text": "main"})
+    assert answered["answerer"] == "operator"
+    assert call(client, "GET", "/v1/hive/questions") == []
+    assert call(client, "GET", "/v1/hive/threads")["approvals"] == []
+
+    with pytest.raises(ThreadNotFound):
+        call(client, "POST", "/v1/hive/approvals/a-none/approve")
+    self_ask = questions.ask(store, asker="alice", question="?", to="bob")
+    questions.answer(store, self_ask.id, "done", answerer="bob")
+    with pytest.raises(ThreadStateError, match="already answered by bob"):
+        call(client, "POST", f"/v1/hive/questions/{self_ask.id}/answer", {"text": "again"})
