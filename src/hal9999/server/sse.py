@@ -256,9 +256,10 @@ class EventFeed:
 
 
 async def event_stream(
-    feed: EventFeed, task_id: str | None, after: int | None, *, ping_s: float = PING_S
+    feed: EventFeed, task_id: str | None, after: int | None, *, ping_s: float | None = None
 ) -> AsyncIterator[bytes]:
     """The SSE body: what was missed after ``after`` (None: from now), then live events."""
+    ping_s = PING_S if ping_s is None else ping_s
     changed = feed.changed()
     sent = feed.cursor if after is None else after
     yield b"retry: 2000\n\n"
