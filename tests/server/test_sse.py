@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.server.sse_client import Stream, read_events
 
 from hal9999.events.bus import EventBus
 from hal9999.events.log import EventLog
@@ -26,7 +27,6 @@ from hal9999.server.listen import HalServer
 from hal9999.server.routing import Router
 from hal9999.server.sse import EventFeed, add_stream_routes
 from hal9999.store import Store
-from tests.server.sse_client import Stream, read_events
 
 TOKEN = "sse-token"
 
@@ -214,7 +214,7 @@ async def test_too_old_or_unknown_ids_get_a_resync(
     for last_id, reason in (("1", "missed"), (str(10**9), "unknown event id")):
         got = Stream()
         async with s.stream(got, last_id=last_id) as events:
-            await collect_until(events, got, lambda: bool(got.events))
+            await collect_until(events, got, lambda got=got: bool(got.events))  # type: ignore[misc]
         resync = got.events[0]
         assert resync.event == "resync" and reason in resync.json()["reason"]
         assert int(resync.id or 0) == resync.json()["last_gseq"] <= everything[-1]
