@@ -30,7 +30,7 @@ def printing_agent(lines: int, interval: float) -> str:
     return (
         "python3 -u -c 'import time\n"
         f"for i in range({lines}):\n"
-        f"    print(\"line\", i, \"t=%.6f\" % time.time(), flush=True); time.sleep({interval})'"
+        f'    print("line", i, "t=%.6f" % time.time(), flush=True); time.sleep({interval})\''
     )
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from tests.server.sse_load import sse_load
 
 pytestmark = [pytest.mark.slow, pytest.mark.bwrap]
