@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from hal9999.cli.main import App, app, cli, emit_json, run_async
+from hal9999.cli.main import app, cli, emit_json, run_async
 
 _SGR = re.compile(r"\x1b\[[0-9;:]*m")
 
@@ -97,45 +97,28 @@ def _describe(view: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def use_daemon_for_agents(a: App) -> None:
-    """Approved spawn and destroy proposals are carried out by ``hal serve``'s hive, through
-    its API (without a daemon, approving them says so and leaves them pending)."""
-    from hal9999.hive.approvals import set_executor
-    from hal9999.hive.store import check_name
-    from hal9999.hive.threads import Approval
-
-    client = a.daemon()
-    if client is None:
-        return
-
-    async def spawn(approval: Approval) -> dict[str, Any]:
-        data = approval.payload
-        body = {"name": check_name(str(data.get("name", ""))), "agent": data.get("agent"),
-                "role": data.get("role"), "repo": data.get("repo"),
-                "provider": data.get("provider")}  # fmt: skip
-        made = await client.call("POST", "/v1/hive/agents", body)
-        return {"spawned": made.get("name"), "agent": made.get("agent")}
-
-    async def destroy(approval: Approval) -> dict[str, Any]:
-        name = check_name(str(approval.payload.get("name", "")))
-        await client.call("DELETE", f"/v1/hive/agents/{name}")
-        return {"destroyed": name}
-
-    set_executor("spawn", spawn)
-    set_executor("destroy", destroy)
-
-
 @approvals.command()
 @click.argument("approval_id")
 @click.option("--reason", help="Why; the proposing agent receives it.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def approve(approval_id: str, reason: str | None, as_json: bool) -> None:
-    """Approve a proposal and carry it out (an apply merges the exact commit shown)."""
+    """Approve a proposal and carry it out (an apply merges the exact commit shown).
+
+    With ``hal serve`` running, the daemon carries it out (a spawn or destroy acts through
+    its hive); without, spawn and destroy proposals wait for it."""
+    from urllib.parse import quote
+
     from hal9999.hive.approvals import approve as approve_
+    from hal9999.hive.threads import Approval
 
     a = app()
-    use_daemon_for_agents(a)
-    done = run_async(approve_(a.store, approval_id, reason=reason))
+    client = a.daemon()
+    if client is not None:
+        path = f"/v1/hive/approvals/{quote(approval_id, safe='')}/approve"
+        data = run_async(client.call("POST", path, {"reason": reason} if reason else {}))
+        done = Approval.model_validate(data)
+    else:
+        done = run_async(approve_(a.store, approval_id, reason=reason))
     if as_json:
         emit_json(done.model_dump())
         return
