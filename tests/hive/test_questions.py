@@ -9,8 +9,8 @@ import pytest
 from tests.hive.conftest import hive_events
 
 from hal9999.errors import ThreadForbidden, ThreadStateError, UsageError
-from hal9999.hive import broker, questions
-from hal9999.hive.threads import open_count, open_threads
+from hal9999.hive import approvals, broker, questions, reminders
+from hal9999.hive.threads import close_for_removed, open_count, open_threads
 from hal9999.store import Store
 
 
@@ -111,3 +111,24 @@ def test_an_agent_cannot_flood_others_with_questions(
         questions.ask(store, asker="alice", question="3?", to="bob")
     assert len(broker.inbox(store, "bob")) == 1  # the refused one never reached bob
     questions.ask(store, asker="bob", question="mine?", to="alice")
+
+
+def test_removing_an_agent_closes_its_threads(store: Store) -> None:
+    mine = approvals.propose(store, kind="tool", proposer="alice", title="t", payload={})
+    asked_by = questions.ask(store, asker="alice", question="deploy?")
+    asked_of = questions.ask(store, asker="bob", question="alice, which port?", to="alice")
+    reminders.remind(store, agent="alice", text="later", in_s=60)
+    others = questions.ask(store, asker="bob", question="ok?")
+    before = len(broker.inbox(store, "alice"))
+    assert close_for_removed(store, "alice") == 4
+    assert approvals.get(store, mine.id).state == "expired"
+    assert approvals.get(store, mine.id).reason == "alice was removed"
+    assert questions.get(store, asked_by.id).state == "expired"
+    assert questions.get(store, asked_of.id).state == "expired"
+    [sentinel] = [m for m in broker.inbox(store, "bob") if m.kind == "answer"]
+    assert sentinel.ref == asked_of.id and "alice was removed" in sentinel.body
+    assert sentinel.body.startswith(questions.EXPIRED_PREFIX)
+    assert len(broker.inbox(store, "alice")) == before  # nothing sent to the removed agent
+    assert reminders.list_reminders(store, "alice") == []
+    assert reminders.fire_due(store, now=time.time() + 120) == []
+    assert questions.get(store, others.id).state == "open"

@@ -76,10 +76,15 @@ def test_the_operator_decides_and_answers_through_the_api(
     assert agent_exists(store, "carol")
     destroy = approvals.propose(store, kind="destroy", proposer="alice", title="destroy carol",
                                 payload={"name": "carol"})  # fmt: skip
+    to_carol = questions.ask(store, asker="alice", question="are you there?", to="carol")
     call(client, "POST", f"/v1/hive/approvals/{destroy.id}/approve")
     assert not agent_exists(store, "carol")
     bodies = [m.body for m in broker.inbox(store, "alice") if m.kind == "approval"]
     assert len(bodies) == 3 and "not yet" in bodies[0]
+    # Removing carol closed the question waiting for her answer.
+    assert questions.get(store, to_carol.id).state == "expired"
+    [sentinel] = [m for m in broker.inbox(store, "alice") if m.ref == to_carol.id]
+    assert "carol was removed" in sentinel.body
 
     assert [q["id"] for q in call(client, "GET", "/v1/hive/questions")] == [asked.id]
     answered = call(client, "POST", f"/v1/hive/questions/{asked.id}/answer", {"text": "main"})

@@ -198,8 +198,9 @@ def _state_error(approval: Approval) -> ThreadStateError:
 
 
 def _resolve(store: Store, approval: Approval, state: str, by: str, reason: str | None,
-             result: dict[str, Any] | None, body: str) -> Approval:  # fmt: skip
-    """Move a pending proposal to ``state`` (compare-and-set), tell the proposer, record it."""
+             result: dict[str, Any] | None, body: str | None) -> Approval:  # fmt: skip
+    """Move a pending proposal to ``state`` (compare-and-set), record it and tell the
+    proposer ``body`` (unless None)."""
     now = time.time()
     event = ApprovalResolved(agent=agent_or_none(approval.proposer), approval_id=approval.id,
                              kind=approval.kind, state=state, resolved_by=by)  # fmt: skip
@@ -214,7 +215,8 @@ def _resolve(store: Store, approval: Approval, state: str, by: str, reason: str 
             recorded.append(insert_hive_event(conn, event))
     if changed != 1:
         raise _state_error(get(store, approval.id))
-    notify(store, recipient=approval.proposer, body=body, kind="approval", ref=approval.id)
+    if body is not None:
+        notify(store, recipient=approval.proposer, body=body, kind="approval", ref=approval.id)
     return get(store, approval.id)
 
 
@@ -296,6 +298,23 @@ def _expire(store: Store, approval: Approval) -> Approval:
     resolved = _resolve(store, approval, "expired", SYSTEM, None, None, body)
     _unpin_later(approval)
     return resolved
+
+
+def withdraw_all(store: Store, proposer: str) -> int:
+    """Close the pending proposals of an agent being removed (expired, nobody told)."""
+    rows = store._query(
+        "SELECT * FROM hive_approvals WHERE state = 'pending' AND proposer = ?", (proposer,)
+    )
+    closed = 0
+    for row in rows:
+        approval = approval_of(row)
+        try:
+            _resolve(store, approval, "expired", SYSTEM, f"{proposer} was removed", None, None)
+        except ThreadStateError:
+            continue
+        _unpin_later(approval)
+        closed += 1
+    return closed
 
 
 def expire_due(store: Store, now: float | None = None) -> list[Approval]:

@@ -163,19 +163,38 @@ def _short(text: str) -> str:
     return repr(line if len(line) <= 80 else line[:77] + "...")
 
 
-def _expire(store: Store, question: Question) -> bool:
+def _expire(
+    store: Store, question: Question, why: str | None = None, *, tell: bool = True
+) -> bool:
     waited = ""
     if question.expires is not None:
         waited = f" after {round(question.expires - question.created)} s"
-    sentinel = (f"{EXPIRED_PREFIX} question {question.id} to {question.target} expired{waited} "
-                "without an answer; go on without it, or ask again.")  # fmt: skip
+    why = why or f"expired{waited} without an answer"
+    sentinel = (f"{EXPIRED_PREFIX} question {question.id} to {question.target} {why}; "
+                "go on without it, or ask again.")  # fmt: skip
     event = QuestionExpired(agent=agent_or_none(question.asker), question_id=question.id,
                             asker=question.asker, target=question.target)  # fmt: skip
     if not _settle(store, question, "expired", sentinel, SYSTEM, event):
         return False
     body = f"{sentinel}\nThe question was: {_short(question.question)}"
-    notify(store, recipient=question.asker, body=body, kind="answer", ref=question.id)
+    if tell:
+        notify(store, recipient=question.asker, body=body, kind="answer", ref=question.id)
     return True
+
+
+def close_all(store: Store, agent: str) -> int:
+    """Close the open questions of an agent being removed: those it asked (nobody told) and
+    those waiting for its answer (their askers get the sentinel)."""
+    rows = store._query(
+        "SELECT * FROM hive_questions WHERE state = 'open' AND (asker = ? OR target = ?)",
+        (agent, agent),
+    )
+    closed = 0
+    for question in map(question_of, rows):
+        gone = question.asker == agent
+        closed += _expire(store, question, f"cannot be answered: {agent} was removed",
+                          tell=not gone)  # fmt: skip
+    return closed
 
 
 def expire_due(store: Store, now: float | None = None) -> list[Question]:

@@ -190,3 +190,15 @@ def fire_due(store: Store, now: float | None = None) -> list[Reminder]:
     )
     fired = [_deliver(store, reminder_of(row)) for row in rows]
     return [reminder for reminder in fired if reminder is not None]
+
+
+def drop_all(store: Store, agent: str) -> int:
+    """Cancel the pending reminders of an agent being removed."""
+    with store._write() as conn:
+        return int(
+            conn.execute(
+                "UPDATE hive_reminders SET state = 'delivered', delivered = ?, note = ?"
+                " WHERE agent = ? AND state = 'pending'",
+                (time.time(), "cancelled: the agent was removed", agent),
+            ).rowcount
+        )

@@ -247,6 +247,16 @@ def open_count(store: Store, agent: str) -> int:
     return int(row[0])
 
 
+def close_for_removed(store: Store, agent: str) -> int:
+    """Close every open thread of an agent being removed (before its record goes): its
+    proposals expire, questions it asked or was asked close (askers get the sentinel
+    answer), its reminders are cancelled. Returns how many threads closed."""
+    from hal9999.hive import approvals, questions, reminders  # they build on this module
+
+    closed = approvals.withdraw_all(store, agent) + questions.close_all(store, agent)
+    return closed + reminders.drop_all(store, agent)
+
+
 def next_deadline(store: Store) -> float | None:
     """The earliest time something open falls due: a reminder, or a question's or
     proposal's expiry (None when nothing waits on the clock)."""

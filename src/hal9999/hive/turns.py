@@ -378,6 +378,7 @@ class HiveLoop:
     async def remove_agent(self, name: str) -> AgentRecord:
         """Stop an agent, remove its task and session, its state directory and its record."""
         from hal9999.hive.agents import forget
+        from hal9999.hive.threads import close_for_removed
 
         agent = await self.stop_agent(name, "being removed")
         running = self.turns.get(name)
@@ -387,5 +388,7 @@ class HiveLoop:
         if agent.task_id is not None:
             with contextlib.suppress(HalError):
                 await self.service.remove(agent.task_id, force=True)
+        # Its proposals, questions and reminders close first (askers get a sentinel answer).
+        await asyncio.to_thread(close_for_removed, self.store, name)
         await asyncio.to_thread(forget, self.store, self.home, name)
         return agent
