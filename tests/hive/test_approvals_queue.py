@@ -131,3 +131,10 @@ def test_an_agent_cannot_bury_the_operator_in_proposals(
     approvals.propose(store, kind="tool", proposer="alice", title="alice's", payload={})
     approvals.deny(store, approvals.list_approvals(store)[0].id, reason="no")
     approvals.propose(store, kind="tool", proposer="bob", title="room again", payload={})
+
+
+def test_a_long_history_lists_its_latest_proposals(store: Store) -> None:
+    made = [approvals.propose(store, kind="tool", proposer="bob", title=f"t{n}", payload={})
+            for n in range(3)]  # fmt: skip
+    assert [a.id for a in approvals.list_approvals(store, state=None, limit=2)] == [
+        made[1].id, made[2].id]  # fmt: skip

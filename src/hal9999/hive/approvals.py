@@ -164,14 +164,17 @@ def get(store: Store, approval_id: str) -> Approval:
 def list_approvals(
     store: Store, *, state: str | None = "pending", limit: int = 200
 ) -> list[Approval]:
-    """Proposals, oldest first; only those in ``state`` unless it is None."""
+    """The latest ``limit`` proposals, oldest first; only those in ``state`` unless None."""
     if state is None:
-        rows = store._query("SELECT * FROM hive_approvals ORDER BY created LIMIT ?", (limit,))
+        rows = store._query(
+            "SELECT * FROM hive_approvals ORDER BY created DESC LIMIT ?", (limit,)
+        )
     else:
         rows = store._query(
-            "SELECT * FROM hive_approvals WHERE state = ? ORDER BY created LIMIT ?", (state, limit)
+            "SELECT * FROM hive_approvals WHERE state = ? ORDER BY created DESC LIMIT ?",
+            (state, limit),
         )
-    return [approval_of(row) for row in rows]
+    return [approval_of(row) for row in reversed(rows)]
 
 
 async def show(store: Store, approval_id: str, *, limit: int = DIFF_LIMIT) -> dict[str, Any]:

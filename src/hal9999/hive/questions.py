@@ -93,15 +93,16 @@ def get(store: Store, question_id: str) -> Question:
 def list_questions(
     store: Store, *, target: str | None = None, open_only: bool = True, limit: int = 200
 ) -> list[Question]:
-    """Questions, oldest first: to ``target`` only when given; unanswered only by default."""
+    """The latest ``limit`` questions, oldest first: to ``target`` only when given;
+    unanswered only by default."""
     sql, params = "SELECT * FROM hive_questions WHERE 1 = 1", []
     if target is not None:
         sql += " AND target = ?"
         params.append(target)
     if open_only:
         sql += " AND state = 'open'"
-    rows = store._query(sql + " ORDER BY created LIMIT ?", (*params, limit))
-    return [question_of(row) for row in rows]
+    rows = store._query(sql + " ORDER BY created DESC LIMIT ?", (*params, limit))
+    return [question_of(row) for row in reversed(rows)]
 
 
 def _settle(store: Store, question: Question, state: str, answer: str | None,
