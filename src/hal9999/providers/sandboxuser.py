@@ -114,9 +114,11 @@ def account_files(directory: Path, uid: int, gid: int) -> tuple[Path, Path]:
 def own_created(root: Path, relative: str, uid: int) -> None:
     """Hand to ``uid`` what the host just created at ``root/relative`` (a written file and
     the parents made for it): each component still owned by this process, walked by
-    directory fd with ``O_NOFOLLOW`` so a planted link is never followed."""
+    directory fd with ``O_NOFOLLOW`` so a planted link is never followed. ``root`` is a mount
+    source named by hal (a pool slot's link to a session directory), so it is resolved first."""
     me = os.geteuid()
     parts = [p for p in relative.split("/") if p not in ("", ".")]
+    root = Path(os.path.realpath(root))
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         for index, name in enumerate(parts):
