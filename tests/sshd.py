@@ -102,8 +102,9 @@ def _keygen(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def running_sshd() -> Iterator[Sshd]:
-    """Start sshd in a fresh namespace; stop and remove everything afterwards."""
+def running_sshd(subnet: str = "169.254.77") -> Iterator[Sshd]:
+    """Start sshd in a fresh namespace (a random /30 of ``subnet``.0/24, a link-local
+    block); stop and remove everything afterwards."""
     # Not pytest's tmp_path: its parents are mode 700, and the test user must reach its
     # HOME and sshd must read the authorized keys as that user.
     tmp = Path(tempfile.mkdtemp(prefix="hal-sshd-"))
@@ -111,7 +112,7 @@ def running_sshd() -> Iterator[Sshd]:
     tag = os.urandom(3).hex()
     netns, host_veth, ns_veth = f"halssh-{tag}", f"hsh{tag}", f"hsn{tag}"
     block = random.randrange(64) * 4
-    host_ip, ns_ip = f"169.254.77.{block + 1}", f"169.254.77.{block + 2}"
+    host_ip, ns_ip = f"{subnet}.{block + 1}", f"{subnet}.{block + 2}"
     etc = tmp / "etc"
     etc.mkdir()
     home = tmp / "home"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from hal9999.errors import ExecError
@@ -127,6 +127,41 @@ async def run(
             else:
                 code = event.exit_code if event.exit_code is not None else 255
     return code, bytes(out), bytes(err)
+
+
+async def run_fed(
+    conn: Any, command: str, chunks: AsyncIterator[bytes], *, what: str
+) -> tuple[int, bytes]:
+    """Run ``command`` with its stdin fed from ``chunks`` as they come (waiting for the
+    channel to drain between them, so nothing piles up): its status and stderr."""
+    asyncssh = _asyncssh()
+    limit = _sessions.setdefault(conn, asyncio.Semaphore(MAX_SESSIONS))
+    async with limit:
+        try:
+            proc = await conn.create_process(command, encoding=None)
+        except (asyncssh.Error, OSError) as exc:
+            raise ExecError(f"cannot start {what} over ssh: {exc}") from exc
+        try:
+            err = asyncio.create_task(proc.stderr.read())
+            out = asyncio.create_task(proc.stdout.read())
+            try:
+                # The remote side may end early (a full disk): its status says why.
+                with contextlib.suppress(BrokenPipeError, ConnectionError):
+                    async for chunk in chunks:
+                        proc.stdin.write(chunk)
+                        await proc.stdin.drain()
+                    proc.stdin.write_eof()
+                await proc.wait_closed()
+                await out
+                return exit_code(proc), await err
+            finally:
+                for task in (err, out):
+                    task.cancel()
+        except (asyncssh.Error, OSError) as exc:
+            raise ExecError(f"the ssh connection was lost during {what}: {exc}") from exc
+        finally:
+            with contextlib.suppress(Exception):
+                proc.close()
 
 
 async def kill_marked(conn: Any, var: str, value: str) -> None:

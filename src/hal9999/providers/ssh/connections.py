@@ -82,7 +82,12 @@ async def connect(
             hint="add its public key to the user's ~/.ssh/authorized_keys on that host",
         ) from exc
     except (OSError, lib.Error, TimeoutError) as exc:
-        raise ProviderError(f"cannot reach ssh host {host.name!r} ({where}): {exc}") from exc
+        raise HostUnreachable(f"cannot reach ssh host {host.name!r} ({where}): {exc}") from exc
+
+
+class HostUnreachable(ProviderError):
+    """No connection could be made (down, lost, or the network): another host may do.
+    Never a key problem (:class:`HostKeyRejected`, a refused key), which must be seen."""
 
 
 class ConnectionPool:

@@ -12,14 +12,18 @@ the only paths it resolves are its own (the session dir, a pool slot link).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import os
+import queue
 import secrets
 import shutil
 import tarfile
+import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from hal9999.errors import ExecError
 
@@ -40,14 +44,83 @@ def host_dir(path: Path) -> Path:
     return Path(os.path.realpath(path))
 
 
+PUSH_CHUNK = 1 << 20
+"""Bytes of tar per chunk of a push; at most :data:`PUSH_QUEUE` chunks wait in memory."""
+PUSH_QUEUE = 4
+
+
+def _add_all(archive: tarfile.TarFile, directory: Path) -> None:
+    if directory.is_dir():
+        for entry in sorted(os.listdir(directory)):
+            archive.add(directory / entry, arcname=entry, recursive=True)
+
+
 def pack(directory: Path) -> bytes:
     """``directory`` as an uncompressed tar (links stored as links, never followed)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
-        if directory.is_dir():
-            for entry in sorted(os.listdir(directory)):
-                archive.add(directory / entry, arcname=entry, recursive=True)
+        _add_all(archive, directory)
     return buffer.getvalue()
+
+
+class _Cancelled(Exception):
+    """The consumer of a push stream went away."""
+
+
+async def pack_stream(directory: Path) -> AsyncIterator[bytes]:
+    """``directory`` as a tar stream, in chunks, made by a thread as they are sent: a push
+    holds a few MiB at most, never the whole tar (a workspace may be gigabytes)."""
+    chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=PUSH_QUEUE)
+    stop = threading.Event()
+
+    def put(item: bytes | BaseException | None) -> None:
+        while not stop.is_set():
+            try:
+                chunks.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+        raise _Cancelled
+
+    class Sink(io.RawIOBase):
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data: Any) -> int:
+            put(bytes(data))
+            return len(data)
+
+    def produce() -> None:
+        try:
+            with io.BufferedWriter(Sink(), buffer_size=PUSH_CHUNK) as out:
+                with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as archive:
+                    _add_all(archive, directory)
+            put(None)
+        except _Cancelled:
+            return
+        except (OSError, tarfile.TarError) as exc:
+            with contextlib.suppress(_Cancelled):
+                put(exc)
+
+    def get() -> bytes | BaseException | None:
+        while not stop.is_set():
+            try:
+                return chunks.get(timeout=0.2)
+            except queue.Empty:
+                continue
+        return None
+
+    threading.Thread(target=produce, name="hal-push", daemon=True).start()
+    try:
+        while True:
+            item = await asyncio.to_thread(get)
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise ExecError(f"cannot pack {directory}: {item}")
+            yield item
+    finally:
+        stop.set()
 
 
 def _keep(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:

@@ -21,7 +21,7 @@ from hal9999.providers.hostexec import MARKER_VAR
 from hal9999.providers.hostsandbox import check_spec
 from hal9999.providers.ssh import channel, remote
 from hal9999.providers.ssh.config import SshConfig, SshHost
-from hal9999.providers.ssh.connections import ConnectionPool, load_asyncssh
+from hal9999.providers.ssh.connections import ConnectionPool, HostUnreachable, load_asyncssh
 from hal9999.providers.ssh.records import MountRecord, SshRecord, SshRecords
 from hal9999.providers.ssh.sandbox import HOME, WORKDIR, SshSandbox
 from hal9999.spec import SandboxSpec
@@ -76,12 +76,12 @@ class SshProvider:
     async def release_host(self, host: SshHost) -> None:
         """Called once a sandbox is destroyed (``lima`` deletes its VM here)."""
 
-    def _place(self) -> SshHost:
+    def _place(self, skip: frozenset[str] = frozenset()) -> SshHost:
         used: dict[str, int] = {}
         for record in self.records.all():
             used[record.host.name] = used.get(record.host.name, 0) + 1
         for host in self.hosts():
-            if used.get(host.name, 0) < host.capacity:
+            if host.name not in skip and used.get(host.name, 0) < host.capacity:
                 return host
         if not self.hosts():
             raise ProviderError(
@@ -95,17 +95,40 @@ class SshProvider:
         check_spec(self.name, self.capabilities, spec)
         load_asyncssh()
         sandbox_id = secrets.token_hex(6)
-        host = await self.acquire_host(sandbox_id, spec)
+        unreachable: set[str] = set()
+        while True:
+            # After an unreachable host only the configured ones are tried (a provider
+            # that makes its hosts has none configured, so it never gets here).
+            skip = frozenset(unreachable)
+            host = self._place(skip) if skip else await self.acquire_host(sandbox_id, spec)
+            try:
+                return await self._create_on(host, sandbox_id, spec)
+            except HostUnreachable as exc:
+                # A host that is down (or lost) does not stop the task: the session is on
+                # the hal host, so any other host with room can carry it (a resume too).
+                await self._undo(host, sandbox_id)
+                unreachable.add(host.name)
+                logger.warning("ssh host %s skipped: %s", host.name, exc.one_line())
+                if not self._has_room(frozenset(unreachable)):
+                    raise
+            except BaseException:
+                await self._undo(host, sandbox_id)
+                raise
+
+    def _has_room(self, skip: frozenset[str]) -> bool:
         try:
-            return await self._create_on(host, sandbox_id, spec)
-        except BaseException:
-            # Whatever was made goes: the mirror and record, and the host when it was made
-            # for this sandbox (a lima VM).
-            if self.records.path(sandbox_id).exists():
-                await self.destroy(sandbox_id)
-            else:
-                await self.release_host(host)
-            raise
+            self._place(skip)
+        except ProviderError:
+            return False
+        return True
+
+    async def _undo(self, host: SshHost, sandbox_id: str) -> None:
+        # Whatever was made goes: the mirror and record, and the host when it was made for
+        # this sandbox (a lima VM).
+        if self.records.path(sandbox_id).exists():
+            await self.destroy(sandbox_id)
+        else:
+            await self.release_host(host)
 
     async def _create_on(self, host: SshHost, sandbox_id: str, spec: SandboxSpec) -> SshSandbox:
         conn = await self.pool.get(host)

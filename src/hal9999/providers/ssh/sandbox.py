@@ -324,12 +324,13 @@ class SshSandbox:
     async def _push_one(self, mount: MountRecord) -> None:
         if mount.host is None:
             return
-        data = await asyncio.to_thread(mirror.pack, mirror.host_dir(mount.host))
         conn = await self._pool.get(self._record.host)
-        code, _, err = await channel.run(
-            conn, remote.plain(["sh", "-c", mirror.PUSH, "hal-push", mount.remote]), stdin=data,
-            what=f"pushing {mount.target}",
-        )  # fmt: skip
+        stream = mirror.pack_stream(mirror.host_dir(mount.host))
+        async with contextlib.aclosing(stream) as chunks:  # type: ignore[type-var]
+            code, err = await channel.run_fed(
+                conn, remote.plain(["sh", "-c", mirror.PUSH, "hal-push", mount.remote]), chunks,
+                what=f"pushing {mount.target}",
+            )  # fmt: skip
         if code != 0:
             raise ExecError(f"cannot send {mount.target} to the ssh host: {err.decode()[-300:]}")
 
