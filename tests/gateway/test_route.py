@@ -49,3 +49,17 @@ def test_run_options_refuse_bad_budget_and_egress(bad: dict[str, object]) -> Non
     with pytest.raises(UsageError):
         check_run_options({**base, **bad})
     check_run_options({**base, "max_tokens": 10, "egress": ["*.pypi.org", "git.example:22"]})
+
+
+def test_the_daemon_is_handed_the_presets_key_when_the_config_names_none(tmp_path: Path) -> None:
+    from hal9999.server.client import client_secrets
+    from hal9999.tasks.service import RunRequest
+
+    config = HalConfig(home=tmp_path)  # no [agents.claude] api_key_env
+    request = RunRequest(prompt="p", repo=None, ref=None, agent="claude", provider="bwrap",
+                         process_manager="tmux", timeout_s=None)  # fmt: skip
+    environ = {"ANTHROPIC_API_KEY": "sk-from-the-shell", "OPENAI_API_KEY": "sk-other"}
+    assert client_secrets(config, request, environ) == {"ANTHROPIC_API_KEY": "sk-from-the-shell"}
+    codex = RunRequest(prompt="p", repo=None, ref=None, agent="codex", provider="bwrap",
+                       process_manager="tmux", timeout_s=None)  # fmt: skip
+    assert client_secrets(config, codex, environ) == {"OPENAI_API_KEY": "sk-other"}

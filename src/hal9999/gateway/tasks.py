@@ -7,6 +7,8 @@ Lean on purpose (no httpx): the runner imports it in every ``hal run``.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import posixpath
 import time
 from collections.abc import Callable, Mapping
@@ -17,10 +19,11 @@ from urllib.parse import urlsplit
 from hal9999.agents.base import Agent, AgentSettings
 from hal9999.auth.upstream import stored_key
 from hal9999.config import HalConfig
-from hal9999.errors import BudgetExceeded, HalError, ModelNotAllowed
+from hal9999.errors import BudgetExceeded, GatewayError, HalError, ModelNotAllowed
 from hal9999.events.models import EgressDenied, Event, Usage
 from hal9999.gateway.channel import (
     CHANNEL_TARGET,
+    TOKEN_PREFIX,
     GatewayPaths,
     Grant,
     drain,
@@ -37,6 +40,13 @@ TOKEN_VAR = "HAL_GATEWAY_TOKEN"
 """The exec-time variable carrying the placeholder token (the launcher copies it to the
 variable the agent reads its key from)."""
 USAGE_POLL_S = 0.5
+REGISTER_S = 2.0
+"""How often a run makes sure the gateway holds its grant (a gateway that died and was
+started again, by this run or another, has none until its runs register again)."""
+ROUTE_FILE = "gateway.json"
+"""A run's token, port and progress, in its session's host-only run dir: what a runner that
+adopts the live agent needs to register the same token again (never the key)."""
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,6 +61,10 @@ class GatewayRoute:
     forwarder: bool = True
     """Whether the launcher starts the in-sandbox forwarder (False once the provider
     forwards the ports itself, see :meth:`connect`)."""
+    run_dir: Path | None = None
+    """The session's run dir, where :data:`ROUTE_FILE` is kept (None: not kept)."""
+    registered: float = 0.0
+    """When the grant was last handed to the gateway (monotonic)."""
 
     @property
     def base_url(self) -> str:
@@ -79,12 +93,40 @@ class GatewayRoute:
         microVM, whose shared directories cannot carry a unix socket) gets the data port
         and, with no network, the egress port forwarded now; any other sandbox runs the
         in-sandbox forwarder from its launcher (over the bound channel directory)."""
-        if not isinstance(sandbox, SocketForwarding):
+        if isinstance(sandbox, SocketForwarding):
+            await sandbox.forward_socket(self.port, self.paths.socket)
+            if sandbox.spec.network == "none":
+                await sandbox.forward_socket(self.port + 1, self.paths.egress_socket)
+            self.forwarder = False
+        self.save()
+
+    def save(self) -> None:
+        """Keep the token, port and usage progress for a runner that adopts this run."""
+        if self.run_dir is None:
             return
-        await sandbox.forward_socket(self.port, self.paths.socket)
-        if sandbox.spec.network == "none":
-            await sandbox.forward_socket(self.port + 1, self.paths.egress_socket)
-        self.forwarder = False
+        if self.usage is not None:
+            self.usage.on_advance = lambda _: self.save()
+        data = {"token": self.grant.token, "port": self.port, "forwarder": self.forwarder,
+                "last_id": self.usage.last_id if self.usage is not None else 0}  # fmt: skip
+        tmp = self.run_dir / f".{ROUTE_FILE}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(data))
+        tmp.replace(self.run_dir / ROUTE_FILE)
+
+    async def keep_registered(self) -> None:
+        """Hand the grant to the gateway again every :data:`REGISTER_S` (starting one when
+        none answers), so a gateway killed or restarted under a live agent serves it again
+        within seconds; a failure is logged and tried again next time."""
+        now = time.monotonic()
+        if now - self.registered < REGISTER_S:
+            return
+        self.registered = now
+        try:
+            await register(self.paths, self.grant)
+        except (GatewayError, OSError) as exc:
+            logger.warning("task %s: cannot register with the LLM gateway: %s",
+                           self.grant.task_id, exc)  # fmt: skip
 
     def bind(self) -> Bind:
         """The channel directory, read-only inside the sandbox."""
@@ -98,6 +140,7 @@ class GatewayRoute:
         """Start the gateway if needed and register the task's grant."""
         self.paths.channel.mkdir(parents=True, exist_ok=True)
         await register(self.paths, self.grant)
+        self.registered = time.monotonic()
 
     def refusal(self, store: Store) -> HalError | None:
         """The error that ends the task when the gateway refused one of its calls for a
@@ -122,6 +165,24 @@ class GatewayRoute:
     async def close(self) -> None:
         """Withdraw the grant: the token stops working, calls in flight are aborted."""
         await unregister(self.paths, self.grant.token)
+
+
+def upstream_key_env(config: HalConfig, agent_name: str) -> str | None:
+    """The host variable holding the key of ``agent_name``'s API: ``api_key_env`` when the
+    config sets it, else the preset's own (``ANTHROPIC_API_KEY`` for claude, ...), so a
+    daemon is handed the key even when the config names no variable."""
+    from hal9999.agents.registry import resolve_agent
+
+    settings = config.agent_settings(agent_name)
+    if settings.api_key_env:
+        return settings.api_key_env
+    try:
+        agent = resolve_agent(agent_name, settings)
+    except HalError:
+        return None
+    choose = getattr(agent, "gateway_upstream", None)
+    chosen = choose(settings) if choose is not None else None
+    return chosen[1] if chosen is not None else None
 
 
 def route_for(
@@ -159,7 +220,39 @@ def route_for(
         settings=gateway.model_dump(mode="json", exclude={"egress", "enabled"}),
         egress=[*gateway.egress, *(load_egress(budget) if budget is not None else [])],
     )
-    return GatewayRoute(paths=GatewayPaths(config.home), grant=grant, port=forward_port(task_id))
+    return GatewayRoute(
+        paths=GatewayPaths(config.home), grant=grant, port=forward_port(task_id), run_dir=budget
+    )
+
+
+def restore_route(
+    config: HalConfig,
+    agent: Agent,
+    task_id: str,
+    environ: Mapping[str, str],
+    secrets: Mapping[str, str],
+    *,
+    run_dir: Path,
+    store: Store,
+) -> GatewayRoute | None:
+    """The route of a live run that this process adopts: the same token, port and forwarder
+    as when it was launched (from :data:`ROUTE_FILE`), the key read again from this host's
+    environment or credentials, and usage events from the first call not yet emitted. None
+    when the run did not go through the gateway (or this process has no key for it)."""
+    try:
+        saved = json.loads((run_dir / ROUTE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    route = route_for(config, agent, task_id, environ, secrets, budget=run_dir)
+    token = saved.get("token") if isinstance(saved, dict) else None
+    if route is None or not isinstance(token, str) or not token.startswith(TOKEN_PREFIX):
+        return None
+    route.grant = replace(route.grant, token=token)
+    route.port = int(saved.get("port", route.port))
+    route.forwarder = bool(saved.get("forwarder", True))
+    route.usage = GatewayUsage(store, task_id, after=int(saved.get("last_id", 0)))
+    route.usage.on_advance = lambda _: route.save()
+    return route
 
 
 BUDGET_FILE = "budget.json"
@@ -219,10 +312,14 @@ def forwarder_path() -> str:
 class GatewayUsage:
     """Turns a task's new ``gateway_requests`` rows into ``usage`` events (polled)."""
 
-    def __init__(self, store: Store, task_id: str) -> None:
+    def __init__(self, store: Store, task_id: str, *, after: int | None = None) -> None:
         self.store = store
         self.task_id = task_id
-        self.last_id = max((r.id or 0 for r in store.gateway_requests(task_id)), default=0)
+        if after is None:  # a new run: its own calls, from here on
+            after = max((r.id or 0 for r in store.gateway_requests(task_id)), default=0)
+        self.last_id = after
+        self.on_advance: Callable[[int], None] | None = None
+        """Told the new ``last_id`` after a pump that emitted something."""
         self._polled = 0.0
 
     def pump(self, emit: Callable[[Event], None], *, final: bool = False) -> None:
@@ -232,6 +329,7 @@ class GatewayUsage:
         if not final and now - self._polled < USAGE_POLL_S:
             return
         self._polled = now
+        first = self.last_id
         for row in self.store.gateway_requests(self.task_id, after=self.last_id):
             self.last_id = row.id or self.last_id
             if row.error == "egress_denied":
@@ -252,3 +350,5 @@ class GatewayUsage:
                     latency_ms=row.latency_ms,
                 )
             )
+        if self.last_id != first and self.on_advance is not None:
+            self.on_advance(self.last_id)

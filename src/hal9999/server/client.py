@@ -16,6 +16,7 @@ from hal9999.config import HalConfig
 from hal9999.credentials import forwarded_env
 from hal9999.errors import HalError
 from hal9999.events.models import EVENT_ADAPTER, Event, Output
+from hal9999.gateway.tasks import upstream_key_env
 from hal9999.server.runtime import DaemonFiles, DaemonInfo
 from hal9999.store import TaskRecord
 from hal9999.tasks.api import OnEvent, OnOutput, OnStart
@@ -135,8 +136,11 @@ def client_secrets(
     try:
         settings = config.agent_settings(request.agent)
         resolve_agent(request.agent, settings)
-        if settings.api_key_env:
-            optional.append(settings.api_key_env)
+        # The preset's own key variable too when the config names none: the daemon's
+        # environment need not hold it (the gateway gets it from this shell).
+        key_env = upstream_key_env(config, request.agent)
+        if key_env:
+            optional.append(key_env)
     except HalError:
         pass  # the daemon reports a bad agent itself
     for name in optional:

@@ -39,7 +39,7 @@ from hal9999.events.models import (
     TaskEnd,
     Usage,
 )
-from hal9999.gateway.tasks import GatewayUsage, route_for
+from hal9999.gateway.tasks import GatewayRoute, GatewayUsage, restore_route, route_for
 from hal9999.hive.mcp.channel import route_for as mcp_route_for
 from hal9999.process.base import ProcessManager, read_exit_status
 from hal9999.process.caplog import log_cap_from
@@ -161,6 +161,7 @@ class TaskRunner:
                     else:
                         ctx.totals = ctx.adopted.totals
                         ctx.sandbox, ctx.pspec = ctx.adopted.sandbox, ctx.adopted.pspec
+                        ctx.gateway = await self.readopt_gateway(ctx, agent)
                         exit_code = await self.follow(
                             ctx,
                             manager,
@@ -295,6 +296,17 @@ class TaskRunner:
         await manager.start(sandbox, ctx.pspec, env=secrets)
         return offline
 
+    async def readopt_gateway(self, ctx: RunContext, agent: Agent) -> GatewayRoute | None:
+        """The adopted run's gateway route: its token registered again (the gateway may have
+        restarted too), its calls' usage events going on from the last one emitted."""
+        route = restore_route(
+            self.config, agent, ctx.task.id, self.environ, ctx.secrets,
+            run_dir=ctx.session.run_dir, store=self.store,
+        )  # fmt: skip
+        if route is not None:
+            await route.open()
+        return route
+
     async def remove_credentials(self, ctx: RunContext) -> None:
         """Take the credential files out of the session (the next run installs them again);
         what cannot be removed is reported as a warning event."""
@@ -415,8 +427,9 @@ class TaskRunner:
                 if status.state != "running":
                     break
             follower.pump()
-            if usage is not None:
+            if usage is not None and ctx.gateway is not None:
                 usage.pump(lambda event: self.emit(ctx, event))
+                await ctx.gateway.keep_registered()
             await self.save_session(ctx)
             await disk.check()
             if timeout is not None and time.monotonic() - started > timeout:

@@ -19,7 +19,7 @@ from hal9999.errors import ConfigError, HalError, TaskStateError, UsageError
 from hal9999.events.log import EventLog
 from hal9999.events.models import Event, Message, TaskCreated, TaskEnd
 from hal9999.events.writers import EventWriters
-from hal9999.gateway.tasks import save_budget
+from hal9999.gateway.tasks import save_budget, upstream_key_env
 from hal9999.home import HalPaths
 from hal9999.process.base import read_exit_status
 from hal9999.providers.base import Provider
@@ -187,8 +187,8 @@ class TaskService:
     def agent_secret_names(self, task: TaskRecord) -> list[str]:
         """Host variables that are secrets for this task: its agent's API key variable and
         the ``secrets`` names of the config."""
-        settings = self.config.agent_settings(task.agent)
-        names = [settings.api_key_env] if settings.api_key_env else []
+        key_env = upstream_key_env(self.config, task.agent)  # the preset's own, unless set
+        names = [key_env] if key_env else []
         return [*names, *self.config.secrets]
 
     def env_kinds_path(self, task: TaskRecord) -> Path:
