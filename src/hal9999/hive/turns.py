@@ -23,7 +23,6 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,8 @@ from hal9999.hive.agents import AgentDir, set_state
 from hal9999.hive.broker import OPERATOR, SYSTEM, inbox, mark, send
 from hal9999.hive.settings import HiveSettings
 from hal9999.hive.store import AgentRecord, get_agent, list_agents, record_hive_event, update_agent
-from hal9999.store import Store, TaskRecord
+from hal9999.hive.threads import open_count
+from hal9999.store import TaskRecord
 from hal9999.tasks.recovery import resume as resume_task
 from hal9999.tasks.scheduler import Scheduler
 from hal9999.tasks.service import RunRequest, TaskService
@@ -44,16 +44,8 @@ from hal9999.tasks.state import ACTIVE, TaskStatus
 
 logger = logging.getLogger(__name__)
 
-OpenThreads = Callable[[Store, str], int]
-_open_threads: OpenThreads | None = None
-
-
-def set_open_threads(counter: OpenThreads | None) -> None:
-    """Register the count of an agent's open threads (pending approvals and unanswered
-    questions; :mod:`hal9999.hive.questions` and ``approvals`` own them), for turn stats."""
-    global _open_threads
-    _open_threads = counter
-
+ORPHAN_S = 5.0
+"""How long a turn's task may stay in flight with no runner before it counts as crashed."""
 
 def build_prompt(agent: AgentRecord, role: str, entries: list[dict[str, Any]], first: bool) -> str:
     """The prompt of a turn: the role on a first turn (or for an agent that cannot resume),
@@ -277,11 +269,23 @@ class HiveLoop:
         return task.id
 
     async def _wait(self, task_id: str) -> TaskRecord:
-        """The task once it rests (retries of infrastructure failures included)."""
+        """The task once it rests (retries of infrastructure failures included). A task
+        left in flight with no runner here (the runner failed in hal) is interrupted."""
+        orphaned: float | None = None
         while True:
             task = await asyncio.to_thread(self.store.get_task, task_id)
-            if task.status not in ACTIVE and task_id not in self.scheduler.running:
+            running = task_id in self.scheduler.running
+            if task.status not in ACTIVE and not running:
                 return task
+            if running or task.status == TaskStatus.QUEUED:
+                orphaned = None
+            elif orphaned is None:
+                orphaned = time.monotonic()
+            elif time.monotonic() - orphaned > ORPHAN_S:
+                with contextlib.suppress(HalError):
+                    await self.service.halt(
+                        task_id, TaskStatus.INTERRUPTED, "its runner in hal serve failed"
+                    )
             await asyncio.sleep(0.2)
 
     async def _finish_adopted(self, name: str) -> None:
@@ -314,7 +318,7 @@ class HiveLoop:
         a crash to crash watch)."""
         events = Session(Path(task.session_dir)).events if task is not None else None
         measured = stats.measure(self.store, task, events, since, after_seq)
-        threads = _open_threads(self.store, name) if _open_threads is not None else None
+        threads = open_count(self.store, name)  # pending approvals, unanswered questions
         row = stats.finish_turn(self.store, turn_id, result, measured, threads)
         paths = AgentDir.of(self.home, name)
         if result not in ("crashed", "stopped"):
