@@ -26,8 +26,7 @@ from hal9999.hive import store as hive_store
 from hal9999.hive.deadlines import DeadlineLoop
 from hal9999.hive.retention import vacuum_forever
 from hal9999.hive.settings import hive_settings
-from hal9999.hive.threads import open_count
-from hal9999.hive.turns import HiveLoop, set_open_threads
+from hal9999.hive.turns import HiveLoop
 from hal9999.pool import SlotDir, WarmPool
 from hal9999.pool.settings import ProviderSettings, provider_settings, scheduler_settings
 from hal9999.providers.base import Provider
@@ -193,7 +192,6 @@ class Daemon:
         broker.limits = broker.BrokerLimits(s.rate_per_minute, s.loop_messages, s.loop_window_s)
         broker.set_waker(self.hive.wake)
         hive_store.set_publisher(self.bus.publish_hive)
-        set_open_threads(open_count)  # turn statistics count them after each turn
         use_hive_for_agents(self)  # approved spawn/destroy proposals act through this hive
         self._loops += [
             asyncio.create_task(self.hive.run_forever(), name="hive"),
