@@ -17,6 +17,7 @@ import pytest
 from tests.hive.conftest import make_agent
 
 from hal9999.hive import broker, questions, reminders
+from hal9999.hive.store import update_agent
 from hal9999.store import Store
 
 pytestmark = pytest.mark.slow
@@ -44,6 +45,9 @@ def test_a_reminder_fires_after_the_daemon_is_killed_and_restarted(tmp_path: Pat
 
     with Store.open(home) as store:
         make_agent(store, "alice")
+        # Stopped: its mail stays unread in the broker (a sleeping agent would be woken by the
+        # turn loop, and a turn marks its mail read).
+        update_agent(store, "alice", state="stopped")
         assert hal("serve", "--detach").returncode == 0
         try:
             # Set by another process than the daemon (as an MCP call or a hal command would).
