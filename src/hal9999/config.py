@@ -168,6 +168,11 @@ class GatewayConfig(_Config):
     egress: list[EgressHost] = Field(default_factory=list)
     """Hosts (``host`` or ``host:port``, ``*.domain``) every task may reach through the egress
     proxy when the sandbox has no network."""
+    provider_egress: dict[str, list[EgressHost]] = Field(default_factory=dict)
+    """More hosts for the tasks of one provider (``[gateway.provider_egress] qemu = [...]``)."""
+    store_bodies: bool = False
+    """Keep each call's request body in the store, masked (the task's secrets, the key and
+    the placeholder token) before it touches disk; ``hal task requests ID --bodies``."""
 
 
 class HalConfig(_Config):

@@ -11,13 +11,17 @@ from hal9999.cli.task import task
 @task.command()
 @click.argument("task_id")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def requests(task_id: str, as_json: bool) -> None:
-    """List the model calls of a task (through the LLM gateway): model, status, tokens, cost."""
+@click.option(
+    "--bodies", is_flag=True, help="With --json: each call's stored (masked) request body."
+)
+def requests(task_id: str, as_json: bool, bodies: bool) -> None:
+    """List the model calls of a task (through the LLM gateway): model, status, tokens, cost.
+    Request bodies are kept only with ``[gateway] store_bodies = true``, masked."""
     a = app()
     found = a.service.find(task_id)
     rows = a.service.store.gateway_requests(found.id)
     if as_json:
-        emit_json([row.model_dump(exclude={"body"}) for row in rows])
+        emit_json([row.model_dump(exclude=set() if bodies else {"body"}) for row in rows])
         return
     if not rows:
         click.echo(f"no model calls through the gateway for task {found.id}")

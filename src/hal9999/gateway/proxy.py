@@ -30,6 +30,7 @@ import httpx
 from hal9999.auth.upstream import oauth_headers, upstream_key
 from hal9999.errors import HalError
 from hal9999.gateway import refusal
+from hal9999.gateway.bodies import StoredBodies
 from hal9999.gateway.channel import TOKEN_PREFIX, Grant
 from hal9999.gateway.ledger import Ledger
 from hal9999.gateway.limits import RETRY_STATUSES, UpstreamLimiter, retry_after_s
@@ -60,6 +61,7 @@ class Gateway:
         self.limiters: dict[str, UpstreamLimiter] = {}
         self.inflight: dict[str, set[asyncio.Task[Any]]] = {}
         self.ledger = Ledger(store)
+        self.bodies = StoredBodies()
         self.client = _client(None)
         self.clients: dict[str, httpx.AsyncClient] = {}
         """Clients for upstreams behind a private CA, by CA file."""
@@ -76,6 +78,7 @@ class Gateway:
     def unregister(self, token: str) -> None:
         """Refuse ``token`` from now on and abort its calls in flight."""
         self.grants.pop(token, None)
+        self.bodies.forget(token)
         for task in self.inflight.pop(token, set()):
             task.cancel()
         self.last_active = time.monotonic()
@@ -147,7 +150,7 @@ class Gateway:
         model = refusal.requested_model(path, body if grant.models is not None else b"")
         record = GatewayRequest(
             task_id=grant.task_id, ts=wall, method=method, path=path[:500], model=model,
-            status=0, latency_ms=0.0,
+            status=0, latency_ms=0.0, body=self.bodies.stored(grant, body),
         )  # fmt: skip
         problem = self._refused(grant, model)
         if problem is not None:

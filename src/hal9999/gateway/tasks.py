@@ -193,9 +193,11 @@ def route_for(
     secrets: Mapping[str, str],
     *,
     budget: Path | None = None,
+    provider: str | None = None,
 ) -> GatewayRoute | None:
     """The gateway route of a task, or None when its agent goes direct (gateway off, an agent
-    that names no upstream, or no key on the host to give the gateway)."""
+    that names no upstream, or no key on the host to give the gateway). Its egress hosts are
+    ``[gateway] egress``, the ``provider``'s own list and the task's ``--egress``."""
     gateway = config.gateway
     choose = getattr(agent, "gateway_upstream", None)
     if not gateway.enabled or choose is None:
@@ -217,8 +219,15 @@ def route_for(
         models=list(gateway.models) if gateway.models is not None else None,
         max_tokens=max_tokens or gateway.max_tokens,
         max_cost_usd=max_cost_usd or gateway.max_cost_usd,
-        settings=gateway.model_dump(mode="json", exclude={"egress", "enabled"}),
-        egress=[*gateway.egress, *(load_egress(budget) if budget is not None else [])],
+        settings=gateway.model_dump(
+            mode="json", exclude={"egress", "enabled", "provider_egress"}
+        ),
+        egress=[
+            *gateway.egress,
+            *gateway.provider_egress.get(provider or "", []),
+            *(load_egress(budget) if budget is not None else []),
+        ],
+        mask=sorted(set(secrets.values())) if gateway.store_bodies else [],
     )
     return GatewayRoute(
         paths=GatewayPaths(config.home), grant=grant, port=forward_port(task_id), run_dir=budget
@@ -234,6 +243,7 @@ def restore_route(
     *,
     run_dir: Path,
     store: Store,
+    provider: str | None = None,
 ) -> GatewayRoute | None:
     """The route of a live run that this process adopts: the same token, port and forwarder
     as when it was launched (from :data:`ROUTE_FILE`), the key read again from this host's
@@ -243,7 +253,7 @@ def restore_route(
         saved = json.loads((run_dir / ROUTE_FILE).read_text())
     except (OSError, ValueError):
         return None
-    route = route_for(config, agent, task_id, environ, secrets, budget=run_dir)
+    route = route_for(config, agent, task_id, environ, secrets, budget=run_dir, provider=provider)
     token = saved.get("token") if isinstance(saved, dict) else None
     if route is None or not isinstance(token, str) or not token.startswith(TOKEN_PREFIX):
         return None

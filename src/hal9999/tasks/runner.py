@@ -254,8 +254,9 @@ class TaskRunner:
         await self.transition(ctx, TaskStatus.PROVISIONING)
         spec = sandbox_spec(self.config, task, ctx.session, self.environ)
         ctx.gateway = route_for(
-            self.config, agent, task.id, self.environ, ctx.secrets, budget=ctx.session.run_dir
-        )
+            self.config, agent, task.id, self.environ, ctx.secrets,
+            budget=ctx.session.run_dir, provider=task.provider,
+        )  # fmt: skip
         if ctx.gateway is not None:
             ctx.gateway.usage = GatewayUsage(self.store, task.id)  # calls from here on
             await ctx.gateway.open()
@@ -301,7 +302,7 @@ class TaskRunner:
         restarted too), its calls' usage events going on from the last one emitted."""
         route = restore_route(
             self.config, agent, ctx.task.id, self.environ, ctx.secrets,
-            run_dir=ctx.session.run_dir, store=self.store,
+            run_dir=ctx.session.run_dir, store=self.store, provider=ctx.task.provider,
         )  # fmt: skip
         if route is not None:
             await route.open()
