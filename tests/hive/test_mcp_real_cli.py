@@ -32,10 +32,20 @@ pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.slow, pytest.mark
 
 __all__ = ["bug_repo", "dummy_key", "llm_server"]  # fixtures used by name
 
-MODELS = {"claude": ("claude-sonnet-4-5", False), "codex": ("gpt-4.1", True)}
+MODELS = {
+    "claude": ("claude-sonnet-4-5", False),
+    "codex": ("gpt-4.1", True),
+    "opencode": ("scripted-model", True),
+    "gemini": ("gemini-2.5-pro", False),
+}
 """The model each CLI is pointed at and whether its base URL is OpenAI style. Codex offers
 an MCP server's tools directly (a ``namespace`` tool) for a model like gpt-4.1; for models
 with tool search (gpt-5.5) it defers them behind ``tool_search``."""
+AGENTS = [("alpha", "claude", "mcp__hal__send"), ("beta", "codex", "mcp__hal__send"),
+          ("gamma", "opencode", "hal_send"), ("delta", "gemini", "mcp_hal_send")]  # fmt: skip
+"""Agent name, its CLI, and the name the CLI gives hal's ``send`` tool."""
+PEER = "omega"
+"""The agent they all write to (a record only: it never runs)."""
 
 
 @dataclass
@@ -70,7 +80,7 @@ async def hal(
     config = load_config(env, cwd=bug_repo)
     store = Store.open(config.home)
     now = time.time()
-    for name, agent in (("alpha", "claude"), ("beta", "codex")):
+    for name, agent in [(n, a) for n, a, _ in AGENTS] + [(PEER, "claude")]:
         insert_agent(
             store, AgentRecord(name=name, agent=agent, provider="bwrap", repo=str(bug_repo),
                                created_at=now, updated_at=now),
@@ -103,14 +113,14 @@ def tool_events(hal: Hal, task_id: str) -> list[dict[str, object]]:
     return [e for e in events if e["type"] in ("tool_call", "tool_result")]
 
 
-@pytest.mark.parametrize(("name", "agent", "peer"), [("alpha", "claude", "beta"),
-                                                      ("beta", "codex", "alpha")])  # fmt: skip
+@pytest.mark.parametrize(("name", "agent", "tool"), AGENTS)
 async def test_a_real_cli_calls_send_as_its_own_agent(
-    hal: Hal, llm_server: ScriptedLLMServer, name: str, agent: str, peer: str
+    hal: Hal, llm_server: ScriptedLLMServer, name: str, agent: str, tool: str
 ) -> None:
     requires_cli(agent)
+    peer = PEER
     llm_server.script = Script(
-        turns=[Turn.call("mcp__hal__send", to=peer, body="what is 6*7?"), Turn.say("asked")],
+        turns=[Turn.call(tool, to=peer, body="what is 6*7?"), Turn.say("asked")],
         model=MODELS[agent][0],
     )
     task_id = await run_as(hal, name, agent, "ask your peer")
