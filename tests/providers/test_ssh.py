@@ -228,6 +228,7 @@ async def test_doctor_says_which_hosts_are_reachable_and_isolated(
     good, bad = await ssh_findings({"hosts": hosts}, hal_home / "ssh")
     assert good.ok and "reachable" in good.detail and "bubblewrap" in good.detail
     assert "0/4 sandboxes" in good.detail
+    assert "disk limit enforced; cpu, memory and pid limits are not" in good.detail
     assert not bad.ok and "does not match" in bad.detail and bad.fix
     assert await ssh_findings(None, hal_home / "ssh") == []
 

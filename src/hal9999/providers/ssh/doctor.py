@@ -63,14 +63,23 @@ async def _host(pool: ConnectionPool, config: SshConfig, host: SshHost, used: in
         conn = await pool.get(host)
     except HalError as exc:
         return Finding(name, False, f"{where}: {exc.message}", exc.hint)
+    # The disk limit needs prlimit (util-linux) there; cgroup limits cannot be set over ssh.
+    code, _, _ = await channel.run(conn, remote.plain(["sh", "-c", "command -v prlimit"]),
+                                   what="prlimit")  # fmt: skip
+    if code != 0:
+        return Finding(name, False, f"{where} reachable but has no prlimit (disk limit)",
+                       "apt-get install util-linux on that host")  # fmt: skip
+    limits = "disk limit enforced; cpu, memory and pid limits are not (refused) over ssh"
     if config.isolation != "bwrap":
-        return Finding(name, True, f"{where} reachable, isolation {config.isolation}; {count}")
+        return Finding(name, True, f"{where} reachable, isolation {config.isolation}; "
+                       f"{limits}; {count}")  # fmt: skip
     code, out, _ = await channel.run(conn, remote.plain([config.bwrap, "--version"]), what="bwrap")
     if code != 0:
         return Finding(name, False, f"{where} reachable but has no {config.bwrap}",
                        "apt-get install bubblewrap on that host")  # fmt: skip
     version = out.decode().strip()
-    return Finding(name, True, f"{where} reachable, {version} isolates agents; {count}")
+    return Finding(name, True, f"{where} reachable, {version} isolates agents; {limits}; "
+                   f"{count}")  # fmt: skip
 
 
 async def lima_findings(settings: Mapping[str, Any] | None, state_dir: Path) -> list[Finding]:

@@ -30,7 +30,9 @@ from hal9999.errors import ExecError
 PUSH = (
     'set -e; d=$1; rm -rf -- "$d.new"; mkdir -p -- "$d.new"; '
     'tar -x --no-same-owner -C "$d.new"; rm -rf -- "$d.old"; '
-    'if [ -e "$d" ]; then mv -- "$d" "$d.old"; fi; mv -- "$d.new" "$d"; rm -rf -- "$d.old"'
+    'if [ -e "$d" ]; then mv -- "$d" "$d.old"; fi; mv -- "$d.new" "$d"; '
+    # What the agent left unreadable (a 000 directory) must not stop the swap's cleanup.
+    'chmod -R u+rwX -- "$d.old" 2>/dev/null || :; rm -rf -- "$d.old"'
 )
 """Remote: unpack stdin into ``$1`` as a whole (replacing what was there)."""
 PULL = 'set -e; cd -- "$1"; tar -c --numeric-owner -f - .'

@@ -195,6 +195,33 @@ class SshProvider:
         """Pushing is how a sandbox gets its task's files, so warm ones can be handed over."""
         return True
 
+    def resets_safely(self) -> bool:
+        """With bwrap the agent reached only the mirror's directories, which :meth:`reset`
+        replaces; on a bare host it may have changed anything, so those are destroyed."""
+        return self.config.isolation == "bwrap"
+
+    async def reset(self, sandbox_id: str) -> SshSandbox:
+        """Nothing of the sandbox running, its own directories (home, /tmp) empty again,
+        verified; the workspace and binds come with the next task's push."""
+        record = self.records.load(sandbox_id)
+        if record.isolation != "bwrap":
+            raise ProviderError(f"sandbox {sandbox_id} runs bare on its host: not reset",
+                                hint="its pool destroys it instead")  # fmt: skip
+        conn = await self.pool.get(record.host)
+        kill = remote.plain(["sh", "-c", remote.KILL, "hal-kill", MARKER_VAR, sandbox_id])
+        code, _, _ = await channel.run(conn, kill, what="kill")
+        if code != 0:
+            raise ProviderError(f"processes of sandbox {sandbox_id} survived the reset")
+        own = [mount.remote for mount in record.mounts if mount.host is None]
+        code, _, err = await channel.run(
+            conn, remote.plain(["sh", "-c", remote.RESET, "hal-reset", *own]), what="reset"
+        )
+        if code != 0:
+            raise ProviderError(f"cannot reset sandbox {sandbox_id}: {err.decode()[-300:]}")
+        record = record.model_copy(update={"state": "running"})
+        self.records.save(record)
+        return self._handle(record)
+
     async def destroy(self, sandbox_id: str) -> None:
         """Kill its processes and delete the mirror on the host; never the session."""
         try:
@@ -215,7 +242,8 @@ async def destroy_record(records: SshRecords, pool: ConnectionPool, sandbox_id: 
     try:
         conn = await pool.get(record.host)
         await channel.kill_marked(conn, MARKER_VAR, sandbox_id)
-        await channel.run(conn, remote.plain(["rm", "-rf", "--", record.root]), what="rm")
+        await channel.run(conn, remote.plain(["sh", "-c", remote.REMOVE, "hal-rm", record.root]),
+                          what="rm")  # fmt: skip
     except HalError as exc:
         logger.warning("sandbox %s: %s left on %s: %s", sandbox_id, record.root,
                        record.host.name, exc.one_line())  # fmt: skip

@@ -43,6 +43,16 @@ BARE = (
 """Without bwrap: run the command in its directory; when it ends, what it left running
 (marked by the command's ``HAL_EXEC``) goes too, as bwrap's pid namespace does."""
 
+RESET = (
+    'for d in "$@"; do chmod -R u+rwX -- "$d" 2>/dev/null; rm -rf -- "$d" || exit 1; '
+    'mkdir -m 700 -- "$d" || exit 1; [ -z "$(ls -A -- "$d")" ] || exit 1; done'
+)
+"""Replace each of the directories ``$@`` by an empty one (a task may have left 000 or 555
+directories there, which ``rm`` alone cannot pass; chmod never follows links)."""
+
+REMOVE = 'chmod -R u+rwX -- "$1" 2>/dev/null; rm -rf -- "$1"'
+"""Remove the tree ``$1`` whatever modes a task left in it."""
+
 ETC = (
     "passwd", "group", "hosts", "resolv.conf", "nsswitch.conf", "host.conf", "gai.conf",
     "services", "protocols", "ssl", "ca-certificates", "alternatives", "ld.so.cache",

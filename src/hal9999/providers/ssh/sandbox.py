@@ -19,6 +19,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from types import TracebackType
 
 from hal9999.errors import ExecError
+from hal9999.providers import limits
 from hal9999.providers.base import Command, ExecResult, Launch, StreamEvent
 from hal9999.providers.hostexec import EXEC_MARKER_VAR, MARKER_VAR
 from hal9999.providers.ssh import channel, mirror, remote, session
@@ -113,14 +114,34 @@ class SshSandbox:
         return merged
 
     def remote_argv(self, command: Command, *, tty: bool = False) -> list[str]:
-        """The argv the wrapper execs on the remote host (bwrap around it when isolated)."""
+        """The argv the wrapper execs on the remote host (bwrap around it when isolated),
+        under ``prlimit``: no single file past the disk limit (the total is watched through
+        :meth:`disk_use`), as the local bwrap provider does."""
         cwd = self._remote_path(command.cwd or self.workdir)
         argv = to_argv(command)
         if not self.isolated:
-            return ["sh", "-c", remote.BARE, "hal-run", cwd, *argv]
-        network = self.spec.network == "host"
-        return remote.bwrap_argv(self._record.bwrap, self._mounts, cwd=cwd, network=network,
-                                 tty=tty, argv=argv)  # fmt: skip
+            inner = ["sh", "-c", remote.BARE, "hal-run", cwd, *argv]
+        else:
+            network = self.spec.network == "host"
+            inner = remote.bwrap_argv(self._record.bwrap, self._mounts, cwd=cwd,
+                                      network=network, tty=tty, argv=argv)  # fmt: skip
+        disk_mb = limits.effective(self.spec.resources).disk_mb
+        return ["prlimit", f"--fsize={disk_mb << 20}", "--", *inner] if disk_mb else inner
+
+    async def disk_use(self) -> limits.DiskUse:
+        """What the mirror's writable directories hold on the host now (``du`` there),
+        against the sandbox's disk limit."""
+        dirs = [mount.remote for mount in self._record.mounts if mount.writable]
+        conn = await self._pool.get(self._record.host)
+        # du exits 1 past an unreadable part (a 000 dir): the total of the rest stands.
+        _, out, _ = await channel.run(conn, remote.plain(["du", "-s", "-x", "-c", "-B1", "--",
+                                                          *dirs]), what="measuring disk use")
+        try:
+            used = int(out.decode().splitlines()[-1].split()[0])
+        except (IndexError, ValueError):
+            used = 0
+        disk_mb = limits.effective(self.spec.resources).disk_mb
+        return limits.DiskUse(used, disk_mb << 20 if disk_mb else None)
 
     def _require_running(self) -> None:
         state = self._records.load(self.id).state

@@ -1,0 +1,111 @@
+"""Limits and pool reset on an ssh host (the real sshd of tests/sshd.py): the disk limit as
+bwrap enforces it locally (no file past it, the total watched), a warm sandbox reset to
+nothing of the last task (even what it made unreadable), and bare hosts never reset."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from tests.providers.test_ssh import ssh_provider
+from tests.sshd import Sshd
+
+from hal9999.errors import DiskLimitExceeded, ProviderError
+from hal9999.providers import limits
+from hal9999.spec import ArgvCommand, Resources, SandboxSpec, ShellCommand
+
+pytestmark = [pytest.mark.ssh, pytest.mark.usefixtures("ssh_connections_closed")]
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    path = tmp_path / "workspace"
+    path.mkdir()
+    (path / "README").write_text("hello\n")
+    return path
+
+
+async def test_the_disk_limit_holds_on_the_host(
+    sshd_server: Sshd, hal_home: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provider = ssh_provider(sshd_server, hal_home / "ssh")
+    spec = SandboxSpec(provider="ssh", network="none", workspace=workspace,
+                       resources=Resources(disk_mb=2))  # fmt: skip
+    async with await provider.create(spec) as sandbox:
+        big = await sandbox.exec(ShellCommand(script="head -c 3000000 /dev/zero > /tmp/big"))
+        assert not big.ok  # SIGXFSZ (or EFBIG): no file past the limit
+        size = await sandbox.exec(ShellCommand(script="stat -c %s /tmp/big"))
+        assert int(size.stdout) <= 2 << 20
+        fill = ("head -c 1500000 /dev/zero > /home/hal/a; head -c 1500000 /dev/zero > /tmp/b; "
+                "head -c 1000000 /dev/zero > /workspace/c")  # fmt: skip
+        assert (await sandbox.exec(ShellCommand(script=fill))).ok
+        use = await sandbox.disk_use()
+        assert use.limit_bytes == 2 << 20 and use.used_bytes >= 5_000_000
+        monkeypatch.setattr(limits, "FIRST_DISK_CHECK_S", 0)
+        with pytest.raises(DiskLimitExceeded, match="over its disk limit of 2 MiB"):
+            await limits.DiskWatchdog(sandbox, hal_home).check()
+
+
+def _remote_sleepers() -> list[str]:
+    from tests.sshd import UID
+
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if entry.stat().st_uid == UID:
+                    line = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                    if "sleep 313" in line:
+                        found.append(line)
+            except OSError:
+                continue
+    return found
+
+
+async def test_a_reset_leaves_nothing_of_the_last_task(
+    sshd_server: Sshd, hal_home: Path, workspace: Path
+) -> None:
+    provider = ssh_provider(sshd_server, hal_home / "ssh")
+    assert provider.resets_safely()
+    spec = SandboxSpec(provider="ssh", network="none", workspace=workspace)
+    async with await provider.create(spec) as sandbox:
+        hostile = ("mkdir -p /home/hal/locked/in /tmp/locked /workspace/locked/in; "
+                   "echo x > /home/hal/locked/in/f; echo y > /home/hal/.bashrc; "
+                   "chmod 000 /home/hal/locked/in /home/hal/locked /tmp/locked "
+                   "/workspace/locked/in; chmod 555 /workspace/locked")  # fmt: skip
+        assert (await sandbox.exec(ShellCommand(script=hostile))).ok
+        launch = sandbox.launch(ArgvCommand(argv=("sleep", "313")))
+        relay = await asyncio.create_subprocess_exec(*launch.argv, env=launch.env)
+        deadline = time.monotonic() + 20
+        while not _remote_sleepers():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        await provider.stop(sandbox.id)
+        await provider.reset(sandbox.id)
+        await asyncio.wait_for(relay.wait(), 20)
+        assert _remote_sleepers() == []
+        # The next task's workspace goes out over what the last one made unreadable.
+        await provider.attach_workspace(sandbox.id, spec)
+        fresh = await provider.get(sandbox.id)
+        left = await fresh.exec(ShellCommand(script="ls -A /home/hal /tmp; ls /workspace"))
+        assert left.ok, left
+        assert left.stdout.decode().split() == ["/home/hal:", "/tmp:", "README"]
+    assert not list((sshd_server.home / ".hal9999" / "sandboxes").glob(f"{sandbox.id}*"))
+
+
+async def test_a_bare_host_is_never_reset(
+    sshd_server: Sshd, hal_home: Path, workspace: Path
+) -> None:
+    from hal9999.providers.registry import load_provider
+    from hal9999.providers.ssh.provider import SshProvider
+
+    provider = load_provider("ssh", state_dir=hal_home / "ssh", settings={
+        "hosts": [sshd_server.host_entry()], "isolation": "disposable"})  # fmt: skip
+    assert isinstance(provider, SshProvider)
+    assert not provider.resets_safely()
+    spec = SandboxSpec(provider="ssh", network="host", workspace=workspace)
+    async with await provider.create(spec) as sandbox:
+        with pytest.raises(ProviderError, match="runs bare on its host"):
+            await provider.reset(sandbox.id)
