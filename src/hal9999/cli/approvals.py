@@ -86,6 +86,11 @@ def _describe(view: dict[str, Any]) -> str:
                      f"{payload['head'][:12]} onto {payload['target']}")  # fmt: skip
         if payload.get("summary"):
             lines.append(f"summary: {payload['summary']}")
+        preview = view.get("preview") or {}
+        if preview.get("refused"):
+            lines.append(f"approving now would be refused: {preview['refused']}")
+        elif preview:
+            lines.append(f"approving now: {preview['how']} of {preview['target']}")
         lines += ["", "commits:", view["commits"], "", view["diff"]]
         if view["diff_truncated"]:
             lines.append("... (the diff goes on; see it in the repository with git diff "

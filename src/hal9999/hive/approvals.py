@@ -189,7 +189,17 @@ async def show(store: Store, approval_id: str, *, limit: int = DIFF_LIMIT) -> di
         except (HalError, OSError) as exc:
             log, diff, cut = "", f"(the commits cannot be shown any more: {exc})", False
         view.update(commits=log, diff=diff, diff_truncated=cut)
+        if approval.state == "pending":
+            try:
+                view["preview"] = await merge.preview(_range(approval), approval.id)
+            except (HalError, OSError) as exc:
+                view["preview"] = {"refused": str(exc)}
     return view
+
+
+def _range(approval: Approval) -> merge.ApplyRange:
+    keys = ("repo", "branch", "target", "base", "head", "commits", "files")
+    return merge.ApplyRange(**{key: approval.payload[key] for key in keys})
 
 
 def _state_error(approval: Approval) -> ThreadStateError:
@@ -261,9 +271,7 @@ async def approve(
 
 async def _carry_out(approval: Approval) -> dict[str, Any]:
     if approval.kind == "apply":
-        shown = merge.ApplyRange(**{k: approval.payload[k] for k in (
-            "repo", "branch", "target", "base", "head", "commits", "files")})  # fmt: skip
-        return await merge.merge(shown, approval.id)
+        return await merge.merge(_range(approval), approval.id)
     if approval.kind == "tool":
         return {}  # the gate only records the decision; the tool's caller acts on it
     executor = _EXECUTORS.get(approval.kind)

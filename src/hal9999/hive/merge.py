@@ -195,11 +195,11 @@ async def checked_out(repo: Path, branch: str) -> list[str]:
     return found
 
 
-async def merge(proposal: ApplyRange, approval_id: str) -> dict[str, Any]:
-    """Merge the pinned head into the target branch (see the module's steps); returns what
-    happened: ``how`` (fast-forward, merge, already-merged), ``from`` and ``to``."""
+async def _plan(proposal: ApplyRange, approval_id: str, *, write: bool) -> dict[str, Any]:
+    """Steps 1-3 of the module: the checks, then ``how`` the target would move (``from``,
+    ``to``); ``write`` makes the merge commit (else ``to`` is None for a merge)."""
     repo = await check_repo(Path(proposal.repo))
-    target, ref = proposal.target, f"refs/heads/{proposal.target}"
+    target = proposal.target
     stale = "deny it and ask the agent for a new proposal"
     now = await _ref(repo, f"refs/heads/{proposal.branch}")
     if now != proposal.head:
@@ -209,7 +209,7 @@ async def merge(proposal: ApplyRange, approval_id: str) -> dict[str, Any]:
             f"{where}); the approval is bound to the commit that was shown",
             hint=stale,
         )
-    old = await _ref(repo, ref)
+    old = await _ref(repo, f"refs/heads/{target}")
     if old is None:
         raise MergeRefused(f"the target branch {target} no longer exists in {repo}", hint=stale)
     trees = await checked_out(repo, target)
@@ -219,26 +219,49 @@ async def merge(proposal: ApplyRange, approval_id: str) -> dict[str, Any]:
             "a working tree",
             hint="switch that worktree to another branch (or detach it) and approve again",
         )
+    plan: dict[str, Any] = {"target": target, "from": old}
     status, _ = await _git(repo, ["merge-base", "--is-ancestor", proposal.head, old], ok=(0, 1))
     if status == 0:
-        return {"how": "already-merged", "target": target, "from": old, "to": old}
+        return {**plan, "how": "already-merged", "to": old}
     status, _ = await _git(repo, ["merge-base", "--is-ancestor", old, proposal.head], ok=(0, 1))
     if status == 0:
-        new, how = proposal.head, "fast-forward"
-    else:
-        new, how = await _merge_commit(repo, proposal, old, approval_id), "merge"
+        return {**plan, "how": "fast-forward", "to": proposal.head}
+    tree = await _merge_tree(repo, proposal, old)
+    new = await _merge_commit(repo, proposal, old, tree, approval_id) if write else None
+    return {**plan, "how": "merge", "to": new}
+
+
+async def preview(proposal: ApplyRange, approval_id: str) -> dict[str, Any]:
+    """What approving would do now, without moving anything: the plan, or why it would be
+    refused (``refused``)."""
     try:
-        await _git(repo, ["update-ref", "-m", f"hal: approval {approval_id}", "--end-of-options",
-                          ref, new, old])  # fmt: skip
+        return await _plan(proposal, approval_id, write=False)
+    except MergeRefused as exc:
+        return {"refused": exc.one_line()}
+
+
+async def merge(proposal: ApplyRange, approval_id: str) -> dict[str, Any]:
+    """Merge the pinned head into the target branch (see the module's steps); returns what
+    happened: ``how`` (fast-forward, merge, already-merged), ``from`` and ``to``."""
+    plan = await _plan(proposal, approval_id, write=True)
+    if plan["how"] == "already-merged":
+        return plan
+    ref = f"refs/heads/{proposal.target}"
+    try:
+        move = ["update-ref", "-m", f"hal: approval {approval_id}", "--end-of-options", ref,
+                plan["to"], plan["from"]]  # fmt: skip
+        await _git(Path(proposal.repo), move)
     except RepoError as exc:
         raise MergeRefused(
-            f"{target} moved while the merge was made ({exc.message}); nothing was changed",
+            f"{proposal.target} moved while the merge was made ({exc.message}); nothing was "
+            "changed",
             hint="approve again to merge onto the new tip",
         ) from None
-    return {"how": how, "target": target, "from": old, "to": new}
+    return plan
 
 
-async def _merge_commit(repo: Path, proposal: ApplyRange, old: str, approval_id: str) -> str:
+async def _merge_tree(repo: Path, proposal: ApplyRange, old: str) -> str:
+    """The merged tree (objects only, no index, no files); a conflict refuses."""
     status, out = await _git(
         repo,
         [*_MERGE_SAFE, "merge-tree", "--write-tree", "--name-only", "--no-messages", old,
@@ -253,7 +276,12 @@ async def _merge_commit(repo: Path, proposal: ApplyRange, old: str, approval_id:
             f"{', '.join(files) or 'some files'}",
             hint="deny it with a reason, so the agent rebases its work and proposes again",
         )
-    tree = lines[0]
+    return lines[0]
+
+
+async def _merge_commit(
+    repo: Path, proposal: ApplyRange, old: str, tree: str, approval_id: str
+) -> str:
     message = (f"Merge {proposal.branch} into {proposal.target}\n\n"
                f"Approved in hal (proposal {approval_id}).\n")  # fmt: skip
     _, commit = await _git(
