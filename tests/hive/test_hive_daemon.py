@@ -254,3 +254,34 @@ def test_crash_watch_restarts_a_killed_agent_and_stops_a_crash_loop(
     assert any("carol crashed" in m["body"] and "NOT restarted" in m["body"] for m in notices)
     time.sleep(2)
     assert not kill_sleeper(), "a crash loop is not restarted"
+
+
+def test_hive_events_long_poll_wakes_on_a_new_event(
+    serve: Hal, hal_env: dict[str, str], hive_repo: Path
+) -> None:
+    import asyncio
+    import threading
+
+    from hal9999.server.client import DaemonClient
+
+    hal = serve
+    spawned = hal("agent", "spawn", "dave", "--agent", PRESET, "--repo", str(hive_repo))
+    assert spawned.returncode == 0, spawned.stderr
+    assert hal("agent", "stop", "dave").returncode == 0  # no turn: only the events asked for
+    client = DaemonClient.find(Path(hal_env["HAL_HOME"]))
+    assert client is not None
+    first = asyncio.run(client.call("GET", "/v1/hive/events", query={"after": 0}))
+    assert [e["type"] for e in first["events"]] == ["agent_state", "agent_state"]
+    after = first["last_gseq"]
+
+    threading.Timer(1.0, lambda: hal("msg", "send", "dave", "wake the poll")).start()
+    started = time.monotonic()
+    page = asyncio.run(
+        client.call("GET", "/v1/hive/events", query={"after": after, "wait": 20})
+    )
+    waited = time.monotonic() - started
+    assert 0.5 < waited < 15, waited
+    [sent] = page["events"]
+    assert sent["type"] == "message_sent" and sent["recipient"] == "dave"
+    assert sent["gseq"] > after == first["events"][-1]["gseq"]
+    assert "wake the poll" not in json.dumps(page)  # bodies stay in the broker
