@@ -8,7 +8,7 @@ import time
 import pytest
 from tests.hive.conftest import hive_events
 
-from hal9999.errors import ThreadForbidden, ThreadStateError, UsageError
+from hal9999.errors import HiveLimited, ThreadForbidden, ThreadStateError, UsageError
 from hal9999.hive import approvals, broker, questions, reminders
 from hal9999.hive.threads import close_for_removed, open_count, open_threads
 from hal9999.store import Store
@@ -132,3 +132,14 @@ def test_removing_an_agent_closes_its_threads(store: Store) -> None:
     assert reminders.list_reminders(store, "alice") == []
     assert reminders.fire_due(store, now=time.time() + 120) == []
     assert questions.get(store, others.id).state == "open"
+
+
+def test_a_question_the_broker_refuses_is_never_asked(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(broker, "limits", broker.BrokerLimits(rate_per_minute=1))
+    broker.send(store, sender="alice", recipient="bob", body="hello")
+    with pytest.raises(HiveLimited):
+        questions.ask(store, asker="alice", question="port?", to="bob")
+    assert questions.list_questions(store, open_only=False) == []
+    assert [e["type"] for e in hive_events(store)] == []

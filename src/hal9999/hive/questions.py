@@ -66,20 +66,27 @@ def ask(
         id=new_id("q"), asker=asker, target=to, question=question, state="open", created=now,
         expires=now + ttl_s if ttl_s is not None else None,
     )  # fmt: skip
-    if to != OPERATOR:
-        # First, so a send the broker's guards refuse (rate, loop) leaves nothing behind.
-        body = (f"Question {asked.id} from {asker}:\n{question}\n"
-                f"(reply with answer(id={asked.id!r}, text=...))")  # fmt: skip
-        broker.send(store, sender=asker, recipient=to, body=body, kind="question", ref=asked.id)
-    event = QuestionAsked(agent=agent_or_none(asker) or to, question_id=asked.id, asker=asker,
-                          target=to)  # fmt: skip
-    with hive_write(store) as (conn, recorded):
+    with store._write() as conn:
         conn.execute(
             "INSERT INTO hive_questions (id, asker, target, question, state, created, expires)"
             " VALUES (?, ?, ?, ?, 'open', ?, ?)",
             (asked.id, asker, to, question, now, asked.expires),
         )
-        recorded.append(insert_hive_event(conn, event))
+    if to != OPERATOR:
+        # After the insert, so the target can answer as soon as the message wakes it.
+        body = (f"Question {asked.id} from {asker}:\n{question}\n"
+                f"(reply with answer(id={asked.id!r}, text=...))")  # fmt: skip
+        try:
+            broker.send(store, sender=asker, recipient=to, body=body, kind="question",
+                        ref=asked.id)  # fmt: skip
+        except BaseException:
+            # Refused by a broker guard (rate, loop): the question was never asked.
+            with store._write() as conn:
+                conn.execute("DELETE FROM hive_questions WHERE id = ?", (asked.id,))
+            raise
+    event = QuestionAsked(agent=agent_or_none(asker) or to, question_id=asked.id, asker=asker,
+                          target=to)  # fmt: skip
+    record_hive_event(store, event)
     if asked.expires is not None:
         notify_deadline()
     return asked
