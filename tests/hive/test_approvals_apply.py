@@ -178,3 +178,25 @@ async def test_an_agent_can_only_propose_its_own_branch(store: Store, repo: Path
     with pytest.raises(RepoError, match="no branch hal/agent/bob"):
         await approvals.propose_apply(store, proposer="bob", repo=repo, target="main")
     assert approvals.list_approvals(store) == []
+
+
+async def test_the_branch_is_the_one_collection_recorded_for_the_agents_task(
+    store: Store, repo: Path, tmp_path: Path
+) -> None:
+    from hal9999.hive.store import update_agent
+    from hal9999.store import TaskRecord
+
+    # The user had moved hal/agent/alice, so collection kept it and landed the work beside it.
+    agent_work = agent_commit(repo, "alice", {"agent.txt": "the agent's work\n"})
+    git(repo, "branch", "-m", "hal/agent/alice", "hal/agent/alice-2")
+    users = agent_commit(repo, "alice", {"mine.txt": "the user's own\n"})
+    assert git(repo, "rev-parse", "hal/agent/alice") == users != agent_work
+    task = TaskRecord(id="t1", prompt="p", agent="custom", provider="local",
+                      process_manager="tmux", repo=str(repo), repo_kind="local",
+                      branch="hal/agent/alice-2", status="succeeded", created_at=0,
+                      session_dir=str(tmp_path / "s"))  # fmt: skip
+    store.insert_task(task)
+    update_agent(store, "alice", task_id="t1")
+    proposal = await approvals.propose_apply(store, proposer="alice", repo=repo, target="main")
+    assert proposal.payload["branch"] == "hal/agent/alice-2"
+    assert proposal.payload["head"] == agent_work

@@ -61,8 +61,24 @@ def set_executor(kind: ApprovalKind, executor: Executor | None) -> None:
 
 
 def branch_of(agent: str) -> str:
-    """The branch an agent's work lives on."""
+    """The branch an agent's work lives on (unless the user took that name, see below)."""
     return f"hal/agent/{agent}"
+
+
+def agent_branch(store: Store, agent: str) -> str:
+    """Where the agent's work is in its repository: its task's branch, which collection
+    records (``hal/agent/<name>``, or ``hal/agent/<name>-2`` when the user had moved that
+    branch, so it was kept and the work landed beside it)."""
+    from hal9999.errors import NotFoundError
+    from hal9999.hive.store import get_agent
+
+    try:
+        task_id = get_agent(store, agent).task_id
+        if task_id is not None:
+            return store.get_task(task_id).branch or branch_of(agent)
+    except NotFoundError:
+        pass
+    return branch_of(agent)
 
 
 def _check_room(store: Store, proposer: str) -> None:
@@ -142,7 +158,7 @@ async def propose_apply(
     if summary:
         check_text(summary, "summary")
     approval_id = new_id("a")
-    branch = branch_of(proposer)
+    branch = await asyncio.to_thread(agent_branch, store, proposer)
     shown = await merge.pin(repo, branch, target, approval_id)
     plural = "s" if shown.commits != 1 else ""
     title = (f"apply {branch} onto {target}: {shown.commits} commit{plural}, "
