@@ -119,3 +119,36 @@ def test_live_events_update_the_overview_and_the_title(
     api.emit(task_id="t1", type="task_end", status="succeeded")
     page.wait_for_selector("tr[data-task='t1'] .badge-succeeded", timeout=5000)
     shot(page)
+
+
+FAKE_NOTIFICATION = """
+window.__notes = [];
+window.Notification = class {
+  constructor(title, options) { window.__notes.push([title, (options || {}).body || ""]); }
+  static get permission() { return window.__granted ? "granted" : "default"; }
+  static requestPermission() { window.__granted = true; return Promise.resolve("granted"); }
+};
+"""
+"""Records the notifications the page shows (the real ones need a desktop)."""
+
+
+def test_notifications_are_opt_in_and_come_when_a_task_ends(
+    browser: Any, fake_dashboard: Dashboard, shot: Any
+) -> None:
+    served, api, home = fake_dashboard
+    api.add_task(task("t1", status="running"))
+    context = browser.new_context()
+    context.add_init_script(FAKE_NOTIFICATION)
+    page = context.new_page()
+    page.goto(login_url(home, served.base))
+    page.wait_for_selector("#live-state[data-state='live']")
+    api.emit(task_id="t1", type="task_end", status="failed")
+    page.wait_for_selector("tr[data-task='t1']")
+    time.sleep(0.5)
+    assert page.evaluate("window.__notes") == []  # not asked for: none
+    page.click("#notify")
+    page.wait_for_selector("#notify:has-text('Notifications on')")
+    api.emit(task_id="t1", type="task_end", status="succeeded", error=None)
+    page.wait_for_function("() => window.__notes.length > 0", timeout=5000)
+    assert page.evaluate("window.__notes")[0][0] == "Task t1 succeeded"
+    shot(page)
