@@ -63,6 +63,11 @@ async def main(args: argparse.Namespace) -> list[Result]:
 
         print("gateway ...", file=sys.stderr)
         return await gateway_cases(300 if args.quick else 2000)
+    if args.dashboard:
+        from benchmarks.dashboard import dashboard_cases
+
+        print("dashboard (chromium, 20 busy tasks) ...", file=sys.stderr)
+        return await dashboard_cases(5 if args.quick else 20)
     if args.qemu:
         from benchmarks.qemu import qemu_cases
 
@@ -93,6 +98,9 @@ if __name__ == "__main__":
     parser.add_argument(
         "--gateway", action="store_true", help="The LLM gateway's added latency and throughput."
     )
+    parser.add_argument(
+        "--dashboard", action="store_true", help="Agent line to dashboard page (chromium)."
+    )
     args = parser.parse_args()
     if shutil.which("bwrap") is None or shutil.which("tmux") is None:
         sys.exit("the benchmarks need bubblewrap and tmux (bash scripts/test.sh installs them)")
@@ -105,6 +113,8 @@ if __name__ == "__main__":
         BEGIN, END = "<!-- qemu-benchmarks:begin -->", "<!-- qemu-benchmarks:end -->"
     if args.gateway:
         BEGIN, END = "<!-- gateway-benchmarks:begin -->", "<!-- gateway-benchmarks:end -->"
+    if args.dashboard:
+        BEGIN, END = "<!-- dashboard-benchmarks:begin -->", "<!-- dashboard-benchmarks:end -->"
     results = asyncio.run(main(args))
     stamp = time.strftime("%Y-%m-%d")
     text = f"Measured {stamp} on {machine()}{' (--quick)' if args.quick else ''}.\n\n"
