@@ -115,6 +115,10 @@ def test_an_operator_message_wakes_the_agent_and_turns_resume_its_workspace(
     assert hal("msg", "send", "alice", "second: and now the docs").returncode == 0
     second = poll("the second turn", lambda: turns_done(hal, "alice", 2))
     assert second["task_id"] == task_id, "every turn resumes the one long-lived task"
+    # The task holds the turn's prompt (a run started without the daemon's submission, after
+    # a restart, gets the same prompt).
+    shown = json.loads(hal("task", "show", task_id, "--json").stdout)
+    assert "second: and now the docs" in shown["prompt"] and "first:" not in shown["prompt"]
     text = seen(hal_env, task_id)
     # One workspace across turns: the file the first turn wrote is there in the second.
     assert text.count("first: fix the bug") == 1 and text.count("second: and now the docs") == 1

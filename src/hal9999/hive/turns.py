@@ -260,6 +260,9 @@ class HiveLoop:
             await asyncio.to_thread(update_agent, self.store, agent.name, task_id=task.id)
             self.scheduler.submit(task.id)
             return task.id
+        # The turn's prompt is the task's own before it is queued: a run the scheduler starts
+        # without this submission (a daemon restarted in between) gets it all the same.
+        await asyncio.to_thread(self.store.update_task, agent.task_id, prompt=prompt)
         task, adopted = await resume_task(self.service, agent.task_id, prompt=prompt)
         await asyncio.to_thread(self.store.update_task, task.id, runner_pid=os.getpid())
         if adopted is not None:
