@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.hive.conftest import make_agent
+from tests.hive.conftest import agent_commit, git, make_agent
 
-from hal9999.errors import ThreadNotFound, ThreadStateError
+from hal9999.errors import MergeRefused, ThreadNotFound, ThreadStateError
 from hal9999.hive import approvals, broker, questions
 from hal9999.hive.store import agent_exists
 from hal9999.server.client import DaemonClient
@@ -98,3 +98,21 @@ def test_the_operator_decides_and_answers_through_the_api(
     questions.answer(store, self_ask.id, "done", answerer="bob")
     with pytest.raises(ThreadStateError, match="already answered by bob"):
         call(client, "POST", f"/v1/hive/questions/{self_ask.id}/answer", {"text": "again"})
+
+
+def test_a_refused_merge_comes_back_as_itself(
+    daemon: tuple[DaemonClient, Store], repo: Path
+) -> None:
+    client, store = daemon
+    agent_commit(repo, "alice", {"new.txt": "x\n"})
+    proposal = asyncio.run(approvals.propose_apply(store, proposer="alice", repo=repo,
+                                                   target="main"))  # fmt: skip
+    git(repo, "checkout", "-q", "main")
+    view = call(client, "GET", f"/v1/hive/approvals/{proposal.id}")
+    assert "main is checked out in" in view["preview"]["refused"]
+    with pytest.raises(MergeRefused, match="main is checked out in"):
+        call(client, "POST", f"/v1/hive/approvals/{proposal.id}/approve")
+    git(repo, "checkout", "-q", "work")
+    done = call(client, "POST", f"/v1/hive/approvals/{proposal.id}/approve", {"reason": "ok"})
+    assert done["result"]["how"] == "fast-forward"
+    assert git(repo, "rev-parse", "main") == proposal.payload["head"]
