@@ -208,3 +208,27 @@ async def test_the_gateway_sends_the_fresh_token_as_bearer_upstream(
     assert seen.headers["authorization"] == f"Bearer {fresh.access_token}"
     assert "x-api-key" not in seen.headers and "oauth-2025-04-20" in seen.headers["anthropic-beta"]
     assert fresh.expires_at > time.time() + 600  # refreshed on the way
+
+
+def test_the_agent_file_is_written_only_with_consent_and_a_warning(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HAL_")}
+    env |= {"HAL_HOME": str(tmp_path / "home"), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    token = "sk-ant-oat01-" + "a9" * 24
+    CredentialFile(tmp_path / "home").save(from_setup_token(token))
+    target = tmp_path / "agent-creds.json"
+
+    def hal(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "hal9999", "auth", "claude", *args],
+                              env=env, capture_output=True, text=True, timeout=60,
+                              stdin=subprocess.DEVNULL)  # fmt: skip
+
+    refused = hal("agent-file", str(target))
+    assert refused.returncode == 2 and "--yes" in refused.stderr and not target.exists()
+    assert "can read it" in refused.stderr
+    done = hal("agent-file", str(target), "--yes")
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    oauth = json.loads(target.read_text())["claudeAiOauth"]
+    assert oauth["accessToken"] == token and oauth["expiresAt"] > time.time() * 1000
+    assert token not in done.stdout + done.stderr
+    assert "~/.claude/.credentials.json" in done.stderr

@@ -265,6 +265,23 @@ def describe(creds: ClaudeCredentials, *, now: float | None = None) -> dict[str,
     }  # fmt: skip
 
 
+AGENT_FILE_WARNING = (
+    "warning: this puts your Claude sign-in inside every sandbox that gets the file; the "
+    "agent (and anything it runs) can read it and use it elsewhere{refresh}. hal's gateway "
+    "keeps it on the host instead: prefer that unless the agent must sign in itself."
+)
+
+
+def agent_credentials(creds: ClaudeCredentials) -> str:
+    """Claude Code's own credentials file (``~/.claude/.credentials.json``) for ``creds``;
+    only for when the user asks to give the agent its own sign-in."""
+    oauth: dict[str, Any] = {
+        "accessToken": creds.access_token, "refreshToken": creds.refresh_token,
+        "expiresAt": int(creds.expires_at * 1000), "scopes": creds.scopes.split(),
+    }  # fmt: skip
+    return json.dumps({"claudeAiOauth": oauth}, indent=1) + "\n"
+
+
 def json_status(creds: ClaudeCredentials | None) -> str:
     """Status as JSON (for ``--json``)."""
     return json.dumps({"signed_in": creds is not None} | (describe(creds) if creds else {}))

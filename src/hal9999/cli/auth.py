@@ -94,6 +94,35 @@ def status(as_json: bool) -> None:
     click.echo(f"signed in ({info['method']}, {info['scopes'] or 'no scopes'}): {state}, {renew}")
 
 
+@claude.command("agent-file")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--yes", is_flag=True, help="Accept that the agent can read the credentials.")
+def agent_file(path: str, yes: bool) -> None:
+    """Write the stored sign-in as Claude Code's own credentials file at PATH (mode 600),
+    for use as a [[credentials]] file (target ~/.claude/.credentials.json)."""
+    from pathlib import Path
+
+    from hal9999.auth import claude as auth_claude
+
+    creds = auth_claude.CredentialFile(load_config(os.environ).home).load()
+    if creds is None:
+        raise CredentialsError("no Claude credentials stored", hint="run hal auth claude login")
+    refresh = " for as long as the refresh token lives" if creds.refresh_token else ""
+    click.echo(auth_claude.AGENT_FILE_WARNING.format(refresh=refresh), err=True)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError("the agent file needs your explicit consent", hint="add --yes")
+        click.confirm("write it anyway?", abort=True, err=True)
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(auth_claude.agent_credentials(creds))
+    os.replace(tmp, target)
+    click.echo(f"wrote {target} (mode 600); add to your config:\n  [[credentials]]\n"
+               f'  source = "{target}"\n  target = "~/.claude/.credentials.json"', err=True)
+
+
 @claude.command()
 def logout() -> None:
     """Forget the stored Claude credentials."""
