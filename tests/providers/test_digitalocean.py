@@ -315,3 +315,13 @@ async def test_smoke_against_real_digitalocean(
     async with await provider.create(spec(workspace)) as sandbox:
         assert (await sandbox.exec(ArgvCommand(argv=("cat", "README")))).stdout == b"hello\n"
     assert await provider.list() == []
+
+
+def test_the_golden_snapshot_script_parses_and_forgets_the_machines_host_keys() -> None:
+    import subprocess
+
+    script = Path(__file__).parents[2] / "scripts" / "golden-snapshot.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text()
+    # The snapshot must boot into hal's user data and take hal's host key, never keep one.
+    assert "cloud-init clean" in text and "rm -f /etc/ssh/ssh_host_*" in text
