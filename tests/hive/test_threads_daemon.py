@@ -19,7 +19,7 @@ from tests.cli.conftest import Hal, git
 from hal9999.hive import approvals, questions
 from hal9999.store import Store
 
-pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.slow]
+pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.slow, pytest.mark.timeout(480)]
 
 # The CLI tests' fixtures: a private HAL_HOME, a demo repository, `hal` as a subprocess.
 demo_repo, hal_env, hal = cli_fixtures.demo_repo, cli_fixtures.hal_env, cli_fixtures.hal
