@@ -134,7 +134,10 @@ def running_sshd(subnet: str = "169.254.77") -> Iterator[Sshd]:
         f"AuthorizedKeysFile {etc}/authorized_keys\nStrictModes no\nUsePAM no\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin no\n"
         f"AllowUsers {USER}\nMaxSessions 10\nMaxStartups 100\nLogLevel ERROR\n"
-        "X11Forwarding no\nAllowTcpForwarding no\nAllowAgentForwarding no\n"
+        "X11Forwarding no\nAllowAgentForwarding no\n"
+        # Remote forwards only (the gateway's socket, see relay.py): sshd ties unix socket
+        # forwards to AllowTcpForwarding.
+        "AllowTcpForwarding remote\nAllowStreamLocalForwarding remote\n"
     )
     proc: subprocess.Popen[bytes] | None = None
     log = (tmp / "sshd.log").open("wb")

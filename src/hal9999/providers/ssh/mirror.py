@@ -31,6 +31,10 @@ PUSH = (
     'set -e; d=$1; rm -rf -- "$d.new"; mkdir -p -- "$d.new"; '
     'tar -x --no-same-owner -C "$d.new"; rm -rf -- "$d.old"; '
     'if [ -e "$d" ]; then mv -- "$d" "$d.old"; fi; mv -- "$d.new" "$d"; '
+    # A socket forwarded into the directory (the gateway's, see .relay) moves along: the
+    # listener is the inode, so it keeps answering at the same path.
+    'for s in "$d.old"/*; do if [ -S "$s" ] && [ ! -L "$s" ]; then mv -f -- "$s" "$d/"; fi; '
+    'done 2>/dev/null; '
     # What the agent left unreadable (a 000 directory) must not stop the swap's cleanup.
     'chmod -R u+rwX -- "$d.old" 2>/dev/null || :; rm -rf -- "$d.old"'
 )

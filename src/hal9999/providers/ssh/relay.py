@@ -17,6 +17,7 @@ import contextlib
 import os
 import secrets
 import signal
+import stat
 import sys
 import termios
 import threading
@@ -26,9 +27,9 @@ from typing import Any
 
 from hal9999.errors import HalError
 from hal9999.providers.hostexec import EXEC_MARKER_VAR
-from hal9999.providers.ssh import channel, remote, session
-from hal9999.providers.ssh.connections import ConnectionPool
-from hal9999.providers.ssh.records import SshRecords
+from hal9999.providers.ssh import channel, mirror, remote, session
+from hal9999.providers.ssh.connections import ConnectionPool, load_asyncssh
+from hal9999.providers.ssh.records import SshRecord, SshRecords
 from hal9999.providers.ssh.sandbox import SshSandbox
 from hal9999.spec import ArgvCommand
 
@@ -64,6 +65,7 @@ async def relay(args: argparse.Namespace) -> int:
     env[EXEC_MARKER_VAR] = token
     await sandbox.push(writable=False)
     conn = await pool.get(record.host)
+    listeners = await _forward_sockets(conn, record)
     line = remote.env_line(env)
     in_tmux = args.session and await _has_tmux(conn)
     interactive = sys.stdin.isatty() and not in_tmux
@@ -119,10 +121,45 @@ async def relay(args: argparse.Namespace) -> int:
         return code
     finally:
         checkpoints.cancel()
+        for listener in listeners:
+            listener.close()
         proc.close()
         with contextlib.suppress(HalError, OSError):
             await sandbox.pull()
         await pool.close()
+
+
+async def _forward_sockets(conn: Any, record: SshRecord) -> list[Any]:
+    """Every unix socket at the top of a pushed host directory (the LLM gateway's channel,
+    an MCP channel) answers at the same place in the mirror for as long as this relay
+    runs: a remote forward over this connection (tar cannot carry a socket). The agent's
+    in-sandbox forwarder reaches the gateway through it, with no network."""
+    asyncssh = load_asyncssh()
+    listeners = []
+    for mount in record.mounts:
+        if mount.host is None:
+            continue
+        for name, path in await asyncio.to_thread(_sockets, mirror.host_dir(mount.host)):
+            where = f"{mount.remote}/{name}"
+            try:
+                # A stale socket of an earlier run would make sshd's bind fail.
+                await channel.run(conn, remote.plain(["rm", "-f", "--", where]), what="rm")
+                listeners.append(await conn.forward_remote_path(where, path))
+            except (HalError, OSError, asyncssh.Error, asyncssh.ChannelListenError) as exc:
+                # The agent runs all the same; its calls through this socket will fail.
+                _say(f"cannot forward {mount.target}/{name} to the ssh host ({exc}); its "
+                     "sshd must allow remote forwarding (AllowTcpForwarding yes or remote)")
+    return listeners
+
+
+def _sockets(directory: Path) -> list[tuple[str, str]]:
+    found = []
+    with contextlib.suppress(OSError), os.scandir(directory) as entries:
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                if stat.S_ISSOCK(entry.stat(follow_symlinks=False).st_mode):
+                    found.append((entry.name, entry.path))
+    return found
 
 
 async def _has_tmux(conn: Any) -> bool:
