@@ -3,6 +3,7 @@ watch's policy, the mailbox ledger, the prompt, the hive budget."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -11,16 +12,19 @@ from typing import Any
 
 import pytest
 
+from hal9999.config import HalConfig
+from hal9999.errors import UnknownAgent, UnknownProvider
 from hal9999.events.hive import AgentState
 from hal9999.events.models import ToolCall, Usage
 from hal9999.hive import broker, stats, watch
-from hal9999.hive.agents import AgentDir
+from hal9999.hive.agents import AgentDir, spawn
 from hal9999.hive.broker import OPERATOR, SYSTEM, inbox, mark, send
 from hal9999.hive.retention import DAY_S, vacuum
 from hal9999.hive.settings import HiveSettings
 from hal9999.hive.store import (
     AgentPolicy,
     AgentRecord,
+    agent_exists,
     get_agent,
     hive_events_after,
     insert_agent,
@@ -170,7 +174,8 @@ def test_a_never_restart_policy_is_not_restarted(store: Store) -> None:
     ("status", "exit_code", "error_code", "crash"),
     [("interrupted", None, None, True), ("failed", 137, "agent_failed", True),
      ("failed", 1, "agent_failed", False), ("failed", None, "sandbox_not_found", True),
-     ("succeeded", 0, None, False), ("stopped", None, None, False)],
+     ("succeeded", 0, None, False), ("stopped", None, None, False),
+     ("failed", None, "agent_missing", True), ("failed", None, "budget_exceeded", False)],
 )  # fmt: skip
 def test_what_counts_as_a_crash(status: str, exit_code: int | None, error_code: str | None,
                                 crash: bool) -> None:  # fmt: skip
@@ -243,3 +248,18 @@ def test_recorded_hive_events_round_trip(store: Store) -> None:
     assert hive_events_after(store, event.gseq - 1) == [event]
     assert broker.get_message(store, send(store, sender=OPERATOR, recipient="alice",
                                           body="x").id).body == "x"  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [({"agent": "no-such-agent", "provider": "local"}, UnknownAgent),
+     ({"agent": "claude", "provider": "no-such-provider"}, UnknownProvider)],
+)  # fmt: skip
+def test_spawn_refuses_an_unknown_agent_or_provider_before_making_anything(
+    store: Store, tmp_path: Path, fields: dict[str, str], error: type[Exception]
+) -> None:
+    config = HalConfig(home=tmp_path / "home")
+    with pytest.raises(error):
+        asyncio.run(spawn(store, config, "newbie", **fields))
+    assert not agent_exists(store, "newbie")
+    assert not (tmp_path / "home" / "agents" / "newbie").exists()

@@ -42,6 +42,7 @@ from hal9999.hive.store import (
 )
 from hal9999.store import Store
 from hal9999.tasks import gitrepo
+from hal9999.tasks.plugins import load_provider_for
 
 DEFAULT_ROLE = """\
 You are {name}, a long-lived agent in a hive run by hal. You wake when something arrives in
@@ -168,6 +169,7 @@ async def spawn(
     own repository. It runs its first turn when its first message arrives."""
     check_name(name)
     resolve_agent(agent, config.agent_settings(agent))  # an unknown agent fails here
+    load_provider_for(config, provider)  # so does an unknown provider
     if role is not None and len(role) > ROLE_MAX_CHARS:
         raise HiveError(f"the role has {len(role)} characters, more than {ROLE_MAX_CHARS}")
     if repo is not None:

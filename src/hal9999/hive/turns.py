@@ -66,10 +66,10 @@ def _result(task: TaskRecord) -> stats.TurnResult:
         return "timeout"
     if task.status in (TaskStatus.STOPPED, TaskStatus.CANCELLED):
         return "stopped"
-    if watch.crash_reason(task) is not None:
-        return "crashed"
     if task.error_code == "budget_exceeded":
         return "budget"
+    if watch.crash_reason(task) is not None:
+        return "crashed"
     return "error"
 
 
@@ -156,15 +156,19 @@ class HiveLoop:
         except Exception:
             logger.exception("hive: the turn of %s failed", name)
             with contextlib.suppress(HalError):
-                await asyncio.to_thread(
-                    set_state, self.store, name, "sleeping", "its last turn failed in hal",
-                    expect="running",
-                )  # fmt: skip
+                await asyncio.to_thread(self._abandon, name)
         finally:
             self.turns.pop(name, None)
             # Mail that arrived during the turn (or a crashed turn's) gets a turn of its own.
             if await asyncio.to_thread(self._wants_turn, name):
                 self._wake_now(name)
+
+    def _abandon(self, name: str) -> None:
+        """After a failure inside hal: close the open turn, let the agent sleep again."""
+        row = stats.open_turn(self.store, name)
+        if row is not None:
+            stats.finish_turn(self.store, row.id, "error", {}, None)
+        set_state(self.store, name, "sleeping", "its last turn failed in hal", expect="running")
 
     def _wants_turn(self, name: str) -> bool:
         try:

@@ -35,6 +35,10 @@ def crash_reason(task: TaskRecord) -> str | None:
         return f"the agent was killed by signal {task.exit_code - 128}"
     if task.error_code in TRANSIENT_CODES:
         return f"its sandbox failed: {task.error_message or task.error_code}"
+    if task.exit_code is None and task.error_code != "budget_exceeded":
+        # The agent never ran (not installed, the checkout failed...): its mail must not be
+        # taken as read; retried, and a failure that stays stops as a crash loop.
+        return f"the turn failed before the agent ran: {task.error_message or task.error_code}"
     return None
 
 
