@@ -202,12 +202,13 @@ async def current_token(file: CredentialFile, *, margin_s: float = REFRESH_MARGI
         raise CredentialsError("no Claude credentials stored", hint="run `hal auth claude login`")
     if creds.expires_at - time.time() > margin_s:
         return creds.access_token
-    lock = _locks.setdefault(str(file.path), asyncio.Lock())
+    # One lock per event loop and file (an asyncio.Lock belongs to the loop it first ran in).
+    lock = _locks.setdefault((id(asyncio.get_running_loop()), str(file.path)), asyncio.Lock())
     async with lock:
         return await asyncio.to_thread(_refresh_locked, file, margin_s)
 
 
-_locks: dict[str, asyncio.Lock] = {}
+_locks: dict[tuple[int, str], asyncio.Lock] = {}
 
 
 def _refresh_locked(file: CredentialFile, margin_s: float) -> str:

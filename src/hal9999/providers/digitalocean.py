@@ -247,8 +247,11 @@ class DigitalOceanProvider(SshProvider):
 
     async def list(self) -> builtins.list[SandboxInfo]:
         """The sandboxes, after reconciling records with the account's droplets."""
-        with contextlib.suppress(CloudApiError, ConfigError):
+        try:
             await self.reconcile()
+        except (CloudApiError, ConfigError) as exc:
+            # The records are still the truth hal has; the next listing reconciles.
+            logger.warning("cannot reconcile digitalocean droplets: %s", exc.one_line())
         return await super().list()
 
     async def reconcile(self) -> builtins.list[str]:

@@ -297,8 +297,11 @@ class MorphProvider(SshProvider):
 
     async def list(self) -> builtins.list[SandboxInfo]:
         """The sandboxes, after reconciling records with the account's instances."""
-        with contextlib.suppress(CloudApiError, ConfigError):
+        try:
             await self.reconcile()
+        except (CloudApiError, ConfigError) as exc:
+            # The records are still the truth hal has; the next listing reconciles.
+            logger.warning("cannot reconcile morph instances: %s", exc.one_line())
         return await super().list()
 
     async def reconcile(self) -> builtins.list[str]:
