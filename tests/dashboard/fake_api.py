@@ -37,6 +37,10 @@ class FakeApi:
     """Tasks and events in memory; :meth:`emit` adds an event (from any thread)."""
 
     def __init__(self) -> None:
+        self.hive: dict[str, list[dict[str, Any]]] = {
+            "approvals": [], "questions": [], "agents": [], "messages": [], "events": [],
+        }  # fmt: skip
+        """The hive's records, as its routes return them."""
         self.tasks: dict[str, dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
         self.calls: list[tuple[str, str, Any]] = []
@@ -55,6 +59,13 @@ class FakeApi:
         self.events.append(full)
         if self.loop is not None and self.changed is not None:
             self.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._notify()))
+        return full
+
+    def emit_hive(self, **event: Any) -> dict[str, Any]:
+        """Record a hive event (its gseq from the same counter as the task events)."""
+        gseq = len(self.events) + len(self.hive["events"]) + 1
+        full = {"gseq": gseq, "ts": time.time(), "agent": "", **event}
+        self.hive["events"].append(full)
         return full
 
     async def _notify(self) -> None:
@@ -128,7 +139,75 @@ class FakeApi:
 
             return StreamingResponse(body(), media_type="text/event-stream")
 
+        async def hive_list(request: Request) -> Response:
+            kind = request.url.path.rsplit("/", 1)[-1]
+            found = [
+                r for r in self.hive[kind] if kind == "agents" or r["state"] in ("pending", "open")
+            ]
+            return JSONResponse(found)
+
+        async def threads(request: Request) -> Response:
+            pending = [a for a in self.hive["approvals"] if a["state"] == "pending"]
+            open_ = [q for q in self.hive["questions"] if q["state"] == "open"]
+            return JSONResponse({"approvals": pending, "questions": open_})
+
+        async def approval(request: Request) -> Response:
+            found = next(a for a in self.hive["approvals"] if a["id"] == request.path_params["id"])
+            return JSONResponse(
+                {"approval": found, "commits": "abc123 change", "diff": found.get("diff", "")}
+            )
+
+        async def decide(request: Request) -> Response:
+            found = next(a for a in self.hive["approvals"] if a["id"] == request.path_params["id"])
+            verb = request.path_params["verb"]
+            found["state"] = "approved" if verb == "approve" else "denied"
+            self.emit_hive(type="approval_resolved", approval_id=found["id"])
+            return JSONResponse(found)
+
+        async def answer(request: Request) -> Response:
+            found = next(q for q in self.hive["questions"] if q["id"] == request.path_params["id"])
+            found["state"], found["answer"] = "answered", (await request.json())["text"]
+            self.emit_hive(type="question_answered", question_id=found["id"])
+            return JSONResponse(found)
+
+        async def stats(request: Request) -> Response:
+            return JSONResponse({"turns": 3, "results": {"ok": 2, "error": 1}, "p50_ms": 1200,
+                                 "p95_ms": 3000, "tool_calls": 7, "cost_usd": 0.5})  # fmt: skip
+
+        async def inbox(request: Request) -> Response:
+            return JSONResponse(self.hive["messages"])
+
+        async def send(request: Request) -> Response:
+            body = await request.json()
+            message = {"id": f"m{len(self.hive['messages'])}", "sender": "operator",
+                       "recipient": body["to"], "kind": "message", "body": body["body"],
+                       "ref": None, "state": "sent", "created": time.time()}  # fmt: skip
+            self.hive["messages"].append(message)
+            return JSONResponse(message)
+
+        async def hive_events(request: Request) -> Response:
+            after = int(request.query_params.get("after", "0"))
+            wait = float(request.query_params.get("wait", "0"))
+            deadline = time.monotonic() + wait
+            while True:
+                page = [e for e in self.hive["events"] if e["gseq"] > after]
+                if page or time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(0.05)
+            return JSONResponse({"events": page, "last_gseq": page[-1]["gseq"] if page else after})
+
         return [
+            Route("/v1/hive/threads", authed(threads)),
+            Route("/v1/hive/approvals", authed(hive_list)),
+            Route("/v1/hive/approvals/{id}", authed(approval)),
+            Route("/v1/hive/approvals/{id}/{verb}", authed(decide), methods=["POST"]),
+            Route("/v1/hive/questions", authed(hive_list)),
+            Route("/v1/hive/questions/{id}/answer", authed(answer), methods=["POST"]),
+            Route("/v1/hive/agents", authed(hive_list)),
+            Route("/v1/hive/agents/{name}/stats", authed(stats)),
+            Route("/v1/hive/inbox", authed(inbox)),
+            Route("/v1/hive/messages", authed(send), methods=["POST"]),
+            Route("/v1/hive/events", authed(hive_events)),
             Route("/v1/tasks", authed(list_tasks)),
             Route("/v1/tasks/{id}", authed(show)),
             Route("/v1/tasks/{id}/events", authed(task_events)),

@@ -30,11 +30,14 @@ PAGES = {
     "/": ("overview", "Overview"),
     "/new": ("new", "New task"),
     "/sandboxes": ("sandboxes", "Sandboxes and pool"),
+    "/hive": ("hive", "Hive"),
 }
 """Fixed pages: path -> (page name, title)."""
 _DROPPED = {b"cookie", b"authorization", b"origin", b"referer", CSRF_HEADER.encode()}
 """Browser headers the API never sees (it gets the bearer token instead)."""
-SCRIPTS = ("ansi.js", "core.js", "live.js", "render.js", "pages.js", "task.js", "terminal.js")
+SCRIPTS = (
+    "ansi.js", "core.js", "live.js", "render.js", "pages.js", "task.js", "terminal.js", "hive.js",
+)  # fmt: skip
 
 
 def static_dir() -> Path:
@@ -65,7 +68,7 @@ def shell(page: str, title: str, csrf: str, arg: str = "") -> str:
         f"{scripts}</head><body>"
         '<header class="top"><a class="brand" href="/">hal</a><nav>'
         '<a href="/">Overview</a><a href="/new">New task</a>'
-        '<a href="/sandboxes">Sandboxes</a></nav>'
+        '<a href="/sandboxes">Sandboxes</a><a href="/hive">Hive</a></nav>'
         '<span id="live-state" class="live-state">connecting</span>'
         '<button id="notify" type="button" class="small">Notify me</button></header>'
         f'<main id="main" data-page="{e(page)}"></main></body></html>'

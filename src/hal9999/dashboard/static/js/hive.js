@@ -1,0 +1,193 @@
+"use strict";
+// The hive: what waits for the operator (title count, notifications, on every page) and the
+// hive page (approvals with their diff, questions with the time left, agents with state
+// badges and turn statistics, the operator's mailbox and a compose box). Hive events come
+// from /v1/hive/events (a long poll: each request waits until there is something new).
+(function () {
+  const hal = (window.hal = window.hal || {});
+  const el = (...args) => hal.el(...args);
+  const THREAD_EVENTS = ["approval_added", "approval_resolved", "question_asked", "question_answered", "question_expired"];
+
+  /** Follows hive events: finds the current position first, then waits for newer ones. */
+  hal.HiveLive = class {
+    constructor(handler) { this.handler = handler; this.after = 0; this.stopped = false; }
+    _state(text) { // the task stream owns the label on pages that have one
+      const node = document.getElementById("live-state");
+      if (node && !hal.live) { node.textContent = text; node.dataset.state = text; }
+    }
+    async start() {
+      // The position now (older events are already in whatever snapshot is read next).
+      for (;;) {
+        const page = await hal.api("GET", "/hive/events?after=" + this.after + "&wait=0");
+        this.after = page.last_gseq;
+        if (page.events.length < 1000) break;
+      }
+      this._state("live");
+      this._loop();
+    }
+    async _loop() {
+      let delay = 500;
+      while (!this.stopped) {
+        try {
+          const page = await hal.api("GET", "/hive/events?after=" + this.after + "&wait=25");
+          for (const event of page.events) {
+            if (event.gseq <= this.after) continue;
+            this.after = event.gseq;
+            try { this.handler(event); } catch (err) { console.error("hal: hive handler failed", err); }
+          }
+          delay = 500;
+          this._state("live");
+        } catch (err) {
+          this._state("reconnecting");
+          await new Promise((r) => setTimeout(r, delay));
+          delay = Math.min(delay * 2, 10000);
+        }
+      }
+    }
+  };
+
+  /** Every page: the count of open threads in the title, notifications as they arrive. */
+  hal.watchWaiting = async function () {
+    let threads;
+    try { threads = await hal.api("GET", "/hive/threads"); } catch (err) { return; } // no hive
+    const count = (t) => t.approvals.length + t.questions.filter((q) => q.target === "operator").length;
+    hal.setWaiting(count(threads));
+    const live = new hal.HiveLive(async (event) => {
+      if (event.type === "approval_added") hal.notify("Approval waiting", event.agent + " proposes a " + event.kind, "/hive");
+      if (event.type === "question_asked" && event.target === "operator") hal.notify("Question from " + event.asker, "", "/hive");
+      if (event.type === "agent_crashed") hal.notify("Agent " + event.agent + " crashed", event.detail, "/hive");
+      if (THREAD_EVENTS.includes(event.type)) hal.setWaiting(count(await hal.api("GET", "/hive/threads")));
+      if (hal.onHiveEvent) hal.onHiveEvent(event);
+    });
+    hal.hiveLive = live;
+    await live.start();
+  };
+
+  const left = (expires) => {
+    if (!expires) return "no time limit";
+    const s = Math.round(expires - Date.now() / 1000);
+    if (s <= 0) return "expired";
+    return (s >= 3600 ? Math.floor(s / 3600) + "h " : "") + Math.floor((s % 3600) / 60) + "m " + (s % 60) + "s left";
+  };
+
+  function approvalCard(approval) {
+    const reason = el("input", { class: "reason", placeholder: "Reason (sent to " + approval.proposer + ")" });
+    const diff = el("div", { class: "approval-diff" });
+    const decide = (verb) => async (ev) => {
+      ev.target.disabled = true;
+      try {
+        await hal.api("POST", "/hive/approvals/" + encodeURIComponent(approval.id) + "/" + verb, { reason: reason.value });
+        card.dataset.state = verb === "approve" ? "approved" : "denied";
+        card.replaceChildren(el("p", { text: (verb === "approve" ? "Approved: " : "Denied: ") + approval.title }));
+      } catch (err) { hal.flash(err.message); ev.target.disabled = false; }
+    };
+    const card = el("article", { class: "card approval", "data-approval": approval.id },
+      el("h3", {}, hal.badge(approval.kind), " ", el("span", { class: "title", text: approval.title })),
+      el("p", { class: "muted", text: "from " + approval.proposer + " · " + hal.fmtAgo(approval.created) }),
+      el("p", { class: "time-left", "data-expires": approval.expires || "", text: left(approval.expires) }),
+      diff,
+      el("div", { class: "actions" }, reason,
+        el("button", { type: "button", class: "approve", text: "Approve", onclick: decide("approve") }),
+        el("button", { type: "button", class: "deny", text: "Deny", onclick: decide("deny") })));
+    if (approval.kind === "apply") {
+      hal.api("GET", "/hive/approvals/" + encodeURIComponent(approval.id)).then((view) => {
+        diff.append(el("pre", { class: "commits", text: view.commits || "" }), hal.renderDiff(view.diff || ""));
+        if (view.diff_truncated) diff.append(el("p", { class: "muted", text: "(diff cut: see `hal approvals show`)" }));
+      }).catch((err) => diff.append(el("p", { class: "error", text: err.message })));
+    } else {
+      diff.append(el("pre", { class: "payload", text: JSON.stringify(approval.payload, null, 2) }));
+    }
+    return card;
+  }
+
+  function questionCard(question) {
+    const text = el("textarea", { class: "answer-text", rows: 2, placeholder: "Your answer" });
+    const card = el("article", { class: "card question", "data-question": question.id },
+      el("p", {}, el("strong", { text: question.asker }), " asks:"),
+      el("pre", { class: "question-text", text: question.question }),
+      el("p", { class: "time-left", "data-expires": question.expires || "", text: left(question.expires) }),
+      el("div", { class: "actions" }, text, el("button", { type: "button", class: "answer", text: "Answer", onclick: async (ev) => {
+        ev.target.disabled = true;
+        try {
+          await hal.api("POST", "/hive/questions/" + encodeURIComponent(question.id) + "/answer", { text: text.value });
+          card.dataset.state = "answered";
+          card.replaceChildren(el("p", { text: "Answered: " + text.value }));
+        } catch (err) { hal.flash(err.message); ev.target.disabled = false; }
+      } })));
+    return card;
+  }
+
+  function statsChart(box, summary) {
+    const results = Object.entries(summary.results || {});
+    box.append(el("p", { class: "muted", text: summary.turns + " turns · p50 " + Math.round(summary.p50_ms || 0) + " ms · p95 " + Math.round(summary.p95_ms || 0) + " ms · " + summary.tool_calls + " tool calls · " + hal.fmtCost(summary.cost_usd) }));
+    if (!results.length || !window.uPlot) return;
+    const xs = results.map((_, i) => i), ys = results.map(([, n]) => n);
+    const chart = el("div", { class: "chart" });
+    box.append(chart, el("p", { class: "muted small", text: results.map(([k, n]) => k + " " + n).join(" · ") }));
+    new window.uPlot({ width: Math.min(320, box.clientWidth || 320), height: 100, legend: { show: false },
+      scales: { x: { time: false } }, axes: [{ show: false }, { size: 30 }],
+      series: [{}, { stroke: "#58a6ff", fill: "rgba(88,166,255,.3)", paths: window.uPlot.paths.bars({ size: [0.6] }) }] }, [xs, ys], chart);
+  }
+
+  hal.pages.hive = async function (main) {
+    const approvals = el("div", { id: "approvals" });
+    const questions = el("div", { id: "questions" });
+    const agents = el("div", { id: "agents", class: "agents" });
+    const messages = el("ol", { id: "messages", class: "messages" });
+    const compose = el("textarea", { id: "compose", rows: 2, placeholder: "@agent-name your message" });
+    const send = el("button", { type: "button", id: "send", text: "Send", onclick: async () => {
+      const m = /^@([a-z][a-z0-9-]{0,31})\s+([\s\S]+)$/.exec(compose.value.trim());
+      if (!m) { hal.flash("Start with @name: the agent the message is for."); return; }
+      try { await hal.api("POST", "/hive/messages", { to: m[1], body: m[2] }); compose.value = ""; await drawMessages(); }
+      catch (err) { hal.flash(err.message); }
+    } });
+    hal.clear(main).append(
+      el("section", { class: "card" }, el("h1", { text: "Waiting for you" }),
+        el("h2", { text: "Approvals" }), approvals, el("h2", { text: "Questions" }), questions),
+      el("section", { class: "card" }, el("h2", { text: "Agents" }), agents),
+      el("section", { class: "card" }, el("h2", { text: "Messages" }), messages,
+        el("div", { class: "actions" }, compose, send)));
+
+    async function drawThreads() {
+      const [pending, open] = await Promise.all([hal.api("GET", "/hive/approvals"), hal.api("GET", "/hive/questions")]);
+      hal.clear(approvals).append(...pending.map(approvalCard));
+      if (!pending.length) approvals.append(el("p", { class: "muted", text: "No proposal waits." }));
+      const mine = open.filter((q) => q.target === "operator");
+      hal.clear(questions).append(...mine.map(questionCard));
+      if (!mine.length) questions.append(el("p", { class: "muted", text: "No question waits." }));
+    }
+    async function drawAgents() {
+      const list = await hal.api("GET", "/hive/agents");
+      hal.clear(agents);
+      if (!list.length) agents.append(el("p", { class: "muted", text: "No agents yet (`hal hive init`)." }));
+      for (const agent of list) {
+        const stats = el("div", { class: "stats" });
+        agents.append(el("article", { class: "card agent", "data-agent": agent.name },
+          el("h3", {}, el("span", { text: agent.name }), " ", hal.badge(agent.state), agent.kind === "manager" ? " manager" : ""),
+          el("p", { class: "muted", text: agent.agent + " on " + agent.provider + (agent.detail ? " · " + agent.detail : "") }),
+          agent.task_id ? el("a", { href: "/tasks/" + agent.task_id, text: "its task" }) : null, stats));
+        hal.api("GET", "/hive/agents/" + encodeURIComponent(agent.name) + "/stats").then((s) => statsChart(stats, s)).catch(() => {});
+      }
+    }
+    async function drawMessages() {
+      const list = await hal.api("GET", "/hive/inbox?all=1&mark=1");
+      hal.clear(messages).append(...list.map((m) => el("li", { class: "msg", "data-message": m.id },
+        el("span", { class: "who", text: m.sender + " → " + m.recipient }), " ",
+        el("span", { class: "muted", text: m.kind + " · " + hal.fmtAgo(m.created) }),
+        el("pre", { class: "body", text: m.body }))));
+      if (!list.length) messages.append(el("li", { class: "muted", text: "No messages." }));
+    }
+    setInterval(() => { // the countdowns move locally; nothing is fetched
+      for (const node of document.querySelectorAll(".time-left[data-expires]"))
+        if (node.dataset.expires) node.textContent = left(Number(node.dataset.expires));
+    }, 1000);
+    hal.onHiveEvent = (event) => {
+      if (THREAD_EVENTS.includes(event.type)) drawThreads().catch(() => {});
+      if (["agent_state", "agent_crashed", "turn_finished"].includes(event.type)) drawAgents().catch(() => {});
+      if (event.type.startsWith("message_") || event.type === "question_answered") drawMessages().catch(() => {});
+    };
+    await Promise.all([drawThreads(), drawAgents(), drawMessages()]);
+  };
+
+  document.addEventListener("DOMContentLoaded", () => { hal.watchWaiting().catch(() => {}); });
+})();

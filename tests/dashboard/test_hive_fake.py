@@ -1,0 +1,127 @@
+"""The hive page in chromium against a stand-in API: approve and deny with a reason, answer a
+question, compose with @name, the count in the title, hostile hive data, the phone layout."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.dashboard.conftest import Served
+from tests.dashboard.test_pages_fake import HOSTILE
+
+from hal9999.dashboard.auth import login_url
+
+pytestmark = pytest.mark.browser
+
+Dashboard = tuple[Served, Any, Path]
+DIFF = (
+    "diff --git a/calc.py b/calc.py\n--- a/calc.py\n+++ b/calc.py\n@@ -1,2 +1,2 @@\n"
+    " def add(a, b):\n-    return a - b\n+    return a + b\n"
+)
+
+
+def approval(approval_id: str, **fields: Any) -> dict[str, Any]:
+    base = {"id": approval_id, "kind": "apply", "proposer": "worker", "title": "fix add",
+            "payload": {"branch": "hal/agent/worker"}, "state": "pending", "reason": None,
+            "result": None, "created": time.time() - 60, "expires": time.time() + 3600,
+            "resolved": None, "resolved_by": None, "diff": DIFF}  # fmt: skip
+    return {**base, **fields}
+
+
+def question(question_id: str, **fields: Any) -> dict[str, Any]:
+    base = {"id": question_id, "asker": "worker", "target": "operator", "question": "which db?",
+            "state": "open", "answer": None, "answerer": None, "created": time.time(),
+            "expires": time.time() + 600, "answered": None}  # fmt: skip
+    return {**base, **fields}
+
+
+def agent(name: str, state: str = "sleeping") -> dict[str, Any]:
+    return {"name": name, "agent": "claude", "provider": "bwrap", "repo": None, "kind": "agent",
+            "state": state, "detail": None, "task_id": None, "created_at": time.time(),
+            "updated_at": time.time(), "crashes": 0}  # fmt: skip
+
+
+def hive_page(browser: Any, served: Served, home: Path, **context: Any) -> Any:
+    page = browser.new_context(**context).new_page()
+    page.goto(login_url(home, served.base))
+    page.goto(served.base + "/hive")
+    return page
+
+
+def test_approve_deny_answer_and_compose(
+    browser: Any, fake_dashboard: Dashboard, shot: Any
+) -> None:
+    served, api, home = fake_dashboard
+    api.hive["approvals"] += [approval("a1"), approval("a2", title="drop tables")]
+    api.hive["questions"].append(question("q1"))
+    api.hive["agents"] += [agent("worker", "running"), agent("helper", "crashed")]
+    page = hive_page(browser, served, home)
+    page.wait_for_selector("[data-approval='a1'] .diff-table")
+    assert "return a + b" in page.inner_text("[data-approval='a1']")
+    page.wait_for_function("() => document.title.startsWith('(3) ')")  # 2 approvals + 1 question
+    page.wait_for_selector("[data-agent='helper'] .badge-crashed")
+    assert "left" in page.inner_text("[data-question='q1'] .time-left")
+    shot(page, "before")
+    page.click("[data-approval='a1'] button.approve")
+    page.wait_for_selector("[data-approval='a1']", state="detached")  # resolved: gone from the list
+    page.fill("[data-approval='a2'] .reason", "not in production")
+    page.click("[data-approval='a2'] button.deny")
+    page.wait_for_selector("[data-approval='a2']", state="detached")  # resolved: gone from the list
+    page.fill("[data-question='q1'] .answer-text", "postgres")
+    page.click("[data-question='q1'] button.answer")
+    page.wait_for_selector("[data-question='q1']", state="detached")  # resolved: gone from the list
+    page.fill("#compose", "@worker please rebase")
+    page.click("#send")
+    page.wait_for_selector(".msg:has-text('please rebase')")
+    page.wait_for_function("() => !document.title.startsWith('(')", timeout=10000)
+    posts = [(path, body) for method, path, body in api.calls if method == "POST"]
+    assert ("/v1/hive/approvals/a1/approve", {"reason": ""}) in posts
+    assert ("/v1/hive/approvals/a2/deny", {"reason": "not in production"}) in posts
+    assert ("/v1/hive/questions/q1/answer", {"text": "postgres"}) in posts
+    assert ("/v1/hive/messages", {"to": "worker", "body": "please rebase"}) in posts
+    shot(page)
+
+
+def test_hostile_hive_data_never_runs(browser: Any, fake_dashboard: Dashboard, shot: Any) -> None:
+    served, api, home = fake_dashboard
+    evil = "\n".join(HOSTILE)
+    hostile_diff = DIFF.replace("calc.py", "<img src=x onerror=window.__pwned='f'>.py")
+    api.hive["approvals"].append(
+        approval("a1", title=evil, proposer=evil, diff=hostile_diff + evil)
+    )
+    api.hive["approvals"].append(approval("a2", kind="spawn", title=evil, payload={"name": evil}))
+    api.hive["questions"].append(question("q1", question=evil, asker=evil))
+    api.hive["messages"].append({"id": "m1", "sender": evil, "recipient": "operator",
+                                 "kind": "message", "body": evil, "ref": None, "state": "sent",
+                                 "created": time.time()})  # fmt: skip
+    page = hive_page(browser, served, home)
+    page.wait_for_selector("[data-approval='a1'] .diff-table")
+    page.wait_for_selector(".msg")
+    time.sleep(0.5)
+    assert page.evaluate("window.__pwned") is None
+    assert page.locator("#main script, #main img, #main svg, #main iframe").count() == 0
+    hrefs = page.eval_on_selector_all("#main a", "as => as.map(a => a.getAttribute('href'))")
+    assert all(not h.lower().startswith("javascript") for h in hrefs)
+    shot(page)
+
+
+def test_hive_page_and_overview_at_phone_width(
+    browser: Any, fake_dashboard: Dashboard, shot: Any
+) -> None:
+    served, api, home = fake_dashboard
+    api.hive["approvals"].append(approval("a1"))
+    api.hive["questions"].append(question("q1", question="a long question " * 20))
+    api.hive["agents"].append(agent("worker"))
+    page = hive_page(browser, served, home, viewport={"width": 390, "height": 844})
+    page.wait_for_selector("[data-approval='a1'] .diff-table")
+    page.wait_for_selector("[data-question='q1'] .answer-text")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    for selector in ("[data-approval='a1'] button.approve", "[data-question='q1'] button.answer"):
+        box = page.locator(selector).bounding_box()
+        assert box is not None and box["x"] + box["width"] <= 390 and box["height"] >= 28
+    shot(page)
+    page.fill("[data-question='q1'] .answer-text", "yes")
+    page.click("[data-question='q1'] button.answer")
+    page.wait_for_selector("[data-question='q1']", state="detached")  # resolved: gone from the list
