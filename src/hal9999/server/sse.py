@@ -164,6 +164,7 @@ class EventFeed:
                         self._take(await subscription.get())
                 while not subscription.queue.empty():
                     self._take(subscription.queue.get_nowait())
+                self._trim()
                 try:
                     while await self.step():
                         pass
@@ -173,6 +174,14 @@ class EventFeed:
         finally:
             if subscription is not None:
                 subscription.close()
+
+    def _trim(self) -> None:
+        """Bodies the index has passed are let go; and if the index stays unreadable, all of
+        them (the files have them): memory stays bounded whatever happens."""
+        if len(self._bodies) > 4 * self.window:
+            self._bodies = {k: e for k, e in self._bodies.items() if e.gseq > self.cursor}
+        if len(self._bodies) > 4 * self.window:
+            self._bodies.clear()
 
     def _take(self, event: Event | None) -> None:
         if event is not None and event.gseq > self.cursor:
@@ -211,9 +220,6 @@ class EventFeed:
             self.cursor = row.gseq
         else:
             self._stalled_since = None
-        # Bodies the index has passed (or that will never be indexed) are let go.
-        if len(self._bodies) > 4 * self.window:
-            self._bodies = {k: e for k, e in self._bodies.items() if e.gseq > self.cursor}
         if added:
             self._notify()
         return len(rows) == limit and self._stalled_since is None
