@@ -58,6 +58,11 @@ def write_docs(text: str) -> None:
 async def main(args: argparse.Namespace) -> list[Result]:
     """Run every case in turn (only the qemu ones with ``--qemu``)."""
     results: list[Result] = []
+    if args.sse:
+        from benchmarks.sse import sse_cases
+
+        print("server stack: start-up, SSE latency and fan-out ...", file=sys.stderr)
+        return await sse_cases(args.quick)
     if args.gateway:
         from benchmarks.gateway import gateway_cases
 
@@ -101,6 +106,9 @@ if __name__ == "__main__":
     parser.add_argument(
         "--dashboard", action="store_true", help="Agent line to dashboard page (chromium)."
     )
+    parser.add_argument(
+        "--sse", action="store_true", help="CLI start-up, SSE latency and fan-out (hal serve)."
+    )
     args = parser.parse_args()
     if shutil.which("bwrap") is None or shutil.which("tmux") is None:
         sys.exit("the benchmarks need bubblewrap and tmux (bash scripts/test.sh installs them)")
@@ -115,6 +123,8 @@ if __name__ == "__main__":
         BEGIN, END = "<!-- gateway-benchmarks:begin -->", "<!-- gateway-benchmarks:end -->"
     if args.dashboard:
         BEGIN, END = "<!-- dashboard-benchmarks:begin -->", "<!-- dashboard-benchmarks:end -->"
+    if args.sse:
+        BEGIN, END = "<!-- sse-benchmarks:begin -->", "<!-- sse-benchmarks:end -->"
     results = asyncio.run(main(args))
     stamp = time.strftime("%Y-%m-%d")
     text = f"Measured {stamp} on {machine()}{' (--quick)' if args.quick else ''}.\n\n"
