@@ -13,17 +13,13 @@ from pydantic import Field
 from hal9999.errors import HalError, UsageError
 from hal9999.hive import approvals, questions, reminders, threads
 from hal9999.hive.broker import OPERATOR
-from hal9999.hive.mcp.tools import Caller, NoArgs, Tool, _Args
+from hal9999.hive.mcp.tools import Caller, NoArgs, Tool, ToolArgs, dump
 from hal9999.hive.store import get_agent
 from hal9999.store import Store
 from hal9999.tasks.session import HOME_TARGET, WORKSPACE_TARGET, Session
 
 
-def _dump(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-class AskArgs(_Args):
+class AskArgs(ToolArgs):
     """Ask the operator or another agent."""
 
     question: str = Field(description="the question")
@@ -31,14 +27,14 @@ class AskArgs(_Args):
     ttl_s: float | None = Field(None, description="seconds until it expires unanswered")
 
 
-class AnswerArgs(_Args):
+class AnswerArgs(ToolArgs):
     """Answer a question asked to you."""
 
     id: str = Field(description="the question id")
     text: str = Field(description="your answer")
 
 
-class RemindArgs(_Args):
+class RemindArgs(ToolArgs):
     """Remind yourself later."""
 
     text: str = Field(description="what to remind you of")
@@ -47,7 +43,7 @@ class RemindArgs(_Args):
     file: str | None = Field(None, description="a file of your workspace to attach")
 
 
-class ProposeArgs(_Args):
+class ProposeArgs(ToolArgs):
     """Propose an action for the operator's approval."""
 
     kind: Literal["apply", "spawn", "destroy"] = Field(
@@ -60,7 +56,7 @@ class ProposeArgs(_Args):
     role: str | None = Field(None, description="spawn: the new agent's role prompt")
 
 
-class SpawnArgs(_Args):
+class SpawnArgs(ToolArgs):
     """Ask for a new agent (goes to approval)."""
 
     name: str = Field(description="the new agent's name")
@@ -68,7 +64,7 @@ class SpawnArgs(_Args):
     role: str = Field(description="its role prompt")
 
 
-class LifecycleArgs(_Args):
+class LifecycleArgs(ToolArgs):
     """Stop or restart an agent (goes to approval)."""
 
     name: str = Field(description="the agent")
@@ -82,16 +78,14 @@ async def ask(caller: Caller, args: AskArgs) -> str:
         questions.ask, hive.store, asker=caller.agent, question=args.question, to=args.to,
         ttl_s=args.ttl_s,
     )  # fmt: skip
-    return _dump({"question": asked.id, "to": asked.target, "note": "the answer comes by mail"})
+    return dump({"question": asked.id, "to": asked.target, "note": "the answer comes by mail"})
 
 
 async def answer(caller: Caller, args: AnswerArgs) -> str:
     """Answer a question the caller was asked."""
     hive = caller.hive
-    done = await hive.db(
-        questions.answer, hive.store, args.id, args.text, answerer=caller.agent
-    )
-    return _dump({"answered": done.id, "to": done.asker})
+    done = await hive.db(questions.answer, hive.store, args.id, args.text, answerer=caller.agent)
+    return dump({"answered": done.id, "to": done.asker})
 
 
 def _mounts(store: Store, agent: str) -> list[tuple[str, Path]]:
@@ -111,7 +105,7 @@ async def remind(caller: Caller, args: RemindArgs) -> str:
         reminders.remind, hive.store, agent=caller.agent, text=args.text, at=args.at,
         in_s=args.in_s, file=args.file, mounts=mounts,
     )  # fmt: skip
-    return _dump({"reminder": set_.id, "due": round(set_.due, 3)})
+    return dump({"reminder": set_.id, "due": round(set_.due, 3)})
 
 
 def _need(value: str | None, what: str, kind: str) -> str:
@@ -144,7 +138,7 @@ async def propose(caller: Caller, args: ProposeArgs) -> str:
             approvals.propose, hive.store, kind="destroy", proposer=caller.agent,
             title=f"destroy {name}: {args.summary}", payload={"name": name},
         )  # fmt: skip
-    return _dump({"proposal": made.id, "title": made.title, "note": "the decision comes by mail"})
+    return dump({"proposal": made.id, "title": made.title, "note": "the decision comes by mail"})
 
 
 async def open_threads(caller: Caller, args: NoArgs) -> str:
@@ -153,7 +147,7 @@ async def open_threads(caller: Caller, args: NoArgs) -> str:
     found = await hive.db(
         threads.open_threads, hive.store, None if caller.manager else caller.agent
     )
-    return _dump(
+    return dump(
         {
             "approvals": [
                 {"id": a.id, "kind": a.kind, "proposer": a.proposer, "title": a.title}
@@ -188,7 +182,7 @@ async def _lifecycle(
             title=f"{action} agent {args.name}", payload={"tool": action, "agent": args.name},
         )  # fmt: skip
         note = f"once approved, call {action} again with approval={made.id!r}"
-        return _dump({"proposal": made.id, "note": note})
+        return dump({"proposal": made.id, "note": note})
     approval = await hive.db(approvals.get, hive.store, args.approval)
     wanted = {"tool": action, "agent": args.name}
     if approval.proposer != caller.agent or approval.kind != "tool" or approval.payload != wanted:
@@ -202,7 +196,7 @@ async def _lifecycle(
     await hive.lifecycle.stop_agent(args.name, f"{action} approved ({approval.id})")
     if action == "restart":
         await hive.lifecycle.start_agent(args.name)
-    return _dump({"done": action, "agent": args.name})
+    return dump({"done": action, "agent": args.name})
 
 
 def _first_use(hive: Any, approval_id: str) -> bool:

@@ -86,34 +86,36 @@ class Caller:
     manager: bool = False
 
 
-class _Args(BaseModel):
+class ToolArgs(BaseModel):
+    """A tool's arguments: anything not declared is refused (no "as" or "sender")."""
+
     model_config = ConfigDict(extra="forbid")
 
 
-class NoArgs(_Args):
+class NoArgs(ToolArgs):
     """No arguments."""
 
 
-class SendArgs(_Args):
+class SendArgs(ToolArgs):
     """Send a message to an agent or the operator."""
 
     to: str = Field(description="agent name, or 'operator'")
     body: str = Field(description="the message")
 
 
-class InboxArgs(_Args):
+class InboxArgs(ToolArgs):
     """Messages that came since your turn's prompt (marked read once returned)."""
 
     include_read: bool = Field(False, description="also the latest read ones")
 
 
-class RecvArgs(_Args):
+class RecvArgs(ToolArgs):
     """Wait for a message."""
 
     wait_s: float = Field(RECV_MAX_S, ge=0, le=RECV_MAX_S, description="seconds to wait, max 40")
 
 
-class RunTaskArgs(_Args):
+class RunTaskArgs(ToolArgs):
     """Delegate a sub-task to another sandbox."""
 
     prompt: str = Field(description="what the sub-task's agent should do")
@@ -121,7 +123,7 @@ class RunTaskArgs(_Args):
     agent: str | None = Field(None, description="agent preset (default: yours)")
 
 
-class TaskIdArgs(_Args):
+class TaskIdArgs(ToolArgs):
     """A sub-task you started."""
 
     id: str = Field(description="the id run_task returned")
@@ -141,7 +143,8 @@ class Tool:
     manager_only: bool = False
 
 
-def _dump(value: Any) -> str:
+def dump(value: Any) -> str:
+    """A tool's JSON answer, compact (it lands in the agent's context)."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -158,7 +161,7 @@ async def send(caller: Caller, args: SendArgs) -> str:
     message = await caller.hive.db(
         broker.send, caller.hive.store, sender=caller.agent, recipient=args.to, body=args.body
     )
-    return _dump({"sent": message.id, "to": args.to})
+    return dump({"sent": message.id, "to": args.to})
 
 
 async def _take_unread(caller: Caller) -> list[Any]:
@@ -183,7 +186,7 @@ async def inbox(caller: Caller, args: InboxArgs) -> str:
             await caller.hive.db(broker.mark, store, unread, "read")
     else:
         messages = await _take_unread(caller)
-    return _dump({"messages": [_message_json(m) for m in messages]})
+    return dump({"messages": [_message_json(m) for m in messages]})
 
 
 async def recv(caller: Caller, args: RecvArgs) -> str:
@@ -192,9 +195,9 @@ async def recv(caller: Caller, args: RecvArgs) -> str:
     while True:
         messages = await _take_unread(caller)
         if messages:
-            return _dump({"messages": [_message_json(m) for m in messages]})
+            return dump({"messages": [_message_json(m) for m in messages]})
         if time.monotonic() >= deadline:
-            return _dump({"messages": [], "note": "nothing yet; call recv again to keep waiting"})
+            return dump({"messages": [], "note": "nothing yet; call recv again to keep waiting"})
         await asyncio.sleep(RECV_POLL_S)
 
 
@@ -270,7 +273,7 @@ async def run_task(caller: Caller, args: RunTaskArgs) -> str:
     )
     task = await tasks.create(request)
     await hive.db(_own, hive, caller.agent, task.id)
-    return _dump({"task": task.id, "status": task.status, "branch": task.branch})
+    return dump({"task": task.id, "status": task.status, "branch": task.branch})
 
 
 async def _own_task(caller: Caller, task_id: str) -> TaskRecord:
@@ -290,7 +293,7 @@ def _status(task: TaskRecord) -> dict[str, Any]:
 
 async def task_status(caller: Caller, args: TaskIdArgs) -> str:
     """Where a sub-task of the caller's stands."""
-    return _dump(_status(await _own_task(caller, args.id)))
+    return dump(_status(await _own_task(caller, args.id)))
 
 
 async def task_result(caller: Caller, args: TaskIdArgs) -> str:
@@ -302,12 +305,12 @@ async def task_result(caller: Caller, args: TaskIdArgs) -> str:
     data = _status(task)
     if task.status in {s.value for s in ACTIVE}:
         data["note"] = "still running; call task_result again later"
-        return _dump(data)
+        return dump(data)
     patch = Session(Path(task.session_dir)).patch
     text = await caller.hive.db(_read_head, patch, RESULT_PATCH_CHARS)
     data["base_commit"] = task.base_commit
     data["patch"] = text
-    return _dump(data)
+    return dump(data)
 
 
 def _read_head(path: Path, limit: int) -> str:
@@ -325,7 +328,7 @@ async def list_agents(caller: Caller, args: NoArgs) -> str:
     from hal9999.hive.store import list_agents as all_agents
 
     records = await caller.hive.db(all_agents, caller.hive.store)
-    return _dump(
+    return dump(
         {
             "agents": [
                 {"name": r.name, "agent": r.agent, "kind": r.kind, "state": r.state}
