@@ -185,3 +185,67 @@ def test_terminal_is_read_only_until_asked_and_checks_origin(
         assert ws.recv(timeout=10)  # the screen arrives
     page.click("#cancel")
     page.wait_for_selector("#task-status .badge-cancelled", timeout=30000)
+
+
+def test_secrets_are_masked_on_the_page(browser: Any, hal: Hal, shot: Any) -> None:
+    secret = "sk-live-" + "9f3b2c7d1e8a4f6b0c5d"
+    hal.env["DASH_TOKEN"] = secret
+    try:
+        out = hal("run", "--detach", "--secret", "DASH_TOKEN", "--agent",
+                  "sh -c 'echo the token is $DASH_TOKEN'", "leak it")  # fmt: skip
+    finally:
+        del hal.env["DASH_TOKEN"]
+    assert out.returncode == 0, out.stderr
+    page = browser.new_context().new_page()
+    page.goto(hal.link())
+    page.goto(f"{hal.base}/tasks/{out.stdout.strip()}")  # type: ignore[attr-defined]
+    page.wait_for_selector("#log:has-text('the token is')", timeout=30000)
+    page.wait_for_selector("#task-status .badge-succeeded", timeout=30000)
+    assert secret not in page.content()
+    assert "[REDACTED]" in page.inner_text("#log")
+    shot(page)
+
+
+def test_hive_question_and_proposals_through_the_real_api(
+    browser: Any, hal: Hal, shot: Any
+) -> None:
+    from hal9999.hive import approvals, questions
+    from hal9999.hive.store import agent_exists
+    from hal9999.store import Store
+
+    made = hal("agent", "spawn", "worker", "--agent", "true {{prompt_file}}")
+    assert made.returncode == 0, made.stderr
+    store = Store.open(hal.home)
+    try:
+        asked = questions.ask(store, asker="worker", question="<b>which</b> db?", ttl_s=600)
+        spawn = approvals.propose(
+            store,
+            kind="spawn",
+            proposer="worker",
+            title="a helper",
+            payload={"name": "helper", "agent": "true {{prompt_file}}"},
+        )
+        drop = approvals.propose(store, kind="destroy", proposer="worker", title="drop helper",
+                                 payload={"name": "helper"})  # fmt: skip
+        page = browser.new_context().new_page()
+        page.goto(hal.link())
+        page.goto(f"{hal.base}/hive")  # type: ignore[attr-defined]
+        page.wait_for_selector(f"[data-question='{asked.id}']")
+        page.wait_for_function("() => document.title.startsWith('(3) ')")
+        assert "<b>which</b> db?" in page.inner_text(f"[data-question='{asked.id}']")
+        shot(page, "waiting")
+        page.fill(f"[data-question='{asked.id}'] .answer-text", "postgres")
+        page.click(f"[data-question='{asked.id}'] button.answer")
+        page.fill(f"[data-approval='{drop.id}'] .reason", "keep it")
+        page.click(f"[data-approval='{drop.id}'] button.deny")
+        page.click(f"[data-approval='{spawn.id}'] button.approve")
+        page.wait_for_function("() => !document.title.startsWith('(')", timeout=30000)
+        assert questions.get(store, asked.id).answer == "postgres"
+        denied = approvals.get(store, drop.id)
+        assert denied.state == "denied" and denied.reason == "keep it"
+        assert approvals.get(store, spawn.id).state == "approved"
+        assert agent_exists(store, "helper")  # the approved spawn was carried out
+        page.wait_for_selector("[data-agent='helper']", timeout=30000)
+        shot(page)
+    finally:
+        store.close()
