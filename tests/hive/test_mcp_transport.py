@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 import sys
@@ -115,3 +116,22 @@ async def test_without_python_the_perl_forwarder_carries_the_session(
     async with connect(sock, path=str(bare)) as client:
         failed, text = await call(client, "task_status", id="nope1234")
     assert failed and text.startswith("usage: no sub-task 'nope1234' of yours")
+
+
+async def test_hostile_bytes_get_errors_or_a_hang_up_and_others_go_on(hub: McpHub) -> None:
+    from hal9999.hive.mcp.server import MAX_LINE
+
+    sock = await hub.serve("alpha")
+    reader, writer = await asyncio.open_unix_connection(str(sock), limit=1 << 20)
+    writer.write(b"this is not json\n")
+    ping = {"jsonrpc": "2.0", "id": 7, "method": "ping"}
+    writer.write((json.dumps(ping) + "\n").encode())
+    await writer.drain()
+    reply = json.loads(await asyncio.wait_for(reader.readline(), 10))
+    assert reply == {"jsonrpc": "2.0", "id": 7, "result": {}}  # the garbage is dropped
+    writer.write(b"x" * (MAX_LINE + 10) + b"\n")  # past the line limit: hung up
+    await writer.drain()
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    writer.close()
+    async with connect(sock) as client:  # the agent's next connection works
+        assert (await client.list_tools()).tools

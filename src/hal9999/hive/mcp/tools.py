@@ -118,7 +118,7 @@ class RecvArgs(ToolArgs):
 class RunTaskArgs(ToolArgs):
     """Delegate a sub-task to another sandbox."""
 
-    prompt: str = Field(description="what the sub-task's agent should do")
+    prompt: str = Field(max_length=64 * 1024, description="what the sub-task's agent should do")
     ref: str | None = Field(None, description="branch or commit to start from (default: HEAD)")
     agent: str | None = Field(None, description="agent preset (default: yours)")
 
