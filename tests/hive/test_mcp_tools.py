@@ -164,10 +164,20 @@ async def test_sync_follows_the_hive(world: World) -> None:
     assert world.hub.served == ["alpha", "beta", "boss"]
     from hal9999.hive.store import delete_agent
 
+    async with connect(world.socks["beta"]) as beta:
+        assert not (await call(beta, "run_task", prompt="old work"))[0]
     delete_agent(world.store, "beta")
     await world.hub.sync()
     assert world.hub.served == ["alpha", "boss"]
-    assert not world.socks["beta"].exists()
+    assert not world.socks["beta"].parent.exists()
+    # A new beta inherits nothing of the old one: neither its socket nor its sub-tasks.
+    now = time.time()
+    insert_agent(world.store, AgentRecord(name="beta", agent="claude", provider="bwrap",
+                                          repo="/", created_at=now, updated_at=now))  # fmt: skip
+    await world.hub.sync()
+    async with connect(world.socks["beta"]) as beta:
+        failed, text = await call(beta, "task_status", id="t0000000")
+    assert failed and text.startswith("usage: no sub-task")
 
 
 async def test_sub_tasks_are_bounded_and_name_a_known_agent(world: World) -> None:

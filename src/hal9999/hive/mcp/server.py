@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import socket
 from pathlib import Path
 from typing import Any, cast
@@ -224,9 +225,21 @@ class McpHub:
         wanted = {r.name: r.kind == "manager" for r in records}
         for name in [n for n in self._servers if n not in wanted]:
             await self.close(name)
+        await self.hive.db(self._forget_removed, set(wanted))
         for name, manager in wanted.items():
             if name not in self._servers:
                 await self.serve(name, manager=manager)
+
+    def _forget_removed(self, wanted: set[str]) -> None:
+        """A removed agent's directory and sub-task list go, so an agent spawned later under
+        its name inherits nothing (both are hal's own files, never written inside)."""
+        for directory in self.paths.root.glob("*") if self.paths.root.is_dir() else []:
+            if directory.name not in wanted and not directory.is_symlink() and directory.is_dir():
+                shutil.rmtree(directory, ignore_errors=True)
+        owned = self.hive.home / "hive" / "mcp-tasks"
+        for path in owned.glob("*.json") if owned.is_dir() else []:
+            if path.stem not in wanted:
+                path.unlink(missing_ok=True)
 
     async def run_forever(self) -> None:
         """Keep :meth:`sync` applied (agents spawned or removed while the daemon runs)."""
