@@ -180,6 +180,10 @@ class McpHub:
             self._conns.add(task)
             try:
                 await self._session(caller, tools, reader, writer)
+            except asyncio.CancelledError:
+                pass  # close_all ends it: the session is over, not failed (asyncio logs those)
+            except Exception:  # a broken session must not take the listener with it
+                logger.debug("mcp session of %s ended", agent, exc_info=True)
             finally:
                 mine.discard(task)
                 self._conns.discard(task)
