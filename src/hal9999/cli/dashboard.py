@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -50,3 +51,40 @@ async def announce_when_up(daemon: Daemon, home: Path) -> None:
         await asyncio.sleep(0.05)
     if sys.stdout.isatty():
         click.echo(f"dashboard: {dashboard_link(home, daemon.info.port)}")
+        if (elsewhere := listen_link(home)) is not None:
+            click.echo(f"dashboard over TLS: {elsewhere}")
+
+
+def use_listen(listen: str | None, cert: str | None, key: str | None) -> None:
+    """Check ``hal serve --listen/--tls-cert/--tls-key`` and hand them to the daemon (through
+    its environment, so a detached daemon gets them too), with a warning."""
+    from hal9999.dashboard.tls import CERT_ENV, KEY_ENV, LISTEN_ENV, parse_listen
+
+    if listen is None:
+        if cert or key:
+            raise HalError("--tls-cert and --tls-key need --listen HOST:PORT")
+        return
+    host, port = parse_listen(listen)
+    if bool(cert) != bool(key):
+        raise HalError("--tls-cert and --tls-key go together", hint="give both, or neither")
+    os.environ[LISTEN_ENV] = listen
+    if cert and key:
+        os.environ[CERT_ENV], os.environ[KEY_ENV] = (
+            str(Path(cert).resolve()),
+            str(Path(key).resolve()),
+        )
+    made = "" if cert else " with a self-signed certificate hal makes"
+    click.echo(
+        f"warning: hal serve will also listen on {host}:{port} over TLS{made}; anyone who "
+        "reaches it and holds a login link or the API token controls hal",
+        err=True,
+    )
+
+
+def listen_link(home: Path) -> str | None:
+    """A login link for the ``--listen`` address, when there is one."""
+    from hal9999.dashboard.auth import login_url
+    from hal9999.dashboard.tls import listen_address
+
+    address = listen_address(os.environ)
+    return login_url(home, address.url) if address is not None else None

@@ -25,7 +25,20 @@ START_TIMEOUT_S = 30.0
 @click.option("--detach", is_flag=True, help="Start in the background and return once it is up.")
 @click.option("--stop", is_flag=True, help="Stop the running daemon (agents keep running).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def serve(detach: bool, stop: bool, as_json: bool) -> None:
+@click.option("--listen", metavar="HOST:PORT",
+              help="Also serve the dashboard and API there, over TLS only.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False),
+              help="PEM certificate for --listen (default: one hal makes).")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False),
+              help="PEM private key of --tls-cert.")  # fmt: skip
+def serve(
+    detach: bool,
+    stop: bool,
+    as_json: bool,
+    listen: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+) -> None:
     """Run the daemon: queue, warm pool, reaper and API (unix socket + 127.0.0.1)."""
     config = load_config()
     files = DaemonFiles(config.home)
@@ -35,6 +48,9 @@ def serve(detach: bool, stop: bool, as_json: bool) -> None:
     running = files.running()
     if running is not None:
         raise HalError(f"hal serve is already running (pid {running.pid})", hint="see `hal status`")
+    from hal9999.cli.dashboard import use_listen
+
+    use_listen(listen, tls_cert, tls_key)
     if detach:
         _detach(files, as_json)
         return
@@ -72,15 +88,18 @@ def _detach(files: DaemonFiles, as_json: bool) -> None:
     while time.monotonic() < deadline:
         info = files.running()
         if info is not None and info.pid == proc.pid:
-            from hal9999.cli.dashboard import dashboard_link
+            from hal9999.cli.dashboard import dashboard_link, listen_link
 
             link = dashboard_link(files.paths.home, info.port)
+            elsewhere = listen_link(files.paths.home)
             if as_json:
                 emit_json({"pid": info.pid, "socket": info.socket, "port": info.port,
-                           "dashboard": link})  # fmt: skip
+                           "dashboard": link, "dashboard_tls": elsewhere})  # fmt: skip
             else:
                 click.echo(f"hal serve: pid {info.pid}, socket {info.socket}, port {info.port}")
                 click.echo(f"dashboard (the link works once): {link}")
+                if elsewhere is not None:
+                    click.echo(f"dashboard over TLS (the link works once): {elsewhere}")
             return
         if proc.poll() is not None:
             break

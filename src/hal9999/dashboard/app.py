@@ -110,6 +110,11 @@ def dashboard_app(
 
     sessions = SessionKeeper(home)
     forward = ApiForward(api, token)
+    if daemon is not None:
+        from hal9999.dashboard.tls import listen_address
+
+        address = listen_address(daemon.environ)
+        hosts = [*hosts, *([address.host] if address is not None else [])]
 
     async def login(request: Request) -> Response:
         cookie = sessions.redeem(request.query_params.get("t", ""))

@@ -166,6 +166,7 @@ class Daemon:
         sock = self.files.socket_path()
         await self.http.listen_unix(str(sock))  # mode 600 from its creation
         port = await self.http.listen_tcp("127.0.0.1", 0)
+        await self._listen_elsewhere()
         self.info = DaemonInfo(os.getpid(), str(sock), port, self.started_at)
         self.files.write_info(self.info)
         for task, adopted in adoptions:
@@ -197,6 +198,16 @@ class Daemon:
             asyncio.create_task(self.hive.run_forever(), name="hive"),
             asyncio.create_task(vacuum_forever(self.store, s), name="hive-vacuum"),
         ]
+
+    async def _listen_elsewhere(self) -> None:
+        """``hal serve --listen``: one more listener, TLS only (see hal9999.dashboard.tls)."""
+        from hal9999.dashboard.tls import listen_address, server_context
+
+        address = listen_address(self.environ)
+        if address is not None and self.http is not None:
+            context, cert = server_context(self.config.home, address)
+            await self.http.listen_tcp(address.host, address.port, context)
+            logger.warning("hal serve also listens on %s (TLS, certificate %s)", address.url, cert)
 
     async def keep(self) -> None:
         """The pool keeper and reaper: warm floors, idle timeouts, stuck tasks."""

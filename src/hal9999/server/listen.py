@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import socket
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -199,11 +200,11 @@ class Listener:
         """Requests answered so far."""
         return self.state.total_requests
 
-    async def start(self, sock: socket.socket) -> None:
-        """Accept connections on ``sock``."""
+    async def start(self, sock: socket.socket, tls: ssl.SSLContext | None = None) -> None:
+        """Accept connections on ``sock`` (with TLS when ``tls`` is given)."""
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
-            lambda: GuardedH11Protocol(self.config, self.state, self.limits), sock=sock
+            lambda: GuardedH11Protocol(self.config, self.state, self.limits), sock=sock, ssl=tls
         )
 
     async def close(self) -> None:
@@ -255,11 +256,14 @@ class HalServer:
         """Accept connections on a unix socket (mode 600) at ``path``."""
         await self._listener("unix").start(unix_socket(path))
 
-    async def listen_tcp(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Accept connections on ``host``; returns the port (a free one when 0)."""
+    async def listen_tcp(
+        self, host: str = "127.0.0.1", port: int = 0, tls: ssl.SSLContext | None = None
+    ) -> int:
+        """Accept connections on ``host`` (TLS with ``tls``); returns the port (a free one
+        when 0)."""
         sock = tcp_socket(host, port)
         bound = int(sock.getsockname()[1])
-        await self._listener("tcp").start(sock)
+        await self._listener("tcp" if tls is None else "tls").start(sock, tls)
         return bound
 
     async def close(self) -> None:

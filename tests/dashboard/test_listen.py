@@ -1,0 +1,93 @@
+"""``hal serve --listen HOST:PORT``: the dashboard elsewhere over TLS only, with hal's own
+certificate or the user's; Host checks hold there too; bad flags get one clear line."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from hal9999.dashboard.tls import _self_signed
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def hal_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HAL_")}
+    env.update(HAL_HOME=str(home), XDG_CONFIG_HOME=str(home / "xdg"))
+    return env
+
+
+def hal(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hal9999", *args], env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path]]:
+    env = hal_env(tmp_path / "home")
+    yield env, tmp_path / "home"
+    hal(env, "serve", "--stop")
+
+
+def test_listen_serves_the_dashboard_over_tls_only(
+    served: tuple[dict[str, str], Path],
+) -> None:
+    env, home = served
+    port = free_port()
+    out = hal(env, "serve", "--detach", "--json", "--listen", f"127.0.0.1:{port}")
+    assert out.returncode == 0, out.stderr
+    assert "warning: hal serve will also listen on" in out.stderr
+    link = json.loads(out.stdout)["dashboard_tls"]
+    assert link.startswith(f"https://127.0.0.1:{port}/login?t=")
+    cert = home / "tls" / "127.0.0.1.crt"
+    assert (home / "tls" / "127.0.0.1.key").stat().st_mode & 0o777 == 0o600
+    trust = ssl.create_default_context(cafile=str(cert))
+    with httpx.Client(verify=trust) as client:
+        login = client.get(link)
+        assert login.status_code == 303
+        cookie = login.headers["set-cookie"].lower()
+        assert "secure" in cookie and "httponly" in cookie  # never sent over plain HTTP
+        assert client.get(f"https://127.0.0.1:{port}/").status_code == 200
+        rebound = client.get(f"https://127.0.0.1:{port}/", headers={"host": f"evil.example:{port}"})
+        assert rebound.status_code == 421
+    with pytest.raises(httpx.HTTPError):  # no plain HTTP on that port
+        httpx.get(f"http://127.0.0.1:{port}/login", timeout=5)
+
+
+def test_listen_with_the_users_certificate(
+    served: tuple[dict[str, str], Path], tmp_path: Path
+) -> None:
+    env, _ = served
+    cert, key = _self_signed(tmp_path / "mine", "localhost")
+    port = free_port()
+    out = hal(env, "serve", "--detach", "--json", "--listen", f"localhost:{port}",
+              "--tls-cert", str(cert), "--tls-key", str(key))  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    shown = ssl.get_server_certificate(("127.0.0.1", port))
+    assert shown.strip() == cert.read_text().strip()
+    link = json.loads(out.stdout)["dashboard_tls"]
+    with httpx.Client(verify=ssl.create_default_context(cafile=str(cert))) as client:
+        assert client.get(link).status_code == 303
+
+
+def test_listen_flags_are_checked(tmp_path: Path) -> None:
+    env = hal_env(tmp_path / "home")
+    bad = hal(env, "serve", "--listen", "nope")
+    assert bad.returncode != 0 and "is not HOST:PORT" in bad.stderr
+    assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    cert, _ = _self_signed(tmp_path / "mine", "localhost")
+    lone = hal(env, "serve", "--tls-cert", str(cert))
+    assert lone.returncode != 0 and "need --listen" in lone.stderr
