@@ -67,6 +67,13 @@ def listen_address(environ: Mapping[str, str]) -> ListenAddress | None:
 
 def _self_signed(home: Path, host: str) -> tuple[Path, Path]:
     """hal's own certificate for ``host`` (made once, kept under ``<home>/tls``)."""
+    try:
+        import cryptography  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(
+            "making a certificate for --listen needs the cryptography package",
+            hint="pip install 'hal9999[tls]', or give --tls-cert and --tls-key",
+        ) from exc
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
