@@ -125,3 +125,29 @@ def test_hive_page_and_overview_at_phone_width(
     page.fill("[data-question='q1'] .answer-text", "yes")
     page.click("[data-question='q1'] button.answer")
     page.wait_for_selector("[data-question='q1']", state="detached")  # resolved: gone from the list
+
+
+def test_notified_when_an_approval_or_question_arrives_or_an_agent_crashes(
+    browser: Any, fake_dashboard: Dashboard, shot: Any
+) -> None:
+    from tests.dashboard.test_pages_fake import FAKE_NOTIFICATION
+
+    served, api, home = fake_dashboard
+    context = browser.new_context()
+    context.add_init_script(FAKE_NOTIFICATION + "localStorage.setItem('hal-notify', '1');"
+                            "window.__granted = true;")  # fmt: skip
+    page = context.new_page()
+    page.goto(login_url(home, served.base))  # the overview: notifications come on every page
+    page.wait_for_selector("#live-state[data-state='live']")
+    time.sleep(0.5)  # the hive long poll is waiting
+    api.hive["approvals"].append(approval("a1"))
+    api.emit_hive(type="approval_added", agent="worker", approval_id="a1", kind="apply")
+    api.hive["questions"].append(question("q1"))
+    api.emit_hive(type="question_asked", agent="worker", question_id="q1", asker="worker",
+                  target="operator")  # fmt: skip
+    api.emit_hive(type="agent_crashed", agent="helper", detail="sandbox gone", crashes=1)
+    page.wait_for_function("() => window.__notes.length >= 3", timeout=10000)
+    titles = [note[0] for note in page.evaluate("window.__notes")]
+    assert titles == ["Approval waiting", "Question from worker", "Agent helper crashed"]
+    page.wait_for_function("() => document.title.startsWith('(2) ')")
+    shot(page)
