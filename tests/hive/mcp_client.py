@@ -17,10 +17,13 @@ FORWARDER = Path(__file__).parents[2] / "src" / "hal9999" / "hive" / "mcp" / "fo
 
 
 @contextlib.asynccontextmanager
-async def connect(sock: Path, *, path: str | None = None) -> AsyncIterator[Client]:
+async def connect(
+    sock: Path, *, path: str | None = None, target: str | None = None
+) -> AsyncIterator[Client]:
     """An MCP client whose server command is the one the presets use (the launch script
-    running a forwarder from the socket's directory) to ``sock``; ``path`` replaces PATH."""
-    args = ["-c", LAUNCH, str(sock.parent), str(sock)]
+    running a forwarder from the socket's directory) to ``sock`` (or to ``target``, e.g.
+    ``tcp:127.0.0.1:PORT``); ``path`` replaces PATH."""
+    args = ["-c", LAUNCH, str(sock.parent), target or str(sock)]
     env = {"PATH": path} if path is not None else None
     params = StdioServerParameters(command="sh", args=args, env=env)
     async with Client(params) as client:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import subprocess
@@ -135,3 +136,63 @@ async def test_hostile_bytes_get_errors_or_a_hang_up_and_others_go_on(hub: McpHu
     writer.close()
     async with connect(sock) as client:  # the agent's next connection works
         assert (await client.list_tools()).tools
+
+
+@contextlib.asynccontextmanager
+async def tcp_to(sock: Path) -> AsyncIterator[int]:
+    """A 127.0.0.1 port carried to the unix socket ``sock``, as a microVM's channel does."""
+
+    async def pump(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while data := await r.read(65536):
+            w.write(data)
+            await w.drain()
+        w.close()
+
+    async def carry(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_unix_connection(str(sock))
+        await asyncio.gather(pump(reader, up_w), pump(up_r, writer), return_exceptions=True)
+
+    server = await asyncio.start_server(carry, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("forwarder", ["python", "perl"])
+async def test_the_forwarders_reach_a_forwarded_port(
+    hub: McpHub, tmp_path: Path, forwarder: str
+) -> None:
+    if forwarder == "perl" and shutil.which("perl") is None:
+        pytest.skip("no perl here")
+    sock = await hub.serve("alpha")
+    path = None
+    if forwarder == "perl":
+        bare = tmp_path / "bin"
+        bare.mkdir()
+        for program in ("sh", "perl"):
+            (bare / program).symlink_to(shutil.which(program) or program)
+        path = str(bare)
+    async with tcp_to(sock) as port, connect(sock, path=path, target=f"tcp:127.0.0.1:{port}") as c:
+        failed, text = await call(c, "task_status", id="nope1234")
+    assert failed and text.startswith("usage: no sub-task 'nope1234' of yours")
+
+
+async def test_a_vm_gets_a_forwarded_port_instead_of_the_bound_socket(tmp_path: Path) -> None:
+    from hal9999.hive.mcp.channel import McpPaths, McpRoute, forward_port
+
+    class Vm:
+        forwarded: list[tuple[int, Path]] = []
+
+        async def forward_socket(self, port: int, socket: Path) -> None:
+            self.forwarded.append((port, socket))
+
+    route = McpRoute(McpPaths(tmp_path), "alpha")
+    await route.connect(object())  # a sandbox that sees the bound socket: nothing changes
+    assert route.server().args[-1] == "/hal-mcp/mcp.sock"
+    vm = Vm()
+    await route.connect(vm)
+    port = forward_port("alpha")
+    assert vm.forwarded == [(port, tmp_path / "hive" / "mcp" / "alpha" / "mcp.sock")]
+    assert route.server().args[-1] == f"tcp:127.0.0.1:{port}"
+    assert 50000 <= port < 60000 and forward_port("beta") != port

@@ -276,6 +276,8 @@ class TaskRunner:
         self.emit(ctx, SandboxAcquired(sandbox_id=sandbox.id, provider=sandbox.provider, warm=warm))
         if ctx.gateway is not None:
             await ctx.gateway.connect(sandbox)
+        if ctx.mcp is not None:
+            await ctx.mcp.connect(sandbox)
 
         await self.transition(ctx, TaskStatus.PREPARING)
         launch = await self.prepare(ctx, sandbox, agent, prompt)

@@ -18,6 +18,7 @@ an :class:`~hal9999.agents.base.McpServer` running the forwarder.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
@@ -89,12 +90,32 @@ def checked_name(agent: str) -> str:
     return agent
 
 
-@dataclass(frozen=True)
+def forward_port(agent: str) -> int:
+    """The guest port of ``agent``'s MCP socket in a sandbox whose provider forwards ports
+    to host sockets (a microVM): fixed per agent, apart from the gateway's 20000-49999."""
+    digest = hashlib.sha256(f"hal-mcp:{agent}".encode()).digest()
+    return 50000 + int.from_bytes(digest[:4], "big") % 10000
+
+
+@dataclass
 class McpRoute:
     """One hive agent's way to its MCP server from inside its sandbox."""
 
     paths: McpPaths
     agent: str
+    target: str = posixpath.join(CHANNEL_TARGET, SOCKET_NAME)
+    """What the forwarder connects to inside: the bound socket, or ``tcp:127.0.0.1:PORT``
+    where the provider carries the port to the host socket itself."""
+
+    async def connect(self, sandbox: object) -> None:
+        """Reach the socket from ``sandbox``: a provider whose shared directories cannot carry
+        a unix socket (a microVM) forwards a guest port to it; any other sees it bound."""
+        from hal9999.providers.base import SocketForwarding
+
+        if isinstance(sandbox, SocketForwarding):
+            port = forward_port(self.agent)
+            await sandbox.forward_socket(port, self.paths.socket(self.agent))
+            self.target = f"tcp:127.0.0.1:{port}"
 
     def bind(self) -> Bind:
         """The agent's own MCP directory, read-only inside."""
@@ -102,8 +123,9 @@ class McpRoute:
 
     def server(self) -> McpServer:
         """The stdio command the agent CLI starts: a forwarder to the bound socket."""
-        sock = posixpath.join(CHANNEL_TARGET, SOCKET_NAME)
-        return McpServer(name=SERVER_NAME, command="sh", args=("-c", LAUNCH, CHANNEL_TARGET, sock))
+        return McpServer(
+            name=SERVER_NAME, command="sh", args=("-c", LAUNCH, CHANNEL_TARGET, self.target)
+        )
 
 
 def attach(run_dir: Path, agent: str) -> None:

@@ -5,6 +5,7 @@
 # is missing) and copies stdin to it and it to stdout until either side closes. Bytes only.
 use strict;
 use warnings;
+use IO::Socket::INET;
 use IO::Socket::UNIX;
 use Socket qw(SOCK_STREAM);
 
@@ -16,7 +17,11 @@ if (!defined $path || @ARGV) {
 my $deadline = time + 10;
 my $sock;
 while (1) {
-    $sock = IO::Socket::UNIX->new(Type => SOCK_STREAM, Peer => $path);
+    if ($path =~ /^tcp:(.+):(\d+)$/) {    # a port the provider carries to the host socket
+        $sock = IO::Socket::INET->new(PeerAddr => $1, PeerPort => $2, Proto => 'tcp');
+    } else {
+        $sock = IO::Socket::UNIX->new(Type => SOCK_STREAM, Peer => $path);
+    }
     last if $sock;
     if (time >= $deadline) {
         print STDERR "hal: cannot reach hal's MCP socket $path: $!\n";

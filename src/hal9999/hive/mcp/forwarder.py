@@ -2,7 +2,8 @@
 
 An agent CLI starts it as its MCP server command, ``python3 -I -S forwarder.py SOCKET``; it
 connects to SOCKET (the daemon's per-agent MCP socket, bound into this agent's sandbox
-only) and copies bytes both ways until either side closes. The daemon knows the caller by
+only; or ``tcp:127.0.0.1:PORT``, a port the provider carries to that socket, in a microVM)
+and copies bytes both ways until either side closes. The daemon knows the caller by
 the socket the bytes arrive on, so nothing here carries an identity.
 
 Dependency-free on purpose (the standard library of the sandbox's ``python3``): the file is
@@ -25,6 +26,9 @@ MAX_SUN_PATH = 100
 
 
 def _connect(path: str) -> socket.socket:
+    if path.startswith("tcp:"):  # a port the provider carries to the host socket (a VM)
+        host, _, port = path[4:].rpartition(":")
+        return socket.create_connection((host, int(port)), timeout=10)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     if len(path.encode()) <= MAX_SUN_PATH:
         sock.connect(path)
@@ -72,6 +76,7 @@ def main(argv: list[str]) -> int:
     except OSError as exc:
         print(f"hal: cannot reach hal's MCP socket {argv[0]}: {exc}", file=sys.stderr)  # noqa: T201
         return 1
+    sock.settimeout(None)
     threading.Thread(target=_stdin_to_socket, args=(sock,), daemon=True).start()
     try:
         while data := sock.recv(CHUNK):
