@@ -149,3 +149,16 @@ def test_an_agents_long_lived_task_gets_its_route_without_a_marker(tmp_path: Pat
     route = route_for(tmp_path, run_dir, store, "t-beta")
     assert route is not None and route.agent == "beta"
     store.close()
+
+
+def test_a_run_loads_no_mcp_sdk() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, hal9999.tasks.runner, hal9999.hive.mcp.channel\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'mcp', 'mcp_types', 'anyio',"
+        " 'starlette'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
