@@ -19,8 +19,10 @@ import pytest
 from tests.server.sse_client import Stream, read_events
 
 from hal9999.events.bus import EventBus
+from hal9999.events.hive import AgentState
 from hal9999.events.log import EventLog
 from hal9999.events.models import Output
+from hal9999.hive import store as hive_store
 from hal9999.server import sse
 from hal9999.server.app import ServerContext, build_app
 from hal9999.server.listen import HalServer
@@ -47,6 +49,7 @@ class Served:
         self.store = Store.open(self.home)
         self.bus = EventBus()
         self.bus.attach(asyncio.get_running_loop())
+        hive_store.set_publisher(self.bus.publish_hive)  # as the daemon does
         self.feed = EventFeed(self.store, self.bus, self.path_of, **self.feed_options)
         await self.feed.start()
         self.feed_task = asyncio.create_task(self.feed.run())
@@ -60,6 +63,7 @@ class Served:
         self.port = await self.server.listen_tcp("127.0.0.1", self.port)
 
     async def stop(self) -> None:
+        hive_store.set_publisher(None)
         self.feed.close()
         await self.server.close()
         self.feed_task.cancel()
@@ -253,3 +257,31 @@ async def test_a_tasks_stream_has_its_events_also_from_other_processes_and_pings
     other.close()
     assert got.gseqs() == s.all_gseqs("t2")
     assert [e.json()["text"] for e in got.events] == [f"other {i}\n" for i in range(3)]
+
+
+@pytest.mark.parametrize("window", [4096, 4])
+async def test_hive_events_share_the_global_stream_in_gseq_order(
+    served: Callable[..., Any], window: int
+) -> None:
+    s = await served(window=window)
+    log = s.writer("t1", batch=1)
+    everything, task_only = Stream(), Stream()
+    async with s.stream(everything, after=0) as events:
+        async with s.stream(task_only, path="/v1/tasks/t1/events/stream", after=0) as mine:
+            for i in range(6):
+                log.emit(Output(text=f"line {i}\n"))
+                await asyncio.to_thread(
+                    hive_store.record_hive_event, s.store, AgentState(agent="a", state=f"s{i}")
+                )
+            await collect_until(events, everything, lambda: len(everything.gseqs()) == 12, 0.3)
+            await collect_until(mine, task_only, lambda: len(task_only.gseqs()) == 6, 0.3)
+    log.close()
+    types = [e.json()["type"] for e in everything.events]
+    assert types == ["output", "agent_state"] * 6
+    assert everything.gseqs() == sorted(everything.gseqs()) and len(set(everything.gseqs())) == 12
+    assert [e.json()["type"] for e in task_only.events] == ["output"] * 6
+    # A reconnect from the start replays both kinds (from the index with a small window).
+    again = Stream()
+    async with s.stream(again, last_id="0") as events:
+        await collect_until(events, again, lambda: len(again.gseqs()) == 12, 0.3)
+    assert again.gseqs() == everything.gseqs()

@@ -24,17 +24,17 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hal9999.errors import ConfigError, HalError
-from hal9999.events.bus import EventBus, Subscription
+from hal9999.events.bus import EventBus, HiveSubscription, Subscription
 from hal9999.events.models import Event
 from hal9999.events.reader import events_after_seq
 from hal9999.store import Store
-from hal9999.store.events import IndexedEvent
+from hal9999.store.events import FeedRow, IndexedEvent
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -66,7 +66,8 @@ class Frame:
     """One event, ready to send."""
 
     gseq: int
-    task_id: str
+    task_id: str | None
+    """None for a hive event (it belongs to no task)."""
     data: bytes
 
 
@@ -86,14 +87,20 @@ def resync_frame(gseq: int, reason: str) -> bytes:
     return f"event: resync\nid: {gseq}\ndata: {data}\n\n".encode()
 
 
+def hive_frame(row: FeedRow) -> Frame:
+    """The SSE frame of a hive event (its body, as recorded, is the data)."""
+    return Frame(row.gseq, None, f"id: {row.gseq}\ndata: {row.body}\n\n".encode())
+
+
 def read_bodies(
-    rows: list[IndexedEvent], path_of: Callable[[str], Path | None]
+    rows: Sequence[IndexedEvent | FeedRow], path_of: Callable[[str], Path | None]
 ) -> tuple[dict[tuple[str, int], Event], set[str]]:
-    """The events of index rows, read from their tasks' files, by ``(task_id, seq)``; and
-    the tasks that are gone (removed: their events never come)."""
+    """The events of task index rows, read from their tasks' files, by ``(task_id, seq)``;
+    and the tasks that are gone (removed: their events never come)."""
     first: dict[str, int] = {}
     for row in rows:
-        first[row.task_id] = min(first.get(row.task_id, row.seq), row.seq)
+        if row.task_id is not None:
+            first[row.task_id] = min(first.get(row.task_id, row.seq), row.seq)
     found: dict[tuple[str, int], Event] = {}
     gone: set[str] = set()
     for task_id, seq in first.items():
@@ -154,16 +161,32 @@ class EventFeed:
     async def run(self) -> None:
         """Follow the bus and the index until closed."""
         subscription: Subscription | None = None
+        hive: HiveSubscription | None = None
+        hive_woke: asyncio.Future[Any] | None = None
         try:
             while not self.closed:
                 if subscription is None or subscription.overflowed:
                     subscription = self.bus.subscribe()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(_POLL_S if self._stalled_since is None else
-                                               _WAIT_FOR_BUS_S):  # fmt: skip
-                        self._take(await subscription.get())
+                if hive is None or hive.overflowed:
+                    hive = self.bus.subscribe_hive()  # only wakes the feed: bodies are in the DB
+                    hive_woke = None
+                if hive_woke is None:
+                    hive_woke = asyncio.ensure_future(hive.get())
+                task_woke = asyncio.ensure_future(subscription.get())
+                wait = _POLL_S if self._stalled_since is None else _WAIT_FOR_BUS_S
+                await asyncio.wait(
+                    {task_woke, hive_woke}, timeout=wait, return_when=asyncio.FIRST_COMPLETED
+                )
+                if task_woke.done():
+                    self._take(task_woke.result())
+                else:
+                    task_woke.cancel()
+                if hive_woke.done():
+                    hive_woke = None
                 while not subscription.queue.empty():
                     self._take(subscription.queue.get_nowait())
+                while not hive.queue.empty():
+                    hive.queue.get_nowait()
                 self._trim()
                 try:
                     while await self.step():
@@ -172,8 +195,12 @@ class EventFeed:
                     logger.exception("the event feed failed to read the index; retrying")
                     await asyncio.sleep(_POLL_S)
         finally:
+            if hive_woke is not None:
+                hive_woke.cancel()
             if subscription is not None:
                 subscription.close()
+            if hive is not None:
+                hive.close()
 
     def _trim(self) -> None:
         """Bodies the index has passed are let go; and if the index stays unreadable, all of
@@ -191,10 +218,12 @@ class EventFeed:
         """Move the cursor over what the index has and the bodies allow; True when it read
         a full page (there may be more)."""
         limit = 2000
-        rows = await asyncio.to_thread(self.store.events_after, self.cursor, limit=limit)
+        rows = await asyncio.to_thread(self.store.feed_after, self.cursor, limit=limit)
         if not rows:
             return False
-        missing = [r for r in rows if (r.task_id, r.seq) not in self._bodies]
+        missing = [
+            r for r in rows if r.task_id is not None and (r.task_id, r.seq) not in self._bodies
+        ]
         now = time.monotonic()
         gone: set[str] | None = None
         if missing:
@@ -204,8 +233,12 @@ class EventFeed:
                 self._bodies.update(read)
         added = 0
         for row in rows:
-            key = (row.task_id, row.seq)
-            event = self._bodies.pop(key, None)
+            if row.task_id is None:  # a hive event: its body came with the row
+                self._append(hive_frame(row))
+                added += 1
+                self.cursor = row.gseq
+                continue
+            event = self._bodies.pop((row.task_id, row.seq), None)
             if event is None:
                 if gone is None:
                     break  # not delivered by the bus yet: give it a moment
@@ -248,16 +281,23 @@ class EventFeed:
     async def history(self, sent: int, upto: int, task_id: str | None) -> tuple[list[Frame], bool]:
         """Frames above ``sent`` up to ``upto``, from the index and the files; the flag says
         they were too many (the client must resync)."""
-        rows = await asyncio.to_thread(
-            self.store.events_after, sent, task_id=task_id, limit=MAX_REPLAY + 1
-        )
+        rows: list[FeedRow] | list[IndexedEvent]
+        if task_id is None:  # every task's events and the hive's
+            rows = await asyncio.to_thread(self.store.feed_after, sent, limit=MAX_REPLAY + 1)
+        else:
+            rows = await asyncio.to_thread(
+                self.store.events_after, sent, task_id=task_id, limit=MAX_REPLAY + 1
+            )
         if len(rows) > MAX_REPLAY and rows[MAX_REPLAY].gseq <= upto:
             return [], True
-        rows = [r for r in rows if r.gseq <= upto]
-        bodies, _ = await asyncio.to_thread(read_bodies, rows, self.path_of)
-        frames = [
-            frame(bodies[(r.task_id, r.seq)], r.gseq) for r in rows if (r.task_id, r.seq) in bodies
-        ]
+        wanted = [r for r in rows if r.gseq <= upto]
+        bodies, _ = await asyncio.to_thread(read_bodies, wanted, self.path_of)
+        frames = []
+        for r in wanted:
+            if isinstance(r, FeedRow) and r.task_id is None:
+                frames.append(hive_frame(r))
+            elif r.task_id is not None and (r.task_id, r.seq) in bodies:
+                frames.append(frame(bodies[(r.task_id, r.seq)], r.gseq))
         return frames, False
 
 

@@ -25,6 +25,18 @@ class IndexedEvent(NamedTuple):
     ts: float
 
 
+class FeedRow(NamedTuple):
+    """A row of the global event order: a task event's index row (``body`` None: the body
+    is in the task's JSONL file) or a hive event (``task_id`` None, its JSON ``body``)."""
+
+    gseq: int
+    task_id: str | None
+    seq: int
+    type: str
+    ts: float
+    body: str | None
+
+
 class EventTable:
     """SQL of the ``events`` index and ``event_counter``, mixed into the store."""
 
@@ -87,6 +99,20 @@ class EventTable:
         return [
             IndexedEvent(int(r[0]), str(r[1]), int(r[2]), str(r[3]), float(r[4]))
             for r in self._query(sql, params)
+        ]
+
+    def feed_after(self, gseq: int, *, limit: int = 1000) -> list[FeedRow]:
+        """Task and hive events with a ``gseq`` above ``gseq``, in ``gseq`` order: one
+        statement, so one snapshot (two queries could see a later hive event and miss an
+        earlier task event committed between them)."""
+        rows = self._query(
+            "SELECT gseq, task_id, seq, type, ts, NULL FROM events WHERE gseq > ?"
+            " UNION ALL SELECT gseq, NULL, 0, type, ts, body FROM hive_events WHERE gseq > ?"
+            " ORDER BY 1 LIMIT ?",
+            (gseq, gseq, limit),
+        )
+        return [
+            FeedRow(int(r[0]), r[1], int(r[2]), str(r[3]), float(r[4]), r[5]) for r in rows
         ]
 
     def last_gseq(self) -> int:
