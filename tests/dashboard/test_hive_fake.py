@@ -151,3 +151,18 @@ def test_notified_when_an_approval_or_question_arrives_or_an_agent_crashes(
     assert titles == ["Approval waiting", "Question from worker", "Agent helper crashed"]
     page.wait_for_function("() => document.title.startsWith('(2) ')")
     shot(page)
+
+
+def test_overview_shows_hive_agents_live(
+    browser: Any, fake_dashboard: Dashboard, shot: Any
+) -> None:
+    served, api, home = fake_dashboard
+    api.hive["agents"].append(agent("worker"))
+    page = browser.new_context().new_page()
+    page.goto(login_url(home, served.base))
+    page.wait_for_selector("#hive-agents [data-agent='worker'] .badge-sleeping")
+    time.sleep(0.5)  # the hive long poll is waiting
+    api.hive["agents"][0]["state"] = "running"
+    api.emit_hive(type="agent_state", agent="worker", state="running", previous="sleeping")
+    page.wait_for_selector("#hive-agents [data-agent='worker'] .badge-running", timeout=10000)
+    shot(page)

@@ -91,3 +91,12 @@ def test_listen_flags_are_checked(tmp_path: Path) -> None:
     cert, _ = _self_signed(tmp_path / "mine", "localhost")
     lone = hal(env, "serve", "--tls-cert", str(cert))
     assert lone.returncode != 0 and "need --listen" in lone.stderr
+
+
+def test_hal_dashboard_needs_a_running_daemon(tmp_path: Path) -> None:
+    out = hal(hal_env(tmp_path / "home"), "dashboard")
+    assert out.returncode != 0
+    assert out.stderr.strip() == (
+        "hal: error: the dashboard is served by hal serve, which is not running "
+        "(start it with `hal serve --detach`)"
+    )

@@ -68,7 +68,7 @@
     if (s < 86400) return Math.round(s / 3600) + "h ago";
     return Math.round(s / 86400) + "d ago";
   };
-  hal.fmtCost = (usd) => (usd === null || usd === undefined ? "–" : "$" + Number(usd).toFixed(usd < 1 ? 4 : 2));
+  hal.fmtCost = (usd) => (usd === null || usd === undefined ? "–" : "$" + Number(usd).toFixed(usd > 0 && usd < 1 ? 4 : 2));
   hal.badge = (state) => hal.el("span", { class: "badge badge-" + String(state).replace(/[^a-z_-]/g, ""), text: state });
 
   /** A message line at the top of the page (errors of actions). */

@@ -23,6 +23,7 @@
     const cost = el("span", { id: "cost-today" });
     const body = el("tbody", { id: "tasks" });
     const pool = el("div", { id: "pool" });
+    const hive = el("div", { id: "hive-agents", class: "chips" });
     hal.clear(main).append(
       el("section", { class: "card" }, el("h1", { text: "Overview" }), counts,
         el("p", {}, "Today's cost: ", cost)),
@@ -30,7 +31,16 @@
         el("div", { class: "scroll" }, el("table", { class: "tasks" },
           el("thead", {}, el("tr", {}, ["task", "state", "prompt"].map((h) => el("th", { text: h })),
             ["agent", "provider", "cost", "created"].map((h) => el("th", { class: "wide", text: h })))), body))),
-      el("section", { class: "card" }, el("h2", { text: "Pool and sandboxes" }), pool));
+      el("section", { class: "card" }, el("h2", { text: "Pool and sandboxes" }), pool),
+      el("section", { class: "card" }, el("h2", {}, el("a", { href: "/hive", text: "Hive agents" })), hive));
+
+    async function drawHive() {
+      let agents;
+      try { agents = await hal.api("GET", "/hive/agents"); } catch (err) { hive.closest("section").hidden = true; return; }
+      hal.clear(hive).append(...agents.map((a) => el("span", { class: "chip", "data-agent": a.name }, a.name + " ", hal.badge(a.state))));
+      if (!agents.length) hive.append(el("span", { class: "muted", text: "No agents." }));
+    }
+    hal.onHiveEvent = (event) => { if (["agent_state", "agent_crashed"].includes(event.type)) drawHive(); };
 
     function redraw() {
       const sorted = [...tasks.values()].sort((a, b) => b.created_at - a.created_at);
@@ -83,7 +93,7 @@
       tasks.clear();
       for (const t of list) tasks.set(t.id, t);
       redraw();
-      await drawPool();
+      await Promise.all([drawPool(), drawHive()]);
     }
     await live.start();
     await load();
