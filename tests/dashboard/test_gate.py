@@ -99,3 +99,14 @@ def test_every_answer_forbids_inline_scripts_and_framing(fake_dashboard: Dashboa
         assert "<script>" not in page and "<script src=" in page  # scripts only from files
         refused = httpx.get(served.base + "/", headers={"host": "evil.example"})
         assert "content-security-policy" in refused.headers
+
+
+def test_a_used_link_stays_used_after_a_restart(tmp_path: Path) -> None:
+    from hal9999.dashboard.auth import SessionKeeper, login_token
+
+    home = tmp_path / "home"
+    token = login_token(home)
+    assert SessionKeeper(home).redeem(token) is not None
+    assert SessionKeeper(home).redeem(token) is None  # a new daemon remembers it
+    assert SessionKeeper(home).redeem(login_token(home)) is not None
+    assert SessionKeeper(home).redeem("garbage") is None

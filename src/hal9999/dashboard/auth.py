@@ -86,8 +86,18 @@ class SessionKeeper:
         key = dashboard_key(home)
         self._login = _serializer(key, "hal-login")
         self._session = _serializer(key, "hal-session")
+        self._used_file = home / "run" / "dashboard-used"
+        """Nonces already redeemed, with when: a restarted daemon must not accept them again."""
         self._used: dict[str, float] = {}
         self._lock = threading.Lock()
+        now = time.time()
+        try:
+            for line in self._used_file.read_text().splitlines():
+                nonce, _, when = line.partition(" ")
+                if when.replace(".", "", 1).isdigit() and now - float(when) < LOGIN_MAX_AGE_S + 60:
+                    self._used[nonce] = float(when)
+        except FileNotFoundError:
+            pass
 
     def redeem(self, token: str) -> str | None:
         """The cookie value of a new session for a valid, unused login token; else None."""
@@ -100,15 +110,25 @@ class SessionKeeper:
         nonce = data.get("n") if isinstance(data, dict) else None
         if not isinstance(nonce, str):
             return None
-        now = time.monotonic()
+        now = time.time()
         with self._lock:
             # Forget nonces whose tokens have expired anyway: the set stays small.
             self._used = {n: t for n, t in self._used.items() if now - t < LOGIN_MAX_AGE_S + 60}
             if nonce in self._used:
                 return None
             self._used[nonce] = now
+            self._remember()
         session = {"sid": secrets.token_hex(16), "csrf": secrets.token_urlsafe(24)}
         return str(self._session.dumps(session))
+
+    def _remember(self) -> None:
+        """Write the used nonces (rewritten whole: the list is short-lived and small)."""
+        self._used_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._used_file.with_name(f".dashboard-used.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.writelines(f"{n} {t:.3f}\n" for n, t in self._used.items())
+        os.replace(tmp, self._used_file)
 
     def check(self, cookie: str | None) -> DashboardSession | None:
         """The session a cookie value proves, or None."""
