@@ -108,6 +108,9 @@ class Ledger:
             waiting = self._queued or self._writing
             assert waiting is not None
             await asyncio.shield(waiting)
+            # A finished write's own callback (which starts the next batch) runs in a later
+            # turn of the loop: awaiting a done future does not yield, so yield here.
+            await asyncio.sleep(0)
 
     def close(self) -> None:
         """Stop the ledger's thread (after :meth:`drain`)."""

@@ -275,9 +275,9 @@ class Gateway:
         headers = [
             (k, v) for k, v in response.headers.items() if k.lower() not in _HOP_HEADERS
         ]
-        # The end of the answer (the bytes that complete a known length, or the last chunk
-        # of a chunked one) waits until the call's row is committed: an agent never holds an
-        # answer whose spend a killed gateway could forget.
+        # The end of the answer (the last byte of a known length, or the last chunk of a
+        # chunked one) waits until the call's row is committed: an agent never holds a whole
+        # answer whose spend a killed gateway could forget, and its first byte never waits.
         length = _content_length(response.headers)
         relayed, tail = 0, b""
         recorded = False
@@ -287,8 +287,10 @@ class Gateway:
                 meter.feed(chunk)
                 relayed += len(chunk)
                 if length is not None and relayed >= length:
-                    tail += chunk
-                    continue
+                    cut = max(0, len(chunk) - 1 - (relayed - length))
+                    chunk, tail = chunk[:cut], tail + chunk[cut:]
+                    if not chunk:
+                        continue
                 writer.write(conn.send(h11.Data(data=chunk)))
                 await writer.drain()
             await response.aclose()
