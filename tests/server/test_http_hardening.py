@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -191,4 +193,25 @@ async def test_a_flood_on_the_tcp_port_does_not_lock_the_owner_out_of_the_unix_s
     finally:
         for _, writer in flood:
             writer.close()
+        await server.close()
+
+
+async def test_a_tls_handshake_that_never_comes_is_cut_at_the_head_deadline(
+    tmp_path: Path,
+) -> None:
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+         "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    server = http_server(router(), TOKEN, head_timeout_s=0.5)
+    port = await server.listen_tcp("127.0.0.1", 0, tls=tls)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)  # no handshake
+        assert await asyncio.wait_for(reader.read(), 3.0) == b""  # closed (not after 60 s)
+        writer.close()
+    finally:
         await server.close()

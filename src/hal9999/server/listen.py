@@ -203,8 +203,13 @@ class Listener:
     async def start(self, sock: socket.socket, tls: ssl.SSLContext | None = None) -> None:
         """Accept connections on ``sock`` (with TLS when ``tls`` is given)."""
         loop = asyncio.get_running_loop()
+        # A TLS handshake happens before the connection is counted: it gets the same
+        # deadline as an unauthenticated head, not asyncio's default minute.
         self.server = await loop.create_server(
-            lambda: GuardedH11Protocol(self.config, self.state, self.limits), sock=sock, ssl=tls
+            lambda: GuardedH11Protocol(self.config, self.state, self.limits),
+            sock=sock,
+            ssl=tls,
+            ssl_handshake_timeout=self.limits.head_timeout_s if tls is not None else None,
         )
 
     async def close(self) -> None:
