@@ -30,7 +30,7 @@ from hal9999.hive.store import (
     insert_agent,
     record_hive_event,
 )
-from hal9999.hive.turns import HiveLoop, build_prompt
+from hal9999.hive.turns import TURN_CHARS, TURN_ITEMS, HiveLoop, build_prompt, first_batch
 from hal9999.store import Store, TaskRecord
 from hal9999.store.gateway import GatewayRequest
 
@@ -263,3 +263,14 @@ def test_spawn_refuses_an_unknown_agent_or_provider_before_making_anything(
         asyncio.run(spawn(store, config, "newbie", **fields))
     assert not agent_exists(store, "newbie")
     assert not (tmp_path / "home" / "agents" / "newbie").exists()
+
+
+def test_a_flood_of_mail_is_spread_over_turns() -> None:
+    small = [{"id": f"m{n}", "body": "x"} for n in range(120)]
+    assert [e["id"] for e in first_batch(small)] == [f"m{n}" for n in range(TURN_ITEMS)]
+    big = [{"id": f"b{n}", "body": "y" * (TURN_CHARS // 2 + 1)} for n in range(3)]
+    assert [e["id"] for e in first_batch(big)] == ["b0"]
+    assert [e["id"] for e in first_batch([{"id": "huge", "body": "z" * TURN_CHARS * 2}])] == [
+        "huge"
+    ]
+    assert first_batch([]) == []

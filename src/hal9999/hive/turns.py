@@ -44,6 +44,10 @@ from hal9999.tasks.state import ACTIVE, TaskStatus
 
 logger = logging.getLogger(__name__)
 
+TURN_ITEMS = 50
+"""Mailbox entries one turn takes at most (a flood is spread over turns)."""
+TURN_CHARS = 256 * 1024
+"""Characters of message bodies one turn's prompt takes at most (past the first entry)."""
 ORPHAN_S = 5.0
 """How long a turn's task may stay in flight with no runner before it counts as crashed."""
 
@@ -57,6 +61,19 @@ def build_prompt(agent: AgentRecord, role: str, entries: list[dict[str, Any]], f
         parts.append(f"\n--- {entry['kind']} {entry['id']} from {entry['sender']}{ref} ---")
         parts.append(str(entry["body"]))
     return "\n".join(parts) + "\n"
+
+
+def first_batch(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The mailbox entries one turn takes: in order, at most ``TURN_ITEMS`` and
+    ``TURN_CHARS`` of bodies (always at least one); the rest wait for the next turn."""
+    taken: list[dict[str, Any]] = []
+    chars = 0
+    for entry in entries[:TURN_ITEMS]:
+        chars += len(str(entry.get("body", "")))
+        if taken and chars > TURN_CHARS:
+            break
+        taken.append(entry)
+    return taken
 
 
 def _result(task: TaskRecord) -> stats.TurnResult:
@@ -203,7 +220,7 @@ class HiveLoop:
         agent = await asyncio.to_thread(get_agent, self.store, name)
         if agent.state != "sleeping":
             return
-        entries = await asyncio.to_thread(self.deliver, name)
+        entries = first_batch(await asyncio.to_thread(self.deliver, name))
         if not entries:
             return
         spent = await asyncio.to_thread(self.over_budget)
