@@ -166,3 +166,20 @@ def test_overview_shows_hive_agents_live(
     api.emit_hive(type="agent_state", agent="worker", state="running", previous="sleeping")
     page.wait_for_selector("#hive-agents [data-agent='worker'] .badge-running", timeout=10000)
     shot(page)
+
+
+def test_an_update_keeps_what_is_being_typed(browser: Any, fake_dashboard: Dashboard) -> None:
+    served, api, home = fake_dashboard
+    api.hive["approvals"].append(approval("a1"))
+    api.hive["questions"].append(question("q1"))
+    page = hive_page(browser, served, home)
+    page.wait_for_selector("[data-question='q1'] .answer-text")
+    time.sleep(0.5)  # the hive long poll is waiting
+    page.fill("[data-approval='a1'] .reason", "half a reason")
+    page.fill("[data-question='q1'] .answer-text", "half an answer")
+    api.hive["questions"].append(question("q2", question="another"))
+    api.emit_hive(type="question_asked", agent="worker", question_id="q2", asker="worker",
+                  target="operator")  # fmt: skip
+    page.wait_for_selector("[data-question='q2']")
+    assert page.input_value("[data-approval='a1'] .reason") == "half a reason"
+    assert page.input_value("[data-question='q1'] .answer-text") == "half an answer"

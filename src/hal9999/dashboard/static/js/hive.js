@@ -148,13 +148,19 @@
       el("section", { class: "card" }, el("h2", { text: "Messages" }), messages,
         el("div", { class: "actions" }, compose, send)));
 
+    /** Brings a list of cards in line with ``items`` without touching the cards that stay
+     * (a reason or an answer being typed survives an update). */
+    function sync(box, items, key, make, empty) {
+      const wanted = new Set(items.map((item) => item.id));
+      for (const node of [...box.children]) if (!wanted.has(node.dataset[key])) node.remove();
+      const have = new Set([...box.children].map((node) => node.dataset[key]));
+      for (const item of items) if (!have.has(item.id)) box.append(make(item));
+      if (!items.length) box.append(el("p", { class: "muted", text: empty }));
+    }
     async function drawThreads() {
       const [pending, open] = await Promise.all([hal.api("GET", "/hive/approvals"), hal.api("GET", "/hive/questions")]);
-      hal.clear(approvals).append(...pending.map(approvalCard));
-      if (!pending.length) approvals.append(el("p", { class: "muted", text: "No proposal waits." }));
-      const mine = open.filter((q) => q.target === "operator");
-      hal.clear(questions).append(...mine.map(questionCard));
-      if (!mine.length) questions.append(el("p", { class: "muted", text: "No question waits." }));
+      sync(approvals, pending, "approval", approvalCard, "No proposal waits.");
+      sync(questions, open.filter((q) => q.target === "operator"), "question", questionCard, "No question waits.");
     }
     async function drawAgents() {
       const list = await hal.api("GET", "/hive/agents");
