@@ -160,9 +160,9 @@ class HiveLoop:
                 self._wake_now(agent.name)
 
     def _has_mail(self, name: str) -> bool:
-        return bool(inbox(self.store, name, limit=1)) or bool(
-            AgentDir.of(self.home, name).pending()
-        )
+        # Every ledger entry no finished turn took is a message not yet read: the indexed
+        # inbox query answers without reading the ledger file.
+        return bool(inbox(self.store, name, limit=1))
 
     async def _guarded(self, name: str, *, adopted: bool = False) -> None:
         try:
