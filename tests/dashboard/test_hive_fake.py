@@ -139,7 +139,7 @@ def test_notified_when_an_approval_or_question_arrives_or_an_agent_crashes(
     page = context.new_page()
     page.goto(login_url(home, served.base))  # the overview: notifications come on every page
     page.wait_for_selector("#live-state[data-state='live']")
-    time.sleep(0.5)  # the hive long poll is waiting
+    page.wait_for_function("() => hal.hiveLive && hal.hiveLive.ready")
     api.hive["approvals"].append(approval("a1"))
     api.emit_hive(type="approval_added", agent="worker", approval_id="a1", kind="apply")
     api.hive["questions"].append(question("q1"))
@@ -161,7 +161,7 @@ def test_overview_shows_hive_agents_live(
     page = browser.new_context().new_page()
     page.goto(login_url(home, served.base))
     page.wait_for_selector("#hive-agents [data-agent='worker'] .badge-sleeping")
-    time.sleep(0.5)  # the hive long poll is waiting
+    page.wait_for_function("() => hal.hiveLive && hal.hiveLive.ready")
     api.hive["agents"][0]["state"] = "running"
     api.emit_hive(type="agent_state", agent="worker", state="running", previous="sleeping")
     page.wait_for_selector("#hive-agents [data-agent='worker'] .badge-running", timeout=10000)
@@ -174,7 +174,7 @@ def test_an_update_keeps_what_is_being_typed(browser: Any, fake_dashboard: Dashb
     api.hive["questions"].append(question("q1"))
     page = hive_page(browser, served, home)
     page.wait_for_selector("[data-question='q1'] .answer-text")
-    time.sleep(0.5)  # the hive long poll is waiting
+    page.wait_for_function("() => hal.hiveLive && hal.hiveLive.ready")
     page.fill("[data-approval='a1'] .reason", "half a reason")
     page.fill("[data-question='q1'] .answer-text", "half an answer")
     api.hive["questions"].append(question("q2", question="another"))

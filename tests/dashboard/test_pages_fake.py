@@ -142,9 +142,9 @@ def test_notifications_are_opt_in_and_come_when_a_task_ends(
     page = context.new_page()
     page.goto(login_url(home, served.base))
     page.wait_for_selector("#live-state[data-state='live']")
+    api.tasks["t1"]["status"] = "failed"
     api.emit(task_id="t1", type="task_end", status="failed")
-    page.wait_for_selector("tr[data-task='t1']")
-    time.sleep(0.5)
+    page.wait_for_selector("tr[data-task='t1'] .badge-failed")  # the event was handled
     assert page.evaluate("window.__notes") == []  # not asked for: none
     page.click("#notify")
     page.wait_for_selector("#notify:has-text('Notifications on')")

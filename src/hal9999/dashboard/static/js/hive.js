@@ -23,6 +23,7 @@
         if (page.events.length < 1000) break;
       }
       this._state("live");
+      this.ready = true; // from here on, every newer event is delivered
       this._loop();
     }
     async _loop() {
