@@ -21,7 +21,14 @@ from pathlib import Path
 import httpx
 
 from benchmarks.cases import Result
-from hal9999.gateway.channel import GatewayPaths, Grant, new_token, register, unregister
+from hal9999.gateway.channel import (
+    GatewayPaths,
+    Grant,
+    gateway_pid,
+    new_token,
+    register,
+    unregister,
+)
 
 EVENTS = [
     {"type": "message_start", "message": {"model": "bench", "usage": {"input_tokens": 9}}},
@@ -91,6 +98,14 @@ async def _throughput(url: str, token: str, streams: int, seconds: float) -> flo
     return done / seconds
 
 
+def _cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of process ``pid`` so far (0 when unknown)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100)[98]
 
@@ -114,7 +129,12 @@ async def gateway_cases(runs: int, streams: int = 32) -> list[Result]:
         through = f"http://127.0.0.1:{port}/v1/messages"
         async with upstream:
             d_first, d_total = await _series(direct, "sk-bench", runs)
-            g_first, g_total = await _series(through, grant.token, runs)
+            pid = await gateway_pid(paths)
+            cpu_before = _cpu_s(pid)
+            g_first, g_total = await _series(through, grant.token, runs + 20)
+            # The gateway process's own CPU per call: a figure the machine's load does not
+            # move (the latencies above are wall clock, shared with every other process).
+            cpu_ms = (_cpu_s(pid) - cpu_before) * 1000 / (runs + 20)
             d_rate = await _throughput(direct, "sk-bench", streams, 3.0)
             g_rate = await _throughput(through, grant.token, streams, 3.0)
         await unregister(paths, grant.token)  # the gateway goes idle and exits
@@ -130,6 +150,8 @@ async def gateway_cases(runs: int, streams: int = 32) -> list[Result]:
         Result("gateway: added latency, whole response, median", added_total, "ms",
                f"direct {statistics.median(d_total):.2f} ms", f"{added_total:.2f} ms",
                "report", True),
+        Result("gateway: CPU of the gateway process per call", cpu_ms, "ms",
+               f"load average {os.getloadavg()[0]:.1f}", f"{cpu_ms:.2f} ms", "report", True),
         Result(f"gateway: throughput, {streams} concurrent streams", g_rate, "calls/s",
                f"direct {d_rate:.0f} calls/s", f"{g_rate / d_rate:.2f}x", "report", True),
     ]  # fmt: skip

@@ -140,6 +140,16 @@ async def _call(paths: GatewayPaths, message: dict[str, Any]) -> dict[str, Any]:
     return answer
 
 
+async def gateway_pid(paths: GatewayPaths) -> int | None:
+    """The pid of the gateway answering on the control socket (None: none answers)."""
+    try:
+        answer = await _call(paths, {"op": "ping"})
+    except (OSError, TimeoutError, GatewayError, ValueError):
+        return None
+    pid = answer.get("pid")
+    return pid if isinstance(pid, int) else None
+
+
 async def ping(paths: GatewayPaths) -> bool:
     """Whether a gateway answers on the control socket."""
     try:
