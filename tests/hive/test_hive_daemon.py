@@ -289,3 +289,10 @@ def test_hive_events_long_poll_wakes_on_a_new_event(
     assert sent["type"] == "message_sent" and sent["recipient"] == "dave"
     assert sent["gseq"] > after == first["events"][-1]["gseq"]
     assert "wake the poll" not in json.dumps(page)  # bodies stay in the broker
+
+    # Whoever holds the daemon's token is the operator: a body naming another sender is
+    # ignored, never a way to speak as an agent (or as hal).
+    for forged in ("dave", "hal", "manager"):
+        made = asyncio.run(client.call("POST", "/v1/hive/messages",
+                                       {"to": "dave", "body": "hi", "sender": forged}))  # fmt: skip
+        assert made["sender"] == "operator"
