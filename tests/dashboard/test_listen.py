@@ -55,7 +55,7 @@ def test_listen_serves_the_dashboard_over_tls_only(
     cert = home / "tls" / "127.0.0.1.crt"
     assert (home / "tls" / "127.0.0.1.key").stat().st_mode & 0o777 == 0o600
     trust = ssl.create_default_context(cafile=str(cert))
-    with httpx.Client(verify=trust) as client:
+    with httpx.Client(verify=trust, timeout=30) as client:  # a loaded machine is slow
         login = client.get(link)
         assert login.status_code == 303
         cookie = login.headers["set-cookie"].lower()
@@ -79,7 +79,7 @@ def test_listen_with_the_users_certificate(
     shown = ssl.get_server_certificate(("127.0.0.1", port))
     assert shown.strip() == cert.read_text().strip()
     link = json.loads(out.stdout)["dashboard_tls"]
-    with httpx.Client(verify=ssl.create_default_context(cafile=str(cert))) as client:
+    with httpx.Client(verify=ssl.create_default_context(cafile=str(cert)), timeout=30) as client:
         assert client.get(link).status_code == 303
 
 
