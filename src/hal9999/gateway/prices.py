@@ -39,3 +39,24 @@ def price_of(
         return dict(table[name])
     matches = [key for key in table if name.startswith(key)]
     return dict(table[max(matches, key=len)]) if matches else None
+
+
+class PriceBook:
+    """Prices looked up once per task and model, not once per call (the table is merged with
+    the task's ``[gateway.prices]`` and searched by prefix)."""
+
+    def __init__(self) -> None:
+        self._found: dict[tuple[str, str | None], dict[str, float] | None] = {}
+
+    def of(
+        self, token: str, extra: Mapping[str, Mapping[str, float]], model: str | None
+    ) -> dict[str, float] | None:
+        """The price of ``model`` for the task holding ``token``."""
+        key = (token, model)
+        if key not in self._found:
+            self._found[key] = price_of(model, {**DEFAULT_PRICES, **extra})
+        return self._found[key]
+
+    def forget(self, token: str) -> None:
+        """Drop a task's prices (withdrawn, or registered again with new settings)."""
+        self._found = {k: v for k, v in self._found.items() if k[0] != token}

@@ -34,7 +34,7 @@ from hal9999.gateway.bodies import StoredBodies
 from hal9999.gateway.channel import TOKEN_PREFIX, Grant
 from hal9999.gateway.ledger import Ledger
 from hal9999.gateway.limits import RETRY_STATUSES, UpstreamLimiter, retry_after_s
-from hal9999.gateway.prices import DEFAULT_PRICES, price_of
+from hal9999.gateway.prices import PriceBook
 from hal9999.gateway.usage import UsageMeter, cost_usd
 from hal9999.store import Store
 from hal9999.store.gateway import GatewayRequest
@@ -62,6 +62,7 @@ class Gateway:
         self.inflight: dict[str, set[asyncio.Task[Any]]] = {}
         self.ledger = Ledger(store)
         self.bodies = StoredBodies()
+        self.prices = PriceBook()
         self.client = _client(None)
         self.clients: dict[str, httpx.AsyncClient] = {}
         """Clients for upstreams behind a private CA, by CA file."""
@@ -73,12 +74,14 @@ class Gateway:
         if not grant.token.startswith(TOKEN_PREFIX) or not grant.key:
             raise ValueError("a grant needs a gateway token and a key")
         self.grants[grant.token] = grant
+        self.prices.forget(grant.token)  # its config may have changed (a new runner)
         self.last_active = time.monotonic()
 
     def unregister(self, token: str) -> None:
         """Refuse ``token`` from now on and abort its calls in flight."""
         self.grants.pop(token, None)
         self.bodies.forget(token)
+        self.prices.forget(token)
         for task in self.inflight.pop(token, set()):
             task.cancel()
         self.last_active = time.monotonic()
@@ -315,8 +318,7 @@ class Gateway:
     def _measure(self, record: GatewayRequest, meter: UsageMeter, grant: Grant) -> None:
         usage = meter.close()
         record.model = meter.model or record.model
-        prices = {**DEFAULT_PRICES, **grant.settings.get("prices", {})}
-        price = price_of(record.model, prices)
+        price = self.prices.of(grant.token, grant.settings.get("prices", {}), record.model)
         record.input_tokens, record.output_tokens = usage.input, usage.output + usage.thoughts
         record.cache_read_tokens = usage.cache_read
         record.cache_write_tokens = usage.cache_write
