@@ -128,6 +128,13 @@ def test_a_dropped_stream_resumes_without_duplicate_or_gap(
     page.wait_for_selector("#result-diff .diff-table")
     assert "calc.py" in page.inner_text("#result-diff")
     shot(page)
+    # Resume with a follow-up prompt: the same page follows the second run to its end.
+    page.fill("#resume-prompt", "count again")
+    page.click("#resume")
+    page.wait_for_function("() => document.querySelectorAll('#timeline .ev-end').length >= 2",
+                           timeout=60000)  # fmt: skip
+    assert len(log_lines(page)) == 2 * LINES
+    shot(page, "resumed")
 
 
 TICKING = """#!/bin/sh
