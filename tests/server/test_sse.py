@@ -285,3 +285,16 @@ async def test_hive_events_share_the_global_stream_in_gseq_order(
     async with s.stream(again, last_id="0") as events:
         await collect_until(events, again, lambda: len(again.gseqs()) == 12, 0.3)
     assert again.gseqs() == everything.gseqs()
+
+
+async def test_stopping_the_daemon_ends_open_streams_at_once(served: Callable[..., Any]) -> None:
+    s = await served()
+    got = Stream()
+    async with s.stream(got, after=0) as events:
+        started = time.monotonic()
+        stopping = asyncio.create_task(s.stop())
+        async with asyncio.timeout(5):
+            async for _ in events:
+                pass  # the body ends: the server closed the stream
+        await stopping
+    assert time.monotonic() - started < 2.5  # not the listener's grace period of 3 s
