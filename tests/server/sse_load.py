@@ -181,7 +181,7 @@ async def sse_load(
         await asyncio.gather(*(api.call("POST", "/v1/tasks", body) for _ in range(tasks)))
         while await asyncio.to_thread(store.list_tasks, status=ACTIVE, limit=1):
             await asyncio.sleep(0.2)
-        expected = [r.gseq for r in store.events_after(start, limit=10**7)]
+        expected = [r.gseq for r in store.feed_after(start, limit=10**7)]  # hive's too
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and any(
             len(c.ids) < len(expected) and not c.error for c in followers
