@@ -298,3 +298,23 @@ async def test_stopping_the_daemon_ends_open_streams_at_once(served: Callable[..
                 pass  # the body ends: the server closed the stream
         await stopping
     assert time.monotonic() - started < 2.5  # not the listener's grace period of 3 s
+
+
+async def test_an_event_indexed_long_after_it_was_emitted_is_waited_for_not_skipped(
+    served: Callable[..., Any], tmp_path: Path
+) -> None:
+    s = await served()
+    got = Stream()
+    async with s.stream(got, after=0) as events:
+        emitted = time.time() - 60  # by a writer that fell a minute behind (a loaded machine)
+        (gseq,) = await asyncio.to_thread(s.store.record_events, "t9", [(1, "output", emitted)])
+        async with asyncio.timeout(5):  # the feed has seen the row...
+            while s.feed._stalled_since is None:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)  # ...and looked in the file for it, in vain
+        late = Output(text="late\n").model_copy(
+            update={"seq": 1, "ts": emitted, "task_id": "t9", "gseq": gseq}
+        )
+        (tmp_path / "t9.jsonl").write_bytes(late.model_dump_json().encode() + b"\n")
+        await collect_until(events, got, lambda: len(got.gseqs()) == 1, 0.3)
+    assert got.gseqs() == [gseq] and got.events[0].json()["text"] == "late\n"

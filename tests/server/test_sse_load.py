@@ -19,9 +19,9 @@ async def test_fifty_clients_twenty_busy_tasks_no_event_lost_or_duplicated(
     tmp_path: Path,
 ) -> None:
     result = await sse_load(tmp_path, clients=50, tasks=20, lines=40, interval=0.05)
-    assert result.tasks_succeeded == 20
+    assert result.tasks_succeeded == 20, result.tasks_succeeded
     # task_created, phases, sandbox, output chunks and task_end of every task
     assert len(result.expected) >= 20 * 8
     assert result.problems() == []
     assert all(c.delays for c in result.clients)  # the stamped lines did arrive
-    assert 0 < result.rss_mib <= MAX_RSS_MIB
+    assert 0 < result.rss_mib <= MAX_RSS_MIB, result.rss_mib

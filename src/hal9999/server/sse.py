@@ -55,8 +55,11 @@ WINDOW_BYTES = 16 << 20
 """...and at most this many bytes of them (an output event can be large)."""
 _WAIT_FOR_BUS_S = 0.05
 """An indexed event not yet delivered by the bus is looked for in its file after this."""
-_LOST_AFTER_S = 5.0
-"""An indexed event still missing from its file after this long was lost by a crash."""
+_LOST_AFTER_S = 30.0
+"""An indexed event still missing from its file this long after the feed first waited for
+it was lost (its writer died between the index commit and the file write; the next writer
+drops such rows). Counted from the wait, not from the event's time: a writer that fell
+behind under load is slow, not lost."""
 _POLL_S = 1.0
 """The feed looks at the index at least this often, bus or not."""
 _STEP_EVERY_S = 0.02
@@ -248,7 +251,8 @@ class EventFeed:
                 if gone is None:
                     break  # not delivered by the bus yet: give it a moment
                 removed = row.task_id in gone
-                if not removed and time.time() - row.ts < _LOST_AFTER_S:
+                waited = now - (self._stalled_since or now)
+                if not removed and waited < _LOST_AFTER_S:
                     break  # indexed, not written yet: wait for it (order matters)
                 if not removed:
                     logger.warning("event %d of task %s is not in its file", row.gseq, row.task_id)
