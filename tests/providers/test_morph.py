@@ -210,13 +210,51 @@ async def test_orphans_are_deleted_and_other_owners_kept(
     provider = make(hal_home, fake_morph_settings)
     sandbox = await provider.create(spec(workspace))
     with fake_morph.lock:
-        fake_morph._boot("snapshot_golden", {"hal9999": provider.owner(),
+        fake_morph._boot("snapshot_golden", {"hal9999": provider.owner_id(),
                                              "hal9999_sandbox": "0123456789ab"}, None, "pause")
         theirs = fake_morph._boot("snapshot_golden", {"hal9999": "someone-else",
                                                       "hal9999_sandbox": "aaaaaaaaaaaa"},
                                   None, "pause")  # fmt: skip
     assert [info.id for info in await provider.list()] == [sandbox.id]
     assert len(fake_morph.live()) == 2 and theirs.id in {i.id for i in fake_morph.live()}
+    await provider.destroy(sandbox.id)
+
+
+async def test_a_listing_during_a_create_spares_the_booting_instance(
+    fake_morph: FakeMorph, fake_morph_settings: dict[str, Any], hal_home: Path,
+    workspace: Path,
+) -> None:  # fmt: skip
+    # The record is written only once the instance answers; reconcile (any listing, from
+    # this or another hal process) must not take the booting instance for an orphan.
+    fake_morph.boot_s = 1.0
+    provider = make(hal_home, fake_morph_settings)
+    other = make(hal_home, fake_morph_settings)  # as another hal process would see it
+    creating = asyncio.create_task(provider.create(spec(workspace)))
+    while not fake_morph.live():
+        await asyncio.sleep(0.02)
+    assert await other.list() == []
+    sandbox = await creating
+    assert [info.id for info in await other.list()] == [sandbox.id]
+    await provider.destroy(sandbox.id)
+
+
+async def test_a_spend_record_without_instance_or_sandbox_is_ended(
+    fake_morph: FakeMorph, fake_morph_settings: dict[str, Any], hal_home: Path,
+    workspace: Path,
+) -> None:  # fmt: skip
+    # A crash between reserving and starting leaves a reservation nothing answers to; it
+    # must not hold a place under the cap for ever.
+    provider = make(hal_home, fake_morph_settings, max_machines=1)
+    # The same state dir, configured so that a whole create may take only 1.4 s.
+    quick = make(hal_home, fake_morph_settings, max_machines=1, boot_timeout_s=0.2,
+                 api_timeout_s=1.0, api_attempts=1)  # fmt: skip
+    await provider.ledger.reserve("0123456789ab")
+    await quick.list()
+    assert await provider.ledger.open_machines() == ["0123456789ab"], "may still be booting"
+    await asyncio.sleep(1.5)
+    await quick.list()
+    assert await provider.ledger.open_machines() == []
+    sandbox = await provider.create(spec(workspace))
     await provider.destroy(sandbox.id)
 
 

@@ -80,6 +80,14 @@ class SpendLedger:
         """Machines not yet ended."""
         return await asyncio.to_thread(self._open)
 
+    def _open_starts(self) -> dict[str, float]:
+        with Store.open(self.home) as store:
+            return store.open_cloud_machine_starts(self.provider)
+
+    async def open_since(self) -> dict[str, float]:
+        """Machines not yet ended, each with when it was reserved."""
+        return await asyncio.to_thread(self._open_starts)
+
     def _usage(self) -> tuple[int, float]:
         with Store.open(self.home) as store:
             return store.cloud_usage(

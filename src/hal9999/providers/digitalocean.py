@@ -17,12 +17,9 @@ before it is asked for.
 from __future__ import annotations
 
 import asyncio
-import builtins
-import contextlib
 import json
 import logging
 import os
-import secrets
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -34,17 +31,14 @@ from hal9999.errors import (
     CloudNotFound,
     CloudServerError,
     ConfigError,
-    HostKeyRejected,
     ProviderError,
-    SandboxNotFound,
 )
-from hal9999.providers.base import SandboxInfo
 from hal9999.providers.cloudapi import RateWindow, RetryPolicy
+from hal9999.providers.cloudhost import CloudHostProvider, env_path
 from hal9999.providers.cloudspend import SpendCap, SpendLedger
 from hal9999.providers.digitalocean_api import API_URL, DigitalOceanApi, Droplet
 from hal9999.providers.ssh.config import SshConfig, SshHost
 from hal9999.providers.ssh.connections import load_asyncssh
-from hal9999.providers.ssh.provider import SshProvider, destroy_record
 from hal9999.spec import SandboxSpec
 
 logger = logging.getLogger(__name__)
@@ -98,17 +92,17 @@ def _token() -> str:
     )
 
 
-class DigitalOceanProvider(SshProvider):
+class DigitalOceanProvider(CloudHostProvider[DigitalOceanApi]):
     """Sandboxes in droplets, one droplet per sandbox, commands over ssh."""
 
     name = "digitalocean"
+    machine = "droplet"
     config_model = DigitalOceanConfig  # type: ignore[assignment]
 
     def __init__(self, *, state_dir: Path, config: DigitalOceanConfig | None = None) -> None:
         self.do = config or DigitalOceanConfig()
         super().__init__(state_dir=state_dir, config=SshConfig(isolation=self.do.isolation))
         self.ledger = SpendLedger(self.name, state_dir, self.do)
-        self._owner: str | None = None
         self._window = RateWindow()
 
     # -- the API ------------------------------------------------------------------------
@@ -120,15 +114,10 @@ class DigitalOceanProvider(SshProvider):
 
     def owner_tag(self) -> str:
         """This state directory's tag: reconcile touches only droplets that carry it."""
-        if self._owner is None:
-            path = self.records.root / "owner"
-            self.records.root.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileExistsError):
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "w") as out:
-                    out.write(secrets.token_hex(6))
-            self._owner = f"{TAG}-{path.read_text().strip()}"
-        return self._owner
+        return f"{TAG}-{self.owner_id()}"
+
+    def _create_window_s(self) -> float:
+        return 2 * self.do.boot_timeout_s + self.do.api_attempts * self.do.api_timeout_s
 
     @staticmethod
     def sandbox_tag(sandbox_id: str) -> str:
@@ -141,7 +130,7 @@ class DigitalOceanProvider(SshProvider):
         """Reserve under the spend cap, create the droplet with hal's host key, wait until
         it is active and answers over SSH, and say how to reach it."""
         snapshot = self.do.snapshot_id or os.environ.get("HAL_DO_SNAPSHOT_ID", "").strip()
-        key_file = self.do.key_file or _env_path("HAL_DO_KEY_FILE")
+        key_file = self.do.key_file or env_path("HAL_DO_KEY_FILE")
         if not snapshot or key_file is None:
             raise ConfigError(
                 "the digitalocean provider needs a snapshot and a login key",
@@ -184,7 +173,7 @@ class DigitalOceanProvider(SshProvider):
         host = SshHost(name=f"hal-{sandbox_id}", address=address, user=self.do.user,
                        key_file=key_file, host_key=public, capacity=1)  # fmt: skip
         try:
-            await self._wait_ssh(host)
+            await self._wait_ssh(host, self.do.boot_timeout_s, self.do.poll_s)
         except BaseException:
             await self.release_host(host)
             raise
@@ -211,87 +200,15 @@ class DigitalOceanProvider(SshProvider):
                     hint="someone or something deleted it; try again",
                 ) from None
 
-    async def _wait_ssh(self, host: SshHost) -> None:
-        deadline = time.monotonic() + self.do.boot_timeout_s
-        while True:
-            try:
-                await self.pool.get(host)
-                return
-            except HostKeyRejected:
-                raise
-            except ProviderError as exc:
-                if time.monotonic() > deadline:
-                    raise ProviderError(
-                        f"droplet {host.name} is active but does not answer over SSH: "
-                        f"{exc.one_line()}",
-                        hint="check the snapshot's sshd and the login user's key",
-                    ) from exc
-            await asyncio.sleep(self.do.poll_s)
+    async def _live_sandboxes(self, api: DigitalOceanApi) -> set[str]:
+        droplets = await api.droplets_tagged(self.owner_tag())
+        return {sid for d in droplets if (sid := _sandbox_of(d)) is not None}
 
-    async def release_host(self, host: SshHost) -> None:
-        """Delete the sandbox's droplet (by its tag) and end its spend record."""
-        sandbox_id = host.name.removeprefix("hal-")
-        api = self._api()
-        try:
-            await self._delete(api, sandbox_id)
-        finally:
-            await api.aclose()
-
-    async def _delete(self, api: DigitalOceanApi, sandbox_id: str) -> None:
-        self.pool.forget_name(f"hal-{sandbox_id}", force=True)
+    async def _delete_machine(self, api: DigitalOceanApi, sandbox_id: str) -> None:
         try:
             await api.delete_tagged(self.sandbox_tag(sandbox_id))
         except CloudNotFound:
             pass  # nothing carries the tag: already gone
-        await self.ledger.end(sandbox_id)
-
-    async def list(self) -> builtins.list[SandboxInfo]:
-        """The sandboxes, after reconciling records with the account's droplets."""
-        try:
-            await self.reconcile()
-        except (CloudApiError, ConfigError) as exc:
-            # The records are still the truth hal has; the next listing reconciles.
-            logger.warning("cannot reconcile digitalocean droplets: %s", exc.one_line())
-        return await super().list()
-
-    async def reconcile(self) -> builtins.list[str]:
-        """Delete this hal's droplets that have no record (left by a crash), forget records
-        whose droplet is gone; return the sandbox ids acted on."""
-        api = self._api()
-        acted: builtins.list[str] = []
-        try:
-            droplets = await api.droplets_tagged(self.owner_tag())
-            live = {sid for d in droplets if (sid := _sandbox_of(d)) is not None}
-            known = {record.id for record in self.records.all()}
-            for sandbox_id in sorted(live - known):
-                logger.warning("deleting orphan droplet of sandbox %s", sandbox_id)
-                await self._delete(api, sandbox_id)
-                acted.append(sandbox_id)
-            for sandbox_id in sorted(known - live):
-                record = self.records.load(sandbox_id)
-                if time.time() - record.created_at < 5:
-                    continue  # just made; a listing may not show it yet
-                logger.warning("droplet of sandbox %s is gone; forgetting it", sandbox_id)
-                self.pool.forget_name(f"hal-{sandbox_id}", force=True)
-                with contextlib.suppress(SandboxNotFound):
-                    self.records.delete(sandbox_id)
-                await self.ledger.end(sandbox_id)
-                acted.append(sandbox_id)
-            for sandbox_id in await self.ledger.open_machines():
-                if sandbox_id not in live and sandbox_id not in known:
-                    await self.ledger.end(sandbox_id)
-        finally:
-            await api.aclose()
-        return acted
-
-    async def destroy(self, sandbox_id: str) -> None:
-        """Delete the mirror and the droplet (idempotent)."""
-        try:
-            record = self.records.load(sandbox_id)
-        except SandboxNotFound:
-            return
-        await destroy_record(self.records, self.pool, sandbox_id)
-        await self.release_host(record.host)
 
 
 def user_data(private: str, public: str, login: str, user: str) -> str:
@@ -318,8 +235,3 @@ def _sandbox_of(droplet: Droplet) -> str | None:
         if tag.startswith(prefix):
             return tag.removeprefix(prefix)
     return None
-
-
-def _env_path(name: str) -> Path | None:
-    value = os.environ.get(name, "").strip()
-    return Path(value).expanduser() if value else None

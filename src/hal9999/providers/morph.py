@@ -18,7 +18,6 @@ import builtins
 import contextlib
 import logging
 import os
-import secrets
 import time
 from pathlib import Path
 from typing import Literal
@@ -30,16 +29,15 @@ from hal9999.errors import (
     CloudNotFound,
     CloudServerError,
     ConfigError,
-    HostKeyRejected,
     ProviderError,
     SandboxNotFound,
 )
-from hal9999.providers.base import Capabilities, SandboxInfo
+from hal9999.providers.base import Capabilities
 from hal9999.providers.cloudapi import RateWindow, RetryPolicy
+from hal9999.providers.cloudhost import CloudHostProvider, env_path
 from hal9999.providers.cloudspend import SpendCap, SpendLedger
 from hal9999.providers.morph_api import API_URL, Instance, MorphApi
 from hal9999.providers.ssh.config import SshConfig, SshHost
-from hal9999.providers.ssh.provider import SshProvider, destroy_record
 from hal9999.providers.ssh.sandbox import SshSandbox
 from hal9999.spec import SandboxSpec
 
@@ -89,10 +87,11 @@ def _token() -> str:
     return value
 
 
-class MorphProvider(SshProvider):
+class MorphProvider(CloudHostProvider[MorphApi]):
     """Sandboxes in Morph instances, one per sandbox, commands over Morph's SSH gateway."""
 
     name = "morph"
+    machine = "morph instance"
     config_model = MorphConfig  # type: ignore[assignment]
 
     def __init__(self, *, state_dir: Path, config: MorphConfig | None = None) -> None:
@@ -104,28 +103,18 @@ class MorphProvider(SshProvider):
         )  # fmt: skip
         self.ledger = SpendLedger(self.name, state_dir, self.morph)
         self._window = RateWindow()
-        self._owner: str | None = None
 
     def _api(self) -> MorphApi:
         policy = RetryPolicy(attempts=self.morph.api_attempts, timeout_s=self.morph.api_timeout_s)
         url = self.morph.api_url or os.environ.get("HAL_MORPH_API_URL", "").strip() or API_URL
         return MorphApi(token=_token(), base_url=url, policy=policy, window=self._window)
 
-    def owner(self) -> str:
-        """This state directory's owner id (kept in its ``owner`` file)."""
-        if self._owner is None:
-            path = self.records.root / "owner"
-            self.records.root.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileExistsError):
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "w") as out:
-                    out.write(secrets.token_hex(6))
-            self._owner = path.read_text().strip()
-        return self._owner
+    def _create_window_s(self) -> float:
+        return 2 * self.morph.boot_timeout_s + self.morph.api_attempts * self.morph.api_timeout_s
 
     async def instance_of(self, api: MorphApi, sandbox_id: str) -> Instance | None:
         """The instance of a sandbox, found by its metadata."""
-        found = await api.list({OWNER_KEY: self.owner(), SANDBOX_KEY: sandbox_id})
+        found = await api.list({OWNER_KEY: self.owner_id(), SANDBOX_KEY: sandbox_id})
         return found[0] if found else None
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -135,7 +124,7 @@ class MorphProvider(SshProvider):
         answers, and say how to reach it."""
         snapshot = (spec.image or self.morph.snapshot_id
                     or os.environ.get("HAL_MORPH_SNAPSHOT_ID", "").strip())  # fmt: skip
-        key_file = self.morph.key_file or _env_path("HAL_MORPH_KEY_FILE")
+        key_file = self.morph.key_file or env_path("HAL_MORPH_KEY_FILE")
         if not snapshot or key_file is None or not self.morph.ssh_host_key:
             raise ConfigError(
                 "the morph provider needs a snapshot, a login key and the gateway's host key",
@@ -148,7 +137,7 @@ class MorphProvider(SshProvider):
         except BaseException:
             await self.ledger.end(sandbox_id)
             raise
-        metadata = {OWNER_KEY: self.owner(), SANDBOX_KEY: sandbox_id}
+        metadata = {OWNER_KEY: self.owner_id(), SANDBOX_KEY: sandbox_id}
         instance: Instance | None = None
         try:
             instance = await api.start(snapshot, metadata=metadata, ttl_seconds=self.morph.ttl_s,
@@ -163,7 +152,7 @@ class MorphProvider(SshProvider):
                        port=self.morph.ssh_port, user=self.morph.ssh_user or instance.id,
                        key_file=key_file, host_key=self.morph.ssh_host_key, capacity=1)  # fmt: skip
         try:
-            await self._wait_ssh(host)
+            await self._wait_ssh(host, self.morph.boot_timeout_s, self.morph.poll_s)
         except BaseException:
             await self.release_host(host)
             raise
@@ -201,34 +190,14 @@ class MorphProvider(SshProvider):
                 )
             await asyncio.sleep(self.morph.poll_s)
 
-    async def _wait_ssh(self, host: SshHost) -> None:
-        deadline = time.monotonic() + self.morph.boot_timeout_s
-        while True:
-            try:
-                await self.pool.get(host)
-                return
-            except HostKeyRejected:
-                raise
-            except ProviderError as exc:
-                if time.monotonic() > deadline:
-                    raise ProviderError(f"morph instance of {host.name} does not answer over "
-                                        f"SSH: {exc.one_line()}") from exc  # fmt: skip
-            await asyncio.sleep(self.morph.poll_s)
+    async def _live_sandboxes(self, api: MorphApi) -> set[str]:
+        instances = await api.list({OWNER_KEY: self.owner_id()})
+        return {i.metadata.get(SANDBOX_KEY, "") for i in instances} - {""}
 
-    async def release_host(self, host: SshHost) -> None:
-        """Delete the sandbox's instance and end its spend record."""
-        api = self._api()
-        try:
-            await self._delete(api, host.name.removeprefix("hal-"))
-        finally:
-            await api.aclose()
-
-    async def _delete(self, api: MorphApi, sandbox_id: str) -> None:
-        self.pool.forget_name(f"hal-{sandbox_id}", force=True)
-        for instance in await api.list({OWNER_KEY: self.owner(), SANDBOX_KEY: sandbox_id}):
+    async def _delete_machine(self, api: MorphApi, sandbox_id: str) -> None:
+        for instance in await api.list({OWNER_KEY: self.owner_id(), SANDBOX_KEY: sandbox_id}):
             with contextlib.suppress(CloudNotFound):
                 await api.delete(instance.id)
-        await self.ledger.end(sandbox_id)
 
     async def stop(self, sandbox_id: str) -> None:
         """Kill the sandbox's processes, bring its files back, and pause the instance."""
@@ -294,51 +263,3 @@ class MorphProvider(SshProvider):
                 await self.destroy(sandbox.id)
             raise failed[0]
         return made
-
-    async def list(self) -> builtins.list[SandboxInfo]:
-        """The sandboxes, after reconciling records with the account's instances."""
-        try:
-            await self.reconcile()
-        except (CloudApiError, ConfigError) as exc:
-            # The records are still the truth hal has; the next listing reconciles.
-            logger.warning("cannot reconcile morph instances: %s", exc.one_line())
-        return await super().list()
-
-    async def reconcile(self) -> builtins.list[str]:
-        """Delete this hal's instances without a record; forget records whose instance is
-        gone; return the sandbox ids acted on."""
-        api = self._api()
-        acted: builtins.list[str] = []
-        try:
-            instances = await api.list({OWNER_KEY: self.owner()})
-            live = {i.metadata.get(SANDBOX_KEY, "") for i in instances} - {""}
-            known = {record.id for record in self.records.all()}
-            for sandbox_id in sorted(live - known):
-                logger.warning("deleting orphan morph instance of sandbox %s", sandbox_id)
-                await self._delete(api, sandbox_id)
-                acted.append(sandbox_id)
-            for sandbox_id in sorted(known - live):
-                if time.time() - self.records.load(sandbox_id).created_at < 5:
-                    continue
-                logger.warning("morph instance of sandbox %s is gone; forgetting it", sandbox_id)
-                self.pool.forget_name(f"hal-{sandbox_id}", force=True)
-                self.records.delete(sandbox_id)
-                await self.ledger.end(sandbox_id)
-                acted.append(sandbox_id)
-        finally:
-            await api.aclose()
-        return acted
-
-    async def destroy(self, sandbox_id: str) -> None:
-        """Delete the mirror and the instance (idempotent)."""
-        try:
-            record = self.records.load(sandbox_id)
-        except SandboxNotFound:
-            return
-        await destroy_record(self.records, self.pool, sandbox_id)
-        await self.release_host(record.host)
-
-
-def _env_path(name: str) -> Path | None:
-    value = os.environ.get(name, "").strip()
-    return Path(value).expanduser() if value else None

@@ -76,6 +76,15 @@ class CloudMachineTable:
         )
         return [str(row[0]) for row in rows]
 
+    def open_cloud_machine_starts(self, provider: str) -> dict[str, float]:
+        """The provider's machines not yet ended, each with when it was reserved."""
+        rows = self._query(
+            "SELECT machine_id, started_at FROM cloud_machines "
+            "WHERE provider = ? AND ended_at IS NULL",
+            (provider,),
+        )
+        return {str(row[0]): float(row[1]) for row in rows}
+
     def cloud_usage(
         self, provider: str, *, now: float, reserve_hours: float = 0.0
     ) -> tuple[int, float]:
