@@ -93,6 +93,15 @@ def _wait(value: str | None) -> float:
     return wait
 
 
+def _timeout(value: Any) -> float | None:
+    """An exec's timeout from a JSON body: none, or a positive, finite number of seconds."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9:
+        raise ConfigError("timeout must be a positive number of seconds (or null)")
+    return float(value)
+
+
 def _caller_config(body: dict[str, Any], own: HalConfig) -> HalConfig | None:
     """The settings the caller resolved (its ``./hal.toml`` included), in this home."""
     data = body.get("config")
@@ -231,15 +240,15 @@ def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
     async def sandbox_exec(request: Request) -> Any:
         body = request.json()
         argv = body.get("argv")
-        if not isinstance(argv, list) or not argv:
-            raise ConfigError("argv must be a non-empty list of strings")
+        # A NUL cannot cross into a program's arguments: refused here, not by exec's
+        # ValueError deep in a provider.
+        if (not isinstance(argv, list) or not argv
+                or not all(isinstance(a, str) and "\0" not in a for a in argv)):  # fmt: skip
+            raise ConfigError("argv must be a non-empty list of strings (without NUL)")
+        timeout = _timeout(body.get("timeout"))
         provider = daemon.provider(request.params["provider"])
         sandbox = await provider.get(request.params["id"])
-        timeout = body.get("timeout")
-        result = await sandbox.exec(
-            ArgvCommand(argv=tuple(str(a) for a in argv)),
-            timeout=float(timeout) if timeout is not None else None,
-        )
+        result = await sandbox.exec(ArgvCommand(argv=tuple(argv)), timeout=timeout)
         return {
             "exit_code": result.exit_code,
             "stdout": result.stdout.decode("utf-8", "replace"),

@@ -1,0 +1,72 @@
+"""Bad input to the API's handlers is one ``config_error`` (400) naming the field, never a
+500 from an exception deep in a provider."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from hal9999.server.api import build_router
+from hal9999.server.app import ServerContext
+from hal9999.server.routing import ApiRequest, call_handler
+from hal9999.server.sse import EventFeed
+from hal9999.spec import ArgvCommand
+
+
+class FakeSandbox:
+    """Records what it was asked to run."""
+
+    def __init__(self) -> None:
+        self.ran: list[tuple[ArgvCommand, float | None]] = []
+
+    async def exec(self, command: ArgvCommand, timeout: float | None = None) -> Any:
+        self.ran.append((command, timeout))
+        return SimpleNamespace(exit_code=0, stdout=b"", stderr=b"")
+
+
+@pytest.fixture
+def exec_route() -> tuple[Any, FakeSandbox]:
+    sandbox = FakeSandbox()
+
+    async def get(sandbox_id: str) -> FakeSandbox:
+        return sandbox
+
+    provider = SimpleNamespace(get=get)
+    daemon = SimpleNamespace(service=None, scheduler=None, pool=None,
+                             provider=lambda name: provider)  # fmt: skip
+    ctx = ServerContext(home=Path("/x"), token="t", feed=EventFeed(None, None, lambda t: None))  # type: ignore[arg-type]
+    router = build_router(daemon, ctx)  # type: ignore[arg-type]
+    [route] = [r for r in router.routes if r.path.endswith("/exec")]
+    return route.handler, sandbox
+
+
+@pytest.mark.parametrize("body", [
+    b'{"argv": ["true"], "timeout": "soon"}', b'{"argv": ["true"], "timeout": [1]}',
+    b'{"argv": ["true"], "timeout": -1}', b'{"argv": ["true"], "timeout": 1e999}',
+    b'{"argv": ["true"], "timeout": true}', b'{"argv": ["a\\u0000b"]}',
+    b'{"argv": [{"x": 1}]}',
+])  # fmt: skip
+async def test_a_bad_exec_body_is_a_400_naming_the_field(
+    exec_route: tuple[Any, FakeSandbox], body: bytes
+) -> None:
+    handler, sandbox = exec_route
+    request = ApiRequest("POST", "/v1/sandboxes/fake/s1/exec", {}, {}, body,
+                         {"provider": "fake", "id": "s1"})  # fmt: skip
+    status, payload = await call_handler(handler, request, None)
+    assert status == 400, payload
+    assert payload["error"]["code"] == "config_invalid"
+    assert ("timeout" if b"timeout" in body else "argv") in payload["error"]["message"]
+    assert sandbox.ran == []
+
+
+async def test_a_good_exec_body_runs(exec_route: tuple[Any, FakeSandbox]) -> None:
+    handler, sandbox = exec_route
+    request = ApiRequest("POST", "/v1/sandboxes/fake/s1/exec", {}, {},
+                         b'{"argv": ["echo", "hi"], "timeout": 5}',
+                         {"provider": "fake", "id": "s1"})  # fmt: skip
+    status, _ = await call_handler(handler, request, None)
+    assert status == 200
+    assert sandbox.ran == [(ArgvCommand(argv=("echo", "hi")), 5.0)]
