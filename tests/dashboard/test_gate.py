@@ -110,3 +110,21 @@ def test_a_used_link_stays_used_after_a_restart(tmp_path: Path) -> None:
     assert SessionKeeper(home).redeem(token) is None  # a new daemon remembers it
     assert SessionKeeper(home).redeem(login_token(home)) is not None
     assert SessionKeeper(home).redeem("garbage") is None
+
+
+def test_logout_revokes_the_session_even_a_copied_cookie_and_after_a_restart(
+    fake_dashboard: Dashboard,
+) -> None:
+    from hal9999.dashboard.auth import SessionKeeper
+
+    served, _, home = fake_dashboard
+    with logged_in(served, home) as (client, csrf):
+        stolen = client.cookies[COOKIE]
+        headers = {"origin": served.base, "x-csrf-token": csrf}
+        assert client.post("/logout", headers=headers).status_code == 200
+    with httpx.Client(base_url=served.base, cookies={COOKIE: stolen}) as thief:
+        assert thief.get("/").status_code == 401
+        assert thief.get("/api/tasks").status_code == 401
+    assert SessionKeeper(home).check(stolen) is None  # a restarted daemon refuses it too
+    with logged_in(served, home) as (client, _):  # a new login is a new session
+        assert client.get("/").status_code == 200

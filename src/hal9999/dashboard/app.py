@@ -135,6 +135,9 @@ def dashboard_app(
         return response
 
     async def logout(request: Request) -> Response:
+        session = session_of(request.scope)
+        if session is not None:
+            sessions.revoke(session)
         response = JSONResponse({"logged_out": True})
         response.delete_cookie(COOKIE, path="/")
         return response

@@ -88,16 +88,11 @@ class SessionKeeper:
         self._session = _serializer(key, "hal-session")
         self._used_file = home / "run" / "dashboard-used"
         """Nonces already redeemed, with when: a restarted daemon must not accept them again."""
-        self._used: dict[str, float] = {}
+        self._used = _read_stamped(self._used_file, LOGIN_MAX_AGE_S + 60)
+        self._revoked_file = home / "run" / "dashboard-revoked"
+        """Sessions logged out, with when: their cookies are signed and would stay valid."""
+        self._revoked = _read_stamped(self._revoked_file, SESSION_MAX_AGE_S + 60)
         self._lock = threading.Lock()
-        now = time.time()
-        try:
-            for line in self._used_file.read_text().splitlines():
-                nonce, _, when = line.partition(" ")
-                if when.replace(".", "", 1).isdigit() and now - float(when) < LOGIN_MAX_AGE_S + 60:
-                    self._used[nonce] = float(when)
-        except FileNotFoundError:
-            pass
 
     def redeem(self, token: str) -> str | None:
         """The cookie value of a new session for a valid, unused login token; else None."""
@@ -117,18 +112,18 @@ class SessionKeeper:
             if nonce in self._used:
                 return None
             self._used[nonce] = now
-            self._remember()
+            _write_stamped(self._used_file, self._used)
         session = {"sid": secrets.token_hex(16), "csrf": secrets.token_urlsafe(24)}
         return str(self._session.dumps(session))
 
-    def _remember(self) -> None:
-        """Write the used nonces (rewritten whole: the list is short-lived and small)."""
-        self._used_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._used_file.with_name(f".dashboard-used.{secrets.token_hex(4)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.writelines(f"{n} {t:.3f}\n" for n, t in self._used.items())
-        os.replace(tmp, self._used_file)
+    def revoke(self, session: DashboardSession) -> None:
+        """Log a session out: its cookie is refused from now on (a copy of it included)."""
+        now = time.time()
+        with self._lock:
+            self._revoked = {s: t for s, t in self._revoked.items()
+                             if now - t < SESSION_MAX_AGE_S + 60}  # fmt: skip
+            self._revoked[session.id] = now
+            _write_stamped(self._revoked_file, self._revoked)
 
     def check(self, cookie: str | None) -> DashboardSession | None:
         """The session a cookie value proves, or None."""
@@ -143,6 +138,30 @@ class SessionKeeper:
         if not isinstance(data, dict):
             return None
         sid, csrf = data.get("sid"), data.get("csrf")
-        if not isinstance(sid, str) or not isinstance(csrf, str):
+        if not isinstance(sid, str) or not isinstance(csrf, str) or sid in self._revoked:
             return None
         return DashboardSession(sid, csrf)
+
+
+def _read_stamped(path: Path, max_age_s: float) -> dict[str, float]:
+    """The ``<id> <when>`` lines of ``path`` younger than ``max_age_s`` (none: empty)."""
+    found: dict[str, float] = {}
+    now = time.time()
+    try:
+        for line in path.read_text().splitlines():
+            key, _, when = line.partition(" ")
+            if when.replace(".", "", 1).isdigit() and now - float(when) < max_age_s:
+                found[key] = float(when)
+    except FileNotFoundError:
+        pass
+    return found
+
+
+def _write_stamped(path: Path, entries: dict[str, float]) -> None:
+    """Rewrite ``path`` whole, atomically, mode 600 (the lists are short-lived and small)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.writelines(f"{k} {t:.3f}\n" for k, t in entries.items())
+    os.replace(tmp, path)
