@@ -170,6 +170,9 @@ class GatewayConfig(_Config):
     proxy when the sandbox has no network."""
     provider_egress: dict[str, list[EgressHost]] = Field(default_factory=dict)
     """More hosts for the tasks of one provider (``[gateway.provider_egress] qemu = [...]``)."""
+    egress_only: list[EgressHost] | None = None
+    """When set, tasks reach only the hosts of the lists above that this list allows too: it
+    narrows, never widens (an untrusted project hal.toml may set it; ``--egress-only``)."""
     store_bodies: bool = False
     """Keep each call's request body in the store, masked (the task's secrets, the key and
     the placeholder token) before it touches disk; ``hal task requests ID --bodies``."""

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from hal9999.errors import ConfigError
+from hal9999.gateway.allowlist import intersect
 
 TRUST_FILE_NAME = "trusted.json"
 """The trust record, in the user's hal config directory."""
@@ -36,6 +37,7 @@ NARROWING_KEYS = (
     "resources.disk_mb",
     "default_agent",
     "agents.<name>.model",
+    "gateway.egress_only",
 )
 """What an untrusted ``hal.toml`` may set; limits only downwards, the agent only by preset."""
 
@@ -186,6 +188,10 @@ def narrow_project_table(
                 kept["resources"] = limits
         elif key == "default_agent" and isinstance(value, str) and _PRESET.fullmatch(value):
             kept[key] = value
+        elif key == "gateway" and isinstance(value, Mapping):
+            gateway = _egress_only(value, base.get("gateway") or {}, ignored)
+            if gateway:
+                kept["gateway"] = gateway
         elif key == "agents" and isinstance(value, Mapping):
             agents = _agent_models(value, ignored)
             if agents:
@@ -193,6 +199,22 @@ def narrow_project_table(
         else:
             ignored.append(key)
     return kept, ignored
+
+
+def _egress_only(
+    table: Mapping[str, Any], base: Mapping[str, Any], ignored: list[str]
+) -> dict[str, Any]:
+    # Only the narrowing list, and only what the user's own narrowing list allows too: a
+    # project can drop hosts from egress, never add one (egress itself is the user's).
+    kept: dict[str, Any] = {}
+    for name, value in table.items():
+        if name == "egress_only" and isinstance(value, list):
+            hosts = [str(h) for h in value]
+            mine = base.get("egress_only")
+            kept[name] = hosts if mine is None else intersect(hosts, mine)
+        else:
+            ignored.append(f"gateway.{name}")
+    return kept
 
 
 def _keep_if_lower(

@@ -128,6 +128,8 @@ class RunOptions(BaseModel):
     """The task's cost budget in dollars at the LLM gateway."""
     egress: list[EgressHost] = Field(default_factory=list)
     """The task's own egress hosts."""
+    egress_only: list[EgressHost] | None = None
+    """When set, the only hosts (of those config allows) the task may reach."""
 
 
 def check_run_options(values: Mapping[str, Any]) -> None:

@@ -80,6 +80,11 @@ def print_detached(task: TaskRecord, as_json: bool) -> None:
     multiple=True,
     help="HOST[:PORT] or *.DOMAIN the task may reach through the egress proxy (repeatable).",
 )
+@click.option(
+    "--egress-only",
+    multiple=True,
+    help="Narrow egress: only these of the hosts config allows (repeatable; 'none' for none).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def run(
     prompt: str | None,
@@ -100,6 +105,7 @@ def run(
     max_cost: float | None,
     max_tokens: int | None,
     egress: tuple[str, ...],
+    egress_only: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Run PROMPT with a coding agent on a repository, in a sandbox.
@@ -139,6 +145,11 @@ def run(
         max_tokens=max_tokens,
         max_cost_usd=max_cost,
         egress=[check_value(EgressHost, host, "--egress") for host in egress],
+        egress_only=[
+            check_value(EgressHost, host, "--egress-only") for host in egress_only if host != "none"
+        ]
+        if egress_only
+        else None,
     )
     notice = offline_notice(a.config, request.agent, request.provider)
     if notice is not None and not as_json and not as_events:

@@ -106,6 +106,9 @@ class Grant:
     """The ``[gateway]`` config of the registering hal (limits, prices, daily budgets)."""
     egress: list[str] = field(default_factory=list)
     """Hosts the task may reach through the egress proxy (``[gateway] egress``)."""
+    egress_only: list[str] | None = None
+    """When set, the task reaches only the hosts of :attr:`egress` this list allows too
+    (``hal run --egress-only``, ``[gateway] egress_only``)."""
     mask: list[str] = field(default_factory=list)
     """The task's secret values, masked out of stored bodies (sent only with
     ``store_bodies``; held in the gateway's memory like the key)."""

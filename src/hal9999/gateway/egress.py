@@ -20,8 +20,8 @@ import contextlib
 import ipaddress
 import socket
 import time
-from collections.abc import Iterable
 
+from hal9999.gateway.allowlist import allowed
 from hal9999.gateway.channel import Grant
 from hal9999.gateway.proxy import Gateway
 from hal9999.store.gateway import GatewayRequest
@@ -33,23 +33,6 @@ PROXY_AUTH_REQUIRED = (
     b"HTTP/1.1 407 Proxy Authentication Required\r\n"
     b'Proxy-Authenticate: Basic realm="hal"\r\nContent-Length: 0\r\n\r\n'
 )
-
-
-def allowed(host: str, port: int, rules: Iterable[str]) -> bool:
-    """Whether ``host:port`` matches an allow-list entry: ``host`` (port 443),
-    ``host:port``, ``*.domain`` (any subdomain, port 443) or ``*.domain:port``."""
-    host = host.lower().rstrip(".")
-    for rule in rules:
-        name, _, rule_port = rule.lower().partition(":")
-        want = int(rule_port) if rule_port.isdigit() else 443
-        if port != want:
-            continue
-        if name.startswith("*."):
-            if host.endswith(name[1:]) and host != name[2:]:
-                return True
-        elif host == name:
-            return True
-    return False
 
 
 def _unsafe(address: str) -> bool:
@@ -95,7 +78,13 @@ class EgressProxy:
         port = int(port_text) if port_text.isdigit() else 0
         started = time.monotonic()
         if method != "CONNECT" or not host or not allowed(host, port, grant.egress):
-            await self._deny(writer, grant, method, target, started, "not on the allow-list")
+            await self._deny(writer, grant, method, target, started,
+                             "not on the allow-list; allow it with [gateway] egress")
+            return
+        if grant.egress_only is not None and not allowed(host, port, grant.egress_only):
+            # Config allows it, but this task (or its project) narrowed its list.
+            await self._deny(writer, grant, method, target, started,
+                             "the task's egress list drops it; add it to --egress-only")
             return
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
@@ -141,7 +130,7 @@ class EgressProxy:
         started: float,
         why: str,
     ) -> None:
-        text = f"hal egress: {target} is refused ({why}); allow it with [gateway] egress"
+        text = f"hal egress: {target} is refused ({why})"
         body = text.encode()
         writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\n"
                      + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)  # fmt: skip

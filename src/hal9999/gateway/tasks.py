@@ -21,6 +21,7 @@ from hal9999.auth.upstream import stored_key
 from hal9999.config import HalConfig
 from hal9999.errors import BudgetExceeded, GatewayError, HalError, ModelNotAllowed
 from hal9999.events.models import EgressDenied, Event, Usage
+from hal9999.gateway.allowlist import intersect
 from hal9999.gateway.channel import (
     CHANNEL_TARGET,
     TOKEN_PREFIX,
@@ -220,18 +221,28 @@ def route_for(
         max_tokens=max_tokens or gateway.max_tokens,
         max_cost_usd=max_cost_usd or gateway.max_cost_usd,
         settings=gateway.model_dump(
-            mode="json", exclude={"egress", "enabled", "provider_egress"}
+            mode="json", exclude={"egress", "enabled", "provider_egress", "egress_only"}
         ),
         egress=[
             *gateway.egress,
             *gateway.provider_egress.get(provider or "", []),
             *(load_egress(budget) if budget is not None else []),
         ],
+        egress_only=_egress_only(gateway.egress_only, budget),
         mask=sorted(set(secrets.values())) if gateway.store_bodies else [],
     )
     return GatewayRoute(
         paths=GatewayPaths(config.home), grant=grant, port=forward_port(task_id), run_dir=budget
     )
+
+
+def _egress_only(configured: list[str] | None, run_dir: Path | None) -> list[str] | None:
+    """The narrowing list of a task: config's (a project's hal.toml may set it) and the
+    task's own (``--egress-only``) intersected; None when neither narrows."""
+    own = load_egress_only(run_dir) if run_dir is not None else None
+    if own is None:
+        return None if configured is None else list(configured)
+    return own if configured is None else intersect(own, configured)
 
 
 def restore_route(
@@ -275,11 +286,14 @@ def save_budget(
     max_tokens: int | None,
     max_cost_usd: float | None,
     egress: list[str] | None = None,
+    egress_only: list[str] | None = None,
 ) -> None:
-    """Record a task's own budget and egress hosts for every run of it (resumes included)."""
-    if max_tokens is None and max_cost_usd is None and not egress:
+    """Record a task's own budget and egress hosts (added, and the narrowing list) for every
+    run of it (resumes included)."""
+    if max_tokens is None and max_cost_usd is None and not egress and egress_only is None:
         return
-    data = {"max_tokens": max_tokens, "max_cost_usd": max_cost_usd, "egress": egress or []}
+    data = {"max_tokens": max_tokens, "max_cost_usd": max_cost_usd, "egress": egress or [],
+            "egress_only": egress_only}  # fmt: skip
     tmp = run_dir / f".{BUDGET_FILE}.tmp"
     tmp.write_text(json.dumps(data))
     tmp.replace(run_dir / BUDGET_FILE)
@@ -299,6 +313,12 @@ def load_egress(run_dir: Path) -> list[str]:
     """A task's own egress hosts (``hal run --egress``)."""
     hosts = _task_file(run_dir).get("egress")
     return [str(h) for h in hosts] if isinstance(hosts, list) else []
+
+
+def load_egress_only(run_dir: Path) -> list[str] | None:
+    """A task's narrowing egress list (``hal run --egress-only``); None when it gave none."""
+    hosts = _task_file(run_dir).get("egress_only")
+    return [str(h) for h in hosts] if isinstance(hosts, list) else None
 
 
 def _task_file(run_dir: Path) -> dict[str, object]:

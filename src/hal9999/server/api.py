@@ -75,6 +75,15 @@ def _int(value: Any, name: str, default: int) -> int:
         raise ConfigError(f"{name} must be a whole number") from exc
 
 
+def _egress_only(value: Any) -> list[str] | None:
+    """A task's narrowing egress list: absent is no narrowing, ``[]`` is no egress at all."""
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise ConfigError("egress_only must be a list of hosts")
+    return [str(h) for h in value]
+
+
 def _position(value: str | None, name: str) -> int:
     """A sequence number to resume after (SQLite integers are 64-bit)."""
     position = _int(value, name, 0)
@@ -156,6 +165,7 @@ def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
             max_tokens=body.get("max_tokens"),  # checked by service.create (RunOptions)
             max_cost_usd=body.get("max_cost_usd"),
             egress=[str(h) for h in body.get("egress") or []],
+            egress_only=_egress_only(body.get("egress_only")),
         )
         # On a loop of its own in a worker thread: creating writes the store (and the session),
         # which must not hold up this loop while another process holds the write lock.

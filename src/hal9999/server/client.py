@@ -169,6 +169,7 @@ def run_body(request: RunRequest, env: dict[str, str]) -> dict[str, Any]:
         "max_tokens": request.max_tokens,
         "max_cost_usd": request.max_cost_usd,
         "egress": request.egress,
+        "egress_only": request.egress_only,
         "config": request.config.model_dump(mode="json") if request.config else None,
         "config_files": request.config_files,
     }

@@ -77,6 +77,8 @@ class RunRequest:
     """The task's cost budget in dollars at the LLM gateway (``--max-cost``)."""
     egress: list[str] = field(default_factory=list)
     """Hosts this task may reach through the egress proxy besides ``[gateway] egress``."""
+    egress_only: list[str] | None = None
+    """When set, the task reaches only these of the hosts config allows (it narrows)."""
 
 
 def new_task_id(taken: set[str]) -> str:
@@ -253,7 +255,9 @@ class TaskService:
             agentfs.write_host_file(
                 session.root / TASK_CONFIG, iter([config.model_dump_json().encode()])
             )
-        save_budget(session.run_dir, req.max_tokens, req.max_cost_usd, req.egress)
+        save_budget(
+            session.run_dir, req.max_tokens, req.max_cost_usd, req.egress, req.egress_only
+        )
         self.store.insert_task(record)
         session.prompt_file.write_text(req.prompt)
         with self.events(record) as log:
