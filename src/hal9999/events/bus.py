@@ -22,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from hal9999.events.hive import HiveEvent
 from hal9999.events.log import Sink
@@ -31,6 +32,7 @@ from hal9999.store import Store
 
 logger = logging.getLogger(__name__)
 
+_E = TypeVar("_E", Event, HiveEvent)
 _REMEMBERED = 1 << 16
 """How many recent gseqs the bus remembers to drop an event that arrives twice."""
 
@@ -125,21 +127,14 @@ class EventBus:
 
     def publish(self, event: Event) -> None:
         """Hand ``event`` to every matching subscriber (from any thread)."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            self._deliver(event)
-        else:
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(self._deliver, event)
+        self._on_loop(self._deliver, event)
 
     def publish_hive(self, event: HiveEvent) -> None:
         """Hand a recorded hive event to every hive subscriber (from any thread)."""
+        self._on_loop(self._deliver_hive, event)
+
+    def _on_loop(self, deliver: Callable[[_E], None], event: _E) -> None:
+        """Run ``deliver(event)`` on the bus's loop: now when called on it, else soon."""
         loop = self._loop
         if loop is None or loop.is_closed():
             return
@@ -148,10 +143,10 @@ class EventBus:
         except RuntimeError:
             running = None
         if running is loop:
-            self._deliver_hive(event)
+            deliver(event)
         else:
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(self._deliver_hive, event)
+                loop.call_soon_threadsafe(deliver, event)
 
     def _deliver_hive(self, event: HiveEvent) -> None:
         if event.gseq and not self._remember(event.gseq):
