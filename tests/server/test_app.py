@@ -79,3 +79,26 @@ async def test_openapi_is_served_behind_the_token_and_the_socket_is_private(
                 raise AssertionError(f"{method} {path} answered 200")
     finally:
         await server.close()
+
+
+async def test_the_unix_socket_serves_the_api_alone(tmp_path: Path) -> None:
+    router = daemon_router()
+    ctx = ServerContext(home=tmp_path, token="tok")
+    server = HalServer(build_app(ctx, router))  # TCP: API + dashboard
+    sock = str(tmp_path / "api.sock")
+    await server.listen_unix(sock, build_app(ctx, router, dashboard=False))
+    port = await server.listen_tcp()
+    request = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n\r\n" % port
+    try:
+        answers = []
+        for connect in (lambda: asyncio.open_unix_connection(sock),
+                        lambda: asyncio.open_connection("127.0.0.1", port)):  # fmt: skip
+            reader, writer = await connect()
+            writer.write(request)
+            answers.append(await asyncio.wait_for(reader.read(), 5))
+            writer.close()
+        unix, tcp = answers
+        assert unix.startswith(b"HTTP/1.1 401") and b'"unauthorized"' in unix
+        assert b"login_required" in tcp and b"content-security-policy" in tcp  # the dashboard
+    finally:
+        await server.close()

@@ -162,9 +162,16 @@ class Daemon:
 
         self.feed = EventFeed(self.store, self.bus, self.events_path)
         await self.feed.start()
-        self.http = HalServer(build_app(ServerContext.of_daemon(self, token)))
+        from hal9999.server.api import build_router
+
+        context = ServerContext.of_daemon(self, token)
+        routes = build_router(self, context)
+        self.http = HalServer(build_app(context, routes))
         sock = self.files.socket_path()
-        await self.http.listen_unix(str(sock))  # mode 600 from its creation
+        # The unix socket is the owner's channel: the JSON API alone (bearer token on every
+        # path); browsers reach the dashboard over TCP.
+        api_only = build_app(context, routes, dashboard=False)
+        await self.http.listen_unix(str(sock), api_only)  # mode 600 from its creation
         port = await self.http.listen_tcp("127.0.0.1", 0)
         await self._listen_elsewhere()
         self.info = DaemonInfo(os.getpid(), str(sock), port, self.started_at)

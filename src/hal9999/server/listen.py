@@ -251,15 +251,16 @@ class HalServer:
         """Requests answered so far, on every listener."""
         return sum(listener.requests for listener in self.listeners)
 
-    def _listener(self, name: str) -> Listener:
+    def _listener(self, name: str, app: ASGIApp | None = None) -> Listener:
         limits = ListenerLimits(name, self.max_unauthenticated, self.head_timeout_s)
-        listener = Listener(self.app, limits)
+        listener = Listener(app or self.app, limits)
         self.listeners.append(listener)
         return listener
 
-    async def listen_unix(self, path: str) -> None:
-        """Accept connections on a unix socket (mode 600) at ``path``."""
-        await self._listener("unix").start(unix_socket(path))
+    async def listen_unix(self, path: str, app: ASGIApp | None = None) -> None:
+        """Accept connections on a unix socket (mode 600) at ``path``, serving ``app``
+        (default: the server's)."""
+        await self._listener("unix", app).start(unix_socket(path))
 
     async def listen_tcp(
         self, host: str = "127.0.0.1", port: int = 0, tls: ssl.SSLContext | None = None
