@@ -17,7 +17,7 @@ from hal9999.errors import UnknownAgent, UnknownProvider
 from hal9999.events.hive import AgentState
 from hal9999.events.models import ToolCall, Usage
 from hal9999.hive import broker, stats, watch
-from hal9999.hive.agents import AgentDir, spawn
+from hal9999.hive.agents import TURN_CHARS, TURN_ITEMS, AgentDir, build_prompt, first_batch, spawn
 from hal9999.hive.broker import OPERATOR, SYSTEM, inbox, mark, send
 from hal9999.hive.retention import DAY_S, vacuum
 from hal9999.hive.settings import HiveSettings
@@ -30,7 +30,7 @@ from hal9999.hive.store import (
     insert_agent,
     record_hive_event,
 )
-from hal9999.hive.turns import TURN_CHARS, TURN_ITEMS, HiveLoop, build_prompt, first_batch
+from hal9999.hive.turns import HiveLoop
 from hal9999.store import Store, TaskRecord
 from hal9999.store.gateway import GatewayRequest
 

@@ -52,6 +52,35 @@ your notes persist between turns: keep durable notes in NOTES.md of your workspa
 your work on your branch; the operator reviews it.
 """
 ROLE_MAX_CHARS = 32 * 1024
+TURN_ITEMS = 50
+"""Mailbox entries one turn takes at most (a flood is spread over turns)."""
+TURN_CHARS = 256 * 1024
+"""Characters of message bodies one turn's prompt takes at most (past the first entry)."""
+
+
+def build_prompt(agent: AgentRecord, role: str, entries: list[dict[str, Any]], first: bool) -> str:
+    """The prompt of a turn: the role on a first turn (or for an agent that cannot resume),
+    then the new mailbox entries."""
+    parts = [role.strip(), ""] if first else []
+    parts.append(f"[hive] {len(entries)} new item(s) in the mailbox of {agent.name}:")
+    for entry in entries:
+        ref = f", re {entry['ref']}" if entry.get("ref") else ""
+        parts.append(f"\n--- {entry['kind']} {entry['id']} from {entry['sender']}{ref} ---")
+        parts.append(str(entry["body"]))
+    return "\n".join(parts) + "\n"
+
+
+def first_batch(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The mailbox entries one turn takes: in order, at most ``TURN_ITEMS`` and
+    ``TURN_CHARS`` of bodies (always at least one); the rest wait for the next turn."""
+    taken: list[dict[str, Any]] = []
+    chars = 0
+    for entry in entries[:TURN_ITEMS]:
+        chars += len(str(entry.get("body", "")))
+        if taken and chars > TURN_CHARS:
+            break
+        taken.append(entry)
+    return taken
 
 
 def agents_dir(home: Path) -> Path:

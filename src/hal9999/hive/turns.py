@@ -30,7 +30,7 @@ from hal9999.agents.registry import resolve_agent
 from hal9999.errors import HalError
 from hal9999.events.hive import HiveGuard, TurnFinished
 from hal9999.hive import stats, watch
-from hal9999.hive.agents import AgentDir, set_state
+from hal9999.hive.agents import AgentDir, build_prompt, first_batch, set_state
 from hal9999.hive.broker import OPERATOR, SYSTEM, inbox, mark, send
 from hal9999.hive.settings import HiveSettings
 from hal9999.hive.store import AgentRecord, get_agent, list_agents, record_hive_event, update_agent
@@ -44,37 +44,8 @@ from hal9999.tasks.state import ACTIVE, TaskStatus
 
 logger = logging.getLogger(__name__)
 
-TURN_ITEMS = 50
-"""Mailbox entries one turn takes at most (a flood is spread over turns)."""
-TURN_CHARS = 256 * 1024
-"""Characters of message bodies one turn's prompt takes at most (past the first entry)."""
 ORPHAN_S = 5.0
 """How long a turn's task may stay in flight with no runner before it counts as crashed."""
-
-def build_prompt(agent: AgentRecord, role: str, entries: list[dict[str, Any]], first: bool) -> str:
-    """The prompt of a turn: the role on a first turn (or for an agent that cannot resume),
-    then the new mailbox entries."""
-    parts = [role.strip(), ""] if first else []
-    parts.append(f"[hive] {len(entries)} new item(s) in the mailbox of {agent.name}:")
-    for entry in entries:
-        ref = f", re {entry['ref']}" if entry.get("ref") else ""
-        parts.append(f"\n--- {entry['kind']} {entry['id']} from {entry['sender']}{ref} ---")
-        parts.append(str(entry["body"]))
-    return "\n".join(parts) + "\n"
-
-
-def first_batch(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The mailbox entries one turn takes: in order, at most ``TURN_ITEMS`` and
-    ``TURN_CHARS`` of bodies (always at least one); the rest wait for the next turn."""
-    taken: list[dict[str, Any]] = []
-    chars = 0
-    for entry in entries[:TURN_ITEMS]:
-        chars += len(str(entry.get("body", "")))
-        if taken and chars > TURN_CHARS:
-            break
-        taken.append(entry)
-    return taken
-
 
 def _result(task: TaskRecord) -> stats.TurnResult:
     if task.status == TaskStatus.SUCCEEDED:
