@@ -38,7 +38,7 @@ class FakeApi:
 
     def __init__(self) -> None:
         self.hive: dict[str, list[dict[str, Any]]] = {
-            "approvals": [], "questions": [], "agents": [], "messages": [], "events": [],
+            "approvals": [], "questions": [], "agents": [], "messages": [], "reminders": [],
         }  # fmt: skip
         """The hive's records, as its routes return them."""
         self.tasks: dict[str, dict[str, Any]] = {}
@@ -54,7 +54,7 @@ class FakeApi:
 
     def emit(self, **event: Any) -> dict[str, Any]:
         """Record an event with the next gseq and per-task seq, and wake the streams."""
-        seq = 1 + sum(1 for e in self.events if e.get("task_id") == event.get("task_id"))
+        seq = 1 + sum(1 for e in self.events if e.get("task_id") == event["task_id"])
         full = {"seq": seq, "gseq": len(self.events) + 1, "ts": time.time(), **event}
         self.events.append(full)
         if self.loop is not None and self.changed is not None:
@@ -62,10 +62,12 @@ class FakeApi:
         return full
 
     def emit_hive(self, **event: Any) -> dict[str, Any]:
-        """Record a hive event (its gseq from the same counter as the task events)."""
-        gseq = len(self.events) + len(self.hive["events"]) + 1
-        full = {"gseq": gseq, "ts": time.time(), "agent": "", **event}
-        self.hive["events"].append(full)
+        """Record a hive event: on the one stream, in gseq order with the task events, and
+        without a task_id or seq (as the daemon's stream sends them)."""
+        full = {"gseq": len(self.events) + 1, "ts": time.time(), "agent": "", **event}
+        self.events.append(full)
+        if self.loop is not None and self.changed is not None:
+            self.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._notify()))
         return full
 
     async def _notify(self) -> None:
@@ -185,16 +187,8 @@ class FakeApi:
             self.hive["messages"].append(message)
             return JSONResponse(message)
 
-        async def hive_events(request: Request) -> Response:
-            after = int(request.query_params.get("after", "0"))
-            wait = float(request.query_params.get("wait", "0"))
-            deadline = time.monotonic() + wait
-            while True:
-                page = [e for e in self.hive["events"] if e["gseq"] > after]
-                if page or time.monotonic() >= deadline:
-                    break
-                await asyncio.sleep(0.05)
-            return JSONResponse({"events": page, "last_gseq": page[-1]["gseq"] if page else after})
+        async def reminders(request: Request) -> Response:
+            return JSONResponse(self.hive["reminders"])
 
         return [
             Route("/v1/hive/threads", authed(threads)),
@@ -207,7 +201,7 @@ class FakeApi:
             Route("/v1/hive/agents/{name}/stats", authed(stats)),
             Route("/v1/hive/inbox", authed(inbox)),
             Route("/v1/hive/messages", authed(send), methods=["POST"]),
-            Route("/v1/hive/events", authed(hive_events)),
+            Route("/v1/hive/reminders", authed(reminders)),
             Route("/v1/tasks", authed(list_tasks)),
             Route("/v1/tasks/{id}", authed(show)),
             Route("/v1/tasks/{id}/events", authed(task_events)),

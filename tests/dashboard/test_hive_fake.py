@@ -139,7 +139,7 @@ def test_notified_when_an_approval_or_question_arrives_or_an_agent_crashes(
     page = context.new_page()
     page.goto(login_url(home, served.base))  # the overview: notifications come on every page
     page.wait_for_selector("#live-state[data-state='live']")
-    page.wait_for_function("() => hal.hiveLive && hal.hiveLive.ready")
+    page.wait_for_function("() => hal.hiveReady")
     api.hive["approvals"].append(approval("a1"))
     api.emit_hive(type="approval_added", agent="worker", approval_id="a1", kind="apply")
     api.hive["questions"].append(question("q1"))
@@ -161,7 +161,7 @@ def test_overview_shows_hive_agents_live(
     page = browser.new_context().new_page()
     page.goto(login_url(home, served.base))
     page.wait_for_selector("#hive-agents [data-agent='worker'] .badge-sleeping")
-    page.wait_for_function("() => hal.hiveLive && hal.hiveLive.ready")
+    page.wait_for_function("() => hal.hiveReady")
     api.hive["agents"][0]["state"] = "running"
     api.emit_hive(type="agent_state", agent="worker", state="running", previous="sleeping")
     page.wait_for_selector("#hive-agents [data-agent='worker'] .badge-running", timeout=10000)
@@ -174,7 +174,7 @@ def test_an_update_keeps_what_is_being_typed(browser: Any, fake_dashboard: Dashb
     api.hive["questions"].append(question("q1"))
     page = hive_page(browser, served, home)
     page.wait_for_selector("[data-question='q1'] .answer-text")
-    page.wait_for_function("() => hal.hiveLive && hal.hiveLive.ready")
+    page.wait_for_function("() => hal.hiveReady")
     page.fill("[data-approval='a1'] .reason", "half a reason")
     page.fill("[data-question='q1'] .answer-text", "half an answer")
     api.hive["questions"].append(question("q2", question="another"))
@@ -183,3 +183,69 @@ def test_an_update_keeps_what_is_being_typed(browser: Any, fake_dashboard: Dashb
     page.wait_for_selector("[data-question='q2']")
     assert page.input_value("[data-approval='a1'] .reason") == "half a reason"
     assert page.input_value("[data-question='q1'] .answer-text") == "half an answer"
+
+
+def test_hive_events_come_on_the_one_stream_and_resume_without_dup_or_gap(
+    browser: Any, fake_dashboard: Dashboard, shot: Any
+) -> None:
+    from tests.dashboard.test_pages_fake import FAKE_NOTIFICATION
+
+    served, api, home = fake_dashboard
+    context = browser.new_context()
+    context.add_init_script(FAKE_NOTIFICATION + "localStorage.setItem('hal-notify', '1');"
+                            "window.__granted = true;")  # fmt: skip
+    page = context.new_page()
+    page.goto(login_url(home, served.base))
+    page.goto(served.base + "/hive")
+    page.wait_for_function("() => hal.hiveReady")
+
+    def propose(approval_id: str) -> None:
+        api.hive["approvals"].append(approval(approval_id, title="fix " + approval_id))
+        api.emit_hive(type="approval_added", agent="worker", approval_id=approval_id,
+                      kind="apply")  # fmt: skip
+
+    propose("a1")
+    page.wait_for_selector("[data-approval='a1']", timeout=10000)  # live, while the page is open
+    page.evaluate("hal.live.stop()")  # the connection drops and stays down ...
+    propose("a2")
+    api.emit(task_id="t9", type="output", text="between\n")  # a task's event in the gap
+    propose("a3")
+    page.evaluate("hal.live.stopped = false; hal.live.start()")  # ... then comes back
+    page.wait_for_selector("[data-approval='a3']", timeout=10000)
+    page.wait_for_function("() => window.__notes.length >= 3", timeout=10000)
+    time.sleep(0.5)  # a duplicate would arrive by now
+    notes = page.evaluate("window.__notes.map((n) => n[0])")
+    assert notes == ["Approval waiting"] * 3, notes  # each once, none missing
+    assert page.evaluate("hal.live.stats.connects") == 2
+    page.wait_for_function("() => document.title.startsWith('(3) ')")
+    # Nothing polled: the hive's state came with the events, the lists were read on events.
+    assert not [path for _, path, _ in api.calls if path.startswith("/v1/hive/events")]
+    shot(page)
+
+
+def test_reminders_section_is_live(browser: Any, fake_dashboard: Dashboard, shot: Any) -> None:
+    served, api, home = fake_dashboard
+    now = time.time()
+
+    def reminder(reminder_id: str, **fields: Any) -> dict[str, Any]:
+        base = {"id": reminder_id, "agent": "worker", "body": "check CI", "due": now + 600,
+                "state": "pending", "created": now, "delivered": None, "note": None,
+                "file": None}  # fmt: skip
+        return {**base, **fields}
+
+    api.hive["reminders"].append(reminder("r1", body="<img src=x onerror=window.__pwned=1>"))
+    page = hive_page(browser, served, home, viewport={"width": 390, "height": 844})
+    page.wait_for_selector("[data-reminder='r1'][data-state='pending']")
+    assert "left" in page.inner_text("[data-reminder='r1'] .time-left")
+    page.wait_for_function("() => hal.hiveReady")
+    api.hive["reminders"].append(reminder("r2", agent="helper", body="rebase", file="notes/n.md"))
+    api.emit_hive(type="reminder_set", agent="helper", reminder_id="r2", due=now + 600)
+    page.wait_for_selector("[data-reminder='r2']", timeout=10000)
+    assert "notes/n.md" in page.inner_text("[data-reminder='r2']")
+    api.hive["reminders"][0].update(state="delivered", delivered=time.time())
+    api.emit_hive(type="reminder_due", agent="worker", reminder_id="r1")
+    page.wait_for_selector("[data-reminder='r1'][data-state='delivered']", timeout=10000)
+    assert "delivered" in page.inner_text("[data-reminder='r1']")
+    assert page.evaluate("window.__pwned") is None
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    shot(page)

@@ -16,6 +16,7 @@ from hal9999.errors import ConfigError
 from hal9999.events.hive import HiveEvent
 from hal9999.hive import agents, broker, stats
 from hal9999.hive.broker import OPERATOR
+from hal9999.hive.reminders import list_reminders
 from hal9999.hive.retention import vacuum
 from hal9999.hive.store import get_agent, hive_events_after, list_agents
 from hal9999.server.follow import MAX_WAIT_S, PAGE
@@ -24,6 +25,12 @@ from hal9999.server.routing import Router
 
 if TYPE_CHECKING:
     from hal9999.server.daemon import Daemon
+
+
+RECENT_MAX_S = 30 * 86400.0
+"""The longest look back at delivered reminders."""
+RECENT_MAX = 200
+"""Delivered reminders listed at most (the newest)."""
 
 
 def _text(body: dict[str, Any], name: str, *, required: bool = True) -> str | None:
@@ -118,6 +125,24 @@ def add_hive_routes(router: Router, daemon: Daemon) -> None:
             vacuum, daemon.store, daemon.hive_settings, dry_run=bool(body.get("dry_run"))
         )
 
+    async def reminders(request: Request) -> Any:
+        name = request.query.get("agent") or None
+        recent = _number(request.query.get("recent_s") or "86400", "recent_s", top=RECENT_MAX_S)
+        if name is not None:
+            await asyncio.to_thread(get_agent, daemon.store, name)
+        found = await asyncio.to_thread(list_reminders, daemon.store, name, pending_only=False)
+        since = time.time() - recent
+        pending = [r for r in found if r.state == "pending"]
+        done = [r for r in found if r.state != "pending" and (r.delivered or 0) >= since]
+        done.sort(key=lambda r: r.delivered or 0, reverse=True)
+        # The host directory behind a reminder's file stays in the store: the sandbox path is
+        # what the agent named and what the operator needs.
+        return [
+            {**r.model_dump(mode="json", exclude={"file_root", "file_rel", "file_shown"}),
+             "file": r.file_shown}
+            for r in [*pending, *done[:RECENT_MAX]]
+        ]  # fmt: skip
+
     async def events(request: Request) -> Any:
         after = int(_number(request.query.get("after"), "after", top=2**62))
         wait = _number(request.query.get("wait"), "wait", top=MAX_WAIT_S)
@@ -162,5 +187,9 @@ def add_hive_routes(router: Router, daemon: Daemon) -> None:
         query=("name", "all", "mark"), response=objs)  # fmt: skip
     add("POST", "/v1/hive/vacuum", run_vacuum, "Apply the hive's retention.",
         body={"type": "object", "properties": {"dry_run": {"type": "boolean"}}}, response=obj)
+    add("GET", "/v1/hive/reminders", reminders,
+        "Reminders: pending (by due time), then delivered in the last recent_s seconds"
+        " (default a day); of one agent with agent=.",
+        query=("agent", "recent_s"), response=objs)  # fmt: skip
     add("GET", "/v1/hive/events", events, "Hive events after a gseq (long poll).",
         query=("after", "wait"), response=obj)  # fmt: skip

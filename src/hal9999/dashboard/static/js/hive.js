@@ -1,67 +1,42 @@
 "use strict";
 // The hive: what waits for the operator (title count, notifications, on every page) and the
 // hive page (approvals with their diff, questions with the time left, agents with state
-// badges and turn statistics, the operator's mailbox and a compose box). Hive events come
-// from /v1/hive/events (a long poll: each request waits until there is something new).
+// badges and turn statistics, reminders, the operator's mailbox and a compose box). Hive events
+// arrive on the page's one event stream (/v1/events/stream, ordered by gseq with the task
+// events): nothing is polled. The listener is added before the snapshot is read, so an event
+// landing in between is in the snapshot or delivered after it (a redraw reads the lists again).
 (function () {
   const hal = (window.hal = window.hal || {});
   const el = (...args) => hal.el(...args);
   const THREAD_EVENTS = ["approval_added", "approval_resolved", "question_asked", "question_answered", "question_expired"];
 
-  /** Follows hive events: finds the current position first, then waits for newer ones. */
-  hal.HiveLive = class {
-    constructor(handler) { this.handler = handler; this.after = 0; this.stopped = false; }
-    _state(text) { // the task stream owns the label on pages that have one
-      const node = document.getElementById("live-state");
-      if (node && !hal.live) { node.textContent = text; node.dataset.state = text; }
-    }
-    async start() {
-      // The position now (older events are already in whatever snapshot is read next).
-      for (;;) {
-        const page = await hal.api("GET", "/hive/events?after=" + this.after + "&wait=0");
-        this.after = page.last_gseq;
-        if (page.events.length < 1000) break;
-      }
-      this._state("live");
-      this.ready = true; // from here on, every newer event is delivered
-      this._loop();
-    }
-    async _loop() {
-      let delay = 500;
-      while (!this.stopped) {
-        try {
-          const page = await hal.api("GET", "/hive/events?after=" + this.after + "&wait=25");
-          for (const event of page.events) {
-            if (event.gseq <= this.after) continue;
-            this.after = event.gseq;
-            try { this.handler(event); } catch (err) { console.error("hal: hive handler failed", err); }
-          }
-          delay = 500;
-          this._state("live");
-        } catch (err) {
-          this._state("reconnecting");
-          await new Promise((r) => setTimeout(r, delay));
-          delay = Math.min(delay * 2, 10000);
-        }
-      }
-    }
+  /** The page's event stream (the page's own, or one opened here for pages without one). */
+  hal.stream = function () {
+    if (!hal.live) { hal.live = new hal.Live(() => {}); hal.live.start(); hal.live.ownedByHive = true; }
+    return hal.live;
   };
 
   /** Every page: the count of open threads in the title, notifications as they arrive. */
   hal.watchWaiting = async function () {
-    let threads;
-    try { threads = await hal.api("GET", "/hive/threads"); } catch (err) { return; } // no hive
+    const live = hal.stream();
     const count = (t) => t.approvals.length + t.questions.filter((q) => q.target === "operator").length;
-    hal.setWaiting(count(threads));
-    const live = new hal.HiveLive(async (event) => {
+    let counting = Promise.resolve();
+    const recount = () => { // one read at a time, so an older answer never lands last
+      counting = counting.then(() => hal.api("GET", "/hive/threads")).then((t) => hal.setWaiting(count(t)), () => {});
+    };
+    live.listen((event) => {
+      if (event.task_id) return; // a task's event: the hive's are the ones without a task
       if (event.type === "approval_added") hal.notify("Approval waiting", event.agent + " proposes a " + event.kind, "/hive");
       if (event.type === "question_asked" && event.target === "operator") hal.notify("Question from " + event.asker, "", "/hive");
       if (event.type === "agent_crashed") hal.notify("Agent " + event.agent + " crashed", event.detail, "/hive");
-      if (THREAD_EVENTS.includes(event.type)) hal.setWaiting(count(await hal.api("GET", "/hive/threads")));
+      if (THREAD_EVENTS.includes(event.type)) recount();
       if (hal.onHiveEvent) hal.onHiveEvent(event);
-    });
-    hal.hiveLive = live;
-    await live.start();
+    }, () => { recount(); if (hal.onHiveResync) hal.onHiveResync(); });
+    await live.connected; // subscribed: the snapshot read next misses nothing
+    recount();
+    await counting;
+    if (live.ownedByHive) live.release();
+    hal.hiveReady = true; // from here on, every newer hive event is delivered
   };
 
   const left = (expires) => {
@@ -131,10 +106,14 @@
   }
 
   hal.pages.hive = async function (main) {
+    const live = new hal.Live(() => {}, { onResync: () => redraw() });
+    hal.live = live;
+    const connected = live.start(); // subscribed first, then the snapshot
     const approvals = el("div", { id: "approvals" });
     const questions = el("div", { id: "questions" });
     const agents = el("div", { id: "agents", class: "agents" });
     const messages = el("ol", { id: "messages", class: "messages" });
+    const reminders = el("ol", { id: "reminders", class: "reminders" });
     const compose = el("textarea", { id: "compose", rows: 2, placeholder: "@agent-name your message" });
     const send = el("button", { type: "button", id: "send", text: "Send", onclick: async () => {
       const m = /^@([a-z][a-z0-9-]{0,31})\s+([\s\S]+)$/.exec(compose.value.trim());
@@ -147,7 +126,8 @@
         el("h2", { text: "Approvals" }), approvals, el("h2", { text: "Questions" }), questions),
       el("section", { class: "card" }, el("h2", { text: "Agents" }), agents),
       el("section", { class: "card" }, el("h2", { text: "Messages" }), messages,
-        el("div", { class: "actions" }, compose, send)));
+        el("div", { class: "actions" }, compose, send)),
+      el("section", { class: "card" }, el("h2", { text: "Reminders" }), reminders));
 
     /** Brings a list of cards in line with ``items`` without touching the cards that stay
      * (a reason or an answer being typed survives an update). */
@@ -184,6 +164,19 @@
         el("pre", { class: "body", text: m.body }))));
       if (!list.length) messages.append(el("li", { class: "muted", text: "No messages." }));
     }
+    async function drawReminders() {
+      const list = await hal.api("GET", "/hive/reminders");
+      hal.clear(reminders).append(...list.map((r) => el("li", { class: "reminder", "data-reminder": r.id, "data-state": r.state },
+        el("span", { class: "who", text: r.agent }), " ", hal.badge(r.state), " ",
+        r.state === "pending"
+          ? el("span", { class: "time-left", "data-expires": r.due, text: left(r.due) })
+          : el("span", { class: "muted", text: "delivered " + hal.fmtAgo(r.delivered) }),
+        r.file ? el("span", { class: "muted", text: " · file " + r.file }) : null,
+        el("pre", { class: "body", text: r.body }),
+        r.note ? el("p", { class: "muted small", text: r.note }) : null)));
+      if (!list.length) reminders.append(el("li", { class: "muted", text: "No reminders." }));
+    }
+    const redraw = () => Promise.all([drawThreads(), drawAgents(), drawMessages(), drawReminders()]).catch(() => {});
     setInterval(() => { // the countdowns move locally; nothing is fetched
       for (const node of document.querySelectorAll(".time-left[data-expires]"))
         if (node.dataset.expires) node.textContent = left(Number(node.dataset.expires));
@@ -192,8 +185,12 @@
       if (THREAD_EVENTS.includes(event.type)) drawThreads().catch(() => {});
       if (["agent_state", "agent_crashed", "turn_finished"].includes(event.type)) drawAgents().catch(() => {});
       if (event.type.startsWith("message_") || event.type === "question_answered") drawMessages().catch(() => {});
+      if (event.type.startsWith("reminder_")) drawReminders().catch(() => {});
     };
-    await Promise.all([drawThreads(), drawAgents(), drawMessages()]);
+    hal.onHiveResync = redraw;
+    await connected;
+    await Promise.all([drawThreads(), drawAgents(), drawMessages(), drawReminders()]);
+    live.release(); // what arrived meanwhile: each makes its list read again
   };
 
   document.addEventListener("DOMContentLoaded", () => { hal.watchWaiting().catch(() => {}); });

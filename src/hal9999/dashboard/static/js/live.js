@@ -3,6 +3,8 @@
 // reconnection and sends Last-Event-ID itself). The page subscribes FIRST, then reads its
 // snapshot, then releases the events held meanwhile; handlers drop what they already have
 // (by gseq, or per task by seq). A dropped connection resumes from the last gseq seen.
+// One stream per page carries task and hive events alike (hive events have no task_id): the
+// page's handler gets every event, and listen() adds more handlers (the hive's, on every page).
 (function () {
   const hal = (window.hal = window.hal || {});
 
@@ -17,7 +19,11 @@
       this.stopped = false;
       this.connected = null; // resolves once the first response started (we are subscribed)
       this.stats = { connects: 0, events: 0, duplicates: 0 };
+      this.listeners = [];
     }
+
+    /** Adds a handler for every event delivered from now on (and one for resyncs). */
+    listen(handler, onResync) { this.listeners.push({ handler, onResync }); }
 
     /** Opens the stream; resolves once the server answered (the subscription exists). */
     start() {
@@ -107,6 +113,7 @@
         // Too far behind: the page reads its snapshot again.
         if (id && /^\d+$/.test(id)) this.lastGseq = parseInt(id, 10);
         if (this.options.onResync) this.options.onResync(event);
+        for (const l of this.listeners) if (l.onResync) l.onResync(event);
         return;
       }
       const gseq = id && /^\d+$/.test(id) ? parseInt(id, 10) : (event.gseq || 0);
@@ -118,7 +125,9 @@
     }
 
     _deliver(event) {
-      try { this.handler(event); } catch (err) { console.error("hal: event handler failed", err); }
+      for (const handler of [this.handler, ...this.listeners.map((l) => l.handler)]) {
+        try { handler(event); } catch (err) { console.error("hal: event handler failed", err); }
+      }
     }
   };
 })();
