@@ -121,6 +121,10 @@ def test_hive_page_and_overview_at_phone_width(
     for selector in ("[data-approval='a1'] button.approve", "[data-question='q1'] button.answer"):
         box = page.locator(selector).bounding_box()
         assert box is not None and box["x"] + box["width"] <= 390 and box["height"] >= 28
+    # Approve and deny side by side under the reason (not one orphaned on its own row).
+    approve = page.locator("[data-approval='a1'] button.approve").bounding_box()
+    deny = page.locator("[data-approval='a1'] button.deny").bounding_box()
+    assert approve is not None and deny is not None and approve["y"] == deny["y"]
     shot(page)
     page.fill("[data-question='q1'] .answer-text", "yes")
     page.click("[data-question='q1'] button.answer")

@@ -100,9 +100,15 @@
     const xs = results.map((_, i) => i), ys = results.map(([, n]) => n);
     const chart = el("div", { class: "chart" });
     box.append(chart, el("p", { class: "muted small", text: results.map(([k, n]) => k + " " + n).join(" · ") }));
-    new window.uPlot({ width: Math.min(320, box.clientWidth || 320), height: 100, legend: { show: false },
-      scales: { x: { time: false } }, axes: [{ show: false }, { size: 30 }],
-      series: [{}, { stroke: "#58a6ff", fill: "rgba(88,166,255,.3)", paths: window.uPlot.paths.bars({ size: [0.6] }) }] }, [xs, ys], chart);
+    // One bar per result, labelled; the x range leaves half a bar each side (or the outer
+    // bars are cut in half) and the y range starts at 0 (or a bar of 1 next to 2 looks empty).
+    new window.uPlot({ width: Math.min(320, box.clientWidth || 320), height: 110, legend: { show: false },
+      cursor: { show: false },
+      scales: { x: { time: false, range: () => [-0.5, xs.length - 0.5] }, y: { range: (u, lo, hi) => [0, Math.max(1, hi)] } },
+      axes: [{ size: 24, splits: () => xs, values: () => results.map(([k]) => k), stroke: "#8a93a3", grid: { show: false } },
+        { size: 30, stroke: "#8a93a3", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000], grid: { stroke: "#2a2f3a" } }],
+      series: [{}, { stroke: "#58a6ff", fill: "rgba(88,166,255,.3)", points: { show: false },
+        paths: window.uPlot.paths.bars({ size: [0.6] }) }] }, [xs, ys], chart);
   }
 
   hal.pages.hive = async function (main) {
