@@ -1,0 +1,89 @@
+"""``Scheduler.dispatch`` reads only as many queued rows as there are free slots (issue 16,
+target 2; docs/scale.md found it read up to 4 x free rows at every wake-up)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tests.tasks.test_recovery import make_task
+from tests.tasks.test_scheduler import setup, until
+
+from hal9999.store import Store, TaskRecord
+
+
+def count_rows(store: Store) -> list[int]:
+    """Spy on the queue reads: the number of rows each read returned."""
+    reads: list[int] = []
+    real = store.queued_tasks
+
+    def counted(now: float, **kwargs: Any) -> list[TaskRecord]:
+        rows = real(now, **kwargs)
+        reads.append(len(rows))
+        return rows
+
+    store.queued_tasks = counted  # type: ignore[method-assign]
+    return reads
+
+
+async def test_dispatch_reads_as_many_rows_as_free_slots(tmp_path: Path) -> None:
+    store, service, scheduler = setup(tmp_path, {"fake": 100}, max_concurrent=16)
+    for n in range(100):
+        store.insert_task(make_task(tmp_path, f"q{n:03d}aaaa", "queued", created_at=n))
+    reads = count_rows(store)
+    assert scheduler.dispatch() == 16
+    assert reads == [16], "one read of 16 rows, not 4 x 16"
+    assert sorted(scheduler.running) == [f"q{n:03d}aaaa" for n in range(16)]
+    assert scheduler.dispatch() == 0 and reads == [16], "no free slot: no read at all"
+    await until(lambda: len(service.started) == 16)
+    service.gate("q000aaaa").set()
+    await until(lambda: len(scheduler.running) == 15)
+    assert scheduler.dispatch() == 1
+    assert reads == [16, 1], "one free slot: one row"
+    assert "q016aaaa" in scheduler.running
+    for task_id in list(scheduler.running):
+        service.gate(task_id).set()
+    await until(lambda: not scheduler.running)
+    await scheduler.shutdown()
+
+
+async def test_rows_that_cannot_start_widen_the_read_in_queue_order(tmp_path: Path) -> None:
+    # The first rows want a full provider; the ones behind them must still start.
+    store, service, scheduler = setup(tmp_path, {"fake": 1, "local": 5}, max_concurrent=4)
+    for n in range(6):
+        store.insert_task(make_task(tmp_path, f"f{n}aaaaaa", "queued", created_at=n))
+    for n in range(3):
+        store.insert_task(
+            make_task(tmp_path, f"l{n}aaaaaa", "queued", created_at=10 + n, provider="local")
+        )
+    reads = count_rows(store)
+    assert scheduler.dispatch() == 4
+    assert sorted(scheduler.running) == ["f0aaaaaa", "l0aaaaaa", "l1aaaaaa", "l2aaaaaa"]
+    assert reads == [4, 8, 9], "pages of 4, then 8, then the rest of the queue"
+    for task_id in list(scheduler.running):
+        service.gate(task_id).set()
+    await until(lambda: not scheduler.running)
+    await scheduler.shutdown()
+
+
+async def test_a_started_run_still_queued_in_the_store_is_not_started_twice(
+    tmp_path: Path,
+) -> None:
+    limits = {"fake": 1}
+    store, service, scheduler = setup(tmp_path, limits, max_concurrent=3)
+    for n in range(5):
+        store.insert_task(make_task(tmp_path, f"s{n}aaaaaa", "queued", created_at=n))
+    assert scheduler.dispatch() == 1
+    limits["fake"] = 10
+    # s0's run has not run yet, so its row is still `queued`: the page of two free slots
+    # holds it, and the read widens to start s1 and s2, each once.
+    reads = count_rows(store)
+    assert scheduler.dispatch() == 2
+    assert reads == [2, 4]
+    assert sorted(scheduler.running) == ["s0aaaaaa", "s1aaaaaa", "s2aaaaaa"]
+    await until(lambda: len(service.started) == 3)
+    assert sorted(service.started) == ["s0aaaaaa", "s1aaaaaa", "s2aaaaaa"]
+    for task_id in list(scheduler.running):
+        service.gate(task_id).set()
+    await until(lambda: not scheduler.running)
+    await scheduler.shutdown()
