@@ -58,6 +58,11 @@ def write_docs(text: str) -> None:
 async def main(args: argparse.Namespace) -> list[Result]:
     """Run every case in turn (only the qemu ones with ``--qemu``)."""
     results: list[Result] = []
+    if args.startup:
+        from benchmarks.startup import startup_cases
+
+        print("CLI start-up ...", file=sys.stderr)
+        return startup_cases(5 if args.quick else 20)
     if args.sse:
         from benchmarks.sse import sse_cases
 
@@ -109,6 +114,9 @@ if __name__ == "__main__":
     parser.add_argument(
         "--sse", action="store_true", help="CLI start-up, SSE latency and fan-out (hal serve)."
     )
+    parser.add_argument(
+        "--startup", action="store_true", help="CLI start-up against a bare python -c pass."
+    )
     args = parser.parse_args()
     if shutil.which("bwrap") is None or shutil.which("tmux") is None:
         sys.exit("the benchmarks need bubblewrap and tmux (bash scripts/test.sh installs them)")
@@ -125,6 +133,8 @@ if __name__ == "__main__":
         BEGIN, END = "<!-- dashboard-benchmarks:begin -->", "<!-- dashboard-benchmarks:end -->"
     if args.sse:
         BEGIN, END = "<!-- sse-benchmarks:begin -->", "<!-- sse-benchmarks:end -->"
+    if args.startup:
+        BEGIN, END = "<!-- startup-benchmarks:begin -->", "<!-- startup-benchmarks:end -->"
     results = asyncio.run(main(args))
     stamp = time.strftime("%Y-%m-%d")
     text = f"Measured {stamp} on {machine()}{' (--quick)' if args.quick else ''}.\n\n"

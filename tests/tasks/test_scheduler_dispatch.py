@@ -87,3 +87,22 @@ async def test_a_started_run_still_queued_in_the_store_is_not_started_twice(
         service.gate(task_id).set()
     await until(lambda: not scheduler.running)
     await scheduler.shutdown()
+
+
+async def test_running_counts_per_provider_follow_starts_and_ends(tmp_path: Path) -> None:
+    store, service, scheduler = setup(tmp_path, {"fake": 2, "local": 2}, max_concurrent=10)
+    for n in range(3):
+        store.insert_task(
+            make_task(tmp_path, f"c{n}aaaaaa", "queued", created_at=n, providers=["fake", "local"])
+        )
+    assert scheduler.dispatch() == 3
+    assert (scheduler.on_provider("fake"), scheduler.on_provider("local")) == (2, 1)
+    await until(lambda: len(service.started) == 3)
+    service.gate("c0aaaaaa").set()
+    await until(lambda: len(scheduler.running) == 2)
+    assert (scheduler.on_provider("fake"), scheduler.on_provider("local")) == (1, 1)
+    for task_id in list(scheduler.running):
+        service.gate(task_id).set()
+    await until(lambda: not scheduler.running)
+    assert (scheduler.on_provider("fake"), scheduler.on_provider("local")) == (0, 0)
+    await scheduler.shutdown()

@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -116,6 +117,9 @@ class Scheduler:
         """Task id -> the coroutine running it in this process."""
         self.placed: dict[str, str] = {}
         """Task id -> the provider it runs on."""
+        self._per_provider: Counter[str] = Counter()
+        """Provider -> how many of :attr:`placed` run on it (kept with it: counting
+        :attr:`placed` at every placement grew with the fleet)."""
         self.submissions: dict[str, Submission] = {}
         self.started = 0
         self.finished = 0
@@ -140,7 +144,7 @@ class Scheduler:
 
     def on_provider(self, provider: str) -> int:
         """How many tasks run on ``provider`` in this process."""
-        return sum(1 for name in self.placed.values() if name == provider)
+        return self._per_provider[provider]
 
     # -- the loop ----------------------------------------------------------------------
     async def run_forever(self) -> None:
@@ -196,11 +200,18 @@ class Scheduler:
                 return name
         return None
 
+    def _place(self, task_id: str, provider: str) -> None:
+        previous = self.placed.get(task_id)
+        if previous is not None:
+            self._per_provider[previous] -= 1
+        self.placed[task_id] = provider
+        self._per_provider[provider] += 1
+
     def start(self, task: TaskRecord, provider: str) -> None:
         """Run ``task`` on ``provider`` in the background (a provider other than the task's
         own is written to its record there, in a thread, before the run reads it)."""
         moved = provider if provider != task.provider else None
-        self.placed[task.id] = provider
+        self._place(task.id, provider)
         self.started += 1
         self.running[task.id] = asyncio.create_task(
             self._run(task.id, provider=moved), name=f"task-{task.id}"
@@ -208,7 +219,7 @@ class Scheduler:
 
     def carry_on(self, task: TaskRecord, adopted: Adopted) -> None:
         """Follow an adopted run to its end in the background (it counts against the limits)."""
-        self.placed[task.id] = task.provider
+        self._place(task.id, task.provider)
         self.running[task.id] = asyncio.create_task(
             self._run(task.id, adopted), name=f"adopted-{task.id}"
         )
@@ -233,7 +244,9 @@ class Scheduler:
             self.submissions.pop(task_id, None)
         finally:
             self.running.pop(task_id, None)
-            self.placed.pop(task_id, None)
+            gone = self.placed.pop(task_id, None)
+            if gone is not None:
+                self._per_provider[gone] -= 1
             self.finished += 1
             self.wake()
 
