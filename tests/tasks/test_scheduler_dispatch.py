@@ -106,3 +106,16 @@ async def test_running_counts_per_provider_follow_starts_and_ends(tmp_path: Path
     await until(lambda: not scheduler.running)
     assert (scheduler.on_provider("fake"), scheduler.on_provider("local")) == (0, 0)
     await scheduler.shutdown()
+
+
+def test_the_queue_read_uses_the_index_order_not_a_sort(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    plan = store._query(  # the exact statement of Store.queued_tasks
+        "EXPLAIN QUERY PLAN SELECT * FROM tasks WHERE status = 'queued' AND"
+        " (not_before IS NULL OR not_before <= ?)"
+        " ORDER BY priority DESC, created_at ASC, rowid ASC LIMIT ?",
+        (0.0, 16),
+    )
+    steps = [str(row[3]) for row in plan]
+    assert any("tasks_queue_order" in step for step in steps), steps
+    assert not any("TEMP B-TREE" in step for step in steps), steps

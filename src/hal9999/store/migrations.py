@@ -288,4 +288,14 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX hive_reminders_due ON hive_reminders (state, due);
         """,
     ),
+    Migration(
+        8,
+        "queue order index",
+        """
+        -- The queue is read highest priority first, then oldest: an index in that order lets
+        -- the scheduler read its few rows without sorting every queued task at each wake-up.
+        DROP INDEX tasks_queue;
+        CREATE INDEX tasks_queue_order ON tasks (status, priority DESC, created_at);
+        """,
+    ),
 )
