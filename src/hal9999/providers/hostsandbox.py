@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
-import re
 import secrets
 import shutil
 import time
@@ -21,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from hal9999.errors import CapabilityError, ConfigError, ExecError, ProviderError, SandboxNotFound
 from hal9999.providers import cgroups, hostexec, hostfs, limits, sandboxuser, scratch
@@ -34,10 +32,8 @@ from hal9999.providers.base import (
     SandboxState,
     StreamEvent,
 )
+from hal9999.providers.records import JsonRecords
 from hal9999.spec import ArgvCommand, Resources, SandboxSpec, display
-
-RECORD = "sandbox.json"
-_ID = re.compile(r"[0-9a-f]{12}")
 
 
 class SandboxRecord(BaseModel):
@@ -66,42 +62,15 @@ class SandboxRecord(BaseModel):
         return SandboxInfo(self.id, self.provider, self.state, self.spec, self.created_at)
 
 
-class RecordStore:
-    """The sandbox directories under a provider's state dir."""
+class RecordStore(JsonRecords[SandboxRecord]):
+    """The sandbox directories under a provider's state dir (``<id>/sandbox.json``)."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
+        super().__init__(root, SandboxRecord, layout="dir")
 
     def dir(self, sandbox_id: str) -> Path:
         """The directory of ``sandbox_id`` (which must look like an id: no path tricks)."""
-        if not _ID.fullmatch(sandbox_id):
-            raise SandboxNotFound(f"no sandbox {sandbox_id!r}: not a sandbox id")
-        return self.root / sandbox_id
-
-    def load(self, sandbox_id: str) -> SandboxRecord:
-        """The record of ``sandbox_id``; :class:`SandboxNotFound` when gone."""
-        path = self.dir(sandbox_id) / RECORD
-        try:
-            return SandboxRecord.model_validate_json(path.read_bytes())
-        except FileNotFoundError:
-            raise SandboxNotFound(f"no sandbox {sandbox_id} under {self.root}") from None
-        except ValidationError as exc:
-            raise ProviderError(f"corrupt sandbox record {path}: {exc}") from exc
-
-    def save(self, record: SandboxRecord) -> None:
-        """Write the record atomically."""
-        path = self.dir(record.id) / RECORD
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record.model_dump(mode="json"), indent=2))
-        os.replace(tmp, path)
-
-    def all(self) -> list[SandboxRecord]:
-        """Every readable record, oldest first."""
-        records = []
-        for child in self.root.glob("*/" + RECORD):
-            with contextlib.suppress(SandboxNotFound, ProviderError):
-                records.append(self.load(child.parent.name))
-        return sorted(records, key=lambda r: r.created_at)
+        return self.root / self.check_id(sandbox_id)
 
 
 def check_spec(name: str, capabilities: Capabilities, spec: SandboxSpec) -> None:

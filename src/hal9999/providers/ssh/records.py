@@ -7,20 +7,15 @@ commands in it without the provider's settings.
 
 from __future__ import annotations
 
-import json
-import os
-import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from hal9999.errors import ProviderError, SandboxNotFound
 from hal9999.providers.base import SandboxInfo, SandboxState
+from hal9999.providers.records import JsonRecords
 from hal9999.providers.ssh.config import SshHost
 from hal9999.spec import SandboxSpec
-
-_ID = re.compile(r"[0-9a-f]{12}")
 
 
 class MountRecord(BaseModel):
@@ -71,46 +66,8 @@ class SshRecord(BaseModel):
         return SandboxInfo(self.id, self.provider, self.state, self.spec, self.created_at)
 
 
-class SshRecords:
-    """Records as JSON files under the provider's state dir."""
+class SshRecords(JsonRecords[SshRecord]):
+    """Records as JSON files under the provider's state dir (``<id>.json``)."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def path(self, sandbox_id: str) -> Path:
-        """The record file of ``sandbox_id`` (which must look like an id: no path tricks)."""
-        if not _ID.fullmatch(sandbox_id):
-            raise SandboxNotFound(f"no sandbox {sandbox_id!r}: not a sandbox id")
-        return self.root / f"{sandbox_id}.json"
-
-    def load(self, sandbox_id: str) -> SshRecord:
-        """The record; :class:`SandboxNotFound` when gone."""
-        path = self.path(sandbox_id)
-        try:
-            return SshRecord.model_validate_json(path.read_bytes())
-        except FileNotFoundError:
-            raise SandboxNotFound(f"no sandbox {sandbox_id} under {self.root}") from None
-        except ValidationError as exc:
-            raise ProviderError(f"corrupt sandbox record {path}: {exc}") from exc
-
-    def save(self, record: SshRecord) -> None:
-        """Write atomically."""
-        path = self.path(record.id)
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record.model_dump(mode="json"), indent=2))
-        os.replace(tmp, path)
-
-    def delete(self, sandbox_id: str) -> None:
-        """Forget the sandbox."""
-        self.path(sandbox_id).unlink(missing_ok=True)
-
-    def all(self) -> list[SshRecord]:
-        """Every readable record, oldest first."""
-        found = []
-        for path in self.root.glob("*.json"):
-            try:
-                found.append(self.load(path.stem))
-            except ProviderError:
-                continue
-        return sorted(found, key=lambda r: r.created_at)
+        super().__init__(root, SshRecord, layout="file")

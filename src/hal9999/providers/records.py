@@ -1,0 +1,93 @@
+"""Sandbox records kept as JSON files under a provider's state dir: one store for every
+provider that keeps its own (the host providers, ``ssh`` and those built on it).
+
+A record is any pydantic model with an ``id`` (12 hex digits: never a path) and a
+``created_at``; the layout says where its file lives: ``dir`` is ``<root>/<id>/sandbox.json``
+(the sandbox's directory holds its other files too), ``file`` is ``<root>/<id>.json``. Any
+later ``hal`` process (or a relay) reads the same records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from hal9999.errors import ProviderError, SandboxNotFound
+
+RECORD = "sandbox.json"
+"""The record's file name in the ``dir`` layout."""
+_ID = re.compile(r"[0-9a-f]{12}")
+
+
+R = TypeVar("R", bound=BaseModel)
+
+
+class JsonRecords(Generic[R]):
+    """Records of the model ``model`` under ``root``, in ``layout``."""
+
+    def __init__(self, root: Path, model: type[R], *, layout: Literal["dir", "file"]) -> None:
+        self.root = root
+        self.model = model
+        self.layout = layout
+
+    @staticmethod
+    def check_id(sandbox_id: str) -> str:
+        """``sandbox_id`` when it looks like an id (so never a path), else SandboxNotFound."""
+        if not _ID.fullmatch(sandbox_id):
+            raise SandboxNotFound(f"no sandbox {sandbox_id!r}: not a sandbox id")
+        return sandbox_id
+
+    def path(self, sandbox_id: str) -> Path:
+        """The record file of ``sandbox_id``."""
+        self.check_id(sandbox_id)
+        if self.layout == "dir":
+            return self.root / sandbox_id / RECORD
+        return self.root / f"{sandbox_id}.json"
+
+    def load(self, sandbox_id: str) -> R:
+        """The record; :class:`SandboxNotFound` when gone."""
+        path = self.path(sandbox_id)
+        try:
+            return self.model.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            raise SandboxNotFound(f"no sandbox {sandbox_id} under {self.root}") from None
+        except ValidationError as exc:
+            raise ProviderError(f"corrupt sandbox record {path}: {exc}") from exc
+
+    def save(self, record: R) -> None:
+        """Write the record atomically (in the ``dir`` layout, into the sandbox's existing
+        directory: a destroyed sandbox is never brought back by a late save)."""
+        path = self.path(_id_of(record))
+        if self.layout == "file":
+            self.root.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record.model_dump(mode="json"), indent=2))
+        os.replace(tmp, path)
+
+    def delete(self, sandbox_id: str) -> None:
+        """Forget the sandbox (its record file only)."""
+        self.path(sandbox_id).unlink(missing_ok=True)
+
+    def all(self) -> list[R]:
+        """Every readable record, oldest first."""
+        pattern = f"*/{RECORD}" if self.layout == "dir" else "*.json"
+        found = []
+        for path in self.root.glob(pattern):
+            name = path.parent.name if self.layout == "dir" else path.stem
+            with contextlib.suppress(ProviderError):
+                found.append(self.load(name))
+        return sorted(found, key=_created)
+
+
+def _id_of(record: BaseModel) -> str:
+    return str(record.id)  # type: ignore[attr-defined]
+
+
+def _created(record: BaseModel) -> float:
+    return float(record.created_at)  # type: ignore[attr-defined]
