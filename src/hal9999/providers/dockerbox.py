@@ -12,13 +12,13 @@ import os
 import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING
 
 from hal9999.errors import CapabilityError, ExecError
 from hal9999.providers import limits, sandboxuser
 from hal9999.providers.base import Command, ExecResult, Launch, StreamEvent
 from hal9999.providers.dockerexec import ENV_WRAPPER, ContainerExec
+from hal9999.providers.handle import SandboxHandle
 from hal9999.spec import SandboxSpec, to_argv
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ rm -f -- "$1"
 """
 
 
-class DockerSandbox:
+class DockerSandbox(SandboxHandle):
     """Operations on one container."""
 
     hosts_daemons = True
@@ -65,20 +65,8 @@ class DockerSandbox:
         self.container = container_name(sandbox_id)
         self._exec = ContainerExec(owner.client(), self.container, f"{uid}:{uid}")
 
-    @property
-    def id(self) -> str:
-        """Unique sandbox id."""
-        return self._id
-
-    @property
-    def provider(self) -> str:
-        """``docker``."""
-        return self._owner.name
-
-    @property
-    def spec(self) -> SandboxSpec:
-        """The spec it was created from."""
-        return self._spec
+    def _identity(self) -> tuple[str, str, SandboxSpec]:
+        return self._id, self._owner.name, self._spec
 
     @property
     def workdir(self) -> str:
@@ -118,7 +106,7 @@ class DockerSandbox:
             async for event in stream:
                 yield event
         finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+            await stream.aclose()
 
     def launch(self, command: Command, *, env: Mapping[str, str] | None = None) -> Launch:
         """The engine CLI's ``exec`` under :mod:`providers.dockerlaunch`: variable names in
@@ -203,15 +191,7 @@ class DockerSandbox:
             raise CapabilityError(f"{target} is not a writable bind of sandbox {self.id}")
         await asyncio.to_thread(sandboxuser.adopt, source, self.uid)
 
-    async def __aenter__(self) -> DockerSandbox:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def _destroy_self(self) -> None:
         await self._owner.destroy(self.id)
 
 

@@ -17,11 +17,12 @@ import contextlib
 import secrets
 import socket
 import threading
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
 from hal9999.errors import ExecError, ProviderUnavailable
 from hal9999.providers.base import StreamEvent
+from hal9999.providers.handle import collect
 
 TOKEN_VAR = "HAL_EXEC"
 """Environment variable carrying an exec's kill token."""
@@ -103,7 +104,7 @@ class ContainerExec:
         env: Mapping[str, str],
         cwd: str,
         stdin: bytes | None = None,
-    ) -> AsyncIterator[StreamEvent]:
+    ) -> AsyncGenerator[StreamEvent, None]:
         """Run ``argv``; yield its output as it comes and the exit status last. Leaving
         early (closed, cancelled) kills the command and everything it started."""
         token = secrets.token_hex(12)
@@ -220,27 +221,7 @@ class ContainerExec:
     ) -> tuple[int, bytes, bytes]:
         """Run ``argv`` to completion; on ``timeout`` kill it and raise :class:`ExecError`
         carrying what it wrote so far."""
-        out: list[bytes] = []
-        err: list[bytes] = []
-        code: list[int] = []
-
-        async def collect() -> None:
-            stream = self.stream(argv, env=env, cwd=cwd, stdin=stdin)
-            try:
-                async for event in stream:
-                    if event.kind == "stdout":
-                        out.append(event.data)
-                    elif event.kind == "stderr":
-                        err.append(event.data)
-                    else:
-                        code.append(event.exit_code if event.exit_code is not None else 137)
-            finally:
-                await stream.aclose()  # type: ignore[attr-defined]
-
-        try:
-            await asyncio.wait_for(collect(), timeout)
-        except TimeoutError as exc:
-            raise ExecError(
-                f"command timed out after {timeout}s", stdout=b"".join(out), stderr=b"".join(err)
-            ) from exc
-        return code[0], b"".join(out), b"".join(err)
+        events = self.stream(argv, env=env, cwd=cwd, stdin=stdin)
+        result = await collect(events, time_limit=timeout, what=f"command {argv[0]!r}",
+                               no_status=137)  # fmt: skip
+        return result.exit_code, result.stdout, result.stderr

@@ -16,7 +16,6 @@ import shutil
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -32,6 +31,7 @@ from hal9999.providers.base import (
     SandboxState,
     StreamEvent,
 )
+from hal9999.providers.handle import SandboxHandle
 from hal9999.providers.records import JsonRecords
 from hal9999.spec import ArgvCommand, Resources, SandboxSpec, display
 
@@ -107,7 +107,7 @@ def check_spec(name: str, capabilities: Capabilities, spec: SandboxSpec) -> None
         raise ConfigError(f"workspace {spec.workspace} is not a directory")
 
 
-class HostSandbox:
+class HostSandbox(SandboxHandle):
     """A sandbox handle whose files map onto host directories (see :mod:`hostfs`).
 
     File operations on mapped paths run on the host. Paths no mount covers, or whose
@@ -124,20 +124,8 @@ class HostSandbox:
         self._record = record
         self._paths = paths
 
-    @property
-    def id(self) -> str:
-        """Unique sandbox id."""
-        return self._record.id
-
-    @property
-    def provider(self) -> str:
-        """Name of the provider that owns it."""
-        return self._owner.name
-
-    @property
-    def spec(self) -> SandboxSpec:
-        """The spec it was created from."""
-        return self._record.spec
+    def _identity(self) -> tuple[str, str, SandboxSpec]:
+        return self._record.id, self._owner.name, self._record.spec
 
     @property
     def workdir(self) -> str:
@@ -298,15 +286,7 @@ class HostSandbox:
         used = await limits.measure(dirs)
         return limits.DiskUse(used, None if disk_mb is None else disk_mb << 20)
 
-    async def __aenter__(self) -> HostSandbox:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def _destroy_self(self) -> None:
         await self._owner.destroy(self.id)
 
 

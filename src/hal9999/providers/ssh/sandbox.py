@@ -16,11 +16,11 @@ import secrets
 import sys
 import tempfile
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
-from types import TracebackType
 
 from hal9999.errors import ExecError
 from hal9999.providers import limits
 from hal9999.providers.base import Command, ExecResult, Launch, StreamEvent
+from hal9999.providers.handle import SandboxHandle, collect
 from hal9999.providers.hostexec import EXEC_MARKER_VAR, MARKER_VAR
 from hal9999.providers.ssh import channel, mirror, remote, session
 from hal9999.providers.ssh.connections import ConnectionPool
@@ -33,7 +33,7 @@ WORKDIR = "/workspace"
 HOME = "/home/hal"
 
 
-class SshSandbox:
+class SshSandbox(SandboxHandle):
     """Operations on one sandbox of an ssh host."""
 
     def __init__(
@@ -52,20 +52,8 @@ class SshSandbox:
         self._sync = asyncio.Lock()
 
     # -- identity ---------------------------------------------------------------------------
-    @property
-    def id(self) -> str:
-        """Unique sandbox id."""
-        return self._record.id
-
-    @property
-    def provider(self) -> str:
-        """Name of the provider that owns it."""
-        return self._record.provider
-
-    @property
-    def spec(self) -> SandboxSpec:
-        """The spec it was created from."""
-        return self._record.spec
+    def _identity(self) -> tuple[str, str, SandboxSpec]:
+        return self._record.id, self._record.provider, self._record.spec
 
     @property
     def record(self) -> SshRecord:
@@ -193,25 +181,8 @@ class SshSandbox:
         self, command: Command, env: Mapping[str, str] | None, stdin: bytes,
         timeout: float | None,  # noqa: ASYNC109
     ) -> ExecResult:  # fmt: skip
-        out, err = bytearray(), bytearray()
-        code = 255
-        token = secrets.token_hex(8)
-        try:
-            async with asyncio.timeout(timeout):
-                async with contextlib.aclosing(self._events(command, env, stdin, token)) as events:
-                    async for event in events:
-                        if event.kind == "stdout":
-                            out += event.data
-                        elif event.kind == "stderr":
-                            err += event.data
-                        else:
-                            code = event.exit_code if event.exit_code is not None else 255
-        except TimeoutError:
-            raise ExecError(
-                f"{display(command)} timed out after {timeout:g}s",
-                stdout=bytes(out), stderr=bytes(err),
-            ) from None  # fmt: skip
-        return ExecResult(code, bytes(out), bytes(err))
+        events = self._events(command, env, stdin, secrets.token_hex(8))
+        return await collect(events, time_limit=timeout, what=display(command))
 
     async def exec(
         self,
@@ -387,15 +358,7 @@ class SshSandbox:
                 raise ExecError(f"cannot bring back {mount.target}: {err.decode()[-300:]}")
             await asyncio.to_thread(mirror.unpack_into, spool, mirror.host_dir(mount.host))
 
-    async def __aenter__(self) -> SshSandbox:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def _destroy_self(self) -> None:
         if self._destroy is not None:
             await self._destroy(self.id)
             return

@@ -1,0 +1,80 @@
+"""What every sandbox handle shares: its identity, ``async with`` (leaving the block destroys
+the sandbox), and collecting a command's streamed output under a time limit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator
+from types import TracebackType
+from typing import Self
+
+from hal9999.errors import ExecError
+from hal9999.providers.base import ExecResult, StreamEvent
+from hal9999.spec import SandboxSpec
+
+
+class SandboxHandle:
+    """Base of the sandbox handles: subclasses say who they are (:meth:`_identity`) and
+    how they go (:meth:`_destroy_self`)."""
+
+    def _identity(self) -> tuple[str, str, SandboxSpec]:
+        """(id, owning provider's name, spec)."""
+        raise NotImplementedError
+
+    async def _destroy_self(self) -> None:
+        """Destroy this sandbox (leaving ``async with``)."""
+        raise NotImplementedError
+
+    @property
+    def id(self) -> str:
+        """Unique sandbox id."""
+        return self._identity()[0]
+
+    @property
+    def provider(self) -> str:
+        """Name of the provider that owns it."""
+        return self._identity()[1]
+
+    @property
+    def spec(self) -> SandboxSpec:
+        """The spec it was created from."""
+        return self._identity()[2]
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._destroy_self()
+
+
+async def collect(
+    events: AsyncGenerator[StreamEvent, None], *, time_limit: float | None, what: str,
+    no_status: int = 255,
+) -> ExecResult:  # fmt: skip
+    """A streamed command's output and status (``no_status`` when none came). Past
+    ``time_limit`` the stream is closed (which kills the command) and :class:`ExecError`
+    raised, keeping the partial output: a timed-out command has no exit status."""
+    out, err = bytearray(), bytearray()
+    code = no_status
+    try:
+        async with contextlib.aclosing(events), asyncio.timeout(time_limit):
+            async for event in events:
+                if event.kind == "stdout":
+                    out += event.data
+                elif event.kind == "stderr":
+                    err += event.data
+                elif event.exit_code is not None:
+                    code = event.exit_code
+    except TimeoutError as exc:
+        raise ExecError(
+            f"{what} timed out after {time_limit:g}s and was killed",
+            hint="raise the timeout, or run long work through a process manager",
+            timeout=time_limit, stdout=bytes(out), stderr=bytes(err),
+        ) from exc  # fmt: skip
+    return ExecResult(code, bytes(out), bytes(err))
