@@ -174,14 +174,15 @@ async def test_a_dropped_connection_fails_the_run_clearly_and_keeps_the_work(
         relay = await asyncio.create_subprocess_exec(
             *launch.argv, env=launch.env, stderr=asyncio.subprocess.PIPE
         )
-        for _ in range(200):
+        # The agent runs (a loaded machine may take a while to get there).
+        for _ in range(1200):
             if await sandbox.exists("/workspace/made"):
                 break
             await asyncio.sleep(0.05)
         # Cut every connection to the host (the relay's and hal's own) from the server side.
         for pid in sshd_server.session_pids():
             subprocess.run(["kill", "-9", str(pid)], check=False)
-        _, err = await asyncio.wait_for(relay.communicate(), 30)
+        _, err = await asyncio.wait_for(relay.communicate(), 90)
         assert relay.returncode == 255, err.decode()
         assert b"connection to box was lost" in err and b"Traceback" not in err
         # hal's pooled connection was cut too: the next command reconnects, and the work
@@ -198,7 +199,12 @@ async def test_a_lost_connection_mid_command_is_an_exec_error(
     spec = SandboxSpec(provider="ssh", network="none", workspace=workspace)
     async with await provider.create(spec) as sandbox:
         running = asyncio.create_task(sandbox.exec(ShellCommand(script="sleep 30")))
-        await asyncio.sleep(0.5)
+        # Cut the connection once the command runs (not while its channel opens, which is
+        # retried on a new connection: nothing ran yet).
+        for _ in range(200):
+            if any("sleep 30" in line for line in sshd_server.remote_argvs()):
+                break
+            await asyncio.sleep(0.05)
         for pid in sshd_server.session_pids():
             subprocess.run(["kill", "-9", str(pid)], check=False)
         with pytest.raises(ExecError, match="connection was lost"):

@@ -108,7 +108,8 @@ async def relay(args: argparse.Namespace) -> int:
         if stopping.is_set() or lost:
             # A run held in tmux outlives a lost connection: a new one ends it (the task
             # fails clearly rather than an agent running on unseen).
-            pool.forget(record.host)
+            # A lost connection may not know it yet (keepalives take seconds): drop it now.
+            pool.forget_name(record.host.name, force=lost)
             with contextlib.suppress(HalError, TimeoutError):
                 async with asyncio.timeout(20):
                     conn = await pool.get(record.host)
@@ -124,8 +125,9 @@ async def relay(args: argparse.Namespace) -> int:
         for listener in listeners:
             listener.close()
         proc.close()
-        with contextlib.suppress(HalError, OSError):
-            await sandbox.pull()
+        with contextlib.suppress(HalError, OSError, TimeoutError):
+            async with asyncio.timeout(60):  # a host that went silent must not hold the end
+                await sandbox.pull()
         await pool.close()
 
 
