@@ -83,7 +83,7 @@ async def test_the_app_runs_under_a_pm2_daemon_inside_the_container(
 ) -> None:
     secret = "s3cret-value-inside-5678"
     spec = spec_for(tmp_path, ShellCommand(script='echo "key=$API_KEY"; echo oops >&2; '
-                                                  "sleep 2; exit 7"))  # fmt: skip
+                                                  "sleep 8; exit 7"))  # fmt: skip
     await manager.start(container, spec, env={"API_KEY": secret})  # type: ignore[arg-type]
     # The daemon is inside: `pm2 jlist` there lists the app, online, and the secret is in
     # no argv (PM2 keeps it in memory, as a tmux server does).

@@ -46,9 +46,11 @@ STATE = (
     "let d='';process.stdin.on('data',c=>d+=c).on('end',()=>{let a;"
     "try{a=JSON.parse(d.slice(d.indexOf('['))).find(x=>x.name===process.argv[1])}catch(e){}"
     "if(!a){console.log('missing 255');return}const s=a.pm2_env.status.replace(/ /g,'-');"
-    "console.log(s+' '+(s==='online'?a.pid:(a.pm2_env.exit_code??255)))})"
+    "console.log(s+' '+(s==='online'?a.pid:(a.pm2_env.exit_code??255))+' '+"
+    "(a.pm2_env.restart_time??0))})"
 )
-"""node: ``pm2 jlist`` on stdin to ``STATUS PID`` while online, else ``STATUS EXIT_CODE``."""
+"""node: ``pm2 jlist`` on stdin to ``STATUS PID RESTARTS`` while online, else
+``STATUS EXIT_CODE RESTARTS``."""
 
 FOLLOW = (
     'set -u; umask 077; name=$1; eco=$2; build=$3; state=$4; prog=$5; shift 5; '
@@ -66,7 +68,11 @@ FOLLOW = (
     'case ${1:-missing} in online|launching|waiting-restart|one-launch-status) '
     'if [ "${2:-0}" -gt 0 ] 2>/dev/null; then '
     'while kill -0 "$2" 2>/dev/null; do sleep 0.2; done; else sleep 0.3; fi ;; '
-    '*) break ;; esac; done; '
+    # Between a run's exit and its restart PM2 may show it stopped for a moment: only a
+    # state that holds (same restart count a second later) is the end.
+    '*) r=${3:-0}; sleep 1; set -- $(pm2 jlist 2>/dev/null | node -e "$state" "$name"); '
+    'case ${1:-missing} in online|launching|waiting-restart|one-launch-status) continue ;; '
+    'esac; [ "${3:-0}" = "$r" ] && break ;; esac; done; '
     'sleep 0.5; kill $t 2>/dev/null; '
     'case ${2:-255} in ""|*[!0-9]*) exit 255 ;; *) exit "$2" ;; esac'
 )
