@@ -75,6 +75,23 @@ async def test_token_is_swapped_for_the_key_and_usage_recorded(
     assert KEY not in Path(gw.store.path).read_bytes().decode("latin-1")
 
 
+async def test_no_upstream_cookie_crosses_from_one_task_to_another(
+    gateway: tuple[Gateway, str], upstream: StormUpstream
+) -> None:
+    # A cookie the upstream set in one task's answer (a session, a load-balancer pin) must not
+    # ride along on the next task's calls: the gateway keeps no cookie jar.
+    gw, sock = gateway
+    upstream.set_cookie = "session=of-task-one; Path=/"
+    first, second = grant_for(upstream, "t1"), grant_for(upstream, "t2")
+    gw.register(first)
+    gw.register(second)
+    async with client(sock) as http:
+        assert (await call(http, first.token)).status_code == 200
+    async with client(sock) as http:
+        assert (await call(http, second.token)).status_code == 200
+    assert [s.headers.get("cookie") for s in upstream.seen] == [None, None]
+
+
 async def test_other_tokens_are_refused_and_never_forwarded(
     gateway: tuple[Gateway, str], upstream: StormUpstream
 ) -> None:

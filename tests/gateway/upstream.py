@@ -36,6 +36,8 @@ class StormUpstream:
     _server: ThreadingHTTPServer | None = None
     tls: ssl.SSLContext | None = None
     """Serve HTTPS with this context (a self-signed certificate in the TLS test)."""
+    set_cookie: str | None = None
+    """A ``set-cookie`` header sent with every JSON answer (the cookie-jar test)."""
 
     @property
     def url(self) -> str:
@@ -77,7 +79,8 @@ class StormUpstream:
                     if body.get("stream"):
                         self._stream(body)
                     else:
-                        self._send(200, _message(body))
+                        cookie = upstream.set_cookie
+                        self._send(200, _message(body), {"set-cookie": cookie} if cookie else None)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the gateway aborted the call (a test of exactly that)
                 finally:
