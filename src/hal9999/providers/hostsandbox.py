@@ -1,4 +1,5 @@
-"""What the host-side providers (local, bwrap, fake) share: records, lifecycle, file ops.
+"""What the host-side providers (local, bwrap, fake) share: the handle and the lifecycle
+(records and the spec check: :mod:`.hostrecords`).
 
 Each sandbox is a directory ``<state_dir>/<id>/`` holding ``sandbox.json`` (id, state,
 spec, created_at, cgroup), so any later ``hal`` process can get, list, stop or destroy a
@@ -16,11 +17,11 @@ import shutil
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
-from hal9999.errors import CapabilityError, ConfigError, ExecError, ProviderError, SandboxNotFound
+from hal9999.errors import CapabilityError, ExecError, ProviderError, SandboxNotFound
 from hal9999.providers import cgroups, hostexec, hostfs, limits, sandboxuser, scratch
 from hal9999.providers.base import (
     Capabilities,
@@ -28,83 +29,13 @@ from hal9999.providers.base import (
     ExecResult,
     Launch,
     SandboxInfo,
-    SandboxState,
     StreamEvent,
 )
 from hal9999.providers.handle import SandboxHandle
-from hal9999.providers.records import JsonRecords
+from hal9999.providers.hostrecords import RecordStore as RecordStore
+from hal9999.providers.hostrecords import SandboxRecord as SandboxRecord
+from hal9999.providers.hostrecords import check_spec as check_spec
 from hal9999.spec import ArgvCommand, Resources, SandboxSpec, display
-
-
-class SandboxRecord(BaseModel):
-    """What ``sandbox.json`` holds."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    id: str
-    """Sandbox id (12 hex digits)."""
-    provider: str
-    """Name of the owning provider."""
-    state: SandboxState
-    """Lifecycle state."""
-    spec: SandboxSpec
-    """The spec it was created from."""
-    created_at: float
-    """Creation time, seconds since the epoch."""
-    cgroup: dict[str, Any] | None = None
-    """The cgroup tracking its processes (:meth:`Cgroup.to_record`), if any."""
-    uid: int | None = None
-    """The host uid (and gid) its processes run as, when hal runs as root (see
-    :mod:`sandboxuser`); None means they run as the user running hal."""
-
-    def info(self) -> SandboxInfo:
-        """The public view of this record."""
-        return SandboxInfo(self.id, self.provider, self.state, self.spec, self.created_at)
-
-
-class RecordStore(JsonRecords[SandboxRecord]):
-    """The sandbox directories under a provider's state dir (``<id>/sandbox.json``)."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(root, SandboxRecord, layout="dir")
-
-    def dir(self, sandbox_id: str) -> Path:
-        """The directory of ``sandbox_id`` (which must look like an id: no path tricks)."""
-        return self.root / self.check_id(sandbox_id)
-
-
-def check_spec(name: str, capabilities: Capabilities, spec: SandboxSpec) -> None:
-    """Reject what ``capabilities`` cannot honour, naming the provider that can."""
-    if isinstance(spec.network, tuple):
-        if "allow-list" not in capabilities.network_modes:
-            raise CapabilityError(
-                f"provider {name!r} cannot restrict the network to an allow-list",
-                hint='use network "host", or a VM provider that supports allow-lists',
-            )
-    elif spec.network not in capabilities.network_modes:
-        raise CapabilityError(
-            f"provider {name!r} cannot give network mode {spec.network!r}",
-            hint=(
-                f"{name!r} cannot cut the network off; to run on it with the host's network "
-                f"set HAL_{name.upper()}_NETWORK=host (or network = \"host\" in [pool.{name}]), "
-                "or pick a provider that isolates, such as bwrap"
-            )
-            if spec.network == "none"
-            else f"choose one of: {', '.join(sorted(capabilities.network_modes))}",
-        )
-    wanted = cgroups.CgroupLimits.from_resources(spec.resources)
-    if wanted.controllers() and not capabilities.resource_limits:
-        raise CapabilityError(
-            f"provider {name!r} cannot enforce resource limits",
-            hint="use --provider bwrap for cpu, memory and pid limits",
-        )
-    for bind in spec.binds:
-        if not bind.target.startswith("/") or hostfs.normalize(bind.target, "/") == "/":
-            raise ConfigError(f"bind target {bind.target!r} must be an absolute path below /")
-        if not bind.source.exists():
-            raise ConfigError(f"bind source {bind.source} does not exist")
-    if spec.workspace is not None and not spec.workspace.is_dir():
-        raise ConfigError(f"workspace {spec.workspace} is not a directory")
 
 
 class HostSandbox(SandboxHandle):
