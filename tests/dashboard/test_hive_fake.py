@@ -253,3 +253,18 @@ def test_reminders_section_is_live(browser: Any, fake_dashboard: Dashboard, shot
     assert page.evaluate("window.__pwned") is None
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     shot(page)
+
+
+def test_a_page_without_its_own_stream_still_follows_the_hive(
+    browser: Any, fake_dashboard: Dashboard
+) -> None:
+    served, api, home = fake_dashboard
+    page = browser.new_context().new_page()
+    page.goto(login_url(home, served.base))
+    page.goto(served.base + "/new")  # the form reads no events: the hive opens the stream
+    page.wait_for_function("() => hal.hiveReady")
+    assert page.evaluate("hal.live.ownedByHive") is True
+    api.hive["approvals"].append(approval("a1"))
+    api.emit_hive(type="approval_added", agent="worker", approval_id="a1", kind="apply")
+    page.wait_for_function("() => document.title.startsWith('(1) ')", timeout=10000)
+    assert not [path for _, path, _ in api.calls if path.startswith("/v1/hive/events")]
