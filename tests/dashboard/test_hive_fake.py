@@ -143,6 +143,7 @@ def test_notified_when_an_approval_or_question_arrives_or_an_agent_crashes(
     page = context.new_page()
     page.goto(login_url(home, served.base))  # the overview: notifications come on every page
     page.wait_for_selector("#live-state[data-state='live']")
+    page.wait_for_selector("#tasks td:has-text('No tasks yet')")  # not a bare table head
     page.wait_for_function("() => hal.hiveReady")
     api.hive["approvals"].append(approval("a1"))
     api.emit_hive(type="approval_added", agent="worker", approval_id="a1", kind="apply")

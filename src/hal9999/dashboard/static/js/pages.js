@@ -45,6 +45,7 @@
     function redraw() {
       const sorted = [...tasks.values()].sort((a, b) => b.created_at - a.created_at);
       hal.clear(body).append(...sorted.map(taskRow));
+      if (!sorted.length) body.append(el("tr", {}, el("td", { colspan: 7, class: "muted", text: "No tasks yet: start one from New task or `hal run`." })));
       const byState = {};
       for (const t of sorted) byState[t.status] = (byState[t.status] || 0) + 1;
       hal.clear(counts).append(...ORDER.filter((s) => byState[s]).map((s) => el("span", { class: "chip" }, hal.badge(s), " " + byState[s])));
