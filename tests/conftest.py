@@ -102,6 +102,12 @@ def _missing_podman() -> str | None:
     return problem()
 
 
+def _missing_ray() -> str | None:
+    from tests.ray_cluster import missing_ray
+
+    return missing_ray()
+
+
 REQUIREMENTS: dict[str, Callable[[], str | None]] = {
     "bwrap": _missing_bwrap,
     "tmux": _missing_tmux,
@@ -110,6 +116,7 @@ REQUIREMENTS: dict[str, Callable[[], str | None]] = {
     "ssh": _missing_sshd,
     "podman": _missing_podman,
     "pm2": _missing_pm2,
+    "ray": _missing_ray,
 }
 """Marker name -> why the component is unusable here (None when it is fine)."""
 
@@ -124,6 +131,17 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         from tests.podman_env import prepare as prepare_podman
 
         prepare_podman()
+    if any(item.get_closest_marker("ray") for item in session.items) and not _missing_ray():
+        from tests.ray_cluster import session_cluster
+
+        session_cluster()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop the Ray cluster, if this run started one."""
+    from tests import ray_cluster
+
+    ray_cluster.stop_session_cluster()
 
 
 @pytest.fixture(autouse=True)
@@ -147,6 +165,15 @@ def hal_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home.mkdir()
     monkeypatch.setenv("HAL_HOME", str(home))
     return home
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> object:
+    """A real two-node Ray cluster on loopback (tests/ray_cluster.py), started once per
+    run before the tests (outside their timeouts) and stopped at the end."""
+    from tests.ray_cluster import session_cluster
+
+    return session_cluster()
 
 
 @pytest.fixture(scope="session")

@@ -36,6 +36,7 @@ PROVIDERS = [
     pytest.param("lima", id="lima", marks=pytest.mark.ssh),
     pytest.param("digitalocean", id="digitalocean", marks=pytest.mark.ssh),
     pytest.param("morph", id="morph", marks=[pytest.mark.ssh, pytest.mark.bwrap]),
+    pytest.param("ray", id="ray", marks=[pytest.mark.ray, pytest.mark.bwrap]),
 ]
 
 SpecFactory = Callable[..., SandboxSpec]
@@ -65,6 +66,11 @@ def provider(request: pytest.FixtureRequest, hal_home: Path) -> Provider:
     if name == "morph":  # the fake Morph API (tests/fakes/morph_api.py), sshd as its gateway
         settings = request.getfixturevalue("fake_morph_settings")
         request.getfixturevalue("ssh_connections_closed")
+    if name == "ray":  # a real two-node Ray cluster on loopback (tests/ray_cluster.py)
+        cluster = request.getfixturevalue("ray_cluster")
+        settings = cluster.settings()
+        # A second provider made with no settings (a second hal process) finds it too.
+        request.getfixturevalue("monkeypatch").setenv("HAL_RAY_ADDRESS", cluster.address)
     return load_provider(name, state_dir=hal_home / "sandboxes" / name, settings=settings)
 
 

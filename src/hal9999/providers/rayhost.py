@@ -1,0 +1,312 @@
+"""The long-lived host actor of the ``ray`` provider: one per Ray node, owning a ``bwrap``
+provider there.
+
+The hal host never sees a node's files: it sends each session directory as a tar (a
+*push*), the node unpacks it into a mirror directory of its own, and a local bwrap sandbox
+binds the mirror where the spec asked. After every command the writable mirror
+directories go back as tars (a *pull*). A pull's tar is made by ``tar`` run INSIDE the
+sandbox as its user (:data:`PACK`), so a link the agent planted resolves in its own view,
+never on the node; a push is unpacked with :mod:`tarfile`'s ``data`` filter.
+
+Results cross Ray as plain tuples (:func:`failure`), never as pickled exceptions: an
+error reaches the user as one line, not as a remote traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import io
+import os
+import secrets
+import shutil
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hal9999.errors import ExecError, HalError, SandboxNotFound
+from hal9999.providers.base import Command, StreamEvent
+from hal9999.providers.ssh import mirror
+from hal9999.spec import ArgvCommand, Bind, SandboxSpec
+
+PACK = 'cd -- "$1" && exec tar -c --numeric-owner -f - .'
+"""Inside the sandbox: the directory ``$1`` as a tar on stdout."""
+STREAM_WAIT = 0.5
+"""Longest a :meth:`NodeHost.stream_next` call waits for output before answering empty."""
+Outcome = tuple[Any, ...]
+"""``("ok", value)`` or ``("error", kind, message, hint, details)``."""
+
+
+def failure(exc: HalError) -> Outcome:
+    """An error as a tuple that crosses Ray without its traceback."""
+    kind = type(exc).__name__
+    return ("error", kind, exc.message, exc.hint, dict(getattr(exc, "details", {}) or {}))
+
+
+def _mirror_spec(spec: SandboxSpec, root: Path) -> SandboxSpec:
+    # The node's local sandbox binds the mirror's directories where the spec's host paths were.
+    binds = tuple(
+        Bind(source=root / f"b{index}", target=bind.target, read_only=bind.read_only)
+        for index, bind in enumerate(spec.binds)
+    )
+    workspace = root / "ws" if spec.workspace is not None else None
+    return spec.model_copy(update={"provider": "bwrap", "workspace": workspace, "binds": binds})
+
+
+def _ray() -> Any:
+    """Ray, imported on first use (it is heavy and optional)."""
+    return importlib.import_module("ray")
+
+
+class NodeHost:
+    """What the host actor does, as an ordinary class (the actor wraps it, see :func:`actor`)."""
+
+    def __init__(self, node: str, root: str) -> None:
+        from hal9999.providers.bwrap import BwrapProvider
+
+        self.node = node
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.root.chmod(0o700)
+        (self.root / "m").mkdir(exist_ok=True, mode=0o711)
+        self.local = BwrapProvider(state_dir=self.root / "bwrap")
+        self.streams: dict[str, asyncio.Queue[StreamEvent | None]] = {}
+        self.stream_tasks: dict[str, asyncio.Task[None]] = {}
+
+    def _dir(self, sandbox_id: str) -> Path:
+        if not sandbox_id.isalnum():
+            raise SandboxNotFound(f"no sandbox {sandbox_id!r}")
+        return self.root / "m" / sandbox_id
+
+    async def ping(self) -> Outcome:
+        """Who and where this host is: node name, Ray node id, pid."""
+        ray = _ray()
+
+        return ("ok", (self.node, ray.get_runtime_context().get_node_id(), os.getpid()))
+
+    async def call(self, op: str, *args: Any) -> Outcome:
+        """Run one operation, its :class:`HalError` turned into a tuple."""
+        try:
+            return ("ok", await getattr(self, f"op_{op}")(*args))
+        except HalError as exc:
+            return failure(exc)
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def op_create(self, sandbox_id: str, spec: SandboxSpec) -> str:
+        directory = self._dir(sandbox_id)
+        for index in range(len(spec.binds)):
+            (directory / f"b{index}").mkdir(parents=True, exist_ok=True)
+        (directory / "ws").mkdir(parents=True, exist_ok=True)
+        sandbox = await self.local.create(_mirror_spec(spec, directory))
+        (directory / "local").write_text(sandbox.id)
+        return sandbox.id
+
+    def _local_id(self, sandbox_id: str) -> str:
+        try:
+            return (self._dir(sandbox_id) / "local").read_text()
+        except FileNotFoundError:
+            raise SandboxNotFound(f"no sandbox {sandbox_id} on ray node {self.node}") from None
+
+    async def _sandbox(self, sandbox_id: str) -> Any:
+        return await self.local.get(self._local_id(sandbox_id))
+
+    async def op_state(self, sandbox_id: str) -> str:
+        local_id = self._local_id(sandbox_id)
+        for info in await self.local.list():
+            if info.id == local_id:
+                return info.state
+        raise SandboxNotFound(f"no sandbox {sandbox_id} on ray node {self.node}")
+
+    async def op_stop(self, sandbox_id: str) -> None:
+        await self.local.stop(self._local_id(sandbox_id))
+
+    async def op_start(self, sandbox_id: str) -> None:
+        await self.local.start(self._local_id(sandbox_id))
+
+    async def op_destroy(self, sandbox_id: str) -> None:
+        directory = self._dir(sandbox_id)
+        with contextlib.suppress(SandboxNotFound):
+            await self.local.destroy(self._local_id(sandbox_id))
+        if directory.exists():
+            # What the agent left unreadable must not stop the removal.
+            await asyncio.to_thread(_remove_tree, directory)
+
+    # -- commands ---------------------------------------------------------------------------
+    async def op_exec(
+        self, sandbox_id: str, command: Command, env: Mapping[str, str] | None,
+        stdin: bytes | None, timeout: float | None,  # noqa: ASYNC109
+    ) -> tuple[int, bytes, bytes]:  # fmt: skip
+        sandbox = await self._sandbox(sandbox_id)
+        result = await sandbox.exec(command, env=env, stdin=stdin, timeout=timeout)
+        return (result.exit_code, result.stdout, result.stderr)
+
+    async def op_stream_open(
+        self, sandbox_id: str, command: Command, env: Mapping[str, str] | None
+    ) -> str:
+        sandbox = await self._sandbox(sandbox_id)
+        token = secrets.token_hex(8)
+        queue: asyncio.Queue[StreamEvent | None] = asyncio.Queue()
+
+        async def pump() -> None:
+            try:
+                async with contextlib.aclosing(sandbox.exec_stream(command, env=env)) as events:
+                    async for event in events:
+                        await queue.put(event)
+            except HalError as exc:
+                await queue.put(StreamEvent("stderr", f"hal: {exc.one_line()}\n".encode()))
+                await queue.put(StreamEvent("exit", exit_code=255))
+            finally:
+                await queue.put(None)
+
+        self.streams[token] = queue
+        self.stream_tasks[token] = asyncio.get_running_loop().create_task(pump())
+        return token
+
+    async def op_stream_next(self, token: str) -> list[tuple[str, bytes, int | None]]:
+        queue = self.streams.get(token)
+        if queue is None:
+            return [("exit", b"", 255)]
+        events: list[StreamEvent | None] = []
+        with contextlib.suppress(TimeoutError):
+            events.append(await asyncio.wait_for(queue.get(), STREAM_WAIT))
+        while not queue.empty():
+            events.append(queue.get_nowait())
+        out: list[tuple[str, bytes, int | None]] = [
+            (e.kind, e.data, e.exit_code) for e in events if e is not None
+        ]
+        if None in events:
+            self.streams.pop(token, None)
+            self.stream_tasks.pop(token, None)
+        return out
+
+    async def op_stream_close(self, token: str) -> None:
+        self.streams.pop(token, None)
+        task = self.stream_tasks.pop(token, None)
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, HalError):
+                await task
+
+    # -- files ------------------------------------------------------------------------------
+    async def op_file(self, sandbox_id: str, op: str, path: str, *args: Any) -> Any:
+        sandbox = await self._sandbox(sandbox_id)
+        if op not in {"read_file", "write_file_atomic", "exists", "mkdir", "remove"}:
+            raise ExecError(f"unknown file operation {op!r}")
+        if op == "write_file_atomic":
+            return await sandbox.write_file_atomic(path, args[0], mode=args[1])
+        if op == "mkdir":
+            return await sandbox.mkdir(path, mode=args[0])
+        if op == "remove":
+            return await sandbox.remove(path, recursive=args[0])
+        return await getattr(sandbox, op)(path)
+
+    # -- the mirror -------------------------------------------------------------------------
+    async def op_push(self, sandbox_id: str, name: str, target: str, data: bytes) -> None:
+        """Replace mirror directory ``name`` by the tar ``data``; hand it to the sandbox's user."""
+        if name != "ws" and not (name[:1] == "b" and name[1:].isdigit()):
+            raise ExecError(f"no mirror directory {name!r}")
+        directory = self._dir(sandbox_id) / name
+        sandbox = await self._sandbox(sandbox_id)
+        await asyncio.to_thread(mirror.unpack_into, io.BytesIO(data), directory)
+        await sandbox.adopt(target)
+
+    async def op_pull(self, sandbox_id: str, target: str) -> bytes:
+        """The directory seen at ``target`` inside, as a tar made inside by its user."""
+        local_id = self._local_id(sandbox_id)
+        sandbox = await self.local.get(local_id)
+        stopped = await self.op_state(sandbox_id) == "stopped"
+        if stopped:  # one command to pack it, then stopped again
+            sandbox = await self.local.start(local_id)
+        try:
+            command = ArgvCommand(argv=("sh", "-c", PACK, "hal-pack", sandbox.path(target)))
+            result = await sandbox.exec(command, timeout=600)
+        finally:
+            if stopped:
+                await self.local.stop(local_id)
+        if not result.ok:
+            raise ExecError(f"cannot pack {target} on ray node {self.node}: "
+                            f"{result.stderr.decode('utf-8', 'replace')[-300:]}")  # fmt: skip
+        return result.stdout
+
+    # -- the boundary ------------------------------------------------------------------------
+    async def op_probe(self, addresses: list[tuple[str, int]]) -> list[str]:
+        """Which of ``addresses`` a ``network = "host"`` sandbox on this node can connect to
+        (Ray's own ports must be none of them). Run from a real sandbox, not assumed."""
+        directory = self.root / "probe"
+        directory.mkdir(exist_ok=True)
+        spec = SandboxSpec(provider="bwrap", network="host", workspace=directory)
+        targets = [f"{host}:{port}" for host, port in addresses]
+        # The system python the sandbox sees (not this actor's interpreter, which may live
+        # where the sandbox has no view); anything but a clean answer counts as reached.
+        command = ArgvCommand(argv=("python3", "-c", PROBE, *targets))
+        async with await self.local.create(spec) as sandbox:
+            result = await sandbox.exec(command, timeout=120)
+        if not result.ok:
+            error = result.stderr.decode("utf-8", "replace").strip()[-200:]
+            return [f"(probe failed: {error or result.exit_code})"]
+        return result.stdout.decode().split()
+
+
+PROBE = (
+    "import socket,sys\nfor t in sys.argv[1:]:\n h,p=t.rsplit(':',1)\n s=socket.socket()\n"
+    " s.settimeout(3)\n try:\n  s.connect((h,int(p)))\n  print(t)\n except OSError:\n  pass\n"
+)
+"""Inside a host-network sandbox: connect to each ``host:port``; print those that answer."""
+
+
+def _remove_tree(directory: Path) -> None:
+    for path, dirs, _ in os.walk(directory):
+        for name in dirs:
+            with contextlib.suppress(OSError):
+                os.chmod(os.path.join(path, name), 0o700, follow_symlinks=False)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def ray_ports(gcs_address: str) -> list[tuple[str, int]]:
+    """The Ray ports a sandbox must not reach: the GCS (``host:port``) and every alive
+    node's raylet and object manager, at each address the nodes go by (Ray listens on
+    every interface, so the GCS port is tried at every node address too)."""
+    ray = _ray()
+
+    host, _, port = gcs_address.rpartition(":")
+    gcs_port = int(port) if port.isdigit() else 0
+    addresses = {host or "127.0.0.1", "127.0.0.1"}
+    ports = {gcs_port}
+    for node in ray.nodes():
+        if node.get("Alive"):
+            addresses.add(str(node.get("NodeManagerAddress", "")))
+            ports |= {int(node.get(key) or 0) for key in ("NodeManagerPort", "ObjectManagerPort")}
+    with contextlib.suppress(OSError):
+        addresses.add(socket.gethostbyname(socket.gethostname()))
+    return sorted((a, p) for a in addresses for p in ports if a and p)
+
+
+_ACTOR: Any = None
+
+
+def actor() -> Any:
+    """The Ray actor class around :class:`NodeHost` (made on first use: Ray loads lazily)."""
+    global _ACTOR
+    if _ACTOR is None:
+        ray = _ray()
+
+        @ray.remote(max_restarts=0, max_concurrency=1000)
+        class HostActor:
+            """One per node: :class:`NodeHost`'s operations, callable from the hal host."""
+
+            def __init__(self, node: str, root: str) -> None:
+                self.host = NodeHost(node, root)
+
+            async def ping(self) -> Outcome:
+                return await self.host.ping()
+
+            async def call(self, op: str, *args: Any) -> Outcome:
+                return await self.host.call(op, *args)
+
+        _ACTOR = HostActor
+    return _ACTOR
+
+
+__all__ = ["NodeHost", "actor", "failure", "ray_ports"]

@@ -1,0 +1,168 @@
+"""A real two-node Ray cluster on this machine for the ``ray`` tests: a head and a worker
+started with ``ray start`` (no dashboard, no usage stats), told apart by their custom
+resources ``hal_node_head`` and ``hal_node_w1``. Every process of the cluster carries the
+cluster's own temp dir in its command line, which is how it is stopped (and how the
+worker's raylet is found to be killed), never by name: other Ray processes are left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+CAPACITY = 12
+"""Sandboxes each node takes (its ``hal_node_*`` resource)."""
+COMMON = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats",
+          "--object-store-memory", str(80 << 20)]  # fmt: skip
+"""``ray start`` options of every node: loopback, small, no usage stats."""
+
+
+def missing_ray() -> str | None:
+    """Why the Ray tests cannot run here (None when they can)."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return "Ray is not installed (uv sync: it is in the dev group)"
+    if shutil.which("bwrap") is None:
+        return "bubblewrap is not installed (apt-get install bubblewrap)"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pids_with(text: str, *, open_files: bool = False) -> list[int]:
+    # Argument list entries end in NUL, so a port is matched whole. Ray's agents rename
+    # themselves (``ray::DashboardAgent``), so with ``open_files`` a process holding a file
+    # under ``text`` (its logs) counts too.
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if text.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
+                found.append(int(entry))
+                continue
+            if open_files and any(
+                os.readlink(f"/proc/{entry}/fd/{fd}").startswith(text)
+                for fd in os.listdir(f"/proc/{entry}/fd")
+            ):
+                found.append(int(entry))
+    return found
+
+
+@dataclass
+class RayCluster:
+    """A running head + worker; ``address`` is the GCS's ``host:port``."""
+
+    address: str
+    temp_dir: Path
+    worker_port: int
+    node_dir: Path
+
+    def settings(self, **extra: object) -> dict[str, object]:
+        """``[providers.ray]`` settings for this cluster."""
+        return {"address": self.address, "node_dir": str(self.node_dir),
+                "call_timeout_s": 30} | extra  # fmt: skip
+
+    def add_worker(self, name: str, capacity: int) -> int:
+        """Start one more worker node with resource ``hal_node_<name>``; its raylet's port."""
+        port = _free_port()
+        env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0"}
+        _ray_start(["--address", self.address, "--node-manager-port", str(port), *COMMON,
+                    "--resources", f'{{"hal_node_{name}": {capacity}}}'], env)  # fmt: skip
+        return port
+
+    def kill_worker(self, port: int) -> list[int]:
+        """SIGKILL the raylet of the worker node at ``port`` and every process it started
+        (its Ray workers, the host actor among them); the rest of the cluster stays."""
+        raylets = _pids_with(f"--node_manager_port={port}\0")
+        victims = set(raylets)
+        for pid in _pids_with(str(self.temp_dir), open_files=True):
+            with contextlib.suppress(OSError):
+                status = Path(f"/proc/{pid}/status").read_text()
+                ppid = int(next(x for x in status.splitlines() if x.startswith("PPid:")).split()[1])
+                if ppid in raylets:
+                    victims.add(pid)
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return sorted(victims)
+
+    def stop(self) -> None:
+        """Kill every process of this cluster (found by its temp dir) and remove its files."""
+        for _ in range(3):
+            pids = _pids_with(str(self.temp_dir), open_files=True)
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.5)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        shutil.rmtree(self.node_dir, ignore_errors=True)
+
+
+def _ray_start(args: list[str], env: dict[str, str]) -> None:
+    ray = str(Path(sys.executable).with_name("ray"))
+    # A loaded CI machine (2 cores, the whole suite) starts a raylet slowly.
+    env = env | {"RAY_raylet_start_wait_time_s": "180"}
+    done = subprocess.run([ray, "start", *args], env=env, capture_output=True, text=True,
+                          timeout=180, check=False)  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"ray start {' '.join(args)} failed: {done.stderr[-2000:]}")
+
+
+@contextlib.contextmanager
+def running_cluster() -> Iterator[RayCluster]:
+    """Start the head and the worker on loopback; stop both at the end, whatever happens."""
+    # Short: Ray puts unix sockets under it.
+    temp_dir = Path(tempfile.mkdtemp(prefix="hray", dir="/tmp"))
+    node_dir = Path(tempfile.mkdtemp(prefix="hal-ray-nodes-"))
+    port, worker_port = _free_port(), _free_port()
+    env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0"}
+    cluster = RayCluster(f"127.0.0.1:{port}", temp_dir, worker_port, node_dir)
+    try:
+        _ray_start(["--head", "--port", str(port), "--include-dashboard=false",
+                    "--temp-dir", str(temp_dir), *COMMON,
+                    "--resources", f'{{"hal_node_head": {CAPACITY}}}'], env)  # fmt: skip
+        _ray_start(["--address", cluster.address, "--node-manager-port", str(worker_port),
+                    *COMMON, "--resources", f'{{"hal_node_w1": {CAPACITY}}}'], env)  # fmt: skip
+        yield cluster
+    finally:
+        with contextlib.suppress(Exception):
+            import ray
+
+            ray.shutdown()
+        cluster.stop()
+
+
+_SESSION: list[tuple[contextlib.ExitStack, RayCluster]] = []
+
+
+def session_cluster() -> RayCluster:
+    """The run's cluster, started on first call (from ``pytest_collection_finish``)."""
+    if not _SESSION:
+        stack = contextlib.ExitStack()
+        _SESSION.append((stack, stack.enter_context(running_cluster())))
+    return _SESSION[0][1]
+
+
+def stop_session_cluster() -> None:
+    """Stop the run's cluster if one was started."""
+    while _SESSION:
+        stack, _ = _SESSION.pop()
+        stack.close()
