@@ -24,6 +24,8 @@ START_TIMEOUT_S = 30.0
 @cli.command()
 @click.option("--detach", is_flag=True, help="Start in the background and return once it is up.")
 @click.option("--stop", is_flag=True, help="Stop the running daemon (agents keep running).")
+@click.option("--ray", "ray_address", metavar="HOST:PORT",
+              help="Ray cluster for the ray provider (sets HAL_RAY_ADDRESS).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--listen", metavar="HOST:PORT",
               help="Also serve the dashboard and API there, over TLS only.")
@@ -38,8 +40,14 @@ def serve(
     listen: str | None = None,
     tls_cert: str | None = None,
     tls_key: str | None = None,
+    ray_address: str | None = None,
 ) -> None:
     """Run the daemon: queue, warm pool, reaper and API (unix socket + 127.0.0.1)."""
+    if ray_address is not None:
+        from hal9999.providers.rayaddress import check_address
+
+        # The daemon (and a detached one, which inherits it) reads it like the config's.
+        os.environ["HAL_RAY_ADDRESS"] = check_address(ray_address)
     config = load_config()
     files = DaemonFiles(config.home)
     if stop:

@@ -28,12 +28,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hal9999.errors import CapabilityError, HalError, ProviderError, SandboxNotFound
 from hal9999.providers import rayhost
 from hal9999.providers.base import Capabilities, SandboxInfo, SandboxState
 from hal9999.providers.hostsandbox import check_spec
+from hal9999.providers.rayaddress import check_address
 from hal9999.providers.raysandbox import RayMount, RaySandbox, node_call
 from hal9999.spec import SandboxSpec
 
@@ -63,6 +64,16 @@ class RayConfig(BaseModel):
     """Offer ``network = "host"`` (refused on a node whose Ray ports a sandbox can reach)."""
     call_timeout_s: float = Field(default=60.0, gt=0)
     """Longest wait for a node's answer to anything but a command."""
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return check_address(value)
+        except HalError as exc:
+            raise ValueError(exc.one_line()) from None
 
 
 class RayRecord(BaseModel):
@@ -165,8 +176,9 @@ class RayProvider:
 
     def __init__(self, *, state_dir: Path, config: RayConfig | None = None) -> None:
         self.config = config or RayConfig()
-        self.address = (self.config.address or os.environ.get("HAL_RAY_ADDRESS")
-                        or os.environ.get("RAY_ADDRESS"))  # fmt: skip
+        address = (self.config.address or os.environ.get("HAL_RAY_ADDRESS")
+                   or os.environ.get("RAY_ADDRESS"))  # fmt: skip
+        self.address = check_address(address) if address else None
         self.records = RayRecords(state_dir)
         self.capabilities = Capabilities(
             isolation="namespace",
