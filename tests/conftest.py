@@ -7,6 +7,7 @@ everything. The ``qemu`` tests share one image, built once per run (see ``qemu_i
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -134,7 +135,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if any(item.get_closest_marker("ray") for item in session.items) and not _missing_ray():
         from tests.ray_cluster import session_cluster
 
-        session_cluster()
+        # A failure here is reported by each Ray test (through the fixture), not as an
+        # internal error of the run.
+        with contextlib.suppress(pytest.fail.Exception):
+            session_cluster()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

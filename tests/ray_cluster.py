@@ -121,7 +121,7 @@ def _ray_start(args: list[str], env: dict[str, str]) -> None:
     # A loaded CI machine (2 cores, the whole suite) starts a raylet slowly.
     env = env | {"RAY_raylet_start_wait_time_s": "180"}
     done = subprocess.run([ray, "start", *args], env=env, capture_output=True, text=True,
-                          timeout=180, check=False)  # fmt: skip
+                          timeout=300, check=False)  # fmt: skip
     if done.returncode != 0:
         raise RuntimeError(f"ray start {' '.join(args)} failed: {done.stderr[-2000:]}")
 
@@ -151,13 +151,23 @@ def running_cluster() -> Iterator[RayCluster]:
 
 
 _SESSION: list[tuple[contextlib.ExitStack, RayCluster]] = []
+_FAILED: list[str] = []
 
 
 def session_cluster() -> RayCluster:
-    """The run's cluster, started on first call (from ``pytest_collection_finish``)."""
+    """The run's cluster, started on first call (from ``pytest_collection_finish``). A
+    cluster that would not start fails each Ray test with the reason, once tried."""
+    import pytest
+
+    if _FAILED:
+        pytest.fail(_FAILED[0], pytrace=False)
     if not _SESSION:
         stack = contextlib.ExitStack()
-        _SESSION.append((stack, stack.enter_context(running_cluster())))
+        try:
+            _SESSION.append((stack, stack.enter_context(running_cluster())))
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            _FAILED.append(f"the test Ray cluster did not start: {exc}")
+            pytest.fail(_FAILED[0], pytrace=False)
     return _SESSION[0][1]
 
 
