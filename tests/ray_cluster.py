@@ -25,6 +25,8 @@ CAPACITY = 12
 COMMON = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats",
           "--object-store-memory", str(80 << 20)]  # fmt: skip
 """``ray start`` options of every node: loopback, small, no usage stats."""
+ATTEMPTS = 3
+"""Tries to start a node."""
 
 
 def missing_ray() -> str | None:
@@ -80,11 +82,20 @@ class RayCluster:
 
     def add_worker(self, name: str, capacity: int) -> int:
         """Start one more worker node with resource ``hal_node_<name>``; its raylet's port."""
-        port = _free_port()
         env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0"}
-        _ray_start(["--address", self.address, "--node-manager-port", str(port), *COMMON,
-                    "--resources", f'{{"hal_node_{name}": {capacity}}}'], env)  # fmt: skip
-        return port
+        for attempt in range(1, ATTEMPTS + 1):
+            port = _free_port()
+            try:
+                _ray_start(["--address", self.address, "--node-manager-port", str(port),
+                            *COMMON, "--resources", f'{{"hal_node_{name}": {capacity}}}'],
+                           env)  # fmt: skip
+                return port
+            except RuntimeError:
+                # Ray gives a raylet 30 s (fixed) to register: a loaded machine misses it.
+                self.kill_worker(port)
+                if attempt == ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
 
     def kill_worker(self, port: int) -> list[int]:
         """SIGKILL the raylet of the worker node at ``port`` and every process it started
@@ -120,8 +131,11 @@ def _ray_start(args: list[str], env: dict[str, str]) -> None:
     ray = str(Path(sys.executable).with_name("ray"))
     # A loaded CI machine (2 cores, the whole suite) starts a raylet slowly.
     env = env | {"RAY_raylet_start_wait_time_s": "180"}
-    done = subprocess.run([ray, "start", *args], env=env, capture_output=True, text=True,
-                          timeout=300, check=False)  # fmt: skip
+    try:
+        done = subprocess.run([ray, "start", *args], env=env, capture_output=True, text=True,
+                              timeout=300, check=False)  # fmt: skip
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"ray start {' '.join(args)} took over 300 s") from exc
     if done.returncode != 0:
         raise RuntimeError(f"ray start {' '.join(args)} failed: {done.stderr[-2000:]}")
 
@@ -136,11 +150,20 @@ def running_cluster() -> Iterator[RayCluster]:
     env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0"}
     cluster = RayCluster(f"127.0.0.1:{port}", temp_dir, worker_port, node_dir)
     try:
-        _ray_start(["--head", "--port", str(port), "--include-dashboard=false",
-                    "--temp-dir", str(temp_dir), *COMMON,
-                    "--resources", f'{{"hal_node_head": {CAPACITY}}}'], env)  # fmt: skip
-        _ray_start(["--address", cluster.address, "--node-manager-port", str(worker_port),
-                    *COMMON, "--resources", f'{{"hal_node_w1": {CAPACITY}}}'], env)  # fmt: skip
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                _ray_start(["--head", "--port", str(port), "--include-dashboard=false",
+                            "--temp-dir", str(temp_dir), *COMMON,
+                            "--resources", f'{{"hal_node_head": {CAPACITY}}}'], env)  # fmt: skip
+                break
+            except RuntimeError:
+                # Ray gives a raylet 30 s (fixed) to register: a loaded machine misses it.
+                cluster.stop()
+                if attempt == ATTEMPTS:
+                    raise
+                port = _free_port()
+                cluster.address = f"127.0.0.1:{port}"
+        cluster.worker_port = cluster.add_worker("w1", CAPACITY)
         yield cluster
     finally:
         with contextlib.suppress(Exception):

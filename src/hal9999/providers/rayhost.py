@@ -74,6 +74,7 @@ class NodeHost:
         self.local = BwrapProvider(state_dir=self.root / "bwrap")
         self.streams: dict[str, asyncio.Queue[StreamEvent | None]] = {}
         self.stream_tasks: dict[str, asyncio.Task[None]] = {}
+        self.pull_locks: dict[str, asyncio.Lock] = {}
 
     def _dir(self, sandbox_id: str) -> Path:
         if not sandbox_id.isalnum():
@@ -127,6 +128,7 @@ class NodeHost:
 
     async def op_destroy(self, sandbox_id: str) -> None:
         directory = self._dir(sandbox_id)
+        self.pull_locks.pop(sandbox_id, None)
         with contextlib.suppress(SandboxNotFound):
             await self.local.destroy(self._local_id(sandbox_id))
         if directory.exists():
@@ -214,6 +216,12 @@ class NodeHost:
 
     async def op_pull(self, sandbox_id: str, target: str) -> bytes:
         """The directory seen at ``target`` inside, as a tar made inside by its user."""
+        # One pull at a time per sandbox: a pull of a stopped sandbox starts it for its tar
+        # and stops it again, which must not kill another pull's tar.
+        async with self.pull_locks.setdefault(sandbox_id, asyncio.Lock()):
+            return await self._pull(sandbox_id, target)
+
+    async def _pull(self, sandbox_id: str, target: str) -> bytes:
         local_id = self._local_id(sandbox_id)
         sandbox = await self.local.get(local_id)
         stopped = await self.op_state(sandbox_id) == "stopped"
