@@ -1,4 +1,4 @@
-"""One run of a task: sandbox, prepare, agent, stream, collect, release.
+"""One run of a task: sandbox, prepare, agent, stream, collect (:mod:`.finish`), release.
 
 The runner owns a task only while it runs. Another ``hal`` process may stop or cancel the task
 meanwhile (it kills the process and the sandbox and records the new state); the runner notices
@@ -25,8 +25,6 @@ from hal9999.errors import (
     AgentNotInstalled,
     DiskLimitExceeded,
     HalError,
-    RepoError,
-    SecretInResult,
     TaskNotFound,
     TaskStateError,
     TaskTimeout,
@@ -47,7 +45,7 @@ from hal9999.providers import limits
 from hal9999.providers.base import Provider, Sandbox
 from hal9999.spec import ArgvCommand, ProcessSpec
 from hal9999.store import Store, TaskRecord
-from hal9999.tasks import bringback, collect, gitrepo
+from hal9999.tasks import finish, gitrepo
 from hal9999.tasks.context import (
     TAKEN_AWAY,
     RunContext,
@@ -66,8 +64,6 @@ _POLL_S = 0.05
 _FIRST_POLL_S = 0.005
 _LIVENESS_S = 1.0
 _DEFAULT_RESUME_PROMPT = "Continue where you left off and finish the task."
-_COLLECT_GRACE_S = 60.0
-"""How long collecting may take after a timeout (the agent's work is still brought back)."""
 
 
 class TaskRunner:
@@ -173,11 +169,12 @@ class TaskRunner:
                         )
                     assert ctx.sandbox is not None
                     await self.transition(ctx, TaskStatus.COLLECTING)
-                    files = await self.collect(ctx, ctx.sandbox)
+                    files = await finish.collect_result(ctx, ctx.sandbox, self.update)
             except TimeoutError as exc:
                 if not deadline.expired():
                     raise
-                raise _timed_out(task.timeout_s, self.store.get_task(task.id).status) from exc
+                status = self.store.get_task(task.id).status
+                raise finish.timed_out(task.timeout_s, status) from exc
             refused = ctx.gateway.refusal(self.store) if ctx.gateway is not None else None
             if refused is not None:  # the agent's work is collected above: nothing is lost
                 return await self.finish(
@@ -197,17 +194,7 @@ class TaskRunner:
         except (TaskTimeout, DiskLimitExceeded) as exc:
             if ctx.pspec is not None:
                 await manager.stop(ctx.pspec)
-            files = 0
-            # The agent ran: keep what it did before the timeout or the disk limit (which a
-            # watchdog enforces, so collection still has room to write).
-            if ctx.pspec is not None:
-                try:
-                    async with asyncio.timeout(_COLLECT_GRACE_S):
-                        files = await self.collect_quietly(ctx, ctx.sandbox)
-                except TimeoutError:
-                    ctx.events.emit(
-                        Message(level="warning", text="collecting after the timeout took too long")
-                    )
+            files = await finish.collect_leftovers(ctx, self.update)
             ended = TaskStatus.TIMED_OUT if isinstance(exc, TaskTimeout) else TaskStatus.FAILED
             return await self.finish(ctx, ended, started, exit_code, error=exc, files=files)
         except HalError as exc:
@@ -220,7 +207,7 @@ class TaskRunner:
             # Ctrl-C: stop the agent and keep the session; the sandbox goes in `finally`.
             if ctx.pspec is not None:
                 await manager.stop(ctx.pspec)
-            reason = _cancel_reason(cancelled)
+            reason = finish.cancel_reason(cancelled)
             await self.finish(ctx, TaskStatus.CANCELLED, started, exit_code, note=reason)
             raise
         finally:
@@ -459,69 +446,6 @@ class TaskRunner:
             raise AgentFailed("the agent process vanished without an exit status")
         return status.exit_code
 
-    async def collect(self, ctx: RunContext, sandbox: Sandbox) -> int:
-        """Commit leftovers, write patch and bundle, bring the branch back; return files changed.
-
-        Work the branch cannot carry (nested repositories, submodules) fails the task loudly,
-        with the work kept in the session; so does a result that holds a secret's value.
-        """
-        task, session = ctx.task, ctx.session
-        assert task.base_commit is not None
-        result = await collect.collect(
-            sandbox,
-            session,
-            base=task.base_commit,
-            branch=task.branch,
-            task_id=task.id,
-            full_bundle=task.repo_kind == "url",
-        )
-        await self.update(task.id, files_changed=result.files_changed)
-        # Sizes, never the diff itself: a 300 MB patch stays in result.patch.
-        sizes = f"patch {result.patch_bytes} bytes"
-        if result.bundle_bytes is not None:
-            sizes += f", bundle {result.bundle_bytes} bytes"
-        count = result.files_changed
-        files = f"{count} changed file{'' if count == 1 else 's'}"
-        ctx.events.emit(Message(text=f"collected {files}; {sizes}"))
-        if result.nested:
-            raise RepoError(
-                "the agent changed nested repositories or submodules whose work the branch "
-                f"cannot carry: {', '.join(result.nested[:5])}; nothing was brought back",
-                hint=collect.safe_in_session(session),
-            )
-        brought = await bringback.bring_back(
-            gitrepo.RepoSource(task.repo_kind, task.repo),
-            session,
-            task_id=task.id,
-            branch=task.branch,
-            head=result.head,
-            base=task.base_commit,
-            masker=ctx.masker,
-        )
-        if brought is None:  # a URL source: the session's bundle is the result, scan it too
-            scan = bringback.patch_holds_secret
-            holder = await asyncio.to_thread(scan, session.patch, ctx.masker)
-            if holder is not None:
-                raise SecretInResult(
-                    f"the result holds the value of one of the task's secrets, in {holder}",
-                    hint=f"remove it from the branch's history; {collect.safe_in_session(session)}",
-                )
-        if brought is not None and brought.moved_aside:
-            ctx.task = await self.update(task.id, branch=brought.branch)
-            text = f"{brought.why}; the result is on {brought.branch}"
-            ctx.events.emit(Message(level="warning", text=text))
-        return result.files_changed
-
-    async def collect_quietly(self, ctx: RunContext, sandbox: Sandbox | None) -> int:
-        """Collect what a timed-out run left, reporting (not raising) a failure."""
-        if sandbox is None or ctx.task.base_commit is None:
-            return 0
-        try:
-            return await self.collect(ctx, sandbox)
-        except HalError as exc:
-            ctx.events.emit(Message(level="warning", text=f"collecting failed: {exc.one_line()}"))
-            return 0
-
     async def finish(
         self,
         ctx: RunContext,
@@ -562,7 +486,7 @@ class TaskRunner:
                 error_message=ctx.masker.mask(error.one_line()) if error else note,
                 input_tokens=current.input_tokens + totals.input_tokens,
                 output_tokens=current.output_tokens + totals.output_tokens,
-                cost_usd=_add_cost(current.cost_usd, totals.cost_usd),
+                cost_usd=finish.add_cost(current.cost_usd, totals.cost_usd),
             )
         except Superseded:
             return self.store.get_task(ctx.task.id)
@@ -587,29 +511,6 @@ def _loop_deadline(timeout_s: float | None, started: float) -> float | None:
     return asyncio.get_running_loop().time() + (started + timeout_s - time.monotonic())
 
 
-_PHASE_DOING = {
-    TaskStatus.PROVISIONING: "acquiring a sandbox; the agent never started",
-    TaskStatus.PREPARING: "preparing (cloning the repository); the agent never started",
-    TaskStatus.RUNNING: "the agent was running",
-    TaskStatus.COLLECTING: "collecting the results",
-}
-
-
-def _timed_out(timeout_s: float | None, status: str) -> TaskTimeout:
-    """The timeout error, saying what the run was doing when time ran out."""
-    doing = _PHASE_DOING.get(TaskStatus(status), status)
-    return TaskTimeout(
-        f"task ran past its timeout of {timeout_s or 0:g}s while {doing}",
-        hint="raise it with --timeout SECONDS",
-    )
-
-
-def _cancel_reason(exc: asyncio.CancelledError) -> str:
-    """Why the run was cancelled: the message given to ``cancel()`` (the CLI names SIGTERM),
-    else Ctrl-C."""
-    return str(exc.args[0]) if exc.args and exc.args[0] else "interrupted by the user"
-
-
 def _empty(directory: Path) -> None:
     """Remove what is inside ``directory`` (not the directory: it may be a mount target)."""
     if not directory.is_dir():
@@ -619,11 +520,3 @@ def _empty(directory: Path) -> None:
             shutil.rmtree(entry)
         else:
             entry.unlink()
-
-
-def _add_cost(a: float | None, b: float | None) -> float | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return a + b

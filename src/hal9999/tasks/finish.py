@@ -1,0 +1,138 @@
+"""How a run ends: the agent's work collected and brought back to the source repository,
+and the errors that say why a run stopped early.
+
+:func:`collect_result` runs once the agent has exited (status ``collecting``);
+:func:`collect_leftovers` keeps what a run cut short by its timeout or disk limit did. Both
+write to the task's record only through the runner's ``update`` (a thread, as every store
+write of a run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from hal9999.errors import HalError, RepoError, SecretInResult, TaskTimeout
+from hal9999.events.models import Message
+from hal9999.providers.base import Sandbox
+from hal9999.store import TaskRecord
+from hal9999.tasks import bringback, collect, gitrepo
+from hal9999.tasks.context import RunContext
+from hal9999.tasks.state import TaskStatus
+
+Update = Callable[..., Awaitable[TaskRecord]]
+"""The runner's ``update(task_id, **fields)``."""
+COLLECT_GRACE_S = 60.0
+"""How long collecting may take after a timeout (the agent's work is still brought back)."""
+
+
+async def collect_result(ctx: RunContext, sandbox: Sandbox, update: Update) -> int:
+    """Commit leftovers, write patch and bundle, bring the branch back; return files changed.
+
+    Work the branch cannot carry (nested repositories, submodules) fails the task loudly,
+    with the work kept in the session; so does a result that holds a secret's value.
+    """
+    task, session = ctx.task, ctx.session
+    assert task.base_commit is not None
+    result = await collect.collect(
+        sandbox,
+        session,
+        base=task.base_commit,
+        branch=task.branch,
+        task_id=task.id,
+        full_bundle=task.repo_kind == "url",
+    )
+    await update(task.id, files_changed=result.files_changed)
+    # Sizes, never the diff itself: a 300 MB patch stays in result.patch.
+    sizes = f"patch {result.patch_bytes} bytes"
+    if result.bundle_bytes is not None:
+        sizes += f", bundle {result.bundle_bytes} bytes"
+    count = result.files_changed
+    files = f"{count} changed file{'' if count == 1 else 's'}"
+    ctx.events.emit(Message(text=f"collected {files}; {sizes}"))
+    if result.nested:
+        raise RepoError(
+            "the agent changed nested repositories or submodules whose work the branch "
+            f"cannot carry: {', '.join(result.nested[:5])}; nothing was brought back",
+            hint=collect.safe_in_session(session),
+        )
+    brought = await bringback.bring_back(
+        gitrepo.RepoSource(task.repo_kind, task.repo),
+        session,
+        task_id=task.id,
+        branch=task.branch,
+        head=result.head,
+        base=task.base_commit,
+        masker=ctx.masker,
+    )
+    if brought is None:  # a URL source: the session's bundle is the result, scan it too
+        scan = bringback.patch_holds_secret
+        holder = await asyncio.to_thread(scan, session.patch, ctx.masker)
+        if holder is not None:
+            raise SecretInResult(
+                f"the result holds the value of one of the task's secrets, in {holder}",
+                hint=f"remove it from the branch's history; {collect.safe_in_session(session)}",
+            )
+    if brought is not None and brought.moved_aside:
+        ctx.task = await update(task.id, branch=brought.branch)
+        text = f"{brought.why}; the result is on {brought.branch}"
+        ctx.events.emit(Message(level="warning", text=text))
+    return result.files_changed
+
+
+async def collect_quietly(ctx: RunContext, sandbox: Sandbox | None, update: Update) -> int:
+    """Collect what a timed-out run left, reporting (not raising) a failure."""
+    if sandbox is None or ctx.task.base_commit is None:
+        return 0
+    try:
+        return await collect_result(ctx, sandbox, update)
+    except HalError as exc:
+        ctx.events.emit(Message(level="warning", text=f"collecting failed: {exc.one_line()}"))
+        return 0
+
+
+async def collect_leftovers(ctx: RunContext, update: Update) -> int:
+    """After a timeout or a disk limit (which a watchdog enforces, so collection still has
+    room to write): keep what the agent did, within :data:`COLLECT_GRACE_S`."""
+    if ctx.pspec is None:
+        return 0  # the agent never ran
+    try:
+        async with asyncio.timeout(COLLECT_GRACE_S):
+            return await collect_quietly(ctx, ctx.sandbox, update)
+    except TimeoutError:
+        ctx.events.emit(
+            Message(level="warning", text="collecting after the timeout took too long")
+        )
+        return 0
+
+
+_PHASE_DOING = {
+    TaskStatus.PROVISIONING: "acquiring a sandbox; the agent never started",
+    TaskStatus.PREPARING: "preparing (cloning the repository); the agent never started",
+    TaskStatus.RUNNING: "the agent was running",
+    TaskStatus.COLLECTING: "collecting the results",
+}
+
+
+def timed_out(timeout_s: float | None, status: str) -> TaskTimeout:
+    """The timeout error, saying what the run was doing when time ran out."""
+    doing = _PHASE_DOING.get(TaskStatus(status), status)
+    return TaskTimeout(
+        f"task ran past its timeout of {timeout_s or 0:g}s while {doing}",
+        hint="raise it with --timeout SECONDS",
+    )
+
+
+def cancel_reason(exc: asyncio.CancelledError) -> str:
+    """Why the run was cancelled: the message given to ``cancel()`` (the CLI names SIGTERM),
+    else Ctrl-C."""
+    return str(exc.args[0]) if exc.args and exc.args[0] else "interrupted by the user"
+
+
+def add_cost(a: float | None, b: float | None) -> float | None:
+    """The sum of two costs, either of which may be unknown (None)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a + b
