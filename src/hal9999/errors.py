@@ -27,6 +27,7 @@ optional ``hint`` that tells the user how to fix the problem::
     │   ├── CapabilityError       capability_missing exit 6
     │   ├── SandboxNotFound       sandbox_not_found  exit 6
     │   ├── HostKeyRejected       host_key_rejected  exit 6
+    │   ├── HostUnreachable       host_unreachable   exit 6
     │   ├── SpendCapReached       spend_cap          exit 6
     │   ├── CloudApiError         cloud_api_error    exit 6
     │   │   ├── CloudValidationError cloud_validation exit 6
@@ -220,6 +221,14 @@ class HostKeyRejected(ProviderError):
     """A remote host's key does not match the configured known-hosts entry."""
 
     code = "host_key_rejected"
+
+
+class HostUnreachable(ProviderError):
+    """No connection to a remote host could be made (down, lost, or the network): another
+    host may do. Never a key problem (:class:`HostKeyRejected`, a refused key), which must be
+    seen."""
+
+    code = "host_unreachable"
 
 
 class SpendCapReached(ProviderError):

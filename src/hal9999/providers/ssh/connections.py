@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from hal9999.errors import HostKeyRejected, ProviderError, ProviderUnavailable
+from hal9999.errors import HostKeyRejected, HostUnreachable, ProviderError, ProviderUnavailable
 from hal9999.providers.ssh.config import SshHost
 
 if TYPE_CHECKING:
@@ -83,11 +83,6 @@ async def connect(
         ) from exc
     except (OSError, lib.Error, TimeoutError) as exc:
         raise HostUnreachable(f"cannot reach ssh host {host.name!r} ({where}): {exc}") from exc
-
-
-class HostUnreachable(ProviderError):
-    """No connection could be made (down, lost, or the network): another host may do.
-    Never a key problem (:class:`HostKeyRejected`, a refused key), which must be seen."""
 
 
 class ConnectionPool:

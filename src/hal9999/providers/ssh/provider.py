@@ -15,13 +15,13 @@ import secrets
 import time
 from pathlib import Path
 
-from hal9999.errors import HalError, ProviderError, SandboxNotFound
+from hal9999.errors import HalError, HostUnreachable, ProviderError, SandboxNotFound
 from hal9999.providers.base import Capabilities, SandboxInfo
 from hal9999.providers.hostexec import MARKER_VAR
 from hal9999.providers.hostsandbox import check_spec
 from hal9999.providers.ssh import channel, remote
 from hal9999.providers.ssh.config import SshConfig, SshHost
-from hal9999.providers.ssh.connections import ConnectionPool, HostUnreachable, load_asyncssh
+from hal9999.providers.ssh.connections import ConnectionPool, load_asyncssh
 from hal9999.providers.ssh.records import MountRecord, SshRecord, SshRecords
 from hal9999.providers.ssh.sandbox import HOME, WORKDIR, SshSandbox
 from hal9999.spec import SandboxSpec
