@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import random
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -101,6 +102,22 @@ def _keygen(path: Path) -> str:
         f"{path}.pub").read_text().strip()  # fmt: skip
 
 
+def _free_block(subnet: str) -> int:
+    """A /30 of ``subnet``.0/24 no live veth of this machine uses.
+
+    Two servers alive at once (a session's droplets and a test's host) must never share a
+    block: the host would route the test's address to the other server. The choice is
+    random from the OS, not from ``random``, whose state tests may seed."""
+    shown = subprocess.run(
+        ["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, check=False
+    ).stdout
+    used = {int(last) // 4 * 4 for last in re.findall(rf"inet {re.escape(subnet)}\.(\d+)/", shown)}
+    free = [block for block in range(0, 256, 4) if block not in used]
+    if not free:
+        raise RuntimeError(f"no free /30 left in {subnet}.0/24 (leftover test namespaces?)")
+    return free[secrets.randbelow(len(free))]
+
+
 @contextlib.contextmanager
 def running_sshd(subnet: str = "169.254.77") -> Iterator[Sshd]:
     """Start sshd in a fresh namespace (a random /30 of ``subnet``.0/24, a link-local
@@ -111,7 +128,7 @@ def running_sshd(subnet: str = "169.254.77") -> Iterator[Sshd]:
     tmp.chmod(0o755)
     tag = os.urandom(3).hex()
     netns, host_veth, ns_veth = f"halssh-{tag}", f"hsh{tag}", f"hsn{tag}"
-    block = random.randrange(64) * 4
+    block = _free_block(subnet)
     host_ip, ns_ip = f"{subnet}.{block + 1}", f"{subnet}.{block + 2}"
     etc = tmp / "etc"
     etc.mkdir()
