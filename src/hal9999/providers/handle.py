@@ -55,11 +55,12 @@ class SandboxHandle:
 
 async def collect(
     events: AsyncGenerator[StreamEvent, None], *, time_limit: float | None, what: str,
-    no_status: int = 255,
+    no_status: int = 255, timed_out: str | None = None,
 ) -> ExecResult:  # fmt: skip
     """A streamed command's output and status (``no_status`` when none came). Past
     ``time_limit`` the stream is closed (which kills the command) and :class:`ExecError`
-    raised, keeping the partial output: a timed-out command has no exit status."""
+    raised (``timed_out`` its message, else one naming ``what``), keeping the partial
+    output: a timed-out command has no exit status."""
     out, err = bytearray(), bytearray()
     code = no_status
     try:
@@ -73,7 +74,7 @@ async def collect(
                     code = event.exit_code
     except TimeoutError as exc:
         raise ExecError(
-            f"{what} timed out after {time_limit:g}s and was killed",
+            timed_out or f"{what} timed out after {time_limit:g}s and was killed",
             hint="raise the timeout, or run long work through a process manager",
             timeout=time_limit, stdout=bytes(out), stderr=bytes(err),
         ) from exc  # fmt: skip

@@ -18,6 +18,7 @@ from typing import Literal
 
 from hal9999.errors import ExecError, ProviderError
 from hal9999.providers.base import ExecResult, Launch, StreamEvent
+from hal9999.providers.handle import collect
 
 LAUNCHER_SCRIPT = (
     "HAL_SANDBOX=$1; export HAL_SANDBOX; "
@@ -199,27 +200,11 @@ async def run(
     raised (``details`` keep ``timeout`` and the partial ``stdout``/``stderr``): a timed-out
     command has no exit status, and a made-up 124 could be mistaken for a real one.
     """
-    out, err = bytearray(), bytearray()
-    code = -1
-    events = stream(launch, stdin=stdin)
-    try:
-        async with contextlib.aclosing(events), asyncio.timeout(time_limit):
-            async for event in events:
-                if event.kind == "stdout":
-                    out += event.data
-                elif event.kind == "stderr":
-                    err += event.data
-                elif event.exit_code is not None:
-                    code = event.exit_code
-    except TimeoutError as exc:
-        raise ExecError(
-            f"command timed out after {time_limit:g}s and was killed: {what}",
-            hint="raise the timeout, or run long work through a process manager",
-            timeout=time_limit,
-            stdout=bytes(out),
-            stderr=bytes(err),
-        ) from exc
-    return ExecResult(code, bytes(out), bytes(err))
+    return await collect(
+        stream(launch, stdin=stdin), time_limit=time_limit, what=what, no_status=-1,
+        timed_out=None if time_limit is None
+        else f"command timed out after {time_limit:g}s and was killed: {what}",
+    )  # fmt: skip
 
 
 def marked_pids(sandbox_id: str) -> set[int]:
