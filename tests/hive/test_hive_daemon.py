@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -23,14 +24,17 @@ pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 # The CLI tests' fixtures: a private HAL_HOME, a demo repository, `hal` as a subprocess.
 demo_repo, hal_env, hal = cli_fixtures.demo_repo, cli_fixtures.hal_env, cli_fixtures.hal
 
-AGENT = """#!/bin/sh
+# The agent's long sleep has a duration of this run's own, so the tests kill exactly their
+# sleepers (never another test's or a user's `sleep 300`).
+SLEEP = f"300.{secrets.randbelow(10**6):06d}"
+AGENT = f"""#!/bin/sh
 # A hive agent: records every prompt it gets, and misbehaves when told to.
 cat "$1" >> seen.txt
 if grep -q "please crash" "$1" && [ ! -e crashed-once ]; then
   touch crashed-once
-  exec sleep 300  # hal-hive-test-sleeper
+  exec sleep {SLEEP}
 fi
-if grep -q "always crash" "$1"; then exec sleep 300; fi  # hal-hive-test-sleeper
+if grep -q "always crash" "$1"; then exec sleep {SLEEP}; fi
 if grep -q "take your time" "$1"; then sleep 4; fi
 echo "done: $(grep -c . "$1") lines"
 """
@@ -71,7 +75,7 @@ def serve(hal: Hal, hal_env: dict[str, str], hive_repo: Path) -> Iterator[Hal]:
     for agent in as_json(hal, "agent", "list"):
         hal("agent", "stop", agent["name"])
     assert hal("serve", "--stop").returncode == 0
-    subprocess.run(["pkill", "-KILL", "-f", "hal-hive-test-sleeper"], check=False)
+    kill_sleeper()
 
 
 def agent_of(hal: Hal, name: str) -> dict[str, Any]:
@@ -219,7 +223,7 @@ def test_a_message_is_delivered_once_across_kill_9_during_delivery(
 
 
 def kill_sleeper() -> bool:
-    found = subprocess.run(["pgrep", "-f", "^sleep 300"], capture_output=True, text=True)
+    found = subprocess.run(["pgrep", "-x", "-f", f"sleep {SLEEP}"], capture_output=True, text=True)
     pids = [int(p) for p in found.stdout.split()]
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
