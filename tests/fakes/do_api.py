@@ -16,8 +16,9 @@ Bearer auth (401 ``Unauthorized`` otherwise), errors as ``{"id", "message"}``, a
 Booting is real enough: a new droplet takes a free machine from ``machines`` (a test sshd,
 tests/sshd.py), applies the ``ssh_keys`` of its cloud-init user data as that sshd's host key
 (as cloud-init's cc_ssh would) and restarts it; only then is it ``active`` with the sshd's
-address. Injected faults: :meth:`fail` (any status, ``retry-after``), ``slow_s``, ``stuck``
-(droplets stay ``new``), :meth:`vanish` (a droplet disappears).
+address. The server, the token check and the injected faults (``stuck``: droplets stay
+``new``) are tests/fakes/vendor_api.py's; :meth:`FakeDigitalOcean.exhaust_window` spends
+the rate-limit window.
 """
 
 from __future__ import annotations
@@ -32,38 +33,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import urlencode
 
+from tests.fakes.vendor_api import Answer, FakeVendorApi
 from tests.sshd import Sshd
 
 TOKEN = "dop_v1_fake_test_token"
-
-
-@dataclass
-class Fault:
-    """An answer given instead of the real one, ``times`` times, to matching calls."""
-
-    status: int
-    method: str | None = None
-    path_prefix: str = "/v2/"
-    times: int = 1
-    retry_after: int | None = None
-
-
-@dataclass
-class Seen:
-    """One call the fake answered: what came, and what went back."""
-
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    body: Any
-    status: int
-    answer: Any
-    headers: dict[str, str]
-    at: float
 
 
 @dataclass
@@ -78,48 +54,35 @@ class FakeDroplet:
         "%Y-%m-%dT%H:%M:%SZ"))  # fmt: skip
 
 
-class FakeDigitalOcean:
+class FakeDigitalOcean(FakeVendorApi[FakeDroplet]):
     """The fake API server; use as a context manager (``url`` once started)."""
 
+    token = TOKEN
+    fault_prefix = "/v2/"
+
     def __init__(self, machines: list[Sshd], *, boot_s: float = 0.1, limit: int = 5000) -> None:
+        super().__init__(boot_s=boot_s)
         self.machines = machines
-        self.boot_s = boot_s
         self.limit = limit
         self.remaining = limit
         self.reset_at = time.time() + 3600
-        self.faults: list[Fault] = []
-        self.slow_s = 0.0
-        self.stuck = False
-        self.seen: list[Seen] = []
         self.droplets: dict[int, FakeDroplet] = {}
-        self.lock = threading.RLock()
         self._next_id = 3164444
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def __enter__(self) -> FakeDigitalOcean:
-        self._thread.start()
-        return self
+    def _registry(self) -> dict[int, FakeDroplet]:
+        return self.droplets
 
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        with self.lock:
-            self.droplets.clear()
+    def error(self, status: int) -> dict[str, str]:
+        """DigitalOcean's error body: ``{"id", "message"}``."""
+        return _error(status)
 
-    # -- faults -------------------------------------------------------------------------
-
-    def fail(self, status: int, **kw: Any) -> None:
-        """Answer the next matching call(s) with ``status``."""
-        with self.lock:
-            self.faults.append(Fault(status, **kw))
-
-    def vanish(self, droplet_id: int) -> None:
-        """The droplet disappears (deleted behind hal's back)."""
-        with self.lock:
-            self.droplets.pop(droplet_id, None)
+    def answer_headers(self) -> dict[str, str]:
+        """DigitalOcean labels every answer JSON (the empty 204s included) and counts the
+        rate-limit window on it."""
+        return {"content-type": "application/json; charset=utf-8",
+                "ratelimit-limit": str(self.limit),
+                "ratelimit-remaining": str(max(0, self.remaining)),
+                "ratelimit-reset": str(int(self.reset_at))}  # fmt: skip
 
     def exhaust_window(self, reset_in_s: float) -> None:
         """No calls left until ``reset_in_s`` from now (the next call gets a 429)."""
@@ -128,40 +91,18 @@ class FakeDigitalOcean:
             # The header carries whole epoch seconds: the window resets on one.
             self.reset_at = float(math.ceil(time.time() + reset_in_s))
 
-    def live(self) -> list[FakeDroplet]:
-        """Droplets that exist now."""
-        with self.lock:
-            return list(self.droplets.values())
-
     # -- the API ------------------------------------------------------------------------
 
-    def handle(
-        self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str],
-        body: Any,
-    ) -> tuple[int, Any, dict[str, str]]:  # fmt: skip
-        """One call: (status, JSON body or None, extra headers)."""
-        if self.slow_s:
-            time.sleep(self.slow_s)
-        with self.lock:
-            if self.remaining <= 0 and time.time() >= self.reset_at:
-                self.remaining, self.reset_at = self.limit, time.time() + 3600
-            for fault in self.faults:
-                if (fault.method in (None, method) and path.startswith(fault.path_prefix)
-                        and fault.times > 0):  # fmt: skip
-                    fault.times -= 1
-                    extra = {"retry-after": str(fault.retry_after)} if fault.retry_after else {}
-                    return fault.status, _error(fault.status), extra
-            if headers.get("authorization") != f"Bearer {TOKEN}":
-                return 401, _error(401), {}
-            if self.remaining <= 0:
-                wait = max(1, int(self.reset_at - time.time() + 0.999))
-                return 429, _error(429), {"retry-after": str(wait)}
-            self.remaining -= 1
-            return self._route(method, path, query, body)
+    def _admit(self) -> Answer | None:
+        if self.remaining <= 0 and time.time() >= self.reset_at:
+            self.remaining, self.reset_at = self.limit, time.time() + 3600
+        if self.remaining <= 0:
+            wait = max(1, int(self.reset_at - time.time() + 0.999))
+            return 429, _error(429), {"retry-after": str(wait)}
+        self.remaining -= 1
+        return None
 
-    def _route(
-        self, method: str, path: str, query: dict[str, list[str]], body: Any
-    ) -> tuple[int, Any, dict[str, str]]:
+    def _route(self, method: str, path: str, query: dict[str, list[str]], body: Any) -> Answer:
         parts = path.strip("/").split("/")
         if parts[:2] != ["v2", "droplets"] or len(parts) > 3:
             return 404, _error(404), {}
@@ -190,7 +131,7 @@ class FakeDigitalOcean:
             return 200, self._page(path, query, tag), {}
         return 405, _error(405), {}
 
-    def _create(self, body: Any) -> tuple[int, Any, dict[str, str]]:
+    def _create(self, body: Any) -> Answer:
         if not isinstance(body, dict) or not body.get("name") or not body.get("image"):
             return 422, {"id": "unprocessable_entity", "message": "name and image are required"}, {}
         for key in ("region", "size"):
@@ -317,41 +258,3 @@ def _error(status: int) -> dict[str, str]:
     error_id, message = _MESSAGES.get(status, ("error", "Something went wrong."))
     return {"id": error_id, "message": message}
 
-
-def _handler(fake: FakeDigitalOcean) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def _serve(self) -> None:
-            split = urlsplit(self.path)
-            length = int(self.headers.get("content-length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            try:
-                body = json.loads(raw) if raw else None
-            except ValueError:
-                body = None
-            query = parse_qs(split.query)
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            status, answer, extra = fake.handle(self.command, split.path, query, headers, body)
-            with fake.lock:
-                # DigitalOcean labels every answer JSON, the empty 204s included.
-                sent = {"content-type": "application/json; charset=utf-8",
-                        "ratelimit-limit": str(fake.limit),
-                        "ratelimit-remaining": str(max(0, fake.remaining)),
-                        "ratelimit-reset": str(int(fake.reset_at))} | extra  # fmt: skip
-                fake.seen.append(Seen(self.command, split.path, query, body, status, answer,
-                                      sent, time.time()))  # fmt: skip
-            data = json.dumps(answer).encode() if answer is not None else b""
-            self.send_response(status)
-            for name, value in sent.items():
-                self.send_header(name, value)
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        do_GET = do_POST = do_DELETE = do_PUT = _serve
-
-    return Handler

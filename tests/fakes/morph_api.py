@@ -12,7 +12,8 @@
     POST   /instance/{id}/ttl               {ttl_seconds, ttl_action} -> Instance
 
 Bearer auth (401), FastAPI-style errors (``{"detail": ...}``; 400, 404, 409, 422, 429
-with ``retry-after``, 5xx). Instances go ``pending`` -> ``ready`` after ``boot_s``;
+with ``retry-after``, 5xx; the server and the injected faults are
+tests/fakes/vendor_api.py's). Instances go ``pending`` -> ``ready`` after ``boot_s``;
 ``paused`` on pause or when their TTL (action ``pause``) runs out; ``error`` when
 ``boot_error`` is set; ``stuck`` keeps them ``pending``. ``/exec`` really runs the argv, in
 a bubblewrap sandbox on this host (read-only root, no network). SSH goes to the test's
@@ -21,29 +22,17 @@ sshd (the "gateway"), where every instance's sandbox lives under its own mirror 
 
 from __future__ import annotations
 
-import json
 import secrets
 import subprocess
-import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+
+from tests.fakes.vendor_api import Answer, FakeVendorApi
 
 TOKEN = "morph_fake_test_key"
 SPEC = {"vcpus": 2, "memory": 4096, "disk_size": 16384}
-
-
-@dataclass
-class Fault:
-    """A status given instead of the real answer to matching calls."""
-
-    status: int
-    method: str | None = None
-    path_prefix: str = "/"
-    times: int = 1
-    retry_after: int | None = None
+_DETAILS = {401: "Invalid API key", 404: "Not Found", 405: "Method Not Allowed"}
 
 
 @dataclass
@@ -73,54 +62,31 @@ class FakeInstance:
         }  # fmt: skip
 
 
-class FakeMorph:
+class FakeMorph(FakeVendorApi[FakeInstance]):
     """The fake API server; use as a context manager."""
 
+    token = TOKEN
+
     def __init__(self, *, boot_s: float = 0.1) -> None:
-        self.boot_s = boot_s
+        super().__init__(boot_s=boot_s)
         self.instances: dict[str, FakeInstance] = {}
         self.snapshots: dict[str, dict[str, Any]] = {"snapshot_golden": self._snapshot("golden")}
-        self.faults: list[Fault] = []
-        self.slow_s = 0.0
-        self.stuck = False
         self.boot_error = False
-        self.calls: list[tuple[str, str, int]] = []
         self.execs: list[list[str]] = []
-        self.lock = threading.RLock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def __enter__(self) -> FakeMorph:
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
+    def _registry(self) -> dict[str, FakeInstance]:
+        return self.instances
 
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def fail(self, status: int, **kw: Any) -> None:
-        """Answer the next matching call(s) with ``status``."""
-        with self.lock:
-            self.faults.append(Fault(status, **kw))
-
-    def vanish(self, instance_id: str) -> None:
-        """The instance disappears."""
-        with self.lock:
-            self.instances.pop(instance_id, None)
-
-    def live(self) -> list[FakeInstance]:
-        """Instances that exist now."""
-        with self.lock:
-            self._tick()
-            return list(self.instances.values())
+    def error(self, status: int) -> dict[str, str]:
+        """A FastAPI-style error body: ``{"detail": ...}``."""
+        return {"detail": _DETAILS.get(status, f"injected {status}")}
 
     def _snapshot(self, name: str) -> dict[str, Any]:
         return {"id": f"snapshot_{name}", "object": "snapshot", "created": int(time.time()),
                 "status": "ready", "spec": SPEC, "refs": {"image_id": "morphvm-minimal"},
                 "digest": None, "metadata": {"name": name}}  # fmt: skip
 
-    def _tick(self) -> None:
+    def _advance(self) -> None:
         now = time.time()
         for inst in self.instances.values():
             if inst.status == "pending" and not self.stuck and now >= inst.ready_at:
@@ -137,27 +103,10 @@ class FakeMorph:
         self.instances[inst.id] = inst
         return inst
 
-    def handle(self, method: str, path: str, query: dict[str, list[str]], auth: str,
-               body: Any) -> tuple[int, Any, dict[str, str]]:  # fmt: skip
-        """One call: (status, JSON, extra headers)."""
-        if self.slow_s:
-            time.sleep(self.slow_s)
-        with self.lock:
-            for fault in self.faults:
-                if (fault.times > 0 and fault.method in (None, method)
-                        and path.startswith(fault.path_prefix)):  # fmt: skip
-                    fault.times -= 1
-                    extra = {"retry-after": str(fault.retry_after)} if fault.retry_after else {}
-                    return fault.status, {"detail": f"injected {fault.status}"}, extra
-            if auth != f"Bearer {TOKEN}":
-                return 401, {"detail": "Invalid API key"}, {}
-            self._tick()
-            return self._route(method, path.strip("/").split("/"), query, body)
-
-    def _route(self, method: str, parts: list[str], query: dict[str, list[str]],
-               body: Any) -> tuple[int, Any, dict[str, str]]:  # fmt: skip
+    def _route(self, method: str, path: str, query: dict[str, list[str]], body: Any) -> Answer:
+        parts = path.strip("/").split("/")
         if parts[0] != "instance":
-            return 404, {"detail": "Not Found"}, {}
+            return 404, self.error(404), {}
         if len(parts) == 1:
             if method == "POST":
                 snapshot = (query.get("snapshot_id") or [""])[0]
@@ -186,11 +135,11 @@ class FakeMorph:
             self.instances.pop(inst.id, None)
             return 200, {}, {}
         if method != "POST":
-            return 405, {"detail": "Method Not Allowed"}, {}
+            return 405, self.error(405), {}
         return self._act(inst, action, query, body)
 
     def _act(self, inst: FakeInstance, action: str, query: dict[str, list[str]],
-             body: Any) -> tuple[int, Any, dict[str, str]]:  # fmt: skip
+             body: Any) -> Answer:  # fmt: skip
         if action == "pause" or action == "resume":
             wanted = "ready" if action == "pause" else "paused"
             if inst.status != wanted:
@@ -220,7 +169,7 @@ class FakeMorph:
             made = [self._boot(snap["id"], {}, inst.ttl_seconds, inst.ttl_action).view()
                     for _ in range(count)]  # fmt: skip
             return 200, {"snapshot": snap, "instances": made}, {}
-        return 404, {"detail": "Not Found"}, {}
+        return 404, self.error(404), {}
 
 
 def _run(command: list[str]) -> dict[str, Any]:
@@ -235,37 +184,3 @@ def _run(command: list[str]) -> dict[str, Any]:
     return {"exit_code": done.returncode, "stdout": done.stdout.decode("utf-8", "replace"),
             "stderr": done.stderr.decode("utf-8", "replace")}  # fmt: skip
 
-
-def _handler(fake: FakeMorph) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def _serve(self) -> None:
-            split = urlsplit(self.path)
-            length = int(self.headers.get("content-length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            try:
-                body = json.loads(raw) if raw else None
-            except ValueError:
-                body = None
-            status, answer, extra = fake.handle(
-                self.command, split.path, parse_qs(split.query),
-                self.headers.get("authorization", ""), body,
-            )  # fmt: skip
-            with fake.lock:
-                fake.calls.append((self.command, split.path, status))
-            data = json.dumps(answer).encode()
-            self.send_response(status)
-            for name, value in extra.items():
-                self.send_header(name, value)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        do_GET = do_POST = do_DELETE = _serve
-
-    return Handler

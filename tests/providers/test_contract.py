@@ -75,14 +75,6 @@ def provider(request: pytest.FixtureRequest, hal_home: Path) -> Provider:
 
 
 @pytest.fixture
-def workspace(tmp_path: Path) -> Path:
-    path = tmp_path / "workspace"
-    path.mkdir()
-    (path / "README").write_text("hello\n")
-    return path
-
-
-@pytest.fixture
 def spec(provider: Provider, workspace: Path) -> SpecFactory:
     """A spec the provider accepts, with overrides."""
 

@@ -9,11 +9,15 @@ import asyncio
 import json
 import os
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tests.fakes.do_api import TOKEN, FakeDigitalOcean, FakeDroplet
+from tests.providers.cloud_helpers import make as make_provider
+from tests.providers.cloud_helpers import spec as sandbox_spec
+from tests.providers.cloud_helpers import vanish_while_booting
 
 from hal9999.errors import (
     CloudAuthError,
@@ -24,34 +28,15 @@ from hal9999.errors import (
     SpendCapReached,
 )
 from hal9999.providers.digitalocean import DigitalOceanProvider
-from hal9999.providers.registry import load_provider
-from hal9999.spec import ArgvCommand, SandboxSpec
+from hal9999.spec import ArgvCommand
 from hal9999.store.sqlite import Store
 
 pytestmark = [pytest.mark.ssh, pytest.mark.usefixtures("ssh_connections_closed")]
 
 
-@pytest.fixture
-def workspace(tmp_path: Path) -> Path:
-    path = tmp_path / "workspace"
-    path.mkdir()
-    (path / "README").write_text("hello\n")
-    return path
-
-
-def make(hal_home: Path, settings: dict[str, Any], **extra: Any) -> DigitalOceanProvider:
-    provider = load_provider("digitalocean", state_dir=hal_home / "sandboxes" / "digitalocean",
-                             settings=settings | extra)  # fmt: skip
-    assert isinstance(provider, DigitalOceanProvider)
-    return provider
-
-
-def spec(workspace: Path) -> SandboxSpec:
-    return SandboxSpec(provider="digitalocean", network="host", workspace=workspace)
-
-
-def posts(fake: FakeDigitalOcean) -> list[Any]:
-    return [seen for seen in fake.seen if seen.method == "POST"]
+# Call sites name only the settings: the provider class is this module's.
+make = partial(make_provider, DigitalOceanProvider)
+spec = partial(sandbox_spec, DigitalOceanProvider)
 
 
 async def test_a_sandbox_is_a_droplet_from_the_snapshot_deleted_with_it(
@@ -138,7 +123,7 @@ async def test_concurrent_creates_never_pass_the_machine_cap(
     made = [r for r in results if not isinstance(r, BaseException)]
     refused = [r for r in results if isinstance(r, SpendCapReached)]
     assert len(made) == 2 and len(refused) == 3, results
-    assert len(posts(fake_do)) == 2  # the vendor was never asked for a third machine
+    assert len(fake_do.calls("POST")) == 2  # the vendor was never asked for a third machine
     assert "max_machines" in (refused[0].hint or "")
     for sandbox in made:
         await sandbox.__aexit__(None, None, None)
@@ -159,7 +144,7 @@ async def test_machine_hours_a_day_are_capped(
     # An ended machine counts what it ran (seconds here), so another fits.
     second = await provider.create(spec(workspace))
     await provider.destroy(second.id)
-    assert len(posts(fake_do)) == 2
+    assert len(fake_do.calls("POST")) == 2
 
 
 async def test_a_wrong_token_is_one_line_without_the_token(
@@ -189,7 +174,7 @@ async def test_a_missing_token_or_snapshot_names_the_setting(
     with pytest.raises(ConfigError) as info:
         await make(hal_home, fake_do_settings, snapshot_id=None).create(spec(workspace))
     assert "HAL_DO_SNAPSHOT_ID" in (info.value.hint or "")
-    assert posts(fake_do) == []
+    assert fake_do.calls("POST") == []
 
 
 async def test_429_with_retry_after_is_waited_for_and_retried(
@@ -199,7 +184,7 @@ async def test_429_with_retry_after_is_waited_for_and_retried(
     fake_do.fail(429, method="POST", retry_after=1)
     provider = make(hal_home, fake_do_settings)
     sandbox = await provider.create(spec(workspace))
-    first, second = posts(fake_do)
+    first, second = fake_do.calls("POST")
     assert first.status == 429 and second.status == 202
     assert second.at - first.at >= 0.95
     await provider.destroy(sandbox.id)
@@ -236,7 +221,7 @@ async def test_5xx_is_retried_for_reads_and_deletes_not_for_create(
     fake_do.fail(500, method="POST")
     with pytest.raises(CloudServerError):
         await provider.create(spec(workspace))
-    assert len(posts(fake_do)) == 2
+    assert len(fake_do.calls("POST")) == 2
     assert fake_do.live() == [] and await provider.list() == []
 
 
@@ -275,13 +260,7 @@ async def test_a_droplet_that_disappears_while_booting_is_reported(
 ) -> None:  # fmt: skip
     fake_do.stuck = True
     provider = make(hal_home, fake_do_settings)
-
-    async def vanish() -> None:
-        while not fake_do.live():
-            await asyncio.sleep(0.02)
-        fake_do.vanish(fake_do.live()[0].id)
-
-    task = asyncio.create_task(vanish())
+    task = asyncio.create_task(vanish_while_booting(fake_do))
     with pytest.raises(ProviderError) as info:
         await provider.create(spec(workspace))
     await task
@@ -310,8 +289,7 @@ async def test_smoke_against_real_digitalocean(
 ) -> None:
     monkeypatch.setenv("HAL_DO_TOKEN", os.environ["HAL_DO_SMOKE_TOKEN"])
     monkeypatch.delenv("HAL_DO_API_URL", raising=False)
-    provider = load_provider("digitalocean", state_dir=hal_home / "sandboxes" / "digitalocean",
-                             settings={"max_machines": 1})  # fmt: skip
+    provider = make(hal_home, {"max_machines": 1})
     async with await provider.create(spec(workspace)) as sandbox:
         assert (await sandbox.exec(ArgvCommand(argv=("cat", "README")))).stdout == b"hello\n"
     assert await provider.list() == []

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
-from tests.fakes.do_api import FakeDigitalOcean, Seen
+from tests.fakes.do_api import TOKEN, FakeDigitalOcean, FakeDroplet
+from tests.fakes.vendor_api import Seen
 
 from hal9999.providers.registry import load_provider
 from hal9999.spec import SandboxSpec
@@ -66,6 +68,7 @@ async def test_answers_and_requests_follow_digitaloceans_openapi(
     provider = load_provider("digitalocean", state_dir=hal_home / "sandboxes" / "digitalocean",
                              settings=fake_do_settings)  # fmt: skip
     spec = SandboxSpec(provider="digitalocean", network="host", workspace=tmp_path)
+    fake_do.check = check  # every answer, as the fake gives it
     fake_do.fail(429, method="POST", retry_after=1)
     fake_do.fail(500, method="GET")
     async with await provider.create(spec):
@@ -74,8 +77,7 @@ async def test_answers_and_requests_follow_digitaloceans_openapi(
     await provider.list()  # a 401, swallowed by list
     statuses = {seen.status for seen in fake_do.seen}
     assert {200, 202, 204, 401, 429, 500} <= statuses
-    for seen in fake_do.seen:
-        check(seen)
+    assert fake_do.problems == []
     [create] = [s for s in fake_do.seen if s.method == "POST" and s.status == 202]
     body_schema = SCHEMAS["droplets_create"]["requestBody"]["content"]["application/json"]
     jsonschema.validate(create.body, json_schema(body_schema["schema"]))
@@ -88,3 +90,17 @@ def test_a_wrong_answer_fails_the_check() -> None:
                0.0)  # fmt: skip
     with pytest.raises(jsonschema.ValidationError):
         check(bad)
+
+
+def test_the_fakes_check_hook_keeps_what_a_wrong_answer_breaks(fake_do: FakeDigitalOcean) -> None:
+    # The hook above can fail: a droplet in a status DigitalOcean never gives is reported.
+    fake_do.check = check
+    with fake_do.lock:
+        fake_do.droplets[1] = FakeDroplet(1, {"name": "odd", "image": 1, "region": "nyc3",
+                                              "size": "s-1vcpu-1gb", "tags": []}, status="dreaming")
+    request = urllib.request.Request(f"{fake_do.url}/v2/droplets/1",
+                                     headers={"authorization": f"Bearer {TOKEN}"})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.status == 200
+    [problem] = fake_do.problems
+    assert problem.startswith("GET /v2/droplets/1 -> 200: ") and "dreaming" in problem

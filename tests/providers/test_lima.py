@@ -26,14 +26,6 @@ def limactl_list(*names: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
 
 
-@pytest.fixture
-def workspace(tmp_path: Path) -> Path:
-    path = tmp_path / "workspace"
-    path.mkdir()
-    (path / "README").write_text("hello\n")
-    return path
-
-
 async def test_a_sandbox_is_a_vm_made_and_deleted_with_limactl(
     fake_lima: Path, hal_home: Path, workspace: Path
 ) -> None:

@@ -7,11 +7,15 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tests.fakes.morph_api import TOKEN, FakeMorph
+from tests.providers.cloud_helpers import make as make_provider
+from tests.providers.cloud_helpers import spec as sandbox_spec
+from tests.providers.cloud_helpers import vanish_while_booting
 
 from hal9999.errors import (
     CloudApiError,
@@ -26,30 +30,15 @@ from hal9999.errors import (
 from hal9999.providers.cloudapi import RateWindow, RetryPolicy
 from hal9999.providers.morph import MorphProvider
 from hal9999.providers.morph_api import STATUS, Instance, MorphApi
-from hal9999.providers.registry import load_provider
-from hal9999.spec import ArgvCommand, SandboxSpec
+from hal9999.spec import ArgvCommand
 
 pytestmark = [pytest.mark.ssh, pytest.mark.bwrap,
               pytest.mark.usefixtures("ssh_connections_closed")]  # fmt: skip
 
 
-@pytest.fixture
-def workspace(tmp_path: Path) -> Path:
-    path = tmp_path / "workspace"
-    path.mkdir()
-    (path / "README").write_text("hello\n")
-    return path
-
-
-def make(hal_home: Path, settings: dict[str, Any], **extra: Any) -> MorphProvider:
-    provider = load_provider("morph", state_dir=hal_home / "sandboxes" / "morph",
-                             settings=settings | extra)  # fmt: skip
-    assert isinstance(provider, MorphProvider)
-    return provider
-
-
-def spec(workspace: Path) -> SandboxSpec:
-    return SandboxSpec(provider="morph", network="host", workspace=workspace)
+# Call sites name only the settings: the provider class is this module's.
+make = partial(make_provider, MorphProvider)
+spec = partial(sandbox_spec, MorphProvider)
 
 
 def api(fake: FakeMorph, attempts: int = 2, timeout_s: float = 5.0) -> MorphApi:
@@ -95,7 +84,7 @@ async def test_429_and_5xx_are_retried_with_backoff(fake_morph: FakeMorph) -> No
     finally:
         await client.aclose()
     assert time.monotonic() - started >= 0.95
-    assert [c[2] for c in fake_morph.calls] == [429, 502, 502, 200]
+    assert [c.status for c in fake_morph.seen] == [429, 502, 502, 200]
 
 
 async def test_a_slow_api_times_out_and_a_bad_body_is_refused(fake_morph: FakeMorph) -> None:
@@ -187,12 +176,7 @@ async def test_an_instance_that_never_gets_ready_is_deleted(
     fake_morph.boot_error = fault == "boot_error"
     watcher = None
     if fault == "vanish":
-        async def vanish() -> None:
-            while not fake_morph.live():
-                await asyncio.sleep(0.02)
-            fake_morph.vanish(fake_morph.live()[0].id)
-
-        watcher = asyncio.create_task(vanish())
+        watcher = asyncio.create_task(vanish_while_booting(fake_morph))
     with pytest.raises(ProviderError) as info:
         await provider.create(spec(workspace))
     if watcher is not None:
@@ -267,7 +251,7 @@ async def test_concurrent_creates_respect_the_spend_cap(
                                    return_exceptions=True)  # fmt: skip
     made = [r for r in results if not isinstance(r, BaseException)]
     assert len(made) == 1 and sum(isinstance(r, SpendCapReached) for r in results) == 2
-    assert len([c for c in fake_morph.calls if c[:2] == ("POST", "/instance")]) == 1
+    assert len(fake_morph.calls("POST", "/instance")) == 1
     await provider.destroy(made[0].id)
 
 

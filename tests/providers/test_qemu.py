@@ -38,14 +38,6 @@ def provider(hal_home: Path) -> QemuProvider:
 
 
 @pytest.fixture
-def workspace(tmp_path: Path) -> Path:
-    path = tmp_path / "workspace"
-    path.mkdir()
-    (path / "README").write_text("hello\n")
-    return path
-
-
-@pytest.fixture
 async def box(provider: QemuProvider, workspace: Path) -> AsyncIterator[QemuSandbox]:
     sandbox = await provider.create(SandboxSpec(provider="qemu", workspace=workspace))
     try:

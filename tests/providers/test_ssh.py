@@ -35,14 +35,6 @@ def ssh_provider(server: Sshd, state: Path, **host: Any) -> SshProvider:
     return provider
 
 
-@pytest.fixture
-def workspace(tmp_path: Path) -> Path:
-    path = tmp_path / "workspace"
-    path.mkdir()
-    (path / "README").write_text("hello\n")
-    return path
-
-
 async def test_one_connection_per_host_is_reused(
     sshd_server: Sshd, hal_home: Path, workspace: Path
 ) -> None:

@@ -19,14 +19,6 @@ from hal9999.spec import ArgvCommand, Resources, SandboxSpec, ShellCommand
 pytestmark = [pytest.mark.ssh, pytest.mark.usefixtures("ssh_connections_closed")]
 
 
-@pytest.fixture
-def workspace(tmp_path: Path) -> Path:
-    path = tmp_path / "workspace"
-    path.mkdir()
-    (path / "README").write_text("hello\n")
-    return path
-
-
 async def test_the_disk_limit_holds_on_the_host(
     sshd_server: Sshd, hal_home: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
