@@ -8,6 +8,7 @@ when it runs.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,25 @@ def _read_role(role: Path | None) -> str | None:
         raise UsageError(f"cannot read the role file {role}: {exc}", hint="--role FILE") from exc
 
 
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``: a number with an optional unit (s, m, h, d), e.g. ``10m``."""
+    value = text.strip().lower()
+    unit = _UNITS.get(value[-1:], None)
+    number = value[:-1] if unit is not None else value
+    try:
+        seconds = float(number) * (unit or 1.0)
+    except ValueError:
+        raise UsageError(
+            f"{text!r} is not a duration", hint="give a number of seconds or e.g. 90s, 10m, 2h"
+        ) from None
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise UsageError(f"{text!r} is not a positive duration", hint="e.g. --warm-idle 10m")
+    return seconds
+
+
 def _agent_line(data: dict[str, Any]) -> str:
     detail = f"  ({data['detail']})" if data.get("detail") else ""
     kind = " [manager]" if data.get("kind") == "manager" else ""
@@ -83,9 +103,15 @@ def agent() -> None:
 @click.option("--repo", help="Repository the agent works on (default: its own new one).")
 @click.option("--role", type=click.Path(path_type=Path, dir_okay=False), help="Role prompt file.")
 @click.option("--provider", help="Sandbox provider (default: config).")
+@click.option("--keep-warm/--no-keep-warm", default=None,
+              help="Keep its sandbox between turns (default: [hive] keep_warm, off).")
+@click.option("--warm-idle", "warm_idle", metavar="DURATION",
+              help="Release a warm sandbox after this long with no turn: 90s, 10m, 2h "
+                   "(default: [hive] warm_idle_s, 10m).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def spawn(name: str, preset: str | None, repo: str | None, role: Path | None,
-          provider: str | None, as_json: bool) -> None:  # fmt: skip
+          provider: str | None, keep_warm: bool | None, warm_idle: str | None,
+          as_json: bool) -> None:  # fmt: skip
     """Create agent NAME, asleep until its first message."""
     from hal9999.hive.store import check_name
 
@@ -94,7 +120,8 @@ def spawn(name: str, preset: str | None, repo: str | None, role: Path | None,
     if repo is not None and "://" not in repo:
         repo = str(Path(repo).resolve())
     body = {"name": name, "agent": preset, "repo": repo, "role": _read_role(role),
-            "provider": provider}  # fmt: skip
+            "provider": provider, "keep_warm": keep_warm,
+            "warm_idle_s": None if warm_idle is None else parse_duration(warm_idle)}  # fmt: skip
     data = _call(a, "spawning an agent", "POST", "/v1/hive/agents", body)
     if as_json:
         emit_json(data)
@@ -136,6 +163,9 @@ def show(name: str, as_json: bool) -> None:
         return
     click.echo(_agent_line(data))
     click.echo(f"repo {data['repo']}, branch hal/agent/{name}, unread {data['unread']}")
+    if record.policy.warm:
+        click.echo(f"warm: keeps its sandbox between turns (released after "
+                   f"{record.policy.warm_idle_s:g}s with no turn)")  # fmt: skip
     for turn in data["recent_turns"]:
         click.echo(f"  turn {turn['id']}: {turn['result'] or 'running'} "
                    f"({turn['wake_reason']}, {_ago(turn['started_at'])})")  # fmt: skip

@@ -33,6 +33,11 @@ class HiveSettings(BaseModel):
     crash_window_s: float = Field(default=600.0, gt=0)
     turn_timeout_s: float = Field(default=1800.0, gt=0)
     """The longest one turn may run."""
+    keep_warm: bool = False
+    """The default of ``hal agent spawn --keep-warm``: agents keep their sandbox between turns."""
+    warm_idle_s: float = Field(default=600.0, gt=0)
+    """The default of ``--warm-idle``: a warm agent's sandbox is released after this long
+    with no turn."""
     keep_messages_days: float = Field(default=30.0, gt=0)
     """Read messages older than this are removed by ``hal vacuum`` (never unread ones)."""
     keep_events_days: float = Field(default=7.0, gt=0)

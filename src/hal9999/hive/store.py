@@ -48,7 +48,10 @@ class AgentPolicy(BaseModel):
     restart: Literal["on-crash", "never"] = "on-crash"
     """Whether crash watch restarts the agent's turn after a crash."""
     warm: bool = False
-    """Keep a sandbox between turns (not yet used: every turn takes a sandbox)."""
+    """Keep the sandbox between turns: the next turn runs in the same one, no new create
+    (released after ``warm_idle_s`` idle, on stop/rm and when the daemon stops)."""
+    warm_idle_s: float = Field(default=600.0, gt=0)
+    """How long a warm agent's sandbox is kept with no turn."""
     turn_timeout_s: float = 1800.0
     """The longest one turn may run."""
 

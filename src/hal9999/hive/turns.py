@@ -11,9 +11,11 @@ delivers them again after a restart, and the ledger keeps each once. A turn that
 (well or not, but not a crash or a stop) advances the ledger cursor and marks its messages
 ``read``; a crashed one is run again over the same entries by crash watch.
 
-Sleeping holds no sandbox. The loop also looks every ``poll_s`` for mail committed by
-other processes (a ``hal msg send`` without the daemon) and for turns left open by a
-daemon that died (their adopted task is followed to its end; a vanished one is a crash).
+Sleeping holds no sandbox, except for a warm agent (``policy.warm``): :mod:`.warm` keeps
+its sandbox for its next turn, and the sweep releases it once idle too long. The loop also
+looks every ``poll_s`` for mail committed by other processes (a ``hal msg send`` without
+the daemon) and for turns left open by a daemon that died (their adopted task is followed
+to its end; a vanished one is a crash).
 """
 
 from __future__ import annotations
@@ -35,8 +37,10 @@ from hal9999.hive.broker import OPERATOR, SYSTEM, inbox, mark, send
 from hal9999.hive.settings import HiveSettings
 from hal9999.hive.store import AgentRecord, get_agent, list_agents, record_hive_event, update_agent
 from hal9999.hive.threads import open_count
+from hal9999.hive.warm import WarmHolds
 from hal9999.store import TaskRecord
 from hal9999.tasks.recovery import resume as resume_task
+from hal9999.tasks.sandboxes import PoolSource
 from hal9999.tasks.scheduler import Scheduler
 from hal9999.tasks.service import RunRequest, TaskService
 from hal9999.tasks.session import Session
@@ -81,6 +85,24 @@ class HiveLoop:
         self._held: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._budget_told = False
+        self.warm: WarmHolds | None = None
+        """Sandboxes held for warm agents between turns (set by :meth:`hold_warm`)."""
+
+    def hold_warm(self, pool: PoolSource) -> WarmHolds:
+        """The sandbox source for the daemon's runs: ``pool``'s, keeping warm agents'
+        sandboxes between their turns."""
+        self.warm = WarmHolds(pool, self.store)
+        return self.warm
+
+    async def release_warm(self, task_id: str | None) -> None:
+        """Release the sandbox held for the agent whose task is ``task_id``, if any."""
+        if self.warm is not None:
+            await self.warm.drop(task_id)
+
+    async def shutdown(self) -> None:
+        """The daemon stops: release every sandbox held for a warm agent."""
+        if self.warm is not None:
+            await self.warm.release_all()
 
     # -- waking ------------------------------------------------------------------------
     def wake(self, name: str) -> None:
@@ -119,6 +141,8 @@ class HiveLoop:
 
     async def sweep(self) -> None:
         """One look over every agent (also run at start)."""
+        if self.warm is not None:
+            await self.warm.reap()  # idle past the limit, stopped, removed: released
         agents = await asyncio.to_thread(list_agents, self.store)
         for agent in agents:
             if agent.name in self.turns:
@@ -356,6 +380,7 @@ class HiveLoop:
         """Stop an agent: it wakes for nothing until started; a turn in progress is stopped."""
         agent = await asyncio.to_thread(get_agent, self.store, name)
         await asyncio.to_thread(set_state, self.store, name, "stopped", reason)
+        await self.release_warm(agent.task_id)
         if agent.task_id is not None:
             task = await asyncio.to_thread(self.store.get_task, agent.task_id)
             if task.status in ACTIVE:
@@ -384,6 +409,7 @@ class HiveLoop:
         if running is not None:
             with contextlib.suppress(asyncio.TimeoutError, Exception):
                 await asyncio.wait_for(asyncio.shield(running), 30)
+        await self.release_warm(agent.task_id)  # one a turn ending meanwhile kept
         if agent.task_id is not None:
             with contextlib.suppress(HalError):
                 await self.service.remove(agent.task_id, force=True)

@@ -80,6 +80,7 @@ class Daemon:
         self.hive_settings = hive_settings(config)
         self.hive = HiveLoop(self.service, self.scheduler, self.hive_settings)
         """The hive's turn loop (agents woken by their mail)."""
+        self.service.runner.sandboxes = self.hive.hold_warm(self.source)  # warm agents
         self.http: HalServer | None = None
         self.feed: EventFeed | None = None
         """Every event in ``gseq`` order for the event streams (set by :meth:`start`)."""
@@ -243,6 +244,8 @@ class Daemon:
         if self.mcp is not None:
             await self.mcp.close_all()
         await self.scheduler.shutdown()
+        with contextlib.suppress(HalError, OSError):
+            await self.hive.shutdown()  # warm agents' sandboxes
         with contextlib.suppress(HalError, OSError):
             await self.pool.drain()
         await self.pool.close()

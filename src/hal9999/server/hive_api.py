@@ -19,6 +19,7 @@ from hal9999.hive.broker import OPERATOR
 from hal9999.hive.reminders import list_reminders
 from hal9999.hive.retention import vacuum
 from hal9999.hive.store import get_agent, hive_events_after, list_agents
+from hal9999.hive.warm import warm_policy
 from hal9999.server.follow import MAX_WAIT_S, PAGE
 from hal9999.server.routing import ApiRequest as Request
 from hal9999.server.routing import Router
@@ -67,6 +68,8 @@ def add_hive_routes(router: Router, daemon: Daemon) -> None:
             provider=_text(body, "provider", required=False) or daemon.config.default_provider,
             repo=_text(body, "repo", required=False), role=_text(body, "role", required=False),
             kind=kind,
+            policy=warm_policy(body.get("keep_warm"), body.get("warm_idle_s"),
+                               daemon.hive_settings),
         )  # fmt: skip
         return record.model_dump(mode="json")
 
@@ -171,7 +174,9 @@ def add_hive_routes(router: Router, daemon: Daemon) -> None:
     add = router.add
     add("POST", "/v1/hive/agents", spawn, "Spawn a named agent (asleep until mail).",
         body={"type": "object", "required": ["name"], "properties": {
-            k: {"type": "string"} for k in ("name", "agent", "provider", "repo", "role", "kind")
+            **{k: {"type": "string"}
+               for k in ("name", "agent", "provider", "repo", "role", "kind")},
+            "keep_warm": {"type": "boolean"}, "warm_idle_s": {"type": "number"},
         }}, response=obj)  # fmt: skip
     add("GET", "/v1/hive/agents", list_, "Every agent of the hive.", response=objs)
     add("GET", "/v1/hive/agents/{name}", show, "One agent, with recent turns.", response=obj)
