@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import secrets
 import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -233,3 +234,42 @@ def fake_morph_settings(fake_morph: object, sshd_server: Sshd) -> dict[str, obje
             "ssh_host_key": sshd_server.host_key, "ssh_user": USER,
             "key_file": str(sshd_server.key_file), "poll_s": 0.05,
             "boot_timeout_s": 30}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def k8s_server() -> Iterator[object]:
+    """The fake Kubernetes API server (tests/fakes/k8s_api.py), shared by the session."""
+    from tests.fakes.k8s_api import FakeKube
+
+    with FakeKube() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake_k8s(
+    k8s_server: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[object]:
+    """The fake Kubernetes API, reset, reached through a kubeconfig in HAL_K8S_KUBECONFIG
+    (what every hal process of the test reads), with the host's root as the pods' image."""
+    from tests.fakes.k8s_api import FakeKube
+
+    from hal9999.providers.k8s.config import ENV
+
+    fake = k8s_server
+    assert isinstance(fake, FakeKube)
+    for var in ENV.values():
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HAL_K8S_KUBECONFIG", str(fake.kubeconfig(tmp_path / "kubeconfig")))
+    monkeypatch.setenv("HAL_K8S_IMAGE", "debian:bookworm")
+    monkeypatch.setenv("HAL_K8S_NAMESPACE", f"hal-t{secrets.token_hex(4)}")
+    fake.faults.clear()
+    fake.stuck_pending = False
+    yield fake
+    fake.faults.clear()
+    fake.stuck_pending = False
+
+
+@pytest.fixture
+def fake_k8s_settings(fake_k8s: object) -> dict[str, object]:
+    """``[providers.kubernetes]`` settings for the fake, polling fast."""
+    return {"poll_s": 0.02, "ready_timeout_s": 20}

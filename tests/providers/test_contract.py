@@ -37,6 +37,7 @@ PROVIDERS = [
     pytest.param("digitalocean", id="digitalocean", marks=pytest.mark.ssh),
     pytest.param("morph", id="morph", marks=[pytest.mark.ssh, pytest.mark.bwrap]),
     pytest.param("ray", id="ray", marks=[pytest.mark.ray, pytest.mark.bwrap]),
+    pytest.param("kubernetes", id="kubernetes", marks=pytest.mark.bwrap),
 ]
 
 SpecFactory = Callable[..., SandboxSpec]
@@ -66,6 +67,8 @@ def provider(request: pytest.FixtureRequest, hal_home: Path) -> Provider:
     if name == "morph":  # the fake Morph API (tests/fakes/morph_api.py), sshd as its gateway
         settings = request.getfixturevalue("fake_morph_settings")
         request.getfixturevalue("ssh_connections_closed")
+    if name == "kubernetes":  # the fake API server (tests/fakes/k8s_api.py), pods in bwrap
+        settings = request.getfixturevalue("fake_k8s_settings")
     if name == "ray":  # a real two-node Ray cluster on loopback (tests/ray_cluster.py)
         cluster = request.getfixturevalue("ray_cluster")
         settings = cluster.settings()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -80,19 +81,23 @@ class CloudApi:
         *,
         vendor: str,
         base_url: str,
-        token: str,
+        token: str | None,
         policy: RetryPolicy | None = None,
         window: RateWindow | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.vendor = vendor
         self.policy = policy or RetryPolicy()
         self._sleep = sleep
+        # No token: the TLS client certificate in ``verify`` authenticates (Kubernetes).
+        headers = {"accept": "application/json"}
+        if token is not None:
+            headers["authorization"] = f"Bearer {token}"
         self._client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"),
-            headers={"authorization": f"Bearer {token}", "accept": "application/json"},
-            timeout=self.policy.timeout_s,
-        )
+            base_url=base_url.rstrip("/"), headers=headers, timeout=self.policy.timeout_s,
+            verify=verify,
+        )  # fmt: skip
         self.window = window or RateWindow()
 
     async def aclose(self) -> None:
@@ -106,8 +111,10 @@ class CloudApi:
         *,
         params: Mapping[str, Any] | None = None,
         json: Any = None,
+        content_type: str | None = None,
     ) -> ApiResponse:
-        """One call with retries; a :class:`CloudApiError` subclass when it fails."""
+        """One call with retries; a :class:`CloudApiError` subclass when it fails
+        (``content_type`` overrides JSON's, e.g. a Kubernetes merge patch)."""
         method = method.upper()
         retry_failures = method in IDEMPOTENT
         what = f"{self.vendor} {method} {path}"
@@ -115,7 +122,10 @@ class CloudApi:
             last = attempt == self.policy.attempts - 1
             await self._wait_for_window()
             try:
-                response = await self._client.request(method, path, params=params, json=json)
+                headers = {"content-type": content_type} if content_type else None
+                response = await self._client.request(
+                    method, path, params=params, json=json, headers=headers
+                )
             except httpx.TransportError as exc:
                 if not retry_failures or last:
                     raise CloudServerError(

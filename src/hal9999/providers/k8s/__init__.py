@@ -1,0 +1,1 @@
+"""The ``kubernetes`` provider: sandboxes in pods (see :mod:`.provider`)."""

@@ -1,0 +1,369 @@
+"""A sandbox in a pod: commands over the exec websocket, files in a mirror under ``/hal``.
+
+The pod is the boundary (its own filesystem, network policy and resources); inside it the
+sandbox's directories are a mirror of the session's on the hal host, as the ``ssh``
+provider keeps one (:mod:`hal9999.providers.ssh.mirror`): ``/hal/ws`` is the workspace,
+``/hal/b<N>`` the binds, ``/hal/home`` the home, ``/hal/tmp`` the scratch dir, and
+:meth:`KubeSandbox.path` says where each is seen. Writable directories come back to the host
+after every command and file change, at stop, and from checkpoints; read-only ones go out
+before every command. Every command runs under the environment wrapper (values over stdin,
+never in the exec URL), reads exactly its stdin's length (v4 cannot close stdin), and
+leaves nothing running when it ends (its ``HAL_EXEC`` marker). A stream closed early, or
+timed out, is followed by a kill of that marker: kubelet does not kill an exec's process
+when its stream goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import tempfile
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Mapping,
+    Sequence,
+)
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from hal9999.errors import CapabilityError, CloudNotFound, ExecError
+from hal9999.providers.base import (
+    Command,
+    ExecResult,
+    Launch,
+    SandboxInfo,
+    SandboxState,
+    StreamEvent,
+)
+from hal9999.providers.handle import SandboxHandle, collect
+from hal9999.providers.hostexec import EXEC_MARKER_VAR, MARKER_VAR
+from hal9999.providers.k8s import execws
+from hal9999.providers.k8s.config import Cluster
+from hal9999.providers.k8s.manifests import CONTAINER
+from hal9999.providers.records import JsonRecords
+from hal9999.providers.ssh import mirror, remote
+from hal9999.providers.ssh.records import MountRecord
+from hal9999.spec import SandboxSpec, display, to_argv
+
+WORKDIR, HOME = "/workspace", "/home/hal"
+STDIN_LEN = 'n=$1; shift; head -c "$n" | "$@"'
+"""Feed the command exactly ``$1`` bytes of stdin, then end of file (v4 has no close)."""
+
+
+class KubeRecord(BaseModel):
+    """What hal keeps about one sandbox's pod (``<state>/<id>.json``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    """Sandbox id (12 hex digits)."""
+    provider: str
+    """``kubernetes``."""
+    state: SandboxState
+    """Lifecycle state."""
+    spec: SandboxSpec
+    """The spec it was created from."""
+    created_at: float
+    """Creation time, seconds since the epoch."""
+    namespace: str
+    """The pod's namespace."""
+    pod: str
+    """The pod's name."""
+    mounts: tuple[MountRecord, ...]
+    """Its directories (``remote``: the directory in the pod)."""
+
+    def info(self) -> SandboxInfo:
+        """The public view."""
+        return SandboxInfo(self.id, self.provider, self.state, self.spec, self.created_at)
+
+
+class KubeRecords(JsonRecords[KubeRecord]):
+    """Records as JSON files under the provider's state dir."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root, KubeRecord, layout="file")
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+class KubeSandbox(SandboxHandle):
+    """Operations on one sandbox's pod."""
+
+    def __init__(
+        self, record: KubeRecord, records: KubeRecords, cluster: Callable[[], Cluster],
+        destroy: Callable[[str], Awaitable[None]],
+    ) -> None:  # fmt: skip
+        self._record = record
+        self._records = records
+        self._cluster = cluster
+        self._destroy = destroy
+        self._mounts = remote.Mounts("/hal", [(m.target, m.remote, m.writable)
+                                              for m in record.mounts])  # fmt: skip
+        self._sync = asyncio.Lock()
+
+    def _identity(self) -> tuple[str, str, SandboxSpec]:
+        return self._record.id, self._record.provider, self._record.spec
+
+    async def _destroy_self(self) -> None:
+        await self._destroy(self.id)
+
+    @property
+    def record(self) -> KubeRecord:
+        """The provider's record."""
+        return self._record
+
+    @property
+    def workdir(self) -> str:
+        """Where the workspace is seen by commands."""
+        return self.path(WORKDIR)
+
+    def path(self, target: str) -> str:
+        """Where the mount ``target`` is seen by commands (its directory under /hal)."""
+        found = self._mounts.remote(target)
+        return found if found is not None else self._mounts.translate(target)
+
+    def _in_pod(self, path: str) -> str:
+        for mount in self._record.mounts:
+            if path == mount.remote or path.startswith(mount.remote + "/"):
+                return path
+        return self._mounts.translate(path)
+
+    # -- commands ---------------------------------------------------------------------------
+    def command_env(self, command: Command, env: Mapping[str, str] | None) -> dict[str, str]:
+        """Base, spec, command and exec-time environment, plus the sandbox marker."""
+        base = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": self.path(HOME),
+                "LANG": "C.UTF-8", "TMPDIR": self.path("/tmp")}  # fmt: skip
+        merged = base | self.spec.env | command.env | dict(env or {})
+        merged[MARKER_VAR] = self.id
+        return merged
+
+    async def raw(
+        self, argv: Sequence[str], stdin: AsyncIterable[bytes] | None = None
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """hal's own step in the pod (no wrapper, no secrets), streamed; a vanished pod is
+        an :class:`ExecError` that says so."""
+        record = self._record
+        try:
+            async with contextlib.aclosing(execws.stream(
+                self._cluster(), record.namespace, record.pod, CONTAINER, argv, stdin=stdin,
+            )) as events:  # fmt: skip
+                async for event in events:
+                    yield event
+        except CloudNotFound as exc:
+            raise ExecError(f"the pod of sandbox {self.id} is gone ({record.pod})",
+                            hint="the session keeps what was last brought back; "
+                            "start the task again") from exc  # fmt: skip
+
+    async def run_raw(self, argv: Sequence[str], stdin: bytes | None = None,
+                      time_limit: float | None = 120) -> ExecResult:  # fmt: skip
+        """hal's own step, to completion."""
+        feed = _once(stdin) if stdin is not None else None
+        return await collect(self.raw(argv, feed), time_limit=time_limit, what=argv[0])
+
+    async def _events(
+        self, command: Command, env: Mapping[str, str] | None, stdin: bytes, token: str
+    ) -> AsyncGenerator[StreamEvent, None]:
+        full = self.command_env(command, env) | {EXEC_MARKER_VAR: token}
+        cwd = self._in_pod(command.cwd or self.workdir)
+        # The marker kill at the end (BARE) spares only its own shell: it must be the outer.
+        argv = ["sh", "-c", remote.WRAPPER, "hal-k8s", "sh", "-c", remote.BARE, "hal-run", cwd,
+                "sh", "-c", STDIN_LEN, "hal-stdin", str(len(stdin)),
+                *to_argv(command)]  # fmt: skip
+        finished = False
+        try:
+            async with contextlib.aclosing(
+                self.raw(argv, _once(remote.env_line(full) + stdin))
+            ) as events:
+                async for event in events:
+                    finished = event.kind == "exit"
+                    yield event
+        finally:
+            if not finished:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.kill(EXEC_MARKER_VAR, token))
+
+    async def kill(self, var: str, value: str) -> None:
+        """Kill, until none is left, every process in the pod marked ``var=value``."""
+        await self.run_raw(["sh", "-c", remote.KILL, "hal-kill", var, value], time_limit=30)
+
+    def _require_running(self) -> None:
+        state = self._records.load(self.id).state
+        if state != "running":
+            raise ExecError(f"sandbox {self.id} is {state}",
+                            hint="start the sandbox before running commands")  # fmt: skip
+
+    async def _run(self, command: Command, env: Mapping[str, str] | None, stdin: bytes,
+                   timeout: float | None) -> ExecResult:  # noqa: ASYNC109  # fmt: skip
+        events = self._events(command, env, stdin, secrets.token_hex(8))
+        return await collect(events, time_limit=timeout, what=display(command))
+
+    async def exec(
+        self, command: Command, *, env: Mapping[str, str] | None = None,
+        stdin: bytes | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the contract's per-command timeout
+    ) -> ExecResult:  # fmt: skip
+        """Run a command to completion, then bring its changes back to the hal host."""
+        self._require_running()
+        await self.push(writable=False)
+        try:
+            return await self._run(command, env, stdin or b"", timeout)
+        finally:
+            with contextlib.suppress(ExecError):
+                await self.pull()
+
+    async def exec_stream(
+        self, command: Command, *, env: Mapping[str, str] | None = None
+    ) -> AsyncIterator[StreamEvent]:
+        """Run a command, yielding output as it comes and the exit status last."""
+        self._require_running()
+        await self.push(writable=False)
+        try:
+            events = self._events(command, env, b"", secrets.token_hex(8))
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    yield event
+        finally:
+            with contextlib.suppress(ExecError):
+                await asyncio.shield(self.pull())
+
+    def launch(self, command: Command, *, env: Mapping[str, str] | None = None) -> Launch:
+        """Not offered: no host command line runs inside a pod yet (see docs/providers.md)."""
+        raise CapabilityError("the kubernetes provider cannot launch host processes into a pod",
+                              hint="run agents through exec, or use the ssh provider")
+
+    def attach_command(self) -> list[str]:
+        """Not offered (see :meth:`launch`)."""
+        raise CapabilityError("the kubernetes provider has no attach command",
+                              hint="kubectl exec -it POD -- sh, with your own credentials")
+
+    # -- files (as commands inside the pod) --------------------------------------------------
+    async def _inside(self, script: str, *args: str, stdin: bytes = b"") -> ExecResult:
+        from hal9999.spec import ArgvCommand
+
+        command = ArgvCommand(argv=("sh", "-c", script, "hal-file", *args), cwd=self.workdir)
+        return await self._run(command, None, stdin, 120)
+
+    def _target(self, path: str, *, write: bool = False) -> str:
+        # Nothing in the pod enforces a read-only bind: hal's own writes refuse it, and what a
+        # command changes there is never brought back.
+        if write and not self._mounts.writable(path):
+            raise ExecError(f"cannot write {path}: it is on a read-only mount")
+        return self._in_pod(path)
+
+    async def read_file(self, path: str) -> bytes:
+        """The contents of a file."""
+        self._require_running()
+        result = await self._inside('exec cat -- "$1"', self._target(path))
+        if not result.ok:
+            raise ExecError(f"cannot read {path}: {_reason(result)}")
+        return result.stdout
+
+    async def write_file_atomic(self, path: str, data: bytes, *, mode: int = 0o644) -> None:
+        """Write a file atomically (temp + rename, replacing a link rather than following
+        it), create parents, verify its size, then bring it back to the hal host."""
+        self._require_running()
+        script = (
+            'set -e; d=$(dirname -- "$1"); mkdir -p -- "$d"; t=$(mktemp "$d/.hal.XXXXXX"); '
+            'trap \'rm -f -- "$t"\' EXIT; cat > "$t"; chmod "$2" "$t"; mv -f -- "$t" "$1"; '
+            'trap - EXIT; wc -c < "$1"'
+        )
+        result = await self._inside(script, self._target(path, write=True), f"{mode:o}",
+                                    stdin=data)  # fmt: skip
+        if not result.ok:
+            raise ExecError(f"cannot write {path}: {_reason(result)}")
+        if result.stdout.strip() != str(len(data)).encode():
+            raise ExecError(f"wrote {path} but read back a different size")
+        await self.pull()
+
+    async def exists(self, path: str) -> bool:
+        """Whether the path exists."""
+        self._require_running()
+        return (await self._inside('test -e "$1" || test -L "$1"', self._target(path))).ok
+
+    async def mkdir(self, path: str, *, mode: int = 0o755) -> None:
+        """Create a directory and its parents."""
+        self._require_running()
+        where = self._target(path, write=True)
+        result = await self._inside('mkdir -p -m "$2" -- "$1"', where, f"{mode:o}")
+        if not result.ok:
+            raise ExecError(f"cannot create directory {path}: {_reason(result)}")
+        await self.pull()
+
+    async def remove(self, path: str, *, recursive: bool = False) -> None:
+        """Remove a file, or a directory tree with ``recursive``."""
+        self._require_running()
+        script = 'rm -rf -- "$1"' if recursive else 'rm -f -- "$1"'
+        result = await self._inside(script, self._target(path, write=True))
+        if not result.ok:
+            raise ExecError(f"cannot remove {path}: {_reason(result)}")
+        await self.pull()
+
+    async def adopt(self, target: str) -> None:
+        """What the hal host just made in the mount at ``target`` goes out."""
+        for mount in self._record.mounts:
+            if target in (mount.target, mount.remote):
+                await self._push_one(mount)
+
+    # -- the mirror -------------------------------------------------------------------------
+    async def push(self, *, writable: bool = True) -> None:
+        """Send host directories out: the read-only ones, and with ``writable`` all."""
+        for mount in self._record.mounts:
+            if mount.host is not None and (writable or not mount.writable):
+                await self._push_one(mount)
+
+    async def _push_one(self, mount: MountRecord) -> None:
+        if mount.host is None:
+            return
+        chunks = mirror.pack_stream(mirror.host_dir(mount.host))
+        async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+            result = await collect(
+                self.raw(["sh", "-c", mirror.PUSH, "hal-push", mount.remote], chunks),
+                time_limit=None, what=f"pushing {mount.target}",
+            )  # fmt: skip
+        if not result.ok:
+            raise ExecError(f"cannot send {mount.target} to the pod: "
+                            f"{result.stderr.decode('utf-8', 'replace')[-300:]}")  # fmt: skip
+
+    async def pull(self) -> None:
+        """Bring every writable directory with a host counterpart back to the hal host."""
+        async with self._sync:
+            for mount in self._record.mounts:
+                if mount.host is not None and mount.writable:
+                    await self._pull_one(mount)
+
+    async def _pull_one(self, mount: MountRecord) -> None:
+        assert mount.host is not None
+        # Spooled to a host temp file with a cap as it arrives: the agent decides the size.
+        with tempfile.TemporaryFile() as spool:
+            size, err, code = 0, b"", 255
+            events = self.raw(["sh", "-c", mirror.PULL, "hal-pull", mount.remote])
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    if event.kind == "stdout":
+                        size += len(event.data)
+                        if size > mirror.PULL_LIMIT:
+                            raise ExecError(f"{mount.target} is over "
+                                            f"{mirror.PULL_LIMIT >> 30} GiB; not brought back")
+                        await asyncio.to_thread(spool.write, event.data)
+                    elif event.kind == "stderr":
+                        err = (err + event.data)[-2000:]
+                    else:
+                        code = event.exit_code if event.exit_code is not None else 255
+            if code != 0:
+                raise ExecError(f"cannot bring back {mount.target}: {err.decode()[-300:]}")
+            await asyncio.to_thread(mirror.unpack_into, spool, mirror.host_dir(mount.host))
+
+
+def _reason(result: ExecResult) -> str:
+    text = result.stderr.decode("utf-8", "replace").strip()
+    if "Read-only file system" in text:
+        text += " (read-only)"
+    return text or f"exit {result.exit_code}"

@@ -1,0 +1,518 @@
+"""An in-process fake of the Kubernetes API server's pods, exec and NetworkPolicies (the
+paths, JSON shapes and status codes of the published API, core/v1 and networking.k8s.io/v1):
+
+    POST   /api/v1/namespaces/{ns}/pods                  Pod -> 201 Pod (409 AlreadyExists)
+    GET    /api/v1/namespaces/{ns}/pods?labelSelector=   PodList
+    GET    /api/v1/namespaces/{ns}/pods/{name}           Pod | 404 Status NotFound
+    PATCH  /api/v1/namespaces/{ns}/pods/{name}           merge patch (metadata.resourceVersion
+                                                         is a precondition: 409 Conflict) or
+                                                         JSON patch (``test`` ops; 422 Invalid)
+    DELETE /api/v1/namespaces/{ns}/pods/{name}           200 Pod (its processes killed)
+    GET    /api/v1/namespaces/{ns}/pods/{name}/exec      websocket, v5/v4.channel.k8s.io
+    POST|GET /apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies, DELETE .../{name}
+
+Bearer auth (401 Status). Errors are metav1.Status objects. A pod is ``Pending`` until
+``boot_s`` has passed, then ``Running`` with its ``Ready`` condition ``True``; each pod is a
+bubblewrap sandbox on this host (its own pid, mount, network, ipc and uts namespaces,
+read-only system, ``/hal`` and ``/tmp`` writable), and exec enters its namespaces with
+``nsenter`` as kubelet's runtime would, so every command of a pod shares its processes and
+files; closing an exec stream does not kill its process (as kubelet does not). Faults:
+any status for matching calls (``Retry-After`` with 429), slow answers, pods stuck
+Pending, and :meth:`FakeKube.vanish` (a pod evicted under hal).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import json
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TOKEN = "k8s-fake-test-token"
+NS_PODS = "/api/v1/namespaces/{ns}/pods"
+
+
+@dataclass
+class Fault:
+    """A status given instead of the real answer to matching calls (``delay_s``: slow)."""
+
+    status: int
+    method: str | None = None
+    path_prefix: str = "/"
+    times: int = 1
+    retry_after: int | None = None
+    delay_s: float = 0.0
+
+
+@dataclass
+class FakePod:
+    """The fake's state of one pod."""
+
+    body: dict[str, Any]
+    root: Path
+    created: float = field(default_factory=time.monotonic)
+    stuck: bool = False
+    init: asyncio.subprocess.Process | None = None
+    child_pid: int | None = None
+    execs: set[asyncio.subprocess.Process] = field(default_factory=set)
+
+
+def status(code: int, reason: str, message: str, **details: Any) -> dict[str, Any]:
+    """A metav1.Status object."""
+    body: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "metadata": {},
+                            "status": "Failure", "message": message, "reason": reason,
+                            "code": code}  # fmt: skip
+    if details:
+        body["details"] = details
+    return body
+
+
+REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
+           409: "Conflict", 422: "Invalid", 429: "TooManyRequests", 500: "InternalError",
+           503: "ServiceUnavailable", 504: "Timeout"}  # fmt: skip
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _matches(labels: dict[str, str], selector: str) -> bool:
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            if labels.get(key) == value:
+                return False
+        elif "=" in term:
+            key, value = term.replace("==", "=").split("=", 1)
+            if labels.get(key) != value:
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
+class FakeKube:
+    """The fake API server on 127.0.0.1; use as a context manager."""
+
+    def __init__(self, *, boot_s: float = 0.05) -> None:
+        self.boot_s = boot_s
+        self.faults: list[Fault] = []
+        self.pods: dict[tuple[str, str], FakePod] = {}
+        self.policies: dict[tuple[str, str], dict[str, Any]] = {}
+        self.stuck_pending = False
+        self.pods_created = 0
+        self.calls: list[tuple[str, str]] = []
+        self.answers: list[tuple[str, Any]] = []
+        """(what, JSON body) of every answer, for schema checks."""
+        self.subprotocols: list[str] = []
+        self._version = 1000
+        self._tmp = Path(tempfile.mkdtemp(prefix="hal-fake-k8s-"))
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self.url = ""
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def __enter__(self) -> FakeKube:
+        import uvicorn
+
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        config = uvicorn.Config(self._app(), log_level="error", lifespan="off",
+                                ws="websockets-sansio")  # fmt: skip
+        self._server = uvicorn.Server(config)
+        ready = threading.Event()
+
+        def serve() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            ready.set()
+            try:
+                loop.run_until_complete(self._server.serve(sockets=[sock]))
+                loop.run_until_complete(self._kill_all())
+            finally:
+                loop.close()
+                sock.close()
+
+        self._thread = threading.Thread(target=serve, name="fake-k8s", daemon=True)
+        self._thread.start()
+        ready.wait()
+        while not self._server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError("the fake Kubernetes API server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        assert self._thread is not None
+        self._thread.join(10)
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def kubeconfig(self, path: Path, *, token: str = TOKEN) -> Path:
+        """A kubeconfig file for this server (context ``fake``)."""
+        doc = {"apiVersion": "v1", "kind": "Config", "current-context": "fake",
+               "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+               "users": [{"name": "hal", "user": {"token": token}}],
+               "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "hal"}}]}
+        path.write_text(json.dumps(doc))  # JSON is YAML
+        return path  # fmt: skip
+
+    def call(self, coro: Any) -> Any:
+        """Run a coroutine on the server's loop from a test (blocking)."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(30)
+
+    def vanish(self, namespace: str, name: str) -> None:
+        """The pod goes as if evicted: processes killed, object gone."""
+        pod = self.pods.pop((namespace, name), None)
+        if pod is not None:
+            self.call(self._kill(pod))
+
+    def live_pods(self) -> list[str]:
+        """Names of the pods that exist now."""
+        return sorted(name for _, name in self.pods)
+
+    # -- the app -----------------------------------------------------------------------
+    def _app(self) -> Any:
+        from starlette.applications import Starlette
+        from starlette.routing import Route, WebSocketRoute
+
+        pods = "/api/v1/namespaces/{ns}/pods"
+        policies = "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies"
+        return Starlette(routes=[
+            Route(pods, self._guard(self._pods), methods=["GET", "POST"]),
+            Route(pods + "/{name}", self._guard(self._pod), methods=["GET", "PATCH", "DELETE"]),
+            WebSocketRoute(pods + "/{name}/exec", self._exec),
+            Route(policies, self._guard(self._policies), methods=["GET", "POST"]),
+            Route(policies + "/{name}", self._guard(self._policy), methods=["GET", "DELETE"]),
+        ])  # fmt: skip
+
+    def _answer(
+        self, what: str, body: Any, code: int = 200, headers: dict[str, str] | None = None
+    ) -> Any:
+        from starlette.responses import JSONResponse
+
+        self.answers.append((what, body))
+        return JSONResponse(body, status_code=code, headers=headers)
+
+    async def _fault(self, method: str, path: str) -> tuple[Fault | None, dict[str, Any] | None]:
+        for fault in self.faults:
+            if fault.times <= 0 or not path.startswith(fault.path_prefix):
+                continue
+            if fault.method is not None and fault.method != method:
+                continue
+            fault.times -= 1
+            if fault.delay_s:
+                await asyncio.sleep(fault.delay_s)
+            if fault.status < 400:
+                return None, None  # a slow answer, then the real one
+            reason = REASONS.get(fault.status, "InternalError")
+            return fault, status(fault.status, reason, f"injected {fault.status}")
+        return None, None
+
+    def _guard(self, handler: Any) -> Any:
+        async def guarded(request: Any) -> Any:
+            self.calls.append((request.method, request.url.path))
+            if request.headers.get("authorization") != f"Bearer {TOKEN}":
+                return self._answer("Status", status(401, "Unauthorized", "Unauthorized"), 401)
+            fault, body = await self._fault(request.method, request.url.path)
+            if fault is not None:
+                headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after else None
+                return self._answer("Status", body, fault.status, headers)
+            return await handler(request)
+
+        return guarded
+
+    def _bump(self) -> str:
+        self._version += 1
+        return str(self._version)
+
+    def _view(self, pod: FakePod) -> dict[str, Any]:
+        body = pod.body
+        if (pod.init is not None and not pod.stuck and body["status"]["phase"] == "Pending"
+                and time.monotonic() - pod.created >= self.boot_s):  # fmt: skip
+            now = _now()
+            body["status"] = {
+                "phase": "Running", "hostIP": "10.0.0.1", "podIP": "10.244.0.7",
+                "startTime": body["status"]["startTime"],
+                "conditions": [{"type": t, "status": "True", "lastProbeTime": None,
+                                "lastTransitionTime": now}
+                               for t in ("PodReadyToStartContainers", "Initialized", "Ready",
+                                         "ContainersReady", "PodScheduled")],
+                "containerStatuses": [{"name": c["name"], "image": c["image"],
+                                       "imageID": "", "ready": True, "restartCount": 0,
+                                       "started": True, "state": {"running": {"startedAt": now}}}
+                                      for c in body["spec"]["containers"]],
+            }  # fmt: skip
+            body["metadata"]["resourceVersion"] = self._bump()
+        return copy.deepcopy(body)
+
+    # -- pods --------------------------------------------------------------------------
+    async def _pods(self, request: Any) -> Any:
+        ns = request.path_params["ns"]
+        if request.method == "GET":
+            selector = request.query_params.get("labelSelector", "")
+            items = [self._view(p) for (n, _), p in sorted(self.pods.items()) if n == ns
+                     and _matches(p.body["metadata"].get("labels", {}), selector)]  # fmt: skip
+            for item in items:
+                item.pop("kind", None)
+                item.pop("apiVersion", None)
+            body = {"kind": "PodList", "apiVersion": "v1",
+                    "metadata": {"resourceVersion": str(self._version)}, "items": items}
+            return self._answer("PodList", body)  # fmt: skip
+        try:
+            body = json.loads(await request.body())
+            name = body["metadata"]["name"]
+            assert body["spec"]["containers"][0]["image"]
+        except (ValueError, KeyError, IndexError, TypeError, AssertionError):
+            return self._answer("Status", status(422, "Invalid", "Pod is invalid"), 422)
+        if (ns, name) in self.pods:
+            msg = f'pods "{name}" already exists'
+            return self._answer("Status", status(409, "AlreadyExists", msg, name=name,
+                                                 kind="pods"), 409)  # fmt: skip
+        body.setdefault("metadata", {}).update(
+            namespace=ns, uid=str(uuid.uuid4()), resourceVersion=self._bump(),
+            creationTimestamp=_now(),
+        )
+        body["spec"]["nodeName"] = "fake-node"
+        body["status"] = {"phase": "Pending", "startTime": _now(), "qosClass": "Guaranteed",
+                          "conditions": [{"type": "PodScheduled", "status": "True",
+                                          "lastProbeTime": None, "lastTransitionTime": _now()}]}
+        root = self._tmp / body["metadata"]["uid"]
+        for sub in ("hal", "tmp"):
+            (root / sub).mkdir(parents=True)
+        pod = FakePod(body=body, root=root, stuck=self.stuck_pending)
+        self.pods[(ns, name)] = pod
+        self.pods_created += 1
+        await self._boot(pod)
+        return self._answer("Pod", copy.deepcopy(body), 201)  # fmt: skip
+
+    async def _pod(self, request: Any) -> Any:
+        ns, name = request.path_params["ns"], request.path_params["name"]
+        pod = self.pods.get((ns, name))
+        if pod is None:
+            return self._answer("Status", status(404, "NotFound", f'pods "{name}" not found',
+                                                 name=name, kind="pods"), 404)  # fmt: skip
+        if request.method == "GET":
+            return self._answer("Pod", self._view(pod))
+        if request.method == "DELETE":
+            del self.pods[(ns, name)]
+            await self._kill(pod)
+            body = self._view(pod)
+            body["metadata"]["deletionTimestamp"] = _now()
+            return self._answer("Pod", body)
+        return await self._patch(request, pod, name)
+
+    async def _patch(self, request: Any, pod: FakePod, name: str) -> Any:
+        kind = request.headers.get("content-type", "").split(";")[0]
+        try:
+            patch = json.loads(await request.body())
+        except ValueError:
+            return self._answer("Status", status(400, "BadRequest", "invalid JSON"), 400)
+        meta = pod.body["metadata"]
+        conflict = status(409, "Conflict", f'Operation cannot be fulfilled on pods "{name}": '
+                          "the object has been modified; please apply your changes to the "
+                          "latest version and try again", name=name, kind="pods")  # fmt: skip
+        if kind == "application/merge-patch+json":
+            wanted = (patch.get("metadata") or {}).get("resourceVersion")
+            if wanted is not None and wanted != meta["resourceVersion"]:
+                return self._answer("Status", conflict, 409)
+            for key, value in ((patch.get("metadata") or {}).get("labels") or {}).items():
+                if value is None:
+                    meta.get("labels", {}).pop(key, None)
+                else:
+                    meta.setdefault("labels", {})[key] = value
+        elif kind == "application/json-patch+json":
+            for op in patch:
+                parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
+                if parts[:1] != ["metadata"]:
+                    return self._answer("Status", status(422, "Invalid", "only metadata"), 422)
+                parent: Any = pod.body
+                for part in parts[:-1]:
+                    parent = parent.setdefault(part, {})
+                if op["op"] == "test" and parent.get(parts[-1]) != op.get("value"):
+                    return self._answer("Status", conflict, 409)
+                if op["op"] in ("add", "replace"):
+                    parent[parts[-1]] = op["value"]
+                elif op["op"] == "remove":
+                    parent.pop(parts[-1], None)
+        else:
+            return self._answer("Status", status(415, "UnsupportedMediaType",
+                                                 f"the content type {kind!r} is not supported"),
+                                415)  # fmt: skip
+        meta["resourceVersion"] = self._bump()
+        return self._answer("Pod", self._view(pod))
+
+    # -- network policies --------------------------------------------------------------
+    async def _policies(self, request: Any) -> Any:
+        ns = request.path_params["ns"]
+        if request.method == "GET":
+            items = [copy.deepcopy(p) for (n, _), p in sorted(self.policies.items()) if n == ns]
+            return self._answer("NetworkPolicyList", {
+                "kind": "NetworkPolicyList", "apiVersion": "networking.k8s.io/v1",
+                "metadata": {"resourceVersion": str(self._version)}, "items": items})
+        body = json.loads(await request.body())
+        name = body["metadata"]["name"]
+        if (ns, name) in self.policies:
+            msg = f'networkpolicies.networking.k8s.io "{name}" already exists'
+            return self._answer("Status", status(409, "AlreadyExists", msg), 409)
+        body["metadata"].update(namespace=ns, uid=str(uuid.uuid4()),
+                                resourceVersion=self._bump(), creationTimestamp=_now())
+        self.policies[(ns, name)] = body
+        return self._answer("NetworkPolicy", copy.deepcopy(body), 201)  # fmt: skip
+
+    async def _policy(self, request: Any) -> Any:
+        key = (request.path_params["ns"], request.path_params["name"])
+        found = self.policies.get(key)
+        if found is None:
+            msg = f'networkpolicies.networking.k8s.io "{key[1]}" not found'
+            return self._answer("Status", status(404, "NotFound", msg), 404)
+        if request.method == "DELETE":
+            del self.policies[key]
+            return self._answer("Status", {"kind": "Status", "apiVersion": "v1", "metadata": {},
+                                           "status": "Success", "details": {"name": key[1]}})
+        return self._answer("NetworkPolicy", copy.deepcopy(found))
+
+    # -- the pod's sandbox -------------------------------------------------------------
+    async def _boot(self, pod: FakePod) -> None:
+        """The pod's namespaces: a bubblewrap whose pid 1 holds them (its main process)."""
+        read, write = os.pipe()
+        system = ["--ro-bind", "/usr", "/usr"]
+        for name in ("bin", "sbin", "lib", "lib64"):
+            system += ["--ro-bind-try", f"/{name}", f"/{name}"]
+        argv = ["bwrap", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+                "--die-with-parent", *system, "--ro-bind", "/etc", "/etc", "--proc", "/proc",
+                "--dev", "/dev", "--bind", str(pod.root / "hal"), "/hal",
+                "--bind", str(pod.root / "tmp"), "/tmp", "--chdir", "/hal",
+                "--info-fd", str(write), "--",
+                "sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"]
+        try:
+            pod.init = await asyncio.create_subprocess_exec(
+                *argv, pass_fds=(write,), env={"PATH": "/usr/bin:/bin"},
+                stdin=asyncio.subprocess.DEVNULL)  # fmt: skip
+        finally:
+            os.close(write)
+        raw = b""
+        try:
+            while b"}" not in raw:  # bwrap writes its info JSON in pieces
+                chunk = await asyncio.to_thread(os.read, read, 4096)
+                if not chunk:
+                    raise RuntimeError("bwrap gave no info (did it start?)")
+                raw += chunk
+        finally:
+            os.close(read)
+        info, _ = json.JSONDecoder().raw_decode(raw.decode())
+        pod.child_pid = int(info["child-pid"])
+
+    async def _kill(self, pod: FakePod) -> None:
+        for proc in (*pod.execs, pod.init):
+            if proc is not None and proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+        for proc in (*pod.execs, pod.init):
+            if proc is not None:
+                await proc.wait()
+        shutil.rmtree(pod.root, ignore_errors=True)
+
+    async def _kill_all(self) -> None:
+        for pod in list(self.pods.values()):
+            await self._kill(pod)
+        self.pods.clear()
+
+    async def _exec(self, ws: Any) -> None:
+        from starlette.responses import JSONResponse
+
+        ns, name = ws.path_params["ns"], ws.path_params["name"]
+        self.calls.append(("EXEC", ws.url.path))
+        deny: tuple[int, dict[str, Any]] | None = None
+        fault, body = await self._fault("EXEC", ws.url.path)
+        pod = self.pods.get((ns, name))
+        if ws.headers.get("authorization") != f"Bearer {TOKEN}":
+            deny = (401, status(401, "Unauthorized", "Unauthorized"))
+        elif fault is not None and body is not None:
+            deny = (fault.status, body)
+        elif pod is None:
+            deny = (404, status(404, "NotFound", f'pods "{name}" not found'))
+        elif self._view(pod)["status"]["phase"] != "Running":
+            deny = (400, status(400, "BadRequest", f"pod {name} is not running"))
+        offered = [p.strip() for p in ws.headers.get("sec-websocket-protocol", "").split(",")]
+        chosen = next((p for p in ("v5.channel.k8s.io", "v4.channel.k8s.io") if p in offered), None)
+        if deny is None and chosen is None:
+            deny = (400, status(400, "BadRequest", "no supported exec subprotocol"))
+        if deny is not None:
+            await ws.send_denial_response(JSONResponse(deny[1], status_code=deny[0]))
+            return
+        assert pod is not None and pod.child_pid is not None
+        self.subprotocols.append(str(chosen))
+        await ws.accept(subprotocol=chosen)
+        argv = ws.query_params.getlist("command")
+        want_stdin = ws.query_params.get("stdin") == "true"
+        proc = await asyncio.create_subprocess_exec(
+            "nsenter", "-t", str(pod.child_pid), "-m", "-u", "-i", "-n", "-p", "-r", "-w",
+            "--", *argv, env={"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/"},
+            stdin=asyncio.subprocess.PIPE if want_stdin else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        pod.execs.add(proc)
+        await self._pump(ws, proc, chosen == "v5.channel.k8s.io")
+        pod.execs.discard(proc)
+
+    async def _pump(self, ws: Any, proc: asyncio.subprocess.Process, v5: bool) -> None:
+        from starlette.websockets import WebSocketDisconnect
+
+        gone = asyncio.Event()
+
+        async def out(stream: asyncio.StreamReader | None, channel: int) -> None:
+            assert stream is not None
+            while chunk := await stream.read(65536):
+                if not gone.is_set():
+                    with contextlib.suppress(Exception):
+                        await ws.send_bytes(bytes([channel]) + chunk)
+
+        async def inbound() -> None:
+            try:
+                while True:
+                    data = await ws.receive_bytes()
+                    if data[:1] == b"\x00" and proc.stdin is not None and len(data) > 1:
+                        with contextlib.suppress(ConnectionError):
+                            proc.stdin.write(data[1:])
+                            await proc.stdin.drain()
+                    elif v5 and data[:2] == b"\xff\x00" and proc.stdin is not None:
+                        proc.stdin.close()
+            except (WebSocketDisconnect, RuntimeError, KeyError):
+                gone.set()
+
+        reader = asyncio.create_task(inbound())
+        await asyncio.gather(out(proc.stdout, 1), out(proc.stderr, 2))
+        code = await proc.wait()
+        code = 128 - code if code < 0 else code  # killed by a signal: the shell's number
+        if proc.stdin is not None:
+            proc.stdin.close()
+        reader.cancel()
+        with contextlib.suppress(BaseException):
+            await reader
+        if gone.is_set():
+            return
+        if code == 0:
+            final: dict[str, Any] = {"metadata": {}, "status": "Success"}
+        else:
+            final = {"metadata": {}, "status": "Failure",
+                     "message": f"command terminated with non-zero exit code: exit status {code}",
+                     "reason": "NonZeroExitCode",
+                     "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]}}
+        with contextlib.suppress(Exception):
+            await ws.send_bytes(b"\x03" + json.dumps(final).encode())
+            await ws.close()  # fmt: skip
