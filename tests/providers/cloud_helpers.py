@@ -14,7 +14,7 @@ from hal9999.providers.cloudhost import CloudHostProvider
 from hal9999.providers.registry import load_provider
 from hal9999.spec import SandboxSpec
 
-P = TypeVar("P", bound=CloudHostProvider[Any])
+P = TypeVar("P", bound=CloudHostProvider[Any, Any])
 
 
 def make(kind: type[P], hal_home: Path, settings: dict[str, Any], **extra: Any) -> P:
@@ -26,7 +26,7 @@ def make(kind: type[P], hal_home: Path, settings: dict[str, Any], **extra: Any) 
     return provider
 
 
-def spec(kind: type[CloudHostProvider[Any]], workspace: Path) -> SandboxSpec:
+def spec(kind: type[CloudHostProvider[Any, Any]], workspace: Path) -> SandboxSpec:
     """A sandbox of ``kind`` over ``workspace``, on the host's network."""
     return SandboxSpec(provider=kind.name, network="host", workspace=workspace)
 

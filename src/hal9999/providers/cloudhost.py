@@ -1,11 +1,16 @@
 """What the cloud providers that make one machine per sandbox share (``digitalocean``,
-``morph``): a random owner id per state directory, waiting for the machine to answer over
-SSH, deleting it with the sandbox, and reconciling the records with the account.
+``morph``): the settings every one has (:class:`CloudHostConfig`) and where they fall back
+to the environment, the API client's construction, a random owner id per state directory,
+a create's reservation and clean-up (:meth:`CloudHostProvider._creating`), the hand-over to
+SSH once the machine answers, deleting it with the sandbox, and reconciling the records
+with the account.
 
-Each provider says how to talk to its API (:meth:`CloudHostProvider._api`), which of this
-hal's sandboxes have a machine (:meth:`CloudHostProvider._live_sandboxes`) and how one
-sandbox's machine is deleted (:meth:`CloudHostProvider._delete_machine`); the bookkeeping
-around those (the connection pool, the spend ledger, the records) is here, once.
+Each provider says which client speaks its API (``api_class``) and where its settings
+and token come from (``env_prefix``, ``token_vars``), how it boots a machine (in its
+``acquire_host``), which of this hal's sandboxes have a machine
+(:meth:`CloudHostProvider._live_sandboxes`) and how one sandbox's machine is deleted
+(:meth:`CloudHostProvider._delete_machine`); the bookkeeping around those (the
+connection pool, the spend ledger, the records) is here, once.
 """
 
 from __future__ import annotations
@@ -17,19 +22,24 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Literal, Protocol, TypeVar
+
+from pydantic import ConfigDict, Field
 
 from hal9999.errors import (
     CloudApiError,
+    CloudServerError,
     ConfigError,
     HostKeyRejected,
     ProviderError,
     SandboxNotFound,
 )
 from hal9999.providers.base import SandboxInfo
-from hal9999.providers.cloudspend import SpendLedger
-from hal9999.providers.ssh.config import SshHost
+from hal9999.providers.cloudapi import RateWindow, RetryPolicy
+from hal9999.providers.cloudspend import SpendCap, SpendLedger
+from hal9999.providers.ssh.config import SshConfig, SshHost
 from hal9999.providers.ssh.provider import SshProvider
 
 logger = logging.getLogger(__name__)
@@ -37,26 +47,70 @@ logger = logging.getLogger(__name__)
 GRACE_S = 5.0
 
 
+class CloudHostConfig(SpendCap):
+    """The settings every one-machine-per-sandbox cloud provider has (its own config adds
+    the vendor's and may change the defaults)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    api_url: str | None = None
+    """The API's base URL (else ``<env_prefix>_API_URL``, else the vendor's)."""
+    snapshot_id: str | None = None
+    """The snapshot machines boot from (else ``<env_prefix>_SNAPSHOT_ID``)."""
+    key_file: Path | None = None
+    """The private key hal logs in with (else ``<env_prefix>_KEY_FILE``)."""
+    isolation: Literal["disposable", "bwrap"] = "disposable"
+    """``disposable``: the machine is the boundary (deleted with the sandbox); ``bwrap``:
+    also bubblewrap inside (the snapshot must have it)."""
+    boot_timeout_s: float = Field(default=300.0, gt=0)
+    """How long a machine may take to be ready and answer over SSH."""
+    poll_s: float = Field(default=1.0, gt=0)
+    """How often the machine's status is read while it boots."""
+    api_timeout_s: float = Field(default=30.0, gt=0)
+    """Per-call API timeout."""
+    api_attempts: int = Field(default=5, ge=1)
+    """Tries per API call (429s and, for reads and deletes, 5xx and timeouts)."""
+
+
 class CloudApi(Protocol):
-    """The one thing the shared code needs of a vendor's API client."""
+    """What the shared code needs of a vendor's API client."""
+
+    def __init__(
+        self, *, token: str, base_url: str, policy: RetryPolicy, window: RateWindow
+    ) -> None:
+        """A client of the API at ``base_url``, retrying by ``policy``."""
 
     async def aclose(self) -> None:
         """Close the client's connections."""
 
 
 ApiT = TypeVar("ApiT", bound=CloudApi)
+ConfigT = TypeVar("ConfigT", bound=CloudHostConfig)
 
 
-class CloudHostProvider(SshProvider, Generic[ApiT]):
+class CloudHostProvider(SshProvider, Generic[ApiT, ConfigT]):
     """An :class:`SshProvider` whose hosts are cloud machines, one per sandbox."""
 
     ledger: SpendLedger
     _owner_id: str | None = None
     machine = "machine"
     """How log lines and errors name one of the vendor's machines."""
+    api_class: type[ApiT]
+    """The vendor's API client."""
+    api_url: str
+    """The vendor's API, when neither the settings nor the environment name another."""
+    env_prefix: str
+    """``<env_prefix>_API_URL``, ``_SNAPSHOT_ID``, ``_KEY_FILE``: the settings' fallbacks."""
+    token_vars: tuple[str, ...]
+    """The variables the API token is read from, the first set one wins."""
+    token_missing: tuple[str, str]
+    """The error and hint when none of ``token_vars`` is set."""
 
-    def _api(self) -> ApiT:
-        raise NotImplementedError
+    def __init__(self, *, state_dir: Path, cloud: ConfigT) -> None:
+        self.cloud = cloud
+        super().__init__(state_dir=state_dir, config=SshConfig(isolation=cloud.isolation))
+        self.ledger = SpendLedger(self.name, state_dir, cloud)
+        self._window = RateWindow()
 
     async def _live_sandboxes(self, api: ApiT) -> set[str]:
         """The sandbox ids of this hal (its owner id) that have a machine now."""
@@ -66,9 +120,36 @@ class CloudHostProvider(SshProvider, Generic[ApiT]):
         """Delete whatever machine the sandbox has (none: nothing to do)."""
         raise NotImplementedError
 
+    # -- settings and the API -----------------------------------------------------------
+
+    def _env(self, name: str) -> str:
+        return os.environ.get(f"{self.env_prefix}_{name}", "").strip()
+
+    def snapshot_setting(self) -> str:
+        """The snapshot to boot (the settings', else the environment's; "" for none)."""
+        return self.cloud.snapshot_id or self._env("SNAPSHOT_ID")
+
+    def key_file_setting(self) -> Path | None:
+        """hal's login key (the settings', else the environment's)."""
+        return self.cloud.key_file or env_path(f"{self.env_prefix}_KEY_FILE")
+
+    def _token(self) -> str:
+        for name in self.token_vars:
+            value = os.environ.get(name, "").strip()
+            if value:
+                return value
+        message, hint = self.token_missing
+        raise ConfigError(message, hint=hint)
+
+    def _api(self) -> ApiT:
+        policy = RetryPolicy(attempts=self.cloud.api_attempts, timeout_s=self.cloud.api_timeout_s)
+        url = self.cloud.api_url or self._env("API_URL") or self.api_url
+        return self.api_class(token=self._token(), base_url=url, policy=policy,
+                              window=self._window)  # fmt: skip
+
     def _create_window_s(self) -> float:
         """The longest a create may take: waiting to boot, then to answer over SSH."""
-        raise NotImplementedError
+        return 2 * self.cloud.boot_timeout_s + self.cloud.api_attempts * self.cloud.api_timeout_s
 
     def owner_id(self) -> str:
         """This state directory's random owner id (its ``owner`` file, made once): only
@@ -84,24 +165,61 @@ class CloudHostProvider(SshProvider, Generic[ApiT]):
             owner = self._owner_id = path.read_text().strip()
         return owner
 
-    async def _wait_ssh(self, host: SshHost, timeout_s: float, poll_s: float) -> None:
-        """Until the machine answers over SSH with the expected host key (a wrong key is
-        refused at once: retrying would not make it right)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
+    # -- creating -------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _creating(self, sandbox_id: str) -> AsyncIterator[ApiT]:
+        """Reserve a machine under the spend cap and open the API for booting it; whatever
+        fails inside deletes the machine (a 5xx may still have made it) and, where nothing
+        can have been made, ends the reservation."""
+        await self.ledger.reserve(sandbox_id)
+        try:
+            api = self._api()
+        except BaseException:
+            await self.ledger.end(sandbox_id)
+            raise
+        try:
+            yield api
+        except BaseException as exc:
             try:
-                await self.pool.get(host)
-                return
-            except HostKeyRejected:
-                raise
-            except ProviderError as exc:
-                if time.monotonic() > deadline:
-                    raise ProviderError(
-                        f"the {self.machine} of {host.name} does not answer over SSH: "
-                        f"{exc.one_line()}",
-                        hint="check the image's sshd and the login user's key",
-                    ) from exc
-            await asyncio.sleep(poll_s)
+                await self._delete(api, sandbox_id)
+            except CloudApiError:
+                # The machine may live on: the spend record stays until reconcile deletes
+                # it, unless the vendor plainly refused the create (a 4xx: nothing made).
+                if isinstance(exc, CloudApiError) and not isinstance(exc, CloudServerError):
+                    await self.ledger.end(sandbox_id)
+            raise
+        finally:
+            await api.aclose()
+
+    async def _handover(
+        self, sandbox_id: str, *, address: str, port: int = 22, user: str, key_file: Path,
+        host_key: str,
+    ) -> SshHost:  # fmt: skip
+        """The sandbox's host, once it answers over SSH with ``host_key`` (a machine that
+        never does is deleted; a wrong key is refused at once: retrying would not make it
+        right)."""
+        host = SshHost(name=f"hal-{sandbox_id}", address=address, port=port, user=user,
+                       key_file=key_file, host_key=host_key, capacity=1)  # fmt: skip
+        deadline = time.monotonic() + self.cloud.boot_timeout_s
+        try:
+            while True:
+                try:
+                    await self.pool.get(host)
+                    return host
+                except HostKeyRejected:
+                    raise
+                except ProviderError as exc:
+                    if time.monotonic() > deadline:
+                        raise ProviderError(
+                            f"the {self.machine} of {host.name} does not answer over SSH: "
+                            f"{exc.one_line()}",
+                            hint="check the image's sshd and the login user's key",
+                        ) from exc
+                await asyncio.sleep(self.cloud.poll_s)
+        except BaseException:
+            await self.release_host(host)
+            raise
 
     async def _delete(self, api: ApiT, sandbox_id: str) -> None:
         self.pool.forget_name(f"hal-{sandbox_id}", force=True)

@@ -17,27 +17,17 @@ import asyncio
 import builtins
 import contextlib
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Literal
 
 from pydantic import ConfigDict, Field
 
-from hal9999.errors import (
-    CloudApiError,
-    CloudNotFound,
-    CloudServerError,
-    ConfigError,
-    ProviderError,
-    SandboxNotFound,
-)
+from hal9999.errors import CloudNotFound, ConfigError, ProviderError, SandboxNotFound
 from hal9999.providers.base import Capabilities
-from hal9999.providers.cloudapi import RateWindow, RetryPolicy
-from hal9999.providers.cloudhost import CloudHostProvider, env_path
-from hal9999.providers.cloudspend import SpendCap, SpendLedger
+from hal9999.providers.cloudhost import CloudHostConfig, CloudHostProvider
 from hal9999.providers.morph_api import API_URL, Instance, MorphApi
-from hal9999.providers.ssh.config import SshConfig, SshHost
+from hal9999.providers.ssh.config import SshHost
 from hal9999.providers.ssh.sandbox import SshSandbox
 from hal9999.spec import SandboxSpec
 
@@ -45,17 +35,15 @@ logger = logging.getLogger(__name__)
 OWNER_KEY, SANDBOX_KEY = "hal9999", "hal9999_sandbox"
 
 
-class MorphConfig(SpendCap):
-    """Settings of the ``morph`` provider (``[providers.morph]``)."""
+class MorphConfig(CloudHostConfig):
+    """Settings of the ``morph`` provider (``[providers.morph]``); the API, snapshot and
+    key fall back to ``HAL_MORPH_API_URL``, ``HAL_MORPH_SNAPSHOT_ID`` and
+    ``HAL_MORPH_KEY_FILE`` (hal's key must be registered with the account)."""
 
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["morph"] = "morph"
     """Provider kind."""
-    api_url: str | None = None
-    """The API's base URL (else ``HAL_MORPH_API_URL``, else Morph's)."""
-    snapshot_id: str | None = None
-    """The snapshot sandboxes boot from (else ``HAL_MORPH_SNAPSHOT_ID``)."""
     ssh_host: str = "ssh.cloud.morph.so"
     """Morph's SSH gateway."""
     ssh_port: int = Field(default=22, ge=1, le=65535)
@@ -64,53 +52,28 @@ class MorphConfig(SpendCap):
     """The gateway's public host key (``ssh-ed25519 AAAA...``): required, never learnt."""
     ssh_user: str | None = None
     """The login user; unset, the instance id (the gateway routes by it)."""
-    key_file: Path | None = None
-    """hal's private key (else ``HAL_MORPH_KEY_FILE``), registered with the account."""
-    isolation: Literal["disposable", "bwrap"] = "disposable"
-    """``disposable``: the instance is the boundary; ``bwrap``: also bubblewrap inside."""
     ttl_s: int = Field(default=3600, ge=60)
     """Idle instances are paused after this long (Morph's TTL, action ``pause``)."""
-    boot_timeout_s: float = Field(default=300.0, gt=0)
-    """How long an instance may take to be ready and answer."""
-    poll_s: float = Field(default=1.0, gt=0)
-    """How often its status is read while it boots."""
-    api_timeout_s: float = Field(default=30.0, gt=0)
-    """Per-call API timeout."""
-    api_attempts: int = Field(default=5, ge=1)
-    """Tries per API call."""
 
 
-def _token() -> str:
-    value = os.environ.get("MORPH_API_KEY", "").strip()
-    if not value:
-        raise ConfigError("no Morph Cloud API key", hint="export MORPH_API_KEY")
-    return value
-
-
-class MorphProvider(CloudHostProvider[MorphApi]):
+class MorphProvider(CloudHostProvider[MorphApi, MorphConfig]):
     """Sandboxes in Morph instances, one per sandbox, commands over Morph's SSH gateway."""
 
     name = "morph"
     machine = "morph instance"
     config_model = MorphConfig  # type: ignore[assignment]
+    api_class = MorphApi
+    api_url = API_URL
+    env_prefix = "HAL_MORPH"
+    token_vars = ("MORPH_API_KEY",)
+    token_missing = ("no Morph Cloud API key", "export MORPH_API_KEY")
 
     def __init__(self, *, state_dir: Path, config: MorphConfig | None = None) -> None:
-        self.morph = config or MorphConfig()
-        super().__init__(state_dir=state_dir, config=SshConfig(isolation=self.morph.isolation))
+        super().__init__(state_dir=state_dir, cloud=config or MorphConfig())
         self.capabilities = Capabilities(
             isolation=self.capabilities.isolation, network_modes=self.capabilities.network_modes,
             host_launch=True, snapshot=True,
         )  # fmt: skip
-        self.ledger = SpendLedger(self.name, state_dir, self.morph)
-        self._window = RateWindow()
-
-    def _api(self) -> MorphApi:
-        policy = RetryPolicy(attempts=self.morph.api_attempts, timeout_s=self.morph.api_timeout_s)
-        url = self.morph.api_url or os.environ.get("HAL_MORPH_API_URL", "").strip() or API_URL
-        return MorphApi(token=_token(), base_url=url, policy=policy, window=self._window)
-
-    def _create_window_s(self) -> float:
-        return 2 * self.morph.boot_timeout_s + self.morph.api_attempts * self.morph.api_timeout_s
 
     async def instance_of(self, api: MorphApi, sandbox_id: str) -> Instance | None:
         """The instance of a sandbox, found by its metadata."""
@@ -122,53 +85,26 @@ class MorphProvider(CloudHostProvider[MorphApi]):
     async def acquire_host(self, sandbox_id: str, spec: SandboxSpec) -> SshHost:
         """Reserve under the spend cap, boot the instance, wait until it is ready and
         answers, and say how to reach it."""
-        snapshot = (spec.image or self.morph.snapshot_id
-                    or os.environ.get("HAL_MORPH_SNAPSHOT_ID", "").strip())  # fmt: skip
-        key_file = self.morph.key_file or env_path("HAL_MORPH_KEY_FILE")
-        if not snapshot or key_file is None or not self.morph.ssh_host_key:
+        snapshot = spec.image or self.snapshot_setting()
+        key_file, host_key = self.key_file_setting(), self.cloud.ssh_host_key
+        if not snapshot or key_file is None or not host_key:
             raise ConfigError(
                 "the morph provider needs a snapshot, a login key and the gateway's host key",
                 hint="set HAL_MORPH_SNAPSHOT_ID, HAL_MORPH_KEY_FILE and ssh_host_key in "
                 "[providers.morph] (see docs/providers.md)",
             )
-        await self.ledger.reserve(sandbox_id)
-        try:
-            api = self._api()
-        except BaseException:
-            await self.ledger.end(sandbox_id)
-            raise
         metadata = {OWNER_KEY: self.owner_id(), SANDBOX_KEY: sandbox_id}
-        instance: Instance | None = None
-        try:
-            instance = await api.start(snapshot, metadata=metadata, ttl_seconds=self.morph.ttl_s,
+        async with self._creating(sandbox_id) as api:
+            instance = await api.start(snapshot, metadata=metadata, ttl_seconds=self.cloud.ttl_s,
                                        ttl_action="pause")  # fmt: skip
             await self._wait_ready(api, instance.id)
-        except BaseException as exc:
-            await self._cleanup(api, sandbox_id, exc)
-            raise
-        finally:
-            await api.aclose()
-        host = SshHost(name=f"hal-{sandbox_id}", address=self.morph.ssh_host,
-                       port=self.morph.ssh_port, user=self.morph.ssh_user or instance.id,
-                       key_file=key_file, host_key=self.morph.ssh_host_key, capacity=1)  # fmt: skip
-        try:
-            await self._wait_ssh(host, self.morph.boot_timeout_s, self.morph.poll_s)
-        except BaseException:
-            await self.release_host(host)
-            raise
-        return host
-
-    async def _cleanup(self, api: MorphApi, sandbox_id: str, exc: BaseException) -> None:
-        try:
-            await self._delete(api, sandbox_id)
-        except CloudApiError:
-            # The instance may live on: the spend record stays until reconcile deletes it,
-            # unless the vendor plainly refused the start (nothing was made).
-            if isinstance(exc, CloudApiError) and not isinstance(exc, CloudServerError):
-                await self.ledger.end(sandbox_id)
+        return await self._handover(sandbox_id, address=self.cloud.ssh_host,
+                                    port=self.cloud.ssh_port,
+                                    user=self.cloud.ssh_user or instance.id,
+                                    key_file=key_file, host_key=host_key)  # fmt: skip
 
     async def _wait_ready(self, api: MorphApi, instance_id: str) -> None:
-        deadline = time.monotonic() + self.morph.boot_timeout_s
+        deadline = time.monotonic() + self.cloud.boot_timeout_s
         while True:
             try:
                 instance = await api.get(instance_id)
@@ -185,10 +121,10 @@ class MorphProvider(CloudHostProvider[MorphApi]):
             if time.monotonic() > deadline:
                 raise ProviderError(
                     f"morph instance {instance_id} is still {instance.hal_status()} "
-                    f"({instance.status}) after {self.morph.boot_timeout_s:g}s; it was deleted",
+                    f"({instance.status}) after {self.cloud.boot_timeout_s:g}s; it was deleted",
                     hint="raise boot_timeout_s, or check the snapshot",
                 )
-            await asyncio.sleep(self.morph.poll_s)
+            await asyncio.sleep(self.cloud.poll_s)
 
     async def _live_sandboxes(self, api: MorphApi) -> set[str]:
         instances = await api.list({OWNER_KEY: self.owner_id()})
@@ -220,7 +156,7 @@ class MorphProvider(CloudHostProvider[MorphApi]):
             if instance.status == "paused":
                 await api.resume(instance.id)
             await self._wait_ready(api, instance.id)
-            await api.set_ttl(instance.id, self.morph.ttl_s, "pause")
+            await api.set_ttl(instance.id, self.cloud.ttl_s, "pause")
         finally:
             await api.aclose()
         return await super().start(sandbox_id)
