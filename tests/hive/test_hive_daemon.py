@@ -12,12 +12,22 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import tests.cli.conftest as cli_fixtures
 from tests.cli.conftest import Hal, git
+from tests.hive import serve_helpers
+from tests.hive.serve_helpers import (
+    agent_of,
+    as_json,
+    commit_agent,
+    stop_daemon,
+    turns_done,
+    write_config,
+)
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 
@@ -41,51 +51,25 @@ echo "done: $(grep -c . "$1") lines"
 PRESET = "sh agent.sh {{prompt_file}}"
 
 
-def poll(what: str, check: Any, timeout: float = 45) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}")
-
-
-def as_json(hal: Hal, *args: str) -> Any:
-    out = hal(*args, "--json")
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
+poll = partial(serve_helpers.poll, timeout=45)
 
 
 @pytest.fixture
 def hive_repo(demo_repo: Path) -> Path:
-    (demo_repo / "agent.sh").write_text(AGENT)
-    git(demo_repo, "add", "-A")
-    git(demo_repo, "commit", "-qm", "hive agent")
+    """The demo repository with the agent script committed."""
+    commit_agent(demo_repo, AGENT)
     return demo_repo
 
 
 @pytest.fixture
 def serve(hal: Hal, hal_env: dict[str, str], hive_repo: Path) -> Iterator[Hal]:
-    config = Path(hal_env["XDG_CONFIG_HOME"]) / "hal9999" / "config.toml"
-    config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text("[hive]\ncrash_backoff_s = 0.5\ncrash_loop = 3\n")
+    """A running ``hal serve`` that restarts a crashed agent after 0.5 s and gives up on the
+    third crash; at the end its agents and it are stopped and this run's sleepers killed."""
+    write_config(hal_env, "[hive]\ncrash_backoff_s = 0.5\ncrash_loop = 3\n")
     assert hal("serve", "--detach").returncode == 0
     yield hal
-    for agent in as_json(hal, "agent", "list"):
-        hal("agent", "stop", agent["name"])
-    assert hal("serve", "--stop").returncode == 0
+    stop_daemon(hal)
     kill_sleeper()
-
-
-def agent_of(hal: Hal, name: str) -> dict[str, Any]:
-    return as_json(hal, "agent", "show", name)  # type: ignore[no-any-return]
-
-
-def turns_done(hal: Hal, name: str, count: int) -> dict[str, Any] | None:
-    agent = agent_of(hal, name)
-    ended = [t for t in agent["recent_turns"] if t["result"]]
-    return agent if len(ended) >= count and agent["state"] == "sleeping" else None
 
 
 def hive_events(hal_env: dict[str, str]) -> list[dict[str, Any]]:

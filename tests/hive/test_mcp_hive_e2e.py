@@ -9,16 +9,23 @@ its next turn (a resume of its own session) sees it.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import tests.cli.conftest as cli_fixtures
 from tests.cli.conftest import Hal
 from tests.e2e.conftest import KEY_VAR, requires_cli
+from tests.hive.serve_helpers import (
+    claude_config,
+    serve_offline,
+    stop_daemon,
+    turns_done,
+)
+from tests.hive.serve_helpers import (
+    poll_real_cli as poll,
+)
 from tests.llm_server.script import Script, Turn
 from tests.llm_server.server import ScriptedLLMServer
 
@@ -47,28 +54,6 @@ class AnswerScript(Script):
         return Turn.say("answered")
 
 
-def poll(what: str, check: Any, timeout: float = 300) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.3)
-    pytest.fail(f"timed out waiting for {what}")
-
-
-def agent_of(hal: Hal, name: str) -> dict[str, Any]:
-    out = hal("agent", "show", name, "--json")
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)  # type: ignore[no-any-return]
-
-
-def turns_done(hal: Hal, name: str, count: int) -> dict[str, Any] | None:
-    agent = agent_of(hal, name)
-    ended = [t for t in agent["recent_turns"] if t["result"]]
-    return agent if len(ended) >= count and agent["state"] == "sleeping" else None
-
-
 @pytest.fixture
 def servers() -> Iterator[tuple[ScriptedLLMServer, ScriptedLLMServer]]:
     with ScriptedLLMServer() as claude, ScriptedLLMServer() as codex:
@@ -80,20 +65,11 @@ def serve(
     hal: Hal, hal_env: dict[str, str], servers: tuple[ScriptedLLMServer, ScriptedLLMServer]
 ) -> Iterator[Hal]:
     claude, codex = servers
-    hal_env |= {"HAL_NETWORK": "none", "HAL_GATEWAY_IDLE_S": "2", KEY_VAR: "sk-hal-e2e-dummy"}
-    config = Path(hal_env["XDG_CONFIG_HOME"]) / "hal9999" / "config.toml"
-    config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(
-        f'[agents.claude]\nbase_url = "{claude.base_url}"\nmodel = "claude-sonnet-4-5"\n'
-        f'api_key_env = "{KEY_VAR}"\n'
-        f'[agents.codex]\nbase_url = "{codex.openai_base_url}"\nmodel = "gpt-4.1"\n'
-        f'api_key_env = "{KEY_VAR}"\n'
-    )
-    assert hal("serve", "--detach").returncode == 0
+    codex_config = (f'[agents.codex]\nbase_url = "{codex.openai_base_url}"\nmodel = "gpt-4.1"\n'
+                    f'api_key_env = "{KEY_VAR}"\n')  # fmt: skip
+    serve_offline(hal, hal_env, claude_config(claude) + codex_config)
     yield hal
-    for name in ("alpha", "beta"):
-        hal("agent", "stop", name)
-    assert hal("serve", "--stop").returncode == 0
+    stop_daemon(hal, ("alpha", "beta"))
 
 
 def test_claude_asks_codex_over_mcp_and_its_next_turn_sees_the_answer(

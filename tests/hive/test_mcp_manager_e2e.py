@@ -12,36 +12,30 @@ from pathlib import Path
 import pytest
 import tests.cli.conftest as cli_fixtures
 from tests.cli.conftest import Hal
-from tests.e2e.conftest import KEY_VAR, requires_cli
-from tests.hive.test_mcp_hive_e2e import agent_of, poll, turns_done
+from tests.e2e.conftest import requires_cli
+from tests.hive import serve_helpers
+from tests.hive.serve_helpers import (
+    agent_of,
+    claude_config,
+    serve_offline,
+    stop_daemon,
+    turns_done,
+)
+from tests.hive.serve_helpers import poll_real_cli as poll
 from tests.llm_server.script import Script, Turn
 from tests.llm_server.server import ScriptedLLMServer
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.slow, pytest.mark.timeout(720)]
 
 demo_repo, hal_env, hal = cli_fixtures.demo_repo, cli_fixtures.hal_env, cli_fixtures.hal
-
-
-@pytest.fixture
-def llm() -> Iterator[ScriptedLLMServer]:
-    with ScriptedLLMServer() as server:
-        yield server
+llm = serve_helpers.llm  # a scripted LLM server
 
 
 @pytest.fixture
 def serve(hal: Hal, hal_env: dict[str, str], llm: ScriptedLLMServer) -> Iterator[Hal]:
-    hal_env |= {"HAL_NETWORK": "none", "HAL_GATEWAY_IDLE_S": "2", KEY_VAR: "sk-hal-e2e-dummy"}
-    config = Path(hal_env["XDG_CONFIG_HOME"]) / "hal9999" / "config.toml"
-    config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(
-        f'default_agent = "claude"\n[agents.claude]\nbase_url = "{llm.base_url}"\n'
-        f'model = "claude-sonnet-4-5"\napi_key_env = "{KEY_VAR}"\n'
-    )
-    assert hal("serve", "--detach").returncode == 0
+    serve_offline(hal, hal_env, 'default_agent = "claude"\n' + claude_config(llm))
     yield hal
-    for name in ("manager", "helper"):
-        hal("agent", "stop", name)
-    assert hal("serve", "--stop").returncode == 0
+    stop_daemon(hal, ("manager", "helper"))
 
 
 def test_the_managers_spawn_request_is_approved_and_the_new_agent_runs(

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import tests.cli.conftest as cli_fixtures
 from tests.cli.conftest import Hal, git
-from tests.e2e.conftest import KEY_VAR, requires_cli
-from tests.hive.test_mcp_hive_e2e import poll, turns_done
+from tests.e2e.conftest import requires_cli
+from tests.hive import serve_helpers
+from tests.hive.serve_helpers import claude_config, serve_offline, stop_daemon, turns_done
+from tests.hive.serve_helpers import poll_real_cli as poll
 from tests.llm_server.script import Script, Turn
 from tests.llm_server.server import ScriptedLLMServer
 
@@ -24,25 +26,14 @@ demo_repo, hal_env, hal = cli_fixtures.demo_repo, cli_fixtures.hal_env, cli_fixt
 PROPOSE = Turn.call("mcp__hal__propose", kind="apply", summary="notes", target="release")
 
 
-@pytest.fixture
-def llm() -> Iterator[ScriptedLLMServer]:
-    with ScriptedLLMServer() as server:
-        yield server
+llm = serve_helpers.llm
 
 
 @pytest.fixture
 def serve(hal: Hal, hal_env: dict[str, str], llm: ScriptedLLMServer) -> Iterator[Hal]:
-    hal_env |= {"HAL_NETWORK": "none", "HAL_GATEWAY_IDLE_S": "2", KEY_VAR: "sk-hal-e2e-dummy"}
-    config = Path(hal_env["XDG_CONFIG_HOME"]) / "hal9999" / "config.toml"
-    config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(
-        f'[agents.claude]\nbase_url = "{llm.base_url}"\n'
-        f'model = "claude-sonnet-4-5"\napi_key_env = "{KEY_VAR}"\n'
-    )
-    assert hal("serve", "--detach").returncode == 0
+    serve_offline(hal, hal_env, claude_config(llm))
     yield hal
-    hal("agent", "stop", "alpha")
-    assert hal("serve", "--stop").returncode == 0
+    stop_daemon(hal, ("alpha",))
 
 
 def pending(hal: Hal) -> list[dict[str, object]]:

@@ -6,15 +6,14 @@ approved spawn request makes a new agent."""
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import tests.cli.conftest as cli_fixtures
 from tests.cli.conftest import Hal, git
+from tests.hive.serve_helpers import as_json, commit_agent, poll, stop_daemon, turns_done
 
 from hal9999.hive import approvals, questions
 from hal9999.store import Store
@@ -33,39 +32,10 @@ if [ -n "$line" ]; then echo "$line" > feature.txt; fi
 PRESET = "sh agent.sh {{prompt_file}}"
 
 
-def poll(what: str, check: Any, timeout: float = 60) -> Any:
-    """Call ``check`` until it returns something truthy; fail after ``timeout``."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}")
-
-
-def as_json(hal: Hal, *args: str) -> Any:
-    """``hal ARGS --json``, parsed."""
-    out = hal(*args, "--json")
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
-
-
-def turns_done(hal: Hal, name: str, count: int) -> dict[str, Any] | None:
-    """The agent once ``count`` turns ended and it sleeps again."""
-    agent = as_json(hal, "agent", "show", name)
-    ended = [t for t in agent["recent_turns"] if t["result"]]
-    return agent if len(ended) >= count and agent["state"] == "sleeping" else None
-
-
 @pytest.fixture
 def hive_repo(demo_repo: Path) -> Path:
     """The user's repository with the agent script; the user works on ``work``, not main."""
-    (demo_repo / "agent.sh").write_text(AGENT)
-    git(demo_repo, "add", "-A")
-    git(demo_repo, "commit", "-qm", "hive agent")
+    commit_agent(demo_repo, AGENT)
     git(demo_repo, "checkout", "-q", "-b", "work")
     return demo_repo
 
@@ -75,9 +45,7 @@ def serve(hal: Hal, hive_repo: Path) -> Iterator[Hal]:
     """A running ``hal serve``; its agents stopped and it stopped at the end."""
     assert hal("serve", "--detach").returncode == 0
     yield hal
-    for agent in as_json(hal, "agent", "list"):
-        hal("agent", "stop", agent["name"])
-    assert hal("serve", "--stop").returncode == 0
+    stop_daemon(hal)
 
 
 def test_deny_then_approve_an_agents_branch_and_approve_a_spawn(
