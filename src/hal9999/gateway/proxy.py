@@ -5,14 +5,14 @@ task's placeholder token where an API key goes (``authorization: Bearer``, ``x-a
 ``x-goog-api-key``, ``api-key`` or ``?key=``). The gateway finds the task's :class:`Grant` by
 that token (any other token is refused, 401), checks the model allow-list and the budgets
 (refusals are 400-class, which the agent CLIs treat as final), swaps the token for the real
-key and forwards the request to the task's upstream over httpx's transport (its kept
-connection pool, with TLS verification, without the client layer: no cookie jar shared between
-tasks, no redirects, no auth hooks, a third less CPU per call), streaming the answer back
-unbuffered while a :class:`UsageMeter` reads the usage out of it. Each call becomes a
+key and forwards the request to the task's upstream on a kept connection of the
+:class:`UpstreamPool` (HTTP/1.1 over asyncio streams, TLS verified; no cookie jar shared
+between tasks, no redirects), streaming the answer back unbuffered while a
+:class:`UsageMeter` reads the usage out of it. Each call becomes a
 ``gateway_requests`` row (committed by the :class:`Ledger` before the agent has the end of
 its answer), which the task's runner turns into a ``usage`` event.
 
-httpx and h11 are imported here only: this module runs in the gateway process.
+h11 is imported here only: this module runs in the gateway process.
 """
 
 from __future__ import annotations
@@ -20,14 +20,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import ssl
 import time
 from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import h11
-import httpx
 
 from hal9999.auth.upstream import oauth_headers, upstream_key
 from hal9999.errors import HalError
@@ -37,6 +35,7 @@ from hal9999.gateway.channel import TOKEN_PREFIX, Grant
 from hal9999.gateway.ledger import Ledger
 from hal9999.gateway.limits import RETRY_STATUSES, UpstreamLimiter, retry_after_s
 from hal9999.gateway.prices import PriceBook
+from hal9999.gateway.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 from hal9999.gateway.usage import UsageMeter, cost_usd
 from hal9999.store import Store
 from hal9999.store.gateway import GatewayRequest
@@ -51,7 +50,6 @@ _HOP_HEADERS = frozenset(
     {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
      "upgrade", "host", "content-length", "accept-encoding", "proxy-authorization"}
 )  # fmt: skip
-_UPSTREAM_TIMEOUT = httpx.Timeout(connect=15.0, read=600.0, write=60.0, pool=None).as_dict()
 
 
 class Gateway:
@@ -65,8 +63,8 @@ class Gateway:
         self.ledger = Ledger(store)
         self.bodies = StoredBodies()
         self.prices = PriceBook()
-        self.client = _transport(None)
-        self.clients: dict[str, httpx.AsyncHTTPTransport] = {}
+        self.client = UpstreamPool()
+        self.clients: dict[str, UpstreamPool] = {}
         """Pools for upstreams behind a private CA, by CA file."""
         self.last_active = time.monotonic()
 
@@ -99,13 +97,13 @@ class Gateway:
             )
         return self.limiters[name]
 
-    def client_for(self, grant: Grant) -> httpx.AsyncHTTPTransport:
+    def client_for(self, grant: Grant) -> UpstreamPool:
         """The shared pool, or the one trusting the grant's extra CA file."""
         ca_file = grant.settings.get("ca_file")
         if not ca_file:
             return self.client
         if ca_file not in self.clients:
-            self.clients[ca_file] = _transport(str(ca_file))
+            self.clients[ca_file] = UpstreamPool(str(ca_file))
         return self.clients[ca_file]
 
     async def aclose(self) -> None:
@@ -243,21 +241,21 @@ class Gateway:
         while True:
             await limiter.acquire()
             try:
-                request = httpx.Request(method, url, headers=out_headers, content=body,
-                                        extensions={"timeout": _UPSTREAM_TIMEOUT})  # fmt: skip
                 try:
-                    response = await client.handle_async_request(request)
-                except httpx.HTTPError as exc:
-                    if attempt < retries and _safe_to_retry(exc):
+                    response = await client.request(method, url, out_headers, body)
+                except UpstreamError as exc:
+                    # Nothing reached the upstream: a refused or failed connect is safe to
+                    # repeat; a certificate that does not verify will not verify on a retry.
+                    if attempt < retries and not exc.sent and not exc.verify_failed:
                         limiter.pause(retry_after_s({}, attempt))
                         attempt += 1
                         continue
-                    text = f"hal gateway: upstream unreachable: {type(exc).__name__}"
+                    text = f"hal gateway: upstream unreachable: {exc}"
                     await _send_refusal(conn, writer, 502, "upstream_unreachable", text)
                     self.record_call(record, started, status=502, error="upstream_unreachable")
                     return
-                if response.status_code in RETRY_STATUSES and attempt < retries:
-                    limiter.pause(retry_after_s(response.headers, attempt))
+                if response.status in RETRY_STATUSES and attempt < retries:
+                    limiter.pause(retry_after_s(dict(response.headers), attempt))
                     await response.aclose()
                     attempt += 1
                     continue
@@ -271,25 +269,23 @@ class Gateway:
         self,
         conn: h11.Connection,
         writer: asyncio.StreamWriter,
-        response: httpx.Response,
+        response: UpstreamResponse,
         record: GatewayRequest,
         started: float,
         grant: Grant,
     ) -> None:
         meter = UsageMeter()
-        record.status = response.status_code
-        headers = [
-            (k, v) for k, v in response.headers.items() if k.lower() not in _HOP_HEADERS
-        ]
+        record.status = response.status
+        headers = [(k, v) for k, v in response.headers if k not in _HOP_HEADERS]
         # The end of the answer (the last byte of a known length, or the last chunk of a
         # chunked one) waits until the call's row is committed: an agent never holds a whole
         # answer whose spend a killed gateway could forget, and its first byte never waits.
-        length = _content_length(response.headers)
+        length = response.declared
         relayed, tail = 0, b""
         recorded = False
         try:
-            writer.write(conn.send(h11.Response(status_code=response.status_code, headers=headers)))
-            async for chunk in response.aiter_raw(CHUNK):
+            writer.write(conn.send(h11.Response(status_code=response.status, headers=headers)))
+            while chunk := await response.read():
                 meter.feed(chunk)
                 relayed += len(chunk)
                 if length is not None and relayed >= length:
@@ -386,11 +382,6 @@ async def _send_refusal(
     await writer.drain()
 
 
-def _content_length(headers: httpx.Headers) -> int | None:
-    value = headers.get("content-length")
-    return int(value) if value is not None and value.isdigit() else None
-
-
 def _origin(upstream: str) -> str:
     parts = urlsplit(upstream)
     return f"{parts.scheme}://{parts.netloc}"
@@ -409,26 +400,3 @@ def _swap(name: str, value: str, grant: Grant) -> str:
     if name == "authorization" or name in _KEY_HEADERS:
         return value.replace(grant.token, grant.key)
     return value
-
-
-def _safe_to_retry(exc: httpx.HTTPError) -> bool:
-    # Nothing reached the upstream: a refused or failed connect is always safe to repeat;
-    # a certificate that does not verify will not verify on a retry either.
-    if "CERTIFICATE_VERIFY_FAILED" in str(exc):
-        return False
-    return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
-
-
-def _transport(ca_file: str | None) -> httpx.AsyncHTTPTransport:
-    # The transport, not a client: the agent's request goes out as it came (no cookie jar
-    # carrying one task's upstream cookies into another's calls, no redirect following, no
-    # proxy from the environment), on kept connections that verify TLS.
-    verify: ssl.SSLContext | bool = True
-    if ca_file is not None:
-        verify = ssl.create_default_context()
-        verify.load_verify_locations(cafile=ca_file)
-    return httpx.AsyncHTTPTransport(
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-        trust_env=False,
-        verify=verify,
-    )
