@@ -37,6 +37,9 @@ from hal9999.store.gateway import GatewayRequest, GatewayTable
 
 logger = logging.getLogger(__name__)
 
+_COLUMNS = [name for name in GatewayRequest.model_fields if name != "id"]
+_INSERT_ONE = (f"INSERT INTO gateway_requests ({', '.join(_COLUMNS)}) "
+               f"VALUES ({', '.join(':' + name for name in _COLUMNS)})")  # fmt: skip
 CHECKPOINT_EVERY = 200
 """Commits on the loop between two passive WAL checkpoints (in the ledger's thread)."""
 
@@ -62,6 +65,10 @@ class _Writer(GatewayTable):
                 self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
+
+    def add_one(self, row: GatewayRequest) -> None:
+        """One row, in a transaction of its own (one statement where a batch takes three)."""
+        self.conn.execute(_INSERT_ONE, row.model_dump(exclude={"id"}))
 
     def close(self) -> None:
         self.conn.close()
@@ -151,7 +158,10 @@ class Ledger:
         try:
             if self._writer is None:
                 self._writer = _Writer(self.store.path)
-            self._writer.add_gateway_requests(batch)
+            if len(batch) == 1:
+                self._writer.add_one(batch[0])
+            else:
+                self._writer.add_gateway_requests(batch)
         except sqlite3.Error as exc:
             if "locked" not in str(exc) and "busy" not in str(exc):
                 logger.warning("gateway: the ledger's own commit failed (%s); in its thread", exc)

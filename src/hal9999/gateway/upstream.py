@@ -124,8 +124,11 @@ class UpstreamResponse:
         if self._done:
             return b""
         try:
-            async with asyncio.timeout(READ_S):
+            if self.ready():  # no wait: no timer to arm
                 data = await self._read()
+            else:
+                async with asyncio.timeout(READ_S):
+                    data = await self._read()
         except (OSError, EOFError, TimeoutError, asyncio.IncompleteReadError) as exc:
             await self._abandon()
             raise UpstreamError(f"the answer broke off: {type(exc).__name__}", sent=True) from exc
@@ -135,6 +138,10 @@ class UpstreamResponse:
         if not data:
             self._done = True
         return data
+
+    def ready(self) -> bool:
+        """Whether the next :meth:`read` returns at once (body bytes are already here)."""
+        return not self._chunked and (self._done or _buffered(self._conn.reader) > 0)
 
     async def _read(self) -> bytes:
         reader = self._conn.reader

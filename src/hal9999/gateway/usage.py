@@ -101,7 +101,10 @@ class UsageMeter:
     def _line(self, line: bytes) -> None:
         if line.startswith(b"data:"):
             self._streaming = True
-            self._object(line[5:].strip())
+            # Most events of a stream are text deltas: only those that can name the usage
+            # or (until it is known) the model are parsed.
+            if b"usage" in line or (self.model is None and b'"model' in line):
+                self._object(line[5:].strip())
         elif self._streaming or not line.startswith((b"{", b"[")):
             return
 
