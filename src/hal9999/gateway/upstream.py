@@ -237,6 +237,9 @@ class UpstreamPool:
                 if reused and exc.unanswered:
                     continue
                 raise
+            except BaseException:  # cancelled (the task ended): the connection goes too
+                conn.writer.close()
+                raise
 
     async def _connection(self, origin: Origin) -> tuple[_Connection, bool]:
         idle = self._idle.get(origin)
