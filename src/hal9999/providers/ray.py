@@ -64,6 +64,8 @@ class RayConfig(BaseModel):
     """Offer ``network = "host"`` (refused on a node whose Ray ports a sandbox can reach)."""
     call_timeout_s: float = Field(default=60.0, gt=0)
     """Longest wait for a node's answer to anything but a command."""
+    checkpoint_s: float = Field(default=30.0, gt=0)
+    """How often a launched run's writable directories come back to the hal host."""
 
     @field_validator("address")
     @classmethod
@@ -184,6 +186,7 @@ class RayProvider:
             isolation="namespace",
             network_modes=frozenset({"none", "host"} if self.config.host_network else {"none"}),
             resource_limits=True,
+            host_launch=True,
         )
         self._actors: dict[str, Any] = {}
         self._probed: dict[str, list[str]] = {}

@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import os
+import re
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -18,12 +21,16 @@ from hal9999 import errors
 from hal9999.errors import CapabilityError, ExecError, HalError, ProviderError
 from hal9999.providers.base import Command, ExecResult, Launch, StreamEvent
 from hal9999.providers.ssh import mirror
-from hal9999.spec import SandboxSpec, display
+from hal9999.spec import SandboxSpec, to_argv
 
 if TYPE_CHECKING:
     from hal9999.providers.ray import RayProvider, RayRecord
 
 WORKDIR = "/workspace"
+RELAY_ENV = ("PATH", "HOME", "LANG", "TMPDIR", "HAL_HOME")
+"""What the relay itself may see of the launching process's environment (the command's
+own variables are added, and only those named in its argv reach the node)."""
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class RayMount(BaseModel):
@@ -176,9 +183,24 @@ class RaySandbox:
                 await asyncio.shield(self.pull())
 
     def launch(self, command: Command, *, env: Mapping[str, str] | None = None) -> Launch:
-        """Not offered: a run on Ray goes through :meth:`exec_stream`."""
-        raise CapabilityError(f"{display(command)}: the ray provider has no host command line",
-                              hint="run it with exec/exec_stream")  # fmt: skip
+        """The relay (:mod:`.rayrelay`) running ``command`` here: it joins the cluster
+        itself, so the run outlives this process; values ride in its environment, names in
+        argv (the node's sandbox adds its own base environment, as for :meth:`exec`)."""
+        full = {**command.env, **dict(env or {})}
+        owner = self._owner
+        config = owner.config.model_copy(update={"address": owner.address})
+        argv = [sys.executable, "-m", "hal9999.providers.rayrelay", "--records",
+                str(owner.records.root), "--config", config.model_dump_json(), "--id",
+                self.id]  # fmt: skip
+        for name in sorted(full):
+            if not _NAME.fullmatch(name):
+                raise ExecError(f"not a variable name: {name!r}")
+            argv += ["--env", name]
+        if command.cwd:
+            argv += ["--cwd", command.cwd]
+        host = {name: os.environ[name] for name in RELAY_ENV if name in os.environ}
+        return Launch(argv=[*argv, "--", *to_argv(command)],
+                      env=host | {"RAY_USAGE_STATS_ENABLED": "0"} | full)  # fmt: skip
 
     def attach_command(self) -> list[str]:
         """Not offered (no terminal reaches a Ray node through hal)."""
