@@ -32,15 +32,19 @@ from hal9999.errors import (
     CloudApiError,
     CloudServerError,
     ConfigError,
+    HalError,
     HostKeyRejected,
     ProviderError,
     SandboxNotFound,
 )
 from hal9999.providers.base import SandboxInfo
 from hal9999.providers.cloudapi import RateWindow, RetryPolicy
-from hal9999.providers.cloudspend import SpendCap, SpendLedger
+from hal9999.providers.cloudspend import SpendCap, SpendGuard, SpendLedger
 from hal9999.providers.ssh.config import SshConfig, SshHost
 from hal9999.providers.ssh.provider import SshProvider
+from hal9999.providers.ssh.records import SshRecord
+from hal9999.providers.ssh.sandbox import SshSandbox
+from hal9999.spec import SandboxSpec
 
 logger = logging.getLogger(__name__)
 # A record this young may not show in the vendor's listing yet: reconcile leaves it be.
@@ -88,10 +92,23 @@ ApiT = TypeVar("ApiT", bound=CloudApi)
 ConfigT = TypeVar("ConfigT", bound=CloudHostConfig)
 
 
+class CloudSandbox(SshSandbox):
+    """A cloud sandbox: one the spend cap ended raises :class:`SpendCapReached` on use."""
+
+    ledger: SpendLedger
+
+    def _require_running(self) -> None:
+        error = self.ledger.capped(self.id)
+        if error is not None:
+            raise error
+        super()._require_running()
+
+
 class CloudHostProvider(SshProvider, Generic[ApiT, ConfigT]):
     """An :class:`SshProvider` whose hosts are cloud machines, one per sandbox."""
 
     ledger: SpendLedger
+    _guard: SpendGuard | None = None
     _owner_id: str | None = None
     machine = "machine"
     """How log lines and errors name one of the vendor's machines."""
@@ -150,6 +167,41 @@ class CloudHostProvider(SshProvider, Generic[ApiT, ConfigT]):
     def _create_window_s(self) -> float:
         """The longest a create may take: waiting to boot, then to answer over SSH."""
         return 2 * self.cloud.boot_timeout_s + self.cloud.api_attempts * self.cloud.api_timeout_s
+
+    # -- the spend cap on running machines ---------------------------------------------------
+    def spend_guard(self) -> SpendGuard:
+        """This provider's guard of the day's machine-hours (see :mod:`.cloudspend`)."""
+        if self._guard is None:
+            self._guard = SpendGuard(self.ledger, self._stop_for_cap)
+        return self._guard
+
+    async def _stop_for_cap(self, sandbox_id: str) -> None:
+        # A checkpoint (processes killed, session brought back), then the machine deleted.
+        if any(record.id == sandbox_id for record in self.records.all()):
+            with contextlib.suppress(HalError):
+                await self.stop(sandbox_id)
+            await self.destroy(sandbox_id)
+            return
+        api = self._api()  # still booting (or an orphan): no session to keep
+        try:
+            await self._delete(api, sandbox_id)
+        finally:
+            await api.aclose()
+
+    def _handle(self, record: SshRecord) -> SshSandbox:
+        sandbox = CloudSandbox(record, self.pool, self.records, self.destroy)
+        sandbox.ledger = self.ledger
+        return sandbox
+
+    async def create(self, spec: SandboxSpec) -> SshSandbox:
+        """A sandbox on a new machine, the day's machine-hours watched from now on."""
+        self.spend_guard().start()
+        return await super().create(spec)
+
+    async def get(self, sandbox_id: str) -> SshSandbox:
+        """A handle on an existing sandbox (its machine-hours watched from now on)."""
+        self.spend_guard().start()
+        return await super().get(sandbox_id)
 
     def owner_id(self) -> str:
         """This state directory's random owner id (its ``owner`` file, made once): only

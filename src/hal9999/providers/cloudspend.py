@@ -3,18 +3,33 @@
 The counts live in hal's store (``cloud_machines``), shared by every hal process of the
 HAL_HOME; a machine is reserved before the vendor is asked for it, in one write
 transaction, so no number of concurrent creates passes the cap.
+
+Machines that already run keep adding hours, so refusing new ones is not enough: a
+:class:`SpendGuard` in every hal process that holds cloud sandboxes watches the day's
+machine-hours and, ``stop_margin_s`` before the running machines would take them past the
+cap, stops each (its processes killed and the session brought back: a checkpoint) and
+deletes it. Its sandbox is then marked *capped*: every later use of it raises
+:class:`SpendCapReached`, which is how the task running there fails, saying why.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
+import re
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from hal9999.errors import HalError, SpendCapReached
 from hal9999.store.sqlite import Store
+
+logger = logging.getLogger(__name__)
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class SpendCap(BaseModel):
@@ -28,6 +43,12 @@ class SpendCap(BaseModel):
     """Machine-hours a UTC day; a machine that runs now counts at least ``reserve_hours``."""
     reserve_hours: float = Field(default=1.0, ge=0)
     """What a new machine is counted at until it has run longer."""
+    stop_margin_s: float = Field(default=300.0, ge=0)
+    """How long before the running machines would take the day past
+    ``max_machine_hours_per_day`` they are stopped and deleted (room for the checkpoint
+    and the delete)."""
+    spend_check_s: float = Field(default=60.0, gt=0)
+    """Longest time between two looks at the day's machine-hours."""
 
 
 def home_of(state_dir: Path) -> Path:
@@ -50,11 +71,14 @@ class SpendLedger:
         self.provider = provider
         self.home = home_of(state_dir)
         self.cap = cap
+        self.capped_dir = state_dir / "capped"
+        self.clock: Callable[[], float] = time.time
+        """Now, in seconds since the epoch (a test sets its own)."""
 
     def _reserve(self, machine_id: str) -> None:
         with Store.open(self.home) as store:
             store.reserve_cloud_machine(
-                self.provider, machine_id, now=time.time(),
+                self.provider, machine_id, now=self.clock(),
                 max_machines=self.cap.max_machines,
                 max_hours_per_day=self.cap.max_machine_hours_per_day,
                 reserve_hours=self.cap.reserve_hours,
@@ -66,7 +90,7 @@ class SpendLedger:
 
     def _end(self, machine_id: str) -> None:
         with Store.open(self.home) as store:
-            store.end_cloud_machine(self.provider, machine_id, now=time.time())
+            store.end_cloud_machine(self.provider, machine_id, now=self.clock())
 
     async def end(self, machine_id: str) -> None:
         """The machine is gone."""
@@ -88,12 +112,105 @@ class SpendLedger:
         """Machines not yet ended, each with when it was reserved."""
         return await asyncio.to_thread(self._open_starts)
 
-    def _usage(self) -> tuple[int, float]:
+    def _usage(self, reserve_hours: float) -> tuple[int, float]:
         with Store.open(self.home) as store:
-            return store.cloud_usage(
-                self.provider, now=time.time(), reserve_hours=self.cap.reserve_hours
-            )
+            return store.cloud_usage(self.provider, now=self.clock(), reserve_hours=reserve_hours)
 
     async def usage(self) -> tuple[int, float]:
-        """Machines running now and the day's machine-hours."""
-        return await asyncio.to_thread(self._usage)
+        """Machines running now and the day's machine-hours (a new machine counted at
+        ``reserve_hours``, as the cap counts it for creates)."""
+        return await asyncio.to_thread(self._usage, self.cap.reserve_hours)
+
+    async def billed(self) -> tuple[int, float]:
+        """Machines running now and the machine-hours they and today's others really ran."""
+        return await asyncio.to_thread(self._usage, 0.0)
+
+    # -- capped sandboxes -------------------------------------------------------------------
+    def mark_capped(self, sandbox_id: str, message: str) -> None:
+        """Remember that the cap ended ``sandbox_id`` (its later uses raise)."""
+        if _ID.fullmatch(sandbox_id):
+            self.capped_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            (self.capped_dir / sandbox_id).write_text(message)
+
+    def capped(self, sandbox_id: str) -> SpendCapReached | None:
+        """The error of a sandbox the cap ended, else None."""
+        if not _ID.fullmatch(sandbox_id):
+            return None
+        try:
+            message = (self.capped_dir / sandbox_id).read_text()
+        except OSError:
+            return None
+        return SpendCapReached(message, hint=_hint(self.provider, "its session kept the work "
+                                                   "of the last checkpoint; "))  # fmt: skip
+
+
+def _hint(provider: str, prefix: str = "") -> str:
+    return (f"{prefix}wait for the next UTC day, or raise max_machine_hours_per_day in "
+            f"[providers.{provider}]")  # fmt: skip
+
+
+def seconds_to_cap(running: int, hours: float, cap: float) -> float:
+    """Seconds until ``running`` machines take the day from ``hours`` to ``cap``
+    machine-hours (infinite with none running)."""
+    if running <= 0:
+        return float("inf")
+    return max(0.0, (cap - hours) * 3600.0 / running)
+
+
+class SpendGuard:
+    """Keeps the day's machine-hours of one provider under its cap, machines that already
+    run included: ``stop_margin_s`` before they would pass it, each open machine goes
+    through ``stop_machine`` (checkpoint, then delete), its sandbox marked capped first."""
+
+    def __init__(self, ledger: SpendLedger,
+                 stop_machine: Callable[[str], Awaitable[None]]) -> None:  # fmt: skip
+        self.ledger = ledger
+        self.stop_machine = stop_machine
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Watch from now on, in this process's event loop (once)."""
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self.watch())
+
+    async def stop(self) -> None:
+        """Stop watching."""
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+            self.task = None
+
+    async def watch(self) -> None:
+        """Check, stop the machines when due, sleep until the next check; for ever."""
+        cap = self.ledger.cap
+        while True:
+            try:
+                running, hours = await self.ledger.billed()
+            except (HalError, OSError) as exc:  # a busy store: look again soon
+                logger.warning("spend cap of %s: %s", self.ledger.provider, exc)
+                running, hours = 0, 0.0
+            left = seconds_to_cap(running, hours, cap.max_machine_hours_per_day)
+            if left <= cap.stop_margin_s:
+                await self.stop_all(hours)
+                await asyncio.sleep(cap.spend_check_s)  # what failed to stop: again later
+                continue
+            await asyncio.sleep(min(cap.spend_check_s, left - cap.stop_margin_s))
+
+    async def stop_all(self, hours: float) -> list[str]:
+        """Stop and delete every open machine of the provider; the ids acted on."""
+        cap = self.ledger.cap.max_machine_hours_per_day
+        provider = self.ledger.provider
+        message = (f"{provider}: the day's machine-hours reached the spend cap ({hours:.2f} "
+                   f"of {cap:g}); the machine was stopped and deleted")  # fmt: skip
+        acted = []
+        for machine_id in await self.ledger.open_machines():
+            logger.warning("%s (sandbox %s)", message, machine_id)
+            await asyncio.to_thread(self.ledger.mark_capped, machine_id, message)
+            try:
+                await self.stop_machine(machine_id)
+            except (HalError, OSError) as exc:
+                logger.warning("stopping %s machine %s for the spend cap failed: %s",
+                               provider, machine_id, exc)  # fmt: skip
+            acted.append(machine_id)
+        return acted

@@ -237,6 +237,10 @@ class HostProvider:
     def _handle(self, record: SandboxRecord) -> HostSandbox:
         raise NotImplementedError
 
+    def new_id(self, spec: SandboxSpec) -> str:
+        """The id of a sandbox about to be made for ``spec`` (a subclass may choose it)."""
+        return secrets.token_hex(6)
+
     def cgroup_host(self) -> cgroups.CgroupHost | None:
         """The cgroup hierarchy sandboxes go into (None when off or unavailable)."""
         if self._cgroup_host is False:
@@ -295,7 +299,7 @@ class HostProvider:
     async def create(self, spec: SandboxSpec) -> HostSandbox:
         """Create and start a sandbox."""
         check_spec(self.name, self.capabilities, spec)
-        sandbox_id = secrets.token_hex(6)
+        sandbox_id = self.new_id(spec)
         directory = self.store.dir(sandbox_id)
         directory.mkdir(parents=True)
         record = SandboxRecord(

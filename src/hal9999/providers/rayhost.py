@@ -19,22 +19,31 @@ import contextlib
 import importlib
 import io
 import os
+import re
 import secrets
 import shutil
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from hal9999.errors import ExecError, HalError, SandboxNotFound
 from hal9999.providers.base import Command, StreamEvent
 from hal9999.providers.ssh import mirror
 from hal9999.spec import ArgvCommand, Bind, SandboxSpec
 
+if TYPE_CHECKING:
+    from hal9999.providers.bwrap import BwrapProvider
+
 PACK = 'cd -- "$1" && exec tar -c --numeric-owner -f - .'
 """Inside the sandbox: the directory ``$1`` as a tar on stdout."""
 STREAM_WAIT = 0.5
 """Longest a :meth:`NodeHost.stream_next` call waits for output before answering empty."""
+ID_LABEL = "hal.ray.id"
+"""Label of a node's local sandbox: the ray sandbox id it serves (and takes as its own)."""
+_ID = re.compile(r"[0-9a-f]{12}")
+NODE_VAR = "HAL_RAY_NODE"
+"""Set in every command's environment: the name of the node it runs on."""
 Outcome = tuple[Any, ...]
 """``("ok", value)`` or ``("error", kind, message, hint, details)``."""
 
@@ -52,7 +61,22 @@ def _mirror_spec(spec: SandboxSpec, root: Path) -> SandboxSpec:
         for index, bind in enumerate(spec.binds)
     )
     workspace = root / "ws" if spec.workspace is not None else None
-    return spec.model_copy(update={"provider": "bwrap", "workspace": workspace, "binds": binds})
+    labels = spec.labels | {ID_LABEL: root.name}
+    return spec.model_copy(update={"provider": "bwrap", "workspace": workspace, "binds": binds,
+                                   "labels": labels})  # fmt: skip
+
+
+def _node_provider(state_dir: Path) -> BwrapProvider:
+    """The node's own bwrap provider; a sandbox there takes the id hal gave it (so
+    ``$HAL_SANDBOX`` inside is the id the user sees)."""
+    from hal9999.providers.bwrap import BwrapProvider
+
+    class NodeBwrap(BwrapProvider):
+        def new_id(self, spec: SandboxSpec) -> str:
+            given = spec.labels.get(ID_LABEL, "")
+            return given if _ID.fullmatch(given) else super().new_id(spec)
+
+    return NodeBwrap(state_dir=state_dir)
 
 
 def _ray() -> Any:
@@ -64,14 +88,13 @@ class NodeHost:
     """What the host actor does, as an ordinary class (the actor wraps it, see :func:`actor`)."""
 
     def __init__(self, node: str, root: str) -> None:
-        from hal9999.providers.bwrap import BwrapProvider
-
         self.node = node
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.root.chmod(0o700)
         (self.root / "m").mkdir(exist_ok=True, mode=0o711)
-        self.local = BwrapProvider(state_dir=self.root / "bwrap")
+        self.local = _node_provider(self.root / "bwrap")
+        self.procs: dict[str, asyncio.subprocess.Process] = {}
         self.streams: dict[str, asyncio.Queue[StreamEvent | None]] = {}
         self.stream_tasks: dict[str, asyncio.Task[None]] = {}
         self.pull_locks: dict[str, asyncio.Lock] = {}
@@ -136,24 +159,38 @@ class NodeHost:
             await asyncio.to_thread(_remove_tree, directory)
 
     # -- commands ---------------------------------------------------------------------------
+    def _env(self, env: Mapping[str, str] | None) -> dict[str, str]:
+        # Where a command ran is the user's to know (a run's log says which node it was on).
+        return {**dict(env or {}), NODE_VAR: self.node}
+
     async def op_exec(
         self, sandbox_id: str, command: Command, env: Mapping[str, str] | None,
         stdin: bytes | None, timeout: float | None,  # noqa: ASYNC109
     ) -> tuple[int, bytes, bytes]:  # fmt: skip
         sandbox = await self._sandbox(sandbox_id)
-        result = await sandbox.exec(command, env=env, stdin=stdin, timeout=timeout)
+        result = await sandbox.exec(command, env=self._env(env), stdin=stdin, timeout=timeout)
         return (result.exit_code, result.stdout, result.stderr)
 
     async def op_stream_open(
-        self, sandbox_id: str, command: Command, env: Mapping[str, str] | None
-    ) -> str:
+        self, sandbox_id: str, command: Command, env: Mapping[str, str] | None,
+        interactive: bool = False,
+    ) -> str:  # fmt: skip
+        """Start ``command``; its output is read with :meth:`op_stream_next`. An
+        ``interactive`` one runs as the local sandbox's launched process, whose stdin
+        :meth:`op_stream_write` feeds."""
         sandbox = await self._sandbox(sandbox_id)
         token = secrets.token_hex(8)
         queue: asyncio.Queue[StreamEvent | None] = asyncio.Queue()
+        # Started before the token is handed out: the first write must find its stdin.
+        proc = await self._spawn(sandbox, command, env, token) if interactive else None
 
         async def pump() -> None:
             try:
-                async with contextlib.aclosing(sandbox.exec_stream(command, env=env)) as events:
+                if proc is not None:
+                    await self._launched(proc, queue, token)
+                    return
+                stream = sandbox.exec_stream(command, env=self._env(env))
+                async with contextlib.aclosing(stream) as events:
                     async for event in events:
                         await queue.put(event)
             except HalError as exc:
@@ -165,6 +202,52 @@ class NodeHost:
         self.streams[token] = queue
         self.stream_tasks[token] = asyncio.get_running_loop().create_task(pump())
         return token
+
+    async def _spawn(self, sandbox: Any, command: Command, env: Mapping[str, str] | None,
+                     token: str) -> asyncio.subprocess.Process:  # fmt: skip
+        launch = sandbox.launch(command, env=self._env(env))
+        proc = await asyncio.create_subprocess_exec(
+            *launch.argv, env=launch.env, cwd=launch.cwd, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        self.procs[token] = proc
+        return proc
+
+    async def _launched(
+        self, proc: asyncio.subprocess.Process, queue: asyncio.Queue[StreamEvent | None],
+        token: str,
+    ) -> None:  # fmt: skip
+        assert proc.stdout is not None and proc.stderr is not None
+
+        async def copy(reader: asyncio.StreamReader, kind: Literal["stdout", "stderr"]) -> None:
+            while data := await reader.read(65536):
+                await queue.put(StreamEvent(kind, data))
+
+        try:
+            await asyncio.gather(copy(proc.stdout, "stdout"), copy(proc.stderr, "stderr"))
+            await queue.put(StreamEvent("exit", exit_code=await proc.wait()))
+        finally:
+            await self._end(token)
+
+    async def _end(self, token: str) -> None:
+        proc = self.procs.pop(token, None)
+        if proc is not None and proc.returncode is None:
+            # Closed early: the launcher's end (bwrap dies with it) ends what runs inside.
+            proc.kill()
+            await proc.wait()
+
+    async def op_stream_write(self, token: str, data: bytes) -> None:
+        """Feed an interactive command's stdin; empty ``data`` closes it."""
+        proc = self.procs.get(token)
+        if proc is None or proc.stdin is None:
+            return
+        stdin = proc.stdin
+        with contextlib.suppress(OSError, ConnectionError):
+            if not data:
+                stdin.close()
+                return
+            stdin.write(data)
+            await stdin.drain()
 
     async def op_stream_next(self, token: str) -> list[tuple[str, bytes, int | None]]:
         queue = self.streams.get(token)
@@ -190,6 +273,7 @@ class NodeHost:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, HalError):
                 await task
+        await self._end(token)  # a pump cancelled before it ever ran
 
     # -- files ------------------------------------------------------------------------------
     async def op_file(self, sandbox_id: str, op: str, path: str, *args: Any) -> Any:

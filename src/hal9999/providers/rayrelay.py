@@ -19,6 +19,7 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from hal9999.errors import HalError
@@ -38,6 +39,8 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--id", required=True)
     parser.add_argument("--env", action="append", default=[])
     parser.add_argument("--cwd")
+    parser.add_argument("--stdin", action="store_true",
+                        help="our stdin goes to the command (an attached shell)")
     parser.add_argument("command", nargs="+")
     return parser.parse_args(argv)
 
@@ -49,9 +52,10 @@ async def _checkpoints(sandbox: RaySandbox, every: float) -> None:
             await sandbox.pull()
 
 
-async def _run(sandbox: RaySandbox, command: ArgvCommand, env: dict[str, str]) -> int:
+async def _run(sandbox: RaySandbox, command: ArgvCommand, env: dict[str, str],
+               feed: asyncio.Queue[bytes] | None) -> int:  # fmt: skip
     code = LOST
-    stream = sandbox.exec_stream(command, env=env)
+    stream = sandbox.stream(command, env=env, feed=feed)
     async with contextlib.aclosing(stream) as events:  # type: ignore[type-var]
         async for event in events:
             if event.kind == "exit":
@@ -75,7 +79,11 @@ async def relay(args: argparse.Namespace) -> int:
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    running = asyncio.create_task(_run(sandbox, command, env))
+    feed: asyncio.Queue[bytes] | None = None
+    if args.stdin:
+        feed = asyncio.Queue()
+        _read_stdin(loop, feed)
+    running = asyncio.create_task(_run(sandbox, command, env, feed))
     checkpoints = asyncio.create_task(_checkpoints(sandbox, provider.config.checkpoint_s))
     stop = asyncio.create_task(stopping.wait())
     try:
@@ -94,6 +102,26 @@ async def relay(args: argparse.Namespace) -> int:
             task.cancel()
 
 
+def _read_stdin(loop: asyncio.AbstractEventLoop, feed: asyncio.Queue[bytes]) -> None:
+    """Our stdin into ``feed``, by a daemon thread: it may be a file the event loop cannot
+    watch, and a blocked read must not hold the exit. An empty chunk is the end."""
+
+    def read() -> None:
+        while True:
+            try:
+                data = os.read(0, 65536)
+            except OSError:
+                data = b""
+            try:
+                loop.call_soon_threadsafe(feed.put_nowait, data)
+            except RuntimeError:  # the relay is ending; its loop is closed
+                return
+            if not data:
+                return
+
+    threading.Thread(target=read, daemon=True).start()
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -108,21 +136,27 @@ def _say(text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; the command's exit status (255: the node or the cluster was lost)."""
+    from hal9999.providers.ray import RayConfig, connect
+
     args = _arguments(sys.argv[1:] if argv is None else argv)
     try:
+        config = RayConfig.model_validate_json(args.config)
+        # Joined here, in the main thread: Ray sets its signal handlers only there (and
+        # says so on stderr, which is the run's log, when it cannot).
+        connect(config.address, config.namespace)
         return asyncio.run(relay(args))
     except HalError as exc:
         _say(exc.one_line())
         return LOST
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         _say(f"the ray relay failed: {exc}")
         return LOST
-    finally:
-        with contextlib.suppress(Exception):
-            ray = sys.modules.get("ray")
-            if ray is not None and ray.is_initialized():
-                ray.shutdown()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Leaving Ray's driver without its shutdown: the cluster notices the driver's end by
+    # itself, and the run's exit is not held for it.
+    os._exit(code)

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict
 
 from hal9999 import errors
-from hal9999.errors import CapabilityError, ExecError, HalError, ProviderError
+from hal9999.errors import ExecError, HalError, ProviderError
 from hal9999.providers.base import Command, ExecResult, Launch, StreamEvent
 from hal9999.providers.ssh import mirror
-from hal9999.spec import SandboxSpec, to_argv
+from hal9999.spec import ArgvCommand, SandboxSpec, to_argv
 
 if TYPE_CHECKING:
     from hal9999.providers.ray import RayProvider, RayRecord
@@ -157,14 +157,24 @@ class RaySandbox:
                 await self.pull()
         return ExecResult(code, out, err)
 
-    async def exec_stream(
+    def exec_stream(
         self, command: Command, *, env: Mapping[str, str] | None = None
     ) -> AsyncIterator[StreamEvent]:
         """Run a command, yielding output as the node sends it and the exit status last."""
+        return self.stream(command, env=env)
+
+    async def stream(
+        self, command: Command, *, env: Mapping[str, str] | None = None,
+        feed: asyncio.Queue[bytes] | None = None,
+    ) -> AsyncIterator[StreamEvent]:  # fmt: skip
+        """:meth:`exec_stream`; with ``feed``, the command's stdin is what arrives there
+        (an empty chunk closes it)."""
         self._require_running()
         await self.push(writable=False)
-        token = await self._call("stream_open", command, dict(env or {}), error=ExecError)
+        token = await self._call("stream_open", command, dict(env or {}), feed is not None,
+                                 error=ExecError)  # fmt: skip
         handle = await self._owner.actor(self.node)
+        feeding = None if feed is None else asyncio.create_task(self._feed(handle, token, feed))
         done = False
         try:
             while not done:
@@ -175,12 +185,23 @@ class RaySandbox:
                     done = done or kind == "exit"
                     yield StreamEvent(kind, data, code)
         finally:
+            if feeding is not None:
+                feeding.cancel()
             with contextlib.suppress(HalError):
                 if not done:
                     await asyncio.shield(node_call(handle, self.node, "stream_close", token,
                                                    timeout=30))  # fmt: skip
             with contextlib.suppress(HalError):
                 await asyncio.shield(self.pull())
+
+    async def _feed(self, handle: Any, token: str, feed: asyncio.Queue[bytes]) -> None:
+        with contextlib.suppress(HalError):
+            while True:
+                data = await feed.get()
+                await node_call(handle, self.node, "stream_write", token, data,
+                                timeout=self._owner.config.call_timeout_s)  # fmt: skip
+                if not data:
+                    return
 
     def launch(self, command: Command, *, env: Mapping[str, str] | None = None) -> Launch:
         """The relay (:mod:`.rayrelay`) running ``command`` here: it joins the cluster
@@ -203,9 +224,10 @@ class RaySandbox:
                       env=host | {"RAY_USAGE_STATS_ENABLED": "0"} | full)  # fmt: skip
 
     def attach_command(self) -> list[str]:
-        """Not offered (no terminal reaches a Ray node through hal)."""
-        raise CapabilityError("the ray provider cannot attach a terminal",
-                              hint="use `hal task logs` to follow the run")  # fmt: skip
+        """An interactive bash inside, through the relay (its stdin goes to the node)."""
+        launch = self.launch(ArgvCommand(argv=("bash", "-i")))
+        argv = [launch.argv[0], *launch.argv[1:3], "--stdin", *launch.argv[3:]]
+        return ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in launch.env.items()), *argv]
 
     # -- files ------------------------------------------------------------------------------
     async def read_file(self, path: str) -> bytes:
