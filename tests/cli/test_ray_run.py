@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,3 +121,73 @@ def test_twenty_tasks_through_serve_spread_over_both_nodes(
     warm = [e for t in ids for e in events_of(hal, t) if e["type"] == "sandbox_acquired"]
     assert sum(1 for e in warm if e["warm"]) >= 1  # a warm ray sandbox ran a task
     assert all(e["provider"] == "ray" for e in warm)
+
+
+SLOW_AGENT = """#!/bin/sh
+echo "agent ran on ray node $HAL_RAY_NODE"
+if [ -f progress ]; then echo resumed >> progress; exit 0; fi
+echo step1 > progress
+sleep 120
+"""
+
+
+@pytest.mark.timeout(300)
+def test_a_node_killed_mid_task_fails_it_clearly_and_keeps_the_last_sync(
+    ray_cluster: RayCluster, hal: Hal, hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    # A node with the most room, so the task goes there; killed under the running agent.
+    port = ray_cluster.add_worker("w3", 60)
+    use_cluster(hal_env, ray_cluster, call_timeout_s=8, checkpoint_s=1)
+    (demo_repo / "slow.sh").write_text(SLOW_AGENT)
+    git(demo_repo, "add", "slow.sh")
+    git(demo_repo, "commit", "-qm", "slow agent")
+    command = [sys.executable, "-m", "hal9999", "run", "--agent", "sh slow.sh {{prompt_file}}",
+               "work slowly"]  # fmt: skip
+    with subprocess.Popen(command, cwd=demo_repo, env=hal_env, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as run:
+        try:
+            deadline = time.monotonic() + 120
+            progress = None
+            while progress is None or not progress.exists():
+                assert time.monotonic() < deadline, "the agent's first checkpoint never came"
+                assert run.poll() is None, run.communicate()
+                found = tasks_json(hal)
+                if found and found[0]["session_dir"]:
+                    progress = Path(found[0]["session_dir"]) / "workspace" / "progress"
+                time.sleep(0.5)
+            assert ray_cluster.kill_worker(port)
+            out, err = run.communicate(timeout=150)
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.communicate()
+    [task] = tasks_json(hal)
+    logs = hal("task", "logs", task["id"]).stdout
+    assert "agent ran on ray node w3" in logs
+    assert "hal: ray node w3 was lost" in logs  # the relay's one line: status 255
+    assert "Traceback" not in err
+    if task["status"] == "failed":  # failed clearly, the work of the last sync kept
+        assert run.returncode != 0 and "ray node w3" in (task["error_message"] or "")
+        assert progress.read_text() == "step1\n"
+    else:  # retried elsewhere, from the session the last sync brought back
+        assert task["status"] == "succeeded" and run.returncode == 0, (out, err)
+        assert task["infra_retries"] >= 1
+        assert re.search(r"agent ran on ray node (head|w1)", logs)
+        shown = git(demo_repo, "show", f"{task['branch']}:progress")
+        assert shown == "step1\nresumed"
+    wait_until_dead(ray_cluster, "w3")
+
+
+def wait_until_dead(cluster: RayCluster, name: str) -> None:
+    """Until the cluster no longer counts node ``name`` alive (later tests place nowhere
+    near it)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False,
+                 configure_logging=False)  # fmt: skip
+    deadline = time.monotonic() + 90
+    while any(node.get("Alive") and f"hal_node_{name}" in node.get("Resources", {})
+              for node in ray.nodes()):  # fmt: skip
+        assert time.monotonic() < deadline, f"ray still counts node {name} alive"
+        time.sleep(1)
