@@ -39,6 +39,7 @@ LINES = [INIT, READY, tool_call(2, "send", {"to": "operator", "body": "hello fro
 # The agent: shell only. It writes its JSON-RPC lines to the CLI's MCP command (LAUNCH, as
 # the presets run it), keeps its stdin open until the last answer came, then looks around.
 AGENT = r"""#!/bin/sh
+cut -d' ' -f22 /proc/1/stat >> init-started.txt  # the container's init: a restart changes it
 : > mcp-replies.txt
 { cat mcp-lines.txt
   i=0
@@ -114,5 +115,7 @@ def test_a_docker_agent_calls_an_mcp_tool_as_itself_only(
     acquired = [e for e in events_of(hal, agent["task_id"]) if e["type"] == "sandbox_acquired"]
     assert [e["warm"] for e in acquired] == [False, True]
     assert acquired[0]["sandbox_id"] == acquired[1]["sandbox_id"]
+    first, second = read("init-started.txt").split()
+    assert first == second, "the container was not restarted between the turns"
     mail = as_json(hal, "msg", "inbox")  # the first one was marked read when shown
     assert [(m["sender"], m["body"]) for m in mail] == [("alice", "hello from a container")]

@@ -60,6 +60,11 @@ def _same_shape(held: Held, spec: SandboxSpec) -> bool:
     return spec.model_dump(exclude=ignore) == held.spec.model_dump(exclude=ignore)
 
 
+def _sources(spec: SandboxSpec) -> tuple[object, ...]:
+    """Where the spec's mounts come from on the host."""
+    return (spec.workspace, *(b.source for b in spec.binds))
+
+
 class WarmHolds:
     """The daemon's sandbox source: the pool's, plus sandboxes held for warm agents."""
 
@@ -126,10 +131,12 @@ class WarmHolds:
         entry = held.lease.entry
         if entry.id is not None and not entry.destroy_on_return and _same_shape(held, spec):
             try:
-                if entry.slot is not None:
-                    entry.slot.point(spec)  # the host-side links of its mounts, again
-                if isinstance(provider, WorkspaceAttach) and entry.slot is not None:
-                    await provider.attach_workspace(entry.id, spec)
+                if entry.slot is not None and _sources(spec) != _sources(held.spec):
+                    # Mounts from elsewhere (never so for one task, but then it is right):
+                    # re-point the links; a container restarts to resolve them again.
+                    entry.slot.point(spec)
+                    if isinstance(provider, WorkspaceAttach):
+                        await provider.attach_workspace(entry.id, spec)
                 sandbox = await provider.get(entry.id)
             except (HalError, OSError) as exc:
                 logger.warning("hive: the warm sandbox of %s is unusable: %s", held.agent, exc)
