@@ -76,14 +76,16 @@ def test_vacuum_removes_only_old_read_messages_old_events_and_old_finished_turns
 
     settings = HiveSettings()
     planned = vacuum(store, settings, dry_run=True)
-    assert planned == {"messages": 1, "events": aged_events, "turns": 1}
+    assert planned == {"messages": 1, "events": aged_events, "turns": 1, "approvals": 0,
+                       "questions": 0, "reminders": 0}  # fmt: skip
     assert len(inbox(store, "alice", include_read=True)) == 4, "a dry run removes nothing"
     assert vacuum(store, settings) == planned
     left = {m.body for m in inbox(store, "alice", include_read=True)}
     assert left == {"old, delivered", "old, never delivered", "new, read"}
     assert len(hive_events_after(store, 0)) == recent_events
     assert [t.ended_at is None for t in stats.turns(store, "alice")] == [True]
-    assert vacuum(store, settings) == {"messages": 0, "events": 0, "turns": 0}
+    assert vacuum(store, settings) == {"messages": 0, "events": 0, "turns": 0, "approvals": 0,
+                                       "questions": 0, "reminders": 0}  # fmt: skip
     assert old_sent.id in {m.id for m in inbox(store, "alice")}
 
 

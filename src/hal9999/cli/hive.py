@@ -351,15 +351,18 @@ def init(preset: str | None, provider: str | None, repo: str | None, as_json: bo
 @click.option("--dry-run", is_flag=True, help="Only count what would be removed.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def vacuum(dry_run: bool, as_json: bool) -> None:
-    """Remove read messages, hive events and turn stats past their retention ([hive])."""
+    """Remove read messages, hive events, turn stats and closed threads past their
+    retention ([hive]); nothing pending is ever removed."""
     from hal9999.hive.retention import vacuum as run_vacuum
     from hal9999.hive.settings import hive_settings
 
     a = app()
-    counts = run_vacuum(a.store, hive_settings(a.config), dry_run=dry_run)
+    counts = run_vacuum(a.store, hive_settings(a.config), home=a.config.home, dry_run=dry_run)
     if as_json:
         emit_json({"dry_run": dry_run, **counts})
         return
     verb = "would remove" if dry_run else "removed"
-    click.echo(f"{verb} {counts['messages']} read message(s), {counts['events']} hive event(s), "
-               f"{counts['turns']} turn stat(s)")  # fmt: skip
+    click.echo(f"{verb} {counts['messages']} read message(s) ({counts['ledger_bodies']} body(ies) "
+               f"from mailbox ledgers), {counts['events']} hive event(s), {counts['turns']} turn "
+               f"stat(s), {counts['approvals']} resolved proposal(s), {counts['questions']} "
+               f"closed question(s), {counts['reminders']} delivered reminder(s)")  # fmt: skip

@@ -6,6 +6,7 @@
       role.md        the role prompt (given at spawn, or the default)
       mailbox.jsonl  the mailbox ledger: every message handed to the agent, once
       cursor         how many ledger entries the agent's finished turns have taken
+      mailbox.lock   flocked while the ledger is appended to or scrubbed (retention)
       repo/          the agent's own repository, when it was spawned without --repo
 
 The agent's long-lived session (workspace on branch ``hal/agent/<name>``, the agent CLI's
@@ -16,10 +17,12 @@ every turn resumes that one task. Only the host writes this directory; no sandbo
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -51,6 +54,8 @@ a reminder); each wake-up is one turn, and the new items are your prompt. Your w
 your notes persist between turns: keep durable notes in NOTES.md of your workspace. Commit
 your work on your branch; the operator reviews it.
 """
+LEDGER_LOCK = "mailbox.lock"
+"""Held (flock) while the ledger is appended to or scrubbed."""
 ROLE_MAX_CHARS = 32 * 1024
 TURN_ITEMS = 50
 """Mailbox entries one turn takes at most (a flood is spread over turns)."""
@@ -126,21 +131,30 @@ class AgentDir:
             data = self.mailbox.read_bytes()
         except FileNotFoundError:
             return []
-        found = []
-        for line in data.splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(entry, dict) and isinstance(entry.get("id"), str):
-                found.append(entry)
-        return found
+        return [e for e in map(_ledger_entry, data.splitlines()) if e is not None]
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """The ledger to this caller alone, across processes: an append (the turn loop) and
+        a scrub (``hal vacuum``, maybe another process) never interleave, so the scrub's
+        rewrite cannot drop a line appended meanwhile."""
+        fd = os.open(self.root / LEDGER_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)  # fmt: skip
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def append(self, messages: Iterable[Message]) -> list[str]:
         """Add messages not in the ledger yet (dedupe by id), fsynced; returns the ids added.
 
         Called before the broker marks them delivered: a crash in between delivers them
         again after a restart, and this dedupe makes the agent see each one once."""
+        with self.locked():
+            return self._append(list(messages))
+
+    def _append(self, messages: list[Message]) -> list[str]:
         have = {entry["id"] for entry in self.entries()}
         new = [m for m in messages if m.id not in have]
         if not new:
@@ -174,6 +188,51 @@ class AgentDir:
     def pending(self) -> list[dict[str, Any]]:
         """Ledger entries no finished turn has taken yet."""
         return self.entries()[self.cursor() :]
+
+    def scrub(self, before: float, *, dry_run: bool = False) -> int:
+        """Retention of the ledger: the entries finished turns took that were created before
+        ``before`` lose their body, sender and ref (one atomic rewrite; with ``dry_run``,
+        only counted). Each keeps its id and its place, so the cursor and the dedupe hold;
+        entries no turn took yet are never touched. Returns how many were (or would be)
+        scrubbed."""
+        with self.locked():
+            try:
+                lines = self.mailbox.read_bytes().splitlines()
+            except FileNotFoundError:
+                return 0
+            cursor = self.cursor()
+            kept: list[bytes] = []
+            index = scrubbed = 0
+            for line in lines:
+                entry = _ledger_entry(line)
+                if entry is None:  # a torn line: dropped once the turns took what follows
+                    if index >= cursor:
+                        kept.append(line)
+                    continue
+                if index < cursor and not entry.get("scrubbed") and _before(entry, before):
+                    scrubbed += 1
+                    stub = {"id": entry["id"], "kind": entry.get("kind"),
+                            "created": entry.get("created"), "scrubbed": True}  # fmt: skip
+                    line = json.dumps(stub).encode()
+                kept.append(line)
+                index += 1
+            if scrubbed and not dry_run:
+                agentfs.write_host_file(self.mailbox, iter([b"".join(x + b"\n" for x in kept)]))
+            return scrubbed
+
+
+def _ledger_entry(line: bytes) -> dict[str, Any] | None:
+    """A ledger line's entry, or None for a torn line (what :meth:`AgentDir.entries` skips)."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    return entry if isinstance(entry, dict) and isinstance(entry.get("id"), str) else None
+
+
+def _before(entry: dict[str, Any], when: float) -> bool:
+    created = entry.get("created")
+    return isinstance(created, int | float) and created < when
 
 
 def _last_byte(path: Path, size: int) -> bytes:

@@ -44,6 +44,9 @@ class HiveSettings(BaseModel):
     """Hive events older than this are removed."""
     keep_turns_days: float = Field(default=90.0, gt=0)
     """Turn statistics older than this are removed."""
+    keep_threads_days: float = Field(default=30.0, gt=0)
+    """Closed threads (resolved proposals, answered or expired questions, delivered
+    reminders) older than this are removed; pending ones never."""
     vacuum_interval_s: float = Field(default=3600.0, gt=0)
     """How often the daemon runs the retention job."""
 

@@ -204,7 +204,9 @@ class Daemon:
         use_hive_for_agents(self)  # approved spawn/destroy proposals act through this hive
         self._loops += [
             asyncio.create_task(self.hive.run_forever(), name="hive"),
-            asyncio.create_task(vacuum_forever(self.store, s), name="hive-vacuum"),
+            asyncio.create_task(
+                vacuum_forever(self.store, s, self.config.home), name="hive-vacuum"
+            ),
         ]
 
     async def _listen_elsewhere(self) -> None:

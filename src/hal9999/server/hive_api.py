@@ -125,7 +125,8 @@ def add_hive_routes(router: Router, daemon: Daemon) -> None:
     async def run_vacuum(request: Request) -> Any:
         body = request.json()
         return await asyncio.to_thread(
-            vacuum, daemon.store, daemon.hive_settings, dry_run=bool(body.get("dry_run"))
+            vacuum, daemon.store, daemon.hive_settings, home=daemon.config.home,
+            dry_run=bool(body.get("dry_run")),
         )
 
     async def reminders(request: Request) -> Any:
