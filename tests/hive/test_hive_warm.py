@@ -14,14 +14,8 @@ from typing import Any
 import pytest
 import tests.cli.conftest as cli_fixtures
 from tests.cli.conftest import Hal, events_of
-from tests.hive.test_hive_daemon import (  # hive_repo: a fixture
-    PRESET,
-    agent_of,
-    as_json,
-    hive_repo,  # noqa: F401
-    poll,
-    turns_done,
-)
+from tests.hive.serve_helpers import agent_of, as_json, poll, turns_done
+from tests.hive.test_hive_daemon import PRESET, hive_repo  # noqa: F401 - hive_repo: a fixture
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 

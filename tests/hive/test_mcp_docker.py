@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import tests.cli.conftest as cli_fixtures
 from tests.cli.conftest import Hal, events_of, git
-from tests.hive.test_hive_daemon import as_json, poll, turns_done
+from tests.hive.serve_helpers import as_json, poll, turns_done
 
 from hal9999.hive.mcp.channel import LAUNCH
 
