@@ -263,10 +263,10 @@ def fake_k8s(
     monkeypatch.setenv("HAL_K8S_IMAGE", "debian:bookworm")
     monkeypatch.setenv("HAL_K8S_NAMESPACE", f"hal-t{secrets.token_hex(4)}")
     fake.faults.clear()
-    fake.stuck_pending = False
+    fake.stuck_pending, fake.offer = False, None
     yield fake
     fake.faults.clear()
-    fake.stuck_pending = False
+    fake.stuck_pending, fake.offer = False, None
 
 
 @pytest.fixture

@@ -115,6 +115,9 @@ class FakeKube:
         self.answers: list[tuple[str, Any]] = []
         """(what, JSON body) of every answer, for schema checks."""
         self.subprotocols: list[str] = []
+        """The exec subprotocol chosen for each stream."""
+        self.offer: tuple[str, ...] | None = None
+        """The exec subprotocols this server speaks (None: v5 and v4), e.g. an older one."""
         self._version = 1000
         self._tmp = Path(tempfile.mkdtemp(prefix="hal-fake-k8s-"))
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -248,8 +251,7 @@ class FakeKube:
             body["status"] = {
                 "phase": "Running", "hostIP": "10.0.0.1", "podIP": "10.244.0.7",
                 "startTime": body["status"]["startTime"],
-                "conditions": [{"type": t, "status": "True", "lastProbeTime": None,
-                                "lastTransitionTime": now}
+                "conditions": [{"type": t, "status": "True", "lastTransitionTime": now}
                                for t in ("PodReadyToStartContainers", "Initialized", "Ready",
                                          "ContainersReady", "PodScheduled")],
                 "containerStatuses": [{"name": c["name"], "image": c["image"],
@@ -290,7 +292,7 @@ class FakeKube:
         body["spec"]["nodeName"] = "fake-node"
         body["status"] = {"phase": "Pending", "startTime": _now(), "qosClass": "Guaranteed",
                           "conditions": [{"type": "PodScheduled", "status": "True",
-                                          "lastProbeTime": None, "lastTransitionTime": _now()}]}
+                                          "lastTransitionTime": _now()}]}
         root = self._tmp / body["metadata"]["uid"]
         for sub in ("hal", "tmp"):
             (root / sub).mkdir(parents=True)
@@ -436,7 +438,7 @@ class FakeKube:
         from starlette.responses import JSONResponse
 
         ns, name = ws.path_params["ns"], ws.path_params["name"]
-        self.calls.append(("EXEC", ws.url.path))
+        self.calls.append(("EXEC", str(ws.url)))  # with its query: the argv
         deny: tuple[int, dict[str, Any]] | None = None
         fault, body = await self._fault("EXEC", ws.url.path)
         pod = self.pods.get((ns, name))
@@ -449,7 +451,8 @@ class FakeKube:
         elif self._view(pod)["status"]["phase"] != "Running":
             deny = (400, status(400, "BadRequest", f"pod {name} is not running"))
         offered = [p.strip() for p in ws.headers.get("sec-websocket-protocol", "").split(",")]
-        chosen = next((p for p in ("v5.channel.k8s.io", "v4.channel.k8s.io") if p in offered), None)
+        spoken = self.offer or ("v5.channel.k8s.io", "v4.channel.k8s.io")
+        chosen = next((p for p in spoken if p in offered), None)
         if deny is None and chosen is None:
             deny = (400, status(400, "BadRequest", "no supported exec subprotocol"))
         if deny is not None:
