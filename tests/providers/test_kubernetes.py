@@ -312,3 +312,30 @@ async def test_50_concurrent_claims_never_share_a_pod_nor_pass_the_cap(
     for sb in made:
         await provider.destroy(sb.id)  # type: ignore[union-attr]
     assert ns_pods(fake_k8s, provider) == []
+
+
+async def test_a_stopped_relay_kills_its_command_and_brings_the_work_back(
+    fake_k8s: FakeKube, hal_home: Path, tmp_path: Path
+) -> None:
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    provider = make(hal_home)
+    async with await provider.create(spec(workspace=workspace)) as sandbox:
+        command = ArgvCommand(argv=("sh", "-c", "echo made > made.txt; exec sleep 60"))
+        launch = sandbox.launch(command, env={"API_TOKEN": "relay-secret"})
+        assert not any("relay-secret" in arg for arg in launch.argv)
+        relay = await asyncio.create_subprocess_exec(
+            *launch.argv, env=launch.env, stdin=asyncio.subprocess.DEVNULL
+        )
+        probe = ArgvCommand(argv=("sh", "-c", "test -e made.txt"))
+        for _ in range(200):
+            if (await sandbox.exec(probe)).ok:
+                break
+            await asyncio.sleep(0.05)
+        relay.terminate()
+        assert await asyncio.wait_for(relay.wait(), 30) == 143
+        assert (workspace / "made.txt").read_text() == "made\n"  # pulled at the end
+        listing = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done 2>/dev/null"
+        seen = await sandbox.exec(ArgvCommand(argv=("sh", "-c", listing)))
+        assert b"sleep 3600" in seen.stdout  # the listing works: the pod's own main process
+        assert b"sleep 60 " not in seen.stdout  # the command went with its relay

@@ -98,6 +98,12 @@ def resolved(config: KubernetesConfig, environ: dict[str, str] | None = None) ->
         value = env.get(var, "").strip()
         if name not in data and value:
             data[name] = value.lower() in ("1", "true", "yes") if name == "in_cluster" else value
+    # Pinned now: a relay runs with the sandbox's HOME, not the user's.
+    if not data.get("in_cluster") and not data.get("kubeconfig"):
+        data["kubeconfig"] = str(_default_kubeconfig(env))
+    host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT")
+    if data.get("in_cluster") and not data.get("server") and host and port:
+        data["server"] = f"https://{host}:{port}"
     try:
         return KubernetesConfig.model_validate(data)
     except ValidationError as exc:
@@ -128,7 +134,8 @@ def connect(config: KubernetesConfig, environ: dict[str, str] | None = None) -> 
     if config.in_cluster:
         host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT")
         token_file = SERVICE_ACCOUNT / "token"
-        if not host or not port or not token_file.is_file():
+        # A relay's environment has no KUBERNETES_SERVICE_*: ``server`` was pinned for it.
+        if not (config.server or (host and port)) or not token_file.is_file():
             raise ConfigError("in_cluster is set but this is not a pod with a service account",
                               hint="unset HAL_K8S_IN_CLUSTER and give a kubeconfig")  # fmt: skip
         tls = ssl.create_default_context(cafile=str(SERVICE_ACCOUNT / "ca.crt"))

@@ -60,7 +60,9 @@ class KubernetesProvider:
 
     name = "kubernetes"
     config_model = KubernetesConfig
-    capabilities = Capabilities(isolation="namespace", network_modes=frozenset({"none", "host"}))
+    capabilities = Capabilities(
+        isolation="namespace", network_modes=frozenset({"none", "host"}), host_launch=True
+    )
 
     def __init__(self, *, state_dir: Path, config: KubernetesConfig | None = None) -> None:
         self.config = resolved(config or KubernetesConfig())
@@ -128,7 +130,8 @@ class KubernetesProvider:
         sandbox_id = pod.metadata.labels[SANDBOX]
         record = KubeRecord(id=sandbox_id, provider=self.name, state="running", spec=spec,
                             created_at=time.time(), namespace=self.config.namespace,
-                            pod=pod.metadata.name, mounts=_mounts(spec))  # fmt: skip
+                            pod=pod.metadata.name, mounts=_mounts(spec),
+                            settings=self.config)  # fmt: skip
         self.records.save(record)
         sandbox = self._handle(record)
         try:

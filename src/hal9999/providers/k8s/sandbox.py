@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import sys
 import tempfile
 from collections.abc import (
     AsyncGenerator,
@@ -32,7 +33,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from hal9999.errors import CapabilityError, CloudNotFound, ExecError
+from hal9999.errors import CloudNotFound, ExecError
 from hal9999.providers.base import (
     Command,
     ExecResult,
@@ -44,12 +45,12 @@ from hal9999.providers.base import (
 from hal9999.providers.handle import SandboxHandle, collect
 from hal9999.providers.hostexec import EXEC_MARKER_VAR, MARKER_VAR
 from hal9999.providers.k8s import execws
-from hal9999.providers.k8s.config import Cluster
+from hal9999.providers.k8s.config import Cluster, KubernetesConfig
 from hal9999.providers.k8s.manifests import CONTAINER
 from hal9999.providers.records import JsonRecords
 from hal9999.providers.ssh import mirror, remote
 from hal9999.providers.ssh.records import MountRecord
-from hal9999.spec import SandboxSpec, display, to_argv
+from hal9999.spec import ArgvCommand, SandboxSpec, display, to_argv
 
 WORKDIR, HOME = "/workspace", "/home/hal"
 STDIN_LEN = 'n=$1; shift; head -c "$n" | "$@"'
@@ -77,6 +78,8 @@ class KubeRecord(BaseModel):
     """The pod's name."""
     mounts: tuple[MountRecord, ...]
     """Its directories (``remote``: the directory in the pod)."""
+    settings: KubernetesConfig
+    """The provider's settings, resolved (how the relay reaches the cluster)."""
 
     def info(self) -> SandboxInfo:
         """The public view."""
@@ -92,6 +95,12 @@ class KubeRecords(JsonRecords[KubeRecord]):
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
+
+
+async def _chain(first: bytes, rest: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for chunk in rest:
+        yield chunk
 
 
 class KubeSandbox(SandboxHandle):
@@ -169,19 +178,24 @@ class KubeSandbox(SandboxHandle):
         return await collect(self.raw(argv, feed), time_limit=time_limit, what=argv[0])
 
     async def _events(
-        self, command: Command, env: Mapping[str, str] | None, stdin: bytes, token: str
-    ) -> AsyncGenerator[StreamEvent, None]:
+        self, command: Command, env: Mapping[str, str] | None,
+        stdin: bytes | AsyncIterable[bytes], token: str,
+    ) -> AsyncGenerator[StreamEvent, None]:  # fmt: skip
+        """The command's events. ``stdin`` as bytes is fed by length (any protocol); as a
+        stream (the relay's) it ends with v5's close, which v4 servers cannot send."""
         full = self.command_env(command, env) | {EXEC_MARKER_VAR: token}
         cwd = self._in_pod(command.cwd or self.workdir)
         # The marker kill at the end (BARE) spares only its own shell: it must be the outer.
-        argv = ["sh", "-c", remote.WRAPPER, "hal-k8s", "sh", "-c", remote.BARE, "hal-run", cwd,
-                "sh", "-c", STDIN_LEN, "hal-stdin", str(len(stdin)),
-                *to_argv(command)]  # fmt: skip
+        argv = ["sh", "-c", remote.WRAPPER, "hal-k8s", "sh", "-c", remote.BARE, "hal-run", cwd]
+        if isinstance(stdin, bytes):
+            argv += ["sh", "-c", STDIN_LEN, "hal-stdin", str(len(stdin))]
+            feed = _once(remote.env_line(full) + stdin)
+        else:
+            feed = _chain(remote.env_line(full), stdin)
+        argv += to_argv(command)
         finished = False
         try:
-            async with contextlib.aclosing(
-                self.raw(argv, _once(remote.env_line(full) + stdin))
-            ) as events:
+            async with contextlib.aclosing(self.raw(argv, feed)) as events:
                 async for event in events:
                     finished = event.kind == "exit"
                     yield event
@@ -235,19 +249,27 @@ class KubeSandbox(SandboxHandle):
                 await asyncio.shield(self.pull())
 
     def launch(self, command: Command, *, env: Mapping[str, str] | None = None) -> Launch:
-        """Not offered: no host command line runs inside a pod yet (see docs/providers.md)."""
-        raise CapabilityError("the kubernetes provider cannot launch host processes into a pod",
-                              hint="run agents through exec, or use the ssh provider")
+        """The relay (:mod:`.relay`) running ``command`` in the pod: values ride in its
+        environment, names in argv; it pushes, checkpoints and pulls as the ssh relay does."""
+        full = self.command_env(command, env)
+        argv = [sys.executable, "-m", "hal9999.providers.k8s.relay", "--records",
+                str(self._records.root), "--id", self.id]  # fmt: skip
+        for name in sorted(full):
+            remote.check_name(name)
+            argv += ["--env", name]
+        if command.cwd:
+            argv += ["--cwd", command.cwd]
+        return Launch(argv=[*argv, "--", *to_argv(command)], env=full)
 
     def attach_command(self) -> list[str]:
-        """Not offered (see :meth:`launch`)."""
-        raise CapabilityError("the kubernetes provider has no attach command",
-                              hint="kubectl exec -it POD -- sh, with your own credentials")
+        """An interactive bash in the pod through the relay (no terminal: the exec stream
+        is opened without one)."""
+        launch = self.launch(ArgvCommand(argv=("bash", "-i")))
+        return ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in launch.env.items()),
+                *launch.argv]  # fmt: skip
 
     # -- files (as commands inside the pod) --------------------------------------------------
     async def _inside(self, script: str, *args: str, stdin: bytes = b"") -> ExecResult:
-        from hal9999.spec import ArgvCommand
-
         command = ArgvCommand(argv=("sh", "-c", script, "hal-file", *args), cwd=self.workdir)
         return await self._run(command, None, stdin, 120)
 
