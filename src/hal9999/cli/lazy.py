@@ -26,6 +26,8 @@ class LazyCommand:
     later ones add subcommands to it (``hal task requests``)."""
     short_help: str
     """Exactly the command's own short help (a test keeps them equal)."""
+    hidden: bool = False
+    """Left out of ``--help``, as the command itself is (``hal task _run``)."""
 
 
 COMMANDS: Mapping[str, LazyCommand] = {
@@ -77,7 +79,7 @@ COMMANDS: Mapping[str, LazyCommand] = {
         "Is the daemon up, and what is it doing? (exit 1 when it is not running)",
     ),
     "task": LazyCommand(
-        ("hal9999.cli.task", "hal9999.cli.requests"),
+        ("hal9999.cli.task_group",),
         "Inspect and control tasks (ids may be abbreviated to a unique prefix).",
     ),
     "trust": LazyCommand(
@@ -90,6 +92,35 @@ COMMANDS: Mapping[str, LazyCommand] = {
     ),
 }
 """Every subcommand of ``hal`` and the modules that define it."""
+
+_TASK = ("hal9999.cli.task",)
+TASK_COMMANDS: Mapping[str, LazyCommand] = {
+    "_run": LazyCommand(
+        _TASK, "Run a queued task, or carry on an adopted one (used by --detach).", hidden=True
+    ),
+    "attach": LazyCommand(_TASK, "Attach your terminal to the running agent (detach: Ctrl-b d)."),
+    "cancel": LazyCommand(
+        _TASK, "Cancel a task (queued or running): its sandbox goes, its session stays."
+    ),
+    "diff": LazyCommand(_TASK, "Print the task's patch."),
+    "events": LazyCommand(_TASK, "Print the task's events."),
+    # Its own light module: `hal task list` reads the store without hal's models (issue 16).
+    "list": LazyCommand(("hal9999.cli.task_list",), "List tasks, newest first."),
+    "logs": LazyCommand(_TASK, "Print the agent's output."),
+    "requests": LazyCommand(
+        ("hal9999.cli.requests",),
+        "List the model calls of a task (through the LLM gateway): model, status, tokens, cost.",
+    ),
+    "resume": LazyCommand(
+        _TASK, "Run a stopped or finished task again in a new sandbox over the same session."
+    ),
+    "rm": LazyCommand(_TASK, "Delete a task and its session directory."),
+    "show": LazyCommand(_TASK, "Show one task."),
+    "stop": LazyCommand(
+        _TASK, "Stop a task: its sandbox goes, its session stays; resume it later."
+    ),
+}
+"""Every subcommand of ``hal task`` and the module that defines it."""
 
 
 class LazyGroup(click.Group):
@@ -125,6 +156,8 @@ class LazyGroup(click.Group):
                 if loaded.hidden:
                     continue
                 rows.append((name, loaded.get_short_help_str(limit)))
+            elif self.lazy[name].hidden:
+                continue
             else:
                 # Shortened by click's own rule, as a loaded command's help would be.
                 stand_in = click.Command(name, help=self.lazy[name].short_help)

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from hal9999.cli.output import sanitize
+from hal9999.cli.task_table import duration, short
 from hal9999.events.models import (
     AgentSession,
     AgentText,
@@ -25,11 +26,6 @@ from hal9999.events.models import (
 from hal9999.store import TaskRecord
 
 
-def _short(text: str, limit: int = 100) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def event_line(event: Event) -> str | None:
     """One line for an event; None for events not worth a line (raw output chunks)."""
     stamp = time.strftime("%H:%M:%S", time.localtime(event.ts))
@@ -44,12 +40,12 @@ def event_line(event: Event) -> str | None:
         case Output():
             return None
         case AgentText():
-            body = f"agent: {_short(event.text)}"
+            body = f"agent: {short(event.text)}"
         case ToolCall():
-            body = f"tool {event.name} {_short(json.dumps(event.input), 80)}"
+            body = f"tool {event.name} {short(json.dumps(event.input), 80)}"
         case ToolResult():
             mark = "error" if event.is_error else "ok"
-            body = f"result {mark}: {_short(event.output, 80)}"
+            body = f"result {mark}: {short(event.output, 80)}"
         case Usage():
             cost = f", ${event.cost_usd:.4f}" if event.cost_usd is not None else ""
             kind = "total" if event.total else "step"
@@ -57,7 +53,7 @@ def event_line(event: Event) -> str | None:
         case AgentSession():
             body = f"agent session {event.session_id}"
         case RawEvent():
-            body = f"raw {_short(json.dumps(event.data), 80)}"
+            body = f"raw {short(json.dumps(event.data), 80)}"
         case Message():
             body = f"{event.level}: {event.text}"
         case TaskEnd():
@@ -65,49 +61,6 @@ def event_line(event: Event) -> str | None:
             body = f"end: {event.status} (exit {event.exit_code}){tail}"
     # Agent text, tool output and messages come from the agent: no escape sequences pass.
     return sanitize(f"{event.seq:>5} {stamp} {body}")
-
-
-def duration(task: TaskRecord) -> str:
-    """How long the task ran (or has been running)."""
-    if task.started_at is None:
-        return "-"
-    end = task.finished_at or time.time()
-    seconds = max(0.0, end - task.started_at)
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
-
-
-def age(ts: float) -> str:
-    """A compact 'time ago'."""
-    seconds = max(0, int(time.time() - ts))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
-
-
-def task_table(tasks: list[TaskRecord]) -> str:
-    """The ``hal task list`` table."""
-    rows = [("ID", "STATUS", "AGENT", "PROVIDER", "AGE", "TIME", "PROMPT")]
-    for t in tasks:
-        agent = t.agent if len(t.agent) <= 16 else t.agent[:15] + "…"
-        rows.append(
-            (
-                t.id,
-                t.status,
-                agent,
-                t.provider,
-                age(t.created_at),
-                duration(t),
-                _short(t.prompt, 40),
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
-        for r in rows
-    )
 
 
 def summary(task: TaskRecord) -> str:

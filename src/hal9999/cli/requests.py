@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from hal9999.cli.main import app, emit_json
-from hal9999.cli.task import task
+from hal9999.cli.task_group import task
 
 
 @task.command()

@@ -1,4 +1,5 @@
-"""``hal task ...``: list, inspect, follow, attach, stop, resume, cancel, diff, remove."""
+"""``hal task ...``: inspect, follow, attach, stop, resume, cancel, diff, remove (``list`` is
+in :mod:`hal9999.cli.task_list`, light)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from hal9999.cli.main import (
     Started,
     app,
     cancel_on_sigterm,
-    cli,
     emit_json,
     finish_run,
     offline_notice,
@@ -24,9 +24,9 @@ from hal9999.cli.main import (
     run_async,
     stream_to_terminal,
 )
-from hal9999.cli.options import LIMIT, STATUS
 from hal9999.cli.output import escape_json_line
-from hal9999.cli.render import event_line, summary, task_json, task_table
+from hal9999.cli.render import event_line, summary, task_json
+from hal9999.cli.task_group import task
 from hal9999.credentials import parse_env_option
 from hal9999.errors import ProcessError, TaskStateError
 from hal9999.events.reader import follow_events, follow_text, read_events
@@ -36,27 +36,6 @@ from hal9999.store import TaskRecord
 from hal9999.tasks.context import process_spec
 from hal9999.tasks.session import Session
 from hal9999.tasks.state import ACTIVE, TaskStatus
-
-
-@cli.group()
-def task() -> None:
-    """Inspect and control tasks (ids may be abbreviated to a unique prefix)."""
-
-
-@task.command("list")
-@click.option("--status", "statuses", multiple=True, type=STATUS, help="Only tasks in this state.")
-@click.option("--limit", type=LIMIT, help="At most this many tasks.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def list_(statuses: tuple[str, ...], limit: int | None, as_json: bool) -> None:
-    """List tasks, newest first."""
-    a = app()
-    tasks = run_async(a.tasks().list(status=list(statuses) or None, limit=limit))
-    if as_json:
-        emit_json([task_json(t) for t in tasks])
-    elif tasks:
-        click.echo(task_table(tasks))
-    else:
-        click.echo('no tasks yet; start one with: hal run "PROMPT"')
 
 
 @task.command()

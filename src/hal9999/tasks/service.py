@@ -27,6 +27,7 @@ from hal9999.redact import SecretMasker, forwarded_is_secret
 from hal9999.spec import ArgvCommand
 from hal9999.store import Store, TaskRecord
 from hal9999.tasks import gitrepo
+from hal9999.tasks.alive import runner_alive
 from hal9999.tasks.context import Adopted, RunContext, process_spec
 from hal9999.tasks.plugins import load_process_manager, load_provider_for
 from hal9999.tasks.runner import TaskRunner
@@ -95,20 +96,6 @@ def provider_list(value: str) -> list[str]:
     if not names:
         raise ConfigError("no provider given", hint="--provider NAME[,NAME...]")
     return names
-
-
-def runner_alive(pid: int | None) -> bool:
-    """Whether ``pid`` is a live hal process (not a zombie, not a reused pid)."""
-    if pid is None:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            if stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-                return False
-        with open(f"/proc/{pid}/cmdline", "rb") as cmd:
-            return b"hal" in cmd.read()
-    except OSError:
-        return False
 
 
 class TaskService:

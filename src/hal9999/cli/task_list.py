@@ -1,0 +1,179 @@
+"""``hal task list``, with a thin path that reads the store without hal's models.
+
+The full path loads the layered config (pydantic), opens the store through :class:`Store`
+(migrations, every record a pydantic model) and asks the task API (the daemon's over HTTP
+when ``hal serve`` runs): about 400 modules for a table of rows. The thin path reads the
+same rows from SQLite with the standard library only, and is taken only when it gives
+exactly what the full path would (issue 16, target 4):
+
+- the configuration can only be the defaults plus ``HAL_HOME``: no user config file, no
+  ``./hal.toml``, no other ``HAL_*`` variable (each of those could set the home or be an
+  error the full path must report);
+- the store exists and is at this hal's schema version (else the full path creates or
+  migrates it, or says it is newer);
+- no listed task needs reconciling (an active task whose runner died is marked
+  ``interrupted`` by the full path, a write the thin path does not do);
+- the output is the table, not ``--json`` (whose form is the record model's own).
+
+Anything else falls back to the full path, so what is printed never depends on the path.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from hal9999.cli.task_group import task
+from hal9999.cli.task_table import task_table
+from hal9999.home import DB_NAME
+from hal9999.tasks.alive import runner_alive
+
+TASK_STATES = (
+    "queued", "provisioning", "preparing", "running", "collecting", "succeeded", "failed",
+    "cancelled", "timed_out", "stopped", "interrupted",
+)  # fmt: skip
+"""``TaskStatus``'s values (a test keeps them equal; the enum's module imports the models)."""
+ACTIVE_STATES = frozenset({"queued", "provisioning", "preparing", "running", "collecting"})
+"""``tasks.state.ACTIVE``, as names (a test keeps them equal)."""
+THIN_VARS = frozenset({"HAL_HOME", "HAL_NO_DAEMON"})
+"""``HAL_*`` variables the thin path understands; any other set one takes the full path."""
+QUEUED_GRACE_S = 10.0
+"""``TaskService.reconcile`` leaves a queued task without a runner alone this long."""
+_COLUMNS = "id, status, agent, provider, prompt, created_at, started_at, finished_at, runner_pid"
+
+
+@dataclass(frozen=True)
+class Row:
+    """The columns of a task the table shows, and what says whether it needs reconciling."""
+
+    id: str
+    status: str
+    agent: str
+    provider: str
+    prompt: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    runner_pid: int | None
+
+
+@task.command("list")
+@click.option(
+    "--status", "statuses", multiple=True, type=click.Choice(TASK_STATES),
+    help="Only tasks in this state.",
+)  # fmt: skip
+@click.option("--limit", type=click.IntRange(1, 1_000_000), help="At most this many tasks.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def list_(statuses: tuple[str, ...], limit: int | None, as_json: bool) -> None:
+    """List tasks, newest first."""
+    rows = None if as_json else thin_rows(os.environ, _here(), statuses, limit)
+    if rows is None:
+        _full_list(statuses, limit, as_json)
+    elif rows:
+        click.echo(task_table(list(rows)))
+    else:
+        click.echo('no tasks yet; start one with: hal run "PROMPT"')
+
+
+def _full_list(statuses: tuple[str, ...], limit: int | None, as_json: bool) -> None:
+    from hal9999.cli.main import app, emit_json, run_async
+    from hal9999.cli.render import task_json
+
+    a = app()
+    tasks = run_async(a.tasks().list(status=list(statuses) or None, limit=limit))
+    if as_json:
+        emit_json([task_json(t) for t in tasks])
+    elif tasks:
+        click.echo(task_table(list(tasks)))
+    else:
+        click.echo('no tasks yet; start one with: hal run "PROMPT"')
+
+
+def _here() -> Path | None:
+    # A deleted current directory has no ./hal.toml (as hal9999.config.current_dir says).
+    try:
+        return Path.cwd()
+    except OSError:
+        return None
+
+
+def thin_home(environ: Mapping[str, str], cwd: Path | None) -> Path | None:
+    """The home the full config would give, when only defaults and ``HAL_HOME`` apply; None
+    when anything else might (then the full path decides). ``cwd`` None: it was deleted."""
+    for name, value in environ.items():
+        if name.startswith("HAL_") and value and name not in THIN_VARS:
+            return None
+    if _user_config(environ).exists() or (cwd is not None and (cwd / "hal.toml").exists()):
+        return None
+    given = environ.get("HAL_HOME", "")
+    if given:
+        # Relative, `~` and non-ASCII homes are the config's to resolve and check.
+        return Path(given) if given.isascii() and given.startswith("/") else None
+    return _xdg(environ, "XDG_DATA_HOME", ".local/share") / "hal9999"
+
+
+def _xdg(environ: Mapping[str, str], var: str, fallback: str) -> Path:
+    # As hal9999.config._xdg_dir: a relative value is invalid and ignored.
+    value = environ.get(var, "")
+    if value and Path(value).is_absolute():
+        return Path(value)
+    home = environ.get("HOME")
+    return (Path(home) if home else Path.home()) / fallback
+
+
+def _user_config(environ: Mapping[str, str]) -> Path:
+    return _xdg(environ, "XDG_CONFIG_HOME", ".config") / "hal9999" / "config.toml"
+
+
+def thin_rows(
+    environ: Mapping[str, str], cwd: Path | None, statuses: Sequence[str], limit: int | None
+) -> list[Row] | None:
+    """The rows ``hal task list`` shows, read with the standard library; None when the
+    full path must answer (see the module's docstring)."""
+    home = thin_home(environ, cwd)
+    if home is None:
+        return None
+    import sqlite3
+
+    from hal9999.store.migrations import MIGRATIONS
+
+    db = home / DB_NAME
+    if not db.is_file():
+        return None  # the full path creates it (and the home)
+    sql = f"SELECT {_COLUMNS} FROM tasks"
+    params: list[object] = list(statuses)
+    if statuses:
+        sql += f" WHERE status IN ({', '.join('?' * len(statuses))})"
+    sql += " ORDER BY created_at DESC, rowid DESC"
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    try:
+        # mode=rw: never create a database; the full path owns creating and migrating.
+        conn = sqlite3.connect(f"file:{db}?mode=rw", uri=True, timeout=5.0)
+        try:
+            version = conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0]
+            if version != MIGRATIONS[-1].version:
+                return None
+            rows = [Row(*found) for found in conn.execute(sql, params)]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None  # the full path reports it as one clear line
+    if any(_needs_reconciling(row) for row in rows):
+        return None
+    return rows
+
+
+def _needs_reconciling(row: Row) -> bool:
+    # The test of TaskService.reconcile, without its write.
+    if row.status not in ACTIVE_STATES or runner_alive(row.runner_pid):
+        return False
+    if row.runner_pid is None and row.status == "queued":
+        return time.time() - row.created_at >= QUEUED_GRACE_S
+    return True

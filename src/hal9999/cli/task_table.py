@@ -1,0 +1,77 @@
+"""The ``hal task list`` table, light: no pydantic, so the thin path of ``hal task list``
+(:mod:`hal9999.cli.task_list`) can render store rows without hal's model classes."""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+
+class TaskRow(Protocol):
+    """What the table reads of a task: a store record or the thin path's plain row."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def agent(self) -> str: ...
+    @property
+    def provider(self) -> str: ...
+    @property
+    def prompt(self) -> str: ...
+    @property
+    def created_at(self) -> float: ...
+    @property
+    def started_at(self) -> float | None: ...
+    @property
+    def finished_at(self) -> float | None: ...
+
+
+def short(text: str, limit: int = 100) -> str:
+    """``text`` on one line, cut to ``limit`` characters with an ellipsis."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def duration(task: TaskRow) -> str:
+    """How long the task ran (or has been running)."""
+    if task.started_at is None:
+        return "-"
+    end = task.finished_at or time.time()
+    seconds = max(0.0, end - task.started_at)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+def age(ts: float) -> str:
+    """A compact 'time ago'."""
+    seconds = max(0, int(time.time() - ts))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def task_table(tasks: list[TaskRow]) -> str:
+    """The ``hal task list`` table."""
+    rows = [("ID", "STATUS", "AGENT", "PROVIDER", "AGE", "TIME", "PROMPT")]
+    for t in tasks:
+        agent = t.agent if len(t.agent) <= 16 else t.agent[:15] + "…"
+        rows.append(
+            (
+                t.id,
+                t.status,
+                agent,
+                t.provider,
+                age(t.created_at),
+                duration(t),
+                short(t.prompt, 40),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
+        for r in rows
+    )
