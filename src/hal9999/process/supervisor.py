@@ -28,12 +28,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from hal9999.agents.base import OutputParser
-from hal9999.events.models import Event
 from hal9999.process.caplog import CappedLog
 from hal9999.redact import SecretMasker, StreamMasker
+
+if TYPE_CHECKING:  # imported only with a parser: the supervisor starts on every task's path
+    from hal9999.agents.base import OutputParser
+    from hal9999.events.models import Event
 
 
 def write_exit_status(path: Path, status: int) -> None:
@@ -62,16 +64,17 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 def _masker(args: argparse.Namespace) -> SecretMasker:
-    from hal9999.credentials import file_secrets
-
     masker = SecretMasker()
     for name in args.mask_var:
         value = os.environ.get(name)
         if value:
             masker.add(value)
-    for path in args.mask_file:
-        for value in file_secrets(path):
-            masker.add(value)
+    if args.mask_file:  # only then: hal9999.credentials brings the config's models
+        from hal9999.credentials import file_secrets
+
+        for path in args.mask_file:
+            for value in file_secrets(path):
+                masker.add(value)
     return masker
 
 

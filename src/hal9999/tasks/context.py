@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hal9999.agents.registry import is_template
 from hal9999.config import HalConfig
 from hal9999.events.log import EventLog
 from hal9999.events.models import Event, Usage
@@ -107,7 +108,10 @@ def process_spec(
         command=command,
         log_path=session.log,
         exit_path=session.exit_file(task.resumes),
-        parser=task.agent,
+        # A command template's parser (plain text) yields no events: without --parser the
+        # supervisor imports none of the agents' code and models (issue 16: its start-up
+        # is on every task's path).
+        parser=None if is_template(task.agent) else task.agent,
         events_path=parsed_events_path(session, task.resumes),
     )
 

@@ -333,7 +333,10 @@ class TaskRunner:
         # sandbox from the pool meets this session's directories only now.
         for target in (sandbox.workdir, sandbox.path(HOME_TARGET)):
             await sandbox.adopt(target)
-        if cloned:  # inside, as the agent's own user, once the checkout is theirs
+        # Inside, as the agent's own user, once the checkout is theirs; only when the fresh
+        # clone (host git's, no agent has run) names any `.gitmodules`: without one the
+        # sandboxed step would only exit 0, at the cost of a sandbox start (issue 16).
+        if cloned and os.path.lexists(session.workspace / ".gitmodules"):
             warning = await gitrepo.init_submodules(sandbox)
             if warning is not None:
                 self.emit(ctx, Message(level="warning", text=warning))

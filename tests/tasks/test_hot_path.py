@@ -1,0 +1,85 @@
+"""What every task pays for on its way (issue 16): no sandbox start without a use, and a
+supervisor that imports no models it does not need. Counted, not timed, so load cannot
+make these pass or fail."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tests.cli.conftest import git
+from tests.tasks.test_halt import git_repo
+from tests.tasks.test_recovery import make_task, pooled_service
+
+from hal9999.providers.base import Sandbox
+from hal9999.spec import ArgvCommand
+from hal9999.tasks import gitrepo
+from hal9999.tasks.context import process_spec
+from hal9999.tasks.service import RunRequest
+from hal9999.tasks.session import Session
+
+SUPERVISED = """
+import json, runpy, sys
+sys.argv = ["hal-supervisor", *sys.argv[1:]]
+try:
+    runpy.run_module("hal9999.process.supervisor", run_name="__main__")
+except SystemExit:
+    pass
+sys.stderr.write("\\n" + json.dumps(sorted(sys.modules)))
+"""
+
+
+@pytest.mark.bwrap
+@pytest.mark.parametrize("submodules", [False, True])
+async def test_the_submodule_step_runs_only_for_a_repository_that_has_gitmodules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, submodules: bool
+) -> None:
+    repo = git_repo(tmp_path / "repo")
+    if submodules:  # names no submodule: the step runs and finds nothing to fetch
+        (repo / ".gitmodules").write_text("")
+        git(repo, "add", "-A")
+        git(repo, "commit", "-qm", "an empty .gitmodules")
+    calls: list[str] = []
+    original = gitrepo.init_submodules
+
+    async def counted(sandbox: Sandbox) -> str | None:
+        calls.append(sandbox.id)
+        return await original(sandbox)
+
+    monkeypatch.setattr(gitrepo, "init_submodules", counted)
+    store, service, _, _ = pooled_service(tmp_path / "home", "bwrap")
+    request = RunRequest(
+        prompt="p", repo=str(repo), ref=None, agent="true {{prompt_file}}", provider="bwrap",
+        process_manager="direct", timeout_s=60,
+    )  # fmt: skip
+    task = await service.create(request)
+    done = await service.run(task.id)
+    store.close()
+    assert done.status == "succeeded", done.error_message
+    assert len(calls) == (1 if submodules else 0)
+
+
+def test_a_command_templates_supervisor_gets_no_parser(tmp_path: Path) -> None:
+    session = Session(tmp_path / "s")
+    template = make_task(tmp_path, "t1", "running", agent="my-agent {{prompt_file}}")
+    preset = make_task(tmp_path, "t2", "running", agent="claude")
+    argv = ("true",)
+    assert process_spec(template, session, ArgvCommand(argv=argv)).parser is None
+    assert process_spec(preset, session, ArgvCommand(argv=argv)).parser == "claude"
+
+
+def test_the_supervisor_without_a_parser_imports_no_models(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", SUPERVISED, "--log", str(tmp_path / "log"),
+         "--exit", str(tmp_path / "exit"), "--mask-var", "NOPE", "--", "echo", "hi"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    modules = set(json.loads(done.stderr.strip().splitlines()[-1]))
+    assert (tmp_path / "exit").read_text().strip() == "0"
+    assert "hi" in (tmp_path / "log").read_text()
+    heavy = {m for m in modules if m.split(".")[0] in {"pydantic", "pydantic_core"}}
+    assert heavy == set()
+    assert "hal9999.events.models" not in modules and "hal9999.config" not in modules
