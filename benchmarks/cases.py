@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import statistics
@@ -15,6 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from benchmarks.profile import (
+    become_subreaper,
+    children_cpu_ms,
+    count_spawns,
+    parse_trace,
+    reap_orphans,
+    traced_argv,
+)
 from hal9999.events.log import EventLog
 from hal9999.events.models import Output
 from hal9999.pool import ProviderSettings, SlotDir, WarmPool
@@ -168,33 +177,50 @@ async def hal(env: dict[str, str], cwd: Path, *args: str) -> tuple[int, bytes]:
 
 
 async def hal_run_case(runs: int) -> list[Result]:
-    """``hal run`` of a trivial custom agent vs the same command under bwrap directly."""
+    """``hal run`` of a trivial custom agent vs the same command under bwrap directly; with
+    the CPU time of every process of a run (the client, the daemon's share, daemonized tmux
+    servers) and, from one traced run, the processes it started."""
+    become_subreaper()
     root = Path(tempfile.mkdtemp(prefix="hal-bench-"))
     repo = make_repo(root)
     bare = await timed(bare_bwrap, runs)
     results = []
+    agent = ("run", "--agent", "true {{prompt_file}}")
     for label, extra, serve in (
         ("hal run, in-process", {"HAL_NO_DAEMON": "1"}, False),
         ("hal run, via hal serve", {}, True),
     ):
         home = root / label.replace(" ", "_").replace(",", "")
         env = hal_env(home, **extra)
+        daemon: DaemonClient | None = None
         if serve:
-            assert (await hal(env, repo, "serve", "--detach"))[0] == 0
-        await hal(env, repo, "run", "--agent", "true {{prompt_file}}", "warm up")
+            daemon = await start_daemon(env, repo)
+        await hal(env, repo, *agent, "warm up")
 
         async def once(env: dict[str, str] = env) -> None:
-            code, _ = await hal(env, repo, "run", "--agent", "true {{prompt_file}}", "x")
+            code, _ = await hal(env, repo, *agent, "x")
             assert code == 0
 
+        reap_orphans()
+        cpu_before = children_cpu_ms() + (sum(daemon_cpu_ms(daemon.info.pid)) if daemon else 0)
         took = await timed(once, runs)
+        reap_orphans()
+        cpu_after = children_cpu_ms() + (sum(daemon_cpu_ms(daemon.info.pid)) if daemon else 0)
+        cpu = (cpu_after - cpu_before) / runs
+        spawned = ""
+        if not serve:  # the daemon's share is traced by the throughput case
+            argv = [sys.executable, "-m", "hal9999", *agent, "traced"]
+            spawns = await asyncio.to_thread(count_spawns, argv, env, repo)
+            spawned = f"; {spawns.per(1)}" if spawns else ""
         if serve:
             await hal(env, repo, "serve", "--stop")
+            reap_orphans()
         over = took - bare
         ratio = f"+{over:.0f} ms"
         results.append(
-            Result(label, took, "ms", f"bwrap true {bare:.1f} ms", ratio, "<= +150 ms", over <= 150)
-        )
+            Result(label, took, "ms", f"bwrap true {bare:.1f} ms; CPU/run {cpu:.0f} ms{spawned}",
+                   ratio, "<= +100 ms", over <= 100)
+        )  # fmt: skip
     shutil.rmtree(root, ignore_errors=True)
     return results
 
@@ -253,12 +279,67 @@ async def throughput_case(count: int, concurrency: int) -> list[Result]:
     lost = sum(1 for i in ids if done.get(i) != "succeeded")
     rate = count / elapsed
     shutil.rmtree(root, ignore_errors=True)
+    spawns = await traced_daemon_spawns(min(count, 20), concurrency)
     return [
         Result(f"{count} tasks via daemon, concurrency {concurrency}", rate, "tasks/s",
                f"{elapsed:.1f} s total ({submitted:.1f} s to submit); daemon CPU/task "
-               f"{own / count:.1f} ms + children {children / count:.1f} ms", f"{lost} lost",
-               ">= 40/s, 0 lost", rate >= 40 and lost == 0)
+               f"{own / count:.1f} ms + children {children / count:.1f} ms; per task: "
+               f"{spawns}", f"{lost} lost", ">= 40/s, 0 lost", rate >= 40 and lost == 0)
     ]  # fmt: skip
+
+
+async def traced_daemon_spawns(count: int, concurrency: int) -> str:
+    """The processes a task starts in the daemon (per task, over ``count`` tasks): a
+    foreground ``hal serve`` under strace, counted from the first submission to the last
+    task's end (its own start-up and stop are left out)."""
+    if shutil.which("strace") is None:
+        return "processes not counted (no strace)"
+    root = Path(tempfile.mkdtemp(prefix="hal-bench-"))
+    repo = make_repo(root)
+    home = root / "home"
+    env = hal_env(
+        home,
+        HAL_MAX_CONCURRENT=str(concurrency),
+        HAL_BWRAP_MAX_POOL_SIZE=str(concurrency),
+        HAL_PROCESS_MANAGER="direct",
+    )
+    trace = root / "trace"
+    serve = await asyncio.create_subprocess_exec(
+        *traced_argv(trace), sys.executable, "-m", "hal9999", "serve", cwd=repo, env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        client = None
+        deadline = time.monotonic() + 120
+        while client is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            client = DaemonClient.find(home)
+        assert client is not None, "hal serve did not start under strace"
+        body = {"prompt": "x", "agent": "true {{prompt_file}}", "cwd": str(repo)}
+        await client.call("POST", "/v1/tasks", body)  # the pool's first sandbox, warmed
+        store = Store.open(home)
+        active = ["queued", "provisioning", "preparing", "running", "collecting"]
+        while store.list_tasks(status=active, limit=1):  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+        start = trace.stat().st_size
+        for _ in range(count):
+            await client.call("POST", "/v1/tasks", body)
+        while store.list_tasks(status=active, limit=1):  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+        store.close()
+        with trace.open("rb") as f:
+            f.seek(start)
+            part = f.read().decode(errors="replace")
+        await hal(env, repo, "serve", "--stop")
+    finally:
+        if serve.returncode is None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(serve.wait(), 30)
+        if serve.returncode is None:
+            serve.kill()
+            await serve.wait()
+        shutil.rmtree(root, ignore_errors=True)
+    return parse_trace(part.split("\n", 1)[-1]).per(count)
 
 
 def events_case(count: int) -> list[Result]:
