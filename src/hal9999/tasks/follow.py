@@ -1,0 +1,107 @@
+"""Following a run, launched here or adopted from an earlier ``hal`` process: stream its
+output and parsed events into the task's events until the process ends."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from hal9999.agents.base import Agent
+from hal9999.errors import AgentFailed, TaskTimeout
+from hal9999.gateway.tasks import GatewayRoute, restore_route
+from hal9999.process.base import ProcessManager, read_exit_status
+from hal9999.process.caplog import log_cap_from
+from hal9999.providers import limits
+from hal9999.spec import ProcessSpec
+from hal9999.tasks.context import TAKEN_AWAY, RunContext, Superseded
+from hal9999.tasks.output import OUTPUT_EVENTS_CAP, OutputFollower, file_size
+from hal9999.tasks.runcore import RunnerCore
+
+_POLL_S = 0.05
+_FIRST_POLL_S = 0.005
+_LIVENESS_S = 1.0
+
+
+class FollowSteps(RunnerCore):
+    """Stream a run to its end (and re-open an adopted run's gateway route)."""
+
+    async def readopt_gateway(self, ctx: RunContext, agent: Agent) -> GatewayRoute | None:
+        """The adopted run's gateway route: its token registered again (the gateway may have
+        restarted too), its calls' usage events going on from the last one emitted."""
+        route = restore_route(
+            self.config, agent, ctx.task.id, self.environ, ctx.secrets,
+            run_dir=ctx.session.run_dir, store=self.store, provider=ctx.task.provider,
+        )  # fmt: skip
+        if route is not None:
+            await route.open()
+        return route
+
+    async def follow(
+        self,
+        ctx: RunContext,
+        manager: ProcessManager,
+        pspec: ProcessSpec,
+        agent: Agent,
+        started: float,
+        *,
+        offset: int | None = None,
+        parsed_offset: int = 0,
+    ) -> int:
+        """Stream the run's output and parsed events into the task's events until the process
+        ends; return its exit status.
+
+        The supervisor parsed the agent's raw output and wrote the (masked) events to
+        ``pspec.events_path``, each tagged with the log offset that covers it; they are
+        emitted once the log has been read that far, before the ``output`` event whose
+        ``log_end`` covers them. An adopted run passes the log ``offset`` its events already
+        cover and the ``parsed_offset`` of the parsed events already emitted.
+        """
+        if offset is None:
+            offset = ctx.log_start if ctx.log_start is not None else file_size(ctx.session.log)
+        timeout = ctx.task.timeout_s
+        cap = min(OUTPUT_EVENTS_CAP, (pspec.log_cap or log_cap_from(self.environ)) // 2)
+        follower = OutputFollower(ctx, pspec, offset, parsed_offset, emit=self.emit, cap=cap)
+
+        # The exit file is a stat away, so it is checked often (from 5 ms, backing off to
+        # _POLL_S); asking the manager whether the process lives can cost a subprocess (tmux
+        # has-session), so that happens at most every _LIVENESS_S.
+        delay, checked = _FIRST_POLL_S, -_LIVENESS_S
+        disk = limits.DiskWatchdog(ctx.sandbox, self.config.home)
+        await disk.start()
+        usage = ctx.gateway.usage if ctx.gateway is not None else None
+        while True:
+            now = time.monotonic()
+            if read_exit_status(pspec.exit_path) is not None or now - checked >= _LIVENESS_S:
+                status = await manager.status(pspec)
+                checked = now
+                if status.state != "running":
+                    break
+            follower.pump()
+            if usage is not None and ctx.gateway is not None:
+                usage.pump(lambda event: self.emit(ctx, event))
+                await ctx.gateway.keep_registered()
+            await self.save_session(ctx)
+            await disk.check()
+            if timeout is not None and time.monotonic() - started > timeout:
+                raise TaskTimeout(
+                    f"task ran past its timeout of {timeout:g}s",
+                    hint="raise it with --timeout SECONDS",
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _POLL_S)
+        await disk.check()  # an agent that died of a full disk ends as that, not as a crash
+        while True:  # the rest, a step at a time so a large backlog does not block the loop
+            if not follower.pump(final=True):
+                break
+            await self.save_session(ctx)
+            await asyncio.sleep(0)
+        await self.save_session(ctx)
+        if usage is not None and ctx.gateway is not None:
+            await ctx.gateway.settle()  # the gateway writes its call records in batches
+            usage.pump(lambda event: self.emit(ctx, event), final=True)
+        if status.state == "missing" or status.exit_code is None:
+            current = self.store.get_task(ctx.task.id)
+            if current.status in TAKEN_AWAY:
+                raise Superseded(current.status)
+            raise AgentFailed("the agent process vanished without an exit status")
+        return status.exit_code

@@ -1,0 +1,177 @@
+"""Launching a run: provision a sandbox, prepare the session (clone, agent files,
+credentials), start the agent under its process manager."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+from hal9999.agents.base import Agent, AgentContext, AgentLaunch, needs_network
+from hal9999.credentials import forwarded_env, install_files, remove_files
+from hal9999.errors import AgentNotInstalled
+from hal9999.events.models import Message, SandboxAcquired
+from hal9999.gateway.tasks import GatewayUsage, route_for
+from hal9999.hive.mcp.channel import route_for as mcp_route_for
+from hal9999.process.base import ProcessManager
+from hal9999.process.caplog import log_cap_from
+from hal9999.providers.base import Provider, Sandbox
+from hal9999.spec import ArgvCommand
+from hal9999.tasks import gitrepo
+from hal9999.tasks.context import RunContext, offline_warning, process_spec, sandbox_spec
+from hal9999.tasks.output import file_size
+from hal9999.tasks.runcore import RunnerCore
+from hal9999.tasks.session import HOME_TARGET, INPUT_TARGET
+from hal9999.tasks.state import TaskStatus
+
+
+class LaunchSteps(RunnerCore):
+    """Provision, prepare and start; and take the credentials out again afterwards."""
+
+    async def launch(
+        self,
+        ctx: RunContext,
+        provider: Provider,
+        manager: ProcessManager,
+        agent: Agent,
+        prompt: str | None,
+        started: float,
+    ) -> bool:
+        """Provision, prepare and start the agent; returns whether the sandbox is offline."""
+        task = ctx.task
+        await self.transition(ctx, TaskStatus.PROVISIONING)
+        spec = sandbox_spec(self.config, task, ctx.session, self.environ)
+        ctx.gateway = route_for(
+            self.config, agent, task.id, self.environ, ctx.secrets,
+            budget=ctx.session.run_dir, provider=task.provider,
+        )  # fmt: skip
+        if ctx.gateway is not None:
+            ctx.gateway.usage = GatewayUsage(self.store, task.id)  # calls from here on
+            await ctx.gateway.open()
+            spec = spec.model_copy(update={"binds": (*spec.binds, ctx.gateway.bind())})
+        ctx.mcp = await asyncio.to_thread(
+            mcp_route_for, self.config.home, ctx.session.run_dir, self.store, task.id
+        )
+        if ctx.mcp is not None:  # a hive agent's run: its own MCP socket, and no other
+            spec = spec.model_copy(update={"binds": (*spec.binds, ctx.mcp.bind())})
+        offline = spec.network == "none" and needs_network(agent) and ctx.gateway is None
+        if offline:
+            self.emit(ctx, Message(level="warning", text=offline_warning(agent.name)))
+        lease = await self.sandboxes.acquire(provider, spec, task.id)
+        ctx.sandbox = sandbox = lease.sandbox if lease is not None else await provider.create(spec)
+        warm = lease is not None and lease.warm
+        await self.update(task.id, sandbox_id=sandbox.id)
+        self.emit(ctx, SandboxAcquired(sandbox_id=sandbox.id, provider=sandbox.provider, warm=warm))
+        if ctx.gateway is not None:
+            await ctx.gateway.connect(sandbox)
+        if ctx.mcp is not None:
+            await ctx.mcp.connect(sandbox)
+
+        await self.transition(ctx, TaskStatus.PREPARING)
+        launch = await self.prepare(ctx, sandbox, agent, prompt)
+        await self.transition(ctx, TaskStatus.RUNNING, detail=f"agent {agent.name}")
+        given = {**ctx.secrets, **(ctx.gateway.secrets() if ctx.gateway else {})}
+        missing = [name for name in launch.secret_env if name not in given]
+        secrets = {**forwarded_env(missing, self.environ), **given}
+        # The agent's own key variables are secrets however they were given.
+        for name in launch.secret_env:
+            ctx.masker.add(secrets[name])
+        ctx.pspec = process_spec(ctx.task, ctx.session, launch.command).model_copy(
+            update={
+                "mask_vars": tuple(sorted({*ctx.mask_names, *launch.secret_env})),
+                "mask_files": tuple(cred.source for cred in self.config.credentials),
+                "log_cap": log_cap_from(self.environ),
+            }
+        )
+        ctx.log_start = file_size(ctx.session.log)
+        await manager.start(sandbox, ctx.pspec, env=secrets)
+        return offline
+
+    async def remove_credentials(self, ctx: RunContext) -> None:
+        """Take the credential files out of the session (the next run installs them again);
+        what cannot be removed is reported as a warning event."""
+        if not self.config.credentials:
+            return
+        home = ctx.sandbox.path(HOME_TARGET) if ctx.sandbox is not None else HOME_TARGET
+        left = await asyncio.to_thread(
+            remove_files, ctx.session.home, self.config.credentials, home
+        )
+        if left:
+            text = f"credential files left in the session (not regular files): {', '.join(left)}"
+            ctx.events.emit(Message(level="warning", text=text))
+
+    async def prepare(
+        self, ctx: RunContext, sandbox: Sandbox, agent: Agent, prompt: str | None
+    ) -> AgentLaunch:
+        """Repo, prompt, agent config and credentials into the session and the sandbox."""
+        task, session = ctx.task, ctx.session
+        cloned = task.base_commit is None
+        if task.base_commit is None:
+            # No clone finished, so no agent ever ran here: a clone cut short (timeout,
+            # SIGTERM, kill -9) left only its own files, which would block cloning again.
+            await asyncio.to_thread(_empty, session.workspace)
+            source = gitrepo.RepoSource(task.repo_kind, task.repo)
+            base = await gitrepo.clone(source, task.ref, session.workspace, task.branch)
+            ctx.task = task = await self.update(task.id, base_commit=base)
+        # The checkout (made by host git) and the home are the agent's to change; a warm
+        # sandbox from the pool meets this session's directories only now.
+        for target in (sandbox.workdir, sandbox.path(HOME_TARGET)):
+            await sandbox.adopt(target)
+        # Inside, as the agent's own user, once the checkout is theirs; only when the fresh
+        # clone (host git's, no agent has run) names any `.gitmodules`: without one the
+        # sandboxed step would only exit 0, at the cost of a sandbox start (issue 16).
+        if cloned and os.path.lexists(session.workspace / ".gitmodules"):
+            warning = await gitrepo.init_submodules(sandbox)
+            if warning is not None:
+                self.emit(ctx, Message(level="warning", text=warning))
+        text = prompt or task.prompt
+        session.prompt_file.write_text(text)
+        resume = task.agent_session_id if task.resumes and agent.supports_resume else None
+        if task.resumes and resume is None and prompt is None:
+            text = task.prompt
+        actx = AgentContext(
+            task_id=task.id,
+            prompt=text,
+            prompt_file=sandbox.path(INPUT_TARGET) + "/prompt.txt",
+            workspace=sandbox.workdir,
+            home=sandbox.path(HOME_TARGET),
+            resume_session=resume,
+            settings=self.config.agent_settings(task.agent),
+        )
+        if ctx.gateway is not None:
+            actx = replace(actx, settings=ctx.gateway.agent_settings(actx.settings))
+        if ctx.mcp is not None:
+            actx = replace(actx, mcp=ctx.mcp.server())
+        launch = agent.build(actx)
+        for path, data in launch.files.items():
+            await sandbox.write_file_atomic(path, data, mode=0o600)
+        await install_files(sandbox, self.config.credentials, actx.home)
+        program = agent.program
+        found = await sandbox.exec(
+            ArgvCommand(argv=("sh", "-c", 'command -v "$1"', "hal-which", program)),
+        )
+        if not found.ok:
+            raise AgentNotInstalled(
+                f"agent program {program!r} is not installed in the {sandbox.provider} sandbox",
+                hint=agent.install_hint,
+            )
+        no_network = sandbox.spec.network == "none"
+        gateway_env = ctx.gateway.launcher_env(egress=no_network) if ctx.gateway else {}
+        env = {**launch.env, **launch.command.env, **gateway_env}
+        command = launch.command.model_copy(update={"env": env})
+        return AgentLaunch(
+            command=command, env=launch.env, files=launch.files, secret_env=launch.secret_env
+        )
+
+
+def _empty(directory: Path) -> None:
+    """Remove what is inside ``directory`` (not the directory: it may be a mount target)."""
+    if not directory.is_dir():
+        return
+    for entry in directory.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()

@@ -1,0 +1,87 @@
+"""What every step of a run shares: the runner's config, store and sandbox source, and the
+one way a run changes its task (a checked transition, a field update, an event).
+
+:class:`hal9999.tasks.runner.TaskRunner` is built from this core and two sets of steps, by
+concern: :mod:`.launch` (provision, prepare, start the agent) and :mod:`.follow` (stream a
+started or adopted run to its end).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from hal9999.config import HalConfig
+from hal9999.errors import TaskStateError
+from hal9999.events.models import AgentSession, Event, Usage
+from hal9999.store import Store, TaskRecord
+from hal9999.tasks.context import TAKEN_AWAY, RunContext, Superseded
+from hal9999.tasks.sandboxes import DirectSource, SandboxSource
+from hal9999.tasks.state import TaskStatus, transition
+
+
+class RunnerCore:
+    """The state a run's steps share, and how they record what happens."""
+
+    def __init__(self, config: HalConfig, store: Store, environ: Mapping[str, str]) -> None:
+        self.config = config
+        self.store = store
+        self.environ = environ
+        self.sandboxes: SandboxSource = DirectSource()
+        """Where runs get sandboxes: created per run, or the daemon's warm pool."""
+
+    # -- state -------------------------------------------------------------------------
+    async def transition(
+        self, ctx: RunContext, target: TaskStatus, detail: str | None = None, **fields: Any
+    ) -> TaskRecord:
+        """Move the task on from the state this run put it in (compare-and-set); raises
+        :class:`Superseded` when another process took the task meanwhile. The database work
+        runs in a thread: a write lock held elsewhere must not stall the event loop."""
+        return await asyncio.to_thread(self._transition, ctx, target, detail, **fields)
+
+    def _transition(
+        self, ctx: RunContext, target: TaskStatus, detail: str | None, **fields: Any
+    ) -> TaskRecord:
+        if target is TaskStatus.RUNNING:
+            fields.setdefault("started_at", time.time())
+        try:
+            _, ctx.task = transition(
+                self.store,
+                ctx.events,
+                ctx.task.id,
+                target,
+                expect=ctx.task.status,
+                detail=detail,
+                **fields,
+            )
+        except TaskStateError:
+            current = self.store.get_task(ctx.task.id)
+            if current.status in TAKEN_AWAY:
+                raise Superseded(current.status) from None
+            raise
+        return ctx.task
+
+    async def update(self, task_id: str, **fields: Any) -> TaskRecord:
+        """Write ``fields`` to the task's record in a thread: a write lock held elsewhere
+        must not stall the event loop (the daemon's API and every other run share it)."""
+        return await asyncio.to_thread(self.store.update_task, task_id, **fields)
+
+    def emit(self, ctx: RunContext, event: Event) -> None:
+        """Record an event, folding usage and session ids into the task (the gateway's exact
+        figures, when the agent goes through it, instead of what the agent says). A session
+        id is only noted here (emit is synchronous, called from the output pumps); the
+        awaited :meth:`save_session` right after the pump writes it."""
+        if isinstance(event, Usage):
+            if ctx.gateway is None or event.source == "gateway":
+                ctx.totals.add(event)
+        elif isinstance(event, AgentSession):
+            ctx.session_id = event.session_id
+        ctx.events.emit(event)
+
+    async def save_session(self, ctx: RunContext) -> None:
+        """Write the agent session id :meth:`emit` noted, if any, to the task's record."""
+        if ctx.session_id is not None:
+            await self.update(ctx.task.id, agent_session_id=ctx.session_id)
+            ctx.session_id = None
