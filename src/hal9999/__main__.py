@@ -1,5 +1,5 @@
 """``python -m hal9999`` runs the ``hal`` command."""
 
-from hal9999.cli.main import main
+from hal9999.cli.entry import main
 
 main()

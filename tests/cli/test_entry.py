@@ -1,0 +1,57 @@
+"""``hal --version`` answers before click is imported, with click's own line (issue 16)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from hal9999.cli.main import cli
+
+IMPORTED = """
+import json, runpy, sys
+sys.argv = ["hal", *sys.argv[1:]]
+try:
+    runpy.run_module("hal9999", run_name="__main__")
+except SystemExit:
+    pass
+sys.stderr.write("\\n" + json.dumps(sorted(sys.modules)))
+"""
+
+
+def test_version_imports_no_click_and_prints_clicks_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HAL_")}
+    env.update(HAL_HOME=str(tmp_path))
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORTED, "--version"], env=env, capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+    modules = set(json.loads(done.stderr.strip().splitlines()[-1]))
+    assert "click" not in modules and "hal9999.cli.main" not in modules
+    assert done.stdout == CliRunner().invoke(cli, ["--version"], prog_name="hal").output
+
+
+def test_everything_else_goes_to_click(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HAL_")}
+    env.update(HAL_HOME=str(tmp_path))
+    said: dict[str, str] = {}
+    for args in (["--version", "--help"], ["--help"]):
+        done = subprocess.run(
+            [sys.executable, "-c", IMPORTED, *args], env=env, capture_output=True, text=True,
+            timeout=60, check=False,
+        )  # fmt: skip
+        assert "click" in json.loads(done.stderr.strip().splitlines()[-1])
+        said[" ".join(args)] = done.stdout
+    assert said["--help"].startswith("Usage: hal")
+    assert said["--version --help"] == CliRunner().invoke(cli, ["--version", "--help"]).output
+
+
+def test_the_installed_script_uses_the_light_entry() -> None:
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "hal"]
+    assert script.value == "hal9999.cli.entry:main"
