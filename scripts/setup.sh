@@ -6,8 +6,8 @@ cd "$(dirname "$0")/.."
 
 need=()
 for pair in bwrap:bubblewrap tmux:tmux git:git ps:procps prlimit:util-linux \
-    setpriv:util-linux slirp4netns:slirp4netns \
-    chromium:chromium; do  # chromium: the dashboard's browser tests (Playwright drives it)
+    setpriv:util-linux slirp4netns:slirp4netns strace:strace \
+    chromium:chromium; do  # chromium: the dashboard's browser tests; strace: benchmark counts
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if [ "${#need[@]}" -gt 0 ]; then
