@@ -88,7 +88,8 @@ COMMANDS: Mapping[str, LazyCommand] = {
     ),
     "vacuum": LazyCommand(
         ("hal9999.cli.hive",),
-        "Remove read messages, hive events and turn stats past their retention ([hive]).",
+        "Remove read messages, hive events, turn stats and closed threads past their "
+        "retention ([hive]); nothing pending is ever removed.",
     ),
 }
 """Every subcommand of ``hal`` and the modules that define it."""
