@@ -1,4 +1,5 @@
-"""One HTTP client for cloud vendors' JSON APIs (DigitalOcean, Morph).
+"""One HTTP client for cloud vendors' JSON APIs (DigitalOcean, Morph), and the base of
+each vendor's typed client (:class:`VendorApi`).
 
 Bearer auth, a timeout per call, exponential-backoff retries, the vendor's rate-limit
 headers honoured, and HTTP errors mapped to hal's error tree at this boundary:
@@ -19,9 +20,10 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import httpx
+from pydantic import BaseModel, ValidationError
 
 from hal9999.errors import (
     CloudApiError,
@@ -209,3 +211,40 @@ def _error(what: str, response: httpx.Response, vendor: str) -> CloudApiError:
         CloudServerError: f"{vendor} failed on its side: try again, or see its status page",
     }
     return cls(message, hint=hints.get(cls), status=status)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class VendorApi:
+    """The base of one vendor's typed client: a :class:`CloudApi` named for the vendor
+    (``self.api``), and answers read through pydantic models (:meth:`parse`)."""
+
+    vendor: ClassVar[str]
+    """The vendor's name in error messages."""
+    default_url: ClassVar[str]
+    """The vendor's API, when no ``base_url`` is given."""
+
+    def __init__(
+        self, *, token: str, base_url: str | None = None, policy: RetryPolicy,
+        window: RateWindow,
+    ) -> None:  # fmt: skip
+        self.api = CloudApi(vendor=self.vendor, base_url=base_url or self.default_url,
+                            token=token, policy=policy, window=window)  # fmt: skip
+
+    async def aclose(self) -> None:
+        """Close the client."""
+        await self.api.aclose()
+
+    def parse(self, model: type[M], body: Any, what: str) -> M:
+        """``body`` as a ``model``; a body that is not one is a :class:`CloudApiError`
+        naming the call (``what``) and the first problem."""
+        try:
+            return model.model_validate(body)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise CloudApiError(
+                f"{self.vendor} answered {what} with an unexpected body: {exc.error_count()} "
+                f"problem(s), first: {first['loc']}: {first['msg']}",
+                hint="the API may have changed; report it with the hal version",
+            ) from exc

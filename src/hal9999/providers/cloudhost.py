@@ -24,7 +24,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Generic, Literal, Protocol, TypeVar
+from typing import Generic, Literal, TypeVar
 
 from pydantic import ConfigDict, Field
 
@@ -38,7 +38,7 @@ from hal9999.errors import (
     SandboxNotFound,
 )
 from hal9999.providers.base import SandboxInfo
-from hal9999.providers.cloudapi import RateWindow, RetryPolicy
+from hal9999.providers.cloudapi import RateWindow, RetryPolicy, VendorApi
 from hal9999.providers.cloudspend import SpendCap, SpendGuard, SpendLedger
 from hal9999.providers.ssh.config import SshConfig, SshHost
 from hal9999.providers.ssh.provider import SshProvider
@@ -76,19 +76,7 @@ class CloudHostConfig(SpendCap):
     """Tries per API call (429s and, for reads and deletes, 5xx and timeouts)."""
 
 
-class CloudApi(Protocol):
-    """What the shared code needs of a vendor's API client."""
-
-    def __init__(
-        self, *, token: str, base_url: str, policy: RetryPolicy, window: RateWindow
-    ) -> None:
-        """A client of the API at ``base_url``, retrying by ``policy``."""
-
-    async def aclose(self) -> None:
-        """Close the client's connections."""
-
-
-ApiT = TypeVar("ApiT", bound=CloudApi)
+ApiT = TypeVar("ApiT", bound=VendorApi)
 ConfigT = TypeVar("ConfigT", bound=CloudHostConfig)
 
 
@@ -114,8 +102,6 @@ class CloudHostProvider(SshProvider, Generic[ApiT, ConfigT]):
     """How log lines and errors name one of the vendor's machines."""
     api_class: type[ApiT]
     """The vendor's API client."""
-    api_url: str
-    """The vendor's API, when neither the settings nor the environment name another."""
     env_prefix: str
     """``<env_prefix>_API_URL``, ``_SNAPSHOT_ID``, ``_KEY_FILE``: the settings' fallbacks."""
     token_vars: tuple[str, ...]
@@ -160,7 +146,8 @@ class CloudHostProvider(SshProvider, Generic[ApiT, ConfigT]):
 
     def _api(self) -> ApiT:
         policy = RetryPolicy(attempts=self.cloud.api_attempts, timeout_s=self.cloud.api_timeout_s)
-        url = self.cloud.api_url or self._env("API_URL") or self.api_url
+        # Neither set: the client's own default, the vendor's API.
+        url = self.cloud.api_url or self._env("API_URL") or None
         return self.api_class(token=self._token(), base_url=url, policy=policy,
                               window=self._window)  # fmt: skip
 

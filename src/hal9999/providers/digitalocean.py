@@ -27,7 +27,7 @@ from pydantic import ConfigDict, Field
 
 from hal9999.errors import CloudNotFound, ConfigError, ProviderError
 from hal9999.providers.cloudhost import CloudHostConfig, CloudHostProvider
-from hal9999.providers.digitalocean_api import API_URL, DigitalOceanApi, Droplet
+from hal9999.providers.digitalocean_api import DigitalOceanApi, Droplet
 from hal9999.providers.ssh.config import SshHost
 from hal9999.providers.ssh.connections import load_asyncssh
 from hal9999.spec import SandboxSpec
@@ -67,7 +67,6 @@ class DigitalOceanProvider(CloudHostProvider[DigitalOceanApi, DigitalOceanConfig
     machine = "droplet"
     config_model = DigitalOceanConfig  # type: ignore[assignment]
     api_class = DigitalOceanApi
-    api_url = API_URL
     env_prefix = "HAL_DO"
     token_vars = ("HAL_DO_TOKEN", "DIGITALOCEAN_TOKEN")
     token_missing = ("no DigitalOcean API token",

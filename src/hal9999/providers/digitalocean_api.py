@@ -8,16 +8,14 @@ fields hal reads; the vendor's schema has many more, which are ignored).
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from hal9999.errors import CloudApiError
-from hal9999.providers.cloudapi import CloudApi, RateWindow, RetryPolicy
+from hal9999.providers.cloudapi import VendorApi
 
 API_URL = "https://api.digitalocean.com"
 PER_PAGE = 200  # the API's maximum page size
-M = TypeVar("M", bound=BaseModel)
 
 
 class NetworkV4(BaseModel):
@@ -85,28 +83,21 @@ class _Many(BaseModel):
     links: _Links = _Links()
 
 
-class DigitalOceanApi:
+class DigitalOceanApi(VendorApi):
     """Droplet calls, each validated; errors are :class:`CloudApiError` subclasses."""
 
-    def __init__(
-        self, *, token: str, base_url: str = API_URL, policy: RetryPolicy, window: RateWindow
-    ) -> None:
-        self.api = CloudApi(vendor="DigitalOcean", base_url=base_url, token=token,
-                            policy=policy, window=window)  # fmt: skip
-
-    async def aclose(self) -> None:
-        """Close the client."""
-        await self.api.aclose()
+    vendor = "DigitalOcean"
+    default_url = API_URL
 
     async def create_droplet(self, body: dict[str, Any]) -> Droplet:
         """``POST /v2/droplets`` (one droplet)."""
         answer = await self.api.request("POST", "/v2/droplets", json=body)
-        return _parse(_One, answer.body, "create droplet").droplet
+        return self.parse(_One, answer.body, "create droplet").droplet
 
     async def get_droplet(self, droplet_id: int) -> Droplet:
         """``GET /v2/droplets/{id}``; :class:`CloudNotFound` when gone."""
         answer = await self.api.request("GET", f"/v2/droplets/{droplet_id}")
-        return _parse(_One, answer.body, "get droplet").droplet
+        return self.parse(_One, answer.body, "get droplet").droplet
 
     async def droplets_tagged(self, tag: str) -> list[Droplet]:
         """Every droplet with ``tag``, following the pages."""
@@ -116,7 +107,7 @@ class DigitalOceanApi:
             answer = await self.api.request(
                 "GET", "/v2/droplets", params={"tag_name": tag, "per_page": PER_PAGE, "page": page}
             )
-            many = _parse(_Many, answer.body, "list droplets")
+            many = self.parse(_Many, answer.body, "list droplets")
             found.extend(many.droplets)
             pages = many.links.pages
             if pages is None or not pages.next or not many.droplets:
@@ -127,13 +118,3 @@ class DigitalOceanApi:
         """``DELETE /v2/droplets?tag_name=T``: every droplet with the tag goes."""
         await self.api.request("DELETE", "/v2/droplets", params={"tag_name": tag})
 
-
-def _parse(model: type[M], body: Any, what: str) -> M:
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        raise CloudApiError(
-            f"DigitalOcean answered {what} with an unexpected body: {exc.error_count()} "
-            f"problem(s), first: {exc.errors()[0]['msg']}",
-            hint="the API may have changed; report it with the hal version",
-        ) from exc

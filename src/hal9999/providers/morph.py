@@ -26,7 +26,7 @@ from pydantic import ConfigDict, Field
 from hal9999.errors import CloudNotFound, ConfigError, ProviderError, SandboxNotFound
 from hal9999.providers.base import Capabilities
 from hal9999.providers.cloudhost import CloudHostConfig, CloudHostProvider
-from hal9999.providers.morph_api import API_URL, Instance, MorphApi
+from hal9999.providers.morph_api import Instance, MorphApi
 from hal9999.providers.ssh.config import SshHost
 from hal9999.providers.ssh.sandbox import SshSandbox
 from hal9999.spec import SandboxSpec
@@ -63,7 +63,6 @@ class MorphProvider(CloudHostProvider[MorphApi, MorphConfig]):
     machine = "morph instance"
     config_model = MorphConfig  # type: ignore[assignment]
     api_class = MorphApi
-    api_url = API_URL
     env_prefix = "HAL_MORPH"
     token_vars = ("MORPH_API_KEY",)
     token_missing = ("no Morph Cloud API key", "export MORPH_API_KEY")

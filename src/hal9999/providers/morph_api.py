@@ -12,12 +12,11 @@ by the pydantic models below (the SDK's shapes, the fields hal reads).
 from __future__ import annotations
 
 import builtins
-from typing import Any, Literal, TypeVar
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from hal9999.errors import CloudApiError
-from hal9999.providers.cloudapi import CloudApi, RateWindow, RetryPolicy
+from hal9999.providers.cloudapi import VendorApi
 
 API_URL = "https://cloud.morph.so/api"
 MorphStatus = Literal["pending", "ready", "paused", "saving", "error"]
@@ -27,7 +26,6 @@ STATUS: dict[str, HalStatus] = {
     "error": "error",
 }  # fmt: skip
 """Morph's instance status -> hal's word for it."""
-M = TypeVar("M", bound=BaseModel)
 
 
 class _Model(BaseModel):
@@ -121,18 +119,11 @@ class _Branch(_Model):
     instances: list[Instance]
 
 
-class MorphApi:
+class MorphApi(VendorApi):
     """Instance and snapshot calls, each validated; errors are :class:`CloudApiError`s."""
 
-    def __init__(
-        self, *, token: str, base_url: str = API_URL, policy: RetryPolicy, window: RateWindow
-    ) -> None:
-        self.api = CloudApi(vendor="Morph Cloud", base_url=base_url, token=token,
-                            policy=policy, window=window)  # fmt: skip
-
-    async def aclose(self) -> None:
-        """Close the client."""
-        await self.api.aclose()
+    vendor = "Morph Cloud"
+    default_url = API_URL
 
     async def start(
         self, snapshot_id: str, *, metadata: dict[str, str], ttl_seconds: int | None,
@@ -142,18 +133,18 @@ class MorphApi:
         body = {"metadata": metadata, "ttl_seconds": ttl_seconds, "ttl_action": ttl_action}
         answer = await self.api.request("POST", "/instance", params={"snapshot_id": snapshot_id},
                                         json=body)  # fmt: skip
-        return _parse(Instance, answer.body, "start instance")
+        return self.parse(Instance, answer.body, "start instance")
 
     async def get(self, instance_id: str) -> Instance:
         """One instance; :class:`CloudNotFound` when gone."""
         answer = await self.api.request("GET", f"/instance/{instance_id}")
-        return _parse(Instance, answer.body, "get instance")
+        return self.parse(Instance, answer.body, "get instance")
 
     async def list(self, metadata: dict[str, str]) -> builtins.list[Instance]:
         """Instances whose metadata has every given key and value."""
         params = {f"metadata[{k}]": v for k, v in metadata.items()}
         answer = await self.api.request("GET", "/instance", params=params)
-        return _parse(_List, answer.body, "list instances").data
+        return self.parse(_List, answer.body, "list instances").data
 
     async def delete(self, instance_id: str) -> None:
         """Stop and delete an instance."""
@@ -163,7 +154,7 @@ class MorphApi:
         """Run a command in the instance (no stdin, no environment: probes only)."""
         answer = await self.api.request("POST", f"/instance/{instance_id}/exec",
                                         json={"command": argv})  # fmt: skip
-        return _parse(ExecResult, answer.body, "exec")
+        return self.parse(ExecResult, answer.body, "exec")
 
     async def pause(self, instance_id: str) -> None:
         """Pause (memory and disk kept, not billed for compute)."""
@@ -177,7 +168,7 @@ class MorphApi:
         """Snapshot an instance (it goes on running)."""
         answer = await self.api.request("POST", f"/instance/{instance_id}/snapshot",
                                         json={"metadata": metadata})  # fmt: skip
-        return _parse(Snapshot, answer.body, "snapshot")
+        return self.parse(Snapshot, answer.body, "snapshot")
 
     async def branch(
         self, instance_id: str, count: int
@@ -185,7 +176,7 @@ class MorphApi:
         """Snapshot an instance and boot ``count`` copies of it."""
         answer = await self.api.request("POST", f"/instance/{instance_id}/branch",
                                         params={"count": count})  # fmt: skip
-        found = _parse(_Branch, answer.body, "branch")
+        found = self.parse(_Branch, answer.body, "branch")
         return found.snapshot, found.instances
 
     async def set_ttl(self, instance_id: str, seconds: int, action: str) -> None:
@@ -193,13 +184,3 @@ class MorphApi:
         await self.api.request("POST", f"/instance/{instance_id}/ttl",
                                json={"ttl_seconds": seconds, "ttl_action": action})  # fmt: skip
 
-
-def _parse(model: type[M], body: Any, what: str) -> M:
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        raise CloudApiError(
-            f"Morph Cloud answered {what} with an unexpected body: {exc.error_count()} "
-            f"problem(s), first: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}",
-            hint="the API may have changed; report it with the hal version",
-        ) from exc
