@@ -85,7 +85,9 @@ def test_a_run_outlives_a_killed_gateway(
         Path(only_task(hal_cli)["session_dir"], "workspace", "go").touch()
         out, err = run.communicate(timeout=150)
     finally:
-        run.kill()
+        if run.poll() is None:  # a failed wait: reap it, or it leaks into later tests
+            run.kill()
+            run.communicate()
     assert run.returncode == 0, out[-1500:] + err[-1500:]
     task = only_task(hal_cli)
     assert task["status"] == "succeeded"

@@ -108,8 +108,11 @@ async def test_resources_set_the_vm_shape_and_the_pid_limit(
         assert cpus == "2"
         assert 400_000 < int(mem_kb) <= 512 * 1024
         assert pids == "40"
-        bomb = await sandbox.exec(sh("for i in $(seq 80); do sleep 5 & done; wait"))
-        assert bomb.exit_code != 0 and b"fork" in bomb.stderr.lower() + bomb.stdout.lower()
+        # dash, not bash: bash retries a failed fork for up to 15 s, so on a slow guest its
+        # loop could still finish once earlier children exit; dash fails the first time.
+        loop = "i=0; while [ $i -lt 80 ]; do sleep 120 >/dev/null 2>&1 & i=$((i+1)); done"
+        bomb = await sandbox.exec(ArgvCommand(argv=("dash", "-c", loop)))
+        assert bomb.exit_code != 0 and b"cannot fork" in bomb.stderr.lower(), bomb
 
 
 @pytest.fixture

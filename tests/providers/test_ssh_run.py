@@ -115,8 +115,9 @@ def test_a_dropped_connection_mid_task_fails_clearly_and_keeps_the_work(
             subprocess.run(["kill", "-9", str(pid)], check=False)
         out, err = run.communicate(timeout=180)
     finally:
-        if run.poll() is None:
+        if run.poll() is None:  # a failed wait: reap it, or it leaks into later tests
             run.kill()
+            run.communicate()
     assert "Traceback" not in err, err
     task = json.loads(out)
     assert task["status"] == "failed", task
