@@ -65,15 +65,11 @@ class Sshd:
         return entry | extra
 
     def session_pids(self) -> list[int]:
-        """sshd's per-connection children (the listener excluded)."""
-        found = []
-        for pid in _netns_pids(self.netns):
-            if pid == self.proc.pid:
-                continue
-            with contextlib.suppress(OSError):
-                if Path(f"/proc/{pid}/comm").read_text().strip() == "sshd":
-                    found.append(pid)
-        return found
+        """sshd's per-connection processes: the listener's sshd descendants (the listener
+        excluded). Found by parentage, not by ``ip netns pids``: that one opens the name under
+        /run/netns, which a long test session can leave pointing at no namespace (seen: an
+        empty answer while the listener served connections)."""
+        return [pid for pid in _descendants(self.proc.pid) if _comm(pid) == "sshd"]
 
     def remote_argvs(self) -> list[str]:
         """The command line of every process of the test user (what ``ps`` shows there)."""
@@ -89,6 +85,30 @@ class Sshd:
 
 def _run(*argv: str) -> None:
     subprocess.run(argv, check=True, capture_output=True)
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _descendants(root: int) -> list[int]:
+    """Every live process below ``root`` (children of children included)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                # The command name is in parentheses and may hold spaces: split after it.
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def _netns_pids(netns: str) -> list[int]:
@@ -188,7 +208,8 @@ def running_sshd(subnet: str = "169.254.77") -> Iterator[Sshd]:
             time.sleep(0.05)
         yield Sshd(netns, ns_ip, host_veth, client_key, host_key, home, proc, host_key_file)
     finally:
-        for pid in _netns_pids(netns) + ([proc.pid] if proc else []):
+        pids = _netns_pids(netns) + ([*_descendants(proc.pid), proc.pid] if proc else [])
+        for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         _kill_user_processes()

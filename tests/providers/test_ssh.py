@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -190,11 +191,14 @@ async def test_a_lost_connection_mid_command_is_an_exec_error(
     provider = ssh_provider(sshd_server, hal_home / "ssh")
     spec = SandboxSpec(provider="ssh", network="none", workspace=workspace)
     async with await provider.create(spec) as sandbox:
-        running = asyncio.create_task(sandbox.exec(ShellCommand(script="sleep 30")))
+        # A duration of this test's own: a `sleep 30` left by another test must not pass
+        # for this command.
+        sleep = f"sleep 30.{secrets.randbelow(10**6):06d}"
+        running = asyncio.create_task(sandbox.exec(ShellCommand(script=sleep)))
         # Cut the connection once the command runs (not while its channel opens, which is
         # retried on a new connection: nothing ran yet).
         for _ in range(200):
-            if any("sleep 30" in line for line in sshd_server.remote_argvs()):
+            if any(sleep in line for line in sshd_server.remote_argvs()):
                 break
             await asyncio.sleep(0.05)
         for pid in sshd_server.session_pids():
