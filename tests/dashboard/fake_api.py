@@ -45,7 +45,9 @@ class FakeApi:
         self.events: list[dict[str, Any]] = []
         self.calls: list[tuple[str, str, Any]] = []
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.changed: asyncio.Condition | None = None
+        self.changed: asyncio.Event | None = None
+        """Set (and replaced by a new one) on every event: a stream waits on the one it saw
+        before it looked at the events, so nothing lands unseen in between."""
         self.app = Starlette(routes=self._routes())
 
     def add_task(self, record: dict[str, Any]) -> None:
@@ -58,7 +60,7 @@ class FakeApi:
         full = {"seq": seq, "gseq": len(self.events) + 1, "ts": time.time(), **event}
         self.events.append(full)
         if self.loop is not None and self.changed is not None:
-            self.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._notify()))
+            self.loop.call_soon_threadsafe(self._notify)
         return full
 
     def emit_hive(self, **event: Any) -> dict[str, Any]:
@@ -67,13 +69,15 @@ class FakeApi:
         full = {"gseq": len(self.events) + 1, "ts": time.time(), "agent": "", **event}
         self.events.append(full)
         if self.loop is not None and self.changed is not None:
-            self.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._notify()))
+            self.loop.call_soon_threadsafe(self._notify)
         return full
 
-    async def _notify(self) -> None:
+    def _notify(self) -> None:
+        # A Condition here failed under load ("cannot wait on un-acquired lock": its
+        # wait_for timeout and the streams' yields inside the lock): an Event per change.
         assert self.changed is not None
-        async with self.changed:
-            self.changed.notify_all()
+        seen, self.changed = self.changed, asyncio.Event()
+        seen.set()
 
     def _routes(self) -> list[Route]:
         def authed(handler: Any) -> Any:
@@ -82,7 +86,7 @@ class FakeApi:
                     return JSONResponse({"error": {"code": "unauthorized", "message": "no"}}, 401)
                 if self.loop is None:
                     self.loop = asyncio.get_running_loop()
-                    self.changed = asyncio.Condition()
+                    self.changed = asyncio.Event()
                 body = await request.body()
                 self.calls.append((request.method, request.url.path, body and json.loads(body)))
                 return await handler(request)  # type: ignore[no-any-return]
@@ -129,15 +133,15 @@ class FakeApi:
                 sent = last
                 yield b": hello\n\n"
                 while True:
+                    assert self.changed is not None
+                    changed = self.changed
                     for event in self.events[sent:]:
                         yield f"id: {event['gseq']}\ndata: {json.dumps(event)}\n\n".encode()
                         sent = event["gseq"]
-                    assert self.changed is not None
-                    async with self.changed:
-                        try:
-                            await asyncio.wait_for(self.changed.wait(), 5)
-                        except TimeoutError:
-                            yield b": ping\n\n"
+                    try:
+                        await asyncio.wait_for(changed.wait(), 5)
+                    except TimeoutError:
+                        yield b": ping\n\n"
 
             return StreamingResponse(body(), media_type="text/event-stream")
 

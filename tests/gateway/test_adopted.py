@@ -81,6 +81,10 @@ def test_a_run_outlives_a_killed_gateway(
                            stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         wait_for("the first call", lambda: len(upstream.seen) == 1)
+        # Killed once the first call is over and recorded: a gateway killed while the
+        # upstream answers loses that call's row with it (the agent's call fails too).
+        task_id = only_task(hal_cli)["id"]
+        wait_for("the first call's usage", lambda: len(gateway_usage(hal_cli, task_id)) == 1)
         kill_gateway(hal_cli.home)
         Path(only_task(hal_cli)["session_dir"], "workspace", "go").touch()
         out, err = run.communicate(timeout=150)
