@@ -19,11 +19,11 @@ import contextlib
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 
 from hal9999.errors import HalError
 from hal9999.providers.raysandbox import RaySandbox
+from hal9999.providers.stdinfeed import feed_stdin
 from hal9999.spec import ArgvCommand
 
 STOPPED = 143
@@ -82,7 +82,7 @@ async def relay(args: argparse.Namespace) -> int:
     feed: asyncio.Queue[bytes] | None = None
     if args.stdin:
         feed = asyncio.Queue()
-        _read_stdin(loop, feed)
+        feed_stdin(loop, feed)
     running = asyncio.create_task(_run(sandbox, command, env, feed))
     checkpoints = asyncio.create_task(_checkpoints(sandbox, provider.config.checkpoint_s))
     stop = asyncio.create_task(stopping.wait())
@@ -100,26 +100,6 @@ async def relay(args: argparse.Namespace) -> int:
     finally:
         for task in (checkpoints, stop):
             task.cancel()
-
-
-def _read_stdin(loop: asyncio.AbstractEventLoop, feed: asyncio.Queue[bytes]) -> None:
-    """Our stdin into ``feed``, by a daemon thread: it may be a file the event loop cannot
-    watch, and a blocked read must not hold the exit. An empty chunk is the end."""
-
-    def read() -> None:
-        while True:
-            try:
-                data = os.read(0, 65536)
-            except OSError:
-                data = b""
-            try:
-                loop.call_soon_threadsafe(feed.put_nowait, data)
-            except RuntimeError:  # the relay is ending; its loop is closed
-                return
-            if not data:
-                return
-
-    threading.Thread(target=read, daemon=True).start()
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -19,13 +19,13 @@ import os
 import secrets
 import signal
 import sys
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from hal9999.errors import HalError
 from hal9999.providers.k8s.config import connect
 from hal9999.providers.k8s.sandbox import KubeRecords, KubeSandbox
+from hal9999.providers.stdinfeed import feed_stdin
 from hal9999.spec import ArgvCommand
 
 CHECKPOINT_S = 60.0
@@ -44,23 +44,8 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
 
 async def _stdin() -> AsyncIterator[bytes]:
     """Our stdin, read by a daemon thread (it may be a file the loop cannot watch)."""
-    loop = asyncio.get_running_loop()
     chunks: asyncio.Queue[bytes] = asyncio.Queue()
-
-    def read() -> None:
-        while True:
-            try:
-                data = os.read(0, 65536)
-            except OSError:
-                data = b""
-            try:
-                loop.call_soon_threadsafe(chunks.put_nowait, data)
-            except RuntimeError:  # the relay is ending; its loop is closed
-                return
-            if not data:
-                return
-
-    threading.Thread(target=read, daemon=True).start()
+    feed_stdin(asyncio.get_running_loop(), chunks)
     while data := await chunks.get():
         yield data
 

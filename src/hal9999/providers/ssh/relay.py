@@ -20,7 +20,6 @@ import signal
 import stat
 import sys
 import termios
-import threading
 import tty
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from hal9999.providers.ssh import channel, mirror, remote, session
 from hal9999.providers.ssh.connections import ConnectionPool, load_asyncssh
 from hal9999.providers.ssh.records import SshRecord, SshRecords
 from hal9999.providers.ssh.sandbox import SshSandbox
+from hal9999.providers.stdinfeed import feed_stdin
 from hal9999.spec import ArgvCommand
 
 
@@ -173,23 +173,8 @@ async def _has_tmux(conn: Any) -> bool:
 async def _copy_in(proc: Any) -> None:
     """Our stdin (a tmux pane, a pipe, /dev/null) to the command's. Read by a daemon thread:
     it may be a file the event loop cannot watch, and a blocked read must not hold the exit."""
-    loop = asyncio.get_running_loop()
     chunks: asyncio.Queue[bytes] = asyncio.Queue()
-
-    def read() -> None:
-        while True:
-            try:
-                data = os.read(0, 65536)
-            except OSError:
-                data = b""
-            try:
-                loop.call_soon_threadsafe(chunks.put_nowait, data)
-            except RuntimeError:  # the relay is ending; its loop is closed
-                return
-            if not data:
-                return
-
-    threading.Thread(target=read, daemon=True).start()
+    feed_stdin(asyncio.get_running_loop(), chunks)
     with contextlib.suppress(OSError, BrokenPipeError):
         while data := await chunks.get():
             proc.stdin.write(data)
