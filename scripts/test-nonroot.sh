@@ -14,6 +14,10 @@ user=halci
 id -u "$user" >/dev/null 2>&1 || useradd --system --user-group --create-home \
   --home-dir "/var/lib/$user" --shell /bin/bash "$user"
 
+# host-mode networking for an ordinary user needs /dev/net/tun open to it: its usual mode
+# (some machines ship it 0600, and the test would only see the clear refusal).
+[ -c /dev/net/tun ] && chmod 0666 /dev/net/tun
+
 # The checkout may sit under a directory the user cannot enter (/root): test a copy of
 # the working tree, with a venv of its own (the root venv's interpreter may be private).
 work=$(mktemp -d /tmp/hal-nonroot.XXXXXX)

@@ -100,6 +100,12 @@ async def test_host_mode_reaches_no_host_loopback_service(hal_home: Path) -> Non
         text = setup.stdout.decode()
         assert "tap0" in text and f"default via {usernet.GATEWAY}" in text, text
         assert f"nameserver {usernet.DNS}" in text
+        # The agent is who it is without the network: its own uid as root's hal, else the
+        # user's (an ordinary user's host mode nests bwrap where root is mapped: not root).
+        who = await sandbox.exec(ShellCommand(script="id -u; id -g"), timeout=30)
+        expected = sandbox.uid if sandbox.uid is not None else os.getuid()
+        assert who.stdout.decode().split()[0] == str(expected), who.stdout
+        assert "0" not in who.stdout.decode().split(), who.stdout
     finally:
         await provider.destroy(sandbox.id)
 

@@ -141,7 +141,9 @@ def with_parents(args: list[str]) -> list[str]:
     return out
 
 
-def namespace_args(record: SandboxRecord, *, seccomp_fd: bool, shared_net: bool) -> list[str]:
+def namespace_args(
+    record: SandboxRecord, *, seccomp_fd: bool, shared_net: bool, usernet_wired: bool
+) -> list[str]:
     """Namespaces, capabilities and the seccomp filter.
 
     Run by an ordinary user, bwrap makes a user namespace mapping that user, and nested ones
@@ -150,16 +152,16 @@ def namespace_args(record: SandboxRecord, *, seccomp_fd: bool, shared_net: bool)
     the mounts as root and the command drops to the sandbox's own uid (see
     :func:`sandboxuser.drop_privileges`); the filter then refuses nested user namespaces.
     The network namespace is the host's only with ``shared_net``; ``host`` mode otherwise
-    has its own, wired by :mod:`usernet`.
+    has its own, wired by :mod:`usernet` when ``usernet_wired`` (its launcher runs first).
     """
     network = shared_net
-    usernet_wired = record.spec.network == "host" and not shared_net
     if record.uid is None:
-        args = ["--unshare-all", "--unshare-user"]
-        # --disable-userns nests a second user namespace, which slirp4netns (joining the
-        # sandbox's) would then lack the rights for; the filter refuses nested ones anyway.
-        if not (usernet_wired and seccomp_fd):
-            args.append("--disable-userns")
+        args = ["--unshare-all", "--unshare-user", "--disable-userns"]
+        if usernet_wired:
+            # Inside the namespaces usernet's `unshare` made: its network, and the user's
+            # own ids (there, bwrap's own uid is 0).
+            network = True
+            args += ["--uid", str(os.getuid()), "--gid", str(os.getgid())]
         args += ["--share-net"] if network else []
         args += ["--cap-drop", "ALL"]
     else:
@@ -220,7 +222,12 @@ class BwrapSandbox(HostSandbox):
         userns = record.uid is None
         # Without slirp4netns the namespace stays empty (loopback only): it fails closed.
         self._net = usernet.prefix(str(directory / RUN_DIR), slirp, userns=userns) if slirp else []
-        args = namespace_args(record, seccomp_fd=bool(self._seccomp), shared_net=shared_net)
+        args = namespace_args(
+            record,
+            seccomp_fd=bool(self._seccomp),
+            shared_net=shared_net,
+            usernet_wired=bool(self._net),
+        )
         args += system_args(spec.rootfs, owner.config.ro_paths)
         if host_net and not shared_net and spec.rootfs is None:
             # The host's resolver may live on its loopback, out of reach: slirp's forwarder.

@@ -34,7 +34,7 @@ DNS = "169.254.231.3"
 RESOLV_CONF = f"nameserver {DNS}\n"
 
 SCRIPT = r"""
-d=$1 slirp=$2 userns=$3; shift 3
+d=$1 slirp=$2 unshare=$3; shift 3
 info=$d/info.$$ block=$d/block.$$ gone=$d/exit.$$
 rm -f "$info" "$block" "$gone"
 mkfifo -m 600 "$info" "$block" "$gone" || exit 125
@@ -49,33 +49,50 @@ exec 7<>"$gone" 6<>"$block"
   cat <&5 >/dev/null &
   exec 5<&-
   rm -f "$info" "$block" "$gone"
-  # bwrap's child brings its loopback up in parallel; slirp4netns touching the namespace
-  # before that makes bwrap fail. Wait for 127.0.0.1 to appear there (2 s at most).
-  tries=400
-  while [ -n "$pid" ] && [ "$tries" -gt 0 ]; do
-    up=
-    while read -r l; do case $l in *127.0.0.1*) up=1; break ;; esac; done \
-      < "/proc/$pid/net/fib_trie" 2>/dev/null
-    [ -n "$up" ] && break
-    tries=$((tries - 1)); sleep 0.005
-  done
-  if [ -n "$pid" ]; then
-    set -- --configure --mtu=65520 --cidr=@CIDR@ --disable-host-loopback \
-      --enable-sandbox --enable-seccomp --exit-fd 4 --ready-fd 3 --netns-type=path
-    [ "$userns" = 1 ] && set -- "$@" "--userns-path=/proc/$pid/ns/user"
-    # Released once slirp4netns is ready, or has failed (then with loopback only).
-    "$slirp" "$@" "/proc/$pid/ns/net" tap0 3>&1 >/dev/null 2>&1 |
+  set -- --configure --mtu=65520 --cidr=@CIDR@ --disable-host-loopback \
+    --enable-sandbox --enable-seccomp --exit-fd 4 --ready-fd 3
+  if [ -z "$pid" ]; then
+    set --
+  elif [ -n "$unshare" ]; then
+    # bwrap runs in the namespaces `unshare` made, where root is mapped: slirp4netns joins
+    # them through bwrap's own pid ($$, exec'd over this shell), brings loopback up itself.
+    set -- "$@" "$$"
+  else
+    # bwrap's child brings its loopback up in parallel; slirp4netns touching the namespace
+    # before that makes bwrap fail. Wait for 127.0.0.1 to appear there (2 s at most).
+    tries=400
+    while [ "$tries" -gt 0 ]; do
+      up=
+      while read -r l; do case $l in *127.0.0.1*) up=1; break ;; esac; done \
+        < "/proc/$pid/net/fib_trie" 2>/dev/null
+      [ -n "$up" ] && break
+      tries=$((tries - 1)); sleep 0.005
+    done
+    set -- "$@" --netns-type=path "/proc/$pid/ns/net"
+  fi
+  if [ "$#" -gt 0 ]; then
+    # Released once slirp4netns is ready, or has failed (then with loopback only); what it
+    # says on failure is kept next to the fifos.
+    "$slirp" "$@" tap0 3>&1 >/dev/null 2>"$d/slirp.log" |
       { head -c1 >/dev/null; echo go >&6; }
   else
     echo go >&6
   fi
 ) </dev/null >/dev/null 2>&1 &
+[ -n "$unshare" ] && exec "$unshare" --user --map-root-user --net -- "$@" 5>"$info"
 exec "$@" 5>"$info"
 """.replace("@CIDR@", CIDR)
-"""Args: a private dir for the fifos, the slirp4netns program, ``1`` when bwrap makes a user
-namespace; then the bwrap argv (which must carry :func:`bwrap_args`). A constant, never
-interpolated. If slirp4netns fails the command still runs, with no network but loopback:
-it fails closed."""
+"""Args: a private dir for the fifos, the slirp4netns program, the ``unshare`` program when
+hal runs as an ordinary user (else empty); then the bwrap argv (which must carry
+:func:`bwrap_args`). A constant, never interpolated. If slirp4netns fails the command still
+runs, with no network but loopback: it fails closed.
+
+Run by root, bwrap makes the network namespace and slirp4netns (root) attaches to it. Run by
+an ordinary user, slirp4netns's own sandbox (``--enable-sandbox``) must become root in the
+user namespace that owns the network namespace, and bwrap's maps only the user: so ``unshare``
+first makes a user namespace mapping root to the user, with a network namespace of its own,
+and bwrap runs inside it sharing that network (``--share-net``) with the user's own uid and
+gid (``--uid``/``--gid``) in its nested user namespace, as without ``host`` networking."""
 
 
 def program() -> str | None:
@@ -91,6 +108,11 @@ def check(*, userns: bool) -> str:
             'network "host" needs slirp4netns for the sandbox\'s own network namespace',
             hint='apt-get install slirp4netns (or use network "none")',
         )
+    if userns and shutil.which("unshare") is None:
+        raise CapabilityError(
+            'network "host" needs unshare(1) when hal runs as an ordinary user',
+            hint='apt-get install util-linux (or use network "none")',
+        )
     if userns and not os.access("/dev/net/tun", os.R_OK | os.W_OK):
         raise CapabilityError(
             'network "host" needs /dev/net/tun, which this user cannot open',
@@ -101,7 +123,8 @@ def check(*, userns: bool) -> str:
 
 def prefix(run_dir: str, slirp: str, *, userns: bool) -> list[str]:
     """The argv that runs before bwrap to give its namespace user-mode networking."""
-    return ["/bin/sh", "-c", SCRIPT, "hal-usernet", run_dir, slirp, "1" if userns else "0"]
+    unshare = (shutil.which("unshare") or "unshare") if userns else ""
+    return ["/bin/sh", "-c", SCRIPT, "hal-usernet", run_dir, slirp, unshare]
 
 
 def bwrap_args() -> list[str]:
