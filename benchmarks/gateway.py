@@ -56,6 +56,10 @@ async def _upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) 
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
         writer.close()
+    except asyncio.CancelledError:
+        # Cancelled at shutdown with a kept-alive connection open: ending quietly keeps
+        # asyncio (3.11) from logging the cancellation as an error of the server's callback.
+        writer.close()
 
 
 async def _call(client: httpx.AsyncClient, url: str, token: str) -> tuple[float, float]:
