@@ -64,7 +64,13 @@ async def follow_page(daemon: Daemon, task_id: str, *, after_seq: int, wait: flo
             if page or done or wait <= 0:
                 break
             started = time.monotonic()
-            if not await _woken(subscription, lambda e: e.seq > after_seq, wait):
+            runner = daemon.scheduler.running.get(task.id)
+            if ended and runner is not None:
+                # Its last event is written but the run is still releasing its sandbox: no
+                # event will come to wake us, the run's own end does (issue 16: the client
+                # waited out the whole long poll after every task).
+                await asyncio.wait({runner}, timeout=wait)
+            elif not await _woken(subscription, lambda e: e.seq > after_seq, wait):
                 break
             wait -= time.monotonic() - started
     finally:

@@ -1,0 +1,63 @@
+"""A follower of a task whose last event is written but whose run is still releasing its
+sandbox is answered when the run ends, not after the whole long poll (issue 16: every
+``hal run`` through ``hal serve`` took the client's 10 s wait on top of the task)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from hal9999.events.bus import EventBus
+from hal9999.events.models import Phase, TaskEnd
+from hal9999.server.follow import follow_page
+
+LONG_POLL_S = 30.0
+
+
+def _daemon(tmp_path: Path, running: dict[str, asyncio.Task[None]]) -> Any:
+    events = tmp_path / "events.jsonl"
+    lines = [
+        Phase(seq=1, task_id="t1", phase="succeeded", previous="collecting"),
+        TaskEnd(seq=2, task_id="t1", status="succeeded"),
+    ]
+    events.write_text("".join(e.model_dump_json() + "\n" for e in lines))
+    task = SimpleNamespace(id="t1", status="succeeded")
+    store = SimpleNamespace(get_task=lambda task_id: task)
+    service = SimpleNamespace(
+        find=lambda task_id: task,
+        session=lambda record: SimpleNamespace(events=events),
+        store=store,
+    )
+    return SimpleNamespace(
+        service=service, bus=EventBus(), scheduler=SimpleNamespace(running=running)
+    )
+
+
+async def test_follow_answers_done_when_the_run_releases_not_after_the_wait(
+    tmp_path: Path,
+) -> None:
+    running: dict[str, asyncio.Task[None]] = {}
+
+    async def releasing() -> None:
+        await asyncio.sleep(0.2)  # the sandbox's release after task_end
+        running.pop("t1", None)
+
+    running["t1"] = asyncio.create_task(releasing())
+    daemon = _daemon(tmp_path, running)
+    started = time.monotonic()
+    page = await follow_page(daemon, "t1", after_seq=2, wait=LONG_POLL_S)
+    took = time.monotonic() - started
+    assert page["done"] is True
+    assert page["events"] == []
+    # Before the fix the request slept the whole wait (nothing more is ever published).
+    assert took < LONG_POLL_S / 2, took
+
+
+async def test_follow_of_a_released_task_is_done_at_once(tmp_path: Path) -> None:
+    daemon = _daemon(tmp_path, {})
+    page = await follow_page(daemon, "t1", after_seq=0, wait=LONG_POLL_S)
+    assert page["done"] is True
+    assert [e["type"] for e in page["events"]] == ["phase", "task_end"]
