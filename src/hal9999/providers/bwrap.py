@@ -21,7 +21,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from hal9999.errors import ProviderError, ProviderUnavailable, SandboxNotFound
-from hal9999.providers import hostexec, hostfs, sandboxuser, seccomp, usernet
+from hal9999.providers import hostetc, hostexec, hostfs, sandboxuser, seccomp, usernet
 from hal9999.providers.base import Capabilities, Command, ExecResult, Launch
 from hal9999.providers.hostsandbox import HostProvider, HostSandbox, SandboxRecord
 from hal9999.spec import ArgvCommand, to_argv
@@ -29,13 +29,8 @@ from hal9999.spec import ArgvCommand, to_argv
 WORKDIR = "/workspace"
 HOME = "/home/hal"
 MERGED_USR = ("bin", "sbin", "lib", "lib64", "lib32", "libx32")
-ETC = (
-    "passwd", "group", "hosts", "resolv.conf", "nsswitch.conf", "host.conf", "gai.conf",
-    "services", "protocols", "ssl", "ca-certificates", "pki", "alternatives", "ld.so.cache",
-    "localtime", "gitconfig", "os-release", "mime.types",
-)  # fmt: skip
-"""What toolchains (git, node, python, TLS, DNS) need from the host's /etc; no shadow, no
-sudoers, none of the rest. Each is a bind mount costing ~0.2 ms per exec, so the list is lean."""
+ETC_VIEW = "\0etc-view"
+"""Stands for the current :class:`hostetc.EtcView` in a handle's argv until each exec."""
 ROOTFS_SKIP = frozenset({"proc", "dev", "sys", "tmp", "run", "home", "workspace"})
 PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs", "acpi")
 """Host-wide writers under /proc: read-only inside whatever the sandbox's uid (as Docker)."""
@@ -79,7 +74,8 @@ class BwrapConfig(BaseModel):
 
 @functools.lru_cache(maxsize=8)
 def system_args(rootfs: Path | None, ro_paths: tuple[Path, ...]) -> tuple[str, ...]:
-    """The read-only system part: host /usr and curated /etc, or the whole of ``rootfs``."""
+    """The read-only system part: host /usr and the curated /etc (:data:`ETC_VIEW`, see
+    :mod:`hostetc`), or the whole of ``rootfs``."""
     args: list[str] = []
     if rootfs is None:
         args += ["--ro-bind", "/usr", "/usr"]
@@ -89,9 +85,7 @@ def system_args(rootfs: Path | None, ro_paths: tuple[Path, ...]) -> tuple[str, .
                 args += ["--symlink", os.readlink(host), str(host)]
             elif host.is_dir():
                 args += ["--ro-bind", str(host), str(host)]
-        for name in ETC:
-            if os.path.lexists(f"/etc/{name}"):
-                args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+        args += ["--ro-bind", ETC_VIEW, "/etc"]
         # /var/tmp is where some tools put bigger temp files; share /tmp's directory.
         args += ["--dir", "/var", "--symlink", "../tmp", "/var/tmp"]
     else:
@@ -214,7 +208,7 @@ class BwrapSandbox(HostSandbox):
         """The limits in force (the spec's, defaults filled in where enforced)."""
         disk = self.limits.disk_mb
         # No single file beyond the disk limit (SIGXFSZ, then EFBIG); the total is watched.
-        self._rlimits = [owner.prlimit, f"--fsize={disk << 20}", "--"] if disk else []
+        self._max_file = disk << 20 if disk else 0
         self._seccomp = str(directory / ETC_DIR / SECCOMP_FILE) if seccomp.supported() else ""
         host_net = spec.network == "host"
         shared_net = host_net and owner.config.host_network == "shared"
@@ -247,6 +241,7 @@ class BwrapSandbox(HostSandbox):
         # Nothing may be left behind in the root tmpfs: every exec gets a fresh one.
         args += ["--hostname", f"hal-{record.id}", "--remount-ro", "/"]
         self._args = with_parents(args)
+        self._etc = owner.etc if spec.rootfs is None else None
         self._drop = sandboxuser.drop_privileges(record.uid, rootfs=spec.rootfs is not None)
 
     def _argv(self, command: Command, env: Mapping[str, str], *, new_session: bool) -> list[str]:
@@ -255,11 +250,20 @@ class BwrapSandbox(HostSandbox):
         session = ["--new-session"] if new_session else []
         # What a host wrapper (tmux's pane) adds to the environment names host paths.
         unset = [a for name in HOST_SESSION_VARS if name not in env for a in ("--unsetenv", name)]
+        args = self._args
+        if self._etc is not None:
+            view, dirs = self._etc.current()
+            at = args.index(ETC_VIEW)
+            # The host's curated directories, live, over their mount points in the view.
+            live = [a for name in dirs for a in ("--ro-bind-try", f"/etc/{name}", f"/etc/{name}")]
+            args = [*args[:at], str(view), *args[at + 1 : at + 2], *live, *args[at + 2 :]]
         bwrap = [
-            *self._rlimits, *self._net, self._bwrap, *session, *self._args, *unset,
+            *self._net, self._bwrap, *session, *args, *unset,
             "--chdir", cwd, "--", *self._drop, *to_argv(command),
         ]  # fmt: skip
-        return hostexec.launcher_argv(self.id, self._procs, bwrap, seccomp=self._seccomp)
+        return hostexec.launcher_argv(
+            self.id, self._procs, bwrap, seccomp=self._seccomp, max_file_bytes=self._max_file
+        )
 
     def launch(self, command: Command, *, env: Mapping[str, str] | None = None) -> Launch:
         """The host argv (launcher + bwrap) and exact env that run ``command`` inside."""
@@ -319,9 +323,9 @@ class BwrapProvider(HostProvider):
                 hint="apt-get install bubblewrap (dnf install bubblewrap on Fedora)",
             )
         self.bwrap = found
-        self.prlimit = shutil.which("prlimit") or "prlimit"
-        """util-linux's prlimit, which sets the per-file size limit before bwrap starts."""
         super().__init__(state_dir=state_dir, cgroup=self.config.cgroup)
+        self.etc = hostetc.EtcView(state_dir)
+        """The curated /etc every sandbox without a rootfs binds (see :mod:`hostetc`)."""
         self._program = seccomp.build() if seccomp.supported() else None
 
     def _own_dirs(self, record: SandboxRecord) -> list[str]:

@@ -22,19 +22,24 @@ from hal9999.providers.handle import collect
 
 LAUNCHER_SCRIPT = (
     "HAL_SANDBOX=$1; export HAL_SANDBOX; "
-    '[ -z "$2" ] || exec 9<"$2" || exit 125; shift 2; '
+    '[ -z "$2" ] || exec 9<"$2" || exit 125; [ -z "$3" ] || ulimit -f "$3" || exit 125; '
+    "shift 3; "
     'for f; do [ "$f" = -- ] && break; echo $$ > "$f" || exit 125; shift; done; shift; exec "$@"'
 )
-"""Marks the process, opens the seccomp filter (if any) as fd 9, joins the cgroups named
-before ``--``, then execs the rest.
+"""Marks the process, opens the seccomp filter (if any) as fd 9, caps the size of any one
+file (if asked), joins the cgroups named before ``--``, then execs the rest.
 
 A constant, never interpolated: everything variable is a positional argument. Writing the
 pid before exec means the sandboxed program and all it forks are born inside; a failed
 write exits 125 rather than run the command without its limits. The marker is set here,
 not in the launch env, so a host wrapper around the launcher (a process manager's
 supervisor) is not mistaken for a sandbox process. The filter travels as an fd because
-bwrap's ``--seccomp`` reads it from one (and closes it before the command runs).
+bwrap's ``--seccomp`` reads it from one (and closes it before the command runs). The file
+size cap is the shell's own ``ulimit -f`` (POSIX: 512-byte blocks, soft and hard limit
+alike) rather than a ``prlimit`` exec: one process less per command.
 """
+FSIZE_BLOCK = 512
+"""The unit of ``ulimit -f`` in a POSIX shell (dash; bash run as ``sh``)."""
 SECCOMP_FD = 9
 """The fd the launcher opens the seccomp filter on (see :data:`LAUNCHER_SCRIPT`)."""
 MARKER_VAR = "HAL_SANDBOX"
@@ -53,12 +58,16 @@ def launcher_argv(
     argv: Sequence[str],
     *,
     seccomp: str = "",
+    max_file_bytes: int = 0,
 ) -> list[str]:
     """The host argv that marks the process as ``sandbox_id``'s, opens ``seccomp`` (a file)
-    as :data:`SECCOMP_FD`, joins ``procs_files`` (cgroup.procs paths), then runs ``argv``."""
+    as :data:`SECCOMP_FD`, limits any one file to ``max_file_bytes`` (rounded up to whole
+    :data:`FSIZE_BLOCK`; ``0``: no limit), joins ``procs_files`` (cgroup.procs paths), then
+    runs ``argv``."""
+    blocks = str(-(-max_file_bytes // FSIZE_BLOCK)) if max_file_bytes > 0 else ""
     return [
-        "/bin/sh", "-c", LAUNCHER_SCRIPT, "hal-launch", sandbox_id, seccomp, *procs_files,
-        "--", *argv,
+        "/bin/sh", "-c", LAUNCHER_SCRIPT, "hal-launch", sandbox_id, seccomp, blocks,
+        *procs_files, "--", *argv,
     ]  # fmt: skip
 
 

@@ -1,0 +1,127 @@
+"""The curated, read-only ``/etc`` of bwrap sandboxes, in a handful of mounts.
+
+Binding each curated host entry on its own costs bwrap a mount (and a walk of the mount
+table) per entry on every command. Instead :class:`EtcView` keeps a directory holding a copy
+of the curated host files and an empty mount point for each curated directory; a command
+binds it as ``/etc`` and binds just those few directories (``ssl``, ``alternatives``, ...)
+over their mount points. Nothing outside :data:`ETC` is in it, so the sandbox sees what the
+per-entry binds showed: no shadow, no sudoers, none of the rest.
+
+The copy follows the host exactly: every command first stats the curated entries (about 20
+``stat`` calls), and any change gives a fresh copy under a new name; the directories are
+bound live. Copies nobody has used for :data:`KEEP` seconds are removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import stat
+import tempfile
+import time
+from pathlib import Path
+
+ETC = (
+    "passwd", "group", "hosts", "resolv.conf", "nsswitch.conf", "host.conf", "gai.conf",
+    "services", "protocols", "ssl", "ca-certificates", "pki", "alternatives", "ld.so.cache",
+    "localtime", "gitconfig", "os-release", "mime.types",
+)  # fmt: skip
+"""What toolchains (git, node, python, TLS, DNS) need from the host's /etc; no shadow, no
+sudoers, none of the rest."""
+KEEP = 600.0
+"""Seconds an unused copy is kept: another ``hal`` process that has just picked it (each
+command marks the copy it uses) never finds it gone."""
+DIR = ".host-etc"
+"""Under the provider's state dir; not an id, so never taken for a sandbox."""
+
+
+def _state(source: Path, names: tuple[str, ...]) -> list[tuple[str, os.stat_result | None]]:
+    """Each entry followed, as a bind mount follows its source (None: absent)."""
+    found: list[tuple[str, os.stat_result | None]] = []
+    for name in names:
+        try:
+            found.append((name, os.stat(source / name)))
+        except OSError:
+            found.append((name, None))
+    return found
+
+
+def _fingerprint(state: list[tuple[str, os.stat_result | None]]) -> str:
+    digest = hashlib.sha256()
+    for name, st in state:
+        fields = (
+            "-"
+            if st is None
+            else ":".join(
+                str(v)
+                for v in (
+                    st.st_mode,
+                    st.st_size,
+                    st.st_mtime_ns,
+                    st.st_ctime_ns,
+                    st.st_ino,
+                    st.st_dev,
+                )
+            )
+        )
+        digest.update(f"{name}\0{fields}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+def _build(source: Path, state: list[tuple[str, os.stat_result | None]], target: Path) -> None:
+    """Fill the new directory ``target``: a copy of each regular file (mode kept; empty if we
+    cannot read it), an empty directory for each directory; anything else left out."""
+    for name, st in state:
+        if st is None:
+            continue
+        dst = target / name
+        if stat.S_ISDIR(st.st_mode):
+            dst.mkdir(mode=0o755)
+        elif stat.S_ISREG(st.st_mode):
+            with open(dst, "xb") as out:
+                with contextlib.suppress(OSError):
+                    # O_NONBLOCK: a fifo swapped in meanwhile never blocks us; only a regular
+                    # file is copied.
+                    with open(os.open(source / name, os.O_RDONLY | os.O_NONBLOCK), "rb") as inp:
+                        if stat.S_ISREG(os.fstat(inp.fileno()).st_mode):
+                            shutil.copyfileobj(inp, out)
+            os.chmod(dst, stat.S_IMODE(st.st_mode))
+
+
+class EtcView:
+    """The current ``/etc`` directory for sandboxes of the provider at ``state_dir``."""
+
+    def __init__(self, state_dir: Path, *, source: Path = Path("/etc")) -> None:
+        self.root = state_dir / DIR
+        self.source = source
+
+    def current(self) -> tuple[Path, list[str]]:
+        """The directory to bind as ``/etc`` (made now if the host's entries changed) and the
+        names of the directories in it to bind from the host on top."""
+        state = _state(self.source, ETC)
+        path = self.root / _fingerprint(state)
+        try:
+            os.utime(path)  # marks it in use (see KEEP)
+        except FileNotFoundError:
+            self._make(path, state)
+        dirs = [name for name, st in state if st is not None and stat.S_ISDIR(st.st_mode)]
+        return path, dirs
+
+    def _make(self, path: Path, state: list[tuple[str, os.stat_result | None]]) -> None:
+        self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".new-", dir=self.root))
+        try:
+            _build(self.source, state, tmp)
+            os.chmod(tmp, 0o755)
+            os.rename(tmp, path)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not path.is_dir():  # not merely another process having made it first
+                raise
+        cutoff = time.time() - KEEP
+        for entry in os.scandir(self.root):
+            with contextlib.suppress(OSError):
+                if entry.path != str(path) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    shutil.rmtree(entry.path)

@@ -1,0 +1,101 @@
+"""The cost of one bwrap command, counted (mounts, processes), and the curated /etc it sees."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from hal9999.providers import hostetc, hostexec
+from hal9999.providers.bwrap import BwrapProvider, BwrapSandbox
+from hal9999.spec import ArgvCommand, Resources, SandboxSpec, ShellCommand
+
+
+@pytest.fixture
+async def sandbox(hal_home: Path, tmp_path: Path) -> AsyncIterator[BwrapSandbox]:
+    provider = BwrapProvider(state_dir=hal_home / "sandboxes" / "bwrap")
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    created = await provider.create(
+        SandboxSpec(workspace=workspace, resources=Resources(disk_mb=1))
+    )
+    assert isinstance(created, BwrapSandbox)
+    yield created
+    await provider.destroy(created.id)
+
+
+def test_the_launcher_caps_file_size_itself(tmp_path: Path) -> None:
+    argv = hostexec.launcher_argv("abc", [], ["prog"], seccomp="", max_file_bytes=(1 << 20) + 1)
+    assert argv[:3] == ["/bin/sh", "-c", hostexec.LAUNCHER_SCRIPT]
+    assert argv[3:] == ["hal-launch", "abc", "", "2049", "--", "prog"]  # rounded up
+    unlimited = hostexec.launcher_argv("abc", [], ["prog"])
+    assert unlimited[3:] == ["hal-launch", "abc", "", "", "--", "prog"]
+
+
+@pytest.mark.bwrap
+async def test_a_command_is_sh_then_bwrap_and_no_other_host_program(
+    sandbox: BwrapSandbox,
+) -> None:
+    argv = sandbox.launch(ArgvCommand(argv=("true",))).argv
+    # No prlimit (or any other) exec between the launcher and bwrap: the shell caps the
+    # file size itself, so a command costs the host one process less.
+    assert os.path.basename(argv[argv.index("--") + 1]) == "bwrap"
+    assert not any(os.path.basename(a) == "prlimit" for a in argv)
+    limits = await sandbox.exec(ShellCommand(script="grep 'Max file size' /proc/self/limits"))
+    assert limits.ok, limits.text()
+    assert limits.stdout.split()[3:5] == [b"1048576", b"1048576"]  # soft and hard
+
+
+@pytest.mark.bwrap
+async def test_etc_takes_a_handful_of_mounts_and_shows_the_hosts_curated_entries(
+    sandbox: BwrapSandbox,
+) -> None:
+    mounts = await sandbox.exec(ArgvCommand(argv=("cat", "/proc/self/mountinfo")))
+    assert mounts.ok, mounts.text()
+    under_etc = [
+        line.split()[4] for line in mounts.stdout.decode().splitlines()
+        if line.split()[4] == "/etc" or line.split()[4].startswith("/etc/")
+    ]  # fmt: skip
+    host_dirs = [n for n in hostetc.ETC if os.path.isdir(f"/etc/{n}")]
+    # The view, the curated host directories, and (for a root hal) the sandbox's own
+    # passwd and group: 18 entries used to be 18 mounts.
+    assert len(under_etc) <= 1 + len(host_dirs) + 2, under_etc
+    listing = await sandbox.exec(ShellCommand(script="ls -A /etc"))
+    assert listing.ok, listing.text()
+    present = {n for n in hostetc.ETC if os.path.exists(f"/etc/{n}")}
+    assert set(listing.stdout.decode().split()) == present
+    for name in ("hosts", "nsswitch.conf", "ld.so.cache"):
+        inside = await sandbox.exec(ArgvCommand(argv=("cat", f"/etc/{name}")))
+        assert inside.ok and inside.stdout == Path("/etc", name).read_bytes(), name
+    if os.path.isdir("/etc/ssl/certs"):
+        certs = await sandbox.exec(ArgvCommand(argv=("ls", "-A", "/etc/ssl/certs")))
+        assert sorted(certs.stdout.decode().split()) == sorted(os.listdir("/etc/ssl/certs"))
+    write = await sandbox.exec(ShellCommand(script="echo x >> /etc/hosts"))
+    assert not write.ok
+
+
+def test_the_view_follows_the_host_and_copies_only_the_curated_entries(tmp_path: Path) -> None:
+    host = tmp_path / "etc"
+    host.mkdir()
+    (host / "hosts").write_text("127.0.0.1 one\n")
+    (host / "shadow").write_text("root:secret\n")
+    (host / "ssl").mkdir()
+    (host / "ssl" / "cert.pem").write_text("cert")
+    (host / "localtime").symlink_to(host / "hosts")
+    os.mkfifo(host / "services")
+    view = hostetc.EtcView(tmp_path / "state", source=host)
+    first, dirs = view.current()
+    assert dirs == ["ssl"]
+    assert sorted(p.name for p in first.iterdir()) == ["hosts", "localtime", "ssl"]
+    assert (first / "hosts").read_text() == "127.0.0.1 one\n"
+    assert not (first / "localtime").is_symlink()  # followed, as a bind mount does
+    assert list((first / "ssl").iterdir()) == []  # a mount point: bound live from the host
+    assert view.current()[0] == first  # unchanged host: the same copy, not a new one
+    (host / "hosts").write_text("127.0.0.1 two\n")
+    second, _ = view.current()
+    assert second != first and (second / "hosts").read_text() == "127.0.0.1 two\n"
+    (host / "gitconfig").write_text("[user]\n")
+    third, _ = view.current()
+    assert (third / "gitconfig").read_text() == "[user]\n"
