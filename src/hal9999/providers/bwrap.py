@@ -118,10 +118,10 @@ def with_parents(args: list[str]) -> list[str]:
         arg = args[index]
         if arg in _BINDS or arg == "--symlink":
             target = args[index + 2]
-            parents = [str(p) for p in reversed(Path(target).parents)]
-            for parent in parents:
-                inside = any(parent == b or parent.startswith(b + "/") for b in bound)
-                if parent not in made and not inside:
+            for parent in _parents(target):
+                if parent in made:
+                    continue
+                if not any(parent == b or parent.startswith(b + "/") for b in bound):
                     out += ["--dir", parent]
                     made.add(parent)
             bound.append(target)
@@ -133,6 +133,15 @@ def with_parents(args: list[str]) -> list[str]:
         out.append(arg)
         index += 1
     return out
+
+
+def _parents(target: str) -> list[str]:
+    """The parents of ``target``, outermost first (``/`` included), as ``Path.parents`` says;
+    by string for the absolute, normal paths hal builds (every handle runs this)."""
+    if not target.startswith("/") or "//" in target or "/." in target or target.endswith("/"):
+        return [str(p) for p in reversed(Path(target).parents)]
+    cuts = [i for i, char in enumerate(target) if char == "/"]
+    return ["/", *(target[:i] for i in cuts[1:])]
 
 
 def namespace_args(
