@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from hal9999.providers import hostetc, hostexec
+from hal9999.providers import hostetc, hostexec, sandboxuser
 from hal9999.providers.bwrap import BwrapProvider, BwrapSandbox
 from hal9999.spec import ArgvCommand, Resources, SandboxSpec, ShellCommand
 
@@ -99,3 +100,64 @@ def test_the_view_follows_the_host_and_copies_only_the_curated_entries(tmp_path:
     (host / "gitconfig").write_text("[user]\n")
     third, _ = view.current()
     assert (third / "gitconfig").read_text() == "[user]\n"
+
+
+def _helper_or_skip() -> str:
+    helper = sandboxuser.drop_helper()
+    if helper is None:
+        reason = "build/hal-drop is not built (scripts/setup.sh builds it)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true but {reason}", pytrace=False)
+        pytest.skip(reason)
+    return helper
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to another uid needs root")
+def test_hal_drop_runs_nothing_on_a_bad_uid_and_leaves_no_privilege(tmp_path: Path) -> None:
+    helper = _helper_or_skip()
+    marker = tmp_path / "ran"
+    for bad in (["0"], ["-1"], ["12x"], [""], ["4294967295"], ["2000000001", "x"]):
+        done = subprocess.run(
+            [helper, *bad, "--", "touch", str(marker)], capture_output=True, text=True
+        )
+        assert done.returncode == 125 and not marker.exists(), (bad, done.stderr)
+    status = subprocess.run(
+        [helper, "2000000001", "--", "cat", "/proc/self/status"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    for line in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert f"{line}:\t0000000000000000" in status
+    ids = [line.split() for line in status.splitlines() if line.startswith(("Uid", "Gid"))]
+    assert all(field == "2000000001" for row in ids for field in row[1:]), ids
+    groups = [line for line in status.splitlines() if line.startswith("Groups:")]
+    assert groups == ["Groups:\t "] or groups[0].split() == ["Groups:"], groups  # none
+    missing = subprocess.run([helper, "2000000001", "--", "/nonexistent"], capture_output=True)
+    assert missing.returncode == 127
+
+
+@pytest.mark.bwrap
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a root hal switches uid")
+@pytest.mark.parametrize("use_helper", [True, False], ids=["hal-drop", "setpriv"])
+async def test_commands_run_as_the_sandbox_uid_with_nothing_else(
+    hal_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, use_helper: bool
+) -> None:
+    helper = _helper_or_skip() if use_helper else None
+    monkeypatch.setattr(sandboxuser, "drop_helper", lambda: helper)
+    provider = BwrapProvider(state_dir=hal_home / "sandboxes" / "bwrap")
+    (tmp_path / "ws").mkdir()
+    box = await provider.create(SandboxSpec(workspace=tmp_path / "ws"))
+    try:
+        argv = box.launch(ArgvCommand(argv=("true",))).argv
+        first = argv[argv.index("--chdir") + 3]
+        assert first == (sandboxuser.DROP_HELPER if use_helper else sandboxuser.SETPRIV)
+        status = (await box.exec(ArgvCommand(argv=("cat", "/proc/self/status")))).text()
+        for line in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+            assert f"{line}:\t0000000000000000" in status
+        uid = str(box.uid)
+        ids = [line.split() for line in status.splitlines() if line.startswith(("Uid", "Gid"))]
+        assert all(field == uid for row in ids for field in row[1:]), ids
+        assert "NoNewPrivs:\t1" in status
+        groups = [line for line in status.splitlines() if line.startswith("Groups:")]
+        assert groups[0].split() == ["Groups:"], groups  # no supplementary group
+    finally:
+        await provider.destroy(box.id)

@@ -240,6 +240,10 @@ class BwrapSandbox(HostSandbox):
             etc = directory / ETC_DIR
             args += ["--ro-bind", str(etc / "passwd"), "/etc/passwd"]
             args += ["--ro-bind", str(etc / "group"), "/etc/group"]
+        helper = owner.drop_helper if record.uid is not None and spec.rootfs is None else None
+        if helper is not None:
+            # The static uid switch: ~2 ms less per command than setpriv's loader and locale.
+            args += ["--ro-bind", helper, sandboxuser.DROP_HELPER]
         if record.uid is not None and spec.rootfs is not None:
             args += ["--ro-bind", "/usr", sandboxuser.HOST_USR]
         args += ["--proc", "/proc", "--dev", "/dev"]
@@ -251,7 +255,9 @@ class BwrapSandbox(HostSandbox):
         args += ["--hostname", f"hal-{record.id}", "--remount-ro", "/"]
         self._args = with_parents(args)
         self._etc = owner.etc if spec.rootfs is None else None
-        self._drop = sandboxuser.drop_privileges(record.uid, rootfs=spec.rootfs is not None)
+        self._drop = sandboxuser.drop_privileges(
+            record.uid, rootfs=spec.rootfs is not None, helper=helper is not None
+        )
 
     def _argv(self, command: Command, env: Mapping[str, str], *, new_session: bool) -> list[str]:
         cwd = self._paths.normalize(command.cwd or WORKDIR)
@@ -335,6 +341,8 @@ class BwrapProvider(HostProvider):
         super().__init__(state_dir=state_dir, cgroup=self.config.cgroup)
         self.etc = hostetc.EtcView(state_dir)
         """The curated /etc every sandbox without a rootfs binds (see :mod:`hostetc`)."""
+        self.drop_helper = sandboxuser.drop_helper()
+        """The static uid switch a root hal's commands start with, or None for setpriv."""
         self._program = seccomp.build() if seccomp.supported() else None
 
     def _own_dirs(self, record: SandboxRecord) -> list[str]:

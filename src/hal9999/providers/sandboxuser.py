@@ -20,6 +20,10 @@ from pathlib import Path
 from hal9999.errors import ProviderError
 
 SETPRIV = "/usr/bin/setpriv"
+DROP_HELPER = "/.hal-drop"
+"""Where a sandbox sees :func:`drop_helper`'s program (bound read-only, per command)."""
+DROP_HELPER_BUILT = Path(__file__).resolve().parents[3] / "build" / "hal-drop"
+"""Where ``scripts/setup.sh`` builds it in a source checkout (``scripts/hal-drop.c``)."""
 HOST_USR = "/.hal-host/usr"
 """Where a custom rootfs sees the host's /usr, for the host's setpriv (a root hal only)."""
 UID_BASE = 2_000_000_000
@@ -140,10 +144,28 @@ def own_created(root: Path, relative: str, uid: int) -> None:
         os.close(fd)
 
 
-def drop_privileges(uid: int | None, *, rootfs: bool) -> list[str]:
-    """The argv prefix that switches a command inside to ``uid`` (nothing without one)."""
+def drop_helper(path: Path = DROP_HELPER_BUILT) -> str | None:
+    """The host path of the static uid switch (``scripts/hal-drop.c``) when it is there and
+    as trustworthy as hal's own code: a regular file of root's or ours, which nobody else can
+    write. It runs as root inside the sandbox until it drops, so anything else means setpriv.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    trusted = st.st_uid in (0, os.geteuid()) and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if not (stat.S_ISREG(st.st_mode) and trusted and st.st_mode & stat.S_IXUSR):
+        return None
+    return str(path)
+
+
+def drop_privileges(uid: int | None, *, rootfs: bool, helper: bool = False) -> list[str]:
+    """The argv prefix that switches a command inside to ``uid`` (nothing without one):
+    :data:`DROP_HELPER` when ``helper`` (the caller binds it there), else setpriv."""
     if uid is None:
         return []
+    if helper:
+        return [DROP_HELPER, str(uid), "--"]
     setpriv = [SETPRIV]
     if rootfs:
         # The rootfs need not have setpriv: run the host's, with the host's loader and libs.
