@@ -11,6 +11,7 @@ import subprocess
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -90,6 +91,61 @@ async def _check_overlay_and_restore(provider: QemuProvider, sandbox: QemuSandbo
     assert kernel.text().strip() == image.meta.kernel
     where = await sandbox.exec(sh("pwd; cat README; id -un"))
     assert where.text().split() == ["/workspace", "hello", "root"]
+
+
+async def test_a_restore_starts_ssh_while_qemu_still_loads_the_state(
+    provider: QemuProvider, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 16: the ssh master's start overlaps the restore instead of following it."""
+    order: list[str] = []
+    real_master, real_restored = qemussh.start_master, qemuvm.wait_restored
+
+    async def master(run: qemuvm.RunDir, **kwargs: Any) -> None:
+        order.append("ssh")
+        await real_master(run, **kwargs)
+
+    async def restored(qmp: qemuvm.Qmp, **kwargs: Any) -> None:
+        await real_restored(qmp, **kwargs)
+        order.append("restored")
+
+    monkeypatch.setattr(qemussh, "start_master", master)
+    monkeypatch.setattr(qemuvm, "wait_restored", restored)
+    sandbox = await provider.create(SandboxSpec(provider="qemu", workspace=workspace))
+    try:
+        assert order == ["ssh", "restored"]
+        assert (await sandbox.exec(sh("cat /workspace/README"))).text() == "hello\n"
+    finally:
+        await provider.destroy(sandbox.id)
+
+
+async def test_a_failed_restore_ends_the_ssh_started_beside_it(
+    provider: QemuProvider, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[str] = []
+    real_master = qemussh.start_master
+
+    async def master(run: qemuvm.RunDir, **kwargs: Any) -> None:
+        started.append(run.path.name)
+        await real_master(run, **kwargs)
+
+    async def broken(qmp: qemuvm.Qmp, *, vm_id: str, deadline: float) -> None:
+        await asyncio.sleep(0.2)  # ssh is running by now
+        raise ProviderError(f"VM {vm_id}: restoring its saved state failed: test")
+
+    monkeypatch.setattr(qemussh, "start_master", master)
+    monkeypatch.setattr(qemuvm, "wait_restored", broken)
+    with pytest.raises(ProviderError, match="restoring its saved state failed: test"):
+        await provider.create(SandboxSpec(provider="qemu", workspace=workspace))
+    assert len(started) == 1
+    assert vms_of(provider) == {}
+    config = str(qemussh.config_path(qemuvm.RunDir(started[0]))).encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            assert config not in cmdline.split(b"\0"), "an ssh outlived the failed restore"
 
 
 async def test_resources_set_the_vm_shape_and_the_pid_limit(

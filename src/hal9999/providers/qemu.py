@@ -34,9 +34,11 @@ from hal9999.providers.qemustate import (
     DEFAULT_MEMORY_MB,
     VmPlan,
     accel,
+    default_limit,
     ensure_state,
     overlay,
-    start_vm,
+    spawn_vm,
+    wait_vm,
 )
 from hal9999.providers.qemuvm import RunDir, Shape, Share
 from hal9999.spec import ArgvCommand, SandboxSpec, to_argv
@@ -295,7 +297,9 @@ class QemuProvider(HostProvider):
         plan = VmPlan(record.id, image, shape, disk, self.store.dir(record.id),
                       [s for s, _ in shares], incoming)  # fmt: skip
         started = time.monotonic()
-        pid = await start_vm(plan, time_limit=None if incoming else self.config.boot_timeout_s)
+        limit = self.config.boot_timeout_s if incoming is None else default_limit(plan)
+        deadline = started + limit
+        pid = await spawn_vm(plan, deadline=deadline)
         vm = VmRecord(
             pid=pid, image=image.name, shape=shape.__dict__,
             started="restore" if incoming else "cold",
@@ -303,16 +307,24 @@ class QemuProvider(HostProvider):
         self.save_vm(record.id, vm)
         run = RunDir(record.id)
         qemussh.write_config(run, key=image.key, known_hosts=image.known_hosts)
+        master: asyncio.Task[None] | None = None
         try:
-            await qemussh.start_master(run, log=plan.log, time_limit=60)
-            args = [SETUP, f"{time.time():.6f}", str(record.spec.resources.pids or "max")]
-            for index, (share, target) in enumerate(shares):
-                mode = "ro" if share.read_only else "rw"
-                args += ["9p", qemuvm.SHARE_TAG.format(index), target, mode]
-            for source, target in guest_binds:
-                args += ["bind", source, target]
+            if incoming is not None:
+                # A restored guest's sshd already waits: ssh starts while QEMU still loads
+                # the state (its process start and first messages overlap the restore).
+                master = asyncio.create_task(self.connect(run, plan.log))
+            await wait_vm(plan, pid, deadline=deadline)  # kills the VM when it fails
+        except BaseException:
+            if master is not None:
+                master.cancel()
+                await asyncio.gather(master, return_exceptions=True)
+            await qemuvm.kill(pid, record.id)
+            raise
+        try:
+            await (master if master is not None else self.connect(run, plan.log))
             # Fresh host entropy on stdin: guests restored from one saved state share its RNG.
-            await qemussh.run_root(run, args, stdin=os.urandom(64), time_limit=60)
+            setup = self.setup_argv(record, shares, guest_binds)
+            await qemussh.run_root(run, setup, stdin=os.urandom(64), time_limit=60)
         except ProviderError as exc:
             await qemuvm.kill(pid, record.id)
             raise ProviderError(
@@ -323,6 +335,27 @@ class QemuProvider(HostProvider):
             raise
         vm.start_s = round(time.monotonic() - started, 3)
         self.save_vm(record.id, vm)
+
+    @staticmethod
+    async def connect(run: RunDir, log: Path) -> None:
+        """Connect the VM's ssh ControlMaster (ssh's complaints go to QEMU's log)."""
+        await qemussh.start_master(run, log=log, time_limit=60)
+
+    @staticmethod
+    def setup_argv(
+        record: SandboxRecord,
+        shares: builtins.list[tuple[Share, str]],
+        guest_binds: builtins.list[tuple[str, str]],
+    ) -> builtins.list[str]:
+        """The guest's start-up command: clock, pid limit, 9p mounts, then binds (made just
+        before it runs, so the clock it sets is as fresh as can be)."""
+        args = [SETUP, f"{time.time():.6f}", str(record.spec.resources.pids or "max")]
+        for index, (share, target) in enumerate(shares):
+            mode = "ro" if share.read_only else "rw"
+            args += ["9p", qemuvm.SHARE_TAG.format(index), target, mode]
+        for source, target in guest_binds:
+            args += ["bind", source, target]
+        return args
 
     async def _kill(self, record: SandboxRecord) -> None:
         vm = self.vm_record(record.id)

@@ -84,9 +84,12 @@ def write_config(run: RunDir, *, key: Path, known_hosts: Path) -> Path:
 
 async def start_master(run: RunDir, *, log: Path, time_limit: float) -> None:
     """Connect the ControlMaster; it backgrounds itself once logged in, and lives as long
-    as the VM does (it exits when QEMU closes the channel). The master forwards only the
-    variables its own SendEnv allows, so it allows all; each session's ssh client decides
-    which of its variables to send (the master itself runs no session, sends nothing)."""
+    as the VM does (it exits when QEMU closes the channel). The channel's socket may be
+    connected while QEMU still loads a saved VM state: what ssh sends waits in the socket,
+    and once the state is loaded QEMU tells the guest's port that the host is there. The
+    master forwards only the variables its own SendEnv allows, so it allows all; each
+    session's ssh client decides which of its variables to send (the master itself runs no
+    session, sends nothing)."""
     argv = [SSH, "-F", str(config_path(run)), "-f", "-N", "-o", "ControlMaster=yes",
             "-o", "ControlPersist=yes", "-o", "SendEnv=*", "hal"]  # fmt: skip
     with log.open("ab") as errors:
@@ -101,11 +104,20 @@ async def start_master(run: RunDir, *, log: Path, time_limit: float) -> None:
     try:
         code = await asyncio.wait_for(proc.wait(), time_limit)
     except TimeoutError:
-        proc.kill()
-        await proc.wait()
+        await _end(proc)
         raise ProviderError(f"ssh to the VM timed out after {time_limit:g}s: {tail(log)}") from None
+    except BaseException:  # cancelled: the VM it was connecting to failed to restore
+        await _end(proc)
+        raise
     if code != 0:
         raise ProviderError(f"ssh to the VM failed (exit {code}): {tail(log)}")
+
+
+async def _end(proc: asyncio.subprocess.Process) -> None:
+    """Kill ``proc`` (unless it has exited) and reap it, even when cancelled meanwhile."""
+    if proc.returncode is None:
+        proc.kill()
+    await asyncio.shield(proc.wait())
 
 
 async def stop_master(run: RunDir) -> None:

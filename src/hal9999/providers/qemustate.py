@@ -79,6 +79,20 @@ async def start_vm(plan: VmPlan, *, time_limit: float | None = None) -> int:
     A VM that is not ready by the deadline is killed, and the error carries the last lines
     of its console.
     """
+    deadline = time.monotonic() + (time_limit or default_limit(plan))
+    pid = await spawn_vm(plan, deadline=deadline)
+    await wait_vm(plan, pid, deadline=deadline)
+    return pid
+
+
+def default_limit(plan: VmPlan) -> float:
+    """Seconds a VM of ``plan`` gets to be ready (a restore is much faster than a boot)."""
+    return RESTORE_TIMEOUT if plan.incoming else BOOT_TIMEOUT
+
+
+async def spawn_vm(plan: VmPlan, *, deadline: float) -> int:
+    """Start QEMU and wait until its sockets (monitor, exec channel) exist; its pid. The
+    guest may still be booting or its state loading: see :func:`wait_vm`."""
     qemu = qemuvm.qemu_binary()
     run = RunDir(plan.vm_id)
     shutil.rmtree(run.path, ignore_errors=True)
@@ -91,16 +105,25 @@ async def start_vm(plan: VmPlan, *, time_limit: float | None = None) -> int:
         shape=plan.shape, disk=plan.disk, shares=plan.shares, empty=empty, run=run,
         console=plan.console, pidfile=plan.files / "qemu.pid", incoming=plan.incoming,
     )  # fmt: skip
-    limit = time_limit or (RESTORE_TIMEOUT if plan.incoming else BOOT_TIMEOUT)
-    deadline = time.monotonic() + limit
     pid = await qemuvm.spawn(args, plan.log)
     try:
-        while not run.qmp.exists():
+        while not (run.qmp.exists() and run.channel.exists()):
             if not qemuvm.alive(pid, plan.vm_id):
                 raise ProviderError(f"QEMU exited at start: {qemuvm.tail(plan.log)}")
             if time.monotonic() > deadline:
                 raise ProviderError(f"QEMU did not start: {qemuvm.tail(plan.log)}")
             await asyncio.sleep(0.005)
+    except BaseException:
+        await qemuvm.kill(pid, plan.vm_id)
+        raise
+    return pid
+
+
+async def wait_vm(plan: VmPlan, pid: int, *, deadline: float) -> None:
+    """Wait until the VM of :func:`spawn_vm` runs: its saved state loaded, or booted until
+    its exec channel waits. Kills the VM when that fails or the deadline passes."""
+    run = RunDir(plan.vm_id)
+    try:
         qmp = await qemuvm.Qmp.connect(run.qmp, deadline=deadline)
         try:
             if plan.incoming is not None:
@@ -114,7 +137,6 @@ async def start_vm(plan: VmPlan, *, time_limit: float | None = None) -> int:
     except BaseException:
         await qemuvm.kill(pid, plan.vm_id)
         raise
-    return pid
 
 
 async def save_and_quit(vm_id: str, state: Path) -> None:
