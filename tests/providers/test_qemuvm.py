@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from hal9999.providers import qemuvm
 
 
@@ -55,3 +57,27 @@ async def test_kill_ends_the_vm_process_and_spares_a_pid_that_is_not_it() -> Non
     finally:
         other.kill()
         other.wait()
+
+
+def _argv(tmp_path: Path, incoming: int | None) -> list[str]:
+    return qemuvm.argv(
+        qemu="qemu-system-x86_64", vm_id="abc", boot=qemuvm.Boot(tmp_path / "k", tmp_path / "i"),
+        shape=qemuvm.Shape("tcg", 1, 512, "none"), disk=tmp_path / "d.qcow2", shares=[],
+        empty=tmp_path, run=qemuvm.RunDir("abc"), console=tmp_path / "c", pidfile=tmp_path / "p",
+        incoming=incoming,
+    )  # fmt: skip
+
+
+def test_a_restore_reads_the_saved_state_from_an_inherited_descriptor(tmp_path: Path) -> None:
+    """Issue 16: no shell, no cat and no pipe copy of the whole state per restore."""
+    args = _argv(tmp_path, 17)
+    assert args[args.index("-incoming") + 1] == "fd:17"
+    assert not any(arg.startswith("exec:") for arg in args)
+    assert "-incoming" not in _argv(tmp_path, None)
+
+
+async def test_only_descriptors_the_starting_shell_leaves_alone_reach_qemu(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ValueError, match="10 or above"):
+        await qemuvm.spawn(["/bin/true"], tmp_path / "log", pass_fds=[3])

@@ -100,12 +100,27 @@ async def spawn_vm(plan: VmPlan, *, deadline: float) -> int:
     empty = plan.files / "empty"
     empty.mkdir(exist_ok=True)
     plan.console.write_bytes(b"")
-    args = qemuvm.argv(
-        qemu=qemu, vm_id=plan.vm_id, boot=Boot(plan.image.kernel, plan.image.initrd),
-        shape=plan.shape, disk=plan.disk, shares=plan.shares, empty=empty, run=run,
-        console=plan.console, pidfile=plan.files / "qemu.pid", incoming=plan.incoming,
-    )  # fmt: skip
-    pid = await qemuvm.spawn(args, plan.log)
+    state = -1
+    if plan.incoming is not None:
+        # QEMU reads the saved state from a descriptor it inherits (numbered 10 or above).
+        try:
+            opened = os.open(plan.incoming, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            why = f"cannot read the saved VM state {plan.incoming}: {exc.strerror}"
+            raise ProviderError(why) from None
+        state = fcntl.fcntl(opened, fcntl.F_DUPFD_CLOEXEC, 10)
+        os.close(opened)
+    try:
+        args = qemuvm.argv(
+            qemu=qemu, vm_id=plan.vm_id, boot=Boot(plan.image.kernel, plan.image.initrd),
+            shape=plan.shape, disk=plan.disk, shares=plan.shares, empty=empty, run=run,
+            console=plan.console, pidfile=plan.files / "qemu.pid",
+            incoming=state if state >= 0 else None,
+        )  # fmt: skip
+        pid = await qemuvm.spawn(args, plan.log, pass_fds=[state] if state >= 0 else [])
+    finally:
+        if state >= 0:
+            os.close(state)
     try:
         while not (run.qmp.exists() and run.channel.exists()):
             if not qemuvm.alive(pid, plan.vm_id):

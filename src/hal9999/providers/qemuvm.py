@@ -125,10 +125,12 @@ def argv(
     run: RunDir,
     console: Path,
     pidfile: Path,
-    incoming: Path | None = None,
+    incoming: int | None = None,
     cmdline: str = "",
 ) -> list[str]:
-    """The full QEMU command line. Devices are always the same, in the same order."""
+    """The full QEMU command line. Devices are always the same, in the same order.
+
+    ``incoming`` is a file descriptor QEMU inherits, open on a saved VM state to restore."""
     accel = "kvm" if shape.accel == "kvm" else "tcg,tb-size=256"
     append = f"console=ttyS0 quiet panic=-1 tsc_early_khz={tsc_khz()} {cmdline}".strip()
     args = [
@@ -157,17 +159,22 @@ def argv(
             "-device", f"virtio-9p-device,fsdev=fs{index},mount_tag={SHARE_TAG.format(index)}",
         ]  # fmt: skip
     if incoming is not None:
-        # QEMU 7.2 has no file: migration URI; exec: runs the command through /bin/sh.
-        args += ["-incoming", f"exec:cat {shlex.quote(str(incoming))}"]
+        # QEMU 7.2 has no file: migration URI, and exec:cat would cost a shell, a cat and
+        # a pipe copy of the whole state per restore: QEMU reads the file itself.
+        args += ["-incoming", f"fd:{incoming}"]
     return args
 
 
-async def spawn(args: list[str], log: Path) -> int:
-    """Start QEMU detached (own session, re-parented to init); its pid."""
+async def spawn(args: list[str], log: Path, *, pass_fds: Sequence[int] = ()) -> int:
+    """Start QEMU detached (own session, re-parented to init); its pid. ``pass_fds`` are
+    inherited by QEMU (at the same numbers, which must be 10 or above: the shell that
+    starts it may use 0-9)."""
+    if any(fd < 10 for fd in pass_fds):
+        raise ValueError("descriptors passed to QEMU must be 10 or above")
     script = 'exec 3>&1 >>"$0" 2>&1 </dev/null; "$@" 3>&- & echo $! >&3'
     proc = await asyncio.create_subprocess_exec(
         "/bin/sh", "-c", script, str(log), *args,
-        stdout=asyncio.subprocess.PIPE, start_new_session=True,
+        stdout=asyncio.subprocess.PIPE, start_new_session=True, pass_fds=pass_fds,
     )  # fmt: skip
     out, _ = await proc.communicate()
     try:
