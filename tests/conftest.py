@@ -263,10 +263,10 @@ def fake_k8s(
     monkeypatch.setenv("HAL_K8S_IMAGE", "debian:bookworm")
     monkeypatch.setenv("HAL_K8S_NAMESPACE", f"hal-t{secrets.token_hex(4)}")
     fake.faults.clear()
-    fake.stuck_pending, fake.offer = False, None
+    fake.stuck_pending, fake.offer, fake.canary, fake.canary_seen = False, None, None, 0
     yield fake
     fake.faults.clear()
-    fake.stuck_pending, fake.offer = False, None
+    fake.stuck_pending, fake.offer, fake.canary = False, None, None
 
 
 @pytest.fixture

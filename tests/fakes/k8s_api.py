@@ -117,6 +117,10 @@ class FakeKube:
         self.subprotocols: list[str] = []
         """The exec subprotocol chosen for each stream."""
         self.offer: tuple[str, ...] | None = None
+        self.canary: bytes | None = None
+        """Bytes that must never reach a pod: counted in :attr:`canary_seen` when an exec's
+        URL or stdin carries them."""
+        self.canary_seen = 0
         """The exec subprotocols this server speaks (None: v5 and v4), e.g. an older one."""
         self._version = 1000
         self._tmp = Path(tempfile.mkdtemp(prefix="hal-fake-k8s-"))
@@ -439,6 +443,7 @@ class FakeKube:
 
         ns, name = ws.path_params["ns"], ws.path_params["name"]
         self.calls.append(("EXEC", str(ws.url)))  # with its query: the argv
+        self._watch(str(ws.url).encode())
         deny: tuple[int, dict[str, Any]] | None = None
         fault, body = await self._fault("EXEC", ws.url.path)
         pod = self.pods.get((ns, name))
@@ -473,6 +478,10 @@ class FakeKube:
         await self._pump(ws, proc, chosen == "v5.channel.k8s.io")
         pod.execs.discard(proc)
 
+    def _watch(self, data: bytes) -> None:
+        if self.canary and self.canary in data:
+            self.canary_seen += 1
+
     async def _pump(self, ws: Any, proc: asyncio.subprocess.Process, v5: bool) -> None:
         from starlette.websockets import WebSocketDisconnect
 
@@ -489,6 +498,7 @@ class FakeKube:
             try:
                 while True:
                     data = await ws.receive_bytes()
+                    self._watch(data)
                     if data[:1] == b"\x00" and proc.stdin is not None and len(data) > 1:
                         with contextlib.suppress(ConnectionError):
                             proc.stdin.write(data[1:])

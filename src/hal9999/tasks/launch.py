@@ -159,6 +159,8 @@ class LaunchSteps(RunnerCore):
             )
         no_network = sandbox.spec.network == "none"
         gateway_env = ctx.gateway.launcher_env(egress=no_network) if ctx.gateway else {}
+        if "HAL_GATEWAY_DIR" in gateway_env:  # a pod sees the channel in its mirror
+            gateway_env["HAL_GATEWAY_DIR"] = sandbox.path(gateway_env["HAL_GATEWAY_DIR"])
         env = {**launch.env, **launch.command.env, **gateway_env}
         command = launch.command.model_copy(update={"env": env})
         return AgentLaunch(

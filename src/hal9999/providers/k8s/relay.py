@@ -25,6 +25,7 @@ from pathlib import Path
 from hal9999.errors import HalError
 from hal9999.providers.k8s.config import connect
 from hal9999.providers.k8s.sandbox import KubeRecords, KubeSandbox
+from hal9999.providers.k8s.sockmux import SocketChannel
 from hal9999.providers.stdinfeed import feed_stdin
 from hal9999.spec import ArgvCommand
 
@@ -84,6 +85,8 @@ async def relay(args: argparse.Namespace) -> int:
     sandbox = KubeSandbox(record, records, lambda: cluster, keep)
     token = secrets.token_hex(8)
     await sandbox.push(writable=False)
+    sockets = SocketChannel(sandbox, _say)  # the gateway's sockets, answering in the pod
+    await sockets.start()
     checkpoints = asyncio.create_task(_checkpoints(sandbox))
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -107,9 +110,15 @@ async def relay(args: argparse.Namespace) -> int:
     finally:
         stop.cancel()
         checkpoints.cancel()
+        await sockets.stop()
         with contextlib.suppress(HalError, OSError, TimeoutError):
             async with asyncio.timeout(60):  # a lost cluster must not hold the end
                 await sandbox.pull()
+
+
+def _say(text: str) -> None:
+    sys.stderr.write(f"hal: {text}\n")
+    sys.stderr.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
