@@ -1,0 +1,116 @@
+"""Following a task through the daemon, with the real scheduler: a run records ``task_end``
+before it lets go of its sandbox and before the scheduler knows whether to retry it. The
+follower waits for the run's end (test_follow_release.py), and then, when the task was
+queued again, for the retry's events: it is not told ``done`` and does not spin."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from tests.tasks.test_recovery import make_task
+from tests.tasks.test_scheduler import ScriptedService, until
+
+from hal9999.events.bus import EventBus, Subscription
+from hal9999.events.log import EventLog
+from hal9999.events.models import Event, Phase, TaskEnd
+from hal9999.pool.settings import SchedulerSettings
+from hal9999.server.follow import follow_page
+from hal9999.store import Store, TaskRecord
+from hal9999.tasks.scheduler import Scheduler
+from hal9999.tasks.session import Session
+
+LONG_POLL = 3600.0
+"""Far longer than the test may take: a follower that sits it out fails the test."""
+
+
+class EndingService(ScriptedService):
+    """A run that records its end, then holds on (releasing its sandbox) until let go."""
+
+    def __init__(self, store: Store, bus: EventBus) -> None:
+        super().__init__(store)
+        self.bus = bus
+        self.ended = asyncio.Event()
+        self.release = asyncio.Event()
+        self.outcome = "succeeded"
+
+    def session(self, task: TaskRecord) -> Session:
+        return Session(Path(task.session_dir))
+
+    async def run(self, task_id: str, **_: Any) -> TaskRecord:
+        task = self.store.update_task(task_id, status="running")
+        events = Session(Path(task.session_dir)).events
+        with EventLog(events, task_id, store=self.store) as log:
+            log.add_sink(self.bus.sink)
+            log.emit(Phase(phase="running"))
+            record = self.store.update_task(task_id, status=self.outcome)
+            log.emit(TaskEnd(status=self.outcome, exit_code=0))
+        self.ended.set()
+        await self.release.wait()
+        return record
+
+
+class WatchedBus(EventBus):
+    """A bus that tells when a follower has got to waiting for an event."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = asyncio.Event()
+
+    def subscribe(self, task_id: str | None = None) -> Subscription:
+        subscription = super().subscribe(task_id)
+        get = subscription.get
+
+        async def watched_get() -> Event | None:
+            self.waiting.set()
+            return await get()
+
+        subscription.get = watched_get  # type: ignore[method-assign]
+        return subscription
+
+    async def follower_waits(self) -> None:
+        """Until a follower waits for an event (then a few turns, for its other waits)."""
+        await asyncio.wait_for(self.waiting.wait(), 30)
+        self.waiting.clear()
+        for _ in range(10):
+            await asyncio.sleep(0)
+
+
+def daemon_of(tmp_path: Path) -> tuple[Store, EndingService, Scheduler, Any]:
+    store = Store.open(tmp_path)
+    bus = WatchedBus()
+    service = EndingService(store, bus)
+    settings = SchedulerSettings(max_infra_retries=0)
+    scheduler = Scheduler(service, settings, lambda name: 4)  # type: ignore[arg-type]
+    return store, service, scheduler, SimpleNamespace(service=service, bus=bus, scheduler=scheduler)
+
+
+async def test_a_follower_keeps_following_a_run_the_scheduler_queues_again(
+    tmp_path: Path,
+) -> None:
+    # The run's end wakes the follower, which then waits for the retry's events (it is not
+    # told done, and it does not spin on the run's end either).
+    store, service, scheduler, daemon = daemon_of(tmp_path)
+    daemon.bus.attach(asyncio.get_running_loop())
+    service.outcome = "failed"
+    store.insert_task(make_task(tmp_path, "againaaa", "queued"))
+    scheduler.retry = lambda task: bool(store.update_task(task.id, status="queued"))  # type: ignore[method-assign]
+    assert scheduler.dispatch() == 1
+    await asyncio.wait_for(service.ended.wait(), 30)
+    first = await follow_page(daemon, "againaaa", after_seq=0, wait=0)
+    last = first["events"][-1]["seq"]
+    follower = asyncio.create_task(
+        follow_page(daemon, "againaaa", after_seq=last, wait=LONG_POLL)
+    )
+    service.release.set()
+    await until(lambda: not scheduler.running)
+    await daemon.bus.follower_waits()  # past the run's end, it waits for an event
+    assert not follower.done(), "a requeued task is not over"
+    service.outcome, service.release = "succeeded", asyncio.Event()
+    service.release.set()
+    assert scheduler.dispatch() == 1
+    page = await asyncio.wait_for(follower, 30)
+    assert [e["type"] for e in page["events"]] == ["phase", "task_end"]
+    store.close()
