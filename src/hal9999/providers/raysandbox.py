@@ -10,7 +10,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -166,7 +166,7 @@ class RaySandbox:
     async def stream(
         self, command: Command, *, env: Mapping[str, str] | None = None,
         feed: asyncio.Queue[bytes] | None = None,
-    ) -> AsyncIterator[StreamEvent]:  # fmt: skip
+    ) -> AsyncGenerator[StreamEvent, None]:  # fmt: skip
         """:meth:`exec_stream`; with ``feed``, the command's stdin is what arrives there
         (an empty chunk closes it)."""
         self._require_running()

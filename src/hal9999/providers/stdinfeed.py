@@ -1,10 +1,11 @@
-"""A relay's own stdin into an asyncio queue (the ssh, ray and kubernetes relays)."""
+"""A relay's own stdin into an asyncio queue or stream (the ssh, ray and kubernetes relays)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import threading
+from collections.abc import AsyncIterator
 
 
 def feed_stdin(loop: asyncio.AbstractEventLoop, feed: asyncio.Queue[bytes]) -> None:
@@ -25,3 +26,11 @@ def feed_stdin(loop: asyncio.AbstractEventLoop, feed: asyncio.Queue[bytes]) -> N
                 return
 
     threading.Thread(target=read, daemon=True).start()
+
+
+async def stdin_chunks() -> AsyncIterator[bytes]:
+    """Our stdin as it comes (see :func:`feed_stdin`), up to its end."""
+    chunks: asyncio.Queue[bytes] = asyncio.Queue()
+    feed_stdin(asyncio.get_running_loop(), chunks)
+    while data := await chunks.get():
+        yield data

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import os
 import secrets
-import signal
 import stat
 import sys
 import termios
@@ -25,32 +24,20 @@ from pathlib import Path
 from typing import Any
 
 from hal9999.errors import HalError
+from hal9999.providers import relaycore
 from hal9999.providers.hostexec import EXEC_MARKER_VAR
 from hal9999.providers.ssh import channel, mirror, remote, session
 from hal9999.providers.ssh.connections import ConnectionPool, load_asyncssh
 from hal9999.providers.ssh.records import SshRecord, SshRecords
 from hal9999.providers.ssh.sandbox import SshSandbox
-from hal9999.providers.stdinfeed import feed_stdin
-from hal9999.spec import ArgvCommand
+from hal9999.providers.stdinfeed import stdin_chunks
 
 
 def _arguments(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="hal-ssh-relay")
-    parser.add_argument("--records", required=True, type=Path)
-    parser.add_argument("--id", required=True)
-    parser.add_argument("--env", action="append", default=[])
-    parser.add_argument("--cwd")
+    parser = relaycore.arguments("hal-ssh-relay")
     parser.add_argument("--session", action="store_true",
                         help="hold the run in a tmux session on the host (see .session)")
-    parser.add_argument("command", nargs="+")
     return parser.parse_args(argv)
-
-
-async def _checkpoints(sandbox: SshSandbox, every: float) -> None:
-    while True:
-        await asyncio.sleep(every)
-        with contextlib.suppress(HalError):
-            await sandbox.pull()
 
 
 async def relay(args: argparse.Namespace) -> int:
@@ -59,76 +46,89 @@ async def relay(args: argparse.Namespace) -> int:
     record = records.load(args.id)
     pool = ConnectionPool(timeout=30, keepalive=5)
     sandbox = SshSandbox(record, pool, records)
-    env = {name: os.environ.get(name, "") for name in args.env}
-    command = ArgvCommand(argv=tuple(args.command), cwd=args.cwd)
-    token = secrets.token_hex(8)
-    env[EXEC_MARKER_VAR] = token
-    await sandbox.push(writable=False)
-    conn = await pool.get(record.host)
-    listeners = await _forward_sockets(conn, record)
-    line = remote.env_line(env)
-    in_tmux = args.session and await _has_tmux(conn)
-    interactive = sys.stdin.isatty() and not in_tmux
-    if in_tmux:
-        # The run lives in a tmux session on the host (what `hal task attach` opens); the
-        # relay follows its output. The command gets the remote pane as its terminal.
-        argv = ["sh", "-c", session.START, "hal-session", session.run_dir(record.root, token),
-                session.PANE, *sandbox.remote_argv(command, tty=False)]  # fmt: skip
-    else:
-        argv = sandbox.remote_argv(command, tty=interactive)
-    size = os.get_terminal_size(0) if interactive else None
-    proc = await conn.create_process(
-        remote.wrapped(argv),
-        encoding=None,
-        term_type=os.environ.get("TERM", "xterm-256color") if interactive else None,
-        term_size=(size.columns, size.lines) if size else None,
-    )
-    proc.stdin.write(line)
-    if in_tmux:
-        proc.stdin.write_eof()
-    checkpoints = asyncio.create_task(_checkpoints(sandbox, record.checkpoint_s))
-    loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
-    pumps = [
-        asyncio.create_task(_copy_out(proc.stdout, 1)),
-        asyncio.create_task(_copy_out(proc.stderr, 2)),
-    ]
-    if not in_tmux:
-        pumps.append(asyncio.create_task(_copy_in(proc)))
+    run = _SshRun(sandbox, record, pool, in_session=args.session)
     try:
-        waiting = asyncio.create_task(_finish(proc, pumps[:2]))
-        stop = asyncio.create_task(stopping.wait())
-        await asyncio.wait({waiting, stop}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (*pumps, waiting, stop):
-            task.cancel()
-        code = 143 if stopping.is_set() else channel.exit_code(proc)
-        lost = not stopping.is_set() and proc.exit_status is None and not proc.exit_signal
-        if stopping.is_set() or lost:
-            # A run held in tmux outlives a lost connection: a new one ends it (the task
-            # fails clearly rather than an agent running on unseen).
-            # A lost connection may not know it yet (keepalives take seconds): drop it now.
-            pool.forget_name(record.host.name, force=lost)
-            with contextlib.suppress(HalError, TimeoutError):
-                async with asyncio.timeout(20):
-                    conn = await pool.get(record.host)
-                    await channel.kill_marked(conn, EXEC_MARKER_VAR, token)
-                    await channel.kill_marked(conn, EXEC_MARKER_VAR, session.inner_token(token))
-        if lost:
-            _say(f"the ssh connection to {record.host.name} was lost; the hal host keeps "
-                 "the work of the last checkpoint")  # fmt: skip
-            return 255
-        return code
+        await sandbox.push(writable=False)
+        return await relaycore.follow(run.run(args), pull=sandbox.pull,
+                                      every=record.checkpoint_s, stopped=run.kill)  # fmt: skip
     finally:
-        checkpoints.cancel()
-        for listener in listeners:
-            listener.close()
-        proc.close()
-        with contextlib.suppress(HalError, OSError, TimeoutError):
-            async with asyncio.timeout(60):  # a host that went silent must not hold the end
-                await sandbox.pull()
         await pool.close()
+
+
+class _SshRun:
+    """The command on the host: started, followed to its end, killed by its marker."""
+
+    def __init__(self, sandbox: SshSandbox, record: SshRecord, pool: ConnectionPool,
+                 *, in_session: bool) -> None:  # fmt: skip
+        self.sandbox, self.record, self.pool = sandbox, record, pool
+        self.in_session = in_session
+        self.token = secrets.token_hex(8)
+
+    async def run(self, args: argparse.Namespace) -> int:
+        """Start the command and follow it; its exit status (255: the connection was lost)."""
+        record, sandbox = self.record, self.sandbox
+        env = relaycore.env_of(args)
+        command = relaycore.command_of(args)
+        env[EXEC_MARKER_VAR] = self.token
+        conn = await self.pool.get(record.host)
+        listeners = await _forward_sockets(conn, record)
+        line = remote.env_line(env)
+        in_tmux = self.in_session and await _has_tmux(conn)
+        interactive = sys.stdin.isatty() and not in_tmux
+        if in_tmux:
+            # The run lives in a tmux session on the host (what `hal task attach` opens);
+            # the relay follows its output. The command gets the remote pane as its terminal.
+            argv = ["sh", "-c", session.START, "hal-session",
+                    session.run_dir(record.root, self.token), session.PANE,
+                    *sandbox.remote_argv(command, tty=False)]  # fmt: skip
+        else:
+            argv = sandbox.remote_argv(command, tty=interactive)
+        size = os.get_terminal_size(0) if interactive else None
+        proc: Any = None
+        pumps: list[asyncio.Task[None]] = []
+        try:
+            proc = await conn.create_process(
+                remote.wrapped(argv),
+                encoding=None,
+                term_type=os.environ.get("TERM", "xterm-256color") if interactive else None,
+                term_size=(size.columns, size.lines) if size else None,
+            )
+            pumps += [
+                asyncio.create_task(_copy_out(proc.stdout, 1)),
+                asyncio.create_task(_copy_out(proc.stderr, 2)),
+            ]
+            proc.stdin.write(line)
+            if in_tmux:
+                proc.stdin.write_eof()
+            else:
+                pumps.append(asyncio.create_task(_copy_in(proc)))
+            await _finish(proc, pumps[:2])
+            if proc.exit_status is None and not proc.exit_signal:
+                # A run held in tmux outlives a lost connection: a new one ends it (the
+                # task fails clearly rather than an agent running on unseen).
+                await self.kill(lost=True)
+                relaycore.say(f"the ssh connection to {record.host.name} was lost; the hal "
+                              "host keeps the work of the last checkpoint")  # fmt: skip
+                return relaycore.LOST
+            return channel.exit_code(proc)
+        finally:
+            for task in pumps:
+                task.cancel()
+            for listener in listeners:
+                listener.close()
+            if proc is not None:
+                proc.close()
+
+    async def kill(self, *, lost: bool = False) -> None:
+        """Kill the command's processes on the host by their marker, over a fresh
+        connection when the old one is ``lost`` (it may not know it yet: keepalives take
+        seconds)."""
+        self.pool.forget_name(self.record.host.name, force=lost)
+        with contextlib.suppress(HalError, TimeoutError):
+            async with asyncio.timeout(20):
+                conn = await self.pool.get(self.record.host)
+                await channel.kill_marked(conn, EXEC_MARKER_VAR, self.token)
+                await channel.kill_marked(conn, EXEC_MARKER_VAR, session.inner_token(self.token))
 
 
 async def _forward_sockets(conn: Any, record: SshRecord) -> list[Any]:
@@ -149,7 +149,7 @@ async def _forward_sockets(conn: Any, record: SshRecord) -> list[Any]:
                 listeners.append(await conn.forward_remote_path(where, path))
             except (HalError, OSError, asyncssh.Error, asyncssh.ChannelListenError) as exc:
                 # The agent runs all the same; its calls through this socket will fail.
-                _say(f"cannot forward {mount.target}/{name} to the ssh host ({exc}); its "
+                relaycore.say(f"cannot forward {mount.target}/{name} to the ssh host ({exc}); its "
                      "sshd must allow remote forwarding (AllowTcpForwarding yes or remote)")
     return listeners
 
@@ -171,12 +171,9 @@ async def _has_tmux(conn: Any) -> bool:
 
 
 async def _copy_in(proc: Any) -> None:
-    """Our stdin (a tmux pane, a pipe, /dev/null) to the command's. Read by a daemon thread:
-    it may be a file the event loop cannot watch, and a blocked read must not hold the exit."""
-    chunks: asyncio.Queue[bytes] = asyncio.Queue()
-    feed_stdin(asyncio.get_running_loop(), chunks)
+    """Our stdin (a tmux pane, a pipe, /dev/null) to the command's."""
     with contextlib.suppress(OSError, BrokenPipeError):
-        while data := await chunks.get():
+        async for data in stdin_chunks():
             proc.stdin.write(data)
         proc.stdin.write_eof()
 
@@ -184,25 +181,13 @@ async def _copy_in(proc: Any) -> None:
 async def _copy_out(reader: Any, fd: int) -> None:
     with contextlib.suppress(Exception):
         while data := await reader.read(65536):
-            await asyncio.to_thread(_write_all, fd, data)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+            await asyncio.to_thread(relaycore.write_all, fd, data)
 
 
 async def _finish(proc: Any, outputs: list[asyncio.Task[None]]) -> None:
     await asyncio.gather(*outputs, return_exceptions=True)
     with contextlib.suppress(Exception):
         await proc.wait_closed()
-
-
-def _say(text: str) -> None:
-    # The relay's stderr is the agent's log (through the supervisor): one line, no traceback.
-    sys.stderr.write(f"hal: {text}\n")
-    sys.stderr.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,13 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         saved = termios.tcgetattr(0)
         tty.setraw(0)
     try:
-        return asyncio.run(relay(args))
-    except HalError as exc:
-        _say(exc.one_line())
-        return 255
-    except OSError as exc:
-        _say(f"the ssh relay failed: {exc}")
-        return 255
+        return relaycore.run_main(lambda: asyncio.run(relay(args)), "ssh")
     finally:
         if saved is not None:
             termios.tcsetattr(0, termios.TCSADRAIN, saved)
