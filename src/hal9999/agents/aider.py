@@ -120,13 +120,7 @@ class AiderAgent(PresetAgent):
     upstream = "https://api.openai.com/v1"
     upstream_key_env = "OPENAI_API_KEY"
 
-    def gateway_upstream(self, settings: AgentSettings) -> tuple[str, str] | None:
-        """OpenAI's API by default; a ``provider/model`` without a base URL is left direct
-        (the CLI picks that provider's own endpoint, which the gateway does not know)."""
-        model = settings.model or ""
-        if not settings.base_url and "/" in model and not model.startswith("openai/"):
-            return None
-        return super().gateway_upstream(settings)
+    model_names_provider = True
     tested_version = "0.86.2"
 
     def build(self, ctx: AgentContext) -> AgentLaunch:

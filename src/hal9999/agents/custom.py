@@ -262,10 +262,17 @@ class PresetAgent(ABC):
     """The API the preset talks to by default (through the LLM gateway)."""
     upstream_key_env: str | None = None
     """The host variable holding that API's key by default."""
+    model_names_provider = False
+    """A ``provider/model`` (other than ``openai/``) without a base URL makes the CLI call
+    that provider's own endpoint, which the gateway does not know: the preset goes direct."""
 
     def gateway_upstream(self, settings: AgentSettings) -> tuple[str, str] | None:
         """The upstream base URL and the host key variable the gateway uses for this
         preset under ``settings`` (None: the preset cannot go through the gateway)."""
+        model = settings.model or ""
+        if (self.model_names_provider and not settings.base_url and "/" in model
+                and not model.startswith("openai/")):  # fmt: skip
+            return None
         upstream = settings.base_url or self.upstream
         key_env = settings.api_key_env or self.upstream_key_env
         if upstream is None or key_env is None:
