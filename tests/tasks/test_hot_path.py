@@ -83,3 +83,51 @@ def test_the_supervisor_without_a_parser_imports_no_models(tmp_path: Path) -> No
     heavy = {m for m in modules if m.split(".")[0] in {"pydantic", "pydantic_core"}}
     assert heavy == set()
     assert "hal9999.events.models" not in modules and "hal9999.config" not in modules
+
+
+@pytest.mark.bwrap
+async def test_a_run_execs_in_its_sandbox_only_to_collect(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The launcher checks the agent's program in the agent's own sandbox start; no separate
+    # `command -v` start before it (issue 16). What is left: collection, one exec.
+    from hal9999.providers.bwrap import BwrapSandbox
+
+    repo = git_repo(tmp_path / "repo")
+    execs: list[tuple[str, ...]] = []
+    original = BwrapSandbox.exec
+
+    async def counted(self: BwrapSandbox, command: ArgvCommand, **kwargs: object) -> object:
+        execs.append(command.argv)
+        return await original(self, command, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(BwrapSandbox, "exec", counted)
+    store, service, _, _ = pooled_service(tmp_path / "home", "bwrap")
+    request = RunRequest(
+        prompt="p", repo=str(repo), ref=None, agent="true {{prompt_file}}", provider="bwrap",
+        process_manager="direct", timeout_s=60,
+    )  # fmt: skip
+    task = await service.create(request)
+    done = await service.run(task.id)
+    store.close()
+    assert done.status == "succeeded", done.error_message
+    assert [argv[3] for argv in execs] == ["hal-collect"], execs
+
+
+def test_only_the_launchers_own_line_with_its_status_means_not_installed(tmp_path: Path) -> None:
+    from hal9999.agents.base import AgentSettings
+    from hal9999.agents.registry import resolve_agent
+    from hal9999.tasks.launch import MISSING_STATUS, missing_program
+
+    agent = resolve_agent("no-such-xyz {{prompt_file}}", AgentSettings())
+    log = tmp_path / "agent.log"
+    line = b"hal: agent program no-such-xyz is not installed in the sandbox\r\n"
+    log.write_bytes(b"earlier run\n" + line)
+    error = missing_program(agent, "bwrap", MISSING_STATUS, log, 0)
+    assert error is not None and error.code == "agent_missing"
+    assert "no-such-xyz" in error.one_line()
+    assert missing_program(agent, "bwrap", 1, log, 0) is None  # another status
+    log.write_bytes(line + b"then the agent said more\n")
+    assert missing_program(agent, "bwrap", MISSING_STATUS, log, 0) is None
+    log.write_bytes(line)  # printed by an earlier run, before this one's log start
+    assert missing_program(agent, "bwrap", MISSING_STATUS, log, len(line)) is None

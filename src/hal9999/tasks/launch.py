@@ -18,7 +18,6 @@ from hal9999.hive.mcp.channel import route_for as mcp_route_for
 from hal9999.process.base import ProcessManager
 from hal9999.process.caplog import log_cap_from
 from hal9999.providers.base import Provider, Sandbox
-from hal9999.spec import ArgvCommand
 from hal9999.tasks import gitrepo
 from hal9999.tasks.context import RunContext, offline_warning, process_spec, sandbox_spec
 from hal9999.tasks.output import file_size
@@ -148,15 +147,9 @@ class LaunchSteps(RunnerCore):
         for path, data in launch.files.items():
             await sandbox.write_file_atomic(path, data, mode=0o600)
         await install_files(sandbox, self.config.credentials, actx.home)
-        program = agent.program
-        found = await sandbox.exec(
-            ArgvCommand(argv=("sh", "-c", 'command -v "$1"', "hal-which", program)),
-        )
-        if not found.ok:
-            raise AgentNotInstalled(
-                f"agent program {program!r} is not installed in the {sandbox.provider} sandbox",
-                hint=agent.install_hint,
-            )
+        # Whether the agent's program is installed is checked by the launcher itself, in the
+        # agent's own sandbox start (no sandbox start of its own: issue 16); see
+        # :func:`missing_program`.
         no_network = sandbox.spec.network == "none"
         gateway_env = ctx.gateway.launcher_env(egress=no_network) if ctx.gateway else {}
         if "HAL_GATEWAY_DIR" in gateway_env:  # a pod sees the channel in its mirror
@@ -166,6 +159,39 @@ class LaunchSteps(RunnerCore):
         return AgentLaunch(
             command=command, env=launch.env, files=launch.files, secret_env=launch.secret_env
         )
+
+
+MISSING_STATUS = 127
+"""The launcher's exit status when the agent's program is not installed."""
+_TAIL_BYTES = 4096
+
+
+def missing_program(
+    agent: Agent, provider: str, exit_code: int | None, log: Path, log_start: int | None
+) -> AgentNotInstalled | None:
+    """The error for a run whose launcher found no agent program: it exits with
+    :data:`MISSING_STATUS` after printing its one line (``LAUNCH_SCRIPT``) as the last output
+    of the run. An agent that prints the same line and exits 127 only relabels its own
+    failure."""
+    if exit_code != MISSING_STATUS:
+        return None
+    program = agent.program
+    said = f"hal: agent program {program} is not installed in the sandbox"
+    try:
+        with log.open("rb") as file:
+            size = file.seek(0, os.SEEK_END)
+            start = max(log_start or 0, size - _TAIL_BYTES)
+            file.seek(start)
+            tail = file.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    lines = [line.strip() for line in tail.replace("\r", "\n").splitlines() if line.strip()]
+    if not lines or lines[-1] != said:
+        return None
+    return AgentNotInstalled(
+        f"agent program {program!r} is not installed in the {provider} sandbox",
+        hint=agent.install_hint,
+    )
 
 
 def _empty(directory: Path) -> None:

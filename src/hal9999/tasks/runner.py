@@ -19,7 +19,7 @@ from hal9999.store import TaskRecord
 from hal9999.tasks import finish
 from hal9999.tasks.context import TAKEN_AWAY, RunContext, Superseded, offline_warning
 from hal9999.tasks.follow import FollowSteps
-from hal9999.tasks.launch import LaunchSteps
+from hal9999.tasks.launch import LaunchSteps, missing_program
 from hal9999.tasks.plugins import load_process_manager, load_provider_for
 from hal9999.tasks.state import TaskStatus
 
@@ -79,6 +79,13 @@ class TaskRunner(LaunchSteps, FollowSteps):
                 )
             if exit_code == 0:
                 return await self.finish(ctx, TaskStatus.SUCCEEDED, started, exit_code, files=files)
+            missing = missing_program(
+                agent, task.provider, exit_code, ctx.session.log, ctx.log_start
+            )
+            if missing is not None:
+                return await self.finish(
+                    ctx, TaskStatus.FAILED, started, exit_code, error=missing, files=files
+                )
             hint = f"see `hal task logs {task.id}`"
             if offline:
                 hint += f"; {offline_warning(agent.name)}"
