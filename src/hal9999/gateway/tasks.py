@@ -17,7 +17,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from hal9999.agents.base import Agent, AgentSettings
-from hal9999.auth.upstream import stored_key
 from hal9999.config import HalConfig
 from hal9999.errors import BudgetExceeded, GatewayError, HalError, ModelNotAllowed
 from hal9999.events.models import EgressDenied, Event, Usage
@@ -209,7 +208,10 @@ def route_for(
     upstream, key_env = chosen
     max_tokens, max_cost_usd = load_budget(budget) if budget is not None else (None, None)
     key = secrets.get(key_env) or environ.get(key_env)
-    key = key or stored_key(config.home, agent.name, key_env)  # hal auth claude login
+    if not key:  # hal auth claude login (its module imports httpx: only when needed)
+        from hal9999.auth.upstream import stored_key
+
+        key = stored_key(config.home, agent.name, key_env)
     if not key or urlsplit(upstream).scheme not in ("http", "https"):
         return None
     grant = Grant(

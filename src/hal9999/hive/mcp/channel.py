@@ -156,9 +156,10 @@ def route_for(
 
 
 def _agent_of_task(store: Store, task_id: str) -> str | None:
-    from hal9999.hive.store import list_agents
-
-    for record in list_agents(store):
-        if record.task_id == task_id and AGENT_NAME.fullmatch(record.name):
-            return record.name
+    # One row read, not every agent's record: every run asks this, and the
+    # hive's store module and models cost an ordinary `hal run` ~25 ms to import (issue 16).
+    sql = "SELECT name FROM hive_agents WHERE task_id = ? ORDER BY name"
+    for row in store._query(sql, (task_id,)):
+        if AGENT_NAME.fullmatch(row["name"]):
+            return str(row["name"])
     return None

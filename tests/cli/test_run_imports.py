@@ -1,0 +1,48 @@
+"""What an in-process ``hal run`` of a command-template agent imports (issue 16): nothing of
+the LLM gateway's HTTP client or the hive's store, which such a run never uses. Counted in a
+subprocess, so load cannot make this pass or fail."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+RUN_AND_LIST = """
+import json, runpy, sys
+sys.argv = ["hal", *sys.argv[1:]]
+try:
+    runpy.run_module("hal9999", run_name="__main__")
+except SystemExit as exc:
+    sys.stderr.write("\\nexit " + str(exc.code))
+sys.stderr.write("\\n" + json.dumps(sorted(sys.modules)))
+"""
+
+NOT_FOR_A_TEMPLATE_AGENT = (
+    "httpx",
+    "hal9999.auth.claude",
+    "hal9999.hive.store",
+    "hal9999.events.hive",
+)
+
+
+@pytest.mark.bwrap
+def test_an_in_process_run_imports_no_gateway_client_and_no_hive_store(
+    hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    env = {**hal_env, "HAL_NO_DAEMON": "1"}
+    argv = ["run", "--agent", "true {{prompt_file}}", "--process-manager", "direct", "x"]
+    done = subprocess.run(
+        [sys.executable, "-c", RUN_AND_LIST, *argv],
+        cwd=demo_repo, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    *_, status, listed = done.stderr.splitlines()
+    assert status in ("exit 0", "exit None"), done.stderr[-2000:]
+    modules = set(json.loads(listed))
+    assert "hal9999.tasks.runner" in modules  # the run did happen in this process
+    assert not modules & set(NOT_FOR_A_TEMPLATE_AGENT), sorted(
+        modules & set(NOT_FOR_A_TEMPLATE_AGENT)
+    )
