@@ -21,7 +21,14 @@ from typing import Any
 from hal9999.errors import ConfigError, HalError, ProviderError
 from hal9999.pool import report
 from hal9999.pool.settings import ProviderSettings, env_prefix, policy_of
-from hal9999.pool.slots import SandboxReset, Slot, SlotDir, WorkspaceAttach, pool_key
+from hal9999.pool.slots import (
+    OwnWarmPool,
+    SandboxReset,
+    Slot,
+    SlotDir,
+    WorkspaceAttach,
+    pool_key,
+)
 from hal9999.providers.base import Provider, Sandbox
 from hal9999.spec import SandboxSpec
 from hal9999.store import SandboxRow, Store
@@ -81,6 +88,8 @@ class WarmPool:
         self._writes = asyncio.Lock()
         """Orders the sandbox records' writes, which run in threads (off the event loop)."""
         self._background: set[asyncio.Task[Any]] = set()
+        self.own_warm: set[str] = set()
+        """Providers whose warm sandboxes they keep themselves (see :class:`OwnWarmPool`)."""
 
     # -- bookkeeping (never awaits between a check and its update) ------------------------
     def count(self, provider: str, key: str | None = None) -> int:
@@ -289,6 +298,10 @@ class WarmPool:
     async def warm(self, spec: SandboxSpec, count: int) -> int:
         """Create up to ``count`` idle sandboxes of ``spec``'s key, within the caps."""
         provider = self.providers(spec.provider)
+        if isinstance(provider, OwnWarmPool):  # its warm sandboxes are the provider's
+            self.own_warm.add(spec.provider)
+            self.paused = False
+            return await provider.fill_warm(count)
         if not self.poolable(provider):
             raise ProviderError(
                 f"provider {spec.provider!r} cannot hand a sandbox from one task to the next",
@@ -376,7 +389,12 @@ class WarmPool:
                 if entry.state in ("leased", "creating"):
                     entry.destroy_on_return = True
         await asyncio.gather(*(self._destroy(e) for e in doomed))
-        return len(doomed)
+        drained = 0
+        for name in sorted(self.own_warm):
+            owner = self.providers(name)
+            if isinstance(owner, OwnWarmPool):
+                drained += await owner.drain_warm()
+        return len(doomed) + drained
 
     async def destroy_idle(self, provider: str, sandbox_id: str) -> bool:
         """Destroy one sandbox the pool holds idle; False when it holds no such sandbox."""

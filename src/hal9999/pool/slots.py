@@ -60,6 +60,21 @@ class WorkspaceAttach(Protocol):
 
 
 @runtime_checkable
+class OwnWarmPool(Protocol):
+    """Optional provider hook: the provider keeps warm sandboxes itself (kubernetes' free
+    pods, claimed by label in ``create``, shared by every hal of the same owner); ``hal pool
+    warm``/``drain`` and the keeper's ``min_warm`` ask it instead of holding idle ones."""
+
+    async def fill_warm(self, count: int | None = None) -> int:
+        """Make warm sandboxes until ``count`` wait; how many were made."""
+        ...
+
+    async def drain_warm(self) -> int:
+        """Destroy every warm, unclaimed sandbox; how many."""
+        ...
+
+
+@runtime_checkable
 class SandboxReset(Protocol):
     """Optional provider hook: make a used sandbox as good as new for the next task."""
 

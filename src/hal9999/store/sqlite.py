@@ -7,6 +7,7 @@ other instead of failing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -78,8 +79,12 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # The database holds prompts and repo paths: create it private. SQLite gives
-            # the -wal and -shm files the same mode.
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            # the -wal and -shm files the same mode. Only when missing: closing any
+            # descriptor of an open database drops every POSIX lock this process holds on
+            # it (another Store of the same process, e.g. the daemon's), and a write then
+            # corrupts it ("database disk image is malformed").
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
             self._set_up()
         except (sqlite3.Error, OSError) as exc:
             self.close()

@@ -219,6 +219,26 @@ class KubernetesProvider:
                 raise result
         return sum(1 for result in results if isinstance(result, Pod))
 
+    async def drain_warm(self) -> int:
+        """Delete every free warm pod (each first taken by a versioned label patch, so a pod
+        claimed meanwhile by a task is left alone); how many went."""
+        api = self._api()
+        drained = 0
+        try:
+            for pod in await api.list_pods({OWNER: self.owner_id(), CLAIM: "free"}):
+                try:
+                    await api.patch_labels(pod.metadata.name, {CLAIM: "draining"},
+                                           resource_version=pod.metadata.resource_version)
+                except CloudApiError as exc:
+                    if is_conflict(exc) or isinstance(exc, CloudNotFound):
+                        continue
+                    raise
+                await self._delete(api, pod.metadata.labels[SANDBOX])
+                drained += 1
+        finally:
+            await api.aclose()
+        return drained
+
     async def _claim_warm(self, api: KubeApi, spec: SandboxSpec) -> Pod | None:
         """Take one ready free pod: a label patch valid only at the version read (409: it
         was taken first, try another). None when there is none."""
