@@ -23,12 +23,12 @@ import time
 
 from hal9999.gateway.allowlist import allowed
 from hal9999.gateway.channel import Grant
+from hal9999.gateway.forwarder import pump
 from hal9999.gateway.proxy import Gateway
 from hal9999.store.gateway import GatewayRequest
 
 MAX_HEAD = 16 << 10
 CONNECT_TIMEOUT_S = 15.0
-CHUNK = 1 << 16
 PROXY_AUTH_REQUIRED = (
     b"HTTP/1.1 407 Proxy Authentication Required\r\n"
     b'Proxy-Authenticate: Basic realm="hal"\r\nContent-Length: 0\r\n\r\n'
@@ -102,7 +102,7 @@ class EgressProxy:
         writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
         await writer.drain()
         try:
-            await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
+            await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
         finally:
             up_writer.close()
 
@@ -141,14 +141,3 @@ class EgressProxy:
             path=target[:300], status=403, latency_ms=0.0, error="egress_denied",
         )  # fmt: skip
         self.gateway.record_call(record, started, status=403)
-
-
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(CHUNK):
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-    except (ConnectionError, OSError):
-        pass

@@ -21,7 +21,9 @@ import sys
 CHUNK = 1 << 16
 
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """One direction of a connection, up to its end (passed on as EOF where it can be).
+    The host's egress proxy pumps with this one too."""
     try:
         while data := await reader.read(CHUNK):
             writer.write(data)
@@ -43,7 +45,7 @@ async def _serve_one(
     sock = client_w.get_extra_info("socket")
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    await asyncio.gather(_pump(client_r, up_w), _pump(up_r, client_w))
+    await asyncio.gather(pump(client_r, up_w), pump(up_r, client_w))
     for w in (up_w, client_w):
         w.close()
 
