@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,21 +34,38 @@ def git(repo: Path, *args: str) -> str:
     ).stdout.strip()
 
 
-@pytest.fixture
-def demo_repo(tmp_path: Path) -> Path:
-    """A git repo with a planted bug, a failing test and an agent script."""
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    (repo / "calc.py").write_text("def add(a, b):\n    return a - b\n")
-    (repo / "test_calc.py").write_text(
-        "import calc\n\nassert calc.add(2, 3) == 5, 'add is broken'\nprint('test ok')\n"
-    )
-    (repo / "agent.sh").write_text(AGENT)
-    (repo / ".gitignore").write_text("__pycache__/\n")
+BUGGY_CALC = "def add(a, b):\n    return a - b\n"
+"""The planted bug every demo repository carries."""
+
+
+def commit_repo(repo: Path, files: Mapping[str, str]) -> Path:
+    """A new git repository at ``repo`` holding ``files`` in one commit on ``main``."""
+    repo.mkdir(parents=True)
+    for name, text in files.items():
+        (repo / name).write_text(text)
     git(repo, "init", "-q", "-b", "main")
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "initial")
     return repo
+
+
+def private_env(home: Path, config: Path, **more: str) -> dict[str, str]:
+    """This environment for a hal subprocess, without the caller's ``HAL_*`` settings: a
+    private HAL_HOME and config directory, and ``more``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HAL_")}
+    return env | {"HAL_HOME": str(home), "XDG_CONFIG_HOME": str(config)} | more
+
+
+@pytest.fixture
+def demo_repo(tmp_path: Path) -> Path:
+    """A git repo with a planted bug, a failing test and an agent script."""
+    return commit_repo(tmp_path / "repo", {
+        "calc.py": BUGGY_CALC,
+        "test_calc.py":
+            "import calc\n\nassert calc.add(2, 3) == 5, 'add is broken'\nprint('test ok')\n",
+        "agent.sh": AGENT,
+        ".gitignore": "__pycache__/\n",
+    })  # fmt: skip
 
 
 Hal = Callable[..., subprocess.CompletedProcess[str]]
@@ -57,11 +74,7 @@ Hal = Callable[..., subprocess.CompletedProcess[str]]
 @pytest.fixture
 def hal_env(tmp_path: Path) -> dict[str, str]:
     """Environment for hal subprocesses: a private HAL_HOME and config dir."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HAL_")}
-    env["HAL_HOME"] = str(tmp_path / "halhome")
-    env["XDG_CONFIG_HOME"] = str(tmp_path / "xdg-config")
-    env["HAL_PROVIDER"] = "bwrap"
-    return env
+    return private_env(tmp_path / "halhome", tmp_path / "xdg-config", HAL_PROVIDER="bwrap")
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ every line exactly once."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.cli.conftest import git
+from tests.cli.conftest import BUGGY_CALC, commit_repo, git, private_env
 
 pytestmark = [pytest.mark.browser, pytest.mark.bwrap, pytest.mark.tmux]
 
@@ -35,17 +34,9 @@ class Hal:
     """A ``hal serve`` on a private home over a demo repository."""
 
     def __init__(self, root: Path) -> None:
-        self.repo = root / "repo"
-        self.repo.mkdir()
-        (self.repo / "calc.py").write_text("def add(a, b):\n    return a - b\n")
-        (self.repo / "slow.sh").write_text(SLOW)
-        git(self.repo, "init", "-q", "-b", "main")
-        git(self.repo, "add", "-A")
-        git(self.repo, "commit", "-qm", "initial")
+        self.repo = commit_repo(root / "repo", {"calc.py": BUGGY_CALC, "slow.sh": SLOW})
         self.home = root / "halhome"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("HAL_")}
-        self.env.update(HAL_HOME=str(self.home), XDG_CONFIG_HOME=str(root / "xdg"),
-                        HAL_PROVIDER="bwrap")  # fmt: skip
+        self.env = private_env(self.home, root / "xdg", HAL_PROVIDER="bwrap")
 
     def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

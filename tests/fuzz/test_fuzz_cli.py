@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.cli.conftest import AGENT, git
+from tests.cli.conftest import AGENT, BUGGY_CALC, commit_repo, git, private_env
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.timeout(300)]
 
@@ -41,21 +41,13 @@ class World:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.repo = root / "repo"
-        self.repo.mkdir()
-        (self.repo / "calc.py").write_text("def add(a, b):\n    return a - b\n")
-        (self.repo / "agent.sh").write_text(AGENT)
-        git(self.repo, "init", "-q", "-b", "main")
-        git(self.repo, "add", "-A")
-        git(self.repo, "commit", "-qm", "initial")
+        self.repo = commit_repo(root / "repo", {"calc.py": BUGGY_CALC, "agent.sh": AGENT})
         self.bare = root / "bare.git"
         git(root, "clone", "-q", "--bare", str(self.repo), str(self.bare))
         self.home = root / "halhome"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("HAL_")}
-        self.env.update(HAL_HOME=str(self.home), XDG_CONFIG_HOME=str(root / "xdg"),
-                        HAL_PROVIDER="bwrap", HAL_NO_DAEMON="1",
-                        # Bounded runs: a quick default agent and a short timeout.
-                        HAL_AGENT="true {{prompt_file}}", HAL_TIMEOUT="20")  # fmt: skip
+        self.env = private_env(self.home, root / "xdg", HAL_PROVIDER="bwrap", HAL_NO_DAEMON="1",
+                               # Bounded runs: a quick default agent and a short timeout.
+                               HAL_AGENT="true {{prompt_file}}", HAL_TIMEOUT="20")  # fmt: skip
 
     def hal(
         self, *args: str, env: dict[str, str] | None = None

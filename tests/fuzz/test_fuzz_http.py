@@ -18,7 +18,7 @@ from urllib.parse import quote, urlencode
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.cli.conftest import AGENT, git
+from tests.cli.conftest import AGENT, BUGGY_CALC, commit_repo, private_env
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 
@@ -39,17 +39,9 @@ class Daemon:
     """A ``hal serve`` on a private home, and a raw client for its unix socket."""
 
     def __init__(self, root: Path) -> None:
-        self.repo = root / "repo"
-        self.repo.mkdir()
-        (self.repo / "calc.py").write_text("def add(a, b):\n    return a - b\n")
-        (self.repo / "agent.sh").write_text(AGENT)
-        git(self.repo, "init", "-q", "-b", "main")
-        git(self.repo, "add", "-A")
-        git(self.repo, "commit", "-qm", "initial")
+        self.repo = commit_repo(root / "repo", {"calc.py": BUGGY_CALC, "agent.sh": AGENT})
         self.home = root / "halhome"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("HAL_")}
-        self.env.update(HAL_HOME=str(self.home), XDG_CONFIG_HOME=str(root / "xdg"),
-                        HAL_PROVIDER="bwrap")  # fmt: skip
+        self.env = private_env(self.home, root / "xdg", HAL_PROVIDER="bwrap")
 
     def hal(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -4,13 +4,13 @@ back as a branch of the source repository through the collection rules of every 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from tests.cli.conftest import BUGGY_CALC, commit_repo, git, private_env
 from tests.sshd import Sshd
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
@@ -25,13 +25,6 @@ python3 test_calc.py
 """
 
 
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
-        cwd=repo, check=True, capture_output=True, text=True,
-    ).stdout.strip()  # fmt: skip
-
-
 def toml_host(server: Sshd) -> str:
     entry = server.host_entry()
     lines = [f"{key} = {json.dumps(value)}" for key, value in entry.items()]
@@ -40,23 +33,16 @@ def toml_host(server: Sshd) -> str:
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    path = tmp_path / "repo"
-    path.mkdir()
-    (path / "calc.py").write_text("def add(a, b):\n    return a - b\n")
-    (path / "test_calc.py").write_text(
-        "import calc\n\nassert calc.add(2, 3) == 5\nprint('test ok')\n"
-    )
-    (path / "agent.sh").write_text(AGENT)
-    git(path, "init", "-q", "-b", "main")
-    git(path, "add", "-A")
-    git(path, "commit", "-qm", "initial")
-    return path
+    return commit_repo(tmp_path / "repo", {
+        "calc.py": BUGGY_CALC,
+        "test_calc.py": "import calc\n\nassert calc.add(2, 3) == 5\nprint('test ok')\n",
+        "agent.sh": AGENT,
+    })  # fmt: skip
 
 
 def hal(repo: Path, tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> str:
     config = tmp_path / "xdg" / "hal9999" / "config.toml"
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("HAL_")}
-    environ |= {"HAL_HOME": str(tmp_path / "halhome"), "XDG_CONFIG_HOME": str(config.parents[1])}
+    environ = private_env(tmp_path / "halhome", config.parents[1])
     out = subprocess.run(
         [sys.executable, "-m", "hal9999", *args], cwd=repo, env=environ | (env or {}),
         capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL,
@@ -97,8 +83,7 @@ def test_a_dropped_connection_mid_task_fails_clearly_and_keeps_the_work(
     config.parent.mkdir(parents=True)
     config.write_text(toml_host(sshd_server))
     agent = "sh -c 'echo work-before-the-drop > made.txt; sleep 120'"
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("HAL_")}
-    environ |= {"HAL_HOME": str(tmp_path / "halhome"), "XDG_CONFIG_HOME": str(config.parents[1])}
+    environ = private_env(tmp_path / "halhome", config.parents[1])
     run = subprocess.Popen(
         [sys.executable, "-m", "hal9999", "run", "--provider", "ssh", "--agent", agent, "go",
          "--json"], cwd=repo, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
