@@ -187,14 +187,67 @@ async def clone(source: RepoSource, ref: str | None, dest: Path, branch: str) ->
                 hint="pass --ref with an existing branch, tag or commit",
             )
     await git([*here, "checkout", "--quiet", "-b", branch], cwd=dest, what="creating the branch")
-    if source.kind == "local":
+    # The clone is host git's own, no agent has run: its config and refs are read and edited
+    # here rather than by two more git processes (issue 16), with git as the fallback for
+    # anything not in the plain form this git writes.
+    git_dir = dest / ".git"
+    if source.kind == "local" and not await asyncio.to_thread(_forget_origin_url, git_dir):
         await git(
             [*here, "config", "--unset-all", "remote.origin.url"],
             cwd=dest,
             what="hiding the source",
         )
-    await asyncio.to_thread(shutil.rmtree, dest / ".git" / "logs", True)
-    return await git([*here, "rev-parse", "HEAD"], cwd=dest)
+    await asyncio.to_thread(shutil.rmtree, git_dir / "logs", True)
+    head: str | None = await asyncio.to_thread(_branch_commit, git_dir, branch)
+    return head or await git([*here, "rev-parse", "HEAD"], cwd=dest)
+
+
+_ORIGIN = '[remote "origin"]'
+_URL_KEY = re.compile(r"\s*url\s*=", re.IGNORECASE)
+_COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
+def _forget_origin_url(git_dir: Path) -> bool:
+    """Drop ``remote.origin.url`` from a fresh clone's config, as git writes it (one
+    ``url = ...`` line in a ``[remote "origin"]`` section); False, leaving the file as it
+    was, for anything else (git then does it)."""
+    path = git_dir / "config"
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return False
+    kept: list[str] = []
+    dropped = 0
+    section = ""
+    for line in text.splitlines(keepends=True):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            section = stripped
+        if section == _ORIGIN and _URL_KEY.match(line):
+            dropped += 1
+            continue
+        if section.startswith(_ORIGIN[:-1]) and section != _ORIGIN:
+            return False  # `[remote "origin" ...]` in another spelling: not git's own form
+        kept.append(line)
+    if dropped != 1 or "\\\n" in text:  # a continued value: not a line-per-key file
+        return False
+    with path.open("r+") as file:  # in place: the file keeps its owner and mode
+        file.write("".join(kept))
+        file.truncate()
+    return True
+
+
+def _branch_commit(git_dir: Path, branch: str) -> str | None:
+    """The commit of the branch ``checkout -b`` just made and HEAD names, from its loose ref
+    (None when the refs are kept otherwise, e.g. reftable: git is asked then)."""
+    try:
+        head = (git_dir / "HEAD").read_text().strip()
+        commit = (git_dir / "refs" / "heads" / branch).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if head != f"ref: refs/heads/{branch}" or not _COMMIT.fullmatch(commit):
+        return None
+    return commit
 
 
 SUBMODULES_SCRIPT = r"""
