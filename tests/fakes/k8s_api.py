@@ -24,12 +24,14 @@ Pending, and :meth:`FakeKube.vanish` (a pod evicted under hal).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import copy
 import json
 import os
 import shutil
 import socket
+import ssl
 import tempfile
 import threading
 import time
@@ -37,6 +39,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.fakes.k8s_tls import TlsFiles
 
 TOKEN = "k8s-fake-test-token"
 NS_PODS = "/api/v1/namespaces/{ns}/pods"
@@ -82,6 +86,10 @@ REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFo
            503: "ServiceUnavailable", 504: "Timeout"}  # fmt: skip
 
 
+def _b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -104,8 +112,14 @@ def _matches(labels: dict[str, str], selector: str) -> bool:
 class FakeKube:
     """The fake API server on 127.0.0.1; use as a context manager."""
 
-    def __init__(self, *, boot_s: float = 0.05) -> None:
+    def __init__(self, *, boot_s: float = 0.05, tls: TlsFiles | None = None,
+                 client_certs: bool = False) -> None:  # fmt: skip
         self.boot_s = boot_s
+        self.tls = tls
+        """Serve HTTPS with these files (None: plain HTTP)."""
+        self.client_certs = client_certs
+        """With ``tls``: require a client certificate signed by its CA, which then
+        authenticates every call (no bearer token), as an API server's x509 authenticator."""
         self.faults: list[Fault] = []
         self.pods: dict[tuple[str, str], FakePod] = {}
         self.policies: dict[tuple[str, str], dict[str, Any]] = {}
@@ -135,9 +149,16 @@ class FakeKube:
 
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        scheme = "https" if self.tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{sock.getsockname()[1]}"
+        options: dict[str, Any] = {}
+        if self.tls is not None:
+            options = {"ssl_certfile": str(self.tls.server_cert),
+                       "ssl_keyfile": str(self.tls.server_key)}  # fmt: skip
+            if self.client_certs:
+                options |= {"ssl_ca_certs": str(self.tls.ca), "ssl_cert_reqs": ssl.CERT_REQUIRED}
         config = uvicorn.Config(self._app(), log_level="error", lifespan="off",
-                                ws="websockets-sansio")  # fmt: skip
+                                ws="websockets-sansio", **options)  # fmt: skip
         self._server = uvicorn.Server(config)
         ready = threading.Event()
 
@@ -168,14 +189,27 @@ class FakeKube:
         self._thread.join(10)
         shutil.rmtree(self._tmp, ignore_errors=True)
 
-    def kubeconfig(self, path: Path, *, token: str = TOKEN) -> Path:
-        """A kubeconfig file for this server (context ``fake``)."""
+    def kubeconfig(self, path: Path, *, token: str | None = TOKEN, ca: Path | None = None,
+                   client: tuple[Path, Path] | None = None) -> Path:  # fmt: skip
+        """A kubeconfig file for this server (context ``fake``): ``token``, and with TLS the
+        CA (``ca``, else this server's) and ``client`` (certificate, key) inline as data."""
+        cluster: dict[str, Any] = {"server": self.url}
+        user: dict[str, Any] = {"token": token} if token else {}
+        if self.tls is not None:
+            cluster["certificate-authority-data"] = _b64(ca or self.tls.ca)
+        if client is not None:
+            user |= {"client-certificate-data": _b64(client[0]),
+                     "client-key-data": _b64(client[1])}  # fmt: skip
         doc = {"apiVersion": "v1", "kind": "Config", "current-context": "fake",
-               "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-               "users": [{"name": "hal", "user": {"token": token}}],
+               "clusters": [{"name": "fake", "cluster": cluster}],
+               "users": [{"name": "hal", "user": user}],
                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "hal"}}]}
         path.write_text(json.dumps(doc))  # JSON is YAML
         return path  # fmt: skip
+
+    def _authorized(self, headers: Any) -> bool:
+        # Behind a required client certificate the TLS handshake already authenticated.
+        return self.client_certs or headers.get("authorization") == f"Bearer {TOKEN}"
 
     def call(self, coro: Any) -> Any:
         """Run a coroutine on the server's loop from a test (blocking)."""
@@ -233,7 +267,7 @@ class FakeKube:
     def _guard(self, handler: Any) -> Any:
         async def guarded(request: Any) -> Any:
             self.calls.append((request.method, request.url.path))
-            if request.headers.get("authorization") != f"Bearer {TOKEN}":
+            if not self._authorized(request.headers):
                 return self._answer("Status", status(401, "Unauthorized", "Unauthorized"), 401)
             fault, body = await self._fault(request.method, request.url.path)
             if fault is not None:
@@ -447,7 +481,7 @@ class FakeKube:
         deny: tuple[int, dict[str, Any]] | None = None
         fault, body = await self._fault("EXEC", ws.url.path)
         pod = self.pods.get((ns, name))
-        if ws.headers.get("authorization") != f"Bearer {TOKEN}":
+        if not self._authorized(ws.headers):
             deny = (401, status(401, "Unauthorized", "Unauthorized"))
         elif fault is not None and body is not None:
             deny = (fault.status, body)

@@ -88,8 +88,11 @@ class CloudApi:
         window: RateWindow | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         verify: ssl.SSLContext | bool = True,
+        tls_hint: str | None = None,
     ) -> None:
         self.vendor = vendor
+        self.tls_hint = tls_hint
+        """The fix for a server certificate that does not verify (what gives the CA)."""
         self.policy = policy or RetryPolicy()
         self._sleep = sleep
         # No token: the TLS client certificate in ``verify`` authenticates (Kubernetes).
@@ -129,10 +132,13 @@ class CloudApi:
                     method, path, params=params, json=json, headers=headers
                 )
             except httpx.TransportError as exc:
-                if not retry_failures or last:
+                untrusted = "CERTIFICATE_VERIFY_FAILED" in str(exc)  # retrying cannot help
+                if not retry_failures or last or untrusted:
+                    hint = f"check the network and the {self.vendor} status page"
+                    if untrusted:
+                        hint = self.tls_hint or "the server's TLS certificate is not trusted"
                     raise CloudServerError(
-                        f"{what} failed: {type(exc).__name__}: {exc}",
-                        hint=f"check the network and the {self.vendor} status page",
+                        f"{what} failed: {type(exc).__name__}: {exc}", hint=hint
                     ) from exc
                 await self._sleep(self._backoff(attempt))
                 continue

@@ -19,6 +19,8 @@ from hal9999.providers.cloudapi import CloudApi, RateWindow, RetryPolicy
 from hal9999.providers.k8s.config import Cluster
 
 M = TypeVar("M", bound=BaseModel)
+TLS_HINT = ("the API server's certificate is not signed by the CA hal trusts: check the "
+            "cluster's certificate-authority(-data) in the kubeconfig")  # fmt: skip
 MERGE_PATCH = "application/merge-patch+json"
 
 
@@ -93,7 +95,8 @@ class KubeApi:
         self.cluster = cluster
         self.namespace = namespace
         self.api = CloudApi(vendor="Kubernetes", base_url=cluster.server, token=cluster.token,
-                            policy=policy, window=window, verify=cluster.tls)  # fmt: skip
+                            policy=policy, window=window, verify=cluster.tls,
+                            tls_hint=TLS_HINT)  # fmt: skip
 
     async def aclose(self) -> None:
         """Close the client."""

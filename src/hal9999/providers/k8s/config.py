@@ -209,7 +209,12 @@ def _tls(cluster: dict[str, Any], user: dict[str, Any], base: Path) -> ssl.SSLCo
     if cluster.get("insecure-skip-tls-verify"):
         return False
     ca = _material(cluster, "certificate-authority", base)
-    context = ssl.create_default_context(cadata=ca.decode() if ca else None)
+    try:
+        context = ssl.create_default_context(cadata=ca.decode("ascii") if ca else None)
+    except (ssl.SSLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"kubeconfig {base}: the cluster's certificate-authority is not a "
+                          f"PEM certificate ({exc})", hint="check the file (kubectl config "
+                          "view --raw)") from exc  # fmt: skip
     cert = _material(user, "client-certificate", base)
     key = _material(user, "client-key", base)
     if cert and key:
@@ -220,7 +225,12 @@ def _tls(cluster: dict[str, Any], user: dict[str, Any], base: Path) -> ssl.SSLCo
                 fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 with os.fdopen(fd, "wb") as out:
                     out.write(data)
-            context.load_cert_chain(cert_file, key_file)
+            try:
+                context.load_cert_chain(cert_file, key_file)
+            except ssl.SSLError as exc:
+                raise ConfigError(f"kubeconfig {base}: the user's client-certificate and "
+                                  f"client-key do not load ({exc})",
+                                  hint="check the file (kubectl config view --raw)") from exc
     return context
 
 
