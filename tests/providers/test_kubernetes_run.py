@@ -7,8 +7,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -20,41 +18,20 @@ from tests.gateway.upstream import StormUpstream
 from tests.providers.test_ssh_gateway import AGENT as GATEWAY_AGENT
 from tests.providers.test_ssh_gateway import KEY, upstream  # noqa: F401
 from tests.providers.test_ssh_gateway import _echo_once as echo_once
-from tests.providers.test_ssh_run import AGENT, git
+from tests.providers.test_ssh_run import AGENT, git, repo  # noqa: F401
+from tests.providers.test_ssh_run import hal as ssh_hal
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.slow]
 
 
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    path = tmp_path / "repo"
-    path.mkdir()
-    (path / "calc.py").write_text("def add(a, b):\n    return a - b\n")
-    (path / "test_calc.py").write_text(
-        "import calc\n\nassert calc.add(2, 3) == 5\nprint('test ok')\n"
-    )
-    (path / "agent.sh").write_text(AGENT)
-    git(path, "init", "-q", "-b", "main")
-    git(path, "add", "-A")
-    git(path, "commit", "-qm", "initial")
-    return path
-
-
-def hal(repo: Path, tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> str:
-    # The fake's settings (HAL_K8S_*) pass; every other HAL_ variable of the test run not.
-    environ = {k: v for k, v in os.environ.items()
-               if not k.startswith("HAL_") or k.startswith("HAL_K8S_")}  # fmt: skip
-    environ |= {"HAL_HOME": str(tmp_path / "halhome"), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
-    out = subprocess.run(
-        [sys.executable, "-m", "hal9999", *args], cwd=repo, env=environ | (env or {}),
-        capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    assert "Traceback" not in out.stderr, out.stderr
-    return out.stdout
+def hal(where: Path, tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    """test_ssh_run's hal, with the fake's settings (HAL_K8S_*) passed on."""
+    k8s = {k: v for k, v in os.environ.items() if k.startswith("HAL_K8S_")}
+    return ssh_hal(where, tmp_path, *args, env=k8s | (env or {}))
 
 
 def test_hal_run_with_a_custom_agent_in_a_pod(
-    fake_k8s: FakeKube, repo: Path, tmp_path: Path
+    fake_k8s: FakeKube, repo: Path, tmp_path: Path  # noqa: F811
 ) -> None:
     secret = "tok-k8s-5eed"
     out = hal(

@@ -8,7 +8,7 @@ import contextlib
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -164,17 +164,25 @@ print("ok" if all(out.values()) and len(out) == count else "bad %r" % out)
 """
 
 
-async def test_host_sockets_answer_in_the_pod_over_one_exec(
-    fake_k8s: FakeKube, hal_home: Path, echo_dir: Path
-) -> None:
-    provider = make(hal_home)
-    said: list[str] = []
+@contextlib.asynccontextmanager
+async def channel_in_pod(
+    hal_home: Path, echo_dir: Path, said: list[str]
+) -> AsyncIterator[tuple[KubeSandbox, sockmux.SocketChannel]]:
+    """A pod with ``echo_dir`` bound at /hal-gateway, and its started socket channel."""
     bind = Bind(source=echo_dir, target="/hal-gateway", read_only=True)
-    async with await provider.create(spec(binds=(bind,))) as sandbox:
+    async with await make(hal_home).create(spec(binds=(bind,))) as sandbox:
         assert isinstance(sandbox, KubeSandbox)
         await sandbox.push(writable=False)
         channel = sockmux.SocketChannel(sandbox, said.append)
         await channel.start()
+        yield sandbox, channel
+
+
+async def test_host_sockets_answer_in_the_pod_over_one_exec(
+    fake_k8s: FakeKube, hal_home: Path, echo_dir: Path
+) -> None:
+    said: list[str] = []
+    async with channel_in_pod(hal_home, echo_dir, said) as (sandbox, channel):
         try:
             inside = sandbox.path("/hal-gateway") + "/echo.sock"
             # Eight connections at once, each larger than the window: every one comes back.
@@ -194,15 +202,9 @@ async def test_host_sockets_answer_in_the_pod_over_one_exec(
 async def test_without_python_in_the_image_one_line_and_the_agent_runs_on(
     fake_k8s: FakeKube, hal_home: Path, echo_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    provider = make(hal_home)
     said: list[str] = []
     monkeypatch.setattr(sockmux, "BOOT", 'echo "python3: not found" >&2; exit 127')
-    bind = Bind(source=echo_dir, target="/hal-gateway", read_only=True)
-    async with await provider.create(spec(binds=(bind,))) as sandbox:
-        assert isinstance(sandbox, KubeSandbox)
-        await sandbox.push(writable=False)
-        channel = sockmux.SocketChannel(sandbox, said.append)
-        await channel.start()
+    async with channel_in_pod(hal_home, echo_dir, said) as (_, channel):
         await channel.stop()
     assert len(said) == 1 and "python3: not found" in said[0], said
     assert os.path.exists(echo_dir / "echo.sock")

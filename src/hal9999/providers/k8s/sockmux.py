@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import secrets
-import stat
 import struct
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -249,17 +247,6 @@ class HostMux:
             self._drop(cid)
 
 
-def sockets_in(directory: Path) -> list[tuple[str, str]]:
-    """(name, path) of every unix socket at the top of ``directory`` (links not followed)."""
-    found = []
-    with contextlib.suppress(OSError), os.scandir(directory) as entries:
-        for entry in entries:
-            with contextlib.suppress(OSError):
-                if stat.S_ISSOCK(entry.stat(follow_symlinks=False).st_mode):
-                    found.append((entry.name, entry.path))
-    return sorted(found)
-
-
 class SocketChannel:
     """The channel of one relay run; :meth:`start`, then :meth:`stop` at the end."""
 
@@ -275,7 +262,7 @@ class SocketChannel:
         pairs = []
         for mount in self._sandbox.record.mounts:
             if mount.host is not None:
-                for name, path in sockets_in(mirror.host_dir(mount.host)):
+                for name, path in mirror.sockets_in(mirror.host_dir(mount.host)):
                     pairs.append((f"{mount.remote}/{name}", path))
         return pairs[:255]  # OPEN names the socket in one byte
 

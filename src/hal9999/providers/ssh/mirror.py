@@ -19,6 +19,7 @@ import os
 import queue
 import secrets
 import shutil
+import stat
 import tarfile
 import threading
 from collections.abc import AsyncIterator
@@ -43,6 +44,18 @@ PULL = 'set -e; cd -- "$1"; tar -c --numeric-owner -f - .'
 """Remote: the mirror directory ``$1`` as a tar stream on stdout."""
 PULL_LIMIT = 4 << 30
 """Largest mirror hal brings back (bytes of tar)."""
+
+
+def sockets_in(directory: Path) -> list[tuple[str, str]]:
+    """(name, path) of every unix socket at the top of ``directory`` (links not followed):
+    what a relay makes answer at the same place in the remote mirror (tar cannot carry one)."""
+    found = []
+    with contextlib.suppress(OSError), os.scandir(directory) as entries:
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                if stat.S_ISSOCK(entry.stat(follow_symlinks=False).st_mode):
+                    found.append((entry.name, entry.path))
+    return sorted(found)
 
 
 def host_dir(path: Path) -> Path:

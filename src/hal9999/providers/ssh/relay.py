@@ -16,11 +16,9 @@ import asyncio
 import contextlib
 import os
 import secrets
-import stat
 import sys
 import termios
 import tty
-from pathlib import Path
 from typing import Any
 
 from hal9999.errors import HalError
@@ -141,7 +139,7 @@ async def _forward_sockets(conn: Any, record: SshRecord) -> list[Any]:
     for mount in record.mounts:
         if mount.host is None:
             continue
-        for name, path in await asyncio.to_thread(_sockets, mirror.host_dir(mount.host)):
+        for name, path in await asyncio.to_thread(mirror.sockets_in, mirror.host_dir(mount.host)):
             where = f"{mount.remote}/{name}"
             try:
                 # A stale socket of an earlier run would make sshd's bind fail.
@@ -152,16 +150,6 @@ async def _forward_sockets(conn: Any, record: SshRecord) -> list[Any]:
                 relaycore.say(f"cannot forward {mount.target}/{name} to the ssh host ({exc}); its "
                      "sshd must allow remote forwarding (AllowTcpForwarding yes or remote)")
     return listeners
-
-
-def _sockets(directory: Path) -> list[tuple[str, str]]:
-    found = []
-    with contextlib.suppress(OSError), os.scandir(directory) as entries:
-        for entry in entries:
-            with contextlib.suppress(OSError):
-                if stat.S_ISSOCK(entry.stat(follow_symlinks=False).st_mode):
-                    found.append((entry.name, entry.path))
-    return found
 
 
 async def _has_tmux(conn: Any) -> bool:
