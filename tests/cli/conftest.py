@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +110,32 @@ def events_of(hal: Hal, task_id: str) -> list[dict[str, Any]]:
     out = hal("task", "events", task_id, "--json")
     assert out.returncode == 0, out.stderr
     return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+_started: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _reap_background_hal() -> Iterator[None]:
+    """A test that fails half-way leaves no background ``hal`` behind for the next one."""
+    yield
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def start_hal(env: dict[str, str], cwd: Path, *args: str) -> subprocess.Popen[str]:
+    """``hal ARGS...`` in the background (killed at the end of the test if still running)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hal9999", *args],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _started.append(proc)
+    return proc

@@ -9,11 +9,10 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, git, tasks_json
+from tests.cli.conftest import Hal, git, start_hal, tasks_json
 from tests.cli.test_failures import assert_no_leftovers, wait_for_status
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
@@ -23,34 +22,6 @@ AGENT = (
     "sh -c 'echo agent-started; while [ ! -f go ]; do sleep 0.2; done; rm go; "
     "echo late > late.txt; echo agent-finished'"
 )
-
-_started: list[subprocess.Popen[str]] = []
-
-
-@pytest.fixture(autouse=True)
-def _reap() -> Iterator[None]:
-    yield
-    while _started:
-        proc = _started.pop()
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
-
-
-def start(hal_env: dict[str, str], cwd: Path, *args: str) -> subprocess.Popen[str]:
-    """``hal ARGS...`` in the background (killed at the end of the test if still running)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hal9999", *args],
-        cwd=cwd,
-        env=hal_env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    _started.append(proc)
-    return proc
-
 
 def wait_until(check: object, what: str, timeout: float = 20) -> None:
     """Poll ``check()`` until it is true."""
@@ -90,7 +61,7 @@ def attach_screen(hal_env: dict[str, str], task_id: str, tmp_path: Path, want: s
 def test_kill_9_leaves_agent_attachable_followable_and_resume_adopts_it(
     hal: Hal, hal_env: dict[str, str], demo_repo: Path, tmp_path: Path
 ) -> None:
-    runner = start(hal_env, demo_repo, "run", "--agent", AGENT, "work")
+    runner = start_hal(hal_env, demo_repo, "run", "--agent", AGENT, "work")
     task = wait_for_status(hal, "running")
     log = Path(str(task["session_dir"]), "agent.log")
     wait_until(lambda: log.exists() and "agent-started" in log.read_text(), "the agent")
@@ -104,7 +75,7 @@ def test_kill_9_leaves_agent_attachable_followable_and_resume_adopts_it(
     assert "agent-started" in attach_screen(hal_env, task_id, tmp_path, "agent-started")
 
     # logs -f keeps following while the agent lives.
-    follower = start(hal_env, demo_repo, "task", "logs", "-f", task_id)
+    follower = start_hal(hal_env, demo_repo, "task", "logs", "-f", task_id)
     time.sleep(2)
     assert follower.poll() is None, follower.communicate()
 
@@ -114,7 +85,7 @@ def test_kill_9_leaves_agent_attachable_followable_and_resume_adopts_it(
     assert "Traceback" not in prompted.stderr
 
     # Two resumes at once: one adopts the live agent, the other is refused...
-    racing = [start(hal_env, demo_repo, "task", "resume", task_id, "--json") for _ in range(2)]
+    racing = [start_hal(hal_env, demo_repo, "task", "resume", task_id, "--json") for _ in range(2)]
     wait_until(lambda: tasks_json(hal)[0]["status"] == "running", "the adoption")
     # ...and so is another one while that run lives.
     second = hal("task", "resume", task_id)
@@ -144,7 +115,7 @@ def test_resume_through_hal_serve_adopts_too(
     try:
         # A foreground run that bypasses the daemon, killed while its agent runs.
         alone = {**hal_env, "HAL_NO_DAEMON": "1"}
-        runner = start(alone, demo_repo, "run", "--agent", AGENT, "work")
+        runner = start_hal(alone, demo_repo, "run", "--agent", AGENT, "work")
         task = wait_for_status(hal, "running")
         log = Path(str(task["session_dir"]), "agent.log")
         wait_until(lambda: log.exists() and "agent-started" in log.read_text(), "the agent")
@@ -152,7 +123,7 @@ def test_resume_through_hal_serve_adopts_too(
         runner.communicate()
         task_id = str(task["id"])
 
-        resumer = start(hal_env, demo_repo, "task", "resume", task_id, "--json")
+        resumer = start_hal(hal_env, demo_repo, "task", "resume", task_id, "--json")
         daemon_pid = json.loads(Path(hal_env["HAL_HOME"], "run", "serve.json").read_text())["pid"]
         wait_until(
             lambda: tasks_json(hal)[0]["runner_pid"] == daemon_pid, "the daemon's adoption"

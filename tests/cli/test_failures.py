@@ -6,13 +6,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, tasks_json
+from tests.cli.conftest import Hal, start_hal, tasks_json
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 
@@ -128,36 +126,8 @@ def wait_for_status(hal: Hal, wanted: str, timeout: float = 30) -> dict[str, obj
     pytest.fail(f"task never became {wanted}: {tasks_json(hal)}")
 
 
-_started: list[subprocess.Popen[str]] = []
-
-
-@pytest.fixture(autouse=True)
-def _reap_background_hal() -> Iterator[None]:
-    """A test that fails half-way leaves no ``hal run`` behind for the next one."""
-    yield
-    while _started:
-        proc = _started.pop()
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
-
-
-def start_hal(hal_env: dict[str, str], repo: Path, *args: str) -> subprocess.Popen[str]:
-    """``hal run ...`` in the background (killed at the end of the test if still running)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hal9999", "run", *args],
-        cwd=repo,
-        env=hal_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    _started.append(proc)
-    return proc
-
-
 def test_ctrl_c_cancels_cleanly(hal: Hal, hal_env: dict[str, str], demo_repo: Path) -> None:
-    proc = start_hal(hal_env, demo_repo, "--agent", "sleep 60", "wait")
+    proc = start_hal(hal_env, demo_repo, "run", "--agent", "sleep 60", "wait")
     task = wait_for_status(hal, "running")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
@@ -173,7 +143,7 @@ def test_kill_9_then_list_tells_truth_and_stop_cleans(
     hal: Hal, hal_env: dict[str, str], demo_repo: Path
 ) -> None:
     agent = "sh -c 'test -f done.txt && exit 0; touch done.txt; sleep 60'"
-    proc = start_hal(hal_env, demo_repo, "--agent", agent, "wait")
+    proc = start_hal(hal_env, demo_repo, "run", "--agent", agent, "wait")
     wait_for_status(hal, "running")
     proc.kill()
     proc.communicate()

@@ -8,8 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, events_of, tasks_json
-from tests.cli.test_adopt import start, wait_until
+from tests.cli.conftest import Hal, events_of, start_hal, tasks_json
+from tests.cli.test_adopt import wait_until
 from tests.cli.test_failures import wait_for_status
 from tests.cli.test_secrets import CAPTURED_CLAUDE
 
@@ -37,7 +37,7 @@ def test_adopted_run_emits_each_parsed_event_once(
     hal: Hal, hal_env: dict[str, str], demo_repo: Path
 ) -> None:
     _pausing_claude(hal_env, demo_repo)
-    runner = start(hal_env, demo_repo, "run", "--agent", "claude", "fix it", "--json")
+    runner = start_hal(hal_env, demo_repo, "run", "--agent", "claude", "fix it", "--json")
     task = wait_for_status(hal, "running")
     task_id = str(task["id"])
     wait_until(
@@ -49,7 +49,7 @@ def test_adopted_run_emits_each_parsed_event_once(
     runner.communicate()
     assert tasks_json(hal)[0]["status"] == "interrupted"
 
-    resumer = start(hal_env, demo_repo, "task", "resume", task_id, "--json")
+    resumer = start_hal(hal_env, demo_repo, "task", "resume", task_id, "--json")
     wait_until(lambda: tasks_json(hal)[0]["status"] == "running", "the adoption", timeout=60)
     Path(str(task["session_dir"]), "workspace", "go").touch()
     out, err = resumer.communicate(timeout=60)
