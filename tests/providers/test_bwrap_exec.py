@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -161,3 +162,19 @@ async def test_commands_run_as_the_sandbox_uid_with_nothing_else(
         assert groups[0].split() == ["Groups:"], groups  # no supplementary group
     finally:
         await provider.destroy(box.id)
+
+
+def test_copies_unused_for_a_while_are_removed_and_the_one_in_use_kept(tmp_path: Path) -> None:
+    host = tmp_path / "etc"
+    host.mkdir()
+    (host / "hosts").write_text("one\n")
+    view = hostetc.EtcView(tmp_path / "state", source=host)
+    old, _ = view.current()
+    recent = view.root / "recent-other-process"
+    recent.mkdir()
+    stale = time.time() - hostetc.KEEP - 60
+    os.utime(old, (stale, stale))
+    (host / "hosts").write_text("two\n")
+    new, _ = view.current()
+    assert new.is_dir() and not old.exists()  # unused for longer than KEEP
+    assert recent.is_dir()  # marked in use lately (by another process): kept
