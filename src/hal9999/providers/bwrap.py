@@ -46,7 +46,10 @@ host sockets and paths, so bwrap drops them unless the command's own env sets th
 RUN_DIR = "run"
 """Host-side scratch of the launcher (the network wiring's fifos), never mounted inside."""
 ETC_DIR = "etc"
-"""Host-made, read-only files of each sandbox (filter, account files), never mounted rw."""
+"""Host-made, read-only files of each sandbox (filter, account files, uid switch), never
+mounted rw; a root hal's sandboxes see it read-only at :data:`sandboxuser.OWN_DIR`."""
+DROP_FILE = "hal-drop"
+"""The uid switch's name in :data:`ETC_DIR` (a link to, or copy of, the built one)."""
 SECCOMP_FILE = "seccomp.bpf"
 """The compiled filter in each sandbox's directory (see :mod:`seccomp`)."""
 
@@ -235,15 +238,14 @@ class BwrapSandbox(HostSandbox):
         if host_net and not shared_net and spec.rootfs is None:
             # The host's resolver may live on its loopback, out of reach: slirp's forwarder.
             args += ["--ro-bind", str(directory / ETC_DIR / "resolv.conf"), "/etc/resolv.conf"]
+        helper = False
         if record.uid is not None and spec.rootfs is None:
-            # Our own account files: the sandbox user has a name, the host's users stay hidden.
+            # One mount for our own account files (the sandbox user has a name, the host's
+            # users stay hidden; the /etc view links to them) and the static uid switch
+            # (~2 ms less per command than setpriv's loader and locale), when prepared.
             etc = directory / ETC_DIR
-            args += ["--ro-bind", str(etc / "passwd"), "/etc/passwd"]
-            args += ["--ro-bind", str(etc / "group"), "/etc/group"]
-        helper = owner.drop_helper if record.uid is not None and spec.rootfs is None else None
-        if helper is not None:
-            # The static uid switch: ~2 ms less per command than setpriv's loader and locale.
-            args += ["--ro-bind", helper, sandboxuser.DROP_HELPER]
+            args += ["--ro-bind", str(etc), sandboxuser.OWN_DIR]
+            helper = os.path.isfile(etc / DROP_FILE)
         if record.uid is not None and spec.rootfs is not None:
             args += ["--ro-bind", "/usr", sandboxuser.HOST_USR]
         args += ["--proc", "/proc", "--dev", "/dev"]
@@ -255,8 +257,9 @@ class BwrapSandbox(HostSandbox):
         args += ["--hostname", f"hal-{record.id}", "--remount-ro", "/"]
         self._args = with_parents(args)
         self._etc = owner.etc if spec.rootfs is None else None
+        self._accounts = record.uid is not None
         self._drop = sandboxuser.drop_privileges(
-            record.uid, rootfs=spec.rootfs is not None, helper=helper is not None
+            record.uid, rootfs=spec.rootfs is not None, helper=helper
         )
 
     def _argv(self, command: Command, env: Mapping[str, str], *, new_session: bool) -> list[str]:
@@ -267,7 +270,7 @@ class BwrapSandbox(HostSandbox):
         unset = [a for name in HOST_SESSION_VARS if name not in env for a in ("--unsetenv", name)]
         args = self._args
         if self._etc is not None:
-            view, dirs = self._etc.current()
+            view, dirs = self._etc.current(accounts=self._accounts)
             at = args.index(ETC_VIEW)
             # The host's curated directories, live, over their mount points in the view.
             live = [a for name in dirs for a in ("--ro-bind-try", f"/etc/{name}", f"/etc/{name}")]
@@ -382,6 +385,8 @@ class BwrapProvider(HostProvider):
         if record.uid is None:
             return
         sandboxuser.account_files(etc, record.uid, record.uid)
+        if self.drop_helper is not None:
+            sandboxuser.install_helper(self.drop_helper, etc / DROP_FILE)
         for mount in BwrapSandbox(self, record)._paths.mounts:
             # Writable means writable by the sandbox's uid: workspace, home, tmp, and the
             # writable binds of the spec (documented in docs/security.md).

@@ -35,6 +35,10 @@ KEEP = 600.0
 command marks the copy it uses) never finds it gone."""
 DIR = ".host-etc"
 """Under the provider's state dir; not an id, so never taken for a sandbox."""
+ACCOUNTS = ("passwd", "group")
+ACCOUNTS_AT = "/.hal"
+"""Where, with ``accounts``, the view's ``passwd`` and ``group`` lead: each sandbox's own
+account files (:data:`hal9999.providers.sandboxuser.OWN_DIR`), one mount for both."""
 
 
 def _state(source: Path, names: tuple[str, ...]) -> list[tuple[str, os.stat_result | None]]:
@@ -48,8 +52,8 @@ def _state(source: Path, names: tuple[str, ...]) -> list[tuple[str, os.stat_resu
     return found
 
 
-def _fingerprint(state: list[tuple[str, os.stat_result | None]]) -> str:
-    digest = hashlib.sha256()
+def _fingerprint(state: list[tuple[str, os.stat_result | None]], accounts: bool) -> str:
+    digest = hashlib.sha256(b"accounts" if accounts else b"host")
     for name, st in state:
         fields = (
             "-"
@@ -70,14 +74,19 @@ def _fingerprint(state: list[tuple[str, os.stat_result | None]]) -> str:
     return digest.hexdigest()[:20]
 
 
-def _build(source: Path, state: list[tuple[str, os.stat_result | None]], target: Path) -> None:
+def _build(
+    source: Path, state: list[tuple[str, os.stat_result | None]], target: Path, accounts: bool
+) -> None:
     """Fill the new directory ``target``: a copy of each regular file (mode kept; empty if we
-    cannot read it), an empty directory for each directory; anything else left out."""
+    cannot read it), an empty directory for each directory; anything else left out. With
+    ``accounts``, ``passwd`` and ``group`` are links to :data:`ACCOUNTS_AT` instead."""
     for name, st in state:
-        if st is None:
-            continue
         dst = target / name
-        if stat.S_ISDIR(st.st_mode):
+        if accounts and name in ACCOUNTS:
+            os.symlink(f"{ACCOUNTS_AT}/{name}", dst)
+        elif st is None:
+            continue
+        elif stat.S_ISDIR(st.st_mode):
             dst.mkdir(mode=0o755)
         elif stat.S_ISREG(st.st_mode):
             with open(dst, "xb") as out:
@@ -97,23 +106,26 @@ class EtcView:
         self.root = state_dir / DIR
         self.source = source
 
-    def current(self) -> tuple[Path, list[str]]:
+    def current(self, *, accounts: bool = False) -> tuple[Path, list[str]]:
         """The directory to bind as ``/etc`` (made now if the host's entries changed) and the
-        names of the directories in it to bind from the host on top."""
+        names of the directories in it to bind from the host on top. ``accounts``: the
+        sandbox's own ``passwd`` and ``group`` are bound at :data:`ACCOUNTS_AT`."""
         state = _state(self.source, ETC)
-        path = self.root / _fingerprint(state)
+        path = self.root / _fingerprint(state, accounts)
         try:
             os.utime(path)  # marks it in use (see KEEP)
         except FileNotFoundError:
-            self._make(path, state)
+            self._make(path, state, accounts)
         dirs = [name for name, st in state if st is not None and stat.S_ISDIR(st.st_mode)]
         return path, dirs
 
-    def _make(self, path: Path, state: list[tuple[str, os.stat_result | None]]) -> None:
+    def _make(
+        self, path: Path, state: list[tuple[str, os.stat_result | None]], accounts: bool
+    ) -> None:
         self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".new-", dir=self.root))
         try:
-            _build(self.source, state, tmp)
+            _build(self.source, state, tmp, accounts)
             os.chmod(tmp, 0o755)
             os.rename(tmp, path)
         except OSError:

@@ -14,14 +14,17 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import stat
 from pathlib import Path
 
 from hal9999.errors import ProviderError
 
 SETPRIV = "/usr/bin/setpriv"
-DROP_HELPER = "/.hal-drop"
-"""Where a sandbox sees :func:`drop_helper`'s program (bound read-only, per command)."""
+OWN_DIR = "/.hal"
+"""Where a root hal's sandbox sees its own host-made files (account files, uid switch)."""
+DROP_HELPER = f"{OWN_DIR}/hal-drop"
+"""Where a sandbox sees :func:`drop_helper`'s program (see :func:`install_helper`)."""
 DROP_HELPER_BUILT = Path(__file__).resolve().parents[3] / "build" / "hal-drop"
 """Where ``scripts/setup.sh`` builds it in a source checkout (``scripts/hal-drop.c``)."""
 HOST_USR = "/.hal-host/usr"
@@ -157,6 +160,20 @@ def drop_helper(path: Path = DROP_HELPER_BUILT) -> str | None:
     if not (stat.S_ISREG(st.st_mode) and trusted and st.st_mode & stat.S_IXUSR):
         return None
     return str(path)
+
+
+def install_helper(helper: str, target: Path) -> None:
+    """Put the uid switch ``helper`` at ``target`` (a sandbox's own read-only files): a hard
+    link where the filesystem allows, else a copy; replaced atomically."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    try:
+        os.link(helper, tmp)
+    except OSError:
+        shutil.copyfile(helper, tmp)
+        os.chmod(tmp, 0o755)
+    os.replace(tmp, target)
 
 
 def drop_privileges(uid: int | None, *, rootfs: bool, helper: bool = False) -> list[str]:
