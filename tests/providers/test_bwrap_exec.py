@@ -178,3 +178,11 @@ def test_copies_unused_for_a_while_are_removed_and_the_one_in_use_kept(tmp_path:
     new, _ = view.current()
     assert new.is_dir() and not old.exists()  # unused for longer than KEEP
     assert recent.is_dir()  # marked in use lately (by another process): kept
+
+
+def test_the_copies_live_outside_the_providers_state(tmp_path: Path) -> None:
+    # `sandboxes/<name>/` holds only sandboxes and `sandboxes/` only providers (recovery and
+    # `hal sandbox list` take each entry for one).
+    home = tmp_path / "home"
+    assert hostetc.root_for(home / "sandboxes" / "bwrap") == home / "cache" / "bwrap-etc"
+    assert hostetc.root_for(tmp_path / "state") == tmp_path / "state" / hostetc.DIR

@@ -34,7 +34,9 @@ KEEP = 600.0
 """Seconds an unused copy is kept: another ``hal`` process that has just picked it (each
 command marks the copy it uses) never finds it gone."""
 DIR = ".host-etc"
-"""Under the provider's state dir; not an id, so never taken for a sandbox."""
+"""Under a state dir outside a HAL_HOME (see :func:`root_for`)."""
+HOME_DIR = ("cache", "bwrap-etc")
+"""Under a HAL_HOME: outside ``sandboxes/``, whose entries are providers and sandboxes."""
 ACCOUNTS = ("passwd", "group")
 ACCOUNTS_AT = "/.hal"
 """Where, with ``accounts``, the view's ``passwd`` and ``group`` lead: each sandbox's own
@@ -99,11 +101,19 @@ def _build(
             os.chmod(dst, stat.S_IMODE(st.st_mode))
 
 
+def root_for(state_dir: Path) -> Path:
+    """Where the copies live for the provider at ``state_dir``: ``<home>/cache/bwrap-etc``
+    when it is a HAL_HOME's ``sandboxes/<name>``, else ``<state_dir>/.host-etc``."""
+    if state_dir.parent.name == "sandboxes":
+        return state_dir.parent.parent.joinpath(*HOME_DIR)
+    return state_dir / DIR
+
+
 class EtcView:
     """The current ``/etc`` directory for sandboxes of the provider at ``state_dir``."""
 
     def __init__(self, state_dir: Path, *, source: Path = Path("/etc")) -> None:
-        self.root = state_dir / DIR
+        self.root = root_for(state_dir)
         self.source = source
 
     def current(self, *, accounts: bool = False) -> tuple[Path, list[str]]:
