@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from tests.cli.conftest import private_env
 
 from hal9999.store import Store
 
@@ -18,6 +20,18 @@ def git(repo: Path, *args: str) -> str:
         ["git", "-c", "user.name=u", "-c", "user.email=u@u", *args],
         cwd=repo, check=True, capture_output=True, text=True,
     ).stdout.strip()  # fmt: skip
+
+
+def local_hal(home: Path, cwd: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``hal ARGS...`` on ``home`` with the local provider, run in ``cwd`` (a private config
+    directory beside it), to its end."""
+    env = private_env(home, cwd / "xdg", HAL_PROVIDER="local")
+
+    def hal(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "hal9999", *args], env=env, cwd=cwd,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    return hal
 
 
 def make_agent(store: Store, name: str) -> None:

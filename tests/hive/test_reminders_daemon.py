@@ -6,15 +6,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.hive.conftest import make_agent
+from tests.hive.conftest import local_hal, make_agent
 
 from hal9999.hive import broker, questions, reminders
 from hal9999.hive.store import update_agent
@@ -36,12 +34,7 @@ def poll(what: str, check: Callable[[], Any], timeout: float = 30) -> Any:
 
 def test_a_reminder_fires_after_the_daemon_is_killed_and_restarted(tmp_path: Path) -> None:
     home = tmp_path / "halhome"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HAL_")}
-    env.update(HAL_HOME=str(home), XDG_CONFIG_HOME=str(tmp_path / "xdg"), HAL_PROVIDER="local")
-
-    def hal(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "hal9999", *args], env=env, cwd=tmp_path,
-                              capture_output=True, text=True, timeout=60)  # fmt: skip
+    hal = local_hal(home, tmp_path)
 
     with Store.open(home) as store:
         make_agent(store, "alice")

@@ -5,15 +5,12 @@ errors back as their own classes."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.hive.conftest import agent_commit, git, make_agent
+from tests.hive.conftest import agent_commit, git, local_hal, make_agent
 
 from hal9999.errors import MergeRefused, ThreadNotFound, ThreadStateError
 from hal9999.hive import approvals, broker, questions
@@ -28,12 +25,7 @@ pytestmark = pytest.mark.slow
 def daemon(tmp_path: Path) -> Iterator[tuple[DaemonClient, Store]]:
     """A running ``hal serve`` of a fresh home with agents alice and bob, and its store."""
     home = tmp_path / "halhome"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HAL_")}
-    env.update(HAL_HOME=str(home), XDG_CONFIG_HOME=str(tmp_path / "xdg"), HAL_PROVIDER="local")
-
-    def hal(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "hal9999", *args], env=env, cwd=tmp_path,
-                              capture_output=True, text=True, timeout=60)  # fmt: skip
+    hal = local_hal(home, tmp_path)
 
     with Store.open(home) as store:
         make_agent(store, "alice")
