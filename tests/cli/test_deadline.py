@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.cli.conftest import Hal, tasks_json
+from tests.cli.conftest import Hal, start_hal, tasks_json
 from tests.cli.test_failures import assert_no_leftovers, wait_for_status
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
@@ -130,27 +129,15 @@ def test_sigterm_during_clone_ends_cleanly(
     hal: Hal, hal_env: dict[str, str], demo_repo: Path, silent_server: int
 ) -> None:
     url = f"http://127.0.0.1:{silent_server}/x.git"
-    argv = ["run", "--repo", url, "--agent", "true {{prompt_file}}", "x"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hal9999", *argv],
-        cwd=demo_repo,
-        env=hal_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_for_status(hal, "preparing")
-        deadline = time.monotonic() + 20
-        while not processes_naming(url) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert processes_naming(url), "git never started cloning"
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-    except BaseException:
-        proc.kill()
-        proc.communicate()
-        raise
+    proc = start_hal(hal_env, demo_repo, "run", "--repo", url, "--agent",
+                     "true {{prompt_file}}", "x")  # fmt: skip
+    wait_for_status(hal, "preparing")
+    deadline = time.monotonic() + 20
+    while not processes_naming(url) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_naming(url), "git never started cloning"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
     assert proc.returncode == 143, err
     assert "cancelled" in err and "Traceback" not in err
     [task] = tasks_json(hal)
