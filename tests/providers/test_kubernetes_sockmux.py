@@ -178,9 +178,13 @@ async def channel_in_pod(
         yield sandbox, channel
 
 
+@pytest.mark.parametrize("interpreter", ["python3", "perl"])
 async def test_host_sockets_answer_in_the_pod_over_one_exec(
-    fake_k8s: FakeKube, hal_home: Path, echo_dir: Path
-) -> None:
+    fake_k8s: FakeKube, hal_home: Path, echo_dir: Path, monkeypatch: pytest.MonkeyPatch,
+    interpreter: str,
+) -> None:  # fmt: skip
+    if interpreter == "perl":  # an image without python3: the perl listener
+        monkeypatch.setattr(sockmux, "BOOT", sockmux.BOOT.replace("command -v python3", "false"))
     said: list[str] = []
     async with channel_in_pod(hal_home, echo_dir, said) as (sandbox, channel):
         try:
@@ -197,6 +201,7 @@ async def test_host_sockets_answer_in_the_pod_over_one_exec(
         assert gone.exit_code == 1
         ps = await sandbox.exec(ArgvCommand(argv=("sh", "-c", "ps ax -o args || true")))
         assert b"hal-sockmux" not in ps.stdout and b"python3 -I -S" not in ps.stdout
+        assert b"perl -e" not in ps.stdout
 
 
 async def test_without_python_in_the_image_one_line_and_the_agent_runs_on(

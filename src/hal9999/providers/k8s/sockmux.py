@@ -42,9 +42,13 @@ WINDOW = 1 << 18
 """Unacknowledged DATA bytes one side may send on one connection."""
 MAX_CONNECTIONS = 64
 READY_TIMEOUT_S = 20.0
-BOOT = 'n=$1; shift; exec python3 -I -S -c "$(head -c "$n")" "$@"'
-"""In the pod: read the script (its length first) from stdin, then run it on the rest."""
-SCRIPT = (Path(__file__).parent / "sockmux_pod.py").read_bytes()
+BOOT = ('n=$1; m=$2; shift 2; if command -v python3 >/dev/null 2>&1; then '
+        's=$(head -c "$n"); head -c "$m" >/dev/null; exec python3 -I -S -c "$s" "$@"; '
+        'else head -c "$n" >/dev/null; exec perl -e "$(head -c "$m")" "$@"; fi')  # fmt: skip
+"""In the pod: read both scripts (their lengths in argv) from stdin, run the python one (the
+perl one where the image has no python3) on the rest."""
+PYTHON = (Path(__file__).parent / "sockmux_pod.py").read_bytes()
+PERL = (Path(__file__).parent / "sockmux_pod.pl").read_bytes()
 
 
 class MuxProtocolError(ValueError):
@@ -133,9 +137,8 @@ class HostMux:
         self._out.put_nowait(encode(Frame(kind, conn, payload)))
 
     async def outgoing(self) -> AsyncIterator[bytes]:
-        """What goes to the pod's stdin: the in-pod script (its length first), then frames
-        until :meth:`end`."""
-        yield SCRIPT
+        """What goes to the pod's stdin: the in-pod scripts, then frames until :meth:`end`."""
+        yield PYTHON + PERL
         while (data := await self._out.get()) is not None:
             yield data
 
@@ -274,7 +277,7 @@ class SocketChannel:
             return
         self._mux = mux = HostMux([host for _, host in pairs])
         argv = ["env", f"{EXEC_MARKER_VAR}={self._token}", "sh", "-c", BOOT, "hal-sockmux",
-                str(len(SCRIPT)), *(inside for inside, _ in pairs)]  # fmt: skip
+                str(len(PYTHON)), str(len(PERL)), *(inside for inside, _ in pairs)]  # fmt: skip
         self._task = asyncio.create_task(self._serve(mux, argv))
         ready = asyncio.create_task(mux.ready.wait())
         try:
@@ -285,7 +288,7 @@ class SocketChannel:
         if not mux.ready.is_set():
             why = self._stderr.decode("utf-8", "replace").strip() or "no answer"
             self._say(f"the hal host's sockets (the LLM gateway) do not answer in the pod "
-                      f"({why}); its image needs python3; the agent runs without them")
+                      f"({why}); its image needs python3 or perl; the agent runs without them")
 
     async def _serve(self, mux: HostMux, argv: list[str]) -> None:
         try:
