@@ -9,7 +9,8 @@ the exec subresource. Labels find it again: ``app.kubernetes.io/managed-by=hal99
 ``hal9999/sandbox`` and, for the warm pool, ``hal9999/claim`` (``free`` or ``taken``).
 
 The NetworkPolicy selects the one pod. Network ``none``: no ingress and no egress at all
-(both policy types with empty rule lists). Network ``host``: no ingress; egress anywhere
+(both policy types with empty rule lists): the LLM gateway is still reached, through the API
+server's exec (:mod:`.sockmux`), not the pod network. Network ``host``: no ingress; egress anywhere
 (the pod network, like the host's for a local sandbox). Allow-lists are not offered: a
 NetworkPolicy names addresses, not host names. Policies are enforced only by a network
 plugin that implements them (Calico, Cilium...): see docs/providers.md.
