@@ -10,6 +10,7 @@ for pair in bwrap:bubblewrap tmux:tmux git:git ps:procps prlimit:util-linux \
     chromium:chromium; do  # chromium: the dashboard's browser tests; strace: benchmark counts
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
+[ -f /usr/include/stdio.h ] || need+=(libc6-dev)  # headers and libc.a for build/hal-drop
 if [ "${#need[@]}" -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   echo "setup: apt-get install ${need[*]}"
