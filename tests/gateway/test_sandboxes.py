@@ -46,10 +46,12 @@ def test_a_container_task_calls_the_model_and_egress_through_the_gateway(
 
 
 def run_bash_agent(
-    hal_cli: HalCli, bug_repo: Path, upstream: StormUpstream, dummy_key: str, provider: str
+    hal_cli: HalCli, bug_repo: Path, upstream: StormUpstream, dummy_key: str, provider: str,
+    more_config: str = "",
 ) -> None:
     """One task of the bash agent as "claude": a model call, a denied and an allowed CONNECT,
-    a direct connection; checks each outcome, the records, the events and the canary."""
+    a direct connection; checks each outcome, the records, the events and the canary.
+    ``more_config`` ends the config file (the provider's own settings)."""
     address = host_address()
     if address is None:
         pytest.skip("this machine has no non-loopback address to tunnel to")
@@ -65,7 +67,7 @@ def run_bash_agent(
             'command = "/workspace/caller.sh"\n'
             f'base_url = "{upstream.url}"\n'
             f'api_key_env = "{KEY_VAR}"\n'
-            f"[gateway]\negress = [{json.dumps(target)}]\n"
+            f"[gateway]\negress = [{json.dumps(target)}]\n" + more_config
         )
         out = hal_cli("run", "--agent", "claude", target, timeout=240)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
