@@ -384,3 +384,7 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
     def all_task_ids(self) -> set[str]:
         """Every task id in the store."""
         return {str(row[0]) for row in self._query("SELECT id FROM tasks")}
+
+    def has_task(self, task_id: str) -> bool:
+        """Whether a task with exactly this id exists (one primary-key lookup)."""
+        return bool(self._query("SELECT 1 FROM tasks WHERE id = ?", (task_id,)))

@@ -82,11 +82,12 @@ class RunRequest:
     """When set, the task reaches only these of the hosts config allows (it narrows)."""
 
 
-def new_task_id(taken: set[str]) -> str:
-    """A short random id (8 chars of Crockford base32) not in ``taken``."""
+def new_task_id(taken: Callable[[str], bool]) -> str:
+    """A short random id (8 chars of Crockford base32) for which ``taken`` is false (a lookup
+    per candidate: reading every id at each submission grew with the store's history)."""
     while True:
         candidate = "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
-        if candidate not in taken:
+        if not taken(candidate):
             return candidate
 
 
@@ -211,7 +212,7 @@ class TaskService:
         if req.ref is not None:
             gitrepo.check_ref(req.ref)  # before any task exists: never a git option later
         source = await gitrepo.resolve_source(req.repo, req.cwd)
-        task_id = new_task_id(self.store.all_task_ids())
+        task_id = new_task_id(self.store.has_task)
         session = Session(self.paths.ensure_session(task_id))
         session.create()
         session.workspace.mkdir(exist_ok=True)

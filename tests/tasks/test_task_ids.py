@@ -1,0 +1,54 @@
+"""A new task's id is checked against the store one candidate at a time: submitting a task
+reads one row, not every task id the store ever held (that read grew with the history, and
+a daemon takes a thousand submissions in a burst; issue 16)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from tests.tasks.test_halt import git_repo
+from tests.tasks.test_recovery import make_task, pooled_service
+
+from hal9999.tasks import service as service_module
+from hal9999.tasks.service import RunRequest, new_task_id
+
+
+def test_a_taken_id_is_never_handed_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    letters = iter("A" * 8 + "B" * 8)
+    monkeypatch.setattr(service_module.secrets, "choice", lambda alphabet: next(letters))
+    asked: list[str] = []
+
+    def taken(candidate: str) -> bool:
+        asked.append(candidate)
+        return candidate == "AAAAAAAA"
+
+    assert new_task_id(taken) == "BBBBBBBB"
+    assert asked == ["AAAAAAAA", "BBBBBBBB"]
+
+
+async def test_submitting_a_task_reads_no_other_tasks_row(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    store, service, _, _ = pooled_service(home, "fake")
+    for n in range(300):
+        store.insert_task(make_task(home, f"old{n:05d}", "succeeded"))
+    assert store.has_task("old00007") and not store.has_task("old0000")
+    request = RunRequest(
+        prompt="p", repo=str(git_repo(tmp_path / "repo")), ref=None, agent="true {{prompt_file}}",
+        provider="fake", process_manager="direct", timeout_s=None,
+    )  # fmt: skip
+    read_ids: list[int] = []
+    real = store._query
+
+    def query(sql: str, params: object = ()) -> list[sqlite3.Row]:
+        found = real(sql, params)  # type: ignore[arg-type]
+        if "FROM tasks" in sql:
+            read_ids.append(len(found))
+        return found
+
+    store._query = query  # type: ignore[method-assign]
+    task = await service.create(request)
+    assert store.get_task(task.id).status == "queued"
+    assert read_ids and max(read_ids) <= 1, f"rows of tasks read per query: {read_ids}"
+    store.close()
