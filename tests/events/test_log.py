@@ -215,3 +215,20 @@ def test_emit_after_close_fails(tmp_path: Path) -> None:
     log.close()
     with pytest.raises(ValueError, match="closed"):
         log.emit(Output(text="late"))
+
+
+def test_stamping_copies_like_model_copy_and_leaves_the_callers_event_alone(
+    tmp_path: Path,
+) -> None:
+    # The log stamps events without pydantic's generic copy (issue 16: a third of an event's
+    # cost); the stamped event must be what model_copy made, and the caller's untouched.
+    from hal9999.events.log import _stamped
+
+    for event in (Output(text="a\n"), Phase(phase="running", detail="d")):
+        stamps = {"seq": 7, "ts": 1.5, "task_id": "t1"}
+        fast, slow = _stamped(event, stamps), event.model_copy(update=stamps)
+        assert fast.model_dump_json() == slow.model_dump_json()
+        assert fast.model_fields_set == slow.model_fields_set
+        assert type(fast) is type(slow) and fast == slow
+        fast.gseq = 3
+        assert event.seq == 0 and event.gseq == 0 and event.task_id != "t1"
