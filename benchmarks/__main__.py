@@ -93,7 +93,7 @@ async def main(args: argparse.Namespace) -> list[Result]:
     print("events ...", file=sys.stderr)
     results += events_case(20_000 if args.quick else 100_000)
     print("rss ...", file=sys.stderr)
-    results += await rss_case(20 if args.quick else 100)
+    results += await rss_case(20, 200) if args.quick else await rss_case(100, 1000)
     return results
 
 

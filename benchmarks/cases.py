@@ -24,6 +24,7 @@ from benchmarks.profile import (
     reap_orphans,
     traced_argv,
 )
+from hal9999.errors import HalError
 from hal9999.events.log import EventLog
 from hal9999.events.models import Output
 from hal9999.pool import ProviderSettings, SlotDir, WarmPool
@@ -370,8 +371,9 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-async def rss_case(count: int) -> list[Result]:
-    """RSS of ``hal serve`` with ``count`` tasks running."""
+async def rss_case(count: int, queued: int = 0) -> list[Result]:
+    """RSS of ``hal serve`` with ``count`` tasks running and ``queued`` more waiting for a
+    slot (the issue's 100 running + 1,000 queued)."""
     root = Path(tempfile.mkdtemp(prefix="hal-bench-"))
     repo = make_repo(root)
     env = hal_env(root / "home", HAL_MAX_CONCURRENT=str(count), HAL_BWRAP_MAX_POOL_SIZE=str(count))
@@ -380,19 +382,37 @@ async def rss_case(count: int) -> list[Result]:
     ids = [str((await client.call("POST", "/v1/tasks", body))["id"]) for _ in range(count)]
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        status = await client.call("GET", "/v1/status")
         tasks = await client.call("GET", "/v1/tasks", query={"status": "running"})
         if len(tasks) >= count:
             break
         await asyncio.sleep(0.5)
+    sem = asyncio.Semaphore(32)
+
+    async def submit() -> str:
+        async with sem:
+            return str((await client.call("POST", "/v1/tasks", body))["id"])
+
+    ids += await asyncio.gather(*(submit() for _ in range(queued)))
+    waiting = await client.call("GET", "/v1/tasks", query={"status": "queued"})
+    status = await client.call("GET", "/v1/status")
     rss = rss_kib(status["pid"]) / 1024
-    for task_id in ids:
-        await client.call("POST", f"/v1/tasks/{task_id}/cancel")
+
+    async def cancel(task_id: str) -> None:
+        async with sem:
+            with contextlib.suppress(HalError):  # one that ended meanwhile
+                await client.call("POST", f"/v1/tasks/{task_id}/cancel")
+
+    # The queued ones first (none of them may start), then the running ones.
+    await asyncio.gather(*(cancel(task_id) for task_id in ids[count:]))
+    await asyncio.gather(*(cancel(task_id) for task_id in ids[:count]))
     await hal(env, repo, "serve", "--stop")
     shutil.rmtree(root, ignore_errors=True)
+    label = f"RSS of hal serve, {len(tasks)} tasks running"
+    if queued:
+        label += f" + {len(waiting):,} queued"
     return [
-        Result(f"RSS of hal serve, {len(tasks)} tasks running", rss, "MiB", "-", "-",
-               "<= 150 MiB", rss <= 150 and len(tasks) >= count)
+        Result(label, rss, "MiB", "-", "-", "<= 150 MiB",
+               rss <= 150 and len(tasks) >= count and len(waiting) >= queued)
     ]  # fmt: skip
 
 
