@@ -21,6 +21,8 @@ except SystemExit:
     pass
 sys.stderr.write("\\n" + json.dumps(sorted(sys.modules)))
 """
+"""``python -c`` of this runs ``hal ARGS`` as the console script does, then writes the names
+of the modules it imported as a last line of JSON on stderr."""
 
 
 def test_version_imports_no_click_and_prints_clicks_line(tmp_path: Path) -> None:

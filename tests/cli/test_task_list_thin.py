@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 import pytest
+from tests.cli.test_entry import IMPORTED
 from tests.tasks.test_recovery import make_task
 
 from hal9999.cli.lazy import TASK_COMMANDS
@@ -23,17 +24,6 @@ from hal9999.tasks.state import ACTIVE, TaskStatus
 
 MODELS = {"pydantic", "pydantic_core", "httpx", "asyncio", "anyio"}
 """What the thin path has no use for (the full path imports all of them)."""
-
-IMPORTED = """
-import json, runpy, sys
-sys.argv = ["hal", *sys.argv[1:]]
-try:
-    runpy.run_module("hal9999", run_name="__main__")
-except SystemExit:
-    pass
-sys.stderr.write("\\n" + json.dumps(sorted(sys.modules)))
-"""
-
 
 def _env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HAL_", "XDG_"))}
