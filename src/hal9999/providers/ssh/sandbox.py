@@ -22,6 +22,7 @@ from hal9999.providers import limits
 from hal9999.providers.base import Command, ExecResult, Launch, StreamEvent
 from hal9999.providers.handle import SandboxHandle, collect
 from hal9999.providers.hostexec import EXEC_MARKER_VAR, MARKER_VAR
+from hal9999.providers.mirrorfiles import MirrorFiles
 from hal9999.providers.ssh import channel, mirror, remote, session
 from hal9999.providers.ssh.connections import ConnectionPool
 from hal9999.providers.ssh.records import MountRecord, SshRecord, SshRecords
@@ -33,8 +34,10 @@ WORKDIR = "/workspace"
 HOME = "/home/hal"
 
 
-class SshSandbox(SandboxHandle):
+class SshSandbox(MirrorFiles, SandboxHandle):
     """Operations on one sandbox of an ssh host."""
+
+    _record: SshRecord
 
     def __init__(
         self,
@@ -241,10 +244,6 @@ class SshSandbox(SandboxHandle):
         return session.attach_argv(self._record.host, self._record.root, self._records.root)
 
     # -- files (as commands inside: links resolve in the sandbox's own view) -----------------
-    async def _inside(self, script: str, *args: str, stdin: bytes = b"") -> ExecResult:
-        command = ArgvCommand(argv=("sh", "-c", script, "hal-file", *args), cwd=self.workdir)
-        return await self._run(command, None, stdin, 120)
-
     def _target(self, path: str, *, write: bool = False) -> str:
         # Without bwrap nothing enforces a read-only bind inside; hal's own writes refuse it
         # (and what a command changes there is never pulled back).
@@ -252,67 +251,7 @@ class SshSandbox(SandboxHandle):
             raise ExecError(f"cannot write {path}: it is on a read-only mount")
         return self._remote_path(path)
 
-    async def read_file(self, path: str) -> bytes:
-        """The contents of a file."""
-        self._require_running()
-        result = await self._inside('exec cat -- "$1"', self._target(path))
-        if not result.ok:
-            raise ExecError(f"cannot read {path}: {_reason(result)}")
-        return result.stdout
-
-    async def write_file_atomic(self, path: str, data: bytes, *, mode: int = 0o644) -> None:
-        """Write a file atomically (temp + rename, replacing a link rather than following
-        it), create parents, verify it, then bring it back to the hal host."""
-        self._require_running()
-        script = (
-            'set -e; d=$(dirname -- "$1"); mkdir -p -- "$d"; t=$(mktemp "$d/.hal.XXXXXX"); '
-            'trap \'rm -f -- "$t"\' EXIT; cat > "$t"; chmod "$2" "$t"; mv -f -- "$t" "$1"; '
-            'trap - EXIT; wc -c < "$1"'
-        )
-        result = await self._inside(script, self._target(path, write=True), f"{mode:o}",
-                                    stdin=data)  # fmt: skip
-        if not result.ok:
-            raise ExecError(f"cannot write {path}: {_reason(result)}")
-        if result.stdout.strip() != str(len(data)).encode():
-            raise ExecError(f"wrote {path} but read back a different size")
-        await self.pull()
-
-    async def exists(self, path: str) -> bool:
-        """Whether the path exists."""
-        self._require_running()
-        return (await self._inside('test -e "$1" || test -L "$1"', self._target(path))).ok
-
-    async def mkdir(self, path: str, *, mode: int = 0o755) -> None:
-        """Create a directory and its parents."""
-        self._require_running()
-        where = self._target(path, write=True)
-        result = await self._inside('mkdir -p -m "$2" -- "$1"', where, f"{mode:o}")
-        if not result.ok:
-            raise ExecError(f"cannot create directory {path}: {_reason(result)}")
-        await self.pull()
-
-    async def remove(self, path: str, *, recursive: bool = False) -> None:
-        """Remove a file, or a directory tree with ``recursive``."""
-        self._require_running()
-        script = 'rm -rf -- "$1"' if recursive else 'rm -f -- "$1"'
-        result = await self._inside(script, self._target(path, write=True))
-        if not result.ok:
-            raise ExecError(f"cannot remove {path}: {_reason(result)}")
-        await self.pull()
-
-    async def adopt(self, target: str) -> None:
-        """What the hal host just made in the mount at ``target`` (a fresh clone) goes out."""
-        for mount in self._record.mounts:
-            if target in (mount.target, mount.remote):
-                await self._push_one(mount)
-
     # -- the mirror -------------------------------------------------------------------------
-    async def push(self, *, writable: bool = True) -> None:
-        """Send host directories out: the read-only ones, and with ``writable`` all."""
-        for mount in self._record.mounts:
-            if mount.host is not None and (writable or not mount.writable):
-                await self._push_one(mount)
-
     async def _push_one(self, mount: MountRecord) -> None:
         if mount.host is None:
             return
@@ -366,10 +305,4 @@ class SshSandbox(SandboxHandle):
 
         await destroy_record(self._records, self._pool, self.id)
 
-
-def _reason(result: ExecResult) -> str:
-    text = result.stderr.decode("utf-8", "replace").strip()
-    if "Read-only file system" in text:
-        text += " (read-only)"
-    return text or f"exit {result.exit_code}"
 
