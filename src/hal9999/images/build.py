@@ -237,8 +237,12 @@ class Builder:
             ["chroot", str(work), "useradd", "-m", "-u", "1000", "-U", "-s", "/bin/bash", "agent"],
             what="useradd agent",
         )
-        # Commands run as root log in through /bin/sh, which reads no startup files.
-        await self.run(["chroot", str(work), "usermod", "-s", "/bin/sh", "root"], what="usermod")
+        # sshd runs each command as "SHELL -c COMMAND": root's shell is hal-exec, which
+        # splits hal's command lines itself (no shell exec per command; see hal-exec.c).
+        await self.run(
+            ["chroot", str(work), "usermod", "-s", "/usr/local/bin/hal-exec", "root"],
+            what="usermod",
+        )
         for name, target in GUEST_FILES.items():
             path = work / "usr/local" / target
             path.parent.mkdir(parents=True, exist_ok=True)
