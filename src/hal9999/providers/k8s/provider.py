@@ -44,8 +44,8 @@ from hal9999.providers.k8s import manifests
 from hal9999.providers.k8s.api import KubeApi, Pod, is_conflict
 from hal9999.providers.k8s.config import Cluster, KubernetesConfig, connect, resolved
 from hal9999.providers.k8s.manifests import CLAIM, OWNER, SANDBOX, pod_name
-from hal9999.providers.k8s.sandbox import HOME, WORKDIR, KubeRecord, KubeRecords, KubeSandbox
-from hal9999.providers.ssh.records import MountRecord
+from hal9999.providers.k8s.sandbox import KubeRecord, KubeRecords, KubeSandbox
+from hal9999.providers.ssh.provider import mount_records
 from hal9999.spec import SandboxSpec
 
 logger = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ class KubernetesProvider:
         sandbox_id = pod.metadata.labels[SANDBOX]
         record = KubeRecord(id=sandbox_id, provider=self.name, state="running", spec=spec,
                             created_at=time.time(), namespace=self.config.namespace,
-                            pod=pod.metadata.name, mounts=_mounts(spec),
+                            pod=pod.metadata.name, mounts=mount_records(spec, manifests.ROOT),
                             settings=self.config)  # fmt: skip
         self.records.save(record)
         sandbox = self._handle(record)
@@ -366,21 +366,3 @@ def _int(value: str | None) -> float:
         return float(value or 0)
     except ValueError:
         return 0.0
-
-
-def _mounts(spec: SandboxSpec) -> tuple[MountRecord, ...]:
-    root = manifests.ROOT
-    mounts = []
-    if spec.workspace is not None:
-        mounts.append(MountRecord(target=WORKDIR, remote=f"{root}/ws", writable=True,
-                                  host=spec.workspace))  # fmt: skip
-    for index, bind in enumerate(spec.binds):
-        mounts.append(MountRecord(target=bind.target, remote=f"{root}/b{index}",
-                                  writable=not bind.read_only, host=bind.source))  # fmt: skip
-    targets = {m.target for m in mounts}
-    if WORKDIR not in targets:
-        mounts.append(MountRecord(target=WORKDIR, remote=f"{root}/ws", writable=True))
-    if HOME not in targets:
-        mounts.append(MountRecord(target=HOME, remote=f"{root}/home", writable=True))
-    mounts.append(MountRecord(target="/tmp", remote=f"{root}/tmp", writable=True))
-    return tuple(mounts)

@@ -138,7 +138,7 @@ class SshProvider:
         if code != 0 or not home.startswith("/"):
             raise ProviderError(f"ssh host {host.name!r} has no usable HOME: {err.decode()}")
         root = f"{home}/{self.config.remote_dir}/sandboxes/{sandbox_id}"
-        mounts = _mounts(spec, root)
+        mounts = mount_records(spec, root)
         dirs = [m.remote for m in mounts]
         code, _, err = await channel.run(
             conn, remote.plain(["mkdir", "-p", "-m", "700", "--", root, *dirs]), what="mkdir"
@@ -250,7 +250,8 @@ async def destroy_record(records: SshRecords, pool: ConnectionPool, sandbox_id: 
     records.delete(sandbox_id)
 
 
-def _mounts(spec: SandboxSpec, root: str) -> tuple[MountRecord, ...]:
+def mount_records(spec: SandboxSpec, root: str) -> tuple[MountRecord, ...]:
+    """A sandbox's directories in a mirror under ``root`` (``ws``, ``b<N>``, ``home``, ``tmp``)."""
     mounts = []
     if spec.workspace is not None:
         mounts.append(MountRecord(target=WORKDIR, remote=f"{root}/ws", writable=True,
