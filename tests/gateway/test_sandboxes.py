@@ -47,11 +47,12 @@ def test_a_container_task_calls_the_model_and_egress_through_the_gateway(
 
 def run_bash_agent(
     hal_cli: HalCli, bug_repo: Path, upstream: StormUpstream, dummy_key: str, provider: str,
-    more_config: str = "",
+    more_config: str = "", command: str = "/workspace/caller.sh",
 ) -> None:
     """One task of the bash agent as "claude": a model call, a denied and an allowed CONNECT,
     a direct connection; checks each outcome, the records, the events and the canary.
-    ``more_config`` ends the config file (the provider's own settings)."""
+    ``more_config`` ends the config file (the provider's own settings); ``command`` is the
+    agent's program where the sandbox sees the workspace."""
     address = host_address()
     if address is None:
         pytest.skip("this machine has no non-loopback address to tunnel to")
@@ -64,7 +65,7 @@ def run_bash_agent(
         hal_cli.config_file.parent.mkdir(parents=True, exist_ok=True)
         hal_cli.config_file.write_text(
             "[agents.claude]\n"
-            'command = "/workspace/caller.sh"\n'
+            f"command = {json.dumps(command)}\n"
             f'base_url = "{upstream.url}"\n'
             f'api_key_env = "{KEY_VAR}"\n'
             f"[gateway]\negress = [{json.dumps(target)}]\n" + more_config

@@ -5,19 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
-import threading
 from pathlib import Path
 
 import pytest
 from tests.e2e.conftest import HalCli, bug_repo, dummy_key, files_containing, hal_cli  # noqa: F401
 from tests.fakes.k8s_api import FakeKube
-from tests.gateway.test_egress import host_address
+from tests.gateway.test_sandboxes import run_bash_agent, upstream  # noqa: F401
 from tests.gateway.upstream import StormUpstream
-from tests.providers.test_ssh_gateway import AGENT as GATEWAY_AGENT
-from tests.providers.test_ssh_gateway import KEY, upstream  # noqa: F401
-from tests.providers.test_ssh_gateway import _echo_once as echo_once
 from tests.providers.test_ssh_run import AGENT, git, repo  # noqa: F401
 from tests.providers.test_ssh_run import hal as ssh_hal
 
@@ -63,36 +57,10 @@ def test_a_pod_with_no_network_calls_the_model_and_egress_through_the_gateway(
     forwarder in the pod (no network: the fake's pod has its own empty network namespace,
     the NetworkPolicy denies all egress) calls the model and the egress proxy through them,
     and the real key never enters the pod (the canary: every exec's URL and stdin)."""
-    address = host_address()
-    if address is None:
-        pytest.skip("this machine has no non-loopback address to tunnel to")
     hal_cli.env |= {k: v for k, v in os.environ.items() if k.startswith("HAL_K8S_")}
     hal_cli.env["HAL_PROVIDER"] = "kubernetes"
-    shutil.copy(GATEWAY_AGENT, bug_repo / "caller.sh")
-    git(bug_repo, "add", "caller.sh")
-    git(bug_repo, "commit", "-qm", "bash agent")
     fake_k8s.canary = dummy_key.encode()
-    with socket.create_server((address, 0)) as listener:
-        target = f"{address}:{listener.getsockname()[1]}"
-        threading.Thread(target=echo_once, args=(listener,), daemon=True).start()
-        hal_cli.config_file.parent.mkdir(parents=True, exist_ok=True)
-        hal_cli.config_file.write_text(
-            "[agents.claude]\n"
-            'command = "/hal/ws/caller.sh"\n'  # the workspace as a pod sees it
-            f'base_url = "{upstream.url}"\n'
-            f'api_key_env = "{KEY}"\n'
-            f"[gateway]\negress = [{json.dumps(target)}]\n"
-        )
-        out = hal_cli("run", "--agent", "claude", target, timeout=240)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    [task] = json.loads(hal_cli("task", "list", "--json").stdout)
-    assert task["provider"] == "kubernetes"
-    logs = hal_cli("task", "logs", task["id"]).stdout
-    assert "CALL HTTP/1.1 200" in logs, logs[-2000:]
-    assert [seen.headers["x-api-key"] for seen in upstream.seen] == [dummy_key]
-    assert "EGRESS denied.example:443 HTTP/1.1 403" in logs
-    assert f"EGRESS {target} echo:through the tunnel" in logs
-    assert f"DIRECT {target} direct refused" in logs, "network none: no way out but the proxy"
+    run_bash_agent(hal_cli, bug_repo, upstream, dummy_key, "kubernetes",
+                   command="/hal/ws/caller.sh")  # the workspace as a pod sees it
     assert fake_k8s.canary_seen == 0, "the real key went into the pod"
     assert any("hal-sockmux" in url for method, url in fake_k8s.calls if method == "EXEC")
-    assert files_containing(hal_cli.home, dummy_key.encode()) == []
