@@ -96,6 +96,7 @@ def test_a_docker_agent_calls_an_mcp_tool_as_itself_only(
     assert read("python.txt").strip() == "none", "the image has no python: perl forwards"
     replies = {r["id"]: r for r in map(json.loads, read("mcp-replies.txt").splitlines())}
     assert set(replies) == {1, 2, 3}, read("mcp-replies.txt") + read("mcp-errors.txt")
+    assert "result" in replies[2], replies[2]  # an error reply names its cause here
     assert not replies[2]["result"].get("isError"), replies[2]
     forged = replies[3]["result"]
     assert forged["isError"] is True

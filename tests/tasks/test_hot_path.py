@@ -50,15 +50,7 @@ async def test_the_submodule_step_runs_only_for_a_repository_that_has_gitmodules
         return await original(sandbox)
 
     monkeypatch.setattr(gitrepo, "init_submodules", counted)
-    store, service, _, _ = pooled_service(tmp_path / "home", "bwrap")
-    request = RunRequest(
-        prompt="p", repo=str(repo), ref=None, agent="true {{prompt_file}}", provider="bwrap",
-        process_manager="direct", timeout_s=60,
-    )  # fmt: skip
-    task = await service.create(request)
-    done = await service.run(task.id)
-    store.close()
-    assert done.status == "succeeded", done.error_message
+    await run_trivial_task(tmp_path, repo)
     assert len(calls) == (1 if submodules else 0)
 
 
@@ -102,15 +94,7 @@ async def test_a_run_execs_in_its_sandbox_only_to_collect(
         return await original(self, command, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(BwrapSandbox, "exec", counted)
-    store, service, _, _ = pooled_service(tmp_path / "home", "bwrap")
-    request = RunRequest(
-        prompt="p", repo=str(repo), ref=None, agent="true {{prompt_file}}", provider="bwrap",
-        process_manager="direct", timeout_s=60,
-    )  # fmt: skip
-    task = await service.create(request)
-    done = await service.run(task.id)
-    store.close()
-    assert done.status == "succeeded", done.error_message
+    await run_trivial_task(tmp_path, repo)
     assert [argv[3] for argv in execs] == ["hal-collect"], execs
 
 
@@ -131,3 +115,16 @@ def test_only_the_launchers_own_line_with_its_status_means_not_installed(tmp_pat
     assert missing_program(agent, "bwrap", MISSING_STATUS, log, 0) is None
     log.write_bytes(line)  # printed by an earlier run, before this one's log start
     assert missing_program(agent, "bwrap", MISSING_STATUS, log, len(line)) is None
+
+
+async def run_trivial_task(tmp_path: Path, repo: Path) -> None:
+    """One `true` agent run through a pooled bwrap service, to its success."""
+    store, service, _, _ = pooled_service(tmp_path / "home", "bwrap")
+    request = RunRequest(
+        prompt="p", repo=str(repo), ref=None, agent="true {{prompt_file}}", provider="bwrap",
+        process_manager="direct", timeout_s=60,
+    )  # fmt: skip
+    task = await service.create(request)
+    done = await service.run(task.id)
+    store.close()
+    assert done.status == "succeeded", done.error_message
