@@ -11,12 +11,13 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.hive.mcp_client import FORWARDER, call, connect
 
 from hal9999.hive.mcp.server import McpHub
-from hal9999.hive.mcp.tools import Hive
+from hal9999.hive.mcp.tools import Caller, Hive, NoArgs, Tool
 from hal9999.store import Store
 
 
@@ -136,6 +137,83 @@ async def test_hostile_bytes_get_errors_or_a_hang_up_and_others_go_on(hub: McpHu
     writer.close()
     async with connect(sock) as client:  # the agent's next connection works
         assert (await client.list_tools()).tools
+
+
+class SlowArgs(NoArgs):
+    """How long the tool takes."""
+
+    seconds: float
+
+
+async def slow(caller: Caller, args: SlowArgs) -> str:
+    await asyncio.sleep(args.seconds)
+    return "slept"
+
+
+SLOW = Tool("slow", "Sleep, then answer.", SlowArgs, slow)
+INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+    "protocolVersion": "2025-06-18", "capabilities": {},
+    "clientInfo": {"name": "script", "version": "0"}}}  # fmt: skip
+READY = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+
+
+def tool_call(call_id: int, name: str, arguments: dict[str, object]) -> dict[str, object]:
+    return {"jsonrpc": "2.0", "id": call_id, "method": "tools/call",
+            "params": {"name": name, "arguments": arguments}}  # fmt: skip
+
+
+async def pipelined(sock: Path, messages: list[dict[str, object]]) -> list[dict[str, Any]]:
+    """Send every message at once, half-close after the last answer's predecessor, read all."""
+    reader, writer = await asyncio.open_unix_connection(str(sock))
+    writer.write("".join(json.dumps(m) + "\n" for m in messages).encode())
+    await writer.drain()
+    replies = [json.loads(await asyncio.wait_for(reader.readline(), 10)) for _ in range(2)]
+    writer.write_eof()  # done sending, as a shell agent closing the forwarder's stdin
+    while line := await asyncio.wait_for(reader.readline(), 10):
+        replies.append(json.loads(line))
+    writer.close()
+    return replies
+
+
+async def test_a_client_that_half_closes_still_gets_every_answer(tmp_path: Path) -> None:
+    # A slow call (a tool waiting on the store in a loaded daemon) still running when the
+    # client closes its side after a fast one answered: the SDK alone would answer it
+    # "Connection closed" (a docker hive test's intermittent failure in CI).
+    store = Store.open(tmp_path / "home")
+    hub = McpHub(Hive(store=store, home=tmp_path / "home"), extra_tools=[SLOW])
+    try:
+        sock = await hub.serve("alpha")
+        replies = await pipelined(sock, [
+            INIT, READY, tool_call(2, "slow", {"seconds": 0.5}),
+            tool_call(3, "slow", {"seconds": 0, "sender": "beta"})])  # fmt: skip
+        by_id = {r["id"]: r for r in replies}
+        assert [r["id"] for r in replies] == [1, 3, 2], replies
+        assert by_id[3]["result"]["isError"] is True
+        assert by_id[2]["result"] == {
+            "content": [{"type": "text", "text": "slept"}],
+            "isError": False,
+        }, by_id[2]
+    finally:
+        await hub.close_all()
+        store.close()
+
+
+async def test_a_cancelled_call_does_not_hold_a_half_closed_connection(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "home")
+    hub = McpHub(Hive(store=store, home=tmp_path / "home"), extra_tools=[SLOW])
+    try:
+        sock = await hub.serve("alpha")
+        cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled",
+                  "params": {"requestId": 2}}  # fmt: skip
+        started = time.monotonic()
+        replies = await pipelined(sock, [
+            INIT, READY, tool_call(2, "slow", {"seconds": 30}),
+            tool_call(3, "slow", {"seconds": 0}), cancel])  # fmt: skip
+        assert [r["id"] for r in replies] == [1, 3]  # a cancelled request is never answered
+        assert time.monotonic() - started < 10  # the drain did not wait for it
+    finally:
+        await hub.close_all()
+        store.close()
 
 
 @contextlib.asynccontextmanager

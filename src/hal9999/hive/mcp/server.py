@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -33,6 +34,10 @@ logger = logging.getLogger(__name__)
 MAX_LINE = 4 << 20
 """The longest JSON-RPC line a connection accepts (a message body is at most 64 KiB)."""
 SYNC_INTERVAL_S = 2.0
+DRAIN_S = 60.0
+"""How long a half-closed connection waits for its last answers (``recv`` takes <= 45 s)."""
+MAX_UNANSWERED = 1024
+"""Requests of one connection tracked for a half-close (more is a client flooding hal)."""
 MAX_SESSIONS = 8
 """Connections one agent may hold at once (a CLI uses one; a hostile agent gets no more)."""
 INSTRUCTIONS = (
@@ -97,11 +102,69 @@ def build_server(caller: Caller, tools: dict[str, Tool]) -> Server[Any]:
     )
 
 
+class _Unanswered:
+    """The requests a connection made that have no answer yet.
+
+    A client may half-close its side after its last request (a script piping requests in,
+    or the forwarder passing on an agent CLI's closed stdin) and still wait for every
+    answer; the SDK ends a connection at the end of its input and answers what is in flight
+    with "Connection closed". So the end of input is held back until every request read has
+    been answered (or cancelled by the client), for at most :data:`DRAIN_S`.
+    """
+
+    def __init__(self) -> None:
+        self.ids: set[str] = set()
+        self.changed = asyncio.Event()
+
+    @staticmethod
+    def _key(value: object) -> str:
+        return json.dumps(value)  # 2 and "2" are different request ids
+
+    def read(self, line: str) -> None:
+        """Note a request (or a client's cancel of one) in a line the client sent."""
+        try:
+            message = json.loads(line)
+        except ValueError:
+            return  # the SDK answers a malformed line itself, without an id
+        if not isinstance(message, dict) or "method" not in message:
+            return
+        if "id" in message:
+            if len(self.ids) < MAX_UNANSWERED:  # past it, the end of input is not held back
+                self.ids.add(self._key(message["id"]))
+        elif message["method"] == "notifications/cancelled":
+            params = message.get("params")
+            if isinstance(params, dict) and "requestId" in params:  # never answered: forget it
+                self._done(self._key(params["requestId"]))
+
+    def written(self, text: str) -> None:
+        """Note an answer in a line the server wrote."""
+        try:
+            message = json.loads(text)
+        except ValueError:
+            return
+        if isinstance(message, dict) and "method" not in message and "id" in message:
+            self._done(self._key(message["id"]))
+
+    def _done(self, key: str) -> None:
+        self.ids.discard(key)
+        self.changed.set()
+
+    async def drained(self) -> None:
+        """Return once every request read has been answered, or after :data:`DRAIN_S`."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(DRAIN_S):
+                while self.ids:
+                    self.changed.clear()
+                    await self.changed.wait()
+        await asyncio.sleep(0)  # the writer's flush of the last answer runs first
+
+
 class _Lines:
     """A connection's read side as the text lines ``stdio_server`` iterates over."""
 
-    def __init__(self, reader: asyncio.StreamReader) -> None:
+    def __init__(self, reader: asyncio.StreamReader, unanswered: _Unanswered) -> None:
         self.reader = reader
+        self.unanswered = unanswered
 
     def __aiter__(self) -> _Lines:
         return self
@@ -112,18 +175,23 @@ class _Lines:
         except (ValueError, ConnectionError):  # a line past MAX_LINE, a reset: hang up
             raise StopAsyncIteration from None
         if not line:
+            await self.unanswered.drained()  # a half-close still gets its answers
             raise StopAsyncIteration
-        return line.decode("utf-8", "replace")
+        text = line.decode("utf-8", "replace")
+        self.unanswered.read(text)
+        return text
 
 
 class _Out:
     """A connection's write side as the text file ``stdio_server`` writes to."""
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, unanswered: _Unanswered) -> None:
         self.writer = writer
+        self.unanswered = unanswered
 
     async def write(self, text: str) -> None:
         self.writer.write(text.encode())
+        self.unanswered.written(text)
 
     async def flush(self) -> None:
         await self.writer.drain()
@@ -201,8 +269,10 @@ class McpHub:
         writer: asyncio.StreamWriter,
     ) -> None:
         server = build_server(caller, tools)
+        unanswered = _Unanswered()
+        lines, out = _Lines(reader, unanswered), _Out(writer, unanswered)
         try:
-            async with stdio_server(cast(Any, _Lines(reader)), cast(Any, _Out(writer))) as (
+            async with stdio_server(cast(Any, lines), cast(Any, out)) as (
                 read_stream,
                 write_stream,
             ):
