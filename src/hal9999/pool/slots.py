@@ -65,7 +65,7 @@ class OwnWarmPool(Protocol):
     pods, claimed by label in ``create``, shared by every hal of the same owner); ``hal pool
     warm``/``drain`` and the keeper's ``min_warm`` ask it instead of holding idle ones."""
 
-    async def fill_warm(self, count: int | None = None) -> int:
+    async def fill_warm(self, count: int) -> int:
         """Make warm sandboxes until ``count`` wait; how many were made."""
         ...
 

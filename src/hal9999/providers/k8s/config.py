@@ -63,8 +63,6 @@ class KubernetesConfig(SpendCap):
     """Memory limit when the spec sets none (a quantity, ``HAL_K8S_MEMORY``)."""
     run_as_user: int = Field(default=1000, ge=1)
     """The uid commands run as inside the pod (never root)."""
-    warm_pods: int = Field(default=0, ge=0)
-    """Ready pods ``hal pool``/``fill_warm`` keeps waiting to be claimed (within the cap)."""
     ready_timeout_s: float = Field(default=300.0, gt=0)
     """How long a pod may take to be Running and Ready before it is deleted."""
     poll_s: float = Field(default=1.0, gt=0)

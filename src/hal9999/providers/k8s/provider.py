@@ -200,10 +200,10 @@ class KubernetesProvider:
         await self.ledger.end(sandbox_id)
 
     # -- the warm pool ----------------------------------------------------------------------
-    async def fill_warm(self, count: int | None = None) -> int:
-        """Make ready, unclaimed pods until ``count`` (else ``warm_pods``) wait, within the
-        spend cap; returns how many were made."""
-        wanted = self.config.warm_pods if count is None else count
+    async def fill_warm(self, count: int) -> int:
+        """Make ready, unclaimed pods until ``count`` wait, within the spend cap; returns how
+        many were made (``hal pool warm N`` and the keeper's ``min_warm`` ask for them)."""
+        wanted = count
         image = self._image(SandboxSpec(provider=self.name))
         api = self._api()
         try:
