@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from tests.hive.mcp_client import FORWARDER, call, connect
@@ -259,17 +259,27 @@ async def test_the_forwarders_reach_a_forwarded_port(
 async def test_a_vm_gets_a_forwarded_port_instead_of_the_bound_socket(tmp_path: Path) -> None:
     from hal9999.hive.mcp.channel import McpPaths, McpRoute, forward_port
 
-    class Vm:
+    class Bound:  # a sandbox that sees its binds at their targets (bwrap, docker)
+        def path(self, target: str) -> str:
+            return target
+
+    class Mirrored:  # one that keeps them in a mirror (a kubernetes pod)
+        def path(self, target: str) -> str:
+            return {"/hal-mcp": "/hal/b3"}.get(target, target)
+
+    class Vm(Bound):
         forwarded: list[tuple[int, Path]] = []
 
         async def forward_socket(self, port: int, socket: Path) -> None:
             self.forwarded.append((port, socket))
 
     route = McpRoute(McpPaths(tmp_path), "alpha")
-    await route.connect(object())  # a sandbox that sees the bound socket: nothing changes
-    assert route.server().args[-1] == "/hal-mcp/mcp.sock"
+    await route.connect(cast(Any, Bound()))  # sees the bound socket: nothing changes
+    assert route.server().args[-2:] == ("/hal-mcp", "/hal-mcp/mcp.sock")
+    await route.connect(cast(Any, Mirrored()))  # the forwarder and socket where it sees them
+    assert route.server().args[-2:] == ("/hal/b3", "/hal/b3/mcp.sock")
     vm = Vm()
-    await route.connect(vm)
+    await route.connect(cast(Any, vm))
     port = forward_port("alpha")
     assert vm.forwarded == [(port, tmp_path / "hive" / "mcp" / "alpha" / "mcp.sock")]
     assert route.server().args[-1] == f"tcp:127.0.0.1:{port}"

@@ -26,10 +26,14 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hal9999.agents.base import McpServer
 from hal9999.spec import Bind
 from hal9999.store import Store
+
+if TYPE_CHECKING:
+    from hal9999.providers.base import Sandbox
 
 CHANNEL_TARGET = "/hal-mcp"
 """Where an agent's MCP directory appears inside its sandbox."""
@@ -103,15 +107,21 @@ class McpRoute:
 
     paths: McpPaths
     agent: str
+    directory: str = CHANNEL_TARGET
+    """Where the agent's directory is seen by commands inside (the bind's target, or where
+    a provider that mirrors its binds keeps it: a pod's ``/hal/b<N>``)."""
     target: str = posixpath.join(CHANNEL_TARGET, SOCKET_NAME)
     """What the forwarder connects to inside: the bound socket, or ``tcp:127.0.0.1:PORT``
     where the provider carries the port to the host socket itself."""
 
-    async def connect(self, sandbox: object) -> None:
+    async def connect(self, sandbox: Sandbox) -> None:
         """Reach the socket from ``sandbox``: a provider whose shared directories cannot carry
-        a unix socket (a microVM) forwards a guest port to it; any other sees it bound."""
+        a unix socket (a microVM) forwards a guest port to it; any other sees it bound, at
+        the place its commands see the bind."""
         from hal9999.providers.base import SocketForwarding
 
+        self.directory = sandbox.path(CHANNEL_TARGET)
+        self.target = posixpath.join(self.directory, SOCKET_NAME)
         if isinstance(sandbox, SocketForwarding):
             port = forward_port(self.agent)
             await sandbox.forward_socket(port, self.paths.socket(self.agent))
@@ -124,7 +134,7 @@ class McpRoute:
     def server(self) -> McpServer:
         """The stdio command the agent CLI starts: a forwarder to the bound socket."""
         return McpServer(
-            name=SERVER_NAME, command="sh", args=("-c", LAUNCH, CHANNEL_TARGET, self.target)
+            name=SERVER_NAME, command="sh", args=("-c", LAUNCH, self.directory, self.target)
         )
 
 
