@@ -15,6 +15,18 @@ from hal9999.hive.mcp.channel import LAUNCH
 
 FORWARDER = Path(__file__).parents[2] / "src" / "hal9999" / "hive" / "mcp" / "forwarder.py"
 
+# Raw JSON-RPC lines, for clients that write them themselves (a shell agent, a script).
+INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+    "protocolVersion": "2025-06-18", "capabilities": {},
+    "clientInfo": {"name": "sh-agent", "version": "0"}}}  # fmt: skip
+READY = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+
+
+def tool_call(call_id: int, name: str, arguments: dict[str, object]) -> dict[str, object]:
+    """A ``tools/call`` request line."""
+    return {"jsonrpc": "2.0", "id": call_id, "method": "tools/call",
+            "params": {"name": name, "arguments": arguments}}  # fmt: skip
+
 
 @contextlib.asynccontextmanager
 async def connect(

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import tests.cli.conftest as cli_fixtures
 from tests.cli.conftest import Hal, events_of, git
+from tests.hive.mcp_client import INIT, READY, tool_call
 from tests.hive.serve_helpers import as_json, poll, turns_done
 
 from hal9999.hive.mcp.channel import LAUNCH
@@ -21,17 +22,6 @@ from hal9999.hive.mcp.channel import LAUNCH
 pytestmark = [pytest.mark.podman, pytest.mark.tmux, pytest.mark.timeout(300)]
 
 demo_repo, hal_env, hal = cli_fixtures.demo_repo, cli_fixtures.hal_env, cli_fixtures.hal
-
-INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-    "protocolVersion": "2025-06-18", "capabilities": {},
-    "clientInfo": {"name": "sh-agent", "version": "0"}}}  # fmt: skip
-READY = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-
-
-def tool_call(call_id: int, name: str, arguments: dict[str, object]) -> dict[str, object]:
-    return {"jsonrpc": "2.0", "id": call_id, "method": "tools/call",
-            "params": {"name": name, "arguments": arguments}}  # fmt: skip
-
 
 LINES = [INIT, READY, tool_call(2, "send", {"to": "operator", "body": "hello from a container"}),
          tool_call(3, "send", {"to": "operator", "body": "forged", "sender": "beta"})]  # fmt: skip

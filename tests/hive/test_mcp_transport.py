@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from tests.hive.mcp_client import FORWARDER, call, connect
+from tests.hive.mcp_client import FORWARDER, INIT, READY, call, connect, tool_call
 
 from hal9999.hive.mcp.server import McpHub
 from hal9999.hive.mcp.tools import Caller, Hive, NoArgs, Tool
@@ -151,15 +151,6 @@ async def slow(caller: Caller, args: SlowArgs) -> str:
 
 
 SLOW = Tool("slow", "Sleep, then answer.", SlowArgs, slow)
-INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-    "protocolVersion": "2025-06-18", "capabilities": {},
-    "clientInfo": {"name": "script", "version": "0"}}}  # fmt: skip
-READY = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-
-
-def tool_call(call_id: int, name: str, arguments: dict[str, object]) -> dict[str, object]:
-    return {"jsonrpc": "2.0", "id": call_id, "method": "tools/call",
-            "params": {"name": name, "arguments": arguments}}  # fmt: skip
 
 
 async def pipelined(sock: Path, messages: list[dict[str, object]]) -> list[dict[str, Any]]:
