@@ -170,16 +170,20 @@ def test_kill_9_mid_run_then_restart_leaves_nothing_behind(
         hal("run", "--detach", "--agent", "sh agent.sh {{prompt_file}}", f"q {n}").stdout.strip()
         for n in range(3)
     ]
-    slow = "sh -c 'echo started; sleep 6; echo line >> calc.py'"
+    # The slow ones run until the test lets them go (a fixed sleep could end before a loaded
+    # machine's poll saw them running), at most a minute.
+    slow = ("sh -c 'echo started; i=0; while [ ! -e go ] && [ $i -lt 600 ]; "
+            "do sleep 0.1; i=$((i+1)); done; echo line >> calc.py'")  # fmt: skip
     ids += [hal("run", "--detach", "--agent", slow, f"slow {n}").stdout.strip() for n in range(3)]
-    for task_id in ids[3:]:
-        wait_status(hal, task_id, {"running"})
+    running = [wait_status(hal, task_id, {"running"}) for task_id in ids[3:]]
     before = {t["id"]: events_of(hal, t["id"]) for t in tasks_json(hal)}
     pid = serve_info(home)["pid"]
     os.kill(pid, signal.SIGKILL)
     poll("the daemon to die", lambda: not Path(f"/proc/{pid}").exists())
 
     assert hal("serve", "--detach").returncode == 0
+    for task in running:
+        Path(task["session_dir"], "workspace", "go").touch()
     try:
         settled = {"succeeded", "interrupted", "failed"}
         final = {i: wait_status(hal, i, settled, timeout=60) for i in ids}
