@@ -160,6 +160,7 @@ def test_sigterm_leaves_agents_running_and_restart_adopts(
         assert hal("serve", "--stop").returncode == 0
 
 
+@pytest.mark.timeout(300)  # two daemon starts, six tasks, resumes: slow on a loaded host
 def test_kill_9_mid_run_then_restart_leaves_nothing_behind(
     hal: Hal, hal_env: dict[str, str], demo_repo: Path
 ) -> None:
