@@ -80,6 +80,9 @@ class RunRequest:
     """Hosts this task may reach through the egress proxy besides ``[gateway] egress``."""
     egress_only: list[str] | None = None
     """When set, the task reaches only these of the hosts config allows (it narrows)."""
+    runner_pid: int | None = None
+    """The process that will run the task, recorded with it (a daemon queueing it: one
+    write per submission instead of two); None until a runner claims it."""
 
 
 def new_task_id(taken: Callable[[str], bool]) -> str:
@@ -252,6 +255,7 @@ class TaskService:
             session_dir=str(session.root),
             timeout_s=req.timeout_s,
             env_keys=list(iter_unique(req.env_names, req.secret_names, config.forward_env)),
+            runner_pid=req.runner_pid,
         )
         literal = req.given_env if req.literal_names is None else req.literal_names
         EnvKinds(literal=sorted(literal), secret=sorted(req.secret_names)).save(
