@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -92,8 +91,8 @@ async def test_halting_a_task_queued_for_its_first_run_looks_for_no_sandbox(
     from hal9999.events.reader import read_events
 
     store, service, killed = queued_service(tmp_path)
-    # Held by this process (the daemon sets runner_pid when it queues a task).
-    store.insert_task(make_task(tmp_path / "home", "q1", "queued", runner_pid=os.getpid()))
+    # Just queued: not yet claimed by a runner, so nothing reconciles it away.
+    store.insert_task(make_task(tmp_path / "home", "q1", "queued", created_at=time.time()))
 
     halted = await (service.cancel("q1") if halt == "cancel" else service.stop("q1"))
 
@@ -119,7 +118,7 @@ async def test_halting_a_queued_task_that_ran_before_still_looks_for_its_sandbox
     from tests.tasks.test_recovery import make_task
 
     store, service, killed = queued_service(tmp_path)
-    store.insert_task(make_task(tmp_path / "home", "q2", "queued", runner_pid=os.getpid(), **ran))
+    store.insert_task(make_task(tmp_path / "home", "q2", "queued", created_at=time.time(), **ran))
 
     await service.cancel("q2")
 
