@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import math
 import os
 import threading
 import time
@@ -334,6 +335,10 @@ class _Flusher:
         self._cond = threading.Condition()
         self._due: dict[EventLog, float] = {}
         self._thread: threading.Thread | None = None
+        self._until = math.inf
+        """The deadline the thread sleeps until (infinity while it is not asleep)."""
+        self.wakeups = 0
+        """How many times the thread woke (for the benchmarks and tests)."""
 
     def schedule(self, log: EventLog, when: float) -> None:
         """Write ``log``'s batch at ``when`` (monotonic) unless it is written before."""
@@ -344,7 +349,10 @@ class _Flusher:
                     target=self._run, name="hal-event-flusher", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify()
+            elif when < self._until:
+                # Waking the thread for a deadline after the one it sleeps until would only
+                # send it back to sleep: a thread switch per event of a busy daemon.
+                self._cond.notify()
 
     def cancel(self, log: EventLog) -> None:
         """Forget ``log``'s deadline (its batch was written)."""
@@ -354,13 +362,17 @@ class _Flusher:
     def _run(self) -> None:
         while True:
             with self._cond:
+                self.wakeups += 1
                 now = time.monotonic()
                 ready = [log for log, when in self._due.items() if when <= now]
                 for log in ready:
                     del self._due[log]
                 if not ready:
-                    wait = min(self._due.values(), default=now + 60) - now
-                    self._cond.wait(wait)
+                    self._until = min(self._due.values(), default=now + 60)
+                    try:
+                        self._cond.wait(self._until - now)
+                    finally:
+                        self._until = math.inf
                     continue
             for log in ready:
                 try:

@@ -166,11 +166,11 @@ def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
             max_cost_usd=body.get("max_cost_usd"),
             egress=[str(h) for h in body.get("egress") or []],
             egress_only=_egress_only(body.get("egress_only")),
+            runner_pid=os.getpid(),  # this daemon runs it
         )
         # On a loop of its own in a worker thread: creating writes the store (and the session),
         # which must not hold up this loop while another process holds the write lock.
         task = await asyncio.to_thread(asyncio.run, service.create(run))
-        task = await asyncio.to_thread(daemon.store.update_task, task.id, runner_pid=os.getpid())
         scheduler.submit(task.id, run.given_env)
         return task_json(task)
 

@@ -30,6 +30,7 @@ from hal9999.hive.turns import HiveLoop
 from hal9999.pool import SlotDir, WarmPool
 from hal9999.pool.settings import ProviderSettings, provider_settings, scheduler_settings
 from hal9999.providers.base import Provider
+from hal9999.server.children import pidfd_child_watcher
 from hal9999.server.runtime import DaemonFiles, DaemonInfo
 from hal9999.server.threads_api import use_hive_for_agents
 from hal9999.spec import SandboxSpec
@@ -262,13 +263,15 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
-        await self.start()
-        if ready is not None:
-            ready.write_text(str(os.getpid()))
-        try:
-            await self.stopping.wait()
-        finally:
-            await self.stop()
+        # No waiter thread per subprocess (about nine a task): see server/children.py.
+        with pidfd_child_watcher():
+            await self.start()
+            if ready is not None:
+                ready.write_text(str(os.getpid()))
+            try:
+                await self.stopping.wait()
+            finally:
+                await self.stop()
 
     def status(self, queued: int | None = None) -> dict[str, Any]:
         """What the daemon is doing, for ``hal status`` (``queued``: the count, when the

@@ -1,0 +1,54 @@
+"""``POST /v1/tasks`` records the task with the daemon as its runner in one write."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from tests.tasks.test_halt import git_repo
+
+from hal9999.config import HalConfig
+from hal9999.server.api import build_router
+from hal9999.server.routing import ApiRequest, call_handler
+from hal9999.store import Store
+from hal9999.tasks.service import TaskService
+
+
+async def test_a_submission_is_one_task_write_with_the_daemon_as_runner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    config = HalConfig(home=home)
+    store = Store.open(home)
+    service = TaskService(config, store, {})
+    submitted: list[str] = []
+    scheduler = SimpleNamespace(submit=lambda task_id, env=None: submitted.append(task_id))
+    daemon: Any = SimpleNamespace(service=service, scheduler=scheduler, pool=None,
+                                  store=store, config=config)  # fmt: skip
+    writes: list[str] = []
+    for name in ("insert_task", "update_task", "set_status"):
+        original = getattr(store, name)
+
+        def counted(*args: Any, _name: str = name, _original: Any = original, **kw: Any) -> Any:
+            writes.append(_name)
+            return _original(*args, **kw)
+
+        monkeypatch.setattr(store, name, counted)
+    [route] = [r for r in build_router(daemon).routes
+               if r.path == "/v1/tasks" and r.method == "POST"]  # fmt: skip
+    body = {"prompt": "x", "agent": "true {{prompt_file}}", "provider": "bwrap",
+            "process_manager": "direct", "cwd": str(git_repo(tmp_path / "repo"))}  # fmt: skip
+    request = ApiRequest("POST", "/v1/tasks", {}, {}, json.dumps(body).encode(), {})
+
+    status, payload = await call_handler(route.handler, request, None)
+
+    assert status == 200, payload
+    assert payload["runner_pid"] == os.getpid()
+    assert store.get_task(payload["id"]).runner_pid == os.getpid()
+    assert writes == ["insert_task"]
+    assert submitted == [payload["id"]]
+    store.close()
