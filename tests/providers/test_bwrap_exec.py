@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hal9999.providers import hostetc, hostexec, sandboxuser
-from hal9999.providers.bwrap import BwrapProvider, BwrapSandbox
+from hal9999.providers.bwrap import PROC_READ_ONLY, BwrapProvider, BwrapSandbox
 from hal9999.spec import ArgvCommand, Resources, SandboxSpec, ShellCommand
 
 
@@ -76,6 +76,21 @@ async def test_etc_takes_a_handful_of_mounts_and_shows_the_hosts_curated_entries
         assert sorted(certs.stdout.decode().split()) == sorted(os.listdir("/etc/ssl/certs"))
     write = await sandbox.exec(ShellCommand(script="echo x >> /etc/hosts"))
     assert not write.ok
+
+
+@pytest.mark.bwrap
+async def test_each_proc_writer_is_one_read_only_mount(sandbox: BwrapSandbox) -> None:
+    mounts = await sandbox.exec(ArgvCommand(argv=("cat", "/proc/self/mountinfo")))
+    assert mounts.ok, mounts.text()
+    rows = [line.split() for line in mounts.stdout.decode().splitlines()]
+    for name in PROC_READ_ONLY:
+        if not os.path.exists(f"/proc/{name}"):
+            continue
+        found = [row[5] for row in rows if row[4] == f"/proc/{name}"]
+        # As root bwrap covers sysrq-trigger, irq and bus itself: ours made a second mount
+        # (and a second read of the mount table) on each.
+        assert len(found) == 1, (name, found)
+        assert found[0].split(",")[0] == "ro", (name, found)
 
 
 def test_the_view_follows_the_host_and_copies_only_the_curated_entries(tmp_path: Path) -> None:

@@ -34,6 +34,10 @@ ETC_VIEW = "\0etc-view"
 ROOTFS_SKIP = frozenset({"proc", "dev", "sys", "tmp", "run", "home", "workspace"})
 PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs", "acpi")
 """Host-wide writers under /proc: read-only inside whatever the sandbox's uid (as Docker)."""
+PROC_COVERED_AS_ROOT = ("sysrq-trigger", "irq", "bus")
+"""What bwrap binds read-only over its own /proc when it can write them, i.e. run as real
+root (``--proc``: it covers ``sys`` too, but never can, as the kernel refuses write access
+to ``/proc/sys`` itself even to root): a bind of ours would be a second mount on each."""
 DROP_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")
 """What setpriv needs to switch uid and empty the bounding set; gone once it has."""
 HOST_SESSION_VARS = (
@@ -249,8 +253,10 @@ class BwrapSandbox(HostSandbox):
         if record.uid is not None and spec.rootfs is not None:
             args += ["--ro-bind", "/usr", sandboxuser.HOST_USR]
         args += ["--proc", "/proc", "--dev", "/dev"]
+        covered = PROC_COVERED_AS_ROOT if record.uid is not None else ()
         for name in PROC_READ_ONLY:
-            args += ["--ro-bind-try", f"/proc/{name}", f"/proc/{name}"]
+            if name not in covered:
+                args += ["--ro-bind-try", f"/proc/{name}", f"/proc/{name}"]
         for mount in mounts:
             args += ["--bind" if mount.writable else "--ro-bind", str(mount.source), mount.target]
         # Nothing may be left behind in the root tmpfs: every exec gets a fresh one.
