@@ -118,6 +118,31 @@ def test_the_view_follows_the_host_and_copies_only_the_curated_entries(tmp_path:
     assert (third / "gitconfig").read_text() == "[user]\n"
 
 
+def test_an_unchanged_host_costs_the_view_its_stats_and_one_mark(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host = tmp_path / "etc"
+    (host / "ssl").mkdir(parents=True)
+    (host / "hosts").write_text("one\n")
+    view = hostetc.EtcView(tmp_path / "state", source=host)
+    first = view.current()
+    hashes: list[object] = []
+    real = hostetc.hashlib.sha256
+    monkeypatch.setattr(hostetc.hashlib, "sha256", lambda *a: hashes.append(a) or real(*a))
+    marks: list[object] = []
+    monkeypatch.setattr(hostetc.os, "utime", lambda *a: marks.append(a))
+    for _ in range(5):
+        assert view.current() == first
+    # Every command stats the curated entries and marks its copy in use; the name is hashed
+    # again only once they change (it was hashed on every command).
+    assert hashes == [] and len(marks) == 5
+    assert view.current(accounts=True)[0] != first[0] and len(hashes) == 1
+    (host / "hosts").write_text("two\n")
+    monkeypatch.undo()
+    changed = view.current()
+    assert changed[0] != first[0] and (changed[0] / "hosts").read_text() == "two\n"
+
+
 def _helper_or_skip() -> str:
     helper = sandboxuser.drop_helper()
     if helper is None:
