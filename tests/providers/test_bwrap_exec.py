@@ -1,9 +1,12 @@
-"""The cost of one bwrap command, counted (mounts, processes), and the curated /etc it sees."""
+"""The cost of one bwrap command, counted (mounts, processes), the curated /etc it sees, and
+the cost of finding a sandbox's processes by their marker."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -226,3 +229,43 @@ def test_the_copies_live_outside_the_providers_state(tmp_path: Path) -> None:
     home = tmp_path / "home"
     assert hostetc.root_for(home / "sandboxes" / "bwrap") == home / "cache" / "bwrap-etc"
     assert hostetc.root_for(tmp_path / "state") == tmp_path / "state" / hostetc.DIR
+
+
+def test_the_marker_finds_exactly_the_processes_that_carry_it() -> None:
+    envs = {
+        "own": {"HAL_SANDBOX": "abc123"},
+        "last": {"A": "1", "HAL_SANDBOX": "abc123"},
+        "longer": {"HAL_SANDBOX": "abc1234"},
+        "inside-a-value": {"X": "HAL_SANDBOX=abc123"},
+    }
+    procs = {name: subprocess.Popen(["sleep", "30"], env=env) for name, env in envs.items()}
+    try:
+        found = hostexec.marked_pids("abc123")
+        assert found == {procs["own"].pid, procs["last"].pid}
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+def test_finding_marked_processes_costs_three_calls_per_process(tmp_path: Path) -> None:
+    # Every reset and destroy scans every host process's environment (a boundary guarantee:
+    # a process that left the cgroup is still found).
+    code = (
+        "import os; from hal9999.providers import hostexec; os.write(1, b'BEGIN');"
+        "hostexec.marked_pids('none'); os.write(1, b'END')"
+    )
+    log = tmp_path / "trace"
+    subprocess.run(
+        ["strace", "-qq", "-o", str(log), sys.executable, "-c", code],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    lines = log.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if "BEGIN" in line)
+    end = next(i for i, line in enumerate(lines) if "END" in line)
+    calls = lines[start + 1 : end]
+    opened = sum("/environ" in line for line in calls)
+    assert opened > 1
+    # open, read, close per process (a buffered file object made seven), and the listing.
+    assert len(calls) <= 3 * opened + 10, (opened, len(calls))
