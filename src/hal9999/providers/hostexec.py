@@ -19,6 +19,7 @@ from typing import Literal
 from hal9999.errors import ExecError, ProviderError
 from hal9999.providers.base import ExecResult, Launch, StreamEvent
 from hal9999.providers.handle import collect
+from hal9999.providers.hostread import read_all
 
 LAUNCHER_SCRIPT = (
     "HAL_SANDBOX=$1; export HAL_SANDBOX; "
@@ -47,8 +48,6 @@ MARKER_VAR = "HAL_SANDBOX"
 EXEC_MARKER_VAR = "HAL_EXEC"
 """Set per command by :func:`stream`, so a command closed early can be hunted down whole."""
 CHUNK = 65536
-ENVIRON_CHUNK = 65536
-"""One read of a process's environment; longer ones take more."""
 QUEUE_CHUNKS = 64
 DRAIN_GRACE = 1.0
 KILL_DEADLINE = 3.0
@@ -224,8 +223,8 @@ def marked_pids(sandbox_id: str) -> set[int]:
 
 
 def _pids_marked(var: str, value: str) -> set[int]:
-    # Every host process, on every stop and destroy: one open, read and close each (a
-    # buffered file object made seven calls), and no split of the whole environment.
+    # Every host process, on every stop and destroy: one open, read and close each (see
+    # hostread), and no split of the whole environment.
     needle = f"{var}={value}".encode()
     whole = b"\0" + needle + b"\0"
     found: set[int] = set()
@@ -233,28 +232,13 @@ def _pids_marked(var: str, value: str) -> set[int]:
         if not name.isdigit():
             continue
         try:
-            environ = _read_all(f"/proc/{name}/environ")
+            environ = read_all(f"/proc/{name}/environ")
         except OSError:
             continue  # exited meanwhile, or not ours to read
         # One of its NUL-separated entries (the last may lack its NUL) is exactly the needle.
         if needle in environ and whole in b"\0" + environ + b"\0":
             found.add(int(name))
     return found
-
-
-def _read_all(path: str) -> bytes:
-    """The whole of a /proc file in as few reads as it takes (one, unless it is long)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        data = os.read(fd, ENVIRON_CHUNK)
-        if len(data) < ENVIRON_CHUNK:
-            return data  # /proc fills a read as far as it can: a short one is the end
-        chunks = [data]
-        while chunk := os.read(fd, ENVIRON_CHUNK):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
 
 
 async def kill_marked(sandbox_id: str) -> None:
