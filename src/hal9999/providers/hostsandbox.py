@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import shutil
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args
 
 from pydantic import BaseModel
 
@@ -29,13 +30,18 @@ from hal9999.providers.base import (
     ExecResult,
     Launch,
     SandboxInfo,
+    SandboxState,
     StreamEvent,
 )
 from hal9999.providers.handle import SandboxHandle
+from hal9999.providers.hostread import read_all
 from hal9999.providers.hostrecords import RecordStore as RecordStore
 from hal9999.providers.hostrecords import SandboxRecord as SandboxRecord
 from hal9999.providers.hostrecords import check_spec as check_spec
 from hal9999.spec import ArgvCommand, Resources, SandboxSpec, display
+
+STATES = frozenset(get_args(SandboxState))
+"""Every state a record can hold."""
 
 
 class HostSandbox(SandboxHandle):
@@ -54,6 +60,7 @@ class HostSandbox(SandboxHandle):
         self._owner = owner
         self._record = record
         self._paths = paths
+        self._record_file = str(owner.store.path(record.id))
 
     def _identity(self) -> tuple[str, str, SandboxSpec]:
         return self._record.id, self._owner.name, self._record.spec
@@ -114,6 +121,13 @@ class HostSandbox(SandboxHandle):
         return merged
 
     def _require(self, *, running: bool) -> None:
+        # Before every command and file operation: the state alone, from the JSON as it
+        # stands (pydantic checking the whole record took ~0.1 ms); anything but a readable
+        # record goes through the full load, which raises what fits.
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            record = json.loads(read_all(self._record_file))
+            if record["state"] == "running" or (not running and record["state"] in STATES):
+                return
         state = self._owner.store.load(self.id).state
         if running and state != "running":
             raise ExecError(
