@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from hal9999.providers import hostetc, hostexec, sandboxuser
+from hal9999.errors import ExecError
+from hal9999.providers import bwrap, cgroups, hostetc, hostexec, hostfs, sandboxuser
 from hal9999.providers.bwrap import PROC_READ_ONLY, BwrapProvider, BwrapSandbox
+from hal9999.providers.hostsandbox import RecordStore
 from hal9999.spec import ArgvCommand, Resources, SandboxSpec, ShellCommand
 
 
@@ -269,3 +271,63 @@ def test_finding_marked_processes_costs_three_calls_per_process(tmp_path: Path) 
     assert opened > 1
     # open, read, close per process (a buffered file object made seven), and the listing.
     assert len(calls) <= 3 * opened + 10, (opened, len(calls))
+
+
+@pytest.mark.bwrap
+async def test_a_claims_fresh_handle_redoes_no_work_and_a_command_reads_no_full_record(
+    hal_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provider = BwrapProvider(state_dir=hal_home / "sandboxes" / "bwrap")
+    (tmp_path / "ws").mkdir()
+    box = await provider.create(SandboxSpec(workspace=tmp_path / "ws"))
+    try:
+        record = provider.store.load(box.id)
+        resolved: list[str] = []
+        realpath = os.path.realpath
+        monkeypatch.setattr(hostfs.os.path, "realpath", lambda p: resolved.append(p) or realpath(p))
+        before = bwrap._with_parents.cache_info().hits
+        again = await provider.get(box.id)
+        # The pool makes a handle on every claim: its argv is the one worked out before, and
+        # mount sources are resolved when a file operation first needs them, not up front.
+        assert bwrap._with_parents.cache_info().hits == before + 1
+        assert resolved == []
+        assert (
+            again.launch(ArgvCommand(argv=("true",))).argv
+            == box.launch(ArgvCommand(argv=("true",))).argv
+        )
+        await again.write_file_atomic("/workspace/f", b"x")
+        assert await again.read_file("/workspace/f") == b"x"
+        assert {str(p) for p in resolved} == {str(tmp_path / "ws")}  # when first needed
+        # Every command checks the state in the record, not the whole record with pydantic.
+        monkeypatch.setattr(RecordStore, "load", lambda *a: pytest.fail("full record load"))
+        assert (await again.exec(ArgvCommand(argv=("true",)))).ok
+        monkeypatch.undo()
+        await provider.stop(box.id)
+        with pytest.raises(ExecError, match="is stopped"):
+            await again.exec(ArgvCommand(argv=("true",)))
+        assert record.state == "running"
+    finally:
+        await provider.destroy(box.id)
+
+
+@pytest.mark.cgroup
+@pytest.mark.skipif(os.geteuid() != 0, reason="cgroup v1 here needs root")
+async def test_the_oom_counter_is_looked_up_once_and_read_in_one_call(
+    hal_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provider = BwrapProvider(state_dir=hal_home / "sandboxes" / "bwrap")
+    box = await provider.create(SandboxSpec(resources=Resources(memory_mb=64)))
+    try:
+        assert isinstance(box, BwrapSandbox) and box.cgroup is not None
+        looked: list[str] = []
+        if isinstance(box.cgroup, cgroups.CgroupV1):
+            real = cgroups.CgroupV1._dir
+            monkeypatch.setattr(
+                cgroups.CgroupV1, "_dir", lambda self, c: looked.append(c) or real(self, c)
+            )
+        for _ in range(3):
+            assert (await box.exec(ArgvCommand(argv=("true",)))).ok
+        assert looked in ([], ["memory"])  # not once per command
+        assert box.oom_kills() == 0
+    finally:
+        await provider.destroy(box.id)

@@ -117,6 +117,12 @@ def with_parents(args: list[str]) -> list[str]:
     bwrap makes missing parents of a bind target itself, but running as root it makes
     them mode 0700, which the sandbox's own uid could not enter (``/etc``, ``/home``).
     """
+    return list(_with_parents(tuple(args)))
+
+
+@functools.lru_cache(maxsize=64)
+def _with_parents(args: tuple[str, ...]) -> tuple[str, ...]:
+    # The same sandbox gets the same args on every claim, start and reset: worked out once.
     out: list[str] = []
     made: set[str] = {"/"}
     bound: list[str] = []
@@ -139,7 +145,7 @@ def with_parents(args: list[str]) -> list[str]:
             made.add(args[index + 1])
         out.append(arg)
         index += 1
-    return out
+    return tuple(out)
 
 
 def _parents(target: str) -> list[str]:
