@@ -247,6 +247,9 @@ class HostProvider:
         self.store = RecordStore(state_dir)
         self._cgroup_mode = cgroup
         self._cgroup_host: cgroups.CgroupHost | Literal[False] | None = False
+        self._stopped: dict[str, tuple[int, int, int]] = {}
+        """Sandboxes this object's :meth:`stop` has emptied, with their record file as that
+        stop left it (see :meth:`reset`)."""
 
     def _handle(self, record: SandboxRecord) -> HostSandbox:
         raise NotImplementedError
@@ -339,11 +342,31 @@ class HostProvider:
     async def stop(self, sandbox_id: str) -> None:
         """Stop every process inside; the sandbox can be started again."""
         record = self.store.load(sandbox_id).model_copy(update={"state": "stopped"})
+        self._stopped.pop(sandbox_id, None)
         self.store.save(record)  # first, so no new command starts while we kill
         await self._kill(record)
+        self._stopped[sandbox_id] = self._record_stamp(sandbox_id)
+
+    def _record_stamp(self, sandbox_id: str) -> tuple[int, int, int]:
+        """What changes whenever anyone saves the record (each save is a fresh file)."""
+        st = os.stat(self.store.path(sandbox_id))
+        return st.st_ino, st.st_mtime_ns, st.st_ctime_ns
+
+    def _still_stopped(self, sandbox_id: str) -> bool:
+        """Whether this object's last :meth:`stop` of the sandbox killed every process of it
+        and nobody has saved its record since (no start, by any ``hal`` process: a command
+        needs the sandbox running, and only a start, which saves the record, makes it so)."""
+        stamp = self._stopped.get(sandbox_id)
+        try:
+            if stamp is None or stamp != self._record_stamp(sandbox_id):
+                return False
+        except OSError:
+            return False
+        return self.store.load(sandbox_id).state == "stopped"
 
     async def start(self, sandbox_id: str) -> HostSandbox:
         """Start a stopped sandbox (re-creating its cgroup if, say, the host rebooted)."""
+        self._stopped.pop(sandbox_id, None)
         record = await self._prepare(self.store.load(sandbox_id))
         record = record.model_copy(update={"state": "running"})
         self.store.save(record)
@@ -369,8 +392,17 @@ class HostProvider:
                 f"provider {self.name!r} cannot reset a sandbox safely",
                 hint="use the destroy pool policy for it",
             )
-        await self.stop(sandbox_id)
-        record = self.store.load(sandbox_id)
+        if self._still_stopped(sandbox_id):
+            # The pool stops a sandbox before it clears its slot, then resets it: that stop
+            # scanned every host process for the sandbox's marker, and nothing of the
+            # sandbox can have started since. The cgroup is emptied again all the same.
+            record = self.store.load(sandbox_id)
+            cgroup = self.cgroup(record)
+            if cgroup is not None:
+                await cgroup.kill_all()
+        else:
+            await self.stop(sandbox_id)
+            record = self.store.load(sandbox_id)
         directory = self.store.dir(sandbox_id)
         names = self._own_dirs(record)
         retired = [scratch.retire(directory, name) for name in names]
@@ -392,6 +424,7 @@ class HostProvider:
 
     async def destroy(self, sandbox_id: str) -> None:
         """Stop and remove the sandbox; never touches the spec's workspace. Idempotent."""
+        self._stopped.pop(sandbox_id, None)
         directory = self.store.dir(sandbox_id)
         try:
             record: SandboxRecord | None = self.store.load(sandbox_id)
