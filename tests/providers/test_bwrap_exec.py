@@ -331,3 +331,31 @@ async def test_the_oom_counter_is_looked_up_once_and_read_in_one_call(
         assert box.oom_kills() == 0
     finally:
         await provider.destroy(box.id)
+
+
+@pytest.mark.bwrap
+async def test_a_start_leaves_the_sandboxs_unchanged_own_files_alone(
+    hal_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provider = BwrapProvider(state_dir=hal_home / "sandboxes" / "bwrap")
+    (tmp_path / "ws").mkdir()
+    box = await provider.create(SandboxSpec(workspace=tmp_path / "ws"))
+    try:
+        etc = provider.store.dir(box.id) / "etc"
+        before = {p.name: p.stat().st_ino for p in etc.iterdir()}
+        replaced: list[object] = []
+        real = os.replace
+        monkeypatch.setattr(os, "replace", lambda a, b: replaced.append(b) or real(a, b))
+        monkeypatch.setattr(BwrapSandbox, "__init__", lambda *a: pytest.fail("a handle"))
+        # Every pool reset starts the sandbox again: its filter, account files and uid
+        # switch were each rewritten (and a whole handle made for its mount list).
+        provider.prepare_dirs(provider.store.load(box.id))
+        assert [p for p in replaced if "etc" in str(p)] == []
+        assert {p.name: p.stat().st_ino for p in etc.iterdir()} == before
+        monkeypatch.undo()
+        (etc / "seccomp.bpf").write_bytes(b"changed")
+        provider.prepare_dirs(provider.store.load(box.id))
+        assert (etc / "seccomp.bpf").read_bytes() != b"changed"  # rewritten when it differs
+        assert (await box.exec(ArgvCommand(argv=("true",)))).ok
+    finally:
+        await provider.destroy(box.id)

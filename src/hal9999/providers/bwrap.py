@@ -21,7 +21,15 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from hal9999.errors import ProviderError, ProviderUnavailable, SandboxNotFound
-from hal9999.providers import hostetc, hostexec, hostfs, sandboxuser, seccomp, usernet
+from hal9999.providers import (
+    hostetc,
+    hostexec,
+    hostfs,
+    hostread,
+    sandboxuser,
+    seccomp,
+    usernet,
+)
 from hal9999.providers.base import Capabilities, Command, ExecResult, Launch
 from hal9999.providers.hostsandbox import HostProvider, HostSandbox, SandboxRecord
 from hal9999.spec import ArgvCommand, to_argv
@@ -194,6 +202,31 @@ def namespace_args(
     return args
 
 
+def sandbox_mounts(record: SandboxRecord, directory: Path) -> list[hostfs.Mount]:
+    """The workspace, home, tmp and the spec's binds of the sandbox whose directory is
+    ``directory``, parents before children (a bind inside the workspace would otherwise be
+    hidden by it)."""
+    spec = record.spec
+    # Keyed by target: a later bind of the same target wins, in bwrap as in the PathMap.
+    binds = {
+        hostfs.normalize(b.target, "/"): hostfs.Mount(
+            hostfs.normalize(b.target, "/"), b.source, not b.read_only
+        )
+        for b in spec.binds
+    }
+    # The sandbox's own dirs, unless a bind takes their place (e.g. a session's home).
+    own = [
+        hostfs.Mount(target, source, writable=True)
+        for target, source in (
+            (WORKDIR, spec.workspace or directory / "workspace"),
+            (HOME, directory / "home"),
+            ("/tmp", directory / "tmp"),
+        )
+        if target not in binds
+    ]
+    return sorted([*own, *binds.values()], key=lambda m: m.target.count("/"))
+
+
 class BwrapSandbox(HostSandbox):
     """Host directories and a cgroup; each command is a fresh bubblewrap invocation."""
 
@@ -202,25 +235,7 @@ class BwrapSandbox(HostSandbox):
     def __init__(self, owner: BwrapProvider, record: SandboxRecord) -> None:
         spec = record.spec
         directory = owner.store.dir(record.id)
-        # Keyed by target: a later bind of the same target wins, in bwrap as in the PathMap.
-        binds = {
-            hostfs.normalize(b.target, "/"): hostfs.Mount(
-                hostfs.normalize(b.target, "/"), b.source, not b.read_only
-            )
-            for b in spec.binds
-        }
-        # The sandbox's own dirs, unless a bind takes their place (e.g. a session's home).
-        own = [
-            hostfs.Mount(target, source, writable=True)
-            for target, source in (
-                (WORKDIR, spec.workspace or directory / "workspace"),
-                (HOME, directory / "home"),
-                ("/tmp", directory / "tmp"),
-            )
-            if target not in binds
-        ]
-        # Parents before children, or a bind inside the workspace would be hidden by it.
-        mounts = sorted([*own, *binds.values()], key=lambda m: m.target.count("/"))
+        mounts = sandbox_mounts(record, directory)
         super().__init__(owner, record, hostfs.PathMap(mounts, cwd=WORKDIR))
         self._bwrap = owner.bwrap
         self.cgroup = owner.cgroup(record)
@@ -391,15 +406,13 @@ class BwrapProvider(HostProvider):
             (etc / "resolv.conf").write_text(usernet.RESOLV_CONF)
         if self._program is not None:
             # One copy per sandbox: nothing of a sandbox's lives outside its directory.
-            tmp = etc / ".seccomp.tmp"
-            tmp.write_bytes(self._program)
-            os.replace(tmp, etc / SECCOMP_FILE)
+            hostread.write_if_changed(etc / SECCOMP_FILE, self._program)
         if record.uid is None:
             return
         sandboxuser.account_files(etc, record.uid, record.uid)
         if self.drop_helper is not None:
             sandboxuser.install_helper(self.drop_helper, etc / DROP_FILE)
-        for mount in BwrapSandbox(self, record)._paths.mounts:
+        for mount in sandbox_mounts(record, directory):
             # Writable means writable by the sandbox's uid: workspace, home, tmp, and the
             # writable binds of the spec (documented in docs/security.md).
             if mount.writable:
