@@ -191,3 +191,19 @@ async def test_a_pool_reset_scans_the_host_once_and_after_any_start_stops_in_ful
             escapee.kill()
             await escapee.wait()
     await pool.drain()
+
+
+async def test_a_stop_whose_record_goes_meanwhile_still_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provider = FakeProvider(state_dir=tmp_path / "state")
+    sandbox = await provider.create(SandboxSpec(provider="fake"))
+    record_file = provider.store.path(sandbox.id)
+
+    async def kill_and_lose_the_record(record: object) -> None:
+        record_file.unlink()  # a destroy racing the stop
+
+    monkeypatch.setattr(provider, "_kill", kill_and_lose_the_record)
+    await provider.stop(sandbox.id)
+    monkeypatch.undo()
+    await provider.destroy(sandbox.id)

@@ -345,7 +345,8 @@ class HostProvider:
         self._stopped.pop(sandbox_id, None)
         self.store.save(record)  # first, so no new command starts while we kill
         await self._kill(record)
-        self._stopped[sandbox_id] = self._record_stamp(sandbox_id)
+        with contextlib.suppress(OSError):  # gone meanwhile (a destroy): nothing to skip
+            self._stopped[sandbox_id] = self._record_stamp(sandbox_id)
 
     def _record_stamp(self, sandbox_id: str) -> tuple[int, int, int]:
         """What changes whenever anyone saves the record (each save is a fresh file)."""
