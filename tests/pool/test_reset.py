@@ -3,6 +3,7 @@ that cannot reset safely (a VM, the host itself) refuse the ``reset`` policy."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from pathlib import Path
@@ -12,11 +13,12 @@ import pytest
 from hal9999.errors import ConfigError, ProviderError, ProviderUnavailable
 from hal9999.pool import ProviderSettings, SlotDir, WarmPool
 from hal9999.pool.settings import policy_of
-from hal9999.providers import scratch
+from hal9999.providers import hostexec, scratch
 from hal9999.providers.base import Provider
+from hal9999.providers.bwrap import BwrapProvider
 from hal9999.providers.fake import FakeProvider
 from hal9999.providers.local import LocalProvider
-from hal9999.spec import SandboxSpec
+from hal9999.spec import ArgvCommand, SandboxSpec
 
 
 def pool_of(tmp_path: Path, provider: Provider, **settings: object) -> WarmPool:
@@ -154,3 +156,54 @@ def test_remove_tree_takes_apart_a_tree_deeper_than_any_stack(tmp_path: Path) ->
     os.close(fd)
     scratch.remove_tree(top)
     assert not top.exists()
+
+
+@pytest.mark.bwrap
+async def test_a_pool_reset_scans_the_host_once_and_after_any_start_stops_in_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provider = BwrapProvider(state_dir=tmp_path / "state")
+    pool = pool_of(tmp_path, provider)
+    lease = await pool.claim(spec_for(tmp_path, "bwrap", 1))
+    sandbox_id = lease.sandbox.id
+    assert (await lease.sandbox.exec(ArgvCommand(argv=("true",)))).ok
+    scans: list[str] = []
+    real = hostexec._pids_marked
+    monkeypatch.setattr(
+        hostexec, "_pids_marked", lambda var, value: scans.append(value) or real(var, value)
+    )
+    await pool.release(lease)
+    # The pool's stop scans every host process for the marker; the reset right after it
+    # scanned them all again (each scan reads every process's environment).
+    assert scans == [sandbox_id]
+    # A start since that stop, by any hal process, means the reset stops in full: a marked
+    # process outside the cgroup is still found and killed.
+    await provider.stop(sandbox_id)
+    await BwrapProvider(state_dir=tmp_path / "state").start(sandbox_id)
+    env = {"PATH": os.environ["PATH"], hostexec.MARKER_VAR: sandbox_id}
+    escapee = await asyncio.create_subprocess_exec("sleep", "60", env=env)
+    try:
+        scans.clear()
+        await provider.reset(sandbox_id)
+        assert scans and await asyncio.wait_for(escapee.wait(), 5) == -9
+    finally:
+        if escapee.returncode is None:
+            escapee.kill()
+            await escapee.wait()
+    await pool.drain()
+
+
+async def test_a_stop_whose_record_goes_meanwhile_still_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provider = FakeProvider(state_dir=tmp_path / "state")
+    sandbox = await provider.create(SandboxSpec(provider="fake"))
+    record_file = provider.store.path(sandbox.id)
+
+    async def kill_and_lose_the_record(record: object) -> None:
+        record_file.unlink()  # a destroy racing the stop
+
+    monkeypatch.setattr(provider, "_kill", kill_and_lose_the_record)
+    await provider.stop(sandbox.id)
+    monkeypatch.undo()
+    await provider.destroy(sandbox.id)

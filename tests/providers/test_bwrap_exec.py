@@ -1,17 +1,22 @@
-"""The cost of one bwrap command, counted (mounts, processes), and the curated /etc it sees."""
+"""The cost of one bwrap command, counted (mounts, processes), the curated /etc it sees, and
+the cost of finding a sandbox's processes by their marker."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from hal9999.providers import hostetc, hostexec, sandboxuser
-from hal9999.providers.bwrap import BwrapProvider, BwrapSandbox
+from hal9999.errors import ExecError
+from hal9999.providers import bwrap, cgroups, hostetc, hostexec, hostfs, sandboxuser
+from hal9999.providers.bwrap import PROC_READ_ONLY, BwrapProvider, BwrapSandbox
+from hal9999.providers.hostsandbox import RecordStore
 from hal9999.spec import ArgvCommand, Resources, SandboxSpec, ShellCommand
 
 
@@ -78,6 +83,21 @@ async def test_etc_takes_a_handful_of_mounts_and_shows_the_hosts_curated_entries
     assert not write.ok
 
 
+@pytest.mark.bwrap
+async def test_each_proc_writer_is_one_read_only_mount(sandbox: BwrapSandbox) -> None:
+    mounts = await sandbox.exec(ArgvCommand(argv=("cat", "/proc/self/mountinfo")))
+    assert mounts.ok, mounts.text()
+    rows = [line.split() for line in mounts.stdout.decode().splitlines()]
+    for name in PROC_READ_ONLY:
+        if not os.path.exists(f"/proc/{name}"):
+            continue
+        found = [row[5] for row in rows if row[4] == f"/proc/{name}"]
+        # As root bwrap covers sysrq-trigger, irq and bus itself: ours made a second mount
+        # (and a second read of the mount table) on each.
+        assert len(found) == 1, (name, found)
+        assert found[0].split(",")[0] == "ro", (name, found)
+
+
 def test_the_view_follows_the_host_and_copies_only_the_curated_entries(tmp_path: Path) -> None:
     host = tmp_path / "etc"
     host.mkdir()
@@ -101,6 +121,31 @@ def test_the_view_follows_the_host_and_copies_only_the_curated_entries(tmp_path:
     (host / "gitconfig").write_text("[user]\n")
     third, _ = view.current()
     assert (third / "gitconfig").read_text() == "[user]\n"
+
+
+def test_an_unchanged_host_costs_the_view_its_stats_and_one_mark(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host = tmp_path / "etc"
+    (host / "ssl").mkdir(parents=True)
+    (host / "hosts").write_text("one\n")
+    view = hostetc.EtcView(tmp_path / "state", source=host)
+    first = view.current()
+    hashes: list[object] = []
+    real = hostetc.hashlib.sha256
+    monkeypatch.setattr(hostetc.hashlib, "sha256", lambda *a: hashes.append(a) or real(*a))
+    marks: list[object] = []
+    monkeypatch.setattr(hostetc.os, "utime", lambda *a: marks.append(a))
+    for _ in range(5):
+        assert view.current() == first
+    # Every command stats the curated entries and marks its copy in use; the name is hashed
+    # again only once they change (it was hashed on every command).
+    assert hashes == [] and len(marks) == 5
+    assert view.current(accounts=True)[0] != first[0] and len(hashes) == 1
+    (host / "hosts").write_text("two\n")
+    monkeypatch.undo()
+    changed = view.current()
+    assert changed[0] != first[0] and (changed[0] / "hosts").read_text() == "two\n"
 
 
 def _helper_or_skip() -> str:
@@ -186,3 +231,131 @@ def test_the_copies_live_outside_the_providers_state(tmp_path: Path) -> None:
     home = tmp_path / "home"
     assert hostetc.root_for(home / "sandboxes" / "bwrap") == home / "cache" / "bwrap-etc"
     assert hostetc.root_for(tmp_path / "state") == tmp_path / "state" / hostetc.DIR
+
+
+def test_the_marker_finds_exactly_the_processes_that_carry_it() -> None:
+    envs = {
+        "own": {"HAL_SANDBOX": "abc123"},
+        "last": {"A": "1", "HAL_SANDBOX": "abc123"},
+        "longer": {"HAL_SANDBOX": "abc1234"},
+        "inside-a-value": {"X": "HAL_SANDBOX=abc123"},
+    }
+    procs = {name: subprocess.Popen(["sleep", "30"], env=env) for name, env in envs.items()}
+    try:
+        found = hostexec.marked_pids("abc123")
+        assert found == {procs["own"].pid, procs["last"].pid}
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+def test_finding_marked_processes_costs_three_calls_per_process(tmp_path: Path) -> None:
+    # Every reset and destroy scans every host process's environment (a boundary guarantee:
+    # a process that left the cgroup is still found).
+    code = (
+        "import os; from hal9999.providers import hostexec; os.write(1, b'BEGIN');"
+        "hostexec.marked_pids('none'); os.write(1, b'END')"
+    )
+    log = tmp_path / "trace"
+    subprocess.run(
+        ["strace", "-qq", "-o", str(log), sys.executable, "-c", code],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    lines = log.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if "BEGIN" in line)
+    end = next(i for i, line in enumerate(lines) if "END" in line)
+    calls = lines[start + 1 : end]
+    opened = sum("/environ" in line for line in calls)
+    assert opened > 1
+    # open, read, close per process (a buffered file object made seven), and the listing.
+    assert len(calls) <= 3 * opened + 10, (opened, len(calls))
+
+
+@pytest.mark.bwrap
+async def test_a_claims_fresh_handle_redoes_no_work_and_a_command_reads_no_full_record(
+    hal_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provider = BwrapProvider(state_dir=hal_home / "sandboxes" / "bwrap")
+    (tmp_path / "ws").mkdir()
+    box = await provider.create(SandboxSpec(workspace=tmp_path / "ws"))
+    try:
+        record = provider.store.load(box.id)
+        resolved: list[str] = []
+        realpath = os.path.realpath
+        monkeypatch.setattr(hostfs.os.path, "realpath", lambda p: resolved.append(p) or realpath(p))
+        before = bwrap._with_parents.cache_info().hits
+        again = await provider.get(box.id)
+        # The pool makes a handle on every claim: its argv is the one worked out before, and
+        # mount sources are resolved when a file operation first needs them, not up front.
+        assert bwrap._with_parents.cache_info().hits == before + 1
+        assert resolved == []
+        assert (
+            again.launch(ArgvCommand(argv=("true",))).argv
+            == box.launch(ArgvCommand(argv=("true",))).argv
+        )
+        await again.write_file_atomic("/workspace/f", b"x")
+        assert await again.read_file("/workspace/f") == b"x"
+        assert {str(p) for p in resolved} == {str(tmp_path / "ws")}  # when first needed
+        # Every command checks the state in the record, not the whole record with pydantic.
+        monkeypatch.setattr(RecordStore, "load", lambda *a: pytest.fail("full record load"))
+        assert (await again.exec(ArgvCommand(argv=("true",)))).ok
+        monkeypatch.undo()
+        await provider.stop(box.id)
+        with pytest.raises(ExecError, match="is stopped"):
+            await again.exec(ArgvCommand(argv=("true",)))
+        assert record.state == "running"
+    finally:
+        await provider.destroy(box.id)
+
+
+@pytest.mark.cgroup
+@pytest.mark.skipif(os.geteuid() != 0, reason="cgroup v1 here needs root")
+async def test_the_oom_counter_is_looked_up_once_and_read_in_one_call(
+    hal_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provider = BwrapProvider(state_dir=hal_home / "sandboxes" / "bwrap")
+    box = await provider.create(SandboxSpec(resources=Resources(memory_mb=64)))
+    try:
+        assert isinstance(box, BwrapSandbox) and box.cgroup is not None
+        looked: list[str] = []
+        if isinstance(box.cgroup, cgroups.CgroupV1):
+            real = cgroups.CgroupV1._dir
+            monkeypatch.setattr(
+                cgroups.CgroupV1, "_dir", lambda self, c: looked.append(c) or real(self, c)
+            )
+        for _ in range(3):
+            assert (await box.exec(ArgvCommand(argv=("true",)))).ok
+        assert looked in ([], ["memory"])  # not once per command
+        assert box.oom_kills() == 0
+    finally:
+        await provider.destroy(box.id)
+
+
+@pytest.mark.bwrap
+async def test_a_start_leaves_the_sandboxs_unchanged_own_files_alone(
+    hal_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provider = BwrapProvider(state_dir=hal_home / "sandboxes" / "bwrap")
+    (tmp_path / "ws").mkdir()
+    box = await provider.create(SandboxSpec(workspace=tmp_path / "ws"))
+    try:
+        etc = provider.store.dir(box.id) / "etc"
+        before = {p.name: p.stat().st_ino for p in etc.iterdir()}
+        replaced: list[object] = []
+        real = os.replace
+        monkeypatch.setattr(os, "replace", lambda a, b: replaced.append(b) or real(a, b))
+        monkeypatch.setattr(BwrapSandbox, "__init__", lambda *a: pytest.fail("a handle"))
+        # Every pool reset starts the sandbox again: its filter, account files and uid
+        # switch were each rewritten (and a whole handle made for its mount list).
+        provider.prepare_dirs(provider.store.load(box.id))
+        assert [p for p in replaced if "etc" in str(p)] == []
+        assert {p.name: p.stat().st_ino for p in etc.iterdir()} == before
+        monkeypatch.undo()
+        (etc / "seccomp.bpf").write_bytes(b"changed")
+        provider.prepare_dirs(provider.store.load(box.id))
+        assert (etc / "seccomp.bpf").read_bytes() != b"changed"  # rewritten when it differs
+        assert (await box.exec(ArgvCommand(argv=("true",)))).ok
+    finally:
+        await provider.destroy(box.id)

@@ -21,7 +21,15 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from hal9999.errors import ProviderError, ProviderUnavailable, SandboxNotFound
-from hal9999.providers import hostetc, hostexec, hostfs, sandboxuser, seccomp, usernet
+from hal9999.providers import (
+    hostetc,
+    hostexec,
+    hostfs,
+    hostread,
+    sandboxuser,
+    seccomp,
+    usernet,
+)
 from hal9999.providers.base import Capabilities, Command, ExecResult, Launch
 from hal9999.providers.hostsandbox import HostProvider, HostSandbox, SandboxRecord
 from hal9999.spec import ArgvCommand, to_argv
@@ -34,6 +42,10 @@ ETC_VIEW = "\0etc-view"
 ROOTFS_SKIP = frozenset({"proc", "dev", "sys", "tmp", "run", "home", "workspace"})
 PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs", "acpi")
 """Host-wide writers under /proc: read-only inside whatever the sandbox's uid (as Docker)."""
+PROC_COVERED_AS_ROOT = ("sysrq-trigger", "irq", "bus")
+"""What bwrap binds read-only over its own /proc when it can write them, i.e. run as real
+root (``--proc``: it covers ``sys`` too, but never can, as the kernel refuses write access
+to ``/proc/sys`` itself even to root): a bind of ours would be a second mount on each."""
 DROP_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")
 """What setpriv needs to switch uid and empty the bounding set; gone once it has."""
 HOST_SESSION_VARS = (
@@ -113,6 +125,12 @@ def with_parents(args: list[str]) -> list[str]:
     bwrap makes missing parents of a bind target itself, but running as root it makes
     them mode 0700, which the sandbox's own uid could not enter (``/etc``, ``/home``).
     """
+    return list(_with_parents(tuple(args)))
+
+
+@functools.lru_cache(maxsize=64)
+def _with_parents(args: tuple[str, ...]) -> tuple[str, ...]:
+    # The same sandbox gets the same args on every claim, start and reset: worked out once.
     out: list[str] = []
     made: set[str] = {"/"}
     bound: list[str] = []
@@ -135,7 +153,7 @@ def with_parents(args: list[str]) -> list[str]:
             made.add(args[index + 1])
         out.append(arg)
         index += 1
-    return out
+    return tuple(out)
 
 
 def _parents(target: str) -> list[str]:
@@ -184,6 +202,31 @@ def namespace_args(
     return args
 
 
+def sandbox_mounts(record: SandboxRecord, directory: Path) -> list[hostfs.Mount]:
+    """The workspace, home, tmp and the spec's binds of the sandbox whose directory is
+    ``directory``, parents before children (a bind inside the workspace would otherwise be
+    hidden by it)."""
+    spec = record.spec
+    # Keyed by target: a later bind of the same target wins, in bwrap as in the PathMap.
+    binds = {
+        hostfs.normalize(b.target, "/"): hostfs.Mount(
+            hostfs.normalize(b.target, "/"), b.source, not b.read_only
+        )
+        for b in spec.binds
+    }
+    # The sandbox's own dirs, unless a bind takes their place (e.g. a session's home).
+    own = [
+        hostfs.Mount(target, source, writable=True)
+        for target, source in (
+            (WORKDIR, spec.workspace or directory / "workspace"),
+            (HOME, directory / "home"),
+            ("/tmp", directory / "tmp"),
+        )
+        if target not in binds
+    ]
+    return sorted([*own, *binds.values()], key=lambda m: m.target.count("/"))
+
+
 class BwrapSandbox(HostSandbox):
     """Host directories and a cgroup; each command is a fresh bubblewrap invocation."""
 
@@ -192,25 +235,7 @@ class BwrapSandbox(HostSandbox):
     def __init__(self, owner: BwrapProvider, record: SandboxRecord) -> None:
         spec = record.spec
         directory = owner.store.dir(record.id)
-        # Keyed by target: a later bind of the same target wins, in bwrap as in the PathMap.
-        binds = {
-            hostfs.normalize(b.target, "/"): hostfs.Mount(
-                hostfs.normalize(b.target, "/"), b.source, not b.read_only
-            )
-            for b in spec.binds
-        }
-        # The sandbox's own dirs, unless a bind takes their place (e.g. a session's home).
-        own = [
-            hostfs.Mount(target, source, writable=True)
-            for target, source in (
-                (WORKDIR, spec.workspace or directory / "workspace"),
-                (HOME, directory / "home"),
-                ("/tmp", directory / "tmp"),
-            )
-            if target not in binds
-        ]
-        # Parents before children, or a bind inside the workspace would be hidden by it.
-        mounts = sorted([*own, *binds.values()], key=lambda m: m.target.count("/"))
+        mounts = sandbox_mounts(record, directory)
         super().__init__(owner, record, hostfs.PathMap(mounts, cwd=WORKDIR))
         self._bwrap = owner.bwrap
         self.cgroup = owner.cgroup(record)
@@ -249,8 +274,10 @@ class BwrapSandbox(HostSandbox):
         if record.uid is not None and spec.rootfs is not None:
             args += ["--ro-bind", "/usr", sandboxuser.HOST_USR]
         args += ["--proc", "/proc", "--dev", "/dev"]
+        covered = PROC_COVERED_AS_ROOT if record.uid is not None else ()
         for name in PROC_READ_ONLY:
-            args += ["--ro-bind-try", f"/proc/{name}", f"/proc/{name}"]
+            if name not in covered:
+                args += ["--ro-bind-try", f"/proc/{name}", f"/proc/{name}"]
         for mount in mounts:
             args += ["--bind" if mount.writable else "--ro-bind", str(mount.source), mount.target]
         # Nothing may be left behind in the root tmpfs: every exec gets a fresh one.
@@ -379,15 +406,13 @@ class BwrapProvider(HostProvider):
             (etc / "resolv.conf").write_text(usernet.RESOLV_CONF)
         if self._program is not None:
             # One copy per sandbox: nothing of a sandbox's lives outside its directory.
-            tmp = etc / ".seccomp.tmp"
-            tmp.write_bytes(self._program)
-            os.replace(tmp, etc / SECCOMP_FILE)
+            hostread.write_if_changed(etc / SECCOMP_FILE, self._program)
         if record.uid is None:
             return
         sandboxuser.account_files(etc, record.uid, record.uid)
         if self.drop_helper is not None:
             sandboxuser.install_helper(self.drop_helper, etc / DROP_FILE)
-        for mount in BwrapSandbox(self, record)._paths.mounts:
+        for mount in sandbox_mounts(record, directory):
             # Writable means writable by the sandbox's uid: workspace, home, tmp, and the
             # writable binds of the spec (documented in docs/security.md).
             if mount.writable:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hal9999.errors import CapabilityError, ProviderError
+from hal9999.providers.hostread import read_all
 from hal9999.spec import Resources
 
 PARENT = "hal9999"
@@ -131,6 +132,12 @@ class CgroupV1(Cgroup):
 
     version: Literal[1, 2] = 1
 
+    def __init__(self, dirs: list[Path]) -> None:
+        super().__init__(dirs)
+        self._oom_file: str | None = None
+        """Where the memory hierarchy's OOM counter is ("": none), once looked up: it is
+        read before every command with a memory limit."""
+
     def _dir(self, controller: str) -> Path | None:
         for path in self.dirs:
             if (path / f"{controller}.{'max' if controller == 'pids' else 'stat'}").exists():
@@ -157,8 +164,10 @@ class CgroupV1(Cgroup):
 
     def oom_kills(self) -> int:
         """How many processes the kernel killed for exceeding the memory limit."""
-        memory = self._dir("memory")
-        return 0 if memory is None else _read_counter(memory / "memory.oom_control", "oom_kill")
+        if self._oom_file is None:
+            memory = self._dir("memory")
+            self._oom_file = "" if memory is None else str(memory / "memory.oom_control")
+        return _read_counter(self._oom_file, "oom_kill") if self._oom_file else 0
 
 
 class CgroupV2(Cgroup):
@@ -191,7 +200,7 @@ class CgroupV2(Cgroup):
 
     def oom_kills(self) -> int:
         """How many processes the kernel killed for exceeding the memory limit."""
-        return _read_counter(self.dirs[0] / "memory.events", "oom_kill")
+        return _read_counter(f"{self.dirs[0]}/memory.events", "oom_kill")
 
     async def kill_all(self) -> None:
         """Kill everything inside; ``cgroup.kill`` does it atomically where the kernel has it."""
@@ -318,9 +327,9 @@ def _write(path: Path, value: object) -> None:
         os.close(fd)
 
 
-def _read_counter(path: Path, key: str) -> int:
+def _read_counter(path: str, key: str) -> int:
     try:
-        for line in path.read_text().splitlines():
+        for line in read_all(path).decode().splitlines():
             name, _, value = line.partition(" ")
             if name == key:
                 return int(value)

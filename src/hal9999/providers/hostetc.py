@@ -33,6 +33,8 @@ sudoers, none of the rest."""
 KEEP = 600.0
 """Seconds an unused copy is kept: another ``hal`` process that has just picked it (each
 command marks the copy it uses) never finds it gone."""
+SEEN = 16
+"""Host states remembered by one :class:`EtcView` (see ``_seen``); more are forgotten."""
 DIR = ".host-etc"
 """Under a state dir outside a HAL_HOME (see :func:`root_for`)."""
 HOME_DIR = ("cache", "bwrap-etc")
@@ -43,42 +45,40 @@ ACCOUNTS_AT = "/.hal"
 account files (:data:`hal9999.providers.sandboxuser.OWN_DIR`), one mount for both."""
 
 
-def _state(source: Path, names: tuple[str, ...]) -> list[tuple[str, os.stat_result | None]]:
+_State = list[tuple[str, os.stat_result | None]]
+_Key = tuple[tuple[int, int, int, int, int, int] | None, ...]
+
+
+def _state(source: str, names: tuple[str, ...]) -> _State:
     """Each entry followed, as a bind mount follows its source (None: absent)."""
-    found: list[tuple[str, os.stat_result | None]] = []
+    found: _State = []
     for name in names:
         try:
-            found.append((name, os.stat(source / name)))
+            found.append((name, os.stat(f"{source}/{name}")))
         except OSError:
             found.append((name, None))
     return found
 
 
-def _fingerprint(state: list[tuple[str, os.stat_result | None]], accounts: bool) -> str:
+def _key(state: _State) -> _Key:
+    """What the fingerprint covers of each entry, as plain numbers (a dict key)."""
+    return tuple(
+        None
+        if st is None
+        else (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+        for _, st in state
+    )
+
+
+def _fingerprint(state: _State, accounts: bool) -> str:
     digest = hashlib.sha256(b"accounts" if accounts else b"host")
-    for name, st in state:
-        fields = (
-            "-"
-            if st is None
-            else ":".join(
-                str(v)
-                for v in (
-                    st.st_mode,
-                    st.st_size,
-                    st.st_mtime_ns,
-                    st.st_ctime_ns,
-                    st.st_ino,
-                    st.st_dev,
-                )
-            )
-        )
-        digest.update(f"{name}\0{fields}\n".encode())
+    for (name, _), fields in zip(state, _key(state), strict=True):
+        text = "-" if fields is None else ":".join(str(v) for v in fields)
+        digest.update(f"{name}\0{text}\n".encode())
     return digest.hexdigest()[:20]
 
 
-def _build(
-    source: Path, state: list[tuple[str, os.stat_result | None]], target: Path, accounts: bool
-) -> None:
+def _build(source: Path, state: _State, target: Path, accounts: bool) -> None:
     """Fill the new directory ``target``: a copy of each regular file (mode kept; empty if we
     cannot read it), an empty directory for each directory; anything else left out. With
     ``accounts``, ``passwd`` and ``group`` are links to :data:`ACCOUNTS_AT` instead."""
@@ -115,23 +115,32 @@ class EtcView:
     def __init__(self, state_dir: Path, *, source: Path = Path("/etc")) -> None:
         self.root = root_for(state_dir)
         self.source = source
+        self._source = str(source)
+        self._seen: dict[tuple[bool, _Key], tuple[Path, list[str]]] = {}
+        """Views already named, by what the host's entries were: every command stats them,
+        the hash and the paths are worked out only when they change."""
 
     def current(self, *, accounts: bool = False) -> tuple[Path, list[str]]:
         """The directory to bind as ``/etc`` (made now if the host's entries changed) and the
         names of the directories in it to bind from the host on top. ``accounts``: the
         sandbox's own ``passwd`` and ``group`` are bound at :data:`ACCOUNTS_AT`."""
-        state = _state(self.source, ETC)
-        path = self.root / _fingerprint(state, accounts)
+        state = _state(self._source, ETC)
+        key = (accounts, _key(state))
+        known = self._seen.get(key)
+        if known is None:
+            path = self.root / _fingerprint(state, accounts)
+            dirs = [name for name, st in state if st is not None and stat.S_ISDIR(st.st_mode)]
+            if len(self._seen) >= SEEN:
+                self._seen.clear()
+            known = self._seen[key] = (path, dirs)
+        path, dirs = known
         try:
             os.utime(path)  # marks it in use (see KEEP)
         except FileNotFoundError:
             self._make(path, state, accounts)
-        dirs = [name for name, st in state if st is not None and stat.S_ISDIR(st.st_mode)]
-        return path, dirs
+        return path, list(dirs)
 
-    def _make(
-        self, path: Path, state: list[tuple[str, os.stat_result | None]], accounts: bool
-    ) -> None:
+    def _make(self, path: Path, state: _State, accounts: bool) -> None:
         self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".new-", dir=self.root))
         try:

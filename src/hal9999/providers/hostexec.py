@@ -19,6 +19,7 @@ from typing import Literal
 from hal9999.errors import ExecError, ProviderError
 from hal9999.providers.base import ExecResult, Launch, StreamEvent
 from hal9999.providers.handle import collect
+from hal9999.providers.hostread import read_all
 
 LAUNCHER_SCRIPT = (
     "HAL_SANDBOX=$1; export HAL_SANDBOX; "
@@ -222,18 +223,21 @@ def marked_pids(sandbox_id: str) -> set[int]:
 
 
 def _pids_marked(var: str, value: str) -> set[int]:
+    # Every host process, on every stop and destroy: one open, read and close each (see
+    # hostread), and no split of the whole environment.
     needle = f"{var}={value}".encode()
+    whole = b"\0" + needle + b"\0"
     found: set[int] = set()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
             continue
         try:
-            with open(f"/proc/{entry.name}/environ", "rb") as handle:
-                environ = handle.read()
+            environ = read_all(f"/proc/{name}/environ")
         except OSError:
             continue  # exited meanwhile, or not ours to read
-        if needle in environ.split(b"\0"):
-            found.add(int(entry.name))
+        # One of its NUL-separated entries (the last may lack its NUL) is exactly the needle.
+        if needle in environ and whole in b"\0" + environ + b"\0":
+            found.add(int(name))
     return found
 
 

@@ -90,8 +90,9 @@ class PathMap:
         # Longest target first, so a bind inside the workspace wins over the workspace.
         self.mounts = sorted(normal, key=lambda m: len(m.target), reverse=True)
         self.cwd = cwd
-        # Mount sources come from host configuration, so their own links are resolved once.
-        self._real = {m.source: os.path.realpath(m.source) for m in self.mounts}
+        # Mount sources come from host configuration, so their own links are resolved once,
+        # when first used (a handle is made on every claim, most never touch a file).
+        self._real: dict[Path, str] = {}
 
     def normalize(self, path: str) -> str:
         """``path`` made absolute and normal."""
@@ -115,7 +116,9 @@ class PathMap:
         if found is None:
             return None
         mount, relative = found
-        real = self._real[mount.source]
+        real = self._real.get(mount.source)
+        if real is None:
+            real = self._real[mount.source] = os.path.realpath(mount.source)
         if _has_link(real, relative, last=follow):
             return None
         host = mount.source / relative if relative else mount.source

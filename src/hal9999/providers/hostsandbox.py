@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import shutil
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args
 
 from pydantic import BaseModel
 
@@ -29,13 +30,18 @@ from hal9999.providers.base import (
     ExecResult,
     Launch,
     SandboxInfo,
+    SandboxState,
     StreamEvent,
 )
 from hal9999.providers.handle import SandboxHandle
+from hal9999.providers.hostread import read_all
 from hal9999.providers.hostrecords import RecordStore as RecordStore
 from hal9999.providers.hostrecords import SandboxRecord as SandboxRecord
 from hal9999.providers.hostrecords import check_spec as check_spec
 from hal9999.spec import ArgvCommand, Resources, SandboxSpec, display
+
+STATES = frozenset(get_args(SandboxState))
+"""Every state a record can hold."""
 
 
 class HostSandbox(SandboxHandle):
@@ -54,6 +60,7 @@ class HostSandbox(SandboxHandle):
         self._owner = owner
         self._record = record
         self._paths = paths
+        self._record_file = str(owner.store.path(record.id))
 
     def _identity(self) -> tuple[str, str, SandboxSpec]:
         return self._record.id, self._owner.name, self._record.spec
@@ -114,6 +121,13 @@ class HostSandbox(SandboxHandle):
         return merged
 
     def _require(self, *, running: bool) -> None:
+        # Before every command and file operation: the state alone, from the JSON as it
+        # stands (pydantic checking the whole record took ~0.1 ms); anything but a readable
+        # record goes through the full load, which raises what fits.
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            record = json.loads(read_all(self._record_file))
+            if record["state"] == "running" or (not running and record["state"] in STATES):
+                return
         state = self._owner.store.load(self.id).state
         if running and state != "running":
             raise ExecError(
@@ -233,6 +247,9 @@ class HostProvider:
         self.store = RecordStore(state_dir)
         self._cgroup_mode = cgroup
         self._cgroup_host: cgroups.CgroupHost | Literal[False] | None = False
+        self._stopped: dict[str, tuple[int, int, int]] = {}
+        """Sandboxes this object's :meth:`stop` has emptied, with their record file as that
+        stop left it (see :meth:`reset`)."""
 
     def _handle(self, record: SandboxRecord) -> HostSandbox:
         raise NotImplementedError
@@ -325,11 +342,32 @@ class HostProvider:
     async def stop(self, sandbox_id: str) -> None:
         """Stop every process inside; the sandbox can be started again."""
         record = self.store.load(sandbox_id).model_copy(update={"state": "stopped"})
+        self._stopped.pop(sandbox_id, None)
         self.store.save(record)  # first, so no new command starts while we kill
         await self._kill(record)
+        with contextlib.suppress(OSError):  # gone meanwhile (a destroy): nothing to skip
+            self._stopped[sandbox_id] = self._record_stamp(sandbox_id)
+
+    def _record_stamp(self, sandbox_id: str) -> tuple[int, int, int]:
+        """What changes whenever anyone saves the record (each save is a fresh file)."""
+        st = os.stat(self.store.path(sandbox_id))
+        return st.st_ino, st.st_mtime_ns, st.st_ctime_ns
+
+    def _still_stopped(self, sandbox_id: str) -> bool:
+        """Whether this object's last :meth:`stop` of the sandbox killed every process of it
+        and nobody has saved its record since (no start, by any ``hal`` process: a command
+        needs the sandbox running, and only a start, which saves the record, makes it so)."""
+        stamp = self._stopped.get(sandbox_id)
+        try:
+            if stamp is None or stamp != self._record_stamp(sandbox_id):
+                return False
+        except OSError:
+            return False
+        return self.store.load(sandbox_id).state == "stopped"
 
     async def start(self, sandbox_id: str) -> HostSandbox:
         """Start a stopped sandbox (re-creating its cgroup if, say, the host rebooted)."""
+        self._stopped.pop(sandbox_id, None)
         record = await self._prepare(self.store.load(sandbox_id))
         record = record.model_copy(update={"state": "running"})
         self.store.save(record)
@@ -355,8 +393,17 @@ class HostProvider:
                 f"provider {self.name!r} cannot reset a sandbox safely",
                 hint="use the destroy pool policy for it",
             )
-        await self.stop(sandbox_id)
-        record = self.store.load(sandbox_id)
+        if self._still_stopped(sandbox_id):
+            # The pool stops a sandbox before it clears its slot, then resets it: that stop
+            # scanned every host process for the sandbox's marker, and nothing of the
+            # sandbox can have started since. The cgroup is emptied again all the same.
+            record = self.store.load(sandbox_id)
+            cgroup = self.cgroup(record)
+            if cgroup is not None:
+                await cgroup.kill_all()
+        else:
+            await self.stop(sandbox_id)
+            record = self.store.load(sandbox_id)
         directory = self.store.dir(sandbox_id)
         names = self._own_dirs(record)
         retired = [scratch.retire(directory, name) for name in names]
@@ -378,6 +425,7 @@ class HostProvider:
 
     async def destroy(self, sandbox_id: str) -> None:
         """Stop and remove the sandbox; never touches the spec's workspace. Idempotent."""
+        self._stopped.pop(sandbox_id, None)
         directory = self.store.dir(sandbox_id)
         try:
             record: SandboxRecord | None = self.store.load(sandbox_id)

@@ -19,6 +19,7 @@ import stat
 from pathlib import Path
 
 from hal9999.errors import ProviderError
+from hal9999.providers.hostread import write_if_changed
 
 SETPRIV = "/usr/bin/setpriv"
 OWN_DIR = "/.hal"
@@ -110,10 +111,7 @@ def account_files(directory: Path, uid: int, gid: int) -> tuple[Path, Path]:
     out = []
     for name, template in (("passwd", PASSWD), ("group", GROUP)):
         path = directory / name
-        tmp = directory / f".{name}.tmp"
-        tmp.write_text(template.format(uid=uid, gid=gid))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        write_if_changed(path, template.format(uid=uid, gid=gid).encode(), 0o644)
         out.append(path)
     return out[0], out[1]
 
@@ -164,7 +162,11 @@ def drop_helper(path: Path = DROP_HELPER_BUILT) -> str | None:
 
 def install_helper(helper: str, target: Path) -> None:
     """Put the uid switch ``helper`` at ``target`` (a sandbox's own read-only files): a hard
-    link where the filesystem allows, else a copy; replaced atomically."""
+    link where the filesystem allows, else a copy; replaced atomically. Already a link to
+    it (every reset prepares the sandbox again): left alone."""
+    with contextlib.suppress(OSError):
+        if os.path.samestat(os.stat(helper), os.stat(target, follow_symlinks=False)):
+            return
     tmp = target.with_name(f".{target.name}.tmp")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
