@@ -170,3 +170,36 @@ async def run_trivial_task(tmp_path: Path, repo: Path) -> None:
     done = await service.run(task.id)
     store.close()
     assert done.status == "succeeded", done.error_message
+
+
+@pytest.mark.bwrap
+async def test_a_process_just_started_is_not_asked_whether_it_lives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 16, fourth pass: the follower asked the manager at once (tmux has-session, a
+    # process) though it had just started the run; now only once the exit file is there or
+    # after the liveness interval.
+    import time
+
+    from hal9999.process.base import read_exit_status
+    from hal9999.process.direct import DirectProcessManager
+    from hal9999.tasks import follow
+
+    asked: list[tuple[bool, float]] = []
+    original = DirectProcessManager.status
+    started: list[float] = []
+    original_start = DirectProcessManager.start
+
+    async def start(self: DirectProcessManager, *args: object, **kwargs: object) -> None:
+        started.append(time.monotonic())
+        await original_start(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    async def status(self: DirectProcessManager, spec: object) -> object:
+        exited = read_exit_status(spec.exit_path) is not None  # type: ignore[attr-defined]
+        asked.append((exited, time.monotonic() - started[-1]))
+        return await original(self, spec)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(DirectProcessManager, "start", start)
+    monkeypatch.setattr(DirectProcessManager, "status", status)
+    await run_trivial_task(tmp_path, git_repo(tmp_path / "repo"))
+    assert asked and all(exited or late >= follow._LIVENESS_S for exited, late in asked), asked
