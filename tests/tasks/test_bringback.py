@@ -295,3 +295,30 @@ def test_a_patch_scan_names_the_file_and_finds_a_secret_across_chunks(
     assert bringback.patch_holds_secret(patch, SecretMasker([secret])) == "conf/y"
     assert bringback.patch_holds_secret(patch, SecretMasker(["not-in-there-at-all"])) is None
     assert bringback.patch_holds_secret(patch, SecretMasker()) is None
+
+
+async def test_a_first_bring_back_without_changes_runs_one_git(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 16, fourth pass: the branch is created where none was (update-ref against zero);
+    # it was read first (rev-parse), then created.
+    calls: list[list[str]] = []
+    original = bringback.git
+
+    async def counted(args: list[str], **kwargs: object) -> str:
+        calls.append(list(args))
+        return await original(args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bringback, "git", counted)
+    brought = await world.bring_back(world.base)
+    assert isinstance(brought, bringback.BroughtBack) and brought.branch == BRANCH
+    assert [args[0] for args in calls] == ["update-ref"]
+    assert git(world.source, "rev-parse", BRANCH) == world.base
+    # The next run reads the branch hal left (compare-and-set), as before.
+    calls.clear()
+    head = world.agent_commits({"a.txt": "two\n"})
+    world.bundle()
+    brought = await world.bring_back(head)
+    assert isinstance(brought, bringback.BroughtBack) and not brought.moved_aside
+    assert git(world.source, "rev-parse", BRANCH) == head
+    assert [args[0] for args in calls][-2:] == ["update-ref", "update-ref"]  # move, drop ref

@@ -10,6 +10,7 @@ lives on the test's tmp filesystem, or on /dev/shm with the host target on tmp.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -281,3 +282,70 @@ async def test_a_failing_step_keeps_git_s_message_and_says_where_the_work_is(
     assert caught.value.message.startswith("reading the changes failed: ")
     assert "index" in caught.value.message
     assert caught.value.hint is not None and str(w.session.workspace) in caught.value.hint
+
+
+@pytest.fixture
+def programs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[str]]:
+    """The programs the collect script ran (git with its subcommand), sorted (a pipeline's
+    order is the scheduler's): shims on PATH, as the local provider runs the script with the
+    host's PATH."""
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    log = tmp_path / "programs.log"
+    log.touch()
+    for name in ("git", "awk", "cut", "wc", "mkdir", "ls", "cat"):
+        real = shutil.which(name)
+        assert real is not None
+        shim = shims / name
+        said = f"{name} $*" if name == "git" else name  # an awk program has newlines
+        shim.write_text(f'#!/bin/sh\necho "{said}" >> {log}\nexec {real} "$@"\n')
+        shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shims}:{os.environ['PATH']}")
+    return lambda: sorted(_program(line) for line in log.read_text().splitlines())
+
+
+def _program(line: str) -> str:
+    name, *args = line.split()
+    if name != "git":
+        return name
+    while args and args[0] == "-c":
+        args = args[2:]
+    return f"git {args[0]}"
+
+
+async def test_collecting_a_run_that_changed_nothing_runs_three_git(
+    world: tuple[World, HostileSandbox], programs: Callable[[], list[str]]
+) -> None:
+    # Issue 16, fourth pass: was mkdir, git status, rev-parse, update-ref, diff, awk, status,
+    # cut, ls-files, awk, diff, wc, diff (8 git, 13 programs).
+    w, sandbox = world
+    result = await run_collect(w, sandbox)
+    assert result.head == w.base and result.files_changed == 0 and result.nested == ()
+    assert programs() == sorted(["mkdir", "git status", "git rev-parse", "git ls-files", "awk"])
+
+
+async def test_collecting_leftovers_runs_no_git_it_does_not_need(
+    world: tuple[World, HostileSandbox], programs: Callable[[], list[str]]
+) -> None:
+    # Was 10 git: the branch is HEAD (no update-ref) and the raw diff counts the files (no
+    # second diff, no wc).
+    w, sandbox = world
+    (w.session.workspace / "a.txt").write_text("two\n")
+    (w.session.workspace / "b.txt").write_text("new\n")
+    result = await run_collect(w, sandbox)
+    assert result.committed_leftovers and result.files_changed == 2 and result.nested == ()
+    assert programs() == sorted([
+        "mkdir", "git status", "git add", "git commit", "git rev-parse", "git diff", "awk",
+        "git ls-files", "awk", "git status", "cut", "git bundle", "git diff",
+    ])  # fmt: skip
+
+
+async def test_a_branch_moved_away_from_head_is_still_pointed_at_head(
+    world: tuple[World, HostileSandbox],
+) -> None:
+    w, sandbox = world
+    git(w.session.workspace, "checkout", "-q", "-b", "elsewhere")
+    (w.session.workspace / "a.txt").write_text("two\n")
+    result = await run_collect(w, sandbox)
+    assert git(w.session.workspace, "rev-parse", BRANCH) == result.head != w.base
+    assert result.files_changed == 1

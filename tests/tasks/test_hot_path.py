@@ -4,7 +4,8 @@ make these pass or fail."""
 
 from __future__ import annotations
 
-import json
+import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from tests.cli.conftest import git
 from tests.tasks.test_halt import git_repo
 from tests.tasks.test_recovery import make_task, pooled_service
 
+from hal9999.process.launch import SUPERVISOR
 from hal9999.providers.base import Sandbox
 from hal9999.spec import ArgvCommand
 from hal9999.tasks import gitrepo
@@ -21,15 +23,22 @@ from hal9999.tasks.context import process_spec
 from hal9999.tasks.service import RunRequest
 from hal9999.tasks.session import Session
 
-SUPERVISED = """
-import json, runpy, sys
-sys.argv = ["hal-supervisor", *sys.argv[1:]]
-try:
-    runpy.run_module("hal9999.process.supervisor", run_name="__main__")
-except SystemExit:
-    pass
-sys.stderr.write("\\n" + json.dumps(sorted(sys.modules)))
-"""
+
+def supervisor_modules(
+    tmp_path: Path, *options: str, env: dict[str, str] | None = None
+) -> set[str]:
+    """Run the supervisor as the process managers start it; the modules it had imported."""
+    *start, code = SUPERVISOR
+    wrapped = (
+        f"import sys\ntry:\n    exec({code!r})\nexcept SystemExit:\n    pass\n"
+        "sys.stderr.write(chr(10) + repr(sorted(sys.modules)))"
+    )
+    done = subprocess.run(
+        [*start, wrapped, "--log", str(tmp_path / "log"), "--exit", str(tmp_path / "exit"),
+         *options],
+        capture_output=True, text=True, timeout=60, check=False, env=env,
+    )  # fmt: skip
+    return set(ast.literal_eval(done.stderr.strip().splitlines()[-1]))
 
 
 @pytest.mark.bwrap
@@ -64,17 +73,50 @@ def test_a_command_templates_supervisor_gets_no_parser(tmp_path: Path) -> None:
 
 
 def test_the_supervisor_without_a_parser_imports_no_models(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", SUPERVISED, "--log", str(tmp_path / "log"),
-         "--exit", str(tmp_path / "exit"), "--mask-var", "NOPE", "--", "echo", "hi"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    modules = set(json.loads(done.stderr.strip().splitlines()[-1]))
+    modules = supervisor_modules(tmp_path, "--mask-var", "NOPE", "--", "echo", "hi")
     assert (tmp_path / "exit").read_text().strip() == "0"
     assert "hi" in (tmp_path / "log").read_text()
     heavy = {m for m in modules if m.split(".")[0] in {"pydantic", "pydantic_core"}}
     assert heavy == set()
     assert "hal9999.events.models" not in modules and "hal9999.config" not in modules
+    # Nor what a run without secrets or a parser does not use (issue 16, fourth pass: the
+    # supervisor was ~115 modules, ~100 ms of CPU per task; `site` alone is a fifth of a bare
+    # interpreter's start).
+    unused = {"argparse", "subprocess", "typing", "pathlib", "logging", "json", "re", "site",
+              "runpy", "hal9999.redact"}  # fmt: skip
+    assert modules & unused == set()
+    assert len(modules) < 60, len(modules)
+
+
+def test_the_supervisor_still_masks_and_parses_when_asked(tmp_path: Path) -> None:
+    captured = Path(__file__).parents[1] / "agents" / "captured" / "claude" / "stdout.jsonl"
+    script = f"import sys; print('tok-abcdef123'); sys.stdout.write(open({str(captured)!r}).read())"
+    env = {"PATH": os.environ["PATH"], "SECRET_X": "tok-abcdef123"}
+    events = tmp_path / "parsed.jsonl"
+    modules = supervisor_modules(
+        tmp_path, "--mask-var", "SECRET_X", "--parser", "claude", "--events", str(events),
+        "--", sys.executable, "-c", script, env=env,
+    )  # fmt: skip
+    assert (tmp_path / "exit").read_text().strip() == "0"
+    log = (tmp_path / "log").read_text()
+    assert "tok-abcdef123" not in log and "[REDACTED]" in log
+    assert "hal9999.redact" in modules and "site" in modules  # loaded for the parser
+    assert '"type": "usage"' in events.read_text()
+
+
+def test_the_agent_inherits_no_descriptor_of_the_supervisors(tmp_path: Path) -> None:
+    *start, code = SUPERVISOR
+    read, write = os.pipe()
+    try:
+        subprocess.run(
+            [*start, code, "--log", str(tmp_path / "log"), "--exit", str(tmp_path / "exit"),
+             "--", "ls", "/proc/self/fd"],
+            pass_fds=(read, write), timeout=60, check=True,
+        )  # fmt: skip
+    finally:
+        os.close(read)
+        os.close(write)
+    assert sorted(int(fd) for fd in (tmp_path / "log").read_text().split()) == [0, 1, 2, 3]
 
 
 @pytest.mark.bwrap
@@ -128,3 +170,36 @@ async def run_trivial_task(tmp_path: Path, repo: Path) -> None:
     done = await service.run(task.id)
     store.close()
     assert done.status == "succeeded", done.error_message
+
+
+@pytest.mark.bwrap
+async def test_a_process_just_started_is_not_asked_whether_it_lives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 16, fourth pass: the follower asked the manager at once (tmux has-session, a
+    # process) though it had just started the run; now only once the exit file is there or
+    # after the liveness interval.
+    import time
+
+    from hal9999.process.base import read_exit_status
+    from hal9999.process.direct import DirectProcessManager
+    from hal9999.tasks import follow
+
+    asked: list[tuple[bool, float]] = []
+    original = DirectProcessManager.status
+    started: list[float] = []
+    original_start = DirectProcessManager.start
+
+    async def start(self: DirectProcessManager, *args: object, **kwargs: object) -> None:
+        started.append(time.monotonic())
+        await original_start(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    async def status(self: DirectProcessManager, spec: object) -> object:
+        exited = read_exit_status(spec.exit_path) is not None  # type: ignore[attr-defined]
+        asked.append((exited, time.monotonic() - started[-1]))
+        return await original(self, spec)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(DirectProcessManager, "start", start)
+    monkeypatch.setattr(DirectProcessManager, "status", status)
+    await run_trivial_task(tmp_path, git_repo(tmp_path / "repo"))
+    assert asked and all(exited or late >= follow._LIVENESS_S for exited, late in asked), asked

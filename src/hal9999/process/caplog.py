@@ -12,8 +12,10 @@ when the run ends the log gets a marker line and the kept tail.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from pathlib import Path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the supervisor imports this module on every task's path: no pathlib
+    from collections.abc import Mapping
 
 DEFAULT_LOG_CAP = 256 * 1024 * 1024
 """Bytes of one run's output kept in ``agent.log`` by default (128 MiB head + up to 128 MiB
@@ -45,15 +47,17 @@ def dropped_marker(dropped: int) -> bytes:
 class CappedLog:
     """Appends a run's output to ``path``, keeping the head and the tail within ``cap`` bytes."""
 
-    def __init__(self, path: Path, cap: int | None) -> None:
+    def __init__(self, path: str | os.PathLike[str], cap: int | None) -> None:
+        path = os.fspath(path)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         self.size = os.fstat(self._fd).st_size
         """Bytes in the log file now (what the reader can see)."""
         self._head_left = cap // 2 if cap is not None else None
         self._segment_cap = max(1, cap // 4) if cap is not None else 0
-        self._segments = [path.with_name(f".{path.name}.tail-{n}") for n in (0, 1)]
+        folder, name = os.path.split(path)
+        self._segments = [os.path.join(folder, f".{name}.tail-{n}") for n in (0, 1)]
         for segment in self._segments:
-            segment.unlink(missing_ok=True)
+            _unlink(segment)
         self._current = 0
         self._current_size = 0
         self._tail_fd: int | None = None
@@ -88,8 +92,8 @@ class CappedLog:
             self._tail_fd = None
             older = self._segments[1 - self._current]
             newer = self._segments[self._current]
-            kept = [p for p in (older, newer) if p.exists()]
-            dropped = self._tail_total - sum(p.stat().st_size for p in kept)
+            kept = [p for p in (older, newer) if os.path.exists(p)]
+            dropped = self._tail_total - sum(os.stat(p).st_size for p in kept)
             if dropped > 0:
                 self._write_log(dropped_marker(dropped))
             for part in kept:
@@ -99,7 +103,7 @@ class CappedLog:
                         self._write_log(chunk)
                 finally:
                     os.close(fd)
-                part.unlink()
+                os.unlink(part)
         os.close(self._fd)
         return dropped
 
@@ -116,6 +120,13 @@ class CappedLog:
     def _write_log(self, data: bytes) -> None:
         _write_all(self._fd, data)
         self.size += len(data)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import hal9999
 from hal9999.errors import CapabilityError, ProcessError
 from hal9999.providers.base import Launch, Sandbox
 from hal9999.spec import ProcessSpec
@@ -38,9 +40,7 @@ def supervised(sandbox: Sandbox, spec: ProcessSpec, env: Mapping[str, str] | Non
     if spec.log_cap is not None:
         options += ["--log-cap", str(spec.log_cap)]
     argv = [
-        sys.executable,
-        "-m",
-        "hal9999.process.supervisor",
+        *SUPERVISOR,
         "--log",
         str(spec.log_path),
         "--exit",
@@ -50,6 +50,22 @@ def supervised(sandbox: Sandbox, spec: ProcessSpec, env: Mapping[str, str] | Non
         *inner.argv,
     ]
     return Launch(argv=argv, env=inner.env, cwd=inner.cwd)
+
+
+_PACKAGES = os.path.dirname(os.path.dirname(hal9999.__file__))
+SUPERVISOR = (
+    sys.executable,
+    # Isolated (no current directory or PYTHON* variables on its path) and without `site`
+    # (its start-up is a fifth of the interpreter's): the supervisor finds hal9999 where this
+    # process did, after the standard library, and loads `site` itself only for a parser or
+    # mask files, whose models need the installed packages (issue 16).
+    "-I",
+    "-S",
+    "-c",
+    f"import sys; sys.path.append({_PACKAGES!r}); "
+    "from hal9999.process.supervisor import main; main()",
+)
+"""The start of the supervisor's command line; its options and the command follow."""
 
 
 async def run_host(

@@ -53,11 +53,11 @@ STATE = (
 ``STATUS EXIT_CODE RESTARTS``."""
 
 FOLLOW = (
-    'set -u; umask 077; name=$1; eco=$2; build=$3; state=$4; prog=$5; shift 5; '
+    "set -u; umask 077; name=$1; eco=$2; build=$3; state=$4; prog=$5; shift 5; "
     # PM2 would say "Script not found" and start nothing: the same 127 as everywhere.
     'command -v -- "$prog" >/dev/null || { echo "hal: $prog: command not found" >&2; exit 127; }; '
     'export PM2_HOME="$HOME/' + HOME + '"; '
-    'if ! command -v pm2 >/dev/null || ! command -v node >/dev/null; then '
+    "if ! command -v pm2 >/dev/null || ! command -v node >/dev/null; then "
     'echo "hal: pm2 or node is missing inside the sandbox" >&2; exit 127; fi; '
     'mkdir -p -- "$PM2_HOME" || exit 125; log="$PM2_HOME/$name.log"; f="$PM2_HOME/$name.json"; '
     'node -e "$build" "$eco" "$@" > "$f" || exit 125; : > "$log"; '
@@ -65,15 +65,15 @@ FOLLOW = (
     'rm -f -- "$f"; if [ $s -ne 0 ]; then tail -n 3 "$PM2_HOME/$name.start" >&2; exit 125; fi; '
     'tail -c +1 -F -s 0.2 -- "$log" 2>/dev/null & t=$!; '
     'while :; do set -- $(pm2 jlist 2>/dev/null | node -e "$state" "$name"); '
-    'case ${1:-missing} in online|launching|waiting-restart|one-launch-status) '
+    "case ${1:-missing} in online|launching|waiting-restart|one-launch-status) "
     'if [ "${2:-0}" -gt 0 ] 2>/dev/null; then '
     'while kill -0 "$2" 2>/dev/null; do sleep 0.2; done; else sleep 0.3; fi ;; '
     # Between a run's exit and its restart PM2 may show it stopped for a moment: only a
     # state that holds (same restart count a second later) is the end.
     '*) r=${3:-0}; sleep 1; set -- $(pm2 jlist 2>/dev/null | node -e "$state" "$name"); '
-    'case ${1:-missing} in online|launching|waiting-restart|one-launch-status) continue ;; '
+    "case ${1:-missing} in online|launching|waiting-restart|one-launch-status) continue ;; "
     'esac; [ "${3:-0}" = "$r" ] && break ;; esac; done; '
-    'sleep 0.5; kill $t 2>/dev/null; '
+    "sleep 0.5; kill $t 2>/dev/null; "
     'case ${2:-255} in ""|*[!0-9]*) exit 255 ;; *) exit "$2" ;; esac'
 )
 """The follower (see the module docstring); ``$1`` the app's name, ``$2`` the payload

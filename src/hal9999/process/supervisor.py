@@ -1,81 +1,155 @@
 """The process supervisor: runs one command, parses and masks its output, records its exit.
 
-Both process managers run the agent under this small program (``python -m
-hal9999.process.supervisor``) so that output handling is the same whether the agent lives in a
-tmux pane or is a plain child. The agent's *raw* output goes to its parser first (``--parser``
-names the agent), so usage, cost and tool calls are read from what the agent really printed;
-the parsed events are masked field by field (numbers are never touched) and appended to the
-``--events`` file, each line tagged with the log offset it belongs to, for the runner to emit.
-Only then is the text masked, for the terminal (what ``hal task attach`` shows) and for the
-log, which is capped (see :mod:`hal9999.process.caplog`). When the command ends its exit
-status is written atomically to the exit file, which survives the ``hal`` process that
-started the run.
+Both process managers run the agent under this small program (a ``python -I -S`` that calls
+:func:`main`, see :func:`hal9999.process.launch.supervised`) so that output handling is the same
+whether the agent lives in a tmux pane or is a plain child. The agent's *raw* output goes to its
+parser first (``--parser`` names the agent), so usage, cost and tool calls are read from what
+the agent really printed; the parsed events are masked field by field (numbers are never
+touched) and appended to the ``--events`` file, each line tagged with the log offset it belongs
+to, for the runner to emit. Only then is the text masked, for the terminal (what ``hal task
+attach`` shows) and for the log, which is capped (see :mod:`hal9999.process.caplog`). When the
+command ends its exit status is written atomically to the exit file, which survives the ``hal``
+process that started the run.
 
 The names of the secret variables come in ``--mask-var`` options (values read from this
-process's own environment, never from argv); ``--mask-file`` names host credential files
-whose token-like values are secrets too.
+process's own environment, never from argv); ``--mask-file`` names host credential files whose
+token-like values are secrets too.
 """
 
 from __future__ import annotations
 
-import argparse
 import codecs
-import json
 import os
 import signal
-import subprocess
 import sys
-from collections.abc import Callable
-from pathlib import Path
-from types import FrameType
-from typing import TYPE_CHECKING, Any, TextIO
 
 from hal9999.process.caplog import CappedLog
-from hal9999.redact import SecretMasker, StreamMasker
 
-if TYPE_CHECKING:  # imported only with a parser: the supervisor starts on every task's path
+# Every task starts this program, so at run time it imports only what a run uses: no
+# argparse, subprocess, typing or pathlib, and the masker only when there is a secret to mask
+# (issue 16: ~115 modules and ~100 ms of CPU per task before). The agents' code, the event
+# models and the credential reader come only with a parser or mask files.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+    from typing import Any, TextIO
+
     from hal9999.agents.base import OutputParser
     from hal9999.events.models import Event
+    from hal9999.redact import SecretMasker
+
+USAGE = (
+    "usage: hal-supervisor --log LOG --exit EXIT [--mask-var NAME]... [--mask-file PATH]... "
+    "[--parser AGENT --events PATH] [--log-cap BYTES] -- COMMAND..."
+)
 
 
-def write_exit_status(path: Path, status: int) -> None:
+def write_exit_status(path: str | os.PathLike[str], status: int) -> None:
     """Record ``status`` at ``path`` atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(f"{status}\n")
+    path = os.fspath(path)
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".{name}.tmp")
+    with open(tmp, "w") as file:
+        file.write(f"{status}\n")
     os.replace(tmp, path)
 
 
-def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="hal-supervisor")
-    parser.add_argument("--log", type=Path, required=True)
-    parser.add_argument("--exit", type=Path, required=True, dest="exit_file")
-    parser.add_argument("--mask-var", action="append", default=[])
-    parser.add_argument("--mask-file", action="append", default=[], type=Path)
-    parser.add_argument("--parser", help="agent (preset name or template) whose parser to run")
-    parser.add_argument("--events", type=Path, help="where parsed events go (JSON lines)")
-    parser.add_argument("--log-cap", type=int, help="bytes of output kept in the log per run")
-    parser.add_argument("command", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
-    if args.command[:1] == ["--"]:
-        args.command = args.command[1:]
-    if not args.command:
-        parser.error("a command is required after --")
-    return args
+class Options:
+    """The supervisor's command line (see :data:`USAGE`)."""
+
+    def __init__(self) -> None:
+        self.log = ""
+        self.exit_file = ""
+        self.mask_var: list[str] = []
+        self.mask_file: list[str] = []
+        self.parser: str | None = None
+        """Agent (preset name or template) whose parser to run."""
+        self.events: str | None = None
+        """Where parsed events go (JSON lines)."""
+        self.log_cap: int | None = None
+        """Bytes of output kept in the log per run."""
+        self.command: list[str] = []
 
 
-def _masker(args: argparse.Namespace) -> SecretMasker:
-    masker = SecretMasker()
-    for name in args.mask_var:
-        value = os.environ.get(name)
-        if value:
-            masker.add(value)
-    if args.mask_file:  # only then: hal9999.credentials brings the config's models
+class UsageError(Exception):
+    """A command line the supervisor cannot run (exit status 2, like argparse's)."""
+
+
+_LISTS = {"--mask-var": "mask_var", "--mask-file": "mask_file"}
+_VALUES = {
+    "--log": "log", "--exit": "exit_file", "--parser": "parser", "--events": "events",
+    "--log-cap": "log_cap",
+}  # fmt: skip
+
+
+def parse_options(argv: list[str]) -> Options:
+    """Read ``argv`` (options, ``--``, the command); :class:`UsageError` when it is wrong."""
+    options = Options()
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg == "--":
+            options.command = argv[index + 1 :]
+            break
+        name, eq, value = arg.partition("=")
+        if name not in _LISTS and name not in _VALUES:
+            if arg.startswith("-"):
+                raise UsageError(f"unrecognized argument: {arg}")
+            options.command = argv[index:]
+            break
+        if not eq:
+            index += 1
+            if index >= len(argv):
+                raise UsageError(f"argument {name}: expected one argument")
+            value = argv[index]
+        if name in _LISTS:
+            getattr(options, _LISTS[name]).append(value)
+        elif name == "--log-cap":
+            try:
+                options.log_cap = int(value)
+            except ValueError:
+                raise UsageError(f"argument --log-cap: invalid int value: {value!r}") from None
+        else:
+            setattr(options, _VALUES[name], value)
+        index += 1
+    missing = [flag for flag, attr in (("--log", "log"), ("--exit", "exit_file"))
+               if not getattr(options, attr)]  # fmt: skip
+    if missing:
+        raise UsageError(f"the following arguments are required: {', '.join(missing)}")
+    if not options.command:
+        raise UsageError("a command is required after --")
+    return options
+
+
+def _masker(options: Options) -> SecretMasker | None:
+    """The run's secrets, or None when there is none (nothing to mask, nothing imported)."""
+    values = [value for name in options.mask_var if (value := os.environ.get(name))]
+    if options.mask_file:  # only then: hal9999.credentials brings the config's models
+        _site()
+        from pathlib import Path
+
         from hal9999.credentials import file_secrets
 
-        for path in args.mask_file:
-            for value in file_secrets(path):
-                masker.add(value)
+        for path in options.mask_file:
+            values.extend(file_secrets(Path(path)))
+    if not values:
+        return None
+    from hal9999.redact import SecretMasker
+
+    masker = SecretMasker()
+    for value in values:
+        masker.add(value)
     return masker
+
+
+def _site() -> None:
+    """Make the installed packages importable (a parser's models need pydantic) when started
+    without :mod:`site` (``python -S``, as :func:`hal9999.process.launch.supervised` does)."""
+    if sys.flags.no_site and "site" not in sys.modules:
+        import site
+
+        site.main()
 
 
 class ParsedEvents:
@@ -84,7 +158,7 @@ class ParsedEvents:
     A parser that cannot be loaded or that breaks is dropped with a note in ``problems``: the
     agent's run and its log must never depend on it."""
 
-    def __init__(self, agent: str | None, path: Path | None, masker: SecretMasker) -> None:
+    def __init__(self, agent: str | None, path: str | None, masker: SecretMasker | None) -> None:
         self._parser: OutputParser | None = None
         self._file: TextIO | None = None
         self._masker = masker
@@ -94,6 +168,7 @@ class ParsedEvents:
         self._capped = False
         if agent is None or path is None:
             return
+        _site()
         from hal9999.agents.registry import resolve_agent
 
         try:
@@ -118,6 +193,8 @@ class ParsedEvents:
 
     def _run(self, step: Callable[[OutputParser], list[Event]], log_end: int) -> None:
         assert self._parser is not None
+        import json  # loaded with the parser already
+
         try:
             events = step(self._parser)
         except Exception as exc:  # parsers must not raise; one that does is dropped
@@ -135,7 +212,9 @@ class ParsedEvents:
                         "session and messages\n"
                     )
                 continue
-            data = _clip(self._masker.mask_model(event).model_dump(mode="json"))
+            if self._masker is not None:
+                event = self._masker.mask_model(event)
+            data = _clip(event.model_dump(mode="json"))
             line = json.dumps({"log_end": log_end, "event": data}) + "\n"
             self._file.write(line)
             self._written += len(line)
@@ -172,6 +251,8 @@ def read_parsed(path: Path, offset: int) -> tuple[list[tuple[int, Event, int]], 
     """Complete records of a parsed-events file from ``offset``: (log offset, event, file
     offset past the record) triples and the offset past the last complete line read.
     Unreadable lines are skipped."""
+    import json
+
     from hal9999.events.models import EVENT_ADAPTER
 
     try:
@@ -201,6 +282,8 @@ def read_parsed(path: Path, offset: int) -> tuple[list[tuple[int, Event, int]], 
 def parsed_offset_after(path: Path, log_end: int) -> int:
     """The offset in a parsed-events file of the first record not covered by ``log_end``
     (where an adopted run carries on)."""
+    import json
+
     offset = 0
     try:
         handle = path.open("rb")
@@ -222,20 +305,22 @@ def parsed_offset_after(path: Path, log_end: int) -> int:
 
 def supervise(argv: list[str]) -> int:
     """Run the command described by ``argv``; return its exit status."""
-    args = _parse(argv)
+    try:
+        args = parse_options(argv)
+    except UsageError as exc:
+        sys.stderr.write(f"{USAGE}\nhal-supervisor: error: {exc}\n")
+        return 2
     masker = _masker(args)
-    stream = StreamMasker(masker)
+    stream = masker.stream() if masker is not None else None
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
     log = CappedLog(args.log, args.log_cap)
     parsed = ParsedEvents(args.parser, args.events, masker)
+
+    def masked(text: str) -> str:
+        return masker.mask(text) if masker is not None else text
+
     try:
-        child = subprocess.Popen(
-            args.command,
-            stdin=subprocess.DEVNULL if not sys.stdin.isatty() else None,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        child, output = _spawn(args.command)
     except OSError as exc:
         log.write(f"hal: cannot start {args.command[0]}: {exc.strerror}\n".encode())
         log.close()
@@ -243,40 +328,62 @@ def supervise(argv: list[str]) -> int:
         write_exit_status(args.exit_file, 127)
         return 127
 
-    def forward(signum: int, _frame: FrameType | None) -> None:
+    def forward(signum: int, _frame: object) -> None:
         # The child runs in its own session so a terminal's signals reach it only through us.
         try:
-            os.killpg(child.pid, signum)
+            os.killpg(child, signum)
         except ProcessLookupError:
             pass
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
 
-    assert child.stdout is not None
     final = False
     while not final:
-        chunk = os.read(child.stdout.fileno(), 65536)
+        chunk = os.read(output, 65536)
         final = not chunk
         raw = decoder.decode(chunk, final=final)
-        text = stream.feed(raw) + (stream.flush() if final else "")
+        if stream is None:
+            text = raw
+        else:
+            text = stream.feed(raw) + (stream.flush() if final else "")
         if text:
             # The log first: parsed events name the log offset they are covered by.
             log.write(text.encode())
             _emit(text, sys.stdout)
         parsed.feed(raw, log.size)
         while parsed.problems:
-            log.write(masker.mask(parsed.problems.pop(0)).encode())
-    child.stdout.close()
-    status = child.wait()
+            log.write(masked(parsed.problems.pop(0)).encode())
+    os.close(output)
+    status = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
     if status < 0:
         status = 128 - status
     parsed.close(log.size)
     for problem in parsed.problems:
-        log.write(masker.mask(problem).encode())
+        log.write(masked(problem).encode())
     log.close()
     write_exit_status(args.exit_file, status)
     return status
+
+
+def _spawn(command: list[str]) -> tuple[int, int]:
+    """Start ``command`` in a new session, stdout and stderr into a pipe, stdin from
+    /dev/null unless it is a terminal; its pid and the pipe's read end."""
+    read, write = os.pipe()  # both close-on-exec; the child's copies on 1 and 2 are not
+    actions: list[tuple[Any, ...]] = [
+        (os.POSIX_SPAWN_DUP2, write, 1),
+        (os.POSIX_SPAWN_DUP2, write, 2),
+    ]
+    if not os.isatty(0):
+        actions.append((os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0))
+    try:
+        pid = os.posix_spawnp(command[0], command, os.environ, file_actions=actions, setsid=True)
+    except BaseException:
+        os.close(read)
+        raise
+    finally:
+        os.close(write)
+    return pid, read
 
 
 def _emit(text: str, sink: TextIO) -> None:
@@ -289,7 +396,10 @@ def _emit(text: str, sink: TextIO) -> None:
 
 
 def main() -> None:
-    """Entry point for ``python -m hal9999.process.supervisor``."""
+    """Entry point of the supervisor process (see :func:`hal9999.process.launch.supervised`)."""
+    # Nothing this process inherited past stdio is the agent's (subprocess's close_fds did
+    # this in the child; posix_spawn does not).
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
     raise SystemExit(supervise(sys.argv[1:]))
 
 

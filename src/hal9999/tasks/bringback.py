@@ -277,6 +277,20 @@ async def _current(repo: Path, name: str) -> str | None:
         return None
 
 
+async def _create(repo: Path, name: str, head: str) -> bool:
+    """Create branch ``name`` at ``head`` only if no such branch exists (compare-and-set
+    against none); False when it exists or a ref is in the way (then it is read)."""
+    try:
+        await git(
+            ["update-ref", "-m", "hal: task result", "--end-of-options", f"refs/heads/{name}",
+             head, _ZERO],
+            cwd=repo, what=f"creating branch {name}",
+        )  # fmt: skip
+    except RepoError:
+        return False
+    return True
+
+
 async def _move_branch(
     repo: Path, session: Session, branch: str, head: str, safe: str
 ) -> BroughtBack:
@@ -285,6 +299,9 @@ async def _move_branch(
     why = ""
     for family in _candidates(branch):
         for name in family:
+            if name not in record and await _create(repo, name, head):
+                # A name hal never moved, created where none was: one git (issue 16).
+                return await _landed(session, record, name, branch, head, why)
             current = await _current(repo, name)
             if current is not None and current != head and current != record.get(name):
                 why = why or f"{branch} was changed outside hal and is left as it is"
@@ -301,11 +318,18 @@ async def _move_branch(
                     # A ref in the way of the whole family (e.g. a branch `hal`).
                     why = f"the source repository cannot hold {name} ({exc.message})"
                     break
-            record[name] = head
-            data = json.dumps(record, indent=1).encode()
-            await asyncio.to_thread(agentfs.write_host_file, session.brought_back, iter([data]))
-            return BroughtBack(name, head, moved_aside=name != branch, why=why)
+            return await _landed(session, record, name, branch, head, why)
     raise RepoError(
         f"cannot create a branch for the result in {repo}: {last_error or 'every name is taken'}",
         hint=safe,
     )
+
+
+async def _landed(
+    session: Session, record: dict[str, str], name: str, branch: str, head: str, why: str
+) -> BroughtBack:
+    """Remember that hal left ``name`` at ``head`` (the next run's compare-and-set)."""
+    record[name] = head
+    data = json.dumps(record, indent=1).encode()
+    await asyncio.to_thread(agentfs.write_host_file, session.brought_back, iter([data]))
+    return BroughtBack(name, head, moved_aside=name != branch, why=why)

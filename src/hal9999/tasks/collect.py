@@ -42,29 +42,45 @@ if [ -n "$changes" ]; then
   committed=1
 fi
 step "reading HEAD"; head=$(g rev-parse --verify HEAD)
-step "updating the branch"; g update-ref "refs/heads/$branch" "$head"
+# HEAD a plain file naming the branch: the branch is HEAD already, nothing to move.
+symbolic=
+if [ -f .git/HEAD ] && [ ! -h .git/HEAD ]; then IFS= read -r symbolic < .git/HEAD || :; fi
+if [ "$symbolic" != "ref: refs/heads/$branch" ]; then
+  step "updating the branch"; g update-ref "refs/heads/$branch" "$head"
+fi
 step "checking nested repositories"
 : > "$out/nested"
 # Work git cannot carry on this branch: a submodule or nested repository whose pointer moved,
 # one with changes inside, and files dropped into a submodule that was never checked out.
-g diff --raw --no-abbrev "$base" "$head" \
-  | awk -F'\t' '{ split($1, m, " "); if (m[1] == ":160000" || m[2] == "160000") print $2 }' \
-  >> "$out/nested"
-g status --porcelain --ignore-submodules=none | cut -c4- >> "$out/nested"
-g ls-files -s | awk -F'\t' '{ split($1, m, " "); if (m[1] == "160000") print $2 }' \
-  | while IFS= read -r path; do
-      if [ -d "$path" ] && [ ! -e "$path/.git" ] && [ -n "$(ls -A -- "$path")" ]; then
-        printf '%s\n' "$path" >> "$out/nested"
-      fi
-    done
-step "listing changes"
-files=$(g diff --name-only --no-ext-diff "$base" "$head" | wc -l)
+# The raw diff's lines are also the count of files changed.
+files=0
+if [ "$head" != "$base" ]; then
+  files=$(g diff --raw --no-abbrev "$base" "$head" | awk -F'\t' -v nested="$out/nested" '
+    { n++; split($1, m, " "); if (m[1] == ":160000" || m[2] == "160000") print $2 >> nested }
+    END { print n + 0 }')
+fi
+gitlinks=$(g ls-files -s | awk -F'\t' '{ split($1, m, " "); if (m[1] == "160000") print $2 }')
+# Without gitlinks in the index no submodule setting can hide a change from `status`, so
+# an empty status above is an empty status here.
+if [ -n "$changes" ] || [ -n "$gitlinks" ]; then
+  g status --porcelain --ignore-submodules=none | cut -c4- >> "$out/nested"
+fi
+if [ -n "$gitlinks" ]; then
+  printf '%s\n' "$gitlinks" | while IFS= read -r path; do
+    if [ -d "$path" ] && [ ! -e "$path/.git" ] && [ -n "$(ls -A -- "$path")" ]; then
+      printf '%s\n' "$path" >> "$out/nested"
+    fi
+  done
+fi
 step "bundling the branch"
 if [ "$full" = 1 ]; then g bundle create --quiet "$out/result.bundle" "$branch"
 elif [ "$head" != "$base" ]; then g bundle create --quiet "$out/result.bundle" "$base..$branch"; fi
 step "writing the patch"
-g diff --binary --no-ext-diff --no-textconv --no-color --src-prefix=a/ --dst-prefix=b/ \
-  "$base" "$head" > "$out/result.patch"
+if [ "$head" = "$base" ]; then : > "$out/result.patch"
+else
+  g diff --binary --no-ext-diff --no-textconv --no-color --src-prefix=a/ --dst-prefix=b/ \
+    "$base" "$head" > "$out/result.patch"
+fi
 printf '%s %s %s\n' "$head" "$committed" "$files"
 """
 """Collection in one sandbox command (each exec costs a sandbox start; in a VM, much more).

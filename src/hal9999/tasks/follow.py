@@ -64,8 +64,10 @@ class FollowSteps(RunnerCore):
 
         # The exit file is a stat away, so it is checked often (from 5 ms, backing off to
         # _POLL_S); asking the manager whether the process lives can cost a subprocess (tmux
-        # has-session), so that happens at most every _LIVENESS_S.
-        delay, checked = _FIRST_POLL_S, -_LIVENESS_S
+        # has-session), so that happens at most every _LIVENESS_S: for a process the manager
+        # has just started, first after _LIVENESS_S (issue 16); for an adopted one, now.
+        delay = _FIRST_POLL_S
+        checked = -_LIVENESS_S if ctx.adopted is not None else time.monotonic()
         disk = limits.DiskWatchdog(ctx.sandbox, self.config.home)
         await disk.start()
         usage = ctx.gateway.usage if ctx.gateway is not None else None

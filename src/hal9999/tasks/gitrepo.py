@@ -10,6 +10,7 @@ configuration (:mod:`hal9999.tasks.bringback`).
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 from collections.abc import Sequence
@@ -186,11 +187,14 @@ async def clone(source: RepoSource, ref: str | None, dest: Path, branch: str) ->
                 f"ref {ref!r} not found in {location}",
                 hint="pass --ref with an existing branch, tag or commit",
             )
-    await git([*here, "checkout", "--quiet", "-b", branch], cwd=dest, what="creating the branch")
     # The clone is host git's own, no agent has run: its config and refs are read and edited
-    # here rather than by two more git processes (issue 16), with git as the fallback for
+    # here rather than by three more git processes (issue 16), with git as the fallback for
     # anything not in the plain form this git writes.
     git_dir = dest / ".git"
+    if not await asyncio.to_thread(_new_branch, git_dir, branch):
+        await git(
+            [*here, "checkout", "--quiet", "-b", branch], cwd=dest, what="creating the branch"
+        )
     if source.kind == "local" and not await asyncio.to_thread(_forget_origin_url, git_dir):
         await git(
             [*here, "config", "--unset-all", "remote.origin.url"],
@@ -235,6 +239,60 @@ def _forget_origin_url(git_dir: Path) -> bool:
         file.write("".join(kept))
         file.truncate()
     return True
+
+
+_PLAIN_BRANCH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*(?:/[A-Za-z0-9_][A-Za-z0-9_-]*)*")
+
+
+def _new_branch(git_dir: Path, branch: str) -> bool:
+    """What ``git checkout -b BRANCH`` does in a fresh clone, whose HEAD is a branch or a
+    commit: a loose ref at HEAD's commit, then HEAD naming it (the tree and index stay).
+    False, with nothing changed, for anything not in that plain form (a name git might
+    refuse, a ref in the way, packed local branches, reftable): git does it then."""
+    if not _PLAIN_BRANCH.fullmatch(branch):
+        return False
+    heads = git_dir / "refs" / "heads"
+    try:
+        head = (git_dir / "HEAD").read_text()
+        packed = git_dir / "packed-refs"
+        if packed.exists() and " refs/heads/" in packed.read_text():
+            return False
+        if head.startswith("ref: refs/heads/"):
+            name = head[len("ref: refs/heads/") :].rstrip("\n")
+            if not _PLAIN_BRANCH.fullmatch(name):
+                return False
+            commit = (heads / name).read_text().rstrip("\n")
+        else:
+            commit = head.rstrip("\n")
+        if not _COMMIT.fullmatch(commit):
+            return False
+        # Neither the branch nor a ref that is a directory of its name or a file on its path.
+        ref = heads / branch
+        parents = [heads.joinpath(*branch.split("/")[:n]) for n in range(1, branch.count("/") + 1)]
+        if os.path.lexists(ref) or any(p.exists() and not p.is_dir() for p in parents):
+            return False
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        _write_new(ref, f"{commit}\n")
+    except (OSError, UnicodeDecodeError):
+        return False
+    try:
+        _write_new(git_dir / "HEAD", f"ref: refs/heads/{branch}\n")
+    except OSError:
+        ref.unlink(missing_ok=True)  # as it was: git makes the branch
+        return False
+    return True
+
+
+def _write_new(path: Path, text: str) -> None:
+    """Replace ``path`` by a file holding ``text`` (written aside, then renamed, as git does)."""
+    tmp = path.with_name(f"{path.name}.lock")
+    try:
+        with tmp.open("x") as file:
+            file.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _branch_commit(git_dir: Path, branch: str) -> str | None:
