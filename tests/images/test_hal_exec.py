@@ -76,3 +76,15 @@ def test_anything_but_shlex_join_output_is_refused(hal_exec: Path, line: str) ->
 
 def test_a_missing_program_exits_127(hal_exec: Path, tmp_path: Path) -> None:
     assert run(hal_exec, shlex.join([str(tmp_path / "none")])).returncode == 127
+
+
+def test_a_variable_sshd_sets_itself_comes_through_its_alias(hal_exec: Path) -> None:
+    """Over ssh, sshd sets HOME, PATH, USER... after the client's variables: hal sends the
+    command's own values as HAL_ENV_<NAME> and hal-exec -A puts them back."""
+    env = {"HOME": "/root", "HAL_ENV_HOME": "/home/hal", "SECRET": "s"}
+    done = subprocess.run(
+        [str(hal_exec), "-A", "HOME", "-E", "SECRET", "-A", "UNSET", "--", "/usr/bin/env"],
+        env=env, capture_output=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stdout.decode().split()) == ["HOME=/home/hal", "SECRET=s"]

@@ -34,6 +34,7 @@ from hal9999.images import workdirs
 from hal9999.images.initramfs import Cpio, module_order, static_busybox
 from hal9999.images.store import Image, ImageMeta, ImageStore, check_name, now
 from hal9999.procs import kill_group_until_gone
+from hal9999.providers.qemuagent import PORTS as AGENT_PORTS
 
 BASE_PACKAGES = (
     "openssh-server", "git", "tmux", "bash", "tini", "iproute2", "ca-certificates", "procps",
@@ -46,8 +47,10 @@ MODULES = (
 DISK_SIZE = 4 << 30
 """Size of the root filesystem; the qcow2 holds only what is written."""
 GUEST_FILES = {"init": "lib/hal/init", "quiesce": "lib/hal/quiesce"}
-HELPERS = {"hal-exec": "bin/hal-exec", "hal-setup": "lib/hal/setup"}
+HELPERS = {"hal-exec": "bin/hal-exec", "hal-setup": "lib/hal/setup", "hal-agent": "lib/hal/agent"}
 """Static C programs of the guest side: source ``guest/<name>.c``, path under /usr/local."""
+INCLUDES = {"hal-agent": ("hal-exec",)}
+"""Guest C files a helper ``#include``s (the agent runs hal-exec's code without an exec)."""
 
 Progress = Callable[[str], None]
 
@@ -195,7 +198,9 @@ class Builder:
         built = {}
         for name in HELPERS:
             source = guest_file(f"{name}.c")
-            done = self.store.cache / f"{name}-{_digest(source.decode())}"
+            included = {other: guest_file(f"{other}.c") for other in INCLUDES.get(name, ())}
+            parts = [source.decode(), *(text.decode() for text in included.values())]
+            done = self.store.cache / f"{name}-{_digest(*parts)}"
             built[name] = done
             if done.exists():
                 continue
@@ -204,6 +209,8 @@ class Builder:
             self.progress(f"{name}: compiling a guest helper")
             src = done.with_suffix(".c")
             src.write_bytes(source)
+            for other, text in included.items():  # beside it, for its #include "other.c"
+                (self.store.cache / f"{other}.c").write_bytes(text)
             tmp = done.with_suffix(".tmp")
             argv = ["gcc", "-O2", "-static", "-Wall", "-Werror", "-o", str(tmp), str(src)]
             await self.run(argv, what=f"gcc {name}")
@@ -359,6 +366,7 @@ async def _build_into(
         suite=suite,
         kernel=(kernel / "release").read_text().strip(),
         packages=sorted(packages),
+        exec_ports=AGENT_PORTS,
     )
     image = Image(image_dir, meta)
     if save_state:

@@ -54,6 +54,9 @@ class ImageMeta(BaseModel):
     """Packages installed on top of the base set."""
     build_s: float | None = None
     """How long the build took, in seconds."""
+    exec_ports: int = 0
+    """Ports its guest's exec agent serves (``hal.exec.N``); 0 for images built before the
+    agent, whose commands all go over ssh (their saved states have no such ports)."""
 
 
 def images_root(home: Path) -> Path:

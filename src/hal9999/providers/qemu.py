@@ -4,8 +4,11 @@ A sandbox is a qcow2 overlay on a layer of its image, a QEMU process started by 
 the image's saved VM state (or by booting, see ``boot``), and host directories shared in by
 virtio-9p: the spec's workspace at ``/workspace`` and each bind at its target. Stopping
 ends the VM and keeps every file (the overlay and the shares); starting boots a new VM over
-them. Commands reach the guest over ssh on a virtio-serial port (see :mod:`qemussh`), so
-no TCP port is ever opened and any number of VMs run side by side.
+them. Commands reach the guest over virtio-serial ports, so no TCP port is ever opened and
+any number of VMs run side by side: ``exec`` and ``exec_stream`` over hal's exec agent
+(:mod:`qemuagent`) when the image has one and a port is free, else over ssh
+(:mod:`qemussh`), which also carries ``launch``, ``attach`` and port forwards. With the
+agent, ssh connects only when one of those first needs it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -26,8 +29,15 @@ from pydantic import BaseModel, ConfigDict
 
 from hal9999.errors import ConfigError, ProviderError, SandboxNotFound
 from hal9999.images.store import Image, ImageStore, images_root
-from hal9999.providers import hostfs, qemumount, qemussh, qemuvm
-from hal9999.providers.base import Capabilities, Command, Launch, SandboxInfo
+from hal9999.providers import hostexec, hostfs, qemuagent, qemumount, qemussh, qemuvm
+from hal9999.providers.base import (
+    Capabilities,
+    Command,
+    ExecResult,
+    Launch,
+    SandboxInfo,
+    StreamEvent,
+)
 from hal9999.providers.hostsandbox import HostProvider, HostSandbox, SandboxRecord, check_spec
 from hal9999.providers.qemustate import (
     DEFAULT_CPUS,
@@ -41,7 +51,7 @@ from hal9999.providers.qemustate import (
     wait_vm,
 )
 from hal9999.providers.qemuvm import RunDir, Shape, Share
-from hal9999.spec import ArgvCommand, SandboxSpec, to_argv
+from hal9999.spec import ArgvCommand, SandboxSpec, display, to_argv
 
 logger = logging.getLogger(__name__)
 WORKDIR = "/workspace"
@@ -50,6 +60,24 @@ VM_RECORD = "vm.json"
 SETUP = "/usr/local/lib/hal/setup"
 """The guest's start-up helper (``images/guest/hal-setup.c``): entropy, clock, limits, mounts."""
 QUIESCE = "/usr/local/lib/hal/quiesce"
+
+
+async def run_root(
+    run: RunDir,
+    ports: int,
+    argv: list[str],
+    *,
+    stdin: bytes = b"",
+    time_limit: float,
+    restored: bool = False,
+) -> str:
+    """One of hal's own root steps in the guest, over the exec agent when it has one
+    (``restored``: the first since a restore, see :func:`qemuagent._hello`)."""
+    if ports:
+        return await qemuagent.run_root(
+            run, ports, argv, stdin=stdin, time_limit=time_limit, restored=restored
+        )
+    return await qemussh.run_root(run, argv, stdin=stdin, time_limit=time_limit)
 
 
 class QemuConfig(BaseModel):
@@ -84,6 +112,8 @@ class VmRecord(BaseModel):
     """How the VM came up."""
     start_s: float = 0.0
     """Seconds from QEMU start to a working exec channel."""
+    exec_ports: int = 0
+    """Ports of the guest's exec agent (from the image); 0: every command goes over ssh."""
 
 
 class QemuSandbox(HostSandbox):
@@ -100,24 +130,111 @@ class QemuSandbox(HostSandbox):
         ]
         super().__init__(owner, record, hostfs.PathMap(mounts, cwd=WORKDIR))
         self._run = RunDir(record.id)
+        self._provider = owner
+        self._ports: int | None = None
 
     def guest_env(self, command: Command, env: Mapping[str, str] | None) -> dict[str, str]:
         """The command's environment inside, with the sandbox marker."""
         return self.command_env(command, env) | {"HAL_SANDBOX": self.id}
 
-    def launch(self, command: Command, *, env: Mapping[str, str] | None = None) -> Launch:
-        """An ssh command line over the VM's channel; variable values ride in its env."""
+    @property
+    def agent_ports(self) -> int:
+        """Ports of the VM's exec agent (0: an image without one, every command over ssh)."""
+        if self._ports is None:
+            vm = self._provider.vm_record(self.id)
+            if vm is None:
+                return 0
+            self._ports = vm.exec_ports
+        return self._ports
+
+    def _ssh_launch(self, command: Command, env: Mapping[str, str] | None) -> Launch:
         guest = self.guest_env(command, env)
         uid, gid = qemussh.uid_gid()
+        aliased = self.agent_ports > 0  # its hal-exec takes sshd's own variables by -A
         argv = qemussh.command_argv(
             self._run, to_argv(command), env=guest,
-            cwd=self._paths.normalize(command.cwd or WORKDIR), uid=uid, gid=gid,
+            cwd=self._paths.normalize(command.cwd or WORKDIR), uid=uid, gid=gid, aliased=aliased,
         )  # fmt: skip
-        return Launch(argv=argv, env=qemussh.ssh_env(guest), cwd=self.dir)
+        return Launch(argv=argv, env=qemussh.ssh_env(guest, aliased=aliased), cwd=self.dir)
+
+    def launch(self, command: Command, *, env: Mapping[str, str] | None = None) -> Launch:
+        """An ssh command line over the VM's channel; variable values ride in its env. With
+        the exec agent, ssh may not be connected yet: the line connects it first if so."""
+        launch = self._ssh_launch(command, env)
+        if self.agent_ports:
+            argv = qemussh.ensured(self._run, launch.argv, log=self.dir / "qemu.log")
+            return Launch(argv=argv, env=launch.env, cwd=launch.cwd)
+        return launch
+
+    async def _ssh_ready(self) -> None:
+        """Connect ssh if it is not (images with the exec agent connect it on first need)."""
+        if self.agent_ports:
+            await qemussh.ensure_master(self._run, log=self.dir / "qemu.log", time_limit=60)
+
+    def _agent_request(
+        self, command: Command, env: Mapping[str, str] | None
+    ) -> tuple[list[str], dict[str, str]]:
+        """hal-exec's arguments and environment: what the ssh channel would run."""
+        guest = self.guest_env(command, env)
+        uid, gid = qemussh.uid_gid()
+        cwd = self._paths.normalize(command.cwd or WORKDIR)
+        args = qemussh.hal_exec_args(to_argv(command), sorted(guest), cwd=cwd, uid=uid, gid=gid)
+        return args, guest
+
+    async def exec(
+        self,
+        command: Command,
+        *,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the contract's per-command timeout
+    ) -> ExecResult:
+        """Run a command to completion over the exec agent (ssh when it has no free port);
+        past ``timeout`` it is killed and ExecError raised."""
+        self._require(running=True)
+        port = qemuagent.claim(self._run, self.agent_ports)
+        if port is None:
+            await self._ssh_ready()
+            launch = self._ssh_launch(command, env)
+            return await hostexec.run(launch, stdin=stdin, time_limit=timeout,
+                                      what=display(command))  # fmt: skip
+        try:
+            args, guest = self._agent_request(command, env)
+            code, out, err = await qemuagent.run(
+                port, args, guest, stdin=stdin, time_limit=timeout, what=display(command)
+            )
+        finally:
+            port.release()
+        return ExecResult(code, out, err)
+
+    async def exec_stream(
+        self, command: Command, *, env: Mapping[str, str] | None = None
+    ) -> AsyncIterator[StreamEvent]:
+        """Run a command, yielding output as it comes and the exit status last."""
+        self._require(running=True)
+        port = qemuagent.claim(self._run, self.agent_ports)
+        if port is None:
+            await self._ssh_ready()
+            events = hostexec.stream(self._ssh_launch(command, env))
+        else:
+            try:
+                args, guest = self._agent_request(command, env)
+            except BaseException:
+                port.release()
+                raise
+            events = qemuagent.stream(port, args, guest)
+        try:
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    yield event
+        finally:
+            if port is not None:
+                port.release()
 
     async def forward_socket(self, port: int, socket: Path) -> None:
         """``127.0.0.1:port`` in the guest reaches the host unix ``socket`` over the exec
         channel (how the LLM gateway and the egress proxy reach a VM with no network)."""
+        await self._ssh_ready()
         await qemussh.forward_socket(self._run, port, socket)
 
     def attach_command(self) -> list[str]:
@@ -125,10 +242,15 @@ class QemuSandbox(HostSandbox):
         shell = ArgvCommand(argv=("bash", "-i"))
         guest = self.guest_env(shell, None)
         uid, gid = qemussh.uid_gid()
+        aliased = self.agent_ports > 0
         argv = qemussh.command_argv(
-            self._run, to_argv(shell), env=guest, cwd=WORKDIR, uid=uid, gid=gid, tty=True
-        )
-        return ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in guest.items()), *argv]
+            self._run, to_argv(shell), env=guest, cwd=WORKDIR, uid=uid, gid=gid, tty=True,
+            aliased=aliased,
+        )  # fmt: skip
+        if aliased:
+            argv = qemussh.ensured(self._run, argv, log=self.dir / "qemu.log")
+        values = qemussh.ssh_env(guest, aliased=aliased)
+        return ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in values.items()), *argv]
 
 
 class QemuProvider(HostProvider):
@@ -300,16 +422,17 @@ class QemuProvider(HostProvider):
         limit = self.config.boot_timeout_s if incoming is None else default_limit(plan)
         deadline = started + limit
         pid = await spawn_vm(plan, deadline=deadline)
+        ports = image.meta.exec_ports
         vm = VmRecord(
             pid=pid, image=image.name, shape=shape.__dict__,
-            started="restore" if incoming else "cold",
+            started="restore" if incoming else "cold", exec_ports=ports,
         )  # fmt: skip
         self.save_vm(record.id, vm)
         run = RunDir(record.id)
         qemussh.write_config(run, key=image.key, known_hosts=image.known_hosts)
         master: asyncio.Task[None] | None = None
         try:
-            if incoming is not None:
+            if incoming is not None and not ports:
                 # A restored guest's sshd already waits: ssh starts while QEMU still loads
                 # the state (its process start and first messages overlap the restore).
                 master = asyncio.create_task(self.connect(run, plan.log))
@@ -321,10 +444,12 @@ class QemuProvider(HostProvider):
             await qemuvm.kill(pid, record.id)
             raise
         try:
-            await (master if master is not None else self.connect(run, plan.log))
+            if not ports:  # with the exec agent, ssh connects when something first needs it
+                await (master if master is not None else self.connect(run, plan.log))
             # Fresh host entropy on stdin: guests restored from one saved state share its RNG.
             setup = self.setup_argv(record, shares, guest_binds)
-            await qemussh.run_root(run, setup, stdin=os.urandom(64), time_limit=60)
+            await run_root(run, ports, setup, stdin=os.urandom(64), time_limit=60,
+                           restored=incoming is not None)  # fmt: skip
         except ProviderError as exc:
             await qemuvm.kill(pid, record.id)
             raise ProviderError(
@@ -364,7 +489,7 @@ class QemuProvider(HostProvider):
             if record.state == "stopped":
                 # The disk is kept: flush the guest's caches to it first.
                 with contextlib.suppress(ProviderError):
-                    await qemussh.run_root(run, ["sync"], time_limit=10)
+                    await run_root(run, vm.exec_ports, ["sync"], time_limit=10)
             await qemuvm.kill(vm.pid, record.id)
         await asyncio.to_thread(shutil.rmtree, run.path, True)
         qemumount.unmount_all(self.store.dir(record.id) / "mnt")

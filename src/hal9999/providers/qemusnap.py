@@ -26,6 +26,8 @@ from hal9999.spec import SandboxSpec
 if TYPE_CHECKING:
     from hal9999.providers.qemu import QemuProvider, QemuSandbox
 
+QUIESCE = "/usr/local/lib/hal/quiesce"
+
 
 async def snapshot(provider: QemuProvider, sandbox_id: str, name: str | None) -> str:
     """Save ``sandbox_id`` as image ``name`` (generated when None); the image name."""
@@ -41,7 +43,12 @@ async def snapshot(provider: QemuProvider, sandbox_id: str, name: str | None) ->
         state_dir = target / "states" / shape.key
         state_dir.mkdir(parents=True)
         run = RunDir(sandbox_id)
-        await qemussh.run_root(run, ["/usr/local/lib/hal/quiesce"], time_limit=60)
+        # Over ssh, even with the exec agent (connected for it if need be): its session is
+        # ended below and waited for, as before, so the saved state holds no session of
+        # either channel that was just ending (the agent's last one is long over by then).
+        log = provider.store.dir(sandbox_id) / "qemu.log"
+        await qemussh.ensure_master(run, log=log, time_limit=60)
+        await qemussh.run_root(run, [QUIESCE], time_limit=60)
         # Save no live ssh session: end ours and wait until the guest serves a fresh sshd
         # (its init prints HAL-READY again), so a VM restored from the state answers at once.
         console = provider.store.dir(sandbox_id) / "console.log"
@@ -65,6 +72,7 @@ async def snapshot(provider: QemuProvider, sandbox_id: str, name: str | None) ->
         meta = ImageMeta(
             name=name, kind="snapshot", created_at=now(), parent=base.name,
             suite=base.meta.suite, kernel=base.meta.kernel, packages=base.meta.packages,
+            exec_ports=base.meta.exec_ports,
         )  # fmt: skip
         provider.images.save_meta(target, meta)
     except BaseException:

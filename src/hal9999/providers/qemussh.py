@@ -21,9 +21,12 @@ not answer is started again by the provider.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import shlex
+import socket
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -40,6 +43,39 @@ FDPASS = (
     "socket.send_fds(socket.socket(fileno=1), [b'\\0'], [s.fileno()])\n"
 )
 """The ProxyCommand: connect the VM's channel socket and pass the descriptor to ssh."""
+ENSURE = (
+    "import fcntl, os, socket, subprocess, sys\n"
+    "ctl, lock, log, *rest = sys.argv[1:]\n"
+    "split = rest.index('--')\n"
+    "master, command = rest[:split], rest[split + 1:]\n"
+    "def up():\n"
+    "    s = socket.socket(socket.AF_UNIX)\n"
+    "    try:\n"
+    "        s.connect(ctl)\n"
+    "        return True\n"
+    "    except OSError:\n"
+    "        return False\n"
+    "    finally:\n"
+    "        s.close()\n"
+    "if not up():\n"
+    "    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)\n"
+    "    fcntl.flock(fd, fcntl.LOCK_EX)\n"
+    "    if not up():\n"
+    "        env = {'PATH': '/usr/bin:/bin', 'HOME': os.path.dirname(ctl)}\n"
+    "        with open(log, 'ab') as errors:\n"
+    "            done = subprocess.run(master, stdin=subprocess.DEVNULL, stdout=errors,\n"
+    "                                  stderr=errors, env=env, start_new_session=True)\n"
+    "        if done.returncode != 0:\n"
+    "            sys.exit('hal: cannot connect ssh to the VM, see ' + log)\n"
+    "    os.close(fd)\n"
+    "os.execv(command[0], command)\n"
+)
+"""Runs a host command line over ssh once the VM's ControlMaster is up, starting it first
+when no one has (images with the exec agent connect ssh only when something needs it)."""
+SSHD_SETS = frozenset({"HOME", "LOGNAME", "MAIL", "PATH", "SHELL", "USER"})
+"""Variables sshd sets for every session after the client's own: images with the exec
+agent (whose hal-exec knows ``-A``) get them as ``HAL_ENV_<NAME>`` instead, so a command
+over ssh sees the same environment as over the agent. Older images' commands see sshd's."""
 _VAR = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 
 
@@ -52,6 +88,7 @@ def write_config(run: RunDir, *, key: Path, known_hosts: Path) -> Path:
     """Write the ssh configuration (and the fd-passing proxy) into the run directory."""
     proxy = run.path / "fdpass.py"
     proxy.write_text(FDPASS)
+    (run.path / "ensure.py").write_text(ENSURE)
     lines = {
         "HostName": "hal",
         "User": "root",
@@ -82,6 +119,53 @@ def write_config(run: RunDir, *, key: Path, known_hosts: Path) -> Path:
     return path
 
 
+def master_argv(run: RunDir) -> list[str]:
+    """The ssh command line that connects the VM's ControlMaster and backgrounds it."""
+    return [SSH, "-F", str(config_path(run)), "-f", "-N", "-o", "ControlMaster=yes",
+            "-o", "ControlPersist=yes", "-o", "SendEnv=*", "hal"]  # fmt: skip
+
+
+def master_up(run: RunDir) -> bool:
+    """Whether the VM's ControlMaster answers on its control socket."""
+    probe = socket.socket(socket.AF_UNIX)
+    try:
+        probe.connect(str(run.control))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+async def ensure_master(run: RunDir, *, log: Path, time_limit: float) -> None:
+    """Connect the ControlMaster unless it is up (one at a time per VM, across processes:
+    a second master would queue behind the first on the single ssh port)."""
+    if master_up(run):
+        return
+    lock = os.open(run.path / "master.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + time_limit
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ProviderError("ssh to the VM: another connect did not finish") from None
+                await asyncio.sleep(0.02)
+        if not master_up(run):
+            await start_master(run, log=log, time_limit=time_limit)
+    finally:
+        os.close(lock)
+
+
+def ensured(run: RunDir, argv: Sequence[str], *, log: Path) -> list[str]:
+    """``argv`` (an ssh session over the master) preceded by :data:`ENSURE`, which starts
+    the master first when it is not up."""
+    return [sys.executable, "-I", str(run.path / "ensure.py"), str(run.control),
+            str(run.path / "master.lock"), str(log), *master_argv(run), "--", *argv]  # fmt: skip
+
+
 async def start_master(run: RunDir, *, log: Path, time_limit: float) -> None:
     """Connect the ControlMaster; it backgrounds itself once logged in, and lives as long
     as the VM does (it exits when QEMU closes the channel). The channel's socket may be
@@ -90,8 +174,7 @@ async def start_master(run: RunDir, *, log: Path, time_limit: float) -> None:
     master forwards only the variables its own SendEnv allows, so it allows all; each
     session's ssh client decides which of its variables to send (the master itself runs no
     session, sends nothing)."""
-    argv = [SSH, "-F", str(config_path(run)), "-f", "-N", "-o", "ControlMaster=yes",
-            "-o", "ControlPersist=yes", "-o", "SendEnv=*", "hal"]  # fmt: skip
+    argv = master_argv(run)
     with log.open("ab") as errors:
         proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -178,19 +261,42 @@ def command_argv(
     uid: int,
     gid: int,
     tty: bool = False,
+    aliased: bool = False,
 ) -> list[str]:
     """The host ssh command line that runs ``argv`` inside via hal-exec. The values of
-    ``env`` must be in the ssh process's own environment (see :func:`ssh_env`)."""
+    ``env`` must be in the ssh process's own environment (see :func:`ssh_env`, with the
+    same ``aliased``: whether the guest's hal-exec takes :data:`SSHD_SETS` by ``-A``)."""
     names = sorted(env)
-    check_names(names)
-    remote = [HAL_EXEC, *(["-t"] if tty else []), "-u", str(uid), "-g", str(gid), "-d", cwd,
-              "-C", CGROUP]  # fmt: skip
-    for name in names:
-        remote += ["-E", name]
-    remote += ["--", *argv]
-    send = [arg for name in names for arg in ("-o", f"SendEnv={name}")]
+    remote = [HAL_EXEC, *hal_exec_args(argv, names, cwd=cwd, uid=uid, gid=gid, tty=tty,
+                                       aliased=aliased)]  # fmt: skip
+    sent = [_alias(name) if aliased and name in SSHD_SETS else name for name in names]
+    send = [arg for name in sent for arg in ("-o", f"SendEnv={name}")]
     return [SSH, "-F", str(config_path(run)), "-t" if tty else "-T", *send, "hal",
             shlex.join(remote)]  # fmt: skip
+
+
+def hal_exec_args(
+    argv: Sequence[str],
+    names: Sequence[str],
+    *,
+    cwd: str,
+    uid: int,
+    gid: int,
+    tty: bool = False,
+    aliased: bool = False,
+) -> list[str]:
+    """hal-exec's arguments (after its own name) for ``argv`` with the variables ``names``
+    taken from hal-exec's environment (``aliased``: :data:`SSHD_SETS` from their
+    ``HAL_ENV_`` names): the same over ssh and over the exec agent."""
+    check_names(names)
+    args = [*(["-t"] if tty else []), "-u", str(uid), "-g", str(gid), "-d", cwd, "-C", CGROUP]
+    for name in names:
+        args += ["-A" if aliased and name in SSHD_SETS else "-E", name]
+    return [*args, "--", *argv]
+
+
+def _alias(name: str) -> str:
+    return f"HAL_ENV_{name}"
 
 
 def root_argv(run: RunDir, argv: Sequence[str]) -> list[str]:
@@ -198,9 +304,11 @@ def root_argv(run: RunDir, argv: Sequence[str]) -> list[str]:
     return [SSH, "-F", str(config_path(run)), "-T", "hal", shlex.join(argv)]
 
 
-def ssh_env(env: Mapping[str, str]) -> dict[str, str]:
-    """The ssh process's environment: what it sends, plus nothing of ``hal``'s."""
-    return dict(env)
+def ssh_env(env: Mapping[str, str], *, aliased: bool = False) -> dict[str, str]:
+    """The ssh process's environment: what it sends, plus nothing of ``hal``'s (with
+    ``aliased``, :data:`SSHD_SETS` also under their ``HAL_ENV_`` names)."""
+    extra = {_alias(k): v for k, v in env.items() if aliased and k in SSHD_SETS}
+    return dict(env) | extra
 
 
 async def run_root(

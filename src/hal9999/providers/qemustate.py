@@ -115,14 +115,15 @@ async def spawn_vm(plan: VmPlan, *, deadline: float) -> int:
             qemu=qemu, vm_id=plan.vm_id, boot=Boot(plan.image.kernel, plan.image.initrd),
             shape=plan.shape, disk=plan.disk, shares=plan.shares, empty=empty, run=run,
             console=plan.console, pidfile=plan.files / "qemu.pid",
-            incoming=state if state >= 0 else None,
+            incoming=state if state >= 0 else None, exec_ports=plan.image.meta.exec_ports,
         )  # fmt: skip
         pid = await qemuvm.spawn(args, plan.log, pass_fds=[state] if state >= 0 else [])
     finally:
         if state >= 0:
             os.close(state)
     try:
-        while not (run.qmp.exists() and run.channel.exists()):
+        last = run.agent(plan.image.meta.exec_ports - 1) if plan.image.meta.exec_ports else None
+        while not (run.qmp.exists() and run.channel.exists() and (not last or last.exists())):
             if not qemuvm.alive(pid, plan.vm_id):
                 raise ProviderError(f"QEMU exited at start: {qemuvm.tail(plan.log)}")
             if time.monotonic() > deadline:

@@ -105,6 +105,10 @@ class RunDir:
         """The ssh ControlMaster socket."""
         return self.path / "ctl"
 
+    def agent(self, index: int) -> Path:
+        """The virtio-serial port ``hal.exec.<index>`` the guest's exec agent answers on."""
+        return self.path / f"exec{index}"
+
 
 def run_root() -> Path:
     """Where every VM's run directory lives (mode 700)."""
@@ -127,10 +131,14 @@ def argv(
     pidfile: Path,
     incoming: int | None = None,
     cmdline: str = "",
+    exec_ports: int = 0,
 ) -> list[str]:
     """The full QEMU command line. Devices are always the same, in the same order.
 
-    ``incoming`` is a file descriptor QEMU inherits, open on a saved VM state to restore."""
+    ``incoming`` is a file descriptor QEMU inherits, open on a saved VM state to restore.
+    ``exec_ports`` virtio-serial ports for the guest's exec agent follow the ssh port (an
+    image's saved states have exactly as many as its guest serves: images built before the
+    agent have none)."""
     accel = "kvm" if shape.accel == "kvm" else "tcg,tb-size=256"
     append = f"console=ttyS0 quiet panic=-1 tsc_early_khz={tsc_khz()} {cmdline}".strip()
     args = [
@@ -144,6 +152,13 @@ def argv(
         "-device", "virtio-serial-device",
         "-chardev", f"socket,id=ssh,path={run.channel},server=on,wait=off",
         "-device", "virtserialport,chardev=ssh,name=hal.ssh",
+    ]  # fmt: skip
+    for index in range(exec_ports):
+        args += [
+            "-chardev", f"socket,id=exec{index},path={run.agent(index)},server=on,wait=off",
+            "-device", f"virtserialport,chardev=exec{index},name=hal.exec.{index}",
+        ]  # fmt: skip
+    args += [
         "-device", "virtio-rng-device",
         "-netdev", f"user,id=net0,restrict={'on' if shape.net == 'none' else 'off'}",
         "-device", "virtio-net-device,netdev=net0",

@@ -4,7 +4,8 @@
  * -C, in its own session (unless -t: a terminal session keeps its controlling tty), in
  * directory -d, as uid -u / gid -g, with exactly the environment given by -e NAME=VALUE
  * (non-secret, from argv) and -E NAME (copied from our own environment: secrets travel
- * over ssh's SendEnv, never in argv). When the command exits, everything it left in its
+ * over ssh's SendEnv, never in argv). -A NAME is -E for a variable sshd sets itself (HOME,
+ * PATH, USER...): its value comes as HAL_ENV_NAME, which sshd leaves alone. When the command exits, everything it left in its
  * cgroup is killed, so a daemon that kept our stdout open cannot stall the caller. When
  * the caller goes away (sshd closes our stdout or stderr, or we get SIGHUP/SIGTERM), the
  * whole cgroup is killed too. Exit status: the command's, 128+N for death by signal N,
@@ -134,7 +135,7 @@ int main(int argc, char **argv) {
     char **env = calloc((size_t)argc + 1, sizeof *env);
     size_t nenv = 0;
     if (env == NULL) die("out of memory", NULL);
-    while ((opt = getopt(argc, argv, "+tu:g:d:C:e:E:")) != -1) {
+    while ((opt = getopt(argc, argv, "+tu:g:d:C:e:E:A:")) != -1) {
         switch (opt) {
         case 't': tty = 1; break;
         case 'u': uid = atol(optarg); break;
@@ -142,8 +143,11 @@ int main(int argc, char **argv) {
         case 'd': dir = optarg; break;
         case 'C': cgroup_parent = optarg; break;
         case 'e': env[nenv++] = optarg; break;
+        case 'A':
         case 'E': {
-            const char *value = getenv(optarg);
+            char alias[256];
+            snprintf(alias, sizeof alias, "HAL_ENV_%s", optarg);
+            const char *value = getenv(opt == 'A' ? alias : optarg);
             if (value == NULL) break;
             size_t len = strlen(optarg) + strlen(value) + 2;
             char *pair = malloc(len);
@@ -154,7 +158,7 @@ int main(int argc, char **argv) {
         }
         default:
             fprintf(stderr, "usage: hal-exec [-t] [-u UID] [-g GID] [-d DIR] [-C CGROUP] "
-                            "[-e NAME=VALUE]... [-E NAME]... -- PROGRAM [ARG]...\n");
+                            "[-e NAME=VALUE]... [-E NAME]... [-A NAME]... -- PROGRAM [ARG]...\n");
             return 125;
         }
     }
