@@ -157,7 +157,10 @@ def thin_daemon(
     if found is None:
         return None
     config, applied = found
-    client = DaemonClient.find(Path(config["home"]))
+    try:
+        client = DaemonClient.find(Path(config["home"]))
+    except OSError:
+        return None  # a home that cannot be read (a file, say): the full path says why
     return None if client is None else (client, config, applied)
 
 
