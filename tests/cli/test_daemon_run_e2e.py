@@ -253,3 +253,41 @@ def test_task_show_through_the_daemon_imports_no_models(
         assert status in ("exit 0", "exit None"), done.stderr[-2000:]
         loaded = sorted(set(json.loads(listed)) & set(NOT_IN_THE_THIN_CLIENT))
         assert loaded == [], loaded
+
+
+def _on_a_terminal(hal_env: dict[str, str], cwd: Path, env: dict[str, str], *args: str) -> str:
+    """What ``hal ARGS`` writes to a terminal (its stdout a pty), stderr included."""
+    import os
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hal9999", *args], cwd=cwd, env={**hal_env, **env},
+        stdin=subprocess.DEVNULL, stdout=follower, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the terminal's other side is closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert proc.wait(timeout=60) == 0
+    return b"".join(chunks).decode()
+
+
+def test_a_run_on_a_terminal_renders_as_the_full_client(
+    served: Hal, hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    # The title escape is the agent's: dropped on the terminal by both clients.
+    agent = "sh -c 'printf \"\\033]0;title\\007hello\\n\"; cat $0' {{prompt_file}}"
+    before = {t["id"] for t in tasks_json(served)}
+    thin = _on_a_terminal(hal_env, demo_repo, {}, "run", "--agent", agent, "on a tty")
+    full = _on_a_terminal(hal_env, demo_repo, FULL, "run", "--agent", agent, "on a tty")
+    ids = {t["id"] for t in tasks_json(served)} - before
+    assert "hello\r\non a tty" in thin and "\x1b]0;" not in thin
+    assert _normal(thin, ids) == _normal(full, ids)
