@@ -243,7 +243,7 @@ def test_task_show_stop_and_cancel_as_the_full_client(served: Hal) -> None:
 def test_task_show_through_the_daemon_imports_no_models(
     served: Hal, hal_env: dict[str, str], demo_repo: Path
 ) -> None:
-    task_id = served("run", "--detach", "--agent", "true {{prompt_file}}", "x").stdout.strip()
+    task_id = _running(served)  # running, so that cancelling it succeeds
     for args in (("task", "show", task_id), ("task", "cancel", task_id, "--json")):
         done = subprocess.run(
             [sys.executable, "-c", RUN_AND_LIST, *args],
