@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from hal9999.agents.base import AgentSettings
 from hal9999.configfile import merge, read_toml
-from hal9999.errors import ConfigError, UsageError
+from hal9999.errors import ConfigError
 from hal9999.spec import Resources
 from hal9999.trust import ProjectConfig, TrustStore, narrow_project_table
 from hal9999.values import (
@@ -39,6 +39,8 @@ from hal9999.values import (
     describe,
     is_text,
 )
+from hal9999.workdir import current_dir as current_dir  # re-exported (light module)
+from hal9999.workdir import working_dir as working_dir
 
 CONFIG_FILE_NAME = "hal.toml"
 """The per-project config file, read from the current directory."""
@@ -294,28 +296,6 @@ class ConfigSources:
         """A JSON-ready form (for events and the daemon's API)."""
         project = self.project.to_dict() if self.project else None
         return {"files": list(self.files), "env": list(self.env), "project": project}
-
-
-def current_dir() -> Path | None:
-    """The current directory, or ``None`` when it was deleted (or is unreadable)."""
-    try:
-        return Path.cwd()
-    except OSError:
-        return None
-
-
-def working_dir(repo: str | None) -> Path:
-    """The directory ``--repo`` is relative to; a deleted one is a :class:`UsageError`
-    unless ``repo`` needs none (an absolute path or a URL)."""
-    here = current_dir()
-    if here is not None:
-        return here
-    if repo and (Path(repo).is_absolute() or "://" in repo or "@" in repo):
-        return Path("/")
-    raise UsageError(
-        "the current directory no longer exists",
-        hint="cd to an existing directory, or pass --repo with an absolute path or a URL",
-    )
 
 
 def log_level(environ: Mapping[str, str], default: str = "WARNING") -> str:

@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from hal9999.config import CredentialFile, HalConfig
-from hal9999.errors import CredentialsError, HalError, UsageError
+from hal9999.envvars import forwarded_env as forwarded_env  # re-exported (light module)
+from hal9999.envvars import parse_env_option as parse_env_option
+from hal9999.errors import CredentialsError, HalError
 from hal9999.providers.base import Sandbox
 from hal9999.redact import (
     MIN_SECRET_LEN,
@@ -33,7 +35,6 @@ from hal9999.redact import (
     high_entropy,
     secret_like_name,
 )
-from hal9999.values import is_env_name
 
 logger = logging.getLogger(__name__)
 
@@ -43,36 +44,6 @@ MAX_CREDENTIAL_BYTES = 1 << 20
 _SECRET_KEY_WORDS = ("PRIVATE", "COOKIE", "SESSION", "BEARER", "APIKEY", "PASS")
 _ASSIGNMENT = re.compile(r"""^\s*(?:export\s+)?["']?([\w.\-]+)["']?\s*[:=]\s*(.*?)\s*$""")
 _NETRC_SECRET = re.compile(r"\b(?:password|passwd|account)\s+(\S+)")
-
-
-def forwarded_env(names: Iterable[str], environ: Mapping[str, str]) -> dict[str, str]:
-    """The values of ``names`` from the host; a missing one is a clear error."""
-    env: dict[str, str] = {}
-    for name in names:
-        if name not in environ:
-            raise CredentialsError(
-                f"environment variable {name} is not set",
-                hint=f"export {name}=... before running hal, or drop --env {name}",
-            )
-        env[name] = environ[name]
-    return env
-
-
-def parse_env_option(values: Iterable[str]) -> tuple[list[str], dict[str, str]]:
-    """Split ``--env KEY`` / ``--env KEY=VAL`` options into forwarded names and given values."""
-    names: list[str] = []
-    given: dict[str, str] = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not is_env_name(key):  # ASCII only: the same rule as forward_env in the config
-            raise UsageError(
-                f"invalid --env name {key!r}",
-                hint="use --env NAME or --env NAME=VALUE, NAME of ASCII letters, digits and _",
-            )
-        if sep:
-            given[key] = value
-        names.append(key)
-    return names, given
 
 
 def read_credential(source: Path) -> bytes:

@@ -12,6 +12,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from hal9999.envvars import is_env_name as is_env_name  # re-exported (light module)
+from hal9999.envvars import is_text as is_text
 from hal9999.errors import UsageError
 
 AGENT_HOME = "/home/hal"
@@ -19,24 +21,6 @@ AGENT_HOME = "/home/hal"
 
 MAX_TIMEOUT_S = 366 * 24 * 3600
 """The longest timeout accepted (a year): larger values overflow the event loop's timers."""
-
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def is_text(value: str) -> bool:
-    """Whether ``value`` is text: undecodable bytes from argv or the environment arrive as
-    lone surrogates, which no file, database or JSON document can hold."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def is_env_name(value: str) -> bool:
-    """Whether ``value`` is a usable environment variable name (ASCII letters, digits, _)."""
-    # ASCII only: a name the shell and execve agree on, and one SQLite and JSON keep exactly.
-    return _ENV_NAME.fullmatch(value) is not None
 
 
 def _env_name(value: str) -> str:
@@ -197,6 +181,17 @@ PathText = Annotated[str | None, AfterValidator(_no_nul)]
 """A path or URL as text (no NUL: it could never name a file)."""
 
 
+class ConfigNotes(BaseModel):
+    """Which config a ``hal run`` applied, for the task's events (``config_sources``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    describe: str = Field(max_length=65536)
+    """``config: <files and variables>`` (or ``config: defaults``): an ``info`` message."""
+    notice: str | None = Field(default=None, max_length=65536)
+    """What of ``./hal.toml`` was ignored, when anything was: a ``warning`` message."""
+
+
 class RunBody(BaseModel):
     """The JSON body of ``POST /v1/tasks``: every field of the right type before it is used."""
 
@@ -230,6 +225,9 @@ class RunBody(BaseModel):
     """Queue order."""
     retries: int | None = Field(default=None, ge=0, le=100)
     """Retries of an agent failure."""
+    config_sources: ConfigNotes | None = None
+    """Which config the caller applied, recorded in the task's events when it is created
+    (the thin ``hal run`` client's way to record it; the full client writes them itself)."""
 
 
 def check_run_body(body: Mapping[str, Any]) -> None:

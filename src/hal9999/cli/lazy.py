@@ -95,13 +95,15 @@ COMMANDS: Mapping[str, LazyCommand] = {
 """Every subcommand of ``hal`` and the modules that define it."""
 
 _TASK = ("hal9999.cli.task",)
+# Light: through a running daemon they ask it without hal's models (issue 16).
+_CONTROL = ("hal9999.cli.task_control",)
 TASK_COMMANDS: Mapping[str, LazyCommand] = {
     "_run": LazyCommand(
         _TASK, "Run a queued task, or carry on an adopted one (used by --detach).", hidden=True
     ),
     "attach": LazyCommand(_TASK, "Attach your terminal to the running agent (detach: Ctrl-b d)."),
     "cancel": LazyCommand(
-        _TASK, "Cancel a task (queued or running): its sandbox goes, its session stays."
+        _CONTROL, "Cancel a task (queued or running): its sandbox goes, its session stays."
     ),
     "diff": LazyCommand(_TASK, "Print the task's patch."),
     "events": LazyCommand(_TASK, "Print the task's events."),
@@ -116,9 +118,9 @@ TASK_COMMANDS: Mapping[str, LazyCommand] = {
         _TASK, "Run a stopped or finished task again in a new sandbox over the same session."
     ),
     "rm": LazyCommand(_TASK, "Delete a task and its session directory."),
-    "show": LazyCommand(_TASK, "Show one task."),
+    "show": LazyCommand(_CONTROL, "Show one task."),
     "stop": LazyCommand(
-        _TASK, "Stop a task: its sandbox goes, its session stays; resume it later."
+        _CONTROL, "Stop a task: its sandbox goes, its session stays; resume it later."
     ),
 }
 """Every subcommand of ``hal task`` and the module that defines it."""

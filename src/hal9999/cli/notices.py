@@ -1,4 +1,6 @@
-"""What ``hal run`` tells the user before a task starts: config and what is left out."""
+"""What ``hal run`` tells the user before a task starts: config and what is left out.
+
+Light at import (the thin ``hal run`` client prints the uncommitted-changes line too)."""
 
 from __future__ import annotations
 
@@ -8,10 +10,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from hal9999.config import ConfigSources, current_dir
-from hal9999.events.models import Message
+from hal9999.workdir import current_dir
 
 if TYPE_CHECKING:
+    from hal9999.config import ConfigSources
     from hal9999.store import TaskRecord
     from hal9999.tasks.service import TaskService
 
@@ -26,6 +28,11 @@ def print_notices(sources: ConfigSources, repo: str | None, ref: str | None) -> 
     notice = sources.project.notice() if sources.project else None
     if notice:
         click.echo(f"hal: note: {notice}", err=True)
+    print_uncommitted(repo, ref)
+
+
+def print_uncommitted(repo: str | None, ref: str | None) -> None:
+    """The line saying what a task started from HEAD leaves out, if anything."""
     if ref is None:
         left_out = uncommitted_notice(repo)
         if left_out:
@@ -35,6 +42,8 @@ def print_notices(sources: ConfigSources, repo: str | None, ref: str | None) -> 
 def record_config_sources(service: TaskService, task: TaskRecord, sources: ConfigSources) -> None:
     """Put which config applied, and what of ./hal.toml was ignored, in the task's events
     (``hal task events --json`` shows them; the line on stderr is only for a person)."""
+    from hal9999.events.models import Message
+
     notice = sources.project.notice() if sources.project else None
     with service.events(task) as log:
         log.emit(Message(level="info", text=sources.describe()))

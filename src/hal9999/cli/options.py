@@ -1,42 +1,73 @@
 """Command-line option types that check values with the config's own field rules.
 
 ``--timeout inf`` and ``timeout_s = inf`` are refused by the same rule (the field types of
-:mod:`hal9999.config`), so the command line, config files and ``HAL_*`` agree.
+:mod:`hal9999.values`), so the command line, config files and ``HAL_*`` agree. A value the
+plain check accepts is one the field type accepts unchanged, so pydantic is imported only
+to word a refusal (``hal run``'s options stay light; ``tests/cli/test_options.py``).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
 import click
-from pydantic import ValidationError
 
 from hal9999.errors import UsageError
-from hal9999.spec import Resources
-from hal9999.tasks.state import TaskStatus
-from hal9999.values import Name, TimeoutSeconds, check_value, describe
+
+MIN_TIMEOUT_S = 1.0
+"""``values.MIN_TIMEOUT_S`` (a test keeps them equal; that module imports pydantic)."""
+MAX_TIMEOUT_S = 366 * 24 * 3600
+"""``values.MAX_TIMEOUT_S``."""
+TASK_STATES = (
+    "queued", "provisioning", "preparing", "running", "collecting", "succeeded", "failed",
+    "cancelled", "timed_out", "stopped", "interrupted",
+)  # fmt: skip
+"""``TaskStatus``'s values (a test keeps them equal; the enum's module imports the models)."""
 
 
 class ModelChecked(click.ParamType[Any]):
     """A click type validated by a config field type (pydantic), worded like config errors."""
 
-    def __init__(self, kind: Any, name: str, base: click.ParamType[Any] = click.STRING) -> None:
+    def __init__(
+        self,
+        kind: str,
+        name: str,
+        base: click.ParamType[Any] = click.STRING,
+        plain: Callable[[Any], bool] | None = None,
+    ) -> None:
         self.kind = kind
+        """The field type's name in :mod:`hal9999.values`."""
         self.name = name
         self.base = base
+        self.plain = plain
+        """A check that accepts only values the field type accepts as they are."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         """Parse with ``base``, then check with the field type."""
         parsed = self.base.convert(value, param, ctx)
+        if self.plain is not None and self.plain(parsed):
+            return parsed
+        from hal9999 import values
+
         try:
-            return check_value(self.kind, parsed, self.name)
+            return values.check_value(getattr(values, self.kind), parsed, self.name)
         except UsageError as exc:
             self.fail(str(exc).split(": ", 1)[-1], param, ctx)
 
 
-TIMEOUT = ModelChecked(TimeoutSeconds, "seconds", click.FLOAT)
+def _timeout_ok(value: float) -> bool:
+    return math.isfinite(value) and MIN_TIMEOUT_S <= value <= MAX_TIMEOUT_S
+
+
+def _name_ok(value: str) -> bool:
+    return bool(value.strip())
+
+
+TIMEOUT = ModelChecked("TimeoutSeconds", "seconds", click.FLOAT, _timeout_ok)
 """``--timeout``: a finite number of seconds greater than 0."""
-NAME = ModelChecked(Name, "name")
+NAME = ModelChecked("Name", "name", plain=_name_ok)
 """``--agent``, ``--provider``, ``--process-manager``: not empty."""
 RETRIES = click.IntRange(0, 100)
 """``--retries``: how often an agent failure is retried."""
@@ -44,7 +75,7 @@ PRIORITY = click.IntRange(-1_000_000, 1_000_000)
 """``--priority``: bounded so it fits the store's integer column."""
 LIMIT = click.IntRange(1, 1_000_000)
 """``--limit`` of listings."""
-STATUS = click.Choice([s.value for s in TaskStatus])
+STATUS = click.Choice(list(TASK_STATES))
 """``--status`` filters: only states a task can be in."""
 
 
@@ -58,6 +89,11 @@ class ResourceLimit(click.ParamType[Any]):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         """Parse with ``base``, then check with the model's own validator."""
+        from pydantic import ValidationError
+
+        from hal9999.spec import Resources
+        from hal9999.values import describe
+
         parsed = self.base.convert(value, param, ctx)
         try:
             Resources.model_validate({self.field: parsed})

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from hal9999.events.models import AgentText, Event, Message, Output, ToolCall, ToolResult
-
 if TYPE_CHECKING:
+    from hal9999.events.models import Event
     from hal9999.store import TaskRecord
     from hal9999.tasks.service import TaskService
 
@@ -125,31 +124,33 @@ class EventRenderer:
         """``text`` in ``color`` when colours are on."""
         return f"{color}{text}{RESET}" if self.color else text
 
-    def __call__(self, event: Event) -> None:
+    def __call__(self, event: Event | Mapping[str, Any]) -> None:
         """Render one event (events without a line of their own print nothing)."""
         text = self.render(event)
         if text:
             self.out.write(text)
             self.out.flush()
 
-    def render(self, event: Event) -> str:
-        """The text for one event ("" for none)."""
-        match event:
-            case Output():
-                return self._stream.feed(event.text) if self.show_output else ""
-            case AgentText():
-                return sanitize(event.text).rstrip("\n") + "\n"
-            case ToolCall():
-                target = _one_line(tool_target(event.input), 100)
-                return self.paint(f"▸ {sanitize(event.name)}", DIM) + f" {target}\n"
-            case ToolResult():
-                if event.is_error:
-                    return self.paint(f"  ✗ {result_summary(event.output)}", RED) + "\n"
-                return self.paint(f"  ✓ {result_summary(event.output)}", DIM) + "\n"
-            case Message() if event.level == "error":
-                return self.paint(f"error: {_one_line(event.text, 300)}", RED) + "\n"
-            case Message() if event.level == "warning":
-                return self.paint(f"warning: {_one_line(event.text, 300)}", YELLOW) + "\n"
+    def render(self, event: Event | Mapping[str, Any]) -> str:
+        """The text for one event ("" for none): a model, or its JSON form (the daemon's,
+        which the thin ``hal run`` client renders without the models)."""
+        data = event if isinstance(event, Mapping) else event.model_dump()
+        match data["type"]:
+            case "output":
+                return self._stream.feed(data["text"]) if self.show_output else ""
+            case "agent_text":
+                return sanitize(data["text"]).rstrip("\n") + "\n"
+            case "tool_call":
+                target = _one_line(tool_target(data["input"]), 100)
+                return self.paint(f"▸ {sanitize(data['name'])}", DIM) + f" {target}\n"
+            case "tool_result":
+                if data["is_error"]:
+                    return self.paint(f"  ✗ {result_summary(data['output'])}", RED) + "\n"
+                return self.paint(f"  ✓ {result_summary(data['output'])}", DIM) + "\n"
+            case "message" if data["level"] == "error":
+                return self.paint(f"error: {_one_line(data['text'], 300)}", RED) + "\n"
+            case "message" if data["level"] == "warning":
+                return self.paint(f"warning: {_one_line(data['text'], 300)}", YELLOW) + "\n"
         return ""
 
 

@@ -7,7 +7,8 @@ import time
 from typing import Any
 
 from hal9999.cli.output import sanitize
-from hal9999.cli.task_table import duration, short
+from hal9999.cli.task_table import short
+from hal9999.cli.task_table import summary as summary  # re-exported: light, in task_table
 from hal9999.events.models import (
     AgentSession,
     AgentText,
@@ -61,28 +62,6 @@ def event_line(event: Event) -> str | None:
             body = f"end: {event.status} (exit {event.exit_code}){tail}"
     # Agent text, tool output and messages come from the agent: no escape sequences pass.
     return sanitize(f"{event.seq:>5} {stamp} {body}")
-
-
-def summary(task: TaskRecord) -> str:
-    """The block printed when a run ends, and by ``hal task show``."""
-    lines = [
-        f"task      {task.id}",
-        f"status    {task.status}"
-        + (f" (exit {task.exit_code})" if task.exit_code is not None else ""),
-        f"agent     {task.agent} on {task.provider}",
-        f"repo      {task.repo}" + (f" @ {task.ref}" if task.ref else ""),
-        f"branch    {task.branch}",
-        f"duration  {duration(task)}",
-        f"files     {task.files_changed} changed",
-    ]
-    if task.input_tokens or task.output_tokens:
-        lines.append(f"tokens    {task.input_tokens} in, {task.output_tokens} out")
-    if task.cost_usd is not None:
-        lines.append(f"cost      ${task.cost_usd:.4f}")
-    if task.error_message:
-        lines.append(f"error     {task.error_message}")
-    lines.append(f"session   {task.session_dir}")
-    return "\n".join(lines)
 
 
 def task_json(task: TaskRecord) -> dict[str, Any]:

@@ -1,17 +1,20 @@
 """``hal run``: hand a prompt to an agent on a repository, in a sandbox.
 
-Its own module so that only ``hal run`` imports what it needs (config, the task service,
-the option types built on pydantic); see :mod:`hal9999.cli.lazy`.
+Its own module so that only ``hal run`` imports what it needs; see :mod:`hal9999.cli.lazy`.
+Light at import: through a running ``hal serve`` the thin client
+(:mod:`hal9999.cli.daemon_run`) runs without the config, the task service or any model;
+the full path below imports them when it runs.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import click
 
+from hal9999.cli.daemon_run import RunArgs
 from hal9999.cli.main import (
     Started,
     app,
@@ -23,13 +26,12 @@ from hal9999.cli.main import (
     run_async,
 )
 from hal9999.cli.options import NAME, PRIORITY, RETRIES, TIMEOUT
-from hal9999.config import working_dir
-from hal9999.credentials import parse_env_option
 from hal9999.errors import ConfigError, exit_status_for
-from hal9999.store import TaskRecord
-from hal9999.tasks.api import TaskAPI
-from hal9999.tasks.service import RunRequest
-from hal9999.values import EgressHost, check_value
+
+if TYPE_CHECKING:
+    from hal9999.store import TaskRecord
+    from hal9999.tasks.api import TaskAPI
+    from hal9999.tasks.service import RunRequest
 
 
 def print_detached(task: TaskRecord, as_json: bool) -> None:
@@ -113,73 +115,93 @@ def run(
     PROMPT ``-`` (or ``--prompt-file -``) reads the prompt from standard input.
     PROVIDER may be a list in priority order (``bwrap,local``): the first fills up to its
     limits and the rest take the overflow (under ``hal serve``)."""
-    from hal9999.cli.notices import print_notices, record_config_sources
+    from hal9999.cli.daemon_run import thin_run
     from hal9999.cli.prompt import read_prompt
 
     prompt = read_prompt(prompt, prompt_file, sys.stdin.buffer)
+    args = RunArgs(
+        prompt, repo, ref, agent, provider, process_manager, timeout, env, secret, raw,
+        as_events, detach, priority, retries, max_cost, max_tokens, egress, egress_only, as_json,
+    )  # fmt: skip
+    if not thin_run(args):
+        full_run(args)
+
+
+def full_run(args: RunArgs) -> None:
+    """``hal run`` with the config, the store and the task API (in-process or the daemon's)."""
+    from hal9999.cli.notices import print_notices, record_config_sources
+    from hal9999.config import working_dir
+    from hal9999.credentials import parse_env_option
+    from hal9999.tasks.service import RunRequest
+    from hal9999.values import EgressHost, check_value
+
     a = app()
-    names, given = parse_env_option(env)
-    secret_names, secret_given = parse_env_option(secret)
+    names, given = parse_env_option(args.env)
+    secret_names, secret_given = parse_env_option(args.secret)
     if secret_given:
         raise ConfigError(
             "--secret takes a variable name, not a value",
             hint="export NAME=... and pass --secret NAME (values never go on the command line)",
         )
-    print_notices(a.sources, repo, ref)
+    print_notices(a.sources, args.repo, args.ref)
     request = RunRequest(
-        prompt=prompt,
-        repo=repo,
-        ref=ref,
-        agent=agent if agent is not None else a.config.default_agent,
-        provider=provider if provider is not None else a.config.default_provider,
-        process_manager=a.config.process_manager if process_manager is None else process_manager,
-        timeout_s=timeout if timeout is not None else a.config.timeout_s,
+        prompt=args.prompt,
+        repo=args.repo,
+        ref=args.ref,
+        agent=args.agent if args.agent is not None else a.config.default_agent,
+        provider=args.provider if args.provider is not None else a.config.default_provider,
+        process_manager=(
+            a.config.process_manager if args.process_manager is None else args.process_manager
+        ),
+        timeout_s=args.timeout if args.timeout is not None else a.config.timeout_s,
         env_names=names,
         given_env=given,
-        priority=priority,
-        retries=retries,
+        priority=args.priority,
+        retries=args.retries,
         secret_names=secret_names,
-        cwd=working_dir(repo),
+        cwd=working_dir(args.repo),
         config=a.config,
         config_files=list(a.sources.files),
-        max_tokens=max_tokens,
-        max_cost_usd=max_cost,
-        egress=[check_value(EgressHost, host, "--egress") for host in egress],
+        max_tokens=args.max_tokens,
+        max_cost_usd=args.max_cost,
+        egress=[check_value(EgressHost, host, "--egress") for host in args.egress],
         egress_only=[
-            check_value(EgressHost, host, "--egress-only") for host in egress_only if host != "none"
+            check_value(EgressHost, host, "--egress-only")
+            for host in args.egress_only
+            if host != "none"
         ]
-        if egress_only
+        if args.egress_only
         else None,
     )
     notice = offline_notice(a.config, request.agent, request.provider)
-    if notice is not None and not as_json and not as_events:
+    if notice is not None and not args.as_json and not args.as_events:
         click.echo(f"hal: warning: {notice}", err=True)
     api = a.tasks()
-    if detach:
+    if args.detach:
         task = run_async(api.create(request))
         record_config_sources(a.service, task, a.sources)
-        print_detached(task, as_json)
+        print_detached(task, args.as_json)
         return
     started = Started()
 
     def announce(task: TaskRecord) -> None:
         started(task)
         record_config_sources(a.service, task, a.sources)
-        if as_json:
+        if args.as_json:
             return
         via = ", via hal serve" if a.via_daemon else ""
         click.echo(f"hal: task {task.id} ({request.agent} on {request.provider}{via})", err=True)
 
-    if as_events:
+    if args.as_events:
         record = run_async(run_printing_events(api, request, announce))
         sys.exit(0 if record.status == "succeeded" else exit_status_for(record.error_code) or 1)
 
-    on_output, on_event = output_callbacks(request.agent, raw=raw, quiet=as_json)
+    on_output, on_event = output_callbacks(request.agent, raw=args.raw, quiet=args.as_json)
     finish_run(
         a,
         started,
         lambda: api.run(request, on_start=announce, on_output=on_output, on_event=on_event),
-        as_json,
+        args.as_json,
     )
 
 
@@ -187,6 +209,8 @@ async def run_printing_events(
     api: TaskAPI, request: RunRequest, on_start: Callable[[TaskRecord], None]
 ) -> TaskRecord:
     """Run the task, printing every event it records as a JSON line (``--events``)."""
+    import asyncio
+
     from hal9999.cli.output import jsonl_writer
 
     write = jsonl_writer(sys.stdout)

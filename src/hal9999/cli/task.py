@@ -1,5 +1,5 @@
-"""``hal task ...``: inspect, follow, attach, stop, resume, cancel, diff, remove (``list`` is
-in :mod:`hal9999.cli.task_list`, light)."""
+"""``hal task ...``: follow, attach, resume, diff, remove (``list``, ``show``, ``stop`` and
+``cancel`` are in :mod:`hal9999.cli.task_list` and :mod:`hal9999.cli.task_control`, light)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from hal9999.cli.main import (
     stream_to_terminal,
 )
 from hal9999.cli.output import escape_json_line
-from hal9999.cli.render import event_line, summary, task_json
+from hal9999.cli.render import event_line, task_json
 from hal9999.cli.task_group import task
 from hal9999.credentials import parse_env_option
 from hal9999.errors import ProcessError, TaskStateError
@@ -36,19 +36,6 @@ from hal9999.store import TaskRecord
 from hal9999.tasks.context import process_spec
 from hal9999.tasks.session import Session
 from hal9999.tasks.state import ACTIVE, TaskStatus
-
-
-@task.command()
-@click.argument("task_id")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def show(task_id: str, as_json: bool) -> None:
-    """Show one task."""
-    found = run_async(app().tasks().get(task_id))
-    if as_json:
-        emit_json(task_json(found))
-    else:
-        click.echo(summary(found))
-        click.echo(f"prompt    {found.prompt}")
 
 
 async def _still_going(task_id: str) -> bool:
@@ -205,24 +192,6 @@ def _remote_attach(a: App, record: TaskRecord) -> list[str] | None:
 
 @task.command()
 @click.argument("task_id")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def stop(task_id: str, as_json: bool) -> None:
-    """Stop a task: its sandbox goes, its session stays; resume it later."""
-    done = _control(task_id, "stop")
-    _report(done, as_json, f"stopped {done.id}; resume with `hal task resume {done.id}`")
-
-
-@task.command()
-@click.argument("task_id")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def cancel(task_id: str, as_json: bool) -> None:
-    """Cancel a task (queued or running): its sandbox goes, its session stays."""
-    done = _control(task_id, "cancel")
-    _report(done, as_json, f"cancelled {done.id}")
-
-
-@task.command()
-@click.argument("task_id")
 @click.argument("prompt", required=False)
 @click.option("--env", "env", multiple=True, help="KEY=VALUE given to this run.")
 @click.option("--detach", is_flag=True, help="Return at once; the task runs in the background.")
@@ -322,12 +291,6 @@ def rm(task_id: str, force: bool, as_json: bool) -> None:
     """Delete a task and its session directory."""
     gone = run_async(app().tasks().remove(task_id, force=force))
     _report(gone, as_json, f"removed {gone.id}")
-
-
-def _control(task_id: str, action: str) -> TaskRecord:
-    """Stop or cancel, through the daemon when it runs."""
-    api = app().tasks()
-    return run_async(api.stop(task_id) if action == "stop" else api.cancel(task_id))
 
 
 def _report(record: TaskRecord, as_json: bool, text: str) -> None:

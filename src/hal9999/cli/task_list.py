@@ -28,20 +28,16 @@ from pathlib import Path
 
 import click
 
+from hal9999.cli.options import TASK_STATES
 from hal9999.cli.task_group import task
 from hal9999.cli.task_table import task_table
+from hal9999.cli.thin_config import THIN_VARS as THIN_VARS  # re-exported (tests)
+from hal9999.cli.thin_config import thin_home
 from hal9999.home import DB_NAME
 from hal9999.tasks.alive import runner_alive
 
-TASK_STATES = (
-    "queued", "provisioning", "preparing", "running", "collecting", "succeeded", "failed",
-    "cancelled", "timed_out", "stopped", "interrupted",
-)  # fmt: skip
-"""``TaskStatus``'s values (a test keeps them equal; the enum's module imports the models)."""
 ACTIVE_STATES = frozenset({"queued", "provisioning", "preparing", "running", "collecting"})
 """``tasks.state.ACTIVE``, as names (a test keeps them equal)."""
-THIN_VARS = frozenset({"HAL_HOME", "HAL_NO_DAEMON"})
-"""``HAL_*`` variables the thin path understands; any other set one takes the full path."""
 QUEUED_GRACE_S = 10.0
 """``TaskService.reconcile`` leaves a queued task without a runner alone this long."""
 _COLUMNS = "id, status, agent, provider, prompt, created_at, started_at, finished_at, runner_pid"
@@ -100,34 +96,6 @@ def _here() -> Path | None:
         return Path.cwd()
     except OSError:
         return None
-
-
-def thin_home(environ: Mapping[str, str], cwd: Path | None) -> Path | None:
-    """The home the full config would give, when only defaults and ``HAL_HOME`` apply; None
-    when anything else might (then the full path decides). ``cwd`` None: it was deleted."""
-    for name, value in environ.items():
-        if name.startswith("HAL_") and value and name not in THIN_VARS:
-            return None
-    if _user_config(environ).exists() or (cwd is not None and (cwd / "hal.toml").exists()):
-        return None
-    given = environ.get("HAL_HOME", "")
-    if given:
-        # Relative, `~` and non-ASCII homes are the config's to resolve and check.
-        return Path(given) if given.isascii() and given.startswith("/") else None
-    return _xdg(environ, "XDG_DATA_HOME", ".local/share") / "hal9999"
-
-
-def _xdg(environ: Mapping[str, str], var: str, fallback: str) -> Path:
-    # As hal9999.config._xdg_dir: a relative value is invalid and ignored.
-    value = environ.get(var, "")
-    if value and Path(value).is_absolute():
-        return Path(value)
-    home = environ.get("HOME")
-    return (Path(home) if home else Path.home()) / fallback
-
-
-def _user_config(environ: Mapping[str, str]) -> Path:
-    return _xdg(environ, "XDG_CONFIG_HOME", ".config") / "hal9999" / "config.toml"
 
 
 def thin_rows(

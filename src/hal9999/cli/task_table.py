@@ -1,5 +1,6 @@
-"""The ``hal task list`` table, light: no pydantic, so the thin path of ``hal task list``
-(:mod:`hal9999.cli.task_list`) can render store rows without hal's model classes."""
+"""The ``hal task list`` table and the end-of-run summary, light: no pydantic, so the thin
+paths (:mod:`hal9999.cli.task_list`, :mod:`hal9999.cli.daemon_run`) can render store rows
+and the daemon's JSON without hal's model classes."""
 
 from __future__ import annotations
 
@@ -26,6 +27,31 @@ class TaskRow(Protocol):
     def started_at(self) -> float | None: ...
     @property
     def finished_at(self) -> float | None: ...
+
+
+class TaskSummary(TaskRow, Protocol):
+    """What the end-of-run summary reads: a store record, or the daemon's JSON of one."""
+
+    @property
+    def exit_code(self) -> int | None: ...
+    @property
+    def repo(self) -> str: ...
+    @property
+    def ref(self) -> str | None: ...
+    @property
+    def branch(self) -> str: ...
+    @property
+    def files_changed(self) -> int: ...
+    @property
+    def input_tokens(self) -> int: ...
+    @property
+    def output_tokens(self) -> int: ...
+    @property
+    def cost_usd(self) -> float | None: ...
+    @property
+    def error_message(self) -> str | None: ...
+    @property
+    def session_dir(self) -> str: ...
 
 
 def short(text: str, limit: int = 100) -> str:
@@ -75,3 +101,25 @@ def task_table(tasks: list[TaskRow]) -> str:
         "  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
         for r in rows
     )
+
+
+def summary(task: TaskSummary) -> str:
+    """The block printed when a run ends, and by ``hal task show``."""
+    lines = [
+        f"task      {task.id}",
+        f"status    {task.status}"
+        + (f" (exit {task.exit_code})" if task.exit_code is not None else ""),
+        f"agent     {task.agent} on {task.provider}",
+        f"repo      {task.repo}" + (f" @ {task.ref}" if task.ref else ""),
+        f"branch    {task.branch}",
+        f"duration  {duration(task)}",
+        f"files     {task.files_changed} changed",
+    ]
+    if task.input_tokens or task.output_tokens:
+        lines.append(f"tokens    {task.input_tokens} in, {task.output_tokens} out")
+    if task.cost_usd is not None:
+        lines.append(f"cost      ${task.cost_usd:.4f}")
+    if task.error_message:
+        lines.append(f"error     {task.error_message}")
+    lines.append(f"session   {task.session_dir}")
+    return "\n".join(lines)

@@ -21,7 +21,7 @@ from hal9999.spec import ArgvCommand
 from hal9999.store import TaskRecord
 from hal9999.tasks.recovery import Recovery
 from hal9999.tasks.recovery import resume as resume_task
-from hal9999.tasks.service import RunRequest
+from hal9999.tasks.service import RunRequest, TaskService
 from hal9999.values import check_run_body
 
 if TYPE_CHECKING:
@@ -124,6 +124,17 @@ def _caller_config(body: dict[str, Any], own: HalConfig) -> HalConfig | None:
         raise ConfigError(f"the caller's settings are not valid: {exc}") from exc
 
 
+def _record_config_notes(service: TaskService, task: TaskRecord, notes: dict[str, Any]) -> None:
+    """The caller's ``config_sources`` in the task's events, before it runs (checked by
+    ``check_run_body``), as ``hal run`` in-process records them."""
+    from hal9999.events.models import Message
+
+    with service.events(task) as log:
+        log.emit(Message(level="info", text=notes["describe"]))
+        if notes.get("notice"):
+            log.emit(Message(level="warning", text=notes["notice"]))
+
+
 def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
     """Every route of the API, bound to ``daemon`` (the event streams need ``ctx``)."""
     from hal9999.values import RunBody
@@ -171,6 +182,9 @@ def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
         # On a loop of its own in a worker thread: creating writes the store (and the session),
         # which must not hold up this loop while another process holds the write lock.
         task = await asyncio.to_thread(asyncio.run, service.create(run))
+        notes = body.get("config_sources")
+        if notes is not None:
+            await asyncio.to_thread(_record_config_notes, service, task, notes)
         scheduler.submit(task.id, run.given_env)
         return task_json(task)
 

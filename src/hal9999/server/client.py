@@ -1,28 +1,34 @@
-"""The client side of the daemon API, over its unix socket (what the CLI uses)."""
+"""The client side of the daemon API, over its unix socket (what the CLI uses).
+
+Light at import: the thin ``hal run`` client (:mod:`hal9999.cli.daemon_run`) finds the
+daemon and calls it with :meth:`DaemonClient.request` (blocking, no asyncio), with neither
+pydantic nor hal's models loaded; :class:`DaemonTaskAPI` imports those when it is used.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
+import socket
 import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlencode
 
-from hal9999.agents.registry import resolve_agent
-from hal9999.config import HalConfig
-from hal9999.credentials import forwarded_env
 from hal9999.errors import HalError
-from hal9999.events.models import EVENT_ADAPTER, Event, Output
-from hal9999.gateway.tasks import upstream_key_env
 from hal9999.server.runtime import DaemonFiles, DaemonInfo
-from hal9999.store import TaskRecord
-from hal9999.tasks.api import OnEvent, OnOutput, OnStart
-from hal9999.tasks.service import RunRequest
 
-_HAL_OWN = frozenset({"task_created", "phase", "sandbox_acquired", "message", "task_end"})
+if TYPE_CHECKING:
+    import asyncio
+
+    from hal9999.config import HalConfig
+    from hal9999.events.models import Event
+    from hal9999.store import TaskRecord
+    from hal9999.tasks.api import OnEvent, OnOutput, OnStart
+    from hal9999.tasks.service import RunRequest
+
+HAL_OWN = frozenset({"task_created", "phase", "sandbox_acquired", "message", "task_end"})
 """Events hal records about the task itself; a foreground run's ``on_event`` gets only the
 agent's (its output and what was parsed from it), with or without the daemon."""
 RECONNECT_S = 60.0
@@ -73,6 +79,50 @@ class DaemonClient:
         query: dict[str, Any] | None = None,
     ) -> Any:
         """One request; returns the decoded JSON response."""
+        import asyncio
+
+        try:
+            reader, writer = await asyncio.open_unix_connection(self.info.socket)
+        except OSError as exc:
+            raise self._unreachable(exc) from exc
+        try:
+            writer.write(self._request_bytes(method, path, body, query))
+            await writer.drain()
+            status, payload = await _read_response(reader)
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError) as exc:
+            raise _closed(exc) from exc
+        finally:
+            writer.close()
+        return _payload(status, payload)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        query: dict[str, Any] | None = None,
+    ) -> Any:
+        """:meth:`call`, blocking (the thin ``hal run`` client, which runs no event loop)."""
+        try:
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as exc:
+            raise self._unreachable(exc) from exc
+        with conn:
+            try:
+                conn.connect(str(self.info.socket))
+            except OSError as exc:
+                raise self._unreachable(exc) from exc
+            try:
+                conn.sendall(self._request_bytes(method, path, body, query))
+                with conn.makefile("rb") as stream:
+                    status, payload = _read_response_sync(stream)
+            except (OSError, ValueError) as exc:
+                raise _closed(exc) from exc
+        return _payload(status, payload)
+
+    def _request_bytes(
+        self, method: str, path: str, body: dict[str, Any] | None, query: dict[str, Any] | None
+    ) -> bytes:
         if query:
             path += "?" + urlencode({k: v for k, v in query.items() if v is not None}, doseq=True)
         data = json.dumps(body).encode() if body is not None else b""
@@ -81,45 +131,59 @@ class DaemonClient:
             f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
             "Connection: close\r\n\r\n"
         )
-        try:
-            reader, writer = await asyncio.open_unix_connection(self.info.socket)
-        except OSError as exc:
-            raise DaemonUnavailable(
-                f"cannot reach the hal daemon at {self.info.socket}: {exc.strerror or exc}",
-                hint="see `hal status`; restart it with `hal serve --detach`",
-            ) from exc
-        try:
-            writer.write(head.encode() + data)
-            await writer.drain()
-            status, payload = await _read_response(reader)
-        except (ConnectionError, asyncio.IncompleteReadError, ValueError) as exc:
-            raise DaemonUnavailable(
-                f"the hal daemon closed the connection: {exc}", hint="see `hal status`"
-            ) from exc
-        finally:
-            writer.close()
-        if status >= 400:
-            error = payload.get("error", {}) if isinstance(payload, dict) else {}
-            cls = error_class(str(error.get("code", "hal_error")))
-            raise cls(str(error.get("message", f"daemon error {status}")), hint=error.get("hint"))
-        return payload
+        return head.encode() + data
+
+    def _unreachable(self, exc: OSError) -> DaemonUnavailable:
+        return DaemonUnavailable(
+            f"cannot reach the hal daemon at {self.info.socket}: {exc.strerror or exc}",
+            hint="see `hal status`; restart it with `hal serve --detach`",
+        )
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, Any]:
-    status_line = await reader.readline()
+def _closed(exc: Exception) -> DaemonUnavailable:
+    return DaemonUnavailable(
+        f"the hal daemon closed the connection: {exc}", hint="see `hal status`"
+    )
+
+
+def _payload(status: int, payload: Any) -> Any:
+    """The response's JSON, or the :class:`HalError` it carries."""
+    if status >= 400:
+        error = payload.get("error", {}) if isinstance(payload, dict) else {}
+        cls = error_class(str(error.get("code", "hal_error")))
+        raise cls(str(error.get("message", f"daemon error {status}")), hint=error.get("hint"))
+    return payload
+
+
+def _status(status_line: bytes) -> int:
     parts = status_line.decode("latin-1").split(" ", 2)
     if len(parts) < 2:
         raise ValueError("no HTTP status line")
-    status = int(parts[1])
+    return int(parts[1])
+
+
+def _content_length(line: bytes, length: int) -> int:
+    name, _, value = line.decode("latin-1").partition(":")
+    return int(value.strip()) if name.strip().lower() == "content-length" else length
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, Any]:
+    status = _status(await reader.readline())
     length = 0
-    while True:
-        line = await reader.readline()
-        if line in (b"\r\n", b"\n", b""):
-            break
-        name, _, value = line.decode("latin-1").partition(":")
-        if name.strip().lower() == "content-length":
-            length = int(value.strip())
+    while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+        length = _content_length(line, length)
     body = await reader.readexactly(length) if length else b""
+    return status, json.loads(body) if body else None
+
+
+def _read_response_sync(stream: BinaryIO) -> tuple[int, Any]:
+    status = _status(stream.readline())
+    length = 0
+    while (line := stream.readline()) not in (b"\r\n", b"\n", b""):
+        length = _content_length(line, length)
+    body = stream.read(length) if length else b""
+    if len(body) != length:
+        raise ValueError(f"the body ended after {len(body)} of {length} bytes")
     return status, json.loads(body) if body else None
 
 
@@ -129,6 +193,10 @@ def client_secrets(
     """Secret values the daemon needs from this shell: ``--env`` names (which must be set),
     ``forward_env`` and the agent's API key variable (when set). Sent over the private
     socket, held in the daemon's memory for the run, never stored."""
+    from hal9999.agents.registry import resolve_agent
+    from hal9999.credentials import forwarded_env
+    from hal9999.gateway.tasks import upstream_key_env
+
     values = dict(request.given_env)
     names = [*request.env_names, *request.secret_names]
     values.update(forwarded_env([n for n in names if n not in values], environ))
@@ -176,6 +244,8 @@ def run_body(request: RunRequest, env: dict[str, str]) -> dict[str, Any]:
 
 
 def _record(data: Any) -> TaskRecord:
+    from hal9999.store import TaskRecord
+
     return TaskRecord.model_validate(data)
 
 
@@ -214,11 +284,15 @@ class DaemonTaskAPI:
         *,
         after_seq: int = 0,
     ) -> TaskRecord:
+        import asyncio
+
+        from hal9999.events.models import Output
+
         try:
             async for event in self.follow(task_id, after_seq=after_seq):
                 if on_output is not None and isinstance(event, Output):
                     on_output(event.text)
-                if on_event is not None and event.type not in _HAL_OWN:
+                if on_event is not None and event.type not in HAL_OWN:
                     on_event(event)
         except asyncio.CancelledError:
             # Ctrl-C (or SIGTERM) of a foreground run cancels the task, as without a daemon.
@@ -279,6 +353,10 @@ class DaemonTaskAPI:
 
     async def follow(self, task_id: str, *, after_seq: int = 0) -> AsyncIterator[Event]:
         """Long-polls the task's events until the daemon says it is over (retries done)."""
+        import asyncio
+
+        from hal9999.events.models import EVENT_ADAPTER
+
         gone_since: float | None = None
         while True:
             query = {"after_seq": after_seq, "wait": FOLLOW_WAIT_S}

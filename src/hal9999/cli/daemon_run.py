@@ -1,0 +1,348 @@
+"""``hal run`` through a running ``hal serve``, thin: post the task, show its events as JSON.
+
+The full path of ``hal run`` builds the layered config, the store, the task service and the
+daemon client's models (pydantic, about 40 model classes, asyncio): about 370 modules and
+most of the client's CPU, for a command that only posts a request and prints what comes
+back (issue 16, target 1). This path does the same with plain dictionaries and a blocking
+socket, and is taken only where it sends, prints and exits exactly as the full path:
+
+- a daemon runs for the home (and ``HAL_NO_DAEMON`` is not set);
+- the config is the defaults with at most ``HAL_HOME``, ``HAL_AGENT``, ``HAL_PROVIDER`` and
+  ``HAL_PROCESS_MANAGER`` (:mod:`hal9999.cli.thin_config`): no config file, no
+  ``./hal.toml``, no other ``HAL_*`` variable;
+- the agent is a command template: a preset's network notice, API key variable and event
+  rendering need the agent registry (presets take the full path);
+- not ``--events`` (its lines are the event models' own JSON) and no ``--egress`` or
+  ``--egress-only`` (checked by the config's field types).
+
+Anything else returns ``False`` before printing or sending anything, and the full path runs.
+The config sent is the defaults' JSON (``tests/cli/test_daemon_run.py`` keeps it equal to
+the model's) and the daemon records which config applied (``config_sources``), as the full
+client does in the task's events.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType, SimpleNamespace
+from typing import Any, cast
+
+import click
+
+from hal9999.cli.main import emit_json, stream_to_terminal
+from hal9999.cli.notices import print_uncommitted
+from hal9999.cli.task_table import TaskSummary, summary
+from hal9999.cli.thin_config import THIN_VARS, thin_home
+from hal9999.envvars import forwarded_env, parse_env_option
+from hal9999.errors import ConfigError, HalError, exit_status_for
+from hal9999.server.client import (
+    FOLLOW_WAIT_S,
+    HAL_OWN,
+    RECONNECT_S,
+    DaemonClient,
+    DaemonUnavailable,
+)
+from hal9999.workdir import current_dir, working_dir
+
+NAME_VARS = {
+    "HAL_AGENT": "default_agent",
+    "HAL_PROVIDER": "default_provider",
+    "HAL_PROCESS_MANAGER": "process_manager",
+}
+"""The name settings this path reads from ``HAL_*`` (``config.ENV_KEYS``' order)."""
+RUN_VARS = THIN_VARS | frozenset(NAME_VARS)
+"""Every ``HAL_*`` variable this path understands."""
+DEFAULT_TIMEOUT_S = 3600
+"""``HalConfig().timeout_s`` as the attribute holds it (a default is not validated: an int)."""
+NO_DAEMON_VAR = "HAL_NO_DAEMON"
+"""As :data:`hal9999.cli.via_daemon.NO_DAEMON_VAR` (that module imports the models)."""
+
+
+def default_config(home: Path) -> dict[str, Any]:
+    """``HalConfig(home=home).model_dump(mode="json")``, without the model (a test keeps
+    them equal)."""
+    return {
+        "home": str(home), "default_agent": "claude", "default_provider": "bwrap",
+        "process_manager": "tmux", "timeout_s": 3600.0, "network": "none",
+        "resources": {"cpus": None, "memory_mb": None, "pids": None, "disk_mb": None},
+        "agents": {}, "providers": {}, "credentials": [], "forward_env": [], "secrets": [],
+        "pool": {}, "scheduler": {},
+        "gateway": {
+            "enabled": True, "concurrency": 8, "requests_per_minute": None, "max_retries": 6,
+            "max_cost_usd": None, "max_tokens": None, "daily_max_cost_usd": None,
+            "daily_max_tokens": None, "models": None, "prices": {}, "ca_file": None,
+            "egress": [], "provider_egress": {}, "egress_only": None, "store_bodies": False,
+        },
+        "hive": {},
+    }  # fmt: skip
+
+
+def simple_config(
+    environ: Mapping[str, str], cwd: Path | None
+) -> tuple[dict[str, Any], tuple[str, ...]] | None:
+    """The config's JSON and the ``HAL_*`` variables that set it, when it is the defaults
+    and name variables; None when the full config must be read (or must report an error)."""
+    home = thin_home(environ, cwd, RUN_VARS)
+    if home is None:
+        return None
+    config = default_config(home)
+    applied = ["HAL_HOME"] if environ.get("HAL_HOME") else []
+    for var, key in NAME_VARS.items():
+        value = environ.get(var, "")
+        if not value:
+            continue  # empty means unset, as in the config
+        if not value.isascii() or not value.strip():
+            return None  # the full path says what is wrong with it
+        config[key] = value
+        applied.append(var)
+    return config, tuple(applied)
+
+
+def is_template(agent: str) -> bool:
+    """``agents.registry.is_template`` (a test keeps them equal; that module imports the
+    agents' code)."""
+    return "{{" in agent or any(c.isspace() for c in agent)
+
+
+@dataclass(frozen=True)
+class RunArgs:
+    """The options of ``hal run``, as click parsed them."""
+
+    prompt: str
+    repo: str | None
+    ref: str | None
+    agent: str | None
+    provider: str | None
+    process_manager: str | None
+    timeout: float | None
+    env: tuple[str, ...]
+    secret: tuple[str, ...]
+    raw: bool
+    as_events: bool
+    detach: bool
+    priority: int
+    retries: int
+    max_cost: float | None
+    max_tokens: int | None
+    egress: tuple[str, ...]
+    egress_only: tuple[str, ...]
+    as_json: bool
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a thin run needs once it is known to apply."""
+
+    client: DaemonClient
+    config: dict[str, Any]
+    applied: tuple[str, ...]
+    agent: str
+
+
+def thin_daemon(
+    environ: Mapping[str, str],
+) -> tuple[DaemonClient, dict[str, Any], tuple[str, ...]] | None:
+    """The running daemon, the config's JSON and the variables that set it, when a command
+    may talk to the daemon without the config; None when the full path must run it."""
+    if environ.get(NO_DAEMON_VAR, "") not in ("", "0"):
+        return None
+    found = simple_config(environ, current_dir())
+    if found is None:
+        return None
+    config, applied = found
+    try:
+        client = DaemonClient.find(Path(config["home"]))
+    except OSError:
+        return None  # a home that cannot be read (a file, say): the full path says why
+    return None if client is None else (client, config, applied)
+
+
+def plan(args: RunArgs, environ: Mapping[str, str]) -> Plan | None:
+    """The daemon and config of a thin run; None when the full path must run it."""
+    if args.as_events or args.egress or args.egress_only:
+        return None
+    if args.agent is not None and not is_template(args.agent):
+        return None  # before looking for the daemon: a preset never runs here
+    found = thin_daemon(environ)
+    if found is None:
+        return None
+    client, config, applied = found
+    agent = args.agent if args.agent is not None else str(config["default_agent"])
+    if not is_template(agent):
+        return None
+    return Plan(client, config, applied, agent)
+
+
+def thin_run(args: RunArgs, environ: Mapping[str, str] = os.environ) -> bool:
+    """Run ``hal run`` through the daemon when this path applies (then it exits); False,
+    with nothing printed or sent, when the full path must."""
+    found = plan(args, environ)
+    if found is None:
+        return False
+    # From here on, what the full path does, in its order and with its errors.
+    names, given = parse_env_option(args.env)
+    secret_names, secret_given = parse_env_option(args.secret)
+    if secret_given:
+        raise ConfigError(
+            "--secret takes a variable name, not a value",
+            hint="export NAME=... and pass --secret NAME (values never go on the command line)",
+        )
+    print_uncommitted(args.repo, args.ref)
+    body = request_body(args, found, environ, (names, given), secret_names)
+    provider = str(body["provider"])
+    client = found.client
+    if args.detach:
+        task = client.request("POST", "/v1/tasks", body)
+        if args.as_json:
+            emit_json({"id": task["id"], "status": task["status"],
+                       "session_dir": task["session_dir"]})  # fmt: skip
+        else:
+            click.echo(task["id"])
+        return True
+    with _sigterm_raises():
+        try:
+            task = client.request("POST", "/v1/tasks", body)
+        except _Terminated as exc:
+            raise KeyboardInterrupt from exc  # no task yet: "interrupted", as the full path
+        if not args.as_json:
+            click.echo(f"hal: task {task['id']} ({found.agent} on {provider}, via hal serve)",
+                       err=True)  # fmt: skip
+        on_output, on_event = _callbacks(raw=args.raw, quiet=args.as_json)
+        try:
+            record = see_through(client, task["id"], on_output, on_event)
+        except (KeyboardInterrupt, _Terminated) as exc:
+            # Ctrl-C (or SIGTERM) of a foreground run cancels the task, as the full path.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not stop this
+            with contextlib.suppress(HalError):
+                client.request("POST", f"/v1/tasks/{task['id']}/cancel")
+            click.echo(
+                f"\nhal: task {task['id']} cancelled; session kept at {task['session_dir']}",
+                err=True,
+            )
+            sys.exit(130 if isinstance(exc, KeyboardInterrupt) else 128 + signal.SIGTERM)
+    if args.as_json:
+        emit_json(record)
+    else:
+        click.echo("")
+        click.echo(summary(cast(TaskSummary, SimpleNamespace(**record))))
+    failed = exit_status_for(record.get("error_code")) or 1
+    sys.exit(0 if record["status"] == "succeeded" else failed)
+
+
+def request_body(
+    args: RunArgs,
+    found: Plan,
+    environ: Mapping[str, str],
+    env: tuple[list[str], dict[str, str]],
+    secret_names: list[str],
+) -> dict[str, Any]:
+    """The body of ``POST /v1/tasks``: ``client.run_body`` of the full path's request and
+    secrets (a test keeps them equal), and which config applied (``config_sources``)."""
+    names, given = env
+    config = found.config
+    provider = args.provider if args.provider is not None else str(config["default_provider"])
+    body = {
+        "prompt": args.prompt,
+        "repo": args.repo,
+        "ref": args.ref,
+        "agent": found.agent,
+        "provider": provider,
+        "process_manager": (
+            args.process_manager if args.process_manager is not None else config["process_manager"]
+        ),
+        "timeout_s": args.timeout if args.timeout is not None else DEFAULT_TIMEOUT_S,
+        "env_names": names,
+        "env": {},
+        "literal_env": sorted(given),
+        "secret_names": secret_names,
+        "cwd": str(working_dir(args.repo)),
+        "priority": args.priority,
+        "retries": args.retries,
+        "max_tokens": args.max_tokens,
+        "max_cost_usd": args.max_cost,
+        "egress": [],
+        "egress_only": None,
+        "config": config,
+        "config_files": [],
+    }
+    # A template agent calls no API (no network notice, no key variable); the config forwards
+    # nothing: the secrets are the --env and --secret names (client_secrets' rule).
+    wanted = [*names, *secret_names]
+    body["env"] = {**given, **forwarded_env([n for n in wanted if n not in given], environ)}
+    body["config_sources"] = {
+        "describe": "config: " + (", ".join(found.applied) or "defaults"),
+        "notice": None,
+    }
+    return body
+
+
+OnData = Callable[[Mapping[str, Any]], None]
+
+
+def _callbacks(*, raw: bool, quiet: bool) -> tuple[Callable[[str], None] | None, OnData | None]:
+    # main.output_callbacks for a template agent, whose output has no structure to render.
+    if quiet:
+        return None, None
+    if raw or not sys.stdout.isatty():
+        return stream_to_terminal, None
+    from hal9999.cli.output import EventRenderer
+
+    return None, EventRenderer(sys.stdout, show_output=True)
+
+
+def see_through(
+    client: DaemonClient,
+    task_id: str,
+    on_output: Callable[[str], None] | None,
+    on_event: OnData | None,
+) -> dict[str, Any]:
+    """Follow the task's events to its end (the daemon retries it); its final record.
+    ``DaemonTaskAPI.follow``'s long poll, blocking, on the events' JSON."""
+    after_seq = 0
+    gone_since: float | None = None
+    while True:
+        query = {"after_seq": after_seq, "wait": FOLLOW_WAIT_S}
+        try:
+            page = client.request("GET", f"/v1/tasks/{task_id}/events", query=query)
+        except DaemonUnavailable:
+            # A restarting daemon (it adopts running agents): keep following a while.
+            now = time.monotonic()
+            gone_since = gone_since or now
+            if now - gone_since > RECONNECT_S:
+                raise
+            time.sleep(0.5)
+            continue
+        gone_since = None
+        for event in page["events"]:
+            after_seq = max(after_seq, int(event["seq"]))
+            if on_output is not None and event["type"] == "output":
+                on_output(event["text"])
+            if on_event is not None and event["type"] not in HAL_OWN:
+                on_event(event)
+        if page["done"]:
+            break
+    return cast(dict[str, Any], client.request("GET", f"/v1/tasks/{task_id}"))
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised where the process is, so a foreground run ends like Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Any:
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once, as cancel_on_sigterm
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,49 @@
+"""When hal's configuration is only its defaults and a few variables, without reading it.
+
+The layered config (:mod:`hal9999.config`) is pydantic models: about 240 modules, most of
+a light command's start-up. The thin paths (``hal task list``, ``hal run`` through the
+daemon) use it only when something could make it differ from what they know: a user config
+file, a ``./hal.toml``, or a ``HAL_*`` variable they do not understand. Anything else is
+the full path's to read, resolve and, when it is wrong, report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+THIN_VARS = frozenset({"HAL_HOME", "HAL_NO_DAEMON"})
+"""``HAL_*`` variables every thin path understands."""
+
+
+def thin_home(
+    environ: Mapping[str, str], cwd: Path | None, allowed: frozenset[str] = THIN_VARS
+) -> Path | None:
+    """The home the full config would give, when only defaults and ``allowed`` variables
+    apply; None when anything else might (then the full path decides). ``cwd`` None: it was
+    deleted (no ``./hal.toml`` then)."""
+    for name, value in environ.items():
+        if name.startswith("HAL_") and value and name not in allowed:
+            return None
+    if _user_config(environ).exists() or (cwd is not None and (cwd / "hal.toml").exists()):
+        return None
+    given = environ.get("HAL_HOME", "")
+    if given:
+        # Relative, `~` and non-ASCII homes are the config's to resolve and check.
+        return Path(given) if given.isascii() and given.startswith("/") else None
+    home = _xdg(environ, "XDG_DATA_HOME", ".local/share") / "hal9999"
+    # The config expands `~` in it (a HOME of `~x`, say): its to resolve, as above.
+    return home if home.is_absolute() and str(home).isascii() else None
+
+
+def _xdg(environ: Mapping[str, str], var: str, fallback: str) -> Path:
+    # As hal9999.config._xdg_dir: a relative value is invalid and ignored.
+    value = environ.get(var, "")
+    if value and Path(value).is_absolute():
+        return Path(value)
+    home = environ.get("HOME")
+    return (Path(home) if home else Path.home()) / fallback
+
+
+def _user_config(environ: Mapping[str, str]) -> Path:
+    return _xdg(environ, "XDG_CONFIG_HOME", ".config") / "hal9999" / "config.toml"

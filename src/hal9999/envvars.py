@@ -1,0 +1,62 @@
+"""Environment variable names and values from the command line and the host, light.
+
+The standard library only, so the thin ``hal run`` client (:mod:`hal9999.cli.daemon_run`)
+checks ``--env``/``--secret`` and forwards the host's values by the same rules as the task
+service, without importing pydantic (:mod:`hal9999.values` and
+:mod:`hal9999.credentials` re-export these names).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+
+from hal9999.errors import CredentialsError, UsageError
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def is_text(value: str) -> bool:
+    """Whether ``value`` is text: undecodable bytes from argv or the environment arrive as
+    lone surrogates, which no file, database or JSON document can hold."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def is_env_name(value: str) -> bool:
+    """Whether ``value`` is a usable environment variable name (ASCII letters, digits, _)."""
+    # ASCII only: a name the shell and execve agree on, and one SQLite and JSON keep exactly.
+    return _ENV_NAME.fullmatch(value) is not None
+
+
+def forwarded_env(names: Iterable[str], environ: Mapping[str, str]) -> dict[str, str]:
+    """The values of ``names`` from the host; a missing one is a clear error."""
+    env: dict[str, str] = {}
+    for name in names:
+        if name not in environ:
+            raise CredentialsError(
+                f"environment variable {name} is not set",
+                hint=f"export {name}=... before running hal, or drop --env {name}",
+            )
+        env[name] = environ[name]
+    return env
+
+
+def parse_env_option(values: Iterable[str]) -> tuple[list[str], dict[str, str]]:
+    """Split ``--env KEY`` / ``--env KEY=VAL`` options into forwarded names and given values."""
+    names: list[str] = []
+    given: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not is_env_name(key):  # ASCII only: the same rule as forward_env in the config
+            raise UsageError(
+                f"invalid --env name {key!r}",
+                hint="use --env NAME or --env NAME=VALUE, NAME of ASCII letters, digits and _",
+            )
+        if sep:
+            given[key] = value
+        names.append(key)
+    return names, given

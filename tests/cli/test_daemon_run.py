@@ -1,0 +1,197 @@
+"""The thin ``hal run`` client (``cli/daemon_run.py``): it sends what the full client sends,
+takes over only where it can, and imports no models (issue 16, target 1)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+
+from hal9999.agents.registry import is_template as registry_is_template
+from hal9999.cli import daemon_run, options
+from hal9999.cli.daemon_run import (
+    DEFAULT_TIMEOUT_S,
+    Plan,
+    RunArgs,
+    default_config,
+    is_template,
+    request_body,
+    simple_config,
+)
+from hal9999.config import HalConfig, load_config_sources
+from hal9999.server.client import DaemonClient, client_secrets, run_body
+from hal9999.server.runtime import DaemonInfo
+from hal9999.tasks.service import RunRequest
+from hal9999.tasks.state import TaskStatus
+from hal9999.values import (
+    MAX_TIMEOUT_S,
+    MIN_TIMEOUT_S,
+    ConfigNotes,
+    Name,
+    TimeoutSeconds,
+    check_run_body,
+    check_value,
+)
+
+
+def test_the_default_config_is_the_models(tmp_path: Path) -> None:
+    model = HalConfig.model_validate({"home": str(tmp_path)})
+    assert default_config(tmp_path) == model.model_dump(mode="json")
+    assert model.timeout_s == DEFAULT_TIMEOUT_S and type(model.timeout_s) is int
+
+
+@pytest.fixture
+def user(tmp_path: Path) -> dict[str, str]:
+    """An environment with a HOME and config dir of its own, no HAL_* settings."""
+    return {"HOME": str(tmp_path / "u"), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+
+
+SIMPLE = [
+    {},
+    {"HAL_HOME": "/srv/hal/"},
+    {"HAL_PROVIDER": "bwrap"},
+    {"HAL_AGENT": "x y", "HAL_PROVIDER": "local,bwrap", "HAL_PROCESS_MANAGER": "direct"},
+    {"HAL_AGENT": "", "HAL_NO_DAEMON": "0", "HAL_HOME": "/a//b"},
+]
+
+
+@pytest.mark.parametrize("extra", SIMPLE)
+def test_a_simple_config_is_what_the_loader_gives(
+    extra: dict[str, str], user: dict[str, str], tmp_path: Path
+) -> None:
+    environ = {**user, **extra}
+    found = simple_config(environ, tmp_path)
+    config, sources = load_config_sources(environ, tmp_path)
+    assert found is not None
+    assert found[0] == config.model_dump(mode="json")
+    assert found[1] == sources.env
+    assert "config: " + (", ".join(found[1]) or "defaults") == sources.describe()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"HAL_TIMEOUT": "3600"},  # any variable it does not understand
+        {"HAL_LOG_LEVEL": "info"},
+        {"HAL_BWRAP_MAX_SIZE": "3"},
+        {"HAL_AGENT": "  "},  # an error the full path words
+        {"HAL_PROVIDER": "bwräp"},
+        {"HAL_HOME": "relative"},
+        {"HAL_HOME": "~/x"},
+        {"HOME": "~nobody"},
+    ],
+)
+def test_anything_else_takes_the_full_path(
+    extra: dict[str, str], user: dict[str, str], tmp_path: Path
+) -> None:
+    assert simple_config({**user, **extra}, tmp_path) is None
+
+
+def test_a_config_file_takes_the_full_path(user: dict[str, str], tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "hal.toml").write_text("timeout_s = 60\n")
+    assert simple_config(user, project) is None
+    assert simple_config(user, tmp_path) is not None
+    config = Path(user["XDG_CONFIG_HOME"]) / "hal9999" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text("")
+    assert simple_config(user, tmp_path) is None
+
+
+@pytest.mark.parametrize(
+    "agent", ["claude", "true {{prompt_file}}", "my-agent\t-x", "{{prompt}}", "", "a{b}"]
+)
+def test_templates_are_told_apart_as_the_registry_does(agent: str) -> None:
+    assert is_template(agent) == registry_is_template(agent)
+
+
+def test_option_types_accept_what_the_field_types_accept() -> None:
+    assert options.MIN_TIMEOUT_S == MIN_TIMEOUT_S and options.MAX_TIMEOUT_S == MAX_TIMEOUT_S
+    assert list(options.TASK_STATES) == [state.value for state in TaskStatus]
+    for value in ("1", "2.5", "3600", str(MAX_TIMEOUT_S)):
+        got = options.TIMEOUT.convert(value, None, None)
+        assert got == check_value(TimeoutSeconds, float(value), "seconds")
+        assert type(got) is float
+    for bad in ("0", "0.5", "inf", "nan", "-1", str(MAX_TIMEOUT_S + 1)):
+        with pytest.raises(click.BadParameter) as refused:
+            options.TIMEOUT.convert(bad, None, None)
+        with pytest.raises(Exception) as model:
+            check_value(TimeoutSeconds, float(bad), "seconds")
+        assert str(model.value).split(": ", 1)[-1] in refused.value.message
+    assert options.NAME.convert(" a ", None, None) == check_value(Name, " a ", "name")
+    with pytest.raises(click.BadParameter, match="must not be empty"):
+        options.NAME.convert(" ", None, None)
+
+
+def _args(**given: Any) -> RunArgs:
+    fields: dict[str, Any] = {
+        "prompt": "fix it", "repo": None, "ref": None, "agent": None, "provider": None,
+        "process_manager": None, "timeout": None, "env": (), "secret": (), "raw": False,
+        "as_events": False, "detach": False, "priority": 0, "retries": 0, "max_cost": None,
+        "max_tokens": None, "egress": (), "egress_only": (), "as_json": False,
+    }  # fmt: skip
+    return RunArgs(**(fields | given))
+
+
+@pytest.mark.parametrize(
+    ("given", "extra"),
+    [
+        ({"agent": "true {{prompt_file}}"}, {}),
+        ({"agent": "a {{prompt}}", "provider": "local,bwrap", "timeout": 5.0}, {}),
+        ({"repo": "sub", "ref": "main", "priority": 3, "retries": 2}, {"HAL_PROVIDER": "local"}),
+        (
+            {"env": ("FOO", "BAR=1"), "secret": ("TOKEN",), "max_cost": 0.5, "max_tokens": 9},
+            {"HAL_AGENT": "t {{prompt_file}}", "HAL_PROCESS_MANAGER": "direct"},
+        ),
+    ],
+)
+def test_the_body_is_the_full_clients(
+    given: dict[str, Any],
+    extra: dict[str, str],
+    user: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    environ = {**user, "HAL_HOME": str(tmp_path / "home"), "FOO": "f", "TOKEN": "t0k3n"} | extra
+    found = simple_config(environ, tmp_path)
+    assert found is not None
+    config_json, applied = found
+    args = _args(**given)
+    agent = args.agent or config_json["default_agent"]
+    info = DaemonInfo(pid=1, socket=str(tmp_path / "s"), port=0, started_at=0.0)
+    client = DaemonClient(info, "t")
+    names, values = daemon_run.parse_env_option(args.env)
+    secret_names, _ = daemon_run.parse_env_option(args.secret)
+    plan = Plan(client, config_json, applied, agent)
+    thin = request_body(args, plan, environ, (names, values), secret_names)
+
+    config, sources = load_config_sources(environ, tmp_path)
+    request = RunRequest(
+        prompt=args.prompt, repo=args.repo, ref=args.ref, agent=agent,
+        provider=args.provider or config.default_provider,
+        process_manager=args.process_manager or config.process_manager,
+        timeout_s=args.timeout if args.timeout is not None else config.timeout_s,
+        env_names=names, given_env=values, priority=args.priority, retries=args.retries,
+        secret_names=secret_names, cwd=tmp_path, config=config,
+        config_files=list(sources.files), max_tokens=args.max_tokens,
+        max_cost_usd=args.max_cost, egress=[], egress_only=None,
+    )  # fmt: skip
+    full = run_body(request, client_secrets(config, request, environ))
+    notes = thin.pop("config_sources")
+    assert json.dumps(thin) == json.dumps(full)  # the same document, to the key order
+    assert notes == {"describe": sources.describe(), "notice": None}
+    check_run_body({**thin, "config_sources": notes})
+    ConfigNotes.model_validate(notes)
+
+
+def test_a_daemon_refuses_config_notes_of_the_wrong_shape() -> None:
+    from hal9999.errors import UsageError
+
+    for notes in ({"describe": 1}, {"describe": "x", "more": 1}, "config: x"):
+        with pytest.raises(UsageError, match="config_sources"):
+            check_run_body({"config_sources": notes})

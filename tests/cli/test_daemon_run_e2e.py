@@ -1,0 +1,293 @@
+"""The thin ``hal run`` client against a real ``hal serve``: what it prints, its exit status
+and its errors are the full client's, and it imports no models (issue 16, target 1).
+
+The full client is forced with ``HAL_LOG_LEVEL=WARNING`` (hal's default level, so nothing
+else changes): the thin path leaves any ``HAL_*`` variable it does not understand to it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.cli.conftest import Hal, events_of, start_hal, tasks_json
+
+pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.timeout(300)]
+
+FULL = {"HAL_LOG_LEVEL": "WARNING"}
+"""Takes the full path, and changes nothing else."""
+
+
+@pytest.fixture
+def served(hal: Hal) -> Iterator[Hal]:
+    """``hal`` with a ``hal serve --detach`` running for its home."""
+    assert hal("serve", "--detach").returncode == 0
+    yield hal
+    for task in tasks_json(hal):
+        if task["status"] in ("running", "queued"):
+            hal("task", "cancel", task["id"])
+    assert hal("serve", "--stop").returncode == 0
+
+
+def _normal(text: str, ids: set[str]) -> str:
+    for task_id in ids:
+        text = text.replace(task_id, "<id>")
+    return re.sub(r"duration  \d+(\.\d+)?s", "duration  <t>", text)
+
+
+def _both(hal: Hal, *args: str) -> None:
+    """Run ``hal ARGS`` thin and full; the same output, errors and status, up to ids and
+    times."""
+    before = {t["id"] for t in tasks_json(hal)}
+    thin = hal(*args)
+    full = hal(*args, env=FULL)
+    ids = {t["id"] for t in tasks_json(hal)} - before
+    assert thin.returncode == full.returncode, (thin.stderr, full.stderr)
+    assert _normal(thin.stderr, ids) == _normal(full.stderr, ids)
+    if "--json" in args and thin.stdout.startswith("{"):
+        thin_doc, full_doc = json.loads(thin.stdout), json.loads(full.stdout)
+        assert list(thin_doc) == list(full_doc)
+        differ = [
+            key for key in thin_doc
+            if not key.endswith("_at") and key not in ("runner_pid", "sandbox_id")
+            and _normal(json.dumps(thin_doc[key]), ids) != _normal(json.dumps(full_doc[key]), ids)
+        ]  # fmt: skip
+        assert differ == [], [(k, thin_doc[k], full_doc[k]) for k in differ]
+    else:
+        assert _normal(thin.stdout, ids) == _normal(full.stdout, ids)
+
+
+AGENT = "sh agent.sh {{prompt_file}}"
+
+
+def test_a_run_prints_and_exits_as_the_full_client(served: Hal) -> None:
+    _both(served, "run", "--agent", AGENT, "fix the bug")
+    _both(served, "run", "--agent", AGENT, "fix the bug", "--json")
+    _both(served, "run", "--agent", "false {{prompt_file}}", "fail")
+    _both(served, "run", "--agent", "false {{prompt_file}}", "fail", "--json")
+    _both(served, "run", "--agent", "false {{prompt_file}}", "--retries", "1", "again")
+
+
+def test_detach_as_the_full_client(served: Hal) -> None:
+    thin = served("run", "--detach", "--agent", AGENT, "x")
+    full = served("run", "--detach", "--agent", AGENT, "x", env=FULL)
+    assert thin.returncode == full.returncode == 0 and thin.stderr == full.stderr == ""
+    assert re.fullmatch(r"[a-z0-9]+\n", thin.stdout) and re.fullmatch(r"[a-z0-9]+\n", full.stdout)
+    thin_doc = json.loads(served("run", "--detach", "--json", "--agent", AGENT, "x").stdout)
+    full = served("run", "--detach", "--json", "--agent", AGENT, "x", env=FULL)
+    full_doc = json.loads(full.stdout)
+    assert list(thin_doc) == list(full_doc) == ["id", "status", "session_dir"]
+    assert thin_doc["status"] == full_doc["status"] == "queued"
+
+
+def test_errors_as_the_full_client(served: Hal, demo_repo: Path) -> None:
+    _both(served, "run", "--agent", AGENT, "--env", "HAL_TEST_UNSET_VAR", "x")
+    _both(served, "run", "--agent", AGENT, "--env", "1BAD", "x")
+    _both(served, "run", "--agent", AGENT, "--secret", "A=b", "x")
+    _both(served, "run", "--agent", AGENT, "--repo", str(demo_repo / "missing"), "x")
+    _both(served, "run", "--agent", AGENT, "--ref", "no-such-branch", "x")
+    _both(served, "run", "--agent", AGENT, "--timeout", "0.5", "x")
+    (demo_repo / "untracked.txt").write_text("left out\n")
+    _both(served, "run", "--agent", AGENT, "--ref", "main", "--json", "quiet")
+    _both(served, "run", "--agent", "true {{prompt_file}}", "dirty tree")
+
+
+def test_the_config_that_applied_is_in_the_tasks_events(served: Hal) -> None:
+    out = served("run", "--agent", "true {{prompt_file}}", "x", "--json")
+    assert out.returncode == 0, out.stderr
+    events = events_of(served, json.loads(out.stdout)["id"])
+    messages = [e for e in events if e["type"] == "message"]
+    assert messages[0]["level"] == "info"
+    assert messages[0]["text"] == "config: HAL_HOME, HAL_PROVIDER"
+
+
+def test_a_prompt_from_standard_input_or_a_file(
+    served: Hal, hal_env: dict[str, str], demo_repo: Path, tmp_path: Path
+) -> None:
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("from a file\n")
+    for args, stdin in (
+        (("--prompt-file", str(prompt)), None),
+        (("-",), "from stdin\n"),
+        (("--prompt-file", "-"), "from stdin too\n"),
+    ):
+        runs = []
+        for extra in ({}, FULL):
+            done = subprocess.run(
+                [sys.executable, "-m", "hal9999", "run", "--agent", "cat {{prompt_file}}",
+                 "--json", *args],
+                cwd=demo_repo, env={**hal_env, **extra}, capture_output=True, text=True,
+                input=stdin or "", timeout=60,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            runs.append(json.loads(done.stdout)["prompt"])
+        assert runs[0] == runs[1] == (stdin or "from a file\n")
+
+
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_cancels_the_task_as_the_full_client(
+    served: Hal, hal_env: dict[str, str], demo_repo: Path, sig: signal.Signals, status: int
+) -> None:
+    proc = start_hal(hal_env, demo_repo, "run", "--agent", "sleep 60", "wait")
+    assert proc.stderr is not None
+    line = proc.stderr.readline()
+    task_id = re.match(r"hal: task (\w+) \(sleep 60 on bwrap, via hal serve\)", line)
+    assert task_id is not None, line
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # signalled while it follows the running agent
+        found = [t for t in tasks_json(served) if t["id"] == task_id[1]]
+        if found and found[0]["status"] == "running":
+            break
+        time.sleep(0.1)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == status, err
+    assert f"hal: task {task_id[1]} cancelled; session kept at" in err
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = [t for t in tasks_json(served) if t["id"] == task_id[1]]
+        if found[0]["status"] == "cancelled":
+            break
+        time.sleep(0.1)
+    assert found[0]["status"] == "cancelled"
+
+
+RUN_AND_LIST = """
+import json, runpy, sys
+sys.argv = ["hal", *sys.argv[1:]]
+try:
+    runpy.run_module("hal9999", run_name="__main__")
+except SystemExit as exc:
+    sys.stderr.write("\\nexit " + str(exc.code))
+sys.stderr.write("\\n" + json.dumps(sorted(sys.modules)))
+"""
+
+NOT_IN_THE_THIN_CLIENT = (
+    "pydantic",
+    "asyncio",
+    "hal9999.config",
+    "hal9999.events.models",
+    "hal9999.store",
+    "hal9999.store.records",
+    "hal9999.spec",
+    "hal9999.values",
+    "hal9999.tasks.service",
+    "hal9999.tasks.api",
+    "hal9999.agents.registry",
+    "httpx",
+)
+
+
+def test_a_run_through_the_daemon_imports_no_models(
+    served: Hal, hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    for extra, thin in (({}, True), (FULL, False)):
+        done = subprocess.run(
+            [sys.executable, "-c", RUN_AND_LIST, "run", "--agent", "true {{prompt_file}}", "x"],
+            cwd=demo_repo, env={**hal_env, **extra}, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        *_, status, listed = done.stderr.splitlines()
+        assert status == "exit 0", done.stderr[-2000:]
+        modules = set(json.loads(listed))
+        loaded = sorted(modules & set(NOT_IN_THE_THIN_CLIENT))
+        if thin:
+            assert loaded == [], loaded
+            assert len(modules) < 200, len(modules)
+        else:
+            assert "pydantic" in loaded, "HAL_LOG_LEVEL takes the full path"
+
+
+def _running(hal: Hal, agent: str = "sleep 60") -> str:
+    task_id = hal("run", "--detach", "--agent", agent, "wait").stdout.strip()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if [t for t in tasks_json(hal) if t["id"] == task_id and t["status"] == "running"]:
+            return task_id
+        time.sleep(0.1)
+    pytest.fail(f"task {task_id} did not start")
+
+
+def test_task_show_stop_and_cancel_as_the_full_client(served: Hal) -> None:
+    task_id = _running(served)
+    for args in (("show", task_id), ("show", task_id[:5], "--json"), ("show", "nosuchtask")):
+        thin, full = served("task", *args), served("task", *args, env=FULL)
+        assert (thin.returncode, thin.stderr) == (full.returncode, full.stderr)
+        if "--json" in args:
+            thin_doc, full_doc = json.loads(thin.stdout), json.loads(full.stdout)
+            assert list(thin_doc) == list(full_doc) and thin_doc["id"] == full_doc["id"]
+        else:
+            assert _normal(thin.stdout, {task_id}) == _normal(full.stdout, {task_id})
+    for action, json_too in (("stop", False), ("cancel", True)):
+        first, second = _running(served), _running(served)
+        extra = ("--json",) if json_too else ()
+        thin = served("task", action, first, *extra)
+        full = served("task", action, second, *extra, env=FULL)
+        assert thin.returncode == full.returncode == 0, (thin.stderr, full.stderr)
+        assert thin.stderr == full.stderr == ""
+        if json_too:
+            thin_doc, full_doc = json.loads(thin.stdout), json.loads(full.stdout)
+            assert list(thin_doc) == list(full_doc)
+            assert thin_doc["status"] == full_doc["status"] == "cancelled"
+        else:
+            assert thin.stdout.replace(first, "<id>") == full.stdout.replace(second, "<id>")
+    served("task", "cancel", task_id)
+
+
+def test_task_show_through_the_daemon_imports_no_models(
+    served: Hal, hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    task_id = _running(served)  # running, so that cancelling it succeeds
+    for args in (("task", "show", task_id), ("task", "cancel", task_id, "--json")):
+        done = subprocess.run(
+            [sys.executable, "-c", RUN_AND_LIST, *args],
+            cwd=demo_repo, env=hal_env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        *_, status, listed = done.stderr.splitlines()
+        assert status in ("exit 0", "exit None"), done.stderr[-2000:]
+        loaded = sorted(set(json.loads(listed)) & set(NOT_IN_THE_THIN_CLIENT))
+        assert loaded == [], loaded
+
+
+def _on_a_terminal(hal_env: dict[str, str], cwd: Path, env: dict[str, str], *args: str) -> str:
+    """What ``hal ARGS`` writes to a terminal (its stdout a pty), stderr included."""
+    import os
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hal9999", *args], cwd=cwd, env={**hal_env, **env},
+        stdin=subprocess.DEVNULL, stdout=follower, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the terminal's other side is closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert proc.wait(timeout=60) == 0
+    return b"".join(chunks).decode()
+
+
+def test_a_run_on_a_terminal_renders_as_the_full_client(
+    served: Hal, hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    # The title escape is the agent's: dropped on the terminal by both clients.
+    agent = "sh -c 'printf \"\\033]0;title\\007hello\\n\"; cat $0' {{prompt_file}}"
+    before = {t["id"] for t in tasks_json(served)}
+    thin = _on_a_terminal(hal_env, demo_repo, {}, "run", "--agent", agent, "on a tty")
+    full = _on_a_terminal(hal_env, demo_repo, FULL, "run", "--agent", agent, "on a tty")
+    ids = {t["id"] for t in tasks_json(served)} - before
+    assert "hello\r\non a tty" in thin and "\x1b]0;" not in thin
+    assert _normal(thin, ids) == _normal(full, ids)
