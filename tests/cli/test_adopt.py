@@ -94,6 +94,8 @@ def test_kill_9_leaves_agent_attachable_followable_and_resume_adopts_it(
 
     Path(str(task["session_dir"]), "workspace", "go").touch()
     done = [(proc, *proc.communicate(timeout=60)) for proc in racing]
+    shown = [(proc.returncode, out, err) for proc, out, err in done]
+    assert sorted(proc.returncode for proc, _, _ in done) == [0, 9], shown
     [(_, out, _)] = [d for d in done if d[0].returncode == 0]
     [(_, _, refused)] = [d for d in done if d[0].returncode == 9]
     assert "Traceback" not in refused and "hal: error:" in refused, refused

@@ -58,8 +58,9 @@ KILL_S = 5.0
 ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-class AgentProtocolError(ExecError):
-    """The guest's agent sent something it never would: the command is failed, not trusted."""
+AgentProtocolError = ExecError
+"""The guest's agent sent something it never would: the command is failed, not trusted (an
+ExecError: one class per error code, see errors.py)."""
 
 
 CLOSED = 255
