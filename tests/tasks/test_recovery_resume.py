@@ -3,7 +3,9 @@ only one process at a time decides how a task resumes."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.tasks.test_recovery import DEAD_PID, make_task
@@ -13,7 +15,7 @@ from hal9999.errors import TaskStateError
 from hal9999.spec import SandboxSpec
 from hal9999.store import Store
 from hal9999.tasks.plugins import load_provider_for
-from hal9999.tasks.recovery import resume, resume_lock
+from hal9999.tasks.recovery import mark_adopted, resume, resume_lock
 from hal9999.tasks.service import TaskService
 from hal9999.tasks.session import Session
 
@@ -52,4 +54,31 @@ async def test_a_second_resume_at_the_same_time_is_refused(tmp_path: Path) -> No
     assert store.get_task("dead5678").status == "interrupted", "the refused resume changed nothing"
     record, _ = await resume(service, "dead5678")
     assert record.status == "queued"
+    store.close()
+
+
+def test_an_adoption_never_shows_the_task_running_under_its_dead_runner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `running` with the dead runner's pid, even between two writes, is what any hal process
+    # reconciles back to `interrupted`; a second `hal task resume` then adopted the agent
+    # again (two runs on one workspace: seen in CI as a resume that never ended).
+    home = tmp_path / "home"
+    store = Store.open(home)
+    service = TaskService(HalConfig(home=home), store, {})
+    store.insert_task(make_task(home, "t1", "interrupted", runner_pid=DEAD_PID))
+    task = store.get_task("t1")
+    seen: list[tuple[str, int | None]] = []
+    set_status = store.set_status
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        updated = set_status(*args, **kwargs)
+        row = store.get_task("t1")
+        seen.append((row.status, row.runner_pid))
+        return updated
+
+    monkeypatch.setattr(store, "set_status", watched)
+    adopted = mark_adopted(service, task, "a test")
+    assert adopted.status == "running" and adopted.runner_pid == os.getpid()
+    assert seen == [("running", os.getpid())]
     store.close()

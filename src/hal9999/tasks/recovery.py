@@ -265,6 +265,9 @@ def mark_adopted(service: TaskService, task: TaskRecord, by: str) -> TaskRecord:
     """Record that this process (``by`` says which command) now runs ``task``."""
     with service.events(task) as events:
         if task.status == TaskStatus.INTERRUPTED:
+            # The runner's pid goes in the same statement as ``running``: a task shown
+            # running with its dead runner's pid, even for a moment, is one any hal process
+            # reconciles back to interrupted, and a second resume then adopted it again.
             transition(
                 service.store,
                 events,
@@ -274,6 +277,7 @@ def mark_adopted(service: TaskService, task: TaskRecord, by: str) -> TaskRecord:
                 detail="adopted",
                 error_code=None,
                 error_message=None,
+                runner_pid=os.getpid(),
             )
         events.emit(Message(text=f"adopted by {by} (pid {os.getpid()}); the agent kept running"))
     return service.store.update_task(task.id, runner_pid=os.getpid())
