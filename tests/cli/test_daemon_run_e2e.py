@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from tests.cli.conftest import Hal, events_of, start_hal, tasks_json
+from tests.cli.test_run_imports import RUN_AND_LIST
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.timeout(300)]
 
@@ -158,16 +159,6 @@ def test_a_signal_cancels_the_task_as_the_full_client(
         time.sleep(0.1)
     assert found[0]["status"] == "cancelled"
 
-
-RUN_AND_LIST = """
-import json, runpy, sys
-sys.argv = ["hal", *sys.argv[1:]]
-try:
-    runpy.run_module("hal9999", run_name="__main__")
-except SystemExit as exc:
-    sys.stderr.write("\\nexit " + str(exc.code))
-sys.stderr.write("\\n" + json.dumps(sorted(sys.modules)))
-"""
 
 NOT_IN_THE_THIN_CLIENT = (
     "pydantic",
