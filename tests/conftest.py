@@ -142,6 +142,26 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             session_cluster()
 
 
+CRASH_LOGS_SHOWN = 5
+"""At most this many of a failed test's crash logs go into its report."""
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Iterator[None]:
+    """A failed test's report carries the traceback of every ``hal`` crash it caused: the
+    crash log lives under the test's temporary directory, which is gone when CI prints the
+    failure, and the one line hal prints names only the file."""
+    report: pytest.TestReport = yield
+    tmp = getattr(item, "funcargs", {}).get("tmp_path")
+    if report.failed and isinstance(tmp, Path):
+        for log in sorted(tmp.rglob("hal-crash-*.log"))[:CRASH_LOGS_SHOWN]:
+            with contextlib.suppress(OSError):
+                report.sections.append((f"hal crash log {log}", log.read_text(errors="replace")))
+    return report  # type: ignore[no-any-return]
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Stop the Ray cluster, if this run started one."""
     from tests import ray_cluster

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 from pathlib import Path
 
@@ -187,3 +188,80 @@ async def test_real_cgroup_reapplied_limits_replace_the_old_ones() -> None:
             assert files["cpu.max"].read_text().split()[0] == "max"
     finally:
         await cgroup.remove()
+
+
+def _remove(cgroup: cgroups.Cgroup) -> None:
+    """Remove ``cgroup``'s (empty) directories, as a second ``hal`` process destroying the
+    same sandbox does at any moment."""
+    for path in cgroup.dirs:
+        if path.exists():
+            path.rmdir()
+
+
+@pytest.mark.cgroup
+async def test_a_cgroup_removed_during_the_read_of_its_processes_holds_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `hal task stop` and the task's runner both destroy the sandbox when it stops; the
+    # kernel answers ENODEV to a read of a cgroup file opened before the rmdir (seen in CI
+    # as an internal error of `hal task stop`).
+    host = cgroups.detect()
+    assert host is not None
+    name = f"test-gone-{os.getpid()}"
+    cgroup = host.create(name, cgroups.CgroupLimits())
+    try:
+        fd = os.open(cgroup.procs_files()[0], os.O_RDONLY)
+        _remove(cgroup)
+        with pytest.raises(OSError) as raised:
+            os.read(fd, 4096)
+        os.close(fd)
+        assert raised.value.errno == errno.ENODEV  # what the kernel does, checked here
+
+        cgroup = host.create(name, cgroups.CgroupLimits())
+
+        def racing_read(path: str) -> bytes:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                _remove(cgroup)
+                return os.read(fd, 4096)
+            finally:
+                os.close(fd)
+
+        monkeypatch.setattr(cgroups, "read_all", racing_read)
+        assert cgroup.pids() == set()
+        assert not cgroup.exists()
+        await cgroup.remove()  # and the rest of a destroy goes on
+    finally:
+        _remove(cgroup)
+
+
+async def test_a_v2_cgroup_removed_before_its_kill_is_written_is_gone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    info = Path("/proc/self/mountinfo").read_text()
+    mounts = [line.split()[4] for line in info.splitlines() if " - cgroup2 " in line]
+    usable = [Path(m) for m in mounts if os.access(m, os.W_OK)]
+    if not usable:
+        pytest.skip("no writable cgroup v2 hierarchy here")
+    host = cgroups.CgroupHost(2, {"unified": usable[0]}, frozenset())
+    cgroup = host.create(f"test-v2-gone-{os.getpid()}", cgroups.CgroupLimits())
+    met: list[int] = []
+
+    def racing_write(path: Path, value: object) -> None:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            _remove(cgroup)
+            os.write(fd, f"{value}\n".encode())
+        except OSError as exc:
+            met.append(exc.errno or 0)
+            raise
+        finally:
+            os.close(fd)
+
+    monkeypatch.setattr(cgroups, "_write", racing_write)
+    try:
+        await cgroup.kill_all()
+        await cgroup.remove()
+    finally:
+        _remove(cgroup)
+    assert met == [errno.ENODEV]  # the kernel's answer, met and taken as "gone"

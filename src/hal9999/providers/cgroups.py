@@ -85,11 +85,15 @@ class Cgroup(ABC):
         return [str(path / "cgroup.procs") for path in self.dirs]
 
     def pids(self) -> set[int]:
-        """Every process currently inside."""
+        """Every process currently inside (none once the cgroup is gone, even when another
+        ``hal`` process removes it in the middle of the read)."""
         found: set[int] = set()
         for path in self.dirs:
-            with contextlib.suppress(FileNotFoundError):
-                found.update(int(line) for line in (path / "cgroup.procs").read_text().split())
+            try:
+                found.update(int(line) for line in read_all(str(path / "cgroup.procs")).split())
+            except OSError as exc:
+                if not removed(exc):
+                    raise
         return found
 
     def exists(self) -> bool:
@@ -206,8 +210,11 @@ class CgroupV2(Cgroup):
         """Kill everything inside; ``cgroup.kill`` does it atomically where the kernel has it."""
         kill_file = self.dirs[0] / "cgroup.kill"
         if kill_file.exists():
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 _write(kill_file, 1)
+            except OSError as exc:
+                if not removed(exc):
+                    raise
         await super().kill_all()
 
 
@@ -316,6 +323,13 @@ def _words(path: Path) -> set[str]:
         return set(path.read_text().split())
     except OSError:
         return set()
+
+
+def removed(exc: OSError) -> bool:
+    """Whether ``exc`` says the cgroup went away under the call: its directory was gone at
+    the open (ENOENT), or removed, by another process destroying the same sandbox, between
+    the open and the read or write (ENODEV: what a removed cgroup's open file answers)."""
+    return exc.errno in (errno.ENOENT, errno.ENODEV)
 
 
 def _write(path: Path, value: object) -> None:
