@@ -152,6 +152,17 @@ class HalGroup(LazyGroup):
                 )
                 click.echo(f"hal: error: {full.one_line()}", err=True)
                 ctx.exit(full.exit_status)
+            if store_busy(exc):
+                from hal9999.store.sqlite import BUSY_TIMEOUT_S
+
+                busy = HomeError(
+                    "hal's database stayed locked by another hal process for longer than "
+                    f"the {BUSY_TIMEOUT_S:g} s a command waits",
+                    hint="run the command again; if it keeps happening, look for a stuck "
+                    "hal process (`pgrep -af hal`)",
+                )
+                click.echo(f"hal: error: {busy.one_line()}", err=True)
+                ctx.exit(busy.exit_status)
             error = internal_error(exc, os.environ)
             click.echo(f"hal: error: {error.one_line()}", err=True)
             ctx.exit(error.exit_status)
@@ -168,6 +179,19 @@ def disk_full(exc: BaseException) -> bool:
         # SQLite's "database or disk is full" carries no errno.
         if sqlite3 is not None and isinstance(current, sqlite3.OperationalError):
             return "full" in str(current)
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def store_busy(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is SQLite giving up on a lock another process
+    held past the busy timeout (on a loaded machine: many runners writing at once)."""
+    current: BaseException | None = exc
+    sqlite3 = sys.modules.get("sqlite3")
+    while current is not None:
+        if sqlite3 is not None and isinstance(current, sqlite3.OperationalError):
+            text = str(current)
+            return "locked" in text or "busy" in text
         current = current.__cause__ or current.__context__
     return False
 
