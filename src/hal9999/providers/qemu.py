@@ -5,10 +5,8 @@ the image's saved VM state (or by booting, see ``boot``), and host directories s
 virtio-9p: the spec's workspace at ``/workspace`` and each bind at its target. Stopping
 ends the VM and keeps every file (the overlay and the shares); starting boots a new VM over
 them. Commands reach the guest over virtio-serial ports, so no TCP port is ever opened and
-any number of VMs run side by side: ``exec`` and ``exec_stream`` over hal's exec agent
-(:mod:`qemuagent`) when the image has one and a port is free, else over ssh
-(:mod:`qemussh`), which also carries ``launch``, ``attach`` and port forwards. With the
-agent, ssh connects only when one of those first needs it.
+any number of VMs run side by side; the sandbox handle that runs them (over hal's exec agent
+or ssh) is :mod:`qemusandbox`.
 """
 
 from __future__ import annotations
@@ -21,7 +19,6 @@ import math
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -29,16 +26,10 @@ from pydantic import BaseModel, ConfigDict
 
 from hal9999.errors import ConfigError, ProviderError, SandboxNotFound
 from hal9999.images.store import Image, ImageStore, images_root
-from hal9999.providers import hostexec, hostfs, qemuagent, qemumount, qemussh, qemuvm
-from hal9999.providers.base import (
-    Capabilities,
-    Command,
-    ExecResult,
-    Launch,
-    SandboxInfo,
-    StreamEvent,
-)
-from hal9999.providers.hostsandbox import HostProvider, HostSandbox, SandboxRecord, check_spec
+from hal9999.providers import hostfs, qemumount, qemussh, qemuvm
+from hal9999.providers.base import Capabilities, SandboxInfo
+from hal9999.providers.hostsandbox import HostProvider, SandboxRecord, check_spec
+from hal9999.providers.qemusandbox import WORKDIR, QemuSandbox, run_root
 from hal9999.providers.qemustate import (
     DEFAULT_CPUS,
     DEFAULT_MEMORY_MB,
@@ -51,33 +42,13 @@ from hal9999.providers.qemustate import (
     wait_vm,
 )
 from hal9999.providers.qemuvm import RunDir, Shape, Share
-from hal9999.spec import ArgvCommand, SandboxSpec, display, to_argv
+from hal9999.spec import SandboxSpec
 
 logger = logging.getLogger(__name__)
-WORKDIR = "/workspace"
-HOME = "/home/hal"
 VM_RECORD = "vm.json"
 SETUP = "/usr/local/lib/hal/setup"
 """The guest's start-up helper (``images/guest/hal-setup.c``): entropy, clock, limits, mounts."""
 QUIESCE = "/usr/local/lib/hal/quiesce"
-
-
-async def run_root(
-    run: RunDir,
-    ports: int,
-    argv: list[str],
-    *,
-    stdin: bytes = b"",
-    time_limit: float,
-    restored: bool = False,
-) -> str:
-    """One of hal's own root steps in the guest, over the exec agent when it has one
-    (``restored``: the first since a restore, see :func:`qemuagent._hello`)."""
-    if ports:
-        return await qemuagent.run_root(
-            run, ports, argv, stdin=stdin, time_limit=time_limit, restored=restored
-        )
-    return await qemussh.run_root(run, argv, stdin=stdin, time_limit=time_limit)
 
 
 class QemuConfig(BaseModel):
@@ -114,143 +85,6 @@ class VmRecord(BaseModel):
     """Seconds from QEMU start to a working exec channel."""
     exec_ports: int = 0
     """Ports of the guest's exec agent (from the image); 0: every command goes over ssh."""
-
-
-class QemuSandbox(HostSandbox):
-    """A microVM; shared directories are read and written on the host, the rest inside."""
-
-    home = HOME
-
-    def __init__(self, owner: QemuProvider, record: SandboxRecord) -> None:
-        workspace = record.spec.workspace
-        mounts = [hostfs.Mount(WORKDIR, workspace, True)] if workspace else []
-        mounts += [
-            hostfs.Mount(hostfs.normalize(b.target, "/"), b.source, not b.read_only)
-            for b in record.spec.binds
-        ]
-        super().__init__(owner, record, hostfs.PathMap(mounts, cwd=WORKDIR))
-        self._run = RunDir(record.id)
-        self._provider = owner
-        self._ports: int | None = None
-
-    def guest_env(self, command: Command, env: Mapping[str, str] | None) -> dict[str, str]:
-        """The command's environment inside, with the sandbox marker."""
-        return self.command_env(command, env) | {"HAL_SANDBOX": self.id}
-
-    @property
-    def agent_ports(self) -> int:
-        """Ports of the VM's exec agent (0: an image without one, every command over ssh)."""
-        if self._ports is None:
-            vm = self._provider.vm_record(self.id)
-            if vm is None:
-                return 0
-            self._ports = vm.exec_ports
-        return self._ports
-
-    def _ssh_launch(self, command: Command, env: Mapping[str, str] | None) -> Launch:
-        guest = self.guest_env(command, env)
-        uid, gid = qemussh.uid_gid()
-        aliased = self.agent_ports > 0  # its hal-exec takes sshd's own variables by -A
-        argv = qemussh.command_argv(
-            self._run, to_argv(command), env=guest,
-            cwd=self._paths.normalize(command.cwd or WORKDIR), uid=uid, gid=gid, aliased=aliased,
-        )  # fmt: skip
-        return Launch(argv=argv, env=qemussh.ssh_env(guest, aliased=aliased), cwd=self.dir)
-
-    def launch(self, command: Command, *, env: Mapping[str, str] | None = None) -> Launch:
-        """An ssh command line over the VM's channel; variable values ride in its env. With
-        the exec agent, ssh may not be connected yet: the line connects it first if so."""
-        launch = self._ssh_launch(command, env)
-        if self.agent_ports:
-            argv = qemussh.ensured(self._run, launch.argv, log=self.dir / "qemu.log")
-            return Launch(argv=argv, env=launch.env, cwd=launch.cwd)
-        return launch
-
-    async def _ssh_ready(self) -> None:
-        """Connect ssh if it is not (images with the exec agent connect it on first need)."""
-        if self.agent_ports:
-            await qemussh.ensure_master(self._run, log=self.dir / "qemu.log", time_limit=60)
-
-    def _agent_request(
-        self, command: Command, env: Mapping[str, str] | None
-    ) -> tuple[list[str], dict[str, str]]:
-        """hal-exec's arguments and environment: what the ssh channel would run."""
-        guest = self.guest_env(command, env)
-        uid, gid = qemussh.uid_gid()
-        cwd = self._paths.normalize(command.cwd or WORKDIR)
-        args = qemussh.hal_exec_args(to_argv(command), sorted(guest), cwd=cwd, uid=uid, gid=gid)
-        return args, guest
-
-    async def exec(
-        self,
-        command: Command,
-        *,
-        env: Mapping[str, str] | None = None,
-        stdin: bytes | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - the contract's per-command timeout
-    ) -> ExecResult:
-        """Run a command to completion over the exec agent (ssh when it has no free port);
-        past ``timeout`` it is killed and ExecError raised."""
-        self._require(running=True)
-        port = qemuagent.claim(self._run, self.agent_ports)
-        if port is None:
-            await self._ssh_ready()
-            launch = self._ssh_launch(command, env)
-            return await hostexec.run(launch, stdin=stdin, time_limit=timeout,
-                                      what=display(command))  # fmt: skip
-        try:
-            args, guest = self._agent_request(command, env)
-            code, out, err = await qemuagent.run(
-                port, args, guest, stdin=stdin, time_limit=timeout, what=display(command)
-            )
-        finally:
-            port.release()
-        return ExecResult(code, out, err)
-
-    async def exec_stream(
-        self, command: Command, *, env: Mapping[str, str] | None = None
-    ) -> AsyncIterator[StreamEvent]:
-        """Run a command, yielding output as it comes and the exit status last."""
-        self._require(running=True)
-        port = qemuagent.claim(self._run, self.agent_ports)
-        if port is None:
-            await self._ssh_ready()
-            events = hostexec.stream(self._ssh_launch(command, env))
-        else:
-            try:
-                args, guest = self._agent_request(command, env)
-            except BaseException:
-                port.release()
-                raise
-            events = qemuagent.stream(port, args, guest)
-        try:
-            async with contextlib.aclosing(events):
-                async for event in events:
-                    yield event
-        finally:
-            if port is not None:
-                port.release()
-
-    async def forward_socket(self, port: int, socket: Path) -> None:
-        """``127.0.0.1:port`` in the guest reaches the host unix ``socket`` over the exec
-        channel (how the LLM gateway and the egress proxy reach a VM with no network)."""
-        await self._ssh_ready()
-        await qemussh.forward_socket(self._run, port, socket)
-
-    def attach_command(self) -> list[str]:
-        """An interactive bash inside (a terminal when the caller has one)."""
-        shell = ArgvCommand(argv=("bash", "-i"))
-        guest = self.guest_env(shell, None)
-        uid, gid = qemussh.uid_gid()
-        aliased = self.agent_ports > 0
-        argv = qemussh.command_argv(
-            self._run, to_argv(shell), env=guest, cwd=WORKDIR, uid=uid, gid=gid, tty=True,
-            aliased=aliased,
-        )  # fmt: skip
-        if aliased:
-            argv = qemussh.ensured(self._run, argv, log=self.dir / "qemu.log")
-        values = qemussh.ssh_env(guest, aliased=aliased)
-        return ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in values.items()), *argv]
 
 
 class QemuProvider(HostProvider):

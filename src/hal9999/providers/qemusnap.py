@@ -24,7 +24,8 @@ from hal9999.providers.qemuvm import RunDir, Shape
 from hal9999.spec import SandboxSpec
 
 if TYPE_CHECKING:
-    from hal9999.providers.qemu import QemuProvider, QemuSandbox
+    from hal9999.providers.qemu import QemuProvider
+    from hal9999.providers.qemusandbox import QemuSandbox
 
 QUIESCE = "/usr/local/lib/hal/quiesce"
 
