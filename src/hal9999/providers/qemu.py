@@ -48,7 +48,6 @@ logger = logging.getLogger(__name__)
 VM_RECORD = "vm.json"
 SETUP = "/usr/local/lib/hal/setup"
 """The guest's start-up helper (``images/guest/hal-setup.c``): entropy, clock, limits, mounts."""
-QUIESCE = "/usr/local/lib/hal/quiesce"
 
 
 class QemuConfig(BaseModel):
