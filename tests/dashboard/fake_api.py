@@ -42,6 +42,8 @@ class FakeApi:
         }  # fmt: skip
         """The hive's records, as its routes return them."""
         self.tasks: dict[str, dict[str, Any]] = {}
+        self.own_warm: dict[str, dict[str, Any]] = {}
+        """What ``/v1/pool`` says providers keep warm themselves (kubernetes' free pods)."""
         self.events: list[dict[str, Any]] = []
         self.calls: list[tuple[str, str, Any]] = []
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -123,7 +125,7 @@ class FakeApi:
             return JSONResponse([])
 
         async def pool(request: Request) -> Response:
-            return JSONResponse({"paused": False, "providers": {}})
+            return JSONResponse({"paused": False, "providers": {}, "own_warm": self.own_warm})
 
         async def stream(request: Request) -> Response:
             last = int(request.headers.get("last-event-id") or 0) or len(self.events)

@@ -152,3 +152,17 @@ def test_notifications_are_opt_in_and_come_when_a_task_ends(
     page.wait_for_function("() => window.__notes.length > 0", timeout=5000)
     assert page.evaluate("window.__notes")[0][0] == "Task t1 succeeded"
     shot(page)
+
+
+def test_the_pool_page_shows_warm_sandboxes_a_provider_keeps(
+    browser: Any, fake_dashboard: Dashboard
+) -> None:
+    served, api, home = fake_dashboard
+    api.own_warm = {"kubernetes": {"free": 2}, "morph": {"error": "<b>unreachable</b>"}}
+    page = open_logged_in(browser, served, home)
+    page.goto(served.base + "/sandboxes")
+    page.wait_for_selector("#pool-summary p")
+    shown = page.inner_text("#pool-summary")
+    assert "kubernetes 2 free warm, kept by the provider" in shown
+    assert "morph warm sandboxes unknown: <b>unreachable</b>" in shown  # text, not markup
+    assert "The pool is empty." not in shown

@@ -1,11 +1,14 @@
 """``hal pool`` with the ``kubernetes`` provider: its warm pods are the provider's own (free
 pods in the cluster, claimed by label in ``create``), so ``hal pool warm`` fills them through
-``fill_warm`` and ``hal pool drain`` deletes the free ones; a task then claims a warm pod."""
+``fill_warm``, ``hal pool status`` counts them (also after the daemon was killed), ``hal
+pool drain`` deletes the free ones, and a task claims a warm pod."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,8 +46,9 @@ def free_pods(fake: FakeKube) -> list[str]:
 
 
 def test_hal_pool_warms_and_drains_kubernetes_warm_pods(
-    fake_k8s: FakeKube, serving: Hal
+    fake_k8s: FakeKube, serving: Hal, hal_env: dict[str, str]
 ) -> None:
+    home = Path(hal_env["HAL_HOME"])
     out = serving("pool", "warm", "2", "--provider", "kubernetes", "--json", timeout=120)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["created"] == {"kubernetes": 2}
@@ -57,7 +61,22 @@ def test_hal_pool_warms_and_drains_kubernetes_warm_pods(
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["status"] == "succeeded"
     assert fake_k8s.pods_created == made and len(free_pods(fake_k8s)) == 1
+    status = serving("pool", "status")
+    assert "kubernetes: 1 free warm sandbox(es), kept by the provider" in status.stdout
+    # The free pod outlives a daemon killed with -9 (a clean stop drains it); the next
+    # daemon of the home still shows it and drains it.
+    pid = json.loads((home / "run" / "serve.json").read_text())["pid"]
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{pid}").exists():
+        assert time.monotonic() < deadline, "the daemon did not die"
+        time.sleep(0.05)
+    assert serving("serve", "--detach", "--json").returncode == 0
+    assert len(free_pods(fake_k8s)) == 1
+    status = serving("pool", "status", "--json")
+    assert json.loads(status.stdout)["own_warm"] == {"kubernetes": {"free": 1}}
     drained = serving("pool", "drain", "--json")
     assert drained.returncode == 0, drained.stderr
     assert json.loads(drained.stdout)["destroyed"] == 1
     assert free_pods(fake_k8s) == []
+    assert json.loads(drained.stdout)["pool"]["own_warm"] == {"kubernetes": {"free": 0}}

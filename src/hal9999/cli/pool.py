@@ -38,7 +38,8 @@ def pool_status(as_json: bool) -> None:
     if as_json:
         emit_json(data)
         return
-    if not data["providers"]:
+    own = data.get("own_warm", {})
+    if not data["providers"] and not own:
         click.echo("the pool is empty" + (" (drained)" if data["paused"] else ""))
     for name, row in data["providers"].items():
         states = ", ".join(f"{n} {s}" for s, n in sorted(row["states"].items()))
@@ -51,6 +52,11 @@ def pool_status(as_json: bool) -> None:
             spec = counts.pop("spec")
             line = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
             click.echo(f"  {key}  {spec}: {line}")
+    for name, counts in own.items():
+        if "error" in counts:
+            click.echo(f"{name}: warm sandboxes unknown: {counts['error']}")
+        else:
+            click.echo(f"{name}: {counts['free']} free warm sandbox(es), kept by the provider")
 
 
 @pool.command()

@@ -88,8 +88,9 @@ class WarmPool:
         self._writes = asyncio.Lock()
         """Orders the sandbox records' writes, which run in threads (off the event loop)."""
         self._background: set[asyncio.Task[Any]] = set()
-        self.own_warm: set[str] = set()
-        """Providers whose warm sandboxes they keep themselves (see :class:`OwnWarmPool`)."""
+        self.own_warm: set[str] = slots.own_warm()
+        """Providers whose warm sandboxes they keep themselves (see :class:`OwnWarmPool`),
+        kept on disk: their warm sandboxes outlive the daemon that made them."""
 
     # -- bookkeeping (never awaits between a check and its update) ------------------------
     def count(self, provider: str, key: str | None = None) -> int:
@@ -299,7 +300,9 @@ class WarmPool:
         """Create up to ``count`` idle sandboxes of ``spec``'s key, within the caps."""
         provider = self.providers(spec.provider)
         if isinstance(provider, OwnWarmPool):  # its warm sandboxes are the provider's
-            self.own_warm.add(spec.provider)
+            if spec.provider not in self.own_warm:
+                self.own_warm.add(spec.provider)
+                await asyncio.to_thread(self.slots.set_own_warm, self.own_warm)
             self.paused = False
             return await provider.fill_warm(count)
         if not self.poolable(provider):
@@ -435,6 +438,22 @@ class WarmPool:
     def status(self) -> dict[str, Any]:
         """Counts per provider and per key, for ``hal pool status``."""
         return report.status(self)
+
+    async def full_status(self) -> dict[str, Any]:
+        """:meth:`status`, and under ``own_warm`` how many warm sandboxes each provider that
+        keeps its own has waiting (``{"free": n}``, or ``{"error": why}`` when it cannot
+        say: a cluster out of reach must not hide the rest of the pool)."""
+        found = self.status()
+        found["own_warm"] = {}
+        for name in sorted(self.own_warm):
+            owner = self.providers(name)
+            if not isinstance(owner, OwnWarmPool):
+                continue
+            try:
+                found["own_warm"][name] = {"free": await owner.warm_count()}
+            except HalError as exc:
+                found["own_warm"][name] = {"error": exc.one_line()}
+        return found
 
     def sandboxes(self) -> list[dict[str, Any]]:
         """Every tracked sandbox, for ``hal sandbox list``."""

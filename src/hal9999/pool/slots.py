@@ -28,6 +28,8 @@ from hal9999.spec import Bind, SandboxSpec
 
 _PLACEHOLDER = Path("/")
 SLOT_LABEL = "hal.slot"
+OWN_WARM_FILE = "own-warm"
+"""In the slot directory: one provider name per line (see :meth:`SlotDir.own_warm`)."""
 """Label naming a pooled sandbox's slot directory."""
 KEY_LABEL = "hal.pool"
 """Label holding a pooled sandbox's pool key."""
@@ -71,6 +73,10 @@ class OwnWarmPool(Protocol):
 
     async def drain_warm(self) -> int:
         """Destroy every warm, unclaimed sandbox; how many."""
+        ...
+
+    async def warm_count(self) -> int:
+        """How many warm, unclaimed sandboxes wait."""
         ...
 
 
@@ -148,6 +154,22 @@ class SlotDir:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+
+    def own_warm(self) -> set[str]:
+        """The providers a daemon of this home asked for warm sandboxes they keep themselves
+        (see :class:`OwnWarmPool`): a later daemon still reports and drains them."""
+        try:
+            text = (self.root / OWN_WARM_FILE).read_text()
+        except (FileNotFoundError, NotADirectoryError):
+            return set()
+        return {name for name in text.split() if name}
+
+    def set_own_warm(self, names: set[str]) -> None:
+        """Record :meth:`own_warm` (atomically)."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self.root / f".{OWN_WARM_FILE}.tmp"
+        tmp.write_text("".join(f"{name}\n" for name in sorted(names)))
+        os.replace(tmp, self.root / OWN_WARM_FILE)
 
     def new(self) -> Slot:
         """A fresh, empty slot."""

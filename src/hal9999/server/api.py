@@ -244,7 +244,7 @@ def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
         return task_json(task)
 
     async def pool_status(request: Request) -> Any:
-        return pool.status()
+        return await pool.full_status()
 
     async def warm(request: Request) -> Any:
         body = request.json()
@@ -253,10 +253,10 @@ def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
         created = {}
         for name in names:
             created[name] = await pool.warm(daemon.default_spec(name), count)
-        return {"created": created, "pool": pool.status()}
+        return {"created": created, "pool": await pool.full_status()}
 
     async def drain(request: Request) -> Any:
-        return {"destroyed": await pool.drain(), "pool": pool.status()}
+        return {"destroyed": await pool.drain(), "pool": await pool.full_status()}
 
     async def sandboxes(request: Request) -> Any:
         return pool.sandboxes()

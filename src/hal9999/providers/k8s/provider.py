@@ -219,6 +219,15 @@ class KubernetesProvider:
                 raise result
         return sum(1 for result in results if isinstance(result, Pod))
 
+    async def warm_count(self) -> int:
+        """How many free warm pods wait in the cluster (``hal pool status``)."""
+        api = self._api()
+        try:
+            free = await api.list_pods({OWNER: self.owner_id(), CLAIM: "free"})
+        finally:
+            await api.aclose()
+        return sum(1 for pod in free if pod.metadata.deletion_timestamp is None)
+
     async def drain_warm(self) -> int:
         """Delete every free warm pod (each first taken by a versioned label patch, so a pod
         claimed meanwhile by a task is left alone); how many went."""

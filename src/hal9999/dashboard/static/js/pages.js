@@ -147,7 +147,9 @@
       hal.clear(summary);
       for (const [name, row] of Object.entries(pool.providers || {}))
         summary.append(el("p", {}, el("strong", { text: name }), " " + Object.entries(row.states).map(([s, n]) => s + " " + n).join(", ") + " · max " + row.max_size + ", warm " + row.min_warm + ", " + row.policy));
-      if (!Object.keys(pool.providers || {}).length) summary.append(el("p", { class: "muted", text: "The pool is empty." }));
+      for (const [name, own] of Object.entries(pool.own_warm || {}))
+        summary.append(el("p", {}, el("strong", { text: name }), own.error ? " warm sandboxes unknown: " + own.error : " " + own.free + " free warm, kept by the provider"));
+      if (!Object.keys(pool.providers || {}).length && !Object.keys(pool.own_warm || {}).length) summary.append(el("p", { class: "muted", text: "The pool is empty." }));
       hal.clear(body).append(...boxes.map((b) => el("tr", {},
         el("td", {}, el("code", { text: b.id })), el("td", { text: b.provider }), el("td", {}, hal.badge(b.state)),
         el("td", {}, b.task_id ? el("a", { href: "/tasks/" + b.task_id, text: b.task_id }) : ""),
