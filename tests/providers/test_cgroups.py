@@ -143,14 +143,20 @@ async def test_real_cgroup_limits_join_kill_remove() -> None:
         await cgroup.remove()
 
 
-async def test_real_v2_tracking_with_cgroup_kill() -> None:
-    # Kill and removal through cgroup.kill, which every v2 hierarchy has controllers or not.
+def writable_v2() -> cgroups.CgroupHost:
+    """A cgroup v2 hierarchy this process may write, with no controllers asked for (the
+    test is skipped where there is none)."""
     info = Path("/proc/self/mountinfo").read_text()
     mounts = [line.split()[4] for line in info.splitlines() if " - cgroup2 " in line]
     usable = [Path(m) for m in mounts if os.access(m, os.W_OK)]
     if not usable:
         pytest.skip("no writable cgroup v2 hierarchy here")
-    host = cgroups.CgroupHost(2, {"unified": usable[0]}, frozenset())
+    return cgroups.CgroupHost(2, {"unified": usable[0]}, frozenset())
+
+
+async def test_real_v2_tracking_with_cgroup_kill() -> None:
+    # Kill and removal through cgroup.kill, which every v2 hierarchy has controllers or not.
+    host = writable_v2()
     cgroup = host.create(f"test-v2-{os.getpid()}", cgroups.CgroupLimits())
     try:
         await _join_and_kill(cgroup)
@@ -238,12 +244,7 @@ async def test_a_cgroup_removed_during_the_read_of_its_processes_holds_none(
 async def test_a_v2_cgroup_removed_before_its_kill_is_written_is_gone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    info = Path("/proc/self/mountinfo").read_text()
-    mounts = [line.split()[4] for line in info.splitlines() if " - cgroup2 " in line]
-    usable = [Path(m) for m in mounts if os.access(m, os.W_OK)]
-    if not usable:
-        pytest.skip("no writable cgroup v2 hierarchy here")
-    host = cgroups.CgroupHost(2, {"unified": usable[0]}, frozenset())
+    host = writable_v2()
     cgroup = host.create(f"test-v2-gone-{os.getpid()}", cgroups.CgroupLimits())
     met: list[int] = []
 
