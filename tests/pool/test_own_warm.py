@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hal9999.errors import CloudServerError
+from hal9999.errors import CloudServerError, UnknownProvider
 from hal9999.pool import ProviderSettings, SlotDir, WarmPool
 from hal9999.pool.slots import OwnWarmPool
 from hal9999.providers.fake import FakeProvider
@@ -74,3 +74,17 @@ async def test_a_provider_that_cannot_count_does_not_hide_the_pool(tmp_path: Pat
         "fake": {"error": "the cluster did not answer (check the API server)"}
     }
     assert status["paused"] is False
+
+
+async def test_a_provider_that_no_longer_loads_is_named_not_fatal(tmp_path: Path) -> None:
+    provider = KeepsItsOwn(tmp_path / "state")
+    await make_pool(tmp_path, provider).warm(SandboxSpec(provider="fake"), 1)
+
+    def gone(name: str) -> FakeProvider:
+        raise UnknownProvider(f"no provider named {name!r}", hint="available: bwrap")
+
+    later = WarmPool(
+        providers=gone, settings=lambda name: ProviderSettings(), slots=SlotDir(tmp_path / "pool")
+    )
+    status = await later.full_status()
+    assert status["own_warm"] == {"fake": {"error": "no provider named 'fake' (available: bwrap)"}}

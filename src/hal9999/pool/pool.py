@@ -446,11 +446,10 @@ class WarmPool:
         found = self.status()
         found["own_warm"] = {}
         for name in sorted(self.own_warm):
-            owner = self.providers(name)
-            if not isinstance(owner, OwnWarmPool):
-                continue
-            try:
-                found["own_warm"][name] = {"free": await owner.warm_count()}
+            try:  # the provider may no longer load (its config gone): say so
+                owner = self.providers(name)
+                if isinstance(owner, OwnWarmPool):
+                    found["own_warm"][name] = {"free": await owner.warm_count()}
             except HalError as exc:
                 found["own_warm"][name] = {"error": exc.one_line()}
         return found
