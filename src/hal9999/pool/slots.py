@@ -28,9 +28,9 @@ from hal9999.spec import Bind, SandboxSpec
 
 _PLACEHOLDER = Path("/")
 SLOT_LABEL = "hal.slot"
+"""Label naming a pooled sandbox's slot directory."""
 OWN_WARM_FILE = "own-warm"
 """In the slot directory: one provider name per line (see :meth:`SlotDir.own_warm`)."""
-"""Label naming a pooled sandbox's slot directory."""
 KEY_LABEL = "hal.pool"
 """Label holding a pooled sandbox's pool key."""
 
