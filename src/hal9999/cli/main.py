@@ -11,7 +11,7 @@ import errno
 import math
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -145,54 +145,59 @@ class HalGroup(LazyGroup):
         except Exception as exc:  # the safety net: a traceback is a bug, say so in one line
             from hal9999.cli.crash import internal_error
 
-            if disk_full(exc):
-                full = DiskFull(
-                    "the disk holding hal's home is full",
-                    hint="free space on the filesystem of HAL_HOME",
-                )
-                click.echo(f"hal: error: {full.one_line()}", err=True)
-                ctx.exit(full.exit_status)
-            if store_busy(exc):
-                from hal9999.store.sqlite import BUSY_TIMEOUT_S
-
-                busy = HomeError(
-                    "hal's database stayed locked by another hal process for longer than "
-                    f"the {BUSY_TIMEOUT_S:g} s a command waits",
-                    hint="run the command again; if it keeps happening, look for a stuck "
-                    "hal process (`pgrep -af hal`)",
-                )
-                click.echo(f"hal: error: {busy.one_line()}", err=True)
-                ctx.exit(busy.exit_status)
-            error = internal_error(exc, os.environ)
+            error = known_failure(exc) or internal_error(exc, os.environ)
             click.echo(f"hal: error: {error.one_line()}", err=True)
             ctx.exit(error.exit_status)
 
 
+def known_failure(exc: BaseException) -> HalError | None:
+    """The error to report for an unexpected ``exc`` that is the machine's state, not a bug
+    in hal: a full disk, or a database another process kept locked; None otherwise."""
+    if disk_full(exc):
+        return DiskFull(
+            "the disk holding hal's home is full", hint="free space on the filesystem of HAL_HOME"
+        )
+    if store_busy(exc):
+        from hal9999.store.sqlite import BUSY_TIMEOUT_S
+
+        return HomeError(
+            "hal's database stayed locked by another hal process for longer than "
+            f"the {BUSY_TIMEOUT_S:g} s a command waits",
+            hint="run the command again; if it keeps happening, look for a stuck "
+            "hal process (`pgrep -af hal`)",
+        )
+    return None
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then what caused it, and so on."""
+    current: BaseException | None = exc
+    while current is not None:
+        yield current
+        current = current.__cause__ or current.__context__
+
+
 def disk_full(exc: BaseException) -> bool:
     """Whether ``exc`` (or what caused it) is a write that failed for lack of disk space."""
-    current: BaseException | None = exc
     # Only a loaded sqlite3 can have raised one of its errors; do not import it to check.
     sqlite3 = sys.modules.get("sqlite3")
-    while current is not None:
+    for current in _causes(exc):
         if isinstance(current, OSError) and current.errno == errno.ENOSPC:
             return True
         # SQLite's "database or disk is full" carries no errno.
         if sqlite3 is not None and isinstance(current, sqlite3.OperationalError):
             return "full" in str(current)
-        current = current.__cause__ or current.__context__
     return False
 
 
 def store_busy(exc: BaseException) -> bool:
     """Whether ``exc`` (or what caused it) is SQLite giving up on a lock another process
     held past the busy timeout (on a loaded machine: many runners writing at once)."""
-    current: BaseException | None = exc
     sqlite3 = sys.modules.get("sqlite3")
-    while current is not None:
+    for current in _causes(exc):
         if sqlite3 is not None and isinstance(current, sqlite3.OperationalError):
             text = str(current)
             return "locked" in text or "busy" in text
-        current = current.__cause__ or current.__context__
     return False
 
 
