@@ -3,6 +3,7 @@ them for the count in ``hal pool status`` and for a drain, also after a daemon r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from hal9999.errors import CloudServerError, UnknownProvider
@@ -36,9 +37,10 @@ class KeepsItsOwn(FakeProvider):
         return self.free
 
 
-def make_pool(tmp_path: Path, provider: FakeProvider) -> WarmPool:
+def make_pool(tmp_path: Path, provider: FakeProvider | Callable[[str], FakeProvider]) -> WarmPool:
+    """A pool over ``provider`` (or what ``provider(name)`` loads) in ``tmp_path``."""
     return WarmPool(
-        providers=lambda name: provider,
+        providers=provider if callable(provider) else lambda name: provider,
         settings=lambda name: ProviderSettings(),
         slots=SlotDir(tmp_path / "pool"),
     )
@@ -83,8 +85,5 @@ async def test_a_provider_that_no_longer_loads_is_named_not_fatal(tmp_path: Path
     def gone(name: str) -> FakeProvider:
         raise UnknownProvider(f"no provider named {name!r}", hint="available: bwrap")
 
-    later = WarmPool(
-        providers=gone, settings=lambda name: ProviderSettings(), slots=SlotDir(tmp_path / "pool")
-    )
-    status = await later.full_status()
+    status = await make_pool(tmp_path, gone).full_status()
     assert status["own_warm"] == {"fake": {"error": "no provider named 'fake' (available: bwrap)"}}

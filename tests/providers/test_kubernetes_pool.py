@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from tests.cli.conftest import Hal, demo_repo, hal  # noqa: F401
+from tests.cli.test_daemon import poll, serve_info
 from tests.fakes.k8s_api import FakeKube
 
 from hal9999.providers.k8s.manifests import CLAIM
@@ -65,12 +65,9 @@ def test_hal_pool_warms_and_drains_kubernetes_warm_pods(
     assert "kubernetes: 1 free warm sandbox(es), kept by the provider" in status.stdout
     # The free pod outlives a daemon killed with -9 (a clean stop drains it); the next
     # daemon of the home still shows it and drains it.
-    pid = json.loads((home / "run" / "serve.json").read_text())["pid"]
+    pid = serve_info(home)["pid"]
     os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while Path(f"/proc/{pid}").exists():
-        assert time.monotonic() < deadline, "the daemon did not die"
-        time.sleep(0.05)
+    poll("the daemon to die", lambda: not Path(f"/proc/{pid}").exists())
     assert serving("serve", "--detach", "--json").returncode == 0
     assert len(free_pods(fake_k8s)) == 1
     status = serving("pool", "status", "--json")
