@@ -148,6 +148,23 @@ def make_repo(root: Path) -> Path:
     return repo
 
 
+async def settled_feed(store: Store, after: int, tasks: int, timeout: float = 30) -> list[int]:
+    """The ``gseq`` of every event after ``after`` (hive's too) once every task's
+    ``task_end`` is in the feed and two reads 0.5 s apart agree: a task's status turns
+    terminal before its ``task_end`` is written and indexed, so the feed read at that
+    moment can still be a few events short."""
+    deadline = time.monotonic() + timeout
+    last: list[int] | None = None
+    while True:
+        rows = await asyncio.to_thread(store.feed_after, after, limit=10**7)
+        now = [r.gseq for r in rows]
+        ended = sum(1 for r in rows if r.type == "task_end")
+        if (ended >= tasks and now == last) or time.monotonic() > deadline:
+            return now
+        last = now
+        await asyncio.sleep(0.5)
+
+
 async def sse_load(
     root: Path, *, clients: int, tasks: int, lines: int, interval: float = 0.05,
     provider: str = "bwrap",
@@ -181,7 +198,7 @@ async def sse_load(
         await asyncio.gather(*(api.call("POST", "/v1/tasks", body) for _ in range(tasks)))
         while await asyncio.to_thread(store.list_tasks, status=ACTIVE, limit=1):
             await asyncio.sleep(0.2)
-        expected = [r.gseq for r in store.feed_after(start, limit=10**7)]  # hive's too
+        expected = await settled_feed(store, start, tasks)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and any(
             len(c.ids) < len(expected) and not c.error for c in followers
