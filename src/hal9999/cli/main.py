@@ -100,13 +100,17 @@ def open_store(config: HalConfig) -> Store:
 
 
 def run_async(coro: Awaitable[T]) -> T:
-    """The one bridge from the CLI into the async core."""
+    """The one bridge from the CLI into the async core; its subprocesses are waited for
+    with pidfds, not a thread each (see :mod:`hal9999.children`)."""
     import asyncio
+
+    from hal9999.children import pidfd_child_watcher
 
     async def main() -> T:
         return await coro
 
-    return asyncio.run(main())
+    with pidfd_child_watcher():
+        return asyncio.run(main())
 
 
 def emit_json(data: Any) -> None:

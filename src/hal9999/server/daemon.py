@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from hal9999.children import pidfd_child_watcher
 from hal9999.config import HalConfig
 from hal9999.errors import HalError, TaskNotFound
 from hal9999.events.bus import EventBus, IndexTail
@@ -30,7 +31,6 @@ from hal9999.hive.turns import HiveLoop
 from hal9999.pool import SlotDir, WarmPool
 from hal9999.pool.settings import ProviderSettings, provider_settings, scheduler_settings
 from hal9999.providers.base import Provider
-from hal9999.server.children import pidfd_child_watcher
 from hal9999.server.runtime import DaemonFiles, DaemonInfo
 from hal9999.server.threads_api import use_hive_for_agents
 from hal9999.spec import SandboxSpec
@@ -263,7 +263,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
-        # No waiter thread per subprocess (about nine a task): see server/children.py.
+        # No waiter thread per subprocess (about nine a task): see children.py.
         with pidfd_child_watcher():
             await self.start()
             if ready is not None:

@@ -1,27 +1,28 @@
-"""How the daemon learns that a subprocess ended: a pidfd on the event loop that started it.
+"""How hal learns that a subprocess ended: a pidfd on the event loop that started it.
 
 On Python 3.11 asyncio's default child watcher starts a thread per subprocess that blocks in
-``waitpid`` (``ThreadedChildWatcher``); a task through the daemon starts about nine
-subprocesses (git, sandbox execs), so as many threads. The stdlib's ``PidfdChildWatcher`` of
-3.11 is bound to one loop, and the daemon starts subprocesses on others too (a submission
-runs on a loop of its own in a worker thread). :class:`LoopPidfdWatcher` is the watcher of
-Python 3.12 (which uses it by default where pidfds work): each child's pidfd is read by the
-loop running when it was started, and nothing else is touched (no ``SIGCHLD`` handler, no
-``waitpid(-1)``: a child started outside asyncio is never reaped behind its owner's back).
+``waitpid`` (``ThreadedChildWatcher``); a task starts about nine subprocesses (git, sandbox
+execs), so as many threads, each a thread start and hand-over on the path of every command.
+The daemon (``hal serve``) and every CLI command's event loop (``cli.main.run_async``: an
+in-process ``hal run``, ``hal pool``, ``hal image``) wait this way. The stdlib's
+``PidfdChildWatcher`` of 3.11 is bound to one loop, and the daemon starts subprocesses on
+others too (a submission runs on a loop of its own in a worker thread).
+:class:`LoopPidfdWatcher` is the watcher of Python 3.12 (which uses it by default where
+pidfds work): each child's pidfd is read by the loop running when it was started, and
+nothing else is touched (no ``SIGCHLD`` handler, no ``waitpid(-1)``: a child started outside
+asyncio is never reaped behind its owner's back).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVarTuple, Unpack
 
-logger = logging.getLogger(__name__)
 _Ts = TypeVarTuple("_Ts")
 
 
@@ -61,8 +62,12 @@ if sys.version_info < (3, 12):  # 3.12 deprecates child watchers (and uses pidfd
             try:
                 _, status = os.waitpid(pid, 0)
             except ChildProcessError:  # reaped elsewhere: asyncio's own convention
+                import logging  # only here: the CLI's start-up does not pay for it
+
                 returncode = 255
-                logger.warning("child process %d was reaped elsewhere: exit status 255", pid)
+                logging.getLogger(__name__).warning(
+                    "child process %d was reaped elsewhere: exit status 255", pid
+                )
             else:
                 returncode = os.waitstatus_to_exitcode(status)
             finally:

@@ -1,4 +1,4 @@
-"""The daemon waits for its subprocesses with pidfds: no thread per subprocess."""
+"""hal waits for its subprocesses with pidfds: no thread per subprocess (the daemon and the CLI)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from hal9999.children import pidfd_child_watcher, pidfds_work
 from hal9999.config import HalConfig
-from hal9999.server.children import pidfd_child_watcher, pidfds_work
 from hal9999.server.daemon import Daemon
 
 pytestmark = pytest.mark.skipif(
@@ -92,6 +92,33 @@ async def test_the_daemon_serves_with_the_pidfd_watcher(
     monkeypatch.setattr(daemon, "stop", stop)
     await daemon.serve_forever()
     assert seen["watcher"] == "LoopPidfdWatcher"
+    assert type(asyncio.get_event_loop_policy().get_child_watcher()).__name__ != (
+        "LoopPidfdWatcher"
+    )
+
+
+def test_the_cli_runs_its_async_core_with_the_pidfd_watcher() -> None:
+    # An in-process `hal run`, `hal pool`, `hal image` go through run_async.
+    from hal9999.cli.main import run_async
+
+    started: list[str] = []
+    original = threading.Thread.start
+
+    def counting_start(self: threading.Thread) -> None:
+        started.append(self.name)
+        original(self)
+
+    async def watched() -> tuple[str, list[int]]:
+        watcher = asyncio.get_event_loop_policy().get_child_watcher()
+        return type(watcher).__name__, await exit_codes(10)
+
+    threading.Thread.start = counting_start  # type: ignore[method-assign]
+    try:
+        name, codes = run_async(watched())
+    finally:
+        threading.Thread.start = original  # type: ignore[method-assign]
+    assert (name, codes) == ("LoopPidfdWatcher", list(range(10)))
+    assert [n for n in started if n.startswith("waitpid-")] == []
     assert type(asyncio.get_event_loop_policy().get_child_watcher()).__name__ != (
         "LoopPidfdWatcher"
     )
