@@ -97,3 +97,27 @@ def test_doctor_says_who_sandboxes_run_as_and_what_network_host_exposes(hal: Hal
         assert "not reachable" in host["detail"] and "slirp4netns" in host["detail"]
     else:  # says why, and that the way around it exposes the host's loopback
         assert "loopback" in (host["fix"] or "")
+
+
+V1_MOUNTS = """\
+tmpfs /sys/fs/cgroup tmpfs rw,relatime,mode=755 0 0
+cgroup /sys/fs/cgroup/memory cgroup rw,relatime,memory 0 0
+cgroup /sys/fs/cgroup/pids cgroup rw,relatime,pids 0 0
+"""
+
+
+def test_doctor_names_the_slow_cgroup_move_and_its_fix_for_each_hierarchy_kind() -> None:
+    from hal9999.cli.doctor import FAVOR_V1, FAVOR_V2, cgroup_moves
+
+    v1 = cgroup_moves(V1_MOUNTS, v2=False)
+    assert (v1.ok, v1.required) == (False, False)
+    assert "8 ms" in v1.detail and v1.fix is not None and v1.fix.startswith(FAVOR_V1)
+    v2 = cgroup_moves("cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,nsdelegate 0 0\n", v2=True)
+    assert not v2.ok and v2.fix is not None and v2.fix.startswith(FAVOR_V2)
+    # Any one hierarchy with the option sets it for the kernel's one lock.
+    fast = V1_MOUNTS + "cgroup /run/hal-cgfav cgroup rw,relatime,favordynmods,name=halfav 0 0\n"
+    assert cgroup_moves(fast, v2=False).ok
+    v2_fast = "cgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate,favordynmods 0 0\n"
+    assert cgroup_moves(v2_fast, v2=True).ok
+    # An option of another filesystem does not count.
+    assert not cgroup_moves("tmpfs /x tmpfs rw,favordynmods 0 0\n", v2=True).ok
