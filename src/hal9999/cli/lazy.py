@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import click
 
 
-@dataclass(frozen=True)
-class LazyCommand:
+class LazyCommand(NamedTuple):
     """Where a subcommand is defined, and its one-line help for ``hal --help``."""
 
     modules: tuple[str, ...]

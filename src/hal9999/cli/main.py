@@ -12,8 +12,6 @@ import math
 import os
 import sys
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -33,17 +31,25 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-@dataclass
 class App:
-    """What every command needs: config, store, the task service."""
+    """What every command needs: config, store, the task service. (A plain class, as is
+    :class:`Started`: ``dataclasses`` and ``pathlib`` are not imported by ``hal --help``.)"""
 
-    config: HalConfig
-    store: Store
-    service: TaskService
-    sources: ConfigSources = field(default_factory=lambda: _no_sources())
-    """Which config files and variables applied, and what of ./hal.toml was ignored."""
-    via_daemon: bool = False
-    """Set once :meth:`tasks` found a running ``hal serve``."""
+    def __init__(
+        self,
+        config: HalConfig,
+        store: Store,
+        service: TaskService,
+        sources: ConfigSources | None = None,
+        via_daemon: bool = False,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.service = service
+        self.sources = _no_sources() if sources is None else sources
+        """Which config files and variables applied, and what of ./hal.toml was ignored."""
+        self.via_daemon = via_daemon
+        """Set once :meth:`tasks` found a running ``hal serve``."""
 
     def daemon(self) -> DaemonClient | None:
         """The running ``hal serve`` of this home, if any (``HAL_NO_DAEMON=1`` ignores it)."""
@@ -214,6 +220,7 @@ def cli() -> None:
 def spawn_runner(app_: App, task: TaskRecord, args: list[str], env: dict[str, str]) -> int:
     """Start a detached ``hal`` process that runs the task; return its pid."""
     import subprocess
+    from pathlib import Path
 
     log_path = Path(task.session_dir) / "run" / "runner.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -230,11 +237,11 @@ def spawn_runner(app_: App, task: TaskRecord, args: list[str], env: dict[str, st
     return proc.pid
 
 
-@dataclass
 class Started:
     """The task a foreground command started, once it exists (for the Ctrl-C message)."""
 
-    task: TaskRecord | None = None
+    def __init__(self) -> None:
+        self.task: TaskRecord | None = None
 
     def __call__(self, task: TaskRecord) -> None:
         self.task = task
