@@ -226,9 +226,30 @@ def test_stamping_copies_like_model_copy_and_leaves_the_callers_event_alone(
 
     for event in (Output(text="a\n"), Phase(phase="running", detail="d")):
         stamps = {"seq": 7, "ts": 1.5, "task_id": "t1"}
-        fast, slow = _stamped(event, stamps), event.model_copy(update=stamps)
+        fast, slow = _stamped(event, 7, 1.5, "t1"), event.model_copy(update=stamps)
         assert fast.model_dump_json() == slow.model_dump_json()
         assert fast.model_fields_set == slow.model_fields_set
         assert type(fast) is type(slow) and fast == slow
         fast.gseq = 3
         assert event.seq == 0 and event.gseq == 0 and event.task_id != "t1"
+
+
+def test_each_line_is_the_models_own_json_with_its_global_number(tmp_path: Path) -> None:
+    # The log writes lines with the serializer directly and sets gseq without pydantic's
+    # assignment handler (issue 16); both must give what the model's own methods give.
+    events: list[Event] = [
+        Output(text="é\n"),
+        Phase(phase="running"),
+        ToolCall(name="edit", input={"path": "a", "n": [1, 2.5, None]}),
+        TaskEnd(status="succeeded", exit_code=0),
+    ]
+    with Store(tmp_path / "hal.db") as store:
+        with EventLog(tmp_path / "e.jsonl", "t1", store=store, index_batch=3) as log:
+            stamped = [log.emit(event) for event in events]
+        lines = (tmp_path / "e.jsonl").read_bytes().splitlines()
+    assert [e.gseq for e in stamped] == [1, 2, 3, 4]
+    for event, line in zip(stamped, lines, strict=True):
+        assert line == event.model_dump_json().encode()
+        assert "gseq" in event.model_fields_set
+        assert json.loads(line)["gseq"] == event.gseq
+    assert all(e.gseq == 0 and "gseq" not in e.model_fields_set for e in events)

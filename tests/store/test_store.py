@@ -236,6 +236,50 @@ def test_event_index_counts_and_ignores_duplicates(store: Store) -> None:
     assert store.last_seq("t1") == 4
 
 
+def test_a_batch_longer_than_one_insert_is_indexed_whole_in_order(store: Store) -> None:
+    # Rows go in ROWS_PER_INSERT to a statement; a row already there (in the middle of a
+    # statement) is skipped alone and its reserved number left unused, as before.
+    from hal9999.store.events import ROWS_PER_INSERT
+
+    store.index_events("t0", [(1, "phase", 0.5)])
+    store.record_events("t1", [(ROWS_PER_INSERT + 5, "output", 9.0)])
+    rows = [(seq, "output", float(seq)) for seq in range(1, 2 * ROWS_PER_INSERT + 8)]
+    numbers = store.record_events("t1", rows)
+    assert numbers == list(range(numbers[0], numbers[0] + len(rows)))
+    assert numbers[0] == 3
+    indexed = store.events_after(0, task_id="t1", limit=10_000)
+    later = [e.seq for e in indexed if e.seq != ROWS_PER_INSERT + 5]
+    assert later == sorted(later)  # gseq order is the batch's order
+    assert {e.seq for e in indexed} == {seq for seq, _, _ in rows}
+    by_seq = {e.seq: e for e in indexed}
+    assert by_seq[ROWS_PER_INSERT + 5].gseq == 2  # kept its first number
+    assert by_seq[ROWS_PER_INSERT + 5].ts == 9.0
+    assert by_seq[ROWS_PER_INSERT + 6].gseq == numbers[ROWS_PER_INSERT + 5]
+    assert store.last_gseq() == numbers[-1]
+
+
+def test_the_last_phase_is_the_newest_by_seq_without_a_type_index(store: Store) -> None:
+    # Migration 9 dropped the (task, type) index; the lookup walks the primary key backwards.
+    store.index_events("t1", [(1, "phase", 1.0), (2, "output", 2.0), (3, "phase", 3.0)])
+    store.index_events("t1", [(seq, "output", float(seq)) for seq in range(4, 400)])
+    store.index_events("t2", [(1, "phase", 7.0)])
+    assert store.last_event_ts("t1", "phase") == 3.0
+    assert store.last_event_ts("t2", "phase") == 7.0
+    assert store.last_event_ts("t1", "usage") is None
+    assert store.last_event_ts("t3", "phase") is None
+    names = {row[0] for row in store._query("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "events_task_type" not in names
+    plan = " ".join(
+        str(row[3])
+        for row in store._query(
+            "EXPLAIN QUERY PLAN SELECT ts FROM events WHERE task_id = ? AND type = ?"
+            " ORDER BY seq DESC LIMIT 1",
+            ("t1", "phase"),
+        )
+    )
+    assert "PRIMARY KEY" in plan and "TEMP B-TREE" not in plan
+
+
 def test_two_stores_on_one_file_see_each_other(tmp_path: Path) -> None:
     path = tmp_path / "hal.db"
     with Store(path) as a, Store(path) as b:

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from hal9999.events.models import Event
 from hal9999.events.reader import lines_backwards, parse_line, read_events
@@ -46,7 +46,6 @@ Sink = Callable[[Event], None]
 FSYNC_TYPES = frozenset({"phase", "task_end"})
 """Event types after which the file is forced to disk."""
 
-_STAMPS = ("type", "seq", "ts", "task_id")
 _BLOCK = 1 << 16
 
 
@@ -63,20 +62,27 @@ def _complete_end(file: BinaryIO, size: int) -> int:
     return 0
 
 
-def _stamped(event: Event, stamps: dict[str, Any]) -> Event:
-    """``event.model_copy(update=stamps)``, without pydantic's generic copy: a third of an
-    event's cost in the log. Events have no extra fields and no private attributes (anything
-    else takes ``model_copy``); like it, the stamps are not validated (hal makes them)."""
+_STAMPED = frozenset(("seq", "ts", "task_id"))
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _stamped(event: Event, seq: int, ts: float, task_id: str) -> Event:
+    """``event.model_copy(update={"seq": seq, "ts": ts, "task_id": task_id})``, without
+    pydantic's generic copy: a third of an event's cost in the log. Events have no extra
+    fields and no private attributes (anything else takes ``model_copy``); like it, the
+    stamps are not validated (hal makes them)."""
     if event.__pydantic_extra__ is not None or event.__pydantic_private__ is not None:
-        return event.model_copy(update=stamps)
-    copy = object.__new__(type(event))
+        return event.model_copy(update={"seq": seq, "ts": ts, "task_id": task_id})
+    copy = _new(event.__class__)
     values = event.__dict__.copy()
-    values.update(stamps)
-    object.__setattr__(copy, "__dict__", values)
-    object.__setattr__(copy, "__pydantic_extra__", None)
-    fields_set = event.__pydantic_fields_set__ | stamps.keys()
-    object.__setattr__(copy, "__pydantic_fields_set__", fields_set)
-    object.__setattr__(copy, "__pydantic_private__", None)
+    values["seq"] = seq
+    values["ts"] = ts
+    values["task_id"] = task_id
+    _set(copy, "__dict__", values)
+    _set(copy, "__pydantic_extra__", None)
+    _set(copy, "__pydantic_fields_set__", event.__pydantic_fields_set__ | _STAMPED)
+    _set(copy, "__pydantic_private__", None)
     return copy
 
 
@@ -209,12 +215,11 @@ class EventLog:
             if not self._locked:
                 self._lock_file()
             seq = self._seq + 1
-            stamps = {"seq": seq, "ts": time.time(), "task_id": self.task_id}
             # Masked field by field (numbers and hal's vocabulary untouched), then stamped.
             masked = event
             for masker in self.maskers:
                 masked = masker.mask_model(masked)
-            stamped = _stamped(masked, stamps)
+            stamped = _stamped(masked, seq, time.time(), self.task_id)
             self._seq = seq
             self._pending.append(stamped)
             due = len(self._pending) >= self.index_batch or stamped.type in FSYNC_TYPES
@@ -253,7 +258,8 @@ class EventLog:
 
     def _write(self, batch: list[Event]) -> None:
         self._index(batch)
-        data = b"".join(e.model_dump_json().encode() + b"\n" for e in batch)
+        # model_dump_json() without its wrapper and the str round trip (the same bytes).
+        data = b"".join(e.__pydantic_serializer__.to_json(e) + b"\n" for e in batch)
         assert self._file is not None
         try:
             self._file.write(data)
@@ -279,7 +285,9 @@ class EventLog:
             logger.exception("%s: could not index event #%d", self.path, batch[0].seq)
             return
         for event, gseq in zip(batch, numbers, strict=True):
-            event.gseq = gseq
+            # As `event.gseq = gseq` does, without pydantic's assignment handler.
+            event.__dict__["gseq"] = gseq
+            event.__pydantic_fields_set__.add("gseq")
 
     def _forget(self, seq: int) -> None:
         if self.store is None:

@@ -9,10 +9,21 @@ numbers committed after it. That is what lets a consumer resume with "everything
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, NamedTuple
+
+ROWS_PER_INSERT = 128
+"""Index rows per INSERT statement: 640 parameters, under the 999 of any SQLite."""
+
+
+@functools.lru_cache(maxsize=8)
+def _insert_sql(rows: int) -> str:
+    """``INSERT OR IGNORE`` of ``rows`` index rows in one statement."""
+    values = ", ".join(["(?, ?, ?, ?, ?)"] * rows)
+    return f"INSERT OR IGNORE INTO events (task_id, seq, type, ts, gseq) VALUES {values}"
 
 
 class IndexedEvent(NamedTuple):
@@ -60,16 +71,15 @@ class EventTable:
                 (len(rows),),
             ).fetchone()
             first = int(end) - len(rows) + 1
-            numbers = list(range(first, int(end) + 1))
-            conn.executemany(
-                "INSERT OR IGNORE INTO events (task_id, seq, type, ts, gseq)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (
-                    (task_id, seq, type_, ts, gseq)
-                    for (seq, type_, ts), gseq in zip(rows, numbers, strict=True)
-                ),
-            )
-        return numbers
+            numbers = range(first, int(end) + 1)
+            # Many rows per statement: half the cost of a statement per row (issue 16).
+            for start in range(0, len(rows), ROWS_PER_INSERT):
+                chunk = rows[start : start + ROWS_PER_INSERT]
+                params: list[object] = []
+                for (seq, type_, ts), gseq in zip(chunk, numbers[start:], strict=False):
+                    params += (task_id, seq, type_, ts, gseq)
+                conn.execute(_insert_sql(len(chunk)), params)
+        return list(numbers)
 
     def index_events(self, task_id: str, rows: Iterable[tuple[int, str, float]]) -> None:
         """Record ``(seq, type, ts)`` of events; rows already indexed are ignored."""
@@ -111,9 +121,7 @@ class EventTable:
             " ORDER BY 1 LIMIT ?",
             (gseq, gseq, limit),
         )
-        return [
-            FeedRow(int(r[0]), r[1], int(r[2]), str(r[3]), float(r[4]), r[5]) for r in rows
-        ]
+        return [FeedRow(int(r[0]), r[1], int(r[2]), str(r[3]), float(r[4]), r[5]) for r in rows]
 
     def last_gseq(self) -> int:
         """The highest ``gseq`` handed out so far (0 when none)."""
@@ -131,10 +139,12 @@ class EventTable:
 
     def last_event_ts(self, task_id: str, type: str) -> float | None:
         """When the task's last indexed event of ``type`` was recorded (None if never)."""
+        # The newest such row by seq, walking the primary key backwards (no type index).
         rows = self._query(
-            "SELECT MAX(ts) FROM events WHERE task_id = ? AND type = ?", (task_id, type)
+            "SELECT ts FROM events WHERE task_id = ? AND type = ? ORDER BY seq DESC LIMIT 1",
+            (task_id, type),
         )
-        return None if rows[0][0] is None else float(rows[0][0])
+        return float(rows[0][0]) if rows else None
 
     def last_seq(self, task_id: str) -> int:
         """The highest indexed seq of a task (0 when none)."""

@@ -39,8 +39,10 @@ _ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 TASK_CONFIG = "config.json"
 """In a session: the settings the task was created with, when they differ from the
 service's (the caller's ``./hal.toml``, say)."""
-INDEX_BATCH = 64
-"""Event index rows per store write for task event logs (phase and end events flush)."""
+INDEX_BATCH = 256
+"""Event index rows per store write for task event logs (phase and end events flush, and
+no event waits longer than the log's ``max_delay``): a store transaction costs as much as
+a few dozen rows, so a chatty agent's output is indexed in few of them (issue 16)."""
 
 
 @dataclass
