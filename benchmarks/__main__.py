@@ -22,6 +22,7 @@ from benchmarks.cases import (
     sandbox_cases,
     throughput_case,
 )
+from hal9999.children import pidfd_child_watcher
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 BEGIN = "<!-- daemon-pool-benchmarks:begin -->"
@@ -135,7 +136,10 @@ if __name__ == "__main__":
         BEGIN, END = "<!-- sse-benchmarks:begin -->", "<!-- sse-benchmarks:end -->"
     if args.startup:
         BEGIN, END = "<!-- startup-benchmarks:begin -->", "<!-- startup-benchmarks:end -->"
-    results = asyncio.run(main(args))
+    # The loop set up as hal's own are (cli.main.run_async, hal serve): subprocesses waited
+    # for through pidfds, for the baselines as for hal's figures.
+    with pidfd_child_watcher():
+        results = asyncio.run(main(args))
     stamp = time.strftime("%Y-%m-%d")
     text = f"Measured {stamp} on {machine()}{' (--quick)' if args.quick else ''}.\n\n"
     text += table(results)

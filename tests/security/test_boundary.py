@@ -13,13 +13,15 @@ import os
 import platform
 import pwd
 import secrets
+import threading
 import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from hal9999.providers import hostexec, sandboxuser
+from hal9999.providers import cgroups, hostexec, sandboxuser
 from hal9999.providers.bwrap import BwrapProvider, BwrapSandbox
 from hal9999.spec import Bind, SandboxSpec, ShellCommand
 
@@ -299,3 +301,42 @@ async def test_adopting_never_follows_a_planted_link(sandbox: BwrapSandbox, tmp_
     await sandbox.adopt("/workspace")
     assert victim.stat().st_uid == os.getuid()
     assert (victim / "file").stat().st_uid == os.getuid()
+
+
+async def test_a_create_that_fails_gives_its_uid_back_and_leaves_nothing(
+    hal_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The uid is taken before the record's first save and the directories are made in a
+    # thread while the cgroup is made (issue 16): a failing cgroup must still end with the
+    # uid released and the sandbox's directory gone, the thread's work included.
+    if not sandboxuser.privileged():
+        pytest.skip("only a root hal gives sandboxes uids of their own")
+    provider = BwrapProvider(state_dir=hal_home / "sandboxes" / "bwrap")
+    taken: list[int] = []
+    allocate = sandboxuser.allocate
+
+    def spy(owner: str) -> int:
+        taken.append(allocate(owner))
+        return taken[-1]
+
+    made = threading.Event()
+    prepare_dirs = provider.prepare_dirs
+
+    def slow_dirs(record: Any) -> None:
+        prepare_dirs(record)
+        made.set()
+
+    def no_cgroup(record: Any) -> Any:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sandboxuser, "allocate", spy)
+    monkeypatch.setattr(provider, "prepare_dirs", slow_dirs)
+    if provider.cgroup_host() is not None:
+        monkeypatch.setattr(cgroups.CgroupHost, "create", lambda self, name, lim: no_cgroup(name))
+    else:
+        monkeypatch.setattr(provider, "_handle", no_cgroup)
+    with pytest.raises(OSError, match="No space left"):
+        await provider.create(SandboxSpec())
+    assert made.is_set() and len(taken) == 1
+    assert not (sandboxuser.LOCK_DIR / str(taken[0])).exists()
+    assert list((hal_home / "sandboxes" / "bwrap").glob("[0-9a-f]*")) == []

@@ -380,15 +380,30 @@ class BwrapProvider(HostProvider):
         spec workspace takes their place; a reset swaps each for a fresh one."""
         return ["home", "tmp"] + (["workspace"] if record.spec.workspace is None else [])
 
-    async def _prepare(self, record: SandboxRecord) -> SandboxRecord:
-        if record.spec.network == "host" and self.config.host_network == "usernet":
-            usernet.check(userns=record.uid is None and not sandboxuser.privileged())
+    def _claim_ids(self, record: SandboxRecord) -> SandboxRecord:
         if record.uid is None and sandboxuser.privileged():
             uid = sandboxuser.allocate(f"{self.state_dir} {record.id}")
             record = record.model_copy(update={"uid": uid})
+        return record
+
+    async def _prepare(self, record: SandboxRecord) -> SandboxRecord:
+        if record.spec.network == "host" and self.config.host_network == "usernet":
+            usernet.check(userns=record.uid is None and not sandboxuser.privileged())
+        if record.uid is None and sandboxuser.privileged():  # a record from before uids
+            record = self._claim_ids(record)
             self.store.save(record)  # now, so that destroy() gives the uid back on failure
-        await asyncio.to_thread(self.prepare_dirs, record)
-        return await super()._prepare(record)
+        # The directories in a thread while the cgroup is made here: on every create, start
+        # and pool reset, the two are independent (issue 16).
+        dirs = asyncio.ensure_future(asyncio.to_thread(self.prepare_dirs, record))
+        try:
+            record = await super()._prepare(record)
+        except BaseException:
+            await asyncio.wait([dirs])  # done before anything cleans up after us
+            if not dirs.cancelled():
+                dirs.exception()  # retrieved: ours is the error to report
+            raise
+        await dirs
+        return record
 
     def prepare_dirs(self, record: SandboxRecord) -> None:
         """Create the sandbox's own directories (home, tmp, workspace unless the spec has

@@ -305,6 +305,12 @@ class HostProvider:
         cgroup = host.create(record.id, effective)
         return record.model_copy(update={"cgroup": cgroup.to_record()})
 
+    def _claim_ids(self, record: SandboxRecord) -> SandboxRecord:
+        """``record`` with what a new sandbox takes from the host before anything else (a
+        uid of its own), recorded with it in the first save so that :meth:`destroy` gives
+        it back whatever fails later."""
+        return record
+
     async def _kill(self, record: SandboxRecord) -> None:
         """Kill every process of the sandbox."""
         cgroup = self.cgroup(record)
@@ -323,6 +329,7 @@ class HostProvider:
             id=sandbox_id, provider=self.name, state="running", spec=spec, created_at=time.time()
         )
         try:
+            record = self._claim_ids(record)
             self.store.save(record)
             record = await self._prepare(record)
             self.store.save(record)

@@ -10,7 +10,6 @@ later ``hal`` process (or a relay) reads the same records.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 from pathlib import Path
@@ -67,7 +66,16 @@ class JsonRecords(Generic[R]):
         if self.layout == "file":
             self.root.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record.model_dump(mode="json"), indent=2))
+        # pydantic's own JSON (the values json.dumps of model_dump(mode="json") gave, in a
+        # fraction of the time: every create, start, stop and reset saves; issue 16).
+        data = record.__pydantic_serializer__.to_json(record, indent=2)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
 
     def delete(self, sandbox_id: str) -> None:
