@@ -156,3 +156,89 @@ def test_parsed_events_are_bounded_but_usage_stays_exact(
     assert all(len(r.output) < 80 for r in results)  # type: ignore[attr-defined]
     assert any("more characters in the log" in r.output for r in results)  # type: ignore[attr-defined]
     assert "parsed events past 600 bytes" in (tmp_path / "agent.log").read_text()
+
+
+async def test_a_follower_wakes_as_soon_as_the_exit_status_is_written(tmp_path: Path) -> None:
+    # The supervisor writes a byte to the FIFO hal made beside the exit file (issue 16): the
+    # follower's nap ends then, not at its next poll.
+    import asyncio
+    import time
+
+    from hal9999.process.supervisor import ended_path, write_exit_status
+    from hal9999.tasks.follow import _EndedSignal
+
+    exit_file = tmp_path / "exit-0"
+    os.mkfifo(ended_path(exit_file), 0o600)
+    signal = _EndedSignal.open(exit_file)
+    assert signal is not None
+    try:
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.2, write_exit_status, exit_file, 3)
+        start = time.monotonic()
+        await signal.nap(30)
+        assert time.monotonic() - start < 5
+        assert exit_file.read_text() == "3\n"
+        start = time.monotonic()
+        await signal.nap(30)  # it stays fired: later naps return at once
+        assert time.monotonic() - start < 5
+    finally:
+        signal.close()
+
+
+async def test_without_a_listener_or_a_fifo_the_exit_status_is_written_all_the_same(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+
+    from hal9999.process.supervisor import ended_path, write_exit_status
+    from hal9999.tasks.follow import _EndedSignal
+
+    # A FIFO nobody listens on: the write neither blocks nor fails.
+    os.mkfifo(ended_path(tmp_path / "exit-0"), 0o600)
+    write_exit_status(tmp_path / "exit-0", 0)
+    assert (tmp_path / "exit-0").read_text() == "0\n"
+    # No FIFO at all (a run started by an older hal): nothing to open, the follower polls.
+    write_exit_status(tmp_path / "exit-1", 1)
+    assert _EndedSignal.open(tmp_path / "exit-1") is None
+    # A regular file or a link where the FIFO belongs is neither written nor followed.
+    plain = Path(ended_path(tmp_path / "exit-2"))
+    plain.write_text("keep\n")
+    write_exit_status(tmp_path / "exit-2", 2)
+    assert plain.read_text() == "keep\n" and _EndedSignal.open(tmp_path / "exit-2") is None
+    target = tmp_path / "elsewhere"
+    os.mkfifo(target, 0o600)
+    os.symlink(target, ended_path(tmp_path / "exit-3"))
+    assert _EndedSignal.open(tmp_path / "exit-3") is None
+    write_exit_status(tmp_path / "exit-3", 3)
+    assert (tmp_path / "exit-3").read_text() == "3\n"
+    await asyncio.sleep(0)
+
+
+def test_the_supervised_command_line_comes_with_a_private_fifo_beside_the_exit_file(
+    tmp_path: Path,
+) -> None:
+    import stat
+
+    from hal9999.process.launch import supervised
+    from hal9999.process.supervisor import ended_path
+    from hal9999.spec import ArgvCommand, ProcessSpec
+
+    class Box:
+        provider = "local"
+
+        def launch(self, command: object, *, env: object = None) -> object:
+            from hal9999.providers.base import Launch
+
+            return Launch(argv=["true"], env={}, cwd=None)
+
+    spec = ProcessSpec(
+        name="agent",
+        command=ArgvCommand(argv=("true",)),
+        log_path=tmp_path / "log",
+        exit_path=tmp_path / "exit-0",
+    )
+    (tmp_path / "exit-0").write_text("1\n")  # a previous run's: removed
+    supervised(Box(), spec, {})  # type: ignore[arg-type]
+    made = os.lstat(ended_path(spec.exit_path))
+    assert stat.S_ISFIFO(made.st_mode) and stat.S_IMODE(made.st_mode) == 0o600
+    assert not spec.exit_path.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import hal9999
 from hal9999.errors import CapabilityError, ProcessError
+from hal9999.process.supervisor import ended_path
 from hal9999.providers.base import Launch, Sandbox
 from hal9999.spec import ProcessSpec
 
@@ -30,6 +32,10 @@ def supervised(sandbox: Sandbox, spec: ProcessSpec, env: Mapping[str, str] | Non
         ) from exc
     spec.log_path.parent.mkdir(parents=True, exist_ok=True)
     spec.exit_path.unlink(missing_ok=True)
+    ended = Path(ended_path(spec.exit_path))
+    ended.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # no FIFO here: the follower polls the exit file
+        os.mkfifo(ended, 0o600)
     if spec.events_path is not None:
         spec.events_path.unlink(missing_ok=True)
     names = sorted(env or {}) if spec.mask_vars is None else sorted(spec.mask_vars)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import codecs
 import os
 import signal
+import stat
 import sys
 
 from hal9999.process.caplog import CappedLog
@@ -45,14 +46,39 @@ USAGE = (
 )
 
 
+def ended_path(exit_file: str | os.PathLike[str]) -> str:
+    """The FIFO beside ``exit_file`` that hal makes before a start and listens on: once the
+    exit status is written, a byte there wakes the follower at once instead of at its next
+    poll (issue 16)."""
+    folder, name = os.path.split(os.fspath(exit_file))
+    return os.path.join(folder, f".{name}.ended")
+
+
 def write_exit_status(path: str | os.PathLike[str], status: int) -> None:
-    """Record ``status`` at ``path`` atomically."""
+    """Record ``status`` at ``path`` atomically, then wake whoever listens for it."""
     path = os.fspath(path)
     folder, name = os.path.split(path)
     tmp = os.path.join(folder, f".{name}.tmp")
     with open(tmp, "w") as file:
         file.write(f"{status}\n")
     os.replace(tmp, path)
+    _notify_ended(ended_path(path))
+
+
+def _notify_ended(fifo: str) -> None:
+    # Never blocks: no reader (ENXIO), no FIFO (a hal from before), or anything not a FIFO
+    # where one is expected means the follower polls the exit file as it always did.
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            os.write(fd, b"\n")
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class Options:

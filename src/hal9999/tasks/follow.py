@@ -4,13 +4,18 @@ output and parsed events into the task's events until the process ends."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import stat
 import time
+from pathlib import Path
 
 from hal9999.agents.base import Agent
 from hal9999.errors import AgentFailed, TaskTimeout
 from hal9999.gateway.tasks import GatewayRoute, restore_route
 from hal9999.process.base import ProcessManager, read_exit_status
 from hal9999.process.caplog import log_cap_from
+from hal9999.process.supervisor import ended_path
 from hal9999.providers import limits
 from hal9999.spec import ProcessSpec
 from hal9999.tasks.context import TAKEN_AWAY, RunContext, Superseded
@@ -20,6 +25,47 @@ from hal9999.tasks.runcore import RunnerCore
 _POLL_S = 0.05
 _FIRST_POLL_S = 0.005
 _LIVENESS_S = 1.0
+
+
+class _EndedSignal:
+    """The read end of the supervisor's "exit status written" FIFO (see
+    :func:`~hal9999.process.supervisor.ended_path`): a nap ends as soon as a byte arrives,
+    so a run that ends is seen at once rather than up to ``_POLL_S`` later."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._fired = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(fd, self._fire)
+
+    @classmethod
+    def open(cls, exit_path: Path) -> _EndedSignal | None:
+        """Listen on the FIFO beside ``exit_path``; None when there is none (a run started
+        by an older hal, a process manager inside the sandbox), and the caller polls."""
+        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(ended_path(exit_path), flags)
+        except OSError:
+            return None
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        return cls(fd)
+
+    def _fire(self) -> None:
+        # Readable for good once the writer has closed (level-triggered): listen no more.
+        self._loop.remove_reader(self._fd)
+        self._fired.set()
+
+    async def nap(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less if the exit status is written meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._fired.wait(), seconds)
+
+    def close(self) -> None:
+        if not self._fired.is_set():
+            self._loop.remove_reader(self._fd)
+        os.close(self._fd)
 
 
 class FollowSteps(RunnerCore):
@@ -71,26 +117,34 @@ class FollowSteps(RunnerCore):
         disk = limits.DiskWatchdog(ctx.sandbox, self.config.home)
         await disk.start()
         usage = ctx.gateway.usage if ctx.gateway is not None else None
-        while True:
-            now = time.monotonic()
-            if read_exit_status(pspec.exit_path) is not None or now - checked >= _LIVENESS_S:
-                status = await manager.status(pspec)
-                checked = now
-                if status.state != "running":
-                    break
-            follower.pump()
-            if usage is not None and ctx.gateway is not None:
-                usage.pump(lambda event: self.emit(ctx, event))
-                await ctx.gateway.keep_registered()
-            await self.save_session(ctx)
-            await disk.check()
-            if timeout is not None and time.monotonic() - started > timeout:
-                raise TaskTimeout(
-                    f"task ran past its timeout of {timeout:g}s",
-                    hint="raise it with --timeout SECONDS",
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _POLL_S)
+        ended = _EndedSignal.open(pspec.exit_path)  # before the first check: no lost wake-up
+        try:
+            while True:
+                now = time.monotonic()
+                if read_exit_status(pspec.exit_path) is not None or now - checked >= _LIVENESS_S:
+                    status = await manager.status(pspec)
+                    checked = now
+                    if status.state != "running":
+                        break
+                follower.pump()
+                if usage is not None and ctx.gateway is not None:
+                    usage.pump(lambda event: self.emit(ctx, event))
+                    await ctx.gateway.keep_registered()
+                await self.save_session(ctx)
+                await disk.check()
+                if timeout is not None and time.monotonic() - started > timeout:
+                    raise TaskTimeout(
+                        f"task ran past its timeout of {timeout:g}s",
+                        hint="raise it with --timeout SECONDS",
+                    )
+                if ended is None:
+                    await asyncio.sleep(delay)
+                else:
+                    await ended.nap(delay)
+                delay = min(delay * 2, _POLL_S)
+        finally:
+            if ended is not None:
+                ended.close()
         await disk.check()  # an agent that died of a full disk ends as that, not as a crash
         while True:  # the rest, a step at a time so a large backlog does not block the loop
             if not follower.pump(final=True):
