@@ -340,3 +340,31 @@ async def test_a_create_that_fails_gives_its_uid_back_and_leaves_nothing(
     assert made.is_set() and len(taken) == 1
     assert not (sandboxuser.LOCK_DIR / str(taken[0])).exists()
     assert list((hal_home / "sandboxes" / "bwrap").glob("[0-9a-f]*")) == []
+
+
+async def test_a_create_whose_directories_fail_leaves_no_cgroup_behind(
+    hal_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The cgroup is made while the directories are (issue 16): when the directories fail,
+    # the cgroup just made is in no saved record, so the create must remove it itself.
+    provider = BwrapProvider(state_dir=hal_home / "sandboxes" / "bwrap")
+    host = provider.cgroup_host()
+    if host is None:
+        pytest.skip("no writable cgroup hierarchy here")
+    made: list[Any] = []
+    create = cgroups.CgroupHost.create
+
+    def spy(self: Any, name: str, limits: Any) -> Any:
+        made.append(create(self, name, limits))
+        return made[-1]
+
+    def no_dirs(record: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cgroups.CgroupHost, "create", spy)
+    monkeypatch.setattr(provider, "prepare_dirs", no_dirs)
+    with pytest.raises(OSError, match="No space left"):
+        await provider.create(SandboxSpec())
+    assert len(made) == 1
+    assert made[0].dirs and not any(path.exists() for path in made[0].dirs)
+    assert list((hal_home / "sandboxes" / "bwrap").glob("[0-9a-f]*")) == []

@@ -33,8 +33,8 @@ def supervised(sandbox: Sandbox, spec: ProcessSpec, env: Mapping[str, str] | Non
     spec.log_path.parent.mkdir(parents=True, exist_ok=True)
     spec.exit_path.unlink(missing_ok=True)
     ended = Path(ended_path(spec.exit_path))
-    ended.unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # no FIFO here: the follower polls the exit file
+        ended.unlink(missing_ok=True)
         os.mkfifo(ended, 0o600)
     if spec.events_path is not None:
         spec.events_path.unlink(missing_ok=True)

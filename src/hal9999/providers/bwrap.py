@@ -11,6 +11,7 @@ constant ``sh`` script joins the cgroup and execs bwrap, so the per-command cost
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import shutil
@@ -20,7 +21,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from hal9999.errors import ProviderError, ProviderUnavailable, SandboxNotFound
+from hal9999.errors import HalError, ProviderError, ProviderUnavailable, SandboxNotFound
 from hal9999.providers import (
     hostetc,
     hostexec,
@@ -395,6 +396,7 @@ class BwrapProvider(HostProvider):
         # The directories in a thread while the cgroup is made here: on every create, start
         # and pool reset, the two are independent (issue 16).
         dirs = asyncio.ensure_future(asyncio.to_thread(self.prepare_dirs, record))
+        fresh = record.cgroup is None
         try:
             record = await super()._prepare(record)
         except BaseException:
@@ -402,7 +404,16 @@ class BwrapProvider(HostProvider):
             if not dirs.cancelled():
                 dirs.exception()  # retrieved: ours is the error to report
             raise
-        await dirs
+        try:
+            await dirs
+        except BaseException:
+            # A cgroup made just now is in no saved record yet, so destroy() would not
+            # find it: it goes here (a start's was recorded at create, and stays for it).
+            made = self.cgroup(record)
+            if fresh and made is not None:
+                with contextlib.suppress(HalError, OSError):
+                    await made.remove()
+            raise
         return record
 
     def prepare_dirs(self, record: SandboxRecord) -> None:

@@ -35,6 +35,7 @@ class _EndedSignal:
     def __init__(self, fd: int) -> None:
         self._fd = fd
         self._fired = asyncio.Event()
+        self._spent = False
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(fd, self._fire)
 
@@ -58,9 +59,15 @@ class _EndedSignal:
         self._fired.set()
 
     async def nap(self, seconds: float) -> None:
-        """Sleep ``seconds``, or less if the exit status is written meanwhile."""
+        """Sleep ``seconds``, or less if the exit status is written meanwhile. Only the first
+        nap after the signal is cut short: should it come without the exit status (a writer
+        that wrote nothing), the follower polls as before rather than spin."""
+        if self._spent:
+            await asyncio.sleep(seconds)
+            return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._fired.wait(), seconds)
+        self._spent = self._fired.is_set()
 
     def close(self) -> None:
         if not self._fired.is_set():
