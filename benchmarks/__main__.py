@@ -17,6 +17,7 @@ from benchmarks.cases import (
     Result,
     events_case,
     hal_run_case,
+    large_repo_case,
     machine,
     rss_case,
     sandbox_cases,
@@ -89,6 +90,7 @@ async def main(args: argparse.Namespace) -> list[Result]:
     results += await sandbox_cases(runs)
     print("hal run ...", file=sys.stderr)
     results += await hal_run_case(3 if args.quick else 7)
+    results += await large_repo_case(3 if args.quick else 7)
     print("throughput ...", file=sys.stderr)
     results += await throughput_case(100 if args.quick else args.tasks, 16)
     print("events ...", file=sys.stderr)

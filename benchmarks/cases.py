@@ -234,6 +234,64 @@ async def hal_run_case(runs: int) -> list[Result]:
     return results
 
 
+def make_large_repo(root: Path, mib: int) -> Path:
+    """A repository whose object store holds about ``mib`` MiB (incompressible files over
+    a few commits)."""
+    repo = root / "large"
+    repo.mkdir(parents=True)
+    git = ["git", "-c", "user.name=b", "-c", "user.email=b@b"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], cwd=repo, check=True)
+    for n in range(max(1, mib // 4)):
+        (repo / "data.bin").write_bytes(os.urandom(4 << 20))
+        subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
+        subprocess.run([*git, "commit", "-qm", f"c{n}"], cwd=repo, check=True)
+    return repo
+
+
+def tree_bytes(path: Path) -> int:
+    """Bytes of the regular files under ``path`` (links not followed)."""
+    total = 0
+    for folder, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(folder, name)).st_size
+    return total
+
+
+async def large_repo_case(runs: int, mib: int = 64) -> list[Result]:
+    """``hal run`` (in-process) of a trivial agent on a repository of ``mib`` MiB against
+    the same on a one-file repository, and what one task's checkout writes of git objects:
+    a checkout borrows the source snapshot's objects instead of copying them."""
+    root = Path(tempfile.mkdtemp(prefix="hal-bench-"))
+    small, large = make_repo(root), make_large_repo(root, mib)
+    env = hal_env(root / "home", HAL_NO_DAEMON="1")
+    agent = ("run", "--agent", "true {{prompt_file}}")
+    figures = {}
+    for repo in (small, large):
+        first = time.perf_counter()
+        code, _ = await hal(env, repo, *agent, "warm up")  # the first makes the snapshot
+        assert code == 0
+        first_ms = (time.perf_counter() - first) * 1000
+
+        async def once(repo: Path = repo) -> None:
+            code, _ = await hal(env, repo, *agent, "x")
+            assert code == 0
+
+        figures[repo] = (await timed(once, runs), first_ms)
+    sessions = sorted((root / "home" / "sessions").iterdir(), key=lambda p: p.stat().st_mtime)
+    checkout = tree_bytes(sessions[-1] / "workspace" / ".git" / "objects")
+    source = tree_bytes(large / ".git" / "objects")
+    shutil.rmtree(root, ignore_errors=True)
+    took, first_ms = figures[large]
+    base = figures[small][0]
+    return [
+        Result(f"hal run, {mib} MiB repository", took, "ms",
+               f"one-file repository {base:.1f} ms", f"+{took - base:.0f} ms", "-", True,
+               f"first task (makes the snapshot) {first_ms:.0f} ms; objects written per "
+               f"checkout {checkout / 1024:.0f} KiB of the source's {source / 2**20:.0f} MiB"),
+    ]  # fmt: skip
+
+
 async def start_daemon(env: dict[str, str], cwd: Path) -> DaemonClient:
     """``hal serve --detach`` and a client for it."""
     code, _ = await hal(env, cwd, "serve", "--detach")

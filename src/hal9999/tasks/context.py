@@ -16,8 +16,9 @@ from hal9999.hive.mcp.channel import McpRoute
 from hal9999.pool.settings import network_of, provider_settings, resources_of
 from hal9999.providers.base import Sandbox
 from hal9999.redact import SecretMasker
-from hal9999.spec import ArgvCommand, ProcessSpec, SandboxSpec, ShellCommand
+from hal9999.spec import ArgvCommand, Bind, ProcessSpec, SandboxSpec, ShellCommand
 from hal9999.store import TaskRecord
+from hal9999.tasks.mirror import OBJECTS_LINK, OBJECTS_TARGET
 from hal9999.tasks.session import Session
 from hal9999.tasks.state import TaskStatus
 
@@ -129,14 +130,24 @@ def sandbox_spec(
 ) -> SandboxSpec:
     """The sandbox a task runs in (with its provider's network and limits, when set)."""
     settings = provider_settings(config, environ or {}, task.provider)
+    binds = session.binds()
+    if borrows_objects(task):
+        binds += (Bind(source=session.root / OBJECTS_LINK, target=OBJECTS_TARGET),)
     return SandboxSpec(
         provider=task.provider,
         resources=resources_of(config, settings),
         network=network_of(config, settings),
         workspace=session.workspace,
-        binds=session.binds(),
+        binds=binds,
         labels={"hal.task": task.id},
     )
+
+
+def borrows_objects(task: TaskRecord) -> bool:
+    """Whether the task's checkout borrows its objects from a read-only snapshot of the
+    source (:mod:`hal9999.tasks.mirror`): a local repository in a bwrap sandbox, which
+    mounts the snapshot beside the session (issue 16)."""
+    return task.provider == "bwrap" and task.repo_kind == "local"
 
 
 def offline_warning(agent: str) -> str:

@@ -144,17 +144,26 @@ async def _is_bare(path: Path) -> bool:
         return False
 
 
-async def clone(source: RepoSource, ref: str | None, dest: Path, branch: str) -> str:
+async def clone(
+    source: RepoSource, ref: str | None, dest: Path, branch: str, *, borrow: Path | None = None
+) -> str:
     """Clone ``source`` at ``ref`` into ``dest`` on a new ``branch``; return the base commit.
 
-    The checkout keeps no host path: a local source's path is removed from the remote and
-    from the reflog the clone wrote, so the agent does not learn where the host keeps it.
+    With ``borrow`` (a snapshot of the local source, :mod:`hal9999.tasks.mirror`) the clone
+    is ``--shared`` from it: its objects stay in the snapshot (the caller points the
+    checkout's alternates at the session's link). The checkout keeps no host path: a local
+    source's path is removed from the remote and from the reflog the clone wrote, so the
+    agent does not learn where the host keeps it.
     """
     location = source.location
     if ref is not None:
         check_ref(ref)
+    if borrow is not None:
+        how, origin = "--shared", str(borrow)
+    else:
+        how, origin = "--no-hardlinks", location
     await git(
-        ["clone", "--quiet", "--no-hardlinks", *_CLONE_IDENTITY, "--", location, str(dest)],
+        ["clone", "--quiet", how, *_CLONE_IDENTITY, "--", origin, str(dest)],
         what=f"cloning {location}",
     )
     # dest itself may already belong to the sandbox's own uid (hal as root); what is in it

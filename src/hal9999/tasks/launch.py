@@ -11,15 +11,21 @@ from pathlib import Path
 
 from hal9999.agents.base import Agent, AgentContext, AgentLaunch, needs_network
 from hal9999.credentials import forwarded_env, install_files, remove_files
-from hal9999.errors import AgentNotInstalled
+from hal9999.errors import AgentNotInstalled, RepoError
 from hal9999.events.models import Message, SandboxAcquired
 from hal9999.gateway.tasks import GatewayUsage, route_for
 from hal9999.hive.mcp.channel import route_for as mcp_route_for
 from hal9999.process.base import ProcessManager
 from hal9999.process.caplog import log_cap_from
 from hal9999.providers.base import Provider, Sandbox
-from hal9999.tasks import gitrepo
-from hal9999.tasks.context import RunContext, offline_warning, process_spec, sandbox_spec
+from hal9999.tasks import gitrepo, mirror
+from hal9999.tasks.context import (
+    RunContext,
+    borrows_objects,
+    offline_warning,
+    process_spec,
+    sandbox_spec,
+)
 from hal9999.tasks.output import file_size
 from hal9999.tasks.runcore import RunnerCore
 from hal9999.tasks.session import HOME_TARGET, INPUT_TARGET
@@ -42,6 +48,19 @@ class LaunchSteps(RunnerCore):
         task = ctx.task
         await self.transition(ctx, TaskStatus.PROVISIONING)
         spec = sandbox_spec(self.config, task, ctx.session, self.environ)
+        fresh = task.base_commit is None  # its clone is made (again) in prepare()
+        if borrows_objects(task):  # the mount's source, before the sandbox's first command
+            await asyncio.to_thread(
+                mirror.check_link, ctx.session.root, fresh=fresh, branch=task.branch
+            )
+        elif not fresh and mirror.linked_snapshot(ctx.session.root) is not None:
+            # A checkout made in a bwrap sandbox, resumed on a provider that cannot mount
+            # the snapshot it borrows from (a task with several providers).
+            raise RepoError(
+                f"task {task.id}'s checkout borrows objects that only a bwrap sandbox mounts; "
+                f"it cannot go on in {task.provider}",
+                hint=f"start a new task from its result (`hal run --ref {task.branch}`)",
+            )
         ctx.gateway = route_for(
             self.config, agent, task.id, self.environ, ctx.secrets,
             budget=ctx.session.run_dir, provider=task.provider,
@@ -107,12 +126,22 @@ class LaunchSteps(RunnerCore):
         """Repo, prompt, agent config and credentials into the session and the sandbox."""
         task, session = ctx.task, ctx.session
         cloned = task.base_commit is None
+        borrows = borrows_objects(task)
         if task.base_commit is None:
             # No clone finished, so no agent ever ran here: a clone cut short (timeout,
             # SIGTERM, kill -9) left only its own files, which would block cloning again.
             await asyncio.to_thread(_empty, session.workspace)
             source = gitrepo.RepoSource(task.repo_kind, task.repo)
-            base = await gitrepo.clone(source, task.ref, session.workspace, task.branch)
+            snap = None
+            if borrows:  # the session's link, made before any command runs in the sandbox
+                snap = await mirror.snapshot_for(
+                    self.config.home, task.repo, session.root, task.ref
+                )
+            base = await gitrepo.clone(
+                source, task.ref, session.workspace, task.branch, borrow=snap
+            )
+            if snap is not None:
+                await asyncio.to_thread(mirror.point_alternates, session.workspace)
             ctx.task = task = await self.update(task.id, base_commit=base)
         # The checkout (made by host git) and the home are the agent's to change; a warm
         # sandbox from the pool meets this session's directories only now.

@@ -26,7 +26,7 @@ from hal9999.providers.base import Provider
 from hal9999.redact import SecretMasker, forwarded_is_secret
 from hal9999.spec import ArgvCommand
 from hal9999.store import Store, TaskRecord
-from hal9999.tasks import gitrepo
+from hal9999.tasks import gitrepo, mirror
 from hal9999.tasks.alive import runner_alive
 from hal9999.tasks.context import Adopted, RunContext, process_spec
 from hal9999.tasks.plugins import load_process_manager, load_provider_for
@@ -409,6 +409,7 @@ class TaskService:
                 hint=f"cancel it first (`hal task cancel {task.id}`) or pass --force",
             )
         await self.kill(task)
+        borrowed = mirror.linked_snapshot(Path(task.session_dir))
         # A session can be large: deleting it must not stall a daemon's other work. It holds
         # agent-made files, so no link in it is followed and closed directories are opened.
         try:
@@ -419,6 +420,8 @@ class TaskService:
                 hint=f"remove {task.session_dir} by hand, then run `hal task rm {task.id}` again",
             ) from exc
         self.store.delete_task(task.id)
+        if borrowed is not None:  # its snapshot goes once no other session borrows from it
+            await mirror.sweep_after_removal(self.config.home, borrowed)
         return task
 
     # -- truth -------------------------------------------------------------------------

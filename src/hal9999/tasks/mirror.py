@@ -1,0 +1,361 @@
+"""Shared, read-only object stores for the checkouts of local repositories (issue 16).
+
+A bwrap task on a local repository used to copy the repository's whole object store into
+its checkout: a thousand tasks on a 1 GiB repository wrote a thousand GiB. Now hal keeps,
+per source repository, *snapshots*: bare repositories holding the source's branches (but
+hal's own result branches), tags and HEAD, fetched over git's protocol (so an object
+none of them reaches, such as a secret in a commit that was dropped, or a stash, is not in
+them). A task's checkout is a
+``clone --shared`` of the newest snapshot: it borrows the snapshot's objects through
+``objects/info/alternates`` and holds only what its agent adds. The snapshot is mounted
+read-only inside the sandbox at :data:`OBJECTS_TARGET`; the alternates entry is the relative
+``../../../.hal-objects``, which names that mount inside and, on the host, the session's
+link to the snapshot (so no host path is written into the checkout)::
+
+    <home>/mirrors/
+      .key              random key: a source's directory name is its keyed hash
+      <name>/lock       flock while a snapshot is chosen, made, linked or swept
+      <name>/current    the newest snapshot's directory name
+      <name>/<snap>/    a bare clone; <snap>/hal-refs: the source's refs it was made from
+    <session>/.hal-objects -> <home>/mirrors/<name>/<snap>/objects
+
+A snapshot is never changed after it is made: when the source's refs change (any file
+under ``refs/heads``, ``refs/tags``, ``packed-refs`` or ``HEAD`` is replaced), the next task
+makes a new one. An old snapshot is removed once no session links to it (checked when a
+newer one is made and when a task is removed), so a resumed task finds its objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import hashlib
+import hmac
+import os
+import secrets
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from hal9999.errors import RepoError
+from hal9999.home import HalPaths
+from hal9999.tasks.gitrepo import git
+
+OBJECTS_LINK = ".hal-objects"
+"""In a session directory: the link to the snapshot's objects its checkout borrows."""
+OBJECTS_TARGET = "/.hal-objects"
+"""Where a sandbox sees the snapshot's objects (read-only)."""
+ALTERNATES = "../../../.hal-objects\n"
+"""The checkout's alternates entry, relative to ``workspace/.git/objects`` (git reads a
+relative entry against the objects directory): the session's link on the host, the mount
+inside the sandbox, whose workspace is ``/workspace``."""
+REFS_FILE = "hal-refs"
+HEAD_REF = "refs/hal/head"
+"""In a snapshot: the source's HEAD commit when it was made (a detached HEAD no branch
+reaches is still there)."""
+RESULTS = "refs/heads/hal/"
+"""hal's result branches: left out of snapshots (each task's adds one to the source), so
+a finished task does not make the next one snapshot again."""
+_LOCK_POLL = 0.02
+
+
+def mirrors_dir(home: Path) -> Path:
+    """Where the snapshots of every source live."""
+    return home / "mirrors"
+
+
+def fingerprint(top: Path) -> str | None:
+    """A digest of the files that hold ``top``'s branches, tags and HEAD (path, inode, size,
+    mtime: git replaces a ref file by renaming a new one over it), or None for a layout this
+    does not follow (a linked worktree or submodule whose ``.git`` is a file, reftable):
+    such a source is cloned whole, as before."""
+    git_dir = top / ".git"
+    try:
+        if not git_dir.is_dir() or git_dir.is_symlink():
+            return None
+        if (git_dir / "reftable").exists() or (git_dir / "commondir").exists():
+            return None
+        lines = [_stat_line(git_dir, "HEAD"), _stat_line(git_dir, "packed-refs")]
+        head = (git_dir / "HEAD").read_text().strip()
+        if head.startswith(f"ref: {RESULTS}"):  # the user is on a result branch
+            lines.append(_stat_line(git_dir, head[len("ref: ") :]))
+        for sub in ("refs/heads", "refs/tags"):
+            for folder, dirs, files in os.walk(git_dir / sub):
+                dirs.sort()
+                if folder == str(git_dir / "refs" / "heads"):
+                    dirs[:] = [d for d in dirs if d != "hal"]
+                for name in sorted(files):
+                    rel = os.path.relpath(os.path.join(folder, name), git_dir)
+                    lines.append(_stat_line(git_dir, rel))
+    except OSError:
+        return None
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def _stat_line(git_dir: Path, rel: str) -> str:
+    try:
+        st = os.lstat(git_dir / rel)
+    except FileNotFoundError:
+        return f"{rel} -"
+    return f"{rel} {st.st_ino} {st.st_size} {st.st_mtime_ns}"
+
+
+def source_name(home: Path, top: str) -> str:
+    """The directory name of ``top``'s snapshots: a keyed hash, so that a sandbox, which
+    can see the mount's source path in its mountinfo, cannot confirm a guess of the
+    repository's host path."""
+    key_path = mirrors_dir(home) / ".key"
+    try:
+        key = key_path.read_bytes()
+    except FileNotFoundError:
+        key_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fresh = key_path.with_name(f".key.{secrets.token_hex(4)}")
+        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, secrets.token_bytes(32))
+        finally:
+            os.close(fd)
+        try:
+            os.link(fresh, key_path)  # the first writer's key wins; never replaced
+        except FileExistsError:
+            pass
+        finally:
+            fresh.unlink()
+        key = key_path.read_bytes()
+    return hmac.new(key, os.fsencode(top), hashlib.sha256).hexdigest()[:24]
+
+
+@contextlib.asynccontextmanager
+async def locked(base: Path) -> AsyncIterator[None]:
+    """Hold ``base``'s lock (between processes); waiting never blocks the event loop and a
+    cancelled wait leaves nothing held."""
+    base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(base / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                await asyncio.sleep(_LOCK_POLL)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+async def snapshot_for(home: Path, top: str, session_root: Path, ref: str | None) -> Path | None:
+    """Link ``session_root`` to the newest snapshot of the local repository ``top`` (made
+    now when the source's refs changed since) and return the snapshot; None, with the
+    session's link an empty directory, when the source is not in a layout this follows or
+    ``ref`` is not in the snapshot (a commit no branch or tag reaches): the caller clones
+    the source whole then, with the errors it gives."""
+    fp = await asyncio.to_thread(fingerprint, Path(top))
+    if fp is None:
+        await asyncio.to_thread(link_empty, session_root)
+        return None
+    base = mirrors_dir(home) / await asyncio.to_thread(source_name, home, top)
+    async with locked(base):
+        snap = await asyncio.to_thread(_current, base, fp)
+        if snap is None:
+            try:
+                snap = await _make(base, top, fp)
+            except (RepoError, OSError):
+                # An empty repository, a HEAD naming no commit, ...: the whole clone says
+                # what is wrong, as it always did.
+                await asyncio.to_thread(link_empty, session_root)
+                return None
+            await asyncio.to_thread(sweep_locked, home, base)
+        if ref is not None and not await _has_commit(snap, ref):
+            await asyncio.to_thread(link_empty, session_root)
+            return None
+        await asyncio.to_thread(_link, session_root, snap / "objects")
+    return snap
+
+
+def _current(base: Path, fp: str) -> Path | None:
+    try:
+        name = (base / "current").read_text().strip()
+        snap = base / name
+        if name and (snap / REFS_FILE).read_text() == fp:
+            return snap
+    except OSError:
+        pass
+    return None
+
+
+async def _make(base: Path, top: str, fp: str) -> Path:
+    """A new snapshot of ``top``: its branches but hal's result branches, its tags and
+    HEAD's commit, fetched over git's protocol (so only what they reach); HEAD as the
+    source's; readable by a sandbox's own uid; never changed afterwards."""
+    name = f"s-{secrets.token_hex(6)}"
+    work = base / f".{name}.tmp"
+    try:
+        await git(["init", "--quiet", "--bare", str(work)], what="making a snapshot")
+        await git(
+            [
+                "fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--", top,
+                "+refs/heads/*:refs/heads/*", "^refs/heads/hal/*",
+                "+refs/tags/*:refs/tags/*", f"+HEAD:{HEAD_REF}",
+            ],
+            cwd=work,
+            what=f"copying {top}",
+        )  # fmt: skip
+        await asyncio.to_thread(_finish, work, Path(top), fp)
+        await asyncio.to_thread(os.rename, work, base / name)
+    except BaseException:
+        await asyncio.to_thread(shutil.rmtree, work, True)
+        raise
+    await asyncio.to_thread(_write_current, base, name)
+    return base / name
+
+
+def _finish(work: Path, top: Path, fp: str) -> None:
+    # HEAD as the source's: its branch when the snapshot has it, else its commit.
+    head = (top / ".git" / "HEAD").read_text().strip()
+    branch = head[len("ref: ") :] if head.startswith("ref: refs/heads/") else None
+    if branch is not None and _ref_value(work, branch) is not None:
+        (work / "HEAD").write_text(f"ref: {branch}\n")
+    else:
+        commit = _ref_value(work, HEAD_REF)
+        if commit is None:
+            raise RepoError(f"the snapshot of {top} has no HEAD", hint="report this as a hal bug")
+        (work / "HEAD").write_text(f"{commit}\n")
+    (work / REFS_FILE).write_text(fp)
+    # The sandbox's own uid (hal as root) reads it through the read-only mount.
+    for folder, _dirs, files in os.walk(work / "objects"):
+        os.chmod(folder, 0o755)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o444)
+    os.chmod(work, 0o755)
+
+
+def _ref_value(git_dir: Path, ref: str) -> str | None:
+    """A ref's commit, loose or packed (in the repository this module made)."""
+    try:
+        return (git_dir / ref).read_text().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    try:
+        packed = (git_dir / "packed-refs").read_text()
+    except FileNotFoundError:
+        return None
+    for line in packed.splitlines():
+        value, _, name = line.partition(" ")
+        if name == ref:
+            return value
+    return None
+
+
+def _write_current(base: Path, name: str) -> None:
+    tmp = base / f".current.{secrets.token_hex(4)}"
+    tmp.write_text(name)
+    os.replace(tmp, base / "current")
+
+
+async def _has_commit(snap: Path, ref: str) -> bool:
+    for candidate in (ref, f"refs/heads/{ref}", f"refs/tags/{ref}"):
+        with contextlib.suppress(RepoError):
+            await git(
+                ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{candidate}^{{commit}}"],
+                cwd=snap,
+            )
+            return True
+    return False
+
+
+def _link(session_root: Path, objects: Path) -> None:
+    """Point the session's link at ``objects`` (replacing an empty placeholder or an older
+    link: a clone that is being redone)."""
+    link = session_root / OBJECTS_LINK
+    if link.is_dir() and not link.is_symlink():
+        link.rmdir()
+    tmp = session_root / f".hal-objects.{secrets.token_hex(4)}"
+    os.symlink(objects, tmp)
+    os.replace(tmp, link)
+
+
+def link_empty(session_root: Path) -> None:
+    """The session's link as an empty directory: the mount has a source, the checkout
+    borrows nothing (a full clone, or a session from before snapshots)."""
+    link = session_root / OBJECTS_LINK
+    if link.is_symlink():
+        link.unlink()
+    with contextlib.suppress(FileExistsError):
+        link.mkdir(mode=0o755)
+
+
+def check_link(session_root: Path, *, fresh: bool, branch: str = "") -> None:
+    """Before a run: the session's link exists (an empty directory until a clone links it;
+    a session from before snapshots gets one too) and, unless the run clones afresh
+    (``fresh``), the objects its checkout borrows are still there."""
+    link = session_root / OBJECTS_LINK
+    if not os.path.lexists(link) or (fresh and not link.exists()):
+        link_empty(session_root)
+    elif not link.exists():
+        raise RepoError(
+            f"the objects this task's checkout borrows are gone ({os.readlink(link)})",
+            hint=f"start a new task from its result (`hal run --ref {branch or 'BRANCH'}`)",
+        )
+
+
+def linked_snapshot(session_root: Path) -> Path | None:
+    """The snapshot a session links to, if any."""
+    try:
+        target = Path(os.readlink(session_root / OBJECTS_LINK))
+    except OSError:
+        return None
+    return target.parent
+
+
+def sweep_locked(home: Path, base: Path) -> list[str]:
+    """Remove ``base``'s snapshots no session links to, except the current one (the
+    caller holds ``base``'s lock); the names removed."""
+    try:
+        current = (base / "current").read_text().strip()
+    except OSError:
+        current = ""
+    used = {current}
+    sessions = HalPaths(home).sessions
+    try:
+        entries = list(os.scandir(sessions))
+    except FileNotFoundError:
+        entries = []
+    for entry in entries:
+        snap = linked_snapshot(Path(entry.path))
+        if snap is not None and snap.parent == base:
+            used.add(snap.name)
+    removed = []
+    for entry in os.scandir(base):
+        if entry.name.startswith("s-") and entry.name not in used and entry.is_dir():
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.name)
+    return removed
+
+
+async def sweep_after_removal(home: Path, snap: Path) -> None:
+    """After a session that linked to ``snap`` was removed: drop the snapshots of its
+    source that no session uses any more."""
+    base = snap.parent
+    if base.parent != mirrors_dir(home) or not base.is_dir():
+        return
+    async with locked(base):
+        await asyncio.to_thread(sweep_locked, home, base)
+
+
+def point_alternates(workspace: Path) -> None:
+    """Make a fresh ``clone --shared`` borrow through the session's link (relative), not
+    the snapshot's host path."""
+    path = workspace / ".git" / "objects" / "info" / "alternates"
+    tmp = path.with_name(f"alternates.{secrets.token_hex(4)}")
+    try:
+        tmp.write_text(ALTERNATES)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno != errno.ENOENT:
+            raise
+        raise RepoError(
+            "the shared clone has no alternates file", hint="report this as a hal bug"
+        ) from exc
