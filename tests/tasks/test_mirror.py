@@ -149,8 +149,11 @@ def test_a_changed_source_gets_a_new_snapshot_and_old_ones_go_with_their_tasks(
     second, _ = run(tmp_path, repo, "true")
     assert len(snapshots(tmp_path)) == 1
     git(repo, "commit", "-q", "--allow-empty", "-m", "newer")
-    third, log = run(tmp_path, repo, "git log --format=%s -1")
+    third, log = run(tmp_path, repo, "git log --format=%s -1; git branch -a")
     assert "newer" in log
+    # Other tasks' result branches are not in a snapshot (each finished task adds one to
+    # the source: they would make every next task snapshot again).
+    assert first["id"] not in log and "hal/" + third["id"] in log
     assert len(snapshots(tmp_path)) == 2  # the first two tasks still borrow the old one
     hal(tmp_path, repo, "task", "rm", first["id"])
     assert len(snapshots(tmp_path)) == 2
@@ -158,6 +161,11 @@ def test_a_changed_source_gets_a_new_snapshot_and_old_ones_go_with_their_tasks(
     assert len(snapshots(tmp_path)) == 1  # nobody borrows from the old one any more
     base = Path(third["session_dir"]) / ".hal-objects"
     assert base.resolve().parent.name == snapshots(tmp_path)[0]
+    # The user works on a result branch: the snapshot's HEAD is its commit.
+    git(repo, "checkout", "-q", third["branch"])
+    git(repo, "commit", "-q", "--allow-empty", "-m", "on the result")
+    fourth, log = run(tmp_path, repo, "git log --format=%s -1")
+    assert fourth["status"] == "succeeded" and "on the result" in log
 
 
 @pytest.mark.bwrap

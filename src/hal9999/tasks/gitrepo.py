@@ -45,16 +45,22 @@ class RepoSource:
 
 
 async def git(
-    args: Sequence[str], *, cwd: Path | None = None, what: str = "git", hint: str | None = None
+    args: Sequence[str],
+    *,
+    cwd: Path | None = None,
+    what: str = "git",
+    hint: str | None = None,
+    stdin: bytes | None = None,
 ) -> str:
-    """Run host git; raise :class:`RepoError` with git's own message on failure."""
+    """Run host git (with ``stdin`` as its input); raise :class:`RepoError` with git's own
+    message on failure."""
     try:
         proc = await asyncio.create_subprocess_exec(
             "git",
             *_GIT_SAFE,
             *args,
             cwd=cwd,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env={"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/"},
@@ -70,7 +76,7 @@ async def git(
             hint="check that the directory still exists; was the repository moved?",
         ) from exc
     try:
-        out, err = await proc.communicate()
+        out, err = await proc.communicate(stdin)
     except BaseException:
         # Cancelled (a timeout, Ctrl-C, SIGTERM): a clone stuck on the network must not
         # outlive the task.

@@ -2,12 +2,12 @@
 
 A bwrap task on a local repository used to copy the repository's whole object store into
 its checkout: a thousand tasks on a 1 GiB repository wrote a thousand GiB. Now hal keeps,
-per source repository, *snapshots*: bare repositories holding the source's branches (but
-hal's own result branches), tags and HEAD, fetched over git's protocol (so an object
-none of them reaches, such as a secret in a commit that was dropped, or a stash, is not in
-them). A task's checkout is a
-``clone --shared`` of the newest snapshot: it borrows the snapshot's objects through
-``objects/info/alternates`` and holds only what its agent adds. The snapshot is mounted
+per source repository, *snapshots*: git's local copy of the source's object store (the
+copy each task used to make), without hal's own result branches and pruned of the loose
+objects no branch, tag or HEAD reaches (a secret in a commit that was dropped, a stash;
+an object the source still keeps in a pack stays, as in every copy before). A task's
+checkout is a ``clone --shared`` of the newest snapshot: it borrows the snapshot's objects
+through ``objects/info/alternates`` and holds only what its agent adds. The snapshot is mounted
 read-only inside the sandbox at :data:`OBJECTS_TARGET`; the alternates entry is the relative
 ``../../../.hal-objects``, which names that mount inside and, on the host, the session's
 link to the snapshot (so no host path is written into the checkout)::
@@ -52,9 +52,6 @@ ALTERNATES = "../../../.hal-objects\n"
 relative entry against the objects directory): the session's link on the host, the mount
 inside the sandbox, whose workspace is ``/workspace``."""
 REFS_FILE = "hal-refs"
-HEAD_REF = "refs/hal/head"
-"""In a snapshot: the source's HEAD commit when it was made (a detached HEAD no branch
-reaches is still there)."""
 RESULTS = "refs/heads/hal/"
 """hal's result branches: left out of snapshots (each task's adds one to the source), so
 a finished task does not make the next one snapshot again."""
@@ -186,23 +183,28 @@ def _current(base: Path, fp: str) -> Path | None:
 
 
 async def _make(base: Path, top: str, fp: str) -> Path:
-    """A new snapshot of ``top``: its branches but hal's result branches, its tags and
-    HEAD's commit, fetched over git's protocol (so only what they reach); HEAD as the
-    source's; readable by a sandbox's own uid; never changed afterwards."""
+    """A new snapshot of ``top``, never changed afterwards: git's local copy of its object
+    store (as fast as the per-task copy it replaces), without hal's result branches, then
+    pruned of the loose objects no branch, tag or HEAD reaches; readable by a sandbox's
+    own uid."""
     name = f"s-{secrets.token_hex(6)}"
     work = base / f".{name}.tmp"
     try:
-        await git(["init", "--quiet", "--bare", str(work)], what="making a snapshot")
         await git(
-            [
-                "fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--", top,
-                "+refs/heads/*:refs/heads/*", "^refs/heads/hal/*",
-                "+refs/tags/*:refs/tags/*", f"+HEAD:{HEAD_REF}",
-            ],
-            cwd=work,
+            ["clone", "--quiet", "--bare", "--no-hardlinks", "--", top, str(work)],
             what=f"copying {top}",
-        )  # fmt: skip
-        await asyncio.to_thread(_finish, work, Path(top), fp)
+        )
+        results = await git(
+            ["for-each-ref", "--format=%(refname)", RESULTS], cwd=work, what="making a snapshot"
+        )
+        if (work / "HEAD").read_text().startswith(f"ref: {RESULTS}"):  # on a result branch
+            commit = await git(["rev-parse", "--verify", "HEAD^{commit}"], cwd=work)
+            (work / "HEAD").write_text(f"{commit}\n")
+        if results:
+            script = "".join(f"delete {ref}\n" for ref in results.splitlines())
+            await git(["update-ref", "--stdin"], cwd=work, stdin=script.encode())
+        await git(["prune", "--expire=now"], cwd=work, what="making a snapshot")
+        await asyncio.to_thread(_finish, work, fp)
         await asyncio.to_thread(os.rename, work, base / name)
     except BaseException:
         await asyncio.to_thread(shutil.rmtree, work, True)
@@ -211,17 +213,7 @@ async def _make(base: Path, top: str, fp: str) -> Path:
     return base / name
 
 
-def _finish(work: Path, top: Path, fp: str) -> None:
-    # HEAD as the source's: its branch when the snapshot has it, else its commit.
-    head = (top / ".git" / "HEAD").read_text().strip()
-    branch = head[len("ref: ") :] if head.startswith("ref: refs/heads/") else None
-    if branch is not None and _ref_value(work, branch) is not None:
-        (work / "HEAD").write_text(f"ref: {branch}\n")
-    else:
-        commit = _ref_value(work, HEAD_REF)
-        if commit is None:
-            raise RepoError(f"the snapshot of {top} has no HEAD", hint="report this as a hal bug")
-        (work / "HEAD").write_text(f"{commit}\n")
+def _finish(work: Path, fp: str) -> None:
     (work / REFS_FILE).write_text(fp)
     # The sandbox's own uid (hal as root) reads it through the read-only mount.
     for folder, _dirs, files in os.walk(work / "objects"):
@@ -229,23 +221,6 @@ def _finish(work: Path, top: Path, fp: str) -> None:
         for name in files:
             os.chmod(os.path.join(folder, name), 0o444)
     os.chmod(work, 0o755)
-
-
-def _ref_value(git_dir: Path, ref: str) -> str | None:
-    """A ref's commit, loose or packed (in the repository this module made)."""
-    try:
-        return (git_dir / ref).read_text().strip()
-    except (FileNotFoundError, NotADirectoryError):
-        pass
-    try:
-        packed = (git_dir / "packed-refs").read_text()
-    except FileNotFoundError:
-        return None
-    for line in packed.splitlines():
-        value, _, name = line.partition(" ")
-        if name == ref:
-            return value
-    return None
 
 
 def _write_current(base: Path, name: str) -> None:
