@@ -203,3 +203,16 @@ def test_a_ref_no_branch_reaches_and_a_worktree_are_cloned_whole(tmp_path: Path)
     assert task["status"] == "succeeded" and "init" in log
     workspace = Path(task["session_dir"]) / "workspace"
     assert not (workspace / ".git" / "objects" / "info" / "alternates").exists()
+
+
+@pytest.mark.bwrap
+@pytest.mark.tmux
+def test_a_source_that_borrows_objects_itself_is_snapshotted_whole(tmp_path: Path) -> None:
+    origin = make_repo(tmp_path)
+    borrower = tmp_path / "borrower"
+    subprocess.run(["git", "clone", "-q", "--shared", str(origin), str(borrower)], check=True)
+    assert (borrower / ".git" / "objects" / "info" / "alternates").exists()
+    task, log = run(tmp_path, borrower, "git fsck --connectivity-only --no-progress && echo ok")
+    assert task["status"] == "succeeded" and "ok" in log, log
+    (snap,) = snapshots(tmp_path)
+    assert not any((tmp_path / "home" / "mirrors").glob(f"*/{snap}/objects/info/alternates"))

@@ -191,7 +191,9 @@ async def _make(base: Path, top: str, fp: str) -> Path:
     work = base / f".{name}.tmp"
     try:
         await git(
-            ["clone", "--quiet", "--bare", "--no-hardlinks", "--", top, str(work)],
+            # --dissociate: a source that itself borrows objects (a `clone --shared`) is
+            # copied whole, as a sandbox sees no other host path to borrow them from.
+            ["clone", "--quiet", "--bare", "--no-hardlinks", "--dissociate", "--", top, str(work)],
             what=f"copying {top}",
         )
         results = await git(
