@@ -216,3 +216,23 @@ def test_a_source_that_borrows_objects_itself_is_snapshotted_whole(tmp_path: Pat
     assert task["status"] == "succeeded" and "ok" in log, log
     (snap,) = snapshots(tmp_path)
     assert not any((tmp_path / "home" / "mirrors").glob(f"*/{snap}/objects/info/alternates"))
+
+
+@pytest.mark.bwrap
+@pytest.mark.tmux
+def test_a_borrowing_checkout_resumed_on_another_provider_says_why_it_cannot(
+    tmp_path: Path,
+) -> None:
+    from hal9999.store import Store
+
+    repo = make_repo(tmp_path)
+    task, _ = run(tmp_path, repo, "true")
+    # A task with several providers is placed where there is room when it is resumed.
+    store = Store.open(tmp_path / "home")
+    store.update_task(task["id"], provider="local")
+    store.close()
+    out = hal(tmp_path, repo, "task", "resume", task["id"], "again", check=False)
+    said = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert "borrows objects that only a bwrap sandbox mounts" in said, said
+    assert f"hal run --ref {task['branch']}" in said and "Traceback" not in said

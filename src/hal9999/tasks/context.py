@@ -131,7 +131,7 @@ def sandbox_spec(
     """The sandbox a task runs in (with its provider's network and limits, when set)."""
     settings = provider_settings(config, environ or {}, task.provider)
     binds = session.binds()
-    if borrows_objects(task):
+    if mounts_objects(task.provider):
         binds += (Bind(source=session.root / OBJECTS_LINK, target=OBJECTS_TARGET),)
     return SandboxSpec(
         provider=task.provider,
@@ -143,11 +143,17 @@ def sandbox_spec(
     )
 
 
+def mounts_objects(provider: str) -> bool:
+    """Whether the provider's sandboxes mount the session's link to a snapshot of the
+    source (:mod:`hal9999.tasks.mirror`; an empty directory when the checkout borrows
+    nothing): bwrap's, every task's alike, so that one warm sandbox serves them all."""
+    return provider == "bwrap"
+
+
 def borrows_objects(task: TaskRecord) -> bool:
     """Whether the task's checkout borrows its objects from a read-only snapshot of the
-    source (:mod:`hal9999.tasks.mirror`): a local repository in a bwrap sandbox, which
-    mounts the snapshot beside the session (issue 16)."""
-    return task.provider == "bwrap" and task.repo_kind == "local"
+    source: a local repository in a sandbox that mounts the snapshot (issue 16)."""
+    return mounts_objects(task.provider) and task.repo_kind == "local"
 
 
 def offline_warning(agent: str) -> str:

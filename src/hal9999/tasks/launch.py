@@ -22,6 +22,7 @@ from hal9999.tasks import gitrepo, mirror
 from hal9999.tasks.context import (
     RunContext,
     borrows_objects,
+    mounts_objects,
     offline_warning,
     process_spec,
     sandbox_spec,
@@ -49,7 +50,7 @@ class LaunchSteps(RunnerCore):
         await self.transition(ctx, TaskStatus.PROVISIONING)
         spec = sandbox_spec(self.config, task, ctx.session, self.environ)
         fresh = task.base_commit is None  # its clone is made (again) in prepare()
-        if borrows_objects(task):  # the mount's source, before the sandbox's first command
+        if mounts_objects(task.provider):  # the mount's source, before the first command
             await asyncio.to_thread(
                 mirror.check_link, ctx.session.root, fresh=fresh, branch=task.branch
             )
