@@ -11,7 +11,6 @@ made by one build at a time.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import os
@@ -19,6 +18,7 @@ import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+from hal9999 import flock
 from hal9999.errors import ConfigError, ProviderError
 from hal9999.providers import qemumount
 
@@ -83,14 +83,5 @@ def build_lock(lock_dir: Path, name: str) -> Iterator[None]:
 async def stages_lock(lock_dir: Path) -> AsyncIterator[None]:
     """Held while making the cached stages every image shares; other builds wait for it."""
     lock_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_dir / "stages.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                await asyncio.sleep(_LOCK_POLL_S)
+    async with flock.held(lock_dir / "stages.lock", poll=_LOCK_POLL_S):
         yield
-    finally:
-        os.close(fd)

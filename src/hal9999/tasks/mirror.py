@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import fcntl
 import hashlib
 import hmac
 import os
@@ -39,6 +38,7 @@ import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from hal9999 import flock
 from hal9999.errors import RepoError
 from hal9999.home import HalPaths
 from hal9999.tasks.gitrepo import git
@@ -129,17 +129,8 @@ async def locked(base: Path) -> AsyncIterator[None]:
     """Hold ``base``'s lock (between processes); waiting never blocks the event loop and a
     cancelled wait leaves nothing held."""
     base.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(base / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                await asyncio.sleep(_LOCK_POLL)
+    async with flock.held(base / "lock", poll=_LOCK_POLL):
         yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 async def snapshot_for(home: Path, top: str, session_root: Path, ref: str | None) -> Path | None:
