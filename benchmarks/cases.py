@@ -288,7 +288,7 @@ async def large_repo_case(runs: int, mib: int = 64) -> list[Result]:
         Result(f"hal run, {mib} MiB repository", took, "ms",
                f"one-file repository {base:.1f} ms; first task (makes the snapshot) "
                f"{first_ms:.0f} ms; git objects written per checkout {checkout / 1024:.0f} KiB "
-               f"(the source has {source / 2**20:.0f} MiB)", f"+{took - base:.0f} ms", "-", True),
+               f"(the source has {source / 2**20:.0f} MiB)", f"{took - base:+.0f} ms", "-", True),
     ]  # fmt: skip
 
 
