@@ -33,6 +33,7 @@ from hal9999.providers.bwrap import BwrapProvider
 from hal9999.server.client import DaemonClient
 from hal9999.spec import ArgvCommand, Bind, SandboxSpec
 from hal9999.store import Store
+from hal9999.tasks.mirror import OBJECTS_LINK, OBJECTS_TARGET
 from hal9999.tasks.service import INDEX_BATCH
 
 BARE_BWRAP = [
@@ -74,9 +75,9 @@ async def bare_bwrap() -> None:
 
 
 def task_like_spec(root: Path, n: int) -> SandboxSpec:
-    """A spec shaped like a task's (workspace, home and input binds)."""
+    """A spec shaped like a task's (workspace, home, input and the objects binds)."""
     session = root / f"s{n}"
-    for name in ("workspace", "home", "input"):
+    for name in ("workspace", "home", "input", OBJECTS_LINK):
         (session / name).mkdir(parents=True, exist_ok=True)
     return SandboxSpec(
         provider="bwrap",
@@ -84,6 +85,7 @@ def task_like_spec(root: Path, n: int) -> SandboxSpec:
         binds=(
             Bind(source=session / "home", target="/home/hal", read_only=False),
             Bind(source=session / "input", target="/hal", read_only=True),
+            Bind(source=session / OBJECTS_LINK, target=OBJECTS_TARGET),
         ),
     )
 
