@@ -155,8 +155,12 @@ def test_a_changed_source_gets_a_new_snapshot_and_old_ones_go_with_their_tasks(
     # the source: they would make every next task snapshot again).
     assert first["id"] not in log and "hal/" + third["id"] in log
     assert len(snapshots(tmp_path)) == 2  # the first two tasks still borrow the old one
+    # A snapshot whose making died with its process is swept with the unused ones.
+    (base_dir,) = (p for p in (tmp_path / "home" / "mirrors").iterdir() if p.is_dir())
+    (base_dir / ".s-0123456789ab.tmp" / "objects").mkdir(parents=True)
     hal(tmp_path, repo, "task", "rm", first["id"])
     assert len(snapshots(tmp_path)) == 2
+    assert not (base_dir / ".s-0123456789ab.tmp").exists()
     hal(tmp_path, repo, "task", "rm", second["id"])
     assert len(snapshots(tmp_path)) == 1  # nobody borrows from the old one any more
     base = Path(third["session_dir"]) / ".hal-objects"

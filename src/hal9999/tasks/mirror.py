@@ -296,7 +296,11 @@ def sweep_locked(home: Path, base: Path) -> list[str]:
             used.add(snap.name)
     removed = []
     for entry in os.scandir(base):
-        if entry.name.startswith("s-") and entry.name not in used and entry.is_dir():
+        # A snapshot no session uses, or one whose making died with its hal process (the
+        # lock held here means no other is being made now).
+        unused = entry.name.startswith("s-") and entry.name not in used
+        dead = entry.name.startswith(".s-") and entry.name.endswith(".tmp")
+        if (unused or dead) and entry.is_dir(follow_symlinks=False):
             shutil.rmtree(entry.path, ignore_errors=True)
             removed.append(entry.name)
     return removed
