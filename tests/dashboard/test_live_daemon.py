@@ -72,6 +72,18 @@ def screen_shows(page: Any, text: str, timeout: float = 15.0) -> bool:
     return False
 
 
+def focus_terminal(page: Any) -> None:
+    """Put the keyboard on the terminal, and wait until it is there: keys typed before
+    xterm's input has the focus go to the page, and a read-only check would pass on them."""
+    page.click(".term-screen")
+    page.focus(".term-screen .xterm-helper-textarea")
+    page.wait_for_function(
+        "document.activeElement !== null"
+        " && document.activeElement.classList.contains('xterm-helper-textarea')",
+        timeout=10000,
+    )
+
+
 def log_lines(page: Any) -> list[str]:
     return [line for line in page.inner_text("#log").splitlines() if line.startswith("line ")]
 
@@ -150,7 +162,7 @@ def test_terminal_is_read_only_until_asked_and_checks_origin(
     page.wait_for_selector("#task-status .badge-running", timeout=30000)
     page.click("#open-terminal")
     assert screen_shows(page, "ticking")
-    page.click(".term-screen")
+    focus_terminal(page)
     page.keyboard.type("zzqq")
     # Read-only: tmux drops the keys (in write mode the pane's terminal echoes them).
     assert not screen_shows(page, "zzqq", timeout=1.5)
@@ -158,7 +170,7 @@ def test_terminal_is_read_only_until_asked_and_checks_origin(
     page.click("#terminal-write")
     page.wait_for_selector("#terminal-mode:has-text('typing')")
     assert screen_shows(page, "ticking")
-    page.click(".term-screen")
+    focus_terminal(page)
     page.keyboard.type("typed")
     assert screen_shows(page, "typed")
     shot(page, "typing")
