@@ -195,3 +195,20 @@ def test_a_daemon_refuses_config_notes_of_the_wrong_shape() -> None:
     for notes in ({"describe": 1}, {"describe": "x", "more": 1}, "config: x"):
         with pytest.raises(UsageError, match="config_sources"):
             check_run_body({"config_sources": notes})
+
+
+def test_the_thin_path_imports_no_models_and_no_daemon_side_modules() -> None:
+    # Its whole point is a short start (issue 16): no models, no event loop, and none of what
+    # only the daemon uses (making the token: secrets; a socket in the temp dir for a long
+    # home path: tempfile, hashlib; ~8 ms together). Counted in a fresh interpreter.
+    import subprocess
+    import sys
+
+    code = "import sys, hal9999.cli.daemon_run; print(' '.join(sorted(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    loaded = {name.split(".")[0] for name in done.stdout.split()}
+    assert "click" in loaded  # it did import the module under test
+    unused = {"pydantic", "asyncio", "sqlite3", "httpx", "secrets", "tempfile", "hashlib"}
+    assert loaded & unused == set(), sorted(loaded & unused)

@@ -242,3 +242,40 @@ def test_the_supervised_command_line_comes_with_a_private_fifo_beside_the_exit_f
     made = os.lstat(ended_path(spec.exit_path))
     assert stat.S_ISFIFO(made.st_mode) and stat.S_IMODE(made.st_mode) == 0o600
     assert not spec.exit_path.exists()
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT", "SIGHUP"])
+def test_the_supervisor_passes_a_stop_signal_to_the_agent(tmp_path: Path, name: str) -> None:
+    # What `hal task stop` and a process manager send the supervisor reaches the agent's
+    # process group, and the agent's own exit is what is recorded.
+    import signal
+    import subprocess
+    import time
+
+    from hal9999.process.launch import SUPERVISOR
+
+    ready, marker = tmp_path / "ready", tmp_path / "got"
+    script = (
+        "import signal, sys, time, pathlib\n"
+        f"def got(n, f): pathlib.Path({str(marker)!r}).write_text(str(n)); sys.exit(7)\n"
+        f"signal.signal(signal.{name}, got)\n"
+        f"pathlib.Path({str(ready)!r}).write_text('')\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen(
+        [*SUPERVISOR, "--log", str(tmp_path / "log"), "--exit", str(tmp_path / "exit"),
+         "--", sys.executable, "-c", script],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert time.monotonic() < deadline, "the agent did not start"
+            time.sleep(0.02)
+        proc.send_signal(getattr(signal, name))
+        assert proc.wait(timeout=30) == 7
+    finally:
+        proc.kill()
+        proc.wait()
+    assert marker.read_text() == str(int(getattr(signal, name)))
+    assert (tmp_path / "exit").read_text() == "7\n"
