@@ -5,6 +5,7 @@ not recognise. Counted, not timed."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -104,3 +105,135 @@ def test_a_ref_in_the_way_is_left_to_git(tmp_path: Path) -> None:
     assert gitrepo._new_branch(git_dir, "hal/x") is False
     assert (git_dir / "HEAD").read_text() == "ref: refs/heads/main\n"
     assert sorted(p.name for p in (git_dir / "refs" / "heads").iterdir()) == ["main"]
+
+
+# -- a checkout that borrows a snapshot: its .git written by hal, one `read-tree` ----------
+
+
+def _snapshot_repo(root: Path, *, detached: bool = False) -> tuple[Path, Path]:
+    """A source with branches (one nested), a light and an annotated tag, an executable
+    file and a symlink; and a snapshot of it made as mirror.py makes them."""
+    source = root / "source"
+    source.mkdir()
+    git(source, "init", "-q", "-b", "main")
+    (source / "a.txt").write_text("one\n")
+    (source / "bin").mkdir()
+    (source / "bin" / "run").write_text("#!/bin/sh\n")
+    (source / "bin" / "run").chmod(0o755)
+    (source / "link").symlink_to("a.txt")
+    git(source, "add", "-A")
+    git(source, "commit", "-qm", "initial")
+    git(source, "tag", "v1")
+    git(source, "tag", "-a", "-m", "annotated", "v2")
+    git(source, "branch", "side")
+    git(source, "branch", "feat/x")
+    (source / "a.txt").write_text("two\n")
+    git(source, "commit", "-qam", "second")
+    if detached:
+        git(source, "checkout", "-q", "--detach", "HEAD~1")
+    snap = root / "snap"
+    git(root, "clone", "-q", "--bare", "--no-hardlinks", "--", str(source), str(snap))
+    return source, snap
+
+
+def _what_matters(workspace: Path) -> dict[str, object]:
+    """Everything of a checkout an agent or hal relies on."""
+    dot = workspace / ".git"
+    here = ["-c", f"safe.directory={workspace}"]
+
+    def g(*args: str) -> str:
+        return git(workspace, *here, *args)
+
+    files = sorted(
+        str(p.relative_to(workspace))
+        for p in workspace.rglob("*")
+        if ".git" not in p.relative_to(workspace).parts
+    )
+    return {
+        "refs": g("for-each-ref", "--format=%(objectname) %(objecttype) %(refname) %(symref)"),
+        "HEAD": (dot / "HEAD").read_text(),
+        "config": g("config", "--local", "--list"),
+        "index": g("ls-files", "-s"),
+        "status": g("status", "--porcelain", "--ignored"),
+        "files": files,
+        "modes": [oct(os.lstat(workspace / f).st_mode) for f in files],
+        "alternates": (dot / "objects" / "info" / "alternates").read_text(),
+        "objects": sorted(
+            str(p.relative_to(dot)) for p in (dot / "objects").rglob("*") if p.is_file()
+        ),
+        "reflogs": (dot / "logs").exists(),
+        "exclude": (dot / "info" / "exclude").exists(),
+    }
+
+
+@pytest.mark.parametrize("detached", [False, True], ids=["on-a-branch", "detached"])
+@pytest.mark.parametrize("ref", [None, "side", "v2", "feat/x"])
+async def test_a_borrowed_checkout_is_what_clone_shared_made_with_one_git(
+    tmp_path: Path,
+    git_calls: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    detached: bool,
+    ref: str | None,
+) -> None:
+    source, snap = _snapshot_repo(tmp_path, detached=detached)
+    src = gitrepo.RepoSource("local", str(source))
+    mine, theirs = tmp_path / "mine", tmp_path / "theirs"
+    mine.mkdir()
+    theirs.mkdir()
+    base = await gitrepo.clone(src, ref, mine, BRANCH, borrow=snap)
+    mine_calls = list(git_calls)
+    git_calls.clear()
+    with monkeypatch.context() as patch:
+        patch.setattr(gitrepo, "_write_git_dir", lambda snap, dest: False)
+        assert await gitrepo.clone(src, ref, theirs, BRANCH, borrow=snap) == base
+    # Issue 16: was clone (with sh and git-upload-pack) [+ rev-parse, checkout --detach];
+    # a ref is looked up as before (itself, then origin/REF).
+    lookups = git_calls.count("rev-parse")
+    assert git_calls == ["clone"] + ["rev-parse"] * lookups + ["checkout"] * (ref is not None)
+    assert mine_calls == ["rev-parse"] * lookups + ["read-tree"]
+    want = _what_matters(theirs)
+    got = _what_matters(mine)
+    assert got == want
+    assert git(mine, "symbolic-ref", "HEAD") == f"refs/heads/{BRANCH}"
+    assert got["objects"] == ["objects/info/alternates"]  # everything borrowed
+
+
+@pytest.mark.parametrize(
+    "shape", ["loose-ref", "no-packed-refs", "unborn-head", "other-ref", "sha256-like"]
+)
+async def test_a_snapshot_not_in_hals_form_is_cloned_by_git(
+    tmp_path: Path, git_calls: list[str], shape: str
+) -> None:
+    source, snap = _snapshot_repo(tmp_path)
+    if shape == "loose-ref":
+        git(snap, "update-ref", "refs/heads/loose", "HEAD")
+    elif shape == "no-packed-refs":
+        (snap / "packed-refs").unlink()
+        git(snap, "update-ref", "refs/heads/main", git(source, "rev-parse", "main"))
+    elif shape == "unborn-head":
+        (snap / "HEAD").write_text("ref: refs/heads/nothing\n")
+    elif shape == "other-ref":
+        with (snap / "packed-refs").open("a") as file:
+            file.write(f"{git(source, 'rev-parse', 'main')} refs/notes/commits\n")
+    else:
+        with (snap / "packed-refs").open("a") as file:
+            file.write(f"{'a' * 64} refs/tags/zz\n")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    src = gitrepo.RepoSource("local", str(source))
+    with contextlib.suppress(RepoError):  # git's own error for what it refuses
+        await gitrepo.clone(src, None, dest, BRANCH, borrow=snap)
+    assert git_calls[0] == "clone"
+
+
+async def test_a_borrowed_checkout_of_an_odd_branch_name_lets_git_make_the_branch(
+    tmp_path: Path, git_calls: list[str]
+) -> None:
+    source, snap = _snapshot_repo(tmp_path)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    src = gitrepo.RepoSource("local", str(source))
+    await gitrepo.clone(src, None, dest, "hal/x.y", borrow=snap)
+    assert git_calls == ["checkout", "read-tree"]
+    assert git(dest, "symbolic-ref", "HEAD") == "refs/heads/hal/x.y"
+    assert git(dest, "status", "--porcelain") == ""

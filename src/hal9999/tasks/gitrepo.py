@@ -164,14 +164,19 @@ async def clone(
     location = source.location
     if ref is not None:
         check_ref(ref)
-    if borrow is not None:
-        how, origin = "--shared", str(borrow)
-    else:
-        how, origin = "--no-hardlinks", location
-    await git(
-        ["clone", "--quiet", how, *_CLONE_IDENTITY, "--", origin, str(dest)],
-        what=f"cloning {location}",
-    )
+    # A snapshot is hal's own bare clone in a form hal knows: its checkout's .git is written
+    # here and one `read-tree` fills the index and work tree (issue 16: `clone --shared` was
+    # git, sh and git-upload-pack), with git's clone for anything else.
+    written = borrow is not None and await asyncio.to_thread(_write_git_dir, borrow, dest)
+    if not written:
+        if borrow is not None:
+            how, origin = "--shared", str(borrow)
+        else:
+            how, origin = "--no-hardlinks", location
+        await git(
+            ["clone", "--quiet", how, *_CLONE_IDENTITY, "--", origin, str(dest)],
+            what=f"cloning {location}",
+        )
     # dest itself may already belong to the sandbox's own uid (hal as root); what is in it
     # was just made by this clone, so host git may work there.
     here = ["-c", f"safe.directory={dest}"]
@@ -191,6 +196,9 @@ async def clone(
                 )
             except RepoError:
                 continue
+            if written:  # nothing is checked out yet: HEAD is only named
+                await asyncio.to_thread(_write_new, dest / ".git" / "HEAD", f"{commit}\n")
+                break
             await git(
                 [*here, "checkout", "--quiet", "--detach", commit],
                 cwd=dest,
@@ -210,7 +218,9 @@ async def clone(
         await git(
             [*here, "checkout", "--quiet", "-b", branch], cwd=dest, what="creating the branch"
         )
-    if source.kind == "local" and not await asyncio.to_thread(_forget_origin_url, git_dir):
+    if written:  # the index and the work tree of HEAD, the branch
+        await git([*here, "read-tree", "-u", "--reset", "HEAD"], cwd=dest, what="checking out")
+    elif source.kind == "local" and not await asyncio.to_thread(_forget_origin_url, git_dir):
         await git(
             [*here, "config", "--unset-all", "remote.origin.url"],
             cwd=dest,
@@ -219,6 +229,90 @@ async def clone(
     await asyncio.to_thread(shutil.rmtree, git_dir / "logs", True)
     head: str | None = await asyncio.to_thread(_branch_commit, git_dir, branch)
     return head or await git([*here, "rev-parse", "HEAD"], cwd=dest)
+
+
+_SNAPSHOT_REF = re.compile(r"([0-9a-f]{40}) refs/(heads|tags)/(\S+)")
+_PACKED_HEADER = "# pack-refs with: peeled fully-peeled sorted \n"
+_EXCLUDE = (
+    "# git ls-files --others --exclude-from=.git/info/exclude\n"
+    "# Lines that start with '#' are comments.\n"
+    "# For a project mostly in C, the following would skip object files and executables:\n"
+    "# *.[oa]\n"
+    "# *~\n"
+)
+
+
+def _write_git_dir(snap: Path, dest: Path) -> bool:
+    """Write into the empty ``dest`` the ``.git`` that ``git clone --shared SNAP`` writes
+    (the clone's identity, no origin URL, no reflogs, no sample hooks), with nothing checked
+    out; False, leaving ``dest`` empty, when the snapshot is not in the form hal's snapshots
+    have (refs all packed, branches and tags only, HEAD a packed branch or a commit)."""
+    try:
+        if os.listdir(dest) or os.listdir(snap / "refs" / "heads"):
+            return False
+        if os.listdir(snap / "refs" / "tags"):
+            return False
+        head = (snap / "HEAD").read_text()
+        lines = (snap / "packed-refs").read_text().splitlines(keepends=True)
+    except (OSError, UnicodeDecodeError):
+        return False
+    if not lines or lines[0] != _PACKED_HEADER:
+        return False
+    remotes: list[str] = []
+    tags: list[str] = []
+    heads: dict[str, str] = {}
+    last: list[str] | None = None
+    for line in lines[1:]:
+        if line.startswith("^") and last is tags and _COMMIT.fullmatch(line[1:].rstrip("\n")):
+            tags.append(line)  # an annotated tag's peeled commit, after the tag
+            last = None
+            continue
+        match = _SNAPSHOT_REF.fullmatch(line.rstrip("\n"))
+        if match is None or not line.endswith("\n"):
+            return False
+        commit, kind, name = match.groups()
+        if kind == "heads":
+            heads[name] = commit
+            remotes.append(f"{commit} refs/remotes/origin/{name}\n")
+            last = remotes
+        else:
+            tags.append(line)
+            last = tags
+    if head.startswith("ref: refs/heads/"):
+        default: str | None = head[len("ref: refs/heads/") :].rstrip("\n")
+        if default not in heads or not _PLAIN_BRANCH.fullmatch(default):
+            return False
+        local = heads[default]
+    elif _COMMIT.fullmatch(head.rstrip("\n")):
+        default, local = None, head.rstrip("\n")
+    else:
+        return False
+    config = (
+        "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n"
+        "\tlogallrefupdates = true\n[user]\n\tname = hal9999\n\temail = hal9999@localhost\n"
+        '[remote "origin"]\n\tfetch = +refs/heads/*:refs/remotes/origin/*\n'
+    )
+    git_dir = dest / ".git"
+    try:
+        for sub in ("objects/info", "objects/pack", "refs/heads", "refs/tags", "info", "hooks"):
+            (git_dir / sub).mkdir(parents=True)
+        (git_dir / "objects" / "info" / "alternates").write_text(f"{snap / 'objects'}\n")
+        (git_dir / "info" / "exclude").write_text(_EXCLUDE)
+        (git_dir / "packed-refs").write_text(_PACKED_HEADER + "".join(remotes + tags))
+        if default is not None:
+            branch_ref = git_dir / "refs" / "heads" / default
+            branch_ref.parent.mkdir(parents=True, exist_ok=True)
+            branch_ref.write_text(f"{local}\n")
+            origin_head = git_dir / "refs" / "remotes" / "origin" / "HEAD"
+            origin_head.parent.mkdir(parents=True)
+            origin_head.write_text(f"ref: refs/remotes/origin/{default}\n")
+            config += f'[branch "{default}"]\n\tremote = origin\n\tmerge = refs/heads/{default}\n'
+        (git_dir / "config").write_text(config)
+        (git_dir / "HEAD").write_text(f"ref: refs/heads/{default}\n" if default else f"{local}\n")
+    except OSError:
+        shutil.rmtree(git_dir, ignore_errors=True)
+        return False
+    return True
 
 
 _ORIGIN = '[remote "origin"]'
