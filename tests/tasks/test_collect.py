@@ -313,15 +313,78 @@ def _program(line: str) -> str:
     return f"git {args[0]}"
 
 
-async def test_collecting_a_run_that_changed_nothing_runs_three_git(
+async def test_collecting_a_run_that_changed_nothing_runs_two_git(
     world: tuple[World, HostileSandbox], programs: Callable[[], list[str]]
 ) -> None:
     # Issue 16, fourth pass: was mkdir, git status, rev-parse, update-ref, diff, awk, status,
-    # cut, ls-files, awk, diff, wc, diff (8 git, 13 programs).
+    # cut, ls-files, awk, diff, wc, diff (8 git, 13 programs); fifth: mkdir, git status,
+    # rev-parse, ls-files, awk. Now no result directory either.
     w, sandbox = world
+    w.session.bundle.write_bytes(b"from an earlier run")
     result = await run_collect(w, sandbox)
     assert result.head == w.base and result.files_changed == 0 and result.nested == ()
-    assert programs() == sorted(["mkdir", "git status", "git rev-parse", "git ls-files", "awk"])
+    assert result.bundle_bytes is None and not w.session.bundle.exists()
+    assert result.patch_bytes == 0 and w.session.patch.read_bytes() == b""
+    assert programs() == sorted(["git status", "git ls-files"])
+    assert not list(w.session.home.glob(".hal-result-*"))
+
+
+@pytest.mark.parametrize(
+    "change", ["untracked", "staged", "deleted", "committed", "detached", "hidden-untracked"]
+)
+async def test_any_change_takes_the_whole_collection(
+    world: tuple[World, HostileSandbox], change: str
+) -> None:
+    """The unchanged shortcut is only for a checkout where nothing changed, whatever the
+    checkout's own config hides from `status`."""
+    w, sandbox = world
+    ws = w.session.workspace
+    if change == "untracked":
+        (ws / "new.txt").write_text("new\n")
+    elif change == "staged":
+        (ws / "a.txt").write_text("two\n")
+        git(ws, "add", "a.txt")
+    elif change == "deleted":
+        (ws / "a.txt").unlink()
+    elif change == "committed":
+        (ws / "a.txt").write_text("two\n")
+        git(ws, "commit", "-qam", "agent")
+    elif change == "detached":
+        (ws / "a.txt").write_text("two\n")
+        git(ws, "commit", "-qam", "agent")
+        git(ws, "checkout", "-q", "--detach")
+    else:
+        git(ws, "config", "status.showUntrackedFiles", "no")
+        (ws / "new.txt").write_text("new\n")
+    result = await run_collect(w, sandbox)
+    assert result.head != w.base and result.files_changed == 1
+    assert git(ws, "rev-parse", BRANCH) == result.head
+    assert result.bundle_bytes is not None and w.session.patch.read_bytes()
+    assert not list(w.session.home.glob(".hal-result-*"))
+
+
+async def test_a_url_source_still_gets_its_whole_bundle_when_nothing_changed(
+    world: tuple[World, HostileSandbox],
+) -> None:
+    w, sandbox = world
+    result = await run_collect(w, sandbox, full=True)
+    assert result.head == w.base and result.bundle_bytes is not None
+    heads = git(w.session.workspace, "bundle", "list-heads", str(w.session.bundle))
+    assert heads == f"{w.base} refs/heads/{BRANCH}"
+
+
+async def test_an_unchanged_checkout_with_a_gitlink_still_looks_inside_it(
+    world: tuple[World, HostileSandbox],
+) -> None:
+    w, sandbox = world
+    ws = w.session.workspace
+    git(ws, "update-index", "--add", "--cacheinfo", f"160000,{w.base},vendor/lib")
+    git(ws, "commit", "-qm", "a submodule, never checked out")
+    w.base = git(ws, "rev-parse", "HEAD")  # the task's base holds the gitlink
+    (ws / "vendor" / "lib").mkdir(parents=True)
+    (ws / "vendor" / "lib" / "patch.c").write_text("int x;\n")
+    result = await run_collect(w, sandbox)
+    assert result.head == w.base and "vendor/lib" in result.nested
 
 
 async def test_collecting_leftovers_runs_no_git_it_does_not_need(

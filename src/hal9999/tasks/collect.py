@@ -32,22 +32,43 @@ base=$1 branch=$2 message=$3 out=$4 full=$5
 step() { echo "hal-step: $1" >&2; }
 g() { git -c core.hooksPath=/dev/null -c core.fsmonitor=false -c user.name=hal9999 \
   -c user.email=hal9999@localhost "$@"; }
-step "creating the result directory"; mkdir -m 700 -- "$out"
-committed=0
+nl='
+'
 step "reading the changes"
-changes=$(g status --porcelain)
+# One git for HEAD and every change, whatever the checkout's config hides (submodules,
+# untracked files): when it lists none, nothing changed.
+state=$(g status --porcelain=v2 --branch --no-ahead-behind --untracked-files=normal \
+  --ignore-submodules=none)
+head=${state#"# branch.oid "}; head=${head%%"$nl"*}
+dirty=
+case $state in [!#]*|*"$nl"[!#]*) dirty=1 ;; esac
+committed=0 changes=$dirty
+case $state in *"$nl"[12u]\ ??\ S*)
+  # A submodule changed: what is committed is what `status` shows under the checkout's
+  # own submodule settings, as always.
+  changes=$(g status --porcelain) ;;
+esac
 if [ -n "$changes" ]; then
   step "staging leftover changes"; g add -A
   step "committing leftover changes"; g commit --quiet --no-verify -m "$message" >&2
-  committed=1
+  committed=1 head=
 fi
-step "reading HEAD"; head=$(g rev-parse --verify HEAD)
+case $head in *[!0-9a-f]*|'') step "reading HEAD"; head=$(g rev-parse --verify HEAD) ;; esac
 # HEAD a plain file naming the branch: the branch is HEAD already, nothing to move.
 symbolic=
 if [ -f .git/HEAD ] && [ ! -h .git/HEAD ]; then IFS= read -r symbolic < .git/HEAD || :; fi
 if [ "$symbolic" != "ref: refs/heads/$branch" ]; then
   step "updating the branch"; g update-ref "refs/heads/$branch" "$head"
 fi
+if [ -z "$dirty" ] && [ "$head" = "$base" ] && [ "$full" = 0 ]; then
+  # Nothing changed: no patch, no bundle, no result directory, unless a gitlink in the
+  # index could hide files dropped into a submodule that was never checked out.
+  step "checking nested repositories"
+  case $(g ls-files -s) in 160000\ *|*"$nl"160000\ *) ;; *)
+    printf '%s 0 0 unchanged\n' "$head"; exit 0 ;;
+  esac
+fi
+step "creating the result directory"; mkdir -m 700 -- "$out"
 step "checking nested repositories"
 : > "$out/nested"
 # Work git cannot carry on this branch: a submodule or nested repository whose pointer moved,
@@ -87,6 +108,9 @@ printf '%s %s %s\n' "$head" "$committed" "$files"
 
 A constant: everything variable is a positional argument. Stdout is one line,
 ``HEAD COMMITTED FILES``; the patch, bundle and nested-work list are files in ``$out``.
+When nothing changed (no change ``status`` shows with nothing hidden, HEAD still the base,
+no gitlink in the index) it is ``HEAD 0 0 unchanged`` and there is no ``$out``: the script
+runs two git and nothing else (issue 16: was mkdir, three git and awk).
 ``hal-step:`` lines on stderr say which step a failure belongs to.
 """
 
@@ -142,11 +166,16 @@ async def collect(
     try:
         result = await sandbox.exec(command, timeout=300)
         fields = result.stdout.decode("utf-8", "replace").split()
-        if not result.ok or len(fields) != 3 or not fields[2].isdigit():
+        unchanged = fields[3:] == ["unchanged"]
+        if not result.ok or len(fields) != 3 + unchanged or not fields[2].isdigit():
             raise _script_error(result.stderr, session)
-        head, committed, files = fields
+        head, committed, files = fields[:3]
         try:
-            patch_bytes, bundle_bytes, nested = await asyncio.to_thread(_copy_out, session, out)
+            if unchanged:  # no result directory: an empty patch, no bundle
+                patch_bytes, bundle_bytes, nested = await asyncio.to_thread(_nothing, session)
+            else:
+                copied = await asyncio.to_thread(_copy_out, session, out)
+                patch_bytes, bundle_bytes, nested = copied
         except UnsafePath as exc:
             # The checkout itself is intact: only the copies the script made were tampered
             # with (or are too large), so say where the work still is.
@@ -188,6 +217,13 @@ def _copy_out(session: Session, out: str) -> tuple[int, int | None, tuple[str, .
         listed = results.read_bytes("nested", limit=_NESTED_LIMIT).decode("utf-8", "replace")
     nested = tuple(dict.fromkeys(line for line in listed.splitlines() if line.strip()))
     return patch, bundle, nested
+
+
+def _nothing(session: Session) -> tuple[int, None, tuple[str, ...]]:
+    """What :func:`_copy_out` leaves for an unchanged checkout: an empty patch, no bundle."""
+    agentfs.write_host_file(session.patch, iter(()))
+    session.bundle.unlink(missing_ok=True)
+    return 0, None, ()
 
 
 def _remove_out(session: Session, out: str) -> None:
