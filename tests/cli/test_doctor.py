@@ -106,17 +106,18 @@ cgroup /sys/fs/cgroup/pids cgroup rw,relatime,pids 0 0
 """
 
 
-def test_doctor_names_the_slow_cgroup_move_and_its_fix_for_each_hierarchy_kind() -> None:
-    from hal9999.cli.doctor import FAVOR_V1, FAVOR_V2, cgroup_moves
+def test_doctor_names_the_slow_cgroup_move_and_its_fix_on_v2() -> None:
+    from hal9999.cli.doctor import FAVOR_V2, cgroup_moves
 
+    # On v1 a launcher joins through tasks, which takes no global lock: nothing to fix.
     v1 = cgroup_moves(V1_MOUNTS, v2=False)
-    assert (v1.ok, v1.required) == (False, False)
-    assert "8 ms" in v1.detail and v1.fix is not None and v1.fix.startswith(FAVOR_V1)
+    assert v1.ok and "tasks" in v1.detail
     v2 = cgroup_moves("cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,nsdelegate 0 0\n", v2=True)
-    assert not v2.ok and v2.fix is not None and v2.fix.startswith(FAVOR_V2)
+    assert (v2.ok, v2.required) == (False, False)
+    assert "8 ms" in v2.detail and v2.fix is not None and v2.fix.startswith(FAVOR_V2)
     # Any one hierarchy with the option sets it for the kernel's one lock.
     fast = V1_MOUNTS + "cgroup /run/hal-cgfav cgroup rw,relatime,favordynmods,name=halfav 0 0\n"
-    assert cgroup_moves(fast, v2=False).ok
+    assert cgroup_moves(fast, v2=True).ok
     v2_fast = "cgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate,favordynmods 0 0\n"
     assert cgroup_moves(v2_fast, v2=True).ok
     # An option of another filesystem does not count.

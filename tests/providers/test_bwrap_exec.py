@@ -34,20 +34,90 @@ async def sandbox(hal_home: Path, tmp_path: Path) -> AsyncIterator[BwrapSandbox]
 
 
 def test_the_launcher_caps_file_size_itself(tmp_path: Path) -> None:
-    argv = hostexec.launcher_argv("abc", [], ["prog"], seccomp="", max_file_bytes=(1 << 20) + 1)
+    argv = hostexec.launcher_argv(
+        "abc", [], ["prog"], seccomp="", max_file_bytes=(1 << 20) + 1, helper=None
+    )
     assert argv[:3] == ["/bin/sh", "-c", hostexec.LAUNCHER_SCRIPT]
     assert argv[3:] == ["hal-launch", "abc", "", "2049", "--", "prog"]  # rounded up
-    unlimited = hostexec.launcher_argv("abc", [], ["prog"])
+    unlimited = hostexec.launcher_argv("abc", [], ["prog"], helper=None)
     assert unlimited[3:] == ["hal-launch", "abc", "", "", "--", "prog"]
+    static = hostexec.launcher_argv("abc", ["j"], ["prog"], helper="/x/hal-launch")
+    assert static == ["/x/hal-launch", "abc", "", "", "j", "--", "prog"]  # same arguments
+
+
+def _launcher_or_skip() -> str:
+    helper = hostexec.launch_helper()
+    if helper is None:
+        reason = "build/hal-launch is not built (scripts/setup.sh builds it)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true but {reason}", pytrace=False)
+        pytest.skip(reason)
+    return helper
+
+
+@pytest.mark.parametrize("static", [True, False], ids=["hal-launch", "sh"])
+def test_both_launchers_do_the_same_and_fail_closed(tmp_path: Path, static: bool) -> None:
+    helper = _launcher_or_skip() if static else None
+    joins = [tmp_path / "a", tmp_path / "b"]
+    for join in joins:
+        join.write_text("")
+    seccomp = tmp_path / "filter"
+    seccomp.write_bytes(b"program")
+    probe = (
+        'echo "$HAL_SANDBOX"; cat <&9; echo; ulimit -f; ulimit -H -f; '
+        "ls /proc/$$/fd | tr '\\n' ' '"
+    )
+    argv = hostexec.launcher_argv(
+        "box1", [str(j) for j in joins], ["sh", "-c", probe, "probe"],
+        seccomp=str(seccomp), max_file_bytes=4096, helper=helper,
+    )  # fmt: skip
+    env = {"PATH": "/usr/bin:/bin", "HAL_SANDBOX": "other"}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
+    lines = done.stdout.splitlines()
+    assert lines[:4] == ["box1", "program", "8", "8"], done.stdout  # 512-byte blocks
+    assert lines[4].split() == ["0", "1", "2", "9"]  # the filter's fd, nothing else
+    # "0" is the writer itself: one process, one thread (see Cgroup.join_files).
+    assert [j.read_text().strip() for j in joins] == ["0", "0"]
+
+    ran = tmp_path / "ran"
+    for bad_join, bad_seccomp in (("/nonexistent/tasks", ""), (str(joins[0]), "/nonexistent")):
+        failed = subprocess.run(
+            hostexec.launcher_argv(
+                "box1", [bad_join], ["touch", str(ran)], seccomp=bad_seccomp, helper=helper
+            ),
+            env=env, capture_output=True,
+        )  # fmt: skip
+        # (sh exits 2, not 125, when the redirection of its `exec` fails: nothing runs.)
+        assert failed.returncode in ((125,) if static else (2, 125)), failed.stderr
+        assert not ran.exists()
+    missing = hostexec.launcher_argv("box1", [], ["/nonexistent/prog"], helper=helper)
+    assert subprocess.run(missing, env=env, capture_output=True).returncode == 127
+    if static:
+        # Usage errors: no `--`, a bad size; neither runs anything.
+        for args in (["box1", "", "", str(ran)], ["box1", "", "-1", "--", "touch", str(ran)]):
+            bad = subprocess.run([str(helper), *args], capture_output=True)
+            assert bad.returncode == 125 and not ran.exists(), (args, bad.stderr)
+
+
+def test_an_untrusted_launcher_is_not_used(tmp_path: Path) -> None:
+    prog = tmp_path / "hal-launch"
+    prog.write_text("#!/bin/sh\n")
+    prog.chmod(0o755)
+    assert hostexec.launch_helper.__wrapped__(prog) == str(prog)
+    prog.chmod(0o775)  # group-writable
+    assert hostexec.launch_helper.__wrapped__(prog) is None
+    assert hostexec.launch_helper.__wrapped__(tmp_path / "missing") is None
 
 
 @pytest.mark.bwrap
-async def test_a_command_is_sh_then_bwrap_and_no_other_host_program(
+async def test_a_command_is_the_launcher_then_bwrap_and_no_other_host_program(
     sandbox: BwrapSandbox,
 ) -> None:
     argv = sandbox.launch(ArgvCommand(argv=("true",))).argv
-    # No prlimit (or any other) exec between the launcher and bwrap: the shell caps the
-    # file size itself, so a command costs the host one process less.
+    # The static launcher when built (no shell), then bwrap: no prlimit (or any other) exec
+    # between them, as the launcher caps the file size itself.
+    helper = hostexec.launch_helper()
+    assert argv[0] == (helper or "/bin/sh")
     assert os.path.basename(argv[argv.index("--") + 1]) == "bwrap"
     assert not any(os.path.basename(a) == "prlimit" for a in argv)
     limits = await sandbox.exec(ShellCommand(script="grep 'Max file size' /proc/self/limits"))

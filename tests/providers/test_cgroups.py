@@ -6,6 +6,7 @@ import asyncio
 import errno
 import os
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -37,6 +38,15 @@ def hierarchy(tmp_path: Path, v2_controllers: str) -> tuple[Path, dict[str, Path
     for path in v1.values():
         path.mkdir()
     return v2, v1
+
+
+def test_a_v1_launcher_joins_through_tasks_not_cgroup_procs(tmp_path: Path) -> None:
+    # cgroup.procs moves take a global lock that waits for an RCU grace period after an
+    # idle spell (~10 ms a command); a single thread's own move through tasks does not.
+    dirs = [tmp_path / c for c in ("memory", "pids")]
+    cgroup = cgroups.CgroupV1(dirs)
+    assert cgroup.join_files() == [str(d / "tasks") for d in dirs]
+    assert cgroup.procs_files() == [str(d / "cgroup.procs") for d in dirs]
 
 
 def test_limits_from_resources() -> None:
@@ -73,7 +83,7 @@ def test_v2_limits_and_delegation_files(tmp_path: Path) -> None:
     host = cgroups.CgroupHost(2, {"unified": base}, frozenset({"memory", "pids", "cpu"}))
     limits = cgroups.CgroupLimits.from_resources(Resources(cpus=0.5, memory_mb=64, pids=32))
     cgroup = host.create("abc", limits)
-    assert cgroup.procs_files() == [str(leaf / "cgroup.procs")]
+    assert cgroup.join_files() == cgroup.procs_files() == [str(leaf / "cgroup.procs")]
     assert {f: (leaf / f).read_text() for f in ("memory.max", "memory.swap.max", "pids.max")} == {
         "memory.max": f"{64 << 20}\n",
         "memory.swap.max": "0\n",
@@ -96,10 +106,10 @@ async def test_no_cgroup_means_no_limits(hal_home: Path) -> None:
     assert await provider.list() == []
 
 
-async def _join_and_kill(cgroup: cgroups.Cgroup) -> None:
+async def _join_and_kill(cgroup: cgroups.Cgroup, helper: Literal["auto"] | None) -> None:
     """Start a forking shell inside ``cgroup`` through the launcher, then kill it all."""
     argv = hostexec.launcher_argv(
-        "0" * 12, cgroup.procs_files(), ["sh", "-c", "sleep 30 & exec sleep 30"]
+        "0" * 12, cgroup.join_files(), ["sh", "-c", "sleep 30 & exec sleep 30"], helper=helper
     )
     proc = await asyncio.create_subprocess_exec(*argv, start_new_session=True)
     for _ in range(100):
@@ -107,6 +117,9 @@ async def _join_and_kill(cgroup: cgroups.Cgroup) -> None:
             break
         await asyncio.sleep(0.02)
     assert proc.pid in cgroup.pids() and len(cgroup.pids()) == 2
+    # Whole processes, in every hierarchy (a v1 launcher joins by its thread's tasks entry).
+    for path in cgroup.dirs:
+        assert len((path / "cgroup.procs").read_text().split()) == 2, path
     await cgroup.kill_all()
     assert await proc.wait() == -9
     assert cgroup.pids() == set()
@@ -116,7 +129,8 @@ async def _join_and_kill(cgroup: cgroups.Cgroup) -> None:
 
 
 @pytest.mark.cgroup
-async def test_real_cgroup_limits_join_kill_remove() -> None:
+@pytest.mark.parametrize("helper", ["auto", None], ids=["static", "sh"])
+async def test_real_cgroup_limits_join_kill_remove(helper: Literal["auto"] | None) -> None:
     host = cgroups.detect()
     assert host is not None
     name = f"test-{os.getpid()}"
@@ -138,7 +152,7 @@ async def test_real_cgroup_limits_join_kill_remove() -> None:
         else:
             assert (cgroup.dirs[0] / "pids.max").read_text().strip() == "20"
         assert cgroup.oom_kills() == 0
-        await _join_and_kill(cgroup)
+        await _join_and_kill(cgroup, helper)
     finally:
         await cgroup.remove()
 
@@ -159,7 +173,7 @@ async def test_real_v2_tracking_with_cgroup_kill() -> None:
     host = writable_v2()
     cgroup = host.create(f"test-v2-{os.getpid()}", cgroups.CgroupLimits())
     try:
-        await _join_and_kill(cgroup)
+        await _join_and_kill(cgroup, "auto")
     finally:
         await cgroup.remove()
 

@@ -152,21 +152,20 @@ def _cgroups() -> Check:
 
 
 FAVOR_V2 = "mount -o remount,favordynmods /sys/fs/cgroup"
-FAVOR_V1 = (
-    "mkdir -p /run/hal-cgfav && "
-    "mount -t cgroup -o none,name=halfav,favordynmods cgroup /run/hal-cgfav"
-)
 
 
 def cgroup_moves(mounts: str, *, v2: bool) -> Check:
     """Whether moving a process into a sandbox's cgroup (every bwrap command does) is quick.
 
-    Unless some cgroup hierarchy is mounted with ``favordynmods`` (Linux 6.0+), the kernel's
-    lock for such moves waits for an RCU grace period whenever it has not been taken for a
-    few milliseconds: measured here, a sandbox command after an idle spell took 17 ms
-    instead of 8.5 (docs/benchmarks.md). The option makes forks and exits a little dearer,
-    so hal names it and leaves the choice to whoever runs the host (one such mount sets it
-    for every hierarchy)."""
+    On cgroup v2, unless some hierarchy is mounted with ``favordynmods`` (Linux 6.0+), the
+    kernel's lock for such moves waits for an RCU grace period whenever it has not been
+    taken for a few milliseconds: measured here, a sandbox command after an idle spell took
+    17 ms instead of 8.5 (docs/benchmarks.md). The option makes forks and exits a little
+    dearer, so hal names it and leaves the choice to whoever runs the host. On v1 the
+    launcher moves its one thread through ``tasks``, which takes no such lock
+    (:meth:`cgroups.CgroupV1.join_files`)."""
+    if not v2:
+        return Check("cgroup moves", True, "v1: commands join through tasks, no wait", None, False)
     for line in mounts.splitlines():
         fields = line.split()
         if len(fields) >= 4 and fields[2] in ("cgroup", "cgroup2"):
@@ -177,7 +176,7 @@ def cgroup_moves(mounts: str, *, v2: bool) -> Check:
         False,
         "each sandbox command after an idle spell waits ~8 ms for the kernel (an RCU grace "
         "period to move it into its cgroup)",
-        (FAVOR_V2 if v2 else FAVOR_V1) + " (Linux 6.0+; forks and exits get a little dearer)",
+        FAVOR_V2 + " (Linux 6.0+; forks and exits get a little dearer)",
         False,
     )
 

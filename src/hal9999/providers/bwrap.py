@@ -5,7 +5,8 @@ A sandbox is a set of host directories (workspace, home, tmp under
 them, with all namespaces unshared, every capability dropped, a seccomp filter, a read-only
 ``/usr`` and a curated read-only ``/etc``, as a host uid of the sandbox's own when hal runs
 as root (:mod:`sandboxuser`; docs/security.md). Nothing in Python sits in the exec path: a
-constant ``sh`` script joins the cgroup and execs bwrap, so the per-command cost is bwrap's.
+small launcher (:func:`hostexec.launcher_argv`) joins the cgroup and execs bwrap, so the
+per-command cost is bwrap's.
 """
 
 from __future__ import annotations
@@ -241,7 +242,7 @@ class BwrapSandbox(HostSandbox):
         self._bwrap = owner.bwrap
         self.cgroup = owner.cgroup(record)
         """The cgroup holding every process of the sandbox (None when cgroups are off)."""
-        self._procs = [] if self.cgroup is None else self.cgroup.procs_files()
+        self._procs = [] if self.cgroup is None else self.cgroup.join_files()
         self.limits = owner.resources(spec)
         """The limits in force (the spec's, defaults filled in where enforced)."""
         disk = self.limits.disk_mb

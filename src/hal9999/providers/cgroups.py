@@ -1,8 +1,8 @@
 """Per-sandbox control groups on cgroup v1 or v2: limits, membership, a reliable kill.
 
 A sandbox's cgroup lives at ``<hierarchy>/hal9999/<sandbox-id>`` (one directory per v1
-hierarchy, one in total on v2). Nothing here moves the calling process: a launcher writes its
-own pid into :meth:`Cgroup.procs_files` before it execs the sandboxed program, so every
+hierarchy, one in total on v2). Nothing here moves the calling process: a launcher writes
+itself into :meth:`Cgroup.join_files` before it execs the sandboxed program, so every
 descendant is born inside the group and cannot leave it without privilege.
 """
 
@@ -81,8 +81,13 @@ class Cgroup(ABC):
         """How many processes the kernel killed for exceeding the memory limit."""
 
     def procs_files(self) -> list[str]:
-        """The ``cgroup.procs`` files a launcher writes its own pid into."""
+        """The ``cgroup.procs`` files: every process inside, one pid a line."""
         return [str(path / "cgroup.procs") for path in self.dirs]
+
+    def join_files(self) -> list[str]:
+        """The files a single-threaded launcher writes ``0`` (itself) into to join: on v2
+        ``cgroup.procs``; on v1 see :meth:`CgroupV1.join_files`."""
+        return self.procs_files()
 
     def pids(self) -> set[int]:
         """Every process currently inside (none once the cgroup is gone, even when another
@@ -147,6 +152,13 @@ class CgroupV1(Cgroup):
             if (path / f"{controller}.{'max' if controller == 'pids' else 'stat'}").exists():
                 return path
         return None
+
+    def join_files(self) -> list[str]:
+        """Each hierarchy's ``tasks`` file: writing ``0`` there moves the writing thread,
+        which is the whole of a single-threaded launcher, and spares the kernel's global
+        lock for whole-process moves that ``cgroup.procs`` takes, which waits for an RCU
+        grace period (~10 ms here) whenever it has not been taken for a few milliseconds."""
+        return [str(path / "tasks") for path in self.dirs]
 
     def apply(self, limits: CgroupLimits) -> None:
         """Write ``limits`` into the cgroup's control files."""

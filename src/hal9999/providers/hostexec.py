@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import secrets
 import signal
+import stat
 import time
 from collections.abc import AsyncGenerator, Sequence
+from pathlib import Path
 from typing import Literal
 
 from hal9999.errors import ExecError, ProviderError
@@ -25,20 +28,25 @@ LAUNCHER_SCRIPT = (
     "HAL_SANDBOX=$1; export HAL_SANDBOX; "
     '[ -z "$2" ] || exec 9<"$2" || exit 125; [ -z "$3" ] || ulimit -f "$3" || exit 125; '
     "shift 3; "
-    'for f; do [ "$f" = -- ] && break; echo $$ > "$f" || exit 125; shift; done; shift; exec "$@"'
+    'for f; do [ "$f" = -- ] && break; echo 0 > "$f" || exit 125; shift; done; shift; exec "$@"'
 )
 """Marks the process, opens the seccomp filter (if any) as fd 9, caps the size of any one
 file (if asked), joins the cgroups named before ``--``, then execs the rest.
 
-A constant, never interpolated: everything variable is a positional argument. Writing the
-pid before exec means the sandboxed program and all it forks are born inside; a failed
-write exits 125 rather than run the command without its limits. The marker is set here,
-not in the launch env, so a host wrapper around the launcher (a process manager's
-supervisor) is not mistaken for a sandbox process. The filter travels as an fd because
-bwrap's ``--seccomp`` reads it from one (and closes it before the command runs). The file
-size cap is the shell's own ``ulimit -f`` (POSIX: 512-byte blocks, soft and hard limit
-alike) rather than a ``prlimit`` exec: one process less per command.
+A constant, never interpolated: everything variable is a positional argument. Writing
+itself (``0``) into the cgroups before exec means the sandboxed program and all it forks
+are born inside; a failed write exits 125 rather than run the command without its limits.
+The marker is set here, not in the launch env, so a host wrapper around the launcher (a
+process manager's supervisor) is not mistaken for a sandbox process. The filter travels as
+an fd because bwrap's ``--seccomp`` reads it from one (and closes it before the command
+runs). The file size cap is the shell's own ``ulimit -f`` (POSIX: 512-byte blocks, soft and
+hard limit alike) rather than a ``prlimit`` exec: one process less per command.
+
+:data:`LAUNCH_HELPER_BUILT` does the same as one static program (no shell, no loader) and
+is used in its place whenever it is there (:func:`launch_helper`).
 """
+LAUNCH_HELPER_BUILT = Path(__file__).resolve().parents[3] / "build" / "hal-launch"
+"""Where ``scripts/setup.sh`` builds ``scripts/hal-launch.c`` in a source checkout."""
 FSIZE_BLOCK = 512
 """The unit of ``ulimit -f`` in a POSIX shell (dash; bash run as ``sh``)."""
 SECCOMP_FD = 9
@@ -53,23 +61,40 @@ DRAIN_GRACE = 1.0
 KILL_DEADLINE = 3.0
 
 
+@functools.cache
+def launch_helper(path: Path = LAUNCH_HELPER_BUILT) -> str | None:
+    """The static launcher (``scripts/hal-launch.c``) when it is there and as trustworthy as
+    hal's own code (a regular, executable file of root's or ours that nobody else can
+    write): it runs with hal's rights. None means ``sh`` and :data:`LAUNCHER_SCRIPT`."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    trusted = st.st_uid in (0, os.geteuid()) and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if not (stat.S_ISREG(st.st_mode) and trusted and st.st_mode & stat.S_IXUSR):
+        return None
+    return str(path)
+
+
 def launcher_argv(
     sandbox_id: str,
-    procs_files: Sequence[str],
+    join_files: Sequence[str],
     argv: Sequence[str],
     *,
     seccomp: str = "",
     max_file_bytes: int = 0,
+    helper: str | Literal["auto"] | None = "auto",
 ) -> list[str]:
     """The host argv that marks the process as ``sandbox_id``'s, opens ``seccomp`` (a file)
     as :data:`SECCOMP_FD`, limits any one file to ``max_file_bytes`` (rounded up to whole
-    :data:`FSIZE_BLOCK`; ``0``: no limit), joins ``procs_files`` (cgroup.procs paths), then
-    runs ``argv``."""
+    :data:`FSIZE_BLOCK`; ``0``: no limit), joins the cgroups of ``join_files`` (see
+    :meth:`cgroups.Cgroup.join_files`), then runs ``argv``: by ``helper`` (``auto``:
+    :func:`launch_helper`), or ``sh`` when there is none."""
     blocks = str(-(-max_file_bytes // FSIZE_BLOCK)) if max_file_bytes > 0 else ""
-    return [
-        "/bin/sh", "-c", LAUNCHER_SCRIPT, "hal-launch", sandbox_id, seccomp, blocks,
-        *procs_files, "--", *argv,
-    ]  # fmt: skip
+    if helper == "auto":
+        helper = launch_helper()
+    launcher = [helper] if helper else ["/bin/sh", "-c", LAUNCHER_SCRIPT, "hal-launch"]
+    return [*launcher, sandbox_id, seccomp, blocks, *join_files, "--", *argv]
 
 
 def exit_status(returncode: int) -> int:

@@ -52,7 +52,7 @@ class LocalSandbox(HostSandbox):
         homes = [b.source for b in spec.binds if b.target.rstrip("/") == SANDBOX_HOME]
         self.home = str(homes[-1] if homes else root)
         cgroup = owner.cgroup(record)
-        self._procs = [] if cgroup is None else cgroup.procs_files()
+        self._procs = [] if cgroup is None else cgroup.join_files()
 
     def path(self, target: str) -> str:
         """Where ``target`` is seen by commands: a bind target maps to its host source."""
