@@ -23,7 +23,7 @@ from hal9999.errors import RepoError, UnsafePath
 from hal9999.providers.base import Sandbox
 from hal9999.providers.registry import load_provider
 from hal9999.spec import SandboxSpec
-from hal9999.tasks import collect, gitrepo
+from hal9999.tasks import collect, gitrepo, mirror
 from hal9999.tasks.session import Session
 
 TASK = "abcdef012345"
@@ -327,6 +327,41 @@ async def test_collecting_a_run_that_changed_nothing_runs_two_git(
     assert result.patch_bytes == 0 and w.session.patch.read_bytes() == b""
     assert programs() == sorted(["git status", "git ls-files"])
     assert not list(w.session.home.glob(".hal-result-*"))
+
+
+async def test_collecting_an_unchanged_checkout_of_its_snapshots_head_runs_one_git(
+    world: tuple[World, HostileSandbox], programs: Callable[[], list[str]], hal_home: Path
+) -> None:
+    """The snapshot knows its HEAD has no gitlinks, so no `ls-files` is needed."""
+    w, sandbox = world
+    snap = await mirror.snapshot_for(hal_home, str(w.source), w.session.root, None)
+    assert snap is not None
+    assert (snap / mirror.GITLINKS_FILE).read_text() == f"{w.base} 0\n"
+    result = await run_collect(w, sandbox)
+    assert result.head == w.base and result.files_changed == 0 and result.nested == ()
+    assert programs() == ["git status"]
+
+
+async def test_a_snapshot_head_with_a_gitlink_is_not_taken_for_one_without(
+    tmp_path: Path, hal_home: Path
+) -> None:
+    source = tmp_path / "linked"
+    source.mkdir()
+    git(source, "init", "-q", "-b", "main")
+    (source / "a.txt").write_text("one\n")
+    git(source, "add", "-A")
+    git(source, "commit", "-qm", "initial")
+    first = git(source, "rev-parse", "HEAD")
+    git(source, "update-index", "--add", "--cacheinfo", f"160000,{first},vendor/lib")
+    git(source, "commit", "-qm", "a gitlink")
+    head = git(source, "rev-parse", "HEAD")
+    session = Session(tmp_path / "s")
+    session.create()
+    snap = await mirror.snapshot_for(hal_home, str(source), session.root, None)
+    assert snap is not None
+    assert (snap / mirror.GITLINKS_FILE).read_text() == f"{head} 1\n"
+    assert not mirror.base_without_gitlinks(session.root, head)
+    assert not mirror.base_without_gitlinks(session.root, first)  # not the snapshot's HEAD
 
 
 @pytest.mark.parametrize(

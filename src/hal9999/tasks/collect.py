@@ -19,6 +19,7 @@ from hal9999 import agentfs
 from hal9999.errors import HalError, RepoError, UnsafePath
 from hal9999.providers.base import Sandbox
 from hal9999.spec import ArgvCommand
+from hal9999.tasks import mirror
 from hal9999.tasks.gitrepo import git_message
 from hal9999.tasks.session import HOME_TARGET, Session
 
@@ -28,7 +29,7 @@ _NESTED_LIMIT = 64 << 10
 
 COLLECT_SCRIPT = r"""
 set -eu
-base=$1 branch=$2 message=$3 out=$4 full=$5
+base=$1 branch=$2 message=$3 out=$4 full=$5 nolinks=$6
 step() { echo "hal-step: $1" >&2; }
 g() { git -c core.hooksPath=/dev/null -c core.fsmonitor=false -c user.name=hal9999 \
   -c user.email=hal9999@localhost "$@"; }
@@ -62,7 +63,9 @@ if [ "$symbolic" != "ref: refs/heads/$branch" ]; then
 fi
 if [ -z "$dirty" ] && [ "$head" = "$base" ] && [ "$full" = 0 ]; then
   # Nothing changed: no patch, no bundle, no result directory, unless a gitlink in the
-  # index could hide files dropped into a submodule that was never checked out.
+  # index could hide files dropped into a submodule that was never checked out (the index
+  # is the base's tree here: the host may know it has none).
+  if [ "$nolinks" = 1 ]; then printf '%s 0 0 unchanged\n' "$head"; exit 0; fi
   step "checking nested repositories"
   case $(g ls-files -s) in 160000\ *|*"$nl"160000\ *) ;; *)
     printf '%s 0 0 unchanged\n' "$head"; exit 0 ;;
@@ -110,7 +113,8 @@ A constant: everything variable is a positional argument. Stdout is one line,
 ``HEAD COMMITTED FILES``; the patch, bundle and nested-work list are files in ``$out``.
 When nothing changed (no change ``status`` shows with nothing hidden, HEAD still the base,
 no gitlink in the index) it is ``HEAD 0 0 unchanged`` and there is no ``$out``: the script
-runs two git and nothing else (issue 16: was mkdir, three git and awk).
+runs one git when the base is its snapshot's HEAD, known to have no gitlinks, two otherwise
+(issue 16: was mkdir, three git and awk).
 ``hal-step:`` lines on stderr say which step a failure belongs to.
 """
 
@@ -157,6 +161,7 @@ async def collect(
         message,
         f"{sandbox.path(HOME_TARGET)}/{out}",
         "1" if full_bundle else "0",
+        "1" if await asyncio.to_thread(mirror.base_without_gitlinks, session.root, base) else "0",
     )
     command = ArgvCommand(
         argv=("sh", "-c", COLLECT_SCRIPT, "hal-collect", *args),

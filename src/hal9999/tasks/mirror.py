@@ -52,6 +52,9 @@ ALTERNATES = "../../../.hal-objects\n"
 relative entry against the objects directory): the session's link on the host, the mount
 inside the sandbox, whose workspace is ``/workspace``."""
 REFS_FILE = "hal-refs"
+GITLINKS_FILE = "hal-gitlinks"
+"""In a snapshot: ``<HEAD's commit> <gitlinks in its tree>``, so that collecting a task
+that changed nothing from that commit needs no ``ls-files`` (:mod:`hal9999.tasks.collect`)."""
 RESULTS = "refs/heads/hal/"
 """hal's result branches: left out of snapshots (each task's adds one to the source), so
 a finished task does not make the next one snapshot again."""
@@ -197,6 +200,7 @@ async def _make(base: Path, top: str, fp: str) -> Path:
             script = "".join(f"delete {ref}\n" for ref in results.splitlines())
             await git(["update-ref", "--stdin"], cwd=work, stdin=script.encode())
         await git(["prune", "--expire=now"], cwd=work, what="making a snapshot")
+        await _count_gitlinks(work)
         await asyncio.to_thread(_finish, work, fp)
         await asyncio.to_thread(os.rename, work, base / name)
     except BaseException:
@@ -204,6 +208,30 @@ async def _make(base: Path, top: str, fp: str) -> Path:
         raise
     await asyncio.to_thread(_write_current, base, name)
     return base / name
+
+
+async def _count_gitlinks(work: Path) -> None:
+    """Write :data:`GITLINKS_FILE` for the snapshot's HEAD (once per snapshot; nothing when
+    HEAD names no commit)."""
+    try:
+        commit = await git(["rev-parse", "--verify", "--quiet", "HEAD^{commit}"], cwd=work)
+    except RepoError:
+        return
+    listing = await git(["ls-tree", "-r", "-z", "--full-tree", commit], cwd=work)
+    count = sum(entry.startswith("160000 ") for entry in listing.split("\0"))
+    (work / GITLINKS_FILE).write_text(f"{commit} {count}\n")
+
+
+def base_without_gitlinks(session_root: Path, base: str) -> bool:
+    """Whether ``base`` is the HEAD of the snapshot the session borrows from, known to have
+    no gitlinks in its tree (the snapshot is the host's, never writable by a sandbox)."""
+    snap = linked_snapshot(session_root)
+    if snap is None:
+        return False
+    try:
+        return (snap / GITLINKS_FILE).read_text() == f"{base} 0\n"
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _finish(work: Path, fp: str) -> None:
