@@ -306,7 +306,8 @@ async def test_a_first_bring_back_without_changes_runs_one_git(
     original = bringback.git
 
     async def counted(args: list[str], **kwargs: object) -> str:
-        calls.append(list(args))
+        # The subcommand first, then what it was given (-c NAME=VALUE pairs too).
+        calls.append([next(a for a in args if a != "-c" and "=" not in a), *args])
         return await original(args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(bringback, "git", counted)
@@ -321,4 +322,60 @@ async def test_a_first_bring_back_without_changes_runs_one_git(
     brought = await world.bring_back(head)
     assert isinstance(brought, bringback.BroughtBack) and not brought.moved_aside
     assert git(world.source, "rev-parse", BRANCH) == head
-    assert [args[0] for args in calls][-2:] == ["update-ref", "update-ref"]  # move, drop ref
+    # Was bundle verify, list-heads, fetch, rev-parse, rev-parse, update-ref (move),
+    # update-ref (drop the private ref): the header is read in Python, the fetch verifies,
+    # and one transaction moves the branch and drops the private ref.
+    assert [args[0] for args in calls] == ["fetch", "rev-parse", "rev-parse", "update-ref"]
+    assert git(world.source, "for-each-ref", "refs/hal-incoming") == ""
+    fetch = calls[0]
+    assert "maintenance.auto=false" in fetch  # no `git maintenance run --auto` child
+    # A first result with commits: fetch, rev-parse, one update-ref (create + drop).
+    calls.clear()
+    git(world.source, "branch", "-D", BRANCH)
+    (world.session.root / "brought-back.json").unlink(missing_ok=True)
+    world.session.brought_back.unlink(missing_ok=True)
+    brought = await world.bring_back(head)
+    assert isinstance(brought, bringback.BroughtBack) and brought.branch == BRANCH
+    assert [args[0] for args in calls] == ["fetch", "rev-parse", "update-ref"]
+    assert git(world.source, "rev-parse", BRANCH) == head
+    assert git(world.source, "for-each-ref", "refs/hal-incoming") == ""
+
+
+def test_the_bundle_header_is_read_as_git_lists_it(world: World, tmp_path: Path) -> None:
+    head = world.agent_commits({"a.txt": "two\n"})
+    ws = world.session.workspace
+    git(ws, "branch", "extra")
+    for spec in ([f"{world.base}..{BRANCH}"], [BRANCH], [f"{world.base}..{BRANCH}", "extra"]):
+        bundle = tmp_path / "b.bundle"
+        git(ws, "bundle", "create", "-q", str(bundle), *spec)
+        listed = git(ws, "bundle", "list-heads", str(bundle))
+        assert bringback.bundle_heads(bundle) == [
+            line.split(" ", 1) for line in listed.splitlines()
+        ]
+        bundle.unlink()
+    assert head
+    # Anything not in v2's plain form is left to git.
+    odd = tmp_path / "odd.bundle"
+    for header in (
+        b"# v3 git bundle\n@object-format=sha1\n",
+        b"# v2 git bundle\n" + head.encode() + b"\n",  # a ref line without a name
+        b"# v2 git bundle\n-nothex\n",
+        b"# v2 git bundle\n" + head.encode() + b" refs/heads/x",  # no end of header
+        b"not a bundle\n\n",
+    ):
+        odd.write_bytes(header + b"\nPACK")
+        assert bringback.bundle_heads(odd) is None, header
+
+
+async def test_a_bundle_whose_prerequisites_the_source_lacks_is_refused(world: World) -> None:
+    """No `git bundle verify` of its own any more: the fetch runs the same check."""
+    first = world.agent_commits({"a.txt": "two\n"})
+    head = world.agent_commits({"a.txt": "three\n"})
+    git(world.session.workspace, "bundle", "create", "-q", str(world.session.bundle),
+        f"{first}..{BRANCH}")  # fmt: skip
+    with pytest.raises(RepoError, match="prerequisite") as caught:
+        await world.bring_back(head)
+    assert caught.value.hint is not None and "result.patch" in caught.value.hint
+    assert git(world.source, "branch", "--list", BRANCH) == ""
+    assert git(world.source, "for-each-ref", "refs/hal-incoming") == ""
+    assert not has_object(world.source, head)

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 from asyncio.subprocess import DEVNULL, PIPE, Process
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -49,7 +50,13 @@ _FETCH_SAFE = [
     "fetch.fsckObjects=true",
     "-c",
     "transfer.fsckObjects=true",
+    # No `git maintenance run --auto` after the fetch: the user's own git does that.
+    "-c",
+    "maintenance.auto=false",
 ]
+_SIGNATURE = b"# v2 git bundle"
+_HEADER_LIMIT = 1 << 20
+_OID = re.compile(rb"[0-9a-f]{40}|[0-9a-f]{64}")
 # The same options the sandbox's patch uses (collect.py), pinned against the repository's
 # own diff settings (noprefix, external drivers, colour).
 _DIFF = ["diff", "--binary", "--no-ext-diff", "--no-textconv", "--no-color"]
@@ -88,14 +95,15 @@ async def bring_back(
     if not (repo / ".git").exists() and not (repo / "HEAD").exists():
         raise RepoError(f"the source repository {repo} is gone or moved", hint=safe)
     incoming = f"refs/hal-incoming/{task_id}"
+    drop = _Drop(incoming if head != base else None)
     try:
         if head != base:
             await _fetch_verified(repo, session.bundle, branch, head, incoming, safe)
             await _scan(repo, incoming, base, masker, safe)
             await _write_patch(repo, base, incoming, session.patch)
-        return await _move_branch(repo, session, branch, head, safe)
+        return await _move_branch(repo, session, branch, head, safe, drop)
     finally:
-        if head != base:
+        if drop.ref is not None and not drop.done:
             await git(["update-ref", "-d", incoming], cwd=repo, what="dropping the private ref")
 
 
@@ -104,9 +112,17 @@ async def _fetch_verified(
 ) -> None:
     if not bundle.is_file() or bundle.is_symlink():
         raise RepoError(f"no result bundle at {bundle}", hint=safe)
-    await git(["bundle", "verify", "--quiet", str(bundle)], cwd=repo, what="verifying", hint=safe)
-    heads = await git(["bundle", "list-heads", str(bundle)], cwd=repo, what="reading the bundle")
-    listed = [line.split(" ", 1) for line in heads.splitlines() if line.strip()]
+    # The header is read here; its prerequisites are checked by the fetch itself (git's
+    # unbundle runs `bundle verify`'s check first). A header in another form: git reads it.
+    listed = await asyncio.to_thread(bundle_heads, bundle)
+    if listed is None:
+        await git(
+            ["bundle", "verify", "--quiet", str(bundle)], cwd=repo, what="verifying", hint=safe
+        )
+        heads = await git(
+            ["bundle", "list-heads", str(bundle)], cwd=repo, what="reading the bundle"
+        )
+        listed = [line.split(" ", 1) for line in heads.splitlines() if line.strip()]
     if listed != [[head, f"refs/heads/{branch}"]]:
         raise RepoError(
             f"the result bundle does not hold exactly {branch} at {head[:12]} (it lists "
@@ -132,6 +148,34 @@ async def _fetch_verified(
     fetched = await git(["rev-parse", "--verify", f"{incoming}^{{commit}}"], cwd=repo)
     if fetched != head:
         raise RepoError(f"the fetched result is {fetched[:12]}, not {head[:12]}", hint=safe)
+
+
+def bundle_heads(bundle: Path) -> list[list[str]] | None:
+    """The refs a v2 bundle's header lists, as ``git bundle list-heads`` prints them
+    (``[oid, refname]``), or None for a header in any other form (v3 capabilities, longer
+    than :data:`_HEADER_LIMIT`, a line git would read otherwise): git reads it then."""
+    with bundle.open("rb") as file:
+        data = file.read(_HEADER_LIMIT)
+    end = data.find(b"\n\n")
+    if end == -1:
+        return None
+    signature, *lines = data[:end].split(b"\n")
+    if signature != _SIGNATURE:
+        return None
+    heads: list[list[str]] = []
+    for line in lines:
+        if line.startswith(b"-"):  # a prerequisite: "-OID[ comment]"
+            if not _OID.fullmatch(line[1:].split(b" ", 1)[0]):
+                return None
+            continue
+        oid, space, ref = line.partition(b" ")
+        if not space or not _OID.fullmatch(oid) or not ref.startswith(b"refs/"):
+            return None
+        try:
+            heads.append([oid.decode(), ref.decode()])
+        except UnicodeDecodeError:
+            return None
+    return heads
 
 
 @contextlib.asynccontextmanager
@@ -277,29 +321,52 @@ async def _current(repo: Path, name: str) -> str | None:
         return None
 
 
-async def _create(repo: Path, name: str, head: str) -> bool:
+@dataclass
+class _Drop:
+    """The private ref to delete in the same transaction that moves the branch (one git,
+    issue 16); ``done`` once it is gone."""
+
+    ref: str | None
+    done: bool = False
+
+
+async def _set_ref(repo: Path, name: str, head: str, old: str, drop: _Drop, what: str) -> None:
+    """Point ``refs/heads/NAME`` at ``head`` if it is at ``old`` (zero: if there is none),
+    dropping ``drop.ref`` in the same transaction (all or nothing)."""
+    ref = f"refs/heads/{name}"
+    if drop.ref is None:
+        await git(
+            ["update-ref", "-m", "hal: task result", "--end-of-options", ref, head, old],
+            cwd=repo, what=what,
+        )  # fmt: skip
+        return
+    script = f"update {ref}\0{head}\0{old}\0delete {drop.ref}\0\0"
+    await git(
+        ["update-ref", "-m", "hal: task result", "--stdin", "-z"],
+        cwd=repo, what=what, stdin=script.encode(),
+    )  # fmt: skip
+    drop.done = True
+
+
+async def _create(repo: Path, name: str, head: str, drop: _Drop) -> bool:
     """Create branch ``name`` at ``head`` only if no such branch exists (compare-and-set
     against none); False when it exists or a ref is in the way (then it is read)."""
     try:
-        await git(
-            ["update-ref", "-m", "hal: task result", "--end-of-options", f"refs/heads/{name}",
-             head, _ZERO],
-            cwd=repo, what=f"creating branch {name}",
-        )  # fmt: skip
+        await _set_ref(repo, name, head, _ZERO, drop, f"creating branch {name}")
     except RepoError:
         return False
     return True
 
 
 async def _move_branch(
-    repo: Path, session: Session, branch: str, head: str, safe: str
+    repo: Path, session: Session, branch: str, head: str, safe: str, drop: _Drop
 ) -> BroughtBack:
     record = _load_record(session)
     last_error = ""
     why = ""
     for family in _candidates(branch):
         for name in family:
-            if name not in record and await _create(repo, name, head):
+            if name not in record and await _create(repo, name, head, drop):
                 # A name hal never moved, created where none was: one git (issue 16).
                 return await _landed(session, record, name, branch, head, why)
             current = await _current(repo, name)
@@ -308,11 +375,8 @@ async def _move_branch(
                 continue  # someone else's commits: never move it
             if current != head:
                 try:
-                    await git(
-                        ["update-ref", "-m", "hal: task result", "--end-of-options",
-                         f"refs/heads/{name}", head, current or _ZERO],
-                        cwd=repo, what=f"creating branch {name}",
-                    )  # fmt: skip
+                    what = f"creating branch {name}"
+                    await _set_ref(repo, name, head, current or _ZERO, drop, what)
                 except RepoError as exc:
                     last_error = exc.message
                     # A ref in the way of the whole family (e.g. a branch `hal`).
