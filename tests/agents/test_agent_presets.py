@@ -45,7 +45,7 @@ def argv_of(launch: AgentLaunch) -> list[str]:
     """The agent's own argv, after the fixed launcher prefix."""
     command = launch.command
     assert isinstance(command, ArgvCommand)
-    assert command.argv[:4] == ("bash", "-c", LAUNCH_SCRIPT, LAUNCHER_NAME)
+    assert command.argv[:4] == ("sh", "-c", LAUNCH_SCRIPT, LAUNCHER_NAME)
     return list(command.argv[4:])
 
 

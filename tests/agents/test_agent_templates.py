@@ -1,4 +1,4 @@
-"""Command templates and the launcher, run for real under bash."""
+"""Command templates and the launcher, run for real under sh."""
 
 from __future__ import annotations
 
@@ -162,3 +162,52 @@ def test_launcher_reports_a_missing_program(tmp_path: Path) -> None:
     done = execute(agent_launch(context(tmp_path), ["hal-no-such-agent", "--x"]))
     assert done.returncode == 127
     assert "hal-no-such-agent is not installed" in done.stderr
+
+
+def test_every_mark_in_every_element_is_the_prompt_and_the_order_stays(tmp_path: Path) -> None:
+    agent = TemplateAgent(template("a", "{{prompt}}+{{prompt}}", "b", "x{{prompt}}"))
+    got = report(agent.build(context(tmp_path, "p *$1 {{prompt}}")))
+    prompt = "p *$1 {{prompt}}"  # the prompt's own mark is text: substituted once, not again
+    assert got["argv"] == ["a", f"{prompt}+{prompt}", "b", f"x{prompt}"]
+
+
+def test_launcher_refuses_a_key_variable_that_is_not_a_name(tmp_path: Path) -> None:
+    # hal never sets one (key_forwarding checks the name), but the launcher's `eval` must
+    # not see anything else all the same.
+    pwned = tmp_path / "pwned"
+    for bad in (f"X;touch {pwned}", "1X", "X}"):
+        launch = agent_launch(context(tmp_path), ["true"], env={"HAL_API_KEY_ENV": bad})
+        done = execute(launch)
+        assert done.returncode == 2, bad
+        assert "not a variable name" in done.stderr
+    assert not pwned.exists()
+
+
+FORWARDER = "import json, sys; open(sys.argv[1] + '.args', 'w').write(json.dumps(sys.argv[2:]))"
+
+
+@pytest.mark.parametrize("egress", [False, True])
+def test_launcher_starts_the_gateway_forwarder(tmp_path: Path, egress: bool) -> None:
+    gateway = tmp_path / "gw"
+    gateway.mkdir()
+    (gateway / "forwarder.py").write_text(
+        f"import sys; sys.argv.insert(1, {str(gateway / 'called')!r}); exec({FORWARDER!r})"
+    )
+    env = {"HAL_GATEWAY_PORT": "4100", "HAL_GATEWAY_DIR": str(gateway)}
+    if egress:
+        env |= {"HAL_EGRESS_PORT": "4101", "HAL_GATEWAY_TOKEN": "tok"}
+    show = "import json, os; print(json.dumps(dict(os.environ)))"
+    launch = agent_launch(context(tmp_path), [sys.executable, "-c", show], env=env)
+    done = execute(launch)
+    assert done.returncode == 0, done.stderr
+    args = json.loads((gateway / "called.args").read_text())
+    seen = json.loads(done.stdout)
+    llm = ["4100", f"{gateway}/llm.sock"]
+    if egress:
+        assert args == [*llm, "4101", f"{gateway}/egress.sock"]
+        assert seen["HTTPS_PROXY"] == seen["http_proxy"] == "http://hal:tok@127.0.0.1:4101"
+        assert seen["NO_PROXY"] == "127.0.0.1,localhost"
+    else:
+        assert args == llm
+        assert "HTTPS_PROXY" not in seen
+    assert not {"HAL_GATEWAY_PORT", "HAL_GATEWAY_DIR", "HAL_EGRESS_PORT"} & set(seen)

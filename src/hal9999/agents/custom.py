@@ -1,9 +1,11 @@
 """Agents run from a command template, and the launch plumbing every preset shares.
 
-Every agent command runs through one fixed bash launcher (:data:`LAUNCH_SCRIPT`), given as an
-:class:`~hal9999.spec.ArgvCommand` ``bash -c LAUNCH_SCRIPT hal-agent PROGRAM ARGS...``. The
-script text never changes; everything variable reaches it as exact argv elements or through
-the environment, so nothing is ever quoted into a shell line. It
+Every agent command runs through one fixed POSIX shell launcher (:data:`LAUNCH_SCRIPT`), given
+as an :class:`~hal9999.spec.ArgvCommand` ``sh -c LAUNCH_SCRIPT hal-agent PROGRAM ARGS...``
+(``sh``, not bash: dash starts in about half of bash's CPU time, on every task's path, and
+every image has one; issue 16). The script text never changes; everything variable reaches
+it as exact argv elements or through the environment, so nothing is ever quoted into a shell
+line. It
 
 * feeds the prompt file to the agent on stdin (never a terminal or an open pipe: Codex and
   Gemini read stdin when it is not a TTY and would wait on it forever),
@@ -38,7 +40,13 @@ PROMPT_MARK = "{{prompt}}"
 LAUNCH_SCRIPT = """\
 set -eu
 if [ -n "${HAL_API_KEY_ENV-}" ]; then
-  hal_key="${!HAL_API_KEY_ENV-}"
+  case $HAL_API_KEY_ENV in  # only a name reaches `eval`
+    [0-9]* | *[!A-Za-z0-9_]*)
+      printf 'hal: HAL_API_KEY_ENV is not a variable name\\n' >&2
+      exit 2
+      ;;
+  esac
+  eval "hal_key=\\${$HAL_API_KEY_ENV-}"
   if [ -n "$hal_key" ]; then
     for hal_name in ${HAL_API_KEY_AS-}; do export "$hal_name=$hal_key"; done
   fi
@@ -46,34 +54,53 @@ if [ -n "${HAL_API_KEY_ENV-}" ]; then
 fi
 if [ -n "${HAL_PROMPT_MARK-}" ]; then
   hal_prompt="$(cat -- "$HAL_PROMPT_FILE")"
-  hal_args=()
-  for hal_arg in "$@"; do hal_args+=("${hal_arg//"$HAL_PROMPT_MARK"/"$hal_prompt"}"); done
-  set -- "${hal_args[@]}"
-  unset hal_prompt hal_args hal_arg
+  hal_left=$#
+  while [ "$hal_left" -gt 0 ]; do  # each argument once, rotated to the end substituted
+    hal_rest=$1 hal_arg=
+    while :; do
+      case $hal_rest in
+        *"$HAL_PROMPT_MARK"*)
+          hal_arg=$hal_arg${hal_rest%%"$HAL_PROMPT_MARK"*}$hal_prompt
+          hal_rest=${hal_rest#*"$HAL_PROMPT_MARK"}
+          ;;
+        *) break ;;
+      esac
+    done
+    shift
+    set -- "$@" "$hal_arg$hal_rest"
+    hal_left=$((hal_left - 1))
+  done
+  unset hal_prompt hal_left hal_rest hal_arg
 fi
 if [ -n "${HAL_GATEWAY_PORT-}" ]; then
   # The LLM gateway's forwarder, in this exec's own network namespace (see hal9999.gateway).
   # Without HAL_GATEWAY_DIR the provider forwards the ports itself (a microVM's ssh).
-  hal_fwd=("$HAL_GATEWAY_PORT" "${HAL_GATEWAY_DIR-}/llm.sock")
+  hal_forward() {
+    if command -v python3 >/dev/null 2>&1; then
+      python3 -I -S "$HAL_GATEWAY_DIR/forwarder.py" "$@"
+    else  # an image without python (perl-base is Essential)
+      perl "$HAL_GATEWAY_DIR/forwarder.pl" "$@"
+    fi
+  }
   if [ -n "${HAL_EGRESS_PORT-}" ]; then
-    hal_fwd+=("$HAL_EGRESS_PORT" "${HAL_GATEWAY_DIR-}/egress.sock")
     hal_proxy="http://hal:${HAL_GATEWAY_TOKEN-}@127.0.0.1:$HAL_EGRESS_PORT"
     export HTTPS_PROXY="$hal_proxy" HTTP_PROXY="$hal_proxy"
     export https_proxy="$hal_proxy" http_proxy="$hal_proxy"
     export NO_PROXY="127.0.0.1,localhost" no_proxy="127.0.0.1,localhost"
     unset hal_proxy
+    if [ -n "${HAL_GATEWAY_DIR-}" ]; then
+      hal_forward "$HAL_GATEWAY_PORT" "$HAL_GATEWAY_DIR/llm.sock" \\
+        "$HAL_EGRESS_PORT" "$HAL_GATEWAY_DIR/egress.sock"
+    fi
+  elif [ -n "${HAL_GATEWAY_DIR-}" ]; then
+    hal_forward "$HAL_GATEWAY_PORT" "$HAL_GATEWAY_DIR/llm.sock"
   fi
-  if [ -n "${HAL_GATEWAY_DIR-}" ] && command -v python3 >/dev/null 2>&1; then
-    python3 -I -S "$HAL_GATEWAY_DIR/forwarder.py" "${hal_fwd[@]}"
-  elif [ -n "${HAL_GATEWAY_DIR-}" ]; then  # an image without python (perl-base is Essential)
-    perl "$HAL_GATEWAY_DIR/forwarder.pl" "${hal_fwd[@]}"
-  fi
-  unset hal_fwd
+  unset -f hal_forward
 fi
 unset HAL_API_KEY_ENV HAL_API_KEY_AS HAL_PROMPT_MARK
 unset HAL_GATEWAY_PORT HAL_GATEWAY_DIR HAL_EGRESS_PORT
 if ! command -v -- "$1" >/dev/null 2>&1; then
-  printf 'hal: agent program %s is not installed in the sandbox\n' "$1" >&2
+  printf 'hal: agent program %s is not installed in the sandbox\\n' "$1" >&2
   exit 127
 fi
 exec "$@" < "$HAL_PROMPT_FILE"
@@ -149,9 +176,7 @@ def agent_launch(
     launch_env["HAL_PROMPT_FILE"] = ctx.prompt_file
     if prompt_mark:
         launch_env["HAL_PROMPT_MARK"] = PROMPT_MARK
-    command = ArgvCommand(
-        argv=("bash", "-c", LAUNCH_SCRIPT, LAUNCHER_NAME, *argv), cwd=ctx.workspace
-    )
+    command = ArgvCommand(argv=("sh", "-c", LAUNCH_SCRIPT, LAUNCHER_NAME, *argv), cwd=ctx.workspace)
     return AgentLaunch(
         command=command, env=launch_env, files=dict(files or {}), secret_env=secret_env
     )
