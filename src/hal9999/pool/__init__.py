@@ -1,8 +1,18 @@
-"""The warm pool: sandboxes kept ready per spec and per provider, reset or destroyed after use."""
+"""The warm pool: sandboxes kept ready per spec and per provider, reset or destroyed after use.
 
-from hal9999.pool.pool import Entry, Lease, WarmPool
-from hal9999.pool.settings import ProviderSettings, SchedulerSettings
-from hal9999.pool.slots import SlotDir, WorkspaceAttach, pool_key
+The names below load on first use, so an in-process ``hal run`` (which reads
+:mod:`hal9999.pool.settings` and never leases from a pool) does not import the pool itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hal9999.pool.pool import Entry, Lease, WarmPool
+    from hal9999.pool.settings import ProviderSettings, SchedulerSettings
+    from hal9999.pool.slots import SlotDir, WorkspaceAttach, pool_key
 
 __all__ = [
     "Entry",
@@ -14,3 +24,24 @@ __all__ = [
     "WorkspaceAttach",
     "pool_key",
 ]
+
+_HOMES = {
+    "Entry": "hal9999.pool.pool",
+    "Lease": "hal9999.pool.pool",
+    "WarmPool": "hal9999.pool.pool",
+    "ProviderSettings": "hal9999.pool.settings",
+    "SchedulerSettings": "hal9999.pool.settings",
+    "SlotDir": "hal9999.pool.slots",
+    "WorkspaceAttach": "hal9999.pool.slots",
+    "pool_key": "hal9999.pool.slots",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """``WarmPool``, ``SlotDir``, ...: imported from their module when first asked for."""
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value

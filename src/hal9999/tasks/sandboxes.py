@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from hal9999.pool import Lease, WarmPool
 from hal9999.providers.base import Provider, Sandbox
 from hal9999.spec import SandboxSpec
+
+if TYPE_CHECKING:
+    from hal9999.pool import Lease, WarmPool
 
 
 class SandboxSource(Protocol):
