@@ -1,6 +1,6 @@
 """What an in-process ``hal run`` of a command-template agent imports (issue 16): nothing of
-the LLM gateway's HTTP client or the hive's store, which such a run never uses. Counted in a
-subprocess, so load cannot make this pass or fail."""
+the LLM gateway's HTTP client, the hive's store or the warm pool, which such a run never
+uses. Counted in a subprocess, so load cannot make this pass or fail."""
 
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ NOT_FOR_A_TEMPLATE_AGENT = (
     "hal9999.auth.claude",
     "hal9999.hive.store",
     "hal9999.events.hive",
+    "hal9999.pool.pool",  # the daemon's warm pool: an in-process run creates its sandbox
+    "hal9999.pool.report",
+    "hal9999.server.daemon",
 )
 
 
