@@ -5,6 +5,7 @@ Light at import (the thin ``hal run`` client prints the uncommitted-changes line
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,21 +21,26 @@ if TYPE_CHECKING:
 _URL_PREFIXES = ("http://", "https://", "ssh://", "git://", "file://", "git@")
 
 
-def print_notices(sources: ConfigSources, repo: str | None, ref: str | None) -> None:
+def print_notices(
+    sources: ConfigSources, repo: str | None, ref: str | None, pending: Uncommitted | None = None
+) -> None:
     """One stderr line each: which config applied, what of ./hal.toml was ignored, and the
-    uncommitted changes a task started from HEAD leaves out."""
+    uncommitted changes a task started from HEAD leaves out (``pending``: the check
+    :func:`start_uncommitted` started)."""
     if sources.files:
         click.echo(f"hal: {sources.describe()}", err=True)
     notice = sources.project.notice() if sources.project else None
     if notice:
         click.echo(f"hal: note: {notice}", err=True)
-    print_uncommitted(repo, ref)
+    print_uncommitted(repo, ref, pending)
 
 
-def print_uncommitted(repo: str | None, ref: str | None) -> None:
+def print_uncommitted(
+    repo: str | None, ref: str | None, pending: Uncommitted | None = None
+) -> None:
     """The line saying what a task started from HEAD leaves out, if anything."""
     if ref is None:
-        left_out = uncommitted_notice(repo)
+        left_out = (pending or start_uncommitted(repo, ref)).notice()
         if left_out:
             click.echo(f"hal: note: {left_out}", err=True)
 
@@ -53,6 +59,71 @@ def record_config_sources(service: TaskService, task: TaskRecord, sources: Confi
 
 def uncommitted_notice(repo: str | None) -> str | None:
     """A line saying the task starts from HEAD without N uncommitted changes, or ``None``."""
+    return start_uncommitted(repo, None).notice()
+
+
+STATUS_TIMEOUT_S = 10.0
+"""How long the host ``git status`` may take before the line is left out."""
+
+
+class Uncommitted:
+    """The host ``git status`` of the repository a task starts from, started early: the
+    full ``hal run`` imports the config and the task service (~120 ms of CPU) meanwhile,
+    and the line is printed where it always was (issue 16)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.deadline = time.monotonic() + STATUS_TIMEOUT_S
+        self.proc: subprocess.Popen[str] | None = None
+        if path is None:
+            return
+        try:
+            # Host git on the user's own checkout, with nothing of it run: no hooks, no fsmonitor.
+            self.proc = subprocess.Popen(
+                ["git", "-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null",
+                 "status", "--porcelain", "--untracked-files=normal"],
+                cwd=path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            )  # fmt: skip
+        except (OSError, subprocess.SubprocessError):
+            self.proc = None
+
+    def notice(self) -> str | None:
+        """The line, or ``None`` (nothing left out, or git could not tell)."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        try:
+            out, _ = proc.communicate(timeout=max(0.0, self.deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _stop(proc)
+            return None
+        changes = [line for line in out.splitlines() if line.strip()]
+        if proc.returncode != 0 or not changes:
+            return None
+        return (
+            f"the task starts from the last commit (HEAD); {len(changes)} uncommitted change(s) "
+            f"in {self.path} are left out (commit or stash them first to include them)"
+        )
+
+    def close(self) -> None:
+        """Stop the check if its line is not wanted any more (the command failed first)."""
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.kill()
+    proc.communicate()
+
+
+def start_uncommitted(repo: str | None, ref: str | None) -> Uncommitted:
+    """Start the check of what a task started from HEAD of ``repo`` leaves out (nothing to
+    check: a ``ref`` given, a URL, a path that is no directory)."""
+    return Uncommitted(None if ref is not None else _status_dir(repo))
+
+
+def _status_dir(repo: str | None) -> Path | None:
     if repo and repo.startswith(_URL_PREFIXES):
         return None
     here = current_dir()
@@ -64,19 +135,4 @@ def uncommitted_notice(repo: str | None) -> str | None:
             return None  # resolve_source says what is wrong with it
     except OSError:
         return None  # a name too long, say: resolve_source says so
-    try:
-        # Host git on the user's own checkout, with nothing of it run: no hooks, no fsmonitor.
-        out = subprocess.run(
-            ["git", "-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null",
-             "status", "--porcelain", "--untracked-files=normal"],
-            cwd=path, capture_output=True, text=True, timeout=10, check=False,
-        )  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None
-    changes = [line for line in out.stdout.splitlines() if line.strip()]
-    if out.returncode != 0 or not changes:
-        return None
-    return (
-        f"the task starts from the last commit (HEAD); {len(changes)} uncommitted change(s) "
-        f"in {path} are left out (commit or stash them first to include them)"
-    )
+    return path

@@ -29,6 +29,7 @@ from hal9999.cli.options import NAME, PRIORITY, RETRIES, TIMEOUT
 from hal9999.errors import ConfigError, exit_status_for
 
 if TYPE_CHECKING:
+    from hal9999.cli.notices import Uncommitted
     from hal9999.store import TaskRecord
     from hal9999.tasks.api import TaskAPI
     from hal9999.tasks.service import RunRequest
@@ -129,6 +130,16 @@ def run(
 
 def full_run(args: RunArgs) -> None:
     """``hal run`` with the config, the store and the task API (in-process or the daemon's)."""
+    from hal9999.cli.notices import start_uncommitted
+
+    pending = start_uncommitted(args.repo, args.ref)  # runs while the imports below load
+    try:
+        _full_run(args, pending)
+    finally:
+        pending.close()
+
+
+def _full_run(args: RunArgs, pending: Uncommitted) -> None:
     from hal9999.cli.notices import print_notices, record_config_sources
     from hal9999.config import working_dir
     from hal9999.credentials import parse_env_option
@@ -143,7 +154,7 @@ def full_run(args: RunArgs) -> None:
             "--secret takes a variable name, not a value",
             hint="export NAME=... and pass --secret NAME (values never go on the command line)",
         )
-    print_notices(a.sources, args.repo, args.ref)
+    print_notices(a.sources, args.repo, args.ref, pending)
     request = RunRequest(
         prompt=args.prompt,
         repo=args.repo,
