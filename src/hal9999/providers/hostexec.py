@@ -277,7 +277,9 @@ async def kill_marked(sandbox_id: str) -> None:
 
 async def _kill_marked_by(var: str, value: str, *, what: str) -> None:
     deadline = time.monotonic() + KILL_DEADLINE
-    while pids := _pids_marked(var, value) - {os.getpid()}:
+    # The scan reads every host process's environment (a few ms with a few hundred): in a
+    # thread, so a daemon's loop answers requests and moves other tasks meanwhile.
+    while pids := await asyncio.to_thread(_pids_marked, var, value) - {os.getpid()}:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
