@@ -220,8 +220,13 @@ class WarmPool:
         await self._record(entry, last_used_at=time.time())
         return sandbox
 
-    async def release(self, lease: Lease, *, reuse: bool = True) -> None:
-        """Return a sandbox: reset for the next task, or destroy it, per provider policy."""
+    async def release(self, lease: Lease, *, reuse: bool = True, wait: bool = True) -> None:
+        """Return a sandbox: reset for the next task, or destroy it, per provider policy.
+
+        ``wait=False`` returns once the sandbox is the pool's again (``resetting``: no claim
+        can take it) and resets it in the background: a run's end, and whoever
+        waits for it, no longer waits for the reset (issue 16). A destroy is always awaited
+        (a task taken away must not outlive its sandbox)."""
         entry = lease.entry
         if entry.state not in ("leased", "creating"):
             return
@@ -234,16 +239,31 @@ class WarmPool:
             and policy_of(entry.provider, settings) == "reset"
         )
         if keep:
-            await self._record(entry, state="resetting", task_id=None)
-            try:
-                await self._reset(entry)
-            except (HalError, OSError) as exc:
-                logger.warning("resetting sandbox %s failed, destroying it: %s", entry.id, exc)
+            # Not written to the store: its row (read only by a later daemon's recovery,
+            # which goes by provider and id, not by state) is written once it is idle.
+            entry.state, entry.task_id = "resetting", None
+            if wait:
+                await self._reset_or_destroy(entry)
             else:
-                async with self._cond:
+                self._spawn(self._reset_or_destroy(entry))
+            return
+        await self._destroy(entry)
+
+    async def _reset_or_destroy(self, entry: Entry) -> None:
+        """Reset a returned sandbox and make it idle; destroy it when that fails, or when the
+        pool was drained meanwhile."""
+        try:
+            await self._reset(entry)
+        except (HalError, OSError) as exc:
+            logger.warning("resetting sandbox %s failed, destroying it: %s", entry.id, exc)
+        except Exception:  # a background reset has nobody to raise to
+            logger.exception("resetting sandbox %s failed, destroying it", entry.id)
+        else:
+            async with self._cond:
+                if not self.paused:
                     await self._record(entry, state="idle", last_used_at=time.time())
                     self._cond.notify_all()
-                return
+                    return
         await self._destroy(entry)
 
     async def _reset(self, entry: Entry) -> None:
@@ -416,8 +436,9 @@ class WarmPool:
         return True
 
     async def close(self) -> None:
-        """Wait for background destroys (a shutdown leaves in-use sandboxes to reconcile)."""
-        if self._background:
+        """Wait for background resets and destroys (a shutdown leaves in-use sandboxes to
+        reconcile)."""
+        while self._background:  # a reset may end in a destroy of its own
             await asyncio.gather(*self._background, return_exceptions=True)
 
     # -- restart -----------------------------------------------------------------------

@@ -54,9 +54,10 @@ class PoolSource:
         self.leases[lease.sandbox.id] = lease
 
     async def release(self, sandbox: Sandbox, *, reuse: bool) -> bool:
-        """Return the sandbox to the pool (reset or destroyed, per provider policy)."""
+        """Return the sandbox to the pool (reset or destroyed, per provider policy); a reset
+        goes on in the background, so the run ends without waiting for it."""
         lease = self.leases.pop(sandbox.id, None)
         if lease is None:
             return False
-        await self.pool.release(lease, reuse=reuse)
+        await self.pool.release(lease, reuse=reuse, wait=False)
         return True

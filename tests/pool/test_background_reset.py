@@ -1,0 +1,95 @@
+"""A run gives its sandbox back without waiting for the reset (issue 16: the follower of a
+task waited for the reset after its ``task_end``); the pool hands it out only once reset."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from hal9999.pool import ProviderSettings, SlotDir, WarmPool
+from hal9999.providers.base import Sandbox
+from hal9999.providers.fake import FakeProvider
+from hal9999.spec import Bind, SandboxSpec
+from hal9999.store import Store
+from hal9999.tasks.sandboxes import PoolSource
+
+
+class GatedReset(FakeProvider):
+    """The fake provider, whose resets wait for :attr:`gate` (and are counted)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        super().__init__(state_dir=state_dir)
+        self.gate = asyncio.Event()
+        self.resets = 0
+        self.destroyed: list[str] = []
+
+    async def reset(self, sandbox_id: str) -> Sandbox:
+        await self.gate.wait()
+        self.resets += 1
+        return await super().reset(sandbox_id)
+
+    async def destroy(self, sandbox_id: str) -> None:
+        self.destroyed.append(sandbox_id)
+        await super().destroy(sandbox_id)
+
+
+def spec_of(root: Path, n: int) -> SandboxSpec:
+    session = root / f"s{n}"
+    for name in ("workspace", "home"):
+        (session / name).mkdir(parents=True, exist_ok=True)
+    return SandboxSpec(
+        provider="fake",
+        workspace=session / "workspace",
+        binds=(Bind(source=session / "home", target="/home/hal", read_only=False),),
+        labels={"hal.task": f"t{n}"},
+    )
+
+
+def make(tmp_path: Path, store: Store | None = None) -> tuple[GatedReset, WarmPool]:
+    provider = GatedReset(tmp_path / "state")
+    settings = ProviderSettings.model_validate({"max_size": 1})
+    pool = WarmPool(
+        providers=lambda name: provider,
+        settings=lambda name: settings,
+        slots=SlotDir(tmp_path / "slots"),
+        store=store,
+    )
+    return provider, pool
+
+
+async def test_a_run_returns_its_sandbox_before_the_reset_and_none_claims_it_meanwhile(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "hal.db")
+    provider, pool = make(tmp_path, store)
+    source = PoolSource(pool)
+    lease = await source.acquire(provider, spec_of(tmp_path, 1), "t1")
+    assert lease is not None
+    assert await asyncio.wait_for(source.release(lease.sandbox, reuse=True), 5)
+    assert provider.resets == 0  # the release did not wait for it
+    assert [e.state for e in pool.entries] == ["resetting"]
+    claim = asyncio.create_task(pool.claim(spec_of(tmp_path, 2), task_id="t2"))
+    await asyncio.sleep(0.05)
+    assert not claim.done(), "a sandbox still resetting was handed out"
+    provider.gate.set()
+    again = await asyncio.wait_for(claim, 5)
+    assert again.warm and again.sandbox.id == lease.sandbox.id and provider.resets == 1
+    await pool.release(again)
+    await pool.close()
+    # Rows: one write when it was leased, one each time it went idle (none for the reset).
+    assert [(r.state, r.task_id) for r in store.list_sandboxes()] == [("idle", None)]
+    store.close()
+
+
+async def test_a_pool_drained_during_a_background_reset_destroys_it_at_close(
+    tmp_path: Path,
+) -> None:
+    provider, pool = make(tmp_path)
+    source = PoolSource(pool)
+    lease = await source.acquire(provider, spec_of(tmp_path, 1), "t1")
+    assert lease is not None
+    await source.release(lease.sandbox, reuse=True)
+    assert await pool.drain() == 0  # nothing idle yet
+    provider.gate.set()
+    await pool.close()
+    assert provider.destroyed == [lease.sandbox.id] and pool.entries == []
