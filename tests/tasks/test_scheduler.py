@@ -159,3 +159,30 @@ async def test_stuck_tasks_are_reaped_with_a_reason(tmp_path: Path) -> None:
     stuck = store.get_task("stuckaaa")
     assert stuck.status == "interrupted" and "stuck in preparing" in (stuck.error_message or "")
     assert store.get_task("freshaaa").status == "collecting"
+
+
+async def test_a_run_that_did_not_fail_ends_without_a_thread_hop(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    store, service, scheduler = setup(tmp_path, {"fake": 10}, max_concurrent=4)
+    hops: list[str] = []
+    real = asyncio.to_thread
+
+    async def counted(func: Any, /, *args: Any, **kwargs: Any) -> Any:
+        hops.append(getattr(func, "__name__", repr(func)))
+        return await real(func, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", counted)
+    store.insert_task(make_task(tmp_path, "okaaaaaa", "queued"))
+    store.insert_task(make_task(tmp_path, "infraaaa", "queued"))
+    service.outcomes["infraaaa"] = [("failed", "provider_error"), ("succeeded", None)]
+    loop = asyncio.create_task(scheduler.run_forever())
+    await until(lambda: len(service.started) == 2)
+    service.gate("okaaaaaa").set()
+    service.gate("infraaaa").set()
+    await until(lambda: len(service.started) == 3)  # the infrastructure failure, retried
+    service.gate("infraaaa").set()
+    await until(lambda: not scheduler.running and len(service.started) == 3)
+    assert hops == ["retry"], "only the failed run went to a thread (to requeue)"
+    await scheduler.shutdown()
+    loop.cancel()

@@ -234,7 +234,10 @@ class Scheduler:
             record = await self.service.run(
                 task_id, given_env=submission.env, prompt=submission.prompt, adopted=adopted
             )
-            if not await asyncio.to_thread(self.retry, record):
+            # Only a failed run may be retried: a thread (for the requeue's writes) only then.
+            if record.status != TaskStatus.FAILED or not await asyncio.to_thread(
+                self.retry, record
+            ):
                 self.submissions.pop(task_id, None)
         except HalError as exc:
             logger.warning("task %s: %s", task_id, exc.one_line())
