@@ -237,3 +237,63 @@ async def test_a_borrowed_checkout_of_an_odd_branch_name_lets_git_make_the_branc
     assert git_calls == ["checkout", "read-tree"]
     assert git(dest, "symbolic-ref", "HEAD") == "refs/heads/hal/x.y"
     assert git(dest, "status", "--porcelain") == ""
+
+
+# -- finding the source's top level without git --------------------------------------------
+
+
+async def test_a_plain_repository_is_found_without_git_as_git_finds_it(
+    tmp_path: Path, git_calls: list[str]
+) -> None:
+    w = World(tmp_path)
+    (w.source / "sub" / "deeper").mkdir(parents=True)
+    inner = w.source / "sub" / "inner"
+    inner.mkdir()
+    git(inner, "init", "-q")
+    for where in (w.source, w.source / "sub" / "deeper", inner):
+        found = await gitrepo.resolve_source(None, where)
+        assert found == gitrepo.RepoSource("local", git(where, "rev-parse", "--show-toplevel"))
+        found = await gitrepo.resolve_source(str(where), tmp_path)
+        assert found.location == git(where, "rev-parse", "--show-toplevel")
+    assert git_calls == []  # issue 16: was one `rev-parse --show-toplevel` each
+
+
+async def test_anything_but_the_plain_layout_is_left_to_git(
+    tmp_path: Path, git_calls: list[str]
+) -> None:
+    w = World(tmp_path)
+    linked = tmp_path / "linked"
+    git(w.source, "worktree", "add", "-q", str(linked), "-b", "other")
+    assert (await gitrepo.resolve_source(None, linked)).location == str(linked)
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    git(odd, "init", "-q")
+    git(odd, "config", "core.worktree", str(w.source))
+    assert (await gitrepo.resolve_source(None, odd)).location == str(w.source)
+    declared = tmp_path / "declared"
+    declared.mkdir()
+    git(declared, "init", "-q")
+    git(declared, "config", "core.bare", "true")
+    with pytest.raises(RepoError):
+        await gitrepo.resolve_source(None, declared)
+    for config in ("[core]\n\tbare = true\n", "[core]\n\tbare\n", "[include]\n\tpath = x\n"):
+        assert gitrepo._CONFIG_ASIDE.search(config), config
+    assert not gitrepo._CONFIG_ASIDE.search("[core]\n\tbare = false\n\tlogallrefupdates = true\n")
+    bare = tmp_path / "bare.git"
+    git(tmp_path, "init", "-q", "--bare", str(bare))
+    with pytest.raises(RepoError, match="bare repository"):
+        await gitrepo.resolve_source(None, bare)
+    with pytest.raises(RepoError):
+        await gitrepo.resolve_source(None, w.source / ".git")
+    assert git_calls.count("rev-parse") >= 5
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the repository away")
+async def test_a_repository_of_another_user_is_still_refused_by_git(
+    tmp_path: Path, git_calls: list[str]
+) -> None:
+    w = World(tmp_path)
+    os.chown(w.source, 12345, 12345)
+    with pytest.raises(RepoError, match="not a git repository"):
+        await gitrepo.resolve_source(None, w.source)
+    assert "rev-parse" in git_calls

@@ -13,6 +13,7 @@ import asyncio
 import os
 import re
 import shutil
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,7 +120,9 @@ async def resolve_source(repo: str | None, cwd: Path) -> RepoSource:
             hint="pass --repo with the repository's directory or a git URL",
         )
     try:
-        top = await git(["rev-parse", "--show-toplevel"], cwd=path, what="finding the repository")
+        top = await asyncio.to_thread(_plain_top, path) or await git(
+            ["rev-parse", "--show-toplevel"], cwd=path, what="finding the repository"
+        )
     except RepoError:
         if await _is_bare(path):
             raise RepoError(
@@ -131,6 +134,45 @@ async def resolve_source(repo: str | None, cwd: Path) -> RepoSource:
             hint="run hal inside a git repository, or pass --repo PATH|URL",
         ) from None
     return RepoSource("local", top)
+
+
+_CONFIG_ASIDE = re.compile(r"^\s*(worktree\b|bare\b(?!\s*=\s*false\s*$)|\[include)", re.I | re.M)
+
+
+def _plain_top(path: Path) -> str | None:
+    """What ``git rev-parse --show-toplevel`` says in ``path`` (resolved), found without
+    git for the plain layout only (issue 16: one host git fewer per task): the nearest
+    directory up from ``path``, on its filesystem, whose ``.git`` is a repository directory
+    of the current user with no ``core.worktree``, ``core.bare`` or includes in its config.
+    None for anything else (a ``.git`` file, a bare repository, another owner, ...): git
+    answers then, with its own errors."""
+    uid = os.geteuid()
+    try:
+        device = path.stat().st_dev
+        for top in (path, *path.parents):
+            info = top.stat()
+            if info.st_dev != device:
+                return None  # git stops at a filesystem boundary
+            dot = top / ".git"
+            try:
+                dot_info = os.lstat(dot)
+            except FileNotFoundError:
+                if (top / "HEAD").exists() or (top / "objects").exists():
+                    return None  # maybe a bare repository
+                continue
+            if not stat.S_ISDIR(dot_info.st_mode) or info.st_uid != uid or dot_info.st_uid != uid:
+                return None
+            head = (dot / "HEAD").read_text()
+            if not (head.startswith("ref: refs/") or _COMMIT.fullmatch(head.strip())):
+                return None
+            if not (dot / "objects").is_dir() or not (dot / "refs").is_dir():
+                return None
+            if (dot / "commondir").exists() or _CONFIG_ASIDE.search((dot / "config").read_text()):
+                return None
+            return str(top)
+    except (OSError, UnicodeDecodeError):
+        return None
+    return None
 
 
 def check_ref(ref: str) -> str:
