@@ -21,7 +21,7 @@ import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -29,7 +29,6 @@ from hal9999.agents.base import AgentSettings
 from hal9999.configfile import merge, read_toml
 from hal9999.errors import ConfigError
 from hal9999.spec import Resources
-from hal9999.trust import ProjectConfig, TrustStore, narrow_project_table
 from hal9999.values import (
     AGENT_HOME,
     EgressHost,
@@ -41,6 +40,9 @@ from hal9999.values import (
 )
 from hal9999.workdir import current_dir as current_dir  # re-exported (light module)
 from hal9999.workdir import working_dir as working_dir
+
+if TYPE_CHECKING:
+    from hal9999.trust import ProjectConfig
 
 CONFIG_FILE_NAME = "hal.toml"
 """The per-project config file, read from the current directory."""
@@ -339,6 +341,9 @@ def load_config_sources(
     project_file = here / CONFIG_FILE_NAME if here is not None else None
     found = read_toml(project_file, CONFIG_FILE_NAME) if project_file is not None else None
     if project_file is not None and found is not None:
+        # Trust only where a ./hal.toml is: a run without one does not import it.
+        from hal9999.trust import ProjectConfig, TrustStore, narrow_project_table
+
         table, data = found
         trust = TrustStore.for_config_dir(user_file.parent)
         if trust.is_trusted(project_file, data):

@@ -47,6 +47,8 @@ NOT_FOR_A_TEMPLATE_AGENT = (
     "hal9999.pool.pool",  # the daemon's warm pool: an in-process run creates its sandbox
     "hal9999.pool.report",
     "hal9999.server.daemon",
+    "hal9999.server.client",  # HAL_NO_DAEMON: no daemon to find or talk to
+    "hal9999.trust",  # no ./hal.toml to judge
 )
 
 

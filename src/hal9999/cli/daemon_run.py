@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType, SimpleNamespace
-from typing import Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import click
 
@@ -41,14 +41,10 @@ from hal9999.cli.task_table import TaskSummary, summary
 from hal9999.cli.thin_config import THIN_VARS, thin_home
 from hal9999.envvars import forwarded_env, parse_env_option
 from hal9999.errors import ConfigError, HalError, exit_status_for
-from hal9999.server.client import (
-    FOLLOW_WAIT_S,
-    HAL_OWN,
-    RECONNECT_S,
-    DaemonClient,
-    DaemonUnavailable,
-)
 from hal9999.workdir import current_dir, working_dir
+
+if TYPE_CHECKING:
+    from hal9999.server.client import DaemonClient
 
 NAME_VARS = {
     "HAL_AGENT": "default_agent",
@@ -155,6 +151,9 @@ def thin_daemon(
     if found is None:
         return None
     config, applied = found
+    # The daemon's client only here: an in-process run (HAL_NO_DAEMON) never needs it.
+    from hal9999.server.client import DaemonClient
+
     try:
         client = DaemonClient.find(Path(config["home"]))
     except OSError:
@@ -303,6 +302,8 @@ def see_through(
 ) -> dict[str, Any]:
     """Follow the task's events to its end (the daemon retries it); its final record.
     ``DaemonTaskAPI.follow``'s long poll, blocking, on the events' JSON."""
+    from hal9999.server.client import FOLLOW_WAIT_S, HAL_OWN, RECONNECT_S, DaemonUnavailable
+
     after_seq = 0
     gone_since: float | None = None
     while True:

@@ -12,11 +12,11 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from hal9999.config import HalConfig
-from hal9999.server.client import DaemonClient, DaemonTaskAPI
 from hal9999.tasks.api import LocalTaskAPI, TaskAPI
 
 if TYPE_CHECKING:
     from hal9999.cli.main import App
+    from hal9999.server.client import DaemonClient
 
 NO_DAEMON_VAR = "HAL_NO_DAEMON"
 """Set to 1 to work in-process even while a daemon runs."""
@@ -26,6 +26,8 @@ def find_daemon(config: HalConfig, environ: Mapping[str, str]) -> DaemonClient |
     """The running daemon of this home, unless ``HAL_NO_DAEMON`` is set."""
     if environ.get(NO_DAEMON_VAR, "") not in ("", "0"):
         return None
+    from hal9999.server.client import DaemonClient  # not for an in-process command
+
     return DaemonClient.find(config.home)
 
 
@@ -35,6 +37,8 @@ def task_api(app_: App) -> TaskAPI:
 
     client = app_.daemon()
     if client is not None:
+        from hal9999.server.client import DaemonTaskAPI
+
         app_.via_daemon = True
         return DaemonTaskAPI(client, app_.config, os.environ)
     return LocalTaskAPI(app_.service, lambda task, args, env: spawn_runner(app_, task, args, env))
