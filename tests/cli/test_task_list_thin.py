@@ -146,10 +146,11 @@ def test_the_state_names_are_the_state_machines() -> None:
 def test_the_task_table_names_every_task_command_and_its_module() -> None:
     import hal9999.cli.requests
     import hal9999.cli.task
+    import hal9999.cli.task_control
     import hal9999.cli.task_list
     from hal9999.cli.task_group import task
 
-    del hal9999.cli.requests, hal9999.cli.task, hal9999.cli.task_list
+    del hal9999.cli.requests, hal9999.cli.task, hal9999.cli.task_control, hal9999.cli.task_list
     assert set(task.commands) == set(TASK_COMMANDS), "add it to hal9999.cli.lazy.TASK_COMMANDS"
     for name, entry in TASK_COMMANDS.items():
         command = task.commands[name]
