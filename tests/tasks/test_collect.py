@@ -447,3 +447,57 @@ async def test_a_branch_moved_away_from_head_is_still_pointed_at_head(
     result = await run_collect(w, sandbox)
     assert git(w.session.workspace, "rev-parse", BRANCH) == result.head != w.base
     assert result.files_changed == 1
+
+
+class ForgingSandbox(HostileSandbox):
+    """The agent took the collect script over (a clean filter of its checkout's config runs
+    inside the script's sandbox as the agent's uid, which may ptrace the script): the real
+    script runs, then its stdout is the agent's and its exit status 0."""
+
+    forged = b""
+
+    async def exec(self, *args: Any, **kw: Any) -> Any:
+        result = await super().exec(*args, **kw)
+        return type(result)(exit_code=0, stdout=self.forged, stderr=result.stderr)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "{head} 0 \u00b2",  # str.isdigit() but not int()
+        "{head} 0 " + "9" * 5000,  # past int()'s digit limit
+        "{head} 0 99999999999999999999999",  # past SQLite's INTEGER
+        "{head} 1 \u0661",  # an Arabic-Indic one: int() takes it, no script prints it
+        "HEAD~1 0 0",
+        "{head}\x00 0 0",
+        "{head} 2 0",
+        "{head} 0 0 unchanged",  # the work committed, yet "unchanged": not the base
+        "{head} 0 0 unchanged extra",
+        "",
+    ],
+)
+async def test_a_forged_result_line_is_refused_in_one_line(
+    world: tuple[World, HostileSandbox], line: str
+) -> None:
+    w, hostile = world
+    sandbox = ForgingSandbox(hostile._inner, w.session.home)
+    (w.session.workspace / "a.txt").write_text("two\n")
+    git(w.session.workspace, "commit", "-qam", "work")
+    head = git(w.session.workspace, "rev-parse", "HEAD")
+    sandbox.forged = (line.format(head=head) + "\n").encode()
+    with pytest.raises(RepoError) as caught:
+        await run_collect(w, sandbox)  # type: ignore[arg-type]
+    assert "\n" not in caught.value.message
+    assert str(w.session.workspace) in (caught.value.hint or "")
+
+
+async def test_unchanged_is_believed_only_for_the_base_and_never_for_a_whole_bundle(
+    world: tuple[World, HostileSandbox],
+) -> None:
+    w, hostile = world
+    sandbox = ForgingSandbox(hostile._inner, w.session.home)
+    sandbox.forged = f"{w.base} 0 0 unchanged\n".encode()
+    result = await run_collect(w, sandbox)  # type: ignore[arg-type]
+    assert result.head == w.base and result.bundle_bytes is None
+    with pytest.raises(RepoError):
+        await run_collect(w, sandbox, full=True)  # type: ignore[arg-type]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -26,6 +27,10 @@ from hal9999.tasks.session import HOME_TARGET, Session
 RESULT_LIMIT = 4 << 30
 """Largest patch or bundle hal copies out of a sandbox (bytes)."""
 _NESTED_LIMIT = 64 << 10
+_RESULT_LINE = re.compile(rb"([0-9a-f]{40}|[0-9a-f]{64}) ([01]) ([0-9]{1,9})( unchanged)?\n")
+"""The script's one line. Its stdout is the agent's to forge (a clean filter of the checkout's
+config runs inside the script's sandbox as the agent's uid, which may ptrace the script), so
+anything else is refused, never parsed loosely."""
 
 COLLECT_SCRIPT = r"""
 set -eu
@@ -170,11 +175,14 @@ async def collect(
     )
     try:
         result = await sandbox.exec(command, timeout=300)
-        fields = result.stdout.decode("utf-8", "replace").split()
-        unchanged = fields[3:] == ["unchanged"]
-        if not result.ok or len(fields) != 3 + unchanged or not fields[2].isdigit():
+        line = _RESULT_LINE.fullmatch(result.stdout) if result.ok else None
+        unchanged = line is not None and line[4] is not None
+        # "Unchanged" is the base itself, with nothing committed, changed or to bundle.
+        if line is None or (
+            unchanged and (line.group(1, 2, 3) != (base.encode(), b"0", b"0") or full_bundle)
+        ):
             raise _script_error(result.stderr, session)
-        head, committed, files = fields[:3]
+        head, committed, files = (field.decode() for field in line.groups()[:3])
         try:
             if unchanged:  # no result directory: an empty patch, no bundle
                 patch_bytes, bundle_bytes, nested = await asyncio.to_thread(_nothing, session)
