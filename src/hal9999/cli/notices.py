@@ -83,6 +83,7 @@ class Uncommitted:
                 ["git", "-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null",
                  "status", "--porcelain", "--untracked-files=normal"],
                 cwd=path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                errors="replace",
             )  # fmt: skip
         except (OSError, subprocess.SubprocessError):
             self.proc = None
