@@ -41,3 +41,60 @@ def test_the_agent_cannot_change_the_snapshot_or_read_what_no_ref_reaches(
     _, log2 = run(tmp_path, repo, "git fsck --connectivity-only --no-progress && echo fsck=ok")
     assert "fsck=ok" in log2, log2
     assert len(snapshots(tmp_path)) == 1  # one snapshot for both tasks
+
+
+def _object(repo: Path, kind: str, data: bytes) -> str:
+    import subprocess
+
+    return subprocess.run(
+        ["git", "hash-object", "-t", kind, "--literally", "-w", "--stdin"],
+        cwd=repo, input=data, capture_output=True, check=True,
+    ).stdout.decode().strip()  # fmt: skip
+
+
+def _tree(repo: Path, entries: list[tuple[str, bytes, str]]) -> str:
+    data = b"".join(m.encode() + b" " + n + b"\0" + bytes.fromhex(o) for m, n, o in entries)
+    return _object(repo, "tree", data)
+
+
+@pytest.mark.parametrize("shape", ["link-then-dir", "slash-in-name", "dot-git", "dot-git-link"])
+async def test_the_checkout_hal_writes_never_writes_outside_it(
+    tmp_path: Path, shape: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkout of a snapshot is filled by hal's `read-tree` (not `git clone`): a source
+    tree whose entries lead out through a link, or into `.git`, writes nothing outside."""
+    from hal9999.errors import RepoError
+    from hal9999.tasks import gitrepo, mirror
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    repo = make_repo(tmp_path)
+    blob = _object(repo, "blob", b"pwned\n")
+    link = _object(repo, "blob", str(outside).encode())
+    inner = _tree(repo, [("100644", b"pwned", blob)])
+    hooks = _tree(repo, [("100755", b"post-checkout", blob)])
+    entries = {
+        "link-then-dir": [("120000", b"link", link), ("40000", b"link", inner)],
+        "slash-in-name": [("120000", b"link", link), ("100644", b"link/pwned", blob)],
+        "dot-git": [("40000", b".git", _tree(repo, [("40000", b"hooks", hooks)]))],
+        "dot-git-link": [("120000", b".git", link)],
+    }[shape]
+    commit = git(repo, "commit-tree", _tree(repo, entries), "-p", "HEAD", "-m", shape)
+    git(repo, "update-ref", "refs/heads/main", commit)
+    session = tmp_path / "session"
+    (session / "workspace").mkdir(parents=True)
+    snap = await mirror.snapshot_for(tmp_path / "home", str(repo), session, None)
+    assert snap is not None
+    made: list[bool] = []
+    write_git_dir = gitrepo._write_git_dir
+    monkeypatch.setattr(
+        gitrepo, "_write_git_dir", lambda *a: made.append(write_git_dir(*a)) or made[-1]
+    )
+    source = gitrepo.RepoSource("local", str(repo))
+    try:
+        await gitrepo.clone(source, None, session / "workspace", "hal/x", borrow=snap)
+    except RepoError:
+        pass  # git refuses the path: as good
+    assert made == [True]  # hal wrote the .git, read-tree filled it
+    assert list(outside.iterdir()) == []
+    assert not (session / "workspace" / ".git" / "hooks" / "post-checkout").exists()
