@@ -27,10 +27,11 @@ from hal9999.tasks.session import HOME_TARGET, Session
 RESULT_LIMIT = 4 << 30
 """Largest patch or bundle hal copies out of a sandbox (bytes)."""
 _NESTED_LIMIT = 64 << 10
-_RESULT_LINE = re.compile(rb"([0-9a-f]{40}|[0-9a-f]{64}) ([01]) ([0-9]{1,9})( unchanged)?\n")
+_RESULT_LINE = re.compile(rb"\s*([0-9a-f]{40}|[0-9a-f]{64}) ([01]) ([0-9]{1,9})( unchanged)?\s*")
 """The script's one line. Its stdout is the agent's to forge (a clean filter of the checkout's
 config runs inside the script's sandbox as the agent's uid, which may ptrace the script), so
-anything else is refused, never parsed loosely."""
+anything else is refused, never parsed loosely
+(whitespace around it is a transport's, say an exec channel's ``\\r``)."""
 
 COLLECT_SCRIPT = r"""
 set -eu
