@@ -268,12 +268,16 @@ async def test_anything_but_the_plain_layout_is_left_to_git(
     odd = tmp_path / "odd"
     odd.mkdir()
     git(odd, "init", "-q")
-    git(odd, "config", "core.worktree", str(w.source))
+    # Written into the file, never by `git config`: an exported GIT_DIR (a test run from
+    # `git rebase -x`, a hook) would make git write the enclosing repository's config.
+    with (odd / ".git" / "config").open("a") as file:
+        file.write(f"[core]\n\tworktree = {w.source}\n")
     assert (await gitrepo.resolve_source(None, odd)).location == str(w.source)
     declared = tmp_path / "declared"
     declared.mkdir()
     git(declared, "init", "-q")
-    git(declared, "config", "core.bare", "true")
+    with (declared / ".git" / "config").open("a") as file:
+        file.write("[core]\n\tbare = true\n")
     with pytest.raises(RepoError):
         await gitrepo.resolve_source(None, declared)
     for config in ("[core]\n\tbare = true\n", "[core]\n\tbare\n", "[include]\n\tpath = x\n"):
