@@ -398,9 +398,14 @@ def _exit_lightly() -> None:
     atexit handlers (logging's flush), the joining of worker threads, and every object
     freed by its reference count (open files are flushed and closed). Python never
     promised ``__del__`` for objects alive at exit, and nothing hal keeps needs one: what
-    must be on disk is written and synced when it is recorded, not at exit."""
+    must be on disk is written and synced when it is recorded, not at exit. The stores
+    still open are closed first (a connection left open would leave the database's pages
+    in its WAL, never checkpointed into ``hal.db``)."""
     import gc
 
+    store = sys.modules.get("hal9999.store.sqlite")
+    if store is not None:
+        store.close_open_stores()
     gc.freeze()
 
 

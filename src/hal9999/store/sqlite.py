@@ -14,6 +14,7 @@ import random
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,6 +52,27 @@ def _split_statements(sql: str) -> Iterator[str]:
 
 
 _JSON_COLUMNS = ("env_keys", "providers")
+
+
+class _Connection(sqlite3.Connection):
+    """A store's connection, known to :data:`_OPEN` (sqlite3's own cannot be weakly
+    referenced)."""
+
+
+_OPEN: weakref.WeakSet[_Connection] = weakref.WeakSet()
+"""The store connections of this process not yet freed (see :func:`close_open_stores`)."""
+
+
+def close_open_stores() -> None:
+    """Close every store connection this process still has.
+
+    A connection sits in a reference cycle (its own statement cache), so a store dropped
+    without :meth:`Store.close` leaves it to the garbage collector; a process that ends
+    without that collection (the CLI freezes its objects at exit) would leave the database's
+    pages in the WAL, never checkpointed into ``hal.db``. The last connection to close
+    checkpoints the WAL and removes it, as SQLite does for any clean close."""
+    for conn in list(_OPEN):
+        conn.close()
 
 
 def _to_row(record: TaskRecord) -> dict[str, Any]:
@@ -133,9 +155,10 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
                     raise ValueError("the store is closed")
                 conn = sqlite3.connect(
                     self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                    check_same_thread=False,
+                    check_same_thread=False, factory=_Connection,
                 )  # fmt: skip
                 self._conns.append(conn)
+                _OPEN.add(conn)
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             conn.execute("PRAGMA synchronous = NORMAL")
