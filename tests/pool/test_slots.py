@@ -1,5 +1,6 @@
-"""A slot's links: what a clear allocates (issue 16: new inodes are dear on ext4 without a
-journal, where each scans past the inodes its group freed in the last minute)."""
+"""A slot's links: what a hand-over and a clear allocate (issue 16: new inodes are dear on
+ext4 without a journal, where each scans past the inodes its group freed in the last
+minute), and that they reach the task's files, or nothing, as before."""
 
 from __future__ import annotations
 
@@ -10,36 +11,64 @@ from hal9999.pool import SlotDir
 from hal9999.spec import Bind, SandboxSpec
 
 
-def spec_of(session: Path) -> SandboxSpec:
+def spec_of(session: Path, *, elsewhere: Path | None = None) -> SandboxSpec:
     for name in ("workspace", "home", "input"):
         (session / name).mkdir(parents=True, exist_ok=True)
-    return SandboxSpec(
-        provider="fake",
-        workspace=session / "workspace",
-        binds=(
-            Bind(source=session / "home", target="/home/hal", read_only=False),
-            Bind(source=session / "input", target="/hal", read_only=True),
-        ),
-    )
+    binds = [
+        Bind(source=session / "home", target="/home/hal", read_only=False),
+        Bind(source=session / "input", target="/hal", read_only=True),
+    ]
+    if elsewhere is not None:
+        elsewhere.mkdir(parents=True, exist_ok=True)
+        binds.append(Bind(source=elsewhere, target="/cred", read_only=True))
+    return SandboxSpec(provider="fake", workspace=session / "workspace", binds=tuple(binds))
 
 
-def test_a_clear_makes_no_new_inode_and_its_links_see_only_the_empty_dir(
-    tmp_path: Path,
-) -> None:
+def inodes(root: Path) -> set[int]:
+    return {os.lstat(p).st_ino for p in root.iterdir()}
+
+
+def test_a_hand_over_makes_one_inode_and_a_clear_none(tmp_path: Path) -> None:
     slot = SlotDir(tmp_path / "pool").new()
     links = [slot.root / name for name in ("ws", "b0", "b1")]
-    idle = os.lstat(slot.idle).st_ino
-    for n in range(3):
+    spec = spec_of(tmp_path / "s0")
+    slot.point(spec)  # the first hand-over makes the links
+    slot.clear(spec)
+    for n in range(1, 4):
         spec = spec_of(tmp_path / f"s{n}")
+        before = inodes(slot.root)
         slot.point(spec)
+        assert len(inodes(slot.root) - before) == 1, "one new inode: the link to the session"
         assert [p.resolve() for p in links] == [
             spec.workspace, spec.binds[0].source, spec.binds[1].source
         ]  # fmt: skip
+        before = inodes(slot.root)
         slot.clear(spec)
-        # Every idle link is the slot's one symlink to empty/: a clear allocated nothing.
-        assert {os.lstat(p).st_ino for p in links} == {idle}
-        assert all(p.is_symlink() and p.resolve() == slot.empty for p in links)
-    assert sorted(p.name for p in slot.root.iterdir()) == ["b0", "b1", "empty", "idle", "ws"]
+        assert inodes(slot.root) - before == set(), "a clear makes no inode"
+        assert os.lstat(slot.root / "cur").st_ino == os.lstat(slot.idle).st_ino
+        for link in links:  # each shows an empty directory of the slot's own
+            seen = link.resolve()
+            assert seen.is_relative_to(slot.empty) and list(seen.iterdir()) == []
+
+
+def test_a_source_outside_the_session_gets_a_link_of_its_own(tmp_path: Path) -> None:
+    slot = SlotDir(tmp_path / "pool").new()
+    creds = tmp_path / "creds"
+    spec = spec_of(tmp_path / "s0", elsewhere=creds)
+    slot.point(spec)
+    assert os.readlink(slot.root / "b2") == str(creds)
+    assert (slot.root / "b2").resolve() == creds
+    slot.clear(spec)
+    assert (slot.root / "b2").resolve() == slot.empty
+    assert os.lstat(slot.root / "b2").st_ino == os.lstat(slot.idle).st_ino
+    # A later task whose bind is in its session: the link goes through cur again.
+    later = spec_of(tmp_path / "s1")
+    later = later.model_copy(
+        update={"binds": (*later.binds, Bind(source=tmp_path / "s1" / "input", target="/cred"))}
+    )
+    slot.point(later)
+    assert os.readlink(slot.root / "b2") == "cur/input"
+    assert (slot.root / "b2").resolve() == tmp_path / "s1" / "input"
 
 
 def test_a_slot_of_an_older_hal_gets_its_idle_link_at_its_first_clear(tmp_path: Path) -> None:
@@ -49,9 +78,16 @@ def test_a_slot_of_an_older_hal_gets_its_idle_link_at_its_first_clear(tmp_path: 
     slot.point(spec)
     slot.clear(spec)
     assert os.readlink(slot.idle) == str(slot.empty)
-    assert os.lstat(slot.root / "ws").st_ino == os.lstat(slot.idle).st_ino
+    assert os.lstat(slot.root / "cur").st_ino == os.lstat(slot.idle).st_ino
     # A wrong idle link (pointing anywhere but empty/) is made again, not trusted.
     slot.idle.unlink()
     os.symlink(tmp_path / "s" / "home", slot.idle)
     slot.clear(spec)
-    assert (slot.root / "ws").resolve() == slot.empty
+    assert (slot.root / "ws").resolve().is_relative_to(slot.empty)
+    # Links of an older slot (absolute, to a session) are pointed through cur at the next
+    # hand-over.
+    os.unlink(slot.root / "ws")
+    os.symlink(tmp_path / "s" / "workspace", slot.root / "ws")
+    slot.point(spec_of(tmp_path / "t"))
+    assert os.readlink(slot.root / "ws") == "cur/workspace"
+    assert (slot.root / "ws").resolve() == tmp_path / "t" / "workspace"

@@ -5,13 +5,14 @@ of the workspace and binds (their targets and modes stay in the key) and the lab
 tasks with the same key can therefore share a sandbox one after the other.
 
 A warm sandbox is created over a *slot*: a private directory holding one symlink per mount
-(``ws`` for the workspace, ``b0``, ``b1``... for the binds), each pointing at ``empty/``
-while the sandbox is idle. Handing the sandbox to a task re-points the links atomically at
-the task's session directories. This works for every provider that resolves its mounts when
-a command starts (``bwrap`` binds, ``local`` and ``fake`` paths), which is what
-``host_launch`` providers do; a provider that cannot (a VM mounting its share at boot)
-implements :class:`WorkspaceAttach` instead (``qemu``: host bind mounts, see
-:mod:`hal9999.providers.qemumount`), or is not pooled.
+(``ws`` for the workspace, ``b0``, ``b1``... for the binds), each showing an empty directory
+of ``empty/`` while the sandbox is idle. Handing the sandbox to a task points them, atomically,
+at the task's session directories: those inside the session through the one link ``cur``
+to it (``ws`` -> ``cur/workspace``), so a hand-over makes one new symlink, not one per mount.
+This works for every provider that resolves its mounts when a command starts (``bwrap``
+binds, ``local`` and ``fake`` paths), which is what ``host_launch`` providers do; a provider
+that cannot (a VM mounting its share at boot) implements :class:`WorkspaceAttach` instead
+(``qemu``: host bind mounts, see :mod:`hal9999.providers.qemumount`), or is not pooled.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ KEY_LABEL = "hal.pool"
 """Label holding a pooled sandbox's pool key."""
 IDLE_LINK = "idle"
 """In the slot directory: the symlink to ``empty/`` that idle links are hard links of."""
+CUR_LINK = "cur"
+"""In the slot directory: the link to the current task's session (see :meth:`Slot.point`)."""
 
 
 def pool_key(spec: SandboxSpec) -> str:
@@ -127,12 +130,23 @@ class Slot:
         return spec.model_copy(update={"workspace": workspace, "binds": binds, "labels": labels})
 
     def point(self, spec: SandboxSpec) -> None:
-        """Re-point the links at ``spec``'s workspace and bind sources, atomically each."""
+        """Re-point the links at ``spec``'s workspace and bind sources, atomically each.
+
+        A source inside the task's session (the workspace's parent) is reached through the
+        slot's one link ``cur`` to that session: ``ws`` -> ``cur/workspace``, ``b0`` ->
+        ``cur/home``... Those links stay from task to task and only ``cur`` is made anew, one
+        inode a task instead of one per mount (see :meth:`clear`). A source elsewhere gets a
+        link of its own, as does one whose place in the session differs from the last."""
         sources = ([spec.workspace] if spec.workspace is not None else []) + [
             b.source for b in spec.binds
         ]
+        session = Path(spec.workspace).parent if spec.workspace is not None else None
         for link, source in zip(self._links(spec), sources, strict=True):
-            _relink(link, Path(source))
+            target = _through_cur(Path(source), session)
+            if _readlink(link) != target:
+                _relink(link, Path(target))
+        if session is not None:
+            _relink(self.root / CUR_LINK, session)
 
     @property
     def idle(self) -> Path:
@@ -142,16 +156,21 @@ class Slot:
     def clear(self, spec: SandboxSpec) -> None:
         """Point every link at the empty directory (the sandbox sees no task's files).
 
-        Each link becomes a hard link of the slot's one symlink to ``empty/`` instead of a
-        new symlink: on ext4 without a journal (this machine's) every new inode scans past
-        the inodes freed in the last minute of its group, which a pool turning over tasks
-        fills; a clear that allocates none halves the slot's inode churn (issue 16)."""
+        ``cur`` (and any link of its own) becomes a hard link of the slot's one symlink to
+        ``empty/``, so a link through ``cur`` shows an empty directory of ``empty/`` made for
+        it: no new symlink, where each new inode on ext4 without a journal (this machine's)
+        scans past the inodes its group freed in the last minute, which a pool turning over
+        tasks fills (issue 16)."""
         self.empty.mkdir(mode=0o755, exist_ok=True)
         idle = self._idle_link()
         for link in self._links(spec):
-            tmp = link.with_name(f".{link.name}.{secrets.token_hex(4)}")
-            os.link(idle, tmp, follow_symlinks=False)  # the symlink itself, not its target
-            os.replace(tmp, link)
+            target = _readlink(link)
+            rel = _below_cur(target)
+            if rel is None:
+                _hard_relink(link, idle)
+            else:
+                (self.empty / rel).mkdir(mode=0o755, parents=True, exist_ok=True)
+        _hard_relink(self.root / CUR_LINK, idle)
 
     def _idle_link(self) -> Path:
         idle = self.idle
@@ -172,6 +191,37 @@ def _relink(link: Path, target: Path) -> None:
     tmp = link.with_name(f".{link.name}.{secrets.token_hex(4)}")
     os.symlink(target, tmp)
     os.replace(tmp, link)
+
+
+def _hard_relink(link: Path, symlink: Path) -> None:
+    """Make ``link`` another name of the symlink ``symlink`` (no new inode), atomically."""
+    tmp = link.with_name(f".{link.name}.{secrets.token_hex(4)}")
+    os.link(symlink, tmp, follow_symlinks=False)  # the symlink itself, not its target
+    os.replace(tmp, link)
+
+
+def _readlink(link: Path) -> str | None:
+    try:
+        return os.readlink(link)
+    except OSError:  # missing (a new slot), or not a link
+        return None
+
+
+def _through_cur(source: Path, session: Path | None) -> str:
+    """The link target that reaches ``source``: through ``cur`` when it is in ``session``."""
+    if session is not None and source != session and source.is_relative_to(session):
+        rel = source.relative_to(session)
+        if ".." not in rel.parts:
+            return f"{CUR_LINK}/{rel}"
+    return str(source)
+
+
+def _below_cur(target: str | None) -> Path | None:
+    """The path under the session of a link target through ``cur``; None for another."""
+    if target is None or not target.startswith(f"{CUR_LINK}/"):
+        return None
+    rel = Path(target[len(CUR_LINK) + 1 :])
+    return None if rel.is_absolute() or ".." in rel.parts or not rel.parts else rel
 
 
 class SlotDir:
