@@ -379,3 +379,54 @@ async def test_a_bundle_whose_prerequisites_the_source_lacks_is_refused(world: W
     assert git(world.source, "branch", "--list", BRANCH) == ""
     assert git(world.source, "for-each-ref", "refs/hal-incoming") == ""
     assert not has_object(world.source, head)
+
+
+def _smuggling_bundle(world: World, head: str, extra: list[bytes]) -> list[str]:
+    """The result bundle, its pack also carrying objects no commit of it reaches (the agent
+    writes the bundle); the ids of those."""
+    ws = world.session.workspace
+    ids = [
+        subprocess.run(
+            ["git", "hash-object", "-w", "--stdin"], cwd=ws, input=data, capture_output=True
+        )
+        .stdout.decode()
+        .strip()
+        for data in extra
+    ]
+    listed = git(ws, "rev-list", "--objects", head, "--not", world.base)
+    names = "".join(line.split()[0] + "\n" for line in listed.splitlines())
+    pack = subprocess.run(
+        ["git", "pack-objects", "--stdout"], cwd=ws, input=(names + "\n".join(ids) + "\n").encode(),
+        capture_output=True, check=True,
+    ).stdout  # fmt: skip
+    header = f"# v2 git bundle\n-{world.base} base\n{head} refs/heads/{BRANCH}\n\n"
+    world.session.bundle.write_bytes(header.encode() + pack)
+    return ids
+
+
+@pytest.mark.parametrize("fillers", [0, 150])  # loose objects, or a pack the source keeps
+@pytest.mark.parametrize("outcome", ["brought back", "secret found"])
+async def test_objects_the_scan_never_saw_never_reach_the_source(
+    world: World, fillers: int, outcome: str
+) -> None:
+    """The bundle is the agent's: objects its commits do not reach are not scanned, so they
+    must not land in the source repository (whose later snapshots every sandbox reads)."""
+    secret = "sk-live-smuggled-0a1b2c"
+    files = {"a.txt": "two\n"} if outcome == "brought back" else {"leak.txt": f"{secret}\n"}
+    head = world.agent_commits(files)
+    hidden = [f"{secret}\n".encode(), *(f"filler {n}\n".encode() for n in range(fillers))]
+    ids = _smuggling_bundle(world, head, hidden)
+    if outcome == "brought back":
+        await world.bring_back(head, SecretMasker([secret]))
+        assert git(world.source, "rev-parse", BRANCH) == head
+        assert git(world.source, "cat-file", "-p", f"{head}:a.txt") == "two"
+        git(world.source, "fsck", "--connectivity-only", "--no-progress")  # whole
+    else:
+        with pytest.raises(SecretInResult):
+            await world.bring_back(head, SecretMasker([secret]))
+        leak = git(world.session.workspace, "rev-parse", f"{head}:leak.txt")
+        ids.append(leak)  # scanned and refused: it must not stay in the source either
+    for oid in ids:
+        found = subprocess.run(["git", "cat-file", "-e", oid], cwd=world.source)
+        assert found.returncode != 0, oid
+    assert git(world.source, "for-each-ref", "refs/hal-incoming") == ""

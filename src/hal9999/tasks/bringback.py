@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 from asyncio.subprocess import DEVNULL, PIPE, Process
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -95,21 +96,76 @@ async def bring_back(
     if not (repo / ".git").exists() and not (repo / "HEAD").exists():
         raise RepoError(f"the source repository {repo} is gone or moved", hint=safe)
     incoming = f"refs/hal-incoming/{task_id}"
-    drop = _Drop(incoming if head != base else None)
+    # With secrets to look for, the bundle's objects go into a quarantine first (an object
+    # directory of the session's that borrows the source's, and no ref): the bundle is the
+    # agent's, and objects none of its commits reach are never scanned, so only what the scan
+    # saw is copied into the source (whose later snapshots every sandbox reads).
+    quarantine = session.root / QUARANTINE if head != base and masker else None
+    drop = _Drop(incoming if head != base and quarantine is None else None)
     try:
         if head != base:
-            await _fetch_verified(repo, session.bundle, branch, head, incoming, safe)
-            await _scan(repo, incoming, base, masker, safe)
-            await _write_patch(repo, base, incoming, session.patch)
+            env: dict[str, str] | None = None
+            target = incoming
+            if quarantine is not None:
+                objects = await _objects_dir(repo)
+                await asyncio.to_thread(_fresh_dir, quarantine)
+                env = {
+                    "GIT_OBJECT_DIRECTORY": str(quarantine),
+                    "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(objects),
+                }
+                target = head
+            await _fetch_verified(repo, session.bundle, branch, head, target, safe, env)
+            seen = await _scan(repo, target, base, masker, safe, env)
+            await _write_patch(repo, base, target, session.patch, env)
+            if env is not None and seen:
+                await git(
+                    ["pack-objects", "--quiet", "--local", str(objects / "pack" / "pack")],
+                    cwd=repo, stdin=b"".join(seen), env=env, what="keeping the result",
+                    hint=safe,
+                )  # fmt: skip
         return await _move_branch(repo, session, branch, head, safe, drop)
     finally:
         if drop.ref is not None and not drop.done:
             await git(["update-ref", "-d", incoming], cwd=repo, what="dropping the private ref")
+        if quarantine is not None:
+            await asyncio.to_thread(shutil.rmtree, quarantine, True)
+
+
+QUARANTINE = "incoming-objects"
+"""In the session root (no sandbox mounts it): where a result's objects wait for the scan."""
+
+
+def _fresh_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    (path / "pack").mkdir(parents=True)
+
+
+async def _objects_dir(repo: Path) -> Path:
+    """The source repository's object directory (git says where, for any other layout than
+    a plain ``.git`` directory or a bare repository)."""
+    dot = repo / ".git"
+    if dot.is_dir() and not (dot / "commondir").exists():
+        return dot / "objects"
+    if not dot.exists() and (repo / "objects").is_dir() and (repo / "HEAD").is_file():
+        return repo / "objects"
+    where = await git(
+        ["rev-parse", "--path-format=absolute", "--git-path", "objects"],
+        cwd=repo, what="finding the repository's objects",
+    )  # fmt: skip
+    return Path(where)
 
 
 async def _fetch_verified(
-    repo: Path, bundle: Path, branch: str, head: str, incoming: str, safe: str
+    repo: Path,
+    bundle: Path,
+    branch: str,
+    head: str,
+    incoming: str,
+    safe: str,
+    env: dict[str, str] | None = None,
 ) -> None:
+    """Fetch the bundle's one head into ``incoming`` (a ref; or, with ``env`` naming a
+    quarantine, ``incoming`` is ``head`` and no ref is written)."""
     if not bundle.is_file() or bundle.is_symlink():
         raise RepoError(f"no result bundle at {bundle}", hint=safe)
     # The header is read here; its prerequisites are checked by the fetch itself (git's
@@ -139,13 +195,14 @@ async def _fetch_verified(
             "--no-recurse-submodules",
             "--end-of-options",
             str(bundle),
-            f"+refs/heads/{branch}:{incoming}",
+            f"+refs/heads/{branch}:{incoming}" if env is None else f"refs/heads/{branch}",
         ],
         cwd=repo,
         what=f"fetching the result into {repo}",
         hint=safe,
+        env=env,
     )
-    fetched = await git(["rev-parse", "--verify", f"{incoming}^{{commit}}"], cwd=repo)
+    fetched = await git(["rev-parse", "--verify", f"{incoming}^{{commit}}"], cwd=repo, env=env)
     if fetched != head:
         raise RepoError(f"the fetched result is {fetched[:12]}, not {head[:12]}", hint=safe)
 
@@ -179,12 +236,15 @@ def bundle_heads(bundle: Path) -> list[list[str]] | None:
 
 
 @contextlib.asynccontextmanager
-async def _git_proc(argv: list[str], cwd: Path, **pipes: Any) -> AsyncIterator[Process]:
+async def _git_proc(
+    argv: list[str], cwd: Path, env: dict[str, str] | None = None, **pipes: Any
+) -> AsyncIterator[Process]:
     """Host git in its own process group, killed with its children if the caller fails or is
     cancelled (a timeout must not leave a scan running)."""
     proc = await asyncio.create_subprocess_exec(
         "git", *_GIT_SAFE, *argv, cwd=cwd, start_new_session=True,
-        env={"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/"},
+        env={"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/",
+             **(env or {})},
         **pipes,
     )  # fmt: skip
     try:
@@ -194,9 +254,11 @@ async def _git_proc(argv: list[str], cwd: Path, **pipes: Any) -> AsyncIterator[P
         raise
 
 
-async def _lines(argv: list[str], cwd: Path) -> AsyncIterator[bytes]:
+async def _lines(
+    argv: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> AsyncIterator[bytes]:
     pipes = {"stdin": DEVNULL, "stdout": PIPE, "stderr": PIPE}
-    async with _git_proc(argv, cwd, **pipes) as proc:
+    async with _git_proc(argv, cwd, env, **pipes) as proc:
         assert proc.stdout is not None and proc.stderr is not None
         while line := await proc.stdout.readline():
             yield line
@@ -205,18 +267,27 @@ async def _lines(argv: list[str], cwd: Path) -> AsyncIterator[bytes]:
             raise RepoError(f"git {argv[0]} failed: {git_message(err)}")
 
 
-async def _scan(repo: Path, incoming: str, base: str, masker: SecretMasker, safe: str) -> None:
-    """Refuse the result when a new object holds a secret's value (streamed, chunked)."""
+async def _scan(
+    repo: Path,
+    incoming: str,
+    base: str,
+    masker: SecretMasker,
+    safe: str,
+    env: dict[str, str] | None = None,
+) -> list[bytes]:
+    """Refuse the result when a new object holds a secret's value (streamed, chunked); the
+    ``rev-list --objects`` lines of the objects scanned."""
+    seen: list[bytes] = []
     if not masker:
-        return
-    listing = _lines(["rev-list", "--objects", incoming, "--not", base], repo)
+        return seen
+    listing = _lines(["rev-list", "--objects", incoming, "--not", base], repo, env)
     batch = ["cat-file", "--batch=%(objectname) %(objecttype) %(objectsize) %(rest)"]
     overlap = max(masker.max_len - 1, 0)
     hit: str | None = None
     pipes = {"stdin": PIPE, "stdout": PIPE, "stderr": DEVNULL}
-    async with _git_proc(batch, repo, **pipes) as proc:
+    async with _git_proc(batch, repo, env, **pipes) as proc:
         assert proc.stdin is not None and proc.stdout is not None
-        feeder = asyncio.create_task(_feed(proc.stdin, listing))
+        feeder = asyncio.create_task(_feed(proc.stdin, listing, seen))
         try:
             while header := await proc.stdout.readline():
                 fields = header.decode("utf-8", "replace").rstrip("\n").split(" ", 3)
@@ -245,6 +316,7 @@ async def _scan(repo: Path, incoming: str, base: str, masker: SecretMasker, safe
             "the task and have the agent rewrite its commits without it (for example `git reset "
             f"--soft {base[:12]}` and commit again); {safe}",
         )
+    return seen
 
 
 def patch_holds_secret(patch: Path, masker: SecretMasker) -> str | None:
@@ -275,21 +347,26 @@ def _last_header(text: str, default: str) -> str:
     return text[start + len("+++ b/") : end if end != -1 else len(text)]
 
 
-async def _feed(stdin: asyncio.StreamWriter, listing: AsyncIterator[bytes]) -> None:
+async def _feed(
+    stdin: asyncio.StreamWriter, listing: AsyncIterator[bytes], seen: list[bytes]
+) -> None:
     try:
         async for line in listing:
+            seen.append(line)
             stdin.write(line)
             await stdin.drain()
     finally:
         stdin.close()
 
 
-async def _write_patch(repo: Path, base: str, incoming: str, patch: Path) -> None:
+async def _write_patch(
+    repo: Path, base: str, incoming: str, patch: Path, env: dict[str, str] | None = None
+) -> None:
     """Rewrite ``result.patch`` from the fetched objects (streamed, fsynced, replaced)."""
     tmp = patch.with_name(f".{patch.name}.hal-tmp")
     with tmp.open("wb") as out:
         argv = [*_DIFF, *_DIFF_FIXED, base, incoming, "--"]
-        async with _git_proc(argv, repo, stdin=DEVNULL, stdout=out, stderr=PIPE) as proc:
+        async with _git_proc(argv, repo, env, stdin=DEVNULL, stdout=out, stderr=PIPE) as proc:
             _, err = await proc.communicate()
         if proc.returncode != 0:
             raise RepoError(f"writing the patch failed: {git_message(err)}")

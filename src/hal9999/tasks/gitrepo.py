@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import stat
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -52,9 +52,10 @@ async def git(
     what: str = "git",
     hint: str | None = None,
     stdin: bytes | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> str:
-    """Run host git (with ``stdin`` as its input); raise :class:`RepoError` with git's own
-    message on failure."""
+    """Run host git (with ``stdin`` as its input, ``env`` added to its environment); raise
+    :class:`RepoError` with git's own message on failure."""
     try:
         proc = await asyncio.create_subprocess_exec(
             "git",
@@ -64,7 +65,12 @@ async def git(
             stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env={"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/"},
+            env={
+                "GIT_TERMINAL_PROMPT": "0",
+                "PATH": "/usr/local/bin:/usr/bin:/bin",
+                "HOME": "/",
+                **(env or {}),
+            },
             # Its own process group: git's helpers (git-remote-http, ssh) die with it.
             start_new_session=True,
         )
