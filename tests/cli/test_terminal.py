@@ -65,9 +65,7 @@ def test_output_on_disk_is_capped_with_head_and_tail(hal: Hal) -> None:
     events = events_of(hal, task["id"])
     recorded = sum(len(e["text"]) for e in events if e["type"] == "output")
     assert 0 < recorded <= 1 << 19
-    assert any(
-        e["type"] == "message" and "output events stop after" in e["text"] for e in events
-    )
+    assert any(e["type"] == "message" and "output events stop after" in e["text"] for e in events)
     assert (session / "events.jsonl").stat().st_size < 1 << 20
 
 
@@ -168,3 +166,30 @@ def test_through_the_daemon_the_views_are_the_same(
     hostile = hal("run", "--agent", HOSTILE_AGENT, "x")
     assert hostile.returncode == 0, hostile.stderr
     _assert_clean(hostile.stdout)
+
+
+# A clean filter of the checkout's own config fails collection with the agent's bytes on
+# stderr: they become the task's error, which the run's closing summary and `task show` print.
+FAILING_FILTER = r"""
+bytes='\033]52;c;ZXZpbA==\007\033[2J\033[1A\233boom'
+git config filter.x.clean "sh -c 'printf \"$bytes\" >&2; exit 1'"
+git config filter.x.required true
+echo '* filter=x' > .git/info/attributes
+echo changed >> calc.py
+"""
+
+
+def test_the_error_a_hostile_agent_makes_reaches_no_viewer_raw(hal: Hal, demo_repo: Path) -> None:
+    (demo_repo / "evil.sh").write_text(FAILING_FILTER)
+    subprocess.run(["git", "add", "evil.sh"], cwd=demo_repo, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "evil"],
+        cwd=demo_repo, check=True,
+    )  # fmt: skip
+    out = hal("run", "--agent", "sh evil.sh", "x")
+    assert out.returncode != 0
+    [task] = tasks_json(hal)
+    assert "\x1b]52" in task["error_message"]  # recorded as the agent made it
+    assert "boom" in out.stdout + out.stderr
+    for text in (out.stdout + out.stderr, hal("task", "show", task["id"]).stdout):
+        assert not [bad for bad in [*INJECTIONS, "\x1b"] if bad in text], text

@@ -145,7 +145,9 @@ class HalGroup(LazyGroup):
         try:
             return super().invoke(ctx)
         except HalError as exc:
-            click.echo(f"hal: error: {exc.one_line()}", err=True)
+            from hal9999.cli.output import sanitize  # a message may quote the agent's bytes
+
+            click.echo(f"hal: error: {sanitize(exc.one_line())}", err=True)
             ctx.exit(exc.exit_status)
         except KeyboardInterrupt:
             click.echo("hal: interrupted", err=True)

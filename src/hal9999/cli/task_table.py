@@ -120,6 +120,10 @@ def summary(task: TaskSummary) -> str:
     if task.cost_usd is not None:
         lines.append(f"cost      ${task.cost_usd:.4f}")
     if task.error_message:
-        lines.append(f"error     {task.error_message}")
+        # The agent can write into it (git's messages from collection, a bundle's ref names):
+        # cleaned as any viewer cleans the agent's output.
+        from hal9999.cli.output import sanitize
+
+        lines.append(f"error     {sanitize(task.error_message)}")
     lines.append(f"session   {task.session_dir}")
     return "\n".join(lines)
