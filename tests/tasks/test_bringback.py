@@ -430,3 +430,18 @@ async def test_objects_the_scan_never_saw_never_reach_the_source(
         found = subprocess.run(["git", "cat-file", "-e", oid], cwd=world.source)
         assert found.returncode != 0, oid
     assert git(world.source, "for-each-ref", "refs/hal-incoming") == ""
+
+
+@pytest.mark.parametrize("name", ["with:colon", '"quoted\\dir'])
+async def test_a_source_whose_path_has_a_colon_is_still_quarantined_and_brought_back(
+    tmp_path: Path, name: str
+) -> None:
+    # The quarantine borrows the source's objects through GIT_ALTERNATE_OBJECT_DIRECTORIES,
+    # a colon-separated list.
+    w = World(tmp_path / name)
+    await w.clone()
+    head = w.agent_commits({"a.txt": "two\n"})
+    w.bundle()
+    await w.bring_back(head, SecretMasker(["sk-live-not-in-it-42"]))
+    assert git(w.source, "rev-parse", BRANCH) == head
+    git(w.source, "fsck", "--connectivity-only", "--no-progress")

@@ -111,7 +111,7 @@ async def bring_back(
                 await asyncio.to_thread(_fresh_dir, quarantine)
                 env = {
                     "GIT_OBJECT_DIRECTORY": str(quarantine),
-                    "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(objects),
+                    "GIT_ALTERNATE_OBJECT_DIRECTORIES": _alternate(objects),
                 }
                 target = head
             await _fetch_verified(repo, session.bundle, branch, head, target, safe, env)
@@ -138,6 +138,15 @@ QUARANTINE = "incoming-objects"
 def _fresh_dir(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
     (path / "pack").mkdir(parents=True)
+
+
+def _alternate(objects: Path) -> str:
+    """``objects`` as one entry of ``GIT_ALTERNATE_OBJECT_DIRECTORIES`` (a ``:`` list: a path
+    with one, or starting with a quote, goes in C-style quotes, which git reads back)."""
+    path = str(objects)
+    if ":" not in path and not path.startswith('"'):
+        return path
+    return '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 async def _objects_dir(repo: Path) -> Path:
