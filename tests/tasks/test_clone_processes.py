@@ -301,3 +301,30 @@ async def test_a_repository_of_another_user_is_still_refused_by_git(
     with pytest.raises(RepoError, match="not a git repository"):
         await gitrepo.resolve_source(None, w.source)
     assert "rev-parse" in git_calls
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        "[core] worktree = {elsewhere}\n",  # a key on its section's line
+        "[core]worktree={elsewhere}\n",
+        "[extensions]\n\tworktreeConfig = true\n",  # config.worktree may say core.worktree
+    ],
+)
+async def test_a_worktree_set_in_any_form_git_reads_is_left_to_git(
+    tmp_path: Path, config: str
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    with (repo / ".git" / "config").open("a") as file:
+        file.write(config.format(elsewhere=elsewhere))
+    if "worktreeConfig" in config:
+        # Written into the files, never by `git config` (see above).
+        with (repo / ".git" / "config").open("a") as file:
+            file.write("[core]\n\trepositoryformatversion = 1\n")
+        (repo / ".git" / "config.worktree").write_text(f"[core]\n\tworktree = {elsewhere}\n")
+    assert git(repo, "rev-parse", "--show-toplevel") == str(elsewhere)  # as git reads it
+    assert gitrepo._plain_top(repo) is None

@@ -142,7 +142,12 @@ async def resolve_source(repo: str | None, cwd: Path) -> RepoSource:
     return RepoSource("local", top)
 
 
-_CONFIG_ASIDE = re.compile(r"^\s*(worktree\b|bare\b(?!\s*=\s*false\s*$)|\[include)", re.I | re.M)
+# A key may follow its section's header on the same line; extensions.worktreeConfig has git
+# read config.worktree too, which may set core.worktree.
+_CONFIG_ASIDE = re.compile(
+    r"^\s*(?:\[[^\]\n]*\]\s*)?(worktree\b|worktreeconfig\b|bare\b(?!\s*=\s*false\s*$)|\[include)",
+    re.I | re.M,
+)
 
 
 def _plain_top(path: Path) -> str | None:
