@@ -61,3 +61,30 @@ async def test_follow_of_a_released_task_is_done_at_once(tmp_path: Path) -> None
     page = await follow_page(daemon, "t1", after_seq=0, wait=LONG_POLL_S)
     assert page["done"] is True
     assert [e["type"] for e in page["events"]] == ["phase", "task_end"]
+
+
+class _EndsWhileAsked(dict[str, "asyncio.Task[None]"]):
+    """The scheduler's running runs, where the run ends just after the follower learns it
+    still runs: it is gone when the follower then looks for it to wait on."""
+
+    def __contains__(self, key: object) -> bool:
+        found = super().__contains__(key)
+        self.pop(str(key), None)
+        return found
+
+
+async def test_follow_of_a_run_that_ends_between_its_reads_is_done_at_once(
+    tmp_path: Path,
+) -> None:
+    async def released() -> None:
+        return None
+
+    running = _EndsWhileAsked(t1=asyncio.create_task(released()))
+    daemon = _daemon(tmp_path, running)
+    started = time.monotonic()
+    page = await follow_page(daemon, "t1", after_seq=2, wait=LONG_POLL_S)
+    took = time.monotonic() - started
+    assert page["done"] is True
+    # Before the fix the request waited on the bus for an event that never comes: the
+    # whole long poll (a `hal run` through `hal serve` then took 10 s more, now and then).
+    assert took < LONG_POLL_S / 2, took

@@ -70,6 +70,13 @@ async def follow_page(daemon: Daemon, task_id: str, *, after_seq: int, wait: flo
                 # event will come to wake us, the run's own end does (issue 16: the client
                 # waited out the whole long poll after every task).
                 await asyncio.wait({runner}, timeout=wait)
+            elif ended and task.id not in daemon.scheduler.running and not over:
+                # The run ended between the status read above and now (the event file was
+                # read in a thread meanwhile): read again, no event will come to wake us.
+                # Only once: a run still active after that waits for events as any does.
+                if (await asyncio.to_thread(service.store.get_task, task.id)).status in ACTIVE:
+                    if not await _woken(subscription, lambda e: e.seq > after_seq, wait):
+                        break
             elif not await _woken(subscription, lambda e: e.seq > after_seq, wait):
                 break
             wait -= time.monotonic() - started
