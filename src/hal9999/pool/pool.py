@@ -23,6 +23,7 @@ from hal9999.pool import report
 from hal9999.pool.settings import ProviderSettings, env_prefix, policy_of
 from hal9999.pool.slots import (
     OwnWarmPool,
+    SandboxPrime,
     SandboxReset,
     Slot,
     SlotDir,
@@ -352,7 +353,11 @@ class WarmPool:
         try:
             entry.slot.clear(entry.template)
             spec = entry.slot.spec_for(entry.template, entry.key)
-            sandbox = await self.providers(entry.provider).create(spec)
+            provider = self.providers(entry.provider)
+            sandbox = await provider.create(spec)
+            entry.id = sandbox.id  # destroyed below if priming fails
+            if isinstance(provider, SandboxPrime):
+                await provider.prime(sandbox.id)
         except BaseException:
             await self._destroy(entry)
             raise

@@ -1,0 +1,75 @@
+"""The pool primes a new idle sandbox of a provider that asks for it (a microVM's first
+command pays for translating its command path: issue 16), and destroys one whose priming
+fails instead of handing it out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hal9999.errors import ProviderError
+from hal9999.pool import ProviderSettings, SlotDir, WarmPool
+from hal9999.pool.slots import SandboxPrime
+from hal9999.providers.fake import FakeProvider
+from hal9999.providers.qemu import QemuProvider
+from hal9999.spec import SandboxSpec
+
+
+class Primed(FakeProvider):
+    """The fake provider, with a priming hook that records its sandboxes (or fails)."""
+
+    def __init__(self, state_dir: Path, *, fail: bool = False) -> None:
+        super().__init__(state_dir=state_dir)
+        self.fail = fail
+        self.primed: list[str] = []
+        self.destroyed: list[str] = []
+
+    async def prime(self, sandbox_id: str) -> None:
+        self.primed.append(sandbox_id)
+        if self.fail:
+            raise ProviderError(f"sandbox {sandbox_id} failed its first command")
+
+    async def destroy(self, sandbox_id: str) -> None:
+        self.destroyed.append(sandbox_id)
+        await super().destroy(sandbox_id)
+
+
+def make(tmp_path: Path, provider: FakeProvider) -> WarmPool:
+    settings = ProviderSettings.model_validate({"max_size": 2})
+    return WarmPool(
+        providers=lambda name: provider,
+        settings=lambda name: settings,
+        slots=SlotDir(tmp_path / "slots"),
+    )
+
+
+def spec_of(tmp_path: Path) -> SandboxSpec:
+    (tmp_path / "workspace").mkdir(exist_ok=True)
+    return SandboxSpec(provider="fake", workspace=tmp_path / "workspace")
+
+
+def test_qemu_primes_and_the_others_do_not() -> None:
+    assert issubclass(QemuProvider, SandboxPrime)
+    assert not hasattr(FakeProvider, "prime")
+
+
+async def test_warm_sandboxes_are_primed_before_they_are_idle(tmp_path: Path) -> None:
+    provider = Primed(tmp_path / "state")
+    pool = make(tmp_path, provider)
+    assert await pool.warm(spec_of(tmp_path), 2) == 2
+    idle = [e.id for e in pool.entries if e.state == "idle"]
+    assert sorted(provider.primed) == sorted(idle) and len(idle) == 2
+    lease = await pool.claim(spec_of(tmp_path))
+    assert lease.warm and lease.sandbox.id in provider.primed
+    await pool.release(lease)
+    await pool.drain()
+
+
+async def test_a_sandbox_whose_priming_fails_is_destroyed_not_pooled(tmp_path: Path) -> None:
+    provider = Primed(tmp_path / "state", fail=True)
+    pool = make(tmp_path, provider)
+    with pytest.raises(ProviderError, match="could not create warm"):
+        await pool.warm(spec_of(tmp_path), 1)
+    assert provider.primed and provider.destroyed == provider.primed
+    assert pool.entries == []
