@@ -275,3 +275,19 @@ async def test_a_vm_gets_a_forwarded_port_instead_of_the_bound_socket(tmp_path: 
     assert vm.forwarded == [(port, tmp_path / "hive" / "mcp" / "alpha" / "mcp.sock")]
     assert route.server().args[-1] == f"tcp:127.0.0.1:{port}"
     assert 50000 <= port < 60000 and forward_port("beta") != port
+
+
+async def test_ensure_serves_an_agent_not_served_yet_and_keeps_a_served_one(
+    hub: McpHub,
+) -> None:
+    # An agent spawned since the hub's last sync gets its socket before its first turn's
+    # sandbox starts (a pod lists the sockets it carries once, as the agent starts).
+    await hub.ensure("alpha")
+    sock = hub.paths.socket("alpha")
+    assert hub.served == ["alpha"] and sock.is_socket()
+    inode = sock.stat().st_ino
+    await hub.ensure("alpha")  # served: the same socket, sessions in flight untouched
+    assert sock.stat().st_ino == inode
+    await hub.ensure("boss", manager=True)
+    async with connect(hub.paths.socket("boss")) as client:
+        assert "list_agents" in {t.name for t in (await client.list_tools()).tools}

@@ -25,6 +25,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,9 @@ class HiveLoop:
         self._budget_told = False
         self.warm: WarmHolds | None = None
         """Sandboxes held for warm agents between turns (set by :meth:`hold_warm`)."""
+        self.before_turn: Callable[[AgentRecord], Awaitable[object]] | None = None
+        """Called before a turn's run starts (the daemon's MCP hub: the agent's socket must
+        be there before its sandbox starts, which a pod's socket channel lists once)."""
 
     def hold_warm(self, pool: PoolSource) -> WarmHolds:
         """The sandbox source for the daemon's runs: ``pool``'s, keeping warm agents'
@@ -243,6 +247,8 @@ class HiveLoop:
         if agent.task_id is not None:
             after_seq = await asyncio.to_thread(self.store.last_seq, agent.task_id)
         try:
+            if self.before_turn is not None:
+                await self.before_turn(agent)
             task_id = await self._start(agent, prompt)
         except HalError as exc:
             # Like a crash: retried with backoff, and a start that keeps failing stops.

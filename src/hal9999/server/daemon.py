@@ -46,6 +46,7 @@ from hal9999.tasks.state import TaskStatus
 
 if TYPE_CHECKING:
     from hal9999.hive.mcp.server import McpHub
+    from hal9999.hive.store import AgentRecord
     from hal9999.server.listen import HalServer
     from hal9999.server.sse import EventFeed
 
@@ -192,6 +193,17 @@ class Daemon:
         from hal9999.hive.mcp.wiring import hub_for  # the MCP SDK: `hal serve` only
 
         self.mcp = hub_for(self)
+        hub = self.mcp
+
+        async def serve_first(agent: AgentRecord) -> None:
+            # A pod lists the sockets to carry once, as its agent starts: the agent's own
+            # must be there, not only after the hub's next periodic sync.
+            try:
+                await hub.ensure(agent.name, manager=agent.kind == "manager")
+            except (HalError, OSError, ValueError) as exc:  # as the sync loop: logged
+                logger.warning("mcp: %s", exc)
+
+        self.hive.before_turn = serve_first
         self._loops.append(asyncio.create_task(self.mcp.run_forever(), name="mcp"))
         logger.info("hal serve: pid %d, socket %s, port %d", os.getpid(), sock, port)
         return self.info

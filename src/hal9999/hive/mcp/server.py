@@ -282,6 +282,12 @@ class McpHub:
         finally:
             writer.close()
 
+    async def ensure(self, agent: str, *, manager: bool = False) -> None:
+        """Serve ``agent``'s socket now if it is not served yet (an agent spawned since the
+        last :meth:`sync`, whose first turn is about to start)."""
+        if agent not in self._servers:
+            await self.serve(agent, manager=manager)
+
     async def close(self, agent: str) -> None:
         """Close ``agent``'s socket (its file goes with it; open sessions end)."""
         server = self._servers.pop(agent, None)
