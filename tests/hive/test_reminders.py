@@ -41,6 +41,29 @@ def test_a_reminder_reaches_the_mailbox_when_due_and_only_once(store: Store) -> 
     assert [e["type"] for e in hive_events(store)] == ["reminder_set", "reminder_due"]
 
 
+def test_a_daemon_killed_between_the_notice_and_the_mark_does_not_repeat_it(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The notice is committed before the reminder is marked delivered (a crash never loses
+    it); a daemon killed in between left the notice, and the next one marks the reminder
+    without sending it again (tests/hive/test_reminders_daemon.py kills one right there)."""
+    set_ = reminders.remind(store, agent="alice", text="check the CI run", in_s=1)
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise SystemExit("killed")  # the daemon dies after the notice's commit
+
+    with monkeypatch.context() as patch:
+        patch.setattr(reminders, "hive_write", killed)
+        with pytest.raises(SystemExit):
+            reminders.fire_due(store, now=time.time() + 2)
+    assert [m.ref for m in broker.inbox(store, "alice")] == [set_.id]
+    assert [r.id for r in reminders.list_reminders(store, "alice")] == [set_.id]  # pending
+    [fired] = reminders.fire_due(store, now=time.time() + 2)  # the next daemon
+    assert fired.id == set_.id and fired.state == "delivered"
+    assert [m.ref for m in broker.inbox(store, "alice")] == [set_.id]  # once
+    assert reminders.list_reminders(store, "alice") == []
+
+
 def test_a_file_named_inside_the_sandbox_is_written_in_the_agents_directory(
     store: Store, workspace: Path
 ) -> None:

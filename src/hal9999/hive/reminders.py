@@ -164,7 +164,8 @@ def _deliver(store: Store, reminder: Reminder) -> Reminder | None:
         body = f"Reminder {reminder.id}: {reminder.body}"
         if note is not None:
             body += f"\n(hal did not write it to {reminder.file_shown}: {note})"
-    # Delivered first, then marked: a crash in between repeats a reminder, never loses it.
+    # Delivered first, then marked: a crash in between neither loses the reminder nor, as
+    # notify sends a thread's notice once, repeats it.
     # An agent removed since gets nothing; the reminder is done all the same.
     if not notify(store, recipient=reminder.agent, body=body, kind="reminder", ref=reminder.id):
         note = note or f"not delivered: {reminder.agent} is gone"

@@ -157,7 +157,19 @@ def agent_or_none(name: str) -> str | None:
 
 def notify(store: Store, *, recipient: str, body: str, kind: MessageKind, ref: str) -> bool:
     """Send hal's notice of a thread's outcome; a recipient that is gone (an agent removed
-    since) is logged, never an error: the outcome itself is already committed."""
+    since) is logged, never an error: the outcome itself is already committed.
+
+    A thread has one outcome, so its notice goes once: callers send it before they mark the
+    thread done, and a notice already in the store (sent by a daemon killed before its mark)
+    is not sent again when the next one finishes the job (only the daemon's one deadline
+    loop sends these, so the check cannot race another sender)."""
+    sent = store._query(
+        "SELECT 1 FROM hive_messages WHERE recipient = ? AND sender = ? AND kind = ? AND ref = ?"
+        " LIMIT 1",
+        (recipient, SYSTEM, kind, ref),
+    )
+    if sent:
+        return True
     try:
         broker.send(store, sender=SYSTEM, recipient=recipient, body=body, kind=kind, ref=ref)
     except HalError as exc:
