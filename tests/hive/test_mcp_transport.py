@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -291,3 +293,23 @@ async def test_ensure_serves_an_agent_not_served_yet_and_keeps_a_served_one(
     await hub.ensure("boss", manager=True)
     async with connect(hub.paths.socket("boss")) as client:
         assert "list_agents" in {t.name for t in (await client.list_tools()).tools}
+
+
+async def test_ensure_and_a_sync_at_once_leave_one_listening_socket(hub: McpHub) -> None:
+    def listening() -> int:
+        fds = os.listdir("/proc/self/fd")
+        return sum(1 for fd in fds if _is_socket(f"/proc/self/fd/{fd}"))
+
+    before = listening()
+    await asyncio.gather(hub.serve("alpha"), hub.ensure("alpha"), hub.ensure("alpha"))
+    assert hub.served == ["alpha"]
+    assert listening() == before + 1  # no listener left behind by a second bind
+    async with connect(hub.paths.socket("alpha")) as client:
+        assert "send" in {t.name for t in (await client.list_tools()).tools}
+
+
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False

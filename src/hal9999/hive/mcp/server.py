@@ -223,6 +223,7 @@ class McpHub:
         self.extra_tools = [*THREAD_TOOLS, *(extra_tools or [])]
         self._servers: dict[str, asyncio.Server] = {}
         self._conns: set[asyncio.Task[None]] = set()
+        self._serving = asyncio.Lock()
 
     @property
     def served(self) -> list[str]:
@@ -231,6 +232,18 @@ class McpHub:
 
     async def serve(self, agent: str, *, manager: bool = False) -> Path:
         """Open ``agent``'s socket (again, if open); returns its host path."""
+        async with self._serving:
+            return await self._serve(agent, manager=manager)
+
+    async def ensure(self, agent: str, *, manager: bool = False) -> None:
+        """Serve ``agent``'s socket now if it is not served yet (an agent spawned since the
+        last :meth:`sync`, whose first turn is about to start). Under the same lock as
+        :meth:`serve`: a sync opening it meanwhile is waited for, not raced."""
+        async with self._serving:
+            if agent not in self._servers:
+                await self._serve(agent, manager=manager)
+
+    async def _serve(self, agent: str, *, manager: bool) -> Path:
         checked_name(agent)
         await self.close(agent)
         directory = await asyncio.to_thread(self.paths.prepare, agent)
@@ -281,12 +294,6 @@ class McpHub:
             pass  # the agent CLI went away mid-call
         finally:
             writer.close()
-
-    async def ensure(self, agent: str, *, manager: bool = False) -> None:
-        """Serve ``agent``'s socket now if it is not served yet (an agent spawned since the
-        last :meth:`sync`, whose first turn is about to start)."""
-        if agent not in self._servers:
-            await self.serve(agent, manager=manager)
 
     async def close(self, agent: str) -> None:
         """Close ``agent``'s socket (its file goes with it; open sessions end)."""
