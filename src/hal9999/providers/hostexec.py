@@ -13,7 +13,6 @@ import functools
 import os
 import secrets
 import signal
-import stat
 import time
 from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from hal9999.errors import ExecError, ProviderError
 from hal9999.providers.base import ExecResult, Launch, StreamEvent
 from hal9999.providers.handle import collect
 from hal9999.providers.hostread import read_all
+from hal9999.providers.sandboxuser import trusted_program
 
 LAUNCHER_SCRIPT = (
     "HAL_SANDBOX=$1; export HAL_SANDBOX; "
@@ -66,14 +66,7 @@ def launch_helper(path: Path = LAUNCH_HELPER_BUILT) -> str | None:
     """The static launcher (``scripts/hal-launch.c``) when it is there and as trustworthy as
     hal's own code (a regular, executable file of root's or ours that nobody else can
     write): it runs with hal's rights. None means ``sh`` and :data:`LAUNCHER_SCRIPT`."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    trusted = st.st_uid in (0, os.geteuid()) and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-    if not (stat.S_ISREG(st.st_mode) and trusted and st.st_mode & stat.S_IXUSR):
-        return None
-    return str(path)
+    return trusted_program(path)
 
 
 def launcher_argv(

@@ -150,6 +150,12 @@ def drop_helper(path: Path = DROP_HELPER_BUILT) -> str | None:
     as trustworthy as hal's own code: a regular file of root's or ours, which nobody else can
     write. It runs as root inside the sandbox until it drops, so anything else means setpriv.
     """
+    return trusted_program(path)
+
+
+def trusted_program(path: Path) -> str | None:
+    """``path`` as a string when it is a program as trustworthy as hal's own code (a regular,
+    executable file of root's or ours that nobody else can write), else None."""
     try:
         st = os.stat(path)
     except OSError:
