@@ -15,7 +15,15 @@ from hal9999.providers import qemuvm
 
 
 def spawn(*args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *args])
+    """A process with ``args`` on its command line, once its exec is done: mid-exec its
+    command line reads empty, which ``alive`` counts as alive for any VM id."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *args])
+    cmdline = Path(f"/proc/{proc.pid}/cmdline")
+    deadline = time.monotonic() + 10
+    while args and args[-1].encode() not in cmdline.read_bytes():
+        assert time.monotonic() < deadline, "the process never showed its command line"
+        time.sleep(0.001)
+    return proc
 
 
 def test_a_process_naming_the_vm_is_alive_and_others_are_not() -> None:
