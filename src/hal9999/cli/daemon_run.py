@@ -31,12 +31,10 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType, SimpleNamespace
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, cast
 
-import click
-
-from hal9999.cli.main import emit_json, stream_to_terminal
-from hal9999.cli.notices import print_uncommitted
+from hal9999.cli.echo import echo, emit_json, stream_to_terminal
+from hal9999.cli.notices import Uncommitted, print_uncommitted, start_uncommitted
 from hal9999.cli.task_table import TaskSummary, summary
 from hal9999.cli.thin_config import THIN_VARS, thin_home
 from hal9999.envvars import forwarded_env, parse_env_option
@@ -183,6 +181,11 @@ def thin_run(args: RunArgs, environ: Mapping[str, str] = os.environ) -> bool:
     found = plan(args, environ)
     if found is None:
         return False
+    run_planned(args, found, environ)
+
+
+def run_planned(args: RunArgs, found: Plan, environ: Mapping[str, str]) -> NoReturn:
+    """Run ``hal run`` through the daemon of ``found``; exits with the run's status."""
     # From here on, what the full path does, in its order and with its errors.
     names, given = parse_env_option(args.env)
     secret_names, secret_given = parse_env_option(args.secret)
@@ -191,26 +194,31 @@ def thin_run(args: RunArgs, environ: Mapping[str, str] = os.environ) -> bool:
             "--secret takes a variable name, not a value",
             hint="export NAME=... and pass --secret NAME (values never go on the command line)",
         )
-    print_uncommitted(args.repo, args.ref)
-    body = request_body(args, found, environ, (names, given), secret_names)
+    try:
+        body = request_body(args, found, environ, (names, given), secret_names)
+    except Exception:
+        print_uncommitted(args.repo, args.ref)  # the full path says it before this error
+        raise
+    # The host `git status` runs while the task is posted; its line comes first all the same.
+    pending = start_uncommitted(args.repo, args.ref)
     provider = str(body["provider"])
     client = found.client
     if args.detach:
-        task = client.request("POST", "/v1/tasks", body)
+        task = _post(client, body, pending)
         if args.as_json:
             emit_json({"id": task["id"], "status": task["status"],
                        "session_dir": task["session_dir"]})  # fmt: skip
         else:
-            click.echo(task["id"])
-        return True
+            echo(task["id"])
+        sys.exit(0)
     with _sigterm_raises():
         try:
-            task = client.request("POST", "/v1/tasks", body)
+            task = _post(client, body, pending)
         except _Terminated as exc:
             raise KeyboardInterrupt from exc  # no task yet: "interrupted", as the full path
         if not args.as_json:
-            click.echo(f"hal: task {task['id']} ({found.agent} on {provider}, via hal serve)",
-                       err=True)  # fmt: skip
+            echo(f"hal: task {task['id']} ({found.agent} on {provider}, via hal serve)",
+                 err=True)  # fmt: skip
         on_output, on_event = _callbacks(raw=args.raw, quiet=args.as_json)
         try:
             record = see_through(client, task["id"], on_output, on_event)
@@ -219,7 +227,7 @@ def thin_run(args: RunArgs, environ: Mapping[str, str] = os.environ) -> bool:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not stop this
             with contextlib.suppress(HalError):
                 client.request("POST", f"/v1/tasks/{task['id']}/cancel")
-            click.echo(
+            echo(
                 f"\nhal: task {task['id']} cancelled; session kept at {task['session_dir']}",
                 err=True,
             )
@@ -227,10 +235,25 @@ def thin_run(args: RunArgs, environ: Mapping[str, str] = os.environ) -> bool:
     if args.as_json:
         emit_json(record)
     else:
-        click.echo("")
-        click.echo(summary(cast(TaskSummary, SimpleNamespace(**record))))
+        echo("")
+        echo(summary(cast(TaskSummary, SimpleNamespace(**record))))
     failed = exit_status_for(record.get("error_code")) or 1
     sys.exit(0 if record["status"] == "succeeded" else failed)
+
+
+def _post(client: DaemonClient, body: dict[str, Any], pending: Uncommitted) -> dict[str, Any]:
+    """``POST /v1/tasks``; the uncommitted-changes line, which the full path prints before
+    posting, is printed before anything the request's outcome prints."""
+    try:
+        task = client.request("POST", "/v1/tasks", body)
+    except (KeyboardInterrupt, _Terminated):
+        pending.close()
+        raise
+    except BaseException:
+        print_uncommitted(None, None, pending)
+        raise
+    print_uncommitted(None, None, pending)
+    return cast(dict[str, Any], task)
 
 
 def request_body(

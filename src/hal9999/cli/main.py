@@ -8,7 +8,6 @@ them, so ``hal --version`` and ``hal --help`` import neither pydantic nor httpx.
 from __future__ import annotations
 
 import errno
-import math
 import os
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -17,11 +16,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from hal9999 import __version__
+from hal9999.cli.echo import emit_json as emit_json
+from hal9999.cli.echo import stream_to_terminal as stream_to_terminal
 from hal9999.cli.lazy import LazyGroup
 from hal9999.errors import DiskFull, HalError, HomeError, UsageError, exit_status_for
 
 if TYPE_CHECKING:
-    from hal9999.cli.output import TerminalSanitizer
     from hal9999.config import ConfigSources, HalConfig
     from hal9999.server.client import DaemonClient
     from hal9999.store import Store, TaskRecord
@@ -119,24 +119,6 @@ def run_async(coro: Awaitable[T]) -> T:
         return asyncio.run(main())
 
 
-def emit_json(data: Any) -> None:
-    """Print one JSON document: strict JSON (a non-finite number, which older databases may
-    hold, becomes null instead of the invalid ``Infinity``)."""
-    import json
-
-    click.echo(json.dumps(_finite(data), indent=2, default=str, allow_nan=False))
-
-
-def _finite(data: Any) -> Any:
-    if isinstance(data, float) and not math.isfinite(data):
-        return None
-    if isinstance(data, dict):
-        return {key: _finite(value) for key, value in data.items()}
-    if isinstance(data, list | tuple):
-        return [_finite(value) for value in data]
-    return data
-
-
 class HalGroup(LazyGroup):
     """A lazy click group that prints :class:`HalError` as one line and exits with its status."""
 
@@ -144,22 +126,29 @@ class HalGroup(LazyGroup):
         """Run the command; map errors to messages and exit statuses."""
         try:
             return super().invoke(ctx)
-        except HalError as exc:
-            from hal9999.cli.output import sanitize  # a message may quote the agent's bytes
-
-            click.echo(f"hal: error: {sanitize(exc.one_line())}", err=True)
-            ctx.exit(exc.exit_status)
-        except KeyboardInterrupt:
-            click.echo("hal: interrupted", err=True)
-            ctx.exit(130)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
-        except Exception as exc:  # the safety net: a traceback is a bug, say so in one line
-            from hal9999.cli.crash import internal_error
+        except (Exception, KeyboardInterrupt) as exc:
+            ctx.exit(report_failure(exc))
 
-            error = known_failure(exc) or internal_error(exc, os.environ)
-            click.echo(f"hal: error: {error.one_line()}", err=True)
-            ctx.exit(error.exit_status)
+
+def report_failure(exc: Exception | KeyboardInterrupt) -> int:
+    """Print the one line for what a command raised; the exit status it gets. A
+    :class:`HalError` is its own line; anything else is the machine's state or, the safety
+    net, a bug said in one line (a traceback is a bug)."""
+    if isinstance(exc, HalError):
+        from hal9999.cli.output import sanitize  # a message may quote the agent's bytes
+
+        click.echo(f"hal: error: {sanitize(exc.one_line())}", err=True)
+        return exc.exit_status
+    if isinstance(exc, KeyboardInterrupt):
+        click.echo("hal: interrupted", err=True)
+        return 130
+    from hal9999.cli.crash import internal_error
+
+    error = known_failure(exc) or internal_error(exc, os.environ)
+    click.echo(f"hal: error: {error.one_line()}", err=True)
+    return error.exit_status
 
 
 def known_failure(exc: BaseException) -> HalError | None:
@@ -301,21 +290,6 @@ async def cancel_on_sigterm(run: Callable[[], Awaitable[T]]) -> T:
         loop.remove_signal_handler(signal.SIGTERM)
 
 
-_TERMINAL: TerminalSanitizer | None = None
-
-
-def stream_to_terminal(text: str) -> None:
-    """Echo agent output as it arrives, sanitised (colours kept; escape sequences that move
-    the cursor, clear the screen, set the title or the clipboard dropped)."""
-    global _TERMINAL
-    from hal9999.cli.output import TerminalSanitizer
-
-    if _TERMINAL is None:
-        _TERMINAL = TerminalSanitizer()
-    sys.stdout.write(_TERMINAL.feed(text))
-    sys.stdout.flush()
-
-
 def offline_notice(config: HalConfig, agent_name: str, provider: str) -> str | None:
     """Why the agent is likely to fail (it calls an API, the sandbox has no network), said
     before the agent starts; None when that is not the case."""
@@ -363,10 +337,12 @@ def _is_text(arg: str) -> bool:
 
 def main() -> None:
     """Console entry point: usage errors are one line too, with the usage status 2."""
+    from hal9999.cli.entry import exit_lightly
+
     try:
         _main()
     finally:
-        _exit_lightly()
+        exit_lightly()
 
 
 def _main() -> None:
@@ -388,27 +364,6 @@ def _main() -> None:
         click.echo("hal: interrupted", err=True)
         sys.exit(130)
     sys.exit(status if isinstance(status, int) else 0)
-
-
-def _exit_lightly() -> None:
-    """Spare the exit a last garbage collection of every object the command made.
-
-    At exit the interpreter clears each module and then collects every cycle it can find:
-    for a foreground ``hal run`` (pydantic's models, the task service, the event loop) that
-    was 35-45 ms between the summary and the process's end (issue 16). Objects frozen here
-    are left to the operating system instead; everything else about the exit is unchanged:
-    atexit handlers (logging's flush), the joining of worker threads, and every object
-    freed by its reference count (open files are flushed and closed). Python never
-    promised ``__del__`` for objects alive at exit, and nothing hal keeps needs one: what
-    must be on disk is written and synced when it is recorded, not at exit. The stores
-    still open are closed first (a connection left open would leave the database's pages
-    in its WAL, never checkpointed into ``hal.db``)."""
-    import gc
-
-    store = sys.modules.get("hal9999.store.sqlite")
-    if store is not None:
-        store.close_open_stores()
-    gc.freeze()
 
 
 if __name__ == "__main__":

@@ -9,8 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import click
-
+from hal9999.cli.echo import echo
 from hal9999.workdir import current_dir
 
 if TYPE_CHECKING:
@@ -28,10 +27,10 @@ def print_notices(
     uncommitted changes a task started from HEAD leaves out (``pending``: the check
     :func:`start_uncommitted` started)."""
     if sources.files:
-        click.echo(f"hal: {sources.describe()}", err=True)
+        echo(f"hal: {sources.describe()}", err=True)
     notice = sources.project.notice() if sources.project else None
     if notice:
-        click.echo(f"hal: note: {notice}", err=True)
+        echo(f"hal: note: {notice}", err=True)
     print_uncommitted(repo, ref, pending)
 
 
@@ -42,7 +41,7 @@ def print_uncommitted(
     if ref is None:
         left_out = (pending or start_uncommitted(repo, ref)).notice()
         if left_out:
-            click.echo(f"hal: note: {left_out}", err=True)
+            echo(f"hal: note: {left_out}", err=True)
 
 
 def record_config_sources(service: TaskService, task: TaskRecord, sources: ConfigSources) -> None:
