@@ -404,6 +404,10 @@ def test_events_of_a_foreground_run_reach_the_daemon_in_commit_order(
     mine = [e for e in seen if e["task_id"] == task_id]
     assert [e["seq"] for e in mine] == list(range(1, len(mine) + 1))
     assert [e["seq"] for e in events_of(daemon, task_id)][: len(mine)] == [e["seq"] for e in mine]
+    # The answer that says the task is done carries its record (a follower's last request).
+    page = asyncio.run(client.call("GET", f"/v1/tasks/{task_id}/events", query={"after_seq": 0}))
+    assert page["done"] is True
+    assert page["task"] == asyncio.run(client.call("GET", f"/v1/tasks/{task_id}"))
 
 
 BAD_POSITIONS = [

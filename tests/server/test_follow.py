@@ -114,3 +114,49 @@ async def test_a_follower_keeps_following_a_run_the_scheduler_queues_again(
     page = await asyncio.wait_for(follower, 30)
     assert [e["type"] for e in page["events"]] == ["phase", "task_end"]
     store.close()
+
+
+async def test_the_page_that_ends_the_run_is_answered_done_once_the_run_is_over(
+    tmp_path: Path,
+) -> None:
+    # The follower gets task_end and `done` in one answer, after the run let go of its
+    # sandbox: it need not ask again (issue 16: a request per `hal run` through the daemon).
+    store, service, scheduler, daemon = daemon_of(tmp_path)
+    daemon.bus.attach(asyncio.get_running_loop())
+    store.insert_task(make_task(tmp_path, "endsaaaa", "queued"))
+    assert scheduler.dispatch() == 1
+    await asyncio.wait_for(service.ended.wait(), 30)
+    follower = asyncio.create_task(follow_page(daemon, "endsaaaa", after_seq=0, wait=LONG_POLL))
+    for _ in range(50):
+        await asyncio.sleep(0.01)
+    assert not follower.done(), "answered before the run was over"
+    service.release.set()
+    page = await asyncio.wait_for(follower, 30)
+    assert [e["type"] for e in page["events"]] == ["phase", "task_end"]
+    assert page["done"] is True
+    store.close()
+
+
+async def test_the_page_of_a_run_that_is_retried_goes_when_that_run_is_over(
+    tmp_path: Path,
+) -> None:
+    # It waits for the run that ended, not for the retry: queued again, the task is not
+    # over, and the page goes as it is (not done).
+    store, service, scheduler, daemon = daemon_of(tmp_path)
+    daemon.bus.attach(asyncio.get_running_loop())
+    service.outcome = "failed"
+    store.insert_task(make_task(tmp_path, "retryaaa", "queued"))
+    scheduler.retry = lambda task: bool(store.update_task(task.id, status="queued"))  # type: ignore[method-assign]
+    assert scheduler.dispatch() == 1
+    await asyncio.wait_for(service.ended.wait(), 30)
+    follower = asyncio.create_task(follow_page(daemon, "retryaaa", after_seq=0, wait=LONG_POLL))
+    service.release.set()
+    await until(lambda: not scheduler.running)
+    service.release = asyncio.Event()  # the retry, should it start, holds on
+    assert scheduler.dispatch() == 1
+    page = await asyncio.wait_for(follower, 30)
+    assert [e["type"] for e in page["events"]] == ["phase", "task_end"]
+    assert page["done"] is False
+    service.release.set()
+    await until(lambda: not scheduler.running)
+    store.close()

@@ -48,6 +48,7 @@ async def follow_page(daemon: Daemon, task_id: str, *, after_seq: int, wait: flo
     task = await asyncio.to_thread(service.find, task_id)
     subscription = daemon.bus.subscribe(task.id)
     path = service.session(task).events
+    releasing = True  # a page that ends the run may wait for it once (below)
     try:
         while True:
             status = (await asyncio.to_thread(service.store.get_task, task.id)).status
@@ -61,10 +62,20 @@ async def follow_page(daemon: Daemon, task_id: str, *, after_seq: int, wait: flo
                 last is not None and last.type == "task_end"
             )
             done = over and len(newer) <= PAGE and ended
+            runner = daemon.scheduler.running.get(task.id)
+            if page and ended and not done and releasing and runner is not None and wait > 0:
+                # The page ends the run, which is still giving its sandbox back: answered
+                # once the run is over, the caller learns it is done from this answer and
+                # need not ask again (issue 16). Only this run's end: a retry started
+                # meanwhile is another run, and the page goes as it is then.
+                releasing = False
+                started = time.monotonic()
+                await asyncio.wait({runner}, timeout=wait)
+                wait -= time.monotonic() - started
+                continue
             if page or done or wait <= 0:
                 break
             started = time.monotonic()
-            runner = daemon.scheduler.running.get(task.id)
             if ended and runner is not None:
                 # Its last event is written but the run is still releasing its sandbox: no
                 # event will come to wake us, the run's own end does (issue 16: the client
