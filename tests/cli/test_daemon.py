@@ -413,6 +413,7 @@ def test_events_of_a_foreground_run_reach_the_daemon_in_commit_order(
 BAD_POSITIONS = [
     {"after": "abc"}, {"after": "-1"}, {"after": str(10**30)}, {"wait": "nan"},
     {"wait": "inf"}, {"wait": "1e9"}, {"after_seq": str(10**30)},
+    {"after_seq": "0", "wake": "everything"},
 ]  # fmt: skip
 
 

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from hal9999.events.bus import EventBus
-from hal9999.events.models import Phase, TaskEnd
+from hal9999.events.models import Output, Phase, TaskEnd
 from hal9999.server.follow import follow_page
 
 LONG_POLL_S = 30.0
@@ -88,3 +88,40 @@ async def test_follow_of_a_run_that_ends_between_its_reads_is_done_at_once(
     # Before the fix the request waited on the bus for an event that never comes: the
     # whole long poll (a `hal run` through `hal serve` then took 10 s more, now and then).
     assert took < LONG_POLL_S / 2, took
+
+
+async def test_a_follower_that_shows_only_the_agent_is_not_woken_by_hals_own_events(
+    tmp_path: Path,
+) -> None:
+    # `wake=agent` (the thin `hal run`): a page of hal's own events waits for the agent's
+    # output or the run's end instead of costing a request each (issue 16).
+    events = tmp_path / "events.jsonl"
+    events.write_text(Phase(seq=1, task_id="t1", phase="running").model_dump_json() + "\n")
+    task = SimpleNamespace(id="t1", status="running")
+    service = SimpleNamespace(
+        find=lambda task_id: task,
+        session=lambda record: SimpleNamespace(events=events),
+        store=SimpleNamespace(get_task=lambda task_id: task),
+    )
+    runner = asyncio.create_task(asyncio.sleep(LONG_POLL_S))
+    bus = EventBus()
+    bus.attach(asyncio.get_running_loop())
+    scheduler = SimpleNamespace(running={"t1": runner})
+    daemon = SimpleNamespace(service=service, bus=bus, scheduler=scheduler)
+    # Without `quiet`, the phase alone is a page, at once.
+    page = await asyncio.wait_for(follow_page(daemon, "t1", after_seq=0, wait=LONG_POLL_S), 10)
+    assert [e["type"] for e in page["events"]] == ["phase"]
+    quiet = frozenset({"phase", "message"})
+    follower = asyncio.create_task(
+        follow_page(daemon, "t1", after_seq=0, wait=LONG_POLL_S, quiet=quiet)
+    )
+    await asyncio.sleep(0.2)
+    assert not follower.done(), "woken by a phase"
+    output = Output(seq=2, task_id="t1", text="hello\n")
+    with events.open("a") as file:
+        file.write(output.model_dump_json() + "\n")
+    bus.publish(output)
+    page = await asyncio.wait_for(follower, 10)
+    assert [e["type"] for e in page["events"]] == ["phase", "output"]
+    assert page["done"] is False
+    runner.cancel()

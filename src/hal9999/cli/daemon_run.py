@@ -330,7 +330,9 @@ def see_through(
     after_seq = 0
     gone_since: float | None = None
     while True:
-        query = {"after_seq": after_seq, "wait": FOLLOW_WAIT_S}
+        # Woken only by what is shown (the agent's events) and the run's end: hal's own
+        # events would each cost a request on both sides (a daemon from before wakes on all).
+        query = {"after_seq": after_seq, "wait": FOLLOW_WAIT_S, "wake": "agent"}
         try:
             page = client.request("GET", f"/v1/tasks/{task_id}/events", query=query)
         except DaemonUnavailable:

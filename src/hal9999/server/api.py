@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from hal9999.config import HalConfig
 from hal9999.errors import ConfigError, TaskNotFound
+from hal9999.server.client import HAL_OWN
 from hal9999.server.follow import MAX_WAIT_S, events_page, follow_page
 from hal9999.server.hive_api import add_hive_routes
 from hal9999.server.routing import ApiRequest as Request
@@ -100,6 +101,16 @@ def _position(value: str | None, name: str) -> int:
     if not 0 <= position < 2**63:
         raise ConfigError(f"{name} must be a sequence number (0 or more)")
     return position
+
+
+def _quiet(wake: str | None) -> frozenset[str]:
+    """The event types that do not end a follower's wait: with ``wake=agent``, hal's own
+    (a follower that shows only the agent's events and the run's end)."""
+    if wake in (None, ""):
+        return frozenset()
+    if wake != "agent":
+        raise ConfigError("wake must be 'agent' (or left out)")
+    return HAL_OWN - {"task_end"}
 
 
 def _wait(value: str | None) -> float:
@@ -217,6 +228,7 @@ def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
             request.params["id"],
             after_seq=_position(request.query.get("after_seq"), "after_seq"),
             wait=_wait(request.query.get("wait")),
+            quiet=_quiet(request.query.get("wake")),
         )
         if page["done"]:
             # The record as it ended, which a follower asks for next (one request fewer).
@@ -315,7 +327,7 @@ def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
     add("GET", "/v1/events", all_events, "Every task's events after a gseq (long poll).",
         query=("after", "wait"), response=PAGE)
     add("GET", "/v1/tasks/{id}/events", task_events, "One task's events after a seq.",
-        query=("after_seq", "wait"), response=TASK_PAGE)
+        query=("after_seq", "wait", "wake"), response=TASK_PAGE)
     add("POST", "/v1/tasks", create, "Create a task and queue it.", body=run_body, response=TASK)
     add("GET", "/v1/tasks", list_tasks, "Tasks, newest first.", query=("status", "limit"),
         response=TASKS)

@@ -42,8 +42,17 @@ async def _woken(subscription: Subscription, newer: Any, wait: float) -> bool:
     return False
 
 
-async def follow_page(daemon: Daemon, task_id: str, *, after_seq: int, wait: float) -> Any:
-    """Events of one task above ``after_seq``; ``done`` once it is over and all is sent."""
+async def follow_page(
+    daemon: Daemon,
+    task_id: str,
+    *,
+    after_seq: int,
+    wait: float,
+    quiet: frozenset[str] = frozenset(),
+) -> Any:
+    """Events of one task above ``after_seq``; ``done`` once it is over and all is sent.
+    Events of a ``quiet`` type do not end the wait (the caller shows none of them): a page
+    of only those waits for another event, the run's end or the end of ``wait``."""
     service = daemon.service
     task = await asyncio.to_thread(service.find, task_id)
     subscription = daemon.bus.subscribe(task.id)
@@ -63,18 +72,21 @@ async def follow_page(daemon: Daemon, task_id: str, *, after_seq: int, wait: flo
             )
             done = over and len(newer) <= PAGE and ended
             runner = daemon.scheduler.running.get(task.id)
-            if page and ended and not done and releasing and runner is not None and wait > 0:
-                # The page ends the run, which is still giving its sandbox back: answered
-                # once the run is over, the caller learns it is done from this answer and
-                # need not ask again (issue 16). Only this run's end: a retry started
-                # meanwhile is another run, and the page goes as it is then.
+            if page and ended and not done and releasing and wait > 0:
+                # The page ends the run, which is still giving its sandbox back (or was when
+                # its status was read): answered once the run is over, the caller learns it
+                # is done from this answer and need not ask again (issue 16). Only this
+                # run's end: a retry started meanwhile is another run, and the page goes as
+                # it is then.
                 releasing = False
-                started = time.monotonic()
-                await asyncio.wait({runner}, timeout=wait)
-                wait -= time.monotonic() - started
+                if runner is not None:
+                    started = time.monotonic()
+                    await asyncio.wait({runner}, timeout=wait)
+                    wait -= time.monotonic() - started
                 continue
-            if page or done or wait <= 0:
+            if done or wait <= 0 or len(page) == PAGE or any(e.type not in quiet for e in page):
                 break
+            seen = page[-1].seq if page else after_seq
             started = time.monotonic()
             if ended and runner is not None:
                 # Its last event is written but the run is still releasing its sandbox: no
@@ -88,7 +100,9 @@ async def follow_page(daemon: Daemon, task_id: str, *, after_seq: int, wait: flo
                 if (await asyncio.to_thread(service.store.get_task, task.id)).status in ACTIVE:
                     if not await _woken(subscription, lambda e: e.seq > after_seq, wait):
                         break
-            elif not await _woken(subscription, lambda e: e.seq > after_seq, wait):
+            elif not await _woken(
+                subscription, lambda e, seen=seen: e.seq > seen and e.type not in quiet, wait
+            ):
                 break
             wait -= time.monotonic() - started
     finally:
