@@ -57,3 +57,28 @@ def test_the_installed_script_uses_the_light_entry() -> None:
 
     (script,) = [e for e in entry_points(group="console_scripts") if e.name == "hal"]
     assert script.value == "hal9999.cli.entry:main"
+
+
+EXITS = """
+import atexit, sys
+from hal9999.cli.entry import exit_at_once
+if sys.argv[1] == "handler":
+    atexit.register(lambda: print("handler ran"))
+sys.stdout.write("buffered, no newline")
+exit_at_once(SystemExit(int(sys.argv[2]) if sys.argv[2:] else None))
+"""
+
+
+def test_the_thin_runs_exit_keeps_its_output_status_and_handlers() -> None:
+    # Without teardown (os._exit) only when nothing is left for it: the streams are
+    # flushed, the status is the one asked for, and a registered handler means a usual exit.
+    for argv, out, status in (
+        (["plain", "3"], "buffered, no newline", 3),
+        (["plain"], "buffered, no newline", 0),
+        (["handler", "4"], "buffered, no newlinehandler ran\n", 4),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-c", EXITS, *argv], capture_output=True, text=True, timeout=60,
+            check=False,
+        )  # fmt: skip
+        assert (done.stdout, done.returncode) == (out, status), done.stderr

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 RUN_AND_LIST = """
-import json, runpy, sys
+import atexit, json, runpy, sys
+atexit.register(lambda: None)  # the thin run then exits as usual, through the lines below
 sys.argv = ["hal", *sys.argv[1:]]
 try:
     runpy.run_module("hal9999", run_name="__main__")
