@@ -213,6 +213,8 @@ def test_the_thin_path_imports_no_models_and_no_daemon_side_modules() -> None:
     )
     loaded = {name.split(".")[0] for name in done.stdout.split()}
     assert "hal9999.cli.daemon_run" in done.stdout.split()  # it did import the modules
-    # Nor click: a run the entry point parsed itself prints without it (cli/echo.py).
+    # Nor click: a run the entry point parsed itself prints without it (cli/echo.py); nor
+    # dataclasses, which brings inspect (~3 ms): home.py and runtime.py use NamedTuples.
     unused = {"pydantic", "asyncio", "sqlite3", "httpx", "secrets", "tempfile", "hashlib", "click"}
+    unused |= {"dataclasses", "inspect"}
     assert loaded & unused == set(), sorted(loaded & unused)

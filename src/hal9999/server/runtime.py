@@ -14,9 +14,8 @@ import contextlib
 import fcntl
 import json
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 from hal9999.errors import HalError
 from hal9999.home import HalPaths
@@ -25,9 +24,8 @@ _MAX_SOCKET_PATH = 100
 """Unix socket paths must fit in 108 bytes; longer homes get a socket under the temp dir."""
 
 
-@dataclass(frozen=True)
-class DaemonInfo:
-    """What ``serve.json`` holds."""
+class DaemonInfo(NamedTuple):
+    """What ``serve.json`` holds. (A ``NamedTuple``: see :class:`~hal9999.home.HalPaths`.)"""
 
     pid: int
     socket: str
@@ -122,7 +120,7 @@ class DaemonFiles:
     def write_info(self, info: DaemonInfo) -> None:
         """Record where the daemon listens (atomically)."""
         tmp = self.info_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(info)))
+        tmp.write_text(json.dumps(info._asdict()))
         os.replace(tmp, self.info_file)
 
     def read_info(self) -> DaemonInfo | None:
