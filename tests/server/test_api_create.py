@@ -1,7 +1,9 @@
-"""``POST /v1/tasks`` records the task with the daemon as its runner in one write."""
+"""``POST /v1/tasks`` records the task with the daemon as its runner in one write, on no
+event loop of its own."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -38,6 +40,16 @@ async def test_a_submission_is_one_task_write_with_the_daemon_as_runner(
             return _original(*args, **kw)
 
         monkeypatch.setattr(store, name, counted)
+    loops: list[object] = []
+    new_loop = asyncio.events.new_event_loop
+
+    def counted_loop() -> asyncio.AbstractEventLoop:
+        loops.append(None)
+        return new_loop()
+
+    # Issue 16: a loop per submission (asyncio.run in a worker thread), and the two threads
+    # its executor started and joined, were ~0.5 ms of the daemon's CPU a task.
+    monkeypatch.setattr(asyncio.events, "new_event_loop", counted_loop)
     [route] = [r for r in build_router(daemon).routes
                if r.path == "/v1/tasks" and r.method == "POST"]  # fmt: skip
     body = {"prompt": "x", "agent": "true {{prompt_file}}", "provider": "bwrap",
@@ -50,5 +62,6 @@ async def test_a_submission_is_one_task_write_with_the_daemon_as_runner(
     assert payload["runner_pid"] == os.getpid()
     assert store.get_task(payload["id"]).runner_pid == os.getpid()
     assert writes == ["insert_task"]
+    assert loops == []
     assert submitted == [payload["id"]]
     store.close()

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.cli.conftest import git
@@ -158,6 +159,39 @@ def test_only_the_launchers_own_line_with_its_status_means_not_installed(tmp_pat
     assert missing_program(agent, "bwrap", MISSING_STATUS, log, 0) is None
     log.write_bytes(line)  # printed by an earlier run, before this one's log start
     assert missing_program(agent, "bwrap", MISSING_STATUS, log, len(line)) is None
+
+
+@pytest.mark.bwrap
+async def test_a_daemon_task_writes_its_row_once_per_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 16: a run rewrote the runner pid the daemon's queueing had recorded, and its end
+    # cleared the sandbox and the runner pid in two writes (each a thread hop and a commit).
+    from hal9999.store import Store
+
+    repo = git_repo(tmp_path / "repo")
+    store, service, _, _ = pooled_service(tmp_path / "home", "bwrap")
+    request = RunRequest(
+        prompt="p", repo=str(repo), ref=None, agent="true {{prompt_file}}", provider="bwrap",
+        process_manager="direct", timeout_s=60, runner_pid=os.getpid(),
+    )  # fmt: skip
+    task = service.create_blocking(request)
+    writes: list[str] = []
+    for name in ("update_task", "set_status"):
+        original = getattr(Store, name)
+
+        def counted(self: Store, task_id: str, *a: object, _o: Any = original, **kw: Any) -> Any:
+            writes.append(kw.get("target", a[0] if a else "") or ",".join(sorted(kw)))
+            return _o(self, task_id, *a, **kw)
+
+        monkeypatch.setattr(Store, name, counted)
+    done = await service.run(task.id)
+    store.close()
+    assert done.status == "succeeded", done.error_message
+    assert writes == [
+        "provisioning", "sandbox_id", "preparing", "base_commit", "running", "collecting",
+        "files_changed", "succeeded", "runner_pid,sandbox_id",
+    ]  # fmt: skip
 
 
 async def run_trivial_task(tmp_path: Path, repo: Path) -> None:

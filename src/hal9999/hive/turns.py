@@ -273,8 +273,8 @@ class HiveLoop:
                 timeout_s=min(agent.policy.turn_timeout_s, self.settings.turn_timeout_s),
                 cwd=Path("/"),
             )  # fmt: skip
-            # On a loop of its own in a thread, as the API's create: it writes the store.
-            task = await asyncio.to_thread(asyncio.run, self.service.create(request))
+            # In a worker thread, as the API's create: it writes the store.
+            task = await asyncio.to_thread(self.service.create_blocking, request)
             await asyncio.to_thread(
                 self.store.update_task, task.id, branch=f"hal/agent/{agent.name}",
                 runner_pid=os.getpid(),

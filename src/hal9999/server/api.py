@@ -200,12 +200,17 @@ def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
             egress_only=_egress_only(body.get("egress_only")),
             runner_pid=os.getpid(),  # this daemon runs it
         )
-        # On a loop of its own in a worker thread: creating writes the store (and the session),
-        # which must not hold up this loop while another process holds the write lock.
-        task = await asyncio.to_thread(asyncio.run, service.create(run))
         notes = body.get("config_sources")
-        if notes is not None:
-            await asyncio.to_thread(_record_config_notes, service, task, notes)
+
+        def make() -> TaskRecord:
+            made = service.create_blocking(run)
+            if notes is not None:
+                _record_config_notes(service, made, notes)
+            return made
+
+        # In a worker thread: creating writes the store (and the session), which must not
+        # hold up this loop while another process holds the write lock.
+        task = await asyncio.to_thread(make)
         scheduler.submit(task.id, run.given_env)
         return task_json(task)
 

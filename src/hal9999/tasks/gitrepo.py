@@ -104,6 +104,25 @@ def git_message(stderr: bytes) -> str:
 
 async def resolve_source(repo: str | None, cwd: Path) -> RepoSource:
     """Turn ``--repo`` (a path, a URL, or nothing for the current directory) into a source."""
+    found = _source_or_path(repo, cwd)
+    if isinstance(found, RepoSource):
+        return found
+    top = await asyncio.to_thread(_plain_top, found)
+    return RepoSource("local", top) if top else await _git_top(found)
+
+
+def resolve_source_blocking(repo: str | None, cwd: Path) -> RepoSource:
+    """:func:`resolve_source` for a caller already in a worker thread (the daemon's create):
+    the plain layout is read right here, without an event loop and a thread of its own."""
+    found = _source_or_path(repo, cwd)
+    if isinstance(found, RepoSource):
+        return found
+    top = _plain_top(found)
+    return RepoSource("local", top) if top else asyncio.run(_git_top(found))
+
+
+def _source_or_path(repo: str | None, cwd: Path) -> RepoSource | Path:
+    """A URL's source, or the existing directory a local ``--repo`` (or ``cwd``) names."""
     if repo and _URL.match(repo):
         return RepoSource("url", repo)
     try:
@@ -125,10 +144,14 @@ async def resolve_source(repo: str | None, cwd: Path) -> RepoSource:
             f"--repo names a file, not a repository: {path}",
             hint="pass --repo with the repository's directory or a git URL",
         )
+    return path
+
+
+async def _git_top(path: Path) -> RepoSource:
+    """The source at ``path`` as git finds its top level (any layout :func:`_plain_top`
+    leaves to git)."""
     try:
-        top = await asyncio.to_thread(_plain_top, path) or await git(
-            ["rev-parse", "--show-toplevel"], cwd=path, what="finding the repository"
-        )
+        top = await git(["rev-parse", "--show-toplevel"], cwd=path, what="finding the repository")
     except RepoError:
         if await _is_bare(path):
             raise RepoError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from typing import Any
 
 from hal9999.agents.registry import resolve_agent
 from hal9999.errors import AgentFailed, DiskLimitExceeded, HalError, TaskNotFound, TaskTimeout
@@ -32,7 +33,8 @@ class TaskRunner(LaunchSteps, FollowSteps):
         """Run the task once (or carry on an adopted run); returns the record in its final or
         resting state."""
         task = ctx.task
-        await self.update(task.id, runner_pid=os.getpid())
+        if task.runner_pid != os.getpid():  # a daemon's queued task names it already
+            await self.update(task.id, runner_pid=os.getpid())
         agent = resolve_agent(task.agent, self.config.agent_settings(task.agent))
         provider = load_provider_for(self.config, task.provider)
         manager = load_process_manager(self.config, task.process_manager)
@@ -115,6 +117,7 @@ class TaskRunner(LaunchSteps, FollowSteps):
             await self.finish(ctx, TaskStatus.CANCELLED, started, exit_code, note=reason)
             raise
         finally:
+            left: dict[str, Any] = {"runner_pid": None}
             if not ctx.detached:
                 await self.remove_credentials(ctx)
                 if ctx.gateway is not None:
@@ -127,9 +130,11 @@ class TaskRunner(LaunchSteps, FollowSteps):
                 except TaskNotFound:  # removed with --force while running
                     taken = True
                 await self.release(provider, ctx.sandbox, reuse=not taken)
-                await self.update(task.id, sandbox_id=None)
-            await self.save_session(ctx)  # a run cut short between a pump and its save
-            await self.update(task.id, runner_pid=None)
+                left["sandbox_id"] = None
+            if ctx.session_id is not None:  # a run cut short between a pump and its save
+                left["agent_session_id"] = ctx.session_id
+                ctx.session_id = None
+            await self.update(task.id, **left)  # one write for all three
 
     async def release(self, provider: Provider, sandbox: Sandbox, *, reuse: bool = True) -> None:
         """Give the sandbox back to where it came from (the pool, which keeps it for reuse

@@ -26,7 +26,7 @@ class DaemonTasks:
     async def create(self, request: RunRequest) -> TaskRecord:
         """Create the task and hand it to the scheduler."""
         daemon = self.daemon
-        task = await asyncio.to_thread(asyncio.run, daemon.service.create(request))
+        task = await asyncio.to_thread(daemon.service.create_blocking, request)
         task = await asyncio.to_thread(daemon.store.update_task, task.id, runner_pid=os.getpid())
         daemon.scheduler.submit(task.id, request.given_env)
         return task
