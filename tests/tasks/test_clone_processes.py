@@ -14,7 +14,7 @@ import pytest
 from tests.tasks.test_bringback import BRANCH, World, git
 
 from hal9999.errors import RepoError
-from hal9999.tasks import gitrepo
+from hal9999.tasks import gitrepo, mirror
 
 
 @pytest.fixture
@@ -184,7 +184,7 @@ async def test_a_borrowed_checkout_is_what_clone_shared_made_with_one_git(
     mine_calls = list(git_calls)
     git_calls.clear()
     with monkeypatch.context() as patch:
-        patch.setattr(gitrepo, "_write_git_dir", lambda snap, dest: False)
+        patch.setattr(gitrepo, "_write_git_dir", lambda *a: False)
         assert await gitrepo.clone(src, ref, theirs, BRANCH, borrow=snap) == base
     # Issue 16: was clone (with sh and git-upload-pack) [+ rev-parse, checkout --detach];
     # a ref is looked up as before (itself, then origin/REF).
@@ -328,3 +328,25 @@ async def test_a_worktree_set_in_any_form_git_reads_is_left_to_git(
         (repo / ".git" / "config.worktree").write_text(f"[core]\n\tworktree = {elsewhere}\n")
     assert git(repo, "rev-parse", "--show-toplevel") == str(elsewhere)  # as git reads it
     assert gitrepo._plain_top(repo) is None
+
+
+async def test_a_borrowed_checkout_names_the_sessions_link_from_its_first_write(
+    tmp_path: Path,
+) -> None:
+    # Issue 16: the alternates file was written with the snapshot's path, then replaced by
+    # one naming the session's link: a new inode and a freed one per task.
+    source, _ = _snapshot_repo(tmp_path)
+    session = tmp_path / "session"
+    (session / "workspace").mkdir(parents=True)
+    snap = await mirror.snapshot_for(tmp_path / "home", str(source), session, None)
+    assert snap is not None
+    src = gitrepo.RepoSource("local", str(source))
+    workspace = session / "workspace"
+    await gitrepo.clone(src, None, workspace, BRANCH, borrow=snap, alternates=mirror.ALTERNATES)
+    alternates = workspace / ".git" / "objects" / "info" / "alternates"
+    before = os.lstat(alternates).st_ino
+    mirror.point_alternates(workspace)
+    assert os.lstat(alternates).st_ino == before
+    assert alternates.read_text() == mirror.ALTERNATES
+    assert git(workspace, "-c", f"safe.directory={workspace}", "status", "--porcelain") == ""
+    assert (workspace / "a.txt").read_text() == "two\n"

@@ -194,6 +194,27 @@ async def test_a_daemon_task_writes_its_row_once_per_step(
     ]  # fmt: skip
 
 
+def test_a_task_without_variables_records_no_kinds_file(tmp_path: Path) -> None:
+    from hal9999.credentials import EnvKinds
+
+    # Issue 16: an empty env-kinds.json was written (a temp file and a rename) for every
+    # task; a missing one reads as the same nothing.
+    repo = git_repo(tmp_path / "repo")
+    store, service, _, _ = pooled_service(tmp_path / "home", "fake")
+    made = []
+    for extra in ({}, {"given_env": {"FLAG": "on"}}):
+        request = RunRequest(
+            prompt="p", repo=str(repo), ref=None, agent="true {{prompt_file}}",
+            provider="fake", process_manager="direct", timeout_s=60, **extra,
+        )  # fmt: skip
+        made.append(service.create_blocking(request))
+    plain, marked = made
+    assert not service.env_kinds_path(plain).exists()
+    assert EnvKinds.load(service.env_kinds_path(plain)) == EnvKinds()
+    assert EnvKinds.load(service.env_kinds_path(marked)) == EnvKinds(literal=["FLAG"])
+    store.close()
+
+
 async def run_trivial_task(tmp_path: Path, repo: Path) -> None:
     """One `true` agent run through a pooled bwrap service, to its success."""
     store, service, _, _ = pooled_service(tmp_path / "home", "bwrap")

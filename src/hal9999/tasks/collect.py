@@ -186,7 +186,8 @@ async def collect(
         head, committed, files = (field.decode() for field in line.groups()[:3])
         try:
             if unchanged:  # no result directory: an empty patch, no bundle
-                patch_bytes, bundle_bytes, nested = await asyncio.to_thread(_nothing, session)
+                patch_bytes, bundle_bytes, nested = await asyncio.to_thread(_nothing, session, out)
+                out = ""  # removed there, in the same thread hop
             else:
                 copied = await asyncio.to_thread(_copy_out, session, out)
                 patch_bytes, bundle_bytes, nested = copied
@@ -196,8 +197,9 @@ async def collect(
             hint = f"the commits are in the session checkout {session.workspace}"
             raise UnsafePath(f"collecting the result: {exc.message}", hint=hint) from exc
     finally:
-        with contextlib.suppress(HalError, OSError):
-            await asyncio.to_thread(_remove_out, session, out)
+        if out:
+            with contextlib.suppress(HalError, OSError):
+                await asyncio.to_thread(_remove_out, session, out)
     return Collected(
         head=head,
         files_changed=int(files),
@@ -233,10 +235,13 @@ def _copy_out(session: Session, out: str) -> tuple[int, int | None, tuple[str, .
     return patch, bundle, nested
 
 
-def _nothing(session: Session) -> tuple[int, None, tuple[str, ...]]:
-    """What :func:`_copy_out` leaves for an unchanged checkout: an empty patch, no bundle."""
+def _nothing(session: Session, out: str) -> tuple[int, None, tuple[str, ...]]:
+    """What :func:`_copy_out` leaves for an unchanged checkout: an empty patch, no bundle;
+    then :func:`_remove_out` (nothing should be there, but the agent's home is its own)."""
     agentfs.write_host_file(session.patch, iter(()))
     session.bundle.unlink(missing_ok=True)
+    with contextlib.suppress(HalError, OSError):
+        _remove_out(session, out)
     return 0, None, ()
 
 

@@ -227,13 +227,20 @@ async def _is_bare(path: Path) -> bool:
 
 
 async def clone(
-    source: RepoSource, ref: str | None, dest: Path, branch: str, *, borrow: Path | None = None
+    source: RepoSource,
+    ref: str | None,
+    dest: Path,
+    branch: str,
+    *,
+    borrow: Path | None = None,
+    alternates: str | None = None,
 ) -> str:
     """Clone ``source`` at ``ref`` into ``dest`` on a new ``branch``; return the base commit.
 
     With ``borrow`` (a snapshot of the local source, :mod:`hal9999.tasks.mirror`) the clone
     is ``--shared`` from it: its objects stay in the snapshot (the caller points the
-    checkout's alternates at the session's link). The checkout keeps no host path: a local
+    checkout's alternates at the session's link; a ``.git`` hal writes itself names
+    ``alternates`` there at once when given, a file fewer). The checkout keeps no host path: a local
     source's path is removed from the remote and from the reflog the clone wrote, so the
     agent does not learn where the host keeps it.
     """
@@ -243,7 +250,9 @@ async def clone(
     # A snapshot is hal's own bare clone in a form hal knows: its checkout's .git is written
     # here and one `read-tree` fills the index and work tree (issue 16: `clone --shared` was
     # git, sh and git-upload-pack), with git's clone for anything else.
-    written = borrow is not None and await asyncio.to_thread(_write_git_dir, borrow, dest)
+    written = borrow is not None and await asyncio.to_thread(
+        _write_git_dir, borrow, dest, alternates
+    )
     if not written:
         if borrow is not None:
             how, origin = "--shared", str(borrow)
@@ -302,9 +311,15 @@ async def clone(
             cwd=dest,
             what="hiding the source",
         )
-    await asyncio.to_thread(shutil.rmtree, git_dir / "logs", True)
-    head: str | None = await asyncio.to_thread(_branch_commit, git_dir, branch)
+    head: str | None = await asyncio.to_thread(_drop_reflogs, git_dir, branch)
     return head or await git([*here, "rev-parse", "HEAD"], cwd=dest)
+
+
+def _drop_reflogs(git_dir: Path, branch: str) -> str | None:
+    """Remove the reflogs (they hold the source's path) and return :func:`_branch_commit`,
+    in one thread hop."""
+    shutil.rmtree(git_dir / "logs", True)
+    return _branch_commit(git_dir, branch)
 
 
 _SNAPSHOT_REF = re.compile(r"([0-9a-f]{40}) refs/(heads|tags)/(\S+)")
@@ -318,11 +333,12 @@ _EXCLUDE = (
 )
 
 
-def _write_git_dir(snap: Path, dest: Path) -> bool:
+def _write_git_dir(snap: Path, dest: Path, alternates: str | None = None) -> bool:
     """Write into the empty ``dest`` the ``.git`` that ``git clone --shared SNAP`` writes
-    (the clone's identity, no origin URL, no reflogs, no sample hooks), with nothing checked
-    out; False, leaving ``dest`` empty, when the snapshot is not in the form hal's snapshots
-    have (refs all packed, branches and tags only, HEAD a packed branch or a commit)."""
+    (the clone's identity, no origin URL, no reflogs, no sample hooks; its alternates entry
+    ``alternates`` when given), with nothing checked out; False, leaving ``dest`` empty,
+    when the snapshot is not in the form hal's snapshots have (refs all packed, branches and
+    tags only, HEAD a packed branch or a commit)."""
     try:
         if os.listdir(dest) or os.listdir(snap / "refs" / "heads"):
             return False
@@ -372,7 +388,8 @@ def _write_git_dir(snap: Path, dest: Path) -> bool:
     try:
         for sub in ("objects/info", "objects/pack", "refs/heads", "refs/tags", "info", "hooks"):
             (git_dir / sub).mkdir(parents=True)
-        (git_dir / "objects" / "info" / "alternates").write_text(f"{snap / 'objects'}\n")
+        entry = alternates or f"{snap / 'objects'}\n"
+        (git_dir / "objects" / "info" / "alternates").write_text(entry)
         (git_dir / "info" / "exclude").write_text(_EXCLUDE)
         (git_dir / "packed-refs").write_text(_PACKED_HEADER + "".join(remotes + tags))
         if default is not None:

@@ -139,8 +139,9 @@ class LaunchSteps(RunnerCore):
                     self.config.home, task.repo, session.root, task.ref
                 )
             base = await gitrepo.clone(
-                source, task.ref, session.workspace, task.branch, borrow=snap
-            )
+                source, task.ref, session.workspace, task.branch, borrow=snap,
+                alternates=mirror.ALTERNATES,
+            )  # fmt: skip
             if snap is not None:
                 await asyncio.to_thread(mirror.point_alternates, session.workspace)
             ctx.task = task = await self.update(task.id, base_commit=base)

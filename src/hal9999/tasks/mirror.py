@@ -142,11 +142,10 @@ async def snapshot_for(home: Path, top: str, session_root: Path, ref: str | None
     session's link an empty directory, when the source is not in a layout this follows or
     ``ref`` is not in the snapshot (a commit no branch or tag reaches): the caller clones
     the source whole then, with the errors it gives."""
-    fp = await asyncio.to_thread(fingerprint, Path(top))
+    fp, name = await asyncio.to_thread(_identify, home, top, session_root)
     if fp is None:
-        await asyncio.to_thread(link_empty, session_root)
         return None
-    base = mirrors_dir(home) / await asyncio.to_thread(source_name, home, top)
+    base = mirrors_dir(home) / name
     async with locked(base):
         snap = await asyncio.to_thread(_current, base, fp)
         if snap is None:
@@ -163,6 +162,16 @@ async def snapshot_for(home: Path, top: str, session_root: Path, ref: str | None
             return None
         await asyncio.to_thread(_link, session_root, snap / "objects")
     return snap
+
+
+def _identify(home: Path, top: str, session_root: Path) -> tuple[str | None, str]:
+    """The source's fingerprint and its snapshots' directory name, in one thread hop; a
+    source this does not follow gets the session's empty link (and no name)."""
+    fp = fingerprint(Path(top))
+    if fp is None:
+        link_empty(session_root)
+        return None, ""
+    return fp, source_name(home, top)
 
 
 def _current(base: Path, fp: str) -> Path | None:
@@ -348,6 +357,9 @@ def point_alternates(workspace: Path) -> None:
     """Make a fresh ``clone --shared`` borrow through the session's link (relative), not
     the snapshot's host path."""
     path = workspace / ".git" / "objects" / "info" / "alternates"
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        if path.read_text() == ALTERNATES:  # written so by hal's own clone: nothing to do
+            return
     tmp = path.with_name(f"alternates.{secrets.token_hex(4)}")
     try:
         tmp.write_text(ALTERNATES)

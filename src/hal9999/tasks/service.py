@@ -279,9 +279,10 @@ class TaskService:
             runner_pid=req.runner_pid,
         )
         literal = req.given_env if req.literal_names is None else req.literal_names
-        EnvKinds(literal=sorted(literal), secret=sorted(req.secret_names)).save(
-            session.run_dir / "env-kinds.json"
-        )
+        if literal or req.secret_names:  # none: a missing file reads as none (a file fewer)
+            EnvKinds(literal=sorted(literal), secret=sorted(req.secret_names)).save(
+                self.env_kinds_path(record)
+            )
         if config != self.config:
             agentfs.write_host_file(
                 session.root / TASK_CONFIG, iter([config.model_dump_json().encode()])
