@@ -415,9 +415,9 @@ class HostProvider:
         names = self._own_dirs(record)
         retired = [scratch.retire(directory, name) for name in names]
         sandbox = await self.start(sandbox_id)  # _prepare: fresh dirs, limits written again
-        for old in retired:
-            if old is not None:
-                await asyncio.to_thread(scratch.remove_tree, old)
+        gone = [old for old in retired if old is not None]
+        if gone:  # one thread hop for all of them
+            await asyncio.to_thread(scratch.remove_trees, gone)
         self._verify_reset(self.store.load(sandbox_id), names)
         return sandbox
 

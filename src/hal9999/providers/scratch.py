@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import secrets
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 
 from hal9999.errors import ProviderError
@@ -35,6 +36,12 @@ def retire(parent: Path, name: str) -> Path | None:
     except FileNotFoundError:
         return None
     return retired
+
+
+def remove_trees(paths: Sequence[Path]) -> None:
+    """:func:`remove_tree` of each of ``paths`` in turn (one thread hop for a reset's)."""
+    for path in paths:
+        remove_tree(path)
 
 
 def remove_tree(path: Path) -> None:
