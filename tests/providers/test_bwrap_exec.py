@@ -454,3 +454,11 @@ async def test_a_start_leaves_the_sandboxs_unchanged_own_files_alone(
         assert (await box.exec(ArgvCommand(argv=("true",)))).ok
     finally:
         await provider.destroy(box.id)
+
+
+def test_the_seccomp_filter_is_assembled_once_a_process() -> None:
+    # Issue 16: every bwrap provider object assembled it again (two a task in the daemon).
+    from hal9999.providers import seccomp
+
+    assert seccomp.build() is seccomp.build()
+    assert seccomp.build(deny_userns=False) != seccomp.build()

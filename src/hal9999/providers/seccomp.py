@@ -13,6 +13,7 @@ and C libraries then fall back to ``clone``, whose flags the filter does check.
 from __future__ import annotations
 
 import errno
+import functools
 import platform
 import struct
 from collections.abc import Iterable
@@ -131,8 +132,11 @@ def _arch_section(prog: _Program, arch: int, denied: Iterable[str]) -> None:
     prog.add(_JEQ_K, numbers["ioctl"], "ioctl", "allow")
 
 
+@functools.cache
 def build(*, deny_userns: bool = True) -> bytes:
-    """The filter as bwrap's ``--seccomp`` wants it: an array of ``struct sock_filter``."""
+    """The filter as bwrap's ``--seccomp`` wants it: an array of ``struct sock_filter``
+    (assembled once a process: every bwrap provider object, two a task in the daemon, took
+    ~40 us to assemble the same bytes; issue 16)."""
     prog = _Program()
     prog.add(_LD_W_ABS, _ARCH)
     prog.add(_JEQ_K, AUDIT_ARCH_X86_64, f"arch_{AUDIT_ARCH_X86_64:x}", 0)
