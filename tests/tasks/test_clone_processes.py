@@ -330,11 +330,22 @@ async def test_a_worktree_set_in_any_form_git_reads_is_left_to_git(
     assert gitrepo._plain_top(repo) is None
 
 
+@pytest.mark.parametrize("ref", [None, "side"])
 async def test_a_borrowed_checkout_names_the_sessions_link_from_its_first_write(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ref: str | None
 ) -> None:
     # Issue 16: the alternates file was written with the snapshot's path, then replaced by
-    # one naming the session's link: a new inode and a freed one per task.
+    # one naming the session's link, and HEAD was replaced (through HEAD.lock) once or twice
+    # more: a new inode and a freed one each, per task.
+    written: list[int] = []
+    write_git_dir = gitrepo._write_git_dir
+
+    def noted(*args: Any) -> bool:
+        made = write_git_dir(*args)
+        written.append(os.lstat(args[1] / ".git" / "HEAD").st_ino)
+        return made
+
+    monkeypatch.setattr(gitrepo, "_write_git_dir", noted)
     source, _ = _snapshot_repo(tmp_path)
     session = tmp_path / "session"
     (session / "workspace").mkdir(parents=True)
@@ -342,11 +353,13 @@ async def test_a_borrowed_checkout_names_the_sessions_link_from_its_first_write(
     assert snap is not None
     src = gitrepo.RepoSource("local", str(source))
     workspace = session / "workspace"
-    await gitrepo.clone(src, None, workspace, BRANCH, borrow=snap, alternates=mirror.ALTERNATES)
+    await gitrepo.clone(src, ref, workspace, BRANCH, borrow=snap, alternates=mirror.ALTERNATES)
+    assert written == [os.lstat(workspace / ".git" / "HEAD").st_ino]
     alternates = workspace / ".git" / "objects" / "info" / "alternates"
     before = os.lstat(alternates).st_ino
     mirror.point_alternates(workspace)
     assert os.lstat(alternates).st_ino == before
     assert alternates.read_text() == mirror.ALTERNATES
     assert git(workspace, "-c", f"safe.directory={workspace}", "status", "--porcelain") == ""
-    assert (workspace / "a.txt").read_text() == "two\n"
+    assert (workspace / "a.txt").read_text() == ("one\n" if ref else "two\n")
+    assert git(workspace, "symbolic-ref", "HEAD") == f"refs/heads/{BRANCH}"

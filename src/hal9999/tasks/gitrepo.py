@@ -282,7 +282,7 @@ async def clone(
             except RepoError:
                 continue
             if written:  # nothing is checked out yet: HEAD is only named
-                await asyncio.to_thread(_write_new, dest / ".git" / "HEAD", f"{commit}\n")
+                await asyncio.to_thread(_rewrite_head, dest / ".git", f"{commit}\n")
                 break
             await git(
                 [*here, "checkout", "--quiet", "--detach", commit],
@@ -478,11 +478,21 @@ def _new_branch(git_dir: Path, branch: str) -> bool:
     except (OSError, UnicodeDecodeError):
         return False
     try:
-        _write_new(git_dir / "HEAD", f"ref: refs/heads/{branch}\n")
+        _rewrite_head(git_dir, f"ref: refs/heads/{branch}\n")
     except OSError:
         ref.unlink(missing_ok=True)  # as it was: git makes the branch
         return False
     return True
+
+
+def _rewrite_head(git_dir: Path, text: str) -> None:
+    """Write HEAD in place, not through a lock file renamed over it (a new inode, and a freed
+    one, per task: dear on ext4 without a journal, issue 16). Only a fresh checkout's HEAD,
+    before any agent or other git runs there: a clone cut short is emptied and made again
+    (its task has no base commit yet), so a torn write cannot outlive it."""
+    with (git_dir / "HEAD").open("r+") as head:
+        head.write(text)
+        head.truncate()
 
 
 def _write_new(path: Path, text: str) -> None:
