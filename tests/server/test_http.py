@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +130,49 @@ async def test_internal_error_names_the_log_file_and_the_task(tmp_path: Path) ->
     assert str(files.log_file) in message and "task abc123" in message
     assert "secret internals" not in message
     await server.close()
+
+
+def test_the_blocking_client_reads_a_response_however_it_arrives(tmp_path: Path) -> None:
+    # The thin client's reader (on the C socket module, no makefile): headers and body in
+    # pieces, a body past one read, a response cut short, the JSON errors mapped back.
+    import socket
+    import threading
+
+    from hal9999.server.client import DaemonUnavailable
+
+    big = json.dumps({"text": "x" * 200_000}).encode()
+    error = json.dumps({"error": {"code": "task_not_found", "message": "no"}}).encode()
+    answers = [
+        [b"HTTP/1.1 200 OK\r\ncontent-le", b"ngth: 10\r\n", b"\r\n", b'{"a": ', b"[1]}"],
+        [b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(big) + big],
+        [b"HTTP/1.1 404 Not Found\r\ncontent-length: %d\r\n\r\n" % len(error) + error],
+        [b"HTTP/1.1 200 OK\r\ncontent-length: 20\r\n\r\n{}"],
+        [b"HTTP/1.1 200 OK\r\ncontent-"],
+    ]
+    sock = str(tmp_path / "s.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(sock)
+    listener.listen()
+
+    def serve() -> None:
+        for pieces in answers:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                for piece in pieces:
+                    conn.sendall(piece)
+                    time.sleep(0.01)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    client = DaemonClient(DaemonInfo(1, sock, 0, 0.0), "tok")
+    assert client.request("GET", "/x") == {"a": [1]}
+    assert client.request("GET", "/x") == json.loads(big)
+    with pytest.raises(TaskNotFound, match="no"):
+        client.request("GET", "/x")
+    with pytest.raises(DaemonUnavailable, match="ended after 2 of 20 bytes"):
+        client.request("GET", "/x")
+    with pytest.raises(DaemonUnavailable, match="before its headers"):
+        client.request("GET", "/x")
+    server.join(10)
+    listener.close()
