@@ -289,3 +289,33 @@ def test_a_run_on_a_terminal_renders_as_the_full_client(
     ids = {t["id"] for t in tasks_json(served)} - before
     assert "hello\r\non a tty" in thin and "\x1b]0;" not in thin
     assert _normal(thin, ids) == _normal(full, ids)
+
+
+POST_FIRST = """
+import atexit, runpy, sys
+atexit.register(lambda: None)
+from hal9999.server.client import DaemonClient
+send = DaemonClient.send
+def spy(self, method, path, *rest, **kw):
+    if method == "POST":
+        sys.stderr.write("\\nsubprocess loaded at the POST: " + str("subprocess" in sys.modules))
+    return send(self, method, path, *rest, **kw)
+DaemonClient.send = spy
+sys.argv = ["hal", *sys.argv[1:]]
+runpy.run_module("hal9999", run_name="__main__")
+"""
+
+
+def test_the_task_is_posted_before_the_host_git_status_starts(
+    served: Hal, hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    # The check (and subprocess, with its imports) runs while the daemon creates the task:
+    # off the path to the task's start; its line still comes first (test_errors_...).
+    (demo_repo / "untracked.txt").write_text("left out\n")
+    done = subprocess.run(
+        [sys.executable, "-c", POST_FIRST, "run", "--agent", "true {{prompt_file}}", "x"],
+        cwd=demo_repo, env=hal_env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "subprocess loaded at the POST: False" in done.stderr
+    assert done.stderr.index("uncommitted change") < done.stderr.index("hal: task ")

@@ -34,7 +34,6 @@ from types import FrameType, SimpleNamespace
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, cast
 
 from hal9999.cli.echo import echo, emit_json, stream_to_terminal
-from hal9999.cli.notices import Uncommitted, print_uncommitted, start_uncommitted
 from hal9999.cli.task_table import TaskSummary, summary
 from hal9999.cli.thin_config import THIN_VARS, thin_home
 from hal9999.envvars import forwarded_env, parse_env_option
@@ -42,6 +41,7 @@ from hal9999.errors import ConfigError, HalError, exit_status_for
 from hal9999.workdir import current_dir, working_dir
 
 if TYPE_CHECKING:
+    from hal9999.cli.notices import Uncommitted
     from hal9999.server.client import DaemonClient
 
 NAME_VARS = {
@@ -197,14 +197,12 @@ def run_planned(args: RunArgs, found: Plan, environ: Mapping[str, str]) -> NoRet
     try:
         body = request_body(args, found, environ, (names, given), secret_names)
     except Exception:
-        print_uncommitted(args.repo, args.ref)  # the full path says it before this error
+        _note(args)  # the full path says it before this error
         raise
-    # The host `git status` runs while the task is posted; its line comes first all the same.
-    pending = start_uncommitted(args.repo, args.ref)
     provider = str(body["provider"])
     client = found.client
     if args.detach:
-        task = _post(client, body, pending)
+        task = _post(client, body, args)
         if args.as_json:
             emit_json({"id": task["id"], "status": task["status"],
                        "session_dir": task["session_dir"]})  # fmt: skip
@@ -213,7 +211,7 @@ def run_planned(args: RunArgs, found: Plan, environ: Mapping[str, str]) -> NoRet
         sys.exit(0)
     with _sigterm_raises():
         try:
-            task = _post(client, body, pending)
+            task = _post(client, body, args)
         except _Terminated as exc:
             raise KeyboardInterrupt from exc  # no task yet: "interrupted", as the full path
         if not args.as_json:
@@ -241,19 +239,40 @@ def run_planned(args: RunArgs, found: Plan, environ: Mapping[str, str]) -> NoRet
     sys.exit(0 if record["status"] == "succeeded" else failed)
 
 
-def _post(client: DaemonClient, body: dict[str, Any], pending: Uncommitted) -> dict[str, Any]:
-    """``POST /v1/tasks``; the uncommitted-changes line, which the full path prints before
-    posting, is printed before anything the request's outcome prints."""
+def _post(client: DaemonClient, body: dict[str, Any], args: RunArgs) -> dict[str, Any]:
+    """``POST /v1/tasks``, with the host ``git status`` (and its imports) done while the
+    daemon creates the task, off the path to it; the uncommitted-changes line, which the
+    full path prints before posting, is printed before anything the outcome prints."""
     try:
-        task = client.request("POST", "/v1/tasks", body)
+        sent = client.send("POST", "/v1/tasks", body)
+    except (KeyboardInterrupt, _Terminated):
+        raise
+    except BaseException:
+        _note(args)
+        raise
+    try:
+        from hal9999.cli.notices import start_uncommitted
+
+        pending = start_uncommitted(args.repo, args.ref)
+    except BaseException:
+        sent.close()
+        raise
+    try:
+        task = sent.answer()
     except (KeyboardInterrupt, _Terminated):
         pending.close()
         raise
     except BaseException:
-        print_uncommitted(None, None, pending)
+        _note(args, pending)
         raise
-    print_uncommitted(None, None, pending)
+    _note(args, pending)
     return cast(dict[str, Any], task)
+
+
+def _note(args: RunArgs, pending: Uncommitted | None = None) -> None:
+    from hal9999.cli.notices import print_uncommitted
+
+    print_uncommitted(args.repo, args.ref, pending)
 
 
 def request_body(

@@ -103,6 +103,17 @@ class DaemonClient:
         query: dict[str, Any] | None = None,
     ) -> Any:
         """:meth:`call`, blocking (the thin ``hal run`` client, which runs no event loop)."""
+        return self.send(method, path, body, query).answer()
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        query: dict[str, Any] | None = None,
+    ) -> Sent:
+        """Send one request, blocking; its answer is read by :meth:`Sent.answer`, so the
+        caller can do other work while the daemon handles it."""
         try:
             conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         except OSError as exc:
@@ -114,12 +125,12 @@ class DaemonClient:
                 raise self._unreachable(exc) from exc
             try:
                 conn.sendall(self._request_bytes(method, path, body, query))
-                status, payload = _receive(conn)
-            except (OSError, ValueError) as exc:
+            except OSError as exc:
                 raise _closed(exc) from exc
-        finally:
+        except BaseException:
             conn.close()
-        return _payload(status, payload)
+            raise
+        return Sent(conn)
 
     def _request_bytes(
         self, method: str, path: str, body: dict[str, Any] | None, query: dict[str, Any] | None
@@ -139,6 +150,28 @@ class DaemonClient:
             f"cannot reach the hal daemon at {self.info.socket}: {exc.strerror or exc}",
             hint="see `hal status`; restart it with `hal serve --detach`",
         )
+
+
+class Sent:
+    """A request sent by :meth:`DaemonClient.send`, its answer still to read."""
+
+    def __init__(self, conn: _socket.socket) -> None:
+        self._conn = conn
+
+    def answer(self) -> Any:
+        """The response's JSON, or the :class:`HalError` it carries."""
+        try:
+            try:
+                status, payload = _receive(self._conn)
+            except (OSError, ValueError) as exc:
+                raise _closed(exc) from exc
+        finally:
+            self._conn.close()
+        return _payload(status, payload)
+
+    def close(self) -> None:
+        """Leave the answer unread."""
+        self._conn.close()
 
 
 def _closed(exc: Exception) -> DaemonUnavailable:
