@@ -60,6 +60,9 @@ async def follow_page(
     releasing = True  # a page that ends the run may wait for it once (below)
     try:
         while True:
+            # Looked up before the status: a run the status then shows resting (not queued
+            # again for a retry) is the run that wrote the task's last task_end, not a retry.
+            before = daemon.scheduler.running.get(task.id)
             status = (await asyncio.to_thread(service.store.get_task, task.id)).status
             over = status not in ACTIVE and task.id not in daemon.scheduler.running
             # From the last event the caller has, to learn its type (is it the task_end?).
@@ -72,16 +75,16 @@ async def follow_page(
             )
             done = over and len(newer) <= PAGE and ended
             runner = daemon.scheduler.running.get(task.id)
-            if page and ended and not done and releasing and wait > 0:
+            if page and ended and not done and releasing and wait > 0 and status not in ACTIVE:
                 # The page ends the run, which is still giving its sandbox back (or was when
                 # its status was read): answered once the run is over, the caller learns it
                 # is done from this answer and need not ask again (issue 16). Only this
-                # run's end: a retry started meanwhile is another run, and the page goes as
-                # it is then.
+                # run's end: a task queued again for a retry is not waited for, and the page
+                # goes as it is then.
                 releasing = False
-                if runner is not None:
+                if before is not None:
                     started = time.monotonic()
-                    await asyncio.wait({runner}, timeout=wait)
+                    await asyncio.wait({before}, timeout=wait)
                     wait -= time.monotonic() - started
                 continue
             if done or wait <= 0 or len(page) == PAGE or any(e.type not in quiet for e in page):
