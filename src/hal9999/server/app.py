@@ -101,6 +101,8 @@ def build_api(ctx: ServerContext, router: Router) -> ASGIApp:
             405: _json_error(405, "method_not_allowed"),
         },
     )
+    # A path with a trailing slash is no route of the API (404), not a 307 to another one.
+    app.router.redirect_slashes = False
     return TokenGuard(app, ctx.token)
 
 
