@@ -65,3 +65,41 @@ async def test_a_submission_is_one_task_write_with_the_daemon_as_runner(
     assert loops == []
     assert submitted == [payload["id"]]
     store.close()
+
+
+async def test_the_callers_config_notes_are_written_with_task_created(tmp_path: Path) -> None:
+    # One open of the event log per submission (each was an open, a lock and an fsync before
+    # the task could start, issue 16), the notes right after task_created as before.
+    home = tmp_path / "home"
+    config = HalConfig(home=home)
+    store = Store.open(home)
+    service = TaskService(config, store, {})
+    opened: list[str] = []
+    events = service.events
+
+    def counted(task: Any, *args: Any, **kw: Any) -> Any:
+        opened.append(task.id)
+        return events(task, *args, **kw)
+
+    service.events = counted  # type: ignore[method-assign]
+    scheduler = SimpleNamespace(submit=lambda task_id, env=None: None)
+    daemon: Any = SimpleNamespace(service=service, scheduler=scheduler, pool=None,
+                                  store=store, config=config)  # fmt: skip
+    [route] = [r for r in build_router(daemon).routes
+               if r.path == "/v1/tasks" and r.method == "POST"]  # fmt: skip
+    notes = {"describe": "config: HAL_HOME", "notice": "./hal.toml: ignored keys"}
+    body = {"prompt": "x", "agent": "true {{prompt_file}}", "provider": "bwrap",
+            "process_manager": "direct", "cwd": str(git_repo(tmp_path / "repo")),
+            "config_sources": notes}  # fmt: skip
+    request = ApiRequest("POST", "/v1/tasks", {}, {}, json.dumps(body).encode(), {})
+    status, payload = await call_handler(route.handler, request, None)
+    assert status == 200, payload
+    assert opened == [payload["id"]]
+    lines = Path(payload["session_dir"], "events.jsonl").read_text().splitlines()
+    written = [(e["type"], e.get("level"), e.get("text")) for e in map(json.loads, lines)]
+    assert written == [
+        ("task_created", None, None),
+        ("message", "info", "config: HAL_HOME"),
+        ("message", "warning", "./hal.toml: ignored keys"),
+    ]
+    store.close()

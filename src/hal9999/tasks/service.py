@@ -6,7 +6,7 @@ import asyncio
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -221,13 +221,13 @@ class TaskService:
         source = await gitrepo.resolve_source(req.repo, req.cwd)
         return self._make(req, config, providers, source)
 
-    def create_blocking(self, req: RunRequest) -> TaskRecord:
+    def create_blocking(self, req: RunRequest, notes: Sequence[Event] = ()) -> TaskRecord:
         """:meth:`create` for a caller in a worker thread (the daemon's API: the store's
         write lock may be held elsewhere), without an event loop of its own (a loop and its
         executor's threads per submission were ~0.5 ms of the daemon's CPU, issue 16)."""
         config, providers = self._check(req)
         source = gitrepo.resolve_source_blocking(req.repo, req.cwd)
-        return self._make(req, config, providers, source)
+        return self._make(req, config, providers, source, notes)
 
     def _check(self, req: RunRequest) -> tuple[HalConfig, list[str]]:
         """The request's settings and providers, once everything but its source is valid."""
@@ -251,9 +251,15 @@ class TaskService:
         return config, providers
 
     def _make(
-        self, req: RunRequest, config: HalConfig, providers: list[str], source: gitrepo.RepoSource
+        self,
+        req: RunRequest,
+        config: HalConfig,
+        providers: list[str],
+        source: gitrepo.RepoSource,
+        notes: Sequence[Event] = (),
     ) -> TaskRecord:
-        """The record, session and first event of a checked request."""
+        """The record, session and first event of a checked request (``notes``: events to
+        record right after it, in the same write of the event log)."""
         task_id = new_task_id(self.store.has_task)
         session = Session(self.paths.ensure_session(task_id))
         session.create()
@@ -300,6 +306,8 @@ class TaskService:
                     ref=req.ref,
                 )
             )
+            for note in notes:
+                log.emit(note)
         return record
 
     # -- run ---------------------------------------------------------------------------
