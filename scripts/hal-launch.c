@@ -1,5 +1,7 @@
 /*
- * hal-launch SANDBOX SECCOMP_FILE FSIZE_BLOCKS [JOIN_FILE...] -- PROGRAM [ARG...]
+ * hal-launch [--enter PID MNT_INO CWD SESSION [--unsetenv NAME]... [--attach SRC DST RO]...]
+ *            SANDBOX SECCOMP_FILE FSIZE_BLOCKS [JOIN_FILE...] -- PROGRAM [ARG...]
+ * hal-launch --keep RECORD -- BWRAP [ARG...]
  *
  * What hal's launcher script (LAUNCHER_SCRIPT in src/hal9999/providers/hostexec.py) does
  * before every sandbox command, as one small static program: no shell, no dynamic loader,
@@ -14,6 +16,31 @@
  * each JOIN_FILE (a cgroup's tasks or cgroup.procs file); then PROGRAM is executed (PATH
  * searched). Any failure before the exec exits 125 without running PROGRAM, so a command
  * never runs outside its cgroups or without its limits.
+ *
+ * --enter runs PROGRAM (the uid switch and the command; never bwrap) in the namespaces of a
+ * sandbox's keeper: a bwrap sandbox running only `sleep`, made by hal while the sandbox
+ * waits in the pool (src/hal9999/providers/keeper.py), whose mount namespace holds every
+ * mount bwrap would make for a command. PID is the keeper on the host; it must hold the
+ * mount namespace MNT_INO, checked before and after its namespaces are opened, so a PID
+ * reused by another process is refused. The command then gets what bwrap gives each one: a
+ * PID namespace of its own (a minimal init as PID 1 reaps, the command is PID 2), its own
+ * copy of the mounts with a fresh /proc (its host-wide writers read-only), its own cgroup
+ * namespace (rooted at the cgroups joined above); the keeper's network, IPC and UTS
+ * namespaces (one per sandbox). Then, as bwrap does: a new session when SESSION is 1, CWD,
+ * the variables named by --unsetenv unset, the bounding set cut to what the uid switch
+ * needs, no_new_privs, the seccomp filter read from SECCOMP_FILE. This process stays
+ * outside, waits and exits with the command's status (128+N for signal N), and its death
+ * kills the command's whole PID namespace.
+ *
+ * --attach mounts SRC (a host directory, resolved here, outside) on DST in the keeper's
+ * mount namespace itself, read-only when RO is 1, nosuid and nodev, over what was there
+ * (detached first): how a pooled sandbox's keeper takes its next task's session (its
+ * workspace and binds), as bwrap would bind them for each command.
+ *
+ * --keep starts a keeper: BWRAP (a bwrap argv with --info-fd 3, running `sleep`) in a session
+ * of its own, not waited for (it outlives this process, which exits as soon as the keeper
+ * is up), its stderr in RECORD.err; then writes "PID MNT_INO" of the keeper's command (bwrap's
+ * PID 1 keeps the root it started with; its child has the sandbox's) to RECORD, atomically.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -21,25 +48,386 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define SECCOMP_FD 9
 #define FSIZE_BLOCK 512ULL
+
+/* hal looks for this before it passes --enter (an older build would take the option for a
+ * sandbox name). */
+__attribute__((used)) const char hal_launch_abi[] = "hal-launch abi: enter";
 
 static void die(const char *what, const char *name) {
   fprintf(stderr, "hal-launch: %s %s: %s\n", what, name, strerror(errno));
   _exit(125);
 }
 
+/* --enter ----------------------------------------------------------------------------- */
+
+/* The kernel ABIs musl's headers lack (linux/filter.h, linux/mount.h), spelled out as
+ * hal-drop.c does capabilities; x86_64 and every other architecture share these numbers. */
+struct sock_filter {
+  unsigned short code;
+  unsigned char jt, jf;
+  unsigned int k;
+};
+struct sock_fprog {
+  unsigned short len;
+  struct sock_filter *filter;
+};
+struct mount_attr {
+  unsigned long long attr_set, attr_clr, propagation, userns_fd;
+};
+#define SECCOMP_MODE_FILTER 2
+#define SYS_OPEN_TREE 428
+#define SYS_MOVE_MOUNT 429
+#define SYS_MOUNT_SETATTR 442
+#define OPEN_TREE_CLONE 1
+#define OPEN_TREE_CLOEXEC O_CLOEXEC
+#define MOVE_MOUNT_F_EMPTY_PATH 0x4
+#define MOUNT_ATTR_RDONLY 0x1
+#define MOUNT_ATTR_NOSUID 0x2
+#define MOUNT_ATTR_NODEV 0x4
+#ifndef AT_RECURSIVE
+#define AT_RECURSIVE 0x8000
+#endif
+
+/* Host-wide writers under /proc (bwrap.py's PROC_READ_ONLY). */
+static const char *const PROC_READ_ONLY[] = {"sys", "sysrq-trigger", "irq", "bus", "fs", "acpi"};
+/* What the uid switch needs (bwrap.py's DROP_CAPS): SETGID, SETUID, SETPCAP. */
+static const int DROP_CAPS[] = {6, 7, 8};
+#define MAX_ATTACH 64
+
+struct enter {
+  const char *pid, *ino, *cwd;
+  int session;
+  char **unset;
+  int nunset;
+  const char *attach_src[MAX_ATTACH], *attach_dst[MAX_ATTACH], *attach_ro[MAX_ATTACH];
+  int attach_fd[MAX_ATTACH];
+  int nattach;
+  int mnt, net, ipc, uts;
+  struct sock_filter filter[4096];
+  struct sock_fprog prog;
+};
+static struct enter E;
+
+static unsigned long long positive(const char *text, const char *what) {
+  char *end = NULL;
+  errno = 0;
+  unsigned long long value = strtoull(text, &end, 10);
+  if (errno || end == text || *end || text[0] == '-' || value == 0) {
+    fprintf(stderr, "hal-launch: bad %s %s\n", what, text);
+    _exit(125);
+  }
+  return value;
+}
+
+static int open_ns(const char *name) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%s/ns/%s", E.pid, name);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) die("open", path);
+  return fd;
+}
+
+static void check_keeper(int mnt) {
+  struct stat st, own;
+  if (fstat(mnt, &st) != 0) die("stat", "the keeper's mount namespace");
+  if ((unsigned long long)st.st_ino != positive(E.ino, "namespace")) {
+    fprintf(stderr, "hal-launch: process %s is not the sandbox's keeper\n", E.pid);
+    _exit(125);
+  }
+  /* Never the host's own (a forged record): a keeper's namespaces are bwrap's. */
+  if (stat("/proc/self/ns/mnt", &own) != 0) die("stat", "/proc/self/ns/mnt");
+  if (own.st_ino == st.st_ino && own.st_dev == st.st_dev) {
+    fprintf(stderr, "hal-launch: process %s shares the launcher's mount namespace\n", E.pid);
+    _exit(125);
+  }
+}
+
+static void check_not_own(int fd, const char *name) {
+  struct stat st, own;
+  char path[64];
+  snprintf(path, sizeof path, "/proc/self/ns/%s", name);
+  if (fstat(fd, &st) != 0 || stat(path, &own) != 0) die("stat", path);
+  if (own.st_ino == st.st_ino && own.st_dev == st.st_dev) {
+    fprintf(stderr, "hal-launch: process %s shares the launcher's %s namespace\n", E.pid, name);
+    _exit(125);
+  }
+}
+
+/* Everything that needs the host's view: the keeper's namespaces, the filter, the trees to
+ * attach. */
+static void open_keeper(const char *seccomp) {
+  positive(E.pid, "pid");
+  E.mnt = open_ns("mnt");
+  check_keeper(E.mnt);
+  E.net = open_ns("net");
+  E.ipc = open_ns("ipc");
+  E.uts = open_ns("uts");
+  check_not_own(E.net, "net");
+  check_not_own(E.ipc, "ipc");
+  check_not_own(E.uts, "uts");
+  int again = open_ns("mnt"); /* still the keeper: none of them is another process's */
+  check_keeper(again);
+  close(again);
+  if (seccomp[0]) {
+    int fd = open(seccomp, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) die("open", seccomp);
+    ssize_t got = read(fd, E.filter, sizeof E.filter);
+    if (got <= 0 || got % (ssize_t)sizeof E.filter[0] || got == (ssize_t)sizeof E.filter) {
+      errno = EINVAL;
+      die("read", seccomp);
+    }
+    close(fd);
+    E.prog.len = (unsigned short)(got / sizeof E.filter[0]);
+    E.prog.filter = E.filter;
+  }
+}
+
+static void open_attach(int i) {
+  const char *src = E.attach_src[i], *ro = E.attach_ro[i];
+  int fd = (int)syscall(SYS_OPEN_TREE, AT_FDCWD, src, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC |
+                                                          AT_RECURSIVE);
+  if (fd < 0) die("open_tree", src);
+  struct mount_attr attr = {MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0, 0, 0};
+  if (strcmp(ro, "1") == 0) attr.attr_set |= MOUNT_ATTR_RDONLY;
+  if (syscall(SYS_MOUNT_SETATTR, fd, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr) != 0)
+    die("mount_setattr", src);
+  E.attach_fd[i] = fd;
+}
+
+static int status_of(int status) {
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+/* PID 2: the command's own set-up, then PROGRAM. */
+static void run_command(char **program) {
+  if (E.session && setsid() < 0) die("setsid", "");
+  if (chdir(E.cwd) != 0) die("chdir", E.cwd);
+  for (int i = 0; i < E.nunset; i++) unsetenv(E.unset[i]);
+  for (int cap = 0; cap <= 63; cap++) {
+    int keep = 0;
+    for (size_t j = 0; j < sizeof DROP_CAPS / sizeof DROP_CAPS[0]; j++) keep |= cap == DROP_CAPS[j];
+    if (!keep && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EINVAL)
+      die("drop", "bounding set");
+  }
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) die("set", "no_new_privs");
+  if (E.prog.len && prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &E.prog, 0, 0) != 0)
+    die("load", "seccomp filter");
+  execvp(program[0], program);
+  int saved = errno;
+  fprintf(stderr, "hal-launch: failed to execute %s: %s\n", program[0], strerror(saved));
+  _exit(saved == ENOENT ? 127 : 126);
+}
+
+/* PID 1 of the command's PID namespace: into the keeper's namespaces, the attaches, the
+ * command's own mounts, then a reaping init around PID 2. */
+static void run_init(char **program, int alive) {
+  /* The monitor (outside: getppid() is 0 here) holds the pipe's other end: gone, it died
+   * before the death signal was set. */
+  if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) _exit(125);
+  struct pollfd hup = {alive, 0, 0};
+  if (poll(&hup, 1, 0) != 0) _exit(125);
+  close(alive);
+  if (setns(E.net, CLONE_NEWNET) != 0) die("setns", "net");
+  if (setns(E.ipc, CLONE_NEWIPC) != 0) die("setns", "ipc");
+  if (setns(E.uts, CLONE_NEWUTS) != 0) die("setns", "uts");
+  if (setns(E.mnt, CLONE_NEWNS) != 0) die("setns", "mnt"); /* root and cwd: the sandbox's */
+  for (int i = 0; i < E.nattach; i++) {
+    const char *dst = E.attach_dst[i];
+    if (umount2(dst, MNT_DETACH | UMOUNT_NOFOLLOW) != 0 && errno != EINVAL) die("umount", dst);
+    if (syscall(SYS_MOVE_MOUNT, E.attach_fd[i], "", AT_FDCWD, dst, MOVE_MOUNT_F_EMPTY_PATH) != 0)
+      die("move_mount", dst);
+    close(E.attach_fd[i]);
+  }
+  if (unshare(CLONE_NEWNS | CLONE_NEWCGROUP) != 0) die("unshare", "mount namespace");
+  if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) die("mount", "private");
+  unsigned long nx = MS_NOSUID | MS_NODEV | MS_NOEXEC;
+  if (mount("proc", "/proc", "proc", nx, NULL) != 0) die("mount", "/proc");
+  for (size_t i = 0; i < sizeof PROC_READ_ONLY / sizeof PROC_READ_ONLY[0]; i++) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%s", PROC_READ_ONLY[i]);
+    if (mount(path, path, NULL, MS_BIND | MS_REC, NULL) != 0) {
+      if (errno == ENOENT) continue;
+      die("mount", path);
+    }
+    if (mount(NULL, path, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | nx, NULL) != 0)
+      die("remount", path);
+  }
+  pid_t child = fork();
+  if (child < 0) die("fork", "");
+  if (child == 0) run_command(program);
+  /* From here this process only waits: as bwrap's reaper, uid 0 with no capability,
+   * no_new_privs and the filter (the command cannot signal or trace it: another uid). */
+  for (int cap = 0; cap <= 63; cap++) {
+    if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EINVAL) _exit(125);
+  }
+  struct {
+    unsigned int version;
+    int pid;
+  } header = {0x20080522, 0};
+  unsigned int none[6] = {0, 0, 0, 0, 0, 0};
+  if (syscall(SYS_capset, &header, none) != 0 || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+    _exit(125);
+  if (E.prog.len && prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &E.prog, 0, 0) != 0) _exit(125);
+  for (;;) {
+    int status;
+    pid_t done = waitpid(-1, &status, 0);
+    if (done < 0 && errno == EINTR) continue;
+    if (done < 0) _exit(125);
+    if (done == child) _exit(status_of(status));
+  }
+}
+
+static void enter(char **program) {
+  if (unshare(CLONE_NEWPID) != 0) die("unshare", "pid namespace");
+  int alive[2];
+  if (pipe2(alive, O_CLOEXEC) != 0) die("pipe", "");
+  pid_t child = fork();
+  if (child < 0) die("fork", "");
+  if (child == 0) {
+    close(alive[1]);
+    run_init(program, alive[0]);
+  }
+  close(alive[0]);
+  close(E.mnt);
+  close(E.net);
+  close(E.ipc);
+  close(E.uts);
+  for (int i = 0; i < E.nattach; i++) close(E.attach_fd[i]);
+  int status;
+  while (waitpid(child, &status, 0) < 0) {
+    if (errno != EINTR) die("wait", "");
+  }
+  _exit(status_of(status));
+}
+
+/* Parses the --enter options in place; returns how many arguments they took. */
+static int enter_options(int argc, char **argv) {
+  if (argc < 6 || strcmp(argv[1], "--enter") != 0) return 0;
+  E.pid = argv[2];
+  E.ino = argv[3];
+  E.cwd = argv[4];
+  E.session = strcmp(argv[5], "1") == 0;
+  int at = 6;
+  E.unset = argv + at; /* names are packed here, over the options already read */
+  while (at + 1 < argc && strcmp(argv[at], "--unsetenv") == 0) {
+    E.unset[E.nunset++] = argv[at + 1];
+    at += 2;
+  }
+  while (at + 3 < argc && strcmp(argv[at], "--attach") == 0) {
+    if (E.nattach == MAX_ATTACH) {
+      fprintf(stderr, "hal-launch: more than %d mounts to attach\n", MAX_ATTACH);
+      _exit(125);
+    }
+    E.attach_src[E.nattach] = argv[at + 1];
+    E.attach_dst[E.nattach] = argv[at + 2];
+    E.attach_ro[E.nattach++] = argv[at + 3];
+    at += 4;
+  }
+  return at - 1;
+}
+
+/* --keep: start a keeper, detached, and record it. ------------------------------------- */
+
+/* Read bwrap's --info-fd JSON up to its closing brace: {"child-pid": N, ...}. */
+static long info_pid(int fd) {
+  char buf[1024];
+  size_t got = 0;
+  while (got < sizeof buf - 1 && !memchr(buf, '}', got)) {
+    ssize_t n = read(fd, buf + got, sizeof buf - 1 - got);
+    if (n <= 0) break;
+    got += (size_t)n;
+  }
+  buf[got] = 0;
+  const char *at = strstr(buf, "\"child-pid\":");
+  return at ? strtol(at + strlen("\"child-pid\":"), NULL, 10) : 0;
+}
+
+static long first_child(long pid) {
+  char path[64], buf[64];
+  snprintf(path, sizeof path, "/proc/%ld/task/%ld/children", pid, pid);
+  for (int round = 0; round < 50000; round++) { /* 10 s */
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n > 0) {
+      buf[n] = 0;
+      return strtol(buf, NULL, 10);
+    }
+    struct timespec wait = {0, 200000};
+    nanosleep(&wait, NULL);
+  }
+  return 0;
+}
+
+static int keep(const char *record, char **program) {
+  char err[4096], tmp[4096];
+  if (snprintf(err, sizeof err, "%s.err", record) >= (int)sizeof err ||
+      snprintf(tmp, sizeof tmp, "%s.tmp", record) >= (int)sizeof tmp) {
+    fprintf(stderr, "hal-launch: record path too long\n");
+    return 125;
+  }
+  int info[2];
+  if (pipe2(info, O_CLOEXEC) != 0) die("pipe", "");
+  pid_t child = fork();
+  if (child < 0) die("fork", "");
+  if (child == 0) {
+    /* The keeper outlives us: its own session, its errors to a file (a pipe of our
+     * caller's would stay open for its whole life), its info on fd 3. */
+    int fd = open(err, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0 || dup2(fd, 2) != 2 || setsid() < 0 || dup2(info[1], 3) != 3) _exit(125);
+    execvp(program[0], program);
+    _exit(127);
+  }
+  close(info[1]);
+  long pid = info_pid(info[0]);
+  close(info[0]);
+  long sleeper = pid > 0 ? first_child(pid) : 0;
+  char ns[64];
+  snprintf(ns, sizeof ns, "/proc/%ld/ns/mnt", sleeper);
+  struct stat st;
+  if (sleeper <= 0 || stat(ns, &st) != 0) {
+    fprintf(stderr, "hal-launch: the keeper did not start (see %s)\n", err);
+    return 125;
+  }
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) die("open", tmp);
+  dprintf(fd, "%ld %llu\n", sleeper, (unsigned long long)st.st_ino);
+  if (close(fd) != 0 || rename(tmp, record) != 0) die("write", record);
+  return 0;
+}
+
 int main(int argc, char **argv) {
+  if (argc > 4 && strcmp(argv[1], "--keep") == 0 && strcmp(argv[3], "--") == 0)
+    return keep(argv[2], argv + 4);
+  int taken = enter_options(argc, argv);
+  int entering = taken > 0;
+  if (entering) {
+    argv[taken] = argv[0];
+    argv += taken;
+    argc -= taken;
+  }
   if (argc < 6) {
     fprintf(stderr, "usage: hal-launch SANDBOX SECCOMP FSIZE [JOIN...] -- PROGRAM [ARG...]\n");
     return 125;
   }
   if (setenv("HAL_SANDBOX", argv[1], 1) != 0) die("setenv", "HAL_SANDBOX");
 
-  if (argv[2][0]) {
+  if (!entering && argv[2][0]) {
     int fd = open(argv[2], O_RDONLY);
     if (fd < 0) die("open", argv[2]);
     if (fd != SECCOMP_FD) {
@@ -76,6 +464,11 @@ int main(int argc, char **argv) {
     return 125;
   }
 
+  if (entering) {
+    open_keeper(argv[2]);
+    for (int a = 0; a < E.nattach; a++) open_attach(a);
+    enter(argv + i + 1);
+  }
   execvp(argv[i + 1], argv + i + 1);
   int saved = errno;
   fprintf(stderr, "hal-launch: failed to execute %s: %s\n", argv[i + 1], strerror(saved));

@@ -93,6 +93,8 @@ async def ssh_connections_closed() -> AsyncIterator[None]:
     from hal9999.providers.ssh.connections import close_all
 
     await close_all()
+
+
 def _missing_pm2() -> str | None:
     found = shutil.which("pm2")
     return None if found else "PM2 is not installed (bash scripts/install-pm2.sh)"
@@ -147,9 +149,7 @@ CRASH_LOGS_SHOWN = 5
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Iterator[None]:
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """A failed test's report carries the traceback of every ``hal`` crash it caused: the
     crash log lives under the test's temporary directory, which is gone when CI prints the
     failure, and the one line hal prints names only the file."""
@@ -163,10 +163,14 @@ def pytest_runtest_makereport(
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """Stop the Ray cluster, if this run started one."""
+    """Stop the Ray cluster, if this run started one; kill the keepers (providers/keeper.py)
+    of sandboxes whose temporary HAL_HOME is gone without a destroy."""
     from tests import ray_cluster
 
+    from hal9999.providers import keeper
+
     ray_cluster.stop_session_cluster()
+    keeper.sweep(now=float("inf"))
 
 
 @pytest.fixture(autouse=True)

@@ -22,15 +22,19 @@ from typing import Any
 import pytest
 
 from hal9999.providers import cgroups, hostexec, sandboxuser
-from hal9999.providers.bwrap import BwrapProvider, BwrapSandbox
+from hal9999.providers.bwrap import BwrapProvider, BwrapSandbox, keeps
 from hal9999.spec import Bind, SandboxSpec, ShellCommand
 
 pytestmark = pytest.mark.bwrap
 
 
-@pytest.fixture
-async def sandbox(hal_home: Path, tmp_path: Path) -> AsyncIterator[BwrapSandbox]:
-    """A sandbox shaped like a task's: a workspace and a home bound from a session."""
+@pytest.fixture(params=["bwrap", "keeper"])
+async def sandbox(
+    hal_home: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[BwrapSandbox]:
+    """A sandbox shaped like a task's: a workspace and a home bound from a session. Each
+    test runs twice: every command a bwrap, and (a root hal's pooled sandbox) every command
+    in the sandbox's keeper's namespaces (providers/keeper.py)."""
     session = tmp_path / "session"
     for name in ("workspace", "home"):
         (session / name).mkdir(parents=True)
@@ -42,6 +46,13 @@ async def sandbox(hal_home: Path, tmp_path: Path) -> AsyncIterator[BwrapSandbox]
     created = await provider.create(spec)
     assert isinstance(created, BwrapSandbox)
     try:
+        if request.param == "keeper":
+            if not keeps(provider.store.load(created.id)):
+                pytest.skip("a keeper: hal as root, with build/hal-launch, Linux 5.12+")
+            await provider.prime(created.id)
+            created = await provider.get(created.id)
+            assert isinstance(created, BwrapSandbox)
+            assert "--enter" in created.launch(ShellCommand(script="true")).argv
         yield created
     finally:
         await provider.destroy(created.id)

@@ -1,8 +1,9 @@
 """The in-sandbox forwarder: ``127.0.0.1:PORT`` inside the sandbox to the gateway's unix socket.
 
 Run by the agent's launcher as ``python3 forwarder.py PORT SOCKET [PORT SOCKET ...]``, inside
-the same bwrap exec as the agent (every exec has its own network namespace, so a listener
-started by another exec would be invisible). It binds first, then forks: the parent exits 0
+the same bwrap exec as the agent (an exec has its own network namespace, or one per task
+under a keeper, so a listener started by another exec might be invisible; and it ends with
+the agent's exec). It binds first, then forks: the parent exits 0
 once the ports accept connections, so the launcher can ``exec`` the agent right after; the
 child serves until the launcher's process (which became the agent) is gone.
 

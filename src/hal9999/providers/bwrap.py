@@ -32,6 +32,7 @@ from hal9999.providers import (
     seccomp,
     usernet,
 )
+from hal9999.providers import keeper as keepers
 from hal9999.providers.base import Capabilities, Command, ExecResult, Launch
 from hal9999.providers.hostsandbox import HostProvider, HostSandbox, SandboxRecord
 from hal9999.spec import ArgvCommand, to_argv
@@ -58,7 +59,8 @@ HOST_SESSION_VARS = (
 """Variables a terminal multiplexer or login session adds around the launcher: they name
 host sockets and paths, so bwrap drops them unless the command's own env sets them."""
 RUN_DIR = "run"
-"""Host-side scratch of the launcher (the network wiring's fifos), never mounted inside."""
+"""Host-side scratch of the launcher (the network wiring's fifos) and the keeper's record
+(:mod:`keeper`), never mounted inside."""
 ETC_DIR = "etc"
 """Host-made, read-only files of each sandbox (filter, account files, uid switch), never
 mounted rw; a root hal's sandboxes see it read-only at :data:`sandboxuser.OWN_DIR`."""
@@ -119,6 +121,19 @@ def system_args(rootfs: Path | None, ro_paths: tuple[Path, ...]) -> tuple[str, .
 
 
 _BINDS = frozenset({"--bind", "--ro-bind", "--ro-bind-try", "--dev-bind"})
+
+
+def keeps(record: SandboxRecord) -> bool:
+    """Whether the sandbox's commands may enter a keeper (:mod:`keeper`) rather than each
+    start bwrap: a root hal's sandboxes on the host's /usr without host networking, when the
+    static launcher and the kernel can. Otherwise every command is a bwrap."""
+    return (
+        record.uid is not None
+        and record.spec.network != "host"
+        and record.spec.rootfs is None
+        and hostexec.launch_helper_enters()
+        and keepers.kernel_ok()
+    )
 
 
 def with_parents(args: list[str]) -> list[str]:
@@ -286,17 +301,17 @@ class BwrapSandbox(HostSandbox):
         args += ["--hostname", f"hal-{record.id}", "--remount-ro", "/"]
         self._args = with_parents(args)
         self._etc = owner.etc if spec.rootfs is None else None
+        self._keeps = keeps(record)
+        self._attached: tuple[keepers.Keeper, list[str]] | None = None
+        """The keeper and args for which this handle found every bind in place (a later
+        command with the same args skips the ``stat`` calls)."""
         self._accounts = record.uid is not None
         self._drop = sandboxuser.drop_privileges(
             record.uid, rootfs=spec.rootfs is not None, helper=helper
         )
 
-    def _argv(self, command: Command, env: Mapping[str, str], *, new_session: bool) -> list[str]:
-        cwd = self._paths.normalize(command.cwd or WORKDIR)
-        # A new session keeps a command from pushing keystrokes into a terminal (TIOCSTI).
-        session = ["--new-session"] if new_session else []
-        # What a host wrapper (tmux's pane) adds to the environment names host paths.
-        unset = [a for name in HOST_SESSION_VARS if name not in env for a in ("--unsetenv", name)]
+    def _bwrap_args(self) -> list[str]:
+        """The namespace and mount options of a command now (the current /etc view)."""
         args = self._args
         if self._etc is not None:
             view, dirs = self._etc.current(accounts=self._accounts)
@@ -304,6 +319,31 @@ class BwrapSandbox(HostSandbox):
             # The host's curated directories, live, over their mount points in the view.
             live = [a for name in dirs for a in ("--ro-bind-try", f"/etc/{name}", f"/etc/{name}")]
             args = [*args[:at], str(view), *args[at + 1 : at + 2], *live, *args[at + 2 :]]
+        return args
+
+    def _argv(self, command: Command, env: Mapping[str, str], *, new_session: bool) -> list[str]:
+        cwd = self._paths.normalize(command.cwd or WORKDIR)
+        # A new session keeps a command from pushing keystrokes into a terminal (TIOCSTI).
+        session = ["--new-session"] if new_session else []
+        # What a host wrapper (tmux's pane) adds to the environment names host paths.
+        unset = [a for name in HOST_SESSION_VARS if name not in env for a in ("--unsetenv", name)]
+        args = self._bwrap_args()
+        keeper = keepers.read(self.dir / RUN_DIR) if self._keeps else None
+        if keeper is not None and (keeper, args) == self._attached:
+            stale: list[str] | None = []  # found all there before, for these args
+        elif keeper is not None and (wanted := keepers.binds(args)) is not None:
+            stale = keepers.stale_mounts(keeper, wanted)
+            self._attached = None if stale else (keeper, args)
+        else:
+            stale = None
+        if keeper is not None and stale is not None:
+            enter = [str(keeper.pid), str(keeper.mnt_ino), cwd, "1" if new_session else "0"]
+            enter += [*unset, *stale]
+            inside = [*self._drop, *to_argv(command)]
+            return hostexec.launcher_argv(
+                self.id, self._procs, inside, seccomp=self._seccomp,
+                max_file_bytes=self._max_file, enter=enter,
+            )  # fmt: skip
         bwrap = [
             *self._net, self._bwrap, *session, *args, *unset,
             "--chdir", cwd, "--", *self._drop, *to_argv(command),
@@ -311,6 +351,27 @@ class BwrapSandbox(HostSandbox):
         return hostexec.launcher_argv(
             self.id, self._procs, bwrap, seccomp=self._seccomp, max_file_bytes=self._max_file
         )
+
+    def keeper_argv(self) -> list[str]:
+        """The argv of the sandbox's keeper (see :mod:`keeper`): the sandbox as a command
+        would get it, running ``sleep``; its pid on fd 3; no seccomp fd, and it outlives its
+        parent."""
+        args, kept = self._bwrap_args(), []
+        skip = 0
+        for index, arg in enumerate(args):
+            if skip:
+                skip -= 1
+            elif arg == "--die-with-parent":
+                pass
+            elif arg == "--seccomp":
+                skip = 1
+            else:
+                kept.append(args[index])
+        unset = [a for name in HOST_SESSION_VARS for a in ("--unsetenv", name)]
+        return [
+            self._bwrap, "--new-session", *kept, *unset, "--chdir", "/", "--info-fd", "3",
+            "--", *self._drop, "sleep", "infinity",
+        ]  # fmt: skip
 
     def launch(self, command: Command, *, env: Mapping[str, str] | None = None) -> Launch:
         """The host argv (launcher + bwrap) and exact env that run ``command`` inside."""
@@ -445,12 +506,41 @@ class BwrapProvider(HostProvider):
             if mount.writable:
                 sandboxuser.adopt(mount.source, record.uid)
 
+    async def prime(self, sandbox_id: str) -> None:
+        """Start a new pooled sandbox's keeper (:mod:`keeper`) while it waits idle, so that
+        its commands enter it rather than each start bwrap."""
+        record = self.store.load(sandbox_id)
+        if keeps(record):
+            await self._start_keeper(record)
+
+    async def _start_keeper(self, record: SandboxRecord) -> None:
+        directory = self.store.dir(record.id) / RUN_DIR
+        directory.mkdir(mode=0o700, exist_ok=True)  # here, not at create: one inode less
+        keepers.stop(directory)
+        handle = self._handle(record)
+        env = {keepers.MARKER_VAR: str(self.store.dir(record.id)), "PATH": "/usr/bin:/bin"}
+        await asyncio.to_thread(keepers.sweep)
+        helper = hostexec.launch_helper()
+        assert helper is not None  # keeps() holds
+        await keepers.start(helper, handle.keeper_argv(), env, directory)
+
+    async def reset(self, sandbox_id: str) -> HostSandbox:
+        """As :meth:`HostProvider.reset`, and without its keeper: nothing of the last task's
+        namespaces is left for the next (the pool primes it again, a fresh keeper, when no
+        claim waits for it)."""
+        keepers.stop(self.store.dir(sandbox_id) / RUN_DIR)
+        return await super().reset(sandbox_id)
+
     async def destroy(self, sandbox_id: str) -> None:
         """Stop and remove the sandbox, and give its uid back. Idempotent."""
         try:
             uid = self.store.load(sandbox_id).uid
         except (SandboxNotFound, ProviderError):
             uid = None
+        if not keepers.stop(self.store.dir(sandbox_id) / RUN_DIR) and uid is not None:
+            # No record (lost with a half-removed directory): found by its marker.
+            marker = str(self.store.dir(sandbox_id))
+            await hostexec.kill_marked_by(keepers.MARKER_VAR, marker, what="keeper")
         await super().destroy(sandbox_id)
         if uid is not None:
             sandboxuser.release(uid)

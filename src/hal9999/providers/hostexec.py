@@ -61,6 +61,28 @@ DRAIN_GRACE = 1.0
 KILL_DEADLINE = 3.0
 
 
+LAUNCH_HELPER_ENTER = b"hal-launch abi: enter"
+"""What a build of the static launcher that takes ``--enter`` holds (an older build would
+take the option for a sandbox name)."""
+
+
+def launch_helper_enters() -> bool:
+    """Whether the static launcher (:func:`launch_helper`) is in use and can run a command
+    in a keeper's namespaces (``--enter``, see :mod:`keeper`); :data:`LAUNCHER_SCRIPT`
+    cannot."""
+    helper = launch_helper()
+    return helper is not None and _takes_enter(helper)
+
+
+@functools.cache
+def _takes_enter(helper: str) -> bool:
+    try:
+        with open(helper, "rb") as program:
+            return LAUNCH_HELPER_ENTER in program.read()
+    except OSError:
+        return False
+
+
 @functools.cache
 def launch_helper(path: Path = LAUNCH_HELPER_BUILT) -> str | None:
     """The static launcher (``scripts/hal-launch.c``) when it is there and as trustworthy as
@@ -76,17 +98,24 @@ def launcher_argv(
     *,
     seccomp: str = "",
     max_file_bytes: int = 0,
+    enter: Sequence[str] = (),
     helper: str | Literal["auto"] | None = "auto",
 ) -> list[str]:
     """The host argv that marks the process as ``sandbox_id``'s, opens ``seccomp`` (a file)
     as :data:`SECCOMP_FD`, limits any one file to ``max_file_bytes`` (rounded up to whole
     :data:`FSIZE_BLOCK`; ``0``: no limit), joins the cgroups of ``join_files`` (see
     :meth:`cgroups.Cgroup.join_files`), then runs ``argv``: by ``helper`` (``auto``:
-    :func:`launch_helper`), or ``sh`` when there is none."""
+    :func:`launch_helper`), or ``sh`` when there is none. ``enter``: the options after
+    ``--enter`` that run ``argv`` in a keeper's namespaces instead (see :mod:`keeper`; the
+    caller has checked :func:`launch_helper_enters`)."""
     blocks = str(-(-max_file_bytes // FSIZE_BLOCK)) if max_file_bytes > 0 else ""
     if helper == "auto":
         helper = launch_helper()
     launcher = [helper] if helper else ["/bin/sh", "-c", LAUNCHER_SCRIPT, "hal-launch"]
+    if enter:
+        if not helper:
+            raise ValueError("only the static launcher enters a keeper")
+        launcher += ["--enter", *enter]
     return [*launcher, sandbox_id, seccomp, blocks, *join_files, "--", *argv]
 
 
@@ -215,7 +244,7 @@ async def stream(
             # What the command started in a session of its own (bwrap's --new-session, or
             # setsid) outlives the group kill; its marker finds it, so that closing the
             # stream returns only once the whole command is gone.
-            await _kill_marked_by(EXEC_MARKER_VAR, token, what="command")
+            await kill_marked_by(EXEC_MARKER_VAR, token, what="command")
         transport.close()
 
 
@@ -265,10 +294,11 @@ async def kill_marked(sandbox_id: str) -> None:
     The fallback when no cgroup tracks the sandbox: a process that scrubs its environment
     escapes it, which is why cgroups are preferred whenever the host offers one.
     """
-    await _kill_marked_by(MARKER_VAR, sandbox_id, what="sandbox")
+    await kill_marked_by(MARKER_VAR, sandbox_id, what="sandbox")
 
 
-async def _kill_marked_by(var: str, value: str, *, what: str) -> None:
+async def kill_marked_by(var: str, value: str, *, what: str) -> None:
+    """SIGKILL every process whose environment has ``var=value``, until none is left."""
     deadline = time.monotonic() + KILL_DEADLINE
     # The scan reads every host process's environment (a few ms with a few hundred): in a
     # thread, so a daemon's loop answers requests and moves other tasks meanwhile.

@@ -1,0 +1,213 @@
+"""A pooled bwrap sandbox's keeper: its namespaces, set up once, entered by every command.
+
+A bwrap command costs a fresh set of namespaces and every mount of the sandbox (~14 binds,
+each followed by a walk of the mount table): about 1.6x a bare ``bwrap true``. While a root
+hal's sandbox waits in the pool, hal starts its *keeper*: the same bwrap sandbox running
+nothing but ``sleep`` (as the sandbox's uid, marked as the sandbox's, outside its cgroup).
+Each command then enters the keeper's mount, network, IPC and UTS namespaces through the
+static launcher (``hal-launch --enter``, scripts/hal-launch.c) and still gets what bwrap
+gives it: a PID namespace of its own, its own copy of the mounts with a fresh ``/proc``, a
+cgroup namespace rooted at the sandbox's cgroups, a new session, the bounding set cut,
+no_new_privs, the seccomp filter and the uid switch.
+
+The keeper's mounts were bound when it started; a command's mounts are the sandbox's mounts
+*now* (a claim points the pool slot at the next task's session, the ``/etc`` view follows the
+host). So before each command :func:`stale_mounts` compares each bind's source on the host
+with what the keeper has at its target (through ``/proc/PID/root``, two ``stat`` calls), and
+the launcher attaches those that differ in the keeper's own mount namespace (``open_tree``
+on the host, ``move_mount`` inside): a task's first command attaches its session, the later
+ones find it there.
+
+The keeper is found by its record (:data:`KEEPER_FILE`): its host pid and the inode of its
+mount namespace, which the launcher checks again, so a dead keeper whose pid was reused is
+never entered. A dead or missing keeper means plain bwrap for each command. A reset kills
+it and starts a fresh one (nothing of a task's namespaces is left for the next), a stop kills
+it with the rest of the sandbox's marked processes, destroy kills it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from hal9999.errors import ProviderError
+
+MARKER_VAR = "HAL_KEEPER"
+"""In a keeper's environment: the sandbox's host directory (not ``HAL_SANDBOX``: it is hal's
+process, not the sandbox's; stop and reset leave it to :func:`stop`). A keeper whose
+directory is gone (removed without a destroy) is killed by :func:`sweep`."""
+SWEEP_EVERY = 60.0
+"""Seconds between two sweeps by one process (each reads every process's environment)."""
+_swept = [0.0]
+KEEPER_FILE = "keeper"
+"""In the sandbox's host-only directory: ``PID MNT_INO``."""
+MIN_KERNEL = (5, 12)
+"""``mount_setattr``, which attaching needs."""
+
+
+@dataclass(frozen=True)
+class Keeper:
+    """A live keeper: its host pid and its mount namespace's inode."""
+
+    pid: int
+    mnt_ino: int
+
+    def alive(self) -> bool:
+        """Whether the pid still holds that mount namespace."""
+        try:
+            return os.stat(f"/proc/{self.pid}/ns/mnt").st_ino == self.mnt_ino
+        except OSError:
+            return False
+
+
+def kernel_ok(release: str | None = None) -> bool:
+    """Whether the kernel has what attaching a mount into a keeper needs."""
+    text = release if release is not None else os.uname().release
+    try:
+        major, minor = (int(part) for part in text.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= MIN_KERNEL
+
+
+def read(directory: Path) -> Keeper | None:
+    """The keeper recorded in the sandbox's directory, if it is alive."""
+    try:
+        pid, ino = (int(word) for word in (directory / KEEPER_FILE).read_text().split())
+    except (OSError, ValueError):
+        return None
+    keeper = Keeper(pid, ino)
+    return keeper if keeper.alive() else None
+
+
+def binds(argv: Sequence[str]) -> list[tuple[str, str, bool]] | None:
+    """``(source, target, read_only)`` of each bind in a bwrap argv (up to ``--``) that a
+    keeper must have as the command would: all but ``/proc``'s (each command mounts its own
+    /proc) and ``/usr``. None for an argv with an option this does not know: such a command
+    runs under bwrap itself."""
+    out: list[tuple[str, str, bool]] = []
+    index = 0
+    while index < len(argv) and argv[index] != "--":
+        arg = argv[index]
+        if arg in ("--bind", "--ro-bind", "--ro-bind-try"):
+            source, target = argv[index + 1], argv[index + 2]
+            if not target.startswith("/proc/") and target != "/usr":
+                if arg != "--ro-bind-try" or os.path.exists(source):
+                    out.append((source, target, arg != "--bind"))
+            index += 3
+        elif arg == "--symlink":
+            index += 3
+        elif arg in _ONE_VALUE:
+            index += 2
+        elif arg in _NO_VALUE:
+            index += 1
+        else:
+            return None
+    return out
+
+
+_NO_VALUE = frozenset({
+    "--new-session", "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try",
+    "--unshare-net", "--die-with-parent",
+})  # fmt: skip
+_ONE_VALUE = frozenset({
+    "--cap-drop", "--cap-add", "--seccomp", "--dir", "--proc", "--dev", "--hostname",
+    "--remount-ro", "--unsetenv", "--chdir",
+})  # fmt: skip
+"""The options of a root hal's bwrap commands (providers/bwrap.py)."""
+
+
+def stale_mounts(keeper: Keeper, wanted: Sequence[tuple[str, str, bool]]) -> list[str]:
+    """``--attach`` options for each bind of ``wanted`` the keeper does not have as wanted
+    (its target shows another directory than the source does now), and for every bind under
+    one of those (attaching a target detaches what was mounted below it)."""
+    root = f"/proc/{keeper.pid}/root"
+    out: list[str] = []
+    attached: list[str] = []
+    for source, target, read_only in wanted:
+        under = any(target.startswith(t.rstrip("/") + "/") for t in attached)
+        if not under:
+            try:
+                have, want = os.stat(root + target), os.stat(source)
+                if (have.st_dev, have.st_ino) == (want.st_dev, want.st_ino):
+                    continue
+            except OSError:
+                pass
+        attached.append(target)
+        out += ["--attach", source, target, "1" if read_only else "0"]
+    return out
+
+
+async def start(
+    helper: str, argv: Sequence[str], env: Mapping[str, str], directory: Path
+) -> Keeper:
+    """Start a keeper with ``argv`` (bwrap ... ``--info-fd 3`` ... ``sleep``) by the static
+    launcher (``hal-launch --keep``), which detaches it and records it; the keeper."""
+    record = directory / KEEPER_FILE
+    proc = await asyncio.create_subprocess_exec(
+        helper, "--keep", str(record), "--", *argv, env=dict(env), cwd="/",
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await proc.communicate()
+    keeper = read(directory) if proc.returncode == 0 else None
+    if keeper is None:
+        said = err.decode(errors="replace").strip()
+        with contextlib.suppress(OSError):
+            said += " " + (directory / f"{KEEPER_FILE}.err").read_text(errors="replace").strip()
+        raise ProviderError(f"the sandbox's keeper did not start: {said.strip()[:300]}")
+    return keeper
+
+
+def sweep(*, now: float | None = None) -> int:
+    """Kill keepers whose sandbox directory is gone (a ``HAL_HOME`` removed by hand, a test's
+    temporary one), at most every :data:`SWEEP_EVERY` seconds; how many."""
+    now = time.monotonic() if now is None else now
+    if now - _swept[0] < SWEEP_EVERY:
+        return 0
+    _swept[0] = now
+    killed = 0
+    prefix = f"\0{MARKER_VAR}=".encode()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as environ:
+                found = (b"\0" + environ.read()).split(prefix, 1)
+        except OSError:
+            continue
+        if len(found) < 2:
+            continue
+        directory = os.fsdecode(found[1].split(b"\0", 1)[0])
+        if directory.startswith("/") and not os.path.isdir(directory):
+            with contextlib.suppress(OSError):
+                os.kill(int(name), signal.SIGKILL)
+                killed += 1
+    return killed
+
+
+def stop(directory: Path) -> bool:
+    """Kill the sandbox's keeper (if alive: a reused pid is left alone) and forget it;
+    whether there was a record of one."""
+    path = directory / KEEPER_FILE
+    try:
+        pid, ino = (int(word) for word in path.read_text().split())
+    except (OSError, ValueError):
+        return False
+    with contextlib.suppress(OSError):
+        # The pidfd pins the process: checked, then signalled, the same one.
+        fd = os.pidfd_open(pid)
+        try:
+            if os.stat(f"/proc/{pid}/ns/mnt").st_ino == ino:
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+        finally:
+            os.close(fd)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    return True

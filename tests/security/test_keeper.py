@@ -1,0 +1,195 @@
+"""A root hal's pooled bwrap sandbox runs its commands in its keeper's namespaces
+(providers/keeper.py, ``hal-launch --enter``): each command still has a PID namespace and a
+/proc of its own, a claim's session is what the next command sees (read-only where bound so),
+a keeper that is gone or a record that names anything but a keeper never gives a command the
+host's namespaces, and nothing of a keeper outlives its sandbox.
+
+The boundary tests (test_boundary.py) run on the keeper path too."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from hal9999.pool import ProviderSettings, SlotDir, WarmPool
+from hal9999.providers import hostexec, keeper
+from hal9999.providers.bwrap import RUN_DIR, BwrapProvider, BwrapSandbox, keeps
+from hal9999.spec import Bind, SandboxSpec, ShellCommand
+
+pytestmark = pytest.mark.bwrap
+
+
+@pytest.fixture
+async def provider(hal_home: Path) -> AsyncIterator[BwrapProvider]:
+    made = BwrapProvider(state_dir=hal_home / "sandboxes" / "bwrap")
+    yield made
+    for info in await made.list():
+        await made.destroy(info.id)
+
+
+async def kept(provider: BwrapProvider, tmp_path: Path, name: str = "a") -> BwrapSandbox:
+    """A primed sandbox whose commands enter its keeper (skips where there is none)."""
+    (tmp_path / name).mkdir()
+    box = await provider.create(SandboxSpec(workspace=tmp_path / name))
+    if not keeps(provider.store.load(box.id)):
+        pytest.skip("a keeper: hal as root, with build/hal-launch, Linux 5.12+")
+    await provider.prime(box.id)
+    handle = await provider.get(box.id)
+    assert isinstance(handle, BwrapSandbox)
+    assert "--enter" in handle.launch(ShellCommand(script="true")).argv
+    return handle
+
+
+async def run(box: BwrapSandbox, script: str) -> str:
+    result = await box.exec(ShellCommand(script=script), timeout=60)
+    assert result.ok, result.stderr.decode() + result.stdout.decode()
+    return result.text()
+
+
+async def test_each_command_has_its_own_pid_namespace_and_proc(
+    provider: BwrapProvider, tmp_path: Path
+) -> None:
+    box = await kept(provider, tmp_path)
+    sleeper = asyncio.ensure_future(box.exec(ShellCommand(script="sleep 30"), timeout=60))
+    try:
+        await asyncio.sleep(0.3)
+        seen = await run(box, "echo $$; ls /proc | grep -E '^[0-9]+$' | sort -n | tr '\\n' ' '")
+    finally:
+        sleeper.cancel()
+        await asyncio.gather(sleeper, return_exceptions=True)
+    own_pid, pids = seen.splitlines()
+    assert own_pid == "2", "the command is PID 2 under a minimal init"
+    # Its init, itself and its ls/grep/sort/tr: no keeper, no sleep of the other command.
+    assert "1" in pids.split() and all(int(p) < 10 for p in pids.split()), pids
+    # Its PID 1 (uid 0, as bwrap's reaper) keeps no capability, and has the filter.
+    status = await run(box, "grep -E '^(Cap(Prm|Eff|Bnd)|NoNewPrivs|Seccomp):' /proc/1/status")
+    fields = dict(line.split()[:2] for line in status.splitlines())
+    assert fields == {
+        "CapPrm:": "0000000000000000", "CapEff:": "0000000000000000",
+        "CapBnd:": "0000000000000000", "NoNewPrivs:": "1", "Seccomp:": "2",
+    }, status  # fmt: skip
+
+
+async def test_a_claimed_session_is_what_the_next_command_sees(
+    hal_home: Path, tmp_path: Path
+) -> None:
+    provider = BwrapProvider(state_dir=hal_home / "sandboxes" / "bwrap")
+    pool = WarmPool(
+        providers=lambda name: provider,
+        settings=lambda name: ProviderSettings(max_size=1),
+        slots=SlotDir(hal_home / "pool"),
+    )
+
+    def spec(n: int) -> SandboxSpec:
+        session = tmp_path / f"s{n}"
+        for name in ("workspace", "input"):
+            (session / name).mkdir(parents=True)
+        (session / "input" / "prompt").write_text(f"task {n}\n")
+        return SandboxSpec(
+            workspace=session / "workspace",
+            binds=(Bind(source=session / "input", target="/hal", read_only=True),),
+        )
+
+    try:
+        assert await pool.warm(spec(0), 1) == 1
+        for n in (1, 2):
+            lease = await pool.claim(spec(n), task_id=f"t{n}")
+            try:
+                box = lease.sandbox
+                assert isinstance(box, BwrapSandbox)
+                if not keeps(provider.store.load(box.id)):
+                    pytest.skip("a keeper: hal as root, with build/hal-launch, Linux 5.12+")
+                assert "--enter" in box.launch(ShellCommand(script="true")).argv
+                await box.adopt(box.workdir)  # as a task does with its checkout
+                out = await run(
+                    box, "cat /hal/prompt; touch /workspace/mine; touch /hal/x 2>&1 || echo ro"
+                )
+                assert out.splitlines()[0] == f"task {n}"
+                assert out.splitlines()[-1] == "ro", out
+                assert (tmp_path / f"s{n}" / "workspace" / "mine").exists()
+                assert not (tmp_path / f"s{n}" / "input" / "x").exists()
+                # A second command finds the session attached already.
+                assert "--attach" not in box.launch(ShellCommand(script="true")).argv
+            finally:
+                await pool.release(lease)
+    finally:
+        await pool.drain()
+
+
+async def test_a_dead_keeper_means_bwrap(provider: BwrapProvider, tmp_path: Path) -> None:
+    box = await kept(provider, tmp_path)
+    found = keeper.read(box.dir / RUN_DIR)
+    assert found is not None
+    os.kill(found.pid, 9)
+    for _ in range(100):
+        if not found.alive():
+            break
+        await asyncio.sleep(0.01)
+    argv = box.launch(ShellCommand(script="true")).argv
+    assert "--enter" not in argv and any(a.endswith("bwrap") for a in argv)
+    assert (await run(box, "echo ok")).strip() == "ok"
+
+
+@pytest.mark.parametrize("forged", ["the launcher's own", "a reused pid"])
+async def test_a_record_naming_no_keeper_stops_the_command(
+    provider: BwrapProvider, tmp_path: Path, forged: str
+) -> None:
+    box = await kept(provider, tmp_path)
+    record = box.dir / RUN_DIR / keeper.KEEPER_FILE
+    real = keeper.read(box.dir / RUN_DIR)
+    assert real is not None
+    launch = box.launch(ShellCommand(script="touch /workspace/ran"))
+    argv = list(launch.argv)
+    at = argv.index("--enter")
+    if forged == "the launcher's own":
+        # What a forged record would name: a process in the host's namespaces (ours).
+        argv[at + 1] = str(os.getpid())
+        argv[at + 2] = str(os.stat("/proc/self/ns/mnt").st_ino)
+    else:
+        argv[at + 1] = str(os.getpid())  # alive, but not holding the keeper's namespace
+    proc = await asyncio.create_subprocess_exec(
+        *argv, env=launch.env, cwd=launch.cwd, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 125, err
+    assert b"hal-launch" in err
+    assert not (tmp_path / "a" / "ran").exists(), "the command never ran"
+    assert record.exists()
+
+
+async def gone(box: BwrapSandbox) -> bool:
+    """Whether no process is marked as ``box``'s keeper (a killed one may take a few ms to
+    exit)."""
+    for _ in range(200):
+        if not hostexec._pids_marked(keeper.MARKER_VAR, str(box.dir)):
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+async def test_nothing_of_a_keeper_outlives_its_sandbox(
+    provider: BwrapProvider, tmp_path: Path
+) -> None:
+    box = await kept(provider, tmp_path)
+    assert hostexec._pids_marked(keeper.MARKER_VAR, str(box.dir))
+    await provider.destroy(box.id)
+    assert await gone(box)
+    # And when its record went missing: found by its marker.
+    again = await kept(provider, tmp_path, "b")
+    (again.dir / RUN_DIR / keeper.KEEPER_FILE).unlink()
+    await provider.destroy(again.id)
+    assert await gone(again)
+    # And when its whole directory went (a HAL_HOME removed by hand): the next sweep.
+    third = await kept(provider, tmp_path, "c")
+    away = third.dir.with_name("away")
+    third.dir.rename(away)
+    try:
+        assert keeper.sweep(now=time.monotonic() + keeper.SWEEP_EVERY * 2) >= 1
+        assert await gone(third)
+    finally:
+        away.rename(third.dir)  # for the fixture's destroy (its cgroup, its uid)
