@@ -1,9 +1,11 @@
 """The pool primes a new idle sandbox of a provider that asks for it (a microVM's first
-command pays for translating its command path: issue 16), and destroys one whose priming
-fails instead of handing it out."""
+command pays for translating its command path; a root hal's bwrap sandbox gets its keeper:
+issue 16), and destroys one whose priming fails instead of handing it out; a reset sandbox is
+primed again unless a claim waits for it."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ import pytest
 from hal9999.errors import ProviderError
 from hal9999.pool import ProviderSettings, SlotDir, WarmPool
 from hal9999.pool.slots import SandboxPrime
+from hal9999.providers.bwrap import BwrapProvider
 from hal9999.providers.fake import FakeProvider
 from hal9999.providers.qemu import QemuProvider
 from hal9999.spec import SandboxSpec
@@ -49,8 +52,9 @@ def spec_of(tmp_path: Path) -> SandboxSpec:
     return SandboxSpec(provider="fake", workspace=tmp_path / "workspace")
 
 
-def test_qemu_primes_and_the_others_do_not() -> None:
+def test_qemu_and_bwrap_prime_and_the_others_do_not() -> None:
     assert issubclass(QemuProvider, SandboxPrime)
+    assert issubclass(BwrapProvider, SandboxPrime)
     assert not hasattr(FakeProvider, "prime")
 
 
@@ -73,3 +77,46 @@ async def test_a_sandbox_whose_priming_fails_is_destroyed_not_pooled(tmp_path: P
         await pool.warm(spec_of(tmp_path), 1)
     assert provider.primed and provider.destroyed == provider.primed
     assert pool.entries == []
+
+
+async def test_a_reset_sandbox_is_primed_again_when_nobody_waits(tmp_path: Path) -> None:
+    provider = Primed(tmp_path / "state")
+    pool = make(tmp_path, provider)
+    assert await pool.warm(spec_of(tmp_path), 1) == 1
+    lease = await pool.claim(spec_of(tmp_path))
+    await pool.release(lease)
+    assert provider.primed == [lease.sandbox.id, lease.sandbox.id]
+    await pool.drain()
+
+
+async def test_a_reset_sandbox_a_claim_waits_for_is_handed_over_unprimed(tmp_path: Path) -> None:
+    provider = Primed(tmp_path / "state")
+    settings = ProviderSettings.model_validate({"max_size": 1})
+    pool = WarmPool(
+        providers=lambda name: provider,
+        settings=lambda name: settings,
+        slots=SlotDir(tmp_path / "slots"),
+    )
+    assert await pool.warm(spec_of(tmp_path), 1) == 1
+    first = await pool.claim(spec_of(tmp_path))
+    waiting = asyncio.ensure_future(pool.claim(spec_of(tmp_path)))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    await pool.release(first)
+    second = await asyncio.wait_for(waiting, 5)
+    assert second.sandbox.id == first.sandbox.id
+    assert provider.primed == [first.sandbox.id], "primed when warmed, not after the reset"
+    await pool.release(second)
+    await pool.drain()
+
+
+async def test_a_failed_prime_after_a_reset_keeps_the_sandbox(tmp_path: Path) -> None:
+    provider = Primed(tmp_path / "state")
+    pool = make(tmp_path, provider)
+    assert await pool.warm(spec_of(tmp_path), 1) == 1
+    lease = await pool.claim(spec_of(tmp_path))
+    provider.fail = True
+    await pool.release(lease)
+    assert [e.id for e in pool.entries if e.state == "idle"] == [lease.sandbox.id]
+    assert provider.destroyed == []
+    await pool.drain()

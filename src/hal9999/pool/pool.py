@@ -86,6 +86,8 @@ class WarmPool:
         self.paused = False
         """Set by :meth:`drain`: nothing is kept warm and returned sandboxes are destroyed."""
         self._cond = asyncio.Condition()
+        self._waiting = 0
+        """Claims waiting for a sandbox to come free (a reset then hands it over unprimed)."""
         self._writes = asyncio.Lock()
         """Orders the sandbox records' writes, which run in threads (off the event loop)."""
         self._background: set[asyncio.Task[Any]] = set()
@@ -191,8 +193,12 @@ class WarmPool:
                         f"no {spec.provider} sandbox became free within {timeout:g}s",
                         hint=f"raise HAL_{spec.provider.upper()}_MAX_POOL_SIZE",
                     )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._cond.wait(), remaining)
+                self._waiting += 1
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._cond.wait(), remaining)
+                finally:
+                    self._waiting -= 1
         try:
             sandbox = await (self._hand_over(entry, spec) if warm else self._create(entry, spec))
         except BaseException:
@@ -277,6 +283,13 @@ class WarmPool:
         # The provider swaps the sandbox's own dirs from the host and verifies the result; a
         # wipe from inside cannot pass the 000 and 555 directories a task may leave.
         await provider.reset(entry.id)
+        if isinstance(provider, SandboxPrime) and not self._waiting:
+            # Primed again (bwrap: a fresh keeper) while nobody waits for it; a claim that
+            # waits takes it as it is: under a queue, a prime would cost more than it saves.
+            try:
+                await provider.prime(entry.id)
+            except (HalError, OSError) as exc:
+                logger.warning("priming sandbox %s after its reset failed: %s", entry.id, exc)
 
     async def _destroy(self, entry: Entry) -> None:
         """Destroy the sandbox (if it was created) and give its room back."""
