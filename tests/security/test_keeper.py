@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from hal9999.errors import ProviderError
 from hal9999.pool import ProviderSettings, SlotDir, WarmPool
 from hal9999.providers import hostexec, keeper
 from hal9999.providers.bwrap import RUN_DIR, BwrapProvider, BwrapSandbox, keeps
@@ -193,3 +194,22 @@ async def test_nothing_of_a_keeper_outlives_its_sandbox(
         assert await gone(third)
     finally:
         away.rename(third.dir)  # for the fixture's destroy (its cgroup, its uid)
+
+
+async def test_a_keeper_that_cannot_start_leaves_a_whole_sandbox(
+    provider: BwrapProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "a").mkdir()
+    box = await provider.create(SandboxSpec(workspace=tmp_path / "a"))
+    if not keeps(provider.store.load(box.id)):
+        pytest.skip("a keeper: hal as root, with build/hal-launch, Linux 5.12+")
+
+    async def fails(*args: object) -> None:
+        raise ProviderError("bwrap: no keeper today")
+
+    monkeypatch.setattr(keeper, "start", fails)
+    await provider.prime(box.id)  # logged, not raised: the pool keeps the sandbox
+    handle = await provider.get(box.id)
+    assert isinstance(handle, BwrapSandbox)
+    assert "--enter" not in handle.launch(ShellCommand(script="true")).argv
+    assert (await run(handle, "echo ok")).strip() == "ok"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 import shutil
 from collections.abc import Mapping
@@ -36,6 +37,8 @@ from hal9999.providers import keeper as keepers
 from hal9999.providers.base import Capabilities, Command, ExecResult, Launch
 from hal9999.providers.hostsandbox import HostProvider, HostSandbox, SandboxRecord
 from hal9999.spec import ArgvCommand, to_argv
+
+logger = logging.getLogger(__name__)
 
 WORKDIR = "/workspace"
 HOME = "/home/hal"
@@ -508,10 +511,15 @@ class BwrapProvider(HostProvider):
 
     async def prime(self, sandbox_id: str) -> None:
         """Start a new pooled sandbox's keeper (:mod:`keeper`) while it waits idle, so that
-        its commands enter it rather than each start bwrap."""
+        its commands enter it rather than each start bwrap. A keeper that cannot start is
+        logged, not raised: the sandbox is whole without one (each command is a bwrap)."""
         record = self.store.load(sandbox_id)
-        if keeps(record):
+        if not keeps(record):
+            return
+        try:
             await self._start_keeper(record)
+        except (ProviderError, OSError) as exc:
+            logger.warning("sandbox %s runs without a keeper: %s", sandbox_id, exc)
 
     async def _start_keeper(self, record: SandboxRecord) -> None:
         directory = self.store.dir(record.id) / RUN_DIR
