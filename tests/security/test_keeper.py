@@ -213,3 +213,48 @@ async def test_a_keeper_that_cannot_start_leaves_a_whole_sandbox(
     assert isinstance(handle, BwrapSandbox)
     assert "--enter" not in handle.launch(ShellCommand(script="true")).argv
     assert (await run(handle, "echo ok")).strip() == "ok"
+
+
+async def test_a_nested_bind_without_its_mount_point_runs_under_bwrap_first(
+    hal_home: Path, tmp_path: Path
+) -> None:
+    provider = BwrapProvider(state_dir=hal_home / "sandboxes" / "bwrap")
+    pool = WarmPool(
+        providers=lambda name: provider,
+        settings=lambda name: ProviderSettings(max_size=1),
+        slots=SlotDir(hal_home / "pool"),
+    )
+
+    def spec(n: int) -> SandboxSpec:
+        session = tmp_path / f"s{n}"
+        for name in ("workspace", "home", "ref"):
+            (session / name).mkdir(parents=True)
+        (session / "ref" / "note").write_text(f"ref {n}\n")
+        return SandboxSpec(
+            workspace=session / "workspace",
+            binds=(
+                Bind(source=session / "home", target="/home/hal", read_only=False),
+                Bind(source=session / "ref", target="/home/hal/ref", read_only=True),
+            ),
+        )
+
+    try:
+        assert await pool.warm(spec(0), 1) == 1
+        lease = await pool.claim(spec(1), task_id="t1")
+        try:
+            box = lease.sandbox
+            assert isinstance(box, BwrapSandbox)
+            if not keeps(provider.store.load(box.id)):
+                pytest.skip("a keeper: hal as root, with build/hal-launch, Linux 5.12+")
+            # The session's home has no ref/ for the nested bind: bwrap makes it.
+            assert "--enter" not in box.launch(ShellCommand(script="true")).argv
+            assert (await run(box, "cat /home/hal/ref/note")).strip() == "ref 1"
+            # Now it has: the keeper takes the session, nested bind and all.
+            argv = box.launch(ShellCommand(script="true")).argv
+            assert "--enter" in argv and "/home/hal/ref" in argv
+            out = await run(box, "cat /home/hal/ref/note; touch /home/hal/ref/x 2>&1 || echo ro")
+            assert out.splitlines()[0] == "ref 1" and out.splitlines()[-1] == "ro", out
+        finally:
+            await pool.release(lease)
+    finally:
+        await pool.drain()

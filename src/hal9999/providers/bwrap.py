@@ -336,7 +336,7 @@ class BwrapSandbox(HostSandbox):
             stale: list[str] | None = []  # found all there before, for these args
         elif keeper is not None and (wanted := keepers.binds(args)) is not None:
             stale = keepers.stale_mounts(keeper, wanted)
-            self._attached = None if stale else (keeper, args)
+            self._attached = None if stale or stale is None else (keeper, args)
         else:
             stale = None
         if keeper is not None and stale is not None:

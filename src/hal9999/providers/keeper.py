@@ -123,10 +123,12 @@ _ONE_VALUE = frozenset({
 """The options of a root hal's bwrap commands (providers/bwrap.py)."""
 
 
-def stale_mounts(keeper: Keeper, wanted: Sequence[tuple[str, str, bool]]) -> list[str]:
+def stale_mounts(keeper: Keeper, wanted: Sequence[tuple[str, str, bool]]) -> list[str] | None:
     """``--attach`` options for each bind of ``wanted`` the keeper does not have as wanted
     (its target shows another directory than the source does now), and for every bind under
-    one of those (attaching a target detaches what was mounted below it)."""
+    one of those (attaching a target detaches what was mounted below it). None when a bind
+    to attach lies inside another bind whose source has no mount point for it (bwrap makes
+    one there; the launcher does not): that command runs under bwrap itself."""
     root = f"/proc/{keeper.pid}/root"
     out: list[str] = []
     attached: list[str] = []
@@ -139,9 +141,23 @@ def stale_mounts(keeper: Keeper, wanted: Sequence[tuple[str, str, bool]]) -> lis
                     continue
             except OSError:
                 pass
+        if not _has_mount_point(target, wanted):
+            return None
         attached.append(target)
         out += ["--attach", source, target, "1" if read_only else "0"]
     return out
+
+
+def _has_mount_point(target: str, wanted: Sequence[tuple[str, str, bool]]) -> bool:
+    """Whether ``target`` exists in the source of the deepest other bind it lies in (a
+    top-level target is on the keeper's own root, made when it started)."""
+    parents = [
+        (t, s) for s, t, _ in wanted if t != target and target.startswith(t.rstrip("/") + "/")
+    ]
+    if not parents:
+        return True
+    parent, parent_source = max(parents, key=lambda pair: len(pair[0]))
+    return os.path.lexists(parent_source + target[len(parent.rstrip("/")) :])
 
 
 async def start(
