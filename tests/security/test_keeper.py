@@ -258,3 +258,22 @@ async def test_a_nested_bind_without_its_mount_point_runs_under_bwrap_first(
             await pool.release(lease)
     finally:
         await pool.drain()
+
+
+async def test_destroying_a_sandbox_that_never_had_a_keeper_scans_for_none(
+    provider: BwrapProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "a").mkdir()
+    box = await provider.create(SandboxSpec(workspace=tmp_path / "a"))
+    if not keeps(provider.store.load(box.id)):
+        pytest.skip("a keeper: hal as root, with build/hal-launch, Linux 5.12+")
+    scans: list[str] = []
+    real = hostexec.kill_marked_by
+
+    async def counted(var: str, value: str, *, what: str) -> None:
+        scans.append(var)
+        await real(var, value, what=what)
+
+    monkeypatch.setattr(hostexec, "kill_marked_by", counted)
+    await provider.destroy(box.id)
+    assert keeper.MARKER_VAR not in scans, "a scan of every process for a keeper never started"

@@ -545,8 +545,10 @@ class BwrapProvider(HostProvider):
             uid = self.store.load(sandbox_id).uid
         except (SandboxNotFound, ProviderError):
             uid = None
-        if not keepers.stop(self.store.dir(sandbox_id) / RUN_DIR) and uid is not None:
-            # No record (lost with a half-removed directory): found by its marker.
+        run = self.store.dir(sandbox_id) / RUN_DIR
+        if not keepers.stop(run) and uid is not None and run.is_dir():
+            # A keeper was started (it made run/) but its record is gone: found by its
+            # marker. Without run/ there never was one: no scan of every process.
             marker = str(self.store.dir(sandbox_id))
             await hostexec.kill_marked_by(keepers.MARKER_VAR, marker, what="keeper")
         await super().destroy(sandbox_id)
