@@ -33,12 +33,26 @@ async def provider(hal_home: Path) -> AsyncIterator[BwrapProvider]:
         await made.destroy(info.id)
 
 
+def require_keeper(provider: BwrapProvider, sandbox_id: str) -> None:
+    """Skip where the sandbox can have no keeper (not root, no build/hal-launch, old kernel)."""
+    if not keeps(provider.store.load(sandbox_id)):
+        pytest.skip("a keeper: hal as root, with build/hal-launch, Linux 5.12+")
+
+
+def pool_of(provider: BwrapProvider, hal_home: Path) -> WarmPool:
+    """A pool of one sandbox of ``provider``."""
+    return WarmPool(
+        providers=lambda name: provider,
+        settings=lambda name: ProviderSettings(max_size=1),
+        slots=SlotDir(hal_home / "pool"),
+    )
+
+
 async def kept(provider: BwrapProvider, tmp_path: Path, name: str = "a") -> BwrapSandbox:
     """A primed sandbox whose commands enter its keeper (skips where there is none)."""
     (tmp_path / name).mkdir()
     box = await provider.create(SandboxSpec(workspace=tmp_path / name))
-    if not keeps(provider.store.load(box.id)):
-        pytest.skip("a keeper: hal as root, with build/hal-launch, Linux 5.12+")
+    require_keeper(provider, box.id)
     await provider.prime(box.id)
     handle = await provider.get(box.id)
     assert isinstance(handle, BwrapSandbox)
@@ -77,14 +91,9 @@ async def test_each_command_has_its_own_pid_namespace_and_proc(
 
 
 async def test_a_claimed_session_is_what_the_next_command_sees(
-    hal_home: Path, tmp_path: Path
+    provider: BwrapProvider, hal_home: Path, tmp_path: Path
 ) -> None:
-    provider = BwrapProvider(state_dir=hal_home / "sandboxes" / "bwrap")
-    pool = WarmPool(
-        providers=lambda name: provider,
-        settings=lambda name: ProviderSettings(max_size=1),
-        slots=SlotDir(hal_home / "pool"),
-    )
+    pool = pool_of(provider, hal_home)
 
     def spec(n: int) -> SandboxSpec:
         session = tmp_path / f"s{n}"
@@ -103,8 +112,7 @@ async def test_a_claimed_session_is_what_the_next_command_sees(
             try:
                 box = lease.sandbox
                 assert isinstance(box, BwrapSandbox)
-                if not keeps(provider.store.load(box.id)):
-                    pytest.skip("a keeper: hal as root, with build/hal-launch, Linux 5.12+")
+                require_keeper(provider, box.id)
                 assert "--enter" in box.launch(ShellCommand(script="true")).argv
                 await box.adopt(box.workdir)  # as a task does with its checkout
                 out = await run(
@@ -201,8 +209,7 @@ async def test_a_keeper_that_cannot_start_leaves_a_whole_sandbox(
 ) -> None:
     (tmp_path / "a").mkdir()
     box = await provider.create(SandboxSpec(workspace=tmp_path / "a"))
-    if not keeps(provider.store.load(box.id)):
-        pytest.skip("a keeper: hal as root, with build/hal-launch, Linux 5.12+")
+    require_keeper(provider, box.id)
 
     async def fails(*args: object) -> None:
         raise ProviderError("bwrap: no keeper today")
@@ -216,14 +223,9 @@ async def test_a_keeper_that_cannot_start_leaves_a_whole_sandbox(
 
 
 async def test_a_nested_bind_without_its_mount_point_runs_under_bwrap_first(
-    hal_home: Path, tmp_path: Path
+    provider: BwrapProvider, hal_home: Path, tmp_path: Path
 ) -> None:
-    provider = BwrapProvider(state_dir=hal_home / "sandboxes" / "bwrap")
-    pool = WarmPool(
-        providers=lambda name: provider,
-        settings=lambda name: ProviderSettings(max_size=1),
-        slots=SlotDir(hal_home / "pool"),
-    )
+    pool = pool_of(provider, hal_home)
 
     def spec(n: int) -> SandboxSpec:
         session = tmp_path / f"s{n}"
@@ -244,8 +246,7 @@ async def test_a_nested_bind_without_its_mount_point_runs_under_bwrap_first(
         try:
             box = lease.sandbox
             assert isinstance(box, BwrapSandbox)
-            if not keeps(provider.store.load(box.id)):
-                pytest.skip("a keeper: hal as root, with build/hal-launch, Linux 5.12+")
+            require_keeper(provider, box.id)
             # The session's home has no ref/ for the nested bind: bwrap makes it.
             assert "--enter" not in box.launch(ShellCommand(script="true")).argv
             assert (await run(box, "cat /home/hal/ref/note")).strip() == "ref 1"
@@ -265,8 +266,7 @@ async def test_destroying_a_sandbox_that_never_had_a_keeper_scans_for_none(
 ) -> None:
     (tmp_path / "a").mkdir()
     box = await provider.create(SandboxSpec(workspace=tmp_path / "a"))
-    if not keeps(provider.store.load(box.id)):
-        pytest.skip("a keeper: hal as root, with build/hal-launch, Linux 5.12+")
+    require_keeper(provider, box.id)
     scans: list[str] = []
     real = hostexec.kill_marked_by
 
