@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from hal9999.errors import ExecError
-from hal9999.providers import bwrap, cgroups, hostetc, hostexec, hostfs, sandboxuser
+from hal9999.providers import bwrapargs, cgroups, hostetc, hostexec, hostfs, sandboxuser
 from hal9999.providers.bwrap import PROC_READ_ONLY, BwrapProvider, BwrapSandbox
 from hal9999.providers.hostsandbox import RecordStore
 from hal9999.spec import ArgvCommand, Resources, SandboxSpec, ShellCommand
@@ -380,11 +380,11 @@ async def test_a_claims_fresh_handle_redoes_no_work_and_a_command_reads_no_full_
         resolved: list[str] = []
         realpath = os.path.realpath
         monkeypatch.setattr(hostfs.os.path, "realpath", lambda p: resolved.append(p) or realpath(p))
-        before = bwrap._with_parents.cache_info().hits
+        before = bwrapargs._with_parents.cache_info().hits
         again = await provider.get(box.id)
         # The pool makes a handle on every claim: its argv is the one worked out before, and
         # mount sources are resolved when a file operation first needs them, not up front.
-        assert bwrap._with_parents.cache_info().hits == before + 1
+        assert bwrapargs._with_parents.cache_info().hits == before + 1
         assert resolved == []
         assert (
             again.launch(ArgvCommand(argv=("true",))).argv

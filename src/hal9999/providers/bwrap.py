@@ -6,14 +6,14 @@ them, with all namespaces unshared, every capability dropped, a seccomp filter, 
 ``/usr`` and a curated read-only ``/etc``, as a host uid of the sandbox's own when hal runs
 as root (:mod:`sandboxuser`; docs/security.md). Nothing in Python sits in the exec path: a
 small launcher (:func:`hostexec.launcher_argv`) joins the cgroup and execs bwrap, so the
-per-command cost is bwrap's.
+per-command cost is bwrap's. The options each command's bwrap gets are built in
+:mod:`bwrapargs`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import shutil
@@ -35,25 +35,26 @@ from hal9999.providers import (
 )
 from hal9999.providers import keeper as keepers
 from hal9999.providers.base import Capabilities, Command, ExecResult, Launch
+from hal9999.providers.bwrapargs import (
+    ETC_VIEW,
+    HOME,
+    WORKDIR,
+    namespace_args,
+    sandbox_mounts,
+    system_args,
+    with_parents,
+)
 from hal9999.providers.hostsandbox import HostProvider, HostSandbox, SandboxRecord
 from hal9999.spec import ArgvCommand, to_argv
 
 logger = logging.getLogger(__name__)
 
-WORKDIR = "/workspace"
-HOME = "/home/hal"
-MERGED_USR = ("bin", "sbin", "lib", "lib64", "lib32", "libx32")
-ETC_VIEW = "\0etc-view"
-"""Stands for the current :class:`hostetc.EtcView` in a handle's argv until each exec."""
-ROOTFS_SKIP = frozenset({"proc", "dev", "sys", "tmp", "run", "home", "workspace"})
 PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs", "acpi")
 """Host-wide writers under /proc: read-only inside whatever the sandbox's uid (as Docker)."""
 PROC_COVERED_AS_ROOT = ("sysrq-trigger", "irq", "bus")
 """What bwrap binds read-only over its own /proc when it can write them, i.e. run as real
 root (``--proc``: it covers ``sys`` too, but never can, as the kernel refuses write access
 to ``/proc/sys`` itself even to root): a bind of ours would be a second mount on each."""
-DROP_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")
-"""What setpriv needs to switch uid and empty the bounding set; gone once it has."""
 HOST_SESSION_VARS = (
     "TMUX", "TMUX_PANE", "TERM_PROGRAM", "TERM_PROGRAM_VERSION", "STY", "WINDOW",
     "SSH_AUTH_SOCK", "SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY", "DISPLAY", "WAYLAND_DISPLAY",
@@ -94,38 +95,6 @@ class BwrapConfig(BaseModel):
     abstract unix socket of the host (docs/security.md)."""
 
 
-@functools.lru_cache(maxsize=8)
-def system_args(rootfs: Path | None, ro_paths: tuple[Path, ...]) -> tuple[str, ...]:
-    """The read-only system part: host /usr and the curated /etc (:data:`ETC_VIEW`, see
-    :mod:`hostetc`), or the whole of ``rootfs``."""
-    args: list[str] = []
-    if rootfs is None:
-        args += ["--ro-bind", "/usr", "/usr"]
-        for name in MERGED_USR:
-            host = Path("/", name)
-            if host.is_symlink():
-                args += ["--symlink", os.readlink(host), str(host)]
-            elif host.is_dir():
-                args += ["--ro-bind", str(host), str(host)]
-        args += ["--ro-bind", ETC_VIEW, "/etc"]
-        # /var/tmp is where some tools put bigger temp files; share /tmp's directory.
-        args += ["--dir", "/var", "--symlink", "../tmp", "/var/tmp"]
-    else:
-        for entry in sorted(os.scandir(rootfs), key=lambda e: e.name):
-            if entry.name in ROOTFS_SKIP:
-                continue
-            if entry.is_symlink():
-                args += ["--symlink", os.readlink(entry.path), f"/{entry.name}"]
-            else:
-                args += ["--ro-bind", entry.path, f"/{entry.name}"]
-    for path in ro_paths:
-        args += ["--ro-bind-try", str(path), str(path)]
-    return tuple(args)
-
-
-_BINDS = frozenset({"--bind", "--ro-bind", "--ro-bind-try", "--dev-bind"})
-
-
 def keeps(record: SandboxRecord) -> bool:
     """Whether the sandbox's commands may enter a keeper (:mod:`keeper`) rather than each
     start bwrap: a root hal's sandboxes on the host's /usr without host networking, when the
@@ -137,114 +106,6 @@ def keeps(record: SandboxRecord) -> bool:
         and hostexec.launch_helper_enters()
         and keepers.kernel_ok()
     )
-
-
-def with_parents(args: list[str]) -> list[str]:
-    """``args`` with a ``--dir`` (mode 0755) before each bind whose parents do not exist yet.
-
-    bwrap makes missing parents of a bind target itself, but running as root it makes
-    them mode 0700, which the sandbox's own uid could not enter (``/etc``, ``/home``).
-    """
-    return list(_with_parents(tuple(args)))
-
-
-@functools.lru_cache(maxsize=64)
-def _with_parents(args: tuple[str, ...]) -> tuple[str, ...]:
-    # The same sandbox gets the same args on every claim, start and reset: worked out once.
-    out: list[str] = []
-    made: set[str] = {"/"}
-    bound: list[str] = []
-    index = 0
-    while index < len(args):
-        arg = args[index]
-        if arg in _BINDS or arg == "--symlink":
-            target = args[index + 2]
-            for parent in _parents(target):
-                if parent in made:
-                    continue
-                if not any(parent == b or parent.startswith(b + "/") for b in bound):
-                    out += ["--dir", parent]
-                    made.add(parent)
-            bound.append(target)
-            out += args[index : index + 3]
-            index += 3
-            continue
-        if arg in ("--dir", "--proc", "--dev", "--tmpfs"):
-            made.add(args[index + 1])
-        out.append(arg)
-        index += 1
-    return tuple(out)
-
-
-def _parents(target: str) -> list[str]:
-    """The parents of ``target``, outermost first (``/`` included), as ``Path.parents`` says;
-    by string for the absolute, normal paths hal builds (every handle runs this)."""
-    if not target.startswith("/") or "//" in target or "/." in target or target.endswith("/"):
-        return [str(p) for p in reversed(Path(target).parents)]
-    cuts = [i for i, char in enumerate(target) if char == "/"]
-    return ["/", *(target[:i] for i in cuts[1:])]
-
-
-def namespace_args(
-    record: SandboxRecord, *, seccomp_fd: bool, shared_net: bool, usernet_wired: bool
-) -> list[str]:
-    """Namespaces, capabilities and the seccomp filter.
-
-    Run by an ordinary user, bwrap makes a user namespace mapping that user, and nested ones
-    are disabled. Run by root, a user namespace would map the sandbox to host uid 0 (which
-    the kernel's sysctl and keyring checks treat as root), so bwrap makes none: it sets up
-    the mounts as root and the command drops to the sandbox's own uid (see
-    :func:`sandboxuser.drop_privileges`); the filter then refuses nested user namespaces.
-    The network namespace is the host's only with ``shared_net``; ``host`` mode otherwise
-    has its own, wired by :mod:`usernet` when ``usernet_wired`` (its launcher runs first).
-    """
-    network = shared_net
-    if record.uid is None:
-        args = ["--unshare-all", "--unshare-user", "--disable-userns"]
-        if usernet_wired:
-            # Inside the namespaces usernet's `unshare` made: its network, and the user's
-            # own ids (there, bwrap's own uid is 0).
-            network = True
-            args += ["--uid", str(os.getuid()), "--gid", str(os.getgid())]
-        args += ["--share-net"] if network else []
-        args += ["--cap-drop", "ALL"]
-    else:
-        args = ["--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try"]
-        args += [] if network else ["--unshare-net"]
-        # Only what the drop to the sandbox's uid needs (see DROP_CAPS).
-        args += ["--cap-drop", "ALL"]
-        args += [arg for cap in DROP_CAPS for arg in ("--cap-add", cap)]
-    args.append("--die-with-parent")
-    if seccomp_fd:
-        args += ["--seccomp", str(hostexec.SECCOMP_FD)]
-    if usernet_wired:
-        args += usernet.bwrap_args()
-    return args
-
-
-def sandbox_mounts(record: SandboxRecord, directory: Path) -> list[hostfs.Mount]:
-    """The workspace, home, tmp and the spec's binds of the sandbox whose directory is
-    ``directory``, parents before children (a bind inside the workspace would otherwise be
-    hidden by it)."""
-    spec = record.spec
-    # Keyed by target: a later bind of the same target wins, in bwrap as in the PathMap.
-    binds = {
-        hostfs.normalize(b.target, "/"): hostfs.Mount(
-            hostfs.normalize(b.target, "/"), b.source, not b.read_only
-        )
-        for b in spec.binds
-    }
-    # The sandbox's own dirs, unless a bind takes their place (e.g. a session's home).
-    own = [
-        hostfs.Mount(target, source, writable=True)
-        for target, source in (
-            (WORKDIR, spec.workspace or directory / "workspace"),
-            (HOME, directory / "home"),
-            ("/tmp", directory / "tmp"),
-        )
-        if target not in binds
-    ]
-    return sorted([*own, *binds.values()], key=lambda m: m.target.count("/"))
 
 
 class BwrapSandbox(HostSandbox):
