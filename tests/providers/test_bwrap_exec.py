@@ -16,7 +16,8 @@ import pytest
 
 from hal9999.errors import ExecError
 from hal9999.providers import bwrapargs, cgroups, hostetc, hostexec, hostfs, sandboxuser
-from hal9999.providers.bwrap import PROC_READ_ONLY, BwrapProvider, BwrapSandbox
+from hal9999.providers.bwrap import BwrapProvider, BwrapSandbox
+from hal9999.providers.bwrapargs import PROC_READ_ONLY
 from hal9999.providers.hostsandbox import RecordStore
 from hal9999.spec import ArgvCommand, Resources, SandboxSpec, ShellCommand
 

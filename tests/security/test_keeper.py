@@ -18,7 +18,7 @@ import pytest
 
 from hal9999.errors import ProviderError
 from hal9999.pool import ProviderSettings, SlotDir, WarmPool
-from hal9999.providers import hostexec, keeper
+from hal9999.providers import hostexec, keeper, seccomp
 from hal9999.providers.bwrap import RUN_DIR, BwrapProvider, BwrapSandbox, keeps
 from hal9999.spec import Bind, SandboxSpec, ShellCommand
 
@@ -277,3 +277,25 @@ async def test_destroying_a_sandbox_that_never_had_a_keeper_scans_for_none(
     monkeypatch.setattr(hostexec, "kill_marked_by", counted)
     await provider.destroy(box.id)
     assert keeper.MARKER_VAR not in scans, "a scan of every process for a keeper never started"
+
+
+async def test_a_keepers_bwrap_is_a_commands_without_the_filter_fd_or_die_with_parent(
+    provider: BwrapProvider, tmp_path: Path
+) -> None:
+    (tmp_path / "a").mkdir()
+    box = await provider.create(SandboxSpec(workspace=tmp_path / "a"))
+    assert isinstance(box, BwrapSandbox)
+    launched = box.launch(ShellCommand(script="true")).argv  # no keeper: a bwrap
+    command = launched[launched.index(provider.bwrap) : launched.index("--chdir")]
+    kept = box.keeper_argv()
+    kept = kept[: kept.index("--chdir")]
+    # A command dies with its launcher and reads the filter from its fd; the keeper does
+    # neither (it outlives hal-launch --keep, which opens no filter).
+    assert "--die-with-parent" in command
+    assert ("--seccomp" in command) == seccomp.supported()
+    assert "--die-with-parent" not in kept
+    assert "--seccomp" not in kept
+    # Otherwise the same sandbox: every other option of a command, in the same order.
+    at = command.index("--seccomp") if "--seccomp" in command else len(command)
+    without = [a for a in command[:at] + command[at + 2 :] if a != "--die-with-parent"]
+    assert kept == without

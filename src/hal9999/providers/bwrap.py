@@ -39,9 +39,9 @@ from hal9999.providers.bwrapargs import (
     ETC_VIEW,
     HOME,
     WORKDIR,
+    mount_args,
     namespace_args,
     sandbox_mounts,
-    system_args,
     with_parents,
 )
 from hal9999.providers.hostsandbox import HostProvider, HostSandbox, SandboxRecord
@@ -49,12 +49,6 @@ from hal9999.spec import ArgvCommand, to_argv
 
 logger = logging.getLogger(__name__)
 
-PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs", "acpi")
-"""Host-wide writers under /proc: read-only inside whatever the sandbox's uid (as Docker)."""
-PROC_COVERED_AS_ROOT = ("sysrq-trigger", "irq", "bus")
-"""What bwrap binds read-only over its own /proc when it can write them, i.e. run as real
-root (``--proc``: it covers ``sys`` too, but never can, as the kernel refuses write access
-to ``/proc/sys`` itself even to root): a bind of ours would be a second mount on each."""
 HOST_SESSION_VARS = (
     "TMUX", "TMUX_PANE", "TERM_PROGRAM", "TERM_PROGRAM_VERSION", "STY", "WINDOW",
     "SSH_AUTH_SOCK", "SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY", "DISPLAY", "WAYLAND_DISPLAY",
@@ -134,36 +128,24 @@ class BwrapSandbox(HostSandbox):
         userns = record.uid is None
         # Without slirp4netns the namespace stays empty (loopback only): it fails closed.
         self._net = usernet.prefix(str(directory / RUN_DIR), slirp, userns=userns) if slirp else []
-        args = namespace_args(
+        self._shared_net = shared_net
+        namespaces = namespace_args(
             record,
             seccomp_fd=bool(self._seccomp),
             shared_net=shared_net,
             usernet_wired=bool(self._net),
+            die_with_parent=True,
         )
-        args += system_args(spec.rootfs, owner.config.ro_paths)
-        if host_net and not shared_net and spec.rootfs is None:
-            # The host's resolver may live on its loopback, out of reach: slirp's forwarder.
-            args += ["--ro-bind", str(directory / ETC_DIR / "resolv.conf"), "/etc/resolv.conf"]
-        helper = False
-        if record.uid is not None and spec.rootfs is None:
-            # One mount for our own account files (the sandbox user has a name, the host's
-            # users stay hidden; the /etc view links to them) and the static uid switch
-            # (~2 ms less per command than setpriv's loader and locale), when prepared.
-            etc = directory / ETC_DIR
-            args += ["--ro-bind", str(etc), sandboxuser.OWN_DIR]
-            helper = os.path.isfile(etc / DROP_FILE)
-        if record.uid is not None and spec.rootfs is not None:
-            args += ["--ro-bind", "/usr", sandboxuser.HOST_USR]
-        args += ["--proc", "/proc", "--dev", "/dev"]
-        covered = PROC_COVERED_AS_ROOT if record.uid is not None else ()
-        for name in PROC_READ_ONLY:
-            if name not in covered:
-                args += ["--ro-bind-try", f"/proc/{name}", f"/proc/{name}"]
-        for mount in mounts:
-            args += ["--bind" if mount.writable else "--ro-bind", str(mount.source), mount.target]
-        # Nothing may be left behind in the root tmpfs: every exec gets a fresh one.
-        args += ["--hostname", f"hal-{record.id}", "--remount-ro", "/"]
-        self._args = with_parents(args)
+        etc = directory / ETC_DIR
+        self._mounts = with_parents(
+            mount_args(record, mounts, etc, ro_paths=owner.config.ro_paths, shared_net=shared_net)
+        )
+        self._args = [*namespaces, *self._mounts]
+        # The static uid switch (~2 ms less per command than setpriv's loader and locale),
+        # when prepared.
+        helper = (
+            record.uid is not None and spec.rootfs is None and os.path.isfile(etc / DROP_FILE)
+        )
         self._etc = owner.etc if spec.rootfs is None else None
         self._keeps = keeps(record)
         self._attached: tuple[keepers.Keeper, list[str]] | None = None
@@ -174,9 +156,10 @@ class BwrapSandbox(HostSandbox):
             record.uid, rootfs=spec.rootfs is not None, helper=helper
         )
 
-    def _bwrap_args(self) -> list[str]:
-        """The namespace and mount options of a command now (the current /etc view)."""
-        args = self._args
+    def _bwrap_args(self, namespaces: list[str] | None = None) -> list[str]:
+        """The namespace and mount options of a command now (the current /etc view); with
+        other ``namespaces`` than a command's (the keeper's) before the mounts."""
+        args = self._args if namespaces is None else [*namespaces, *self._mounts]
         if self._etc is not None:
             view, dirs = self._etc.current(accounts=self._accounts)
             at = args.index(ETC_VIEW)
@@ -220,21 +203,17 @@ class BwrapSandbox(HostSandbox):
         """The argv of the sandbox's keeper (see :mod:`keeper`): the sandbox as a command
         would get it, running ``sleep``; its pid on fd 3; no seccomp fd, and it outlives its
         parent."""
-        args, kept = self._bwrap_args(), []
-        skip = 0
-        for index, arg in enumerate(args):
-            if skip:
-                skip -= 1
-            elif arg == "--die-with-parent":
-                pass
-            elif arg == "--seccomp":
-                skip = 1
-            else:
-                kept.append(args[index])
+        namespaces = namespace_args(
+            self._record,
+            seccomp_fd=False,
+            shared_net=self._shared_net,
+            usernet_wired=bool(self._net),
+            die_with_parent=False,
+        )
         unset = [a for name in HOST_SESSION_VARS for a in ("--unsetenv", name)]
         return [
-            self._bwrap, "--new-session", *kept, *unset, "--chdir", "/", "--info-fd", "3",
-            "--", *self._drop, "sleep", "infinity",
+            self._bwrap, "--new-session", *self._bwrap_args(namespaces), *unset,
+            "--chdir", "/", "--info-fd", "3", "--", *self._drop, "sleep", "infinity",
         ]  # fmt: skip
 
     def launch(self, command: Command, *, env: Mapping[str, str] | None = None) -> Launch:

@@ -10,7 +10,7 @@ import functools
 import os
 from pathlib import Path
 
-from hal9999.providers import hostexec, hostfs, usernet
+from hal9999.providers import hostexec, hostfs, sandboxuser, usernet
 from hal9999.providers.hostsandbox import SandboxRecord
 
 WORKDIR = "/workspace"
@@ -21,6 +21,12 @@ MERGED_USR = ("bin", "sbin", "lib", "lib64", "lib32", "libx32")
 ETC_VIEW = "\0etc-view"
 """Stands for the current :class:`hostetc.EtcView` in a handle's argv until each exec."""
 ROOTFS_SKIP = frozenset({"proc", "dev", "sys", "tmp", "run", "home", "workspace"})
+PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs", "acpi")
+"""Host-wide writers under /proc: read-only inside whatever the sandbox's uid (as Docker)."""
+PROC_COVERED_AS_ROOT = ("sysrq-trigger", "irq", "bus")
+"""What bwrap binds read-only over its own /proc when it can write them, i.e. run as real
+root (``--proc``: it covers ``sys`` too, but never can, as the kernel refuses write access
+to ``/proc/sys`` itself even to root): a bind of ours would be a second mount on each."""
 DROP_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")
 """What setpriv needs to switch uid and empty the bounding set; gone once it has."""
 
@@ -104,9 +110,16 @@ def _parents(target: str) -> list[str]:
 
 
 def namespace_args(
-    record: SandboxRecord, *, seccomp_fd: bool, shared_net: bool, usernet_wired: bool
+    record: SandboxRecord,
+    *,
+    seccomp_fd: bool,
+    shared_net: bool,
+    usernet_wired: bool,
+    die_with_parent: bool,
 ) -> list[str]:
-    """Namespaces, capabilities and the seccomp filter.
+    """Namespaces, capabilities and the seccomp filter (from the launcher's fd, with
+    ``seccomp_fd``); ``die_with_parent`` for a command, not for a keeper, which outlives
+    the launcher that starts it (:mod:`keeper`).
 
     Run by an ordinary user, bwrap makes a user namespace mapping that user, and nested ones
     are disabled. Run by root, a user namespace would map the sandbox to host uid 0 (which
@@ -132,11 +145,47 @@ def namespace_args(
         # Only what the drop to the sandbox's uid needs (see DROP_CAPS).
         args += ["--cap-drop", "ALL"]
         args += [arg for cap in DROP_CAPS for arg in ("--cap-add", cap)]
-    args.append("--die-with-parent")
+    if die_with_parent:
+        args.append("--die-with-parent")
     if seccomp_fd:
         args += ["--seccomp", str(hostexec.SECCOMP_FD)]
     if usernet_wired:
         args += usernet.bwrap_args()
+    return args
+
+
+def mount_args(
+    record: SandboxRecord,
+    mounts: list[hostfs.Mount],
+    etc: Path,
+    *,
+    ro_paths: tuple[Path, ...],
+    shared_net: bool,
+) -> list[str]:
+    """Everything a command sees, as bwrap options: the read-only system, our own account
+    files (``etc``, the sandbox's host-made files), ``/proc`` and ``/dev``, the sandbox's
+    ``mounts`` (:func:`sandbox_mounts`), its hostname and a read-only root. Missing parents
+    are not made here (:func:`with_parents`)."""
+    spec = record.spec
+    args = list(system_args(spec.rootfs, ro_paths))
+    if spec.network == "host" and not shared_net and spec.rootfs is None:
+        # The host's resolver may live on its loopback, out of reach: slirp's forwarder.
+        args += ["--ro-bind", str(etc / "resolv.conf"), "/etc/resolv.conf"]
+    if record.uid is not None and spec.rootfs is None:
+        # One mount for our own account files (the sandbox user has a name, the host's
+        # users stay hidden; the /etc view links to them) and the static uid switch.
+        args += ["--ro-bind", str(etc), sandboxuser.OWN_DIR]
+    if record.uid is not None and spec.rootfs is not None:
+        args += ["--ro-bind", "/usr", sandboxuser.HOST_USR]
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    covered = PROC_COVERED_AS_ROOT if record.uid is not None else ()
+    for name in PROC_READ_ONLY:
+        if name not in covered:
+            args += ["--ro-bind-try", f"/proc/{name}", f"/proc/{name}"]
+    for mount in mounts:
+        args += ["--bind" if mount.writable else "--ro-bind", str(mount.source), mount.target]
+    # Nothing may be left behind in the root tmpfs: every exec gets a fresh one.
+    args += ["--hostname", f"hal-{record.id}", "--remount-ro", "/"]
     return args
 
 
