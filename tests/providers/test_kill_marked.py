@@ -1,16 +1,21 @@
 """``kill_marked``'s scan of every host process runs off the event loop (issue 16: a daemon's
-other tasks and requests waited behind it at every pool reset)."""
+other tasks and requests waited behind it at every pool reset); it and the keepers' sweep
+read each environment the same way (:func:`hostexec.environ_values`)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import secrets
 import sys
 import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
-from hal9999.providers import hostexec
+from hal9999.providers import hostexec, keeper
 
 
 async def test_the_scan_runs_in_a_thread_and_still_kills_the_marked(
@@ -38,3 +43,54 @@ async def test_the_scan_runs_in_a_thread_and_still_kills_the_marked(
             proc.kill()
             await proc.wait()
     assert scanned_in and loop_thread not in scanned_in
+
+
+# Execs sleep with exactly the environment given as arguments (duplicates kept, as a
+# dict-based exec cannot): what a process may make its own environment look like.
+EXEC_RAW = """
+import ctypes, sys
+entries = [a.encode() for a in sys.argv[1:]] + [None]
+argv = (ctypes.c_char_p * 3)(b"/bin/sleep", b"60", None)
+ctypes.CDLL(None).execve(b"/bin/sleep", argv, (ctypes.c_char_p * len(entries))(*entries))
+"""
+
+
+@contextlib.asynccontextmanager
+async def _with_environ(*entries: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", EXEC_RAW, *entries)
+    try:
+        for _ in range(500):  # until the exec
+            if os.readlink(f"/proc/{proc.pid}/exe").endswith("sleep"):
+                break
+            await asyncio.sleep(0.01)
+        yield proc
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+
+async def test_a_scan_sees_every_whole_entry_of_its_variable() -> None:
+    var = f"HAL_TEST_{secrets.token_hex(4).upper()}"
+    entries = (f"{var}=first", f"X{var}=not-it", "OTHER=1", f"{var}=second", f"{var}X=no")
+    async with _with_environ(*entries) as proc:
+        found = [v for pid, v in hostexec.environ_values(var) if pid == proc.pid]
+        assert found == [b"first", b"second"]
+        # A marker kill finds a process whatever entry carries the marker, only whole ones.
+        assert hostexec._pids_marked(var, "second") == {proc.pid}
+        assert hostexec._pids_marked(var, "secon") == set()
+        assert hostexec._pids_marked(var, "not-it") == set()
+
+
+async def test_the_sweep_kills_a_keeper_whose_directory_is_gone_and_no_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(keeper, "_swept", [0.0])  # this test's sweep leaves the next alone
+    gone = tmp_path / "gone"
+    ours = (f"{keeper.MARKER_VAR}={tmp_path}", "PATH=/usr/bin:/bin")
+    theirs = (f"{keeper.MARKER_VAR}={gone}", f"{keeper.MARKER_VAR}={gone}")  # listed twice
+    async with _with_environ(*ours) as live, _with_environ(*theirs) as orphan:
+        assert keeper.sweep(now=float("inf")) >= 1
+        assert await asyncio.wait_for(orphan.wait(), 5) == -9
+        assert live.returncode is None

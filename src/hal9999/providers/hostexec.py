@@ -14,7 +14,7 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -270,11 +270,17 @@ def marked_pids(sandbox_id: str) -> set[int]:
 
 
 def _pids_marked(var: str, value: str) -> set[int]:
+    wanted = value.encode()
+    return {pid for pid, found in environ_values(var) if found == wanted}
+
+
+def environ_values(var: str) -> Iterator[tuple[int, bytes]]:
+    """``(pid, value)`` for each ``var=value`` entry in a host process's environment (each
+    one, as a process may list a variable twice); a process that exits meanwhile, or is
+    not ours to read, is passed over."""
     # Every host process, on every stop and destroy: one open, read and close each (see
-    # hostread), and no split of the whole environment.
-    needle = f"{var}={value}".encode()
-    whole = b"\0" + needle + b"\0"
-    found: set[int] = set()
+    # hostread), and no split of an environment that does not name the variable.
+    key = f"{var}=".encode()
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -282,10 +288,13 @@ def _pids_marked(var: str, value: str) -> set[int]:
             environ = read_all(f"/proc/{name}/environ")
         except OSError:
             continue  # exited meanwhile, or not ours to read
-        # One of its NUL-separated entries (the last may lack its NUL) is exactly the needle.
-        if needle in environ and whole in b"\0" + environ + b"\0":
-            found.add(int(name))
-    return found
+        if key not in environ:
+            continue
+        pid = int(name)
+        # NUL-separated entries (the last may lack its NUL); only whole ones count.
+        for entry in environ.split(b"\0"):
+            if entry.startswith(key):
+                yield pid, entry[len(key) :]
 
 
 async def kill_marked(sandbox_id: str) -> None:

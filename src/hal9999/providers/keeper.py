@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hal9999.errors import ProviderError
+from hal9999.providers import hostexec
 
 MARKER_VAR = "HAL_KEEPER"
 """In a keeper's environment: the sandbox's host directory (not ``HAL_SANDBOX``: it is hal's
@@ -188,23 +189,16 @@ def sweep(*, now: float | None = None) -> int:
     if now - _swept[0] < SWEEP_EVERY:
         return 0
     _swept[0] = now
-    killed = 0
-    prefix = f"\0{MARKER_VAR}=".encode()
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/environ", "rb") as environ:
-                found = (b"\0" + environ.read()).split(prefix, 1)
-        except OSError:
-            continue
-        if len(found) < 2:
-            continue
-        directory = os.fsdecode(found[1].split(b"\0", 1)[0])
+    doomed: set[int] = set()  # a pid once, however many entries name a gone directory
+    for pid, value in hostexec.environ_values(MARKER_VAR):
+        directory = os.fsdecode(value)
         if directory.startswith("/") and not os.path.isdir(directory):
-            with contextlib.suppress(OSError):
-                os.kill(int(name), signal.SIGKILL)
-                killed += 1
+            doomed.add(pid)
+    killed = 0
+    for pid in doomed:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
     return killed
 
 
