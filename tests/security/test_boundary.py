@@ -15,14 +15,14 @@ import pwd
 import secrets
 import threading
 import zipfile
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.security.conftest import primed
 
 from hal9999.providers import cgroups, hostexec, sandboxuser
-from hal9999.providers.bwrap import BwrapProvider, BwrapSandbox, keeps
+from hal9999.providers.bwrap import BwrapProvider, BwrapSandbox
 from hal9999.spec import Bind, SandboxSpec, ShellCommand
 
 pytestmark = pytest.mark.bwrap
@@ -30,32 +30,23 @@ pytestmark = pytest.mark.bwrap
 
 @pytest.fixture(params=["bwrap", "keeper"])
 async def sandbox(
-    hal_home: Path, tmp_path: Path, request: pytest.FixtureRequest
-) -> AsyncIterator[BwrapSandbox]:
+    provider: BwrapProvider, tmp_path: Path, request: pytest.FixtureRequest
+) -> BwrapSandbox:
     """A sandbox shaped like a task's: a workspace and a home bound from a session. Each
     test runs twice: every command a bwrap, and (a root hal's pooled sandbox) every command
-    in the sandbox's keeper's namespaces (providers/keeper.py)."""
+    in the sandbox's keeper's namespaces (providers/keeper.py). The provider destroys it."""
     session = tmp_path / "session"
     for name in ("workspace", "home"):
         (session / name).mkdir(parents=True)
-    provider = BwrapProvider(state_dir=hal_home / "sandboxes" / "bwrap")
     spec = SandboxSpec(
         workspace=session / "workspace",
         binds=(Bind(source=session / "home", target="/home/hal", read_only=False),),
     )
     created = await provider.create(spec)
     assert isinstance(created, BwrapSandbox)
-    try:
-        if request.param == "keeper":
-            if not keeps(provider.store.load(created.id)):
-                pytest.skip("a keeper: hal as root, with build/hal-launch, Linux 5.12+")
-            await provider.prime(created.id)
-            created = await provider.get(created.id)
-            assert isinstance(created, BwrapSandbox)
-            assert "--enter" in created.launch(ShellCommand(script="true")).argv
-        yield created
-    finally:
-        await provider.destroy(created.id)
+    if request.param == "keeper":
+        return await primed(provider, created.id)
+    return created
 
 
 async def sh(sandbox: BwrapSandbox, script: str) -> str:

@@ -11,53 +11,24 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from tests.security.conftest import pool_of, primed, require_keeper
 
 from hal9999.errors import ProviderError
-from hal9999.pool import ProviderSettings, SlotDir, WarmPool
 from hal9999.providers import hostexec, keeper, seccomp
-from hal9999.providers.bwrap import RUN_DIR, BwrapProvider, BwrapSandbox, keeps
+from hal9999.providers.bwrap import RUN_DIR, BwrapProvider, BwrapSandbox
 from hal9999.spec import Bind, SandboxSpec, ShellCommand
 
 pytestmark = pytest.mark.bwrap
-
-
-@pytest.fixture
-async def provider(hal_home: Path) -> AsyncIterator[BwrapProvider]:
-    made = BwrapProvider(state_dir=hal_home / "sandboxes" / "bwrap")
-    yield made
-    for info in await made.list():
-        await made.destroy(info.id)
-
-
-def require_keeper(provider: BwrapProvider, sandbox_id: str) -> None:
-    """Skip where the sandbox can have no keeper (not root, no build/hal-launch, old kernel)."""
-    if not keeps(provider.store.load(sandbox_id)):
-        pytest.skip("a keeper: hal as root, with build/hal-launch, Linux 5.12+")
-
-
-def pool_of(provider: BwrapProvider, hal_home: Path) -> WarmPool:
-    """A pool of one sandbox of ``provider``."""
-    return WarmPool(
-        providers=lambda name: provider,
-        settings=lambda name: ProviderSettings(max_size=1),
-        slots=SlotDir(hal_home / "pool"),
-    )
 
 
 async def kept(provider: BwrapProvider, tmp_path: Path, name: str = "a") -> BwrapSandbox:
     """A primed sandbox whose commands enter its keeper (skips where there is none)."""
     (tmp_path / name).mkdir()
     box = await provider.create(SandboxSpec(workspace=tmp_path / name))
-    require_keeper(provider, box.id)
-    await provider.prime(box.id)
-    handle = await provider.get(box.id)
-    assert isinstance(handle, BwrapSandbox)
-    assert "--enter" in handle.launch(ShellCommand(script="true")).argv
-    return handle
+    return await primed(provider, box.id)
 
 
 async def run(box: BwrapSandbox, script: str) -> str:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tests.security.conftest import pool_of
 
-from hal9999.pool import ProviderSettings, SlotDir, WarmPool
 from hal9999.providers import hostexec
 from hal9999.providers.bwrap import RUN_DIR, BwrapProvider, keeps
 from hal9999.spec import Bind, SandboxSpec, ShellCommand
@@ -59,14 +59,9 @@ def task_spec(root: Path, n: int) -> SandboxSpec:
 
 
 async def test_the_next_task_on_a_warm_sandbox_sees_nothing_the_last_one_left(
-    hal_home: Path, tmp_path: Path
+    provider: BwrapProvider, hal_home: Path, tmp_path: Path
 ) -> None:
-    provider = BwrapProvider(state_dir=hal_home / "sandboxes" / "bwrap")
-    pool = WarmPool(
-        providers=lambda name: provider,
-        settings=lambda name: ProviderSettings(max_size=1),
-        slots=SlotDir(hal_home / "pool"),
-    )
+    pool = pool_of(provider, hal_home)
     # Warmed first, as the daemon's pool is: task 1 runs on a primed sandbox (with a root
     # hal, in its keeper's namespaces), as task 2 does after the reset.
     assert await pool.warm(task_spec(tmp_path, 0), 1) == 1
