@@ -64,7 +64,7 @@ async def test_the_checkout_hal_writes_never_writes_outside_it(
     """The checkout of a snapshot is filled by hal's `read-tree` (not `git clone`): a source
     tree whose entries lead out through a link, or into `.git`, writes nothing outside."""
     from hal9999.errors import RepoError
-    from hal9999.tasks import gitrepo, mirror
+    from hal9999.tasks import gitdir, gitrepo, mirror
 
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -86,9 +86,9 @@ async def test_the_checkout_hal_writes_never_writes_outside_it(
     snap = await mirror.snapshot_for(tmp_path / "home", str(repo), session, None)
     assert snap is not None
     made: list[bool] = []
-    write_git_dir = gitrepo._write_git_dir
+    write_git_dir = gitdir.write_git_dir
     monkeypatch.setattr(
-        gitrepo, "_write_git_dir", lambda *a: made.append(write_git_dir(*a)) or made[-1]
+        gitdir, "write_git_dir", lambda *a: made.append(write_git_dir(*a)) or made[-1]
     )
     source = gitrepo.RepoSource("local", str(repo))
     try:

@@ -14,7 +14,7 @@ import pytest
 from tests.tasks.test_bringback import BRANCH, World, git
 
 from hal9999.errors import RepoError
-from hal9999.tasks import gitrepo, mirror
+from hal9999.tasks import gitdir, gitrepo, mirror
 
 
 @pytest.fixture
@@ -56,11 +56,11 @@ def test_a_config_not_in_gits_plain_form_is_left_to_git(tmp_path: Path) -> None:
     config.parent.mkdir()
     twice = '[remote "origin"]\n\turl = /a\n\turl = /b\n'
     config.write_text(twice)
-    assert gitrepo._forget_origin_url(config.parent) is False
+    assert gitdir.forget_origin_url(config.parent) is False
     assert config.read_text() == twice
     continued = '[remote "origin"]\n\turl = /a\\\n/b\n'
     config.write_text(continued)
-    assert gitrepo._forget_origin_url(config.parent) is False
+    assert gitdir.forget_origin_url(config.parent) is False
     assert config.read_text() == continued
 
 
@@ -99,10 +99,10 @@ def test_a_ref_in_the_way_is_left_to_git(tmp_path: Path) -> None:
     (git_dir / "HEAD").write_text("ref: refs/heads/main\n")
     (git_dir / "refs" / "heads" / "main").write_text(f"{commit}\n")
     (git_dir / "refs" / "heads" / "hal").write_text(f"{commit}\n")  # a branch `hal`
-    assert gitrepo._new_branch(git_dir, "hal/x") is False
+    assert gitdir.new_branch(git_dir, "hal/x") is False
     (git_dir / "refs" / "heads" / "hal").unlink()
     (git_dir / "packed-refs").write_text(f"{commit} refs/heads/hal\n")
-    assert gitrepo._new_branch(git_dir, "hal/x") is False
+    assert gitdir.new_branch(git_dir, "hal/x") is False
     assert (git_dir / "HEAD").read_text() == "ref: refs/heads/main\n"
     assert sorted(p.name for p in (git_dir / "refs" / "heads").iterdir()) == ["main"]
 
@@ -184,7 +184,7 @@ async def test_a_borrowed_checkout_is_what_clone_shared_made_with_one_git(
     mine_calls = list(git_calls)
     git_calls.clear()
     with monkeypatch.context() as patch:
-        patch.setattr(gitrepo, "_write_git_dir", lambda *a: False)
+        patch.setattr(gitdir, "write_git_dir", lambda *a: False)
         assert await gitrepo.clone(src, ref, theirs, BRANCH, borrow=snap) == base
     # Issue 16: was clone (with sh and git-upload-pack) [+ rev-parse, checkout --detach];
     # a ref is looked up as before (itself, then origin/REF).
@@ -281,8 +281,8 @@ async def test_anything_but_the_plain_layout_is_left_to_git(
     with pytest.raises(RepoError):
         await gitrepo.resolve_source(None, declared)
     for config in ("[core]\n\tbare = true\n", "[core]\n\tbare\n", "[include]\n\tpath = x\n"):
-        assert gitrepo._CONFIG_ASIDE.search(config), config
-    assert not gitrepo._CONFIG_ASIDE.search("[core]\n\tbare = false\n\tlogallrefupdates = true\n")
+        assert gitdir._CONFIG_ASIDE.search(config), config
+    assert not gitdir._CONFIG_ASIDE.search("[core]\n\tbare = false\n\tlogallrefupdates = true\n")
     bare = tmp_path / "bare.git"
     git(tmp_path, "init", "-q", "--bare", str(bare))
     with pytest.raises(RepoError, match="bare repository"):
@@ -327,7 +327,7 @@ async def test_a_worktree_set_in_any_form_git_reads_is_left_to_git(
             file.write("[core]\n\trepositoryformatversion = 1\n")
         (repo / ".git" / "config.worktree").write_text(f"[core]\n\tworktree = {elsewhere}\n")
     assert git(repo, "rev-parse", "--show-toplevel") == str(elsewhere)  # as git reads it
-    assert gitrepo._plain_top(repo) is None
+    assert gitdir.plain_top(repo) is None
 
 
 @pytest.mark.parametrize("ref", [None, "side"])
@@ -338,14 +338,14 @@ async def test_a_borrowed_checkout_names_the_sessions_link_from_its_first_write(
     # one naming the session's link, and HEAD was replaced (through HEAD.lock) once or twice
     # more: a new inode and a freed one each, per task.
     written: list[int] = []
-    write_git_dir = gitrepo._write_git_dir
+    write_git_dir = gitdir.write_git_dir
 
     def noted(*args: Any) -> bool:
         made = write_git_dir(*args)
         written.append(os.lstat(args[1] / ".git" / "HEAD").st_ino)
         return made
 
-    monkeypatch.setattr(gitrepo, "_write_git_dir", noted)
+    monkeypatch.setattr(gitdir, "write_git_dir", noted)
     source, _ = _snapshot_repo(tmp_path)
     session = tmp_path / "session"
     (session / "workspace").mkdir(parents=True)

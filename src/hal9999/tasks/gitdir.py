@@ -1,0 +1,265 @@
+"""A repository's ``.git`` read and written by hal itself, where git would take a process.
+
+Each function here handles only the plain form host git writes (loose or packed refs as a
+fresh clone has them, a config of one line per key) and says so when it meets anything else
+(``None`` or ``False``, nothing changed), where :mod:`gitrepo` runs git instead: issue 16
+took host git processes off every task's path this way. Only on the host's own source (read)
+and on a fresh checkout before any agent ran (written): an agent's checkout is untrusted and
+never read here (see :mod:`gitrepo`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+from pathlib import Path
+
+# A key may follow its section's header on the same line; extensions.worktreeConfig has git
+# read config.worktree too, which may set core.worktree.
+_CONFIG_ASIDE = re.compile(
+    r"^\s*(?:\[[^\]\n]*\]\s*)?(worktree\b|worktreeconfig\b|bare\b(?!\s*=\s*false\s*$)|\[include)",
+    re.I | re.M,
+)
+
+
+def plain_top(path: Path) -> str | None:
+    """What ``git rev-parse --show-toplevel`` says in ``path`` (resolved), found without
+    git for the plain layout only (issue 16: one host git fewer per task): the nearest
+    directory up from ``path``, on its filesystem, whose ``.git`` is a repository directory
+    of the current user with no ``core.worktree``, ``core.bare`` or includes in its config.
+    None for anything else (a ``.git`` file, a bare repository, another owner, ...): git
+    answers then, with its own errors."""
+    uid = os.geteuid()
+    try:
+        device = path.stat().st_dev
+        for top in (path, *path.parents):
+            info = top.stat()
+            if info.st_dev != device:
+                return None  # git stops at a filesystem boundary
+            dot = top / ".git"
+            try:
+                dot_info = os.lstat(dot)
+            except FileNotFoundError:
+                if (top / "HEAD").exists() or (top / "objects").exists():
+                    return None  # maybe a bare repository
+                continue
+            if not stat.S_ISDIR(dot_info.st_mode) or info.st_uid != uid or dot_info.st_uid != uid:
+                return None
+            head = (dot / "HEAD").read_text()
+            if not (head.startswith("ref: refs/") or _COMMIT.fullmatch(head.strip())):
+                return None
+            if not (dot / "objects").is_dir() or not (dot / "refs").is_dir():
+                return None
+            if (dot / "commondir").exists() or _CONFIG_ASIDE.search((dot / "config").read_text()):
+                return None
+            return str(top)
+    except (OSError, UnicodeDecodeError):
+        return None
+    return None
+
+
+def drop_reflogs(git_dir: Path, branch: str) -> str | None:
+    """Remove the reflogs (they hold the source's path) and return :func:`_branch_commit`,
+    in one thread hop."""
+    shutil.rmtree(git_dir / "logs", True)
+    return _branch_commit(git_dir, branch)
+
+
+_SNAPSHOT_REF = re.compile(r"([0-9a-f]{40}) refs/(heads|tags)/(\S+)")
+_PACKED_HEADER = "# pack-refs with: peeled fully-peeled sorted \n"
+_EXCLUDE = (
+    "# git ls-files --others --exclude-from=.git/info/exclude\n"
+    "# Lines that start with '#' are comments.\n"
+    "# For a project mostly in C, the following would skip object files and executables:\n"
+    "# *.[oa]\n"
+    "# *~\n"
+)
+
+
+def write_git_dir(snap: Path, dest: Path, alternates: str | None = None) -> bool:
+    """Write into the empty ``dest`` the ``.git`` that ``git clone --shared SNAP`` writes
+    (the clone's identity, no origin URL, no reflogs, no sample hooks; its alternates entry
+    ``alternates`` when given), with nothing checked out; False, leaving ``dest`` empty,
+    when the snapshot is not in the form hal's snapshots have (refs all packed, branches and
+    tags only, HEAD a packed branch or a commit)."""
+    try:
+        if os.listdir(dest) or os.listdir(snap / "refs" / "heads"):
+            return False
+        if os.listdir(snap / "refs" / "tags"):
+            return False
+        head = (snap / "HEAD").read_text()
+        lines = (snap / "packed-refs").read_text().splitlines(keepends=True)
+    except (OSError, UnicodeDecodeError):
+        return False
+    if not lines or lines[0] != _PACKED_HEADER:
+        return False
+    remotes: list[str] = []
+    tags: list[str] = []
+    heads: dict[str, str] = {}
+    last: list[str] | None = None
+    for line in lines[1:]:
+        if line.startswith("^") and last is tags and _COMMIT.fullmatch(line[1:].rstrip("\n")):
+            tags.append(line)  # an annotated tag's peeled commit, after the tag
+            last = None
+            continue
+        match = _SNAPSHOT_REF.fullmatch(line.rstrip("\n"))
+        if match is None or not line.endswith("\n"):
+            return False
+        commit, kind, name = match.groups()
+        if kind == "heads":
+            heads[name] = commit
+            remotes.append(f"{commit} refs/remotes/origin/{name}\n")
+            last = remotes
+        else:
+            tags.append(line)
+            last = tags
+    if head.startswith("ref: refs/heads/"):
+        default: str | None = head[len("ref: refs/heads/") :].rstrip("\n")
+        if default not in heads or not _PLAIN_BRANCH.fullmatch(default):
+            return False
+        local = heads[default]
+    elif _COMMIT.fullmatch(head.rstrip("\n")):
+        default, local = None, head.rstrip("\n")
+    else:
+        return False
+    config = (
+        "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n"
+        "\tlogallrefupdates = true\n[user]\n\tname = hal9999\n\temail = hal9999@localhost\n"
+        '[remote "origin"]\n\tfetch = +refs/heads/*:refs/remotes/origin/*\n'
+    )
+    git_dir = dest / ".git"
+    try:
+        for sub in ("objects/info", "objects/pack", "refs/heads", "refs/tags", "info", "hooks"):
+            (git_dir / sub).mkdir(parents=True)
+        entry = alternates or f"{snap / 'objects'}\n"
+        (git_dir / "objects" / "info" / "alternates").write_text(entry)
+        (git_dir / "info" / "exclude").write_text(_EXCLUDE)
+        (git_dir / "packed-refs").write_text(_PACKED_HEADER + "".join(remotes + tags))
+        if default is not None:
+            branch_ref = git_dir / "refs" / "heads" / default
+            branch_ref.parent.mkdir(parents=True, exist_ok=True)
+            branch_ref.write_text(f"{local}\n")
+            origin_head = git_dir / "refs" / "remotes" / "origin" / "HEAD"
+            origin_head.parent.mkdir(parents=True)
+            origin_head.write_text(f"ref: refs/remotes/origin/{default}\n")
+            config += f'[branch "{default}"]\n\tremote = origin\n\tmerge = refs/heads/{default}\n'
+        (git_dir / "config").write_text(config)
+        (git_dir / "HEAD").write_text(f"ref: refs/heads/{default}\n" if default else f"{local}\n")
+    except OSError:
+        shutil.rmtree(git_dir, ignore_errors=True)
+        return False
+    return True
+
+
+_ORIGIN = '[remote "origin"]'
+_URL_KEY = re.compile(r"\s*url\s*=", re.IGNORECASE)
+_COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
+def forget_origin_url(git_dir: Path) -> bool:
+    """Drop ``remote.origin.url`` from a fresh clone's config, as git writes it (one
+    ``url = ...`` line in a ``[remote "origin"]`` section); False, leaving the file as it
+    was, for anything else (git then does it)."""
+    path = git_dir / "config"
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return False
+    kept: list[str] = []
+    dropped = 0
+    section = ""
+    for line in text.splitlines(keepends=True):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            section = stripped
+        if section == _ORIGIN and _URL_KEY.match(line):
+            dropped += 1
+            continue
+        if section.startswith(_ORIGIN[:-1]) and section != _ORIGIN:
+            return False  # `[remote "origin" ...]` in another spelling: not git's own form
+        kept.append(line)
+    if dropped != 1 or "\\\n" in text:  # a continued value: not a line-per-key file
+        return False
+    with path.open("r+") as file:  # in place: the file keeps its owner and mode
+        file.write("".join(kept))
+        file.truncate()
+    return True
+
+
+_PLAIN_BRANCH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*(?:/[A-Za-z0-9_][A-Za-z0-9_-]*)*")
+
+
+def new_branch(git_dir: Path, branch: str) -> bool:
+    """What ``git checkout -b BRANCH`` does in a fresh clone, whose HEAD is a branch or a
+    commit: a loose ref at HEAD's commit, then HEAD naming it (the tree and index stay).
+    False, with nothing changed, for anything not in that plain form (a name git might
+    refuse, a ref in the way, packed local branches, reftable): git does it then."""
+    if not _PLAIN_BRANCH.fullmatch(branch):
+        return False
+    heads = git_dir / "refs" / "heads"
+    try:
+        head = (git_dir / "HEAD").read_text()
+        packed = git_dir / "packed-refs"
+        if packed.exists() and " refs/heads/" in packed.read_text():
+            return False
+        if head.startswith("ref: refs/heads/"):
+            name = head[len("ref: refs/heads/") :].rstrip("\n")
+            if not _PLAIN_BRANCH.fullmatch(name):
+                return False
+            commit = (heads / name).read_text().rstrip("\n")
+        else:
+            commit = head.rstrip("\n")
+        if not _COMMIT.fullmatch(commit):
+            return False
+        # Neither the branch nor a ref that is a directory of its name or a file on its path.
+        ref = heads / branch
+        parents = [heads.joinpath(*branch.split("/")[:n]) for n in range(1, branch.count("/") + 1)]
+        if os.path.lexists(ref) or any(p.exists() and not p.is_dir() for p in parents):
+            return False
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        _write_new(ref, f"{commit}\n")
+    except (OSError, UnicodeDecodeError):
+        return False
+    try:
+        rewrite_head(git_dir, f"ref: refs/heads/{branch}\n")
+    except OSError:
+        ref.unlink(missing_ok=True)  # as it was: git makes the branch
+        return False
+    return True
+
+
+def rewrite_head(git_dir: Path, text: str) -> None:
+    """Write HEAD in place, not through a lock file renamed over it (a new inode, and a freed
+    one, per task: dear on ext4 without a journal, issue 16). Only a fresh checkout's HEAD,
+    before any agent or other git runs there: a clone cut short is emptied and made again
+    (its task has no base commit yet), so a torn write cannot outlive it."""
+    with (git_dir / "HEAD").open("r+") as head:
+        head.write(text)
+        head.truncate()
+
+
+def _write_new(path: Path, text: str) -> None:
+    """Replace ``path`` by a file holding ``text`` (written aside, then renamed, as git does)."""
+    tmp = path.with_name(f"{path.name}.lock")
+    try:
+        with tmp.open("x") as file:
+            file.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _branch_commit(git_dir: Path, branch: str) -> str | None:
+    """The commit of the branch ``checkout -b`` just made and HEAD names, from its loose ref
+    (None when the refs are kept otherwise, e.g. reftable: git is asked then)."""
+    try:
+        head = (git_dir / "HEAD").read_text().strip()
+        commit = (git_dir / "refs" / "heads" / branch).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if head != f"ref: refs/heads/{branch}" or not _COMMIT.fullmatch(commit):
+        return None
+    return commit
