@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -280,11 +281,17 @@ class BwrapProvider(HostProvider):
         self.drop_helper = sandboxuser.drop_helper()
         """The static uid switch a root hal's commands start with, or None for setpriv."""
         self._program = seccomp.build() if seccomp.supported() else None
+        self._program_id = hashlib.sha256(self._program or b"").hexdigest()[:16]
 
     def _own_dirs(self, record: SandboxRecord) -> list[str]:
         """``tmp`` (outlives each exec), ``home`` and an own ``workspace`` where no bind or
         spec workspace takes their place; a reset swaps each for a fresh one."""
-        return ["home", "tmp"] + (["workspace"] if record.spec.workspace is None else [])
+        # Not where a bind takes the place (a task's home): one inode less per create.
+        bound = {hostfs.normalize(b.target, "/") for b in record.spec.binds}
+        own = {"home": HOME, "tmp": "/tmp"}
+        if record.spec.workspace is None:
+            own["workspace"] = WORKDIR
+        return [name for name, target in own.items() if target not in bound]
 
     def _claim_ids(self, record: SandboxRecord) -> SandboxRecord:
         if record.uid is None and sandboxuser.privileged():
@@ -312,8 +319,9 @@ class BwrapProvider(HostProvider):
         try:
             await dirs
         except BaseException:
-            # A cgroup made just now is in no saved record yet, so destroy() would not
-            # find it: it goes here (a start's was recorded at create, and stays for it).
+            # A cgroup made just now for a record that named none (a start of one made
+            # without cgroups) is in no saved record, so destroy() would not find it: it goes
+            # here (create records its cgroup before making it, and a start's stays for it).
             made = self.cgroup(record)
             if fresh and made is not None:
                 with contextlib.suppress(HalError, OSError):
@@ -334,10 +342,13 @@ class BwrapProvider(HostProvider):
         etc.mkdir(mode=0o755, exist_ok=True)
         if record.spec.network == "host":
             (directory / RUN_DIR).mkdir(mode=0o700, exist_ok=True)
-            (etc / "resolv.conf").write_text(usernet.RESOLV_CONF)
+            resolv = usernet.RESOLV_CONF.encode()
+            hostread.link_shared(self.state_dir / ".resolv.conf", etc / "resolv.conf", resolv)
         if self._program is not None:
-            # One copy per sandbox: nothing of a sandbox's lives outside its directory.
-            hostread.write_if_changed(etc / SECCOMP_FILE, self._program)
+            # Each sandbox's own name for one read-only file per state dir (by its contents):
+            # a link, not a copy, since every inode made costs (issue 16).
+            shared = self.state_dir / f".{SECCOMP_FILE}-{self._program_id}"
+            hostread.link_shared(shared, etc / SECCOMP_FILE, self._program)
         if record.uid is None:
             return
         sandboxuser.account_files(etc, record.uid, record.uid)

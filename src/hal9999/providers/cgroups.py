@@ -259,14 +259,21 @@ class CgroupHost:
             ) from exc
         return cgroup
 
-    def _mkdirs(self, name: str, needed: set[str]) -> Cgroup:
+    def cgroup(self, name: str) -> Cgroup:
+        """The cgroup ``name`` as :meth:`create` makes it, without making it: its directories
+        depend on the name alone, so a record can name them before they exist."""
         if self.version == 1:
             # dict.fromkeys dedupes hierarchies that mount several controllers together.
             mounts = [self.roots[c] for c in V1_CONTROLLERS if c in self.roots]
-            dirs = list(dict.fromkeys(mount / PARENT / name for mount in mounts))
-            for path in dirs:
+            return CgroupV1(list(dict.fromkeys(mount / PARENT / name for mount in mounts)))
+        return CgroupV2([self.roots["unified"] / PARENT / name])
+
+    def _mkdirs(self, name: str, needed: set[str]) -> Cgroup:
+        cgroup = self.cgroup(name)
+        if self.version == 1:
+            for path in cgroup.dirs:
                 path.mkdir(parents=True, exist_ok=True)
-            return CgroupV1(dirs)
+            return cgroup
         base = self.roots["unified"]
         parent = base / PARENT
         parent.mkdir(exist_ok=True)
@@ -276,9 +283,8 @@ class CgroupHost:
         for level in (base, parent) if needed else ():
             if not needed <= _words(level / "cgroup.subtree_control"):
                 _write(level / "cgroup.subtree_control", enable)
-        path = parent / name
-        path.mkdir(exist_ok=True)
-        return CgroupV2([path])
+        cgroup.dirs[0].mkdir(exist_ok=True)
+        return cgroup
 
 
 def detect(mountinfo: str | None = None) -> CgroupHost | None:

@@ -1,0 +1,73 @@
+"""Counting the inodes hal creates under a directory (issue 16: on some hosts each new inode
+costs 0.3-0.6 ms, a link or rename ~0.015 ms), so a test can pin a path's count.
+
+One process-wide audit hook (``sys.addaudithook`` cannot be removed), live only inside
+:func:`created`. It sees ``os.mkdir``, ``os.symlink`` and every ``open`` with ``O_CREAT`` of a
+path that does not exist yet in a directory that does, from every thread (a path made,
+removed or renamed, and made again counts twice); not ``os.mkfifo`` (no audit event) nor what
+child processes make.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+_active: list[tuple[str, list[str]]] = []
+_lock = threading.Lock()
+_installed = False
+
+
+def _absolute(path: object, dir_fd: object) -> str | None:
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not isinstance(path, (str, os.PathLike)):
+        return None
+    name = os.fspath(path)
+    if isinstance(dir_fd, int) and dir_fd >= 0 and not os.path.isabs(name):
+        return os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), name)
+    return os.path.abspath(name)
+
+
+def _hook(event: str, args: tuple[object, ...]) -> None:
+    if not _active:
+        return
+    if event == "open":
+        flags = args[2]
+        if not isinstance(flags, int) or not flags & os.O_CREAT:
+            return
+        path = _absolute(args[0], None)
+    elif event == "os.mkdir":
+        path = _absolute(args[0], args[2])
+    elif event == "os.symlink":
+        path = _absolute(args[1], args[2])
+    else:
+        return
+    # Not there yet, in a directory that is (``mkdir(parents=True)`` tries first and fails).
+    if path is None or os.path.lexists(path) or not os.path.isdir(os.path.dirname(path)):
+        return
+    with _lock:
+        for root, found in _active:
+            if path == root or path.startswith(root + os.sep):
+                found.append(os.path.relpath(path, root))
+
+
+@contextmanager
+def created(root: Path) -> Iterator[list[str]]:
+    """The paths (relative to ``root``) of the inodes made under ``root`` inside the block."""
+    global _installed
+    if not _installed:
+        sys.addaudithook(_hook)
+        _installed = True
+    entry = (os.path.realpath(root), [])
+    with _lock:
+        _active.append(entry)
+    try:
+        yield entry[1]
+    finally:
+        with _lock:
+            _active.remove(entry)
