@@ -24,7 +24,7 @@ from hal9999.cli.daemon_run import (
 from hal9999.config import HalConfig, load_config_sources
 from hal9999.server.client import DaemonClient, client_secrets, run_body
 from hal9999.server.runtime import DaemonInfo
-from hal9999.tasks.service import RunRequest
+from hal9999.tasks.request import RunRequest
 from hal9999.tasks.state import TaskStatus
 from hal9999.values import (
     MAX_TIMEOUT_S,

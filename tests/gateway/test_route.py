@@ -53,7 +53,7 @@ def test_run_options_refuse_bad_budget_and_egress(bad: dict[str, object]) -> Non
 
 def test_the_daemon_is_handed_the_presets_key_when_the_config_names_none(tmp_path: Path) -> None:
     from hal9999.server.client import client_secrets
-    from hal9999.tasks.service import RunRequest
+    from hal9999.tasks.request import RunRequest
 
     config = HalConfig(home=tmp_path)  # no [agents.claude] api_key_env
     request = RunRequest(prompt="p", repo=None, ref=None, agent="claude", provider="bwrap",

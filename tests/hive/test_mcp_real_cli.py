@@ -26,7 +26,8 @@ from hal9999.hive.mcp.server import McpHub
 from hal9999.hive.mcp.tools import Hive
 from hal9999.hive.store import AgentRecord, insert_agent, update_agent
 from hal9999.store import Store
-from hal9999.tasks.service import RunRequest, TaskService
+from hal9999.tasks.request import RunRequest
+from hal9999.tasks.service import TaskService
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.slow, pytest.mark.timeout(240)]
 

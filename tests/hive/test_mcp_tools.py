@@ -18,7 +18,7 @@ from hal9999.hive.mcp.server import McpHub
 from hal9999.hive.mcp.tools import Hive
 from hal9999.hive.store import AgentRecord, insert_agent
 from hal9999.store import Store, TaskRecord
-from hal9999.tasks.service import RunRequest
+from hal9999.tasks.request import RunRequest
 
 
 @dataclass

@@ -12,8 +12,8 @@ from tests.cli.conftest import git
 from tests.tasks.test_recovery import pooled_service
 
 from hal9999.pool.pool import Entry
+from hal9999.tasks.request import RunRequest
 from hal9999.tasks.sandboxes import PoolSource
-from hal9999.tasks.service import RunRequest
 
 
 def git_repo(path: Path) -> Path:

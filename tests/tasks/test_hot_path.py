@@ -21,7 +21,7 @@ from hal9999.providers.base import Sandbox
 from hal9999.spec import ArgvCommand
 from hal9999.tasks import gitrepo
 from hal9999.tasks.context import process_spec
-from hal9999.tasks.service import RunRequest
+from hal9999.tasks.request import RunRequest
 from hal9999.tasks.session import Session
 
 

@@ -11,13 +11,13 @@ import pytest
 from tests.tasks.test_halt import git_repo
 from tests.tasks.test_recovery import make_task, pooled_service
 
-from hal9999.tasks import service as service_module
-from hal9999.tasks.service import RunRequest, new_task_id
+from hal9999.tasks import request as request_module
+from hal9999.tasks.request import RunRequest, new_task_id
 
 
 def test_a_taken_id_is_never_handed_out(monkeypatch: pytest.MonkeyPatch) -> None:
     letters = iter("A" * 8 + "B" * 8)
-    monkeypatch.setattr(service_module.secrets, "choice", lambda alphabet: next(letters))
+    monkeypatch.setattr(request_module.secrets, "choice", lambda alphabet: next(letters))
     asked: list[str] = []
 
     def taken(candidate: str) -> bool:

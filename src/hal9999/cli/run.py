@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from hal9999.cli.notices import Uncommitted
     from hal9999.store import TaskRecord
     from hal9999.tasks.api import TaskAPI
-    from hal9999.tasks.service import RunRequest
+    from hal9999.tasks.request import RunRequest
 
 
 def print_detached(task: TaskRecord, as_json: bool) -> None:
@@ -143,7 +143,7 @@ def _full_run(args: RunArgs, pending: Uncommitted) -> None:
     from hal9999.cli.notices import print_notices, record_config_sources
     from hal9999.config import working_dir
     from hal9999.credentials import parse_env_option
-    from hal9999.tasks.service import RunRequest
+    from hal9999.tasks.request import RunRequest
     from hal9999.values import EgressHost, check_value
 
     a = app()

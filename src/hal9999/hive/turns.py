@@ -41,9 +41,10 @@ from hal9999.hive.threads import open_count
 from hal9999.hive.warm import WarmHolds
 from hal9999.store import TaskRecord
 from hal9999.tasks.recovery import resume as resume_task
+from hal9999.tasks.request import RunRequest
 from hal9999.tasks.sandboxes import PoolSource
 from hal9999.tasks.scheduler import Scheduler
-from hal9999.tasks.service import RunRequest, TaskService
+from hal9999.tasks.service import TaskService
 from hal9999.tasks.session import Session
 from hal9999.tasks.state import ACTIVE, TaskStatus
 

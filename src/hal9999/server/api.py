@@ -23,7 +23,7 @@ from hal9999.spec import ArgvCommand
 from hal9999.store import TaskRecord
 from hal9999.tasks.recovery import Recovery
 from hal9999.tasks.recovery import resume as resume_task
-from hal9999.tasks.service import RunRequest
+from hal9999.tasks.request import RunRequest
 from hal9999.values import check_run_body
 
 if TYPE_CHECKING:

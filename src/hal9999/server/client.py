@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from hal9999.events.models import Event
     from hal9999.store import TaskRecord
     from hal9999.tasks.api import OnEvent, OnOutput, OnStart
-    from hal9999.tasks.service import RunRequest
+    from hal9999.tasks.request import RunRequest
 
 HAL_OWN = frozenset({"task_created", "phase", "sandbox_acquired", "message", "task_end"})
 """Events hal records about the task itself; a foreground run's ``on_event`` gets only the

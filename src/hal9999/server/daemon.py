@@ -38,9 +38,10 @@ from hal9999.store import Store, TaskRecord
 from hal9999.tasks.context import sandbox_spec
 from hal9999.tasks.plugins import load_provider_for
 from hal9999.tasks.recovery import Recovery, RecoveryReport
+from hal9999.tasks.request import provider_list
 from hal9999.tasks.sandboxes import PoolSource
 from hal9999.tasks.scheduler import Scheduler
-from hal9999.tasks.service import TaskService, provider_list
+from hal9999.tasks.service import TaskService
 from hal9999.tasks.session import Session
 from hal9999.tasks.state import TaskStatus
 

@@ -17,8 +17,9 @@ from hal9999.events.reader import follow_events
 from hal9999.pool.settings import SchedulerSettings, scheduler_settings
 from hal9999.store import TaskRecord
 from hal9999.tasks.context import Adopted
+from hal9999.tasks.request import RunRequest
 from hal9999.tasks.scheduler import backoff, requeue, retry_plan
-from hal9999.tasks.service import RunRequest, TaskService
+from hal9999.tasks.service import TaskService
 from hal9999.tasks.state import ACTIVE
 
 OnStart = Callable[[TaskRecord], None]

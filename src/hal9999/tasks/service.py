@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from hal9999 import agentfs
@@ -30,12 +28,12 @@ from hal9999.tasks import gitrepo, mirror
 from hal9999.tasks.alive import runner_alive
 from hal9999.tasks.context import Adopted, RunContext, process_spec
 from hal9999.tasks.plugins import load_process_manager, load_provider_for
+from hal9999.tasks.request import RunRequest, new_task_id, provider_list
 from hal9999.tasks.runner import TaskRunner
 from hal9999.tasks.session import Session
 from hal9999.tasks.state import ACTIVE, RESUMABLE, TaskStatus, transition
 from hal9999.values import check_run_options
 
-_ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 TASK_CONFIG = "config.json"
 """In a session: the settings the task was created with, when they differ from the
 service's (the caller's ``./hal.toml``, say)."""
@@ -43,57 +41,6 @@ INDEX_BATCH = 256
 """Event index rows per store write for task event logs (phase and end events flush, and
 no event waits longer than the log's ``max_delay``): a store transaction costs as much as
 a few dozen rows, so a chatty agent's output is indexed in few of them (issue 16)."""
-
-
-@dataclass
-class RunRequest:
-    """What ``hal run`` asks for."""
-
-    prompt: str
-    repo: str | None
-    ref: str | None
-    agent: str
-    provider: str
-    process_manager: str
-    timeout_s: float | None
-    env_names: list[str] = field(default_factory=list)
-    given_env: dict[str, str] = field(default_factory=dict)
-    """Values given as ``--env KEY=VALUE`` (never stored)."""
-    cwd: Path = field(default_factory=Path.cwd)
-    priority: int = 0
-    """Queue order under a daemon: higher starts first."""
-    retries: int = 0
-    """How many times an agent failure is retried."""
-    secret_names: list[str] = field(default_factory=list)
-    """Host variables marked secret (``--secret NAME``): forwarded and always masked."""
-    literal_names: list[str] | None = None
-    """Names given as ``--env NAME=value`` (configuration, never masked); ``None`` means the
-    keys of ``given_env`` (a daemon request says which of its values were literal)."""
-    config: HalConfig | None = None
-    """The caller's resolved settings (its ``./hal.toml`` included); the task keeps them
-    for every run, with or without the daemon. None: the service's own."""
-    config_files: list[str] = field(default_factory=list)
-    """Which config files the caller's settings came from (said back by ``hal run``)."""
-    max_tokens: int | None = None
-    """The task's token budget at the LLM gateway (``--max-tokens``)."""
-    max_cost_usd: float | None = None
-    """The task's cost budget in dollars at the LLM gateway (``--max-cost``)."""
-    egress: list[str] = field(default_factory=list)
-    """Hosts this task may reach through the egress proxy besides ``[gateway] egress``."""
-    egress_only: list[str] | None = None
-    """When set, the task reaches only these of the hosts config allows (it narrows)."""
-    runner_pid: int | None = None
-    """The process that will run the task, recorded with it (a daemon queueing it: one
-    write per submission instead of two); None until a runner claims it."""
-
-
-def new_task_id(taken: Callable[[str], bool]) -> str:
-    """A short random id (8 chars of Crockford base32) for which ``taken`` is false (a lookup
-    per candidate: reading every id at each submission grew with the store's history)."""
-    while True:
-        candidate = "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
-        if not taken(candidate):
-            return candidate
 
 
 def never_ran(task: TaskRecord) -> bool:
@@ -112,14 +59,6 @@ def never_ran(task: TaskRecord) -> bool:
         and task.agent_retries == 0
         and task.infra_retries == 0
     )
-
-
-def provider_list(value: str) -> list[str]:
-    """``"bwrap,local"`` as ``["bwrap", "local"]``: providers in priority order."""
-    names = list(dict.fromkeys(name.strip() for name in value.split(",") if name.strip()))
-    if not names:
-        raise ConfigError("no provider given", hint="--provider NAME[,NAME...]")
-    return names
 
 
 class TaskService:

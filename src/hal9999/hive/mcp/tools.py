@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from hal9999.errors import HalError, UsageError
 from hal9999.hive import broker
 from hal9999.store import Store, TaskRecord
-from hal9999.tasks.service import RunRequest
+from hal9999.tasks.request import RunRequest
 
 RECV_MAX_S = 40.0
 """A long-poll ``recv`` returns by then: MCP clients time a tool call out at about 60 s."""

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from hal9999.hive.mcp.server import McpHub
 from hal9999.hive.mcp.tools import Hive
 from hal9999.store import TaskRecord
-from hal9999.tasks.service import RunRequest
+from hal9999.tasks.request import RunRequest
 
 if TYPE_CHECKING:
     from hal9999.server.daemon import Daemon
