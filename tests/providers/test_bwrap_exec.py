@@ -527,3 +527,32 @@ async def test_a_create_cut_short_after_its_one_save_leaves_what_destroy_undoes(
     assert not provider.store.dir(sandbox_id).exists()
     if record.uid is not None:
         assert not (sandboxuser.LOCK_DIR / str(record.uid)).exists()
+
+
+@pytest.mark.bwrap
+async def test_a_stop_and_reset_make_one_record_file_and_a_fresh_tmp(
+    hal_home: Path, tmp_path: Path
+) -> None:
+    # Issue 16: the pool stops a sandbox, then resets it (a start): the start takes back the
+    # running record the stop kept, by a rename, rather than writing a new file.
+    provider = BwrapProvider(state_dir=hal_home / "sandboxes" / "bwrap")
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "home").mkdir()
+    home = Bind(source=tmp_path / "home", target="/home/hal", read_only=False)
+    box = await provider.create(SandboxSpec(workspace=tmp_path / "ws", binds=(home,)))
+    try:
+        running = provider.store.path(box.id).read_bytes()
+        with inodes.created(provider.state_dir) as made:
+            await provider.stop(box.id)
+            assert provider.store.load(box.id).state == "stopped"
+            await provider.reset(box.id)
+        assert sorted(made) == sorted(os.path.join(box.id, n) for n in ("sandbox.tmp", "tmp"))
+        assert provider.store.path(box.id).read_bytes() == running
+        assert not (provider.store.dir(box.id) / ".previous.json").exists()
+        assert (await box.exec(ArgvCommand(argv=("true",)))).ok
+        await provider.stop(box.id)  # a start with a changed record writes it anew
+        record = provider.store.load(box.id).model_copy(update={"state": "running"})
+        provider.store.save(record.model_copy(update={"created_at": 1.0}))
+        assert provider.store.load(box.id).created_at == 1.0
+    finally:
+        await provider.destroy(box.id)

@@ -359,7 +359,9 @@ class HostProvider:
         """Stop every process inside; the sandbox can be started again."""
         record = self.store.load(sandbox_id).model_copy(update={"state": "stopped"})
         self._stopped.pop(sandbox_id, None)
-        self.store.save(record)  # first, so no new command starts while we kill
+        # First, so no new command starts while we kill; the running record is kept for
+        # the start that follows (a pool reset) to take back without writing a new file.
+        self.store.save(record, keep_previous=True)
         await self._kill(record)
         with contextlib.suppress(OSError):  # gone meanwhile (a destroy): nothing to skip
             self._stopped[sandbox_id] = self._record_stamp(sandbox_id)

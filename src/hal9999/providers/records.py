@@ -18,9 +18,12 @@ from typing import Generic, Literal, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from hal9999.errors import ProviderError, SandboxNotFound
+from hal9999.providers.hostread import read_all
 
 RECORD = "sandbox.json"
 """The record's file name in the ``dir`` layout."""
+PREVIOUS = ".previous.json"
+"""Beside it: the record a stop replaced (see :meth:`JsonRecords.save`)."""
 _ID = re.compile(r"[0-9a-f]{12}")
 
 
@@ -59,9 +62,14 @@ class JsonRecords(Generic[R]):
         except ValidationError as exc:
             raise ProviderError(f"corrupt sandbox record {path}: {exc}") from exc
 
-    def save(self, record: R) -> None:
+    def save(self, record: R, *, keep_previous: bool = False) -> None:
         """Write the record atomically (in the ``dir`` layout, into the sandbox's existing
-        directory: a destroyed sandbox is never brought back by a late save)."""
+        directory: a destroyed sandbox is never brought back by a late save).
+
+        In the ``dir`` layout, ``keep_previous`` keeps the file it replaces as a second name,
+        ``.previous.json``, and a save of exactly that file's bytes renames it back instead
+        of writing a new file: a stop and the start after it (every pool reset) make one
+        inode, not two (issue 16: each costs 0.3-0.6 ms on some hosts)."""
         path = self.path(_id_of(record))
         if self.layout == "file":
             self.root.mkdir(parents=True, exist_ok=True)
@@ -69,6 +77,12 @@ class JsonRecords(Generic[R]):
         # pydantic's own JSON (the values json.dumps of model_dump(mode="json") gave, in a
         # fraction of the time: every create, start, stop and reset saves; issue 16).
         data = record.__pydantic_serializer__.to_json(record, indent=2)
+        previous = path.with_name(PREVIOUS)
+        if self.layout == "dir" and not keep_previous:
+            with contextlib.suppress(OSError):  # none, or another process took it
+                if read_all(str(previous)) == data:
+                    os.rename(previous, path)
+                    return
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
         try:
             view = memoryview(data)
@@ -76,6 +90,11 @@ class JsonRecords(Generic[R]):
                 view = view[os.write(fd, view) :]
         finally:
             os.close(fd)
+        if self.layout == "dir" and keep_previous:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(previous)
+            with contextlib.suppress(FileNotFoundError, FileExistsError):
+                os.link(path, previous)  # a second name: no new inode
         os.replace(tmp, path)
 
     def delete(self, sandbox_id: str) -> None:
