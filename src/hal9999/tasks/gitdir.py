@@ -80,10 +80,10 @@ _EXCLUDE = (
 
 def write_git_dir(snap: Path, dest: Path, alternates: str | None = None) -> bool:
     """Write into the empty ``dest`` the ``.git`` that ``git clone --shared SNAP`` writes
-    (the clone's identity, no origin URL, no reflogs, no sample hooks; its alternates entry
-    ``alternates`` when given), with nothing checked out; False, leaving ``dest`` empty,
-    when the snapshot is not in the form hal's snapshots have (refs all packed, branches and
-    tags only, HEAD a packed branch or a commit)."""
+    (the clone's identity, no origin URL, no reflogs, no hooks/ nor empty refs/tags/; its
+    alternates entry ``alternates`` when given), with nothing checked out; False, leaving
+    ``dest`` empty, when the snapshot is not in the form hal's snapshots have (refs all
+    packed, branches and tags only, HEAD a packed branch or a commit)."""
     try:
         if os.listdir(dest) or os.listdir(snap / "refs" / "heads"):
             return False
@@ -131,7 +131,9 @@ def write_git_dir(snap: Path, dest: Path, alternates: str | None = None) -> bool
     )
     git_dir = dest / ".git"
     try:
-        for sub in ("objects/info", "objects/pack", "refs/heads", "refs/tags", "info", "hooks"):
+        # Not git's empty hooks/ and refs/tags/: git needs neither and makes a tag's
+        # directories when it writes one (issue 16: two inodes a task, ~0.3 ms each here).
+        for sub in ("objects/info", "objects/pack", "refs/heads", "info"):
             (git_dir / sub).mkdir(parents=True)
         entry = alternates or f"{snap / 'objects'}\n"
         (git_dir / "objects" / "info" / "alternates").write_text(entry)

@@ -50,7 +50,15 @@ class LaunchSteps(RunnerCore):
         await self.transition(ctx, TaskStatus.PROVISIONING)
         spec = sandbox_spec(self.config, task, ctx.session, self.environ)
         fresh = task.base_commit is None  # its clone is made (again) in prepare()
-        if mounts_objects(task.provider):  # the mount's source, before the first command
+        snap: Path | None = None
+        if fresh and borrows_objects(task):
+            # The session's link to the snapshot the clone will borrow from, made now: it is
+            # the mount's source, there before the first command, and not an empty directory
+            # first and a link later (issue 16: an inode less a task).
+            snap = await mirror.snapshot_for(
+                self.config.home, task.repo, ctx.session.root, task.ref
+            )
+        elif mounts_objects(task.provider):  # the mount's source, before the first command
             await asyncio.to_thread(
                 mirror.check_link, ctx.session.root, fresh=fresh, branch=task.branch
             )
@@ -89,7 +97,7 @@ class LaunchSteps(RunnerCore):
             await ctx.mcp.connect(sandbox)
 
         await self.transition(ctx, TaskStatus.PREPARING)
-        launch = await self.prepare(ctx, sandbox, agent, prompt)
+        launch = await self.prepare(ctx, sandbox, agent, prompt, snap)
         await self.transition(ctx, TaskStatus.RUNNING, detail=f"agent {agent.name}")
         given = {**ctx.secrets, **(ctx.gateway.secrets() if ctx.gateway else {})}
         missing = [name for name in launch.secret_env if name not in given]
@@ -122,22 +130,22 @@ class LaunchSteps(RunnerCore):
             ctx.events.emit(Message(level="warning", text=text))
 
     async def prepare(
-        self, ctx: RunContext, sandbox: Sandbox, agent: Agent, prompt: str | None
+        self,
+        ctx: RunContext,
+        sandbox: Sandbox,
+        agent: Agent,
+        prompt: str | None,
+        snap: Path | None = None,
     ) -> AgentLaunch:
-        """Repo, prompt, agent config and credentials into the session and the sandbox."""
+        """Repo, prompt, agent config and credentials into the session and the sandbox;
+        a fresh clone borrows from ``snap``, the snapshot :meth:`launch` linked, if any."""
         task, session = ctx.task, ctx.session
         cloned = task.base_commit is None
-        borrows = borrows_objects(task)
         if task.base_commit is None:
             # No clone finished, so no agent ever ran here: a clone cut short (timeout,
             # SIGTERM, kill -9) left only its own files, which would block cloning again.
             await asyncio.to_thread(_empty, session.workspace)
             source = gitrepo.RepoSource(task.repo_kind, task.repo)
-            snap = None
-            if borrows:  # the session's link, made before any command runs in the sandbox
-                snap = await mirror.snapshot_for(
-                    self.config.home, task.repo, session.root, task.ref
-                )
             base = await gitrepo.clone(
                 source, task.ref, session.workspace, task.branch, borrow=snap,
                 alternates=mirror.ALTERNATES,
