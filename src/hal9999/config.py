@@ -72,7 +72,7 @@ def expand_user(path: Path) -> Path:
 
 
 class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class AgentConfig(_Config):

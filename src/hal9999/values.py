@@ -88,7 +88,7 @@ class RunOptions(BaseModel):
     bypasses the CLI (``timeout_s: Infinity`` over HTTP, say) is refused the same way.
     """
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     prompt: Name
     """The prompt text (not blank)."""
@@ -184,7 +184,7 @@ PathText = Annotated[str | None, AfterValidator(_no_nul)]
 class ConfigNotes(BaseModel):
     """Which config a ``hal run`` applied, for the task's events (``config_sources``)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
 
     describe: str = Field(max_length=65536)
     """``config: <files and variables>`` (or ``config: defaults``): an ``info`` message."""
@@ -195,7 +195,7 @@ class ConfigNotes(BaseModel):
 class RunBody(BaseModel):
     """The JSON body of ``POST /v1/tasks``: every field of the right type before it is used."""
 
-    model_config = ConfigDict(extra="ignore", strict=True)
+    model_config = ConfigDict(extra="ignore", strict=True, defer_build=True)
 
     prompt: str = ""
     """The prompt (checked for emptiness by the task service)."""

@@ -1,6 +1,7 @@
-"""What an in-process ``hal run`` of a command-template agent imports (issue 16): nothing of
-the LLM gateway's HTTP client, the hive's store or the warm pool, which such a run never
-uses. Counted in a subprocess, so load cannot make this pass or fail."""
+"""What an in-process ``hal run`` of a command-template agent imports and builds (issue 16):
+nothing of the LLM gateway, the hive's store or the warm pool, which such a run never uses,
+and none of the pydantic models it does not validate. Counted in a subprocess, so load
+cannot make this pass or fail."""
 
 from __future__ import annotations
 
@@ -20,6 +21,16 @@ try:
 except SystemExit as exc:
     sys.stderr.write("\\nexit " + str(exc.code))
 sys.stderr.write("\\n" + json.dumps(sorted(sys.modules)))
+from pydantic import BaseModel
+built = sorted(
+    f"{name}.{value.__name__}"
+    for name, module in list(sys.modules.items()) if name.startswith("hal9999")
+    for value in list(vars(module).values())
+    if isinstance(value, type) and issubclass(value, BaseModel) and value.__module__ == name
+    and value.__pydantic_complete__
+)
+adapter = sys.modules["hal9999.events.models"].EVENT_ADAPTER
+sys.stderr.write("\\n" + json.dumps({"built": built, "union": adapter.pydantic_complete}))
 """
 
 STATUS_ORDER = """
@@ -50,11 +61,36 @@ NOT_FOR_A_TEMPLATE_AGENT = (
     "hal9999.server.daemon",
     "hal9999.server.client",  # HAL_NO_DAEMON: no daemon to find or talk to
     "hal9999.trust",  # no ./hal.toml to judge
+    "hal9999.gateway.tasks",  # a command template names no upstream: no gateway route
+    "hal9999.gateway.channel",
+    "hal9999.tasks.scheduler",  # the daemon's; a run that succeeds is not retried
 )
+
+NOT_BUILT = (
+    # Event models of kinds the run does not make (it reads none back through the union).
+    "hal9999.events.models.AgentText",
+    "hal9999.events.models.Output",
+    "hal9999.events.models.RawEvent",
+    "hal9999.events.models.ToolCall",
+    "hal9999.events.models.ToolResult",
+    "hal9999.events.models.Usage",
+    "hal9999.events.models.EgressDenied",
+    "hal9999.events.models.AgentSession",
+    # Validated only inside another model's schema, or by the daemon, or not at all here.
+    "hal9999.config.CredentialFile",
+    "hal9999.config.ModelPrice",
+    "hal9999.spec.ShellCommand",
+    "hal9999.store.gateway.GatewayRequest",
+    "hal9999.store.records.SandboxRow",
+    "hal9999.values.ConfigNotes",
+    "hal9999.values.RunBody",
+)
+"""Pydantic models an in-process run of a template agent has no use for: built on first
+use (``defer_build``), not at import (issue 16)."""
 
 
 @pytest.mark.bwrap
-def test_an_in_process_run_imports_no_gateway_client_and_no_hive_store(
+def test_an_in_process_run_imports_no_gateway_or_hive_store_and_builds_only_its_models(
     hal_env: dict[str, str], demo_repo: Path
 ) -> None:
     env = {**hal_env, "HAL_NO_DAEMON": "1"}
@@ -63,13 +99,18 @@ def test_an_in_process_run_imports_no_gateway_client_and_no_hive_store(
         [sys.executable, "-c", RUN_AND_LIST, *argv],
         cwd=demo_repo, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    *_, status, listed = done.stderr.splitlines()
+    *_, status, listed, models = done.stderr.splitlines()
     assert status in ("exit 0", "exit None"), done.stderr[-2000:]
     modules = set(json.loads(listed))
     assert "hal9999.tasks.runner" in modules  # the run did happen in this process
     assert not modules & set(NOT_FOR_A_TEMPLATE_AGENT), sorted(
         modules & set(NOT_FOR_A_TEMPLATE_AGENT)
     )
+    found = json.loads(models)
+    built = set(found["built"])
+    assert "hal9999.events.models.TaskEnd" in built  # the run built what it used
+    assert not built & set(NOT_BUILT), sorted(built & set(NOT_BUILT))
+    assert found["union"] is False  # the union of every event kind: no run reads through it
 
 
 @pytest.mark.bwrap

@@ -8,10 +8,14 @@ class taking ``settings: AgentSettings | None``.
 from __future__ import annotations
 
 from importlib.metadata import EntryPoint, entry_points
+from typing import TYPE_CHECKING
 
 from hal9999.agents.base import Agent, AgentSettings
 from hal9999.agents.custom import TemplateAgent
-from hal9999.errors import AgentError, UnknownAgent
+from hal9999.errors import AgentError, HalError, UnknownAgent
+
+if TYPE_CHECKING:
+    from hal9999.config import HalConfig
 
 ENTRY_POINT_GROUP = "hal9999.agents"
 """The entry point group presets register under."""
@@ -60,3 +64,20 @@ def resolve_agent(name_or_template: str, settings: AgentSettings | None = None) 
             hint="it must provide name, program, install_hint, supports_resume, build, parser",
         )
     return agent
+
+
+def upstream_key_env(config: HalConfig, agent_name: str) -> str | None:
+    """The host variable holding the key of ``agent_name``'s API: ``api_key_env`` when the
+    config sets it, else the preset's own (``ANTHROPIC_API_KEY`` for claude, ...), so a
+    daemon is handed the key even when the config names no variable. (Here, not with the
+    gateway's route: every task's creation asks, and a plain run loads no gateway module.)"""
+    settings = config.agent_settings(agent_name)
+    if settings.api_key_env:
+        return settings.api_key_env
+    try:
+        agent = resolve_agent(agent_name, settings)
+    except HalError:
+        return None
+    choose = getattr(agent, "gateway_upstream", None)
+    chosen = choose(settings) if choose is not None else None
+    return chosen[1] if chosen is not None else None

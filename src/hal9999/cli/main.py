@@ -295,7 +295,6 @@ def offline_notice(config: HalConfig, agent_name: str, provider: str) -> str | N
     before the agent starts; None when that is not the case."""
     from hal9999.agents.base import needs_network
     from hal9999.agents.registry import resolve_agent
-    from hal9999.gateway.tasks import goes_through_gateway
     from hal9999.pool.settings import network_of, provider_settings
     from hal9999.tasks.context import offline_warning
 
@@ -306,6 +305,8 @@ def offline_notice(config: HalConfig, agent_name: str, provider: str) -> str | N
     except HalError:
         return None  # creating the task reports these itself
     if network == "none" and needs_network(agent):
+        from hal9999.gateway.tasks import goes_through_gateway
+
         if goes_through_gateway(config, agent, os.environ):
             return None  # the LLM gateway is the agent's way out
         return offline_warning(agent.name)

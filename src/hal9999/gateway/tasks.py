@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from hal9999.agents.base import Agent, AgentSettings
+from hal9999.agents.registry import upstream_key_env as upstream_key_env  # re-exported
 from hal9999.config import HalConfig
 from hal9999.errors import BudgetExceeded, GatewayError, HalError, ModelNotAllowed
 from hal9999.events.models import EgressDenied, Event, Usage
@@ -165,24 +166,6 @@ class GatewayRoute:
     async def close(self) -> None:
         """Withdraw the grant: the token stops working, calls in flight are aborted."""
         await unregister(self.paths, self.grant.token)
-
-
-def upstream_key_env(config: HalConfig, agent_name: str) -> str | None:
-    """The host variable holding the key of ``agent_name``'s API: ``api_key_env`` when the
-    config sets it, else the preset's own (``ANTHROPIC_API_KEY`` for claude, ...), so a
-    daemon is handed the key even when the config names no variable."""
-    from hal9999.agents.registry import resolve_agent
-
-    settings = config.agent_settings(agent_name)
-    if settings.api_key_env:
-        return settings.api_key_env
-    try:
-        agent = resolve_agent(agent_name, settings)
-    except HalError:
-        return None
-    choose = getattr(agent, "gateway_upstream", None)
-    chosen = choose(settings) if choose is not None else None
-    return chosen[1] if chosen is not None else None
 
 
 def route_for(

@@ -33,7 +33,7 @@ have changed the host itself."""
 class ProviderSettings(BaseModel):
     """How many sandboxes of one provider exist, and how they are placed and returned."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     max_size: int = Field(default=8, ge=0)
     """Sandboxes of this provider at most, idle and in use (``HAL_<P>_MAX_POOL_SIZE``)."""
@@ -64,7 +64,7 @@ class ProviderSettings(BaseModel):
 class SchedulerSettings(BaseModel):
     """The daemon's queue: how much runs at once, how failures are retried."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     max_concurrent: int = Field(default=8, ge=1)
     """Tasks running at once over all providers (``HAL_MAX_CONCURRENT``)."""

@@ -19,7 +19,7 @@ from hal9999.spec import SandboxSpec
 class SandboxRecord(BaseModel):
     """What ``sandbox.json`` holds."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     id: str
     """Sandbox id (12 hex digits)."""

@@ -7,11 +7,13 @@ from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 
 class GatewayRequest(BaseModel):
     """One model call as the gateway saw it (no body unless the config asks, then masked)."""
+
+    model_config = ConfigDict(defer_build=True)  # built by the first run that reads one
 
     id: int | None = None
     task_id: str

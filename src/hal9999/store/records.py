@@ -16,7 +16,7 @@ RepoKind = Literal["local", "url"]
 class TaskRecord(BaseModel):
     """One task as the store keeps it. Never holds secret values."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, defer_build=True)
 
     id: str
     """Unique task id."""
@@ -104,7 +104,7 @@ SandboxState = Literal["creating", "idle", "leased", "resetting", "destroying", 
 class SandboxRow(BaseModel):
     """A sandbox the warm pool or a daemon-run task holds, as the store keeps it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     provider: str
     """Provider that owns it."""

@@ -18,9 +18,8 @@ from hal9999.pool.settings import SchedulerSettings, scheduler_settings
 from hal9999.store import TaskRecord
 from hal9999.tasks.context import Adopted
 from hal9999.tasks.request import RunRequest
-from hal9999.tasks.scheduler import backoff, requeue, retry_plan
 from hal9999.tasks.service import TaskService
-from hal9999.tasks.state import ACTIVE
+from hal9999.tasks.state import ACTIVE, TaskStatus
 
 OnStart = Callable[[TaskRecord], None]
 """Told the task once it exists (or, on resume, once it is queued or adopted)."""
@@ -145,7 +144,13 @@ class LocalTaskAPI:
             on_event=on_event,
             adopted=adopted,
         )
-        while (plan := retry_plan(record, self.settings)) is not None:
+        while record.status == TaskStatus.FAILED:  # only a failure is retried
+            # The scheduler's module is the daemon's: a run that succeeds does not import it.
+            from hal9999.tasks.scheduler import backoff, requeue, retry_plan
+
+            plan = retry_plan(record, self.settings)
+            if plan is None:
+                break
             attempt, counters = plan
             delay = backoff(attempt, self.settings)
             if not requeue(self.service, record, attempt, counters, delay):

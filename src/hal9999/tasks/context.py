@@ -6,13 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hal9999.agents.registry import is_template
 from hal9999.config import HalConfig
 from hal9999.events.log import EventLog
 from hal9999.events.models import Event, Usage
-from hal9999.gateway.tasks import GatewayRoute
-from hal9999.hive.mcp.channel import McpRoute
 from hal9999.pool.settings import network_of, provider_settings, resources_of
 from hal9999.providers.base import Sandbox
 from hal9999.redact import SecretMasker
@@ -21,6 +20,10 @@ from hal9999.store import TaskRecord
 from hal9999.tasks.mirror import OBJECTS_LINK, OBJECTS_TARGET
 from hal9999.tasks.session import Session
 from hal9999.tasks.state import TaskStatus
+
+if TYPE_CHECKING:  # a run loads them only when it has a gateway route or an MCP route
+    from hal9999.gateway.tasks import GatewayRoute
+    from hal9999.hive.mcp.channel import McpRoute
 
 TAKEN_AWAY = frozenset({TaskStatus.STOPPED, TaskStatus.CANCELLED, TaskStatus.INTERRUPTED})
 """States another process puts a task in while a runner holds it (stop, cancel, the reaper)."""

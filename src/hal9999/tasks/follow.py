@@ -9,10 +9,10 @@ import os
 import stat
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hal9999.agents.base import Agent
 from hal9999.errors import AgentFailed, TaskTimeout
-from hal9999.gateway.tasks import GatewayRoute, restore_route
 from hal9999.process.base import ProcessManager, read_exit_status
 from hal9999.process.caplog import log_cap_from
 from hal9999.process.supervisor import ended_path
@@ -21,6 +21,9 @@ from hal9999.spec import ProcessSpec
 from hal9999.tasks.context import TAKEN_AWAY, RunContext, Superseded
 from hal9999.tasks.output import OUTPUT_EVENTS_CAP, OutputFollower, file_size
 from hal9999.tasks.runcore import RunnerCore
+
+if TYPE_CHECKING:
+    from hal9999.gateway.tasks import GatewayRoute
 
 _POLL_S = 0.05
 _FIRST_POLL_S = 0.005
@@ -81,6 +84,8 @@ class FollowSteps(RunnerCore):
     async def readopt_gateway(self, ctx: RunContext, agent: Agent) -> GatewayRoute | None:
         """The adopted run's gateway route: its token registered again (the gateway may have
         restarted too), its calls' usage events going on from the last one emitted."""
+        from hal9999.gateway.tasks import restore_route
+
         route = restore_route(
             self.config, agent, ctx.task.id, self.environ, ctx.secrets,
             run_dir=ctx.session.run_dir, store=self.store, provider=ctx.task.provider,

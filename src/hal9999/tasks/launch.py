@@ -13,7 +13,6 @@ from hal9999.agents.base import Agent, AgentContext, AgentLaunch, needs_network
 from hal9999.credentials import forwarded_env, install_files, remove_files
 from hal9999.errors import AgentNotInstalled, RepoError
 from hal9999.events.models import Message, SandboxAcquired
-from hal9999.gateway.tasks import GatewayUsage, route_for
 from hal9999.hive.mcp.channel import route_for as mcp_route_for
 from hal9999.process.base import ProcessManager
 from hal9999.process.caplog import log_cap_from
@@ -70,14 +69,20 @@ class LaunchSteps(RunnerCore):
                 f"it cannot go on in {task.provider}",
                 hint=f"start a new task from its result (`hal run --ref {task.branch}`)",
             )
-        ctx.gateway = route_for(
-            self.config, agent, task.id, self.environ, ctx.secrets,
-            budget=ctx.session.run_dir, provider=task.provider,
-        )  # fmt: skip
-        if ctx.gateway is not None:
-            ctx.gateway.usage = GatewayUsage(self.store, task.id)  # calls from here on
-            await ctx.gateway.open()
-            spec = spec.model_copy(update={"binds": (*spec.binds, ctx.gateway.bind())})
+        ctx.gateway = None
+        if getattr(agent, "gateway_upstream", None) is not None:
+            # Only an agent that names an upstream can have a route (a command template
+            # names none): the gateway's modules load for its runs alone.
+            from hal9999.gateway.tasks import GatewayUsage, route_for
+
+            ctx.gateway = route_for(
+                self.config, agent, task.id, self.environ, ctx.secrets,
+                budget=ctx.session.run_dir, provider=task.provider,
+            )  # fmt: skip
+            if ctx.gateway is not None:
+                ctx.gateway.usage = GatewayUsage(self.store, task.id)  # calls from here on
+                await ctx.gateway.open()
+                spec = spec.model_copy(update={"binds": (*spec.binds, ctx.gateway.bind())})
         ctx.mcp = await asyncio.to_thread(
             mcp_route_for, self.config.home, ctx.session.run_dir, self.store, task.id
         )

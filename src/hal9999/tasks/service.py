@@ -10,14 +10,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from hal9999 import agentfs
-from hal9999.agents.registry import resolve_agent
+from hal9999.agents.registry import resolve_agent, upstream_key_env
 from hal9999.config import HalConfig
 from hal9999.credentials import EnvKinds, file_secrets, forwarded_env, iter_unique
 from hal9999.errors import ConfigError, HalError, TaskStateError, UsageError
 from hal9999.events.log import EventLog
 from hal9999.events.models import Event, Message, TaskCreated, TaskEnd
 from hal9999.events.writers import EventWriters
-from hal9999.gateway.tasks import save_budget, upstream_key_env
 from hal9999.home import HalPaths
 from hal9999.process.base import read_exit_status
 from hal9999.providers.base import Provider
@@ -232,7 +231,11 @@ class TaskService:
             agentfs.write_host_file(
                 session.root / TASK_CONFIG, iter([config.model_dump_json().encode()])
             )
-        save_budget(session.run_dir, req.max_tokens, req.max_cost_usd, req.egress, req.egress_only)
+        budget = (req.max_tokens, req.max_cost_usd)
+        if budget != (None, None) or req.egress or req.egress_only is not None:
+            from hal9999.gateway.tasks import save_budget  # it writes nothing for none of them
+
+            save_budget(session.run_dir, *budget, req.egress, req.egress_only)
         self.store.insert_task(record)
         session.prompt_file.write_text(req.prompt)
         with self.events(record) as log:
