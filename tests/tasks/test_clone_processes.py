@@ -368,22 +368,36 @@ async def test_a_borrowed_checkout_names_the_sessions_link_from_its_first_write(
 
 async def test_a_written_git_dir_makes_only_the_inodes_git_needs(tmp_path: Path) -> None:
     # Issue 16: each inode costs 0.3-0.6 ms on some hosts; no empty hooks/ or refs/tags/
-    # (git makes a tag's directories when it writes one).
+    # (git makes a tag's directories when it writes one), and the local branch and the
+    # task's new one packed (no loose ref, no directory for a name's parts).
     _, snap = _snapshot_repo(tmp_path, detached=False)
     dest = tmp_path / "mine"
     dest.mkdir()
     with inodes.created(dest) as made:
         assert gitdir.write_git_dir(snap, dest)
+        assert gitdir.new_branch(dest / ".git", "hal/x1", pack=True)
     dot = [p.removeprefix(".git/") for p in made if p != ".git"]
     assert sorted(dot) == sorted(
         ["objects", "objects/info", "objects/info/alternates", "objects/pack", "refs",
-         "refs/heads", "refs/heads/main", "refs/remotes", "refs/remotes/origin",
-         "refs/remotes/origin/HEAD", "info", "info/exclude", "packed-refs", "config", "HEAD"]
+         "refs/heads", "refs/remotes", "refs/remotes/origin", "refs/remotes/origin/HEAD",
+         "info", "info/exclude", "packed-refs", "config", "HEAD"]
     )  # fmt: skip
     here = ["-c", f"safe.directory={dest}"]
+    main = git(dest, *here, "rev-parse", "refs/heads/main")
+    assert git(dest, *here, "symbolic-ref", "HEAD") == "refs/heads/hal/x1"
+    assert git(dest, *here, "rev-parse", "HEAD") == main
+    assert gitdir.drop_reflogs(dest / ".git", "hal/x1") == main
+    # Taken: the branch itself, a ref on its path, one below its name.
+    for taken in ("hal/x1", "hal", "hal/x1/y"):
+        assert not gitdir.new_branch(dest / ".git", taken, pack=True)
+    assert git(dest, *here, "symbolic-ref", "HEAD") == "refs/heads/hal/x1"
     git(dest, *here, "read-tree", "-u", "--reset", "HEAD")
     git(dest, *here, "tag", "-a", "-m", "t", "nested/t1")
     git(dest, *here, "-c", "user.name=a", "-c", "user.email=a@b", "commit", "-qm", "c",
         "--allow-empty")  # fmt: skip
+    assert git(dest, *here, "rev-parse", "HEAD~1") == main
     assert "refs/tags/nested/t1" in git(dest, *here, "for-each-ref", "refs/tags")
+    assert git(dest, *here, "for-each-ref", "--format=%(refname)", "refs/heads").split() == [
+        "refs/heads/hal/x1", "refs/heads/main"
+    ]  # fmt: skip
     assert git(dest, *here, "fsck", "--no-progress") == ""

@@ -138,11 +138,11 @@ def write_git_dir(snap: Path, dest: Path, alternates: str | None = None) -> bool
         entry = alternates or f"{snap / 'objects'}\n"
         (git_dir / "objects" / "info" / "alternates").write_text(entry)
         (git_dir / "info" / "exclude").write_text(_EXCLUDE)
-        (git_dir / "packed-refs").write_text(_PACKED_HEADER + "".join(remotes + tags))
+        # The local branch packed too (sorted first: refs/heads < refs/remotes < refs/tags),
+        # not a loose file (issue 16: an inode a task).
+        local_head = [] if default is None else [f"{local} refs/heads/{default}\n"]
+        (git_dir / "packed-refs").write_text(_PACKED_HEADER + "".join(local_head + remotes + tags))
         if default is not None:
-            branch_ref = git_dir / "refs" / "heads" / default
-            branch_ref.parent.mkdir(parents=True, exist_ok=True)
-            branch_ref.write_text(f"{local}\n")
             origin_head = git_dir / "refs" / "remotes" / "origin" / "HEAD"
             origin_head.parent.mkdir(parents=True)
             origin_head.write_text(f"ref: refs/remotes/origin/{default}\n")
@@ -193,13 +193,19 @@ def forget_origin_url(git_dir: Path) -> bool:
 _PLAIN_BRANCH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*(?:/[A-Za-z0-9_][A-Za-z0-9_-]*)*")
 
 
-def new_branch(git_dir: Path, branch: str) -> bool:
+def new_branch(git_dir: Path, branch: str, pack: bool = False) -> bool:
     """What ``git checkout -b BRANCH`` does in a fresh clone, whose HEAD is a branch or a
     commit: a loose ref at HEAD's commit, then HEAD naming it (the tree and index stay).
     False, with nothing changed, for anything not in that plain form (a name git might
-    refuse, a ref in the way, packed local branches, reftable): git does it then."""
+    refuse, a ref in the way, packed local branches, reftable): git does it then.
+
+    ``pack``: the ``.git`` is one :func:`write_git_dir` wrote (its local branch packed),
+    and the new branch is packed beside it, written in place like :func:`rewrite_head`: no
+    loose ref and no directory for its name's parts (issue 16: two inodes a task)."""
     if not _PLAIN_BRANCH.fullmatch(branch):
         return False
+    if pack:
+        return _new_packed_branch(git_dir, branch)
     heads = git_dir / "refs" / "heads"
     try:
         head = (git_dir / "HEAD").read_text()
@@ -232,6 +238,73 @@ def new_branch(git_dir: Path, branch: str) -> bool:
     return True
 
 
+def _packed_refs(git_dir: Path) -> tuple[list[str], dict[str, str]] | None:
+    """The lines of ``packed-refs`` and each ref's object, when it is in git's plain form
+    (its header, one ``OBJECT REF`` a line, a tag's peeled ``^COMMIT`` after it)."""
+    try:
+        lines = (git_dir / "packed-refs").read_text().splitlines(keepends=True)
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not lines or lines[0] != _PACKED_HEADER:
+        return None
+    refs: dict[str, str] = {}
+    for line in lines[1:]:
+        if not line.endswith("\n"):
+            return None
+        if line.startswith("^") and _COMMIT.fullmatch(line[1:-1]):
+            continue
+        words = line[:-1].split(" ")
+        if len(words) != 2 or not _COMMIT.fullmatch(words[0]) or not words[1].startswith("refs/"):
+            return None
+        refs[words[1]] = words[0]
+    return lines, refs
+
+
+def _new_packed_branch(git_dir: Path, branch: str) -> bool:
+    packed = _packed_refs(git_dir)
+    if packed is None:
+        return False
+    lines, refs = packed
+    name = f"refs/heads/{branch}"
+    try:
+        head = (git_dir / "HEAD").read_text()
+        loose = git_dir / name
+        parents = [loose.parents[n] for n in range(branch.count("/"))]
+        if os.path.lexists(loose) or any(p.exists() and not p.is_dir() for p in parents):
+            return False
+    except (OSError, UnicodeDecodeError):
+        return False
+    if head.startswith("ref: refs/heads/"):
+        commit = refs.get(head[len("ref: ") :].rstrip("\n"), "")
+    else:
+        commit = head.rstrip("\n")
+    if not _COMMIT.fullmatch(commit):
+        return False
+    # Neither the branch nor a packed ref that is a directory of its name or on its path.
+    if any(ref == name or ref.startswith(name + "/") or name.startswith(ref + "/") for ref in refs):
+        return False
+    at = next(
+        (n for n, line in enumerate(lines) if n and line[0] != "^" and line.split(" ")[1] > name),
+        len(lines),
+    )  # git keeps them sorted by name; a peeled line stays after its tag
+    try:
+        _rewrite(git_dir / "packed-refs", "".join([*lines[:at], f"{commit} {name}\n", *lines[at:]]))
+    except OSError:
+        return False
+    try:
+        rewrite_head(git_dir, f"ref: {name}\n")
+    except OSError:
+        _rewrite(git_dir / "packed-refs", "".join(lines))  # as it was: git makes the branch
+        return False
+    return True
+
+
+def _rewrite(path: Path, text: str) -> None:
+    with path.open("r+") as file:
+        file.write(text)
+        file.truncate()
+
+
 def rewrite_head(git_dir: Path, text: str) -> None:
     """Write HEAD in place, not through a lock file renamed over it (a new inode, and a freed
     one, per task: dear on ext4 without a journal, issue 16). Only a fresh checkout's HEAD,
@@ -259,7 +332,11 @@ def _branch_commit(git_dir: Path, branch: str) -> str | None:
     (None when the refs are kept otherwise, e.g. reftable: git is asked then)."""
     try:
         head = (git_dir / "HEAD").read_text().strip()
-        commit = (git_dir / "refs" / "heads" / branch).read_text().strip()
+        try:
+            commit = (git_dir / "refs" / "heads" / branch).read_text().strip()
+        except FileNotFoundError:
+            packed = _packed_refs(git_dir)  # a .git hal wrote: the branch is packed
+            commit = "" if packed is None else packed[1].get(f"refs/heads/{branch}", "")
     except (OSError, UnicodeDecodeError):
         return None
     if head != f"ref: refs/heads/{branch}" or not _COMMIT.fullmatch(commit):

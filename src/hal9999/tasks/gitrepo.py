@@ -254,7 +254,7 @@ async def clone(
     # here rather than by three more git processes (issue 16), with git as the fallback for
     # anything not in the plain form this git writes.
     git_dir = dest / ".git"
-    if not await asyncio.to_thread(gitdir.new_branch, git_dir, branch):
+    if not await asyncio.to_thread(gitdir.new_branch, git_dir, branch, written):
         await git(
             [*here, "checkout", "--quiet", "-b", branch], cwd=dest, what="creating the branch"
         )
