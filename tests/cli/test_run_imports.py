@@ -13,8 +13,13 @@ from pathlib import Path
 import pytest
 
 RUN_AND_LIST = """
-import atexit, json, runpy, sys
+import atexit, gc, json, runpy, sys
 atexit.register(lambda: None)  # the thin run then exits as usual, through the lines below
+loading = []  # collections while the config and the task service load (before any freeze)
+def seen(phase, info):
+    if phase == "start" and "hal9999.config" in sys.modules and not gc.get_freeze_count():
+        loading.append(info["generation"])
+gc.callbacks.append(seen)
 sys.argv = ["hal", *sys.argv[1:]]
 try:
     runpy.run_module("hal9999", run_name="__main__")
@@ -30,7 +35,8 @@ built = sorted(
     and value.__pydantic_complete__
 )
 adapter = sys.modules["hal9999.events.models"].EVENT_ADAPTER
-sys.stderr.write("\\n" + json.dumps({"built": built, "union": adapter.pydantic_complete}))
+found = {"built": built, "union": adapter.pydantic_complete, "collections": loading}
+sys.stderr.write("\\n" + json.dumps(found))
 """
 
 STATUS_ORDER = """
@@ -111,6 +117,8 @@ def test_an_in_process_run_imports_no_gateway_or_hive_store_and_builds_only_its_
     assert "hal9999.events.models.TaskEnd" in built  # the run built what it used
     assert not built & set(NOT_BUILT), sorted(built & set(NOT_BUILT))
     assert found["union"] is False  # the union of every event kind: no run reads through it
+    # The garbage collector waits while the run loads its modules (cli.main.collector_paused).
+    assert found["collections"] == []
 
 
 @pytest.mark.bwrap

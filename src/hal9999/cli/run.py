@@ -16,9 +16,11 @@ import click
 
 from hal9999.cli.daemon_run import RunArgs
 from hal9999.cli.main import (
+    App,
     Started,
     app,
     cli,
+    collector_paused,
     emit_json,
     finish_run,
     offline_notice,
@@ -139,8 +141,9 @@ def full_run(args: RunArgs) -> None:
         pending.close()
 
 
-def _full_run(args: RunArgs, pending: Uncommitted) -> None:
-    from hal9999.cli.notices import print_notices, record_config_sources
+def _prepare(args: RunArgs, pending: Uncommitted) -> tuple[App, RunRequest, TaskAPI]:
+    """The config, the store, the request and the task API of a run, its notices printed."""
+    from hal9999.cli.notices import print_notices
     from hal9999.config import working_dir
     from hal9999.credentials import parse_env_option
     from hal9999.tasks.request import RunRequest
@@ -187,7 +190,14 @@ def _full_run(args: RunArgs, pending: Uncommitted) -> None:
     notice = offline_notice(a.config, request.agent, request.provider)
     if notice is not None and not args.as_json and not args.as_events:
         click.echo(f"hal: warning: {notice}", err=True)
-    api = a.tasks()
+    return a, request, a.tasks()
+
+
+def _full_run(args: RunArgs, pending: Uncommitted) -> None:
+    from hal9999.cli.notices import record_config_sources
+
+    with collector_paused():
+        a, request, api = _prepare(args, pending)
     if args.detach:
         task = run_async(api.create(request))
         record_config_sources(a.service, task, a.sources)
