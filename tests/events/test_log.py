@@ -189,6 +189,29 @@ def test_fsync_on_phase_and_task_end_only(tmp_path: Path, monkeypatch: pytest.Mo
     log.emit(TaskEnd(status="succeeded"))
     assert len(calls) == 2
     log.close()
+    assert len(calls) == 2  # everything was on disk already: no fsync of the close's own
+
+
+def test_close_fsyncs_what_was_written_since_the_last_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        calls.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    log = EventLog(tmp_path / "events.jsonl", "t1")
+    log.emit(Phase(phase="running"))
+    log.emit(Output(text="after the phase"))
+    assert len(calls) == 1
+    log.close()
+    assert len(calls) == 2
+    quiet = EventLog(tmp_path / "other.jsonl", "t2")
+    quiet.close()  # nothing written by it: fsync'ed all the same, as before
+    assert len(calls) == 3
 
 
 def test_concurrent_emits_get_unique_ordered_seqs(tmp_path: Path) -> None:

@@ -142,6 +142,10 @@ class EventLog:
         self._locked = False
         self._seq = 0
         self._size = -1  # unknown: the first lock reads the file's last seq
+        self._synced = False
+        """Whether everything written through this writer is on disk (a batch ending with a
+        ``phase`` or ``task_end`` was fsync'ed): then :meth:`close` needs no fsync of its own
+        (issue 16: a run's end, which a follower waits for, did two in a row)."""
         self._lock_file()
         try:
             self._catch_up_index()
@@ -264,8 +268,10 @@ class EventLog:
         try:
             self._file.write(data)
             self._file.flush()
+            self._synced = False
             if any(e.type in FSYNC_TYPES for e in batch):
                 os.fsync(self._file.fileno())
+                self._synced = True
         except OSError:
             # Leave no half line behind, and no index rows for lines that are not there.
             self._truncate_to(self._size)
@@ -318,7 +324,8 @@ class EventLog:
                 if self._file is not None:
                     try:
                         self._file.flush()
-                        os.fsync(self._file.fileno())
+                        if not self._synced:
+                            os.fsync(self._file.fileno())
                     finally:
                         self._unlock_file()
                         self._file.close()
