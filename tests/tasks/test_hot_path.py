@@ -167,7 +167,9 @@ async def test_a_daemon_task_writes_its_row_once_per_step(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Issue 16: a run rewrote the runner pid the daemon's queueing had recorded, and its end
-    # cleared the sandbox and the runner pid in two writes (each a thread hop and a commit).
+    # cleared the sandbox and the runner pid in two writes (each a thread hop and a commit);
+    # then in one more after the final status, which the run's follower waited for: now in
+    # the final status's own write.
     from hal9999.store import Store
 
     repo = git_repo(tmp_path / "repo")
@@ -187,12 +189,15 @@ async def test_a_daemon_task_writes_its_row_once_per_step(
 
         monkeypatch.setattr(Store, name, counted)
     done = await service.run(task.id)
+    kept = store.get_task(task.id)
     store.close()
     assert done.status == "succeeded", done.error_message
     assert writes == [
         "provisioning", "sandbox_id", "preparing", "base_commit", "running", "collecting",
-        "files_changed", "succeeded", "runner_pid,sandbox_id",
+        "files_changed", "succeeded",
     ]  # fmt: skip
+    assert (done.runner_pid, done.sandbox_id) == (None, None)
+    assert (kept.runner_pid, kept.sandbox_id) == (None, None)
 
 
 def test_a_task_without_variables_records_no_kinds_file(tmp_path: Path) -> None:

@@ -134,7 +134,8 @@ class TaskRunner(LaunchSteps, FollowSteps):
             if ctx.session_id is not None:  # a run cut short between a pump and its save
                 left["agent_session_id"] = ctx.session_id
                 ctx.session_id = None
-            await self.update(task.id, **left)  # one write for all three
+            if any(getattr(ctx.task, name) != value for name, value in left.items()):
+                await self.update(task.id, **left)  # one write for all three
 
     async def release(self, provider: Provider, sandbox: Sandbox, *, reuse: bool = True) -> None:
         """Give the sandbox back to where it came from (the pool, which keeps it for reuse
@@ -171,11 +172,17 @@ class TaskRunner(LaunchSteps, FollowSteps):
     ) -> TaskRecord:
         current = self.store.get_task(ctx.task.id)
         totals = ctx.totals
+        # What the end of `run` would write next, in this write: the run's follower is
+        # answered once the run is over, and a second write was ~1-2.5 ms of that wait
+        # (issue 16). A final task's runner and sandbox are nobody's to look up any more
+        # (recovery looks at active tasks only; the pool's own row tracks the sandbox).
+        gone = {} if ctx.detached else {"runner_pid": None, "sandbox_id": None}
         try:
             record = self._transition(
                 ctx,
                 status,
                 note,
+                **gone,
                 finished_at=time.time(),
                 exit_code=exit_code,
                 error_code=error.code if error else None,
