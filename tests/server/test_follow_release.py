@@ -10,6 +10,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from hal9999.events.bus import EventBus
 from hal9999.events.models import Output, Phase, TaskEnd
 from hal9999.server.follow import follow_page
@@ -125,3 +127,32 @@ async def test_a_follower_that_shows_only_the_agent_is_not_woken_by_hals_own_eve
     assert [e["type"] for e in page["events"]] == ["phase", "output"]
     assert page["done"] is False
     runner.cancel()
+
+
+async def test_the_answer_that_ends_a_run_reads_once_and_carries_the_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 16: after the run's end the answer read the status, the events and the record
+    # in three thread hops (each a wake-up of the daemon's loop on the client's way out).
+    hops: list[str] = []
+    original = asyncio.to_thread
+
+    async def counted(func: Any, /, *args: Any, **kwargs: Any) -> Any:
+        hops.append(getattr(func, "__name__", repr(func)))
+        return await original(func, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", counted)
+
+    async def releasing() -> None:
+        await asyncio.sleep(0.05)
+        running.pop("t1", None)
+
+    running: dict[str, asyncio.Task[None]] = {"t1": asyncio.create_task(releasing())}
+    daemon = _daemon(tmp_path, running)
+    page = await follow_page(daemon, "t1", after_seq=0, wait=LONG_POLL_S)
+    assert page["done"] is True
+    assert page["record"] is daemon.service.store.get_task("t1")
+    # Finding the task, a read while the run releases its sandbox, one after it is over.
+    assert len(hops) == 3, hops
+    quick = await follow_page(daemon, "t1", after_seq=0, wait=LONG_POLL_S)
+    assert quick["done"] is True and len(hops) == 5, hops

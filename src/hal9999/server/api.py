@@ -4,7 +4,6 @@ the event streams (server-sent events) of :mod:`hal9999.server.sse`."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from hal9999.config import HalConfig
-from hal9999.errors import ConfigError, TaskNotFound
+from hal9999.errors import ConfigError
 from hal9999.server.client import HAL_OWN
 from hal9999.server.follow import MAX_WAIT_S, events_page, follow_page
 from hal9999.server.hive_api import add_hive_routes
@@ -233,12 +232,11 @@ def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
             wait=_wait(request.query.get("wait")),
             quiet=_quiet(request.query.get("wake")),
         )
-        if page["done"]:
-            # The record as it ended, which a follower asks for next (one request fewer).
-            with contextlib.suppress(TaskNotFound):
-                page["task"] = task_json(
-                    await asyncio.to_thread(service.find, request.params["id"])
-                )
+        record = page.pop("record", None)
+        if record is not None:
+            # The record as it ended, which a follower asks for next (one request fewer);
+            # read with the page's status, after the run was over (no thread hop more).
+            page["task"] = task_json(record)
         return page
 
     async def all_events(request: Request) -> Any:

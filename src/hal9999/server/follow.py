@@ -63,10 +63,12 @@ async def follow_page(
             # Looked up before the status: a run the status then shows resting (not queued
             # again for a retry) is the run that wrote the task's last task_end, not a retry.
             before = daemon.scheduler.running.get(task.id)
-            status = (await asyncio.to_thread(service.store.get_task, task.id)).status
+            # The record, then from the last event the caller has, to learn its type (is it
+            # the task_end?): in one thread hop (issue 16: each hop was a wake-up of the
+            # loop on the way to the answer that ends a run).
+            record, tail = await asyncio.to_thread(_read, service.store, task.id, path, after_seq)
+            status = record.status
             over = status not in ACTIVE and task.id not in daemon.scheduler.running
-            # From the last event the caller has, to learn its type (is it the task_end?).
-            tail = await asyncio.to_thread(events_after_seq, path, max(0, after_seq - 1))
             newer = [e for e in tail if e.seq > after_seq]
             page = newer[:PAGE]
             last = page[-1] if page else (tail[-1] if tail else None)
@@ -110,7 +112,15 @@ async def follow_page(
             wait -= time.monotonic() - started
     finally:
         subscription.close()
-    return {"events": [e.model_dump(mode="json") for e in page], "status": status, "done": done}
+    answer = {"events": [e.model_dump(mode="json") for e in page], "status": status, "done": done}
+    if done:
+        answer["record"] = record  # as the run left it: read after the run was over
+    return answer
+
+
+def _read(store: Store, task_id: str, path: Path, after_seq: int) -> tuple[Any, list[Event]]:
+    """The task's record, then its events from ``after_seq`` (that one included)."""
+    return store.get_task(task_id), events_after_seq(path, max(0, after_seq - 1))
 
 
 def _bodies(store: Store, rows: list[IndexedEvent]) -> list[Event]:
