@@ -4,38 +4,22 @@ points, so a third-party backend registers exactly like ``bwrap`` does."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, cast
 
 from pydantic import BaseModel, ValidationError
 
+from hal9999.entrypoints import find_entry_point
 from hal9999.errors import ConfigError, ProviderUnavailable, UnknownProvider
 from hal9999.providers.base import Provider
 
 GROUP = "hal9999.providers"
 
 
-def _entry_points() -> dict[str, EntryPoint]:
-    return {ep.name: ep for ep in entry_points(group=GROUP)}
-
-
-_found: dict[str, EntryPoint] = {}
-
-
-def _entry_point(name: str) -> EntryPoint | None:
-    """The entry point registered as ``name``. Scanning every installed package's metadata
-    takes 10-20 ms and a daemon loads a provider at every run of every task, so what a scan
-    found is kept; a name not kept yet scans again (a plugin installed since)."""
-    if name not in _found:
-        _found.clear()
-        _found.update(_entry_points())
-    return _found.get(name)
-
-
 def available_providers() -> list[str]:
     """Names of every registered provider, sorted."""
-    return sorted(_entry_points())
+    return sorted({ep.name for ep in entry_points(group=GROUP)})
 
 
 def load_provider(
@@ -45,7 +29,7 @@ def load_provider(
 
     ``state_dir`` is the provider's private directory for its sandbox records.
     """
-    entry = _entry_point(name)
+    entry = find_entry_point(GROUP, name)  # a scan found it, or finds it now
     if entry is None:
         raise UnknownProvider(
             f"no provider named {name!r}",
