@@ -329,6 +329,27 @@ def test_the_copies_live_outside_the_providers_state(tmp_path: Path) -> None:
     home = tmp_path / "home"
     assert hostetc.root_for(home / "sandboxes" / "bwrap") == home / "cache" / "bwrap-etc"
     assert hostetc.root_for(tmp_path / "state") == tmp_path / "state" / hostetc.DIR
+    assert hostetc.shared_for(home / "sandboxes" / "bwrap") == home / "cache" / "bwrap-shared"
+    assert hostetc.shared_for(tmp_path / "state") == tmp_path / "state" / hostetc.SHARED_DIR
+
+
+async def test_the_files_sandboxes_link_to_live_outside_the_providers_state(
+    tmp_path: Path,
+) -> None:
+    # The filter every sandbox links to is not an entry of `sandboxes/bwrap/`, during or after.
+    state = tmp_path / "home" / "sandboxes" / "bwrap"
+    provider = BwrapProvider(state_dir=state)
+    if provider._program is None:
+        pytest.skip("no seccomp filter on this host")
+    box = await provider.create(SandboxSpec(provider="bwrap"))
+    try:
+        assert sorted(p.name for p in state.iterdir()) == [box.id]
+        filter_file = provider.store.dir(box.id) / "etc" / "seccomp.bpf"
+        shared = list((tmp_path / "home" / "cache" / "bwrap-shared").iterdir())
+        assert [os.stat(filter_file).st_ino] == [os.stat(p).st_ino for p in shared]
+    finally:
+        await provider.destroy(box.id)
+    assert list(state.iterdir()) == []
 
 
 def test_the_marker_finds_exactly_the_processes_that_carry_it() -> None:

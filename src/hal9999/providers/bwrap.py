@@ -278,6 +278,8 @@ class BwrapProvider(HostProvider):
         super().__init__(state_dir=state_dir, cgroup=self.config.cgroup)
         self.etc = hostetc.EtcView(state_dir)
         """The curated /etc every sandbox without a rootfs binds (see :mod:`hostetc`)."""
+        self.shared = hostetc.shared_for(state_dir)
+        """The read-only files each sandbox's ``etc`` links to rather than copies."""
         self.drop_helper = sandboxuser.drop_helper()
         """The static uid switch a root hal's commands start with, or None for setpriv."""
         self._program = seccomp.build() if seccomp.supported() else None
@@ -343,11 +345,11 @@ class BwrapProvider(HostProvider):
         if record.spec.network == "host":
             (directory / RUN_DIR).mkdir(mode=0o700, exist_ok=True)
             resolv = usernet.RESOLV_CONF.encode()
-            hostread.link_shared(self.state_dir / ".resolv.conf", etc / "resolv.conf", resolv)
+            hostread.link_shared(self.shared / "resolv.conf", etc / "resolv.conf", resolv)
         if self._program is not None:
             # Each sandbox's own name for one read-only file per state dir (by its contents):
             # a link, not a copy, since every inode made costs (issue 16).
-            shared = self.state_dir / f".{SECCOMP_FILE}-{self._program_id}"
+            shared = self.shared / f"{SECCOMP_FILE}-{self._program_id}"
             hostread.link_shared(shared, etc / SECCOMP_FILE, self._program)
         if record.uid is None:
             return

@@ -38,6 +38,8 @@ SEEN = 16
 DIR = ".host-etc"
 """Under a state dir outside a HAL_HOME (see :func:`root_for`)."""
 HOME_DIR = ("cache", "bwrap-etc")
+SHARED_DIR = ".shared"
+SHARED_HOME_DIR = ("cache", "bwrap-shared")
 """Under a HAL_HOME: outside ``sandboxes/``, whose entries are providers and sandboxes."""
 ACCOUNTS = ("passwd", "group")
 ACCOUNTS_AT = "/.hal"
@@ -107,6 +109,16 @@ def root_for(state_dir: Path) -> Path:
     if state_dir.parent.name == "sandboxes":
         return state_dir.parent.parent.joinpath(*HOME_DIR)
     return state_dir / DIR
+
+
+def shared_for(state_dir: Path) -> Path:
+    """Where the read-only files every sandbox of the provider at ``state_dir`` links to live
+    (its seccomp filter, the usernet ``resolv.conf``): ``<home>/cache/bwrap-shared`` when it
+    is a HAL_HOME's ``sandboxes/<name>``, else ``<state_dir>/.shared``. Not in the state
+    directory itself, which holds the sandboxes and nothing else once they are gone."""
+    if state_dir.parent.name == "sandboxes":
+        return state_dir.parent.parent.joinpath(*SHARED_HOME_DIR)
+    return state_dir / SHARED_DIR
 
 
 class EtcView:

@@ -75,6 +75,7 @@ def link_shared(shared: Path, target: Path, data: bytes, mode: int = 0o444) -> N
     if _holds(shared, data, mode) is None:
         # A unique name: other threads and hal processes may be writing it too.
         tmp = shared.with_name(f".{shared.name}.{os.urandom(6).hex()}.tmp")
+        shared.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         _write_new(shared, data, mode, tmp)
     try:
         os.link(shared, target)  # a new sandbox: nothing there yet
