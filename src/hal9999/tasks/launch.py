@@ -94,14 +94,17 @@ class LaunchSteps(RunnerCore):
         lease = await self.sandboxes.acquire(provider, spec, task.id)
         ctx.sandbox = sandbox = lease.sandbox if lease is not None else await provider.create(spec)
         warm = lease is not None and lease.warm
-        await self.update(task.id, sandbox_id=sandbox.id)
         self.emit(ctx, SandboxAcquired(sandbox_id=sandbox.id, provider=sandbox.provider, warm=warm))
         if ctx.gateway is not None:
             await ctx.gateway.connect(sandbox)
         if ctx.mcp is not None:
             await ctx.mcp.connect(sandbox)
 
-        await self.transition(ctx, TaskStatus.PREPARING)
+        # The sandbox is recorded with the next status, one write (issue 16: each is a thread
+        # hop and a commit). Until then a crash or a stop finds it as before the record: the
+        # run's own release (which knows it), the `hal.task` label of a sandbox made for the
+        # task, or recovery's sweep of every sandbox no live run keeps (a pooled one).
+        await self.transition(ctx, TaskStatus.PREPARING, sandbox_id=sandbox.id)
         launch = await self.prepare(ctx, sandbox, agent, prompt, snap)
         await self.transition(ctx, TaskStatus.RUNNING, detail=f"agent {agent.name}")
         given = {**ctx.secrets, **(ctx.gateway.secrets() if ctx.gateway else {})}
