@@ -85,6 +85,9 @@ class RunContext:
     """The run's way to its hive agent's MCP server (None: not a hive agent's task)."""
     session_id: str | None = None
     """An agent session id seen in the output and not yet written to the task's record."""
+    files_changed: int | None = None
+    """What the run's collection counted, written with the final status (or at the run's
+    end, when another process took the task meanwhile)."""
 
 
 @dataclass
