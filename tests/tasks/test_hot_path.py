@@ -169,8 +169,8 @@ async def test_a_daemon_task_writes_its_row_once_per_step(
     # Issue 16: a run rewrote the runner pid the daemon's queueing had recorded, and its end
     # cleared the sandbox and the runner pid in two writes (each a thread hop and a commit);
     # then in one more after the final status, which the run's follower waited for: now in
-    # the final status's own write. The sandbox is recorded with `preparing`, the count of
-    # files changed with the final status, neither alone.
+    # the final status's own write. The sandbox is recorded with `preparing`, the clone's
+    # base commit with `running`, the count of files changed with the final status.
     from hal9999.store import Store
 
     repo = git_repo(tmp_path / "repo")
@@ -194,11 +194,40 @@ async def test_a_daemon_task_writes_its_row_once_per_step(
     store.close()
     assert done.status == "succeeded", done.error_message
     assert writes == [
-        "provisioning", "preparing", "base_commit", "running", "collecting", "succeeded",
+        "provisioning", "preparing", "running", "collecting", "succeeded",
     ]  # fmt: skip
     assert (done.runner_pid, done.sandbox_id) == (None, None)
     assert (kept.runner_pid, kept.sandbox_id) == (None, None)
+    assert kept.base_commit == git(repo, "rev-parse", "HEAD").strip() and kept.files_changed == 0
 
+
+
+@pytest.mark.bwrap
+async def test_what_a_run_learnt_is_recorded_with_a_failure_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The clone's base commit waits for `running` to be written: a run failing before it
+    # records it with its final status, so a resume reuses the checkout as before.
+    from hal9999.errors import ProviderError
+    from hal9999.tasks import launch
+
+    async def failing(*args: object, **kwargs: object) -> None:
+        raise ProviderError("credentials could not be installed")
+
+    monkeypatch.setattr(launch, "install_files", failing)
+    repo = git_repo(tmp_path / "repo")
+    store, service, _, _ = pooled_service(tmp_path / "home", "bwrap")
+    request = RunRequest(
+        prompt="p", repo=str(repo), ref=None, agent="true {{prompt_file}}", provider="bwrap",
+        process_manager="direct", timeout_s=60,
+    )  # fmt: skip
+    task = await service.create(request)
+    done = await service.run(task.id)
+    kept = store.get_task(task.id)
+    store.close()
+    assert done.status == "failed" and "credentials" in (done.error_message or "")
+    assert kept.base_commit == git(repo, "rev-parse", "HEAD")
+    assert (kept.runner_pid, kept.sandbox_id, kept.started_at) == (None, None, None)
 
 def test_a_task_without_variables_records_no_kinds_file(tmp_path: Path) -> None:
     from hal9999.credentials import EnvKinds

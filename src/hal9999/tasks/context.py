@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hal9999.agents.registry import is_template
 from hal9999.config import HalConfig
@@ -85,9 +85,11 @@ class RunContext:
     """The run's way to its hive agent's MCP server (None: not a hive agent's task)."""
     session_id: str | None = None
     """An agent session id seen in the output and not yet written to the task's record."""
-    files_changed: int | None = None
-    """What the run's collection counted, written with the final status (or at the run's
-    end, when another process took the task meanwhile)."""
+    unsaved: dict[str, Any] = field(default_factory=dict)
+    """Fields of the task's record the run has learnt (a fresh clone's ``base_commit``, the
+    collection's ``files_changed``), written with its next status instead of alone (issue
+    16: each write is a thread hop and a commit on the task's way); a run that ends without
+    one (taken away by another process) writes them at its end."""
 
 
 @dataclass

@@ -42,9 +42,8 @@ async def collect_result(ctx: RunContext, sandbox: Sandbox, update: Update) -> i
         task_id=task.id,
         full_bundle=task.repo_kind == "url",
     )
-    # Written with the final status (issue 16: a write of its own was a thread hop and a
-    # commit on the task's way): a failure from here on is recorded with it too.
-    ctx.files_changed = result.files_changed
+    # Written with the final status (a failure from here on is recorded with it too).
+    ctx.unsaved["files_changed"] = result.files_changed
     # Sizes, never the diff itself: a 300 MB patch stays in result.patch.
     sizes = f"patch {result.patch_bytes} bytes"
     if result.bundle_bytes is not None:

@@ -160,7 +160,10 @@ class LaunchSteps(RunnerCore):
             )  # fmt: skip
             if snap is not None:
                 await asyncio.to_thread(mirror.point_alternates, session.workspace)
-            ctx.task = task = await self.update(task.id, base_commit=base)
+            # Recorded with `running` (a write fewer): should the run end before, no agent
+            # has run here, and a later run clones again as it would after a clone cut short.
+            ctx.unsaved["base_commit"] = base
+            ctx.task = task = task.model_copy(update={"base_commit": base})
         # The checkout (made by host git) and the home are the agent's to change; a warm
         # sandbox from the pool meets this session's directories only now.
         for target in (sandbox.workdir, sandbox.path(HOME_TARGET)):

@@ -54,8 +54,9 @@ class RunnerCore:
                 target,
                 expect=ctx.task.status,
                 detail=detail,
-                **fields,
+                **{**ctx.unsaved, **fields},
             )
+            ctx.unsaved.clear()
         except TaskStateError:
             current = self.store.get_task(ctx.task.id)
             if current.status in TAKEN_AWAY:

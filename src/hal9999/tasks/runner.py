@@ -134,10 +134,9 @@ class TaskRunner(LaunchSteps, FollowSteps):
             if ctx.session_id is not None:  # a run cut short between a pump and its save
                 left["agent_session_id"] = ctx.session_id
                 ctx.session_id = None
-            if ctx.files_changed is not None:  # a run taken away before its final status
-                left["files_changed"] = ctx.files_changed
-            if any(getattr(ctx.task, name) != value for name, value in left.items()):
-                await self.update(task.id, **left)  # one write for all three
+            unsaved, ctx.unsaved = ctx.unsaved, {}  # a run taken away before its final status
+            if unsaved or any(getattr(ctx.task, name) != value for name, value in left.items()):
+                await self.update(task.id, **left, **unsaved)  # one write for all
 
     async def release(self, provider: Provider, sandbox: Sandbox, *, reuse: bool = True) -> None:
         """Give the sandbox back to where it came from (the pool, which keeps it for reuse
@@ -178,9 +177,7 @@ class TaskRunner(LaunchSteps, FollowSteps):
         # answered once the run is over, and a second write was ~1-2.5 ms of that wait
         # (issue 16). A final task's runner and sandbox are nobody's to look up any more
         # (recovery looks at active tasks only; the pool's own row tracks the sandbox).
-        gone: dict[str, Any] = {} if ctx.detached else {"runner_pid": None, "sandbox_id": None}
-        if ctx.files_changed is not None:
-            gone["files_changed"] = ctx.files_changed
+        gone = {} if ctx.detached else {"runner_pid": None, "sandbox_id": None}
         try:
             record = self._transition(
                 ctx,
