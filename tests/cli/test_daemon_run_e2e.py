@@ -189,7 +189,7 @@ def test_a_run_through_the_daemon_imports_no_models(
             [sys.executable, "-c", RUN_AND_LIST, "run", "--agent", "true {{prompt_file}}", "x"],
             cwd=demo_repo, env={**hal_env, **extra}, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
-        *_, status, listed = done.stderr.splitlines()
+        *_, status, listed, _models = done.stderr.splitlines()
         assert status == "exit 0", done.stderr[-2000:]
         modules = set(json.loads(listed))
         loaded = sorted(modules & set(NOT_IN_THE_THIN_CLIENT))
@@ -247,7 +247,7 @@ def test_task_show_through_the_daemon_imports_no_models(
             [sys.executable, "-c", RUN_AND_LIST, *args],
             cwd=demo_repo, env=hal_env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
-        *_, status, listed = done.stderr.splitlines()
+        *_, status, listed, _models = done.stderr.splitlines()
         assert status in ("exit 0", "exit None"), done.stderr[-2000:]
         loaded = sorted(set(json.loads(listed)) & set(NOT_IN_THE_THIN_CLIENT))
         assert loaded == [], loaded

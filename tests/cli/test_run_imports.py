@@ -34,8 +34,9 @@ built = sorted(
     if isinstance(value, type) and issubclass(value, BaseModel) and value.__module__ == name
     and value.__pydantic_complete__
 )
-adapter = sys.modules["hal9999.events.models"].EVENT_ADAPTER
-found = {"built": built, "union": adapter.pydantic_complete, "collections": loading}
+events = sys.modules.get("hal9999.events.models")  # none in a thin run
+union = events.EVENT_ADAPTER.pydantic_complete if events is not None else None
+found = {"built": built, "union": union, "collections": loading}
 sys.stderr.write("\\n" + json.dumps(found))
 """
 
