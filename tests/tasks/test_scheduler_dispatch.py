@@ -3,13 +3,20 @@ target 2; docs/scale.md found it read up to 4 x free rows at every wake-up)."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
-from tests.tasks.test_recovery import make_task
+import pytest
+from tests.tasks.test_halt import git_repo
+from tests.tasks.test_recovery import make_task, pooled_service
 from tests.tasks.test_scheduler import setup, until
 
 from hal9999.store import Store, TaskRecord
+from hal9999.tasks.api import LocalTaskAPI
+from hal9999.tasks.request import RunRequest
 
 
 def count_rows(store: Store) -> list[int]:
@@ -119,3 +126,46 @@ def test_the_queue_read_uses_the_index_order_not_a_sort(tmp_path: Path) -> None:
     steps = [str(row[3]) for row in plan]
     assert any("tasks_queue_order" in step for step in steps), steps
     assert not any("TEMP B-TREE" in step for step in steps), steps
+
+
+async def test_a_queued_task_another_live_hal_runs_is_not_started(tmp_path: Path) -> None:
+    # An in-process `hal run` creates its task queued and takes it from there a moment later:
+    # a daemon on the same home dispatching in that moment took it too, and the loser's
+    # "a provisioning task cannot become provisioning" failed the task (seen in CI).
+    store, service, scheduler = setup(tmp_path, {"fake": 10}, max_concurrent=4)
+    other = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import time; time.sleep(60)", "hal-in-process-run"
+    )
+    try:
+        store.insert_task(make_task(tmp_path, "heldaaaa", "queued", runner_pid=other.pid))
+        store.insert_task(make_task(tmp_path, "mineaaaa", "queued", runner_pid=os.getpid()))
+        store.insert_task(make_task(tmp_path, "freeaaaa", "queued"))
+        assert scheduler.dispatch() == 2
+        assert sorted(scheduler.running) == ["freeaaaa", "mineaaaa"]
+    finally:
+        other.kill()
+        await other.wait()
+    # Its runner gone, the task is the daemon's like any other queued one.
+    assert scheduler.dispatch() == 1 and "heldaaaa" in scheduler.running
+    for task_id in list(scheduler.running):
+        service.gate(task_id).set()
+    await until(lambda: not scheduler.running)
+    await scheduler.shutdown()
+
+
+@pytest.mark.bwrap
+async def test_an_in_process_run_creates_its_task_as_its_own(tmp_path: Path) -> None:
+    # The other half: the task an in-process run creates names it as its runner from the
+    # first write, so a daemon's dispatch in between leaves it alone.
+    repo = git_repo(tmp_path / "repo")
+    store, service, _, _ = pooled_service(tmp_path / "home", "bwrap")
+    api = LocalTaskAPI(service, spawn=lambda task, argv, env: None)
+    first: list[int | None] = []
+    request = RunRequest(
+        prompt="p", repo=str(repo), ref=None, agent="true {{prompt_file}}", provider="bwrap",
+        process_manager="direct", timeout_s=60,
+    )  # fmt: skip
+    done = await api.run(request, on_start=lambda task: first.append(task.runner_pid))
+    store.close()
+    assert first == [os.getpid()]
+    assert done.status == "succeeded", done.error_message

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Protocol
 
@@ -120,8 +122,10 @@ class LocalTaskAPI:
         on_output: OnOutput | None = None,
         on_event: OnEvent | None = None,
     ) -> TaskRecord:
-        """Create the task and run it here, to its end."""
-        task = await self.service.create(request)
+        """Create the task and run it here, to its end. It is created as this process's
+        (``runner_pid``): a daemon on the same home never starts a queued task whose runner
+        lives, so the two cannot both take it from ``queued``."""
+        task = await self.service.create(dataclasses.replace(request, runner_pid=os.getpid()))
         if on_start is not None:
             on_start(task)
         return await self._run(task.id, request.given_env, None, on_output, on_event)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from hal9999.errors import HalError
 from hal9999.pool.settings import SchedulerSettings
 from hal9999.store import TaskRecord
+from hal9999.tasks.alive import runner_alive
 from hal9999.tasks.context import Adopted
 from hal9999.tasks.service import TaskService
 from hal9999.tasks.state import TaskStatus, transition
@@ -182,7 +183,9 @@ class Scheduler:
                 if task.id in judged:
                     continue
                 judged.add(task.id)
-                provider = None if task.id in self.running else self.place(task)
+                if task.id in self.running or self.held_elsewhere(task):
+                    continue
+                provider = self.place(task)
                 if provider is None:
                     continue
                 self.start(task, provider)
@@ -192,6 +195,13 @@ class Scheduler:
             if len(page) < limit or limit >= most:
                 return started  # the queue (or the window) holds nothing more to start
             limit = min(limit * 2, most)
+
+    @staticmethod
+    def held_elsewhere(task: TaskRecord) -> bool:
+        """Whether another live hal process runs the queued ``task`` (an in-process ``hal
+        run`` between its task's creation and its first step): not this daemon's to start."""
+        pid = task.runner_pid
+        return pid is not None and pid != os.getpid() and runner_alive(pid)
 
     def place(self, task: TaskRecord) -> str | None:
         """The first of the task's providers with room, or None."""
