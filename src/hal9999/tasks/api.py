@@ -109,8 +109,9 @@ class LocalTaskAPI:
         """Backoff and infrastructure-retry limits, as the daemon's scheduler has them."""
 
     async def create(self, request: RunRequest) -> TaskRecord:
-        """Create the task and start a detached runner for it."""
-        task = await self.service.create(request)
+        """Create the task and start a detached runner for it (the task is this process's
+        until the runner's pid is recorded, so no daemon starts it meanwhile)."""
+        task = await self.service.create(dataclasses.replace(request, runner_pid=os.getpid()))
         self.spawn(task, [], dict(request.given_env))
         return self.service.store.get_task(task.id)
 
