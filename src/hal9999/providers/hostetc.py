@@ -106,9 +106,7 @@ def _build(source: Path, state: _State, target: Path, accounts: bool) -> None:
 def root_for(state_dir: Path) -> Path:
     """Where the copies live for the provider at ``state_dir``: ``<home>/cache/bwrap-etc``
     when it is a HAL_HOME's ``sandboxes/<name>``, else ``<state_dir>/.host-etc``."""
-    if state_dir.parent.name == "sandboxes":
-        return state_dir.parent.parent.joinpath(*HOME_DIR)
-    return state_dir / DIR
+    return _beside(state_dir, HOME_DIR, DIR)
 
 
 def shared_for(state_dir: Path) -> Path:
@@ -116,9 +114,15 @@ def shared_for(state_dir: Path) -> Path:
     (its seccomp filter, the usernet ``resolv.conf``): ``<home>/cache/bwrap-shared`` when it
     is a HAL_HOME's ``sandboxes/<name>``, else ``<state_dir>/.shared``. Not in the state
     directory itself, which holds the sandboxes and nothing else once they are gone."""
+    return _beside(state_dir, SHARED_HOME_DIR, SHARED_DIR)
+
+
+def _beside(state_dir: Path, in_home: tuple[str, ...], own: str) -> Path:
+    # `sandboxes/<name>/` holds only sandboxes (recovery and `hal sandbox list` take each
+    # entry for one): under a HAL_HOME, what is not a sandbox goes to its cache.
     if state_dir.parent.name == "sandboxes":
-        return state_dir.parent.parent.joinpath(*SHARED_HOME_DIR)
-    return state_dir / SHARED_DIR
+        return state_dir.parent.parent.joinpath(*in_home)
+    return state_dir / own
 
 
 class EtcView:
