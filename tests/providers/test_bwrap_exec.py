@@ -3,25 +3,22 @@ the cost of finding a sandbox's processes by their marker."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from tests import inodes
 
 from hal9999.errors import ExecError
 from hal9999.providers import bwrapargs, cgroups, hostetc, hostexec, hostfs, sandboxuser, seccomp
 from hal9999.providers.bwrap import BwrapProvider, BwrapSandbox
 from hal9999.providers.bwrapargs import PROC_READ_ONLY
 from hal9999.providers.hostsandbox import RecordStore
-from hal9999.spec import ArgvCommand, Bind, Resources, SandboxSpec, ShellCommand
+from hal9999.spec import ArgvCommand, Resources, SandboxSpec, ShellCommand
 
 
 @pytest.fixture
@@ -169,56 +166,6 @@ async def test_each_proc_writer_is_one_read_only_mount(sandbox: BwrapSandbox) ->
         assert found[0].split(",")[0] == "ro", (name, found)
 
 
-def test_the_view_follows_the_host_and_copies_only_the_curated_entries(tmp_path: Path) -> None:
-    host = tmp_path / "etc"
-    host.mkdir()
-    (host / "hosts").write_text("127.0.0.1 one\n")
-    (host / "shadow").write_text("root:secret\n")
-    (host / "ssl").mkdir()
-    (host / "ssl" / "cert.pem").write_text("cert")
-    (host / "localtime").symlink_to(host / "hosts")
-    os.mkfifo(host / "services")
-    view = hostetc.EtcView(tmp_path / "state", source=host)
-    first, dirs = view.current()
-    assert dirs == ["ssl"]
-    assert sorted(p.name for p in first.iterdir()) == ["hosts", "localtime", "ssl"]
-    assert (first / "hosts").read_text() == "127.0.0.1 one\n"
-    assert not (first / "localtime").is_symlink()  # followed, as a bind mount does
-    assert list((first / "ssl").iterdir()) == []  # a mount point: bound live from the host
-    assert view.current()[0] == first  # unchanged host: the same copy, not a new one
-    (host / "hosts").write_text("127.0.0.1 two\n")
-    second, _ = view.current()
-    assert second != first and (second / "hosts").read_text() == "127.0.0.1 two\n"
-    (host / "gitconfig").write_text("[user]\n")
-    third, _ = view.current()
-    assert (third / "gitconfig").read_text() == "[user]\n"
-
-
-def test_an_unchanged_host_costs_the_view_its_stats_and_one_mark(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    host = tmp_path / "etc"
-    (host / "ssl").mkdir(parents=True)
-    (host / "hosts").write_text("one\n")
-    view = hostetc.EtcView(tmp_path / "state", source=host)
-    first = view.current()
-    hashes: list[object] = []
-    real = hostetc.hashlib.sha256
-    monkeypatch.setattr(hostetc.hashlib, "sha256", lambda *a: hashes.append(a) or real(*a))
-    marks: list[object] = []
-    monkeypatch.setattr(hostetc.os, "utime", lambda *a: marks.append(a))
-    for _ in range(5):
-        assert view.current() == first
-    # Every command stats the curated entries and marks its copy in use; the name is hashed
-    # again only once they change (it was hashed on every command).
-    assert hashes == [] and len(marks) == 5
-    assert view.current(accounts=True)[0] != first[0] and len(hashes) == 1
-    (host / "hosts").write_text("two\n")
-    monkeypatch.undo()
-    changed = view.current()
-    assert changed[0] != first[0] and (changed[0] / "hosts").read_text() == "two\n"
-
-
 def _helper_or_skip() -> str:
     helper = sandboxuser.drop_helper()
     if helper is None:
@@ -305,51 +252,6 @@ async def test_commands_run_as_the_sandbox_uid_with_nothing_else(
         assert groups[0].split() == ["Groups:"], groups  # no supplementary group
     finally:
         await provider.destroy(box.id)
-
-
-def test_copies_unused_for_a_while_are_removed_and_the_one_in_use_kept(tmp_path: Path) -> None:
-    host = tmp_path / "etc"
-    host.mkdir()
-    (host / "hosts").write_text("one\n")
-    view = hostetc.EtcView(tmp_path / "state", source=host)
-    old, _ = view.current()
-    recent = view.root / "recent-other-process"
-    recent.mkdir()
-    stale = time.time() - hostetc.KEEP - 60
-    os.utime(old, (stale, stale))
-    (host / "hosts").write_text("two\n")
-    new, _ = view.current()
-    assert new.is_dir() and not old.exists()  # unused for longer than KEEP
-    assert recent.is_dir()  # marked in use lately (by another process): kept
-
-
-def test_the_copies_live_outside_the_providers_state(tmp_path: Path) -> None:
-    # `sandboxes/<name>/` holds only sandboxes and `sandboxes/` only providers (recovery and
-    # `hal sandbox list` take each entry for one).
-    home = tmp_path / "home"
-    assert hostetc.root_for(home / "sandboxes" / "bwrap") == home / "cache" / "bwrap-etc"
-    assert hostetc.root_for(tmp_path / "state") == tmp_path / "state" / hostetc.DIR
-    assert hostetc.shared_for(home / "sandboxes" / "bwrap") == home / "cache" / "bwrap-shared"
-    assert hostetc.shared_for(tmp_path / "state") == tmp_path / "state" / hostetc.SHARED_DIR
-
-
-async def test_the_files_sandboxes_link_to_live_outside_the_providers_state(
-    tmp_path: Path,
-) -> None:
-    # The filter every sandbox links to is not an entry of `sandboxes/bwrap/`, during or after.
-    state = tmp_path / "home" / "sandboxes" / "bwrap"
-    provider = BwrapProvider(state_dir=state)
-    if provider._program is None:
-        pytest.skip("no seccomp filter on this host")
-    box = await provider.create(SandboxSpec(provider="bwrap"))
-    try:
-        assert sorted(p.name for p in state.iterdir()) == [box.id]
-        filter_file = provider.store.dir(box.id) / "etc" / "seccomp.bpf"
-        shared = list((tmp_path / "home" / "cache" / "bwrap-shared").iterdir())
-        assert [os.stat(filter_file).st_ino] == [os.stat(p).st_ino for p in shared]
-    finally:
-        await provider.destroy(box.id)
-    assert list(state.iterdir()) == []
 
 
 def test_the_marker_finds_exactly_the_processes_that_carry_it() -> None:
@@ -452,128 +354,14 @@ async def test_the_oom_counter_is_looked_up_once_and_read_in_one_call(
         await provider.destroy(box.id)
 
 
-@pytest.mark.bwrap
-async def test_a_start_leaves_the_sandboxs_unchanged_own_files_alone(
-    hal_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    provider = BwrapProvider(state_dir=hal_home / "sandboxes" / "bwrap")
-    (tmp_path / "ws").mkdir()
-    box = await provider.create(SandboxSpec(workspace=tmp_path / "ws"))
-    try:
-        etc = provider.store.dir(box.id) / "etc"
-        before = {p.name: p.stat().st_ino for p in etc.iterdir()}
-        replaced: list[object] = []
-        real = os.replace
-        monkeypatch.setattr(os, "replace", lambda a, b: replaced.append(b) or real(a, b))
-        monkeypatch.setattr(BwrapSandbox, "__init__", lambda *a: pytest.fail("a handle"))
-        # Every pool reset starts the sandbox again: its filter, account files and uid
-        # switch were each rewritten (and a whole handle made for its mount list).
-        provider.prepare_dirs(provider.store.load(box.id))
-        assert [p for p in replaced if "etc" in str(p)] == []
-        assert {p.name: p.stat().st_ino for p in etc.iterdir()} == before
-        monkeypatch.undo()
-        (etc / "seccomp.bpf").write_bytes(b"changed")
-        provider.prepare_dirs(provider.store.load(box.id))
-        assert (etc / "seccomp.bpf").read_bytes() != b"changed"  # rewritten when it differs
-        assert (await box.exec(ArgvCommand(argv=("true",)))).ok
-    finally:
-        await provider.destroy(box.id)
-
-
 def test_the_seccomp_filter_is_assembled_once_a_process() -> None:
     # Issue 16: every bwrap provider object assembled it again (two a task in the daemon).
-    from hal9999.providers import seccomp
 
     assert seccomp.build() is seccomp.build()
     assert seccomp.build(deny_userns=False) != seccomp.build()
 
 
-@pytest.mark.bwrap
-async def test_a_create_makes_only_the_inodes_it_needs(hal_home: Path, tmp_path: Path) -> None:
-    # Issue 16: each inode made costs 0.3-0.6 ms on some hosts. One save of the record (its
-    # uid and cgroup named before either is made), the filter a link to one file of the
-    # state dir, and no own home where a bind is the home (a task's).
-    provider = BwrapProvider(state_dir=hal_home / "sandboxes" / "bwrap")
-    (tmp_path / "ws").mkdir()
-    (tmp_path / "home").mkdir()
-    home = Bind(source=tmp_path / "home", target="/home/hal", read_only=False)
-    spec = SandboxSpec(workspace=tmp_path / "ws", binds=(home,))
-    first = await provider.create(spec)  # makes the state dir's shared files
-    try:
-        with inodes.created(provider.state_dir) as made:
-            box = await provider.create(spec)
-        try:
-            own = ["sandbox.tmp", "tmp", "etc"]
-            if sandboxuser.privileged():
-                own += ["etc/.passwd.tmp", "etc/.group.tmp"]
-            assert sorted(made) == sorted([box.id, *(os.path.join(box.id, n) for n in own)])
-            etc = provider.store.dir(box.id) / "etc"
-            if seccomp.supported():
-                assert (etc / "seccomp.bpf").stat().st_nlink > 1
-            assert (await box.exec(ArgvCommand(argv=("true",)))).ok
-        finally:
-            await provider.destroy(box.id)
-    finally:
-        await provider.destroy(first.id)
 
 
-@pytest.mark.bwrap
-async def test_a_create_cut_short_after_its_one_save_leaves_what_destroy_undoes(
-    hal_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The one save comes before the cgroup is made: a hal killed after making it (no
-    # cleanup of its own ran) leaves a record that names it, and its uid.
-    provider = BwrapProvider(state_dir=hal_home / "sandboxes" / "bwrap")
-    if provider.cgroup_host() is None:
-        pytest.skip("no writable cgroup hierarchy")
-    (tmp_path / "ws").mkdir()
-    destroy = provider.destroy
-    monkeypatch.setattr(provider, "destroy", lambda sandbox_id: asyncio.sleep(0))
-
-    class Killed(BaseException):
-        pass
-
-    def killed(record: object) -> None:
-        raise Killed
-
-    monkeypatch.setattr(provider, "prepare_dirs", killed)
-    with pytest.raises(Killed):
-        await provider.create(SandboxSpec(workspace=tmp_path / "ws"))
-    (sandbox_id,) = [p.name for p in provider.state_dir.iterdir() if not p.name.startswith(".")]
-    record = provider.store.load(sandbox_id)
-    cgroup = provider.cgroup(record)
-    assert cgroup is not None and cgroup.exists()
-    await destroy(sandbox_id)
-    assert not cgroup.exists()
-    assert not provider.store.dir(sandbox_id).exists()
-    if record.uid is not None:
-        assert not (sandboxuser.LOCK_DIR / str(record.uid)).exists()
 
 
-@pytest.mark.bwrap
-async def test_a_stop_and_reset_make_one_record_file_and_a_fresh_tmp(
-    hal_home: Path, tmp_path: Path
-) -> None:
-    # Issue 16: the pool stops a sandbox, then resets it (a start): the start takes back the
-    # running record the stop kept, by a rename, rather than writing a new file.
-    provider = BwrapProvider(state_dir=hal_home / "sandboxes" / "bwrap")
-    (tmp_path / "ws").mkdir()
-    (tmp_path / "home").mkdir()
-    home = Bind(source=tmp_path / "home", target="/home/hal", read_only=False)
-    box = await provider.create(SandboxSpec(workspace=tmp_path / "ws", binds=(home,)))
-    try:
-        running = provider.store.path(box.id).read_bytes()
-        with inodes.created(provider.state_dir) as made:
-            await provider.stop(box.id)
-            assert provider.store.load(box.id).state == "stopped"
-            await provider.reset(box.id)
-        assert sorted(made) == sorted(os.path.join(box.id, n) for n in ("sandbox.tmp", "tmp"))
-        assert provider.store.path(box.id).read_bytes() == running
-        assert not (provider.store.dir(box.id) / ".previous.json").exists()
-        assert (await box.exec(ArgvCommand(argv=("true",)))).ok
-        await provider.stop(box.id)  # a start with a changed record writes it anew
-        record = provider.store.load(box.id).model_copy(update={"state": "running"})
-        provider.store.save(record.model_copy(update={"created_at": 1.0}))
-        assert provider.store.load(box.id).created_at == 1.0
-    finally:
-        await provider.destroy(box.id)
