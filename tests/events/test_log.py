@@ -171,7 +171,9 @@ def test_failing_sink_is_logged_and_others_still_run(
     assert len(read_events(tmp_path / "events.jsonl")) == 2
 
 
-def test_fsync_on_phase_and_task_end_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The file descriptors ``os.fsync`` is called on from here on."""
     calls: list[int] = []
     real_fsync = os.fsync
 
@@ -180,6 +182,11 @@ def test_fsync_on_phase_and_task_end_only(tmp_path: Path, monkeypatch: pytest.Mo
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", counting_fsync)
+    return calls
+
+
+def test_fsync_on_phase_and_task_end_only(tmp_path: Path, fsyncs: list[int]) -> None:
+    calls = fsyncs
     log = EventLog(tmp_path / "events.jsonl", "t1")
     log.emit(Output(text="a"))
     log.emit(AgentText(text="b"))
@@ -193,16 +200,9 @@ def test_fsync_on_phase_and_task_end_only(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_close_fsyncs_what_was_written_since_the_last_fsync(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, fsyncs: list[int]
 ) -> None:
-    calls: list[int] = []
-    real_fsync = os.fsync
-
-    def counting_fsync(fd: int) -> None:
-        calls.append(fd)
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", counting_fsync)
+    calls = fsyncs
     log = EventLog(tmp_path / "events.jsonl", "t1")
     log.emit(Phase(phase="running"))
     log.emit(Output(text="after the phase"))

@@ -26,6 +26,14 @@ from hal9999.tasks.request import RunRequest
 from hal9999.tasks.session import Session
 
 
+def trivial_request(repo: Path, provider: str = "bwrap", **extra: Any) -> RunRequest:
+    """A `true` agent's run of ``repo`` on ``provider``, supervised directly."""
+    return RunRequest(
+        prompt="p", repo=str(repo), ref=None, agent="true {{prompt_file}}", provider=provider,
+        process_manager="direct", timeout_s=60, **extra,
+    )  # fmt: skip
+
+
 def supervisor_modules(
     tmp_path: Path, *options: str, env: dict[str, str] | None = None
 ) -> set[str]:
@@ -175,10 +183,7 @@ async def test_a_daemon_task_writes_its_row_once_per_step(
 
     repo = git_repo(tmp_path / "repo")
     store, service, _, _ = pooled_service(tmp_path / "home", "bwrap")
-    request = RunRequest(
-        prompt="p", repo=str(repo), ref=None, agent="true {{prompt_file}}", provider="bwrap",
-        process_manager="direct", timeout_s=60, runner_pid=os.getpid(),
-    )  # fmt: skip
+    request = trivial_request(repo, runner_pid=os.getpid())
     task = service.create_blocking(request)
     writes: list[str] = []
     for name in ("update_task", "set_status"):
@@ -217,10 +222,7 @@ async def test_what_a_run_learnt_is_recorded_with_a_failure_too(
     monkeypatch.setattr(launch, "install_files", failing)
     repo = git_repo(tmp_path / "repo")
     store, service, _, _ = pooled_service(tmp_path / "home", "bwrap")
-    request = RunRequest(
-        prompt="p", repo=str(repo), ref=None, agent="true {{prompt_file}}", provider="bwrap",
-        process_manager="direct", timeout_s=60,
-    )  # fmt: skip
+    request = trivial_request(repo)
     task = await service.create(request)
     done = await service.run(task.id)
     kept = store.get_task(task.id)
@@ -228,6 +230,7 @@ async def test_what_a_run_learnt_is_recorded_with_a_failure_too(
     assert done.status == "failed" and "credentials" in (done.error_message or "")
     assert kept.base_commit == git(repo, "rev-parse", "HEAD")
     assert (kept.runner_pid, kept.sandbox_id, kept.started_at) == (None, None, None)
+
 
 def test_a_task_without_variables_records_no_kinds_file(tmp_path: Path) -> None:
     from hal9999.credentials import EnvKinds
@@ -238,10 +241,7 @@ def test_a_task_without_variables_records_no_kinds_file(tmp_path: Path) -> None:
     store, service, _, _ = pooled_service(tmp_path / "home", "fake")
     made = []
     for extra in ({}, {"given_env": {"FLAG": "on"}}):
-        request = RunRequest(
-            prompt="p", repo=str(repo), ref=None, agent="true {{prompt_file}}",
-            provider="fake", process_manager="direct", timeout_s=60, **extra,
-        )  # fmt: skip
+        request = trivial_request(repo, "fake", **extra)
         made.append(service.create_blocking(request))
     plain, marked = made
     assert not service.env_kinds_path(plain).exists()
@@ -253,10 +253,7 @@ def test_a_task_without_variables_records_no_kinds_file(tmp_path: Path) -> None:
 async def run_trivial_task(tmp_path: Path, repo: Path) -> None:
     """One `true` agent run through a pooled bwrap service, to its success."""
     store, service, _, _ = pooled_service(tmp_path / "home", "bwrap")
-    request = RunRequest(
-        prompt="p", repo=str(repo), ref=None, agent="true {{prompt_file}}", provider="bwrap",
-        process_manager="direct", timeout_s=60,
-    )  # fmt: skip
+    request = trivial_request(repo)
     task = await service.create(request)
     done = await service.run(task.id)
     store.close()
@@ -305,10 +302,7 @@ async def test_a_tasks_own_inodes_outside_its_checkout(tmp_path: Path) -> None:
     repo = git_repo(tmp_path / "repo")
     home = tmp_path / "home"
     store, service, _, _ = pooled_service(home, "bwrap")
-    request = RunRequest(
-        prompt="p", repo=str(repo), ref=None, agent="true {{prompt_file}}", provider="bwrap",
-        process_manager="direct", timeout_s=60,
-    )  # fmt: skip
+    request = trivial_request(repo)
     for _ in range(2):  # the second finds the state dir's shared files made
         task = await service.create(request)
         with inodes.created(home) as made:

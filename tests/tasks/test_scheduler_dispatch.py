@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 from tests.tasks.test_halt import git_repo
+from tests.tasks.test_hot_path import trivial_request
 from tests.tasks.test_recovery import make_task, pooled_service
 from tests.tasks.test_scheduler import setup, until
 
 from hal9999.store import Store, TaskRecord
 from hal9999.tasks.api import LocalTaskAPI
-from hal9999.tasks.request import RunRequest
 
 
 def count_rows(store: Store) -> list[int]:
@@ -161,10 +161,7 @@ async def test_an_in_process_run_creates_its_task_as_its_own(tmp_path: Path) -> 
     store, service, _, _ = pooled_service(tmp_path / "home", "bwrap")
     api = LocalTaskAPI(service, spawn=lambda task, argv, env: None)
     first: list[int | None] = []
-    request = RunRequest(
-        prompt="p", repo=str(repo), ref=None, agent="true {{prompt_file}}", provider="bwrap",
-        process_manager="direct", timeout_s=60,
-    )  # fmt: skip
+    request = trivial_request(repo)
     done = await api.run(request, on_start=lambda task: first.append(task.runner_pid))
     store.close()
     assert first == [os.getpid()]
