@@ -1,16 +1,18 @@
 """What the boundary tests on bwrap share: a provider that leaves no sandbox behind, a warm
-pool of one, and a sandbox's keeper where this host can have one (providers/keeper.py)."""
+pool of one, a task's spec for it, and a sandbox's keeper where this host can have one
+(providers/keeper.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hal9999.pool import ProviderSettings, SlotDir, WarmPool
 from hal9999.providers.bwrap import BwrapProvider, BwrapSandbox, keeps
-from hal9999.spec import ShellCommand
+from hal9999.spec import Bind, SandboxSpec, ShellCommand
 
 
 @pytest.fixture
@@ -34,6 +36,27 @@ def pool_of(provider: BwrapProvider, hal_home: Path) -> WarmPool:
         providers=lambda name: provider,
         settings=lambda name: ProviderSettings(max_size=1),
         slots=SlotDir(hal_home / "pool"),
+    )
+
+
+def session_spec(
+    root: Path, n: int, *binds: Bind, files: Mapping[str, str] | None = None, **fields: Any
+) -> SandboxSpec:
+    """A spec shaped like task ``n``'s, from its session at ``root``/s``n``: its own workspace,
+    and each of ``binds`` with its source a directory of the session (``source`` relative to
+    it) holding ``files`` (paths relative to the session); ``fields`` for the rest."""
+    session = root / f"s{n}"
+    for name in ("workspace", *(str(bind.source) for bind in binds)):
+        (session / name).mkdir(parents=True, exist_ok=True)
+    for name, text in (files or {}).items():
+        (session / name).write_text(text)
+    return SandboxSpec(
+        workspace=session / "workspace",
+        binds=tuple(
+            Bind(source=session / bind.source, target=bind.target, read_only=bind.read_only)
+            for bind in binds
+        ),
+        **fields,
     )
 
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.security.conftest import pool_of, primed, require_keeper
+from tests.security.conftest import pool_of, primed, require_keeper, session_spec
 
 from hal9999.errors import ProviderError
 from hal9999.providers import hostexec, keeper, seccomp
@@ -67,13 +67,11 @@ async def test_a_claimed_session_is_what_the_next_command_sees(
     pool = pool_of(provider, hal_home)
 
     def spec(n: int) -> SandboxSpec:
-        session = tmp_path / f"s{n}"
-        for name in ("workspace", "input"):
-            (session / name).mkdir(parents=True)
-        (session / "input" / "prompt").write_text(f"task {n}\n")
-        return SandboxSpec(
-            workspace=session / "workspace",
-            binds=(Bind(source=session / "input", target="/hal", read_only=True),),
+        return session_spec(
+            tmp_path,
+            n,
+            Bind(source=Path("input"), target="/hal", read_only=True),
+            files={"input/prompt": f"task {n}\n"},
         )
 
     try:
@@ -199,16 +197,12 @@ async def test_a_nested_bind_without_its_mount_point_runs_under_bwrap_first(
     pool = pool_of(provider, hal_home)
 
     def spec(n: int) -> SandboxSpec:
-        session = tmp_path / f"s{n}"
-        for name in ("workspace", "home", "ref"):
-            (session / name).mkdir(parents=True)
-        (session / "ref" / "note").write_text(f"ref {n}\n")
-        return SandboxSpec(
-            workspace=session / "workspace",
-            binds=(
-                Bind(source=session / "home", target="/home/hal", read_only=False),
-                Bind(source=session / "ref", target="/home/hal/ref", read_only=True),
-            ),
+        return session_spec(
+            tmp_path,
+            n,
+            Bind(source=Path("home"), target="/home/hal", read_only=False),
+            Bind(source=Path("ref"), target="/home/hal/ref", read_only=True),
+            files={"ref/note": f"ref {n}\n"},
         )
 
     try:

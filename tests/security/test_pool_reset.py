@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.security.conftest import pool_of
+from tests.security.conftest import pool_of, session_spec
 
 from hal9999.providers import hostexec
 from hal9999.providers.bwrap import RUN_DIR, BwrapProvider, keeps
@@ -47,13 +47,11 @@ echo looked
 
 def task_spec(root: Path, n: int) -> SandboxSpec:
     """A spec shaped like a task's: its own workspace and home from its session."""
-    session = root / f"s{n}"
-    for name in ("workspace", "home"):
-        (session / name).mkdir(parents=True, exist_ok=True)
-    return SandboxSpec(
+    return session_spec(
+        root,
+        n,
+        Bind(source=Path("home"), target="/home/hal", read_only=False),
         provider="bwrap",
-        workspace=session / "workspace",
-        binds=(Bind(source=session / "home", target="/home/hal", read_only=False),),
         labels={"hal.task": f"t{n}"},
     )
 
