@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 from tests.security.conftest import pool_of, primed, require_keeper, session_spec
 
 from hal9999.errors import ProviderError
+from hal9999.pool import WarmPool
 from hal9999.providers import hostexec, keeper, seccomp
 from hal9999.providers.bwrap import RUN_DIR, BwrapProvider, BwrapSandbox
 from hal9999.spec import Bind, SandboxSpec, ShellCommand
@@ -29,6 +32,22 @@ async def kept(provider: BwrapProvider, tmp_path: Path, name: str = "a") -> Bwra
     (tmp_path / name).mkdir()
     box = await provider.create(SandboxSpec(workspace=tmp_path / name))
     return await primed(provider, box.id)
+
+
+@asynccontextmanager
+async def claimed(
+    pool: WarmPool, provider: BwrapProvider, spec: SandboxSpec, task_id: str
+) -> AsyncIterator[BwrapSandbox]:
+    """The pool's sandbox claimed for ``spec``, one that can have a keeper (skips where it
+    cannot); released after."""
+    lease = await pool.claim(spec, task_id=task_id)
+    try:
+        box = lease.sandbox
+        assert isinstance(box, BwrapSandbox)
+        require_keeper(provider, box.id)
+        yield box
+    finally:
+        await pool.release(lease)
 
 
 async def run(box: BwrapSandbox, script: str) -> str:
@@ -77,11 +96,7 @@ async def test_a_claimed_session_is_what_the_next_command_sees(
     try:
         assert await pool.warm(spec(0), 1) == 1
         for n in (1, 2):
-            lease = await pool.claim(spec(n), task_id=f"t{n}")
-            try:
-                box = lease.sandbox
-                assert isinstance(box, BwrapSandbox)
-                require_keeper(provider, box.id)
+            async with claimed(pool, provider, spec(n), f"t{n}") as box:
                 assert "--enter" in box.launch(ShellCommand(script="true")).argv
                 await box.adopt(box.workdir)  # as a task does with its checkout
                 out = await run(
@@ -93,8 +108,6 @@ async def test_a_claimed_session_is_what_the_next_command_sees(
                 assert not (tmp_path / f"s{n}" / "input" / "x").exists()
                 # A second command finds the session attached already.
                 assert "--attach" not in box.launch(ShellCommand(script="true")).argv
-            finally:
-                await pool.release(lease)
     finally:
         await pool.drain()
 
@@ -207,11 +220,7 @@ async def test_a_nested_bind_without_its_mount_point_runs_under_bwrap_first(
 
     try:
         assert await pool.warm(spec(0), 1) == 1
-        lease = await pool.claim(spec(1), task_id="t1")
-        try:
-            box = lease.sandbox
-            assert isinstance(box, BwrapSandbox)
-            require_keeper(provider, box.id)
+        async with claimed(pool, provider, spec(1), "t1") as box:
             # The session's home has no ref/ for the nested bind: bwrap makes it.
             assert "--enter" not in box.launch(ShellCommand(script="true")).argv
             assert (await run(box, "cat /home/hal/ref/note")).strip() == "ref 1"
@@ -220,8 +229,6 @@ async def test_a_nested_bind_without_its_mount_point_runs_under_bwrap_first(
             assert "--enter" in argv and "/home/hal/ref" in argv
             out = await run(box, "cat /home/hal/ref/note; touch /home/hal/ref/x 2>&1 || echo ro")
             assert out.splitlines()[0] == "ref 1" and out.splitlines()[-1] == "ro", out
-        finally:
-            await pool.release(lease)
     finally:
         await pool.drain()
 
