@@ -1,6 +1,6 @@
-"""What the collection tests (test_collect*.py) share: git as a test user, and their world:
-a task session with its clone, in a real local sandbox whose commands a leftover agent
-process may follow."""
+"""What the task tests share: git as a test user, a source repository of a few files, and
+the world of the collection tests (test_collect*.py): a task session with its clone, in a
+real local sandbox whose commands a leftover agent process may follow."""
 
 from __future__ import annotations
 
@@ -30,6 +30,17 @@ def git(repo: Path, *args: str) -> str:
         ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
         cwd=repo, check=True, capture_output=True, text=True,
     ).stdout.strip()  # fmt: skip
+
+
+def make_repo(path: Path, files: dict[str, str]) -> str:
+    """A repository made at ``path`` with ``files`` in one commit on main; its HEAD."""
+    path.mkdir(parents=True)
+    git(path, "init", "-q", "-b", "main")
+    for name, text in files.items():
+        (path / name).write_text(text)
+    git(path, "add", "-A")
+    git(path, "commit", "-qm", "initial")
+    return git(path, "rev-parse", "HEAD")
 
 
 class HostileSandbox:
@@ -89,11 +100,7 @@ async def world(
 ) -> AsyncIterator[tuple[World, HostileSandbox]]:
     """A session with its clone of a one-commit source, and a local sandbox of it."""
     w = World(base_dir, tmp_path)
-    w.source.mkdir()
-    git(w.source, "init", "-q", "-b", "main")
-    (w.source / "a.txt").write_text("one\n")
-    git(w.source, "add", "-A")
-    git(w.source, "commit", "-qm", "initial")
+    make_repo(w.source, {"a.txt": "one\n"})
     w.session.create()
     src = gitrepo.RepoSource("local", str(w.source))
     w.base = await gitrepo.clone(src, None, w.session.workspace, BRANCH)

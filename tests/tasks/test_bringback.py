@@ -7,31 +7,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from tests.tasks.conftest import BRANCH, TASK, git, make_repo
 
 from hal9999.errors import RepoError, SecretInResult
 from hal9999.redact import SecretMasker
 from hal9999.tasks import bringback, gitrepo
 from hal9999.tasks.session import Session
-
-TASK = "abcdef012345"
-BRANCH = f"hal/{TASK}"
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
-        cwd=repo, check=True, capture_output=True, text=True,
-    ).stdout.strip()  # fmt: skip
-
-
-def make_repo(path: Path, files: dict[str, str]) -> str:
-    path.mkdir(parents=True)
-    git(path, "init", "-q", "-b", "main")
-    for name, text in files.items():
-        (path / name).write_text(text)
-    git(path, "add", "-A")
-    git(path, "commit", "-qm", "initial")
-    return git(path, "rev-parse", "HEAD")
 
 
 class World:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tests.tasks.conftest import BRANCH, HostileSandbox, World, git, run_collect
+from tests.tasks.conftest import BRANCH, HostileSandbox, World, git, make_repo, run_collect
 
 from hal9999.tasks import mirror
 from hal9999.tasks.session import Session
@@ -97,12 +97,7 @@ async def test_a_snapshot_head_with_a_gitlink_is_not_taken_for_one_without(
     tmp_path: Path, hal_home: Path
 ) -> None:
     source = tmp_path / "linked"
-    source.mkdir()
-    git(source, "init", "-q", "-b", "main")
-    (source / "a.txt").write_text("one\n")
-    git(source, "add", "-A")
-    git(source, "commit", "-qm", "initial")
-    first = git(source, "rev-parse", "HEAD")
+    first = make_repo(source, {"a.txt": "one\n"})
     git(source, "update-index", "--add", "--cacheinfo", f"160000,{first},vendor/lib")
     git(source, "commit", "-qm", "a gitlink")
     head = git(source, "rev-parse", "HEAD")
