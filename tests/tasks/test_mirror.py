@@ -13,15 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.tasks.conftest import git
 
 from hal9999.tasks import mirror
-
-GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-
-
-def git(repo: Path, *args: str) -> str:
-    out = subprocess.run([*GIT, *args], cwd=repo, check=True, capture_output=True, text=True)
-    return out.stdout.strip()
 
 
 def make_repo(root: Path) -> Path:
