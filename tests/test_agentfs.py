@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from tests.second_filesystem import second_filesystem
 
 from hal9999 import agentfs
 from hal9999.agentfs import AgentDir
@@ -29,10 +30,8 @@ def places(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Pat
         agent.mkdir()
         yield agent, host
         return
-    if not os.access("/dev/shm", os.W_OK) or os.stat("/dev/shm").st_dev == tmp_path.stat().st_dev:
-        pytest.skip("no second filesystem at /dev/shm")
-    with tempfile.TemporaryDirectory(dir="/dev/shm") as other:
-        yield Path(other), host
+    with second_filesystem(tmp_path) as other:
+        yield other, host
 
 
 def _secret(host: Path) -> Path:

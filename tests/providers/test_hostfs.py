@@ -7,12 +7,12 @@ The workspace is on the test's tmp filesystem or on /dev/shm (host files stay on
 from __future__ import annotations
 
 import os
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.second_filesystem import second_filesystem
 
 from hal9999.errors import ExecError, UnsafePath
 from hal9999.providers import hostfs
@@ -27,10 +27,8 @@ def workspace(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
         path.mkdir()
         yield path
         return
-    if not os.access("/dev/shm", os.W_OK) or os.stat("/dev/shm").st_dev == tmp_path.stat().st_dev:
-        pytest.skip("no second filesystem at /dev/shm")
-    with tempfile.TemporaryDirectory(dir="/dev/shm") as other:
-        yield Path(other)
+    with second_filesystem(tmp_path) as other:
+        yield other
 
 
 @pytest.fixture

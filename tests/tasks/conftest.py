@@ -4,14 +4,13 @@ real local sandbox whose commands a leftover agent process may follow."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.second_filesystem import second_filesystem
 
 from hal9999.providers.base import Sandbox
 from hal9999.providers.registry import load_provider
@@ -71,10 +70,8 @@ def base_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
     if request.param == "same-fs":
         yield tmp_path
         return
-    if not os.access("/dev/shm", os.W_OK) or os.stat("/dev/shm").st_dev == tmp_path.stat().st_dev:
-        pytest.skip("no second filesystem at /dev/shm")
-    with tempfile.TemporaryDirectory(dir="/dev/shm") as other:
-        yield Path(other)
+    with second_filesystem(tmp_path) as other:
+        yield other
 
 
 class World:
