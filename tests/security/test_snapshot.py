@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.tasks.test_mirror import git, make_repo, run, snapshots
+from tests.tasks.conftest import git
+from tests.tasks.test_mirror import make_repo, run, snapshots
 
 
 @pytest.mark.bwrap

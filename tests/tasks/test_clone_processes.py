@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 from tests import inodes
-from tests.tasks.test_bringback import BRANCH, World, git
+from tests.tasks.conftest import BRANCH, git
+from tests.tasks.test_bringback import World
 
 from hal9999.errors import RepoError
 from hal9999.tasks import gitdir, gitrepo, mirror
