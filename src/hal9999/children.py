@@ -3,7 +3,7 @@
 On Python 3.11 asyncio's default child watcher starts a thread per subprocess that blocks in
 ``waitpid`` (``ThreadedChildWatcher``); a task starts about nine subprocesses (git, sandbox
 execs), so as many threads, each a thread start and hand-over on the path of every command.
-The daemon (``hal serve``) and every CLI command's event loop (``cli.main.run_async``: an
+The daemon (``hal serve``) and every CLI command's event loop (``cli.app.run_async``: an
 in-process ``hal run``, ``hal pool``, ``hal image``) wait this way. The stdlib's
 ``PidfdChildWatcher`` of 3.11 is bound to one loop, and the daemon starts subprocesses on
 others too (a submission runs on a loop of its own in a worker thread).

@@ -1,5 +1,6 @@
 """``hal run``'s options read without click: every command line the light parser reads, it
-reads as click does; every other one it leaves to click (issue 16, target 1)."""
+reads as click does; every other one it leaves to click (issue 16, target 1). Either way the
+run takes the same path: the daemon's thin client, or the full one."""
 
 from __future__ import annotations
 
@@ -89,12 +90,26 @@ def test_anything_else_goes_to_click(argv: list[str]) -> None:
     assert parse(argv) is None
 
 
-def test_without_a_daemon_the_run_goes_to_click(tmp_path: Path) -> None:
-    # No daemon for this home: click parses it and the full path says what it says.
+def test_without_a_daemon_the_run_takes_the_full_path_without_click(tmp_path: Path) -> None:
+    # No daemon for this home: the full path runs it in-process, and says what it says,
+    # without importing click.
     env = {"HAL_HOME": str(tmp_path / "home"), "HAL_NO_DAEMON": "1", "PATH": "/usr/bin:/bin"}
     done = subprocess.run(
         [sys.executable, "-c", IMPORTED, "run", "--agent", AGENT, "x"], cwd=tmp_path, env=env,
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
-    assert "click" in json.loads(done.stderr.strip().splitlines()[-1])
-    assert "hal: error:" in done.stderr  # not a repository: the full path's error
+    modules = json.loads(done.stderr.strip().splitlines()[-1])
+    assert "click" not in modules and "hal9999.cli.run_full" in modules
+    assert "hal: error: " in done.stderr  # not a repository: the full path's error
+    assert "Traceback" not in done.stderr
+
+
+def test_a_form_it_leaves_to_click_still_runs_the_full_path(tmp_path: Path) -> None:
+    env = {"HAL_HOME": str(tmp_path / "home"), "HAL_NO_DAEMON": "1", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORTED, "run", "--agent", AGENT, "--timeout", "30", "x"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    modules = json.loads(done.stderr.strip().splitlines()[-1])
+    assert "click" in modules and "hal9999.cli.run_full" in modules
+    assert "hal: error: " in done.stderr

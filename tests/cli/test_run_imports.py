@@ -1,5 +1,5 @@
 """What an in-process ``hal run`` of a command-template agent imports and builds (issue 16):
-nothing of the LLM gateway, the hive's store or the warm pool, which such a run never uses,
+nothing of click, the LLM gateway, the hive's store or the warm pool, which such a run never uses,
 and none of the pydantic models it does not validate. Counted in a subprocess, so load
 cannot make this pass or fail."""
 
@@ -59,6 +59,8 @@ sys.stderr.write("\\nstatus started with the config loaded: %s" % started)
 """
 
 NOT_FOR_A_TEMPLATE_AGENT = (
+    "click",  # options the entry point reads itself (cli.run_argv): no command tree
+    "hal9999.cli.main",
     "httpx",
     "hal9999.auth.claude",
     "hal9999.hive.store",
@@ -118,7 +120,7 @@ def test_an_in_process_run_imports_no_gateway_or_hive_store_and_builds_only_its_
     assert "hal9999.events.models.TaskEnd" in built  # the run built what it used
     assert not built & set(NOT_BUILT), sorted(built & set(NOT_BUILT))
     assert found["union"] is False  # the union of every event kind: no run reads through it
-    # The garbage collector waits while the run loads its modules (cli.main.collector_paused).
+    # The garbage collector waits while the run loads its modules (cli.app.collector_paused).
     assert found["collections"] == []
 
 

@@ -326,7 +326,7 @@ OnData = Callable[[Mapping[str, Any]], None]
 
 
 def _callbacks(*, raw: bool, quiet: bool) -> tuple[Callable[[str], None] | None, OnData | None]:
-    # main.output_callbacks for a template agent, whose output has no structure to render.
+    # app.output_callbacks for a template agent, whose output has no structure to render.
     if quiet:
         return None, None
     if raw or not sys.stdout.isatty():

@@ -1,8 +1,9 @@
-"""``hal run``'s options read without click, for a run the daemon takes thinly.
+"""``hal run``'s options read without click.
 
 Through a running ``hal serve`` the client only posts the task and prints what comes back
 (:mod:`hal9999.cli.daemon_run`), yet click, its command tree and what it imports were about
-a third of the client's start-up before the task was posted (issue 16, target 1). This
+a third of the client's start-up before the task was posted (issue 16, target 1); an
+in-process run (:mod:`hal9999.cli.run_full`) has no use for them either. This
 parser reads the forms click reads the same way without a doubt: long options as
 ``--name VALUE`` or ``--name=VALUE``, flags, and one PROMPT. Anything else (a short or
 unknown option, ``--help``, ``--``, an option given twice, a value that starts with ``-``, a
@@ -80,7 +81,8 @@ def parse(argv: list[str]) -> dict[str, Any] | None:
 
 
 def run_without_click(argv: list[str]) -> None:
-    """Run ``hal run ARGV`` through the daemon when this path applies (then it exits);
+    """Run ``hal run ARGV`` without click when this parser reads its options (then it exits:
+    through the daemon's thin client, else the full path, in-process or through the daemon);
     return, with nothing printed, read or sent, when click must run it."""
     if COMPLETE_VAR in os.environ:
         return
@@ -93,16 +95,21 @@ def run_without_click(argv: list[str]) -> None:
     args = RunArgs(
         prompt="", timeout=None, priority=0, retries=0, max_cost=None, max_tokens=None, **params
     )
-    found = plan(args, os.environ)
-    if found is None:
-        return
     try:
         from hal9999.cli.prompt import read_prompt
 
-        text = read_prompt(prompt, prompt_file, sys.stdin.buffer)
-        run_planned(args._replace(prompt=text), found, os.environ)
+        # What the click command does, in its order: the prompt, then the thin path or
+        # the full one.
+        args = args._replace(prompt=read_prompt(prompt, prompt_file, sys.stdin.buffer))
+        found = plan(args, os.environ)
+        if found is not None:
+            run_planned(args, found, os.environ)
+        from hal9999.cli.run_full import full_run
+
+        full_run(args)
     except (Exception, KeyboardInterrupt) as exc:
         # What hal's click group does with an error of a command: its one line and status.
-        from hal9999.cli.main import report_failure
+        from hal9999.cli.app import report_failure
 
         sys.exit(report_failure(exc))
+    sys.exit(0)  # a detached run returns

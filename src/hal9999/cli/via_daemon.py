@@ -15,7 +15,7 @@ from hal9999.config import HalConfig
 from hal9999.tasks.api import LocalTaskAPI, TaskAPI
 
 if TYPE_CHECKING:
-    from hal9999.cli.main import App
+    from hal9999.cli.app import App
     from hal9999.server.client import DaemonClient
 
 NO_DAEMON_VAR = "HAL_NO_DAEMON"
@@ -33,7 +33,7 @@ def find_daemon(config: HalConfig, environ: Mapping[str, str]) -> DaemonClient |
 
 def task_api(app_: App) -> TaskAPI:
     """The daemon's API when one runs for this home, else the local one."""
-    from hal9999.cli.main import spawn_runner
+    from hal9999.cli.app import spawn_runner
 
     client = app_.daemon()
     if client is not None:

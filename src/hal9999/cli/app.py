@@ -1,0 +1,313 @@
+"""What every CLI command shares, without click: the config and the store (:class:`App`), the
+bridge into the async core, the one line a failure prints, the foreground run's ending.
+
+Apart from :mod:`hal9999.cli.main` (click's command tree) so that an in-process ``hal run``
+whose options :mod:`hal9999.cli.run_argv` reads runs without click and what it imports
+(issue 16). It prints through :func:`hal9999.cli.echo.echo`, which writes what
+``click.echo`` would. :mod:`hal9999.cli.main` re-exports every name here for the commands.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import os
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from hal9999.cli.echo import echo, stream_to_terminal
+from hal9999.cli.echo import emit_json as emit_json
+from hal9999.errors import DiskFull, HalError, HomeError, exit_status_for
+
+if TYPE_CHECKING:
+    from hal9999.config import ConfigSources, HalConfig
+    from hal9999.server.client import DaemonClient
+    from hal9999.store import Store, TaskRecord
+    from hal9999.tasks.api import TaskAPI
+    from hal9999.tasks.service import TaskService
+
+T = TypeVar("T")
+
+
+class App:
+    """What every command needs: config, store, the task service. (A plain class, as is
+    :class:`Started`: ``dataclasses`` and ``pathlib`` are not imported by ``hal --help``.)"""
+
+    def __init__(
+        self,
+        config: HalConfig,
+        store: Store,
+        service: TaskService,
+        sources: ConfigSources | None = None,
+        via_daemon: bool = False,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.service = service
+        self.sources = _no_sources() if sources is None else sources
+        """Which config files and variables applied, and what of ./hal.toml was ignored."""
+        self.via_daemon = via_daemon
+        """Set once :meth:`tasks` found a running ``hal serve``."""
+
+    def daemon(self) -> DaemonClient | None:
+        """The running ``hal serve`` of this home, if any (``HAL_NO_DAEMON=1`` ignores it)."""
+        from hal9999.cli.via_daemon import find_daemon
+
+        return find_daemon(self.config, os.environ)
+
+    def tasks(self) -> TaskAPI:
+        """The task API every command calls: through ``hal serve`` when it runs, else here."""
+        from hal9999.cli.via_daemon import task_api
+
+        return task_api(self)
+
+def _no_sources() -> ConfigSources:
+    from hal9999.config import ConfigSources
+
+    return ConfigSources()
+
+def app() -> App:
+    """Load config and open the store for a command."""
+    from hal9999.config import load_config_sources, log_level
+    from hal9999.credentials import host_log_masker
+    from hal9999.providers import limits
+    from hal9999.redact import configure_logging
+    from hal9999.tasks.service import TaskService
+
+    config, sources = load_config_sources()
+    # Every log sink masks every secret hal may forward (see redact.MaskingFilter).
+    masker = host_log_masker(config, os.environ)
+    configure_logging(masker, level=log_level(os.environ))
+    limits.release_if_full(config.home)  # on a full disk: room for the store to open
+    store = open_store(config)
+    return App(config, store, TaskService(config, store, os.environ), sources)
+
+def open_store(config: HalConfig) -> Store:
+    """The store of the config's home; an unusable home or database is a :class:`HomeError`."""
+    import sqlite3
+
+    from hal9999.home import HalPaths
+    from hal9999.store import Store
+
+    paths = HalPaths(config.home).ensure()
+    try:
+        return Store.open(config.home)
+    except sqlite3.Error as exc:
+        raise HomeError(
+            f"cannot open hal's database {paths.db}: {exc}",
+            hint="if it is damaged, move it aside (tasks are forgotten, sessions stay on disk)",
+            path=str(paths.db),
+        ) from exc
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Run the block without the cyclic garbage collector, then freeze what is alive.
+
+    For the start of a command that loads its modules, config and store before it works:
+    imports make objects by the hundred thousand and next to no garbage cycles, and the
+    collector's passes over them were ~3 % of an in-process ``hal run``'s instructions
+    (issue 16). Frozen (:func:`gc.freeze`), the modules' objects are not walked again by the
+    collections of the command's own work; a cycle left in the block is kept, as at exit
+    (:func:`hal9999.cli.entry.exit_lightly`)."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()
+
+def run_async(coro: Awaitable[T]) -> T:
+    """The one bridge from the CLI into the async core; its subprocesses are waited for
+    with pidfds, not a thread each (see :mod:`hal9999.children`)."""
+    import asyncio
+
+    from hal9999.children import pidfd_child_watcher
+
+    async def main() -> T:
+        return await coro
+
+    with pidfd_child_watcher():
+        return asyncio.run(main())
+
+def report_failure(exc: Exception | KeyboardInterrupt) -> int:
+    """Print the one line for what a command raised; the exit status it gets. A
+    :class:`HalError` is its own line; anything else is the machine's state or, the safety
+    net, a bug said in one line (a traceback is a bug)."""
+    if isinstance(exc, HalError):
+        from hal9999.cli.output import sanitize  # a message may quote the agent's bytes
+
+        echo(f"hal: error: {sanitize(exc.one_line())}", err=True)
+        return exc.exit_status
+    if isinstance(exc, KeyboardInterrupt):
+        echo("hal: interrupted", err=True)
+        return 130
+    from hal9999.cli.crash import internal_error
+
+    error = known_failure(exc) or internal_error(exc, os.environ)
+    echo(f"hal: error: {error.one_line()}", err=True)
+    return error.exit_status
+
+def known_failure(exc: BaseException) -> HalError | None:
+    """The error to report for an unexpected ``exc`` that is the machine's state, not a bug
+    in hal: a full disk, or a database another process kept locked; None otherwise."""
+    if disk_full(exc):
+        return DiskFull(
+            "the disk holding hal's home is full", hint="free space on the filesystem of HAL_HOME"
+        )
+    if store_busy(exc):
+        from hal9999.store.sqlite import BUSY_TIMEOUT_S
+
+        return HomeError(
+            "hal's database stayed locked by another hal process for longer than "
+            f"the {BUSY_TIMEOUT_S:g} s a command waits",
+            hint="run the command again; if it keeps happening, look for a stuck "
+            "hal process (`pgrep -af hal`)",
+        )
+    return None
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then what caused it, and so on."""
+    current: BaseException | None = exc
+    while current is not None:
+        yield current
+        current = current.__cause__ or current.__context__
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a write that failed for lack of disk space."""
+    # Only a loaded sqlite3 can have raised one of its errors; do not import it to check.
+    sqlite3 = sys.modules.get("sqlite3")
+    for current in _causes(exc):
+        if isinstance(current, OSError) and current.errno == errno.ENOSPC:
+            return True
+        # SQLite's "database or disk is full" carries no errno.
+        if sqlite3 is not None and isinstance(current, sqlite3.OperationalError):
+            return "full" in str(current)
+    return False
+
+def store_busy(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is SQLite giving up on a lock another process
+    held past the busy timeout (on a loaded machine: many runners writing at once)."""
+    sqlite3 = sys.modules.get("sqlite3")
+    for current in _causes(exc):
+        if sqlite3 is not None and isinstance(current, sqlite3.OperationalError):
+            text = str(current)
+            return "locked" in text or "busy" in text
+    return False
+
+def spawn_runner(app_: App, task: TaskRecord, args: list[str], env: dict[str, str]) -> int:
+    """Start a detached ``hal`` process that runs the task; return its pid."""
+    import subprocess
+    from pathlib import Path
+
+    log_path = Path(task.session_dir) / "run" / "runner.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hal9999", "task", "_run", task.id, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env={**os.environ, **env},
+            start_new_session=True,
+        )
+    app_.store.update_task(task.id, runner_pid=proc.pid)
+    return proc.pid
+
+class Started:
+    """The task a foreground command started, once it exists (for the Ctrl-C message)."""
+
+    def __init__(self) -> None:
+        self.task: TaskRecord | None = None
+
+    def __call__(self, task: TaskRecord) -> None:
+        self.task = task
+
+def finish_run(
+    app_: App, started: Started, run: Callable[[], Awaitable[TaskRecord]], as_json: bool
+) -> None:
+    """Run in the foreground, print the summary, exit with the outcome's status."""
+    import asyncio
+    import signal
+
+    from hal9999.cli.render import summary, task_json
+
+    try:
+        record = run_async(cancel_on_sigterm(run))
+    except (KeyboardInterrupt, asyncio.CancelledError) as exc:
+        if started.task is None:
+            raise KeyboardInterrupt from exc
+        task_id = started.task.id
+        echo(
+            f"\nhal: task {task_id} cancelled; session kept at {started.task.session_dir}",
+            err=True,
+        )
+        sys.exit(130 if isinstance(exc, KeyboardInterrupt) else 128 + signal.SIGTERM)
+    if as_json:
+        emit_json(task_json(record))
+    else:
+        echo("")
+        echo(summary(record))
+    status = 0 if record.status == "succeeded" else exit_status_for(record.error_code) or 1
+    sys.exit(status)
+
+async def cancel_on_sigterm(run: Callable[[], Awaitable[T]]) -> T:
+    """Run a foreground task so that SIGTERM ends it like Ctrl-C: the run is cancelled,
+    which stops the agent and gives its sandbox back, instead of the process dying with
+    the sandbox and a half-made clone left behind."""
+    import asyncio
+    import signal
+
+    loop = asyncio.get_running_loop()
+    current = asyncio.current_task()
+    assert current is not None
+
+    def terminate() -> None:
+        # Once only: a second SIGTERM must not cancel the cleanup the first one started.
+        if not current.cancelling():
+            current.cancel("terminated by SIGTERM")
+
+    loop.add_signal_handler(signal.SIGTERM, terminate)
+    try:
+        return await run()
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+def offline_notice(config: HalConfig, agent_name: str, provider: str) -> str | None:
+    """Why the agent is likely to fail (it calls an API, the sandbox has no network), said
+    before the agent starts; None when that is not the case."""
+    from hal9999.agents.base import needs_network
+    from hal9999.agents.registry import resolve_agent
+    from hal9999.pool.settings import network_of, provider_settings
+    from hal9999.tasks.context import offline_warning
+
+    try:
+        agent = resolve_agent(agent_name, config.agent_settings(agent_name))
+        first = provider.split(",")[0].strip()
+        network = network_of(config, provider_settings(config, os.environ, first))
+    except HalError:
+        return None  # creating the task reports these itself
+    if network == "none" and needs_network(agent):
+        from hal9999.gateway.tasks import goes_through_gateway
+
+        if goes_through_gateway(config, agent, os.environ):
+            return None  # the LLM gateway is the agent's way out
+        return offline_warning(agent.name)
+    return None
+
+def output_callbacks(
+    agent: str, *, raw: bool, quiet: bool
+) -> tuple[Callable[[str], None] | None, Callable[[Any], None] | None]:
+    """How a foreground run shows the agent: nothing (``--json``), its raw output (``--raw``,
+    or when stdout is not a terminal), else events rendered for a person."""
+    if quiet:
+        return None, None
+    if raw or not sys.stdout.isatty():
+        return stream_to_terminal, None
+    from hal9999.cli.output import EventRenderer, shows_raw_output
+
+    return None, EventRenderer(sys.stdout, show_output=shows_raw_output(agent))

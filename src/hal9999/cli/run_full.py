@@ -1,0 +1,165 @@
+"""The full path of ``hal run``: the config, the store and the task API (this process's, or
+the daemon's when the thin client could not post the run).
+
+Without click (issue 16): an in-process ``hal run`` whose options
+:mod:`hal9999.cli.run_argv` reads comes here straight from the entry point, and the click
+command (:mod:`hal9999.cli.run`) comes here for every other form.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from hal9999.cli.app import (
+    App,
+    Started,
+    app,
+    collector_paused,
+    emit_json,
+    finish_run,
+    offline_notice,
+    output_callbacks,
+    run_async,
+)
+from hal9999.cli.daemon_run import RunArgs
+from hal9999.cli.echo import echo
+from hal9999.errors import ConfigError, exit_status_for
+
+if TYPE_CHECKING:
+    from hal9999.cli.notices import Uncommitted
+    from hal9999.store import TaskRecord
+    from hal9999.tasks.api import TaskAPI
+    from hal9999.tasks.request import RunRequest
+
+
+def print_detached(task: TaskRecord, as_json: bool) -> None:
+    """What ``hal run --detach`` prints: the id, or a small JSON document."""
+    if as_json:
+        emit_json({"id": task.id, "status": task.status, "session_dir": task.session_dir})
+    else:
+        echo(task.id)
+
+
+def full_run(args: RunArgs) -> None:
+    """``hal run`` with the config, the store and the task API (in-process or the daemon's)."""
+    from hal9999.cli.notices import start_uncommitted
+
+    pending = start_uncommitted(args.repo, args.ref)  # runs while the imports below load
+    try:
+        _full_run(args, pending)
+    finally:
+        pending.close()
+
+
+def _prepare(args: RunArgs, pending: Uncommitted) -> tuple[App, RunRequest, TaskAPI]:
+    """The config, the store, the request and the task API of a run, its notices printed."""
+    from hal9999.cli.notices import print_notices
+    from hal9999.config import working_dir
+    from hal9999.credentials import parse_env_option
+    from hal9999.tasks.request import RunRequest
+    from hal9999.values import EgressHost, check_value
+
+    a = app()
+    names, given = parse_env_option(args.env)
+    secret_names, secret_given = parse_env_option(args.secret)
+    if secret_given:
+        raise ConfigError(
+            "--secret takes a variable name, not a value",
+            hint="export NAME=... and pass --secret NAME (values never go on the command line)",
+        )
+    print_notices(a.sources, args.repo, args.ref, pending)
+    request = RunRequest(
+        prompt=args.prompt,
+        repo=args.repo,
+        ref=args.ref,
+        agent=args.agent if args.agent is not None else a.config.default_agent,
+        provider=args.provider if args.provider is not None else a.config.default_provider,
+        process_manager=(
+            a.config.process_manager if args.process_manager is None else args.process_manager
+        ),
+        timeout_s=args.timeout if args.timeout is not None else a.config.timeout_s,
+        env_names=names,
+        given_env=given,
+        priority=args.priority,
+        retries=args.retries,
+        secret_names=secret_names,
+        cwd=working_dir(args.repo),
+        config=a.config,
+        config_files=list(a.sources.files),
+        max_tokens=args.max_tokens,
+        max_cost_usd=args.max_cost,
+        egress=[check_value(EgressHost, host, "--egress") for host in args.egress],
+        egress_only=[
+            check_value(EgressHost, host, "--egress-only")
+            for host in args.egress_only
+            if host != "none"
+        ]
+        if args.egress_only
+        else None,
+    )
+    notice = offline_notice(a.config, request.agent, request.provider)
+    if notice is not None and not args.as_json and not args.as_events:
+        echo(f"hal: warning: {notice}", err=True)
+    return a, request, a.tasks()
+
+
+def _full_run(args: RunArgs, pending: Uncommitted) -> None:
+    from hal9999.cli.notices import record_config_sources
+
+    with collector_paused():
+        a, request, api = _prepare(args, pending)
+    if args.detach:
+        task = run_async(api.create(request))
+        record_config_sources(a.service, task, a.sources)
+        print_detached(task, args.as_json)
+        return
+    started = Started()
+
+    def announce(task: TaskRecord) -> None:
+        started(task)
+        record_config_sources(a.service, task, a.sources)
+        if args.as_json:
+            return
+        via = ", via hal serve" if a.via_daemon else ""
+        echo(f"hal: task {task.id} ({request.agent} on {request.provider}{via})", err=True)
+
+    if args.as_events:
+        record = run_async(run_printing_events(api, request, announce))
+        sys.exit(0 if record.status == "succeeded" else exit_status_for(record.error_code) or 1)
+
+    on_output, on_event = output_callbacks(request.agent, raw=args.raw, quiet=args.as_json)
+    finish_run(
+        a,
+        started,
+        lambda: api.run(request, on_start=announce, on_output=on_output, on_event=on_event),
+        args.as_json,
+    )
+
+
+async def run_printing_events(
+    api: TaskAPI, request: RunRequest, on_start: Callable[[TaskRecord], None]
+) -> TaskRecord:
+    """Run the task, printing every event it records as a JSON line (``--events``)."""
+    import asyncio
+
+    from hal9999.cli.output import jsonl_writer
+
+    write = jsonl_writer(sys.stdout)
+    created: list[TaskRecord] = []
+    ready = asyncio.Event()
+
+    def started(task: TaskRecord) -> None:
+        on_start(task)
+        created.append(task)
+        ready.set()
+
+    run = asyncio.ensure_future(api.run(request, on_start=started))
+    waiting = asyncio.ensure_future(ready.wait())
+    await asyncio.wait({run, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    waiting.cancel()
+    if created:
+        async for event in api.follow(created[0].id):
+            write(event)
+    return await run
