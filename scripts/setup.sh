@@ -50,6 +50,18 @@ for prog in hal-drop hal-launch; do
   fi
 done
 
+# The tmux server of each process loads this library (scripts/hal-noutmp.c) so that its pane
+# writes no utmp login through libutempter's setgid helper; without it, tmux does as usual.
+# A shared library for tmux's own loader: gcc (glibc), never musl.
+if [ ! -f build/hal-noutmp.so ] || [ scripts/hal-noutmp.c -nt build/hal-noutmp.so ]; then
+  mkdir -p build
+  if gcc -shared -fPIC -O2 -Wall -Werror -o build/hal-noutmp.so.tmp scripts/hal-noutmp.c; then
+    chmod 755 build/hal-noutmp.so.tmp && mv build/hal-noutmp.so.tmp build/hal-noutmp.so
+  else
+    rm -f build/hal-noutmp.so.tmp; echo "setup: could not build build/hal-noutmp.so; tmux will log panes to utmp"
+  fi
+fi
+
 if ! command -v uv >/dev/null 2>&1; then
   echo "setup: pip install uv"
   python3 -m pip install -q uv 2>/dev/null || python3 -m pip install -q --break-system-packages uv

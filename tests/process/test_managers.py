@@ -224,3 +224,61 @@ async def test_tmux_session_never_passes_the_clipboard_escape(
         assert shown.stdout.strip() == "set-clipboard off"
     finally:
         await manager.stop(spec)
+
+
+def _links_utempter(program: str) -> bool:
+    linked = subprocess.run(["ldd", program], capture_output=True, text=True, check=False)
+    return "libutempter" in linked.stdout
+
+
+@pytest.mark.tmux
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+def test_a_tmux_pane_records_no_utmp_login_and_leaks_no_preload(tmp_path: Path) -> None:
+    """tmux built with libutempter execs its setgid helper for each pane it opens and closes;
+    the server hal starts loads build/hal-noutmp.so instead, which its pane never sees."""
+    tmux = shutil.which("tmux")
+    assert tmux is not None
+    if not _links_utempter(tmux):
+        pytest.skip("this tmux is not built with libutempter: it records no logins anyway")
+    if TmuxProcessManager()._no_utmp is None:
+        reason = "build/hal-noutmp.so is not built (scripts/setup.sh builds it)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true but {reason}", pytrace=False)
+        pytest.skip(reason)
+    env_file, exits = tmp_path / "pane-env", tmp_path / "run" / "exit"
+    starter = f"""
+import asyncio, time
+from pathlib import Path
+from hal9999.process.tmux import TmuxProcessManager
+from hal9999.providers.local import LocalProvider
+from hal9999.spec import ArgvCommand, ProcessSpec, SandboxSpec
+
+async def main():
+    provider = LocalProvider(state_dir=Path({str(tmp_path / "state")!r}))
+    ws = Path({str(tmp_path / "ws")!r}); ws.mkdir()
+    sb = await provider.create(SandboxSpec(provider="local", network="host", workspace=ws))
+    spec = ProcessSpec(name="hal-utmp", command=ArgvCommand(argv=("sh", "-c", "env > {env_file}")),
+                       log_path=Path({str(tmp_path / "run" / "out.log")!r}),
+                       exit_path=Path({str(exits)!r}))
+    manager = TmuxProcessManager()
+    await manager.start(sb, spec)
+    deadline = time.monotonic() + 20
+    while (await manager.status(spec)).state == "running" and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    await manager.stop(spec)
+    await provider.destroy(sb.id)
+
+asyncio.run(main())
+"""
+    trace = tmp_path / "execs"
+    subprocess.run(
+        ["strace", "-f", "-qq", "-e", "trace=execve", "-o", str(trace), sys.executable, "-c",
+         starter],
+        check=True, timeout=60,
+    )  # fmt: skip
+    execs = trace.read_text()
+    assert "/tmux" in execs and "env >" in execs  # the server and the pane were traced
+    assert "utempter" not in execs
+    assert exits.read_text().strip() == "0"
+    pane_env = env_file.read_text().splitlines()
+    assert not [line for line in pane_env if line.startswith("LD_PRELOAD=")]

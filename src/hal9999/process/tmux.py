@@ -4,6 +4,11 @@ One server per process (its own socket) means the server's environment, which th
 inherits, holds exactly that process's exec-time environment, and ``kill-server`` ends
 everything of that run. The server is a daemon, so the agent outlives the ``hal`` process
 that started it, and ``hal task attach`` opens the live pane.
+
+The server loads :data:`NO_UTMP_BUILT` where ``scripts/setup.sh`` built it: tmux records no
+utmp login for the pane through libutempter's setgid helper (an agent is not a login; two
+processes and ~1.5 ms of CPU a task, issue 16). ``LD_PRELOAD`` names it for the server only:
+the server's global environment drops it before the pane opens.
 """
 
 from __future__ import annotations
@@ -19,10 +24,13 @@ from hal9999.errors import ProcessError
 from hal9999.process.base import ProcessStatus, read_exit_status
 from hal9999.process.launch import run_host, supervised
 from hal9999.providers.base import Sandbox
+from hal9999.providers.sandboxuser import trusted_program
 from hal9999.spec import ProcessSpec
 
 # Unix socket paths are limited to 107 bytes, so sockets live in a short per-user dir.
 _SOCKET_DIR = Path(tempfile.gettempdir()) / f"hal9999-tmux-{os.getuid()}"
+NO_UTMP_BUILT = Path(__file__).resolve().parents[3] / "build" / "hal-noutmp.so"
+"""Where ``scripts/setup.sh`` builds ``scripts/hal-noutmp.c`` in a source checkout."""
 
 
 class TmuxProcessManager:
@@ -33,6 +41,8 @@ class TmuxProcessManager:
 
     def __init__(self, *, runtime_dir: Path | None = None) -> None:
         self._tmux = shutil.which("tmux")
+        # As trustworthy as hal's own code, as the launcher must be: tmux runs it.
+        self._no_utmp = trusted_program(NO_UTMP_BUILT)
 
     def socket(self, spec: ProcessSpec) -> Path:
         """The tmux socket of the process (derived from its log path and name)."""
@@ -54,6 +64,10 @@ class TmuxProcessManager:
         launch = supervised(sandbox, spec, env)
         server_env = dict(launch.env)
         server_env.setdefault("TERM", "xterm-256color")
+        preload: list[str] = []
+        if self._no_utmp is not None and "LD_PRELOAD" not in server_env:
+            server_env["LD_PRELOAD"] = self._no_utmp
+            preload = ["set-environment", "-g", "-u", "LD_PRELOAD", ";"]  # not the pane's
         cwd = str(launch.cwd) if launch.cwd else str(spec.log_path.parent)
         await run_host(
             [
@@ -62,6 +76,7 @@ class TmuxProcessManager:
                 # whoever attaches (OSC 52 passes through to the outer terminal otherwise).
                 "start-server",
                 ";",
+                *preload,
                 "set-option",
                 "-s",
                 "set-clipboard",
