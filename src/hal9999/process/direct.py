@@ -2,6 +2,11 @@
 
 One-shot and simple: nothing to attach to, and the run is tied to the life of its caller's
 machine session (it is started in its own process group so it can be killed as a whole).
+
+A process's first run ``exec``s its supervisor; from its second on (a daemon) the supervisor
+is forked by :mod:`hal9999.process.forkserver` instead, which spares each run an
+interpreter's start (issue 16). Either way the supervisor leads a session of its own and
+reports through its exit file, so nothing below depends on whose child it is.
 """
 
 from __future__ import annotations
@@ -9,11 +14,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 
+from hal9999.errors import ProcessError
 from hal9999.process.base import ProcessStatus, read_exit_status
-from hal9999.process.launch import supervised
+from hal9999.process.forkserver import ForkServerClient, ServerUnavailable
+from hal9999.process.launch import FORK_SERVER, SUPERVISOR, supervised
 from hal9999.providers.base import Sandbox
 from hal9999.spec import ProcessSpec
 
@@ -37,6 +45,24 @@ def _alive(pid: int) -> bool:
         return False
 
 
+class _Starts:
+    """Whether this process has started a run before (then it forks the next from the server)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+        self.server = ForkServerClient(FORK_SERVER)
+
+    def another(self) -> bool:
+        """Count a start; whether it is not this process's first."""
+        with self._lock:
+            self._count += 1
+            return self._count > 1
+
+
+_STARTS = _Starts()
+
+
 class DirectProcessManager:
     """Runs each process as a child of the calling ``hal`` process."""
 
@@ -51,17 +77,30 @@ class DirectProcessManager:
     ) -> None:
         """Spawn the supervised command in its own process group."""
         launch = supervised(sandbox, spec, env)
-        proc = await asyncio.create_subprocess_exec(
-            *launch.argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-            env=launch.env,
-            cwd=launch.cwd,
-            start_new_session=True,
-        )
-        self._children[spec.name] = proc
-        _pid_file(spec).write_text(str(proc.pid))
+        pid: int | None = None
+        if _STARTS.another() and launch.argv[: len(SUPERVISOR)] == list(SUPERVISOR):
+            args = launch.argv[len(SUPERVISOR) :]
+            try:
+                pid = await asyncio.to_thread(_STARTS.server.spawn, args, launch.env, launch.cwd)
+            except ServerUnavailable:  # nothing forked: the run starts as a first one does
+                pid = None
+            except OSError as exc:  # sent, unanswered: a second start could run it twice
+                raise ProcessError(
+                    f"the supervisor of {spec.name} did not report its start: {exc}"
+                ) from exc
+        if pid is None:
+            proc = await asyncio.create_subprocess_exec(
+                *launch.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+                env=launch.env,
+                cwd=launch.cwd,
+                start_new_session=True,
+            )
+            self._children[spec.name] = proc
+            pid = proc.pid
+        _pid_file(spec).write_text(str(pid))
 
     async def status(self, spec: ProcessSpec) -> ProcessStatus:
         """Exited once the exit file exists; running while the supervisor lives."""

@@ -73,6 +73,17 @@ SUPERVISOR = (
 )
 """The start of the supervisor's command line; its options and the command follow."""
 
+FORK_SERVER = (
+    sys.executable,
+    "-I",
+    "-S",
+    "-c",
+    f"import sys; sys.path.append({_PACKAGES!r}); "
+    "from hal9999.process.forkserver import main; main()",
+)
+"""The command line of :mod:`hal9999.process.forkserver` (the socket's fd follows), started
+as the supervisor is."""
+
 
 async def run_host(
     argv: Sequence[str], *, env: Mapping[str, str] | None = None, check: bool = True
