@@ -215,7 +215,9 @@ def spawn_runner(app_: App, task: TaskRecord, args: list[str], env: dict[str, st
             env={**os.environ, **env},
             start_new_session=True,
         )
-    app_.store.update_task(task.id, runner_pid=proc.pid)
+    # Handed over only if this process still holds it: the runner may have claimed it
+    # (from this process) and even finished already.
+    app_.store.swap_runner(task.id, os.getpid(), proc.pid)
     return proc.pid
 
 class Started:

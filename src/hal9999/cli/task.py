@@ -246,7 +246,10 @@ def run_detached(task_id: str, prompt: str | None, adopt: bool) -> None:
 
     async def go() -> TaskRecord:
         adopted = await adopt_again(a.service, task_id) if adopt else None
-        return await a.service.run(task_id, prompt=prompt, adopted=adopted)
+        # Started by spawn_runner, whose process holds the task until it records this one.
+        return await a.service.run(
+            task_id, prompt=prompt, adopted=adopted, handed_from=os.getppid()
+        )
 
     record = run_async(cancel_on_sigterm(go))  # SIGTERM: cancelled, the sandbox given back
     click.echo(f"task {record.id}: {record.status}")

@@ -287,7 +287,7 @@ class HiveLoop:
         # without this submission (a daemon restarted in between) gets it all the same.
         await asyncio.to_thread(self.store.update_task, agent.task_id, prompt=prompt)
         task, adopted = await resume_task(self.service, agent.task_id, prompt=prompt)
-        await asyncio.to_thread(self.store.update_task, task.id, runner_pid=os.getpid())
+        # Queued or adopted, the task names this daemon as its runner already.
         if adopted is not None:
             self.scheduler.carry_on(task, adopted)
         else:

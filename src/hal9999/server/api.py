@@ -260,10 +260,10 @@ def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
             service, request.params["id"], prompt=body.get("prompt"),
             take_sandbox=recovery.take_sandbox,
         )  # fmt: skip
+        # Queued or adopted, the task names this daemon as its runner already.
         if adopted is not None:
             scheduler.carry_on(task, adopted)
             return task_json(task)
-        task = await asyncio.to_thread(daemon.store.update_task, task.id, runner_pid=os.getpid())
         scheduler.submit(task.id, _env(body), body.get("prompt"))
         return task_json(task)
 

@@ -378,6 +378,17 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
             ).rowcount
         return updated if changed == 1 else None
 
+    def swap_runner(self, task_id: str, seen: int | None, new: int | None) -> TaskRecord | None:
+        """Compare-and-set of ``runner_pid``: ``new`` only if it is still ``seen`` (one
+        statement); the updated record, or None when another process changed it first (or
+        the task is gone). :func:`hal9999.tasks.claim.claim` judges ``seen``."""
+        with self._write() as conn:
+            rows = conn.execute(
+                "UPDATE tasks SET runner_pid = ? WHERE id = ? AND runner_pid IS ? RETURNING *",
+                (new, task_id, seen),
+            ).fetchall()
+        return _from_row(rows[0]) if rows else None
+
     def delete_task(self, task_id: str) -> None:
         """Remove a task and its event index rows."""
         with self._write() as conn:

@@ -35,6 +35,7 @@ from hal9999.providers.base import Provider, Sandbox
 from hal9999.spec import ArgvCommand, ProcessSpec
 from hal9999.store import TaskRecord
 from hal9999.tasks.alive import runner_alive
+from hal9999.tasks.claim import claim
 from hal9999.tasks.context import Adopted, Totals, process_spec
 from hal9999.tasks.plugins import load_process_manager, load_provider_for
 from hal9999.tasks.sandboxes import PoolSource
@@ -97,26 +98,37 @@ class Recovery:
         self.elsewhere: set[str] = set()
         adoptions: list[tuple[TaskRecord, Adopted]] = []
         statuses = [s.value for s in (*ACTIVE, TaskStatus.INTERRUPTED)]
+
+        def leave(task: TaskRecord) -> None:
+            report.left_alone.append(task.id)
+            self.elsewhere.add(task.id)
+            if task.sandbox_id:
+                keep.add((task.provider, task.sandbox_id))
+
         for task in self.store.list_tasks(status=statuses):
             me = os.getpid()
             if task.runner_pid not in (None, me) and runner_alive(task.runner_pid):
-                report.left_alone.append(task.id)
-                self.elsewhere.add(task.id)
-                if task.sandbox_id:
-                    keep.add((task.provider, task.sandbox_id))
+                leave(task)
                 continue
-            if task.status == TaskStatus.QUEUED:
-                await asyncio.to_thread(self.store.update_task, task.id, runner_pid=me)
-                report.requeued.append(task.id)
+            try:
+                if task.status == TaskStatus.QUEUED:
+                    await asyncio.to_thread(claim, self.store, task.id)
+                    report.requeued.append(task.id)
+                    continue
+                adopted = None
+                if task.status in (TaskStatus.RUNNING, TaskStatus.INTERRUPTED):
+                    adopted = await self.adoptable(task)
+                if adopted is not None:
+                    keep.add((task.provider, adopted.sandbox.id))
+                    marked = await asyncio.to_thread(self.mark_adopted, task)
+                    adoptions.append((marked, adopted))
+                    report.adopted.append(task.id)
+                    continue
+            except TaskStateError as exc:  # another hal process took it since the listing
+                logger.warning("task %s left alone: %s", task.id, exc.one_line())
+                leave(task)
                 continue
-            adopted = None
-            if task.status in (TaskStatus.RUNNING, TaskStatus.INTERRUPTED):
-                adopted = await self.adoptable(task)
-            if adopted is not None:
-                keep.add((task.provider, adopted.sandbox.id))
-                adoptions.append((await asyncio.to_thread(self.mark_adopted, task), adopted))
-                report.adopted.append(task.id)
-            elif task.status == TaskStatus.INTERRUPTED:
+            if task.status == TaskStatus.INTERRUPTED:
                 if task.sandbox_id or task.runner_pid:
                     await self.clean(task)
             else:
@@ -262,13 +274,16 @@ def adoption(service: TaskService, task: TaskRecord, sandbox: Sandbox) -> Adopte
 
 
 def mark_adopted(service: TaskService, task: TaskRecord, by: str) -> TaskRecord:
-    """Record that this process (``by`` says which command) now runs ``task``."""
+    """Record that this process (``by`` says which command) now runs ``task``; raises
+    :class:`TaskStateError`, having written nothing, when another live hal process claimed
+    it first (a daemon's recovery and a resume adopting one agent: one of them runs it)."""
+    record = claim(service.store, task.id)
     with service.events(task) as events:
         if task.status == TaskStatus.INTERRUPTED:
-            # The runner's pid goes in the same statement as ``running``: a task shown
-            # running with its dead runner's pid, even for a moment, is one any hal process
-            # reconciles back to interrupted, and a second resume then adopted it again.
-            transition(
+            # Claimed before ``running`` is written: a task shown running with its dead
+            # runner's pid, even for a moment, is one any hal process reconciles back to
+            # interrupted, and a second resume then adopted it again.
+            _, record = transition(
                 service.store,
                 events,
                 task.id,
@@ -277,10 +292,9 @@ def mark_adopted(service: TaskService, task: TaskRecord, by: str) -> TaskRecord:
                 detail="adopted",
                 error_code=None,
                 error_message=None,
-                runner_pid=os.getpid(),
             )
         events.emit(Message(text=f"adopted by {by} (pid {os.getpid()}); the agent kept running"))
-    return service.store.update_task(task.id, runner_pid=os.getpid())
+    return record
 
 
 @contextlib.contextmanager

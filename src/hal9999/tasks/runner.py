@@ -1,14 +1,15 @@
 """One run of a task: sandbox, prepare, agent, stream, collect (:mod:`.finish`), release.
 
-The runner owns a task only while it runs. Another ``hal`` process may stop or cancel the task
-meanwhile (it kills the process and the sandbox and records the new state); the runner notices
-the record changed under it and leaves without touching it again.
+The runner owns a task only while it runs, and only once its caller claimed it
+(:mod:`hal9999.tasks.claim`: a process that loses the claim runs nothing). Another ``hal``
+process may stop or cancel the task meanwhile (it kills the process and the sandbox and
+records the new state); the runner notices the record changed under it and leaves without
+touching it again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from typing import Any
 
@@ -32,9 +33,7 @@ class TaskRunner(LaunchSteps, FollowSteps):
     async def run(self, ctx: RunContext, prompt: str | None = None) -> TaskRecord:
         """Run the task once (or carry on an adopted run); returns the record in its final or
         resting state."""
-        task = ctx.task
-        if task.runner_pid != os.getpid():  # a daemon's queued task names it already
-            await self.update(task.id, runner_pid=os.getpid())
+        task = ctx.task  # claimed by this process (TaskService.run)
         agent = resolve_agent(task.agent, self.config.agent_settings(task.agent))
         provider = load_provider_for(self.config, task.provider)
         manager = load_process_manager(self.config, task.process_manager)

@@ -24,6 +24,7 @@ from hal9999.errors import HalError
 from hal9999.pool.settings import SchedulerSettings
 from hal9999.store import TaskRecord
 from hal9999.tasks.alive import runner_alive
+from hal9999.tasks.claim import claim
 from hal9999.tasks.context import Adopted
 from hal9999.tasks.service import TaskService
 from hal9999.tasks.state import TaskStatus, transition
@@ -198,8 +199,9 @@ class Scheduler:
 
     @staticmethod
     def held_elsewhere(task: TaskRecord) -> bool:
-        """Whether another live hal process runs the queued ``task`` (an in-process ``hal
-        run`` between its task's creation and its first step): not this daemon's to start."""
+        """Whether another live hal process holds the queued ``task`` (an in-process ``hal
+        run`` or ``hal task resume`` that queued it and is about to run it): not this
+        daemon's to start (its run's claim would step aside anyway, :mod:`.claim`)."""
         pid = task.runner_pid
         return pid is not None and pid != os.getpid() and runner_alive(pid)
 
@@ -240,7 +242,7 @@ class Scheduler:
         submission = self.submissions.get(task_id, Submission())
         try:
             if provider is not None:  # off the loop: another process may hold the write lock
-                await asyncio.to_thread(self.store.update_task, task_id, provider=provider)
+                await asyncio.to_thread(self.move, task_id, provider)
             record = await self.service.run(
                 task_id, given_env=submission.env, prompt=submission.prompt, adopted=adopted
             )
@@ -262,6 +264,12 @@ class Scheduler:
                 self._per_provider[gone] -= 1
             self.finished += 1
             self.wake()
+
+    def move(self, task_id: str, provider: str) -> None:
+        """Record the provider the task was placed on, once this daemon claimed it (a task
+        another live hal process runs gets no write from here, not even this one)."""
+        claim(self.store, task_id)
+        self.store.update_task(task_id, provider=provider)
 
     # -- retries -----------------------------------------------------------------------
     def retry(self, task: TaskRecord) -> bool:

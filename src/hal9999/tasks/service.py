@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from hal9999.spec import ArgvCommand
 from hal9999.store import Store, TaskRecord
 from hal9999.tasks import gitrepo, mirror
 from hal9999.tasks.alive import runner_alive
+from hal9999.tasks.claim import claim
 from hal9999.tasks.context import Adopted, RunContext, process_spec
 from hal9999.tasks.plugins import load_process_manager, load_provider_for
 from hal9999.tasks.request import RunRequest, new_task_id, provider_list
@@ -262,9 +264,16 @@ class TaskService:
         on_output: Callable[[str], None] | None = None,
         on_event: Callable[[Event], None] | None = None,
         adopted: Adopted | None = None,
+        handed_from: int | None = None,
     ) -> TaskRecord:
-        """Run a queued task (or carry on an ``adopted`` one) to its end in this process."""
+        """Run a queued task (or carry on an ``adopted`` one) to its end in this process.
+
+        The task is claimed first (:mod:`hal9999.tasks.claim`; ``handed_from`` is the process
+        that started this one to run it): when another live hal process holds it, this
+        raises :class:`TaskStateError` before anything is written, made or opened."""
         task = self.store.get_task(task_id)
+        if task.runner_pid != os.getpid():  # a task this process queued names it already
+            task = await asyncio.to_thread(claim, self.store, task_id, handed_from=handed_from)
         given = dict(given_env or {})
         forwarded = [name for name in task.env_keys if name not in given]
         secrets_env = {**forwarded_env(forwarded, self.environ), **given}
@@ -347,7 +356,8 @@ class TaskService:
         return await self.halt(task_id, TaskStatus.CANCELLED, "cancelled by the user")
 
     def prepare_resume(self, task_id: str) -> TaskRecord:
-        """Move a resting task back to ``queued`` for another run."""
+        """Move a resting task back to ``queued`` for another run, held by this process (its
+        ``runner_pid``: a daemon on the same home does not start it meanwhile)."""
         task = self.reconcile(self.store.find_task(task_id))
         if task.status not in RESUMABLE:
             raise TaskStateError(
@@ -362,6 +372,7 @@ class TaskService:
                 TaskStatus.QUEUED,
                 expect=task.status,
                 detail="resumed",
+                runner_pid=os.getpid(),  # this process's until it (or its runner) runs it
                 resumes=task.resumes + 1,
                 exit_code=None,
                 error_code=None,
