@@ -43,8 +43,8 @@ def _program(line: str) -> str:
     name, *args = line.split()
     if name != "git":
         return name
-    while args and args[0] == "-c":
-        args = args[2:]
+    while args and args[0] in ("-c", "--no-optional-locks"):
+        args = args[2:] if args[0] == "-c" else args[1:]
     return f"git {args[0]}"
 
 
@@ -62,6 +62,23 @@ async def test_collecting_a_run_that_changed_nothing_runs_two_git(
     assert result.patch_bytes == 0 and w.session.patch.read_bytes() == b""
     assert programs() == sorted(["git status", "git ls-files"])
     assert not list(w.session.home.glob(".hal-result-*"))
+
+
+async def test_collecting_a_run_that_changed_nothing_leaves_the_index_unwritten(
+    world: tuple[World, HostileSandbox],
+) -> None:
+    # Issue 16: `status` found the checkout's index racy (written the second its files
+    # were) and wrote it again, a lock file and a rename each task.
+    w, sandbox = world
+    tracked = w.session.workspace / "a.txt"
+    later = tracked.stat().st_mtime_ns + 2_000_000_000
+    os.utime(tracked, ns=(later, later))  # stat data the index does not have: a refresh
+    index = w.session.workspace / ".git" / "index"
+    before = index.stat()
+    result = await run_collect(w, sandbox)
+    assert result.head == w.base and result.files_changed == 0
+    after = index.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
 
 async def test_collecting_leftovers_runs_no_git_it_does_not_need(
