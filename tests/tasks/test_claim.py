@@ -3,6 +3,8 @@ and the process that loses it steps aside without writing, making or removing an
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import subprocess
 import sys
@@ -192,4 +194,78 @@ def test_of_two_processes_claiming_one_task_at_once_exactly_one_wins(tmp_path: P
     finally:
         for proc in claimers.values():
             proc.communicate("")
+    store.close()
+
+
+@pytest.mark.bwrap
+@pytest.mark.parametrize("when", ["before its end", "at its last write"])
+async def test_a_stopped_run_leaves_the_resumed_runs_fields_and_credentials(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    other: subprocess.Popen[bytes],
+    when: str,
+) -> None:
+    # Stopped, and at once resumed by another hal process (prepare_resume names it) while
+    # this run still ends: the session's credential files and the task's runner_pid and
+    # sandbox_id are the resumed run's, not this one's to clear.
+    from hal9999.tasks.runner import TaskRunner
+
+    home = tmp_path / "home"
+    source = tmp_path / "credentials.json"
+    source.write_text('{"token": "t"}')
+    target = ".claude/.credentials.json"
+    config = HalConfig(home=home, credentials=[CredentialFile(source=source, target=target)])
+    store = Store.open(home)
+    service = TaskService(config, store, {})
+    request = trivial_request(git_repo(tmp_path / "repo"))
+    task = await service.create(dataclasses.replace(request, agent="sleep 30 {{prompt_file}}"))
+    installed = Session(Path(task.session_dir)).home / target
+
+    def resumed_elsewhere() -> None:
+        store.update_task(task.id, status="queued", runner_pid=other.pid, sandbox_id="0123456789ab")
+        installed.write_text('{"token": "theirs"}')  # the resumed run installed its own
+
+    if when == "before its end":  # before the run reads who holds the task
+        real_follow = TaskRunner.follow
+
+        async def follow(self: TaskRunner, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await real_follow(self, *args, **kwargs)
+            finally:
+                resumed_elsewhere()
+
+        monkeypatch.setattr(TaskRunner, "follow", follow)
+    else:  # after that read, before its last write
+        real_release = TaskRunner.release
+
+        async def release(self: TaskRunner, *args: Any, **kwargs: Any) -> None:
+            await real_release(self, *args, **kwargs)
+            resumed_elsewhere()
+
+        monkeypatch.setattr(TaskRunner, "release", release)
+
+    run = asyncio.ensure_future(service.run(task.id))
+    await until(lambda: store.get_task(task.id).status == "running")
+    await service.stop(task.id)
+    await asyncio.wait_for(run, 60)
+
+    now = store.get_task(task.id)
+    assert (now.runner_pid, now.sandbox_id) == (other.pid, "0123456789ab")
+    assert installed.read_text() == '{"token": "theirs"}'
+    store.close()
+
+
+def test_a_runs_last_write_keeps_its_fields_off_a_task_another_process_holds(
+    tmp_path: Path,
+) -> None:
+    store = Store.open(tmp_path)
+    store.insert_task(make_task(tmp_path, "heldbbbb", "stopped", runner_pid=DEAD_PID + 1))
+    me = DEAD_PID + 2
+    kept = store.update_task(
+        "heldbbbb", held_by=me, runner_pid=None, sandbox_id=None, agent_session_id="s1"
+    )
+    assert (kept.runner_pid, kept.agent_session_id) == (DEAD_PID + 1, "s1")
+    assert store.get_task("heldbbbb") == kept
+    store.update_task("heldbbbb", runner_pid=me)
+    assert store.update_task("heldbbbb", held_by=me, runner_pid=None).runner_pid is None  # its own
     store.close()

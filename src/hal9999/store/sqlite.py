@@ -89,6 +89,11 @@ def _from_row(row: sqlite3.Row) -> TaskRecord:
     return TaskRecord.model_validate(data)
 
 
+RUNNER_FIELDS = ("runner_pid", "sandbox_id")
+"""What a task's record says of the run that holds it (see ``Store.update_task``'s
+``held_by``)."""
+
+
 class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
     """Tasks, the event index and pooled sandboxes, in one SQLite database."""
 
@@ -322,11 +327,14 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
             params.append(limit)
         return [_from_row(row) for row in self._query(sql, params)]
 
-    def update_task(self, task_id: str, **fields: Any) -> TaskRecord:
+    def update_task(self, task_id: str, *, held_by: int | None = None, **fields: Any) -> TaskRecord:
         """Set some fields of a task; returns the updated record.
 
-        Raises ``ValueError`` for a name that is not a :class:`TaskRecord` field (or ``id``)
-        and pydantic's ``ValidationError`` for a value of the wrong type.
+        ``held_by``: the pid of the run writing its own end; ``runner_pid`` and
+        ``sandbox_id`` are then left as they are when the task names another runner by now
+        (a resume took it since it was stopped: they are that run's). Raises ``ValueError``
+        for a name that is not a :class:`TaskRecord` field (or ``id``) and pydantic's
+        ``ValidationError`` for a value of the wrong type.
         """
         unknown = sorted(set(fields) - set(_TASK_COLUMNS))
         if unknown:
@@ -337,9 +345,11 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
             rows = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchall()
             if not rows:
                 raise TaskNotFound(f"no task {task_id!r}", hint=_LIST_HINT, task_id=task_id)
-            if not fields:
-                return _from_row(rows[0])
             current = _from_row(rows[0])
+            if held_by is not None and current.runner_pid not in (None, held_by):
+                fields = {k: v for k, v in fields.items() if k not in RUNNER_FIELDS}
+            if not fields:
+                return current
             updated = TaskRecord.model_validate({**current.model_dump(), **fields})
             row = _to_row(updated)
             # Only the named columns are written, so concurrent updates of other fields

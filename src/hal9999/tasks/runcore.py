@@ -64,10 +64,13 @@ class RunnerCore:
             raise
         return ctx.task
 
-    async def update(self, task_id: str, **fields: Any) -> TaskRecord:
+    async def update(
+        self, task_id: str, *, held_by: int | None = None, **fields: Any
+    ) -> TaskRecord:
         """Write ``fields`` to the task's record in a thread: a write lock held elsewhere
-        must not stall the event loop (the daemon's API and every other run share it)."""
-        return await asyncio.to_thread(self.store.update_task, task_id, **fields)
+        must not stall the event loop (the daemon's API and every other run share it).
+        ``held_by``: see :meth:`hal9999.store.Store.update_task`."""
+        return await asyncio.to_thread(self.store.update_task, task_id, held_by=held_by, **fields)
 
     def emit(self, ctx: RunContext, event: Event) -> None:
         """Record an event, folding usage and session ids into the task (the gateway's exact

@@ -10,6 +10,7 @@ touching it again.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -118,24 +119,30 @@ class TaskRunner(LaunchSteps, FollowSteps):
         finally:
             left: dict[str, Any] = {"runner_pid": None}
             if not ctx.detached:
-                await self.remove_credentials(ctx)
                 if ctx.gateway is not None:
                     await ctx.gateway.close()
-            if ctx.sandbox is not None and not ctx.detached:
-                # A task stopped or cancelled from outside: whoever did it destroys the
-                # sandbox too, so it must not go back to the pool for the next task.
                 try:
-                    taken = self.store.get_task(task.id).status in TAKEN_AWAY
+                    now: TaskRecord | None = self.store.get_task(task.id)
                 except TaskNotFound:  # removed with --force while running
-                    taken = True
-                await self.release(provider, ctx.sandbox, reuse=not taken)
-                left["sandbox_id"] = None
+                    now = None
+                # Stopped, then resumed by another process already: the credential files in
+                # the session are that run's.
+                if now is None or now.runner_pid in (None, os.getpid()):
+                    await self.remove_credentials(ctx)
+                if ctx.sandbox is not None:
+                    # A task stopped or cancelled from outside: whoever did it destroys the
+                    # sandbox too, so it must not go back to the pool for the next task.
+                    taken = now is None or now.status in TAKEN_AWAY
+                    await self.release(provider, ctx.sandbox, reuse=not taken)
+                    left["sandbox_id"] = None
             if ctx.session_id is not None:  # a run cut short between a pump and its save
                 left["agent_session_id"] = ctx.session_id
                 ctx.session_id = None
             unsaved, ctx.unsaved = ctx.unsaved, {}  # a run taken away before its final status
             if unsaved or any(getattr(ctx.task, name) != value for name, value in left.items()):
-                await self.update(task.id, **left, **unsaved)  # one write for all
+                # One write for all; the runner's own fields only while the task is still
+                # this process's (a resume since names its run there).
+                await self.update(task.id, held_by=os.getpid(), **left, **unsaved)
 
     async def release(self, provider: Provider, sandbox: Sandbox, *, reuse: bool = True) -> None:
         """Give the sandbox back to where it came from (the pool, which keeps it for reuse
