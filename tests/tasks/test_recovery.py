@@ -7,13 +7,18 @@ import os
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
 
 from hal9999.config import HalConfig
 from hal9999.events.reader import read_events
 from hal9999.pool import ProviderSettings, SlotDir, WarmPool
+from hal9999.process.base import ProcessStatus
 from hal9999.providers.base import Provider
 from hal9999.spec import SandboxSpec
 from hal9999.store import SandboxRow, Store, TaskRecord
+from hal9999.tasks import recovery
 from hal9999.tasks.plugins import load_provider_for
 from hal9999.tasks.recovery import Recovery
 from hal9999.tasks.sandboxes import PoolSource
@@ -99,3 +104,44 @@ async def test_recovery_interrupts_requeues_and_sweeps(tmp_path: Path) -> None:
     # Interrupted means resumable.
     assert service.prepare_resume("prep1234").status == "queued"
     store.close()
+
+
+async def test_recovery_that_loses_an_adoption_lets_go_of_the_sandbox_untouched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A daemon starting while a `HAL_NO_DAEMON=1 hal task resume` adopts the same agent: the
+    # resume claims the task first, so the daemon's pool must not keep the sandbox leased
+    # (nor destroy it: the resume's run uses it).
+    home = tmp_path / "home"
+    store, service, fake, pool = pooled_service(home, "fake")
+    box = await fake.create(SandboxSpec(provider="fake", labels={"hal.task": "adop1234"}))
+    store.insert_task(make_task(home, "adop1234", "running", runner_pid=DEAD_PID,
+                                sandbox_id=box.id))  # fmt: skip
+    monkeypatch.setattr(recovery, "agent_status", running)
+    monkeypatch.setattr(recovery, "adoption", lambda _s, _t, box: SimpleNamespace(sandbox=box))
+    other = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import time; time.sleep(60)", "hal"
+    )
+    real_mark = Recovery.mark_adopted
+
+    def resumed_first(self: Recovery, task: TaskRecord) -> TaskRecord:
+        store.update_task(task.id, runner_pid=other.pid)  # the resume's claim
+        return real_mark(self, task)
+
+    monkeypatch.setattr(Recovery, "mark_adopted", resumed_first)
+    source = PoolSource(pool)
+    try:
+        report, adoptions = await Recovery(service, pool, source, lambda n: fake).run()
+    finally:
+        other.kill()
+        await other.wait()
+
+    assert adoptions == [] and report.left_alone == ["adop1234"]
+    assert source.leases == {} and pool.entries == [] and store.list_sandboxes() == []
+    assert [s.id for s in await fake.list()] == [box.id], "the resume's sandbox lives on"
+    assert store.get_task("adop1234").runner_pid == other.pid
+
+
+async def running(service: TaskService, task: TaskRecord) -> ProcessStatus:
+    """The agent of ``task`` as a live one (the recovery test above has no process)."""
+    return ProcessStatus("running")

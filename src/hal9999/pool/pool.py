@@ -474,6 +474,23 @@ class WarmPool:
             await self._record(entry)
         return Lease(sandbox, True, entry)
 
+    async def disown(self, lease: Lease) -> None:
+        """Let go of an adopted sandbox without touching it: the process that won its task
+        runs it (a resume adopting the same agent as this daemon's recovery), and gives it
+        back or destroys it itself. Neither the sandbox nor its slot is touched; the entry
+        and its row go."""
+        entry = lease.entry
+        async with self._cond:
+            if entry.state == "gone":
+                return
+            entry.state = "gone"
+            if entry in self.entries:
+                self.entries.remove(entry)
+            if self.store is not None and entry.id is not None:
+                async with self._writes:
+                    await asyncio.to_thread(self.store.delete_sandbox, entry.provider, entry.id)
+            self._cond.notify_all()
+
     def status(self) -> dict[str, Any]:
         """Counts per provider and per key, for ``hal pool status``."""
         return report.status(self)

@@ -120,7 +120,13 @@ class Recovery:
                     adopted = await self.adoptable(task)
                 if adopted is not None:
                     keep.add((task.provider, adopted.sandbox.id))
-                    marked = await asyncio.to_thread(self.mark_adopted, task)
+                    try:
+                        marked = await asyncio.to_thread(self.mark_adopted, task)
+                    except TaskStateError:
+                        # The winner (a resume adopting the same agent) runs the sandbox:
+                        # this pool lets go of it untouched.
+                        await self.source.disown(adopted.sandbox)
+                        raise
                     adoptions.append((marked, adopted))
                     report.adopted.append(task.id)
                     continue

@@ -53,6 +53,12 @@ class PoolSource:
         """Track a lease taken over from a previous daemon."""
         self.leases[lease.sandbox.id] = lease
 
+    async def disown(self, sandbox: Sandbox) -> None:
+        """Forget an adopted sandbox another process runs now (see :meth:`WarmPool.disown`)."""
+        lease = self.leases.pop(sandbox.id, None)
+        if lease is not None:
+            await self.pool.disown(lease)
+
     async def release(self, sandbox: Sandbox, *, reuse: bool) -> bool:
         """Return the sandbox to the pool (reset or destroyed, per provider policy); a reset
         goes on in the background, so the run ends without waiting for it."""
