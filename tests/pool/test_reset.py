@@ -212,3 +212,47 @@ async def test_a_stop_whose_record_goes_meanwhile_still_returns(
     await provider.stop(sandbox.id)
     monkeypatch.undo()
     await provider.destroy(sandbox.id)
+
+
+@pytest.mark.bwrap
+async def test_a_reset_keeps_an_untouched_tmp_and_swaps_any_other(tmp_path: Path) -> None:
+    """A tmp no task changed is kept (issue 16: no directory made and freed a task); one whose
+    entries, mode or times a task changed, even back to empty, is swapped for a fresh one."""
+    provider = BwrapProvider(state_dir=tmp_path / "state")
+    pool = pool_of(tmp_path, provider)
+    lease = await pool.claim(spec_for(tmp_path, "bwrap", 1))
+    sandbox_id = lease.sandbox.id
+    tmp = provider.store.dir(sandbox_id) / "tmp"
+    assert (await lease.sandbox.exec(ArgvCommand(argv=("ls", "/workspace")))).ok
+    kept = tmp.stat()
+    await pool.release(lease)
+    assert tmp.stat().st_ino == kept.st_ino
+    changes = [
+        ("sh", "-c", "echo x > /tmp/f && rm /tmp/f"),
+        ("chmod", "1770", "/tmp"),
+        ("touch", "-m", "-d", "2001-01-01", "/tmp"),
+    ]
+    for n, change in enumerate(changes, start=2):
+        lease = await pool.claim(spec_for(tmp_path, "bwrap", n))
+        assert lease.sandbox.id == sandbox_id
+        assert (await lease.sandbox.exec(ArgvCommand(argv=change))).ok
+        before = tmp.stat().st_ino
+        await pool.release(lease)
+        fresh = tmp.stat()
+        assert fresh.st_ino != before, change
+        assert fresh.st_mode & 0o7777 == 0o1777 and not os.listdir(tmp)
+    names = os.listdir(provider.store.dir(sandbox_id))
+    assert not [n for n in names if n.startswith(scratch.RETIRED_PREFIX)]
+    await pool.drain()
+
+
+def test_untouched_needs_the_same_stamp_an_empty_dir_and_no_xattr(tmp_path: Path) -> None:
+    path = tmp_path / "d"
+    path.mkdir()
+    fresh = scratch.stamp(path)
+    assert scratch.untouched(path, fresh)
+    assert not scratch.untouched(path, None)  # no stamp (another process made it): swap
+    os.setxattr(path, "user.left", b"x")
+    assert not scratch.untouched(path, fresh)
+    os.removexattr(path, "user.left")
+    assert not scratch.untouched(path, fresh)  # the ctime moved: swap all the same

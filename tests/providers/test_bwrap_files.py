@@ -203,11 +203,12 @@ async def test_a_create_cut_short_after_its_one_save_leaves_what_destroy_undoes(
 
 
 @pytest.mark.bwrap
-async def test_a_stop_and_reset_make_one_record_file_and_a_fresh_tmp(
+async def test_a_stop_and_reset_make_one_record_file_and_a_fresh_tmp_if_used(
     hal_home: Path, tmp_path: Path
 ) -> None:
     # Issue 16: the pool stops a sandbox, then resets it (a start): the start takes back the
-    # running record the stop kept, by a rename, rather than writing a new file.
+    # running record the stop kept, by a rename, rather than writing a new file; a tmp no
+    # command changed is kept, one a command wrote to is made anew.
     provider = BwrapProvider(state_dir=hal_home / "sandboxes" / "bwrap")
     (tmp_path / "ws").mkdir()
     (tmp_path / "home").mkdir()
@@ -219,10 +220,15 @@ async def test_a_stop_and_reset_make_one_record_file_and_a_fresh_tmp(
             await provider.stop(box.id)
             assert provider.store.load(box.id).state == "stopped"
             await provider.reset(box.id)
-        assert sorted(made) == sorted(os.path.join(box.id, n) for n in ("sandbox.tmp", "tmp"))
+        assert sorted(made) == [os.path.join(box.id, "sandbox.tmp")]
         assert provider.store.path(box.id).read_bytes() == running
         assert not (provider.store.dir(box.id) / ".previous.json").exists()
-        assert (await box.exec(ArgvCommand(argv=("true",)))).ok
+        assert (await box.exec(ArgvCommand(argv=("touch", "/tmp/used")))).ok
+        with inodes.created(provider.state_dir) as made:
+            await provider.stop(box.id)
+            await provider.reset(box.id)
+        assert sorted(made) == sorted(os.path.join(box.id, n) for n in ("sandbox.tmp", "tmp"))
+        assert not os.listdir(provider.store.dir(box.id) / "tmp")
         await provider.stop(box.id)  # a start with a changed record writes it anew
         record = provider.store.load(box.id).model_copy(update={"state": "running"})
         provider.store.save(record.model_copy(update={"created_at": 1.0}))

@@ -250,6 +250,9 @@ class HostProvider:
         self._stopped: dict[str, tuple[int, int, int]] = {}
         """Sandboxes this object's :meth:`stop` has emptied, with their record file as that
         stop left it (see :meth:`reset`)."""
+        self._fresh: dict[str, dict[str, scratch.Stamp | None]] = {}
+        """Per sandbox, its own directories as this object's last :meth:`reset` (or
+        :meth:`create`) left them, fresh (see :func:`scratch.untouched`)."""
 
     def _handle(self, record: SandboxRecord) -> HostSandbox:
         raise NotImplementedError
@@ -345,6 +348,7 @@ class HostProvider:
         except BaseException:
             await self.destroy(sandbox_id)
             raise
+        self._remember_fresh(sandbox_id, self._own_dirs(record))
         return self._handle(record)
 
     async def get(self, sandbox_id: str) -> HostSandbox:
@@ -424,13 +428,23 @@ class HostProvider:
             record = self.store.load(sandbox_id)
         directory = self.store.dir(sandbox_id)
         names = self._own_dirs(record)
-        retired = [scratch.retire(directory, name) for name in names]
+        # Nothing of the sandbox runs now: a directory no task changed since it was made
+        # fresh (a trivial task's tmp) is kept as it is, not swapped for an equal one.
+        fresh = self._fresh.pop(sandbox_id, {})
+        renewed = [n for n in names if not scratch.untouched(directory / n, fresh.get(n))]
+        retired = [scratch.retire(directory, name) for name in renewed]
         sandbox = await self.start(sandbox_id)  # _prepare: fresh dirs, limits written again
         gone = [old for old in retired if old is not None]
         if gone:  # one thread hop for all of them
             await asyncio.to_thread(scratch.remove_trees, gone)
         self._verify_reset(self.store.load(sandbox_id), names)
+        self._remember_fresh(sandbox_id, names)
         return sandbox
+
+    def _remember_fresh(self, sandbox_id: str, names: Sequence[str]) -> None:
+        """Stamp the own directories just made (or kept) fresh, before any command runs."""
+        directory = self.store.dir(sandbox_id)
+        self._fresh[sandbox_id] = {name: scratch.stamp(directory / name) for name in names}
 
     def _verify_reset(self, record: SandboxRecord, names: Sequence[str]) -> None:
         directory = self.store.dir(record.id)
@@ -444,6 +458,7 @@ class HostProvider:
     async def destroy(self, sandbox_id: str) -> None:
         """Stop and remove the sandbox; never touches the spec's workspace. Idempotent."""
         self._stopped.pop(sandbox_id, None)
+        self._fresh.pop(sandbox_id, None)
         directory = self.store.dir(sandbox_id)
         try:
             record: SandboxRecord | None = self.store.load(sandbox_id)

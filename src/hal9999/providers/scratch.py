@@ -25,6 +25,38 @@ MAX_DEPTH = 64
 apart from there: any depth goes, with at most this many descriptors and frames in use."""
 
 
+Stamp = tuple[int, ...]
+"""What :func:`stamp` reads of a directory."""
+
+
+def stamp(path: Path) -> Stamp | None:
+    """Device, inode, mode, owner, links and times of ``path`` itself (not followed); None
+    when it cannot be read. Taken of an own directory right after it is made fresh, it tells
+    :func:`untouched` whether anything changed it since: every change to a directory's
+    entries moves its mtime and ctime, and every change to its mode, owner, times, flags,
+    extended attributes or ACLs moves its ctime, which no unprivileged call can set."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (
+        st.st_dev, st.st_ino, st.st_mode, st.st_uid, st.st_gid, st.st_nlink,
+        st.st_mtime_ns, st.st_ctime_ns, st.st_atime_ns,
+    )  # fmt: skip
+
+
+def untouched(path: Path, fresh: Stamp | None) -> bool:
+    """Whether ``path`` is the directory stamped ``fresh`` and nothing changed it: same
+    stamp, still empty, no extended attribute (an ACL is one). A reset keeps such a
+    directory instead of swapping it (issue 16: a directory made and one freed a task)."""
+    if fresh is None or stamp(path) != fresh:
+        return False
+    try:
+        return not os.listdir(path) and not os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return False
+
+
 def retire(parent: Path, name: str) -> Path | None:
     """Rename ``parent/name`` to a unique hidden name in ``parent``; None when it is absent.
 
