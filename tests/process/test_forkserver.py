@@ -161,3 +161,38 @@ def test_no_server_means_nothing_forked(tmp_path: Path) -> None:
     with pytest.raises(ServerUnavailable):
         client.spawn(["--log", "x", "--exit", "y", "--", "/bin/true"], {}, None)
     client.close()
+
+
+async def test_a_direct_run_makes_no_fifo_and_its_pidfd_wakes_the_follower(
+    tmp_path: Path,
+) -> None:
+    """Issue 16: no FIFO beside a direct run's exit file (an inode a run); the follower
+    listens on a pidfd of the supervisor, which fires once the exit status is written."""
+    from hal9999.process.supervisor import ended_path
+    from hal9999.tasks.follow import _EndedSignal
+
+    provider = LocalProvider(state_dir=tmp_path / "state")
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    manager = DirectProcessManager()
+    async with await provider.create(
+        SandboxSpec(provider="local", network="host", workspace=workspace)
+    ) as sandbox:
+        spec = ProcessSpec(
+            name="hal-pidfd",
+            command=ShellCommand(script="sleep 0.3; exit 4"),
+            log_path=tmp_path / "run" / "out.log",
+            exit_path=tmp_path / "run" / "exit-1",
+        )
+        await manager.start(sandbox, spec)
+        assert not os.path.lexists(ended_path(spec.exit_path))
+        signal = _EndedSignal.open(spec.exit_path, lambda: manager.ended_fd(spec))
+        assert signal is not None
+        try:
+            started = time.monotonic()
+            await signal.nap(20)
+            assert time.monotonic() - started < 10  # woken, not timed out
+            assert read_exit_status(spec.exit_path) == 4
+        finally:
+            signal.close()
+        assert (await manager.status(spec)).exit_code == 4

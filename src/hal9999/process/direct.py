@@ -76,7 +76,9 @@ class DirectProcessManager:
         self, sandbox: Sandbox, spec: ProcessSpec, *, env: Mapping[str, str] | None = None
     ) -> None:
         """Spawn the supervised command in its own process group."""
-        launch = supervised(sandbox, spec, env)
+        # No FIFO beside the exit file (an inode a run, issue 16): the follower waits on a
+        # pidfd of the supervisor instead (see ended_fd).
+        launch = supervised(sandbox, spec, env, ended_fifo=False)
         pid: int | None = None
         if _STARTS.another() and launch.argv[: len(SUPERVISOR)] == list(SUPERVISOR):
             args = launch.argv[len(SUPERVISOR) :]
@@ -132,6 +134,19 @@ class DirectProcessManager:
                 break
         await self._reap(spec)
         _pid_file(spec).unlink(missing_ok=True)
+
+    def ended_fd(self, spec: ProcessSpec) -> int | None:
+        """A pidfd of the run's supervisor, readable once it has exited (after writing the
+        exit file); None when it cannot be had (gone already, no pid file). A pid reused
+        meanwhile gives a pidfd that never fires: the follower's naps end on their timeout
+        and it polls the exit file as it always does."""
+        pid = self._pid(spec)
+        if pid is None:
+            return None
+        try:
+            return os.pidfd_open(pid)
+        except OSError:
+            return None
 
     def attach_command(self, spec: ProcessSpec) -> list[str] | None:
         """Direct processes have no terminal to attach to."""

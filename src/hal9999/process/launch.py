@@ -16,12 +16,20 @@ from hal9999.providers.base import Launch, Sandbox
 from hal9999.spec import ProcessSpec
 
 
-def supervised(sandbox: Sandbox, spec: ProcessSpec, env: Mapping[str, str] | None) -> Launch:
+def supervised(
+    sandbox: Sandbox,
+    spec: ProcessSpec,
+    env: Mapping[str, str] | None,
+    *,
+    ended_fifo: bool = True,
+) -> Launch:
     """The host command that runs ``spec`` inside ``sandbox`` under the supervisor.
 
     The names of the secret exec-time variables (``spec.mask_vars``, or every one when unset)
     are passed to the supervisor, which masks their values; with ``spec.parser`` it also
-    parses the raw output into ``spec.events_path``.
+    parses the raw output into ``spec.events_path``. Without ``ended_fifo`` no FIFO is made
+    beside the exit file (a manager that knows the supervisor's pid wakes its follower
+    through a pidfd instead; see :meth:`DirectProcessManager.ended_fd`).
     """
     try:
         inner = sandbox.launch(spec.command, env=env)
@@ -35,7 +43,8 @@ def supervised(sandbox: Sandbox, spec: ProcessSpec, env: Mapping[str, str] | Non
     ended = Path(ended_path(spec.exit_path))
     with contextlib.suppress(OSError):  # no FIFO here: the follower polls the exit file
         ended.unlink(missing_ok=True)
-        os.mkfifo(ended, 0o600)
+        if ended_fifo:
+            os.mkfifo(ended, 0o600)
     if spec.events_path is not None:
         spec.events_path.unlink(missing_ok=True)
     names = sorted(env or {}) if spec.mask_vars is None else sorted(spec.mask_vars)

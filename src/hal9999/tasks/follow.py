@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,14 +45,19 @@ class _EndedSignal:
         self._loop.add_reader(fd, self._fire)
 
     @classmethod
-    def open(cls, exit_path: Path) -> _EndedSignal | None:
-        """Listen on the FIFO beside ``exit_path``; None when there is none (a run started
-        by an older hal, a process manager inside the sandbox), and the caller polls."""
+    def open(
+        cls, exit_path: Path, pidfd: Callable[[], int | None] | None = None
+    ) -> _EndedSignal | None:
+        """Listen on the FIFO beside ``exit_path``, or else on a pidfd of the supervisor
+        where the manager gives one (``direct``: readable once it has exited); None when
+        there is neither (a run started by an older hal, a process manager inside the
+        sandbox), and the caller polls."""
         flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             fd = os.open(ended_path(exit_path), flags)
         except OSError:
-            return None
+            process = pidfd() if pidfd is not None else None
+            return None if process is None else cls(process)
         if not stat.S_ISFIFO(os.fstat(fd).st_mode):
             os.close(fd)
             return None
@@ -129,7 +136,11 @@ class FollowSteps(RunnerCore):
         disk = limits.DiskWatchdog(ctx.sandbox, self.config.home)
         await disk.start()
         usage = ctx.gateway.usage if ctx.gateway is not None else None
-        ended = _EndedSignal.open(pspec.exit_path)  # before the first check: no lost wake-up
+        # Before the first check: no lost wake-up.
+        pidfd: Callable[[], int | None] | None = None
+        if (ended_fd := getattr(manager, "ended_fd", None)) is not None:
+            pidfd = functools.partial(ended_fd, pspec)
+        ended = _EndedSignal.open(pspec.exit_path, pidfd)
         try:
             while True:
                 now = time.monotonic()
