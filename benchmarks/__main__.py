@@ -138,7 +138,7 @@ if __name__ == "__main__":
         BEGIN, END = "<!-- sse-benchmarks:begin -->", "<!-- sse-benchmarks:end -->"
     if args.startup:
         BEGIN, END = "<!-- startup-benchmarks:begin -->", "<!-- startup-benchmarks:end -->"
-    # The loop set up as hal's own are (cli.main.run_async, hal serve): subprocesses waited
+    # The loop set up as hal's own are (cli.app.run_async, hal serve): subprocesses waited
     # for through pidfds, for the baselines as for hal's figures.
     with pidfd_child_watcher():
         results = asyncio.run(main(args))
