@@ -8,9 +8,9 @@ parser reads the forms click reads the same way without a doubt: long options as
 ``--name VALUE`` or ``--name=VALUE``, flags, and one PROMPT. Anything else (a short or
 unknown option, ``--help``, ``--``, an option given twice, a value that starts with ``-``, a
 typed option such as ``--timeout``, a blank name, an argument that is not ASCII, shell
-completion) returns None and click parses the command as before, as it does every run the
-thin path does not take. ``tests/cli/test_run_argv.py`` parses a table of command lines with
-both and compares.
+completion) returns None and click parses the command as before; either way the run then
+takes the thin client or the full path. ``tests/cli/test_run_argv.py`` parses a table of
+command lines with both and compares.
 """
 
 from __future__ import annotations
