@@ -63,6 +63,8 @@ def uncommitted_notice(repo: str | None) -> str | None:
 
 STATUS_TIMEOUT_S = 10.0
 """How long the host ``git status`` may take before the line is left out."""
+READ_S = 1.0
+"""How long reading the output of a ``git status`` that has ended may take."""
 
 
 class Uncommitted:
@@ -92,8 +94,13 @@ class Uncommitted:
         proc, self.proc = self.proc, None
         if proc is None:
             return None
+        timeout = self.deadline - time.monotonic()
+        if proc.poll() is not None:
+            # git ended in time: only its output is left to read, however long hal itself
+            # took to get here (a loaded machine: the line was dropped though git was done).
+            timeout = max(timeout, READ_S)
         try:
-            out, _ = proc.communicate(timeout=max(0.0, self.deadline - time.monotonic()))
+            out, _ = proc.communicate(timeout=max(0.0, timeout))
         except subprocess.TimeoutExpired:
             _stop(proc)
             return None
@@ -113,8 +120,12 @@ class Uncommitted:
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
+    # Not communicate(): a child git started (a submodule's status) would hold the pipe
+    # open, and the line is not wanted any more anyway.
     proc.kill()
-    proc.communicate()
+    proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 def start_uncommitted(repo: str | None, ref: str | None) -> Uncommitted:
