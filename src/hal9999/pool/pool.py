@@ -305,13 +305,17 @@ class WarmPool:
             if entry.slot is not None:
                 entry.slot.remove()
             async with self._cond:
-                entry.state = "gone"
-                if entry in self.entries:
-                    self.entries.remove(entry)
-                if self.store is not None and entry.id is not None:
-                    async with self._writes:
-                        await asyncio.to_thread(self.store.delete_sandbox, entry.provider, entry.id)
-                self._cond.notify_all()
+                await self._forget(entry)
+
+    async def _forget(self, entry: Entry) -> None:
+        """Drop ``entry`` and its row, and wake whoever waits for room (under ``_cond``)."""
+        entry.state = "gone"
+        if entry in self.entries:
+            self.entries.remove(entry)
+        if self.store is not None and entry.id is not None:
+            async with self._writes:
+                await asyncio.to_thread(self.store.delete_sandbox, entry.provider, entry.id)
+        self._cond.notify_all()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -481,15 +485,8 @@ class WarmPool:
         and its row go."""
         entry = lease.entry
         async with self._cond:
-            if entry.state == "gone":
-                return
-            entry.state = "gone"
-            if entry in self.entries:
-                self.entries.remove(entry)
-            if self.store is not None and entry.id is not None:
-                async with self._writes:
-                    await asyncio.to_thread(self.store.delete_sandbox, entry.provider, entry.id)
-            self._cond.notify_all()
+            if entry.state != "gone":
+                await self._forget(entry)
 
     def status(self) -> dict[str, Any]:
         """Counts per provider and per key, for ``hal pool status``."""
