@@ -184,9 +184,9 @@ def thin_run(args: RunArgs, environ: Mapping[str, str] = os.environ) -> bool:
     run_planned(args, found, environ)
 
 
-def run_planned(args: RunArgs, found: Plan, environ: Mapping[str, str]) -> NoReturn:
-    """Run ``hal run`` through the daemon of ``found``; exits with the run's status."""
-    # From here on, what the full path does, in its order and with its errors.
+def env_options(args: RunArgs) -> tuple[list[str], dict[str, str], list[str]]:
+    """``--env``'s names and given values, and ``--secret``'s names (one never takes a value):
+    read alike by the thin client and the full path."""
     names, given = parse_env_option(args.env)
     secret_names, secret_given = parse_env_option(args.secret)
     if secret_given:
@@ -194,6 +194,13 @@ def run_planned(args: RunArgs, found: Plan, environ: Mapping[str, str]) -> NoRet
             "--secret takes a variable name, not a value",
             hint="export NAME=... and pass --secret NAME (values never go on the command line)",
         )
+    return names, given, secret_names
+
+
+def run_planned(args: RunArgs, found: Plan, environ: Mapping[str, str]) -> NoReturn:
+    """Run ``hal run`` through the daemon of ``found``; exits with the run's status."""
+    # From here on, what the full path does, in its order and with its errors.
+    names, given, secret_names = env_options(args)
     try:
         body = request_body(args, found, environ, (names, given), secret_names)
     except Exception:

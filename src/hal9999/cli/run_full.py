@@ -23,9 +23,9 @@ from hal9999.cli.app import (
     output_callbacks,
     run_async,
 )
-from hal9999.cli.daemon_run import RunArgs
+from hal9999.cli.daemon_run import RunArgs, env_options
 from hal9999.cli.echo import echo
-from hal9999.errors import ConfigError, exit_status_for
+from hal9999.errors import exit_status_for
 
 if TYPE_CHECKING:
     from hal9999.cli.notices import Uncommitted
@@ -57,18 +57,11 @@ def _prepare(args: RunArgs, pending: Uncommitted) -> tuple[App, RunRequest, Task
     """The config, the store, the request and the task API of a run, its notices printed."""
     from hal9999.cli.notices import print_notices
     from hal9999.config import working_dir
-    from hal9999.credentials import parse_env_option
     from hal9999.tasks.request import RunRequest
     from hal9999.values import EgressHost, check_value
 
     a = app()
-    names, given = parse_env_option(args.env)
-    secret_names, secret_given = parse_env_option(args.secret)
-    if secret_given:
-        raise ConfigError(
-            "--secret takes a variable name, not a value",
-            hint="export NAME=... and pass --secret NAME (values never go on the command line)",
-        )
+    names, given, secret_names = env_options(args)
     print_notices(a.sources, args.repo, args.ref, pending)
     request = RunRequest(
         prompt=args.prompt,
