@@ -50,6 +50,20 @@ def tree(root: Path) -> dict[str, tuple[int, int]]:
     }
 
 
+CREDENTIALS = ".claude/.credentials.json"
+"""Where a run installs the credential file of :func:`credentialed`'s config."""
+
+
+def credentialed(tmp_path: Path, home: Path) -> tuple[Store, TaskService]:
+    """A store and task service over ``home`` whose config installs a credential file at
+    :data:`CREDENTIALS` in each run's session."""
+    source = tmp_path / "credentials.json"
+    source.write_text('{"token": "t"}')
+    config = HalConfig(home=home, credentials=[CredentialFile(source=source, target=CREDENTIALS)])
+    store = Store.open(home)
+    return store, TaskService(config, store, {})
+
+
 def spy_creates(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The tasks the fake provider is asked to make a sandbox for."""
     created: list[str] = []
@@ -67,15 +81,10 @@ async def test_a_run_that_loses_the_claim_writes_makes_and_removes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, other: subprocess.Popen[bytes]
 ) -> None:
     home = tmp_path / "home"
-    source = tmp_path / "credentials.json"
-    source.write_text('{"token": "winner"}')
-    target = ".claude/.credentials.json"
-    config = HalConfig(home=home, credentials=[CredentialFile(source=source, target=target)])
-    store = Store.open(home)
-    service = TaskService(config, store, {})
+    store, service = credentialed(tmp_path, home)
     store.insert_task(make_task(home, "heldaaaa", "queued", runner_pid=other.pid))
     session = Session(home / "sessions" / "heldaaaa")
-    installed = session.home / target  # the winner's run installed it
+    installed = session.home / CREDENTIALS  # the winner's run installed it
     installed.parent.mkdir(parents=True)
     installed.write_text('{"token": "winner"}')
     created = spy_creates(monkeypatch)
@@ -210,16 +219,10 @@ async def test_a_stopped_run_leaves_the_resumed_runs_fields_and_credentials(
     # sandbox_id are the resumed run's, not this one's to clear.
     from hal9999.tasks.runner import TaskRunner
 
-    home = tmp_path / "home"
-    source = tmp_path / "credentials.json"
-    source.write_text('{"token": "t"}')
-    target = ".claude/.credentials.json"
-    config = HalConfig(home=home, credentials=[CredentialFile(source=source, target=target)])
-    store = Store.open(home)
-    service = TaskService(config, store, {})
+    store, service = credentialed(tmp_path, tmp_path / "home")
     request = trivial_request(git_repo(tmp_path / "repo"))
     task = await service.create(dataclasses.replace(request, agent="sleep 30 {{prompt_file}}"))
-    installed = Session(Path(task.session_dir)).home / target
+    installed = Session(Path(task.session_dir)).home / CREDENTIALS
 
     def resumed_elsewhere() -> None:
         store.update_task(task.id, status="queued", runner_pid=other.pid, sandbox_id="0123456789ab")
