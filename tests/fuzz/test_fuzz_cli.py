@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.cli.conftest import AGENT, BUGGY_CALC, commit_repo, git, private_env
+from tests.processes import processes_under
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.timeout(300)]
 
@@ -95,21 +96,6 @@ def check_outcome(world: World, out: subprocess.CompletedProcess[str], before: s
     # In-process runs destroy their sandbox at the end, whatever happened.
     assert list((world.home / "sandboxes").glob("*/*")) == []
     assert processes_under(world.home) == []
-
-
-def processes_under(home: Path) -> list[str]:
-    """Command lines of live processes that name ``home`` (an agent, tmux or runner left)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if str(home) in cmdline:
-            found.append(cmdline)
-    return found
 
 
 AGENTS = st.one_of(

@@ -8,8 +8,10 @@ next turn) is in test_mcp_hive_e2e.py; this one needs only the runner and the hu
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,8 +21,10 @@ import pytest
 from tests.e2e.conftest import KEY_VAR, bug_repo, dummy_key, llm_server, requires_cli
 from tests.llm_server.script import Script, Turn
 from tests.llm_server.server import ScriptedLLMServer
+from tests.processes import processes_under
 
 from hal9999.config import load_config
+from hal9999.gateway.channel import GatewayPaths, gateway_pid
 from hal9999.hive import broker
 from hal9999.hive.mcp.server import McpHub
 from hal9999.hive.mcp.tools import Hive
@@ -67,7 +71,6 @@ async def hal(
         "XDG_CONFIG_HOME": str(tmp_path / "xdg"),
         "HAL_PROVIDER": "bwrap",
         "HAL_NETWORK": "none",
-        "HAL_GATEWAY_IDLE_S": "2",
         KEY_VAR: dummy_key,
     }
     config_file = tmp_path / "xdg" / "hal9999" / "config.toml"
@@ -88,9 +91,40 @@ async def hal(
         )  # fmt: skip
     hub = McpHub(Hive(store=store, home=config.home))
     await hub.sync()
-    yield Hal(store, TaskService(config, store, env), env, bug_repo)
-    await hub.close_all()
-    store.close()
+    try:
+        yield Hal(store, TaskService(config, store, env), env, bug_repo)
+    finally:
+        await hub.close_all()
+        store.close()
+        await stop_gateway(config.home)
+    assert not gateways_of(config.home), "the home's LLM gateway outlived the test"
+
+
+def gateways_of(home: Path) -> list[str]:
+    """The command lines of the gateway processes serving ``home``."""
+    return [line for line in processes_under(home) if "hal9999.gateway" in line]
+
+
+async def stop_gateway(home: Path) -> None:
+    """End the gateway the runs started for ``home``. It is no child of this process (it
+    detaches) and would wait out its idle time (600 s: the service's ``env`` reaches the
+    runs, not the gateway, which inherits this process's environment)."""
+    pid = await gateway_pid(GatewayPaths(home))
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+    for _ in range(100):
+        if not gateways_of(home):
+            return
+        await asyncio.sleep(0.05)
+
+
+async def held_grants(home: Path) -> int:
+    """How many grants (keys) the gateway of ``home`` holds."""
+    reader, writer = await asyncio.open_unix_connection(str(GatewayPaths(home).control))
+    writer.write(b'{"op": "stats"}\n')
+    answer = json.loads(await reader.readline())
+    writer.close()
+    return int(answer["grants"])
 
 
 async def run_as(hal: Hal, name: str, agent: str, prompt: str) -> str:
@@ -132,3 +166,5 @@ async def test_a_real_cli_calls_send_as_its_own_agent(
     # The CLI saw hal's answer (the message id) as the tool's result.
     [sent] = broker.inbox(hal.store, peer)
     assert any(sent.id in str(e.get("output")) for e in results), results
+    # The run's end withdrew its grant: the gateway left running holds no key.
+    assert await held_grants(hal.service.config.home) == 0
