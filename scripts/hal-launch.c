@@ -1,7 +1,8 @@
 /*
- * hal-launch [--enter PID MNT_INO CWD SESSION [--unsetenv NAME]... [--attach SRC DST RO]...]
+ * hal-launch [--data FD TEXT]...
+ *            [--enter PID MNT_INO CWD SESSION [--unsetenv NAME]... [--attach SRC DST RO]...]
  *            SANDBOX SECCOMP_FILE FSIZE_BLOCKS [JOIN_FILE...] -- PROGRAM [ARG...]
- * hal-launch --keep RECORD -- BWRAP [ARG...]
+ * hal-launch [--data FD TEXT]... --keep RECORD -- BWRAP [ARG...]
  *
  * What hal's launcher script (LAUNCHER_SCRIPT in src/hal9999/providers/hostexec.py) does
  * before every sandbox command, as one small static program: no shell, no dynamic loader,
@@ -9,6 +10,10 @@
  * glibc's static start-up alone costs ~0.3 ms). Without it hal runs the script with /bin/sh.
  * It runs on the host with hal's own rights, and only ever executes bwrap (or the network
  * wiring's launcher), named by path.
+ *
+ * --data, first: FD (3 to 8) is the read end of a pipe that holds TEXT and a newline, and
+ * nothing more (its write end closed), left open for PROGRAM: how bwrap's --file gets a
+ * sandbox's own small files (its passwd and group) without a file on disk per sandbox.
  *
  * In order: HAL_SANDBOX=SANDBOX in the environment; SECCOMP_FILE (if not empty) opened
  * read-only as fd 9 for bwrap's --seccomp; any one file capped at FSIZE_BLOCKS 512-byte
@@ -66,10 +71,44 @@
 /* hal looks for this before it passes --enter (an older build would take the option for a
  * sandbox name). */
 __attribute__((used)) const char hal_launch_abi[] = "hal-launch abi: enter";
+/* ... and this before it passes --data (hal runs the launcher script rather than a build
+ * without it). */
+__attribute__((used)) const char hal_launch_abi_data[] = "hal-launch abi: data";
 
 static void die(const char *what, const char *name) {
   fprintf(stderr, "hal-launch: %s %s: %s\n", what, name, strerror(errno));
   _exit(125);
+}
+
+/* --data ------------------------------------------------------------------------------ */
+
+#define DATA_MAX 4096 /* what any pipe holds without a reader, however few pages it has */
+
+/* FD: a pipe already holding TEXT and a newline, its write end closed, open across exec. */
+static void data(const char *fd_text, const char *text) {
+  if (fd_text[0] < '3' || fd_text[0] > '8' || fd_text[1]) {
+    fprintf(stderr, "hal-launch: bad data fd %s\n", fd_text);
+    _exit(125);
+  }
+  int fd = fd_text[0] - '0';
+  size_t len = strlen(text);
+  if (len + 1 > DATA_MAX) {
+    fprintf(stderr, "hal-launch: data for fd %d longer than %d bytes\n", fd, DATA_MAX);
+    _exit(125);
+  }
+  int pipes[2];
+  if (pipe2(pipes, O_CLOEXEC) != 0) die("pipe", fd_text);
+  char buf[DATA_MAX];
+  memcpy(buf, text, len);
+  buf[len] = '\n';
+  if (write(pipes[1], buf, len + 1) != (ssize_t)(len + 1)) die("write", fd_text);
+  if (close(pipes[1]) != 0) die("close", fd_text);
+  if (pipes[0] == fd) {
+    if (fcntl(fd, F_SETFD, 0) != 0) die("fcntl", fd_text);
+  } else {
+    if (dup2(pipes[0], fd) != fd) die("dup2", fd_text); /* the copy is not close-on-exec */
+    close(pipes[0]);
+  }
 }
 
 /* --enter ----------------------------------------------------------------------------- */
@@ -412,6 +451,16 @@ static int keep(const char *record, char **program) {
 }
 
 int main(int argc, char **argv) {
+  int given = 0;
+  while (argc - given > 3 && strcmp(argv[1 + given], "--data") == 0) {
+    data(argv[2 + given], argv[3 + given]);
+    given += 3;
+  }
+  if (given) {
+    argv[given] = argv[0];
+    argv += given;
+    argc -= given;
+  }
   if (argc > 4 && strcmp(argv[1], "--keep") == 0 && strcmp(argv[3], "--") == 0)
     return keep(argv[2], argv + 4);
   int taken = enter_options(argc, argv);

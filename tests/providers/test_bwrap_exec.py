@@ -64,16 +64,26 @@ def test_both_launchers_do_the_same_and_fail_closed(tmp_path: Path, static: bool
         join.write_text("")
     seccomp = tmp_path / "filter"
     seccomp.write_bytes(b"program")
-    probe = 'echo "$HAL_SANDBOX"; cat <&9; echo; ulimit -f; ulimit -H -f; ls /proc/$$/fd'
+    probe = (
+        'echo "$HAL_SANDBOX"; cat <&9; echo; ulimit -f; ulimit -H -f; cat <&4 >"$1"; '
+        'cat <&8 >>"$1"; ls /proc/$$/fd'
+    )
+    # What bwrap's --file reads (a sandbox's passwd and group): the text exactly, whatever
+    # it holds (a here-document's delimiter, expansions, backslashes).
+    tricky = "a:x:1:\nHAL_DATA\n$HOME `id` \\ $(id)\n"
+    data = tmp_path / "data"
     argv = hostexec.launcher_argv(
-        "box1", [str(j) for j in joins], ["sh", "-c", probe, "probe"],
-        seccomp=str(seccomp), max_file_bytes=4096, helper=helper,
+        "box1", [str(j) for j in joins], ["sh", "-c", probe, "probe", str(data)],
+        seccomp=str(seccomp), max_file_bytes=4096, data=[(4, tricky), (8, "b:x:2:\n")],
+        helper=helper,
     )  # fmt: skip
     env = {"PATH": "/usr/bin:/bin", "HAL_SANDBOX": "other"}
     done = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
     lines = done.stdout.splitlines()
     assert lines[:4] == ["box1", "program", "8", "8"], done.stdout  # 512-byte blocks
-    assert sorted(lines[4:], key=int) == ["0", "1", "2", "9"]  # the filter's fd, nothing else
+    # The filter's fd and the data's, nothing else.
+    assert sorted(lines[4:], key=int) == ["0", "1", "2", "4", "8", "9"]
+    assert data.read_text() == tricky + "b:x:2:\n"
     # "0" is the writer itself: one process, one thread (see Cgroup.join_files).
     assert [j.read_text().strip() for j in joins] == ["0", "0"]
 
@@ -90,6 +100,12 @@ def test_both_launchers_do_the_same_and_fail_closed(tmp_path: Path, static: bool
         assert not ran.exists()
     missing = hostexec.launcher_argv("box1", [], ["/nonexistent/prog"], helper=helper)
     assert subprocess.run(missing, env=env, capture_output=True).returncode == 127
+    launcher = [str(helper)] if static else ["/bin/sh", "-c", hostexec.LAUNCHER_SCRIPT, "l"]
+    for fd in ("9", "0", "2", "10", "4x", "", "4;touch /x"):
+        # A data fd outside 3-8 (the filter's 9, stdio, two digits) runs nothing.
+        bad_fd = [*launcher, "--data", fd, "x", "box1", "", "", "--", "touch", str(ran)]
+        assert subprocess.run(bad_fd, env=env, capture_output=True).returncode == 125, fd
+        assert not ran.exists()
     if static:
         # Usage errors: no `--`, a bad size; neither runs anything.
         for args in (["box1", "", "", str(ran)], ["box1", "", "-1", "--", "touch", str(ran)]):
@@ -97,10 +113,22 @@ def test_both_launchers_do_the_same_and_fail_closed(tmp_path: Path, static: bool
             assert bad.returncode == 125 and not ran.exists(), (args, bad.stderr)
 
 
-def test_an_untrusted_launcher_is_not_used(tmp_path: Path) -> None:
+def test_the_launcher_takes_only_data_a_pipe_can_hold_at_fds_a_shell_can_name() -> None:
+    assert hostexec.data_args([(4, "a\nb\n"), (8, "c\n")]) == [
+        "--data", "4", "a\nb", "--data", "8", "c",
+    ]  # fmt: skip
+    for fd, text in ((9, "x\n"), (2, "x\n"), (10, "x\n"), (4, "no newline"), (4, "x" * 4096)):
+        with pytest.raises(ValueError):
+            hostexec.data_args([(fd, text)])
+
+
+def test_an_untrusted_or_older_launcher_is_not_used(tmp_path: Path) -> None:
     prog = tmp_path / "hal-launch"
-    prog.write_text("#!/bin/sh\n")
+    prog.write_text("#!/bin/sh\n# hal-launch abi: enter\n")
     prog.chmod(0o755)
+    # A build from before --data would take the option for a sandbox name.
+    assert hostexec.launch_helper.__wrapped__(prog) is None
+    prog.write_text("#!/bin/sh\n# hal-launch abi: enter hal-launch abi: data\n")
     assert hostexec.launch_helper.__wrapped__(prog) == str(prog)
     prog.chmod(0o775)  # group-writable
     assert hostexec.launch_helper.__wrapped__(prog) is None

@@ -1,20 +1,21 @@
 """A bwrap sandbox's own files on the host: the curated /etc view its commands bind, the
-read-only files every sandbox links to, and the inodes a create, a start and a reset make
+read-only files every sandbox shares, and the inodes a create, a start and a reset make
 (each costs up to 0.5 ms on some hosts, issue 16), with what a create cut short leaves."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import time
 from pathlib import Path
 
 import pytest
 from tests import inodes
 
-from hal9999.providers import hostetc, sandboxuser, seccomp
+from hal9999.providers import hostetc, sandboxuser
 from hal9999.providers.bwrap import BwrapProvider, BwrapSandbox
-from hal9999.spec import ArgvCommand, Bind, SandboxSpec
+from hal9999.spec import ArgvCommand, Bind, SandboxSpec, ShellCommand
 
 
 def test_the_view_follows_the_host_and_copies_only_the_curated_entries(tmp_path: Path) -> None:
@@ -93,10 +94,11 @@ def test_the_copies_live_outside_the_providers_state(tmp_path: Path) -> None:
     assert hostetc.shared_for(tmp_path / "state") == tmp_path / "state" / hostetc.SHARED_DIR
 
 
-async def test_the_files_sandboxes_link_to_live_outside_the_providers_state(
+async def test_the_files_sandboxes_share_live_outside_the_providers_state(
     tmp_path: Path,
 ) -> None:
-    # The filter every sandbox links to is not an entry of `sandboxes/bwrap/`, during or after.
+    # The filter and the uid switch every sandbox uses are not entries of `sandboxes/bwrap/`,
+    # during or after; a sandbox has no copy or link of its own.
     state = tmp_path / "home" / "sandboxes" / "bwrap"
     provider = BwrapProvider(state_dir=state)
     if provider._program is None:
@@ -104,37 +106,52 @@ async def test_the_files_sandboxes_link_to_live_outside_the_providers_state(
     box = await provider.create(SandboxSpec(provider="bwrap"))
     try:
         assert sorted(p.name for p in state.iterdir()) == [box.id]
-        filter_file = provider.store.dir(box.id) / "etc" / "seccomp.bpf"
-        shared = list((tmp_path / "home" / "cache" / "bwrap-shared").iterdir())
-        assert [os.stat(filter_file).st_ino] == [os.stat(p).st_ino for p in shared]
+        shared = tmp_path / "home" / "cache" / "bwrap-shared"
+        assert provider.seccomp_file is not None and provider.seccomp_file.parent == shared
+        assert provider.seccomp_file.read_bytes() == provider._program
+        launch = box.launch(ArgvCommand(argv=("true",)))
+        assert str(provider.seccomp_file) in launch.argv  # what the launcher opens
+        if sandboxuser.privileged() and provider.drop_helper is not None:
+            assert os.path.samestat(
+                os.stat(shared / "hal-drop"), os.stat(provider.drop_helper)
+            )  # a link to the built one (a copy across filesystems)
+        assert sorted(p.name for p in provider.store.dir(box.id).iterdir()) == [
+            "home", "sandbox.json", "tmp", "workspace",
+        ]  # fmt: skip
     finally:
         await provider.destroy(box.id)
     assert list(state.iterdir()) == []
 
 
 @pytest.mark.bwrap
-async def test_a_start_leaves_the_sandboxs_unchanged_own_files_alone(
+async def test_a_start_leaves_the_shared_files_alone_and_mends_a_changed_one(
     hal_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     provider = BwrapProvider(state_dir=hal_home / "sandboxes" / "bwrap")
     (tmp_path / "ws").mkdir()
     box = await provider.create(SandboxSpec(workspace=tmp_path / "ws"))
     try:
-        etc = provider.store.dir(box.id) / "etc"
-        before = {p.name: p.stat().st_ino for p in etc.iterdir()}
+        shared = provider.shared
+        before = {p.name: p.stat().st_ino for p in shared.iterdir()}
         replaced: list[object] = []
         real = os.replace
         monkeypatch.setattr(os, "replace", lambda a, b: replaced.append(b) or real(a, b))
         monkeypatch.setattr(BwrapSandbox, "__init__", lambda *a: pytest.fail("a handle"))
-        # Every pool reset starts the sandbox again: its filter, account files and uid
-        # switch were each rewritten (and a whole handle made for its mount list).
+        # Every pool reset starts the sandbox again: its filter and uid switch were each
+        # rewritten (and a whole handle made for its mount list).
         provider.prepare_dirs(provider.store.load(box.id))
-        assert [p for p in replaced if "etc" in str(p)] == []
-        assert {p.name: p.stat().st_ino for p in etc.iterdir()} == before
+        assert replaced == []
+        assert {p.name: p.stat().st_ino for p in shared.iterdir()} == before
         monkeypatch.undo()
-        (etc / "seccomp.bpf").write_bytes(b"changed")
-        provider.prepare_dirs(provider.store.load(box.id))
-        assert (etc / "seccomp.bpf").read_bytes() != b"changed"  # rewritten when it differs
+        if provider.seccomp_file is not None:
+            # Replaced, never written in place: a command opening it meanwhile reads either.
+            old = provider.seccomp_file.stat().st_ino
+            provider.seccomp_file.chmod(0o644)
+            provider.seccomp_file.write_bytes(b"changed")
+            provider.prepare_dirs(provider.store.load(box.id))
+            assert provider.seccomp_file.read_bytes() == provider._program
+            assert provider.seccomp_file.stat().st_ino != old
+            assert oct(provider.seccomp_file.stat().st_mode & 0o777) == oct(0o444)
         assert (await box.exec(ArgvCommand(argv=("true",)))).ok
     finally:
         await provider.destroy(box.id)
@@ -143,8 +160,9 @@ async def test_a_start_leaves_the_sandboxs_unchanged_own_files_alone(
 @pytest.mark.bwrap
 async def test_a_create_makes_only_the_inodes_it_needs(hal_home: Path, tmp_path: Path) -> None:
     # Issue 16: each inode made costs 0.3-0.6 ms on some hosts. One save of the record (its
-    # uid and cgroup named before either is made), the filter a link to one file of the
-    # state dir, and no own home where a bind is the home (a task's).
+    # uid and cgroup named before either is made), the filter and the uid switch the
+    # provider's shared files, the account files bwrap's own (through the launcher's pipes),
+    # and no own home where a bind is the home (a task's): its directory, record and tmp.
     provider = BwrapProvider(state_dir=hal_home / "sandboxes" / "bwrap")
     (tmp_path / "ws").mkdir()
     (tmp_path / "home").mkdir()
@@ -152,16 +170,13 @@ async def test_a_create_makes_only_the_inodes_it_needs(hal_home: Path, tmp_path:
     spec = SandboxSpec(workspace=tmp_path / "ws", binds=(home,))
     first = await provider.create(spec)  # makes the state dir's shared files
     try:
-        with inodes.created(provider.state_dir) as made:
+        with inodes.created(hal_home) as made:
             box = await provider.create(spec)
         try:
-            own = ["sandbox.tmp", "tmp", "etc"]
-            if sandboxuser.privileged():
-                own += ["etc/.passwd.tmp", "etc/.group.tmp"]
-            assert sorted(made) == sorted([box.id, *(os.path.join(box.id, n) for n in own)])
-            etc = provider.store.dir(box.id) / "etc"
-            if seccomp.supported():
-                assert (etc / "seccomp.bpf").stat().st_nlink > 1
+            # Nothing anywhere else in the HAL_HOME either (the shared files were made).
+            own = [box.id, *(os.path.join(box.id, n) for n in ("sandbox.tmp", "tmp"))]
+            state = os.path.relpath(provider.state_dir, hal_home)
+            assert sorted(made) == sorted(os.path.join(state, n) for n in own)
             assert (await box.exec(ArgvCommand(argv=("true",)))).ok
         finally:
             await provider.destroy(box.id)
@@ -233,5 +248,24 @@ async def test_a_stop_and_reset_make_one_record_file_and_a_fresh_tmp_if_used(
         record = provider.store.load(box.id).model_copy(update={"state": "running"})
         provider.store.save(record.model_copy(update={"created_at": 1.0}))
         assert provider.store.load(box.id).created_at == 1.0
+    finally:
+        await provider.destroy(box.id)
+
+
+@pytest.mark.bwrap
+async def test_a_command_makes_the_shared_files_again_when_the_cache_was_emptied(
+    hal_home: Path, tmp_path: Path
+) -> None:
+    # The filter and the uid switch are the provider's files, not the sandbox's: a cache
+    # removed by hand under a live sandbox costs its next command a rewrite, not a failure.
+    provider = BwrapProvider(state_dir=hal_home / "sandboxes" / "bwrap")
+    (tmp_path / "ws").mkdir()
+    box = await provider.create(SandboxSpec(workspace=tmp_path / "ws"))
+    try:
+        made = sorted(p.name for p in provider.shared.iterdir())
+        shutil.rmtree(provider.shared)
+        result = await box.exec(ShellCommand(script="id -un"))
+        assert result.ok, result.text()
+        assert sorted(p.name for p in provider.shared.iterdir()) == made
     finally:
         await provider.destroy(box.id)

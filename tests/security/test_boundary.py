@@ -235,6 +235,49 @@ async def test_host_accounts_are_not_listed(sandbox: BwrapSandbox) -> None:
     assert {line.split(":")[0] for line in passwd.splitlines()} == {"root", "hal", "nobody"}
 
 
+async def test_the_sandbox_user_is_named_by_files_no_create_writes_and_no_agent_can(
+    sandbox: BwrapSandbox, provider: BwrapProvider, hal_home: Path
+) -> None:
+    # A root hal's passwd and group reach bwrap through the launcher's pipes and live in its
+    # own root (a tmpfs, read-only once the command starts): no file of the sandbox's on the
+    # host (issue 16), and nothing the agent can change, in place or by replacing it.
+    if sandbox.uid is None:
+        pytest.skip("an unprivileged hal shows the host's /etc/passwd (its own user is in it)")
+    uid = sandbox.uid
+    script = (
+        "id; whoami; getent passwd $(id -u); getent group $(id -g); "
+        "touch /tmp/mine; ls -l /tmp/mine | cut -d' ' -f3,4; ls -ln /tmp/mine | cut -d' ' -f3,4"
+    )
+    assert (await sh(sandbox, script)).splitlines() == [
+        f"uid={uid}(hal) gid={uid}(hal) groups={uid}(hal)",
+        "hal",
+        f"hal:x:{uid}:{uid}:hal:/home/hal:/bin/bash",
+        f"hal:x:{uid}:",
+        "hal hal",
+        f"{uid} {uid}",
+    ]
+    attempts = " ".join(
+        f"{cmd} 2>/dev/null && echo {cmd.split()[0]}:{path};"
+        for path in ("/.hal/passwd", "/.hal/group", "/etc/passwd", "/etc/group")
+        for cmd in (
+            f"test -w {path}", f"sh -c 'echo x >> {path}'", f"chmod 666 {path}",
+            f"rm -f {path}", f"mv {path} /tmp/moved", f"ln -sf /tmp/mine {path}",
+        )
+    )  # fmt: skip
+    probe = f"{attempts} touch /.hal/new 2>/dev/null && echo made; cat /etc/passwd /etc/group"
+    out = await sh(sandbox, probe)
+    assert out == sandboxuser.PASSWD.format(uid=uid, gid=uid) + sandboxuser.GROUP.format(gid=uid)
+    # On the host, no file names the sandbox's uid: not under the HAL_HOME (the sandbox's
+    # directory, the shared files, the /etc views), read by content, not by name.
+    needle = f"hal:x:{uid}:".encode()
+    for root, _, files in os.walk(hal_home):
+        for name in files:
+            path = os.path.join(root, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                with open(path, "rb") as found:
+                    assert needle not in found.read(1 << 20), path
+
+
 # -- what held before: keep it so ------------------------------------------------------------
 
 

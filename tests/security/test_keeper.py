@@ -193,7 +193,7 @@ async def test_a_keeper_that_cannot_start_leaves_a_whole_sandbox(
     box = await provider.create(SandboxSpec(workspace=tmp_path / "a"))
     require_keeper(provider, box.id)
 
-    async def fails(*args: object) -> None:
+    async def fails(*args: object, **kwargs: object) -> None:
         raise ProviderError("bwrap: no keeper today")
 
     monkeypatch.setattr(keeper, "start", fails)

@@ -40,6 +40,7 @@ from hal9999.providers.bwrapargs import (
     ETC_VIEW,
     HOME,
     WORKDIR,
+    account_data,
     mount_args,
     namespace_args,
     sandbox_mounts,
@@ -60,13 +61,12 @@ host sockets and paths, so bwrap drops them unless the command's own env sets th
 RUN_DIR = "run"
 """Host-side scratch of the launcher (the network wiring's fifos) and the keeper's record
 (:mod:`keeper`), never mounted inside."""
-ETC_DIR = "etc"
-"""Host-made, read-only files of each sandbox (filter, account files, uid switch), never
-mounted rw; a root hal's sandboxes see it read-only at :data:`sandboxuser.OWN_DIR`."""
 DROP_FILE = "hal-drop"
-"""The uid switch's name in :data:`ETC_DIR` (a link to, or copy of, the built one)."""
+"""The uid switch's name among the provider's shared files (a link to, or copy of, the built
+one), which a root hal's sandboxes bind read-only at :data:`sandboxuser.DROP_HELPER`."""
 SECCOMP_FILE = "seccomp.bpf"
-"""The compiled filter in each sandbox's directory (see :mod:`seccomp`)."""
+"""The compiled filter among the provider's shared files (``-<hash of it>``, see
+:mod:`seccomp`), which the launcher opens for every command."""
 
 
 class BwrapConfig(BaseModel):
@@ -122,7 +122,7 @@ class BwrapSandbox(HostSandbox):
         disk = self.limits.disk_mb
         # No single file beyond the disk limit (SIGXFSZ, then EFBIG); the total is watched.
         self._max_file = disk << 20 if disk else 0
-        self._seccomp = str(directory / ETC_DIR / SECCOMP_FILE) if seccomp.supported() else ""
+        self._seccomp = str(owner.seccomp_file) if owner.seccomp_file is not None else ""
         host_net = spec.network == "host"
         shared_net = host_net and owner.config.host_network == "shared"
         slirp = usernet.program() if host_net and not shared_net else None
@@ -137,16 +137,26 @@ class BwrapSandbox(HostSandbox):
             usernet_wired=bool(self._net),
             die_with_parent=True,
         )
-        etc = directory / ETC_DIR
-        self._mounts = with_parents(
-            mount_args(record, mounts, etc, ro_paths=owner.config.ro_paths, shared_net=shared_net)
-        )
-        self._args = [*namespaces, *self._mounts]
         # The static uid switch (~2 ms less per command than setpriv's loader and locale),
-        # when prepared.
+        # when prepared (and as trustworthy as the built one).
+        drop = owner.shared / DROP_FILE
         helper = (
-            record.uid is not None and spec.rootfs is None and os.path.isfile(etc / DROP_FILE)
+            record.uid is not None
+            and spec.rootfs is None
+            and sandboxuser.trusted_program(drop) is not None
         )
+        self._mounts = with_parents(
+            mount_args(
+                record, mounts, owner.shared, helper=drop if helper else None,
+                ro_paths=owner.config.ro_paths, shared_net=shared_net,
+            )
+        )  # fmt: skip
+        self._args = [*namespaces, *self._mounts]
+        self.data = account_data(record)
+        """What the launcher puts on the fds bwrap reads the account files from."""
+        self._provider = owner
+        self._shared = [p for p in (self._seccomp, str(drop) if helper else "") if p]
+        """The provider's files each command opens or binds by path (made again when gone)."""
         self._etc = owner.etc if spec.rootfs is None else None
         self._keeps = keeps(record)
         self._attached: tuple[keepers.Keeper, list[str]] | None = None
@@ -171,6 +181,9 @@ class BwrapSandbox(HostSandbox):
 
     def _argv(self, command: Command, env: Mapping[str, str], *, new_session: bool) -> list[str]:
         cwd = self._paths.normalize(command.cwd or WORKDIR)
+        if not all(map(os.path.exists, self._shared)):
+            # The HAL_HOME's cache was emptied by hand: as the /etc view, made again.
+            self._provider.share(self._record)
         # A new session keeps a command from pushing keystrokes into a terminal (TIOCSTI).
         session = ["--new-session"] if new_session else []
         # What a host wrapper (tmux's pane) adds to the environment names host paths.
@@ -197,8 +210,9 @@ class BwrapSandbox(HostSandbox):
             "--chdir", cwd, "--", *self._drop, *to_argv(command),
         ]  # fmt: skip
         return hostexec.launcher_argv(
-            self.id, self._procs, bwrap, seccomp=self._seccomp, max_file_bytes=self._max_file
-        )
+            self.id, self._procs, bwrap, seccomp=self._seccomp, max_file_bytes=self._max_file,
+            data=self.data,
+        )  # fmt: skip
 
     def keeper_argv(self) -> list[str]:
         """The argv of the sandbox's keeper (see :mod:`keeper`): the sandbox as a command
@@ -283,7 +297,11 @@ class BwrapProvider(HostProvider):
         self.drop_helper = sandboxuser.drop_helper()
         """The static uid switch a root hal's commands start with, or None for setpriv."""
         self._program = seccomp.build() if seccomp.supported() else None
-        self._program_id = hashlib.sha256(self._program or b"").hexdigest()[:16]
+        program_id = hashlib.sha256(self._program or b"").hexdigest()[:16]
+        self.seccomp_file = (
+            None if self._program is None else self.shared / f"{SECCOMP_FILE}-{program_id}"
+        )
+        """The filter every command's launcher opens: one file, named by its contents."""
 
     def _own_dirs(self, record: SandboxRecord) -> list[str]:
         """``tmp`` (outlives each exec), ``home`` and an own ``workspace`` where no bind or
@@ -340,27 +358,29 @@ class BwrapProvider(HostProvider):
             (directory / name).mkdir(exist_ok=True)
             # Like the host's /tmp: anyone writes, nobody deletes another's files.
             os.chmod(directory / name, 0o1777 if name == "tmp" else 0o755)
-        etc = directory / ETC_DIR
-        etc.mkdir(mode=0o755, exist_ok=True)
+        # The read-only files of the sandbox's commands are the provider's, one of each for
+        # all its sandboxes (bound or opened by path), and its account files come through
+        # pipes: no inode of the sandbox's own for them, since each costs (issue 16).
         if record.spec.network == "host":
             (directory / RUN_DIR).mkdir(mode=0o700, exist_ok=True)
-            resolv = usernet.RESOLV_CONF.encode()
-            hostread.link_shared(self.shared / "resolv.conf", etc / "resolv.conf", resolv)
-        if self._program is not None:
-            # Each sandbox's own name for one read-only file per state dir (by its contents):
-            # a link, not a copy, since every inode made costs (issue 16).
-            shared = self.shared / f"{SECCOMP_FILE}-{self._program_id}"
-            hostread.link_shared(shared, etc / SECCOMP_FILE, self._program)
+        self.share(record)
         if record.uid is None:
             return
-        sandboxuser.account_files(etc, record.uid, record.uid)
-        if self.drop_helper is not None:
-            sandboxuser.install_helper(self.drop_helper, etc / DROP_FILE)
         for mount in sandbox_mounts(record, directory):
             # Writable means writable by the sandbox's uid: workspace, home, tmp, and the
             # writable binds of the spec (documented in docs/security.md).
             if mount.writable:
                 sandboxuser.adopt(mount.source, record.uid)
+
+    def share(self, record: SandboxRecord) -> None:
+        """Make sure of the provider's read-only files the sandbox's commands use (left alone
+        when in place): the filter, the uid switch, usernet's ``resolv.conf``."""
+        if self._program is not None and self.seccomp_file is not None:
+            hostread.write_shared(self.seccomp_file, self._program)
+        if record.uid is not None and record.spec.rootfs is None and self.drop_helper:
+            sandboxuser.install_helper(self.drop_helper, self.shared / DROP_FILE)
+        if record.spec.network == "host":
+            hostread.write_shared(self.shared / "resolv.conf", usernet.RESOLV_CONF.encode())
 
     async def prime(self, sandbox_id: str) -> None:
         """Start a new pooled sandbox's keeper (:mod:`keeper`) while it waits idle, so that
@@ -383,7 +403,7 @@ class BwrapProvider(HostProvider):
         await asyncio.to_thread(keepers.sweep)
         helper = hostexec.launch_helper()
         assert helper is not None  # keeps() holds
-        await keepers.start(helper, handle.keeper_argv(), env, directory)
+        await keepers.start(helper, handle.keeper_argv(), env, directory, data=handle.data)
 
     async def reset(self, sandbox_id: str) -> HostSandbox:
         """As :meth:`HostProvider.reset`, and without its keeper: nothing of the last task's

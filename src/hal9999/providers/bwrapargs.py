@@ -29,6 +29,10 @@ root (``--proc``: it covers ``sys`` too, but never can, as the kernel refuses wr
 to ``/proc/sys`` itself even to root): a bind of ours would be a second mount on each."""
 DROP_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")
 """What setpriv needs to switch uid and empty the bounding set; gone once it has."""
+ACCOUNT_FDS = {"passwd": 4, "group": 8}
+"""The fds bwrap reads a root hal's sandbox's own ``passwd`` and ``group`` from (``--file``),
+pipes the launcher fills (``hostexec.data_args``): free on every path to bwrap (usernet's
+wiring holds 5 to 7, a keeper's start 3, the filter 9)."""
 
 
 @functools.lru_cache(maxsize=8)
@@ -157,24 +161,31 @@ def namespace_args(
 def mount_args(
     record: SandboxRecord,
     mounts: list[hostfs.Mount],
-    etc: Path,
+    shared: Path,
     *,
+    helper: Path | None,
     ro_paths: tuple[Path, ...],
     shared_net: bool,
 ) -> list[str]:
     """Everything a command sees, as bwrap options: the read-only system, our own account
-    files (``etc``, the sandbox's host-made files), ``/proc`` and ``/dev``, the sandbox's
-    ``mounts`` (:func:`sandbox_mounts`), its hostname and a read-only root. Missing parents
-    are not made here (:func:`with_parents`)."""
+    files (from :func:`account_data`'s fds, the uid switch ``helper`` and usernet's
+    ``resolv.conf``, both in the provider's ``shared`` files), ``/proc`` and ``/dev``, the
+    sandbox's ``mounts`` (:func:`sandbox_mounts`), its hostname and a read-only root. Missing
+    parents are not made here (:func:`with_parents`)."""
     spec = record.spec
     args = list(system_args(spec.rootfs, ro_paths))
     if spec.network == "host" and not shared_net and spec.rootfs is None:
         # The host's resolver may live on its loopback, out of reach: slirp's forwarder.
-        args += ["--ro-bind", str(etc / "resolv.conf"), "/etc/resolv.conf"]
+        args += ["--ro-bind", str(shared / "resolv.conf"), "/etc/resolv.conf"]
     if record.uid is not None and spec.rootfs is None:
-        # One mount for our own account files (the sandbox user has a name, the host's
-        # users stay hidden; the /etc view links to them) and the static uid switch.
-        args += ["--ro-bind", str(etc), sandboxuser.OWN_DIR]
+        # Our own account files (the sandbox user has a name, the host's users stay hidden;
+        # the /etc view links to them), written by bwrap into its own root, which is
+        # read-only from the command's start: no file on the host per sandbox.
+        args += ["--dir", sandboxuser.OWN_DIR]
+        for name, fd in ACCOUNT_FDS.items():
+            args += ["--perms", "0644", "--file", str(fd), f"{sandboxuser.OWN_DIR}/{name}"]
+        if helper is not None:
+            args += ["--ro-bind", str(helper), sandboxuser.DROP_HELPER]
     if record.uid is not None and spec.rootfs is not None:
         args += ["--ro-bind", "/usr", sandboxuser.HOST_USR]
     args += ["--proc", "/proc", "--dev", "/dev"]
@@ -187,6 +198,15 @@ def mount_args(
     # Nothing may be left behind in the root tmpfs: every exec gets a fresh one.
     args += ["--hostname", f"hal-{record.id}", "--remount-ro", "/"]
     return args
+
+
+def account_data(record: SandboxRecord) -> list[tuple[int, str]]:
+    """``(fd, text)`` of the account files :func:`mount_args` has bwrap read, for the
+    launcher to put on those fds (none where the sandbox shows the host's or a rootfs's)."""
+    if record.uid is None or record.spec.rootfs is not None:
+        return []
+    texts = sandboxuser.accounts(record.uid, record.uid)
+    return [(fd, texts[name]) for name, fd in ACCOUNT_FDS.items()]
 
 
 def sandbox_mounts(record: SandboxRecord, directory: Path) -> list[hostfs.Mount]:

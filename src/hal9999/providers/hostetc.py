@@ -44,7 +44,8 @@ SHARED_HOME_DIR = ("cache", "bwrap-shared")
 ACCOUNTS = ("passwd", "group")
 ACCOUNTS_AT = "/.hal"
 """Where, with ``accounts``, the view's ``passwd`` and ``group`` lead: each sandbox's own
-account files (:data:`hal9999.providers.sandboxuser.OWN_DIR`), one mount for both."""
+account files, which bwrap writes into its read-only root from the launcher's pipes
+(:data:`hal9999.providers.sandboxuser.OWN_DIR`, :func:`bwrapargs.account_data`)."""
 
 
 _State = list[tuple[str, os.stat_result | None]]

@@ -25,13 +25,17 @@ from hal9999.providers.hostread import read_all
 from hal9999.providers.sandboxuser import trusted_program
 
 LAUNCHER_SCRIPT = (
+    'while [ "$1" = --data ]; do case $2 in [3-8]) ;; *) exit 125 ;; esac; '
+    'eval "exec $2<<HAL_DATA\n\\$3\nHAL_DATA\n" || exit 125; shift 3; done; '
     "HAL_SANDBOX=$1; export HAL_SANDBOX; "
     '[ -z "$2" ] || exec 9<"$2" || exit 125; [ -z "$3" ] || ulimit -f "$3" || exit 125; '
     "shift 3; "
     'for f; do [ "$f" = -- ] && break; echo 0 > "$f" || exit 125; shift; done; shift; exec "$@"'
 )
-"""Marks the process, opens the seccomp filter (if any) as fd 9, caps the size of any one
-file (if asked), joins the cgroups named before ``--``, then execs the rest.
+"""Gives each ``--data FD TEXT`` (FD 3 to 8) a pipe holding TEXT and a newline on fd FD (a
+here-document; the fd's number checked before ``eval`` sees it, the text never parsed), marks
+the process, opens the seccomp filter (if any) as fd 9, caps the size of any one file (if
+asked), joins the cgroups named before ``--``, then execs the rest.
 
 A constant, never interpolated: everything variable is a positional argument. Writing
 itself (``0``) into the cgroups before exec means the sandboxed program and all it forks
@@ -64,6 +68,12 @@ KILL_DEADLINE = 3.0
 LAUNCH_HELPER_ENTER = b"hal-launch abi: enter"
 """What a build of the static launcher that takes ``--enter`` holds (an older build would
 take the option for a sandbox name)."""
+LAUNCH_HELPER_DATA = b"hal-launch abi: data"
+"""What a build that takes ``--data`` holds; a build without it is not used at all."""
+DATA_FDS = range(3, 9)
+"""The fds ``--data`` may fill: a shell's redirections name one digit, and 9 is the filter's."""
+DATA_MAX = 4096
+"""The most bytes (text and newline) one ``--data`` may carry: what any pipe holds unread."""
 
 
 def launch_helper_enters() -> bool:
@@ -76,19 +86,25 @@ def launch_helper_enters() -> bool:
 
 @functools.cache
 def _takes_enter(helper: str) -> bool:
+    return _holds(helper, LAUNCH_HELPER_ENTER)
+
+
+def _holds(helper: str, abi: bytes) -> bool:
     try:
         with open(helper, "rb") as program:
-            return LAUNCH_HELPER_ENTER in program.read()
+            return abi in program.read()
     except OSError:
         return False
 
 
 @functools.cache
 def launch_helper(path: Path = LAUNCH_HELPER_BUILT) -> str | None:
-    """The static launcher (``scripts/hal-launch.c``) when it is there and as trustworthy as
+    """The static launcher (``scripts/hal-launch.c``) when it is there, as trustworthy as
     hal's own code (a regular, executable file of root's or ours that nobody else can
-    write): it runs with hal's rights. None means ``sh`` and :data:`LAUNCHER_SCRIPT`."""
-    return trusted_program(path)
+    write: it runs with hal's rights) and built to take ``--data``. None means ``sh`` and
+    :data:`LAUNCHER_SCRIPT`."""
+    found = trusted_program(path)
+    return found if found is not None and _holds(found, LAUNCH_HELPER_DATA) else None
 
 
 def launcher_argv(
@@ -99,6 +115,7 @@ def launcher_argv(
     seccomp: str = "",
     max_file_bytes: int = 0,
     enter: Sequence[str] = (),
+    data: Sequence[tuple[int, str]] = (),
     helper: str | Literal["auto"] | None = "auto",
 ) -> list[str]:
     """The host argv that marks the process as ``sandbox_id``'s, opens ``seccomp`` (a file)
@@ -107,16 +124,30 @@ def launcher_argv(
     :meth:`cgroups.Cgroup.join_files`), then runs ``argv``: by ``helper`` (``auto``:
     :func:`launch_helper`), or ``sh`` when there is none. ``enter``: the options after
     ``--enter`` that run ``argv`` in a keeper's namespaces instead (see :mod:`keeper`; the
-    caller has checked :func:`launch_helper_enters`)."""
+    caller has checked :func:`launch_helper_enters`). ``data``: ``(fd, text)``, the fd
+    ``argv`` reads ``text`` from (a pipe, see :func:`data_args`)."""
     blocks = str(-(-max_file_bytes // FSIZE_BLOCK)) if max_file_bytes > 0 else ""
     if helper == "auto":
         helper = launch_helper()
     launcher = [helper] if helper else ["/bin/sh", "-c", LAUNCHER_SCRIPT, "hal-launch"]
+    launcher += data_args(data)
     if enter:
         if not helper:
             raise ValueError("only the static launcher enters a keeper")
         launcher += ["--enter", *enter]
     return [*launcher, sandbox_id, seccomp, blocks, *join_files, "--", *argv]
+
+
+def data_args(data: Sequence[tuple[int, str]]) -> list[str]:
+    """The launcher's ``--data`` options that leave each ``(fd, text)``'s ``text`` on a pipe
+    at ``fd`` (one of :data:`DATA_FDS`) for the program it runs, e.g. bwrap's ``--file``.
+    ``text`` ends in a newline, which the launcher adds (a here-document ends in one)."""
+    out: list[str] = []
+    for fd, text in data:
+        if fd not in DATA_FDS or not text.endswith("\n") or len(text.encode()) > DATA_MAX:
+            raise ValueError(f"no launcher data for fd {fd}: {text[:40]!r}")
+        out += ["--data", str(fd), text[:-1]]
+    return out
 
 
 def exit_status(returncode: int) -> int:

@@ -102,7 +102,7 @@ def binds(argv: Sequence[str]) -> list[tuple[str, str, bool]] | None:
                 if arg != "--ro-bind-try" or os.path.exists(source):
                     out.append((source, target, arg != "--bind"))
             index += 3
-        elif arg == "--symlink":
+        elif arg in ("--symlink", "--file"):
             index += 3
         elif arg in _ONE_VALUE:
             index += 2
@@ -119,7 +119,7 @@ _NO_VALUE = frozenset({
 })  # fmt: skip
 _ONE_VALUE = frozenset({
     "--cap-drop", "--cap-add", "--seccomp", "--dir", "--proc", "--dev", "--hostname",
-    "--remount-ro", "--unsetenv", "--chdir",
+    "--remount-ro", "--unsetenv", "--chdir", "--perms",
 })  # fmt: skip
 """The options of a root hal's bwrap commands (providers/bwrap.py)."""
 
@@ -162,13 +162,20 @@ def _has_mount_point(target: str, wanted: Sequence[tuple[str, str, bool]]) -> bo
 
 
 async def start(
-    helper: str, argv: Sequence[str], env: Mapping[str, str], directory: Path
+    helper: str,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    directory: Path,
+    *,
+    data: Sequence[tuple[int, str]] = (),
 ) -> Keeper:
     """Start a keeper with ``argv`` (bwrap ... ``--info-fd 3`` ... ``sleep``) by the static
-    launcher (``hal-launch --keep``), which detaches it and records it; the keeper."""
+    launcher (``hal-launch --keep``), which detaches it and records it; the keeper. ``data``:
+    what bwrap reads from the launcher's pipes (``hostexec.data_args``)."""
     record = directory / KEEPER_FILE
+    options = hostexec.data_args(data)
     proc = await asyncio.create_subprocess_exec(
-        helper, "--keep", str(record), "--", *argv, env=dict(env), cwd="/",
+        helper, *options, "--keep", str(record), "--", *argv, env=dict(env), cwd="/",
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip

@@ -19,11 +19,11 @@ import stat
 from pathlib import Path
 
 from hal9999.errors import ProviderError
-from hal9999.providers.hostread import write_if_changed
 
 SETPRIV = "/usr/bin/setpriv"
 OWN_DIR = "/.hal"
-"""Where a root hal's sandbox sees its own host-made files (account files, uid switch)."""
+"""Where a root hal's sandbox sees its own account files and the uid switch: a directory of
+bwrap's own root (a tmpfs, read-only), not a host directory."""
 DROP_HELPER = f"{OWN_DIR}/hal-drop"
 """Where a sandbox sees :func:`drop_helper`'s program (see :func:`install_helper`)."""
 DROP_HELPER_BUILT = Path(__file__).resolve().parents[3] / "build" / "hal-drop"
@@ -104,16 +104,10 @@ PASSWD = (
 GROUP = "root:x:0:\nhal:x:{gid}:\nnogroup:x:65534:\n"
 
 
-def account_files(directory: Path, uid: int, gid: int) -> tuple[Path, Path]:
-    """``passwd`` and ``group`` files naming the sandbox user ``hal`` (tools look their user
-    up; the host's own files would also list the host's accounts)."""
-    directory.mkdir(mode=0o755, exist_ok=True)
-    out = []
-    for name, template in (("passwd", PASSWD), ("group", GROUP)):
-        path = directory / name
-        write_if_changed(path, template.format(uid=uid, gid=gid).encode(), 0o644)
-        out.append(path)
-    return out[0], out[1]
+def accounts(uid: int, gid: int) -> dict[str, str]:
+    """The text of ``passwd`` and ``group`` naming the sandbox user ``hal`` (tools look their
+    user up; the host's own files would also list the host's accounts), by file name."""
+    return {"passwd": PASSWD.format(uid=uid, gid=gid), "group": GROUP.format(gid=gid)}
 
 
 def own_created(root: Path, relative: str, uid: int) -> None:
@@ -167,15 +161,15 @@ def trusted_program(path: Path) -> str | None:
 
 
 def install_helper(helper: str, target: Path) -> None:
-    """Put the uid switch ``helper`` at ``target`` (a sandbox's own read-only files): a hard
-    link where the filesystem allows, else a copy; replaced atomically. Already a link to
-    it (every reset prepares the sandbox again): left alone."""
+    """Put the uid switch ``helper`` at ``target`` (the read-only files every sandbox of a
+    provider binds): a hard link where the filesystem allows, else a copy; replaced
+    atomically, under a unique temporary name (other hal processes may be installing it
+    too). Already a link to it (every create and reset checks): left alone."""
     with contextlib.suppress(OSError):
         if os.path.samestat(os.stat(helper), os.stat(target, follow_symlinks=False)):
             return
-    tmp = target.with_name(f".{target.name}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
+    target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
     try:
         os.link(helper, tmp)
     except OSError:
