@@ -82,3 +82,25 @@ def test_the_thin_runs_exit_keeps_its_output_status_and_handlers() -> None:
             check=False,
         )  # fmt: skip
         assert (done.stdout, done.returncode) == (out, status), done.stderr
+
+
+NO_PLUGINS = """
+import sys
+from hal9999.cli.entry import NoPydanticPlugins
+sys.meta_path.insert(0, NoPydanticPlugins)
+from pydantic import BaseModel
+class Model(BaseModel):
+    x: int
+assert Model(x="1").x == 1
+from pydantic.plugin._schema_validator import create_schema_validator
+print(sys.modules["pydantic.plugin._loader"].get_plugins(), "importlib.metadata" in sys.modules)
+"""
+
+
+def test_pydantic_in_hal_loads_no_plugins_and_does_not_scan_for_them() -> None:
+    # The stand-in for pydantic's plugin loader (cli.entry.NoPydanticPlugins): models build
+    # and validate; no importlib.metadata, no scan of the installed packages.
+    done = subprocess.run(
+        [sys.executable, "-c", NO_PLUGINS], capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout == "() False\n", done.stderr[-2000:]

@@ -7,11 +7,12 @@ class taking ``settings: AgentSettings | None``.
 
 from __future__ import annotations
 
-from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING
 
 from hal9999.agents.base import Agent, AgentSettings
 from hal9999.agents.custom import TemplateAgent
+from hal9999.entrypoints import EntryPointLike
+from hal9999.entrypoints import group_entry_points as entry_points
 from hal9999.errors import AgentError, HalError, UnknownAgent
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ ENTRY_POINT_GROUP = "hal9999.agents"
 """The entry point group presets register under."""
 
 
-def _presets() -> dict[str, EntryPoint]:
+def _presets() -> dict[str, EntryPointLike]:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 

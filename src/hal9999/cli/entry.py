@@ -16,6 +16,8 @@ import sys
 
 TYPE_CHECKING = False  # `typing` itself is ~1.5 ms of `hal --version`'s start
 if TYPE_CHECKING:
+    from importlib.machinery import ModuleSpec
+    from types import ModuleType
     from typing import NoReturn
 
 VERSION_LINE = "hal, version {version}\n"
@@ -30,6 +32,8 @@ def main() -> None:
         sys.stdout.write(VERSION_LINE.format(version=__version__))
         sys.stdout.flush()
         sys.exit(0)
+    if PYDANTIC_PLUGIN_LOADER not in sys.modules and NoPydanticPlugins not in sys.meta_path:
+        sys.meta_path.insert(0, NoPydanticPlugins)
     if sys.argv[1:2] == ["run"]:
         from hal9999.cli.run_argv import run_without_click
 
@@ -43,6 +47,41 @@ def main() -> None:
     from hal9999.cli.main import main as full
 
     full()
+
+
+PYDANTIC_PLUGIN_LOADER = "pydantic.plugin._loader"
+
+
+class NoPydanticPlugins:
+    """Finds pydantic's plugin loader as a stand-in whose ``get_plugins()`` finds none: hal
+    supports no pydantic plugins.
+
+    pydantic imports its plugin loader at the first model it builds; the loader imports
+    :mod:`importlib.metadata` and scans every installed package's entry points for the
+    ``pydantic`` group, ~7 ms of an in-process ``hal run`` (issue 16). Not
+    ``PYDANTIC_DISABLE_PLUGINS``: the loader honours it but still imports
+    :mod:`importlib.metadata`, and the variable would reach the agents' and the daemon's
+    children. A finder rather than the stand-in itself, so that a command that never
+    imports pydantic has nothing of it. ``tests/cli/test_run_imports.py`` checks that a run
+    imports neither."""
+
+    @staticmethod
+    def find_spec(name: str, path: object = None, target: object = None) -> ModuleSpec | None:
+        """The stand-in's spec for pydantic's plugin loader; None for any other module."""
+        if name != PYDANTIC_PLUGIN_LOADER:
+            return None
+        from importlib.machinery import ModuleSpec
+
+        return ModuleSpec(name, NoPydanticPlugins)  # type: ignore[arg-type]  # a Loader
+
+    @staticmethod
+    def create_module(spec: ModuleSpec) -> None:
+        """The default module."""
+
+    @staticmethod
+    def exec_module(module: ModuleType) -> None:
+        """The stand-in: no plugins."""
+        module.get_plugins = tuple  # type: ignore[attr-defined]  # tuple() is ()
 
 
 def exit_at_once(done: SystemExit) -> NoReturn:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
 from pathlib import Path
 
 from hal9999.entrypoints import find_entry_point
@@ -14,6 +13,8 @@ GROUP = "hal9999.process_managers"
 
 def available_process_managers() -> list[str]:
     """Names of the installed process managers."""
+    from importlib.metadata import entry_points  # for a listing; a run needs none of it
+
     return sorted(ep.name for ep in entry_points(group=GROUP))
 
 

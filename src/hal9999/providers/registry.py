@@ -4,7 +4,6 @@ points, so a third-party backend registers exactly like ``bwrap`` does."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,6 +18,8 @@ GROUP = "hal9999.providers"
 
 def available_providers() -> list[str]:
     """Names of every registered provider, sorted."""
+    from importlib.metadata import entry_points  # for a listing; a run needs none of it
+
     return sorted({ep.name for ep in entry_points(group=GROUP)})
 
 
