@@ -79,6 +79,7 @@ NOT_FOR_A_TEMPLATE_AGENT = (
     "importlib.metadata",
     "email.message",
     "zipfile",
+    "tomllib",  # no config file to parse (hal9999.configfile imports it where one is)
 )
 
 NOT_BUILT = (
