@@ -36,6 +36,7 @@ from hal9999.values import (
     Name,
     TimeoutSeconds,
     describe,
+    empty_list,
     is_text,
 )
 from hal9999.workdir import current_dir as current_dir  # re-exported (light module)
@@ -86,7 +87,7 @@ class AgentConfig(_Config):
     """Host environment variable holding the API key (forwarded at exec time only)."""
     command: str | None = None
     """Override of the agent's program (path or name)."""
-    extra_args: list[str] = Field(default_factory=list)
+    extra_args: list[str] = Field(default_factory=empty_list)
     """Arguments appended to the agent's command line."""
 
     def to_settings(self) -> AgentSettings:
@@ -169,7 +170,7 @@ class GatewayConfig(_Config):
     ca_file: Path | None = None
     """Extra CA certificates (PEM) the gateway trusts for upstreams (a private endpoint);
     the system's trusted roots otherwise."""
-    egress: list[EgressHost] = Field(default_factory=list)
+    egress: list[EgressHost] = Field(default_factory=empty_list)
     """Hosts (``host`` or ``host:port``, ``*.domain``) every task may reach through the egress
     proxy when the sandbox has no network."""
     provider_egress: dict[str, list[EgressHost]] = Field(default_factory=dict)
@@ -204,11 +205,11 @@ class HalConfig(_Config):
     """Per-agent settings, keyed by agent name."""
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Per-provider settings, keyed by provider name; each provider validates its own."""
-    credentials: list[CredentialFile] = Field(default_factory=list)
+    credentials: list[CredentialFile] = Field(default_factory=empty_list)
     """Files installed into every sandbox."""
-    forward_env: list[EnvName] = Field(default_factory=list)
+    forward_env: list[EnvName] = Field(default_factory=empty_list)
     """Host environment variables forwarded to the agent on every run (names only)."""
-    secrets: list[str] = Field(default_factory=list)
+    secrets: list[str] = Field(default_factory=empty_list)
     """Host environment variables that are secrets: forwarded to the agent when set and
     masked in every log, event and record (names only; like ``hal run --secret NAME``)."""
     pool: dict[str, Any] = Field(default_factory=dict)

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from hal9999.values import empty_list
+
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 RepoKind = Literal["local", "url"]
@@ -70,13 +72,13 @@ class TaskRecord(BaseModel):
     """Cost in US dollars, when the agent reports it."""
     files_changed: int = 0
     """Files changed on the task's branch."""
-    env_keys: list[str] = Field(default_factory=list)
+    env_keys: list[str] = Field(default_factory=empty_list)
     """Names of the environment variables forwarded to the agent; never their values."""
     resumes: int = 0
     """How many times the task was resumed."""
     priority: int = 0
     """Queue order: higher starts first; equal priorities start oldest first."""
-    providers: list[str] = Field(default_factory=list)
+    providers: list[str] = Field(default_factory=empty_list)
     """Providers the task may run on, in priority order (empty: just ``provider``)."""
     retries: int = 0
     """How many times an agent failure is retried (infrastructure failures always are)."""
