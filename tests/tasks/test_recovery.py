@@ -145,3 +145,38 @@ async def test_recovery_that_loses_an_adoption_lets_go_of_the_sandbox_untouched(
 async def running(service: TaskService, task: TaskRecord) -> ProcessStatus:
     """The agent of ``task`` as a live one (the recovery test above has no process)."""
     return ProcessStatus("running")
+
+
+@pytest.mark.parametrize("status", ["interrupted", "running"])
+async def test_recovery_leaves_a_task_a_resume_took_since_the_listing_untouched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, status: str
+) -> None:
+    # A daemon starting while `hal task resume` takes a task whose runner died (its agent
+    # gone, nothing to adopt): the resume reconciles it to interrupted and claims it between
+    # the recovery's listing and its cleaning. The recovery must neither clear the resume's
+    # runner_pid nor destroy the sandbox the resume's run has.
+    home = tmp_path / "home"
+    store, service, fake, pool = pooled_service(home, "fake")
+    box = await fake.create(SandboxSpec(provider="fake", labels={"hal.task": "took1234"}))
+    store.insert_task(make_task(home, "took1234", status, runner_pid=DEAD_PID,
+                                sandbox_id=box.id))  # fmt: skip
+    other = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import time; time.sleep(60)", "hal"
+    )
+
+    async def resumed_meanwhile(self: Recovery, task: TaskRecord) -> None:
+        if store.get_task(task.id).status != "interrupted":
+            store.set_status(task.id, "interrupted", expect=task.status, runner_pid=None)
+        store.update_task(task.id, runner_pid=other.pid)  # the resume's claim
+        return None  # nothing to adopt
+
+    monkeypatch.setattr(Recovery, "adoptable", resumed_meanwhile)
+    try:
+        report, adoptions = await Recovery(service, pool, PoolSource(pool), lambda n: fake).run()
+    finally:
+        other.kill()
+        await other.wait()
+
+    assert adoptions == [] and report.left_alone == ["took1234"] and report.interrupted == []
+    assert store.get_task("took1234").runner_pid == other.pid
+    assert [s.id for s in await fake.list()] == [box.id], "the resume's sandbox lives on"

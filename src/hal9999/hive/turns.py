@@ -272,14 +272,12 @@ class HiveLoop:
                 prompt=prompt, repo=agent.repo, ref=None, agent=agent.agent,
                 provider=agent.provider, process_manager=self.service.config.process_manager,
                 timeout_s=min(agent.policy.turn_timeout_s, self.settings.turn_timeout_s),
-                cwd=Path("/"),
+                cwd=Path("/"), branch=f"hal/agent/{agent.name}", runner_pid=os.getpid(),
             )  # fmt: skip
-            # In a worker thread, as the API's create: it writes the store.
+            # In a worker thread, as the API's create: it writes the store. Born this
+            # daemon's and on the agent's branch, not named so after: this daemon's dispatch
+            # may start it before the submission below.
             task = await asyncio.to_thread(self.service.create_blocking, request)
-            await asyncio.to_thread(
-                self.store.update_task, task.id, branch=f"hal/agent/{agent.name}",
-                runner_pid=os.getpid(),
-            )  # fmt: skip
             await asyncio.to_thread(update_agent, self.store, agent.name, task_id=task.id)
             self.scheduler.submit(task.id)
             return task.id

@@ -130,16 +130,15 @@ class Recovery:
                     adoptions.append((marked, adopted))
                     report.adopted.append(task.id)
                     continue
+                if task.status == TaskStatus.INTERRUPTED:
+                    if task.sandbox_id or task.runner_pid:
+                        await self.clean(task)
+                else:
+                    await self.interrupt(task)
+                    report.interrupted.append(task.id)
             except TaskStateError as exc:  # another hal process took it since the listing
                 logger.warning("task %s left alone: %s", task.id, exc.one_line())
                 leave(task)
-                continue
-            if task.status == TaskStatus.INTERRUPTED:
-                if task.sandbox_id or task.runner_pid:
-                    await self.clean(task)
-            else:
-                await self.interrupt(task)
-                report.interrupted.append(task.id)
         await self.sweep(keep, report)
         return report, adoptions
 
@@ -173,13 +172,16 @@ class Recovery:
         return mark_adopted(self.service, task, "hal serve")
 
     async def interrupt(self, task: TaskRecord) -> None:
-        """Mark an in-flight task ``interrupted`` (resumable), remove its process and sandbox."""
+        """Mark an in-flight task ``interrupted`` (resumable), remove its process and sandbox;
+        raises :class:`TaskStateError` when another process moved or took it since."""
         reason = (
             f"the hal process running this task died while it was {task.status}; "
             f"`hal task resume {task.id}` continues it"
         )
         try:
             await asyncio.to_thread(self._mark_interrupted, task, reason)
+        except TaskStateError:
+            raise  # it moved since the listing: whoever moved it has it (left alone)
         except HalError as exc:
             logger.warning("task %s changed while recovering: %s", task.id, exc.one_line())
             return
@@ -201,12 +203,17 @@ class Recovery:
             )
 
     async def clean(self, task: TaskRecord) -> None:
-        """Stop what an interrupted task left running (no agent to adopt)."""
+        """Stop what an interrupted task left running (no agent to adopt). Claimed first,
+        like any run (:mod:`.claim`): raises :class:`TaskStateError`, having touched
+        nothing, when a ``hal task resume`` took the task since it was listed (its run, its
+        sandbox and its ``runner_pid`` are the resume's); lets go of the task after, only
+        while it still names this daemon."""
+        await asyncio.to_thread(claim, self.store, task.id)
         try:
             await self.service.kill(task)
         except HalError as exc:
             logger.warning("task %s: cleaning up failed: %s", task.id, exc.one_line())
-        await asyncio.to_thread(self.store.update_task, task.id, runner_pid=None)
+        await asyncio.to_thread(self.store.swap_runner, task.id, os.getpid(), None)
 
     def provider_names(self) -> Iterable[str]:
         """Every provider that may hold sandboxes: state dirs, store records, tasks."""

@@ -54,6 +54,9 @@ class RunRequest:
     runner_pid: int | None = None
     """The process that will run the task, recorded with it (a daemon queueing it: one
     write per submission instead of two); None until a runner claims it."""
+    branch: str | None = None
+    """The task's branch, recorded with it (a hive agent's ``hal/agent/NAME``); None:
+    ``hal/<task id>``."""
 
 
 def new_task_id(taken: Callable[[str], bool]) -> str:

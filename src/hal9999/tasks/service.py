@@ -216,7 +216,7 @@ class TaskService:
             repo=source.location,
             repo_kind=source.kind,
             ref=req.ref,
-            branch=f"hal/{task_id}",
+            branch=req.branch or f"hal/{task_id}",
             status=TaskStatus.QUEUED.value,
             created_at=time.time(),
             session_dir=str(session.root),

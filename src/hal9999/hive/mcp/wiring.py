@@ -4,6 +4,7 @@ scheduler, and the per-agent sockets kept in step with the hive."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -26,8 +27,9 @@ class DaemonTasks:
     async def create(self, request: RunRequest) -> TaskRecord:
         """Create the task and hand it to the scheduler."""
         daemon = self.daemon
-        task = await asyncio.to_thread(daemon.service.create_blocking, request)
-        task = await asyncio.to_thread(daemon.store.update_task, task.id, runner_pid=os.getpid())
+        # Born this daemon's (as the API's), not named after: no window for another claim.
+        held = dataclasses.replace(request, runner_pid=os.getpid())
+        task = await asyncio.to_thread(daemon.service.create_blocking, held)
         daemon.scheduler.submit(task.id, request.given_env)
         return task
 
