@@ -70,6 +70,7 @@ NOT_FOR_A_TEMPLATE_AGENT = (
     "hal9999.hive.store",
     "hal9999.events.hive",
     "hal9999.pool.pool",  # the daemon's warm pool: an in-process run creates its sandbox
+    "hal9999.pool.lending",
     "hal9999.pool.report",
     "hal9999.server.daemon",
     "hal9999.server.client",  # HAL_NO_DAEMON: no daemon to find or talk to

@@ -10,7 +10,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from hal9999.pool.pool import Entry, Lease, WarmPool
+    from hal9999.pool.lending import Entry, Lease
+    from hal9999.pool.pool import WarmPool
     from hal9999.pool.settings import ProviderSettings, SchedulerSettings
     from hal9999.pool.slots import SlotDir, WorkspaceAttach, pool_key
 
@@ -26,8 +27,8 @@ __all__ = [
 ]
 
 _HOMES = {
-    "Entry": "hal9999.pool.pool",
-    "Lease": "hal9999.pool.pool",
+    "Entry": "hal9999.pool.lending",
+    "Lease": "hal9999.pool.lending",
     "WarmPool": "hal9999.pool.pool",
     "ProviderSettings": "hal9999.pool.settings",
     "SchedulerSettings": "hal9999.pool.settings",

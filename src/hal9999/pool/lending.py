@@ -1,0 +1,337 @@
+"""Lending a pool's sandboxes: claim one for a task, take it back (reset or destroyed).
+
+:class:`PoolLending` holds a warm pool's state and caps; :class:`.WarmPool` adds keeping
+sandboxes warm, reaping and draining them, and taking over a previous daemon's.
+
+Every decision (take an idle sandbox, reserve room to create one, evict an idle one of
+another key) is made under one :class:`asyncio.Condition` with no ``await`` in between, so a
+sandbox is never handed to two claimers and the caps are never exceeded: room is reserved
+before a sandbox is created, and given back only once a sandbox is destroyed. Waiters sleep
+on the condition and are woken whenever room or an idle sandbox appears.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hal9999.errors import ConfigError, HalError, ProviderError
+from hal9999.pool.settings import ProviderSettings, env_prefix, policy_of
+from hal9999.pool.slots import (
+    SandboxPrime,
+    SandboxReset,
+    Slot,
+    SlotDir,
+    WorkspaceAttach,
+    pool_key,
+)
+from hal9999.providers.base import Provider, Sandbox
+from hal9999.spec import SandboxSpec
+from hal9999.store import SandboxRow, Store
+from hal9999.store.records import SandboxState
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Entry:
+    """One sandbox the pool tracks (possibly still being created)."""
+
+    provider: str
+    key: str
+    template: SandboxSpec
+    slot: Slot | None
+    state: SandboxState
+    id: str | None = None
+    task_id: str | None = None
+    created_at: float = field(default_factory=time.time)
+    last_used_at: float = field(default_factory=time.time)
+    destroy_on_return: bool = False
+
+
+@dataclass
+class Lease:
+    """A sandbox handed to one claimer until :meth:`PoolLending.release`."""
+
+    sandbox: Sandbox
+    warm: bool
+    """Whether it came ready from the pool rather than being created for this claim."""
+    entry: Entry
+
+
+class PoolLending:
+    """Sandboxes per pool key, created up to per-provider and per-key caps, lent to one
+    claimer at a time."""
+
+    def __init__(
+        self,
+        *,
+        providers: Callable[[str], Provider],
+        settings: Callable[[str], ProviderSettings],
+        slots: SlotDir,
+        store: Store | None = None,
+    ) -> None:
+        self.providers = providers
+        self.settings = settings
+        self.slots = slots
+        self.store = store
+        self.entries: list[Entry] = []
+        self.templates: dict[str, SandboxSpec] = {}
+        """Every key seen, with a spec of its shape (for keeping ``key_min_warm`` ready)."""
+        self.default_keys: dict[str, str] = {}
+        """Provider -> the key of its default spec (kept at ``min_warm``)."""
+        self.paused = False
+        """Set by :meth:`drain`: nothing is kept warm and returned sandboxes are destroyed."""
+        self._cond = asyncio.Condition()
+        self._waiting = 0
+        """Claims waiting for a sandbox to come free (a reset then hands it over unprimed)."""
+        self._writes = asyncio.Lock()
+        """Orders the sandbox records' writes, which run in threads (off the event loop)."""
+        self._background: set[asyncio.Task[Any]] = set()
+        self.own_warm: set[str] = slots.own_warm()
+        """Providers whose warm sandboxes they keep themselves (see :class:`OwnWarmPool`),
+        kept on disk: their warm sandboxes outlive the daemon that made them."""
+
+    # -- bookkeeping (never awaits between a check and its update) ------------------------
+    def count(self, provider: str, key: str | None = None) -> int:
+        """Sandboxes of ``provider`` (and ``key``) in any state, room reserved included."""
+        return sum(
+            1 for e in self.entries if e.provider == provider and (key is None or e.key == key)
+        )
+
+    def idle(self, key: str) -> list[Entry]:
+        """Idle sandboxes of ``key``, least recently used first."""
+        found = [e for e in self.entries if e.key == key and e.state == "idle"]
+        return sorted(found, key=lambda e: e.last_used_at)
+
+    def _has_room(self, provider: str, key: str) -> bool:
+        settings = self.settings(provider)
+        key_cap = settings.key_max_size if settings.key_max_size is not None else settings.max_size
+        return self.count(provider) < settings.max_size and self.count(provider, key) < key_cap
+
+    def poolable(self, provider: Provider) -> bool:
+        """Whether the provider's sandboxes can be handed from one task to the next: it
+        attaches workspaces itself, or resolves its mounts on the host per command."""
+        if isinstance(provider, WorkspaceAttach):
+            return provider.attaches_workspaces()
+        caps = provider.capabilities
+        return caps.host_launch or caps.isolation == "fake"
+
+    def check_policy(self, name: str, provider: Provider) -> None:
+        """Refuse a ``reset`` policy for a provider that cannot reset safely (a VM keeps its
+        disk and kernel, ``local`` shares the host): its sandboxes are destroyed after each
+        task, and a setting saying otherwise is a mistake to report, not to ignore."""
+        if policy_of(name, self.settings(name)) != "reset":
+            return
+        if isinstance(provider, SandboxReset) and provider.resets_safely():
+            return
+        raise ConfigError(
+            f"pool policy 'reset' is not safe for provider {name!r}: a reused sandbox would "
+            "keep what the previous task left",
+            hint=f'set policy = "destroy" under [pool.{name}] (or {env_prefix(name)}POOL_POLICY)',
+        )
+
+    async def _record(self, entry: Entry, **changes: Any) -> None:
+        for name, value in changes.items():
+            setattr(entry, name, value)
+        store = self.store
+        if store is None or entry.id is None:
+            return
+        # The row is built under the lock, so the last write carries the entry's latest
+        # state; a thread does the write, so another process's write lock stalls no loop.
+        async with self._writes:
+            if entry.state == "gone":  # forgotten meanwhile: do not bring the row back
+                return
+            row = SandboxRow(
+                provider=entry.provider,
+                id=entry.id,
+                pool_key=entry.key,
+                state=entry.state,
+                task_id=entry.task_id,
+                owner_pid=os.getpid(),
+                created_at=entry.created_at,
+                last_used_at=entry.last_used_at,
+            )
+            await asyncio.to_thread(store.put_sandbox, row)
+
+    # -- claim and release ---------------------------------------------------------------
+    async def claim(
+        self,
+        spec: SandboxSpec,
+        *,
+        task_id: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - a deadline over many waits
+    ) -> Lease:
+        """A sandbox for ``spec``: an idle one of its key, else a new one once there is room."""
+        provider = self.providers(spec.provider)
+        self.check_policy(spec.provider, provider)
+        pooled = self.poolable(provider)
+        key = pool_key(spec)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        async with self._cond:
+            self.templates.setdefault(key, spec)
+            while True:
+                idle = self.idle(key) if pooled else []
+                if idle:
+                    entry = idle[-1]  # the most recently used: its caches are warmest
+                    entry.state, entry.task_id, warm = "leased", task_id, True
+                    break
+                if self._has_room(spec.provider, key):
+                    slot = self.slots.new() if pooled else None
+                    entry = Entry(spec.provider, key, spec, slot, "creating", task_id=task_id)
+                    self.entries.append(entry)
+                    warm = False
+                    break
+                self._evict_one(spec.provider, key)
+                remaining = None if deadline is None else deadline - loop.time()
+                if remaining is not None and remaining <= 0:
+                    raise ProviderError(
+                        f"no {spec.provider} sandbox became free within {timeout:g}s",
+                        hint=f"raise HAL_{spec.provider.upper()}_MAX_POOL_SIZE",
+                    )
+                self._waiting += 1
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._cond.wait(), remaining)
+                finally:
+                    self._waiting -= 1
+        try:
+            sandbox = await (self._hand_over(entry, spec) if warm else self._create(entry, spec))
+        except BaseException:
+            await self._destroy(entry)
+            raise
+        return Lease(sandbox, warm, entry)
+
+    async def _create(self, entry: Entry, spec: SandboxSpec) -> Sandbox:
+        provider = self.providers(entry.provider)
+        if entry.slot is None:
+            sandbox = await provider.create(spec)
+        else:
+            entry.slot.point(spec)
+            sandbox = await provider.create(entry.slot.spec_for(spec, entry.key))
+        await self._record(entry, id=sandbox.id, state="leased", last_used_at=time.time())
+        return sandbox
+
+    async def _hand_over(self, entry: Entry, spec: SandboxSpec) -> Sandbox:
+        assert entry.id is not None
+        provider = self.providers(entry.provider)
+        if entry.slot is not None:
+            entry.slot.point(spec)  # host-side paths of the sandbox go through the links
+        if isinstance(provider, WorkspaceAttach):
+            await provider.attach_workspace(entry.id, spec)
+        sandbox = await provider.get(entry.id)
+        await self._record(entry, last_used_at=time.time())
+        return sandbox
+
+    async def release(self, lease: Lease, *, reuse: bool = True, wait: bool = True) -> None:
+        """Return a sandbox: reset for the next task, or destroy it, per provider policy.
+
+        ``wait=False`` returns once the sandbox is the pool's again (``resetting``: no claim
+        can take it) and resets it in the background: a run's end, and whoever
+        waits for it, no longer waits for the reset (issue 16). A destroy is always awaited
+        (a task taken away must not outlive its sandbox)."""
+        entry = lease.entry
+        if entry.state not in ("leased", "creating"):
+            return
+        settings = self.settings(entry.provider)
+        keep = (
+            reuse
+            and entry.slot is not None
+            and not self.paused
+            and not entry.destroy_on_return
+            and policy_of(entry.provider, settings) == "reset"
+        )
+        if keep:
+            # Not written to the store: its row (read only by a later daemon's recovery,
+            # which goes by provider and id, not by state) is written once it is idle.
+            entry.state, entry.task_id = "resetting", None
+            if wait:
+                await self._reset_or_destroy(entry)
+            else:
+                self._spawn(self._reset_or_destroy(entry))
+            return
+        await self._destroy(entry)
+
+    async def _reset_or_destroy(self, entry: Entry) -> None:
+        """Reset a returned sandbox and make it idle; destroy it when that fails, or when the
+        pool was drained meanwhile."""
+        try:
+            await self._reset(entry)
+        except (HalError, OSError) as exc:
+            logger.warning("resetting sandbox %s failed, destroying it: %s", entry.id, exc)
+        except Exception:  # a background reset has nobody to raise to
+            logger.exception("resetting sandbox %s failed, destroying it", entry.id)
+        else:
+            async with self._cond:
+                if not self.paused:
+                    await self._record(entry, state="idle", last_used_at=time.time())
+                    self._cond.notify_all()
+                    return
+        await self._destroy(entry)
+
+    async def _reset(self, entry: Entry) -> None:
+        assert entry.id is not None and entry.slot is not None
+        provider = self.providers(entry.provider)
+        if not isinstance(provider, SandboxReset) or not provider.resets_safely():
+            raise ProviderError(f"provider {entry.provider!r} cannot reset a sandbox safely")
+        await provider.stop(entry.id)  # every process the task left behind
+        entry.slot.clear(entry.template)
+        # The provider swaps the sandbox's own dirs from the host and verifies the result; a
+        # wipe from inside cannot pass the 000 and 555 directories a task may leave.
+        await provider.reset(entry.id)
+        if isinstance(provider, SandboxPrime) and not self._waiting:
+            # Primed again (bwrap: a fresh keeper) while nobody waits for it; a claim that
+            # waits takes it as it is: under a queue, a prime would cost more than it saves.
+            try:
+                await provider.prime(entry.id)
+            except (HalError, OSError) as exc:
+                logger.warning("priming sandbox %s after its reset failed: %s", entry.id, exc)
+
+    async def _destroy(self, entry: Entry) -> None:
+        """Destroy the sandbox (if it was created) and give its room back."""
+        if entry.state == "gone":
+            return
+        await self._record(entry, state="destroying")
+        try:
+            if entry.id is not None:
+                await self.providers(entry.provider).destroy(entry.id)
+        except (HalError, OSError) as exc:
+            logger.warning("destroying sandbox %s failed: %s", entry.id, exc)
+        finally:
+            if entry.slot is not None:
+                entry.slot.remove()
+            async with self._cond:
+                await self._forget(entry)
+
+    async def _forget(self, entry: Entry) -> None:
+        """Drop ``entry`` and its row, and wake whoever waits for room (under ``_cond``)."""
+        entry.state = "gone"
+        if entry in self.entries:
+            self.entries.remove(entry)
+        if self.store is not None and entry.id is not None:
+            async with self._writes:
+                await asyncio.to_thread(self.store.delete_sandbox, entry.provider, entry.id)
+        self._cond.notify_all()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _evict_one(self, provider: str, key: str) -> None:
+        """Free room for ``key`` by destroying the least recently used idle sandbox of
+        another key of the same provider (in the background; waiters wake when it is gone)."""
+        victims = [
+            e for e in self.entries if e.provider == provider and e.key != key and e.state == "idle"
+        ]
+        if victims:
+            victim = min(victims, key=lambda e: e.last_used_at)
+            victim.state = "destroying"
+            self._spawn(self._destroy(victim))
