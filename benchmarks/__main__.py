@@ -19,10 +19,9 @@ from benchmarks.cases import (
     hal_run_case,
     large_repo_case,
     machine,
-    rss_case,
     sandbox_cases,
-    throughput_case,
 )
+from benchmarks.daemon import rss_case, throughput_case
 from hal9999.children import pidfd_child_watcher
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"

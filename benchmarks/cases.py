@@ -20,11 +20,9 @@ from benchmarks.profile import (
     become_subreaper,
     children_cpu_ms,
     count_spawns,
-    parse_trace,
+    daemon_cpu_ms,
     reap_orphans,
-    traced_argv,
 )
-from hal9999.errors import HalError
 from hal9999.events.log import EventLog
 from hal9999.events.models import Output
 from hal9999.pool import ProviderSettings, SlotDir, WarmPool
@@ -187,6 +185,15 @@ async def hal(env: dict[str, str], cwd: Path, *args: str) -> tuple[int, bytes]:
     return proc.returncode or 0, out
 
 
+async def start_daemon(env: dict[str, str], cwd: Path) -> DaemonClient:
+    """``hal serve --detach`` and a client for it."""
+    code, _ = await hal(env, cwd, "serve", "--detach")
+    assert code == 0, "hal serve did not start"
+    client = DaemonClient.find(Path(env["HAL_HOME"]))
+    assert client is not None
+    return client
+
+
 async def hal_run_case(runs: int) -> list[Result]:
     """``hal run`` of a trivial custom agent vs the same command under bwrap directly; with
     the CPU time of every process of a run (the client, the daemon's share, daemonized tmux
@@ -294,144 +301,6 @@ async def large_repo_case(runs: int, mib: int = 64) -> list[Result]:
     ]  # fmt: skip
 
 
-async def start_daemon(env: dict[str, str], cwd: Path) -> DaemonClient:
-    """``hal serve --detach`` and a client for it."""
-    code, _ = await hal(env, cwd, "serve", "--detach")
-    assert code == 0, "hal serve did not start"
-    client = DaemonClient.find(Path(env["HAL_HOME"]))
-    assert client is not None
-    return client
-
-
-def daemon_cpu_ms(pid: int) -> tuple[float, float]:
-    """CPU time (ms) a process has used itself, and that of its children: those it has waited
-    for, and those still running with what they have waited for themselves (the daemon's
-    supervisor fork server, whose children are every run's supervisor and what it ran)."""
-    tick = 1000 / os.sysconf("SC_CLK_TCK")
-    utime, stime, cutime, cstime = _cpu_ticks(pid)
-    children = cutime + cstime
-    for child in _children(pid):
-        with contextlib.suppress(OSError, ValueError):
-            children += sum(_cpu_ticks(child))
-    return (utime + stime) * tick, children * tick
-
-
-def _cpu_ticks(pid: int) -> tuple[int, int, int, int]:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    utime, stime, cutime, cstime = (int(value) for value in fields[11:15])
-    return utime, stime, cutime, cstime
-
-
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    with contextlib.suppress(OSError):
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError):
-                listed = Path(f"/proc/{pid}/task/{task}/children").read_text()
-                found += [int(child) for child in listed.split()]
-    return found
-
-
-async def throughput_case(count: int, concurrency: int) -> list[Result]:
-    """``count`` trivial tasks through the daemon at ``concurrency``."""
-    root = Path(tempfile.mkdtemp(prefix="hal-bench-"))
-    repo = make_repo(root)
-    env = hal_env(
-        root / "home",
-        HAL_MAX_CONCURRENT=str(concurrency),
-        HAL_BWRAP_MAX_POOL_SIZE=str(concurrency),
-        HAL_PROCESS_MANAGER="direct",
-    )
-    client = await start_daemon(env, repo)
-    body = {"prompt": "x", "agent": "true {{prompt_file}}", "cwd": str(repo)}
-    cpu_before = daemon_cpu_ms(client.info.pid)
-    start = time.perf_counter()
-    sem = asyncio.Semaphore(32)
-
-    async def submit() -> str:
-        async with sem:
-            return str((await client.call("POST", "/v1/tasks", body))["id"])
-
-    ids = await asyncio.gather(*(submit() for _ in range(count)))
-    submitted = time.perf_counter() - start
-    home = Path(env["HAL_HOME"])
-    store = Store.open(home)
-    active = ["queued", "provisioning", "preparing", "running", "collecting"]
-    # Polling the store: the daemon is another process, there is nothing to await.
-    while store.list_tasks(status=active, limit=1):  # noqa: ASYNC110
-        await asyncio.sleep(0.2)
-    elapsed = time.perf_counter() - start
-    cpu_after = daemon_cpu_ms(client.info.pid)
-    own, children = cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1]
-    done = {t.id: t.status for t in store.list_tasks()}
-    store.close()
-    await hal(env, repo, "serve", "--stop")
-    lost = sum(1 for i in ids if done.get(i) != "succeeded")
-    rate = count / elapsed
-    shutil.rmtree(root, ignore_errors=True)
-    spawns = await traced_daemon_spawns(min(count, 20), concurrency)
-    return [
-        Result(f"{count} tasks via daemon, concurrency {concurrency}", rate, "tasks/s",
-               f"{elapsed:.1f} s total ({submitted:.1f} s to submit); daemon CPU/task "
-               f"{own / count:.1f} ms + children {children / count:.1f} ms; per task: "
-               f"{spawns}", f"{lost} lost", ">= 40/s, 0 lost", rate >= 40 and lost == 0)
-    ]  # fmt: skip
-
-
-async def traced_daemon_spawns(count: int, concurrency: int) -> str:
-    """The processes a task starts in the daemon (per task, over ``count`` tasks): a
-    foreground ``hal serve`` under strace, counted from the first submission to the last
-    task's end (its own start-up and stop are left out)."""
-    if shutil.which("strace") is None:
-        return "processes not counted (no strace)"
-    root = Path(tempfile.mkdtemp(prefix="hal-bench-"))
-    repo = make_repo(root)
-    home = root / "home"
-    env = hal_env(
-        home,
-        HAL_MAX_CONCURRENT=str(concurrency),
-        HAL_BWRAP_MAX_POOL_SIZE=str(concurrency),
-        HAL_PROCESS_MANAGER="direct",
-    )
-    trace = root / "trace"
-    serve = await asyncio.create_subprocess_exec(
-        *traced_argv(trace), sys.executable, "-m", "hal9999", "serve", cwd=repo, env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        client = None
-        deadline = time.monotonic() + 120
-        while client is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
-            client = DaemonClient.find(home)
-        assert client is not None, "hal serve did not start under strace"
-        body = {"prompt": "x", "agent": "true {{prompt_file}}", "cwd": str(repo)}
-        await client.call("POST", "/v1/tasks", body)  # the pool's first sandbox, warmed
-        store = Store.open(home)
-        active = ["queued", "provisioning", "preparing", "running", "collecting"]
-        while store.list_tasks(status=active, limit=1):  # noqa: ASYNC110
-            await asyncio.sleep(0.2)
-        start = trace.stat().st_size
-        for _ in range(count):
-            await client.call("POST", "/v1/tasks", body)
-        while store.list_tasks(status=active, limit=1):  # noqa: ASYNC110
-            await asyncio.sleep(0.2)
-        store.close()
-        with trace.open("rb") as f:
-            f.seek(start)
-            part = f.read().decode(errors="replace")
-        await hal(env, repo, "serve", "--stop")
-    finally:
-        if serve.returncode is None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(serve.wait(), 30)
-        if serve.returncode is None:
-            serve.kill()
-            await serve.wait()
-        shutil.rmtree(root, ignore_errors=True)
-    return parse_trace(part.split("\n", 1)[-1]).per(count)
-
-
 def events_case(count: int) -> list[Result]:
     """Events appended to the JSONL log and indexed in the store, per second."""
     root = Path(tempfile.mkdtemp(prefix="hal-bench-"))
@@ -449,59 +318,6 @@ def events_case(count: int) -> list[Result]:
     return [
         Result("events appended + indexed", rate, "events/s", f"{indexed} indexed", "-",
                ">= 50k/s", rate >= 50_000 and indexed == count)
-    ]  # fmt: skip
-
-
-def rss_kib(pid: int) -> int:
-    """Resident set size of ``pid``."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-async def rss_case(count: int, queued: int = 0) -> list[Result]:
-    """RSS of ``hal serve`` with ``count`` tasks running and ``queued`` more waiting for a
-    slot (the issue's 100 running + 1,000 queued)."""
-    root = Path(tempfile.mkdtemp(prefix="hal-bench-"))
-    repo = make_repo(root)
-    env = hal_env(root / "home", HAL_MAX_CONCURRENT=str(count), HAL_BWRAP_MAX_POOL_SIZE=str(count))
-    client = await start_daemon(env, repo)
-    body = {"prompt": "x", "agent": "sleep 600", "cwd": str(repo)}
-    ids = [str((await client.call("POST", "/v1/tasks", body))["id"]) for _ in range(count)]
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        tasks = await client.call("GET", "/v1/tasks", query={"status": "running"})
-        if len(tasks) >= count:
-            break
-        await asyncio.sleep(0.5)
-    sem = asyncio.Semaphore(32)
-
-    async def submit() -> str:
-        async with sem:
-            return str((await client.call("POST", "/v1/tasks", body))["id"])
-
-    ids += await asyncio.gather(*(submit() for _ in range(queued)))
-    waiting = await client.call("GET", "/v1/tasks", query={"status": "queued"})
-    status = await client.call("GET", "/v1/status")
-    rss = rss_kib(status["pid"]) / 1024
-
-    async def cancel(task_id: str) -> None:
-        async with sem:
-            with contextlib.suppress(HalError):  # one that ended meanwhile
-                await client.call("POST", f"/v1/tasks/{task_id}/cancel")
-
-    # The queued ones first (none of them may start), then the running ones.
-    await asyncio.gather(*(cancel(task_id) for task_id in ids[count:]))
-    await asyncio.gather(*(cancel(task_id) for task_id in ids[:count]))
-    await hal(env, repo, "serve", "--stop")
-    shutil.rmtree(root, ignore_errors=True)
-    label = f"RSS of hal serve, {len(tasks)} tasks running"
-    if queued:
-        label += f" + {len(waiting):,} queued"
-    return [
-        Result(label, rss, "MiB", "-", "-", "<= 150 MiB",
-               rss <= 150 and len(tasks) >= count and len(waiting) >= queued)
     ]  # fmt: skip
 
 

@@ -16,6 +16,7 @@ against them (issue 16).
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import os
 import re
@@ -54,6 +55,35 @@ def children_cpu_ms() -> float:
     """User + system CPU time of every reaped descendant so far, in ms."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return (usage.ru_utime + usage.ru_stime) * 1000
+
+
+def daemon_cpu_ms(pid: int) -> tuple[float, float]:
+    """CPU time (ms) a process has used itself, and that of its children: those it has waited
+    for, and those still running with what they have waited for themselves (the daemon's
+    supervisor fork server, whose children are every run's supervisor and what it ran)."""
+    tick = 1000 / os.sysconf("SC_CLK_TCK")
+    utime, stime, cutime, cstime = _cpu_ticks(pid)
+    children = cutime + cstime
+    for child in _children(pid):
+        with contextlib.suppress(OSError, ValueError):
+            children += sum(_cpu_ticks(child))
+    return (utime + stime) * tick, children * tick
+
+
+def _cpu_ticks(pid: int) -> tuple[int, int, int, int]:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    utime, stime, cutime, cstime = (int(value) for value in fields[11:15])
+    return utime, stime, cutime, cstime
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                listed = Path(f"/proc/{pid}/task/{task}/children").read_text()
+                found += [int(child) for child in listed.split()]
+    return found
 
 
 @dataclass
