@@ -21,11 +21,11 @@ from benchmarks.profile import (
     children_cpu_ms,
     count_spawns,
     daemon_cpu_ms,
-    reap_orphans,
 )
 from hal9999.events.log import EventLog
 from hal9999.events.models import Output
 from hal9999.pool import ProviderSettings, SlotDir, WarmPool
+from hal9999.process.forkserver import reap_exited
 from hal9999.providers.base import Provider
 from hal9999.providers.bwrap import BwrapProvider
 from hal9999.server.client import DaemonClient
@@ -219,10 +219,10 @@ async def hal_run_case(runs: int) -> list[Result]:
             code, _ = await hal(env, repo, *agent, "x")
             assert code == 0
 
-        reap_orphans()
+        reap_exited()
         cpu_before = children_cpu_ms() + (sum(daemon_cpu_ms(daemon.info.pid)) if daemon else 0)
         took = await timed(once, runs)
-        reap_orphans()
+        reap_exited()
         cpu_after = children_cpu_ms() + (sum(daemon_cpu_ms(daemon.info.pid)) if daemon else 0)
         cpu = (cpu_after - cpu_before) / runs
         spawned = ""
@@ -232,7 +232,7 @@ async def hal_run_case(runs: int) -> list[Result]:
             spawned = f"; {spawns.per(1)}" if spawns else ""
         if serve:
             await hal(env, repo, "serve", "--stop")
-            reap_orphans()
+            reap_exited()
         over = took - bare
         ratio = f"+{over:.0f} ms"
         results.append(

@@ -33,22 +33,12 @@ _RESUMED = re.compile(r"^<\.\.\. (execve|clone3?|fork|vfork) resumed>")
 
 
 def become_subreaper() -> None:
-    """Adopt orphaned descendants (daemonized helpers), so their CPU time is counted here."""
+    """Adopt orphaned descendants (daemonized helpers), so their CPU time is counted here
+    once they are reaped (between runs, with no child of this process's own still running:
+    :func:`hal9999.process.forkserver.reap_exited`)."""
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
-
-
-def reap_orphans() -> None:
-    """Reap adopted descendants that have exited (call between runs, with no child of this
-    process's own still running: a blanket wait would take its status)."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
 
 
 def children_cpu_ms() -> float:

@@ -75,7 +75,9 @@ def write_message(fd: int, message: object) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _reap() -> None:
+def reap_exited() -> None:
+    """Reap every child that has exited, without waiting for one that runs (any child's
+    status is taken: call it with none whose status its caller still wants)."""
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
@@ -138,7 +140,7 @@ def serve(fd: int) -> None:
     signal.set_wakeup_fd(wake_write)
     signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
     while True:
-        _reap()
+        reap_exited()
         ready, _, _ = select.select([fd, wake_read], [], [])
         if wake_read in ready:
             while True:
