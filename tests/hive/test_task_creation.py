@@ -12,6 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from tests.server.test_api_create import env_of_a_run_dispatched_at_insert
 from tests.tasks.test_halt import git_repo
 from tests.tasks.test_hot_path import trivial_request
 
@@ -21,6 +22,7 @@ from hal9999.hive.settings import HiveSettings
 from hal9999.hive.store import AgentRecord, get_agent, insert_agent
 from hal9999.hive.turns import HiveLoop
 from hal9999.store import Store, TaskRecord
+from hal9999.tasks.scheduler import Scheduler
 from hal9999.tasks.service import TaskService
 
 
@@ -32,6 +34,9 @@ class Queue:
 
     def submit(self, task_id: str, *_: Any) -> None:
         self.submitted.append(task_id)
+
+    def hold(self, task_id: str, *_: Any) -> None:
+        pass
 
 
 def watched(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[TaskRecord]:
@@ -89,3 +94,15 @@ async def test_an_mcp_sub_task_is_born_held(
     [record] = inserted
     assert (record.id, record.branch, record.runner_pid) == (task.id, f"hal/{task.id}", os.getpid())
     assert task.runner_pid == os.getpid() and queue.submitted == [task.id]
+
+
+async def test_an_mcp_sub_task_dispatched_before_its_submission_runs_with_its_env(
+    tmp_path: Path, service: TaskService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    request = trivial_request(git_repo(tmp_path / "repo"), "local", given_env={"GIVEN": "v"})
+
+    async def create(scheduler: Scheduler) -> None:
+        daemon = SimpleNamespace(service=service, store=service.store, scheduler=scheduler)
+        await DaemonTasks(daemon).create(request)  # type: ignore[arg-type]
+
+    assert await env_of_a_run_dispatched_at_insert(service, monkeypatch, create) == [{"GIVEN": "v"}]

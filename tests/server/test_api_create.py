@@ -1,11 +1,12 @@
 """``POST /v1/tasks`` records the task with the daemon as its runner in one write, on no
-event loop of its own."""
+event loop of its own, and its scheduler has the task's env before the task can start."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -14,23 +15,48 @@ import pytest
 from tests.tasks.test_halt import git_repo
 
 from hal9999.config import HalConfig
+from hal9999.pool.settings import SchedulerSettings
 from hal9999.server.api import build_router
 from hal9999.server.routing import ApiRequest, call_handler
-from hal9999.store import Store
+from hal9999.store import Store, TaskRecord
+from hal9999.tasks.scheduler import Scheduler
 from hal9999.tasks.service import TaskService
 
 
-async def test_a_submission_is_one_task_write_with_the_daemon_as_runner(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[TaskService]:
     home = tmp_path / "home"
-    config = HalConfig(home=home)
-    store = Store.open(home)
-    service = TaskService(config, store, {})
-    submitted: list[str] = []
-    scheduler = SimpleNamespace(submit=lambda task_id, env=None: submitted.append(task_id))
+    with Store.open(home) as store:
+        yield TaskService(HalConfig(home=home), store, {})
+
+
+def queue(submitted: list[str] | None = None) -> Any:
+    """A scheduler's intake only (``submitted``: the ids submitted)."""
+    found = submitted if submitted is not None else []
+    return SimpleNamespace(submit=lambda task_id, env=None: found.append(task_id),
+                           hold=lambda task_id, env=None: None)  # fmt: skip
+
+
+async def post(
+    service: TaskService, scheduler: Any, repo: Path, **extra: Any
+) -> tuple[int, dict[str, Any]]:
+    """``POST /v1/tasks`` of a trivial task of ``repo`` to a daemon of ``service``."""
     daemon: Any = SimpleNamespace(service=service, scheduler=scheduler, pool=None,
-                                  store=store, config=config)  # fmt: skip
+                                  store=service.store, config=service.config)  # fmt: skip
+    [route] = [r for r in build_router(daemon).routes
+               if r.path == "/v1/tasks" and r.method == "POST"]  # fmt: skip
+    body = {"prompt": "x", "agent": "true {{prompt_file}}", "provider": "bwrap",
+            "process_manager": "direct", "cwd": str(git_repo(repo)), **extra}  # fmt: skip
+    request = ApiRequest("POST", "/v1/tasks", {}, {}, json.dumps(body).encode(), {})
+    status, payload = await call_handler(route.handler, request, None)
+    return status, payload
+
+
+async def test_a_submission_is_one_task_write_with_the_daemon_as_runner(
+    tmp_path: Path, service: TaskService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = service.store
+    submitted: list[str] = []
     writes: list[str] = []
     for name in ("insert_task", "update_task", "set_status"):
         original = getattr(store, name)
@@ -50,13 +76,8 @@ async def test_a_submission_is_one_task_write_with_the_daemon_as_runner(
     # Issue 16: a loop per submission (asyncio.run in a worker thread), and the two threads
     # its executor started and joined, were ~0.5 ms of the daemon's CPU a task.
     monkeypatch.setattr(asyncio.events, "new_event_loop", counted_loop)
-    [route] = [r for r in build_router(daemon).routes
-               if r.path == "/v1/tasks" and r.method == "POST"]  # fmt: skip
-    body = {"prompt": "x", "agent": "true {{prompt_file}}", "provider": "bwrap",
-            "process_manager": "direct", "cwd": str(git_repo(tmp_path / "repo"))}  # fmt: skip
-    request = ApiRequest("POST", "/v1/tasks", {}, {}, json.dumps(body).encode(), {})
 
-    status, payload = await call_handler(route.handler, request, None)
+    status, payload = await post(service, queue(submitted), tmp_path / "repo")
 
     assert status == 200, payload
     assert payload["runner_pid"] == os.getpid()
@@ -64,16 +85,13 @@ async def test_a_submission_is_one_task_write_with_the_daemon_as_runner(
     assert writes == ["insert_task"]
     assert loops == []
     assert submitted == [payload["id"]]
-    store.close()
 
 
-async def test_the_callers_config_notes_are_written_with_task_created(tmp_path: Path) -> None:
+async def test_the_callers_config_notes_are_written_with_task_created(
+    tmp_path: Path, service: TaskService
+) -> None:
     # One open of the event log per submission (each was an open, a lock and an fsync before
     # the task could start, issue 16), the notes right after task_created as before.
-    home = tmp_path / "home"
-    config = HalConfig(home=home)
-    store = Store.open(home)
-    service = TaskService(config, store, {})
     opened: list[str] = []
     events = service.events
 
@@ -82,17 +100,8 @@ async def test_the_callers_config_notes_are_written_with_task_created(tmp_path: 
         return events(task, *args, **kw)
 
     service.events = counted  # type: ignore[method-assign]
-    scheduler = SimpleNamespace(submit=lambda task_id, env=None: None)
-    daemon: Any = SimpleNamespace(service=service, scheduler=scheduler, pool=None,
-                                  store=store, config=config)  # fmt: skip
-    [route] = [r for r in build_router(daemon).routes
-               if r.path == "/v1/tasks" and r.method == "POST"]  # fmt: skip
     notes = {"describe": "config: HAL_HOME", "notice": "./hal.toml: ignored keys"}
-    body = {"prompt": "x", "agent": "true {{prompt_file}}", "provider": "bwrap",
-            "process_manager": "direct", "cwd": str(git_repo(tmp_path / "repo")),
-            "config_sources": notes}  # fmt: skip
-    request = ApiRequest("POST", "/v1/tasks", {}, {}, json.dumps(body).encode(), {})
-    status, payload = await call_handler(route.handler, request, None)
+    status, payload = await post(service, queue(), tmp_path / "repo", config_sources=notes)
     assert status == 200, payload
     assert opened == [payload["id"]]
     lines = Path(payload["session_dir"], "events.jsonl").read_text().splitlines()
@@ -102,4 +111,48 @@ async def test_the_callers_config_notes_are_written_with_task_created(tmp_path: 
         ("message", "info", "config: HAL_HOME"),
         ("message", "warning", "./hal.toml: ignored keys"),
     ]
-    store.close()
+
+
+async def env_of_a_run_dispatched_at_insert(
+    service: TaskService,
+    monkeypatch: pytest.MonkeyPatch,
+    create: Callable[[Scheduler], Awaitable[object]],
+) -> list[dict[str, str]]:
+    """The env the run of the task ``create`` makes gets, when another task's end wakes the
+    scheduler just as the creating thread has written the task's row: that dispatch starts
+    it, and the run begins, before its creator goes on (to submit it)."""
+    scheduler = Scheduler(service, SchedulerSettings(), lambda name: 8)
+    given: list[dict[str, str]] = []
+
+    async def run(task_id: str, *, given_env: Any = None, **_: Any) -> TaskRecord:
+        given.append(dict(given_env or {}))
+        return service.store.get_task(task_id)
+
+    loop = asyncio.get_running_loop()
+    insert = service.store.insert_task
+
+    def insert_then_dispatch(record: TaskRecord) -> None:
+        insert(record)
+
+        async def dispatch() -> None:
+            assert scheduler.dispatch() == 1
+            await asyncio.sleep(0.05)
+
+        asyncio.run_coroutine_threadsafe(dispatch(), loop).result()
+
+    monkeypatch.setattr(service, "run", run)
+    monkeypatch.setattr(service.store, "insert_task", insert_then_dispatch)
+    await create(scheduler)
+    await asyncio.gather(*scheduler.running.values())
+    return given
+
+
+async def test_a_task_dispatched_before_its_submission_runs_with_its_env(
+    tmp_path: Path, service: TaskService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its --env values are never stored: the scheduler must have them before the row exists.
+    async def create(scheduler: Scheduler) -> None:
+        status, payload = await post(service, scheduler, tmp_path / "repo", env={"GIVEN": "v"})
+        assert status == 200, payload
+
+    assert await env_of_a_run_dispatched_at_insert(service, monkeypatch, create) == [{"GIVEN": "v"}]

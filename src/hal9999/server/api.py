@@ -207,7 +207,10 @@ def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
         notes = _config_notes(body.get("config_sources"))
         # In a worker thread: creating writes the store (and the session), which must not
         # hold up this loop while another process holds the write lock.
-        task = await asyncio.to_thread(service.create_blocking, run, notes)
+        # Its env is the scheduler's before its row is (Scheduler.hold).
+        task = await asyncio.to_thread(
+            service.create_blocking, run, notes, lambda name: scheduler.hold(name, run.given_env)
+        )
         scheduler.submit(task.id, run.given_env)
         return task_json(task)
 

@@ -137,8 +137,16 @@ class Scheduler:
         self, task_id: str, env: Mapping[str, str] | None = None, prompt: str | None = None
     ) -> None:
         """Note a newly queued task (and its in-memory secrets) and wake the loop."""
-        self.submissions[task_id] = Submission(dict(env or {}), prompt)
+        self.hold(task_id, env, prompt)
         self.wake()
+
+    def hold(
+        self, task_id: str, env: Mapping[str, str] | None = None, prompt: str | None = None
+    ) -> None:
+        """Note what a task is to run with before it is queued, from any thread (a dict
+        write, no wake): a dispatch woken by another task's end may start it between its
+        row's write and :meth:`submit`, and must not start it without its env."""
+        self.submissions[task_id] = Submission(dict(env or {}), prompt)
 
     def wake(self) -> None:
         """Look at the queue again soon."""

@@ -161,13 +161,20 @@ class TaskService:
         source = await gitrepo.resolve_source(req.repo, req.cwd)
         return self._make(req, config, providers, source)
 
-    def create_blocking(self, req: RunRequest, notes: Sequence[Event] = ()) -> TaskRecord:
+    def create_blocking(
+        self,
+        req: RunRequest,
+        notes: Sequence[Event] = (),
+        named: Callable[[str], None] | None = None,
+    ) -> TaskRecord:
         """:meth:`create` for a caller in a worker thread (the daemon's API: the store's
         write lock may be held elsewhere), without an event loop of its own (a loop and its
-        executor's threads per submission were ~0.5 ms of the daemon's CPU, issue 16)."""
+        executor's threads per submission were ~0.5 ms of the daemon's CPU, issue 16).
+        ``named`` is told the task's id before its row exists (a daemon notes what its
+        scheduler must run it with: a dispatch may start it before this returns)."""
         config, providers = self._check(req)
         source = gitrepo.resolve_source_blocking(req.repo, req.cwd)
-        return self._make(req, config, providers, source, notes)
+        return self._make(req, config, providers, source, notes, named)
 
     def _check(self, req: RunRequest) -> tuple[HalConfig, list[str]]:
         """The request's settings and providers, once everything but its source is valid."""
@@ -197,10 +204,13 @@ class TaskService:
         providers: list[str],
         source: gitrepo.RepoSource,
         notes: Sequence[Event] = (),
+        named: Callable[[str], None] | None = None,
     ) -> TaskRecord:
         """The record, session and first event of a checked request (``notes``: events to
         record right after it, in the same write of the event log)."""
         task_id = new_task_id(self.store.has_task)
+        if named is not None:
+            named(task_id)
         session = Session(self.paths.ensure_session(task_id))
         session.create()
         session.workspace.mkdir(exist_ok=True)

@@ -28,9 +28,12 @@ class DaemonTasks:
         """Create the task and hand it to the scheduler."""
         daemon = self.daemon
         # Born this daemon's (as the API's), not named after: no window for another claim.
-        held = dataclasses.replace(request, runner_pid=os.getpid())
-        task = await asyncio.to_thread(daemon.service.create_blocking, held)
-        daemon.scheduler.submit(task.id, request.given_env)
+        mine = dataclasses.replace(request, runner_pid=os.getpid())
+        scheduler, env = daemon.scheduler, request.given_env
+        task = await asyncio.to_thread(
+            daemon.service.create_blocking, mine, (), lambda name: scheduler.hold(name, env)
+        )
+        scheduler.submit(task.id, env)
         return task
 
     async def get(self, task_id: str) -> TaskRecord:
