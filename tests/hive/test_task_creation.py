@@ -12,7 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from tests.server.test_api_create import env_of_a_run_dispatched_at_insert
+from tests.server.test_api_create import runs_dispatched_at
 from tests.tasks.test_halt import git_repo
 from tests.tasks.test_hot_path import trivial_request
 
@@ -105,4 +105,5 @@ async def test_an_mcp_sub_task_dispatched_before_its_submission_runs_with_its_en
         daemon = SimpleNamespace(service=service, store=service.store, scheduler=scheduler)
         await DaemonTasks(daemon).create(request)  # type: ignore[arg-type]
 
-    assert await env_of_a_run_dispatched_at_insert(service, monkeypatch, create) == [{"GIVEN": "v"}]
+    runs = await runs_dispatched_at(service, monkeypatch, "insert_task", create)
+    assert runs == [({"GIVEN": "v"}, None)]

@@ -13,12 +13,13 @@ from typing import Any
 
 import pytest
 from tests.tasks.test_halt import git_repo
+from tests.tasks.test_recovery import make_task
 
 from hal9999.config import HalConfig
 from hal9999.pool.settings import SchedulerSettings
 from hal9999.server.api import build_router
 from hal9999.server.routing import ApiRequest, call_handler
-from hal9999.store import Store, TaskRecord
+from hal9999.store import Store
 from hal9999.tasks.scheduler import Scheduler
 from hal9999.tasks.service import TaskService
 
@@ -113,38 +114,40 @@ async def test_the_callers_config_notes_are_written_with_task_created(
     ]
 
 
-async def env_of_a_run_dispatched_at_insert(
+async def runs_dispatched_at(
     service: TaskService,
     monkeypatch: pytest.MonkeyPatch,
-    create: Callable[[Scheduler], Awaitable[object]],
-) -> list[dict[str, str]]:
-    """The env the run of the task ``create`` makes gets, when another task's end wakes the
-    scheduler just as the creating thread has written the task's row: that dispatch starts
-    it, and the run begins, before its creator goes on (to submit it)."""
+    write: str,
+    act: Callable[[Scheduler], Awaitable[object]],
+) -> list[tuple[dict[str, str], str | None]]:
+    """The env and prompt each run started by ``act`` gets, when another task's end wakes
+    the scheduler just as the store's ``write`` (in the acting thread) queued the task: that
+    dispatch starts it, and the run begins, before ``act`` goes on (to submit it)."""
     scheduler = Scheduler(service, SchedulerSettings(), lambda name: 8)
-    given: list[dict[str, str]] = []
+    runs: list[tuple[dict[str, str], str | None]] = []
 
-    async def run(task_id: str, *, given_env: Any = None, **_: Any) -> TaskRecord:
-        given.append(dict(given_env or {}))
+    async def run(task_id: str, *, given_env: Any = None, prompt: Any = None, **_: Any) -> Any:
+        runs.append((dict(given_env or {}), prompt))
         return service.store.get_task(task_id)
 
     loop = asyncio.get_running_loop()
-    insert = service.store.insert_task
+    written = getattr(service.store, write)
 
-    def insert_then_dispatch(record: TaskRecord) -> None:
-        insert(record)
+    def write_then_dispatch(*args: Any, **kw: Any) -> Any:
+        done = written(*args, **kw)
 
         async def dispatch() -> None:
             assert scheduler.dispatch() == 1
             await asyncio.sleep(0.05)
 
         asyncio.run_coroutine_threadsafe(dispatch(), loop).result()
+        return done
 
     monkeypatch.setattr(service, "run", run)
-    monkeypatch.setattr(service.store, "insert_task", insert_then_dispatch)
-    await create(scheduler)
+    monkeypatch.setattr(service.store, write, write_then_dispatch)
+    await act(scheduler)
     await asyncio.gather(*scheduler.running.values())
-    return given
+    return runs
 
 
 async def test_a_task_dispatched_before_its_submission_runs_with_its_env(
@@ -155,4 +158,27 @@ async def test_a_task_dispatched_before_its_submission_runs_with_its_env(
         status, payload = await post(service, scheduler, tmp_path / "repo", env={"GIVEN": "v"})
         assert status == 200, payload
 
-    assert await env_of_a_run_dispatched_at_insert(service, monkeypatch, create) == [{"GIVEN": "v"}]
+    runs = await runs_dispatched_at(service, monkeypatch, "insert_task", create)
+    assert runs == [({"GIVEN": "v"}, None)]
+
+
+async def test_a_resume_dispatched_before_its_submission_runs_with_its_prompt_and_env(
+    tmp_path: Path, service: TaskService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without its follow-up prompt, a resumed run would do the task's first prompt again.
+    service.store.insert_task(make_task(service.config.home, "stop1234", "stopped"))
+    daemon: Any = SimpleNamespace(service=service, store=service.store, pool=None,
+                                  source=None, provider=None, config=service.config)  # fmt: skip
+
+    async def resume(scheduler: Scheduler) -> None:
+        daemon.scheduler = scheduler
+        [route] = [r for r in build_router(daemon).routes
+                   if r.path == "/v1/tasks/{id}/resume"]  # fmt: skip
+        body = json.dumps({"prompt": "and now the tests", "env": {"GIVEN": "v"}}).encode()
+        request = ApiRequest("POST", "/v1/tasks/stop1234/resume", {}, {}, body,
+                             {"id": "stop1234"})  # fmt: skip
+        status, payload = await call_handler(route.handler, request, None)
+        assert status == 200, payload
+
+    runs = await runs_dispatched_at(service, monkeypatch, "set_status", resume)
+    assert runs == [({"GIVEN": "v"}, "and now the tests")]

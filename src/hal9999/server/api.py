@@ -257,17 +257,18 @@ def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
 
     async def resume(request: Request) -> Any:
         body = request.json()
+        env, prompt = _env(body), body.get("prompt")
         # A live agent whose runner died (a foreground `hal run` killed) is adopted.
         recovery = Recovery(service, daemon.pool, daemon.source, daemon.provider)
         task, adopted = await resume_task(
-            service, request.params["id"], prompt=body.get("prompt"),
-            take_sandbox=recovery.take_sandbox,
+            service, request.params["id"], prompt=prompt, take_sandbox=recovery.take_sandbox,
+            named=lambda name: scheduler.hold(name, env, prompt),  # before it is queued
         )  # fmt: skip
         # Queued or adopted, the task names this daemon as its runner already.
         if adopted is not None:
             scheduler.carry_on(task, adopted)
             return task_json(task)
-        scheduler.submit(task.id, _env(body), body.get("prompt"))
+        scheduler.submit(task.id, env, prompt)
         return task_json(task)
 
     async def remove(request: Request) -> Any:

@@ -335,12 +335,14 @@ async def resume(
     *,
     prompt: str | None = None,
     take_sandbox: Callable[[TaskRecord], Awaitable[Sandbox | None]] | None = None,
+    named: Callable[[str], None] | None = None,
 ) -> tuple[TaskRecord, Adopted | None]:
     """Resume a resting task. When its runner died but its agent lives (or has ended and
     not been collected), the agent is adopted rather than started again: the returned
     :class:`Adopted` is to be passed to ``TaskService.run``. ``take_sandbox`` takes over the
     task's sandbox (a daemon leases it into its pool; by default the provider's handle). A
     new ``prompt`` while the agent lives is refused. Never two runs on one workspace.
+    ``named`` is told the task's id before a new run is queued (``prepare_resume``).
     """
     take = take_sandbox or (lambda task: _live_sandbox(service, task))
     # The database work runs in threads: in a daemon this is on its event loop.
@@ -371,7 +373,7 @@ async def resume(
             # What the dead runner left (an ended agent's tmux server, the old sandbox with
             # the workspace mounted) goes before a new run starts over the workspace.
             await service.kill(task)
-        return await asyncio.to_thread(service.prepare_resume, task.id), None
+        return await asyncio.to_thread(service.prepare_resume, task.id, named), None
 
 
 async def _live_sandbox(service: TaskService, task: TaskRecord) -> Sandbox | None:

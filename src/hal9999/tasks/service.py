@@ -365,15 +365,20 @@ class TaskService:
         """Cancel a task for good (its session stays until ``hal task rm``)."""
         return await self.halt(task_id, TaskStatus.CANCELLED, "cancelled by the user")
 
-    def prepare_resume(self, task_id: str) -> TaskRecord:
+    def prepare_resume(
+        self, task_id: str, named: Callable[[str], None] | None = None
+    ) -> TaskRecord:
         """Move a resting task back to ``queued`` for another run, held by this process (its
-        ``runner_pid``: a daemon on the same home does not start it meanwhile)."""
+        ``runner_pid``: a daemon on the same home does not start it meanwhile). ``named`` is
+        told the task's id before it is queued (see :meth:`create_blocking`)."""
         task = self.reconcile(self.store.find_task(task_id))
         if task.status not in RESUMABLE:
             raise TaskStateError(
                 f"task {task.id} is {task.status}; only a stopped or finished task can resume",
                 hint=f"stop it first with `hal task stop {task.id}`",
             )
+        if named is not None:
+            named(task.id)
         with self.events(task) as events:
             _, queued = transition(
                 self.store,
