@@ -23,8 +23,8 @@ from hal9999.tasks.service import TaskService
 other = int(sys.argv[1])
 queue_again = TaskService.prepare_resume
 
-def then_taken(self, task_id):
-    queued = queue_again(self, task_id)
+def then_taken(self, task_id, *args):
+    queued = queue_again(self, task_id, *args)
     return self.store.update_task(queued.id, runner_pid=other)
 
 TaskService.prepare_resume = then_taken
