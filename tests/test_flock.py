@@ -40,3 +40,33 @@ async def test_a_cancelled_wait_leaves_nothing_held(tmp_path: Path) -> None:
     async with asyncio.timeout(1):
         async with flock.held(path, poll=0.01):
             pass
+
+
+async def test_holders_in_one_process_are_handed_the_lock_without_polling(tmp_path: Path) -> None:
+    # A poll far longer than the test may take: only a hand-over lets the waiters in.
+    path = tmp_path / "lock"
+    order: list[str] = []
+    first_in = asyncio.Event()
+
+    async def hold(name: str) -> None:
+        async with flock.held(path, poll=600):
+            order.append(name)
+            first_in.set()
+            await asyncio.sleep(0.01)
+
+    first = asyncio.create_task(hold("a"))
+    await first_in.wait()
+    async with asyncio.timeout(30):
+        await asyncio.gather(first, *(hold(name) for name in "bcd"))
+    assert order == ["a", "b", "c", "d"]  # in the order they came
+
+
+def test_each_event_loop_has_its_own_queue(tmp_path: Path) -> None:
+    path = tmp_path / "lock"
+
+    async def once() -> None:
+        async with flock.held(path, poll=0.01):
+            pass
+
+    asyncio.run(once())
+    asyncio.run(once())  # a lock of the first loop would refuse to serve the second

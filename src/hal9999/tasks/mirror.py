@@ -147,7 +147,11 @@ async def snapshot_for(home: Path, top: str, session_root: Path, ref: str | None
         return None
     base = mirrors_dir(home) / name
     async with locked(base):
-        snap = await asyncio.to_thread(_current, base, fp)
+        # The common case, a current snapshot and any commit, linked in the same thread hop
+        # (issue 16: the lock is held across it, by every task on the repository in turn).
+        snap, linked = await asyncio.to_thread(_current, base, fp, session_root, ref is None)
+        if linked:
+            return snap
         if snap is None:
             try:
                 snap = await _make(base, top, fp)
@@ -174,15 +178,19 @@ def _identify(home: Path, top: str, session_root: Path) -> tuple[str | None, str
     return fp, source_name(home, top)
 
 
-def _current(base: Path, fp: str) -> Path | None:
+def _current(base: Path, fp: str, session_root: Path, link: bool) -> tuple[Path | None, bool]:
+    """The current snapshot when it is of the source's refs ``fp``, and whether it is
+    linked now (``link``: with the session's link pointed at it when there is one)."""
     try:
         name = (base / "current").read_text().strip()
         snap = base / name
-        if name and (snap / REFS_FILE).read_text() == fp:
-            return snap
+        if not name or (snap / REFS_FILE).read_text() != fp:
+            return None, False
     except OSError:
-        pass
-    return None
+        return None, False
+    if link:
+        _link(session_root, snap / "objects")
+    return snap, link
 
 
 async def _make(base: Path, top: str, fp: str) -> Path:
