@@ -180,3 +180,30 @@ async def test_recovery_leaves_a_task_a_resume_took_since_the_listing_untouched(
     assert adoptions == [] and report.left_alone == ["took1234"] and report.interrupted == []
     assert store.get_task("took1234").runner_pid == other.pid
     assert [s.id for s in await fake.list()] == [box.id], "the resume's sandbox lives on"
+
+
+async def test_the_sweep_leaves_the_sandbox_of_a_resume_that_took_the_task_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An interrupted task whose sandbox is gone: the sweep forgets it. A `hal task resume`
+    # claiming the task between the sweep's listing and its write has recorded its own
+    # run's sandbox by then, which must stay recorded.
+    home = tmp_path / "home"
+    store, service, fake, pool = pooled_service(home, "fake")
+    store.insert_task(make_task(home, "intr1234", "interrupted", sandbox_id="0123456789ab"))
+    store.insert_task(make_task(home, "idle1234", "interrupted", sandbox_id="ba9876543210"))
+    listed = store.list_tasks
+
+    def list_then_resume(*args: object, **kwargs: object) -> list[TaskRecord]:
+        tasks = listed(*args, **kwargs)  # type: ignore[arg-type]
+        if kwargs.get("status") == ["interrupted"]:
+            store.update_task("intr1234", runner_pid=DEAD_PID, sandbox_id="resumed00000")
+        return tasks
+
+    monkeypatch.setattr(store, "list_tasks", list_then_resume)
+    await Recovery(service, pool, PoolSource(pool), lambda n: fake).sweep(
+        set(), recovery.RecoveryReport()
+    )
+    assert store.get_task("intr1234").sandbox_id == "resumed00000"
+    assert store.get_task("idle1234").sandbox_id is None, "a gone sandbox is still forgotten"
+    store.close()

@@ -255,7 +255,11 @@ class Recovery:
             self.pool.slots.get(name).remove()
         for task in self.store.list_tasks(status=[TaskStatus.INTERRUPTED.value]):
             if task.sandbox_id and (task.provider, task.sandbox_id) not in live:
-                await asyncio.to_thread(self.store.update_task, task.id, sandbox_id=None)
+                # Guarded: a resume that took the task since the listing names its own run's
+                # sandbox by now, which must stay recorded.
+                await asyncio.to_thread(
+                    self.store.update_task, task.id, held_by=os.getpid(), sandbox_id=None
+                )
 
 
 # -- one task whose runner died: attach, follow, resume -----------------------------------
