@@ -164,9 +164,16 @@ def install_helper(helper: str, target: Path) -> None:
     """Put the uid switch ``helper`` at ``target`` (the read-only files every sandbox of a
     provider binds): a hard link where the filesystem allows, else a copy; replaced
     atomically, under a unique temporary name (other hal processes may be installing it
-    too). Already a link to it (every create and reset checks): left alone."""
+    too). Already a link to it, or a copy of it (every create and reset checks): left alone.
+
+    A copy (a ``HAL_HOME`` on another filesystem than hal) carries the program's size and
+    modification time, and counts as current while both match: replacing it at every reset
+    gave every kept sandbox of the pool a new source to attach at its next command, and two
+    commands attaching at once could find the other's mount of a file already replaced
+    (``move_mount``: ENOENT, the task failed with status 125)."""
     with contextlib.suppress(OSError):
-        if os.path.samestat(os.stat(helper), os.stat(target, follow_symlinks=False)):
+        have, want = os.stat(target, follow_symlinks=False), os.stat(helper)
+        if os.path.samestat(want, have) or _is_copy_of(have, want):
             return
     target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
@@ -175,7 +182,21 @@ def install_helper(helper: str, target: Path) -> None:
     except OSError:
         shutil.copyfile(helper, tmp)
         os.chmod(tmp, 0o755)
+        st = os.stat(helper)
+        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
     os.replace(tmp, target)
+
+
+def _is_copy_of(have: os.stat_result, want: os.stat_result) -> bool:
+    """Whether ``have`` is the copy :func:`install_helper` makes of ``want``: a regular file
+    of ours, nobody else's to write, one name, the program's size and time."""
+    return (
+        stat.S_ISREG(have.st_mode)
+        and stat.S_IMODE(have.st_mode) == 0o755
+        and have.st_uid == os.geteuid()
+        and have.st_nlink == 1
+        and (have.st_size, have.st_mtime_ns) == (want.st_size, want.st_mtime_ns)
+    )
 
 
 def drop_privileges(uid: int | None, *, rootfs: bool, helper: bool = False) -> list[str]:
