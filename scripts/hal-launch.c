@@ -56,6 +56,7 @@
 #include <sched.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -284,14 +285,24 @@ static void run_init(char **program, int alive) {
   if (setns(E.ipc, CLONE_NEWIPC) != 0) die("setns", "ipc");
   if (setns(E.uts, CLONE_NEWUTS) != 0) die("setns", "uts");
   if (setns(E.mnt, CLONE_NEWNS) != 0) die("setns", "mnt"); /* root and cwd: the sandbox's */
+  /* The keeper's mounts change only under a lock on its namespace's file, held
+   * exclusively by a command attaching and shared by one copying them (the unshare below).
+   * Without it, one command could mount onto another's new mount, whose source may already
+   * be unlinked on the host (move_mount: ENOENT), stack two mounts at a target, or copy the
+   * mounts while another has a target unmounted (its program then missing). Each target is
+   * cleared down to its mount point, whatever is stacked there, before its mount. */
+  if (flock(E.mnt, E.nattach ? LOCK_EX : LOCK_SH) != 0) die("lock", "mount namespace");
   for (int i = 0; i < E.nattach; i++) {
     const char *dst = E.attach_dst[i];
-    if (umount2(dst, MNT_DETACH | UMOUNT_NOFOLLOW) != 0 && errno != EINVAL) die("umount", dst);
+    while (umount2(dst, MNT_DETACH | UMOUNT_NOFOLLOW) == 0) {
+    }
+    if (errno != EINVAL) die("umount", dst);
     if (syscall(SYS_MOVE_MOUNT, E.attach_fd[i], "", AT_FDCWD, dst, MOVE_MOUNT_F_EMPTY_PATH) != 0)
       die("move_mount", dst);
     close(E.attach_fd[i]);
   }
   if (unshare(CLONE_NEWNS | CLONE_NEWCGROUP) != 0) die("unshare", "mount namespace");
+  if (flock(E.mnt, LOCK_UN) != 0) die("unlock", "mount namespace");
   if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) die("mount", "private");
   unsigned long nx = MS_NOSUID | MS_NODEV | MS_NOEXEC;
   if (mount("proc", "/proc", "proc", nx, NULL) != 0) die("mount", "/proc");

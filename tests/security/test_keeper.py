@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,7 +22,7 @@ from tests.security.conftest import pool_of, primed, require_keeper, session_spe
 from hal9999.errors import ProviderError
 from hal9999.pool import WarmPool
 from hal9999.providers import hostexec, keeper, seccomp
-from hal9999.providers.bwrap import RUN_DIR, BwrapProvider, BwrapSandbox
+from hal9999.providers.bwrap import DROP_FILE, RUN_DIR, BwrapProvider, BwrapSandbox
 from hal9999.spec import Bind, SandboxSpec, ShellCommand
 
 pytestmark = pytest.mark.bwrap
@@ -110,6 +111,36 @@ async def test_a_claimed_session_is_what_the_next_command_sees(
                 assert "--attach" not in box.launch(ShellCommand(script="true")).argv
     finally:
         await pool.drain()
+
+
+async def test_commands_attaching_at_once_take_turns(
+    provider: BwrapProvider, tmp_path: Path
+) -> None:
+    # The shared uid switch replaced on the host (a rebuilt hal-drop) while commands start in
+    # the keeper at once: each attaches the new file. Interleaved, one command's mount went
+    # onto another's, of a file replaced meanwhile (move_mount: ENOENT), or one copied the
+    # keeper's mounts with the target unmounted by another (its program missing, EACCES):
+    # 6 of 240 commands failed before the launcher took a lock on the namespace.
+    box = await kept(provider, tmp_path)
+    drop = provider.shared / DROP_FILE
+    if "/.hal/hal-drop" not in box.launch(ShellCommand(script="true")).argv:
+        pytest.skip("no build/hal-drop: commands switch uid with setpriv")
+    failed: list[str] = []
+    for _ in range(40):
+        copy = drop.with_name("hal-drop.new")
+        shutil.copyfile(drop, copy)
+        copy.chmod(0o755)
+        os.replace(copy, drop)
+        handles = [await provider.get(box.id) for _ in range(6)]
+        results = await asyncio.gather(
+            *(h.exec(ShellCommand(script="true"), timeout=60) for h in handles)
+        )
+        failed += [r.stderr.decode() for r in results if not r.ok]
+    assert failed == []
+    info = keeper.read(provider.store.dir(box.id) / RUN_DIR)
+    assert info is not None
+    mounts = Path(f"/proc/{info.pid}/mountinfo").read_text().split("\n")
+    assert sum(" /.hal/hal-drop " in line for line in mounts) == 1  # none stacked
 
 
 async def test_a_dead_keeper_means_bwrap(provider: BwrapProvider, tmp_path: Path) -> None:
