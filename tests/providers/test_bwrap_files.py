@@ -112,8 +112,10 @@ async def test_the_files_sandboxes_share_live_outside_the_providers_state(
         launch = box.launch(ArgvCommand(argv=("true",)))
         assert str(provider.seccomp_file) in launch.argv  # what the launcher opens
         if sandboxuser.privileged() and provider.drop_helper is not None:
+            assert provider.drop_file.parent == shared
+            assert provider.drop_file.name.startswith("hal-drop-")  # one name a version
             assert os.path.samestat(
-                os.stat(shared / "hal-drop"), os.stat(provider.drop_helper)
+                os.stat(provider.drop_file), os.stat(provider.drop_helper)
             )  # a link to the built one (a copy across filesystems)
         assert sorted(p.name for p in provider.store.dir(box.id).iterdir()) == [
             "home", "sandbox.json", "tmp", "workspace",

@@ -9,6 +9,7 @@ The boundary tests (test_boundary.py) run on the keeper path too."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import shutil
 import time
@@ -22,7 +23,7 @@ from tests.security.conftest import pool_of, primed, require_keeper, session_spe
 from hal9999.errors import ProviderError
 from hal9999.pool import WarmPool
 from hal9999.providers import hostexec, keeper, seccomp
-from hal9999.providers.bwrap import DROP_FILE, RUN_DIR, BwrapProvider, BwrapSandbox
+from hal9999.providers.bwrap import RUN_DIR, BwrapProvider, BwrapSandbox
 from hal9999.spec import Bind, SandboxSpec, ShellCommand
 
 pytestmark = pytest.mark.bwrap
@@ -113,34 +114,81 @@ async def test_a_claimed_session_is_what_the_next_command_sees(
         await pool.drain()
 
 
-async def test_commands_attaching_at_once_take_turns(
+async def test_a_rebuilt_uid_switch_is_bound_anew_and_never_replaced(
     provider: BwrapProvider, tmp_path: Path
 ) -> None:
-    # The shared uid switch replaced on the host (a rebuilt hal-drop) while commands start in
-    # the keeper at once: each attaches the new file. Interleaved, one command's mount went
-    # onto another's, of a file replaced meanwhile (move_mount: ENOENT), or one copied the
-    # keeper's mounts with the target unmounted by another (its program missing, EACCES):
-    # 6 of 240 commands failed before the launcher took a lock on the namespace.
+    # The uid switch rebuilt while commands start in the keeper at once: each version is
+    # installed under its own name and attached by the next commands. It used to be
+    # replaced at one name, and a source unlinked between the launcher's open_tree and
+    # move_mount failed the command (ENOENT; 123 of 200 while it was replaced in a loop).
     box = await kept(provider, tmp_path)
-    drop = provider.shared / DROP_FILE
-    if "/.hal/hal-drop" not in box.launch(ShellCommand(script="true")).argv:
+    if provider.drop_helper is None or "/.hal/hal-drop" not in " ".join(
+        box.launch(ShellCommand(script="true")).argv
+    ):
         pytest.skip("no build/hal-drop: commands switch uid with setpriv")
+    helper = tmp_path / "hal-drop"
+    shutil.copyfile(provider.drop_helper, helper)
+    helper.chmod(0o755)
+    provider.drop_helper = str(helper)
+    record = provider.store.load(box.id)
+    versions: list[Path] = []
     failed: list[str] = []
-    for _ in range(40):
-        copy = drop.with_name("hal-drop.new")
-        shutil.copyfile(drop, copy)
-        copy.chmod(0o755)
-        os.replace(copy, drop)
+    for n in range(40):
+        with helper.open("ab") as file:  # a rebuild: other bytes, still the program
+            file.write(b"\0")
+        os.utime(helper, ns=(n, 1_700_000_000_000_000_000 + n))
+        provider.share(record)
+        versions.append(provider.drop_file)
         handles = [await provider.get(box.id) for _ in range(6)]
         results = await asyncio.gather(
             *(h.exec(ShellCommand(script="true"), timeout=60) for h in handles)
         )
         failed += [r.stderr.decode() for r in results if not r.ok]
     assert failed == []
+    assert len(set(versions)) == 40 and all(v.is_file() for v in versions)  # none replaced
     info = keeper.read(provider.store.dir(box.id) / RUN_DIR)
     assert info is not None
     mounts = Path(f"/proc/{info.pid}/mountinfo").read_text().split("\n")
     assert sum(" /.hal/hal-drop " in line for line in mounts) == 1  # none stacked
+
+
+async def test_commands_take_turns_on_the_keepers_mounts(
+    provider: BwrapProvider, tmp_path: Path
+) -> None:
+    # A command that attaches holds the keeper's namespace file exclusively, one that only
+    # copies the mounts holds it shared: interleaved, a command copied the mounts while
+    # another had a target unmounted (its program missing: EACCES) or mounted onto
+    # another's mount (6 of 240 commands at once failed before the lock).
+    box = await kept(provider, tmp_path)
+    info = keeper.read(provider.store.dir(box.id) / RUN_DIR)
+    assert info is not None
+    await run(box, "true")  # the binds attached: the next command copies only
+    fd = os.open(f"/proc/{info.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # as another command copying the mounts
+        assert await run(await provider.get(box.id), "echo copied") == "copied\n"
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as another command attaching
+        waiting = asyncio.ensure_future(run(await provider.get(box.id), "echo after"))
+        await asyncio.sleep(0.5)
+        assert not waiting.done()  # it waits for the attach to end
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        assert await asyncio.wait_for(waiting, 30) == "after\n"
+        if provider.drop_helper is not None:  # a rebuilt uid switch: the next one attaches
+            helper = tmp_path / "hal-drop"
+            shutil.copyfile(provider.drop_helper, helper)
+            helper.chmod(0o755)
+            provider.drop_helper = str(helper)
+            provider.share(provider.store.load(box.id))
+            attaching = await provider.get(box.id)
+            assert "--attach" in attaching.launch(ShellCommand(script="true")).argv
+            fcntl.flock(fd, fcntl.LOCK_SH)  # another command copying the mounts
+            waiting = asyncio.ensure_future(run(attaching, "echo attached"))
+            await asyncio.sleep(0.5)
+            assert not waiting.done()  # it waits for the copy to end
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            assert await asyncio.wait_for(waiting, 30) == "attached\n"
+    finally:
+        os.close(fd)
 
 
 async def test_a_dead_keeper_means_bwrap(provider: BwrapProvider, tmp_path: Path) -> None:

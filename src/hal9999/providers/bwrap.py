@@ -62,7 +62,8 @@ RUN_DIR = "run"
 """Host-side scratch of the launcher (the network wiring's fifos) and the keeper's record
 (:mod:`keeper`), never mounted inside."""
 DROP_FILE = "hal-drop"
-"""The uid switch's name among the provider's shared files (a link to, or copy of, the built
+"""The uid switch's name among the provider's shared files without a version (a program
+found gone since); each version is ``hal-drop-<digest>`` (a link to, or copy of, the built
 one), which a root hal's sandboxes bind read-only at :data:`sandboxuser.DROP_HELPER`."""
 SECCOMP_FILE = "seccomp.bpf"
 """The compiled filter among the provider's shared files (``-<hash of it>``, see
@@ -139,7 +140,7 @@ class BwrapSandbox(HostSandbox):
         )
         # The static uid switch (~2 ms less per command than setpriv's loader and locale),
         # when prepared (and as trustworthy as the built one).
-        drop = owner.shared / DROP_FILE
+        drop = owner.drop_file
         helper = (
             record.uid is not None
             and spec.rootfs is None
@@ -296,6 +297,12 @@ class BwrapProvider(HostProvider):
         """The read-only files each sandbox's ``etc`` links to rather than copies."""
         self.drop_helper = sandboxuser.drop_helper()
         """The static uid switch a root hal's commands start with, or None for setpriv."""
+        self.drop_file = self.shared / DROP_FILE
+        """Where the sandboxes find :attr:`drop_helper` among the shared files: a name per
+        version of it (:func:`sandboxuser.installed_name`), set again by :meth:`share`."""
+        if self.drop_helper is not None:
+            with contextlib.suppress(OSError):  # removed meanwhile: setpriv, as without one
+                self.drop_file = self.shared / sandboxuser.installed_name(self.drop_helper)
         self._program = seccomp.build() if seccomp.supported() else None
         program_id = hashlib.sha256(self._program or b"").hexdigest()[:16]
         self.seccomp_file = (
@@ -378,7 +385,9 @@ class BwrapProvider(HostProvider):
         if self._program is not None and self.seccomp_file is not None:
             hostread.write_shared(self.seccomp_file, self._program)
         if record.uid is not None and record.spec.rootfs is None and self.drop_helper:
-            sandboxuser.install_helper(self.drop_helper, self.shared / DROP_FILE)
+            with contextlib.suppress(OSError):  # a rebuild of it under its own name
+                self.drop_file = self.shared / sandboxuser.installed_name(self.drop_helper)
+            sandboxuser.install_helper(self.drop_helper, self.drop_file)
         if record.spec.network == "host":
             hostread.write_shared(self.shared / "resolv.conf", usernet.RESOLV_CONF.encode())
 

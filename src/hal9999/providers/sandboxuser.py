@@ -12,6 +12,7 @@ When ``hal`` runs as an ordinary user, sandboxes run as that user and nothing he
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 import shutil
@@ -158,6 +159,28 @@ def trusted_program(path: Path) -> str | None:
     if not (stat.S_ISREG(st.st_mode) and trusted and st.st_mode & stat.S_IXUSR):
         return None
     return str(path)
+
+
+_names: dict[tuple[int, int, int, int], str] = {}
+""":func:`installed_name` by the program's device, inode, size and time."""
+
+
+def installed_name(helper: str) -> str:
+    """The name the uid switch ``helper`` has among a provider's shared files,
+    ``hal-drop-<digest of its content>``: a rebuilt program is installed beside the old one,
+    never over it, so no kept sandbox's bind loses its source while a command attaches it
+    (a file unlinked between the launcher's ``open_tree`` and ``move_mount`` fails the
+    command with ENOENT). Read once per version of the program."""
+    st = os.stat(helper)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    name = _names.get(key)
+    if name is None:
+        with open(helper, "rb") as file:
+            digest = hashlib.sha256(file.read()).hexdigest()[:16]
+        if len(_names) >= 16:
+            _names.clear()
+        name = _names[key] = f"hal-drop-{digest}"
+    return name
 
 
 def install_helper(helper: str, target: Path) -> None:
