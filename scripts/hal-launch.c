@@ -287,10 +287,11 @@ static void run_init(char **program, int alive) {
   if (setns(E.mnt, CLONE_NEWNS) != 0) die("setns", "mnt"); /* root and cwd: the sandbox's */
   /* The keeper's mounts change only under a lock on its namespace's file, held
    * exclusively by a command attaching and shared by one copying them (the unshare below).
-   * Without it, one command could mount onto another's new mount, whose source may already
-   * be unlinked on the host (move_mount: ENOENT), stack two mounts at a target, or copy the
-   * mounts while another has a target unmounted (its program then missing). Each target is
-   * cleared down to its mount point, whatever is stacked there, before its mount. */
+   * Without it, a command could copy the mounts while another has a target unmounted (its
+   * program then missing: EACCES), or two attaches interleave and stack two mounts at a
+   * target. Each target is cleared down to its mount point, whatever is stacked there,
+   * before its mount. (A source unlinked on the host after its open_tree fails move_mount
+   * with ENOENT: hal never replaces a file a keeper has bound.) */
   if (flock(E.mnt, E.nattach ? LOCK_EX : LOCK_SH) != 0) die("lock", "mount namespace");
   for (int i = 0; i < E.nattach; i++) {
     const char *dst = E.attach_dst[i];

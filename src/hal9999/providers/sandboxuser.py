@@ -191,9 +191,9 @@ def install_helper(helper: str, target: Path) -> None:
 
     A copy (a ``HAL_HOME`` on another filesystem than hal) carries the program's size and
     modification time, and counts as current while both match: replacing it at every reset
-    gave every kept sandbox of the pool a new source to attach at its next command, and two
-    commands attaching at once could find the other's mount of a file already replaced
-    (``move_mount``: ENOENT, the task failed with status 125)."""
+    gave every kept sandbox of the pool a new source to attach at its next command, and a
+    command whose source was replaced between the launcher's ``open_tree`` and
+    ``move_mount`` failed with ENOENT (status 125)."""
     with contextlib.suppress(OSError):
         have, want = os.stat(target, follow_symlinks=False), os.stat(helper)
         if os.path.samestat(want, have) or _is_copy_of(have, want):
