@@ -300,9 +300,7 @@ class BwrapProvider(HostProvider):
         self.drop_file = self.shared / DROP_FILE
         """Where the sandboxes find :attr:`drop_helper` among the shared files: a name per
         version of it (:func:`sandboxuser.installed_name`), set again by :meth:`share`."""
-        if self.drop_helper is not None:
-            with contextlib.suppress(OSError):  # removed meanwhile: setpriv, as without one
-                self.drop_file = self.shared / sandboxuser.installed_name(self.drop_helper)
+        self._name_drop_file()
         self._program = seccomp.build() if seccomp.supported() else None
         program_id = hashlib.sha256(self._program or b"").hexdigest()[:16]
         self.seccomp_file = (
@@ -385,11 +383,17 @@ class BwrapProvider(HostProvider):
         if self._program is not None and self.seccomp_file is not None:
             hostread.write_shared(self.seccomp_file, self._program)
         if record.uid is not None and record.spec.rootfs is None and self.drop_helper:
-            with contextlib.suppress(OSError):  # a rebuild of it under its own name
-                self.drop_file = self.shared / sandboxuser.installed_name(self.drop_helper)
+            self._name_drop_file()  # a rebuild of it goes under its own name
             sandboxuser.install_helper(self.drop_helper, self.drop_file)
         if record.spec.network == "host":
             hostread.write_shared(self.shared / "resolv.conf", usernet.RESOLV_CONF.encode())
+
+    def _name_drop_file(self) -> None:
+        """Point :attr:`drop_file` at the current version of :attr:`drop_helper` (left as it
+        was when the program is gone meanwhile: its sandboxes then use setpriv)."""
+        if self.drop_helper is not None:
+            with contextlib.suppress(OSError):
+                self.drop_file = self.shared / sandboxuser.installed_name(self.drop_helper)
 
     async def prime(self, sandbox_id: str) -> None:
         """Start a new pooled sandbox's keeper (:mod:`keeper`) while it waits idle, so that

@@ -194,8 +194,9 @@ def install_helper(helper: str, target: Path) -> None:
     gave every kept sandbox of the pool a new source to attach at its next command, and a
     command whose source was replaced between the launcher's ``open_tree`` and
     ``move_mount`` failed with ENOENT (status 125)."""
+    want = os.stat(helper)
     with contextlib.suppress(OSError):
-        have, want = os.stat(target, follow_symlinks=False), os.stat(helper)
+        have = os.stat(target, follow_symlinks=False)
         if os.path.samestat(want, have) or _is_copy_of(have, want):
             return
     target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -205,8 +206,7 @@ def install_helper(helper: str, target: Path) -> None:
     except OSError:
         shutil.copyfile(helper, tmp)
         os.chmod(tmp, 0o755)
-        st = os.stat(helper)
-        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.utime(tmp, ns=(want.st_atime_ns, want.st_mtime_ns))
     os.replace(tmp, target)
 
 
