@@ -5,7 +5,9 @@ runs on one workspace)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -139,4 +141,77 @@ def test_resume_through_hal_serve_adopts_too(
         assert git(demo_repo, "show", f"hal/{task_id}:late.txt") == "late"
     finally:
         assert hal("serve", "--stop").returncode == 0
+    assert_no_leftovers(final)
+
+
+# Counts its runs, then leaves a file whose `git add` (a clean filter the agent configured
+# in its checkout, which collection honours inside the sandbox) waits for the test's `go`
+# (in .git: a file that appeared in the checkout mid-collection would be work left out).
+STALLED_COLLECTION = """\
+echo run >> runs.log
+git config filter.wait.clean \
+  'i=0; while [ ! -e .git/go ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; cat'
+mkdir -p .git/info && echo 'result.txt filter=wait' >> .git/info/attributes
+echo done > result.txt
+"""
+
+
+def test_a_daemon_killed_while_collecting_collects_again_after_restart(
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    # The agent's work is done when collection starts: a daemon killed then must not leave
+    # the task interrupted, for a resume that would run the agent (and pay for it) again.
+    home = Path(hal_env["HAL_HOME"])
+    assert hal("serve", "--detach").returncode == 0
+    try:
+        run = hal("run", "--detach", "--agent", "sh {{prompt_file}}", STALLED_COLLECTION)
+        assert run.returncode == 0, run.stderr
+        task_id = run.stdout.strip()
+        task = wait_for_status(hal, "collecting")
+        pid = json.loads((home / "run" / "serve.json").read_text())["pid"]
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not Path(f"/proc/{pid}").exists(), "the daemon to die")
+
+        assert hal("serve", "--detach").returncode == 0
+        Path(str(task["session_dir"]), "workspace", ".git", "go").touch()
+        wait_until(lambda: tasks_json(hal)[0]["status"] != "collecting", "the adoption", 60)
+        final = wait_for_status(hal, "succeeded", timeout=60)
+    finally:
+        assert hal("serve", "--stop").returncode == 0
+    assert git(demo_repo, "show", f"hal/{task_id}:result.txt") == "done"
+    assert git(demo_repo, "show", f"hal/{task_id}:runs.log") == "run", "the agent ran once"
+    out = hal("task", "events", task_id, "--json")
+    phases = [json.loads(line) for line in out.stdout.splitlines()]
+    moves = [(e["previous"], e["phase"]) for e in phases if e["type"] == "phase"]
+    assert moves[-4:] == [
+        ("collecting", "interrupted"),
+        ("interrupted", "running"),
+        ("running", "collecting"),
+        ("collecting", "succeeded"),
+    ], moves
+    assert_no_leftovers(final)
+
+
+def test_a_run_killed_while_collecting_is_collected_by_its_resume(
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    # The dead runner's collection lives on in the sandbox (its `git add` holds the index
+    # lock): the resume kills it and collects alone, without running the agent again.
+    alone = {**hal_env, "HAL_NO_DAEMON": "1"}
+    runner = start_hal(alone, demo_repo, "run", "--agent", "sh {{prompt_file}}",
+                       STALLED_COLLECTION)  # fmt: skip
+    task = wait_for_status(hal, "collecting")
+    runner.kill()
+    runner.communicate()
+    task_id = str(task["id"])
+    resumer = start_hal(alone, demo_repo, "task", "resume", task_id, "--json")
+    wait_until(lambda: tasks_json(hal)[0]["runner_pid"] == resumer.pid, "the resume's claim")
+    Path(str(task["session_dir"]), "workspace", ".git", "go").touch()
+    out, err = resumer.communicate(timeout=90)
+    final = json.loads(out)
+    assert resumer.returncode == 0 and final["status"] == "succeeded", (
+        final["status"], final["error_message"], err
+    )
+    assert git(demo_repo, "show", f"hal/{task_id}:result.txt") == "done"
+    assert git(demo_repo, "show", f"hal/{task_id}:runs.log") == "run", "the agent ran once"
     assert_no_leftovers(final)

@@ -10,20 +10,38 @@ write of a run).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 
 from hal9999.errors import HalError, RepoError, SecretInResult, TaskTimeout
 from hal9999.events.models import Message
-from hal9999.providers.base import Sandbox
+from hal9999.providers.base import Provider, Sandbox
 from hal9999.store import TaskRecord
 from hal9999.tasks import bringback, collect, gitrepo
 from hal9999.tasks.context import RunContext
 from hal9999.tasks.state import TaskStatus
 
+logger = logging.getLogger(__name__)
+
 Update = Callable[..., Awaitable[TaskRecord]]
 """The runner's ``update(task_id, **fields)``."""
 COLLECT_GRACE_S = 60.0
 """How long collecting may take after a timeout (the agent's work is still brought back)."""
+
+
+async def quiet_ended(provider: Provider, sandbox: Sandbox) -> Sandbox:
+    """The sandbox of an adopted run whose agent had already ended, with nothing left
+    running in it: the runner that died may have been collecting, and its commands live on
+    (a `git add` holding the checkout's index lock; two collections over one checkout).
+    Restarted, so every process of it is gone, then that lock dropped: no git holds it now.
+    Call it only once this process has claimed the task (never under another's run)."""
+    await provider.stop(sandbox.id)
+    sandbox = await provider.start(sandbox.id)
+    try:  # inside the sandbox: the checkout's paths are the agent's to point anywhere
+        await sandbox.remove(f"{sandbox.workdir}/.git/index.lock")
+    except HalError as exc:  # a checkout whose .git is not a directory: nothing to drop
+        logger.info("sandbox %s: %s", sandbox.id, exc.one_line())
+    return sandbox
 
 
 async def collect_result(ctx: RunContext, sandbox: Sandbox, update: Update) -> int:

@@ -4,9 +4,10 @@ Every task gets a truthful state and every sandbox an owner:
 
 - a task whose runner is alive elsewhere (a foreground ``hal run``) is left alone;
 - a queued task is queued again under this daemon;
-- a running (or interrupted) task whose agent still runs in tmux, or has ended with its exit
-  status recorded, is *adopted*: its log is followed from where its events stop, and it is
-  collected and finished as if nothing had happened;
+- a running, collecting (or interrupted) task whose agent still runs in tmux, or has ended
+  with its exit status recorded, is *adopted*: its log is followed from where its events
+  stop, and it is collected and finished as if nothing had happened (a collecting one is
+  collected again; its agent never runs twice);
 - any other task that was in flight is marked ``interrupted`` (resumable), and its process and
   sandbox are removed;
 - a sandbox no adopted or live task holds is an orphan and is destroyed; a sandbox recorded
@@ -56,6 +57,14 @@ class RecoveryReport:
     left_alone: list[str] = field(default_factory=list)
     orphans_destroyed: list[str] = field(default_factory=list)
     gone: list[str] = field(default_factory=list)
+
+
+def _died(task: TaskRecord) -> str:
+    """Why a task in flight is ``interrupted``."""
+    return (
+        f"the hal process running this task died while it was {task.status}; "
+        f"`hal task resume {task.id}` continues it"
+    )
 
 
 def replay(session: Session) -> tuple[int, list[str], Totals]:
@@ -116,6 +125,12 @@ class Recovery:
                     report.requeued.append(task.id)
                     continue
                 adopted = None
+                collecting = task.status == TaskStatus.COLLECTING
+                if collecting:
+                    # Its agent has ended and its work is in the sandbox: the task is carried
+                    # on like one whose runner died while the agent ran (collected again,
+                    # its agent never run again) when its sandbox lives.
+                    task = await asyncio.to_thread(self._mark_interrupted, task, _died(task))
                 if task.status in (TaskStatus.RUNNING, TaskStatus.INTERRUPTED):
                     adopted = await self.adoptable(task)
                 if adopted is not None:
@@ -133,6 +148,8 @@ class Recovery:
                 if task.status == TaskStatus.INTERRUPTED:
                     if task.sandbox_id or task.runner_pid:
                         await self.clean(task)
+                    if collecting:
+                        report.interrupted.append(task.id)
                 else:
                     await self.interrupt(task)
                     report.interrupted.append(task.id)
@@ -174,12 +191,8 @@ class Recovery:
     async def interrupt(self, task: TaskRecord) -> None:
         """Mark an in-flight task ``interrupted`` (resumable), remove its process and sandbox;
         raises :class:`TaskStateError` when another process moved or took it since."""
-        reason = (
-            f"the hal process running this task died while it was {task.status}; "
-            f"`hal task resume {task.id}` continues it"
-        )
         try:
-            await asyncio.to_thread(self._mark_interrupted, task, reason)
+            await asyncio.to_thread(self._mark_interrupted, task, _died(task))
         except TaskStateError:
             raise  # it moved since the listing: whoever moved it has it (left alone)
         except HalError as exc:
@@ -187,10 +200,10 @@ class Recovery:
             return
         await self.clean(task)
 
-    def _mark_interrupted(self, task: TaskRecord, reason: str) -> None:
+    def _mark_interrupted(self, task: TaskRecord, reason: str) -> TaskRecord:
         # In a thread: a write lock held by another process must not stall the loop.
         with self.service.events(task) as events:
-            transition(
+            _, record = transition(
                 self.store,
                 events,
                 task.id,
@@ -201,6 +214,7 @@ class Recovery:
                 error_code="interrupted",
                 error_message=reason,
             )
+        return record
 
     async def clean(self, task: TaskRecord) -> None:
         """Stop what an interrupted task left running (no agent to adopt). Claimed first,

@@ -56,6 +56,8 @@ class TaskRunner(LaunchSteps, FollowSteps):
                     else:
                         ctx.totals = ctx.adopted.totals
                         ctx.sandbox, ctx.pspec = ctx.adopted.sandbox, ctx.adopted.pspec
+                        if (await manager.status(ctx.pspec)).state == "exited":
+                            ctx.sandbox = await finish.quiet_ended(provider, ctx.sandbox)
                         ctx.gateway = await self.readopt_gateway(ctx, agent)
                         exit_code = await self.follow(
                             ctx,
