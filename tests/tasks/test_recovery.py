@@ -207,3 +207,40 @@ async def test_the_sweep_leaves_the_sandbox_of_a_resume_that_took_the_task_recor
     assert store.get_task("intr1234").sandbox_id == "resumed00000"
     assert store.get_task("idle1234").sandbox_id is None, "a gone sandbox is still forgotten"
     store.close()
+
+
+async def test_a_collecting_task_is_adopted_when_its_sandbox_lives_and_interrupted_if_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its agent has ended: with its sandbox it is collected again (never run again);
+    # without, it is interrupted (resumable) like any other task in flight.
+    home = tmp_path / "home"
+    store, service, fake, pool = pooled_service(home, "fake")
+    box = await fake.create(SandboxSpec(provider="fake", labels={"hal.task": "coll1234"}))
+    store.insert_task(make_task(home, "coll1234", "collecting", runner_pid=DEAD_PID,
+                                sandbox_id=box.id))  # fmt: skip
+    store.insert_task(make_task(home, "gone1234", "collecting", runner_pid=DEAD_PID,
+                                sandbox_id="0123456789ab"))  # fmt: skip
+
+    async def ended(service: TaskService, task: TaskRecord) -> ProcessStatus:
+        return ProcessStatus("exited", 0)
+
+    monkeypatch.setattr(recovery, "agent_status", ended)
+    monkeypatch.setattr(recovery, "adoption", lambda _s, _t, box: SimpleNamespace(sandbox=box))
+    report, adoptions = await Recovery(service, pool, PoolSource(pool), lambda n: fake).run()
+
+    assert [task.id for task, _ in adoptions] == ["coll1234"] and report.adopted == ["coll1234"]
+    adopted = store.get_task("coll1234")
+    assert adopted.status == "running" and adopted.runner_pid == os.getpid()
+    phases = [e for e in read_events(Session(Path(adopted.session_dir)).events)
+              if e.type == "phase"]  # fmt: skip
+    assert [(p.previous, p.phase) for p in phases] == [  # type: ignore[attr-defined]
+        ("collecting", "interrupted"),
+        ("interrupted", "running"),
+    ]
+    gone = store.get_task("gone1234")
+    assert report.interrupted == ["gone1234"]
+    assert gone.status == "interrupted" and gone.runner_pid is None and gone.sandbox_id is None
+    assert "collecting" in (gone.error_message or "")
+    assert [s.id for s in await fake.list()] == [box.id]
+    store.close()

@@ -130,7 +130,14 @@ class Recovery:
                     # Its agent has ended and its work is in the sandbox: the task is carried
                     # on like one whose runner died while the agent ran (collected again,
                     # its agent never run again) when its sandbox lives.
-                    task = await asyncio.to_thread(self._mark_interrupted, task, _died(task))
+                    try:
+                        task = await asyncio.to_thread(self._mark_interrupted, task, _died(task))
+                    except TaskStateError:
+                        raise  # it moved since the listing: whoever moved it has it
+                    except HalError as exc:
+                        logger.warning("task %s changed while recovering: %s", task.id,
+                                       exc.one_line())  # fmt: skip
+                        continue
                 if task.status in (TaskStatus.RUNNING, TaskStatus.INTERRUPTED):
                     adopted = await self.adoptable(task)
                 if adopted is not None:
