@@ -427,3 +427,44 @@ def test_follow_routes_refuse_bad_positions_in_one_line(
         with pytest.raises(ConfigError) as raised:
             asyncio.run(client.call("GET", path, query=query))
         assert "\n" not in str(raised.value), query
+
+
+def test_a_queued_task_whose_env_values_a_restart_dropped_fails_once_and_says_how(
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    # Values given with --env live in the daemon's memory only. After a kill -9 the task
+    # they were for cannot start: it must fail once, saying what it lacks and how to give
+    # it, not stay queued while the scheduler starts it again thousands of times a second.
+    home = Path(hal_env["HAL_HOME"])
+    one = {"HAL_MAX_CONCURRENT": "1"}
+    assert hal("serve", "--detach", env=one).returncode == 0
+    try:
+        wait = "sh -c 'i=0; while [ ! -e go ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done'"
+        blocker = hal("run", "--detach", "--agent", wait, "block").stdout.strip()
+        blocked = wait_status(hal, blocker, {"running"})
+        agent = "sh -c 'echo FOO=$FOO > foo.txt; true {{prompt_file}}'"
+        queued = hal("run", "--detach", "--env", "FOO=bar", "--agent", agent, "x").stdout.strip()
+        assert wait_status(hal, queued, {"queued"})
+        pid = serve_info(home)["pid"]
+        os.kill(pid, signal.SIGKILL)
+        poll("the daemon to die", lambda: not Path(f"/proc/{pid}").exists())
+
+        assert hal("serve", "--detach", env=one).returncode == 0
+        Path(str(blocked["session_dir"]), "workspace", "go").touch()  # the slot it waits for
+        assert wait_status(hal, blocker, {"succeeded"}, timeout=60)
+        failed = wait_status(hal, queued, {"failed", "succeeded"})
+        assert failed["status"] == "failed", failed
+        message = failed["error_message"]
+        assert "FOO is not set" in message and f"hal task resume {queued}" in message, message
+        time.sleep(1)  # a scheduler spinning on it would log thousands of lines meanwhile
+        log = (home / "run" / "serve.log").read_text()
+        assert log.count("FOO is not set") <= 2, "the scheduler did not spin on the task"
+
+        resumed = hal("task", "resume", queued, "--env", "FOO=again", "--json", timeout=90)
+        assert resumed.returncode == 0, resumed.stderr
+        assert json.loads(resumed.stdout)["status"] == "succeeded"
+    finally:
+        assert hal("serve", "--stop").returncode == 0
+    shown = subprocess.run(["git", "show", f"hal/{queued}:foo.txt"], cwd=demo_repo,
+                           capture_output=True, text=True, check=True)  # fmt: skip
+    assert shown.stdout == "FOO=again\n"

@@ -5,7 +5,8 @@ Order is priority (higher first), then age. A task names its providers in priori
 it is placed on the first whose running count is under its limit (so the first fills up
 and the rest take the overflow). Secrets given with a request (``--env KEY=VALUE`` and the
 values of forwarded names) are held in memory only, for as long as the task is queued or
-running; a daemon restart drops them, as it should.
+running; a daemon restart drops them, as it should, and a task that needs one then fails
+once, saying which and how to give it again (``TaskService.fail_unstarted``).
 """
 
 from __future__ import annotations
@@ -262,6 +263,11 @@ class Scheduler:
         except HalError as exc:
             logger.warning("task %s: %s", task_id, exc.one_line())
             self.submissions.pop(task_id, None)
+            # A run that failed before its task left `queued` (a value given with --env that
+            # a restart dropped, an agent or provider gone from the config since): recorded,
+            # or the wake below starts it again at once, thousands of times a second.
+            with contextlib.suppress(HalError):
+                await asyncio.to_thread(self.service.fail_unstarted, task_id, exc)
         except Exception:
             logger.exception("task %s: the runner failed", task_id)
             self.submissions.pop(task_id, None)

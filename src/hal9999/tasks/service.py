@@ -311,6 +311,27 @@ class TaskService:
             finally:
                 self.contexts.pop(task.id, None)
 
+    def fail_unstarted(self, task_id: str, error: HalError) -> None:
+        """Record ``error`` as the end of a task this process claimed but could not start
+        (still ``queued``: nothing was made for it), with the way to run it again; a task
+        that moved on, or another process took, is left as it is."""
+        task = self.store.get_task(task_id)
+        if task.status != TaskStatus.QUEUED or task.runner_pid not in (None, os.getpid()):
+            return
+        again = f"`hal task resume {task.id}` runs it again (--env NAME=VALUE gives a value)"
+        line = f"{error.message} ({f'{error.hint}; ' if error.hint else ''}{again})"
+        with self.events(task) as events:
+            try:
+                transition(
+                    self.store, events, task.id, TaskStatus.FAILED,
+                    expect=TaskStatus.QUEUED, detail=error.message,
+                    runner_pid=None, finished_at=time.time(),
+                    error_code=error.code, error_message=line,
+                )  # fmt: skip
+            except HalError:
+                return  # moved meanwhile: whoever moved it says what became of it
+            events.emit(TaskEnd(status=TaskStatus.FAILED.value, error_code=error.code, error=line))
+
     def detach(self, task_id: str) -> None:
         """Let a run in progress leave its agent running (a daemon shutting down)."""
         ctx = self.contexts.get(task_id)
