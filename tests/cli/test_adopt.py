@@ -147,10 +147,11 @@ def test_resume_through_hal_serve_adopts_too(
 # Counts its runs, then leaves a file whose `git add` (a clean filter the agent configured
 # in its checkout, which collection honours inside the sandbox) waits for the test's `go`
 # (in .git: a file that appeared in the checkout mid-collection would be work left out).
+# The first collection's filter also leaves `HEAD.lock`, as a `git commit` killed mid-way.
 STALLED_COLLECTION = """\
 echo run >> runs.log
-git config filter.wait.clean \
-  'i=0; while [ ! -e .git/go ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; cat'
+git config filter.wait.clean '[ -e .git/once ] || touch .git/once .git/HEAD.lock; \
+  i=0; while [ ! -e .git/go ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; cat'
 mkdir -p .git/info && echo 'result.txt filter=wait' >> .git/info/attributes
 echo done > result.txt
 """

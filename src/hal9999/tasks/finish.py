@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from hal9999.errors import HalError, RepoError, SecretInResult, TaskTimeout
 from hal9999.events.models import Message
 from hal9999.providers.base import Provider, Sandbox
+from hal9999.spec import ArgvCommand
 from hal9999.store import TaskRecord
 from hal9999.tasks import bringback, collect, gitrepo
 from hal9999.tasks.context import RunContext
@@ -32,15 +33,22 @@ COLLECT_GRACE_S = 60.0
 async def quiet_ended(provider: Provider, sandbox: Sandbox) -> Sandbox:
     """The sandbox of an adopted run whose agent had already ended, with nothing left
     running in it: the runner that died may have been collecting, and its commands live on
-    (a `git add` holding the checkout's index lock; two collections over one checkout).
-    Restarted, so every process of it is gone, then that lock dropped: no git holds it now.
-    Call it only once this process has claimed the task (never under another's run)."""
+    (a `git add` holding the checkout's index lock; two collections over one checkout) or
+    were killed mid-way (a `git commit` leaves `HEAD.lock`). Restarted, so every process of
+    it is gone, then the checkout's lock files dropped: no git holds one now. Call it only
+    once this process has claimed the task (never under another's run)."""
     await provider.stop(sandbox.id)
     sandbox = await provider.start(sandbox.id)
-    try:  # inside the sandbox: the checkout's paths are the agent's to point anywhere
-        await sandbox.remove(f"{sandbox.workdir}/.git/index.lock")
-    except HalError as exc:  # a checkout whose .git is not a directory: nothing to drop
-        logger.info("sandbox %s: %s", sandbox.id, exc.one_line())
+    # Inside the sandbox: the checkout's paths are the agent's to point anywhere.
+    stale = ArgvCommand(argv=("find", ".git", "-xdev", "-name", "*.lock", "-type", "f", "-delete"))
+    try:
+        result = await sandbox.exec(stale, timeout=60)
+    except HalError as exc:
+        logger.warning("sandbox %s: stale git locks: %s", sandbox.id, exc.one_line())
+    else:
+        if not result.ok:  # a checkout whose .git is no directory has none to drop
+            said = result.stderr.decode(errors="replace").strip()[:200]
+            logger.info("sandbox %s: stale git locks: %s", sandbox.id, said)
     return sandbox
 
 
