@@ -244,3 +244,35 @@ async def test_a_collecting_task_is_adopted_when_its_sandbox_lives_and_interrupt
     assert "collecting" in (gone.error_message or "")
     assert [s.id for s in await fake.list()] == [box.id]
     store.close()
+
+
+async def test_a_task_whose_agent_had_not_started_is_queued_again_up_to_the_retries(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    store, service, fake, pool = pooled_service(home, "fake")
+    box = await fake.create(SandboxSpec(provider="fake", labels={"hal.task": "prov1234"}))
+    store.insert_task(make_task(home, "prov1234", "provisioning", runner_pid=DEAD_PID,
+                                sandbox_id=box.id))  # fmt: skip
+    store.insert_task(make_task(home, "prep1234", "preparing", runner_pid=DEAD_PID,
+                                infra_retries=1))  # fmt: skip
+    store.insert_task(make_task(home, "runs1234", "running", runner_pid=DEAD_PID))
+    recovering = Recovery(service, pool, PoolSource(pool), lambda n: fake, retries=1)
+    report, adoptions = await recovering.run()
+
+    assert adoptions == [] and report.requeued == ["prov1234"]
+    assert sorted(report.interrupted) == ["prep1234", "runs1234"]
+    again = store.get_task("prov1234")
+    assert again.status == "queued" and again.runner_pid == os.getpid()
+    assert again.infra_retries == 1 and again.error_code is None and again.sandbox_id is None
+    phases = [e for e in read_events(Session(Path(again.session_dir)).events)
+              if e.type == "phase"]  # fmt: skip
+    assert [(p.previous, p.phase) for p in phases] == [  # type: ignore[attr-defined]
+        ("provisioning", "interrupted"),
+        ("interrupted", "queued"),
+    ]
+    assert await fake.list() == [], "its sandbox went with the interruption"
+    spent = store.get_task("prep1234")
+    assert spent.status == "interrupted" and spent.infra_retries == 1, "its retries are spent"
+    assert store.get_task("runs1234").status == "interrupted", "its agent had started"
+    store.close()

@@ -157,7 +157,10 @@ class Daemon:
         tail = IndexTail(self.store, self.bus, self.events_path)
         first_gseq = await asyncio.to_thread(self.store.last_gseq)
         token = self.files.ensure_token()
-        recovery = Recovery(self.service, self.pool, self.source, self.provider)
+        recovery = Recovery(
+            self.service, self.pool, self.source, self.provider,
+            retries=self.scheduler.settings.max_infra_retries,
+        )  # fmt: skip
         self.recovery, adoptions = await recovery.run()
         # The server stack is imported here: only `hal serve` pays for Starlette and uvicorn.
         from hal9999.server.app import ServerContext, build_app

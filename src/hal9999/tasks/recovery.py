@@ -9,7 +9,8 @@ Every task gets a truthful state and every sandbox an owner:
   stop, and it is collected and finished as if nothing had happened (a collecting one is
   collected again; its agent never runs twice);
 - any other task that was in flight is marked ``interrupted`` (resumable), and its process and
-  sandbox are removed;
+  sandbox are removed; one whose agent had not started (provisioning, preparing) is then
+  queued again, up to the scheduler's ``max_infra_retries`` times a task;
 - a sandbox no adopted or live task holds is an orphan and is destroyed; a sandbox recorded
   in the store but gone from its provider is forgotten, with a log line saying so.
 """
@@ -93,12 +94,17 @@ class Recovery:
         pool: WarmPool,
         source: PoolSource,
         providers: Callable[[str], Provider],
+        *,
+        retries: int = 0,
     ) -> None:
         self.service = service
         self.store = service.store
         self.pool = pool
         self.source = source
         self.providers = providers
+        self.retries = retries
+        """How many times a task whose agent had not started is queued again (its
+        ``infra_retries``); past that it is left ``interrupted``."""
 
     async def run(self) -> tuple[RecoveryReport, list[tuple[TaskRecord, Adopted]]]:
         """Reconcile everything; returns the report and the runs to carry on."""
@@ -158,8 +164,12 @@ class Recovery:
                     if collecting:
                         report.interrupted.append(task.id)
                 else:
+                    unstarted = task.status in (TaskStatus.PROVISIONING, TaskStatus.PREPARING)
                     await self.interrupt(task)
-                    report.interrupted.append(task.id)
+                    if unstarted and await asyncio.to_thread(self.requeue, task.id):
+                        report.requeued.append(task.id)
+                    else:
+                        report.interrupted.append(task.id)
             except TaskStateError as exc:  # another hal process took it since the listing
                 logger.warning("task %s left alone: %s", task.id, exc.one_line())
                 leave(task)
@@ -222,6 +232,31 @@ class Recovery:
                 error_message=reason,
             )
         return record
+
+    def requeue(self, task_id: str) -> bool:
+        """Queue again, under this daemon, a task just interrupted before its agent started:
+        nothing of it ran (no work to keep, nothing to pay for twice). At most
+        :attr:`retries` times a task, so one that takes its daemon down while it is prepared
+        does not do so forever; a task a resume took meanwhile is left to it."""
+        task = self.store.get_task(task_id)
+        if (
+            task.status != TaskStatus.INTERRUPTED
+            or task.runner_pid is not None
+            or task.infra_retries >= self.retries
+        ):
+            return False
+        with self.service.events(task) as events:
+            try:
+                transition(
+                    self.store, events, task.id, TaskStatus.QUEUED,
+                    expect=TaskStatus.INTERRUPTED,
+                    detail="queued again: its agent had not started",
+                    runner_pid=os.getpid(), infra_retries=task.infra_retries + 1,
+                    exit_code=None, error_code=None, error_message=None, finished_at=None,
+                )  # fmt: skip
+            except HalError:
+                return False  # moved meanwhile (a resume): whoever moved it has it
+        return True
 
     async def clean(self, task: TaskRecord) -> None:
         """Stop what an interrupted task left running (no agent to adopt). Claimed first,
