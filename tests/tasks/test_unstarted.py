@@ -1,6 +1,6 @@
 """A task its runner claimed but could not start is failed once, with the way to run it
-again (the scheduler would otherwise start it again at once); one that moved on, or that
-another live hal process holds, is left as it is."""
+again (the scheduler would otherwise start it again at once); one that moved on, that
+another live hal process holds, or whose claim failed, is left as it is."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ async def test_only_a_queued_task_this_process_holds_is_failed(tmp_path: Path) -
         store.insert_task(make_task(home, "mine1234", "queued", runner_pid=os.getpid()))
         store.insert_task(make_task(home, "held1234", "queued", runner_pid=other.pid))
         store.insert_task(make_task(home, "runs1234", "running", runner_pid=DEAD_PID))
-        for task_id in ("mine1234", "held1234", "runs1234"):
+        store.insert_task(make_task(home, "none1234", "queued"))  # its claim failed
+        for task_id in ("mine1234", "held1234", "runs1234", "none1234"):
             service.fail_unstarted(task_id, LACKING)
     finally:
         other.kill()
@@ -46,4 +47,5 @@ async def test_only_a_queued_task_this_process_holds_is_failed(tmp_path: Path) -
     assert store.get_task("held1234").status == "queued", "another live process holds it"
     assert store.get_task("held1234").runner_pid == other.pid
     assert store.get_task("runs1234").status == "running", "it moved on: not ours to end"
+    assert store.get_task("none1234").status == "queued", "never claimed here: not ours"
     store.close()

@@ -314,17 +314,19 @@ class TaskService:
     def fail_unstarted(self, task_id: str, error: HalError) -> None:
         """Record ``error`` as the end of a task this process claimed but could not start
         (still ``queued``: nothing was made for it), with the way to run it again; a task
-        that moved on, or another process took, is left as it is."""
+        that moved on, or that this process never claimed (the claim itself failed), is
+        left as it is."""
         task = self.store.get_task(task_id)
-        if task.status != TaskStatus.QUEUED or task.runner_pid not in (None, os.getpid()):
+        if task.status != TaskStatus.QUEUED or task.runner_pid != os.getpid():
             return
         again = f"`hal task resume {task.id}` runs it again (--env NAME=VALUE gives a value)"
-        line = f"{error.message} ({f'{error.hint}; ' if error.hint else ''}{again})"
-        with self.events(task) as events:
+        masker = self.masker(task)
+        line = masker.mask(f"{error.message} ({f'{error.hint}; ' if error.hint else ''}{again})")
+        with self.events(task, masker) as events:
             try:
                 transition(
                     self.store, events, task.id, TaskStatus.FAILED,
-                    expect=TaskStatus.QUEUED, detail=error.message,
+                    expect=TaskStatus.QUEUED, detail=masker.mask(error.message),
                     runner_pid=None, finished_at=time.time(),
                     error_code=error.code, error_message=line,
                 )  # fmt: skip
