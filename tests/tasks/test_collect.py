@@ -9,12 +9,14 @@ test_collect_programs.py; their shared world is in conftest.py.
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 from tests.tasks.conftest import BRANCH, HostileSandbox, World, git, run_collect
 
-from hal9999.errors import RepoError
+from hal9999.errors import DiskFull, RepoError
 
 
 async def test_collect_commits_leftovers_and_copies_patch_and_bundle(
@@ -102,3 +104,41 @@ async def test_a_failing_step_keeps_git_s_message_and_says_where_the_work_is(
     assert caught.value.message.startswith("reading the changes failed: ")
     assert "index" in caught.value.message
     assert caught.value.hint is not None and str(w.session.workspace) in caught.value.hint
+
+
+async def test_a_failed_step_names_no_patch_or_bundle_of_an_earlier_run(
+    world: tuple[World, HostileSandbox],
+) -> None:
+    """Nothing of a run whose collection failed is copied out: a patch and a bundle still in
+    the session are an earlier run's, and the hint must not send the user to them."""
+    w, sandbox = world
+    w.session.patch.write_text("an earlier run's patch\n")
+    w.session.bundle.write_bytes(b"an earlier run's bundle")
+    (w.session.workspace / ".git" / "index").write_bytes(b"corrupt index")
+    with pytest.raises(RepoError) as caught:
+        await run_collect(w, sandbox)
+    hint = caught.value.hint or ""
+    assert str(w.session.workspace) in hint and f"hal task resume {w.session.root.name}" in hint
+    assert str(w.session.patch) not in hint and str(w.session.bundle) not in hint
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs (root only)")
+async def test_a_full_disk_is_named_with_what_to_do(world: tuple[World, HostileSandbox]) -> None:
+    """The result directory is written on the disk that holds the session; when it is full,
+    the error says so, not only git's own words."""
+    w, sandbox = world
+    (w.session.workspace / "big.txt").write_bytes(os.urandom(1 << 20).hex().encode())
+    home = w.session.home
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(home)], check=True)
+    try:
+        with pytest.raises(DiskFull) as caught:
+            await run_collect(w, sandbox)
+    finally:
+        subprocess.run(["umount", "-l", str(home)], check=True)
+    message = caught.value.message
+    assert message.startswith("the disk holding hal's home is full (bundling the branch failed: ")
+    assert (caught.value.hint or "").startswith("free space on it; the work is safe in the ")
+    assert "big.txt" in subprocess.run(
+        ["git", "-C", str(w.session.workspace), "show", "--stat", "HEAD"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip

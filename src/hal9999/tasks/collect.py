@@ -17,7 +17,7 @@ import secrets
 from dataclasses import dataclass
 
 from hal9999 import agentfs
-from hal9999.errors import HalError, RepoError, UnsafePath
+from hal9999.errors import DiskFull, HalError, RepoError, UnsafePath
 from hal9999.providers.base import Sandbox
 from hal9999.spec import ArgvCommand
 from hal9999.tasks import mirror
@@ -213,14 +213,26 @@ async def collect(
     )
 
 
-def _script_error(stderr: bytes, session: Session) -> RepoError:
+_DISK_FULL = ("no space left on device", "out of diskspace", "disk quota exceeded")
+"""How git and the shell say a write found the disk full (ENOSPC, EDQUOT)."""
+
+
+def _script_error(stderr: bytes, session: Session) -> RepoError | DiskFull:
+    """The failed step and git's message; the hint names the checkout only: nothing of this
+    run was copied out, and a patch or bundle left in the session is an earlier run's."""
     lines = stderr.decode("utf-8", "replace").strip().splitlines()
     steps = [line[len("hal-step: ") :] for line in lines if line.startswith("hal-step: ")]
     errors = "\n".join(line for line in lines if not line.startswith("hal-step: "))
     what = steps[-1] if steps else "collecting the result"
-    return RepoError(
-        f"{what} failed: {git_message(errors.encode())}", hint=safe_in_session(session)
-    )
+    message = f"{what} failed: {git_message(errors.encode())}"
+    task_id = session.root.name
+    again = f"`hal task resume {task_id}` runs its agent there again and collects what it leaves"
+    hint = f"the work is safe in the session checkout {session.workspace}; {again}"
+    if any(sign in errors.lower() for sign in _DISK_FULL):
+        return DiskFull(
+            f"the disk holding hal's home is full ({message})", hint=f"free space on it; {hint}"
+        )
+    return RepoError(message, hint=hint)
 
 
 def _copy_out(session: Session, out: str) -> tuple[int, int | None, tuple[str, ...]]:
