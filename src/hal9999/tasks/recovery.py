@@ -366,7 +366,9 @@ def mark_adopted(service: TaskService, task: TaskRecord, by: str) -> TaskRecord:
                 error_code=None,
                 error_message=None,
             )
-        events.emit(Message(text=f"adopted by {by} (pid {os.getpid()}); the agent kept running"))
+        # Said of a live agent and of one that ended with its runner (collected again) alike.
+        text = f"adopted by {by} (pid {os.getpid()}); its sandbox lived on, its agent runs once"
+        events.emit(Message(text=text))
     return record
 
 
