@@ -160,6 +160,16 @@ class PoolLending:
             )
             await asyncio.to_thread(store.put_sandbox, row)
 
+    async def _record_behind(self, entry: Entry) -> None:
+        """:meth:`_record` of the entry as it is by then, awaited by nobody: no claim waits for
+        a row (issue 16: under load a write waits ~90 ms for the lock and a thread, and a
+        reset writing its row under ``_cond`` held every claim that long). The row is only
+        read by a later daemon's recovery, which goes by provider and id."""
+        try:
+            await self._record(entry)
+        except Exception:  # nobody awaits it; the next write of the entry carries it
+            logger.exception("recording sandbox %s failed", entry.id)
+
     # -- claim and release ---------------------------------------------------------------
     async def claim(
         self,
@@ -227,7 +237,8 @@ class PoolLending:
         if isinstance(provider, WorkspaceAttach):
             await provider.attach_workspace(entry.id, spec)
         sandbox = await provider.get(entry.id)
-        await self._record(entry, last_used_at=time.time())
+        entry.last_used_at = time.time()  # state and task were set by the claim
+        self._spawn(self._record_behind(entry))
         return sandbox
 
     async def release(self, lease: Lease, *, reuse: bool = True, wait: bool = True) -> None:
@@ -269,11 +280,14 @@ class PoolLending:
         except Exception:  # a background reset has nobody to raise to
             logger.exception("resetting sandbox %s failed, destroying it", entry.id)
         else:
-            async with self._cond:
-                if not self.paused:
-                    await self._record(entry, state="idle", last_used_at=time.time())
+            async with self._cond:  # idle and claimable at once; its row is written after
+                idle = not self.paused
+                if idle:
+                    entry.state, entry.last_used_at = "idle", time.time()
                     self._cond.notify_all()
-                    return
+            if idle:
+                await self._record_behind(entry)
+                return
         await self._destroy(entry)
 
     async def _reset(self, entry: Entry) -> None:

@@ -67,9 +67,10 @@ class WarmPool(PoolLending):
         except BaseException:
             await self._destroy(entry)
             raise
-        async with self._cond:
-            await self._record(entry, id=sandbox.id, state="idle", last_used_at=time.time())
+        async with self._cond:  # claimable at once; its row is written after
+            entry.state, entry.last_used_at = "idle", time.time()
             self._cond.notify_all()
+        await self._record(entry)
 
     def warm_floor(self, key: str) -> int:
         """How many idle sandboxes of ``key`` the keeper keeps."""

@@ -1,0 +1,60 @@
+"""A claim never waits for the store's write of a sandbox row (issue 16: under load a row's
+write waited ~90 ms for the write lock and a thread, and a reset wrote its sandbox's row
+while it held the pool's lock, so every claim waited that long too); the rows still end
+with each sandbox's latest state."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+from tests.pool.test_background_reset import GatedReset, spec_of
+
+from hal9999.pool import ProviderSettings, SlotDir, WarmPool
+from hal9999.store import Store
+from hal9999.store.records import SandboxRow
+
+
+class HeldWrites(Store):
+    """A store whose sandbox writes wait for :attr:`go` once :attr:`hold` is set."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.hold = threading.Event()
+        self.held = threading.Event()
+        self.go = threading.Event()
+
+    def put_sandbox(self, row: SandboxRow) -> None:
+        if self.hold.is_set():
+            self.held.set()
+            assert self.go.wait(30), "the test never let the write go"
+        super().put_sandbox(row)
+
+
+async def test_a_claim_waits_for_no_row_write_and_the_rows_end_current(tmp_path: Path) -> None:
+    store = HeldWrites(tmp_path / "hal.db")
+    provider = GatedReset(tmp_path / "state")
+    provider.gate.set()
+    settings = ProviderSettings.model_validate({"max_size": 2})
+    pool = WarmPool(
+        providers=lambda name: provider,
+        settings=lambda name: settings,
+        slots=SlotDir(tmp_path / "slots"),
+        store=store,
+    )
+    assert await pool.warm(spec_of(tmp_path, 0), 2) == 2
+    first = await pool.claim(spec_of(tmp_path, 1), task_id="t1")
+    store.hold.set()
+    # The first sandbox comes back; its reset ends and its idle row's write is held.
+    await pool.release(first, wait=False)
+    assert await asyncio.to_thread(store.held.wait, 10)
+    try:
+        second = await asyncio.wait_for(pool.claim(spec_of(tmp_path, 2), task_id="t2"), 5)
+    finally:
+        store.go.set()
+    assert second.warm and second.sandbox.id != first.sandbox.id
+    await pool.close()  # the writes left behind land
+    rows = {row.id: (row.state, row.task_id) for row in store.list_sandboxes()}
+    assert rows == {first.sandbox.id: ("idle", None), second.sandbox.id: ("leased", "t2")}
+    store.close()
