@@ -136,14 +136,10 @@ class Recovery:
                     # Its agent has ended and its work is in the sandbox: the task is carried
                     # on like one whose runner died while the agent ran (collected again,
                     # its agent never run again) when its sandbox lives.
-                    try:
-                        task = await asyncio.to_thread(self._mark_interrupted, task, _died(task))
-                    except TaskStateError:
-                        raise  # it moved since the listing: whoever moved it has it
-                    except HalError as exc:
-                        logger.warning("task %s changed while recovering: %s", task.id,
-                                       exc.one_line())  # fmt: skip
+                    marked = await self.mark_died(task)
+                    if marked is None:
                         continue
+                    task = marked
                 if task.status in (TaskStatus.RUNNING, TaskStatus.INTERRUPTED):
                     adopted = await self.adoptable(task)
                 if adopted is not None:
@@ -208,14 +204,20 @@ class Recovery:
     async def interrupt(self, task: TaskRecord) -> None:
         """Mark an in-flight task ``interrupted`` (resumable), remove its process and sandbox;
         raises :class:`TaskStateError` when another process moved or took it since."""
+        if await self.mark_died(task) is not None:
+            await self.clean(task)
+
+    async def mark_died(self, task: TaskRecord) -> TaskRecord | None:
+        """Mark an in-flight task ``interrupted`` because its runner died; its record then, or
+        None (logged) when the mark failed for another reason; raises
+        :class:`TaskStateError` when another process moved or took it since."""
         try:
-            await asyncio.to_thread(self._mark_interrupted, task, _died(task))
+            return await asyncio.to_thread(self._mark_interrupted, task, _died(task))
         except TaskStateError:
             raise  # it moved since the listing: whoever moved it has it (left alone)
         except HalError as exc:
             logger.warning("task %s changed while recovering: %s", task.id, exc.one_line())
-            return
-        await self.clean(task)
+            return None
 
     def _mark_interrupted(self, task: TaskRecord, reason: str) -> TaskRecord:
         # In a thread: a write lock held by another process must not stall the loop.
