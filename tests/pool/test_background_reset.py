@@ -45,9 +45,11 @@ def spec_of(root: Path, n: int) -> SandboxSpec:
     )
 
 
-def make(tmp_path: Path, store: Store | None = None) -> tuple[GatedReset, WarmPool]:
+def make(
+    tmp_path: Path, store: Store | None = None, *, max_size: int = 1
+) -> tuple[GatedReset, WarmPool]:
     provider = GatedReset(tmp_path / "state")
-    settings = ProviderSettings.model_validate({"max_size": 1})
+    settings = ProviderSettings.model_validate({"max_size": max_size})
     pool = WarmPool(
         providers=lambda name: provider,
         settings=lambda name: settings,

@@ -9,9 +9,8 @@ import asyncio
 import threading
 from pathlib import Path
 
-from tests.pool.test_background_reset import GatedReset, spec_of
+from tests.pool.test_background_reset import make, spec_of
 
-from hal9999.pool import ProviderSettings, SlotDir, WarmPool
 from hal9999.store import Store
 from hal9999.store.records import SandboxRow
 
@@ -34,15 +33,8 @@ class HeldWrites(Store):
 
 async def test_a_claim_waits_for_no_row_write_and_the_rows_end_current(tmp_path: Path) -> None:
     store = HeldWrites(tmp_path / "hal.db")
-    provider = GatedReset(tmp_path / "state")
+    provider, pool = make(tmp_path, store, max_size=2)
     provider.gate.set()
-    settings = ProviderSettings.model_validate({"max_size": 2})
-    pool = WarmPool(
-        providers=lambda name: provider,
-        settings=lambda name: settings,
-        slots=SlotDir(tmp_path / "slots"),
-        store=store,
-    )
     assert await pool.warm(spec_of(tmp_path, 0), 2) == 2
     first = await pool.claim(spec_of(tmp_path, 1), task_id="t1")
     store.hold.set()

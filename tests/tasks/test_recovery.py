@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from hal9999.config import HalConfig
+from hal9999.events.models import Phase
 from hal9999.events.reader import read_events
 from hal9999.pool import ProviderSettings, SlotDir, WarmPool
 from hal9999.process.base import ProcessStatus
@@ -209,6 +210,12 @@ async def test_the_sweep_leaves_the_sandbox_of_a_resume_that_took_the_task_recor
     store.close()
 
 
+def phase_steps(task: TaskRecord) -> list[tuple[str | None, str]]:
+    """The task's phase changes, (previous, phase), from its event log."""
+    events = read_events(Session(Path(task.session_dir)).events)
+    return [(e.previous, e.phase) for e in events if isinstance(e, Phase)]
+
+
 async def test_a_collecting_task_is_adopted_when_its_sandbox_lives_and_interrupted_if_not(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -232,9 +239,7 @@ async def test_a_collecting_task_is_adopted_when_its_sandbox_lives_and_interrupt
     assert [task.id for task, _ in adoptions] == ["coll1234"] and report.adopted == ["coll1234"]
     adopted = store.get_task("coll1234")
     assert adopted.status == "running" and adopted.runner_pid == os.getpid()
-    phases = [e for e in read_events(Session(Path(adopted.session_dir)).events)
-              if e.type == "phase"]  # fmt: skip
-    assert [(p.previous, p.phase) for p in phases] == [  # type: ignore[attr-defined]
+    assert phase_steps(adopted) == [
         ("collecting", "interrupted"),
         ("interrupted", "running"),
     ]
@@ -265,9 +270,7 @@ async def test_a_task_whose_agent_had_not_started_is_queued_again_up_to_the_retr
     again = store.get_task("prov1234")
     assert again.status == "queued" and again.runner_pid == os.getpid()
     assert again.infra_retries == 1 and again.error_code is None and again.sandbox_id is None
-    phases = [e for e in read_events(Session(Path(again.session_dir)).events)
-              if e.type == "phase"]  # fmt: skip
-    assert [(p.previous, p.phase) for p in phases] == [  # type: ignore[attr-defined]
+    assert phase_steps(again) == [
         ("provisioning", "interrupted"),
         ("interrupted", "queued"),
     ]
