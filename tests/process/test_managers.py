@@ -282,3 +282,55 @@ asyncio.run(main())
     assert exits.read_text().strip() == "0"
     pane_env = env_file.read_text().splitlines()
     assert not [line for line in pane_env if line.startswith("LD_PRELOAD=")]
+
+
+@pytest.mark.tmux
+async def test_tmux_status_asks_the_kernel_not_tmux(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whether a run lives is read from /proc for the pane's recorded process (issue 16: a
+    ``tmux has-session`` every second for each running agent): a killed supervisor is seen
+    as gone, a reused pid is not taken for it, a run without the record asks tmux."""
+    import signal
+
+    from hal9999.process import tmux as tmux_module
+    from hal9999.process.base import process_started
+
+    manager = TmuxProcessManager()
+    spec = spec_for(tmp_path, ArgvCommand(argv=("sleep", "300")))
+    await manager.start(sandbox, spec)
+    try:
+        record = spec.exit_path.with_name(f".{spec.exit_path.name}.pane")
+        pid, started = map(int, record.read_text().split())
+        assert process_started(pid) == started
+        panes = subprocess.run(
+            ["tmux", "-S", str(manager.socket(spec)), "list-panes", "-F", "#{pane_pid}"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert panes.stdout.split() == [str(pid)]
+        asked: list[list[str]] = []
+        real_run_host = tmux_module.run_host
+
+        async def counting(argv: list[str], **kwargs: object) -> tuple[int, str]:
+            asked.append(list(argv))
+            return await real_run_host(argv, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(tmux_module, "run_host", counting)
+        assert (await manager.status(spec)).state == "running"
+        assert asked == []
+        # Another live process under the recorded pid would have another start time.
+        record.write_text(f"{pid} {started + 1}\n")
+        assert (await manager.status(spec)).state == "missing"
+        # No record (a run started by an older hal): tmux is asked, as before.
+        record.unlink()
+        assert (await manager.status(spec)).state == "running"
+        assert any("has-session" in argv for argv in asked)
+        record.write_text(f"{pid} {started}\n")
+        os.kill(pid, signal.SIGKILL)  # the supervisor dies without writing its exit status
+        deadline = time.monotonic() + 10
+        while (await manager.status(spec)).state == "running" and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert (await manager.status(spec)).state == "missing"
+    finally:
+        await manager.stop(spec)
+    assert not record.exists()

@@ -63,3 +63,18 @@ def read_exit_status(path: Path) -> int | None:
         return int(text)
     except ValueError:
         return None
+
+
+def process_started(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, ``/proc/<pid>/stat`` field 22),
+    or None when there is no such live process (gone, or a zombie): with the pid, it names
+    one process, where a pid alone may name a later one that reused it."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            fields = file.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    # fields[0] is field 3 (the state); a zombie has ended, whether reaped yet or not.
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])

@@ -9,6 +9,12 @@ The server loads :data:`NO_UTMP_BUILT` where ``scripts/setup.sh`` built it: tmux
 utmp login for the pane through libutempter's setgid helper (an agent is not a login; two
 processes and ~1.5 ms of CPU a task, issue 16). ``LD_PRELOAD`` names it for the server only:
 the server's global environment drops it before the pane opens.
+
+Whether a run still lives is asked of the kernel, not of tmux: the pane's process (the
+supervisor) is recorded with its start time when the session opens, and :meth:`status` reads
+``/proc`` for it. A ``tmux has-session`` (a fork and exec, and a tmux client's CPU) every
+second for every running agent made a daemon with 100 idle agents use ~0.4 of a core (issue
+16); a run recorded by an older hal, without the record, is still asked of tmux.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from hal9999.errors import ProcessError
-from hal9999.process.base import ProcessStatus, read_exit_status
+from hal9999.process.base import ProcessStatus, process_started, read_exit_status
 from hal9999.process.launch import run_host, supervised
 from hal9999.providers.base import Sandbox
 from hal9999.providers.sandboxuser import trusted_program
@@ -69,7 +75,7 @@ class TmuxProcessManager:
             server_env["LD_PRELOAD"] = self._no_utmp
             preload = ["set-environment", "-g", "-u", "LD_PRELOAD", ";"]  # not the pane's
         cwd = str(launch.cwd) if launch.cwd else str(spec.log_path.parent)
-        await run_host(
+        _, out = await run_host(
             [
                 *base,
                 # Before the agent's pane exists: the agent must not write the clipboard of
@@ -84,6 +90,9 @@ class TmuxProcessManager:
                 ";",
                 "new-session",
                 "-d",
+                "-P",  # print the pane's process, to be watched through /proc
+                "-F",
+                "#{pane_pid}",
                 "-s",
                 spec.name,
                 "-x",
@@ -97,12 +106,19 @@ class TmuxProcessManager:
             ],
             env=server_env,
         )
+        _record_pane(spec, out)
 
     async def status(self, spec: ProcessSpec) -> ProcessStatus:
         """Exited (with status) once the exit file exists; running while the session lives."""
         code = read_exit_status(spec.exit_path)
         if code is not None:
             return ProcessStatus("exited", code)
+        alive = _pane_alive(spec)
+        if alive is not None:
+            if alive:
+                return ProcessStatus("running")
+            code = read_exit_status(spec.exit_path)  # it may have ended since the first read
+            return ProcessStatus("exited", code) if code is not None else ProcessStatus("missing")
         if self._tmux is None or not self.socket(spec).exists():
             return ProcessStatus("missing")
         status, _ = await run_host([*self._base(spec), "has-session", "-t", spec.name], check=False)
@@ -116,10 +132,45 @@ class TmuxProcessManager:
         """Kill the tmux server; the supervisor passes SIGHUP on to the process group."""
         sock = self.socket(spec)
         if self._tmux is None or not sock.exists():
+            _pane_file(spec).unlink(missing_ok=True)
             return
         await run_host([*self._base(spec), "kill-server"], check=False)
         sock.unlink(missing_ok=True)
+        _pane_file(spec).unlink(missing_ok=True)
 
     def attach_command(self, spec: ProcessSpec) -> list[str] | None:
         """``tmux attach`` to the live session."""
         return [*self._base(spec), "attach-session", "-t", spec.name]
+
+
+def _pane_file(spec: ProcessSpec) -> Path:
+    """The pane's process and its start time, beside the exit file (in the session's run
+    directory, which no sandbox sees)."""
+    return spec.exit_path.with_name(f".{spec.exit_path.name}.pane")
+
+
+def _record_pane(spec: ProcessSpec, printed: str) -> None:
+    """Record the pane's process that ``new-session -P`` printed; nothing when the output
+    is not a pid or the process is gone already (``status`` then asks tmux, as before)."""
+    lines = printed.strip().splitlines()
+    if not lines or not lines[-1].strip().isdigit():
+        return
+    pid = int(lines[-1])
+    started = process_started(pid)
+    if started is None:
+        return
+    path = _pane_file(spec)
+    tmp = path.with_name(f"{path.name}.tmp")
+    tmp.write_text(f"{pid} {started}\n")
+    tmp.replace(path)
+
+
+def _pane_alive(spec: ProcessSpec) -> bool | None:
+    """Whether the recorded pane process lives (the same process: a reused pid has another
+    start time); None when there is no record."""
+    try:
+        pid_text, started_text = _pane_file(spec).read_text().split()
+        pid, started = int(pid_text), int(started_text)
+    except (OSError, ValueError):
+        return None
+    return process_started(pid) == started

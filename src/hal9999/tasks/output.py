@@ -6,6 +6,7 @@ writer of the task's events and emits them from here, in log order.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,6 +32,19 @@ def file_size(path: Path) -> int:
         return 0
 
 
+def _whole_utf8(data: bytes) -> int:
+    """Where ``data`` ends but for a UTF-8 sequence whose remaining bytes have not arrived
+    (held back until they do); a complete one at the end is not held."""
+    cut = len(data)
+    while cut > 0 and len(data) - cut < 3 and (data[cut - 1] & 0xC0) == 0x80:
+        cut -= 1
+    if cut == 0 or data[cut - 1] < 0xC0:
+        return len(data)  # ASCII at the end, or continuation bytes without a lead: as they are
+    lead = data[cut - 1]
+    needs = 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
+    return len(data) if len(data) - (cut - 1) >= needs else cut - 1
+
+
 class OutputFollower:
     """Reads a run's log and parsed-events file from where its events stop, and emits."""
 
@@ -50,9 +64,37 @@ class OutputFollower:
         self.recorded = 0
         self.capped = False
         self.cap = cap
+        self.idle_since: tuple[int, ...] | None = None
+        """What the log and parsed-events files looked like at the start of the last pump
+        that found nothing to emit: while they look the same, there is nothing new."""
+
+    def _files(self) -> tuple[int, ...]:
+        """Inode and size of the log and the parsed-events file (-1 for one not there): both
+        only grow, so the same figures mean nothing was written since."""
+        figures: list[int] = []
+        for path in (self.ctx.session.log, self.pspec.events_path):
+            try:
+                st = os.stat(path) if path is not None else None
+            except FileNotFoundError:
+                st = None
+            figures += (st.st_ino, st.st_size) if st is not None else (-1, -1)
+        return tuple(figures)
 
     def pump(self, final: bool = False) -> bool:
-        """Emit what is new; returns whether there may be more to read right away."""
+        """Emit what is new; returns whether there may be more to read right away.
+
+        Between an agent's bursts of output most pumps find nothing: two ``stat`` calls then
+        stand in for opening and reading both files (issue 16: 100 idle agents)."""
+        files = None if final else self._files()
+        if files is not None and files == self.idle_since:
+            return False
+        before = (self.offset, self.parsed_offset)
+        more = self._pump(final)
+        quiet = not more and (self.offset, self.parsed_offset) == before
+        self.idle_since = files if quiet else None
+        return more
+
+    def _pump(self, final: bool) -> bool:
         try:
             with self.ctx.session.log.open("rb") as fh:
                 fh.seek(self.offset)
@@ -62,13 +104,8 @@ class OutputFollower:
         more = len(data) == _READ_CHUNK
         self.offset += len(data)
         data = self.pending + data
-        # Hold back an incomplete UTF-8 sequence until its remaining bytes arrive.
-        cut = len(data)
         last = final and not more
-        while not last and cut > 0 and len(data) - cut < 4 and (data[cut - 1] & 0xC0) == 0x80:
-            cut -= 1
-        if not last and cut > 0 and data[cut - 1] >= 0xC0:
-            cut -= 1
+        cut = len(data) if last else _whole_utf8(data)
         self.pending, data = data[cut:], data[:cut]
         log_end = self.offset - len(self.pending)
         more = self.emit_parsed(log_end, everything=last) or more
