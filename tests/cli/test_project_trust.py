@@ -100,3 +100,8 @@ def test_hal_trust_without_a_file(hal: Hal, tmp_path: Path) -> None:
     out = hal("trust", cwd=tmp_path)
     assert out.returncode == 3
     assert "no hal.toml" in out.stderr and "Traceback" not in out.stderr
+    out = hal("trust", str(tmp_path / "team.toml"), cwd=tmp_path)
+    assert out.returncode == 3
+    # It named "no team.toml at .../team.toml" and told to run hal trust elsewhere.
+    assert f"no file at {tmp_path / 'team.toml'}" in out.stderr, out.stderr
+    assert "or give its path" in out.stderr

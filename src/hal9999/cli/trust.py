@@ -32,8 +32,11 @@ def _read(file: Path) -> bytes:
     try:
         return read_regular(file, str(file))
     except FileNotFoundError:
+        # A path the user named may be any file; `hal trust` alone looks for hal.toml.
+        what = CONFIG_FILE_NAME if file.name == CONFIG_FILE_NAME else "file"
         raise NotFoundError(
-            f"no {file.name} at {file}", hint="run hal trust in the directory that has it"
+            f"no {what} at {file}",
+            hint=f"run hal trust in the directory that has {CONFIG_FILE_NAME}, or give its path",
         ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read {file}: {exc.strerror or exc}") from exc
