@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -89,3 +90,38 @@ async def test_zero_means_unlimited_and_no_file_outgrows_the_disk_limit(
     lift = await sandbox.exec(ShellCommand(script="ulimit -f unlimited && ulimit -f"))
     assert not lift.ok, lift.text()
     assert (workspace / "big").stat().st_size == 1 << 20
+
+
+async def test_a_tree_slow_to_walk_is_walked_less_often(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``du`` runs at most DISK_CHECK_SHARE of the time for a task (issue 16): a walk that took
+    0.3 s is next due 30 s later, not 10; a quick one keeps the 10 s; never past a minute."""
+    now = [1000.0]
+    monkeypatch.setattr(limits.time, "monotonic", lambda: now[0])
+    walks: list[float] = []
+
+    class Watched:
+        def __init__(self, walk: float) -> None:
+            self.walk = walk
+
+        async def disk_use(self) -> limits.DiskUse:
+            walks.append(now[0])
+            now[0] += self.walk
+            return limits.DiskUse(1, 1 << 30)
+
+    async def walked_at(walk: float, until: float) -> list[float]:
+        walks.clear()
+        now[0] = 1000.0
+        dog = limits.DiskWatchdog(Watched(walk), tmp_path)
+        while now[0] < 1000.0 + until:
+            await dog.check()
+            now[0] += 0.25  # the follower's quiet look
+        return [round(b - a) for a, b in itertools.pairwise(walks)]
+
+    quick = await walked_at(0.002, 120)
+    assert quick[:3] == [2, 4, 8] and set(quick[4:]) == {10}, quick
+    slow = await walked_at(0.3, 300)
+    assert slow and set(slow[1:]) == {30}, slow
+    huge = await walked_at(5.0, 400)
+    assert huge and set(huge[1:]) == {65}, huge  # 5 s of walk, then the 60 s cap

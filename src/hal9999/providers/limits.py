@@ -33,6 +33,11 @@ MIN_DEFAULT_MEMORY_MB = 512
 FIRST_DISK_CHECK_S = 1.0
 DISK_CHECK_S = 10.0
 """The watchdog measures after 1 s, then backs off to every 10 s (``du`` walks the tree)."""
+DISK_CHECK_SHARE = 0.01
+MAX_DISK_CHECK_S = 60.0
+"""A tree that takes longer to walk is walked less often: ``du`` runs at most 1 % of the
+time for each task (and at least once a minute), so a thousand agents on large checkouts
+do not keep the host's cores walking trees (issue 16)."""
 BALLAST_NAME = ".disk-reserve"
 BALLAST_BYTES = 4 << 20
 """Reserved in hal's home: room to record a task's end and clean up on a full disk."""
@@ -203,9 +208,12 @@ class DiskWatchdog:
             )
         if self.sandbox is None or time.monotonic() < self._due:
             return
+        began = time.monotonic()
         use = await self.sandbox.disk_use()
+        ended = time.monotonic()
         self._interval = min(self._interval * 2, DISK_CHECK_S)
-        self._due = time.monotonic() + self._interval
+        walk = min((ended - began) / DISK_CHECK_SHARE, MAX_DISK_CHECK_S)
+        self._due = ended + max(self._interval, walk)
         if use.limit_bytes is None:
             self.sandbox = None  # no limit: nothing more to measure
         elif use.over:
