@@ -294,15 +294,16 @@ async def test_tmux_status_asks_the_kernel_not_tmux(
     import signal
 
     from hal9999.process import tmux as tmux_module
-    from hal9999.process.base import process_started
+    from hal9999.process.base import boot_id, process_started
 
     manager = TmuxProcessManager()
     spec = spec_for(tmp_path, ArgvCommand(argv=("sleep", "300")))
     await manager.start(sandbox, spec)
     try:
         record = spec.exit_path.with_name(f".{spec.exit_path.name}.pane")
-        pid, started = map(int, record.read_text().split())
-        assert process_started(pid) == started
+        pid_text, started_text, boot = record.read_text().split()
+        pid, started = int(pid_text), int(started_text)
+        assert process_started(pid) == started and boot == boot_id()
         panes = subprocess.run(
             ["tmux", "-S", str(manager.socket(spec)), "list-panes", "-F", "#{pane_pid}"],
             capture_output=True, text=True, check=True,
@@ -318,14 +319,18 @@ async def test_tmux_status_asks_the_kernel_not_tmux(
         monkeypatch.setattr(tmux_module, "run_host", counting)
         assert (await manager.status(spec)).state == "running"
         assert asked == []
-        # Another live process under the recorded pid would have another start time.
-        record.write_text(f"{pid} {started + 1}\n")
+        # Another live process under the recorded pid would have another start time, and
+        # after a reboot the same pid and start time name another process.
+        record.write_text(f"{pid} {started + 1} {boot}\n")
+        assert (await manager.status(spec)).state == "missing"
+        record.write_text(f"{pid} {started} 00000000-0000-0000-0000-000000000000\n")
         assert (await manager.status(spec)).state == "missing"
         # No record (a run started by an older hal): tmux is asked, as before.
         record.unlink()
         assert (await manager.status(spec)).state == "running"
         assert any("has-session" in argv for argv in asked)
-        record.write_text(f"{pid} {started}\n")
+        record.write_text(f"{pid} {started} {boot}\n")
+        assert (await manager.status(spec)).state == "running"
         os.kill(pid, signal.SIGKILL)  # the supervisor dies without writing its exit status
         deadline = time.monotonic() + 10
         while (await manager.status(spec)).state == "running" and time.monotonic() < deadline:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
@@ -78,3 +79,13 @@ def process_started(pid: int) -> int | None:
     if fields[0] in (b"Z", b"X"):
         return None
     return int(fields[19])
+
+
+@cache
+def boot_id() -> str:
+    """This boot of the host (start times in ``/proc`` count from it)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as file:
+            return file.read().strip() or "-"
+    except OSError:
+        return "-"

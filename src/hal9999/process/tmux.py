@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from hal9999.errors import ProcessError
-from hal9999.process.base import ProcessStatus, process_started, read_exit_status
+from hal9999.process.base import ProcessStatus, boot_id, process_started, read_exit_status
 from hal9999.process.launch import run_host, supervised
 from hal9999.providers.base import Sandbox
 from hal9999.providers.sandboxuser import trusted_program
@@ -161,16 +161,16 @@ def _record_pane(spec: ProcessSpec, printed: str) -> None:
         return
     path = _pane_file(spec)
     tmp = path.with_name(f"{path.name}.tmp")
-    tmp.write_text(f"{pid} {started}\n")
+    tmp.write_text(f"{pid} {started} {boot_id()}\n")
     tmp.replace(path)
 
 
 def _pane_alive(spec: ProcessSpec) -> bool | None:
     """Whether the recorded pane process lives (the same process: a reused pid has another
-    start time); None when there is no record."""
+    start time, and after a reboot the boot differs); None when there is no record."""
     try:
-        pid_text, started_text = _pane_file(spec).read_text().split()
+        pid_text, started_text, boot = _pane_file(spec).read_text().split()
         pid, started = int(pid_text), int(started_text)
     except (OSError, ValueError):
         return None
-    return process_started(pid) == started
+    return boot == boot_id() and process_started(pid) == started
