@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
@@ -79,13 +78,3 @@ def process_started(pid: int) -> int | None:
     if fields[0] in (b"Z", b"X"):
         return None
     return int(fields[19])
-
-
-@cache
-def boot_id() -> str:
-    """This boot of the host (start times in ``/proc`` count from it)."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as file:
-            return file.read().strip() or "-"
-    except OSError:
-        return "-"

@@ -10,11 +10,12 @@ utmp login for the pane through libutempter's setgid helper (an agent is not a l
 processes and ~1.5 ms of CPU a task, issue 16). ``LD_PRELOAD`` names it for the server only:
 the server's global environment drops it before the pane opens.
 
-Whether a run still lives is asked of the kernel, not of tmux: the pane's process (the
-supervisor) is recorded with its start time when the session opens, and :meth:`status` reads
-``/proc`` for it. A ``tmux has-session`` (a fork and exec, and a tmux client's CPU) every
-second for every running agent made a daemon with 100 idle agents use ~0.4 of a core (issue
-16); a run recorded by an older hal, without the record, is still asked of tmux.
+Whether a run still lives is asked of the kernel, not of tmux: the manager learns the pane's
+process (the supervisor) and its start time once, from ``new-session -P`` when it starts
+the run, or from one ``display-message`` for a run it did not start (an adopted one), and
+:meth:`status` reads ``/proc`` for it after that. A ``tmux has-session`` (a fork and exec,
+and a tmux client's CPU) every second for every running agent made a daemon with 100 idle
+agents use ~0.4 of a core (issue 16).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from hal9999.errors import ProcessError
-from hal9999.process.base import ProcessStatus, boot_id, process_started, read_exit_status
+from hal9999.process.base import ProcessStatus, process_started, read_exit_status
 from hal9999.process.launch import run_host, supervised
 from hal9999.providers.base import Sandbox
 from hal9999.providers.sandboxuser import trusted_program
@@ -49,6 +50,8 @@ class TmuxProcessManager:
         self._tmux = shutil.which("tmux")
         # As trustworthy as hal's own code, as the launcher must be: tmux runs it.
         self._no_utmp = trusted_program(NO_UTMP_BUILT)
+        self._panes: dict[Path, tuple[int, int]] = {}
+        """Per socket, the pane's process and its start time (a reused pid has another)."""
 
     def socket(self, spec: ProcessSpec) -> Path:
         """The tmux socket of the process (derived from its log path and name)."""
@@ -106,71 +109,51 @@ class TmuxProcessManager:
             ],
             env=server_env,
         )
-        _record_pane(spec, out)
+        self._remember(spec, out)
 
     async def status(self, spec: ProcessSpec) -> ProcessStatus:
         """Exited (with status) once the exit file exists; running while the session lives."""
         code = read_exit_status(spec.exit_path)
         if code is not None:
             return ProcessStatus("exited", code)
-        alive = _pane_alive(spec)
-        if alive is not None:
-            if alive:
-                return ProcessStatus("running")
-            code = read_exit_status(spec.exit_path)  # it may have ended since the first read
-            return ProcessStatus("exited", code) if code is not None else ProcessStatus("missing")
-        if self._tmux is None or not self.socket(spec).exists():
-            return ProcessStatus("missing")
-        status, _ = await run_host([*self._base(spec), "has-session", "-t", spec.name], check=False)
-        if status == 0:
+        socket = self.socket(spec)
+        pane = self._panes.get(socket)
+        if pane is None and self._tmux is not None and socket.exists():
+            # A run this manager did not start: tmux names its pane once (and fails as
+            # has-session did when the session is gone).
+            status, out = await run_host(
+                [*self._base(spec), "display-message", "-p", "-t", spec.name, "#{pane_pid}"],
+                check=False,
+            )
+            if status == 0:
+                self._remember(spec, out)
+                pane = self._panes.get(socket)
+        if pane is not None and process_started(pane[0]) == pane[1]:
             return ProcessStatus("running")
-        # The session may have ended between the two checks.
+        self._panes.pop(socket, None)
+        # The process may have ended, writing its status, since the first read.
         code = read_exit_status(spec.exit_path)
         return ProcessStatus("exited", code) if code is not None else ProcessStatus("missing")
+
+    def _remember(self, spec: ProcessSpec, printed: str) -> None:
+        """Note the pane's process tmux printed (``#{pane_pid}``); nothing when the output
+        is not a pid or the process is gone already."""
+        lines = printed.strip().splitlines()
+        if lines and lines[-1].strip().isdigit():
+            pid = int(lines[-1])
+            started = process_started(pid)
+            if started is not None:
+                self._panes[self.socket(spec)] = (pid, started)
 
     async def stop(self, spec: ProcessSpec) -> None:
         """Kill the tmux server; the supervisor passes SIGHUP on to the process group."""
         sock = self.socket(spec)
+        self._panes.pop(sock, None)
         if self._tmux is None or not sock.exists():
-            _pane_file(spec).unlink(missing_ok=True)
             return
         await run_host([*self._base(spec), "kill-server"], check=False)
         sock.unlink(missing_ok=True)
-        _pane_file(spec).unlink(missing_ok=True)
 
     def attach_command(self, spec: ProcessSpec) -> list[str] | None:
         """``tmux attach`` to the live session."""
         return [*self._base(spec), "attach-session", "-t", spec.name]
-
-
-def _pane_file(spec: ProcessSpec) -> Path:
-    """The pane's process and its start time, beside the exit file (in the session's run
-    directory, which no sandbox sees)."""
-    return spec.exit_path.with_name(f".{spec.exit_path.name}.pane")
-
-
-def _record_pane(spec: ProcessSpec, printed: str) -> None:
-    """Record the pane's process that ``new-session -P`` printed; nothing when the output
-    is not a pid or the process is gone already (``status`` then asks tmux, as before)."""
-    lines = printed.strip().splitlines()
-    if not lines or not lines[-1].strip().isdigit():
-        return
-    pid = int(lines[-1])
-    started = process_started(pid)
-    if started is None:
-        return
-    path = _pane_file(spec)
-    tmp = path.with_name(f"{path.name}.tmp")
-    tmp.write_text(f"{pid} {started} {boot_id()}\n")
-    tmp.replace(path)
-
-
-def _pane_alive(spec: ProcessSpec) -> bool | None:
-    """Whether the recorded pane process lives (the same process: a reused pid has another
-    start time, and after a reboot the boot differs); None when there is no record."""
-    try:
-        pid_text, started_text, boot = _pane_file(spec).read_text().split()
-        pid, started = int(pid_text), int(started_text)
-    except (OSError, ValueError):
-        return None
-    return boot == boot_id() and process_started(pid) == started
