@@ -195,7 +195,9 @@ def test_kill_9_mid_run_then_restart_leaves_nothing_behind(
             old = [(e["seq"], e["type"]) for e in before[task_id]]
             assert [(e["seq"], e["type"]) for e in events[: len(old)]] == old
             assert Path(task["session_dir"], "workspace", "calc.py").exists()
-            assert task["status"] != "failed", task
+            # The error first: pytest cuts a long dict short, and this names why it failed.
+            why = (task.get("error_code"), task.get("error_message"))
+            assert task["status"] != "failed", (why, task)
         for task_id, task in final.items():
             if task["status"] == "interrupted":
                 out = hal("task", "resume", task_id, "--json", timeout=90)
