@@ -74,7 +74,8 @@ def process_started(pid: int) -> int | None:
             fields = file.read().rsplit(b")", 1)[1].split()
     except OSError:
         return None
-    # fields[0] is field 3 (the state); a zombie has ended, whether reaped yet or not.
-    if fields[0] in (b"Z", b"X"):
+    # fields[0] is field 3 (the state); a zombie has ended, whether reaped yet or not
+    # ("x" is how kernels before 4.14 wrote dead).
+    if fields[0] in (b"Z", b"X", b"x"):
         return None
     return int(fields[19])

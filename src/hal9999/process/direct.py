@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from hal9999.errors import ProcessError
-from hal9999.process.base import ProcessStatus, read_exit_status
+from hal9999.process.base import ProcessStatus, process_started, read_exit_status
 from hal9999.process.forkserver import ForkServerClient, ServerUnavailable
 from hal9999.process.launch import FORK_SERVER, SUPERVISOR, supervised
 from hal9999.providers.base import Sandbox
@@ -31,18 +31,8 @@ def _pid_file(spec: ProcessSpec) -> Path:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child still answers kill(0); it has ended all the same.
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    # Not kill(0): a zombie child still answers it, and it has ended all the same.
+    return process_started(pid) is not None
 
 
 class _Starts:
