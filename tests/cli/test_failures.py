@@ -165,6 +165,52 @@ def test_kill_9_then_list_tells_truth_and_stop_cleans(
     assert "done.txt" in Path(final["session_dir"], "result.patch").read_text()
 
 
+def supervisor_of(task: dict[str, object]) -> int | None:
+    """The pid of the supervisor of the task's agent (it records the agent's exit status)."""
+    log = str(Path(str(task["session_dir"]), "agent.log")).encode()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        # Not the tmux server, whose command line holds the supervisor's too.
+        ours = any(b"process.supervisor" in arg for arg in argv[:5]) and b"--log" in argv
+        if ours and argv[argv.index(b"--log") + 1] == log:
+            return int(pid)
+    return None
+
+
+def test_an_agent_whose_supervisor_died_has_its_work_brought_back(
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    # The supervisor (killed by the OOM killer, or kill -9) records no exit status: the run
+    # fails, but what the agent did is collected like after a timeout, and nothing of the
+    # agent, which its supervisor no longer stops, outlives the run.
+    agent = "sh -c 'echo edit > new.txt; sleep 60'"
+    proc = start_hal(hal_env, demo_repo, "run", "--agent", agent, "x", "--json")
+    task = wait_for_status(hal, "running")
+    workspace = Path(str(task["session_dir"]), "workspace")
+    deadline = time.monotonic() + 30
+    while not (workspace / "new.txt").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pid = supervisor_of(task)
+    assert pid is not None, "the agent runs under its supervisor"
+    os.kill(pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err
+    task = json.loads(out)
+    assert task["status"] == "failed" and task["error_code"] == "agent_failed", task
+    assert "without an exit status" in str(task["error_message"])
+    assert "new.txt" in Path(str(task["session_dir"]), "result.patch").read_text()
+    shown = subprocess.run(
+        ["git", "show", f"{task['branch']}:new.txt"], cwd=demo_repo, capture_output=True, text=True
+    )
+    assert shown.stdout == "edit\n", shown.stderr
+    assert_no_leftovers(task)
+
+
 def test_stop_and_cancel_a_detached_task(hal: Hal) -> None:
     out = hal("run", "--detach", "--agent", "sleep 60", "wait")
     task_id = out.stdout.strip()

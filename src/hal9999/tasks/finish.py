@@ -2,9 +2,9 @@
 and the errors that say why a run stopped early.
 
 :func:`collect_result` runs once the agent has exited (status ``collecting``);
-:func:`collect_leftovers` keeps what a run cut short by its timeout or disk limit did. Both
-write to the task's record only through the runner's ``update`` (a thread, as every store
-write of a run).
+:func:`collect_leftovers` keeps what a run cut short by its timeout or disk limit (or an
+agent that vanished) did. Both write to the task's record only through the runner's
+``update`` (a thread, as every store write of a run).
 """
 
 from __future__ import annotations
@@ -118,13 +118,25 @@ async def collect_quietly(ctx: RunContext, sandbox: Sandbox | None, update: Upda
         return 0
 
 
-async def collect_leftovers(ctx: RunContext, update: Update) -> int:
+async def collect_leftovers(
+    ctx: RunContext, update: Update, quiet: Provider | None = None
+) -> int:
     """After a timeout or a disk limit (which a watchdog enforces, so collection still has
-    room to write): keep what the agent did, within :data:`COLLECT_GRACE_S`."""
+    room to write), or an agent that vanished: keep what the agent did, within
+    :data:`COLLECT_GRACE_S`. With ``quiet`` (the sandbox's provider) the sandbox is
+    restarted first (:func:`quiet_ended`): an agent whose supervisor died is stopped by
+    nothing else, and would go on writing while its work is collected."""
     if ctx.pspec is None:
         return 0  # the agent never ran
     try:
         async with asyncio.timeout(COLLECT_GRACE_S):
+            if quiet is not None and ctx.sandbox is not None:
+                try:
+                    ctx.sandbox = await quiet_ended(quiet, ctx.sandbox)
+                except HalError as exc:
+                    text = f"collecting failed: {exc.one_line()}"
+                    ctx.events.emit(Message(level="warning", text=text))
+                    return 0
             return await collect_quietly(ctx, ctx.sandbox, update)
     except TimeoutError:
         ctx.events.emit(

@@ -99,10 +99,13 @@ class TaskRunner(LaunchSteps, FollowSteps):
             )
         except Superseded:
             return self.store.get_task(task.id)
-        except (TaskTimeout, DiskLimitExceeded) as exc:
+        except (TaskTimeout, DiskLimitExceeded, AgentFailed) as exc:
+            # AgentFailed is raised in the run only by `follow`, for an agent that vanished
+            # without an exit status (its supervisor killed): its work is kept all the same.
             if ctx.pspec is not None:
                 await manager.stop(ctx.pspec)
-            files = await finish.collect_leftovers(ctx, self.update)
+            vanished = provider if isinstance(exc, AgentFailed) else None
+            files = await finish.collect_leftovers(ctx, self.update, quiet=vanished)
             ended = TaskStatus.TIMED_OUT if isinstance(exc, TaskTimeout) else TaskStatus.FAILED
             return await self.finish(ctx, ended, started, exit_code, error=exc, files=files)
         except HalError as exc:
