@@ -118,9 +118,7 @@ async def collect_quietly(ctx: RunContext, sandbox: Sandbox | None, update: Upda
         return 0
 
 
-async def collect_leftovers(
-    ctx: RunContext, update: Update, quiet: Provider | None = None
-) -> int:
+async def collect_leftovers(ctx: RunContext, update: Update, quiet: Provider | None = None) -> int:
     """After a timeout or a disk limit (which a watchdog enforces, so collection still has
     room to write), or an agent that vanished: keep what the agent did, within
     :data:`COLLECT_GRACE_S`. With ``quiet`` (the sandbox's provider) the sandbox is
@@ -139,9 +137,7 @@ async def collect_leftovers(
                     return 0
             return await collect_quietly(ctx, ctx.sandbox, update)
     except TimeoutError:
-        ctx.events.emit(
-            Message(level="warning", text="collecting after the timeout took too long")
-        )
+        ctx.events.emit(Message(level="warning", text="collecting after the timeout took too long"))
         return 0
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hal9999.agents.base import Agent
-from hal9999.errors import AgentFailed, TaskTimeout
+from hal9999.errors import AgentVanished, TaskTimeout
 from hal9999.process.base import ProcessManager, read_exit_status
 from hal9999.process.caplog import log_cap_from
 from hal9999.process.supervisor import ended_path
@@ -204,5 +204,5 @@ class FollowSteps(RunnerCore):
             current = self.store.get_task(ctx.task.id)
             if current.status in TAKEN_AWAY:
                 raise Superseded(current.status)
-            raise AgentFailed("the agent process vanished without an exit status")
+            raise AgentVanished("the agent process vanished without an exit status")
         return status.exit_code

@@ -15,7 +15,14 @@ import time
 from typing import Any
 
 from hal9999.agents.registry import resolve_agent
-from hal9999.errors import AgentFailed, DiskLimitExceeded, HalError, TaskNotFound, TaskTimeout
+from hal9999.errors import (
+    AgentFailed,
+    AgentVanished,
+    DiskLimitExceeded,
+    HalError,
+    TaskNotFound,
+    TaskTimeout,
+)
 from hal9999.events.models import TaskEnd
 from hal9999.providers.base import Provider, Sandbox
 from hal9999.store import TaskRecord
@@ -99,12 +106,10 @@ class TaskRunner(LaunchSteps, FollowSteps):
             )
         except Superseded:
             return self.store.get_task(task.id)
-        except (TaskTimeout, DiskLimitExceeded, AgentFailed) as exc:
-            # AgentFailed is raised in the run only by `follow`, for an agent that vanished
-            # without an exit status (its supervisor killed): its work is kept all the same.
+        except (TaskTimeout, DiskLimitExceeded, AgentVanished) as exc:
             if ctx.pspec is not None:
                 await manager.stop(ctx.pspec)
-            vanished = provider if isinstance(exc, AgentFailed) else None
+            vanished = provider if isinstance(exc, AgentVanished) else None
             files = await finish.collect_leftovers(ctx, self.update, quiet=vanished)
             ended = TaskStatus.TIMED_OUT if isinstance(exc, TaskTimeout) else TaskStatus.FAILED
             return await self.finish(ctx, ended, started, exit_code, error=exc, files=files)
