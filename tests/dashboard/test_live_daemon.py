@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from tests.cli.conftest import BUGGY_CALC, commit_repo, git, private_env
 
@@ -214,6 +215,31 @@ def test_secrets_are_masked_on_the_page(browser: Any, hal: Hal, shot: Any) -> No
     assert secret not in page.content()
     assert "[REDACTED]" in page.inner_text("#log")
     shot(page)
+
+
+def test_a_patch_the_scan_refused_is_never_shown_unmasked(hal: Hal) -> None:
+    # The client's secret reaches the daemon only for the run: afterwards the daemon cannot
+    # mask it, so a patch that still holds it (the refused result, as the agent wrote it)
+    # is withheld, while a result scanned clean is shown.
+    secret = "pw-" + "Tr0ub4dor&3x"
+    hal.env["DASH_PASSWORD"] = secret
+    ran = {}
+    try:
+        for name, text in (("leaked", '"$DASH_PASSWORD"'), ("clean", "nothing")):
+            agent = f"sh -c 'echo {text} > {name}.txt'"
+            ran[name] = hal("run", "--json", "--secret", "DASH_PASSWORD", "--agent", agent, "x")
+    finally:
+        del hal.env["DASH_PASSWORD"]
+    leaked, clean = (json.loads(ran[name].stdout) for name in ("leaked", "clean"))
+    assert leaked["error_code"] == "secret_in_result", ran["leaked"].stderr
+    assert clean["status"] == "succeeded", ran["clean"].stderr
+    with httpx.Client(base_url=hal.base, follow_redirects=False) as client:  # type: ignore[attr-defined]
+        assert client.get(hal.link()).status_code == 303
+        refused = client.get(f"/files/tasks/{leaked['id']}/patch")
+        shown = client.get(f"/files/tasks/{clean['id']}/patch")
+    assert secret not in refused.text
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "task_state"
+    assert shown.status_code == 200 and "+nothing" in shown.text
 
 
 def test_hive_question_and_proposals_through_the_real_api(

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hal9999.agentfs import AgentDir
-from hal9999.errors import HalError, UnsafePath
+from hal9999.errors import HalError, TaskStateError, UnsafePath
 from hal9999.tasks.session import Session
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ def _read_patch(daemon: Daemon, task_id: str) -> tuple[str, str | None]:
         if session.kind(patch.name) is None:
             return record.id, None
         data = session.read_bytes(patch.name, limit=PATCH_LIMIT)
-    return record.id, daemon.service.masker(record).mask(data.decode("utf-8", "replace"))
+    return record.id, daemon.service.shown_patch(record, data.decode("utf-8", "replace"))
 
 
 async def task_patch(daemon: Daemon, task_id: str) -> Response:
@@ -37,7 +37,7 @@ async def task_patch(daemon: Daemon, task_id: str) -> Response:
 
     try:
         found, data = await asyncio.to_thread(_read_patch, daemon, task_id)
-    except UnsafePath as exc:
+    except (UnsafePath, TaskStateError) as exc:
         return JSONResponse({"error": {"code": exc.code, "message": str(exc)}}, 409)
     except HalError as exc:
         return JSONResponse({"error": {"code": exc.code, "message": str(exc)}}, 404)

@@ -137,6 +137,25 @@ class TaskService:
                 found[name] = value
         return found
 
+    def shown_patch(self, task: TaskRecord, text: str) -> str:
+        """``text`` (the task's patch, or its head) masked for a reader who is not the run's
+        caller (the dashboard, a hive agent). A patch the scan for secrets did not clear
+        (a result refused for holding one, work collection could not bring back) is refused
+        when a secret of the task has no value here: a daemon never keeps those its client
+        sent, and the patch is the agent's, as written."""
+        kinds = EnvKinds.load(self.env_kinds_path(task))
+        marked = set(self.agent_secret_names(task)) | set(kinds.secret)
+        literal = set(kinds.literal) - marked
+        names = iter_unique(task.env_keys, sorted(marked))
+        unknown = [n for n in names if n not in literal and n not in self.environ]
+        if unknown and not self.session(task).patch_checked.exists():
+            raise TaskStateError(
+                f"the patch of task {task.id} was not cleared of its secrets and "
+                f"{', '.join(unknown)} cannot be masked here",
+                hint=f"read it with `hal task diff {task.id}` where the secrets are set",
+            )
+        return self.masker(task).mask(text)
+
     def agent_secret_names(self, task: TaskRecord) -> list[str]:
         """Host variables that are secrets for this task: its agent's API key variable and
         the ``secrets`` names of the config."""

@@ -86,6 +86,12 @@ class Session:
         return self.root / "result.patch"
 
     @property
+    def patch_checked(self) -> Path:
+        """Present while ``result.patch`` is the one hal wrote after the result was scanned
+        clean of the task's secrets (absent: it may be the agent's, secrets and all)."""
+        return self.run_dir / "patch-checked"
+
+    @property
     def bundle(self) -> Path:
         """The branch as a git bundle."""
         return self.root / "result.bundle"
