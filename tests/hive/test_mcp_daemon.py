@@ -62,3 +62,45 @@ async def test_the_daemon_serves_agents_and_runs_their_sub_tasks(
     assert "+    return a + b" in result["patch"]
     assert [m.sender for m in broker.inbox(store, "operator")] == ["alpha"]
     store.close()
+
+
+async def test_task_result_never_hands_over_a_sub_tasks_secret(
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    # A config secret of the daemon's reaches every sub-task; one that writes it into the
+    # checkout is refused, and the patch it leaves in its session is the agent's, secret
+    # and all: the agent that started the sub-task gets it masked.
+    secret = "hive-" + "Tr0ub4dor&3x"
+    config = Path(hal_env["XDG_CONFIG_HOME"]) / "hal9999"
+    config.mkdir(parents=True)
+    (config / "config.toml").write_text('secrets = ["HIVE_PASSWORD"]\n')
+    out = hal("serve", "--detach", "--json", env={"HIVE_PASSWORD": secret})
+    assert out.returncode == 0, out.stderr
+    home = Path(hal_env["HAL_HOME"])
+    store = Store.open(home)
+    try:
+        now = time.time()
+        record = AgentRecord(
+            name="alpha", agent="sh -c 'echo \"$HIVE_PASSWORD\" > leaked.txt'",
+            provider="bwrap", repo=str(demo_repo), created_at=now, updated_at=now,
+        )  # fmt: skip
+        insert_agent(store, record)
+        sock = McpPaths(home).socket("alpha")
+        poll("alpha's MCP socket", sock.exists, timeout=15)
+        async with connect(sock) as alpha:
+            failed, started = await call(alpha, "run_task", prompt="leak it")
+            assert not failed, started
+            deadline = time.monotonic() + 90
+            while True:
+                failed, result = await call(alpha, "task_result", id=started["task"])
+                assert not failed, result
+                if "note" not in result or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.5)
+    finally:
+        store.close()
+        stopped = hal("serve", "--stop")
+        assert stopped.returncode == 0, stopped.stderr
+    assert "secret" in result.get("error", ""), result
+    assert secret not in str(result)
+    assert "+[REDACTED]" in result["patch"]

@@ -43,6 +43,9 @@ class FakeTasks:
     async def get(self, task_id: str) -> TaskRecord:
         return self.records[task_id]
 
+    async def shown_patch(self, task: TaskRecord, text: str) -> str:
+        return text
+
 
 @dataclass
 class World:

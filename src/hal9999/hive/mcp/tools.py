@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hal9999.errors import HalError, UsageError
+from hal9999.errors import HalError, TaskStateError, UsageError
 from hal9999.hive import broker
 from hal9999.store import Store, TaskRecord
 from hal9999.tasks.request import RunRequest
@@ -56,6 +56,11 @@ class Delegate(Protocol):
 
     async def get(self, task_id: str) -> TaskRecord:
         """One task by id."""
+        ...
+
+    async def shown_patch(self, task: TaskRecord, text: str) -> str:
+        """``text`` of ``task``'s patch masked for a reader other than its caller (a
+        TaskStateError when it cannot be)."""
         ...
 
 
@@ -309,7 +314,10 @@ async def task_result(caller: Caller, args: TaskIdArgs) -> str:
     patch = Session(Path(task.session_dir)).patch
     text = await caller.hive.db(_read_head, patch, RESULT_PATCH_CHARS)
     data["base_commit"] = task.base_commit
-    data["patch"] = text
+    try:  # the sub-task's secrets stay out of the caller's context like out of its log
+        data["patch"] = await _delegate(caller.hive).shown_patch(task, text)
+    except TaskStateError as exc:
+        data["note"] = exc.message
     return dump(data)
 
 

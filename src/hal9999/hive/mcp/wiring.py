@@ -40,6 +40,10 @@ class DaemonTasks:
         """One task, as the store has it."""
         return await asyncio.to_thread(self.daemon.store.get_task, task_id)
 
+    async def shown_patch(self, task: TaskRecord, text: str) -> str:
+        """The patch's ``text`` masked with the task's secrets, as the dashboard shows it."""
+        return await asyncio.to_thread(self.daemon.service.shown_patch, task, text)
+
 
 def hub_for(daemon: Daemon) -> McpHub:
     """The daemon's MCP hub (serving starts with :meth:`McpHub.run_forever`)."""
