@@ -232,3 +232,38 @@ def test_credential_file_values_are_masked_and_reinstalled_on_resume(
     assert log.count("user: octocat") == 2  # installed again for the second run
     assert token not in log
     assert not (session / "home" / ".config" / "gh" / "hosts.yml").exists()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://bob:Tr0ub4dor3x@127.0.0.1:9/x.git",
+        "https://ghp_Tr0ub4dor3x0123456789@127.0.0.1:9/x.git",
+        "ssh://git:Tr0ub4dor3x@127.0.0.1:9/x.git",
+    ],
+)
+@pytest.mark.parametrize("via_daemon", [False, True])
+def test_a_repo_url_with_credentials_is_refused_before_anything_keeps_it(
+    hal: Hal, url: str, via_daemon: bool
+) -> None:
+    # The URL is the task's `repo`: its record, its events, the dashboard and host git's
+    # command line would all show the password. Refused up front, the password not echoed.
+    if via_daemon:
+        assert hal("serve", "--detach").returncode == 0
+    try:
+        out = hal("run", "--repo", url, "--agent", "true {{prompt_file}}", "x")
+        assert out.returncode == 4, out.stderr
+        assert "carries credentials in its URL" in out.stderr
+        assert "credential.helper" in out.stderr
+        assert "Tr0ub4dor3x" not in out.stdout + out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert tasks_json(hal) == []
+    finally:
+        if via_daemon:
+            assert hal("serve", "--stop").returncode == 0
+
+
+def test_a_repo_url_with_a_user_name_only_is_not_refused(hal: Hal) -> None:
+    # ssh://git@ and https://alice@ (Bitbucket's clone URLs) name a user, not a secret.
+    out = hal("run", "--repo", "https://alice@127.0.0.1:9/x.git", "--agent", "true", "x")
+    assert "carries credentials" not in out.stderr

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from hal9999.errors import RepoError
 from hal9999.procs import kill_group_until_gone
@@ -123,6 +124,7 @@ def resolve_source_blocking(repo: str | None, cwd: Path) -> RepoSource:
 def _source_or_path(repo: str | None, cwd: Path) -> RepoSource | Path:
     """A URL's source, or the existing directory a local ``--repo`` (or ``cwd``) names."""
     if repo and _URL.match(repo):
+        _refuse_credentials(repo)
         return RepoSource("url", repo)
     try:
         path = (cwd / repo).resolve() if repo else cwd.resolve()
@@ -144,6 +146,29 @@ def _source_or_path(repo: str | None, cwd: Path) -> RepoSource | Path:
             hint="pass --repo with the repository's directory or a git URL",
         )
     return path
+
+
+_TOKEN_USERS = ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "glpat-", "x-access-token")
+"""User names that are tokens (GitHub's and GitLab's): ``https://TOKEN@host/...``."""
+
+
+def _refuse_credentials(url: str) -> None:
+    """RepoError for a URL that carries a password or a token: the task's record, its events,
+    the dashboard and host git's command line would all show it."""
+    try:
+        parts = urlsplit(url)
+        user, password = parts.username, parts.password
+    except ValueError:  # an invalid port or bracket: git says what is wrong with it
+        return
+    if password is None and not (user or "").lower().startswith(_TOKEN_USERS):
+        return
+    shown = f"{parts.scheme}://***@{parts.hostname or ''}{parts.path}"
+    raise RepoError(
+        f"--repo {shown} carries credentials in its URL, which hal would keep in the task's "
+        "record and show in its events",
+        hint="leave them out of the URL and set up a git credential helper, e.g. "
+        "`git config --global credential.helper store`, or use an ssh URL",
+    )
 
 
 async def _git_top(path: Path) -> RepoSource:
