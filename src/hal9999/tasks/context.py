@@ -68,6 +68,10 @@ class RunContext:
     """Called with each event the agent's output yields (parsed events and output chunks)."""
     mask_names: tuple[str, ...] = ()
     """Exec-time variables whose values are secrets (the supervisor masks them)."""
+    checks_patch: bool = False
+    """The task has variables that may hold secrets: collection marks the patch it scanned
+    clean (``run/patch-checked``, see :meth:`TaskService.shown_patch`); a task without any
+    never needs the mark, or the inode."""
     log_start: int | None = None
     """Size of the log when this run's agent started (where its output begins)."""
     totals: Totals = field(default_factory=Totals)

@@ -60,7 +60,8 @@ async def collect_result(ctx: RunContext, sandbox: Sandbox, update: Update) -> i
     """
     task, session = ctx.task, ctx.session
     assert task.base_commit is not None
-    await asyncio.to_thread(session.patch_checked.unlink, missing_ok=True)
+    if ctx.checks_patch:  # until this collection's scan clears it (TaskService.shown_patch)
+        await asyncio.to_thread(session.patch_checked.unlink, missing_ok=True)
     result = await collect.collect(
         sandbox,
         session,
@@ -101,7 +102,8 @@ async def collect_result(ctx: RunContext, sandbox: Sandbox, update: Update) -> i
                 f"the result holds the value of one of the task's secrets, in {holder}",
                 hint=f"remove it from the branch's history; {collect.safe_in_session(session)}",
             )
-    await asyncio.to_thread(session.patch_checked.touch)
+    if ctx.checks_patch:
+        await asyncio.to_thread(session.patch_checked.touch)
     if brought is not None and brought.moved_aside:
         ctx.task = await update(task.id, branch=brought.branch)
         text = f"{brought.why}; the result is on {brought.branch}"

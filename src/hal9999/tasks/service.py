@@ -143,11 +143,7 @@ class TaskService:
         (a result refused for holding one, work collection could not bring back) is refused
         when a secret of the task has no value here: a daemon never keeps those its client
         sent, and the patch is the agent's, as written."""
-        kinds = EnvKinds.load(self.env_kinds_path(task))
-        marked = set(self.agent_secret_names(task)) | set(kinds.secret)
-        literal = set(kinds.literal) - marked
-        names = iter_unique(task.env_keys, sorted(marked))
-        unknown = [n for n in names if n not in literal and n not in self.environ]
+        unknown = [name for name in self.secret_names(task) if name not in self.environ]
         if unknown and not self.session(task).patch_checked.exists():
             raise TaskStateError(
                 f"the patch of task {task.id} was not cleared of its secrets and "
@@ -155,6 +151,13 @@ class TaskService:
                 hint=f"read it with `hal task diff {task.id}` where the secrets are set",
             )
         return self.masker(task).mask(text)
+
+    def secret_names(self, task: TaskRecord) -> list[str]:
+        """The task's variables whose values may be secrets: all but a literal ``--env``."""
+        kinds = EnvKinds.load(self.env_kinds_path(task))
+        marked = set(self.agent_secret_names(task)) | set(kinds.secret)
+        literal = set(kinds.literal) - marked
+        return [name for name in iter_unique(task.env_keys, sorted(marked)) if name not in literal]
 
     def agent_secret_names(self, task: TaskRecord) -> list[str]:
         """Host variables that are secrets for this task: its agent's API key variable and
@@ -321,6 +324,7 @@ class TaskService:
                 on_output=on_output,
                 on_event=on_event,
                 mask_names=tuple(sorted(self.secret_values(task, secrets_env))),
+                checks_patch=bool(self.secret_names(task)),
                 adopted=adopted,
             )
             self.contexts[task.id] = ctx
