@@ -258,6 +258,43 @@ async def test_a_stopped_run_leaves_the_resumed_runs_fields_and_credentials(
     store.close()
 
 
+@pytest.mark.bwrap
+async def test_a_run_whose_task_another_process_holds_since_its_agent_exited_leaves_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, other: subprocess.Popen[bytes]
+) -> None:
+    # Stopped and resumed by another hal process after the agent's exit status was written
+    # (a loaded host: the follower saw the exit before the stop): the step to collecting
+    # finds the task queued by that process. This run leaves it alone (it raised
+    # TaskStateError out of the run, and gave the sandbox back for reuse).
+    from hal9999.tasks.runner import TaskRunner
+
+    store, service = credentialed(tmp_path, tmp_path / "home")
+    task = await service.create(trivial_request(git_repo(tmp_path / "repo")))
+    installed = Session(Path(task.session_dir)).home / CREDENTIALS
+    real_follow = TaskRunner.follow
+    reused: list[bool] = []
+    real_release = TaskRunner.release
+
+    async def follow(self: TaskRunner, *args: Any, **kwargs: Any) -> Any:
+        code = await real_follow(self, *args, **kwargs)
+        store.update_task(task.id, status="queued", runner_pid=other.pid, sandbox_id="0123456789ab")
+        installed.write_text('{"token": "theirs"}')
+        return code
+
+    async def release(self: TaskRunner, *args: Any, reuse: bool = True) -> None:
+        reused.append(reuse)
+        await real_release(self, *args, reuse=reuse)
+
+    monkeypatch.setattr(TaskRunner, "follow", follow)
+    monkeypatch.setattr(TaskRunner, "release", release)
+    done = await asyncio.wait_for(service.run(task.id), 60)
+
+    assert (done.status, done.runner_pid, done.sandbox_id) == ("queued", other.pid, "0123456789ab")
+    assert installed.read_text() == '{"token": "theirs"}'
+    assert reused == [False]
+    store.close()
+
+
 def test_a_runs_last_write_keeps_its_fields_off_a_task_another_process_holds(
     tmp_path: Path,
 ) -> None:

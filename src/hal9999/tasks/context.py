@@ -3,6 +3,7 @@ process and sandbox (shared by the runner, the service, recovery and the CLI).""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,12 @@ if TYPE_CHECKING:  # a run loads them only when it has a gateway route or an MCP
 
 TAKEN_AWAY = frozenset({TaskStatus.STOPPED, TaskStatus.CANCELLED, TaskStatus.INTERRUPTED})
 """States another process puts a task in while a runner holds it (stop, cancel, the reaper)."""
+
+
+def taken_from_us(task: TaskRecord) -> bool:
+    """Whether ``task`` is no longer this process's run: moved to a state another process puts
+    it in (stop, cancel, the reaper), or held by another process since (a resume)."""
+    return task.status in TAKEN_AWAY or task.runner_pid not in (None, os.getpid())
 
 
 class Superseded(Exception):

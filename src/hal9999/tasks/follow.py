@@ -19,7 +19,7 @@ from hal9999.process.caplog import log_cap_from
 from hal9999.process.supervisor import ended_path
 from hal9999.providers import limits
 from hal9999.spec import ProcessSpec
-from hal9999.tasks.context import TAKEN_AWAY, RunContext, Superseded
+from hal9999.tasks.context import RunContext, Superseded, taken_from_us
 from hal9999.tasks.output import OUTPUT_EVENTS_CAP, OutputFollower, file_size
 from hal9999.tasks.runcore import RunnerCore
 
@@ -202,7 +202,7 @@ class FollowSteps(RunnerCore):
             usage.pump(lambda event: self.emit(ctx, event), final=True)
         if status.state == "missing" or status.exit_code is None:
             current = self.store.get_task(ctx.task.id)
-            if current.status in TAKEN_AWAY:
+            if taken_from_us(current):
                 raise Superseded(current.status)
             raise AgentVanished("the agent process vanished without an exit status")
         return status.exit_code

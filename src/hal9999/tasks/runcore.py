@@ -17,7 +17,7 @@ from hal9999.config import HalConfig
 from hal9999.errors import TaskStateError
 from hal9999.events.models import AgentSession, Event, Usage
 from hal9999.store import Store, TaskRecord
-from hal9999.tasks.context import TAKEN_AWAY, RunContext, Superseded
+from hal9999.tasks.context import RunContext, Superseded, taken_from_us
 from hal9999.tasks.sandboxes import DirectSource, SandboxSource
 from hal9999.tasks.state import TaskStatus, transition
 
@@ -59,7 +59,7 @@ class RunnerCore:
             ctx.unsaved.clear()
         except TaskStateError:
             current = self.store.get_task(ctx.task.id)
-            if current.status in TAKEN_AWAY:
+            if taken_from_us(current):  # stopped, and perhaps resumed by another process since
                 raise Superseded(current.status) from None
             raise
         return ctx.task

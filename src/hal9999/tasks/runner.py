@@ -27,7 +27,7 @@ from hal9999.events.models import TaskEnd
 from hal9999.providers.base import Provider, Sandbox
 from hal9999.store import TaskRecord
 from hal9999.tasks import finish
-from hal9999.tasks.context import TAKEN_AWAY, RunContext, Superseded, offline_warning
+from hal9999.tasks.context import RunContext, Superseded, offline_warning, taken_from_us
 from hal9999.tasks.follow import FollowSteps
 from hal9999.tasks.launch import LaunchSteps, missing_program
 from hal9999.tasks.plugins import load_process_manager, load_provider_for
@@ -142,7 +142,7 @@ class TaskRunner(LaunchSteps, FollowSteps):
                 if ctx.sandbox is not None:
                     # A task stopped or cancelled from outside: whoever did it destroys the
                     # sandbox too, so it must not go back to the pool for the next task.
-                    taken = now is None or now.status in TAKEN_AWAY
+                    taken = now is None or taken_from_us(now)
                     await self.release(provider, ctx.sandbox, reuse=not taken)
                     left["sandbox_id"] = None
             if ctx.session_id is not None:  # a run cut short between a pump and its save
