@@ -280,10 +280,11 @@ def test_repo_paths_the_os_refuses(hal: Hal, tmp_path: Path, kind: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["../x", "a/../../b", "", ".hidden"])
+@pytest.mark.parametrize("command", ["build", "container"])
 def test_image_build_refuses_a_name_that_is_a_path(
-    hal: Hal, hal_env: dict[str, str], name: str
+    hal: Hal, hal_env: dict[str, str], name: str, command: str
 ) -> None:
-    out = hal("image", "build", "--name", name)
+    out = hal("image", command, "--name", name)
     assert out.returncode == 2
     assert "invalid image name" in one_error_line(out)
     images = Path(hal_env["HAL_HOME"], "images")
