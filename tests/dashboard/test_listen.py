@@ -88,9 +88,46 @@ def test_listen_flags_are_checked(tmp_path: Path) -> None:
     bad = hal(env, "serve", "--listen", "nope")
     assert bad.returncode != 0 and "is not HOST:PORT" in bad.stderr
     assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    half = hal(env, "serve", "--listen", "[::1")  # an IPv6 address without its "]:PORT"
+    assert half.returncode == 2 and half.stderr.strip().splitlines() == [
+        "hal: error: --listen host '[:' is not a host name or address"
+    ]
     cert, _ = _self_signed(tmp_path / "mine", "localhost")
     lone = hal(env, "serve", "--tls-cert", str(cert))
     assert lone.returncode != 0 and "need --listen" in lone.stderr
+
+
+@pytest.mark.parametrize("where", ["busy", "not-here", "unknown"])
+def test_listen_where_hal_cannot_is_one_line(tmp_path: Path, where: str) -> None:
+    env = hal_env(tmp_path / "home")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        address = {
+            "busy": f"127.0.0.1:{busy.getsockname()[1]}",
+            "not-here": "192.0.2.1:8443",  # TEST-NET-1: no host has it
+            "unknown": "nosuch.invalid:8443",  # .invalid never resolves
+        }[where]
+        out = hal(env, "serve", "--listen", address)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and "internal error" not in out.stderr
+    [line] = [line for line in out.stderr.splitlines() if line.startswith("hal: error:")]
+    assert f"cannot listen on https://{address}" in line and "--listen" in line
+
+
+def test_listen_on_ipv6(served: tuple[dict[str, str], Path]) -> None:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    env, _ = served
+    port = free_port()
+    out = hal(env, "serve", "--detach", "--json", "--listen", f"[::1]:{port}")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["dashboard_tls"].startswith(f"https://[::1]:{port}/login?t=")
+    with socket.create_connection(("::1", port), timeout=10):
+        pass
 
 
 def test_hal_dashboard_needs_a_running_daemon(tmp_path: Path) -> None:

@@ -114,7 +114,7 @@ def _detach(files: DaemonFiles, as_json: bool) -> None:
         time.sleep(0.05)
     tail = files.log_file.read_text(errors="replace").strip().splitlines()[-5:]
     raise HalError(
-        "hal serve did not start" + (f": {tail[-1]}" if tail else ""),
+        "hal serve did not start" + (f": {tail[-1].removeprefix('hal: error: ')}" if tail else ""),
         hint=f"see {files.log_file}",
     )
 

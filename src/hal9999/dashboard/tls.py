@@ -48,7 +48,7 @@ def parse_listen(value: str) -> tuple[str, int]:
         raise ConfigError(
             f"--listen {value!r} is not HOST:PORT", hint="for example --listen 0.0.0.0:8443"
         )
-    if any(c in host for c in "/@ ") or len(host) > 253:
+    if any(c in host for c in "/@ []") or len(host) > 253:
         raise ConfigError(f"--listen host {host!r} is not a host name or address")
     return host, int(port)
 

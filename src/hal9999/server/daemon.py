@@ -20,7 +20,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from hal9999.children import pidfd_child_watcher
 from hal9999.config import HalConfig
-from hal9999.errors import HalError, TaskNotFound
+from hal9999.errors import ConfigError, HalError, TaskNotFound
 from hal9999.events.bus import EventBus, IndexTail
 from hal9999.hive import broker
 from hal9999.hive import store as hive_store
@@ -233,7 +233,13 @@ class Daemon:
         address = listen_address(self.environ)
         if address is not None and self.http is not None:
             context, cert = server_context(self.config.home, address)
-            await self.http.listen_tcp(address.host, address.port, context)
+            try:
+                await self.http.listen_tcp(address.host, address.port, context)
+            except OSError as exc:  # a busy port, a host that is not this one or no host
+                raise ConfigError(
+                    f"cannot listen on {address.url}: {exc.strerror or exc}",
+                    hint="give --listen an address of this host and a free port",
+                ) from exc
             logger.warning("hal serve also listens on %s (TLS, certificate %s)", address.url, cert)
 
     async def keep(self) -> None:
