@@ -91,6 +91,24 @@ def test_doctor_fails_on_a_corrupt_database(hal: Hal, hal_env: dict[str, str]) -
     assert listed.returncode != 0 and str(db) in one_error_line(listed)
 
 
+@pytest.mark.parametrize("damage", ["not-a-database", "pages-overwritten"])
+def test_a_damaged_database_says_to_move_it_aside(
+    hal: Hal, hal_env: dict[str, str], damage: str
+) -> None:
+    assert hal("task", "list").returncode == 0  # creates a healthy hal.db
+    db = Path(hal_env["HAL_HOME"], "hal.db")
+    if damage == "not-a-database":
+        db.write_bytes(b"\xff" * 8192)
+    else:  # the schema page is intact: the database opens, the tables' pages do not read
+        with db.open("r+b") as data:
+            data.seek(4096)
+            data.write(b"\xff" * (db.stat().st_size - 4096))
+    out = hal("task", "list")
+    assert out.returncode != 0
+    line = one_error_line(out)
+    assert "move" in line and "aside" in line and "writable" not in line, line
+
+
 @pytest.mark.bwrap
 @pytest.mark.skipif(BWRAP is None, reason="needs bwrap for a read-only mount")
 def test_hal_home_on_a_read_only_mount(hal_env: dict[str, str], tmp_path: Path) -> None:

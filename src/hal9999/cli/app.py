@@ -168,6 +168,12 @@ def known_failure(exc: BaseException) -> HalError | None:
             hint="run the command again; if it keeps happening, look for a stuck "
             "hal process (`pgrep -af hal`)",
         )
+    if (damage := store_damage(exc)) is not None:
+        return HomeError(
+            f"hal's database (hal.db in HAL_HOME) is damaged: {damage}",
+            hint="move hal.db aside (tasks are forgotten, sessions stay on disk) or restore a"
+            " backup; `hal doctor` checks it",
+        )
     return None
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
@@ -198,6 +204,17 @@ def store_busy(exc: BaseException) -> bool:
             text = str(current)
             return "locked" in text or "busy" in text
     return False
+
+def store_damage(exc: BaseException) -> str | None:
+    """SQLite's words when ``exc`` (or what caused it) is hal.db found damaged (pages
+    overwritten, not a database at all); None otherwise."""
+    sqlite3 = sys.modules.get("sqlite3")
+    for current in _causes(exc):
+        if sqlite3 is not None and isinstance(current, sqlite3.DatabaseError):
+            name = getattr(current, "sqlite_errorname", None)  # only SQLite's own carry one
+            damaged = name in ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+            return str(current) if damaged else None
+    return None
 
 def spawn_runner(app_: App, task: TaskRecord, args: list[str], env: dict[str, str]) -> int:
     """Start a detached ``hal`` process that runs the task; return its pid."""

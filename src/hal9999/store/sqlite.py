@@ -115,9 +115,13 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
             self._set_up()
         except (sqlite3.Error, OSError) as exc:
             self.close()
+            damaged = getattr(exc, "sqlite_errorname", "") in ("SQLITE_NOTADB", "SQLITE_CORRUPT")
             raise HalError(
                 f"cannot open the database {path}: {exc}",
-                hint="check that HAL_HOME is writable and not on a network filesystem",
+                hint=f"move {path} aside (tasks are forgotten, sessions stay on disk) or restore"
+                " a backup"
+                if damaged
+                else "check that HAL_HOME is writable and not on a network filesystem",
             ) from exc
         except BaseException:
             self.close()
