@@ -3,6 +3,7 @@ and leaves no task or session behind when it is refused up front."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -89,6 +90,22 @@ def test_doctor_fails_on_a_corrupt_database(hal: Hal, hal_env: dict[str, str]) -
     assert not checks["database"]["ok"] and "move" in checks["database"]["fix"]
     listed = hal("task", "list")
     assert listed.returncode != 0 and str(db) in one_error_line(listed)
+
+
+def test_doctor_fails_on_a_database_of_a_newer_hal(hal: Hal, hal_env: dict[str, str]) -> None:
+    import sqlite3
+
+    assert hal("task", "list").returncode == 0  # creates a healthy hal.db
+    db = Path(hal_env["HAL_HOME"], "hal.db")
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("INSERT INTO schema_migrations VALUES (999, 'from the future', 0)")
+    listed = hal("task", "list")
+    assert listed.returncode != 0 and "newer than this hal knows" in one_error_line(listed)
+    out = hal("doctor", "--json", timeout=120)
+    assert out.returncode == 1, out.stdout
+    checks = {c["name"]: c for c in json.loads(out.stdout)["checks"]}
+    assert not checks["database"]["ok"] and "999" in checks["database"]["detail"]
+    assert "upgrade hal9999" in checks["database"]["fix"]
 
 
 @pytest.mark.parametrize("damage", ["not-a-database", "pages-overwritten"])

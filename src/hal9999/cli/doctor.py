@@ -18,6 +18,7 @@ from hal9999.config import load_config
 from hal9999.errors import HalError
 from hal9999.home import HalPaths
 from hal9999.images.store import Image, ImageStore
+from hal9999.store.migrations import MIGRATIONS
 
 _CGROUP = Path("/sys/fs/cgroup")
 
@@ -218,12 +219,23 @@ def _database(db: Path) -> Check:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
         try:
             result = conn.execute("PRAGMA quick_check").fetchone()
+            tracked = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'schema_migrations'"
+            ).fetchone()
+            version = conn.execute(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations" if tracked else "SELECT 0"
+            ).fetchone()[0]
         finally:
             conn.close()
     except sqlite3.Error as exc:
         return Check("database", False, f"{db}: {exc}", fix)
     if not result or result[0] != "ok":
         return Check("database", False, f"{db}: damaged ({result[0] if result else '?'})", fix)
+    latest = MIGRATIONS[-1].version
+    if version > latest:  # every other command refuses it: a newer hal wrote it
+        return Check("database", False,
+                     f"{db}: schema version {version}, newer than this hal knows ({latest})",
+                     "upgrade hal9999 to the version that wrote it")  # fmt: skip
     return Check("database", True, f"{db}: ok")
 
 
