@@ -92,6 +92,22 @@ def test_doctor_fails_on_a_corrupt_database(hal: Hal, hal_env: dict[str, str]) -
     assert listed.returncode != 0 and str(db) in one_error_line(listed)
 
 
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [(None, "cannot read the role file"), (b"\xff\xfe", "is not UTF-8 text")],
+)
+def test_a_role_file_hal_cannot_read(
+    hal: Hal, tmp_path: Path, content: bytes | None, expected: str
+) -> None:
+    role = tmp_path / "role.md"
+    if content is not None:
+        role.write_bytes(content)
+    out = hal("agent", "spawn", "alice", "--role", str(role))
+    assert out.returncode == 2
+    line = one_error_line(out)
+    assert expected in line and "Errno" not in line and "codec" not in line, line
+
+
 def test_doctor_fails_on_a_database_of_a_newer_hal(hal: Hal, hal_env: dict[str, str]) -> None:
     import sqlite3
 

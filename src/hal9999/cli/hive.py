@@ -60,8 +60,15 @@ def _read_role(role: Path | None) -> str | None:
         return None
     try:
         return role.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read the role file {role}: {exc}", hint="--role FILE") from exc
+    except OSError as exc:
+        raise UsageError(
+            f"cannot read the role file {role}: {exc.strerror or exc}",
+            hint="pass --role a readable text file",
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"the role file {role} is not UTF-8 text", hint="convert it to UTF-8"
+        ) from exc
 
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
