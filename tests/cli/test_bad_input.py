@@ -92,6 +92,12 @@ def test_doctor_fails_on_a_corrupt_database(hal: Hal, hal_env: dict[str, str]) -
     assert listed.returncode != 0 and str(db) in one_error_line(listed)
 
 
+def test_serve_stop_json_without_a_daemon_is_json(hal: Hal) -> None:
+    out = hal("serve", "--stop", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"stopped": None}
+
+
 @pytest.mark.parametrize(
     ("content", "expected"),
     [(None, "cannot read the role file"), (b"\xff\xfe", "is not UTF-8 text")],

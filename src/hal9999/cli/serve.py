@@ -122,7 +122,10 @@ def _detach(files: DaemonFiles, as_json: bool) -> None:
 def _stop(files: DaemonFiles, as_json: bool) -> None:
     info = files.running()
     if info is None:
-        click.echo("hal serve is not running")
+        if as_json:
+            emit_json({"stopped": None})
+        else:
+            click.echo("hal serve is not running")
         return
     os.kill(info.pid, signal.SIGTERM)
     deadline = time.monotonic() + START_TIMEOUT_S
