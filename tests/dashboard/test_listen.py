@@ -94,7 +94,9 @@ def test_listen_flags_are_checked(tmp_path: Path) -> None:
     ]
     cert, _ = _self_signed(tmp_path / "mine", "localhost")
     lone = hal(env, "serve", "--tls-cert", str(cert))
-    assert lone.returncode != 0 and "need --listen" in lone.stderr
+    assert lone.returncode == 2 and "need --listen" in lone.stderr  # a usage error
+    unpaired = hal(env, "serve", "--listen", "127.0.0.1:8443", "--tls-cert", str(cert))
+    assert unpaired.returncode == 2 and "go together" in unpaired.stderr
 
 
 @pytest.mark.parametrize("where", ["busy", "not-here", "unknown"])

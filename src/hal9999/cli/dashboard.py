@@ -12,7 +12,7 @@ import click
 
 from hal9999.cli.main import cli, emit_json
 from hal9999.config import load_config
-from hal9999.errors import HalError
+from hal9999.errors import HalError, UsageError
 from hal9999.server.runtime import DaemonFiles
 
 if TYPE_CHECKING:
@@ -62,11 +62,14 @@ def use_listen(listen: str | None, cert: str | None, key: str | None) -> None:
 
     if listen is None:
         if cert or key:
-            raise HalError("--tls-cert and --tls-key need --listen HOST:PORT")
+            raise UsageError(
+                "--tls-cert and --tls-key need --listen HOST:PORT",
+                hint="add --listen, or leave the certificate out",
+            )
         return
     host, port = parse_listen(listen)
     if bool(cert) != bool(key):
-        raise HalError("--tls-cert and --tls-key go together", hint="give both, or neither")
+        raise UsageError("--tls-cert and --tls-key go together", hint="give both, or neither")
     os.environ[LISTEN_ENV] = listen
     if cert and key:
         os.environ[CERT_ENV], os.environ[KEY_ENV] = (
