@@ -55,6 +55,17 @@ def test_bare_repository_is_named_as_such(hal: Hal, demo_repo: Path, tmp_path: P
     assert "is a bare repository" in line and f"file://{bare}" in line
 
 
+def test_a_repository_with_no_commits_is_named_as_such(hal: Hal, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    git(empty, "init", "-q")
+    out = hal("run", "--json", "--agent", "true {{prompt_file}}", "x", cwd=empty)
+    assert out.returncode == 4, out.stderr
+    task = json.loads(out.stdout)
+    assert task["error_code"] == "repo_invalid"
+    assert task["error_message"].startswith(f"{empty} has no commits yet (commit something")
+
+
 @pytest.mark.parametrize("where", ["file", "below-file"])
 @pytest.mark.parametrize("command", [("task", "list"), ("run", "x")])
 def test_hal_home_that_cannot_be_a_directory(

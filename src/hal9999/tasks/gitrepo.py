@@ -292,7 +292,15 @@ async def clone(
             what="hiding the source",
         )
     head: str | None = await asyncio.to_thread(gitdir.drop_reflogs, git_dir, branch)
-    return head or await git([*here, "rev-parse", "HEAD"], cwd=dest)
+    if head:
+        return head
+    try:
+        return await git([*here, "rev-parse", "HEAD"], cwd=dest)
+    except RepoError:  # cloned, on its new branch: only a repository with no commit has no HEAD
+        raise RepoError(
+            f"{location} has no commits yet",
+            hint="commit something first: a task starts from the repository's last commit",
+        ) from None
 
 
 SUBMODULES_SCRIPT = r"""
