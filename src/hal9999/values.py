@@ -78,6 +78,8 @@ TimeoutSeconds = Annotated[
 """A time limit in seconds: finite, from 1 s to a year (``--timeout``, ``timeout_s``)."""
 Name = Annotated[str, AfterValidator(_not_blank)]
 """A non-empty name (agent, provider, process manager)."""
+Dollars = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+"""A budget in dollars: finite and above 0 (``hal run --max-cost``)."""
 
 
 def check_value(kind: Any, value: Any, what: str) -> Any:
@@ -119,7 +121,7 @@ class RunOptions(BaseModel):
     """Retries of an agent failure."""
     max_tokens: int | None = Field(default=None, gt=0)
     """The task's token budget at the LLM gateway."""
-    max_cost_usd: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    max_cost_usd: Dollars | None = None
     """The task's cost budget in dollars at the LLM gateway."""
     egress: list[EgressHost] = Field(default_factory=empty_list)
     """The task's own egress hosts."""

@@ -205,6 +205,17 @@ def test_bad_timeouts_are_refused_up_front(
     assert tasks_json(hal) == [] and no_sessions(hal_env)
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "1e400", "0", "-1"])
+def test_bad_budgets_are_refused_naming_the_option(
+    hal: Hal, hal_env: dict[str, str], value: str
+) -> None:
+    out = hal("run", "--max-cost", value, "--detach", "--agent", "true {{prompt_file}}", "x")
+    assert out.returncode == 2
+    line = one_error_line(out)
+    assert "'--max-cost'" in line and "max_cost_usd" not in line and "request" not in line, line
+    assert tasks_json(hal) == [] and no_sessions(hal_env)
+
+
 @pytest.mark.parametrize(
     ("env", "key"),
     [({"HAL_PIDS": "-1"}, "pids"), ({"HAL_MEMORY_MB": "-5"}, "memory_mb"),

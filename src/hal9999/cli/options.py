@@ -61,12 +61,18 @@ def _timeout_ok(value: float) -> bool:
     return math.isfinite(value) and MIN_TIMEOUT_S <= value <= MAX_TIMEOUT_S
 
 
+def _dollars_ok(value: float) -> bool:
+    return math.isfinite(value) and value > 0
+
+
 def _name_ok(value: str) -> bool:
     return bool(value.strip())
 
 
 TIMEOUT = ModelChecked("TimeoutSeconds", "seconds", click.FLOAT, _timeout_ok)
 """``--timeout``: a finite number of seconds greater than 0."""
+MAX_COST = ModelChecked("Dollars", "dollars", click.FLOAT, _dollars_ok)
+"""``--max-cost``: a finite number of dollars greater than 0."""
 NAME = ModelChecked("Name", "name", plain=_name_ok)
 """``--agent``, ``--provider``, ``--process-manager``: not empty."""
 RETRIES = click.IntRange(0, 100)

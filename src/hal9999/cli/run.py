@@ -15,7 +15,7 @@ import click
 
 from hal9999.cli.daemon_run import RunArgs
 from hal9999.cli.main import cli
-from hal9999.cli.options import NAME, PRIORITY, RETRIES, TIMEOUT
+from hal9999.cli.options import MAX_COST, NAME, PRIORITY, RETRIES, TIMEOUT
 
 
 @cli.command()
@@ -49,9 +49,7 @@ from hal9999.cli.options import NAME, PRIORITY, RETRIES, TIMEOUT
     "--priority", type=PRIORITY, default=0, help="Queue order under hal serve (higher first)."
 )
 @click.option("--retries", type=RETRIES, default=0, help="Retry an agent failure up to N times.")
-@click.option(
-    "--max-cost", type=click.FloatRange(min=0, min_open=True), help="Budget of the task in USD."
-)
+@click.option("--max-cost", type=MAX_COST, help="Budget of the task in USD.")
 @click.option("--max-tokens", type=click.IntRange(min=1), help="Budget of the task in tokens.")
 @click.option(
     "--egress",
