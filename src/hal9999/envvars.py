@@ -39,22 +39,27 @@ def forwarded_env(names: Iterable[str], environ: Mapping[str, str]) -> dict[str,
         if name not in environ:
             raise CredentialsError(
                 f"environment variable {name} is not set",
-                hint=f"export {name}=... before running hal, or drop --env {name}",
+                hint=f"export {name}=... before running hal, or leave {name} out of --env and"
+                " --secret",
             )
         env[name] = environ[name]
     return env
 
 
-def parse_env_option(values: Iterable[str]) -> tuple[list[str], dict[str, str]]:
-    """Split ``--env KEY`` / ``--env KEY=VAL`` options into forwarded names and given values."""
+def parse_env_option(
+    values: Iterable[str], option: str = "--env"
+) -> tuple[list[str], dict[str, str]]:
+    """Split ``--env KEY`` / ``--env KEY=VAL`` options (or ``option``'s) into forwarded names
+    and given values."""
     names: list[str] = []
     given: dict[str, str] = {}
     for item in values:
         key, sep, value = item.partition("=")
         if not is_env_name(key):  # ASCII only: the same rule as forward_env in the config
+            forms = f"{option} NAME" + (" or --env NAME=VALUE" if option == "--env" else "")
             raise UsageError(
-                f"invalid --env name {key!r}",
-                hint="use --env NAME or --env NAME=VALUE, NAME of ASCII letters, digits and _",
+                f"invalid {option} name {key!r}",
+                hint=f"use {forms}, NAME of ASCII letters, digits and _",
             )
         if sep:
             given[key] = value

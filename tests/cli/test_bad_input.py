@@ -40,6 +40,19 @@ def test_non_ascii_env_name_is_refused_and_leaves_no_session(
     assert tasks_json(hal) == [] and no_sessions(hal_env)
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("", "invalid --secret name ''"), ("1X", "invalid --secret name '1X'"),
+     ("HAL_TEST_UNSET_SECRET", "leave HAL_TEST_UNSET_SECRET out of --env and --secret")],
+)  # fmt: skip
+def test_a_bad_secret_is_named_as_a_secret(hal: Hal, value: str, expected: str) -> None:
+    out = hal("run", "--secret", value, "--agent", "true {{prompt_file}}", "x")
+    assert out.returncode != 0
+    line = one_error_line(out)
+    assert expected in line and "--env name" not in line and "drop --env" not in line, line
+    assert tasks_json(hal) == []
+
+
 def test_repo_that_is_a_regular_file(hal: Hal, demo_repo: Path) -> None:
     out = hal("run", "--repo", str(demo_repo / "calc.py"), "--agent", "true {{prompt_file}}", "x")
     assert out.returncode == 4

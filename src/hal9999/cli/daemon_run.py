@@ -188,7 +188,7 @@ def env_options(args: RunArgs) -> tuple[list[str], dict[str, str], list[str]]:
     """``--env``'s names and given values, and ``--secret``'s names (one never takes a value):
     read alike by the thin client and the full path."""
     names, given = parse_env_option(args.env)
-    secret_names, secret_given = parse_env_option(args.secret)
+    secret_names, secret_given = parse_env_option(args.secret, "--secret")
     if secret_given:
         raise ConfigError(
             "--secret takes a variable name, not a value",
