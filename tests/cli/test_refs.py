@@ -14,3 +14,15 @@ def test_a_ref_that_looks_like_an_option_is_refused(hal: Hal, ref: str) -> None:
     assert "Traceback" not in out.stderr
     assert "invalid --ref" in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert tasks_json(hal) == []
+
+
+@pytest.mark.parametrize(
+    ("ref", "why"), [("", "it is empty"), ("a\tb", "a ref cannot hold control characters")]
+)
+def test_an_empty_or_odd_ref_is_refused_for_what_it_is(hal: Hal, ref: str, why: str) -> None:
+    out = hal("run", f"--ref={ref}", "--agent", "sh agent.sh {{prompt_file}}", "go")
+    assert out.returncode == 4, out.stderr + out.stdout
+    [line] = out.stderr.strip().splitlines()
+    assert line.startswith(f"hal: error: invalid --ref {ref!r}: {why} (")
+    assert "'-'" not in line
+    assert tasks_json(hal) == []

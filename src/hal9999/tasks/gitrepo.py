@@ -191,12 +191,17 @@ async def _git_top(path: Path) -> RepoSource:
 
 def check_ref(ref: str) -> str:
     """``ref`` if it can only ever be read as a revision (never as an option of git)."""
-    if not ref or ref.startswith("-") or any(ord(c) < 0x20 or c == "\x7f" for c in ref):
-        raise RepoError(
-            f"invalid --ref {ref!r}: a ref is a branch, tag or commit and cannot start with '-'",
-            hint="pass --ref with an existing branch, tag or commit",
-        )
-    return ref
+    if not ref:
+        why = "it is empty"
+    elif ref.startswith("-"):
+        why = "a ref is a branch, tag or commit and cannot start with '-'"
+    elif any(ord(c) < 0x20 or c == "\x7f" for c in ref):
+        why = "a ref cannot hold control characters"
+    else:
+        return ref
+    raise RepoError(
+        f"invalid --ref {ref!r}: {why}", hint="pass --ref with an existing branch, tag or commit"
+    )
 
 
 async def _is_bare(path: Path) -> bool:
