@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import resource
 from pathlib import Path
 
 import pytest
 
-from hal9999.providers.sandboxuser import own_created
+from hal9999.providers import scratch
+from hal9999.providers.sandboxuser import adopt, own_created
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root")
 
@@ -34,3 +36,32 @@ def test_a_link_below_the_root_is_never_followed(tmp_path: Path) -> None:
     (root / "planted").symlink_to(outside)
     own_created(root, "planted", 54321)
     assert outside.stat().st_uid == 0
+
+
+def test_a_tree_deeper_than_the_stack_and_the_descriptors_is_handed_over(
+    tmp_path: Path,
+) -> None:
+    # An agent's home 1,500 levels deep, seen by the next run's create: os.fwalk recursed (a
+    # RecursionError, a traceback from `hal task resume` on every try) and held an fd a level.
+    root = tmp_path / "home"
+    root.mkdir()
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(1500):
+        os.mkdir("d", dir_fd=fd)
+        child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    os.mknod("leaf", dir_fd=fd)
+    os.symlink(tmp_path / "outside", "link", dir_fd=fd)
+    (tmp_path / "outside").write_text("host file")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        adopt(root, 54321)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        deepest = os.stat("leaf", dir_fd=fd, follow_symlinks=False)
+        os.close(fd)
+        scratch.remove_tree(root)
+    assert deepest.st_uid == deepest.st_gid == 54321
+    assert (tmp_path / "outside").stat().st_uid == 0

@@ -70,18 +70,63 @@ def adopt(root: Path, uid: int) -> None:
     """Make ``root`` and everything below it owned by ``uid`` (group too), never following
     a symlink.
 
-    The tree may hold what an agent planted, so the walk is by directory fd (``os.fwalk``
-    checks each directory it enters is the one it listed) and every change is an
-    ``fchownat(AT_SYMLINK_NOFOLLOW)``: a link swapped in mid-walk changes the link, never
-    its target. A regular file with other hard links is left alone, since its other names
-    may be outside the tree. ``root`` itself is a mount source named by hal (possibly a
-    pool slot's link to a session directory), so it is resolved first.
+    The tree may hold what an agent planted, so the walk is by directory fd (each directory
+    entered with ``O_NOFOLLOW``) and every change is an ``fchownat(AT_SYMLINK_NOFOLLOW)``: a
+    link swapped in mid-walk changes the link, never its target. A regular file with other
+    hard links is left alone, since its other names may be outside the tree. ``root`` itself
+    is a mount source named by hal (possibly a pool slot's link to a session directory), so
+    it is resolved first. Any depth (an agent's 1,500-level home, which ``os.fwalk``'s frame
+    and fd a level crashed on): one directory is open at a time and the walk climbs back by
+    ``..``; it ends where ``..`` is not the directory it came down from (the tree was moved
+    meanwhile, and what is left of it is the agent's).
     """
     root = Path(os.path.realpath(root))
     _own(root, None, uid)
-    for _, dirs, files, dirfd in os.fwalk(root, follow_symlinks=False):
-        for name in (*dirs, *files):
-            _own(name, dirfd, uid)
+    fd = os.open(root, _DIR)
+    try:
+        path = [_same(fd)]  # the directories from root down to fd
+        todo = [_own_entries(fd, uid)]  # and the subdirectories each has left to enter
+        while todo:
+            if todo[-1]:
+                try:
+                    child = os.open(todo[-1].pop(), _DIR, dir_fd=fd)
+                except OSError:  # gone, or no directory now (a link swapped in)
+                    continue
+                os.close(fd)
+                fd = child
+                path.append(_same(fd))
+                todo.append(_own_entries(fd, uid))
+                continue
+            todo.pop()
+            path.pop()
+            if not todo:
+                return
+            parent = os.open("..", _DIR, dir_fd=fd)
+            os.close(fd)
+            fd = parent
+            if _same(fd) != path[-1]:
+                return
+    finally:
+        os.close(fd)
+
+
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _same(fd: int) -> tuple[int, int]:
+    info = os.fstat(fd)
+    return info.st_dev, info.st_ino
+
+
+def _own_entries(dirfd: int, uid: int) -> list[str]:
+    """Hand over every entry of the directory at ``dirfd``; the names of its subdirectories."""
+    subdirs: list[str] = []
+    with os.scandir(dirfd) as entries:
+        for entry in entries:
+            _own(entry.name, dirfd, uid)
+            if entry.is_dir(follow_symlinks=False):
+                subdirs.append(entry.name)
+    return subdirs
 
 
 def _own(name: str | Path, dirfd: int | None, uid: int) -> None:
