@@ -52,6 +52,27 @@ def test_no_viewer_passes_terminal_escapes_from_the_agent(hal: Hal) -> None:
     assert any(e["type"] == "output" and "\x1b]52" in e["text"] for e in events_of(hal, task["id"]))
 
 
+def test_the_patch_a_hostile_agent_writes_is_clean_on_a_terminal_and_exact_in_a_pipe(
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    # The agent's bytes in a changed file: `hal task diff` wrote them to the terminal raw.
+    writer = HOSTILE_AGENT.replace("\\n\"'", "\\n\" >> calc.py'")
+    assert writer != HOSTILE_AGENT
+    out = hal("run", "--agent", writer, "x")
+    assert out.returncode == 0, out.stderr
+    [task] = tasks_json(hal)
+    patch = (Path(task["session_dir"]) / "result.patch").read_bytes()
+    assert b"\x1b]52;" in patch and b"\r" in patch
+    shown = _run_in_terminal(["task", "diff", task["id"]], hal_env, demo_repo)
+    _assert_clean(shown.replace("\r\n", "\n"))  # the terminal's own newlines (onlcr)
+    assert "status succeeded" in shown
+    piped = subprocess.run(
+        [sys.executable, "-m", "hal9999", "task", "diff", task["id"]],
+        cwd=demo_repo, env=hal_env, capture_output=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert piped.stdout == patch  # what `git apply` reads
+
+
 def test_output_on_disk_is_capped_with_head_and_tail(hal: Hal) -> None:
     agent = "sh -c 'seq 1 400000'"  # about 2.7 MB
     out = hal("run", "--agent", agent, "x", "--json", env={"HAL_LOG_CAP_MB": "1"})

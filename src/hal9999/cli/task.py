@@ -278,7 +278,15 @@ def diff(task_id: str) -> None:
         raise TaskStateError(
             f"task {record.id} has no patch ({record.status})", hint=_no_patch_hint(record)
         )
-    # Streamed: a patch can be hundreds of MB and must not be held in memory.
+    # Streamed: a patch can be hundreds of MB and must not be held in memory. The agent
+    # wrote its files: on a terminal the patch is a view, sanitised like the log (an OSC 52
+    # in a changed line wrote the clipboard); piped, it is the exact bytes `git apply` needs.
+    if sys.stdout.isatty():
+        with patch.open("r", encoding="utf-8", errors="replace", newline="") as handle:
+            while text := handle.read(1 << 20):
+                stream_to_terminal(text)
+        stream_to_terminal("")
+        return
     sys.stdout.flush()
     with patch.open("rb") as source:
         while chunk := source.read(1 << 20):
