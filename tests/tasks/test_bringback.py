@@ -3,7 +3,9 @@ the user's commits, never with a secret in it, whatever the source repository's 
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
+import zlib
 from pathlib import Path
 
 import pytest
@@ -411,6 +413,46 @@ async def test_objects_the_scan_never_saw_never_reach_the_source(
         found = subprocess.run(["git", "cat-file", "-e", oid], cwd=world.source)
         assert found.returncode != 0, oid
     assert git(world.source, "for-each-ref", "refs/hal-incoming") == ""
+
+
+def _zlib_bomb(repo: Path, size: int) -> str:
+    """A loose blob of ``size`` zero bytes written straight into ``repo``'s objects (a few
+    kilobytes on disk, as an agent writes one without ever holding it); its id."""
+    header, zeros = b"blob %d\0" % size, bytes(1 << 20)
+    digest, packer = hashlib.sha1(header), zlib.compressobj(9)
+    parts = [packer.compress(header)]
+    for _ in range(size >> 20):
+        digest.update(zeros)
+        parts.append(packer.compress(zeros))
+    parts.append(packer.flush())
+    oid = digest.hexdigest()
+    loose = repo / ".git" / "objects" / oid[:2] / oid[2:]
+    loose.parent.mkdir(exist_ok=True)
+    loose.write_bytes(b"".join(parts))
+    return oid
+
+
+@pytest.mark.parametrize("masked", [False, True])  # fetched into the source, or quarantined
+async def test_an_object_bomb_in_the_bundle_is_refused_within_hosts_git_memory_bound(
+    world: World, monkeypatch: pytest.MonkeyPatch, masked: bool
+) -> None:
+    # An agent hides a huge blob from its own sandbox's diff (a replace ref; its index marks
+    # the file skip-worktree): host git inflated the whole blob, outside any memory limit.
+    ws = world.session.workspace
+    oid = _zlib_bomb(ws, 96 << 20)
+    git(ws, "update-index", "--add", "--cacheinfo", f"100644,{oid},bomb.bin")
+    git(ws, "commit", "-qm", "agent work")
+    head = git(ws, "rev-parse", "HEAD")
+    world.bundle()
+    monkeypatch.setattr(bringback, "HEAP", 32 << 20)
+    masker = SecretMasker(["sk-live-not-in-it-42"] if masked else [])
+    with pytest.raises(RepoError, match=r"[Oo]ut of memory"):
+        await world.bring_back(head, masker)
+    assert git(world.source, "branch", "--list", BRANCH) == ""
+    assert git(world.source, "for-each-ref", "refs/hal-incoming") == ""
+    monkeypatch.setattr(bringback, "HEAP", 512 << 20)  # room for it: brought back as ever
+    await world.bring_back(head, masker)
+    assert git(world.source, "rev-parse", BRANCH) == head
 
 
 @pytest.mark.parametrize("name", ["with:colon", '"quoted\\dir'])

@@ -35,8 +35,8 @@ from hal9999 import agentfs
 from hal9999.errors import RepoError, SecretInResult
 from hal9999.procs import kill_group_until_gone
 from hal9999.redact import SecretMasker
-from hal9999.tasks.collect import safe_in_session
-from hal9999.tasks.gitrepo import _GIT_SAFE, RepoSource, git, git_message
+from hal9999.tasks.collect import RESULT_LIMIT, safe_in_session
+from hal9999.tasks.gitrepo import _GIT_SAFE, RepoSource, bounded, git, git_message
 from hal9999.tasks.session import Session
 
 _ZERO = "0" * 40
@@ -64,6 +64,12 @@ _DIFF = ["diff", "--binary", "--no-ext-diff", "--no-textconv", "--no-color"]
 _DIFF_FIXED = ["--src-prefix=a/", "--dst-prefix=b/"]
 _CANDIDATES = 9
 _CHUNK = agentfs.CHUNK
+HEAP = RESULT_LIMIT
+"""The most memory host git may allocate while it reads the agent's objects (the fetch with
+its ``index-pack``, the scan, the patch, the copy into the source): the bundle is the agent's,
+and a zlib bomb in it, a blob or commit of gigabytes in kilobytes, is inflated whole outside
+any sandbox's memory limit (a 3 GiB blob hidden from the sandbox's own diff by a replace ref
+took 3 GiB of the host's). Past it git fails and nothing is brought back."""
 
 
 @dataclass(frozen=True)
@@ -121,7 +127,7 @@ async def bring_back(
                 await git(
                     ["pack-objects", "--quiet", "--local", str(objects / "pack" / "pack")],
                     cwd=repo, stdin=b"".join(seen), env=env, what="keeping the result",
-                    hint=safe,
+                    hint=safe, heap=HEAP,
                 )  # fmt: skip
         return await _move_branch(repo, session, branch, head, safe, drop)
     finally:
@@ -182,10 +188,11 @@ async def _fetch_verified(
     listed = await asyncio.to_thread(bundle_heads, bundle)
     if listed is None:
         await git(
-            ["bundle", "verify", "--quiet", str(bundle)], cwd=repo, what="verifying", hint=safe
-        )
+            ["bundle", "verify", "--quiet", str(bundle)],
+            cwd=repo, what="verifying", hint=safe, heap=HEAP,
+        )  # fmt: skip
         heads = await git(
-            ["bundle", "list-heads", str(bundle)], cwd=repo, what="reading the bundle"
+            ["bundle", "list-heads", str(bundle)], cwd=repo, what="reading the bundle", heap=HEAP
         )
         listed = [line.split(" ", 1) for line in heads.splitlines() if line.strip()]
     if listed != [[head, f"refs/heads/{branch}"]]:
@@ -210,6 +217,7 @@ async def _fetch_verified(
         what=f"fetching the result into {repo}",
         hint=safe,
         env=env,
+        heap=HEAP,
     )
     fetched = await git(["rev-parse", "--verify", f"{incoming}^{{commit}}"], cwd=repo, env=env)
     if fetched != head:
@@ -248,10 +256,11 @@ def bundle_heads(bundle: Path) -> list[list[str]] | None:
 async def _git_proc(
     argv: list[str], cwd: Path, env: dict[str, str] | None = None, **pipes: Any
 ) -> AsyncIterator[Process]:
-    """Host git in its own process group, killed with its children if the caller fails or is
-    cancelled (a timeout must not leave a scan running)."""
+    """Host git on the agent's objects (at most :data:`HEAP` of memory) in its own process
+    group, killed with its children if the caller fails or is cancelled (a timeout must not
+    leave a scan running)."""
     proc = await asyncio.create_subprocess_exec(
-        "git", *_GIT_SAFE, *argv, cwd=cwd, start_new_session=True,
+        *bounded(HEAP), "git", *_GIT_SAFE, *argv, cwd=cwd, start_new_session=True,
         env={"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/",
              **(env or {})},
         **pipes,

@@ -53,11 +53,14 @@ async def git(
     hint: str | None = None,
     stdin: bytes | None = None,
     env: Mapping[str, str] | None = None,
+    heap: int | None = None,
 ) -> str:
-    """Run host git (with ``stdin`` as its input, ``env`` added to its environment); raise
+    """Run host git (with ``stdin`` as its input, ``env`` added to its environment, at most
+    ``heap`` bytes of memory for it and its children: see :func:`bounded`); raise
     :class:`RepoError` with git's own message on failure."""
     try:
         proc = await asyncio.create_subprocess_exec(
+            *bounded(heap),
             "git",
             *_GIT_SAFE,
             *args,
@@ -92,6 +95,14 @@ async def git(
     if proc.returncode != 0:
         raise RepoError(f"{what} failed: {git_message(err)}", hint=hint)
     return out.decode("utf-8", "replace").strip()
+
+
+def bounded(heap: int | None) -> list[str]:
+    """The ``prlimit`` that runs a host git with at most ``heap`` bytes of heap
+    (``RLIMIT_DATA``, which its children inherit: the mapped packs do not count), or nothing.
+    For git reading an agent's objects: a blob or commit that inflates to gigabytes from a few
+    kilobytes of bundle is allocated whole (by ``index-pack``, ``diff --binary``)."""
+    return [] if heap is None else ["prlimit", f"--data={heap}", "--"]
 
 
 def git_message(stderr: bytes) -> str:
