@@ -1,7 +1,8 @@
 """Following a task through the daemon, with the real scheduler: a run records ``task_end``
-before it lets go of its sandbox and before the scheduler knows whether to retry it. The
-follower waits for the run's end (test_follow_release.py), and then, when the task was
-queued again, for the retry's events: it is not told ``done`` and does not spin."""
+(and, when the scheduler's policy retries the failure, the task queued again) before it
+lets go of its sandbox. The follower waits for the run's end (test_follow_release.py), and
+then, when the task was queued again, for the retry's events: it is not told ``done`` and
+does not spin."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from tests.tasks.test_recovery import make_task
-from tests.tasks.test_scheduler import ScriptedService, until
+from tests.tasks.test_scheduler import ScriptedService, ended, until
 
 from hal9999.events.bus import EventBus, Subscription
 from hal9999.events.log import EventLog
@@ -19,6 +20,7 @@ from hal9999.events.models import Event, Phase, TaskEnd
 from hal9999.pool.settings import SchedulerSettings
 from hal9999.server.follow import follow_page
 from hal9999.store import Store, TaskRecord
+from hal9999.tasks.retry import Retry
 from hal9999.tasks.scheduler import Scheduler
 from hal9999.tasks.session import Session
 
@@ -39,13 +41,13 @@ class EndingService(ScriptedService):
     def session(self, task: TaskRecord) -> Session:
         return Session(Path(task.session_dir))
 
-    async def run(self, task_id: str, **_: Any) -> TaskRecord:
+    async def run(self, task_id: str, *, retry: Any = None, **_: Any) -> TaskRecord:
         task = self.store.update_task(task_id, status="running")
         events = Session(Path(task.session_dir)).events
         with EventLog(events, task_id, store=self.store) as log:
             log.add_sink(self.bus.sink)
             log.emit(Phase(phase="running"))
-            record = self.store.update_task(task_id, status=self.outcome)
+            record = ended(self.store, task_id, self.outcome, "provider_error", retry)
             log.emit(TaskEnd(status=self.outcome, exit_code=0))
         self.ended.set()
         await self.release.wait()
@@ -96,7 +98,7 @@ async def test_a_follower_keeps_following_a_run_the_scheduler_queues_again(
     daemon.bus.attach(asyncio.get_running_loop())
     service.outcome = "failed"
     store.insert_task(make_task(tmp_path, "againaaa", "queued"))
-    scheduler.retry = lambda task: bool(store.update_task(task.id, status="queued"))  # type: ignore[method-assign]
+    scheduler.retry = lambda task: Retry(1, {}, 0.0)  # type: ignore[method-assign]
     assert scheduler.dispatch() == 1
     await asyncio.wait_for(service.ended.wait(), 30)
     first = await follow_page(daemon, "againaaa", after_seq=0, wait=0)
@@ -144,7 +146,7 @@ async def test_the_page_of_a_run_queued_again_goes_at_once_not_done(tmp_path: Pa
     daemon.bus.attach(asyncio.get_running_loop())
     service.outcome = "failed"
     store.insert_task(make_task(tmp_path, "retryaaa", "queued"))
-    scheduler.retry = lambda task: bool(store.update_task(task.id, status="queued"))  # type: ignore[method-assign]
+    scheduler.retry = lambda task: Retry(1, {}, 0.0)  # type: ignore[method-assign]
     assert scheduler.dispatch() == 1
     await asyncio.wait_for(service.ended.wait(), 30)
     service.release.set()

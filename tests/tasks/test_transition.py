@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.tasks.test_recovery import make_task
@@ -44,6 +45,38 @@ def test_transition_refuses_moves_outside_the_table_and_unexpected_states(
         with pytest.raises(TaskStateError, match="is succeeded, not collecting"):
             transition(store, None, "t1", TaskStatus.FAILED, expect="collecting")
         assert store.get_task("t1").status == "succeeded"
+
+
+def test_a_move_via_a_state_checks_both_legs_and_writes_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A failed run queued again for its retry: `failed` is never written on its own (a
+    # process killed after it would leave a retry owed by a final-looking task).
+    with Store.open(tmp_path) as store:
+        store.insert_task(make_task(tmp_path, "t1", "collecting"))
+        store.insert_task(make_task(tmp_path, "t2", "succeeded"))
+        writes: list[tuple[str, bool]] = []
+        real_set = store.set_status
+
+        def recorded(task_id: str, target: str, **kwargs: Any) -> Any:
+            writes.append((target, kwargs["durable"]))
+            return real_set(task_id, target, **kwargs)
+
+        monkeypatch.setattr(store, "set_status", recorded)
+        with EventLog(tmp_path / "e.jsonl", "t1", store=store) as log:
+            before, after = transition(
+                store, log, "t1", TaskStatus.QUEUED, expect="collecting",
+                via=TaskStatus.FAILED, detail="why", agent_retries=1,
+            )  # fmt: skip
+        assert (before.status, after.status, after.agent_retries) == ("collecting", "queued", 1)
+        assert writes == [("queued", True)], "one write, as durable as a failure"
+        (event,) = read_events(tmp_path / "e.jsonl")
+        assert isinstance(event, Phase)
+        assert (event.phase, event.previous, event.detail) == ("failed", "collecting", "why")
+        # succeeded -> failed is no move: refused though failed -> queued is one.
+        with pytest.raises(TaskStateError, match="a succeeded task cannot become failed"):
+            transition(store, None, "t2", TaskStatus.QUEUED, via=TaskStatus.FAILED)
+        assert store.get_task("t2").status == "succeeded" and len(writes) == 1
 
 
 def test_compare_and_set_rechecks_when_the_status_moved_underneath(

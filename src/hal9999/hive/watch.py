@@ -21,7 +21,7 @@ from hal9999.hive.broker import OPERATOR, SYSTEM, send
 from hal9999.hive.settings import HiveSettings
 from hal9999.hive.store import AgentRecord, list_agents, record_hive_event
 from hal9999.store import Store, TaskRecord
-from hal9999.tasks.scheduler import TRANSIENT_CODES
+from hal9999.tasks.retry import TRANSIENT_CODES
 from hal9999.tasks.state import TaskStatus
 
 

@@ -150,17 +150,13 @@ class LocalTaskAPI:
             adopted=adopted,
         )
         while record.status == TaskStatus.FAILED:  # only a failure is retried
-            # The scheduler's module is the daemon's: a run that succeeds does not import it.
-            from hal9999.tasks.scheduler import backoff, requeue, retry_plan
+            # A run that succeeds does not import the retry policy.
+            from hal9999.tasks.retry import Retry, requeue
 
-            plan = retry_plan(record, self.settings)
-            if plan is None:
+            retry = Retry.planned(record, self.settings)
+            if retry is None or not requeue(self.service, record, retry):
                 break
-            attempt, counters = plan
-            delay = backoff(attempt, self.settings)
-            if not requeue(self.service, record, attempt, counters, delay):
-                break
-            await asyncio.sleep(delay)
+            await asyncio.sleep(retry.delay)
             record = await self.service.run(
                 task_id, given_env=env, prompt=prompt, on_output=on_output, on_event=on_event
             )

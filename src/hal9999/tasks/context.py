@@ -25,6 +25,7 @@ from hal9999.tasks.state import TaskStatus
 if TYPE_CHECKING:  # a run loads them only when it has a gateway route or an MCP route
     from hal9999.gateway.tasks import GatewayRoute
     from hal9999.hive.mcp.channel import McpRoute
+    from hal9999.tasks.retry import Retry, RetryPolicy
 
 TAKEN_AWAY = frozenset({TaskStatus.STOPPED, TaskStatus.CANCELLED, TaskStatus.INTERRUPTED})
 """States another process puts a task in while a runner holds it (stop, cancel, the reaper)."""
@@ -86,6 +87,13 @@ class RunContext:
     """Set when a daemon shuts down: leave the agent and its sandbox for the next to adopt."""
     adopted: Adopted | None = None
     """Set when carrying on a run whose agent outlived its runner."""
+    retry: RetryPolicy | None = None
+    """The daemon's retry policy: a failure it retries is written as ``queued`` again by
+    the run's end, in the one write that would have said ``failed`` (:mod:`.retry`). None
+    for an in-process run, whose caller requeues a failure itself."""
+    retried: Retry | None = None
+    """The retry the run's end queued the task for: the task is then this process's
+    again (its ``runner_pid``), not let go of by the run."""
     sandbox: Sandbox | None = None
     """The run's sandbox, once acquired."""
     pspec: ProcessSpec | None = None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hal9999.agents.registry import resolve_agent
 from hal9999.errors import (
@@ -23,7 +23,7 @@ from hal9999.errors import (
     TaskNotFound,
     TaskTimeout,
 )
-from hal9999.events.models import TaskEnd
+from hal9999.events.models import Phase, TaskEnd
 from hal9999.providers.base import Provider, Sandbox
 from hal9999.store import TaskRecord
 from hal9999.tasks import finish
@@ -32,6 +32,9 @@ from hal9999.tasks.follow import FollowSteps
 from hal9999.tasks.launch import LaunchSteps, missing_program
 from hal9999.tasks.plugins import load_process_manager, load_provider_for
 from hal9999.tasks.state import TaskStatus
+
+if TYPE_CHECKING:
+    from hal9999.tasks.retry import Retry
 
 
 class TaskRunner(LaunchSteps, FollowSteps):
@@ -127,7 +130,9 @@ class TaskRunner(LaunchSteps, FollowSteps):
             await self.finish(ctx, TaskStatus.CANCELLED, started, exit_code, note=reason)
             raise
         finally:
-            left: dict[str, Any] = {"runner_pid": None}
+            # A run its end queued again for a retry leaves the task to its daemon (this
+            # process), which holds it while it waits: its runner_pid stays.
+            left: dict[str, Any] = {} if ctx.retried is not None else {"runner_pid": None}
             if not ctx.detached:
                 if ctx.gateway is not None:
                     await ctx.gateway.close()
@@ -189,25 +194,46 @@ class TaskRunner(LaunchSteps, FollowSteps):
     ) -> TaskRecord:
         current = self.store.get_task(ctx.task.id)
         totals = ctx.totals
-        # What the end of `run` would write next, in this write: the run's follower is
-        # answered once the run is over, and a second write was ~1-2.5 ms of that wait
-        # (issue 16). A final task's runner and sandbox are nobody's to look up any more
-        # (recovery looks at active tasks only; the pool's own row tracks the sandbox).
-        gone = {} if ctx.detached else {"runner_pid": None, "sandbox_id": None}
+        usage = {
+            "input_tokens": current.input_tokens + totals.input_tokens,
+            "output_tokens": current.output_tokens + totals.output_tokens,
+            "cost_usd": finish.add_cost(current.cost_usd, totals.cost_usd),
+        }
+        message = ctx.masker.mask(error.one_line()) if error else note
+        retry = self._retry(ctx, status, current, error)
         try:
-            record = self._transition(
-                ctx,
-                status,
-                note,
-                **gone,
-                finished_at=time.time(),
-                exit_code=exit_code,
-                error_code=error.code if error else None,
-                error_message=ctx.masker.mask(error.one_line()) if error else note,
-                input_tokens=current.input_tokens + totals.input_tokens,
-                output_tokens=current.output_tokens + totals.output_tokens,
-                cost_usd=finish.add_cost(current.cost_usd, totals.cost_usd),
-            )
+            if retry is not None:
+                # Failed, and queued again for the retry in the same write: a process that
+                # dies after it leaves a queued task (recovery takes it on), never a
+                # `failed` one whose retry is owed. The sandbox goes back in `run`.
+                record = self._transition(
+                    ctx,
+                    TaskStatus.QUEUED,
+                    note,
+                    via=TaskStatus.FAILED,
+                    sandbox_id=None,
+                    **retry.fields(time.time()),
+                    **usage,
+                )
+                ctx.retried = retry
+            else:
+                # What the end of `run` would write next, in this write: the run's follower
+                # is answered once the run is over, and a second write was ~1-2.5 ms of
+                # that wait (issue 16). A final task's runner and sandbox are nobody's to
+                # look up any more (recovery looks at active tasks only; the pool's own row
+                # tracks the sandbox).
+                gone = {} if ctx.detached else {"runner_pid": None, "sandbox_id": None}
+                record = self._transition(
+                    ctx,
+                    status,
+                    note,
+                    **gone,
+                    finished_at=time.time(),
+                    exit_code=exit_code,
+                    error_code=error.code if error else None,
+                    error_message=message,
+                    **usage,
+                )
         except Superseded:
             return self.store.get_task(ctx.task.id)
         ctx.events.emit(
@@ -220,7 +246,22 @@ class TaskRunner(LaunchSteps, FollowSteps):
                 duration_s=round(time.monotonic() - started, 3),
             )
         )
+        if retry is not None:
+            previous = TaskStatus.FAILED.value
+            phase = Phase(phase=record.status, previous=previous, detail=retry.detail(message))
+            ctx.events.emit(phase)
         return record
+
+    @staticmethod
+    def _retry(
+        ctx: RunContext, status: TaskStatus, current: TaskRecord, error: HalError | None
+    ) -> Retry | None:
+        """The retry the run's policy (the daemon's) gives a run ending ``status``; None
+        for a run that did not fail, or without a policy (in-process: its caller retries)."""
+        if ctx.retry is None or status is not TaskStatus.FAILED:
+            return None
+        code = error.code if error else None
+        return ctx.retry(current.model_copy(update={"status": status.value, "error_code": code}))
 
 
 def _loop_deadline(timeout_s: float | None, started: float) -> float | None:

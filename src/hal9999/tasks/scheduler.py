@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -27,72 +26,14 @@ from hal9999.store import TaskRecord
 from hal9999.tasks.alive import runner_alive
 from hal9999.tasks.claim import claim
 from hal9999.tasks.context import Adopted
+from hal9999.tasks.retry import Retry
 from hal9999.tasks.service import TaskService
-from hal9999.tasks.state import TaskStatus, transition
+from hal9999.tasks.state import TaskStatus
 
 logger = logging.getLogger(__name__)
 
-TRANSIENT_CODES = frozenset(
-    {"provider_error", "sandbox_not_found", "exec_failed", "process_error", "hal_error"}
-)
-"""Error codes of infrastructure failures, which are retried with backoff. Configuration
-problems (unknown or missing provider, missing capability) are not: they would fail again."""
-
 STUCK_STATES = (TaskStatus.PROVISIONING, TaskStatus.PREPARING, TaskStatus.COLLECTING)
 """States a task passes through; one that stays in them past the deadline is reaped."""
-
-
-def backoff(
-    attempt: int, settings: SchedulerSettings, rand: Callable[[], float] = random.random
-) -> float:
-    """Delay before retry number ``attempt`` (from 1): capped exponential, equal jitter."""
-    ceiling: float = min(settings.backoff_max_s, settings.backoff_base_s * 2 ** (attempt - 1))
-    return ceiling / 2 + rand() * ceiling / 2
-
-
-def retry_plan(task: TaskRecord, settings: SchedulerSettings) -> tuple[int, dict[str, int]] | None:
-    """Whether a failed run is worth another: the attempt number and the counter to record.
-
-    Infrastructure failures are retried up to ``max_infra_retries``; an agent failure up
-    to the task's own ``--retries``; anything else never (it would fail again).
-    """
-    if task.status != TaskStatus.FAILED:
-        return None
-    if task.error_code in TRANSIENT_CODES:
-        if task.infra_retries >= settings.max_infra_retries:
-            return None
-        return task.infra_retries + 1, {"infra_retries": task.infra_retries + 1}
-    if task.error_code == "agent_failed" and task.agent_retries < task.retries:
-        return task.agent_retries + 1, {"agent_retries": task.agent_retries + 1}
-    return None
-
-
-def requeue(
-    service: TaskService, task: TaskRecord, attempt: int, counters: dict[str, int], delay: float
-) -> bool:
-    """Move a failed task back to ``queued`` for retry ``attempt`` after ``delay`` seconds;
-    False when it moved on meanwhile (resumed, removed, cancelled)."""
-    why = task.error_message or task.error_code
-    with service.events(task) as events:
-        try:
-            transition(
-                service.store,
-                events,
-                task.id,
-                TaskStatus.QUEUED,
-                expect=TaskStatus.FAILED,
-                detail=f"retry {attempt} in {delay:.1f}s: {why}",
-                runner_pid=os.getpid(),
-                not_before=time.time() + delay,
-                exit_code=None,
-                error_code=None,
-                error_message=None,
-                finished_at=None,
-                **counters,
-            )
-        except HalError:
-            return False
-    return True
 
 
 @dataclass
@@ -253,12 +194,16 @@ class Scheduler:
             if provider is not None:  # off the loop: another process may hold the write lock
                 await asyncio.to_thread(self.move, task_id, provider)
             record = await self.service.run(
-                task_id, given_env=submission.env, prompt=submission.prompt, adopted=adopted
+                task_id,
+                given_env=submission.env,
+                prompt=submission.prompt,
+                adopted=adopted,
+                retry=self.retry,
             )
-            # Only a failed run may be retried: a thread (for the requeue's writes) only then.
-            if record.status != TaskStatus.FAILED or not await asyncio.to_thread(
-                self.retry, record
-            ):
+            # A failure this daemon retries was queued again by the run's own end (one
+            # write: a kill at any moment leaves no retry owed by a `failed` task); its
+            # secrets are kept for that next run.
+            if record.status != TaskStatus.QUEUED:
                 self.submissions.pop(task_id, None)
         except HalError as exc:
             logger.warning("task %s: %s", task_id, exc.one_line())
@@ -286,15 +231,14 @@ class Scheduler:
         self.store.update_task(task_id, provider=provider)
 
     # -- retries -----------------------------------------------------------------------
-    def retry(self, task: TaskRecord) -> bool:
-        """Queue a failed task again when its failure is worth retrying; True if it was."""
-        if self._stopping:
-            return False
-        plan = retry_plan(task, self.settings)
-        if plan is None:
-            return False
-        attempt, counters = plan
-        return requeue(self.service, task, attempt, counters, backoff(attempt, self.settings))
+    def retry(self, task: TaskRecord) -> Retry | None:
+        """The retry a run of this daemon gets when it ends as ``task`` (``failed``, with
+        its error code), or None; the run's end records it (``RunContext.retry``).
+
+        Also while the daemon stops: the task is then left queued, and the next ``hal
+        serve`` runs it after its backoff, as every task queued at a stop (a stop loses no
+        more than a ``kill -9`` would, which leaves it queued too)."""
+        return Retry.planned(task, self.settings)
 
     # -- control -----------------------------------------------------------------------
     async def cancel(self, task_id: str, *, stop: bool = False) -> TaskRecord:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hal9999 import agentfs
 from hal9999.agents.registry import resolve_agent, upstream_key_env
@@ -34,6 +35,9 @@ from hal9999.tasks.runner import TaskRunner
 from hal9999.tasks.session import Session
 from hal9999.tasks.state import ACTIVE, RESUMABLE, TaskStatus, transition
 from hal9999.values import check_run_options
+
+if TYPE_CHECKING:  # only the daemon passes a policy; a run that succeeds never loads it
+    from hal9999.tasks.retry import RetryPolicy
 
 TASK_CONFIG = "config.json"
 """In a session: the settings the task was created with, when they differ from the
@@ -297,12 +301,15 @@ class TaskService:
         on_event: Callable[[Event], None] | None = None,
         adopted: Adopted | None = None,
         handed_from: int | None = None,
+        retry: RetryPolicy | None = None,
     ) -> TaskRecord:
         """Run a queued task (or carry on an ``adopted`` one) to its end in this process.
 
         The task is claimed first (:mod:`hal9999.tasks.claim`; ``handed_from`` is the process
         that started this one to run it): when another live hal process holds it, this
-        raises :class:`TaskStateError` before anything is written, made or opened."""
+        raises :class:`TaskStateError` before anything is written, made or opened. With
+        ``retry`` (the daemon's policy), a failure it retries ends the run ``queued`` again
+        (see :mod:`hal9999.tasks.retry`)."""
         task = self.store.get_task(task_id)
         if task.runner_pid != os.getpid():  # a task this process queued names it already
             task = await asyncio.to_thread(claim, self.store, task_id, handed_from=handed_from)
@@ -326,6 +333,7 @@ class TaskService:
                 mask_names=tuple(sorted(self.secret_values(task, secrets_env))),
                 checks_patch=bool(self.secret_names(task)),
                 adopted=adopted,
+                retry=retry,
             )
             self.contexts[task.id] = ctx
             runner = self.runner_for(self.config_for(task))

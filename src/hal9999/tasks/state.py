@@ -104,6 +104,7 @@ def transition(
     *,
     expect: str | Collection[str] | None = None,
     detail: str | None = None,
+    via: TaskStatus | None = None,
     **fields: Any,
 ) -> tuple[TaskRecord, TaskRecord]:
     """Move a task to ``target``; returns its records before and after.
@@ -115,6 +116,13 @@ def transition(
     put the task in; anything else means the task was taken from it). Raises
     :class:`TaskStateError` when the move is not allowed. ``fields`` are written in the
     same statement; a resting state is committed durably. Then the ``phase`` event.
+
+    With ``via``, the task passes through ``via`` to ``target`` in that one write (a run
+    that fails and is queued again for its retry: ``failed`` alone would be final to every
+    reader, and a crash between two writes would keep it so). Both moves must be allowed;
+    the write is durable when either state is resting; the ``phase`` event is ``via``'s
+    (``detail`` says why it came to that), and the caller records the rest of the way
+    (a run's ``task_end``, then ``target``'s phase).
     """
     wanted = {expect} if isinstance(expect, str) else set(expect) if expect is not None else None
     while True:
@@ -124,12 +132,18 @@ def transition(
                 f"task {task_id} is {current.status}, not {' or '.join(sorted(wanted))}",
                 hint=f"see `hal task show {task_id}`",
             )
-        check_transition(current.status, target)
+        if via is not None:
+            check_transition(current.status, via)
+            check_transition(via, target)
+        else:
+            check_transition(current.status, target)
+        durable = target in RESTING or via in RESTING
         updated = store.set_status(
-            task_id, target.value, expect=current.status, durable=target in RESTING, **fields
+            task_id, target.value, expect=current.status, durable=durable, **fields
         )
         if updated is not None:
             break
     if events is not None:
-        events.emit(Phase(phase=target.value, previous=current.status, detail=detail))
+        shown = via or target
+        events.emit(Phase(phase=shown.value, previous=current.status, detail=detail))
     return current, updated
