@@ -7,7 +7,7 @@ are refused by one rule with one wording.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -182,6 +182,14 @@ def describe(error: Mapping[str, Any]) -> str:
             bound = int(bound)  # "greater than 0", not "greater than 0.0"
         return f"expected a number {_BOUNDS[kind]} {bound}"
     return _EXPECTED.get(kind, str(error.get("msg", "invalid value")))
+
+
+def setting_hint(error: Mapping[str, Any], where: str, keys: Iterable[str]) -> str:
+    """The hint for a bad key of the config table ``where``: its known ``keys`` when the key
+    is unknown (a typo), else where to fix it."""
+    if error.get("type") == "extra_forbidden":
+        return f"{where} takes: {', '.join(keys)}"
+    return f"fix it in {where}"
 
 
 def _no_nul(value: str | None) -> str | None:

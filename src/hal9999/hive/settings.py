@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hal9999.config import HalConfig
 from hal9999.errors import ConfigError
+from hal9999.values import describe, setting_hint
 
 
 class HiveSettings(BaseModel):
@@ -58,6 +59,9 @@ def hive_settings(config: HalConfig) -> HiveSettings:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(
-            f"[hive] {where}: {first['msg']}", hint="see docs/hive.md for the hive settings"
-        ) from exc
+        hint = (
+            setting_hint(first, "[hive]", HiveSettings.model_fields)
+            if first["type"] == "extra_forbidden"
+            else "see docs/hive.md for the hive settings"
+        )
+        raise ConfigError(f"[hive] {where}: {describe(first)}", hint=hint) from exc

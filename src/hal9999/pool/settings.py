@@ -12,13 +12,14 @@ so ``HAL_BWRAP_MAX_POOL_SIZE=4`` caps bwrap alone and ``HAL_MAX_POOL_SIZE=4`` ev
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hal9999.config import HalConfig
 from hal9999.errors import ConfigError
 from hal9999.spec import NetworkMode, Resources
+from hal9999.values import describe, setting_hint
 
 Policy = Literal["reset", "destroy"]
 
@@ -80,6 +81,8 @@ class SchedulerSettings(BaseModel):
     """How often the reaper looks for idle sandboxes and stuck tasks."""
 
 
+_Settings = TypeVar("_Settings", bound=BaseModel)
+
 ENV_NAMES: dict[str, str] = {
     "max_size": "MAX_POOL_SIZE",
     "min_warm": "MIN_WARM",
@@ -108,10 +111,27 @@ def env_prefix(provider: str) -> str:
     return "HAL_" + provider.upper().replace("-", "_").replace(".", "_") + "_"
 
 
-def _invalid(where: str, exc: ValidationError) -> ConfigError:
+def _invalid(
+    exc: ValidationError, origin: Mapping[str, str], model: type[BaseModel]
+) -> ConfigError:
+    """One line naming the table or variable a bad setting came from, in :func:`describe`'s
+    words (``[pool.bwrap] size: unknown key``, ``HAL_BWRAP_MIN_WARM: expected a whole
+    number``)."""
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
-    return ConfigError(f"{where}: {loc}: {err['msg']}", hint=f"fix {where}")
+    key = ".".join(str(p) for p in err["loc"])
+    source = origin.get(str(err["loc"][0]) if err["loc"] else "", "")
+    if source.startswith("HAL_"):
+        return ConfigError(f"{source}: {describe(err)}", hint=f"fix or unset {source}")
+    return ConfigError(
+        f"{source} {key}: {describe(err)}", hint=setting_hint(err, source, model.model_fields)
+    )
+
+
+def _checked(model: type[_Settings], table: dict[str, Any], origin: Mapping[str, str]) -> _Settings:
+    try:
+        return model.model_validate(table)
+    except ValidationError as exc:
+        raise _invalid(exc, origin, model) from exc
 
 
 def provider_settings(
@@ -119,33 +139,33 @@ def provider_settings(
 ) -> ProviderSettings:
     """The resolved settings of ``provider`` (see the module docstring for the order)."""
     table = {k: v for k, v in config.pool.items() if not isinstance(v, dict)}
+    origin = dict.fromkeys(table, "[pool]")
     own = config.pool.get(provider)
     if isinstance(own, dict):
         table.update(own)
+        origin.update(dict.fromkeys(own, f"[pool.{provider}]"))
     prefix = env_prefix(provider)
     for name, suffix in ENV_NAMES.items():
-        value = environ.get(prefix + suffix) or (
-            None if name in _NO_GLOBAL_ENV else environ.get("HAL_" + suffix)
-        )
+        var = prefix + suffix
+        value = environ.get(var)
+        if not value and name not in _NO_GLOBAL_ENV:
+            var = "HAL_" + suffix
+            value = environ.get(var)
         if value:
             table[name] = value
-    try:
-        return ProviderSettings.model_validate(table)
-    except ValidationError as exc:
-        where = f"pool settings of {provider} ([pool.{provider}] or {prefix}*)"
-        raise _invalid(where, exc) from exc
+            origin[name] = var
+    return _checked(ProviderSettings, table, origin)
 
 
 def scheduler_settings(config: HalConfig, environ: Mapping[str, str]) -> SchedulerSettings:
     """The resolved queue settings: ``HAL_MAX_CONCURRENT``, then ``[scheduler]``."""
     table: dict[str, Any] = dict(config.scheduler)
+    origin = dict.fromkeys(table, "[scheduler]")
     for name, var in _SCHEDULER_ENV.items():
         if environ.get(var):
             table[name] = environ[var]
-    try:
-        return SchedulerSettings.model_validate(table)
-    except ValidationError as exc:
-        raise _invalid("[scheduler] settings (or HAL_MAX_CONCURRENT)", exc) from exc
+            origin[name] = var
+    return _checked(SchedulerSettings, table, origin)
 
 
 def policy_of(provider: str, settings: ProviderSettings) -> Policy:

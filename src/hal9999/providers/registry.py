@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 from hal9999.entrypoints import find_entry_point
 from hal9999.errors import ConfigError, ProviderUnavailable, UnknownProvider
 from hal9999.providers.base import Provider
+from hal9999.values import describe, setting_hint
 
 GROUP = "hal9999.providers"
 
@@ -49,13 +50,11 @@ def load_provider(
         try:
             config = model.model_validate(dict(settings or {}))
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or '(settings)'}: {err['msg']}"
-                for err in exc.errors()
-            )
+            err, table = exc.errors()[0], f"[providers.{name}]"
+            key = ".".join(str(p) for p in err["loc"])
             raise ConfigError(
-                f"invalid settings for provider {name!r}: {problems}",
-                hint=f"fix [providers.{name}] in your hal config",
+                f"{table}{' ' + key if key else ''}: {describe(err)}",
+                hint=setting_hint(err, table, model.model_fields),
             ) from exc
     elif settings:
         raise ConfigError(f"provider {name!r} takes no settings", hint=f"remove [providers.{name}]")

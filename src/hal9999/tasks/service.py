@@ -20,6 +20,7 @@ from hal9999.events.log import EventLog
 from hal9999.events.models import Event, Message, TaskCreated, TaskEnd
 from hal9999.events.writers import EventWriters
 from hal9999.home import HalPaths
+from hal9999.pool.settings import provider_settings
 from hal9999.process.base import read_exit_status
 from hal9999.providers.base import Provider
 from hal9999.redact import SecretMasker, forwarded_is_secret
@@ -214,6 +215,7 @@ class TaskService:
         providers = provider_list(req.provider)
         for name in providers:
             load_provider_for(config, name)
+            provider_settings(config, self.environ, name)  # [pool]: before any task exists
         load_process_manager(config, req.process_manager)
         forwarded_env(
             [n for n in iter_unique(req.env_names, req.secret_names) if n not in req.given_env],

@@ -1,0 +1,72 @@
+"""A bad config table (``[pool]``, ``[scheduler]``, ``[hive]``, ``[providers.*]``) is one line in
+hal's own words naming the table and key, refused before a task exists."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tests.cli.conftest import Hal, tasks_json
+from tests.cli.test_bad_input import no_sessions, one_error_line
+
+PYDANTIC_WORDS = ("Extra inputs", "Input should", "valid string", "pool settings of")
+
+
+def write_config(hal_env: dict[str, str], text: str) -> None:
+    config = Path(hal_env["XDG_CONFIG_HOME"], "hal9999", "config.toml")
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(text)
+
+
+def in_hals_words(line: str) -> str:
+    assert not any(words in line for words in PYDANTIC_WORDS), line
+    return line
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected", "hint"),
+    [("[pool]\nsize = -1\n", "[pool] size: unknown key", "[pool] takes: max_size, min_warm"),
+     ("[pool.bwrap]\nmax_size = -1\n", "[pool.bwrap] max_size: expected a number at least 0",
+      "fix it in [pool.bwrap]"),
+     ("[providers.bwrap]\nbwrap = 5\n", "[providers.bwrap] bwrap: expected a string",
+      "fix it in [providers.bwrap]")],
+)  # fmt: skip
+def test_a_bad_config_table_is_refused_in_hals_words_before_a_task(
+    hal: Hal, hal_env: dict[str, str], toml: str, expected: str, hint: str
+) -> None:
+    write_config(hal_env, toml)
+    out = hal("run", "--agent", "true {{prompt_file}}", "x")
+    assert out.returncode == 2, out.stderr
+    line = in_hals_words(one_error_line(out))
+    assert f"hal: error: {expected} ({hint}" in line
+    assert tasks_json(hal) == [] and no_sessions(hal_env)
+
+
+def test_a_bad_pool_variable_is_named(hal: Hal) -> None:
+    out = hal("run", "--agent", "true {{prompt_file}}", "x", env={"HAL_BWRAP_MIN_WARM": "x"})
+    assert out.returncode == 2
+    line = one_error_line(out)
+    assert "HAL_BWRAP_MIN_WARM: expected a whole number (fix or unset HAL_BWRAP_MIN_WARM)" in line
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [("[hive]\nfoo = 1\n", "[hive] foo: unknown key ([hive] takes: daily_budget_usd"),
+     ("[hive]\nrate_per_minute = -1\n", "[hive] rate_per_minute: expected a number at least 0")],
+)  # fmt: skip
+def test_a_bad_hive_setting_is_in_hals_words(
+    hal: Hal, hal_env: dict[str, str], toml: str, expected: str
+) -> None:
+    write_config(hal_env, toml)
+    out = hal("vacuum")
+    assert out.returncode == 2
+    assert expected in in_hals_words(one_error_line(out))
+
+
+def test_doctor_fails_the_config_on_a_bad_pool_table(hal: Hal, hal_env: dict[str, str]) -> None:
+    write_config(hal_env, "[pool]\nsize = -1\n")
+    out = hal("doctor", "--json", timeout=120)
+    assert out.returncode == 1, out.stdout
+    checks = {c["name"]: c for c in json.loads(out.stdout)["checks"]}
+    assert not checks["config"]["ok"] and checks["config"]["detail"] == "[pool] size: unknown key"
