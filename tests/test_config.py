@@ -182,6 +182,15 @@ def test_unknown_nested_key_names_the_user_file(user_home: Path, project: Path) 
     assert info.value.message == f"{path}: agents.claude.modle: unknown key"
 
 
+def test_a_secret_that_is_not_a_variable_name_is_refused(user_home: Path, project: Path) -> None:
+    path = write(user_file(user_home), 'secrets = ["GH_TOKEN", "1BAD"]\n')
+    with pytest.raises(ConfigError) as info:
+        load_config({"HOME": str(user_home)}, project)
+    assert info.value.message == (
+        f"{path}: secrets.1: expected a variable name: ASCII letters, digits and '_'"
+    )
+
+
 def test_several_problems_are_all_kept(user_home: Path, project: Path) -> None:
     text = 'timeout_s = -1\nnetwork = "lan"\n[resources]\npids = "many"\n'
     trusted(user_home, write(project / "hal.toml", text))

@@ -209,7 +209,7 @@ class HalConfig(_Config):
     """Files installed into every sandbox."""
     forward_env: list[EnvName] = Field(default_factory=empty_list)
     """Host environment variables forwarded to the agent on every run (names only)."""
-    secrets: list[str] = Field(default_factory=empty_list)
+    secrets: list[EnvName] = Field(default_factory=empty_list)
     """Host environment variables that are secrets: forwarded to the agent when set and
     masked in every log, event and record (names only; like ``hal run --secret NAME``)."""
     pool: dict[str, Any] = Field(default_factory=dict)
