@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.cli.conftest import Hal, tasks_json
@@ -70,3 +71,31 @@ def test_doctor_fails_the_config_on_a_bad_pool_table(hal: Hal, hal_env: dict[str
     assert out.returncode == 1, out.stdout
     checks = {c["name"]: c for c in json.loads(out.stdout)["checks"]}
     assert not checks["config"]["ok"] and checks["config"]["detail"] == "[pool] size: unknown key"
+
+
+@pytest.mark.parametrize("table", ["providers.nosuch", "pool.bwrapp"])
+def test_a_table_of_an_unknown_provider_is_refused(
+    hal: Hal, hal_env: dict[str, str], table: str
+) -> None:
+    write_config(hal_env, f"[{table}]\nmax_size = 1\n")
+    out = hal("run", "--agent", "true {{prompt_file}}", "x")
+    assert out.returncode == 2
+    line = one_error_line(out)
+    assert f"[{table}]: no provider named" in line and "(providers: bwrap, " in line, line
+    assert tasks_json(hal) == [] and no_sessions(hal_env)
+
+
+def doctor_checks(hal: Hal) -> dict[str, dict[str, Any]]:
+    out = hal("doctor", "--json", timeout=120)
+    return {c["name"]: c for c in json.loads(out.stdout)["checks"]}
+
+
+def test_doctor_names_an_unknown_provider_table_and_passes_known_ones(
+    hal: Hal, hal_env: dict[str, str]
+) -> None:
+    write_config(hal_env, "[providers.nosuch]\n")
+    found = doctor_checks(hal)["config"]
+    assert not found["ok"] and found["detail"] == "[providers.nosuch]: no provider named 'nosuch'"
+    write_config(hal_env, "[providers.docker]\n[pool.local]\nmax_size = 1\n")
+    checks = doctor_checks(hal)
+    assert "config" not in checks and checks["HAL_HOME"]["ok"], checks.get("config")

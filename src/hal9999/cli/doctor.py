@@ -213,12 +213,14 @@ def _home() -> list[Check]:
 
 
 def _sections(config: HalConfig) -> None:
-    """Check the tables the config's model leaves to their readers (``[pool]``,
-    ``[scheduler]``, ``[hive]``), which a run or the daemon would refuse later."""
+    """Check the tables the config's model leaves to their readers (``[providers.*]``,
+    ``[pool]``, ``[scheduler]``, ``[hive]``), which a run or the daemon would refuse later."""
     from hal9999.hive.settings import hive_settings
     from hal9999.pool.settings import provider_settings, scheduler_settings
+    from hal9999.tasks.plugins import check_provider_tables
     from hal9999.tasks.request import provider_list
 
+    check_provider_tables(config)
     scheduler_settings(config, os.environ)
     hive_settings(config)
     pooled = [name for name, table in config.pool.items() if isinstance(table, dict)]

@@ -30,7 +30,11 @@ from hal9999.tasks import gitrepo, mirror
 from hal9999.tasks.alive import runner_alive
 from hal9999.tasks.claim import claim
 from hal9999.tasks.context import Adopted, RunContext, process_spec
-from hal9999.tasks.plugins import load_process_manager, load_provider_for
+from hal9999.tasks.plugins import (
+    check_provider_tables,
+    load_process_manager,
+    load_provider_for,
+)
 from hal9999.tasks.request import RunRequest, new_task_id, provider_list
 from hal9999.tasks.runner import TaskRunner
 from hal9999.tasks.session import Session
@@ -213,6 +217,7 @@ class TaskService:
             config = req.config.model_copy(update={"home": self.config.home})
         resolve_agent(req.agent, config.agent_settings(req.agent))
         providers = provider_list(req.provider)
+        check_provider_tables(config)
         for name in providers:
             load_provider_for(config, name)
             provider_settings(config, self.environ, name)  # [pool]: before any task exists
