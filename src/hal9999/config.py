@@ -147,7 +147,7 @@ class GatewayConfig(_Config):
     """The host-side LLM gateway (``[gateway]``): user config only, never a project's
     hal.toml (the trust allow-list does not name it), since it holds budgets and egress."""
 
-    enabled: bool = True
+    enabled: bool = Field(default=True, strict=True)
     """Route preset agents through the gateway (the real key stays on the host)."""
     concurrency: int = Field(default=8, ge=1, le=1024)
     """Upstream calls at once per upstream and key, across every task of this HAL_HOME."""
@@ -178,7 +178,7 @@ class GatewayConfig(_Config):
     egress_only: list[EgressHost] | None = None
     """When set, tasks reach only the hosts of the lists above that this list allows too: it
     narrows, never widens (an untrusted project hal.toml may set it; ``--egress-only``)."""
-    store_bodies: bool = False
+    store_bodies: bool = Field(default=False, strict=True)
     """Keep each call's request body in the store, masked (the task's secrets, the key and
     the placeholder token) before it touches disk; ``hal task requests ID --bodies``."""
 

@@ -11,6 +11,7 @@ import pytest
 from tests.cli.conftest import Hal, tasks_json
 from tests.cli.test_bad_input import no_sessions, one_error_line
 
+RUN = ("run", "--agent", "true {{prompt_file}}", "x")
 PYDANTIC_WORDS = ("Extra inputs", "Input should", "valid string", "pool settings of")
 
 
@@ -99,3 +100,19 @@ def test_doctor_names_an_unknown_provider_table_and_passes_known_ones(
     write_config(hal_env, "[providers.docker]\n[pool.local]\nmax_size = 1\n")
     checks = doctor_checks(hal)
     assert "config" not in checks and checks["HAL_HOME"]["ok"], checks.get("config")
+
+
+@pytest.mark.parametrize(
+    ("toml", "args", "expected"),
+    [("[hive]\nkeep_warm = \"yes\"\n", ("vacuum",), "[hive] keep_warm: expected true or false"),
+     ("[pool]\nmax_size = \"4\"\n", RUN, "[pool] max_size: expected a whole number"),
+     ("[gateway]\nenabled = \"no\"\n", RUN, "gateway.enabled: expected true or false")],
+)  # fmt: skip
+def test_text_where_toml_has_a_boolean_or_a_number_is_refused(
+    hal: Hal, hal_env: dict[str, str], toml: str, args: tuple[str, ...], expected: str
+) -> None:
+    write_config(hal_env, toml)
+    out = hal(*args)
+    assert out.returncode == 2
+    assert expected in one_error_line(out)
+    assert no_sessions(hal_env)

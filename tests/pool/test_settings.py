@@ -53,3 +53,16 @@ def test_bad_values_say_where(tmp_path: Path) -> None:
     assert scheduler_settings(config(tmp_path), {"HAL_MAX_CONCURRENT": "3"}).max_concurrent == 3
     with pytest.raises(ConfigError, match="scheduler"):
         scheduler_settings(config(tmp_path, scheduler={"max_concurrent": 0}), {})
+
+
+def test_config_file_values_are_strict_variables_are_text(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        provider_settings(config(tmp_path, pool={"bwrap": {"max_size": "4"}}), {}, "bwrap")
+    assert info.value.message == "[pool.bwrap] max_size: expected a whole number"
+    with pytest.raises(ConfigError, match=r"^\[scheduler\] max_concurrent: expected a whole"):
+        scheduler_settings(config(tmp_path, scheduler={"max_concurrent": True}), {})
+    assert provider_settings(config(tmp_path, pool={"idle_timeout_s": 30}), {}, "bwrap") == (
+        provider_settings(config(tmp_path), {"HAL_IDLE_TIMEOUT_S": "30"}, "bwrap")
+    )
+    overridden = config(tmp_path, pool={"max_size": "4"})
+    assert provider_settings(overridden, {"HAL_MAX_POOL_SIZE": "3"}, "bwrap").max_size == 3

@@ -12,7 +12,8 @@ from hal9999.values import describe, setting_hint
 class HiveSettings(BaseModel):
     """``[hive]``: guards, crash watch and retention of the hive."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Strict: TOML has real numbers and booleans, so ``keep_warm = "yes"`` is a mistake.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     daily_budget_usd: float | None = Field(default=None, gt=0)
     """Dollars all agents' turns may spend in any 24 h (None: no hive budget). Past it no

@@ -128,8 +128,12 @@ def _invalid(
 
 
 def _checked(model: type[_Settings], table: dict[str, Any], origin: Mapping[str, str]) -> _Settings:
+    """``table`` validated: its config-file values strictly (TOML has real numbers and
+    booleans, so ``max_size = "4"`` is a mistake), the variables' text laxly."""
+    files = {k: v for k, v in table.items() if not origin[k].startswith("HAL_")}
     try:
-        return model.model_validate(table)
+        checked = model.model_validate(files, strict=True)
+        return checked if len(files) == len(table) else model.model_validate(table)
     except ValidationError as exc:
         raise _invalid(exc, origin, model) from exc
 
