@@ -267,6 +267,25 @@ def test_usage_errors_are_one_line_with_status_2(hal: Hal, args: tuple[str, ...]
 
 
 @pytest.mark.parametrize(
+    ("args", "expected"),
+    [(("--raw", "--events"), "--raw and --events cannot be combined"),
+     (("--json", "--events"), "--events and --json cannot be combined"),
+     (("--raw", "--json"), "--raw and --json cannot be combined"),
+     (("--detach", "--events"), "--detach and --events cannot be combined"),
+     (("--egress-only", "none", "--egress-only", "x.com"),
+      "--egress-only none and --egress-only HOST cannot be combined"),
+     (("--timeout", "60", "--raw", "--events"), "--raw and --events cannot be combined")],
+)  # fmt: skip
+def test_run_options_that_contradict_each_other_are_usage_errors(
+    hal: Hal, hal_env: dict[str, str], args: tuple[str, ...], expected: str
+) -> None:
+    out = hal("run", *args, "--agent", "true {{prompt_file}}", "x")  # --timeout: click parses
+    assert out.returncode == 2
+    assert expected in one_error_line(out)
+    assert out.stdout == "" and no_sessions(hal_env)
+
+
+@pytest.mark.parametrize(
     ("args", "stdin", "expected"),
     [
         (("",), None, "the prompt is empty"),

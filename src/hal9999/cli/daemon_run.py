@@ -37,7 +37,7 @@ from hal9999.cli.echo import echo, emit_json, stream_to_terminal
 from hal9999.cli.task_table import TaskSummary, summary
 from hal9999.cli.thin_config import THIN_VARS, thin_home
 from hal9999.envvars import forwarded_env, parse_env_option
-from hal9999.errors import ConfigError, HalError, exit_status_for
+from hal9999.errors import ConfigError, HalError, UsageError, exit_status_for
 from hal9999.workdir import current_dir, working_dir
 
 if TYPE_CHECKING:
@@ -159,8 +159,30 @@ def thin_daemon(
     return None if client is None else (client, config, applied)
 
 
+def check_options(args: RunArgs) -> None:
+    """Refuse options that contradict each other: two ways of printing the run, a way of
+    printing a run ``--detach`` does not wait for, ``--egress-only none`` with a host."""
+    modes = (("--raw", args.raw), ("--events", args.as_events), ("--json", args.as_json))
+    shown = [flag for flag, on in modes if on]
+    if len(shown) > 1:
+        raise UsageError(
+            f"{shown[0]} and {shown[1]} cannot be combined", hint="each prints the run its own way"
+        )
+    if args.detach and (args.raw or args.as_events):
+        raise UsageError(
+            f"--detach and {'--raw' if args.raw else '--events'} cannot be combined",
+            hint="--detach returns at once; follow the task with hal task logs -f ID",
+        )
+    if "none" in args.egress_only and len(set(args.egress_only)) > 1:
+        raise UsageError(
+            "--egress-only none and --egress-only HOST cannot be combined",
+            hint="'none' allows no host: give it alone, or only hosts",
+        )
+
+
 def plan(args: RunArgs, environ: Mapping[str, str]) -> Plan | None:
     """The daemon and config of a thin run; None when the full path must run it."""
+    check_options(args)  # both paths plan first
     if args.as_events or args.egress or args.egress_only:
         return None
     if args.agent is not None and not is_template(args.agent):
