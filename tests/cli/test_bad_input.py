@@ -122,6 +122,13 @@ def test_serve_stop_json_without_a_daemon_is_json(hal: Hal) -> None:
     assert json.loads(out.stdout) == {"stopped": None}
 
 
+def test_serve_stop_and_detach_together_is_a_usage_error(hal: Hal, hal_env: dict[str, str]) -> None:
+    out = hal("serve", "--detach", "--stop")
+    assert out.returncode == 2
+    assert "--stop and --detach cannot be combined" in one_error_line(out)
+    assert not Path(hal_env["HAL_HOME"], "run", "serve.json").exists()
+
+
 @pytest.mark.parametrize(
     ("content", "expected"),
     [(None, "cannot read the role file"), (b"\xff\xfe", "is not UTF-8 text")],

@@ -14,7 +14,7 @@ import click
 
 from hal9999.cli.main import app, cli, emit_json, run_async
 from hal9999.config import load_config, log_level
-from hal9999.errors import HalError
+from hal9999.errors import HalError, UsageError
 from hal9999.redact import configure_logging
 from hal9999.server.runtime import DaemonFiles
 
@@ -43,6 +43,11 @@ def serve(
     ray_address: str | None = None,
 ) -> None:
     """Run the daemon: queue, warm pool, reaper and API (unix socket + 127.0.0.1)."""
+    if stop and detach:
+        raise UsageError(
+            "--stop and --detach cannot be combined",
+            hint="to restart it: hal serve --stop, then hal serve --detach",
+        )
     if ray_address is not None:
         from hal9999.providers.rayaddress import check_address
 
