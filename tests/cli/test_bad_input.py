@@ -122,6 +122,16 @@ def test_serve_stop_json_without_a_daemon_is_json(hal: Hal) -> None:
     assert json.loads(out.stdout) == {"stopped": None}
 
 
+@pytest.mark.parametrize(
+    "args",
+    [("task", "show", "a" * 5000), ("sandbox", "destroy", "a" * 5000),
+     ("run", "--provider", "a" * 5000, "--agent", "true {{prompt_file}}", "x")],
+)  # fmt: skip
+def test_a_huge_name_is_not_echoed_whole(hal: Hal, args: tuple[str, ...]) -> None:
+    line = one_error_line(hal(*args))
+    assert len(line) < 300 and f"{'a' * 59}…" in line and "a" * 61 not in line, line
+
+
 def test_serve_stop_and_detach_together_is_a_usage_error(hal: Hal, hal_env: dict[str, str]) -> None:
     out = hal("serve", "--detach", "--stop")
     assert out.returncode == 2

@@ -50,6 +50,25 @@ def sanitize(text: str) -> str:
     return _UNSAFE.sub(lambda m: m.group(0) if _SGR.fullmatch(m.group(0)) else "", text)
 
 
+_LONG_VALUE = re.compile(r"'[^'\n]{200,}'|\"[^\"\n]{200,}\"|\S{200,}")
+"""A value of 200 characters or more in a message: quoted (a name with spaces in it) or a
+run without spaces (an id)."""
+SHOWN_OF_A_LONG_VALUE = 60
+"""How much of such a value an error line shows."""
+
+
+def shorten_values(text: str) -> str:
+    """``text`` with each long value (see :data:`_LONG_VALUE`) cut to its first 60 characters
+    and ``…``: a 5000-character id echoed back whole buries the line's point and its fix."""
+
+    def cut(match: re.Match[str]) -> str:
+        value = match.group(0)
+        quote = value[0] if value[0] in "'\"" and value[-1] == value[0] else ""
+        return value[:SHOWN_OF_A_LONG_VALUE] + "…" + quote
+
+    return _LONG_VALUE.sub(cut, text)
+
+
 def escape_json_line(line: str) -> str:
     """A JSON line with C1 controls escaped too (JSON only requires C0 to be escaped, but a
     terminal may act on U+0080-U+009F); valid JSON either way, since they only occur inside
