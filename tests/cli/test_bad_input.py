@@ -419,6 +419,18 @@ def test_image_build_refuses_a_name_that_is_a_path(
     assert not images.exists() or not any(images.rglob("*.lock"))
 
 
+@pytest.mark.parametrize("suite", ["", "-x", "book worm", "../b"])
+@pytest.mark.parametrize("command", ["build", "container"])
+def test_image_build_refuses_a_suite_debootstrap_cannot_take(
+    hal: Hal, hal_env: dict[str, str], suite: str, command: str
+) -> None:
+    out = hal("image", command, "--name", "t", "--suite", suite)
+    assert out.returncode == 2
+    assert f"invalid Debian suite {suite!r}" in one_error_line(out)
+    assert "debootstrap" not in out.stderr
+    assert not Path(hal_env["HAL_HOME"], "images").exists()
+
+
 @pytest.mark.parametrize("option", ["--ref", "--repo", "--agent", "--env", "--prompt-file"])
 def test_arguments_that_are_not_utf8(
     hal_env: dict[str, str], demo_repo: Path, option: str

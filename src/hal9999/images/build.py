@@ -32,7 +32,7 @@ from pathlib import Path
 from hal9999.errors import ConfigError, ProviderError, ProviderUnavailable
 from hal9999.images import workdirs
 from hal9999.images.initramfs import Cpio, module_order, static_busybox
-from hal9999.images.store import Image, ImageMeta, ImageStore, check_name, now
+from hal9999.images.store import Image, ImageMeta, ImageStore, check_name, check_suite, now
 from hal9999.procs import kill_group_until_gone
 from hal9999.providers.qemuagent import PORTS as AGENT_PORTS
 
@@ -315,6 +315,7 @@ async def build_image(
 ) -> Image:
     """Build image ``name`` (see the module docstring); re-running reuses cached stages."""
     check_name(name)  # before it names a lock or a log: never a path out of the cache
+    check_suite(suite)
     if os.geteuid() != 0:
         raise ConfigError(
             "hal image build needs root (debootstrap, chroot)", hint="run it with sudo"

@@ -25,7 +25,7 @@ from typing import Any
 from hal9999.errors import ConfigError, ProviderError
 from hal9999.images import workdirs
 from hal9999.images.build import Builder, default_mirror
-from hal9999.images.store import ImageStore, check_name
+from hal9999.images.store import ImageStore, check_name, check_suite
 
 REPOSITORY = "hal9999"
 """Images are tagged ``hal9999:<name>`` in the engine."""
@@ -91,6 +91,7 @@ async def build_container_image(
 ) -> str:
     """Build ``hal9999:<name>`` in the engine ``client`` talks to; returns its image id."""
     check_name(name)  # before it names a log: never a path out of the cache
+    check_suite(suite)
     if os.geteuid() != 0:
         raise ConfigError("hal image container needs root (debootstrap)", hint="run it with sudo")
     store.cache.mkdir(parents=True, exist_ok=True)

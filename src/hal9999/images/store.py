@@ -29,6 +29,8 @@ from hal9999.errors import ConfigError, NotFoundError, ProviderError
 from hal9999.images import workdirs
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_SUITE = re.compile(r"[a-z][a-z0-9.-]{0,63}")
+"""A Debian release as debootstrap takes it (``bookworm``, ``stable``): never an option."""
 META = "meta.json"
 BUILD_HINT = "build one with `hal image build`"
 
@@ -72,6 +74,16 @@ def check_name(name: str) -> str:
             f"invalid image name {name!r}", hint="use letters, digits, '.', '_' and '-'"
         )
     return name
+
+
+def check_suite(suite: str) -> str:
+    """``suite`` if it can name a Debian release (debootstrap would take another as an option,
+    or print its usage text)."""
+    if not _SUITE.fullmatch(suite):
+        raise ConfigError(
+            f"invalid Debian suite {suite!r}", hint="give --suite a release name such as bookworm"
+        )
+    return suite
 
 
 class Image:
