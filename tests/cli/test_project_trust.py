@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from tests.cli.conftest import Hal, events_of, git
+from tests.cli.test_bad_input import one_error_line
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 
@@ -105,3 +106,16 @@ def test_hal_trust_without_a_file(hal: Hal, tmp_path: Path) -> None:
     # It named "no team.toml at .../team.toml" and told to run hal trust elsewhere.
     assert f"no file at {tmp_path / 'team.toml'}" in out.stderr, out.stderr
     assert "or give its path" in out.stderr
+
+
+@pytest.mark.parametrize("name", ["hal.toml", "team.toml"])
+@pytest.mark.parametrize("show", [(), ("--show",)])
+def test_a_file_that_is_not_toml_is_refused_shown_or_trusted(
+    hal: Hal, tmp_path: Path, name: str, show: tuple[str, ...]
+) -> None:
+    # --show on a non-TOML file not named hal.toml said "not trusted", exit 0.
+    (tmp_path / name).write_text("x = = 1\n")
+    out = hal("trust", str(tmp_path / name), *show, cwd=tmp_path)
+    assert out.returncode == 2
+    line = one_error_line(out)
+    assert f"{tmp_path / name}: not valid TOML" in line and "fix its syntax" in line, line

@@ -42,6 +42,20 @@ def _read(file: Path) -> bytes:
         raise ConfigError(f"cannot read {file}: {exc.strerror or exc}") from exc
 
 
+def _read_toml(file: Path) -> bytes:
+    """The bytes of ``file``, which must be TOML: hal can apply nothing else, so trusting or
+    showing another file is a mistake (a path given in error)."""
+    content = _read(file)
+    try:
+        tomllib.loads(content.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(
+            f"{file}: not valid TOML: {exc}",
+            hint=f"fix its syntax, or give the path of a {CONFIG_FILE_NAME}",
+        ) from exc
+    return content
+
+
 @cli.command()
 @click.argument("path", required=False)
 @click.option("--revoke", is_flag=True, help="Forget the trust; the file is narrowed again.")
@@ -62,7 +76,7 @@ def trust(path: str | None, revoke: bool, show: bool, as_json: bool) -> None:
         result = {"path": str(file), "trusted": False, "revoked": removed}
         message = f"revoked trust in {file}" if removed else f"{file} was not trusted"
     elif show:
-        content = _read(file)
+        content = _read_toml(file)
         trusted = store.is_trusted(file, content)
         ignored: list[str] = []
         if not trusted:
@@ -76,11 +90,7 @@ def trust(path: str | None, revoke: bool, show: bool, as_json: bool) -> None:
         state = "trusted" if trusted else ("changed since trusted" if changed else "not trusted")
         message = f"{file}: {state}" + (f"; ignored: {', '.join(ignored)}" if ignored else "")
     else:
-        content = _read(file)
-        try:
-            tomllib.loads(content.decode("utf-8"))
-        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"{file}: not valid TOML: {exc}", hint="fix it first") from exc
+        content = _read_toml(file)
         recorded = store.trust(file, content)
         result = {"path": str(file), "trusted": True, "digest": recorded}
         message = f"trusted {file} ({recorded[:19]}...): hal applies all of it until it changes"
