@@ -21,7 +21,6 @@ optional ``hint`` that tells the user how to fix the problem::
     │   ├── UnknownAgent          agent_unknown      exit 5
     │   ├── AgentNotInstalled     agent_missing      exit 5
     │   └── AgentFailed           agent_failed       exit 5
-    │       └── AgentVanished     agent_failed       exit 5
     ├── ProviderError             provider_error     exit 6
     │   ├── UnknownProvider       provider_unknown   exit 6
     │   ├── ProviderUnavailable   provider_missing   exit 6
@@ -185,11 +184,6 @@ class AgentFailed(AgentError):
     """The agent exited with a failure status."""
 
     code = "agent_failed"
-
-
-class AgentVanished(AgentFailed):
-    """The agent's run ended without an exit status (its supervisor was killed): its work
-    is collected all the same, as after a timeout."""
 
 
 class ProviderError(HalError):

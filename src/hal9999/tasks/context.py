@@ -41,6 +41,11 @@ class Superseded(Exception):
     """Another hal process moved the task to a resting state; this run must leave it alone."""
 
 
+class Vanished(Exception):
+    """The agent's run ended without an exit status (its supervisor was killed): the run
+    fails (``agent_failed``), and its work is collected all the same, as after a timeout."""
+
+
 @dataclass
 class Totals:
     """Token and cost figures gathered from usage events."""

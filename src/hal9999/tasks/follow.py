@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hal9999.agents.base import Agent
-from hal9999.errors import AgentVanished, TaskTimeout
+from hal9999.errors import TaskTimeout
 from hal9999.process.base import ProcessManager, read_exit_status
 from hal9999.process.caplog import log_cap_from
 from hal9999.process.supervisor import ended_path
 from hal9999.providers import limits
 from hal9999.spec import ProcessSpec
-from hal9999.tasks.context import RunContext, Superseded, taken_from_us
+from hal9999.tasks.context import RunContext, Superseded, Vanished, taken_from_us
 from hal9999.tasks.output import OUTPUT_EVENTS_CAP, OutputFollower, file_size
 from hal9999.tasks.runcore import RunnerCore
 
@@ -204,5 +204,5 @@ class FollowSteps(RunnerCore):
             current = self.store.get_task(ctx.task.id)
             if taken_from_us(current):
                 raise Superseded(current.status)
-            raise AgentVanished("the agent process vanished without an exit status")
+            raise Vanished("the agent process vanished without an exit status")
         return status.exit_code

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 from hal9999.agents.registry import resolve_agent
 from hal9999.errors import (
     AgentFailed,
-    AgentVanished,
     DiskLimitExceeded,
     HalError,
     TaskNotFound,
@@ -27,7 +26,13 @@ from hal9999.events.models import Phase, TaskEnd
 from hal9999.providers.base import Provider, Sandbox
 from hal9999.store import TaskRecord
 from hal9999.tasks import finish
-from hal9999.tasks.context import RunContext, Superseded, offline_warning, taken_from_us
+from hal9999.tasks.context import (
+    RunContext,
+    Superseded,
+    Vanished,
+    offline_warning,
+    taken_from_us,
+)
 from hal9999.tasks.follow import FollowSteps
 from hal9999.tasks.launch import LaunchSteps, missing_program
 from hal9999.tasks.plugins import load_process_manager, load_provider_for
@@ -109,13 +114,15 @@ class TaskRunner(LaunchSteps, FollowSteps):
             )
         except Superseded:
             return self.store.get_task(task.id)
-        except (TaskTimeout, DiskLimitExceeded, AgentVanished) as exc:
+        except (TaskTimeout, DiskLimitExceeded, Vanished) as exc:
             if ctx.pspec is not None:
                 await manager.stop(ctx.pspec)
-            vanished = provider if isinstance(exc, AgentVanished) else None
-            files = await finish.collect_leftovers(ctx, self.update, quiet=vanished)
+            # A vanished agent is stopped by nothing else: its sandbox is restarted first.
+            quiet = provider if isinstance(exc, Vanished) else None
+            files = await finish.collect_leftovers(ctx, self.update, quiet=quiet)
             ended = TaskStatus.TIMED_OUT if isinstance(exc, TaskTimeout) else TaskStatus.FAILED
-            return await self.finish(ctx, ended, started, exit_code, error=exc, files=files)
+            failure = AgentFailed(str(exc)) if isinstance(exc, Vanished) else exc
+            return await self.finish(ctx, ended, started, exit_code, error=failure, files=files)
         except HalError as exc:
             if ctx.pspec is not None:
                 await manager.stop(ctx.pspec)
