@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hal9999 import agentfs
-from hal9999.agents.registry import resolve_agent, upstream_key_env
+from hal9999.agents.registry import resolve_agent
 from hal9999.config import HalConfig
-from hal9999.credentials import EnvKinds, file_secrets, forwarded_env, iter_unique
+from hal9999.credentials import EnvKinds, forwarded_env, iter_unique
 from hal9999.errors import ConfigError, HalError, TaskStateError, UsageError
 from hal9999.events.log import EventLog
 from hal9999.events.models import Event, Message, TaskCreated, TaskEnd
@@ -23,7 +23,7 @@ from hal9999.home import HalPaths
 from hal9999.pool.settings import provider_settings
 from hal9999.process.base import read_exit_status
 from hal9999.providers.base import Provider
-from hal9999.redact import SecretMasker, forwarded_is_secret
+from hal9999.redact import SecretMasker
 from hal9999.spec import ArgvCommand
 from hal9999.store import Store, TaskRecord
 from hal9999.tasks import gitrepo, mirror
@@ -37,6 +37,7 @@ from hal9999.tasks.plugins import (
 )
 from hal9999.tasks.request import RunRequest, new_task_id, provider_list
 from hal9999.tasks.runner import TaskRunner
+from hal9999.tasks.secrets import TaskSecrets
 from hal9999.tasks.session import Session
 from hal9999.tasks.state import ACTIVE, RESUMABLE, TaskStatus, transition
 from hal9999.values import check_run_options
@@ -71,7 +72,7 @@ def never_ran(task: TaskRecord) -> bool:
     )
 
 
-class TaskService:
+class TaskService(TaskSecrets):
     """The task layer behind the CLI (and, later, the daemon)."""
 
     def __init__(self, config: HalConfig, store: Store, environ: Mapping[str, str]) -> None:
@@ -84,10 +85,6 @@ class TaskService:
         """The one event writer of each task in this process (the daemon adds its bus)."""
         self.contexts: dict[str, RunContext] = {}
         """Runs in progress in this process, by task id."""
-
-    def session(self, task: TaskRecord) -> Session:
-        """The session directory of ``task``."""
-        return Session(Path(task.session_dir))
 
     def config_for(self, task: TaskRecord) -> HalConfig:
         """The settings ``task`` was created with (this service's, when it kept none)."""
@@ -111,73 +108,6 @@ class TaskService:
         runner = TaskRunner(config, self.store, self.environ)
         runner.sandboxes = self.runner.sandboxes
         return runner
-
-    def masker(self, task: TaskRecord, values: Mapping[str, str] | None = None) -> SecretMasker:
-        """A masker for every secret the task may see.
-
-        Marked secrets (``--secret``, ``[secrets]`` names, the agent's API key variable) are
-        always masked; another forwarded variable when its name or value looks like a secret
-        (:func:`~hal9999.redact.forwarded_is_secret`); a literal ``--env NAME=value`` never:
-        it is configuration, and masking it would rewrite ordinary words in the output. The
-        token-like values inside credential files are masked too. ``values`` are the run's
-        exec-time values (the host environment is used for names not in it)."""
-        masker = SecretMasker()
-        for value in self.secret_values(task, values).values():
-            masker.add(value)
-        for cred in self.config.credentials:
-            for value in file_secrets(cred.source):
-                masker.add(value)
-        return masker
-
-    def secret_values(
-        self, task: TaskRecord, values: Mapping[str, str] | None = None
-    ) -> dict[str, str]:
-        """The task's exec-time variables that are secrets, by name (see :meth:`masker`)."""
-        kinds = EnvKinds.load(self.env_kinds_path(task))
-        marked = set(self.agent_secret_names(task)) | set(kinds.secret)
-        literal = set(kinds.literal) - marked
-        given = values or {}
-        found: dict[str, str] = {}
-        for name in iter_unique(task.env_keys, sorted(marked)):
-            if name in literal:
-                continue
-            value = given.get(name, self.environ.get(name))
-            if value and (name in marked or forwarded_is_secret(name, value)):
-                found[name] = value
-        return found
-
-    def shown_patch(self, task: TaskRecord, text: str) -> str:
-        """``text`` (the task's patch, or its head) masked for a reader who is not the run's
-        caller (the dashboard, a hive agent). A patch the scan for secrets did not clear
-        (a result refused for holding one, work collection could not bring back) is refused
-        when a secret of the task has no value here: a daemon never keeps those its client
-        sent, and the patch is the agent's, as written."""
-        unknown = [name for name in self.secret_names(task) if name not in self.environ]
-        if unknown and not self.session(task).patch_checked.exists():
-            raise TaskStateError(
-                f"the patch of task {task.id} was not cleared of its secrets and "
-                f"{', '.join(unknown)} cannot be masked here",
-                hint=f"read it with `hal task diff {task.id}` where the secrets are set",
-            )
-        return self.masker(task).mask(text)
-
-    def secret_names(self, task: TaskRecord) -> list[str]:
-        """The task's variables whose values may be secrets: all but a literal ``--env``."""
-        kinds = EnvKinds.load(self.env_kinds_path(task))
-        marked = set(self.agent_secret_names(task)) | set(kinds.secret)
-        literal = set(kinds.literal) - marked
-        return [name for name in iter_unique(task.env_keys, sorted(marked)) if name not in literal]
-
-    def agent_secret_names(self, task: TaskRecord) -> list[str]:
-        """Host variables that are secrets for this task: its agent's API key variable and
-        the ``secrets`` names of the config."""
-        key_env = upstream_key_env(self.config, task.agent)  # the preset's own, unless set
-        names = [key_env] if key_env else []
-        return [*names, *self.config.secrets]
-
-    def env_kinds_path(self, task: TaskRecord) -> Path:
-        """Where the task records which of its variables are literal and which secret."""
-        return self.session(task).run_dir / "env-kinds.json"
 
     @contextmanager
     def events(self, task: TaskRecord, masker: SecretMasker | None = None) -> Iterator[EventLog]:
@@ -327,7 +257,8 @@ class TaskService:
         for name in self.config.secrets:
             if name not in secrets_env and name in self.environ:
                 secrets_env[name] = self.environ[name]
-        masker = self.masker(task, secrets_env)
+        found = self.secret_values(task, secrets_env)
+        masker = self.masker_of(found.values())
         with self.events(task, masker) as events:
             ctx = RunContext(
                 task=task,
@@ -337,7 +268,7 @@ class TaskService:
                 secrets=secrets_env,
                 on_output=on_output,
                 on_event=on_event,
-                mask_names=tuple(sorted(self.secret_values(task, secrets_env))),
+                mask_names=tuple(sorted(found)),
                 checks_patch=bool(self.secret_names(task)),
                 adopted=adopted,
                 retry=retry,
