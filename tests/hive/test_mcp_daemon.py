@@ -8,8 +8,10 @@ import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from mcp import Client
 from tests.cli import conftest as cli
 from tests.cli.conftest import Hal
 from tests.cli.test_daemon import poll
@@ -34,6 +36,18 @@ def served(hal: Hal, hal_env: dict[str, str]) -> Iterator[Path]:
     assert stopped.returncode == 0, stopped.stderr
 
 
+async def finished_result(agent: Client, task_id: str) -> Any:
+    """``task_result`` of ``task_id`` once the task has ended (it has a note while it runs),
+    or as it is after 90 s."""
+    deadline = time.monotonic() + 90
+    while True:
+        failed, result = await call(agent, "task_result", id=task_id)
+        assert not failed, result
+        if "note" not in result or time.monotonic() > deadline:
+            return result
+        await asyncio.sleep(0.5)
+
+
 async def test_the_daemon_serves_agents_and_runs_their_sub_tasks(
     served: Path, demo_repo: Path
 ) -> None:
@@ -51,13 +65,7 @@ async def test_the_daemon_serves_agents_and_runs_their_sub_tasks(
         assert not failed, sent
         failed, started = await call(alpha, "run_task", prompt="fix calc")
         assert not failed, started
-        deadline = time.monotonic() + 90
-        while True:
-            failed, result = await call(alpha, "task_result", id=started["task"])
-            assert not failed, result
-            if "note" not in result or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.5)
+        result = await finished_result(alpha, started["task"])
     assert result["status"] == "succeeded", result
     assert "+    return a + b" in result["patch"]
     assert [m.sender for m in broker.inbox(store, "operator")] == ["alpha"]
@@ -90,13 +98,7 @@ async def test_task_result_never_hands_over_a_sub_tasks_secret(
         async with connect(sock) as alpha:
             failed, started = await call(alpha, "run_task", prompt="leak it")
             assert not failed, started
-            deadline = time.monotonic() + 90
-            while True:
-                failed, result = await call(alpha, "task_result", id=started["task"])
-                assert not failed, result
-                if "note" not in result or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.5)
+            result = await finished_result(alpha, started["task"])
     finally:
         store.close()
         stopped = hal("serve", "--stop")

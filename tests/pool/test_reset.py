@@ -140,17 +140,24 @@ def test_a_fresh_dir_holds_only_dirs(tmp_path: Path) -> None:
     assert not scratch.holds_no_files(tmp_path / "missing")
 
 
-def test_remove_tree_takes_apart_a_tree_deeper_than_any_stack(tmp_path: Path) -> None:
-    # Deeper than Python's recursion limit and than a process's descriptors: shutil.rmtree
-    # raises RecursionError here, which would have crashed a sandbox's destroy.
-    top = tmp_path / "deep"
+def dig(top: Path, depth: int) -> int:
+    """Make ``top`` and a chain of ``depth`` directories ``d`` under it (deeper than any path
+    the kernel resolves whole); an open descriptor of the deepest, the caller's to close."""
     top.mkdir()
     fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
-    for _ in range(1200):
+    for _ in range(depth):
         os.mkdir("d", dir_fd=fd)
         child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
         os.close(fd)
         fd = child
+    return fd
+
+
+def test_remove_tree_takes_apart_a_tree_deeper_than_any_stack(tmp_path: Path) -> None:
+    # Deeper than Python's recursion limit and than a process's descriptors: shutil.rmtree
+    # raises RecursionError here, which would have crashed a sandbox's destroy.
+    top = tmp_path / "deep"
+    fd = dig(top, 1200)
     os.mkfifo("fifo", dir_fd=fd)
     os.chmod(f"/proc/self/fd/{fd}", 0)
     os.close(fd)

@@ -7,6 +7,7 @@ import resource
 from pathlib import Path
 
 import pytest
+from tests.pool.test_reset import dig
 
 from hal9999.providers import scratch
 from hal9999.providers.sandboxuser import adopt, own_created
@@ -44,13 +45,7 @@ def test_a_tree_deeper_than_the_stack_and_the_descriptors_is_handed_over(
     # An agent's home 1,500 levels deep, seen by the next run's create: os.fwalk recursed (a
     # RecursionError, a traceback from `hal task resume` on every try) and held an fd a level.
     root = tmp_path / "home"
-    root.mkdir()
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    for _ in range(1500):
-        os.mkdir("d", dir_fd=fd)
-        child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-        os.close(fd)
-        fd = child
+    fd = dig(root, 1500)
     os.mknod("leaf", dir_fd=fd)
     os.symlink(tmp_path / "outside", "link", dir_fd=fd)
     (tmp_path / "outside").write_text("host file")

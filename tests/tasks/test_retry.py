@@ -21,12 +21,14 @@ from tests.tasks.test_scheduler import ScriptedService, until
 
 from hal9999.events.models import Phase, TaskEnd
 from hal9999.events.reader import read_events
+from hal9999.pool import WarmPool
 from hal9999.pool.settings import SchedulerSettings
 from hal9999.store import Store, TaskRecord
 from hal9999.tasks.recovery import Recovery
 from hal9999.tasks.request import RunRequest
 from hal9999.tasks.sandboxes import PoolSource
 from hal9999.tasks.scheduler import Scheduler
+from hal9999.tasks.service import TaskService
 from hal9999.tasks.session import Session
 
 SETTINGS = SchedulerSettings(backoff_base_s=0.05)
@@ -86,6 +88,24 @@ def phases(task: TaskRecord) -> list[tuple[str, str | None]]:
     return seen
 
 
+async def until_failed(
+    service: TaskService, store: Store, pool: WarmPool, task_id: str, *, submit: bool = False
+) -> None:
+    """A daemon's scheduler over ``pool`` (given ``task_id`` when ``submit``) until the task
+    is ``failed`` and nothing runs; then the scheduler and the pool are shut down."""
+    scheduler = Scheduler(service, SETTINGS, lambda name: 4)
+    if submit:
+        scheduler.submit(task_id)
+    loop = asyncio.create_task(scheduler.run_forever())
+    try:
+        await until(lambda: store.get_task(task_id).status == "failed", timeout=120)
+        await until(lambda: not scheduler.running)
+    finally:
+        await scheduler.shutdown()
+        loop.cancel()
+        await pool.close()
+
+
 @pytest.mark.bwrap
 async def test_a_retry_survives_the_daemon_killed_right_after_the_failing_write(
     tmp_path: Path,
@@ -108,15 +128,7 @@ async def test_a_retry_survives_the_daemon_killed_right_after_the_failing_write(
     recovery = Recovery(service, pool, PoolSource(pool), lambda name: bwrap, retries=5)
     report, adoptions = await recovery.run()
     assert report.requeued == [task.id] and adoptions == []
-    scheduler = Scheduler(service, SETTINGS, lambda name: 4)
-    loop = asyncio.create_task(scheduler.run_forever())
-    try:
-        await until(lambda: store.get_task(task.id).status == "failed", timeout=120)
-        await until(lambda: not scheduler.running)
-    finally:
-        await scheduler.shutdown()
-        loop.cancel()
-        await pool.close()
+    await until_failed(service, store, pool, task.id)
     done = store.get_task(task.id)
     assert (done.agent_retries, done.error_code, done.exit_code) == (1, "agent_failed", 3)
     assert [p for p, _ in phases(done)].count("running") == 2, "the retry ran"
@@ -142,16 +154,7 @@ async def test_a_retried_failure_is_never_written_failed_and_its_events_say_so(
 
     monkeypatch.setattr(Store, "set_status", recorded)
     task = await service.create(failing_request(git_repo(tmp_path / "repo")))
-    scheduler = Scheduler(service, SETTINGS, lambda name: 4)
-    scheduler.submit(task.id)
-    loop = asyncio.create_task(scheduler.run_forever())
-    try:
-        await until(lambda: store.get_task(task.id).status == "failed", timeout=120)
-        await until(lambda: not scheduler.running)
-    finally:
-        await scheduler.shutdown()
-        loop.cancel()
-        await pool.close()
+    await until_failed(service, store, pool, task.id, submit=True)
     run = ["provisioning", "preparing", "running", "collecting"]
     assert writes == [*run, "queued", *run, "failed"], "failed written once: when final"
     seen = phases(store.get_task(task.id))
