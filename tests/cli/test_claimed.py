@@ -3,13 +3,15 @@ line and leaves the task alone (``hal9999.tasks.claim``)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal
+from tests.cli.conftest import Hal, start_hal, tasks_json
 from tests.tasks.test_recovery import make_task
 
 from hal9999.store import Store
@@ -86,3 +88,42 @@ def test_a_detached_runner_whose_task_another_hal_runs_leaves_it_alone(
     message_of(done, other.pid)
     assert store.get_task("heldaaaa") == before
     store.close()
+
+
+@pytest.mark.bwrap
+@pytest.mark.tmux
+def test_a_retry_whose_hal_run_was_killed_waits_queued_and_resumes_here(
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    """`hal run --retries 1` killed while it waits out the retry's backoff leaves the task
+    queued for a runner, not interrupted (which kept the next `hal serve` from it); `hal
+    task show` says who can start it and `hal task resume` runs it here."""
+    config = Path(hal_env["XDG_CONFIG_HOME"]) / "hal9999" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text("[scheduler]\nbackoff_base_s = 600\nbackoff_max_s = 600\n")
+    agent = "sh -c 'if [ -e .tried ]; then echo fixed > fixed.txt; else touch .tried; exit 3; fi'"
+    proc = start_hal(hal_env, demo_repo, "run", "--retries", "1", "--agent", agent, "go")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        [task] = tasks_json(hal) or [{"status": "none"}]
+        if task["status"] == "queued" and task["agent_retries"] == 1:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"the run never queued its retry: {tasks_json(hal)}")
+    proc.kill()
+    proc.wait()
+
+    for _ in range(2):  # listing twice changes nothing: nothing of it runs, nothing is lost
+        [listed] = tasks_json(hal)
+        assert (listed["status"], listed["error_code"]) == ("queued", None), listed
+    shown = hal("task", "show", task["id"])
+    assert shown.returncode == 0, shown.stderr
+    waiting = "waiting   no hal process holds it: `hal serve` starts it"
+    assert f"{waiting}, `hal task resume {task['id']}` runs it here" in shown.stdout
+
+    resumed = hal("task", "resume", task["id"], "--json", timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    final = json.loads(resumed.stdout)
+    assert final["status"] == "succeeded" and final["files_changed"] == 2, final
+    assert "fixed.txt" in Path(final["session_dir"], "result.patch").read_text()

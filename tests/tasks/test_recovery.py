@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from hal9999.config import HalConfig
+from hal9999.errors import TaskStateError
 from hal9999.events.models import Phase
 from hal9999.events.reader import read_events
 from hal9999.pool import ProviderSettings, SlotDir, WarmPool
@@ -278,4 +279,59 @@ async def test_a_task_whose_agent_had_not_started_is_queued_again_up_to_the_retr
     spent = store.get_task("prep1234")
     assert spent.status == "interrupted" and spent.infra_retries == 1, "its retries are spent"
     assert store.get_task("runs1234").status == "interrupted", "its agent had started"
+    store.close()
+
+
+async def test_a_queued_task_whose_daemon_died_stays_queued_until_the_next_one(
+    tmp_path: Path,
+) -> None:
+    """A retry a crashed daemon had queued (or any task it had queued) waits for the next
+    daemon: a `hal task list` in between used to mark it interrupted, and the next daemon
+    then left it there."""
+    home = tmp_path / "home"
+    store, service, fake, pool = pooled_service(home, "fake")
+    store.insert_task(
+        make_task(home, "retr1234", "queued", runner_pid=DEAD_PID, infra_retries=1,
+                  not_before=time.time() + 30)
+    )  # fmt: skip
+    assert [t.status for t in service.list()] == ["queued"]
+    assert service.find("retr").status == "queued" and store.get_task("retr1234").error_code is None
+    report, _ = await Recovery(service, pool, PoolSource(pool), lambda n: fake).run()
+    assert report.requeued == ["retr1234"] and report.interrupted == []
+    again = store.get_task("retr1234")
+    assert again.status == "queued" and again.runner_pid == os.getpid()
+    assert again.infra_retries == 1, "waiting was not a failure: no retry is spent"
+    store.close()
+
+
+def test_a_queued_task_no_live_hal_holds_is_resumed_here(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    store, service, _, _ = pooled_service(home, "fake")
+    store.insert_task(make_task(home, "orph1234", "queued", runner_pid=DEAD_PID))
+    store.insert_task(make_task(home, "mine1234", "queued", runner_pid=os.getpid()))
+    named: list[str] = []
+    taken = service.prepare_resume("orph", named.append)
+    assert named == ["orph1234"]
+    assert taken.status == "queued" and taken.runner_pid == os.getpid()
+    assert taken.resumes == 0, "it never ran: the same run is started, not a new one"
+    # One this process holds is already on its way: not a second time.
+    with pytest.raises(TaskStateError, match="is queued"):
+        service.prepare_resume("mine1234")
+    store.close()
+
+
+async def test_a_queued_task_another_live_hal_holds_is_not_resumed(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    store, service, _, _ = pooled_service(home, "fake")
+    other = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import time; time.sleep(60)", "hal"
+    )
+    try:
+        store.insert_task(make_task(home, "held1234", "queued", runner_pid=other.pid))
+        with pytest.raises(TaskStateError, match=f"another hal process \\(pid {other.pid}\\)"):
+            await asyncio.to_thread(service.prepare_resume, "held1234")
+        assert store.get_task("held1234").runner_pid == other.pid
+    finally:
+        other.kill()
+        await other.wait()
     store.close()

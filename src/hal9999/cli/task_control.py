@@ -55,6 +55,18 @@ def show(task_id: str, as_json: bool) -> None:
     else:
         click.echo(summary(_shown(data, record)))
         click.echo(f"prompt    {data['prompt']}")
+        if record is not None and _waiting(record):
+            click.echo(
+                f"waiting   no hal process holds it: `hal serve` starts it, "
+                f"`hal task resume {record.id}` runs it here"
+            )
+
+
+def _waiting(record: TaskRecord) -> bool:
+    """Whether a queued task waits for a runner (the hal process that queued it died)."""
+    from hal9999.tasks.alive import runner_alive
+
+    return record.status == "queued" and not runner_alive(record.runner_pid)
 
 
 @task.command()

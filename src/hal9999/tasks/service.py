@@ -364,6 +364,14 @@ class TaskService(TaskSecrets):
         ``runner_pid``: a daemon on the same home does not start it meanwhile). ``named`` is
         told the task's id before it is queued (see :meth:`create_blocking`)."""
         task = self.reconcile(self.store.find_task(task_id))
+        if task.status == TaskStatus.QUEUED and task.runner_pid != os.getpid():
+            # Queued by a hal process that died before it ran it (a daemon, a `hal run`
+            # waiting out a retry's backoff): this process takes it as it is. The claim
+            # refuses, naming it, one that another live hal process holds.
+            claimed = claim(self.store, task.id)
+            if named is not None:
+                named(task.id)
+            return claimed
         if task.status not in RESUMABLE:
             raise TaskStateError(
                 f"task {task.id} is {task.status}; only a stopped or finished task can resume",
@@ -417,10 +425,12 @@ class TaskService(TaskSecrets):
         """Mark an active task whose runner died as ``interrupted``; return the fresh record."""
         if task.status not in ACTIVE or runner_alive(task.runner_pid):
             return task
-        if task.runner_pid is None and task.status == TaskStatus.QUEUED:
-            # Not yet picked up (a detached runner may be starting); give it a moment.
-            if time.time() - task.created_at < 10:
-                return task
+        if task.status == TaskStatus.QUEUED:
+            # Nothing of it runs: it waits for a runner, whoever queued it. The next `hal
+            # serve` starts it (its recovery claims every queued task no live hal holds) and
+            # `hal task resume` runs it here; marking it interrupted would keep both from it
+            # (a retry a crashed daemon had queued, listed before the daemon came back).
+            return task
         exit_code = read_exit_status(self.session(task).exit_file(task.resumes))
         if exit_code is not None:
             agent = f"the agent exited with status {exit_code}"
