@@ -137,6 +137,20 @@ async def bring_back(
             await asyncio.to_thread(shutil.rmtree, quarantine, True)
 
 
+async def forget_incoming(source: RepoSource, task_id: str) -> None:
+    """Drop what a bring-back cut short (its ``hal`` killed between the fetch and the branch's
+    move) left in a local source: ``refs/hal-incoming/<id>``, which keeps the fetched result's
+    objects until the task is resumed (that lands them) or removed (this)."""
+    repo = Path(source.location)
+    if source.kind != "local" or not repo.is_dir():
+        return
+    with contextlib.suppress(RepoError):  # a source that is no repository now holds no ref
+        await git(
+            ["update-ref", "-d", f"refs/hal-incoming/{task_id}"],
+            cwd=repo, what="dropping the private ref",
+        )  # fmt: skip
+
+
 QUARANTINE = "incoming-objects"
 """In the session root (no sandbox mounts it): where a result's objects wait for the scan."""
 

@@ -28,6 +28,7 @@ from hal9999.spec import ArgvCommand
 from hal9999.store import Store, TaskRecord
 from hal9999.tasks import gitrepo, mirror
 from hal9999.tasks.alive import runner_alive
+from hal9999.tasks.bringback import forget_incoming
 from hal9999.tasks.claim import claim
 from hal9999.tasks.context import Adopted, RunContext, process_spec
 from hal9999.tasks.plugins import (
@@ -405,6 +406,7 @@ class TaskService(TaskSecrets):
                 hint=f"cancel it first (`hal task cancel {task.id}`) or pass --force",
             )
         await self.kill(task)
+        await forget_incoming(gitrepo.RepoSource(task.repo_kind, task.repo), task.id)
         borrowed = mirror.linked_snapshot(Path(task.session_dir))
         # A session can be large: deleting it must not stall a daemon's other work. It holds
         # agent-made files, so no link in it is followed and closed directories are opened.
