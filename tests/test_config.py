@@ -266,3 +266,19 @@ def test_hal_paths_layout_and_ensure(tmp_path: Path) -> None:
 def test_hal_paths_refuse_names_that_escape(tmp_path: Path, bad: str) -> None:
     with pytest.raises(UsageError, match="invalid task id"):
         HalPaths(tmp_path).session(bad)
+
+
+def test_a_bad_key_is_blamed_on_the_file_that_wrote_it_not_a_later_one(
+    user_home: Path, project: Path
+) -> None:
+    """A table two files add to: the unknown key is the user file's, though the project
+    file (read later) also has the table; so is a text number a variable merges beside."""
+    path = write(user_file(user_home), '[agents.claude]\nmodle = "x"\n')
+    trusted(user_home, write(project / "hal.toml", '[agents.claude]\nmodel = "y"\n'))
+    with pytest.raises(ConfigError) as info:
+        load_config({"HOME": str(user_home)}, project)
+    assert info.value.message == f"{path}: agents.claude.modle: unknown key"
+    write(user_file(user_home), '[resources]\ncpus = "2"\n')
+    with pytest.raises(ConfigError) as typed:
+        load_config({"HOME": str(user_home), "HAL_MEMORY_MB": "512"}, project)
+    assert typed.value.message == f"{path}: resources.cpus: expected a number"

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -38,11 +38,14 @@ from hal9999.values import (
     describe,
     empty_list,
     is_text,
+    toml_checked,
 )
 from hal9999.workdir import current_dir as current_dir  # re-exported (light module)
 from hal9999.workdir import working_dir as working_dir
 
 if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
+
     from hal9999.trust import ProjectConfig
 
 CONFIG_FILE_NAME = "hal.toml"
@@ -301,6 +304,36 @@ class ConfigSources:
         return {"files": list(self.files), "env": list(self.env), "project": project}
 
 
+def _without(table: Mapping[str, Any], paths: list[tuple[str, ...]]) -> dict[str, Any]:
+    """A copy of the nested ``table`` without the keys at ``paths``."""
+    kept = dict(table)
+    for path in paths:
+        where = kept
+        for key in path[:-1]:
+            inner = dict(where[key])  # copied: ``table`` stays as it is
+            where[key] = inner
+            where = inner
+        where.pop(path[-1], None)
+    return kept
+
+
+def _invalid(
+    errors: Sequence[ErrorDetails], origin: Mapping[tuple[str, ...], str]
+) -> ConfigError:
+    """Every problem of a config that did not validate, each with where it came from."""
+    problems = [
+        f"{_source_of(err['loc'], origin)}: {'.'.join(str(p) for p in err['loc'])}: "
+        f"{describe(err)}"
+        for err in errors
+    ]
+    first = errors[0]
+    return ConfigError(
+        problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
+        hint=f"fix it in {_source_of(first['loc'], origin)}",
+        problems=problems,
+    )
+
+
 def log_level(environ: Mapping[str, str], default: str = "WARNING") -> str:
     """The level named by ``HAL_LOG_LEVEL`` (else ``default``); a bad name is a ConfigError."""
     value = environ.get("HAL_LOG_LEVEL", "").strip().upper() or default
@@ -376,21 +409,22 @@ def _validate(layers: list[Layer], here: Path | None) -> HalConfig:
     origin: dict[tuple[str, ...], str] = {}
     for source, table in layers:
         merge(merged, table, origin, source)
-
+    # What the files set with TOML's own types (`timeout_s = "30"` is refused), the text of
+    # the variables that win over them (HAL_TIMEOUT=30) read as what it spells.
+    set_by_env = [ENV_KEYS[source] for source, _ in layers if source in ENV_KEYS]
     try:
-        config = HalConfig.model_validate(merged)
+        if not set_by_env:
+            config = toml_checked(HalConfig, merged)
+        else:
+            try:
+                toml_checked(HalConfig, _without(merged, set_by_env))
+            except ValidationError as exc:
+                wrong = [err for err in exc.errors() if err["type"] != "missing"]
+                if wrong:
+                    raise _invalid(wrong, origin) from exc
+            config = HalConfig.model_validate(merged)
     except ValidationError as exc:
-        problems = [
-            f"{_source_of(err['loc'], origin)}: {'.'.join(str(p) for p in err['loc'])}: "
-            f"{describe(err)}"
-            for err in exc.errors()
-        ]
-        first = exc.errors()[0]
-        raise ConfigError(
-            problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
-            hint=f"fix it in {_source_of(first['loc'], origin)}",
-            problems=problems,
-        ) from exc
+        raise _invalid(exc.errors(), origin) from exc
     if not config.home.is_absolute():
         if here is None:
             raise ConfigError(

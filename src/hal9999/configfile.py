@@ -68,7 +68,8 @@ def merge(
     source: str,
     prefix: tuple[str, ...] = (),
 ) -> None:
-    """Deep-merge ``update`` into ``base``, recording which source set each key."""
+    """Deep-merge ``update`` into ``base``, recording which source set each key (a table
+    two sources add to stays the first one's: the keys the later one set are its own)."""
     for key, value in update.items():
         path = (*prefix, key)
         if isinstance(value, dict) and isinstance(base.get(key), dict):
@@ -78,7 +79,7 @@ def merge(
             # Drop provenance of whatever this value replaced, then claim the whole subtree.
             for old in [p for p in origin if p[: len(path)] == path]:
                 del origin[old]
-        origin[path] = source
+            origin[path] = source
 
 
 def _copy(value: Any) -> Any:

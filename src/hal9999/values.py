@@ -6,9 +6,10 @@ are refused by one rule with one wording.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -182,6 +183,17 @@ def describe(error: Mapping[str, Any]) -> str:
             bound = int(bound)  # "greater than 0", not "greater than 0.0"
         return f"expected a number {_BOUNDS[kind]} {bound}"
     return _EXPECTED.get(kind, str(error.get("msg", "invalid value")))
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def toml_checked(model: type[_Model], table: Mapping[str, Any]) -> _Model:
+    """``table``, read from a TOML file, validated with TOML's own types: a number or a
+    boolean is written bare there, so ``timeout_s = "30"`` is a mistake, not 30 seconds (nor
+    ``memory_mb = true`` 1 MiB). Pydantic's strict JSON mode has exactly these types (text
+    for a path or a choice, an integer for a float); raises its ``ValidationError``."""
+    return model.model_validate_json(json.dumps(dict(table), default=str), strict=True)
 
 
 def setting_hint(error: Mapping[str, Any], where: str, keys: Iterable[str]) -> str:

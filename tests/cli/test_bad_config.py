@@ -106,7 +106,11 @@ def test_doctor_names_an_unknown_provider_table_and_passes_known_ones(
     ("toml", "args", "expected"),
     [("[hive]\nkeep_warm = \"yes\"\n", ("vacuum",), "[hive] keep_warm: expected true or false"),
      ("[pool]\nmax_size = \"4\"\n", RUN, "[pool] max_size: expected a whole number"),
-     ("[gateway]\nenabled = \"no\"\n", RUN, "gateway.enabled: expected true or false")],
+     ("[gateway]\nenabled = \"no\"\n", RUN, "gateway.enabled: expected true or false"),
+     ("timeout_s = \"30\"\n", RUN, "config.toml: timeout_s: expected a number"),
+     ("[resources]\nmemory_mb = true\n", RUN, "resources.memory_mb: expected a whole number"),
+     ("[providers.qemu]\nboot_timeout_s = \"9\"\n", ("image", "list"),
+      "[providers.qemu] boot_timeout_s: expected a number")],
 )  # fmt: skip
 def test_text_where_toml_has_a_boolean_or_a_number_is_refused(
     hal: Hal, hal_env: dict[str, str], toml: str, args: tuple[str, ...], expected: str
@@ -116,3 +120,17 @@ def test_text_where_toml_has_a_boolean_or_a_number_is_refused(
     assert out.returncode == 2
     assert expected in one_error_line(out)
     assert no_sessions(hal_env)
+
+
+def test_a_variable_excuses_only_the_file_value_it_replaces(
+    hal: Hal, hal_env: dict[str, str]
+) -> None:
+    """HAL_* variables are text and read as what they spell; a file value they replace is
+    not used, so it is not judged, but the file's other values still are."""
+    write_config(hal_env, 'timeout_s = "soon"\n[resources]\ncpus = "2"\n')
+    out = hal(*RUN, env={"HAL_TIMEOUT": "30", "HAL_MEMORY_MB": "512"})
+    assert out.returncode == 2
+    assert "config.toml: resources.cpus: expected a number (fix it in " in one_error_line(out)
+    write_config(hal_env, 'timeout_s = "soon"\n[resources]\ncpus = 2\n')
+    out = hal("task", "list", env={"HAL_TIMEOUT": "30", "HAL_MEMORY_MB": "512"})
+    assert out.returncode == 0, out.stderr

@@ -111,6 +111,12 @@ async def test_registry_lists_and_loads_builtins(hal_home: Path) -> None:
         load_provider("local", state_dir=hal_home / "x", settings={"cgroup": "sometimes"})
     with pytest.raises(ConfigError, match="colour"):
         load_provider("fake", state_dir=hal_home / "x", settings={"colour": "red"})
+    # TOML writes numbers bare: text for one is a mistake, not the number it spells.
+    with pytest.raises(ConfigError) as typed:
+        load_provider("qemu", state_dir=hal_home / "x", settings={"boot_timeout_s": "9"})
+    assert typed.value.message == "[providers.qemu] boot_timeout_s: expected a number"
+    qemu = load_provider("qemu", state_dir=hal_home / "x", settings={"boot_timeout_s": 9})
+    assert qemu.config.boot_timeout_s == 9.0  # type: ignore[attr-defined]
 
 
 def test_missing_bwrap_names_the_package(

@@ -21,8 +21,9 @@ def image_store(config: HalConfig) -> ImageStore:
     """The images of this hal home: ``[providers.qemu] images_dir``, ``HAL_QEMU_IMAGES``,
     else ``HAL_HOME/images`` (the same place the ``qemu`` provider looks)."""
     from hal9999.providers.qemu import QemuConfig
+    from hal9999.providers.registry import checked_settings
 
-    settings = QemuConfig.model_validate(dict(config.providers.get("qemu") or {}))
+    settings = checked_settings("qemu", QemuConfig, config.providers.get("qemu") or {})
     return ImageStore(settings.images_dir or images_root(config.home))
 
 
@@ -166,9 +167,10 @@ def image_container(
     from hal9999.images.container import build_container_image
     from hal9999.providers.docker import DockerConfig
     from hal9999.providers.dockerexec import engine_client
+    from hal9999.providers.registry import checked_settings
 
     config = load_config()
-    settings = DockerConfig.model_validate(dict(config.providers.get("docker") or {}))
+    settings = checked_settings("docker", DockerConfig, config.providers.get("docker") or {})
     client = engine_client(settings.engine_url())
     wanted = [p.strip() for group in packages for p in group.split(",") if p.strip()]
     for package in wanted:

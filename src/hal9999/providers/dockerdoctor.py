@@ -16,6 +16,7 @@ async def docker_findings(settings: Mapping[str, Any] | None, state_dir: Path) -
     """The docker provider's lines of the report (never raises)."""
     from hal9999.errors import HalError
     from hal9999.providers.docker import DockerConfig, DockerProvider
+    from hal9999.providers.registry import checked_settings
 
     try:
         import docker  # noqa: F401
@@ -23,7 +24,7 @@ async def docker_findings(settings: Mapping[str, Any] | None, state_dir: Path) -
         return [("docker provider", False, "the docker SDK is not installed",
                  "pip install 'hal9999[docker]'")]  # fmt: skip
     try:
-        config = DockerConfig.model_validate(dict(settings or {}))
+        config = checked_settings("docker", DockerConfig, settings or {})
         provider = DockerProvider(state_dir=state_dir, config=config)
         version = await provider.call("version", provider.client().version)
     except HalError as exc:

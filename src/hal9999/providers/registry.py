@@ -5,16 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 
 from hal9999.entrypoints import find_entry_point
 from hal9999.errors import ConfigError, ProviderUnavailable, UnknownProvider
 from hal9999.providers.base import Provider
-from hal9999.values import describe, setting_hint
+from hal9999.values import describe, setting_hint, toml_checked
 
 GROUP = "hal9999.providers"
+_Settings = TypeVar("_Settings", bound=BaseModel)
 
 
 def available_providers() -> list[str]:
@@ -47,15 +48,7 @@ def load_provider(
     model = cast(type[BaseModel] | None, getattr(cls, "config_model", None))
     config: BaseModel | None = None
     if model is not None:
-        try:
-            config = model.model_validate(dict(settings or {}))
-        except ValidationError as exc:
-            err, table = exc.errors()[0], f"[providers.{name}]"
-            key = ".".join(str(p) for p in err["loc"])
-            raise ConfigError(
-                f"{table}{' ' + key if key else ''}: {describe(err)}",
-                hint=setting_hint(err, table, model.model_fields),
-            ) from exc
+        config = checked_settings(name, model, settings or {})
     elif settings:
         raise ConfigError(f"provider {name!r} takes no settings", hint=f"remove [providers.{name}]")
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -63,3 +56,17 @@ def load_provider(
     if not isinstance(provider, Provider):
         raise ProviderUnavailable(f"{entry.value} does not implement the provider contract")
     return provider
+
+
+def checked_settings(name: str, model: type[_Settings], settings: Mapping[str, Any]) -> _Settings:
+    """The ``[providers.<name>]`` table validated by the provider's ``model``, with TOML's
+    own types; a :class:`ConfigError` naming the table and key when it is not valid."""
+    try:
+        return toml_checked(model, settings)
+    except ValidationError as exc:
+        err, table = exc.errors()[0], f"[providers.{name}]"
+        key = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(
+            f"{table}{' ' + key if key else ''}: {describe(err)}",
+            hint=setting_hint(err, table, model.model_fields),
+        ) from exc

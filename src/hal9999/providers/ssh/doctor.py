@@ -18,6 +18,7 @@ from hal9999.providers.ssh import channel, remote
 from hal9999.providers.ssh.config import SshConfig, SshHost
 from hal9999.providers.ssh.connections import INSTALL_HINT, ConnectionPool
 from hal9999.providers.ssh.records import SshRecords
+from hal9999.values import toml_checked
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ async def ssh_findings(settings: Mapping[str, Any] | None, state_dir: Path) -> l
     if not settings:
         return []
     try:
-        config = SshConfig.model_validate(dict(settings))
+        config = toml_checked(SshConfig, settings)
     except ValidationError as exc:
         return [Finding("ssh", False, f"[providers.ssh] is invalid: {exc.errors()[0]['msg']}",
                         "fix [providers.ssh] in your hal config")]  # fmt: skip
