@@ -22,7 +22,7 @@ from typing import Any
 
 from hal9999.errors import HalError, ThreadStateError, UsageError
 from hal9999.events.hive import ApprovalAdded, ApprovalResolved
-from hal9999.hive import merge
+from hal9999.hive import broker, merge
 from hal9999.hive.broker import OPERATOR, SYSTEM
 from hal9999.hive.store import hive_write, insert_hive_event
 from hal9999.hive.threads import (
@@ -34,7 +34,7 @@ from hal9999.hive.threads import (
     check_text,
     find_row,
     new_id,
-    notify,
+    notice,
     notify_deadline,
 )
 from hal9999.store import Store
@@ -233,6 +233,10 @@ def _resolve(store: Store, approval: Approval, state: str, by: str, reason: str 
     now = time.time()
     event = ApprovalResolved(agent=agent_or_none(approval.proposer), approval_id=approval.id,
                              kind=approval.kind, state=state, resolved_by=by)  # fmt: skip
+    told = None
+    if body is not None:
+        told = notice(store, recipient=approval.proposer, body=body, kind="approval",
+                      ref=approval.id)  # fmt: skip
     with hive_write(store) as (conn, recorded):
         changed = conn.execute(
             "UPDATE hive_approvals SET state = ?, reason = ?, result = ?, resolved = ?,"
@@ -242,10 +246,12 @@ def _resolve(store: Store, approval: Approval, state: str, by: str, reason: str 
         ).rowcount  # fmt: skip
         if changed == 1:
             recorded.append(insert_hive_event(conn, event))
+            if told is not None:  # in the same transaction: never resolved without it
+                broker.commit(conn, recorded, told)
     if changed != 1:
         raise _state_error(get(store, approval.id))
-    if body is not None:
-        notify(store, recipient=approval.proposer, body=body, kind="approval", ref=approval.id)
+    if told is not None:
+        broker.wake(told.recipient)
     return get(store, approval.id)
 
 

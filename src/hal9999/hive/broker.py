@@ -90,7 +90,8 @@ def set_waker(waker: Waker | None) -> None:
         _waker = waker
 
 
-def _wake(name: str) -> None:
+def wake(name: str) -> None:
+    """Tell the registered waker that ``name`` has a committed message."""
     with _waker_lock:
         waker = _waker
     if waker is not None:
@@ -130,6 +131,26 @@ def send(
     """Commit a message (durable before this returns), publish ``message_sent`` and wake
     the recipient. Refuses unknown parties, empty or oversized bodies, and sends that a
     guard stops (:class:`HiveLimited`)."""
+    message = prepare(store, sender=sender, recipient=recipient, body=body, kind=kind, ref=ref)
+    with hive_write(store) as (conn, recorded):
+        commit(conn, recorded, message)
+    wake(recipient)
+    return message
+
+
+def prepare(
+    store: Store,
+    *,
+    sender: str,
+    recipient: str,
+    body: str,
+    kind: MessageKind = "message",
+    ref: str | None = None,
+) -> Message:
+    """A message checked as :func:`send` checks it, not committed yet: a caller whose
+    message is the outcome of its own change (an answer, a thread's notice) :func:`commit`s
+    it in that change's transaction, so a crash never keeps one without the other, then
+    :func:`wake`s the recipient."""
     _check_parties(store, sender, recipient)
     if not body.strip():
         raise HiveError("the message is empty", hint="give the text to send")
@@ -147,20 +168,25 @@ def send(
         _check_rate(store, sender, now)
         if _is_agent(recipient):
             _check_loop(store, sender, recipient, now)
-    with hive_write(store) as (conn, recorded):
-        conn.execute(
-            "INSERT INTO hive_messages (id, sender, recipient, kind, body, ref, state, created)"
-            " VALUES (?, ?, ?, ?, ?, ?, 'sent', ?)",
-            (message.id, sender, recipient, kind, body, ref, now),
-        )
-        agent = recipient if _is_agent(recipient) else sender if _is_agent(sender) else None
-        event = MessageSent(
-            agent=agent, id=message.id, sender=sender, recipient=recipient, kind=kind, ref=ref,
-            chars=len(body),
-        )  # fmt: skip
-        recorded.append(insert_hive_event(conn, event))
-    _wake(recipient)
     return message
+
+
+def commit(conn: sqlite3.Connection, recorded: list[HiveEvent], message: Message) -> None:
+    """Insert a :func:`prepare`d message and its ``message_sent`` event in the caller's
+    :func:`~hal9999.hive.store.hive_write` transaction."""
+    sender, recipient = message.sender, message.recipient
+    conn.execute(
+        "INSERT INTO hive_messages (id, sender, recipient, kind, body, ref, state, created)"
+        " VALUES (?, ?, ?, ?, ?, ?, 'sent', ?)",
+        (message.id, sender, recipient, message.kind, message.body, message.ref,
+         message.created),
+    )  # fmt: skip
+    agent = recipient if _is_agent(recipient) else sender if _is_agent(sender) else None
+    event = MessageSent(
+        agent=agent, id=message.id, sender=sender, recipient=recipient, kind=message.kind,
+        ref=message.ref, chars=len(message.body),
+    )  # fmt: skip
+    recorded.append(insert_hive_event(conn, event))
 
 
 def _count(store: Store, sql: str, params: tuple[object, ...]) -> int:

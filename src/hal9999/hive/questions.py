@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 
-from hal9999.errors import HalError, ThreadForbidden, ThreadStateError, UsageError
+from hal9999.errors import ThreadForbidden, ThreadStateError, UsageError
 from hal9999.events.hive import HiveEvent, QuestionAnswered, QuestionAsked, QuestionExpired
 from hal9999.hive import broker
 from hal9999.hive.broker import OPERATOR, SYSTEM
@@ -27,7 +27,7 @@ from hal9999.hive.threads import (
     check_text,
     find_row,
     new_id,
-    notify,
+    notice,
     notify_deadline,
     question_of,
 )
@@ -112,19 +112,24 @@ def list_questions(
     return [question_of(row) for row in reversed(rows)]
 
 
-def _settle(store: Store, question: Question, state: str, answer: str | None,
-            answerer: str | None, event: HiveEvent | None = None, *,
-            expect: str = "open") -> bool:  # fmt: skip
-    """Compare-and-set the question's state from ``expect``; False when someone else moved
-    it first. ``event`` is recorded in the same transaction."""
+def _settle(store: Store, question: Question, state: str, answer: str,
+            answerer: str, event: HiveEvent, message: broker.Message | None) -> bool:  # fmt: skip
+    """Compare-and-set the open question to ``state``; False when someone else moved it
+    first. The message to the asker (its answer, or the sentinel) and ``event`` are
+    committed in the same transaction: a crash never leaves a question closed whose asker
+    is never told."""
     with hive_write(store) as (conn, recorded):
         changed = conn.execute(
             "UPDATE hive_questions SET state = ?, answer = ?, answerer = ?, answered = ?"
-            " WHERE id = ? AND state = ?",
-            (state, answer, answerer, time.time() if answer else None, question.id, expect),
+            " WHERE id = ? AND state = 'open'",
+            (state, answer, answerer, time.time(), question.id),
         ).rowcount
-        if changed == 1 and event is not None:
+        if changed == 1:
+            if message is not None:
+                broker.commit(conn, recorded, message)
             recorded.append(insert_hive_event(conn, event))
+    if changed == 1 and message is not None:
+        broker.wake(message.recipient)
     return changed == 1
 
 
@@ -149,20 +154,16 @@ def answer(store: Store, question_id: str, text: str, *, answerer: str) -> Quest
     if question.expires is not None and question.expires <= time.time():
         _expire(store, question)
         raise ThreadStateError(f"question {question.id} has expired", hint="nothing was sent")
-    if not _settle(store, question, "answered", text, answerer):
-        raise _closed(get(store, question.id))
     by = answerer if answerer == question.target else f"{answerer} (for {question.target})"
     body = f"Answer from {by} to your question {question.id} ({_short(question.question)}):\n{text}"
-    try:
-        broker.send(store, sender=answerer, recipient=question.asker, body=body, kind="answer",
-                    ref=question.id)  # fmt: skip
-    except HalError:
-        # Not delivered (a broker guard, the asker removed): the question stays open.
-        _settle(store, question, "open", None, None, expect="answered")
-        raise
-    record_hive_event(store, QuestionAnswered(
+    # Refused here (a broker guard, the asker removed), the question stays open.
+    message = broker.prepare(store, sender=answerer, recipient=question.asker, body=body,
+                             kind="answer", ref=question.id)  # fmt: skip
+    event = QuestionAnswered(
         agent=agent_or_none(question.asker) or answerer, question_id=question.id,
-        asker=question.asker, target=question.target, answerer=answerer))  # fmt: skip
+        asker=question.asker, target=question.target, answerer=answerer)  # fmt: skip
+    if not _settle(store, question, "answered", text, answerer, event, message):
+        raise _closed(get(store, question.id))
     return get(store, question.id)
 
 
@@ -182,12 +183,10 @@ def _expire(
                 "go on without it, or ask again.")  # fmt: skip
     event = QuestionExpired(agent=agent_or_none(question.asker), question_id=question.id,
                             asker=question.asker, target=question.target)  # fmt: skip
-    if not _settle(store, question, "expired", sentinel, SYSTEM, event):
-        return False
     body = f"{sentinel}\nThe question was: {_short(question.question)}"
-    if tell:
-        notify(store, recipient=question.asker, body=body, kind="answer", ref=question.id)
-    return True
+    told = notice(store, recipient=question.asker, body=body, kind="answer",
+                  ref=question.id) if tell else None  # fmt: skip
+    return _settle(store, question, "expired", sentinel, SYSTEM, event, told)
 
 
 def close_all(store: Store, agent: str) -> int:

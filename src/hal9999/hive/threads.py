@@ -178,6 +178,20 @@ def notify(store: Store, *, recipient: str, body: str, kind: MessageKind, ref: s
     return True
 
 
+def notice(
+    store: Store, *, recipient: str, body: str, kind: MessageKind, ref: str
+) -> broker.Message | None:
+    """hal's notice of a thread's outcome, checked, for the caller to commit in the same
+    transaction as the outcome (:func:`broker.commit`): a crash keeps both or neither. None
+    when the recipient is gone (an agent removed since: logged, the outcome stands)."""
+    try:
+        return broker.prepare(store, sender=SYSTEM, recipient=recipient, body=body, kind=kind,
+                              ref=ref)  # fmt: skip
+    except HalError as exc:
+        logger.warning("could not tell %s about %s: %s", recipient, ref, exc)
+        return None
+
+
 _TABLES = {"approval": "hive_approvals", "question": "hive_questions", "reminder": "hive_reminders"}
 _LIST = {
     "approval": "hal approvals list",
