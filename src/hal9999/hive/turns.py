@@ -26,11 +26,12 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from hal9999.agents.registry import resolve_agent
-from hal9999.errors import HalError
+from hal9999.errors import HalError, TaskNotFound
 from hal9999.events.hive import HiveGuard, TurnFinished
 from hal9999.hive import stats, watch
 from hal9999.hive.agents import AgentDir, build_prompt, first_batch, set_state
@@ -180,12 +181,16 @@ class HiveLoop:
             if await asyncio.to_thread(self._wants_turn, name):
                 self._wake_now(name)
 
-    def _abandon(self, name: str) -> None:
-        """After a failure inside hal: close the open turn, let the agent sleep again."""
+    def _abandon(
+        self, name: str, result: stats.TurnResult = "error",
+        why: str = "its last turn failed in hal",
+    ) -> None:  # fmt: skip
+        """After a failure inside hal: close the open turn, let the agent sleep again (its
+        mail, not read, wakes its next turn)."""
         row = stats.open_turn(self.store, name)
         if row is not None:
-            stats.finish_turn(self.store, row.id, "error", {}, None)
-        set_state(self.store, name, "sleeping", "its last turn failed in hal", expect="running")
+            stats.finish_turn(self.store, row.id, result, {}, None)
+        set_state(self.store, name, "sleeping", why, expect="running")
 
     def _wants_turn(self, name: str) -> bool:
         try:
@@ -250,7 +255,7 @@ class HiveLoop:
         try:
             if self.before_turn is not None:
                 await self.before_turn(agent)
-            task_id = await self._start(agent, prompt)
+            task_id = await self._start(agent, prompt, turn_id)
         except HalError as exc:
             # Like a crash: retried with backoff, and a start that keeps failing stops.
             why = f"its turn could not start: {exc.one_line()}"
@@ -265,7 +270,7 @@ class HiveLoop:
             self._close, name, turn_id, task, _result(task), since, after_seq, ids
         )
 
-    async def _start(self, agent: AgentRecord, prompt: str) -> str:
+    async def _start(self, agent: AgentRecord, prompt: str, turn_id: int) -> str:
         """Start the turn's run under the scheduler; returns the task id."""
         if agent.task_id is None:
             request = RunRequest(
@@ -276,8 +281,11 @@ class HiveLoop:
             )  # fmt: skip
             # In a worker thread, as the API's create: it writes the store. Born this
             # daemon's and on the agent's branch, not named so after: this daemon's dispatch
-            # may start it before the submission below.
-            task = await asyncio.to_thread(self.service.create_blocking, request)
+            # may start it before the submission below. The turn names the task before its
+            # row exists: a daemon killed before the agent's record names it leaves the
+            # next one the task to adopt (see _finish_adopted), not a second one to make.
+            named = partial(stats.set_turn_task, self.store, turn_id)
+            task = await asyncio.to_thread(self.service.create_blocking, request, (), named)
             await asyncio.to_thread(update_agent, self.store, agent.name, task_id=task.id)
             self.scheduler.submit(task.id)
             return task.id
@@ -316,13 +324,21 @@ class HiveLoop:
         """A turn a dead daemon left open: follow its task to its end, then close it."""
         agent = await asyncio.to_thread(get_agent, self.store, name)
         row = await asyncio.to_thread(stats.open_turn, self.store, name)
-        task_id = (row.task_id if row else None) or agent.task_id
-        if row is None or task_id is None:
+        if row is None:
             await asyncio.to_thread(
                 set_state, self.store, name, "sleeping", "no turn to finish", expect="running"
             )
             return
-        task = await asyncio.to_thread(self.store.get_task, task_id)
+        task = await asyncio.to_thread(self._turn_task, row, agent.task_id)
+        if task is None:
+            # The dead daemon never queued this turn's run: nothing of it ran, so its mail
+            # is not read (the next turn takes it), and the task's last run is not this one's.
+            why = "its turn did not start: hal serve stopped first"
+            await asyncio.to_thread(self._abandon, name, "crashed", why)
+            return
+        if agent.task_id is None:  # the first turn's task, made as the daemon died
+            await asyncio.to_thread(update_agent, self.store, name, task_id=task.id)
+        task_id = task.id
         if task.status in ACTIVE and task_id not in self.scheduler.running:
             # Queued again (a retry) or adopted by recovery a moment from now: give it time.
             await asyncio.sleep(self.poll_s)
@@ -334,6 +350,22 @@ class HiveLoop:
             self._close, name, row.id, task, _result(task), row.started_at, 0, row.messages
         )
 
+    def _turn_task(self, row: stats.TurnRow, task_id: str | None) -> TaskRecord | None:
+        """The task an open turn runs as, or None when its run was never queued: no task
+        yet (or not written), or the agent's task resting since before the turn began
+        (queueing a run clears ``finished_at``)."""
+        task_id = row.task_id or task_id
+        if task_id is None:
+            return None
+        try:
+            task = self.store.get_task(task_id)
+        except TaskNotFound:
+            return None
+        ended = task.finished_at
+        if task.status not in ACTIVE and ended is not None and ended < row.started_at:
+            return None
+        return task
+
     def _close(
         self, name: str, turn_id: int, task: TaskRecord | None, result: stats.TurnResult,
         since: float, after_seq: int, ids: list[str], why: str | None = None,
@@ -343,14 +375,17 @@ class HiveLoop:
         events = Session(Path(task.session_dir)).events if task is not None else None
         measured = stats.measure(self.store, task, events, since, after_seq)
         threads = open_count(self.store, name)  # pending approvals, unanswered questions
-        row = stats.finish_turn(self.store, turn_id, result, measured, threads)
         paths = AgentDir.of(self.home, name)
         if result not in ("crashed", "stopped"):
+            # Taken before the turn's row closes: a daemon killed in between finds the turn
+            # still open and closes it again (both steps repeat harmlessly), where a closed
+            # row would leave the mail to be run again, or the cursor past unread mail.
             ledger = [str(e["id"]) for e in paths.entries()]
             taken = [ledger.index(i) for i in ids if i in ledger]
             if taken:
                 paths.set_cursor(max(paths.cursor(), max(taken) + 1))
             mark(self.store, ids, "read")
+        row = stats.finish_turn(self.store, turn_id, result, measured, threads)
         record_hive_event(
             self.store,
             TurnFinished(agent=name, turn_id=turn_id, result=result,

@@ -1,0 +1,127 @@
+"""``hal serve`` killed (SIGKILL) at chosen moments of an agent's turn, then started again:
+the message that woke the turn reaches the agent exactly once (never dropped as if the turn
+had run, never run twice), the agent sleeps again with its mail read, and no turn is left
+open for ever."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import pytest
+import tests.cli.conftest as cli_fixtures
+from tests.cli.conftest import Hal
+from tests.hive import serve_helpers
+from tests.hive.serve_helpers import agent_of, as_json, commit_agent
+
+pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.timeout(240)]
+
+demo_repo, hal_env, hal = cli_fixtures.demo_repo, cli_fixtures.hal_env, cli_fixtures.hal
+
+AGENT = '#!/bin/sh\ncat "$1" >> seen.txt\necho done\n'
+PRESET = "sh agent.sh {{prompt_file}}"
+poll = partial(serve_helpers.poll, timeout=90)
+
+# `hal serve` in the foreground, killed -9 at the moment argv[1] names.
+KILLED_SERVE = textwrap.dedent(
+    """
+    import os, runpy, signal, sys, time
+    from hal9999.hive import agents, stats, turns
+
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(60)
+
+    def after(real):
+        def call(*args, **kwargs):
+            result = real(*args, **kwargs)
+            die()
+            return result
+        return call
+
+    point = sys.argv[1]
+    if point == "before-the-run-is-queued":  # the turn's row is open, its run not queued
+        def resume(*args, **kwargs):
+            die()
+        turns.resume_task = resume
+    elif point == "before-the-agent-names-its-task":  # the first turn's task was made
+        real_update = turns.update_agent
+        def update(store, name, **fields):
+            if "task_id" in fields:
+                die()
+            return real_update(store, name, **fields)
+        turns.update_agent = update
+    elif point == "after-the-cursor":  # the turn's mail is taken in the ledger
+        agents.AgentDir.set_cursor = after(agents.AgentDir.set_cursor)
+    elif point == "after-the-turn-row":  # the turn's row is closed
+        stats.finish_turn = after(stats.finish_turn)
+    sys.argv = ["hal", "serve"]
+    runpy.run_module("hal9999", run_name="__main__")
+    """
+)
+
+
+@pytest.fixture
+def hive_repo(demo_repo: Path) -> Path:
+    commit_agent(demo_repo, AGENT)
+    return demo_repo
+
+
+@pytest.fixture
+def daemon(hal: Hal, hal_env: dict[str, str]) -> Iterator[Hal]:
+    yield hal
+    hal("serve", "--stop")
+
+
+def seen_in_all_sessions(hal_env: dict[str, str], text: str) -> int:
+    sessions = Path(hal_env["HAL_HOME"]) / "sessions"
+    return sum(p.read_text().count(text) for p in sessions.glob("*/workspace/seen.txt"))
+
+
+def settled(hal: Hal, name: str) -> dict[str, object] | None:
+    """The agent once it sleeps with every message read and every turn closed."""
+    agent = agent_of(hal, name)
+    mail = as_json(hal, "msg", "inbox", name, "--all")
+    if agent["state"] != "sleeping" or any(m["state"] != "read" for m in mail):
+        return None
+    if any(t["result"] is None for t in agent["recent_turns"]):
+        return None
+    return agent
+
+
+@pytest.mark.parametrize(
+    "point",
+    ["before-the-run-is-queued", "before-the-agent-names-its-task", "after-the-cursor",
+     "after-the-turn-row"],
+)  # fmt: skip
+def test_a_message_reaches_the_agent_once_whatever_moment_the_daemon_is_killed(
+    daemon: Hal, hal_env: dict[str, str], hive_repo: Path, point: str
+) -> None:
+    hal = daemon
+    assert hal("serve", "--detach").returncode == 0
+    spawned = hal("agent", "spawn", "bob", "--agent", PRESET, "--repo", str(hive_repo))
+    assert spawned.returncode == 0, spawned.stderr
+    if point != "before-the-agent-names-its-task":  # a turn before: the next one resumes
+        assert hal("msg", "send", "bob", "the first message").returncode == 0
+        poll("bob's first turn", lambda: settled(hal, "bob"))
+    assert hal("serve", "--stop").returncode == 0
+
+    # Committed while no daemon runs; the next one takes it into a turn and is killed.
+    assert hal("msg", "send", "bob", "the message that must arrive once").returncode == 0
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_SERVE, point], capture_output=True, text=True,
+        env={**hal_env, "PYTHONPATH": os.pathsep.join(sys.path)}, timeout=120,
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+
+    assert hal("serve", "--detach").returncode == 0
+    agent = poll("bob to finish the turn and sleep", lambda: settled(hal, "bob"))
+    assert seen_in_all_sessions(hal_env, "the message that must arrive once") == 1
+    tasks = as_json(hal, "task", "list")
+    assert [t["id"] for t in tasks] == [agent["task_id"]], "one long-lived task"
