@@ -110,3 +110,30 @@ def test_a_thread_is_never_closed_without_its_message_whatever_commit_a_kill_fol
             assert state == moved
             return
     pytest.fail(f"{case} did not finish within 9 commits")
+
+
+def test_a_question_is_never_left_open_without_its_target_asked_whatever_commit_a_kill_follows(
+    tmp_path: Path,
+) -> None:
+    action = "questions.ask(store, asker='alice', question='Which port?', to='bob')"
+    for after in range(1, 10):
+        home = tmp_path / f"home-{after}"
+        with Store.open(home) as store:
+            make_agent(store, "alice")
+            make_agent(store, "bob")
+        run = subprocess.run(
+            [sys.executable, "-c", KILLED_AFTER_A_COMMIT + action, str(home), "", str(after)],
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert run.returncode in (0, -signal.SIGKILL), run.stderr
+        with Store.open(home) as store:
+            asked = [row["id"] for row in store._query("SELECT id FROM hive_questions")]
+            put = store._query(
+                "SELECT ref FROM hive_messages WHERE recipient = 'bob' AND kind = 'question'"
+            )
+        assert [row["ref"] for row in put] == asked, after  # bob's next turn gets it
+        if run.returncode == 0:
+            assert len(asked) == 1
+            return
+    pytest.fail("ask did not finish within 9 commits")

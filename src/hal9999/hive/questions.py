@@ -19,7 +19,7 @@ from hal9999.errors import ThreadForbidden, ThreadStateError, UsageError
 from hal9999.events.hive import HiveEvent, QuestionAnswered, QuestionAsked, QuestionExpired
 from hal9999.hive import broker
 from hal9999.hive.broker import OPERATOR, SYSTEM
-from hal9999.hive.store import hive_write, insert_hive_event, record_hive_event
+from hal9999.hive.store import hive_write, insert_hive_event
 from hal9999.hive.threads import (
     Question,
     agent_or_none,
@@ -66,27 +66,28 @@ def ask(
         id=new_id("q"), asker=asker, target=to, question=question, state="open", created=now,
         expires=now + ttl_s if ttl_s is not None else None,
     )  # fmt: skip
-    with store._write() as conn:
+    message = None
+    if to != OPERATOR:
+        body = (f"Question {asked.id} from {asker}:\n{question}\n"
+                f"(reply with answer(id={asked.id!r}, text=...))")  # fmt: skip
+        # Refused here by a broker guard (rate, loop), the question is never asked.
+        message = broker.prepare(store, sender=asker, recipient=to, body=body, kind="question",
+                                 ref=asked.id)  # fmt: skip
+    event = QuestionAsked(agent=agent_or_none(asker) or to, question_id=asked.id, asker=asker,
+                          target=to)  # fmt: skip
+    # The question and the message that puts it to its target in one transaction: a crash
+    # never leaves one waiting for an answer from an agent that was never asked.
+    with hive_write(store) as (conn, recorded):
         conn.execute(
             "INSERT INTO hive_questions (id, asker, target, question, state, created, expires)"
             " VALUES (?, ?, ?, ?, 'open', ?, ?)",
             (asked.id, asker, to, question, now, asked.expires),
         )
-    if to != OPERATOR:
-        # After the insert, so the target can answer as soon as the message wakes it.
-        body = (f"Question {asked.id} from {asker}:\n{question}\n"
-                f"(reply with answer(id={asked.id!r}, text=...))")  # fmt: skip
-        try:
-            broker.send(store, sender=asker, recipient=to, body=body, kind="question",
-                        ref=asked.id)  # fmt: skip
-        except BaseException:
-            # Refused by a broker guard (rate, loop): the question was never asked.
-            with store._write() as conn:
-                conn.execute("DELETE FROM hive_questions WHERE id = ?", (asked.id,))
-            raise
-    event = QuestionAsked(agent=agent_or_none(asker) or to, question_id=asked.id, asker=asker,
-                          target=to)  # fmt: skip
-    record_hive_event(store, event)
+        if message is not None:
+            broker.commit(conn, recorded, message)
+        recorded.append(insert_hive_event(conn, event))
+    if message is not None:
+        broker.wake(to)
     if asked.expires is not None:
         notify_deadline()
     return asked
