@@ -464,3 +464,28 @@ def test_pool_and_fork_numbers_are_checked(hal: Hal, args: tuple[str, ...]) -> N
     out = hal(*args)
     assert out.returncode == 2
     one_error_line(out)
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [(("--secret", "HAL_TEST_TOKEN"), {"HAL_TEST_TOKEN": "s3cr3t-Value-77"}),
+     (("--env", "GH_TOKEN"), {"GH_TOKEN": "s3cr3t-Value-77"}),  # a secret by its name
+     (("--env", "HAL_TEST_TOKEN=s3cr3t-Value-77", "--secret", "HAL_TEST_TOKEN"), {})],
+)  # fmt: skip
+def test_a_prompt_holding_a_secrets_value_is_refused_without_saying_it(
+    hal: Hal, hal_env: dict[str, str], args: tuple[str, ...], env: dict[str, str]
+) -> None:
+    """A prompt is stored, listed and shown as written: the value of one of the run's
+    secrets in it (here inside a pasted link) is refused by name."""
+    name = "GH_TOKEN" if "GH_TOKEN" in args else "HAL_TEST_TOKEN"
+    prompt = "push with https://x:s3cr3t-Value-77@example.invalid/r.git"
+    out = hal("run", *args, "--agent", "true {{prompt_file}}", prompt, env=env)
+    assert out.returncode == 2, out.stderr
+    line = one_error_line(out)
+    assert line.startswith(f"hal: error: the prompt holds the value of {name}, a secret (refer")
+    assert "s3cr3t" not in out.stderr + out.stdout
+    assert tasks_json(hal) == [] and no_sessions(hal_env)
+    # A literal --env value is configuration, not a secret: it may be in the prompt.
+    plain = hal("run", "--env", "MODE=s3cr3t-Value-77", "--agent", "true {{prompt_file}}",
+                "use MODE s3cr3t-Value-77")  # fmt: skip
+    assert plain.returncode == 0, plain.stderr

@@ -92,6 +92,13 @@ def test_errors_as_the_full_client(served: Hal, demo_repo: Path) -> None:
     _both(served, "run", "--agent", AGENT, "--env", "HAL_TEST_UNSET_VAR", "x")
     _both(served, "run", "--agent", AGENT, "--env", "1BAD", "x")
     _both(served, "run", "--agent", AGENT, "--secret", "A=b", "x")
+    # The value of a secret the client sends (never kept by the daemon) in the prompt.
+    secret_in_prompt = ("run", "--agent", AGENT, "--env", "HAL_TEST_TOKEN=tok-9f8e7d6c5b",
+                        "--secret", "HAL_TEST_TOKEN", "use tok-9f8e7d6c5b")  # fmt: skip
+    _both(served, *secret_in_prompt)
+    refused = served(*secret_in_prompt)
+    assert refused.returncode == 2 and "tok-9f8e7d6c5b" not in refused.stderr
+    assert "the prompt holds the value of HAL_TEST_TOKEN, a secret" in refused.stderr
     _both(served, "run", "--agent", AGENT, "--repo", str(demo_repo / "missing"), "x")
     _both(served, "run", "--agent", AGENT, "--ref", "no-such-branch", "x")
     _both(served, "run", "--agent", AGENT, "--timeout", "0.5", "x")

@@ -13,9 +13,10 @@ from pathlib import Path
 from hal9999.agents.registry import upstream_key_env
 from hal9999.config import HalConfig
 from hal9999.credentials import EnvKinds, file_secrets, iter_unique
-from hal9999.errors import TaskStateError
+from hal9999.errors import TaskStateError, UsageError
 from hal9999.redact import SecretMasker, forwarded_is_secret
 from hal9999.store import TaskRecord
+from hal9999.tasks.request import RunRequest
 from hal9999.tasks.session import Session
 
 
@@ -74,6 +75,30 @@ class TaskSecrets:
         literal = set(kinds.literal) - marked
         names = [name for name in iter_unique(task.env_keys, sorted(marked)) if name not in literal]
         return names, marked
+
+    def check_prompt(self, req: RunRequest, config: HalConfig) -> None:
+        """Refuse a request whose prompt holds the value of one of its secrets (in any form
+        the masker finds): a prompt is stored, listed and shown as written (the database,
+        ``hal task show``, the dashboard), and a secret may be in none of them. Names only,
+        never the value, are said."""
+        key_env = upstream_key_env(config, req.agent)
+        marked = {*([key_env] if key_env else []), *config.secrets, *req.secret_names}
+        literal = set(req.given_env if req.literal_names is None else req.literal_names)
+        values: dict[str, str] = {}
+        for name in iter_unique(req.env_names, config.forward_env, sorted(marked)):
+            value = req.given_env.get(name, self.environ.get(name))
+            if name in literal - marked or not value:
+                continue
+            if name in marked or forwarded_is_secret(name, value):
+                values[name] = value
+        if not values or not SecretMasker(values.values()).spans(req.prompt):
+            return
+        name = next(n for n, v in values.items() if SecretMasker([v]).spans(req.prompt))
+        raise UsageError(
+            f"the prompt holds the value of {name}, a secret",
+            hint=f"refer to it by name (the agent's environment has {name}): a prompt is "
+            "stored and shown as written",
+        )
 
     def shown_patch(self, task: TaskRecord, text: str) -> str:
         """``text`` (the task's patch, or its head) masked for a reader who is not the run's

@@ -147,6 +147,7 @@ class TaskService(TaskSecrets):
         if req.config is not None:
             config = req.config.model_copy(update={"home": self.config.home})
         resolve_agent(req.agent, config.agent_settings(req.agent))
+        self.check_prompt(req, config)
         providers = provider_list(req.provider)
         check_provider_tables(config)
         for name in providers:
