@@ -224,3 +224,34 @@ async def test_grants_of_tasks_at_rest_are_withdrawn(tmp_path: Path) -> None:
     assert sorted(g.task_id for g in server.gateway.grants.values()) == ["not-a-task", "running1"]
     await server.gateway.aclose()
     server.store.close()
+
+
+async def raw_call(sock: str, target: str, token: str) -> bytes:
+    """One request with a request target no HTTP client would send; the whole answer."""
+    body = b'{"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": []}'
+    reader, writer = await asyncio.open_unix_connection(sock)
+    head = (f"POST {target} HTTP/1.1\r\nhost: gw\r\nx-api-key: {token}\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n")  # fmt: skip
+    writer.write(head.encode() + body)
+    answer = await reader.read()
+    writer.close()
+    return answer
+
+
+async def test_a_request_target_cannot_aim_the_key_at_another_host(
+    gateway: tuple[Gateway, str], upstream: StormUpstream
+) -> None:
+    # The target is joined to the upstream's origin: one that does not start with "/" once
+    # made "http://127.0.0.1:P" + "@127.0.0.1:Q/v1/messages", a URL whose host is the
+    # agent's choice, and the real key went there.
+    gw, sock = gateway
+    grant = grant_for(upstream)
+    gw.register(grant)
+    with StormUpstream() as elsewhere:
+        port = elsewhere.url.rpartition(":")[2]
+        for target in (f"@127.0.0.1:{port}/v1/messages", f":{port}/v1/messages",
+                       f".localhost:{port}/v1/messages"):  # fmt: skip
+            answer = await raw_call(sock, target, grant.token)
+            assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+        assert elsewhere.seen == []
+    assert upstream.seen == []

@@ -2,7 +2,8 @@
 
 The agent is hostile: a request head is at most the stream's limit (64 KiB), every header
 name is a token, no value holds a control character (a bare CR or LF would smuggle a
-header into the upstream hop), the method is a token and the target visible ASCII, the body
+header into the upstream hop), the method is a token and the target visible ASCII in origin
+form (``/path``) or absolute form (``http(s)://host/path``: the host is ignored), the body
 is framed by one ``content-length`` or by ``transfer-encoding: chunked`` (never both) and is
 at most :data:`MAX_REQUEST_BODY`. Anything else is a :class:`BadRequest`: a 400-class answer
 and the connection closed.
@@ -22,7 +23,9 @@ from http import HTTPStatus
 MAX_REQUEST_BODY = 64 << 20
 """The largest request an agent may send (long conversations with images stay below this)."""
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_TARGET = re.compile(rb"[\x21-\x7e]+")
+_TARGET = re.compile(rb"(?:/|https?://)[\x21-\x7e]*")
+"""A target the upstream's origin is joined to: anything else (``@host/...``, ``:port/...``,
+``.domain/...``) would make the joined URL name a host of the agent's choice."""
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
