@@ -255,3 +255,19 @@ async def test_a_request_target_cannot_aim_the_key_at_another_host(
             assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
         assert elsewhere.seen == []
     assert upstream.seen == []
+
+
+async def test_parallel_calls_queued_for_the_upstream_cannot_spend_past_the_budget(
+    gateway: tuple[Gateway, str], upstream: StormUpstream
+) -> None:
+    # The budget was read when a call arrived, not when it left: calls fired at once all
+    # passed (nothing spent yet), queued for the upstream's one slot, and every one went out.
+    gw, sock = gateway
+    upstream.delay_s = 0.2
+    grant = grant_for(upstream, max_tokens=40, settings={"concurrency": 1})
+    gw.register(grant)
+    async with client(sock) as http:
+        answers = await asyncio.gather(*(call(http, grant.token) for _ in range(6)))
+    # 23 tokens a call: the second leaves with 23 spent, the third would start past 40.
+    assert sorted(a.status_code for a in answers) == [200, 200, 400, 400, 400, 400]
+    assert len(upstream.seen) == 2

@@ -250,6 +250,14 @@ class Gateway:
         while True:
             await limiter.acquire()
             try:
+                # Again now that it may leave: calls queued behind this one's slot have spent
+                # since it arrived (else calls fired at once would all pass the budget).
+                problem = self._refused(grant, record.model)
+                if problem is not None:
+                    status, code, text = problem
+                    await _send_refusal(out, status, code, text, path=record.path)
+                    self.record_call(record, started, status=status, error=code)
+                    return
                 try:
                     response = await client.request(method, url, out_headers, body)
                 except UpstreamError as exc:
