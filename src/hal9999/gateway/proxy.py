@@ -157,9 +157,10 @@ class Gateway:
             await _send_refusal(out, 401, "unknown_token", "no valid hal gateway token")
             return
         path = urlsplit(target).path
-        # Parsing a long conversation costs ~1 ms per 100 kB: only for an allow-list (the
-        # response names the model anyway).
-        model = refusal.requested_model(path, body if grant.models is not None else b"")
+        # Parsing a long conversation costs ~1 ms per 100 kB: only for an allow-list or a
+        # cost budget (the response names the model anyway).
+        wanted = grant.models is not None or _cost_capped(grant)
+        model = refusal.requested_model(path, body if wanted else b"")
         record = GatewayRequest(
             task_id=grant.task_id, ts=wall, method=method, path=path[:500], model=model,
             status=0, latency_ms=0.0, body=self.bodies.stored(grant, body),
@@ -200,6 +201,13 @@ class Gateway:
             return 403, "model_not_allowed", (
                 f"hal gateway: model {model!r} is not allowed for this task "
                 f"(allowed: {', '.join(allowed)})"
+            )
+        if model is not None and _cost_capped(grant) and self.prices.of(
+            grant.token, grant.settings.get("prices", {}), model
+        ) is None:  # its calls would cost null, which no cost budget counts
+            return 403, "model_not_allowed", (
+                f"hal gateway: model {model!r} has no price and the task has a cost budget "
+                f'(give it one in [gateway.prices."{model}"])'
             )
         if grant.max_tokens is not None or grant.max_cost_usd is not None:
             spent_tokens, spent_cost = self.ledger.task_spent(grant.task_id)
@@ -361,6 +369,10 @@ class Gateway:
 async def _send_refusal(out: Answer, status: int, code: str, text: str, *, path: str = "") -> None:
     data = refusal.error_body(status, code, text, path)
     await out.whole(status, [("content-type", "application/json")], data)
+
+
+def _cost_capped(grant: Grant) -> bool:
+    return grant.max_cost_usd is not None or grant.settings.get("daily_max_cost_usd") is not None
 
 
 def _origin(upstream: str) -> str:

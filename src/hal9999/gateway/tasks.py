@@ -154,7 +154,8 @@ class GatewayRoute:
             )
         if store.gateway_refused(self.grant.task_id, "model_not_allowed"):
             return ModelNotAllowed(
-                "the agent asked for a model outside the allow-list ([gateway] models)",
+                "the agent asked for a model outside the allow-list ([gateway] models), or "
+                "for one with no price under a cost budget ([gateway.prices])",
                 hint=f"see `hal task requests {self.grant.task_id}`",
             )
         return None
