@@ -291,3 +291,38 @@ async def test_a_cost_budget_refuses_a_model_with_no_price(
         priced = await call(http, grant.token)
     assert priced.status_code == 200
     assert [s.body["model"] for s in upstream.seen] == ["claude-sonnet-4-5"]
+
+
+@pytest.mark.parametrize("prefix", [b" \r\n\t", b"\xef\xbb\xbf"], ids=["whitespace", "bom"])
+async def test_the_allow_list_reads_the_model_of_any_json_the_upstream_reads(
+    gateway: tuple[Gateway, str], upstream: StormUpstream, prefix: bytes
+) -> None:
+    # The model was read only from a body starting with "{": one starting with whitespace
+    # (or a BOM), which the upstream parses the same, had no model, and passed the list.
+    gw, sock = gateway
+    grant = grant_for(upstream, models=["claude-haiku-4-5"])
+    gw.register(grant)
+    body = prefix + b'{"model": "claude-opus-4-1", "max_tokens": 10, "messages": []}'
+    async with client(sock) as http:
+        answer = await http.post("/v1/messages", content=body,
+                                 headers={"x-api-key": grant.token})  # fmt: skip
+    assert answer.status_code == 403
+    assert answer.json()["error"]["code"] == "model_not_allowed"
+    assert upstream.seen == []
+
+
+async def test_a_body_nested_past_the_parser_is_refused_under_an_allow_list(
+    gateway: tuple[Gateway, str], upstream: StormUpstream
+) -> None:
+    # Python's parser gives up on deep nesting where an upstream's may not: unread, the body
+    # had no model and passed the allow-list (and the connection died on the exception).
+    gw, sock = gateway
+    grant = grant_for(upstream, models=["claude-haiku-4-5"])
+    gw.register(grant)
+    body = b'{"model": "claude-opus-4-1", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    async with client(sock) as http:
+        answer = await http.post("/v1/messages", content=body,
+                                 headers={"x-api-key": grant.token})  # fmt: skip
+    assert answer.status_code == 400
+    assert "nested too deep" in answer.json()["error"]["message"]
+    assert upstream.seen == []

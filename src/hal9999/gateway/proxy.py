@@ -160,7 +160,12 @@ class Gateway:
         # Parsing a long conversation costs ~1 ms per 100 kB: only for an allow-list or a
         # cost budget (the response names the model anyway).
         wanted = grant.models is not None or _cost_capped(grant)
-        model = refusal.requested_model(path, body if wanted else b"")
+        try:
+            model = refusal.requested_model(path, body if wanted else b"")
+        except RecursionError:  # unread, its model would pass the allow-list and the budget
+            text = "hal gateway: the request body is nested too deep to read its model"
+            await _send_refusal(out, 400, "bad_request", text, path=path)
+            return
         record = GatewayRequest(
             task_id=grant.task_id, ts=wall, method=method, path=path[:500], model=model,
             status=0, latency_ms=0.0, body=self.bodies.stored(grant, body),

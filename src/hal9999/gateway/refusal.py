@@ -16,11 +16,15 @@ _GEMINI_MODEL = re.compile(r"/models/([^/:]+)(?::|$)")
 
 
 def requested_model(path: str, body: bytes) -> str | None:
-    """The model a request asks for: ``model`` in a JSON body, or (Gemini) in the path."""
-    if body[:1] == b"{":
+    """The model a request asks for: ``model`` in a JSON body, or (Gemini) in the path.
+
+    Any body JSON reads is parsed (leading whitespace, a BOM, UTF-16), as the upstream would
+    parse it: a body skipped here would pass the allow-list with no model. A body nested
+    too deep to parse raises RecursionError (an upstream's parser may read it all the same)."""
+    if body:
         try:
             data = json.loads(body)
-        except ValueError:
+        except ValueError:  # RecursionError (nested past the parser's depth) is the caller's
             data = None
         if isinstance(data, dict) and isinstance(data.get("model"), str):
             return str(data["model"])
