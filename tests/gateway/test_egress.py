@@ -117,3 +117,32 @@ async def test_allowed_host_gets_a_raw_tunnel(egress: tuple[Gateway, str]) -> No
         writer.close()
     await gateway.drain()
     assert gateway.store.gateway_requests("t1") == []
+
+
+async def test_an_allowed_name_on_an_ipv4_mapped_loopback_is_refused(
+    egress: tuple[Gateway, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ::ffff:127.0.0.1 is the host's loopback over IPv6, but Python's is_loopback says no:
+    # an allowed name whose AAAA record the agent's side controls reached the host's services.
+    gateway, sock = egress
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"a host service\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+
+    async def mapped(host: str, port: int, **_: object) -> list[tuple[object, ...]]:
+        return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::ffff:127.0.0.1", port, 0, 0))]
+
+    monkeypatch.setattr(loop, "getaddrinfo", mapped)
+    grant = Grant(task_id="t1", token=new_token(), upstream="https://x", key="k",
+                  egress=[f"mapped.example:{port}"])  # fmt: skip
+    gateway.register(grant)
+    async with server:
+        status, _, writer = await connect(sock, f"mapped.example:{port}", grant.token)
+        writer.close()
+    assert status.startswith(b"HTTP/1.1 403"), status

@@ -37,6 +37,8 @@ PROXY_AUTH_REQUIRED = (
 
 def _unsafe(address: str) -> bool:
     ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is the loopback, which is_loopback misses
     return ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified
 
 
