@@ -326,3 +326,42 @@ async def test_a_body_nested_past_the_parser_is_refused_under_an_allow_list(
     assert answer.status_code == 400
     assert "nested too deep" in answer.json()["error"]["message"]
     assert upstream.seen == []
+
+
+async def test_a_body_is_not_read_without_a_token_nor_past_the_tasks_share(
+    gateway: tuple[Gateway, str], upstream: StormUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every body was read whole (up to 64 MiB) before its token was looked at, on as many
+    # connections as an agent opened: memory every task's calls share, for the taking.
+    gw, sock = gateway
+    head = "POST /v1/messages HTTP/1.1\r\nhost: gw\r\n{}content-length: {}\r\n\r\n"
+    reader, writer = await asyncio.open_unix_connection(sock)
+    writer.write(head.format("", 64 << 20).encode() + b"{")  # the body never comes
+    async with asyncio.timeout(10):
+        assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 401 ")
+    writer.close()
+
+    monkeypatch.setattr("hal9999.gateway.proxy.MAX_HELD_BODIES", 1 << 20)
+    upstream.delay_s = 1.0
+    grant = grant_for(upstream)
+    gw.register(grant)
+    body = b'{"model": "claude-sonnet-4-5", "messages": [], "pad": "' + b"x" * 600_000 + b'"}'
+    async with client(sock) as http:
+        first = asyncio.ensure_future(
+            http.post("/v1/messages", content=body, headers={"x-api-key": grant.token})
+        )
+        for _ in range(100):
+            if gw.inflight.get(grant.token):
+                break
+            await asyncio.sleep(0.02)
+        reader, writer = await asyncio.open_unix_connection(sock)
+        token = f"x-api-key: {grant.token}\r\n"
+        writer.write(head.format(token, len(body)).encode())  # no byte of the body yet
+        async with asyncio.timeout(10):
+            assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 429 ")
+        writer.close()
+        assert (await first).status_code == 200
+        # Answered, its body no longer counts.
+        assert gw.held == {}
+        again = await http.post("/v1/messages", content=body, headers={"x-api-key": grant.token})
+        assert again.status_code == 200

@@ -50,6 +50,12 @@ _HOP_HEADERS = frozenset(
 )  # fmt: skip
 
 
+MAX_HELD_BODIES = 256 << 20
+"""The request bodies one task's calls may hold in the gateway's memory at once (four of the
+largest): past it a call is answered 429 before its body is read, so an agent opening many
+connections cannot exhaust the memory every task's calls share."""
+
+
 class Gateway:
     """The data plane: grants by token, shared limiters, one upstream connection pool."""
 
@@ -60,6 +66,8 @@ class Gateway:
         self._limiter_of: dict[str, UpstreamLimiter] = {}
         """Each grant's limiter, by token (naming it hashes the key: once per grant)."""
         self.inflight: dict[str, set[asyncio.Task[Any]]] = {}
+        self.held: dict[str, int] = {}
+        """Bytes of request bodies read or being read, by token (see MAX_HELD_BODIES)."""
         self.ledger = Ledger(store)
         self.bodies = StoredBodies()
         self.prices = PriceBook()
@@ -123,18 +131,22 @@ class Gateway:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         """Answer HTTP/1.1 requests on one connection until it closes."""
+        held = _Held(self)
         try:
             while True:
                 try:
-                    request = await read_request(reader, writer)
+                    request = await read_request(reader, writer, held)
                 except BadRequest as exc:
-                    await _send_refusal(Answer(writer, None), exc.status, "bad_request",
+                    await _send_refusal(Answer(writer, None), exc.status, exc.code,
                                         f"hal gateway: {exc}")  # fmt: skip
                     return
                 if request is None:
                     return
                 answer = Answer(writer, request)
-                await self.answer(answer, request)
+                try:
+                    await self.answer(answer, request)
+                finally:
+                    held.release()
                 if not answer.keep_alive:
                     return
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -144,6 +156,7 @@ class Gateway:
         except Exception:
             logger.exception("gateway connection failed")
         finally:
+            held.release()
             writer.close()
 
     async def answer(self, out: Answer, request: Request) -> None:
@@ -369,6 +382,39 @@ class Gateway:
     async def drain(self) -> None:
         """Wait until every call so far is in the store."""
         await self.ledger.drain()
+
+
+class _Held:
+    """The request body one connection holds, counted against its token's share."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.token = ""
+        self.size = 0
+
+    def __call__(self, target: str, headers: list[tuple[str, str]], size: int) -> None:
+        """Before ``size`` more bytes of a body are read: refuse a body no grant owns, or one
+        past its task's share."""
+        if not self.size:
+            self.token, grant = self.gateway._grant_of(headers, target)
+            if grant is None:
+                raise BadRequest(401, "no valid hal gateway token", "unknown_token")
+        held = self.gateway.held
+        if held.get(self.token, 0) + size > MAX_HELD_BODIES:
+            raise BadRequest(429, "this task's calls hold too many request bodies; try again",
+                             "too_many_bodies")  # fmt: skip
+        held[self.token] = held.get(self.token, 0) + size
+        self.size += size
+
+    def release(self) -> None:
+        """The request is answered (or gone): its body no longer counts."""
+        if self.size:
+            left = self.gateway.held.get(self.token, 0) - self.size
+            if left > 0:
+                self.gateway.held[self.token] = left
+            else:
+                self.gateway.held.pop(self.token, None)
+            self.size = 0
 
 
 async def _send_refusal(out: Answer, status: int, code: str, text: str, *, path: str = "") -> None:

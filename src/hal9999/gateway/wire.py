@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -35,9 +36,10 @@ _NO_BODY = frozenset({204, 304})
 class BadRequest(Exception):
     """A request the gateway will not read: answered with ``status``, then closed."""
 
-    def __init__(self, status: int, text: str) -> None:
+    def __init__(self, status: int, text: str, code: str = "bad_request") -> None:
         super().__init__(text)
         self.status = status
+        self.code = code
 
 
 @dataclass
@@ -53,8 +55,13 @@ class Request:
     """Whether the connection may carry another request after this one's answer."""
 
 
+Hold = Callable[[str, list[tuple[str, str]], int], None]
+"""Called with the target, the headers and a size before that many more bytes of a body are
+read (the whole ``content-length``, or each chunk); raises :class:`BadRequest` to refuse."""
+
+
 async def read_request(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hold: Hold | None = None
 ) -> Request | None:
     """The next request on the connection; None when the agent closed it between requests."""
     try:
@@ -97,20 +104,27 @@ async def read_request(
         raise BadRequest(400, "both content-length and transfer-encoding")
     if length is not None and length > MAX_REQUEST_BODY:
         raise BadRequest(413, "the request body is too large")
+    target = parts[1].decode("ascii")
+
+    def more(size: int) -> None:
+        if hold is not None:
+            hold(target, headers, size)
+
+    if length:
+        more(length)
     if expect and (chunked or length):
         writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     try:
         if chunked:
-            body = await _chunked_body(reader)
+            body = await _chunked_body(reader, more)
         else:
             body = await reader.readexactly(length) if length else b""
     except (asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
         raise BadRequest(400, "the request body was cut short") from exc
-    method, target = parts[0].decode("ascii"), parts[1].decode("ascii")
-    return Request(method, target, headers, body, keep_alive)
+    return Request(parts[0].decode("ascii"), target, headers, body, keep_alive)
 
 
-async def _chunked_body(reader: asyncio.StreamReader) -> bytes:
+async def _chunked_body(reader: asyncio.StreamReader, hold: Callable[[int], None]) -> bytes:
     body = bytearray()
     while True:
         size_line = (await reader.readuntil(b"\r\n"))[:-2].split(b";", 1)[0].strip()
@@ -123,6 +137,7 @@ async def _chunked_body(reader: asyncio.StreamReader) -> bytes:
             return bytes(body)
         if len(body) + size > MAX_REQUEST_BODY:
             raise BadRequest(413, "the request body is too large")
+        hold(size)
         body += await reader.readexactly(size)
         if await reader.readexactly(2) != b"\r\n":
             raise BadRequest(400, "a chunk not followed by CRLF")
