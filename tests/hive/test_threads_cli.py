@@ -101,3 +101,20 @@ def test_the_operator_answers_questions_from_the_cli(hal: Hal, store: Store) -> 
     assert reply.kind == "answer" and reply.body.endswith("yes, after lunch")
     one_error(hal("questions", "answer", asked.id, "again"), 9, "already answered")
     assert [q["id"] for q in json.loads(hal("questions", "list", "--json").stdout)] == [peer.id]
+
+
+def test_an_agents_message_reaches_the_operators_terminal_sanitised(
+    hal: Hal, store: Store
+) -> None:
+    # Questions and diffs were printed sanitised, but `hal msg inbox` printed a message body
+    # as the agent sent it: a clipboard write (OSC 52), a title, a cleared screen.
+    hostile = "done\x1b]52;c;cGF5bG9hZA==\x07\x1b]0;owned\x07\x1b[2J\x9b2Jsee\x08\x08\x08 ok"
+    broker.send(store, sender="alice", recipient="operator", body=hostile)
+    shown = hal("msg", "inbox")
+    assert shown.returncode == 0, shown.stderr
+    assert "done" in shown.stdout and "see" in shown.stdout
+    for control in ("\x1b", "\x07", "\x9b", "\x08"):
+        assert control not in shown.stdout
+    # JSON keeps the body as sent (escaped by JSON itself).
+    [row] = json.loads(hal("msg", "inbox", "--all", "--json").stdout)
+    assert row["body"] == hostile

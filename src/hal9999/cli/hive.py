@@ -308,6 +308,7 @@ def send(name: str, text: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def inbox_(name: str | None, every: bool, as_json: bool) -> None:
     """Your unread messages (marked read once shown), or agent NAME's mailbox."""
+    from hal9999.cli.approvals import plain
     from hal9999.hive.broker import OPERATOR, inbox, mark
     from hal9999.hive.store import get_agent
 
@@ -326,7 +327,7 @@ def inbox_(name: str | None, every: bool, as_json: bool) -> None:
     for m in found:
         ref = f" re {m.ref}" if m.ref else ""
         click.echo(f"{m.id} {_ago(m.created)} {m.kind} from {m.sender}{ref} [{m.state}]:")
-        click.echo("  " + m.body.replace("\n", "\n  "))
+        click.echo(plain("  " + m.body.replace("\n", "\n  ")))  # an agent's bytes
 
 
 # -- hal hive --------------------------------------------------------------------------
