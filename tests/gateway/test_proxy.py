@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -365,3 +368,31 @@ async def test_a_body_is_not_read_without_a_token_nor_past_the_tasks_share(
         assert gw.held == {}
         again = await http.post("/v1/messages", content=body, headers={"x-api-key": grant.token})
         assert again.status_code == 200
+
+
+async def test_a_refused_models_name_is_stored_short_and_listed_sanitised(
+    gateway: tuple[Gateway, str], upstream: StormUpstream
+) -> None:
+    # A refused call's row kept the model name the agent sent: a megabyte per call into the
+    # store (refusals spend no budget), and escape sequences for `hal task requests`.
+    from tests.store.test_store import make_task
+
+    gw, sock = gateway
+    gw.store.insert_task(make_task("t1", status="running"))
+    grant = grant_for(upstream, models=["claude-haiku-4-5"])
+    gw.register(grant)
+    name = "\x1b]0;owned\x07\x1b[2J\n   2  200  forged-row" + "x" * (1 << 20)
+    async with client(sock) as http:
+        assert (await call(http, grant.token, model=name)).status_code == 403
+    await gw.drain()
+    [row] = gw.store.gateway_requests("t1")
+    assert row.error == "model_not_allowed" and row.model is not None
+    assert len(row.model) <= 200
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HAL_")}
+    env.update(HAL_HOME=str(gw.store.path.parent), HAL_NO_DAEMON="1")
+    shown = subprocess.run([sys.executable, "-m", "hal9999", "task", "requests", "t1"], env=env,
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert "model_not_allowed" in shown.stdout
+    assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout
+    assert len(shown.stdout.splitlines()) == 3, "a header, one row, the totals"

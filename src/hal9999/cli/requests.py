@@ -17,6 +17,8 @@ from hal9999.cli.task_group import task
 def requests(task_id: str, as_json: bool, bodies: bool) -> None:
     """List the model calls of a task (through the LLM gateway): model, status, tokens, cost.
     Request bodies are kept only with ``[gateway] store_bodies = true``, masked."""
+    from hal9999.cli.approvals import plain
+
     a = app()
     found = a.service.find(task_id)
     rows = a.service.store.gateway_requests(found.id)
@@ -29,10 +31,11 @@ def requests(task_id: str, as_json: bool, bodies: bool) -> None:
     click.echo(f"{'#':>4}  {'status':>6}  {'model':<28} {'in':>8} {'out':>7} {'cache':>8} "
                f"{'ms':>8}  {'cost':>9}  error")  # fmt: skip
     for n, row in enumerate(rows, 1):
+        model = " ".join(plain(row.model or "-").split())  # a refused call's is the agent's
         cost = f"${row.cost_usd:.4f}" if row.cost_usd is not None else "-"
         cache = row.cache_read_tokens + row.cache_write_tokens
         click.echo(
-            f"{n:>4}  {row.status:>6}  {(row.model or '-')[:28]:<28} {row.input_tokens:>8} "
+            f"{n:>4}  {row.status:>6}  {model[:28]:<28} {row.input_tokens:>8} "
             f"{row.output_tokens:>7} {cache:>8} {row.latency_ms:>8.0f}  {cost:>9}  "
             f"{row.error or ''}"
         )

@@ -50,6 +50,8 @@ _HOP_HEADERS = frozenset(
 )  # fmt: skip
 
 
+MAX_MODEL_CHARS = 200
+"""The longest model name a call's row keeps (a refused one is the agent's own text)."""
 MAX_HELD_BODIES = 256 << 20
 """The request bodies one task's calls may hold in the gateway's memory at once (four of the
 largest): past it a call is answered 429 before its body is read, so an agent opening many
@@ -375,6 +377,8 @@ class Gateway:
         The future resolves once the row is committed."""
         record.status = status
         record.latency_ms = round((time.monotonic() - started) * 1000, 3)
+        if record.model is not None:  # an agent's name for it may be megabytes
+            record.model = record.model[:MAX_MODEL_CHARS]
         for name, value in fields.items():
             setattr(record, name, value)
         return self.ledger.add(record)
