@@ -103,9 +103,7 @@ def test_the_operator_answers_questions_from_the_cli(hal: Hal, store: Store) -> 
     assert [q["id"] for q in json.loads(hal("questions", "list", "--json").stdout)] == [peer.id]
 
 
-def test_an_agents_message_reaches_the_operators_terminal_sanitised(
-    hal: Hal, store: Store
-) -> None:
+def test_an_agents_message_reaches_the_operators_terminal_sanitised(hal: Hal, store: Store) -> None:
     # Questions and diffs were printed sanitised, but `hal msg inbox` printed a message body
     # as the agent sent it: a clipboard write (OSC 52), a title, a cleared screen.
     hostile = "done\x1b]52;c;cGF5bG9hZA==\x07\x1b]0;owned\x07\x1b[2J\x9b2Jsee\x08\x08\x08 ok"
