@@ -39,12 +39,13 @@ optional and counts over 1000 are rounded by aider), and ``Applied edit to PATH`
 from __future__ import annotations
 
 import json
+import math
 import posixpath
 import re
 
 from hal9999.agents.base import AgentContext, AgentLaunch, AgentSettings, OutputParser
 from hal9999.agents.custom import PresetAgent, agent_launch, key_forwarding
-from hal9999.agents.parsing import PlainTextParser
+from hal9999.agents.parsing import PlainTextParser, as_cost, as_int
 from hal9999.events.models import Event, ToolCall, Usage
 
 FLAGS = (
@@ -159,9 +160,8 @@ def parse_count(text: str | None) -> int:
     """An aider token count (``85``, ``1.2k``, ``12k``) as an integer."""
     if not text:
         return 0
-    if text.endswith("k"):
-        return round(float(text[:-1]) * 1000)
-    return int(float(text))
+    value = float(text[:-1]) * 1000 if text.endswith("k") else float(text)
+    return as_int(round(value) if math.isfinite(value) else value)  # the agent prints it
 
 
 class AiderOutputParser(PlainTextParser):
@@ -179,7 +179,7 @@ class AiderOutputParser(PlainTextParser):
                     output_tokens=parse_count(received),
                     cache_read_tokens=parse_count(hit),
                     cache_write_tokens=parse_count(write),
-                    cost_usd=float(message_cost) if message_cost else None,
+                    cost_usd=as_cost(float(message_cost)) if message_cost else None,
                 )
             ]
         match = _APPLIED.match(text)

@@ -17,6 +17,7 @@ Conventions shared by the presets' parsers:
 from __future__ import annotations
 
 import json
+import math
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -164,18 +165,31 @@ def as_dict(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+MAX_COUNT = 10**12
+"""The largest token count a parser reports (no run reaches it; a larger figure is made up,
+and the store's integers end at 2**63)."""
+MAX_COST_USD = 1e9
+"""The largest cost in USD a parser reports."""
+
+
 def as_int(value: object) -> int:
-    """A token count from JSON; anything that is not a number counts as 0."""
+    """A token count from JSON, at most :data:`MAX_COUNT`; anything that is not a finite
+    number, or is below 0, counts as 0 (the agent's output is its own to write)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return 0
-    return int(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return 0
+    return min(max(int(value), 0), MAX_COUNT)
 
 
 def as_cost(value: object) -> float | None:
-    """A cost in USD from JSON, or ``None`` when absent or not a number."""
+    """A cost in USD from JSON, at most :data:`MAX_COST_USD`; ``None`` when absent or not a
+    finite number of at least 0."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value)
+    if (isinstance(value, float) and not math.isfinite(value)) or value < 0:
+        return None
+    return float(min(value, MAX_COST_USD))
 
 
 def tool_input(value: object) -> dict[str, Any]:
