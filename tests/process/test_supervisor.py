@@ -279,3 +279,20 @@ def test_the_supervisor_passes_a_stop_signal_to_the_agent(tmp_path: Path, name: 
         proc.wait()
     assert marker.read_text() == str(int(getattr(signal, name)))
     assert (tmp_path / "exit").read_text() == "7\n"
+
+
+def test_an_event_nested_too_deep_to_write_never_stops_the_supervisor(tmp_path: Path) -> None:
+    # A record of a type the parser does not know is kept whole as a raw event; one nested
+    # 400 deep could not be serialised, and the exception ended the supervisor itself: the
+    # rest of the log lost, no exit status, the agent's pipe closed under it.
+    # One nested past Python's JSON parser stopped the parser for the rest of the run.
+    deep = '{"type": "weird", "x": ' + "[" * 400 + "]" * 400 + "}"
+    deeper = '{"type": "weird", "x": ' + "[" * 5000 + "]" * 5000 + "}"
+    result = json.dumps({"type": "result", "usage": {"input_tokens": 7, "output_tokens": 3}})
+    script = f"print({deep!r}); print({deeper!r}); print({result!r}); print('the end')"
+    parsed = tmp_path / "parsed.jsonl"
+    assert _run(tmp_path, script, "--parser", "claude", "--events", str(parsed)) == 0
+    assert (tmp_path / "exit").read_text().strip() == "0"
+    assert (_usage(tmp_path).input_tokens, _usage(tmp_path).output_tokens) == (7, 3)
+    log = (tmp_path / "agent.log").read_text()
+    assert "the end" in log and "an event too deep to record" in log

@@ -126,7 +126,7 @@ class JsonLinesParser(LineParser):
             return []
         try:
             record = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past the parser: noise too
             return []
         if not isinstance(record, dict):
             return []

@@ -242,10 +242,14 @@ class ParsedEvents:
                         "session and messages\n"
                     )
                 continue
-            if self._masker is not None:
-                event = self._masker.mask_model(event)
-            data = _clip(event.model_dump(mode="json"))
-            line = json.dumps({"log_end": log_end, "event": data}) + "\n"
+            try:  # a raw record nested past the serialiser's depth is the agent's doing
+                if self._masker is not None:
+                    event = self._masker.mask_model(event)
+                data = _clip(event.model_dump(mode="json"))
+                line = json.dumps({"log_end": log_end, "event": data}) + "\n"
+            except (ValueError, RecursionError):
+                self.problems.append("hal: an event too deep to record was skipped\n")
+                continue
             self._file.write(line)
             self._written += len(line)
         self._file.flush()
