@@ -71,8 +71,18 @@ def build_prompt(agent: AgentRecord, role: str, entries: list[dict[str, Any]], f
     for entry in entries:
         ref = f", re {entry['ref']}" if entry.get("ref") else ""
         parts.append(f"\n--- {entry['kind']} {entry['id']} from {entry['sender']}{ref} ---")
-        parts.append(str(entry["body"]))
+        parts.append(_quoted(str(entry["body"])))
     return "\n".join(parts) + "\n"
+
+
+def _quoted(body: str) -> str:
+    """``body`` with each line that could pass for the prompt's own framing (an item's
+    ``--- KIND ID from SENDER ---`` line, the ``[hive]`` line) quoted with ``> ``: a sender
+    cannot make its message show an item from the operator, or an approval from hal."""
+    return "\n".join(
+        "> " + line if line.lstrip().startswith(("---", "[hive]")) else line
+        for line in body.splitlines()  # every line end a reader may honour: \r, U+2028...
+    )
 
 
 def first_batch(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
