@@ -222,13 +222,11 @@ class Gateway:
                 f"hal gateway: model {model!r} is not allowed for this task "
                 f"(allowed: {', '.join(allowed)})"
             )
-        if model is not None and _cost_capped(grant) and self.prices.of(
-            grant.token, grant.settings.get("prices", {}), model
-        ) is None:  # its calls would cost null, which no cost budget counts
-            return 403, "model_not_allowed", (
-                f"hal gateway: model {model!r} has no price and the task has a cost budget "
-                f'(give it one in [gateway.prices."{model}"])'
-            )
+        if model is not None and _cost_capped(grant) and not self._priced(grant, model):
+            # Its calls would cost null, which no cost budget counts.
+            text = (f"hal gateway: model {model!r} has no price and the task has a cost budget "
+                    f'(give it one in [gateway.prices."{model}"])')  # fmt: skip
+            return 403, "model_not_allowed", text
         if grant.max_tokens is not None or grant.max_cost_usd is not None:
             spent_tokens, spent_cost = self.ledger.task_spent(grant.task_id)
             if grant.max_tokens is not None and spent_tokens >= grant.max_tokens:
@@ -248,6 +246,9 @@ class Gateway:
             ):
                 return 400, "budget_exceeded", "hal gateway: today's budget for all tasks is spent"
         return None
+
+    def _priced(self, grant: Grant, model: str) -> bool:
+        return self.prices.of(grant.token, grant.settings.get("prices", {}), model) is not None
 
     async def _forward(
         self,
