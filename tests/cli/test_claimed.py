@@ -121,6 +121,11 @@ def test_a_retry_whose_hal_run_was_killed_waits_queued_and_resumes_here(
     assert shown.returncode == 0, shown.stderr
     waiting = "waiting   no hal process holds it: `hal serve` starts it"
     assert f"{waiting}, `hal task resume {task['id']}` runs it here" in shown.stdout
+    # Following it ends at once, saying why, rather than waiting for a run nobody starts.
+    for what in ("logs", "events"):
+        followed = hal("task", what, "-f", task["id"], timeout=20)
+        assert followed.returncode == 0, followed.stderr
+        assert f"hal: task {task['id']} is queued and no hal process holds it" in followed.stderr
 
     resumed = hal("task", "resume", task["id"], "--json", timeout=120)
     assert resumed.returncode == 0, resumed.stderr

@@ -33,6 +33,7 @@ from hal9999.events.reader import follow_events, follow_text, read_events
 from hal9999.process.registry import load_process_manager
 from hal9999.spec import ArgvCommand
 from hal9999.store import TaskRecord
+from hal9999.tasks.alive import waits_for_runner
 from hal9999.tasks.context import process_spec
 from hal9999.tasks.session import Session
 from hal9999.tasks.state import ACTIVE, TaskStatus
@@ -46,6 +47,8 @@ async def _still_going(task_id: str) -> bool:
     a = app()
     try:
         record = a.service.find(task_id)
+        if waits_for_runner(record.status, record.runner_pid):
+            return False  # nothing of it runs, nor will until a runner takes it
         if record.status in ACTIVE:
             return True
         if record.status != TaskStatus.INTERRUPTED:
@@ -85,6 +88,17 @@ async def _following(task_id: str, follow: Callable[[_Liveness], Awaitable[None]
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+    a = app()
+    try:
+        record = a.service.find(task_id)
+    finally:
+        a.store.close()
+    if waits_for_runner(record.status, record.runner_pid):
+        click.echo(
+            f"hal: task {record.id} is queued and no hal process holds it: `hal serve` "
+            f"starts it, `hal task resume {record.id}` runs it here",
+            err=True,
+        )
 
 
 @task.command()

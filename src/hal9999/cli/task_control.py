@@ -17,6 +17,7 @@ import click
 from hal9999.cli.main import emit_json
 from hal9999.cli.task_group import task
 from hal9999.cli.task_table import TaskSummary, summary
+from hal9999.tasks.alive import waits_for_runner
 
 if TYPE_CHECKING:
     from hal9999.store import TaskRecord
@@ -55,18 +56,12 @@ def show(task_id: str, as_json: bool) -> None:
     else:
         click.echo(summary(_shown(data, record)))
         click.echo(f"prompt    {data['prompt']}")
-        if record is not None and _waiting(record):
+        if record is not None and waits_for_runner(record.status, record.runner_pid):
             click.echo(
                 f"waiting   no hal process holds it: `hal serve` starts it, "
                 f"`hal task resume {record.id}` runs it here"
             )
 
-
-def _waiting(record: TaskRecord) -> bool:
-    """Whether a queued task waits for a runner (the hal process that queued it died)."""
-    from hal9999.tasks.alive import runner_alive
-
-    return record.status == "queued" and not runner_alive(record.runner_pid)
 
 
 @task.command()

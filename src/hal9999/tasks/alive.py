@@ -16,3 +16,9 @@ def runner_alive(pid: int | None) -> bool:
             return b"hal" in cmd.read()
     except OSError:
         return False
+
+
+def waits_for_runner(status: str, runner_pid: int | None) -> bool:
+    """Whether a task is queued with no live hal process holding it (the one that queued it
+    died before running it): `hal serve` starts it, `hal task resume` runs it here."""
+    return status == "queued" and not runner_alive(runner_pid)
