@@ -30,6 +30,10 @@ if TYPE_CHECKING:
     from hal9999.server.app import ServerContext
     from hal9999.server.daemon import Daemon
 
+LIMIT_MAX = 1_000_000
+"""The most tasks one listing returns (``hal task list --limit``'s bound)."""
+WARM_MAX = 1024
+"""The most sandboxes one warm request creates (``hal pool warm COUNT``'s bound)."""
 TASK = {"$ref": "#/components/schemas/TaskRecord"}
 TASKS = {"type": "array", "items": TASK}
 OBJECT: dict[str, Any] = {"type": "object"}
@@ -82,8 +86,17 @@ def _env(body: dict[str, Any]) -> dict[str, str]:
 def _int(value: Any, name: str, default: int) -> int:
     try:
         return default if value in (None, "") else int(value)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: 1e400 is inf
         raise ConfigError(f"{name} must be a whole number") from exc
+
+
+def _count(value: Any, name: str, default: int, top: int) -> int:
+    """A whole number from 1 to ``top`` (the CLI's own bounds for the same option)."""
+    number = _int(value, name, default)
+    fraction = isinstance(value, float) and not value.is_integer()
+    if isinstance(value, bool) or fraction or not 1 <= number <= top:
+        raise ConfigError(f"{name} must be a whole number from 1 to {top}")
+    return number
 
 
 def _egress_only(value: Any) -> list[str] | None:
@@ -93,6 +106,16 @@ def _egress_only(value: Any) -> list[str] | None:
     if not isinstance(value, list):
         raise ConfigError("egress_only must be a list of hosts")
     return [str(h) for h in value]
+
+
+def _resume_body(body: dict[str, Any]) -> tuple[dict[str, str], str | None]:
+    """A resume's variables and follow-up prompt, of the types and names a run takes (a
+    prompt of another type reached the runner, which failed on it after the 200)."""
+    prompt = body.get("prompt")
+    if prompt is not None and not isinstance(prompt, str):
+        raise ConfigError("prompt must be a string (or null)")
+    check_run_body({"env": body.get("env")})  # names checked as a run's are
+    return _env(body), prompt
 
 
 def _position(value: str | None, name: str) -> int:
@@ -220,7 +243,7 @@ def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
         tasks = await asyncio.to_thread(
             service.list,
             status=wanted.split(",") if wanted else None,
-            limit=_int(limit, "limit", 0) or None,
+            limit=_count(limit, "limit", LIMIT_MAX, LIMIT_MAX) if limit else None,
         )
         return [task_json(t) for t in tasks]
 
@@ -256,8 +279,7 @@ def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
         return task_json(await scheduler.cancel(request.params["id"], stop=True))
 
     async def resume(request: Request) -> Any:
-        body = request.json()
-        env, prompt = _env(body), body.get("prompt")
+        env, prompt = _resume_body(request.json())
         # A live agent whose runner died (a foreground `hal run` killed) is adopted.
         recovery = Recovery(service, daemon.pool, daemon.source, daemon.provider)
         task, adopted = await resume_task(
@@ -282,8 +304,11 @@ def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
 
     async def warm(request: Request) -> Any:
         body = request.json()
-        count = _int(body.get("count"), "count", 1)
-        names = [str(body["provider"])] if body.get("provider") else daemon.warm_targets()
+        count = _count(body.get("count"), "count", 1, WARM_MAX)
+        provider = body.get("provider")
+        if provider is not None and (not isinstance(provider, str) or not provider.strip()):
+            raise ConfigError("provider must be a provider's name (or left out for the defaults)")
+        names = [provider] if provider is not None else daemon.warm_targets()
         created = {}
         for name in names:
             created[name] = await pool.warm(daemon.default_spec(name), count)

@@ -35,11 +35,14 @@ RECENT_MAX = 200
 
 
 def _text(body: dict[str, Any], name: str, *, required: bool = True) -> str | None:
+    """A string field; an optional one that is present must not be blank either (an empty
+    ``agent`` or ``provider`` fell back to the default without a word)."""
     value = body.get(name)
     if value is None and not required:
         return None
-    if not isinstance(value, str) or (required and not value):
-        raise ConfigError(f"{name} must be a non-empty string")
+    if not isinstance(value, str) or not value.strip():
+        left_out = "" if required else " (or left out for the default)"
+        raise ConfigError(f"{name} must be a non-empty string{left_out}")
     return value
 
 
@@ -49,8 +52,31 @@ def _number(value: str | None, name: str, *, top: float) -> float:
     except ValueError as exc:
         raise ConfigError(f"{name} must be a number") from exc
     if not 0 <= number <= top:
-        raise ConfigError(f"{name} must be between 0 and {top:g}")
+        raise ConfigError(f"{name} must be between 0 and {top:.0f}")
     return number
+
+
+def _gseq(value: str | None) -> int:
+    """A hive event position to read after: a whole number (``1.5`` was read as 1)."""
+    if value and not value.isdigit():
+        raise ConfigError("after must be a whole number (a gseq, 0 or more)")
+    return int(_number(value, "after", top=2**62))
+
+
+def _flag(body: dict[str, Any], name: str) -> bool:
+    """A JSON boolean field (``"false"``, a non-empty string, was true)."""
+    value = body.get(name, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false")
+    return value
+
+
+def _message(body: dict[str, Any]) -> str:
+    """The message's text; an empty one is refused by the broker, in its own words."""
+    value = body.get("body")
+    if not isinstance(value, str):
+        raise ConfigError("body must be a string (the message's text)")
+    return value
 
 
 def add_hive_routes(router: Router, daemon: Daemon) -> None:
@@ -107,7 +133,7 @@ def add_hive_routes(router: Router, daemon: Daemon) -> None:
         body = request.json()
         message = await asyncio.to_thread(
             broker.send, daemon.store, sender=OPERATOR, recipient=str(_text(body, "to")),
-            body=str(_text(body, "body")),
+            body=_message(body),
         )  # fmt: skip
         return message.model_dump(mode="json")
 
@@ -126,7 +152,7 @@ def add_hive_routes(router: Router, daemon: Daemon) -> None:
         body = request.json()
         return await asyncio.to_thread(
             vacuum, daemon.store, daemon.hive_settings, home=daemon.config.home,
-            dry_run=bool(body.get("dry_run")),
+            dry_run=_flag(body, "dry_run"),
         )
 
     async def reminders(request: Request) -> Any:
@@ -148,7 +174,7 @@ def add_hive_routes(router: Router, daemon: Daemon) -> None:
         ]  # fmt: skip
 
     async def events(request: Request) -> Any:
-        after = int(_number(request.query.get("after"), "after", top=2**62))
+        after = _gseq(request.query.get("after"))
         wait = _number(request.query.get("wait"), "wait", top=MAX_WAIT_S)
         subscription = daemon.bus.subscribe_hive()  # first, then read: nothing falls between
         try:

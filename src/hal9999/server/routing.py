@@ -4,7 +4,8 @@ A route is data (method, path pattern, handler, a summary and optional schemas) 
 same table serves requests and describes itself (:mod:`hal9999.server.openapi`). Handlers
 take an :class:`ApiRequest` and return JSON-ready data (status 200) or raise
 :class:`HalError`. Errors map here, at the boundary: a :class:`HalError` becomes its stable
-``code`` with a status (404 not found, 409 wrong state, 400 bad input, 500 otherwise);
+``code`` with a status (404 not found, 409 wrong state, 403 not the caller's thread, 429 a
+hive rate limit, 400 bad input or a request the hive refuses, 500 otherwise);
 anything else is logged and becomes a 500 that names the daemon's log, without details.
 
 Starlette is imported inside :func:`starlette_routes` only: the CLI imports this module's
@@ -23,10 +24,14 @@ from typing import TYPE_CHECKING, Any
 from hal9999.errors import (
     ConfigError,
     HalError,
+    HiveError,
+    HiveLimited,
     NotFoundError,
     RepoError,
     SandboxNotFound,
     TaskStateError,
+    ThreadForbidden,
+    ThreadStateError,
     UnknownAgent,
     UnknownProvider,
 )
@@ -59,6 +64,10 @@ class ApiRequest:
             data = json.loads(self.body)
         except ValueError as exc:
             raise ConfigError(f"the request body is not JSON: {exc}") from exc
+        except RecursionError as exc:  # [[[[... deeper than the parser's stack
+            raise ConfigError(
+                "the request body nests too deeply", hint="send a flat JSON object"
+            ) from exc
         if not isinstance(data, dict):
             raise ConfigError("the request body must be a JSON object")
         return data
@@ -115,8 +124,16 @@ def status_for(error: HalError) -> int:
     """The HTTP status of an error."""
     if isinstance(error, NotFoundError | SandboxNotFound):
         return 404
-    if isinstance(error, TaskStateError):
+    if isinstance(error, TaskStateError | ThreadStateError):
         return 409
+    if isinstance(error, ThreadForbidden):
+        return 403
+    if isinstance(error, HiveLimited):
+        return 429
+    # A name that is taken, reserved or malformed, an empty or oversized message: the hive
+    # refused what the caller asked, which is not the daemon failing.
+    if isinstance(error, HiveError):
+        return 400
     # A name or repository the caller got wrong is bad input, like a bad command-line option.
     if isinstance(error, ConfigError | UnknownProvider | UnknownAgent | RepoError):
         return 400

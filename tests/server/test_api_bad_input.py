@@ -1,0 +1,128 @@
+"""A careless client of a real ``hal serve``: malformed, mistyped or out-of-range input to
+any ``/v1`` route is a 4xx whose JSON error names the problem, never a 500 (which says "a bug
+in hal") and never a 200 that does something else than asked."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from tests.hive.conftest import local_hal, make_agent
+
+from hal9999.errors import HiveError, HiveLimited, ThreadForbidden, ThreadStateError
+from hal9999.hive import approvals
+from hal9999.server.routing import status_for
+from hal9999.store import Store
+
+
+class UnixHTTP(http.client.HTTPConnection):
+    """HTTP over the daemon's unix socket."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__("hal", timeout=30)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(30)
+        self.sock.connect(self.path)
+
+
+Call = Any
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Call, Store]]:
+    """``call(method, path, body) -> (status, json)`` on a running ``hal serve`` whose hive
+    has agent alice, and its store."""
+    tmp = tmp_path_factory.mktemp("api")
+    home = tmp / "halhome"
+    hal = local_hal(home, tmp)
+    with Store.open(home) as store:
+        make_agent(store, "alice")
+        started = hal("serve", "--detach")
+        assert started.returncode == 0, started.stderr
+        token = (home / "token").read_text().strip()
+
+        def call(method: str, path: str, body: bytes | str | None = None) -> tuple[int, Any]:
+            conn = UnixHTTP(str(home / "run" / "hal.sock"))
+            try:
+                data = body.encode() if isinstance(body, str) else body
+                conn.request(method, path, data, {"Authorization": f"Bearer {token}"})
+                answer = conn.getresponse()
+                return answer.status, json.loads(answer.read())
+            finally:
+                conn.close()
+
+        try:
+            yield call, store
+        finally:
+            assert hal("serve", "--stop").returncode == 0
+
+
+CASES = [
+    # (method, path, body, status, code, words in the message)
+    ("POST", "/v1/tasks", "[" * 100_000, 400, "config_invalid", "nests too deeply"),
+    ("GET", "/v1/tasks?limit=99999999999999999999999", None, 400, "config_invalid", "limit"),
+    ("GET", "/v1/tasks?limit=-5", None, 400, "config_invalid", "limit"),
+    ("POST", "/v1/pool/warm", '{"count": 1e400}', 400, "config_invalid", "count"),
+    ("POST", "/v1/pool/warm", '{"count": -5}', 400, "config_invalid", "count"),
+    ("POST", "/v1/pool/warm", '{"count": 1.5}', 400, "config_invalid", "count"),
+    ("POST", "/v1/pool/warm", '{"count": 1e9}', 400, "config_invalid", "count"),
+    ("POST", "/v1/pool/warm", '{"provider": ""}', 400, "config_invalid", "provider"),
+    ("POST", "/v1/tasks/nosuch/resume", '{"prompt": 5}', 400, "config_invalid", "prompt"),
+    ("POST", "/v1/tasks/nosuch/resume", '{"prompt": ["a"]}', 400, "config_invalid", "prompt"),
+    ("POST", "/v1/tasks/nosuch/resume", '{"env": {"1BAD": "x"}}', 400, "usage", "variable name"),
+    ("POST", "/v1/hive/agents", '{"name": "a/b"}', 400, "hive_error", "not a valid agent name"),
+    ("POST", "/v1/hive/agents", '{"name": "operator"}', 400, "hive_error", "reserved"),
+    ("POST", "/v1/hive/agents", '{"name": "alice"}', 400, "hive_error", "already exists"),
+    ("POST", "/v1/hive/agents", '{"name": "zed", "agent": ""}', 400, "config_invalid", "agent"),
+    ("POST", "/v1/hive/agents", '{"name": "zed", "provider": " "}', 400, "config_invalid",
+     "provider"),
+    ("POST", "/v1/hive/messages", '{"to": "alice", "body": ""}', 400, "hive_error", "empty"),
+    ("POST", "/v1/hive/messages", '{"to": "alice", "body": 5}', 400, "config_invalid", "body"),
+    ("POST", "/v1/hive/messages", '{"to": "operator", "body": "x"}', 400, "hive_error",
+     "to itself"),
+    ("POST", "/v1/hive/messages", json.dumps({"to": "alice", "body": "a" * 100_000}), 400,
+     "hive_error", "more than"),
+    ("POST", "/v1/hive/vacuum", '{"dry_run": "false"}', 400, "config_invalid", "dry_run"),
+    ("GET", "/v1/hive/events?after=1.5", None, 400, "config_invalid", "whole number"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "code", "words"), CASES)
+def test_bad_input_is_a_4xx_naming_the_problem(
+    api: tuple[Call, Store], method: str, path: str, body: str | None, status: int, code: str,
+    words: str,
+) -> None:  # fmt: skip
+    call, _ = api
+    got, payload = call(method, path, body)
+    assert (got, payload["error"]["code"]) == (status, code), payload
+    assert words in payload["error"]["message"], payload
+
+
+def test_nothing_was_done_for_a_refused_request(api: tuple[Call, Store]) -> None:
+    call, _ = api
+    assert call("GET", "/v1/pool")[1]["providers"] == {}  # no warm request created one
+    names = [a["name"] for a in call("GET", "/v1/hive/agents")[1]]
+    assert names == ["alice"]
+    assert call("GET", "/v1/hive/inbox?name=alice&all=1")[1] == []
+
+
+def test_deciding_a_decided_proposal_is_a_409(api: tuple[Call, Store]) -> None:
+    call, store = api
+    gate = approvals.propose(store, kind="tool", proposer="alice", title="push", payload={})
+    assert call("POST", f"/v1/hive/approvals/{gate.id}/deny", "{}")[0] == 200
+    status, payload = call("POST", f"/v1/hive/approvals/{gate.id}/deny", "{}")
+    assert (status, payload["error"]["code"]) == (409, "thread_state"), payload
+
+
+def test_every_hive_refusal_has_a_4xx() -> None:
+    assert status_for(HiveError("taken")) == 400
+    assert status_for(HiveLimited("too many")) == 429
+    assert status_for(ThreadStateError("decided")) == 409
+    assert status_for(ThreadForbidden("not yours")) == 403
