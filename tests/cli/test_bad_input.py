@@ -489,3 +489,20 @@ def test_a_prompt_holding_a_secrets_value_is_refused_without_saying_it(
     plain = hal("run", "--env", "MODE=s3cr3t-Value-77", "--agent", "true {{prompt_file}}",
                 "use MODE s3cr3t-Value-77")  # fmt: skip
     assert plain.returncode == 0, plain.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--mirror", ""), ("--mirror", "-x"), ("--mirror", "not a url"),
+                          ("--packages", "-oops"), ("--packages", "Bad;rm")],
+)  # fmt: skip
+@pytest.mark.parametrize("command", ["build", "container"])
+def test_image_build_refuses_a_mirror_or_package_debootstrap_cannot_take(
+    hal: Hal, hal_env: dict[str, str], command: str, option: str, value: str
+) -> None:
+    out = hal("image", command, "--name", "t", option, value)
+    assert out.returncode == 2
+    line = one_error_line(out)
+    what = "Debian mirror" if option == "--mirror" else "package name"
+    assert f"invalid {what} {value!r}" in line and "(" in line, line
+    assert "debootstrap" not in out.stderr
+    assert not Path(hal_env["HAL_HOME"], "images").exists()

@@ -32,7 +32,16 @@ from pathlib import Path
 from hal9999.errors import ConfigError, ProviderError, ProviderUnavailable
 from hal9999.images import workdirs
 from hal9999.images.initramfs import Cpio, module_order, static_busybox
-from hal9999.images.store import Image, ImageMeta, ImageStore, check_name, check_suite, now
+from hal9999.images.store import (
+    Image,
+    ImageMeta,
+    ImageStore,
+    check_mirror,
+    check_name,
+    check_packages,
+    check_suite,
+    now,
+)
 from hal9999.procs import kill_group_until_gone
 from hal9999.providers.qemuagent import PORTS as AGENT_PORTS
 
@@ -316,13 +325,12 @@ async def build_image(
     """Build image ``name`` (see the module docstring); re-running reuses cached stages."""
     check_name(name)  # before it names a lock or a log: never a path out of the cache
     check_suite(suite)
+    check_packages(packages)
+    check_mirror(mirror)
     if os.geteuid() != 0:
         raise ConfigError(
             "hal image build needs root (debootstrap, chroot)", hint="run it with sudo"
         )
-    for package in packages:
-        if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", package):
-            raise ConfigError(f"invalid package name {package!r}")
     store.cache.mkdir(parents=True, exist_ok=True)
     with workdirs.build_lock(store.cache, name):
         image_dir = store.new_dir(name)

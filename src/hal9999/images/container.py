@@ -25,7 +25,13 @@ from typing import Any
 from hal9999.errors import ConfigError, ProviderError
 from hal9999.images import workdirs
 from hal9999.images.build import Builder, default_mirror
-from hal9999.images.store import ImageStore, check_name, check_suite
+from hal9999.images.store import (
+    ImageStore,
+    check_mirror,
+    check_name,
+    check_packages,
+    check_suite,
+)
 
 REPOSITORY = "hal9999"
 """Images are tagged ``hal9999:<name>`` in the engine."""
@@ -92,6 +98,8 @@ async def build_container_image(
     """Build ``hal9999:<name>`` in the engine ``client`` talks to; returns its image id."""
     check_name(name)  # before it names a log: never a path out of the cache
     check_suite(suite)
+    check_packages(packages or [])
+    check_mirror(mirror)
     if os.geteuid() != 0:
         raise ConfigError("hal image container needs root (debootstrap)", hint="run it with sudo")
     store.cache.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -30,6 +31,8 @@ from hal9999.images import workdirs
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SUITE = re.compile(r"[a-z][a-z0-9.-]{0,63}")
+_PACKAGE = re.compile(r"[a-z0-9][a-z0-9.+-]{0,127}")
+_MIRROR = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[!-~]+")
 """A Debian release as debootstrap takes it (``bookworm``, ``stable``): never an option."""
 META = "meta.json"
 BUILD_HINT = "build one with `hal image build`"
@@ -84,6 +87,28 @@ def check_suite(suite: str) -> str:
             f"invalid Debian suite {suite!r}", hint="give --suite a release name such as bookworm"
         )
     return suite
+
+
+def check_packages(packages: Iterable[str]) -> None:
+    """Refuse a name that is no Debian package (``-x`` would reach debootstrap as an option
+    in its ``--include=`` list; ``hal image container`` let it through)."""
+    for package in packages:
+        if not _PACKAGE.fullmatch(package):
+            raise ConfigError(
+                f"invalid package name {package!r}",
+                hint="Debian package names are lowercase letters, digits, '.', '+' and '-'",
+            )
+
+
+def check_mirror(mirror: str | None) -> None:
+    """Refuse a ``--mirror`` that is no URL (an empty one meant the default without a word;
+    another reached debootstrap, which failed on it a long way in)."""
+    if mirror is not None and not _MIRROR.fullmatch(mirror):
+        raise ConfigError(
+            f"invalid Debian mirror {mirror!r}",
+            hint="give --mirror a URL such as http://deb.debian.org/debian, or leave it out "
+            "for the one apt uses here",
+        )
 
 
 class Image:
