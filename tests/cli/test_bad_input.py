@@ -506,3 +506,35 @@ def test_image_build_refuses_a_mirror_or_package_debootstrap_cannot_take(
     assert f"invalid {what} {value!r}" in line and "(" in line, line
     assert "debootstrap" not in out.stderr
     assert not Path(hal_env["HAL_HOME"], "images").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("agent", "spawn", "zed", "--agent", ""), ("agent", "spawn", "zed", "--provider", " "),
+     ("hive", "init", "--agent", ""), ("hive", "init", "--provider", ""),
+     ("pool", "warm", "1", "--provider", "")],
+)  # fmt: skip
+def test_an_empty_agent_or_provider_is_refused_not_the_default(
+    hal: Hal, args: tuple[str, ...]
+) -> None:
+    out = hal(*args)
+    assert out.returncode == 2
+    line = one_error_line(out)
+    assert "must not be empty" in line and "hal serve" not in line, line
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [(b"", "is empty"), (b"  \n\t\n", "is empty"), (b"a" * 40000, "more than 32768 characters"),
+     (None, "more than 32768 characters")],
+)  # fmt: skip
+def test_a_role_file_that_is_empty_or_endless(
+    hal: Hal, tmp_path: Path, content: bytes | None, expected: str
+) -> None:
+    role = Path("/dev/zero")  # None: read until memory ran out (the process was killed)
+    if content is not None:
+        role = tmp_path / "role.md"
+        role.write_bytes(content)
+    out = hal("agent", "spawn", "alice", "--role", str(role))
+    assert out.returncode == 2
+    assert expected in one_error_line(out)

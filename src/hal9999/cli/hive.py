@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from hal9999.cli.main import App, app, cli, emit_json, run_async
+from hal9999.cli.options import NAME
 from hal9999.errors import HalError, UsageError
 from hal9999.server.client import DaemonClient
 
@@ -56,19 +57,39 @@ def _ago(ts: float | None) -> str:
 
 
 def _read_role(role: Path | None) -> str | None:
+    """The role file's text: read up to what a role may hold (``--role /dev/zero`` read
+    until memory ran out), and not blank (an empty file gave the default role silently)."""
     if role is None:
         return None
+    from hal9999.hive.agents import ROLE_MAX_CHARS
+
+    too_long = UsageError(
+        f"the role file {role} has more than {ROLE_MAX_CHARS} characters",
+        hint="shorten the role; put long material in the agent's repository",
+    )
     try:
-        return role.read_text(encoding="utf-8")
+        with role.open("rb") as file:
+            data = file.read(4 * ROLE_MAX_CHARS + 1)  # UTF-8: at most 4 bytes a character
+        text = data.decode("utf-8")
     except OSError as exc:
         raise UsageError(
             f"cannot read the role file {role}: {exc.strerror or exc}",
             hint="pass --role a readable text file",
         ) from exc
     except UnicodeDecodeError as exc:
+        if len(data) > 4 * ROLE_MAX_CHARS:
+            raise too_long from exc
         raise UsageError(
             f"the role file {role} is not UTF-8 text", hint="convert it to UTF-8"
         ) from exc
+    if len(text) > ROLE_MAX_CHARS:
+        raise too_long
+    if not text.strip():
+        raise UsageError(
+            f"the role file {role} is empty",
+            hint="write the agent's role in it, or leave out --role for the default role",
+        )
+    return text
 
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -106,10 +127,11 @@ def agent() -> None:
 
 @agent.command()
 @click.argument("name")
-@click.option("--agent", "preset", help="Agent preset or command template (default: config).")
+@click.option("--agent", "preset", type=NAME,
+              help="Agent preset or command template (default: config).")
 @click.option("--repo", help="Repository the agent works on (default: its own new one).")
 @click.option("--role", type=click.Path(path_type=Path, dir_okay=False), help="Role prompt file.")
-@click.option("--provider", help="Sandbox provider (default: config).")
+@click.option("--provider", type=NAME, help="Sandbox provider (default: config).")
 @click.option("--keep-warm/--no-keep-warm", default=None,
               help="Keep its sandbox between turns (default: [hive] keep_warm, off).")
 @click.option("--warm-idle", "warm_idle", metavar="DURATION",
@@ -337,8 +359,9 @@ def hive() -> None:
 
 
 @hive.command()
-@click.option("--agent", "preset", help="Agent preset for the manager (default: config).")
-@click.option("--provider", help="Sandbox provider (default: config).")
+@click.option("--agent", "preset", type=NAME,
+              help="Agent preset for the manager (default: config).")
+@click.option("--provider", type=NAME, help="Sandbox provider (default: config).")
 @click.option("--repo", help="Repository the manager works on (default: its own new one).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def init(preset: str | None, provider: str | None, repo: str | None, as_json: bool) -> None:

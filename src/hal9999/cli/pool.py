@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from hal9999.cli.main import App, app, cli, emit_json, run_async
-from hal9999.cli.options import COUNT, CPUS, MEMORY_MB
+from hal9999.cli.options import COUNT, CPUS, MEMORY_MB, NAME
 from hal9999.errors import HalError, SandboxNotFound
 from hal9999.server.client import DaemonClient
 from hal9999.spec import ArgvCommand
@@ -61,7 +61,7 @@ def pool_status(as_json: bool) -> None:
 
 @pool.command()
 @click.argument("count", type=COUNT)
-@click.option("--provider", help="Provider to warm (default: the configured ones).")
+@click.option("--provider", type=NAME, help="Provider to warm (default: the configured ones).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def warm(count: int, provider: str | None, as_json: bool) -> None:
     """Create up to COUNT idle sandboxes of the default spec (within the caps)."""
