@@ -538,3 +538,14 @@ def test_a_role_file_that_is_empty_or_endless(
     out = hal("agent", "spawn", "alice", "--role", str(role))
     assert out.returncode == 2
     assert expected in one_error_line(out)
+
+
+@pytest.mark.parametrize("timeout", ["nan", "inf", "0", "-1"])
+def test_a_sign_in_timeout_that_is_no_duration_is_refused_before_the_url(
+    hal: Hal, timeout: str
+) -> None:
+    out = hal("auth", "claude", "login", "--method", "pkce", "--no-browser", "--timeout", timeout,
+              env={"HAL_CLAUDE_OAUTH_CLIENT_ID": "client"}, timeout=30)  # fmt: skip
+    assert out.returncode == 2
+    assert "Invalid value for '--timeout'" in one_error_line(out)
+    assert "Open this URL" not in out.stderr

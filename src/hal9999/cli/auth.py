@@ -10,6 +10,7 @@ import time
 import click
 
 from hal9999.cli.main import cli, emit_json, run_async
+from hal9999.cli.options import TIMEOUT
 from hal9999.config import load_config
 from hal9999.errors import CredentialsError, UsageError
 
@@ -31,7 +32,7 @@ def claude() -> None:
               "prints; pkce: OAuth PKCE with your organisation's OAuth client.")  # fmt: skip
 @click.option("--token-stdin", is_flag=True, help="Read the setup token from stdin.")
 @click.option("--no-browser", is_flag=True, help="pkce: print the sign-in URL only.")
-@click.option("--timeout", type=float, default=300.0, show_default=True,
+@click.option("--timeout", type=TIMEOUT, default=300.0, show_default=True,
               help="pkce: seconds to wait for the browser.")  # fmt: skip
 def login(method: str, token_stdin: bool, no_browser: bool, timeout: float) -> None:
     """Store Claude credentials for the gateway."""
