@@ -93,3 +93,26 @@ async def test_unverified_certificate_is_refused_at_once(
     assert answer.json()["error"]["code"] == "upstream_unreachable"
     assert asyncio.get_running_loop().time() - started < 5, "a bad certificate is not retried"
     assert tls_upstream.seen == []
+
+
+@pytest.mark.parametrize("ca_file", ["missing.pem", "a-directory", "not-pem.txt"])
+async def test_a_ca_file_that_cannot_be_used_is_a_clear_refusal(
+    served: tuple[Gateway, httpx.AsyncClient], tmp_path: Path, ca_file: str
+) -> None:
+    """It dropped the connection (RemoteProtocolError) with a traceback in the log."""
+    (tmp_path / "a-directory").mkdir()
+    (tmp_path / "not-pem.txt").write_text("not a certificate\n")
+    gateway, http = served
+    with StormUpstream() as upstream:
+        grant = Grant(task_id="t1", token=new_token(), upstream=upstream.url, key=KEY,
+                      settings={"ca_file": str(tmp_path / ca_file)})  # fmt: skip
+        gateway.register(grant)
+        answer = await post(http, grant.token)
+        assert answer.status_code == 400
+        error = answer.json()["error"]
+        assert error["code"] == "ca_file_unusable", error
+        assert f"ca_file {tmp_path / ca_file} cannot be used" in error["message"]
+        assert upstream.seen == []
+    await gateway.drain()
+    [row] = gateway.store.gateway_requests("t1")
+    assert row.error == "ca_file_unusable"

@@ -272,8 +272,19 @@ class Gateway:
         out_headers = [(k, _swap(k, v, live)) for k, v in headers if k not in _HOP_HEADERS]
         out_headers = oauth_headers(out_headers, grant.key)
         out_headers.append(("accept-encoding", "identity"))  # usage is read from the bytes
+        try:
+            client = self.client_for(grant)
+        except OSError as exc:  # ssl.SSLError too: a ca_file that holds no certificate
+            # Refused in words, not a dropped connection (and a traceback) on every call;
+            # 400 like a budget refusal: the agent CLIs retry 5xx, and this will not heal.
+            text = (
+                f"hal gateway: [gateway] ca_file {grant.settings.get('ca_file')} cannot be used:"
+                f" {exc.strerror or exc} (point it at a PEM file of CA certificates, or remove it)"
+            )
+            await _send_refusal(out, 400, "ca_file_unusable", text, path=target)
+            self.record_call(record, started, status=400, error="ca_file_unusable")
+            return
         limiter = self.limiter(grant)
-        client = self.client_for(grant)
         retries = int(grant.settings.get("max_retries", 6))
         attempt = 0
         while True:
