@@ -110,6 +110,14 @@ def test_bad_proposals_and_unknown_ids_are_one_line_errors(store: Store) -> None
         approvals.deny(store, "", reason="x")
 
 
+def test_an_ambiguous_id_prefix_says_to_give_more(store: Store) -> None:
+    for title in ("one", "two"):
+        approvals.propose(store, kind="tool", proposer="alice", title=title, payload={})
+    with pytest.raises(ThreadNotFound, match="'a-' matches several approvals") as caught:
+        approvals.get(store, "a-")
+    assert caught.value.hint is not None and "give more of the id" in caught.value.hint
+
+
 async def test_of_two_resolutions_at_once_only_one_wins(store: Store) -> None:
     proposal = approvals.propose(store, kind="tool", proposer="bob", title="t", payload={})
     stale = approvals.get(store, proposal.id)

@@ -209,10 +209,14 @@ def find_row(store: Store, what: Literal["approval", "question", "reminder"], ke
         rows = store._query(
             f"SELECT * FROM {table} WHERE substr(id, 1, ?) = ? LIMIT 2", (len(key), key)
         )
-    if len(rows) != 1:
-        several = "matches several" if rows else "matches no"
+    if len(rows) > 1:  # "'a-' matches several approval", and no word of what to do
         raise ThreadNotFound(
-            f"{key!r} {several} {what}", hint=f"see `{_LIST[what]}`", id=key, kind=what
+            f"{key!r} matches several {what}s",
+            hint=f"give more of the id; see `{_LIST[what]}`", id=key, kind=what,
+        )  # fmt: skip
+    if not rows:
+        raise ThreadNotFound(
+            f"{key!r} matches no {what}", hint=f"see `{_LIST[what]}`", id=key, kind=what
         )
     return rows[0]
 
