@@ -549,3 +549,17 @@ def test_a_sign_in_timeout_that_is_no_duration_is_refused_before_the_url(
     assert out.returncode == 2
     assert "Invalid value for '--timeout'" in one_error_line(out)
     assert "Open this URL" not in out.stderr
+
+
+@pytest.mark.parametrize("command", [("exec", "x", "--", "true"), ("destroy", "x"),
+                                     ("snapshot", "x")])  # fmt: skip
+def test_a_misspelt_sandbox_provider_is_named_not_the_sandbox(
+    hal: Hal, command: tuple[str, ...]
+) -> None:
+    verb, *rest = command
+    misspelt = one_error_line(hal("sandbox", verb, "--provider", "nosuch", *rest))
+    assert "no provider named 'nosuch'" in misspelt and "no sandbox" not in misspelt, misspelt
+    empty = hal("sandbox", verb, "--provider", "", *rest)
+    assert empty.returncode == 2 and "must not be empty" in one_error_line(empty)
+    unknown = one_error_line(hal("sandbox", verb, "", *rest[1:]))
+    assert "no sandbox ''" in unknown, unknown

@@ -138,20 +138,23 @@ def sandbox_list(as_json: bool) -> None:
 
 
 async def _locate(a: App, sandbox_id: str, provider: str | None) -> str:
-    names = [provider] if provider else _providers(a)
-    for name in names:
+    if provider is not None:
+        # Its own error: a misspelt provider was 'no sandbox X' (every error was skipped).
+        await load_provider_for(a.config, provider).get(sandbox_id)
+        return provider
+    for name in _providers(a):
         try:
             await load_provider_for(a.config, name).get(sandbox_id)
             return name
         except HalError:
             continue
-    raise SandboxNotFound(f"no sandbox {sandbox_id}", hint="list them with `hal sandbox list`")
+    raise SandboxNotFound(f"no sandbox {sandbox_id!r}", hint="list them with `hal sandbox list`")
 
 
 @sandbox.command("exec", context_settings={"ignore_unknown_options": True})
 @click.argument("sandbox_id")
 @click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
-@click.option("--provider", help="The sandbox's provider (found when not given).")
+@click.option("--provider", type=NAME, help="The sandbox's provider (found when not given).")
 def sandbox_exec(sandbox_id: str, argv: tuple[str, ...], provider: str | None) -> None:
     """Run a command in a sandbox: hal sandbox exec ID -- CMD ARGS..."""
     a = app()
@@ -176,7 +179,7 @@ def sandbox_exec(sandbox_id: str, argv: tuple[str, ...], provider: str | None) -
 
 @sandbox.command("destroy")
 @click.argument("sandbox_id")
-@click.option("--provider", help="The sandbox's provider (found when not given).")
+@click.option("--provider", type=NAME, help="The sandbox's provider (found when not given).")
 def sandbox_destroy(sandbox_id: str, provider: str | None) -> None:
     """Destroy a sandbox (an idle pooled one, or an orphan)."""
     a = app()
@@ -204,7 +207,7 @@ def _snapshotting(a: App, name: str) -> Any:
 @sandbox.command("snapshot")
 @click.argument("sandbox_id")
 @click.option("--name", help="Name of the new image (generated when not given).")
-@click.option("--provider", help="The sandbox's provider (found when not given).")
+@click.option("--provider", type=NAME, help="The sandbox's provider (found when not given).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def sandbox_snapshot(
     sandbox_id: str, name: str | None, provider: str | None, as_json: bool
