@@ -134,3 +134,15 @@ def test_a_variable_excuses_only_the_file_value_it_replaces(
     write_config(hal_env, 'timeout_s = "soon"\n[resources]\ncpus = 2\n')
     out = hal("task", "list", env={"HAL_TIMEOUT": "30", "HAL_MEMORY_MB": "512"})
     assert out.returncode == 0, out.stderr
+def test_doctor_fails_a_gateway_ca_file_that_cannot_be_used(
+    hal: Hal, hal_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Every preset agent's every call is refused through such a file: doctor says so."""
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("not a certificate\n")
+    for ca_file in (tmp_path / "missing.pem", tmp_path, not_pem):
+        write_config(hal_env, f'[gateway]\nca_file = "{ca_file}"\n')
+        found = doctor_checks(hal)["config"]
+        assert not found["ok"], found
+        assert found["detail"].startswith(f"[gateway] ca_file {ca_file} cannot be used: ")
+        assert "PEM" in found["fix"]

@@ -214,13 +214,21 @@ def _home() -> list[Check]:
 
 def _sections(config: HalConfig) -> None:
     """Check the tables the config's model leaves to their readers (``[providers.*]``,
-    ``[pool]``, ``[scheduler]``, ``[hive]``), which a run or the daemon would refuse later."""
+    ``[pool]``, ``[scheduler]``, ``[hive]``), which a run or the daemon would refuse later,
+    and that ``[gateway] ca_file`` loads."""
     from hal9999.hive.settings import hive_settings
     from hal9999.pool.settings import provider_settings, scheduler_settings
     from hal9999.tasks.plugins import check_provider_tables
     from hal9999.tasks.request import provider_list
 
     check_provider_tables(config)
+    if config.gateway.ca_file is not None:  # else every call of every agent is refused
+        from hal9999.gateway.upstream import UpstreamPool, ca_file_error
+
+        try:
+            UpstreamPool(str(config.gateway.ca_file))
+        except OSError as exc:
+            raise ca_file_error(config.gateway.ca_file, exc) from exc
     scheduler_settings(config, os.environ)
     hive_settings(config)
     pooled = [name for name, table in config.pool.items() if isinstance(table, dict)]

@@ -35,7 +35,12 @@ from hal9999.gateway.channel import TOKEN_PREFIX, Grant
 from hal9999.gateway.ledger import Ledger
 from hal9999.gateway.limits import RETRY_STATUSES, UpstreamLimiter, retry_after_s
 from hal9999.gateway.prices import PriceBook
-from hal9999.gateway.upstream import UpstreamError, UpstreamPool, UpstreamResponse
+from hal9999.gateway.upstream import (
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+    ca_file_error,
+)
 from hal9999.gateway.usage import UsageMeter, cost_usd
 from hal9999.gateway.wire import Answer, BadRequest, Request, read_request
 from hal9999.store import Store
@@ -277,10 +282,7 @@ class Gateway:
         except OSError as exc:  # ssl.SSLError too: a ca_file that holds no certificate
             # Refused in words, not a dropped connection (and a traceback) on every call;
             # 400 like a budget refusal: the agent CLIs retry 5xx, and this will not heal.
-            text = (
-                f"hal gateway: [gateway] ca_file {grant.settings.get('ca_file')} cannot be used:"
-                f" {exc.strerror or exc} (point it at a PEM file of CA certificates, or remove it)"
-            )
+            text = f"hal gateway: {ca_file_error(grant.settings.get('ca_file'), exc).one_line()}"
             await _send_refusal(out, 400, "ca_file_unusable", text, path=target)
             self.record_call(record, started, status=400, error="ca_file_unusable")
             return

@@ -23,6 +23,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from hal9999.errors import ConfigError
+
 CHUNK = 1 << 16
 MAX_HEAD = 64 << 10
 """The largest status line and headers an upstream may send."""
@@ -185,6 +187,14 @@ class UpstreamResponse:
             self._pool.release(self._conn)
         else:
             self._conn.writer.close()
+
+
+def ca_file_error(ca_file: object, exc: OSError) -> ConfigError:
+    """Why ``[gateway] ca_file`` cannot be used (missing, unreadable, no PEM certificate)."""
+    return ConfigError(
+        f"[gateway] ca_file {ca_file} cannot be used: {exc.strerror or exc}",
+        hint="point it at a PEM file of CA certificates, or remove it",
+    )
 
 
 class UpstreamPool:
