@@ -138,11 +138,11 @@ class CredentialFile(_Config):
 class ModelPrice(_Config):
     """USD per million tokens of one model (``[gateway.prices."<model>"]``)."""
 
-    input: float = Field(ge=0)
-    output: float = Field(ge=0)
-    cache_read: float | None = Field(default=None, ge=0)
+    input: float = Field(ge=0, allow_inf_nan=False)
+    output: float = Field(ge=0, allow_inf_nan=False)
+    cache_read: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     """Cache reads; the input price when unset."""
-    cache_write: float | None = Field(default=None, ge=0)
+    cache_write: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     """Cache writes; the input price when unset."""
 
 
@@ -154,15 +154,15 @@ class GatewayConfig(_Config):
     """Route preset agents through the gateway (the real key stays on the host)."""
     concurrency: int = Field(default=8, ge=1, le=1024)
     """Upstream calls at once per upstream and key, across every task of this HAL_HOME."""
-    requests_per_minute: float | None = Field(default=None, gt=0)
+    requests_per_minute: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     """Token-bucket rate of new upstream calls per upstream and key; unlimited when unset."""
     max_retries: int = Field(default=6, ge=0, le=50)
     """Retries of a 429/529/5xx answer (honouring ``retry-after``) before the agent sees it."""
-    max_cost_usd: float | None = Field(default=None, gt=0)
+    max_cost_usd: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     """Default budget of one task in dollars (``hal run --max-cost`` overrides)."""
     max_tokens: int | None = Field(default=None, gt=0)
     """Default budget of one task in tokens (``hal run --max-tokens`` overrides)."""
-    daily_max_cost_usd: float | None = Field(default=None, gt=0)
+    daily_max_cost_usd: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     """Dollars all tasks may spend per UTC day."""
     daily_max_tokens: int | None = Field(default=None, gt=0)
     """Tokens all tasks may use per UTC day."""

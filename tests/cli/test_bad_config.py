@@ -146,3 +146,21 @@ def test_doctor_fails_a_gateway_ca_file_that_cannot_be_used(
         assert not found["ok"], found
         assert found["detail"].startswith(f"[gateway] ca_file {ca_file} cannot be used: ")
         assert "PEM" in found["fix"]
+
+
+@pytest.mark.parametrize(
+    ("toml", "where"),
+    [("max_cost_usd = inf", "gateway.max_cost_usd"),
+     ("daily_max_cost_usd = inf", "gateway.daily_max_cost_usd"),
+     ("requests_per_minute = nan", "gateway.requests_per_minute"),
+     ('[gateway.prices."m"]\ninput = inf\noutput = 1', "gateway.prices.m.input")],
+)  # fmt: skip
+def test_a_gateway_budget_rate_or_price_that_is_not_finite_is_refused(
+    hal: Hal, hal_env: dict[str, str], toml: str, where: str
+) -> None:
+    """As --max-cost inf is: a budget of inf was no budget, a price of inf an infinite cost."""
+    write_config(hal_env, f"[gateway]\n{toml}\n")
+    out = hal(*RUN)
+    assert out.returncode == 2
+    assert f"{where}: expected a finite number" in one_error_line(out)
+    assert no_sessions(hal_env)
