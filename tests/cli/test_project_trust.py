@@ -119,3 +119,25 @@ def test_a_file_that_is_not_toml_is_refused_shown_or_trusted(
     assert out.returncode == 2
     line = one_error_line(out)
     assert f"{tmp_path / name}: not valid TOML" in line and "fix its syntax" in line, line
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [(b"a = " + b"[" * 100_000, "hal.toml: not valid TOML: nested too deeply to read"),
+     (b"\xff\xfe", "hal.toml: not UTF-8 text"), (None, "hal.toml: Is a directory")],
+)  # fmt: skip
+@pytest.mark.parametrize("show", [(), ("--show",)])
+def test_a_hal_toml_hal_cannot_read_is_named(
+    hal: Hal, tmp_path: Path, content: bytes | None, expected: str, show: tuple[str, ...]
+) -> None:
+    # Nested: a RecursionError crash report; a directory: 'no hal.toml at hal.toml/hal.toml'.
+    project = tmp_path / "project"
+    project.mkdir()
+    if content is None:
+        (project / "hal.toml").mkdir()
+    else:
+        (project / "hal.toml").write_bytes(content)
+    out = hal("trust", *show, cwd=project)
+    assert out.returncode == 2
+    line = one_error_line(out)
+    assert expected in line and "hal.toml/hal.toml" not in line, line

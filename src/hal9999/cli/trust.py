@@ -21,7 +21,7 @@ def _project_file(path: str | None) -> Path:
         raise UsageError("the current directory no longer exists", hint="cd to the project")
     target = Path(path) if path else (here or Path("/")) / CONFIG_FILE_NAME
     try:
-        if target.is_dir():
+        if path and target.is_dir():  # not ./hal.toml itself: 'no hal.toml at hal.toml/hal.toml'
             target = target / CONFIG_FILE_NAME
         return (here or Path("/")) / target if not target.is_absolute() else target
     except OSError as exc:
@@ -39,20 +39,25 @@ def _read(file: Path) -> bytes:
             hint=f"run hal trust in the directory that has {CONFIG_FILE_NAME}, or give its path",
         ) from None
     except OSError as exc:
-        raise ConfigError(f"cannot read {file}: {exc.strerror or exc}") from exc
+        raise ConfigError(
+            f"cannot read {file}: {exc.strerror or exc}",
+            hint=f"give the path of a readable {CONFIG_FILE_NAME}",
+        ) from exc
 
 
 def _read_toml(file: Path) -> bytes:
     """The bytes of ``file``, which must be TOML: hal can apply nothing else, so trusting or
     showing another file is a mistake (a path given in error)."""
     content = _read(file)
+    other = f"give the path of a {CONFIG_FILE_NAME}"
     try:
         tomllib.loads(content.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(
-            f"{file}: not valid TOML: {exc}",
-            hint=f"fix its syntax, or give the path of a {CONFIG_FILE_NAME}",
-        ) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{file}: not UTF-8 text", hint=f"save it as UTF-8, or {other}") from exc
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:  # a=[[[[...: the parser's stack
+        why = "nested too deeply to read" if isinstance(exc, RecursionError) else str(exc)
+        hint = f"fix its syntax, or {other}"
+        raise ConfigError(f"{file}: not valid TOML: {why}", hint=hint) from exc
     return content
 
 
