@@ -563,3 +563,30 @@ def test_a_misspelt_sandbox_provider_is_named_not_the_sandbox(
     assert empty.returncode == 2 and "must not be empty" in one_error_line(empty)
     unknown = one_error_line(hal("sandbox", verb, "", *rest[1:]))
     assert "no sandbox ''" in unknown, unknown
+
+
+def test_the_agent_credentials_file_goes_only_where_it_should(
+    hal: Hal, hal_env: dict[str, str], tmp_path: Path
+) -> None:
+    """An empty PATH or one in a missing directory was a crash report; any existing file was
+    replaced by the credentials; a relative PATH was printed as a relative config source."""
+    token = "sk-ant-oat01-" + "a" * 40
+    login = subprocess.run([sys.executable, "-m", "hal9999", "auth", "claude", "login",
+                            "--token-stdin"], input=token + "\n", env=hal_env,
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert login.returncode == 0, login.stderr
+    keep = tmp_path / "README.md"
+    keep.write_text("mine\n")
+    refused = [("", "PATH is empty"),
+               (str(tmp_path / "no" / "x.json"), f"{tmp_path / 'no'} is not a directory"),
+               (str(keep), f"{keep} exists and is not a Claude credentials file")]  # fmt: skip
+    for path, expected in refused:
+        out = hal("auth", "claude", "agent-file", path, "--yes")
+        assert out.returncode == 2
+        assert expected in one_error_line(out)
+    assert keep.read_text() == "mine\n"
+    for _ in range(2):  # a second run refreshes the file it wrote
+        out = hal("auth", "claude", "agent-file", "agent.json", "--yes", cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        assert f'source = "{tmp_path / "agent.json"}"' in out.stderr
+    assert "claudeAiOauth" in json.loads((tmp_path / "agent.json").read_text())

@@ -6,6 +6,7 @@ import asyncio
 import os
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -101,27 +102,59 @@ def status(as_json: bool) -> None:
 def agent_file(path: str, yes: bool) -> None:
     """Write the stored sign-in as Claude Code's own credentials file at PATH (mode 600),
     for use as a [[credentials]] file (target ~/.claude/.credentials.json)."""
-    from pathlib import Path
-
     from hal9999.auth import claude as auth_claude
 
     creds = auth_claude.CredentialFile(load_config(os.environ).home).load()
     if creds is None:
         raise CredentialsError("no Claude credentials stored", hint="run hal auth claude login")
+    target = _agent_file_target(path)
     refresh = " for as long as the refresh token lives" if creds.refresh_token else ""
     click.echo(auth_claude.AGENT_FILE_WARNING.format(refresh=refresh), err=True)
     if not yes:
         if not sys.stdin.isatty():
             raise UsageError("the agent file needs your explicit consent", hint="add --yes")
         click.confirm("write it anyway?", abort=True, err=True)
-    target = Path(path)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(auth_claude.agent_credentials(creds))
-    os.replace(tmp, target)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(auth_claude.agent_credentials(creds))
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UsageError(
+            f"cannot write {target}: {exc.strerror or exc}", hint="give a path you can write"
+        ) from exc
     click.echo(f"wrote {target} (mode 600); add to your config:\n  [[credentials]]\n"
                f'  source = "{target}"\n  target = "~/.claude/.credentials.json"', err=True)
+
+
+def _agent_file_target(path: str) -> Path:
+    """Where ``agent-file`` may write: a file in an existing directory, new or a Claude
+    credentials file already (an empty PATH or a missing directory was a crash report, and
+    any existing file, README.md too, was replaced by the credentials without a word)."""
+    import json
+
+    if not path.strip():
+        raise UsageError("PATH is empty", hint="give the file to write, e.g. ./claude-agent.json")
+    target = Path(path).absolute()  # the config line printed must not depend on the cwd
+    if not target.parent.is_dir():
+        raise UsageError(
+            f"{target.parent} is not a directory",
+            hint="create it first, or give a path in an existing directory",
+        )
+    if not os.path.lexists(target):
+        return target
+    try:
+        data = json.loads(target.read_bytes()) if target.stat().st_size < 1 << 20 else None
+    except (OSError, ValueError):
+        data = None
+    if not isinstance(data, dict) or "claudeAiOauth" not in data:
+        raise UsageError(
+            f"{target} exists and is not a Claude credentials file",
+            hint="give a new path, or remove the file first",
+        )
+    return target
 
 
 @claude.command()
