@@ -261,6 +261,15 @@ class RunBody(BaseModel):
     config_sources: ConfigNotes | None = None
     """Which config the caller applied, recorded in the task's events when it is created
     (the thin ``hal run`` client's way to record it; the full client writes them itself)."""
+    egress: list[EgressHost] | None = None
+    """Hosts this task may reach too (``--egress``); a string was iterated: ``"abc"`` was
+    the hosts a, b and c."""
+    egress_only: list[EgressHost] | None = None
+    """The task's narrowing egress list (``--egress-only``)."""
+    config_files: list[str] | None = None
+    """The config files the caller read, for the task's record."""
+    config: dict[str, Any] | None = None
+    """The caller's resolved settings (checked as :class:`HalConfig` by the daemon)."""
 
 
 def check_run_body(body: Mapping[str, Any]) -> None:

@@ -91,6 +91,12 @@ CASES = [
      "hive_error", "more than"),
     ("POST", "/v1/hive/vacuum", '{"dry_run": "false"}', 400, "config_invalid", "dry_run"),
     ("GET", "/v1/hive/events?after=1.5", None, 400, "config_invalid", "whole number"),
+    ("POST", "/v1/tasks", '{"prompt": "x", "egress": "abc"}', 400, "usage",
+     "egress: expected a list"),
+    ("POST", "/v1/tasks", '{"prompt": "x", "config_files": "abc"}', 400, "usage",
+     "config_files: expected a list"),
+    ("POST", "/v1/tasks", '{"prompt": "x", "config": {"timeout_s": "abc"}}', 400,
+     "config_invalid", "config.timeout_s: expected a number"),
 ]  # fmt: skip
 
 
@@ -103,6 +109,7 @@ def test_bad_input_is_a_4xx_naming_the_problem(
     got, payload = call(method, path, body)
     assert (got, payload["error"]["code"]) == (status, code), payload
     assert words in payload["error"]["message"], payload
+    assert "\n" not in payload["error"]["message"], payload  # one line, not pydantic's report
 
 
 def test_nothing_was_done_for_a_refused_request(api: tuple[Call, Store]) -> None:

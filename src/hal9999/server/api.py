@@ -23,7 +23,7 @@ from hal9999.store import TaskRecord
 from hal9999.tasks.recovery import Recovery
 from hal9999.tasks.recovery import resume as resume_task
 from hal9999.tasks.request import RunRequest
-from hal9999.values import check_run_body
+from hal9999.values import check_run_body, describe
 
 if TYPE_CHECKING:
     from hal9999.events.models import Event
@@ -164,8 +164,10 @@ def _caller_config(body: dict[str, Any], own: HalConfig) -> HalConfig | None:
         raise ConfigError("config must be an object of hal settings")
     try:
         return HalConfig.model_validate({**data, "home": str(own.home)})
-    except ValidationError as exc:
-        raise ConfigError(f"the caller's settings are not valid: {exc}") from exc
+    except ValidationError as exc:  # in hal's words, not pydantic's multi-line report
+        err = exc.errors()[0]
+        where = ".".join(["config", *(str(p) for p in err["loc"])])
+        raise ConfigError(f"{where}: {describe(err)}", hint=f"fix {where} in the request") from exc
 
 
 def _config_notes(notes: dict[str, Any] | None) -> list[Event]:
