@@ -91,6 +91,7 @@ CASES = [
      "hive_error", "more than"),
     ("POST", "/v1/hive/vacuum", '{"dry_run": "false"}', 400, "config_invalid", "dry_run"),
     ("GET", "/v1/hive/events?after=1.5", None, 400, "config_invalid", "whole number"),
+    ("GET", "/v1/hive/threads?agent=alcie", None, 404, "agent_not_found", "'alcie'"),
     ("POST", "/v1/tasks", '{"prompt": "x", "egress": "abc"}', 400, "usage",
      "egress: expected a list"),
     ("POST", "/v1/tasks", '{"prompt": "x", "config_files": "abc"}', 400, "usage",
@@ -118,6 +119,8 @@ def test_nothing_was_done_for_a_refused_request(api: tuple[Call, Store]) -> None
     names = [a["name"] for a in call("GET", "/v1/hive/agents")[1]]
     assert names == ["alice"]
     assert call("GET", "/v1/hive/inbox?name=alice&all=1")[1] == []
+    for agent in ("alice", "operator"):
+        assert call("GET", f"/v1/hive/threads?agent={agent}")[0] == 200
 
 
 def test_deciding_a_decided_proposal_is_a_409(api: tuple[Call, Store]) -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from hal9999.errors import ConfigError
 from hal9999.hive import approvals, questions
 from hal9999.hive.broker import OPERATOR
-from hal9999.hive.store import check_name
+from hal9999.hive.store import check_name, get_agent
 from hal9999.hive.threads import Approval, open_threads
 from hal9999.server.routing import ApiRequest as Request
 from hal9999.server.routing import Router
@@ -96,6 +96,8 @@ def add_thread_routes(router: Router, daemon: Daemon) -> None:
 
     async def threads(request: Request) -> Any:
         agent = request.query.get("agent") or None
+        if agent not in (None, OPERATOR):  # a misspelt name is not an agent with no threads
+            await asyncio.to_thread(get_agent, daemon.store, agent)
         found = await asyncio.to_thread(open_threads, daemon.store, agent)
         return found.model_dump(mode="json")
 
