@@ -590,3 +590,18 @@ def test_the_agent_credentials_file_goes_only_where_it_should(
         assert out.returncode == 0, out.stderr
         assert f'source = "{tmp_path / "agent.json"}"' in out.stderr
     assert "claudeAiOauth" in json.loads((tmp_path / "agent.json").read_text())
+
+
+def test_hive_init_twice_says_the_manager_is_there(hal: Hal, hal_env: dict[str, str]) -> None:
+    """It said 'choose another name', which hal hive init has no option for."""
+    from tests.hive.conftest import make_agent
+
+    from hal9999.store import Store
+
+    with Store.open(Path(hal_env["HAL_HOME"])) as store:
+        make_agent(store, "manager")
+    out = hal("hive", "init")
+    assert out.returncode == 12
+    line = one_error_line(out)
+    assert "has an agent called 'manager' already" in line and "hal msg send manager" in line
+    assert "choose another name" not in line

@@ -17,7 +17,7 @@ import click
 
 from hal9999.cli.main import App, app, cli, emit_json, run_async
 from hal9999.cli.options import NAME
-from hal9999.errors import HalError, UsageError
+from hal9999.errors import HalError, HiveError, UsageError
 from hal9999.server.client import DaemonClient
 
 MANAGER = "manager"
@@ -366,7 +366,14 @@ def hive() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def init(preset: str | None, provider: str | None, repo: str | None, as_json: bool) -> None:
     """Create the manager agent, which coordinates the hive."""
+    from hal9999.hive.store import agent_exists
+
     a = app()
+    if agent_exists(a.store, MANAGER):  # the spawn's "choose another name" cannot apply here
+        raise HiveError(
+            f"the hive has an agent called {MANAGER!r} already",
+            hint=f'talk to it: hal msg send {MANAGER} "..."; or `hal agent rm {MANAGER}` first',
+        )
     if repo is not None and "://" not in repo:
         repo = str(Path(repo).resolve())
     body = {"name": MANAGER, "agent": preset, "provider": provider, "repo": repo,
