@@ -605,3 +605,10 @@ def test_hive_init_twice_says_the_manager_is_there(hal: Hal, hal_env: dict[str, 
     line = one_error_line(out)
     assert "has an agent called 'manager' already" in line and "hal msg send manager" in line
     assert "choose another name" not in line
+
+
+def test_warm_idle_with_no_keep_warm_is_a_usage_error(hal: Hal) -> None:
+    """The idle time was stored for a sandbox that is never kept, without a word."""
+    out = hal("agent", "spawn", "zed", "--no-keep-warm", "--warm-idle", "5m")
+    assert out.returncode == 2
+    assert "--warm-idle and --no-keep-warm cannot be combined" in one_error_line(out)

@@ -145,6 +145,11 @@ def spawn(name: str, preset: str | None, repo: str | None, role: Path | None,
     from hal9999.hive.store import check_name
 
     check_name(name)
+    if keep_warm is False and warm_idle is not None:  # the idle time of a sandbox never kept
+        raise UsageError(
+            "--warm-idle and --no-keep-warm cannot be combined",
+            hint="--warm-idle sets how long a kept sandbox waits; use it with --keep-warm",
+        )
     a = app()
     if repo is not None and "://" not in repo:
         repo = str(Path(repo).resolve())
