@@ -17,6 +17,7 @@ from tests.tasks.test_halt import git_repo
 from tests.tasks.test_hot_path import trivial_request
 
 from hal9999.config import HalConfig
+from hal9999.hive import stats
 from hal9999.hive.mcp.wiring import DaemonTasks
 from hal9999.hive.settings import HiveSettings
 from hal9999.hive.store import AgentRecord, get_agent, insert_agent
@@ -75,9 +76,11 @@ async def test_a_turns_task_is_born_held_on_its_agents_branch(
     queue = Queue()
     loop = HiveLoop(service, queue, HiveSettings())  # type: ignore[arg-type]
     inserted = watched(service.store, monkeypatch)
-    task_id = await loop._start(get_agent(service.store, "alice"), "hello")
+    turn = stats.start_turn(service.store, "alice", None, "message from operator", [])
+    task_id = await loop._start(get_agent(service.store, "alice"), "hello", turn)
     [record] = inserted
     assert (record.id, record.branch) == (task_id, "hal/agent/alice")
+    assert stats.open_turn(service.store, "alice").task_id == task_id  # type: ignore[union-attr]
     assert record.runner_pid == os.getpid()
     assert queue.submitted == [task_id]
     assert get_agent(service.store, "alice").task_id == task_id
