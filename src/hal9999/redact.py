@@ -157,6 +157,7 @@ class SecretMasker:
         self._secrets: set[str] = set()
         self._ordered: list[str] = []
         self._first_chars: frozenset[str] = frozenset()
+        self._chars = ""
         self._pattern: re.Pattern[str] | None = None
         for secret in secrets:
             self.add(secret)
@@ -172,6 +173,7 @@ class SecretMasker:
         # Longest first, so a secret that contains another is found whole.
         self._ordered = sorted(self._secrets, key=lambda s: (-len(s), s))
         self._first_chars = frozenset(s[0] for s in self._secrets)
+        self._chars = "".join(set("".join(self._secrets)) | set(SEPARATORS))
         self._pattern = re.compile("|".join(_spaced_pattern(s) for s in self._ordered))
 
     def __len__(self) -> int:
@@ -263,7 +265,11 @@ class SecretMasker:
         """
         if not self._secrets:
             return len(text)
-        for start in range(max(0, len(text) - self.max_len + 1), len(text)):
+        lo = max(0, len(text) - self.max_len + 1)
+        # An occurrence holds only its form's characters and separators: none that is still
+        # open starts before the last other character (found by one C-level strip).
+        lo += len(text[lo:].rstrip(self._chars))
+        for start in range(lo, len(text)):
             if text[start] not in self._first_chars:
                 continue
             tail = text[start:]

@@ -396,3 +396,27 @@ async def test_a_refused_models_name_is_stored_short_and_listed_sanitised(
     assert "model_not_allowed" in shown.stdout
     assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout
     assert len(shown.stdout.splitlines()) == 3, "a header, one row, the totals"
+
+
+async def test_the_key_an_upstream_echoes_never_reaches_the_agent(
+    gateway: tuple[Gateway, str], upstream: StormUpstream
+) -> None:
+    gw, sock = gateway
+    upstream.echo_key = True
+    grant = grant_for(upstream)
+    gw.register(grant)
+    async with client(sock) as http:
+        refused = await call(http, grant.token)
+        streamed = await call(http, grant.token, stream=True)
+    assert [s.headers["x-api-key"] for s in upstream.seen] == [KEY, KEY]
+    for answer in (refused, streamed):
+        assert KEY not in answer.text and KEY not in str(answer.headers)
+    assert refused.status_code == 401 and refused.headers["x-echo"] == "[REDACTED]"
+    assert refused.json()["error"]["message"] == "invalid x-api-key [REDACTED]"
+    # The stream split the key across two writes: masked whole, the rest intact.
+    assert streamed.status_code == 200 and "data: [REDACTED]\n\n" in streamed.text
+    assert "message_delta" in streamed.text
+    await gw.drain()
+    rows = gw.store.gateway_requests("t1")
+    assert [(r.status, r.output_tokens) for r in rows] == [(401, 0), (200, 7)]
+

@@ -42,7 +42,8 @@ async def served(tmp_path: Path, upstream: StormUpstream) -> AsyncIterator[tuple
 
 
 async def exchange(sock: str, data: bytes, *, answers: int = 1) -> list[tuple[bytes, bytes]]:
-    """Send raw bytes; read ``answers`` answers (head, body by content-length)."""
+    """Send raw bytes; read ``answers`` answers (head, body by its content-length, its
+    chunks, or until the connection closes)."""
     reader, writer = await asyncio.open_unix_connection(sock)
     try:
         writer.write(data)
@@ -51,12 +52,24 @@ async def exchange(sock: str, data: bytes, *, answers: int = 1) -> list[tuple[by
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
             if head.startswith(b"HTTP/1.1 100"):  # expect: 100-continue, then the answer
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
-            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                          if line.lower().startswith(b"content-length:"))  # fmt: skip
-            out.append((head, await reader.readexactly(length)))
+            out.append((head, await asyncio.wait_for(_body(reader, head.lower()), 30)))
         return out
     finally:
         writer.close()
+
+
+async def _body(reader: asyncio.StreamReader, head: bytes) -> bytes:
+    lines = head.split(b"\r\n")
+    for line in lines:
+        if line.startswith(b"content-length:"):
+            return await reader.readexactly(int(line.split(b":")[1]))
+    if b"transfer-encoding: chunked" not in lines:
+        return await reader.read()
+    body = b""
+    while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+        body += (await reader.readexactly(size + 2))[:-2]
+    await reader.readuntil(b"\r\n")
+    return body
 
 
 def post(token: str, *, extra: bytes = b"", body: bytes = BODY, version: bytes = b"1.1") -> bytes:

@@ -38,6 +38,9 @@ class StormUpstream:
     """Serve HTTPS with this context (a self-signed certificate in the TLS test)."""
     set_cookie: str | None = None
     """A ``set-cookie`` header sent with every JSON answer (the cookie-jar test)."""
+    echo_key: bool = False
+    """Echo the ``x-api-key`` it was sent: a JSON answer is a 401 naming it in its body and
+    a header, a stream carries it split across two writes."""
 
     @property
     def url(self) -> str:
@@ -76,8 +79,13 @@ class StormUpstream:
                         )
                         return
                     time.sleep(upstream.delay_s)
+                    echoed = self.headers.get("x-api-key", "") if upstream.echo_key else ""
                     if body.get("stream"):
-                        self._stream(body)
+                        self._stream(body, echoed)
+                    elif echoed:
+                        error = {"type": "authentication_error",
+                                 "message": f"invalid x-api-key {echoed}"}  # fmt: skip
+                        self._send(401, {"type": "error", "error": error}, {"x-echo": echoed})
                     else:
                         cookie = upstream.set_cookie
                         self._send(200, _message(body), {"set-cookie": cookie} if cookie else None)
@@ -99,7 +107,7 @@ class StormUpstream:
                 self.end_headers()
                 self.wfile.write(out)
 
-            def _stream(self, body: dict[str, Any]) -> None:
+            def _stream(self, body: dict[str, Any], echoed: str = "") -> None:
                 self.send_response(200)
                 self.send_header("content-type", "text/event-stream")
                 self.send_header("connection", "close")
@@ -124,6 +132,14 @@ class StormUpstream:
                     )
                     self.wfile.flush()
                     time.sleep(upstream.delay_s)
+                    if echoed:  # the second write reaches the gateway apart from the first
+                        half = len(echoed) // 2
+                        self.wfile.write(f"event: ping\ndata: {echoed[:half]}".encode())
+                        self.wfile.flush()
+                        time.sleep(0.05)
+                        self.wfile.write(f"{echoed[half:]}\n\n".encode())
+                        self.wfile.flush()
+                        echoed = ""
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True

@@ -43,6 +43,7 @@ from hal9999.gateway.upstream import (
 )
 from hal9999.gateway.usage import UsageMeter, cost_usd
 from hal9999.gateway.wire import Answer, BadRequest, Request, read_request
+from hal9999.redact import SecretMasker
 from hal9999.store import Store
 from hal9999.store.gateway import GatewayRequest
 
@@ -75,6 +76,9 @@ class Gateway:
         self.inflight: dict[str, set[asyncio.Task[Any]]] = {}
         self.held: dict[str, int] = {}
         """Bytes of request bodies read or being read, by token (see MAX_HELD_BODIES)."""
+        self._maskers: dict[str, tuple[str, SecretMasker]] = {}
+        """By token: the key its calls last sent, and the masker that keeps it out of the
+        upstream's answers."""
         self.ledger = Ledger(store)
         self.bodies = StoredBodies()
         self.prices = PriceBook()
@@ -90,6 +94,7 @@ class Gateway:
             raise ValueError("a grant needs a gateway token and a key")
         self.grants[grant.token] = grant
         self._limiter_of.pop(grant.token, None)
+        self._maskers.pop(grant.token, None)
         self.prices.forget(grant.token)  # its config may have changed (a new runner)
         self.last_active = time.monotonic()
 
@@ -97,6 +102,7 @@ class Gateway:
         """Refuse ``token`` from now on and abort its calls in flight."""
         self.grants.pop(token, None)
         self._limiter_of.pop(token, None)
+        self._maskers.pop(token, None)
         self.bodies.forget(token)
         self.prices.forget(token)
         for task in self.inflight.pop(token, set()):
@@ -117,6 +123,16 @@ class Gateway:
             )
         self._limiter_of[grant.token] = self.limiters[name]
         return self.limiters[name]
+
+    def masker(self, grant: Grant, key: str) -> SecretMasker:
+        """The masker of the credentials ``grant``'s calls send upstream (``key``, and the
+        grant's own key or sign-in reference): an upstream may echo them in an answer."""
+        known = self._maskers.get(grant.token)
+        if known is not None and known[0] == key:
+            return known[1]
+        masker = SecretMasker([key, grant.key])
+        self._maskers[grant.token] = (key, masker)
+        return masker
 
     def client_for(self, grant: Grant) -> UpstreamPool:
         """The shared pool, or the one trusting the grant's extra CA file."""
@@ -319,7 +335,8 @@ class Gateway:
                     attempt += 1
                     continue
                 record.retries = attempt
-                await self._relay(out, response, record, started, grant)
+                masker = self.masker(grant, key)
+                await self._relay(out, response, record, started, grant, masker)
                 return
             finally:
                 limiter.release()
@@ -331,30 +348,28 @@ class Gateway:
         record: GatewayRequest,
         started: float,
         grant: Grant,
+        masker: SecretMasker,
     ) -> None:
         meter = UsageMeter()
         record.status = response.status
-        headers = [(k, v) for k, v in response.headers if k not in _HOP_HEADERS]
-        # The end of the answer (the last byte of a known length, or the last chunk of a
-        # chunked one) waits until the call's row is committed: an agent never holds a whole
-        # answer whose spend a killed gateway could forget, and its first byte never waits.
-        length = response.declared
-        relayed, tail = 0, b""
+        # An upstream may echo the key it was sent ("invalid x-api-key sk-..."): headers and
+        # body are masked, the body as a stream (a key split across reads is masked whole;
+        # bytes map 1:1 to latin-1 text). Masking changes the length, so the agent's answer
+        # is chunked (or ends with the connection) whatever the upstream's framing.
+        headers = [(k, masker.mask(v)) for k, v in response.headers if k not in _HOP_HEADERS]
+        masked = masker.stream()
+        # The end of the answer (its last chunk) waits until the call's row is committed: an
+        # agent never holds a whole answer whose spend a killed gateway could forget, and its
+        # first byte never waits.
         recorded = False
         writer = out.writer
         try:
             # The head goes out with the first bytes of the body when they came with it
             # (one write, one wake-up of the agent), else at once.
-            out.start(response.status, headers, length, hold=response.ready())
+            out.start(response.status, headers, None, hold=response.ready())
             while chunk := await response.read():
                 meter.feed(chunk)
-                relayed += len(chunk)
-                if length is not None and relayed >= length:
-                    cut = max(0, len(chunk) - 1 - (relayed - length))
-                    chunk, tail = chunk[:cut], tail + chunk[cut:]
-                    if not chunk:
-                        continue
-                out.data(chunk)
+                out.data(masked.feed(chunk.decode("latin-1")).encode("latin-1"))
                 await writer.drain()
             await response.aclose()
             self._measure(record, meter, grant)
@@ -362,7 +377,7 @@ class Gateway:
             committed = self.record_call(record, started, status=record.status)
             if committed is not None:
                 await committed
-            out.data(tail)
+            out.data(masked.flush().encode("latin-1"))
             out.end()
             await writer.drain()
         finally:
