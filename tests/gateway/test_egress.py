@@ -14,6 +14,7 @@ import pytest
 from hal9999.gateway.channel import Grant, new_token
 from hal9999.gateway.egress import EgressProxy, allowed
 from hal9999.gateway.proxy import Gateway
+from hal9999.gateway.refusal import REFUSALS_PER_MINUTE
 from hal9999.store import Store
 
 
@@ -146,3 +147,24 @@ async def test_an_allowed_name_on_an_ipv4_mapped_loopback_is_refused(
         status, _, writer = await connect(sock, f"mapped.example:{port}", grant.token)
         writer.close()
     assert status.startswith(b"HTTP/1.1 403"), status
+
+
+async def test_an_agent_looping_on_a_denied_host_is_throttled_and_recorded_boundedly(
+    egress: tuple[Gateway, str],
+) -> None:
+    gateway, sock = egress
+    grant = Grant(task_id="t1", token=new_token(), upstream="https://x", key="k")
+    gateway.register(grant)
+    statuses = []
+    for _ in range(30):
+        status, _, writer = await connect(sock, "evil.example:443", grant.token)
+        writer.close()
+        statuses.append(status.split(b" ")[1])
+    limit = REFUSALS_PER_MINUTE
+    assert statuses == [b"403"] * limit + [b"429"] * (30 - limit)
+    assert b"Retry-After: " in status
+    await gateway.drain()
+    rows = gateway.store.gateway_requests("t1")
+    assert [(r.status, r.error) for r in rows] == (
+        [(403, "egress_denied")] * limit + [(429, "egress_denied")]
+    )

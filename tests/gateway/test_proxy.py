@@ -14,6 +14,7 @@ import httpx
 import pytest
 from tests.gateway.upstream import StormUpstream
 
+from hal9999.gateway import refusal
 from hal9999.gateway.channel import Grant, new_token
 from hal9999.gateway.proxy import Gateway
 from hal9999.store import Store
@@ -420,3 +421,31 @@ async def test_the_key_an_upstream_echoes_never_reaches_the_agent(
     rows = gw.store.gateway_requests("t1")
     assert [(r.status, r.output_tokens) for r in rows] == [(401, 0), (200, 7)]
 
+
+async def test_an_agent_looping_on_a_refusal_is_throttled_and_stored_a_bounded_number_of_times(
+    gateway: tuple[Gateway, str], upstream: StormUpstream
+) -> None:
+    gw, sock = gateway
+    grant = grant_for(upstream, models=["claude-haiku-4-5"])
+    gw.register(grant)
+    async with client(sock) as http:
+        answers = [await call(http, grant.token, model="claude-opus-4-1") for _ in range(40)]
+    limit = refusal.REFUSALS_PER_MINUTE
+    assert [a.status_code for a in answers] == [403] * limit + [429] * (40 - limit)
+    throttled = answers[-1]
+    assert throttled.json()["error"]["code"] == "too_many_refusals"
+    assert "model_not_allowed" in throttled.json()["error"]["message"]
+    assert 1 <= int(throttled.headers["retry-after"]) <= 60
+    await gw.drain()
+    rows = gw.store.gateway_requests("t1")
+    # Each refusal up to the limit, then one row saying the task was throttled.
+    assert [(r.status, r.error) for r in rows] == (
+        [(403, "model_not_allowed")] * limit + [(429, "too_many_refusals")]
+    )
+    assert upstream.seen == []
+    # A minute later the task's refusals are stored again.
+    gw.refusals._minutes["t1"] = (0.0, 40)
+    async with client(sock) as http:
+        assert (await call(http, grant.token, model="claude-opus-4-1")).status_code == 403
+    await gw.drain()
+    assert len(gw.store.gateway_requests("t1")) == limit + 2

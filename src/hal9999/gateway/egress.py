@@ -6,7 +6,9 @@ forwarder as the LLM gateway (``channel/egress.sock`` on the host). The agent an
 placeholder token as the proxy password: that is how the proxy knows the task and its
 allow-list. There is no TLS interception: after ``200 Connection Established`` bytes flow
 through untouched. Every refusal is recorded (``CONNECT host:port``, status 403, error
-``egress_denied``) and becomes an ``egress_denied`` event of the task.
+``egress_denied``) and becomes an ``egress_denied`` event of the task, up to
+:data:`~hal9999.gateway.refusal.REFUSALS_PER_MINUTE` a minute: past them the agent is answered
+429 and the minute's first such answer alone is recorded (status 429).
 
 A name on the allow-list that resolves to a loopback, link-local, multicast or unspecified
 address is refused: an allowed name must not become a way to the host's own services.
@@ -25,6 +27,7 @@ from hal9999.gateway.allowlist import allowed
 from hal9999.gateway.channel import Grant
 from hal9999.gateway.forwarder import pump
 from hal9999.gateway.proxy import Gateway
+from hal9999.gateway.refusal import REFUSALS_PER_MINUTE
 from hal9999.store.gateway import GatewayRequest
 
 MAX_HEAD = 16 << 10
@@ -133,13 +136,20 @@ class EgressProxy:
         why: str,
     ) -> None:
         text = f"hal egress: {target} is refused ({why})"
+        status, extra = b"403 Forbidden", b""
+        seen, wait_s = self.gateway.refusals.count(grant.task_id, started)
+        if seen > REFUSALS_PER_MINUTE:  # an agent looping on a refusal: see RefusalLimit
+            text = f"hal egress: too many refused connections this minute; wait {wait_s:.0f} s"
+            status, extra = b"429 Too Many Requests", f"Retry-After: {wait_s:.0f}\r\n".encode()
         body = text.encode()
-        writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\n"
+        writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain\r\n" + extra
                      + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)  # fmt: skip
         with contextlib.suppress(ConnectionError):
             await writer.drain()
+        if seen > REFUSALS_PER_MINUTE + 1:
+            return
         record = GatewayRequest(
             task_id=grant.task_id, ts=time.time(), method=method[:16] or "?",
             path=target[:300], status=403, latency_ms=0.0, error="egress_denied",
         )  # fmt: skip
-        self.gateway.record_call(record, started, status=403)
+        self.gateway.record_call(record, started, status=int(status[:3]))

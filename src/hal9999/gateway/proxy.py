@@ -80,6 +80,7 @@ class Gateway:
         """By token: the key its calls last sent, and the masker that keeps it out of the
         upstream's answers."""
         self.ledger = Ledger(store)
+        self.refusals = refusal.RefusalLimit()
         self.bodies = StoredBodies()
         self.prices = PriceBook()
         self.client = UpstreamPool()
@@ -100,7 +101,9 @@ class Gateway:
 
     def unregister(self, token: str) -> None:
         """Refuse ``token`` from now on and abort its calls in flight."""
-        self.grants.pop(token, None)
+        grant = self.grants.pop(token, None)
+        if grant is not None:
+            self.refusals.forget(grant.task_id)
         self._limiter_of.pop(token, None)
         self._maskers.pop(token, None)
         self.bodies.forget(token)
@@ -208,9 +211,7 @@ class Gateway:
         )  # fmt: skip
         problem = self._refused(grant, model)
         if problem is not None:
-            status, code, text = problem
-            await _send_refusal(out, status, code, text, path=path)
-            self.record_call(record, started, status=status, error=code)
+            await self._refuse(out, record, started, *problem)
             return
         task = asyncio.current_task()
         assert task is not None
@@ -268,6 +269,21 @@ class Gateway:
                 return 400, "budget_exceeded", "hal gateway: today's budget for all tasks is spent"
         return None
 
+    async def _refuse(self, out: Answer, record: GatewayRequest, started: float, status: int,
+                      code: str, text: str) -> None:  # fmt: skip
+        """Answer a refusal and store it, unless the task was refused too often this minute
+        (then 429, stored once a minute: see :class:`refusal.RefusalLimit`)."""
+        seen, wait_s = self.refusals.count(record.task_id, started)
+        headers = []
+        if seen > refusal.REFUSALS_PER_MINUTE:
+            text = (f"hal gateway: this task's calls were refused {refusal.REFUSALS_PER_MINUTE}"
+                    f" times this minute (the last: {code}); try again in {wait_s:.0f} s")
+            status, code = 429, "too_many_refusals"
+            headers.append(("retry-after", f"{wait_s:.0f}"))
+        await _send_refusal(out, status, code, text, path=record.path, headers=headers)
+        if seen <= refusal.REFUSALS_PER_MINUTE + 1:
+            self.record_call(record, started, status=status, error=code)
+
     def _priced(self, grant: Grant, model: str) -> bool:
         return self.prices.of(grant.token, grant.settings.get("prices", {}), model) is not None
 
@@ -312,9 +328,7 @@ class Gateway:
                 # since it arrived (else calls fired at once would all pass the budget).
                 problem = self._refused(grant, record.model)
                 if problem is not None:
-                    status, code, text = problem
-                    await _send_refusal(out, status, code, text, path=record.path)
-                    self.record_call(record, started, status=status, error=code)
+                    await self._refuse(out, record, started, *problem)
                     return
                 try:
                     response = await client.request(method, url, out_headers, body)
@@ -450,9 +464,10 @@ class _Held:
             self.size = 0
 
 
-async def _send_refusal(out: Answer, status: int, code: str, text: str, *, path: str = "") -> None:
+async def _send_refusal(out: Answer, status: int, code: str, text: str, *, path: str = "",
+                        headers: list[tuple[str, str]] | None = None) -> None:  # fmt: skip
     data = refusal.error_body(status, code, text, path)
-    await out.whole(status, [("content-type", "application/json")], data)
+    await out.whole(status, [("content-type", "application/json"), *(headers or [])], data)
 
 
 def _cost_capped(grant: Grant) -> bool:

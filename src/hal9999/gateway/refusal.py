@@ -10,7 +10,10 @@ refusals are 400/403: the agent CLIs retry 429 and 5xx, but give up on these at 
 from __future__ import annotations
 
 import json
+import logging
 import re
+
+logger = logging.getLogger(__name__)
 
 _GEMINI_MODEL = re.compile(r"/models/([^/:]+)(?::|$)")
 
@@ -45,3 +48,39 @@ def error_body(status: int, code: str, text: str, path: str = "") -> bytes:
             "error": {"type": "invalid_request_error", "code": code, "message": text},
         }
     return json.dumps(payload).encode()
+
+
+REFUSALS_PER_MINUTE = 10
+"""A task's refused calls stored per minute. An agent looping on a refusal would otherwise
+add a row to the store per call, without bound."""
+
+
+class RefusalLimit:
+    """Counts each task's refusals by minute: the first :data:`REFUSALS_PER_MINUTE` are
+    answered and stored as they are; past them the agent is answered 429 with the time left
+    in the minute, and only the first such answer of the minute is stored (the operator
+    sees that the task was throttled; the gateway's log says how many calls were)."""
+
+    def __init__(self) -> None:
+        self._minutes: dict[str, tuple[float, int]] = {}
+        """By task: when its minute began, and its refusals in it so far."""
+
+    def count(self, task_id: str, now: float) -> tuple[int, float]:
+        """Count one refusal of ``task_id``: how many the minute holds with it, and the
+        seconds left in the minute."""
+        began, seen = self._minutes.get(task_id, (0.0, 0))
+        if now - began >= 60:
+            _report(task_id, seen)
+            began, seen = now, 0
+        self._minutes[task_id] = (began, seen + 1)
+        return seen + 1, max(1.0, 60 - (now - began))
+
+    def forget(self, task_id: str) -> None:
+        """The task's grant is withdrawn: drop its count."""
+        _report(task_id, self._minutes.pop(task_id, (0.0, 0))[1])
+
+
+def _report(task_id: str, seen: int) -> None:
+    if seen > REFUSALS_PER_MINUTE + 1:
+        logger.warning("gateway: task %s had %d refused calls in a minute; %d were answered "
+                       "429 and not stored", task_id, seen, seen - REFUSALS_PER_MINUTE - 1)
