@@ -168,3 +168,55 @@ async def test_an_agent_looping_on_a_denied_host_is_throttled_and_recorded_bound
     assert [(r.status, r.error) for r in rows] == (
         [(403, "egress_denied")] * limit + [(429, "egress_denied")]
     )
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe", "0.0.0.1", "0.1.2.3", "::ffff:0.0.0.1"],
+    ids=["nat64-loopback", "nat64-link-local", "this-network", "this-network-2", "mapped-0/8"],
+)
+async def test_an_allowed_name_on_an_address_that_reaches_the_host_is_refused(
+    egress: tuple[Gateway, str], monkeypatch: pytest.MonkeyPatch, address: str
+) -> None:
+    # NAT64's 64:ff9b::/96 carries an IPv4 address the NAT64 gateway (maybe this host)
+    # connects to; 0.0.0.0/8 is "this host" to Linux. Judged like loopback, never connected.
+    gateway, sock = egress
+    loop = asyncio.get_running_loop()
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+
+    async def resolved(host: str, port: int, **_: object) -> list[tuple[object, ...]]:
+        return [(family, socket.SOCK_STREAM, 6, "", (address, port))]
+
+    connected: list[object] = []
+
+    async def no_connect(*args: object, **_: object) -> None:
+        connected.append(args)
+        raise ConnectionRefusedError
+
+    monkeypatch.setattr(loop, "getaddrinfo", resolved)
+    monkeypatch.setattr(asyncio, "open_connection", no_connect)
+    grant = Grant(task_id="t1", token=new_token(), upstream="https://x", key="k",
+                  egress=["sneaky.example"])  # fmt: skip
+    gateway.register(grant)
+    status, reader, writer = await connect(sock, "sneaky.example:443", grant.token)
+    assert status.startswith(b"HTTP/1.1 403"), status
+    assert b"a local address" in await reader.read()
+    writer.close()
+    assert connected == []
+
+
+async def test_an_over_long_name_under_an_allowed_wildcard_is_refused_and_recorded(
+    egress: tuple[Gateway, str],
+) -> None:
+    gateway, sock = egress
+    grant = Grant(task_id="t1", token=new_token(), upstream="https://x", key="k",
+                  egress=["*.example.com"])  # fmt: skip
+    gateway.register(grant)
+    target = "a" * 64 + ".example.com:443"
+    status, reader, writer = await connect(sock, target, grant.token)
+    assert status.startswith(b"HTTP/1.1 403"), status
+    assert b"not a valid host name" in await reader.read()
+    writer.close()
+    await gateway.drain()
+    rows = gateway.store.gateway_requests("t1")
+    assert [(r.path, r.status, r.error) for r in rows] == [(target, 403, "egress_denied")]

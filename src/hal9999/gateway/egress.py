@@ -11,7 +11,10 @@ through untouched. Every refusal is recorded (``CONNECT host:port``, status 403,
 429 and the minute's first such answer alone is recorded (status 429).
 
 A name on the allow-list that resolves to a loopback, link-local, multicast or unspecified
-address is refused: an allowed name must not become a way to the host's own services.
+address, or one in 0.0.0.0/8, is refused, written as IPv4 or inside IPv6 (``::ffff:127.0.0.1``,
+NAT64's ``64:ff9b::127.0.0.1``): an allowed name must not become a way to the host's own
+services. A name no resolver can take (a label over 63 characters under an allowed wildcard)
+is refused too.
 """
 
 from __future__ import annotations
@@ -38,10 +41,21 @@ PROXY_AUTH_REQUIRED = (
 )
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
+
+
 def _unsafe(address: str) -> bool:
     ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is the loopback, which is_loopback misses
+    if isinstance(ip, ipaddress.IPv6Address):
+        # ::ffff:127.0.0.1 is the loopback, which is_loopback misses; a NAT64 gateway turns
+        # 64:ff9b::127.0.0.1 into its own 127.0.0.1: both are judged by the IPv4 address.
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        elif ip in _NAT64:
+            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip.version == 4 and ip in _THIS_NETWORK:  # 0.x.y.z: Linux connects to itself on them
+        return True
     return ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified
 
 
@@ -101,6 +115,9 @@ class EgressProxy:
                     await self._deny(writer, grant, method, target, started, "a local address")
                     return
                 up_reader, up_writer = await asyncio.open_connection(addresses[0], port)
+        except UnicodeError:  # the name cannot be encoded (a label over 63 characters)
+            await self._deny(writer, grant, method, target, started, "not a valid host name")
+            return
         except (OSError, TimeoutError):
             writer.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
             return
