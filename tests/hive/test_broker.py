@@ -159,6 +159,31 @@ def test_an_agent_over_its_rate_limit_is_refused(store: Store) -> None:
     send(store, sender=OPERATOR, recipient="alice", body="the operator is not limited")
 
 
+def test_an_agents_unread_mail_to_the_operator_is_capped_until_the_operator_reads_it(
+    store: Store,
+) -> None:
+    broker.limits.rate_per_minute = 0
+    broker.limits.unread_to_operator_chars = 1000
+    add_agent(store, "alice")
+    add_agent(store, "bob")
+    sent = [send(store, sender="alice", recipient=OPERATOR, body="x" * 300) for _ in range(3)]
+    with pytest.raises(HiveLimited, match="900 characters of messages to the operator not read"):
+        send(store, sender="alice", recipient=OPERATOR, body="y" * 101)
+    send(store, sender="alice", recipient=OPERATOR, body="y" * 100)  # exactly at the cap
+    with pytest.raises(HiveLimited, match="limit of 1000"):
+        send(store, sender="alice", recipient=OPERATOR, body="z")
+    assert len(inbox(store, OPERATOR)) == 4
+    # Other agents, and mail between agents, have their own room.
+    send(store, sender="bob", recipient=OPERATOR, body="b" * 1000)
+    send(store, sender="alice", recipient="bob", body="a" * 1000)
+    # Delivered is not read: only reading frees the room.
+    mark(store, [m.id for m in sent], "delivered")
+    with pytest.raises(HiveLimited):
+        send(store, sender="alice", recipient=OPERATOR, body="z")
+    mark(store, [m.id for m in sent], "read")
+    send(store, sender="alice", recipient=OPERATOR, body="z" * 900)
+
+
 def test_two_agents_in_a_ping_pong_loop_are_stopped_and_the_operator_told(store: Store) -> None:
     broker.limits.loop_messages = 6
     add_agent(store, "alice")

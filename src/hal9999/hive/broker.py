@@ -72,6 +72,10 @@ class BrokerLimits:
     """Messages between one pair of agents, both ways, within ``loop_window_s`` and without
     the operator writing to either, that count as a ping-pong loop (0: never)."""
     loop_window_s: float = 600.0
+    unread_to_operator_chars: int = 4 << 20
+    """Characters of one agent's messages to the operator not read yet past which its next
+    one is refused (0: no limit). Retention never removes unread mail, and the rate limit
+    alone lets an agent send gigabytes a day that nobody reads."""
 
 
 limits = BrokerLimits()
@@ -168,6 +172,8 @@ def prepare(
         _check_rate(store, sender, now)
         if _is_agent(recipient):
             _check_loop(store, sender, recipient, now)
+        else:
+            _check_unread(store, sender, len(body))
     return message
 
 
@@ -207,6 +213,25 @@ def _check_rate(store: Store, sender: str, now: float) -> None:
             f"agent {sender!r} sent {sent} messages in the last minute (limit"
             f" {limits.rate_per_minute})",
             hint="wait a minute; batch what you have to say into fewer messages",
+        )
+
+
+def _check_unread(store: Store, sender: str, chars: int) -> None:
+    cap = limits.unread_to_operator_chars
+    if cap <= 0:
+        return
+    unread = _count(
+        store,
+        "SELECT COALESCE(SUM(LENGTH(body)), 0) FROM hive_messages"
+        " WHERE recipient = ? AND state != 'read' AND sender = ?",
+        (OPERATOR, sender),
+    )
+    if unread + chars > cap:  # no hive event: a retry loop must not grow the store either
+        raise HiveLimited(
+            f"agent {sender!r} has {unread} characters of messages to the operator not read yet;"
+            f" this one ({chars}) would pass the limit of {cap}",
+            hint="wait until the operator has read your messages; send less, or write long"
+            " text to a file of the workspace and send its path",
         )
 
 

@@ -26,6 +26,10 @@ class HiveSettings(BaseModel):
     """Messages between two agents (both ways, no operator message to either) within
     ``loop_window_s`` that stop both as a ping-pong loop (0: never)."""
     loop_window_s: float = Field(default=600.0, gt=0)
+    unread_to_operator_chars: int = Field(default=4 << 20, ge=0)
+    """Characters of one agent's messages to the operator not read yet past which its sends
+    to the operator are refused, until the operator reads them (0: no limit). Retention
+    never removes unread mail."""
     crash_backoff_s: float = Field(default=2.0, ge=0)
     """First restart delay after a crash; doubles with each crash in the window."""
     crash_backoff_max_s: float = Field(default=300.0, ge=0)
