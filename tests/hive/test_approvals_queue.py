@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from tests.hive.conftest import agent_commit, git, hive_events
@@ -13,6 +12,7 @@ from tests.hive.conftest import agent_commit, git, hive_events
 from hal9999.errors import ThreadNotFound, ThreadStateError, UsageError
 from hal9999.hive import approvals, broker
 from hal9999.hive.merge import PIN_PREFIX
+from hal9999.hive.store import hive_write
 from hal9999.hive.threads import Approval, open_threads
 from hal9999.store import Store
 
@@ -70,9 +70,10 @@ async def test_spawn_and_destroy_run_their_executor_once_approved(store: Store) 
     assert approvals.get(store, proposal.id).state == "pending"
     seen: list[Approval] = []
 
-    async def spawn(approval: Approval) -> dict[str, Any]:
+    async def spawn(approval: Approval, settle: approvals.Settle) -> None:
         seen.append(approval)
-        return {"spawned": approval.payload["name"]}
+        with hive_write(store) as (conn, recorded):
+            settle(conn, recorded, {"spawned": approval.payload["name"]})
 
     approvals.set_executor("spawn", spawn)
     try:

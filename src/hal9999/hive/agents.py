@@ -36,6 +36,7 @@ from hal9999.hive.broker import Message
 from hal9999.hive.store import (
     AgentPolicy,
     AgentRecord,
+    InTransaction,
     check_name,
     delete_agent,
     get_agent,
@@ -262,9 +263,11 @@ async def spawn(
     role: str | None = None,
     kind: Literal["agent", "manager"] = "agent",
     policy: AgentPolicy | None = None,
+    also: InTransaction | None = None,
 ) -> AgentRecord:
     """Create agent ``name`` asleep: its state directory, role and (without ``repo``) its
-    own repository. It runs its first turn when its first message arrives."""
+    own repository, its record committed with ``also``. It runs its first turn when its
+    first message arrives."""
     check_name(name)
     resolve_agent(agent, config.agent_settings(agent))  # an unknown agent fails here
     load_provider_for(config, provider)  # so does an unknown provider
@@ -289,7 +292,7 @@ async def spawn(
         name=name, agent=agent, provider=provider, repo=repo, kind=kind,
         state="sleeping", policy=policy or AgentPolicy(), created_at=now, updated_at=now,
     )  # fmt: skip
-    await asyncio.to_thread(insert_agent, store, record)
+    await asyncio.to_thread(insert_agent, store, record, also=also)
     await asyncio.to_thread(
         record_hive_event, store, AgentState(agent=name, state="sleeping", detail="spawned")
     )
@@ -336,8 +339,10 @@ def set_state(
     return updated
 
 
-def forget(store: Store, home: Path, name: str) -> None:
-    """Remove an agent's record and state directory (its task is removed by the caller)."""
-    delete_agent(store, name)
+def forget(store: Store, home: Path, name: str, *, also: InTransaction | None = None) -> None:
+    """Remove an agent's state directory, then its record with ``also`` (its task is removed
+    by the caller). In that order: a process killed in between leaves the record, so
+    removing it again finishes the job, never a mailbox a new agent of the name would get."""
     agentfs.remove_tree(AgentDir.of(home, name).root)
+    delete_agent(store, name, also=also)
     record_hive_event(store, AgentState(agent=name, state="removed"))

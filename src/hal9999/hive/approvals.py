@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from hal9999.errors import HalError, ThreadStateError, UsageError
-from hal9999.events.hive import ApprovalAdded, ApprovalResolved
+from hal9999.events.hive import ApprovalAdded, ApprovalResolved, HiveEvent
 from hal9999.hive import broker, merge
-from hal9999.hive.broker import OPERATOR, SYSTEM
+from hal9999.hive.broker import OPERATOR, SYSTEM, Message
 from hal9999.hive.store import hive_write, insert_hive_event
 from hal9999.hive.threads import (
     Approval,
@@ -47,8 +48,14 @@ DIFF_LIMIT = 4 << 20
 MAX_PENDING = 20
 """Pending proposals one agent may have (a looping agent must not bury the operator)."""
 
-Executor = Callable[[Approval], Awaitable[dict[str, Any]]]
-"""What carries out an approved proposal of one kind; returns what it did (JSON-ready)."""
+Settle = Callable[[sqlite3.Connection, list[HiveEvent], dict[str, Any]], None]
+"""Marks the proposal approved, with what was done (JSON-ready), inside the transaction that
+commits the action; raises :class:`ThreadStateError`, rolling both back, when it is no
+longer pending."""
+Executor = Callable[[Approval, Settle], Awaitable[None]]
+"""What carries out an approved proposal of one kind, settling it in the transaction that
+commits what it did: a process killed at any moment leaves the proposal pending with
+nothing done (approving again does it), or approved and done, never one without the other."""
 _EXECUTORS: dict[str, Executor] = {}
 
 
@@ -226,30 +233,42 @@ def _state_error(approval: Approval) -> ThreadStateError:
     )
 
 
-def _resolve(store: Store, approval: Approval, state: str, by: str, reason: str | None,
-             result: dict[str, Any] | None, body: str | None) -> Approval:  # fmt: skip
-    """Move a pending proposal to ``state`` (compare-and-set), record it and tell the
-    proposer ``body`` (unless None)."""
-    now = time.time()
+def _resolution(store: Store, approval: Approval, state: str, by: str, reason: str | None,
+                body: str | None) -> tuple[Settle, Message | None]:  # fmt: skip
+    """What moves a pending proposal to ``state`` (compare-and-set) inside a write
+    transaction, recording it and telling the proposer ``body`` (unless None); and that
+    message, whose recipient to wake once committed."""
     event = ApprovalResolved(agent=agent_or_none(approval.proposer), approval_id=approval.id,
                              kind=approval.kind, state=state, resolved_by=by)  # fmt: skip
     told = None
     if body is not None:
         told = notice(store, recipient=approval.proposer, body=body, kind="approval",
                       ref=approval.id)  # fmt: skip
-    with hive_write(store) as (conn, recorded):
+
+    def settle(conn: sqlite3.Connection, recorded: list[HiveEvent],
+               result: dict[str, Any] | None) -> None:  # fmt: skip
         changed = conn.execute(
             "UPDATE hive_approvals SET state = ?, reason = ?, result = ?, resolved = ?,"
             " resolved_by = ? WHERE id = ? AND state = 'pending'",
-            (state, reason, json.dumps(result) if result is not None else None, now, by,
-             approval.id),
+            (state, reason, json.dumps(result) if result is not None else None, time.time(),
+             by, approval.id),
         ).rowcount  # fmt: skip
-        if changed == 1:
-            recorded.append(insert_hive_event(conn, event))
-            if told is not None:  # in the same transaction: never resolved without it
-                broker.commit(conn, recorded, told)
-    if changed != 1:
-        raise _state_error(get(store, approval.id))
+        if changed != 1:
+            raise _state_error(get(store, approval.id))
+        recorded.append(insert_hive_event(conn, event))
+        if told is not None:  # in the same transaction: never resolved without it
+            broker.commit(conn, recorded, told)
+
+    return settle, told
+
+
+def _resolve(store: Store, approval: Approval, state: str, by: str, reason: str | None,
+             result: dict[str, Any] | None, body: str | None) -> Approval:  # fmt: skip
+    """Move a pending proposal to ``state`` (compare-and-set), record it and tell the
+    proposer ``body`` (unless None)."""
+    settle, told = _resolution(store, approval, state, by, reason, body)
+    with hive_write(store) as (conn, recorded):
+        settle(conn, recorded, result)
     if told is not None:
         broker.wake(told.recipient)
     return get(store, approval.id)
@@ -272,13 +291,16 @@ def _with_reason(text: str, reason: str | None) -> str:
 async def approve(
     store: Store, approval_id: str, *, by: str = OPERATOR, reason: str | None = None
 ) -> Approval:
-    """Carry out a pending proposal, then mark it approved and tell the proposer.
+    """Carry out a pending proposal, then mark it approved and tell the proposer (a spawn
+    or destroy: in the transaction that commits the agent's record, or its removal).
 
     When carrying it out is refused (a conflict, a moved branch), nothing changes and the
     proposal stays pending, so the operator can deny it with a reason or try again."""
     if reason:
         check_text(reason, "reason")
     approval = await asyncio.to_thread(_pending, store, approval_id)
+    if approval.kind in ("spawn", "destroy"):
+        return await _carry_out_agent(store, approval, by, reason)
     result = await _carry_out(approval)
     what = _done(approval, result)
     body = _with_reason(f"Your proposal {approval.id} ({approval.title}) was approved by {by}"
@@ -292,17 +314,30 @@ async def approve(
 
 
 async def _carry_out(approval: Approval) -> dict[str, Any]:
-    if approval.kind == "apply":
+    if approval.kind == "apply":  # a merge done already is found done again: idempotent
         return await merge.merge(_range(approval), approval.id)
-    if approval.kind == "tool":
-        return {}  # the gate only records the decision; the tool's caller acts on it
+    return {}  # a tool gate only records the decision; the tool's caller acts on it
+
+
+async def _carry_out_agent(
+    store: Store, approval: Approval, by: str, reason: str | None
+) -> Approval:
     executor = _EXECUTORS.get(approval.kind)
     if executor is None:
         raise ThreadStateError(
             f"a {approval.kind} proposal can only be carried out where the hive runs",
             hint="approve it again with `hal serve` running",
         )
-    return await executor(approval)
+    body = _with_reason(f"Your proposal {approval.id} ({approval.title}) was approved by {by}.",
+                        reason)  # fmt: skip
+    settle, told = _resolution(store, approval, "approved", by, reason, body)
+    await executor(approval, settle)
+    resolved = await asyncio.to_thread(get, store, approval.id)
+    if resolved.state != "approved":  # an executor that did not settle: a bug in it
+        raise HalError(f"carrying out proposal {approval.id} did not record it")
+    if told is not None:
+        broker.wake(told.recipient)
+    return resolved
 
 
 def _done(approval: Approval, result: dict[str, Any]) -> str:
@@ -333,10 +368,12 @@ def _expire(store: Store, approval: Approval) -> Approval:
     return resolved
 
 
-def withdraw_all(store: Store, proposer: str) -> int:
-    """Close the pending proposals of an agent being removed (expired, nobody told)."""
+def withdraw_all(store: Store, proposer: str, *, spare: str | None = None) -> int:
+    """Close the pending proposals of an agent being removed (expired, nobody told), but
+    ``spare`` (the approved proposal removing it, resolved with the removal)."""
     rows = store._query(
-        "SELECT * FROM hive_approvals WHERE state = 'pending' AND proposer = ?", (proposer,)
+        "SELECT * FROM hive_approvals WHERE state = 'pending' AND proposer = ? AND id IS NOT ?",
+        (proposer, spare),
     )
     closed = 0
     for row in rows:

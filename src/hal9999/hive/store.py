@@ -39,6 +39,10 @@ up on it (a crash loop), wakes for nothing until started again."""
 
 _LIST_HINT = "list agents with `hal agent list`"
 
+InTransaction = Callable[[sqlite3.Connection, list[HiveEvent]], None]
+"""More writes for the caller's transaction, their hive events appended to the list: what
+must be committed with a change of an agent or not at all (an approval it carries out)."""
+
 
 class AgentPolicy(BaseModel):
     """How the hive treats an agent (stored as JSON with it)."""
@@ -110,16 +114,21 @@ def agent_exists(store: Store, name: str) -> bool:
     return bool(store._query("SELECT 1 FROM hive_agents WHERE name = ?", (name,)))
 
 
-def insert_agent(store: Store, record: AgentRecord) -> AgentRecord:
-    """Add a new agent (its name checked); refuses a name that is taken."""
+def insert_agent(
+    store: Store, record: AgentRecord, *, also: InTransaction | None = None
+) -> AgentRecord:
+    """Add a new agent (its name checked), with ``also`` in the same transaction; refuses a
+    name that is taken."""
     check_name(record.name)
     columns = ", ".join(_AGENT_COLUMNS)
     values = ", ".join(f":{c}" for c in _AGENT_COLUMNS)
     try:
-        with store._write() as conn:
+        with hive_write(store) as (conn, recorded):
             conn.execute(
                 f"INSERT INTO hive_agents ({columns}) VALUES ({values})", _agent_row(record)
             )
+            if also is not None:
+                also(conn, recorded)
     except sqlite3.IntegrityError as exc:
         raise HiveError(
             f"an agent called {record.name!r} already exists",
@@ -167,11 +176,14 @@ def update_agent(
     return updated
 
 
-def delete_agent(store: Store, name: str) -> None:
-    """Forget an agent (its messages stay until retention removes them)."""
-    with store._write() as conn:
+def delete_agent(store: Store, name: str, *, also: InTransaction | None = None) -> None:
+    """Forget an agent, with ``also`` in the same transaction (its messages stay until
+    retention removes them)."""
+    with hive_write(store) as (conn, recorded):
         if not conn.execute("DELETE FROM hive_agents WHERE name = ?", (name,)).rowcount:
             raise AgentNotFound(f"no agent called {name!r}", hint=_LIST_HINT)
+        if also is not None:
+            also(conn, recorded)
 
 
 # -- hive events -------------------------------------------------------------------------

@@ -277,13 +277,14 @@ def open_count(store: Store, agent: str) -> int:
     return int(row[0])
 
 
-def close_for_removed(store: Store, agent: str) -> int:
+def close_for_removed(store: Store, agent: str, *, spare: str | None = None) -> int:
     """Close every open thread of an agent being removed (before its record goes): its
-    proposals expire, questions it asked or was asked close (askers get the sentinel
-    answer), its reminders are cancelled. Returns how many threads closed."""
+    proposals expire (but ``spare``, the one being approved to remove it), questions it
+    asked or was asked close (askers get the sentinel answer), its reminders are cancelled.
+    Returns how many threads closed."""
     from hal9999.hive import approvals, questions, reminders  # they build on this module
 
-    closed = approvals.withdraw_all(store, agent) + questions.close_all(store, agent)
+    closed = approvals.withdraw_all(store, agent, spare=spare) + questions.close_all(store, agent)
     return closed + reminders.drop_all(store, agent)
 
 

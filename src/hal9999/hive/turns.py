@@ -37,7 +37,14 @@ from hal9999.hive import stats, watch
 from hal9999.hive.agents import AgentDir, build_prompt, first_batch, set_state
 from hal9999.hive.broker import OPERATOR, SYSTEM, inbox, mark, send
 from hal9999.hive.settings import HiveSettings
-from hal9999.hive.store import AgentRecord, get_agent, list_agents, record_hive_event, update_agent
+from hal9999.hive.store import (
+    AgentRecord,
+    InTransaction,
+    get_agent,
+    list_agents,
+    record_hive_event,
+    update_agent,
+)
 from hal9999.hive.threads import open_count
 from hal9999.hive.warm import WarmHolds
 from hal9999.store import TaskRecord
@@ -439,8 +446,12 @@ class HiveLoop:
         self.wake(name)
         return await asyncio.to_thread(get_agent, self.store, name)
 
-    async def remove_agent(self, name: str) -> AgentRecord:
-        """Stop an agent, remove its task and session, its state directory and its record."""
+    async def remove_agent(
+        self, name: str, *, also: InTransaction | None = None, spare: str | None = None
+    ) -> AgentRecord:
+        """Stop an agent, remove its task and session, its state directory and its record
+        (with ``also`` in the record's transaction). Its open threads close, but for the
+        proposal ``spare`` (the one removing it)."""
         from hal9999.hive.agents import forget
         from hal9999.hive.threads import close_for_removed
 
@@ -454,6 +465,6 @@ class HiveLoop:
             with contextlib.suppress(HalError):
                 await self.service.remove(agent.task_id, force=True)
         # Its proposals, questions and reminders close first (askers get a sentinel answer).
-        await asyncio.to_thread(close_for_removed, self.store, name)
-        await asyncio.to_thread(forget, self.store, self.home, name)
+        await asyncio.to_thread(close_for_removed, self.store, name, spare=spare)
+        await asyncio.to_thread(forget, self.store, self.home, name, also=also)
         return agent

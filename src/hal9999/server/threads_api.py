@@ -34,20 +34,23 @@ def use_hive_for_agents(daemon: Daemon) -> None:
     """Approved spawn and destroy proposals act through this daemon's hive."""
     from hal9999.hive import agents
 
-    async def spawn(approval: Approval) -> dict[str, Any]:
+    async def spawn(approval: Approval, settle: approvals.Settle) -> None:
         data = approval.payload
-        record = await agents.spawn(
-            daemon.store, daemon.config, check_name(str(data.get("name", ""))),
-            agent=str(data.get("agent") or daemon.config.default_agent),
+        name = check_name(str(data.get("name", "")))
+        agent = str(data.get("agent") or daemon.config.default_agent)
+        await agents.spawn(
+            daemon.store, daemon.config, name, agent=agent,
             provider=str(data.get("provider") or daemon.config.default_provider),
             repo=data.get("repo"), role=data.get("role"),
+            also=lambda conn, recorded: settle(conn, recorded, {"spawned": name, "agent": agent}),
         )  # fmt: skip
-        return {"spawned": record.name, "agent": record.agent}
 
-    async def destroy(approval: Approval) -> dict[str, Any]:
+    async def destroy(approval: Approval, settle: approvals.Settle) -> None:
         name = check_name(str(approval.payload.get("name", "")))
-        await daemon.hive.remove_agent(name)
-        return {"destroyed": name}
+        await daemon.hive.remove_agent(
+            name, spare=approval.id,
+            also=lambda conn, recorded: settle(conn, recorded, {"destroyed": name}),
+        )  # fmt: skip
 
     approvals.set_executor("spawn", spawn)
     approvals.set_executor("destroy", destroy)

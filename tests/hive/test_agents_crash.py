@@ -1,0 +1,151 @@
+"""Approving a spawn or destroy, and removing an agent, in a process killed (SIGKILL) after
+each of its store commits in turn, then done again: a proposal is approved exactly when its
+agent was made (or removed), and an agent's record never goes while its mailbox stays."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from tests.hive.conftest import make_agent
+
+from hal9999.hive import approvals
+from hal9999.hive.agents import AgentDir
+from hal9999.hive.store import agent_exists
+from hal9999.store import Store
+
+pytestmark = pytest.mark.timeout(240)
+
+# Runs ACTION (python source using `store`, `daemon` and `thread`) on the home at argv[1],
+# killed -9 right after the process's argv[3]-th store commit (never, for 0). `daemon`
+# carries out spawn and destroy proposals as `hal serve` does.
+KILLED_AFTER_A_COMMIT = textwrap.dedent(
+    """
+    import asyncio, contextlib, os, signal, sys
+    from pathlib import Path
+    from types import SimpleNamespace
+    from hal9999.config import HalConfig
+    from hal9999.hive import agents, approvals
+    from hal9999.hive.settings import HiveSettings
+    from hal9999.hive.turns import HiveLoop
+    from hal9999.server.threads_api import use_hive_for_agents
+    from hal9999.store import Store
+    from hal9999.tasks.service import TaskService
+
+    home, thread, after = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    real = Store._write
+    commits = 0
+
+    @contextlib.contextmanager
+    def write(self, **kwargs):
+        global commits
+        with real(self, **kwargs) as conn:
+            yield conn
+        commits += 1
+        if commits == after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    Store._write = write
+    store = Store.open(home)
+    config = HalConfig(home=home, process_manager="direct", default_provider="local")
+    service = TaskService(config, store, {})
+    daemon = SimpleNamespace(store=store, config=config,
+                             hive=HiveLoop(service, None, HiveSettings()))
+    use_hive_for_agents(daemon)
+    """
+)
+APPROVE = "asyncio.run(approvals.approve(store, thread))"
+
+
+def run_killed(home: Path, action: str, thread: str, after: int) -> int:
+    """Run ``action`` killed after its ``after``-th commit; its exit status."""
+    run = subprocess.run(
+        [sys.executable, "-c", KILLED_AFTER_A_COMMIT + action, str(home), thread, str(after)],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode in (0, -signal.SIGKILL), run.stderr
+    return run.returncode
+
+
+# What alice proposes: spawn carol, destroy bob, or destroy herself.
+PAYLOADS = {
+    "spawn": {"name": "carol", "agent": "sh run.sh {{prompt_file}}", "provider": "local"},
+    "destroy": {"name": "bob"},
+    "destroy-self": {"name": "alice"},
+}
+
+
+def propose(home: Path, case: str) -> str:
+    """A fresh home with agents alice and bob, and alice's proposal of ``case``."""
+    with Store.open(home) as store:
+        make_agent(store, "alice")
+        make_agent(store, "bob")
+        AgentDir.of(home, "bob").root.mkdir(parents=True)
+        kind = case.removesuffix("-self")
+        return approvals.propose(store, kind=kind, proposer="alice", title=f"{kind} it",
+                                 payload=PAYLOADS[case]).id  # fmt: skip
+
+
+def outcome(home: Path, case: str, thread: str) -> tuple[str, bool, int]:
+    """The proposal's state, whether its action happened, how often alice was told."""
+    name = PAYLOADS[case]["name"]
+    with Store.open(home) as store:
+        state = approvals.get(store, thread).state
+        done = agent_exists(store, name) == (case == "spawn")
+        told = store._query(
+            "SELECT COUNT(*) FROM hive_messages WHERE recipient = 'alice' AND ref = ?", (thread,)
+        )[0][0]
+    return state, done, told
+
+
+@pytest.mark.parametrize("case", sorted(PAYLOADS))
+def test_an_approval_is_recorded_exactly_when_its_agent_was_made_or_removed_whatever_commit_a_kill_follows(  # noqa: E501
+    tmp_path: Path, case: str
+) -> None:
+    for after in range(1, 15):
+        home = tmp_path / f"home-{after}"
+        thread = propose(home, case)
+        finished = run_killed(home, APPROVE, thread, after) == 0
+        state, done, told = outcome(home, case, thread)
+        # Approved with its message, or still pending with nothing done and nobody told.
+        assert (state, done, told) in (("approved", True, 1), ("pending", False, 0)), after
+        if state == "pending":  # approving again finishes it
+            assert run_killed(home, APPROVE, thread, 0) == 0
+            assert outcome(home, case, thread) == ("approved", True, 1), after
+        if finished:
+            return
+    pytest.fail(f"approving {case} did not finish within 14 commits")
+
+
+def test_an_agent_removed_by_a_killed_process_leaves_no_mailbox_for_a_new_one_of_its_name(
+    tmp_path: Path,
+) -> None:
+    forget = "agents.forget(store, home, 'bob')"
+    for after in range(1, 10):
+        home = tmp_path / f"home-{after}"
+        with Store.open(home) as store:
+            make_agent(store, "bob")
+        bob = AgentDir.of(home, "bob")
+        bob.root.mkdir(parents=True)
+        bob.mailbox.write_text(json.dumps({"id": "m-old", "body": "for the old bob"}) + "\n")
+        bob.set_cursor(1)
+        finished = run_killed(home, forget, "", after) == 0
+        with Store.open(home) as store:
+            kept = agent_exists(store, "bob")
+        if not kept:  # a new bob may be made now: nothing of the old one may be left
+            assert not bob.root.exists(), after
+        else:  # `hal agent rm bob` again finishes it
+            assert run_killed(home, forget, "", 0) == 0
+            with Store.open(home) as store:
+                assert not agent_exists(store, "bob")
+            assert not bob.root.exists()
+        if finished:
+            return
+    pytest.fail("forget did not finish within 9 commits")
