@@ -1,9 +1,11 @@
-"""Approving a spawn or destroy, and removing an agent, in a process killed (SIGKILL) after
-each of its store commits in turn, then done again: a proposal is approved exactly when its
-agent was made (or removed), and an agent's record never goes while its mailbox stays."""
+"""Approving a spawn or destroy, removing an agent, and the manager's approved restart, in a
+process killed (SIGKILL) after each of its store commits in turn, then done again: a
+proposal is approved exactly when its agent was made (or removed), an agent's record never
+goes while its mailbox stays, and an approved restart is never spent without being done."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -17,7 +19,7 @@ from tests.hive.conftest import make_agent
 
 from hal9999.hive import approvals
 from hal9999.hive.agents import AgentDir
-from hal9999.hive.store import agent_exists
+from hal9999.hive.store import agent_exists, get_agent
 from hal9999.store import Store
 
 pytestmark = pytest.mark.timeout(240)
@@ -61,17 +63,37 @@ KILLED_AFTER_A_COMMIT = textwrap.dedent(
     """
 )
 APPROVE = "asyncio.run(approvals.approve(store, thread))"
+# The manager boss calls restart(bob) with its approved proposal; prints what it was told.
+RESTART = textwrap.dedent(
+    """
+    from hal9999.errors import HalError
+    from hal9999.hive.mcp import thread_tools
+    from hal9999.hive.mcp.tools import Caller, Hive
+
+    boss = Caller(Hive(store=store, home=home, lifecycle=daemon.hive), "boss", manager=True)
+    args = thread_tools.LifecycleArgs(name="bob", approval=thread)
+    try:
+        print(asyncio.run(thread_tools.restart(boss, args)))
+    except HalError as exc:
+        print(exc)
+    """
+)
 
 
 def run_killed(home: Path, action: str, thread: str, after: int) -> int:
     """Run ``action`` killed after its ``after``-th commit; its exit status."""
+    return killed(home, action, thread, after).returncode
+
+
+def killed(home: Path, action: str, thread: str, after: int) -> subprocess.CompletedProcess[str]:
+    """Run ``action`` killed after its ``after``-th commit."""
     run = subprocess.run(
         [sys.executable, "-c", KILLED_AFTER_A_COMMIT + action, str(home), thread, str(after)],
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert run.returncode in (0, -signal.SIGKILL), run.stderr
-    return run.returncode
+    return run
 
 
 # What alice proposes: spawn carol, destroy bob, or destroy herself.
@@ -149,3 +171,40 @@ def test_an_agent_removed_by_a_killed_process_leaves_no_mailbox_for_a_new_one_of
         if finished:
             return
     pytest.fail("forget did not finish within 9 commits")
+
+
+def restarted(home: Path, thread: str) -> bool:
+    """Whether bob was stopped for the restart approved by ``thread`` and is awake again."""
+    with Store.open(home) as store:
+        states = [json.loads(row[0]) for row in store._query(
+            "SELECT body FROM hive_events WHERE type = 'agent_state' AND agent = 'bob'"
+            " ORDER BY gseq")]  # fmt: skip
+        awake = get_agent(store, "bob").state == "sleeping"
+    stops = [i for i, e in enumerate(states) if e["detail"] == f"restart approved ({thread})"]
+    return awake and bool(stops) and states[stops[0]]["state"] == "stopped"
+
+
+def test_an_approved_restart_is_never_spent_without_being_done_whatever_commit_a_kill_follows(
+    tmp_path: Path,
+) -> None:
+    for after in range(1, 15):
+        home = tmp_path / f"home-{after}"
+        with Store.open(home) as store:
+            make_agent(store, "boss")
+            make_agent(store, "bob")
+            thread = approvals.propose(store, kind="tool", proposer="boss",
+                                       title="restart agent bob",
+                                       payload={"tool": "restart", "agent": "bob"}).id  # fmt: skip
+            asyncio.run(approvals.approve(store, thread))
+        finished = killed(home, RESTART, thread, after).returncode == 0
+        again = killed(home, RESTART, thread, 0).stdout
+        # Done by the killed call (and spent) or by this one: bob restarted either way.
+        assert restarted(home, thread), (after, again)
+        if "carried out already" not in again:
+            assert json.loads(again) == {"done": "restart", "agent": "bob"}, after
+            assert not finished, after
+            again = killed(home, RESTART, thread, 0).stdout
+        assert again.startswith(f"proposal {thread} was carried out already"), (after, again)
+        if finished:
+            return
+    pytest.fail("restart did not finish within 14 commits")

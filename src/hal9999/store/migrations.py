@@ -308,4 +308,18 @@ MIGRATIONS: tuple[Migration, ...] = (
         DROP INDEX events_task_type;
         """,
     ),
+    Migration(
+        10,
+        "hive gate uses",
+        """
+        -- The one use of each approval that gates a manager's stop or restart: `claimed` by a
+        -- process (`holder`) before the action, `done` after it (see hive/gates.py).
+        CREATE TABLE hive_gate_uses (
+            approval_id TEXT PRIMARY KEY,
+            holder      TEXT NOT NULL,
+            state       TEXT NOT NULL CHECK (state IN ('claimed', 'done')),
+            updated     REAL NOT NULL
+        );
+        """,
+    ),
 )

@@ -4,14 +4,14 @@ the open-threads view, plus the manager's gated lifecycle tools. Each acts as th
 
 from __future__ import annotations
 
-import json
+import asyncio
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
 from hal9999.errors import HalError, UsageError
-from hal9999.hive import approvals, questions, reminders, threads
+from hal9999.hive import approvals, gates, questions, reminders, threads
 from hal9999.hive.broker import OPERATOR
 from hal9999.hive.mcp.tools import Caller, NoArgs, Tool, ToolArgs, dump
 from hal9999.hive.store import get_agent
@@ -191,28 +191,16 @@ async def _lifecycle(
         raise UsageError(f"proposal {args.approval} is {approval.state}, not approved")
     if hive.lifecycle is None:
         raise HalError("agents can only be stopped where the hive runs (`hal serve`)")
-    if not await hive.db(_first_use, hive, approval.id):
-        raise UsageError(f"proposal {args.approval} was carried out already")
-    await hive.lifecycle.stop_agent(args.name, f"{action} approved ({approval.id})")
-    if action == "restart":
-        await hive.lifecycle.start_agent(args.name)
-    return dump({"done": action, "agent": args.name})
-
-
-def _first_use(hive: Any, approval_id: str) -> bool:
-    """Record that a gate's approval was used; False when it already was (one use each)."""
-    path = Path(hive.home) / "hive" / "mcp-gates.json"
+    await hive.db(gates.claim, hive.store, approval.id)  # one use: spent once done below
     try:
-        used = set(json.loads(path.read_text()))
-    except (OSError, ValueError):
-        used = set()
-    if approval_id in used:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(sorted(used | {approval_id})))
-    tmp.replace(path)
-    return True
+        await hive.lifecycle.stop_agent(args.name, f"{action} approved ({approval.id})")
+        if action == "restart":
+            await hive.lifecycle.start_agent(args.name)
+    except BaseException:
+        await asyncio.shield(hive.db(gates.release, hive.store, approval.id))
+        raise
+    await hive.db(gates.done, hive.store, approval.id)
+    return dump({"done": action, "agent": args.name})
 
 
 async def stop(caller: Caller, args: LifecycleArgs) -> str:
