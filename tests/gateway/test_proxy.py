@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -15,6 +16,7 @@ import pytest
 from tests.gateway.upstream import StormUpstream
 
 from hal9999.gateway import refusal
+from hal9999.gateway import ledger
 from hal9999.gateway.channel import Grant, new_token
 from hal9999.gateway.proxy import Gateway
 from hal9999.store import Store
@@ -449,3 +451,35 @@ async def test_an_agent_looping_on_a_refusal_is_throttled_and_stored_a_bounded_n
         assert (await call(http, grant.token, model="claude-opus-4-1")).status_code == 403
     await gw.drain()
     assert len(gw.store.gateway_requests("t1")) == limit + 2
+async def test_a_task_whose_spend_the_store_refuses_gets_no_more_calls(
+    gateway: tuple[Gateway, str], upstream: StormUpstream, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The disk fails under t1's rows (on the loop's own connection and in the thread): its
+    # spend would live only in memory, gone at a restart, and its budget with it.
+    def failing(real: Any) -> Any:
+        def add(self: Any, rows: Any) -> Any:
+            if any(r.task_id == "t1" for r in (rows if isinstance(rows, list) else [rows])):
+                raise sqlite3.OperationalError("disk I/O error")
+            return real(self, rows)
+        return add
+
+    for cls, name in [(Store, "add_gateway_requests"), (Store, "add_gateway_request"),
+                      (ledger._Writer, "add_gateway_requests"), (ledger._Writer, "add_one")]:
+        monkeypatch.setattr(cls, name, failing(getattr(cls, name)))  # fmt: skip
+    gw, sock = gateway
+    first, second = grant_for(upstream, "t1", max_tokens=1000), grant_for(upstream, "t2")
+    gw.register(first)
+    gw.register(second)
+    async with client(sock) as http:
+        with pytest.raises(httpx.HTTPError):  # the answer is withheld: cut before its end
+            await call(http, first.token)
+    async with client(sock) as http:
+        refused = await call(http, first.token)
+        assert (await call(http, second.token)).status_code == 200
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "gateway_error"
+    assert "could not be recorded (disk I/O error)" in refused.json()["error"]["message"]
+    assert [s.headers["x-api-key"] for s in upstream.seen] == [KEY, KEY]  # t1 once, t2 once
+    assert "could not record a call of task t1; its further calls are refused" in caplog.text
+    await gw.drain()
+    assert [r.status for r in gw.store.gateway_requests("t2")] == [200]

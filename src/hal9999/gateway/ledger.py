@@ -19,6 +19,11 @@ thread: a rollback-journal commit syncs.
 The spend per task and per UTC day is also kept in memory, read from the store once and then
 advanced by this process, which is the only writer of this HAL_HOME's calls (one gateway per
 HAL_HOME, held by its lock).
+
+A row the store refuses (disk full, I/O error, a read-only or damaged database, a lock held
+past the busy timeout) would be spend counted only in memory, lost at a restart: its task is
+put in :attr:`Ledger.unrecorded`, and the gateway withholds the end of that answer and
+refuses the task's further calls (it fails closed), with a log line for the operator.
 """
 
 from __future__ import annotations
@@ -98,6 +103,8 @@ class Ledger:
         """Transactions that stored call rows, on the loop or in the thread."""
         self.handed_off = 0
         """Of those, the ones handed to the thread (the database was locked)."""
+        self.unrecorded: dict[str, str] = {}
+        """Tasks a call of which the store refused, and why: they get no more calls."""
 
     def task_spent(self, task_id: str) -> tuple[int, float]:
         """Tokens and dollars of ``task_id`` so far."""
@@ -198,8 +205,10 @@ class Ledger:
         for record in records:  # one bad row must not lose the others
             try:
                 self.store.add_gateway_request(record)
-            except Exception:
-                logger.exception("gateway: could not record a call of task %s", record.task_id)
+            except Exception as exc:
+                logger.exception("gateway: could not record a call of task %s; its further "
+                                 "calls are refused", record.task_id)  # fmt: skip
+                self.unrecorded.setdefault(record.task_id, str(exc) or type(exc).__name__)
 
     async def drain(self) -> None:
         """Wait until every call so far is in the store."""

@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from hal9999.auth.upstream import oauth_headers, upstream_key
-from hal9999.errors import HalError
+from hal9999.errors import GatewayError, HalError
 from hal9999.gateway import refusal
 from hal9999.gateway.bodies import StoredBodies
 from hal9999.gateway.channel import TOKEN_PREFIX, Grant
@@ -238,6 +238,12 @@ class Gateway:
         return "", None
 
     def _refused(self, grant: Grant, model: str | None) -> tuple[int, str, str] | None:
+        unrecorded = self.ledger.unrecorded.get(grant.task_id)
+        if unrecorded is not None:  # its spend so far is not all in the store: fail closed
+            return 400, GatewayError.code, (
+                f"hal gateway: the spend of an earlier call of this task could not be recorded "
+                f"({unrecorded}), so it gets no more calls (see the gateway's log)"
+            )
         allowed = grant.models
         if allowed is not None and model is not None and model not in allowed:
             return 403, "model_not_allowed", (
@@ -391,6 +397,8 @@ class Gateway:
             committed = self.record_call(record, started, status=record.status)
             if committed is not None:
                 await committed
+            if record.task_id in self.ledger.unrecorded:  # the spend is not in the store:
+                raise ConnectionAbortedError("withheld: the call's spend was not recorded")
             out.data(masked.flush().encode("latin-1"))
             out.end()
             await writer.drain()
