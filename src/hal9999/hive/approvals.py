@@ -48,7 +48,7 @@ DIFF_LIMIT = 4 << 20
 MAX_PENDING = 20
 """Pending proposals one agent may have (a looping agent must not bury the operator)."""
 
-Settle = Callable[[sqlite3.Connection, list[HiveEvent], dict[str, Any]], None]
+Settle = Callable[[sqlite3.Connection, list[HiveEvent], dict[str, Any] | None], None]
 """Marks the proposal approved, with what was done (JSON-ready), inside the transaction that
 commits the action; raises :class:`ThreadStateError`, rolling both back, when it is no
 longer pending."""
