@@ -15,8 +15,7 @@ import httpx
 import pytest
 from tests.gateway.upstream import StormUpstream
 
-from hal9999.gateway import refusal
-from hal9999.gateway import ledger
+from hal9999.gateway import ledger, refusal
 from hal9999.gateway.channel import Grant, new_token
 from hal9999.gateway.proxy import Gateway
 from hal9999.store import Store
