@@ -156,6 +156,11 @@ def test_an_agent_over_its_rate_limit_is_refused(store: Store) -> None:
         send(store, sender="alice", recipient=OPERATOR, body="one too many")
     assert len(inbox(store, OPERATOR)) == 3
     assert [e.type for e in hive_events_after(store, 0)][-1] == "hive_guard"
+    for _ in range(50):  # an agent retrying in a loop: refused each time, recorded once
+        with pytest.raises(HiveLimited):
+            send(store, sender="alice", recipient=OPERATOR, body="again")
+    guards = [e for e in hive_events_after(store, 0) if e.type == "hive_guard"]
+    assert len(guards) == 1 and guards[0].guard == "rate_limit"  # type: ignore[attr-defined]
     send(store, sender=OPERATOR, recipient="alice", body="the operator is not limited")
 
 

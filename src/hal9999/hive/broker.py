@@ -208,7 +208,14 @@ def _check_rate(store: Store, sender: str, now: float) -> None:
         (sender, now - 60.0),
     )
     if sent >= limits.rate_per_minute:
-        _guard(store, "rate_limit", sender, f"{sender} sent {sent} messages in the last minute")
+        # Once a minute: an agent retrying in a loop must not grow the events instead.
+        told = store._query(
+            "SELECT 1 FROM hive_events WHERE ts > ? AND type = 'hive_guard' AND agent = ?"
+            " AND body LIKE '%\"guard\":\"rate_limit\"%' LIMIT 1",
+            (now - 60.0, sender),
+        )
+        if not told:
+            _guard(store, "rate_limit", sender, f"{sender} sent {sent} messages in the last minute")
         raise HiveLimited(
             f"agent {sender!r} sent {sent} messages in the last minute (limit"
             f" {limits.rate_per_minute})",
