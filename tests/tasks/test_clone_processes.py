@@ -4,6 +4,7 @@ not recognise. Counted, not timed."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import Sequence
@@ -404,3 +405,56 @@ async def test_a_written_git_dir_makes_only_the_inodes_git_needs(tmp_path: Path)
     git(dest, *here, "gc", "--quiet")  # a pack, in the objects/pack/ git makes for it
     assert list((dest / ".git" / "objects" / "pack").glob("*.pack"))
     assert git(dest, *here, "fsck", "--no-progress") == ""
+
+
+@pytest.mark.parametrize("ref", [None, "side"])
+async def test_a_borrowed_checkout_at_head_takes_one_thread_hop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, git_calls: list[str], ref: str | None
+) -> None:
+    # Issue 16: each thread hop costs the daemon ~1-2 ms of CPU with 16 tasks at once; the
+    # .git, the branch and its commit were three (a --ref still reads the ref with git).
+    hops: list[str] = []
+    to_thread = asyncio.to_thread
+
+    async def counted(func: Any, /, *args: Any, **kwargs: Any) -> Any:
+        hops.append(func.__name__)
+        return await to_thread(func, *args, **kwargs)
+
+    monkeypatch.setattr(gitrepo.asyncio, "to_thread", counted)
+    source, _ = _snapshot_repo(tmp_path)
+    session = tmp_path / "session"
+    (session / "workspace").mkdir(parents=True)
+    snap = await mirror.snapshot_for(tmp_path / "home", str(source), session, None)
+    assert snap is not None
+    hops.clear()
+    src = gitrepo.RepoSource("local", str(source))
+    workspace = session / "workspace"
+    base = await gitrepo.clone(
+        src, ref, workspace, BRANCH, borrow=snap, alternates=mirror.ALTERNATES
+    )
+    if ref is None:
+        assert hops == ["write_branched_git_dir"]
+        assert git_calls == ["read-tree"]
+    else:
+        assert hops == ["write_git_dir", "rewrite_head", "new_branch", "drop_reflogs"]
+    here = ["-c", f"safe.directory={workspace}"]
+    assert git(workspace, *here, "rev-parse", "HEAD") == base
+    assert git(workspace, *here, "symbolic-ref", "HEAD") == f"refs/heads/{BRANCH}"
+    assert git(workspace, *here, "status", "--porcelain") == ""
+    assert not (workspace / ".git" / "logs").exists()
+    assert (workspace / "a.txt").read_text() == ("one\n" if ref else "two\n")
+
+
+def test_the_branched_git_dir_falls_back_step_by_step(tmp_path: Path) -> None:
+    # Not the snapshot's form: nothing written, git clones. A branch name this path does not
+    # write: the .git is written and git makes the branch.
+    _, snap = _snapshot_repo(tmp_path, detached=False)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "x").write_text("")
+    assert gitdir.write_branched_git_dir(snap, busy, None, "hal/x1") == (False, False, None)
+    assert os.listdir(busy) == ["x"]
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    assert gitdir.write_branched_git_dir(snap, dest, None, "hal/x..y") == (True, False, None)
+    assert git(dest, "-c", f"safe.directory={dest}", "symbolic-ref", "HEAD") == "refs/heads/main"

@@ -20,7 +20,7 @@ from tests.tasks.test_recovery import make_task, pooled_service
 from hal9999.process.launch import SUPERVISOR
 from hal9999.providers.base import Sandbox
 from hal9999.spec import ArgvCommand
-from hal9999.tasks import gitrepo
+from hal9999.tasks import gitrepo, launch
 from hal9999.tasks.context import process_spec
 from hal9999.tasks.request import RunRequest
 from hal9999.tasks.session import Session
@@ -206,7 +206,6 @@ async def test_a_daemon_task_writes_its_row_once_per_step(
     assert kept.base_commit == git(repo, "rev-parse", "HEAD").strip() and kept.files_changed == 0
 
 
-
 @pytest.mark.bwrap
 async def test_what_a_run_learnt_is_recorded_with_a_failure_too(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -324,3 +323,24 @@ async def test_a_tasks_own_inodes_outside_its_checkout(tmp_path: Path) -> None:
     # the filter and uid switch are the provider's, a root hal's account files bwrap's own).
     expect = ["", "/sandbox.tmp", "/sandbox.tmp", "/tmp"]
     assert sorted(p for p in made if p.startswith("sandboxes/")) == sorted(box + e for e in expect)
+
+
+def test_a_fresh_workspace_is_emptied_without_a_thread_hop_only_when_it_holds_something(
+    tmp_path: Path,
+) -> None:
+    # Issue 16: a fresh task's workspace is empty; a clone cut short leaves files (a dangling
+    # link among them) that must still go before the clone is made again.
+    work = tmp_path / "workspace"
+    work.mkdir()
+    assert not launch._has_entries(work)
+    assert not launch._has_entries(tmp_path / "missing")
+    (tmp_path / "file").write_text("")
+    assert not launch._has_entries(tmp_path / "file")
+    (work / ".git").mkdir()
+    (work / ".git" / "HEAD").write_text("x")
+    (work / "gone").symlink_to(tmp_path / "nowhere")
+    assert launch._has_entries(work)
+    launch._empty(work)
+    assert work.is_dir() and not launch._has_entries(work)
+    (work / "gone").symlink_to(tmp_path / "nowhere")
+    assert launch._has_entries(work)

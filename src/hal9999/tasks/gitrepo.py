@@ -246,9 +246,15 @@ async def clone(
     # A snapshot is hal's own bare clone in a form hal knows: its checkout's .git is written
     # here and one `read-tree` fills the index and work tree (issue 16: `clone --shared` was
     # git, sh and git-upload-pack), with git's clone for anything else.
-    written = borrow is not None and await asyncio.to_thread(
-        gitdir.write_git_dir, borrow, dest, alternates
-    )
+    branched, head = False, None
+    if borrow is not None and ref is None:  # the .git, the branch and its commit: one hop
+        written, branched, head = await asyncio.to_thread(
+            gitdir.write_branched_git_dir, borrow, dest, alternates, branch
+        )
+    else:
+        written = borrow is not None and await asyncio.to_thread(
+            gitdir.write_git_dir, borrow, dest, alternates
+        )
     if not written:
         if borrow is not None:
             how, origin = "--shared", str(borrow)
@@ -295,7 +301,7 @@ async def clone(
     # here rather than by three more git processes (issue 16), with git as the fallback for
     # anything not in the plain form this git writes.
     git_dir = dest / ".git"
-    if not await asyncio.to_thread(gitdir.new_branch, git_dir, branch, written):
+    if not branched and not await asyncio.to_thread(gitdir.new_branch, git_dir, branch, written):
         await git(
             [*here, "checkout", "--quiet", "-b", branch], cwd=dest, what="creating the branch"
         )
@@ -307,7 +313,8 @@ async def clone(
             cwd=dest,
             what="hiding the source",
         )
-    head: str | None = await asyncio.to_thread(gitdir.drop_reflogs, git_dir, branch)
+    if not head:
+        head = await asyncio.to_thread(gitdir.drop_reflogs, git_dir, branch)
     if head:
         return head
     try:

@@ -152,7 +152,8 @@ class LaunchSteps(RunnerCore):
         if task.base_commit is None:
             # No clone finished, so no agent ever ran here: a clone cut short (timeout,
             # SIGTERM, kill -9) left only its own files, which would block cloning again.
-            await asyncio.to_thread(_empty, session.workspace)
+            if _has_entries(session.workspace):  # a fresh task's is empty: no thread hop
+                await asyncio.to_thread(_empty, session.workspace)
             source = gitrepo.RepoSource(task.repo_kind, task.repo)
             base = await gitrepo.clone(
                 source, task.ref, session.workspace, task.branch, borrow=snap,
@@ -242,6 +243,16 @@ def missing_program(
         f"agent program {program!r} is not installed in the {provider} sandbox",
         hint=agent.install_hint,
     )
+
+
+def _has_entries(directory: Path) -> bool:
+    """Whether ``directory`` holds anything (one ``getdents``; False when it is missing or no
+    directory: :func:`_empty` has nothing to do then either)."""
+    try:
+        with os.scandir(directory) as entries:
+            return next(entries, None) is not None
+    except (FileNotFoundError, NotADirectoryError):
+        return False
 
 
 def _empty(directory: Path) -> None:
