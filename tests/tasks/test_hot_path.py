@@ -5,6 +5,7 @@ make these pass or fail."""
 from __future__ import annotations
 
 import ast
+import asyncio
 import os
 import subprocess
 import sys
@@ -344,3 +345,36 @@ def test_a_fresh_workspace_is_emptied_without_a_thread_hop_only_when_it_holds_so
     assert work.is_dir() and not launch._has_entries(work)
     (work / "gone").symlink_to(tmp_path / "nowhere")
     assert launch._has_entries(work)
+
+
+@pytest.mark.bwrap
+async def test_a_trivial_tasks_run_takes_few_thread_hops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 16: with 16 tasks at once each hop to the default executor costs the daemon
+    # ~1-2 ms of CPU (thread wake-ups and GIL hand-overs); a fresh clone at HEAD is one hop
+    # (was four with the workspace's emptying), a checkout's alternates and collection's
+    # gitlinks note are read where they are needed. A pin: lower it when a hop goes, never
+    # raise it.
+    repo = git_repo(tmp_path / "repo")
+    store, service, _, _ = pooled_service(tmp_path / "home", "bwrap")
+    hops: list[str] = []
+    run_in_executor = asyncio.base_events.BaseEventLoop.run_in_executor
+
+    def counted(self: Any, executor: Any, func: Any, *args: Any) -> Any:
+        inner = getattr(func, "args", None)  # to_thread's partial(context.run, func, ...)
+        hops.append(getattr(inner[0] if inner else func, "__qualname__", repr(func)))
+        return run_in_executor(self, executor, func, *args)
+
+    for _ in range(2):  # the second finds the snapshot and the pool's sandbox made
+        task = await service.create(trivial_request(repo))
+        hops.clear()
+        monkeypatch.setattr(asyncio.base_events.BaseEventLoop, "run_in_executor", counted)
+        done = await service.run(task.id)
+        monkeypatch.undo()
+        assert done.status == "succeeded", done.error_message
+    store.close()
+    for gone in ("_empty", "write_git_dir", "new_branch", "drop_reflogs", "point_alternates"):
+        assert gone not in hops, hops
+    assert "base_without_gitlinks" not in hops, hops
+    assert len(hops) <= 19, hops

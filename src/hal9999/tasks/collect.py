@@ -170,7 +170,8 @@ async def collect(
         message,
         f"{sandbox.path(HOME_TARGET)}/{out}",
         "1" if full_bundle else "0",
-        "1" if await asyncio.to_thread(mirror.base_without_gitlinks, session.root, base) else "0",
+        # Two small reads of hal's own files: here, not a thread hop (issue 16).
+        "1" if mirror.base_without_gitlinks(session.root, base) else "0",
     )
     command = ArgvCommand(
         argv=("sh", "-c", COLLECT_SCRIPT, "hal-collect", *args),

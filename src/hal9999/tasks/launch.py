@@ -159,7 +159,7 @@ class LaunchSteps(RunnerCore):
                 source, task.ref, session.workspace, task.branch, borrow=snap,
                 alternates=mirror.ALTERNATES,
             )  # fmt: skip
-            if snap is not None:
+            if snap is not None and not mirror.alternates_pointed(session.workspace):
                 await asyncio.to_thread(mirror.point_alternates, session.workspace)
             # Recorded with `running` (a write fewer): should the run end before, no agent
             # has run here, and a later run clones again as it would after a clone cut short.

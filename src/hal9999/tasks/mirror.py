@@ -241,7 +241,8 @@ async def _count_gitlinks(work: Path) -> None:
 
 def base_without_gitlinks(session_root: Path, base: str) -> bool:
     """Whether ``base`` is the HEAD of the snapshot the session borrows from, known to have
-    no gitlinks in its tree (the snapshot is the host's, never writable by a sandbox)."""
+    no gitlinks in its tree (the snapshot is the host's, never writable by a sandbox). A
+    ``readlink`` and one small read: a caller on an event loop makes it there (issue 16)."""
     snap = linked_snapshot(session_root)
     if snap is None:
         return False
@@ -361,13 +362,23 @@ async def sweep_after_removal(home: Path, snap: Path) -> None:
         await asyncio.to_thread(sweep_locked, home, base)
 
 
+def alternates_pointed(workspace: Path) -> bool:
+    """Whether a fresh checkout's alternates already name the session's link (hal's own
+    ``.git`` is written so): one small read, which a caller on an event loop makes itself
+    rather than hop to a thread for :func:`point_alternates` (issue 16)."""
+    path = workspace / ".git" / "objects" / "info" / "alternates"
+    try:
+        return path.read_text() == ALTERNATES
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def point_alternates(workspace: Path) -> None:
     """Make a fresh ``clone --shared`` borrow through the session's link (relative), not
     the snapshot's host path."""
+    if alternates_pointed(workspace):  # written so by hal's own clone: nothing to do
+        return
     path = workspace / ".git" / "objects" / "info" / "alternates"
-    with contextlib.suppress(OSError, UnicodeDecodeError):
-        if path.read_text() == ALTERNATES:  # written so by hal's own clone: nothing to do
-            return
     tmp = path.with_name(f"alternates.{secrets.token_hex(4)}")
     try:
         tmp.write_text(ALTERNATES)
