@@ -166,3 +166,35 @@ def test_the_pool_page_shows_warm_sandboxes_a_provider_keeps(
     assert "kubernetes 2 free warm, kept by the provider" in shown
     assert "morph warm sandboxes unknown: <b>unreachable</b>" in shown  # text, not markup
     assert "The pool is empty." not in shown
+
+
+TROJAN = 'if access_level != "user\u202e \u2066// Check if admin\u2069 \u2066":'
+"""A line whose bidi controls make it read as a comparison with "user" and a comment
+(CVE-2021-42574, "Trojan Source"); it really compares with the rest of the line."""
+BIDI_CONTROLS = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+
+
+def test_bidi_controls_in_agent_text_are_shown_not_obeyed(
+    browser: Any, fake_dashboard: Dashboard, shot: Any
+) -> None:
+    served, api, home = fake_dashboard
+    api.add_task(task("t1", prompt=TROJAN, error_message="oops\u202e"))
+    page = open_logged_in(browser, served, home)
+    page.goto(served.base + "/tasks/t1")
+    page.wait_for_selector("#live-state[data-state='live']")
+    edit = {"file_path": "auth\u202egnp.py", "old_string": "x", "new_string": TROJAN}
+    api.emit(task_id="t1", type="tool_call", name="Edit", input=edit)
+    api.emit(task_id="t1", type="output", text="\x1b[31m" + TROJAN + "\x1b[0m\n")
+    api.emit(task_id="t1", type="agent_text", text=TROJAN)
+    page.wait_for_selector("#timeline li:nth-child(2)", timeout=10000)
+    shown = page.inner_text("#main")
+    assert not any(c in shown for c in BIDI_CONTROLS)
+    spelled = 'if access_level != "user\u27e8U+202E\u27e9 \u27e8U+2066\u27e9// Check if admin'
+    assert spelled in page.inner_text("#log")
+    assert spelled in page.inner_text("#timeline .diff")
+    assert spelled in page.inner_text("#task-prompt")
+    assert "auth\u27e8U+202E\u27e9gnp.py" in page.inner_text("#timeline .file-name")
+    shot(page)
+    page.goto(served.base + "/")
+    page.wait_for_selector("tr[data-task='t1']")
+    assert not any(c in page.inner_text("#tasks") for c in BIDI_CONTROLS)

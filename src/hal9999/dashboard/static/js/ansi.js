@@ -53,7 +53,7 @@
         const span = document.createElement("span");
         const cls = classes(this.state);
         if (cls) span.className = cls;
-        span.textContent = piece;
+        span.textContent = hal.visible(piece); // core.js: bidi controls spelled out
         fragment.append(span);
       };
       ESCAPES.lastIndex = 0;

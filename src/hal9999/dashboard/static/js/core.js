@@ -14,13 +14,21 @@
     return value.startsWith("/") && !value.startsWith("//") && !value.includes("\\") ? value : "#";
   };
 
+  // Bidirectional controls (embeddings, overrides, isolates, marks) reorder the text around
+  // them: a line of agent code can read as a comment while it is code ("Trojan Source").
+  // Agent text is shown with each of them spelled out, so what is seen is what is there.
+  const BIDI = /[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+  /** ``text`` with every bidirectional control made visible as ⟨U+XXXX⟩. */
+  hal.visible = (text) => String(text).replace(BIDI, (c) => "\u27e8U+" + c.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0") + "\u27e9");
+
   /** el("div", {class: "x", text: "y", onclick: f}, child, "text") */
   hal.el = function (tag, attrs, ...children) {
     const node = document.createElement(tag);
     for (const [key, value] of Object.entries(attrs || {})) {
       if (value === undefined || value === null || value === false) continue;
       if (key === "class") node.className = value;
-      else if (key === "text") node.textContent = String(value);
+      else if (key === "text") node.textContent = hal.visible(value);
+      else if (key === "title" || key === "placeholder") node.setAttribute(key, hal.visible(value));
       else if (key === "href") node.setAttribute("href", hal.safeHref(value));
       else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
       else if (/^(data-[a-z-]+|id|type|name|value|placeholder|title|for|rows|min|max|step|disabled|required|checked|selected|role|aria-[a-z]+|autocomplete|open|colspan)$/.test(key))
@@ -28,7 +36,7 @@
     }
     for (const child of children.flat()) {
       if (child === undefined || child === null || child === false) continue;
-      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+      node.append(child instanceof Node ? child : document.createTextNode(hal.visible(child)));
     }
     return node;
   };
@@ -92,7 +100,7 @@
   hal.notifyEnabled = () => window.Notification && Notification.permission === "granted" && localStorage.getItem("hal-notify") === "1";
   hal.notify = (title, body, href) => {
     if (!hal.notifyEnabled()) return;
-    const note = new Notification(String(title), { body: String(body || "").slice(0, 200), tag: href || title });
+    const note = new Notification(hal.visible(title), { body: hal.visible(body || "").slice(0, 200), tag: href || title });
     note.onclick = () => { window.focus(); if (href) location.href = hal.safeHref(href); };
   };
   function setupNotifyButton() {

@@ -59,7 +59,7 @@
       fact("tokens", record.input_tokens + " in / " + record.output_tokens + " out");
       fact("cost", hal.fmtCost(record.cost_usd));
       if (record.error_message) fact("error", record.error_message);
-      prompt.textContent = record.prompt;
+      prompt.textContent = hal.visible(record.prompt);
       const active = ACTIVE.includes(record.status);
       stopButton.hidden = cancelButton.hidden = !active;
       termButton.hidden = typeButton.hidden = record.status !== "running" || record.process_manager !== "tmux";
