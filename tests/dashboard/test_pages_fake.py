@@ -198,3 +198,36 @@ def test_bidi_controls_in_agent_text_are_shown_not_obeyed(
     page.goto(served.base + "/")
     page.wait_for_selector("tr[data-task='t1']")
     assert not any(c in page.inner_text("#tasks") for c in BIDI_CONTROLS)
+
+
+def test_a_flood_of_output_and_a_huge_file_keep_the_page_bounded(
+    browser: Any, fake_dashboard: Dashboard, shot: Any
+) -> None:
+    served, api, home = fake_dashboard
+    api.add_task(task("t1"))
+    page = open_logged_in(browser, served, home)
+    page.goto(served.base + "/tasks/t1")
+    page.wait_for_selector("#live-state[data-state='live']")
+    content = "\n".join(f"line {n}" for n in range(8_000))
+    api.emit(
+        task_id="t1",
+        type="tool_call",
+        name="Write",
+        input={"file_path": "big.txt", "content": content},
+    )
+    chunk = ("y" * 99 + "\n") * 100  # 10,000 characters an event, 3 MB in all
+    for _ in range(300):
+        api.emit(task_id="t1", type="output", text=chunk)
+    api.emit(task_id="t1", type="output", text="THE END\n")
+    page.wait_for_function(
+        "() => document.getElementById('log').textContent.endsWith('THE END\\n')",
+        timeout=60000,
+        polling=250,
+    )
+    assert page.evaluate("document.getElementById('log').textContent.length") <= 1 << 20
+    assert page.is_visible("#log-cut")  # says the start is cut, and where to read it all
+    assert page.locator("#timeline .diff-table tr").count() <= 5000
+    assert "`hal task diff` has all of them" in page.inner_text("#timeline .diff-cut")
+    assert page.evaluate("1 + 1") == 2  # still answering
+    page.evaluate("document.querySelectorAll('#timeline details').forEach(d => d.open = false)")
+    shot(page)  # (with 5000 rows open, a full-page screenshot takes seconds)

@@ -81,13 +81,16 @@
       for (;;) {
         const { value, done } = await reader.read();
         if (done) return;
+        // Look for block ends only in what is new (and the character before it), and cut the
+        // buffer once a read: a large event arriving in many pieces, or many events in one
+        // piece, is not scanned or copied again for each of them.
+        let from = Math.max(0, buffer.length - 1), start = 0, cut;
         buffer += decoder.decode(value, { stream: true }).replace(/\r\n?/g, "\n");
-        let cut;
-        while ((cut = buffer.indexOf("\n\n")) >= 0) {
-          const block = buffer.slice(0, cut);
-          buffer = buffer.slice(cut + 2);
-          this._block(block);
+        while ((cut = buffer.indexOf("\n\n", from)) >= 0) {
+          this._block(buffer.slice(start, cut));
+          start = from = cut + 2;
         }
+        if (start) buffer = buffer.slice(start);
       }
     }
 

@@ -43,17 +43,26 @@
     return files;
   };
 
-  /** A side-by-side table for a unified diff. */
+  /** Most rows one diff view builds: an agent can write a file of millions of lines, and a
+   * table that size freezes the page for a minute (`hal task diff` shows all of it). */
+  hal.DIFF_ROWS = 5000;
+
+  /** A side-by-side table for a unified diff (at most hal.DIFF_ROWS rows of it). */
   hal.renderDiff = function (text) {
     const files = hal.parseDiff(text);
     const box = el("div", { class: "diff" });
     if (!files.length) box.append(el("p", { class: "muted", text: "no changes" }));
+    let budget = hal.DIFF_ROWS;
+    const total = files.reduce((n, f) => n + f.hunks.reduce((m, h) => m + 1 + h.rows.length, 0), 0);
     for (const file of files) {
+      if (budget <= 0) break;
       const table = el("table", { class: "diff-table" }, el("colgroup", {},
         el("col", { class: "ln" }), el("col", {}), el("col", { class: "ln" }), el("col", {})));
       for (const hunk of file.hunks) {
+        if (budget-- <= 0) break;
         table.append(el("tr", { class: "diff-hunk" }, el("td", { colspan: 4, text: hunk.header })));
         for (const [kind, oldNo, oldText, newNo, newText] of hunk.rows) {
+          if (budget-- <= 0) break;
           const left = kind === "same" ? "same" : oldText === null ? "empty" : "del";
           const right = kind === "same" ? "same" : newText === null ? "empty" : "add";
           table.append(el("tr", {},
@@ -63,6 +72,8 @@
       }
       box.append(el("details", { class: "diff-file", open: true }, el("summary", { class: "file-name", text: file.name }), table));
     }
+    if (total > hal.DIFF_ROWS)
+      box.append(el("p", { class: "muted diff-cut", text: "Only the first " + hal.DIFF_ROWS + " of " + total + " lines are shown: `hal task diff` has all of them." }));
     return box;
   };
   /** old/new strings -> a tiny unified diff (line level), for an Edit tool call. */
@@ -103,7 +114,7 @@
     const when = el("time", { class: "when", text: event.ts ? new Date(event.ts * 1000).toLocaleTimeString() : "" });
     const row = (kind, ...body) => el("li", { class: "ev ev-" + kind, "data-seq": event.seq }, when, el("span", { class: "kind", text: kind }), ...body);
     switch (event.type) {
-      case "agent_text": return row("agent", el("div", { class: "prose", text: event.text }));
+      case "agent_text": return row("agent", el("div", { class: "prose", text: short(event.text || "", 20000) }));
       case "tool_call": {
         const diff = hal.toolDiff(event);
         return row("tool", el("code", { class: "tool-name", text: event.name }),

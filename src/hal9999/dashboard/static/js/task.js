@@ -6,6 +6,10 @@
   const el = (...args) => hal.el(...args);
   const ACTIVE = ["queued", "provisioning", "preparing", "running", "collecting"];
   const RESTING = ["stopped", "failed", "succeeded", "cancelled", "timed_out", "interrupted"];
+  // An agent writes as much as it likes: the page keeps the newest part of the log and of the
+  // timeline, so a flood of output never freezes the browser (`hal task logs` has it all).
+  const LOG_CHARS = 1 << 20;
+  const TIMELINE_ITEMS = 2000;
 
   hal.pages.task = async function (main, taskId) {
     let record = null;
@@ -17,6 +21,10 @@
     const facts = el("dl", { class: "facts" });
     const prompt = el("pre", { class: "prompt", id: "task-prompt" });
     const log = el("pre", { class: "log", id: "log", "aria-live": "polite" });
+    const logCut = el("p", { class: "muted small", id: "log-cut", text: "Earlier output is not shown here: `hal task logs` has all of it." });
+    logCut.hidden = true;
+    let logChars = 0;
+    let scrolling = 0;
     const follow = el("input", { type: "checkbox", id: "follow", checked: true });
     const timeline = el("ol", { class: "timeline", id: "timeline" });
     const diffBox = el("div", { id: "result-diff" }, el("p", { class: "muted", text: "The diff appears when the task ends." }));
@@ -44,7 +52,7 @@
         el("div", { class: "actions" }, resumePrompt, resumeButton)),
       termBox,
       el("section", { class: "card" },
-        el("h2", {}, "Log ", el("label", { class: "small" }, follow, " follow")), log),
+        el("h2", {}, "Log ", el("label", { class: "small" }, follow, " follow")), logCut, log),
       el("section", { class: "card" }, el("h2", { text: "Timeline" }), timeline),
       el("section", { class: "card" }, el("h2", { text: "Result" }), diffBox));
 
@@ -81,12 +89,22 @@
     function apply(event) {
       lastSeq = event.seq;
       if (event.type === "output") {
-        log.append(ansi.render(event.text));
-        if (follow.checked) log.scrollTop = log.scrollHeight;
+        const text = String(event.text || "");
+        const shown = ansi.render(text.length > LOG_CHARS ? text.slice(-LOG_CHARS) : text);
+        logChars += shown.textContent.length;
+        log.append(shown);
+        while (logChars > LOG_CHARS && log.firstChild) { // the page keeps the end, bounded
+          logChars -= log.firstChild.textContent.length;
+          log.removeChild(log.firstChild);
+          logCut.hidden = false;
+        }
+        if (follow.checked && !scrolling) // once a frame: a layout of the log per event is slow
+          scrolling = requestAnimationFrame(() => { scrolling = 0; if (follow.checked) log.scrollTop = log.scrollHeight; });
         return;
       }
       const item = hal.renderEvent(event);
       if (item) timeline.append(item);
+      while (timeline.childElementCount > TIMELINE_ITEMS) timeline.firstElementChild.remove();
       if (event.type === "phase" || event.type === "task_end") {
         record.status = event.type === "phase" ? event.phase : event.status;
         showRecord();
