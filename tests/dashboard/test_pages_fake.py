@@ -231,3 +231,38 @@ def test_a_flood_of_output_and_a_huge_file_keep_the_page_bounded(
     assert page.evaluate("1 + 1") == 2  # still answering
     page.evaluate("document.querySelectorAll('#timeline details').forEach(d => d.open = false)")
     shot(page)  # (with 5000 rows open, a full-page screenshot takes seconds)
+
+
+def test_a_page_on_another_local_port_cannot_use_the_session(
+    browser: Any, fake_dashboard: Dashboard
+) -> None:
+    """Cookies ignore ports: a page served on another port of 127.0.0.1 is "same-site", so
+    SameSite=Strict sends it the session cookie. A GET that changes state (the inbox marks
+    what it shows read) or that leaks by its size or timing must not be answered for it."""
+    from starlette.responses import HTMLResponse
+
+    served, api, home = fake_dashboard
+    target = served.base + "/api/hive/inbox?all=1&mark=1"
+    evil_page = (
+        f'<!doctype html><img id="a" src="{target}"><link rel="stylesheet" href="{target}">'
+        f'<script>fetch("{target}", {{mode: "no-cors", credentials: "include"}})'
+        '.finally(() => { document.title = "done"; });</script>'
+    )
+
+    async def evil(scope: Any, receive: Any, send: Any) -> None:
+        await HTMLResponse(evil_page)(scope, receive, send)
+
+    other = Served(evil)
+    try:
+        page = open_logged_in(browser, served, home)
+        page.wait_for_selector("#live-state[data-state='live']")
+        before = len(api.calls)
+        page.goto(other.base + "/")
+        page.wait_for_function("document.title === 'done'")
+        page.wait_for_load_state("load")
+        assert [c for c in api.calls[before:] if "inbox" in c[1]] == []
+        page.goto(served.base + "/hive")  # the dashboard's own pages still read it
+        page.wait_for_selector("#messages li")
+        assert any("inbox" in c[1] for c in api.calls[before:])
+    finally:
+        other.close()

@@ -1,7 +1,9 @@
 """The dashboard's gate, in front of every dashboard route (plain ASGI, so streams pass).
 
 In order: the ``Host`` must name this server (a DNS-rebinding page reaches 127.0.0.1 under its
-own host name); a state-changing request or a websocket must come with an ``Origin`` of this
+own host name); ``/api/`` and ``/files/`` refuse what a browser marks as fetched by another
+site's page (``Sec-Fetch-Site``: a page on another port of 127.0.0.1 gets the cookie sent); a
+state-changing request or a websocket must come with an ``Origin`` of this
 server; every route but the login and the static files needs a valid session cookie; every
 state-changing request needs the session's CSRF token in ``X-CSRF-Token``. Every answer gets
 the security headers (a Content-Security-Policy without inline scripts among them).
@@ -38,6 +40,8 @@ SECURITY_HEADERS = [
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PUBLIC_PREFIXES = ("/login", "/static/", "/favicon.ico")
 """Paths a browser may fetch without a session."""
+DATA_PREFIXES = ("/api/", "/files/")
+"""Paths only the dashboard's own scripts fetch (a browser says who asked in Sec-Fetch-Site)."""
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
@@ -99,6 +103,12 @@ class DashboardGuard:
         path = scope["path"]
         if not _host_ok(host, scope, self.hosts):
             await self._refuse(scope, send, 421, "host_refused", "this Host is not the dashboard")
+            return
+        fetched_by = headers.get("sec-fetch-site", "same-origin")
+        if path.startswith(DATA_PREFIXES) and fetched_by not in ("same-origin", "none"):
+            # Cookies ignore the port: a page on another 127.0.0.1 port is "same-site" and
+            # its <img src=/api/...> comes with the session cookie. Only our own pages read data.
+            await self._refuse(scope, send, 403, "origin_refused", "cross-site request refused")
             return
         unsafe = websocket or method not in SAFE_METHODS
         if unsafe and not _origin_ok(headers.get("origin"), host, scope):
