@@ -12,6 +12,7 @@ import functools
 import os
 import secrets
 import shutil
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +21,13 @@ import pytest
 
 if TYPE_CHECKING:
     from tests.sshd import Sshd
+
+# Hostile-agent tests leave directory chains a few thousand levels deep in their tmp_path
+# (an agent's home, a workspace). pytest removes an old session's tmp dirs with
+# shutil.rmtree, which recurses once a level: at the default limit (1000) a later session
+# on the same machine ended in a RecursionError after every test had passed. Pure-Python
+# recursion uses no C stack on 3.11, so a higher limit only lets the removal finish.
+sys.setrecursionlimit(max(sys.getrecursionlimit(), 50_000))
 
 
 @functools.cache
