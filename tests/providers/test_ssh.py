@@ -311,3 +311,33 @@ async def test_a_pull_over_the_limit_is_refused_and_the_host_copy_kept(
         with pytest.raises(ExecError, match="not brought back"):
             await sandbox.pull()  # ...and loudly when asked for
         assert (workspace / "README").read_text() == "hello\n"
+
+
+async def test_a_bare_agent_forging_the_pull_stream_writes_no_host_file(
+    sshd_server: Sshd, hal_home: Path, workspace: Path, tmp_path: Path
+) -> None:
+    # Without bwrap the agent is the ssh user: its ~/.ssh/rc runs before every command and
+    # writes ahead of the pull's tar, which may then be anything (here CVE-2025-4517's links
+    # out of the tree, past the data filter of Python < 3.11.13, aimed at tmp_path).
+    from tests.providers.test_ssh_mirror import realpath_overflow
+
+    settings = {"hosts": [sshd_server.host_entry()], "isolation": "none",
+                "allow_bare_shared_host": True}  # fmt: skip
+    provider = load_provider("ssh", state_dir=hal_home / "ssh", settings=settings)
+    dest = str(Path(os.path.realpath(workspace)).parent / ".workspace.hal-pull-12345678")
+    forged = realpath_overflow(dest, ups=1, ended=False)
+    dotssh = sshd_server.home / ".ssh"
+    script = (f"mkdir -p {dotssh} && cat > {dotssh}/forged.tar && "
+              f"echo 'cat {dotssh}/forged.tar' > {dotssh}/rc && echo work > work.txt")  # fmt: skip
+    try:
+        async with await provider.create(SandboxSpec(provider="ssh", network="host",
+                                                     workspace=workspace)) as sandbox:  # fmt: skip
+            assert (await sandbox.exec(ShellCommand(script=script), stdin=forged)).ok
+            await sandbox.pull()
+            assert (workspace / "work.txt").read_text() == "work\n"  # the real tar followed
+            assert (workspace / "escape" / "pwned").exists()  # a plain file in the tree
+    finally:
+        for name in ("rc", "forged.tar"):
+            (dotssh / name).unlink(missing_ok=True)
+    assert not (tmp_path / "pwned").exists()
+    assert [p for p in tmp_path.rglob("pwned") if workspace not in p.parents] == []

@@ -4,10 +4,13 @@ The session lives on the hal host; a remote sandbox works on a mirror of it. A *
 a host directory as a tar stream and the remote side unpacks it into a fresh directory that
 then replaces the mirror (so files deleted on the host are gone there too). A *pull* brings a
 writable mirror directory back the same way: the host unpacks the remote tar into a fresh
-sibling with :mod:`tarfile`'s ``data`` filter (no absolute or escaping names or links, no
-devices, no owners; a link created by the archive is never written through), then swaps it
-in by rename. The host never follows a path the agent made: the tree it writes is new, and
-the only paths it resolves are its own (the session dir, a pool slot link).
+sibling with a filter of hal's own (:class:`_Keep`: the rules of :mod:`tarfile`'s ``data``
+filter, no absolute or escaping names or links, no devices, no owners, judged on names, not
+by ``realpath``, which a chain of links fools on Pythons before 3.11.13), then swaps it in
+by rename. The host never follows a path the agent made: the tree it writes is new, and
+the only paths it resolves are its own (the session dir, a pool slot link). The agent
+decides the stream, not only the tree: on a host without bwrap it is the ssh user, whose
+``~/.ssh/rc`` writes ahead of every command's output.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import io
 import os
 import queue
 import secrets
-import shutil
 import stat
 import tarfile
 import threading
@@ -26,7 +28,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from hal9999.errors import ExecError
+from hal9999 import agentfs
+from hal9999.errors import ExecError, UnsafePath
 
 PUSH = (
     'set -e; d=$1; rm -rf -- "$d.new"; mkdir -p -- "$d.new"; '
@@ -142,13 +145,87 @@ async def pack_stream(directory: Path) -> AsyncIterator[bytes]:
         stop.set()
 
 
-def _keep(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
-    # What the data filter refuses (an absolute or escaping link, a device) is left out
-    # rather than failing the whole pull: one such link must not cost the rest of the work.
-    try:
-        return tarfile.data_filter(member, dest)
-    except tarfile.FilterError:
-        return None
+class _Keep:
+    """The extraction filter of one pull: the ``data`` filter's rules (no absolute or
+    escaping names or links, no devices or FIFOs, no owners, no setuid or group/other
+    write bits), judged on names alone. Python's own judges them by ``os.path.realpath``,
+    which a chain of links longer than ``PATH_MAX`` fools before 3.11.13 (CVE-2025-4517:
+    a link out of the tree, then files written through it) and which costs a walk of the
+    whole path per member. What it refuses is left out rather than failing the whole pull
+    (one such link must not cost the rest of the work): a name or hard link target with
+    a component ``..`` or passing through an earlier member that is not a directory; a
+    name an earlier member took; a hard link to anything but a file kept before; a
+    symbolic link whose target is absolute or has a ``..`` that leaves the tree or steps
+    back from anything but a directory of the archive. A tree ``tar -c`` made has none
+    of these but links out of it."""
+
+    def __init__(self) -> None:
+        self.symlinks: set[str] = set()
+        self.others: set[str] = set()
+        """Every other member that is not a directory (files, hard links)."""
+        self.dirs: set[str] = {""}
+        """Directories of the archive (members, and the parents of every member kept);
+        never a name in the two sets above."""
+
+    @staticmethod
+    def _parts(name: str) -> list[str]:
+        return [part for part in name.split("/") if part not in ("", ".")]
+
+    def _taken(self, name: str) -> bool:
+        return name in self.symlinks or name in self.others
+
+    def _reached_by_a_link(self, parts: list[str]) -> bool:
+        if not parts or ".." in parts or self._taken("/".join(parts)):
+            return True
+        # Checking stops at the first prefix known to be a directory (its own were checked).
+        for n in range(len(parts) - 1, 0, -1):
+            prefix = "/".join(parts[:n])
+            if prefix in self.dirs:
+                return False
+            if self._taken(prefix):
+                return True
+        return False
+
+    def _link_leaves(self, parts: list[str], target: str) -> bool:
+        if target.startswith("/"):
+            return True
+        where = parts[:-1]
+        for part in self._parts(target):
+            if part != "..":
+                where.append(part)
+            elif not where or "/".join(where) not in self.dirs:
+                return True  # above the tree, or back from a link: anywhere
+            else:
+                where.pop()
+        return False
+
+    def __call__(self, member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+        parts = self._parts(member.name)
+        name = "/".join(parts)
+        if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
+            return None
+        if self._reached_by_a_link(parts) or (not member.isdir() and name in self.dirs):
+            return None
+        if member.islnk() and "/".join(self._parts(member.linkname)) not in self.others:
+            return None  # only to a file kept before (tarfile's fallback raises KeyError)
+        if member.issym() and self._link_leaves(parts, member.linkname):
+            return None
+        mode: int | None = None
+        if member.isreg() or member.islnk():
+            mode = member.mode & 0o755
+            mode = (mode if mode & 0o100 else mode & ~0o111) | 0o600
+        prefix = parts[:-1]
+        while prefix and "/".join(prefix) not in self.dirs:
+            self.dirs.add("/".join(prefix))
+            prefix.pop()
+        if member.issym():
+            self.symlinks.add(name)
+        elif member.isdir():
+            self.dirs.add(name)
+        else:
+            self.others.add(name)
+        return member.replace(name=name, mode=mode, uid=None, gid=None, uname=None,
+                              gname=None, deep=False)  # fmt: skip
 
 
 def unpack_into(spool: BinaryIO, target: Path) -> None:
@@ -160,7 +237,7 @@ def unpack_into(spool: BinaryIO, target: Path) -> None:
     fresh.mkdir(mode=0o700)
     try:
         with tarfile.open(fileobj=spool, mode="r:") as archive:
-            archive.extractall(fresh, filter=_keep)
+            archive.extractall(fresh, filter=_Keep())
         mode = target.stat().st_mode & 0o7777 if target.exists() else 0o755
         fresh.chmod(mode)
         if target.exists():
@@ -174,6 +251,9 @@ def unpack_into(spool: BinaryIO, target: Path) -> None:
     except (tarfile.TarError, OSError) as exc:
         raise ExecError(f"cannot bring back {target}: {exc}") from exc
     finally:
+        # The agent's tree: removed through directory fds (no depth exhausts the stack).
         for leftover in (fresh, old):
-            with contextlib.suppress(FileNotFoundError):
-                shutil.rmtree(leftover)
+            try:
+                agentfs.remove_tree(leftover)
+            except UnsafePath as exc:
+                raise ExecError(f"cannot bring back {target}: {exc.message}") from exc

@@ -1,0 +1,162 @@
+"""The host side of a pull (``providers/ssh/mirror.py``): what a forged tar stream gets.
+
+The stream is the agent's: on a host without bwrap (``isolation = "none"`` or
+``"disposable"``) it is the ssh user, and ``~/.ssh/rc`` writes ahead of every command's
+output, so the tar hal unpacks need not be one ``tar -c`` made
+(``test_ssh.py::test_a_bare_agent_forging_the_pull_stream_writes_no_host_file``).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+from hal9999.providers.ssh import mirror
+
+STEPS = "abcdefghijklmnop"
+
+
+def _add(archive: tarfile.TarFile, name: str, *, kind: bytes = tarfile.REGTYPE,
+         link: str = "", data: bytes = b"") -> None:  # fmt: skip
+    member = tarfile.TarInfo(name)
+    member.type, member.linkname, member.mode = kind, link, 0o755
+    member.size = len(data) if kind == tarfile.REGTYPE else 0
+    archive.addfile(member, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+
+
+def realpath_overflow(dest: str, ups: int, *, ended: bool = True) -> bytes:
+    """CVE-2025-4517's archive for extraction into ``dest``: links whose expansion outgrows
+    ``PATH_MAX`` (where ``os.path.realpath`` gives up resolving), then ``escape``, a link
+    ``ups`` levels above ``dest`` that the ``data`` filter of Python < 3.11.13 takes for one
+    inside, a file written through it and a hard link made through it. Without ``ended``,
+    no end-of-archive blocks: a stream another tar may follow."""
+    component = "d" * ((4096 - len(dest) - 1) // (len(STEPS) + 1))
+    buffer = io.BytesIO()
+    archive = tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT)
+    path = ""
+    for step in STEPS:
+        _add(archive, os.path.join(path, component), kind=tarfile.DIRTYPE)
+        _add(archive, os.path.join(path, step), kind=tarfile.SYMTYPE, link=component)
+        path = os.path.join(path, component)
+    long_link = os.path.join(*STEPS, "l" * 254)
+    _add(archive, long_link, kind=tarfile.SYMTYPE, link=os.path.join(*[".."] * len(STEPS)))
+    _add(archive, "escape", kind=tarfile.SYMTYPE, link=os.path.join(long_link, *[".."] * ups))
+    _add(archive, "escape/pwned", data=b"written through the escape\n")
+    _add(archive, "hardlinked", kind=tarfile.LNKTYPE, link="escape/victim")
+    _add(archive, "hardlinked", data=b"overwritten through a hard link\n")
+    data = buffer.getvalue()[: archive.offset]
+    if ended:
+        archive.close()
+        data = buffer.getvalue()
+    return data
+
+
+def _unpack(data: bytes, target: Path) -> None:
+    spool = io.BytesIO(data)
+    mirror.unpack_into(spool, target)
+
+
+def test_a_realpath_overflow_archive_writes_nothing_outside_the_target(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    target = home / "sessions" / "t1" / "workspace"
+    target.mkdir(parents=True)
+    victim = home / "victim"
+    victim.write_text("host file\n")
+    dest = str(target.parent / f".{target.name}.hal-pull-12345678")
+    _unpack(realpath_overflow(dest, ups=3), target)
+    assert [p for p in tmp_path.rglob("pwned") if target not in p.parents] == []
+    assert victim.read_text() == "host file\n"
+    assert victim.stat().st_nlink == 1
+    assert not (target / "escape").is_symlink()  # a link out of the tree is left out
+    assert (target / "hardlinked").stat().st_nlink == 1  # the later plain file only
+    assert sorted(p.name for p in target.parent.iterdir()) == ["workspace"]  # no leftovers
+
+
+def _tar(*members: tuple[str, bytes, str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for name, kind, link, data in members:
+            _add(archive, name, kind=kind, link=link, data=data)
+    return buffer.getvalue()
+
+
+def test_a_link_an_earlier_member_made_is_never_extracted_through(tmp_path: Path) -> None:
+    target = tmp_path / "s" / "workspace"
+    target.mkdir(parents=True)
+    # "x" a link (to a directory of the tree: were it out of the tree, the data filter's
+    # check is what a longer chain fools), then a directory "x" (tarfile keeps the link and
+    # chmods "x" through it at the end) and a file below it; "y" a link then a file of that
+    # name (written through it); "..", a hard link to a link, a link stepping back from one.
+    data = _tar(
+        ("keep", tarfile.DIRTYPE, "", b""),
+        ("x", tarfile.SYMTYPE, "keep", b""),
+        ("x", tarfile.DIRTYPE, "", b""),
+        ("x/f", tarfile.REGTYPE, "", b"through x\n"),
+        ("y", tarfile.SYMTYPE, "keep/z", b""),
+        ("y", tarfile.REGTYPE, "", b"through y\n"),
+        ("keep/../keep/w", tarfile.REGTYPE, "", b"dotdot\n"),
+        ("h", tarfile.LNKTYPE, "x", b""),
+        ("up", tarfile.SYMTYPE, "x/..", b""),
+        ("dot", tarfile.SYMTYPE, ".", b""),
+        ("up2", tarfile.SYMTYPE, "dot/dot/..", b""),
+        ("missing", tarfile.LNKTYPE, "nowhere", b""),
+    )
+    before = (target.parent / "x").exists()
+    _unpack(data, target)
+    assert not before
+    assert sorted(p.name for p in target.iterdir()) == ["dot", "keep", "x", "y"]
+    assert list((target / "keep").iterdir()) == []  # nothing written through x or y
+    assert (target / "keep").stat().st_mode & 0o777 == 0o755
+    assert os.readlink(target / "x") == "keep" and os.readlink(target / "y") == "keep/z"
+
+
+def test_what_tar_makes_of_a_checkout_comes_back_whole(tmp_path: Path) -> None:
+    # Links inside the tree, a link to a directory, hard links: as `tar -c` writes them.
+    target = tmp_path / "s" / "workspace"
+    target.mkdir(parents=True)
+    data = _tar(
+        ("src", tarfile.DIRTYPE, "", b""),
+        ("src/a.py", tarfile.REGTYPE, "", b"print(1)\n"),
+        ("lib", tarfile.SYMTYPE, "src", b""),
+        ("src/b.py", tarfile.LNKTYPE, "src/a.py", b""),
+        ("c.py", tarfile.LNKTYPE, "src/a.py", b""),
+        ("./d", tarfile.DIRTYPE, "", b""),
+        ("./d/e", tarfile.REGTYPE, "", b"e\n"),
+    )
+    _unpack(data, target)
+    assert os.readlink(target / "lib") == "src"
+    assert (target / "lib" / "a.py").read_text() == "print(1)\n"
+    assert (target / "src" / "b.py").stat().st_ino == (target / "src" / "a.py").stat().st_ino
+    assert (target / "c.py").stat().st_ino == (target / "src" / "a.py").stat().st_ino
+    assert (target / "d" / "e").read_text() == "e\n"
+
+
+def test_a_deep_tree_from_an_earlier_pull_is_removed_without_recursion(tmp_path: Path) -> None:
+    target = tmp_path / "s" / "workspace"
+    target.mkdir(parents=True)
+    deep = _tar(*((("a/" * n).rstrip("/"), tarfile.DIRTYPE, "", b"") for n in range(1, 1100)))
+    _unpack(deep, target)
+    _unpack(_tar(("f", tarfile.REGTYPE, "", b"next\n")), target)  # the deep tree is the old one
+    assert sorted(p.name for p in target.parent.iterdir()) == ["workspace"]
+    assert [p.name for p in target.iterdir()] == ["f"]
+
+
+def test_devices_owners_and_high_mode_bits_never_reach_the_host(tmp_path: Path) -> None:
+    target = tmp_path / "s" / "workspace"
+    target.mkdir(parents=True)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for name, kind in (("null", tarfile.CHRTYPE), ("disk", tarfile.BLKTYPE),
+                           ("fifo", tarfile.FIFOTYPE)):  # fmt: skip
+            member = tarfile.TarInfo(name)
+            member.type, member.devmajor, member.devminor = kind, 1, 3
+            archive.addfile(member)
+        member = tarfile.TarInfo("/abs/suid")
+        member.mode, member.uid, member.gid, member.size = 0o6777, 0, 0, 2
+        archive.addfile(member, io.BytesIO(b"x\n"))
+    _unpack(buffer.getvalue(), target)
+    assert sorted(p.name for p in target.iterdir()) == ["abs"]  # the name made relative
+    suid = (target / "abs" / "suid").stat()
+    assert suid.st_mode & 0o7777 == 0o755 and suid.st_uid == os.getuid()
