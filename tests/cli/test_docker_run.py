@@ -59,3 +59,28 @@ def test_doctor_covers_the_docker_provider_and_pm2(docker_env: dict[str, str], h
     silent = hal("doctor", "--json", env={"HAL_DOCKER_URL": "unix:///nonexistent.sock"})
     checks = {c["name"]: c for c in json.loads(silent.stdout)["checks"]}
     assert not checks["docker engine"]["ok"] and "setup-podman.sh" in checks["docker engine"]["fix"]
+
+
+# The agent leaves a writer that cleared its environment (no exec token finds it) in its own
+# session, then hangs until the timeout stops it.
+LINGER = (
+    "sh -c \"(env -i setsid sh -c 'while :; do date +%s%N > /workspace/tick; sleep 0.05; done' "
+    '>/dev/null 2>&1 &) ; sleep 600"'
+)
+
+
+def test_a_timed_out_agent_and_what_it_left_stop_before_its_work_is_collected(
+    docker_env: dict[str, str], hal: Hal, demo_repo: Path
+) -> None:
+    # Killing the engine CLI's exec on the host ends nothing in the container: without the
+    # container restarted first, the writer goes on during collection (and until destroy),
+    # so the session's checkout moves on from what the collected patch carries.
+    out = hal("run", "--agent", LINGER, "--timeout", "6", "go", timeout=180)
+    assert "Traceback" not in out.stderr
+    [task] = tasks_json(hal)
+    assert task["status"] == "timed_out", task
+    session = Path(task["session_dir"])
+    patch = (session / "result.patch").read_text()  # a timed-out run's work stays there
+    [collected] = [line[1:] for line in patch.splitlines() if line[:1] == "+" and "+++" not in line]
+    left = (session / "workspace" / "tick").read_text().strip()
+    assert left == collected, "the workspace changed after its work was collected"

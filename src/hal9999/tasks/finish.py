@@ -127,7 +127,8 @@ async def collect_leftovers(ctx: RunContext, update: Update, quiet: Provider | N
     room to write), or an agent that vanished: keep what the agent did, within
     :data:`COLLECT_GRACE_S`. With ``quiet`` (the sandbox's provider) the sandbox is
     restarted first (:func:`quiet_ended`): an agent whose supervisor died is stopped by
-    nothing else, and would go on writing while its work is collected."""
+    nothing else, nor is what an agent left running in a container or on a bare ssh host,
+    and either would go on writing while its work is collected."""
     if ctx.pspec is None:
         return 0  # the agent never ran
     try:

@@ -23,6 +23,7 @@ from hal9999.errors import (
     TaskTimeout,
 )
 from hal9999.events.models import Phase, TaskEnd
+from hal9999.process import pm2inside
 from hal9999.providers.base import Provider, Sandbox
 from hal9999.store import TaskRecord
 from hal9999.tasks import finish
@@ -117,8 +118,13 @@ class TaskRunner(LaunchSteps, FollowSteps):
         except (TaskTimeout, DiskLimitExceeded, Vanished) as exc:
             if ctx.pspec is not None:
                 await manager.stop(ctx.pspec)
-            # A vanished agent is stopped by nothing else: its sandbox is restarted first.
-            quiet = provider if isinstance(exc, Vanished) else None
+            # A vanished agent is stopped by nothing else, and where a process outlives its
+            # command (a container, a bare ssh host) stopping the process manager ended only
+            # the host's side: the sandbox is restarted first, so nothing the agent left
+            # running (its environment cleared, in a session of its own) writes on while its
+            # work is collected, past the limit that stopped it.
+            outlives = ctx.sandbox is not None and pm2inside.hosts_daemons(ctx.sandbox)
+            quiet = provider if isinstance(exc, Vanished) or outlives else None
             files = await finish.collect_leftovers(ctx, self.update, quiet=quiet)
             ended = TaskStatus.TIMED_OUT if isinstance(exc, TaskTimeout) else TaskStatus.FAILED
             failure = AgentFailed(str(exc)) if isinstance(exc, Vanished) else exc
