@@ -160,3 +160,24 @@ def test_devices_owners_and_high_mode_bits_never_reach_the_host(tmp_path: Path) 
     assert sorted(p.name for p in target.iterdir()) == ["abs"]  # the name made relative
     suid = (target / "abs" / "suid").stat()
     assert suid.st_mode & 0o7777 == 0o755 and suid.st_uid == os.getuid()
+
+
+def test_a_sparse_member_never_makes_a_huge_host_file(tmp_path: Path) -> None:
+    # An old GNU sparse header: one 512-byte block of data, a real size of 64 GiB. The next
+    # push would read all of it back (tarfile archives no hole), over the ssh connection.
+    header = bytearray(tarfile.TarInfo("big").tobuf(tarfile.GNU_FORMAT, "utf-8", "strict"))
+    real = 64 << 30
+
+    def number(value: int) -> bytes:
+        return b"\x80" + value.to_bytes(11, "big")  # base-256, as GNU tar writes big ones
+
+    header[124:136] = number(512)
+    header[156:157] = tarfile.GNUTYPE_SPARSE
+    header[386:410] = number(real - 512) + number(512)
+    header[483:495] = number(real)
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header[:512])
+    target = tmp_path / "s" / "workspace"
+    target.mkdir(parents=True)
+    _unpack(bytes(header[:512]) + b"x" * 512 + b"\0" * 1024, target)
+    assert list(target.iterdir()) == []

@@ -156,8 +156,8 @@ class _Keep:
     a component ``..`` or passing through an earlier member that is not a directory; a
     name an earlier member took; a hard link to anything but a file kept before; a
     symbolic link whose target is absolute or has a ``..`` that leaves the tree or steps
-    back from anything but a directory of the archive. A tree ``tar -c`` made has none
-    of these but links out of it."""
+    back from anything but a directory of the archive; a sparse file. A tree ``tar -c``
+    made has none of these but links out of it."""
 
     def __init__(self) -> None:
         self.symlinks: set[str] = set()
@@ -204,6 +204,8 @@ class _Keep:
         name = "/".join(parts)
         if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
             return None
+        if member.issparse():
+            return None  # a size of its choosing from a few bytes (``tar -c`` makes none)
         if self._reached_by_a_link(parts) or (not member.isdir() and name in self.dirs):
             return None
         if member.islnk() and "/".join(self._parts(member.linkname)) not in self.others:
