@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hal9999.errors import CapabilityError, ConfigError
+from hal9999.errors import CapabilityError, ConfigError, ProviderError
 from hal9999.providers.docker import DockerProvider, container_name
 from hal9999.providers.registry import load_provider
 from hal9999.spec import ArgvCommand, Resources, SandboxSpec, ShellCommand
@@ -139,6 +139,25 @@ async def test_snapshot_keeps_home_and_fork_starts_copies(
             await provider.destroy(fork.id)
     finally:
         provider.client().api.remove_image(image, force=True)
+
+
+async def test_a_home_of_sparse_files_is_not_snapshotted_past_the_disk_limit(
+    provider: DockerProvider, workspace: Path
+) -> None:
+    # Three 60 MiB files of nothing: no disk used (the watchdog sees none), under the per-file
+    # limit, yet 180 MiB of archive, which the snapshot held in hal's memory whole (a home of
+    # such files under the default 20 GiB limit is any amount of memory).
+    spec = SandboxSpec(provider="docker", workspace=workspace, resources=Resources(disk_mb=64))
+    name = f"test-sparse-{os.getpid()}"
+    try:
+        async with await provider.create(spec) as box:
+            assert (await box.exec(sh("truncate -s 60M ~/a ~/b ~/c && du -sk ~"))).ok
+            with pytest.raises(ProviderError, match="not snapshotted"):
+                await provider.snapshot(box.id, name)
+        assert not provider.client().images.list(name=f"hal9999:{name}")
+    finally:
+        for image in provider.client().images.list(name=f"hal9999:{name}"):
+            provider.client().api.remove_image(image.id, force=True)
 
 
 async def test_a_pooled_container_is_reset_and_handed_the_next_workspace(

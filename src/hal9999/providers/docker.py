@@ -29,6 +29,7 @@ import os
 import re
 import secrets
 import shutil
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -60,6 +61,8 @@ ID_PATTERN = re.compile(r"[0-9a-f]{12}")
 HOME = "/home/hal"
 VOLUMES = ("/tmp", HOME)
 """Writable places besides the binds: container volumes, so they survive stop and start."""
+HOME_ARCHIVE_LIMIT = 20 << 30
+"""Largest home a snapshot takes (bytes of archive) when the sandbox has no disk limit."""
 
 
 class DockerConfig(BaseModel):
@@ -378,25 +381,45 @@ class DockerProvider:
         """Save the sandbox as image ``hal9999:<name>``: its filesystem and its home (a
         volume, which a commit alone leaves out); the workspace is the session's, not the
         image's, and ``/tmp`` is temporary."""
-        await self._inspect(sandbox_id)
+        found = await self._inspect(sandbox_id)
         name = name or f"snap-{sandbox_id}-{secrets.token_hex(3)}"
         if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,127}", name):
             raise ConfigError(f"invalid snapshot name {name!r}", hint="lowercase, digits, .-_")
-        await self.call("snapshot", self._snapshot_blocking, container_name(sandbox_id), name)
+        spec = SandboxSpec.model_validate_json(found["Config"]["Labels"][SPEC_LABEL])
+        disk_mb = limits.effective(spec.resources).disk_mb
+        limit = (disk_mb << 20 if disk_mb else HOME_ARCHIVE_LIMIT) + (64 << 20)
+        await self.call(
+            "snapshot", self._snapshot_blocking, container_name(sandbox_id), name, limit
+        )
         return f"hal9999:{name}"
 
-    def _snapshot_blocking(self, container: str, name: str) -> None:
+    def _snapshot_blocking(self, container: str, name: str, limit: int) -> None:
+        # The home's archive is the agent's to size: a sparse file takes no disk (the disk
+        # watchdog never sees it) but the engine's tar carries every byte of it. Spooled to
+        # a file, never held in memory, and refused past the sandbox's disk limit.
         api = self.client().api
-        base = api.commit(container, pause=True)["Id"]
         stream, _ = api.get_archive(container, HOME)
-        home = b"".join(stream)
-        # A created, never started, writable container takes the home as a layer on top.
-        staging = api.create_container(base, ["true"], labels={LABEL: "snapshot"})["Id"]
-        try:
-            api.put_archive(staging, "/home", home)
-            api.commit(staging, repository="hal9999", tag=name)
-        finally:
-            api.remove_container(staging, force=True, v=True)
+        with tempfile.TemporaryFile(prefix="hal-snapshot-") as home:
+            size = 0
+            for chunk in stream:
+                size += len(chunk)
+                if size > limit:
+                    stream.close()
+                    raise ProviderError(
+                        f"docker: the home of {container} is over {limit >> 20} MiB as an "
+                        "archive (sparse files count whole); not snapshotted",
+                        hint="remove what the agent left in its home, or snapshot another",
+                    )
+                home.write(chunk)
+            home.seek(0)
+            base = api.commit(container, pause=True)["Id"]
+            # A created, never started, writable container takes the home as a layer on top.
+            staging = api.create_container(base, ["true"], labels={LABEL: "snapshot"})["Id"]
+            try:
+                api.put_archive(staging, "/home", home)
+                api.commit(staging, repository="hal9999", tag=name)
+            finally:
+                api.remove_container(staging, force=True, v=True)
 
     async def fork(self, image: str, count: int, spec: SandboxSpec) -> builtins.list[DockerSandbox]:
         """``count`` new sandboxes of ``spec`` from snapshot ``image``, made concurrently."""
