@@ -181,3 +181,29 @@ def test_a_sparse_member_never_makes_a_huge_host_file(tmp_path: Path) -> None:
     target.mkdir(parents=True)
     _unpack(bytes(header[:512]) + b"x" * 512 + b"\0" * 1024, target)
     assert list(target.iterdir()) == []
+
+
+async def test_a_deep_tree_is_pushed_whole_and_a_failing_push_never_hangs(
+    tmp_path: Path,
+) -> None:
+    # What a pull brought back (here 1,100 levels) goes out again on a resume: tarfile's own
+    # recursion ran out of stack in the producer thread, and the push waited for ever.
+    import asyncio
+
+    source = tmp_path / "workspace"
+    source.mkdir()
+    fd = os.open(source, os.O_RDONLY)
+    for _ in range(1100):
+        os.mkdir("a", dir_fd=fd)
+        inner = os.open("a", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = inner
+    os.close(fd)
+
+    async def pushed() -> bytes:
+        return b"".join([chunk async for chunk in mirror.pack_stream(source)])
+
+    data = await asyncio.wait_for(pushed(), 60)
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        names = archive.getnames()
+    assert len(names) == 1100 and max(names, key=len) == "/".join(["a"] * 1100)

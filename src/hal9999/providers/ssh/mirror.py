@@ -72,9 +72,18 @@ PUSH_QUEUE = 4
 
 
 def _add_all(archive: tarfile.TarFile, directory: Path) -> None:
-    if directory.is_dir():
-        for entry in sorted(os.listdir(directory)):
-            archive.add(directory / entry, arcname=entry, recursive=True)
+    # One directory at a time from a list, not tarfile's recursion: a tree the agent made a
+    # thousand levels deep (a pull brings back up to PATH_MAX) must not exhaust the stack.
+    if not directory.is_dir():
+        return
+    pending = [""]
+    while pending:
+        here = pending.pop()
+        for entry in sorted(os.listdir(directory / here if here else directory)):
+            name = f"{here}/{entry}" if here else entry
+            archive.add(directory / name, arcname=name, recursive=False)
+            if stat.S_ISDIR(os.lstat(directory / name).st_mode):
+                pending.append(name)
 
 
 def pack(directory: Path) -> bytes:
@@ -120,7 +129,7 @@ async def pack_stream(directory: Path) -> AsyncIterator[bytes]:
             put(None)
         except _Cancelled:
             return
-        except (OSError, tarfile.TarError) as exc:
+        except BaseException as exc:  # anything, or the consumer waits for ever
             with contextlib.suppress(_Cancelled):
                 put(exc)
 
