@@ -13,6 +13,7 @@ import os
 import tarfile
 from pathlib import Path
 
+from hal9999 import agentfs
 from hal9999.providers.ssh import mirror
 
 STEPS = "abcdefghijklmnop"
@@ -137,10 +138,13 @@ def test_a_deep_tree_from_an_earlier_pull_is_removed_without_recursion(tmp_path:
     target = tmp_path / "s" / "workspace"
     target.mkdir(parents=True)
     deep = _tar(*((("a/" * n).rstrip("/"), tarfile.DIRTYPE, "", b"") for n in range(1, 1100)))
-    _unpack(deep, target)
-    _unpack(_tar(("f", tarfile.REGTYPE, "", b"next\n")), target)  # the deep tree is the old one
-    assert sorted(p.name for p in target.parent.iterdir()) == ["workspace"]
-    assert [p.name for p in target.iterdir()] == ["f"]
+    try:
+        _unpack(deep, target)
+        _unpack(_tar(("f", tarfile.REGTYPE, "", b"next\n")), target)  # the deep tree is old
+        assert sorted(p.name for p in target.parent.iterdir()) == ["workspace"]
+        assert [p.name for p in target.iterdir()] == ["f"]
+    finally:  # whatever is left: not for pytest's recursive cleanup of old temporary dirs
+        agentfs.remove_tree(target.parent)
 
 
 def test_devices_owners_and_high_mode_bits_never_reach_the_host(tmp_path: Path) -> None:
@@ -203,7 +207,10 @@ async def test_a_deep_tree_is_pushed_whole_and_a_failing_push_never_hangs(
     async def pushed() -> bytes:
         return b"".join([chunk async for chunk in mirror.pack_stream(source)])
 
-    data = await asyncio.wait_for(pushed(), 60)
+    try:
+        data = await asyncio.wait_for(pushed(), 60)
+    finally:  # not left to pytest's recursive cleanup of old temporary directories
+        agentfs.remove_tree(source)
     with tarfile.open(fileobj=io.BytesIO(data)) as archive:
         names = archive.getnames()
     assert len(names) == 1100 and max(names, key=len) == "/".join(["a"] * 1100)
