@@ -235,8 +235,10 @@ class _Keep:
             self.dirs.add(name)
         else:
             self.others.add(name)
-        return member.replace(name=name, mode=mode, uid=None, gid=None, uname=None,
-                              gname=None, deep=False)  # fmt: skip
+        # None leaves an attribute unset on extraction (tarfile's filters do the same).
+        unset: dict[str, Any] = {"mode": mode, "uid": None, "gid": None, "uname": None,
+                                 "gname": None}  # fmt: skip
+        return member.replace(name=name, **unset, deep=False)
 
 
 def unpack_into(spool: BinaryIO, target: Path) -> None:
