@@ -63,7 +63,6 @@ def show(task_id: str, as_json: bool) -> None:
             )
 
 
-
 @task.command()
 @click.argument("task_id")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")

@@ -425,7 +425,8 @@ class TaskService(TaskSecrets):
 
     # -- truth -------------------------------------------------------------------------
     def reconcile(self, task: TaskRecord) -> TaskRecord:
-        """Mark an active task whose runner died as ``interrupted``; return the fresh record."""
+        """Mark a task in flight whose runner died as ``interrupted`` (a queued one stays
+        queued: nothing of it runs); return the fresh record."""
         if task.status not in ACTIVE or runner_alive(task.runner_pid):
             return task
         if task.status == TaskStatus.QUEUED:
