@@ -12,7 +12,8 @@ import functools
 import os
 import secrets
 import shutil
-import sys
+import signal
+import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,12 +23,32 @@ import pytest
 if TYPE_CHECKING:
     from tests.sshd import Sshd
 
-# Hostile-agent tests leave directory chains a few thousand levels deep in their tmp_path
-# (an agent's home, a workspace). pytest removes an old session's tmp dirs with
-# shutil.rmtree, which recurses once a level: at the default limit (1000) a later session
-# on the same machine ended in a RecursionError after every test had passed. Pure-Python
-# recursion uses no C stack on 3.11, so a higher limit only lets the removal finish.
-sys.setrecursionlimit(max(sys.getrecursionlimit(), 50_000))
+# A suite started with SIGINT ignored (a background job of a script) would hand that to every
+# hal it starts, and the tests that press Ctrl-C on one would see it ignored: a hal started
+# from a shell has SIGINT's default, and so do the ones the tests start.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Remove earlier sessions' tmp dirs before pytest's own clean-up does: hostile-agent tests
+    leave directory chains thousands of levels deep, and pytest's ``shutil.rmtree`` recurses
+    once a level, so a later session ended in a RecursionError after every test passed.
+    ``rm -rf`` walks any depth; the newest dirs pytest keeps are left to it."""
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    base = getattr(factory, "_basetemp", None)
+    if base is None or getattr(factory, "_given_basetemp", None) is not None:
+        return
+    root = Path(base).parent
+    numbered = sorted(
+        (p for p in root.glob("pytest-*") if p.name.split("-", 1)[1].isdigit()),
+        key=lambda p: int(p.name.split("-", 1)[1]),
+    )
+    old = [*numbered[:-3], *root.glob("garbage-*")]
+    for path in old:
+        if path != Path(base):
+            subprocess.run(["rm", "-rf", "--", str(path)], check=False)
 
 
 @functools.cache
