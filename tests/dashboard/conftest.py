@@ -51,6 +51,13 @@ class Served:
         self.sock.close()
 
 
+def proof_in(login_answer: str) -> str:
+    """The session's proof a login answer hands its page (in a ``<meta>``; never a cookie)."""
+    match = re.search(r'<meta name="hal-proof" content="([0-9a-f]{64})">', login_answer)
+    assert match, "the login answer carries no proof"
+    return match.group(1)
+
+
 def browser_missing() -> str | None:
     """Why no browser test can run here (None when chromium and playwright are there)."""
     if not os.access(CHROMIUM, os.X_OK):

@@ -1,4 +1,4 @@
-"""The dashboard's gate over plain HTTP: login link, cookie, Host, Origin, CSRF, headers."""
+"""The dashboard's gate over plain HTTP: login link, cookie, proof, Host, Origin, headers."""
 
 from __future__ import annotations
 
@@ -8,22 +8,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from tests.dashboard.conftest import Served
+from tests.dashboard.conftest import Served, proof_in
 
-from hal9999.dashboard.auth import COOKIE, login_url
+from hal9999.dashboard.auth import COOKIE, PROOF_HEADER, login_url
 
 Dashboard = tuple[Served, Any, Path]
 
 
 @contextlib.contextmanager
 def logged_in(served: Served, home: Path) -> Iterator[tuple[httpx.Client, str]]:
-    """A client holding a session cookie, and the page's CSRF token."""
+    """A client holding a session cookie, and the proof its login answer handed the page."""
     with httpx.Client(base_url=served.base, follow_redirects=False) as client:
         answer = client.get(login_url(home, served.base))
-        assert answer.status_code == 303 and answer.headers["location"] == "/"
-        page = client.get("/")
-        csrf = page.text.split('name="hal-csrf" content="')[1].split('"')[0]
-        yield client, csrf
+        assert answer.status_code == 200
+        yield client, proof_in(answer.text)
 
 
 def test_login_link_works_once_and_sets_a_strict_http_only_cookie(
@@ -34,10 +32,15 @@ def test_login_link_works_once_and_sets_a_strict_http_only_cookie(
     with httpx.Client() as client:
         assert client.get(served.base + "/").status_code == 401
         first = client.get(link)
-        assert first.status_code == 303
+        assert first.status_code == 200 and first.headers["cache-control"] == "no-store"
         cookie = first.headers["set-cookie"].lower()
         assert f"{COOKIE}=" in cookie and "httponly" in cookie and "samesite=strict" in cookie
-        assert client.get(served.base + "/").status_code == 200
+        # The proof is in the login answer's body only: not in the cookie, not in a page.
+        proof = proof_in(first.text)
+        assert proof not in cookie
+        shell = client.get(served.base + "/")
+        assert shell.status_code == 200
+        assert "hal-proof" not in shell.text and proof not in shell.text
     with httpx.Client() as other:
         assert other.get(link).status_code == 403  # used once already
         assert other.get(served.base + "/").status_code == 401
@@ -49,45 +52,45 @@ def test_api_forwarding_adds_the_bearer_and_never_passes_the_cookie(
     fake_dashboard: Dashboard,
 ) -> None:
     served, api, home = fake_dashboard
-    with logged_in(served, home) as (client, _):
-        assert client.get("/api/tasks").json() == []
+    with logged_in(served, home) as (client, proof):
+        assert client.get("/api/tasks", headers={PROOF_HEADER: proof}).json() == []
         # Without a session the forward refuses before the API sees anything.
         assert httpx.get(served.base + "/api/tasks").status_code == 401
         assert [c[1] for c in api.calls] == ["/v1/tasks"]
 
 
-def test_host_origin_and_csrf_refusals(fake_dashboard: Dashboard) -> None:
+def test_host_origin_and_proof_refusals(fake_dashboard: Dashboard) -> None:
     served, api, home = fake_dashboard
     from tests.dashboard.fake_api import task
 
     api.add_task(task("t1"))
-    with logged_in(served, home) as (client, csrf):
+    with logged_in(served, home) as (client, proof):
         # DNS rebinding: the attacker's name resolves to 127.0.0.1; the Host says who it is.
         rebound = client.get("/", headers={"host": f"evil.example:{served.port}"})
         assert rebound.status_code == 421 and "host_refused" in rebound.text
         assert client.get("/", headers={"host": f"localhost:{served.port}"}).status_code == 200
         assert client.get("/", headers={"host": "127.0.0.1:1"}).status_code == 421
-        origin = {"origin": served.base, "x-csrf-token": csrf}
+        origin = {"origin": served.base, PROOF_HEADER: proof}
         ok = client.post("/api/tasks/t1/cancel", headers=origin)
         assert ok.status_code == 200
         cross = client.post(
             "/api/tasks/t1/cancel", headers={**origin, "origin": "http://evil.example"}
         )
         assert cross.status_code == 403 and "origin_refused" in cross.text
-        no_origin = client.post("/api/tasks/t1/cancel", headers={"x-csrf-token": csrf})
+        no_origin = client.post("/api/tasks/t1/cancel", headers={PROOF_HEADER: proof})
         assert no_origin.status_code == 403
-        no_csrf = client.post("/api/tasks/t1/cancel", headers={"origin": served.base})
-        assert no_csrf.status_code == 403 and "csrf_refused" in no_csrf.text
-        wrong = client.post("/api/tasks/t1/cancel", headers={**origin, "x-csrf-token": "nope"})
-        assert wrong.status_code == 403
+        no_proof = client.post("/api/tasks/t1/cancel", headers={"origin": served.base})
+        assert no_proof.status_code == 401 and "proof_required" in no_proof.text
+        wrong = client.post("/api/tasks/t1/cancel", headers={**origin, PROOF_HEADER: "0" * 64})
+        assert wrong.status_code == 401 and "proof_required" in wrong.text
         assert [c[:2] for c in api.calls if c[0] == "POST"] == [("POST", "/v1/tasks/t1/cancel")]
 
 
 def test_every_answer_forbids_inline_scripts_and_framing(fake_dashboard: Dashboard) -> None:
     served, _, home = fake_dashboard
-    with logged_in(served, home) as (client, _):
+    with logged_in(served, home) as (client, proof):
         for path in ("/", "/tasks/abc", "/new", "/static/js/core.js", "/api/tasks"):
-            answer = client.get(path)
+            answer = client.get(path, headers={PROOF_HEADER: proof})
             assert answer.status_code == 200, path
             csp = answer.headers["content-security-policy"]
             assert (
@@ -118,13 +121,14 @@ def test_logout_revokes_the_session_even_a_copied_cookie_and_after_a_restart(
     from hal9999.dashboard.auth import SessionKeeper
 
     served, _, home = fake_dashboard
-    with logged_in(served, home) as (client, csrf):
+    with logged_in(served, home) as (client, proof):
         stolen = client.cookies[COOKIE]
-        headers = {"origin": served.base, "x-csrf-token": csrf}
+        headers = {"origin": served.base, PROOF_HEADER: proof}
         assert client.post("/logout", headers=headers).status_code == 200
     with httpx.Client(base_url=served.base, cookies={COOKIE: stolen}) as thief:
         assert thief.get("/").status_code == 401
-        assert thief.get("/api/tasks").status_code == 401
+        refused = thief.get("/api/tasks", headers={PROOF_HEADER: proof})
+        assert refused.status_code == 401 and "login_required" in refused.text
     assert SessionKeeper(home).check(stolen) is None  # a restarted daemon refuses it too
     with logged_in(served, home) as (client, _):  # a new login is a new session
         assert client.get("/").status_code == 200

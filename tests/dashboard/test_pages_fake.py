@@ -266,3 +266,27 @@ def test_a_page_on_another_local_port_cannot_use_the_session(
         assert any("inbox" in c[1] for c in api.calls[before:])
     finally:
         other.close()
+
+
+def test_every_tab_of_the_origin_shares_the_proof_and_a_new_login_replaces_it(
+    browser: Any, fake_dashboard: Dashboard
+) -> None:
+    served, api, home = fake_dashboard
+    api.add_task(task("t1"))
+    page = open_logged_in(browser, served, home)
+    page.wait_for_selector("tr[data-task='t1']")
+    first = page.evaluate("localStorage.getItem('hal-proof')")
+    assert len(first) == 64 and first not in page.content()  # stored, its <meta> removed
+    tab = page.context.new_page()  # a second tab reads it from the origin's storage
+    tab.goto(served.base + "/tasks/t1")
+    tab.wait_for_selector("#task-status .badge-running")
+    tab.goto(login_url(home, served.base))  # a new login: a new cookie and a new proof
+    tab.wait_for_selector("tr[data-task='t1']")
+    assert tab.evaluate("localStorage.getItem('hal-proof')") != first
+    # The first tab, not reloaded, sends the new pair from now on.
+    assert page.evaluate("hal.api('GET', '/tasks').then((tasks) => tasks.length)") == 1
+    # The cookie without the proof (what another port's server gets) reads nothing.
+    page.evaluate("localStorage.removeItem('hal-proof')")
+    page.reload()
+    page.wait_for_selector("#main :text('Logged out')")
+    assert page.locator("tr[data-task='t1']").count() == 0

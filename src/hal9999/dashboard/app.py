@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hal9999.dashboard.auth import COOKIE, CSRF_HEADER, SESSION_MAX_AGE_S, SessionKeeper
+from hal9999.dashboard.auth import COOKIE, PROOF_HEADER, SESSION_MAX_AGE_S, SessionKeeper
 from hal9999.dashboard.guard import DashboardGuard, session_of
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ PAGES = {
     "/hive": ("hive", "Hive"),
 }
 """Fixed pages: path -> (page name, title)."""
-_DROPPED = {b"cookie", b"authorization", b"origin", b"referer", CSRF_HEADER.encode()}
+_DROPPED = {b"cookie", b"authorization", b"origin", b"referer", PROOF_HEADER.encode()}
 """Browser headers the API never sees (it gets the bearer token instead)."""
 SCRIPTS = (
     "ansi.js", "core.js", "live.js", "render.js", "pages.js", "task.js", "terminal.js", "hive.js",
@@ -45,8 +45,9 @@ def static_dir() -> Path:
     return Path(str(resources.files("hal9999.dashboard") / "static"))
 
 
-def shell(page: str, title: str, csrf: str, arg: str = "") -> str:
-    """The HTML of one page: no inline script, no data but the page's name and argument."""
+def shell(page: str, title: str, arg: str = "", proof: str = "") -> str:
+    """The HTML of one page: no inline script, no data but the page's name and argument (and
+    in the answer to a login link only, the session's proof, which core.js moves to storage)."""
     vendor = [
         "/static/vendor/xterm-xterm/xterm.js",
         "/static/vendor/xterm-addon-fit/addon-fit.js",
@@ -57,10 +58,11 @@ def shell(page: str, title: str, csrf: str, arg: str = "") -> str:
         for src in (*vendor, *(f"/static/js/{name}" for name in SCRIPTS))
     )
     e = html.escape
+    proof_meta = f'<meta name="hal-proof" content="{e(proof)}">' if proof else ""
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f'<meta name="hal-csrf" content="{e(csrf)}"><meta name="hal-page" content="{e(page)}">'
+        f'{proof_meta}<meta name="hal-page" content="{e(page)}">'
         f'<meta name="hal-arg" content="{e(arg)}"><title>{e(title)} · hal</title>'
         '<link rel="stylesheet" href="/static/app.css">'
         '<link rel="stylesheet" href="/static/vendor/xterm-xterm/xterm.css">'
@@ -101,7 +103,7 @@ def dashboard_app(
 ) -> DashboardGuard:
     """The dashboard for the hal home ``home``, in front of the JSON API app ``api`` (which
     serves ``/v1/...`` and checks ``token``); ``hosts``: extra names it answers to."""
-    from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+    from starlette.responses import HTMLResponse, JSONResponse, Response
     from starlette.routing import Mount, Route, Router, WebSocketRoute
     from starlette.staticfiles import StaticFiles
 
@@ -117,21 +119,25 @@ def dashboard_app(
         hosts = [*hosts, *([address.host] if address is not None else [])]
 
     async def login(request: Request) -> Response:
-        cookie = sessions.redeem(request.query_params.get("t", ""))
-        if cookie is None:
+        new = sessions.redeem(request.query_params.get("t", ""))
+        if new is None:
             return HTMLResponse(
                 "<!doctype html><title>hal</title><p>This login link is not valid (used, "
                 "expired or mistyped). Run <code>hal dashboard</code> for a fresh one.</p>",
                 status_code=403,
             )
-        # A redirect, so the token leaves the address bar and the history.
-        response = RedirectResponse("/", status_code=303)
+        # The overview, with the proof for core.js to keep in this origin's localStorage (and
+        # replace the address by "/", so the token leaves the address bar and the history).
+        # Not a redirect: the proof must reach only this page, never a URL or a cookie.
+        name, title = PAGES["/"]
+        response = HTMLResponse(
+            shell(name, title, proof=new.proof), headers={"cache-control": "no-store"}
+        )
         secure = request.url.scheme == "https"
         response.set_cookie(
-            COOKIE, cookie, max_age=SESSION_MAX_AGE_S, httponly=True, samesite="strict",
+            COOKIE, new.cookie, max_age=SESSION_MAX_AGE_S, httponly=True, samesite="strict",
             secure=secure, path="/",
         )  # fmt: skip
-        response.headers["cache-control"] = "no-store"
         return response
 
     async def logout(request: Request) -> Response:
@@ -144,12 +150,8 @@ def dashboard_app(
 
     def page(name: str, title: str) -> Any:
         async def endpoint(request: Request) -> Response:
-            session = session_of(request.scope)
-            csrf = session.csrf if session else ""
             arg = request.path_params.get("task_id", "")
-            return HTMLResponse(
-                shell(name, title, csrf, arg), headers={"cache-control": "no-store"}
-            )
+            return HTMLResponse(shell(name, title, arg), headers={"cache-control": "no-store"})
 
         return endpoint
 

@@ -1,15 +1,25 @@
-"""Dashboard login: one-time links, signed session cookies and CSRF tokens.
+"""Dashboard login: one-time links, signed session cookies and per-origin proofs.
 
 ``hal serve`` and ``hal dashboard`` print a link ``/login?t=TOKEN``. The token is signed with
 the home's dashboard key (``<home>/dashboard.key``, random, mode 600), carries a random nonce
 and expires after :data:`LOGIN_MAX_AGE_S`; the daemon accepts each nonce once. Redeeming it sets
-a signed, HTTP-only, ``SameSite=Strict`` session cookie that holds the session's CSRF token.
+a signed, HTTP-only, ``SameSite=Strict`` session cookie, and hands the page (in the answer's
+body, never in a cookie) the session's proof: an HMAC of the session id under the key.
+
+Why both: browsers send a host's cookies to every port of it, so any server on another port
+of 127.0.0.1 that the browser visits gets the cookie (readable: it is signed, not encrypted).
+The page keeps the proof in ``localStorage``, which is per scheme, host *and port*, and sends
+it with every request for data (:data:`PROOF_HEADER`, or for the terminal's websocket a
+subprotocol :data:`PROOF_PROTOCOL` ``+ proof``). Deriving it from the key (not storing it)
+makes it outlive a restart and die with the key, exactly as the cookie does.
 Only this module knows the key; ``hal dashboard`` signs a link without asking the daemon
 (anyone who can read the key can already read the bearer token beside it).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import secrets
 import threading
@@ -25,8 +35,13 @@ KEY_NAME = "dashboard.key"
 """The signing key's file name in the hal home."""
 COOKIE = "hal_session"
 """The session cookie's name."""
-CSRF_HEADER = "x-csrf-token"
-"""The header every state-changing request carries the session's CSRF token in."""
+PROOF_HEADER = "x-hal-proof"
+"""The header every request for data or a change carries the session's proof in."""
+PROOF_PROTOCOL = "hal-proof."
+"""Prefix of the websocket subprotocol that carries the proof (a browser's WebSocket cannot
+send headers; the server answers with :data:`TERMINAL_PROTOCOL`, never with this one)."""
+TERMINAL_PROTOCOL = "hal"
+"""The subprotocol the terminal's websocket speaks."""
 LOGIN_MAX_AGE_S = 15 * 60
 """How long a printed login link stays valid."""
 SESSION_MAX_AGE_S = 7 * 24 * 3600
@@ -76,14 +91,23 @@ class DashboardSession:
     """A logged-in browser."""
 
     id: str
-    csrf: str
+
+
+@dataclass(frozen=True)
+class NewSession:
+    """What a redeemed login link gives the browser: the cookie, and the proof for its page."""
+
+    cookie: str
+    proof: str
 
 
 class SessionKeeper:
-    """Redeems login tokens (each once) and checks session cookies, for one daemon."""
+    """Redeems login tokens (each once), checks session cookies and proofs, for one daemon."""
 
     def __init__(self, home: Path) -> None:
         key = dashboard_key(home)
+        self._proof_key = hashlib.sha256(b"hal-proof\0" + key.encode()).digest()
+        """Proofs get their own key, derived, apart from the signatures of links and cookies."""
         self._login = _serializer(key, "hal-login")
         self._session = _serializer(key, "hal-session")
         self._used_file = home / "run" / "dashboard-used"
@@ -94,8 +118,8 @@ class SessionKeeper:
         self._revoked = _read_stamped(self._revoked_file, SESSION_MAX_AGE_S + 60)
         self._lock = threading.Lock()
 
-    def redeem(self, token: str) -> str | None:
-        """The cookie value of a new session for a valid, unused login token; else None."""
+    def redeem(self, token: str) -> NewSession | None:
+        """A new session for a valid, unused login token; else None."""
         from itsdangerous import BadSignature
 
         try:
@@ -113,8 +137,19 @@ class SessionKeeper:
                 return None
             self._used[nonce] = now
             _write_stamped(self._used_file, self._used)
-        session = {"sid": secrets.token_hex(16), "csrf": secrets.token_urlsafe(24)}
-        return str(self._session.dumps(session))
+        sid = secrets.token_hex(16)
+        cookie = str(self._session.dumps({"sid": sid}))
+        return NewSession(cookie, self.proof(DashboardSession(sid)))
+
+    def proof(self, session: DashboardSession) -> str:
+        """The session's proof (hex: it is also a valid websocket subprotocol token)."""
+        return hmac.new(self._proof_key, session.id.encode(), hashlib.sha256).hexdigest()
+
+    def proof_ok(self, session: DashboardSession | None, proof: str | None) -> bool:
+        """Whether ``proof`` is the session's (compared in constant time)."""
+        if session is None or not proof:
+            return False
+        return hmac.compare_digest(self.proof(session).encode(), proof.encode("utf-8", "replace"))
 
     def revoke(self, session: DashboardSession) -> None:
         """Log a session out: its cookie is refused from now on (a copy of it included)."""
@@ -137,10 +172,10 @@ class SessionKeeper:
             return None
         if not isinstance(data, dict):
             return None
-        sid, csrf = data.get("sid"), data.get("csrf")
-        if not isinstance(sid, str) or not isinstance(csrf, str) or sid in self._revoked:
+        sid = data.get("sid")
+        if not isinstance(sid, str) or sid in self._revoked:
             return None
-        return DashboardSession(sid, csrf)
+        return DashboardSession(sid)
 
 
 def _read_stamped(path: Path, max_age_s: float) -> dict[str, float]:

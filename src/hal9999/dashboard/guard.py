@@ -3,10 +3,13 @@
 In order: the ``Host`` must name this server (a DNS-rebinding page reaches 127.0.0.1 under its
 own host name); ``/api/`` and ``/files/`` refuse what a browser marks as fetched by another
 site's page (``Sec-Fetch-Site``: a page on another port of 127.0.0.1 gets the cookie sent); a
-state-changing request or a websocket must come with an ``Origin`` of this
-server; every route but the login and the static files needs a valid session cookie; every
-state-changing request needs the session's CSRF token in ``X-CSRF-Token``. Every answer gets
-the security headers (a Content-Security-Policy without inline scripts among them).
+state-changing request or a websocket must come with an ``Origin`` of this server; every route
+but the login and the static files needs a valid session cookie; and everything that reads or
+changes data (``/api/``, ``/files/``, the terminal's websocket, any state-changing request)
+needs the session's proof as well (see :mod:`hal9999.dashboard.auth`): the cookie alone, which
+any server on another port of the host receives, reads and changes nothing. The proof also
+does what a CSRF token would: no other page can send it. Every answer gets the security
+headers (a Content-Security-Policy without inline scripts among them).
 """
 
 from __future__ import annotations
@@ -17,7 +20,13 @@ from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import urlsplit
 
-from hal9999.dashboard.auth import COOKIE, CSRF_HEADER, DashboardSession, SessionKeeper
+from hal9999.dashboard.auth import (
+    COOKIE,
+    PROOF_HEADER,
+    PROOF_PROTOCOL,
+    DashboardSession,
+    SessionKeeper,
+)
 
 Scope = MutableMapping[str, Any]
 Message = dict[str, Any]
@@ -42,6 +51,10 @@ PUBLIC_PREFIXES = ("/login", "/static/", "/favicon.ico")
 """Paths a browser may fetch without a session."""
 DATA_PREFIXES = ("/api/", "/files/")
 """Paths only the dashboard's own scripts fetch (a browser says who asked in Sec-Fetch-Site)."""
+PROOF_REFUSED = (
+    f"the session cookie alone is not enough: send this session's proof in {PROOF_HEADER} "
+    "(a page of the dashboard does; log in again with the link `hal dashboard` prints)"
+)
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
@@ -76,6 +89,17 @@ def _origin_ok(origin: str | None, host: str, scope: Scope) -> bool:
     return parts.scheme == ("https" if secure else "http") and parts.netloc.lower() == host.lower()
 
 
+def _proof_of(headers: dict[str, str]) -> str | None:
+    """The proof a request carries: its header, or a websocket's subprotocol."""
+    if PROOF_HEADER in headers:
+        return headers[PROOF_HEADER]
+    for offered in headers.get("sec-websocket-protocol", "").split(","):
+        offered = offered.strip()
+        if offered.startswith(PROOF_PROTOCOL):
+            return offered[len(PROOF_PROTOCOL) :]
+    return None
+
+
 def session_of(scope: Scope) -> DashboardSession | None:
     """The session the gate found for this request (None on public paths without one)."""
     found = scope.get("state", {}).get("hal_session")
@@ -83,7 +107,7 @@ def session_of(scope: Scope) -> DashboardSession | None:
 
 
 class DashboardGuard:
-    """ASGI middleware: Host, Origin, session and CSRF checks, and security headers."""
+    """ASGI middleware: Host, Origin, session and proof checks, and security headers."""
 
     def __init__(self, app: Any, sessions: SessionKeeper, hosts: Iterable[str] = ()) -> None:
         self.app = app
@@ -127,9 +151,10 @@ class DashboardGuard:
                 scope, send, 401, "login_required", "log in with the link `hal dashboard` prints"
             )
             return
-        if unsafe and not websocket and path != "/login":
-            if session is None or headers.get(CSRF_HEADER) != session.csrf:
-                await self._refuse(scope, send, 403, "csrf_refused", "missing or wrong CSRF token")
+        reads_or_changes = websocket or path.startswith(DATA_PREFIXES) or unsafe
+        if reads_or_changes and path != "/login":
+            if not self.sessions.proof_ok(session, _proof_of(headers)):
+                await self._refuse(scope, send, 401, "proof_required", PROOF_REFUSED)
                 return
         scope.setdefault("state", {})["hal_session"] = session
 

@@ -2,7 +2,8 @@
 
 Read-only by default (``tmux attach -f read-only,ignore-size``: keys are dropped by tmux
 itself, and the browser's size never shrinks the agent's window). ``?write=1`` attaches for
-typing; it needs the session's CSRF token in ``?csrf=`` as well as the gate's Origin check.
+typing. Either way the gate has checked the Origin, the cookie and the session's proof (sent
+as a subprotocol, ``hal-proof.<proof>``, beside ``hal``, the one the server answers).
 Frames: binary from the server are terminal output; text from the browser is JSON,
 ``{"data": "keys"}`` or ``{"resize": [cols, rows]}``.
 """
@@ -19,6 +20,7 @@ import termios
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hal9999.dashboard.auth import TERMINAL_PROTOCOL
 from hal9999.dashboard.guard import session_of
 from hal9999.errors import HalError
 
@@ -109,10 +111,9 @@ def terminal_endpoint(daemon: Daemon | None) -> Any:
         if daemon is None or session is None:
             await websocket.close(code=4401)
             return
-        if write and websocket.query_params.get("csrf") != session.csrf:
-            await websocket.close(code=4403)
-            return
-        await websocket.accept()
+        # A browser wants one of the subprotocols it offered back: `hal`, never the proof's.
+        offered = websocket.scope.get("subprotocols") or []
+        await websocket.accept(TERMINAL_PROTOCOL if TERMINAL_PROTOCOL in offered else None)
         try:
             argv = await asyncio.to_thread(
                 attach_argv, daemon, websocket.path_params["task_id"], write=write

@@ -8,6 +8,20 @@
     return node ? node.getAttribute("content") : "";
   };
 
+  // The session's proof: the cookie reaches every port of this host, localStorage only this
+  // origin (scheme, host and port). A login answer carries it in a <meta>: keep it, drop the
+  // tag, and show "/" instead of the one-time link. Every tab of this origin reads it here.
+  const PROOF = "hal-proof";
+  const handed = document.querySelector('meta[name="' + PROOF + '"]');
+  if (handed) {
+    localStorage.setItem(PROOF, handed.getAttribute("content"));
+    handed.remove();
+    history.replaceState(null, "", "/");
+  }
+  hal.proof = () => localStorage.getItem(PROOF) || "";
+  /** The headers that prove a request comes from a page of this dashboard. */
+  hal.proofHeaders = () => ({ "x-hal-proof": hal.proof() });
+
   /** Only links inside this dashboard: a "javascript:" or foreign URL becomes inert. */
   hal.safeHref = (href) => {
     const value = String(href);
@@ -45,7 +59,7 @@
 
   /** Calls the daemon's JSON API (as /api/...); throws an Error with its one-line message. */
   hal.api = async function (method, path, body) {
-    const init = { method, credentials: "same-origin", headers: { "x-csrf-token": hal.meta("hal-csrf") } };
+    const init = { method, credentials: "same-origin", headers: hal.proofHeaders() };
     if (body !== undefined) {
       init.headers["content-type"] = "application/json";
       init.body = JSON.stringify(body);

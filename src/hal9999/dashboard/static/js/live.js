@@ -55,7 +55,7 @@
       while (!this.stopped) {
         this.controller = new AbortController();
         try {
-          const headers = { accept: "text/event-stream" };
+          const headers = { ...hal.proofHeaders(), accept: "text/event-stream" };
           if (this.lastGseq > 0) headers["last-event-id"] = String(this.lastGseq);
           const response = await fetch("/api/events/stream", { headers, credentials: "same-origin", signal: this.controller.signal, cache: "no-store" });
           if (response.status === 401) { hal.loggedOut(); this._ready(); return; }

@@ -76,7 +76,7 @@
 
     async function loadDiff() {
       try {
-        const response = await fetch("/files/tasks/" + record.id + "/patch", { credentials: "same-origin" });
+        const response = await fetch("/files/tasks/" + record.id + "/patch", { credentials: "same-origin", headers: hal.proofHeaders() });
         if (!response.ok) {
           const data = await response.json().catch(() => ({}));
           hal.clear(diffBox).append(el("p", { class: "muted", text: (data.error && data.error.message) || "no patch" }));

@@ -21,8 +21,9 @@
     fit.fit();
     const scheme = location.protocol === "https:" ? "wss://" : "ws://";
     let url = scheme + location.host + "/terminal/" + encodeURIComponent(taskId);
-    if (write) url += "?write=1&csrf=" + encodeURIComponent(hal.meta("hal-csrf"));
-    const socket = new WebSocket(url);
+    if (write) url += "?write=1";
+    // A WebSocket cannot send headers: the proof goes as a subprotocol (the server answers "hal").
+    const socket = new WebSocket(url, ["hal", "hal-proof." + hal.proof()]);
     socket.binaryType = "arraybuffer";
     socket.onopen = () => socket.send(JSON.stringify({ resize: [term.cols, term.rows] }));
     socket.onmessage = (msg) => {
