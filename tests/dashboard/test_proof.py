@@ -156,3 +156,19 @@ def test_the_proof_belongs_to_its_session_and_dies_with_the_key(tmp_path: Path) 
     after = SessionKeeper(home)
     assert after.check(first.cookie) is None
     assert not after.proof_ok(DashboardSession(session.id), first.proof)
+
+
+def test_deleting_the_key_logs_out_a_running_daemons_browsers_at_once(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    keeper = SessionKeeper(home)  # the daemon's, kept for its life
+    old = keeper.redeem(login_token(home))
+    assert old is not None and keeper.check(old.cookie) is not None
+    (home / "dashboard.key").unlink()
+    assert keeper.check(old.cookie) is None  # not only after a restart
+    stale = login_token(home)  # `hal dashboard` after the deletion: a new key signs it
+    assert keeper.check(old.cookie) is None  # the old cookie stays refused under the new key
+    fresh = keeper.redeem(stale)
+    assert fresh is not None, "a link signed with the new key is accepted without a restart"
+    session = keeper.check(fresh.cookie)
+    assert session is not None and keeper.proof_ok(session, fresh.proof)
+    assert not keeper.proof_ok(session, old.proof)

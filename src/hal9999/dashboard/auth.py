@@ -18,6 +18,7 @@ Only this module knows the key; ``hal dashboard`` signs a link without asking th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -105,11 +106,10 @@ class SessionKeeper:
     """Redeems login tokens (each once), checks session cookies and proofs, for one daemon."""
 
     def __init__(self, home: Path) -> None:
-        key = dashboard_key(home)
-        self._proof_key = hashlib.sha256(b"hal-proof\0" + key.encode()).digest()
-        """Proofs get their own key, derived, apart from the signatures of links and cookies."""
-        self._login = _serializer(key, "hal-login")
-        self._session = _serializer(key, "hal-session")
+        self._home = home
+        self._key_stamp: tuple[int, int, int] | None = None
+        """The key file's (inode, mtime, size) the signers below were made from."""
+        self._use_key(dashboard_key(home))
         self._used_file = home / "run" / "dashboard-used"
         """Nonces already redeemed, with when: a restarted daemon must not accept them again."""
         self._used = _read_stamped(self._used_file, LOGIN_MAX_AGE_S + 60)
@@ -118,10 +118,43 @@ class SessionKeeper:
         self._revoked = _read_stamped(self._revoked_file, SESSION_MAX_AGE_S + 60)
         self._lock = threading.Lock()
 
+    def _use_key(self, key: str) -> None:
+        with contextlib.suppress(OSError):
+            found = (self._home / KEY_NAME).stat()
+            self._key_stamp = (found.st_ino, found.st_mtime_ns, found.st_size)
+        self._proof_key = hashlib.sha256(b"hal-proof\0" + key.encode()).digest()
+        """Proofs get their own key, derived, apart from the signatures of links and cookies."""
+        self._login = _serializer(key, "hal-login")
+        self._session = _serializer(key, "hal-session")
+
+    def _key_current(self, *, create: bool) -> bool:
+        """Follow the key file: deleting it logs every browser out at once, and the key a
+        later ``hal dashboard`` makes signs the links this daemon accepts. False while there
+        is no key (``create``: make one, as a login link's signer does)."""
+        path = self._home / KEY_NAME
+        try:
+            found = path.stat()
+        except FileNotFoundError:
+            if not create:
+                return False
+            found = None
+        if found is not None and self._key_stamp == (found.st_ino, found.st_mtime_ns,
+                                                     found.st_size):  # fmt: skip
+            return True
+        try:
+            key = dashboard_key(self._home)
+        except OSError:
+            return False
+        with self._lock:
+            self._use_key(key)
+        return True
+
     def redeem(self, token: str) -> NewSession | None:
         """A new session for a valid, unused login token; else None."""
         from itsdangerous import BadSignature
 
+        if not self._key_current(create=True):
+            return None
         try:
             data = self._login.loads(token, max_age=LOGIN_MAX_AGE_S)
         except BadSignature:  # also expired ones (SignatureExpired is a subclass)
@@ -164,7 +197,7 @@ class SessionKeeper:
         """The session a cookie value proves, or None."""
         from itsdangerous import BadSignature
 
-        if not cookie:
+        if not cookie or not self._key_current(create=False):
             return None
         try:
             data = self._session.loads(cookie, max_age=SESSION_MAX_AGE_S)
