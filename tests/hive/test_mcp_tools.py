@@ -196,6 +196,19 @@ async def test_sub_tasks_are_bounded_and_name_a_known_agent(world: World) -> Non
         assert not (await call(alpha, "run_task", prompt="now it fits"))[0]
 
 
+async def test_sub_tasks_started_at_once_stay_bounded_and_all_owned(world: World) -> None:
+    # One agent's calls run concurrently (and it may hold several connections): the
+    # bound and the list of its sub-tasks must hold for calls that overlap.
+    async with connect(world.socks["alpha"]) as alpha, connect(world.socks["alpha"]) as again:
+        calls = [call(c, "run_task", prompt=f"work {i}") for i in range(6) for c in (alpha, again)]
+        results = await asyncio.gather(*calls)
+        started = [got["task"] for failed, got in results if not failed]
+        assert len(world.tasks.created) == len(started) == tools.MAX_ACTIVE_SUBTASKS
+        for task_id in started:
+            failed, got = await call(alpha, "task_status", id=task_id)
+            assert not failed, got
+
+
 async def test_inbox_leaves_out_what_the_turns_prompt_delivered(world: World) -> None:
     early = broker.send(world.store, sender="operator", recipient="beta", body="in the prompt")
     broker.mark(world.store, [early.id], "delivered")  # the turn loop put it in the prompt

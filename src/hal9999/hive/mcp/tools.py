@@ -76,6 +76,9 @@ class Hive:
     """Extra :class:`RunRequest` fields for sub-tasks (the daemon's process manager...)."""
     lifecycle: Lifecycle | None = None
     """The turn loop, for the manager's stop/restart (None: not available here)."""
+    starting: dict[str, asyncio.Lock] = field(default_factory=dict)
+    """Per agent: held from counting its sub-tasks to recording a new one, so calls that
+    overlap (one agent's calls run concurrently) cannot pass the bound together."""
 
     async def db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a blocking store call off the event loop."""
@@ -247,16 +250,6 @@ async def run_task(caller: Caller, args: RunTaskArgs) -> str:
             f"unknown agent {args.agent!r} for a sub-task",
             hint=f"one of: {', '.join(available_agents())}",
         )
-    active = {s.value for s in ACTIVE}
-    running = 0
-    for task_id in await hive.db(_owned, hive, caller.agent):
-        with contextlib.suppress(HalError):
-            running += (await tasks.get(task_id)).status in active
-    if running >= MAX_ACTIVE_SUBTASKS:
-        raise UsageError(
-            f"you have {running} sub-tasks queued or running (at most {MAX_ACTIVE_SUBTASKS})",
-            hint="wait for one with task_result first",
-        )
     if record.repo is None:
         raise UsageError(
             f"agent {caller.agent!r} has no repository to run a sub-task on",
@@ -276,8 +269,19 @@ async def run_task(caller: Caller, args: RunTaskArgs) -> str:
         cwd=Path(record.repo) if Path(record.repo).is_dir() else hive.home,
         **fields,
     )
-    task = await tasks.create(request)
-    await hive.db(_own, hive, caller.agent, task.id)
+    async with hive.starting.setdefault(caller.agent, asyncio.Lock()):
+        active = {s.value for s in ACTIVE}
+        running = 0
+        for task_id in await hive.db(_owned, hive, caller.agent):
+            with contextlib.suppress(HalError):
+                running += (await tasks.get(task_id)).status in active
+        if running >= MAX_ACTIVE_SUBTASKS:
+            raise UsageError(
+                f"you have {running} sub-tasks queued or running (at most {MAX_ACTIVE_SUBTASKS})",
+                hint="wait for one with task_result first",
+            )
+        task = await tasks.create(request)
+        await hive.db(_own, hive, caller.agent, task.id)
     return dump({"task": task.id, "status": task.status, "branch": task.branch})
 
 
