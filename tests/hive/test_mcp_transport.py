@@ -209,6 +209,45 @@ async def test_a_cancelled_call_does_not_hold_a_half_closed_connection(tmp_path:
         store.close()
 
 
+async def test_one_connection_runs_a_bounded_number_of_calls_at_once(tmp_path: Path) -> None:
+    # The SDK runs each request of a connection in its own task: 2,000 pipelined calls
+    # (each a 40 s recv in real use) were 2,000 tasks polling the store at once.
+    from hal9999.hive.mcp.server import MAX_IN_FLIGHT
+
+    running, peak = 0, 0
+
+    async def counted(caller: Caller, args: SlowArgs) -> str:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        try:
+            await asyncio.sleep(args.seconds)
+        finally:
+            running -= 1
+        return "slept"
+
+    store = Store.open(tmp_path / "home")
+    tool = Tool("slow", "Sleep, then answer.", SlowArgs, counted)
+    hub = McpHub(Hive(store=store, home=tmp_path / "home"), extra_tools=[tool])
+    try:
+        sock = await hub.serve("alpha")
+        calls = [tool_call(i, "slow", {"seconds": 0.2}) for i in range(2, 4 * MAX_IN_FLIGHT + 2)]
+        replies = await pipelined(sock, [INIT, READY, *calls])
+        assert sorted(r["id"] for r in replies) == list(range(1, 4 * MAX_IN_FLIGHT + 2))
+        assert peak <= MAX_IN_FLIGHT, f"{peak} calls ran at once"
+        # Lines the SDK drops unanswered (not JSON-RPC 2.0 requests) take no slot.
+        dropped = [{"jsonrpc": "2.0", "id": 5, "method": 123}, {"id": 6, "method": "ping"},
+                   {"jsonrpc": "2.0", "id": 7, "method": "ping", "params": "x"}]  # fmt: skip
+        ping = {"jsonrpc": "2.0", "id": 8, "method": "ping"}
+        started = time.monotonic()
+        replies = await pipelined(sock, [INIT, READY, *dropped * MAX_IN_FLIGHT, ping])
+        assert [r["id"] for r in replies] == [1, 8]
+        assert time.monotonic() - started < 10
+    finally:
+        await hub.close_all()
+        store.close()
+
+
 @contextlib.asynccontextmanager
 async def tcp_to(sock: Path) -> AsyncIterator[int]:
     """A 127.0.0.1 port carried to the unix socket ``sock``, as a microVM's channel does."""

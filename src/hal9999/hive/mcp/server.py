@@ -36,8 +36,10 @@ MAX_LINE = 4 << 20
 SYNC_INTERVAL_S = 2.0
 DRAIN_S = 60.0
 """How long a half-closed connection waits for its last answers (``recv`` takes <= 45 s)."""
-MAX_UNANSWERED = 1024
-"""Requests of one connection tracked for a half-close (more is a client flooding hal)."""
+MAX_IN_FLIGHT = 16
+"""Requests of one connection handled at once: the next line is read only when one of them
+is answered (the SDK runs each request in a task of its own; a client pipelining thousands
+of 40 s ``recv`` calls must not become thousands of tasks polling the store)."""
 MAX_SESSIONS = 8
 """Connections one agent may hold at once (a CLI uses one; a hostile agent gets no more)."""
 INSTRUCTIONS = (
@@ -109,11 +111,13 @@ class _Unanswered:
     or the forwarder passing on an agent CLI's closed stdin) and still wait for every
     answer; the SDK ends a connection at the end of its input and answers what is in flight
     with "Connection closed". So the end of input is held back until every request read has
-    been answered (or cancelled by the client), for at most :data:`DRAIN_S`.
+    been answered (or cancelled by the client), for at most :data:`DRAIN_S`. The same count
+    bounds the requests in flight (:meth:`room`): an id sent twice counts twice.
     """
 
     def __init__(self) -> None:
-        self.ids: set[str] = set()
+        self.ids: dict[str, int] = {}
+        self.count = 0
         self.changed = asyncio.Event()
 
     @staticmethod
@@ -121,20 +125,22 @@ class _Unanswered:
         return json.dumps(value)  # 2 and "2" are different request ids
 
     def read(self, line: str) -> None:
-        """Note a request (or a client's cancel of one) in a line the client sent."""
+        """Note a request (or a client's cancel of one) in a line the client sent: what the
+        SDK itself takes for one (it drops what does not validate, answering nothing)."""
         try:
-            message = json.loads(line)
+            message = types.jsonrpc_message_adapter.validate_json(line, by_name=False)
         except ValueError:
-            return  # the SDK answers a malformed line itself, without an id
-        if not isinstance(message, dict) or "method" not in message:
             return
-        if "id" in message:
-            if len(self.ids) < MAX_UNANSWERED:  # past it, the end of input is not held back
-                self.ids.add(self._key(message["id"]))
-        elif message["method"] == "notifications/cancelled":
-            params = message.get("params")
-            if isinstance(params, dict) and "requestId" in params:  # never answered: forget it
-                self._done(self._key(params["requestId"]))
+        if isinstance(message, types.JSONRPCRequest):
+            key = self._key(message.id)
+            self.ids[key] = self.ids.get(key, 0) + 1
+            self.count += 1
+        elif (
+            isinstance(message, types.JSONRPCNotification)
+            and message.method == "notifications/cancelled"
+            and "requestId" in (message.params or {})
+        ):  # never answered: forget it
+            self._done(self._key((message.params or {})["requestId"]))
 
     def written(self, text: str) -> None:
         """Note an answer in a line the server wrote."""
@@ -146,16 +152,34 @@ class _Unanswered:
             self._done(self._key(message["id"]))
 
     def _done(self, key: str) -> None:
-        self.ids.discard(key)
+        left = self.ids.pop(key, 0)
+        if left:
+            self.count -= 1
+            if left > 1:
+                self.ids[key] = left - 1
         self.changed.set()
+
+    async def _fewer_than(self, most: int) -> None:
+        """Return once fewer than ``most`` requests are unanswered, or after :data:`DRAIN_S`
+        (then the ones still counted are forgotten: a request the SDK never answers, such
+        as one it could not parse, must not stall the connection for ever)."""
+        try:
+            async with asyncio.timeout(DRAIN_S):
+                while self.count >= most:
+                    self.changed.clear()
+                    await self.changed.wait()
+        except TimeoutError:
+            self.ids.clear()
+            self.count = 0
+
+    async def room(self) -> None:
+        """Return once another request may be read (see :data:`MAX_IN_FLIGHT`)."""
+        if self.count >= MAX_IN_FLIGHT:
+            await self._fewer_than(MAX_IN_FLIGHT)
 
     async def drained(self) -> None:
         """Return once every request read has been answered, or after :data:`DRAIN_S`."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(DRAIN_S):
-                while self.ids:
-                    self.changed.clear()
-                    await self.changed.wait()
+        await self._fewer_than(1)
         await asyncio.sleep(0)  # the writer's flush of the last answer runs first
 
 
@@ -170,6 +194,7 @@ class _Lines:
         return self
 
     async def __anext__(self) -> str:
+        await self.unanswered.room()
         try:
             line = await self.reader.readline()
         except (ValueError, ConnectionError):  # a line past MAX_LINE, a reset: hang up
