@@ -183,6 +183,28 @@ async def test_sync_follows_the_hive(world: World) -> None:
     assert failed and text.startswith("usage: no sub-task")
 
 
+async def test_an_agent_respawned_between_syncs_gets_no_sub_task_of_the_old_one(
+    world: World,
+) -> None:
+    from hal9999.hive.store import delete_agent
+
+    async with connect(world.socks["beta"]) as beta:
+        failed, got = await call(beta, "run_task", prompt="old work")
+        assert not failed
+        old = got["task"]
+        world.tasks.records[old].status = "succeeded"
+        # Removed and spawned again under its name before the hub's next sync (2 s) cleared
+        # the old one's list of sub-tasks.
+        delete_agent(world.store, "beta")
+        later = time.time() + 1
+        again = AgentRecord(name="beta", agent="claude", provider="bwrap", repo="/",
+                            created_at=later, updated_at=later)  # fmt: skip
+        insert_agent(world.store, again)
+        for tool in ("task_status", "task_result"):
+            failed, text = await call(beta, tool, id=old)
+            assert failed and text.startswith("usage: no sub-task"), text
+
+
 async def test_sub_tasks_are_bounded_and_name_a_known_agent(world: World) -> None:
     async with connect(world.socks["alpha"]) as alpha:
         failed, text = await call(alpha, "run_task", prompt="x", agent="sh -c 'echo pwned'")

@@ -286,11 +286,21 @@ async def run_task(caller: Caller, args: RunTaskArgs) -> str:
 
 
 async def _own_task(caller: Caller, task_id: str) -> TaskRecord:
+    from hal9999.hive.store import get_agent
+
     hive = caller.hive
     owned = await hive.db(_owned, hive, caller.agent)
-    if task_id not in owned:  # another agent's or the operator's tasks stay theirs
+    task = None
+    if task_id in owned:  # another agent's or the operator's tasks stay theirs
+        task = await _delegate(hive).get(task_id)
+        # The list is by name and goes at the hub's next sync after the agent is removed:
+        # an agent spawned again under the name before then did not start these.
+        agent = await hive.db(get_agent, hive.store, caller.agent)
+        if task.created_at < agent.created_at:
+            task = None
+    if task is None:
         raise UsageError(f"no sub-task {task_id!r} of yours", hint="use the id run_task returned")
-    return await _delegate(hive).get(task_id)
+    return task
 
 
 def _status(task: TaskRecord) -> dict[str, Any]:
