@@ -3,6 +3,7 @@ to the commit shown, refused on a moved branch, a conflict or a checked-out targ
 
 from __future__ import annotations
 
+import asyncio
 import stat
 from pathlib import Path
 
@@ -200,3 +201,22 @@ async def test_the_branch_is_the_one_collection_recorded_for_the_agents_task(
     proposal = await approvals.propose_apply(store, proposer="alice", repo=repo, target="main")
     assert proposal.payload["branch"] == "hal/agent/alice-2"
     assert proposal.payload["head"] == agent_work
+
+
+async def test_apply_proposals_made_at_once_stay_within_the_bound(
+    store: Store, repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An agent's MCP calls run concurrently: each resolves and pins its range (git, tens of
+    # ms) between the count of its proposals and the insert of a new one.
+    monkeypatch.setattr(approvals, "MAX_PENDING", 2)
+    agent_commit(repo, "alice", {"app.py": "x = 1\n"})
+    results = await asyncio.gather(
+        *(approvals.propose_apply(store, proposer="alice", repo=repo, target="main")
+          for _ in range(6)),
+        return_exceptions=True,
+    )  # fmt: skip
+    made = [r for r in results if isinstance(r, approvals.Approval)]
+    refused = [r for r in results if isinstance(r, UsageError)]
+    assert len(made) == 2 and len(refused) == 4, results
+    pins = git(repo, "for-each-ref", "--format=%(refname)", PIN_PREFIX).split()
+    assert sorted(pins) == sorted(f"{PIN_PREFIX}{a.id}" for a in made), "refused ones unpinned"

@@ -88,10 +88,12 @@ def agent_branch(store: Store, agent: str) -> str:
     return branch_of(agent)
 
 
-def _check_room(store: Store, proposer: str) -> None:
-    (pending,) = store._query(
-        "SELECT COUNT(*) FROM hive_approvals WHERE proposer = ? AND state = 'pending'", (proposer,)
-    )[0]
+def _check_room(store: Store, proposer: str, conn: sqlite3.Connection | None = None) -> None:
+    """UsageError when ``proposer`` has :data:`MAX_PENDING` proposals waiting; checked again
+    in the insert's own transaction (``conn``): calls made at once all pass a check before."""
+    sql = "SELECT COUNT(*) FROM hive_approvals WHERE proposer = ? AND state = 'pending'"
+    (pending,) = (conn.execute(sql, (proposer,)).fetchone() if conn else
+                  store._query(sql, (proposer,))[0])  # fmt: skip
     if proposer != OPERATOR and pending >= MAX_PENDING:
         raise UsageError(
             f"{proposer} already has {pending} proposals waiting for the operator",
@@ -103,6 +105,7 @@ def _insert(store: Store, approval: Approval) -> Approval:
     event = ApprovalAdded(agent=agent_or_none(approval.proposer), approval_id=approval.id,
                           kind=approval.kind)  # fmt: skip
     with hive_write(store) as (conn, recorded):
+        _check_room(store, approval.proposer, conn)
         conn.execute(
             "INSERT INTO hive_approvals (id, kind, proposer, title, payload, state, created,"
             " expires) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
