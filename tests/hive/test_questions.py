@@ -3,6 +3,7 @@ operator overriding), never of oneself, and a TTL that ends in a clear sentinel 
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -143,3 +144,26 @@ def test_a_question_the_broker_refuses_is_never_asked(
         questions.ask(store, asker="alice", question="port?", to="bob")
     assert questions.list_questions(store, open_only=False) == []
     assert [e["type"] for e in hive_events(store)] == []
+
+
+def test_questions_asked_at_once_stay_within_the_bound(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An agent's MCP calls run concurrently, each in a worker thread: every one counted the
+    # open questions before any inserted its own.
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(questions, "MAX_OPEN", 2)
+    barrier = threading.Barrier(8)
+
+    def ask(n: int) -> bool:
+        barrier.wait()
+        try:
+            questions.ask(store, asker="alice", question=f"q{n}?")
+        except UsageError:
+            return False
+        return True
+
+    with ThreadPoolExecutor(8) as pool:
+        asked = list(pool.map(ask, range(8)))
+    assert sum(asked) == 2, asked

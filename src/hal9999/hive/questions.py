@@ -13,6 +13,7 @@ Store calls are synchronous: callers on an event loop run these in a worker thre
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 from hal9999.errors import ThreadForbidden, ThreadStateError, UsageError
@@ -40,6 +41,18 @@ MAX_OPEN = 50
 """Unanswered questions one agent may have asked (a looping agent must not flood anyone)."""
 
 
+def _check_room(store: Store, asker: str, conn: sqlite3.Connection | None = None) -> None:
+    """UsageError when ``asker`` has :data:`MAX_OPEN` questions unanswered (counted in the
+    insert's transaction when ``conn`` is given)."""
+    sql = "SELECT COUNT(*) FROM hive_questions WHERE asker = ? AND state = 'open'"
+    (waiting,) = conn.execute(sql, (asker,)).fetchone() if conn else store._query(sql, (asker,))[0]
+    if asker != OPERATOR and waiting >= MAX_OPEN:
+        raise UsageError(
+            f"{asker} already has {waiting} unanswered questions",
+            hint="wait for answers (see open_threads) before asking more",
+        )
+
+
 def ask(
     store: Store, *, asker: str, question: str, to: str = OPERATOR, ttl_s: float | None = None
 ) -> Question:
@@ -53,14 +66,7 @@ def ask(
     check_text(question, "question")
     if ttl_s is not None and not 0 < ttl_s <= MAX_TTL_S:
         raise UsageError(f"a question's ttl must be above 0 and at most 30 days, not {ttl_s}")
-    (waiting,) = store._query(
-        "SELECT COUNT(*) FROM hive_questions WHERE asker = ? AND state = 'open'", (asker,)
-    )[0]
-    if asker != OPERATOR and waiting >= MAX_OPEN:
-        raise UsageError(
-            f"{asker} already has {waiting} unanswered questions",
-            hint="wait for answers (see open_threads) before asking more",
-        )
+    _check_room(store, asker)
     now = time.time()
     asked = Question(
         id=new_id("q"), asker=asker, target=to, question=question, state="open", created=now,
@@ -78,6 +84,7 @@ def ask(
     # The question and the message that puts it to its target in one transaction: a crash
     # never leaves one waiting for an answer from an agent that was never asked.
     with hive_write(store) as (conn, recorded):
+        _check_room(store, asker, conn)  # again: calls made at once all passed the first
         conn.execute(
             "INSERT INTO hive_questions (id, asker, target, question, state, created, expires)"
             " VALUES (?, ?, ?, ?, 'open', ?, ?)",
