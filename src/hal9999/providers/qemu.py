@@ -26,10 +26,10 @@ from pydantic import BaseModel, ConfigDict
 
 from hal9999.errors import ConfigError, ProviderError, SandboxNotFound
 from hal9999.images.store import Image, ImageStore, images_root
-from hal9999.providers import hostfs, qemumount, qemussh, qemuvm
+from hal9999.providers import hostfs, qemumount, qemussh, qemuvm, sandboxuser
 from hal9999.providers.base import Capabilities, SandboxInfo
 from hal9999.providers.hostsandbox import HostProvider, SandboxRecord, check_spec
-from hal9999.providers.qemusandbox import WORKDIR, QemuSandbox, run_root
+from hal9999.providers.qemusandbox import HOME, WORKDIR, QemuSandbox, run_root
 from hal9999.providers.qemustate import (
     DEFAULT_CPUS,
     DEFAULT_MEMORY_MB,
@@ -173,6 +173,7 @@ class QemuProvider(HostProvider):
         new = self.shares(spec)
         if [t for _, t in new] != [t for _, t in self.shares(record.spec)]:
             raise ConfigError("a hand-over must keep the sandbox's mount targets")
+        await asyncio.to_thread(self._adopt_shares, record, spec)
         for index, (share, _) in enumerate(new):
             self.mount_source(self.store.dir(sandbox_id) / "mnt" / str(index), share)
 
@@ -224,9 +225,29 @@ class QemuProvider(HostProvider):
         assert isinstance(sandbox, QemuSandbox)
         return sandbox
 
+    def _claim_ids(self, record: SandboxRecord) -> SandboxRecord:
+        # A root hal's VM must not run commands as root: QEMU (root) writes the 9p shares
+        # with the guest's ownership and modes, so guest root could leave a setuid-root
+        # program in a host directory. A uid of its own, as bwrap's and docker's.
+        if record.uid is None and sandboxuser.privileged():
+            uid = sandboxuser.allocate(f"{self.state_dir} {record.id}")
+            record = record.model_copy(update={"uid": uid})
+        return record
+
+    def _adopt_shares(self, record: SandboxRecord, spec: SandboxSpec) -> None:
+        """Hand ``spec``'s writable shares to the sandbox's uid (a root hal only)."""
+        if record.uid is not None:
+            for share, _ in self.shares(spec):
+                if not share.read_only:
+                    sandboxuser.adopt(share.path, record.uid)
+
     async def _prepare(self, record: SandboxRecord) -> SandboxRecord:
         if self.running(record.id):
             return record
+        if record.uid is None and sandboxuser.privileged():  # a record from before uids
+            record = self._claim_ids(record)
+            self.store.save(record)  # now, so that destroy() gives the uid back on failure
+        await asyncio.to_thread(self._adopt_shares, record, record.spec)
         directory = self.store.dir(record.id)
         disk = directory / "disk.qcow2"
         vm = self.vm_record(record.id)
@@ -295,6 +316,8 @@ class QemuProvider(HostProvider):
             setup = self.setup_argv(record, shares, guest_binds)
             await run_root(run, ports, setup, stdin=os.urandom(64), time_limit=60,
                            restored=incoming is not None)  # fmt: skip
+            if record.uid is not None:
+                await run_root(run, ports, self.adopt_argv(record), time_limit=60)
         except ProviderError as exc:
             await qemuvm.kill(pid, record.id)
             raise ProviderError(
@@ -327,6 +350,17 @@ class QemuProvider(HostProvider):
             args += ["bind", source, target]
         return args
 
+    def adopt_argv(self, record: SandboxRecord) -> builtins.list[str]:
+        """The guest's step that hands its user's files on the VM's disk to the sandbox's
+        uid (a root hal): the image's home is its uid 1000's, and a fork's files are the
+        uid's of the sandbox it was snapshotted from. Links are changed, never followed."""
+        assert record.uid is not None
+        shared = {target for _, target in self.shares(record.spec)}
+        places = [d for d in (HOME, "/tmp", "/var/tmp") if d not in shared]
+        uid = str(record.uid)
+        return ["find", *places, "-xdev", "!", "-uid", "0", "!", "-uid", uid,
+                "-exec", "chown", "-h", f"{uid}:{uid}", "{}", "+"]  # fmt: skip
+
     async def _kill(self, record: SandboxRecord) -> None:
         vm = self.vm_record(record.id)
         run = RunDir(record.id)
@@ -344,7 +378,13 @@ class QemuProvider(HostProvider):
         # First, so the directory is deleted only with nothing mounted in it (raises if
         # something stays); _kill unmounts again after the VM is gone.
         qemumount.unmount_all(self.store.dir(sandbox_id))
+        try:
+            uid = self.store.load(sandbox_id).uid
+        except (SandboxNotFound, ProviderError):
+            uid = None
         await super().destroy(sandbox_id)
+        if uid is not None:
+            sandboxuser.release(uid)
 
     async def get(self, sandbox_id: str) -> QemuSandbox:
         """A handle on an existing sandbox; :class:`SandboxNotFound` when gone."""

@@ -63,6 +63,12 @@ class QemuSandbox(HostSandbox):
         self._provider = owner
         self._ports: int | None = None
 
+    def _ids(self) -> tuple[int, int]:
+        """The uid and gid commands run as inside: the sandbox's own under a root hal (see
+        :meth:`QemuProvider._claim_ids`), else the host user's, so shared files keep it."""
+        uid = self._record.uid
+        return qemussh.uid_gid() if uid is None else (uid, uid)
+
     def guest_env(self, command: Command, env: Mapping[str, str] | None) -> dict[str, str]:
         """The command's environment inside, with the sandbox marker."""
         return self.command_env(command, env) | {"HAL_SANDBOX": self.id}
@@ -79,7 +85,7 @@ class QemuSandbox(HostSandbox):
 
     def _ssh_launch(self, command: Command, env: Mapping[str, str] | None) -> Launch:
         guest = self.guest_env(command, env)
-        uid, gid = qemussh.uid_gid()
+        uid, gid = self._ids()
         aliased = self.agent_ports > 0  # its hal-exec takes sshd's own variables by -A
         argv = qemussh.command_argv(
             self._run, to_argv(command), env=guest,
@@ -106,7 +112,7 @@ class QemuSandbox(HostSandbox):
     ) -> tuple[list[str], dict[str, str]]:
         """hal-exec's arguments and environment: what the ssh channel would run."""
         guest = self.guest_env(command, env)
-        uid, gid = qemussh.uid_gid()
+        uid, gid = self._ids()
         cwd = self._paths.normalize(command.cwd or WORKDIR)
         args = qemussh.hal_exec_args(to_argv(command), sorted(guest), cwd=cwd, uid=uid, gid=gid)
         return args, guest
@@ -171,7 +177,7 @@ class QemuSandbox(HostSandbox):
         """An interactive bash inside (a terminal when the caller has one)."""
         shell = ArgvCommand(argv=("bash", "-i"))
         guest = self.guest_env(shell, None)
-        uid, gid = qemussh.uid_gid()
+        uid, gid = self._ids()
         aliased = self.agent_ports > 0
         argv = qemussh.command_argv(
             self._run, to_argv(shell), env=guest, cwd=WORKDIR, uid=uid, gid=gid, tty=True,
