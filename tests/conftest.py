@@ -14,6 +14,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,15 +41,34 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     base = getattr(factory, "_basetemp", None)
     if base is None or getattr(factory, "_given_basetemp", None) is not None:
         return
-    root = Path(base).parent
+    remove_old_tmp(Path(base))
+
+
+LIVE_LOCK_S = 3 * 24 * 3600
+"""pytest's own rule: a numbered dir whose ``.lock`` is younger is a live session's."""
+
+
+def remove_old_tmp(base: Path) -> None:
+    """``rm -rf`` the numbered tmp dirs beside ``base`` that pytest would remove itself (all
+    but the newest three, and its ``garbage-*``), never one a session still running holds
+    by its ``.lock``: sessions at once (two terminals, parallel checkouts) must not lose
+    each other's files mid-test."""
+    root = base.parent
     numbered = sorted(
         (p for p in root.glob("pytest-*") if p.name.split("-", 1)[1].isdigit()),
         key=lambda p: int(p.name.split("-", 1)[1]),
     )
-    old = [*numbered[:-3], *root.glob("garbage-*")]
-    for path in old:
-        if path != Path(base):
-            subprocess.run(["rm", "-rf", "--", str(path)], check=False)
+    for path in [*numbered[:-3], *root.glob("garbage-*")]:
+        if path == base or path.is_symlink():
+            continue
+        try:
+            if time.time() - (path / ".lock").stat().st_mtime < LIVE_LOCK_S:
+                continue
+        except FileNotFoundError:
+            pass
+        except OSError:
+            continue
+        subprocess.run(["rm", "-rf", "--", str(path)], check=False)
 
 
 @functools.cache
