@@ -1,7 +1,7 @@
 """The gateway's record of every call: durable in the store before the agent has its answer.
 
 Budgets and counters live in the store: a call's row is committed before the last byte of its
-response reaches the agent (see :meth:`Gateway._relay`), so a gateway killed at any moment has
+response reaches the agent (see :meth:`AnswerRelay.relay`), so a gateway killed at any moment has
 lost no spend that an agent saw, and a new gateway reads the truth back from the store.
 
 The commit is grouped and, when it cannot wait, never on the event loop: rows added in one

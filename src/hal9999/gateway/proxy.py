@@ -35,25 +35,16 @@ from hal9999.gateway.channel import TOKEN_PREFIX, Grant
 from hal9999.gateway.ledger import Ledger
 from hal9999.gateway.limits import RETRY_STATUSES, UpstreamLimiter, retry_after_s
 from hal9999.gateway.prices import PriceBook
-from hal9999.gateway.upstream import (
-    UpstreamError,
-    UpstreamPool,
-    UpstreamResponse,
-    ca_file_error,
-)
-from hal9999.gateway.usage import UsageMeter, cost_usd
+from hal9999.gateway.refusal import send as _send_refusal
+from hal9999.gateway.relay import HOP_HEADERS, AnswerRelay
+from hal9999.gateway.upstream import UpstreamError, UpstreamPool, ca_file_error
 from hal9999.gateway.wire import Answer, BadRequest, Request, read_request
-from hal9999.redact import SecretMasker
 from hal9999.store import Store
 from hal9999.store.gateway import GatewayRequest
 
 logger = logging.getLogger(__name__)
 
 _KEY_HEADERS = ("x-api-key", "x-goog-api-key", "api-key")
-_HOP_HEADERS = frozenset(
-    {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
-     "upgrade", "host", "content-length", "accept-encoding", "proxy-authorization", "expect"}
-)  # fmt: skip
 
 
 MAX_MODEL_CHARS = 200
@@ -76,13 +67,11 @@ class Gateway:
         self.inflight: dict[str, set[asyncio.Task[Any]]] = {}
         self.held: dict[str, int] = {}
         """Bytes of request bodies read or being read, by token (see MAX_HELD_BODIES)."""
-        self._maskers: dict[str, tuple[str, SecretMasker]] = {}
-        """By token: the key its calls last sent, and the masker that keeps it out of the
-        upstream's answers."""
         self.ledger = Ledger(store)
         self.refusals = refusal.RefusalLimit()
         self.bodies = StoredBodies()
         self.prices = PriceBook()
+        self.relay = AnswerRelay(self.ledger, self.prices, self.record_call)
         self.client = UpstreamPool()
         self.clients: dict[str, UpstreamPool] = {}
         """Pools for upstreams behind a private CA, by CA file."""
@@ -95,7 +84,7 @@ class Gateway:
             raise ValueError("a grant needs a gateway token and a key")
         self.grants[grant.token] = grant
         self._limiter_of.pop(grant.token, None)
-        self._maskers.pop(grant.token, None)
+        self.relay.forget(grant.token)
         self.prices.forget(grant.token)  # its config may have changed (a new runner)
         self.last_active = time.monotonic()
 
@@ -105,7 +94,7 @@ class Gateway:
         if grant is not None:
             self.refusals.forget(grant.task_id)
         self._limiter_of.pop(token, None)
-        self._maskers.pop(token, None)
+        self.relay.forget(token)
         self.bodies.forget(token)
         self.prices.forget(token)
         for task in self.inflight.pop(token, set()):
@@ -126,16 +115,6 @@ class Gateway:
             )
         self._limiter_of[grant.token] = self.limiters[name]
         return self.limiters[name]
-
-    def masker(self, grant: Grant, key: str) -> SecretMasker:
-        """The masker of the credentials ``grant``'s calls send upstream (``key``, and the
-        grant's own key or sign-in reference): an upstream may echo them in an answer."""
-        known = self._maskers.get(grant.token)
-        if known is not None and known[0] == key:
-            return known[1]
-        masker = SecretMasker([key, grant.key])
-        self._maskers[grant.token] = (key, masker)
-        return masker
 
     def client_for(self, grant: Grant) -> UpstreamPool:
         """The shared pool, or the one trusting the grant's extra CA file."""
@@ -277,18 +256,11 @@ class Gateway:
 
     async def _refuse(self, out: Answer, record: GatewayRequest, started: float, status: int,
                       code: str, text: str) -> None:  # fmt: skip
-        """Answer a refusal and store it, unless the task was refused too often this minute
-        (then 429, stored once a minute: see :class:`refusal.RefusalLimit`)."""
-        seen, wait_s = self.refusals.count(record.task_id, started)
-        headers = []
-        if seen > refusal.REFUSALS_PER_MINUTE:
-            text = (f"hal gateway: this task's calls were refused {refusal.REFUSALS_PER_MINUTE}"
-                    f" times this minute (the last: {code}); try again in {wait_s:.0f} s")
-            status, code = 429, "too_many_refusals"
-            headers.append(("retry-after", f"{wait_s:.0f}"))
-        await _send_refusal(out, status, code, text, path=record.path, headers=headers)
-        if seen <= refusal.REFUSALS_PER_MINUTE + 1:
-            self.record_call(record, started, status=status, error=code)
+        """Answer a refusal and store it (unless throttled: :class:`refusal.RefusalLimit`)."""
+        stored = await self.refusals.answer(out, record.task_id, started, status, code, text,
+                                            record.path)  # fmt: skip
+        if stored is not None:
+            self.record_call(record, started, status=stored[0], error=stored[1])
 
     def _priced(self, grant: Grant, model: str) -> bool:
         return self.prices.of(grant.token, grant.settings.get("prices", {}), model) is not None
@@ -312,7 +284,7 @@ class Gateway:
             self.record_call(record, started, status=502, error=exc.code)
             return
         live = grant if key == grant.key else replace(grant, key=key)
-        out_headers = [(k, _swap(k, v, live)) for k, v in headers if k not in _HOP_HEADERS]
+        out_headers = [(k, _swap(k, v, live)) for k, v in headers if k not in HOP_HEADERS]
         out_headers = oauth_headers(out_headers, grant.key)
         out_headers.append(("accept-encoding", "identity"))  # usage is read from the bytes
         try:
@@ -355,71 +327,11 @@ class Gateway:
                     attempt += 1
                     continue
                 record.retries = attempt
-                masker = self.masker(grant, key)
-                await self._relay(out, response, record, started, grant, masker)
+                masker = self.relay.masker(grant, key)
+                await self.relay.relay(out, response, record, started, grant, masker)
                 return
             finally:
                 limiter.release()
-
-    async def _relay(
-        self,
-        out: Answer,
-        response: UpstreamResponse,
-        record: GatewayRequest,
-        started: float,
-        grant: Grant,
-        masker: SecretMasker,
-    ) -> None:
-        meter = UsageMeter()
-        record.status = response.status
-        # An upstream may echo the key it was sent ("invalid x-api-key sk-..."): headers and
-        # body are masked, the body as a stream (a key split across reads is masked whole;
-        # bytes map 1:1 to latin-1 text). Masking changes the length, so the agent's answer
-        # is chunked (or ends with the connection) whatever the upstream's framing.
-        headers = [(k, masker.mask(v)) for k, v in response.headers if k not in _HOP_HEADERS]
-        masked = masker.stream()
-        # The end of the answer (its last chunk) waits until the call's row is committed: an
-        # agent never holds a whole answer whose spend a killed gateway could forget, and its
-        # first byte never waits.
-        recorded = False
-        writer = out.writer
-        try:
-            # The head goes out with the first bytes of the body when they came with it
-            # (one write, one wake-up of the agent), else at once.
-            out.start(response.status, headers, None, hold=response.ready())
-            while chunk := await response.read():
-                meter.feed(chunk)
-                out.data(masked.feed(chunk.decode("latin-1")).encode("latin-1"))
-                await writer.drain()
-            await response.aclose()
-            self._measure(record, meter, grant)
-            recorded = True
-            committed = self.record_call(record, started, status=record.status)
-            if committed is not None:
-                await committed
-            if record.task_id in self.ledger.unrecorded:  # the spend is not in the store:
-                raise ConnectionAbortedError("withheld: the call's spend was not recorded")
-            out.data(masked.flush().encode("latin-1"))
-            out.end()
-            await writer.drain()
-        finally:
-            await response.aclose()
-            if not recorded:  # cut short (the agent left, the task ended): record what was
-                try:
-                    self._measure(record, meter, grant)
-                except Exception:  # a figure we cannot read must not lose the call's record
-                    logger.exception("gateway: could not read the usage of a call")
-                self.record_call(record, started, status=record.status)
-
-    def _measure(self, record: GatewayRequest, meter: UsageMeter, grant: Grant) -> None:
-        usage = meter.close()
-        record.model = meter.model or record.model
-        price = self.prices.of(grant.token, grant.settings.get("prices", {}), record.model)
-        record.input_tokens, record.output_tokens = usage.input, usage.output + usage.thoughts
-        record.cache_read_tokens = usage.cache_read
-        record.cache_write_tokens = usage.cache_write
-        record.total_tokens = usage.total
-        record.cost_usd = cost_usd(usage, price) if usage.total else None
 
     def record_call(
         self, record: GatewayRequest, started: float, *, status: int, **fields: Any
@@ -470,12 +382,6 @@ class _Held:
             else:
                 self.gateway.held.pop(self.token, None)
             self.size = 0
-
-
-async def _send_refusal(out: Answer, status: int, code: str, text: str, *, path: str = "",
-                        headers: list[tuple[str, str]] | None = None) -> None:  # fmt: skip
-    data = refusal.error_body(status, code, text, path)
-    await out.whole(status, [("content-type", "application/json"), *(headers or [])], data)
 
 
 def _cost_capped(grant: Grant) -> bool:

@@ -13,6 +13,8 @@ import json
 import logging
 import re
 
+from hal9999.gateway.wire import Answer
+
 logger = logging.getLogger(__name__)
 
 _GEMINI_MODEL = re.compile(r"/models/([^/:]+)(?::|$)")
@@ -50,6 +52,13 @@ def error_body(status: int, code: str, text: str, path: str = "") -> bytes:
     return json.dumps(payload).encode()
 
 
+async def send(out: Answer, status: int, code: str, text: str, *, path: str = "",
+               headers: list[tuple[str, str]] | None = None) -> None:  # fmt: skip
+    """Answer a refusal whole: ``text`` in the dialect of the API ``path`` belongs to."""
+    data = error_body(status, code, text, path)
+    await out.whole(status, [("content-type", "application/json"), *(headers or [])], data)
+
+
 REFUSALS_PER_MINUTE = 10
 """A task's refused calls stored per minute. An agent looping on a refusal would otherwise
 add a row to the store per call, without bound."""
@@ -74,6 +83,20 @@ class RefusalLimit:
             began, seen = now, 0
         self._minutes[task_id] = (began, seen + 1)
         return seen + 1, max(1.0, 60 - (now - began))
+
+    async def answer(self, out: Answer, task_id: str, now: float, status: int, code: str,
+                     text: str, path: str = "") -> tuple[int, str] | None:  # fmt: skip
+        """Answer a refusal of ``task_id``'s call, or 429 when the task was refused too
+        often this minute: the status and code to store, or None when it is not stored."""
+        seen, wait_s = self.count(task_id, now)
+        headers = []
+        if seen > REFUSALS_PER_MINUTE:
+            text = (f"hal gateway: this task's calls were refused {REFUSALS_PER_MINUTE}"
+                    f" times this minute (the last: {code}); try again in {wait_s:.0f} s")
+            status, code = 429, "too_many_refusals"
+            headers.append(("retry-after", f"{wait_s:.0f}"))
+        await send(out, status, code, text, path=path, headers=headers)
+        return (status, code) if seen <= REFUSALS_PER_MINUTE + 1 else None
 
     def forget(self, task_id: str) -> None:
         """The task's grant is withdrawn: drop its count."""
