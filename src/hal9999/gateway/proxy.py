@@ -34,6 +34,7 @@ from hal9999.gateway.bodies import StoredBodies
 from hal9999.gateway.channel import TOKEN_PREFIX, Grant
 from hal9999.gateway.ledger import Ledger
 from hal9999.gateway.limits import RETRY_STATUSES, UpstreamLimiter, retry_after_s
+from hal9999.gateway.model import ModelRequest, Unreadable, read_model
 from hal9999.gateway.prices import PriceBook
 from hal9999.gateway.refusal import send as _send_refusal
 from hal9999.gateway.relay import HOP_HEADERS, AnswerRelay
@@ -176,19 +177,18 @@ class Gateway:
             return
         path = urlsplit(target).path
         # Parsing a long conversation costs ~1 ms per 100 kB: only for an allow-list or a
-        # cost budget (the response names the model anyway).
-        wanted = grant.models is not None or _cost_capped(grant)
+        # cost budget (the response names the model anyway), read strictly (see model.py).
+        strict = grant.models is not None or _cost_capped(grant)
+        unreadable = None
         try:
-            model = refusal.requested_model(path, body if wanted else b"")
-        except RecursionError:  # unread, its model would pass the allow-list and the budget
-            text = "hal gateway: the request body is nested too deep to read its model"
-            await _send_refusal(out, 400, "bad_request", text, path=path)
-            return
+            wants = read_model(method, path, headers, body if strict else b"", strict=strict)
+        except Unreadable as exc:  # its model may read otherwise upstream: never forwarded
+            wants, unreadable = ModelRequest(), (exc.status, "bad_request", f"hal gateway: {exc}")
         record = GatewayRequest(
-            task_id=grant.task_id, ts=wall, method=method, path=path[:500], model=model,
+            task_id=grant.task_id, ts=wall, method=method, path=path[:500], model=wants.model,
             status=0, latency_ms=0.0, body=self.bodies.stored(grant, body),
         )  # fmt: skip
-        problem = self._refused(grant, model)
+        problem = unreadable or self._refused(grant, wants.models)
         if problem is not None:
             await self._refuse(out, record, started, *problem)
             return
@@ -196,7 +196,8 @@ class Gateway:
         assert task is not None
         self.inflight.setdefault(token, set()).add(task)
         try:
-            await self._forward(out, grant, method, target, headers, body, record, started)
+            await self._forward(out, grant, (method, target, headers, body), wants.models,
+                                record, started)  # fmt: skip
         except asyncio.CancelledError:
             self.record_call(record, started, status=record.status or 499, error="aborted")
             raise
@@ -216,7 +217,7 @@ class Gateway:
                 return value, self.grants[value]
         return "", None
 
-    def _refused(self, grant: Grant, model: str | None) -> tuple[int, str, str] | None:
+    def _refused(self, grant: Grant, models: list[str]) -> tuple[int, str, str] | None:
         unrecorded = self.ledger.unrecorded.get(grant.task_id)
         if unrecorded is not None:  # its spend so far is not all in the store: fail closed
             return 400, GatewayError.code, (
@@ -224,16 +225,17 @@ class Gateway:
                 f"({unrecorded}), so it gets no more calls (see the gateway's log)"
             )
         allowed = grant.models
-        if allowed is not None and model is not None and model not in allowed:
-            return 403, "model_not_allowed", (
-                f"hal gateway: model {model!r} is not allowed for this task "
-                f"(allowed: {', '.join(allowed)})"
-            )
-        if model is not None and _cost_capped(grant) and not self._priced(grant, model):
-            # Its calls would cost null, which no cost budget counts.
-            text = (f"hal gateway: model {model!r} has no price and the task has a cost budget "
-                    f'(give it one in [gateway.prices."{model}"])')  # fmt: skip
-            return 403, "model_not_allowed", text
+        for model in models:
+            if allowed is not None and model not in allowed:
+                return 403, "model_not_allowed", (
+                    f"hal gateway: model {model!r} is not allowed for this task "
+                    f"(allowed: {', '.join(allowed)})"
+                )
+            if _cost_capped(grant) and not self._priced(grant, model):
+                # Its calls would cost null, which no cost budget counts.
+                text = (f"hal gateway: model {model!r} has no price and the task has a cost "
+                        f'budget (give it one in [gateway.prices."{model}"])')  # fmt: skip
+                return 403, "model_not_allowed", text
         if grant.max_tokens is not None or grant.max_cost_usd is not None:
             spent_tokens, spent_cost = self.ledger.task_spent(grant.task_id)
             if grant.max_tokens is not None and spent_tokens >= grant.max_tokens:
@@ -269,13 +271,12 @@ class Gateway:
         self,
         out: Answer,
         grant: Grant,
-        method: str,
-        target: str,
-        headers: list[tuple[str, str]],
-        body: bytes,
+        request: tuple[str, str, list[tuple[str, str]], bytes],
+        models: list[str],
         record: GatewayRequest,
         started: float,
     ) -> None:
+        method, target, headers, body = request
         url = _upstream_url(grant, target)
         try:  # a stored sign-in (hal auth claude) is resolved, and refreshed, per call
             key = await upstream_key(grant.key)
@@ -304,7 +305,7 @@ class Gateway:
             try:
                 # Again now that it may leave: calls queued behind this one's slot have spent
                 # since it arrived (else calls fired at once would all pass the budget).
-                problem = self._refused(grant, record.model)
+                problem = self._refused(grant, models)
                 if problem is not None:
                     await self._refuse(out, record, started, *problem)
                     return

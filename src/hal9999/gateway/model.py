@@ -1,0 +1,179 @@
+"""The model a request asks for, read as strictly as an upstream could read it otherwise.
+
+The allow-list and the cost budget rest on the model the gateway reads; the upstream uses the
+model *it* reads. Where the two could differ the request is refused rather than forwarded
+(:class:`Unreadable`), whenever the gateway must know the model (an allow-list or a cost
+budget): a body that is not one JSON object (form-encoded, msgpack, an array, garbage, empty
+where a body is due), an encoded body (``content-encoding``), a body declared as something
+other than JSON, or in a charset other than UTF-8 (UTF-16/32 JSON is read the way JSON
+readers detect it, by its first bytes), a model named twice (parsers differ on which one
+wins; some match keys case-insensitively, so ``"Model"`` counts), a model that is not a
+string, and a path an upstream could normalise to another model (dot segments, ``%``
+escapes, backslashes). The model in a Gemini path and one in the body are both checked.
+
+Only the top-level members of the body are walked here; their values are parsed by the
+``json`` module's C scanner, so reading a long conversation costs what ``json.loads`` does.
+"""
+
+from __future__ import annotations
+
+import json
+import json.decoder
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+_GEMINI_MODEL = re.compile(r"/models/([^/:]+)(?::|$)")
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_SCAN: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+"""The ``json`` module's scanner of one value (C), as ``json.loads`` uses it."""
+_SCAN_STRING: Callable[[str, int, bool], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
+_OUTPUT_CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+"""Body members that cap a call's output tokens, thinking or reasoning included (Anthropic's
+``max_tokens``, OpenAI's Chat and Responses caps)."""
+_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+
+
+class Unreadable(Exception):
+    """A request whose model the gateway cannot read as surely as the upstream would."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status = status
+
+
+@dataclass
+class ModelRequest:
+    """What the gateway reads from a request: its model(s) and its output cap."""
+
+    models: list[str] = field(default_factory=list)
+    """Every model the request names (the body's, and a Gemini path's), first the body's."""
+    output_cap: int | None = None
+    """The most output tokens the request allows (None: it sets no cap the gateway knows)."""
+
+    @property
+    def model(self) -> str | None:
+        """The model the call's row records."""
+        return self.models[0] if self.models else None
+
+
+def read_model(
+    method: str, path: str, headers: list[tuple[str, str]], body: bytes, *, strict: bool
+) -> ModelRequest:
+    """The models and output cap of a request; with ``strict`` (an allow-list or a cost
+    budget), :class:`Unreadable` for any request an upstream could read another model from.
+    Without it a body that is not a JSON object only leaves the model unknown. A body
+    nested past the parser's depth raises :class:`Unreadable` either way."""
+    found = ModelRequest()
+    if strict:
+        _check_path(path)
+        _check_headers(headers)
+    if body or (strict and method in _WITH_BODY):
+        try:
+            members = _members(body)
+        except RecursionError as exc:  # an upstream's parser may read it all the same
+            raise Unreadable(400, "the request body is nested too deep to read its model") from exc
+        except ValueError as exc:
+            if strict:
+                raise Unreadable(400, f"the request body is not a JSON object ({exc}); a "
+                                      "task with a model allow-list or a cost budget sends "
+                                      "JSON objects only") from exc  # fmt: skip
+            members = []
+        named = [(k, v) for k, v in members if k.casefold() == "model"]
+        if strict and len(named) > 1:
+            raise Unreadable(400, "the request body names its model more than once")
+        if named:
+            value = named[-1][1]
+            if isinstance(value, str):
+                found.models.append(value)
+            elif strict:
+                raise Unreadable(400, "the request body's model is not a string")
+        found.output_cap = _output_cap(members)
+    match = _GEMINI_MODEL.search(path)
+    if match and match.group(1) not in found.models:
+        found.models.append(match.group(1))
+    return found
+
+
+def requested_model(path: str, body: bytes) -> str | None:
+    """The model a request asks for (lenient: None when it cannot be read)."""
+    return read_model("POST", path, [], body, strict=False).model
+
+
+def _check_path(path: str) -> None:
+    segments = path.split("/")
+    if "%" in path or "\\" in path or "." in segments or ".." in segments:
+        raise Unreadable(400, "the request path holds a %-escape, a backslash or a dot "
+                              "segment, which an upstream may read as another model")  # fmt: skip
+
+
+def _check_headers(headers: list[tuple[str, str]]) -> None:
+    types = [value for name, value in headers if name == "content-type"]
+    for name, value in headers:
+        if name == "content-encoding" and value.strip().lower() not in ("", "identity"):
+            raise Unreadable(415, f"the request body is encoded ({value[:40]!r}); send it "
+                                  "unencoded JSON so its model can be read")  # fmt: skip
+    if len(types) > 1:
+        raise Unreadable(415, "the request has more than one content-type")
+    if types:
+        kind, *params = (part.strip().lower() for part in types[0].split(";"))
+        charsets = [p.partition("=")[2].strip(" \"'") for p in params if p.startswith("charset")]
+        if kind != "application/json" or any(c not in ("utf-8", "utf8") for c in charsets):
+            raise Unreadable(415, f"the request body is declared {types[0][:60]!r}; send "
+                                  "content-type: application/json (UTF-8)")  # fmt: skip
+
+
+def _members(body: bytes) -> list[tuple[str, Any]]:
+    """The top-level members of a JSON object body, in order, repeats kept (ValueError for
+    anything else)."""
+    if not body:
+        raise ValueError("it is empty")
+    try:
+        text = body.decode(json.detect_encoding(body), "surrogatepass")
+    except UnicodeDecodeError as exc:
+        raise ValueError("it is not UTF-8, UTF-16 or UTF-32 text") from exc
+    index = _skip(text, 0)
+    if text[index : index + 1] != "{":
+        raise ValueError("it does not start with '{'")
+    members: list[tuple[str, Any]] = []
+    index = _skip(text, index + 1)
+    if text[index : index + 1] == "}":
+        index += 1
+    else:
+        while True:
+            index = _skip(text, index)
+            if text[index : index + 1] != '"':
+                raise ValueError(f"a member name expected at character {index}")
+            key, index = _SCAN_STRING(text, index + 1, True)
+            index = _skip(text, index)
+            if text[index : index + 1] != ":":
+                raise ValueError(f"':' expected at character {index}")
+            index = _skip(text, index + 1)
+            try:
+                value, index = _SCAN(text, index)
+            except StopIteration as exc:
+                raise ValueError(f"a bad value at character {exc.value}") from None
+            members.append((key, value))
+            index = _skip(text, index)
+            delimiter, index = text[index : index + 1], index + 1
+            if delimiter == "}":
+                break
+            if delimiter != ",":
+                raise ValueError(f"',' or '}}' expected at character {index - 1}")
+    if _skip(text, index) != len(text):
+        raise ValueError(f"extra data at character {index}")
+    return members
+
+
+def _skip(text: str, index: int) -> int:
+    """The index of the first character at or after ``index`` that is not JSON whitespace."""
+    match = _WHITESPACE.match(text, index)
+    return match.end() if match else index
+
+
+def _output_cap(members: list[tuple[str, Any]]) -> int | None:
+    caps = [v for k, v in members if k in _OUTPUT_CAPS]
+    if len(caps) != 1 or not isinstance(caps[0], int) or isinstance(caps[0], bool):
+        return None  # none, or several (which one counts is the upstream's business)
+    return max(0, caps[0])

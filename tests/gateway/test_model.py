@@ -1,0 +1,163 @@
+"""The model a hostile agent's request names, read as surely as the upstream would read it:
+under an allow-list (or a cost budget) a request whose model could read otherwise upstream is
+refused, never forwarded."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+
+import pytest
+from tests.gateway.test_proxy import call, client, gateway, grant_for, upstream
+from tests.gateway.upstream import StormUpstream
+
+from hal9999.gateway.proxy import Gateway
+
+__all__ = ["gateway", "upstream"]
+ALLOWED, OTHER = "claude-haiku-4-5", "claude-opus-4-1"
+JSON = "application/json"
+
+
+def body(model: str = OTHER) -> bytes:
+    return json.dumps({"model": model, "max_tokens": 10, "messages": []}).encode()
+
+
+async def raw(sock: str, token: str, data: bytes, *, path: str = "/v1/messages",
+              headers: tuple[tuple[str, str], ...] = (), method: str = "POST",
+              ) -> tuple[int, dict[str, object]]:  # fmt: skip
+    """One request as written (no client tidies its path or headers): status and JSON body."""
+    reader, writer = await asyncio.open_unix_connection(sock)
+    lines = [f"{method} {path} HTTP/1.1", "host: gw", f"x-api-key: {token}",
+             f"content-length: {len(data)}", "connection: close",
+             *(f"{name}: {value}" for name, value in headers)]  # fmt: skip
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + data)
+    answer = await reader.read()
+    writer.close()
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), json.loads(rest)
+
+
+HOSTILE = {
+    "form-encoded": (f"model={OTHER}&max_tokens=10".encode(), 415,
+                     (("content-type", "application/x-www-form-urlencoded"),), "declared"),
+    "form, no content-type": (f"model={OTHER}".encode(), 400, (), "not a JSON object"),
+    "msgpack": (b"\x82\xa5model\xafclaude-opus-4-1\xaamax_tokens\x0a", 415,
+                (("content-type", "application/msgpack"),), "declared"),
+    "msgpack, said to be JSON": (b"\x81\xa5model\xafclaude-opus-4-1", 400,
+                                 (("content-type", JSON),), "not a JSON object"),
+    "garbage": (b"\x00\xff garbage {", 400, (), "not a JSON object"),
+    "a JSON array": (b"[" + body() + b"]", 400, (), "not a JSON object"),
+    "empty": (b"", 400, (("content-type", JSON),), "not a JSON object (it is empty)"),
+    "two JSON objects": (body(ALLOWED) + body(), 400, (), "not a JSON object (extra data"),
+    "gzip": (gzip.compress(body()), 415, (("content-encoding", "gzip"),), "encoded"),
+    "gzip, said to be JSON": (gzip.compress(body()), 415,
+                              (("content-type", JSON), ("content-encoding", "gzip")), "encoded"),
+    "UTF-16, declared": (body().decode().encode("utf-16"), 415,
+                         (("content-type", f"{JSON}; charset=utf-16"),), "declared"),
+    "UTF-7, declared": (body(ALLOWED), 415, (("content-type", f"{JSON}; charset=utf-7"),),
+                        "declared"),
+    "two content-types": (body(ALLOWED), 415,
+                          (("content-type", JSON), ("content-type", "text/plain")),
+                          "more than one content-type"),
+    # Which "model" wins is the parser's choice (first, last, or an error): none passes.
+    "model twice, allowed last": (
+        f'{{"model": "{OTHER}", "model": "{ALLOWED}"}}'.encode(), 400, (), "more than once"),
+    "model twice, once escaped": (
+        f'{{"mod\\u0065l": "{OTHER}", "model": "{ALLOWED}"}}'.encode(), 400, (), "more than once"),
+    "model twice, once upper-case": (  # Go's encoding/json matches keys case-insensitively
+        f'{{"MODEL": "{OTHER}", "model": "{ALLOWED}"}}'.encode(), 400, (), "more than once"),
+    "a model that is not a string": (f'{{"model": ["{OTHER}"]}}'.encode(), 400, (), "not a string"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+async def test_a_body_whose_model_could_read_otherwise_is_refused_under_an_allow_list(
+    gateway: tuple[Gateway, str], upstream: StormUpstream, case: str
+) -> None:
+    # A body that was not a JSON object had no model to the gateway, which let it through
+    # the allow-list: the upstream, decoding it another way, read whatever model it named.
+    gw, sock = gateway
+    data, status, headers, words = HOSTILE[case]
+    grant = grant_for(upstream, models=[ALLOWED])
+    gw.register(grant)
+    got, answer = await raw(sock, grant.token, data, headers=headers)
+    assert got == status, answer
+    error = answer["error"]
+    assert isinstance(error, dict) and words in error["message"]
+    assert upstream.seen == []
+
+
+@pytest.mark.parametrize(
+    "path",
+    [f"/v1beta/models/{ALLOWED}:generateContent/../../models/{OTHER}:generateContent",
+     f"/v1beta/models/{ALLOWED}:generateContent/%2e%2e/%2e%2e/models/{OTHER}:generateContent",
+     f"/v1beta/models/{ALLOWED}:generateContent\\..\\..\\models\\{OTHER}:generateContent"],
+    ids=["dot segments", "escaped dot segments", "backslashes"],
+)  # fmt: skip
+async def test_a_path_an_upstream_could_normalise_to_another_model_is_refused(
+    gateway: tuple[Gateway, str], upstream: StormUpstream, path: str
+) -> None:
+    gw, sock = gateway
+    grant = grant_for(upstream, models=[ALLOWED])
+    gw.register(grant)
+    got, answer = await raw(sock, grant.token, b'{"contents": []}', path=path)
+    assert got == 400 and "dot segment" in str(answer)
+    assert upstream.seen == []
+
+
+async def test_a_model_in_the_path_and_another_in_the_body_are_both_checked(
+    gateway: tuple[Gateway, str], upstream: StormUpstream
+) -> None:
+    gw, sock = gateway
+    grant = grant_for(upstream, models=[ALLOWED])
+    gw.register(grant)
+    got, answer = await raw(sock, grant.token, body(OTHER),
+                            path=f"/v1beta/models/{ALLOWED}:generateContent")  # fmt: skip
+    assert got == 403 and OTHER in str(answer)
+    assert upstream.seen == []
+
+
+async def test_utf16_json_is_read_as_json_readers_detect_it(
+    gateway: tuple[Gateway, str], upstream: StormUpstream
+) -> None:
+    gw, sock = gateway
+    grant = grant_for(upstream, models=[ALLOWED])
+    gw.register(grant)
+    got, answer = await raw(sock, grant.token, body(OTHER).decode().encode("utf-16"))
+    assert got == 403 and OTHER in str(answer)
+    assert upstream.seen == []
+
+
+async def test_a_cost_budget_reads_the_model_as_strictly(
+    gateway: tuple[Gateway, str], upstream: StormUpstream
+) -> None:
+    # An unpriced model's calls cost null, which no budget counts: gzip hid the model.
+    gw, sock = gateway
+    grant = grant_for(upstream, max_cost_usd=1.0)
+    gw.register(grant)
+    data = gzip.compress(body("claude-3-opus-20240229"))
+    got, _ = await raw(sock, grant.token, data, headers=(("content-encoding", "gzip"),))
+    assert got == 415
+    assert upstream.seen == []
+
+
+async def test_well_formed_calls_still_pass_and_refusals_are_recorded(
+    gateway: tuple[Gateway, str], upstream: StormUpstream
+) -> None:
+    gw, sock = gateway
+    grant = grant_for(upstream, models=[ALLOWED])
+    gw.register(grant)
+    headers = (("content-type", f"{JSON}; charset=UTF-8"),)
+    got, _ = await raw(sock, grant.token, b" \r\n" + body(ALLOWED) + b"\n", headers=headers)
+    assert got == 200
+    async with client(sock) as http:
+        assert (await call(http, grant.token, model=ALLOWED)).status_code == 200
+        listed = await http.get("/v1/models", headers={"x-api-key": grant.token})
+    assert listed.status_code != 400, "a GET with no body has no model to read"
+    got, _ = await raw(sock, grant.token, b"[]")
+    assert got == 400
+    await gw.drain()
+    rows = gw.store.gateway_requests("t1")
+    assert [(r.status, r.error) for r in rows][-1] == (400, "bad_request")
+    assert [s.body["model"] for s in upstream.seen] == [ALLOWED, ALLOWED]
