@@ -8,10 +8,20 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import httpx
+import pytest
+from tests.gateway.test_proxy import KEY, call, client, gateway, grant_for, upstream
+from tests.gateway.upstream import StormUpstream
+
+from hal9999.gateway import ledger as ledger_module
 from hal9999.gateway.ledger import Ledger
+from hal9999.gateway.proxy import Gateway
 from hal9999.store import Store
 from hal9999.store.gateway import GatewayRequest
+
+__all__ = ["gateway", "upstream"]
 
 
 def row(n: int) -> GatewayRequest:
@@ -89,3 +99,48 @@ async def test_a_locked_store_never_holds_up_the_loop(tmp_path: Path) -> None:
         other.close()
         ledger.close()
         store.close()
+
+
+async def test_a_task_refused_for_unrecorded_spend_is_served_again_once_it_is_recorded(
+    gateway: tuple[Gateway, str], upstream: StormUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A task whose row the store refused was refused until the gateway restarted, though the
+    # store healed a second later: the refused rows are now written again on its next call.
+    broken = True
+
+    def failing(real: Any) -> Any:
+        def add(self: Any, rows: Any) -> Any:
+            if broken:
+                raise sqlite3.OperationalError("disk I/O error")
+            return real(self, rows)
+        return add
+
+    for cls, name in [(Store, "add_gateway_requests"), (Store, "add_gateway_request"),
+                      (ledger_module._Writer, "add_gateway_requests"),
+                      (ledger_module._Writer, "add_one")]:  # fmt: skip
+        monkeypatch.setattr(cls, name, failing(getattr(cls, name)))
+    monkeypatch.setattr(ledger_module, "RETRY_S", 0.0)
+    gw, sock = gateway
+    grant = grant_for(upstream, "t1", max_tokens=1000)
+    gw.register(grant)
+    async with client(sock) as http:
+        with pytest.raises(httpx.HTTPError):  # withheld: its spend is not in the store
+            await call(http, grant.token)
+    async with client(sock) as http:
+        # Still broken: the write is tried again and fails, the call is refused (fail closed).
+        refused = await call(http, grant.token)
+        assert refused.status_code == 400
+        assert refused.json()["error"]["code"] == "gateway_error"
+        assert len(upstream.seen) == 1
+        broken = False
+        served = await call(http, grant.token)
+    assert served.status_code == 200
+    assert [s.headers["x-api-key"] for s in upstream.seen] == [KEY, KEY]
+    await gw.drain()
+    rows = gw.store.gateway_requests("t1")
+    # The withheld call and the refusal, written on recovery (in either order: the refusal's
+    # own write may still be queued when the store heals), and the call served.
+    assert sorted((r.status, r.error or "", r.total_tokens) for r in rows) == [
+        (200, "", 23), (200, "", 23), (400, "gateway_error", 0)]  # fmt: skip
+    assert gw.store.gateway_spent(task_id="t1")[0] == 46 == gw.ledger.task_spent("t1")[0]
+    assert gw.ledger.unrecorded == {}

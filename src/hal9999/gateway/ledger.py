@@ -23,7 +23,10 @@ HAL_HOME, held by its lock).
 A row the store refuses (disk full, I/O error, a read-only or damaged database, a lock held
 past the busy timeout) would be spend counted only in memory, lost at a restart: its task is
 put in :attr:`Ledger.unrecorded`, and the gateway withholds the end of that answer and
-refuses the task's further calls (it fails closed), with a log line for the operator.
+refuses the task's further calls (it fails closed), with a log line for the operator. The
+refused rows are kept and written again when the task's next call arrives (at most every
+:data:`RETRY_S`, :meth:`Ledger.recover`); once all of them are in the store the task is
+served again.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -47,6 +51,8 @@ _INSERT_ONE = (f"INSERT INTO gateway_requests ({', '.join(_COLUMNS)}) "
                f"VALUES ({', '.join(':' + name for name in _COLUMNS)})")  # fmt: skip
 CHECKPOINT_EVERY = 200
 """Commits on the loop between two passive WAL checkpoints (in the ledger's thread)."""
+RETRY_S = 1.0
+"""The least time between two attempts to store the rows of a task the store refused."""
 
 
 class _Writer(GatewayTable):
@@ -104,7 +110,13 @@ class Ledger:
         self.handed_off = 0
         """Of those, the ones handed to the thread (the database was locked)."""
         self.unrecorded: dict[str, str] = {}
-        """Tasks a call of which the store refused, and why: they get no more calls."""
+        """Tasks a call of which the store refused, and why: they get no more calls until
+        :meth:`recover` has stored their rows."""
+        self._unwritten: dict[str, list[GatewayRequest]] = {}
+        """By task: the rows the store refused, kept to be written again."""
+        self._retrying: dict[str, asyncio.Future[None]] = {}
+        self._retried: dict[str, float] = {}
+        """By task: when its rows were last tried again (monotonic)."""
 
     def task_spent(self, task_id: str) -> tuple[int, float]:
         """Tokens and dollars of ``task_id`` so far."""
@@ -209,6 +221,36 @@ class Ledger:
                 logger.exception("gateway: could not record a call of task %s; its further "
                                  "calls are refused", record.task_id)  # fmt: skip
                 self.unrecorded.setdefault(record.task_id, str(exc) or type(exc).__name__)
+                self._unwritten.setdefault(record.task_id, []).append(record)
+
+    async def recover(self, task_id: str) -> str | None:
+        """Write ``task_id``'s refused rows again (at most every :data:`RETRY_S`; calls that
+        arrive meanwhile share the attempt): why its spend is still not all in the store, or
+        None once it is (the task is served again)."""
+        if task_id not in self.unrecorded:
+            return None
+        retry = self._retrying.get(task_id)
+        if retry is None:
+            if time.monotonic() - self._retried.get(task_id, -RETRY_S) < RETRY_S:
+                return self.unrecorded.get(task_id)
+            retry = self._retrying[task_id] = asyncio.ensure_future(self._retry(task_id))
+        await asyncio.shield(retry)
+        return self.unrecorded.get(task_id)
+
+    async def _retry(self, task_id: str) -> None:
+        try:
+            rows = self._unwritten.pop(task_id, [])
+            if rows:  # in the thread, after any batch queued there before (one worker)
+                await asyncio.get_running_loop().run_in_executor(self._thread, self._commit, rows)
+            if not self._unwritten.get(task_id):
+                self.unrecorded.pop(task_id, None)
+                self._retried.pop(task_id, None)
+                logger.warning("gateway: the calls of task %s are recorded now; it is served "
+                               "again", task_id)  # fmt: skip
+        finally:
+            if task_id in self.unrecorded:
+                self._retried[task_id] = time.monotonic()
+            self._retrying.pop(task_id, None)
 
     async def drain(self) -> None:
         """Wait until every call so far is in the store."""

@@ -188,6 +188,8 @@ class Gateway:
             task_id=grant.task_id, ts=wall, method=method, path=path[:500], model=wants.model,
             status=0, latency_ms=0.0, body=self.bodies.stored(grant, body),
         )  # fmt: skip
+        if grant.task_id in self.ledger.unrecorded:  # its refused rows are written again
+            await self.ledger.recover(grant.task_id)
         problem = unreadable or self._refused(grant, wants.models)
         if problem is not None:
             await self._refuse(out, record, started, *problem)
@@ -222,7 +224,7 @@ class Gateway:
         if unrecorded is not None:  # its spend so far is not all in the store: fail closed
             return 400, GatewayError.code, (
                 f"hal gateway: the spend of an earlier call of this task could not be recorded "
-                f"({unrecorded}), so it gets no more calls (see the gateway's log)"
+                f"({unrecorded}), so it gets no more calls until it is (see the gateway's log)"
             )
         allowed = grant.models
         for model in models:
