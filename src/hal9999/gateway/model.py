@@ -63,8 +63,8 @@ def read_model(
 ) -> ModelRequest:
     """The models and output cap of a request; with ``strict`` (an allow-list or a cost
     budget), :class:`Unreadable` for any request an upstream could read another model from.
-    Without it a body that is not a JSON object only leaves the model unknown. A body
-    nested past the parser's depth raises :class:`Unreadable` either way."""
+    Without it a body that is not a JSON object (or is nested past the parser's depth) only
+    leaves the model and the cap unknown."""
     found = ModelRequest()
     if strict:
         _check_path(path)
@@ -73,7 +73,10 @@ def read_model(
         try:
             members = _members(body)
         except RecursionError as exc:  # an upstream's parser may read it all the same
-            raise Unreadable(400, "the request body is nested too deep to read its model") from exc
+            if strict:
+                text = "the request body is nested too deep to read its model"
+                raise Unreadable(400, text) from exc
+            members = []
         except ValueError as exc:
             if strict:
                 raise Unreadable(400, f"the request body is not a JSON object ({exc}); a "

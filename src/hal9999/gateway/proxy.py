@@ -32,6 +32,7 @@ from hal9999.errors import GatewayError, HalError
 from hal9999.gateway import refusal
 from hal9999.gateway.bodies import StoredBodies
 from hal9999.gateway.channel import TOKEN_PREFIX, Grant
+from hal9999.gateway.inflight import InFlight, Reservation, reservation
 from hal9999.gateway.ledger import Ledger
 from hal9999.gateway.limits import RETRY_STATUSES, UpstreamLimiter, retry_after_s
 from hal9999.gateway.model import ModelRequest, Unreadable, read_model
@@ -73,6 +74,8 @@ class Gateway:
         self.bodies = StoredBodies()
         self.prices = PriceBook()
         self.relay = AnswerRelay(self.ledger, self.prices, self.record_call)
+        self.flights = InFlight()
+        """The reservations of budgeted tasks' calls in flight (see inflight.py)."""
         self.client = UpstreamPool()
         self.clients: dict[str, UpstreamPool] = {}
         """Pools for upstreams behind a private CA, by CA file."""
@@ -177,11 +180,13 @@ class Gateway:
             return
         path = urlsplit(target).path
         # Parsing a long conversation costs ~1 ms per 100 kB: only for an allow-list or a
-        # cost budget (the response names the model anyway), read strictly (see model.py).
+        # cost budget (the response names the model anyway), read strictly (see model.py),
+        # or a token budget (the call's output cap: see inflight.py).
         strict = grant.models is not None or _cost_capped(grant)
+        parsed = strict or grant.max_tokens is not None
         unreadable = None
         try:
-            wants = read_model(method, path, headers, body if strict else b"", strict=strict)
+            wants = read_model(method, path, headers, body if parsed else b"", strict=strict)
         except Unreadable as exc:  # its model may read otherwise upstream: never forwarded
             wants, unreadable = ModelRequest(), (exc.status, "bad_request", f"hal gateway: {exc}")
         record = GatewayRequest(
@@ -194,17 +199,48 @@ class Gateway:
         if problem is not None:
             await self._refuse(out, record, started, *problem)
             return
+        reserve = self._reservation(grant, wants, len(body))
         task = asyncio.current_task()
         assert task is not None
         self.inflight.setdefault(token, set()).add(task)
         try:
-            await self._forward(out, grant, (method, target, headers, body), wants.models,
-                                record, started)  # fmt: skip
+            if reserve is not None and not await self._admitted(out, grant, wants.models, record,
+                                                                started, reserve):  # fmt: skip
+                return
+            try:
+                await self._forward(out, grant, (method, target, headers, body), wants.models,
+                                    record, started)  # fmt: skip
+            finally:
+                if reserve is not None:
+                    self.flights.remove(grant.task_id, reserve)
         except asyncio.CancelledError:
             self.record_call(record, started, status=record.status or 499, error="aborted")
             raise
         finally:
             self.inflight.get(token, set()).discard(task)
+
+    def _reservation(self, grant: Grant, wants: ModelRequest, size: int) -> Reservation | None:
+        """The most the call may spend, when its task has a budget (see inflight.py)."""
+        if grant.max_tokens is None and grant.max_cost_usd is None:
+            return None
+        cost = grant.max_cost_usd is not None
+        price = self.prices.of(grant.token, grant.settings.get("prices", {}), wants.model)
+        return reservation(size, wants.output_cap, price, cost=cost)
+
+    async def _admitted(
+        self, out: Answer, grant: Grant, models: list[str], record: GatewayRequest,
+        started: float, reserve: Reservation,
+    ) -> bool:  # fmt: skip
+        """Wait until the call fits in its task's budget beside the task's calls in flight,
+        then count it in flight; False when it was refused meanwhile (the budget spent)."""
+        while not self.flights.fits(grant, self.ledger.task_spent(grant.task_id), reserve):
+            await self.flights.ended(grant.task_id)
+            problem = self._refused(grant, models)
+            if problem is not None:
+                await self._refuse(out, record, started, *problem)
+                return False
+        self.flights.add(grant.task_id, reserve)
+        return True
 
     def _grant_of(self, headers: list[tuple[str, str]], target: str) -> tuple[str, Grant | None]:
         for name, value in headers:

@@ -1,0 +1,123 @@
+"""A task's calls in flight under its budget: what each may spend at most, and when a new one
+waits, so calls made at once cannot all pass a budget that none of them has spent yet.
+
+A task's budget (``--max-tokens``, ``--max-cost``) is checked against its recorded spend, and
+a call's spend is recorded when it ends. Each call of a task with a budget therefore
+*reserves* the most it can spend (:func:`reservation`). A call with none of its task's calls
+in flight goes whenever the spend is under the budget, as before. One that arrives while
+others are in flight goes only if the spend so far, the reservations in flight and its own
+all fit in the budget; otherwise it waits until a call of its task ends, and is checked again
+(the budget may be spent by then: it is refused). So a task spends at most its budget plus
+one call (the last that went alone), the bound of an agent that calls one at a time, while
+calls that fit go in parallel.
+
+The reservation is an upper bound: tokens are the request body's bytes (every input token is
+at least one byte of the request's text; an image counts far fewer tokens than its base64
+bytes) plus the request's output cap (``max_tokens``, ``max_completion_tokens``,
+``max_output_tokens``, which include thinking and reasoning); dollars are those tokens at the
+model's dearest input price (input, cache write, cache read) and its output price. A call
+whose cap the gateway does not read (none given, Gemini's ``generationConfig``, a body that
+is not JSON) or whose model has no price under a cost budget has no bound: it goes alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from hal9999.gateway.channel import Grant
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """The most one call may spend (None: no bound known, the call goes alone)."""
+
+    tokens: int | None
+    cost_usd: float | None
+
+
+def reservation(
+    size: int, output_cap: int | None, price: Mapping[str, float | None] | None, *, cost: bool
+) -> Reservation:
+    """The reservation of a call with a body of ``size`` bytes and ``output_cap``, at
+    ``price`` (USD per million tokens) when the task has a cost budget (``cost``)."""
+    if output_cap is None:
+        return Reservation(None, None)
+    tokens = size + output_cap
+    if not cost:
+        return Reservation(tokens, 0.0)
+    known = {name: value for name, value in (price or {}).items() if value is not None}
+    if price is None or ("output" not in known and "input" not in known):
+        return Reservation(tokens, None)
+    dearest_input = max(known.get(name, 0.0) for name in ("input", "cache_write", "cache_read"))
+    dollars = (size * dearest_input + output_cap * known.get("output", 0.0)) / 1_000_000
+    return Reservation(tokens, dollars)
+
+
+@dataclass
+class _Flight:
+    """One task's calls in flight."""
+
+    calls: int = 0
+    unbounded: int = 0
+    """Of those, the ones with no bound (while one is in flight no other call goes)."""
+    tokens: int = 0
+    cost_usd: float = 0.0
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when one of the calls ends (then replaced)."""
+
+
+class InFlight:
+    """The reservations of each budgeted task's calls in flight."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, _Flight] = {}
+
+    def fits(self, grant: Grant, spent: tuple[int, float], call: Reservation) -> bool:
+        """Whether a call reserving ``call`` may go now, the task having ``spent`` (tokens,
+        dollars): alone always, else only within the budget with every call in flight."""
+        flight = self._tasks.get(grant.task_id)
+        if flight is None or flight.calls == 0:
+            return True
+        if flight.unbounded:
+            return False
+        tokens, dollars = spent
+        if grant.max_tokens is not None and (
+            call.tokens is None or tokens + flight.tokens + call.tokens > grant.max_tokens
+        ):
+            return False
+        return grant.max_cost_usd is None or (
+            call.cost_usd is not None
+            and dollars + flight.cost_usd + call.cost_usd <= grant.max_cost_usd
+        )
+
+    async def ended(self, task_id: str) -> None:
+        """Wait until a call of ``task_id`` in flight ends."""
+        flight = self._tasks.get(task_id)
+        if flight is not None and flight.calls:
+            await flight.ended.wait()
+
+    def add(self, task_id: str, call: Reservation) -> None:
+        """A call of ``task_id`` goes, reserving ``call``."""
+        flight = self._tasks.setdefault(task_id, _Flight())
+        flight.calls += 1
+        if call.tokens is None or call.cost_usd is None:
+            flight.unbounded += 1
+        else:
+            flight.tokens += call.tokens
+            flight.cost_usd += call.cost_usd
+
+    def remove(self, task_id: str, call: Reservation) -> None:
+        """The call ended (its spend, if any, is counted by now): wake the task's waiters."""
+        flight = self._tasks[task_id]
+        flight.calls -= 1
+        if call.tokens is None or call.cost_usd is None:
+            flight.unbounded -= 1
+        else:
+            flight.tokens -= call.tokens
+            flight.cost_usd -= call.cost_usd
+        flight.ended.set()
+        flight.ended = asyncio.Event()
+        if not flight.calls:
+            del self._tasks[task_id]

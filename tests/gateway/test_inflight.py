@@ -1,0 +1,87 @@
+"""Calls in flight under a task's budget: made at once they cannot all pass a budget none of
+them has spent yet; the budget is passed by at most one call, and calls that fit go in
+parallel."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+from tests.gateway.test_proxy import call, client, gateway, grant_for, upstream
+from tests.gateway.upstream import StormUpstream
+
+from hal9999.gateway.proxy import Gateway
+
+__all__ = ["gateway", "upstream"]
+CALL_TOKENS = 23
+"""What one call of the fake upstream spends (11 in, 7 out, 5 cache reads)."""
+CALL_COST = (11 * 3 + 7 * 15 + 5 * 0.3) / 1e6
+"""And what it costs, at the shipped Sonnet price."""
+
+
+@pytest.mark.parametrize(
+    ("budget", "limit", "per_call"),
+    [({"max_tokens": 50}, 50, CALL_TOKENS), ({"max_cost_usd": 0.0003}, 0.0003, CALL_COST)],
+    ids=["tokens", "cost"],
+)
+async def test_calls_made_at_once_pass_the_budget_by_at_most_one_call(
+    gateway: tuple[Gateway, str], upstream: StormUpstream, budget: dict[str, float],
+    limit: float, per_call: float,
+) -> None:  # fmt: skip
+    # Eight calls at once all passed the check (nothing spent yet) and all went out: eight
+    # calls' spend on a budget of about two.
+    gw, sock = gateway
+    upstream.delay_s = 0.3
+    grant = grant_for(upstream, **budget)
+    gw.register(grant)
+    async with client(sock) as http:
+        answers = await asyncio.gather(*(call(http, grant.token) for _ in range(8)))
+    await gw.drain()
+    tokens, cost = gw.ledger.task_spent("t1")
+    spent = tokens if "max_tokens" in budget else cost
+    assert spent <= limit + per_call, "more than one call past the budget"
+    # Each call's reservation (its bytes and max_tokens) does not fit beside another's: they
+    # went one at a time while the budget lasted (three calls), the rest were refused.
+    assert sorted(a.status_code for a in answers) == [200] * 3 + [400] * 5
+    assert {a.json()["error"]["code"] for a in answers if a.status_code == 400} == {
+        "budget_exceeded"
+    }
+    assert len(upstream.seen) == 3 and upstream.peak == 1
+
+
+@pytest.mark.parametrize(
+    "budget", [{"max_tokens": 100_000}, {"max_cost_usd": 10.0}], ids=["tokens", "cost"]
+)
+async def test_calls_that_fit_the_budget_together_go_in_parallel(
+    gateway: tuple[Gateway, str], upstream: StormUpstream, budget: dict[str, float]
+) -> None:
+    gw, sock = gateway
+    upstream.delay_s = 0.5
+    grant = grant_for(upstream, **budget)
+    gw.register(grant)
+    async with client(sock) as http:
+        answers = await asyncio.gather(*(call(http, grant.token) for _ in range(4)))
+    assert [a.status_code for a in answers] == [200] * 4
+    assert upstream.peak == 4
+
+
+async def test_a_call_with_no_output_cap_goes_alone(
+    gateway: tuple[Gateway, str], upstream: StormUpstream
+) -> None:
+    # No max_tokens: the most it can spend is unknown, so no other call of the task goes
+    # beside it (and it waits for those in flight).
+    gw, sock = gateway
+    upstream.delay_s = 0.3
+    grant = grant_for(upstream, max_tokens=100_000)
+    gw.register(grant)
+    body = {"model": "claude-sonnet-4-5", "messages": []}
+
+    async def uncapped(http: httpx.AsyncClient) -> httpx.Response:
+        return await http.post("/v1/messages", json=body, headers={"x-api-key": grant.token})
+
+    async with client(sock) as http:
+        answers = await asyncio.gather(uncapped(http), call(http, grant.token), uncapped(http))
+    assert [a.status_code for a in answers] == [200] * 3
+    assert upstream.peak == 1
+    assert gw.flights._tasks == {}, "every reservation was given back"
