@@ -267,3 +267,35 @@ def test_a_repo_url_with_a_user_name_only_is_not_refused(hal: Hal) -> None:
     # ssh://git@ and https://alice@ (Bitbucket's clone URLs) name a user, not a secret.
     out = hal("run", "--repo", "https://alice@127.0.0.1:9/x.git", "--agent", "true", "x")
     assert "carries credentials" not in out.stderr
+
+
+@pytest.mark.parametrize("via_daemon", [False, True], ids=["in-process", "daemon"])
+def test_a_resume_prompt_holding_a_secrets_value_is_refused_without_saying_it(
+    hal: Hal, hal_env: dict[str, str], via_daemon: bool
+) -> None:
+    # `hal run` refused a prompt holding a secret's value; `hal task resume TASK PROMPT` took
+    # it, and the follow-up prompt was stored and shown as written.
+    value = "tok-9f8e7d6c5b4a3210"
+    env = {"HAL_TEST_TOKEN": value}
+    if via_daemon:
+        assert hal("serve", "--detach", env=env).returncode == 0
+    try:
+        out = hal("run", "--secret", "HAL_TEST_TOKEN", "--agent", "true {{prompt_file}}",
+                  "first", env=env)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        [task] = tasks_json(hal)
+        leaky = f"now push with https://x:{value}@example.invalid/r.git"
+        for args, extra in [((), env), (("--env", f"HAL_TEST_TOKEN={value}"), {})]:
+            refused = hal("task", "resume", task["id"], *args, leaky, env=extra)
+            assert refused.returncode == 2, refused.stderr
+            assert "the prompt holds the value of HAL_TEST_TOKEN, a secret" in refused.stderr
+            assert value not in refused.stderr + refused.stdout
+        [after] = tasks_json(hal)
+        assert after["status"] == "succeeded", "a refused resume leaves the task as it was"
+        home = Path(hal_env["HAL_HOME"])
+        assert files_containing(home, value.encode(), set()) == []
+        fine = hal("task", "resume", task["id"], "push; the token is in HAL_TEST_TOKEN", env=env)
+        assert fine.returncode == 0, fine.stderr
+    finally:
+        if via_daemon:
+            assert hal("serve", "--stop").returncode == 0

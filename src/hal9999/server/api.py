@@ -285,7 +285,8 @@ def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
         # A live agent whose runner died (a foreground `hal run` killed) is adopted.
         recovery = Recovery(service, daemon.pool, daemon.source, daemon.provider)
         task, adopted = await resume_task(
-            service, request.params["id"], prompt=prompt, take_sandbox=recovery.take_sandbox,
+            service, request.params["id"], prompt=prompt, env=env,
+            take_sandbox=recovery.take_sandbox,
             named=lambda name: scheduler.hold(name, env, prompt),  # before it is queued
         )  # fmt: skip
         # Queued or adopted, the task names this daemon as its runner already.

@@ -196,7 +196,7 @@ class LocalTaskAPI:
 
         given = dict(env or {})
         task_id = self.service.find(task_id).id
-        record, adopted = await resume_task(self.service, task_id, prompt=prompt)
+        record, adopted = await resume_task(self.service, task_id, prompt=prompt, env=given)
         if detach:
             args = ["--adopt"] if adopted else [prompt] if prompt else []
             self.spawn(record, args, given)

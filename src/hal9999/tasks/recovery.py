@@ -23,7 +23,7 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from hal9999.agents.registry import resolve_agent
@@ -398,6 +398,7 @@ async def resume(
     task_id: str,
     *,
     prompt: str | None = None,
+    env: Mapping[str, str] | None = None,
     take_sandbox: Callable[[TaskRecord], Awaitable[Sandbox | None]] | None = None,
     named: Callable[[str], None] | None = None,
 ) -> tuple[TaskRecord, Adopted | None]:
@@ -406,11 +407,15 @@ async def resume(
     :class:`Adopted` is to be passed to ``TaskService.run``. ``take_sandbox`` takes over the
     task's sandbox (a daemon leases it into its pool; by default the provider's handle). A
     new ``prompt`` while the agent lives is refused. Never two runs on one workspace.
-    ``named`` is told the task's id before a new run is queued (``prepare_resume``).
+    ``named`` is told the task's id before a new run is queued (``prepare_resume``). A new
+    ``prompt`` holding the value of one of the task's secrets (from ``env``, the variables
+    the resume was given, or this process's environment) is refused, naming the variable.
     """
     take = take_sandbox or (lambda task: _live_sandbox(service, task))
     # The database work runs in threads: in a daemon this is on its event loop.
     found = await asyncio.to_thread(service.find, task_id)
+    if prompt is not None:
+        await asyncio.to_thread(service.check_resume_prompt, found, prompt, env)
     with resume_lock(service.session(found), found.id):
         task = await asyncio.to_thread(service.find, found.id)  # fresh, under the lock
         status = ProcessStatus("missing")

@@ -91,14 +91,15 @@ class TaskSecrets:
                 continue
             if name in marked or forwarded_is_secret(name, value):
                 values[name] = value
-        if not values or not SecretMasker(values.values()).spans(req.prompt):
-            return
-        name = next(n for n, v in values.items() if SecretMasker([v]).spans(req.prompt))
-        raise UsageError(
-            f"the prompt holds the value of {name}, a secret",
-            hint=f"refer to it by name (the agent's environment has {name}): a prompt is "
-            "stored and shown as written",
-        )
+        _refuse_secret_in(req.prompt, values)
+
+    def check_resume_prompt(
+        self, task: TaskRecord, prompt: str, values: Mapping[str, str] | None = None
+    ) -> None:
+        """Refuse a resume's follow-up prompt that holds the value of one of the task's
+        secrets, as :meth:`check_prompt` does a run's: ``values`` are the variables the
+        resume was given (this process's environment for the others)."""
+        _refuse_secret_in(prompt, self.secret_values(task, values))
 
     def shown_patch(self, task: TaskRecord, text: str) -> str:
         """``text`` (the task's patch, or its head) masked for a reader who is not the run's
@@ -125,3 +126,16 @@ class TaskSecrets:
     def env_kinds_path(self, task: TaskRecord) -> Path:
         """Where the task records which of its variables are literal and which secret."""
         return self.session(task).run_dir / "env-kinds.json"
+
+
+def _refuse_secret_in(prompt: str, values: Mapping[str, str]) -> None:
+    """A :class:`UsageError` naming the first variable whose value (in any form the masker
+    finds) ``prompt`` holds; never the value."""
+    if not values or not SecretMasker(values.values()).spans(prompt):
+        return
+    name = next(n for n, v in values.items() if SecretMasker([v]).spans(prompt))
+    raise UsageError(
+        f"the prompt holds the value of {name}, a secret",
+        hint=f"refer to it by name (the agent's environment has {name}): a prompt is "
+        "stored and shown as written",
+    )
