@@ -85,3 +85,15 @@ async def test_a_call_with_no_output_cap_goes_alone(
     assert [a.status_code for a in answers] == [200] * 3
     assert upstream.peak == 1
     assert gw.flights._tasks == {}, "every reservation was given back"
+    # A GET with no body generates nothing: it does not wait for the call in flight.
+    upstream.delay_s = 2.0
+    async with client(sock) as http:
+        slow = asyncio.ensure_future(uncapped(http))
+        for _ in range(100):
+            if gw.flights._tasks:
+                break
+            await asyncio.sleep(0.02)
+        listed = await http.get("/v1/models", headers={"x-api-key": grant.token})
+        assert not slow.done(), "the listing waited for the call in flight"
+        assert listed.status_code == 501  # the fake upstream answers POST only
+        assert (await slow).status_code == 200

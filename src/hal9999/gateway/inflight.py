@@ -18,6 +18,7 @@ bytes) plus the request's output cap (``max_tokens``, ``max_completion_tokens``,
 model's dearest input price (input, cache write, cache read) and its output price. A call
 whose cap the gateway does not read (none given, Gemini's ``generationConfig``, a body that
 is not JSON) or whose model has no price under a cost budget has no bound: it goes alone.
+A GET or HEAD without a body (a model listing) generates nothing: it is not held or counted.
 """
 
 from __future__ import annotations

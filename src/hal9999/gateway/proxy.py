@@ -199,7 +199,7 @@ class Gateway:
         if problem is not None:
             await self._refuse(out, record, started, *problem)
             return
-        reserve = self._reservation(grant, wants, len(body))
+        reserve = self._reservation(grant, wants, method, len(body))
         task = asyncio.current_task()
         assert task is not None
         self.inflight.setdefault(token, set()).add(task)
@@ -219,9 +219,14 @@ class Gateway:
         finally:
             self.inflight.get(token, set()).discard(task)
 
-    def _reservation(self, grant: Grant, wants: ModelRequest, size: int) -> Reservation | None:
-        """The most the call may spend, when its task has a budget (see inflight.py)."""
+    def _reservation(
+        self, grant: Grant, wants: ModelRequest, method: str, size: int
+    ) -> Reservation | None:
+        """The most the call may spend, when its task has a budget and it may spend at all
+        (see inflight.py)."""
         if grant.max_tokens is None and grant.max_cost_usd is None:
+            return None
+        if method in ("GET", "HEAD") and not size:  # asks for nothing to be generated
             return None
         cost = grant.max_cost_usd is not None
         price = self.prices.of(grant.token, grant.settings.get("prices", {}), wants.model)
