@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,29 @@ def test_a_timed_out_agent_and_what_it_left_stop_before_its_work_is_collected(
     [collected] = [line[1:] for line in patch.splitlines() if line[:1] == "+" and "+++" not in line]
     left = (session / "workspace" / "tick").read_text().strip()
     assert left == collected, "the workspace changed after its work was collected"
+
+
+# The agent exits at once, leaving a writer in the workspace behind it.
+LEAVE = "sh -c '(while :; do date +%s%N >> f; sleep 0.01; done) & exit 0'"
+
+
+def test_what_an_agent_that_exited_left_stops_before_its_work_is_collected(
+    docker_env: dict[str, str], hal: Hal, demo_repo: Path
+) -> None:
+    # The exec of an agent that exited ends nothing it left in the container: without the
+    # leftovers ended first, the writer goes on during collection, so the session's checkout
+    # holds lines the collected patch does not (and the agent acts past its end).
+    out = hal("run", "--agent", LEAVE, "go", timeout=180)
+    assert out.returncode == 0, out.stderr + out.stdout
+    [task] = tasks_json(hal)
+    assert task["status"] == "succeeded", task
+    session = Path(task["session_dir"])
+    patch = (session / "result.patch").read_text()
+    collected = [line[1:] for line in patch.splitlines() if line[:1] == "+" and "+++" not in line]
+    assert collected, "the writer never ran"
+    written = session / "workspace" / "f"
+    left = written.read_text().split()
+    time.sleep(0.5)
+    assert written.read_text().split() == left, "the writer runs on after the task ended"
+    assert left == collected, "the workspace changed after its work was collected"
+    assert "a - b" in git(demo_repo, "show", f"hal/{task['id']}:calc.py")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from hal9999.errors import CapabilityError, ExecError
 from hal9999.providers import limits, sandboxuser
 from hal9999.providers.base import Command, ExecResult, Launch, StreamEvent
-from hal9999.providers.dockerexec import ENV_WRAPPER, ContainerExec
+from hal9999.providers.dockerexec import ENV_WRAPPER, SETTLE_SCRIPT, ContainerExec
 from hal9999.providers.handle import SandboxHandle
 from hal9999.spec import SandboxSpec, to_argv
 
@@ -107,6 +107,17 @@ class DockerSandbox(SandboxHandle):
                 yield event
         finally:
             await stream.aclose()
+
+    async def end_processes(self) -> bool:
+        """End every process a command left in the container (but its init), however it
+        hid (environment cleared, a session of its own): what a finished agent left must
+        not write on while its work is collected. False when they would not settle (the
+        caller then restarts the container)."""
+        try:
+            result = await self._sh(SETTLE_SCRIPT)
+        except ExecError:
+            return False
+        return result.ok
 
     def launch(self, command: Command, *, env: Mapping[str, str] | None = None) -> Launch:
         """The engine CLI's ``exec`` under :mod:`providers.dockerlaunch`: variable names in

@@ -40,6 +40,37 @@ for _ in $(seq 50); do
 done
 exit 1
 """
+SETTLE_SCRIPT = r"""
+me=$$ keep= first= n=0
+for d in /proc/[0-9]*; do
+  read -r s 2>/dev/null < "$d/stat" || continue
+  s=${s##*) }; set -- $s
+  if [ "$2" = 1 ] && { [ -z "$first" ] || [ "${20}" -lt "$first" ]; }; then
+    first=${20} keep=${d#/proc/}
+  fi
+done
+while [ "$n" -lt 100 ]; do
+  n=$((n + 1)) found=
+  for d in /proc/[0-9]*; do
+    p=${d#/proc/}
+    case "$p" in 1|"$me"|"$keep") continue ;; esac
+    read -r s 2>/dev/null < "$d/stat" || continue
+    s=${s##*) }; set -- $s
+    [ "$1" = Z ] || [ "$2" = "$me" ] && continue
+    kill -9 "$p" 2>/dev/null && found=1
+  done
+  [ -n "$found" ] || exit 0
+  sleep 0.02 2>/dev/null
+done
+exit 1
+"""
+"""Ends every process in the container but its init, the init's first child (``sleep
+infinity``: the oldest child of PID 1, which no later process can be) and its own, pass
+after pass until a pass finds none alive; exit 1 when 100 passes did not settle it. A
+process that cleared its environment or left its session goes too, unlike with
+:data:`KILL_SCRIPT`. No fork but ``sleep`` between passes (a pids limit the agent filled
+leaves none). Stat fields are read after the last ``)``: a command name may hold spaces
+and parentheses."""
 API_VERSION = "1.41"
 ENV_WRAPPER = r"""
 IFS= read -r n || exit 125

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from hal9999.errors import HalError, RepoError, SecretInResult, TaskTimeout
 from hal9999.events.models import Message
+from hal9999.process import pm2inside
 from hal9999.providers.base import Provider, Sandbox
 from hal9999.spec import ArgvCommand
 from hal9999.store import TaskRecord
@@ -50,6 +51,24 @@ async def quiet_ended(provider: Provider, sandbox: Sandbox) -> Sandbox:
             said = result.stderr.decode(errors="replace").strip()[:200]
             logger.info("sandbox %s: stale git locks: %s", sandbox.id, said)
     return sandbox
+
+
+async def end_leftovers(provider: Provider, sandbox: Sandbox) -> Sandbox:
+    """``sandbox`` with nothing left running of an agent that exited, before its work is
+    collected: what it left (a writer in the background) would go on acting past its end and
+    change the checkout under the collection. A bwrap sandbox's pid namespace ended with the
+    agent's command; a sandbox where daemons outlive their command ends them itself
+    (``end_processes``), else, or when they would not settle, is restarted
+    (:func:`quiet_ended`). A bare ssh host, which has no such call, is left as it is."""
+    if not pm2inside.hosts_daemons(sandbox):
+        return sandbox
+    end = getattr(sandbox, "end_processes", None)
+    if end is None:
+        return sandbox
+    if await end():
+        return sandbox
+    logger.warning("sandbox %s: what the agent left would not end; restarting it", sandbox.id)
+    return await quiet_ended(provider, sandbox)
 
 
 async def collect_result(ctx: RunContext, sandbox: Sandbox, update: Update) -> int:

@@ -85,6 +85,7 @@ class TaskRunner(LaunchSteps, FollowSteps):
                             parsed_offset=ctx.adopted.parsed_offset,
                         )
                     assert ctx.sandbox is not None
+                    ctx.sandbox = await finish.end_leftovers(provider, ctx.sandbox)
                     await self.transition(ctx, TaskStatus.COLLECTING)
                     files = await finish.collect_result(ctx, ctx.sandbox, self.update)
             except TimeoutError as exc:

@@ -1,0 +1,61 @@
+"""What a command leaves running in a ``docker`` sandbox, against real Podman: ended by
+``end_processes`` however it hid, with the container's init (and so its warm state) kept."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from hal9999.providers.docker import DockerProvider
+from hal9999.providers.registry import load_provider
+from hal9999.spec import SandboxSpec, ShellCommand
+
+pytestmark = [pytest.mark.podman, pytest.mark.timeout(180)]
+
+# Writers that hide from an exec's kill token (environment cleared, a session of their own),
+# one under a name with the stat file's separators in it.
+LEAVE = r"""
+(env -i setsid sh -c 'while :; do date +%s%N >> /workspace/f; sleep 0.01; done' >/dev/null 2>&1 &)
+cp /bin/sleep '/tmp/x) 1 1) S 1'
+('/tmp/x) 1 1) S 1' 600 >/dev/null 2>&1 &)
+(sh -c 'while :; do sleep 0.01 & wait; done' >/dev/null 2>&1 &)
+exit 0
+"""
+
+
+@pytest.fixture
+async def provider(hal_home: Path) -> AsyncIterator[DockerProvider]:
+    made = load_provider("docker", state_dir=hal_home / "sandboxes" / "docker")
+    assert isinstance(made, DockerProvider)
+    yield made
+    for info in await made.list():  # a failed test leaves no container behind
+        await made.destroy(info.id)
+
+
+async def test_what_a_command_left_is_ended_and_the_container_lives_on(
+    provider: DockerProvider, tmp_path: Path
+) -> None:
+    spec = SandboxSpec(provider="docker", workspace=tmp_path)
+    async with await provider.create(spec) as box:
+        init = (await box.exec(ShellCommand(script="cut -d' ' -f22 /proc/1/stat"))).text()
+        assert (await box.exec(ShellCommand(script=LEAVE))).ok
+        written = tmp_path / "f"
+        for _ in range(100):
+            if written.exists() and written.stat().st_size > 0:
+                break
+            await asyncio.sleep(0.05)
+        assert written.stat().st_size > 0, "the writer never ran"
+        assert await box.end_processes()
+        size = written.stat().st_size
+        await asyncio.sleep(0.5)
+        assert written.stat().st_size == size, "the writer went on after end_processes"
+        # Alive, that is: the exec wrapper's own `head` may be a zombie of `ps` here.
+        seen = await box.exec(ShellCommand(script="ps -eo stat=,args="))
+        rows = [line.split(None, 1) for line in seen.text().splitlines()]
+        left = sorted(args for stat, args in rows if not stat.startswith("Z"))
+        assert left == ["ps -eo stat=,args=", "sleep infinity", "tini -s -- sleep infinity"], left
+        again = (await box.exec(ShellCommand(script="cut -d' ' -f22 /proc/1/stat"))).text()
+        assert again == init, "the container was restarted (its warm state would be lost)"
