@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import tarfile
 from pathlib import Path
 
@@ -214,3 +215,58 @@ async def test_a_deep_tree_is_pushed_whole_and_a_failing_push_never_hangs(
     with tarfile.open(fileobj=io.BytesIO(data)) as archive:
         names = archive.getnames()
     assert len(names) == 1100 and max(names, key=len) == "/".join(["a"] * 1100)
+
+
+def _socket_at(path: Path) -> int:
+    """A unix socket file at ``path`` (bound at a short name, renamed there: a socket's
+    path is limited to 107 bytes); its inode."""
+    import socket
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir="/tmp") as short:
+        server = socket.socket(socket.AF_UNIX)
+        try:
+            server.bind(f"{short}/s")
+            os.rename(f"{short}/s", path)
+        finally:
+            server.close()  # dead: nothing answers there any more
+    return path.lstat().st_ino
+
+
+async def test_fifos_devices_and_sockets_never_go_out(tmp_path: Path) -> None:
+    source = tmp_path / "workspace"
+    (source / "sub").mkdir(parents=True)
+    (source / "sub" / "file").write_text("kept\n")
+    os.symlink("sub/file", source / "link")
+    os.mkfifo(source / "fifo")
+    _socket_at(source / "sock")
+    if os.geteuid() == 0:  # a copy of /dev/null; a root ssh user's tar would make it again
+        os.mknod(source / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    for data in (b"".join([chunk async for chunk in mirror.pack_stream(source)]),
+                 mirror.pack(source)):  # fmt: skip
+        with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+            assert sorted(archive.getnames()) == ["link", "sub", "sub/file"]
+
+
+def test_a_push_keeps_only_the_sockets_hal_forwards(tmp_path: Path) -> None:
+    # The remote side of a push, run here: the mirror a pooled sandbox's last task left (its
+    # agent's socket at the top) is replaced by the next task's tree; the gateway's socket,
+    # forwarded there, stays at its place; the agent's goes with the old tree.
+    import subprocess
+
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "task.txt").write_text("task two\n")
+    _socket_at(host / "llm.sock")
+    remote = tmp_path / "remote" / "workspace"
+    remote.mkdir(parents=True)
+    (remote / "task.txt").write_text("task one\n")
+    forwarded = _socket_at(remote / "llm.sock")
+    _socket_at(remote / "agent.sock")
+    argv = mirror.push_argv(str(remote), host)
+    done = subprocess.run(argv, input=mirror.pack(host), capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in remote.iterdir()) == ["llm.sock", "task.txt"]
+    assert (remote / "llm.sock").lstat().st_ino == forwarded, "the forwarded socket moved"
+    assert (remote / "task.txt").read_text() == "task two\n"
+    assert sorted(p.name for p in remote.parent.iterdir()) == ["workspace"]

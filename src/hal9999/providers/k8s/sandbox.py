@@ -283,10 +283,12 @@ class KubeSandbox(MirrorFiles, SandboxHandle):
     async def _push_one(self, mount: MountRecord) -> None:
         if mount.host is None:
             return
-        chunks = mirror.pack_stream(mirror.host_dir(mount.host))
+        host = mirror.host_dir(mount.host)
+        argv = await asyncio.to_thread(mirror.push_argv, mount.remote, host)
+        chunks = mirror.pack_stream(host)
         async with contextlib.aclosing(chunks):  # type: ignore[type-var]
             result = await collect(
-                self.raw(["sh", "-c", mirror.PUSH, "hal-push", mount.remote], chunks),
+                self.raw(argv, chunks),
                 time_limit=None, what=f"pushing {mount.target}",
             )  # fmt: skip
         if not result.ok:

@@ -32,17 +32,19 @@ from hal9999 import agentfs
 from hal9999.errors import ExecError, UnsafePath
 
 PUSH = (
-    'set -e; d=$1; rm -rf -- "$d.new"; mkdir -p -- "$d.new"; '
+    'set -e; d=$1; shift; rm -rf -- "$d.new"; mkdir -p -- "$d.new"; '
     'tar -x --no-same-owner -C "$d.new"; rm -rf -- "$d.old"; '
     'if [ -e "$d" ]; then mv -- "$d" "$d.old"; fi; mv -- "$d.new" "$d"; '
     # A socket forwarded into the directory (the gateway's, see .relay) moves along: the
-    # listener is the inode, so it keeps answering at the same path.
-    'for s in "$d.old"/*; do if [ -S "$s" ] && [ ! -L "$s" ]; then mv -f -- "$s" "$d/"; fi; '
-    'done 2>/dev/null; '
+    # listener is the inode, so it keeps answering at the same path. Only those: any other
+    # (an earlier task's agent's, in a pooled sandbox) stays behind with the old tree.
+    'for n in "$@"; do s=$d.old/$n; if [ -S "$s" ] && [ ! -L "$s" ]; then mv -f -- "$s" "$d/"; '
+    'fi; done 2>/dev/null; '
     # What the agent left unreadable (a 000 directory) must not stop the swap's cleanup.
     'chmod -R u+rwX -- "$d.old" 2>/dev/null || :; rm -rf -- "$d.old"'
 )
-"""Remote: unpack stdin into ``$1`` as a whole (replacing what was there)."""
+"""Remote: unpack stdin into ``$1`` as a whole (replacing what was there), keeping the
+sockets named by the further arguments (see :func:`push_argv`)."""
 PULL = 'set -e; cd -- "$1"; tar -c --numeric-owner -f - .'
 """Remote: the mirror directory ``$1`` as a tar stream on stdout."""
 PULL_LIMIT = 4 << 30
@@ -61,6 +63,13 @@ def sockets_in(directory: Path) -> list[tuple[str, str]]:
     return sorted(found)
 
 
+def push_argv(remote: str, host: Path) -> list[str]:
+    """The remote command of a push of ``host`` into ``remote``: the sockets hal forwards
+    there (those at the top of ``host``, see :func:`sockets_in`) are the only ones kept."""
+    names = [name for name, _ in sockets_in(host)]
+    return ["sh", "-c", PUSH, "hal-push", remote, *names]
+
+
 def host_dir(path: Path) -> Path:
     """The real directory behind ``path`` (a pool slot's link is hal's own, resolved once)."""
     return Path(os.path.realpath(path))
@@ -69,6 +78,14 @@ def host_dir(path: Path) -> Path:
 PUSH_CHUNK = 1 << 20
 """Bytes of tar per chunk of a push; at most :data:`PUSH_QUEUE` chunks wait in memory."""
 PUSH_QUEUE = 4
+
+
+def _plain(member: tarfile.TarInfo) -> tarfile.TarInfo | None:
+    """Files, directories and links go out; FIFOs and device nodes do not (tarfile leaves
+    sockets out itself): unpacked on the remote host they would be the agent's to open (a
+    FIFO blocks a reader, a device node made by a root ssh user reaches the device)."""
+    plain = member.isreg() or member.isdir() or member.issym() or member.islnk()
+    return member if plain else None
 
 
 def _add_all(archive: tarfile.TarFile, directory: Path) -> None:
@@ -81,7 +98,7 @@ def _add_all(archive: tarfile.TarFile, directory: Path) -> None:
         here = pending.pop()
         for entry in sorted(os.listdir(directory / here if here else directory)):
             name = f"{here}/{entry}" if here else entry
-            archive.add(directory / name, arcname=name, recursive=False)
+            archive.add(directory / name, arcname=name, recursive=False, filter=_plain)
             if stat.S_ISDIR(os.lstat(directory / name).st_mode):
                 pending.append(name)
 

@@ -256,12 +256,13 @@ class SshSandbox(MirrorFiles, SandboxHandle):
         if mount.host is None:
             return
         conn = await self._pool.get(self._record.host)
-        stream = mirror.pack_stream(mirror.host_dir(mount.host))
+        host = mirror.host_dir(mount.host)
+        argv = await asyncio.to_thread(mirror.push_argv, mount.remote, host)
+        stream = mirror.pack_stream(host)
         async with contextlib.aclosing(stream) as chunks:  # type: ignore[type-var]
             code, err = await channel.run_fed(
-                conn, remote.plain(["sh", "-c", mirror.PUSH, "hal-push", mount.remote]), chunks,
-                what=f"pushing {mount.target}",
-            )  # fmt: skip
+                conn, remote.plain(argv), chunks, what=f"pushing {mount.target}"
+            )
         if code != 0:
             raise ExecError(f"cannot send {mount.target} to the ssh host: {err.decode()[-300:]}")
 
