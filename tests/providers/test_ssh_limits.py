@@ -12,7 +12,7 @@ import pytest
 from tests.providers.test_ssh import ssh_provider
 from tests.sshd import Sshd
 
-from hal9999.errors import DiskLimitExceeded, ProviderError
+from hal9999.errors import DiskLimitExceeded, ExecError, ProviderError
 from hal9999.providers import limits
 from hal9999.spec import ArgvCommand, Resources, SandboxSpec, ShellCommand
 
@@ -101,3 +101,25 @@ async def test_a_bare_host_is_never_reset(
     async with await provider.create(spec) as sandbox:
         with pytest.raises(ProviderError, match="runs bare on its host"):
             await provider.reset(sandbox.id)
+
+
+async def test_a_pull_past_the_disk_limit_is_refused_and_writes_nothing(
+    sshd_server: Sshd, hal_home: Path, workspace: Path
+) -> None:
+    # Files each under the limit (prlimit --fsize lets them be), together past it: the pull
+    # (after every command, and at the end of a run) would bring back up to 4 GiB whatever
+    # the sandbox's disk limit, before the watchdog's next measure stops the task.
+    provider = ssh_provider(sshd_server, hal_home / "ssh")
+    spec = SandboxSpec(provider="ssh", network="none", workspace=workspace,
+                       resources=Resources(disk_mb=1))  # fmt: skip
+    async with await provider.create(spec) as sandbox:
+        before = sorted(p.name for p in workspace.parent.iterdir())
+        fill = "for i in 1 2 3 4; do head -c 700000 /dev/urandom > /workspace/big$i; done"
+        assert (await sandbox.exec(ShellCommand(script=fill))).ok  # its pull fails quietly
+        with pytest.raises(ExecError, match=r"^/workspace is over the sandbox's disk limit of 1 "):
+            await sandbox.pull()
+        assert sorted(p.name for p in workspace.iterdir()) == ["README"]  # kept as it was
+        assert sorted(p.name for p in workspace.parent.iterdir()) == before  # no leftovers
+        # Within the limit, the same tree comes back.
+        assert (await sandbox.exec(ShellCommand(script="rm /workspace/big[234]"))).ok
+        assert sorted(p.name for p in workspace.iterdir()) == ["README", "big1"]

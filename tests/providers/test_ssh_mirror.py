@@ -12,9 +12,12 @@ import io
 import os
 import stat
 import tarfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from hal9999 import agentfs
+from hal9999.errors import ExecError
+from hal9999.providers.base import StreamEvent
 from hal9999.providers.ssh import mirror
 
 STEPS = "abcdefghijklmnop"
@@ -270,3 +273,33 @@ def test_a_push_keeps_only_the_sockets_hal_forwards(tmp_path: Path) -> None:
     assert (remote / "llm.sock").lstat().st_ino == forwarded, "the forwarded socket moved"
     assert (remote / "task.txt").read_text() == "task two\n"
     assert sorted(p.name for p in remote.parent.iterdir()) == ["workspace"]
+
+
+async def _events(data: bytes, code: int = 0) -> AsyncIterator[StreamEvent]:
+    for start in range(0, len(data), 65536):
+        yield StreamEvent("stdout", data[start : start + 65536])
+    yield StreamEvent("exit", exit_code=code)
+
+
+async def test_a_pull_is_bounded_by_the_sandbox_s_disk_limit(tmp_path: Path) -> None:
+    import pytest
+
+    session = tmp_path / "session"
+    target = session / "workspace"
+    target.mkdir(parents=True)
+    (target / "kept").write_text("the last pull's\n")
+    limit = mirror.pull_limit(1)
+    assert limit < 3 << 20 and mirror.pull_limit(0) == mirror.pull_limit(None) == 4 << 30
+    big = _tar(("big", tarfile.REGTYPE, "", os.urandom(3 << 20)))
+    # Many members du counts as nothing: empty files under long names (a PAX record each).
+    many = _tar(*[(f"{i:06d}" + "n" * 200, tarfile.REGTYPE, "", b"") for i in range(3000)])
+    for data in (big, many):
+        assert len(data) > limit
+        with pytest.raises(ExecError, match="over the sandbox's disk limit of 1 MiB"):
+            await mirror.pull_into(_events(data), "/workspace", target, 1)
+        assert [p.name for p in target.iterdir()] == ["kept"]
+        assert [p.name for p in session.iterdir()] == ["workspace"]  # no spool, no tree
+    # The same stream with no disk limit (0) comes back, up to the flat bound.
+    await mirror.pull_into(_events(big), "/workspace", target, 0)
+    assert [p.name for p in target.iterdir()] == ["big"]
+    assert [p.name for p in session.iterdir()] == ["workspace"]

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import secrets
 import sys
-import tempfile
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -34,6 +33,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from hal9999.errors import CloudNotFound, ExecError
+from hal9999.providers import limits
 from hal9999.providers.base import (
     Command,
     ExecResult,
@@ -304,23 +304,7 @@ class KubeSandbox(MirrorFiles, SandboxHandle):
 
     async def _pull_one(self, mount: MountRecord) -> None:
         assert mount.host is not None
-        # Spooled to a host temp file with a cap as it arrives: the agent decides the size.
-        with tempfile.TemporaryFile() as spool:
-            size, err, code = 0, b"", 255
-            events = self.raw(["sh", "-c", mirror.PULL, "hal-pull", mount.remote])
-            async with contextlib.aclosing(events):
-                async for event in events:
-                    if event.kind == "stdout":
-                        size += len(event.data)
-                        if size > mirror.PULL_LIMIT:
-                            raise ExecError(f"{mount.target} is over "
-                                            f"{mirror.PULL_LIMIT >> 30} GiB; not brought back")
-                        await asyncio.to_thread(spool.write, event.data)
-                    elif event.kind == "stderr":
-                        err = (err + event.data)[-2000:]
-                    else:
-                        code = event.exit_code if event.exit_code is not None else 255
-            if code != 0:
-                raise ExecError(f"cannot bring back {mount.target}: {err.decode()[-300:]}")
-            await asyncio.to_thread(mirror.unpack_into, spool, mirror.host_dir(mount.host))
+        events = self.raw(["sh", "-c", mirror.PULL, "hal-pull", mount.remote])
+        disk_mb = limits.effective(self.spec.resources).disk_mb
+        await mirror.pull_into(events, mount.target, mirror.host_dir(mount.host), disk_mb)
 

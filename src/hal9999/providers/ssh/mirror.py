@@ -23,6 +23,7 @@ import queue
 import secrets
 import stat
 import tarfile
+import tempfile
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Any, BinaryIO
 
 from hal9999 import agentfs
 from hal9999.errors import ExecError, UnsafePath
+from hal9999.providers.base import StreamEvent
 
 PUSH = (
     'set -e; d=$1; shift; rm -rf -- "$d.new"; mkdir -p -- "$d.new"; '
@@ -48,7 +50,61 @@ sockets named by the further arguments (see :func:`push_argv`)."""
 PULL = 'set -e; cd -- "$1"; tar -c --numeric-owner -f - .'
 """Remote: the mirror directory ``$1`` as a tar stream on stdout."""
 PULL_LIMIT = 4 << 30
-"""Largest mirror hal brings back (bytes of tar)."""
+"""Largest mirror hal brings back (bytes of tar), whatever the sandbox's disk limit."""
+PULL_SLACK = 1 << 20
+"""Room for the tar's own bytes past a disk limit (see :func:`pull_limit`)."""
+TOO_BIG_HINT = (
+    "the host keeps what the last pull brought back; a larger tree needs a larger disk limit "
+    "(HAL_DISK_MB, [resources] disk_mb)"
+)
+
+
+def pull_limit(disk_mb: int | None) -> int:
+    """Largest tar a pull takes from a sandbox whose disk limit is ``disk_mb`` (None: no
+    limit). Every byte of a non-sparse member's data is in the stream, so the stream bounds
+    what the host writes; a tree within the limit makes a smaller tar but for the headers
+    (512 bytes a member, a PAX record for a long name) of members ``du`` counts as nothing
+    (empty files, links): a sixteenth of the limit and :data:`PULL_SLACK` are theirs."""
+    if not disk_mb:
+        return PULL_LIMIT
+    disk = disk_mb << 20
+    return min(PULL_LIMIT, disk + disk // 16 + PULL_SLACK)
+
+
+async def pull_into(
+    events: AsyncIterator[StreamEvent], target: str, host: Path, disk_mb: int | None
+) -> None:
+    """Spool the tar a pull's remote command writes (``events``) and replace ``host`` by its
+    tree (:func:`unpack_into`). The agent decides the stream's size: past
+    :func:`pull_limit` it is refused before anything is unpacked, the host copy kept as it
+    was. The spool is a nameless file beside ``host`` (the session's disk, which hal
+    watches, not a ``/tmp`` that may be memory), gone when closed."""
+    limit = pull_limit(disk_mb)
+    with tempfile.TemporaryFile(dir=host.parent) as spool:
+        size, err, code = 0, b"", 255
+        async with contextlib.aclosing(events):  # type: ignore[type-var]
+            async for event in events:
+                if event.kind == "stdout":
+                    size += len(event.data)
+                    if size > limit:
+                        raise ExecError(too_big(target, disk_mb), hint=TOO_BIG_HINT)
+                    await asyncio.to_thread(spool.write, event.data)
+                elif event.kind == "stderr":
+                    err = (err + event.data)[-2000:]
+                else:
+                    code = event.exit_code if event.exit_code is not None else 255
+        if code != 0:
+            raise ExecError(f"cannot bring back {target}: {err.decode(errors='replace')[-300:]}")
+        await asyncio.to_thread(unpack_into, spool, host)
+
+
+def too_big(target: str, disk_mb: int | None) -> str:
+    """Why a pull of ``target`` was refused, in one line."""
+    limit = pull_limit(disk_mb)
+    if limit < PULL_LIMIT:
+        return (f"{target} is over the sandbox's disk limit of {disk_mb} MiB (a tar of more "
+                f"than {limit} bytes); not brought back")  # fmt: skip
+    return f"{target} is over {PULL_LIMIT >> 30} GiB; not brought back"
 
 
 def sockets_in(directory: Path) -> list[tuple[str, str]]:

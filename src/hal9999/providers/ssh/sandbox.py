@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import secrets
 import sys
-import tempfile
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 
 from hal9999.errors import ExecError
@@ -278,25 +277,9 @@ class SshSandbox(MirrorFiles, SandboxHandle):
         assert mount.host is not None
         conn = await self._pool.get(self._record.host)
         command = remote.plain(["sh", "-c", mirror.PULL, "hal-pull", mount.remote])
-        # Spooled to a host temp file with a cap as it arrives: the agent decides the size.
-        with tempfile.TemporaryFile() as spool:
-            size, err, code = 0, b"", 255
-            stream = channel.stream(conn, command, what=f"pulling {mount.target}")
-            async with contextlib.aclosing(stream) as events:
-                async for event in events:
-                    if event.kind == "stdout":
-                        size += len(event.data)
-                        if size > mirror.PULL_LIMIT:
-                            raise ExecError(f"{mount.target} is over {mirror.PULL_LIMIT >> 30} "
-                                            "GiB; not brought back")  # fmt: skip
-                        await asyncio.to_thread(spool.write, event.data)
-                    elif event.kind == "stderr":
-                        err = (err + event.data)[-2000:]
-                    else:
-                        code = event.exit_code if event.exit_code is not None else 255
-            if code != 0:
-                raise ExecError(f"cannot bring back {mount.target}: {err.decode()[-300:]}")
-            await asyncio.to_thread(mirror.unpack_into, spool, mirror.host_dir(mount.host))
+        stream = channel.stream(conn, command, what=f"pulling {mount.target}")
+        disk_mb = limits.effective(self.spec.resources).disk_mb
+        await mirror.pull_into(stream, mount.target, mirror.host_dir(mount.host), disk_mb)
 
     async def _destroy_self(self) -> None:
         if self._destroy is not None:
