@@ -52,10 +52,32 @@ async def test_what_a_command_left_is_ended_and_the_container_lives_on(
         size = written.stat().st_size
         await asyncio.sleep(0.5)
         assert written.stat().st_size == size, "the writer went on after end_processes"
-        # Alive, that is: the exec wrapper's own `head` may be a zombie of `ps` here.
-        seen = await box.exec(ShellCommand(script="ps -eo stat=,args="))
+        # Alive, that is: the exec wrapper's own `head` may be a zombie of `ps` here (and
+        # its SIGCHLD, had it come once `ps` runs, makes procps fail: the sleep lets it come
+        # first).
+        seen = await box.exec(ShellCommand(script="sleep 0.3; ps -eo stat=,args="))
         rows = [line.split(None, 1) for line in seen.text().splitlines()]
         left = sorted(args for stat, args in rows if not stat.startswith("Z"))
-        assert left == ["ps -eo stat=,args=", "sleep infinity", "tini -s -- sleep infinity"], left
+        assert left == ["ps -eo stat=,args=", "sleep infinity", "tini -s -- sleep infinity"], seen
         again = (await box.exec(ShellCommand(script="cut -d' ' -f22 /proc/1/stat"))).text()
         assert again == init, "the container was restarted (its warm state would be lost)"
+
+
+async def test_a_container_whose_init_the_agent_ended_is_started_again(
+    provider: DockerProvider, tmp_path: Path
+) -> None:
+    # Killing the init's `sleep` stops the container: nothing can be ended inside, so the
+    # runner's step restarts it (a stop of a stopped container is no error) for collection.
+    from hal9999.tasks import finish
+
+    spec = SandboxSpec(provider="docker", workspace=tmp_path)
+    async with await provider.create(spec) as box:
+        kill = "kill -9 $(ps -o pid= --ppid 1); exit 0"
+        await box.exec(ShellCommand(script=kill))
+        for _ in range(100):
+            if not (await provider.get(box.id)).running:
+                break
+            await asyncio.sleep(0.05)
+        assert not (await provider.get(box.id)).running, "the container did not stop"
+        again = await finish.end_leftovers(provider, box)
+        assert (await again.exec(ShellCommand(script="echo alive"))).stdout == b"alive\n"

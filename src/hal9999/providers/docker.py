@@ -312,8 +312,11 @@ class DockerProvider:
         return sorted(out, key=lambda info: info.created_at)
 
     async def stop(self, sandbox_id: str) -> None:
-        """Kill every process of the container; volumes and binds stay."""
-        await self._inspect(sandbox_id)
+        """Kill every process of the container; volumes and binds stay. A container that
+        stopped already (its agent killed its init) is left as it is."""
+        found = await self._inspect(sandbox_id)
+        if not found.get("State", {}).get("Running"):
+            return
         await self.call("stop", self.client().api.kill, container_name(sandbox_id))
         await self.call("wait", self.client().api.wait, container_name(sandbox_id))
 
