@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 from tests.hive.conftest import make_agent
+from tests.hive.crash_helpers import killed
 
 from hal9999.hive import approvals
 from hal9999.hive.agents import AgentDir
@@ -24,37 +21,18 @@ from hal9999.store import Store
 
 pytestmark = pytest.mark.timeout(240)
 
-# Runs ACTION (python source using `store`, `daemon` and `thread`) on the home at argv[1],
-# killed -9 right after the process's argv[3]-th store commit (never, for 0). `daemon`
-# carries out spawn and destroy proposals as `hal serve` does.
-KILLED_AFTER_A_COMMIT = textwrap.dedent(
+# `daemon` carries out spawn and destroy proposals as `hal serve` does; the actions below
+# use it, `store`, `home` and `thread`.
+DAEMON = textwrap.dedent(
     """
-    import asyncio, contextlib, os, signal, sys
-    from pathlib import Path
     from types import SimpleNamespace
     from hal9999.config import HalConfig
     from hal9999.hive import agents, approvals
     from hal9999.hive.settings import HiveSettings
     from hal9999.hive.turns import HiveLoop
     from hal9999.server.threads_api import use_hive_for_agents
-    from hal9999.store import Store
     from hal9999.tasks.service import TaskService
 
-    home, thread, after = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-    real = Store._write
-    commits = 0
-
-    @contextlib.contextmanager
-    def write(self, **kwargs):
-        global commits
-        with real(self, **kwargs) as conn:
-            yield conn
-        commits += 1
-        if commits == after:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    Store._write = write
-    store = Store.open(home)
     config = HalConfig(home=home, process_manager="direct", default_provider="local")
     service = TaskService(config, store, {})
     daemon = SimpleNamespace(store=store, config=config,
@@ -81,19 +59,9 @@ RESTART = textwrap.dedent(
 
 
 def run_killed(home: Path, action: str, thread: str, after: int) -> int:
-    """Run ``action`` killed after its ``after``-th commit; its exit status."""
-    return killed(home, action, thread, after).returncode
-
-
-def killed(home: Path, action: str, thread: str, after: int) -> subprocess.CompletedProcess[str]:
-    """Run ``action`` killed after its ``after``-th commit."""
-    run = subprocess.run(
-        [sys.executable, "-c", KILLED_AFTER_A_COMMIT + action, str(home), thread, str(after)],
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert run.returncode in (0, -signal.SIGKILL), run.stderr
-    return run
+    """Run ``action`` beside the daemon, killed after its ``after``-th commit; its exit
+    status."""
+    return killed(home, DAEMON + action, thread, after).returncode
 
 
 # What alice proposes: spawn carol, destroy bob, or destroy herself.
@@ -196,14 +164,14 @@ def test_an_approved_restart_is_never_spent_without_being_done_whatever_commit_a
                                        title="restart agent bob",
                                        payload={"tool": "restart", "agent": "bob"}).id  # fmt: skip
             asyncio.run(approvals.approve(store, thread))
-        finished = killed(home, RESTART, thread, after).returncode == 0
-        again = killed(home, RESTART, thread, 0).stdout
+        finished = run_killed(home, RESTART, thread, after) == 0
+        again = killed(home, DAEMON + RESTART, thread, 0).stdout
         # Done by the killed call (and spent) or by this one: bob restarted either way.
         assert restarted(home, thread), (after, again)
         if "carried out already" not in again:
             assert json.loads(again) == {"done": "restart", "agent": "bob"}, after
             assert not finished, after
-            again = killed(home, RESTART, thread, 0).stdout
+            again = killed(home, DAEMON + RESTART, thread, 0).stdout
         assert again.startswith(f"proposal {thread} was carried out already"), (after, again)
         if finished:
             return

@@ -4,46 +4,18 @@ asker or proposer (which then wakes that agent like any mail), nor that message 
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from tests.hive.conftest import make_agent
+from tests.hive.crash_helpers import killed
 
 from hal9999.hive import approvals, questions
 from hal9999.store import Store
 
-# Runs ACTION (python source using `store` and `thread`) on the store at argv[1], killed -9
-# right after the process's argv[3]-th commit.
-KILLED_AFTER_A_COMMIT = textwrap.dedent(
-    """
-    import asyncio, contextlib, os, signal, sys
-    from pathlib import Path
-    from hal9999.hive import approvals, questions
-    from hal9999.store import Store
-
-    home, thread, after = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-    real = Store._write
-    commits = 0
-
-    @contextlib.contextmanager
-    def write(self, **kwargs):
-        global commits
-        with real(self, **kwargs) as conn:
-            yield conn
-        commits += 1
-        if commits == after:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    Store._write = write
-    store = Store.open(home)
-    """
-)
+# What the actions below use besides `store` and `thread`.
+IMPORTS = "from hal9999.hive import approvals, questions\n"
 
 Setup = Callable[[Store], str]
 
@@ -87,13 +59,7 @@ def test_a_thread_is_never_closed_without_its_message_whatever_commit_a_kill_fol
             make_agent(store, "alice")
             make_agent(store, "bob")
             thread = setup(store)
-        run = subprocess.run(
-            [sys.executable, "-c", KILLED_AFTER_A_COMMIT + action, str(home), thread,
-             str(after)],
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert run.returncode in (0, -signal.SIGKILL), run.stderr
+        run = killed(home, IMPORTS + action, thread, after)
         with Store.open(home) as store:
             [(state,)] = store._query(f"SELECT state FROM {table} WHERE id = ?", (thread,))
             told = store._query(
@@ -121,12 +87,7 @@ def test_a_question_is_never_left_open_without_its_target_asked_whatever_commit_
         with Store.open(home) as store:
             make_agent(store, "alice")
             make_agent(store, "bob")
-        run = subprocess.run(
-            [sys.executable, "-c", KILLED_AFTER_A_COMMIT + action, str(home), "", str(after)],
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert run.returncode in (0, -signal.SIGKILL), run.stderr
+        run = killed(home, IMPORTS + action, "", after)
         with Store.open(home) as store:
             asked = [row["id"] for row in store._query("SELECT id FROM hive_questions")]
             put = store._query(
