@@ -22,7 +22,7 @@ from hal9999.tasks import bringback
 async def killed(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
-bringback._move_branch = killed
+bringback.move_branch = killed
 sys.argv = ["hal", *sys.argv[1:]]
 from hal9999.cli.entry import main
 main()

@@ -13,7 +13,7 @@ from tests.tasks.conftest import BRANCH, TASK, git, make_repo
 
 from hal9999.errors import RepoError, SecretInResult
 from hal9999.redact import SecretMasker
-from hal9999.tasks import bringback, gitrepo
+from hal9999.tasks import bringback, gitrepo, incoming, landing, resultscan
 from hal9999.tasks.session import Session
 
 
@@ -71,7 +71,7 @@ async def test_brings_back_and_rewrites_the_patch_from_the_fetched_objects(world
     world.bundle()
     world.session.patch.write_text("a patch that lies\n")
     brought = await world.bring_back(head)
-    assert isinstance(brought, bringback.BroughtBack)
+    assert isinstance(brought, landing.BroughtBack)
     assert (brought.branch, brought.moved_aside) == (BRANCH, False)
     assert git(world.source, "rev-parse", BRANCH) == head
     expected = subprocess.run(
@@ -135,7 +135,7 @@ async def test_a_branch_the_user_changed_is_never_moved(world: World, tmp_path: 
     second = world.agent_commits({"b.txt": "more\n"})
     world.bundle()
     brought = await world.bring_back(second)
-    assert isinstance(brought, bringback.BroughtBack)
+    assert isinstance(brought, landing.BroughtBack)
     assert brought.moved_aside and brought.branch == f"{BRANCH}-2"
     assert git(world.source, "rev-parse", BRANCH) == user_head
     assert git(world.source, "rev-parse", f"{BRANCH}-2") == second
@@ -143,7 +143,7 @@ async def test_a_branch_the_user_changed_is_never_moved(world: World, tmp_path: 
     third = world.agent_commits({"c.txt": "again\n"})
     world.bundle()
     again = await world.bring_back(third)
-    assert isinstance(again, bringback.BroughtBack) and again.branch == f"{BRANCH}-2"
+    assert isinstance(again, landing.BroughtBack) and again.branch == f"{BRANCH}-2"
     assert git(world.source, "rev-parse", f"{BRANCH}-2") == third
 
 
@@ -154,7 +154,7 @@ async def test_a_branch_hal_moved_before_is_moved_again(world: World) -> None:
     second = world.agent_commits({"a.txt": "three\n"})
     world.bundle()
     brought = await world.bring_back(second)
-    assert isinstance(brought, bringback.BroughtBack) and not brought.moved_aside
+    assert isinstance(brought, landing.BroughtBack) and not brought.moved_aside
     assert git(world.source, "rev-parse", BRANCH) == second
 
 
@@ -165,7 +165,7 @@ async def test_a_source_branch_named_hal_does_not_break_bringing_back(world: Wor
     head = world.agent_commits({"a.txt": "two\n"})
     world.bundle()
     brought = await world.bring_back(head)
-    assert isinstance(brought, bringback.BroughtBack)
+    assert isinstance(brought, landing.BroughtBack)
     assert brought.branch == f"hal-{TASK}" and brought.moved_aside
     assert git(world.source, "rev-parse", f"hal-{TASK}") == head
     assert git(world.source, "rev-parse", "hal") == world.base
@@ -173,7 +173,7 @@ async def test_a_source_branch_named_hal_does_not_break_bringing_back(world: Wor
 
 async def test_no_change_creates_the_branch_at_the_base(world: World) -> None:
     brought = await world.bring_back(world.base)
-    assert isinstance(brought, bringback.BroughtBack)
+    assert isinstance(brought, landing.BroughtBack)
     assert git(world.source, "rev-parse", BRANCH) == world.base
 
 
@@ -204,7 +204,7 @@ async def test_a_secret_in_the_result_keeps_the_branch_out(world: World, where: 
 async def test_a_secret_split_across_read_chunks_is_found(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(bringback, "_CHUNK", 7)
+    monkeypatch.setattr(resultscan, "_CHUNK", 7)
     secret = "tok-0123456789abcdef"
     head = world.agent_commits({"big.txt": "y" * 31 + secret + "z" * 40})
     world.bundle()
@@ -267,7 +267,7 @@ def test_a_patch_scan_names_the_file_and_finds_a_secret_across_chunks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
 ) -> None:
     """URL sources bring nothing back into a host repository; their patch is scanned."""
-    monkeypatch.setattr(bringback, "_CHUNK", chunk)
+    monkeypatch.setattr(resultscan, "_CHUNK", chunk)
     secret = "tok-0123456789abcdef"
     patch = tmp_path / "result.patch"
     patch.write_text(
@@ -275,9 +275,9 @@ def test_a_patch_scan_names_the_file_and_finds_a_secret_across_chunks(
         "diff --git a/conf/y b/conf/y\n--- a/conf/y\n+++ b/conf/y\n+" + "p" * 13 + secret + "\n"
         "diff --git a/z b/z\n--- a/z\n+++ b/z\n+later\n"
     )
-    assert bringback.patch_holds_secret(patch, SecretMasker([secret])) == "conf/y"
-    assert bringback.patch_holds_secret(patch, SecretMasker(["not-in-there-at-all"])) is None
-    assert bringback.patch_holds_secret(patch, SecretMasker()) is None
+    assert resultscan.patch_holds_secret(patch, SecretMasker([secret])) == "conf/y"
+    assert resultscan.patch_holds_secret(patch, SecretMasker(["not-in-there-at-all"])) is None
+    assert resultscan.patch_holds_secret(patch, SecretMasker()) is None
 
 
 async def test_a_first_bring_back_without_changes_runs_one_git(
@@ -293,9 +293,10 @@ async def test_a_first_bring_back_without_changes_runs_one_git(
         calls.append([next(a for a in args if a != "-c" and "=" not in a), *args])
         return await original(args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(bringback, "git", counted)
+    for module in (bringback, incoming, landing):  # each step's own git
+        monkeypatch.setattr(module, "git", counted)
     brought = await world.bring_back(world.base)
-    assert isinstance(brought, bringback.BroughtBack) and brought.branch == BRANCH
+    assert isinstance(brought, landing.BroughtBack) and brought.branch == BRANCH
     assert [args[0] for args in calls] == ["update-ref"]
     assert git(world.source, "rev-parse", BRANCH) == world.base
     # The next run reads the branch hal left (compare-and-set), as before.
@@ -303,7 +304,7 @@ async def test_a_first_bring_back_without_changes_runs_one_git(
     head = world.agent_commits({"a.txt": "two\n"})
     world.bundle()
     brought = await world.bring_back(head)
-    assert isinstance(brought, bringback.BroughtBack) and not brought.moved_aside
+    assert isinstance(brought, landing.BroughtBack) and not brought.moved_aside
     assert git(world.source, "rev-parse", BRANCH) == head
     # Was bundle verify, list-heads, fetch, rev-parse, rev-parse, update-ref (move),
     # update-ref (drop the private ref): the header is read in Python, the fetch verifies,
@@ -318,7 +319,7 @@ async def test_a_first_bring_back_without_changes_runs_one_git(
     (world.session.root / "brought-back.json").unlink(missing_ok=True)
     world.session.brought_back.unlink(missing_ok=True)
     brought = await world.bring_back(head)
-    assert isinstance(brought, bringback.BroughtBack) and brought.branch == BRANCH
+    assert isinstance(brought, landing.BroughtBack) and brought.branch == BRANCH
     assert [args[0] for args in calls] == ["fetch", "rev-parse", "update-ref"]
     assert git(world.source, "rev-parse", BRANCH) == head
     assert git(world.source, "for-each-ref", "refs/hal-incoming") == ""
@@ -332,9 +333,7 @@ def test_the_bundle_header_is_read_as_git_lists_it(world: World, tmp_path: Path)
         bundle = tmp_path / "b.bundle"
         git(ws, "bundle", "create", "-q", str(bundle), *spec)
         listed = git(ws, "bundle", "list-heads", str(bundle))
-        assert bringback.bundle_heads(bundle) == [
-            line.split(" ", 1) for line in listed.splitlines()
-        ]
+        assert incoming.bundle_heads(bundle) == [line.split(" ", 1) for line in listed.splitlines()]
         bundle.unlink()
     assert head
     # Anything not in v2's plain form is left to git.
@@ -347,7 +346,7 @@ def test_the_bundle_header_is_read_as_git_lists_it(world: World, tmp_path: Path)
         b"not a bundle\n\n",
     ):
         odd.write_bytes(header + b"\nPACK")
-        assert bringback.bundle_heads(odd) is None, header
+        assert incoming.bundle_heads(odd) is None, header
 
 
 async def test_a_bundle_whose_prerequisites_the_source_lacks_is_refused(world: World) -> None:
@@ -444,13 +443,13 @@ async def test_an_object_bomb_in_the_bundle_is_refused_within_hosts_git_memory_b
     git(ws, "commit", "-qm", "agent work")
     head = git(ws, "rev-parse", "HEAD")
     world.bundle()
-    monkeypatch.setattr(bringback, "HEAP", 32 << 20)
+    monkeypatch.setattr(incoming, "HEAP", 32 << 20)
     masker = SecretMasker(["sk-live-not-in-it-42"] if masked else [])
     with pytest.raises(RepoError, match=r"[Oo]ut of memory"):
         await world.bring_back(head, masker)
     assert git(world.source, "branch", "--list", BRANCH) == ""
     assert git(world.source, "for-each-ref", "refs/hal-incoming") == ""
-    monkeypatch.setattr(bringback, "HEAP", 512 << 20)  # room for it: brought back as ever
+    monkeypatch.setattr(incoming, "HEAP", 512 << 20)  # room for it: brought back as ever
     await world.bring_back(head, masker)
     assert git(world.source, "rev-parse", BRANCH) == head
 

@@ -19,7 +19,7 @@ from hal9999.process import pm2inside
 from hal9999.providers.base import Provider, Sandbox
 from hal9999.spec import ArgvCommand
 from hal9999.store import TaskRecord
-from hal9999.tasks import bringback, collect, gitrepo
+from hal9999.tasks import bringback, collect, gitrepo, resultscan
 from hal9999.tasks.context import RunContext
 from hal9999.tasks.state import TaskStatus
 
@@ -114,7 +114,7 @@ async def collect_result(ctx: RunContext, sandbox: Sandbox, update: Update) -> i
         masker=ctx.masker,
     )
     if brought is None:  # a URL source: the session's bundle is the result, scan it too
-        scan = bringback.patch_holds_secret
+        scan = resultscan.patch_holds_secret
         holder = await asyncio.to_thread(scan, session.patch, ctx.masker)
         if holder is not None:
             raise SecretInResult(

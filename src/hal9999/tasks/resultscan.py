@@ -1,0 +1,145 @@
+"""Reading a fetched result's objects (:mod:`bringback`'s steps 3-4): every object new on the
+branch scanned for the values of the task's secrets, and ``result.patch`` rewritten from
+them; and the scan of a patch alone, for a source nothing is brought back into."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from asyncio.subprocess import DEVNULL, PIPE
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from hal9999 import agentfs
+from hal9999.errors import RepoError, SecretInResult
+from hal9999.redact import SecretMasker
+from hal9999.tasks.gitrepo import git_message
+from hal9999.tasks.incoming import git_proc
+
+# The same options the sandbox's patch uses (collect.py), pinned against the repository's
+# own diff settings (noprefix, external drivers, colour).
+_DIFF = ["diff", "--binary", "--no-ext-diff", "--no-textconv", "--no-color"]
+_DIFF_FIXED = ["--src-prefix=a/", "--dst-prefix=b/"]
+_CHUNK = agentfs.CHUNK
+
+
+async def _lines(
+    argv: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> AsyncIterator[bytes]:
+    pipes = {"stdin": DEVNULL, "stdout": PIPE, "stderr": PIPE}
+    async with git_proc(argv, cwd, env, **pipes) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        while line := await proc.stdout.readline():
+            yield line
+        err = await proc.stderr.read()
+        if await proc.wait() != 0:
+            raise RepoError(f"git {argv[0]} failed: {git_message(err)}")
+
+
+async def scan(
+    repo: Path,
+    incoming: str,
+    base: str,
+    masker: SecretMasker,
+    safe: str,
+    env: dict[str, str] | None = None,
+) -> list[bytes]:
+    """Refuse the result when a new object holds a secret's value (streamed, chunked); the
+    ``rev-list --objects`` lines of the objects scanned."""
+    seen: list[bytes] = []
+    if not masker:
+        return seen
+    listing = _lines(["rev-list", "--objects", incoming, "--not", base], repo, env)
+    batch = ["cat-file", "--batch=%(objectname) %(objecttype) %(objectsize) %(rest)"]
+    overlap = max(masker.max_len - 1, 0)
+    hit: str | None = None
+    pipes = {"stdin": PIPE, "stdout": PIPE, "stderr": DEVNULL}
+    async with git_proc(batch, repo, env, **pipes) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        feeder = asyncio.create_task(_feed(proc.stdin, listing, seen))
+        try:
+            while header := await proc.stdout.readline():
+                fields = header.decode("utf-8", "replace").rstrip("\n").split(" ", 3)
+                name, kind, size, *rest = fields
+                tail, left = "", int(size)
+                while left > 0:
+                    chunk = await proc.stdout.readexactly(min(left, _CHUNK))
+                    left -= len(chunk)
+                    text = tail + chunk.decode("utf-8", "replace")
+                    if hit is None and masker.spans(text):
+                        where = rest[0] if rest and rest[0] else ""
+                        hit = f"file {where}" if where else f"the {kind} {name[:12]}"
+                    tail = text[-overlap:] if overlap else ""
+                await proc.stdout.readexactly(1)  # the newline after each object
+        finally:
+            if not feeder.done():
+                feeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await feeder
+        await proc.wait()
+    if hit is not None:
+        raise SecretInResult(
+            f"the result holds the value of one of the task's secrets, in {hit}; "
+            "the branch was not brought back",
+            hint="the secret must leave the branch's history, not only its last commit: resume "
+            "the task and have the agent rewrite its commits without it (for example `git reset "
+            f"--soft {base[:12]}` and commit again); {safe}",
+        )
+    return seen
+
+
+def patch_holds_secret(patch: Path, masker: SecretMasker) -> str | None:
+    """The first ``+++ b/<file>`` whose added text holds a secret's value, streamed in chunks
+    with overlap; ``"result.patch"`` when the hit is before any file header; None when clean."""
+    if not masker:
+        return None
+    overlap = max(masker.max_len - 1, 0)
+    where, tail = "result.patch", ""
+    with patch.open("rb") as source:
+        while chunk := source.read(_CHUNK):
+            text = tail + chunk.decode("utf-8", "replace")
+            spans = masker.spans(text)
+            # The file a hit belongs to is the last header before it.
+            where = _last_header(text[: spans[0][0]] if spans else text, where)
+            if spans:
+                return where
+            tail = text[-overlap:] if overlap else ""
+    return None
+
+
+def _last_header(text: str, default: str) -> str:
+    at = text.rfind("\n+++ b/")
+    start = at + 1 if at != -1 else (0 if text.startswith("+++ b/") else -1)
+    if start == -1:
+        return default
+    end = text.find("\n", start)
+    return text[start + len("+++ b/") : end if end != -1 else len(text)]
+
+
+async def _feed(
+    stdin: asyncio.StreamWriter, listing: AsyncIterator[bytes], seen: list[bytes]
+) -> None:
+    try:
+        async for line in listing:
+            seen.append(line)
+            stdin.write(line)
+            await stdin.drain()
+    finally:
+        stdin.close()
+
+
+async def write_patch(
+    repo: Path, base: str, incoming: str, patch: Path, env: dict[str, str] | None = None
+) -> None:
+    """Rewrite ``result.patch`` from the fetched objects (streamed, fsynced, replaced)."""
+    tmp = patch.with_name(f".{patch.name}.hal-tmp")
+    with tmp.open("wb") as out:
+        argv = [*_DIFF, *_DIFF_FIXED, base, incoming, "--"]
+        async with git_proc(argv, repo, env, stdin=DEVNULL, stdout=out, stderr=PIPE) as proc:
+            _, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise RepoError(f"writing the patch failed: {git_message(err)}")
+        await asyncio.to_thread(os.fsync, out.fileno())
+    tmp.replace(patch)
+    await asyncio.to_thread(agentfs.fsync_dir, patch.parent)
