@@ -112,6 +112,21 @@ def events_of(hal: Hal, task_id: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
 
 
+def one_error_line(out: subprocess.CompletedProcess[str]) -> str:
+    """The single error line; asserts there is no traceback and no crash report."""
+    assert "Traceback" not in out.stderr + out.stdout
+    lines = [line for line in out.stderr.splitlines() if line.startswith("hal: error:")]
+    assert len(lines) == 1, out.stderr
+    assert "internal error" not in lines[0], lines[0]
+    return lines[0]
+
+
+def no_sessions(hal_env: dict[str, str]) -> bool:
+    """Whether ``HAL_HOME`` holds no task session."""
+    sessions = Path(hal_env["HAL_HOME"], "sessions")
+    return not sessions.exists() or not any(sessions.iterdir())
+
+
 _started: list[subprocess.Popen[str]] = []
 
 

@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.cli.conftest import Hal, tasks_json
-from tests.cli.test_bad_input import no_sessions, one_error_line
+from tests.cli.conftest import Hal, no_sessions, one_error_line, tasks_json
 
 RUN = ("run", "--agent", "true {{prompt_file}}", "x")
 PYDANTIC_WORDS = ("Extra inputs", "Input should", "valid string", "pool settings of")
@@ -134,6 +133,8 @@ def test_a_variable_excuses_only_the_file_value_it_replaces(
     write_config(hal_env, 'timeout_s = "soon"\n[resources]\ncpus = 2\n')
     out = hal("task", "list", env={"HAL_TIMEOUT": "30", "HAL_MEMORY_MB": "512"})
     assert out.returncode == 0, out.stderr
+
+
 def test_doctor_fails_a_gateway_ca_file_that_cannot_be_used(
     hal: Hal, hal_env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -10,17 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, start_hal, tasks_json
+from tests.cli.conftest import Hal, one_error_line, start_hal, tasks_json
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
-
-
-def one_error_line(out: subprocess.CompletedProcess[str]) -> str:
-    """The single error line; asserts there is no traceback."""
-    assert "Traceback" not in out.stderr + out.stdout
-    lines = [line for line in out.stderr.splitlines() if line.startswith("hal: error:")]
-    assert len(lines) == 1, out.stderr
-    return lines[0]
 
 
 def test_bad_repo_path(hal: Hal, tmp_path: Path) -> None:

@@ -7,8 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, events_of, git
-from tests.cli.test_bad_input import one_error_line
+from tests.cli.conftest import Hal, events_of, git, one_error_line
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 

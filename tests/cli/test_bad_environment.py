@@ -1,0 +1,165 @@
+"""A bad environment for hal (a ``HAL_HOME`` it cannot use, a damaged or newer database,
+``HAL_*`` variables it cannot take, a deleted current directory) ends in one clear line and
+the documented status, never a traceback; ``hal doctor`` reports it instead of crashing."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tests.cli.conftest import Hal, one_error_line
+
+BWRAP = shutil.which("bwrap")
+
+
+@pytest.mark.parametrize("where", ["file", "below-file"])
+@pytest.mark.parametrize("command", [("task", "list"), ("run", "x")])
+def test_hal_home_that_cannot_be_a_directory(
+    hal: Hal, tmp_path: Path, where: str, command: tuple[str, ...]
+) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    home = blocker if where == "file" else blocker / "home"
+    out = hal(*command, env={"HAL_HOME": str(home)})
+    assert out.returncode == 2
+    line = one_error_line(out)
+    assert str(home) in line or str(blocker) in line
+    assert "HAL_HOME" in line
+
+
+def test_doctor_reports_a_bad_hal_home_instead_of_crashing(hal: Hal, tmp_path: Path) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    out = hal("doctor", "--json", env={"HAL_HOME": str(blocker / "home")}, timeout=120)
+    assert "Traceback" not in out.stderr
+    assert out.returncode == 1
+    checks = {c["name"]: c for c in json.loads(out.stdout)["checks"]}
+    assert not checks["HAL_HOME"]["ok"] and "HAL_HOME" in checks["HAL_HOME"]["fix"]
+
+
+def test_doctor_fails_on_a_corrupt_database(hal: Hal, hal_env: dict[str, str]) -> None:
+    assert hal("task", "list").returncode == 0  # creates a healthy hal.db
+    db = Path(hal_env["HAL_HOME"], "hal.db")
+    db.write_bytes(b"SQLite format 3\x00" + b"\xff" * 8192)
+    out = hal("doctor", "--json", timeout=120)
+    assert out.returncode == 1, out.stdout
+    checks = {c["name"]: c for c in json.loads(out.stdout)["checks"]}
+    assert not checks["database"]["ok"] and "move" in checks["database"]["fix"]
+    listed = hal("task", "list")
+    assert listed.returncode != 0 and str(db) in one_error_line(listed)
+
+
+def test_doctor_fails_on_a_database_of_a_newer_hal(hal: Hal, hal_env: dict[str, str]) -> None:
+    import sqlite3
+
+    assert hal("task", "list").returncode == 0  # creates a healthy hal.db
+    db = Path(hal_env["HAL_HOME"], "hal.db")
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("INSERT INTO schema_migrations VALUES (999, 'from the future', 0)")
+    listed = hal("task", "list")
+    assert listed.returncode != 0 and "newer than this hal knows" in one_error_line(listed)
+    out = hal("doctor", "--json", timeout=120)
+    assert out.returncode == 1, out.stdout
+    checks = {c["name"]: c for c in json.loads(out.stdout)["checks"]}
+    assert not checks["database"]["ok"] and "999" in checks["database"]["detail"]
+    assert "upgrade hal9999" in checks["database"]["fix"]
+
+
+@pytest.mark.parametrize("damage", ["not-a-database", "pages-overwritten"])
+def test_a_damaged_database_says_to_move_it_aside(
+    hal: Hal, hal_env: dict[str, str], damage: str
+) -> None:
+    assert hal("task", "list").returncode == 0  # creates a healthy hal.db
+    db = Path(hal_env["HAL_HOME"], "hal.db")
+    if damage == "not-a-database":
+        db.write_bytes(b"\xff" * 8192)
+    else:  # the schema page is intact: the database opens, the tables' pages do not read
+        with db.open("r+b") as data:
+            data.seek(4096)
+            data.write(b"\xff" * (db.stat().st_size - 4096))
+    out = hal("task", "list")
+    assert out.returncode != 0
+    line = one_error_line(out)
+    assert "move" in line and "aside" in line and "writable" not in line, line
+
+
+@pytest.mark.bwrap
+@pytest.mark.skipif(BWRAP is None, reason="needs bwrap for a read-only mount")
+def test_hal_home_on_a_read_only_mount(hal_env: dict[str, str], tmp_path: Path) -> None:
+    home = Path(hal_env["HAL_HOME"])
+    home.mkdir()
+    # A real read-only mount, private to this command: the host is not changed.
+    argv = [str(BWRAP), "--dev-bind", "/", "/", "--ro-bind", str(home), str(home),
+            sys.executable, "-m", "hal9999"]  # fmt: skip
+    for command in (["task", "list"], ["doctor"]):
+        out = subprocess.run(
+            [*argv, *command], env=hal_env, capture_output=True, text=True, timeout=120
+        )
+        assert "Traceback" not in out.stderr, out.stderr
+        if command == ["doctor"]:
+            assert out.returncode == 1 and "read-only" in out.stdout
+        else:
+            assert out.returncode == 2 and "read-only" in one_error_line(out)
+
+
+def test_running_from_a_deleted_directory(hal_env: dict[str, str], tmp_path: Path) -> None:
+    gone = tmp_path / "gone"
+    script = f'mkdir "{gone}" && cd "{gone}" && rmdir "{gone}" && exec "$@"'
+    base = ["sh", "-c", script, "sh", sys.executable, "-m", "hal9999"]
+    listed = subprocess.run([*base, "task", "list"], env=hal_env, capture_output=True, text=True)
+    assert listed.returncode == 0, listed.stderr
+    out = subprocess.run([*base, "run", "x"], env=hal_env, capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "current directory no longer exists" in one_error_line(out)
+
+
+def test_invalid_log_level(hal: Hal) -> None:
+    out = hal("task", "list", env={"HAL_LOG_LEVEL": "chatty"})
+    assert out.returncode == 2
+    assert "HAL_LOG_LEVEL" in one_error_line(out)
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [({"HAL_PIDS": "-1"}, "pids"), ({"HAL_MEMORY_MB": "-5"}, "memory_mb"),
+     ({"HAL_CPUS": "-1"}, "cpus"), ({"HAL_TIMEOUT": "inf"}, "timeout_s"),
+     ({"HAL_HOME": "~no-such-user-x/h"}, "home")],
+)  # fmt: skip
+def test_bad_limits_from_the_environment(hal: Hal, env: dict[str, str], key: str) -> None:
+    out = hal("run", "--agent", "true {{prompt_file}}", "x", env=env)
+    assert out.returncode == 2
+    line = one_error_line(out)
+    assert next(iter(env)) in line and key in line
+
+
+def test_a_hal_variable_that_is_not_utf8(hal_env: dict[str, str], demo_repo: Path) -> None:
+    env = {k.encode(): v.encode() for k, v in hal_env.items()}
+    env[b"HAL_AGENT"] = b"cl\xffaude"
+    out = subprocess.run(
+        [sys.executable, "-m", "hal9999", "run", "x"],
+        cwd=demo_repo, env=env, capture_output=True, text=True, errors="replace",
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert "HAL_AGENT: not UTF-8 text" in one_error_line(out)
+
+
+def test_task_list_json_is_strict_even_for_an_old_infinite_timeout(
+    hal: Hal, hal_env: dict[str, str]
+) -> None:
+    from hal9999.store import Store
+
+    out = hal("run", "--provider", "local", "--agent", "true {{prompt_file}}", "x", "--json")
+    task_id = json.loads(out.stdout)["id"]
+    with Store.open(Path(hal_env["HAL_HOME"])) as store:  # what a release before the fix stored
+        store.update_task(task_id, timeout_s=float("inf"))
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"not JSON: {constant}")
+
+    listed = hal("task", "list", "--json")
+    assert json.loads(listed.stdout, parse_constant=refuse)[0]["timeout_s"] is None
