@@ -443,6 +443,11 @@ class TaskService(TaskSecrets):
         else:  # it died while acquiring a sandbox or cloning: no agent was ever started
             agent = f"the agent had not started (the task was {task.status})"
         message = f"the hal process running this task died; {agent}"
+        # What to do is in the record (`hal task show` prints it), not only in its events.
+        told = (
+            f"{message}; `hal task resume {task.id}` continues it, "
+            f"`hal task stop {task.id}` stops it"
+        )
         with self.events(task) as events:
             try:
                 _, interrupted = transition(
@@ -454,17 +459,11 @@ class TaskService(TaskSecrets):
                     detail=message,
                     runner_pid=None,
                     error_code="interrupted",
-                    error_message=message,
+                    error_message=told,
                 )
             except TaskStateError:
                 return self.store.get_task(task.id)  # it moved meanwhile: that is the truth
-            events.emit(
-                Message(
-                    level="warning",
-                    text=f"{message}; `hal task resume {task.id}` continues it, "
-                    f"`hal task stop {task.id}` stops it",
-                )
-            )
+            events.emit(Message(level="warning", text=told))
         return interrupted
 
     def list(

@@ -1,0 +1,216 @@
+"""``python crash_points.py POINT hal ARGS...``: ``hal ARGS...`` that kills itself (SIGKILL, no
+clean-up, as the OOM killer or a power cut would) at one named step of a task's path.
+
+Test-only: the points are patches of hal's own functions made in this wrapper process, so
+hal has no hook of its own to keep. Each point names where the process dies; ``POINTS`` lists
+them in the order a run passes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def die() -> None:
+    """Die at once, as ``kill -9`` would."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def after(owner: Any, name: str, when: Callable[..., bool] = lambda *a, **k: True) -> None:
+    """Die right after ``owner.name`` (async) returns (or raises), when ``when(*args)``."""
+    original = getattr(owner, name)
+
+    @functools.wraps(original)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await original(*args, **kwargs)
+        finally:
+            if when(*args, **kwargs):
+                die()
+
+    setattr(owner, name, wrapper)
+
+
+def before(owner: Any, name: str, when: Callable[..., bool] = lambda *a, **k: True) -> None:
+    """Die as ``owner.name`` is called (sync or async), when ``when(*args)``."""
+    original = getattr(owner, name)
+
+    @functools.wraps(original)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if when(*args, **kwargs):
+            die()
+        return original(*args, **kwargs)
+
+    setattr(owner, name, wrapper)
+
+
+def after_sync(owner: Any, name: str, when: Callable[..., bool]) -> None:
+    """Die right after ``owner.name`` (sync) returns, when ``when(*args)``."""
+    original = getattr(owner, name)
+
+    @functools.wraps(original)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        if when(*args, **kwargs):
+            die()
+        return result
+
+    setattr(owner, name, wrapper)
+
+
+def _status_is(value: str) -> Callable[..., bool]:
+    return lambda _self, _ctx, target, *a, **k: str(target.value) == value
+
+
+def _transition(value: str, *, done: bool) -> None:
+    from hal9999.tasks.runcore import RunnerCore
+
+    if done:
+        after_sync(RunnerCore, "_transition", _status_is(value))
+    else:
+        before(RunnerCore, "_transition", _status_is(value))
+
+
+def _mid_agent() -> None:
+    """Once the agent has committed (the file it commits is in the checkout)."""
+    from hal9999.tasks.follow import FollowSteps
+
+    original = FollowSteps.follow
+
+    async def follow(self: Any, ctx: Any, *args: Any, **kwargs: Any) -> Any:
+        marker = ctx.session.workspace / ".git" / "committed"
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            if time.monotonic() > deadline:
+                sys.exit("crash_points: the agent never committed")
+            await asyncio.sleep(0.02)
+        die()
+        return await original(self, ctx, *args, **kwargs)
+
+    FollowSteps.follow = follow  # type: ignore[method-assign]
+
+
+def _collect_step(step: str) -> None:
+    """The collection script is killed as it starts ``step`` (git holding the checkout's
+    index lock, as a git killed mid-way leaves it), and hal with it (``--die-with-parent``:
+    a command in a bwrap sandbox dies with its hal; here the other way round)."""
+    from hal9999.tasks import collect, finish
+
+    stub = 'step() { echo "hal-step: $1" >&2; }'
+    assert stub in collect.COLLECT_SCRIPT
+    killer = (
+        'step() { echo "hal-step: $1" >&2; '
+        f'if [ "$1" = "{step}" ]; then : > .git/index.lock; kill -9 $$; fi; }}'
+    )
+    collect.COLLECT_SCRIPT = collect.COLLECT_SCRIPT.replace(stub, killer)
+    after(finish.collect, "collect")
+
+
+def _bringback_git(what: str) -> None:
+    from hal9999.tasks import bringback
+
+    after(bringback, "git", lambda *a, **k: k.get("what") == what)
+
+
+def _git_running(command: str) -> None:
+    """Die once host git runs ``command`` in the source repository (hal runs in it): that
+    git lives on (its own session) and finishes after hal is gone, perhaps while the next
+    hal recovers."""
+    original = asyncio.create_subprocess_exec
+
+    async def spawn(*argv: Any, **kwargs: Any) -> Any:
+        proc = await original(*argv, **kwargs)
+        if command in argv and Path(kwargs.get("cwd") or "/") == Path.cwd():
+            die()
+        return proc
+
+    asyncio.create_subprocess_exec = spawn  # type: ignore[assignment]
+
+
+def _event(kind: str) -> None:
+    from hal9999.events.log import EventLog
+
+    after_sync(EventLog, "emit", lambda _self, event: event.type == kind)
+
+
+def _module(name: str) -> Any:
+    return importlib.import_module(f"hal9999.tasks.{name}")
+
+
+def _bringback(name: str) -> Callable[[], None]:
+    def patch() -> None:
+        after(_module("bringback"), name)
+
+    return patch
+
+
+def _service_run(*, done: bool) -> None:
+    from hal9999.tasks.service import TaskService
+
+    if done:
+        after(TaskService, "run")
+    else:
+        before(TaskService, "run")
+
+
+COLLECT_STEPS = (
+    "staging leftover changes",
+    "committing leftover changes",
+    "reading HEAD",
+    "updating the branch",
+    "creating the result directory",
+    "bundling the branch",
+    "writing the patch",
+)
+
+POINTS: dict[str, Callable[[], None]] = {
+    "task_created": lambda: _service_run(done=False),
+    "provisioning": lambda: _transition("provisioning", done=True),
+    "sandbox_acquired": lambda: _event("sandbox_acquired"),
+    "preparing": lambda: _transition("preparing", done=True),
+    "cloned": lambda: after(_module("gitrepo"), "clone"),
+    "running_recorded": lambda: _transition("running", done=True),
+    "agent_started": lambda: after(_module("launch").LaunchSteps, "launch"),
+    "mid_agent": _mid_agent,
+    "agent_ended": lambda: _transition("collecting", done=False),
+    "collecting": lambda: _transition("collecting", done=True),
+    **{f"collect:{step}": functools.partial(_collect_step, step) for step in COLLECT_STEPS},
+    "collected": lambda: after(_module("collect"), "collect"),
+    "git_fetch_running": lambda: _git_running("fetch"),
+    "fetched": _bringback("_fetch_verified"),
+    "scanned": _bringback("_scan"),
+    "patch_rewritten": _bringback("_write_patch"),
+    "kept_quarantine": lambda: _bringback_git("keeping the result"),
+    "git_update_ref_running": lambda: _git_running("update-ref"),
+    "branch_moved": _bringback("_set_ref"),
+    "landed": _bringback("_landed"),
+    "brought_back": lambda: after(_module("finish"), "collect_result"),
+    "final_status": lambda: _transition("succeeded", done=False),
+    "final_status_written": lambda: _transition("succeeded", done=True),
+    "task_end_logged": lambda: _event("task_end"),
+    "run_returned": lambda: _service_run(done=True),
+}
+"""Kill points, in the order a successful in-process run passes them."""
+
+
+def main() -> None:
+    point, *args = sys.argv[1:]
+    POINTS[point]()
+    sys.argv = ["hal", *args]
+    from hal9999.cli.entry import main as hal
+
+    hal()
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    main()

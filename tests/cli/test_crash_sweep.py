@@ -1,0 +1,110 @@
+"""A ``hal run`` killed (SIGKILL) at every step of a task's path loses no work.
+
+For each kill point of :mod:`tests.cli.crash_points`, in order: the run dies there; the next
+``hal task list`` tells the truth (no task shown in flight with nobody running it, none shown
+succeeded without its branch); ``hal task show`` says how to carry on; ``hal task resume``
+(when the task is not over) lands the agent's work, a commit it made and a file it left
+uncommitted, on the result branch; and the user's repository is whole throughout: ``git fsck``
+passes, no lock file, HEAD and the checkout untouched, no private ref left behind.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.cli.conftest import Hal, git, tasks_json
+from tests.cli.crash_points import POINTS
+from tests.cli.test_failures import assert_no_leftovers, hal_processes_of
+
+pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.slow]
+
+KILLER = Path(__file__).with_name("crash_points.py")
+SECRET = {"HAL_TEST_TOKEN": "s3cr3t-Value-77"}
+# Commits ``f``, leaves ``g`` uncommitted; the marker in .git says the commit is made.
+AGENT = (
+    "sh -c 'echo hi > f; git add f; git -c user.name=a -c user.email=a@a commit -qm x; "
+    ": > .git/committed; {pause}echo more > g'"
+)
+IN_FLIGHT = {"queued", "provisioning", "preparing", "running", "collecting"}
+BRINGBACK = (
+    "git_fetch_running", "fetched", "scanned", "patch_rewritten", "kept_quarantine",
+    "git_update_ref_running", "branch_moved", "landed",
+)  # fmt: skip
+
+
+def killed_run(hal_env: dict[str, str], repo: Path, point: str, secret: bool) -> None:
+    """``hal run`` of :data:`AGENT`, killed at ``point``."""
+    agent = AGENT.format(pause="sleep 1; " if point == "mid_agent" else "")
+    extra = ["--secret", *SECRET] if secret else []
+    done = subprocess.run(
+        [sys.executable, str(KILLER), point, "run", *extra, "--agent", agent, "do it"],
+        cwd=repo, env={**hal_env, **(SECRET if secret else {})}, capture_output=True,
+        text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == -9, f"never reached {point}: {done.stderr}"
+
+
+def has_work(repo: Path, task: dict[str, Any]) -> bool:
+    """Whether the task's branch holds the agent's commit and its uncommitted file."""
+    branch = task["branch"]
+    if git(repo, "branch", "--list", branch) == "":
+        return False
+    subjects = git(repo, "log", "--format=%s", f"main..{branch}").splitlines()
+    assert "x" in subjects, subjects
+    assert git(repo, "show", f"{branch}:f") == "hi"
+    assert git(repo, "show", f"{branch}:g") == "more", "the uncommitted file is collected"
+    return True
+
+
+def assert_repo_whole(repo: Path, main: str, incoming_ok: bool) -> None:
+    """The user's repository is as sound as before the run, only with a result branch."""
+    fsck = subprocess.run(["git", "fsck", "--strict"], cwd=repo, capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    locks = sorted(str(p) for p in (repo / ".git").rglob("*.lock"))
+    assert locks == []
+    assert git(repo, "symbolic-ref", "HEAD") == "refs/heads/main"
+    assert git(repo, "rev-parse", "main") == main
+    assert git(repo, "status", "--porcelain") == ""
+    if not incoming_ok:
+        assert git(repo, "for-each-ref", "refs/hal-incoming/") == ""
+
+
+SWEEP = [(point, False) for point in POINTS] + [(point, True) for point in BRINGBACK]
+
+
+@pytest.mark.parametrize(
+    ("point", "secret"), SWEEP, ids=[f"{p}{'+secret' if s else ''}" for p, s in SWEEP]
+)
+def test_killed_run_loses_no_work(
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path, point: str, secret: bool
+) -> None:
+    if point == "kept_quarantine" and not secret:
+        pytest.skip("a result is quarantined only when the task has secrets")
+    hal_env = {**hal_env, "HAL_NO_DAEMON": "1", **(SECRET if secret else {})}
+    main = git(demo_repo, "rev-parse", "main")
+    killed_run(hal_env, demo_repo, point, secret)
+    assert_repo_whole(demo_repo, main, incoming_ok=True)
+
+    [task] = tasks_json(hal)
+    assert task["status"] not in IN_FLIGHT - {"queued"}, f"nobody runs it: {task}"
+    if task["status"] == "succeeded":
+        assert has_work(demo_repo, task), f"succeeded without its branch: {task}"
+        # Killed between its final status and its sandbox's release: the sandbox's state
+        # directory is left for `hal serve`'s sweep of orphans (no process, no record).
+        assert task["sandbox_id"] is None and hal_processes_of(task) == []
+    else:
+        assert task["status"] in ("queued", "interrupted"), task
+        shown = hal("task", "show", task["id"])
+        assert shown.returncode == 0, shown.stderr
+        assert f"hal task resume {task['id']}" in shown.stdout, shown.stdout
+        resumed = hal("task", "resume", task["id"], env=hal_env)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        [task] = tasks_json(hal)
+        assert task["status"] == "succeeded", task
+        assert has_work(demo_repo, task), f"resumed without its branch: {task}"
+        assert_no_leftovers(task)
+    assert_repo_whole(demo_repo, main, incoming_ok=False)
