@@ -1,4 +1,4 @@
-"""``python crash_points.py POINT hal ARGS...``: ``hal ARGS...`` that kills itself (SIGKILL, no
+"""``python killed_hal.py POINT hal ARGS...``: ``hal ARGS...`` that kills itself (SIGKILL, no
 clean-up, as the OOM killer or a power cut would) at one named step of a task's path.
 
 Test-only: the points are patches of hal's own functions made in this wrapper process, so
@@ -91,7 +91,7 @@ def _mid_agent() -> None:
         deadline = time.monotonic() + 30
         while not marker.exists():
             if time.monotonic() > deadline:
-                sys.exit("crash_points: the agent never committed")
+                sys.exit("killed_hal: the agent never committed")
             await asyncio.sleep(0.02)
         die()
         return await original(self, ctx, *args, **kwargs)

@@ -1,0 +1,117 @@
+"""``hal serve`` killed (SIGKILL) at steps of a task's path loses no work.
+
+The daemon's half of :mod:`tests.cli.test_crash_sweep`: a task runs through a daemon that
+dies at one kill point of :mod:`tests.cli.killed_hal`; ``hal task list`` tells the truth
+with no daemon; the next ``hal serve`` carries the task on (adopts, queues again or leaves
+it ``interrupted``, then ``hal task resume``); the agent's work lands and the user's
+repository is whole, with nothing of the task left running.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.cli.conftest import Hal, tasks_json
+from tests.cli.test_crash_sweep import (
+    AGENT,
+    IN_FLIGHT,
+    KILLER,
+    assert_repo_whole,
+    has_work,
+)
+from tests.cli.test_failures import hal_processes_of
+
+pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.slow, pytest.mark.timeout(180)]
+
+POINTS = (
+    "task_created",
+    "sandbox_acquired",
+    "running_recorded",
+    "mid_agent",
+    "agent_ended",
+    "collect:committing leftover changes",
+    "collect:bundling the branch",
+    "fetched",
+    "branch_moved",
+    "landed",
+    "final_status",
+    "final_status_written",
+)
+"""The in-process sweep's points where a daemon's path differs (the pool's sandboxes,
+recovery's adoption) or where the in-process one found the most to check."""
+
+
+def settle(hal: Hal, task_id: str, timeout: float = 60) -> dict[str, Any]:
+    """The task once it is neither in flight nor queued."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        [task] = [t for t in tasks_json(hal) if t["id"] == task_id]
+        if task["status"] not in IN_FLIGHT:
+            return task
+        time.sleep(0.2)
+    pytest.fail(f"task {task_id} never settled: {tasks_json(hal)}")
+
+
+def killed_daemon(hal: Hal, hal_env: dict[str, str], repo: Path, point: str) -> str:
+    """A task run through a ``hal serve`` that died at ``point``; its id."""
+    home = Path(hal_env["HAL_HOME"])
+    with (home.parent / "killed-serve.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(KILLER), point, "serve"],
+            cwd=repo, env=hal_env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        info = home / "run" / "serve.json"
+        deadline = time.monotonic() + 30
+        while not (info.exists() and json.loads(info.read_text())["pid"] == proc.pid):
+            assert proc.poll() is None and time.monotonic() < deadline, "hal serve never started"
+            time.sleep(0.05)
+        agent = AGENT.format(pause="sleep 1; " if point == "mid_agent" else "")
+        hal("run", "--detach", "--agent", agent, "do it")  # the daemon may die before it answers
+        assert proc.wait(timeout=60) == -9, f"hal serve never reached {point}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    [task] = tasks_json(hal)
+    return str(task["id"])
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_killed_daemon_loses_no_work(
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path, point: str
+) -> None:
+    home = Path(hal_env["HAL_HOME"])
+    main = subprocess.run(
+        ["git", "rev-parse", "main"], cwd=demo_repo, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    task_id = killed_daemon(hal, hal_env, demo_repo, point)
+    assert_repo_whole(demo_repo, main, incoming_ok=True)
+    [task] = tasks_json(hal)
+    assert task["status"] not in IN_FLIGHT - {"queued"}, f"nobody runs it: {task}"
+    if task["status"] == "succeeded":
+        assert has_work(demo_repo, task), f"succeeded without its branch: {task}"
+
+    assert hal("serve", "--detach").returncode == 0
+    try:
+        task = settle(hal, task_id)
+        if task["status"] == "interrupted":
+            shown = hal("task", "show", task_id)
+            assert f"hal task resume {task_id}" in shown.stdout, shown.stdout
+            resumed = hal("task", "resume", task_id, timeout=90)
+            assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+            task = settle(hal, task_id)
+        assert task["status"] == "succeeded", task
+        assert has_work(demo_repo, task), f"no branch after the restart: {task}"
+    finally:
+        assert hal("serve", "--stop").returncode == 0
+    assert_repo_whole(demo_repo, main, incoming_ok=False)
+    assert hal_processes_of(task) == []
+    assert list((home / "sandboxes").glob("*/*")) == [], "the restart swept every sandbox"
