@@ -107,3 +107,27 @@ def test_killed_run_loses_no_work(
         assert has_work(demo_repo, task), f"resumed without its branch: {task}"
         assert_no_leftovers(task)
     assert_repo_whole(demo_repo, main, incoming_ok=False)
+
+
+@pytest.mark.parametrize("point", ["branch_moved", "git_update_ref_running"])
+def test_a_run_killed_once_its_branch_moved_is_resumed_onto_the_same_branch(
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path, point: str
+) -> None:
+    # Its agent run again with a new prompt (a new commit each run): the branch the killed
+    # run moved is this task's own, moved on, not "changed outside hal" and set aside.
+    agent = "sh -c 'date +%s%N >> h; git add h; git -c user.name=a -c user.email=a@a commit -qm y'"
+    hal_env = {**hal_env, "HAL_NO_DAEMON": "1"}
+    done = subprocess.run(
+        [sys.executable, str(KILLER), point, "run", "--agent", agent, "do it"],
+        cwd=demo_repo, env=hal_env, capture_output=True, text=True, timeout=60,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == -9, done.stderr
+    [task] = tasks_json(hal)
+    resumed = hal("task", "resume", task["id"], "once more", env=hal_env)
+    assert resumed.returncode == 0, resumed.stderr
+    [task] = tasks_json(hal)
+    assert (task["status"], task["branch"]) == ("succeeded", f"hal/{task['id']}"), task
+    subjects = git(demo_repo, "log", "--format=%s", f"main..{task['branch']}").splitlines()
+    assert subjects == ["y", "y"], subjects
+    assert git(demo_repo, "branch", "--list", "hal/*").split() == [task["branch"]]

@@ -32,7 +32,7 @@ from hal9999.redact import SecretMasker
 from hal9999.tasks.collect import safe_in_session
 from hal9999.tasks.gitrepo import RepoSource, git
 from hal9999.tasks.incoming import QUARANTINE, fetch_verified, keep, quarantine_env
-from hal9999.tasks.landing import BroughtBack, Drop, move_branch
+from hal9999.tasks.landing import BroughtBack, Drop, move_branch, note
 from hal9999.tasks.resultscan import scan, write_patch
 from hal9999.tasks.session import Session
 
@@ -73,7 +73,7 @@ async def bring_back(
             await write_patch(repo, base, target, session.patch, env)
             if env is not None and seen:
                 await keep(repo, objects, seen, env, safe)
-        return await move_branch(repo, session, branch, head, safe, drop)
+        return await move_branch(repo, session, branch, head, safe, drop, note(task_id))
     finally:
         if drop.ref is not None and not drop.done:
             await git(["update-ref", "-d", incoming], cwd=repo, what="dropping the private ref")

@@ -62,36 +62,56 @@ async def _current(repo: Path, name: str) -> str | None:
         return None
 
 
-async def _set_ref(repo: Path, name: str, head: str, old: str, drop: Drop, what: str) -> None:
+def note(task_id: str) -> str:
+    """The reflog message of a branch move hal makes for task ``task_id``."""
+    return f"hal: task result {task_id}"
+
+
+async def _set_ref(
+    repo: Path, name: str, head: str, old: str, drop: Drop, what: str, note: str
+) -> None:
     """Point ``refs/heads/NAME`` at ``head`` if it is at ``old`` (zero: if there is none),
-    dropping ``drop.ref`` in the same transaction (all or nothing)."""
+    dropping ``drop.ref`` in the same transaction (all or nothing); ``note`` in its reflog."""
     ref = f"refs/heads/{name}"
     if drop.ref is None:
         await git(
-            ["update-ref", "-m", "hal: task result", "--end-of-options", ref, head, old],
+            ["update-ref", "-m", note, "--end-of-options", ref, head, old],
             cwd=repo, what=what,
         )  # fmt: skip
         return
     script = f"update {ref}\0{head}\0{old}\0delete {drop.ref}\0\0"
     await git(
-        ["update-ref", "-m", "hal: task result", "--stdin", "-z"],
+        ["update-ref", "-m", note, "--stdin", "-z"],
         cwd=repo, what=what, stdin=script.encode(),
     )  # fmt: skip
     drop.done = True
 
 
-async def _create(repo: Path, name: str, head: str, drop: Drop) -> bool:
+async def _create(repo: Path, name: str, head: str, drop: Drop, note: str) -> bool:
     """Create branch ``name`` at ``head`` only if no such branch exists (compare-and-set
     against none); False when it exists or a ref is in the way (then it is read)."""
     try:
-        await _set_ref(repo, name, head, _ZERO, drop, f"creating branch {name}")
+        await _set_ref(repo, name, head, _ZERO, drop, f"creating branch {name}", note)
     except RepoError:
         return False
     return True
 
 
+async def _left_by(repo: Path, name: str, current: str, note: str) -> bool:
+    """Whether the last move of branch ``name`` (its reflog) is this task's, to ``current``:
+    a run killed between the move and :func:`_landed` noted nothing, and its branch is no
+    one else's (read only then, and only where the repository keeps reflogs)."""
+    try:
+        last = await git(
+            ["log", "-g", "-n", "1", "--format=%H %gs", f"refs/heads/{name}", "--"], cwd=repo
+        )
+    except RepoError:
+        return False
+    return last == f"{current} {note}"
+
+
 async def move_branch(
-    repo: Path, session: Session, branch: str, head: str, safe: str, drop: Drop
+    repo: Path, session: Session, branch: str, head: str, safe: str, drop: Drop, note: str
 ) -> BroughtBack:
     """Move ``branch`` (or the first free ``hal/<id>-<n>``) to ``head`` by compare-and-set,
     dropping ``drop.ref`` in the same transaction."""
@@ -100,17 +120,22 @@ async def move_branch(
     why = ""
     for family in _candidates(branch):
         for name in family:
-            if name not in record and await _create(repo, name, head, drop):
+            if name not in record and await _create(repo, name, head, drop, note):
                 # A name hal never moved, created where none was: one git (issue 16).
                 return await _landed(session, record, name, branch, head, why)
             current = await _current(repo, name)
-            if current is not None and current != head and current != record.get(name):
+            if (
+                current is not None
+                and current != head
+                and current != record.get(name)
+                and not await _left_by(repo, name, current, note)
+            ):
                 why = why or f"{branch} was changed outside hal and is left as it is"
                 continue  # someone else's commits: never move it
             if current != head:
                 try:
                     what = f"creating branch {name}"
-                    await _set_ref(repo, name, head, current or _ZERO, drop, what)
+                    await _set_ref(repo, name, head, current or _ZERO, drop, what, note)
                 except RepoError as exc:
                     last_error = exc.message
                     # A ref in the way of the whole family (e.g. a branch `hal`).
