@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.tasks.conftest import BRANCH, git
+from tests.tasks.conftest import BRANCH, TASK, git
 from tests.tasks.test_bringback import World
 
 from hal9999.redact import SecretMasker
@@ -72,3 +72,38 @@ async def test_a_branch_another_task_left_is_still_not_moved(world: World) -> No
     assert isinstance(brought, landing.BroughtBack)
     assert brought.moved_aside and brought.branch == f"{BRANCH}-2"
     assert git(world.source, "rev-parse", BRANCH) == theirs
+
+
+@pytest.mark.parametrize("next_run", ["unchanged", "quarantined"])
+async def test_a_private_ref_a_killed_run_left_goes_with_the_next_landing(
+    world: World, monkeypatch: pytest.MonkeyPatch, next_run: str
+) -> None:
+    # Killed between the fetch and the branch's move: the fetched result waits in the
+    # private ref. A resumed run that fetches nothing into it (its agent undid everything;
+    # or the task now has secrets, and its result waits in a quarantine) still lands, and
+    # takes the ref with it: it is not left behind for good.
+    killed = world.agent_commits({"b.txt": "killed\n"})
+    world.bundle()
+    incoming = f"refs/hal-incoming/{TASK}"
+
+    async def die(*args: object) -> None:
+        raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(bringback, "_move_branch", die)
+        with pytest.raises(Killed):
+            await world.bring_back(killed)
+    # What SIGKILL leaves, which no `finally` of hal's tidies: the fetched result in the ref.
+    git(world.source, "update-ref", incoming, killed)
+    masker = SecretMasker()
+    if next_run == "unchanged":
+        git(world.session.workspace, "reset", "-q", "--hard", world.base)
+        head = world.base
+    else:
+        masker.add("s3cr3t-Value-77")
+        head = world.agent_commits({"c.txt": "again\n"})
+        world.bundle()
+    brought = await world.bring_back(head, masker)
+    assert isinstance(brought, bringback.BroughtBack) and brought.branch == BRANCH
+    assert git(world.source, "rev-parse", BRANCH) == head
+    assert git(world.source, "for-each-ref", "refs/hal-incoming/") == ""

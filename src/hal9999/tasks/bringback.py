@@ -60,7 +60,12 @@ async def bring_back(
     # agent's, and objects none of its commits reach are never scanned, so only what the scan
     # saw is copied into the source (whose later snapshots every sandbox reads).
     quarantine = session.root / QUARANTINE if head != base and masker else None
-    drop = Drop(incoming if head != base and quarantine is None else None)
+    # The private ref goes in the branch's own transaction, also when this run fetches
+    # nothing into it (no change, or a quarantine): an earlier run of the task killed between
+    # its fetch and its move left it, and this landing supersedes it (else it stayed for good).
+    drop = Drop(incoming)
+    fetched = head != base and quarantine is None
+    landed = False
     try:
         if head != base:
             env: dict[str, str] | None = None
@@ -73,9 +78,11 @@ async def bring_back(
             await write_patch(repo, base, target, session.patch, env)
             if env is not None and seen:
                 await keep(repo, objects, seen, env, safe)
-        return await move_branch(repo, session, branch, head, safe, drop, note(task_id))
+        brought = await move_branch(repo, session, branch, head, safe, drop, note(task_id))
+        landed = True
+        return brought
     finally:
-        if drop.ref is not None and not drop.done:
+        if not drop.done and (fetched or landed):
             await git(["update-ref", "-d", incoming], cwd=repo, what="dropping the private ref")
         if quarantine is not None:
             await asyncio.to_thread(shutil.rmtree, quarantine, True)

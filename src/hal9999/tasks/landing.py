@@ -35,7 +35,7 @@ class Drop:
     """The private ref to delete in the same transaction that moves the branch (one git,
     issue 16); ``done`` once it is gone."""
 
-    ref: str | None
+    ref: str
     done: bool = False
 
 
@@ -73,12 +73,6 @@ async def _set_ref(
     """Point ``refs/heads/NAME`` at ``head`` if it is at ``old`` (zero: if there is none),
     dropping ``drop.ref`` in the same transaction (all or nothing); ``note`` in its reflog."""
     ref = f"refs/heads/{name}"
-    if drop.ref is None:
-        await git(
-            ["update-ref", "-m", note, "--end-of-options", ref, head, old],
-            cwd=repo, what=what,
-        )  # fmt: skip
-        return
     script = f"update {ref}\0{head}\0{old}\0delete {drop.ref}\0\0"
     await git(
         ["update-ref", "-m", note, "--stdin", "-z"],
