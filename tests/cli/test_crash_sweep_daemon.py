@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.cli.conftest import Hal, tasks_json
+from tests.cli.conftest import Hal, git, tasks_json
 from tests.cli.test_crash_sweep import (
     AGENT,
     IN_FLIGHT,
@@ -89,9 +89,7 @@ def test_killed_daemon_loses_no_work(
     hal: Hal, hal_env: dict[str, str], demo_repo: Path, point: str
 ) -> None:
     home = Path(hal_env["HAL_HOME"])
-    main = subprocess.run(
-        ["git", "rev-parse", "main"], cwd=demo_repo, capture_output=True, text=True, check=True
-    ).stdout.strip()
+    main = git(demo_repo, "rev-parse", "main")
     task_id = killed_daemon(hal, hal_env, demo_repo, point)
     assert_repo_whole(demo_repo, main, incoming_ok=True)
     [task] = tasks_json(hal)
@@ -115,3 +113,32 @@ def test_killed_daemon_loses_no_work(
     assert_repo_whole(demo_repo, main, incoming_ok=False)
     assert hal_processes_of(task) == []
     assert list((home / "sandboxes").glob("*/*")) == [], "the restart swept every sandbox"
+
+
+@pytest.mark.parametrize(
+    "point", ["mid_agent", "collect:committing leftover changes", "fetched", "final_status_written"]
+)
+def test_a_killed_run_is_carried_on_by_the_next_daemon(
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path, point: str
+) -> None:
+    # A `hal run` killed in-process: no resume by hand, the next `hal serve` recovers it
+    # (adopts its agent or its ended run, collects, lands) and sweeps its sandbox.
+    home = Path(hal_env["HAL_HOME"])
+    agent = AGENT.format(pause="sleep 1; " if point == "mid_agent" else "")
+    done = subprocess.run(
+        [sys.executable, str(KILLER), point, "run", "--agent", agent, "do it"],
+        cwd=demo_repo, env={**hal_env, "HAL_NO_DAEMON": "1"}, capture_output=True, text=True,
+        timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == -9, done.stderr
+    [task] = tasks_json(hal)
+    assert hal("serve", "--detach").returncode == 0
+    try:
+        task = settle(hal, task["id"])
+        assert task["status"] == "succeeded", task
+        assert has_work(demo_repo, task)
+    finally:
+        assert hal("serve", "--stop").returncode == 0
+    assert git(demo_repo, "for-each-ref", "refs/hal-incoming/") == ""
+    assert hal_processes_of(task) == []
+    assert list((home / "sandboxes").glob("*/*")) == [], "the daemon swept every sandbox"
