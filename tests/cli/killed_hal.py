@@ -81,7 +81,7 @@ def _transition(value: str, *, done: bool) -> None:
 
 
 def _mid_agent() -> None:
-    """Once the agent has committed (the file it commits is in the checkout)."""
+    """While the agent runs, once it has committed (it leaves ``.git/committed`` then)."""
     from hal9999.tasks.follow import FollowSteps
 
     original = FollowSteps.follow

@@ -32,9 +32,14 @@ AGENT = (
 IN_FLIGHT = {"queued", "provisioning", "preparing", "running", "collecting"}
 
 
+PAUSES = {"mid_agent": "sleep 1; ", "collect:updating the branch": "git checkout -q --detach; "}
+"""What the agent does before its last file at some points: runs on a little while hal dies;
+leaves HEAD detached (else the branch is HEAD and collection has no branch to update)."""
+
+
 def killed_run(hal_env: dict[str, str], repo: Path, point: str, secret: bool) -> None:
     """``hal run`` of :data:`AGENT`, killed at ``point``."""
-    agent = AGENT.format(pause="sleep 1; " if point == "mid_agent" else "")
+    agent = AGENT.format(pause=PAUSES.get(point, ""))
     extra = ["--secret", *SECRET] if secret else []
     done = subprocess.run(
         [sys.executable, str(KILLER), point, "run", *extra, "--agent", agent, "do it"],
@@ -89,6 +94,8 @@ def test_killed_run_loses_no_work(
     assert_repo_whole(demo_repo, main, incoming_ok=True)
 
     [task] = tasks_json(hal)
+    if point.startswith("collect:"):  # the script was killed at that step, not after it all
+        assert Path(task["session_dir"], "workspace", ".git", "index.lock").exists()
     assert task["status"] not in IN_FLIGHT - {"queued"}, f"nobody runs it: {task}"
     if task["status"] == "succeeded":
         assert has_work(demo_repo, task), f"succeeded without its branch: {task}"

@@ -22,6 +22,7 @@ from tests.cli.test_crash_sweep import (
     AGENT,
     IN_FLIGHT,
     KILLER,
+    PAUSES,
     assert_repo_whole,
     has_work,
 )
@@ -73,7 +74,7 @@ def killed_daemon(hal: Hal, hal_env: dict[str, str], repo: Path, point: str) -> 
         while not (info.exists() and json.loads(info.read_text())["pid"] == proc.pid):
             assert proc.poll() is None and time.monotonic() < deadline, "hal serve never started"
             time.sleep(0.05)
-        agent = AGENT.format(pause="sleep 1; " if point == "mid_agent" else "")
+        agent = AGENT.format(pause=PAUSES.get(point, ""))
         hal("run", "--detach", "--agent", agent, "do it")  # the daemon may die before it answers
         assert proc.wait(timeout=60) == -9, f"hal serve never reached {point}"
     finally:
@@ -124,7 +125,7 @@ def test_a_killed_run_is_carried_on_by_the_next_daemon(
     # A `hal run` killed in-process: no resume by hand, the next `hal serve` recovers it
     # (adopts its agent or its ended run, collects, lands) and sweeps its sandbox.
     home = Path(hal_env["HAL_HOME"])
-    agent = AGENT.format(pause="sleep 1; " if point == "mid_agent" else "")
+    agent = AGENT.format(pause=PAUSES.get(point, ""))
     done = subprocess.run(
         [sys.executable, str(KILLER), point, "run", "--agent", agent, "do it"],
         cwd=demo_repo, env={**hal_env, "HAL_NO_DAEMON": "1"}, capture_output=True, text=True,
