@@ -116,9 +116,9 @@ def _collect_step(step: str) -> None:
 
 
 def _bringback_git(what: str) -> None:
-    from hal9999.tasks import bringback
+    from hal9999.tasks import incoming
 
-    after(bringback, "git", lambda *a, **k: k.get("what") == what)
+    after(incoming, "git", lambda *a, **k: k.get("what") == what)
 
 
 def _git_running(command: str) -> None:
@@ -146,9 +146,11 @@ def _module(name: str) -> Any:
     return importlib.import_module(f"hal9999.tasks.{name}")
 
 
-def _bringback(name: str) -> Callable[[], None]:
+def _bringback(name: str, module: str = "bringback") -> Callable[[], None]:
+    """After ``name`` of a bring-back step's module (bringback holds what it calls)."""
+
     def patch() -> None:
-        after(_module("bringback"), name)
+        after(_module(module), name)
 
     return patch
 
@@ -186,13 +188,13 @@ POINTS: dict[str, Callable[[], None]] = {
     **{f"collect:{step}": functools.partial(_collect_step, step) for step in COLLECT_STEPS},
     "collected": lambda: after(_module("collect"), "collect"),
     "git_fetch_running": lambda: _git_running("fetch"),
-    "fetched": _bringback("_fetch_verified"),
-    "scanned": _bringback("_scan"),
-    "patch_rewritten": _bringback("_write_patch"),
+    "fetched": _bringback("fetch_verified"),
+    "scanned": _bringback("scan"),
+    "patch_rewritten": _bringback("write_patch"),
     "kept_quarantine": lambda: _bringback_git("keeping the result"),
     "git_update_ref_running": lambda: _git_running("update-ref"),
-    "branch_moved": _bringback("_set_ref"),
-    "landed": _bringback("_landed"),
+    "branch_moved": _bringback("_set_ref", "landing"),
+    "landed": _bringback("_landed", "landing"),
     "brought_back": lambda: after(_module("finish"), "collect_result"),
     "final_status": lambda: _transition("succeeded", done=False),
     "final_status_written": lambda: _transition("succeeded", done=True),

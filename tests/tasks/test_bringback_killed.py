@@ -90,7 +90,7 @@ async def test_a_private_ref_a_killed_run_left_goes_with_the_next_landing(
         raise Killed
 
     with monkeypatch.context() as patch:
-        patch.setattr(bringback, "_move_branch", die)
+        patch.setattr(bringback, "move_branch", die)
         with pytest.raises(Killed):
             await world.bring_back(killed)
     # What SIGKILL leaves, which no `finally` of hal's tidies: the fetched result in the ref.
@@ -104,6 +104,6 @@ async def test_a_private_ref_a_killed_run_left_goes_with_the_next_landing(
         head = world.agent_commits({"c.txt": "again\n"})
         world.bundle()
     brought = await world.bring_back(head, masker)
-    assert isinstance(brought, bringback.BroughtBack) and brought.branch == BRANCH
+    assert isinstance(brought, landing.BroughtBack) and brought.branch == BRANCH
     assert git(world.source, "rev-parse", BRANCH) == head
     assert git(world.source, "for-each-ref", "refs/hal-incoming/") == ""
