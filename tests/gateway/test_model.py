@@ -161,3 +161,56 @@ async def test_well_formed_calls_still_pass_and_refusals_are_recorded(
     rows = gw.store.gateway_requests("t1")
     assert [(r.status, r.error) for r in rows][-1] == (400, "bad_request")
     assert [s.body["model"] for s in upstream.seen] == [ALLOWED, ALLOWED]
+
+
+BATCH = json.dumps({"requests": [{"custom_id": "a", "params": json.loads(body())}]}).encode()
+
+
+@pytest.mark.parametrize(
+    "fields", [{"models": [ALLOWED]}, {"max_cost_usd": 1.0}, {"max_tokens": 1000}],
+    ids=["allow-list", "cost budget", "token budget"],
+)  # fmt: skip
+@pytest.mark.parametrize(
+    "path", ["/v1/messages/batches", "/v1/batches", "/v1/messages/batches/",
+             f"/v1beta/models/{ALLOWED}:batchGenerateContent",
+             f"/v1beta/models/{ALLOWED}:asyncBatchEmbedContent"],
+)  # fmt: skip
+async def test_a_batch_is_refused_where_spend_is_metered_or_models_are_listed(
+    gateway: tuple[Gateway, str], upstream: StormUpstream, fields: dict[str, object], path: str
+) -> None:
+    # A batch's model sits under requests[].params (the allow-list never saw it) and its
+    # cost is billed when it completes, in no answer the gateway reads: both went through.
+    gw, sock = gateway
+    grant = grant_for(upstream, **fields)
+    gw.register(grant)
+    got, answer = await raw(sock, grant.token, BATCH, path=path)
+    assert got == 403, answer
+    error = answer["error"]
+    assert isinstance(error, dict) and "batch calls are billed" in str(error["message"])
+    assert upstream.seen == []
+    await gw.drain()
+    assert [r.error for r in gw.store.gateway_requests("t1")] == ["not_metered"]
+
+
+async def test_a_call_that_names_no_model_is_refused_under_an_allow_list(
+    gateway: tuple[Gateway, str], upstream: StormUpstream
+) -> None:
+    # OpenAI's thread runs take their assistant's model: the body names none to check.
+    gw, sock = gateway
+    grant = grant_for(upstream, models=[ALLOWED])
+    gw.register(grant)
+    got, answer = await raw(sock, grant.token, b'{"assistant_id": "asst_1"}',
+                            path="/v1/threads/runs")  # fmt: skip
+    assert got == 400 and "names no model" in str(answer)
+    assert upstream.seen == []
+
+
+async def test_a_batch_without_a_budget_or_allow_list_still_passes(
+    gateway: tuple[Gateway, str], upstream: StormUpstream
+) -> None:
+    gw, sock = gateway
+    grant = grant_for(upstream)
+    gw.register(grant)
+    got, _ = await raw(sock, grant.token, BATCH, path="/v1/messages/batches")
+    assert got != 403
+    assert len(upstream.seen) == 1

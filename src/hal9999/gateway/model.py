@@ -96,7 +96,26 @@ def read_model(
     match = _GEMINI_MODEL.search(path)
     if match and match.group(1) not in found.models:
         found.models.append(match.group(1))
+    if strict and method in _WITH_BODY and not found.models:
+        # Anthropic's batches carry theirs under requests[].params, OpenAI's threads' runs
+        # take their assistant's: the allow-list would never see it.
+        raise Unreadable(400, "the request names no model (in its body's top level or its "
+                              "path); a task with a model allow-list or a cost budget names "
+                              "the model of every call")  # fmt: skip
     return found
+
+
+def check_metered(path: str) -> None:
+    """:class:`Unreadable` (403) for an endpoint whose spend the gateway cannot meter: a
+    batch is billed when it completes, hours later, never in an answer the gateway reads
+    (Anthropic's ``/v1/messages/batches``, OpenAI's ``/v1/batches``, Gemini's
+    ``:batchGenerateContent`` and ``:asyncBatchEmbedContent``)."""
+    segments = path.rstrip("/").split("/")
+    method = segments[-1].rpartition(":")[2] if ":" in segments[-1] else ""
+    if "batches" in segments or method.startswith(("batch", "asyncBatch")):
+        raise Unreadable(403, "batch calls are billed after the call ends, past the gateway's "
+                              "metering; a task with a budget or a model allow-list makes "
+                              "each call itself")  # fmt: skip
 
 
 def requested_model(path: str, body: bytes) -> str | None:

@@ -35,7 +35,7 @@ from hal9999.gateway.channel import TOKEN_PREFIX, Grant
 from hal9999.gateway.inflight import InFlight, Reservation, reservation
 from hal9999.gateway.ledger import Ledger
 from hal9999.gateway.limits import RETRY_STATUSES, UpstreamLimiter, retry_after_s
-from hal9999.gateway.model import ModelRequest, Unreadable, read_model
+from hal9999.gateway.model import ModelRequest, Unreadable, check_metered, read_model
 from hal9999.gateway.prices import PriceBook
 from hal9999.gateway.refusal import send as _send_refusal
 from hal9999.gateway.relay import HOP_HEADERS, AnswerRelay
@@ -186,9 +186,12 @@ class Gateway:
         parsed = strict or grant.max_tokens is not None
         unreadable = None
         try:
+            if parsed or grant.settings.get("daily_max_tokens") is not None:
+                check_metered(path)
             wants = read_model(method, path, headers, body if parsed else b"", strict=strict)
         except Unreadable as exc:  # its model may read otherwise upstream: never forwarded
-            wants, unreadable = ModelRequest(), (exc.status, "bad_request", f"hal gateway: {exc}")
+            code = "not_metered" if exc.status == 403 else "bad_request"
+            wants, unreadable = ModelRequest(), (exc.status, code, f"hal gateway: {exc}")
         record = GatewayRequest(
             task_id=grant.task_id, ts=wall, method=method, path=path[:500], model=wants.model,
             status=0, latency_ms=0.0, body=self.bodies.stored(grant, body),
