@@ -393,3 +393,20 @@ def test_the_seccomp_filter_is_assembled_once_a_process() -> None:
 
 
 
+
+
+async def test_what_a_command_writes_to_stderr_is_kept_within_a_bound(
+    sandbox: BwrapSandbox,
+) -> None:
+    # A git clean filter of the agent's, run by collection's `git add`, can write to stderr
+    # until the command's time limit: all of it used to be held in the daemon's memory.
+    from hal9999.providers.handle import STDERR_LIMIT
+
+    script = "echo first >&2; head -c 50000000 /dev/zero >&2; echo last >&2; echo out"
+    result = await sandbox.exec(ShellCommand(script=script), timeout=60)
+    assert result.ok and result.stdout == b"out\n"
+    assert len(result.stderr) <= STDERR_LIMIT + 100
+    assert result.stderr.startswith(b"first\n") and result.stderr.endswith(b"\x00last\n")
+    assert b"bytes ...]" in result.stderr
+    small = await sandbox.exec(ShellCommand(script="echo whole >&2"), timeout=60)
+    assert small.stderr == b"whole\n"

@@ -61,7 +61,7 @@ async def collect(
     ``time_limit`` the stream is closed (which kills the command) and :class:`ExecError`
     raised (``timed_out`` its message, else one naming ``what``), keeping the partial
     output: a timed-out command has no exit status."""
-    out, err = bytearray(), bytearray()
+    out, err = bytearray(), _Tail()
     code = no_status
     try:
         async with contextlib.aclosing(events), asyncio.timeout(time_limit):
@@ -69,13 +69,51 @@ async def collect(
                 if event.kind == "stdout":
                     out += event.data
                 elif event.kind == "stderr":
-                    err += event.data
+                    err.add(event.data)
                 elif event.exit_code is not None:
                     code = event.exit_code
     except TimeoutError as exc:
         raise ExecError(
             timed_out or f"{what} timed out after {time_limit:g}s and was killed",
             hint="raise the timeout, or run long work through a process manager",
-            timeout=time_limit, stdout=bytes(out), stderr=bytes(err),
+            timeout=time_limit, stdout=bytes(out), stderr=err.value(),
         ) from exc  # fmt: skip
-    return ExecResult(code, bytes(out), bytes(err))
+    return ExecResult(code, bytes(out), err.value())
+
+
+STDERR_LIMIT = 1 << 20
+"""What is kept of a command's stderr: its first :data:`STDERR_HEAD` bytes and its end. It
+only ever says what went wrong (its end, mostly), and what a sandbox writes there is the
+agent's: a git filter or a leftover writing to it without end during collection held it all
+in the daemon's memory."""
+STDERR_HEAD = 64 << 10
+
+
+class _Tail:
+    """A stream's head and end within :data:`STDERR_LIMIT`, the middle dropped and counted."""
+
+    def __init__(self) -> None:
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.dropped = 0
+
+    def add(self, data: bytes) -> None:
+        room = STDERR_HEAD - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+            data = data[room:]
+        self.tail += data
+        if len(self.tail) > 2 * (STDERR_LIMIT - STDERR_HEAD):  # trimmed now and then, not per chunk
+            self._trim()
+
+    def _trim(self) -> None:
+        over = len(self.tail) - (STDERR_LIMIT - STDERR_HEAD)
+        if over > 0:
+            del self.tail[:over]
+            self.dropped += over
+
+    def value(self) -> bytes:
+        self._trim()
+        if not self.dropped:
+            return bytes(self.head + self.tail)
+        return bytes(self.head) + f"\n[... {self.dropped} bytes ...]\n".encode() + bytes(self.tail)
