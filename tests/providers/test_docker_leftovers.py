@@ -4,15 +4,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from tests.providers.test_docker import provider
 
 from hal9999.providers.docker import DockerProvider
-from hal9999.providers.registry import load_provider
 from hal9999.spec import SandboxSpec, ShellCommand
 
+__all__ = ["provider"]
 pytestmark = [pytest.mark.podman, pytest.mark.timeout(180)]
 
 # Writers that hide from an exec's kill token (environment cleared, a session of their own),
@@ -24,15 +24,6 @@ cp /bin/sleep '/tmp/x) 1 1) S 1'
 (sh -c 'while :; do sleep 0.01 & wait; done' >/dev/null 2>&1 &)
 exit 0
 """
-
-
-@pytest.fixture
-async def provider(hal_home: Path) -> AsyncIterator[DockerProvider]:
-    made = load_provider("docker", state_dir=hal_home / "sandboxes" / "docker")
-    assert isinstance(made, DockerProvider)
-    yield made
-    for info in await made.list():  # a failed test leaves no container behind
-        await made.destroy(info.id)
 
 
 async def test_what_a_command_left_is_ended_and_the_container_lives_on(

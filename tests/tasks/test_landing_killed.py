@@ -24,16 +24,23 @@ class Killed(BaseException):
     """hal dying (SIGKILL) at this point: nothing after it runs."""
 
 
-async def killed_before_the_note(world: World, head: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Bring ``head`` back, dying once the branch moved and before hal notes it."""
+async def killed_at(
+    world: World, head: str, monkeypatch: pytest.MonkeyPatch, module: object, name: str
+) -> None:
+    """Bring ``head`` back, dying where ``module.name`` would run."""
 
     async def die(*args: object) -> None:
         raise Killed
 
     with monkeypatch.context() as patch:
-        patch.setattr(landing, "_landed", die)
+        patch.setattr(module, name, die)
         with pytest.raises(Killed):
             await world.bring_back(head)
+
+
+async def killed_before_the_note(world: World, head: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bring ``head`` back, dying once the branch moved and before hal notes it."""
+    await killed_at(world, head, monkeypatch, landing, "_landed")
     assert git(world.source, "rev-parse", BRANCH) == head, "the branch moved"
 
 
@@ -86,13 +93,7 @@ async def test_a_private_ref_a_killed_run_left_goes_with_the_next_landing(
     world.bundle()
     incoming = f"refs/hal-incoming/{TASK}"
 
-    async def die(*args: object) -> None:
-        raise Killed
-
-    with monkeypatch.context() as patch:
-        patch.setattr(bringback, "move_branch", die)
-        with pytest.raises(Killed):
-            await world.bring_back(killed)
+    await killed_at(world, killed, monkeypatch, bringback, "move_branch")
     # What SIGKILL leaves, which no `finally` of hal's tidies: the fetched result in the ref.
     git(world.source, "update-ref", incoming, killed)
     masker = SecretMasker()
