@@ -214,3 +214,63 @@ async def test_a_batch_without_a_budget_or_allow_list_still_passes(
     got, _ = await raw(sock, grant.token, BATCH, path="/v1/messages/batches")
     assert got != 403
     assert len(upstream.seen) == 1
+
+
+AZURE = "/openai/deployments/{}/chat/completions?api-version=2024-10-21"
+AZURE_BODY = json.dumps({"max_tokens": 10, "messages": []}).encode()
+
+
+@pytest.mark.parametrize(
+    ("path", "data"),
+    [(AZURE.format(OTHER), body(ALLOWED)), (AZURE.format(OTHER), AZURE_BODY),
+     (f"/openai/Deployments/{OTHER}/chat/completions", body(ALLOWED)),
+     (f"/openai//deployments//{OTHER}/embeddings", body(ALLOWED))],
+    ids=["body names an allowed model", "no model in the body", "upper-case",
+         "empty segments"],
+)  # fmt: skip
+async def test_an_azure_deployment_in_the_path_is_checked_against_the_allow_list(
+    gateway: tuple[Gateway, str], upstream: StormUpstream, path: str, data: bytes
+) -> None:
+    # Azure serves the deployment its path names and ignores the body's model: an allowed
+    # model in the body let any deployment through the allow-list.
+    gw, sock = gateway
+    grant = grant_for(upstream, models=[ALLOWED])
+    gw.register(grant)
+    got, answer = await raw(sock, grant.token, data, path=path)
+    assert got == 403, answer
+    error = answer["error"]
+    assert isinstance(error, dict) and error["code"] == "model_not_allowed"
+    assert f"the Azure deployment {OTHER!r} is not allowed" in str(error["message"])
+    assert upstream.seen == []
+
+
+@pytest.mark.parametrize(
+    "path",
+    [f"/openai/deployments/{ALLOWED}/../{OTHER}/chat/completions",
+     f"/openai/deployments/{ALLOWED}/%2e%2e/{OTHER}/chat/completions",
+     f"/openai/%64eployments/{OTHER}/chat/completions",
+     f"/openai/deployments;v=1/{OTHER}/chat/completions",
+     f"/openai/deployments/{ALLOWED}/./chat/completions"],
+    ids=["dot segments", "escaped dot segments", "escaped name", "path parameter",
+         "dot segment"],
+)  # fmt: skip
+async def test_an_azure_path_that_could_read_as_another_deployment_is_refused(
+    gateway: tuple[Gateway, str], upstream: StormUpstream, path: str
+) -> None:
+    gw, sock = gateway
+    grant = grant_for(upstream, models=[ALLOWED])
+    gw.register(grant)
+    got, answer = await raw(sock, grant.token, body(ALLOWED), path=path)
+    assert got == 400 and "which an upstream may read as another model" in str(answer)
+    assert upstream.seen == []
+
+
+async def test_an_allowed_azure_deployment_is_served(
+    gateway: tuple[Gateway, str], upstream: StormUpstream
+) -> None:
+    gw, sock = gateway
+    grant = grant_for(upstream, models=[ALLOWED])
+    gw.register(grant)
+    got, _ = await raw(sock, grant.token, AZURE_BODY, path=AZURE.format(ALLOWED))
+    assert got == 200
+    assert [s.path for s in upstream.seen] == [AZURE.format(ALLOWED)]

@@ -9,7 +9,9 @@ other than JSON, or in a charset other than UTF-8 (UTF-16/32 JSON is read the wa
 readers detect it, by its first bytes), a model named twice (parsers differ on which one
 wins; some match keys case-insensitively, so ``"Model"`` counts), a model that is not a
 string, and a path an upstream could normalise to another model (dot segments, ``%``
-escapes, backslashes). The model in a Gemini path and one in the body are both checked.
+escapes, backslashes, ``;`` parameters). The model in a Gemini path (``/models/NAME:...``)
+or an Azure OpenAI path (``/openai/deployments/NAME/...``: Azure serves the deployment the
+path names and ignores the body's model) and the one in the body are all checked.
 
 Only the top-level members of the body are walked here; their values are parsed by the
 ``json`` module's C scanner, so reading a long conversation costs what ``json.loads`` does.
@@ -48,7 +50,10 @@ class ModelRequest:
     """What the gateway reads from a request: its model(s) and its output cap."""
 
     models: list[str] = field(default_factory=list)
-    """Every model the request names (the body's, and a Gemini path's), first the body's."""
+    """Every model the request names (the body's, a Gemini path's, an Azure deployment's),
+    first the body's."""
+    deployments: list[str] = field(default_factory=list)
+    """Of those, the Azure deployments its path names (their names are checked as models)."""
     output_cap: int | None = None
     """The most output tokens the request allows (None: it sets no cap the gateway knows)."""
 
@@ -96,6 +101,11 @@ def read_model(
     match = _GEMINI_MODEL.search(path)
     if match and match.group(1) not in found.models:
         found.models.append(match.group(1))
+    if strict or "/deployments/" in path:
+        for name in _deployments(path):
+            found.deployments.append(name)
+            if name not in found.models:
+                found.models.append(name)
     if strict and method in _WITH_BODY and not found.models:
         # Anthropic's batches carry theirs under requests[].params, OpenAI's threads' runs
         # take their assistant's: the allow-list would never see it.
@@ -123,10 +133,18 @@ def requested_model(path: str, body: bytes) -> str | None:
     return read_model("POST", path, [], body, strict=False).model
 
 
+def _deployments(path: str) -> list[str]:
+    """The Azure deployments ``path`` names: the segment after each ``deployments`` one,
+    matched as a router that ignores case and collapses empty segments would match it."""
+    segments = [segment for segment in path.split("/") if segment]
+    return [segments[n + 1] for n, segment in enumerate(segments[:-1])
+            if segment.casefold() == "deployments"]  # fmt: skip
+
+
 def _check_path(path: str) -> None:
     segments = path.split("/")
-    if "%" in path or "\\" in path or "." in segments or ".." in segments:
-        raise Unreadable(400, "the request path holds a %-escape, a backslash or a dot "
+    if "%" in path or "\\" in path or ";" in path or "." in segments or ".." in segments:
+        raise Unreadable(400, "the request path holds a %-escape, a backslash, a ';' or a dot "
                               "segment, which an upstream may read as another model")  # fmt: skip
 
 

@@ -198,7 +198,7 @@ class Gateway:
         )  # fmt: skip
         if grant.task_id in self.ledger.unrecorded:  # its refused rows are written again
             await self.ledger.recover(grant.task_id)
-        problem = unreadable or self._refused(grant, wants.models)
+        problem = unreadable or self._refused(grant, wants)
         if problem is not None:
             await self._refuse(out, record, started, *problem)
             return
@@ -207,12 +207,12 @@ class Gateway:
         assert task is not None
         self.inflight.setdefault(token, set()).add(task)
         try:
-            if reserve is not None and not await self._admitted(out, grant, wants.models, record,
+            if reserve is not None and not await self._admitted(out, grant, wants, record,
                                                                 started, reserve):  # fmt: skip
                 return
             try:
-                await self._forward(out, grant, (method, target, headers, body), wants.models,
-                                    record, started)  # fmt: skip
+                await self._forward(out, grant, (method, target, headers, body), wants, record,
+                                    started)  # fmt: skip
             finally:
                 if reserve is not None:
                     self.flights.remove(grant.task_id, reserve)
@@ -236,14 +236,14 @@ class Gateway:
         return reservation(size, wants.output_cap, price, cost=cost)
 
     async def _admitted(
-        self, out: Answer, grant: Grant, models: list[str], record: GatewayRequest,
+        self, out: Answer, grant: Grant, wants: ModelRequest, record: GatewayRequest,
         started: float, reserve: Reservation,
     ) -> bool:  # fmt: skip
         """Wait until the call fits in its task's budget beside the task's calls in flight,
         then count it in flight; False when it was refused meanwhile (the budget spent)."""
         while not self.flights.fits(grant, self.ledger.task_spent(grant.task_id), reserve):
             await self.flights.ended(grant.task_id)
-            problem = self._refused(grant, models)
+            problem = self._refused(grant, wants)
             if problem is not None:
                 await self._refuse(out, record, started, *problem)
                 return False
@@ -263,7 +263,7 @@ class Gateway:
                 return value, self.grants[value]
         return "", None
 
-    def _refused(self, grant: Grant, models: list[str]) -> tuple[int, str, str] | None:
+    def _refused(self, grant: Grant, wants: ModelRequest) -> tuple[int, str, str] | None:
         unrecorded = self.ledger.unrecorded.get(grant.task_id)
         if unrecorded is not None:  # its spend so far is not all in the store: fail closed
             return 400, GatewayError.code, (
@@ -271,15 +271,16 @@ class Gateway:
                 f"({unrecorded}), so it gets no more calls until it is (see the gateway's log)"
             )
         allowed = grant.models
-        for model in models:
+        for model in wants.models:
+            named = "the Azure deployment" if model in wants.deployments else "model"
             if allowed is not None and model not in allowed:
                 return 403, "model_not_allowed", (
-                    f"hal gateway: model {model!r} is not allowed for this task "
+                    f"hal gateway: {named} {model!r} is not allowed for this task "
                     f"(allowed: {', '.join(allowed)})"
                 )
             if _cost_capped(grant) and not self._priced(grant, model):
                 # Its calls would cost null, which no cost budget counts.
-                text = (f"hal gateway: model {model!r} has no price and the task has a cost "
+                text = (f"hal gateway: {named} {model!r} has no price and the task has a cost "
                         f'budget (give it one in [gateway.prices."{model}"])')  # fmt: skip
                 return 403, "model_not_allowed", text
         if grant.max_tokens is not None or grant.max_cost_usd is not None:
@@ -318,7 +319,7 @@ class Gateway:
         out: Answer,
         grant: Grant,
         request: tuple[str, str, list[tuple[str, str]], bytes],
-        models: list[str],
+        wants: ModelRequest,
         record: GatewayRequest,
         started: float,
     ) -> None:
@@ -351,7 +352,7 @@ class Gateway:
             try:
                 # Again now that it may leave: calls queued behind this one's slot have spent
                 # since it arrived (else calls fired at once would all pass the budget).
-                problem = self._refused(grant, models)
+                problem = self._refused(grant, wants)
                 if problem is not None:
                     await self._refuse(out, record, started, *problem)
                     return
