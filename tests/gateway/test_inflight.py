@@ -84,16 +84,64 @@ async def test_a_call_with_no_output_cap_goes_alone(
         answers = await asyncio.gather(uncapped(http), call(http, grant.token), uncapped(http))
     assert [a.status_code for a in answers] == [200] * 3
     assert upstream.peak == 1
-    assert gw.flights._tasks == {}, "every reservation was given back"
+    assert gw.flights._scopes == {}, "every reservation was given back"
     # A GET with no body generates nothing: it does not wait for the call in flight.
     upstream.delay_s = 2.0
     async with client(sock) as http:
         slow = asyncio.ensure_future(uncapped(http))
         for _ in range(100):
-            if gw.flights._tasks:
+            if gw.flights._scopes:
                 break
             await asyncio.sleep(0.02)
         listed = await http.get("/v1/models", headers={"x-api-key": grant.token})
         assert not slow.done(), "the listing waited for the call in flight"
         assert listed.status_code == 501  # the fake upstream answers POST only
         assert (await slow).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("daily", "limit", "per_call"),
+    [({"daily_max_tokens": 50}, 50, CALL_TOKENS),
+     ({"daily_max_cost_usd": 0.0003}, 0.0003, CALL_COST)],
+    ids=["tokens", "cost"],
+)  # fmt: skip
+async def test_calls_of_many_tasks_at_once_pass_the_daily_budget_by_at_most_one_call(
+    gateway: tuple[Gateway, str], upstream: StormUpstream, daily: dict[str, float],
+    limit: float, per_call: float,
+) -> None:  # fmt: skip
+    # Eight tasks calling at once all saw the day's spend under its budget and all went out:
+    # eight calls' spend on a daily budget of about two.
+    gw, sock = gateway
+    upstream.delay_s = 0.3
+    grants = [grant_for(upstream, f"t{n}", settings=dict(daily)) for n in range(8)]
+    for grant in grants:
+        gw.register(grant)
+    async with client(sock) as http:
+        answers = await asyncio.gather(*(call(http, g.token) for g in grants))
+    await gw.drain()
+    tokens, cost = gw.ledger.day_spent()
+    assert (tokens if "daily_max_tokens" in daily else cost) <= limit + per_call, (
+        "more than one call past the daily budget"
+    )
+    assert sorted(a.status_code for a in answers) == [200] * 3 + [400] * 5
+    assert {a.json()["error"]["message"] for a in answers if a.status_code == 400} == {
+        "hal gateway: today's budget for all tasks is spent"
+    }
+    assert len(upstream.seen) == 3 and upstream.peak == 1
+    assert gw.day_flights._scopes == {}, "every reservation was given back"
+
+
+async def test_calls_of_many_tasks_that_fit_the_daily_budget_go_in_parallel(
+    gateway: tuple[Gateway, str], upstream: StormUpstream
+) -> None:
+    gw, sock = gateway
+    upstream.delay_s = 0.5
+    grants = [grant_for(upstream, f"t{n}", settings={"daily_max_tokens": 100_000,
+                                                     "daily_max_cost_usd": 10.0})
+              for n in range(4)]  # fmt: skip
+    for grant in grants:
+        gw.register(grant)
+    async with client(sock) as http:
+        answers = await asyncio.gather(*(call(http, g.token) for g in grants))
+    assert [a.status_code for a in answers] == [200] * 4
+    assert upstream.peak == 4

@@ -1,15 +1,16 @@
-"""A task's calls in flight under its budget: what each may spend at most, and when a new one
-waits, so calls made at once cannot all pass a budget that none of them has spent yet.
+"""Calls in flight under a budget: what each may spend at most, and when a new one waits, so
+calls made at once cannot all pass a budget that none of them has spent yet.
 
-A task's budget (``--max-tokens``, ``--max-cost``) is checked against its recorded spend, and
-a call's spend is recorded when it ends. Each call of a task with a budget therefore
-*reserves* the most it can spend (:func:`reservation`). A call with none of its task's calls
-in flight goes whenever the spend is under the budget, as before. One that arrives while
-others are in flight goes only if the spend so far, the reservations in flight and its own
-all fit in the budget; otherwise it waits until a call of its task ends, and is checked again
-(the budget may be spent by then: it is refused). So a task spends at most its budget plus
-one call (the last that went alone), the bound of an agent that calls one at a time, while
-calls that fit go in parallel.
+A budget is checked against its recorded spend, and a call's spend is recorded when it ends.
+Each call under a budget therefore *reserves* the most it can spend (:func:`reservation`) in
+the budget's scope: its task for ``--max-tokens``/``--max-cost``, the UTC day for
+``daily_max_tokens``/``daily_max_cost_usd`` (one :class:`InFlight` per kind of scope, keyed
+by the task or the day). A call with no other call in flight in a scope goes whenever the
+spend is under the budget, as before. One that arrives while others are in flight goes only
+if the spend so far, the reservations in flight and its own all fit in the budget; otherwise
+it waits until a call of that scope ends, and is checked again (the budget may be spent by
+then: it is refused). So a scope spends at most its budget plus one call (the last that went
+alone), the bound of an agent that calls one at a time, while calls that fit go in parallel.
 
 The reservation is an upper bound: tokens are the request body's bytes (every input token is
 at least one byte of the request's text; an image counts far fewer tokens than its base64
@@ -26,8 +27,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-
-from hal9999.gateway.channel import Grant
 
 
 @dataclass(frozen=True)
@@ -56,9 +55,13 @@ def reservation(
     return Reservation(tokens, dollars)
 
 
+Limit = tuple[int | None, float | None]
+"""A budget: the most tokens and dollars (None: no such budget)."""
+
+
 @dataclass
 class _Flight:
-    """One task's calls in flight."""
+    """One scope's calls in flight."""
 
     calls: int = 0
     unbounded: int = 0
@@ -70,38 +73,40 @@ class _Flight:
 
 
 class InFlight:
-    """The reservations of each budgeted task's calls in flight."""
+    """The reservations of the calls in flight under one kind of budget, by scope (a task,
+    a day)."""
 
     def __init__(self) -> None:
-        self._tasks: dict[str, _Flight] = {}
+        self._scopes: dict[str, _Flight] = {}
 
-    def fits(self, grant: Grant, spent: tuple[int, float], call: Reservation) -> bool:
-        """Whether a call reserving ``call`` may go now, the task having ``spent`` (tokens,
-        dollars): alone always, else only within the budget with every call in flight."""
-        flight = self._tasks.get(grant.task_id)
+    def fits(self, scope: str, limit: Limit, spent: tuple[int, float], call: Reservation) -> bool:
+        """Whether a call reserving ``call`` may go now under ``limit``, its ``scope`` having
+        ``spent`` (tokens, dollars): alone always, else only within the budget with every
+        call in flight."""
+        flight = self._scopes.get(scope)
         if flight is None or flight.calls == 0:
             return True
         if flight.unbounded:
             return False
         tokens, dollars = spent
-        if grant.max_tokens is not None and (
-            call.tokens is None or tokens + flight.tokens + call.tokens > grant.max_tokens
+        max_tokens, max_cost_usd = limit
+        if max_tokens is not None and (
+            call.tokens is None or tokens + flight.tokens + call.tokens > max_tokens
         ):
             return False
-        return grant.max_cost_usd is None or (
-            call.cost_usd is not None
-            and dollars + flight.cost_usd + call.cost_usd <= grant.max_cost_usd
+        return max_cost_usd is None or (
+            call.cost_usd is not None and dollars + flight.cost_usd + call.cost_usd <= max_cost_usd
         )
 
-    async def ended(self, task_id: str) -> None:
-        """Wait until a call of ``task_id`` in flight ends."""
-        flight = self._tasks.get(task_id)
+    async def ended(self, scope: str) -> None:
+        """Wait until a call of ``scope`` in flight ends."""
+        flight = self._scopes.get(scope)
         if flight is not None and flight.calls:
             await flight.ended.wait()
 
-    def add(self, task_id: str, call: Reservation) -> None:
-        """A call of ``task_id`` goes, reserving ``call``."""
-        flight = self._tasks.setdefault(task_id, _Flight())
+    def add(self, scope: str, call: Reservation) -> None:
+        """A call of ``scope`` goes, reserving ``call``."""
+        flight = self._scopes.setdefault(scope, _Flight())
         flight.calls += 1
         if call.tokens is None or call.cost_usd is None:
             flight.unbounded += 1
@@ -109,9 +114,9 @@ class InFlight:
             flight.tokens += call.tokens
             flight.cost_usd += call.cost_usd
 
-    def remove(self, task_id: str, call: Reservation) -> None:
-        """The call ended (its spend, if any, is counted by now): wake the task's waiters."""
-        flight = self._tasks[task_id]
+    def remove(self, scope: str, call: Reservation) -> None:
+        """The call ended (its spend, if any, is counted by now): wake the scope's waiters."""
+        flight = self._scopes[scope]
         flight.calls -= 1
         if call.tokens is None or call.cost_usd is None:
             flight.unbounded -= 1
@@ -121,4 +126,4 @@ class InFlight:
         flight.ended.set()
         flight.ended = asyncio.Event()
         if not flight.calls:
-            del self._tasks[task_id]
+            del self._scopes[scope]

@@ -132,6 +132,13 @@ class Ledger:
             self.day = (midnight.timestamp(), tokens, cost)
         return self.day[1], self.day[2]
 
+    def today(self) -> str:
+        """The UTC day :meth:`day_spent` last counted (its start, epoch seconds), as a key."""
+        if self.day is None:
+            self.day_spent()
+        assert self.day is not None
+        return f"{self.day[0]:.0f}"
+
     def add(self, record: GatewayRequest) -> asyncio.Future[None] | None:
         """Count ``record`` and queue it; the future resolves once it is committed (None:
         written already, there being no event loop)."""

@@ -32,7 +32,7 @@ from hal9999.errors import GatewayError, HalError
 from hal9999.gateway import refusal
 from hal9999.gateway.bodies import StoredBodies
 from hal9999.gateway.channel import TOKEN_PREFIX, Grant
-from hal9999.gateway.inflight import InFlight, Reservation, reservation
+from hal9999.gateway.inflight import InFlight, Limit, Reservation, reservation
 from hal9999.gateway.ledger import Ledger
 from hal9999.gateway.limits import RETRY_STATUSES, UpstreamLimiter, retry_after_s
 from hal9999.gateway.model import ModelRequest, Unreadable, check_metered, read_model
@@ -75,7 +75,9 @@ class Gateway:
         self.prices = PriceBook()
         self.relay = AnswerRelay(self.ledger, self.prices, self.record_call)
         self.flights = InFlight()
-        """The reservations of budgeted tasks' calls in flight (see inflight.py)."""
+        """The reservations of budgeted tasks' calls in flight, by task (see inflight.py)."""
+        self.day_flights = InFlight()
+        """The reservations of calls in flight under a daily budget, by UTC day."""
         self.client = UpstreamPool()
         self.clients: dict[str, UpstreamPool] = {}
         """Pools for upstreams behind a private CA, by CA file."""
@@ -183,10 +185,10 @@ class Gateway:
         # cost budget (the response names the model anyway), read strictly (see model.py),
         # or a token budget (the call's output cap: see inflight.py).
         strict = grant.models is not None or _cost_capped(grant)
-        parsed = strict or grant.max_tokens is not None
+        parsed = strict or grant.max_tokens is not None or _daily(grant) is not None
         unreadable = None
         try:
-            if parsed or grant.settings.get("daily_max_tokens") is not None:
+            if parsed:
                 check_metered(path)
             wants = read_model(method, path, headers, body if parsed else b"", strict=strict)
         except Unreadable as exc:  # its model may read otherwise upstream: never forwarded
@@ -207,15 +209,19 @@ class Gateway:
         assert task is not None
         self.inflight.setdefault(token, set()).add(task)
         try:
-            if reserve is not None and not await self._admitted(out, grant, wants, record,
-                                                                started, reserve):  # fmt: skip
-                return
+            held: list[tuple[InFlight, str]] = []
+            if reserve is not None:
+                admitted = await self._admitted(out, grant, wants, record, started, reserve)
+                if admitted is None:
+                    return
+                held = admitted
             try:
                 await self._forward(out, grant, (method, target, headers, body), wants, record,
                                     started)  # fmt: skip
             finally:
                 if reserve is not None:
-                    self.flights.remove(grant.task_id, reserve)
+                    for flights, scope in held:
+                        flights.remove(scope, reserve)
         except asyncio.CancelledError:
             self.record_call(record, started, status=record.status or 499, error="aborted")
             raise
@@ -225,30 +231,50 @@ class Gateway:
     def _reservation(
         self, grant: Grant, wants: ModelRequest, method: str, size: int
     ) -> Reservation | None:
-        """The most the call may spend, when its task has a budget and it may spend at all
-        (see inflight.py)."""
-        if grant.max_tokens is None and grant.max_cost_usd is None:
+        """The most the call may spend, when its task or the day has a budget and it may
+        spend at all (see inflight.py)."""
+        if grant.max_tokens is None and grant.max_cost_usd is None and _daily(grant) is None:
             return None
         if method in ("GET", "HEAD") and not size:  # asks for nothing to be generated
             return None
-        cost = grant.max_cost_usd is not None
         price = self.prices.of(grant.token, grant.settings.get("prices", {}), wants.model)
-        return reservation(size, wants.output_cap, price, cost=cost)
+        return reservation(size, wants.output_cap, price, cost=_cost_capped(grant))
+
+    def _budgets(self, grant: Grant) -> list[tuple[InFlight, str, Limit, tuple[int, float]]]:
+        """The budgets a call of ``grant`` reserves under: its calls in flight there, the
+        scope (its task, today), the limit and the scope's spend so far."""
+        budgets: list[tuple[InFlight, str, Limit, tuple[int, float]]] = []
+        if grant.max_tokens is not None or grant.max_cost_usd is not None:
+            limit = (grant.max_tokens, grant.max_cost_usd)
+            spent = self.ledger.task_spent(grant.task_id)
+            budgets.append((self.flights, grant.task_id, limit, spent))
+        daily = _daily(grant)
+        if daily is not None:
+            spent = self.ledger.day_spent()
+            budgets.append((self.day_flights, self.ledger.today(), daily, spent))
+        return budgets
 
     async def _admitted(
         self, out: Answer, grant: Grant, wants: ModelRequest, record: GatewayRequest,
         started: float, reserve: Reservation,
-    ) -> bool:  # fmt: skip
-        """Wait until the call fits in its task's budget beside the task's calls in flight,
-        then count it in flight; False when it was refused meanwhile (the budget spent)."""
-        while not self.flights.fits(grant, self.ledger.task_spent(grant.task_id), reserve):
-            await self.flights.ended(grant.task_id)
+    ) -> list[tuple[InFlight, str]] | None:  # fmt: skip
+        """Wait until the call fits in each of its budgets (its task's, the day's) beside the
+        calls in flight there, then count it in flight in each: where it is held, or None
+        when it was refused meanwhile (a budget spent)."""
+        while True:
+            budgets = self._budgets(grant)
+            full = [(flights, scope) for flights, scope, limit, spent in budgets
+                    if not flights.fits(scope, limit, spent, reserve)]  # fmt: skip
+            if not full:
+                break
+            await full[0][0].ended(full[0][1])
             problem = self._refused(grant, wants)
             if problem is not None:
                 await self._refuse(out, record, started, *problem)
-                return False
-        self.flights.add(grant.task_id, reserve)
-        return True
+                return None
+        for flights, scope, _, _ in budgets:
+            flights.add(scope, reserve)
+        return [(flights, scope) for flights, scope, _, _ in budgets]
 
     def _grant_of(self, headers: list[tuple[str, str]], target: str) -> tuple[str, Grant | None]:
         for name, value in headers:
@@ -293,9 +319,9 @@ class Gateway:
                 return 400, "budget_exceeded", (
                     f"hal gateway: the task's cost budget (${grant.max_cost_usd:g}) is spent"
                 )
-        daily_tokens = grant.settings.get("daily_max_tokens")
-        daily_cost = grant.settings.get("daily_max_cost_usd")
-        if daily_tokens is not None or daily_cost is not None:
+        daily = _daily(grant)
+        if daily is not None:
+            daily_tokens, daily_cost = daily
             day_tokens, day_cost = self.ledger.day_spent()
             if (daily_tokens is not None and day_tokens >= daily_tokens) or (
                 daily_cost is not None and day_cost >= daily_cost
@@ -430,6 +456,12 @@ class _Held:
             else:
                 self.gateway.held.pop(self.token, None)
             self.size = 0
+
+
+def _daily(grant: Grant) -> Limit | None:
+    """The daily budget (tokens, dollars over every task of the HAL_HOME) ``grant`` has."""
+    tokens, cost = grant.settings.get("daily_max_tokens"), grant.settings.get("daily_max_cost_usd")
+    return None if tokens is None and cost is None else (tokens, cost)
 
 
 def _cost_capped(grant: Grant) -> bool:
