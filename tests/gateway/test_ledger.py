@@ -4,9 +4,11 @@ future resolves only once its row is committed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -101,18 +103,16 @@ async def test_a_locked_store_never_holds_up_the_loop(tmp_path: Path) -> None:
         store.close()
 
 
-async def test_a_task_refused_for_unrecorded_spend_is_served_again_once_it_is_recorded(
-    gateway: tuple[Gateway, str], upstream: StormUpstream, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A task whose row the store refused was refused until the gateway restarted, though the
-    # store healed a second later: the refused rows are now written again on its next call.
-    broken = True
+def break_the_store(monkeypatch: pytest.MonkeyPatch) -> dict[str, bool]:
+    """Make every write of call rows fail (disk I/O error) while the flag says broken."""
+    state = {"broken": True}
 
     def failing(real: Any) -> Any:
         def add(self: Any, rows: Any) -> Any:
-            if broken:
+            if state["broken"]:
                 raise sqlite3.OperationalError("disk I/O error")
             return real(self, rows)
+
         return add
 
     for cls, name in [(Store, "add_gateway_requests"), (Store, "add_gateway_request"),
@@ -120,6 +120,15 @@ async def test_a_task_refused_for_unrecorded_spend_is_served_again_once_it_is_re
                       (ledger_module._Writer, "add_one")]:  # fmt: skip
         monkeypatch.setattr(cls, name, failing(getattr(cls, name)))
     monkeypatch.setattr(ledger_module, "RETRY_S", 0.0)
+    return state
+
+
+async def test_a_task_refused_for_unrecorded_spend_is_served_again_once_it_is_recorded(
+    gateway: tuple[Gateway, str], upstream: StormUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A task whose row the store refused was refused until the gateway restarted, though the
+    # store healed a second later: the refused rows are now written again on its next call.
+    store_state = break_the_store(monkeypatch)
     gw, sock = gateway
     grant = grant_for(upstream, "t1", max_tokens=1000)
     gw.register(grant)
@@ -132,7 +141,7 @@ async def test_a_task_refused_for_unrecorded_spend_is_served_again_once_it_is_re
         assert refused.status_code == 400
         assert refused.json()["error"]["code"] == "gateway_error"
         assert len(upstream.seen) == 1
-        broken = False
+        store_state["broken"] = False
         served = await call(http, grant.token)
     assert served.status_code == 200
     assert [s.headers["x-api-key"] for s in upstream.seen] == [KEY, KEY]
@@ -144,3 +153,62 @@ async def test_a_task_refused_for_unrecorded_spend_is_served_again_once_it_is_re
         (200, "", 23), (200, "", 23), (400, "gateway_error", 0)]  # fmt: skip
     assert gw.store.gateway_spent(task_id="t1")[0] == 46 == gw.ledger.task_spent("t1")[0]
     assert gw.ledger.unrecorded == {}
+
+
+@contextlib.asynccontextmanager
+async def serving(home: Path, sock: str) -> AsyncIterator[Gateway]:
+    """A gateway over ``home`` on ``sock``, stopped as a killed one stops: nothing drained."""
+    store = Store.open(home)
+    gw = Gateway(store)
+    try:
+        async with await asyncio.start_unix_server(gw.serve_connection, path=sock):
+            yield gw
+    finally:
+        await gw.aclose()
+        store.close()
+
+
+async def test_spend_the_store_refused_survives_a_restart_and_its_task_stays_refused(
+    tmp_path: Path, upstream: StormUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The refused rows lived only in the gateway's memory: a restart forgot them, so the
+    # task was served again and its spend (and budget) never counted that call.
+    home, sock = tmp_path / "home", str(tmp_path / "llm.sock")
+    kept = home / "gateway" / "unrecorded.jsonl"
+    store_state = break_the_store(monkeypatch)
+    grant = grant_for(upstream, "t1", max_tokens=40)  # 23 tokens a call
+    async with serving(home, sock) as gw:
+        gw.register(grant)
+        async with client(sock) as http:
+            with pytest.raises(httpx.HTTPError):  # withheld: its spend is not in the store
+                await call(http, grant.token)
+        assert kept.exists() and kept.stat().st_mode & 0o777 == 0o600
+    async with serving(home, sock) as gw:  # restarted, the store still refusing
+        gw.register(grant)
+        async with client(sock) as http:
+            refused = await call(http, grant.token)
+        assert refused.status_code == 400, "served though its spend is not in the store"
+        assert refused.json()["error"]["code"] == "gateway_error"
+        assert len(upstream.seen) == 1
+    store_state["broken"] = False
+    before = kept.read_bytes()
+    async with serving(home, sock) as gw:  # restarted, the store healed: the rows go in
+        assert not kept.exists() and gw.ledger.unrecorded == {}
+        gw.register(grant)
+        async with client(sock) as http:
+            served = await call(http, grant.token)  # 23 < 40
+            over = await call(http, grant.token)  # 46: the kept call counts
+        assert served.status_code == 200
+        assert over.json()["error"]["code"] == "budget_exceeded"
+        await gw.drain()
+        rows = sorted((r.status, r.error or "", r.total_tokens)
+                      for r in gw.store.gateway_requests("t1"))  # fmt: skip
+    assert rows == [(200, "", 23), (200, "", 23), (400, "budget_exceeded", 0),
+                    (400, "gateway_error", 0)]  # fmt: skip
+    # Killed after it stored the kept rows but before it removed their file: the next
+    # gateway finds them in the store and does not count them twice.
+    kept.write_bytes(before)
+    async with serving(home, sock) as gw:
+        assert not kept.exists() and gw.ledger.unrecorded == {}
+        assert gw.ledger.task_spent("t1")[0] == 46
+        assert len(gw.store.gateway_requests("t1")) == 4

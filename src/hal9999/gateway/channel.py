@@ -6,6 +6,7 @@
       lock            flock held by the running gateway process (one per HAL_HOME)
       control.sock    host-only control socket (directory 0700): register / unregister tasks
       gateway.log     the gateway's own log (never a key, never a body)
+      unrecorded.jsonl  calls whose rows the store refused, until they are in it (0600)
       channel/        bound read-only into every sandbox at /hal-gateway (0755)
         llm.sock      the data socket agents reach through the forwarder (0666: tokens guard it)
       egress.sock   the CONNECT proxy for everything else (same token, per-task allow-list)
@@ -66,6 +67,11 @@ class GatewayPaths:
     def log(self) -> Path:
         """The gateway's log."""
         return self.root / "gateway.log"
+
+    @property
+    def unrecorded(self) -> Path:
+        """The calls the store refused, kept until they are in it (see ledger.py)."""
+        return self.root / "unrecorded.jsonl"
 
     @property
     def channel(self) -> Path:

@@ -24,9 +24,13 @@ A row the store refuses (disk full, I/O error, a read-only or damaged database, 
 past the busy timeout) would be spend counted only in memory, lost at a restart: its task is
 put in :attr:`Ledger.unrecorded`, and the gateway withholds the end of that answer and
 refuses the task's further calls (it fails closed), with a log line for the operator. The
-refused rows are kept and written again when the task's next call arrives (at most every
-:data:`RETRY_S`, :meth:`Ledger.recover`); once all of them are in the store the task is
-served again.
+refused rows are kept, in memory and in the gateway's ``unrecorded.jsonl`` (written whole,
+fsynced and renamed into place by the ledger's thread before the answer is withheld), and
+written again when the task's next call arrives (at most every :data:`RETRY_S`,
+:meth:`Ledger.recover`); once all of them are in the store the task is served again and the
+file goes. A gateway that starts reads the file back: its rows count in the spend at once,
+are written to the store (those an earlier gateway stored before it could rewrite the file
+are recognised and skipped), and their tasks stay refused until that succeeds.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from hal9999 import agentfs
 from hal9999.store import Store
 from hal9999.store.gateway import GatewayRequest, GatewayTable
 
@@ -88,8 +93,10 @@ class _Writer(GatewayTable):
 class Ledger:
     """Spend per task and per day, and the group commit of call rows."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, unrecorded: Path | None = None) -> None:
         self.store = store
+        self._spill = unrecorded
+        """Where the rows the store refused are kept across a restart (None: memory only)."""
         self.spent: dict[str, tuple[int, float]] = {}
         """Tokens and dollars per task so far (read from the store once, then advanced)."""
         self.day: tuple[float, int, float] | None = None
@@ -113,23 +120,30 @@ class Ledger:
         """Tasks a call of which the store refused, and why: they get no more calls until
         :meth:`recover` has stored their rows."""
         self._unwritten: dict[str, list[GatewayRequest]] = {}
-        """By task: the rows the store refused, kept to be written again."""
+        """By task: the rows the store refused, kept to be written again (changed only in
+        the ledger's thread, or before the loop runs)."""
         self._retrying: dict[str, asyncio.Future[None]] = {}
         self._retried: dict[str, float] = {}
         """By task: when its rows were last tried again (monotonic)."""
+        self._replay()
 
     def task_spent(self, task_id: str) -> tuple[int, float]:
         """Tokens and dollars of ``task_id`` so far."""
         if task_id not in self.spent:
-            self.spent[task_id] = self.store.gateway_spent(task_id=task_id)
+            tokens, cost = self.store.gateway_spent(task_id=task_id)
+            more, dollars = _sum(self._unwritten.get(task_id, []))
+            self.spent[task_id] = (tokens + more, cost + dollars)
         return self.spent[task_id]
 
     def day_spent(self) -> tuple[int, float]:
         """Tokens and dollars of today (UTC) over every task of this HAL_HOME."""
         midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         if self.day is None or self.day[0] != midnight.timestamp():
-            tokens, cost = self.store.gateway_spent(since=midnight.timestamp())
-            self.day = (midnight.timestamp(), tokens, cost)
+            since = midnight.timestamp()
+            tokens, cost = self.store.gateway_spent(since=since)
+            kept = [r for rows in list(self._unwritten.values()) for r in rows if r.ts >= since]
+            more, dollars = _sum(kept)  # the store does not have them yet
+            self.day = (since, tokens + more, cost + dollars)
         return self.day[1], self.day[2]
 
     def today(self) -> str:
@@ -216,19 +230,95 @@ class Ledger:
             self._flush(loop)
 
     def _commit(self, records: list[GatewayRequest]) -> None:
+        """Store ``records``; keep those the store refuses (in the file too) and refuse
+        their tasks. In the ledger's thread (or before the loop runs)."""
+        refused = self._store(records)
+        for record, why in refused:
+            self.unrecorded.setdefault(record.task_id, why)
+            self._unwritten.setdefault(record.task_id, []).append(record)
+        if refused:
+            self._keep()
+
+    def _store(self, records: list[GatewayRequest]) -> list[tuple[GatewayRequest, str]]:
+        """Store ``records``: those the store refused, and why."""
         try:
             self.store.add_gateway_requests(records)
-            return
+            return []
         except Exception:
             logger.exception("gateway: could not record %d calls at once", len(records))
+        refused = []
         for record in records:  # one bad row must not lose the others
             try:
                 self.store.add_gateway_request(record)
             except Exception as exc:
                 logger.exception("gateway: could not record a call of task %s; its further "
                                  "calls are refused", record.task_id)  # fmt: skip
-                self.unrecorded.setdefault(record.task_id, str(exc) or type(exc).__name__)
-                self._unwritten.setdefault(record.task_id, []).append(record)
+                refused.append((record, str(exc) or type(exc).__name__))
+        return refused
+
+    def _store_again(self, task_id: str) -> None:
+        """Write ``task_id``'s refused rows again; keep those still refused. In the ledger's
+        thread (or before the loop runs), like every change of the kept rows."""
+        rows = self._unwritten.get(task_id)
+        if rows:
+            refused = self._store(list(rows))
+            if refused:
+                self._unwritten[task_id] = [record for record, _ in refused]
+                self.unrecorded[task_id] = refused[0][1]
+            else:
+                del self._unwritten[task_id]
+        self._keep()
+
+    def _keep(self) -> None:
+        """Make the file of kept rows match :attr:`_unwritten` (gone when it is empty)."""
+        if self._spill is None:
+            return
+        rows = [r for kept in list(self._unwritten.values()) for r in kept]
+        try:
+            if rows:
+                self._spill.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                lines = b"".join(r.model_dump_json(exclude={"id"}).encode() + b"\n" for r in rows)
+                agentfs.write_host_file(self._spill, iter([lines]))
+            elif self._spill.exists():
+                self._spill.unlink()
+                agentfs.fsync_dir(self._spill.parent)
+        except OSError as exc:
+            logger.error("gateway: could not keep %d unrecorded calls in %s (%s): a restart "
+                         "now forgets them", len(rows), self._spill, exc)  # fmt: skip
+
+    def _replay(self) -> None:
+        """Take back the rows an earlier gateway kept (its store refused them) and store
+        them; their tasks stay refused until that succeeds."""
+        if self._spill is None:
+            return
+        try:
+            lines = self._spill.read_bytes().splitlines()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            logger.error("gateway: cannot read the unrecorded calls in %s (%s)", self._spill, exc)
+            return
+        for line in lines:
+            try:
+                row = GatewayRequest.model_validate_json(line)
+            except ValueError:  # damaged (it is written whole and renamed into place)
+                logger.warning("gateway: skipped an unreadable line of %s", self._spill)
+                continue
+            try:
+                if self.store.gateway_request_stored(row):
+                    continue  # stored by the earlier gateway before it could rewrite the file
+            except Exception:  # an unreadable store: keep the row, it is written below or later
+                logger.exception("gateway: cannot check the store for a kept call")
+            self._unwritten.setdefault(row.task_id, []).append(row)
+        for task_id in list(self._unwritten):
+            count = len(self._unwritten[task_id])
+            self._store_again(task_id)
+            state = "in the store now"
+            if task_id in self._unwritten:
+                state = "still not in the store (its calls are refused)"
+            logger.warning("gateway: %d calls of task %s kept at the last stop are %s", count,
+                           task_id, state)  # fmt: skip
+        self._keep()
 
     async def recover(self, task_id: str) -> str | None:
         """Write ``task_id``'s refused rows again (at most every :data:`RETRY_S`; calls that
@@ -246,9 +336,9 @@ class Ledger:
 
     async def _retry(self, task_id: str) -> None:
         try:
-            rows = self._unwritten.pop(task_id, [])
-            if rows:  # in the thread, after any batch queued there before (one worker)
-                await asyncio.get_running_loop().run_in_executor(self._thread, self._commit, rows)
+            # In the thread, after any batch queued there before (one worker).
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._thread, self._store_again, task_id)
             if not self._unwritten.get(task_id):
                 self.unrecorded.pop(task_id, None)
                 self._retried.pop(task_id, None)
@@ -278,3 +368,8 @@ class Ledger:
         if self._checkpointer is not None:
             self._checkpointer.close()
             self._checkpointer = None
+
+
+def _sum(rows: list[GatewayRequest]) -> tuple[int, float]:
+    """The tokens and dollars of ``rows``."""
+    return sum(r.total_tokens for r in rows), sum(r.cost_usd or 0.0 for r in rows)

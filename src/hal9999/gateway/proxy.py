@@ -31,7 +31,7 @@ from hal9999.auth.upstream import oauth_headers, upstream_key
 from hal9999.errors import GatewayError, HalError
 from hal9999.gateway import refusal
 from hal9999.gateway.bodies import StoredBodies
-from hal9999.gateway.channel import TOKEN_PREFIX, Grant
+from hal9999.gateway.channel import TOKEN_PREFIX, GatewayPaths, Grant
 from hal9999.gateway.inflight import InFlight, Limit, Reservation, reservation
 from hal9999.gateway.ledger import Ledger
 from hal9999.gateway.limits import RETRY_STATUSES, UpstreamLimiter, retry_after_s
@@ -60,7 +60,7 @@ connections cannot exhaust the memory every task's calls share."""
 class Gateway:
     """The data plane: grants by token, shared limiters, one upstream connection pool."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, paths: GatewayPaths | None = None) -> None:
         self.store = store
         self.grants: dict[str, Grant] = {}
         self.limiters: dict[str, UpstreamLimiter] = {}
@@ -69,7 +69,8 @@ class Gateway:
         self.inflight: dict[str, set[asyncio.Task[Any]]] = {}
         self.held: dict[str, int] = {}
         """Bytes of request bodies read or being read, by token (see MAX_HELD_BODIES)."""
-        self.ledger = Ledger(store)
+        # The calls the store refuses are kept in the gateway's directory across a restart.
+        self.ledger = Ledger(store, (paths or GatewayPaths(store.path.parent)).unrecorded)
         self.refusals = refusal.RefusalLimit()
         self.bodies = StoredBodies()
         self.prices = PriceBook()

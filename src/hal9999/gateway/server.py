@@ -65,7 +65,7 @@ class GatewayServer:
         self.paths = paths
         self.idle_s = idle_s
         self.store = Store.open(paths.home)
-        self.gateway = Gateway(self.store)
+        self.gateway = Gateway(self.store, paths)
 
     async def control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One control request."""

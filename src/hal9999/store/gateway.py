@@ -91,6 +91,16 @@ class GatewayTable:
         [row] = self._query(sql, params)
         return int(row[0]), float(row[1])
 
+    def gateway_request_stored(self, row: GatewayRequest) -> bool:
+        """Whether ``row`` is in the table already (the same task, start, request, status
+        and latency: a replayed row an earlier gateway stored before it could say so)."""
+        rows = self._query(
+            "SELECT 1 FROM gateway_requests WHERE ts = ? AND task_id = ? AND method = ? "
+            "AND path = ? AND status = ? AND latency_ms = ? LIMIT 1",
+            (row.ts, row.task_id, row.method, row.path, row.status, row.latency_ms),
+        )
+        return bool(rows)
+
     def gateway_refused(self, task_id: str, error: str) -> bool:
         """Whether the gateway refused a call of the task with ``error``."""
         rows = self._query(
