@@ -145,3 +145,25 @@ async def test_calls_of_many_tasks_that_fit_the_daily_budget_go_in_parallel(
         answers = await asyncio.gather(*(call(http, g.token) for g in grants))
     assert [a.status_code for a in answers] == [200] * 4
     assert upstream.peak == 4
+
+
+async def test_a_call_naming_two_models_reserves_at_the_dearer_price(
+    gateway: tuple[Gateway, str], upstream: StormUpstream
+) -> None:
+    # Azure serves the deployment its path names, whatever model the body names: priced by
+    # the body's (Haiku) its reservation was a fifteenth of the Opus deployment's, so calls
+    # the budget could not hold at Opus prices went together.
+    gw, sock = gateway
+    upstream.delay_s = 0.3
+    grant = grant_for(upstream, max_cost_usd=0.001)
+    gw.register(grant)
+    body = {"model": "claude-haiku-4-5", "max_tokens": 10, "messages": []}
+    path = "/openai/deployments/claude-opus-4-1/chat/completions"
+
+    async def azure(http: httpx.AsyncClient) -> httpx.Response:
+        return await http.post(path, json=body, headers={"x-api-key": grant.token})
+
+    async with client(sock) as http:
+        answers = await asyncio.gather(azure(http), azure(http))
+    assert [a.status_code for a in answers] == [200, 200]
+    assert upstream.peak == 1, "two calls went together on reservations priced at Haiku's"

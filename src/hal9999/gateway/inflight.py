@@ -16,7 +16,8 @@ The reservation is an upper bound: tokens are the request body's bytes (every in
 at least one byte of the request's text; an image counts far fewer tokens than its base64
 bytes) plus the request's output cap (``max_tokens``, ``max_completion_tokens``,
 ``max_output_tokens``, which include thinking and reasoning); dollars are those tokens at the
-model's dearest input price (input, cache write, cache read) and its output price. A call
+model's dearest input price (input, cache write, cache read) and its output price (the
+dearer of two models', when a Gemini or Azure path names another than the body). A call
 whose cap the gateway does not read (none given, Gemini's ``generationConfig``, a body that
 is not JSON) or whose model has no price under a cost budget has no bound: it goes alone.
 A GET or HEAD without a body (a model listing) generates nothing: it is not held or counted.

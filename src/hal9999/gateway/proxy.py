@@ -238,7 +238,13 @@ class Gateway:
             return None
         if method in ("GET", "HEAD") and not size:  # asks for nothing to be generated
             return None
-        price = self.prices.of(grant.token, grant.settings.get("prices", {}), wants.model)
+        table = grant.settings.get("prices", {})
+        price = self.prices.of(grant.token, table, wants.model)
+        for other in wants.models[1:]:  # a Gemini or Azure path's, which the upstream serves
+            more = self.prices.of(grant.token, table, other)
+            price = None if price is None or more is None else {
+                name: max(price.get(name) or 0.0, more.get(name) or 0.0) for name in {*price, *more}
+            }  # fmt: skip
         return reservation(size, wants.output_cap, price, cost=_cost_capped(grant))
 
     def _budgets(self, grant: Grant) -> list[tuple[InFlight, str, Limit, tuple[int, float]]]:
