@@ -224,15 +224,16 @@ AZURE_BODY = json.dumps({"max_tokens": 10, "messages": []}).encode()
     ("path", "data"),
     [(AZURE.format(OTHER), body(ALLOWED)), (AZURE.format(OTHER), AZURE_BODY),
      (f"/openai/Deployments/{OTHER}/chat/completions", body(ALLOWED)),
-     (f"/openai//deployments//{OTHER}/embeddings", body(ALLOWED))],
+     (f"/openai//deployments//{OTHER}/embeddings", body(ALLOWED)),
+     (f"/model/{OTHER}/invoke", body(ALLOWED))],
     ids=["body names an allowed model", "no model in the body", "upper-case",
-         "empty segments"],
+         "empty segments", "Bedrock"],
 )  # fmt: skip
-async def test_an_azure_deployment_in_the_path_is_checked_against_the_allow_list(
+async def test_a_model_or_azure_deployment_in_the_path_is_checked_against_the_allow_list(
     gateway: tuple[Gateway, str], upstream: StormUpstream, path: str, data: bytes
 ) -> None:
-    # Azure serves the deployment its path names and ignores the body's model: an allowed
-    # model in the body let any deployment through the allow-list.
+    # Azure serves the deployment its path names (Bedrock the model) and ignores the body's
+    # model: an allowed model in the body let any deployment through the allow-list.
     gw, sock = gateway
     grant = grant_for(upstream, models=[ALLOWED])
     gw.register(grant)
@@ -240,7 +241,8 @@ async def test_an_azure_deployment_in_the_path_is_checked_against_the_allow_list
     assert got == 403, answer
     error = answer["error"]
     assert isinstance(error, dict) and error["code"] == "model_not_allowed"
-    assert f"the Azure deployment {OTHER!r} is not allowed" in str(error["message"])
+    named = "model" if path.startswith("/model/") else "the Azure deployment"
+    assert f"{named} {OTHER!r} is not allowed" in str(error["message"])
     assert upstream.seen == []
 
 

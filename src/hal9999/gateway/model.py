@@ -10,8 +10,9 @@ readers detect it, by its first bytes), a model named twice (parsers differ on w
 wins; some match keys case-insensitively, so ``"Model"`` counts), a model that is not a
 string, and a path an upstream could normalise to another model (dot segments, ``%``
 escapes, backslashes, ``;`` parameters). The model in a Gemini path (``/models/NAME:...``)
-or an Azure OpenAI path (``/openai/deployments/NAME/...``: Azure serves the deployment the
-path names and ignores the body's model) and the one in the body are all checked.
+an Azure OpenAI path (``/openai/deployments/NAME/...``: Azure serves the deployment the path
+names and ignores the body's model) or a Bedrock path (``/model/NAME/invoke``) and the one in
+the body are all checked.
 
 Only the top-level members of the body are walked here; their values are parsed by the
 ``json`` module's C scanner, so reading a long conversation costs what ``json.loads`` does.
@@ -101,9 +102,10 @@ def read_model(
     match = _GEMINI_MODEL.search(path)
     if match and match.group(1) not in found.models:
         found.models.append(match.group(1))
-    if strict or "/deployments/" in path:
-        for name in _deployments(path):
-            found.deployments.append(name)
+    if strict or "/deployments/" in path or "/model/" in path:
+        for kind, name in _path_models(path):
+            if kind == "deployments":
+                found.deployments.append(name)
             if name not in found.models:
                 found.models.append(name)
     if strict and method in _WITH_BODY and not found.models:
@@ -133,12 +135,13 @@ def requested_model(path: str, body: bytes) -> str | None:
     return read_model("POST", path, [], body, strict=False).model
 
 
-def _deployments(path: str) -> list[str]:
-    """The Azure deployments ``path`` names: the segment after each ``deployments`` one,
-    matched as a router that ignores case and collapses empty segments would match it."""
+def _path_models(path: str) -> list[tuple[str, str]]:
+    """The Azure deployments and Bedrock models ``path`` names: the segment after each
+    ``deployments`` or ``model`` one, matched as a router that ignores case and collapses
+    empty segments would match it."""
     segments = [segment for segment in path.split("/") if segment]
-    return [segments[n + 1] for n, segment in enumerate(segments[:-1])
-            if segment.casefold() == "deployments"]  # fmt: skip
+    return [(kind, segments[n + 1]) for n, segment in enumerate(segments[:-1])
+            if (kind := segment.casefold()) in ("deployments", "model")]  # fmt: skip
 
 
 def _check_path(path: str) -> None:
