@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import platform
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -193,3 +194,57 @@ async def test_a_pooled_container_is_reset_and_handed_the_next_workspace(
     finally:
         await pool.release(second, reuse=False)
     assert await provider.list() == []
+
+
+# Run as the agent (perl: the image has no python): ptrace, /proc/<pid>/mem and SIGKILL
+# against the init, the init's `sleep` (its oldest child) and a child of the agent's own.
+# Syscall 101 is x86_64's ptrace; 16 and 17 are PTRACE_ATTACH and PTRACE_DETACH (a number,
+# never a string: perl's syscall passes a string as a pointer).
+TRACE = r"""
+sub trace { my $p = 0 + shift; syscall(101, 16, $p, 0, 0) == 0 or return "$!";
+            waitpid($p, 0); syscall(101, 17, $p, 0, 0); "traced" }
+sub mem { my $p = shift; open(my $f, "<", "/proc/$p/mem") or return "$!"; "opened" }
+sub sig { my $p = shift; kill("KILL", $p) ? "killed" : "$!" }
+sub stat_of { open(my $f, "<", "/proc/$_[0]/stat") or return (0, 0); my $s = <$f>;
+              $s =~ s/.*\) //s; my @f = split / /, $s; ($f[1], $f[19]) }
+my ($sleep, $first);
+opendir(my $d, "/proc");
+for my $p (grep { /^\d+$/ && $_ ne "1" } readdir $d) {
+    my ($ppid, $start) = stat_of($p);
+    ($sleep, $first) = ($p, $start) if $ppid == 1 && (!defined $first || $start < $first);
+}
+my $own = fork // die; exec("sleep", "60") if !$own;
+print "own ", join("|", trace($own), mem($own)), "\n";
+print "$_->[0] ", join("|", trace($_->[1]), mem($_->[1]), sig($_->[1])), "\n"
+    for ["init", 1], ["sleep", $sleep];
+kill("KILL", $own);
+"""
+
+
+async def test_the_agent_cannot_trace_or_signal_the_init_that_outlives_its_task(
+    provider: DockerProvider, workspace: Path
+) -> None:
+    # The init and its `sleep` stay between tasks in a warm container: traced by one task's
+    # agent (a host without Yama allows it between processes of one uid), they would carry
+    # its code into the next task's. Debuggers still work on the agent's own processes.
+    if platform.machine() != "x86_64":
+        pytest.skip("the probe calls x86_64's ptrace by number")
+    async with await provider.create(SandboxSpec(provider="docker", workspace=workspace)) as box:
+        seen = await box.exec(ArgvCommand(argv=("perl", "-e", TRACE)), timeout=60)
+        assert seen.ok, seen
+        refused = "Operation not permitted|Permission denied|Operation not permitted"
+        assert seen.text().splitlines() == [
+            "own traced|opened",
+            f"init {refused}",
+            f"sleep {refused}",
+        ]
+        init = await box.exec(sh("grep -E '^(Uid|CapEff|CapBnd|NoNewPrivs)' /proc/1/status"))
+        assert init.text().splitlines() == [
+            "Uid:\t0\t0\t0\t0",
+            "CapEff:\t0000000000000000",
+            "CapBnd:\t0000000000000000",
+            "NoNewPrivs:\t1",
+        ], "root with no capability at all"
+        # Tools still find the sandbox's user by its uid.
+        user = await box.exec(sh("id -un; getent passwd $(id -u) | cut -d: -f6"))
+        assert user.text().split() == ["hal", "/home/hal"]

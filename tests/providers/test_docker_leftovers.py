@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from tests.providers.test_docker import provider
 
-from hal9999.providers.docker import DockerProvider
+from hal9999.providers.docker import DockerProvider, container_name
 from hal9999.spec import SandboxSpec, ShellCommand
 
 __all__ = ["provider"]
@@ -23,6 +23,12 @@ cp /bin/sleep '/tmp/x) 1 1) S 1'
 ('/tmp/x) 1 1) S 1' 600 >/dev/null 2>&1 &)
 (sh -c 'while :; do sleep 0.01 & wait; done' >/dev/null 2>&1 &)
 exit 0
+"""
+
+# Whether the init reaped its children (waiting up to 5 s for it).
+REAPED = r"""
+for _ in $(seq 100); do ps -o stat= --ppid 1 | grep -q Z || exit 0; sleep 0.05; done
+exit 1
 """
 
 
@@ -43,6 +49,8 @@ async def test_what_a_command_left_is_ended_and_the_container_lives_on(
         size = written.stat().st_size
         await asyncio.sleep(0.5)
         assert written.stat().st_size == size, "the writer went on after end_processes"
+        # The init (uid 0) reaps what it inherited of the agent's uid: no zombie stays.
+        assert (await box.exec(ShellCommand(script=REAPED))).ok, "the init left zombies"
         # Alive, that is: the exec wrapper's own `head` may be a zombie of `ps` here (and
         # its SIGCHLD, had it come once `ps` runs, makes procps fail: the sleep lets it come
         # first).
@@ -54,17 +62,22 @@ async def test_what_a_command_left_is_ended_and_the_container_lives_on(
         assert again == init, "the container was restarted (its warm state would be lost)"
 
 
-async def test_a_container_whose_init_the_agent_ended_is_started_again(
+async def test_a_container_whose_init_ended_is_started_again(
     provider: DockerProvider, tmp_path: Path
 ) -> None:
-    # Killing the init's `sleep` stops the container: nothing can be ended inside, so the
-    # runner's step restarts it (a stop of a stopped container is no error) for collection.
+    # The agent's uid cannot signal the init or its `sleep` (they run as uid 0), but an init
+    # can still end (the engine, the OOM killer): nothing can be ended inside a stopped
+    # container, so the runner's step restarts it (a stop of a stopped container is no
+    # error) for collection.
     from hal9999.tasks import finish
 
     spec = SandboxSpec(provider="docker", workspace=tmp_path)
     async with await provider.create(spec) as box:
-        kill = "kill -9 $(ps -o pid= --ppid 1); exit 0"
-        await box.exec(ShellCommand(script=kill))
+        kill = "kill -9 $(ps -o pid= --ppid 1) 1"
+        refused = await box.exec(ShellCommand(script=kill))
+        assert not refused.ok and refused.stderr.count(b"Operation not permitted") == 2, refused
+        assert (await provider.get(box.id)).running, "the agent stopped the container"
+        provider.client().api.kill(container_name(box.id))
         for _ in range(100):
             if not (await provider.get(box.id)).running:
                 break

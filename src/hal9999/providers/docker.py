@@ -12,7 +12,10 @@ from the debootstrap rootfs; no registry), kept alive by ``tini -s -- sleep infi
 - every capability dropped, ``no-new-privileges``, and bwrap's seccomp stance
   (:mod:`providers.dockerseccomp`: keyrings, bpf, mount, modules, nested user namespaces...);
 - a uid of its own (from hal's reserved range when hal runs as root, else hal's own uid),
-  never root, never a login user's uid;
+  never root, never a login user's uid, for every command; the init and its ``sleep`` run
+  as uid 0 with no capability, so the agent's uid can neither trace nor signal them (the
+  init outlives tasks in a warm container) and ``/etc/passwd`` and ``/etc/group`` are
+  hal's, naming the sandbox's uid ``hal`` (the engine names only the container's user);
 - memory (swap included), pids and CPU limits, the defaults of :mod:`providers.limits` for
   whatever the spec leaves unset.
 
@@ -61,6 +64,10 @@ ID_PATTERN = re.compile(r"[0-9a-f]{12}")
 HOME = "/home/hal"
 VOLUMES = ("/tmp", HOME)
 """Writable places besides the binds: container volumes, so they survive stop and start."""
+INIT_USER = "0:0"
+"""The init's and its ``sleep``'s user: root with no capability (and ``no-new-privileges``),
+as bwrap's reaper. Not the sandbox's uid: ptrace (and ``/proc/<pid>/mem``) needs the same uid
+or ``CAP_SYS_PTRACE``, so an agent cannot plant code in a process that outlives its task."""
 HOME_ARCHIVE_LIMIT = 20 << 30
 """Largest home a snapshot takes (bytes of archive) when the sandbox has no disk limit."""
 
@@ -77,7 +84,8 @@ class DockerConfig(BaseModel):
     image: str = "hal9999:default"
     """Image for specs that name none (``hal image container`` builds ``hal9999:default``)."""
     init: tuple[str, ...] = ("tini", "-s", "--")
-    """PID 1 of every container, reaping orphans; ``sleep infinity`` runs under it."""
+    """PID 1 of every container (uid 0, no capability), reaping orphans; ``sleep infinity``
+    runs under it."""
     cli: str | None = None
     """Host CLI for launch and attach (``podman`` or ``docker``); the first found when unset."""
 
@@ -193,6 +201,10 @@ class DockerProvider:
         mounts += [
             Mount(b.target, str(b.source), type="bind", read_only=b.read_only) for b in spec.binds
         ]
+        for name, text in sandboxuser.accounts(uid, uid).items():
+            if f"/etc/{name}" not in bound:
+                source = self._state_file(name, text)
+                mounts.append(Mount(f"/etc/{name}", str(source), type="bind", read_only=True))
         res = limits.effective(spec.resources)
         memory = f"{res.memory_mb}m" if res.memory_mb else None
         # HAL_SANDBOX goes with each command, not PID 1: a sandbox at rest runs nothing marked.
@@ -210,7 +222,7 @@ class DockerProvider:
         container = await self.call(
             "create", client.containers.create, image, ["sleep", "infinity"],
             entrypoint=list(self.config.init), name=container_name(sandbox_id),
-            hostname=f"hal-{sandbox_id}", user=f"{uid}:{uid}", working_dir=WORKDIR,
+            hostname=f"hal-{sandbox_id}", user=INIT_USER, working_dir=WORKDIR,
             environment=env, labels=labels, mounts=mounts, read_only=True,
             network_mode="none", cap_drop=["ALL"],
             security_opt=["no-new-privileges", f"seccomp={await self._seccomp()}"],
@@ -244,15 +256,19 @@ class DockerProvider:
             self._podman = any("podman" in name.lower() for name in names)
         if not self._podman:
             return dockerseccomp.profile()
-        text = dockerseccomp.profile()
-        path = self.state_dir / f"seccomp-{hashlib.sha256(text.encode()).hexdigest()[:12]}.json"
+        return str(self._state_file("seccomp", dockerseccomp.profile(), ".json"))
+
+    def _state_file(self, kind: str, text: str, suffix: str = "") -> Path:
+        """A file of the engine's host holding ``text``, named by its contents under the
+        state dir: made once by rename, never written in place (a container may bind it)."""
+        path = self.state_dir / f"{kind}-{hashlib.sha256(text.encode()).hexdigest()[:12]}{suffix}"
         if not path.exists():
             self.state_dir.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{secrets.token_hex(4)}.tmp")
+            tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
             tmp.write_text(text)
             tmp.chmod(0o644)
             os.replace(tmp, path)
-        return str(path)
+        return path
 
     async def _check_image(self, image: str) -> None:
         import docker.errors
