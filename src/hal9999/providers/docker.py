@@ -178,7 +178,7 @@ class DockerProvider:
         try:
             await self._make_container(sandbox_id, spec, uid)
         except BaseException:
-            sandboxuser.release(uid)
+            self._release(uid)
             await self._remove(sandbox_id)
             raise
         return await self.get(sandbox_id)
@@ -258,10 +258,14 @@ class DockerProvider:
             return dockerseccomp.profile()
         return str(self._state_file("seccomp", dockerseccomp.profile(), ".json"))
 
+    def _state_path(self, kind: str, text: str, suffix: str = "") -> Path:
+        """Where :meth:`_state_file` keeps ``text``: named by its contents."""
+        return self.state_dir / f"{kind}-{hashlib.sha256(text.encode()).hexdigest()[:12]}{suffix}"
+
     def _state_file(self, kind: str, text: str, suffix: str = "") -> Path:
         """A file of the engine's host holding ``text``, named by its contents under the
         state dir: made once by rename, never written in place (a container may bind it)."""
-        path = self.state_dir / f"{kind}-{hashlib.sha256(text.encode()).hexdigest()[:12]}{suffix}"
+        path = self._state_path(kind, text, suffix)
         if not path.exists():
             self.state_dir.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
@@ -350,7 +354,15 @@ class DockerProvider:
         except SandboxNotFound:
             return
         await self._remove(sandbox_id)
-        sandboxuser.release(int(found["Config"]["Labels"].get(UID_LABEL, -1)))
+        self._release(int(found["Config"]["Labels"].get(UID_LABEL, -1)))
+
+    def _release(self, uid: int) -> None:
+        """Give a gone sandbox's uid back, and its account files with it when the uid was
+        its own (a root hal); an ordinary hal's sandboxes all share its uid's files."""
+        if sandboxuser.privileged():
+            for name, text in sandboxuser.accounts(uid, uid).items():
+                self._state_path(name, text).unlink(missing_ok=True)
+        sandboxuser.release(uid)
 
     async def _remove(self, sandbox_id: str) -> None:
         import docker.errors
