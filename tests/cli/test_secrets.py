@@ -299,3 +299,32 @@ def test_a_resume_prompt_holding_a_secrets_value_is_refused_without_saying_it(
     finally:
         if via_daemon:
             assert hal("serve", "--stop").returncode == 0
+
+
+def test_a_resume_prompt_holding_a_secret_only_the_client_knows_never_reaches_the_daemon(
+    hal: Hal, hal_env: dict[str, str]
+) -> None:
+    # The daemon checked a resume's prompt against the secrets of its own environment only:
+    # one that only the client's shell held (sent with `hal run`, never kept) went through,
+    # and the prompt was stored and given to the agent as written.
+    value = "tok-client-only-5e4d3c2b1a"
+    client = {"HAL_TEST_TOKEN": value}
+    assert hal("serve", "--detach").returncode == 0  # HAL_TEST_TOKEN is not in its environment
+    try:
+        out = hal("run", "--secret", "HAL_TEST_TOKEN", "--agent", "true {{prompt_file}}",
+                  "first", env=client)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        [task] = tasks_json(hal)
+        leaky = f"resume-marker-31c7: push with https://x:{value}@example.invalid/r.git"
+        for detach in ((), ("--detach",)):
+            refused = hal("task", "resume", task["id"], *detach, leaky, env=client)
+            assert refused.returncode == 2, refused.stderr
+            assert "the prompt holds the value of HAL_TEST_TOKEN, a secret" in refused.stderr
+            assert value not in refused.stderr + refused.stdout
+        [after] = tasks_json(hal)
+        assert after["status"] == "succeeded", "the daemon never saw the resume"
+        home = Path(hal_env["HAL_HOME"])
+        for needle in (value, "resume-marker-31c7"):
+            assert files_containing(home, needle.encode(), set()) == [], needle
+    finally:
+        assert hal("serve", "--stop").returncode == 0

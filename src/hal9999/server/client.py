@@ -375,7 +375,17 @@ class DaemonTaskAPI:
         on_output: OnOutput | None = None,
         on_event: OnEvent | None = None,
     ) -> TaskRecord:
-        """Queue the task again with the daemon; follow it unless ``detach``."""
+        """Queue the task again with the daemon; follow it unless ``detach``. A ``prompt``
+        holding the value of one of the task's secrets in this shell is refused here, before
+        anything is sent: the daemon knows only the secrets of its own environment."""
+        if prompt is not None:
+            import asyncio
+
+            from hal9999.tasks.secrets import TaskSecrets
+
+            task = await self.get(task_id)
+            here = TaskSecrets(self.config, self.environ)
+            await asyncio.to_thread(here.check_resume_prompt, task, prompt, env)
         # The new run is shown from here: the task is resting, so following ends at the last
         # event its earlier runs recorded.
         seen = 0

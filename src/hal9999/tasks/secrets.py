@@ -21,10 +21,12 @@ from hal9999.tasks.session import Session
 
 
 class TaskSecrets:
-    """A task's secrets under ``config`` and ``environ`` (the service's)."""
+    """A task's secrets under ``config`` and ``environ`` (the service's, or a daemon client's:
+    it checks a resume's prompt against the secrets of its own shell before sending it)."""
 
-    config: HalConfig
-    environ: Mapping[str, str]
+    def __init__(self, config: HalConfig, environ: Mapping[str, str]) -> None:
+        self.config = config
+        self.environ = environ
 
     def session(self, task: TaskRecord) -> Session:
         """The session directory of ``task``."""

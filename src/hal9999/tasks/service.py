@@ -77,9 +77,8 @@ class TaskService(TaskSecrets):
     """The task layer behind the CLI (and, later, the daemon)."""
 
     def __init__(self, config: HalConfig, store: Store, environ: Mapping[str, str]) -> None:
-        self.config = config
+        super().__init__(config, environ)
         self.store = store
-        self.environ = environ
         self.paths = HalPaths(config.home).ensure()
         self.runner = TaskRunner(config, store, environ)
         self.writers = EventWriters(store, index_batch=INDEX_BATCH)
