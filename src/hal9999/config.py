@@ -144,6 +144,10 @@ class ModelPrice(_Config):
     """Cache reads; the input price when unset."""
     cache_write: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     """Cache writes; the input price when unset."""
+    max_output_tokens: int | None = Field(default=None, gt=0, le=100_000_000)
+    """The most output tokens (thinking included) the model emits in one call: what a call
+    that sets no output cap reserves under a budget; ``assumed_max_output_tokens`` when
+    unset."""
 
 
 class GatewayConfig(_Config):
@@ -166,6 +170,12 @@ class GatewayConfig(_Config):
     """Dollars all tasks may spend per UTC day."""
     daily_max_tokens: int | None = Field(default=None, gt=0)
     """Tokens all tasks may use per UTC day."""
+    assumed_max_output_tokens: int = Field(default=128_000, gt=0, le=100_000_000)
+    """The output tokens a call that sets no output cap (no ``max_tokens``,
+    ``max_completion_tokens`` or ``max_output_tokens``) is assumed to emit at most, for a
+    model whose price entry gives no ``max_output_tokens``: what it reserves under a budget
+    (see :mod:`hal9999.gateway.inflight`). A model that emits more passes a budget by the
+    excess; a larger value lets fewer such calls go at once."""
     models: list[str] | None = None
     """Model allow-list: a request for any other model is refused; every model when unset."""
     prices: dict[str, ModelPrice] = Field(default_factory=dict)

@@ -1,16 +1,24 @@
 """Calls in flight under a task's budget: made at once they cannot all pass a budget none of
 them has spent yet; the budget is passed by at most one call, and calls that fit go in
-parallel."""
+parallel, those with no output cap too (they reserve an assumed maximum output)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from tests.gateway.test_proxy import call, client, gateway, grant_for, upstream
 from tests.gateway.upstream import StormUpstream
 
+from hal9999.config import load_config
+from hal9999.errors import ConfigError
+from hal9999.gateway.inflight import ASSUMED_MAX_OUTPUT_TOKENS
+from hal9999.gateway.model import read_model
+from hal9999.gateway.prices import dearer
 from hal9999.gateway.proxy import Gateway
 
 __all__ = ["gateway", "upstream"]
@@ -66,16 +74,17 @@ async def test_calls_that_fit_the_budget_together_go_in_parallel(
     assert upstream.peak == 4
 
 
-async def test_a_call_with_no_output_cap_goes_alone(
+async def test_a_call_with_no_output_cap_reserves_the_assumed_maximum_output(
     gateway: tuple[Gateway, str], upstream: StormUpstream
 ) -> None:
-    # No max_tokens: the most it can spend is unknown, so no other call of the task goes
-    # beside it (and it waits for those in flight).
+    # No max_tokens: it reserves its bytes and the output assumed for a model the table does
+    # not bound (128000), more than the budget, so no other call of the task goes beside it
+    # (and it waits for those in flight).
     gw, sock = gateway
     upstream.delay_s = 0.3
     grant = grant_for(upstream, max_tokens=100_000)
     gw.register(grant)
-    body = {"model": "claude-sonnet-4-5", "messages": []}
+    body = {"model": "gpt-5", "messages": []}
 
     async def uncapped(http: httpx.AsyncClient) -> httpx.Response:
         return await http.post("/v1/messages", json=body, headers={"x-api-key": grant.token})
@@ -167,3 +176,140 @@ async def test_a_call_naming_two_models_reserves_at_the_dearer_price(
         answers = await asyncio.gather(azure(http), azure(http))
     assert [a.status_code for a in answers] == [200, 200]
     assert upstream.peak == 1, "two calls went together on reservations priced at Haiku's"
+
+
+async def uncapped(http: httpx.AsyncClient, token: str, model: str = "gpt-5") -> httpx.Response:
+    """A call of the Responses API with no ``max_output_tokens``, as Codex makes them; its
+    body (17 bytes) is smaller than what the fake upstream spends (23 tokens), so only the
+    output it reserves covers the spend."""
+    body = json.dumps({"model": model}, separators=(",", ":"))
+    headers = {"x-api-key": token, "content-type": "application/json"}
+    return await http.post("/v1/responses", content=body, headers=headers)
+
+
+@pytest.mark.parametrize(
+    "daily", [{"daily_max_tokens": 10_000_000}, {"daily_max_cost_usd": 100.0}],
+    ids=["tokens", "cost"],
+)  # fmt: skip
+async def test_uncapped_calls_of_many_tasks_under_a_large_daily_budget_go_in_parallel(
+    gateway: tuple[Gateway, str], upstream: StormUpstream, daily: dict[str, float]
+) -> None:
+    # A call with no output cap had no bound, so it went alone in the day: every uncapped
+    # call of every task of the HAL_HOME, one at a time. Each now reserves its bytes and the
+    # assumed maximum output (128000 tokens, $1.28 at gpt-5's price): eight fit.
+    gw, sock = gateway
+    upstream.delay_s = 0.5
+    grants = [grant_for(upstream, f"t{n}", settings=dict(daily)) for n in range(8)]
+    for grant in grants:
+        gw.register(grant)
+    async with client(sock) as http:
+        answers = await asyncio.gather(*(uncapped(http, g.token) for g in grants))
+    assert [a.status_code for a in answers] == [200] * 8
+    # All eight fit (eight went at once when the machine was idle); one at a time before.
+    assert upstream.peak >= 4, "uncapped calls of different tasks went one at a time"
+    assert gw.day_flights._scopes == {}, "every reservation was given back"
+
+
+@pytest.mark.parametrize(
+    ("daily", "limit"),
+    [({"daily_max_tokens": 150}, 150), ({"daily_max_cost_usd": 0.0004}, 0.0004)],
+    ids=["tokens", "cost"],
+)
+async def test_uncapped_calls_of_many_tasks_pass_a_small_daily_budget_by_at_most_one_call(
+    gateway: tuple[Gateway, str], upstream: StormUpstream, daily: dict[str, Any], limit: float
+) -> None:
+    # Assumed to emit at most 10 tokens (the fake upstream emits 7), a few uncapped calls fit
+    # in the budget together: they go in parallel, and the day's spend still ends at most one
+    # call past the budget (reserving their bytes alone, all eight went at once: 184 tokens).
+    gw, sock = gateway
+    upstream.delay_s = 0.3
+    settings = {**daily, "assumed_max_output_tokens": 10}
+    grants = [grant_for(upstream, f"t{n}", settings=dict(settings)) for n in range(8)]
+    for grant in grants:
+        gw.register(grant)
+    async with client(sock) as http:
+        answers = await asyncio.gather(*(uncapped(http, g.token) for g in grants))
+    await gw.drain()
+    rows = [row for g in grants for row in gw.store.gateway_requests(g.task_id)]
+    tokens, cost = gw.ledger.day_spent()
+    cost_budget = "daily_max_cost_usd" in daily
+    per_call = max((r.cost_usd or 0.0) if cost_budget else r.total_tokens for r in rows)
+    assert (cost if cost_budget else tokens) <= limit + per_call, (
+        "more than one call past the daily budget"
+    )
+    statuses = sorted(a.status_code for a in answers)
+    assert 400 in statuses and 200 in statuses, statuses
+    assert {a.json()["error"]["message"] for a in answers if a.status_code == 400} == {
+        "hal gateway: today's budget for all tasks is spent"
+    }
+    assert upstream.peak >= 2, "the calls that fit the budget together went one at a time"
+    assert gw.day_flights._scopes == {}, "every reservation was given back"
+
+
+@pytest.mark.parametrize(
+    ("model", "path", "settings", "output"),
+    [("gpt-5", "/v1/responses", {}, 128_000),
+     ("gpt-4.1", "/v1/responses", {}, 32_768),
+     ("gpt-5", "/v1/responses", {"assumed_max_output_tokens": 1000}, 1000),
+     ("gpt-4.1", "/v1/responses", {"assumed_max_output_tokens": 1000}, 32_768),
+     ("my-model", "/v1/responses", {"prices": {"my-model": {
+         "input": 1.0, "output": 2.0, "cache_read": None, "max_output_tokens": 1000}}}, 1000),
+     ("gpt-4.1", "/openai/deployments/my-deployment/chat/completions", {}, 128_000)],
+    ids=["default", "shipped-table", "setting", "table-wins", "price-entry", "two-models"],
+)  # fmt: skip
+def test_an_uncapped_call_reserves_its_models_maximum_output_else_the_setting(
+    gateway: tuple[Gateway, str], upstream: StormUpstream, model: str, path: str,
+    settings: dict[str, Any], output: int,
+) -> None:  # fmt: skip
+    gw, _ = gateway
+    grant = grant_for(upstream, settings={"daily_max_tokens": 10_000_000, **settings})
+    gw.register(grant)
+    body = json.dumps({"model": model, "input": "hi"}).encode()
+    wants = read_model("POST", path, [], body, strict=False)
+    reserve = gw._reservation(grant, wants, "POST", len(body))
+    assert reserve is not None and reserve.tokens == len(body) + output
+
+
+def test_two_models_bound_the_output_only_when_both_know_theirs() -> None:
+    # An Azure deployment with no maximum beside a body's model with one: the default
+    # applies (the other's smaller maximum would not bound what the deployment emits).
+    known = {"input": 1.0, "output": 2.0, "max_output_tokens": 1000.0}
+    unknown: dict[str, float | None] = {"input": 3.0, "output": 1.0, "max_output_tokens": None}
+    assert dearer(known, unknown) == {"input": 3.0, "output": 2.0}
+    assert dearer(known, {**known, "max_output_tokens": 5000.0}) == {
+        "input": 1.0, "output": 2.0, "max_output_tokens": 5000.0
+    }  # fmt: skip
+    assert dearer(known, None) is None
+
+
+def test_the_assumed_maximum_output_is_a_checked_setting(tmp_path: Path) -> None:
+    config_file = tmp_path / ".config" / "hal9999" / "config.toml"
+    config_file.parent.mkdir(parents=True)
+    env = {"HOME": str(tmp_path)}
+    assert load_config(env, tmp_path).gateway.assumed_max_output_tokens == (
+        ASSUMED_MAX_OUTPUT_TOKENS
+    ) == 128_000  # fmt: skip
+    config_file.write_text("[gateway]\nassumed_max_output_tokens = 200_000\n")
+    assert load_config(env, tmp_path).gateway.assumed_max_output_tokens == 200_000
+    for value, expected in [
+        ("0", "expected a number greater than 0"),
+        ("-5", "expected a number greater than 0"),
+        ("1e12", "expected a whole number"),
+        ("1_000_000_000", "expected a number at most 100000000"),
+        ('"lots"', "expected a whole number"),
+        ("1.5", "expected a whole number"),
+        ("true", "expected a whole number"),
+    ]:
+        config_file.write_text(f"[gateway]\nassumed_max_output_tokens = {value}\n")
+        with pytest.raises(ConfigError) as info:
+            load_config(env, tmp_path)
+        assert info.value.message == (
+            f"{config_file}: gateway.assumed_max_output_tokens: {expected}"
+        ), value
+        assert info.value.hint == f"fix it in {config_file}"
+    config_file.write_text('[gateway.prices."m"]\ninput = 1\noutput = 1\nmax_output_tokens = 0\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(env, tmp_path)
+    assert info.value.message == (
+        f"{config_file}: gateway.prices.m.max_output_tokens: expected a number greater than 0"
+    )

@@ -70,8 +70,9 @@ def default_config(home: Path) -> dict[str, Any]:
         "gateway": {
             "enabled": True, "concurrency": 8, "requests_per_minute": None, "max_retries": 6,
             "max_cost_usd": None, "max_tokens": None, "daily_max_cost_usd": None,
-            "daily_max_tokens": None, "models": None, "prices": {}, "ca_file": None,
-            "egress": [], "provider_egress": {}, "egress_only": None, "store_bodies": False,
+            "daily_max_tokens": None, "assumed_max_output_tokens": 128000, "models": None,
+            "prices": {}, "ca_file": None, "egress": [], "provider_egress": {},
+            "egress_only": None, "store_bodies": False,
         },
         "hive": {},
     }  # fmt: skip

@@ -10,16 +10,27 @@ spend is under the budget, as before. One that arrives while others are in fligh
 if the spend so far, the reservations in flight and its own all fit in the budget; otherwise
 it waits until a call of that scope ends, and is checked again (the budget may be spent by
 then: it is refused). So a scope spends at most its budget plus one call (the last that went
-alone), the bound of an agent that calls one at a time, while calls that fit go in parallel.
+alone), the bound of an agent that calls one at a time, while calls that fit go in parallel;
+plus, when calls without an output cap went together, what they emitted past the maximum
+assumed for them (below).
 
 The reservation is an upper bound: tokens are the request body's bytes (every input token is
 at least one byte of the request's text; an image counts far fewer tokens than its base64
 bytes) plus the request's output cap (``max_tokens``, ``max_completion_tokens``,
 ``max_output_tokens``, which include thinking and reasoning); dollars are those tokens at the
 model's dearest input price (input, cache write, cache read) and its output price (the
-dearer of two models', when a Gemini or Azure path names another than the body). A call
-whose cap the gateway does not read (none given, Gemini's ``generationConfig``, a body that
-is not JSON) or whose model has no price under a cost budget has no bound: it goes alone.
+dearer of two models', when a Gemini or Azure path names another than the body).
+
+A call whose cap the gateway does not read (none given, as OpenAI's Responses API allows
+and agents such as Codex do; Gemini's ``generationConfig``; a body that is not JSON)
+reserves its bytes plus the most its model emits in one call: the ``max_output_tokens`` of
+its price entry (:data:`hal9999.gateway.prices.MAX_OUTPUT_TOKENS`,
+``[gateway.prices."<model>"]``), else ``[gateway] assumed_max_output_tokens``
+(:data:`ASSUMED_MAX_OUTPUT_TOKENS` by default). That bound is assumed, not read: a model
+that emits more passes the budget by the excess. It lets uncapped calls go in parallel
+while they fit (under a daily budget, one scope over every task, the calls of all tasks
+would otherwise go one at a time). Only a call with no bound at all (under a cost budget,
+a model with no price) goes alone.
 A GET or HEAD without a body (a model listing) generates nothing: it is not held or counted.
 """
 
@@ -28,6 +39,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+ASSUMED_MAX_OUTPUT_TOKENS = 128_000
+"""The output tokens a call that sets no cap is assumed to emit at most, when neither its
+model's entry nor ``[gateway] assumed_max_output_tokens`` says (a grant from a hal that
+does not send the setting)."""
 
 
 @dataclass(frozen=True)
@@ -39,12 +55,20 @@ class Reservation:
 
 
 def reservation(
-    size: int, output_cap: int | None, price: Mapping[str, float | None] | None, *, cost: bool
+    size: int,
+    output_cap: int | None,
+    price: Mapping[str, float | None] | None,
+    *,
+    cost: bool,
+    assumed_output: int = ASSUMED_MAX_OUTPUT_TOKENS,
 ) -> Reservation:
     """The reservation of a call with a body of ``size`` bytes and ``output_cap``, at
-    ``price`` (USD per million tokens) when the task has a cost budget (``cost``)."""
+    ``price`` (USD per million tokens) when the task has a cost budget (``cost``). A call
+    with no cap is assumed to emit its model's ``max_output_tokens``, else
+    ``assumed_output``."""
     if output_cap is None:
-        return Reservation(None, None)
+        most = (price or {}).get("max_output_tokens")
+        output_cap = int(most) if most else assumed_output
     tokens = size + output_cap
     if not cost:
         return Reservation(tokens, 0.0)

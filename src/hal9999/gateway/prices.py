@@ -3,6 +3,11 @@
 ``[gateway.prices."<model>"]`` in the user's config overrides or adds entries. A model is
 matched exactly, then by the longest entry its name starts with (``claude-sonnet-4-5-2025...``
 takes ``claude-sonnet-4-5``). A model with no price gets ``cost_usd = null``, never a guess.
+
+An entry may also give ``max_output_tokens``, the most output tokens (thinking included) the
+model emits in one call: a call that sets no output cap reserves that much under a budget
+(see inflight.py), else ``[gateway] assumed_max_output_tokens``. It is no price: no cost uses
+it.
 """
 
 from __future__ import annotations
@@ -26,6 +31,46 @@ DEFAULT_PRICES: dict[str, dict[str, float]] = {
     "gemini-2.5-flash": {"input": 0.3, "output": 2.5, "cache_read": 0.075},
 }
 """Model name (or prefix) to USD per million input, output, cache-read and cache-write tokens."""
+
+MAX_OUTPUT_TOKENS: dict[str, int] = {
+    # The providers' model pages (OpenAI's, Google's Gemini models page). A prefix covers
+    # every model it matches, later ones too, so only closed families are listed, each at the
+    # largest of its models, and only those below the default (128000), which the others
+    # reserve anyway. No Claude entry: "claude-opus-4" matches Opus 4.6, which emits 128000
+    # where Opus 4.5 emitted 64000 (and Anthropic's API requires max_tokens in any case).
+    "gpt-4.1": 32_768,
+    "gemini-2.5-pro": 65_536,
+    "gemini-2.5-flash": 65_536,
+}
+"""Model name (or prefix, matched as prices are) to the most output tokens it emits in one
+call: the shipped ``max_output_tokens`` of the entries above."""
+
+
+def _shipped() -> dict[str, dict[str, float]]:
+    table = {name: dict(price) for name, price in DEFAULT_PRICES.items()}
+    for name, most in MAX_OUTPUT_TOKENS.items():
+        table[name]["max_output_tokens"] = most
+    return table
+
+
+SHIPPED = _shipped()
+"""The shipped prices with their models' maximum output."""
+
+
+def dearer(
+    price: Mapping[str, float | None] | None, other: Mapping[str, float | None] | None
+) -> dict[str, float | None] | None:
+    """Field by field the dearer of two prices (None when either is unknown), for a call
+    naming two models; the larger maximum output only when both know one (else the default
+    applies)."""
+    if price is None or other is None:
+        return None
+    merged: dict[str, float | None] = {
+        name: max(price.get(name) or 0.0, other.get(name) or 0.0) for name in {*price, *other}
+    }
+    if not price.get("max_output_tokens") or not other.get("max_output_tokens"):
+        merged.pop("max_output_tokens", None)
+    return merged
 
 
 def price_of(
@@ -54,7 +99,7 @@ class PriceBook:
         """The price of ``model`` for the task holding ``token``."""
         key = (token, model)
         if key not in self._found:
-            self._found[key] = price_of(model, {**DEFAULT_PRICES, **extra})
+            self._found[key] = price_of(model, {**SHIPPED, **extra})
         return self._found[key]
 
     def forget(self, token: str) -> None:

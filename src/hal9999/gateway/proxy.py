@@ -23,6 +23,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -32,11 +33,17 @@ from hal9999.errors import GatewayError, HalError
 from hal9999.gateway import refusal
 from hal9999.gateway.bodies import StoredBodies
 from hal9999.gateway.channel import TOKEN_PREFIX, GatewayPaths, Grant
-from hal9999.gateway.inflight import InFlight, Limit, Reservation, reservation
+from hal9999.gateway.inflight import (
+    ASSUMED_MAX_OUTPUT_TOKENS,
+    InFlight,
+    Limit,
+    Reservation,
+    reservation,
+)
 from hal9999.gateway.ledger import Ledger
 from hal9999.gateway.limits import RETRY_STATUSES, UpstreamLimiter, retry_after_s
 from hal9999.gateway.model import ModelRequest, Unreadable, check_metered, read_model
-from hal9999.gateway.prices import PriceBook
+from hal9999.gateway.prices import PriceBook, dearer
 from hal9999.gateway.refusal import send as _send_refusal
 from hal9999.gateway.relay import HOP_HEADERS, AnswerRelay
 from hal9999.gateway.upstream import UpstreamError, UpstreamPool, ca_file_error
@@ -239,13 +246,12 @@ class Gateway:
         if method in ("GET", "HEAD") and not size:  # asks for nothing to be generated
             return None
         table = grant.settings.get("prices", {})
-        price = self.prices.of(grant.token, table, wants.model)
+        price: Mapping[str, float | None] | None = self.prices.of(grant.token, table, wants.model)
         for other in wants.models[1:]:  # a Gemini or Azure path's, which the upstream serves
-            more = self.prices.of(grant.token, table, other)
-            price = None if price is None or more is None else {
-                name: max(price.get(name) or 0.0, more.get(name) or 0.0) for name in {*price, *more}
-            }  # fmt: skip
-        return reservation(size, wants.output_cap, price, cost=_cost_capped(grant))
+            price = dearer(price, self.prices.of(grant.token, table, other))
+        assumed = grant.settings.get("assumed_max_output_tokens") or ASSUMED_MAX_OUTPUT_TOKENS
+        return reservation(size, wants.output_cap, price, cost=_cost_capped(grant),
+                           assumed_output=assumed)  # fmt: skip
 
     def _budgets(self, grant: Grant) -> list[tuple[InFlight, str, Limit, tuple[int, float]]]:
         """The budgets a call of ``grant`` reserves under: its calls in flight there, the
