@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -410,3 +411,44 @@ async def test_what_a_command_writes_to_stderr_is_kept_within_a_bound(
     assert b"bytes ...]" in result.stderr
     small = await sandbox.exec(ShellCommand(script="echo whole >&2"), timeout=60)
     assert small.stderr == b"whole\n"
+
+
+async def test_what_a_command_writes_to_stdout_is_held_within_a_bound(
+    sandbox: BwrapSandbox,
+) -> None:
+    # A git clean filter of the agent's, run by collection's `git add`, or any command whose
+    # output hal reads, can write to stdout without end: all of it was held in the daemon.
+    from hal9999.providers.base import STDOUT_LIMIT
+
+    script = f"echo why >&2; head -c {STDOUT_LIMIT * 4} /dev/zero; echo after > /tmp/after"
+    tracemalloc.start()
+    try:
+        with pytest.raises(ExecError) as raised:
+            await sandbox.exec(ShellCommand(script=script), timeout=60)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * STDOUT_LIMIT  # what was held: the bound and a chunk, not 4 times it
+    assert raised.value.message.endswith(f"wrote more than {STDOUT_LIMIT} bytes to stdout and was killed")
+    assert raised.value.details["stdout_limit"] == STDOUT_LIMIT
+    assert raised.value.details["stderr"] == b"why\n" and "stdout" not in raised.value.details
+    assert not (await sandbox.exec(ShellCommand(script="test -e /tmp/after"))).ok  # killed
+    # A caller that needs more says so; less, too.
+    big = await sandbox.exec(ShellCommand(script="head -c 5000 /dev/zero"), stdout_limit=5000)
+    assert big.ok and len(big.stdout) == 5000
+    with pytest.raises(ExecError, match="more than 4999 bytes"):
+        await sandbox.exec(ShellCommand(script="head -c 5000 /dev/zero"), stdout_limit=4999)
+
+
+async def test_a_file_read_inside_takes_what_a_host_read_takes(
+    sandbox: BwrapSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # /usr is not one of the sandbox's host directories: read by `cat` inside, under the
+    # host read's bound (hostfs.READ_LIMIT), not exec's default.
+    size = int((await sandbox.exec(ShellCommand(script="wc -c < /usr/bin/env"))).stdout)
+    monkeypatch.setattr(hostfs, "READ_LIMIT", size)
+    assert len(await sandbox.read_file("/usr/bin/env")) == size
+    monkeypatch.setattr(hostfs, "READ_LIMIT", size - 1)
+    with pytest.raises(ExecError) as raised:
+        await sandbox.read_file("/usr/bin/env")
+    assert raised.value.message == f"cannot read /usr/bin/env: it is over {size - 1} bytes"

@@ -36,6 +36,14 @@ class Capabilities:
     """Whether ``snapshot``/``fork`` are available."""
 
 
+STDOUT_LIMIT = 16 << 20
+"""The most of a command's stdout :meth:`Sandbox.exec` holds unless its caller allows more:
+past it the command is killed and :class:`~hal9999.errors.ExecError` raised (never cut short,
+which a caller parsing the output would take for all of it). What a sandbox writes there is
+the agent's (a git filter during collection, or a command a user runs); the callers that need
+more (a file read, a pull's tar) say so per call."""
+
+
 @dataclass(frozen=True)
 class ExecResult:
     """The outcome of a finished command."""
@@ -123,8 +131,10 @@ class Sandbox(Protocol):
         stdin: bytes | None = None,
         # The provider must kill the command at the deadline, not merely stop waiting for it.
         timeout: float | None = None,  # noqa: ASYNC109
+        stdout_limit: int = STDOUT_LIMIT,
     ) -> ExecResult:
-        """Run a command to completion. ``env`` is exec-time environment (secrets go here)."""
+        """Run a command to completion. ``env`` is exec-time environment (secrets go here).
+        Past ``stdout_limit`` bytes of stdout the command is killed and ExecError raised."""
         ...
 
     def exec_stream(

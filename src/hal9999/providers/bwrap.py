@@ -35,7 +35,7 @@ from hal9999.providers import (
     usernet,
 )
 from hal9999.providers import keeper as keepers
-from hal9999.providers.base import Capabilities, Command, ExecResult, Launch
+from hal9999.providers.base import STDOUT_LIMIT, Capabilities, Command, ExecResult, Launch
 from hal9999.providers.bwrapargs import (
     ETC_VIEW,
     HOME,
@@ -255,11 +255,13 @@ class BwrapSandbox(HostSandbox):
         env: Mapping[str, str] | None = None,
         stdin: bytes | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - the contract's per-command timeout
+        stdout_limit: int = STDOUT_LIMIT,
     ) -> ExecResult:
         """Run a command to completion; an out-of-memory kill is noted on stderr."""
         limited = self.cgroup is not None and self.limits.memory_mb is not None
         before = self.oom_kills() if limited else 0
-        result = await super().exec(command, env=env, stdin=stdin, timeout=timeout)
+        result = await super().exec(command, env=env, stdin=stdin, timeout=timeout,
+                                    stdout_limit=stdout_limit)  # fmt: skip
         if limited and not result.ok and self.oom_kills() > before:
             # ExecResult has no field for it, and a bare 137 does not say why.
             note = (

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hal9999.errors import CapabilityError, ExecError
-from hal9999.providers import limits, sandboxuser
-from hal9999.providers.base import Command, ExecResult, Launch, StreamEvent
+from hal9999.providers import hostfs, limits, sandboxuser
+from hal9999.providers.base import STDOUT_LIMIT, Command, ExecResult, Launch, StreamEvent
 from hal9999.providers.dockerexec import ENV_WRAPPER, SETTLE_SCRIPT, ContainerExec
-from hal9999.providers.handle import SandboxHandle
+from hal9999.providers.handle import SandboxHandle, reading_file
 from hal9999.spec import SandboxSpec, to_argv
 
 if TYPE_CHECKING:
@@ -87,11 +87,12 @@ class DockerSandbox(SandboxHandle):
         env: Mapping[str, str] | None = None,
         stdin: bytes | None = None,
         timeout: float | None = None,  # noqa: ASYNC109
+        stdout_limit: int = STDOUT_LIMIT,
     ) -> ExecResult:
-        """Run a command to completion (killed at ``timeout``)."""
+        """Run a command to completion (killed at ``timeout``, or past ``stdout_limit``)."""
         code, out, err = await self._exec.run(
             to_argv(command), env=self._env(command, env), cwd=command.cwd or WORKDIR,
-            stdin=stdin, timeout=timeout,
+            stdin=stdin, timeout=timeout, stdout_limit=stdout_limit,
         )  # fmt: skip
         return ExecResult(code, out, err)
 
@@ -154,16 +155,19 @@ class DockerSandbox(SandboxHandle):
             "-w", WORKDIR, "-e", f"HAL_SANDBOX={self._id}", self.container, "bash", "-i",
         ]  # fmt: skip
 
-    async def _sh(self, script: str, *args: str, stdin: bytes | None = None) -> ExecResult:
+    async def _sh(self, script: str, *args: str, stdin: bytes | None = None,
+                  stdout_limit: int = STDOUT_LIMIT) -> ExecResult:  # fmt: skip
         code, out, err = await self._exec.run(
             ["sh", "-c", script, "hal", *args], env={"HAL_SANDBOX": self._id}, cwd="/",
-            stdin=stdin, timeout=120,
+            stdin=stdin, timeout=120, stdout_limit=stdout_limit,
         )
         return ExecResult(code, out, err)
 
     async def read_file(self, path: str) -> bytes:
         """The contents of a file."""
-        result = await self._sh('exec cat -- "$1"', path)
+        # As much as a read on the host takes (hostfs.READ_LIMIT), no more.
+        with reading_file(path, hostfs.READ_LIMIT):
+            result = await self._sh('exec cat -- "$1"', path, stdout_limit=hostfs.READ_LIMIT)
         if not result.ok:
             raise ExecError(f"cannot read {path}: {_reason(result)}")
         return result.stdout

@@ -21,7 +21,7 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
 from hal9999.errors import ExecError, ProviderUnavailable
-from hal9999.providers.base import StreamEvent
+from hal9999.providers.base import STDOUT_LIMIT, StreamEvent
 from hal9999.providers.handle import collect
 
 TOKEN_VAR = "HAL_EXEC"
@@ -249,10 +249,11 @@ class ContainerExec:
         cwd: str,
         stdin: bytes | None = None,
         timeout: float | None = None,  # noqa: ASYNC109
+        stdout_limit: int = STDOUT_LIMIT,
     ) -> tuple[int, bytes, bytes]:
         """Run ``argv`` to completion; on ``timeout`` kill it and raise :class:`ExecError`
-        carrying what it wrote so far."""
+        carrying what it wrote so far; past ``stdout_limit`` bytes of stdout, the same."""
         events = self.stream(argv, env=env, cwd=cwd, stdin=stdin)
         result = await collect(events, time_limit=timeout, what=f"command {argv[0]!r}",
-                               no_status=137)  # fmt: skip
+                               no_status=137, stdout_limit=stdout_limit)  # fmt: skip
         return result.exit_code, result.stdout, result.stderr

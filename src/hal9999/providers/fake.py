@@ -28,7 +28,14 @@ from pydantic import BaseModel, ConfigDict
 
 from hal9999.errors import CapabilityError, ExecError
 from hal9999.providers import fakeshell, hostfs
-from hal9999.providers.base import Capabilities, Command, ExecResult, Launch, StreamEvent
+from hal9999.providers.base import (
+    STDOUT_LIMIT,
+    Capabilities,
+    Command,
+    ExecResult,
+    Launch,
+    StreamEvent,
+)
 from hal9999.providers.hostsandbox import HostProvider, HostSandbox, SandboxRecord
 from hal9999.spec import SandboxSpec, display, to_argv
 
@@ -160,6 +167,7 @@ class FakeSandbox(HostSandbox):
         env: Mapping[str, str] | None = None,
         stdin: bytes | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - the contract's per-command timeout
+        stdout_limit: int = STDOUT_LIMIT,
     ) -> ExecResult:
         """Run a fake command; past ``timeout`` it is cancelled and ExecError raised."""
         out, err = bytearray(), bytearray()
@@ -179,6 +187,13 @@ class FakeSandbox(HostSandbox):
                 stdout=bytes(out),
                 stderr=bytes(err),
             ) from exc
+        if len(out) > stdout_limit:  # a fake's output is in memory anyway: checked at the end
+            raise ExecError(
+                f"{display(command)} wrote more than {stdout_limit} bytes to stdout and was killed",
+                hint="write large output to a file in the sandbox and read it from there",
+                stdout_limit=stdout_limit,
+                stderr=bytes(err),
+            )
         return ExecResult(code, bytes(out), bytes(err))
 
     async def exec_stream(

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 from types import TracebackType
 from typing import Self
 
 from hal9999.errors import ExecError
-from hal9999.providers.base import ExecResult, StreamEvent
+from hal9999.providers.base import STDOUT_LIMIT, ExecResult, StreamEvent
 from hal9999.spec import SandboxSpec
 
 
@@ -55,18 +55,29 @@ class SandboxHandle:
 
 async def collect(
     events: AsyncGenerator[StreamEvent, None], *, time_limit: float | None, what: str,
-    no_status: int = 255, timed_out: str | None = None,
+    no_status: int = 255, timed_out: str | None = None, stdout_limit: int = STDOUT_LIMIT,
 ) -> ExecResult:  # fmt: skip
     """A streamed command's output and status (``no_status`` when none came). Past
     ``time_limit`` the stream is closed (which kills the command) and :class:`ExecError`
     raised (``timed_out`` its message, else one naming ``what``), keeping the partial
-    output: a timed-out command has no exit status."""
+    output: a timed-out command has no exit status. Past ``stdout_limit`` bytes of stdout
+    the stream is closed too and :class:`ExecError` raised (``details['stdout_limit']``),
+    with no stdout: the caller reads what it holds, so it is failed, not cut short; stderr
+    is kept to its first :data:`STDERR_HEAD` bytes and its end (:data:`STDERR_LIMIT`)."""
     out, err = bytearray(), _Tail()
     code = no_status
     try:
         async with contextlib.aclosing(events), asyncio.timeout(time_limit):
             async for event in events:
                 if event.kind == "stdout":
+                    if len(out) + len(event.data) > stdout_limit:
+                        raise ExecError(
+                            f"{what} wrote more than {stdout_limit} bytes to stdout "
+                            "and was killed",
+                            hint="write large output to a file in the sandbox and read it "
+                            "from there",
+                            stdout_limit=stdout_limit, stderr=err.value(),
+                        )  # fmt: skip
                     out += event.data
                 elif event.kind == "stderr":
                     err.add(event.data)
@@ -79,6 +90,18 @@ async def collect(
             timeout=time_limit, stdout=bytes(out), stderr=err.value(),
         ) from exc  # fmt: skip
     return ExecResult(code, bytes(out), err.value())
+
+
+@contextlib.contextmanager
+def reading_file(path: str, limit: int) -> Iterator[None]:
+    """Around a command that reads ``path`` inside (``cat``) under ``stdout_limit=limit``:
+    its stdout past the limit is said as the file being too big, in one line."""
+    try:
+        yield
+    except ExecError as exc:
+        if "stdout_limit" not in exc.details:
+            raise
+        raise ExecError(f"cannot read {path}: it is over {limit} bytes", path=path) from None
 
 
 STDERR_LIMIT = 1 << 20

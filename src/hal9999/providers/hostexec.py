@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from hal9999.errors import ExecError, ProviderError
-from hal9999.providers.base import ExecResult, Launch, StreamEvent
+from hal9999.providers.base import STDOUT_LIMIT, ExecResult, Launch, StreamEvent
 from hal9999.providers.handle import collect
 from hal9999.providers.hostread import read_all
 from hal9999.providers.sandboxuser import trusted_program
@@ -280,16 +280,19 @@ async def stream(
 
 
 async def run(
-    launch: Launch, *, stdin: bytes | None, time_limit: float | None, what: str
-) -> ExecResult:
+    launch: Launch, *, stdin: bytes | None, time_limit: float | None, what: str,
+    stdout_limit: int = STDOUT_LIMIT,
+) -> ExecResult:  # fmt: skip
     """Run ``launch`` to completion.
 
     Past ``time_limit`` seconds the command's process group is killed and :class:`ExecError`
     raised (``details`` keep ``timeout`` and the partial ``stdout``/``stderr``): a timed-out
-    command has no exit status, and a made-up 124 could be mistaken for a real one.
+    command has no exit status, and a made-up 124 could be mistaken for a real one. Past
+    ``stdout_limit`` bytes of stdout, killed too and :class:`ExecError` raised.
     """
     return await collect(
         stream(launch, stdin=stdin), time_limit=time_limit, what=what, no_status=-1,
+        stdout_limit=stdout_limit,
         timed_out=None if time_limit is None
         else f"command timed out after {time_limit:g}s and was killed: {what}",
     )  # fmt: skip

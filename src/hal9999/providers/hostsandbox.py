@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from hal9999.errors import CapabilityError, ExecError, ProviderError, SandboxNotFound
 from hal9999.providers import cgroups, hostexec, hostfs, limits, sandboxuser, scratch
 from hal9999.providers.base import (
+    STDOUT_LIMIT,
     Capabilities,
     Command,
     ExecResult,
@@ -33,7 +34,7 @@ from hal9999.providers.base import (
     SandboxState,
     StreamEvent,
 )
-from hal9999.providers.handle import SandboxHandle
+from hal9999.providers.handle import SandboxHandle, reading_file
 from hal9999.providers.hostread import read_all
 from hal9999.providers.hostrecords import RecordStore as RecordStore
 from hal9999.providers.hostrecords import SandboxRecord as SandboxRecord
@@ -141,11 +142,13 @@ class HostSandbox(SandboxHandle):
         env: Mapping[str, str] | None = None,
         stdin: bytes | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - the contract's per-command timeout
+        stdout_limit: int = STDOUT_LIMIT,
     ) -> ExecResult:
         """Run a command to completion; past ``timeout`` it is killed and ExecError raised."""
         self._require(running=True)
         launch = self.launch(command, env=env)
-        return await hostexec.run(launch, stdin=stdin, time_limit=timeout, what=display(command))
+        return await hostexec.run(launch, stdin=stdin, time_limit=timeout, what=display(command),
+                                  stdout_limit=stdout_limit)  # fmt: skip
 
     async def exec_stream(
         self, command: Command, *, env: Mapping[str, str] | None = None
@@ -156,15 +159,21 @@ class HostSandbox(SandboxHandle):
             async for event in events:
                 yield event
 
-    async def _inside(self, argv: list[str], *, stdin: bytes | None = None) -> ExecResult:
-        return await self.exec(ArgvCommand(argv=tuple(argv), cwd=self.workdir), stdin=stdin)
+    async def _inside(
+        self, argv: list[str], *, stdin: bytes | None = None, stdout_limit: int = STDOUT_LIMIT
+    ) -> ExecResult:
+        command = ArgvCommand(argv=tuple(argv), cwd=self.workdir)
+        return await self.exec(command, stdin=stdin, stdout_limit=stdout_limit)
 
     async def read_file(self, path: str) -> bytes:
         """The contents of a file."""
         self._require(running=False)
         where = self._paths.host(path, follow=True)
         if where is None:
-            result = await self._inside(["cat", "--", self._paths.normalize(path)])
+            # As much as a read on the host takes (hostfs.READ_LIMIT), no more.
+            with reading_file(path, hostfs.READ_LIMIT):
+                result = await self._inside(["cat", "--", self._paths.normalize(path)],
+                                            stdout_limit=hostfs.READ_LIMIT)  # fmt: skip
             if not result.ok:
                 raise ExecError(f"cannot read {path}: {result.stderr.decode().strip()}")
             return result.stdout

@@ -8,7 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 from hal9999.errors import ExecError
-from hal9999.providers.base import Command, ExecResult
+from hal9999.providers import hostfs
+from hal9999.providers.base import STDOUT_LIMIT, Command, ExecResult
+from hal9999.providers.handle import reading_file
 from hal9999.spec import ArgvCommand
 
 WRITE_ATOMIC = (
@@ -43,7 +45,8 @@ class MirrorFiles:
         raise NotImplementedError
 
     async def _run(self, command: Command, env: Any, stdin: bytes,
-                   timeout: float | None) -> ExecResult:  # noqa: ASYNC109  # fmt: skip
+                   timeout: float | None,  # noqa: ASYNC109
+                   stdout_limit: int = STDOUT_LIMIT) -> ExecResult:  # fmt: skip
         raise NotImplementedError
 
     def _target(self, path: str, *, write: bool = False) -> str:
@@ -56,14 +59,18 @@ class MirrorFiles:
     async def _push_one(self, mount: Any) -> None:
         raise NotImplementedError
 
-    async def _inside(self, script: str, *args: str, stdin: bytes = b"") -> ExecResult:
+    async def _inside(self, script: str, *args: str, stdin: bytes = b"",
+                      stdout_limit: int = STDOUT_LIMIT) -> ExecResult:  # fmt: skip
         command = ArgvCommand(argv=("sh", "-c", script, "hal-file", *args), cwd=self.workdir)
-        return await self._run(command, None, stdin, 120)
+        return await self._run(command, None, stdin, 120, stdout_limit)
 
     async def read_file(self, path: str) -> bytes:
         """The contents of a file."""
         self._require_running()
-        result = await self._inside('exec cat -- "$1"', self._target(path))
+        # As much as a read on the host takes (hostfs.READ_LIMIT), no more.
+        with reading_file(path, hostfs.READ_LIMIT):
+            result = await self._inside('exec cat -- "$1"', self._target(path),
+                                        stdout_limit=hostfs.READ_LIMIT)  # fmt: skip
         if not result.ok:
             raise ExecError(f"cannot read {path}: {reason(result)}")
         return result.stdout

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from hal9999.errors import ExecError, ProviderError
-from hal9999.providers.base import StreamEvent
+from hal9999.providers.base import STDOUT_LIMIT, StreamEvent
 from hal9999.providers.handle import collect
 from hal9999.providers.qemuvm import RunDir
 
@@ -330,11 +330,13 @@ async def run(
     time_limit: float | None,
     what: str,
     restored: bool = False,
+    stdout_limit: int = STDOUT_LIMIT,
 ) -> tuple[int, bytes, bytes]:
-    """Run to completion: (status, stdout, stderr); past ``time_limit`` killed, ExecError."""
+    """Run to completion: (status, stdout, stderr); past ``time_limit`` or ``stdout_limit``
+    bytes of stdout killed, ExecError."""
     result = await collect(
         stream(port, args, env, stdin=stdin, restored=restored), time_limit=time_limit,
-        what=what, no_status=-1,
+        what=what, no_status=-1, stdout_limit=stdout_limit,
         timed_out=None if time_limit is None
         else f"command timed out after {time_limit:g}s and was killed: {what}",
     )  # fmt: skip

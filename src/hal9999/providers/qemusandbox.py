@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hal9999.providers import hostexec, hostfs, qemuagent, qemussh
-from hal9999.providers.base import Command, ExecResult, Launch, StreamEvent
+from hal9999.providers.base import STDOUT_LIMIT, Command, ExecResult, Launch, StreamEvent
 from hal9999.providers.hostsandbox import HostSandbox, SandboxRecord
 from hal9999.providers.qemuvm import RunDir
 from hal9999.spec import ArgvCommand, display, to_argv
@@ -124,21 +124,25 @@ class QemuSandbox(HostSandbox):
         env: Mapping[str, str] | None = None,
         stdin: bytes | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - the contract's per-command timeout
+        stdout_limit: int = STDOUT_LIMIT,
     ) -> ExecResult:
         """Run a command to completion over the exec agent (ssh when it has no free port);
-        past ``timeout`` it is killed and ExecError raised."""
+        past ``timeout``, or ``stdout_limit`` bytes of stdout, it is killed and ExecError
+        raised."""
         self._require(running=True)
         port = qemuagent.claim(self._run, self.agent_ports)
         if port is None:
             await self._ssh_ready()
             launch = self._ssh_launch(command, env)
             return await hostexec.run(launch, stdin=stdin, time_limit=timeout,
-                                      what=display(command))  # fmt: skip
+                                      what=display(command),
+                                      stdout_limit=stdout_limit)  # fmt: skip
         try:
             args, guest = self._agent_request(command, env)
             code, out, err = await qemuagent.run(
-                port, args, guest, stdin=stdin, time_limit=timeout, what=display(command)
-            )
+                port, args, guest, stdin=stdin, time_limit=timeout, what=display(command),
+                stdout_limit=stdout_limit,
+            )  # fmt: skip
         finally:
             port.release()
         return ExecResult(code, out, err)

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from hal9999.errors import ExecError, HalError, SandboxNotFound
-from hal9999.providers.base import Command, StreamEvent
+from hal9999.providers import limits
+from hal9999.providers.base import STDOUT_LIMIT, Command, StreamEvent
 from hal9999.providers.ssh import mirror
 from hal9999.spec import ArgvCommand, Bind, SandboxSpec
 
@@ -166,9 +167,11 @@ class NodeHost:
     async def op_exec(
         self, sandbox_id: str, command: Command, env: Mapping[str, str] | None,
         stdin: bytes | None, timeout: float | None,  # noqa: ASYNC109
+        stdout_limit: int = STDOUT_LIMIT,
     ) -> tuple[int, bytes, bytes]:  # fmt: skip
         sandbox = await self._sandbox(sandbox_id)
-        result = await sandbox.exec(command, env=self._env(env), stdin=stdin, timeout=timeout)
+        result = await sandbox.exec(command, env=self._env(env), stdin=stdin, timeout=timeout,
+                                    stdout_limit=stdout_limit)  # fmt: skip
         return (result.exit_code, result.stdout, result.stderr)
 
     async def op_stream_open(
@@ -311,9 +314,17 @@ class NodeHost:
         stopped = await self.op_state(sandbox_id) == "stopped"
         if stopped:  # one command to pack it, then stopped again
             sandbox = await self.local.start(local_id)
+        # The tar is the agent's to size: as much as ssh's pull takes (the sandbox's disk
+        # limit, at most 4 GiB), held here and sent whole over Ray, no more.
+        disk_mb = limits.effective(sandbox.spec.resources).disk_mb
         try:
             command = ArgvCommand(argv=("sh", "-c", PACK, "hal-pack", sandbox.path(target)))
-            result = await sandbox.exec(command, timeout=600)
+            result = await sandbox.exec(command, timeout=600,
+                                        stdout_limit=mirror.pull_limit(disk_mb))  # fmt: skip
+        except ExecError as exc:
+            if "stdout_limit" not in exc.details:
+                raise
+            raise ExecError(mirror.too_big(target, disk_mb), hint=mirror.TOO_BIG_HINT) from None
         finally:
             if stopped:
                 await self.local.stop(local_id)

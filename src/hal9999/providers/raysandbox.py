@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from hal9999 import errors
 from hal9999.errors import ExecError, HalError, ProviderError
-from hal9999.providers.base import Command, ExecResult, Launch, StreamEvent
+from hal9999.providers.base import STDOUT_LIMIT, Command, ExecResult, Launch, StreamEvent
 from hal9999.providers.ssh import mirror
 from hal9999.spec import ArgvCommand, SandboxSpec, to_argv
 
@@ -143,15 +143,18 @@ class RaySandbox:
         self, command: Command, *, env: Mapping[str, str] | None = None,
         stdin: bytes | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - the contract's per-command timeout
+        stdout_limit: int = STDOUT_LIMIT,
     ) -> ExecResult:  # fmt: skip
-        """Run a command on the node, then bring its changes back to the hal host."""
+        """Run a command on the node, then bring its changes back to the hal host (the node
+        holds at most ``stdout_limit`` bytes of its stdout, see :class:`Sandbox`)."""
         self._require_running()
         await self.push(writable=False)
         try:
             # The node kills the command at ``timeout``; the wait here allows for the trip.
             wait = None if timeout is None else timeout + self._owner.config.call_timeout_s
             code, out, err = await self._call("exec", command, dict(env or {}), stdin, timeout,
-                                              timeout=wait, error=ExecError)  # fmt: skip
+                                              stdout_limit, timeout=wait,
+                                              error=ExecError)  # fmt: skip
         finally:
             with contextlib.suppress(HalError):
                 await self.pull()

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict
 from hal9999.errors import CloudNotFound, ExecError
 from hal9999.providers import limits
 from hal9999.providers.base import (
+    STDOUT_LIMIT,
     Command,
     ExecResult,
     Launch,
@@ -218,20 +219,23 @@ class KubeSandbox(MirrorFiles, SandboxHandle):
                             hint="start the sandbox before running commands")  # fmt: skip
 
     async def _run(self, command: Command, env: Mapping[str, str] | None, stdin: bytes,
-                   timeout: float | None) -> ExecResult:  # noqa: ASYNC109  # fmt: skip
+                   timeout: float | None,  # noqa: ASYNC109
+                   stdout_limit: int = STDOUT_LIMIT) -> ExecResult:  # fmt: skip
         events = self._events(command, env, stdin, secrets.token_hex(8))
-        return await collect(events, time_limit=timeout, what=display(command))
+        return await collect(events, time_limit=timeout, what=display(command),
+                             stdout_limit=stdout_limit)  # fmt: skip
 
     async def exec(
         self, command: Command, *, env: Mapping[str, str] | None = None,
         stdin: bytes | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - the contract's per-command timeout
+        stdout_limit: int = STDOUT_LIMIT,
     ) -> ExecResult:  # fmt: skip
         """Run a command to completion, then bring its changes back to the hal host."""
         self._require_running()
         await self.push(writable=False)
         try:
-            return await self._run(command, env, stdin or b"", timeout)
+            return await self._run(command, env, stdin or b"", timeout, stdout_limit)
         finally:
             with contextlib.suppress(ExecError):
                 await self.pull()

@@ -10,6 +10,7 @@ from typing import Any
 
 from hal9999.errors import ExecError
 from hal9999.providers.base import StreamEvent
+from hal9999.providers.handle import collect
 from hal9999.providers.ssh import remote
 
 CHUNK = 65536
@@ -115,18 +116,11 @@ def exit_code(proc: Any) -> int:
 async def run(
     conn: Any, command: str, *, stdin: bytes = b"", what: str
 ) -> tuple[int, bytes, bytes]:
-    """Run to completion: status, stdout, stderr."""
-    out, err = bytearray(), bytearray()
-    code = 255
-    async with contextlib.aclosing(stream(conn, command, stdin=stdin, what=what)) as events:
-        async for event in events:
-            if event.kind == "stdout":
-                out += event.data
-            elif event.kind == "stderr":
-                err += event.data
-            else:
-                code = event.exit_code if event.exit_code is not None else 255
-    return code, bytes(out), bytes(err)
+    """Run to completion: status, stdout, stderr (each bounded as a sandbox command's, see
+    :func:`~hal9999.providers.handle.collect`)."""
+    result = await collect(stream(conn, command, stdin=stdin, what=what), time_limit=None,
+                           what=what)  # fmt: skip
+    return result.exit_code, result.stdout, result.stderr
 
 
 async def run_fed(

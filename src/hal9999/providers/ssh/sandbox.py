@@ -18,7 +18,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 
 from hal9999.errors import ExecError
 from hal9999.providers import limits
-from hal9999.providers.base import Command, ExecResult, Launch, StreamEvent
+from hal9999.providers.base import STDOUT_LIMIT, Command, ExecResult, Launch, StreamEvent
 from hal9999.providers.handle import SandboxHandle, collect
 from hal9999.providers.hostexec import EXEC_MARKER_VAR, MARKER_VAR
 from hal9999.providers.mirrorfiles import MirrorFiles
@@ -182,9 +182,11 @@ class SshSandbox(MirrorFiles, SandboxHandle):
     async def _run(
         self, command: Command, env: Mapping[str, str] | None, stdin: bytes,
         timeout: float | None,  # noqa: ASYNC109
+        stdout_limit: int = STDOUT_LIMIT,
     ) -> ExecResult:  # fmt: skip
         events = self._events(command, env, stdin, secrets.token_hex(8))
-        return await collect(events, time_limit=timeout, what=display(command))
+        return await collect(events, time_limit=timeout, what=display(command),
+                             stdout_limit=stdout_limit)  # fmt: skip
 
     async def exec(
         self,
@@ -193,12 +195,13 @@ class SshSandbox(MirrorFiles, SandboxHandle):
         env: Mapping[str, str] | None = None,
         stdin: bytes | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - the contract's per-command timeout
+        stdout_limit: int = STDOUT_LIMIT,
     ) -> ExecResult:
         """Run a command to completion, then bring its changes back to the hal host."""
         self._require_running()
         await self.push(writable=False)
         try:
-            return await self._run(command, env, stdin or b"", timeout)
+            return await self._run(command, env, stdin or b"", timeout, stdout_limit)
         finally:
             with contextlib.suppress(ExecError):
                 await self.pull()
