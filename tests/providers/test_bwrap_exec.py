@@ -429,7 +429,8 @@ async def test_what_a_command_writes_to_stdout_is_held_within_a_bound(
     finally:
         tracemalloc.stop()
     assert peak < 2 * STDOUT_LIMIT  # what was held: the bound and a chunk, not 4 times it
-    assert raised.value.message.endswith(f"wrote more than {STDOUT_LIMIT} bytes to stdout and was killed")
+    said = f"wrote more than {STDOUT_LIMIT} bytes to stdout and was killed"
+    assert raised.value.message.endswith(said)
     assert raised.value.details["stdout_limit"] == STDOUT_LIMIT
     assert raised.value.details["stderr"] == b"why\n" and "stdout" not in raised.value.details
     assert not (await sandbox.exec(ShellCommand(script="test -e /tmp/after"))).ok  # killed
