@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from tests.providers.qemu_helpers import (
     vms_of,
 )
 
-from hal9999.errors import ProviderError
+from hal9999.errors import ExecError, ProviderError
 from hal9999.images.store import ImageMeta, ImageStore, now
 from hal9999.providers import hostexec, qemuagent, qemussh, qemuvm
 from hal9999.providers.qemu import QemuProvider
@@ -226,3 +227,40 @@ async def test_a_failed_restore_ends_the_ssh_started_beside_it(
             except OSError:
                 continue
             assert config not in cmdline.split(b"\0"), "an ssh outlived the failed restore"
+
+
+async def test_a_guest_that_stops_answering_fails_commands_and_prime_within_a_deadline(
+    provider: QemuProvider, box: QemuSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hung guest (here QEMU stopped) held a running command, `prime` and the file helpers
+    forever: the agent's keep-alive got no reply and nothing waited for one."""
+    monkeypatch.setattr(qemuagent, "ANSWER_S", 3.0)
+    monkeypatch.setattr(qemuagent, "HELLO_S", 3.0)
+    monkeypatch.setattr(qemuagent, "KILL_S", 1.0)
+    monkeypatch.setattr(qemuagent, "KEEPALIVE_S", 0.5)
+    pid = vms_of(provider)[box.id]
+    # A live guest's agent answers the pings: a command quiet for longer lives on.
+    assert (await box.exec(sh("sleep 5; echo quiet"))).text() == "quiet\n"
+    loop = asyncio.get_running_loop()
+    events = box.exec_stream(sh("echo started; sleep 60"))
+    try:
+        first = await anext(events)
+        assert first.data == b"started\n"
+        os.kill(pid, signal.SIGSTOP)
+        started = loop.time()
+        with pytest.raises(ExecError, match=f"VM {box.id}'s exec agent answered nothing for 3s"):
+            async for _ in events:
+                pass
+        assert loop.time() - started < 3.0 + 0.5 + 1.0 + 3.0
+        # Connected (QEMU's backlog) but unanswered, or not even taken: 3 s, either way.
+        late = rf"VM {box.id}'s exec agent( did not answer|: not accepted) in 3s"
+        for call in (provider.prime(box.id), box.read_file("/etc/hostname")):
+            started = loop.time()
+            with pytest.raises(ExecError, match=late):
+                await call
+            assert loop.time() - started < 3.0 + 3.0
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        await events.aclose()
+    monkeypatch.setattr(qemuagent, "HELLO_S", 60.0)
+    assert (await box.exec(sh("echo back"))).text() == "back\n", "the guest goes on"

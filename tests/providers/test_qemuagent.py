@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -92,6 +93,7 @@ def test_an_oversized_frame_is_refused_at_its_header() -> None:
         (b"X\0\0\0\x05\0\0\0\0\0", "malformed exit"),
         (b"X\0\0\0\x04\0\0\x01\0", "exit status 256"),
         (b"X\0\0\0\x04\xff\xff\xff\xff", "exit status"),
+        (frame(b"p", bytes(9)), "malformed pong"),
     ],
 )
 def test_frames_the_agent_never_sends_are_refused(tail: bytes, why: str) -> None:
@@ -364,3 +366,117 @@ async def test_an_unanswered_hello_is_said_again_before_the_request_goes(
     async with fake_guest(run_dir, guest):
         assert await run_cmd(run_dir) == (0, b"once", b"")
     assert kinds[:2] == [b"H", b"H"] and kinds[2] == b"R"
+
+
+async def test_a_guest_that_stops_answering_fails_its_command_within_a_deadline(
+    run_dir: RunDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A hung guest kernel (or a stopped QEMU) held `prime` and the file helpers forever:
+    # the pings went out, nothing came back, and nothing noticed.
+    monkeypatch.setattr(qemuagent, "KEEPALIVE_S", 0.05)
+    monkeypatch.setattr(qemuagent, "ANSWER_S", 0.5)
+    monkeypatch.setattr(qemuagent, "KILL_S", 0.2)
+    pings: list[bytes] = []
+
+    async def guest(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await hello(reader, writer)
+        # A quiet command of a live guest lives on past ANSWER_S, its pings answered...
+        until = asyncio.get_running_loop().time() + 1.0
+        while asyncio.get_running_loop().time() < until:
+            kind, payload = await read_frame(reader)
+            if kind == b"P":
+                pings.append(payload)
+                writer.write(frame(b"p", payload))
+        await asyncio.sleep(30)  # ...then it hangs: nothing answered, not even the kill
+
+    async with fake_guest(run_dir, guest):
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(ExecError) as caught:
+            await run_cmd(run_dir)
+        took = asyncio.get_running_loop().time() - started
+    assert caught.value.message == (
+        "VM vm's exec agent answered nothing for 0.5s, not even a ping: its guest is hung; "
+        "the command was abandoned"
+    )
+    assert 1.5 <= took < 1.0 + 0.5 + 0.2 + 1.5, took
+    assert len(pings) >= 5 and all(len(ping) == qemuagent.PING for ping in pings)
+    assert qemuagent.claim(run_dir, 1) is not None, "the port was released"
+
+
+async def test_an_agent_that_never_answers_a_ping_says_to_rebuild_the_image(
+    run_dir: RunDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An image built before pings: its agent takes `P` for a no-op.
+    monkeypatch.setattr(qemuagent, "KEEPALIVE_S", 0.05)
+    monkeypatch.setattr(qemuagent, "ANSWER_S", 0.3)
+
+    async def guest(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await hello(reader, writer)
+
+    async with fake_guest(run_dir, guest) as seen:
+        with pytest.raises(ExecError, match="and no ping at all") as caught:
+            async with asyncio.timeout(5):
+                await run_cmd(run_dir)
+    assert "rebuild the image (hal image build" in (caught.value.hint or "")
+    assert b"P" in seen and b"K" in seen
+
+
+async def test_a_port_whose_backlog_is_full_is_connected_again_not_taken_as_connected(
+    run_dir: RunDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # QEMU stopped (or slow to take the next connection): past its backlog of one, asyncio
+    # took a socket that connect() left unconnected for connected, and its read failed
+    # with EINVAL, a bare OSError out of exec.
+    path = str(run_dir.agent(0))
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(1)
+    queued = []
+    while True:  # fill the backlog
+        client = socket.socket(socket.AF_UNIX)
+        client.setblocking(False)
+        try:
+            client.connect(path)
+        except BlockingIOError:
+            client.close()
+            break
+        queued.append(client)
+    real = asyncio.open_unix_connection
+    attempts = 0
+
+    async def honest(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await hello(reader, writer)
+            while (await read_frame(reader))[0] != b"i":
+                pass
+            writer.write(frame(b"O", b"ok") + frame(b"X", bytes(4)))
+            await writer.drain()
+            await reader.read()
+        finally:
+            writer.close()
+
+    servers: list[asyncio.Server] = []
+
+    async def connect(*args: object, **kwargs: object) -> object:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 2:  # QEMU goes on: takes the queued ones, then serves
+            for client in queued:
+                client.close()
+            while True:
+                listener.setblocking(False)
+                try:
+                    listener.accept()[0].close()
+                except BlockingIOError:
+                    break
+            servers.append(await asyncio.start_unix_server(honest, sock=listener))
+        return await real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(asyncio, "open_unix_connection", connect)
+    try:
+        assert await run_cmd(run_dir) == (0, b"ok", b"")
+    finally:
+        for server in servers:
+            server.close()
+        listener.close()
+    assert attempts >= 2

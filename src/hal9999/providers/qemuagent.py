@@ -52,7 +52,16 @@ HELLO_RETRY_S = 0.05
 each time, up to :data:`HELLO_RETRY_MAX_S`."""
 HELLO_RETRY_MAX_S = 0.2
 KEEPALIVE_S = 2.0
-"""After this long with nothing from the guest, a no-op frame nudges it (see qemussh)."""
+"""After this long with nothing from the guest, a ping nudges it (see qemussh) and asks it
+to answer (see :data:`ANSWER_S`)."""
+PING = 8
+"""Bytes of a ping (``P``), which the agent sends back as its pong (``p``). An agent built
+before pings takes ``P`` for a no-op and answers nothing; an empty ``P`` (what hosts sent
+before) gets no pong from any agent."""
+ANSWER_S = 30.0
+"""Longest a command's guest may send nothing at all (no output, no pong to the pings sent
+every :data:`KEEPALIVE_S`) before it is taken for hung (a stopped QEMU, a hung kernel) and
+the command fails: without it, a dead guest held ``prime`` and the file helpers forever."""
 KILL_S = 5.0
 """How long a killed command's exit status is waited for before the connection is cut."""
 ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -97,8 +106,9 @@ class FrameDecoder:
     """Splits what the guest sends into frames of one command, trusting none of it.
 
     Until the answer to our hello (``A``, 16, the nonce) is seen, bytes are skipped (at
-    most :data:`MAX_SKIP`); then only ``O``/``E`` (at most :data:`MAX_DATA` bytes) and one
-    ``X`` (exactly 4 bytes, a status 0-255) are accepted. Anything else raises
+    most :data:`MAX_SKIP`); then only ``O``/``E`` (at most :data:`MAX_DATA` bytes), pongs
+    ``p`` (exactly :data:`PING` bytes, counted in :attr:`pongs`) and one ``X`` (exactly 4
+    bytes, a status 0-255) are accepted. Anything else raises
     :class:`AgentProtocolError`. Bytes after the exit status are ignored. The buffer never
     holds more than one frame plus what one :meth:`feed` brought.
     """
@@ -109,6 +119,7 @@ class FrameDecoder:
         self._skipped = 0
         self.answered = False
         self.done = False
+        self.pongs = 0
 
     def feed(self, data: bytes) -> list[Frame]:
         """The complete frames ``data`` finishes."""
@@ -126,12 +137,18 @@ class FrameDecoder:
             elif kind == b"X":
                 if length != 4:
                     raise AgentProtocolError("the VM's exec agent sent a malformed exit status")
+            elif kind == b"p":
+                if length != PING:
+                    raise AgentProtocolError("the VM's exec agent sent a malformed pong")
             else:
                 raise AgentProtocolError(f"the VM's exec agent sent an unknown frame {kind!r}")
             if len(self._buf) < 5 + length:
                 break
             payload = bytes(self._buf[5 : 5 + length])
             del self._buf[: 5 + length]
+            if kind == b"p":
+                self.pongs += 1
+                continue
             if kind == b"X":
                 code = int.from_bytes(payload, "big")
                 if code > 255:
@@ -166,6 +183,8 @@ class Claim:
 
     lock: int
     socket: str
+    vm: str = ""
+    """The VM's id, for errors."""
 
     def release(self) -> None:
         """Let another command use the port (idempotent)."""
@@ -187,7 +206,7 @@ def claim(run: RunDir, ports: int) -> Claim | None:
         except BlockingIOError:
             os.close(lock)
             continue
-        return Claim(lock, str(run.agent(index)))
+        return Claim(lock, str(run.agent(index)), run.path.name)
     return None
 
 
@@ -207,16 +226,16 @@ async def stream(
     try:
         body = request(args, env)
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(port.socket), HELLO_S
-            )
+            reader, writer = await asyncio.wait_for(_connect(port.socket), HELLO_S)
         except (OSError, TimeoutError) as exc:
-            raise ExecError(f"cannot connect to the VM's exec agent: {exc}") from None
+            raise ExecError(f"cannot connect to VM {port.vm}'s exec agent: "
+                            f"{exc or f'not accepted in {HELLO_S:g}s'}",
+                            hint="stop or destroy the sandbox") from None  # fmt: skip
     except BaseException:
         port.release()
         raise
     try:
-        decoder, early = await _hello(reader, writer, 2 if restored else 1)
+        decoder, early = await _hello(reader, writer, 2 if restored else 1, vm=port.vm)
     except _Closed:
         writer.close()
         port.release()
@@ -231,6 +250,8 @@ async def stream(
     for at in range(0, len(stdin or b""), MAX_DATA):
         pending += frame(b"I", (stdin or b"")[at : at + MAX_DATA])
     writer.write(pending + frame(b"i"))
+    loop = asyncio.get_running_loop()
+    heard = loop.time()
     try:
         for item in early:
             yield _event(item)
@@ -239,10 +260,13 @@ async def stream(
                 async with asyncio.timeout(KEEPALIVE_S):
                     data = await reader.read(MAX_DATA)
             except TimeoutError:
-                writer.write(frame(b"P"))
+                if loop.time() - heard > ANSWER_S:
+                    raise _hung(port, decoder) from None
+                writer.write(frame(b"P", secrets.token_bytes(PING)))
                 continue
             except ConnectionError:
                 data = b""
+            heard = loop.time()
             if not data:
                 decoder.done = True  # nothing to kill: the guest's end is gone
                 yield StreamEvent("stderr", CLOSED_MESSAGE)
@@ -261,6 +285,40 @@ async def stream(
             port.release()
 
 
+async def _connect(path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect to a port's socket, again (a little later each time) until QEMU takes it.
+
+    QEMU takes one connection a port at a time; past its listen backlog (QEMU stopped, or
+    slow to take the next connection after the last hung up) a unix socket's non-blocking
+    ``connect`` fails with EAGAIN, and asyncio takes the socket, writable and with no
+    error, for connected: its first read then failed with EINVAL, an OSError no caller
+    expected (seen after a stopped QEMU went on)."""
+    wait = 0.01
+    while True:
+        reader, writer = await asyncio.open_unix_connection(path)
+        try:
+            writer.get_extra_info("socket").getpeername()
+        except OSError:  # not connected
+            writer.close()
+        else:
+            return reader, writer
+        await asyncio.sleep(wait)
+        wait = min(wait * 2, HELLO_RETRY_MAX_S)
+
+
+def _hung(port: Claim, decoder: FrameDecoder) -> ExecError:
+    """The error of a guest that answered nothing for :data:`ANSWER_S` (see :func:`stream`)."""
+    quiet = f"VM {port.vm}'s exec agent answered nothing for {ANSWER_S:g}s"
+    if decoder.pongs:
+        return ExecError(f"{quiet}, not even a ping: its guest is hung; the command was "
+                         "abandoned", hint="stop or destroy the sandbox")  # fmt: skip
+    return ExecError(
+        f"{quiet} and no ping at all: its guest is hung, or its image was built before the "
+        "agent answered pings", hint="rebuild the image (hal image build --name NAME), or "
+        "stop or destroy the sandbox",
+    )  # fmt: skip
+
+
 def _event(item: Frame) -> StreamEvent:
     if item[0] == "exit":
         return StreamEvent("exit", exit_code=item[1])
@@ -268,7 +326,7 @@ def _event(item: Frame) -> StreamEvent:
 
 
 async def _hello(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hellos: int = 1
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hellos: int = 1, vm: str = ""
 ) -> tuple[FrameDecoder, list[Frame]]:
     """Say hello until the guest answers (a decoder past its answer, and any frames that
     came with it); the request is sent only then, so a command runs once.
@@ -305,7 +363,8 @@ async def _hello(
             if decoder.answered:
                 return decoder, frames
         if loop.time() >= deadline:
-            raise ExecError(f"the VM's exec agent did not answer in {HELLO_S:g}s")
+            raise ExecError(f"VM {vm}'s exec agent did not answer in {HELLO_S:g}s",
+                            hint="stop or destroy the sandbox")  # fmt: skip
         wait = min(wait * 2, HELLO_RETRY_MAX_S)
 
 

@@ -14,9 +14,12 @@
  *   host -> guest  H hello: "halagnt1" + 16-byte nonce; ends whatever ran, answered by A
  *                  R request: argc, envc (4 bytes each, big-endian), then argc hal-exec
  *                    arguments and envc NAME=VALUE pairs, each NUL-terminated
- *                  I stdin bytes;  i end of stdin;  K kill the command;  P nothing
+ *                  I stdin bytes;  i end of stdin;  K kill the command;
+ *                  P ping: 8 bytes, answered by p (empty: nothing, what older hosts send)
  *   guest -> host  A the hello's nonce;  O stdout bytes;  E stderr bytes (at most 64 KiB
- *                  each);  X exit status (4 bytes, big-endian), after all its output
+ *                  each);  X exit status (4 bytes, big-endian), after all its output;
+ *                  p pong: the ping's 8 bytes (the host takes a guest that answers
+ *                  nothing for a while, not even a ping, for hung)
  * The host trusts none of what comes back (see providers/qemuagent.py). When the host's
  * connection ends (the port hangs up), or a new hello comes, the command is killed (hal-exec
  * kills its cgroup on SIGTERM) and reaped before anything else is read.
@@ -46,6 +49,7 @@
 #define MAGIC "halagnt1"
 #define NONCE 16
 #define HELLO_LEN (8 + NONCE)
+#define PING 8
 #define GRACE_MS 1000
 
 static int port = -1;
@@ -244,6 +248,8 @@ static int handle_frames(void) {
             stdin_eof = 1;
         } else if (type == 'K' && running && !exited) {
             kill(pid, SIGTERM);
+        } else if (type == 'P' && len == PING) {
+            if (send_frame('p', p, PING) != 0) return -1;
         }
         at += 5 + len;
     }
