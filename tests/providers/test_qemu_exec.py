@@ -264,3 +264,15 @@ async def test_a_guest_that_stops_answering_fails_commands_and_prime_within_a_de
         await events.aclose()
     monkeypatch.setattr(qemuagent, "HELLO_S", 60.0)
     assert (await box.exec(sh("echo back"))).text() == "back\n", "the guest goes on"
+
+
+async def test_what_a_command_writes_to_stdout_over_the_agent_is_held_within_a_bound(
+    box: QemuSandbox,
+) -> None:
+    # An agent-controlled command (a git filter during collection) writing without end held
+    # all of it in the daemon; past the bound it is killed, its port free for the next.
+    script = "head -c 1000000 /dev/zero; touch /tmp/after"
+    with pytest.raises(ExecError, match="wrote more than 100000 bytes to stdout") as raised:
+        await box.exec(sh(script), timeout=120, stdout_limit=100_000)
+    assert "stdout" not in raised.value.details
+    assert (await box.exec(sh("test -e /tmp/after || echo killed"))).text() == "killed\n"
