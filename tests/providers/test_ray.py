@@ -17,7 +17,7 @@ from hal9999.providers.base import Provider
 from hal9999.providers.ray import RayProvider
 from hal9999.providers.rayhost import ray_ports
 from hal9999.providers.registry import load_provider
-from hal9999.spec import ArgvCommand, SandboxSpec, ShellCommand
+from hal9999.spec import ArgvCommand, Resources, SandboxSpec, ShellCommand
 
 pytestmark = [pytest.mark.ray, pytest.mark.bwrap, pytest.mark.slow]
 
@@ -127,3 +127,21 @@ async def test_node_killed_mid_command_fails_clearly_and_loses_nothing(
     await provider.destroy(again.id)
     await provider.destroy(sandbox.id)  # the lost node's record goes all the same
     assert await provider.list() == []
+
+
+async def test_a_pull_past_the_disk_limit_is_refused_on_the_node(
+    ray_cluster: RayCluster, hal_home: Path, tmp_path: Path
+) -> None:
+    # A pull's tar is held whole on the node and sent over Ray: the agent sized it, past
+    # anything the sandbox may hold. Now the node kills the tar where an ssh pull stops.
+    provider = ray_provider(ray_cluster, hal_home)
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    spec = SandboxSpec(provider="ray", network="none", workspace=workspace,
+                       resources=Resources(disk_mb=1))  # fmt: skip
+    async with await provider.create(spec) as sandbox:
+        script = "for i in 1 2 3; do head -c 900000 /dev/urandom > f$i; done"
+        assert (await sandbox.exec(ShellCommand(script=script))).ok
+        with pytest.raises(ExecError, match="over the sandbox's disk limit of 1 MiB"):
+            await sandbox.pull()  # type: ignore[attr-defined]
+    assert not (workspace / "f1").exists(), "nothing was brought back"
