@@ -57,9 +57,9 @@ async def end_leftovers(provider: Provider, sandbox: Sandbox) -> Sandbox:
     """``sandbox`` with nothing left running of an agent that exited, before its work is
     collected: what it left (a writer in the background) would go on acting past its end and
     change the checkout under the collection. A bwrap sandbox's pid namespace ended with the
-    agent's command; a sandbox where daemons outlive their command ends them itself
-    (``end_processes``), else, or when they would not settle, is restarted
-    (:func:`quiet_ended`). A bare ssh host, which has no such call, is left as it is."""
+    agent's command; a sandbox where daemons outlive their command (a container, a bare
+    ssh host) ends them itself (``end_processes``), else, or when they would not settle, is
+    restarted (:func:`quiet_ended`)."""
     if not pm2inside.hosts_daemons(sandbox):
         return sandbox
     end = getattr(sandbox, "end_processes", None)

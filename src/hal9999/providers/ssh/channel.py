@@ -158,9 +158,12 @@ async def run_fed(
                 proc.close()
 
 
-async def kill_marked(conn: Any, var: str, value: str) -> None:
-    """Kill every remote process whose environment carries ``var=value``."""
-    await run(conn, remote.plain(["sh", "-c", remote.KILL, "hal-kill", var, value]), what="kill")
+async def kill_marked(conn: Any, var: str, value: str) -> bool:
+    """Kill every remote process whose environment carries ``var=value`` and all under them
+    (:data:`.remote.END`); whether none is left."""
+    argv = ["sh", "-c", remote.END, "hal-kill", remote.reaper_source(), var, value]
+    code, _, _ = await run(conn, remote.plain(argv), what="kill")
+    return code == 0
 
 
 def _asyncssh() -> Any:

@@ -208,9 +208,7 @@ class SshProvider:
             raise ProviderError(f"sandbox {sandbox_id} runs bare on its host: not reset",
                                 hint="its pool destroys it instead")  # fmt: skip
         conn = await self.pool.get(record.host)
-        kill = remote.plain(["sh", "-c", remote.KILL, "hal-kill", MARKER_VAR, sandbox_id])
-        code, _, _ = await channel.run(conn, kill, what="kill")
-        if code != 0:
+        if not await channel.kill_marked(conn, MARKER_VAR, sandbox_id):
             raise ProviderError(f"processes of sandbox {sandbox_id} survived the reset")
         own = [mount.remote for mount in record.mounts if mount.host is None]
         code, _, err = await channel.run(

@@ -11,9 +11,11 @@ wrapper's own builtins (``read``, ``printf``) ever hold them on the remote host.
 from __future__ import annotations
 
 import base64
+import functools
 import posixpath
 import shlex
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from hal9999.errors import ProviderError
 
@@ -42,6 +44,27 @@ BARE = (
 )
 """Without bwrap: run the command in its directory; when it ends, what it left running
 (marked by the command's ``HAL_EXEC``) goes too, as bwrap's pid namespace does."""
+
+WITH_REAPER = 'p=$1; shift; command -v python3 >/dev/null 2>&1 && exec python3 -I -S -c "$p" '
+"""The start of :data:`BARE_REAPED` and :data:`END`: ``$1`` is :func:`reaper_source`; with
+python3 on the host it runs the rest (a mode, then that mode's arguments)."""
+
+BARE_REAPED = WITH_REAPER + 'run "$@"; ' + BARE
+"""A bare host's command (``$1`` the reaper's source, ``$2`` the directory, then the
+command): run under :mod:`.reaper`, which ends whatever it left, however it hid (a cleared
+environment, a session of its own); :data:`BARE` on a host without python3."""
+
+END = WITH_REAPER + 'end "$@"; ' + KILL
+"""End every process marked ``$2=$3`` and all under them (``$1`` the reaper's source):
+:mod:`.reaper`'s ``end``, :data:`KILL` (the marked ones only) on a host without python3.
+Exits 0 once none is left."""
+
+
+@functools.cache
+def reaper_source() -> str:
+    """The source of :mod:`.reaper`, run on bare hosts as ``python3 -c``."""
+    return (Path(__file__).parent / "reaper.py").read_text()
+
 
 RESET = (
     'for d in "$@"; do chmod -R u+rwX -- "$d" 2>/dev/null; rm -rf -- "$d" || exit 1; '

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 
-from hal9999.errors import ExecError
+from hal9999.errors import ExecError, HalError
 from hal9999.providers import limits
 from hal9999.providers.base import STDOUT_LIMIT, Command, ExecResult, Launch, StreamEvent
 from hal9999.providers.handle import SandboxHandle, collect
@@ -27,6 +28,7 @@ from hal9999.providers.ssh.connections import ConnectionPool
 from hal9999.providers.ssh.records import MountRecord, SshRecord, SshRecords
 from hal9999.spec import ArgvCommand, SandboxSpec, display, to_argv
 
+logger = logging.getLogger(__name__)
 OPEN_ATTEMPTS = 6
 """Tries to open a command's channel (see :meth:`SshSandbox._events`)."""
 WORKDIR = "/workspace"
@@ -110,7 +112,7 @@ class SshSandbox(MirrorFiles, SandboxHandle):
         cwd = self._remote_path(command.cwd or self.workdir)
         argv = to_argv(command)
         if not self.isolated:
-            inner = ["sh", "-c", remote.BARE, "hal-run", cwd, *argv]
+            inner = ["sh", "-c", remote.BARE_REAPED, "hal-run", remote.reaper_source(), cwd, *argv]
         else:
             network = self.spec.network == "host"
             inner = remote.bwrap_argv(self._record.bwrap, self._mounts, cwd=cwd,
@@ -174,6 +176,19 @@ class SshSandbox(MirrorFiles, SandboxHandle):
                 if not finished or not self.isolated:
                     with contextlib.suppress(Exception):
                         await asyncio.shield(self._kill(EXEC_MARKER_VAR, token))
+
+    async def end_processes(self) -> bool:
+        """End every process of the sandbox on its host and all under them, however they
+        hid (see :mod:`.reaper`): what a finished agent left (PM2 inside, a daemon a
+        command's end missed) must not write on while its work is collected. False when
+        they would not end or the host cannot be reached (the caller then stops and starts
+        the sandbox)."""
+        try:
+            conn = await self._pool.get(self._record.host)
+            return await channel.kill_marked(conn, MARKER_VAR, self.id)
+        except HalError as exc:
+            logger.warning("sandbox %s: ending its processes: %s", self.id, exc.one_line())
+            return False
 
     async def _kill(self, var: str, value: str) -> None:
         conn = await self._pool.get(self._record.host)
