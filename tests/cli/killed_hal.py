@@ -136,6 +136,28 @@ def _git_running(command: str) -> None:
     asyncio.create_subprocess_exec = spawn  # type: ignore[assignment]
 
 
+SLOW_GIT = Path(__file__).with_name("slow_git.py")
+
+
+def _clone_running() -> None:
+    """Die once host git starts filling the task's checkout (the ``read-tree`` after a
+    snapshot's clone, or git's own ``clone``; not the snapshot's ``clone --bare``), that git
+    slowed (:data:`SLOW_GIT`) so that it still runs when hal dies, as a big clone would."""
+    original = asyncio.create_subprocess_exec
+
+    async def spawn(*argv: Any, **kwargs: Any) -> Any:
+        filling = "read-tree" in argv or ("clone" in argv and "--bare" not in argv)
+        if filling:
+            at = argv.index("git")
+            argv = (*argv[:at], sys.executable, str(SLOW_GIT), *argv[at + 1 :])
+        proc = await original(*argv, **kwargs)
+        if filling:
+            die()
+        return proc
+
+    asyncio.create_subprocess_exec = spawn  # type: ignore[assignment]
+
+
 def _event(kind: str) -> None:
     from hal9999.events.log import EventLog
 
@@ -179,6 +201,7 @@ POINTS: dict[str, Callable[[], None]] = {
     "provisioning": lambda: _transition("provisioning", done=True),
     "sandbox_acquired": lambda: _event("sandbox_acquired"),
     "preparing": lambda: _transition("preparing", done=True),
+    "clone_running": _clone_running,
     "cloned": lambda: after(_module("gitrepo"), "clone"),
     "running_recorded": lambda: _transition("running", done=True),
     "agent_started": lambda: after(_module("launch").LaunchSteps, "launch"),

@@ -10,14 +10,16 @@ passes, no lock file, HEAD and the checkout untouched, no private ref left behin
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tests.cli.conftest import Hal, git, tasks_json
-from tests.cli.killed_hal import POINTS
+from tests.cli.killed_hal import POINTS, SLOW_GIT
 from tests.cli.test_failures import assert_no_leftovers, hal_processes_of
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.slow]
@@ -114,6 +116,40 @@ def test_killed_run_loses_no_work(
         assert has_work(demo_repo, task), f"resumed without its branch: {task}"
         assert_no_leftovers(task)
     assert_repo_whole(demo_repo, main, incoming_ok=False)
+
+
+def clone_leftovers(task: dict[str, Any]) -> list[str]:
+    """Live processes of killed_hal's slowed git working in the task's session."""
+    session = task["session_dir"]
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            line = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            cwd = os.readlink(entry / "cwd")
+        except (OSError, ValueError):
+            continue
+        if str(SLOW_GIT) in line and (cwd.startswith(session) or session in line):
+            found.append(line)
+    return found
+
+
+def test_a_clone_running_when_hal_dies_dies_with_it(
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    # The clone's git is hal's child (its own session): left running, it would write into
+    # the checkout that the resume empties and clones again.
+    hal_env = {**hal_env, "HAL_NO_DAEMON": "1"}
+    killed_run(hal_env, demo_repo, "clone_running", False)
+    [task] = tasks_json(hal)
+    deadline = time.monotonic() + 3  # SIGKILLed as hal exits: gone within moments
+    while clone_leftovers(task) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert clone_leftovers(task) == []
+    resumed = hal("task", "resume", task["id"], env=hal_env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    [task] = tasks_json(hal)
+    assert task["status"] == "succeeded", task
+    assert has_work(demo_repo, task)
 
 
 @pytest.mark.parametrize("point", ["branch_moved", "git_update_ref_running"])

@@ -11,7 +11,10 @@ the fresh checkout's ``.git`` itself where it can (:mod:`hal9999.tasks.gitdir`).
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
 import re
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,12 +57,15 @@ async def git(
     stdin: bytes | None = None,
     env: Mapping[str, str] | None = None,
     heap: int | None = None,
+    dies_with_hal: bool = False,
 ) -> str:
     """Run host git (with ``stdin`` as its input, ``env`` added to its environment, at most
-    ``heap`` bytes of memory for it and its children: see :func:`bounded`); raise
+    ``heap`` bytes of memory for it and its children: see :func:`bounded`; killed should
+    this process die, with ``dies_with_hal``: see :func:`dying_with_hal`); raise
     :class:`RepoError` with git's own message on failure."""
     try:
         proc = await asyncio.create_subprocess_exec(
+            *(dying_with_hal() if dies_with_hal else ()),
             *bounded(heap),
             "git",
             *_GIT_SAFE,
@@ -95,6 +101,32 @@ async def git(
     if proc.returncode != 0:
         raise RepoError(f"{what} failed: {git_message(err)}", hint=hint)
     return out.decode("utf-8", "replace").strip()
+
+
+_STILL_OURS = '[ "$PPID" = "$1" ] || exit 137; shift; exec "$@"'
+"""Run once the death signal is set: hal may have died before (its pid is ``$1``)."""
+
+
+def dying_with_hal() -> tuple[str, ...]:
+    """``setpriv --pdeathsig KILL``: the git it execs is killed when hal dies (``kill -9``,
+    the OOM killer), where a cancelled run kills it itself. For git writing the task's
+    checkout, which a resume empties and clones again: a clone left running would write
+    into the new one. The signal is tied to the *thread* that spawned the process, which
+    here is the event loop's, awaiting git to its end (:func:`git` kills it when cancelled);
+    a hal that died before setpriv set it is seen by the ``sh`` after it (its parent is no
+    longer hal), which then runs nothing. git's own helpers (a URL's ``git-remote-https``,
+    ``index-pack``) end on their broken pipes. Nothing where the host has no ``setpriv``
+    (util-linux)."""
+    found = _setpriv()
+    if found is None:
+        return ()
+    return (found, "--pdeathsig", "KILL", "--", "/bin/sh", "-c", _STILL_OURS, "hal-git",
+            str(os.getpid()))  # fmt: skip
+
+
+@functools.cache
+def _setpriv() -> str | None:
+    return shutil.which("setpriv", path="/usr/local/bin:/usr/bin:/bin")
 
 
 def bounded(heap: int | None) -> list[str]:
@@ -263,6 +295,7 @@ async def clone(
         await git(
             ["clone", "--quiet", how, *_CLONE_IDENTITY, "--", origin, str(dest)],
             what=f"cloning {location}",
+            dies_with_hal=True,
         )
     # dest itself may already belong to the sandbox's own uid (hal as root); what is in it
     # was just made by this clone, so host git may work there.
@@ -290,6 +323,7 @@ async def clone(
                 [*here, "checkout", "--quiet", "--detach", commit],
                 cwd=dest,
                 what=f"checking out {ref}",
+                dies_with_hal=True,
             )
             break
         else:
@@ -302,11 +336,11 @@ async def clone(
     # anything not in the plain form this git writes.
     git_dir = dest / ".git"
     if not branched and not await asyncio.to_thread(gitdir.new_branch, git_dir, branch, written):
-        await git(
-            [*here, "checkout", "--quiet", "-b", branch], cwd=dest, what="creating the branch"
-        )
+        await git([*here, "checkout", "--quiet", "-b", branch], cwd=dest,
+                  what="creating the branch", dies_with_hal=True)  # fmt: skip
     if written:  # the index and the work tree of HEAD, the branch
-        await git([*here, "read-tree", "-u", "--reset", "HEAD"], cwd=dest, what="checking out")
+        await git([*here, "read-tree", "-u", "--reset", "HEAD"], cwd=dest, what="checking out",
+                  dies_with_hal=True)  # fmt: skip
     elif source.kind == "local" and not await asyncio.to_thread(gitdir.forget_origin_url, git_dir):
         await git(
             [*here, "config", "--unset-all", "remote.origin.url"],
