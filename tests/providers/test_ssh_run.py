@@ -76,6 +76,45 @@ def test_hal_run_with_a_custom_agent_over_ssh(
     assert "a + b" in (session / "calc.py").read_text()
 
 
+LEAVES = (
+    "sh -c '(env -i setsid sh -c \"while :; do date +%s%N >> log.txt; sleep 0.01; done\" "
+    ">/dev/null 2>&1 &); until [ -s log.txt ]; do sleep 0.01; done; echo done > result.txt'"
+)
+"""An agent that leaves a writer in the workspace, hidden from every marker of hal's."""
+
+
+def test_what_an_agent_left_on_a_bare_host_stops_before_its_work_is_collected(
+    sshd_server: Sshd, repo: Path, tmp_path: Path
+) -> None:
+    from tests.sshd import UID
+
+    config = tmp_path / "xdg" / "hal9999" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text('[providers.ssh]\nisolation = "disposable"\n\n' + toml_host(sshd_server))
+    out = hal(repo, tmp_path, "run", "--provider", "ssh", "--agent", LEAVES, "write", "--json",
+              env={"HAL_SSH_NETWORK": "host"})  # fmt: skip
+    task = json.loads(out)
+    assert task["status"] == "succeeded", (task, hal(repo, tmp_path, "task", "logs", task["id"]))
+    writers = [line for line in _argvs(UID) if "log.txt" in line]
+    assert writers == [], writers
+    # What was collected is what the session holds: nothing was written after it.
+    session = tmp_path / "halhome" / "sessions" / task["id"] / "workspace"
+    collected = git(repo, "show", f"{task['branch']}:log.txt")
+    assert collected and collected == (session / "log.txt").read_text().strip()
+    assert git(repo, "show", f"{task['branch']}:result.txt") == "done"
+
+
+def _argvs(uid: int) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and entry.stat().st_uid == uid:
+                found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            continue
+    return found
+
+
 def test_a_dropped_connection_mid_task_fails_clearly_and_keeps_the_work(
     sshd_server: Sshd, repo: Path, tmp_path: Path
 ) -> None:
