@@ -77,7 +77,7 @@ def test_hal_run_with_a_custom_agent_over_ssh(
 
 
 LEAVES = (
-    "sh -c '(env -i setsid sh -c \"while :; do date +%s%N >> log.txt; sleep 0.01; done\" "
+    'sh -c \'(env -i setsid sh -c "while :; do date +%s%N >> log.txt; sleep 0.01; done" '
     ">/dev/null 2>&1 &); until [ -s log.txt ]; do sleep 0.01; done; echo done > result.txt'"
 )
 """An agent that leaves a writer in the workspace, hidden from every marker of hal's."""
