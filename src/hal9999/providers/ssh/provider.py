@@ -132,9 +132,10 @@ class SshProvider:
 
     async def _create_on(self, host: SshHost, sandbox_id: str, spec: SandboxSpec) -> SshSandbox:
         conn = await self.pool.get(host)
-        code, out, err = await channel.run(conn, remote.plain(["sh", "-c", 'printf %s "$HOME"']),
-                                           what="reading HOME")  # fmt: skip
-        home = out.decode().strip()
+        probe = remote.plain(["sh", "-c", remote.HOME_AND_PYTHON])
+        code, out, err = await channel.run(conn, probe, what="reading HOME")
+        home, _, python = out.decode().partition("\n")
+        home = home.strip()
         if code != 0 or not home.startswith("/"):
             raise ProviderError(f"ssh host {host.name!r} has no usable HOME: {err.decode()}")
         root = f"{home}/{self.config.remote_dir}/sandboxes/{sandbox_id}"
@@ -149,7 +150,7 @@ class SshProvider:
             id=sandbox_id, provider=self.name, state="running", spec=spec,
             created_at=time.time(), host=host, root=root, mounts=mounts,
             isolation=self.config.isolation, bwrap=self.config.bwrap,
-            checkpoint_s=self.config.checkpoint_s,
+            checkpoint_s=self.config.checkpoint_s, reaper=python.strip() == "python3",
         )  # fmt: skip
         self.records.save(record)
         sandbox = self._handle(record)

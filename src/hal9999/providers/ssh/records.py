@@ -60,6 +60,9 @@ class SshRecord(BaseModel):
     """The bubblewrap program on the remote host."""
     checkpoint_s: float = 60.0
     """How often the relay pulls a running agent's work back."""
+    reaper: bool = False
+    """Whether the host had python3 when the sandbox was made, so a bare command runs under
+    :mod:`.reaper`, which ends all it left (nothing left to hunt by marker after it)."""
 
     def info(self) -> SandboxInfo:
         """The public view."""

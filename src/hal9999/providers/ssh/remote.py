@@ -45,6 +45,9 @@ BARE = (
 """Without bwrap: run the command in its directory; when it ends, what it left running
 (marked by the command's ``HAL_EXEC``) goes too, as bwrap's pid namespace does."""
 
+HOME_AND_PYTHON = 'printf "%s\n" "$HOME"; command -v python3 >/dev/null 2>&1 && echo python3'
+"""The login HOME, then ``python3`` when the host has it (see :data:`BARE_REAPED`)."""
+
 WITH_REAPER = 'p=$1; shift; command -v python3 >/dev/null 2>&1 && exec python3 -I -S -c "$p" '
 """The start of :data:`BARE_REAPED` and :data:`END`: ``$1`` is :func:`reaper_source`; with
 python3 on the host it runs the rest (a mode, then that mode's arguments)."""

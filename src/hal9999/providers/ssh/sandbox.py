@@ -171,9 +171,10 @@ class SshSandbox(MirrorFiles, SandboxHandle):
                 self._pool.forget(self._record.host)
                 raise
             finally:
-                # A command that ended by itself took its namespace along (bwrap's pid 1);
-                # one closed early, timed out or cut off is hunted down by its marker.
-                if not finished or not self.isolated:
+                # A command that ended by itself took its namespace along (bwrap's pid 1),
+                # or all it left (the reaper of a bare host with python3); one closed early,
+                # timed out or cut off is hunted down by its marker.
+                if not finished or not (self.isolated or self._record.reaper):
                     with contextlib.suppress(Exception):
                         await asyncio.shield(self._kill(EXEC_MARKER_VAR, token))
 
