@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -9,7 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, events_of, tasks_json
+from tests.cli.conftest import Hal, events_of, one_error_line, tasks_json
+from tests.cli.test_daemon import poll, wait_status
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 
@@ -328,3 +331,57 @@ def test_a_resume_prompt_holding_a_secret_only_the_client_knows_never_reaches_th
             assert files_containing(home, needle.encode(), set()) == [], needle
     finally:
         assert hal("serve", "--stop").returncode == 0
+
+
+SEEN = (
+    'sh -c \'printf %s "$HAL_TEST_TOKEN" | sha256sum | cut -c1-16 | sed s/^/seen=/; '
+    'grep -q hold "$HAL_PROMPT_FILE" && exec sleep 60; true\''
+)
+"""An agent that prints a hash of its HAL_TEST_TOKEN (never the value: the value is in no
+argv and no file), then waits to be stopped when its prompt says ``hold``."""
+
+
+def _seen(value: str) -> str:
+    return "seen=" + hashlib.sha256(value.encode()).hexdigest()[:16]
+
+
+def test_a_resume_through_the_daemon_carries_the_clients_secret_as_hal_run_does(
+    hal: Hal, hal_env: dict[str, str]
+) -> None:
+    # `hal run` through the daemon sends the values of the task's secrets from the client's
+    # shell; `hal task resume` sent only its --env: a secret only the client's shell held
+    # was missing in the daemon, and the resumed run failed there.
+    value = "tok-resume-carried-8c1d2e3f4a"
+    client = {"HAL_TEST_TOKEN": value}
+    home = Path(hal_env["HAL_HOME"])
+    assert hal("serve", "--detach").returncode == 0  # HAL_TEST_TOKEN is not in its environment
+    try:
+        out = hal("run", "--detach", "--secret", "HAL_TEST_TOKEN", "--agent", SEEN, "hold",
+                  env=client)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        task_id = out.stdout.strip()
+        running = wait_status(hal, task_id, {"running"})
+        log = Path(running["session_dir"]) / "agent.log"
+        poll("the first run's agent", lambda: _seen(value) in log.read_text())
+        assert hal("task", "stop", task_id).returncode == 0
+        assert wait_status(hal, task_id, {"stopped"})
+
+        # The client without the secret: refused before anything is sent, naming it and
+        # how to give it (never on the command line).
+        for detach in ((), ("--detach",)):
+            lacking = hal("task", "resume", task_id, *detach, "go on")
+            assert lacking.returncode == 8, lacking.stderr
+            line = one_error_line(lacking)
+            assert f"task {task_id} needs HAL_TEST_TOKEN, which this shell does not set" in line
+            assert "export HAL_TEST_TOKEN=..." in line and "--env" not in line, line
+        [after] = [t for t in tasks_json(hal) if t["id"] == task_id]
+        assert after["status"] == "stopped", "the daemon never saw the resume"
+
+        resumed = hal("task", "resume", task_id, "go on", "--json", env=client, timeout=90)
+        assert resumed.returncode == 0, resumed.stderr
+        assert json.loads(resumed.stdout)["status"] == "succeeded"
+        assert log.read_text().count(_seen(value)) == 2, "the resumed agent saw the secret"
+        assert _seen("") not in log.read_text()
+    finally:
+        assert hal("serve", "--stop").returncode == 0
+    assert files_containing(home, value.encode(), set()) == []

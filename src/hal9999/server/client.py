@@ -234,23 +234,36 @@ def _receive(conn: _socket.socket) -> tuple[int, Any]:
 def client_secrets(
     config: HalConfig, request: RunRequest, environ: Mapping[str, str]
 ) -> dict[str, str]:
-    """Secret values the daemon needs from this shell: ``--env`` names (which must be set),
-    ``forward_env`` and the agent's API key variable (when set). Sent over the private
+    """Secret values the daemon needs from this shell for ``request``: ``--env`` and
+    ``--secret`` names (which must be set), see :func:`shell_secrets`."""
+    names = [*request.env_names, *request.secret_names]
+    return shell_secrets(config, request.agent, request.given_env, names, environ)
+
+
+def shell_secrets(
+    config: HalConfig,
+    agent: str,
+    given: Mapping[str, str],
+    names: list[str],
+    environ: Mapping[str, str],
+) -> dict[str, str]:
+    """The values a run of ``agent`` takes from this shell, for a run (``hal run``) or a
+    resume alike: ``given`` ones, ``names`` (which must be set), ``forward_env``, the
+    ``secrets`` names and the agent's API key variable (when set). Sent over the private
     socket, held in the daemon's memory for the run, never stored."""
     from hal9999.agents.registry import resolve_agent
     from hal9999.credentials import forwarded_env
     from hal9999.gateway.tasks import upstream_key_env
 
-    values = dict(request.given_env)
-    names = [*request.env_names, *request.secret_names]
+    values = dict(given)
     values.update(forwarded_env([n for n in names if n not in values], environ))
     optional = [*config.forward_env, *config.secrets]
     try:
-        settings = config.agent_settings(request.agent)
-        resolve_agent(request.agent, settings)
+        settings = config.agent_settings(agent)
+        resolve_agent(agent, settings)
         # The preset's own key variable too when the config names none: the daemon's
         # environment need not hold it (the gateway gets it from this shell).
-        key_env = upstream_key_env(config, request.agent)
+        key_env = upstream_key_env(config, agent)
         if key_env:
             optional.append(key_env)
     except HalError:
@@ -259,6 +272,32 @@ def client_secrets(
         if name in environ and name not in values:
             values[name] = environ[name]
     return values
+
+
+def resume_secrets(
+    config: HalConfig, task: TaskRecord, given: Mapping[str, str], environ: Mapping[str, str]
+) -> dict[str, str]:
+    """The values a resume of ``task`` sends the daemon: :func:`shell_secrets`, as ``hal
+    run`` sends them, the task's variables (its ``--env`` and ``--secret`` names) required.
+    The daemon keeps none from an earlier run, so one this shell lacks is refused here,
+    naming it, before anything is sent."""
+    from hal9999.errors import CredentialsError
+    from hal9999.tasks.secrets import TaskSecrets
+
+    optional = set(config.forward_env)
+    names = [n for n in task.env_keys if n not in optional]
+    missing = [n for n in names if n not in given and n not in environ]
+    if missing:
+        name = missing[0]
+        # A literal --env NAME=VALUE of the run may be given so again; a secret never on
+        # the command line.
+        literal = name not in TaskSecrets(config, environ).secret_names(task)
+        raise CredentialsError(
+            f"task {task.id} needs {', '.join(missing)}, which this shell does not set",
+            hint=f"export {name}=...{f' (or pass --env {name}=VALUE)' if literal else ''} "
+            "and resume again: hal serve keeps no value an earlier run was given",
+        )
+    return shell_secrets(config, task.agent, given, names, environ)
 
 
 def run_body(request: RunRequest, env: dict[str, str]) -> dict[str, Any]:
@@ -375,24 +414,26 @@ class DaemonTaskAPI:
         on_output: OnOutput | None = None,
         on_event: OnEvent | None = None,
     ) -> TaskRecord:
-        """Queue the task again with the daemon; follow it unless ``detach``. A ``prompt``
-        holding the value of one of the task's secrets in this shell is refused here, before
-        anything is sent: the daemon knows only the secrets of its own environment."""
+        """Queue the task again with the daemon; follow it unless ``detach``. It is sent
+        the values of the task's secrets from this shell, as ``hal run`` sends them
+        (:func:`resume_secrets`), with ``env``. A ``prompt`` holding the value of one of
+        them is refused here, before anything is sent."""
+        task = await self.get(task_id)
+        values = resume_secrets(self.config, task, env or {}, self.environ)
         if prompt is not None:
             import asyncio
 
             from hal9999.tasks.secrets import TaskSecrets
 
-            task = await self.get(task_id)
             here = TaskSecrets(self.config, self.environ)
-            await asyncio.to_thread(here.check_resume_prompt, task, prompt, env)
+            await asyncio.to_thread(here.check_resume_prompt, task, prompt, values)
         # The new run is shown from here: the task is resting, so following ends at the last
         # event its earlier runs recorded.
         seen = 0
         if not detach and (on_output is not None or on_event is not None):
             async for event in self.follow(task_id):
                 seen = event.seq
-        body = {"prompt": prompt, "env": dict(env or {})}
+        body = {"prompt": prompt, "env": values}
         queued = _record(await self.client.call("POST", f"/v1/tasks/{task_id}/resume", body))
         if detach:
             return queued
