@@ -345,16 +345,20 @@ def _seen(value: str) -> str:
     return "seen=" + hashlib.sha256(value.encode()).hexdigest()[:16]
 
 
+@pytest.mark.parametrize("via_daemon", [False, True], ids=["in-process", "daemon"])
 def test_a_resume_through_the_daemon_carries_the_clients_secret_as_hal_run_does(
-    hal: Hal, hal_env: dict[str, str]
+    hal: Hal, hal_env: dict[str, str], via_daemon: bool
 ) -> None:
     # `hal run` through the daemon sends the values of the task's secrets from the client's
     # shell; `hal task resume` sent only its --env: a secret only the client's shell held
-    # was missing in the daemon, and the resumed run failed there.
+    # was missing in the daemon, and the resumed run failed there. In-process, the resume
+    # reads its own environment (unchanged).
     value = "tok-resume-carried-8c1d2e3f4a"
     client = {"HAL_TEST_TOKEN": value}
     home = Path(hal_env["HAL_HOME"])
-    assert hal("serve", "--detach").returncode == 0  # HAL_TEST_TOKEN is not in its environment
+    if via_daemon:
+        # HAL_TEST_TOKEN is not in its environment.
+        assert hal("serve", "--detach").returncode == 0
     try:
         out = hal("run", "--detach", "--secret", "HAL_TEST_TOKEN", "--agent", SEEN, "hold",
                   env=client)  # fmt: skip
@@ -366,16 +370,17 @@ def test_a_resume_through_the_daemon_carries_the_clients_secret_as_hal_run_does(
         assert hal("task", "stop", task_id).returncode == 0
         assert wait_status(hal, task_id, {"stopped"})
 
-        # The client without the secret: refused before anything is sent, naming it and
-        # how to give it (never on the command line).
-        for detach in ((), ("--detach",)):
-            lacking = hal("task", "resume", task_id, *detach, "go on")
-            assert lacking.returncode == 8, lacking.stderr
-            line = one_error_line(lacking)
-            assert f"task {task_id} needs HAL_TEST_TOKEN, which this shell does not set" in line
-            assert "export HAL_TEST_TOKEN=..." in line and "--env" not in line, line
-        [after] = [t for t in tasks_json(hal) if t["id"] == task_id]
-        assert after["status"] == "stopped", "the daemon never saw the resume"
+        if via_daemon:
+            # The client without the secret: refused before anything is sent, naming it
+            # and how to give it (never on the command line).
+            for detach in ((), ("--detach",)):
+                lacking = hal("task", "resume", task_id, *detach, "go on")
+                assert lacking.returncode == 8, lacking.stderr
+                line = one_error_line(lacking)
+                assert f"task {task_id} needs HAL_TEST_TOKEN, which this shell does not set" in line
+                assert "export HAL_TEST_TOKEN=..." in line and "--env" not in line, line
+            [after] = [t for t in tasks_json(hal) if t["id"] == task_id]
+            assert after["status"] == "stopped", "the daemon never saw the resume"
 
         resumed = hal("task", "resume", task_id, "go on", "--json", env=client, timeout=90)
         assert resumed.returncode == 0, resumed.stderr
@@ -383,5 +388,6 @@ def test_a_resume_through_the_daemon_carries_the_clients_secret_as_hal_run_does(
         assert log.read_text().count(_seen(value)) == 2, "the resumed agent saw the secret"
         assert _seen("") not in log.read_text()
     finally:
-        assert hal("serve", "--stop").returncode == 0
+        if via_daemon:
+            assert hal("serve", "--stop").returncode == 0
     assert files_containing(home, value.encode(), set()) == []
