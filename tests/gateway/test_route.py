@@ -63,3 +63,37 @@ def test_the_daemon_is_handed_the_presets_key_when_the_config_names_none(tmp_pat
     codex = RunRequest(prompt="p", repo=None, ref=None, agent="codex", provider="bwrap",
                        process_manager="tmux", timeout_s=None)  # fmt: skip
     assert client_secrets(config, codex, environ) == {"OPENAI_API_KEY": "sk-other"}
+
+
+def test_a_resume_through_the_daemon_is_handed_what_a_run_is(tmp_path: Path) -> None:
+    # A resume through the daemon sent only its --env: the task's own variables, the
+    # config's secrets and the preset's key variable stayed in the client's shell.
+    from hal9999.credentials import EnvKinds
+    from hal9999.errors import CredentialsError
+    from hal9999.server.client import resume_secrets
+    from hal9999.store import TaskRecord
+
+    session = tmp_path / "session"
+    (session / "run").mkdir(parents=True)
+    EnvKinds(literal=["MODE"], secret=["API_TOKEN"]).save(session / "run" / "env-kinds.json")
+    config = HalConfig(home=tmp_path, forward_env=["EXTRA"], secrets=["OTHER_SECRET"])
+    task = TaskRecord(id="t1", prompt="p", agent="claude", provider="bwrap",
+                      process_manager="tmux", repo=str(tmp_path), repo_kind="local",
+                      branch="hal/t1", status="stopped", created_at=0, session_dir=str(session),
+                      env_keys=["API_TOKEN", "MODE", "EXTRA"])  # fmt: skip
+    environ = {"API_TOKEN": "tok", "MODE": "fast", "OTHER_SECRET": "o",
+               "ANTHROPIC_API_KEY": "sk-from-the-shell", "UNRELATED": "u"}  # fmt: skip
+    assert resume_secrets(config, task, {"MODE": "slow"}, environ) == {
+        "API_TOKEN": "tok", "MODE": "slow", "OTHER_SECRET": "o",
+        "ANTHROPIC_API_KEY": "sk-from-the-shell",
+    }  # fmt: skip
+    # forward_env goes when set, as with `hal run`; the task's --env and --secret must be.
+    del environ["API_TOKEN"], environ["MODE"]
+    with pytest.raises(CredentialsError) as raised:
+        resume_secrets(config, task, {}, environ)
+    assert raised.value.message == "task t1 needs API_TOKEN, MODE, which this shell does not set"
+    assert raised.value.hint is not None and "export API_TOKEN=..." in raised.value.hint
+    assert "--env" not in raised.value.hint, "a secret is never put on the command line"
+    with pytest.raises(CredentialsError) as raised:
+        resume_secrets(config, task, {"API_TOKEN": "tok"}, environ)
+    assert raised.value.hint is not None and "--env MODE=VALUE" in raised.value.hint
