@@ -40,7 +40,7 @@ async def test_only_a_queued_task_this_process_holds_is_failed(tmp_path: Path) -
     assert failed.error_code == LACKING.code
     assert failed.error_message == (
         "environment variable FOO is not set (export FOO=...; `hal task resume mine1234` "
-        "runs it again (--env NAME=VALUE gives a value))"
+        "runs it again)"
     )
     events = list(read_events(Session(Path(failed.session_dir)).events))
     assert [e.type for e in events][-2:] == ["phase", "task_end"]

@@ -289,7 +289,8 @@ class TaskService(TaskSecrets):
         task = self.store.get_task(task_id)
         if task.status != TaskStatus.QUEUED or task.runner_pid != os.getpid():
             return
-        again = f"`hal task resume {task.id}` runs it again (--env NAME=VALUE gives a value)"
+        # No "--env NAME=VALUE" here: the lacking variable may be a secret, never for argv.
+        again = f"`hal task resume {task.id}` runs it again"
         masker = self.masker(task)
         line = masker.mask(f"{error.message} ({f'{error.hint}; ' if error.hint else ''}{again})")
         with self.events(task, masker) as events:
