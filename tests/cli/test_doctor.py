@@ -122,3 +122,22 @@ def test_doctor_names_the_slow_cgroup_move_and_its_fix_on_v2() -> None:
     assert cgroup_moves(v2_fast, v2=True).ok
     # An option of another filesystem does not count.
     assert not cgroup_moves("tmpfs /x tmpfs rw,favordynmods 0 0\n", v2=True).ok
+
+
+def test_doctor_names_each_qemu_image_built_before_pings_and_how_to_rebuild_it(
+    tmp_path: Path,
+) -> None:
+    from hal9999.cli.doctor import unpinged_images
+    from hal9999.images.store import Image, ImageMeta
+
+    def image(name: str, **fields: Any) -> Image:
+        meta = ImageMeta(name=name, kind="golden", created_at=1.0, **fields)
+        return Image(tmp_path / name, meta)
+
+    found = unpinged_images([
+        image("old", exec_ports=4), image("new", exec_ports=4, agent_pings=True),
+        image("ssh-only"),
+    ])  # fmt: skip
+    assert [(c.name, c.ok, c.required) for c in found] == [("qemu image old", False, False)]
+    assert "a command whose VM hangs waits forever" in found[0].detail
+    assert found[0].fix == "rebuild it (as root): hal image rm old && hal image build --name old"

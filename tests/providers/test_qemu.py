@@ -244,6 +244,8 @@ async def test_snapshot_saves_a_layer_and_fork_starts_copies_from_it(
         assert await provider.snapshot(box.id, name) == name
         image = provider.images.get(name)
         assert image.meta.kind == "snapshot" and image.meta.parent == "default"
+        # Its guest runs its parent's exec agent, which answers pings.
+        assert image.meta.exec_ports == qemuagent.PORTS and image.meta.agent_pings
         assert image.states(), "a snapshot carries its VM state"
         # The sandbox goes on from its snapshot.
         out = await box.exec(sh("cat /var/tmp/marker; cat /workspace/README"))
@@ -254,6 +256,7 @@ async def test_snapshot_saves_a_layer_and_fork_starts_copies_from_it(
             for fork in forks:
                 vm = provider.vm_record(fork.id)
                 assert vm is not None and vm.started == "restore" and vm.image == name
+                assert vm.agent_pings, "a fork's commands are held to its agent's pongs"
             await forks[0].exec(sh("echo changed > /var/tmp/marker"))
             seen = [(await f.exec(sh("cat /var/tmp/marker"))).text() for f in forks]
             assert seen == ["changed\n", "before\n"], "forks share no disk state"

@@ -121,7 +121,7 @@ async def test_the_agent_and_ssh_give_a_command_the_same_world(
         return found
 
     over_agent = await results()
-    monkeypatch.setattr(qemuagent, "claim", lambda run, ports: None)
+    monkeypatch.setattr(qemuagent, "claim", lambda run, ports, pings: None)
     over_ssh = await results()
     assert over_agent == over_ssh
     assert over_agent[0] == (3, b"a b|'c'\n", b"err\n")
@@ -239,6 +239,10 @@ async def test_a_guest_that_stops_answering_fails_commands_and_prime_within_a_de
     monkeypatch.setattr(qemuagent, "KILL_S", 1.0)
     monkeypatch.setattr(qemuagent, "KEEPALIVE_S", 0.5)
     pid = vms_of(provider)[box.id]
+    # `hal image build` says its agent answers pings; its VMs' commands are held to that.
+    assert provider.images.get("default").meta.agent_pings
+    vm = provider.vm_record(box.id)
+    assert vm is not None and vm.agent_pings
     # A live guest's agent answers the pings: a command quiet for longer lives on.
     assert (await box.exec(sh("sleep 5; echo quiet"))).text() == "quiet\n"
     loop = asyncio.get_running_loop()

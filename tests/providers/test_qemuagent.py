@@ -176,8 +176,9 @@ async def fake_guest(run: RunDir, guest: Guest, port: int = 0) -> AsyncIterator[
         server.close()
 
 
-async def run_cmd(run: RunDir, **kwargs: object) -> tuple[int, bytes, bytes]:
-    port = qemuagent.claim(run, 1)
+async def run_cmd(run: RunDir, pings: bool = True, **kwargs: object) -> tuple[int, bytes, bytes]:
+    """Run a command on port 0; ``pings``: its image says its agent answers pings."""
+    port = qemuagent.claim(run, 1, pings=pings)
     assert port is not None
     try:
         return await qemuagent.run(port, ["--", "x"], {}, stdin=None, time_limit=None,
@@ -403,10 +404,10 @@ async def test_a_guest_that_stops_answering_fails_its_command_within_a_deadline(
     assert qemuagent.claim(run_dir, 1) is not None, "the port was released"
 
 
-async def test_an_agent_that_never_answers_a_ping_says_to_rebuild_the_image(
+async def test_a_guest_that_never_answers_a_ping_fails_its_command_within_a_deadline(
     run_dir: RunDir, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # An image built before pings: its agent takes `P` for a no-op.
+    # Its image says its agent answers pings: one that answers none from the start is hung.
     monkeypatch.setattr(qemuagent, "KEEPALIVE_S", 0.05)
     monkeypatch.setattr(qemuagent, "ANSWER_S", 0.3)
 
@@ -414,11 +415,64 @@ async def test_an_agent_that_never_answers_a_ping_says_to_rebuild_the_image(
         await hello(reader, writer)
 
     async with fake_guest(run_dir, guest) as seen:
-        with pytest.raises(ExecError, match="and no ping at all") as caught:
+        with pytest.raises(ExecError, match=r"0\.3s, no ping at all: its guest is hung") as caught:
             async with asyncio.timeout(5):
                 await run_cmd(run_dir)
-    assert "rebuild the image (hal image build" in (caught.value.hint or "")
+    assert caught.value.hint == "stop or destroy the sandbox"
     assert b"P" in seen and b"K" in seen
+
+
+def quiet_old_agent(quiet_s: float) -> Guest:
+    """An agent built before pings (it takes `P` for a no-op) running a command that prints
+    nothing for ``quiet_s``, then its output and status 0."""
+
+    async def guest(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await hello(reader, writer)
+        await asyncio.sleep(quiet_s)
+        writer.write(frame(b"O", b"done") + frame(b"X", bytes(4)))
+        await writer.drain()
+
+    return guest
+
+
+async def test_a_quiet_command_of_an_image_built_before_pings_is_not_taken_for_hung(
+    run_dir: RunDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An image built before pings answers none: every command quiet for ANSWER_S (a build,
+    # an agent thinking, a sleep) failed on it once hal took silence for a hung guest.
+    monkeypatch.setattr(qemuagent, "KEEPALIVE_S", 0.05)
+    monkeypatch.setattr(qemuagent, "ANSWER_S", 0.3)
+    async with fake_guest(run_dir, quiet_old_agent(1.0)) as seen:
+        async with asyncio.timeout(5):
+            assert await run_cmd(run_dir, pings=False) == (0, b"done", b"")
+    assert seen.count(b"P") >= 5 and b"K" not in seen, "pinged all along, never killed"
+    # The same guest on an image that says its agent answers pings is taken for hung.
+    async with fake_guest(run_dir, quiet_old_agent(1.0)):
+        with pytest.raises(ExecError, match="no ping at all: its guest is hung"):
+            async with asyncio.timeout(5):
+                await run_cmd(run_dir, pings=True)
+
+
+async def test_an_agent_that_has_answered_a_ping_is_taken_for_hung_whatever_its_image_says(
+    run_dir: RunDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An image whose meta.json does not say its agent pings (built before the field was
+    # written) but whose agent does: once it has answered, its silence means a hang.
+    monkeypatch.setattr(qemuagent, "KEEPALIVE_S", 0.05)
+    monkeypatch.setattr(qemuagent, "ANSWER_S", 0.3)
+    monkeypatch.setattr(qemuagent, "KILL_S", 0.2)
+
+    async def guest(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await hello(reader, writer)
+        while (ping := await read_frame(reader))[0] != b"P":
+            pass
+        writer.write(frame(b"p", ping[1]))
+        await asyncio.sleep(30)  # then it hangs
+
+    async with fake_guest(run_dir, guest):
+        with pytest.raises(ExecError, match=r"0\.3s, not even a ping: its guest is hung"):
+            async with asyncio.timeout(5):
+                await run_cmd(run_dir, pings=False)
 
 
 async def test_a_port_whose_backlog_is_full_is_connected_again_not_taken_as_connected(

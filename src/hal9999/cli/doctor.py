@@ -17,7 +17,7 @@ from hal9999.cli.main import cli, emit_json, run_async
 from hal9999.config import HalConfig, load_config
 from hal9999.errors import HalError
 from hal9999.home import HalPaths
-from hal9999.images.store import Image, ImageStore
+from hal9999.images.store import Image, ImageStore, hang_notice
 from hal9999.store.migrations import MIGRATIONS
 
 _CGROUP = Path("/sys/fs/cgroup")
@@ -337,10 +337,19 @@ async def _qemu() -> list[Check]:
     else:
         checks.append(Check("qemu images", False, f"none in {store.root}",
                             "hal image build (as root)", required=False))  # fmt: skip
+    checks += unpinged_images(images)
     if golden:
         checks.append(Check("guest kernel", True, golden[0].meta.kernel, required=False))
     checks.append(await _kvm(store, golden[0] if golden else None))
     return checks
+
+
+def unpinged_images(images: list[Image]) -> list[Check]:
+    """One line per image whose exec agent predates pings: a hung VM of it is never noticed
+    (its commands wait forever), and rebuilding it is the fix."""
+    found = [(i.name, n) for i in images if (n := hang_notice(i.meta)) is not None]
+    return [Check(f"qemu image {name}", False, what, fix, required=False)
+            for name, (what, fix) in found]  # fmt: skip
 
 
 async def _kvm(store: ImageStore, image: Image | None) -> Check:

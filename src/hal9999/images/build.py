@@ -376,6 +376,7 @@ async def _build_into(
         kernel=(kernel / "release").read_text().strip(),
         packages=sorted(packages),
         exec_ports=AGENT_PORTS,
+        agent_pings=True,
     )
     image = Image(image_dir, meta)
     if save_state:

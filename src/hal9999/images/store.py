@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -62,6 +63,35 @@ class ImageMeta(BaseModel):
     exec_ports: int = 0
     """Ports its guest's exec agent serves (``hal.exec.N``); 0 for images built before the
     agent, whose commands all go over ssh (their saved states have no such ports)."""
+    agent_pings: bool = False
+    """Whether its exec agent answers the host's pings (``P`` with ``p``), so a command
+    whose guest answers nothing for a while is taken for hung; false for images built
+    before, whose agent takes a ping for a no-op (their quiet commands are never failed).
+    A snapshot has its parent's."""
+
+
+def hang_notice(meta: ImageMeta) -> tuple[str, str] | None:
+    """(what, how to fix it) for an image whose exec agent predates pings, so hal cannot tell
+    a hung VM of it from a quiet command; None for others (``hal doctor`` and a VM's start
+    say it)."""
+    if not meta.exec_ports or meta.agent_pings:
+        return None
+    what = (
+        f"qemu image {meta.name!r} was built before hal could tell a hung VM from a quiet "
+        "command (its exec agent does not answer pings): a command whose VM hangs waits "
+        "forever instead of failing"
+    )
+    if meta.kind == "snapshot":
+        return what, (
+            f"it is a snapshot (of {meta.parent!r}): rebuild the image it comes from with "
+            "`hal image build`, then snapshot a sandbox of the new one"
+        )
+    build = ["hal", "image", "build", "--name", meta.name]
+    if meta.packages:
+        build += ["--packages", ",".join(meta.packages)]
+    if meta.suite != "bookworm":
+        build += ["--suite", meta.suite]
+    return what, f"rebuild it (as root): hal image rm {meta.name} && {shlex.join(build)}"
 
 
 def images_root(home: Path) -> Path:

@@ -25,7 +25,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from hal9999.errors import ConfigError, ProviderError, SandboxNotFound
-from hal9999.images.store import Image, ImageStore, images_root
+from hal9999.images.store import Image, ImageStore, hang_notice, images_root
 from hal9999.providers import hostfs, qemumount, qemussh, qemuvm, sandboxuser
 from hal9999.providers.base import Capabilities, SandboxInfo
 from hal9999.providers.hostsandbox import HostProvider, SandboxRecord, check_spec
@@ -48,6 +48,20 @@ logger = logging.getLogger(__name__)
 VM_RECORD = "vm.json"
 SETUP = "/usr/local/lib/hal/setup"
 """The guest's start-up helper (``images/guest/hal-setup.c``): entropy, clock, limits, mounts."""
+
+
+_WARNED: set[Path] = set()
+"""Images this process has said :func:`warn_unpinged` of (once each, not every VM)."""
+
+
+def warn_unpinged(image: Image) -> None:
+    """Warn, once per process and image, that ``image``'s agent predates pings (a hung VM
+    of it holds its commands; a quiet command of it is never taken for hung)."""
+    notice = hang_notice(image.meta)
+    if notice is None or image.dir in _WARNED:
+        return
+    _WARNED.add(image.dir)
+    logger.warning("%s; %s", *notice)
 
 
 class QemuConfig(BaseModel):
@@ -84,6 +98,10 @@ class VmRecord(BaseModel):
     """Seconds from QEMU start to a working exec channel."""
     exec_ports: int = 0
     """Ports of the guest's exec agent (from the image); 0: every command goes over ssh."""
+    agent_pings: bool = False
+    """Whether the guest's exec agent answers pings (from the image, see
+    :attr:`ImageMeta.agent_pings`): only then does a command whose guest answers nothing
+    for a while fail (:data:`qemuagent.ANSWER_S`)."""
 
 
 class QemuProvider(HostProvider):
@@ -288,10 +306,11 @@ class QemuProvider(HostProvider):
         limit = self.config.boot_timeout_s if incoming is None else default_limit(plan)
         deadline = started + limit
         pid = await spawn_vm(plan, deadline=deadline)
-        ports = image.meta.exec_ports
+        ports, pings = image.meta.exec_ports, image.meta.agent_pings
+        warn_unpinged(image)
         vm = VmRecord(
             pid=pid, image=image.name, shape=shape.__dict__,
-            started="restore" if incoming else "cold", exec_ports=ports,
+            started="restore" if incoming else "cold", exec_ports=ports, agent_pings=pings,
         )  # fmt: skip
         self.save_vm(record.id, vm)
         run = RunDir(record.id)
@@ -314,10 +333,10 @@ class QemuProvider(HostProvider):
                 await (master if master is not None else self.connect(run, plan.log))
             # Fresh host entropy on stdin: guests restored from one saved state share its RNG.
             setup = self.setup_argv(record, shares, guest_binds)
-            await run_root(run, ports, setup, stdin=os.urandom(64), time_limit=60,
+            await run_root(run, ports, setup, pings=pings, stdin=os.urandom(64), time_limit=60,
                            restored=incoming is not None)  # fmt: skip
             if record.uid is not None:
-                await run_root(run, ports, self.adopt_argv(record), time_limit=60)
+                await run_root(run, ports, self.adopt_argv(record), pings=pings, time_limit=60)
         except ProviderError as exc:
             await qemuvm.kill(pid, record.id)
             raise ProviderError(
@@ -368,7 +387,8 @@ class QemuProvider(HostProvider):
             if record.state == "stopped":
                 # The disk is kept: flush the guest's caches to it first.
                 with contextlib.suppress(ProviderError):
-                    await run_root(run, vm.exec_ports, ["sync"], time_limit=10)
+                    await run_root(run, vm.exec_ports, ["sync"], pings=vm.agent_pings,
+                                   time_limit=10)  # fmt: skip
             await qemuvm.kill(vm.pid, record.id)
         await asyncio.to_thread(shutil.rmtree, run.path, True)
         qemumount.unmount_all(self.store.dir(record.id) / "mnt")

@@ -56,12 +56,14 @@ KEEPALIVE_S = 2.0
 to answer (see :data:`ANSWER_S`)."""
 PING = 8
 """Bytes of a ping (``P``), which the agent sends back as its pong (``p``). An agent built
-before pings takes ``P`` for a no-op and answers nothing; an empty ``P`` (what hosts sent
-before) gets no pong from any agent."""
+before pings (its image's ``agent_pings`` is false) takes ``P`` for a no-op and answers
+nothing; an empty ``P`` (what hosts sent before) gets no pong from any agent."""
 ANSWER_S = 30.0
 """Longest a command's guest may send nothing at all (no output, no pong to the pings sent
 every :data:`KEEPALIVE_S`) before it is taken for hung (a stopped QEMU, a hung kernel) and
-the command fails: without it, a dead guest held ``prime`` and the file helpers forever."""
+the command fails: without it, a dead guest held ``prime`` and the file helpers forever.
+Only for an agent known to answer pings (:attr:`Claim.pings`, or one that has answered
+one): an older agent's quiet command (a build, an agent thinking) is never failed."""
 KILL_S = 5.0
 """How long a killed command's exit status is waited for before the connection is cut."""
 ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -185,6 +187,9 @@ class Claim:
     socket: str
     vm: str = ""
     """The VM's id, for errors."""
+    pings: bool = False
+    """Whether the VM's agent answers pings (its image's ``agent_pings``): only then is a
+    guest that answers nothing for :data:`ANSWER_S` taken for hung."""
 
     def release(self) -> None:
         """Let another command use the port (idempotent)."""
@@ -193,8 +198,9 @@ class Claim:
             self.lock = -1
 
 
-def claim(run: RunDir, ports: int) -> Claim | None:
-    """A free agent port of the VM, or None when all ``ports`` are busy (or there are none)."""
+def claim(run: RunDir, ports: int, *, pings: bool = False) -> Claim | None:
+    """A free agent port of the VM, or None when all ``ports`` are busy (or there are none);
+    ``pings``: its agent answers pings (see :attr:`Claim.pings`)."""
     for index in range(ports):
         try:
             lock = os.open(run.path / f"exec{index}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
@@ -206,7 +212,7 @@ def claim(run: RunDir, ports: int) -> Claim | None:
         except BlockingIOError:
             os.close(lock)
             continue
-        return Claim(lock, str(run.agent(index)), run.path.name)
+        return Claim(lock, str(run.agent(index)), run.path.name, pings)
     return None
 
 
@@ -260,7 +266,8 @@ async def stream(
                 async with asyncio.timeout(KEEPALIVE_S):
                     data = await reader.read(MAX_DATA)
             except TimeoutError:
-                if loop.time() - heard > ANSWER_S:
+                # An agent that has answered a ping answers them all, whatever its image says.
+                if (port.pings or decoder.pongs) and loop.time() - heard > ANSWER_S:
                     raise _hung(port, decoder) from None
                 writer.write(frame(b"P", secrets.token_bytes(PING)))
                 continue
@@ -309,14 +316,9 @@ async def _connect(path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWrite
 def _hung(port: Claim, decoder: FrameDecoder) -> ExecError:
     """The error of a guest that answered nothing for :data:`ANSWER_S` (see :func:`stream`)."""
     quiet = f"VM {port.vm}'s exec agent answered nothing for {ANSWER_S:g}s"
-    if decoder.pongs:
-        return ExecError(f"{quiet}, not even a ping: its guest is hung; the command was "
-                         "abandoned", hint="stop or destroy the sandbox")  # fmt: skip
-    return ExecError(
-        f"{quiet} and no ping at all: its guest is hung, or its image was built before the "
-        "agent answered pings", hint="rebuild the image (hal image build --name NAME), or "
-        "stop or destroy the sandbox",
-    )  # fmt: skip
+    pinged = "not even a ping" if decoder.pongs else "no ping at all"
+    return ExecError(f"{quiet}, {pinged}: its guest is hung; the command was abandoned",
+                     hint="stop or destroy the sandbox")  # fmt: skip
 
 
 def _event(item: Frame) -> StreamEvent:
@@ -407,16 +409,17 @@ async def run_root(
     ports: int,
     argv: Sequence[str],
     *,
+    pings: bool,
     stdin: bytes = b"",
     time_limit: float,
     restored: bool = False,
 ) -> str:
     """Run one of hal's own steps as root in the guest (setup, sync, quiesce): its output,
-    or ProviderError (like :func:`qemussh.run_root`)."""
+    or ProviderError (like :func:`qemussh.run_root`); ``pings`` as :func:`claim`'s."""
     port = None
     deadline = asyncio.get_running_loop().time() + time_limit
     while port is None:
-        port = claim(run_dir, ports)
+        port = claim(run_dir, ports, pings=pings)
         if port is None:
             if asyncio.get_running_loop().time() > deadline:
                 raise ProviderError(f"{argv[0]} in the VM: every exec channel stayed busy")

@@ -33,16 +33,19 @@ async def run_root(
     ports: int,
     argv: list[str],
     *,
+    pings: bool,
     stdin: bytes = b"",
     time_limit: float,
     restored: bool = False,
 ) -> str:
     """One of hal's own root steps in the guest, over the exec agent when it has one
-    (``restored``: the first since a restore, see :func:`qemuagent._hello`)."""
+    (``pings``: it answers pings, see :func:`qemuagent.claim`; ``restored``: the first
+    since a restore, see :func:`qemuagent._hello`)."""
     if ports:
         return await qemuagent.run_root(
-            run, ports, argv, stdin=stdin, time_limit=time_limit, restored=restored
-        )
+            run, ports, argv, pings=pings, stdin=stdin, time_limit=time_limit,
+            restored=restored,
+        )  # fmt: skip
     return await qemussh.run_root(run, argv, stdin=stdin, time_limit=time_limit)
 
 
@@ -62,6 +65,7 @@ class QemuSandbox(HostSandbox):
         self._run = RunDir(record.id)
         self._provider = owner
         self._ports: int | None = None
+        self._pings = False
 
     def _ids(self) -> tuple[int, int]:
         """The uid and gid commands run as inside: the sandbox's own under a root hal (see
@@ -80,8 +84,13 @@ class QemuSandbox(HostSandbox):
             vm = self._provider.vm_record(self.id)
             if vm is None:
                 return 0
-            self._ports = vm.exec_ports
+            self._ports, self._pings = vm.exec_ports, vm.agent_pings
         return self._ports
+
+    def _claim(self) -> qemuagent.Claim | None:
+        """A free port of the VM's exec agent, or None (none free, or no agent)."""
+        ports = self.agent_ports  # reads the VM record, and with it whether it answers pings
+        return qemuagent.claim(self._run, ports, pings=self._pings)
 
     def _ssh_launch(self, command: Command, env: Mapping[str, str] | None) -> Launch:
         guest = self.guest_env(command, env)
@@ -130,7 +139,7 @@ class QemuSandbox(HostSandbox):
         past ``timeout``, or ``stdout_limit`` bytes of stdout, it is killed and ExecError
         raised."""
         self._require(running=True)
-        port = qemuagent.claim(self._run, self.agent_ports)
+        port = self._claim()
         if port is None:
             await self._ssh_ready()
             launch = self._ssh_launch(command, env)
@@ -152,7 +161,7 @@ class QemuSandbox(HostSandbox):
     ) -> AsyncIterator[StreamEvent]:
         """Run a command, yielding output as it comes and the exit status last."""
         self._require(running=True)
-        port = qemuagent.claim(self._run, self.agent_ports)
+        port = self._claim()
         if port is None:
             await self._ssh_ready()
             events = hostexec.stream(self._ssh_launch(command, env))

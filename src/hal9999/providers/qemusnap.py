@@ -73,7 +73,7 @@ async def snapshot(provider: QemuProvider, sandbox_id: str, name: str | None) ->
         meta = ImageMeta(
             name=name, kind="snapshot", created_at=now(), parent=base.name,
             suite=base.meta.suite, kernel=base.meta.kernel, packages=base.meta.packages,
-            exec_ports=base.meta.exec_ports,
+            exec_ports=base.meta.exec_ports, agent_pings=base.meta.agent_pings,
         )  # fmt: skip
         provider.images.save_meta(target, meta)
     except BaseException:
