@@ -3,8 +3,14 @@
 The namespace is reached over a veth pair with link-local addresses (a random /30 in
 169.254.77.0/24, so a leftover of a crashed run never collides). sshd runs in a private
 mount namespace too, where copies of /etc/passwd, /etc/group and /etc/shadow add the test
-user ``haltest`` (uid 4242) with an empty HOME under the test's tmp dir; the machine's own
-files are never changed. Everything (processes, namespace, veth) goes in the finalizer.
+user ``haltest`` with an empty HOME under the test's tmp dir; the machine's own files are
+never changed. Everything (processes, namespace, veth) goes in the finalizer.
+
+Each server's ``haltest`` has a uid of its own (:func:`_free_uid`): the finalizer kills
+every process of that uid (what a sandbox command left, however it hid), and sshd's
+per-connection process runs as the user too, so with one uid for all, a finished server
+(another test session's, on the same machine) killed the live connections of every other
+one: a command lost mid-run (no exit status) or a push reset mid-stream.
 """
 
 from __future__ import annotations
@@ -26,7 +32,10 @@ from pathlib import Path
 from typing import Any
 
 SSHD = "/usr/sbin/sshd"
-USER, UID = "haltest", 4242
+USER = "haltest"
+UIDS = range(100_000, 1_000_000)
+"""Where a server's uid is drawn from: far from the system's and from the sandbox users'
+(:data:`hal9999.providers.sandboxuser.UID_BASE`)."""
 
 
 @functools.cache
@@ -57,6 +66,8 @@ class Sshd:
     home: Path
     proc: subprocess.Popen[bytes]
     host_key_file: Path
+    uid: int
+    """The test user's uid on this server (its own, see the module docstring)."""
 
     def host_entry(self, name: str = "box", **extra: Any) -> dict[str, Any]:
         """A ``[[providers.ssh.hosts]]`` entry for this server."""
@@ -78,7 +89,7 @@ class Sshd:
             if not entry.name.isdigit():
                 continue
             with contextlib.suppress(OSError):
-                if entry.stat().st_uid == UID:
+                if entry.stat().st_uid == self.uid:
                     lines.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
         return lines
 
@@ -122,6 +133,19 @@ def _keygen(path: Path) -> str:
         f"{path}.pub").read_text().strip()  # fmt: skip
 
 
+def _free_uid() -> int:
+    """A uid of :data:`UIDS` no live process has (random from the OS, as :func:`_free_block`:
+    two servers alive at once drawing the same one: one chance in 900,000)."""
+    used = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                used.add(entry.stat().st_uid)
+    while (uid := UIDS[secrets.randbelow(len(UIDS))]) in used:
+        pass
+    return uid
+
+
 def _free_block(subnet: str) -> int:
     """A /30 of ``subnet``.0/24 no live veth of this machine uses.
 
@@ -154,15 +178,16 @@ def running_sshd(subnet: str = "169.254.77") -> Iterator[Sshd]:
     etc.mkdir()
     home = tmp / "home"
     home.mkdir()
-    os.chown(home, UID, UID)
+    uid = _free_uid()
+    os.chown(home, uid, uid)
     host_key_file, client_key = etc / "host_key", tmp / "client_key"
     host_key = " ".join(_keygen(host_key_file).split()[:2])
     client_pub = _keygen(client_key)
     (etc / "authorized_keys").write_text(client_pub + "\n")
     etc.chmod(0o755)
     (etc / "authorized_keys").chmod(0o644)
-    for name, line in (("passwd", f"{USER}:x:{UID}:{UID}::{home}:/bin/sh\n"),
-                       ("group", f"{USER}:x:{UID}:\n"),
+    for name, line in (("passwd", f"{USER}:x:{uid}:{uid}::{home}:/bin/sh\n"),
+                       ("group", f"{USER}:x:{uid}:\n"),
                        ("shadow", f"{USER}:*:19000:0:99999:7:::\n")):  # fmt: skip
         (etc / name).write_text(Path(f"/etc/{name}").read_text() + line)
     config = etc / "sshd_config"
@@ -206,13 +231,13 @@ def running_sshd(subnet: str = "169.254.77") -> Iterator[Sshd]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"sshd did not start: {(tmp / 'sshd.log').read_text()}")
             time.sleep(0.05)
-        yield Sshd(netns, ns_ip, host_veth, client_key, host_key, home, proc, host_key_file)
+        yield Sshd(netns, ns_ip, host_veth, client_key, host_key, home, proc, host_key_file, uid)
     finally:
         pids = _netns_pids(netns) + ([*_descendants(proc.pid), proc.pid] if proc else [])
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        _kill_user_processes()
+        _kill_user_processes(uid)
         if proc is not None:
             proc.wait()
         log.close()
@@ -221,12 +246,13 @@ def running_sshd(subnet: str = "169.254.77") -> Iterator[Sshd]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _kill_user_processes() -> None:
-    # What the test user ran (sandbox commands) dies with the server, even a stray one.
+def _kill_user_processes(uid: int) -> None:
+    # What the test user ran (sandbox commands) dies with the server, even a stray one; only
+    # this server's user (its own uid): another server's connections live on.
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
-                if entry.stat().st_uid == UID:
+                if entry.stat().st_uid == uid:
                     os.kill(int(entry.name), signal.SIGKILL)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from tests.providers.test_ssh_run import toml_host
-from tests.sshd import UID, Sshd
+from tests.sshd import Sshd
 
 from hal9999.providers.ssh import session
 from hal9999.providers.ssh.config import SshHost
@@ -62,12 +62,13 @@ def _wait_for(check: object, limit: float, what: str) -> None:
     pytest.fail(f"timed out waiting for {what}")
 
 
-def _remote_processes(name: str) -> list[str]:
+def _remote_processes(server: Sshd, name: str) -> list[str]:
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if entry.stat().st_uid == UID and (entry / "comm").read_text().startswith(name):
+                mine = entry.stat().st_uid == server.uid
+                if mine and (entry / "comm").read_text().startswith(name):
                     found.append((entry / "cmdline").read_bytes().decode(errors="replace"))
             except OSError:
                 continue
@@ -92,7 +93,7 @@ def test_attach_opens_the_agents_tmux_on_the_remote_host(
     try:
         # The run is held by a tmux server of the remote user, in the sandbox's mirror.
         _wait_for(lambda: list(mirrors.glob("*/r-*/sock")), 60, "the remote tmux session")
-        assert _remote_processes("tmux")
+        assert _remote_processes(sshd_server, "tmux")
         pid, fd = pty.fork()
         if pid == 0:  # the child: `hal task attach` on a terminal of its own
             os.chdir(repo)
@@ -113,7 +114,8 @@ def test_attach_opens_the_agents_tmux_on_the_remote_host(
             # The terminal is a tmux client of the remote user, attached to the run's
             # session in the sandbox's mirror (no host-side tmux relays it).
             _wait_for(lambda: any("attach-session" in line
-                                  for line in _remote_processes("tmux")), 15, "remote client")
+                                  for line in _remote_processes(sshd_server, "tmux")),
+                      15, "remote client")  # fmt: skip
             os.write(fd, b"\x02d")  # detach (Ctrl-b d): the run goes on
             _read_until(fd, b"detached", 15)
             _, status = os.waitpid(pid, 0)
@@ -129,7 +131,8 @@ def test_attach_opens_the_agents_tmux_on_the_remote_host(
     finally:
         _hal(tmp_path, "task", "cancel", task_id)
     # Cancelled: the remote session and everything in it are gone.
-    _wait_for(lambda: not list(mirrors.glob("*/r-*/sock")) and not _remote_processes("tmux"),
+    _wait_for(lambda: not list(mirrors.glob("*/r-*/sock"))
+              and not _remote_processes(sshd_server, "tmux"),
               30, "the remote session to go")  # fmt: skip
 
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.sshd import UID, Sshd
+from tests.sshd import Sshd
 
 from hal9999.providers.registry import load_provider
 from hal9999.providers.ssh.provider import SshProvider
@@ -45,14 +45,14 @@ def bare_provider(server: Sshd, state: Path) -> SshProvider:
     return provider
 
 
-def left_in(root: str) -> list[str]:
+def left_in(server: Sshd, root: str) -> list[str]:
     """The command lines of the test user's live processes working under ``root``."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            if entry.stat().st_uid != UID:
+            if entry.stat().st_uid != server.uid:
                 continue
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
             cwd = os.readlink(entry / "cwd")
@@ -85,7 +85,7 @@ async def test_what_a_command_left_ends_with_it_however_it_hid(
     spec = SandboxSpec(provider="ssh", network="host", workspace=workspace)
     async with await provider.create(spec) as sandbox:
         assert (await sandbox.exec(ShellCommand(script=LEAVE))).ok
-        assert left_in(sandbox.record.root) == []
+        assert left_in(sshd_server, sandbox.record.root) == []
         # The runner's step before collection finds nothing more to end.
         assert await finish.end_leftovers(provider, sandbox) is sandbox
         await assert_stable(sandbox, workspace, "f")
@@ -104,13 +104,13 @@ async def test_a_launched_agent_s_leftovers_end_before_its_work_is_collected(
         here = {"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}
         relay = await asyncio.create_subprocess_exec(*launch.argv, env=launch.env | here)
         assert await asyncio.wait_for(relay.wait(), 30) == 0
-        left = left_in(sandbox.record.root)
+        left = left_in(sshd_server, sandbox.record.root)
         # The spared writer (and its `sleep`s) only.
         assert any(">> g" in line for line in left), left
         gone = (">> f", "x) 1 1)", "& wait; done")
         assert not [line for line in left if any(mark in line for mark in gone)], left
         assert await finish.end_leftovers(provider, sandbox) is sandbox
-        assert left_in(sandbox.record.root) == []
+        assert left_in(sshd_server, sandbox.record.root) == []
         await assert_stable(sandbox, workspace, "f", "g")
 
 
@@ -125,11 +125,11 @@ async def test_end_processes_ends_what_a_command_s_end_spared(
     ):
         assert (await sandbox.exec(ShellCommand(script=SPARED))).ok
         assert (await other.exec(ShellCommand(script=SPARED))).ok
-        assert left_in(sandbox.record.root) != []
+        assert left_in(sshd_server, sandbox.record.root) != []
         started = time.monotonic()
         assert await sandbox.end_processes()
         assert time.monotonic() - started < 10
-        assert left_in(sandbox.record.root) == []
+        assert left_in(sshd_server, sandbox.record.root) == []
         await assert_stable(sandbox, workspace, "g")
         # Another sandbox's processes on the same host and user live on.
-        assert left_in(other.record.root) != []
+        assert left_in(sshd_server, other.record.root) != []

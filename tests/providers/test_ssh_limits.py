@@ -40,14 +40,12 @@ async def test_the_disk_limit_holds_on_the_host(
             await limits.DiskWatchdog(sandbox, hal_home).check()
 
 
-def _remote_sleepers() -> list[str]:
-    from tests.sshd import UID
-
+def _remote_sleepers(server: Sshd) -> list[str]:
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if entry.stat().st_uid == UID:
+                if entry.stat().st_uid == server.uid:
                     line = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
                     if "sleep 313" in line:
                         found.append(line)
@@ -71,13 +69,13 @@ async def test_a_reset_leaves_nothing_of_the_last_task(
         launch = sandbox.launch(ArgvCommand(argv=("sleep", "313")))
         relay = await asyncio.create_subprocess_exec(*launch.argv, env=launch.env)
         deadline = time.monotonic() + 20
-        while not _remote_sleepers():
+        while not _remote_sleepers(sshd_server):
             assert time.monotonic() < deadline
             await asyncio.sleep(0.1)
         await provider.stop(sandbox.id)
         await provider.reset(sandbox.id)
         await asyncio.wait_for(relay.wait(), 20)
-        assert _remote_sleepers() == []
+        assert _remote_sleepers(sshd_server) == []
         # The next task's workspace goes out over what the last one made unreadable.
         await provider.attach_workspace(sandbox.id, spec)
         fresh = await provider.get(sandbox.id)

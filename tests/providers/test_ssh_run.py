@@ -86,8 +86,6 @@ LEAVES = (
 def test_what_an_agent_left_on_a_bare_host_stops_before_its_work_is_collected(
     sshd_server: Sshd, repo: Path, tmp_path: Path
 ) -> None:
-    from tests.sshd import UID
-
     config = tmp_path / "xdg" / "hal9999" / "config.toml"
     config.parent.mkdir(parents=True)
     config.write_text('[providers.ssh]\nisolation = "disposable"\n\n' + toml_host(sshd_server))
@@ -95,7 +93,7 @@ def test_what_an_agent_left_on_a_bare_host_stops_before_its_work_is_collected(
               env={"HAL_SSH_NETWORK": "host"})  # fmt: skip
     task = json.loads(out)
     assert task["status"] == "succeeded", (task, hal(repo, tmp_path, "task", "logs", task["id"]))
-    writers = [line for line in _argvs(UID) if "log.txt" in line]
+    writers = [line for line in _argvs(sshd_server.uid) if "log.txt" in line]
     assert writers == [], writers
     # What was collected is what the session holds: nothing was written after it.
     session = tmp_path / "halhome" / "sessions" / task["id"] / "workspace"
