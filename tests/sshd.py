@@ -134,16 +134,21 @@ def _keygen(path: Path) -> str:
 
 
 def _free_uid() -> int:
-    """A uid of :data:`UIDS` no live process has (random from the OS, as :func:`_free_block`:
-    two servers alive at once drawing the same one: one chance in 900,000)."""
+    """A uid of :data:`UIDS` that no live process has and no live server's HOME (one with
+    no connection has no process), random from the OS as :func:`_free_block` is; two
+    servers starting at the same moment may draw the same one: one chance in 900,000."""
     used = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
                 used.add(entry.stat().st_uid)
-    while (uid := UIDS[secrets.randbelow(len(UIDS))]) in used:
-        pass
-    return uid
+    for home in Path(tempfile.gettempdir()).glob("hal-sshd-*/home"):
+        with contextlib.suppress(OSError):
+            used.add(home.stat().st_uid)
+    for _ in range(1000):
+        if (uid := UIDS[secrets.randbelow(len(UIDS))]) not in used:
+            return uid
+    raise RuntimeError(f"no free uid left in {UIDS} (leftover test servers?)")
 
 
 def _free_block(subnet: str) -> int:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests import sshd
 from tests.sshd import Sshd, running_sshd
 
 from hal9999.providers.ssh.config import SshHost
@@ -34,7 +35,7 @@ def _uid_processes(uid: int) -> list[int]:
 
 
 async def test_a_finished_server_leaves_another_servers_connections_alone(
-    sshd_server: Sshd,
+    sshd_server: Sshd, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Seen under load in CI: another session's server finishing killed this one's sshd
     # connection process (both ran as one test user), so a command lost its exit status
@@ -44,6 +45,10 @@ async def test_a_finished_server_leaves_another_servers_connections_alone(
         proc = await conn.create_process("read x; echo got $x")
         with contextlib.ExitStack() as stack:
             other = await asyncio.to_thread(stack.enter_context, running_sshd())
+            # Its uid is taken while it lives, even with no connection (no process of it).
+            monkeypatch.setattr(sshd, "UIDS", range(other.uid, other.uid + 2))
+            assert {sshd._free_uid() for _ in range(20)} == {other.uid + 1}
+            monkeypatch.undo()
             # A process of the other server's user that left its connection's tree.
             other_conn = await connect(_host(other), limit_s=30, keepalive=5)
             stray = "setsid sleep 300 </dev/null >/dev/null 2>&1 & echo started"
