@@ -1,6 +1,7 @@
 /*
  * hal-launch [--data FD TEXT]...
- *            [--enter PID MNT_INO CWD SESSION [--unsetenv NAME]... [--attach SRC DST RO]...]
+ *            [--enter PID MNT_INO CWD SESSION [--unsetenv NAME]... [--attach SRC DST RO]...
+ *                     [--else N BWRAP ARG...]]
  *            SANDBOX SECCOMP_FILE FSIZE_BLOCKS [JOIN_FILE...] -- PROGRAM [ARG...]
  * hal-launch [--data FD TEXT]... --keep RECORD -- BWRAP [ARG...]
  *
@@ -36,6 +37,13 @@
  * needs, no_new_privs, the seccomp filter read from SECCOMP_FILE. This process stays
  * outside, waits and exits with the command's status (128+N for signal N), and its death
  * kills the command's whole PID namespace.
+ *
+ * --else gives the command's bwrap argv (N words: BWRAP and its arguments, the --data, the
+ * filter on fd 9, the cgroups and the limit as without --enter) for a keeper that is gone
+ * when this process opens its namespaces (ENOENT or ESRCH: it died, or was replaced by a reset
+ * or a restart, after hal read its record): that command then runs under bwrap, as hal runs
+ * every command once it finds a keeper dead, rather than failing. A live PID that is not the
+ * keeper is still refused.
  *
  * --attach mounts SRC (a host directory, resolved here, outside) on DST in the keeper's
  * mount namespace itself, read-only when RO is 1, nosuid and nodev, over what was there
@@ -75,6 +83,8 @@ __attribute__((used)) const char hal_launch_abi[] = "hal-launch abi: enter";
 /* ... and this before it passes --data (hal runs the launcher script rather than a build
  * without it). */
 __attribute__((used)) const char hal_launch_abi_data[] = "hal-launch abi: data";
+/* ... and this before it enters a keeper at all (every --enter carries --else). */
+__attribute__((used)) const char hal_launch_abi_else[] = "hal-launch abi: enter-else";
 
 static void die(const char *what, const char *name) {
   fprintf(stderr, "hal-launch: %s %s: %s\n", what, name, strerror(errno));
@@ -151,6 +161,7 @@ static const int DROP_CAPS[] = {6, 7, 8};
 struct enter {
   const char *pid, *ino, *cwd;
   int session;
+  char **fallback; /* --else: the command's bwrap argv, NULL-terminated */
   char **unset;
   int nunset;
   const char *attach_src[MAX_ATTACH], *attach_dst[MAX_ATTACH], *attach_ro[MAX_ATTACH];
@@ -173,10 +184,38 @@ static unsigned long long positive(const char *text, const char *what) {
   return value;
 }
 
-static int open_ns(const char *name) {
+static void seccomp_fd(const char *file);
+
+/* The --data of the command line, applied by main() (bwrap) or by run_bwrap() (--else). */
+static const char *DATA[6][2];
+static int ndata;
+
+static void apply_data(void) {
+  for (int i = 0; i < ndata; i++) data(DATA[i][0], DATA[i][1]);
+}
+
+/* --else: the keeper is gone; the command runs under bwrap as without --enter (the cgroups
+ * are joined and the limit set already). */
+static void run_bwrap(const char *seccomp) {
+  if (E.mnt > 0) close(E.mnt);
+  if (E.net > 0) close(E.net);
+  if (E.ipc > 0) close(E.ipc);
+  if (E.uts > 0) close(E.uts);
+  apply_data();
+  seccomp_fd(seccomp);
+  execvp(E.fallback[0], E.fallback);
+  int saved = errno;
+  fprintf(stderr, "hal-launch: failed to execute %s: %s\n", E.fallback[0], strerror(saved));
+  _exit(saved == ENOENT ? 127 : 126);
+}
+
+/* The keeper's namespace NAME; a keeper that is gone (no such process, or one exiting) means
+ * bwrap when --else gave its argv. */
+static int open_ns(const char *name, const char *seccomp) {
   char path[64];
   snprintf(path, sizeof path, "/proc/%s/ns/%s", E.pid, name);
   int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0 && (errno == ENOENT || errno == ESRCH) && E.fallback) run_bwrap(seccomp);
   if (fd < 0) die("open", path);
   return fd;
 }
@@ -211,15 +250,15 @@ static void check_not_own(int fd, const char *name) {
  * attach. */
 static void open_keeper(const char *seccomp) {
   positive(E.pid, "pid");
-  E.mnt = open_ns("mnt");
+  E.mnt = open_ns("mnt", seccomp);
   check_keeper(E.mnt);
-  E.net = open_ns("net");
-  E.ipc = open_ns("ipc");
-  E.uts = open_ns("uts");
+  E.net = open_ns("net", seccomp);
+  E.ipc = open_ns("ipc", seccomp);
+  E.uts = open_ns("uts", seccomp);
   check_not_own(E.net, "net");
   check_not_own(E.ipc, "ipc");
   check_not_own(E.uts, "uts");
-  int again = open_ns("mnt"); /* still the keeper: none of them is another process's */
+  int again = open_ns("mnt", seccomp); /* still the keeper: none is another process's */
   check_keeper(again);
   close(again);
   if (seccomp[0]) {
@@ -388,6 +427,19 @@ static int enter_options(int argc, char **argv) {
     E.attach_ro[E.nattach++] = argv[at + 3];
     at += 4;
   }
+  if (at + 2 < argc && strcmp(argv[at], "--else") == 0) {
+    char *end = NULL;
+    long n = strtol(argv[at + 1], &end, 10);
+    if (*end || n < 1 || n > argc - at - 2) {
+      fprintf(stderr, "hal-launch: bad --else count %s\n", argv[at + 1]);
+      _exit(125);
+    }
+    /* A copy: main() writes over the last of these slots, and execvp needs the NULL. */
+    E.fallback = calloc((size_t)n + 1, sizeof *E.fallback);
+    if (!E.fallback) die("calloc", "--else");
+    memcpy(E.fallback, argv + at + 2, (size_t)n * sizeof *E.fallback);
+    at += 2 + (int)n;
+  }
   return at - 1;
 }
 
@@ -462,10 +514,26 @@ static int keep(const char *record, char **program) {
   return 0;
 }
 
+/* SECCOMP_FILE (if not empty) as fd 9, for bwrap's --seccomp. */
+static void seccomp_fd(const char *file) {
+  if (!file[0]) return;
+  int fd = open(file, O_RDONLY);
+  if (fd < 0) die("open", file);
+  if (fd != SECCOMP_FD) {
+    if (dup2(fd, SECCOMP_FD) != SECCOMP_FD) die("dup2", file);
+    close(fd);
+  }
+}
+
 int main(int argc, char **argv) {
   int given = 0;
   while (argc - given > 3 && strcmp(argv[1 + given], "--data") == 0) {
-    data(argv[2 + given], argv[3 + given]);
+    if (ndata == (int)(sizeof DATA / sizeof DATA[0])) {
+      fprintf(stderr, "hal-launch: more than %d --data\n", ndata);
+      return 125;
+    }
+    DATA[ndata][0] = argv[2 + given];
+    DATA[ndata++][1] = argv[3 + given];
     given += 3;
   }
   if (given) {
@@ -473,10 +541,12 @@ int main(int argc, char **argv) {
     argv += given;
     argc -= given;
   }
-  if (argc > 4 && strcmp(argv[1], "--keep") == 0 && strcmp(argv[3], "--") == 0)
-    return keep(argv[2], argv + 4);
   int taken = enter_options(argc, argv);
   int entering = taken > 0;
+  /* The pipes (bwrap's --file) for bwrap only: an entered command gets no extra fds. */
+  if (!entering) apply_data();
+  if (argc > 4 && strcmp(argv[1], "--keep") == 0 && strcmp(argv[3], "--") == 0)
+    return keep(argv[2], argv + 4);
   if (entering) {
     argv[taken] = argv[0];
     argv += taken;
@@ -488,14 +558,7 @@ int main(int argc, char **argv) {
   }
   if (setenv("HAL_SANDBOX", argv[1], 1) != 0) die("setenv", "HAL_SANDBOX");
 
-  if (!entering && argv[2][0]) {
-    int fd = open(argv[2], O_RDONLY);
-    if (fd < 0) die("open", argv[2]);
-    if (fd != SECCOMP_FD) {
-      if (dup2(fd, SECCOMP_FD) != SECCOMP_FD) die("dup2", argv[2]);
-      close(fd);
-    }
-  }
+  if (!entering) seccomp_fd(argv[2]);
 
   if (argv[3][0]) {
     char *end = NULL;

@@ -198,18 +198,20 @@ class BwrapSandbox(HostSandbox):
             self._attached = None if stale or stale is None else (keeper, args)
         else:
             stale = None
-        if keeper is not None and stale is not None:
-            enter = [str(keeper.pid), str(keeper.mnt_ino), cwd, "1" if new_session else "0"]
-            enter += [*unset, *stale]
-            inside = [*self._drop, *to_argv(command)]
-            return hostexec.launcher_argv(
-                self.id, self._procs, inside, seccomp=self._seccomp,
-                max_file_bytes=self._max_file, enter=enter,
-            )  # fmt: skip
         bwrap = [
             *self._net, self._bwrap, *session, *args, *unset,
             "--chdir", cwd, "--", *self._drop, *to_argv(command),
         ]  # fmt: skip
+        if keeper is not None and stale is not None:
+            enter = [str(keeper.pid), str(keeper.mnt_ino), cwd, "1" if new_session else "0"]
+            # The keeper may die (a reset, a restart, a kill) between its read here and the
+            # launcher's open of its namespaces: then the launcher runs this bwrap instead.
+            enter += [*unset, *stale, "--else", str(len(bwrap)), *bwrap]
+            inside = [*self._drop, *to_argv(command)]
+            return hostexec.launcher_argv(
+                self.id, self._procs, inside, seccomp=self._seccomp,
+                max_file_bytes=self._max_file, enter=enter, data=self.data,
+            )  # fmt: skip
         return hostexec.launcher_argv(
             self.id, self._procs, bwrap, seccomp=self._seccomp, max_file_bytes=self._max_file,
             data=self.data,

@@ -65,9 +65,10 @@ DRAIN_GRACE = 1.0
 KILL_DEADLINE = 3.0
 
 
-LAUNCH_HELPER_ENTER = b"hal-launch abi: enter"
-"""What a build of the static launcher that takes ``--enter`` holds (an older build would
-take the option for a sandbox name)."""
+LAUNCH_HELPER_ENTER = b"hal-launch abi: enter-else"
+"""What a build of the static launcher that takes ``--enter`` with ``--else`` holds (the
+command's bwrap argv, run when the keeper is gone by the time the launcher opens it). An
+older build would take ``--enter`` for a sandbox name, or ``--else`` for one."""
 LAUNCH_HELPER_DATA = b"hal-launch abi: data"
 """What a build that takes ``--data`` holds; a build without it is not used at all."""
 DATA_FDS = range(3, 9)

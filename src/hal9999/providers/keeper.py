@@ -20,7 +20,8 @@ ones find it there.
 
 The keeper is found by its record (:data:`KEEPER_FILE`): its host pid and the inode of its
 mount namespace, which the launcher checks again, so a dead keeper whose pid was reused is
-never entered. A dead or missing keeper means plain bwrap for each command. A reset kills
+never entered. A dead or missing keeper means plain bwrap for each command, also when it
+dies after hal read it: the launcher then runs the command's bwrap argv (``--else``). A reset kills
 it and starts a fresh one (nothing of a task's namespaces is left for the next), a stop kills
 it with the rest of the sandbox's marked processes, destroy kills it.
 """
