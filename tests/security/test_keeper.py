@@ -217,6 +217,10 @@ async def test_a_keeper_gone_after_hal_read_it_means_bwrap_for_that_command(
     box = await kept(provider, tmp_path)
     found = keeper.read(box.dir / RUN_DIR)
     assert found is not None
+    # Its account files' pipes are bwrap's only: a command entering the keeper gets no fd.
+    assert (await run(box, "cat /proc/1/comm; ls /proc/self/fd")).split() == [
+        "hal-launch", "0", "1", "2", "3",
+    ]  # fmt: skip
     launch = box.launch(ShellCommand(script="cat /proc/1/comm; id -un; touch /workspace/ran"))
     assert "--enter" in launch.argv and str(found.pid) in launch.argv
     if how == "killed":
