@@ -77,13 +77,13 @@
 #define SECCOMP_FD 9
 #define FSIZE_BLOCK 512ULL
 
-/* hal looks for this before it passes --enter (an older build would take the option for a
- * sandbox name). */
+/* A build that takes --enter (an older one would take the option for a sandbox name). */
 __attribute__((used)) const char hal_launch_abi[] = "hal-launch abi: enter";
-/* ... and this before it passes --data (hal runs the launcher script rather than a build
- * without it). */
+/* hal looks for this before it passes --data (hal runs the launcher script rather than a
+ * build without it). */
 __attribute__((used)) const char hal_launch_abi_data[] = "hal-launch abi: data";
-/* ... and this before it enters a keeper at all (every --enter carries --else). */
+/* ... and this before it passes --enter, which always carries --else (a build without it
+ * would take --else for a sandbox name): without it, no keeper. */
 __attribute__((used)) const char hal_launch_abi_else[] = "hal-launch abi: enter-else";
 
 static void die(const char *what, const char *name) {
