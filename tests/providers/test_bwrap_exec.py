@@ -131,6 +131,10 @@ def test_an_untrusted_or_older_launcher_is_not_used(tmp_path: Path) -> None:
     assert hostexec.launch_helper.__wrapped__(prog) is None
     prog.write_text("#!/bin/sh\n# hal-launch abi: enter hal-launch abi: data\n")
     assert hostexec.launch_helper.__wrapped__(prog) == str(prog)
+    # A build from before --else would take it for a sandbox name: its sandboxes get no keeper.
+    assert not hostexec._takes_enter.__wrapped__(str(prog))
+    prog.write_text("#!/bin/sh\n# hal-launch abi: enter-else hal-launch abi: data\n")
+    assert hostexec._takes_enter.__wrapped__(str(prog))
     prog.chmod(0o775)  # group-writable
     assert hostexec.launch_helper.__wrapped__(prog) is None
     assert hostexec.launch_helper.__wrapped__(tmp_path / "missing") is None
