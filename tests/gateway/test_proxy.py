@@ -346,7 +346,7 @@ async def test_a_body_is_not_read_without_a_token_nor_past_the_tasks_share(
         assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 401 ")
     writer.close()
 
-    monkeypatch.setattr("hal9999.gateway.proxy.MAX_HELD_BODIES", 1 << 20)
+    monkeypatch.setattr("hal9999.gateway.held.MAX_HELD_BODIES", 1 << 20)
     upstream.delay_s = 1.0
     grant = grant_for(upstream)
     gw.register(grant)

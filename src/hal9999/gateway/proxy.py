@@ -33,6 +33,7 @@ from hal9999.errors import GatewayError, HalError
 from hal9999.gateway import refusal
 from hal9999.gateway.bodies import StoredBodies
 from hal9999.gateway.channel import TOKEN_PREFIX, GatewayPaths, Grant
+from hal9999.gateway.held import HeldBodies
 from hal9999.gateway.inflight import (
     ASSUMED_MAX_OUTPUT_TOKENS,
     InFlight,
@@ -58,10 +59,6 @@ _KEY_HEADERS = ("x-api-key", "x-goog-api-key", "api-key")
 
 MAX_MODEL_CHARS = 200
 """The longest model name a call's row keeps (a refused one is the agent's own text)."""
-MAX_HELD_BODIES = 256 << 20
-"""The request bodies one task's calls may hold in the gateway's memory at once (four of the
-largest): past it a call is answered 429 before its body is read, so an agent opening many
-connections cannot exhaust the memory every task's calls share."""
 
 
 class Gateway:
@@ -75,7 +72,7 @@ class Gateway:
         """Each grant's limiter, by token (naming it hashes the key: once per grant)."""
         self.inflight: dict[str, set[asyncio.Task[Any]]] = {}
         self.held: dict[str, int] = {}
-        """Bytes of request bodies read or being read, by token (see MAX_HELD_BODIES)."""
+        """Bytes of request bodies read or being read, by token (see :class:`HeldBodies`)."""
         # The calls the store refuses are kept in the gateway's directory across a restart.
         self.ledger = Ledger(store, (paths or GatewayPaths(store.path.parent)).unrecorded)
         self.refusals = refusal.RefusalLimit()
@@ -150,7 +147,7 @@ class Gateway:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         """Answer HTTP/1.1 requests on one connection until it closes."""
-        held = _Held(self)
+        held = HeldBodies(self._grant_of, self.held)
         try:
             while True:
                 try:
@@ -436,39 +433,6 @@ class Gateway:
     async def drain(self) -> None:
         """Wait until every call so far is in the store."""
         await self.ledger.drain()
-
-
-class _Held:
-    """The request body one connection holds, counted against its token's share."""
-
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-        self.token = ""
-        self.size = 0
-
-    def __call__(self, target: str, headers: list[tuple[str, str]], size: int) -> None:
-        """Before ``size`` more bytes of a body are read: refuse a body no grant owns, or one
-        past its task's share."""
-        if not self.size:
-            self.token, grant = self.gateway._grant_of(headers, target)
-            if grant is None:
-                raise BadRequest(401, "no valid hal gateway token", "unknown_token")
-        held = self.gateway.held
-        if held.get(self.token, 0) + size > MAX_HELD_BODIES:
-            raise BadRequest(429, "this task's calls hold too many request bodies; try again",
-                             "too_many_bodies")  # fmt: skip
-        held[self.token] = held.get(self.token, 0) + size
-        self.size += size
-
-    def release(self) -> None:
-        """The request is answered (or gone): its body no longer counts."""
-        if self.size:
-            left = self.gateway.held.get(self.token, 0) - self.size
-            if left > 0:
-                self.gateway.held[self.token] = left
-            else:
-                self.gateway.held.pop(self.token, None)
-            self.size = 0
 
 
 def _daily(grant: Grant) -> Limit | None:
