@@ -370,17 +370,19 @@ def test_a_resume_through_the_daemon_carries_the_clients_secret_as_hal_run_does(
         assert hal("task", "stop", task_id).returncode == 0
         assert wait_status(hal, task_id, {"stopped"})
 
-        if via_daemon:
-            # The client without the secret: refused before anything is sent, naming it
-            # and how to give it (never on the command line).
-            for detach in ((), ("--detach",)):
-                lacking = hal("task", "resume", task_id, *detach, "go on")
-                assert lacking.returncode == 8, lacking.stderr
-                line = one_error_line(lacking)
-                assert f"task {task_id} needs HAL_TEST_TOKEN, which this shell does not set" in line
-                assert "export HAL_TEST_TOKEN=..." in line and "--env" not in line, line
-            [after] = [t for t in tasks_json(hal) if t["id"] == task_id]
-            assert after["status"] == "stopped", "the daemon never saw the resume"
+        # A shell without the secret: refused before the task is touched (through the
+        # daemon, before anything is sent; in-process, before it is queued for a run that
+        # could not start, which a later daemon would have run), naming it and how to give
+        # it (never on the command line).
+        for detach in ((), ("--detach",)):
+            lacking = hal("task", "resume", task_id, *detach, "go on")
+            assert lacking.returncode == 8, lacking.stderr
+            line = one_error_line(lacking)
+            assert f"task {task_id} needs HAL_TEST_TOKEN, which this shell does not set" in line
+            assert "export HAL_TEST_TOKEN=..." in line and "--env" not in line, line
+            assert ("hal serve keeps no value" in line) == via_daemon, line
+        [after] = [t for t in tasks_json(hal) if t["id"] == task_id]
+        assert after["status"] == "stopped", "the refused resume changed the task"
 
         resumed = hal("task", "resume", task_id, "go on", "--json", env=client, timeout=90)
         assert resumed.returncode == 0, resumed.stderr

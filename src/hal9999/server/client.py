@@ -281,22 +281,11 @@ def resume_secrets(
     run`` sends them, the task's variables (its ``--env`` and ``--secret`` names) required.
     The daemon keeps none from an earlier run, so one this shell lacks is refused here,
     naming it, before anything is sent."""
-    from hal9999.errors import CredentialsError
     from hal9999.tasks.secrets import TaskSecrets
 
     optional = set(config.forward_env)
     names = [n for n in task.env_keys if n not in optional]
-    missing = [n for n in names if n not in given and n not in environ]
-    if missing:
-        name = missing[0]
-        # A literal --env NAME=VALUE of the run may be given so again; a secret never on
-        # the command line.
-        literal = name not in TaskSecrets(config, environ).secret_names(task)
-        raise CredentialsError(
-            f"task {task.id} needs {', '.join(missing)}, which this shell does not set",
-            hint=f"export {name}=...{f' (or pass --env {name}=VALUE)' if literal else ''} "
-            "and resume again: hal serve keeps no value an earlier run was given",
-        )
+    TaskSecrets(config, environ).require_resume_env(task, names, given, daemon=True)
     return shell_secrets(config, task.agent, given, names, environ)
 
 

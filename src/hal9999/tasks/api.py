@@ -195,7 +195,11 @@ class LocalTaskAPI:
         from hal9999.tasks.recovery import resume as resume_task
 
         given = dict(env or {})
-        task_id = self.service.find(task_id).id
+        task = self.service.find(task_id)
+        # The variables the run will read from this shell: refused here, before the task is
+        # queued for a run that could not start (a later daemon would run it without them).
+        self.service.require_resume_env(task, task.env_keys, given, daemon=False)
+        task_id = task.id
         record, adopted = await resume_task(self.service, task_id, prompt=prompt, env=given)
         if detach:
             args = ["--adopt"] if adopted else [prompt] if prompt else []

@@ -13,7 +13,7 @@ from pathlib import Path
 from hal9999.agents.registry import upstream_key_env
 from hal9999.config import HalConfig
 from hal9999.credentials import EnvKinds, file_secrets, iter_unique
-from hal9999.errors import TaskStateError, UsageError
+from hal9999.errors import CredentialsError, TaskStateError, UsageError
 from hal9999.redact import SecretMasker, forwarded_is_secret
 from hal9999.store import TaskRecord
 from hal9999.tasks.request import RunRequest
@@ -94,6 +94,25 @@ class TaskSecrets:
             if name in marked or forwarded_is_secret(name, value):
                 values[name] = value
         _refuse_secret_in(req.prompt, values)
+
+    def require_resume_env(
+        self, task: TaskRecord, names: Iterable[str], given: Mapping[str, str], daemon: bool
+    ) -> None:
+        """Refuse a resume of ``task`` when this shell sets one of ``names`` (the run's
+        required variables) in neither ``given`` nor its environment: before the task is
+        touched, so a refused resume leaves it as it was (not queued for a run that cannot
+        start). The hint says how to give it, and never on the command line for a secret."""
+        missing = [n for n in names if n not in given and n not in self.environ]
+        if not missing:
+            return
+        name = missing[0]
+        literal = name not in self.secret_names(task)  # a run's --env NAME=VALUE, given so again
+        why = ": hal serve keeps no value an earlier run was given" if daemon else ""
+        raise CredentialsError(
+            f"task {task.id} needs {', '.join(missing)}, which this shell does not set",
+            hint=f"export {name}=...{f' (or pass --env {name}=VALUE)' if literal else ''} "
+            f"and resume again{why}",
+        )
 
     def check_resume_prompt(
         self, task: TaskRecord, prompt: str, values: Mapping[str, str] | None = None
