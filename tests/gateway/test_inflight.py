@@ -270,6 +270,49 @@ def test_an_uncapped_call_reserves_its_models_maximum_output_else_the_setting(
     assert reserve is not None and reserve.tokens == len(body) + output
 
 
+GEMINI = "/v1beta/models/gemini-2.5-pro:generateContent"
+
+
+@pytest.mark.parametrize(
+    ("body", "output"),
+    [({"generationConfig": {"maxOutputTokens": 1000}}, 1000),
+     ({"generation_config": {"max_output_tokens": 1000}}, 1000),
+     ({"generationConfig": {"maxOutputTokens": 1000, "candidateCount": 3}}, 3000),
+     ({"generationConfig": {"temperature": 0.5}}, 65_536),
+     ({"generationConfig": {"maxOutputTokens": -5}}, 65_536),
+     ({"generationConfig": {"maxOutputTokens": 0}}, 65_536),
+     ({"generationConfig": {"maxOutputTokens": "1000"}}, 65_536),
+     ({"generationConfig": {"maxOutputTokens": 10.5}}, 65_536),
+     ({"generationConfig": {"maxOutputTokens": True}}, 65_536),
+     ({"generationConfig": {"maxOutputTokens": 1000, "candidateCount": "3"}}, 65_536),
+     ({"generationConfig": [["maxOutputTokens", 1000]]}, 65_536),
+     ({"generationConfig": {"maxOutputTokens": 1000, "max_output_tokens": 9}}, 65_536),
+     ({"generationConfig": {"maxOutputTokens": 1000}, "max_tokens": 9}, 65_536)],
+    ids=["capped", "proto-names", "candidates", "no-cap", "negative", "zero", "string",
+         "float", "bool", "bad-count", "array", "named-twice", "two-caps"],
+)  # fmt: skip
+def test_a_gemini_calls_output_cap_bounds_its_reservation(
+    gateway: tuple[Gateway, str], upstream: StormUpstream, body: dict[str, Any], output: int
+) -> None:
+    # Gemini's generateContent carries its cap in generationConfig.maxOutputTokens, which the
+    # gateway did not read: a capped call reserved the model's whole maximum (65536).
+    gw, _ = gateway
+    grant = grant_for(upstream, settings={"daily_max_tokens": 10_000_000})
+    gw.register(grant)
+    raw = json.dumps({"contents": [], **body}).encode()
+    wants = read_model("POST", GEMINI, [], raw, strict=True)
+    reserve = gw._reservation(grant, wants, "POST", len(raw))
+    assert reserve is not None and reserve.tokens == len(raw) + output
+
+
+def test_a_gemini_cap_named_twice_in_one_config_counts_as_none() -> None:
+    # A JSON reader keeps one of the two; which one the upstream keeps is its business.
+    raw = b'{"contents":[],"generationConfig":{"maxOutputTokens":9,"maxOutputTokens":99999}}'
+    assert read_model("POST", GEMINI, [], raw, strict=True).output_cap is None
+    raw = b'{"generationConfig":{"maxOutputTokens":9},"generationConfig":{}}'
+    assert read_model("POST", GEMINI, [], raw, strict=True).output_cap is None
+
+
 def test_two_models_bound_the_output_only_when_both_know_theirs() -> None:
     # An Azure deployment with no maximum beside a body's model with one: the default
     # applies (the other's smaller maximum would not bound what the deployment emits).

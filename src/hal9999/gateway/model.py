@@ -16,6 +16,8 @@ the body are all checked.
 
 Only the top-level members of the body are walked here; their values are parsed by the
 ``json`` module's C scanner, so reading a long conversation costs what ``json.loads`` does.
+The one nested member read is a Gemini call's output cap, ``generationConfig.maxOutputTokens``
+(times ``candidateCount``); a cap named twice, or not a whole number, counts as none.
 """
 
 from __future__ import annotations
@@ -35,7 +37,24 @@ _SCAN_STRING: Callable[[str, int, bool], tuple[str, int]] = json.decoder.scanstr
 _OUTPUT_CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 """Body members that cap a call's output tokens, thinking or reasoning included (Anthropic's
 ``max_tokens``, OpenAI's Chat and Responses caps)."""
+_GEMINI_CONFIGS = ("generationConfig", "generation_config")
+"""The body member of a Gemini ``generateContent`` call that holds its cap (proto3 JSON
+readers take a field's camelCase name and its proto name alike)."""
+_GEMINI_CAPS = ("maxOutputTokens", "max_output_tokens")
+"""Its cap, per candidate (Gemini counts thinking in it)."""
+_GEMINI_COUNTS = ("candidateCount", "candidate_count")
+"""How many candidates the call asks for (1 when absent): each may emit the cap."""
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+
+
+class _Pairs(list[tuple[str, Any]]):
+    """A JSON object's members in order, repeats kept (told apart from a JSON array)."""
+
+
+_SCAN_PAIRS: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder(
+    object_pairs_hook=_Pairs
+).scan_once  # type: ignore[attr-defined]
+"""The scanner for a Gemini generation config: its repeated members are seen, not merged."""
 
 
 class Unreadable(Exception):
@@ -193,8 +212,9 @@ def _members(body: bytes) -> list[tuple[str, Any]]:
             if text[index : index + 1] != ":":
                 raise ValueError(f"':' expected at character {index}")
             index = _skip(text, index + 1)
+            scan = _SCAN_PAIRS if key in _GEMINI_CONFIGS else _SCAN
             try:
-                value, index = _SCAN(text, index)
+                value, index = scan(text, index)
             except StopIteration as exc:
                 raise ValueError(f"a bad value at character {exc.value}") from None
             members.append((key, value))
@@ -217,6 +237,23 @@ def _skip(text: str, index: int) -> int:
 
 def _output_cap(members: list[tuple[str, Any]]) -> int | None:
     caps = [v for k, v in members if k in _OUTPUT_CAPS]
-    if len(caps) != 1 or not isinstance(caps[0], int) or isinstance(caps[0], bool):
+    configs = [v for k, v in members if k in _GEMINI_CONFIGS]
+    if len(configs) > 1:
+        return None  # which one counts is the upstream's business
+    config = configs[0] if configs and isinstance(configs[0], _Pairs) else _Pairs()
+    gemini = [v for k, v in config if k in _GEMINI_CAPS]
+    if len(caps) + len(gemini) != 1 or not _whole(cap := (caps + gemini)[0]):
         return None  # none, or several (which one counts is the upstream's business)
-    return max(0, caps[0])
+    if not gemini:
+        return max(0, int(cap))
+    counts = [v for k, v in config if k in _GEMINI_COUNTS] or [1]
+    # A Gemini cap or count below 1 counts as none: proto3 JSON reads 0 as unset, and an
+    # upstream that reads it so emits its full maximum.
+    if cap < 1 or len(counts) != 1 or not _whole(counts[0]) or counts[0] < 1:
+        return None
+    return int(cap) * int(counts[0])
+
+
+def _whole(value: Any) -> bool:
+    """Whether ``value`` is a JSON integer (not a bool, a float or a string)."""
+    return isinstance(value, int) and not isinstance(value, bool)
