@@ -17,6 +17,7 @@ import pytest
 from tests.gateway.test_proxy import KEY, call, client, gateway, grant_for, upstream
 from tests.gateway.upstream import StormUpstream
 
+from hal9999 import agentfs
 from hal9999.gateway import ledger as ledger_module
 from hal9999.gateway.ledger import Ledger
 from hal9999.gateway.proxy import Gateway
@@ -212,3 +213,92 @@ async def test_spend_the_store_refused_survives_a_restart_and_its_task_stays_ref
         assert not kept.exists() and gw.ledger.unrecorded == {}
         assert gw.ledger.task_spent("t1")[0] == 46
         assert len(gw.store.gateway_requests("t1")) == 4
+
+
+class Killed(BaseException):
+    """The gateway's process dying where this is raised."""
+
+
+def kept_rows(spill: Path, tasks: int) -> list[GatewayRequest]:
+    """Two rows of each of ``tasks`` tasks, written to ``spill`` as a stopped gateway left
+    them."""
+    rows = [GatewayRequest(task_id=f"t{n}", ts=1000.0 + n, method="POST", path=f"/{n}/{k}",
+                           status=200, latency_ms=1.0, total_tokens=1)
+            for n in range(tasks) for k in range(2)]  # fmt: skip
+    spill.parent.mkdir(parents=True)
+    spill.write_bytes(b"".join(r.model_dump_json(exclude={"id"}).encode() + b"\n" for r in rows))
+    return rows
+
+
+def count_rewrites(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Record each replacement of a file by agentfs.write_host_file."""
+    written: list[Path] = []
+    real = agentfs.write_host_file
+
+    def write_host_file(dest: Path, chunks: Any, **kwargs: Any) -> int:
+        written.append(dest)
+        return real(dest, chunks, **kwargs)
+
+    monkeypatch.setattr(agentfs, "write_host_file", write_host_file)
+    return written
+
+
+@pytest.mark.parametrize("broken", [True, False], ids=["store-refusing", "store-healed"])
+def test_a_start_rewrites_the_kept_rows_once_whatever_their_tasks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: bool
+) -> None:
+    # The replay at start rewrote the file of kept rows once per task (an fsync'd write and
+    # rename each) and once more at the end: N + 1 rewrites for N tasks' rows.
+    home, tasks = tmp_path / "home", 6
+    spill = home / "gateway" / "unrecorded.jsonl"
+    rows = kept_rows(spill, tasks)
+    break_the_store(monkeypatch)["broken"] = broken
+    written = count_rewrites(monkeypatch)
+    store = Store.open(home)
+    ledger = Ledger(store, spill)
+    try:
+        if broken:  # all kept, in one rewrite
+            assert written == [spill]
+            assert sorted(ledger.unrecorded) == [f"t{n}" for n in range(tasks)]
+            assert spill.read_bytes().count(b"\n") == len(rows)
+        else:  # all stored: the file goes, never rewritten
+            assert written == [] and not spill.exists() and ledger.unrecorded == {}
+            assert sum(len(store.gateway_requests(f"t{n}")) for n in range(tasks)) == len(rows)
+    finally:
+        ledger.close()
+        store.close()
+
+
+def test_a_gateway_killed_mid_replay_loses_no_kept_row_and_stores_none_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The file is rewritten only once every task's rows were tried: a gateway killed before
+    # that leaves them all in it, and the next one skips those already stored.
+    home, tasks = tmp_path / "home", 4
+    spill = home / "gateway" / "unrecorded.jsonl"
+    rows = kept_rows(spill, tasks)
+    real = Store.add_gateway_requests
+
+    def dies_at_the_third_task(self: Store, batch: list[GatewayRequest]) -> None:
+        if batch[0].task_id == "t2":
+            raise Killed
+        real(self, batch)
+
+    monkeypatch.setattr(Store, "add_gateway_requests", dies_at_the_third_task)
+    store = Store.open(home)
+    try:
+        with pytest.raises(Killed):
+            Ledger(store, spill)
+        kept = [GatewayRequest.model_validate_json(line).path
+                for line in spill.read_bytes().splitlines()]  # fmt: skip
+        assert all(r.path in kept or store.gateway_request_stored(r) for r in rows), (
+            "a kept row neither in the file nor in the store"
+        )
+        monkeypatch.setattr(Store, "add_gateway_requests", real)
+        ledger = Ledger(store, spill)
+        ledger.close()
+        stored = sorted(r.path for n in range(tasks) for r in store.gateway_requests(f"t{n}"))
+        assert stored == sorted(r.path for r in rows), "a kept row lost or stored twice"
+        assert not spill.exists()
+    finally:
+        store.close()

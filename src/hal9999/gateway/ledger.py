@@ -30,7 +30,8 @@ written again when the task's next call arrives (at most every :data:`RETRY_S`,
 :meth:`Ledger.recover`); once all of them are in the store the task is served again and the
 file goes. A gateway that starts reads the file back: its rows count in the spend at once,
 are written to the store (those an earlier gateway stored before it could rewrite the file
-are recognised and skipped), and their tasks stay refused until that succeeds.
+are recognised and skipped), and their tasks stay refused until that succeeds; the file is
+rewritten once, after all of them were tried.
 """
 
 from __future__ import annotations
@@ -259,6 +260,11 @@ class Ledger:
     def _store_again(self, task_id: str) -> None:
         """Write ``task_id``'s refused rows again; keep those still refused. In the ledger's
         thread (or before the loop runs), like every change of the kept rows."""
+        self._store_kept(task_id)
+        self._keep()
+
+    def _store_kept(self, task_id: str) -> None:
+        """Write ``task_id``'s refused rows again, leaving the file as it is."""
         rows = self._unwritten.get(task_id)
         if rows:
             refused = self._store(list(rows))
@@ -267,7 +273,6 @@ class Ledger:
                 self.unrecorded[task_id] = refused[0][1]
             else:
                 del self._unwritten[task_id]
-        self._keep()
 
     def _keep(self) -> None:
         """Make the file of kept rows match :attr:`_unwritten` (gone when it is empty)."""
@@ -288,7 +293,9 @@ class Ledger:
 
     def _replay(self) -> None:
         """Take back the rows an earlier gateway kept (its store refused them) and store
-        them; their tasks stay refused until that succeeds."""
+        them; their tasks stay refused until that succeeds. The file is rewritten once, after
+        every task's rows were tried: until then it still holds them all, so a gateway that
+        dies meanwhile loses none (the next one skips those already stored)."""
         if self._spill is None:
             return
         try:
@@ -312,7 +319,7 @@ class Ledger:
             self._unwritten.setdefault(row.task_id, []).append(row)
         for task_id in list(self._unwritten):
             count = len(self._unwritten[task_id])
-            self._store_again(task_id)
+            self._store_kept(task_id)
             state = "in the store now"
             if task_id in self._unwritten:
                 state = "still not in the store (its calls are refused)"
