@@ -3,7 +3,14 @@ gets the new ones."""
 
 from __future__ import annotations
 
-from hal9999.gateway.prices import PriceBook
+import pytest
+
+from hal9999.gateway.prices import SHIPPED, PriceBook, price_of
+
+OPUS_4 = {"input": 15.0, "output": 75.0, "cache_read": 1.5, "cache_write": 18.75}
+OPUS_4_5 = {"input": 5.0, "output": 25.0, "cache_read": 0.5, "cache_write": 6.25}
+SONNET_4 = {"input": 3.0, "output": 15.0, "cache_read": 0.3, "cache_write": 3.75}
+HAIKU_4_5 = {"input": 1.0, "output": 5.0, "cache_read": 0.1, "cache_write": 1.25}
 
 
 def test_price_book_caches_per_task_and_forgets() -> None:
@@ -18,3 +25,18 @@ def test_price_book_caches_per_task_and_forgets() -> None:
     assert book.of("tok-a", {}, "my-model") is None, "another task's prices are its own"
     book.forget("tok-a")
     assert book.of("tok-a", mine, "my-model") == {"input": 1.0, "output": 2.0}
+
+
+@pytest.mark.parametrize(
+    ("model", "price"),
+    [("claude-opus-4-5-20251101", OPUS_4_5), ("claude-opus-4-5", OPUS_4_5),
+     ("claude-opus-4-6", OPUS_4_5), ("anthropic/claude-opus-4-6", OPUS_4_5),
+     ("claude-opus-4-7", OPUS_4_5), ("claude-opus-4-8", OPUS_4_5),
+     ("claude-opus-4-1-20250805", OPUS_4), ("claude-opus-4-20250514", OPUS_4),
+     ("claude-opus-4-0", OPUS_4), ("claude-sonnet-4-5-20250929", SONNET_4),
+     ("claude-sonnet-4-6", SONNET_4), ("claude-haiku-4-5-20251001", HAIKU_4_5)],
+)  # fmt: skip
+def test_each_claude_4_model_gets_its_own_price(model: str, price: dict[str, float]) -> None:
+    # "claude-opus-4" ($15/$75) priced Opus 4.5 to 4.8 by prefix, which cost $5/$25: three
+    # times their spend counted against a cost budget.
+    assert price_of(model, SHIPPED) == price

@@ -18,9 +18,19 @@ PRICES_AS_OF = "2026-11-01"
 """When the table below was last checked against the providers' public price pages."""
 
 DEFAULT_PRICES: dict[str, dict[str, float]] = {
-    # Anthropic, https://www.anthropic.com/pricing (API), checked 2026-11-01.
+    # Anthropic, https://www.anthropic.com/pricing (API), checked 2026-11-01, and
+    # https://platform.claude.com/docs/en/about-claude/pricing ("Model pricing"; cache_write
+    # is the 5-minute write), checked 2026-11-26. Opus 4 and 4.1 ("claude-opus-4",
+    # "claude-opus-4-1", "claude-opus-4-20250514"): $15/$75.
     "claude-opus-4": {"input": 15.0, "output": 75.0, "cache_read": 1.5, "cache_write": 18.75},
+    # Opus 4.5 to 4.8 cost a third of that; the shorter prefix above would match them too.
+    "claude-opus-4-5": {"input": 5.0, "output": 25.0, "cache_read": 0.5, "cache_write": 6.25},
+    "claude-opus-4-6": {"input": 5.0, "output": 25.0, "cache_read": 0.5, "cache_write": 6.25},
+    "claude-opus-4-7": {"input": 5.0, "output": 25.0, "cache_read": 0.5, "cache_write": 6.25},
+    "claude-opus-4-8": {"input": 5.0, "output": 25.0, "cache_read": 0.5, "cache_write": 6.25},
+    # Sonnet 4, 4.5 and 4.6, one price.
     "claude-sonnet-4": {"input": 3.0, "output": 15.0, "cache_read": 0.3, "cache_write": 3.75},
+    # Haiku 4.5, the only Haiku 4 ("claude-haiku-4-5").
     "claude-haiku-4": {"input": 1.0, "output": 5.0, "cache_read": 0.1, "cache_write": 1.25},
     # OpenAI, https://openai.com/api/pricing, checked 2026-11-01.
     "gpt-5": {"input": 1.25, "output": 10.0, "cache_read": 0.125},
@@ -36,8 +46,8 @@ MAX_OUTPUT_TOKENS: dict[str, int] = {
     # The providers' model pages (OpenAI's, Google's Gemini models page). A prefix covers
     # every model it matches, later ones too, so only closed families are listed, each at the
     # largest of its models, and only those below the default (128000), which the others
-    # reserve anyway. No Claude entry: "claude-opus-4" matches Opus 4.6, which emits 128000
-    # where Opus 4.5 emitted 64000 (and Anthropic's API requires max_tokens in any case).
+    # reserve anyway. No Claude entry: Anthropic's Messages API requires max_tokens, so a Claude
+    # call's cap is read, not assumed.
     "gpt-4.1": 32_768,
     "gemini-2.5-pro": 65_536,
     "gemini-2.5-flash": 65_536,
