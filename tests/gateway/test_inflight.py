@@ -17,7 +17,7 @@ from tests.gateway.upstream import StormUpstream
 from hal9999.config import load_config
 from hal9999.errors import ConfigError
 from hal9999.gateway.inflight import ASSUMED_MAX_OUTPUT_TOKENS
-from hal9999.gateway.model import read_model
+from hal9999.gateway.model import Unreadable, read_model
 from hal9999.gateway.prices import dearer
 from hal9999.gateway.proxy import Gateway
 
@@ -303,6 +303,44 @@ def test_a_gemini_calls_output_cap_bounds_its_reservation(
     wants = read_model("POST", GEMINI, [], raw, strict=True)
     reserve = gw._reservation(grant, wants, "POST", len(raw))
     assert reserve is not None and reserve.tokens == len(raw) + output
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "output"),
+    [("/v1/chat/completions", {"model": "gpt-5", "max_tokens": 100, "n": 4}, 400),
+     ("/v1/completions", {"model": "gpt-5", "max_tokens": 100, "best_of": 5, "n": 2}, 500),
+     ("/v1/chat/completions", {"model": "gpt-4.1", "n": 3}, 3 * 32_768),
+     ("/v1/chat/completions", {"model": "gpt-5", "max_tokens": 100, "n": 1}, 100),
+     ("/v1/chat/completions", {"model": "gpt-5", "max_tokens": 100, "n": None}, 100),
+     (GEMINI, {"contents": [], "generationConfig": {"candidateCount": 2}}, 2 * 65_536)],
+    ids=["n", "best_of", "uncapped-n", "one", "null", "gemini-uncapped-candidates"],
+)  # fmt: skip
+def test_a_call_asking_for_several_answers_reserves_each(
+    gateway: tuple[Gateway, str], upstream: StormUpstream, path: str, body: dict[str, Any],
+    output: int,
+) -> None:  # fmt: skip
+    # Each of a call's n answers may emit its cap, and each is billed; the reservation was
+    # one answer's, so calls with n=8 going together could pass a budget eight times over.
+    gw, _ = gateway
+    grant = grant_for(upstream, settings={"daily_max_tokens": 10_000_000})
+    gw.register(grant)
+    raw = json.dumps(body).encode()
+    for strict in (False, True):
+        wants = read_model("POST", path, [], raw, strict=strict)
+        reserve = gw._reservation(grant, wants, "POST", len(raw))
+        assert reserve is not None and reserve.tokens == len(raw) + output
+
+
+@pytest.mark.parametrize("n", ["3", 2.5, 0, -1, True])
+def test_a_count_of_answers_that_is_not_a_whole_number_is_refused_under_a_strict_grant(
+    n: object,
+) -> None:
+    raw = json.dumps({"model": "gpt-5", "max_tokens": 100, "n": n}).encode()
+    with pytest.raises(Unreadable, match="n or best_of is not a whole number"):
+        read_model("POST", "/v1/chat/completions", [], raw, strict=True)
+    # Lenient (no allow-list, no cost budget): one answer, as an upstream that accepts it
+    # at all would most likely read it.
+    assert read_model("POST", "/v1/chat/completions", [], raw, strict=False).choices == 1
 
 
 def test_a_gemini_cap_named_twice_in_one_config_counts_as_none() -> None:

@@ -17,9 +17,10 @@ assumed for them (below).
 The reservation is an upper bound: tokens are the request body's bytes (every input token is
 at least one byte of the request's text; an image counts far fewer tokens than its base64
 bytes) plus the request's output cap (``max_tokens``, ``max_completion_tokens``,
-``max_output_tokens``, which include thinking and reasoning); dollars are those tokens at the
-model's dearest input price (input, cache write, cache read) and its output price (the
-dearer of two models', when a Gemini or Azure path names another than the body).
+``max_output_tokens``, which include thinking and reasoning) for each answer the call asks
+for (``n``, ``best_of``, Gemini's ``candidateCount``: each is billed); dollars are those
+tokens at the model's dearest input price (input, cache write, cache read) and its output
+price (the dearer of two models', when a Gemini or Azure path names another than the body).
 
 A call whose cap the gateway does not read (none given, as OpenAI's Responses API allows
 and agents such as Codex do; Gemini's ``generationConfig``; a body that is not JSON)
@@ -61,14 +62,17 @@ def reservation(
     *,
     cost: bool,
     assumed_output: int = ASSUMED_MAX_OUTPUT_TOKENS,
+    choices: int = 1,
 ) -> Reservation:
     """The reservation of a call with a body of ``size`` bytes and ``output_cap``, at
     ``price`` (USD per million tokens) when the task has a cost budget (``cost``). A call
     with no cap is assumed to emit its model's ``max_output_tokens``, else
-    ``assumed_output``."""
+    ``assumed_output``; a call that asks for several answers (``choices``), that much for
+    each."""
     if output_cap is None:
         most = (price or {}).get("max_output_tokens")
         output_cap = int(most) if most else assumed_output
+    output_cap *= max(1, choices)
     tokens = size + output_cap
     if not cost:
         return Reservation(tokens, 0.0)

@@ -17,7 +17,8 @@ the body are all checked.
 Only the top-level members of the body are walked here; their values are parsed by the
 ``json`` module's C scanner, so reading a long conversation costs what ``json.loads`` does.
 The one nested member read is a Gemini call's output cap, ``generationConfig.maxOutputTokens``
-(times ``candidateCount``); a cap named twice, or not a whole number, counts as none.
+(and its ``candidateCount``); a cap named twice, or not a whole number, counts as none. A call
+that asks for several answers (``n``, ``best_of``, ``candidateCount``) reserves each one's.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ _GEMINI_CAPS = ("maxOutputTokens", "max_output_tokens")
 """Its cap, per candidate (Gemini counts thinking in it)."""
 _GEMINI_COUNTS = ("candidateCount", "candidate_count")
 """How many candidates the call asks for (1 when absent): each may emit the cap."""
+_CHOICE_COUNTS = ("n", "best_of")
+"""Body members that ask for several answers in one call (OpenAI's Chat Completions ``n``,
+its legacy Completions' ``best_of``), each billed."""
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 
 
@@ -76,6 +80,9 @@ class ModelRequest:
     """Of those, the Azure deployments its path names (their names are checked as models)."""
     output_cap: int | None = None
     """The most output tokens the request allows (None: it sets no cap the gateway knows)."""
+    choices: int = 1
+    """How many answers the call asks for (OpenAI's ``n`` and ``best_of``): each may emit
+    up to the cap, and all are billed."""
 
     @property
     def model(self) -> str | None:
@@ -118,6 +125,7 @@ def read_model(
             elif strict:
                 raise Unreadable(400, "the request body's model is not a string")
         found.output_cap = _output_cap(members)
+        found.choices = _choices(members, strict)
     match = _GEMINI_MODEL.search(path)
     if match and match.group(1) not in found.models:
         found.models.append(match.group(1))
@@ -235,12 +243,22 @@ def _skip(text: str, index: int) -> int:
     return match.end() if match else index
 
 
-def _output_cap(members: list[tuple[str, Any]]) -> int | None:
-    caps = [v for k, v in members if k in _OUTPUT_CAPS]
+def _gemini_config(members: list[tuple[str, Any]]) -> _Pairs | None:
+    """A Gemini call's generation config (empty when it gives none); None when it gives
+    two (which one counts is the upstream's business)."""
     configs = [v for k, v in members if k in _GEMINI_CONFIGS]
     if len(configs) > 1:
-        return None  # which one counts is the upstream's business
-    config = configs[0] if configs and isinstance(configs[0], _Pairs) else _Pairs()
+        return None
+    return configs[0] if configs and isinstance(configs[0], _Pairs) else _Pairs()
+
+
+def _output_cap(members: list[tuple[str, Any]]) -> int | None:
+    """The most output tokens each answer of the call may emit (see :func:`_choices` for how
+    many answers), or None."""
+    caps = [v for k, v in members if k in _OUTPUT_CAPS]
+    config = _gemini_config(members)
+    if config is None:
+        return None
     gemini = [v for k, v in config if k in _GEMINI_CAPS]
     if len(caps) + len(gemini) != 1 or not _whole(cap := (caps + gemini)[0]):
         return None  # none, or several (which one counts is the upstream's business)
@@ -251,7 +269,22 @@ def _output_cap(members: list[tuple[str, Any]]) -> int | None:
     # upstream that reads it so emits its full maximum.
     if cap < 1 or len(counts) != 1 or not _whole(counts[0]) or counts[0] < 1:
         return None
-    return int(cap) * int(counts[0])
+    return int(cap)
+
+
+def _choices(members: list[tuple[str, Any]], strict: bool) -> int:
+    """How many answers a call asks for, each of which may emit the cap (or the model's
+    maximum) and is billed: the largest of its ``n``, ``best_of`` and Gemini
+    ``candidateCount`` (1 when it names none). With ``strict``, :class:`Unreadable` for an
+    ``n`` or ``best_of`` that is not a whole number of at least 1 (an upstream that read it
+    otherwise could bill more than was reserved)."""
+    counts = [v for k, v in members if k in _CHOICE_COUNTS and v is not None]  # null: unset
+    if strict and any(not _whole(count) or count < 1 for count in counts):
+        raise Unreadable(400, "the request body's n or best_of is not a whole number of at "
+                              "least 1; a task with a model allow-list or a cost budget "
+                              "sends them so or not at all")  # fmt: skip
+    counts += [v for k, v in _gemini_config(members) or () if k in _GEMINI_COUNTS]
+    return max([1, *(int(count) for count in counts if _whole(count))])
 
 
 def _whole(value: Any) -> bool:

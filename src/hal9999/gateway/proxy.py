@@ -248,7 +248,7 @@ class Gateway:
             price = dearer(price, self.prices.of(grant.token, table, other))
         assumed = grant.settings.get("assumed_max_output_tokens") or ASSUMED_MAX_OUTPUT_TOKENS
         return reservation(size, wants.output_cap, price, cost=_cost_capped(grant),
-                           assumed_output=assumed)  # fmt: skip
+                           assumed_output=assumed, choices=wants.choices)  # fmt: skip
 
     def _budgets(self, grant: Grant) -> list[tuple[InFlight, str, Limit, tuple[int, float]]]:
         """The budgets a call of ``grant`` reserves under: its calls in flight there, the
