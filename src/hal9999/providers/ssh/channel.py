@@ -9,7 +9,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from hal9999.errors import ExecError
-from hal9999.providers.base import StreamEvent
+from hal9999.providers.base import STDOUT_LIMIT, StreamEvent
 from hal9999.providers.handle import collect
 from hal9999.providers.ssh import remote
 
@@ -21,10 +21,16 @@ _sessions: weakref.WeakKeyDictionary[Any, asyncio.Semaphore] = weakref.WeakKeyDi
 
 
 async def stream(
-    conn: Any, command: str, *, stdin: bytes = b"", what: str = "command", retryable: bool = False
+    conn: Any,
+    command: str,
+    *,
+    stdin: bytes | AsyncIterator[bytes] = b"",
+    what: str = "command",
+    retryable: bool = False,
 ) -> AsyncGenerator[StreamEvent, None]:
-    """Run ``command`` (a remote command string); ``stdin`` is written then closed. A lost
-    connection raises :class:`ExecError`; the caller kills leftovers by their marker."""
+    """Run ``command`` (a remote command string); ``stdin`` is written then closed, or fed
+    as its chunks come (see :func:`_feed`). A lost connection raises :class:`ExecError`;
+    the caller kills leftovers by their marker."""
     asyncssh = _asyncssh()
     limit = _sessions.setdefault(conn, asyncio.Semaphore(MAX_SESSIONS))
     async with limit:
@@ -39,7 +45,7 @@ async def stream(
 
 
 async def _session(
-    conn: Any, command: str, stdin: bytes, what: str, asyncssh: Any
+    conn: Any, command: str, stdin: bytes | AsyncIterator[bytes], what: str, asyncssh: Any
 ) -> AsyncGenerator[StreamEvent, None]:
     for attempt in range(1, 7):
         try:
@@ -53,13 +59,17 @@ async def _session(
             await asyncio.sleep(0.05 * attempt)
         except (asyncssh.Error, OSError) as exc:
             raise NotStarted(ExecError(f"cannot start {what} over ssh: {exc}")) from exc
+    feeder: asyncio.Task[None] | None = None
     try:
-        # A command may end (and its channel close) before reading its stdin: not an error.
-        with contextlib.suppress(BrokenPipeError, ConnectionError):
-            if stdin:
-                proc.stdin.write(stdin)
-            proc.stdin.write_eof()
-        queue: asyncio.Queue[StreamEvent | None] = asyncio.Queue(maxsize=64)
+        queue: asyncio.Queue[StreamEvent | Exception | None] = asyncio.Queue(maxsize=64)
+        if isinstance(stdin, bytes):
+            # A command may end (and its channel close) before reading its stdin: not an error.
+            with contextlib.suppress(BrokenPipeError, ConnectionError):
+                if stdin:
+                    proc.stdin.write(stdin)
+                proc.stdin.write_eof()
+        else:
+            feeder = asyncio.create_task(_feed(proc, stdin, queue))
 
         async def pump(reader: Any, kind: str) -> None:
             try:
@@ -78,6 +88,8 @@ async def _session(
                 item = await queue.get()
                 if item is None:
                     open_pipes -= 1
+                elif isinstance(item, Exception):
+                    raise item  # feeding stdin failed: the command waits for the rest
                 else:
                     yield item
             for task in pumps:
@@ -86,12 +98,31 @@ async def _session(
         finally:
             for task in pumps:
                 task.cancel()
+            if feeder is not None:
+                # Ended before its source is closed by the caller (it may be mid-chunk).
+                feeder.cancel()
+                await asyncio.wait([feeder])
         yield StreamEvent("exit", exit_code=exit_code(proc))
     except (asyncssh.Error, OSError, BrokenPipeError) as exc:
         raise ExecError(f"the ssh connection was lost during {what}: {exc}") from exc
     finally:
         with contextlib.suppress(Exception):
             proc.close()
+
+
+async def _feed(proc: Any, chunks: AsyncIterator[bytes], queue: asyncio.Queue[Any]) -> None:
+    """Write ``chunks`` to the command's stdin as they come, waiting for the channel to
+    drain between them (so nothing piles up), then EOF. An error (the source's, or a lost
+    connection) goes to ``queue``: the session raises it."""
+    try:
+        # The remote side may end early (a full disk): its status says why.
+        with contextlib.suppress(BrokenPipeError, ConnectionError):
+            async for chunk in chunks:
+                proc.stdin.write(chunk)
+                await proc.stdin.drain()
+            proc.stdin.write_eof()
+    except Exception as exc:
+        await queue.put(exc)
 
 
 class NotStarted(Exception):
@@ -124,38 +155,15 @@ async def run(
 
 
 async def run_fed(
-    conn: Any, command: str, chunks: AsyncIterator[bytes], *, what: str
-) -> tuple[int, bytes]:
-    """Run ``command`` with its stdin fed from ``chunks`` as they come (waiting for the
-    channel to drain between them, so nothing piles up): its status and stderr."""
-    asyncssh = _asyncssh()
-    limit = _sessions.setdefault(conn, asyncio.Semaphore(MAX_SESSIONS))
-    async with limit:
-        try:
-            proc = await conn.create_process(command, encoding=None)
-        except (asyncssh.Error, OSError) as exc:
-            raise ExecError(f"cannot start {what} over ssh: {exc}") from exc
-        try:
-            err = asyncio.create_task(proc.stderr.read())
-            out = asyncio.create_task(proc.stdout.read())
-            try:
-                # The remote side may end early (a full disk): its status says why.
-                with contextlib.suppress(BrokenPipeError, ConnectionError):
-                    async for chunk in chunks:
-                        proc.stdin.write(chunk)
-                        await proc.stdin.drain()
-                    proc.stdin.write_eof()
-                await proc.wait_closed()
-                await out
-                return exit_code(proc), await err
-            finally:
-                for task in (err, out):
-                    task.cancel()
-        except (asyncssh.Error, OSError) as exc:
-            raise ExecError(f"the ssh connection was lost during {what}: {exc}") from exc
-        finally:
-            with contextlib.suppress(Exception):
-                proc.close()
+    conn: Any, command: str, chunks: AsyncIterator[bytes], *, what: str,
+    stdout_limit: int = STDOUT_LIMIT,
+) -> tuple[int, bytes]:  # fmt: skip
+    """Run ``command`` with its stdin fed from ``chunks`` as they come: its status and
+    stderr. Its stdout (none expected) and stderr are bounded as a sandbox command's (see
+    :func:`~hal9999.providers.handle.collect`): the remote host's output is not hal's."""
+    result = await collect(stream(conn, command, stdin=chunks, what=what), time_limit=None,
+                           what=what, stdout_limit=stdout_limit)  # fmt: skip
+    return result.exit_code, result.stderr
 
 
 async def kill_marked(conn: Any, var: str, value: str) -> bool:

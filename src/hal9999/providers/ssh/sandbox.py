@@ -278,9 +278,8 @@ class SshSandbox(MirrorFiles, SandboxHandle):
         argv = await asyncio.to_thread(mirror.push_argv, mount.remote, host)
         stream = mirror.pack_stream(host)
         async with contextlib.aclosing(stream) as chunks:  # type: ignore[type-var]
-            code, err = await channel.run_fed(
-                conn, remote.plain(argv), chunks, what=f"pushing {mount.target}"
-            )
+            what = f"pushing {mount.target} to {self._record.host.name}"
+            code, err = await channel.run_fed(conn, remote.plain(argv), chunks, what=what)
         if code != 0:
             raise ExecError(f"cannot send {mount.target} to the ssh host: {err.decode()[-300:]}")
 
