@@ -30,7 +30,9 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from hal9999.errors import ProviderError
+from hal9999.errors import ExecError, ProviderError
+from hal9999.providers import hostexec
+from hal9999.providers.base import Launch
 from hal9999.providers.qemuvm import RunDir, tail
 
 SSH = "/usr/bin/ssh"
@@ -314,24 +316,20 @@ def ssh_env(env: Mapping[str, str], *, aliased: bool = False) -> dict[str, str]:
 async def run_root(
     run: RunDir, argv: Sequence[str], *, stdin: bytes = b"", time_limit: float
 ) -> str:
-    """Run a setup command as root in the guest; its output, or ProviderError."""
-    proc = await asyncio.create_subprocess_exec(
-        *root_argv(run, argv),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(run.path)},
-        start_new_session=True,
-    )
+    """Run a setup command as root in the guest; its output (stdout, then stderr), or
+    ProviderError. The output is bounded as a sandbox command's (see
+    :func:`~hal9999.providers.handle.collect`): the command is hal's, what the guest prints
+    is not."""
+    launch = Launch(argv=root_argv(run, argv), env={"PATH": "/usr/bin:/bin", "HOME": str(run.path)})
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(stdin), time_limit)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise ProviderError(f"{argv[0]} in the VM timed out") from None
-    text = out.decode("utf-8", "replace").strip()
-    if proc.returncode != 0:
-        raise ProviderError(f"{' '.join(argv[:1])} in the VM failed: {text[-500:]}")
+        result = await hostexec.run(launch, stdin=stdin, time_limit=time_limit, what=argv[0])
+    except ExecError as exc:
+        if "timeout" in exc.details:
+            raise ProviderError(f"{argv[0]} in the VM timed out") from None
+        raise ProviderError(f"{argv[0]} in the VM failed: {exc.message}") from exc
+    text = (result.stdout + result.stderr).decode("utf-8", "replace").strip()
+    if result.exit_code != 0:
+        raise ProviderError(f"{argv[0]} in the VM failed: {text[-500:]}")
     return text
 
 
