@@ -168,9 +168,10 @@ def _free_block(subnet: str) -> int:
 
 
 @contextlib.contextmanager
-def running_sshd(subnet: str = "169.254.77") -> Iterator[Sshd]:
+def running_sshd(subnet: str = "169.254.77", *, login_path: str | None = None) -> Iterator[Sshd]:
     """Start sshd in a fresh namespace (a random /30 of ``subnet``.0/24, a link-local
-    block); stop and remove everything afterwards."""
+    block); stop and remove everything afterwards. ``login_path``: the PATH its sessions
+    get (sshd's ``SetEnv``), to stand for a host that lacks a program."""
     # Not pytest's tmp_path: its parents are mode 700, and the test user must reach its
     # HOME and sshd must read the authorized keys as that user.
     tmp = Path(tempfile.mkdtemp(prefix="hal-sshd-"))
@@ -205,6 +206,7 @@ def running_sshd(subnet: str = "169.254.77") -> Iterator[Sshd]:
         # Remote forwards only (the gateway's socket, see relay.py): sshd ties unix socket
         # forwards to AllowTcpForwarding.
         "AllowTcpForwarding remote\nAllowStreamLocalForwarding remote\n"
+        + (f"SetEnv PATH={login_path}\n" if login_path else "")
     )
     proc: subprocess.Popen[bytes] | None = None
     log = (tmp / "sshd.log").open("wb")

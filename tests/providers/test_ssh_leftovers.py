@@ -6,12 +6,15 @@ marker); the work collected afterwards stays as it is."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
-from tests.sshd import Sshd
+from tests.sshd import Sshd, running_sshd
 
 from hal9999.providers.registry import load_provider
 from hal9999.providers.ssh.provider import SshProvider
@@ -133,3 +136,36 @@ async def test_end_processes_ends_what_a_command_s_end_spared(
         await assert_stable(sandbox, workspace, "g")
         # Another sandbox's processes on the same host and user live on.
         assert left_in(sshd_server, other.record.root) != []
+
+
+async def test_doctor_warns_of_a_bare_host_without_python3(
+    sshd_server: Sshd, hal_home: Path
+) -> None:
+    # Without python3 a bare host's commands run without the reaper: what one leaves with
+    # a cleared environment in a session of its own outlives it, and doctor said nothing.
+    from hal9999.providers.ssh.doctor import ssh_findings
+
+    def bare(server: Sshd) -> dict[str, object]:
+        return {"hosts": [server.host_entry()], "isolation": "disposable"}
+
+    [found] = await ssh_findings(bare(sshd_server), hal_home / "ssh")
+    assert found.ok and "isolation disposable" in found.detail and "python3" not in found.detail
+    programs = Path(tempfile.mkdtemp(prefix="hal-no-python-"))  # the test user must reach it
+    try:
+        programs.chmod(0o755)
+        for name in ("sh", "prlimit"):
+            (programs / name).symlink_to(str(shutil.which(name)))
+        with contextlib.ExitStack() as stack:
+            server = await asyncio.to_thread(
+                stack.enter_context, running_sshd(login_path=str(programs))
+            )
+            [found] = await ssh_findings(bare(server), hal_home / "ssh")
+            await asyncio.to_thread(stack.close)
+    finally:
+        shutil.rmtree(programs)
+    assert not found.ok, found
+    assert (
+        "reachable, isolation disposable but has no python3: what a command leaves "
+        "running detached (env -i setsid) outlives it" in found.detail
+    )
+    assert found.fix == "install python3 on that host (apt-get install python3)"

@@ -72,8 +72,8 @@ async def _host(pool: ConnectionPool, config: SshConfig, host: SshHost, used: in
                        "apt-get install util-linux on that host")  # fmt: skip
     limits = "disk limit enforced; cpu, memory and pid limits are not (refused) over ssh"
     if config.isolation != "bwrap":
-        return Finding(name, True, f"{where} reachable, isolation {config.isolation}; "
-                       f"{limits}; {count}")  # fmt: skip
+        return await _bare(conn, name, f"{where} reachable, isolation {config.isolation}",
+                           f"{limits}; {count}")  # fmt: skip
     code, out, _ = await channel.run(conn, remote.plain([config.bwrap, "--version"]), what="bwrap")
     if code != 0:
         return Finding(name, False, f"{where} reachable but has no {config.bwrap}",
@@ -81,6 +81,18 @@ async def _host(pool: ConnectionPool, config: SshConfig, host: SshHost, used: in
     version = out.decode().strip()
     return Finding(name, True, f"{where} reachable, {version} isolates agents; {limits}; "
                    f"{count}")  # fmt: skip
+
+
+async def _bare(conn: Any, name: str, reached: str, rest: str) -> Finding:
+    # A bare host ends what a command leaves under a python3 reaper (see .reaper); without
+    # python3 only the markers are left, which a process with a cleared environment escapes.
+    code, _, _ = await channel.run(conn, remote.plain(["sh", "-c", "command -v python3"]),
+                                   what="python3")  # fmt: skip
+    if code != 0:
+        return Finding(name, False, f"{reached} but has no python3: what a command leaves "
+                       "running detached (env -i setsid) outlives it; " + rest,
+                       "install python3 on that host (apt-get install python3)")  # fmt: skip
+    return Finding(name, True, f"{reached}; {rest}")
 
 
 async def lima_findings(settings: Mapping[str, Any] | None, state_dir: Path) -> list[Finding]:
