@@ -205,3 +205,27 @@ def test_a_source_branch_named_hal_still_gets_the_result(hal: Hal, demo_repo: Pa
     texts = [e.get("text", "") for e in events_of(hal, task["id"]) if e["type"] == "message"]
     wanted = (f"cannot hold hal/{task['id']}", f"the result is on hal-{task['id']}")
     assert any(all(w in text for w in wanted) for text in texts), texts
+
+
+LONG_NAME = r"""#!/bin/sh
+# A directory whose name is 70,000 bytes: no file system holds it, git's objects do.
+name=$(head -c 70000 /dev/zero | tr '\0' n)
+inner=$(printf '100644 blob %s\tenv\n' "$(echo KEY=none | git hash-object -w --stdin)" | git mktree)
+top=$( (git ls-tree HEAD; printf '040000 tree %s\t%s\n' "$inner" "$name") | git mktree)
+git update-ref HEAD "$(git commit-tree "$top" -p HEAD -m 'a long name')"
+"""
+
+
+def test_a_path_name_past_a_line_limit_is_brought_back(hal: Hal, demo_repo: Path) -> None:
+    """The scan of a task with a secret read the result's object list line by line, and a
+    path of over 64 KiB was an internal error: a traceback, the task left "interrupted"."""
+    commit_agent(demo_repo, "long.sh", LONG_NAME)
+    out = hal(
+        "run", "--provider", "bwrap", "--env", "API_TOKEN", "--agent", "sh long.sh", "go",
+        "--json", env={"API_TOKEN": "tok-4f9c1e7a2b8d"},
+    )  # fmt: skip
+    assert "Traceback" not in out.stderr and "internal error" not in out.stderr, out.stderr
+    task = json.loads(out.stdout)
+    assert task["status"] == "succeeded", task
+    # In the agent's commit; collection's own commit after it is of the checkout (no such file).
+    assert git(demo_repo, "cat-file", "blob", f"{task['branch']}~1:{'n' * 70000}/env") == "KEY=none"

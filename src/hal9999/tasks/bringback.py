@@ -31,7 +31,7 @@ from hal9999.errors import RepoError
 from hal9999.redact import SecretMasker
 from hal9999.tasks.collect import safe_in_session
 from hal9999.tasks.gitrepo import RepoSource, git
-from hal9999.tasks.incoming import QUARANTINE, fetch_verified, keep, quarantine_env
+from hal9999.tasks.incoming import QUARANTINE, SCANNED, fetch_verified, keep, quarantine_env
 from hal9999.tasks.landing import BroughtBack, Drop, move_branch, note
 from hal9999.tasks.resultscan import scan, write_patch
 from hal9999.tasks.session import Session
@@ -74,10 +74,11 @@ async def bring_back(
                 objects, env = await quarantine_env(repo, quarantine)
                 target = head
             await fetch_verified(repo, session.bundle, branch, head, target, safe, env)
-            seen = await scan(repo, target, base, masker, safe, env)
+            listed = quarantine / SCANNED if quarantine is not None else None
+            seen = await scan(repo, target, base, masker, safe, env, listed)
             await write_patch(repo, base, target, session.patch, env)
-            if env is not None and seen:
-                await keep(repo, objects, seen, env, safe)
+            if listed is not None and seen:
+                await keep(repo, objects, listed, env or {}, safe)
         brought = await move_branch(repo, session, branch, head, safe, drop, note(task_id))
         landed = True
         return brought

@@ -18,7 +18,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 from urllib.parse import urlsplit
 
 from hal9999.errors import RepoError
@@ -54,15 +54,15 @@ async def git(
     cwd: Path | None = None,
     what: str = "git",
     hint: str | None = None,
-    stdin: bytes | None = None,
+    stdin: bytes | BinaryIO | None = None,
     env: Mapping[str, str] | None = None,
     heap: int | None = None,
     dies_with_hal: bool = False,
 ) -> str:
-    """Run host git (with ``stdin`` as its input, ``env`` added to its environment, at most
-    ``heap`` bytes of memory for it and its children: see :func:`bounded`; killed should
-    this process die, with ``dies_with_hal``: see :func:`dying_with_hal`); raise
-    :class:`RepoError` with git's own message on failure."""
+    """Run host git (with ``stdin`` as its input, bytes or an open file, ``env`` added to its
+    environment, at most ``heap`` bytes of memory for it and its children: see
+    :func:`bounded`; killed should this process die, with ``dies_with_hal``: see
+    :func:`dying_with_hal`); raise :class:`RepoError` with git's own message on failure."""
     try:
         proc = await asyncio.create_subprocess_exec(
             *(dying_with_hal() if dies_with_hal else ()),
@@ -71,7 +71,7 @@ async def git(
             *_GIT_SAFE,
             *args,
             cwd=cwd,
-            stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
+            stdin=_stdin(stdin),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env={
@@ -92,7 +92,7 @@ async def git(
             hint="check that the directory still exists; was the repository moved?",
         ) from exc
     try:
-        out, err = await proc.communicate(stdin)
+        out, err = await proc.communicate(stdin if isinstance(stdin, bytes) else None)
     except BaseException:
         # Cancelled (a timeout, Ctrl-C, SIGTERM): a clone stuck on the network must not
         # outlive the task.
@@ -101,6 +101,13 @@ async def git(
     if proc.returncode != 0:
         raise RepoError(f"{what} failed: {git_message(err)}", hint=hint)
     return out.decode("utf-8", "replace").strip()
+
+
+def _stdin(given: bytes | BinaryIO | None) -> int | BinaryIO:
+    """What :func:`git` hands its process as stdin."""
+    if given is None:
+        return asyncio.subprocess.DEVNULL
+    return asyncio.subprocess.PIPE if isinstance(given, bytes) else given
 
 
 _STILL_OURS = '[ "$PPID" = "$1" ] || exit 137; shift; exec "$@"'

@@ -61,16 +61,18 @@ async def quarantine_env(repo: Path, quarantine: Path) -> tuple[Path, dict[str, 
     return objects, env
 
 
-async def keep(
-    repo: Path, objects: Path, seen: list[bytes], env: dict[str, str], safe: str
-) -> None:
-    """Copy the quarantined objects ``seen`` (``rev-list --objects`` lines) into the source's
-    object directory ``objects``, one pack."""
-    await git(
-        ["pack-objects", "--quiet", "--local", str(objects / "pack" / "pack")],
-        cwd=repo, stdin=b"".join(seen), env=env, what="keeping the result", hint=safe,
-        heap=HEAP,
-    )  # fmt: skip
+SCANNED = "scanned"
+"""In the quarantine: the ``rev-list --objects`` lines of the objects the scan saw."""
+
+
+async def keep(repo: Path, objects: Path, listed: Path, env: dict[str, str], safe: str) -> None:
+    """Copy the quarantined objects the scan saw (their ``rev-list --objects`` lines in the
+    file ``listed``) into the source's object directory ``objects``, one pack."""
+    with listed.open("rb") as seen:
+        await git(
+            ["pack-objects", "--quiet", "--local", str(objects / "pack" / "pack")],
+            cwd=repo, stdin=seen, env=env, what="keeping the result", hint=safe, heap=HEAP,
+        )  # fmt: skip
 
 
 def _fresh_dir(path: Path) -> None:

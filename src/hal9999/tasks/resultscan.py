@@ -10,6 +10,7 @@ import os
 from asyncio.subprocess import DEVNULL, PIPE
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import BinaryIO
 
 from hal9999 import agentfs
 from hal9999.errors import RepoError, SecretInResult
@@ -22,16 +23,30 @@ from hal9999.tasks.incoming import git_proc
 _DIFF = ["diff", "--binary", "--no-ext-diff", "--no-textconv", "--no-color"]
 _DIFF_FIXED = ["--src-prefix=a/", "--dst-prefix=b/"]
 _CHUNK = agentfs.CHUNK
+_LINE_LIMIT = 4096
+"""The most of a ``rev-list --objects`` line (an id and a path) the scan keeps."""
 
 
 async def _lines(
     argv: list[str], cwd: Path, env: dict[str, str] | None = None
 ) -> AsyncIterator[bytes]:
+    """Each line git prints, cut to :data:`_LINE_LIMIT` bytes (and its newline): a path in
+    the agent's trees may be of any length (git refuses none), and a line past the stream's
+    limit was a ``ValueError`` that left the task half-collected."""
     pipes = {"stdin": DEVNULL, "stdout": PIPE, "stderr": PIPE}
     async with git_proc(argv, cwd, env, **pipes) as proc:
         assert proc.stdout is not None and proc.stderr is not None
-        while line := await proc.stdout.readline():
-            yield line
+        line = bytearray()
+        while chunk := await proc.stdout.read(_CHUNK):
+            start = 0
+            while (end := chunk.find(b"\n", start)) != -1:
+                line += chunk[start : min(end, start + _LINE_LIMIT - len(line))]
+                yield bytes(line) + b"\n"
+                line.clear()
+                start = end + 1
+            line += chunk[start : start + _LINE_LIMIT - len(line)]
+        if line:
+            yield bytes(line) + b"\n"
         err = await proc.stderr.read()
         if await proc.wait() != 0:
             raise RepoError(f"git {argv[0]} failed: {git_message(err)}")
@@ -44,10 +59,12 @@ async def scan(
     masker: SecretMasker,
     safe: str,
     env: dict[str, str] | None = None,
-) -> list[bytes]:
+    record: Path | None = None,
+) -> int:
     """Refuse the result when a new object holds a secret's value (streamed, chunked); the
-    ``rev-list --objects`` lines of the objects scanned."""
-    seen: list[bytes] = []
+    number of objects scanned, whose ``rev-list --objects`` lines go to the file ``record``
+    when given (on disk, not in memory: their number is the agent's to choose)."""
+    seen = 0
     if not masker:
         return seen
     listing = _lines(["rev-list", "--objects", incoming, "--not", base], repo, env)
@@ -55,29 +72,32 @@ async def scan(
     overlap = max(masker.max_len - 1, 0)
     hit: str | None = None
     pipes = {"stdin": PIPE, "stdout": PIPE, "stderr": DEVNULL}
-    async with git_proc(batch, repo, env, **pipes) as proc:
-        assert proc.stdin is not None and proc.stdout is not None
-        feeder = asyncio.create_task(_feed(proc.stdin, listing, seen))
-        try:
-            while header := await proc.stdout.readline():
-                fields = header.decode("utf-8", "replace").rstrip("\n").split(" ", 3)
-                name, kind, size, *rest = fields
-                tail, left = "", int(size)
-                while left > 0:
-                    chunk = await proc.stdout.readexactly(min(left, _CHUNK))
-                    left -= len(chunk)
-                    text = tail + chunk.decode("utf-8", "replace")
-                    if hit is None and masker.spans(text):
-                        where = rest[0] if rest and rest[0] else ""
-                        hit = f"file {where}" if where else f"the {kind} {name[:12]}"
-                    tail = text[-overlap:] if overlap else ""
-                await proc.stdout.readexactly(1)  # the newline after each object
-        finally:
-            if not feeder.done():
-                feeder.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await feeder
-        await proc.wait()
+    with contextlib.ExitStack() as files:
+        kept = files.enter_context(record.open("wb")) if record is not None else None
+        async with git_proc(batch, repo, env, **pipes) as proc:
+            assert proc.stdin is not None and proc.stdout is not None
+            feeder = asyncio.create_task(_feed(proc.stdin, listing, kept))
+            try:
+                while header := await proc.stdout.readline():
+                    fields = header.decode("utf-8", "replace").rstrip("\n").split(" ", 3)
+                    name, kind, size, *rest = fields
+                    seen += 1
+                    tail, left = "", int(size)
+                    while left > 0:
+                        chunk = await proc.stdout.readexactly(min(left, _CHUNK))
+                        left -= len(chunk)
+                        text = tail + chunk.decode("utf-8", "replace")
+                        if hit is None and masker.spans(text):
+                            where = rest[0] if rest and rest[0] else ""
+                            hit = f"file {where}" if where else f"the {kind} {name[:12]}"
+                        tail = text[-overlap:] if overlap else ""
+                    await proc.stdout.readexactly(1)  # the newline after each object
+            finally:
+                if not feeder.done():
+                    feeder.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await feeder
+            await proc.wait()
     if hit is not None:
         raise SecretInResult(
             f"the result holds the value of one of the task's secrets, in {hit}; "
@@ -118,11 +138,12 @@ def _last_header(text: str, default: str) -> str:
 
 
 async def _feed(
-    stdin: asyncio.StreamWriter, listing: AsyncIterator[bytes], seen: list[bytes]
+    stdin: asyncio.StreamWriter, listing: AsyncIterator[bytes], kept: BinaryIO | None
 ) -> None:
     try:
         async for line in listing:
-            seen.append(line)
+            if kept is not None:
+                kept.write(line)
             stdin.write(line)
             await stdin.drain()
     finally:

@@ -1,0 +1,115 @@
+"""Results an agent shaped against the host's side of bringing them back: its trees, its
+history and its diff are the agent's to choose, and the host reads all of them."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import tracemalloc
+import zlib
+from pathlib import Path
+
+import pytest
+from tests.tasks.conftest import BRANCH, git
+from tests.tasks.test_bringback import World, world
+
+from hal9999.errors import SecretInResult
+from hal9999.redact import SecretMasker
+from hal9999.tasks import landing
+
+__all__ = ["world"]  # the fixture, shared with test_bringback
+
+SECRET = "sk-live-7f3a9c2e1b"
+
+
+def mktree(repo: Path, entries: list[tuple[str, str, str]]) -> str:
+    """A tree of ``(mode, id, name)`` entries written by ``git mktree`` (which, like git's
+    object checks, takes a name of any length)."""
+    kinds = {"040000": "tree", "160000": "commit"}
+    text = "".join(
+        f"{mode} {kinds.get(mode, 'blob')} {oid}\t{name}\n" for mode, oid, name in entries
+    )
+    done = subprocess.run(["git", "mktree"], cwd=repo, input=text, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def blob(repo: Path, text: str) -> str:
+    return git_in(repo, text, "hash-object", "-w", "--stdin")
+
+
+def git_in(repo: Path, text: str, *args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=repo, input=text, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def commit_tree(world: World, entries: list[tuple[str, str, str]]) -> str:
+    """A commit on the task's branch whose top tree is the base's files plus ``entries``."""
+    ws = world.session.workspace
+    top = [("100644", git(ws, "rev-parse", "HEAD:a.txt"), "a.txt"), *entries]
+    commit = git(ws, "commit-tree", mktree(ws, top), "-p", "HEAD", "-m", "agent work")
+    git(ws, "update-ref", f"refs/heads/{BRANCH}", commit)
+    world.bundle()
+    return commit
+
+
+@pytest.mark.parametrize("secret", [False, True])
+async def test_a_path_longer_than_a_stream_line_is_scanned_and_named(
+    world: World, secret: bool
+) -> None:
+    # A directory name of 70,000 bytes (past asyncio's 64 KiB line limit) made the scan's
+    # listing raise ValueError: an internal error, the task left half-collected (shown
+    # "interrupted"), and the same on every resume.
+    ws = world.session.workspace
+    name = "n" * 70_000
+    inner = mktree(ws, [("100644", blob(ws, f"KEY={SECRET if secret else 'none'}\n"), "env")])
+    head = commit_tree(world, [("040000", inner, name)])
+    masker = SecretMasker([SECRET])
+    if secret:
+        with pytest.raises(SecretInResult) as caught:
+            await world.bring_back(head, masker)
+        assert "file nnnn" in caught.value.message
+        assert len(caught.value.message) < 5000  # the name is cut, never copied whole
+        assert git(world.source, "branch", "--list", BRANCH) == ""
+    else:
+        brought = await world.bring_back(head, masker)
+        assert isinstance(brought, landing.BroughtBack)
+        assert git(world.source, "rev-parse", f"{BRANCH}:{name}/env") == git(
+            ws, "rev-parse", f"{head}:{name}/env"
+        )
+    assert git(world.source, "for-each-ref", "refs/hal-incoming") == ""
+
+
+async def test_the_objects_scanned_are_listed_on_disk_not_in_hals_memory(world: World) -> None:
+    # Every `rev-list --objects` line (an id and the object's whole path) was kept in a list
+    # until the objects were packed into the source: 4,000 blobs under a 4,000-byte path
+    # cost 16 MB of hal's own memory (not git's, under no bound) for a bundle of ~100 KB.
+    ws = world.session.workspace
+    ids = loose_blobs(ws, [f"{n}\n".encode() for n in range(4000)])
+    deep = "d" * 4000
+    inner = mktree(ws, [("100644", oid, f"f{n}") for n, oid in enumerate(ids)])
+    head = commit_tree(world, [("040000", inner, deep)])
+    assert world.session.bundle.stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        await world.bring_back(head, SecretMasker([SECRET]))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert git(world.source, "rev-parse", f"{BRANCH}:{deep}/f7") == ids[7]
+    assert peak < 4 << 20, peak
+
+
+def loose_blobs(repo: Path, contents: list[bytes]) -> list[str]:
+    """Blobs written straight into ``repo``'s objects (one git for thousands would be
+    fast-import; these are a few bytes each); their ids."""
+    ids = []
+    for data in contents:
+        raw = b"blob %d\0" % len(data) + data
+        oid = hashlib.sha1(raw).hexdigest()
+        loose = repo / ".git" / "objects" / oid[:2] / oid[2:]
+        loose.parent.mkdir(exist_ok=True)
+        loose.write_bytes(zlib.compress(raw))
+        ids.append(oid)
+    return ids
