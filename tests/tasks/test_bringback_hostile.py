@@ -13,9 +13,9 @@ import pytest
 from tests.tasks.conftest import BRANCH, git
 from tests.tasks.test_bringback import World, world
 
-from hal9999.errors import SecretInResult
+from hal9999.errors import RepoError, SecretInResult
 from hal9999.redact import SecretMasker
-from hal9999.tasks import landing
+from hal9999.tasks import landing, resultscan
 
 __all__ = ["world"]  # the fixture, shared with test_bringback
 
@@ -113,3 +113,49 @@ def loose_blobs(repo: Path, contents: list[bytes]) -> list[str]:
         loose.write_bytes(zlib.compress(raw))
         ids.append(oid)
     return ids
+
+
+def text_bomb(repo: Path, size: int, seed: bytes) -> str:
+    """A loose text blob of ``size`` bytes in lines of 1 KiB (a few kilobytes on disk); its
+    id. Text, so the patch carries it whole."""
+    lines = (seed + b"x" * (1023 - len(seed)) + b"\n") * 1024
+    header = b"blob %d\0" % size
+    digest, packer = hashlib.sha1(header), zlib.compressobj(9)
+    parts = [packer.compress(header)]
+    for _ in range(size >> 20):
+        digest.update(lines)
+        parts.append(packer.compress(lines))
+    parts.append(packer.flush())
+    oid = digest.hexdigest()
+    loose = repo / ".git" / "objects" / oid[:2] / oid[2:]
+    loose.parent.mkdir(exist_ok=True)
+    loose.write_bytes(b"".join(parts))
+    return oid
+
+
+@pytest.mark.parametrize("masked", [False, True])  # fetched into the source, or quarantined
+async def test_a_patch_that_inflates_past_the_bound_is_refused_not_written(
+    world: World, monkeypatch: pytest.MonkeyPatch, masked: bool
+) -> None:
+    # Host git rewrote result.patch from the fetched objects with no bound: 4 text blobs of
+    # 64 MiB made a 275 MB patch on the host's disk from a 196 KB bundle (and a delta against
+    # such a blob costs a few bytes more for each further copy).
+    ws = world.session.workspace
+    for n in range(2):
+        oid = text_bomb(ws, 12 << 20, b"%d" % n)
+        git(ws, "update-index", "--add", "--cacheinfo", f"100644,{oid},big{n}.txt")
+    git(ws, "commit", "-qm", "agent work")
+    head = git(ws, "rev-parse", "HEAD")
+    world.bundle()
+    assert world.session.bundle.stat().st_size < 1 << 20
+    monkeypatch.setattr(resultscan, "PATCH_LIMIT", 4 << 20, raising=False)
+    masker = SecretMasker([SECRET] if masked else [])
+    with pytest.raises(RepoError, match="diff is larger than 4194304 bytes"):
+        await world.bring_back(head, masker)
+    assert git(world.source, "branch", "--list", BRANCH) == ""
+    assert git(world.source, "for-each-ref", "refs/hal-incoming") == ""
+    assert sorted(p.name for p in world.session.root.iterdir() if "patch" in p.name) == []
+    monkeypatch.setattr(resultscan, "PATCH_LIMIT", 32 << 20, raising=False)  # room: brought back
+    await world.bring_back(head, masker)
+    assert git(world.source, "rev-parse", BRANCH) == head
+    assert world.session.patch.stat().st_size > 24 << 20

@@ -136,12 +136,16 @@ def _setpriv() -> str | None:
     return shutil.which("setpriv", path="/usr/local/bin:/usr/bin:/bin")
 
 
-def bounded(heap: int | None) -> list[str]:
+def bounded(heap: int | None, files: int | None = None) -> list[str]:
     """The ``prlimit`` that runs a host git with at most ``heap`` bytes of heap
-    (``RLIMIT_DATA``, which its children inherit: the mapped packs do not count), or nothing.
+    (``RLIMIT_DATA``, which its children inherit: the mapped packs do not count), and no
+    file it writes past ``files`` bytes (``RLIMIT_FSIZE``), or nothing.
     For git reading an agent's objects: a blob or commit that inflates to gigabytes from a few
     kilobytes of bundle is allocated whole (by ``index-pack``, ``diff --binary``)."""
-    return [] if heap is None else ["prlimit", f"--data={heap}", "--"]
+    if heap is None and files is None:
+        return []
+    limits = [f"--data={heap}"] if heap is not None else []
+    return ["prlimit", *limits, *([f"--fsize={files}"] if files is not None else []), "--"]
 
 
 def git_message(stderr: bytes) -> str:

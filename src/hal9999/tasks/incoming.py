@@ -188,13 +188,18 @@ def bundle_heads(bundle: Path) -> list[list[str]] | None:
 
 @contextlib.asynccontextmanager
 async def git_proc(
-    argv: list[str], cwd: Path, env: dict[str, str] | None = None, **pipes: Any
+    argv: list[str],
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    *,
+    files: int | None = None,
+    **pipes: Any,
 ) -> AsyncIterator[Process]:
-    """Host git on the agent's objects (at most :data:`HEAP` of memory) in its own process
-    group, killed with its children if the caller fails or is cancelled (a timeout must not
-    leave a scan running)."""
+    """Host git on the agent's objects (at most :data:`HEAP` of memory; no file it writes
+    past ``files`` bytes) in its own process group, killed with its children if the caller
+    fails or is cancelled (a timeout must not leave a scan running)."""
     proc = await asyncio.create_subprocess_exec(
-        *bounded(HEAP), "git", *_GIT_SAFE, *argv, cwd=cwd, start_new_session=True,
+        *bounded(HEAP, files), "git", *_GIT_SAFE, *argv, cwd=cwd, start_new_session=True,
         env={"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/",
              **(env or {})},
         **pipes,

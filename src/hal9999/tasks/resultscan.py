@@ -15,6 +15,7 @@ from typing import BinaryIO
 from hal9999 import agentfs
 from hal9999.errors import RepoError, SecretInResult
 from hal9999.redact import SecretMasker
+from hal9999.tasks.collect import RESULT_LIMIT
 from hal9999.tasks.gitrepo import git_message
 from hal9999.tasks.incoming import git_proc
 
@@ -24,6 +25,10 @@ _DIFF = ["diff", "--binary", "--no-ext-diff", "--no-textconv", "--no-color"]
 _DIFF_FIXED = ["--src-prefix=a/", "--dst-prefix=b/"]
 _CHUNK = agentfs.CHUNK
 _LINE_LIMIT = 4096
+PATCH_LIMIT = RESULT_LIMIT
+"""The largest ``result.patch`` host git writes from the fetched objects (bytes): the
+agent's blobs inflate about a thousandfold from a pack (a text blob of 400 MB is some
+400 KB of bundle), and the patch is on the host's disk."""
 """The most of a ``rev-list --objects`` line (an id and a path) the scan keeps."""
 
 
@@ -155,12 +160,25 @@ async def write_patch(
 ) -> None:
     """Rewrite ``result.patch`` from the fetched objects (streamed, fsynced, replaced)."""
     tmp = patch.with_name(f".{patch.name}.hal-tmp")
-    with tmp.open("wb") as out:
-        argv = [*_DIFF, *_DIFF_FIXED, base, incoming, "--"]
-        async with git_proc(argv, repo, env, stdin=DEVNULL, stdout=out, stderr=PIPE) as proc:
-            _, err = await proc.communicate()
-        if proc.returncode != 0:
-            raise RepoError(f"writing the patch failed: {git_message(err)}")
-        await asyncio.to_thread(os.fsync, out.fileno())
+    limit = PATCH_LIMIT
+    try:
+        with tmp.open("wb") as out:
+            argv = [*_DIFF, *_DIFF_FIXED, base, incoming, "--"]
+            pipes = {"stdin": DEVNULL, "stdout": out, "stderr": PIPE}
+            async with git_proc(argv, repo, env, files=limit, **pipes) as proc:
+                _, err = await proc.communicate()
+            # Past the limit git is killed (SIGXFSZ) or told EFBIG: the file is full.
+            if proc.returncode != 0 and os.fstat(out.fileno()).st_size >= limit:
+                raise RepoError(
+                    f"the branch's diff is larger than {limit} bytes; nothing was brought back",
+                    hint="the work is in the task's session checkout; leave generated or very "
+                    "large files out of the branch",
+                )
+            if proc.returncode != 0:
+                raise RepoError(f"writing the patch failed: {git_message(err)}")
+            await asyncio.to_thread(os.fsync, out.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(patch)
     await asyncio.to_thread(agentfs.fsync_dir, patch.parent)
