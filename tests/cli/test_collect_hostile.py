@@ -229,3 +229,30 @@ def test_a_path_name_past_a_line_limit_is_brought_back(hal: Hal, demo_repo: Path
     assert task["status"] == "succeeded", task
     # In the agent's commit; collection's own commit after it is of the checkout (no such file).
     assert git(demo_repo, "cat-file", "blob", f"{task['branch']}~1:{'n' * 70000}/env") == "KEY=none"
+
+
+HEX_IN_GITLINK = """#!/bin/sh
+# The token as a submodule's commit id, then the submodule removed again: the diff collection
+# reads shows nothing nested, the history keeps the id.
+git update-index --add --cacheinfo "160000,$API_TOKEN,vendor"
+git -c user.name=a -c user.email=a@a commit -qm "vendor a library"
+git rm -q --cached vendor
+git -c user.name=a -c user.email=a@a commit -qm "drop it again"
+"""
+
+
+def test_a_hex_secret_hidden_as_a_submodule_id_keeps_the_branch_out(
+    hal: Hal, demo_repo: Path
+) -> None:
+    value = "3f9a1c7e5b2d4086a1f3c5e7d9b0a2c4e6f8d0b1"
+    commit_agent(demo_repo, "link.sh", HEX_IN_GITLINK)
+    out = hal(
+        "run", "--provider", "bwrap", "--env", "API_TOKEN", "--agent", "sh link.sh", "go",
+        "--json", env={"API_TOKEN": value},
+    )  # fmt: skip
+    assert "Traceback" not in out.stderr
+    task = json.loads(out.stdout)
+    assert task["status"] == "failed" and task["error_code"] == "secret_in_result", task
+    assert "submodule" in task["error_message"]
+    assert value not in out.stdout + out.stderr
+    assert git(demo_repo, "branch", "--list", task["branch"]) == ""

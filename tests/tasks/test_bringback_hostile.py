@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from tests.tasks.conftest import BRANCH, git
-from tests.tasks.test_bringback import World, world
+from tests.tasks.test_bringback import World, has_object, world
 
 from hal9999.errors import RepoError, SecretInResult
 from hal9999.redact import SecretMasker
@@ -159,3 +159,40 @@ async def test_a_patch_that_inflates_past_the_bound_is_refused_not_written(
     await world.bring_back(head, masker)
     assert git(world.source, "rev-parse", BRANCH) == head
     assert world.session.patch.stat().st_size > 24 << 20
+
+
+HEX_SECRET = "3f9a1c7e5b2d4086a1f3c5e7d9b0a2c4e6f8d0b1"  # 40 hex digits, as many tokens are
+
+
+@pytest.mark.parametrize("chunk", [resultscan._CHUNK, 7])  # each entry split across reads
+@pytest.mark.parametrize("where", ["tip", "history", "split"])
+async def test_a_hex_secret_as_a_submodules_commit_id_is_found(
+    world: World, monkeypatch: pytest.MonkeyPatch, where: str, chunk: int
+) -> None:
+    # A gitlink names any commit id, no such commit needed, and its tree holds the id as 20
+    # raw bytes, which the scan read as text: `git ls-tree` on the brought-back branch
+    # printed the secret. Collection in the sandbox reports a new gitlink as nested work,
+    # but one added and removed again leaves no trace in the diff it reads.
+    ws = world.session.workspace
+    secret = HEX_SECRET + "0a1b2c3d4e5f6a7b" if where == "split" else HEX_SECRET
+    if where == "split":  # 56 digits: the first 40 in one gitlink, the rest in the next
+        links = [("160000", secret[:40], "m1"), ("160000", secret[40:] + "0" * 24, "m2")]
+    else:
+        links = [("160000", secret, "vendor")]
+    head = commit_tree(world, links)
+    if where == "history":
+        git(ws, "update-ref", f"refs/heads/{BRANCH}", head)
+        git(ws, "read-tree", world.base)
+        head = git(ws, "commit-tree", git(ws, "write-tree"), "-p", head, "-m", "drop it")
+        git(ws, "update-ref", f"refs/heads/{BRANCH}", head)
+        world.session.bundle.unlink()
+        world.bundle()
+    monkeypatch.setattr(resultscan, "_CHUNK", chunk)
+    with pytest.raises(SecretInResult, match="a submodule's commit id") as caught:
+        await world.bring_back(head, SecretMasker([secret]))
+    assert secret not in caught.value.one_line()
+    assert git(world.source, "branch", "--list", BRANCH) == ""
+    assert not any(
+        has_object(world.source, oid)
+        for oid in git(ws, "rev-list", f"{world.base}..{head}").split()
+    )

@@ -87,15 +87,22 @@ async def scan(
                     fields = header.decode("utf-8", "replace").rstrip("\n").split(" ", 3)
                     name, kind, size, *rest = fields
                     seen += 1
-                    tail, left = "", int(size)
+                    where = rest[0] if rest and rest[0] else ""
+                    links = _Gitlinks(len(name) // 2) if kind == "tree" else None
+                    tail, linked, left = "", "", int(size)
                     while left > 0:
                         chunk = await proc.stdout.readexactly(min(left, _CHUNK))
                         left -= len(chunk)
                         text = tail + chunk.decode("utf-8", "replace")
                         if hit is None and masker.spans(text):
-                            where = rest[0] if rest and rest[0] else ""
                             hit = f"file {where}" if where else f"the {kind} {name[:12]}"
                         tail = text[-overlap:] if overlap else ""
+                        if links is not None:
+                            ids = linked + links.feed(chunk)
+                            if hit is None and masker.spans(ids):
+                                place = f"directory {where}" if where else f"tree {name[:12]}"
+                                hit = f"a submodule's commit id in {place}"
+                            linked = ids[-overlap:] if overlap else ""
                     await proc.stdout.readexactly(1)  # the newline after each object
             finally:
                 if not feeder.done():
@@ -112,6 +119,45 @@ async def scan(
             f"--soft {base[:12]}` and commit again); {safe}",
         )
     return seen
+
+
+class _Gitlinks:
+    """The commit ids of the submodules (gitlinks) a tree names, in hex, from the tree's raw
+    bytes fed in chunks. They are the only bytes of a tree the agent writes freely (any id,
+    no such commit needed) and raw they are binary, where ``git ls-tree``, ``git show`` and
+    the patch print them as hex: a secret of hex digits hid there from the scan."""
+
+    def __init__(self, id_bytes: int) -> None:
+        self._size = id_bytes
+        self._mode = b""
+        self._in_name = False
+        self._id = b""
+        self._reading_id = False
+
+    def feed(self, chunk: bytes) -> str:
+        """The gitlinks' ids the entries ending in ``chunk`` hold, each on a line."""
+        found, at = [], 0
+        while at < len(chunk):
+            if self._reading_id:
+                take = chunk[at : at + self._size - len(self._id)]
+                self._id += take
+                at += len(take)
+                if len(self._id) == self._size:
+                    if self._mode == b"160000":
+                        found.append(self._id.hex() + "\n")
+                    self._reading_id, self._mode, self._id = False, b"", b""
+            elif self._in_name:  # the name may be of any length: never kept
+                end = chunk.find(b"\0", at)
+                if end == -1:
+                    break
+                self._in_name, self._reading_id, at = False, True, end + 1
+            else:
+                end = chunk.find(b" ", at)
+                self._mode = (self._mode + chunk[at : len(chunk) if end == -1 else end])[:8]
+                if end == -1:
+                    break
+                self._in_name, at = True, end + 1
+        return "".join(found)
 
 
 def patch_holds_secret(patch: Path, masker: SecretMasker) -> str | None:
