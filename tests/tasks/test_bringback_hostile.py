@@ -165,7 +165,7 @@ HEX_SECRET = "3f9a1c7e5b2d4086a1f3c5e7d9b0a2c4e6f8d0b1"  # 40 hex digits, as man
 
 
 @pytest.mark.parametrize("chunk", [resultscan._CHUNK, 7])  # each entry split across reads
-@pytest.mark.parametrize("where", ["tip", "history", "split"])
+@pytest.mark.parametrize("where", ["tip", "history", "split", "0160000", "160644"])
 async def test_a_hex_secret_as_a_submodules_commit_id_is_found(
     world: World, monkeypatch: pytest.MonkeyPatch, where: str, chunk: int
 ) -> None:
@@ -179,7 +179,19 @@ async def test_a_hex_secret_as_a_submodules_commit_id_is_found(
         links = [("160000", secret[:40], "m1"), ("160000", secret[40:] + "0" * 24, "m2")]
     else:
         links = [("160000", secret, "vendor")]
-    head = commit_tree(world, links)
+    if where in ("0160000", "160644"):  # modes git reads as a gitlink's (its checks warn)
+        a = git(ws, "rev-parse", "HEAD:a.txt")
+        raw = b"100644 a.txt\0" + bytes.fromhex(a) + where.encode() + b" m\0"
+        top = subprocess.run(
+            ["git", "hash-object", "-t", "tree", "-w", "--literally", "--stdin"],
+            cwd=ws, input=raw + bytes.fromhex(secret), capture_output=True, check=True,
+        ).stdout.decode().strip()  # fmt: skip
+        assert f"160000 commit {secret}\tm" in git(ws, "ls-tree", top)
+        head = git(ws, "commit-tree", top, "-p", "HEAD", "-m", "agent work")
+        git(ws, "update-ref", f"refs/heads/{BRANCH}", head)
+        world.bundle()
+    else:
+        head = commit_tree(world, links)
     if where == "history":
         git(ws, "update-ref", f"refs/heads/{BRANCH}", head)
         git(ws, "read-tree", world.base)

@@ -129,7 +129,7 @@ class _Gitlinks:
 
     def __init__(self, id_bytes: int) -> None:
         self._size = id_bytes
-        self._mode = b""
+        self._mode = b""  # the last six digits: git's file type is in them
         self._in_name = False
         self._id = b""
         self._reading_id = False
@@ -143,7 +143,7 @@ class _Gitlinks:
                 self._id += take
                 at += len(take)
                 if len(self._id) == self._size:
-                    if self._mode == b"160000":
+                    if _is_gitlink(self._mode):
                         found.append(self._id.hex() + "\n")
                     self._reading_id, self._mode, self._id = False, b"", b""
             elif self._in_name:  # the name may be of any length: never kept
@@ -153,11 +153,21 @@ class _Gitlinks:
                 self._in_name, self._reading_id, at = False, True, end + 1
             else:
                 end = chunk.find(b" ", at)
-                self._mode = (self._mode + chunk[at : len(chunk) if end == -1 else end])[:8]
+                self._mode = (self._mode + chunk[at : len(chunk) if end == -1 else end])[-6:]
                 if end == -1:
                     break
                 self._in_name, at = True, end + 1
         return "".join(found)
+
+
+def _is_gitlink(mode: bytes) -> bool:
+    """Whether a tree entry's mode is a gitlink's as git reads it: octal digits, the file type
+    in the last six (``0160000`` and ``160644`` are gitlinks too, which git's object checks
+    only warn about, and which ``git ls-tree`` prints as ``160000``)."""
+    try:
+        return int(mode, 8) & 0o170000 == 0o160000
+    except ValueError:
+        return False
 
 
 def patch_holds_secret(patch: Path, masker: SecretMasker) -> str | None:
