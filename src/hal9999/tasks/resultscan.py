@@ -25,11 +25,11 @@ _DIFF = ["diff", "--binary", "--no-ext-diff", "--no-textconv", "--no-color"]
 _DIFF_FIXED = ["--src-prefix=a/", "--dst-prefix=b/"]
 _CHUNK = agentfs.CHUNK
 _LINE_LIMIT = 4096
+"""The most of a ``rev-list --objects`` line (an id and a path) the scan keeps."""
 PATCH_LIMIT = RESULT_LIMIT
 """The largest ``result.patch`` host git writes from the fetched objects (bytes): the
 agent's blobs inflate about a thousandfold from a pack (a text blob of 400 MB is some
 400 KB of bundle), and the patch is on the host's disk."""
-"""The most of a ``rev-list --objects`` line (an id and a path) the scan keeps."""
 
 
 async def _lines(
