@@ -204,7 +204,7 @@ async def test_a_secret_in_the_result_keeps_the_branch_out(world: World, where: 
 async def test_a_secret_split_across_read_chunks_is_found(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(resultscan, "_CHUNK", 7)
+    monkeypatch.setattr(resultscan, "_MATCH_CHUNK", 7)
     secret = "tok-0123456789abcdef"
     head = world.agent_commits({"big.txt": "y" * 31 + secret + "z" * 40})
     world.bundle()
@@ -267,7 +267,7 @@ def test_a_patch_scan_names_the_file_and_finds_a_secret_across_chunks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
 ) -> None:
     """URL sources bring nothing back into a host repository; their patch is scanned."""
-    monkeypatch.setattr(resultscan, "_CHUNK", chunk)
+    monkeypatch.setattr(resultscan, "_MATCH_CHUNK", chunk)
     secret = "tok-0123456789abcdef"
     patch = tmp_path / "result.patch"
     patch.write_text(

@@ -3,7 +3,9 @@ history and its diff are the agent's to choose, and the host reads all of them."
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import itertools
 import subprocess
 import tracemalloc
 import zlib
@@ -164,7 +166,7 @@ async def test_a_patch_that_inflates_past_the_bound_is_refused_not_written(
 HEX_SECRET = "3f9a1c7e5b2d4086a1f3c5e7d9b0a2c4e6f8d0b1"  # 40 hex digits, as many tokens are
 
 
-@pytest.mark.parametrize("chunk", [resultscan._CHUNK, 7])  # each entry split across reads
+@pytest.mark.parametrize("chunk", [resultscan._MATCH_CHUNK, 7])  # each entry split across reads
 @pytest.mark.parametrize("where", ["tip", "history", "split", "0160000", "160644"])
 async def test_a_hex_secret_as_a_submodules_commit_id_is_found(
     world: World, monkeypatch: pytest.MonkeyPatch, where: str, chunk: int
@@ -199,7 +201,7 @@ async def test_a_hex_secret_as_a_submodules_commit_id_is_found(
         git(ws, "update-ref", f"refs/heads/{BRANCH}", head)
         world.session.bundle.unlink()
         world.bundle()
-    monkeypatch.setattr(resultscan, "_CHUNK", chunk)
+    monkeypatch.setattr(resultscan, "_MATCH_CHUNK", chunk)
     with pytest.raises(SecretInResult, match="a submodule's commit id") as caught:
         await world.bring_back(head, SecretMasker([secret]))
     assert secret not in caught.value.one_line()
@@ -208,3 +210,47 @@ async def test_a_hex_secret_as_a_submodules_commit_id_is_found(
         has_object(world.source, oid)
         for oid in git(ws, "rev-list", f"{world.base}..{head}").split()
     )
+
+
+async def test_a_large_result_is_matched_in_pieces_the_loop_runs_between(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The secret scan matched each 1 MiB read in one regular expression call, on the event
+    # loop, holding the GIL: ~80 ms a MiB on the benchmark host, so a large result (its size
+    # the agent's to choose) stalled every task and client of a daemon again and again. Each
+    # match now reads a bounded piece, and the loop gets its turn between pieces.
+    ws = world.session.workspace
+    (ws / "big.txt").write_text(("y" * 1023 + "\n") * 4096)  # 4 MiB of text
+    git(ws, "add", "big.txt")
+    git(ws, "commit", "-qm", "agent work")
+    head = git(ws, "rev-parse", "HEAD")
+    world.bundle()
+    masker = SecretMasker([SECRET])
+    sizes: list[int] = []
+    ticks: list[int] = []
+    ticked = 0
+    original = masker.spans
+
+    def spans(text: str) -> list[tuple[int, int]]:
+        sizes.append(len(text))
+        ticks.append(ticked)
+        return original(text)
+
+    async def ticker() -> None:
+        nonlocal ticked
+        while True:
+            ticked += 1
+            await asyncio.sleep(0)
+
+    monkeypatch.setattr(masker, "spans", spans)
+    beat = asyncio.create_task(ticker())
+    try:
+        await world.bring_back(head, masker)
+    finally:
+        beat.cancel()
+    assert git(world.source, "rev-parse", BRANCH) == head
+    assert sum(sizes) >= 4 << 20 and max(sizes) < resultscan._MATCH_CHUNK + masker.max_len
+    assert all(b > a for a, b in itertools.pairwise(ticks)), "the loop ran between"
+    sizes.clear()
+    assert resultscan.patch_holds_secret(world.session.patch, masker) is None
+    assert sum(sizes) >= 4 << 20 and max(sizes) < resultscan._MATCH_CHUNK + masker.max_len

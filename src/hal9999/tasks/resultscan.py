@@ -24,6 +24,12 @@ from hal9999.tasks.incoming import git_proc
 _DIFF = ["diff", "--binary", "--no-ext-diff", "--no-textconv", "--no-color"]
 _DIFF_FIXED = ["--src-prefix=a/", "--dst-prefix=b/"]
 _CHUNK = agentfs.CHUNK
+_MATCH_CHUNK = 64 << 10
+"""The most text one secret match reads at once. A match is one regular expression call,
+which holds the GIL throughout: over the encodings of a few secrets it reads about 12 MB/s
+on the benchmark host, so a 1 MiB piece stalled a daemon's event loop (every task, every
+client) for ~80 ms, again and again for as long as an agent's result was (its size is the
+agent's to choose); 64 KiB is ~5 ms."""
 _LINE_LIMIT = 4096
 """The most of a ``rev-list --objects`` line (an id and a path) the scan keeps."""
 PATCH_LIMIT = RESULT_LIMIT
@@ -91,11 +97,12 @@ async def scan(
                     links = _Gitlinks(len(name) // 2) if kind == "tree" else None
                     tail, linked, left = "", "", int(size)
                     while left > 0:
-                        chunk = await proc.stdout.readexactly(min(left, _CHUNK))
+                        chunk = await proc.stdout.readexactly(min(left, _MATCH_CHUNK))
                         left -= len(chunk)
                         text = tail + chunk.decode("utf-8", "replace")
                         if hit is None and masker.spans(text):
                             hit = f"file {where}" if where else f"the {kind} {name[:12]}"
+                        await asyncio.sleep(0)  # the loop's turn (a buffered read never yields)
                         tail = text[-overlap:] if overlap else ""
                         if links is not None:
                             ids = linked + links.feed(chunk)
@@ -178,7 +185,7 @@ def patch_holds_secret(patch: Path, masker: SecretMasker) -> str | None:
     overlap = max(masker.max_len - 1, 0)
     where, tail = "result.patch", ""
     with patch.open("rb") as source:
-        while chunk := source.read(_CHUNK):
+        while chunk := source.read(_MATCH_CHUNK):  # in a thread, but a match holds the GIL
             text = tail + chunk.decode("utf-8", "replace")
             spans = masker.spans(text)
             # The file a hit belongs to is the last header before it.
