@@ -8,15 +8,19 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from tests.hive.mcp_client import call, connect
 
-from hal9999.hive import broker
+from hal9999.hive import broker, stats
+from hal9999.hive.agents import AgentDir, set_state
 from hal9999.hive.mcp import tools
 from hal9999.hive.mcp.server import McpHub
 from hal9999.hive.mcp.tools import Hive
+from hal9999.hive.settings import HiveSettings
 from hal9999.hive.store import AgentRecord, insert_agent
+from hal9999.hive.turns import HiveLoop
 from hal9999.store import Store, TaskRecord
 from hal9999.tasks.request import RunRequest
 
@@ -238,3 +242,30 @@ async def test_inbox_leaves_out_what_the_turns_prompt_delivered(world: World) ->
     async with connect(world.socks["beta"]) as beta:
         failed, got = await call(beta, "inbox")
     assert not failed and [m["body"] for m in got["messages"]] == ["new"]
+
+
+@pytest.mark.parametrize("result", ["crashed", "ok"])
+async def test_a_message_the_agent_took_through_its_tools_reaches_the_next_turn_when_its_turn_crashes(  # noqa: E501
+    world: World, result: str
+) -> None:
+    home = world.hub.hive.home
+    service = SimpleNamespace(store=world.store, config=SimpleNamespace(home=home))
+    loop = HiveLoop(service, None, HiveSettings())  # type: ignore[arg-type]
+    AgentDir.of(home, "beta").root.mkdir(parents=True)
+    first = broker.send(world.store, sender="operator", recipient="beta", body="the prompt")
+    ids = [str(e["id"]) for e in loop.deliver("beta")]
+    set_state(world.store, "beta", "running", expect="sleeping")
+    turn = stats.start_turn(world.store, "beta", None, "message from operator", ids)
+    later = broker.send(world.store, sender="alpha", recipient="beta", body="during the turn")
+    async with connect(world.socks["beta"]) as beta:
+        assert [m["id"] for m in (await call(beta, "inbox"))[1]["messages"]] == [later.id]
+        seen = (await call(beta, "inbox", include_read=True))[1]["messages"]
+        assert {m["id"] for m in seen} == {first.id, later.id}
+    # The sandbox is killed before the agent acted on them (crashed), or the turn ends well.
+    await asyncio.to_thread(loop._close, "beta", turn, None, result, time.time(), 0, ids, "kill")
+    if result == "crashed":  # both wake the next turn and are in its prompt, each once
+        assert loop._has_mail("beta")
+        assert [e["id"] for e in loop.deliver("beta")] == [first.id, later.id]
+    else:  # taken and read: never in a prompt again
+        assert broker.inbox(world.store, "beta") == []
+        assert loop.deliver("beta") == []

@@ -3,8 +3,9 @@
 A message is committed (SQLite, WAL) before :func:`send` returns, with its
 ``message_sent`` event in the same transaction; then the recipient's turn loop is woken.
 States only move forward: ``sent`` (committed) -> ``delivered`` (in the recipient's mailbox
-ledger, see :mod:`hal9999.hive.turns`) -> ``read`` (the turn that got it ended, or the
-operator read it). Nothing that is not ``read`` is ever removed by retention.
+ledger, see :mod:`hal9999.hive.turns`, or taken by its running turn: :func:`take`) ->
+``read`` (the turn that got it ended, or the operator read it). Nothing that is not
+``read`` is ever removed by retention.
 
 Guards against a hive that feeds itself: a per-agent send rate limit, and a ping-pong
 detector that stops two agents that keep waking each other (and tells the operator).
@@ -12,6 +13,7 @@ detector that stops two agents that keep waking each other (and tells the operat
 
 from __future__ import annotations
 
+import json
 import secrets
 import sqlite3
 import threading
@@ -321,26 +323,55 @@ def mark(store: Store, ids: Sequence[str], state: Literal["delivered", "read"]) 
     """Move messages forward to ``state`` (never back); publishes which ones moved."""
     if not ids:
         return
+    with hive_write(store) as (conn, recorded):
+        _mark(conn, recorded, ids, state)
+
+
+def _mark(
+    conn: sqlite3.Connection, recorded: list[HiveEvent], ids: Sequence[str],
+    state: Literal["delivered", "read"],
+) -> None:  # fmt: skip
     now = time.time()
     column = "delivered_at" if state == "delivered" else "read_at"
     lower = [s for s, n in _ORDER.items() if n < _ORDER[state]]
     by_agent: dict[str | None, list[str]] = {}
+    for message_id in dict.fromkeys(ids):
+        row = conn.execute(
+            f"UPDATE hive_messages SET state = ?, {column} = ?"
+            f" WHERE id = ? AND state IN ({', '.join('?' * len(lower))}) RETURNING recipient",
+            (state, now, message_id, *lower),
+        ).fetchone()
+        if row is not None:
+            recipient = str(row[0])
+            by_agent.setdefault(recipient if _is_agent(recipient) else None, []).append(message_id)
+    for agent, moved in by_agent.items():
+        event: HiveEvent = (
+            MessageDelivered(agent=agent, ids=moved)
+            if state == "delivered"
+            else MessageRead(agent=agent, ids=moved)
+        )
+        recorded.append(insert_hive_event(conn, event))
+
+
+def take(store: Store, agent: str, ids: Sequence[str]) -> None:
+    """Messages an agent took through its tools (``inbox``, ``recv``) during a turn: marked
+    ``delivered`` and added to its open turn's messages, in one transaction, so the turn's
+    end marks them ``read`` when it ends on its own; a turn that crashes (its sandbox killed
+    before the agent acted on them) leaves them to the next turn's prompt instead of losing
+    them. With no turn open (nothing would finish them) they are ``read`` at once."""
+    if not ids:
+        return
     with hive_write(store) as (conn, recorded):
-        for message_id in dict.fromkeys(ids):
-            row = conn.execute(
-                f"UPDATE hive_messages SET state = ?, {column} = ?"
-                f" WHERE id = ? AND state IN ({', '.join('?' * len(lower))}) RETURNING recipient",
-                (state, now, message_id, *lower),
-            ).fetchone()
-            if row is not None:
-                recipient = str(row[0])
-                by_agent.setdefault(recipient if _is_agent(recipient) else None, []).append(
-                    message_id
-                )
-        for agent, moved in by_agent.items():
-            event: HiveEvent = (
-                MessageDelivered(agent=agent, ids=moved)
-                if state == "delivered"
-                else MessageRead(agent=agent, ids=moved)
-            )
-            recorded.append(insert_hive_event(conn, event))
+        turn = conn.execute(
+            "SELECT id, messages FROM hive_turns WHERE agent = ? AND ended_at IS NULL"
+            " ORDER BY id DESC LIMIT 1",
+            (agent,),
+        ).fetchone()
+        if turn is None:
+            _mark(conn, recorded, ids, "read")
+            return
+        _mark(conn, recorded, ids, "delivered")
+        messages = list(dict.fromkeys([*json.loads(turn["messages"]), *ids]))
+        conn.execute(
+            "UPDATE hive_turns SET messages = ? WHERE id = ?", (json.dumps(messages), turn["id"])
+        )

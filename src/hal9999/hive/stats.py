@@ -47,7 +47,8 @@ class TurnRow(BaseModel):
     result: str | None = None
     open_threads: int | None = None
     messages: list[str] = []
-    """The ids of the mailbox entries the turn was woken with."""
+    """The ids of the mailbox entries the turn was woken with, then of the messages its
+    agent took through its tools during it."""
 
 
 def _row(row: Any) -> TurnRow:
@@ -74,6 +75,13 @@ def set_turn_task(store: Store, turn_id: int, task_id: str) -> None:
     """Name the task a turn runs as (known once the first turn's task exists)."""
     with store._write() as conn:
         conn.execute("UPDATE hive_turns SET task_id = ? WHERE id = ?", (task_id, turn_id))
+
+
+def turn_messages(store: Store, turn_id: int) -> list[str]:
+    """The ids a turn took: those it was woken with and those its agent took through its
+    tools during it (:func:`hal9999.hive.broker.take`)."""
+    rows = store._query("SELECT messages FROM hive_turns WHERE id = ?", (turn_id,))
+    return [str(i) for i in json.loads(rows[0][0])] if rows else []
 
 
 def open_turn(store: Store, agent: str) -> TurnRow | None:

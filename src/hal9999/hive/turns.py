@@ -210,9 +210,11 @@ class HiveLoop:
         """Hand the agent's ``sent`` messages to its ledger, then mark them delivered;
         returns the ledger entries no finished turn has taken."""
         paths = AgentDir.of(self.home, name)
-        fresh = [m for m in inbox(self.store, name, limit=1000) if m.state == "sent"]
+        # Delivered ones too: those a crashed turn took through its tools are not in the
+        # ledger yet (the dedupe keeps every other one once).
+        fresh = inbox(self.store, name, limit=1000)
         paths.append(fresh)
-        mark(self.store, [m.id for m in fresh], "delivered")
+        mark(self.store, [m.id for m in fresh if m.state == "sent"], "delivered")
         return paths.pending()
 
     def over_budget(self) -> str | None:
@@ -391,7 +393,8 @@ class HiveLoop:
             taken = [ledger.index(i) for i in ids if i in ledger]
             if taken:
                 paths.set_cursor(max(paths.cursor(), max(taken) + 1))
-            mark(self.store, ids, "read")
+            # With those the agent took through its tools during the turn (on its row).
+            mark(self.store, [*ids, *stats.turn_messages(self.store, turn_id)], "read")
         row = stats.finish_turn(self.store, turn_id, result, measured, threads)
         record_hive_event(
             self.store,

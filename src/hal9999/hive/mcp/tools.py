@@ -112,7 +112,7 @@ class SendArgs(ToolArgs):
 
 
 class InboxArgs(ToolArgs):
-    """Messages that came since your turn's prompt (marked read once returned)."""
+    """Messages that came since your turn's prompt (each returned once)."""
 
     include_read: bool = Field(False, description="also the latest read ones")
 
@@ -177,21 +177,21 @@ async def _take_unread(caller: Caller) -> list[Any]:
     found = await caller.hive.db(broker.inbox, store, caller.agent, limit=100)
     # A delivered message is in the current turn's prompt already: only new ones here.
     messages = [m for m in found if m.state == "sent"][:50]
-    if messages:
-        await caller.hive.db(broker.mark, store, [m.id for m in messages], "read")
+    # Taken by the turn, read when it ends: a turn killed first gives them to the next one.
+    await caller.hive.db(broker.take, store, caller.agent, [m.id for m in messages])
     return list(messages)
 
 
 async def inbox(caller: Caller, args: InboxArgs) -> str:
-    """The caller's unread messages (then read); with ``include_read``, recent ones too."""
+    """The caller's unread messages (taken by its turn); with ``include_read``, recent ones
+    too (those of the turn's prompt stay its own: read when it ends)."""
     if args.include_read:
         store = caller.hive.store
         messages = await caller.hive.db(
             broker.inbox, store, caller.agent, include_read=True, limit=50
         )
-        unread = [m.id for m in messages if m.state != "read"]
-        if unread:
-            await caller.hive.db(broker.mark, store, unread, "read")
+        fresh = [m.id for m in messages if m.state == "sent"]
+        await caller.hive.db(broker.take, store, caller.agent, fresh)
     else:
         messages = await _take_unread(caller)
     return dump({"messages": [_message_json(m) for m in messages]})
@@ -363,7 +363,7 @@ async def list_agents(caller: Caller, args: NoArgs) -> str:
 
 BASE_TOOLS: list[Tool] = [
     Tool("send", "Send a message to an agent or the operator.", SendArgs, send),
-    Tool("inbox", "Your unread messages (marked read).", InboxArgs, inbox),
+    Tool("inbox", "Your new messages (each returned once).", InboxArgs, inbox),
     Tool("recv", "Wait up to 40 s for messages; empty means call again.", RecvArgs, recv),
     Tool("run_task", "Hand a sub-task to a new sandbox; returns its id.", RunTaskArgs, run_task),
     Tool("task_status", "Status of a sub-task you started.", TaskIdArgs, task_status),
