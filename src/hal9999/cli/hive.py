@@ -9,6 +9,7 @@ when it runs.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -344,17 +345,20 @@ def inbox_(name: str | None, every: bool, as_json: bool) -> None:
     if who != OPERATOR:
         get_agent(a.store, who)
     found = inbox(a.store, who, include_read=every)
-    if who == OPERATOR:
-        mark(a.store, [m.id for m in found if m.state != "read"], "read")
     if as_json:
         emit_json([m.model_dump() for m in found])
-        return
-    if not found:
-        click.echo(f"no {'' if every else 'unread '}messages for {who}")
-    for m in found:
-        ref = f" re {m.ref}" if m.ref else ""
-        click.echo(f"{m.id} {_ago(m.created)} {m.kind} from {m.sender}{ref} [{m.state}]:")
-        click.echo(plain("  " + m.body.replace("\n", "\n  ")))  # an agent's bytes
+    else:
+        if not found:
+            click.echo(f"no {'' if every else 'unread '}messages for {who}")
+        for m in found:
+            ref = f" re {m.ref}" if m.ref else ""
+            click.echo(f"{m.id} {_ago(m.created)} {m.kind} from {m.sender}{ref} [{m.state}]:")
+            click.echo(plain("  " + m.body.replace("\n", "\n  ")))  # an agent's bytes
+    if who == OPERATOR:
+        # Read once shown, not before: a command killed (or its output lost) in between
+        # shows them again next time rather than never.
+        sys.stdout.flush()
+        mark(a.store, [m.id for m in found if m.state != "read"], "read")
 
 
 # -- hal hive --------------------------------------------------------------------------
