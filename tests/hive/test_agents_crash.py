@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,8 @@ from tests.hive.crash_helpers import killed
 
 from hal9999.hive import approvals
 from hal9999.hive.agents import AgentDir
-from hal9999.hive.store import agent_exists, get_agent
-from hal9999.store import Store
+from hal9999.hive.store import agent_exists, get_agent, update_agent
+from hal9999.store import Store, TaskRecord
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -139,6 +140,38 @@ def test_an_agent_removed_by_a_killed_process_leaves_no_mailbox_for_a_new_one_of
         if finished:
             return
     pytest.fail("forget did not finish within 9 commits")
+
+
+def test_an_agent_whose_removal_a_kill_cut_short_is_removed_by_the_next_rm_whatever_commit(
+    tmp_path: Path,
+) -> None:
+    remove = "asyncio.run(daemon.hive.remove_agent('bob'))"
+    for after in range(1, 15):
+        home = tmp_path / f"home-{after}"
+        session = home / "sessions" / "t-bob"
+        with Store.open(home) as store:  # bob with the task its turns ran as
+            make_agent(store, "bob")
+            store.insert_task(TaskRecord(
+                id="t-bob", prompt="p", agent="custom", provider="local",
+                process_manager="direct", repo=str(tmp_path / "nowhere"), repo_kind="local",
+                branch="hal/agent/bob", status="succeeded", created_at=time.time(),
+                session_dir=str(session),
+            ))  # fmt: skip
+            update_agent(store, "bob", task_id="t-bob")
+        session.mkdir(parents=True)
+        AgentDir.of(home, "bob").root.mkdir(parents=True)
+        finished = run_killed(home, remove, "", after) == 0
+        with Store.open(home) as store:
+            kept = agent_exists(store, "bob")
+        if kept:  # `hal agent rm bob` again finishes it, whatever of it went already
+            assert run_killed(home, remove, "", 0) == 0, after
+        with Store.open(home) as store:
+            assert not agent_exists(store, "bob"), after
+            assert store._query("SELECT id FROM tasks") == [], after
+        assert not session.exists() and not AgentDir.of(home, "bob").root.exists(), after
+        if finished:
+            return
+    pytest.fail("removing bob did not finish within 14 commits")
 
 
 def restarted(home: Path, thread: str) -> bool:

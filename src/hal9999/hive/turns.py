@@ -432,7 +432,10 @@ class HiveLoop:
         await asyncio.to_thread(set_state, self.store, name, "stopped", reason)
         await self.release_warm(agent.task_id)
         if agent.task_id is not None:
-            task = await asyncio.to_thread(self.store.get_task, agent.task_id)
+            try:
+                task = await asyncio.to_thread(self.store.get_task, agent.task_id)
+            except TaskNotFound:  # a removal killed after the task went: `rm` again finishes
+                return await asyncio.to_thread(get_agent, self.store, name)
             if task.status in ACTIVE:
                 with contextlib.suppress(HalError):
                     await self.scheduler.cancel(agent.task_id, stop=True)
