@@ -174,6 +174,45 @@ def test_an_agent_whose_removal_a_kill_cut_short_is_removed_by_the_next_rm_whate
     pytest.fail("removing bob did not finish within 14 commits")
 
 
+# Crash watch records a crash of bob's turn; `thread` is the crash loop's length.
+ON_CRASH = textwrap.dedent(
+    """
+    from hal9999.hive import watch
+    from hal9999.hive.settings import HiveSettings
+    from hal9999.hive.store import get_agent
+
+    settings = HiveSettings(crash_loop=int(thread))
+    watch.on_crash(store, get_agent(store, "bob"), "the agent was killed by signal 9", settings)
+    """
+)
+
+
+@pytest.mark.parametrize("loop", ["1", "3"])  # 1: given up on at once; 3: restarted later
+def test_a_crash_is_never_recorded_without_its_notices_whatever_commit_a_kill_follows(
+    tmp_path: Path, loop: str
+) -> None:
+    for after in range(1, 10):
+        home = tmp_path / f"home-{after}"
+        with Store.open(home) as store:
+            make_agent(store, "bob")
+        finished = killed(home, ON_CRASH, loop, after).returncode == 0
+        with Store.open(home) as store:
+            bob = get_agent(store, "bob")
+            told = [row["recipient"] for row in store._query(
+                "SELECT recipient FROM hive_messages WHERE sender = 'hal' AND kind = 'notice'"
+                " AND body LIKE 'agent bob crashed%'")]  # fmt: skip
+            events = store._query("SELECT 1 FROM hive_events WHERE type = 'agent_crashed'")
+        if bob.crashes:  # recorded: crashed for good (the operator told) or restarting
+            assert told == ["operator"] and len(events) == 1, after
+            assert bob.state == ("crashed" if loop == "1" else "sleeping"), after
+        else:  # nothing of it: the agent is as it was
+            assert told == [] and events == [] and bob.state == "sleeping", after
+        if finished:
+            assert bob.crashes == 1
+            return
+    pytest.fail("on_crash did not finish within 9 commits")
+
+
 def restarted(home: Path, thread: str) -> bool:
     """Whether bob was stopped for the restart approved by ``thread`` and is awake again."""
     with Store.open(home) as store:

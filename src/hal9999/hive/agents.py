@@ -20,6 +20,7 @@ import asyncio
 import fcntl
 import json
 import os
+import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -31,7 +32,7 @@ from hal9999 import agentfs
 from hal9999.agents.registry import resolve_agent
 from hal9999.config import HalConfig
 from hal9999.errors import HiveError
-from hal9999.events.hive import AgentState
+from hal9999.events.hive import AgentState, HiveEvent
 from hal9999.hive.broker import Message
 from hal9999.hive.store import (
     AgentPolicy,
@@ -41,6 +42,7 @@ from hal9999.hive.store import (
     delete_agent,
     get_agent,
     insert_agent,
+    insert_hive_event,
     record_hive_event,
     update_agent,
 )
@@ -327,16 +329,22 @@ async def _own_repo(path: Path, name: str) -> Path:
 
 def set_state(
     store: Store, name: str, state: str, detail: str | None = None, *, expect: str | None = None,
-    **fields: Any,
-) -> AgentRecord | None:
-    """Move an agent to ``state`` (compare-and-set with ``expect``) and record the event."""
+    also: InTransaction | None = None, **fields: Any,
+) -> AgentRecord | None:  # fmt: skip
+    """Move an agent to ``state`` (compare-and-set with ``expect``) and record the event,
+    with ``also`` (what must not be lost without the move: a notice of it) in the same
+    transaction."""
     before = get_agent(store, name)
-    updated = update_agent(store, name, expect=expect, state=state, detail=detail, **fields)
-    if updated is not None and (before.state != state or detail):
-        record_hive_event(
-            store, AgentState(agent=name, state=state, previous=before.state, detail=detail)
-        )
-    return updated
+
+    def record(conn: sqlite3.Connection, recorded: list[HiveEvent]) -> None:
+        if before.state != state or detail:
+            event = AgentState(agent=name, state=state, previous=before.state, detail=detail)
+            recorded.append(insert_hive_event(conn, event))
+        if also is not None:
+            also(conn, recorded)
+
+    return update_agent(store, name, expect=expect, also=record, state=state, detail=detail,
+                        **fields)  # fmt: skip
 
 
 def forget(store: Store, home: Path, name: str, *, also: InTransaction | None = None) -> None:

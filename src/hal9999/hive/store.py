@@ -151,14 +151,16 @@ def list_agents(store: Store) -> list[AgentRecord]:
 
 
 def update_agent(
-    store: Store, name: str, *, expect: str | None = None, **fields: Any
-) -> AgentRecord | None:
-    """Set fields of an agent; with ``expect``, only if its state is that (compare-and-set).
-    Returns the new record, or None when ``expect`` did not hold."""
+    store: Store, name: str, *, expect: str | None = None, also: InTransaction | None = None,
+    **fields: Any,
+) -> AgentRecord | None:  # fmt: skip
+    """Set fields of an agent, with ``also`` in the same transaction; with ``expect``, only
+    if its state is that (compare-and-set). Returns the new record, or None when ``expect``
+    did not hold (then nothing is written)."""
     unknown = sorted(set(fields) - set(_AGENT_COLUMNS) | ({"name"} & set(fields)))
     if unknown:
         raise ValueError(f"unknown agent field(s): {', '.join(unknown)}")
-    with store._write() as conn:
+    with hive_write(store) as (conn, recorded):
         rows = conn.execute("SELECT * FROM hive_agents WHERE name = ?", (name,)).fetchall()
         if not rows:
             raise AgentNotFound(f"no agent called {name!r}", hint=_LIST_HINT)
@@ -173,6 +175,8 @@ def update_agent(
             f"UPDATE hive_agents SET {assignments} WHERE name = :name",
             {**{c: row[c] for c in fields}, "name": name},
         )
+        if also is not None:
+            also(conn, recorded)
     return updated
 
 

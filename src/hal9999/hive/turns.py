@@ -411,7 +411,7 @@ class HiveLoop:
                 self._hold[name] = time.monotonic() + verdict.restart_in_s
             return
         # A turn that ended on its own ends a crash streak.
-        reset = {"crashes": 0, "last_crash_at": None} if agent.crashes else {}
+        reset: dict[str, Any] = {"crashes": 0, "last_crash_at": None} if agent.crashes else {}
         set_state(self.store, name, "sleeping", None, expect="running", **reset)
 
     def _tell_budget(self, name: str, why: str) -> None:

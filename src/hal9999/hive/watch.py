@@ -12,14 +12,15 @@ the window; ``crash_loop`` crashes within ``crash_window_s`` stop that: the agen
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import dataclass
 
-from hal9999.events.hive import AgentCrashed
+from hal9999.events.hive import AgentCrashed, HiveEvent
 from hal9999.hive.agents import set_state
-from hal9999.hive.broker import OPERATOR, SYSTEM, send
+from hal9999.hive.broker import OPERATOR, SYSTEM, Message, commit, prepare, wake
 from hal9999.hive.settings import HiveSettings
-from hal9999.hive.store import AgentRecord, list_agents, record_hive_event
+from hal9999.hive.store import AgentRecord, insert_hive_event, list_agents
 from hal9999.store import Store, TaskRecord
 from hal9999.tasks.retry import TRANSIENT_CODES
 from hal9999.tasks.state import TaskStatus
@@ -70,28 +71,43 @@ def on_crash(store: Store, agent: AgentRecord, detail: str, settings: HiveSettin
             if crashes >= settings.crash_loop
             else "its restart policy is never"
         )
-        set_state(store, agent.name, "crashed", f"{detail}; not restarted ({why})",
-                  crashes=crashes, last_crash_at=now)  # fmt: skip
-        record_hive_event(
-            store, AgentCrashed(agent=agent.name, detail=detail, crashes=crashes, restart_in_s=None)
-        )
         text = (
             f"agent {agent.name} crashed ({detail}) and is NOT restarted: {why}."
             f" Look at `hal agent logs {agent.name}`; `hal agent start {agent.name}` restarts it."
         )
-        for whom in dict.fromkeys((manager_of(store, agent.name), OPERATOR)):
-            send(store, sender=SYSTEM, recipient=whom, body=text, kind="notice")
+        told = [_notice(store, whom, text)
+                for whom in dict.fromkeys((manager_of(store, agent.name), OPERATOR))]  # fmt: skip
+        _record(store, agent.name, "crashed", f"{detail}; not restarted ({why})", crashes, now,
+                AgentCrashed(agent=agent.name, detail=detail, crashes=crashes,
+                             restart_in_s=None), told)  # fmt: skip
         return CrashVerdict(crashes, None)
     delay = min(settings.crash_backoff_max_s, settings.crash_backoff_s * 2 ** (crashes - 1))
-    set_state(store, agent.name, "sleeping", f"crashed ({detail}); restarting in {delay:g} s",
-              crashes=crashes, last_crash_at=now)  # fmt: skip
-    record_hive_event(
-        store, AgentCrashed(agent=agent.name, detail=detail, crashes=crashes, restart_in_s=delay)
-    )
-    send(
-        store, sender=SYSTEM, recipient=manager_of(store, agent.name), kind="notice",
-        body=f"agent {agent.name} crashed ({detail}); crash watch restarts it in {delay:g} s"
+    text = (
+        f"agent {agent.name} crashed ({detail}); crash watch restarts it in {delay:g} s"
         f" (crash {crashes} of {settings.crash_loop} allowed within"
-        f" {settings.crash_window_s:g} s).",
-    )  # fmt: skip
+        f" {settings.crash_window_s:g} s)."
+    )
+    _record(store, agent.name, "sleeping", f"crashed ({detail}); restarting in {delay:g} s",
+            crashes, now, AgentCrashed(agent=agent.name, detail=detail, crashes=crashes,
+                                       restart_in_s=delay),
+            [_notice(store, manager_of(store, agent.name), text)])  # fmt: skip
     return CrashVerdict(crashes, delay)
+
+
+def _notice(store: Store, whom: str, text: str) -> Message:
+    return prepare(store, sender=SYSTEM, recipient=whom, body=text, kind="notice")
+
+
+def _record(store: Store, name: str, state: str, detail: str, crashes: int, now: float,
+            event: AgentCrashed, told: list[Message]) -> None:  # fmt: skip
+    """The agent's new state, its crash event and the notices of it, in one transaction: a
+    process killed at any moment never leaves an agent crashed that nobody was told of."""
+
+    def tell(conn: sqlite3.Connection, recorded: list[HiveEvent]) -> None:
+        recorded.append(insert_hive_event(conn, event))
+        for message in told:
+            commit(conn, recorded, message)
+
+    set_state(store, name, state, detail, crashes=crashes, last_crash_at=now, also=tell)
+    for message in told:
+        wake(message.recipient)
