@@ -15,7 +15,7 @@ import pytest
 from tests.hive.conftest import make_agent
 from tests.hive.crash_helpers import killed
 
-from hal9999.hive import approvals
+from hal9999.hive import approvals, broker
 from hal9999.hive.agents import AgentDir
 from hal9999.hive.store import agent_exists, get_agent, update_agent
 from hal9999.store import Store, TaskRecord
@@ -123,6 +123,7 @@ def test_an_agent_removed_by_a_killed_process_leaves_no_mailbox_for_a_new_one_of
         home = tmp_path / f"home-{after}"
         with Store.open(home) as store:
             make_agent(store, "bob")
+            broker.send(store, sender="operator", recipient="bob", body="not read by the old bob")
         bob = AgentDir.of(home, "bob")
         bob.root.mkdir(parents=True)
         bob.mailbox.write_text(json.dumps({"id": "m-old", "body": "for the old bob"}) + "\n")
@@ -130,12 +131,15 @@ def test_an_agent_removed_by_a_killed_process_leaves_no_mailbox_for_a_new_one_of
         finished = run_killed(home, forget, "", after) == 0
         with Store.open(home) as store:
             kept = agent_exists(store, "bob")
+            waiting = broker.inbox(store, "bob")
         if not kept:  # a new bob may be made now: nothing of the old one may be left
             assert not bob.root.exists(), after
+            assert waiting == [], after  # its mail would reach the new bob's first turn
         else:  # `hal agent rm bob` again finishes it
             assert run_killed(home, forget, "", 0) == 0
             with Store.open(home) as store:
                 assert not agent_exists(store, "bob")
+                assert broker.inbox(store, "bob") == []
             assert not bob.root.exists()
         if finished:
             return

@@ -33,6 +33,7 @@ from hal9999.agents.registry import resolve_agent
 from hal9999.config import HalConfig
 from hal9999.errors import HiveError
 from hal9999.events.hive import AgentState, HiveEvent
+from hal9999.hive import broker
 from hal9999.hive.broker import Message
 from hal9999.hive.store import (
     AgentPolicy,
@@ -350,7 +351,15 @@ def set_state(
 def forget(store: Store, home: Path, name: str, *, also: InTransaction | None = None) -> None:
     """Remove an agent's state directory, then its record with ``also`` (its task is removed
     by the caller). In that order: a process killed in between leaves the record, so
-    removing it again finishes the job, never a mailbox a new agent of the name would get."""
+    removing it again finishes the job, never a mailbox a new agent of the name would get.
+    Its mail not read yet is read with the record's removal, or a new agent given the name
+    would get it on its first turn."""
     agentfs.remove_tree(AgentDir.of(home, name).root)
-    delete_agent(store, name, also=also)
+
+    def retire(conn: sqlite3.Connection, recorded: list[HiveEvent]) -> None:
+        if also is not None:
+            also(conn, recorded)
+        broker.retire(conn, recorded, name)  # after ``also``: a notice to it goes too
+
+    delete_agent(store, name, also=retire)
     record_hive_event(store, AgentState(agent=name, state="removed"))

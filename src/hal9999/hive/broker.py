@@ -353,6 +353,15 @@ def _mark(
         recorded.append(insert_hive_event(conn, event))
 
 
+def retire(conn: sqlite3.Connection, recorded: list[HiveEvent], agent: str) -> None:
+    """In the transaction that removes ``agent``: the mail it will never read is ``read``,
+    so retention removes it in time and a new agent given the name never gets it."""
+    rows = conn.execute(
+        "SELECT id FROM hive_messages WHERE recipient = ? AND state != 'read'", (agent,)
+    ).fetchall()
+    _mark(conn, recorded, [str(row[0]) for row in rows], "read")
+
+
 def take(store: Store, agent: str, ids: Sequence[str]) -> None:
     """Messages an agent took through its tools (``inbox``, ``recv``) during a turn: marked
     ``delivered`` and added to its open turn's messages, in one transaction, so the turn's
