@@ -161,3 +161,17 @@ async def test_a_quiet_run_is_looked_at_less_often_until_it_speaks(
     # The end is seen through the pidfd, not at the next quiet look: the task's time is
     # its agent's 3 s plus far less than a quiet poll's worth of looks.
     assert len(naps) < 3 / follow._POLL_S, len(naps)
+
+
+def test_a_large_backlog_is_recorded_a_bounded_piece_a_step(tmp_path: Path) -> None:
+    # Each step's output event is masked on the daemon's loop when it is recorded, in one
+    # regular expression call that holds the GIL; 4 MiB a step stalled every task and client
+    # for ~70-300 ms (by what the agent printed) as long as a backlog lasted.
+    follow, emitted, log, _ = follower(tmp_path)
+    log.write_bytes(b"x" * (5 << 20))
+    steps = 1
+    while follow.pump(final=True):
+        steps += 1
+    sizes = [len(text) for text in texts(emitted)]
+    assert sum(sizes) == 5 << 20
+    assert max(sizes) <= 1 << 20 and steps >= 5
