@@ -214,3 +214,51 @@ def test_the_error_a_hostile_agent_makes_reaches_no_viewer_raw(hal: Hal, demo_re
     assert "boom" in out.stdout + out.stderr
     for text in (out.stdout + out.stderr, hal("task", "show", task["id"]).stdout):
         assert not [bad for bad in [*INJECTIONS, "\x1b"] if bad in text], text
+
+
+# Stream-json a hostile "claude" prints: lone UTF-16 surrogates as JSON escapes (which
+# json.loads decodes and no encoder takes), also in a key, and a tool name with escapes.
+LONE_SURROGATES = [
+    {"type": "system", "subtype": "init", "session_id": "s1", "model": "m"},
+    {"type": "assistant", "message": {"content": [{"type": "text", "text": "hi \ud800 there"}]}},
+    {"type": "assistant", "message": {"content": [
+        {"type": "tool_use", "id": "t1", "name": "Bash\udfff\x1b]52;c;aGk=\x07",
+         "input": {"\udc00key": ["\ud83d"]}}]}},
+    {"type": "odd\ud800", "value": "\udbff"},
+    {"type": "result", "subtype": "success", "result": "done \ud800", "session_id": "s1"},
+]  # fmt: skip
+
+
+def test_lone_surrogates_in_an_agents_json_never_fail_the_run(
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    # Before, the first of them made `hal run` fail with an internal error (the event log
+    # could not encode it) and left the task interrupted, its work not collected.
+    (demo_repo / "evil-stream.jsonl").write_text(
+        "".join(json.dumps(line) + "\n" for line in LONE_SURROGATES)
+    )
+    script = demo_repo / "fake-claude"
+    script.write_text("#!/bin/sh\ncat /workspace/evil-stream.jsonl\necho changed > calc.txt\n")
+    script.chmod(0o755)
+    subprocess.run(["git", "add", "."], cwd=demo_repo, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "evil"],
+        cwd=demo_repo, check=True,
+    )  # fmt: skip
+    config = Path(hal_env["XDG_CONFIG_HOME"]) / "hal9999" / "config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text('[agents.claude]\ncommand = "/workspace/fake-claude"\n')
+    out = hal("run", "--agent", "claude", "x")
+    assert out.returncode == 0, out.stderr
+    assert "internal error" not in out.stdout + out.stderr
+    [task] = tasks_json(hal)
+    assert task["status"] == "succeeded" and task["files_changed"] == 1
+    events = events_of(hal, task["id"])
+    texts = [e["text"] for e in events if e["type"] == "agent_text"]
+    assert "hi \ufffd there" in texts
+    [call] = [e for e in events if e["type"] == "tool_call"]
+    assert call["name"].startswith("Bash\ufffd") and call["input"] == {"\ufffdkey": ["\ufffd"]}
+    [raw] = [e for e in events if e["type"] == "raw" and e["data"].get("value")]
+    assert raw["data"] == {"type": "odd\ufffd", "value": "\ufffd"}
+    shown = hal("task", "events", task["id"])
+    assert shown.returncode == 0 and "Bash" in shown.stdout and "\x1b]" not in shown.stdout

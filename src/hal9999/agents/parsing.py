@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -25,6 +26,11 @@ from hal9999.events.models import AgentSession, AgentText, Event, Message, RawEv
 
 _RECOVERABLE = (KeyError, TypeError, ValueError, AttributeError, IndexError)
 """What a malformed-but-JSON record can raise while a parser reads it."""
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+"""A JSON escape of a UTF-16 surrogate: the only way a lone one gets into decoded text."""
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 MAX_LINE_CHARS = 16 * 1024 * 1024
@@ -130,6 +136,8 @@ class JsonLinesParser(LineParser):
             return []
         if not isinstance(record, dict):
             return []
+        if _SURROGATE_ESCAPE.search(text):
+            mend_surrogates(record)
         try:
             return self.parse_record(record)
         except _RECOVERABLE:
@@ -145,6 +153,30 @@ class JsonLinesParser(LineParser):
             return []
         self._session_id = session_id
         return [AgentSession(session_id=session_id)]
+
+
+def mend_surrogates(record: dict[str, Any] | list[Any]) -> None:
+    """Replace, in place, each lone surrogate in the strings (keys too) of decoded JSON with
+    U+FFFD. ``json.loads`` turns an escape such as ``\\ud800`` into one; no file, database
+    or JSON encoder takes it, so an agent printing one made the run fail when it wrote
+    the event (walked without recursion: a record may nest as deep as the parser allows)."""
+    stack: list[dict[str, Any] | list[Any]] = [record]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict) and any(_SURROGATE.search(key) for key in node):
+            items = [(_SURROGATE.sub("\ufffd", key), value) for key, value in node.items()]
+            node.clear()
+            node.update(items)
+        pairs = node.items() if isinstance(node, dict) else enumerate(node)
+        mended = []
+        for key, value in pairs:
+            if isinstance(value, str):
+                if _SURROGATE.search(value):
+                    mended.append((key, _SURROGATE.sub("\ufffd", value)))
+            elif isinstance(value, dict | list):
+                stack.append(value)
+        for key, value in mended:
+            node[key] = value  # type: ignore[index]
 
 
 def text_event(text: object) -> list[Event]:
