@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+"""A JSON escape of a UTF-16 surrogate, which may decode to a lone one."""
+
 
 @dataclass
 class ApiRequest:
@@ -70,7 +73,22 @@ class ApiRequest:
             ) from exc
         if not isinstance(data, dict):
             raise ConfigError("the request body must be a JSON object")
+        if _SURROGATE_ESCAPE.search(self.body) and not _is_text(data):
+            # No database, file or JSON encoder takes one: the store's insert raised, a 500.
+            raise ConfigError(
+                "the request body holds a lone UTF-16 surrogate (an escape such as \\ud800)",
+                hint="send text as UTF-8, or escape a character past U+FFFF as a surrogate pair",
+            )
         return data
+
+
+def _is_text(data: Any) -> bool:
+    """Whether every string of decoded JSON ``data`` (keys too) can be encoded as UTF-8."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 Handler = Callable[[ApiRequest], Awaitable[Any]]

@@ -183,7 +183,7 @@ def _source_or_path(repo: str | None, cwd: Path) -> RepoSource | Path:
     try:
         path = (cwd / repo).resolve() if repo else cwd.resolve()
         exists, is_dir = path.exists(), path.is_dir()
-    except (OSError, RuntimeError) as exc:  # a symlink loop, a name too long, ...
+    except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, a NUL byte, ...
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise RepoError(
             f"cannot use --repo {repo or cwd}: {reason}",
