@@ -116,3 +116,32 @@ def test_an_agents_message_reaches_the_operators_terminal_sanitised(hal: Hal, st
     # JSON keeps the body as sent (escaped by JSON itself).
     [row] = json.loads(hal("msg", "inbox", "--all", "--json").stdout)
     assert row["body"] == hostile
+
+
+def test_an_agents_tool_names_and_crash_detail_reach_the_terminal_sanitised(
+    hal: Hal, store: Store
+) -> None:
+    from hal9999.agents.registry import resolve_agent
+    from hal9999.events.models import ToolCall
+    from hal9999.hive import stats
+    from hal9999.hive.store import update_agent
+
+    # A tool name is what the agent printed in its stream-json; `hal agent stats` printed it
+    # raw (a clipboard write, a cleared screen).
+    line = json.dumps({"type": "assistant", "message": {"content": [
+        {"type": "tool_use", "id": "t1", "name": "Bash\x1b]52;c;ZXZpbA==\x07\x1b[2J\x9b2J",
+         "input": {}}]}})  # fmt: skip
+    [call] = [e for e in resolve_agent("claude").parser().parse_line(line)
+              if isinstance(e, ToolCall)]  # fmt: skip
+    turn = stats.start_turn(store, "alice", None, "message from operator", [])
+    stats.finish_turn(store, turn, "ok", {"tool_calls": 1, "tools": {call.name: 1}}, 0)
+    # A crash's detail quotes the task's error, which the agent can write into.
+    update_agent(store, "alice", state="crashed",
+                 detail="the turn failed before the agent ran: \x1b]0;owned\x07boom")  # fmt: skip
+    views = [(("agent", "stats", "alice"), "tool calls: 1 (Bash"), (("agent", "list"), "boom"),
+             (("agent", "show", "alice"), "boom")]  # fmt: skip
+    for args, shown in views:
+        out = hal(*args)
+        assert out.returncode == 0, out.stderr
+        assert shown in out.stdout, out.stdout
+        assert not [c for c in ("\x1b", "\x07", "\x9b") if c in out.stdout], out.stdout

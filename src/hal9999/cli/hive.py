@@ -113,9 +113,14 @@ def parse_duration(text: str) -> float:
 
 
 def _agent_line(data: dict[str, Any]) -> str:
+    from hal9999.cli.approvals import plain
+
     detail = f"  ({data['detail']})" if data.get("detail") else ""
     kind = " [manager]" if data.get("kind") == "manager" else ""
-    return f"{data['name']:<16} {data['state']:<9} {data['agent']:<10} {data['provider']:<8}" + (
+    # Sanitised: the detail can quote a task's error, which the agent can write into, and
+    # an agent's spawn proposal names the new agent's preset (a command template).
+    return plain(
+        f"{data['name']:<16} {data['state']:<9} {data['agent']:<10} {data['provider']:<8}"
         f" task {data['task_id'] or '-'}{kind}{detail}"
     )
 
@@ -277,6 +282,7 @@ def attach(ctx: click.Context, name: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def agent_stats(name: str, as_json: bool) -> None:
     """Turn statistics of NAME: totals, results, tokens, cost, tools, p50/p95 turn time."""
+    from hal9999.cli.approvals import plain
     from hal9999.hive import stats
     from hal9999.hive.store import get_agent
 
@@ -299,7 +305,8 @@ def agent_stats(name: str, as_json: bool) -> None:
                f"{data['cache_read_tokens']}, cache write {data['cache_write_tokens']};"
                f" cost {cost}")  # fmt: skip
     tools = ", ".join(f"{k} {n}" for k, n in data["tools"].items()) or "none"
-    click.echo(f"  tool calls: {data['tool_calls']} ({tools})")
+    # Tool names are what the agent printed (its stream-json): an agent's bytes.
+    click.echo(plain(f"  tool calls: {data['tool_calls']} ({tools})"))
 
 
 # -- hal msg ---------------------------------------------------------------------------
