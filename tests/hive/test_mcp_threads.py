@@ -12,7 +12,7 @@ import pytest
 from tests.hive.conftest import agent_commit
 from tests.hive.mcp_client import call, connect
 
-from hal9999.hive import approvals, broker, questions
+from hal9999.hive import approvals, broker, questions, reminders
 from hal9999.hive.mcp.server import McpHub
 from hal9999.hive.mcp.tools import Hive
 from hal9999.hive.store import AgentRecord, insert_agent
@@ -92,6 +92,21 @@ async def test_remind_sets_a_reminder_and_refuses_a_file_outside(world: World) -
         assert failed and "either at or in" in text
         failed, text = await call(alpha, "remind", text="x", in_s=60, file="/etc/passwd")
         assert failed and text.startswith("usage:"), text
+
+
+async def test_reminders_that_fire_at_once_are_bounded_like_messages(world: World) -> None:
+    # A reminder due right away frees its place among the 200 pending as the clock fires
+    # it, and its message comes from hal, past the broker's rate limit: an agent looping on
+    # remind(in_s=0.001) filled its mailbox, the messages table and the events unbounded.
+    limit = broker.limits.rate_per_minute
+    async with connect(sock(world, "alpha")) as alpha:
+        for n in range(limit):
+            failed, got = await call(alpha, "remind", text=f"again {n}", in_s=0.001)
+            assert not failed, got
+            reminders.fire_due(world.store, time.time() + 1)  # the daemon's clock
+        failed, text = await call(alpha, "remind", text="once more", in_s=0.001)
+        assert failed and text.startswith("hive_limited:") and "\n" not in text, text
+    assert len(broker.inbox(world.store, "alpha")) == limit
 
 
 async def test_proposals_reach_the_queue_and_the_decision_reaches_the_agent(

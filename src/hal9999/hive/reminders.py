@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import math
 import posixpath
+import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from hal9999.agentfs import AgentDir
-from hal9999.errors import UnsafePath, UsageError
+from hal9999.errors import HiveLimited, UnsafePath, UsageError
 from hal9999.events.hive import ReminderDue, ReminderSet
 from hal9999.hive import broker
 from hal9999.hive.store import hive_write, insert_hive_event
@@ -76,6 +77,24 @@ def resolve_file(path: str, mounts: Sequence[Mount]) -> tuple[Path, str]:
     return best[1], normal[len(best[0].rstrip("/")) + 1 :]
 
 
+def _check_rate(conn: sqlite3.Connection, agent: str, now: float) -> None:
+    """HiveLimited when ``agent`` set the broker's ``rate_per_minute`` reminders in the last
+    60 s. A reminder is a message to itself that hal sends (past the broker's rate limit),
+    and one due at once leaves the pending count as soon as it fires: without this, an agent
+    looping on ``remind(in_s=0.001)`` grew its mailbox and the store without bound."""
+    rate = broker.limits.rate_per_minute
+    if rate <= 0:
+        return
+    (recent,) = conn.execute(
+        "SELECT COUNT(*) FROM hive_reminders WHERE agent = ? AND created > ?", (agent, now - 60.0)
+    ).fetchone()
+    if recent >= rate:
+        raise HiveLimited(
+            f"{agent} set {recent} reminders in the last minute (limit {rate})",
+            hint="wait a minute; put what you want to be reminded of into fewer reminders",
+        )
+
+
 def remind(
     store: Store,
     *,
@@ -115,6 +134,7 @@ def remind(
             raise UsageError(
                 f"{agent} already has {pending} pending reminders", hint="let some fire first"
             )
+        _check_rate(conn, agent, now)
         conn.execute(
             "INSERT INTO hive_reminders (id, agent, body, due, file_shown, file_root, file_rel,"
             " state, created) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
