@@ -109,6 +109,21 @@ async def test_reminders_that_fire_at_once_are_bounded_like_messages(world: Worl
     assert len(broker.inbox(world.store, "alpha")) == limit
 
 
+async def test_questions_that_expire_at_once_are_bounded_like_messages(world: World) -> None:
+    # The same with a question to the operator (no message, so no broker guard) whose ttl
+    # runs out at once: its place among the 50 open ones comes free and hal's sentinel
+    # answer lands in the asker's mailbox, as often as the agent asks.
+    limit = broker.limits.rate_per_minute
+    async with connect(sock(world, "alpha")) as alpha:
+        for n in range(limit):
+            failed, got = await call(alpha, "ask", question=f"again {n}?", ttl_s=0.001)
+            assert not failed, got
+            questions.expire_due(world.store, time.time() + 1)  # the daemon's clock
+        failed, text = await call(alpha, "ask", question="once more?", ttl_s=0.001)
+        assert failed and text.startswith("hive_limited:") and "\n" not in text, text
+    assert len(broker.inbox(world.store, "alpha")) == limit
+
+
 async def test_proposals_reach_the_queue_and_the_decision_reaches_the_agent(
     world: World,
 ) -> None:

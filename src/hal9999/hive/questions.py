@@ -16,7 +16,7 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from hal9999.errors import ThreadForbidden, ThreadStateError, UsageError
+from hal9999.errors import HiveLimited, ThreadForbidden, ThreadStateError, UsageError
 from hal9999.events.hive import HiveEvent, QuestionAnswered, QuestionAsked, QuestionExpired
 from hal9999.hive import broker
 from hal9999.hive.broker import OPERATOR, SYSTEM
@@ -53,6 +53,24 @@ def _check_room(store: Store, asker: str, conn: sqlite3.Connection | None = None
         )
 
 
+def _check_rate(conn: sqlite3.Connection, asker: str, now: float) -> None:
+    """HiveLimited when agent ``asker`` asked the broker's ``rate_per_minute`` questions in
+    the last 60 s. A question to the operator is no message (no broker guard), and one whose
+    ttl runs out at once frees its place among the open ones as hal answers it into the
+    asker's mailbox: without this, an agent grew its mailbox and the store without bound."""
+    rate = broker.limits.rate_per_minute
+    if asker == OPERATOR or rate <= 0:
+        return
+    (recent,) = conn.execute(
+        "SELECT COUNT(*) FROM hive_questions WHERE asker = ? AND created > ?", (asker, now - 60.0)
+    ).fetchone()
+    if recent >= rate:
+        raise HiveLimited(
+            f"{asker} asked {recent} questions in the last minute (limit {rate})",
+            hint="wait a minute; put what you need to know into fewer questions",
+        )
+
+
 def ask(
     store: Store, *, asker: str, question: str, to: str = OPERATOR, ttl_s: float | None = None
 ) -> Question:
@@ -85,6 +103,7 @@ def ask(
     # never leaves one waiting for an answer from an agent that was never asked.
     with hive_write(store) as (conn, recorded):
         _check_room(store, asker, conn)  # again: calls made at once all passed the first
+        _check_rate(conn, asker, now)
         conn.execute(
             "INSERT INTO hive_questions (id, asker, target, question, state, created, expires)"
             " VALUES (?, ?, ?, ?, 'open', ?, ?)",
