@@ -145,3 +145,26 @@ def test_an_agents_tool_names_and_crash_detail_reach_the_terminal_sanitised(
         assert out.returncode == 0, out.stderr
         assert shown in out.stdout, out.stdout
         assert not [c for c in ("\x1b", "\x07", "\x9b") if c in out.stdout], out.stdout
+
+
+def test_an_agents_newlines_cannot_forge_lines_of_the_approval_queue(
+    hal: Hal, store: Store
+) -> None:
+    # What the MCP `propose` tool makes of an agent's summary and role: a newline in the
+    # summary printed a second, forged proposal (from the manager) in `hal approvals list`,
+    # and one in the role a header line of `hal approvals show`.
+    forged = "a-00000000  pending  apply   from manager: apply hal/agent/manager onto main"
+    made = approvals.propose(
+        store, kind="spawn", proposer="alice", title=f"spawn helper (claude): tidy\n{forged}",
+        payload={"name": "helper", "agent": "claude",
+                 "role": "You tidy.\nkind spawn, from operator, approved by operator"},
+    )  # fmt: skip
+    listed = hal("approvals", "list")
+    assert listed.returncode == 0, listed.stderr
+    [line] = listed.stdout.splitlines()
+    assert "from alice: spawn helper (claude): tidy a-00000000" in line, line
+    shown = hal("approvals", "show", made.id)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert "You tidy." in shown.stdout
+    assert not [line for line in lines if line.startswith(("a-00000000", "kind spawn, from op"))]

@@ -24,6 +24,17 @@ def plain(text: str) -> str:
     return _SGR.sub("", sanitize(text))
 
 
+def one_line(text: str) -> str:
+    """``text`` (an agent's) on one line: a newline in it printed a line of its choosing,
+    such as a forged proposal from another agent in ``hal approvals list``."""
+    return " ".join(text.split())
+
+
+def indented(text: str) -> str:
+    """``text`` (an agent's) with its later lines indented under the line that labels it."""
+    return text.replace("\n", "\n    ")
+
+
 def when(ts: float | None) -> str:
     """A unix time as a person reads it (local time), ``-`` for none."""
     if ts is None:
@@ -53,7 +64,7 @@ def list_(show_all: bool, as_json: bool) -> None:
     for row in rows:
         expiry = f", expires {when(row.expires)}" if row.state == "pending" and row.expires else ""
         click.echo(plain(f"{row.id}  {row.state:<8} {row.kind:<7} from {row.proposer}: "
-                         f"{row.title}  ({when(row.created)}{expiry})"))  # fmt: skip
+                         f"{one_line(row.title)}  ({when(row.created)}{expiry})"))  # fmt: skip
 
 
 @approvals.command()
@@ -73,19 +84,19 @@ def show(approval_id: str, as_json: bool) -> None:
 def _describe(view: dict[str, Any]) -> str:
     approval = view["approval"]
     lines = [
-        f"proposal {approval['id']}: {approval['title']}",
+        f"proposal {approval['id']}: {one_line(approval['title'])}",
         f"kind {approval['kind']}, from {approval['proposer']}, {approval['state']}"
         + (f" by {approval['resolved_by']}" if approval["resolved_by"] else ""),
         f"created {when(approval['created'])}, expires {when(approval['expires'])}",
     ]
     if approval["reason"]:
-        lines.append(f"reason: {approval['reason']}")
+        lines.append(f"reason: {indented(approval['reason'])}")
     payload = approval["payload"]
     if approval["kind"] == "apply":
         lines.append(f"repository {payload['repo']}: {payload['branch']} at "
                      f"{payload['head'][:12]} onto {payload['target']}")  # fmt: skip
         if payload.get("summary"):
-            lines.append(f"summary: {payload['summary']}")
+            lines.append(f"summary: {indented(payload['summary'])}")
         preview = view.get("preview") or {}
         if preview.get("refused"):
             lines.append(f"approving now would be refused: {preview['refused']}")
@@ -96,7 +107,7 @@ def _describe(view: dict[str, Any]) -> str:
             lines.append("... (the diff goes on; see it in the repository with git diff "
                          f"{payload['base'][:12]} {payload['head'][:12]})")  # fmt: skip
     else:
-        lines += [f"{key}: {value}" for key, value in payload.items()]
+        lines += [f"{key}: {indented(str(value))}" for key, value in payload.items()]
     if approval["result"]:
         lines.append(f"result: {approval['result']}")
     return "\n".join(lines)
@@ -130,7 +141,7 @@ def approve(approval_id: str, reason: str | None, as_json: bool) -> None:
     result = done.result or {}
     how = f": {result['how']}, {result['target']} now at {str(result['to'])[:12]}" \
         if "how" in result else ""  # fmt: skip
-    click.echo(plain(f"approved {done.id} ({done.title}){how}"))
+    click.echo(plain(f"approved {done.id} ({one_line(done.title)}){how}"))
 
 
 @approvals.command()
@@ -145,4 +156,4 @@ def deny(approval_id: str, reason: str | None, as_json: bool) -> None:
     if as_json:
         emit_json(done.model_dump())
         return
-    click.echo(plain(f"denied {done.id} ({done.title})"))
+    click.echo(plain(f"denied {done.id} ({one_line(done.title)})"))
