@@ -11,7 +11,7 @@ import pytest
 from tests.hive.conftest import agent_commit, git
 
 from hal9999.errors import MergeRefused, RepoError, ThreadStateError, UsageError
-from hal9999.hive import approvals, broker
+from hal9999.hive import approvals, broker, merge
 from hal9999.hive.merge import PIN_PREFIX
 from hal9999.store import Store
 
@@ -220,3 +220,20 @@ async def test_apply_proposals_made_at_once_stay_within_the_bound(
     assert len(made) == 2 and len(refused) == 4, results
     pins = git(repo, "for-each-ref", "--format=%(refname)", PIN_PREFIX).split()
     assert sorted(pins) == sorted(f"{PIN_PREFIX}{a.id}" for a in made), "refused ones unpinned"
+
+
+async def test_a_giant_commit_message_is_shown_bounded(store: Store, repo: Path) -> None:
+    # The diff was bounded (an agent can commit gigabytes of text) but the commit list was
+    # read whole: one commit whose message is a line of 8 MiB (or of gigabytes: kilobytes in a
+    # bundle) went into the daemon's memory and the answer of every `show`.
+    agent_commit(repo, "alice", {"app.py": "def add(a, b):\n    return a + b\n"})
+    message = repo.parent / "message"
+    message.write_text("x" * (8 << 20) + "\n")
+    tree = git(repo, "rev-parse", "hal/agent/alice^{tree}")
+    giant = git(repo, "commit-tree", tree, "-p", "hal/agent/alice", "-F", str(message))
+    git(repo, "update-ref", "refs/heads/hal/agent/alice", giant)
+    proposal = await approvals.propose_apply(store, proposer="alice", repo=repo, target="main")
+    view = await approvals.show(store, proposal.id)
+    assert len(view["commits"]) <= merge.LOG_LIMIT + 200, len(view["commits"])
+    assert view["commits"].endswith("(the commit list goes on: see git log in the repository)")
+    assert "+    return a + b" in view["diff"]

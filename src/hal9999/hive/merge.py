@@ -42,6 +42,9 @@ _MERGE_SAFE = [
 ]  # fmt: skip
 _DIFF = ["diff", "--no-ext-diff", "--no-textconv", "--no-color", "--src-prefix=a/",
          "--dst-prefix=b/"]  # fmt: skip
+LOG_LIMIT = 1 << 20
+"""The most of a proposal's commit list shown: one commit's message can be gigabytes (a few
+kilobytes in a bundle), and the list went whole into the daemon's memory."""
 PIN_PREFIX = "refs/hal-approvals/"
 """Where pinned proposal heads live (outside branches and tags: never fetched or pushed)."""
 
@@ -155,9 +158,18 @@ def unpin_sync(repo: Path, approval_id: str) -> None:
 
 
 async def shown(repo: Path, base: str, head: str, *, limit: int) -> tuple[str, str, bool]:
-    """What the operator sees: the commit list, the unified diff (at most ``limit`` bytes)
-    and whether the diff was cut short."""
-    _, log = await _git(repo, ["log", "--no-color", "--format=%h %an: %s", f"{base}..{head}"])
+    """What the operator sees: the commit list (at most :data:`LOG_LIMIT` bytes), the
+    unified diff (at most ``limit`` bytes) and whether the diff was cut short."""
+    await check_repo(repo)
+    for commit in (base, head):  # _bounded says nothing of a failure: said here
+        if await _ref(repo, commit) is None:
+            raise RepoError(f"commit {commit[:12]} is no longer in {repo}")
+    log, log_cut = await _bounded(
+        repo, ["log", "--no-color", "--format=%h %an: %s", f"{base}..{head}"], LOG_LIMIT
+    )
+    log = log.strip()
+    if log_cut:
+        log += "\n... (the commit list goes on: see git log in the repository)"
     diff, cut = await _bounded(repo, [*_DIFF, "--stat", "--patch", base, head, "--"], limit)
     return log, diff, cut
 
@@ -177,6 +189,10 @@ async def _bounded(repo: Path, args: list[str], limit: int) -> tuple[str, bool]:
             size += len(chunk)
     finally:
         await kill_group_until_gone(proc)
+        # What the pipe still holds (a pipe's buffer at most): read to its end, the
+        # transport closes instead of being left for the garbage collector.
+        with contextlib.suppress(OSError, ValueError):
+            await proc.stdout.read()
     data = b"".join(chunks)
     return data[:limit].decode("utf-8", "replace"), size > limit
 
