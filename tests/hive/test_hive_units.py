@@ -233,9 +233,9 @@ def test_deliver_marks_only_after_the_ledger_holds_the_message(
     assert json.loads(AgentDir.of(config_home, "alice").mailbox.read_text())["body"] == "hello"
 
 
-def test_the_hive_budget_stops_turns_once_spent(store: Store) -> None:
+def test_the_hive_budget_stops_turns_once_spent(store: Store, tmp_path: Path) -> None:
     loop = HiveLoop.__new__(HiveLoop)
-    loop.store = store
+    loop.store, loop.home = store, tmp_path  # no agent's sub-tasks there
     loop.settings = HiveSettings(daily_budget_usd=1.0)
     assert loop.over_budget() is None
     turn = stats.start_turn(store, "alice", None, "message from operator", [])

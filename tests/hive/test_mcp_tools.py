@@ -222,6 +222,32 @@ async def test_sub_tasks_are_bounded_and_name_a_known_agent(world: World) -> Non
         assert not (await call(alpha, "run_task", prompt="now it fits"))[0]
 
 
+async def test_sub_tasks_count_against_the_hive_budget_and_stop_once_it_is_spent(
+    world: World,
+) -> None:
+    from hal9999.hive.settings import HiveSettings
+    from hal9999.hive.turns import HiveLoop
+    from hal9999.store.gateway import GatewayRequest
+
+    loop = HiveLoop.__new__(HiveLoop)  # its budget check only: no daemon
+    loop.store, loop.home = world.store, world.hub.hive.home
+    loop.settings = HiveSettings(daily_budget_usd=1.0)
+    world.hub.hive.over_budget = loop.over_budget  # as `hal serve` wires it
+    async with connect(world.socks["alpha"]) as alpha:
+        failed, started = await call(alpha, "run_task", prompt="spend")
+        assert not failed, started
+        # The sub-task's calls through the gateway: the hive's own turns spent nothing.
+        world.store.add_gateway_request(GatewayRequest(
+            task_id=started["task"], ts=time.time(), method="POST", path="/v1/messages",
+            status=200, latency_ms=1.0, input_tokens=900, output_tokens=100, cost_usd=1.5,
+        ))  # fmt: skip
+        # Before, sub-tasks counted nowhere: an agent spent past the hive's budget with them.
+        assert "spent $1.50 in 24 h (budget $1)" in (loop.over_budget() or "")
+        failed, text = await call(alpha, "run_task", prompt="spend more")
+        assert failed and text.startswith("hive_limited: the hive spent $1.50"), text
+    assert len(world.tasks.created) == 1
+
+
 async def test_sub_tasks_started_at_once_stay_bounded_and_all_owned(world: World) -> None:
     # One agent's calls run concurrently (and it may hold several connections): the
     # bound and the list of its sub-tasks must hold for calls that overlap.

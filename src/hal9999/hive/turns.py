@@ -33,7 +33,7 @@ from typing import Any
 from hal9999.agents.registry import resolve_agent
 from hal9999.errors import HalError, TaskNotFound
 from hal9999.events.hive import HiveGuard, TurnFinished
-from hal9999.hive import stats, watch
+from hal9999.hive import stats, subtasks, watch
 from hal9999.hive.agents import AgentDir, build_prompt, first_batch, set_state
 from hal9999.hive.broker import OPERATOR, SYSTEM, inbox, mark, send
 from hal9999.hive.settings import HiveSettings
@@ -222,7 +222,11 @@ class HiveLoop:
         s = self.settings
         if s.daily_budget_usd is None and s.daily_budget_tokens is None:
             return None
-        tokens, cost = stats.hive_spent(self.store, time.time() - 86400)
+        since = time.time() - 86400
+        tokens, cost = stats.hive_spent(self.store, since)
+        # The agents' sub-tasks are their work too: without them, run_task spent past it.
+        sub_tokens, sub_cost = subtasks.spent(self.store, self.home, since)
+        tokens, cost = tokens + sub_tokens, cost + sub_cost
         if s.daily_budget_usd is not None and cost >= s.daily_budget_usd:
             return f"the hive spent ${cost:.2f} in 24 h (budget ${s.daily_budget_usd:g})"
         if s.daily_budget_tokens is not None and tokens >= s.daily_budget_tokens:

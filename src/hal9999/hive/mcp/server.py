@@ -25,6 +25,7 @@ from mcp.server.stdio import stdio_server
 from pydantic import BaseModel, ValidationError
 
 from hal9999.errors import HalError
+from hal9999.hive import subtasks
 from hal9999.hive.mcp.channel import SOCKET_NAME, McpPaths, checked_name
 from hal9999.hive.mcp.thread_tools import THREAD_TOOLS
 from hal9999.hive.mcp.tools import Caller, Hive, Tool, tools_for
@@ -348,7 +349,7 @@ class McpHub:
         for directory in self.paths.root.glob("*") if self.paths.root.is_dir() else []:
             if directory.name not in wanted and not directory.is_symlink() and directory.is_dir():
                 shutil.rmtree(directory, ignore_errors=True)
-        owned = self.hive.home / "hive" / "mcp-tasks"
+        owned = subtasks.folder(self.hive.home)
         for path in owned.glob("*.json") if owned.is_dir() else []:
             if path.stem not in wanted:
                 path.unlink(missing_ok=True)

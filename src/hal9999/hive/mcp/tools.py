@@ -20,8 +20,8 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hal9999.errors import HalError, TaskStateError, UsageError
-from hal9999.hive import broker
+from hal9999.errors import HalError, HiveLimited, TaskStateError, UsageError
+from hal9999.hive import broker, subtasks
 from hal9999.store import Store, TaskRecord
 from hal9999.tasks.request import RunRequest
 
@@ -76,6 +76,9 @@ class Hive:
     """Extra :class:`RunRequest` fields for sub-tasks (the daemon's process manager...)."""
     lifecycle: Lifecycle | None = None
     """The turn loop, for the manager's stop/restart (None: not available here)."""
+    over_budget: Callable[[], str | None] | None = None
+    """Why the hive's daily budget is spent, or None (the turn loop's; blocking: it reads
+    the store). While it is spent no sub-task starts, as no turn does."""
     starting: dict[str, asyncio.Lock] = field(default_factory=dict)
     """Per agent: held from counting its sub-tasks to recording a new one, so calls that
     overlap (one agent's calls run concurrently) cannot pass the bound together."""
@@ -210,24 +213,8 @@ async def recv(caller: Caller, args: RecvArgs) -> str:
 
 
 # -- sub-tasks -----------------------------------------------------------------------------
-def _tasks_file(hive: Hive, agent: str) -> Path:
-    return hive.home / "hive" / "mcp-tasks" / f"{agent}.json"
-
-
 def _owned(hive: Hive, agent: str) -> list[str]:
-    try:
-        data = json.loads(_tasks_file(hive, agent).read_text())
-    except (OSError, ValueError):
-        return []
-    return [str(t) for t in data] if isinstance(data, list) else []
-
-
-def _own(hive: Hive, agent: str, task_id: str) -> None:
-    path = _tasks_file(hive, agent)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps([*_owned(hive, agent), task_id]))
-    tmp.replace(path)
+    return subtasks.owned(hive.home, agent)
 
 
 def _delegate(hive: Hive) -> Delegate:
@@ -269,6 +256,8 @@ async def run_task(caller: Caller, args: RunTaskArgs) -> str:
         cwd=Path(record.repo) if Path(record.repo).is_dir() else hive.home,
         **fields,
     )
+    if hive.over_budget is not None and (why := await hive.db(hive.over_budget)):
+        raise HiveLimited(f"{why}: no sub-task starts", hint="wait until it frees up")
     async with hive.starting.setdefault(caller.agent, asyncio.Lock()):
         active = {s.value for s in ACTIVE}
         running = 0
@@ -281,7 +270,7 @@ async def run_task(caller: Caller, args: RunTaskArgs) -> str:
                 hint="wait for one with task_result first",
             )
         task = await tasks.create(request)
-        await hive.db(_own, hive, caller.agent, task.id)
+        await hive.db(subtasks.own, hive.home, caller.agent, task.id)
     return dump({"task": task.id, "status": task.status, "branch": task.branch})
 
 

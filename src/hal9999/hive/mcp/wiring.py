@@ -58,5 +58,6 @@ def hub_for(daemon: Daemon) -> McpHub:
         tasks=DaemonTasks(daemon),
         request_defaults=defaults,
         lifecycle=getattr(daemon, "hive", None),  # the turn loop: the manager's stop/restart
+        over_budget=getattr(getattr(daemon, "hive", None), "over_budget", None),
     )
     return McpHub(hive)

@@ -1,0 +1,55 @@
+"""The sub-tasks hive agents start over MCP (``run_task``): which agent started which, and
+what they spent.
+
+Each agent's sub-task ids are listed in ``HAL_HOME/hive/mcp-tasks/<name>.json`` (hal's own
+file, never inside a sandbox). What they spend counts against the hive's daily budget like
+the agents' own turns: a sub-task is the agent's work done in another sandbox.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hal9999.store import Store
+
+
+def folder(home: Path) -> Path:
+    """Where the agents' lists of sub-tasks are."""
+    return home / "hive" / "mcp-tasks"
+
+
+def tasks_file(home: Path, agent: str) -> Path:
+    """Where ``agent``'s sub-task ids are listed."""
+    return folder(home) / f"{agent}.json"
+
+
+def owned(home: Path, agent: str) -> list[str]:
+    """The ids of the sub-tasks ``agent`` started (none when the list is missing or bad)."""
+    try:
+        data = json.loads(tasks_file(home, agent).read_text())
+    except (OSError, ValueError):
+        return []
+    return [str(t) for t in data] if isinstance(data, list) else []
+
+
+def own(home: Path, agent: str, task_id: str) -> None:
+    """Record that ``agent`` started sub-task ``task_id``."""
+    path = tasks_file(home, agent)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps([*owned(home, agent), task_id]))
+    tmp.replace(path)
+
+
+def spent(store: Store, home: Path, since: float) -> tuple[int, float]:
+    """Tokens and dollars the gateway recorded for every agent's sub-tasks since ``since``."""
+    lists = folder(home)
+    tokens, cost = 0, 0.0
+    for path in sorted(lists.glob("*.json")) if lists.is_dir() else []:
+        for task_id in owned(home, path.stem):
+            for call in store.gateway_requests(task_id):
+                if call.ts >= since:
+                    tokens += call.input_tokens + call.output_tokens
+                    cost += call.cost_usd or 0.0
+    return tokens, cost
