@@ -3,6 +3,7 @@ gated stop/restart), each acting as the agent whose socket the call came in on."
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -172,3 +173,32 @@ async def test_the_manager_sees_the_hive_and_its_stop_waits_for_approval(world: 
         failed, text = await call(boss, "stop", name="beta", approval=gate["proposal"])
         assert failed and "carried out already" in text
     assert world.loop.calls == [("stop", "beta")]
+
+
+async def test_one_agents_apply_proposals_run_their_git_one_at_a_time(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each apply proposal runs several host git processes before it can fail (a target that
+    # does not exist): an agent with calls in flight on its connections ran as many at once.
+    from hal9999.hive import merge
+
+    running, most = 0, 0
+    real_pin = merge.pin
+
+    async def counted(*args: object, **kwargs: object) -> merge.ApplyRange:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        try:
+            return await real_pin(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            running -= 1
+
+    monkeypatch.setattr(merge, "pin", counted)
+    async with connect(sock(world, "alpha")) as alpha:
+        results = await asyncio.gather(*(
+            call(alpha, "propose", kind="apply", summary="x", target=f"nowhere-{n}")
+            for n in range(8)
+        ))  # fmt: skip
+    assert all(failed and "there is no branch" in text for failed, text in results), results
+    assert most == 1, most

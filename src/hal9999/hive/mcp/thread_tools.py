@@ -121,10 +121,11 @@ async def propose(caller: Caller, args: ProposeArgs) -> str:
         record = await hive.db(get_agent, hive.store, caller.agent)
         if record.repo is None or not Path(record.repo).is_dir():
             raise UsageError("your work has no local repository to merge into")
-        made = await approvals.propose_apply(
-            hive.store, proposer=caller.agent, repo=Path(record.repo), target=args.target,
-            summary=args.summary,
-        )  # fmt: skip
+        async with hive.applying.setdefault(caller.agent, asyncio.Lock()):
+            made = await approvals.propose_apply(
+                hive.store, proposer=caller.agent, repo=Path(record.repo), target=args.target,
+                summary=args.summary,
+            )  # fmt: skip
     elif args.kind == "spawn":
         name = _need(args.name, "a name", "spawn")
         payload = {"name": name, "agent": _need(args.agent, "an agent", "spawn"), "role": args.role}

@@ -82,6 +82,10 @@ class Hive:
     starting: dict[str, asyncio.Lock] = field(default_factory=dict)
     """Per agent: held from counting its sub-tasks to recording a new one, so calls that
     overlap (one agent's calls run concurrently) cannot pass the bound together."""
+    applying: dict[str, asyncio.Lock] = field(default_factory=dict)
+    """Per agent: held while an ``apply`` proposal resolves and pins its range (host git,
+    several processes), so one agent runs one at a time, not as many as it has calls in
+    flight (a hundred and more, each failing only after its git ran)."""
 
     async def db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a blocking store call off the event loop."""
