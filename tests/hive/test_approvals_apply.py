@@ -237,3 +237,32 @@ async def test_a_giant_commit_message_is_shown_bounded(store: Store, repo: Path)
     assert len(view["commits"]) <= merge.LOG_LIMIT + 200, len(view["commits"])
     assert view["commits"].endswith("(the commit list goes on: see git log in the repository)")
     assert "+    return a + b" in view["diff"]
+
+
+async def test_proposing_a_commit_of_many_long_paths_holds_no_list_of_them(
+    store: Store, repo: Path
+) -> None:
+    # Proposing counted the changed files from `git diff --name-only`, read whole into the
+    # daemon (an MCP call): an agent's commit can touch millions of paths of kilobytes.
+    import subprocess
+    import tracemalloc
+
+    blob = git(repo, "rev-parse", "main:README")
+    deep = "/".join(["d" * 200] * 4)
+    listing = "".join(f"100644 {blob}\t{deep}/f{n:05}\n" for n in range(4000))
+    env = {"GIT_INDEX_FILE": str(repo.parent / "agent-index"), "PATH": "/usr/bin:/bin"}
+    subprocess.run(["git", "read-tree", "main"], cwd=repo, env=env, check=True)
+    subprocess.run(["git", "update-index", "--index-info"], cwd=repo, env=env, check=True,
+                   input=listing.encode())  # fmt: skip
+    tree = subprocess.run(["git", "write-tree"], cwd=repo, env=env, check=True,
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    head = git(repo, "commit-tree", tree, "-p", "main", "-m", "many paths")
+    git(repo, "update-ref", "refs/heads/hal/agent/alice", head)
+    tracemalloc.start()
+    try:
+        proposal = await approvals.propose_apply(store, proposer="alice", repo=repo, target="main")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert proposal.payload["files"] == 4000
+    assert peak < (1 << 20), peak  # the paths alone are 3.2 MB

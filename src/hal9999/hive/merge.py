@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import subprocess
 from asyncio.subprocess import DEVNULL, PIPE
 from dataclasses import asdict, dataclass
@@ -42,6 +43,7 @@ _MERGE_SAFE = [
 ]  # fmt: skip
 _DIFF = ["diff", "--no-ext-diff", "--no-textconv", "--no-color", "--src-prefix=a/",
          "--dst-prefix=b/"]  # fmt: skip
+_CHANGED = re.compile(r"(\d+) files? changed")
 LOG_LIMIT = 1 << 20
 """The most of a proposal's commit list shown: one commit's message can be gigabytes (a few
 kilobytes in a bundle), and the list went whole into the daemon's memory."""
@@ -135,10 +137,11 @@ async def pin(repo: Path, branch: str, target: str, approval_id: str) -> ApplyRa
     if base == head:
         raise RepoError(f"{branch} has nothing {target} does not already have")
     _, count = await _git(repo, ["rev-list", "--count", f"{base}..{head}"])
-    _, names = await _git(repo, [*_DIFF, "--name-only", base, head, "--"])
+    # One line, where --name-only listed every path: an agent's commit can touch millions.
+    _, stat = await _git(repo, [*_DIFF, "--shortstat", base, head, "--"])
     await _git(repo, ["update-ref", "-m", f"hal: proposal {approval_id}", "--end-of-options",
                       f"{PIN_PREFIX}{approval_id}", head, "0" * 40])  # fmt: skip
-    files = len([line for line in names.splitlines() if line])
+    files = int(changed.group(1)) if (changed := _CHANGED.search(stat)) else 0
     return ApplyRange(str(repo), branch, target, base, head, int(count), files)
 
 
