@@ -22,6 +22,7 @@ import json
 import os
 import sqlite3
 import time
+import unicodedata
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -84,9 +85,29 @@ def _quoted(body: str) -> str:
     ``--- KIND ID from SENDER ---`` line, the ``[hive]`` line) quoted with ``> ``: a sender
     cannot make its message show an item from the operator, or an approval from hal."""
     return "\n".join(
-        "> " + line if line.lstrip().startswith(("---", "[hive]")) else line
+        "> " + line if _as_read(line).startswith(("---", "[hive]")) else line
         for line in body.splitlines()  # every line end a reader may honour: \r, U+2028...
     )
+
+
+def _as_read(line: str) -> str:
+    """The start of ``line`` as a reader (a model) sees it: without leading spaces and
+    invisible characters (a zero-width space, a BOM, a soft hyphen), compatibility forms
+    folded (fullwidth hyphens), and every dash (em dash, hyphen, minus) a hyphen-minus."""
+    start = 0
+    while start < len(line) and (line[start].isspace() or _invisible(line[start])):
+        start += 1
+    head = unicodedata.normalize("NFKC", line[start : start + 64])
+    kept = (
+        "-" if unicodedata.category(c) == "Pd" or c == "\u2212" else c
+        for c in head
+        if not _invisible(c)
+    )
+    return "".join(kept).lstrip()
+
+
+def _invisible(char: str) -> bool:
+    return unicodedata.category(char) == "Cf"
 
 
 def first_batch(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
