@@ -295,3 +295,21 @@ async def test_a_message_the_agent_took_through_its_tools_reaches_the_next_turn_
     else:  # taken and read: never in a prompt again
         assert broker.inbox(world.store, "beta") == []
         assert loop.deliver("beta") == []
+
+
+async def test_an_agent_starts_a_bounded_number_of_sub_tasks_a_day(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each sub-task keeps a session (a clone of the repository) on the host; one that ends
+    # at once freed its place among the four active ones, so an agent looping on run_task
+    # made sessions without end.
+    monkeypatch.setattr(tools, "MAX_DAILY_SUBTASKS", 3)
+    async with connect(world.socks["alpha"]) as alpha:
+        for _ in range(3):
+            failed, started = await call(alpha, "run_task", prompt="exit at once")
+            assert not failed, started
+            done = world.tasks.records[started["task"]]
+            world.tasks.records[done.id] = done.model_copy(update={"status": "failed"})
+        failed, text = await call(alpha, "run_task", prompt="once more")
+        assert failed and text.startswith("hive_limited: you started 3 sub-tasks"), text
+    assert len(world.tasks.created) == 3

@@ -31,6 +31,10 @@ RECV_POLL_S = 0.5
 MAX_ACTIVE_SUBTASKS = 4
 """Sub-tasks one agent may have queued or running at once (a looping agent must not flood
 the scheduler)."""
+MAX_DAILY_SUBTASKS = 100
+"""Sub-tasks one agent may start in 24 h: each keeps a session with a clone of the
+repository on the host, and one that ends at once frees its place among the active ones
+(an agent looping on run_task filled the host's disk)."""
 RESULT_PATCH_CHARS = 20_000
 """How much of a sub-task's patch ``task_result`` shows (the rest stays on its branch)."""
 
@@ -264,10 +268,17 @@ async def run_task(caller: Caller, args: RunTaskArgs) -> str:
         raise HiveLimited(f"{why}: no sub-task starts", hint="wait until it frees up")
     async with hive.starting.setdefault(caller.agent, asyncio.Lock()):
         active = {s.value for s in ACTIVE}
-        running = 0
+        running = today = 0
         for task_id in await hive.db(_owned, hive, caller.agent):
             with contextlib.suppress(HalError):
-                running += (await tasks.get(task_id)).status in active
+                task = await tasks.get(task_id)
+                running += task.status in active
+                today += task.created_at > time.time() - 86400
+        if today >= MAX_DAILY_SUBTASKS:
+            raise HiveLimited(
+                f"you started {today} sub-tasks in the last 24 h (at most {MAX_DAILY_SUBTASKS})",
+                hint="do the work in your own turn, or ask the operator",
+            )
         if running >= MAX_ACTIVE_SUBTASKS:
             raise UsageError(
                 f"you have {running} sub-tasks queued or running (at most {MAX_ACTIVE_SUBTASKS})",
