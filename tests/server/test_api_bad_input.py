@@ -99,6 +99,8 @@ CASES = [
      "lone UTF-16 surrogate"),
     ("POST", "/v1/hive/agents", '{"name": "zed", "repo": "x\\u0000"}', 400, "repo_invalid",
      "null byte"),
+    ("POST", "/v1/hive/agents", '{"name": "zed", "agent": "sh\\u0000 {{prompt_file}}"}', 400,
+     "usage", "NUL byte"),  # was spawned: every turn of it failed to exec
     ("POST", "/v1/hive/questions/q-x/answer", '{"text": "\\ud800"}', 400, "config_invalid",
      "lone UTF-16 surrogate"),
     ("POST", "/v1/hive/approvals/a-x/deny", '{"reason": "\\ud800"}', 400, "config_invalid",

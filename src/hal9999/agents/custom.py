@@ -211,6 +211,8 @@ class TemplateAgent:
     def __init__(self, template: str, settings: AgentSettings | None = None) -> None:
         self.template = template
         self.settings = settings or AgentSettings()
+        if "\x00" in template:  # no argv carries one: each turn's exec would fail
+            raise UsageError("the agent template holds a NUL byte", hint=_template_hint())
         try:
             argv = shlex.split(template)
         except ValueError as exc:
