@@ -43,13 +43,18 @@ def own(home: Path, agent: str, task_id: str) -> None:
 
 
 def spent(store: Store, home: Path, since: float) -> tuple[int, float]:
-    """Tokens and dollars the gateway recorded for every agent's sub-tasks since ``since``."""
+    """Tokens and dollars the gateway recorded for every agent's sub-tasks since ``since``
+    (one sum per 500 sub-tasks: a hive's lists only grow)."""
     lists = folder(home)
+    paths = sorted(lists.glob("*.json")) if lists.is_dir() else []
+    ids = [task_id for path in paths for task_id in owned(home, path.stem)]
     tokens, cost = 0, 0.0
-    for path in sorted(lists.glob("*.json")) if lists.is_dir() else []:
-        for task_id in owned(home, path.stem):
-            for call in store.gateway_requests(task_id):
-                if call.ts >= since:
-                    tokens += call.input_tokens + call.output_tokens
-                    cost += call.cost_usd or 0.0
+    for first in range(0, len(ids), 500):
+        chunk = ids[first : first + 500]
+        [row] = store._query(
+            "SELECT COALESCE(SUM(input_tokens + output_tokens), 0), COALESCE(SUM(cost_usd), 0)"
+            f" FROM gateway_requests WHERE ts >= ? AND task_id IN ({','.join('?' * len(chunk))})",
+            (since, *chunk),
+        )
+        tokens, cost = tokens + int(row[0]), cost + float(row[1])
     return tokens, cost
