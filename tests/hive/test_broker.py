@@ -205,6 +205,21 @@ def test_two_agents_in_a_ping_pong_loop_are_stopped_and_the_operator_told(store:
     assert "hal agent start alice" in notice.body and "hal agent start bob" in notice.body
 
 
+def test_a_one_way_flood_never_stops_the_agent_it_floods(store: Store) -> None:
+    # The loop guard counted the pair's messages whichever way they went: any agent could
+    # stop any other (the manager too) by sending it loop_messages messages, a stop that
+    # otherwise takes the operator's approval. A loop goes both ways.
+    broker.limits.rate_per_minute = 0
+    add_agent(store, "mallory")
+    add_agent(store, "manager")
+    for n in range(broker.limits.loop_messages * 2):
+        send(store, sender="mallory", recipient="manager", body=f"flood {n}")
+    send(store, sender="manager", recipient="mallory", body="stop that")
+    assert get_agent(store, "manager").state == "sleeping"
+    assert get_agent(store, "mallory").state == "sleeping"
+    assert inbox(store, OPERATOR) == []
+
+
 def test_an_operator_message_keeps_a_busy_pair_out_of_the_loop_guard(store: Store) -> None:
     broker.limits.loop_messages = 4
     add_agent(store, "alice")

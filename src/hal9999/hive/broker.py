@@ -244,6 +244,11 @@ def _check_unread(store: Store, sender: str, chars: int) -> None:
         )
 
 
+def _loop_share() -> int:
+    """The fewest messages each of a pair must have sent for their exchange to be a loop."""
+    return max(1, limits.loop_messages // 4)
+
+
 def _check_loop(store: Store, a: str, b: str, now: float) -> None:
     """Stop both agents when they keep messaging each other with nobody else involved."""
     if limits.loop_messages <= 0:
@@ -257,16 +262,14 @@ def _check_loop(store: Store, a: str, b: str, now: float) -> None:
     )
     if operator_wrote:
         return
-    between = _count(
-        store,
-        "SELECT COUNT(*) FROM hive_messages WHERE created > ? AND"
-        " ((sender = ? AND recipient = ?) OR (sender = ? AND recipient = ?))",
-        (since, a, b, b, a),
-    )
-    if between + 1 < limits.loop_messages:
+    sql = "SELECT COUNT(*) FROM hive_messages WHERE created > ? AND sender = ? AND recipient = ?"
+    sent, replied = _count(store, sql, (since, a, b)) + 1, _count(store, sql, (since, b, a))
+    # A loop goes both ways: a one-way flood (rate-limited already) stopped its target too,
+    # so any agent could stop any other, which only the operator's approval may do.
+    if sent + replied < limits.loop_messages or min(sent, replied) < _loop_share():
         return
     detail = (
-        f"{a} and {b} exchanged {between + 1} messages within"
+        f"{a} and {b} exchanged {sent + replied} messages within"
         f" {limits.loop_window_s:g} s with no operator message: stopped both as a message loop"
     )
     for name in (a, b):
