@@ -59,7 +59,7 @@ def test_bad_names_are_refused(name: str) -> None:
         check_name(name)
 
 
-@pytest.mark.parametrize("name", ["operator", "hal"])
+@pytest.mark.parametrize("name", ["operator", "hal", "you"])  # `you`: the CLI's operator
 def test_reserved_names_are_refused(store: Store, name: str) -> None:
     with pytest.raises(HiveError, match="reserved"):
         add_agent(store, name)

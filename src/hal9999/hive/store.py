@@ -29,8 +29,10 @@ logger = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,31}")
 """What an agent name looks like (it becomes a branch, a directory and a socket name)."""
-RESERVED_NAMES = frozenset({"operator", "hal"})
-"""Names no agent may take: the operator's and hal's own (system notices)."""
+RESERVED_NAMES = frozenset({"operator", "hal", "you"})
+"""Names no agent may take: the operator's and hal's own (system notices), and ``you``, which
+the CLI prints for the operator (``hal questions list``: a question to an agent named
+``you`` read as one to the operator)."""
 
 AgentStateName = Literal["sleeping", "running", "stopped", "crashed"]
 """``sleeping``: waits for mail, no sandbox held; ``running``: a turn is in progress;
