@@ -4,11 +4,13 @@ as (the socket's agent, never a name sent), and its refusals as one-line tool er
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from tests.hive.mcp_client import call, connect
@@ -133,6 +135,56 @@ async def test_recv_says_call_again_when_nothing_came(
         assert time.monotonic() - started < 4
     assert not failed and got["messages"] == [] and "call recv again" in got["note"]
     assert tools.RECV_MAX_S <= 45  # MCP clients time a call out at ~60 s
+
+
+async def test_one_agents_recv_calls_poll_the_store_one_at_a_time(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each recv polled the store twice a second on the daemon's threads: an agent with its
+    # calls in flight (16 a connection, 8 connections) made ~256 queries a second.
+    polls: list[float] = []
+    original = tools._take_unread
+
+    async def counted(caller: tools.Caller) -> list[Any]:
+        polls.append(time.monotonic())
+        return await original(caller)
+
+    monkeypatch.setattr(tools, "_take_unread", counted)
+    async with connect(world.socks["beta"]) as beta:
+        calls = [asyncio.create_task(call(beta, "recv", wait_s=1.2)) for _ in range(12)]
+        await asyncio.sleep(0.8)
+        await asyncio.to_thread(
+            broker.send, world.store, sender="operator", recipient="beta", body="for one"
+        )
+        answers = await asyncio.gather(*calls)
+    assert all(not failed for failed, _ in answers)
+    got = [m["body"] for _, answer in answers for m in answer["messages"]]
+    assert got == ["for one"], "one of them got it, once"
+    # One poller at a time: each recv that got its turn polls a few times (before: 12 calls
+    # polling three or four times each).
+    assert len(polls) <= 12, len(polls)
+
+
+async def test_two_calls_at_once_never_take_the_same_message(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each call read the agent's new messages, then took them: two calls of one agent at
+    # once (an agent's calls run concurrently) both read it new and both returned it.
+    await asyncio.to_thread(
+        broker.send, world.store, sender="operator", recipient="beta", body="once"
+    )
+    both = threading.Barrier(2, timeout=10)  # both have read it before either takes it
+    original = broker.inbox
+
+    def gated(*args: Any, **kwargs: Any) -> Any:
+        found = original(*args, **kwargs)
+        both.wait()
+        return found
+
+    monkeypatch.setattr(broker, "inbox", gated)
+    async with connect(world.socks["beta"]) as beta:
+        answers = await asyncio.gather(call(beta, "inbox"), call(beta, "inbox"))
+    assert [m["body"] for _, answer in answers for m in answer["messages"]] == ["once"]
 
 
 async def test_sub_tasks_belong_to_the_agent_that_started_them(world: World) -> None:

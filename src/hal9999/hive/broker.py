@@ -333,7 +333,8 @@ def mark(store: Store, ids: Sequence[str], state: Literal["delivered", "read"]) 
 def _mark(
     conn: sqlite3.Connection, recorded: list[HiveEvent], ids: Sequence[str],
     state: Literal["delivered", "read"],
-) -> None:  # fmt: skip
+) -> list[str]:  # fmt: skip
+    """Move ``ids`` forward to ``state`` in the open transaction; the ids it moved."""
     now = time.time()
     column = "delivered_at" if state == "delivered" else "read_at"
     lower = [s for s, n in _ORDER.items() if n < _ORDER[state]]
@@ -354,6 +355,7 @@ def _mark(
             else MessageRead(agent=agent, ids=moved)
         )
         recorded.append(insert_hive_event(conn, event))
+    return [message_id for moved in by_agent.values() for message_id in moved]
 
 
 def retire(conn: sqlite3.Connection, recorded: list[HiveEvent], agent: str) -> None:
@@ -365,14 +367,15 @@ def retire(conn: sqlite3.Connection, recorded: list[HiveEvent], agent: str) -> N
     _mark(conn, recorded, [str(row[0]) for row in rows], "read")
 
 
-def take(store: Store, agent: str, ids: Sequence[str]) -> None:
+def take(store: Store, agent: str, ids: Sequence[str]) -> list[str]:
     """Messages an agent took through its tools (``inbox``, ``recv``) during a turn: marked
     ``delivered`` and added to its open turn's messages, in one transaction, so the turn's
     end marks them ``read`` when it ends on its own; a turn that crashes (its sandbox killed
     before the agent acted on them) leaves them to the next turn's prompt instead of losing
-    them. With no turn open (nothing would finish them) they are ``read`` at once."""
+    them. With no turn open (nothing would finish them) they are ``read`` at once. Returns
+    the ids this call moved: a message two calls read as new at once goes to one of them."""
     if not ids:
-        return
+        return []
     with hive_write(store) as (conn, recorded):
         turn = conn.execute(
             "SELECT id, messages FROM hive_turns WHERE agent = ? AND ended_at IS NULL"
@@ -380,10 +383,10 @@ def take(store: Store, agent: str, ids: Sequence[str]) -> None:
             (agent,),
         ).fetchone()
         if turn is None:
-            _mark(conn, recorded, ids, "read")
-            return
-        _mark(conn, recorded, ids, "delivered")
-        messages = list(dict.fromkeys([*json.loads(turn["messages"]), *ids]))
+            return _mark(conn, recorded, ids, "read")
+        moved = _mark(conn, recorded, ids, "delivered")
+        messages = list(dict.fromkeys([*json.loads(turn["messages"]), *moved]))
         conn.execute(
             "UPDATE hive_turns SET messages = ? WHERE id = ?", (json.dumps(messages), turn["id"])
         )
+        return moved

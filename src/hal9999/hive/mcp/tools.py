@@ -86,6 +86,10 @@ class Hive:
     starting: dict[str, asyncio.Lock] = field(default_factory=dict)
     """Per agent: held from counting its sub-tasks to recording a new one, so calls that
     overlap (one agent's calls run concurrently) cannot pass the bound together."""
+    receiving: dict[str, asyncio.Lock] = field(default_factory=dict)
+    """Per agent: held by the ``recv`` that polls the store for it; its other ``recv`` calls
+    wait their turn without polling (one agent may have 128 calls in flight, each polling
+    twice a second, on the daemon's threads)."""
     applying: dict[str, asyncio.Lock] = field(default_factory=dict)
     """Per agent: held while an ``apply`` proposal resolves and pins its range (host git,
     several processes), so one agent runs one at a time, not as many as it has calls in
@@ -189,8 +193,9 @@ async def _take_unread(caller: Caller) -> list[Any]:
     # A delivered message is in the current turn's prompt already: only new ones here.
     messages = [m for m in found if m.state == "sent"][:50]
     # Taken by the turn, read when it ends: a turn killed first gives them to the next one.
-    await caller.hive.db(broker.take, store, caller.agent, [m.id for m in messages])
-    return list(messages)
+    # Only those this call moved: another call of the agent may have taken some meanwhile.
+    taken = set(await caller.hive.db(broker.take, store, caller.agent, [m.id for m in messages]))
+    return [m for m in messages if m.id in taken]
 
 
 async def inbox(caller: Caller, args: InboxArgs) -> str:
@@ -211,13 +216,20 @@ async def inbox(caller: Caller, args: InboxArgs) -> str:
 async def recv(caller: Caller, args: RecvArgs) -> str:
     """Unread messages as soon as there are any, or an empty answer after ``wait_s``."""
     deadline = time.monotonic() + min(args.wait_s, RECV_MAX_S)
-    while True:
-        messages = await _take_unread(caller)
-        if messages:
-            return dump({"messages": [_message_json(m) for m in messages]})
+    nothing = dump({"messages": [], "note": "nothing yet; call recv again to keep waiting"})
+    polling = caller.hive.receiving.setdefault(caller.agent, asyncio.Lock())
+    while polling.locked():  # another recv of this agent polls: wait, without a query
         if time.monotonic() >= deadline:
-            return dump({"messages": [], "note": "nothing yet; call recv again to keep waiting"})
+            return nothing
         await asyncio.sleep(RECV_POLL_S)
+    async with polling:  # free: taken at once (nothing awaited since the check)
+        while True:
+            messages = await _take_unread(caller)
+            if messages:
+                return dump({"messages": [_message_json(m) for m in messages]})
+            if time.monotonic() >= deadline:
+                return nothing
+            await asyncio.sleep(RECV_POLL_S)
 
 
 # -- sub-tasks -----------------------------------------------------------------------------
