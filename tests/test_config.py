@@ -282,3 +282,12 @@ def test_a_bad_key_is_blamed_on_the_file_that_wrote_it_not_a_later_one(
     with pytest.raises(ConfigError) as typed:
         load_config({"HOME": str(user_home), "HAL_MEMORY_MB": "512"}, project)
     assert typed.value.message == f"{path}: resources.cpus: expected a number"
+
+
+def test_the_daemon_refuses_a_bad_pool_variable_at_start(tmp_path: Path) -> None:
+    # Read only when a task ran on the provider, it used to let `hal serve` start silently.
+    from hal9999.server.daemon import Daemon
+
+    config = HalConfig(home=tmp_path / "home")
+    with pytest.raises(ConfigError, match="HAL_BWRAP_MIN_WARM: expected a number at least 0"):
+        Daemon(config, {"HAL_BWRAP_MIN_WARM": "-1"})

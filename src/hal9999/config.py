@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from hal9999.agents.base import AgentSettings
 from hal9999.configfile import merge, read_toml
@@ -234,6 +234,8 @@ class HalConfig(_Config):
     """The LLM gateway and egress policy (``[gateway]``)."""
     hive: dict[str, Any] = Field(default_factory=dict)
     """Hive settings (``[hive]``), validated by :mod:`hal9999.hive.settings`."""
+    _origin: dict[tuple[str, ...], str] = PrivateAttr(default_factory=dict)
+    # Which file or variable set each key (kept by copies; lost when sent as JSON).
 
     @field_validator("home")
     @classmethod
@@ -283,6 +285,17 @@ def _env_layer(environ: Mapping[str, str]) -> list[Layer]:
             table = {part: table}
         layers.append((var, table))
     return layers
+
+
+def source_of(config: HalConfig, *key: str) -> str:
+    """The file or ``HAL_*`` variable that set ``key`` of ``config`` (``config`` when that is
+    not known: a config sent as JSON to the daemon), for an error that names it."""
+    return _source_of(key, config._origin)
+
+
+def fix_hint(source: str) -> str:
+    """How to fix a value that came from ``source`` (a file or a ``HAL_*`` variable)."""
+    return f"fix or unset {source}" if source in ENV_KEYS else f"fix it in {source}"
 
 
 def _source_of(loc: tuple[str | int, ...], origin: Mapping[tuple[str, ...], str]) -> str:
@@ -443,4 +456,5 @@ def _validate(layers: list[Layer], here: Path | None) -> HalConfig:
                 hint="cd to an existing directory, or make home absolute",
             )
         config = config.model_copy(update={"home": (here / config.home).resolve()})
+    config._origin = origin
     return config

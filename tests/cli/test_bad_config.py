@@ -165,3 +165,39 @@ def test_a_gateway_budget_rate_or_price_that_is_not_finite_is_refused(
     assert out.returncode == 2
     assert f"{where}: expected a finite number" in one_error_line(out)
     assert no_sessions(hal_env)
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "expected"),
+    [("HAL_PROCESS_MANAGER", "tmuxx", "process_manager: unknown process manager 'tmuxx'"),
+     ("HAL_PROVIDER", "bwrap,bwarp", "default_provider: no provider named 'bwarp'"),
+     ("HAL_AGENT", "claud", "default_agent: unknown agent 'claud'")],
+)  # fmt: skip
+def test_an_unknown_default_name_is_blamed_on_its_variable(
+    hal: Hal, hal_env: dict[str, str], var: str, value: str, expected: str
+) -> None:
+    out = hal("run", "--agent", "true {{prompt_file}}", "--provider", "bwrap", "x",
+              env={var: value})  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    line = one_error_line(out)
+    assert f"hal: error: {var}: {expected}" in line and f"fix or unset {var})" in line, line
+    assert tasks_json(hal) == [] and no_sessions(hal_env)
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [("[agents.claud]\nmodel = \"x\"\n", "[agents.claud]: no agent preset named 'claud'"),
+     ("[gateway.provider_egress]\nqemmu = [\"a.example\"]\n",
+      "[gateway.provider_egress] qemmu: no provider named 'qemmu'"),
+     ("default_agent = \"claud\"\n", "config.toml: default_agent: unknown agent 'claud'")],
+)  # fmt: skip
+def test_a_misspelt_name_in_the_config_is_refused_not_ignored(
+    hal: Hal, hal_env: dict[str, str], toml: str, expected: str
+) -> None:
+    write_config(hal_env, toml)
+    out = hal("run", "--agent", "true {{prompt_file}}", "--provider", "bwrap", "x")
+    assert out.returncode == 2, out.stderr
+    assert expected in one_error_line(out)
+    assert tasks_json(hal) == [] and no_sessions(hal_env)
+    found = doctor_checks(hal)["config"]
+    assert not found["ok"] and expected in found["detail"], found

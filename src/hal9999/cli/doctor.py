@@ -14,7 +14,7 @@ import click
 
 from hal9999.agents.registry import available_agents, resolve_agent
 from hal9999.cli.main import cli, emit_json, run_async
-from hal9999.config import HalConfig, load_config
+from hal9999.config import load_config
 from hal9999.errors import HalError
 from hal9999.home import HalPaths
 from hal9999.images.store import Image, ImageStore, hang_notice
@@ -199,9 +199,11 @@ def _cgroup_moves() -> Check:
 
 def _home() -> list[Check]:
     """The config, the data directory and the database: each a line, never a traceback."""
+    from hal9999.tasks.plugins import check_sections
+
     try:
         config = load_config()
-        _sections(config)
+        check_sections(config, os.environ)
     except HalError as exc:  # a broken config is itself the finding
         return [Check("config", False, exc.message, exc.hint or "fix the file named above")]
     home = config.home
@@ -210,30 +212,6 @@ def _home() -> list[Check]:
     except HalError as exc:
         return [Check("HAL_HOME", False, exc.message, exc.hint)]
     return [Check("HAL_HOME", True, str(home)), _database(paths.db)]
-
-
-def _sections(config: HalConfig) -> None:
-    """Check the tables the config's model leaves to their readers (``[providers.*]``,
-    ``[pool]``, ``[scheduler]``, ``[hive]``), which a run or the daemon would refuse later,
-    and that ``[gateway] ca_file`` loads."""
-    from hal9999.hive.settings import hive_settings
-    from hal9999.pool.settings import provider_settings, scheduler_settings
-    from hal9999.tasks.plugins import check_provider_tables
-    from hal9999.tasks.request import provider_list
-
-    check_provider_tables(config)
-    if config.gateway.ca_file is not None:  # else every call of every agent is refused
-        from hal9999.gateway.upstream import UpstreamPool, ca_file_error
-
-        try:
-            UpstreamPool(str(config.gateway.ca_file))
-        except OSError as exc:
-            raise ca_file_error(config.gateway.ca_file, exc) from exc
-    scheduler_settings(config, os.environ)
-    hive_settings(config)
-    pooled = [name for name, table in config.pool.items() if isinstance(table, dict)]
-    for name in dict.fromkeys([*provider_list(config.default_provider), *pooled]):
-        provider_settings(config, os.environ, name)
 
 
 def _database(db: Path) -> Check:

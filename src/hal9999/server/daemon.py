@@ -36,7 +36,7 @@ from hal9999.server.threads_api import use_hive_for_agents
 from hal9999.spec import SandboxSpec
 from hal9999.store import Store, TaskRecord
 from hal9999.tasks.context import sandbox_spec
-from hal9999.tasks.plugins import load_provider_for
+from hal9999.tasks.plugins import check_sections, load_provider_for
 from hal9999.tasks.recovery import Recovery, RecoveryReport
 from hal9999.tasks.request import provider_list
 from hal9999.tasks.sandboxes import PoolSource
@@ -58,6 +58,7 @@ class Daemon:
     """Composes the store, task service, pool, scheduler and API of one hal home."""
 
     def __init__(self, config: HalConfig, environ: Mapping[str, str]) -> None:
+        check_sections(config, environ)  # a bad pool variable would fail only a later task
         self.config = config
         self.environ = environ
         self.store = Store.open(config.home)

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from hal9999.config import HalConfig
+from collections.abc import Mapping
+
+from hal9999.agents.registry import ENTRY_POINT_GROUP as AGENTS
+from hal9999.agents.registry import available_agents, is_template
+from hal9999.config import HalConfig, fix_hint, source_of
 from hal9999.entrypoints import find_entry_point
 from hal9999.errors import ConfigError
 from hal9999.home import HalPaths
 from hal9999.process.base import ProcessManager
+from hal9999.process.registry import GROUP as MANAGERS
+from hal9999.process.registry import available_process_managers
 from hal9999.process.registry import load_process_manager as _load_manager
 from hal9999.providers.base import Provider
 from hal9999.providers.registry import GROUP, available_providers, load_provider
+from hal9999.tasks.request import provider_list
 
 
 def load_provider_for(config: HalConfig, name: str) -> Provider:
@@ -21,16 +28,79 @@ def load_provider_for(config: HalConfig, name: str) -> Provider:
 
 
 def check_provider_tables(config: HalConfig) -> None:
-    """Refuse ``[providers.<name>]`` or ``[pool.<name>]`` of a provider no installed package
-    registers (plugins included): a misspelt name would be ignored without a word."""
+    """Refuse a name the config gives that no installed package registers (plugins included),
+    naming the file or variable it came from: a table of a provider (``[providers.<name>]``,
+    ``[pool.<name>]``, ``[gateway.provider_egress] <name>``) or of an agent preset
+    (``[agents.<name>]``) would be ignored without a word, and a default (``default_provider``,
+    ``default_agent``, ``process_manager``) would fail a run without saying where it is set."""
     pooled = [name for name, table in config.pool.items() if isinstance(table, dict)]
-    for section, names in (("providers", list(config.providers)), ("pool", pooled)):
-        for name in names:
-            if find_entry_point(GROUP, name) is None:
-                raise ConfigError(
-                    f"[{section}.{name}]: no provider named {name!r}",
-                    hint=f"providers: {', '.join(available_providers())}; or remove the table",
-                )
+    provider_egress = config.gateway.provider_egress
+    tables = [
+        *((f"[providers.{name}]", name, "table") for name in config.providers),
+        *((f"[pool.{name}]", name, "table") for name in pooled),
+        *((f"[gateway.provider_egress] {name}", name, "key") for name in provider_egress),
+    ]
+    for where, name, what in tables:
+        if find_entry_point(GROUP, name) is None:
+            raise ConfigError(
+                f"{where}: no provider named {name!r}",
+                hint=f"providers: {', '.join(available_providers())}; or remove the {what}",
+            )
+    for name in config.agents:
+        if not is_template(name) and find_entry_point(AGENTS, name) is None:
+            raise ConfigError(
+                f"[agents.{name}]: no agent preset named {name!r}",
+                hint=f"presets: {', '.join(available_agents())}; or remove the table",
+            )
+    _check_defaults(config)
+
+
+def _check_defaults(config: HalConfig) -> None:
+    """The default provider(s), agent and process manager name installed plugins."""
+    for name in provider_list(config.default_provider):
+        if find_entry_point(GROUP, name) is None:
+            source = source_of(config, "default_provider")
+            raise ConfigError(
+                f"{source}: default_provider: no provider named {name!r}",
+                hint=f"providers: {', '.join(available_providers())}; {fix_hint(source)}",
+            )
+    agent = config.default_agent
+    if not is_template(agent) and find_entry_point(AGENTS, agent) is None:
+        source = source_of(config, "default_agent")
+        raise ConfigError(
+            f"{source}: default_agent: unknown agent {agent!r}",
+            hint=f"presets: {', '.join(available_agents())}, or a command template; "
+            + fix_hint(source),
+        )
+    if find_entry_point(MANAGERS, config.process_manager) is None:
+        source = source_of(config, "process_manager")
+        raise ConfigError(
+            f"{source}: process_manager: unknown process manager {config.process_manager!r}",
+            hint=f"choose one of: {', '.join(available_process_managers())}; " + fix_hint(source),
+        )
+
+
+def check_sections(config: HalConfig, environ: Mapping[str, str]) -> None:
+    """Check what the config's model leaves to its readers (``[providers.*]``, ``[pool]``
+    with the ``HAL_<P>_*`` variables, ``[scheduler]``, ``[hive]``, ``[gateway] ca_file``), so
+    ``hal doctor`` and ``hal serve`` refuse at once what a run or the daemon's pool would
+    refuse later, or use without a word."""
+    from hal9999.hive.settings import hive_settings
+    from hal9999.pool.settings import provider_settings, scheduler_settings
+
+    check_provider_tables(config)
+    if config.gateway.ca_file is not None:  # else every call of every agent is refused
+        from hal9999.gateway.upstream import UpstreamPool, ca_file_error
+
+        try:
+            UpstreamPool(str(config.gateway.ca_file))
+        except OSError as exc:
+            raise ca_file_error(config.gateway.ca_file, exc) from exc
+    scheduler_settings(config, environ)
+    hive_settings(config)
+    pooled = [name for name, table in config.pool.items() if isinstance(table, dict)]
+    for name in dict.fromkeys([*provider_list(config.default_provider), *pooled]):
+        provider_settings(config, environ, name)
 
 
 def load_process_manager(config: HalConfig, name: str) -> ProcessManager:

@@ -145,10 +145,10 @@ class TaskService(TaskSecrets):
         config = self.config
         if req.config is not None:
             config = req.config.model_copy(update={"home": self.config.home})
+        check_provider_tables(config)  # names the config's own mistakes before the request's
         resolve_agent(req.agent, config.agent_settings(req.agent))
         self.check_prompt(req, config)
         providers = provider_list(req.provider)
-        check_provider_tables(config)
         for name in providers:
             load_provider_for(config, name)
             provider_settings(config, self.environ, name)  # [pool]: before any task exists
