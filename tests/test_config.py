@@ -147,6 +147,24 @@ def test_home_from_file_expands_user_and_relative_paths(
     assert load_config({"HOME": str(user_home)}, project).home == (project / "state").resolve()
 
 
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [("", "must not be empty"), (" ", "must not be empty"),
+     (" /srv/hal", "has spaces or tabs around the path"),
+     ("/srv/hal\t", "has spaces or tabs around the path")],
+)  # fmt: skip
+def test_a_blank_or_space_padded_home_is_refused(
+    user_home: Path, project: Path, value: str, problem: str
+) -> None:
+    # "" was the current directory (hal.db in a repository), " x" a directory " x" there.
+    write(user_file(user_home), f"home = {value!r}\n".replace("'", '"'))
+    with pytest.raises(ConfigError, match=f"config.toml: home: {problem}"):
+        load_config({"HOME": str(user_home)}, project)
+    if value:  # an empty variable means unset
+        with pytest.raises(ConfigError, match=f"^HAL_HOME: home: {problem}"):
+            load_config({"HOME": str(user_home), "HAL_HOME": value}, project)
+
+
 def test_invalid_toml_names_the_file(user_home: Path, project: Path) -> None:
     write(project / "hal.toml", "timeout_s = = 3\n")
     with pytest.raises(ConfigError) as info:

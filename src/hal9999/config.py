@@ -237,6 +237,16 @@ class HalConfig(_Config):
     _origin: dict[tuple[str, ...], str] = PrivateAttr(default_factory=dict)
     # Which file or variable set each key (kept by copies; lost when sent as JSON).
 
+    @field_validator("home", mode="before")
+    @classmethod
+    def _not_blank(cls, value: Any) -> Any:
+        # "" would be the current directory (a repository), " x" a directory named so there.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must not be empty")
+        if isinstance(value, str) and value != value.strip():
+            raise ValueError("has spaces or tabs around the path")
+        return value
+
     @field_validator("home")
     @classmethod
     def _expand(cls, value: Path) -> Path:

@@ -116,6 +116,7 @@ def test_the_thin_home_is_the_configs_home_or_none(tmp_path: Path) -> None:
     # What only the full config can resolve or check: no thin home.
     assert thin_home({"HOME": str(user), "HAL_HOME": "rel/home"}, here) is None
     assert thin_home({"HOME": str(user), "HAL_HOME": "~/h"}, here) is None
+    assert thin_home({"HOME": str(user), "HAL_HOME": f"{tmp_path}/h "}, here) is None  # refused
     assert thin_home({"HOME": str(user), "HAL_LOG_LEVEL": "DEBUG"}, here) is None
     (here / "hal.toml").write_text("")
     assert thin_home({"HOME": str(user)}, here) is None

@@ -29,8 +29,9 @@ def thin_home(
         return None
     given = environ.get("HAL_HOME", "")
     if given:
-        # Relative, `~` and non-ASCII homes are the config's to resolve and check.
-        return Path(given) if given.isascii() and given.startswith("/") else None
+        # Relative, `~`, non-ASCII and space-padded homes are the config's to resolve and check.
+        plain = given.isascii() and given.startswith("/") and given == given.rstrip()
+        return Path(given) if plain else None
     home = _xdg(environ, "XDG_DATA_HOME", ".local/share") / "hal9999"
     # The config expands `~` in it (a HOME of `~x`, say): its to resolve, as above.
     return home if home.is_absolute() and str(home).isascii() else None
