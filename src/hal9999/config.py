@@ -237,6 +237,13 @@ class HalConfig(_Config):
     _origin: dict[tuple[str, ...], str] = PrivateAttr(default_factory=dict)
     # Which file or variable set each key (kept by copies; lost when sent as JSON).
 
+    def __eq__(self, other: object) -> bool:
+        # Equal settings are equal configs, wherever they came from (pydantic would compare
+        # the private ``_origin`` too).
+        if not isinstance(other, HalConfig):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
     @field_validator("home", mode="before")
     @classmethod
     def _not_blank(cls, value: Any) -> Any:
