@@ -163,3 +163,31 @@ def test_task_list_json_is_strict_even_for_an_old_infinite_timeout(
 
     listed = hal("task", "list", "--json")
     assert json.loads(listed.stdout, parse_constant=refuse)[0]["timeout_s"] is None
+
+
+@pytest.mark.parametrize(
+    ("value", "bypass"),
+    [("false", False), ("0", False), ("off", False), ("", False), ("1", True), ("yes", True)],
+)
+def test_hal_no_daemon_false_means_no(tmp_path: Path, value: str, bypass: bool) -> None:
+    # HAL_NO_DAEMON=false used to bypass the running daemon like HAL_NO_DAEMON=1.
+    from hal9999.cli.via_daemon import find_daemon
+    from hal9999.config import HalConfig
+    from hal9999.server.runtime import DaemonFiles, DaemonInfo
+
+    config = HalConfig(home=tmp_path / "home")
+    files = DaemonFiles(config.home)
+    files.paths.ensure()
+    files.ensure_token()
+    socket = tmp_path / "hal.sock"
+    socket.write_text("")  # stands for the daemon's socket: find() only checks it exists
+    with files.lock():  # held, as by a running daemon
+        files.write_info(DaemonInfo(pid=1, socket=str(socket), port=1, started_at=0.0))
+        found = find_daemon(config, {"HAL_NO_DAEMON": value})
+    assert (found is None) == bypass
+
+
+def test_a_hal_no_daemon_that_is_neither_yes_nor_no_is_refused(hal: Hal) -> None:
+    out = hal("run", "--agent", "true {{prompt_file}}", "x", env={"HAL_NO_DAEMON": "maybe"})
+    assert out.returncode == 2
+    assert "HAL_NO_DAEMON: expected 1 or 0, got 'maybe'" in one_error_line(out)

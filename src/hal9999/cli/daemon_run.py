@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, cast
 
 from hal9999.cli.echo import echo, emit_json, stream_to_terminal
 from hal9999.cli.task_table import TaskSummary, summary
-from hal9999.cli.thin_config import THIN_VARS, thin_home
+from hal9999.cli.thin_config import THIN_VARS, no_daemon, thin_home
 from hal9999.envvars import forwarded_env, parse_env_option
 from hal9999.errors import ConfigError, HalError, UsageError, exit_status_for
 from hal9999.workdir import current_dir, working_dir
@@ -54,8 +54,6 @@ RUN_VARS = THIN_VARS | frozenset(NAME_VARS)
 """Every ``HAL_*`` variable this path understands."""
 DEFAULT_TIMEOUT_S = 3600
 """``HalConfig().timeout_s`` as the attribute holds it (a default is not validated: an int)."""
-NO_DAEMON_VAR = "HAL_NO_DAEMON"
-"""As :data:`hal9999.cli.via_daemon.NO_DAEMON_VAR` (that module imports the models)."""
 
 
 def default_config(home: Path) -> dict[str, Any]:
@@ -144,7 +142,7 @@ def thin_daemon(
 ) -> tuple[DaemonClient, dict[str, Any], tuple[str, ...]] | None:
     """The running daemon, the config's JSON and the variables that set it, when a command
     may talk to the daemon without the config; None when the full path must run it."""
-    if environ.get(NO_DAEMON_VAR, "") not in ("", "0"):
+    if no_daemon(environ):
         return None
     found = simple_config(environ, current_dir())
     if found is None:

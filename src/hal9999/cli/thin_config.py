@@ -15,6 +15,28 @@ from pathlib import Path
 THIN_VARS = frozenset({"HAL_HOME", "HAL_NO_DAEMON"})
 """``HAL_*`` variables every thin path understands."""
 
+NO_DAEMON_VAR = "HAL_NO_DAEMON"
+"""Set to 1 to work in-process even while a daemon runs."""
+
+_YES = frozenset({"1", "true", "yes", "on"})
+_NO = frozenset({"", "0", "false", "no", "off"})
+
+
+def no_daemon(environ: Mapping[str, str]) -> bool:
+    """Whether ``HAL_NO_DAEMON`` asks for an in-process command. A value that is neither yes
+    nor no is a ConfigError: ``HAL_NO_DAEMON=false`` used to mean "no daemon" too."""
+    value = environ.get(NO_DAEMON_VAR, "")
+    if value.lower() in _YES:
+        return True
+    if value.lower() in _NO:
+        return False
+    from hal9999.errors import ConfigError
+
+    raise ConfigError(
+        f"{NO_DAEMON_VAR}: expected 1 or 0, got {value!r}",
+        hint=f"{NO_DAEMON_VAR}=1 works without the daemon; unset it to use a running one",
+    )
+
 
 def thin_home(
     environ: Mapping[str, str], cwd: Path | None, allowed: frozenset[str] = THIN_VARS

@@ -18,13 +18,12 @@ if TYPE_CHECKING:
     from hal9999.cli.app import App
     from hal9999.server.client import DaemonClient
 
-NO_DAEMON_VAR = "HAL_NO_DAEMON"
-"""Set to 1 to work in-process even while a daemon runs."""
+from hal9999.cli.thin_config import no_daemon
 
 
 def find_daemon(config: HalConfig, environ: Mapping[str, str]) -> DaemonClient | None:
     """The running daemon of this home, unless ``HAL_NO_DAEMON`` is set."""
-    if environ.get(NO_DAEMON_VAR, "") not in ("", "0"):
+    if no_daemon(environ):
         return None
     from hal9999.server.client import DaemonClient  # not for an in-process command
 
