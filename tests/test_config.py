@@ -165,6 +165,18 @@ def test_a_blank_or_space_padded_home_is_refused(
             load_config({"HOME": str(user_home), "HAL_HOME": value}, project)
 
 
+@pytest.mark.parametrize("which", ["user", "project"])
+def test_a_config_file_that_is_a_broken_link_is_refused_not_skipped(
+    user_home: Path, project: Path, which: str
+) -> None:
+    # A dotfiles link whose target is gone read as "no config": every setting dropped silently.
+    link = user_file(user_home) if which == "user" else project / "hal.toml"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(user_home / "dotfiles" / "hal.toml")
+    with pytest.raises(ConfigError, match="a link to '.*dotfiles/hal.toml', which does not exist"):
+        load_config({"HOME": str(user_home)}, project)
+
+
 def test_invalid_toml_names_the_file(user_home: Path, project: Path) -> None:
     write(project / "hal.toml", "timeout_s = = 3\n")
     with pytest.raises(ConfigError) as info:

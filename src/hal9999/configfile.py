@@ -19,6 +19,12 @@ def read_toml(path: Path, label: str) -> tuple[dict[str, Any], bytes] | None:
     try:
         data = read_regular(path, label)
     except FileNotFoundError:
+        if os.path.islink(path):  # a dotfiles link whose target is gone: not "no config"
+            raise ConfigError(
+                f"{label}: a link to {os.readlink(path)!r}, which does not exist",
+                hint=f"fix or remove the link {path}",
+                path=str(path),
+            ) from None
         return None
     except OSError as exc:
         raise ConfigError(

@@ -121,6 +121,9 @@ def test_the_thin_home_is_the_configs_home_or_none(tmp_path: Path) -> None:
     (here / "hal.toml").write_text("")
     assert thin_home({"HOME": str(user)}, here) is None
     (here / "hal.toml").unlink()
+    (here / "hal.toml").symlink_to(here / "gone.toml")  # a broken link: the config refuses it
+    assert thin_home({"HOME": str(user)}, here) is None
+    (here / "hal.toml").unlink()
     (user / ".config" / "hal9999").mkdir(parents=True)
     (user / ".config" / "hal9999" / "config.toml").write_text(f'home = "{tmp_path / "o"}"\n')
     assert thin_home({"HOME": str(user)}, here) is None

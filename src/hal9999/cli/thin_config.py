@@ -9,6 +9,7 @@ the full path's to read, resolve and, when it is wrong, report.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -47,7 +48,9 @@ def thin_home(
     for name, value in environ.items():
         if name.startswith("HAL_") and value and name not in allowed:
             return None
-    if _user_config(environ).exists() or (cwd is not None and (cwd / "hal.toml").exists()):
+    # lexists: a link to a missing file is the full path's to report, not "no config".
+    user, project = _user_config(environ), cwd / "hal.toml" if cwd is not None else None
+    if os.path.lexists(user) or (project is not None and os.path.lexists(project)):
         return None
     given = environ.get("HAL_HOME", "")
     if given:
