@@ -191,3 +191,10 @@ def test_a_hal_no_daemon_that_is_neither_yes_nor_no_is_refused(hal: Hal) -> None
     out = hal("run", "--agent", "true {{prompt_file}}", "x", env={"HAL_NO_DAEMON": "maybe"})
     assert out.returncode == 2
     assert "HAL_NO_DAEMON: expected 1 or 0, got 'maybe'" in one_error_line(out)
+
+
+def test_a_bad_log_cap_variable_is_refused_before_a_task(hal: Hal, hal_env: dict[str, str]) -> None:
+    out = hal("run", "--agent", "true {{prompt_file}}", "x", env={"HAL_LOG_CAP_MB": "1O"})
+    assert out.returncode == 2, out.stderr
+    assert "HAL_LOG_CAP_MB: expected a number of MiB above 0, got '1O'" in one_error_line(out)
+    assert not list(Path(hal_env["HAL_HOME"]).glob("sessions/*"))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from hal9999.errors import ConfigError
 from hal9999.events.models import Usage
 from hal9999.process.caplog import CappedLog, log_cap_from
 from hal9999.process.supervisor import parsed_offset_after, read_parsed, supervise
@@ -109,12 +110,16 @@ def test_capped_log_without_overflow_writes_everything(tmp_path: Path) -> None:
     assert (tmp_path / "a.log").read_bytes() == b"x" * 500
 
 
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [("", 256 << 20), ("1", 1 << 20), ("nan", 256 << 20), ("-3", 256 << 20), ("x", 256 << 20)],
-)
+@pytest.mark.parametrize(("value", "expected"), [("", 256 << 20), ("1", 1 << 20), ("0.5", 1 << 19)])
 def test_log_cap_from_environment(value: str, expected: int) -> None:
     assert log_cap_from({"HAL_LOG_CAP_MB": value}) == expected
+
+
+@pytest.mark.parametrize("value", ["nan", "-3", "x", "0", "inf", " "])
+def test_a_bad_log_cap_is_refused_naming_the_variable(value: str) -> None:
+    # It used to be the default cap without a word: HAL_LOG_CAP_MB=1O kept 256 MiB.
+    with pytest.raises(ConfigError, match=r"^HAL_LOG_CAP_MB: expected a number of MiB above 0"):
+        log_cap_from({"HAL_LOG_CAP_MB": value})
 
 
 def test_credential_file_values_are_masked_by_the_supervisor(tmp_path: Path) -> None:

@@ -28,14 +28,22 @@ _MIN_CAP = 4096
 
 
 def log_cap_from(environ: Mapping[str, str]) -> int:
-    """The log cap in bytes from ``HAL_LOG_CAP_MB`` (a positive number), else the default."""
-    raw = environ.get(LOG_CAP_VAR, "").strip()
+    """The log cap in bytes from ``HAL_LOG_CAP_MB`` (a positive number), else the default; any
+    other value is a ConfigError naming the variable (it was the default without a word)."""
+    raw = environ.get(LOG_CAP_VAR, "")
+    if not raw:
+        return DEFAULT_LOG_CAP
     try:
         value = float(raw)
     except ValueError:
-        return DEFAULT_LOG_CAP
-    if not value > 0 or value == float("inf"):
-        return DEFAULT_LOG_CAP
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        from hal9999.errors import ConfigError
+
+        raise ConfigError(
+            f"{LOG_CAP_VAR}: expected a number of MiB above 0, got {raw!r}",
+            hint=f"fix or unset {LOG_CAP_VAR} (default {DEFAULT_LOG_CAP >> 20})",
+        )
     return max(_MIN_CAP, int(value * 1024 * 1024))
 
 

@@ -87,6 +87,7 @@ def check_sections(config: HalConfig, environ: Mapping[str, str]) -> None:
     refuse later, or use without a word."""
     from hal9999.hive.settings import hive_settings
     from hal9999.pool.settings import provider_settings, scheduler_settings
+    from hal9999.process.caplog import log_cap_from
 
     check_provider_tables(config)
     if config.gateway.ca_file is not None:  # else every call of every agent is refused
@@ -97,6 +98,7 @@ def check_sections(config: HalConfig, environ: Mapping[str, str]) -> None:
         except OSError as exc:
             raise ca_file_error(config.gateway.ca_file, exc) from exc
     scheduler_settings(config, environ)
+    log_cap_from(environ)
     hive_settings(config)
     pooled = [name for name, table in config.pool.items() if isinstance(table, dict)]
     for name in dict.fromkeys([*provider_list(config.default_provider), *pooled]):

@@ -22,6 +22,7 @@ from hal9999.events.writers import EventWriters
 from hal9999.home import HalPaths
 from hal9999.pool.settings import provider_settings
 from hal9999.process.base import read_exit_status
+from hal9999.process.caplog import log_cap_from
 from hal9999.providers.base import Provider
 from hal9999.redact import SecretMasker
 from hal9999.spec import ArgvCommand
@@ -146,6 +147,7 @@ class TaskService(TaskSecrets):
         if req.config is not None:
             config = req.config.model_copy(update={"home": self.config.home})
         check_provider_tables(config)  # names the config's own mistakes before the request's
+        log_cap_from(self.environ)  # a bad HAL_LOG_CAP_MB fails here, not at the launch
         resolve_agent(req.agent, config.agent_settings(req.agent))
         self.check_prompt(req, config)
         providers = provider_list(req.provider)
