@@ -3,12 +3,13 @@ traceback."""
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
 import pytest
 
-from hal9999.errors import CapabilityError, ProviderUnavailable
+from hal9999.errors import CapabilityError, ConfigError, ProviderUnavailable
 from hal9999.providers import dockerexec
 from hal9999.providers.registry import load_provider
 from hal9999.spec import SandboxSpec
@@ -39,6 +40,29 @@ async def test_an_engine_that_does_not_answer_is_named(
     assert hint is not None and "setup-podman.sh" in hint
     with pytest.raises(CapabilityError):
         await provider.create(SandboxSpec(provider="docker", network="host"))
+
+
+@pytest.mark.parametrize(("settings", "env", "source"), [
+    ({"url": "abc"}, {}, "[providers.docker] url"),
+    ({}, {"HAL_DOCKER_URL": "abc"}, "HAL_DOCKER_URL"),
+    ({}, {"DOCKER_HOST": "abc"}, "DOCKER_HOST"),
+])  # fmt: skip
+async def test_an_address_the_sdk_cannot_parse_names_what_set_it(
+    hal_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: dict[str, str],
+    env: dict[str, str],
+    source: str,
+) -> None:
+    # It was an internal error (the SDK's DockerException) in hal run and hal doctor.
+    monkeypatch.setattr(dockerexec, "_CLIENTS", {})
+    for var in ("HAL_DOCKER_URL", "DOCKER_HOST"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    provider = load_provider("docker", state_dir=hal_home / "docker", settings=settings)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(source)}: 'abc' is not a Docker engine"):
+        await provider.list()
 
 
 def test_the_cli_does_not_import_the_sdk() -> None:

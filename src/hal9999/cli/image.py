@@ -171,7 +171,7 @@ def image_container(
 
     config = load_config()
     settings = checked_settings("docker", DockerConfig, config.providers.get("docker") or {})
-    client = engine_client(settings.engine_url())
+    client = engine_client(*settings.engine_address())
     wanted = [p.strip() for group in packages for p in group.split(",") if p.strip()]
     started = time.monotonic()
 

@@ -91,9 +91,16 @@ class DockerConfig(BaseModel):
 
     def engine_url(self) -> str:
         """Where the engine API listens."""
-        return self.url or os.environ.get("HAL_DOCKER_URL") or os.environ.get(
-            "DOCKER_HOST", DEFAULT_URL
-        )
+        return self.engine_address()[0]
+
+    def engine_address(self) -> tuple[str, str]:
+        """Where the engine API listens, and what set it (for an error naming it)."""
+        if self.url:
+            return self.url, "[providers.docker] url"
+        for var in ("HAL_DOCKER_URL", "DOCKER_HOST"):
+            if os.environ.get(var):
+                return os.environ[var], var
+        return DEFAULT_URL, "the default engine address"
 
 
 class DockerProvider:
@@ -112,7 +119,7 @@ class DockerProvider:
     def __init__(self, *, state_dir: Path, config: DockerConfig | None = None) -> None:
         self.state_dir = state_dir
         self.config = config or DockerConfig()
-        self.url = self.config.engine_url()
+        self.url, self.url_source = self.config.engine_address()
         self.scope = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:16]
         self._client: Any = None
         self._podman: bool | None = None
@@ -121,7 +128,7 @@ class DockerProvider:
     def client(self) -> Any:
         """The SDK client, made on first use (a missing SDK is reported here)."""
         if self._client is None:
-            self._client = engine_client(self.url)
+            self._client = engine_client(self.url, self.url_source)
         return self._client
 
     async def call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:

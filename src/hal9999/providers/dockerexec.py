@@ -20,7 +20,7 @@ import threading
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
-from hal9999.errors import ExecError, ProviderUnavailable
+from hal9999.errors import ConfigError, ExecError, ProviderUnavailable
 from hal9999.providers.base import STDOUT_LIMIT, StreamEvent
 from hal9999.providers.handle import collect
 
@@ -91,8 +91,9 @@ _CLIENTS: dict[str, Any] = {}
 every provider instance and closed only at exit (a client per instance would leak sockets)."""
 
 
-def engine_client(url: str) -> Any:
-    """The ``docker.DockerClient`` for ``url``; the SDK is imported here only."""
+def engine_client(url: str, source: str = "the engine address") -> Any:
+    """The ``docker.DockerClient`` for ``url``; the SDK is imported here only. An address the
+    SDK cannot parse is a ConfigError naming ``source`` (what set it)."""
     try:
         import docker
     except ImportError as exc:
@@ -102,7 +103,14 @@ def engine_client(url: str) -> Any:
     if url not in _CLIENTS:
         # A fixed API version (which Docker and Podman 4+ serve) makes no call here; an engine
         # that does not answer is reported by the first real call, with the provider's hint.
-        _CLIENTS[url] = docker.DockerClient(base_url=url, version=API_VERSION, timeout=60)
+        try:
+            client = docker.DockerClient(base_url=url, version=API_VERSION, timeout=60)
+        except docker.errors.DockerException as exc:
+            raise ConfigError(
+                f"{source}: {url!r} is not a Docker engine address ({exc})",
+                hint=f"set {source} to unix:///PATH/docker.sock, tcp://HOST:PORT or ssh://HOST",
+            ) from exc
+        _CLIENTS[url] = client
     return _CLIENTS[url]
 
 
