@@ -89,3 +89,30 @@ async def test_only_descriptors_the_starting_shell_leaves_alone_reach_qemu(
 ) -> None:
     with pytest.raises(ValueError, match="10 or above"):
         await qemuvm.spawn(["/bin/true"], tmp_path / "log", pass_fds=[3])
+
+
+@pytest.mark.parametrize(
+    ("value", "forced"), [("", None), ("kvm", "kvm"), ("TCG", "tcg"), ("KVM ", "bad"), ("x", "bad")]
+)
+def test_hal_qemu_accel_is_kvm_tcg_or_refused(value: str, forced: str | None) -> None:
+    # A value that was neither (a typo, a trailing space) was probed as if unset.
+    from hal9999.errors import ConfigError
+    from hal9999.providers.qemustate import forced_accel
+
+    if forced != "bad":
+        assert forced_accel({"HAL_QEMU_ACCEL": value}) == forced
+        return
+    with pytest.raises(ConfigError, match=r"^HAL_QEMU_ACCEL: expected kvm or tcg, got "):
+        forced_accel({"HAL_QEMU_ACCEL": value})
+
+
+def test_the_qemu_provider_refuses_a_bad_hal_qemu_accel_before_any_vm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hal9999.errors import ConfigError
+    from hal9999.providers.qemu import QemuProvider
+
+    monkeypatch.setattr(qemuvm, "qemu_binary", lambda: "qemu-system-x86_64")
+    monkeypatch.setenv("HAL_QEMU_ACCEL", "kvm,tcg")
+    with pytest.raises(ConfigError, match="HAL_QEMU_ACCEL"):
+        QemuProvider(state_dir=tmp_path / "home" / "sandboxes" / "qemu")

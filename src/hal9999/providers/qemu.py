@@ -37,6 +37,7 @@ from hal9999.providers.qemustate import (
     accel,
     default_limit,
     ensure_state,
+    forced_accel,
     overlay,
     spawn_vm,
     wait_vm,
@@ -120,6 +121,7 @@ class QemuProvider(HostProvider):
     def __init__(self, *, state_dir: Path, config: QemuConfig | None = None) -> None:
         self.config = config or QemuConfig()
         qemuvm.qemu_binary()  # missing QEMU is said once, here, with the apt-get line
+        forced_accel(os.environ)  # a bad HAL_QEMU_ACCEL too, before any task
         super().__init__(state_dir=state_dir, cgroup="off")
         self.images = ImageStore(self.config.images_dir or images_root(state_dir.parent.parent))
         self._reconciled = False

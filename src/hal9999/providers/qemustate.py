@@ -17,11 +17,12 @@ import os
 import secrets
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from hal9999.errors import ProviderError
+from hal9999.errors import ConfigError, ProviderError
 from hal9999.images.store import Image, ImageStore
 from hal9999.providers import qemuvm
 from hal9999.providers.qemuvm import Boot, RunDir, Shape, Share
@@ -231,14 +232,30 @@ async def probe_kvm(image: Image, files: Path) -> tuple[bool, str]:
     return False, f"a KVM guest failed: {lines[-1][:160]}"
 
 
+def forced_accel(environ: Mapping[str, str]) -> Literal["kvm", "tcg"] | None:
+    """The accelerator ``HAL_QEMU_ACCEL`` forces (None when unset); another value is a
+    ConfigError (``HAL_QEMU_ACCEL=KVM `` used to be probed as if unset)."""
+    value = environ.get("HAL_QEMU_ACCEL", "")
+    if not value:
+        return None
+    if value.lower() == "kvm":
+        return "kvm"
+    if value.lower() == "tcg":
+        return "tcg"
+    raise ConfigError(
+        f"HAL_QEMU_ACCEL: expected kvm or tcg, got {value!r}",
+        hint="fix HAL_QEMU_ACCEL, or unset it to probe KVM",
+    )
+
+
 async def accel(store: ImageStore, image: Image) -> tuple[Literal["kvm", "tcg"], str]:
     """KVM when a guest really boots with it (probed once, remembered), else TCG.
 
     ``HAL_QEMU_ACCEL=kvm|tcg`` overrides the probe.
     """
-    forced = os.environ.get("HAL_QEMU_ACCEL", "").lower()
-    if forced in ("kvm", "tcg"):
-        return ("kvm" if forced == "kvm" else "tcg"), "set by HAL_QEMU_ACCEL"
+    forced = forced_accel(os.environ)
+    if forced is not None:
+        return forced, "set by HAL_QEMU_ACCEL"
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return "tcg", "no usable /dev/kvm"
     memo = store.cache / "accel.json"
