@@ -64,3 +64,28 @@ def test_a_wrong_answer_fails_the_check() -> None:
         validate("Pod", {"metadata": {"name": "p"}, "spec": {"containers": [{"image": "x"}]}})
     with pytest.raises(jsonschema.ValidationError):
         validate("Status", {"kind": "Status", "code": "409"})
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [({"HAL_K8S_IN_CLUSTER": "maybe"}, "HAL_K8S_IN_CLUSTER: expected 1 or 0 (true or false)"),
+     ({"HAL_K8S_CPU": "abc"},
+      "invalid kubernetes setting cpu: 'abc' is not a Kubernetes quantity (e.g. 500m")],
+)  # fmt: skip
+def test_a_bad_k8s_variable_is_one_line_in_hals_words(env: dict[str, str], expected: str) -> None:
+    # HAL_K8S_IN_CLUSTER=maybe was read as no; a bad quantity said pydantic's "Value error,".
+    from hal9999.errors import ConfigError
+    from hal9999.providers.k8s.config import resolved
+
+    with pytest.raises(ConfigError) as info:
+        resolved(KubernetesConfig(), {"HOME": "/nonexistent", **env})
+    assert info.value.message.startswith(expected), info.value.message
+
+
+def test_hal_k8s_in_cluster_takes_yes_and_no_words() -> None:
+    from hal9999.providers.k8s.config import resolved
+
+    pod = {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+    assert resolved(KubernetesConfig(), {"HAL_K8S_IN_CLUSTER": "on", **pod}).in_cluster
+    off = resolved(KubernetesConfig(), {"HAL_K8S_IN_CLUSTER": "false", "HOME": "/h", **pod})
+    assert not off.in_cluster and off.server is None and off.kubeconfig is not None

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from hal9999.errors import ConfigError, ProviderUnavailable
 from hal9999.providers.cloudspend import SpendCap
+from hal9999.values import describe
 
 ENV = {
     "namespace": "HAL_K8S_NAMESPACE", "image": "HAL_K8S_IMAGE",
@@ -87,6 +88,17 @@ class KubernetesConfig(SpendCap):
         return value
 
 
+def _flag(var: str, value: str) -> bool:
+    """A yes/no variable (1/0, true/false, yes/no, on/off); another value, "maybe" say, is a
+    ConfigError naming ``var`` (it was read as no)."""
+    try:
+        return TypeAdapter(bool).validate_python(value)
+    except ValidationError as exc:
+        raise ConfigError(
+            f"{var}: expected 1 or 0 (true or false), got {value!r}", hint=f"fix or unset {var}"
+        ) from exc
+
+
 def resolved(config: KubernetesConfig, environ: dict[str, str] | None = None) -> KubernetesConfig:
     """``config`` with every unset setting taken from its ``HAL_K8S_*`` variable; a bad
     value is one :class:`ConfigError` line naming the variable."""
@@ -95,7 +107,7 @@ def resolved(config: KubernetesConfig, environ: dict[str, str] | None = None) ->
     for name, var in ENV.items():
         value = env.get(var, "").strip()
         if name not in data and value:
-            data[name] = value.lower() in ("1", "true", "yes") if name == "in_cluster" else value
+            data[name] = _flag(var, value) if name == "in_cluster" else value
     # Pinned now: a relay runs with the sandbox's HOME, not the user's.
     if not data.get("in_cluster") and not data.get("kubeconfig"):
         data["kubeconfig"] = str(_default_kubeconfig(env))
@@ -110,7 +122,7 @@ def resolved(config: KubernetesConfig, environ: dict[str, str] | None = None) ->
         source = ENV.get(name, "")
         where = f"{source} or " if source and name not in config.model_fields_set else ""
         raise ConfigError(
-            f"invalid kubernetes setting {name}: {err['msg']}",
+            f"invalid kubernetes setting {name}: {describe(err)}",
             hint=f"fix {where}{name} in [providers.kubernetes]",
         ) from exc
 
