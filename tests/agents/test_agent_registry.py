@@ -64,6 +64,18 @@ def test_plain_names_are_not_templates(text: str) -> None:
     assert not is_template(text)
 
 
+@pytest.mark.parametrize("text", ["claude ", " codex", "\taider\n"])
+def test_a_preset_name_with_spaces_around_it_is_refused_not_run_as_a_command(text: str) -> None:
+    # "claude " was a template: the bare claude program, without the preset's gateway or parser.
+    with pytest.raises(UnknownAgent, match="with spaces around it") as info:
+        resolve_agent(text)
+    assert f"write {text.strip()!r} for the preset" in (info.value.hint or "")
+
+
+def test_a_padded_command_that_is_no_preset_is_still_a_template() -> None:
+    assert resolve_agent(" my-agent ").name == "custom"
+
+
 def test_unknown_name_lists_presets_and_template_syntax() -> None:
     with pytest.raises(UnknownAgent) as info:
         resolve_agent("clod")

@@ -171,7 +171,8 @@ def test_a_gateway_budget_rate_or_price_that_is_not_finite_is_refused(
     ("var", "value", "expected"),
     [("HAL_PROCESS_MANAGER", "tmuxx", "process_manager: unknown process manager 'tmuxx'"),
      ("HAL_PROVIDER", "bwrap,bwarp", "default_provider: no provider named 'bwarp'"),
-     ("HAL_AGENT", "claud", "default_agent: unknown agent 'claud'")],
+     ("HAL_AGENT", "claud", "default_agent: unknown agent 'claud'"),
+     ("HAL_AGENT", "claude ", "default_agent: agent 'claude ': the preset 'claude' with spaces")],
 )  # fmt: skip
 def test_an_unknown_default_name_is_blamed_on_its_variable(
     hal: Hal, hal_env: dict[str, str], var: str, value: str, expected: str

@@ -7,6 +7,7 @@ class taking ``settings: AgentSettings | None``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from hal9999.agents.base import Agent, AgentSettings
@@ -36,21 +37,41 @@ def is_template(name_or_template: str) -> bool:
     return "{{" in name_or_template or any(c.isspace() for c in name_or_template)
 
 
-def resolve_agent(name_or_template: str, settings: AgentSettings | None = None) -> Agent:
-    """The preset registered as ``name_or_template``, or a :class:`TemplateAgent` for it."""
+def check_agent_name(name_or_template: str, known: Callable[[str], bool] | None = None) -> None:
+    """Raise :class:`UnknownAgent` unless ``name_or_template`` is a preset (``known`` says
+    which names are; a scan of the entry points by default) or a command template."""
+    is_known = known or (lambda name: name in _presets())
     if is_template(name_or_template):
-        return TemplateAgent(name_or_template, settings)
-    presets = _presets()
-    entry_point = presets.get(name_or_template)
-    if entry_point is None:
+        bare = name_or_template.strip()
+        if bare and not is_template(bare) and is_known(bare):
+            # "claude " (a padded HAL_AGENT, say) would run the bare program as a command,
+            # without the preset's gateway, model or parser.
+            raise UnknownAgent(
+                f"agent {name_or_template!r}: the preset {bare!r} with spaces around it",
+                hint=f"write {bare!r} for the preset (or a command template with "
+                "{{prompt_file}})",
+            )
+        return
+    if not is_known(name_or_template):
         raise UnknownAgent(
             f"unknown agent {name_or_template!r}",
             hint=(
-                f"presets: {', '.join(sorted(presets)) or 'none installed'}; or give a command "
-                "template such as 'my-agent --task-file {{prompt_file}}' (placeholders: "
-                "{{prompt}}, {{prompt_file}}, {{workspace}}, {{task_id}}, {{home}})"
+                f"presets: {', '.join(available_agents()) or 'none installed'}; or give a "
+                "command template such as 'my-agent --task-file {{prompt_file}}' "
+                "(placeholders: {{prompt}}, {{prompt_file}}, {{workspace}}, {{task_id}}, "
+                "{{home}})"
             ),
         )
+
+
+def resolve_agent(name_or_template: str, settings: AgentSettings | None = None) -> Agent:
+    """The preset registered as ``name_or_template``, or a :class:`TemplateAgent` for it."""
+    if is_template(name_or_template):
+        check_agent_name(name_or_template)  # scans only for a padded preset name
+        return TemplateAgent(name_or_template, settings)
+    presets = _presets()
+    check_agent_name(name_or_template, presets.__contains__)
+    entry_point = presets[name_or_template]
     try:
         factory = entry_point.load()
         agent = factory(settings)

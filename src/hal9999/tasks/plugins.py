@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from hal9999.agents.registry import ENTRY_POINT_GROUP as AGENTS
-from hal9999.agents.registry import available_agents, is_template
+from hal9999.agents.registry import available_agents, check_agent_name, is_template
 from hal9999.config import HalConfig, fix_hint, source_of
 from hal9999.entrypoints import find_entry_point
-from hal9999.errors import ConfigError
+from hal9999.errors import ConfigError, UnknownAgent
 from hal9999.home import HalPaths
 from hal9999.process.base import ProcessManager
 from hal9999.process.registry import GROUP as MANAGERS
@@ -64,14 +64,13 @@ def _check_defaults(config: HalConfig) -> None:
                 f"{source}: default_provider: no provider named {name!r}",
                 hint=f"providers: {', '.join(available_providers())}; {fix_hint(source)}",
             )
-    agent = config.default_agent
-    if not is_template(agent) and find_entry_point(AGENTS, agent) is None:
+    try:
+        check_agent_name(config.default_agent, lambda name: bool(find_entry_point(AGENTS, name)))
+    except UnknownAgent as exc:
         source = source_of(config, "default_agent")
         raise ConfigError(
-            f"{source}: default_agent: unknown agent {agent!r}",
-            hint=f"presets: {', '.join(available_agents())}, or a command template; "
-            + fix_hint(source),
-        )
+            f"{source}: default_agent: {exc.message}", hint=f"{exc.hint}; {fix_hint(source)}"
+        ) from exc
     if find_entry_point(MANAGERS, config.process_manager) is None:
         source = source_of(config, "process_manager")
         raise ConfigError(
