@@ -177,6 +177,15 @@ def test_a_config_file_that_is_a_broken_link_is_refused_not_skipped(
         load_config({"HOME": str(user_home)}, project)
 
 
+def test_a_byte_order_mark_is_named(user_home: Path, project: Path) -> None:
+    # TOML's own words were "Invalid statement (at line 1, column 1)", of an invisible byte.
+    user_file(user_home).parent.mkdir(parents=True)
+    user_file(user_home).write_bytes(b"\xef\xbb\xbftimeout_s = 30\n")
+    with pytest.raises(ConfigError, match=r"config\.toml: starts with a byte-order mark") as info:
+        load_config({"HOME": str(user_home)}, project)
+    assert "without a BOM" in (info.value.hint or "")
+
+
 def test_invalid_toml_names_the_file(user_home: Path, project: Path) -> None:
     write(project / "hal.toml", "timeout_s = = 3\n")
     with pytest.raises(ConfigError) as info:

@@ -41,6 +41,12 @@ def read_toml(path: Path, label: str) -> tuple[dict[str, Any], bytes] | None:
             f"{label}: not UTF-8 text", hint=f"save {path} as UTF-8", path=str(path)
         ) from exc
     except tomllib.TOMLDecodeError as exc:
+        if data.startswith(b"\xef\xbb\xbf"):  # Notepad's UTF-8; TOML says "line 1, column 1"
+            raise ConfigError(
+                f"{label}: starts with a byte-order mark (BOM)",
+                hint=f"save {path} as UTF-8 without a BOM",
+                path=str(path),
+            ) from exc
         raise ConfigError(
             f"{label}: invalid TOML: {exc}", hint=f"fix the syntax of {path}", path=str(path)
         ) from exc
