@@ -66,3 +66,25 @@ def test_config_file_values_are_strict_variables_are_text(tmp_path: Path) -> Non
     )
     overridden = config(tmp_path, pool={"max_size": "4"})
     assert provider_settings(overridden, {"HAL_MAX_POOL_SIZE": "3"}, "bwrap").max_size == 3
+
+
+@pytest.mark.parametrize(
+    ("pool", "env", "expected"),
+    [({"max_size": 1, "min_warm": 5}, {}, "[pool] min_warm 5 is above max_size 1"),
+     ({"bwrap": {"key_max_size": 1, "key_min_warm": 2}}, {},
+      "[pool.bwrap] key_min_warm 2 is above key_max_size 1"),
+     ({"max_size": 2}, {"HAL_BWRAP_MIN_WARM": "3"},
+      "HAL_BWRAP_MIN_WARM: min_warm 3 is above max_size 2")],
+)  # fmt: skip
+def test_a_warm_floor_above_its_cap_is_refused(
+    tmp_path: Path, pool: dict[str, object], env: dict[str, str], expected: str
+) -> None:
+    # The keeper could never keep it: it tried each tick and kept fewer, without a word.
+    with pytest.raises(ConfigError) as info:
+        provider_settings(config(tmp_path, pool=pool), env, "bwrap")
+    assert info.value.message == expected
+
+
+def test_a_warm_floor_at_its_cap_is_fine(tmp_path: Path) -> None:
+    cfg = config(tmp_path, pool={"max_size": 2, "min_warm": 2, "key_min_warm": 2})
+    assert provider_settings(cfg, {}, "bwrap").key_min_warm == 2

@@ -158,7 +158,24 @@ def provider_settings(
         if value:
             table[name] = value
             origin[name] = var
-    return _checked(ProviderSettings, table, origin)
+    settings = _checked(ProviderSettings, table, origin)
+    _check_floors(settings, origin)
+    return settings
+
+
+def _check_floors(settings: ProviderSettings, origin: Mapping[str, str]) -> None:
+    """A warm floor above its cap cannot be kept: the keeper would try each tick and keep
+    fewer without a word. One line naming where the floor came from."""
+    key_cap = "key_max_size" if settings.key_max_size is not None else "max_size"
+    for floor, cap in (("min_warm", "max_size"), ("key_min_warm", key_cap)):
+        wanted, limit = getattr(settings, floor), getattr(settings, cap)
+        if wanted <= limit:
+            continue
+        source = origin.get(floor, "")
+        problem = f"{floor} {wanted} is above {cap} {limit}"
+        if source.startswith("HAL_"):
+            raise ConfigError(f"{source}: {problem}", hint=f"fix or unset {source}")
+        raise ConfigError(f"{source} {problem}", hint=f"lower {floor} or raise {cap}")
 
 
 def scheduler_settings(config: HalConfig, environ: Mapping[str, str]) -> SchedulerSettings:
