@@ -186,6 +186,25 @@ def test_a_byte_order_mark_is_named(user_home: Path, project: Path) -> None:
     assert "without a BOM" in (info.value.hint or "")
 
 
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [('[[credentials]]\nsource = ""\ntarget = ".x"\n', "credentials.0.source: must not be empty"),
+     ('[gateway]\nca_file = " /etc/ca.pem"\n',
+      "gateway.ca_file: has spaces or tabs around the path"),
+     ('[[credentials]]\nsource = "/a"\ntarget = ".x"\n'
+      '[[credentials]]\nsource = "/b"\ntarget = "/home/hal/./.x"\n',
+      "credentials: entries 0 and 1 both have target ~/.x")],
+)  # fmt: skip
+def test_an_empty_path_or_a_target_given_twice_is_refused(
+    user_home: Path, project: Path, toml: str, expected: str
+) -> None:
+    # source = "" read the current directory; two files for one target: the later one won.
+    write(user_file(user_home), toml)
+    with pytest.raises(ConfigError) as info:
+        load_config({"HOME": str(user_home)}, project)
+    assert info.value.message.endswith(f"config.toml: {expected}"), info.value.message
+
+
 def test_invalid_toml_names_the_file(user_home: Path, project: Path) -> None:
     write(project / "hal.toml", "timeout_s = = 3\n")
     with pytest.raises(ConfigError) as info:

@@ -75,6 +75,16 @@ def expand_user(path: Path) -> Path:
         raise ValueError(f"cannot expand {str(path).split('/')[0]}: no such user") from exc
 
 
+def plain_path(value: Any) -> Any:
+    """A path's text, refused when empty or padded with spaces: ``""`` would be the current
+    directory, ``" x"`` a directory named so there (a ``field_validator(mode="before")``)."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("must not be empty")
+    if isinstance(value, str) and value != value.strip():
+        raise ValueError("has spaces or tabs around the path")
+    return value
+
+
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
@@ -114,6 +124,8 @@ class CredentialFile(_Config):
     an absolute path under ``/home/hal``; never ``..`` and never the workspace."""
     mode: int = Field(default=0o600, ge=0, le=0o777)
     """File mode inside the sandbox."""
+
+    _plain_source = field_validator("source", mode="before")(plain_path)
 
     @field_validator("source")
     @classmethod
@@ -183,6 +195,7 @@ class GatewayConfig(_Config):
     ca_file: Path | None = None
     """Extra CA certificates (PEM) the gateway trusts for upstreams (a private endpoint);
     the system's trusted roots otherwise."""
+    _plain_ca_file = field_validator("ca_file", mode="before")(plain_path)
     egress: list[EgressHost] = Field(default_factory=empty_list)
     """Hosts (``host`` or ``host:port``, ``*.domain``) every task may reach through the egress
     proxy when the sandbox has no network."""
@@ -244,14 +257,20 @@ class HalConfig(_Config):
             return NotImplemented
         return self.__dict__ == other.__dict__
 
-    @field_validator("home", mode="before")
+    _plain_home = field_validator("home", mode="before")(plain_path)
+
+    @field_validator("credentials")
     @classmethod
-    def _not_blank(cls, value: Any) -> Any:
-        # "" would be the current directory (a repository), " x" a directory named so there.
-        if isinstance(value, str) and not value.strip():
-            raise ValueError("must not be empty")
-        if isinstance(value, str) and value != value.strip():
-            raise ValueError("has spaces or tabs around the path")
+    def _one_file_per_target(cls, value: list[CredentialFile]) -> list[CredentialFile]:
+        # Two files for one target: the later one was written over the first without a word.
+        seen: dict[str, int] = {}
+        for index, cred in enumerate(value):
+            rest = cred.target[2:] if cred.target.startswith("~/") else cred.target
+            rest = rest.removeprefix(AGENT_HOME + "/")
+            where = posixpath.normpath(rest)
+            if where in seen:
+                raise ValueError(f"entries {seen[where]} and {index} both have target ~/{where}")
+            seen[where] = index
         return value
 
     @field_validator("home")
