@@ -51,3 +51,17 @@ def test_serve_refuses_a_bad_ray_address(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "not a Ray cluster address: 'no-port'" in done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("var", ["HAL_RAY_ADDRESS", "RAY_ADDRESS"])
+def test_a_bad_address_variable_is_named(
+    hal_home: Path, monkeypatch: pytest.MonkeyPatch, var: str
+) -> None:
+    # The line said "e.g. --ray 10.0.0.5:6379" and nothing of the variable that was wrong.
+    for name in ("HAL_RAY_ADDRESS", "RAY_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(var, "head-without-port")
+    with pytest.raises(ConfigError) as info:
+        load_provider("ray", state_dir=hal_home / "ray")
+    assert info.value.message == f"{var}: not a Ray cluster address: 'head-without-port'"
+    assert info.value.hint == f"fix or unset {var}"

@@ -30,7 +30,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from hal9999.errors import CapabilityError, HalError, ProviderError, SandboxNotFound
+from hal9999.errors import CapabilityError, ConfigError, HalError, ProviderError, SandboxNotFound
 from hal9999.providers import rayhost
 from hal9999.providers.base import Capabilities, SandboxInfo, SandboxState
 from hal9999.providers.hostsandbox import check_spec
@@ -170,6 +170,19 @@ def connect(address: str | None, namespace: str) -> str:
         return str(ray.get_runtime_context().gcs_address)
 
 
+def _env_address() -> str | None:
+    """``HAL_RAY_ADDRESS``, else Ray's own ``RAY_ADDRESS``, checked; a bad one is a line
+    naming the variable (``--ray`` sets the first for the daemon, a user may set either)."""
+    for var in ("HAL_RAY_ADDRESS", "RAY_ADDRESS"):
+        value = os.environ.get(var)
+        if value:
+            try:
+                return check_address(value)
+            except HalError as exc:
+                raise ConfigError(f"{var}: {exc.message}", hint=f"fix or unset {var}") from exc
+    return None
+
+
 class RayProvider:
     """Sandboxes on Ray nodes, each through the node's host actor."""
 
@@ -178,9 +191,7 @@ class RayProvider:
 
     def __init__(self, *, state_dir: Path, config: RayConfig | None = None) -> None:
         self.config = config or RayConfig()
-        address = (self.config.address or os.environ.get("HAL_RAY_ADDRESS")
-                   or os.environ.get("RAY_ADDRESS"))  # fmt: skip
-        self.address = check_address(address) if address else None
+        self.address = self.config.address or _env_address()
         self.records = RayRecords(state_dir)
         self.capabilities = Capabilities(
             isolation="namespace",
