@@ -32,6 +32,22 @@ def is_env_name(value: str) -> bool:
     return _ENV_NAME.fullmatch(value) is not None
 
 
+def absolute_dir(environ: Mapping[str, str], var: str) -> str | None:
+    """The directory ``var`` names (None when unset or empty); a relative or space-padded
+    one is a ConfigError naming ``var``: it would name another place from each working
+    directory (images, VM sockets or PM2 state that come and go with ``cd``)."""
+    value = environ.get(var, "")
+    if not value:
+        return None
+    if value != value.strip() or not value.startswith("/"):
+        from hal9999.errors import ConfigError
+
+        raise ConfigError(
+            f"{var}: expected an absolute directory, got {value!r}", hint=f"fix or unset {var}"
+        )
+    return value
+
+
 def forwarded_env(names: Iterable[str], environ: Mapping[str, str]) -> dict[str, str]:
     """The values of ``names`` from the host; a missing one is a clear error."""
     env: dict[str, str] = {}

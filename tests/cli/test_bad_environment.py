@@ -198,3 +198,19 @@ def test_a_bad_log_cap_variable_is_refused_before_a_task(hal: Hal, hal_env: dict
     assert out.returncode == 2, out.stderr
     assert "HAL_LOG_CAP_MB: expected a number of MiB above 0, got '1O'" in one_error_line(out)
     assert not list(Path(hal_env["HAL_HOME"]).glob("sessions/*"))
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "args"),
+    [("HAL_QEMU_IMAGES", "images", ("image", "list")),
+     ("HAL_QEMU_IMAGES", " /srv/images", ("image", "list")),
+     ("HAL_PM2_HOME", "pm2", ("run", "--process-manager", "pm2", "--agent", "true {{prompt}}",
+                              "x"))],
+)  # fmt: skip
+def test_a_relative_or_padded_directory_variable_is_refused(
+    hal: Hal, var: str, value: str, args: tuple[str, ...]
+) -> None:
+    # It was taken relative to each working directory: images or PM2 state came and went.
+    out = hal(*args, env={var: value})
+    assert out.returncode == 2, out.stderr
+    assert f"{var}: expected an absolute directory, got {value!r}" in one_error_line(out)

@@ -116,3 +116,11 @@ def test_the_qemu_provider_refuses_a_bad_hal_qemu_accel_before_any_vm(
     monkeypatch.setenv("HAL_QEMU_ACCEL", "kvm,tcg")
     with pytest.raises(ConfigError, match="HAL_QEMU_ACCEL"):
         QemuProvider(state_dir=tmp_path / "home" / "sandboxes" / "qemu")
+
+
+def test_a_relative_hal_qemu_run_dir_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hal9999.errors import ConfigError
+
+    monkeypatch.setenv("HAL_QEMU_RUN_DIR", "run")
+    with pytest.raises(ConfigError, match="HAL_QEMU_RUN_DIR: expected an absolute directory"):
+        qemuvm.run_root()

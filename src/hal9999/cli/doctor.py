@@ -305,6 +305,8 @@ async def _qemu() -> list[Check]:
 
         store = image_store(load_config())
         images = store.all() if store.root.is_dir() else []
+    except HalError as exc:  # HAL_QEMU_IMAGES, say (a broken config has its own check)
+        return [*checks, Check("qemu images", False, exc.message, exc.hint, False)]
     except Exception as exc:  # a broken config is reported by the config check
         return [*checks, Check("qemu images", False, str(exc), None, False)]
     golden = [i for i in images if i.meta.kind == "golden"]

@@ -27,6 +27,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from hal9999.envvars import absolute_dir
 from hal9999.errors import ConfigError, NotFoundError, ProviderError
 from hal9999.images import workdirs
 
@@ -96,7 +97,7 @@ def hang_notice(meta: ImageMeta) -> tuple[str, str] | None:
 
 def images_root(home: Path) -> Path:
     """Where images live: ``HAL_QEMU_IMAGES`` when set, else ``<home>/images``."""
-    override = os.environ.get("HAL_QEMU_IMAGES")
+    override = absolute_dir(os.environ, "HAL_QEMU_IMAGES")
     return Path(override) if override else home / "images"
 
 

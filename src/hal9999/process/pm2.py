@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from hal9999.envvars import absolute_dir
 from hal9999.errors import ProcessError
 from hal9999.process import pm2inside
 from hal9999.process.base import ProcessStatus, read_exit_status
@@ -44,7 +45,7 @@ KILL_TIMEOUT_MS = 3000
 
 def default_home() -> Path:
     """``HAL_PM2_HOME``, else ``/tmp/hal9999-pm2-<uid>``."""
-    override = os.environ.get("HAL_PM2_HOME")
+    override = absolute_dir(os.environ, "HAL_PM2_HOME")
     if override:
         return Path(override)
     return Path(tempfile.gettempdir()) / f"hal9999-pm2-{os.getuid()}"

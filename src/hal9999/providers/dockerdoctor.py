@@ -3,10 +3,14 @@ the SDK, the engine (reachable, which one), the image, how many sandboxes exist,
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from hal9999.envvars import absolute_dir
+from hal9999.errors import ConfigError
 
 Finding = tuple[str, bool, str, str | None]
 """(name, ok, detail, fix)."""
@@ -54,4 +58,8 @@ def pm2_finding() -> Finding:
     if found is None:
         return ("pm2", False, "not installed (only for --process-manager pm2)",
                 "bash scripts/install-pm2.sh (PM2 from npm, pinned)")  # fmt: skip
+    try:
+        absolute_dir(os.environ, "HAL_PM2_HOME")
+    except ConfigError as exc:
+        return ("pm2", False, exc.message, exc.hint)
     return ("pm2", True, found, None)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from hal9999.envvars import absolute_dir
 from hal9999.errors import ProviderError, ProviderUnavailable
 
 QEMU = "qemu-system-x86_64"
@@ -112,7 +113,7 @@ class RunDir:
 
 def run_root() -> Path:
     """Where every VM's run directory lives (mode 700)."""
-    root = Path(os.environ.get("HAL_QEMU_RUN_DIR") or f"/tmp/hal9999-qemu-{os.getuid()}")
+    root = Path(absolute_dir(os.environ, "HAL_QEMU_RUN_DIR") or f"/tmp/hal9999-qemu-{os.getuid()}")
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     return root
 
