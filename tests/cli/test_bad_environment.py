@@ -214,3 +214,12 @@ def test_a_relative_or_padded_directory_variable_is_refused(
     out = hal(*args, env={var: value})
     assert out.returncode == 2, out.stderr
     assert f"{var}: expected an absolute directory, got {value!r}" in one_error_line(out)
+
+
+def test_a_hal_home_with_a_name_too_long_is_one_line(hal: Hal, tmp_path: Path) -> None:
+    # The thin task list's stat() raised ENAMETOOLONG, then so did the crash reporter.
+    home = tmp_path / ("h" * 300)
+    out = hal("task", "list", env={"HAL_HOME": str(home), "HAL_PROVIDER": ""})  # thin path
+    assert out.returncode == 2
+    line = one_error_line(out)
+    assert "File name too long" in line and "HAL_HOME" in line

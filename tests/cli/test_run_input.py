@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,17 @@ def test_unexpected_exception_is_one_line_and_a_private_log(tmp_path: Path) -> N
     assert (log.stat().st_mode & 0o777) == 0o600
     text = log.read_text()
     assert "Traceback" in text and "tok-very-secret" not in text and "[REDACTED]" in text
+
+
+def test_a_home_that_cannot_even_be_looked_at_still_gets_a_crash_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # stat() of a name over 255 bytes raised from the crash reporter itself: a raw traceback.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    environ = {"HAL_HOME": str(tmp_path / ("h" * 300))}
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError as exc:
+        error = internal_error(exc, environ)
+    [log] = tmp_path.glob("hal-crash-*.log")
+    assert str(log) in error.one_line()

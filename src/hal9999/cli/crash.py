@@ -44,7 +44,7 @@ def write_crash_log(exc: BaseException, environ: Mapping[str, str]) -> Path | No
     """Write ``exc``'s traceback to a new mode-600 file; its path, or None if none could be."""
     text = _mask("".join(traceback.format_exception(exc)), environ)
     for directory in _log_dirs(environ):
-        if not directory.is_dir():
+        if not os.path.isdir(directory):  # False on any OSError: this must never raise
             continue
         try:
             fd, name = tempfile.mkstemp(prefix="hal-crash-", suffix=".log", dir=directory)

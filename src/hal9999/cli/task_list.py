@@ -111,8 +111,8 @@ def thin_rows(
     from hal9999.store.migrations import MIGRATIONS
 
     db = home / DB_NAME
-    if not db.is_file():
-        return None  # the full path creates it (and the home)
+    if not os.path.isfile(db):  # False on any OSError too (a name too long, say)
+        return None  # the full path creates it (and the home), or says why it cannot
     sql = f"SELECT {_COLUMNS} FROM tasks"
     params: list[object] = list(statuses)
     if statuses:
