@@ -9,7 +9,13 @@ import time
 import pytest
 from tests.hive.conftest import hive_events
 
-from hal9999.errors import HiveLimited, ThreadForbidden, ThreadStateError, UsageError
+from hal9999.errors import (
+    HiveLimited,
+    ThreadForbidden,
+    ThreadNotFound,
+    ThreadStateError,
+    UsageError,
+)
 from hal9999.hive import approvals, broker, questions, reminders
 from hal9999.hive.threads import close_for_removed, open_count, open_threads
 from hal9999.store import Store
@@ -46,13 +52,18 @@ def test_an_operator_question_waits_in_the_operators_queue(store: Store) -> None
 
 
 def test_only_the_target_or_the_operator_may_answer(store: Store) -> None:
+    # An agent finds only the questions asked of it: the refusal named the full id and the
+    # target of any question whose id prefix an agent guessed.
     to_operator = questions.ask(store, asker="alice", question="deploy?")
-    with pytest.raises(ThreadForbidden, match="only operator"):
-        questions.answer(store, to_operator.id, "yes, do it", answerer="bob")
-    with pytest.raises(ThreadForbidden, match="only operator"):
+    for key in (to_operator.id, to_operator.id[:3]):
+        with pytest.raises(ThreadNotFound, match="matches no question asked of bob") as caught:
+            questions.answer(store, key, "yes, do it", answerer="bob")
+        said = caught.value.one_line()
+        assert "operator" not in said and (key == to_operator.id or to_operator.id not in said)
+    with pytest.raises(ThreadNotFound, match="asked of alice"):
         questions.answer(store, to_operator.id, "yes", answerer="alice")  # self-approval
     to_bob = questions.ask(store, asker="alice", question="port?", to="bob")
-    with pytest.raises(ThreadForbidden, match="only bob"):
+    with pytest.raises(ThreadNotFound, match="asked of alice"):
         questions.answer(store, to_bob.id, "1", answerer="alice")
     assert broker.inbox(store, "alice") == []
     overridden = questions.answer(store, to_bob.id, "443", answerer="operator")

@@ -119,9 +119,10 @@ def ask(
     return asked
 
 
-def get(store: Store, question_id: str) -> Question:
-    """The question with this id (or unique id prefix)."""
-    return question_of(find_row(store, "question", question_id))
+def get(store: Store, question_id: str, *, target: str | None = None) -> Question:
+    """The question with this id (or unique id prefix); with ``target``, among those asked
+    of that agent only."""
+    return question_of(find_row(store, "question", question_id, target=target))
 
 
 def list_questions(
@@ -168,7 +169,9 @@ def _closed(question: Question) -> ThreadStateError:
 def answer(store: Store, question_id: str, text: str, *, answerer: str) -> Question:
     """Answer an open question; the answer goes to the asker's mailbox. Only its target, or
     the operator overriding, may answer."""
-    question = get(store, question_id)
+    # An agent finds only the questions asked of it: another's id, who it is for, and
+    # whether a prefix matches any are not its to learn.
+    question = get(store, question_id, target=None if answerer == OPERATOR else answerer)
     if answerer not in (question.target, OPERATOR):
         raise ThreadForbidden(
             f"question {question.id} is for {question.target}; only {question.target} (or the "

@@ -200,23 +200,34 @@ _LIST = {
 }
 
 
-def find_row(store: Store, what: Literal["approval", "question", "reminder"], key: str) -> Any:
-    """The row whose id is ``key`` or, failing that, the only one whose id starts with it."""
+def find_row(
+    store: Store,
+    what: Literal["approval", "question", "reminder"],
+    key: str,
+    *,
+    target: str | None = None,
+) -> Any:
+    """The row whose id is ``key`` or, failing that, the only one whose id starts with it;
+    with ``target``, among the questions asked of that agent only (an agent guessing prefixes
+    learned others' questions' ids and who they were for from the answers)."""
     table = _TABLES[what]
     key = key.strip()
-    rows = store._query(f"SELECT * FROM {table} WHERE id = ?", (key,)) if key else []
+    only, args = (" AND target = ?", (target,)) if target is not None else ("", ())
+    rows = store._query(f"SELECT * FROM {table} WHERE id = ?{only}", (key, *args)) if key else []
     if not rows and key:
         rows = store._query(
-            f"SELECT * FROM {table} WHERE substr(id, 1, ?) = ? LIMIT 2", (len(key), key)
+            f"SELECT * FROM {table} WHERE substr(id, 1, ?) = ?{only} LIMIT 2",
+            (len(key), key, *args),
         )
+    whose = f" asked of {target}" if target is not None else ""
     if len(rows) > 1:  # "'a-' matches several approval", and no word of what to do
         raise ThreadNotFound(
-            f"{key!r} matches several {what}s",
+            f"{key!r} matches several {what}s{whose}",
             hint=f"give more of the id; see `{_LIST[what]}`", id=key, kind=what,
         )  # fmt: skip
     if not rows:
         raise ThreadNotFound(
-            f"{key!r} matches no {what}", hint=f"see `{_LIST[what]}`", id=key, kind=what
+            f"{key!r} matches no {what}{whose}", hint=f"see `{_LIST[what]}`", id=key, kind=what
         )
     return rows[0]
 
