@@ -236,6 +236,7 @@ def test_an_approved_restart_is_never_spent_without_being_done_whatever_commit_a
         with Store.open(home) as store:
             make_agent(store, "boss")
             make_agent(store, "bob")
+            AgentDir.of(home, "bob").root.mkdir(parents=True)  # a whole agent: it may start
             thread = approvals.propose(store, kind="tool", proposer="boss",
                                        title="restart agent bob",
                                        payload={"tool": "restart", "agent": "bob"}).id  # fmt: skip

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from hal9999.agents.registry import resolve_agent
-from hal9999.errors import HalError, TaskNotFound
+from hal9999.errors import HalError, HiveError, TaskNotFound
 from hal9999.events.hive import HiveGuard, TurnFinished
 from hal9999.hive import stats, subtasks, watch
 from hal9999.hive.agents import AgentDir, build_prompt, first_batch, set_state
@@ -60,6 +60,7 @@ logger = logging.getLogger(__name__)
 
 ORPHAN_S = 5.0
 """How long a turn's task may stay in flight with no runner before it counts as crashed."""
+
 
 def _result(task: TaskRecord) -> stats.TurnResult:
     if task.status == TaskStatus.SUCCEEDED:
@@ -178,10 +179,11 @@ class HiveLoop:
                 await self._finish_adopted(name)
             else:
                 await self.turn(name)
-        except Exception:
+        except Exception as exc:
             logger.exception("hive: the turn of %s failed", name)
+            why = f"its turn failed in hal ({type(exc).__name__}: {exc})"
             with contextlib.suppress(HalError):
-                await asyncio.to_thread(self._abandon, name)
+                await asyncio.to_thread(self._failed, name, why)
         finally:
             self.turns.pop(name, None)
             # Mail that arrived during the turn (or a crashed turn's) gets a turn of its own.
@@ -198,6 +200,21 @@ class HiveLoop:
         if row is not None:
             stats.finish_turn(self.store, row.id, result, {}, None)
         set_state(self.store, name, "sleeping", why, expect="running")
+
+    def _failed(self, name: str, why: str) -> None:
+        """After a failure inside hal, before or during a turn: a crash (the turn's row
+        closed ``crashed``, its mail not read), so the next try waits for crash watch's
+        backoff and a failure that stays stops as a crash loop. Retried at once, a failure
+        that comes back every time (the agent's state directory gone) spun the daemon."""
+        row = stats.open_turn(self.store, name)
+        if row is not None:
+            stats.finish_turn(self.store, row.id, "crashed", {}, None)
+        agent = get_agent(self.store, name)
+        if agent.state not in ("running", "sleeping"):
+            return  # stopped (by the operator or a guard) meanwhile: it stays so
+        verdict = watch.on_crash(self.store, agent, why, self.settings, expect=agent.state)
+        if verdict is not None and verdict.restart_in_s is not None:
+            self._hold[name] = time.monotonic() + verdict.restart_in_s
 
     def _wants_turn(self, name: str) -> bool:
         try:
@@ -410,8 +427,8 @@ class HiveLoop:
             return  # stopped by the operator (or a guard) meanwhile: it stays so
         if result == "crashed":
             why = why or (watch.crash_reason(task) if task is not None else None) or "crashed"
-            verdict = watch.on_crash(self.store, agent, why, self.settings)
-            if verdict.restart_in_s is not None:
+            verdict = watch.on_crash(self.store, agent, why, self.settings, expect="running")
+            if verdict is not None and verdict.restart_in_s is not None:
                 self._hold[name] = time.monotonic() + verdict.restart_in_s
             return
         # A turn that ended on its own ends a crash streak.
@@ -446,8 +463,15 @@ class HiveLoop:
         return await asyncio.to_thread(get_agent, self.store, name)
 
     async def start_agent(self, name: str) -> AgentRecord:
-        """Let a stopped or crashed agent wake again (its crash count starts over)."""
+        """Let a stopped or crashed agent wake again (its crash count starts over); refused
+        for one whose state directory is gone (a removal cut short): no turn could run."""
         agent = await asyncio.to_thread(get_agent, self.store, name)
+        if not await asyncio.to_thread(AgentDir.of(self.home, name).root.is_dir):
+            raise HiveError(
+                f"agent {name} cannot start: its state directory is gone (its removal was"
+                " cut short)",
+                hint=f"`hal agent rm {name}` finishes removing it",
+            )
         if agent.state in ("stopped", "crashed"):
             await asyncio.to_thread(
                 set_state, self.store, name, "sleeping", "started by the operator",

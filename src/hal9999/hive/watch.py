@@ -60,8 +60,12 @@ def manager_of(store: Store, crashed: str) -> str:
     return OPERATOR
 
 
-def on_crash(store: Store, agent: AgentRecord, detail: str, settings: HiveSettings) -> CrashVerdict:
-    """Record a crash of ``agent``, tell its manager, and decide on a restart."""
+def on_crash(
+    store: Store, agent: AgentRecord, detail: str, settings: HiveSettings, *,
+    expect: str | None = None,
+) -> CrashVerdict | None:  # fmt: skip
+    """Record a crash of ``agent``, tell its manager, and decide on a restart; with
+    ``expect``, only if the agent is still in that state (else None: nothing recorded)."""
     now = time.time()
     recent = agent.last_crash_at is not None and now - agent.last_crash_at < settings.crash_window_s
     crashes = agent.crashes + 1 if recent else 1
@@ -77,21 +81,21 @@ def on_crash(store: Store, agent: AgentRecord, detail: str, settings: HiveSettin
         )
         told = [_notice(store, whom, text)
                 for whom in dict.fromkeys((manager_of(store, agent.name), OPERATOR))]  # fmt: skip
-        _record(store, agent.name, "crashed", f"{detail}; not restarted ({why})", crashes, now,
-                AgentCrashed(agent=agent.name, detail=detail, crashes=crashes,
-                             restart_in_s=None), told)  # fmt: skip
-        return CrashVerdict(crashes, None)
+        done = _record(store, agent.name, "crashed", f"{detail}; not restarted ({why})", crashes,
+                       now, AgentCrashed(agent=agent.name, detail=detail, crashes=crashes,
+                                         restart_in_s=None), told, expect)  # fmt: skip
+        return CrashVerdict(crashes, None) if done else None
     delay = min(settings.crash_backoff_max_s, settings.crash_backoff_s * 2 ** (crashes - 1))
     text = (
         f"agent {agent.name} crashed ({detail}); crash watch restarts it in {delay:g} s"
         f" (crash {crashes} of {settings.crash_loop} allowed within"
         f" {settings.crash_window_s:g} s)."
     )
-    _record(store, agent.name, "sleeping", f"crashed ({detail}); restarting in {delay:g} s",
-            crashes, now, AgentCrashed(agent=agent.name, detail=detail, crashes=crashes,
-                                       restart_in_s=delay),
-            [_notice(store, manager_of(store, agent.name), text)])  # fmt: skip
-    return CrashVerdict(crashes, delay)
+    done = _record(store, agent.name, "sleeping", f"crashed ({detail}); restarting in {delay:g} s",
+                   crashes, now, AgentCrashed(agent=agent.name, detail=detail, crashes=crashes,
+                                              restart_in_s=delay),
+                   [_notice(store, manager_of(store, agent.name), text)], expect)  # fmt: skip
+    return CrashVerdict(crashes, delay) if done else None
 
 
 def _notice(store: Store, whom: str, text: str) -> Message:
@@ -99,15 +103,20 @@ def _notice(store: Store, whom: str, text: str) -> Message:
 
 
 def _record(store: Store, name: str, state: str, detail: str, crashes: int, now: float,
-            event: AgentCrashed, told: list[Message]) -> None:  # fmt: skip
+            event: AgentCrashed, told: list[Message], expect: str | None) -> bool:  # fmt: skip
     """The agent's new state, its crash event and the notices of it, in one transaction: a
-    process killed at any moment never leaves an agent crashed that nobody was told of."""
+    process killed at any moment never leaves an agent crashed that nobody was told of.
+    False (nothing written) when the agent is no longer in the state ``expect``."""
 
     def tell(conn: sqlite3.Connection, recorded: list[HiveEvent]) -> None:
         recorded.append(insert_hive_event(conn, event))
         for message in told:
             commit(conn, recorded, message)
 
-    set_state(store, name, state, detail, crashes=crashes, last_crash_at=now, also=tell)
+    moved = set_state(store, name, state, detail, expect=expect, crashes=crashes,
+                      last_crash_at=now, also=tell)  # fmt: skip
+    if moved is None:
+        return False
     for message in told:
         wake(message.recipient)
+    return True

@@ -1,0 +1,116 @@
+"""A turn that fails inside hal (not in the agent's sandbox) is a crash: crash watch's
+backoff and crash-loop stop apply to it, so a failure that comes back every time cannot spin
+the daemon. The case that found it: ``hal agent rm`` killed after it removed the agent's
+state directory, then ``hal agent start`` instead of ``rm``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from tests.hive.conftest import make_agent
+
+from hal9999.config import HalConfig
+from hal9999.errors import HiveError
+from hal9999.hive import broker
+from hal9999.hive.agents import AgentDir
+from hal9999.hive.settings import HiveSettings
+from hal9999.hive.store import get_agent, update_agent
+from hal9999.hive.turns import HiveLoop
+from hal9999.store import Store
+from hal9999.tasks.service import TaskService
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def hive_of(store: Store, home: Path, settings: HiveSettings) -> tuple[HiveLoop, list[str]]:
+    """A turn loop (no scheduler: these turns fail before a run) and the list each of its
+    turn attempts (deliveries) appends the agent's name to."""
+    config = HalConfig(home=home, process_manager="direct", default_provider="local")
+    hive = HiveLoop(TaskService(config, store, {}), None, settings)  # type: ignore[arg-type]
+    attempts: list[str] = []
+    real = hive.deliver
+
+    def deliver(name: str) -> list[dict[str, object]]:
+        attempts.append(name)
+        return real(name)
+
+    hive.deliver = deliver  # type: ignore[method-assign]
+    return hive, attempts
+
+
+def half_removed_bob(home: Path) -> Store:
+    """Bob, whose removal was killed after his state directory went, with mail waiting."""
+    store = Store.open(home)
+    make_agent(store, "bob")  # no state directory: as `forget` left it
+    broker.send(store, sender="operator", recipient="bob", body="hello")
+    return store
+
+
+async def until(check: object, timeout: float = 10.0) -> None:
+    """Poll ``check()`` until it is true."""
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+def test_a_turn_failing_in_hal_is_retried_after_crash_watchs_backoff_not_at_once(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    with half_removed_bob(home) as store:
+        hive, attempts = hive_of(store, home, HiveSettings(crash_backoff_s=2.0))
+
+        async def main() -> None:
+            hive._loop = asyncio.get_running_loop()
+            hive.wake("bob")
+            await until(lambda: attempts)
+            await asyncio.sleep(0.5)  # well inside the 2 s backoff: no other try
+            assert attempts == ["bob"], len(attempts)  # before: hundreds in that half second
+            await until(lambda: get_agent(store, "bob").crashes == 1 and "bob" not in hive.turns)
+
+        asyncio.run(main())
+        bob = get_agent(store, "bob")
+        assert bob.state == "sleeping" and "its turn failed in hal" in (bob.detail or "")
+        assert broker.inbox(store, "bob")  # its mail is not lost
+
+
+def test_a_turn_that_keeps_failing_in_hal_stops_as_a_crash_loop_and_the_operator_is_told(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    with half_removed_bob(home) as store:
+        settings = HiveSettings(crash_backoff_s=0.01, crash_loop=3)
+        hive, attempts = hive_of(store, home, settings)
+
+        async def main() -> None:
+            hive._loop = asyncio.get_running_loop()
+            hive.wake("bob")
+            await until(lambda: get_agent(store, "bob").state == "crashed")
+            await until(lambda: "bob" not in hive.turns)
+            hive.wake("bob")
+            await asyncio.sleep(0.2)
+
+        asyncio.run(main())
+        assert attempts == ["bob"] * 3
+        told = [m.body for m in broker.inbox(store, "operator")]
+        assert any("agent bob crashed" in body and "NOT restarted" in body for body in told)
+
+
+def test_starting_an_agent_whose_state_directory_is_gone_is_refused_with_the_fix(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    with half_removed_bob(home) as store:
+        update_agent(store, "bob", state="stopped", detail="being removed")
+        hive, attempts = hive_of(store, home, HiveSettings())
+        with pytest.raises(HiveError) as refused:
+            asyncio.run(hive.start_agent("bob"))
+        assert "state directory is gone" in refused.value.one_line()
+        assert "`hal agent rm bob` finishes removing it" in refused.value.one_line()
+        assert get_agent(store, "bob").state == "stopped" and attempts == []
+        AgentDir.of(home, "bob").root.mkdir(parents=True)  # a whole agent starts
+        assert asyncio.run(hive.start_agent("bob")).state == "sleeping"
