@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.hive.crash_helpers import killed
 
 from hal9999.errors import AgentNotFound, HiveError, HiveLimited
 from hal9999.events.bus import EventBus
@@ -218,6 +219,51 @@ def test_a_one_way_flood_never_stops_the_agent_it_floods(store: Store) -> None:
     assert get_agent(store, "manager").state == "sleeping"
     assert get_agent(store, "mallory").state == "sleeping"
     assert inbox(store, OPERATOR) == []
+
+
+# Alice's sixth message to bob in a ping-pong loop of 6 (the guard's send), in a process
+# killed after its `after`-th commit (crash_helpers).
+LOOP_SEND = """
+from hal9999.errors import HiveLimited
+from hal9999.hive import broker
+
+broker.limits.loop_messages = 6
+try:
+    broker.send(store, sender="alice", recipient="bob", body="ping 5")
+except HiveLimited:
+    pass
+"""
+
+
+def test_the_loop_guard_stops_both_agents_and_tells_the_operator_or_nothing_whatever_commit_a_kill_follows(  # noqa: E501
+    tmp_path: Path,
+) -> None:
+    for after in range(1, 6):
+        home = tmp_path / f"home-{after}"
+        with Store.open(home) as store:
+            add_agent(store, "alice")
+            add_agent(store, "bob")
+            for n in range(5):
+                send(store, sender=("alice", "bob")[n % 2], recipient=("bob", "alice")[n % 2],
+                     body=f"ping {n}")  # fmt: skip
+        finished = killed(home, LOOP_SEND, "", after).returncode == 0
+        with Store.open(home) as store:
+            states = {get_agent(store, name).state for name in ("alice", "bob")}
+            told = [m.body for m in inbox(store, OPERATOR)]
+            guards = store._query("SELECT 1 FROM hive_events WHERE type = 'hive_guard'")
+            stops = store._query(
+                "SELECT agent FROM hive_events WHERE type = 'agent_state' AND body LIKE"
+                " '%message loop%' ORDER BY agent"
+            )
+        if states == {"stopped"}:  # the guard acted: all of it
+            assert len(told) == 1 and "message loop" in told[0], after
+            assert len(guards) == 1 and [r[0] for r in stops] == ["alice", "bob"], after
+        else:  # none of it: both awake, nobody told
+            assert states == {"sleeping"} and told == [] and guards == [] == stops, after
+        if finished:
+            assert states == {"stopped"}
+            return
+    pytest.fail("the loop guard's send did not finish within 5 commits")
 
 
 def test_an_operator_message_keeps_a_busy_pair_out_of_the_loop_guard(store: Store) -> None:

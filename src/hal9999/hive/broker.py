@@ -25,13 +25,19 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from hal9999.errors import AgentNotFound, HiveError, HiveLimited
-from hal9999.events.hive import HiveEvent, HiveGuard, MessageDelivered, MessageRead, MessageSent
+from hal9999.events.hive import (
+    AgentState,
+    HiveEvent,
+    HiveGuard,
+    MessageDelivered,
+    MessageRead,
+    MessageSent,
+)
 from hal9999.hive.store import (
     agent_exists,
     hive_write,
     insert_hive_event,
     record_hive_event,
-    update_agent,
 )
 from hal9999.store import Store
 
@@ -213,7 +219,7 @@ def _check_rate(store: Store, sender: str, now: float) -> None:
         # Once a minute: an agent retrying in a loop must not grow the events instead.
         told = store._query(
             "SELECT 1 FROM hive_events WHERE ts > ? AND type = 'hive_guard' AND agent = ?"
-            " AND body LIKE '%\"guard\":\"rate_limit\"%' LIMIT 1",
+            ' AND body LIKE \'%"guard":"rate_limit"%\' LIMIT 1',
             (now - 60.0, sender),
         )
         if not told:
@@ -272,14 +278,32 @@ def _check_loop(store: Store, a: str, b: str, now: float) -> None:
         f"{a} and {b} exchanged {sent + replied} messages within"
         f" {limits.loop_window_s:g} s with no operator message: stopped both as a message loop"
     )
-    for name in (a, b):
-        update_agent(store, name, state="stopped", detail="message loop (hive guard)")
-    _guard(store, "loop", a, detail)
-    send(
+    notice = prepare(
         store, sender=SYSTEM, recipient=OPERATOR, kind="notice",
         body=f"{detail}. Start them again with `hal agent start {a}` / `hal agent start {b}`.",
     )  # fmt: skip
+    # Both stops, the guard's event and the operator's notice in one transaction: a process
+    # killed between separate commits left one agent stopped and the operator not told.
+    with hive_write(store) as (conn, recorded):
+        for name in (a, b):
+            _stop(conn, recorded, name, "message loop (hive guard)")
+        recorded.append(insert_hive_event(conn, HiveGuard(agent=a, guard="loop", detail=detail)))
+        commit(conn, recorded, notice)
+    wake(OPERATOR)
     raise HiveLimited(detail, hint=f"the operator can start them again: `hal agent start {a}`")
+
+
+def _stop(conn: sqlite3.Connection, recorded: list[HiveEvent], name: str, detail: str) -> None:
+    """Stop agent ``name`` (with its ``agent_state`` event) in the caller's transaction."""
+    row = conn.execute("SELECT state FROM hive_agents WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        return
+    conn.execute(
+        "UPDATE hive_agents SET state = 'stopped', detail = ?, updated_at = ? WHERE name = ?",
+        (detail, time.time(), name),
+    )
+    event = AgentState(agent=name, state="stopped", previous=str(row[0]), detail=detail)
+    recorded.append(insert_hive_event(conn, event))
 
 
 def _guard(
