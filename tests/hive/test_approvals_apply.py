@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from tests.hive.conftest import agent_commit, git
+from tests.hive.crash_helpers import killed
 
 from hal9999.errors import MergeRefused, RepoError, ThreadStateError, UsageError
 from hal9999.hive import approvals, broker, merge
@@ -266,3 +267,60 @@ async def test_proposing_a_commit_of_many_long_paths_holds_no_list_of_them(
         tracemalloc.stop()
     assert proposal.payload["files"] == 4000
     assert peak < (1 << 20), peak  # the paths alone are 3.2 MB
+
+
+RESOLVE = {
+    "approve": "asyncio.run(approvals.approve(store, thread))",
+    "deny": "approvals.deny(store, thread, reason='not now')",
+}
+
+
+def resolved_by_a_killed_process(home: Path, how: str, thread: str) -> None:
+    """Approve or deny ``thread`` in a process killed right after the commit that settles
+    it: before it drops the proposal's pin."""
+    action = f"from hal9999.hive import approvals\n{RESOLVE[how]}\n"
+    for after in range(1, 6):
+        run = killed(home, action, thread, after)
+        with Store.open(home) as store:
+            if approvals.get(store, thread).state != "pending":
+                assert run.returncode != 0, "not killed: the pin went on its own"
+                return
+    pytest.fail(f"{how} did not settle within 5 commits")
+
+
+def pins(repo: Path) -> list[str]:
+    """The proposals pinned in ``repo``."""
+    refs = git(repo, "for-each-ref", "--format=%(refname)", PIN_PREFIX).split()
+    return sorted(ref.removeprefix(PIN_PREFIX) for ref in refs)
+
+
+@pytest.mark.parametrize("how", sorted(RESOLVE))
+async def test_a_pin_a_killed_resolve_left_behind_goes_with_the_next_resolve(
+    store: Store, repo: Path, tmp_path: Path, how: str
+) -> None:
+    agent_commit(repo, "alice", {"new.txt": "alice's\n"})
+    agent_commit(repo, "bob", {"other.txt": "bob's\n"})
+    first = await approvals.propose_apply(store, proposer="alice", repo=repo, target="main")
+    second = await approvals.propose_apply(store, proposer="bob", repo=repo, target="main")
+    resolved_by_a_killed_process(tmp_path / "halhome", how, first.id)
+    assert pins(repo) == sorted([first.id, second.id])  # left behind by the kill
+    approvals.deny(store, second.id, reason="later")
+    assert pins(repo) == []
+
+
+async def test_the_daemons_start_removes_pins_of_settled_and_unknown_proposals_only(
+    store: Store, repo: Path, tmp_path: Path
+) -> None:
+    agent_commit(repo, "alice", {"new.txt": "alice's\n"})
+    agent_commit(repo, "bob", {"other.txt": "bob's\n"})
+    first = await approvals.propose_apply(store, proposer="alice", repo=repo, target="main")
+    second = await approvals.propose_apply(store, proposer="bob", repo=repo, target="main")
+    resolved_by_a_killed_process(tmp_path / "halhome", "deny", first.id)
+    # A propose killed between its pin and its record: a pin of a proposal nobody has.
+    git(repo, "update-ref", f"{PIN_PREFIX}a-0123456789", "main")
+    assert approvals.sweep_pins(store, repo) == 1  # a resolve's sweep: the settled one
+    assert pins(repo) == sorted(["a-0123456789", second.id])
+    assert approvals.sweep_pins(store, unknown=True) == 1  # the daemon's start: unknown too
+    assert pins(repo) == [second.id]  # the pending proposal keeps its pin
+    assert (await approvals.approve(store, second.id)).state == "approved"
+    assert pins(repo) == []

@@ -311,8 +311,8 @@ async def approve(
     resolved = await asyncio.to_thread(
         _resolve, store, approval, "approved", by, reason, result, body
     )
-    if approval.kind == "apply":
-        await merge.unpin(Path(approval.payload["repo"]), approval.id)
+    if approval.kind == "apply":  # its pin, and any a killed resolve left in the repo
+        await asyncio.to_thread(sweep_pins, store, Path(approval.payload["repo"]))
     return resolved
 
 
@@ -359,7 +359,7 @@ def deny(store: Store, approval_id: str, *, by: str = OPERATOR, reason: str) -> 
     body = _with_reason(f"Your proposal {approval.id} ({approval.title}) was denied by {by}.",
                         reason)  # fmt: skip
     resolved = _resolve(store, approval, "denied", by, reason, None, body)
-    _unpin_later(approval)
+    _unpin_later(store, approval)
     return resolved
 
 
@@ -367,7 +367,7 @@ def _expire(store: Store, approval: Approval) -> Approval:
     body = (f"Your proposal {approval.id} ({approval.title}) expired without a decision; "
             "nothing was done. Propose again if it still matters.")  # fmt: skip
     resolved = _resolve(store, approval, "expired", SYSTEM, None, None, body)
-    _unpin_later(approval)
+    _unpin_later(store, approval)
     return resolved
 
 
@@ -385,7 +385,7 @@ def withdraw_all(store: Store, proposer: str, *, spare: str | None = None) -> in
             _resolve(store, approval, "expired", SYSTEM, f"{proposer} was removed", None, None)
         except ThreadStateError:
             continue
-        _unpin_later(approval)
+        _unpin_later(store, approval)
         closed += 1
     return closed
 
@@ -407,7 +407,42 @@ def expire_due(store: Store, now: float | None = None) -> list[Approval]:
     return expired
 
 
-def _unpin_later(approval: Approval) -> None:
-    """Drop the pin of a denied or expired ``apply`` (sync code, so a plain git run)."""
+def _unpin_later(store: Store, approval: Approval) -> None:
+    """Drop the pin of a denied or expired ``apply``, and any other pin of a settled
+    proposal in its repository (sync code, so a plain git run)."""
     if approval.kind == "apply":
-        merge.unpin_sync(Path(approval.payload["repo"]), approval.id)
+        sweep_pins(store, Path(approval.payload["repo"]))
+
+
+def sweep_pins(store: Store, repo: Path | None = None, *, unknown: bool = False) -> int:
+    """Remove the pins (``refs/hal-approvals/<id>``) of settled proposals from ``repo``, or
+    from every repository an ``apply`` was proposed in; with ``unknown``, also those of
+    proposals the store does not have (a propose killed between its pin and its record:
+    only where no propose can be under way, the daemon's start). A process killed between
+    resolving a proposal and dropping its pin left the ref, keeping its commits, for ever.
+    Returns how many went."""
+    if repo is None:
+        rows = store._query(
+            "SELECT DISTINCT json_extract(payload, '$.repo') FROM hive_approvals"
+            " WHERE kind = 'apply'"
+        )
+        repos = [Path(str(row[0])) for row in rows if row[0]]
+    else:
+        repos = [repo]
+    removed = 0
+    for where in repos:
+        pinned = merge.pins_sync(where)
+        if not pinned:
+            continue
+        marks = ", ".join("?" * len(pinned))
+        rows = store._query(
+            f"SELECT id, state FROM hive_approvals WHERE id IN ({marks})", tuple(pinned)
+        )
+        states = {str(row[0]): str(row[1]) for row in rows}
+        for approval_id in pinned:
+            state = states.get(approval_id)
+            if state == "pending" or (state is None and not unknown):
+                continue
+            merge.unpin_sync(where, approval_id)
+            removed += 1
+    return removed

@@ -160,6 +160,21 @@ def unpin_sync(repo: Path, approval_id: str) -> None:
         )  # fmt: skip
 
 
+def pins_sync(repo: Path) -> list[str]:
+    """The ids of the proposals pinned in ``repo`` (none when it cannot be read)."""
+    try:
+        run = subprocess.run(
+            ["git", *_GIT_SAFE, "for-each-ref", "--format=%(refname)", PIN_PREFIX], cwd=repo,
+            env=_ENV, stdin=subprocess.DEVNULL, capture_output=True, timeout=60, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if run.returncode != 0:
+        return []
+    lines = run.stdout.decode("utf-8", "replace").splitlines()
+    return [line.removeprefix(PIN_PREFIX) for line in lines if line.startswith(PIN_PREFIX)]
+
+
 async def shown(repo: Path, base: str, head: str, *, limit: int) -> tuple[str, str, bool]:
     """What the operator sees: the commit list (at most :data:`LOG_LIMIT` bytes), the
     unified diff (at most ``limit`` bytes) and whether the diff was cut short."""

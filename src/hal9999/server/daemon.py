@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -163,6 +164,7 @@ class Daemon:
             retries=self.scheduler.settings.max_infra_retries,
         )  # fmt: skip
         self.recovery, adoptions = await recovery.run()
+        await self._sweep_pins()
         # The server stack is imported here: only `hal serve` pays for Starlette and uvicorn.
         from hal9999.server.app import ServerContext, build_app
         from hal9999.server.listen import HalServer
@@ -212,6 +214,19 @@ class Daemon:
         self._loops.append(asyncio.create_task(self.mcp.run_forever(), name="mcp"))
         logger.info("hal serve: pid %d, socket %s, port %d", os.getpid(), sock, port)
         return self.info
+
+    async def _sweep_pins(self) -> None:
+        """Pins of settled proposals a killed process left in repositories go (before the
+        API serves: no propose is under way, so unknown ones go too)."""
+        from hal9999.hive.approvals import sweep_pins
+
+        try:
+            removed = await asyncio.to_thread(sweep_pins, self.store, unknown=True)
+        except (HalError, OSError, sqlite3.Error) as exc:  # a cleanup: never stops the start
+            logger.warning("hal serve: removing stale approval pins failed: %s", exc)
+            return
+        if removed:
+            logger.info("hal serve: removed %d stale approval pin(s)", removed)
 
     def start_hive(self) -> None:
         """Wire the broker and hive events to this daemon; start the turn loop and vacuum."""
