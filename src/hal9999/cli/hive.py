@@ -321,20 +321,38 @@ def msg() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def send(name: str, text: str, as_json: bool) -> None:
     """Send TEXT to agent NAME (it wakes for it)."""
-    a = app()
-    client = a.daemon()
-    if client is not None:
-        data = run_async(client.call("POST", "/v1/hive/messages", {"to": name, "body": text}))
-    else:
-        from hal9999.hive.broker import OPERATOR
-        from hal9999.hive.broker import send as broker_send
+    import secrets
 
-        data = broker_send(a.store, sender=OPERATOR, recipient=name, body=text).model_dump()
+    from hal9999.server.client import DaemonUnavailable
+
+    a = app()
+    # One key for this send, however it reaches the store: a daemon that committed the
+    # message and then dropped the connection answers the retry with that same message.
+    key = secrets.token_hex(16)
+    client = a.daemon()
+    try:
+        data = _send(a, client, name, text, key)
+    except DaemonUnavailable:
+        if client is None:
+            raise
+        client = a.daemon()  # None when the daemon died: the store takes the retry
+        data = _send(a, client, name, text, key)
     if as_json:
         emit_json(data)
     else:
         later = "" if client is not None else " (hal serve is not running: delivered when it is)"
         click.echo(f"sent {data['id']} to {name}{later}")
+
+
+def _send(a: App, client: DaemonClient | None, name: str, text: str, key: str) -> Any:
+    """Send as the operator through the daemon, or (none running) commit to the store."""
+    if client is not None:
+        body = {"to": name, "body": text, "key": key}
+        return run_async(client.call("POST", "/v1/hive/messages", body))
+    from hal9999.hive.broker import OPERATOR
+    from hal9999.hive.broker import send as broker_send
+
+    return broker_send(a.store, sender=OPERATOR, recipient=name, body=text, key=key).model_dump()
 
 
 @msg.command("inbox")

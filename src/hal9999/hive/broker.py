@@ -14,6 +14,7 @@ detector that stops two agents that keep waking each other (and tells the operat
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import sqlite3
 import threading
@@ -139,15 +140,56 @@ def send(
     body: str,
     kind: MessageKind = "message",
     ref: str | None = None,
+    key: str | None = None,
 ) -> Message:
     """Commit a message (durable before this returns), publish ``message_sent`` and wake
     the recipient. Refuses unknown parties, empty or oversized bodies, and sends that a
-    guard stops (:class:`HiveLimited`)."""
+    guard stops (:class:`HiveLimited`).
+
+    ``key`` (the sender's own, one per send) makes a send idempotent: the same key again
+    returns the message committed the first time instead of a second one (a client whose
+    connection dropped after the commit retries with it)."""
+    if key is not None:
+        _check_key(key)
+        found = _keyed(store._query(_BY_KEY, (sender, key)))
+        if found is not None:
+            return _same_send(found, recipient, body, key)
     message = prepare(store, sender=sender, recipient=recipient, body=body, kind=kind, ref=ref)
     with hive_write(store) as (conn, recorded):
-        commit(conn, recorded, message)
+        found = _keyed(conn.execute(_BY_KEY, (sender, key)).fetchall()) if key else None
+        if found is None:
+            commit(conn, recorded, message, key)
+    if found is not None:  # a send with the key committed meanwhile (a concurrent retry)
+        return _same_send(found, recipient, body, str(key))
     wake(recipient)
     return message
+
+
+SEND_KEY_RE = re.compile(r"[A-Za-z0-9_-]{8,64}")
+"""What a send key looks like (the client makes one at random per send)."""
+
+
+def _check_key(key: str) -> None:
+    if not SEND_KEY_RE.fullmatch(key):
+        raise HiveError(
+            "the send key must be 8-64 letters, digits, '-' or '_'",
+            hint="leave it out, or make one per send (e.g. 32 random hex digits)",
+        )
+
+
+def _keyed(rows: list[sqlite3.Row]) -> Message | None:
+    """The message of a ``_BY_KEY`` query's rows, if any."""
+    return _message(rows[0]) if rows else None
+
+
+def _same_send(found: Message, recipient: str, body: str, key: str) -> Message:
+    """The message a key was first sent with, when this send is that one again."""
+    if found.recipient != recipient or found.body != body:
+        raise HiveError(
+            f"the send key {key} was used for another message ({found.id})",
+            hint="make a new key for each message",
+        )
+    return found
 
 
 def prepare(
@@ -185,15 +227,18 @@ def prepare(
     return message
 
 
-def commit(conn: sqlite3.Connection, recorded: list[HiveEvent], message: Message) -> None:
-    """Insert a :func:`prepare`d message and its ``message_sent`` event in the caller's
-    :func:`~hal9999.hive.store.hive_write` transaction."""
+def commit(
+    conn: sqlite3.Connection, recorded: list[HiveEvent], message: Message, key: str | None = None
+) -> None:
+    """Insert a :func:`prepare`d message (with its sender's send ``key``) and its
+    ``message_sent`` event in the caller's :func:`~hal9999.hive.store.hive_write`
+    transaction."""
     sender, recipient = message.sender, message.recipient
     conn.execute(
-        "INSERT INTO hive_messages (id, sender, recipient, kind, body, ref, state, created)"
-        " VALUES (?, ?, ?, ?, ?, ?, 'sent', ?)",
+        "INSERT INTO hive_messages (id, sender, recipient, kind, body, ref, state, created,"
+        " send_key) VALUES (?, ?, ?, ?, ?, ?, 'sent', ?, ?)",
         (message.id, sender, recipient, message.kind, message.body, message.ref,
-         message.created),
+         message.created, key),
     )  # fmt: skip
     agent = recipient if _is_agent(recipient) else sender if _is_agent(sender) else None
     event = MessageSent(
@@ -317,6 +362,7 @@ def _message(row: sqlite3.Row) -> Message:
 
 
 _SELECT = "SELECT id, sender, recipient, kind, body, ref, state, created FROM hive_messages"
+_BY_KEY = f"{_SELECT} WHERE sender = ? AND send_key = ?"
 
 
 def inbox(

@@ -133,7 +133,7 @@ def add_hive_routes(router: Router, daemon: Daemon) -> None:
         body = request.json()
         message = await asyncio.to_thread(
             broker.send, daemon.store, sender=OPERATOR, recipient=str(_text(body, "to")),
-            body=_message(body),
+            body=_message(body), key=_text(body, "key", required=False),
         )  # fmt: skip
         return message.model_dump(mode="json")
 
@@ -214,7 +214,10 @@ def add_hive_routes(router: Router, daemon: Daemon) -> None:
         response=obj)  # fmt: skip
     add("POST", "/v1/hive/messages", send, "Send a message as the operator.",
         body={"type": "object", "required": ["to", "body"], "properties": {
-            "to": {"type": "string"}, "body": {"type": "string"}}}, response=obj)  # fmt: skip
+            "to": {"type": "string"}, "body": {"type": "string"},
+            "key": {"type": "string", "description": "the sender's key of this send: the same"
+                    " key again answers the message it sent (a retry sends nothing twice)"},
+        }}, response=obj)  # fmt: skip
     add("GET", "/v1/hive/inbox", inbox, "A mailbox (the operator's by default).",
         query=("name", "all", "mark"), response=objs)  # fmt: skip
     add("POST", "/v1/hive/vacuum", run_vacuum, "Apply the hive's retention.",

@@ -322,4 +322,16 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        11,
+        "hive message send keys",
+        """
+        -- The key a sender gave a message (`hal msg send` makes one per send): the same key
+        -- again is the same send, answered with the message committed the first time, so a
+        -- retry after a dropped connection never sends it twice (see hive/broker.py).
+        ALTER TABLE hive_messages ADD COLUMN send_key TEXT;
+        CREATE UNIQUE INDEX hive_messages_send_key ON hive_messages (sender, send_key)
+            WHERE send_key IS NOT NULL;
+        """,
+    ),
 )
