@@ -335,13 +335,34 @@ def send(name: str, text: str, as_json: bool) -> None:
     except DaemonUnavailable:
         if client is None:
             raise
-        client = a.daemon()  # None when the daemon died: the store takes the retry
-        data = _send(a, client, name, text, key)
+        data, client = _resend(a, name, text, key)
     if as_json:
         emit_json(data)
     else:
         later = "" if client is not None else " (hal serve is not running: delivered when it is)"
         click.echo(f"sent {data['id']} to {name}{later}")
+
+
+RESEND_S = 10.0
+"""How long ``hal msg send`` retries after a dropped connection, for a daemon that neither
+answers nor goes away (one dying still accepts connections, then drops them)."""
+
+
+def _resend(a: App, name: str, text: str, key: str) -> tuple[Any, DaemonClient | None]:
+    """The same send again after the connection dropped (the daemon may have committed the
+    message: the key makes it one): through the daemon while it runs, else straight into the
+    store. Returns the message and the daemon it went through (None: the store)."""
+    from hal9999.server.client import DaemonUnavailable
+
+    deadline = time.monotonic() + RESEND_S
+    while True:
+        client = a.daemon()
+        try:
+            return _send(a, client, name, text, key), client
+        except DaemonUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def _send(a: App, client: DaemonClient | None, name: str, text: str, key: str) -> Any:
