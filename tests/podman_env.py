@@ -131,8 +131,8 @@ def _start_error() -> str | None:
     client = docker.DockerClient(base_url=URL, timeout=60)
     try:
         client.containers.run(IMAGE, ["true"], remove=True, network_mode="none")
-    except docker.errors.DockerException as exc:
-        return str(exc)
+    except Exception as exc:  # also the socket gone mid-call (a bare requests error)
+        return f"{type(exc).__name__}: {exc}"
     finally:
         client.close()
     return None
