@@ -414,15 +414,16 @@ async def test_objects_the_scan_never_saw_never_reach_the_source(
     assert git(world.source, "for-each-ref", "refs/hal-incoming") == ""
 
 
-def _zlib_bomb(repo: Path, size: int) -> str:
-    """A loose blob of ``size`` zero bytes written straight into ``repo``'s objects (a few
-    kilobytes on disk, as an agent writes one without ever holding it); its id."""
-    header, zeros = b"blob %d\0" % size, bytes(1 << 20)
+def loose_bomb(repo: Path, size: int, piece: bytes = bytes(1 << 20)) -> str:
+    """A loose blob of ``size`` bytes, ``piece`` (1 MiB; zeros by default) over and over,
+    written straight into ``repo``'s objects (a few kilobytes on disk, as an agent writes one
+    without ever holding it); its id."""
+    header = b"blob %d\0" % size
     digest, packer = hashlib.sha1(header), zlib.compressobj(9)
     parts = [packer.compress(header)]
     for _ in range(size >> 20):
-        digest.update(zeros)
-        parts.append(packer.compress(zeros))
+        digest.update(piece)
+        parts.append(packer.compress(piece))
     parts.append(packer.flush())
     oid = digest.hexdigest()
     loose = repo / ".git" / "objects" / oid[:2] / oid[2:]
@@ -438,7 +439,7 @@ async def test_an_object_bomb_in_the_bundle_is_refused_within_hosts_git_memory_b
     # An agent hides a huge blob from its own sandbox's diff (a replace ref; its index marks
     # the file skip-worktree): host git inflated the whole blob, outside any memory limit.
     ws = world.session.workspace
-    oid = _zlib_bomb(ws, 96 << 20)
+    oid = loose_bomb(ws, 96 << 20)
     git(ws, "update-index", "--add", "--cacheinfo", f"100644,{oid},bomb.bin")
     git(ws, "commit", "-qm", "agent work")
     head = git(ws, "rev-parse", "HEAD")

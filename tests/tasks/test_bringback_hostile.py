@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from tests.tasks.conftest import BRANCH, git
-from tests.tasks.test_bringback import World, has_object, world
+from tests.tasks.test_bringback import World, has_object, loose_bomb, world
 
 from hal9999.errors import RepoError, SecretInResult
 from hal9999.redact import SecretMasker
@@ -120,19 +120,7 @@ def loose_blobs(repo: Path, contents: list[bytes]) -> list[str]:
 def text_bomb(repo: Path, size: int, seed: bytes) -> str:
     """A loose text blob of ``size`` bytes in lines of 1 KiB (a few kilobytes on disk); its
     id. Text, so the patch carries it whole."""
-    lines = (seed + b"x" * (1023 - len(seed)) + b"\n") * 1024
-    header = b"blob %d\0" % size
-    digest, packer = hashlib.sha1(header), zlib.compressobj(9)
-    parts = [packer.compress(header)]
-    for _ in range(size >> 20):
-        digest.update(lines)
-        parts.append(packer.compress(lines))
-    parts.append(packer.flush())
-    oid = digest.hexdigest()
-    loose = repo / ".git" / "objects" / oid[:2] / oid[2:]
-    loose.parent.mkdir(exist_ok=True)
-    loose.write_bytes(b"".join(parts))
-    return oid
+    return loose_bomb(repo, size, (seed + b"x" * (1023 - len(seed)) + b"\n") * 1024)
 
 
 @pytest.mark.parametrize("masked", [False, True])  # fetched into the source, or quarantined
