@@ -62,20 +62,6 @@ ORPHAN_S = 5.0
 """How long a turn's task may stay in flight with no runner before it counts as crashed."""
 
 
-def _result(task: TaskRecord) -> stats.TurnResult:
-    if task.status == TaskStatus.SUCCEEDED:
-        return "ok"
-    if task.status == TaskStatus.TIMED_OUT:
-        return "timeout"
-    if task.status in (TaskStatus.STOPPED, TaskStatus.CANCELLED):
-        return "stopped"
-    if task.error_code == "budget_exceeded":
-        return "budget"
-    if watch.crash_reason(task) is not None:
-        return "crashed"
-    return "error"
-
-
 class HiveLoop:
     """The daemon's turn loop over every agent of the hive."""
 
@@ -297,7 +283,7 @@ class HiveLoop:
         await asyncio.to_thread(stats.set_turn_task, self.store, turn_id, task_id)
         task = await self._wait(task_id)
         await asyncio.to_thread(
-            self._close, name, turn_id, task, _result(task), since, after_seq, ids
+            self._close, name, turn_id, task, watch.turn_result(task), since, after_seq, ids
         )
 
     async def _start(self, agent: AgentRecord, prompt: str, turn_id: int) -> str:
@@ -376,8 +362,9 @@ class HiveLoop:
             if task.status == TaskStatus.QUEUED:
                 self.scheduler.submit(task_id)
         task = await self._wait(task_id)
+        result = watch.turn_result(task)
         await asyncio.to_thread(
-            self._close, name, row.id, task, _result(task), row.started_at, 0, row.messages
+            self._close, name, row.id, task, result, row.started_at, 0, row.messages
         )
 
     def _turn_task(self, row: stats.TurnRow, task_id: str | None) -> TaskRecord | None:

@@ -20,10 +20,26 @@ from hal9999.events.hive import AgentCrashed, HiveEvent
 from hal9999.hive.agents import set_state
 from hal9999.hive.broker import OPERATOR, SYSTEM, Message, commit, prepare, wake
 from hal9999.hive.settings import HiveSettings
+from hal9999.hive.stats import TurnResult
 from hal9999.hive.store import AgentRecord, insert_hive_event, list_agents
 from hal9999.store import Store, TaskRecord
 from hal9999.tasks.retry import TRANSIENT_CODES
 from hal9999.tasks.state import TaskStatus
+
+
+def turn_result(task: TaskRecord) -> TurnResult:
+    """How a turn whose task ended as ``task`` is recorded on its row."""
+    if task.status == TaskStatus.SUCCEEDED:
+        return "ok"
+    if task.status == TaskStatus.TIMED_OUT:
+        return "timeout"
+    if task.status in (TaskStatus.STOPPED, TaskStatus.CANCELLED):
+        return "stopped"
+    if task.error_code == "budget_exceeded":
+        return "budget"
+    if crash_reason(task) is not None:
+        return "crashed"
+    return "error"
 
 
 def crash_reason(task: TaskRecord) -> str | None:
