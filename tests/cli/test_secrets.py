@@ -366,7 +366,8 @@ def test_a_resume_through_the_daemon_carries_the_clients_secret_as_hal_run_does(
         task_id = out.stdout.strip()
         running = wait_status(hal, task_id, {"running"})
         log = Path(running["session_dir"]) / "agent.log"
-        poll("the first run's agent", lambda: _seen(value) in log.read_text())
+        # `running` is recorded as the launch starts; the log comes with the supervisor.
+        poll("the first run's agent", lambda: log.exists() and _seen(value) in log.read_text())
         assert hal("task", "stop", task_id).returncode == 0
         assert wait_status(hal, task_id, {"stopped"})
 
