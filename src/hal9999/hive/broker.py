@@ -252,6 +252,26 @@ def _count(store: Store, sql: str, params: tuple[object, ...]) -> int:
     return int(store._query(sql, params)[0][0])
 
 
+def check_minute_rate(
+    conn: sqlite3.Connection, table: str, column: str, who: str, now: float, *, did: str,
+    hint: str,
+) -> None:  # fmt: skip
+    """HiveLimited when ``who`` made ``rate_per_minute`` rows of ``table`` (``column`` names
+    them) in the last 60 s; ``did`` says what, with ``{n}`` for the count (``asked {n}
+    questions``). For what an agent makes past the broker's own rate limit (questions,
+    reminders). ``table`` and ``column`` are hal's own names, never input."""
+    rate = limits.rate_per_minute
+    if rate <= 0:
+        return
+    (recent,) = conn.execute(
+        f"SELECT COUNT(*) FROM {table} WHERE {column} = ? AND created > ?", (who, now - 60.0)
+    ).fetchone()
+    if recent >= rate:
+        raise HiveLimited(
+            f"{who} {did.format(n=recent)} in the last minute (limit {rate})", hint=hint
+        )
+
+
 def _check_rate(store: Store, sender: str, now: float) -> None:
     if limits.rate_per_minute <= 0:
         return

@@ -16,7 +16,7 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from hal9999.errors import HiveLimited, ThreadForbidden, ThreadStateError, UsageError
+from hal9999.errors import ThreadForbidden, ThreadStateError, UsageError
 from hal9999.events.hive import HiveEvent, QuestionAnswered, QuestionAsked, QuestionExpired
 from hal9999.hive import broker
 from hal9999.hive.broker import OPERATOR, SYSTEM
@@ -58,17 +58,11 @@ def _check_rate(conn: sqlite3.Connection, asker: str, now: float) -> None:
     the last 60 s. A question to the operator is no message (no broker guard), and one whose
     ttl runs out at once frees its place among the open ones as hal answers it into the
     asker's mailbox: without this, an agent grew its mailbox and the store without bound."""
-    rate = broker.limits.rate_per_minute
-    if asker == OPERATOR or rate <= 0:
-        return
-    (recent,) = conn.execute(
-        "SELECT COUNT(*) FROM hive_questions WHERE asker = ? AND created > ?", (asker, now - 60.0)
-    ).fetchone()
-    if recent >= rate:
-        raise HiveLimited(
-            f"{asker} asked {recent} questions in the last minute (limit {rate})",
+    if asker != OPERATOR:
+        broker.check_minute_rate(
+            conn, "hive_questions", "asker", asker, now, did="asked {n} questions",
             hint="wait a minute; put what you need to know into fewer questions",
-        )
+        )  # fmt: skip
 
 
 def ask(

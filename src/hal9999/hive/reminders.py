@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hal9999.agentfs import AgentDir
-from hal9999.errors import HiveLimited, UnsafePath, UsageError
+from hal9999.errors import UnsafePath, UsageError
 from hal9999.events.hive import ReminderDue, ReminderSet
 from hal9999.hive import broker
 from hal9999.hive.store import hive_write, insert_hive_event
@@ -82,17 +82,10 @@ def _check_rate(conn: sqlite3.Connection, agent: str, now: float) -> None:
     60 s. A reminder is a message to itself that hal sends (past the broker's rate limit),
     and one due at once leaves the pending count as soon as it fires: without this, an agent
     looping on ``remind(in_s=0.001)`` grew its mailbox and the store without bound."""
-    rate = broker.limits.rate_per_minute
-    if rate <= 0:
-        return
-    (recent,) = conn.execute(
-        "SELECT COUNT(*) FROM hive_reminders WHERE agent = ? AND created > ?", (agent, now - 60.0)
-    ).fetchone()
-    if recent >= rate:
-        raise HiveLimited(
-            f"{agent} set {recent} reminders in the last minute (limit {rate})",
-            hint="wait a minute; put what you want to be reminded of into fewer reminders",
-        )
+    broker.check_minute_rate(
+        conn, "hive_reminders", "agent", agent, now, did="set {n} reminders",
+        hint="wait a minute; put what you want to be reminded of into fewer reminders",
+    )  # fmt: skip
 
 
 def remind(
