@@ -6,6 +6,7 @@ state directory, then ``hal agent start`` instead of ``rm``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 
@@ -114,3 +115,50 @@ def test_starting_an_agent_whose_state_directory_is_gone_is_refused_with_the_fix
         assert get_agent(store, "bob").state == "stopped" and attempts == []
         AgentDir.of(home, "bob").root.mkdir(parents=True)  # a whole agent starts
         assert asyncio.run(hive.start_agent("bob")).state == "sleeping"
+
+
+def test_a_restarted_daemon_waits_out_the_backoff_a_crash_started_before_it(
+    tmp_path: Path,
+) -> None:
+    # The backoff was kept in memory only: each `hal serve` restart gave a crash-looping
+    # agent one turn at once, at its first sweep.
+    home = tmp_path / "home"
+    with half_removed_bob(home) as store:
+        settings = HiveSettings(crash_backoff_s=1.0, crash_loop=5)
+        first, attempts = hive_of(store, home, settings)
+
+        async def crash_once() -> None:
+            first._loop = asyncio.get_running_loop()
+            first.wake("bob")
+            await until(lambda: get_agent(store, "bob").crashes == 1 and "bob" not in first.turns)
+
+        asyncio.run(crash_once())
+        assert attempts == ["bob"]
+        crashed_at = get_agent(store, "bob").last_crash_at
+        assert crashed_at is not None
+        again, retried = hive_of(store, home, settings)  # the next daemon, bob's mail waiting
+        swept = asyncio.Event()
+        real_sweep = again.sweep
+
+        async def sweep() -> None:
+            await real_sweep()
+            swept.set()
+
+        again.sweep = sweep  # type: ignore[method-assign]
+
+        async def restart() -> None:
+            serving = asyncio.create_task(again.run_forever())
+            await swept.wait()
+            assert retried == [] and "bob" not in again.turns  # before: a turn at once
+            again.wake("bob")
+            await asyncio.sleep(0)
+            assert "bob" not in again.turns
+            await until(lambda: retried == ["bob"])  # once the backoff is over
+            assert time.time() >= crashed_at + 1.0
+            await until(lambda: "bob" not in again.turns)
+            serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving
+
+        asyncio.run(restart())
+        assert get_agent(store, "bob").crashes == 2

@@ -131,6 +131,13 @@ class HiveLoop:
 
     async def run_forever(self) -> None:
         """Wake agents with mail, finish turns a dead daemon left, poll for outside mail."""
+        # Before any wake: what is left of a backoff a previous daemon started holds here too.
+        try:
+            self._hold.update(
+                await asyncio.to_thread(watch.stored_holds, self.store, self.settings)
+            )
+        except Exception:
+            logger.exception("hive: cannot read the crash backoffs; agents wake at once")
         self._loop = asyncio.get_running_loop()
         while True:
             try:

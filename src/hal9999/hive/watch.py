@@ -68,6 +68,33 @@ class CrashVerdict:
     """None: not restarted (crash loop, or the policy says never)."""
 
 
+def backoff_s(crashes: int, settings: HiveSettings) -> float:
+    """How long crash watch waits before restarting an agent after its ``crashes``-th crash."""
+    return float(min(settings.crash_backoff_max_s, settings.crash_backoff_s * 2 ** (crashes - 1)))
+
+
+def restart_at(agent: AgentRecord, settings: HiveSettings) -> float | None:
+    """The wall-clock time before which a crashed ``agent`` is not restarted, from its stored
+    crash count and last crash (None when no backoff holds it). A restarted daemon waits out
+    what is left of it: kept in memory only, the backoff gave a crash-looping agent one turn
+    at once per restart."""
+    if agent.crashes < 1 or agent.last_crash_at is None:
+        return None
+    return agent.last_crash_at + backoff_s(agent.crashes, settings)
+
+
+def stored_holds(store: Store, settings: HiveSettings) -> dict[str, float]:
+    """Agent name -> monotonic time before which crash watch's backoff holds it, for the
+    agents the store says one still holds (see :func:`restart_at`)."""
+    holds: dict[str, float] = {}
+    now, mono = time.time(), time.monotonic()
+    for agent in list_agents(store):
+        until = restart_at(agent, settings)
+        if until is not None and until > now:
+            holds[agent.name] = mono + (until - now)
+    return holds
+
+
 def manager_of(store: Store, crashed: str) -> str:
     """Who hears of a crash: the manager agent, else (or when it crashed) the operator."""
     for agent in list_agents(store):
@@ -101,7 +128,7 @@ def on_crash(
                        now, AgentCrashed(agent=agent.name, detail=detail, crashes=crashes,
                                          restart_in_s=None), told, expect)  # fmt: skip
         return CrashVerdict(crashes, None) if done else None
-    delay = min(settings.crash_backoff_max_s, settings.crash_backoff_s * 2 ** (crashes - 1))
+    delay = backoff_s(crashes, settings)
     text = (
         f"agent {agent.name} crashed ({detail}); crash watch restarts it in {delay:g} s"
         f" (crash {crashes} of {settings.crash_loop} allowed within"
