@@ -11,7 +11,7 @@ import pytest
 from tests.hive.conftest import agent_commit, git
 from tests.hive.crash_helpers import killed
 
-from hal9999.errors import MergeRefused, RepoError, ThreadStateError, UsageError
+from hal9999.errors import MergeRefused, RepoError, ThreadNotFound, ThreadStateError, UsageError
 from hal9999.hive import approvals, broker, merge
 from hal9999.hive.merge import PIN_PREFIX
 from hal9999.store import Store
@@ -324,3 +324,35 @@ async def test_the_daemons_start_removes_pins_of_settled_and_unknown_proposals_o
     assert pins(repo) == [second.id]  # the pending proposal keeps its pin
     assert (await approvals.approve(store, second.id)).state == "approved"
     assert pins(repo) == []
+
+
+async def test_retention_removes_the_pins_of_the_proposals_it_removes_even_when_killed(
+    store: Store, repo: Path, tmp_path: Path
+) -> None:
+    # A pin a killed resolve left stayed for ever once retention removed its proposal: the
+    # resolve's and the daemon's sweeps find pinned repositories by the proposals' rows.
+    agent_commit(repo, "alice", {"new.txt": "alice's\n"})
+    agent_commit(repo, "bob", {"other.txt": "bob's\n"})
+    first = await approvals.propose_apply(store, proposer="alice", repo=repo, target="main")
+    second = await approvals.propose_apply(store, proposer="bob", repo=repo, target="main")
+    resolved_by_a_killed_process(tmp_path / "halhome", "deny", first.id)
+    assert pins(repo) == sorted([first.id, second.id])
+    with store._write() as conn:
+        conn.execute("UPDATE hive_approvals SET created = created - 40 * 86400,"
+                     " resolved = resolved - 40 * 86400")  # fmt: skip
+    vacuumed = (
+        "from hal9999.hive.retention import vacuum\n"
+        "from hal9999.hive.settings import HiveSettings\n"
+        "vacuum(store, HiveSettings())\n"
+    )
+    for after in range(1, 6):  # killed right after the commit that removes the rows
+        run = killed(tmp_path / "halhome", vacuumed, "", after)
+        try:
+            approvals.get(store, first.id)
+        except ThreadNotFound:
+            assert run.returncode != 0, "not killed: it went on to its end"
+            break
+    else:
+        pytest.fail("the vacuum did not remove the proposal within 5 commits")
+    assert pins(repo) == [second.id]  # the pending proposal keeps its pin
+    assert approvals.sweep_pins(store, unknown=True) == 0

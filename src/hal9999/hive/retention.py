@@ -6,8 +6,9 @@ Removes, each past its age in ``[hive]``:
   ledgers (an entry a finished turn took keeps only its id and place);
 - hive events (``keep_events_days``, 7): every agent, message and thread event;
 - finished turn statistics (``keep_turns_days``, 90);
-- closed threads (``keep_threads_days``, 30): resolved proposals, answered or expired
-  questions, delivered reminders.
+- closed threads (``keep_threads_days``, 30): resolved proposals (and, first, any pin of
+  theirs a killed resolve left in the repository), answered or expired questions, delivered
+  reminders.
 
 Nothing pending is ever removed, however old: a message that is not ``read`` (sent or
 delivered: the recipient has not had it) or that no finished turn took, a turn still open, a
@@ -56,6 +57,7 @@ def vacuum(
             [row] = store._query(f"SELECT COUNT(*) FROM {table} WHERE {where}", (cutoffs[kind],))
             counts[kind] = int(row[0])
     else:
+        _unpin_removed(store, cutoffs["approvals"])
         with store._write() as conn:
             for kind, table, where, _ in _RULES:
                 removed = conn.execute(f"DELETE FROM {table} WHERE {where}", (cutoffs[kind],))
@@ -63,6 +65,24 @@ def vacuum(
     if home is not None:
         counts["ledger_bodies"] = scrub_ledgers(store, home, cutoffs["messages"], dry_run)
     return counts
+
+
+def _unpin_removed(store: Store, before: float) -> None:
+    """Drop the pins of the ``apply`` proposals about to go, first: once its row is gone,
+    neither a resolve's sweep nor the daemon's start (which find pinned repositories by the
+    proposals' rows) would ever remove a pin a killed resolve left. Killed after this, the
+    rows stay and the next run finds nothing left to unpin."""
+    from hal9999.hive.approvals import sweep_pins
+
+    where = next(where for kind, _, where, _ in _RULES if kind == "approvals")
+    rows = store._query(
+        "SELECT DISTINCT json_extract(payload, '$.repo') FROM hive_approvals"
+        f" WHERE kind = 'apply' AND {where}",
+        (before,),
+    )
+    for row in rows:
+        if row[0]:
+            sweep_pins(store, Path(str(row[0])))
 
 
 def scrub_ledgers(store: Store, home: Path, before: float, dry_run: bool) -> int:
