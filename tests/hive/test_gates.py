@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from tests.hive.conftest import make_agent
 
-from hal9999.errors import UsageError
+from hal9999.errors import ThreadNotFound, UsageError
 from hal9999.hive import approvals
 from hal9999.hive.mcp import thread_tools
 from hal9999.hive.mcp.tools import Caller, Hive
@@ -94,4 +94,25 @@ async def test_a_stop_that_fails_leaves_its_approval_for_another_try(
     loop.fail = False
     assert json.loads(await stop(boss, "a1", ids["a1"])) == {"done": "stop", "agent": "a1"}
     assert loop.calls == [("stop", "a1")]
+    store.close()
+
+
+async def test_a_guessed_prefix_of_anothers_proposal_gets_the_answer_of_no_proposal(
+    gated: tuple[Store, dict[str, str]], tmp_path: Path
+) -> None:
+    # The stop looked the id up among every proposal: a prefix of another agent's was told
+    # "is not your stop" (it exists) where an unknown one was told it matches none.
+    store, _ = gated
+    theirs = approvals.propose(store, kind="spawn", proposer="a0", title="spawn x",
+                               payload={"name": "x", "agent": "custom", "role": "r"})  # fmt: skip
+    boss = Caller(Hive(store=store, home=tmp_path / "home", lifecycle=SlowLoop()), "boss", True)
+    unknown = "a-" + "".join("0" if c != "0" else "1" for c in theirs.id[2:])
+    said: list[str] = []
+    for key in (theirs.id, theirs.id[:9], unknown, unknown[:9]):
+        with pytest.raises(ThreadNotFound) as caught:
+            await stop(boss, "a1", key)
+        said.append(caught.value.one_line().replace(key, "KEY"))
+        assert theirs.id not in caught.value.one_line() or key == theirs.id
+    assert len(set(said)) == 1, said
+    assert "matches no approval proposed by boss" in said[0]
     store.close()

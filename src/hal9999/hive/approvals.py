@@ -182,9 +182,10 @@ async def propose_apply(
         raise
 
 
-def get(store: Store, approval_id: str) -> Approval:
-    """The approval with this id (or unique id prefix)."""
-    return approval_of(find_row(store, "approval", approval_id))
+def get(store: Store, approval_id: str, *, proposer: str | None = None) -> Approval:
+    """The approval with this id (or unique id prefix); with ``proposer``, among that
+    agent's proposals only."""
+    return approval_of(find_row(store, "approval", approval_id, proposer=proposer))
 
 
 def list_approvals(

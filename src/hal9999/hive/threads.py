@@ -198,6 +198,7 @@ _LIST = {
     "question": "hal questions list",
     "reminder": "hal agent show",
 }
+_WHOSE = {"target": "asked of", "proposer": "proposed by"}
 
 
 def find_row(
@@ -206,20 +207,25 @@ def find_row(
     key: str,
     *,
     target: str | None = None,
+    proposer: str | None = None,
 ) -> Any:
     """The row whose id is ``key`` or, failing that, the only one whose id starts with it;
-    with ``target``, among the questions asked of that agent only (an agent guessing prefixes
-    learned others' questions' ids and who they were for from the answers)."""
+    with ``target``, among the questions asked of that agent only, with ``proposer``, among
+    the proposals of that agent only (an agent guessing prefixes learned others' ids, and
+    whether a prefix matched any, from the answers)."""
     table = _TABLES[what]
     key = key.strip()
-    only, args = (" AND target = ?", (target,)) if target is not None else ("", ())
+    of = [(column, value) for column, value in (("target", target), ("proposer", proposer))
+          if value is not None]  # fmt: skip
+    only = "".join(f" AND {column} = ?" for column, _ in of)
+    args = tuple(value for _, value in of)
     rows = store._query(f"SELECT * FROM {table} WHERE id = ?{only}", (key, *args)) if key else []
     if not rows and key:
         rows = store._query(
             f"SELECT * FROM {table} WHERE substr(id, 1, ?) = ?{only} LIMIT 2",
             (len(key), key, *args),
         )
-    whose = f" asked of {target}" if target is not None else ""
+    whose = "".join(f" {_WHOSE[column]} {value}" for column, value in of)
     if len(rows) > 1:  # "'a-' matches several approval", and no word of what to do
         raise ThreadNotFound(
             f"{key!r} matches several {what}s{whose}",

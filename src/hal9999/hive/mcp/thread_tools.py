@@ -184,7 +184,9 @@ async def _lifecycle(
         )  # fmt: skip
         note = f"once approved, call {action} again with approval={made.id!r}"
         return dump({"proposal": made.id, "note": note})
-    approval = await hive.db(approvals.get, hive.store, args.approval)
+    # Among the caller's own proposals only: another's full id, and whether a guessed prefix
+    # matches any, are not the caller's to learn (the answer is that of no proposal at all).
+    approval = await hive.db(approvals.get, hive.store, args.approval, proposer=caller.agent)
     wanted = {"tool": action, "agent": args.name}
     if approval.proposer != caller.agent or approval.kind != "tool" or approval.payload != wanted:
         raise UsageError(f"proposal {args.approval} is not your {action} of {args.name}")
