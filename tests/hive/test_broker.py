@@ -221,6 +221,29 @@ def test_a_one_way_flood_never_stops_the_agent_it_floods(store: Store) -> None:
     assert inbox(store, OPERATOR) == []
 
 
+def test_an_agent_flooding_a_peer_that_replies_now_and_then_stops_itself_not_the_peer(
+    store: Store,
+) -> None:
+    # The guard stopped both once the peer had sent a quarter of the exchange: an agent got
+    # any peer stopped (the manager too, a stop that takes the operator's approval) by
+    # flooding it until it had replied that often. Only a side that sent at least half goes.
+    broker.limits.rate_per_minute = 0
+    add_agent(store, "mallory")
+    add_agent(store, "manager")
+    with pytest.raises(HiveLimited, match="stopped mallory as a message loop"):
+        for n in range(broker.limits.loop_messages * 4):
+            send(store, sender="mallory", recipient="manager", body=f"flood {n}")
+            if n % 4 == 3:  # a reply to one message in four
+                send(store, sender="manager", recipient="mallory", body="noted")
+    assert n >= broker.limits.loop_messages  # the guard's counts were reached
+    assert get_agent(store, "manager").state == "sleeping"
+    assert get_agent(store, "mallory").state == "stopped"
+    send(store, sender="manager", recipient="mallory", body="noted")  # goes, told once
+    [notice] = inbox(store, OPERATOR)
+    assert "stopped mallory as a message loop" in notice.body
+    assert "hal agent start mallory" in notice.body and "start manager" not in notice.body
+
+
 # Alice's sixth message to bob in a ping-pong loop of 6 (the guard's send), in a process
 # killed after its `after`-th commit (crash_helpers).
 LOOP_SEND = """

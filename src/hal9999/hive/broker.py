@@ -36,6 +36,7 @@ from hal9999.events.hive import (
 )
 from hal9999.hive.store import (
     agent_exists,
+    get_agent,
     hive_write,
     insert_hive_event,
     record_hive_event,
@@ -321,7 +322,8 @@ def _loop_share() -> int:
 
 
 def _check_loop(store: Store, a: str, b: str, now: float) -> None:
-    """Stop both agents when they keep messaging each other with nobody else involved."""
+    """Stop the agents that keep a message loop going: of a pair messaging each other with
+    nobody else involved, each that sent at least half as many messages as it got."""
     if limits.loop_messages <= 0:
         return
     since = now - limits.loop_window_s
@@ -339,23 +341,34 @@ def _check_loop(store: Store, a: str, b: str, now: float) -> None:
     # so any agent could stop any other, which only the operator's approval may do.
     if sent + replied < limits.loop_messages or min(sent, replied) < _loop_share():
         return
+    # A side is stopped when it sent at least half as many as it got: both, in a ping-pong;
+    # stopping both at the share let an agent stop any peer (the manager too, a stop that
+    # takes the operator's approval) by flooding it until it had replied that often.
+    looping = [name for name, own, got in ((a, sent, replied), (b, replied, sent))
+               if 2 * own >= got]  # fmt: skip
+    who = f"stopped {looping[0]}" if len(looping) == 1 else "stopped both"
     detail = (
-        f"{a} and {b} exchanged {sent + replied} messages within"
-        f" {limits.loop_window_s:g} s with no operator message: stopped both as a message loop"
+        f"{a} and {b} exchanged {sent + replied} messages ({sent} from {a}) within"
+        f" {limits.loop_window_s:g} s with no operator message: {who} as a message loop"
     )
-    notice = prepare(
-        store, sender=SYSTEM, recipient=OPERATOR, kind="notice",
-        body=f"{detail}. Start them again with `hal agent start {a}` / `hal agent start {b}`.",
-    )  # fmt: skip
-    # Both stops, the guard's event and the operator's notice in one transaction: a process
-    # killed between separate commits left one agent stopped and the operator not told.
-    with hive_write(store) as (conn, recorded):
-        for name in (a, b):
-            _stop(conn, recorded, name, "message loop (hive guard)")
-        recorded.append(insert_hive_event(conn, HiveGuard(agent=a, guard="loop", detail=detail)))
-        commit(conn, recorded, notice)
-    wake(OPERATOR)
-    raise HiveLimited(detail, hint=f"the operator can start them again: `hal agent start {a}`")
+    fresh = [name for name in looping if get_agent(store, name).state != "stopped"]
+    if fresh:  # once: not again at each later send to (or by) an agent it stopped
+        start = " / ".join(f"`hal agent start {name}`" for name in fresh)
+        notice = prepare(
+            store, sender=SYSTEM, recipient=OPERATOR, kind="notice",
+            body=f"{detail}. Start {'it' if len(fresh) == 1 else 'them'} again with {start}.",
+        )  # fmt: skip
+        # The stops, the guard's event and the operator's notice in one transaction: a
+        # process killed between separate commits left one stopped and the operator not told.
+        with hive_write(store) as (conn, recorded):
+            for name in fresh:
+                _stop(conn, recorded, name, "message loop (hive guard)")
+            event = HiveGuard(agent=a, guard="loop", detail=detail)
+            recorded.append(insert_hive_event(conn, event))
+            commit(conn, recorded, notice)
+        wake(OPERATOR)
+    if a in looping:  # the other's message goes on, to an agent that waits stopped
+        raise HiveLimited(detail, hint=f"the operator can start it again: `hal agent start {a}`")
 
 
 def _stop(conn: sqlite3.Connection, recorded: list[HiveEvent], name: str, detail: str) -> None:

@@ -24,7 +24,8 @@ class HiveSettings(BaseModel):
     """Messages one agent may send in any 60 s (0: no limit)."""
     loop_messages: int = Field(default=24, ge=0)
     """Messages between two agents (both ways, no operator message to either) within
-    ``loop_window_s`` that stop both as a ping-pong loop (0: never)."""
+    ``loop_window_s`` that count as a ping-pong loop: each of the two that sent at least half
+    as many as it got is stopped (0: never)."""
     loop_window_s: float = Field(default=600.0, gt=0)
     unread_to_operator_chars: int = Field(default=4 << 20, ge=0)
     """Characters of one agent's messages to the operator not read yet past which its sends
