@@ -356,3 +356,55 @@ async def test_retention_removes_the_pins_of_the_proposals_it_removes_even_when_
         pytest.fail("the vacuum did not remove the proposal within 5 commits")
     assert pins(repo) == [second.id]  # the pending proposal keeps its pin
     assert approvals.sweep_pins(store, unknown=True) == 0
+
+
+# A propose killed between its pin and its record (argv[2]: the repository).
+KILLED_PROPOSE = """
+from hal9999.hive import approvals
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+approvals._insert = die
+asyncio.run(approvals.propose_apply(store, proposer="alice", repo=Path(thread), target="main"))
+"""
+
+
+async def test_the_daemons_start_removes_the_pin_of_a_killed_propose_in_a_repository_no_row_names(
+    store: Store, repo: Path, tmp_path: Path
+) -> None:
+    # The sweeps found repositories by the proposals' rows: the first propose in one, killed
+    # before its row (or one whose rows retention removed), left a pin nothing looked for.
+    agent_commit(repo, "alice", {"new.txt": "alice's\n"})
+    run = killed(tmp_path / "halhome", KILLED_PROPOSE, str(repo), 0)
+    assert run.returncode != 0 and len(pins(repo)) == 1, run.stderr
+    assert approvals.list_approvals(store, state=None) == []
+    assert approvals.sweep_pins(store, unknown=True) == 1
+    assert pins(repo) == []
+
+
+def test_a_database_from_before_the_record_of_pinned_repositories_gets_it_from_its_rows(
+    tmp_path: Path, repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hal9999.store import sqlite
+    from hal9999.store.migrations import MIGRATIONS
+
+    home = tmp_path / "old"
+    [added] = [m.version for m in MIGRATIONS if m.name == "hive pinned repositories"]
+    monkeypatch.setattr(sqlite, "MIGRATIONS", tuple(m for m in MIGRATIONS if m.version < added))
+    with Store.open(home) as old:
+        assert old.schema_version() == added - 1
+        with old._write() as conn:
+            conn.execute(
+                "INSERT INTO hive_approvals (id, kind, proposer, title, payload, state, created)"
+                " VALUES ('a-0123456789', 'apply', 'alice', 't', ?, 'denied', 1.0)",
+                (f'{{"repo": "{repo}"}}',),
+            )
+    monkeypatch.undo()
+    git(repo, "update-ref", f"{PIN_PREFIX}a-9876543210", "main")  # a killed propose's
+    with Store.open(home) as store:
+        assert [tuple(row) for row in store._query("SELECT * FROM hive_pin_repos")] == [
+            (str(repo), 1.0)
+        ]
+        assert approvals.sweep_pins(store, unknown=True) == 1
+    assert pins(repo) == []

@@ -169,6 +169,7 @@ async def propose_apply(
         check_text(summary, "summary")
     approval_id = new_id("a")
     branch = await asyncio.to_thread(agent_branch, store, proposer)
+    await asyncio.to_thread(_remember_repo, store, repo)  # before the pin: see sweep_pins
     shown = await merge.pin(repo, branch, target, approval_id)
     plural = "s" if shown.commits != 1 else ""
     title = (f"apply {branch} onto {target}: {shown.commits} commit{plural}, "
@@ -180,6 +181,15 @@ async def propose_apply(
     except BaseException:
         await merge.unpin(repo, approval_id)
         raise
+
+
+def _remember_repo(store: Store, repo: Path) -> None:
+    """Record ``repo`` among those :func:`sweep_pins` looks in (kept: a few rows ever)."""
+    with store._write() as conn:
+        conn.execute(
+            "INSERT OR IGNORE INTO hive_pin_repos (repo, since) VALUES (?, ?)",
+            (str(repo), time.time()),
+        )
 
 
 def get(store: Store, approval_id: str, *, proposer: str | None = None) -> Approval:
@@ -417,16 +427,13 @@ def _unpin_later(store: Store, approval: Approval) -> None:
 
 def sweep_pins(store: Store, repo: Path | None = None, *, unknown: bool = False) -> int:
     """Remove the pins (``refs/hal-approvals/<id>``) of settled proposals from ``repo``, or
-    from every repository an ``apply`` was proposed in; with ``unknown``, also those of
-    proposals the store does not have (a propose killed between its pin and its record:
-    only where no propose can be under way, the daemon's start). A process killed between
-    resolving a proposal and dropping its pin left the ref, keeping its commits, for ever.
-    Returns how many went."""
+    from every repository an ``apply`` was proposed in (recorded before its pin); with
+    ``unknown``, also those of proposals the store does not have (a propose killed between
+    its pin and its record, or a settled one retention removed: only where no propose can
+    be under way, the daemon's start). A process killed between resolving a proposal and
+    dropping its pin left the ref, keeping its commits, for ever. Returns how many went."""
     if repo is None:
-        rows = store._query(
-            "SELECT DISTINCT json_extract(payload, '$.repo') FROM hive_approvals"
-            " WHERE kind = 'apply'"
-        )
+        rows = store._query("SELECT repo FROM hive_pin_repos ORDER BY repo")
         repos = [Path(str(row[0])) for row in rows if row[0]]
     else:
         repos = [repo]

@@ -334,4 +334,22 @@ MIGRATIONS: tuple[Migration, ...] = (
             WHERE send_key IS NOT NULL;
         """,
     ),
+    Migration(
+        12,
+        "hive pinned repositories",
+        """
+        -- Every repository an apply proposal was pinned in, recorded before its pin: the pin
+        -- sweeps found them by the proposals' rows, so a propose killed between its pin and
+        -- its row in a repository no row named (or whose rows retention removed) left a pin
+        -- no sweep ever looked for (see hive/approvals.py, sweep_pins).
+        CREATE TABLE hive_pin_repos (
+            repo  TEXT PRIMARY KEY,
+            since REAL NOT NULL
+        );
+        INSERT INTO hive_pin_repos (repo, since)
+            SELECT json_extract(payload, '$.repo'), MIN(created) FROM hive_approvals
+            WHERE kind = 'apply' AND json_extract(payload, '$.repo') IS NOT NULL
+            GROUP BY json_extract(payload, '$.repo');
+        """,
+    ),
 )
