@@ -68,10 +68,10 @@ def vacuum(
 
 
 def _unpin_removed(store: Store, before: float) -> None:
-    """Drop the pins of the ``apply`` proposals about to go, first: once its row is gone,
-    neither a resolve's sweep nor the daemon's start (which find pinned repositories by the
-    proposals' rows) would ever remove a pin a killed resolve left. Killed after this, the
-    rows stay and the next run finds nothing left to unpin."""
+    """Drop the pins of the ``apply`` proposals about to go, first: once its row is gone, a
+    pin a killed resolve left is a proposal's the store does not have, which only the
+    daemon's next start removes (before the repositories were recorded, nothing did).
+    Killed after this, the rows stay and the next run finds nothing left to unpin."""
     from hal9999.hive.approvals import sweep_pins
 
     where = next(where for kind, _, where, _ in _RULES if kind == "approvals")
