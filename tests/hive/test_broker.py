@@ -17,6 +17,7 @@ from hal9999.errors import AgentNotFound, HiveError, HiveLimited
 from hal9999.events.bus import EventBus
 from hal9999.events.hive import AgentState, MessageSent
 from hal9999.hive import broker
+from hal9999.hive.agents import set_state
 from hal9999.hive.broker import OPERATOR, SYSTEM, inbox, mark, send
 from hal9999.hive.store import (
     AgentRecord,
@@ -249,6 +250,7 @@ def test_an_agent_flooding_a_peer_that_replies_now_and_then_stops_itself_not_the
 LOOP_SEND = """
 from hal9999.errors import HiveLimited
 from hal9999.hive import broker
+from hal9999.hive.agents import set_state
 
 broker.limits.loop_messages = 6
 try:
@@ -287,6 +289,28 @@ def test_the_loop_guard_stops_both_agents_and_tells_the_operator_or_nothing_what
             assert states == {"stopped"}
             return
     pytest.fail("the loop guard's send did not finish within 5 commits")
+
+
+def test_agents_the_operator_starts_again_after_a_loop_stop_are_not_stopped_at_their_next_message(
+    store: Store,
+) -> None:
+    # The window still held the messages that stopped them: the first message after
+    # `hal agent start` stopped them again at once, for the messages of before.
+    broker.limits.loop_messages = 6
+    add_agent(store, "alice")
+    add_agent(store, "bob")
+    pair = ("alice", "bob")
+    with pytest.raises(HiveLimited, match="message loop"):
+        for n in range(10):
+            send(store, sender=pair[n % 2], recipient=pair[(n + 1) % 2], body=f"ping {n}")
+    for name in pair:  # as TurnLoop.start_agent does
+        set_state(store, name, "sleeping", "started by the operator", loop_since=time.time())
+    for n in range(5):
+        send(store, sender=pair[n % 2], recipient=pair[(n + 1) % 2], body=f"again {n}")
+    assert [get_agent(store, name).state for name in pair] == ["sleeping", "sleeping"]
+    with pytest.raises(HiveLimited, match="message loop"):  # a loop again is caught again
+        send(store, sender="bob", recipient="alice", body="and again")
+    assert get_agent(store, "alice").state == "stopped"
 
 
 def test_an_operator_message_keeps_a_busy_pair_out_of_the_loop_guard(store: Store) -> None:

@@ -114,7 +114,9 @@ def test_starting_an_agent_whose_state_directory_is_gone_is_refused_with_the_fix
         assert "`hal agent rm bob` finishes removing it" in refused.value.one_line()
         assert get_agent(store, "bob").state == "stopped" and attempts == []
         AgentDir.of(home, "bob").root.mkdir(parents=True)  # a whole agent starts
-        assert asyncio.run(hive.start_agent("bob")).state == "sleeping"
+        started = asyncio.run(hive.start_agent("bob"))
+        # The loop guard counts from here (test_broker.py: not stopped again at once).
+        assert started.state == "sleeping" and started.loop_since is not None
 
 
 def test_a_restarted_daemon_waits_out_the_backoff_a_crash_started_before_it(

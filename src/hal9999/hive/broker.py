@@ -326,7 +326,12 @@ def _check_loop(store: Store, a: str, b: str, now: float) -> None:
     nobody else involved, each that sent at least half as many messages as it got."""
     if limits.loop_messages <= 0:
         return
-    since = now - limits.loop_window_s
+    # From the operator's last start of either: the messages that stopped them are not
+    # counted again at the first one after `hal agent start`.
+    restarted = store._query(
+        "SELECT MAX(loop_since) FROM hive_agents WHERE name IN (?, ?)", (a, b)
+    )[0][0]
+    since = max(now - limits.loop_window_s, restarted or 0.0)
     operator_wrote = _count(
         store,
         "SELECT COUNT(*) FROM hive_messages WHERE sender = ? AND recipient IN (?, ?)"

@@ -82,6 +82,8 @@ class AgentRecord(BaseModel):
     crashes: int = 0
     """Crashes in the current crash window."""
     last_crash_at: float | None = None
+    loop_since: float | None = None
+    """When the operator last started it again: the message-loop guard counts from then."""
 
 
 _AGENT_COLUMNS = tuple(AgentRecord.model_fields)

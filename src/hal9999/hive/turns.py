@@ -469,7 +469,7 @@ class HiveLoop:
         if agent.state in ("stopped", "crashed"):
             await asyncio.to_thread(
                 set_state, self.store, name, "sleeping", "started by the operator",
-                crashes=0, last_crash_at=None,
+                crashes=0, last_crash_at=None, loop_since=time.time(),
             )  # fmt: skip
         self.wake(name)
         return await asyncio.to_thread(get_agent, self.store, name)

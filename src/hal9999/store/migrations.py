@@ -352,4 +352,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             GROUP BY json_extract(payload, '$.repo');
         """,
     ),
+    Migration(
+        13,
+        "hive loop guard restart",
+        """
+        -- When the operator last started the agent again: the message-loop guard counts a
+        -- pair's messages from then on, so an agent it stopped does not stop again at its
+        -- first message after `hal agent start` for the messages of before (hive/broker.py).
+        ALTER TABLE hive_agents ADD COLUMN loop_since REAL;
+        """,
+    ),
 )
