@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from hal9999.agents import parsing
 from hal9999.agents.claude import ClaudeStreamParser
 from hal9999.events.models import AgentText, Usage
@@ -42,3 +44,40 @@ def test_aiders_claimed_figures_are_bounded_too() -> None:
     assert 0 <= usage.input_tokens <= parsing.MAX_COUNT
     assert 0 <= usage.output_tokens <= parsing.MAX_COUNT
     assert usage.cost_usd is None or usage.cost_usd <= parsing.MAX_COST_USD
+
+
+def _usage_records(figure: object) -> dict[str, list[dict[str, object]]]:
+    """Each JSON preset's usage record with ``figure`` at every place a count or cost goes."""
+    counts = {"input_tokens": figure, "output_tokens": figure}
+    return {
+        "claude": [{"type": "result", "total_cost_usd": figure,
+                    "usage": {**counts, "cache_read_input_tokens": figure,
+                              "cache_creation_input_tokens": figure}}],
+        "codex": [{"type": "turn.completed",
+                   "usage": {**counts, "cached_input_tokens": figure}}],
+        "gemini": [{"type": "result", "stats": {**counts, "cached": figure, "input": figure}},
+                   {"type": "result", "stats": {**counts, "cached": figure}}],
+        "opencode": [{"type": "step_finish", "part": {"cost": figure, "tokens": {
+            "input": figure, "output": figure, "reasoning": figure,
+            "cache": {"read": figure, "write": figure}}}}],
+        "goose": [{"type": "complete", **counts, "cache_read_input_tokens": figure,
+                   "cache_write_input_tokens": figure, "cost_usd": figure}],
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("agent", ["claude", "codex", "gemini", "opencode", "goose"])
+def test_every_presets_claimed_figures_are_bounded(agent: str) -> None:
+    # Gemini's `stats.input` was taken as it came whenever it was an int: 10**30 reached
+    # the task's row (OverflowError past SQLite's integers), -5 lowered the totals.
+    from hal9999.agents.registry import resolve_agent
+
+    for figure in [*HOSTILE_FIGURES, 10**30, -5, True]:
+        for record in _usage_records(figure)[agent]:
+            parser = resolve_agent(agent).parser()
+            usages = [e for e in parser.feed(json.dumps(record) + "\n") if isinstance(e, Usage)]
+            assert usages, (agent, record)
+            for usage in usages:
+                counts = (usage.input_tokens, usage.output_tokens,
+                          usage.cache_read_tokens, usage.cache_write_tokens)  # fmt: skip
+                assert all(0 <= count <= 2 * parsing.MAX_COUNT for count in counts), counts
+                assert usage.cost_usd is None or 0 <= usage.cost_usd <= parsing.MAX_COST_USD

@@ -144,7 +144,11 @@ class GeminiStreamParser(JsonLinesParser):
         stats = as_dict(record.get("stats"))
         cached = as_int(stats.get("cached"))
         uncached = stats.get("input")
-        if not isinstance(uncached, int):
+        if isinstance(uncached, int):
+            # The agent's claim, bounded like every other figure: taken bare, 10**30
+            # reached the store (past its integers) and -5 lowered the totals.
+            uncached = as_int(uncached)
+        else:
             uncached = max(as_int(stats.get("input_tokens")) - cached, 0)
         events: list[Event] = [
             Usage(
