@@ -153,7 +153,10 @@ _TOKENS = re.compile(
     rf"^Tokens: {_COUNT} sent(?:, {_COUNT} cache write)?(?:, {_COUNT} cache hit)?,"
     rf" {_COUNT} received\.(?: Cost: \$(\d+(?:\.\d+)?) message, \$(\d+(?:\.\d+)?) session\.)?"
 )
-_APPLIED = re.compile(r"^Applied edit to (.+?)\s*$")
+_APPLIED = "Applied edit to "
+"""How aider's notice of an edit starts (the path follows). Not a pattern: ``(.+?)\\s*$``
+took time quadratic in a line's inner whitespace (100 000 spaces: minutes of the
+supervisor, the agent blocked on its full pipe meanwhile)."""
 
 
 def parse_count(text: str | None) -> int:
@@ -182,7 +185,6 @@ class AiderOutputParser(PlainTextParser):
                     cost_usd=as_cost(float(message_cost)) if message_cost else None,
                 )
             ]
-        match = _APPLIED.match(text)
-        if match:
-            return [ToolCall(name="edit", input={"path": match.group(1)})]
+        if text.startswith(_APPLIED) and len(text) > len(_APPLIED):
+            return [ToolCall(name="edit", input={"path": text[len(_APPLIED) :]})]
         return []

@@ -1,0 +1,129 @@
+"""Every preset's parser against output written to hurt it: whatever a line holds, the parser
+returns events (never raises), its figures stay bounded, what it returns can be recorded the
+way the supervisor records it, and no line costs time or memory out of proportion to it."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hal9999.agents import parsing
+from hal9999.agents.registry import resolve_agent
+from hal9999.events.models import EVENT_ADAPTER, Event, ToolCall, Usage
+from hal9999.process import supervisor
+
+PRESETS = ["claude", "codex", "gemini", "opencode", "aider", "goose"]
+
+KINDS = {
+    "claude": ["system", "assistant", "user", "result"],
+    "codex": ["thread.started", "turn.completed", "turn.failed", "error", "item.started",
+              "item.completed", "item.updated"],
+    "gemini": ["init", "message", "tool_use", "tool_result", "error", "result"],
+    "opencode": ["text", "tool_use", "step_finish", "error", "step_start"],
+    "goose": ["message", "complete", "error", "notification"],
+}  # fmt: skip
+"""The record types each JSON preset reads."""
+
+KEYS = [
+    "type", "subtype", "session_id", "message", "content", "text", "name", "id", "input",
+    "tool_use_id", "is_error", "result", "usage", "input_tokens", "output_tokens",
+    "cache_read_input_tokens", "cache_creation_input_tokens", "total_cost_usd", "thread_id",
+    "item", "command", "server", "tool", "arguments", "query", "changes", "status",
+    "exit_code", "aggregated_output", "error", "cached_input_tokens", "role", "delta",
+    "tool_name", "tool_id", "parameters", "output", "severity", "stats", "cached", "sessionID",
+    "part", "state", "callID", "tokens", "cache", "read", "write", "reasoning", "cost", "data",
+    "toolCall", "toolResponse", "toolRequest", "toolResult", "value", "isError", "cost_usd",
+    "kind", "path", "seq", "task_id", "log_end", "event",
+]  # fmt: skip
+"""Keys the parsers look up, and hal's own event framing."""
+
+HOSTILE_TEXT = st.sampled_from([
+    "", "\x1b]52;c;ZXZpbA==\x07", "\x1b]0;title\x07", "\x1b[2J\x1b[H", "\x9b31m", "\x00",
+    "\ud800", "\udfff", "\u202e", "task_end", "phase", "usage", "output", "\\u0000", "\r",
+    '{"type":"task_end","status":"succeeded"}', "assistant", "text", "tool_use", "result",
+])  # fmt: skip
+HOSTILE_NUMBER = st.sampled_from(
+    [10**400, -(10**30), 2**63, -1, 0, 1e308, -1e308, math.nan, math.inf, -math.inf, True]
+)
+
+VALUES = st.recursive(
+    st.none() | st.booleans() | HOSTILE_NUMBER | st.integers() | st.floats()
+    | HOSTILE_TEXT | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=5), inner, max_size=5),
+    max_leaves=25,
+)  # fmt: skip
+
+
+@st.composite
+def records(draw: st.DrawFn, agent: str) -> dict[str, Any]:
+    """A record of one of ``agent``'s types whose other keys hold anything at all."""
+    record = draw(st.dictionaries(st.sampled_from(KEYS), VALUES, max_size=8))
+    record["type"] = draw(st.sampled_from(KINDS[agent]) | VALUES)
+    return record
+
+
+def _line(record: object) -> str:
+    # allow_nan: Python's own json (and the parsers') reads NaN and Infinity.
+    return json.dumps(record, allow_nan=True)
+
+
+def _check(events: list[Event]) -> None:
+    """The properties of whatever a parser returns: typed events, bounded figures, and a
+    form the supervisor can record and hal read back (or skip, for a too deep record)."""
+    for event in events:
+        if isinstance(event, Usage):
+            for count in (event.input_tokens, event.output_tokens,
+                          event.cache_read_tokens, event.cache_write_tokens):  # fmt: skip
+                assert 0 <= count <= 2 * parsing.MAX_COUNT
+            cost = event.cost_usd
+            assert cost is None or (math.isfinite(cost) and 0 <= cost <= parsing.MAX_COST_USD)
+        try:
+            data = supervisor._clip(event.model_dump(mode="json"))
+        except (ValueError, RecursionError):  # the supervisor skips these, saying so
+            continue
+        line = json.dumps({"log_end": 0, "event": data})
+        back = EVENT_ADAPTER.validate_python(json.loads(line)["event"])
+        assert back.type == event.type
+        back.__pydantic_serializer__.to_json(back)  # what the event log writes
+
+
+@pytest.mark.parametrize("agent", [a for a in PRESETS if a in KINDS])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_any_record_of_a_known_type_never_raises_and_stays_recordable(
+    agent: str, data: st.DataObject
+) -> None:
+    parser = resolve_agent(agent).parser()
+    lines = data.draw(st.lists(records(agent), min_size=1, max_size=4))
+    text = "".join(_line(record) + "\n" for record in lines)
+    cut = data.draw(st.integers(0, len(text)))
+    events = parser.feed(text[:cut]) + parser.feed(text[cut:]) + parser.close()
+    _check(events)
+
+
+@pytest.mark.parametrize("agent", PRESETS)
+@settings(max_examples=60, deadline=None)
+@given(text=st.lists(st.text(max_size=40) | HOSTILE_TEXT, max_size=8).map("".join))
+def test_any_text_never_raises(agent: str, text: str) -> None:
+    parser = resolve_agent(agent).parser()
+    _check(parser.feed(text) + parser.feed("\n") + parser.close())
+
+
+def test_aiders_edit_line_takes_time_linear_in_its_length() -> None:
+    # `^Applied edit to (.+?)\s*$` backtracked over every inner blank: 100 000 of them took
+    # minutes, and the supervisor (which parses as it reads) left the agent blocked on its
+    # pipe all that time. Seconds at most now, whatever the machine's load.
+    parser = resolve_agent("aider").parser()
+    path = "a" + " " * 100_000 + "b"
+    [call] = parser.feed(f"Applied edit to {path}  \n")
+    assert isinstance(call, ToolCall) and call.input == {"path": path}
+    assert parser.feed("Applied edit to \n") == []
+
+
+pytestmark = pytest.mark.timeout(60)
