@@ -214,6 +214,13 @@ def as_int(value: object) -> int:
     return min(max(int(value), 0), MAX_COUNT)
 
 
+def add_counts(*counts: int) -> int:
+    """The sum of token counts, at most :data:`MAX_COUNT`: each figure an agent reports is
+    bounded, but a run may report millions of steps (9.3 million of 10**12 pass the
+    store's 2**63, and the run's end failed writing its totals)."""
+    return min(sum(counts), MAX_COUNT)
+
+
 def as_cost(value: object) -> float | None:
     """A cost in USD from JSON, at most :data:`MAX_COST_USD`; ``None`` when absent or not a
     finite number of at least 0."""

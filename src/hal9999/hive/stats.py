@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from hal9999.agents.parsing import add_counts
 from hal9999.events.models import ToolCall, Usage
 from hal9999.events.reader import read_events
 from hal9999.store import Store, TaskRecord
@@ -127,10 +128,10 @@ def measure(store: Store, task: TaskRecord | None, events_file: Path | None, sin
         steps = totals[-1:] if totals else agent_usage
         found.update(
             usage_source="agent",
-            input_tokens=sum(u.input_tokens for u in steps),
-            output_tokens=sum(u.output_tokens for u in steps),
-            cache_read_tokens=sum(u.cache_read_tokens for u in steps),
-            cache_write_tokens=sum(u.cache_write_tokens for u in steps),
+            input_tokens=add_counts(*(u.input_tokens for u in steps)),
+            output_tokens=add_counts(*(u.output_tokens for u in steps)),
+            cache_read_tokens=add_counts(*(u.cache_read_tokens for u in steps)),
+            cache_write_tokens=add_counts(*(u.cache_write_tokens for u in steps)),
             cost_usd=sum(u.cost_usd for u in steps if u.cost_usd is not None)
             if any(u.cost_usd is not None for u in steps) else None,
             model=next((u.model for u in reversed(steps) if u.model), None),

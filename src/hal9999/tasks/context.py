@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hal9999.agents.parsing import add_counts
 from hal9999.agents.registry import is_template
 from hal9999.config import HalConfig
 from hal9999.events.log import EventLog
@@ -60,8 +61,10 @@ class Totals:
             self.input_tokens, self.output_tokens = usage.input_tokens, usage.output_tokens
             self.cost_usd = usage.cost_usd
             return
-        self.input_tokens += usage.input_tokens + usage.cache_read_tokens
-        self.output_tokens += usage.output_tokens
+        self.input_tokens = add_counts(
+            self.input_tokens, usage.input_tokens, usage.cache_read_tokens
+        )
+        self.output_tokens = add_counts(self.output_tokens, usage.output_tokens)
         if usage.cost_usd is not None:
             self.cost_usd = (self.cost_usd or 0.0) + usage.cost_usd
 

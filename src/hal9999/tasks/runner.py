@@ -14,6 +14,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from hal9999.agents.parsing import add_counts
 from hal9999.agents.registry import resolve_agent
 from hal9999.errors import (
     AgentFailed,
@@ -209,8 +210,8 @@ class TaskRunner(LaunchSteps, FollowSteps):
         current = self.store.get_task(ctx.task.id)
         totals = ctx.totals
         usage = {
-            "input_tokens": current.input_tokens + totals.input_tokens,
-            "output_tokens": current.output_tokens + totals.output_tokens,
+            "input_tokens": add_counts(current.input_tokens, totals.input_tokens),
+            "output_tokens": add_counts(current.output_tokens, totals.output_tokens),
             "cost_usd": finish.add_cost(current.cost_usd, totals.cost_usd),
         }
         message = ctx.masker.mask(error.one_line()) if error else note
