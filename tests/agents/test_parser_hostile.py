@@ -127,3 +127,47 @@ def test_aiders_edit_line_takes_time_linear_in_its_length() -> None:
 
 
 pytestmark = pytest.mark.timeout(60)
+
+
+def _structure(value: object) -> int:
+    """Commas and opening brackets of ``value``'s JSON outside its strings (each container
+    counts its members, at least one)."""
+    if isinstance(value, dict):
+        return max(len(value), 1) + sum(_structure(item) for item in value.values())
+    if isinstance(value, list):
+        return max(len(value), 1) + sum(_structure(item) for item in value)
+    return 0
+
+
+JSON = st.recursive(
+    st.none() | st.integers() | st.text(alphabet=',[{"\\}] a\x00\u00e9\ud7ff', max_size=8),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=3), inner,
+                                                                max_size=5),
+    max_leaves=40,
+)  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=JSON, ascii_only=st.booleans())
+def test_values_are_counted_outside_strings_only(value: object, ascii_only: bool) -> None:
+    text = json.dumps(value, ensure_ascii=ascii_only)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(parsing, "MAX_JSON_VALUES", 10)
+        assert parsing.too_many_values(text) == (_structure(value) > 10)
+
+
+@pytest.mark.parametrize("element", ["{}", "[]", "0", '"ab"'])
+def test_a_line_of_countless_small_values_is_skipped_and_the_next_parsed(element: str) -> None:
+    # 15 MB of `[{},{},...]` made the supervisor hold 1.2 GB and spend 15 s on one line,
+    # outside the sandbox's limits; it is skipped whole now (its text is in the log), as a
+    # line too long is.
+    parser = resolve_agent("claude").parser()
+    many = ",".join([element] * (parsing.MAX_JSON_VALUES + 1))
+    result = '{"type": "result", "usage": {"input_tokens": 7}}'
+    events = parser.feed(f'{{"type": "x", "data": [{many}]}}\n{result}\n')
+    assert [event.type for event in events] == ["usage"]
+    # A long text full of commas and brackets is one value: parsed.
+    text = ',[{"\\' * 50_000
+    record = {"type": "assistant", "message": {"content": [{"type": "text", "text": text}]}}
+    [agent_text] = parser.feed(json.dumps(record) + "\n")
+    assert agent_text.type == "agent_text" and agent_text.text == text  # type: ignore[union-attr]

@@ -38,6 +38,30 @@ MAX_LINE_CHARS = 16 * 1024 * 1024
 prints a 300 MB line must not make hal hold it in memory to parse it."""
 
 
+MAX_JSON_VALUES = 100_000
+"""A JSON line holding more values than this (outside its strings) is skipped whole, like a
+line too long: each value costs ~60-100 bytes of objects, for as little as 3 characters of
+output (``[],``), and the record is copied a few times on its way to the events file. A
+15 MB line of ``[{},{},...]`` took 1.2 GB and 15 s of the supervisor, a process outside
+the sandbox's limits; no record an agent really prints comes near (text is one string)."""
+
+_JSON_STRING = re.compile(r'"[^"]*"')
+"""A JSON string once its escaped backslashes and quotes are gone (no backtracking: a
+quote that never closes is one scan to the end, and no quote follows it)."""
+
+
+def too_many_values(text: str) -> bool:
+    """Whether the JSON in ``text`` may hold more than :data:`MAX_JSON_VALUES` values: every
+    value but a container's first follows a comma, so commas and opening brackets bound
+    them; only a line over the bound by that count has its strings taken out to count
+    exactly (C-level passes, no per-value objects)."""
+    if text.count(",") + text.count("[") + text.count("{") <= MAX_JSON_VALUES:
+        return False
+    # Left to right, as JSON reads them: "\\" is one backslash, then "\"" a quote.
+    bare = _JSON_STRING.sub("", text.replace("\\\\", "").replace('\\"', ""))
+    return bare.count(",") + bare.count("[") + bare.count("{") > MAX_JSON_VALUES
+
+
 class LineParser(ABC):
     """Splits a stream into lines and hands each complete line to :meth:`parse_line`."""
 
@@ -128,7 +152,7 @@ class JsonLinesParser(LineParser):
     def parse_line(self, line: str) -> list[Event]:
         """Decode one line; noise yields nothing, malformed known records a RawEvent."""
         text = line.strip()
-        if not text.startswith("{"):
+        if not text.startswith("{") or too_many_values(text):
             return []
         try:
             record = json.loads(text)

@@ -1,0 +1,85 @@
+"""The real supervisor, as a process, under an agent whose output is written to hurt it: the
+run ends with its exit status, usage is read, no secret reaches the log or the parsed events,
+and one huge line costs bounded memory."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import urllib.parse
+from pathlib import Path
+
+from hal9999.process.launch import SUPERVISOR
+from hal9999.process.supervisor import read_parsed
+
+SECRET = "sk-hal-Zq8xW3pL0vN7"
+"""The run's API key, given to the supervisor as a secret variable."""
+
+
+def _supervise(tmp_path: Path, script: str) -> tuple[int, int]:
+    """Run ``script`` under the supervisor with the claude parser and SECRET to mask; its
+    exit status and the supervisor's peak resident memory in KiB."""
+    argv = [*SUPERVISOR, "--log", str(tmp_path / "agent.log"), "--exit", str(tmp_path / "exit"),
+            "--mask-var", "API_KEY", "--parser", "claude",
+            "--events", str(tmp_path / "parsed.jsonl"), "--",
+            sys.executable, "-c", script]  # fmt: skip
+    env = {"PATH": os.environ.get("PATH", ""), "API_KEY": SECRET}
+    child = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    return child.returncode, usage.ru_maxrss
+
+
+def test_one_line_of_countless_values_costs_bounded_memory(tmp_path: Path) -> None:
+    # 15 MB of `[{},{},...]` on one line: the supervisor held 1.2 GB for it (json.loads'
+    # objects and their copies on the way to the events file), outside the sandbox's limits.
+    result = json.dumps({"type": "result", "usage": {"input_tokens": 7, "output_tokens": 3}})
+    script = (
+        "import sys; w = sys.stdout.write; "
+        "w('{\"type\": \"x\", \"data\": [' + '{},' * 5_000_000 + '{}]}\\n'); "
+        f"w({result!r} + '\\n')"
+    )
+    status, peak_kib = _supervise(tmp_path, script)
+    assert status == 0 and (tmp_path / "exit").read_text() == "0\n"
+    assert peak_kib < 400 * 1024, f"the supervisor peaked at {peak_kib >> 10} MiB"
+    records, _ = read_parsed(tmp_path / "parsed.jsonl", 0)
+    assert [event.type for _, event, _ in records] == ["usage"]
+
+
+def test_hostile_bytes_and_a_split_encoded_secret_end_in_a_clean_run(tmp_path: Path) -> None:
+    forms = [SECRET, base64.b64encode(SECRET.encode()).decode(), SECRET.encode().hex(),
+             urllib.parse.quote(SECRET, safe=""), " ".join(SECRET)]  # fmt: skip
+    text = " | ".join(forms)
+    record = {"type": "assistant", "message": {"content": [{"type": "text", "text": text}]}}
+    escaped = "".join(f"\\u{ord(c):04x}" for c in SECRET)  # JSON decodes it to the secret
+    call = {"type": "tool_use", "name": "Bash", "id": "t1", "input": {"command": "echo @"}}
+    tool = json.dumps({"type": "assistant", "message": {"content": [call]}}).replace("@", escaped)
+    line = json.dumps(record)
+    result = json.dumps({"type": "result", "usage": {"input_tokens": 7, "output_tokens": 3}})
+    # Written a few bytes at a time, so every secret and escape sequence is split.
+    script = (
+        "import os, sys, time\n"
+        f"data = {line!r}.encode() + b'\\n' + {tool!r}.encode() + b'\\n'\n"
+        "data += b'\\xff\\xfe\\x00 \\xed\\xa0\\x80 '\n"
+        "data += b'\\x1b]52;c;ZXZpbA==\\x07 \\x1b]0;pwned\\x07\\n'\n"
+        'data += b\'{"type": "user", "x": "\\\\ud800\\\\u0000"}\\n\'\n'
+        f"data += {result!r}.encode() + b'\\n'\n"
+        "for i in range(0, len(data), 5):\n"
+        "    os.write(1, data[i:i + 5])\n"
+        "    time.sleep(0.0005)\n"
+    )
+    status, _ = _supervise(tmp_path, script)
+    assert status == 0 and (tmp_path / "exit").read_text() == "0\n"
+    log = (tmp_path / "agent.log").read_text(errors="replace")
+    parsed = (tmp_path / "parsed.jsonl").read_text()
+    for form in forms:
+        assert form not in log and form not in parsed, form
+    records, _ = read_parsed(tmp_path / "parsed.jsonl", 0)
+    types = [event.type for _, event, _ in records]
+    assert types == ["agent_text", "tool_call", "usage"], types
+    call = records[1][1]
+    assert call.input == {"command": "echo [REDACTED]"}  # type: ignore[union-attr]
+    assert "hal: the output parser failed" not in log
