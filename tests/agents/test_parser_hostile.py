@@ -171,3 +171,49 @@ def test_a_line_of_countless_small_values_is_skipped_and_the_next_parsed(element
     record = {"type": "assistant", "message": {"content": [{"type": "text", "text": text}]}}
     [agent_text] = parser.feed(json.dumps(record) + "\n")
     assert agent_text.type == "agent_text" and agent_text.text == text  # type: ignore[union-attr]
+
+
+def _streamed(agent: str, piece: str) -> str:
+    """A record carrying ``piece`` as one more part of the same streamed message."""
+    if agent == "gemini":
+        return json.dumps({"type": "message", "role": "assistant", "content": piece,
+                           "delta": True})  # fmt: skip
+    content = [{"type": "text", "text": piece}]
+    message = {"id": "m1", "role": "assistant", "content": content}
+    return json.dumps({"type": "message", "message": message})
+
+
+@pytest.mark.parametrize("agent", ["gemini", "goose"])
+def test_a_streamed_message_that_never_ends_holds_bounded_text(
+    agent: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pieces of one message were held until it ended: deltas without end (or one goose
+    # message id) kept everything the agent printed in the supervisor's memory.
+    monkeypatch.setattr(parsing, "MAX_HELD_TEXT", 1000)
+    parser = resolve_agent(agent).parser()
+    for n in range(100):
+        assert parser.feed(_streamed(agent, str(n % 10) * 100) + "\n") == []
+    [text] = parser.close()
+    assert text.type == "agent_text"
+    assert text.text == "".join(str(n) * 100 for n in range(10)) + (  # type: ignore[union-attr]
+        "… [hal: 9000 more characters in the log]"
+    )
+
+
+def test_codex_remembers_a_bounded_number_of_started_items() -> None:
+    # Every started item's id was kept until its completion: items started and never
+    # completed grew the parser (in the supervisor) with every line.
+    from hal9999.agents import codex
+
+    parser = resolve_agent("codex").parser()
+    for n in range(codex.MAX_OPEN_ITEMS + 10):
+        item = {"type": "command_execution", "id": f"item_{n}", "command": "ls"}
+        [call] = parser.feed(json.dumps({"type": "item.started", "item": item}) + "\n")
+        assert call.type == "tool_call"
+    long_id = {"type": "command_execution", "id": "i" * 5000, "command": "ls"}
+    parser.feed(json.dumps({"type": "item.started", "item": long_id}) + "\n")
+    assert len(parser._started) == codex.MAX_OPEN_ITEMS  # type: ignore[attr-defined]
+    done = {"type": "command_execution", "id": f"item_{codex.MAX_OPEN_ITEMS + 9}",
+            "command": "ls", "aggregated_output": "x", "exit_code": 0}  # fmt: skip
+    events = parser.feed(json.dumps({"type": "item.completed", "item": done}) + "\n")
+    assert [event.type for event in events] == ["tool_result"]  # its call came at the start

@@ -77,6 +77,14 @@ def codex_config(settings: AgentSettings, mcp: McpServer | None = None) -> str:
     return "\n".join([*root, "", *tables]) + "\n"
 
 
+MAX_OPEN_ITEMS = 4096
+"""Started tool items the parser remembers until they complete; an agent that starts items
+and never completes them grew the set with every line it printed, in the supervisor."""
+MAX_ITEM_ID = 1024
+"""Longest item id remembered (Codex's are ``item_<n>``); a longer one's completion repeats
+its call."""
+
+
 class CodexAgent(PresetAgent):
     """OpenAI's Codex CLI."""
 
@@ -119,7 +127,9 @@ class CodexJsonParser(JsonLinesParser):
 
     def __init__(self) -> None:
         super().__init__()
-        self._started: set[str] = set()
+        self._started: dict[str, None] = {}
+        """Ids of the tool items started and not completed yet, oldest first (at most
+        :data:`MAX_OPEN_ITEMS`)."""
 
     def parse_record(self, record: dict[str, Any]) -> list[Event]:
         """One thread event."""
@@ -166,7 +176,11 @@ class CodexJsonParser(JsonLinesParser):
         call = self._call(item)
         if call is None:
             return []
-        self._started.add(item["id"])
+        item_id = item["id"]
+        if isinstance(item_id, str) and len(item_id) <= MAX_ITEM_ID:
+            self._started[item_id] = None
+            if len(self._started) > MAX_OPEN_ITEMS:  # its completion repeats the call
+                del self._started[next(iter(self._started))]
         return [call]
 
     def _completed_item(self, item: dict[str, Any], record: dict[str, Any]) -> list[Event]:
@@ -197,8 +211,9 @@ class CodexJsonParser(JsonLinesParser):
         call = self._call(item)
         if call is None:
             return [RawEvent(data=record)]
-        events: list[Event] = [] if item["id"] in self._started else [call]
-        self._started.discard(item["id"])
+        item_id = item["id"]
+        started = isinstance(item_id, str) and self._started.pop(item_id, 0) is None
+        events: list[Event] = [] if started else [call]
         events.append(self._result(item))
         return events
 

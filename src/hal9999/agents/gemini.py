@@ -29,6 +29,7 @@ from hal9999.agents.base import AgentContext, AgentLaunch, AgentSettings, Output
 from hal9999.agents.custom import PresetAgent, agent_launch, key_forwarding
 from hal9999.agents.mcp_config import gemini_mcp
 from hal9999.agents.parsing import (
+    HeldText,
     JsonLinesParser,
     as_dict,
     as_int,
@@ -98,7 +99,7 @@ class GeminiStreamParser(JsonLinesParser):
 
     def __init__(self) -> None:
         super().__init__()
-        self._text: list[str] = []
+        self._text = HeldText()
 
     def parse_record(self, record: dict[str, Any]) -> list[Event]:
         """One stream-json event."""
@@ -164,5 +165,4 @@ class GeminiStreamParser(JsonLinesParser):
 
     def finish(self) -> list[Event]:
         """The assistant text streamed since the last other event, as one AgentText."""
-        text, self._text = "".join(self._text), []
-        return text_event(text)
+        return text_event(self._text.take())

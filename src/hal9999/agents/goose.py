@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 from hal9999.agents.base import AgentContext, AgentLaunch, OutputParser
 from hal9999.agents.custom import PresetAgent, agent_launch, key_forwarding
 from hal9999.agents.parsing import (
+    HeldText,
     JsonLinesParser,
     as_cost,
     as_dict,
@@ -106,7 +107,7 @@ class GooseStreamParser(JsonLinesParser):
 
     def __init__(self) -> None:
         super().__init__()
-        self._text: list[str] = []
+        self._text = HeldText()
         self._text_id: object = None
 
     def parse_record(self, record: dict[str, Any]) -> list[Event]:
@@ -155,8 +156,8 @@ class GooseStreamParser(JsonLinesParser):
 
     def finish(self) -> list[Event]:
         """The assistant text gathered for the current message id, as one AgentText."""
-        text, self._text, self._text_id = "".join(self._text), [], None
-        return text_event(text)
+        self._text_id = None
+        return text_event(self._text.take())
 
 
 def _split_model(model: str | None) -> tuple[str, str]:

@@ -203,6 +203,41 @@ def mend_surrogates(record: dict[str, Any] | list[Any]) -> None:
             node[key] = value  # type: ignore[index]
 
 
+MAX_HELD_TEXT = 1 << 20
+"""Characters of streamed text a parser holds while it joins the pieces of one message; the
+supervisor keeps a quarter of that per event anyway, and the whole text is in the log."""
+
+
+class HeldText:
+    """Streamed pieces of one text, joined when the text ends: the first
+    :data:`MAX_HELD_TEXT` characters and a count of the rest. Held whole, one message that
+    never ended (deltas without end, one goose message id) held everything the agent
+    printed, in the supervisor, outside the sandbox's limits."""
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+        self._held = 0
+        self._dropped = 0
+
+    def append(self, text: str) -> None:
+        """Add the next piece."""
+        room = MAX_HELD_TEXT - self._held
+        if len(text) > room:
+            self._dropped += len(text) - room
+            text = text[:room]
+        if text:
+            self._parts.append(text)
+            self._held += len(text)
+
+    def take(self) -> str:
+        """The text so far (saying how much was left out), and start again."""
+        text = "".join(self._parts)
+        if self._dropped:
+            text += f"… [hal: {self._dropped} more characters in the log]"
+        self._parts, self._held, self._dropped = [], 0, 0
+        return text
+
+
 def text_event(text: object) -> list[Event]:
     """An :class:`AgentText` for non-blank text, else nothing."""
     if isinstance(text, str) and text.strip():
