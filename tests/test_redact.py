@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import json
 import logging
 import random
@@ -13,9 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hal9999.redact import (
     REDACTED,
+    SEPARATORS,
     MaskingFilter,
     SecretMasker,
     StreamMasker,
@@ -75,6 +79,28 @@ def test_common_encodings_are_masked(encoded: str) -> None:
     masked = masker.mask(f"<{encoded}>")
     assert encoded.rstrip("=") not in masked
     assert masked.startswith(f"<{REDACTED}")
+
+
+JS_SECRET = 'pässwörd"\\x!(y)*'
+"""A password with non-ASCII, a quote, a backslash and what encodeURIComponent leaves."""
+
+
+@pytest.mark.parametrize(
+    "encoded",
+    [
+        # JSON.stringify (stream-json of Claude Code, Gemini CLI, opencode) keeps non-ASCII,
+        # so neither the raw value nor json.dumps' \u form was in that agent's JSON line.
+        json.dumps(JS_SECRET, ensure_ascii=False)[1:-1],
+        # encodeURIComponent leaves !'()* as they are; quote(safe="") escapes them.
+        urllib.parse.quote(JS_SECRET, safe="!'()*"),
+    ],
+)
+def test_javascripts_encodings_are_masked(encoded: str) -> None:
+    masker = SecretMasker([JS_SECRET])
+    for text in (f'{{"text":"{encoded}"}}', encoded):
+        masked = masker.mask(text)
+        assert encoded not in masked and REDACTED in masked, masked
+        assert _feed_all(masker, [text[:5], text[5:12], text[12:]]) == masked
 
 
 def test_mask_obj_walks_containers_and_keeps_types() -> None:
@@ -316,3 +342,41 @@ def test_mask_model_masks_text_but_keeps_numbers_and_hal_vocabulary() -> None:
     assert message.text == f"an {REDACTED} happened: {REDACTED}"
     usage = masker.mask_model(Usage(input_tokens=12052, output_tokens=1, total=True))
     assert usage.input_tokens == 12052
+
+
+def _claimed_forms(secret: str) -> list[str]:
+    """The forms the masker says it finds (the module's docstring)."""
+    raw = secret.encode()
+    return [
+        secret,
+        secret[::-1],
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        urllib.parse.quote(secret, safe=""),
+        urllib.parse.quote_plus(secret, safe=""),
+        urllib.parse.quote(secret, safe="!'()*"),
+        raw.hex(),
+        raw.hex().upper(),
+        base64.b64encode(raw).decode(),
+        base64.urlsafe_b64encode(raw).decode(),
+    ]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    secret=st.text(st.characters(codec="utf-8", exclude_characters=SEPARATORS), min_size=8,
+                   max_size=24),
+    around=st.tuples(st.text(max_size=6), st.text(max_size=6)),
+    cuts=st.lists(st.integers(0, 200), max_size=3),
+)  # fmt: skip
+def test_every_claimed_form_of_any_secret_is_masked_however_split(
+    secret: str, around: tuple[str, str], cuts: list[int]
+) -> None:
+    masker = SecretMasker([secret])
+    for form in _claimed_forms(secret):
+        text = around[0] + form + around[1]
+        masked = masker.mask(text)
+        assert form.rstrip("=") not in masked, (form, masked)
+        bounds = [0, *sorted(min(cut, len(text)) for cut in cuts), len(text)]
+        chunks = [text[a:b] for a, b in itertools.pairwise(bounds)]
+        assert _feed_all(masker, chunks) == masked

@@ -3,7 +3,8 @@
 A :class:`SecretMasker` knows the secret values of a run (API keys forwarded into the
 sandbox, tokens read from credential files) and replaces each occurrence with
 ``[REDACTED]``. Besides the raw value it registers the forms a secret commonly takes when a
-program echoes it: JSON-escaped, percent-encoded (either case), base64 (standard and URL-safe,
+program echoes it: JSON-escaped (Python's and JavaScript's way), percent-encoded (either
+case, and JavaScript's way), base64 (standard and URL-safe,
 at each of the three byte alignments, so a secret inside a longer encoded blob is found),
 hex (either case) and reversed. Every form is also matched "spaced": up to two separator
 characters (whitespace, ``.``, ``_``, ``:``, ``-``) between any two of its characters, which
@@ -102,11 +103,14 @@ def _variants(secret: str) -> set[str]:
     """The raw secret and the encodings a program is likely to print it in."""
     raw = secret.encode()
     forms = {secret, secret[::-1], raw.hex(), raw.hex().upper()}
-    # json.dumps escapes quotes, backslashes, control and non-ASCII characters.
+    # json.dumps escapes quotes, backslashes, control and non-ASCII characters; JavaScript's
+    # JSON.stringify (the stream-json of Claude Code, Gemini CLI, opencode) keeps non-ASCII.
     forms.add(json.dumps(secret)[1:-1])
+    forms.add(json.dumps(secret, ensure_ascii=False)[1:-1])
     for quoted in (
         urllib.parse.quote(secret, safe=""),
         urllib.parse.quote_plus(secret, safe=""),
+        urllib.parse.quote(secret, safe="!'()*"),  # JavaScript's encodeURIComponent
     ):
         forms.add(quoted)
         forms.add(re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), quoted))
