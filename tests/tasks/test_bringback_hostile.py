@@ -242,3 +242,28 @@ async def test_a_large_result_is_matched_in_pieces_the_loop_runs_between(
     sizes.clear()
     assert resultscan.patch_holds_secret(world.session.patch, masker) is None
     assert sum(sizes) >= 4 << 20 and max(sizes) < resultscan._MATCH_CHUNK + masker.max_len
+
+
+UTF8_SECRET = "pä-sk-live-7f3a9c2e1b"
+"""A secret with a non-ASCII character (two bytes in UTF-8)."""
+
+
+async def test_a_secret_split_at_a_reads_end_inside_a_character_is_found(
+    world: World, tmp_path: Path
+) -> None:
+    # Each 64 KiB piece was decoded alone: the agent put the secret's "ä" across a piece's
+    # end, both halves became U+FFFD, and the scan let the branch come back.
+    at = resultscan._MATCH_CHUNK - 2  # "p" is the piece's last byte but one, "ä" straddles
+    ws = world.session.workspace
+    (ws / "notes.txt").write_text("x" * at + UTF8_SECRET + "\n")
+    git(ws, "add", "notes.txt")
+    git(ws, "commit", "-qm", "agent work")
+    world.bundle()
+    masker = SecretMasker([UTF8_SECRET])
+    with pytest.raises(SecretInResult, match=r"file notes\.txt"):
+        await world.bring_back(git(ws, "rev-parse", "HEAD"), masker)
+    assert git(world.source, "branch", "--list", BRANCH) == ""
+    head = b"+++ b/notes.txt\n"
+    patch = tmp_path / "result.patch"
+    patch.write_bytes(head + b"+" * (at - len(head)) + UTF8_SECRET.encode() + b"\n")
+    assert resultscan.patch_holds_secret(patch, masker) == "notes.txt"

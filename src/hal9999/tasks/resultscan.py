@@ -5,6 +5,7 @@ them; and the scan of a patch alone, for a source nothing is brought back into."
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import os
 from asyncio.subprocess import DEVNULL, PIPE
@@ -96,10 +97,11 @@ async def scan(
                     where = rest[0] if rest and rest[0] else ""
                     links = _Gitlinks(len(name) // 2) if kind == "tree" else None
                     tail, linked, left = "", "", int(size)
+                    utf8 = _utf8()
                     while left > 0:
                         chunk = await proc.stdout.readexactly(min(left, _MATCH_CHUNK))
                         left -= len(chunk)
-                        text = tail + chunk.decode("utf-8", "replace")
+                        text = tail + utf8.decode(chunk, final=left == 0)
                         if hit is None and masker.spans(text):
                             hit = f"file {where}" if where else f"the {kind} {name[:12]}"
                         await asyncio.sleep(0)  # the loop's turn (a buffered read never yields)
@@ -184,9 +186,10 @@ def patch_holds_secret(patch: Path, masker: SecretMasker) -> str | None:
         return None
     overlap = max(masker.max_len - 1, 0)
     where, tail = "result.patch", ""
+    utf8 = _utf8()
     with patch.open("rb") as source:
         while chunk := source.read(_MATCH_CHUNK):  # in a thread, but a match holds the GIL
-            text = tail + chunk.decode("utf-8", "replace")
+            text = tail + utf8.decode(chunk)
             spans = masker.spans(text)
             # The file a hit belongs to is the last header before it.
             where = _last_header(text[: spans[0][0]] if spans else text, where)
@@ -194,6 +197,14 @@ def patch_holds_secret(patch: Path, masker: SecretMasker) -> str | None:
                 return where
             tail = text[-overlap:] if overlap else ""
     return None
+
+
+def _utf8() -> codecs.IncrementalDecoder:
+    """A decoder for text read in pieces: a character split between two pieces is decoded
+    whole. Each piece decoded alone made it two U+FFFD, so a secret with a non-ASCII
+    character the agent placed across a piece's end (at a multiple of 64 KiB) was not
+    found, and its branch came back."""
+    return codecs.getincrementaldecoder("utf-8")("replace")
 
 
 def _last_header(text: str, default: str) -> str:
