@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from hal9999.agents import parsing
 from hal9999.agents.registry import resolve_agent
-from hal9999.events.models import EVENT_ADAPTER, Event, ToolCall, Usage
+from hal9999.events.models import EVENT_ADAPTER, AgentText, Event, ToolCall, Usage
 from hal9999.process import supervisor
 
 PRESETS = ["claude", "codex", "gemini", "opencode", "aider", "goose"]
@@ -170,7 +170,7 @@ def test_a_line_of_countless_small_values_is_skipped_and_the_next_parsed(element
     text = ',[{"\\' * 50_000
     record = {"type": "assistant", "message": {"content": [{"type": "text", "text": text}]}}
     [agent_text] = parser.feed(json.dumps(record) + "\n")
-    assert agent_text.type == "agent_text" and agent_text.text == text  # type: ignore[union-attr]
+    assert isinstance(agent_text, AgentText) and agent_text.text == text
 
 
 def _streamed(agent: str, piece: str) -> str:
@@ -194,8 +194,8 @@ def test_a_streamed_message_that_never_ends_holds_bounded_text(
     for n in range(100):
         assert parser.feed(_streamed(agent, str(n % 10) * 100) + "\n") == []
     [text] = parser.close()
-    assert text.type == "agent_text"
-    assert text.text == "".join(str(n) * 100 for n in range(10)) + (  # type: ignore[union-attr]
+    assert isinstance(text, AgentText)
+    assert text.text == "".join(str(n) * 100 for n in range(10)) + (
         "… [hal: 9000 more characters in the log]"
     )
 

@@ -12,8 +12,12 @@ import sys
 import urllib.parse
 from pathlib import Path
 
+import pytest
+
+from hal9999.events.models import AgentSession, ToolCall, Usage
 from hal9999.process.launch import SUPERVISOR
 from hal9999.process.supervisor import read_parsed
+from hal9999.tasks.context import Totals
 
 SECRET = "sk-hal-Zq8xW3pL0vN7"
 """The run's API key, given to the supervisor as a secret variable."""
@@ -80,6 +84,61 @@ def test_hostile_bytes_and_a_split_encoded_secret_end_in_a_clean_run(tmp_path: P
     records, _ = read_parsed(tmp_path / "parsed.jsonl", 0)
     types = [event.type for _, event, _ in records]
     assert types == ["agent_text", "tool_call", "usage"], types
-    call = records[1][1]
-    assert call.input == {"command": "echo [REDACTED]"}  # type: ignore[union-attr]
+    tool_call = records[1][1]
+    assert isinstance(tool_call, ToolCall) and tool_call.input == {"command": "echo [REDACTED]"}
     assert "hal: the output parser failed" not in log
+
+
+def test_past_the_cap_usage_is_summed_and_errors_are_few(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Past the parsed-events cap, usage, session and message events were still written one
+    # by one: an agent printing a step or an error a line grew the events file, the task's
+    # events and the store's index without end. Now they are folded (usage), held (the
+    # session) or few (messages), and the run's totals are the same.
+    from hal9999.process import supervisor
+
+    monkeypatch.setattr(supervisor, "PARSED_CAP", 2000)
+    monkeypatch.setattr(supervisor, "MESSAGES_PAST_CAP", 3, raising=False)
+    step = {"type": "step_finish", "part": {"cost": 0.5, "tokens": {"input": 2, "output": 1}}}
+    lines = [json.dumps({"type": "text", "sessionID": f"s{n}", "part": {"text": "hi"}})
+             for n in range(20)]  # fmt: skip
+    lines += [json.dumps(step), json.dumps({"type": "error", "error": {"name": "boom"}})] * 500
+    script = f"import sys; sys.stdout.write({chr(10).join(lines)!r} + '\\n')"
+    parsed = tmp_path / "parsed.jsonl"
+    argv = ["--log", str(tmp_path / "agent.log"), "--exit", str(tmp_path / "exit"),
+            "--parser", "opencode", "--events", str(parsed),
+            "--", sys.executable, "-c", script]  # fmt: skip
+    assert supervisor.supervise(argv) == 0
+    events = [event for _, event, _ in read_parsed(parsed, 0)[0]]
+    assert len(events) < 80, len(events)
+    totals = Totals()
+    for event in events:
+        if isinstance(event, Usage):
+            totals.add(event)
+    assert (totals.input_tokens, totals.output_tokens, totals.cost_usd) == (1000, 500, 250.0)
+    assert [e.type for e in events].count("message") <= 3 + 10  # the cap's and before it
+    sessions = [e for e in events if isinstance(e, AgentSession)]
+    assert sessions[-1].session_id == "s19"
+    assert "keep only usage (summed)" in (tmp_path / "agent.log").read_text()
+
+
+def test_a_total_past_the_cap_replaces_the_steps_before_it_as_the_runner_reads_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hal9999.process import supervisor
+
+    monkeypatch.setattr(supervisor, "PARSED_CAP", 1)
+    events = supervisor.ParsedEvents("claude", str(tmp_path / "parsed.jsonl"), None)
+    figures = [Usage(input_tokens=5), Usage(input_tokens=100, total=True, cost_usd=1.0),
+               Usage(input_tokens=7, cost_usd=0.25), Usage(input_tokens=1)]  # fmt: skip
+    expected = Totals()
+    for n, usage in enumerate(figures):
+        expected.add(usage)
+        events._run(lambda parser, usage=usage: [usage], n)  # type: ignore[misc]
+    events.close(10)
+    got = Totals()
+    for _, event, _ in read_parsed(tmp_path / "parsed.jsonl", 0)[0]:
+        got.add(event)  # type: ignore[arg-type]
+    assert (got.input_tokens, got.cost_usd) == (expected.input_tokens, expected.cost_usd)
+    assert (got.input_tokens, got.cost_usd) == (108, 1.25)

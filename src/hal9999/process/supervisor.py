@@ -196,6 +196,9 @@ class ParsedEvents:
         """What went wrong with parsing (written to the log by the caller)."""
         self._written = 0
         self._capped = False
+        self._held: dict[str, Event] = {}
+        """Past the cap: the last run total, the sum of the steps since, the last session."""
+        self._messages_past_cap = 0
         if agent is None or path is None:
             return
         _site()
@@ -215,32 +218,70 @@ class ParsedEvents:
             self._run(lambda parser: parser.feed(text), log_end)
 
     def close(self, log_end: int) -> None:
-        """End of output: flush the parser's held state."""
+        """End of output: flush the parser's held state (and the usage held past the cap)."""
         if self._parser is not None:
             self._run(lambda parser: parser.close(), log_end)
+        if self._held and self._file is not None:
+            held, self._held = self._held, {}
+            self._write(list(held.values()), log_end)
         if self._file is not None:
             self._file.close()
 
     def _run(self, step: Callable[[OutputParser], list[Event]], log_end: int) -> None:
         assert self._parser is not None
-        import json  # loaded with the parser already
-
         try:
             events = step(self._parser)
         except Exception as exc:  # parsers must not raise; one that does is dropped
             self._parser = None
             self.problems.append(f"hal: the output parser failed and was stopped: {exc!r}\n")
             return
-        if not events or self._file is None:
+        if events and self._file is not None:
+            self._write(events, log_end, capped=True)
+
+    def _keep_past_cap(self, event: Event) -> bool:
+        """Past :data:`PARSED_CAP`: whether to write ``event`` now. Usage is folded (the last
+        total, then the sum of the steps since, as the runner's totals read them) and the
+        last session held, both written at the end; a few messages pass. Each was written
+        as it came, without end: a line per error or step the agent printed, in the events
+        file, the task's events and the store's index."""
+        if not self._capped:
+            self._capped = True
+            self.problems.append(
+                f"hal: parsed events past {PARSED_CAP} bytes keep only usage (summed), "
+                f"the session and {MESSAGES_PAST_CAP} messages\n"
+            )
+        if event.type == "agent_session":
+            self._held["agent_session"] = event
+        elif event.type == "usage":
+            self._fold(event)
+        elif event.type == "message" and self._messages_past_cap < MESSAGES_PAST_CAP:
+            self._messages_past_cap += 1
+            return True
+        return False
+
+    def _fold(self, usage: Any) -> None:
+        if usage.total:
+            self._held.pop("steps", None)
+            self._held["total"] = usage
             return
+        from hal9999.agents.parsing import add_counts
+
+        steps: Any = self._held.get("steps")
+        if steps is None:
+            self._held["steps"] = usage
+            return
+        counts = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+        summed = {name: add_counts(getattr(steps, name), getattr(usage, name)) for name in counts}
+        if usage.cost_usd is not None:
+            summed["cost_usd"] = (steps.cost_usd or 0.0) + usage.cost_usd
+        self._held["steps"] = steps.model_copy(update=summed)
+
+    def _write(self, events: list[Event], log_end: int, *, capped: bool = False) -> None:
+        assert self._file is not None
+        import json  # loaded with the parser already
+
         for event in events:
-            if self._written >= PARSED_CAP and event.type not in ESSENTIAL_TYPES:
-                if not self._capped:
-                    self._capped = True
-                    self.problems.append(
-                        f"hal: parsed events past {PARSED_CAP} bytes keep only usage, "
-                        "session and messages\n"
-                    )
+            if capped and self._written >= PARSED_CAP and not self._keep_past_cap(event):
                 continue
             try:  # a raw record nested past the serialiser's depth is the agent's doing
                 if self._masker is not None:
@@ -259,10 +300,12 @@ MAX_EVENT_TEXT = 256 * 1024
 """Characters of one text field a parsed event keeps (the whole text is in the log)."""
 
 PARSED_CAP = 64 * 1024 * 1024
-"""Bytes of parsed events one run writes before only :data:`ESSENTIAL_TYPES` are kept."""
+"""Bytes of parsed events one run writes before only usage, the session and a few messages
+are kept."""
 
-ESSENTIAL_TYPES = frozenset({"usage", "agent_session", "message"})
-"""Events kept past the cap: usage and cost stay exact, errors stay visible."""
+MESSAGES_PAST_CAP = 1000
+"""Messages (errors the agent reported) written past :data:`PARSED_CAP`; usage and the
+session are kept too, held and written at the end, so usage and cost stay exact."""
 
 
 def _clip(value: Any) -> Any:
