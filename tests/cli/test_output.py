@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hal9999.cli.output import (
     EventRenderer,
@@ -139,3 +142,68 @@ def test_result_summary() -> None:
     assert result_summary("") == "(no output)"
     assert result_summary("one\n\n") == "one"
     assert result_summary("a\nb\nc") == "a (+2 lines)"
+
+
+def _hidden_at_end(text: str) -> bool:
+    """Whether a terminal is left concealing (SGR 8) or drawing black on black once
+    ``text`` is written (the state of the SGR sequences in it, in order)."""
+    concealed, fg, bg = False, None, None
+    for params in re.findall(r"\x1b\[([0-9;:]*)m", text):
+        codes = [int(c) if c.isdigit() else 0 for c in params.split(";")]
+        i = 0
+        while i < len(codes):
+            code = codes[i]
+            if code == 0:
+                concealed, fg, bg = False, None, None
+            elif code == 8:
+                concealed = True
+            elif code == 28:
+                concealed = False
+            elif 30 <= code <= 37:
+                fg = code - 30
+            elif 40 <= code <= 47:
+                bg = code - 40
+            elif code in (38, 48) and codes[i + 1 : i + 2] == [5]:
+                value = codes[i + 2] if i + 2 < len(codes) else 0
+                fg, bg = (value, bg) if code == 38 else (fg, value)
+                i += 2
+            i += 1
+    return concealed or (fg is not None and fg == bg)
+
+
+HIDING = st.sampled_from(
+    ["\x1b[8m", "\x1b[30;40m", "\x1b[38;5;0;48;5;0m", "\x1b[0;8m", "\x1b[0m", "\x1b[m",
+     "\x1b[28m", "\x1b[31m", "\n", "ok", "\x1b[8"]
+)  # fmt: skip
+AGENT_TEXT = st.lists(HIDING | st.text(max_size=4), max_size=8).map("".join)
+
+
+@settings(max_examples=150, deadline=None)
+@given(texts=st.lists(AGENT_TEXT, min_size=4, max_size=4), show_output=st.booleans())
+def test_what_hal_prints_after_the_agents_text_is_never_hidden(
+    texts: list[str], show_output: bool
+) -> None:
+    # The agent's colours are kept, and so was a conceal (ESC[8m) or black on black it left
+    # set: its own "status succeeded", then everything hal printed after it (tool lines,
+    # errors, the run's summary) invisible. Each piece of the agent's is closed now.
+    assert not _hidden_at_end(sanitize(texts[0]))
+    for events in (
+        [AgentText(text=texts[0]), Message(level="error", text=texts[1])],
+        [ToolCall(name=texts[0], input={"command": texts[1]})],
+        [ToolResult(output=texts[0] * 30, is_error=True)],
+        [Output(text=texts[0]), Output(text=texts[1]), Message(level="warning", text="w")],
+    ):
+        out = io.StringIO()
+        renderer = EventRenderer(out, color=True, show_output=show_output)
+        for event in events:
+            renderer(event)
+        text = out.getvalue()
+        last = events[-1]
+        if isinstance(last, Message):  # hal's own line: hidden if the state before it hides
+            assert not _hidden_at_end(text[: text.rindex(f"{last.level}: ")]), text
+        else:
+            assert not _hidden_at_end(text), text
+    stream = TerminalSanitizer()
+    streamed = "".join(stream.feed(text) for text in texts) + stream.flush()
+    assert not _hidden_at_end(streamed), streamed
+    assert not _hidden_at_end(event_line(AgentText(seq=1, text=texts[0])) or "")

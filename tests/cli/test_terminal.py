@@ -262,3 +262,35 @@ def test_lone_surrogates_in_an_agents_json_never_fail_the_run(
     assert raw["data"] == {"type": "odd\ufffd", "value": "\ufffd"}
     shown = hal("task", "events", task["id"])
     assert shown.returncode == 0 and "Bash" in shown.stdout and "\x1b]" not in shown.stdout
+
+
+def test_a_style_the_agent_leaves_set_hides_nothing_hal_prints_after(
+    hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    # Colours pass, and so did a conceal (ESC[8m) the agent left set at its end: the run's
+    # summary ("status failed") was printed invisible after the agent's own fake line.
+    from tests.cli.test_output import _hidden_at_end
+
+    agent = "sh -c 'printf \"status    succeeded\\033[8m\\033[30;40m\\n\"; exit 3'"
+    for args in (["run", "--agent", agent, "x"], ["run", "--raw", "--agent", agent, "x"]):
+        master, slave = pty.openpty()
+        proc = subprocess.Popen([sys.executable, "-m", "hal9999", *args], cwd=demo_repo,
+                                env=hal_env, stdin=subprocess.DEVNULL, stdout=slave,
+                                stderr=subprocess.PIPE)  # fmt: skip
+        os.close(slave)
+        chunks: list[bytes] = []
+        while select.select([master], [], [], 60)[0]:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the other side closed
+                break
+            if not data:
+                break
+            chunks.append(data)
+        os.close(master)
+        proc.communicate(timeout=60)
+        shown = b"".join(chunks).decode()
+        assert "\x1b[8m" in shown  # the agent's styles are kept...
+        summary = shown.index("task      ")
+        assert not _hidden_at_end(shown[:summary]), (args, shown)  # ...and closed
+        assert "status    failed" in shown[summary:]

@@ -65,6 +65,11 @@ def _finite(data: Any) -> Any:
 
 _TERMINAL: TerminalSanitizer | None = None
 
+STYLE_RESET = "\x1b[0m"
+"""Printed (as its own line) between an agent's output and what hal says of the run: a
+style the agent left set (a conceal, black on black) hid the run's status, and its own
+"status succeeded" printed before stood in for it. Stripped when stdout is no terminal."""
+
 
 def stream_to_terminal(text: str) -> None:
     """Echo agent output as it arrives, sanitised (colours kept; escape sequences that move
@@ -76,3 +81,11 @@ def stream_to_terminal(text: str) -> None:
         _TERMINAL = TerminalSanitizer()
     sys.stdout.write(_TERMINAL.feed(text))
     sys.stdout.flush()
+
+
+def end_terminal_stream() -> None:
+    """The end of what :func:`stream_to_terminal` printed: what it held back, sanitised, and
+    a reset of a style the output left set."""
+    if _TERMINAL is not None:
+        sys.stdout.write(_TERMINAL.flush())
+        sys.stdout.flush()

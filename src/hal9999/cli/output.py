@@ -45,9 +45,26 @@ DIM = "\x1b[2m"
 RESET = "\x1b[0m"
 
 
-def sanitize(text: str) -> str:
-    """``text`` safe for a terminal: SGR colours, newlines and tabs kept, other controls gone."""
+def _strip(text: str) -> str:
     return _UNSAFE.sub(lambda m: m.group(0) if _SGR.fullmatch(m.group(0)) else "", text)
+
+
+def _style_open(text: str) -> bool:
+    """Whether ``text`` (sanitised: its only escapes are SGR) leaves a style set: its last
+    SGR is not a plain reset."""
+    last = text.rfind("\x1b[")
+    return last != -1 and text[last:].split("m", 1)[0] not in ("\x1b[", "\x1b[0")
+
+
+def sanitize(text: str) -> str:
+    """``text`` safe for a terminal: SGR colours, newlines and tabs kept, other controls gone,
+    and a style it leaves set reset at its end (before its trailing newlines): a conceal
+    (``ESC[8m``) or black on black hid what hal printed next, such as the run's status."""
+    clean = _strip(text)
+    if not _style_open(clean):
+        return clean
+    body = clean.rstrip("\n")
+    return body + RESET + clean[len(body) :]
 
 
 _LONG_VALUE = re.compile(r"'[^'\n]{200,}'|\"[^\"\n]{200,}\"|\S{200,}")
@@ -77,10 +94,12 @@ def escape_json_line(line: str) -> str:
 
 
 class TerminalSanitizer:
-    """Sanitises a stream; an escape sequence split across chunks is judged whole."""
+    """Sanitises a stream; an escape sequence split across chunks is judged whole, and a
+    style the stream leaves set is reset by :meth:`flush` (or :meth:`close_style`)."""
 
     def __init__(self) -> None:
         self._held = ""
+        self._open = False
 
     def feed(self, chunk: str) -> str:
         """The sanitised text of ``chunk`` that is complete so far."""
@@ -93,17 +112,28 @@ class TerminalSanitizer:
         start = text.find("\x1b", done)
         if start != -1 and len(text) - start < _HOLD_MAX:
             text, self._held = text[:start], text[start:]
-        return sanitize(text)
+        return self._emit(_strip(text))
 
     def flush(self) -> str:
-        """Whatever was held back, sanitised."""
+        """Whatever was held back, sanitised, and a reset when a style is left set."""
         held, self._held = self._held, ""
-        return sanitize(held)
+        return self._emit(_strip(held)) + self.close_style()
+
+    def close_style(self) -> str:
+        """A reset when the text so far leaves a style set (before hal prints its own)."""
+        was, self._open = self._open, False
+        return RESET if was else ""
+
+    def _emit(self, clean: str) -> str:
+        if "\x1b[" in clean:
+            self._open = _style_open(clean)
+        return clean
 
 
 def _one_line(text: str, limit: int) -> str:
     text = " ".join(sanitize(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    # Sanitised again when cut: the cut may fall inside a colour or drop its reset.
+    return text if len(text) <= limit else sanitize(text[: limit - 1] + "…")
 
 
 _TARGET_KEYS = ("command", "cmd", "file_path", "path", "filePath", "pattern", "url", "query")
@@ -154,9 +184,13 @@ class EventRenderer:
         """The text for one event ("" for none): a model, or its JSON form (the daemon's,
         which the thin ``hal run`` client renders without the models)."""
         data = event if isinstance(event, Mapping) else event.model_dump()
+        if data["type"] == "output":
+            return self._stream.feed(data["text"]) if self.show_output else ""
+        line = self._line(data)
+        return self._stream.close_style() + line if line else ""
+
+    def _line(self, data: Mapping[str, Any]) -> str:
         match data["type"]:
-            case "output":
-                return self._stream.feed(data["text"]) if self.show_output else ""
             case "agent_text":
                 return sanitize(data["text"]).rstrip("\n") + "\n"
             case "tool_call":

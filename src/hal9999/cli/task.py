@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from hal9999.cli.echo import end_terminal_stream
 from hal9999.cli.main import (
     App,
     Started,
@@ -114,7 +115,7 @@ def logs(task_id: str, follow: bool) -> None:
             with log.open("r", encoding="utf-8", errors="replace") as handle:
                 while chunk := handle.read(1 << 20):
                     stream_to_terminal(chunk)
-            stream_to_terminal("")
+            end_terminal_stream()
         return
 
     async def tail(live: _Liveness) -> None:
@@ -299,7 +300,7 @@ def diff(task_id: str) -> None:
         with patch.open("r", encoding="utf-8", errors="replace", newline="") as handle:
             while text := handle.read(1 << 20):
                 stream_to_terminal(text)
-        stream_to_terminal("")
+        end_terminal_stream()
         return
     sys.stdout.flush()
     with patch.open("rb") as source:
