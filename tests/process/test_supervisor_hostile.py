@@ -142,3 +142,24 @@ def test_a_total_past_the_cap_replaces_the_steps_before_it_as_the_runner_reads_t
         got.add(event)  # type: ignore[arg-type]
     assert (got.input_tokens, got.cost_usd) == (expected.input_tokens, expected.cost_usd)
     assert (got.input_tokens, got.cost_usd) == (108, 1.25)
+
+
+def test_an_event_longer_than_a_read_is_read_whole(tmp_path: Path) -> None:
+    # A text field keeps 256 Ki characters, but as JSON a non-ASCII one takes 6 bytes: a
+    # tool's output of 200,000 CJK characters was a 1.2 MB record, past the 1 MiB the
+    # reader took at once, and the event was dropped without a word.
+    from hal9999.process.supervisor import ParsedEvents
+
+    path = tmp_path / "parsed.jsonl"
+    parsed = ParsedEvents("claude", str(path), None)
+    text = "漢字" * 100_000
+    block = {"type": "tool_result", "tool_use_id": "t1", "content": text}
+    record = {"type": "user", "message": {"content": [block]}}
+    result = {"type": "result", "usage": {"input_tokens": 5}}
+    parsed.feed(json.dumps(record, ensure_ascii=False) + "\n" + json.dumps(result) + "\n", 10)
+    parsed.close(10)
+    assert path.stat().st_size > 1 << 20
+    records, end = read_parsed(path, 0)
+    assert [event.type for _, event, _ in records] == ["tool_result", "usage"]
+    assert records[0][1].output == text  # type: ignore[union-attr]
+    assert end == path.stat().st_size

@@ -323,6 +323,11 @@ def _clip(value: Any) -> Any:
 PARSED_CHUNK = 1 << 20
 """Bytes of the parsed-events file read per step."""
 
+MAX_PARSED_RECORD = 8 << 20
+"""The longest record of a parsed-events file read (longer ones are skipped). A record may
+be longer than a chunk: a text field keeps 256 Ki characters, up to 1.5 MB as JSON (6 bytes
+a non-ASCII character), and such an event was dropped without a word."""
+
 
 def read_parsed(path: Path, offset: int) -> tuple[list[tuple[int, Event, int]], int]:
     """Complete records of a parsed-events file from ``offset``: (log offset, event, file
@@ -336,11 +341,13 @@ def read_parsed(path: Path, offset: int) -> tuple[list[tuple[int, Event, int]], 
         with path.open("rb") as handle:
             handle.seek(offset)
             data = handle.read(PARSED_CHUNK)
+            if b"\n" not in data and len(data) == PARSED_CHUNK:  # a record past a chunk
+                data += handle.read(MAX_PARSED_RECORD - len(data))
     except FileNotFoundError:
         return [], offset
     end = data.rfind(b"\n")
     if end < 0:
-        if len(data) >= PARSED_CHUNK:  # one line longer than a chunk: skip it whole
+        if len(data) >= MAX_PARSED_RECORD:  # a record too long to read: skip it whole
             return [], offset + len(data)
         return [], offset
     records: list[tuple[int, Event, int]] = []
