@@ -335,3 +335,27 @@ async def test_tmux_status_asks_the_kernel_not_tmux(
         assert (await manager.status(spec)).state == "missing"
     finally:
         await manager.stop(spec)
+
+
+@pytest.mark.tmux
+async def test_a_tmux_config_cannot_let_the_agents_escapes_through(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    # hal's tmux server loads a tmux.conf (the system's, and the one under the HOME it is
+    # started with); one with `allow-passthrough on` let an agent's `ESC P tmux; ...` reach
+    # the terminal of whoever attached, an OSC 52 clipboard write inside it past
+    # `set-clipboard off`.
+    home = Path(sandbox.home)  # type: ignore[attr-defined]  # the HOME tmux is started with
+    home.mkdir(parents=True, exist_ok=True)
+    (home / ".tmux.conf").write_text("set -g allow-passthrough on\nset -s set-clipboard on\n")
+    manager = TmuxProcessManager()
+    spec = spec_for(tmp_path, ArgvCommand(argv=("sleep", "5")))
+    await manager.start(sandbox, spec)
+    try:
+        base = ["tmux", "-S", str(manager.socket(spec))]
+        for scope, option in (("-s", "set-clipboard"), ("-g", "allow-passthrough")):
+            shown = subprocess.run([*base, "show-options", scope, option],
+                                   capture_output=True, text=True, check=True)  # fmt: skip
+            assert shown.stdout.strip() == f"{option} off"
+    finally:
+        await manager.stop(spec)

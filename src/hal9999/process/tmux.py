@@ -82,13 +82,21 @@ class TmuxProcessManager:
             [
                 *base,
                 # Before the agent's pane exists: the agent must not write the clipboard of
-                # whoever attaches (OSC 52 passes through to the outer terminal otherwise).
+                # whoever attaches (OSC 52 passes through to the outer terminal otherwise),
+                # nor pass any sequence through tmux to that terminal (`ESC P tmux; ...`),
+                # whatever a tmux.conf the server loaded says (-q: a tmux before 3.3 has no
+                # such option, and passes nothing through).
                 "start-server",
                 ";",
                 *preload,
                 "set-option",
                 "-s",
                 "set-clipboard",
+                "off",
+                ";",
+                "set-option",
+                "-gq",
+                "allow-passthrough",
                 "off",
                 ";",
                 "new-session",
