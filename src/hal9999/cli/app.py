@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from hal9999.cli.echo import STYLE_RESET, echo, stream_to_terminal
+from hal9999.cli.echo import after_agent_output, echo, stream_to_terminal
 from hal9999.cli.echo import emit_json as emit_json
 from hal9999.errors import DiskFull, HalError, HomeError, exit_status_for
 
@@ -270,7 +270,7 @@ def finish_run(
     if as_json:
         emit_json(task_json(record))
     else:
-        echo(STYLE_RESET)  # a style the agent left set hides nothing
+        echo(after_agent_output())
         echo(summary(record))
     status = 0 if record.status == "succeeded" else exit_status_for(record.error_code) or 1
     sys.exit(status)

@@ -33,7 +33,7 @@ from pathlib import Path
 from types import FrameType, SimpleNamespace
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, cast
 
-from hal9999.cli.echo import STYLE_RESET, echo, emit_json, stream_to_terminal
+from hal9999.cli.echo import after_agent_output, echo, emit_json, stream_to_terminal
 from hal9999.cli.task_table import TaskSummary, summary
 from hal9999.cli.thin_config import THIN_VARS, no_daemon, thin_home
 from hal9999.envvars import forwarded_env, parse_env_option
@@ -261,7 +261,7 @@ def run_planned(args: RunArgs, found: Plan, environ: Mapping[str, str]) -> NoRet
     if args.as_json:
         emit_json(record)
     else:
-        echo(STYLE_RESET)  # a style the agent left set hides nothing
+        echo(after_agent_output())
         echo(summary(cast(TaskSummary, SimpleNamespace(**record))))
     failed = exit_status_for(record.get("error_code")) or 1
     sys.exit(0 if record["status"] == "succeeded" else failed)

@@ -66,9 +66,14 @@ def _finite(data: Any) -> Any:
 _TERMINAL: TerminalSanitizer | None = None
 
 STYLE_RESET = "\x1b[0m"
-"""Printed (as its own line) between an agent's output and what hal says of the run: a
-style the agent left set (a conceal, black on black) hid the run's status, and its own
-"status succeeded" printed before stood in for it. Stripped when stdout is no terminal."""
+
+
+def after_agent_output() -> str:
+    """The line between an agent's output and what hal says of the run: on a terminal, a
+    reset of the styles (a conceal, black on black the agent left set hid the run's status,
+    and its own "status succeeded" printed before stood in for it); else empty."""
+    stdout = sys.stdout
+    return STYLE_RESET if stdout is not None and stdout.isatty() else ""
 
 
 def stream_to_terminal(text: str) -> None:
