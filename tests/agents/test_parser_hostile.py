@@ -94,7 +94,7 @@ def _check(events: list[Event]) -> None:
 
 
 @pytest.mark.parametrize("agent", [a for a in PRESETS if a in KINDS])
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_any_record_of_a_known_type_never_raises_and_stays_recordable(
     agent: str, data: st.DataObject
