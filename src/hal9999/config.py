@@ -19,9 +19,8 @@ from __future__ import annotations
 import os
 import posixpath
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
@@ -342,8 +341,7 @@ def _source_of(loc: tuple[str | int, ...], origin: Mapping[tuple[str, ...], str]
     return "config"
 
 
-@dataclass(frozen=True)
-class ConfigSources:
+class ConfigSources(NamedTuple):
     """Where the configuration came from: what ``hal run`` prints and the daemon carries."""
 
     files: tuple[str, ...] = ()

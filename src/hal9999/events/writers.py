@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from hal9999.events.log import EventLog, Sink
@@ -19,10 +18,12 @@ from hal9999.redact import SecretMasker
 from hal9999.store import Store
 
 
-@dataclass
 class _Open:
-    log: EventLog
-    users: int = 0
+    __slots__ = ("log", "users")
+
+    def __init__(self, log: EventLog) -> None:
+        self.log = log
+        self.users = 0
 
 
 class EventWriters:

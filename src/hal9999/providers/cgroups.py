@@ -16,9 +16,8 @@ import re
 import signal
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from hal9999.errors import CapabilityError, ProviderError
 from hal9999.providers.hostread import read_all
@@ -33,8 +32,7 @@ RMDIR_DEADLINE = 1.0
 _ESCAPE = re.compile(r"\\([0-7]{3})")
 
 
-@dataclass(frozen=True)
-class CgroupLimits:
+class CgroupLimits(NamedTuple):
     """Kernel-level limits derived from :class:`Resources`."""
 
     memory_bytes: int | None = None
@@ -230,8 +228,7 @@ class CgroupV2(Cgroup):
         await super().kill_all()
 
 
-@dataclass(frozen=True)
-class CgroupHost:
+class CgroupHost(NamedTuple):
     """A writable cgroup hierarchy this host offers, and which controllers it has."""
 
     version: Literal[1, 2]

@@ -17,8 +17,8 @@ import os
 import posixpath
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from hal9999.agentfs import AgentDir
 from hal9999.errors import ExecError
@@ -27,8 +27,7 @@ READ_LIMIT = 256 << 20
 """Largest file read host-side into memory (bytes); configuration files, not results."""
 
 
-@dataclass(frozen=True)
-class Mount:
+class Mount(NamedTuple):
     """A host directory seen at ``target`` inside the sandbox."""
 
     target: str
@@ -36,8 +35,7 @@ class Mount:
     writable: bool
 
 
-@dataclass(frozen=True)
-class HostPath:
+class HostPath(NamedTuple):
     """Where a sandbox path lives on the host."""
 
     path: Path

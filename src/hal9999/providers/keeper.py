@@ -34,8 +34,8 @@ import os
 import signal
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from hal9999.errors import ProviderError
 from hal9999.providers import hostexec
@@ -53,8 +53,7 @@ MIN_KERNEL = (5, 12)
 """``mount_setattr``, which attaching needs."""
 
 
-@dataclass(frozen=True)
-class Keeper:
+class Keeper(NamedTuple):
     """A live keeper: its host pid and its mount namespace's inode."""
 
     pid: int

@@ -17,10 +17,9 @@ import contextlib
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from hal9999.errors import DiskFull, DiskLimitExceeded
 from hal9999.spec import Resources
@@ -90,8 +89,7 @@ def explicit(resources: Resources) -> Resources:
     )
 
 
-@dataclass(frozen=True)
-class DiskUse:
+class DiskUse(NamedTuple):
     """How much disk a sandbox's writable host dirs hold, against its limit."""
 
     used_bytes: int

@@ -17,7 +17,7 @@ import functools
 import platform
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 AUDIT_ARCH_X86_64 = 0xC000003E
 AUDIT_ARCH_I386 = 0x40000003
@@ -81,8 +81,7 @@ def _arg_low(index: int) -> int:
     return 16 + 8 * index
 
 
-@dataclass
-class _Insn:
+class _Insn(NamedTuple):
     code: int
     k: int
     jt: int | str = 0

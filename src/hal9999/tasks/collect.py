@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import re
 import secrets
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from hal9999 import agentfs
 from hal9999.errors import DiskFull, HalError, RepoError, UnsafePath
@@ -128,8 +128,7 @@ runs one git when the base is its snapshot's HEAD, known to have no gitlinks, tw
 """
 
 
-@dataclass(frozen=True)
-class Collected:
+class Collected(NamedTuple):
     """What collection produced (the patch and bundle are in the session)."""
 
     head: str

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,13 +46,19 @@ class Vanished(Exception):
     fails (``agent_failed``), and its work is collected all the same, as after a timeout."""
 
 
-@dataclass
 class Totals:
-    """Token and cost figures gathered from usage events."""
+    """Token and cost figures gathered from usage events.
 
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float | None = None
+    This module's classes are plain classes, not dataclasses: the methods a dataclass
+    generates cost ~0.5 ms a class to make, at the import of every in-process ``hal run``
+    (issue 16)."""
+
+    __slots__ = ("cost_usd", "input_tokens", "output_tokens")
+
+    def __init__(self) -> None:
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.cost_usd: float | None = None
 
     def add(self, usage: Usage) -> None:
         """Fold one usage event in; a run total replaces the running sum."""
@@ -69,7 +74,6 @@ class Totals:
             self.cost_usd = (self.cost_usd or 0.0) + usage.cost_usd
 
 
-@dataclass
 class RunContext:
     """Everything one run needs, resolved before it starts."""
 
@@ -78,48 +82,93 @@ class RunContext:
     events: EventLog
     masker: SecretMasker
     secrets: dict[str, str]
-    on_output: Callable[[str], None] | None = None
+    on_output: Callable[[str], None] | None
     """Called with each chunk of (masked) output as it is read."""
-    on_event: Callable[[Event], None] | None = None
+    on_event: Callable[[Event], None] | None
     """Called with each event the agent's output yields (parsed events and output chunks)."""
-    mask_names: tuple[str, ...] = ()
+    mask_names: tuple[str, ...]
     """Exec-time variables whose values are secrets (the supervisor masks them)."""
-    checks_patch: bool = False
+    checks_patch: bool
     """The task has variables that may hold secrets: collection marks the patch it scanned
     clean (``run/patch-checked``, see :meth:`TaskService.shown_patch`); a task without any
     never needs the mark, or the inode."""
-    log_start: int | None = None
+    log_start: int | None
     """Size of the log when this run's agent started (where its output begins)."""
-    totals: Totals = field(default_factory=Totals)
-    detached: bool = False
+    totals: Totals
+    detached: bool
     """Set when a daemon shuts down: leave the agent and its sandbox for the next to adopt."""
-    adopted: Adopted | None = None
+    adopted: Adopted | None
     """Set when carrying on a run whose agent outlived its runner."""
-    retry: RetryPolicy | None = None
+    retry: RetryPolicy | None
     """The daemon's retry policy: a failure it retries is written as ``queued`` again by
     the run's end, in the one write that would have said ``failed`` (:mod:`.retry`). None
     for an in-process run, whose caller requeues a failure itself."""
-    retried: Retry | None = None
+    retried: Retry | None
     """The retry the run's end queued the task for: the task is then this process's
     again (its ``runner_pid``), not let go of by the run."""
-    sandbox: Sandbox | None = None
+    sandbox: Sandbox | None
     """The run's sandbox, once acquired."""
-    pspec: ProcessSpec | None = None
+    pspec: ProcessSpec | None
     """The agent's process spec, once known."""
-    gateway: GatewayRoute | None = None
+    gateway: GatewayRoute | None
     """The run's way to its LLM through the host's gateway (None: the agent goes direct)."""
-    mcp: McpRoute | None = None
+    mcp: McpRoute | None
     """The run's way to its hive agent's MCP server (None: not a hive agent's task)."""
-    session_id: str | None = None
+    session_id: str | None
     """An agent session id seen in the output and not yet written to the task's record."""
-    unsaved: dict[str, Any] = field(default_factory=dict)
+    unsaved: dict[str, Any]
     """Fields of the task's record the run has learnt (a fresh clone's ``base_commit``, the
     collection's ``files_changed``), written with its next status instead of alone (issue
     16: each write is a thread hop and a commit on the task's way); a run that ends without
     one (taken away by another process) writes them at its end."""
 
+    def __init__(
+        self,
+        task: TaskRecord,
+        session: Session,
+        events: EventLog,
+        masker: SecretMasker,
+        secrets: dict[str, str],
+        on_output: Callable[[str], None] | None = None,
+        on_event: Callable[[Event], None] | None = None,
+        mask_names: tuple[str, ...] = (),
+        checks_patch: bool = False,
+        log_start: int | None = None,
+        totals: Totals | None = None,
+        detached: bool = False,
+        adopted: Adopted | None = None,
+        retry: RetryPolicy | None = None,
+        retried: Retry | None = None,
+        sandbox: Sandbox | None = None,
+        pspec: ProcessSpec | None = None,
+        gateway: GatewayRoute | None = None,
+        mcp: McpRoute | None = None,
+        session_id: str | None = None,
+        unsaved: dict[str, Any] | None = None,
+    ) -> None:
+        self.task = task
+        self.session = session
+        self.events = events
+        self.masker = masker
+        self.secrets = secrets
+        self.on_output = on_output
+        self.on_event = on_event
+        self.mask_names = mask_names
+        self.checks_patch = checks_patch
+        self.log_start = log_start
+        self.totals = Totals() if totals is None else totals
+        self.detached = detached
+        self.adopted = adopted
+        self.retry = retry
+        self.retried = retried
+        self.sandbox = sandbox
+        self.pspec = pspec
+        self.gateway = gateway
+        self.mcp = mcp
+        self.session_id = session_id
+        self.unsaved = {} if unsaved is None else unsaved
 
-@dataclass
+
 class Adopted:
     """Where an adopted run picks up: its sandbox, process and how far its log was read."""
 
@@ -131,8 +180,24 @@ class Adopted:
     """Bytes of the run's parsed-events file already emitted."""
     started: float
     """``time.monotonic()`` value equivalent to when the agent started (for the timeout)."""
-    totals: Totals = field(default_factory=Totals)
+    totals: Totals
     """Usage the run's events already record."""
+
+    def __init__(
+        self,
+        sandbox: Sandbox,
+        pspec: ProcessSpec,
+        offset: int,
+        parsed_offset: int,
+        started: float,
+        totals: Totals | None = None,
+    ) -> None:
+        self.sandbox = sandbox
+        self.pspec = pspec
+        self.offset = offset
+        self.parsed_offset = parsed_offset
+        self.started = started
+        self.totals = Totals() if totals is None else totals
 
 
 def process_spec(

@@ -16,9 +16,8 @@ import os
 import re
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 from hal9999.errors import RepoError
@@ -39,8 +38,7 @@ _ERROR_CHARS = 1500
 _CLONE_IDENTITY = ["-c", "user.name=hal9999", "-c", "user.email=hal9999@localhost"]
 
 
-@dataclass(frozen=True)
-class RepoSource:
+class RepoSource(NamedTuple):
     """Where a task's repository comes from."""
 
     kind: Literal["local", "url"]

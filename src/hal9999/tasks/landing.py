@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from hal9999 import agentfs
 from hal9999.errors import RepoError
@@ -18,8 +18,7 @@ _ZERO = "0" * 40
 _CANDIDATES = 9
 
 
-@dataclass(frozen=True)
-class BroughtBack:
+class BroughtBack(NamedTuple):
     """Where the result landed in the source repository."""
 
     branch: str
@@ -30,13 +29,15 @@ class BroughtBack:
     """Why the task's own branch was left alone (the user moved it, or a ref is in the way)."""
 
 
-@dataclass
 class Drop:
     """The private ref to delete in the same transaction that moves the branch (one git,
     issue 16); ``done`` once it is gone."""
 
-    ref: str
-    done: bool = False
+    __slots__ = ("done", "ref")
+
+    def __init__(self, ref: str) -> None:
+        self.ref = ref
+        self.done = False
 
 
 def _load_record(session: Session) -> dict[str, str]:

@@ -15,8 +15,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from hal9999.spec import Bind
 
@@ -25,8 +25,7 @@ HOME_TARGET = "/home/hal"
 INPUT_TARGET = "/hal"
 
 
-@dataclass(frozen=True)
-class Session:
+class Session(NamedTuple):
     """Paths of one task's session directory."""
 
     root: Path

@@ -24,9 +24,8 @@ import os
 import posixpath
 import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from hal9999.agents.base import McpServer
 from hal9999.spec import Bind
@@ -53,9 +52,12 @@ SERVER_NAME = "hal"
 AGENT_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
 
 
-@dataclass(frozen=True)
-class McpPaths:
-    """The MCP sockets of one hal home."""
+class McpPaths(NamedTuple):
+    """The MCP sockets of one hal home.
+
+    A tuple, and :class:`McpRoute` a plain class, not dataclasses: every in-process ``hal run``
+    imports this module, and a dataclass's generated methods cost ~0.5 ms a class to make
+    (issue 16)."""
 
     home: Path
 
@@ -101,18 +103,29 @@ def forward_port(agent: str) -> int:
     return 50000 + int.from_bytes(digest[:4], "big") % 10000
 
 
-@dataclass
 class McpRoute:
     """One hive agent's way to its MCP server from inside its sandbox."""
 
     paths: McpPaths
     agent: str
-    directory: str = CHANNEL_TARGET
+    directory: str
     """Where the agent's directory is seen by commands inside (the bind's target, or where
     a provider that mirrors its binds keeps it: a pod's ``/hal/b<N>``)."""
-    target: str = posixpath.join(CHANNEL_TARGET, SOCKET_NAME)
+    target: str
     """What the forwarder connects to inside: the bound socket, or ``tcp:127.0.0.1:PORT``
     where the provider carries the port to the host socket itself."""
+
+    def __init__(
+        self,
+        paths: McpPaths,
+        agent: str,
+        directory: str = CHANNEL_TARGET,
+        target: str = posixpath.join(CHANNEL_TARGET, SOCKET_NAME),
+    ) -> None:
+        self.paths = paths
+        self.agent = agent
+        self.directory = directory
+        self.target = target
 
     async def connect(self, sandbox: Sandbox) -> None:
         """Reach the socket from ``sandbox``: a provider whose shared directories cannot carry
