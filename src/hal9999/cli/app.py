@@ -254,7 +254,7 @@ def finish_run(
     import asyncio
     import signal
 
-    from hal9999.cli.render import summary, task_json
+    from hal9999.cli.task_table import summary  # not cli.render: its event lines go unused
 
     try:
         record = run_async(cancel_on_sigterm(run))
@@ -268,6 +268,8 @@ def finish_run(
         )
         sys.exit(130 if isinstance(exc, KeyboardInterrupt) else 128 + signal.SIGTERM)
     if as_json:
+        from hal9999.cli.render import task_json
+
         emit_json(task_json(record))
     else:
         echo(after_agent_output())
