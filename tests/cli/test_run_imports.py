@@ -87,6 +87,7 @@ NOT_FOR_A_TEMPLATE_AGENT = (
     "hal9999.gateway.channel",
     "hal9999.tasks.scheduler",  # the daemon's; a run that succeeds is not retried
     "hal9999.cli.render",  # event lines and --json's task; the summary is cli.task_table's
+    "hal9999.cli.output",  # stdout is no terminal here: output is streamed, not rendered
     # hal reads its plugins' entry points itself (hal9999.entrypoints) and pydantic loads no
     # plugins in hal (cli.entry.no_pydantic_plugins): nothing imports importlib.metadata,
     # nor the email package and zipfile that come with it.
