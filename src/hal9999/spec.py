@@ -5,8 +5,8 @@ script). Quoting happens in one place, :func:`CommandSpec.to_argv`; no call site
 opaque command string.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: pydantic would then evaluate each field's
+# annotation from its text, a compile each, on every run's path (issue 16).
 import shlex
 from pathlib import Path
 from typing import Annotated, Literal

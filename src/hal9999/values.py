@@ -4,8 +4,8 @@
 are refused by one rule with one wording.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: pydantic would then evaluate each field's
+# annotation from its text, a compile each, on every run's path (issue 16).
 import json
 import re
 from collections.abc import Iterable, Mapping

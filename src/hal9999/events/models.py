@@ -4,8 +4,8 @@ Agents' output parsers produce the payload classes without ``seq``/``ts``/``task
 :class:`hal9999.events.log.EventLog` stamps them when it records them.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: pydantic would then evaluate each field's
+# annotation from its text, a compile each, on every run's path (issue 16).
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError

@@ -9,8 +9,8 @@ so ``HAL_BWRAP_MAX_POOL_SIZE=4`` caps bwrap alone and ``HAL_MAX_POOL_SIZE=4`` ev
 ``HAL_NETWORK`` and friends), so a mixed pool can, say, give ``local`` host networking.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: pydantic would then evaluate each field's
+# annotation from its text, a compile each, on every run's path (issue 16).
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
 

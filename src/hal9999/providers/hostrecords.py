@@ -2,8 +2,8 @@
 provider applies before making a sandbox (split from :mod:`.hostsandbox`, which keeps the
 handle and the lifecycle)."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: pydantic would then evaluate each field's
+# annotation from its text, a compile each, on every run's path (issue 16).
 from pathlib import Path
 from typing import Any
 

@@ -1,7 +1,7 @@
 """The ``gateway_requests`` table: one row per model call through the LLM gateway."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: pydantic would then evaluate each field's
+# annotation from its text, a compile each, on every run's path (issue 16).
 import sqlite3
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
