@@ -14,8 +14,8 @@ number`` or ``HAL_NETWORK: network: expected one of 'none', 'host'``. The same f
 check the command line (:func:`check_value`), so one rule holds for CLI, files and env.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: pydantic would then evaluate each field's
+# annotation from its text, a compile each, on every run's path (issue 16).
 import os
 import posixpath
 from collections.abc import Mapping, Sequence
@@ -348,7 +348,7 @@ class ConfigSources(NamedTuple):
     """Config files that applied, in order (the user file, then ``hal.toml``)."""
     env: tuple[str, ...] = ()
     """``HAL_*`` variables that applied."""
-    project: ProjectConfig | None = None
+    project: "ProjectConfig | None" = None
     """The directory's ``hal.toml``, whether it is trusted and what of it was ignored."""
 
     def describe(self) -> str:
@@ -375,7 +375,7 @@ def _without(table: Mapping[str, Any], paths: list[tuple[str, ...]]) -> dict[str
 
 
 def _invalid(
-    errors: Sequence[ErrorDetails], origin: Mapping[tuple[str, ...], str]
+    errors: Sequence["ErrorDetails"], origin: Mapping[tuple[str, ...], str]
 ) -> ConfigError:
     """Every problem of a config that did not validate, each with where it came from."""
     problems = [
@@ -428,7 +428,7 @@ def load_config_sources(
         files.append(str(user_file))
 
     layers = list(base)
-    project: ProjectConfig | None = None
+    project = None  # a ProjectConfig where there is a ./hal.toml
     project_file = here / CONFIG_FILE_NAME if here is not None else None
     found = read_toml(project_file, CONFIG_FILE_NAME) if project_file is not None else None
     if project_file is not None and found is not None:
