@@ -11,7 +11,7 @@ import pytest
 
 import hal9999.errors as errors
 import hal9999.server.client  # noqa: F401  (registers DaemonUnavailable)
-from hal9999.errors import HalError, exit_status_for
+from hal9999.errors import HalError, error_class_for_status, exit_status_for
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -47,6 +47,14 @@ def test_exit_status_for_every_code() -> None:
     for code, cls in every_error().items():
         assert exit_status_for(code) == cls.exit_status
     assert exit_status_for(None) == 0 and exit_status_for("no-such-code") == 1
+
+
+def test_error_class_for_status_is_the_most_general_class_of_it() -> None:
+    assert error_class_for_status(2) is errors.ConfigError
+    assert error_class_for_status(3) is errors.NotFoundError
+    assert error_class_for_status(1) is HalError and error_class_for_status(77) is HalError
+    for cls in every_error().values():
+        assert error_class_for_status(cls.exit_status).exit_status == cls.exit_status
 
 
 def test_errors_docstring_draws_every_class_of_the_module() -> None:

@@ -394,3 +394,15 @@ def exit_status_for(code: str | None) -> int:
             return cls.exit_status
         pending.extend(cls.__subclasses__())
     return 1
+
+
+def error_class_for_status(status: int) -> type[HalError]:
+    """The most general error class with this CLI exit status (:class:`HalError` for one no
+    class has): a parent process reports a child's failure with the child's status."""
+    level: list[type[HalError]] = [HalError]
+    while level:
+        for cls in level:
+            if cls.exit_status == status:
+                return cls
+        level = [sub for cls in level for sub in cls.__subclasses__()]
+    return HalError

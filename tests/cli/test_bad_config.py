@@ -202,3 +202,23 @@ def test_a_misspelt_name_in_the_config_is_refused_not_ignored(
     assert tasks_json(hal) == [] and no_sessions(hal_env)
     found = doctor_checks(hal)["config"]
     assert not found["ok"] and expected in found["detail"], found
+
+
+@pytest.mark.parametrize("args", [(), ("--detach",), ("--detach", "--json")])
+def test_hal_serve_exits_2_on_a_bad_config_as_every_command_does(
+    hal: Hal, hal_env: dict[str, str], args: tuple[str, ...]
+) -> None:
+    """The daemon refuses a default name nothing registers; a detached start gives the
+    daemon's own status, not 1 for "did not start"."""
+    out = hal("serve", *args, env={"HAL_PROVIDER": "bwarp"})
+    assert out.returncode == 2, out.stderr
+    line = one_error_line(out)
+    assert "HAL_PROVIDER: default_provider: no provider named 'bwarp'" in line, line
+    assert not Path(hal_env["HAL_HOME"], "run", "serve.json").exists()
+
+
+def test_hal_serve_stop_and_status_exit_2_on_a_bad_config(hal: Hal) -> None:
+    for args in (("serve", "--stop"), ("status",)):
+        out = hal(*args, env={"HAL_TIMEOUT": "soon"})
+        assert out.returncode == 2, (args, out.stderr)
+        assert "HAL_TIMEOUT: timeout_s: expected a number" in one_error_line(out)

@@ -14,7 +14,7 @@ import click
 
 from hal9999.cli.main import app, cli, emit_json, run_async
 from hal9999.config import load_config, log_level
-from hal9999.errors import HalError, UsageError
+from hal9999.errors import HalError, UsageError, error_class_for_status
 from hal9999.redact import configure_logging
 from hal9999.server.runtime import DaemonFiles
 
@@ -118,7 +118,9 @@ def _detach(files: DaemonFiles, as_json: bool) -> None:
             break
         time.sleep(0.05)
     tail = files.log_file.read_text(errors="replace").strip().splitlines()[-5:]
-    raise HalError(
+    # The daemon's own status (2 for a bad config or --listen), as `hal serve` gives it.
+    failed = proc.returncode if proc.returncode is not None and proc.returncode > 0 else 1
+    raise error_class_for_status(failed)(
         "hal serve did not start" + (f": {tail[-1].removeprefix('hal: error: ')}" if tail else ""),
         hint=f"see {files.log_file}",
     )
