@@ -145,3 +145,45 @@ def test_hal_dashboard_needs_a_running_daemon(tmp_path: Path) -> None:
         "hal: error: the dashboard is served by hal serve, which is not running "
         "(start it with `hal serve --detach`)"
     )
+
+
+def test_listen_errors_name_the_variable_the_user_set(tmp_path: Path) -> None:
+    """HAL_LISTEN, HAL_TLS_CERT and HAL_TLS_KEY set instead of the options: each error
+    names the variable to fix, never an option the user did not give."""
+    env = hal_env(tmp_path / "home")
+    bad = hal({**env, "HAL_LISTEN": "nope"}, "serve")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "hal: error: HAL_LISTEN 'nope' is not HOST:PORT (for example HAL_LISTEN=0.0.0.0:8443)"
+    ]
+    cert, _ = _self_signed(tmp_path / "mine", "localhost")
+    half = hal({**env, "HAL_LISTEN": "127.0.0.1:8443", "HAL_TLS_CERT": str(cert)}, "serve")
+    assert half.returncode == 2 and half.stderr.strip().splitlines() == [
+        "hal: error: HAL_TLS_CERT and HAL_TLS_KEY go together (set both, or neither)"
+    ]
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("not a certificate\n")
+    pair = {"HAL_TLS_CERT": str(not_pem), "HAL_TLS_KEY": str(not_pem)}
+    unusable = hal({**env, **pair, "HAL_LISTEN": f"127.0.0.1:{free_port()}"}, "serve")
+    [line] = [line for line in unusable.stderr.splitlines() if line.startswith("hal: error:")]
+    assert unusable.returncode == 2 and f"certificate {not_pem} (HAL_TLS_CERT)" in line
+    assert "set HAL_TLS_CERT to a PEM certificate and HAL_TLS_KEY to its private key" in line
+    assert "--" not in line, line
+
+
+@pytest.mark.parametrize("given", ["option", "variable"])
+def test_a_busy_listen_address_names_what_set_it(tmp_path: Path, given: str) -> None:
+    env = hal_env(tmp_path / "home")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        address = f"127.0.0.1:{busy.getsockname()[1]}"
+        if given == "option":
+            out = hal(env, "serve", "--detach", "--listen", address)
+        else:
+            out = hal({**env, "HAL_LISTEN": address}, "serve", "--detach")
+    assert out.returncode == 2, out.stderr
+    [line] = [line for line in out.stderr.splitlines() if line.startswith("hal: error:")]
+    fix = ("give --listen an address" if given == "option"
+           else "set HAL_LISTEN to an address")  # fmt: skip
+    assert f"cannot listen on https://{address}: " in line and fix in line, line
+    assert ("HAL_LISTEN" in line) == (given == "variable"), line

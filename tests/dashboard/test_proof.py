@@ -38,6 +38,7 @@ class FakeDaemon:
 
     def __init__(self) -> None:
         self.environ: dict[str, str] = {}
+        self.listen = None
 
         def find(task_id: str) -> Any:
             raise TaskStateError(f"task {task_id} has ended: nothing to attach to")

@@ -16,6 +16,7 @@ from hal9999.errors import HalError, UsageError
 from hal9999.server.runtime import DaemonFiles
 
 if TYPE_CHECKING:
+    from hal9999.dashboard.tls import ListenAddress
     from hal9999.server.daemon import Daemon
 
 
@@ -51,14 +52,17 @@ async def announce_when_up(daemon: Daemon, home: Path) -> None:
         await asyncio.sleep(0.05)
     if sys.stdout.isatty():
         click.echo(f"dashboard: {dashboard_link(home, daemon.info.port)}")
-        if (elsewhere := listen_link(home)) is not None:
+        if (elsewhere := listen_link(home, daemon.listen)) is not None:
             click.echo(f"dashboard over TLS: {elsewhere}")
 
 
-def use_listen(listen: str | None, cert: str | None, key: str | None) -> None:
-    """Check ``hal serve --listen/--tls-cert/--tls-key`` and hand them to the daemon (through
-    its environment, so a detached daemon gets them too), with a warning."""
-    from hal9999.dashboard.tls import CERT_ENV, KEY_ENV, LISTEN_ENV, parse_listen
+def use_listen(
+    listen: str | None, cert: str | None, key: str | None
+) -> tuple[ListenAddress | None, list[str]]:
+    """Check ``hal serve --listen/--tls-cert/--tls-key``, with a warning: the address they
+    give (None without ``--listen``: then ``HAL_LISTEN`` may give one) and the same options
+    for a detached daemon."""
+    from hal9999.dashboard.tls import listen_option
 
     if listen is None:
         if cert or key:
@@ -66,28 +70,22 @@ def use_listen(listen: str | None, cert: str | None, key: str | None) -> None:
                 "--tls-cert and --tls-key need --listen HOST:PORT",
                 hint="add --listen, or leave the certificate out",
             )
-        return
-    host, port = parse_listen(listen)
-    if bool(cert) != bool(key):
-        raise UsageError("--tls-cert and --tls-key go together", hint="give both, or neither")
-    os.environ[LISTEN_ENV] = listen
-    if cert and key:
-        os.environ[CERT_ENV], os.environ[KEY_ENV] = (
-            str(Path(cert).resolve()),
-            str(Path(key).resolve()),
-        )
-    made = "" if cert else " with a self-signed certificate hal makes"
+        return None, []
+    address = listen_option(listen, cert, key, os.environ)
+    made = "" if address.cert else " with a self-signed certificate hal makes"
     click.echo(
-        f"warning: hal serve will also listen on {host}:{port} over TLS{made}; anyone who "
-        "reaches it and holds a login link or the API token controls hal",
+        f"warning: hal serve will also listen on {address.host}:{address.port} over TLS{made}; "
+        "anyone who reaches it and holds a login link or the API token controls hal",
         err=True,
     )
+    options = ["--listen", listen]
+    if cert and key:
+        options += ["--tls-cert", str(Path(cert).resolve()), "--tls-key", str(Path(key).resolve())]
+    return address, options
 
 
-def listen_link(home: Path) -> str | None:
-    """A login link for the ``--listen`` address, when there is one."""
+def listen_link(home: Path, address: ListenAddress | None) -> str | None:
+    """A login link for the ``--listen`` (or ``HAL_LISTEN``) address, when there is one."""
     from hal9999.dashboard.auth import login_url
-    from hal9999.dashboard.tls import listen_address
 
-    address = listen_address(os.environ)
     return login_url(home, address.url) if address is not None else None

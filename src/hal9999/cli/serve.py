@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import click
 
@@ -17,6 +18,9 @@ from hal9999.config import load_config, log_level
 from hal9999.errors import HalError, UsageError, error_class_for_status
 from hal9999.redact import configure_logging
 from hal9999.server.runtime import DaemonFiles
+
+if TYPE_CHECKING:
+    from hal9999.dashboard.tls import ListenAddress
 
 START_TIMEOUT_S = 30.0
 
@@ -62,10 +66,12 @@ def serve(
     if running is not None:
         raise HalError(f"hal serve is already running (pid {running.pid})", hint="see `hal status`")
     from hal9999.cli.dashboard import use_listen
+    from hal9999.dashboard.tls import listen_address
 
-    use_listen(listen, tls_cert, tls_key)
+    address, options = use_listen(listen, tls_cert, tls_key)
+    address = address or listen_address(os.environ)  # checked before the daemon starts
     if detach:
-        _detach(files, as_json)
+        _detach(files, as_json, options, address)
         return
     from hal9999.cli.dashboard import announce_when_up
     from hal9999.credentials import host_log_masker
@@ -77,7 +83,7 @@ def serve(
     logging.getLogger(__name__).info("hal serve starting for %s", config.home)
 
     async def main() -> None:
-        daemon = Daemon(config, os.environ)
+        daemon = Daemon(config, os.environ, listen=address)
         announce = asyncio.create_task(announce_when_up(daemon, config.home))
         try:
             await daemon.serve_forever()
@@ -87,11 +93,13 @@ def serve(
     asyncio.run(main())
 
 
-def _detach(files: DaemonFiles, as_json: bool) -> None:
+def _detach(
+    files: DaemonFiles, as_json: bool, options: list[str], address: ListenAddress | None
+) -> None:
     files.paths.ensure()
     with files.log_file.open("ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "hal9999", "serve"],
+            [sys.executable, "-m", "hal9999", "serve", *options],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
@@ -104,7 +112,7 @@ def _detach(files: DaemonFiles, as_json: bool) -> None:
             from hal9999.cli.dashboard import dashboard_link, listen_link
 
             link = dashboard_link(files.paths.home, info.port)
-            elsewhere = listen_link(files.paths.home)
+            elsewhere = listen_link(files.paths.home, address)
             if as_json:
                 emit_json({"pid": info.pid, "socket": info.socket, "port": info.port,
                            "dashboard": link, "dashboard_tls": elsewhere})  # fmt: skip

@@ -113,9 +113,7 @@ def dashboard_app(
     sessions = SessionKeeper(home)
     forward = ApiForward(api, token)
     if daemon is not None:
-        from hal9999.dashboard.tls import listen_address
-
-        address = listen_address(daemon.environ)
+        address = daemon.listen
         hosts = [*hosts, *([address.host] if address is not None else [])]
 
     async def login(request: Request) -> Response:

@@ -1,10 +1,12 @@
 """``hal serve --listen HOST:PORT``: the dashboard (and API) on another address, TLS only.
 
-The address and certificate travel to the daemon as ``HAL_LISTEN``, ``HAL_TLS_CERT`` and
-``HAL_TLS_KEY`` (so a ``--detach``-ed daemon gets them too). Without a certificate of the
-user's, hal makes a self-signed one for the host (``<home>/tls/``, key mode 600) and reuses it
-while it names the same host. Plain HTTP is never served there: every address but 127.0.0.1
-is reachable by others, and a session cookie must not cross the network in clear.
+The address and certificate come from those options or, when ``--listen`` is not given, from
+the variables ``HAL_LISTEN``, ``HAL_TLS_CERT`` and ``HAL_TLS_KEY``; a ``--detach``-ed daemon is
+started with the same options. A :class:`ListenAddress` remembers which the user set, so an
+error names the option or the variable to fix. Without a certificate of the user's, hal makes
+a self-signed one for the host (``<home>/tls/``, key mode 600) and reuses it while it names the
+same host. Plain HTTP is never served there: every address but 127.0.0.1 is reachable by
+others, and a session cookie must not cross the network in clear.
 """
 
 from __future__ import annotations
@@ -24,14 +26,24 @@ CERT_ENV = "HAL_TLS_CERT"
 KEY_ENV = "HAL_TLS_KEY"
 
 
+def _fix(name: str, value: str) -> str:
+    """How to give the setting ``name`` (an option of hal serve or a variable) ``value``."""
+    return f"give {name} {value}" if name.startswith("--") else f"set {name} to {value}"
+
+
 @dataclass(frozen=True)
 class ListenAddress:
-    """Where ``--listen`` asks the daemon to serve, and with which certificate."""
+    """Where ``--listen`` asks the daemon to serve, with which certificate, and which options
+    or variables of the user's said so (for the errors to name)."""
 
     host: str
     port: int
     cert: Path | None = None
     key: Path | None = None
+    listen_name: str = "--listen"
+    """``--listen`` or ``HAL_LISTEN``: what set the address."""
+    cert_names: tuple[str, str] = ("--tls-cert", "--tls-key")
+    """``--tls-cert``/``--tls-key`` or ``HAL_TLS_CERT``/``HAL_TLS_KEY``: what set the pair."""
 
     @property
     def url(self) -> str:
@@ -39,40 +51,74 @@ class ListenAddress:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"https://{host}:{self.port}"
 
+    def cannot_listen(self, reason: str) -> ConfigError:
+        """The error for an address this host cannot listen on (busy, not its own, unknown)."""
+        return ConfigError(
+            f"cannot listen on {self.url}: {reason}",
+            hint=_fix(self.listen_name, "an address of this host and a free port"),
+        )
 
-def parse_listen(value: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) -> (host, port); a ConfigError naming the fix."""
+
+def parse_listen(value: str, name: str = "--listen") -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) -> (host, port); a ConfigError naming the fix
+    in ``name``, the option or variable that gave ``value``."""
     host, sep, port = value.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(
-            f"--listen {value!r} is not HOST:PORT", hint="for example --listen 0.0.0.0:8443"
-        )
+        example = f"{name} 0.0.0.0:8443" if name.startswith("--") else f"{name}=0.0.0.0:8443"
+        raise ConfigError(f"{name} {value!r} is not HOST:PORT", hint=f"for example {example}")
     if any(c in host for c in "/@ []") or len(host) > 253:
-        raise ConfigError(f"--listen host {host!r} is not a host name or address")
+        raise ConfigError(f"{name} host {host!r} is not a host name or address")
     return host, int(port)
 
 
+def _pair(cert: str | None, key: str | None, names: tuple[str, str]) -> tuple[Path, Path] | None:
+    """The certificate and key, given together or not at all."""
+    if bool(cert) != bool(key):
+        both = "give both, or neither" if names[0].startswith("--") else "set both, or neither"
+        raise ConfigError(f"{names[0]} and {names[1]} go together", hint=both)
+    return (Path(cert), Path(key)) if cert and key else None
+
+
+def listen_option(listen: str, cert: str | None, key: str | None,
+                  environ: Mapping[str, str]) -> ListenAddress:  # fmt: skip
+    """The address of ``hal serve --listen``, with ``--tls-cert/--tls-key`` or, without them,
+    the certificate ``HAL_TLS_CERT``/``HAL_TLS_KEY`` name."""
+    host, port = parse_listen(listen)
+    names = ("--tls-cert", "--tls-key")
+    if not cert and not key:
+        cert, key, names = environ.get(CERT_ENV), environ.get(KEY_ENV), (CERT_ENV, KEY_ENV)
+    pair = _pair(cert, key, names)
+    cert_path, key_path = (p.resolve() for p in pair) if pair else (None, None)
+    return ListenAddress(host, port, cert_path, key_path, cert_names=names)
+
+
 def listen_address(environ: Mapping[str, str]) -> ListenAddress | None:
-    """The ``--listen`` address the daemon was started with, if any."""
+    """The address ``HAL_LISTEN`` names, if any, with ``HAL_TLS_CERT``/``HAL_TLS_KEY``."""
     value = environ.get(LISTEN_ENV)
     if not value:
         return None
-    host, port = parse_listen(value)
-    cert, key = environ.get(CERT_ENV), environ.get(KEY_ENV)
-    if bool(cert) != bool(key):
-        raise ConfigError("--tls-cert and --tls-key go together", hint="give both, or neither")
-    return ListenAddress(host, port, Path(cert) if cert else None, Path(key) if key else None)
+    host, port = parse_listen(value, LISTEN_ENV)
+    names = (CERT_ENV, KEY_ENV)
+    pair = _pair(environ.get(CERT_ENV), environ.get(KEY_ENV), names)
+    cert, key = pair or (None, None)
+    return ListenAddress(host, port, cert, key, listen_name=LISTEN_ENV, cert_names=names)
 
 
-def _self_signed(home: Path, host: str) -> tuple[Path, Path]:
+def _self_signed(
+    home: Path,
+    host: str,
+    listen_name: str = "--listen",
+    cert_names: tuple[str, str] = ("--tls-cert", "--tls-key"),
+) -> tuple[Path, Path]:
     """hal's own certificate for ``host`` (made once, kept under ``<home>/tls``)."""
     try:
         import cryptography  # noqa: F401
     except ImportError as exc:
+        given = "give" if cert_names[0].startswith("--") else "set"
         raise ConfigError(
-            "making a certificate for --listen needs the cryptography package",
-            hint="pip install 'hal9999[tls]', or give --tls-cert and --tls-key",
+            f"making a certificate for {listen_name} needs the cryptography package",
+            hint=f"pip install 'hal9999[tls]', or {given} {cert_names[0]} and {cert_names[1]}",
         ) from exc
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -118,15 +164,23 @@ def _self_signed(home: Path, host: str) -> tuple[Path, Path]:
 def server_context(home: Path, address: ListenAddress) -> tuple[ssl.SSLContext, Path]:
     """The TLS context for ``address`` and the certificate it presents."""
     cert, key = address.cert, address.key
+    names = address.cert_names
     if cert is None or key is None:
-        cert, key = _self_signed(home, address.host)
+        cert, key = _self_signed(home, address.host, address.listen_name, names)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         context.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
+        given = (
+            f"give {names[0]} a PEM certificate and {names[1]} its private key, or neither"
+            if names[0].startswith("--")
+            else f"set {names[0]} to a PEM certificate and {names[1]} to its private key, "
+            "or unset both"
+        )
         raise ConfigError(
-            f"cannot use the TLS certificate {cert} with key {key}: {exc}",
-            hint="give a PEM certificate and its private key, or neither (hal makes one)",
+            f"cannot use the TLS certificate {cert} ({names[0]}) with key {key} "
+            f"({names[1]}): {exc}",
+            hint=f"{given} (hal makes one)",
         ) from exc
     return context, cert

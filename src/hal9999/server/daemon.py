@@ -21,7 +21,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 from hal9999.children import pidfd_child_watcher
 from hal9999.config import HalConfig
-from hal9999.errors import ConfigError, HalError, TaskNotFound
+from hal9999.dashboard.tls import ListenAddress, listen_address
+from hal9999.errors import HalError, TaskNotFound
 from hal9999.events.bus import EventBus, IndexTail
 from hal9999.hive import broker
 from hal9999.hive import store as hive_store
@@ -58,10 +59,14 @@ logger = logging.getLogger(__name__)
 class Daemon:
     """Composes the store, task service, pool, scheduler and API of one hal home."""
 
-    def __init__(self, config: HalConfig, environ: Mapping[str, str]) -> None:
+    def __init__(
+        self, config: HalConfig, environ: Mapping[str, str], listen: ListenAddress | None = None
+    ) -> None:
         check_sections(config, environ)  # a bad pool variable would fail only a later task
         self.config = config
         self.environ = environ
+        self.listen = listen or listen_address(environ)
+        """Where else to serve over TLS: ``hal serve --listen``, or else ``HAL_LISTEN``."""
         self.store = Store.open(config.home)
         self.service = TaskService(config, self.store, environ)
         self.bus = EventBus()
@@ -245,18 +250,15 @@ class Daemon:
 
     async def _listen_elsewhere(self) -> None:
         """``hal serve --listen``: one more listener, TLS only (see hal9999.dashboard.tls)."""
-        from hal9999.dashboard.tls import listen_address, server_context
+        from hal9999.dashboard.tls import server_context
 
-        address = listen_address(self.environ)
+        address = self.listen
         if address is not None and self.http is not None:
             context, cert = server_context(self.config.home, address)
             try:
                 await self.http.listen_tcp(address.host, address.port, context)
             except OSError as exc:  # a busy port, a host that is not this one or no host
-                raise ConfigError(
-                    f"cannot listen on {address.url}: {exc.strerror or exc}",
-                    hint="give --listen an address of this host and a free port",
-                ) from exc
+                raise address.cannot_listen(str(exc.strerror or exc)) from exc
             logger.warning("hal serve also listens on %s (TLS, certificate %s)", address.url, cert)
 
     async def keep(self) -> None:
