@@ -324,8 +324,21 @@ def _env_layer(environ: Mapping[str, str]) -> list[Layer]:
 
 def source_of(config: HalConfig, *key: str) -> str:
     """The file or ``HAL_*`` variable that set ``key`` of ``config`` (``config`` when that is
-    not known: a config sent as JSON to the daemon), for an error that names it."""
+    not known: a config sent as JSON to the daemon without its ``config_origin``), for an
+    error that names it."""
     return _source_of(key, config._origin)
+
+
+def origin_json(config: HalConfig) -> list[dict[str, Any]]:
+    """Which file or variable set each key of ``config``, as JSON: the ``config_origin`` a
+    client sends with the config, so the daemon's errors name them as its own would."""
+    return [{"key": list(key), "source": source} for key, source in config._origin.items()]
+
+
+def with_origin(config: HalConfig, entries: Sequence[Mapping[str, Any]]) -> HalConfig:
+    """``config`` knowing where its keys came from, from :func:`origin_json`'s form."""
+    config._origin = {tuple(str(k) for k in e["key"]): str(e["source"]) for e in entries}
+    return config
 
 
 def fix_hint(source: str) -> str:

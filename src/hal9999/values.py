@@ -225,6 +225,18 @@ class ConfigNotes(BaseModel):
     """What of ``./hal.toml`` was ignored, when anything was: a ``warning`` message."""
 
 
+class ConfigOrigin(BaseModel):
+    """Which file or ``HAL_*`` variable set one key of a run's ``config``
+    (``config_origin``), so the daemon's errors name it as the caller's own would."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
+
+    key: list[Annotated[str, Field(max_length=1024)]] = Field(min_length=1, max_length=32)
+    """The key's path in the config, e.g. ``["default_provider"]``."""
+    source: str = Field(min_length=1, max_length=4096)
+    """A config file's path or a ``HAL_*`` variable's name."""
+
+
 class RunBody(BaseModel):
     """The JSON body of ``POST /v1/tasks``: every field of the right type before it is used."""
 
@@ -270,6 +282,8 @@ class RunBody(BaseModel):
     """The config files the caller read, for the task's record."""
     config: dict[str, Any] | None = None
     """The caller's resolved settings (checked as :class:`HalConfig` by the daemon)."""
+    config_origin: list[ConfigOrigin] | None = Field(default=None, max_length=100_000)
+    """Which file or variable set each key of ``config``, for the errors that name it."""
 
 
 def check_run_body(body: Mapping[str, Any]) -> None:

@@ -222,3 +222,29 @@ def test_hal_serve_stop_and_status_exit_2_on_a_bad_config(hal: Hal) -> None:
         out = hal(*args, env={"HAL_TIMEOUT": "soon"})
         assert out.returncode == 2, (args, out.stderr)
         assert "HAL_TIMEOUT: timeout_s: expected a number" in one_error_line(out)
+
+
+def test_through_the_daemon_an_unknown_default_name_is_blamed_on_its_origin(
+    hal: Hal, hal_env: dict[str, str]
+) -> None:
+    """The config travels to the daemon as JSON; where each name came from travels with it,
+    so the line is the in-process run's, naming the variable or file (never "config")."""
+    template = ("--agent", "true {{prompt_file}}")  # the thin client; a preset takes the full
+    cases = [({"HAL_PROVIDER": "bwarp"}, template), ({"HAL_PROCESS_MANAGER": "tmuxx"}, template),
+             ({"HAL_AGENT": "claud"}, ()), ({"HAL_PROVIDER": ""}, template)]  # fmt: skip
+    config = Path(hal_env["XDG_CONFIG_HOME"], "hal9999", "config.toml")
+    assert hal("serve", "--detach").returncode == 0
+    try:
+        for env, agent in cases:
+            if env == {"HAL_PROVIDER": ""}:  # the file's name, the variable unset
+                write_config(hal_env, 'default_provider = "bwarp"\n')
+            local = hal("run", *agent, "x", env={**env, "HAL_NO_DAEMON": "1"})
+            served = hal("run", *agent, "x", env=env)
+            assert served.returncode == local.returncode == 2, served.stderr
+            line = one_error_line(served)
+            assert line == one_error_line(local), (line, local.stderr)
+            assert "config:" not in line and "fix it in config" not in line, line
+    finally:
+        config.unlink(missing_ok=True)
+        assert hal("serve", "--stop").returncode == 0
+    assert tasks_json(hal) == [] and no_sessions(hal_env)

@@ -197,6 +197,17 @@ def test_a_daemon_refuses_config_notes_of_the_wrong_shape() -> None:
             check_run_body({"config_sources": notes})
 
 
+def test_a_daemon_refuses_a_config_origin_of_the_wrong_shape() -> None:
+    from hal9999.errors import UsageError
+
+    check_run_body({"config_origin": [{"key": ["default_agent"], "source": "HAL_AGENT"}]})
+    for origin in ({"default_agent": "HAL_AGENT"}, [{"key": [], "source": "x"}],
+                   [{"key": ["a"], "source": ""}], [{"key": "a", "source": "x"}],
+                   [{"key": ["a"], "source": "x", "more": 1}]):  # fmt: skip
+        with pytest.raises(UsageError, match="config_origin"):
+            check_run_body({"config_origin": origin})
+
+
 def test_the_thin_path_imports_no_models_and_no_daemon_side_modules() -> None:
     # Its whole point is a short start (issue 16): no models, no event loop, and none of what
     # only the daemon uses (making the token: secrets; a socket in the temp dir for a long

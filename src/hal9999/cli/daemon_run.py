@@ -50,6 +50,8 @@ NAME_VARS = {
     "HAL_PROCESS_MANAGER": "process_manager",
 }
 """The name settings this path reads from ``HAL_*`` (``config.ENV_KEYS``' order)."""
+ORIGIN_KEYS = {"HAL_HOME": "home", **NAME_VARS}
+"""The config key each variable this path applies sets (``config.ENV_KEYS``' own)."""
 RUN_VARS = THIN_VARS | frozenset(NAME_VARS)
 """Every ``HAL_*`` variable this path understands."""
 DEFAULT_TIMEOUT_S = 3600
@@ -338,6 +340,8 @@ def request_body(
         "egress_only": None,
         "config": config,
         "config_files": [],
+        # The variables that set it, so an error of the daemon's names one as hal run would.
+        "config_origin": [{"key": [ORIGIN_KEYS[var]], "source": var} for var in found.applied],
     }
     # A template agent calls no API (no network notice, no key variable); the config forwards
     # nothing: the secrets are the --env and --secret names (client_secrets' rule).

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from hal9999.config import HalConfig
+from hal9999.config import HalConfig, with_origin
 from hal9999.errors import ConfigError
 from hal9999.server.client import HAL_OWN
 from hal9999.server.follow import MAX_WAIT_S, events_page, follow_page
@@ -163,11 +163,14 @@ def _caller_config(body: dict[str, Any], own: HalConfig) -> HalConfig | None:
     if not isinstance(data, dict):
         raise ConfigError("config must be an object of hal settings")
     try:
-        return HalConfig.model_validate({**data, "home": str(own.home)})
+        config = HalConfig.model_validate({**data, "home": str(own.home)})
     except ValidationError as exc:  # in hal's words, not pydantic's multi-line report
         err = exc.errors()[0]
         where = ".".join(["config", *(str(p) for p in err["loc"])])
         raise ConfigError(f"{where}: {describe(err)}", hint=f"fix {where} in the request") from exc
+    # Where the caller's settings came from (checked by check_run_body): an error about one
+    # names the caller's file or variable, as the caller's in-process run would.
+    return with_origin(config, body.get("config_origin") or [])
 
 
 def _config_notes(notes: dict[str, Any] | None) -> list[Event]:

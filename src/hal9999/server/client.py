@@ -290,7 +290,13 @@ def resume_secrets(
 
 
 def run_body(request: RunRequest, env: dict[str, str]) -> dict[str, Any]:
-    """The JSON body of ``POST /v1/tasks``: the request, its secrets, the caller's settings."""
+    """The JSON body of ``POST /v1/tasks``: the request, its secrets, the caller's settings
+    and where they came from."""
+    origin = None
+    if request.config is not None:
+        from hal9999.config import origin_json  # loaded with the config that is sent
+
+        origin = origin_json(request.config)
     return {
         "prompt": request.prompt,
         "repo": request.repo,
@@ -312,6 +318,7 @@ def run_body(request: RunRequest, env: dict[str, str]) -> dict[str, Any]:
         "egress_only": request.egress_only,
         "config": request.config.model_dump(mode="json") if request.config else None,
         "config_files": request.config_files,
+        "config_origin": origin,
     }
 
 
