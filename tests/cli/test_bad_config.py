@@ -54,7 +54,9 @@ def test_a_bad_pool_variable_is_named(hal: Hal) -> None:
 @pytest.mark.parametrize(
     ("toml", "expected"),
     [("[hive]\nfoo = 1\n", "[hive] foo: unknown key ([hive] takes: daily_budget_usd"),
-     ("[hive]\nrate_per_minute = -1\n", "[hive] rate_per_minute: expected a number at least 0")],
+     ("[hive]\nrate_per_minute = -1\n", "[hive] rate_per_minute: expected a number at least 0"),
+     ("[hive]\nsubtasks_per_day = 0\n", "[hive] subtasks_per_day: expected a number at least 1"),
+     ("[hive]\nsubtasks_per_day = 2.5\n", "[hive] subtasks_per_day: expected a whole number")],
 )  # fmt: skip
 def test_a_bad_hive_setting_is_in_hals_words(
     hal: Hal, hal_env: dict[str, str], toml: str, expected: str

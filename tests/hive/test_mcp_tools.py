@@ -10,17 +10,18 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from tests.hive.mcp_client import call, connect
 
+from hal9999.config import HalConfig
 from hal9999.hive import broker, stats
 from hal9999.hive.agents import AgentDir, set_state
 from hal9999.hive.mcp import tools
 from hal9999.hive.mcp.server import McpHub
 from hal9999.hive.mcp.tools import Hive
-from hal9999.hive.settings import HiveSettings
+from hal9999.hive.settings import HiveSettings, hive_settings
 from hal9999.hive.store import AgentRecord, insert_agent
 from hal9999.hive.turns import HiveLoop
 from hal9999.store import Store, TaskRecord
@@ -349,13 +350,29 @@ async def test_a_message_the_agent_took_through_its_tools_reaches_the_next_turn_
         assert loop.deliver("beta") == []
 
 
-async def test_an_agent_starts_a_bounded_number_of_sub_tasks_a_day(
-    world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_daily_sub_task_bound_is_a_hive_setting_of_100_by_default() -> None:
+    assert HiveSettings().subtasks_per_day == 100
+    assert Hive(store=cast(Store, None), home=Path("/")).subtasks_per_day == 100
+    config = HalConfig(home=Path("/nonexistent"), hive={"subtasks_per_day": 3})
+    assert hive_settings(config).subtasks_per_day == 3
+
+
+def test_the_daemon_hands_its_subtasks_per_day_to_the_tools(tmp_path: Path) -> None:
+    from hal9999.hive.mcp.wiring import hub_for
+    from hal9999.server.daemon import Daemon
+
+    daemon = Daemon(HalConfig(home=tmp_path / "home", hive={"subtasks_per_day": 2}), {})
+    try:
+        assert hub_for(daemon).hive.subtasks_per_day == 2
+    finally:
+        daemon.store.close()
+
+
+async def test_an_agent_starts_a_bounded_number_of_sub_tasks_a_day(world: World) -> None:
     # Each sub-task keeps a session (a clone of the repository) on the host; one that ends
     # at once freed its place among the four active ones, so an agent looping on run_task
-    # made sessions without end.
-    monkeypatch.setattr(tools, "MAX_DAILY_SUBTASKS", 3)
+    # made sessions without end. The bound is [hive] subtasks_per_day (100), here 3.
+    world.hub.hive.subtasks_per_day = 3
     async with connect(world.socks["alpha"]) as alpha:
         for _ in range(3):
             failed, started = await call(alpha, "run_task", prompt="exit at once")
@@ -364,4 +381,5 @@ async def test_an_agent_starts_a_bounded_number_of_sub_tasks_a_day(
             world.tasks.records[done.id] = done.model_copy(update={"status": "failed"})
         failed, text = await call(alpha, "run_task", prompt="once more")
         assert failed and text.startswith("hive_limited: you started 3 sub-tasks"), text
+        assert "(at most 3, [hive] subtasks_per_day)" in text
     assert len(world.tasks.created) == 3

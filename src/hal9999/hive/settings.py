@@ -31,6 +31,10 @@ class HiveSettings(BaseModel):
     """Characters of one agent's messages to the operator not read yet past which its sends
     to the operator are refused, until the operator reads them (0: no limit). Retention
     never removes unread mail."""
+    subtasks_per_day: int = Field(default=100, ge=1)
+    """Sub-tasks (MCP ``run_task``) one agent may start in any 24 h: each keeps a session
+    with a clone of the repository on the host, and one that ends at once frees its place
+    among the active ones (an agent looping on ``run_task`` filled the host's disk)."""
     crash_backoff_s: float = Field(default=2.0, ge=0)
     """First restart delay after a crash; doubles with each crash in the window."""
     crash_backoff_max_s: float = Field(default=300.0, ge=0)

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hal9999.errors import HalError, HiveLimited, TaskStateError, UsageError
 from hal9999.hive import broker, subtasks
+from hal9999.hive.settings import HiveSettings
 from hal9999.store import Store, TaskRecord
 from hal9999.tasks.request import RunRequest
 
@@ -31,10 +32,6 @@ RECV_POLL_S = 0.5
 MAX_ACTIVE_SUBTASKS = 4
 """Sub-tasks one agent may have queued or running at once (a looping agent must not flood
 the scheduler)."""
-MAX_DAILY_SUBTASKS = 100
-"""Sub-tasks one agent may start in 24 h: each keeps a session with a clone of the
-repository on the host, and one that ends at once frees its place among the active ones
-(an agent looping on run_task filled the host's disk)."""
 RESULT_PATCH_CHARS = 20_000
 """How much of a sub-task's patch ``task_result`` shows (the rest stays on its branch)."""
 
@@ -80,6 +77,8 @@ class Hive:
     """Extra :class:`RunRequest` fields for sub-tasks (the daemon's process manager...)."""
     lifecycle: Lifecycle | None = None
     """The turn loop, for the manager's stop/restart (None: not available here)."""
+    subtasks_per_day: int = HiveSettings.model_fields["subtasks_per_day"].default
+    """Sub-tasks one agent may start in any 24 h (``[hive] subtasks_per_day``)."""
     over_budget: Callable[[], str | None] | None = None
     """Why the hive's daily budget is spent, or None (the turn loop's; blocking: it reads
     the store). While it is spent no sub-task starts, as no turn does."""
@@ -286,9 +285,10 @@ async def run_task(caller: Caller, args: RunTaskArgs) -> str:
                 task = await tasks.get(task_id)
                 running += task.status in active
                 today += task.created_at > time.time() - 86400
-        if today >= MAX_DAILY_SUBTASKS:
+        if today >= hive.subtasks_per_day:
             raise HiveLimited(
-                f"you started {today} sub-tasks in the last 24 h (at most {MAX_DAILY_SUBTASKS})",
+                f"you started {today} sub-tasks in the last 24 h "
+                f"(at most {hive.subtasks_per_day}, [hive] subtasks_per_day)",
                 hint="do the work in your own turn, or ask the operator",
             )
         if running >= MAX_ACTIVE_SUBTASKS:

@@ -57,6 +57,7 @@ def hub_for(daemon: Daemon) -> McpHub:
         home=config.home,
         tasks=DaemonTasks(daemon),
         request_defaults=defaults,
+        subtasks_per_day=daemon.hive_settings.subtasks_per_day,
         lifecycle=getattr(daemon, "hive", None),  # the turn loop: the manager's stop/restart
         over_budget=getattr(getattr(daemon, "hive", None), "over_budget", None),
     )
