@@ -15,7 +15,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -247,6 +247,25 @@ def hal_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home.mkdir()
     monkeypatch.setenv("HAL_HOME", str(home))
     return home
+
+
+LeftNothing = Callable[[Path, Mapping[str, str]], None]
+"""``left_nothing(home, env)``: register a test's HAL_HOME and its hal's environment."""
+
+
+@pytest.fixture
+def left_nothing() -> Iterator[LeftNothing]:
+    """For tests that kill a daemon (or any hal) with SIGKILL: what it left running under a
+    registered home (its pool keepers, ``hal-launch --keep`` -> bwrap -> ``sleep infinity``,
+    re-parented to init; its agents in tmux) is stopped at the end, by the home's own
+    records and pids, and the test fails if any process still points into the home."""
+    from tests.processes import pointing_into, stop_everything_of
+
+    homes: list[tuple[Path, Mapping[str, str]]] = []
+    yield lambda home, env: homes.append((home, env))
+    for home, env in homes:
+        stop_everything_of(home, env)
+        assert pointing_into(home) == {}, f"processes left running in {home}"
 
 
 @pytest.fixture(scope="session")

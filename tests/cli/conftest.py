@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.conftest import LeftNothing
 
 AGENT = """#!/bin/sh
 # A tiny custom agent: reads its prompt, fixes the bug, runs the test.
@@ -75,6 +76,13 @@ Hal = Callable[..., subprocess.CompletedProcess[str]]
 def hal_env(tmp_path: Path) -> dict[str, str]:
     """Environment for hal subprocesses: a private HAL_HOME and config dir."""
     return private_env(tmp_path / "halhome", tmp_path / "xdg-config", HAL_PROVIDER="bwrap")
+
+
+@pytest.fixture
+def reaped(hal_env: dict[str, str], left_nothing: LeftNothing) -> None:
+    """Nothing of this test's hal outlives it (``left_nothing`` for its HAL_HOME): for the
+    tests that kill the daemon with -9, whose pool keepers and agents live on."""
+    left_nothing(Path(hal_env["HAL_HOME"]), hal_env)
 
 
 @pytest.fixture

@@ -87,7 +87,7 @@ def killed_daemon(hal: Hal, hal_env: dict[str, str], repo: Path, point: str) -> 
 
 @pytest.mark.parametrize("point", POINTS)
 def test_killed_daemon_loses_no_work(
-    hal: Hal, hal_env: dict[str, str], demo_repo: Path, point: str
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path, point: str, reaped: None
 ) -> None:
     home = Path(hal_env["HAL_HOME"])
     main = git(demo_repo, "rev-parse", "main")
@@ -120,7 +120,7 @@ def test_killed_daemon_loses_no_work(
     "point", ["mid_agent", "collect:committing leftover changes", "fetched", "final_status_written"]
 )
 def test_a_killed_run_is_carried_on_by_the_next_daemon(
-    hal: Hal, hal_env: dict[str, str], demo_repo: Path, point: str
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path, point: str, reaped: None
 ) -> None:
     # A `hal run` killed in-process: no resume by hand, the next `hal serve` recovers it
     # (adopts its agent or its ended run, collects, lands) and sweeps its sandbox.

@@ -162,7 +162,7 @@ def test_sigterm_leaves_agents_running_and_restart_adopts(
 
 @pytest.mark.timeout(300)  # two daemon starts, six tasks, resumes: slow on a loaded host
 def test_kill_9_mid_run_then_restart_leaves_nothing_behind(
-    hal: Hal, hal_env: dict[str, str], demo_repo: Path
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path, reaped: None
 ) -> None:
     home = Path(hal_env["HAL_HOME"])
     assert hal("serve", "--detach").returncode == 0
@@ -432,7 +432,7 @@ def test_follow_routes_refuse_bad_positions_in_one_line(
 
 
 def test_a_queued_task_whose_env_values_a_restart_dropped_fails_once_and_says_how(
-    hal: Hal, hal_env: dict[str, str], demo_repo: Path
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path, reaped: None
 ) -> None:
     # Values given with --env live in the daemon's memory only. After a kill -9 the task
     # they were for cannot start: it must fail once, saying what it lacks and how to give

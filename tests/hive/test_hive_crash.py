@@ -23,6 +23,7 @@ from tests.hive.serve_helpers import agent_of, as_json, commit_agent
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.timeout(240)]
 
 demo_repo, hal_env, hal = cli_fixtures.demo_repo, cli_fixtures.hal_env, cli_fixtures.hal
+reaped = cli_fixtures.reaped
 
 AGENT = '#!/bin/sh\ncat "$1" >> seen.txt\necho done\n'
 PRESET = "sh agent.sh {{prompt_file}}"
@@ -101,7 +102,7 @@ def settled(hal: Hal, name: str) -> dict[str, object] | None:
      "after-the-turn-row"],
 )  # fmt: skip
 def test_a_message_reaches_the_agent_once_whatever_moment_the_daemon_is_killed(
-    daemon: Hal, hal_env: dict[str, str], hive_repo: Path, point: str
+    daemon: Hal, hal_env: dict[str, str], hive_repo: Path, point: str, reaped: None
 ) -> None:
     hal = daemon
     assert hal("serve", "--detach").returncode == 0

@@ -33,6 +33,7 @@ pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 
 # The CLI tests' fixtures: a private HAL_HOME, a demo repository, `hal` as a subprocess.
 demo_repo, hal_env, hal = cli_fixtures.demo_repo, cli_fixtures.hal_env, cli_fixtures.hal
+reaped = cli_fixtures.reaped
 
 # The agent's long sleep has a duration of this run's own, so the tests kill exactly their
 # sleepers (never another test's or a user's `sleep 300`).
@@ -164,7 +165,7 @@ loop.deliver(sys.argv[1])
 
 
 def test_a_message_is_delivered_once_across_kill_9_during_delivery(
-    hal: Hal, hal_env: dict[str, str], hive_repo: Path
+    hal: Hal, hal_env: dict[str, str], hive_repo: Path, reaped: None
 ) -> None:
     assert hal("serve", "--detach").returncode == 0
     try:

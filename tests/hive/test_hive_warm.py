@@ -20,6 +20,7 @@ from tests.hive.test_hive_daemon import PRESET, hive_repo  # noqa: F401 - hive_r
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 
 demo_repo, hal_env, hal = cli_fixtures.demo_repo, cli_fixtures.hal_env, cli_fixtures.hal
+reaped = cli_fixtures.reaped
 
 
 @pytest.fixture
@@ -93,7 +94,7 @@ def test_a_warm_agent_keeps_one_sandbox_and_releases_it(
 
 
 def test_kill_9_of_the_daemon_leaves_no_orphan_and_the_next_turn_works(
-    serve: Hal, hal_env: dict[str, str], hive_repo: Path  # noqa: F811
+    serve: Hal, hal_env: dict[str, str], hive_repo: Path, reaped: None  # noqa: F811
 ) -> None:
     hal = serve
     spawn(hal, hive_repo, "erin", "--keep-warm", "--warm-idle", "1h")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from tests.cli.conftest import private_env
+from tests.conftest import LeftNothing
 from tests.hive.conftest import make_agent
 
 from hal9999.errors import HiveError
@@ -113,8 +114,9 @@ def sent_once(env: dict[str, str], run: subprocess.CompletedProcess[str]) -> Non
 
 
 def test_a_send_whose_daemon_died_after_the_commit_is_retried_and_sent_once(
-    env: dict[str, str], tmp_path: Path
+    env: dict[str, str], tmp_path: Path, left_nothing: LeftNothing
 ) -> None:
+    left_nothing(Path(env["HAL_HOME"]), env)
     with serving(env, KILLED_AFTER_THE_COMMIT, tmp_path / "serve.log") as daemon:
         run = subprocess.run([sys.executable, "-m", "hal9999", "msg", "send", "bob", "hello"],
                              env=env, capture_output=True, text=True, timeout=60)  # fmt: skip

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.cli.conftest import private_env
+from tests.conftest import LeftNothing
 from tests.hive.conftest import local_hal, make_agent
 
 from hal9999.hive import broker, questions, reminders
@@ -32,9 +34,12 @@ def poll(what: str, check: Callable[[], Any], timeout: float = 30) -> Any:
     pytest.fail(f"timed out waiting for {what}")
 
 
-def test_a_reminder_fires_after_the_daemon_is_killed_and_restarted(tmp_path: Path) -> None:
+def test_a_reminder_fires_after_the_daemon_is_killed_and_restarted(
+    tmp_path: Path, left_nothing: LeftNothing
+) -> None:
     home = tmp_path / "halhome"
     hal = local_hal(home, tmp_path)
+    left_nothing(home, private_env(home, tmp_path / "xdg", HAL_PROVIDER="local"))
 
     with Store.open(home) as store:
         make_agent(store, "alice")

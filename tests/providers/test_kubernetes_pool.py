@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, demo_repo, hal  # noqa: F401
+from tests.cli.conftest import Hal, demo_repo, hal, reaped  # noqa: F401
 from tests.cli.test_daemon import poll, serve_info
 from tests.fakes.k8s_api import FakeKube
 
@@ -46,7 +46,7 @@ def free_pods(fake: FakeKube) -> list[str]:
 
 
 def test_hal_pool_warms_and_drains_kubernetes_warm_pods(
-    fake_k8s: FakeKube, serving: Hal, hal_env: dict[str, str]
+    fake_k8s: FakeKube, serving: Hal, hal_env: dict[str, str], reaped: None  # noqa: F811
 ) -> None:
     home = Path(hal_env["HAL_HOME"])
     out = serving("pool", "warm", "2", "--provider", "kubernetes", "--json", timeout=120)

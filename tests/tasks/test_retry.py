@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.conftest import LeftNothing
 from tests.tasks.test_halt import git_repo
 from tests.tasks.test_recovery import make_task, pooled_service
 from tests.tasks.test_scheduler import ScriptedService, until
@@ -103,14 +104,16 @@ async def until_failed(
     finally:
         await scheduler.shutdown()
         loop.cancel()
+        await pool.drain()  # as the daemon's stop: no warm sandbox's keeper outlives the test
         await pool.close()
 
 
 @pytest.mark.bwrap
 async def test_a_retry_survives_the_daemon_killed_right_after_the_failing_write(
-    tmp_path: Path,
+    tmp_path: Path, left_nothing: LeftNothing
 ) -> None:
     home = tmp_path / "home"
+    left_nothing(home, {**os.environ, "HAL_HOME": str(home)})  # the killed one's keeper
     store, service, bwrap, pool = pooled_service(home, "bwrap")
     task = await service.create(failing_request(git_repo(tmp_path / "repo")))
     daemon = subprocess.run(
@@ -138,9 +141,10 @@ async def test_a_retry_survives_the_daemon_killed_right_after_the_failing_write(
 
 @pytest.mark.bwrap
 async def test_a_retried_failure_is_never_written_failed_and_its_events_say_so(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, left_nothing: LeftNothing
 ) -> None:
     home = tmp_path / "home"
+    left_nothing(home, {**os.environ, "HAL_HOME": str(home)})
     store, service, _bwrap, pool = pooled_service(home, "bwrap")
     service.runner.sandboxes = PoolSource(pool)
     writes: list[str] = []
