@@ -28,7 +28,7 @@ def test_transition_writes_status_fields_and_the_phase_event(tmp_path: Path) -> 
             before, after = transition(
                 store, log, "t1", TaskStatus.COLLECTING, expect="running", detail="done"
             )
-        assert (before.status, after.status) == ("running", "collecting")
+        assert (before, after.status) == ("running", "collecting")
         assert store.get_task("t1").status == "collecting"
         (event,) = read_events(tmp_path / "e.jsonl")
         assert isinstance(event, Phase)
@@ -68,7 +68,7 @@ def test_a_move_via_a_state_checks_both_legs_and_writes_once(
                 store, log, "t1", TaskStatus.QUEUED, expect="collecting",
                 via=TaskStatus.FAILED, detail="why", agent_retries=1,
             )  # fmt: skip
-        assert (before.status, after.status, after.agent_retries) == ("collecting", "queued", 1)
+        assert (before, after.status, after.agent_retries) == ("collecting", "queued", 1)
         assert writes == [("queued", True)], "one write, as durable as a failure"
         (event,) = read_events(tmp_path / "e.jsonl")
         assert isinstance(event, Phase)
@@ -112,6 +112,31 @@ def test_a_resting_state_is_committed_durably(tmp_path: Path) -> None:
         full = statements.index("PRAGMA synchronous = FULL")
         commit = statements.index("COMMIT")
         assert full < commit and statements[-1] == "PRAGMA synchronous = NORMAL"
+
+
+def test_a_move_reads_and_validates_the_record_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 16: every step of a task read its whole row and validated it before the write,
+    # then again inside the write, and validated the merged record a third time.
+    from hal9999.store.records import TaskRecord
+
+    with Store.open(tmp_path) as store:
+        store.insert_task(make_task(tmp_path, "t1", "running"))
+        statements: list[str] = []
+        store._db().set_trace_callback(statements.append)
+        validated: list[object] = []
+        real = TaskRecord.model_validate
+        monkeypatch.setattr(
+            TaskRecord, "model_validate", lambda data, **kw: validated.append(data) or real(data)
+        )
+        before, after = transition(store, None, "t1", TaskStatus.COLLECTING, files_changed=2)
+        monkeypatch.undo()
+        assert len([s for s in statements if s.startswith("SELECT *")]) == 1, statements
+        assert len(validated) == 1
+        assert (before, after.status, after.files_changed) == ("running", "collecting", 2)
+        kept = store.get_task("t1")
+        assert (kept.status, kept.files_changed, kept.env_keys) == ("collecting", 2, [])
 
 
 # -- the race, from two processes ------------------------------------------------------------

@@ -82,11 +82,28 @@ def _to_row(record: TaskRecord) -> dict[str, Any]:
     return row
 
 
-def _from_row(row: sqlite3.Row) -> TaskRecord:
+def _row_data(row: sqlite3.Row) -> dict[str, Any]:
     data = dict(zip(row.keys(), row, strict=True))
     for name in _JSON_COLUMNS:
         data[name] = json.loads(data[name])
-    return TaskRecord.model_validate(data)
+    return data
+
+
+def _from_row(row: sqlite3.Row) -> TaskRecord:
+    return TaskRecord.model_validate(_row_data(row))
+
+
+def _merged(row: sqlite3.Row, fields: dict[str, Any]) -> tuple[TaskRecord, dict[str, Any]]:
+    """The record ``row`` holds with ``fields`` changed, validated once (not the row, then
+    the row with the fields: issue 16, a task's every step writes its row); and the
+    changed columns (with ``id``) as the table stores them."""
+    updated = TaskRecord.model_validate({**_row_data(row), **fields})
+    names = (*fields, "id")
+    values = updated.model_dump(include=set(names))
+    for name in _JSON_COLUMNS:
+        if name in values:
+            values[name] = json.dumps(values[name])
+    return updated, values
 
 
 RUNNER_FIELDS = ("runner_pid", "sandbox_id")
@@ -288,6 +305,13 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
             raise TaskNotFound(f"no task {task_id!r}", hint=_LIST_HINT, task_id=task_id)
         return _from_row(rows[0])
 
+    def task_status(self, task_id: str) -> str:
+        """The status of the task with exactly this id (one column read, no record built)."""
+        rows = self._query("SELECT status FROM tasks WHERE id = ?", (task_id,))
+        if not rows:
+            raise TaskNotFound(f"no task {task_id!r}", hint=_LIST_HINT, task_id=task_id)
+        return str(rows[0][0])
+
     def find_task(self, id_or_prefix: str) -> TaskRecord:
         """The task with this id, else the only task whose id starts with it."""
         key = id_or_prefix.strip()
@@ -349,20 +373,15 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
             rows = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchall()
             if not rows:
                 raise TaskNotFound(f"no task {task_id!r}", hint=_LIST_HINT, task_id=task_id)
-            current = _from_row(rows[0])
-            if held_by is not None and current.runner_pid not in (None, held_by):
+            if held_by is not None and rows[0]["runner_pid"] not in (None, held_by):
                 fields = {k: v for k, v in fields.items() if k not in RUNNER_FIELDS}
             if not fields:
-                return current
-            updated = TaskRecord.model_validate({**current.model_dump(), **fields})
-            row = _to_row(updated)
+                return _from_row(rows[0])
+            updated, values = _merged(rows[0], fields)
             # Only the named columns are written, so concurrent updates of other fields
             # by other processes are not overwritten with stale values.
             assignments = ", ".join(f"{name} = :{name}" for name in fields)
-            conn.execute(
-                f"UPDATE tasks SET {assignments} WHERE id = :id",
-                {name: row[name] for name in (*fields, "id")},
-            )
+            conn.execute(f"UPDATE tasks SET {assignments} WHERE id = :id", values)
         return updated
 
     def set_status(
@@ -382,13 +401,13 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
             rows = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchall()
             if not rows:
                 raise TaskNotFound(f"no task {task_id!r}", hint=_LIST_HINT, task_id=task_id)
-            current = _from_row(rows[0])
-            updated = TaskRecord.model_validate({**current.model_dump(), **fields})
-            row = _to_row(updated)
+            if rows[0]["status"] != expect:  # read in the write transaction: it holds
+                return None
+            updated, values = _merged(rows[0], fields)
             assignments = ", ".join(f"{name} = :{name}" for name in fields)
             changed = conn.execute(
                 f"UPDATE tasks SET {assignments} WHERE id = :id AND status = :expect",
-                {**{name: row[name] for name in (*fields, "id")}, "expect": expect},
+                {**values, "expect": expect},
             ).rowcount
         return updated if changed == 1 else None
 

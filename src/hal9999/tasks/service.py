@@ -323,13 +323,14 @@ class TaskService(TaskSecrets):
         # Record first (compare-and-set: a runner finishing at this moment either finishes
         # first, and this fails, or sees the task was taken from it).
         with self.events(task, self.masker(task)) as events:
-            before, halted = await asyncio.to_thread(
+            previous, halted = await asyncio.to_thread(
                 transition, self.store, events, task.id, target,
                 detail=reason, finished_at=time.time(),
             )  # fmt: skip
             # A task that never ran has nothing to stop: no process manager call, no scan of
             # every sandbox record for its label (a queued task's cancel took ~0.5 s of it).
-            killed = not never_ran(before)
+            # The move wrote only the status and finished_at, which never_ran does not read.
+            killed = not never_ran(halted.model_copy(update={"status": previous}))
             if killed:
                 await self.kill(task)
             events.emit(TaskEnd(status=target.value, error_code=None, error=reason))

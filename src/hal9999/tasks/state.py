@@ -106,8 +106,8 @@ def transition(
     detail: str | None = None,
     via: TaskStatus | None = None,
     **fields: Any,
-) -> tuple[TaskRecord, TaskRecord]:
-    """Move a task to ``target``; returns its records before and after.
+) -> tuple[str, TaskRecord]:
+    """Move a task to ``target``; returns its status before and its record after.
 
     The move must be in :data:`TRANSITIONS` from the status the task has *when it is
     written*: the write is ``UPDATE ... WHERE status = <the status just read>``, and when
@@ -125,25 +125,25 @@ def transition(
     (a run's ``task_end``, then ``target``'s phase).
     """
     wanted = {expect} if isinstance(expect, str) else set(expect) if expect is not None else None
+    durable = target in RESTING or via in RESTING
     while True:
-        current = store.get_task(task_id)
-        if wanted is not None and current.status not in wanted:
+        # The status alone: set_status reads the whole record in its write transaction
+        # (issue 16: a task's every step read and validated its record twice).
+        current = store.task_status(task_id)
+        if wanted is not None and current not in wanted:
             raise TaskStateError(
-                f"task {task_id} is {current.status}, not {' or '.join(sorted(wanted))}",
+                f"task {task_id} is {current}, not {' or '.join(sorted(wanted))}",
                 hint=f"see `hal task show {task_id}`",
             )
         if via is not None:
-            check_transition(current.status, via)
+            check_transition(current, via)
             check_transition(via, target)
         else:
-            check_transition(current.status, target)
-        durable = target in RESTING or via in RESTING
-        updated = store.set_status(
-            task_id, target.value, expect=current.status, durable=durable, **fields
-        )
+            check_transition(current, target)
+        updated = store.set_status(task_id, target.value, expect=current, durable=durable, **fields)
         if updated is not None:
             break
     if events is not None:
         shown = via or target
-        events.emit(Phase(phase=shown.value, previous=current.status, detail=detail))
+        events.emit(Phase(phase=shown.value, previous=current, detail=detail))
     return current, updated
