@@ -378,3 +378,56 @@ async def test_a_trivial_tasks_run_takes_few_thread_hops(
         assert gone not in hops, hops
     assert "base_without_gitlinks" not in hops, hops
     assert len(hops) <= 19, hops
+
+
+@pytest.mark.bwrap
+async def test_tasks_of_one_service_share_their_provider_and_a_reset_reads_its_record_less(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 16: each task built its provider twice (its creation's check and its run; its
+    # settings validated, its helpers and the host checked each time), and a pool reset read
+    # and validated the sandbox's record six times (stop, the check that it stayed stopped,
+    # again, start, the verification, the prime): the start now takes the record the reset
+    # has. A pin: lower it when a read goes, never raise it.
+    from hal9999.pool import lending
+    from hal9999.providers import records
+    from hal9999.providers.registry import load_provider
+    from hal9999.tasks import plugins
+    from hal9999.tasks.sandboxes import PoolSource
+
+    repo = git_repo(tmp_path / "repo")
+    store, service, _, pool = pooled_service(tmp_path / "home", "bwrap")
+    service.runner.sandboxes = PoolSource(pool)
+    built: list[str] = []
+
+    def counted_build(name: str, **kw: Any) -> Any:
+        built.append(name)
+        return load_provider(name, **kw)
+
+    monkeypatch.setattr(plugins, "load_provider", counted_build)
+    loads: list[str] = []
+    real_load = records.JsonRecords.load
+
+    def counted_load(self: Any, sandbox_id: str) -> Any:
+        loads.append(sandbox_id)
+        return real_load(self, sandbox_id)
+
+    real_reset = lending.PoolLending._reset
+    reset_loads: list[int] = []
+
+    async def counted_reset(self: Any, entry: Any) -> None:
+        before = len(loads)
+        await real_reset(self, entry)
+        reset_loads.append(len(loads) - before)
+
+    monkeypatch.setattr(records.JsonRecords, "load", counted_load)
+    monkeypatch.setattr(lending.PoolLending, "_reset", counted_reset)
+    for _ in range(2):
+        task = await service.create(trivial_request(repo))
+        done = await service.run(task.id)
+        assert done.status == "succeeded", done.error_message
+        while pool._background:  # the reset after the run's end
+            await asyncio.gather(*list(pool._background))
+    store.close()
+    assert len(reset_loads) == 2 and all(n <= 4 for n in reset_loads), reset_loads
+    assert built == ["bwrap"], built

@@ -384,22 +384,27 @@ class HostProvider:
         st = os.stat(self.store.path(sandbox_id))
         return st.st_ino, st.st_mtime_ns, st.st_ctime_ns
 
-    def _still_stopped(self, sandbox_id: str) -> bool:
-        """Whether this object's last :meth:`stop` of the sandbox killed every process of it
-        and nobody has saved its record since (no start, by any ``hal`` process: a command
-        needs the sandbox running, and only a start, which saves the record, makes it so)."""
+    def _still_stopped(self, sandbox_id: str) -> SandboxRecord | None:
+        """The record, when this object's last :meth:`stop` of the sandbox killed every
+        process of it and nobody has saved its record since (no start, by any ``hal``
+        process: a command needs the sandbox running, and only a start, which saves the
+        record, makes it so); else None."""
         stamp = self._stopped.get(sandbox_id)
         try:
             if stamp is None or stamp != self._record_stamp(sandbox_id):
-                return False
+                return None
         except OSError:
-            return False
-        return self.store.load(sandbox_id).state == "stopped"
+            return None
+        record = self.store.load(sandbox_id)
+        return record if record.state == "stopped" else None
 
     async def start(self, sandbox_id: str) -> HostSandbox:
         """Start a stopped sandbox (re-creating its cgroup if, say, the host rebooted)."""
-        self._stopped.pop(sandbox_id, None)
-        record = await self._prepare(self.store.load(sandbox_id))
+        return await self._start(self.store.load(sandbox_id))
+
+    async def _start(self, record: SandboxRecord) -> HostSandbox:
+        self._stopped.pop(record.id, None)
+        record = await self._prepare(record)
         record = record.model_copy(update={"state": "running"})
         self.store.save(record)
         return self._handle(record)
@@ -424,11 +429,12 @@ class HostProvider:
                 f"provider {self.name!r} cannot reset a sandbox safely",
                 hint="use the destroy pool policy for it",
             )
-        if self._still_stopped(sandbox_id):
+        stopped = self._still_stopped(sandbox_id)
+        if stopped is not None:
             # The pool stops a sandbox before it clears its slot, then resets it: that stop
             # scanned every host process for the sandbox's marker, and nothing of the
             # sandbox can have started since. The cgroup is emptied again all the same.
-            record = self.store.load(sandbox_id)
+            record = stopped
             cgroup = self.cgroup(record)
             if cgroup is not None:
                 await cgroup.kill_all()
@@ -442,7 +448,9 @@ class HostProvider:
         fresh = self._fresh.pop(sandbox_id, {})
         renewed = [n for n in names if not scratch.untouched(directory / n, fresh.get(n))]
         retired = [scratch.retire(directory, name) for name in renewed]
-        sandbox = await self.start(sandbox_id)  # _prepare: fresh dirs, limits written again
+        # _prepare: fresh dirs, limits written again. The record read above: nothing saves
+        # it meanwhile (only a start does, and nothing of the sandbox runs).
+        sandbox = await self._start(record)
         gone = [old for old in retired if old is not None]
         if gone:  # one thread hop for all of them
             await asyncio.to_thread(scratch.remove_trees, gone)

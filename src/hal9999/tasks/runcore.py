@@ -16,8 +16,10 @@ from typing import Any
 from hal9999.config import HalConfig
 from hal9999.errors import TaskStateError
 from hal9999.events.models import AgentSession, Event, Usage
+from hal9999.providers.base import Provider
 from hal9999.store import Store, TaskRecord
 from hal9999.tasks.context import RunContext, Superseded, taken_from_us
+from hal9999.tasks.plugins import load_provider_for
 from hal9999.tasks.sandboxes import DirectSource, SandboxSource
 from hal9999.tasks.state import TaskStatus, transition
 
@@ -31,6 +33,17 @@ class RunnerCore:
         self.environ = environ
         self.sandboxes: SandboxSource = DirectSource()
         """Where runs get sandboxes: created per run, or the daemon's warm pool."""
+        self._providers: dict[str, Provider] = {}
+
+    def provider(self, name: str) -> Provider:
+        """The provider ``name`` under this runner's config, built once: a provider object
+        is made to be shared (a daemon's pool uses one for all its sandboxes at once), and
+        building one (its settings validated, its helpers and host checked) was most of a
+        task's creation and a part of its run (issue 16)."""
+        found = self._providers.get(name)
+        if found is None:
+            found = self._providers[name] = load_provider_for(self.config, name)
+        return found
 
     # -- state -------------------------------------------------------------------------
     async def transition(

@@ -37,7 +37,7 @@ from hal9999.tasks.context import (
 )
 from hal9999.tasks.follow import FollowSteps
 from hal9999.tasks.launch import LaunchSteps, missing_program
-from hal9999.tasks.plugins import load_process_manager, load_provider_for
+from hal9999.tasks.plugins import load_process_manager
 from hal9999.tasks.state import TaskStatus
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ class TaskRunner(LaunchSteps, FollowSteps):
         resting state."""
         task = ctx.task  # claimed by this process (TaskService.run)
         agent = resolve_agent(task.agent, self.config.agent_settings(task.agent))
-        provider = load_provider_for(self.config, task.provider)
+        provider = self.provider(task.provider)
         manager = load_process_manager(self.config, task.process_manager)
         started = time.monotonic()
         exit_code: int | None = None

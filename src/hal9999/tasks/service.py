@@ -152,7 +152,10 @@ class TaskService(TaskSecrets):
         self.check_prompt(req, config)
         providers = provider_list(req.provider)
         for name in providers:
-            load_provider_for(config, name)
+            if config is self.config:
+                self.runner.provider(name)  # the one its runs use: built once
+            else:
+                load_provider_for(config, name)
             provider_settings(config, self.environ, name)  # [pool]: before any task exists
         load_process_manager(config, req.process_manager)
         forwarded_env(
