@@ -60,3 +60,33 @@ def test_a_tree_deeper_than_the_stack_and_the_descriptors_is_handed_over(
         scratch.remove_tree(root)
     assert deepest.st_uid == deepest.st_gid == 54321
     assert (tmp_path / "outside").stat().st_uid == 0
+
+
+def test_a_tree_under_a_slot_link_is_handed_over_without_resolving_it_in_python(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 16: realpath's lstat of every component of the mount source (a pool slot's link
+    # to a session) was most of the walk of a trivial task's workspace; the kernel follows
+    # the links when the root is opened. A root that is no directory is refused as before.
+    session = tmp_path / "sessions" / "t1" / "workspace"
+    (session / "src").mkdir(parents=True)
+    (session / "src" / "main.py").write_text("x")
+    (session / "README").symlink_to(tmp_path / "outside")
+    (tmp_path / "outside").write_text("host file")
+    slot = tmp_path / "pool" / "key" / "ws"
+    slot.parent.mkdir(parents=True)
+    slot.symlink_to(session)
+
+    def no_realpath(path: object, *a: object, **kw: object) -> str:
+        raise AssertionError(f"realpath({path!r})")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os.path, "realpath", no_realpath)
+        adopt(slot, 54321)
+    for path in (session, session / "src", session / "src" / "main.py"):
+        assert (path.stat().st_uid, path.stat().st_gid) == (54321, 54321), path
+    assert os.lstat(session / "README").st_uid == 54321
+    assert (tmp_path / "outside").stat().st_uid == 0 and os.lstat(slot).st_uid == 0
+    with pytest.raises(NotADirectoryError):
+        adopt(tmp_path / "outside", 54321)
+    assert (tmp_path / "outside").stat().st_uid == 54321  # handed over, then refused, as before

@@ -75,16 +75,25 @@ def adopt(root: Path, uid: int) -> None:
     link swapped in mid-walk changes the link, never its target. A regular file with other
     hard links is left alone, since its other names may be outside the tree. ``root`` itself
     is a mount source named by hal (possibly a pool slot's link to a session directory), so
-    it is resolved first. Any depth (an agent's 1,500-level home, which ``os.fwalk``'s frame
-    and fd a level crashed on): one directory is open at a time and the walk climbs back by
-    ``..``; it ends where ``..`` is not the directory it came down from (the tree was moved
-    meanwhile, and what is left of it is the agent's).
+    it is opened through its links (by the kernel, in one call: issue 16, ``realpath``'s
+    ``lstat`` of every component was most of a task's walk). Any depth (an agent's
+    1,500-level home, which ``os.fwalk``'s frame and fd a level crashed on): one directory is
+    open at a time and the walk climbs back by ``..``; it ends where ``..`` is not the
+    directory it came down from (the tree was moved meanwhile, and what is left of it is the
+    agent's).
     """
-    root = Path(os.path.realpath(root))
-    _own(root, None, uid)
-    fd = os.open(root, _DIR)
     try:
-        path = [_same(fd)]  # the directories from root down to fd
+        fd = os.open(root, _DIR & ~os.O_NOFOLLOW)
+    except NotADirectoryError:
+        resolved = Path(os.path.realpath(root))
+        _own(resolved, None, uid)  # as a root that is no directory always was, then refused
+        os.close(os.open(resolved, _DIR))
+        raise
+    try:
+        info = os.fstat(fd)
+        if info.st_uid != uid or info.st_gid != uid:
+            os.fchown(fd, uid, uid)
+        path = [(info.st_dev, info.st_ino)]  # the directories from root down to fd
         todo = [_own_entries(fd, uid)]  # and the subdirectories each has left to enter
         while todo:
             if todo[-1]:
