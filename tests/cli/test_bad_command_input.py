@@ -221,3 +221,19 @@ def test_warm_idle_with_no_keep_warm_is_a_usage_error(hal: Hal) -> None:
     out = hal("agent", "spawn", "zed", "--no-keep-warm", "--warm-idle", "5m")
     assert out.returncode == 2
     assert "--warm-idle and --no-keep-warm cannot be combined" in one_error_line(out)
+
+
+@pytest.mark.parametrize("command", [("agent", "spawn", "zed"), ("hive", "init")])
+def test_a_hive_repo_that_is_a_symlink_loop_or_empty(
+    hal: Hal, tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """A symlink loop was a crash report ("internal error (RuntimeError ...)"); an empty
+    --repo silently meant the current directory instead of the default."""
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    out = hal(*command, "--repo", str(loop))
+    assert out.returncode == 4
+    assert f"cannot use --repo {loop}" in one_error_line(out)
+    out = hal(*command, "--repo", "")
+    assert out.returncode == 2
+    assert "--repo must not be empty" in one_error_line(out)

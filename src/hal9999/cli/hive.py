@@ -18,7 +18,7 @@ import click
 
 from hal9999.cli.main import App, app, cli, emit_json, run_async
 from hal9999.cli.options import NAME
-from hal9999.errors import HalError, HiveError, UsageError
+from hal9999.errors import HalError, HiveError, RepoError, UsageError
 from hal9999.server.client import DaemonClient
 
 MANAGER = "manager"
@@ -157,8 +157,7 @@ def spawn(name: str, preset: str | None, repo: str | None, role: Path | None,
             hint="--warm-idle sets how long a kept sandbox waits; use it with --keep-warm",
         )
     a = app()
-    if repo is not None and "://" not in repo:
-        repo = str(Path(repo).resolve())
+    repo = _repo_arg(repo)
     body = {"name": name, "agent": preset, "repo": repo, "role": _read_role(role),
             "provider": provider, "keep_warm": keep_warm,
             "warm_idle_s": None if warm_idle is None else parse_duration(warm_idle)}  # fmt: skip
@@ -167,6 +166,27 @@ def spawn(name: str, preset: str | None, repo: str | None, role: Path | None,
         emit_json(data)
     else:
         click.echo(f"spawned {name}; it wakes on its first message: hal msg send {name} \"...\"")
+
+
+def _repo_arg(repo: str | None) -> str | None:
+    """``--repo`` as the daemon takes it: a URL as given, a path made absolute here (the
+    daemon's directory is not the caller's). An empty one is refused: it meant the current
+    directory, not the default; a symlink loop was a crash report."""
+    if repo is None or "://" in repo:
+        return repo
+    if not repo.strip():
+        raise UsageError(
+            "--repo must not be empty",
+            hint="leave --repo out for the default, or pass a repository's path or URL",
+        )
+    try:
+        return str(Path(repo).resolve())
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise RepoError(
+            f"cannot use --repo {repo}: {reason}",
+            hint="pass --repo with a path to a git repository or a git URL",
+        ) from exc
 
 
 @agent.command("list")
@@ -429,8 +449,7 @@ def init(preset: str | None, provider: str | None, repo: str | None, as_json: bo
             f"the hive has an agent called {MANAGER!r} already",
             hint=f'talk to it: hal msg send {MANAGER} "..."; or `hal agent rm {MANAGER}` first',
         )
-    if repo is not None and "://" not in repo:
-        repo = str(Path(repo).resolve())
+    repo = _repo_arg(repo)
     body = {"name": MANAGER, "agent": preset, "provider": provider, "repo": repo,
             "role": MANAGER_ROLE, "kind": "manager"}  # fmt: skip
     data = _call(a, "`hal hive init`", "POST", "/v1/hive/agents", body)
