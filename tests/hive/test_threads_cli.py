@@ -168,3 +168,12 @@ def test_an_agents_newlines_cannot_forge_lines_of_the_approval_queue(
     lines = shown.stdout.splitlines()
     assert "You tidy." in shown.stdout
     assert not [line for line in lines if line.startswith(("a-00000000", "kind spawn, from op"))]
+
+
+def test_an_empty_agent_name_is_not_the_operators_inbox(hal: Hal, store: Store) -> None:
+    """``hal msg inbox ""`` (a script's unset variable) showed the operator's inbox and
+    marked its messages read, which the operator had not seen."""
+    mail = broker.send(store, sender="alice", recipient="operator", body="for you")
+    one_error(hal("msg", "inbox", ""), 2, "the agent name must not be empty")
+    [unread] = broker.inbox(store, "operator")
+    assert (unread.id, unread.state) == (mail.id, mail.state)

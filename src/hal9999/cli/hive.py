@@ -406,6 +406,10 @@ def inbox_(name: str | None, every: bool, as_json: bool) -> None:
     from hal9999.hive.broker import OPERATOR, inbox, mark
     from hal9999.hive.store import get_agent
 
+    if name is not None and not name.strip():  # `hal msg inbox "$AGENT"` with it unset
+        raise UsageError(
+            "the agent name must not be empty", hint="leave NAME out for your own inbox"
+        )
     a = app()
     who = name or OPERATOR
     if who != OPERATOR:
