@@ -113,6 +113,12 @@ CASES = [
      "config_files: expected a list"),
     ("POST", "/v1/tasks", '{"prompt": "x", "config": {"timeout_s": "abc"}}', 400,
      "config_invalid", "config.timeout_s: expected a number"),
+    # A yes/no query parameter other than 1/true/0/false was read as no, and answered 200.
+    ("GET", "/v1/hive/approvals?all=yes", None, 400, "config_invalid", "all must be 1 or true"),
+    ("GET", "/v1/hive/questions?all=on", None, 400, "config_invalid", "all must be 1 or true"),
+    ("GET", "/v1/hive/inbox?mark=yes", None, 400, "config_invalid", "mark must be 1 or true"),
+    ("GET", "/v1/hive/inbox?name=alice&all=Y", None, 400, "config_invalid", "all must be"),
+    ("DELETE", "/v1/tasks/nosuch?force=yes", None, 400, "config_invalid", "force must be"),
 ]  # fmt: skip
 
 

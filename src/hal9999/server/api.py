@@ -300,7 +300,7 @@ def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
         return task_json(task)
 
     async def remove(request: Request) -> Any:
-        force = request.query.get("force") in ("1", "true")
+        force = request.flag("force")
         task = await service.remove(request.params["id"], force=force)
         scheduler.submissions.pop(task.id, None)
         return task_json(task)

@@ -139,11 +139,11 @@ def add_hive_routes(router: Router, daemon: Daemon) -> None:
 
     async def inbox(request: Request) -> Any:
         name = request.query.get("name") or OPERATOR
-        every = request.query.get("all") in ("1", "true")
+        every, mark = request.flag("all"), request.flag("mark")
         if name != OPERATOR:
             await asyncio.to_thread(get_agent, daemon.store, name)
         found = await asyncio.to_thread(broker.inbox, daemon.store, name, include_read=every)
-        if name == OPERATOR and request.query.get("mark") in ("1", "true"):
+        if name == OPERATOR and mark:
             unread = [m.id for m in found if m.state != "read"]
             await asyncio.to_thread(broker.mark, daemon.store, unread, "read")
         return [m.model_dump(mode="json") for m in found]

@@ -81,6 +81,20 @@ class ApiRequest:
             )
         return data
 
+    def flag(self, name: str) -> bool:
+        """A yes/no query parameter: ``1`` or ``true`` is yes; ``0``, ``false``, empty or
+        absent is no; anything else is refused (``all=yes`` was read as no, and answered)."""
+        value = self.query.get(name, "")
+        if value in ("1", "true"):
+            return True
+        if value in ("", "0", "false"):
+            return False
+        shown = value if len(value) <= 60 else value[:60] + "…"
+        raise ConfigError(
+            f"query parameter {name} must be 1 or true (yes), 0 or false (no), not {shown!r}",
+            hint=f"send {name}=1 or leave it out",
+        )
+
 
 def _is_text(data: Any) -> bool:
     """Whether every string of decoded JSON ``data`` (keys too) can be encoded as UTF-8."""

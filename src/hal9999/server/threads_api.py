@@ -60,7 +60,7 @@ def add_thread_routes(router: Router, daemon: Daemon) -> None:
     """Bind the approval, question and open-thread routes to ``daemon``'s store."""
 
     async def list_approvals(request: Request) -> Any:
-        every = request.query.get("all") in ("1", "true")
+        every = request.flag("all")
         found = await asyncio.to_thread(
             approvals.list_approvals, daemon.store, state=None if every else "pending"
         )
@@ -82,10 +82,8 @@ def add_thread_routes(router: Router, daemon: Daemon) -> None:
         return done.model_dump(mode="json")
 
     async def list_questions(request: Request) -> Any:
-        every = request.query.get("all") in ("1", "true")
-        found = await asyncio.to_thread(
-            questions.list_questions, daemon.store, open_only=not every
-        )
+        every = request.flag("all")
+        found = await asyncio.to_thread(questions.list_questions, daemon.store, open_only=not every)
         return [q.model_dump(mode="json") for q in found]
 
     async def answer(request: Request) -> Any:
