@@ -18,7 +18,7 @@ BWRAP = shutil.which("bwrap")
 
 
 @pytest.mark.parametrize("where", ["file", "below-file"])
-@pytest.mark.parametrize("command", [("task", "list"), ("run", "x")])
+@pytest.mark.parametrize("command", [("task", "list"), ("run", "x"), ("dashboard",)])
 def test_hal_home_that_cannot_be_a_directory(
     hal: Hal, tmp_path: Path, where: str, command: tuple[str, ...]
 ) -> None:

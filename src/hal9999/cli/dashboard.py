@@ -32,7 +32,9 @@ def dashboard_link(home: Path, port: int) -> str:
 def dashboard(as_json: bool) -> None:
     """Print a one-time link that logs a browser in to the dashboard of hal serve."""
     config = load_config()
-    info = DaemonFiles(config.home).running()
+    files = DaemonFiles(config.home)
+    files.paths.ensure()  # a home that is a file is named here, not a crash in running()
+    info = files.running()
     if info is None:
         raise HalError(
             "the dashboard is served by hal serve, which is not running",
