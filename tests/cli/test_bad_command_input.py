@@ -21,7 +21,10 @@ def test_serve_stop_json_without_a_daemon_is_json(hal: Hal) -> None:
 @pytest.mark.parametrize(
     "args",
     [("task", "show", "a" * 5000), ("sandbox", "destroy", "a" * 5000),
-     ("run", "--provider", "a" * 5000, "--agent", "true {{prompt_file}}", "x")],
+     ("run", "--provider", "a" * 5000, "--agent", "true {{prompt_file}}", "x"),
+     # Refused by click's own types, whose message quoted the whole value (100 KB of it).
+     ("pool", "warm", "a" * 100_000), ("task", "list", "--limit", "a" * 5000),
+     ("run", "--timeout", "a" * 5000, "x"), ("sandbox", "fork", "img", "1", "--cpus", "a" * 5000)],
 )  # fmt: skip
 def test_a_huge_name_is_not_echoed_whole(hal: Hal, args: tuple[str, ...]) -> None:
     line = one_error_line(hal(*args))
@@ -237,3 +240,21 @@ def test_a_hive_repo_that_is_a_symlink_loop_or_empty(
     out = hal(*command, "--repo", "")
     assert out.returncode == 2
     assert "--repo must not be empty" in one_error_line(out)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [(("agent", "spawn", "zed", "--role", "a\nb"), "cannot read the role file a\\nb: "),
+     (("run", "--repo", "a\nb", "x"), "does not exist: "),
+     (("task", "list", "--status", "a\nb"), "'a\\nb' is not one of")],
+)  # fmt: skip
+def test_a_value_holding_a_line_break_stays_on_the_error_line(
+    hal: Hal, args: tuple[str, ...], expected: str
+) -> None:
+    """A path with a newline in it split the error over two lines (the rest of the message,
+    the fix among it, on a line that was not hal's)."""
+    out = hal(*args)
+    assert out.returncode in (2, 4)
+    line = one_error_line(out)
+    assert expected in line and line.endswith(")"), line
+    assert out.stderr.splitlines()[-1] == line, out.stderr

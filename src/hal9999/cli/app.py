@@ -139,18 +139,18 @@ def report_failure(exc: Exception | KeyboardInterrupt) -> int:
     :class:`HalError` is its own line; anything else is the machine's state or, the safety
     net, a bug said in one line (a traceback is a bug)."""
     if isinstance(exc, HalError):
-        from hal9999.cli.output import sanitize, shorten_values  # it may quote any bytes
+        from hal9999.cli.output import error_line  # it may quote any bytes
 
-        echo(f"hal: error: {shorten_values(sanitize(exc.one_line()))}", err=True)
+        echo(f"hal: error: {error_line(exc.one_line())}", err=True)
         return exc.exit_status
     if isinstance(exc, KeyboardInterrupt):
         echo("hal: interrupted", err=True)
         return 130
     from hal9999.cli.crash import internal_error
-    from hal9999.cli.output import shorten_values
+    from hal9999.cli.output import error_line
 
     error = known_failure(exc) or internal_error(exc, os.environ)
-    echo(f"hal: error: {shorten_values(error.one_line())}", err=True)
+    echo(f"hal: error: {error_line(error.one_line())}", err=True)
     return error.exit_status
 
 def known_failure(exc: BaseException) -> HalError | None:

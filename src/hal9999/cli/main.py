@@ -82,7 +82,10 @@ def _main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         where = exc.ctx.command_path if isinstance(exc, click.UsageError) and exc.ctx else "hal"
-        click.echo(f"hal: error: {exc.format_message()} (see: {where} --help)", err=True)
+        from hal9999.cli.output import error_line  # click quotes the value given, whole
+
+        message = error_line(exc.format_message())
+        click.echo(f"hal: error: {message} (see: {where} --help)", err=True)
         sys.exit(exc.exit_code)
     except click.Abort:
         click.echo("hal: interrupted", err=True)

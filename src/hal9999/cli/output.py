@@ -86,6 +86,13 @@ def shorten_values(text: str) -> str:
     return _LONG_VALUE.sub(cut, text)
 
 
+def error_line(text: str) -> str:
+    """``text`` as the one line of ``hal: error:``: sanitised, long values cut, and a line
+    break a value carried (a path or name holding ``\\n``) shown escaped, so it stays one line."""
+    line = shorten_values(sanitize(text))
+    return line.replace("\r", "\\r").replace("\n", "\\n").replace("\t", " ")
+
+
 def escape_json_line(line: str) -> str:
     """A JSON line with C1 controls escaped too (JSON only requires C0 to be escaped, but a
     terminal may act on U+0080-U+009F); valid JSON either way, since they only occur inside
