@@ -32,9 +32,17 @@ def test_hal_home_that_cannot_be_a_directory(
     assert "HAL_HOME" in line
 
 
-def test_doctor_reports_a_bad_hal_home_instead_of_crashing(hal: Hal, tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["below-file", "symlink-loop"])
+def test_doctor_reports_a_bad_hal_home_instead_of_crashing(
+    hal: Hal, tmp_path: Path, where: str
+) -> None:
+    # A symlink loop was a crash report: the docker provider's check resolved its state
+    # directory in the home (RuntimeError: Symlink loop).
     blocker = tmp_path / "blocker"
-    blocker.write_text("")
+    if where == "symlink-loop":
+        blocker.symlink_to(blocker)
+    else:
+        blocker.write_text("")
     out = hal("doctor", "--json", env={"HAL_HOME": str(blocker / "home")}, timeout=120)
     assert "Traceback" not in out.stderr
     assert out.returncode == 1
