@@ -108,3 +108,17 @@ def test_on_a_full_disk_task_list_works_and_a_run_says_so_in_one_line(
     lines = [line for line in out.stderr.splitlines() if line.startswith("hal: error:")]
     # Where it fails depends on what still fits (the store may not even open: "disk I/O").
     assert len(lines) == 1 and ("is full" in lines[0] or "disk" in lines[0]), out.stderr
+
+
+def test_a_store_that_cannot_open_on_a_full_disk_says_the_disk_is_full(
+    hal: Hal, small_home: Path
+) -> None:
+    """With no run's reserve to give up, SQLite's -shm cannot grow: the line said "disk I/O
+    error (check that HAL_HOME is writable and not on a network filesystem)"."""
+    assert hal("task", "list").returncode == 0
+    fill(small_home, "filler")
+    out = hal("task", "list")
+    assert out.returncode == 10, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.startswith("hal: error:")]
+    assert len(lines) == 1 and "the disk holding it is full" in lines[0], out.stderr
+    assert "free space on the filesystem of HAL_HOME" in lines[0]

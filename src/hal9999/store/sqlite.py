@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from hal9999.errors import AmbiguousTaskId, HalError, TaskNotFound
+from hal9999.errors import AmbiguousTaskId, DiskFull, HalError, TaskNotFound
 from hal9999.home import HalPaths
 from hal9999.store.cloud import CloudMachineTable
 from hal9999.store.events import EventTable
@@ -106,6 +106,16 @@ def _merged(row: sqlite3.Row, fields: dict[str, Any]) -> tuple[TaskRecord, dict[
     return updated, values
 
 
+def _no_room(directory: Path) -> bool:
+    """Whether the filesystem of ``directory`` has (next to) no space left for this user."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return False
+    free = st.f_bfree if os.geteuid() == 0 else st.f_bavail
+    return free * st.f_frsize < 64 * 1024
+
+
 RUNNER_FIELDS = ("runner_pid", "sandbox_id")
 """What a task's record says of the run that holds it (see ``Store.update_task``'s
 ``held_by``)."""
@@ -133,6 +143,12 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
         except (sqlite3.Error, OSError) as exc:
             self.close()
             damaged = getattr(exc, "sqlite_errorname", "") in ("SQLITE_NOTADB", "SQLITE_CORRUPT")
+            if not damaged and _no_room(path.parent):
+                # SQLite says "disk I/O error" when its -shm file cannot grow on a full disk.
+                raise DiskFull(
+                    f"cannot open the database {path}: the disk holding it is full",
+                    hint="free space on the filesystem of HAL_HOME",
+                ) from exc
             raise HalError(
                 f"cannot open the database {path}: {exc}",
                 hint=f"move {path} aside (tasks are forgotten, sessions stay on disk) or restore"
