@@ -230,3 +230,20 @@ def test_a_prompt_holding_a_secrets_value_is_refused_without_saying_it(
     plain = hal("run", "--env", "MODE=s3cr3t-Value-77", "--agent", "true {{prompt_file}}",
                 "use MODE s3cr3t-Value-77")  # fmt: skip
     assert plain.returncode == 0, plain.stderr
+
+
+def test_resume_env_by_name_takes_the_shells_value_or_names_it_missing(
+    hal: Hal, demo_repo: Path
+) -> None:
+    """``hal task resume ID --env NAME`` (the form ``hal run --env NAME`` takes) was dropped
+    without a word: the agent ran without the variable, and an unset one was not named."""
+    agent = "sh -c 'echo \"[$MY_T_FOO]\" > foo.txt'"
+    first = hal("run", "--agent", agent, "x", "--json")
+    assert first.returncode == 0, first.stderr
+    task_id = json.loads(first.stdout)["id"]
+    missing = hal("task", "resume", task_id, "--env", "MY_T_UNSET_VAR")
+    assert missing.returncode == 8
+    assert "environment variable MY_T_UNSET_VAR is not set" in one_error_line(missing)
+    out = hal("task", "resume", task_id, "--env", "MY_T_FOO", env={"MY_T_FOO": "bar"})
+    assert out.returncode == 0, out.stderr
+    assert git(demo_repo, "show", f"hal/{task_id}:foo.txt") == "[bar]"

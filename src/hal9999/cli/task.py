@@ -28,7 +28,7 @@ from hal9999.cli.main import (
 from hal9999.cli.output import escape_json_line
 from hal9999.cli.render import event_line, task_json
 from hal9999.cli.task_group import task
-from hal9999.credentials import parse_env_option
+from hal9999.credentials import forwarded_env, parse_env_option
 from hal9999.errors import ProcessError, TaskStateError
 from hal9999.events.reader import follow_events, follow_text, read_events
 from hal9999.process.registry import load_process_manager
@@ -208,7 +208,8 @@ def _remote_attach(a: App, record: TaskRecord) -> list[str] | None:
 @task.command()
 @click.argument("task_id")
 @click.argument("prompt", required=False)
-@click.option("--env", "env", multiple=True, help="KEY=VALUE given to this run.")
+@click.option("--env", "env", multiple=True,
+              help="KEY=VALUE given to this run, or KEY to give it this shell's value.")
 @click.option("--detach", is_flag=True, help="Return at once; the task runs in the background.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def resume(
@@ -216,7 +217,9 @@ def resume(
 ) -> None:
     """Run a stopped or finished task again in a new sandbox over the same session."""
     a = app()
-    _, given = parse_env_option(env)
+    names, given = parse_env_option(env)
+    # A bare KEY, as `hal run --env KEY` takes it, was dropped without a word.
+    given = {**forwarded_env([n for n in names if n not in given], os.environ), **given}
     api = a.tasks()
     if detach:
         queued = run_async(api.resume(task_id, prompt=prompt, env=given, detach=True))
