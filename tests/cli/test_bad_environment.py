@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -231,3 +232,27 @@ def test_a_hal_home_with_a_name_too_long_is_one_line(hal: Hal, tmp_path: Path) -
     assert out.returncode == 2
     line = one_error_line(out)
     assert "File name too long" in line and "HAL_HOME" in line
+
+
+
+@pytest.mark.parametrize(
+    "args", [("--version",), ("task", "list"), ("task", "list", "--json"), ("agent", "list")]
+)
+def test_a_reader_that_went_away_is_no_crash_report(
+    hal_env: dict[str, str], tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    """``hal task events ID | head``: the write to the closed pipe was "internal error
+    (BrokenPipeError ...)" and a crash log, or a traceback for ``hal --version``."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before hal writes a byte
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "hal9999", *args], stdout=write_end, stderr=subprocess.PIPE,
+            env=hal_env, cwd=tmp_path, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert out.returncode == 141, out.stderr  # as a process killed by SIGPIPE
+    assert out.stderr == "", out.stderr
+    home = Path(hal_env["HAL_HOME"])
+    assert not home.exists() or not list(home.rglob("hal-crash-*"))

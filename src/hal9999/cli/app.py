@@ -146,12 +146,32 @@ def report_failure(exc: Exception | KeyboardInterrupt) -> int:
     if isinstance(exc, KeyboardInterrupt):
         echo("hal: interrupted", err=True)
         return 130
+    if isinstance(exc, BrokenPipeError) and stdout_closed():
+        # Whoever read the output went away (`hal task events ID | head`): no error of hal's
+        # to report. Ended quietly, as a process killed by SIGPIPE, and with stdout on
+        # /dev/null so the flush at exit does not fail once more.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + 13  # SIGPIPE
     from hal9999.cli.crash import internal_error
     from hal9999.cli.output import error_line
 
     error = known_failure(exc) or internal_error(exc, os.environ)
     echo(f"hal: error: {error_line(error.one_line())}", err=True)
     return error.exit_status
+
+def stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reading end is closed (writing to it fails: EPIPE)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):  # no stdout at all
+        return False
+
 
 def known_failure(exc: BaseException) -> HalError | None:
     """The error to report for an unexpected ``exc`` that is the machine's state, not a bug

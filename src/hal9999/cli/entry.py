@@ -29,8 +29,14 @@ def main() -> None:
     if sys.argv[1:] == ["--version"]:
         from hal9999 import __version__
 
-        sys.stdout.write(VERSION_LINE.format(version=__version__))
-        sys.stdout.flush()
+        try:
+            sys.stdout.write(VERSION_LINE.format(version=__version__))
+            sys.stdout.flush()
+        except BrokenPipeError:  # nobody reads it (`hal --version | true`): no traceback
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(128 + 13)  # as killed by SIGPIPE
         sys.exit(0)
     if PYDANTIC_PLUGIN_LOADER not in sys.modules and NoPydanticPlugins not in sys.meta_path:
         sys.meta_path.insert(0, NoPydanticPlugins)
