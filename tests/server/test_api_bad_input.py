@@ -157,3 +157,24 @@ def test_every_hive_refusal_has_a_4xx() -> None:
     assert status_for(HiveLimited("too many")) == 429
     assert status_for(ThreadStateError("decided")) == 409
     assert status_for(ThreadForbidden("not yours")) == 403
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [(("agent", "stop", ""), "no agent called ''"), (("agent", "start", "a/b"), "no agent called"),
+     (("agent", "rm", "../../x"), "no agent called"), (("agent", "stop", "a" * 5000), "no agent"),
+     (("approvals", "approve", ""), "no approval"), (("approvals", "approve", "x/y"), "no approval"),
+     (("approvals", "approve", "a" * 5000), "no approval")],
+)  # fmt: skip
+def test_the_cli_names_what_is_not_there_when_it_is_no_path_segment(
+    api: tuple[Call, Store], args: tuple[str, ...], words: str
+) -> None:
+    """Through hal serve, a name or id that is no path segment became a request the daemon
+    could not route: "hal: error: POST /v1/hive/agents//stop", status 1, or "the request
+    head exceeds 32768 bytes"."""
+    _, store = api
+    home = store.path.parent
+    out = local_hal(home, home.parent)(*args)
+    assert out.returncode == 3, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.startswith("hal: error:")]
+    assert len(lines) == 1 and words in lines[0] and "/v1/" not in lines[0], out.stderr

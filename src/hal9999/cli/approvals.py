@@ -125,11 +125,15 @@ def approve(approval_id: str, reason: str | None, as_json: bool) -> None:
     from urllib.parse import quote
 
     from hal9999.hive.approvals import approve as approve_
+    from hal9999.hive.approvals import get as get_approval
     from hal9999.hive.threads import Approval
 
     a = app()
     client = a.daemon()
     if client is not None:
+        # Named in the store's words first: an id that is no path segment ("", "a/b") became
+        # a request the daemon could not route ("hal: error: POST /v1/hive/approvals//...").
+        approval_id = get_approval(a.store, approval_id).id
         path = f"/v1/hive/approvals/{quote(approval_id, safe='')}/approve"
         data = run_async(client.call("POST", path, {"reason": reason} if reason else {}))
         done = Approval.model_validate(data)

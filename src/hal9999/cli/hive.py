@@ -232,9 +232,18 @@ def show(name: str, as_json: bool) -> None:
 
 
 def _control(name: str, action: str, as_json: bool) -> None:
+    from urllib.parse import quote
+
+    from hal9999.hive.store import get_agent
+
     a = app()
+    # Named in the store's words first: a name that is no path segment ("", "a/b", 100 KB)
+    # became a request the daemon could not route ("hal: error: POST /v1/hive/agents//stop").
+    get_agent(a.store, name)
     method, path = ("DELETE", "") if action == "rm" else ("POST", f"/{action}")
-    data = _call(a, f"`hal agent {action}`", method, f"/v1/hive/agents/{name}{path}")
+    data = _call(
+        a, f"`hal agent {action}`", method, f"/v1/hive/agents/{quote(name, safe='')}{path}"
+    )
     if as_json:
         emit_json(data)
     elif action == "rm":
