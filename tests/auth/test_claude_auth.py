@@ -137,6 +137,17 @@ def test_a_setup_token_is_checked_and_never_echoed() -> None:
     assert creds.refresh_token is None and creds.expires_at == 1000.0 + 365 * 86400
 
 
+@pytest.mark.parametrize(
+    "tail", ["x" * 20 + "\n" + "y" * 20, "x" * 20 + " y", "é" * 40, "x" * 30 + "\x00", "x" * 5000]
+)
+def test_a_setup_token_no_http_header_can_carry_is_refused(tail: str) -> None:
+    """A token pasted over two lines, or with a non-ASCII letter, was stored and made every
+    later model call fail."""
+    with pytest.raises(CredentialsError) as info:
+        from_setup_token("sk-ant-oat01-" + tail)
+    assert "not a Claude Code token" in info.value.one_line() and tail not in info.value.one_line()
+
+
 def test_cli_login_status_logout(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HAL_")}
     env |= {"HAL_HOME": str(tmp_path / "home"), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}

@@ -30,6 +30,8 @@ from hal9999.errors import CredentialsError
 
 SETUP_TOKEN_PREFIX = "sk-ant-oat01-"
 SETUP_TOKEN_DAYS = 365
+SETUP_TOKEN_MAX = 4096
+"""The longest setup token taken (they are about 100 characters)."""
 REFRESH_MARGIN_S = 300.0
 """A token this close to expiry is refreshed before use."""
 KEY_REF = "hal-oauth:"
@@ -154,6 +156,14 @@ def from_setup_token(token: str, *, now: float | None = None) -> ClaudeCredentia
         raise CredentialsError(
             "that is not a Claude Code token (they start with sk-ant-oat01-)",
             hint="run `claude setup-token` and paste the token it prints",
+        )
+    # It goes into an HTTP header: a space, line break or non-ASCII letter (a token pasted
+    # broken over lines, or with a stray character) was stored and failed every call later.
+    if len(token) > SETUP_TOKEN_MAX or not all("!" <= c <= "~" for c in token):
+        raise CredentialsError(
+            "that is not a Claude Code token (it holds a space, a line break, a character"
+            f" that is not ASCII, or is longer than {SETUP_TOKEN_MAX} characters)",
+            hint="paste the token `claude setup-token` prints as one line, nothing else",
         )
     now = time.time() if now is None else now
     expires = now + SETUP_TOKEN_DAYS * 86400
