@@ -132,3 +132,15 @@ def test_logout_revokes_the_session_even_a_copied_cookie_and_after_a_restart(
     assert SessionKeeper(home).check(stolen) is None  # a restarted daemon refuses it too
     with logged_in(served, home) as (client, _):  # a new login is a new session
         assert client.get("/").status_code == 200
+
+
+def test_a_static_file_that_is_not_there_is_a_404_not_a_500(fake_dashboard: Dashboard) -> None:
+    """StaticFiles raises HTTPException for a missing file or a path out of its directory;
+    with no handler for it, each was "500 Internal Server Error" and a traceback in the log."""
+    served, _, home = fake_dashboard
+    with logged_in(served, home) as (client, _proof):
+        for path in ("/static/js/nope.js", "/static/", "/static/%2e%2e/x", "/static/js"):
+            answer = client.get(path)
+            assert answer.status_code == 404, (path, answer.text)
+            assert answer.json()["error"]["code"] == "not_found", answer.text
+        assert client.get("/static/js/core.js").status_code == 200

@@ -103,6 +103,8 @@ def dashboard_app(
 ) -> DashboardGuard:
     """The dashboard for the hal home ``home``, in front of the JSON API app ``api`` (which
     serves ``/v1/...`` and checks ``token``); ``hosts``: extra names it answers to."""
+    from starlette.exceptions import HTTPException
+    from starlette.middleware.exceptions import ExceptionMiddleware
     from starlette.responses import HTMLResponse, JSONResponse, Response
     from starlette.routing import Mount, Route, Router, WebSocketRoute
     from starlette.staticfiles import StaticFiles
@@ -171,7 +173,16 @@ def dashboard_app(
         Mount("/static", app=StaticFiles(directory=static_dir()), name="static"),
     ]
     routes += [Route(path, page(name, title)) for path, (name, title) in PAGES.items()]
-    router = Router(routes=routes)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        # StaticFiles raises HTTPException for a file it does not have (a stale asset, a
+        # path out of its directory): with no handler, every one was a 500 and a traceback.
+        status = getattr(exc, "status_code", 500)
+        message = f"no such file: {request.url.path}" if status == 404 else str(exc)
+        return JSONResponse({"error": {"code": "not_found" if status == 404 else "http_error",
+                                       "message": message}}, status)  # fmt: skip
+
+    router = ExceptionMiddleware(Router(routes=routes), handlers={HTTPException: http_error})
 
     async def dispatch(scope: Scope, receive: Any, send: Any) -> None:
         path = scope.get("path", "")
