@@ -119,6 +119,9 @@ CASES = [
     ("GET", "/v1/hive/inbox?mark=yes", None, 400, "config_invalid", "mark must be 1 or true"),
     ("GET", "/v1/hive/inbox?name=alice&all=Y", None, 400, "config_invalid", "all must be"),
     ("DELETE", "/v1/tasks/nosuch?force=yes", None, 400, "config_invalid", "force must be"),
+    # A path or method the API does not have: the message was the bare "POST /v1/taks".
+    ("POST", "/v1/taks", "{}", 404, "no_route", "the daemon has no route POST /v1/taks"),
+    ("PUT", "/v1/tasks", "{}", 405, "method_not_allowed", "PUT is not allowed on /v1/tasks"),
 ]  # fmt: skip
 
 

@@ -74,7 +74,12 @@ def _json_error(status: int, code: str) -> Callable[[Request, Exception], Respon
     def handle(request: Request, exc: Exception) -> Response:
         from starlette.responses import Response
 
-        body = json.dumps(error_body(code, f"{request.method} {request.url.path}")).encode()
+        # Said as a problem with its fix: the bare "POST /v1/x" was all a client printed.
+        what = f"{request.method} {request.url.path}"
+        message = (f"the daemon has no route {what}" if status == 404
+                   else f"{request.method} is not allowed on {request.url.path}")  # fmt: skip
+        hint = "the routes are listed at /v1/openapi.json (is hal serve of another version?)"
+        body = json.dumps(error_body(code, message, hint)).encode()
         return Response(body, status, media_type="application/json")
 
     return handle
