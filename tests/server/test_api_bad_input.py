@@ -166,7 +166,8 @@ def test_every_hive_refusal_has_a_4xx() -> None:
     ("args", "words"),
     [(("agent", "stop", ""), "no agent called ''"), (("agent", "start", "a/b"), "no agent called"),
      (("agent", "rm", "../../x"), "no agent called"), (("agent", "stop", "a" * 5000), "no agent"),
-     (("approvals", "approve", ""), "no approval"), (("approvals", "approve", "x/y"), "no approval"),
+     (("approvals", "approve", ""), "no approval"),
+     (("approvals", "approve", "x/y"), "no approval"),
      (("approvals", "approve", "a" * 5000), "no approval")],
 )  # fmt: skip
 def test_the_cli_names_what_is_not_there_when_it_is_no_path_segment(
