@@ -245,6 +245,8 @@ def check_ref(ref: str) -> str:
     """``ref`` if it can only ever be read as a revision (never as an option of git)."""
     if not ref:
         why = "it is empty"
+    elif not ref.strip():  # no branch, tag or commit is blank: it made a task that failed
+        why = "it is blank"
     elif ref.startswith("-"):
         why = "a ref is a branch, tag or commit and cannot start with '-'"
     elif any(ord(c) < 0x20 or c == "\x7f" for c in ref):
