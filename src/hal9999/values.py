@@ -55,7 +55,9 @@ _EGRESS_HOST = re.compile(r"(\*\.)?[A-Za-z0-9][A-Za-z0-9.-]{0,252}(:[0-9]{1,5})?
 
 def _egress_host(value: str) -> str:
     if not _EGRESS_HOST.fullmatch(value):
-        raise ValueError("expected HOST, HOST:PORT or *.DOMAIN[:PORT]")
+        # Named: of several --egress (or a list in the config), which one is wrong.
+        shown = value if len(value) <= 60 else value[:60] + "…"
+        raise ValueError(f"{shown!r} is not HOST, HOST:PORT or *.DOMAIN[:PORT]")
     return value
 
 

@@ -247,3 +247,13 @@ def test_resume_env_by_name_takes_the_shells_value_or_names_it_missing(
     out = hal("task", "resume", task_id, "--env", "MY_T_FOO", env={"MY_T_FOO": "bar"})
     assert out.returncode == 0, out.stderr
     assert git(demo_repo, "show", f"hal/{task_id}:foo.txt") == "[bar]"
+
+
+@pytest.mark.parametrize("option", ["--egress", "--egress-only"])
+def test_of_several_egress_hosts_the_bad_one_is_named(hal: Hal, option: str) -> None:
+    """The line said only "expected HOST, HOST:PORT or *.DOMAIN[:PORT]": with several hosts
+    given, not which one."""
+    out = hal("run", option, "api.example.com", option, "bad host:x", "--agent", "true", "x")
+    assert out.returncode == 2
+    line = one_error_line(out)
+    assert "'bad host:x' is not HOST, HOST:PORT" in line and option in line, line
