@@ -234,7 +234,6 @@ def test_a_hal_home_with_a_name_too_long_is_one_line(hal: Hal, tmp_path: Path) -
     assert "File name too long" in line and "HAL_HOME" in line
 
 
-
 @pytest.mark.parametrize(
     "args", [("--version",), ("task", "list"), ("task", "list", "--json"), ("agent", "list")]
 )
@@ -256,3 +255,40 @@ def test_a_reader_that_went_away_is_no_crash_report(
     assert out.stderr == "", out.stderr
     home = Path(hal_env["HAL_HOME"])
     assert not home.exists() or not list(home.rglob("hal-crash-*"))
+
+
+def test_a_run_whose_reader_went_away_goes_on_and_brings_its_work_back(
+    hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    """``hal run ... | head -1``: the write to the closed pipe ended the run as
+    ``interrupted``, the agent's work not brought back and its later output not recorded;
+    the run now goes on unseen to its end."""
+    agent = (
+        "sh -c 'echo first; sleep 1; for i in $(seq 2000); do echo line $i; done;"
+        " echo made > made.txt'"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hal9999", "run", "--agent", agent, "x"], cwd=demo_repo,
+        env=hal_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline() == b"first\n"
+    proc.stdout.close()  # as `head -1` does once it has its line
+    try:
+        status = proc.wait(timeout=120)
+        stderr = proc.stderr.read().decode()
+    finally:
+        proc.kill()
+        proc.stderr.close()
+    assert status == 141, stderr  # the summary found the pipe closed, as under SIGPIPE
+    assert "internal error" not in stderr and "Traceback" not in stderr, stderr
+    listed = subprocess.run(
+        [sys.executable, "-m", "hal9999", "task", "list", "--json"], cwd=demo_repo,
+        env=hal_env, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    [task] = json.loads(listed.stdout)
+    assert task["status"] == "succeeded" and task["files_changed"] == 1, task
+    events = Path(task["session_dir"]) / "events.jsonl"
+    text = "".join(json.loads(line).get("text", "") for line in events.read_text().splitlines())
+    assert "line 2000\n" in text  # its output past the reader's going is recorded
+    assert "can no longer be shown" in text

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from hal9999.events.models import Event, Message, Output
 from hal9999.process.supervisor import read_parsed
@@ -45,6 +46,10 @@ def _whole_utf8(data: bytes) -> int:
     lead = data[cut - 1]
     needs = 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
     return len(data) if len(data) - (cut - 1) >= needs else cut - 1
+
+
+_Shown = TypeVar("_Shown", str, Event)
+"""What a display callback is handed: output text, or an event."""
 
 
 class OutputFollower:
@@ -128,23 +133,43 @@ class OutputFollower:
                 return False
             self.emit(self.ctx, event)
             if self.ctx.on_event is not None:
-                self.ctx.on_event(event)
+                self.show(self.ctx.on_event, event)
             self.parsed_offset = end
         self.parsed_offset = after
         return everything and after > start
 
+    def show(self, callback: Callable[[_Shown], None], shown: _Shown) -> None:
+        """Hand ``shown`` to a caller's display callback. When what it writes to went away
+        (``hal run ... | head``, a closed terminal: an OSError such as EPIPE or EIO), the
+        run goes on unseen, its work collected as always: the error ended the run as
+        ``interrupted`` before, its agent's work not brought back (and, for output, not even
+        recorded). Said once, in the events."""
+        try:
+            callback(shown)
+        except OSError as exc:
+            ctx = self.ctx
+            ctx.on_output = ctx.on_event = None
+            self.emit(
+                ctx,
+                Message(
+                    level="warning",
+                    text=f"the run's output can no longer be shown ({exc.strerror or exc}); "
+                    f"the run goes on, its output in `hal task logs {ctx.task.id}`",
+                ),
+            )
+
     def emit_output(self, text: str, log_end: int) -> None:
         """Record a chunk of (already masked) output, within the per-run cap."""
         ctx = self.ctx
-        if ctx.on_output is not None:
-            ctx.on_output(ctx.masker.mask(text))
         room = max(0, self.cap - self.recorded)
         kept = text[:room]
         self.recorded += len(kept)
         event = Output(text=kept, log_end=log_end)
-        self.emit(ctx, event)
+        self.emit(ctx, event)  # recorded before it is shown: showing can fail, recording not
+        if ctx.on_output is not None:
+            self.show(ctx.on_output, ctx.masker.mask(text))
         if ctx.on_event is not None and kept:
-            ctx.on_event(event)
+            self.show(ctx.on_event, event)
         if len(kept) < len(text) and not self.capped:
             self.capped = True
             self.emit(
