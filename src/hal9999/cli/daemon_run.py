@@ -34,7 +34,7 @@ from types import FrameType, SimpleNamespace
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, cast
 
 from hal9999.cli.echo import after_agent_output, echo, emit_json, stream_to_terminal
-from hal9999.cli.task_table import TaskSummary, summary
+from hal9999.cli.task_table import TaskSummary, one_line, summary
 from hal9999.cli.thin_config import THIN_VARS, no_daemon, thin_home
 from hal9999.envvars import forwarded_env, parse_env_option
 from hal9999.errors import ConfigError, HalError, UsageError, exit_status_for
@@ -245,7 +245,7 @@ def run_planned(args: RunArgs, found: Plan, environ: Mapping[str, str]) -> NoRet
         except _Terminated as exc:
             raise KeyboardInterrupt from exc  # no task yet: "interrupted", as the full path
         if not args.as_json:
-            echo(f"hal: task {task['id']} ({found.agent} on {provider}, via hal serve)",
+            echo(f"hal: task {task['id']} ({one_line(found.agent)} on {provider}, via hal serve)",
                  err=True)  # fmt: skip
         on_output, on_event = _callbacks(raw=args.raw, quiet=args.as_json)
         try:

@@ -25,6 +25,7 @@ from hal9999.cli.app import (
 )
 from hal9999.cli.daemon_run import RunArgs, env_options
 from hal9999.cli.echo import echo
+from hal9999.cli.task_table import one_line
 from hal9999.errors import exit_status_for
 
 if TYPE_CHECKING:
@@ -116,7 +117,8 @@ def _full_run(args: RunArgs, pending: Uncommitted) -> None:
         if args.as_json:
             return
         via = ", via hal serve" if a.via_daemon else ""
-        echo(f"hal: task {task.id} ({request.agent} on {request.provider}{via})", err=True)
+        agent = one_line(request.agent)
+        echo(f"hal: task {task.id} ({agent} on {request.provider}{via})", err=True)
 
     if args.as_events:
         record = run_async(run_printing_events(api, request, announce))

@@ -55,7 +55,10 @@ def show(task_id: str, as_json: bool) -> None:
         emit_json(data)
     else:
         click.echo(summary(_shown(data, record)))
-        click.echo(f"prompt    {data['prompt']}")
+        from hal9999.cli.output import sanitize
+
+        # A hive agent writes the prompts of its sub-tasks: cleaned as the agent's output is.
+        click.echo(f"prompt    {sanitize(data['prompt'])}")
         if record is not None and waits_for_runner(record.status, record.runner_pid):
             click.echo(
                 f"waiting   no hal process holds it: `hal serve` starts it, "

@@ -54,9 +54,22 @@ class TaskSummary(TaskRow, Protocol):
     def session_dir(self) -> str: ...
 
 
+_CONTROLS = dict.fromkeys([*range(0x20), *range(0x7F, 0xA0)], "?")
+"""Control characters (C0, DEL, C1): shown as ``?``, never sent to the terminal."""
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line with no control character: a prompt a hive agent gave its
+    sub-task (``run_task``) reached the operator's terminal raw in ``hal task list``, an
+    escape sequence in it (a title, OSC 52's clipboard write) obeyed, and an agent command
+    holding a line break split the line that names a run."""
+    return " ".join(text.split()).translate(_CONTROLS)
+
+
 def short(text: str, limit: int = 100) -> str:
-    """``text`` on one line, cut to ``limit`` characters with an ellipsis."""
-    text = " ".join(text.split())
+    """``text`` on one line (:func:`one_line`), cut to ``limit`` characters with an
+    ellipsis."""
+    text = one_line(text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -84,7 +97,7 @@ def task_table(tasks: list[TaskRow]) -> str:
     """The ``hal task list`` table."""
     rows = [("ID", "STATUS", "AGENT", "PROVIDER", "AGE", "TIME", "PROMPT")]
     for t in tasks:
-        agent = t.agent if len(t.agent) <= 16 else t.agent[:15] + "…"
+        agent = short(t.agent, 16)
         rows.append(
             (
                 t.id,
@@ -109,8 +122,8 @@ def summary(task: TaskSummary) -> str:
         f"task      {task.id}",
         f"status    {task.status}"
         + (f" (exit {task.exit_code})" if task.exit_code is not None else ""),
-        f"agent     {task.agent} on {task.provider}",
-        f"repo      {task.repo}" + (f" @ {task.ref}" if task.ref else ""),
+        f"agent     {one_line(task.agent)} on {task.provider}",
+        f"repo      {one_line(task.repo)}" + (f" @ {one_line(task.ref)}" if task.ref else ""),
         f"branch    {task.branch}",
         f"duration  {duration(task)}",
         f"files     {task.files_changed} changed",
