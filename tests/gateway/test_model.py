@@ -276,3 +276,50 @@ async def test_an_allowed_azure_deployment_is_served(
     got, _ = await raw(sock, grant.token, AZURE_BODY, path=AZURE.format(ALLOWED))
     assert got == 200
     assert [s.path for s in upstream.seen] == [AZURE.format(ALLOWED)]
+
+
+@pytest.mark.parametrize(
+    "fields", [{"models": [ALLOWED]}, {"max_cost_usd": 1.0}, {"max_tokens": 1000}],
+    ids=["allow-list", "cost budget", "token budget"],
+)  # fmt: skip
+@pytest.mark.parametrize(
+    ("path", "data"),
+    [("/v1/fine_tuning/jobs", json.dumps({"model": ALLOWED, "training_file": "f"}).encode()),
+     ("/openai/Fine_Tuning/jobs", json.dumps({"model": ALLOWED, "training_file": "f"}).encode()),
+     ("/v1beta/tunedModels", json.dumps({"model": ALLOWED, "baseModel": ALLOWED}).encode()),
+     ("/v1beta/cachedContents", json.dumps({"model": ALLOWED, "ttl": "86400s"}).encode()),
+     (f"/v1beta/models/{ALLOWED}:predictLongRunning", json.dumps({"model": ALLOWED}).encode()),
+     ("/v1/responses", json.dumps({"model": ALLOWED, "background": True}).encode())],
+    ids=["fine-tuning", "azure-fine-tuning", "gemini-tuning", "gemini-cache",
+         "long-running", "background"],
+)  # fmt: skip
+async def test_work_billed_after_the_call_is_refused_where_spend_is_metered(
+    gateway: tuple[Gateway, str], upstream: StormUpstream, fields: dict[str, object],
+    path: str, data: bytes,
+) -> None:  # fmt: skip
+    # A fine-tuning job, a cache stored by the hour, a background response: each answer
+    # comes back at once with no usage in it, and the bill later. Under a budget they went
+    # through unmetered, as many as the agent liked (under an allow-list, of an allowed model).
+    gw, sock = gateway
+    grant = grant_for(upstream, **fields)
+    gw.register(grant)
+    got, answer = await raw(sock, grant.token, data, path=path)
+    assert got == 403, answer
+    error = answer["error"]
+    assert isinstance(error, dict) and "billed after the call ends" in str(error["message"])
+    assert upstream.seen == []
+
+
+async def test_a_gemini_tuned_models_path_is_checked_against_the_allow_list(
+    gateway: tuple[Gateway, str], upstream: StormUpstream
+) -> None:
+    # Gemini serves the tuned model its path names; the gateway read only /models/ paths,
+    # so a body naming an allowed model let any tuned model through.
+    gw, sock = gateway
+    grant = grant_for(upstream, models=[ALLOWED])
+    gw.register(grant)
+    got, answer = await raw(sock, grant.token, body(ALLOWED),
+                            path=f"/v1beta/tunedModels/{OTHER}:generateContent")  # fmt: skip
+    assert got == 403, answer
+    assert f"{OTHER!r} is not allowed" in str(answer)
+    assert upstream.seen == []

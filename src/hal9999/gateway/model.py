@@ -30,7 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-_GEMINI_MODEL = re.compile(r"/models/([^/:]+)(?::|$)")
+_GEMINI_MODEL = re.compile(r"/(?:models|tunedModels)/([^/:]+)(?::|$)")
+"""A Gemini path's model: a base model's, or a tuned one's (``tunedModels/NAME:...``)."""
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _SCAN: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 """The ``json`` module's scanner of one value (C), as ``json.loads`` uses it."""
@@ -49,6 +50,9 @@ _CHOICE_COUNTS = ("n", "best_of")
 """Body members that ask for several answers in one call (OpenAI's Chat Completions ``n``,
 its legacy Completions' ``best_of``), each billed."""
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+_DEFERRED = frozenset({"fine_tuning", "fine-tunes", "cachedcontents"})
+"""Path segments (ignoring case) of work billed after the call ends: fine-tuning jobs
+(OpenAI, Azure), Gemini's cached contents (storage, by the hour)."""
 
 
 class _Pairs(list[tuple[str, Any]]):
@@ -78,6 +82,9 @@ class ModelRequest:
     first the body's."""
     deployments: list[str] = field(default_factory=list)
     """Of those, the Azure deployments its path names (their names are checked as models)."""
+    background: bool = False
+    """Whether it asks to run in the background (OpenAI Responses): billed when it
+    completes, in an answer the call does not wait for."""
     output_cap: int | None = None
     """The most output tokens the request allows (None: it sets no cap the gateway knows)."""
     choices: int = 1
@@ -125,6 +132,8 @@ def read_model(
             elif strict:
                 raise Unreadable(400, "the request body's model is not a string")
         found.output_cap = _output_cap(members)
+        found.background = any(k.casefold() == "background" and v not in (None, False)
+                               for k, v in members)  # fmt: skip
         found.choices = _choices(members, strict)
     match = _GEMINI_MODEL.search(path)
     if match and match.group(1) not in found.models:
@@ -148,13 +157,24 @@ def check_metered(path: str) -> None:
     """:class:`Unreadable` (403) for an endpoint whose spend the gateway cannot meter: a
     batch is billed when it completes, hours later, never in an answer the gateway reads
     (Anthropic's ``/v1/messages/batches``, OpenAI's ``/v1/batches``, Gemini's
-    ``:batchGenerateContent`` and ``:asyncBatchEmbedContent``)."""
-    segments = path.rstrip("/").split("/")
-    method = segments[-1].rpartition(":")[2] if ":" in segments[-1] else ""
+    ``:batchGenerateContent`` and ``:asyncBatchEmbedContent``); so are fine-tuning jobs
+    (``/v1/fine_tuning/...``), Gemini's tuning jobs and cached contents (``POST
+    /v1beta/tunedModels``, ``/v1beta/cachedContents``: storage by the hour) and long-running
+    operations (``:predictLongRunning``)."""
+    segments = [segment for segment in path.rstrip("/").split("/") if segment]
+    last = segments[-1] if segments else ""
+    method = last.rpartition(":")[2] if ":" in last else ""
     if "batches" in segments or method.startswith(("batch", "asyncBatch")):
         raise Unreadable(403, "batch calls are billed after the call ends, past the gateway's "
                               "metering; a task with a budget or a model allow-list makes "
                               "each call itself")  # fmt: skip
+    folded = {segment.casefold() for segment in segments}
+    # A tuning job is created at /v1beta/tunedModels; its model is then called at
+    # tunedModels/NAME:generateContent, metered as any other.
+    if folded & _DEFERRED or last == "tunedModels" or method == "predictLongRunning":
+        raise Unreadable(403, "fine-tuning, cached contents and long-running operations are "
+                              "billed after the call ends, past the gateway's metering; a "
+                              "task with a budget or a model allow-list cannot start them")  # fmt: skip
 
 
 def requested_model(path: str, body: bytes) -> str | None:

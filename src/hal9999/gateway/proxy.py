@@ -196,6 +196,10 @@ class Gateway:
             if parsed:
                 check_metered(path)
             wants = read_model(method, path, headers, body if parsed else b"", strict=strict)
+            if parsed and wants.background:  # its usage is in an answer it does not wait for
+                raise Unreadable(403, "a background response is billed after the call ends, "
+                                      "past the gateway's metering; a task with a budget or a "
+                                      "model allow-list makes each call itself")  # fmt: skip
         except Unreadable as exc:  # its model may read otherwise upstream: never forwarded
             code = "not_metered" if exc.status == 403 else "bad_request"
             wants, unreadable = ModelRequest(), (exc.status, code, f"hal gateway: {exc}")
