@@ -394,3 +394,31 @@ def test_the_assumed_maximum_output_is_a_checked_setting(tmp_path: Path) -> None
     assert info.value.message == (
         f"{config_file}: gateway.prices.m.max_output_tokens: expected a number greater than 0"
     )
+
+
+@pytest.mark.parametrize(
+    "member",
+    [{"previous_response_id": "resp_1"}, {"conversation": "conv_1"},
+     {"Previous_Response_Id": "resp_1"}, {"cachedContent": "cachedContents/c1"}],
+    ids=["previous-response", "conversation", "upper-case", "gemini-cache"],
+)  # fmt: skip
+async def test_a_call_bringing_in_input_the_upstream_holds_goes_alone(
+    gateway: tuple[Gateway, str], upstream: StormUpstream, member: dict[str, str]
+) -> None:
+    # A 100-byte call naming an earlier response brings its whole context (up to a model's
+    # window, 400k tokens) as input: it reserved its bytes, so many went together within a
+    # budget each of them could pass alone.
+    gw, sock = gateway
+    upstream.delay_s = 0.2
+    grant = grant_for(upstream, max_tokens=100_000)
+    gw.register(grant)
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [], **member}
+    async with client(sock) as http:
+        answers = await asyncio.gather(*(
+            http.post("/v1/messages", json=body, headers={"x-api-key": grant.token})
+            for _ in range(3)))  # fmt: skip
+    assert [a.status_code for a in answers] == [200] * 3
+    assert upstream.peak == 1, "calls whose input is not bounded by their size went together"
+    wants = read_model("POST", "/v1/messages", [], json.dumps(body).encode(), strict=False)
+    reserve = gw._reservation(grant, wants, "POST", 100)
+    assert reserve is not None and reserve.tokens is None

@@ -31,7 +31,8 @@ its price entry (:data:`hal9999.gateway.prices.MAX_OUTPUT_TOKENS`,
 that emits more passes the budget by the excess. It lets uncapped calls go in parallel
 while they fit (under a daily budget, one scope over every task, the calls of all tasks
 would otherwise go one at a time). Only a call with no bound at all (under a cost budget,
-a model with no price) goes alone.
+a model with no price; a call bringing in input the upstream holds, such as an OpenAI
+``previous_response_id``, whose bytes do not bound its input) goes alone.
 A GET or HEAD without a body (a model listing) generates nothing: it is not held or counted.
 """
 

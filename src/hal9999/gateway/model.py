@@ -50,6 +50,10 @@ _CHOICE_COUNTS = ("n", "best_of")
 """Body members that ask for several answers in one call (OpenAI's Chat Completions ``n``,
 its legacy Completions' ``best_of``), each billed."""
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+_STORED_INPUT = ("previous_response_id", "conversation", "cachedcontent", "cached_content")
+"""Body members (matched ignoring case) that bring input the upstream holds into the call:
+an OpenAI Responses call's earlier response or conversation, a Gemini cached content. Its
+tokens are not bytes of the request, so the request's size does not bound them."""
 _DEFERRED = frozenset({"fine_tuning", "fine-tunes", "cachedcontents"})
 """Path segments (ignoring case) of work billed after the call ends: fine-tuning jobs
 (OpenAI, Azure), Gemini's cached contents (storage, by the hour)."""
@@ -82,6 +86,9 @@ class ModelRequest:
     first the body's."""
     deployments: list[str] = field(default_factory=list)
     """Of those, the Azure deployments its path names (their names are checked as models)."""
+    stored_input: bool = False
+    """Whether the call brings in input the upstream holds (``previous_response_id``,
+    ``conversation``, ``cachedContent``): its input is not bounded by its size."""
     background: bool = False
     """Whether it asks to run in the background (OpenAI Responses): billed when it
     completes, in an answer the call does not wait for."""
@@ -132,6 +139,8 @@ def read_model(
             elif strict:
                 raise Unreadable(400, "the request body's model is not a string")
         found.output_cap = _output_cap(members)
+        found.stored_input = any(k.casefold() in _STORED_INPUT and v not in (None, "", [])
+                                 for k, v in members)  # fmt: skip
         found.background = any(k.casefold() == "background" and v not in (None, False)
                                for k, v in members)  # fmt: skip
         found.choices = _choices(members, strict)

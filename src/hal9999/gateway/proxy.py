@@ -246,6 +246,8 @@ class Gateway:
             return None
         if method in ("GET", "HEAD") and not size:  # asks for nothing to be generated
             return None
+        if wants.stored_input:  # input the upstream holds: its size bounds nothing, it goes alone
+            return Reservation(None, None)
         table = grant.settings.get("prices", {})
         price: Mapping[str, float | None] | None = self.prices.of(grant.token, table, wants.model)
         for other in wants.models[1:]:  # a Gemini or Azure path's, which the upstream serves
