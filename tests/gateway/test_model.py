@@ -323,3 +323,23 @@ async def test_a_gemini_tuned_models_path_is_checked_against_the_allow_list(
     assert got == 403, answer
     assert f"{OTHER!r} is not allowed" in str(answer)
     assert upstream.seen == []
+
+
+@pytest.mark.parametrize(
+    "path",
+    [f"/v1beta/Models/{OTHER}:generateContent", f"/v1beta/models//{OTHER}:generateContent",
+     f"/v1beta//TUNEDMODELS/{OTHER}:streamGenerateContent", "/v1beta/models/:generateContent"],
+    ids=["upper-case", "empty segment", "tuned, upper-case", "no name"],
+)  # fmt: skip
+async def test_a_gemini_path_read_as_a_lenient_router_would_is_checked(
+    gateway: tuple[Gateway, str], upstream: StormUpstream, path: str
+) -> None:
+    # Only an exact "/models/NAME:" was read: a path a router matching it ignoring case, or
+    # collapsing empty segments, serves as another model passed with an allowed body model.
+    gw, sock = gateway
+    grant = grant_for(upstream, models=[ALLOWED])
+    gw.register(grant)
+    got, answer = await raw(sock, grant.token, body(ALLOWED), path=path)
+    assert got == 403, answer
+    assert "is not allowed" in str(answer)
+    assert upstream.seen == []

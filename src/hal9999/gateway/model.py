@@ -192,12 +192,19 @@ def requested_model(path: str, body: bytes) -> str | None:
 
 
 def _path_models(path: str) -> list[tuple[str, str]]:
-    """The Azure deployments and Bedrock models ``path`` names: the segment after each
-    ``deployments`` or ``model`` one, matched as a router that ignores case and collapses
-    empty segments would match it."""
+    """The Azure deployments, Bedrock models and Gemini models ``path`` names: the segment
+    after each ``deployments`` or ``model`` one, and the name before the ``:`` (or the end)
+    of the one after each ``models`` or ``tunedModels`` one, matched as a router that
+    ignores case and collapses empty segments would match it."""
     segments = [segment for segment in path.split("/") if segment]
-    return [(kind, segments[n + 1]) for n, segment in enumerate(segments[:-1])
-            if (kind := segment.casefold()) in ("deployments", "model")]  # fmt: skip
+    found = []
+    for n, segment in enumerate(segments[:-1]):
+        kind, name = segment.casefold(), segments[n + 1]
+        if kind in ("deployments", "model"):
+            found.append((kind, name))
+        elif kind in ("models", "tunedmodels") and (":" in name or n + 2 == len(segments)):
+            found.append((kind, name.partition(":")[0]))
+    return found
 
 
 def _check_path(path: str) -> None:
