@@ -181,9 +181,10 @@ def check_metered(path: str) -> None:
     # A tuning job is created at /v1beta/tunedModels; its model is then called at
     # tunedModels/NAME:generateContent, metered as any other.
     if folded & _DEFERRED or last == "tunedModels" or method == "predictLongRunning":
-        raise Unreadable(403, "fine-tuning, cached contents and long-running operations are "
-                              "billed after the call ends, past the gateway's metering; a "
-                              "task with a budget or a model allow-list cannot start them")  # fmt: skip
+        text = ("fine-tuning, cached contents and long-running operations are billed after "
+                "the call ends, past the gateway's metering; a task with a budget or a model "
+                "allow-list cannot start them")  # fmt: skip
+        raise Unreadable(403, text)
 
 
 def requested_model(path: str, body: bytes) -> str | None:
