@@ -89,7 +89,11 @@ async def read_request(
     length, chunked, expect = None, False, False
     for name, value in headers:
         if name == "content-length":
-            if not value.isascii() or not value.isdigit() or length not in (None, int(value)):
+            if not value.isascii() or not value.isdigit():
+                raise BadRequest(400, "a bad content-length")
+            if len(value.lstrip("0")) > 12:  # int() refuses past 4300 digits: a traceback
+                raise BadRequest(413, "the request body is too large")
+            if length not in (None, int(value)):
                 raise BadRequest(400, "a bad content-length")
             length = int(value)
         elif name == "transfer-encoding":
