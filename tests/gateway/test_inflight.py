@@ -422,3 +422,21 @@ async def test_a_call_bringing_in_input_the_upstream_holds_goes_alone(
     wants = read_model("POST", "/v1/messages", [], json.dumps(body).encode(), strict=False)
     reserve = gw._reservation(grant, wants, "POST", 100)
     assert reserve is not None and reserve.tokens is None
+
+
+@pytest.mark.parametrize("member", ["max_tokens", "n"])
+async def test_a_cap_or_count_of_hundreds_of_digits_is_answered(
+    gateway: tuple[Gateway, str], upstream: StormUpstream, member: str
+) -> None:
+    # Its reservation in dollars overflowed a float: OverflowError, a traceback in the
+    # gateway's log and the agent's connection closed with no answer.
+    gw, sock = gateway
+    grant = grant_for(upstream, max_cost_usd=10.0)
+    gw.register(grant)
+    fields = {"max_tokens": 10, member: 10**400}
+    data = json.dumps({"model": "claude-sonnet-4-5", "messages": [], **fields}).encode()
+    async with client(sock) as http:
+        answer = await http.post("/v1/messages", content=data,
+                                 headers={"x-api-key": grant.token})  # fmt: skip
+    assert answer.status_code == 200
+    assert len(upstream.seen) == 1

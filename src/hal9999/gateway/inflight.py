@@ -48,6 +48,10 @@ model's entry nor ``[gateway] assumed_max_output_tokens`` says (a grant from a h
 does not send the setting)."""
 
 
+MAX_RESERVED_OUTPUT = 1 << 40
+"""The most output tokens a call reserves, whatever cap it names (far past any model's)."""
+
+
 @dataclass(frozen=True)
 class Reservation:
     """The most one call may spend (None: no bound known, the call goes alone)."""
@@ -73,7 +77,9 @@ def reservation(
     if output_cap is None:
         most = (price or {}).get("max_output_tokens")
         output_cap = int(most) if most else assumed_output
-    output_cap *= max(1, choices)
+    # An agent's cap or count may be thousands of digits long: held to more than any call
+    # emits, so its dollars stay a float (still no other call fits beside it).
+    output_cap = min(output_cap * max(1, choices), MAX_RESERVED_OUTPUT)
     tokens = size + output_cap
     if not cost:
         return Reservation(tokens, 0.0)
