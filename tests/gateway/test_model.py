@@ -343,3 +343,19 @@ async def test_a_gemini_path_read_as_a_lenient_router_would_is_checked(
     assert got == 403, answer
     assert "is not allowed" in str(answer)
     assert upstream.seen == []
+
+
+async def test_a_refused_model_holding_a_lone_surrogate_is_recorded(
+    gateway: tuple[Gateway, str], upstream: StormUpstream
+) -> None:
+    # json.loads decodes "\ud800" to a lone surrogate, which SQLite cannot encode: the
+    # refusal's row raised in the ledger's flush, lost with every row of its batch (and the
+    # futures of the calls committed with it never resolved: their answers never ended).
+    gw, sock = gateway
+    grant = grant_for(upstream, models=[ALLOWED])
+    gw.register(grant)
+    got, _ = await raw(sock, grant.token, b'{"model": "\\ud800x", "max_tokens": 1}')
+    assert got == 403
+    await gw.drain()
+    rows = gw.store.gateway_requests("t1")
+    assert [(r.status, r.error, r.model) for r in rows] == [(403, "model_not_allowed", "?x")]

@@ -431,7 +431,10 @@ class Gateway:
         record.status = status
         record.latency_ms = round((time.monotonic() - started) * 1000, 3)
         if record.model is not None:  # an agent's name for it may be megabytes
-            record.model = record.model[:MAX_MODEL_CHARS]
+            # ... and hold a lone surrogate ("\ud800" in its JSON), which SQLite cannot
+            # store: the row's batch was lost, and the calls committed with it never ended.
+            model = record.model[:MAX_MODEL_CHARS]
+            record.model = model.encode("utf-8", "replace").decode("utf-8")
         for name, value in fields.items():
             setattr(record, name, value)
         return self.ledger.add(record)
