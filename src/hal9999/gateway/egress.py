@@ -26,6 +26,7 @@ import ipaddress
 import socket
 import time
 
+from hal9999.gateway import door
 from hal9999.gateway.allowlist import allowed
 from hal9999.gateway.channel import Grant
 from hal9999.gateway.forwarder import pump
@@ -69,12 +70,20 @@ class EgressProxy:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         """One proxy connection: a CONNECT head, then a tunnel (or a refusal)."""
+        # Waiting for its head, it counts against the gateway's door (see door.py): one
+        # sandbox's silent connections cannot take every other task's room.
+        peer = door.peer_of(writer)
+        if not self.gateway.door.enter(peer):
+            writer.close()
+            return
         try:
             async with asyncio.timeout(30):
                 head = await reader.readuntil(b"\r\n\r\n")
         except (asyncio.LimitOverrunError, asyncio.IncompleteReadError, TimeoutError, OSError):
             writer.close()
             return
+        finally:
+            self.gateway.door.leave(peer)
         try:
             await self._handle(head, reader, writer)
         except (ConnectionError, OSError):

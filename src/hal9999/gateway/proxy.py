@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from hal9999.auth.upstream import oauth_headers, upstream_key
 from hal9999.errors import GatewayError, HalError
-from hal9999.gateway import refusal
+from hal9999.gateway import door, refusal
 from hal9999.gateway.bodies import StoredBodies
 from hal9999.gateway.channel import TOKEN_PREFIX, GatewayPaths, Grant
 from hal9999.gateway.held import HeldBodies
@@ -87,6 +87,8 @@ class Gateway:
         self.clients: dict[str, UpstreamPool] = {}
         """Pools for upstreams behind a private CA, by CA file."""
         self.last_active = time.monotonic()
+        self.door = door.Door()
+        """Connections waiting for their request, bounded per sandbox and in all."""
 
     # -- grants ---------------------------------------------------------------------------
     def register(self, grant: Grant) -> None:
@@ -148,14 +150,25 @@ class Gateway:
     ) -> None:
         """Answer HTTP/1.1 requests on one connection until it closes."""
         held = HeldBodies(self._grant_of, self.held)
+        peer = door.peer_of(writer)
         try:
             while True:
+                if not self.door.enter(peer):
+                    await _send_refusal(Answer(writer, None), 503, "too_many_connections",
+                                        "hal gateway: too many connections are waiting to send"
+                                        " a request; close the idle ones")  # fmt: skip
+                    return
                 try:
-                    request = await read_request(reader, writer, held)
+                    async with asyncio.timeout(door.REQUEST_S):
+                        request = await read_request(reader, writer, held)
+                except TimeoutError:
+                    return  # nothing, or too little, sent in time: the connection goes
                 except BadRequest as exc:
                     await _send_refusal(Answer(writer, None), exc.status, exc.code,
                                         f"hal gateway: {exc}")  # fmt: skip
                     return
+                finally:
+                    self.door.leave(peer)
                 if request is None:
                     return
                 answer = Answer(writer, request)
