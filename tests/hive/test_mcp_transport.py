@@ -352,3 +352,23 @@ def _is_socket(path: str) -> bool:
         return stat.S_ISSOCK(os.stat(path).st_mode)
     except OSError:
         return False
+
+
+async def test_closing_an_agents_socket_ends_its_open_sessions(hub: McpHub) -> None:
+    # A removed agent's connection made before must not go on acting as it (or as the next
+    # agent spawned under its name): Server.close() alone only stops accepting.
+    sock = await hub.serve("alpha")
+    reader, writer = await asyncio.open_unix_connection(str(sock))
+    writer.write((json.dumps(INIT) + "\n" + json.dumps(READY) + "\n").encode())
+    await writer.drain()
+    assert json.loads(await asyncio.wait_for(reader.readline(), 10))["id"] == 1
+    await hub.close("alpha")
+    writer.write((json.dumps(tool_call(2, "inbox", {})) + "\n").encode())
+    with contextlib.suppress(ConnectionError):
+        await writer.drain()
+    try:
+        rest = await asyncio.wait_for(reader.read(), 5)
+    except ConnectionError:  # the write hit the closed socket
+        rest = b""
+    assert rest == b""  # hung up, the call not answered
+    writer.close()

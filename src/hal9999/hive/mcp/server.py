@@ -249,6 +249,8 @@ class McpHub:
         self.extra_tools = [*THREAD_TOOLS, *(extra_tools or [])]
         self._servers: dict[str, asyncio.Server] = {}
         self._conns: set[asyncio.Task[None]] = set()
+        self._sessions: dict[str, set[asyncio.Task[None]]] = {}
+        """Per agent: its connections' tasks (closing its socket ends them)."""
         self._serving = asyncio.Lock()
 
     @property
@@ -277,6 +279,7 @@ class McpHub:
         caller = Caller(self.hive, agent, manager)
         tools = tools_for(manager, self.extra_tools)
         mine: set[asyncio.Task[None]] = set()
+        self._sessions[agent] = mine
 
         async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             task = asyncio.current_task()
@@ -329,6 +332,12 @@ class McpHub:
         server.close()
         with contextlib.suppress(FileNotFoundError):
             self.paths.socket(agent).unlink()
+        # Server.close() only stops accepting: a connection made before would go on acting
+        # as the agent, removed (or as the next agent spawned under its name).
+        sessions = [t for t in self._sessions.pop(agent, ()) if t is not asyncio.current_task()]
+        for task in sessions:
+            task.cancel()
+        await asyncio.gather(*sessions, return_exceptions=True)
 
     async def sync(self) -> None:
         """Serve every agent of the hive, and only those (called at start and periodically)."""
