@@ -290,3 +290,34 @@ def test_every_tab_of_the_origin_shares_the_proof_and_a_new_login_replaces_it(
     page.reload()
     page.wait_for_selector("#main :text('Logged out')")
     assert page.locator("tr[data-task='t1']").count() == 0
+
+
+def test_a_link_the_agent_prints_in_the_terminal_is_inert(
+    browser: Any, fake_dashboard: Dashboard, shot: Any
+) -> None:
+    # xterm.js opens an OSC 8 hyperlink on a click (after a confirm naming the URL): an agent
+    # could plant a phishing link in its pane. The log drops OSC 8; the terminal must too.
+    served, api, home = fake_dashboard
+    api.add_task(task("t1"))
+    page = open_logged_in(browser, served, home)
+    page.goto(served.base + "/tasks/t1")
+    page.wait_for_selector("#live-state[data-state='live']")
+    page.evaluate(
+        """() => new Promise((resolve) => {
+          const opened = hal.openTerminal(document.getElementById("terminal"), "t1", false);
+          const link = "\\x1b]8;;https://evil.example/\\x1b\\\\CLICKME-CLICKME\\x1b]8;;\\x1b\\\\";
+          const plant = () => opened.term.write("\\x1b[H" + link, resolve);
+          if (opened.socket.readyState === WebSocket.CLOSED) plant();
+          else opened.socket.addEventListener("close", plant);  // the fake has no terminal
+        })"""
+    )
+    box = page.locator("#terminal .xterm-screen").bounding_box()
+    assert box is not None
+    x, y = box["x"] + 20, box["y"] + 6  # inside "CLICKME" on the first row
+    page.mouse.move(x - 5, y)
+    page.mouse.move(x, y)
+    page.mouse.click(x, y)
+    page.evaluate("() => new Promise((r) => requestAnimationFrame(() => r(0)))")  # after it
+    assert getattr(page, "dialogs", []) == []
+    assert len(page.context.pages) == 1  # no window opened
+    shot(page)

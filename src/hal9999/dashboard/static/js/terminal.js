@@ -9,7 +9,10 @@
     if (current) { current.socket.close(); current.term.dispose(); current = null; }
     hal.clear(box);
     box.classList.add("open");
-    const term = new window.Terminal({ convertEol: false, disableStdin: !write, cursorBlink: write, fontSize: 13, scrollback: 5000 });
+    // A hyperlink the agent prints (OSC 8) is inert, as in the log: xterm.js would open any
+    // URL in a new window after a confirm, a phishing link planted in the pane.
+    const linkHandler = { activate: () => {}, allowNonHttpProtocols: false };
+    const term = new window.Terminal({ convertEol: false, disableStdin: !write, cursorBlink: write, fontSize: 13, scrollback: 5000, linkHandler });
     const fit = new window.FitAddon.FitAddon();
     term.loadAddon(fit);
     const bar = hal.el("div", { class: "term-bar" },
