@@ -235,13 +235,16 @@ async def test_one_connection_runs_a_bounded_number_of_calls_at_once(tmp_path: P
         replies = await pipelined(sock, [INIT, READY, *calls])
         assert sorted(r["id"] for r in replies) == list(range(1, 4 * MAX_IN_FLIGHT + 2))
         assert peak <= MAX_IN_FLIGHT, f"{peak} calls ran at once"
-        # Lines the SDK drops unanswered (not JSON-RPC 2.0 requests) take no slot.
+        # Lines the SDK would drop (not JSON-RPC 2.0 requests) take no slot: hal refuses
+        # each at once, with an error for its id.
         dropped = [{"jsonrpc": "2.0", "id": 5, "method": 123}, {"id": 6, "method": "ping"},
                    {"jsonrpc": "2.0", "id": 7, "method": "ping", "params": "x"}]  # fmt: skip
         ping = {"jsonrpc": "2.0", "id": 8, "method": "ping"}
         started = time.monotonic()
         replies = await pipelined(sock, [INIT, READY, *dropped * MAX_IN_FLIGHT, ping])
-        assert [r["id"] for r in replies] == [1, 8]
+        assert sorted(r["id"] for r in replies) == sorted([1, *[5, 6, 7] * MAX_IN_FLIGHT, 8])
+        assert replies[-1]["id"] == 8
+        assert all(r["error"]["code"] == -32600 for r in replies if r["id"] in (5, 6, 7))
         assert time.monotonic() - started < 10
     finally:
         await hub.close_all()
@@ -371,4 +374,29 @@ async def test_closing_an_agents_socket_ends_its_open_sessions(hub: McpHub) -> N
     except ConnectionError:  # the write hit the closed socket
         rest = b""
     assert rest == b""  # hung up, the call not answered
+    writer.close()
+
+
+async def test_a_request_the_sdk_cannot_take_gets_an_error_not_silence(hub: McpHub) -> None:
+    # The SDK drops a line that does not validate: a client waited for its answer until it
+    # timed out. A batch (MCP has none) and a lone surrogate get an error per request id.
+    sock = await hub.serve("alpha")
+    reader, writer = await asyncio.open_unix_connection(str(sock))
+    writer.write((json.dumps(INIT) + "\n" + json.dumps(READY) + "\n").encode())
+    batch = [{"jsonrpc": "2.0", "id": 2, "method": "ping"}, tool_call(3, "inbox", {})]
+    surrogate = json.dumps(tool_call(4, "send", {"to": "operator", "body": "\ud800"}))
+    ping = {"jsonrpc": "2.0", "id": 5, "method": "ping"}
+    for message in (json.dumps(batch), surrogate, "[1, 2]", json.dumps(ping)):
+        writer.write((message + "\n").encode())
+    await writer.drain()
+    replies = {}
+    while 5 not in replies:
+        reply = json.loads(await asyncio.wait_for(reader.readline(), 10))
+        replies[reply["id"]] = reply
+    assert replies[5]["result"] == {}
+    for request_id in (2, 3, 4):
+        error = replies[request_id]["error"]
+        assert error["code"] == -32600 and error["message"].startswith("invalid request: ")
+    assert "a batch" in replies[2]["error"]["message"]
+    assert set(replies) == {1, 2, 3, 4, 5}
     writer.close()

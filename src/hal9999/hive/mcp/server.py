@@ -105,6 +105,31 @@ def build_server(caller: Caller, tools: dict[str, Tool]) -> Server[Any]:
     )
 
 
+def _refusals(line: str, exc: ValidationError) -> list[str]:
+    """JSON-RPC errors for the requests in ``line``, which the SDK refused (``exc``): a batch
+    (MCP has none), a lone surrogate, a wrong type. Without one, a client would wait for its
+    answer until it times out. A line that is not JSON, or nests too deep, names no id."""
+    try:
+        value = json.loads(line)
+    except (ValueError, RecursionError):
+        return []
+    batch = isinstance(value, list)
+    if batch:
+        why = "a batch (MCP has none): send one JSON-RPC message a line"
+    else:
+        why = " ".join(str(exc.errors()[0]["msg"]).split())[:200]
+    answers = []
+    for item in value if batch else [value]:
+        request_id = item.get("id") if isinstance(item, dict) and "method" in item else None
+        if isinstance(request_id, str) or (
+            isinstance(request_id, int) and not isinstance(request_id, bool)
+        ):
+            error = {"code": types.INVALID_REQUEST, "message": f"invalid request: {why}"}
+            answer = {"jsonrpc": "2.0", "id": request_id, "error": error}
+            answers.append(json.dumps(answer, separators=(",", ":")))
+    return answers
+
+
 class _Unanswered:
     """The requests a connection made that have no answer yet.
 
@@ -125,13 +150,14 @@ class _Unanswered:
     def _key(value: object) -> str:
         return json.dumps(value)  # 2 and "2" are different request ids
 
-    def read(self, line: str) -> None:
+    def read(self, line: str) -> list[str]:
         """Note a request (or a client's cancel of one) in a line the client sent: what the
-        SDK itself takes for one (it drops what does not validate, answering nothing)."""
+        SDK itself takes for one. It drops what does not validate, answering nothing: the
+        error answers owed for the request ids such a line holds are returned instead."""
         try:
             message = types.jsonrpc_message_adapter.validate_json(line, by_name=False)
-        except ValueError:
-            return
+        except ValidationError as exc:
+            return _refusals(line, exc)
         if isinstance(message, types.JSONRPCRequest):
             key = self._key(message.id)
             self.ids[key] = self.ids.get(key, 0) + 1
@@ -142,6 +168,7 @@ class _Unanswered:
             and "requestId" in (message.params or {})
         ):  # never answered: forget it
             self._done(self._key((message.params or {})["requestId"]))
+        return []
 
     def written(self, text: str) -> None:
         """Note an answer in a line the server wrote."""
@@ -187,25 +214,34 @@ class _Unanswered:
 class _Lines:
     """A connection's read side as the text lines ``stdio_server`` iterates over."""
 
-    def __init__(self, reader: asyncio.StreamReader, unanswered: _Unanswered) -> None:
+    def __init__(self, reader: asyncio.StreamReader, unanswered: _Unanswered, out: _Out) -> None:
         self.reader = reader
         self.unanswered = unanswered
+        self.out = out
 
     def __aiter__(self) -> _Lines:
         return self
 
     async def __anext__(self) -> str:
-        await self.unanswered.room()
-        try:
-            line = await self.reader.readline()
-        except (ValueError, ConnectionError):  # a line past MAX_LINE, a reset: hang up
-            raise StopAsyncIteration from None
-        if not line:
-            await self.unanswered.drained()  # a half-close still gets its answers
-            raise StopAsyncIteration
-        text = line.decode("utf-8", "replace")
-        self.unanswered.read(text)
-        return text
+        while True:
+            await self.unanswered.room()
+            try:
+                line = await self.reader.readline()
+            except (ValueError, ConnectionError):  # a line past MAX_LINE, a reset: hang up
+                raise StopAsyncIteration from None
+            if not line:
+                await self.unanswered.drained()  # a half-close still gets its answers
+                raise StopAsyncIteration
+            text = line.decode("utf-8", "replace")
+            refusals = self.unanswered.read(text)
+            if not refusals:
+                return text
+            for answer in refusals:  # one whole line each: never inside another answer
+                await self.out.write(answer + "\n")
+            try:
+                await self.out.flush()
+            except ConnectionError:
+                raise StopAsyncIteration from None
 
 
 class _Out:
@@ -312,7 +348,8 @@ class McpHub:
     ) -> None:
         server = build_server(caller, tools)
         unanswered = _Unanswered()
-        lines, out = _Lines(reader, unanswered), _Out(writer, unanswered)
+        out = _Out(writer, unanswered)
+        lines = _Lines(reader, unanswered, out)
         try:
             async with stdio_server(cast(Any, lines), cast(Any, out)) as (
                 read_stream,
