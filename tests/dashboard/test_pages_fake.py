@@ -321,3 +321,19 @@ def test_a_link_the_agent_prints_in_the_terminal_is_inert(
     assert getattr(page, "dialogs", []) == []
     assert len(page.context.pages) == 1  # no window opened
     shot(page)
+
+
+def test_a_link_never_leaves_the_dashboard_whatever_its_characters(
+    browser: Any, fake_dashboard: Dashboard
+) -> None:
+    # A URL parser drops tabs and line breaks: "/\t/evil.example" passed the "//" check and
+    # became the foreign "//evil.example".
+    served, _, home = fake_dashboard
+    page = open_logged_in(browser, served, home)
+    page.wait_for_selector("#live-state[data-state='live']")
+    hrefs = ["/\t/evil.example/", "/\n/evil.example/", "/\r\n/evil.example/", "/\\evil.example/"]
+    origins = page.evaluate(
+        "(hrefs) => hrefs.map((h) => new URL(hal.el('a', { href: h }).href).origin)", hrefs
+    )
+    assert origins == [served.base] * len(hrefs)
+    assert page.evaluate("hal.safeHref('/tasks/t1')") == "/tasks/t1"

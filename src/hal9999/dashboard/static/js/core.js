@@ -22,10 +22,11 @@
   /** The headers that prove a request comes from a page of this dashboard. */
   hal.proofHeaders = () => ({ "x-hal-proof": hal.proof() });
 
-  /** Only links inside this dashboard: a "javascript:" or foreign URL becomes inert. */
+  /** Only links inside this dashboard: a "javascript:" or foreign URL becomes inert. A URL
+   * parser drops tabs and line breaks and reads "\\" as "/": "/\t/evil.example" is "//evil...". */
   hal.safeHref = (href) => {
     const value = String(href);
-    return value.startsWith("/") && !value.startsWith("//") && !value.includes("\\") ? value : "#";
+    return value.startsWith("/") && !value.startsWith("//") && !/[\\\x00-\x20\x7f]/.test(value) ? value : "#";
   };
 
   // Bidirectional controls (embeddings, overrides, isolates, marks) reorder the text around
