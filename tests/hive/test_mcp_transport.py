@@ -400,3 +400,25 @@ async def test_a_request_the_sdk_cannot_take_gets_an_error_not_silence(hub: McpH
     assert "a batch" in replies[2]["error"]["message"]
     assert set(replies) == {1, 2, 3, 4, 5}
     writer.close()
+
+
+async def test_a_batch_is_refused_without_validating_each_item(hub: McpHub) -> None:
+    # The SDK's validation of a batch keeps an error per item and union member: one 4 MiB
+    # line took ~500 MiB of the daemon. A batch is refused from its JSON alone.
+    import tracemalloc
+
+    sock = await hub.serve("alpha")
+    reader, writer = await asyncio.open_unix_connection(str(sock))
+    batch = ("[" + ",".join(['{"method":"a"}'] * 40000) + "]\n").encode()  # 0.6 MB, no ids
+    ping = {"jsonrpc": "2.0", "id": 9, "method": "ping"}
+    tracemalloc.start()
+    try:
+        writer.write(batch + (json.dumps(ping) + "\n").encode())
+        await writer.drain()
+        reply = json.loads(await asyncio.wait_for(reader.readline(), 20))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert reply == {"jsonrpc": "2.0", "id": 9, "result": {}}
+    assert peak < 25 << 20, f"{peak >> 20} MiB to refuse a 0.6 MB batch"  # ~45 validated
+    writer.close()

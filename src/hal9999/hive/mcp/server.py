@@ -105,16 +105,17 @@ def build_server(caller: Caller, tools: dict[str, Tool]) -> Server[Any]:
     )
 
 
-def _refusals(line: str, exc: ValidationError) -> list[str]:
-    """JSON-RPC errors for the requests in ``line``, which the SDK refused (``exc``): a batch
-    (MCP has none), a lone surrogate, a wrong type. Without one, a client would wait for its
-    answer until it times out. A line that is not JSON, or nests too deep, names no id."""
+def _refusals(line: str, exc: ValidationError | None) -> list[str]:
+    """JSON-RPC errors for the requests in ``line``, which the SDK refuses: a batch (MCP has
+    none; ``exc`` None: never validated), a lone surrogate, a wrong type (``exc`` says why).
+    Without one, a client would wait for its answer until it times out. A line that is not
+    JSON, or nests too deep, names no id."""
     try:
         value = json.loads(line)
     except (ValueError, RecursionError):
         return []
     batch = isinstance(value, list)
-    if batch:
+    if batch or exc is None:
         why = "a batch (MCP has none): send one JSON-RPC message a line"
     else:
         why = " ".join(str(exc.errors()[0]["msg"]).split())[:200]
@@ -150,10 +151,13 @@ class _Unanswered:
     def _key(value: object) -> str:
         return json.dumps(value)  # 2 and "2" are different request ids
 
-    def read(self, line: str) -> list[str]:
+    def read(self, line: str) -> list[str] | None:
         """Note a request (or a client's cancel of one) in a line the client sent: what the
-        SDK itself takes for one. It drops what does not validate, answering nothing: the
-        error answers owed for the request ids such a line holds are returned instead."""
+        SDK itself takes for one; None then. The SDK would drop what does not validate,
+        answering nothing: for such a line (not passed on), the error answers owed for the
+        request ids it holds."""
+        if line.lstrip().startswith("["):  # not validated: 4 MiB of one took 500 MiB to
+            return _refusals(line, None)  # refuse (an error per item and union member)
         try:
             message = types.jsonrpc_message_adapter.validate_json(line, by_name=False)
         except ValidationError as exc:
@@ -168,7 +172,7 @@ class _Unanswered:
             and "requestId" in (message.params or {})
         ):  # never answered: forget it
             self._done(self._key((message.params or {})["requestId"]))
-        return []
+        return None
 
     def written(self, text: str) -> None:
         """Note an answer in a line the server wrote."""
@@ -234,12 +238,12 @@ class _Lines:
                 raise StopAsyncIteration
             text = line.decode("utf-8", "replace")
             refusals = self.unanswered.read(text)
-            if not refusals:
+            if refusals is None:
                 return text
-            for answer in refusals:  # one whole line each: never inside another answer
-                await self.out.write(answer + "\n")
-            try:
-                await self.out.flush()
+            try:  # one whole line each (never inside another answer), drained as it goes:
+                for answer in refusals:  # a 4 MiB batch holds ~200,000 ids
+                    await self.out.write(answer + "\n")
+                    await self.out.flush()
             except ConnectionError:
                 raise StopAsyncIteration from None
 
