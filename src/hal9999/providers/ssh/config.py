@@ -2,10 +2,43 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9._-]{0,252})")
+"""A DNS (or /etc/hosts) name: what ``address`` holds when it is not an IP address."""
+
+
+def check_address(address: str) -> str:
+    """``address`` when it is a host name or a bare IP address; else a ValueError naming
+    the form it looks like and where its parts go (``user``, ``port``).
+
+    It reaches the ``ssh`` argv of ``hal attach`` and the known_hosts line hal writes, so a
+    leading ``-``, white space or a second field is refused here, not passed along."""
+    if not address:
+        raise ValueError("address is empty: give a host name or IP address")
+    if address.startswith("-"):
+        raise ValueError("address starts with '-': give a host name or IP address")
+    if "@" in address:
+        raise ValueError('address holds a user@: give the login user as user = "..."')
+    if address.startswith("["):
+        raise ValueError("write an IPv6 address without brackets; the port goes in port = N")
+    try:
+        ipaddress.ip_address(address)
+        return address
+    except ValueError:
+        pass
+    if ":" in address and address.count(":") == 1:
+        raise ValueError("address holds a :port: give the port as port = N")
+    if not _HOST_NAME.fullmatch(address):
+        raise ValueError(
+            "address is not a host name or IP address (letters, digits, '.', '-', '_' only)"
+        )
+    return address
 
 
 class SshHost(BaseModel):
@@ -29,6 +62,22 @@ class SshHost(BaseModel):
     """Or a known_hosts file holding the host's entry (``[address]:port`` when not 22)."""
     capacity: int = Field(default=4, ge=1)
     """Sandboxes hal places on this host at once."""
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return check_address(value)
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, value: str) -> str:
+        # The login name goes after ``-l`` in ``hal attach``'s ssh argv and to sshd as is.
+        if not value or value.startswith("-") or not value.isprintable() or " " in value:
+            raise ValueError(
+                "user must be a login name: not empty, no leading '-', no spaces or "
+                "control characters"
+            )
+        return value
 
     @model_validator(mode="after")
     def _one_known_host(self) -> SshHost:
