@@ -141,18 +141,20 @@ class SshProvider:
         root = f"{home}/{self.config.remote_dir}/sandboxes/{sandbox_id}"
         mounts = mount_records(spec, root)
         dirs = [m.remote for m in mounts]
-        code, _, err = await channel.run(
-            conn, remote.plain(["mkdir", "-p", "-m", "700", "--", root, *dirs]), what="mkdir"
-        )
-        if code != 0:
-            raise ProviderError(f"cannot create {root} on {host.name!r}: {err.decode()}")
         record = SshRecord(
             id=sandbox_id, provider=self.name, state="running", spec=spec,
             created_at=time.time(), host=host, root=root, mounts=mounts,
             isolation=self.config.isolation, bwrap=self.config.bwrap,
             checkpoint_s=self.config.checkpoint_s, reaper=python.strip() == "python3",
         )  # fmt: skip
+        # Recorded before anything is made on the host: hal killed after the mkdir leaves a
+        # record the next daemon's sweep destroys, never a mirror nothing knows of.
         self.records.save(record)
+        code, _, err = await channel.run(
+            conn, remote.plain(["mkdir", "-p", "-m", "700", "--", root, *dirs]), what="mkdir"
+        )
+        if code != 0:
+            raise ProviderError(f"cannot create {root} on {host.name!r}: {err.decode()}")
         sandbox = self._handle(record)
         await sandbox.push()
         return sandbox
