@@ -10,6 +10,7 @@ import platform
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import docker.errors
 import pytest
 
 from hal9999.errors import CapabilityError, ConfigError, ProviderError
@@ -250,3 +251,39 @@ async def test_the_agent_cannot_trace_or_signal_the_init_that_outlives_its_task(
         assert user.text().split() == ["hal", "/home/hal"]
     if os.geteuid() == 0:  # a uid per sandbox: its account files go with it
         assert sorted(p.name.split("-")[0] for p in provider.state_dir.iterdir()) == ["seccomp"]
+
+
+class Killed(BaseException):
+    """hal dying (SIGKILL) at this point: nothing after it runs."""
+
+
+async def test_a_snapshot_killed_midway_leaves_no_container_once_its_sandbox_goes(
+    provider: DockerProvider, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = provider.client().api
+    made: list[str] = []
+    real_create = api.create_container
+
+    def create(*args: object, **kwargs: object) -> dict[str, str]:
+        found: dict[str, str] = real_create(*args, **kwargs)
+        made.append(found["Id"])
+        return found
+
+    def die(*args: object, **kwargs: object) -> None:
+        raise Killed
+
+    box = await provider.create(SandboxSpec(provider="docker", workspace=workspace))
+    with monkeypatch.context() as patch:
+        patch.setattr(api, "create_container", create)
+        patch.setattr(api, "put_archive", die)  # killed while the home goes in
+        patch.setattr(api, "remove_container", lambda *a, **k: None)  # so no finally runs
+        with pytest.raises(Killed):
+            await provider.snapshot(box.id, f"test-killed-{os.getpid()}")
+    assert len(made) == 1 and api.containers(all=True, filters={"id": made[0]})
+    base = api.inspect_container(made[0])["Image"]
+    # The next hal's sweep destroys the orphaned sandbox: the staging container goes too, and
+    # the commit it was made from.
+    await provider.destroy(box.id)
+    assert not api.containers(all=True, filters={"id": made[0]})
+    with pytest.raises(docker.errors.NotFound):
+        api.inspect_image(base)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import hashlib
 import os
 import re
@@ -60,6 +61,9 @@ SCOPE_LABEL = "hal9999.scope"
 SPEC_LABEL = "hal9999.spec"
 UID_LABEL = "hal9999.uid"
 CREATED_LABEL = "hal9999.created"
+STAGING_LABEL = "hal9999.snapshot-of"
+"""On the staging container of a snapshot: the sandbox it snapshots (removed with it, so a
+hal killed mid-snapshot leaves no container nothing removes)."""
 ID_PATTERN = re.compile(r"[0-9a-f]{12}")
 HOME = "/home/hal"
 VOLUMES = ("/tmp", HOME)
@@ -381,6 +385,15 @@ class DockerProvider:
             )  # fmt: skip
         except docker.errors.NotFound:
             pass
+        # A snapshot's staging container that a killed hal left (see _snapshot_blocking),
+        # then the untagged commit under it (kept when a finished snapshot's image is on it).
+        api = self.client().api
+        staged = {"label": f"{STAGING_LABEL}={sandbox_id}"}
+        for found in await self.call("list", api.containers, all=True, filters=staged):
+            with contextlib.suppress(docker.errors.NotFound):
+                await self.call("remove", api.remove_container, found["Id"], v=True, force=True)
+            with contextlib.suppress(docker.errors.NotFound, ProviderError):
+                await self.call("remove image", api.remove_image, found["ImageID"])
 
     # -- pool ---------------------------------------------------------------------------
     async def attach_workspace(self, sandbox_id: str, spec: SandboxSpec) -> None:
@@ -426,16 +439,15 @@ class DockerProvider:
         spec = SandboxSpec.model_validate_json(found["Config"]["Labels"][SPEC_LABEL])
         disk_mb = limits.effective(spec.resources).disk_mb
         limit = (disk_mb << 20 if disk_mb else HOME_ARCHIVE_LIMIT) + (64 << 20)
-        await self.call(
-            "snapshot", self._snapshot_blocking, container_name(sandbox_id), name, limit
-        )
+        await self.call("snapshot", self._snapshot_blocking, sandbox_id, name, limit)
         return f"hal9999:{name}"
 
-    def _snapshot_blocking(self, container: str, name: str, limit: int) -> None:
+    def _snapshot_blocking(self, sandbox_id: str, name: str, limit: int) -> None:
         # The home's archive is the agent's to size: a sparse file takes no disk (the disk
         # watchdog never sees it) but the engine's tar carries every byte of it. Spooled to
         # a file, never held in memory, and refused past the sandbox's disk limit.
         api = self.client().api
+        container = container_name(sandbox_id)
         stream, _ = api.get_archive(container, HOME)
         with tempfile.TemporaryFile(prefix="hal-snapshot-") as home:
             size = 0
@@ -452,7 +464,8 @@ class DockerProvider:
             home.seek(0)
             base = api.commit(container, pause=True)["Id"]
             # A created, never started, writable container takes the home as a layer on top.
-            staging = api.create_container(base, ["true"], labels={LABEL: "snapshot"})["Id"]
+            labels = {LABEL: "snapshot", STAGING_LABEL: sandbox_id}
+            staging = api.create_container(base, ["true"], labels=labels)["Id"]
             try:
                 api.put_archive(staging, "/home", home)
                 api.commit(staging, repository="hal9999", tag=name)
