@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -113,3 +114,40 @@ async def test_doctor_reports_limactl_and_hals_vms(
     ):
         [finding] = await lima_findings({}, hal_home / "lima")
         assert finding.ok and "1 hal VM(s), 1 sandbox(es)" in finding.detail
+
+
+class Killed(BaseException):
+    """hal dying (SIGKILL) at this point: nothing after it runs."""
+
+
+async def test_a_vm_booted_for_a_hal_killed_before_its_record_is_deleted_by_the_next(
+    fake_lima: Path, hal_home: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hal9999.providers.ssh import channel
+
+    real_run = channel.run
+
+    async def run_then_die(*args: Any, **kwargs: Any) -> Any:
+        await real_run(*args, **kwargs)
+        raise Killed  # after the first remote call: the VM is up, no record yet
+
+    async def nothing(*args: object) -> None:
+        return None  # a killed process undoes nothing
+
+    killed = load_provider("lima", state_dir=hal_home / "lima")
+    assert isinstance(killed, LimaProvider)
+    with monkeypatch.context() as patch:
+        patch.setattr(channel, "run", run_then_die)
+        patch.setattr(killed, "_undo", nothing)
+        patch.setattr(killed, "_unlock", lambda sandbox_id: None, raising=False)  # no finally
+        with pytest.raises(Killed):
+            spec = SandboxSpec(provider="lima", network="host", workspace=workspace)
+            await killed.create(spec)
+    [vm] = limactl_list()
+    assert await killed.list() == [], "its own creator is not swept while it lives"
+    assert [found["name"] for found in limactl_list()] == [vm["name"]]
+    for fd in getattr(killed, "_creating", {}).values():
+        os.close(fd)  # the kernel closes a killed process's files, its lock with them
+    after = load_provider("lima", state_dir=hal_home / "lima")
+    assert await after.list() == []
+    assert limactl_list() == []

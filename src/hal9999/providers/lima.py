@@ -15,9 +15,13 @@ run directly as the VM's user unless ``isolation = "bwrap"`` is set.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
+import fcntl
 import json
+import logging
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Literal
@@ -25,10 +29,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from hal9999.errors import ProviderError, ProviderUnavailable
+from hal9999.providers.base import SandboxInfo
 from hal9999.providers.ssh.config import SshConfig, SshHost
 from hal9999.providers.ssh.connections import load_asyncssh
 from hal9999.providers.ssh.provider import SshProvider
+from hal9999.providers.ssh.sandbox import SshSandbox
 from hal9999.spec import SandboxSpec
+
+logger = logging.getLogger(__name__)
 
 HOST_KEY = "/etc/ssh/ssh_host_ed25519_key"
 PROVISION = """#!/bin/sh
@@ -82,9 +90,73 @@ class LimaProvider(SshProvider):
                 hint="install Lima: https://lima-vm.io/docs/installation/",
             )
         self.limactl = found
-        super().__init__(
-            state_dir=state_dir, config=SshConfig(isolation=self.lima.isolation)
-        )
+        super().__init__(state_dir=state_dir, config=SshConfig(isolation=self.lima.isolation))
+        self._creating: dict[str, int] = {}
+        """The creation lock (an open, flocked fd) of each sandbox this process is making."""
+
+    def _lock_path(self, sandbox_id: str) -> Path:
+        return self.records.root / "vms" / f"{sandbox_id}.lock"
+
+    def _lock(self, sandbox_id: str) -> None:
+        # Held from before its VM exists until its record is saved (or it is undone): a VM
+        # of this hal home without a record whose lock is free was left by a killed hal.
+        path = self._lock_path(sandbox_id)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._creating[sandbox_id] = fd
+
+    def _unlock(self, sandbox_id: str) -> None:
+        fd = self._creating.pop(sandbox_id, None)
+        if fd is not None:
+            self._lock_path(sandbox_id).unlink(missing_ok=True)
+            os.close(fd)
+
+    async def _create_on(self, host: SshHost, sandbox_id: str, spec: SandboxSpec) -> SshSandbox:
+        try:
+            return await super()._create_on(host, sandbox_id, spec)
+        finally:
+            self._unlock(sandbox_id)
+
+    async def list(self) -> builtins.list[SandboxInfo]:
+        """The recorded sandboxes, once the VMs a killed hal left without one are deleted."""
+        await self.reconcile()
+        return await super().list()
+
+    async def reconcile(self) -> builtins.list[str]:
+        """Delete this hal home's VMs that have no record and no live creator (hal killed
+        while one booted); return their sandbox ids."""
+        acted: builtins.list[str] = []
+        vms = self.records.root / "vms"
+        if not vms.is_dir():
+            return acted
+        known = {record.id for record in self.records.all()}
+        for lock in vms.glob("*.lock"):
+            sandbox_id = lock.name.removesuffix(".lock")
+            if not re.fullmatch(r"[0-9a-f]{12}", sandbox_id) or sandbox_id in known:
+                continue
+            if sandbox_id in self._creating:
+                continue
+            try:
+                fd = os.open(lock, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue  # a live hal is still making it
+            try:
+                if sandbox_id not in {record.id for record in self.records.all()}:
+                    logger.warning("deleting lima VM %s: left by a killed hal",
+                                   self.vm_name(sandbox_id))  # fmt: skip
+                    await self._delete(self.vm_name(sandbox_id))
+                    (vms / f"{sandbox_id}.yaml").unlink(missing_ok=True)
+                    acted.append(sandbox_id)
+                lock.unlink(missing_ok=True)
+            finally:
+                os.close(fd)
+        return acted
 
     def vm_name(self, sandbox_id: str) -> str:
         """The Lima instance of a sandbox."""
@@ -124,6 +196,16 @@ class LimaProvider(SshProvider):
         """Create and boot the sandbox's VM with hal's host key, and say how to reach it."""
         if len(self.records.all()) >= self.lima.max_vms:
             raise ProviderError("every lima VM slot is in use", hint="raise max_vms")
+        self._lock(sandbox_id)
+        try:
+            return await self._boot(sandbox_id)
+        except BaseException:
+            # The lock file stays, free: what a failed start made goes at the next listing.
+            fd = self._creating.pop(sandbox_id)
+            os.close(fd)
+            raise
+
+    async def _boot(self, sandbox_id: str) -> SshHost:
         asyncssh = load_asyncssh()
         key = asyncssh.generate_private_key("ssh-ed25519")
         public = key.export_public_key().decode().strip()
@@ -168,6 +250,7 @@ class LimaProvider(SshProvider):
     async def release_host(self, host: SshHost) -> None:
         """Delete the sandbox's VM."""
         await self._delete(host.name)
+        self._unlock(host.name.removeprefix("hal-"))
 
     async def _delete(self, name: str) -> None:
         self.pool.forget_name(name, force=True)
