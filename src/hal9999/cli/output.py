@@ -14,7 +14,9 @@ summarised, errors in red. Usage and cost are in the summary printed at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -217,9 +219,24 @@ class EventRenderer:
 def jsonl_writer(out: TextIO) -> Callable[[Event], None]:
     """A callback printing each event as one JSON line (``hal run --events``)."""
 
+    gone = False
+
     def write(event: Event) -> None:
-        out.write(escape_json_line(event.model_dump_json()) + "\n")
-        out.flush()
+        nonlocal gone
+        if gone:
+            return
+        try:
+            out.write(escape_json_line(event.model_dump_json()) + "\n")
+            out.flush()
+        except OSError:
+            # The reader went away (`hal run --events | head`): the run goes on unseen and
+            # brings its work back, as a run's display does (tasks/output.py); the error
+            # ended the run, its work not collected. What is left in the buffer goes nowhere.
+            gone = True
+            with contextlib.suppress(OSError, ValueError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, out.fileno())
+                os.close(devnull)
 
     return write
 
