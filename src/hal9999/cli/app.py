@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from hal9999.cli.echo import after_agent_output, echo, stream_to_terminal
+from hal9999.cli.echo import after_agent_output, echo, stream_to_terminal, to_devnull
 from hal9999.cli.echo import emit_json as emit_json
 from hal9999.errors import DiskFull, HalError, HomeError, exit_status_for
 
@@ -150,9 +150,7 @@ def report_failure(exc: Exception | KeyboardInterrupt) -> int:
         # Whoever read the output went away (`hal task events ID | head`): no error of hal's
         # to report. Ended quietly, as a process killed by SIGPIPE, and with stdout on
         # /dev/null so the flush at exit does not fail once more.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        to_devnull(sys.stdout)
         return 128 + 13  # SIGPIPE
     from hal9999.cli.crash import internal_error
     from hal9999.cli.output import error_line

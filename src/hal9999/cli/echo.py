@@ -11,6 +11,7 @@ terminal styles, ``click.echo`` writes the line and a newline and flushes, which
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import sys
@@ -94,3 +95,16 @@ def end_terminal_stream() -> None:
     if _TERMINAL is not None:
         sys.stdout.write(_TERMINAL.flush())
         sys.stdout.flush()
+
+
+def to_devnull(stream: TextIO) -> None:
+    """Point ``stream``'s descriptor at /dev/null: its reader went away (``hal ... | head``),
+    and what is left in its buffer, flushed at exit, must not fail once more."""
+    import os
+
+    with contextlib.suppress(OSError, ValueError):  # ValueError: a stream with no descriptor
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, stream.fileno())
+        finally:
+            os.close(devnull)

@@ -14,9 +14,7 @@ summarised, errors in red. Usage and cost are in the summary printed at the end.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -232,11 +230,10 @@ def jsonl_writer(out: TextIO) -> Callable[[Event], None]:
             # The reader went away (`hal run --events | head`): the run goes on unseen and
             # brings its work back, as a run's display does (tasks/output.py); the error
             # ended the run, its work not collected. What is left in the buffer goes nowhere.
+            from hal9999.cli.echo import to_devnull
+
             gone = True
-            with contextlib.suppress(OSError, ValueError):
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, out.fileno())
-                os.close(devnull)
+            to_devnull(out)
 
     return write
 
