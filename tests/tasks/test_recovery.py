@@ -335,3 +335,31 @@ async def test_a_queued_task_another_live_hal_holds_is_not_resumed(tmp_path: Pat
         other.kill()
         await other.wait()
     store.close()
+
+
+async def test_the_sweep_keeps_the_sandbox_of_a_foreground_run_that_began_after_the_listing(
+    tmp_path: Path,
+) -> None:
+    # A foreground `hal run` records its task, then creates its sandbox labelled with it; a
+    # daemon starting up meanwhile listed the tasks before that record existed. Its sweep
+    # must not take the sandbox as an orphan: the run is alive in another process.
+    home = tmp_path / "home"
+    store, service, fake, pool = pooled_service(home, "fake")
+    recovering = Recovery(service, pool, PoolSource(pool), lambda n: fake)
+    report, _ = await recovering.run()  # the listing: no task yet
+    other = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import time; time.sleep(60)", "hal"
+    )
+    try:
+        store.insert_task(make_task(home, "late1234", "provisioning", runner_pid=other.pid))
+        late = await fake.create(SandboxSpec(provider="fake", labels={"hal.task": "late1234"}))
+        dead = await fake.create(SandboxSpec(provider="fake", labels={"hal.task": "dead1234"}))
+        store.insert_task(make_task(home, "dead1234", "provisioning", runner_pid=DEAD_PID))
+        stray = await fake.create(SandboxSpec(provider="fake", labels={"hal.task": "none1234"}))
+        await recovering.sweep(set(), report)
+    finally:
+        other.kill()
+        await other.wait()
+    assert {s.id for s in await fake.list()} == {late.id}
+    assert sorted(report.orphans_destroyed) == sorted([f"fake:{dead.id}", f"fake:{stray.id}"])
+    store.close()

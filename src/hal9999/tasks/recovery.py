@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from hal9999.agents.registry import resolve_agent
-from hal9999.errors import HalError, TaskStateError
+from hal9999.errors import HalError, TaskNotFound, TaskStateError
 from hal9999.events.models import Message, Output, Phase, Usage
 from hal9999.events.reader import read_events
 from hal9999.pool import WarmPool
@@ -105,12 +105,14 @@ class Recovery:
         self.retries = retries
         """How many times a task whose agent had not started is queued again (its
         ``infra_retries``); past that it is left ``interrupted``."""
+        self.elsewhere: set[str] = set()
+        """Tasks a live hal process other than this one runs (a foreground ``hal run``)."""
 
     async def run(self) -> tuple[RecoveryReport, list[tuple[TaskRecord, Adopted]]]:
         """Reconcile everything; returns the report and the runs to carry on."""
         report = RecoveryReport()
         keep: set[tuple[str, str]] = set()
-        self.elsewhere: set[str] = set()
+        self.elsewhere = set()
         adoptions: list[tuple[TaskRecord, Adopted]] = []
         statuses = [s.value for s in (*ACTIVE, TaskStatus.INTERRUPTED)]
 
@@ -281,6 +283,23 @@ class Recovery:
             names |= {p.name for p in state.iterdir() if p.is_dir()}
         return sorted(names)
 
+    def runs_elsewhere(self, task_id: str | None) -> bool:
+        """Whether another live hal process runs the task a sandbox is labelled with: one
+        left alone, or one a foreground ``hal run`` created after the tasks were listed (it
+        records its task before it creates the sandbox, so a fresh read finds it)."""
+        if task_id is None:
+            return False
+        if task_id in self.elsewhere:
+            return True
+        try:
+            runner = self.store.get_task(task_id).runner_pid
+        except TaskNotFound:
+            return False
+        if runner in (None, os.getpid()) or not runner_alive(runner):
+            return False
+        self.elsewhere.add(task_id)
+        return True
+
     async def sweep(self, keep: set[tuple[str, str]], report: RecoveryReport) -> None:
         """Destroy orphan sandboxes; forget recorded ones that are gone."""
         live: set[tuple[str, str]] = set()
@@ -292,7 +311,7 @@ class Recovery:
                 logger.warning("cannot list %s sandboxes: %s", name, exc.one_line())
                 continue
             for info in infos:
-                if (name, info.id) in keep or info.spec.labels.get("hal.task") in self.elsewhere:
+                if (name, info.id) in keep or self.runs_elsewhere(info.spec.labels.get("hal.task")):
                     live.add((name, info.id))
                     continue
                 try:
