@@ -138,9 +138,12 @@ def test_an_operator_message_wakes_the_agent_and_turns_resume_its_workspace(
     poll("the third turn", lambda: turns_done(hal, "alice", 3))
     assert seen(hal_env, task_id).count("third: while stopped") == 1
 
+    assert (Path(hal_env["HAL_HOME"]) / "hive" / "mcp" / "alice").is_dir()
     removed = hal("agent", "rm", "alice")
     assert removed.returncode == 0, removed.stderr
     assert not (Path(hal_env["HAL_HOME"]) / "agents" / "alice").exists()
+    # Its MCP socket is gone with the removal (its sessions ended), not at the hub's next sync.
+    assert not (Path(hal_env["HAL_HOME"]) / "hive" / "mcp" / "alice").exists()
     assert hal("agent", "show", "alice").returncode == 3
 
 

@@ -450,3 +450,74 @@ async def test_unknown_argument_names_are_refused_cheaply_on_one_line(hub: McpHu
     assert texts[2] == refused + " (and 19999 more)"
     assert texts[3].startswith("bad arguments for inbox: a\\nbxxx") and len(texts[3]) < 200
     writer.close()
+
+
+async def _open_session(sock: Path) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_unix_connection(str(sock))
+    writer.write((json.dumps(INIT) + "\n" + json.dumps(READY) + "\n").encode())
+    await writer.drain()
+    assert json.loads(await asyncio.wait_for(reader.readline(), 10))["id"] == 1
+    return reader, writer
+
+
+async def _hung_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    """Whether the server ends the session without answering a call."""
+    writer.write((json.dumps(tool_call(2, "inbox", {})) + "\n").encode())
+    with contextlib.suppress(ConnectionError):
+        await writer.drain()
+    try:
+        rest = await asyncio.wait_for(reader.read(), 5)
+    except ConnectionError:
+        rest = b""
+    writer.close()
+    return rest == b""
+
+
+async def test_an_agent_made_again_under_its_name_gets_nothing_of_the_old_one(
+    hub: McpHub,
+) -> None:
+    # Removed and made again within the hub's sync interval: the old agent's sessions must
+    # not act as the new one (read its inbox), and its sub-task list must not pass on.
+    from hal9999.hive import subtasks
+
+    sock = await hub.serve("alpha", born=1.0)
+    old = await _open_session(sock)
+    subtasks.own(hub.hive.home, "alpha", "oldtask1")
+    await hub.ensure("alpha", born=1.0)  # the same agent: nothing happens
+    assert subtasks.owned(hub.hive.home, "alpha") == ["oldtask1"]
+    await hub.ensure("alpha", born=2.0)  # another agent of the name, before its first turn
+    assert await _hung_up(*old)
+    assert subtasks.owned(hub.hive.home, "alpha") == []
+    async with connect(hub.paths.socket("alpha")) as client:
+        assert "send" in {t.name for t in (await client.list_tools()).tools}
+
+
+async def test_a_sync_serves_an_agent_made_again_as_a_new_one(hub: McpHub) -> None:
+    from hal9999.hive import subtasks
+    from hal9999.hive.store import AgentRecord, delete_agent, insert_agent
+
+    def make(created: float) -> None:
+        record = AgentRecord(
+            name="alpha", agent="custom", provider="local", created_at=created, updated_at=created
+        )
+        insert_agent(hub.hive.store, record)
+
+    make(1.0)
+    await hub.sync()
+    old = await _open_session(hub.paths.socket("alpha"))
+    subtasks.own(hub.hive.home, "alpha", "oldtask1")
+    delete_agent(hub.hive.store, "alpha")
+    make(2.0)
+    await hub.sync()
+    assert await _hung_up(*old)
+    assert subtasks.owned(hub.hive.home, "alpha") == []
+
+
+async def test_retire_ends_a_removed_agents_sessions_at_once(hub: McpHub) -> None:
+    from hal9999.hive import subtasks
+
+    old = await _open_session(await hub.serve("alpha", born=1.0))
+    subtasks.own(hub.hive.home, "alpha", "oldtask1")
+    await hub.retire("alpha")
+    assert await _hung_up(*old)
+    assert hub.served == [] and subtasks.owned(hub.hive.home, "alpha") == []

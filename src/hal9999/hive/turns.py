@@ -87,6 +87,7 @@ class HiveLoop:
         self.before_turn: Callable[[AgentRecord], Awaitable[object]] | None = None
         """Called before a turn's run starts (the daemon's MCP hub: the agent's socket must
         be there before its sandbox starts, which a pod's socket channel lists once)."""
+        self.after_remove: Callable[[str], Awaitable[object]] | None = None  # the hub: retire
 
     def hold_warm(self, pool: PoolSource) -> WarmHolds:
         """The sandbox source for the daemon's runs: ``pool``'s, keeping warm agents'
@@ -478,14 +479,13 @@ class HiveLoop:
         self, name: str, *, also: InTransaction | None = None, spare: str | None = None
     ) -> AgentRecord:
         """Stop an agent, remove its task and session, its state directory and its record
-        (with ``also`` in the record's transaction). Its open threads close, but for the
-        proposal ``spare`` (the one removing it)."""
+        (with ``also`` in the record's transaction); its open threads close, but for the
+        proposal ``spare`` (the one removing it), and :attr:`after_remove` is called."""
         from hal9999.hive.agents import forget
         from hal9999.hive.threads import close_for_removed
 
         agent = await self.stop_agent(name, "being removed")
-        running = self.turns.get(name)
-        if running is not None:
+        if (running := self.turns.get(name)) is not None:
             with contextlib.suppress(asyncio.TimeoutError, Exception):
                 await asyncio.wait_for(asyncio.shield(running), 30)
         await self.release_warm(agent.task_id)  # one a turn ending meanwhile kept
@@ -495,4 +495,6 @@ class HiveLoop:
         # Its proposals, questions and reminders close first (askers get a sentinel answer).
         await asyncio.to_thread(close_for_removed, self.store, name, spare=spare)
         await asyncio.to_thread(forget, self.store, self.home, name, also=also)
+        if self.after_remove is not None:
+            await self.after_remove(name)
         return agent

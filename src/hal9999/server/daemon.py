@@ -211,11 +211,18 @@ class Daemon:
             # A pod lists the sockets to carry once, as its agent starts: the agent's own
             # must be there, not only after the hub's next periodic sync.
             try:
-                await hub.ensure(agent.name, manager=agent.kind == "manager")
+                await hub.ensure(agent.name, manager=agent.kind == "manager", born=agent.created_at)
             except (HalError, OSError, ValueError) as exc:  # as the sync loop: logged
                 logger.warning("mcp: %s", exc)
 
+        async def removed(name: str) -> None:
+            try:
+                await hub.retire(name)
+            except (HalError, OSError, ValueError) as exc:  # the next sync does it again
+                logger.warning("mcp: %s", exc)
+
         self.hive.before_turn = serve_first
+        self.hive.after_remove = removed
         self._loops.append(asyncio.create_task(self.mcp.run_forever(), name="mcp"))
         logger.info("hal serve: pid %d, socket %s, port %d", os.getpid(), sock, port)
         return self.info
@@ -236,8 +243,9 @@ class Daemon:
     def start_hive(self) -> None:
         """Wire the broker and hive events to this daemon; start the turn loop and vacuum."""
         s = self.hive_settings
-        broker.limits = broker.BrokerLimits(s.rate_per_minute, s.loop_messages, s.loop_window_s,
-                                            s.unread_to_operator_chars)
+        broker.limits = broker.BrokerLimits(
+            s.rate_per_minute, s.loop_messages, s.loop_window_s, s.unread_to_operator_chars
+        )
         broker.set_waker(self.hive.wake)
         hive_store.set_publisher(self.bus.publish_hive)
         use_hive_for_agents(self)  # approved spawn/destroy proposals act through this hive

@@ -308,6 +308,9 @@ class McpHub:
         self._conns: set[asyncio.Task[None]] = set()
         self._sessions: dict[str, set[asyncio.Task[None]]] = {}
         """Per agent: its connections' tasks (closing its socket ends them)."""
+        self._born: dict[str, float | None] = {}
+        """Per agent served: the ``created_at`` of the record it was served for (None when
+        not known): an agent removed and made again under its name is another agent."""
         self._serving = asyncio.Lock()
 
     @property
@@ -315,22 +318,33 @@ class McpHub:
         """The agents with a socket open."""
         return sorted(self._servers)
 
-    async def serve(self, agent: str, *, manager: bool = False) -> Path:
-        """Open ``agent``'s socket (again, if open); returns its host path."""
+    async def serve(self, agent: str, *, manager: bool = False, born: float | None = None) -> Path:
+        """Open ``agent``'s socket (again, if open); returns its host path. ``born`` is the
+        ``created_at`` of its record."""
         async with self._serving:
-            return await self._serve(agent, manager=manager)
+            return await self._serve(agent, manager=manager, born=born)
 
-    async def ensure(self, agent: str, *, manager: bool = False) -> None:
+    async def ensure(self, agent: str, *, manager: bool = False, born: float | None = None) -> None:
         """Serve ``agent``'s socket now if it is not served yet (an agent spawned since the
-        last :meth:`sync`, whose first turn is about to start). Under the same lock as
-        :meth:`serve`: a sync opening it meanwhile is waited for, not raced."""
+        last :meth:`sync`, whose first turn is about to start), or was served for an agent
+        of its name removed since (``born`` differs: its sessions end and its files go).
+        Under the same lock as :meth:`serve`: a sync opening it meanwhile is waited for."""
         async with self._serving:
-            if agent not in self._servers:
-                await self._serve(agent, manager=manager)
+            if agent not in self._servers or self._replaced(agent, born):
+                await self._serve(agent, manager=manager, born=born)
 
-    async def _serve(self, agent: str, *, manager: bool) -> Path:
+    def _replaced(self, agent: str, born: float | None) -> bool:
+        """Whether ``agent`` is served for another agent of its name than the one ``born``."""
+        served = self._born.get(agent)
+        return agent in self._servers and None not in (served, born) and served != born
+
+    async def _serve(self, agent: str, *, manager: bool, born: float | None) -> Path:
         checked_name(agent)
+        replaced = self._replaced(agent, born)
         await self.close(agent)
+        if replaced:  # what the sync would remove for a removed agent, before the new one's
+            await self.hive.db(self._forget, agent)
+        self._born[agent] = born
         directory = await asyncio.to_thread(self.paths.prepare, agent)
         listener = await asyncio.to_thread(_bind, directory)
         caller = Caller(self.hive, agent, manager)
@@ -385,6 +399,7 @@ class McpHub:
     async def close(self, agent: str) -> None:
         """Close ``agent``'s socket (its file goes with it; open sessions end)."""
         server = self._servers.pop(agent, None)
+        self._born.pop(agent, None)
         if server is None:
             return
         server.close()
@@ -397,18 +412,31 @@ class McpHub:
             task.cancel()
         await asyncio.gather(*sessions, return_exceptions=True)
 
+    async def retire(self, agent: str) -> None:
+        """An agent was removed: close its socket (its sessions end) and remove its files.
+        Under the lock: a sync or a first turn serving it meanwhile is waited for."""
+        async with self._serving:
+            await self.close(agent)
+            await self.hive.db(self._forget, agent)
+
     async def sync(self) -> None:
         """Serve every agent of the hive, and only those (called at start and periodically)."""
         from hal9999.hive.store import list_agents
 
         records = await self.hive.db(list_agents, self.hive.store)
-        wanted = {r.name: r.kind == "manager" for r in records}
+        wanted = {r.name: (r.kind == "manager", r.created_at) for r in records}
         for name in [n for n in self._servers if n not in wanted]:
             await self.close(name)
         await self.hive.db(self._forget_removed, set(wanted))
-        for name, manager in wanted.items():
-            if name not in self._servers:
-                await self.serve(name, manager=manager)
+        for name, (manager, born) in wanted.items():
+            await self.ensure(name, manager=manager, born=born)
+
+    def _forget(self, agent: str) -> None:
+        """Remove ``agent``'s directory and sub-task list (as :meth:`_forget_removed`)."""
+        directory = self.paths.root / agent
+        if not directory.is_symlink() and directory.is_dir():
+            shutil.rmtree(directory, ignore_errors=True)
+        subtasks.tasks_file(self.hive.home, agent).unlink(missing_ok=True)
 
     def _forget_removed(self, wanted: set[str]) -> None:
         """A removed agent's directory and sub-task list go, so an agent spawned later under
