@@ -302,3 +302,114 @@ def test_a_gateway_killed_mid_replay_loses_no_kept_row_and_stores_none_twice(
         assert not spill.exists()
     finally:
         store.close()
+
+
+async def test_an_error_other_than_sqlites_on_the_loop_leaves_no_caller_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The loop's commit caught only sqlite3.Error: any other (a value SQLite cannot bind)
+    # left the batch's callers waiting for ever and the rows unwritten.
+    def unbindable(self: Any, rows: Any) -> None:
+        raise OverflowError("Python int too large to convert to SQLite INTEGER")
+
+    monkeypatch.setattr(ledger_module._Writer, "add_one", unbindable)
+    monkeypatch.setattr(ledger_module._Writer, "add_gateway_requests", unbindable)
+    store = Store.open(tmp_path / "home")
+    ledger = Ledger(store)
+    try:
+        committed = ledger.add(row(1))
+        assert committed is not None
+        await asyncio.wait_for(committed, 5)  # stored by the ledger's thread instead
+        later = ledger.add(row(2))
+        assert later is not None
+        await asyncio.wait_for(later, 5)
+        await asyncio.wait_for(ledger.drain(), 5)
+        assert [r.path for r in store.gateway_requests("t")] == ["/1", "/2"]
+        assert ledger.unrecorded == {}
+        assert "too large" in caplog.text
+    finally:
+        ledger.close()
+        store.close()
+
+
+async def test_an_unforeseen_error_in_the_thread_refuses_the_task_and_keeps_its_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An exception the thread's write did not foresee resolved the callers as if stored:
+    # the rows were gone, their task served on, and nobody was told.
+    real = Ledger._store
+
+    def broken(self: Ledger, records: list[GatewayRequest]) -> Any:
+        if any(r.task_id == "bad" for r in records):
+            raise RuntimeError("unforeseen")
+        return real(self, records)
+
+    monkeypatch.setattr(Ledger, "_store", broken)
+    spill = tmp_path / "home" / "gateway" / "unrecorded.jsonl"
+    store = Store.open(tmp_path / "home")
+    ledger = Ledger(store, spill)
+    ledger._fast = False  # every batch goes to the thread
+    try:
+        bad = row(1)
+        bad.task_id = "bad"
+        committed = ledger.add(bad)
+        assert committed is not None
+        await asyncio.wait_for(committed, 5)
+        assert ledger.unrecorded == {"bad": "unforeseen"}, "served on, its row lost"
+        assert [GatewayRequest.model_validate_json(line).path
+                for line in spill.read_bytes().splitlines()] == ["/1"]  # fmt: skip
+        assert ledger.task_spent("bad") == (1, 0.0)
+        assert "could not record 1 calls" in caplog.text
+        later = ledger.add(row(2))  # the writer goes on
+        assert later is not None
+        await asyncio.wait_for(later, 5)
+        assert [r.path for r in store.gateway_requests("t")] == ["/2"]
+    finally:
+        ledger.close()
+        store.close()
+
+
+async def test_rows_that_cannot_be_kept_are_reported_and_the_writer_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Keeping refused rows caught only OSError: another error left the thread's future
+    # failed, never looked at, and the operator without a line saying the rows would not
+    # survive a restart.
+    break_the_store(monkeypatch)
+
+    def unwritable(dest: Path, chunks: Any, **kwargs: Any) -> int:
+        raise ValueError("cannot serialise")
+
+    monkeypatch.setattr(agentfs, "write_host_file", unwritable)
+    spill = tmp_path / "home" / "gateway" / "unrecorded.jsonl"
+    store = Store.open(tmp_path / "home")
+    ledger = Ledger(store, spill)
+    try:
+        committed = ledger.add(row(1))
+        assert committed is not None
+        await asyncio.wait_for(committed, 5)
+        assert ledger.unrecorded == {"t": "disk I/O error"}
+        assert "could not keep 1 unrecorded calls" in caplog.text
+        assert ledger.task_spent("t") == (1, 0.0)
+    finally:
+        ledger.close()
+        store.close()
+
+
+async def test_a_closed_ledger_tells_its_callers_why(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A batch that could not be handed to the thread (shut down) left its callers waiting.
+    store = Store.open(tmp_path / "home")
+    ledger = Ledger(store)
+    ledger._fast = False  # every batch goes to the thread
+    ledger.close()
+    try:
+        committed = ledger.add(row(1))
+        assert committed is not None
+        with pytest.raises(RuntimeError, match="shutdown"):
+            await asyncio.wait_for(committed, 5)
+        await asyncio.wait_for(ledger.drain(), 5)
+        assert "1 calls could not be handed to the store" in caplog.text
+    finally:
+        store.close()

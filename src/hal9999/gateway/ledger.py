@@ -37,6 +37,7 @@ rewritten once, after all of them were tried.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import time
@@ -184,13 +185,19 @@ class Ledger:
             return  # the thread's batch, when done, flushes what queued meanwhile
         batch, done = self._queue, self._queued
         self._queue, self._queued = [], None
-        if self._commit_here(batch):
-            if done is not None and not done.done():
-                done.set_result(None)
+        try:
+            if self._commit_here(batch):
+                if done is not None and not done.done():
+                    done.set_result(None)
+                return
+            self.handed_off += 1
+            self._writing = loop.run_in_executor(self._thread, self._commit, batch)
+        except Exception as exc:  # a ledger closed under its callers: they hear why
+            logger.error("gateway: %d calls could not be handed to the store (%s)", len(batch),
+                         exc)  # fmt: skip
+            _fail(done, exc)
             return
-        self.handed_off += 1
-        self._writing = loop.run_in_executor(self._thread, self._commit, batch)
-        self._writing.add_done_callback(lambda _: self._written(loop, done))
+        self._writing.add_done_callback(lambda writing: self._written(loop, done, writing))
 
     def _commit_here(self, batch: list[GatewayRequest]) -> bool:
         """Commit ``batch`` on this thread unless that would wait (False: it did not)."""
@@ -203,10 +210,10 @@ class Ledger:
                 self._writer.add_one(batch[0])
             else:
                 self._writer.add_gateway_requests(batch)
-        except sqlite3.Error as exc:
+        except Exception as exc:  # not only sqlite3.Error: a value SQLite cannot bind too
             if "locked" not in str(exc) and "busy" not in str(exc):
                 logger.warning("gateway: the ledger's own commit failed (%s); in its thread", exc)
-            return False
+            return False  # the thread stores the rows one by one and refuses the bad ones
         self.commits += 1
         if self.commits % CHECKPOINT_EVERY == 0:
             self._thread.submit(self._checkpoint)
@@ -222,18 +229,33 @@ class Ledger:
         except sqlite3.Error as exc:
             logger.warning("gateway: WAL checkpoint failed: %s", exc)
 
-    def _written(self, loop: asyncio.AbstractEventLoop, done: asyncio.Future[None] | None) -> None:
+    def _written(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        done: asyncio.Future[None] | None,
+        writing: asyncio.Future[None],
+    ) -> None:
         self._writing = None
-        self.commits += 1
-        if done is not None and not done.done():
-            done.set_result(None)
+        exc = None if writing.cancelled() else writing.exception()
+        if exc is not None:  # its tasks are refused already (see _commit): the callers hear
+            logger.error("gateway: storing calls failed: %s", exc, exc_info=exc)
+            _fail(done, exc)
+        else:
+            self.commits += 1
+            if done is not None and not done.done():
+                done.set_result(None)
         if self._queue and not self._flushing:
-            self._flush(loop)
+            self._flush(loop)  # the next batch goes on whatever became of this one
 
     def _commit(self, records: list[GatewayRequest]) -> None:
         """Store ``records``; keep those the store refuses (in the file too) and refuse
         their tasks. In the ledger's thread (or before the loop runs)."""
-        refused = self._store(records)
+        try:
+            refused = self._store(records)
+        except Exception as exc:  # unforeseen: every row is refused (and kept), none lost
+            logger.exception("gateway: could not record %d calls; their tasks' further calls "
+                             "are refused", len(records))  # fmt: skip
+            refused = [(record, str(exc) or type(exc).__name__) for record in records]
         for record, why in refused:
             self.unrecorded.setdefault(record.task_id, why)
             self._unwritten.setdefault(record.task_id, []).append(record)
@@ -287,7 +309,7 @@ class Ledger:
             elif self._spill.exists():
                 self._spill.unlink()
                 agentfs.fsync_dir(self._spill.parent)
-        except OSError as exc:
+        except Exception as exc:  # OSError, or a row that cannot be written as JSON
             logger.error("gateway: could not keep %d unrecorded calls in %s (%s): a restart "
                          "now forgets them", len(rows), self._spill, exc)  # fmt: skip
 
@@ -361,7 +383,8 @@ class Ledger:
         while self._writing is not None or self._queued is not None:
             waiting = self._queued or self._writing
             assert waiting is not None
-            await asyncio.shield(waiting)
+            with contextlib.suppress(Exception):  # a failed write: logged, its callers told
+                await asyncio.shield(waiting)
             # A finished write's own callback (which starts the next batch) runs in a later
             # turn of the loop: awaiting a done future does not yield, so yield here.
             await asyncio.sleep(0)
@@ -380,3 +403,11 @@ class Ledger:
 def _sum(rows: list[GatewayRequest]) -> tuple[int, float]:
     """The tokens and dollars of ``rows``."""
     return sum(r.total_tokens for r in rows), sum(r.cost_usd or 0.0 for r in rows)
+
+
+def _fail(done: asyncio.Future[None] | None, exc: BaseException) -> None:
+    """Tell the callers waiting on ``done`` that their rows were not stored (``exc``)."""
+    if done is not None and not done.done():
+        done.set_exception(exc)
+        # A caller that did not wait (a refusal's record) has the error in the log already.
+        done.add_done_callback(lambda future: future.exception())
