@@ -18,7 +18,7 @@ from typing import Any, cast
 import pytest
 from tests.hive.mcp_client import FORWARDER, INIT, READY, call, connect, tool_call
 
-from hal9999.hive.mcp.server import McpHub
+from hal9999.hive.mcp.server import PARSE_ERROR, McpHub
 from hal9999.hive.mcp.tools import Caller, Hive, NoArgs, Tool
 from hal9999.store import Store
 
@@ -131,8 +131,10 @@ async def test_hostile_bytes_get_errors_or_a_hang_up_and_others_go_on(hub: McpHu
     ping = {"jsonrpc": "2.0", "id": 7, "method": "ping"}
     writer.write((json.dumps(ping) + "\n").encode())
     await writer.drain()
+    refused = json.loads(await asyncio.wait_for(reader.readline(), 10))
+    assert refused["id"] is None and refused["error"]["code"] == -32700  # the garbage
     reply = json.loads(await asyncio.wait_for(reader.readline(), 10))
-    assert reply == {"jsonrpc": "2.0", "id": 7, "result": {}}  # the garbage is dropped
+    assert reply == {"jsonrpc": "2.0", "id": 7, "result": {}}
     writer.write(b"x" * (MAX_LINE + 10) + b"\n")  # past the line limit: hung up
     await writer.drain()
     assert await asyncio.wait_for(reader.read(), 10) == b""
@@ -521,3 +523,30 @@ async def test_retire_ends_a_removed_agents_sessions_at_once(hub: McpHub) -> Non
     await hub.retire("alpha")
     assert await _hung_up(*old)
     assert hub.served == [] and subtasks.owned(hub.hive.home, "alpha") == []
+
+
+async def test_a_line_that_is_not_json_gets_a_parse_error_whatever_its_depth(
+    hub: McpHub,
+) -> None:
+    # A line too deep to read (100,000 nested "[") or not JSON at all got no answer: the spec
+    # answers unreadable input with a parse error (-32700, id null). Cheap at any depth.
+    import tracemalloc
+
+    sock = await hub.serve("alpha")
+    reader, writer = await asyncio.open_unix_connection(str(sock))
+    deep = "[" * 100_000
+    lines = [deep, deep + "]" * 100_000, '{"a":' * 100_000, "{not json", "   "]
+    ping = {"jsonrpc": "2.0", "id": 8, "method": "ping"}
+    tracemalloc.start()
+    try:
+        writer.write("".join(line + "\n" for line in [*lines, json.dumps(ping)]).encode())
+        await writer.drain()
+        replies = [json.loads(await asyncio.wait_for(reader.readline(), 10)) for _ in range(5)]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    error = {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": PARSE_ERROR}}
+    assert replies[:4] == [error] * 4  # a blank line asks nothing: no answer
+    assert replies[4] == {"jsonrpc": "2.0", "id": 8, "result": {}}
+    assert peak < 8 << 20, f"{peak >> 20} MiB to refuse a 100,000-deep line"
+    writer.close()

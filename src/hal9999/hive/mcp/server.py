@@ -122,15 +122,23 @@ def build_server(caller: Caller, tools: dict[str, Tool]) -> Server[Any]:
     )
 
 
+PARSE_ERROR = "parse error: not one JSON value a line (or nested too deep to read)"
+_UNPARSEABLE = json.dumps(
+    {"jsonrpc": "2.0", "id": None, "error": {"code": types.PARSE_ERROR, "message": PARSE_ERROR}},
+    separators=(",", ":"),
+)
+
+
 def _refusals(line: str, exc: ValidationError | None) -> list[str]:
     """JSON-RPC errors for the requests in ``line``, which the SDK refuses: a batch (MCP has
     none; ``exc`` None: never validated), a lone surrogate, a wrong type (``exc`` says why).
     Without one, a client would wait for its answer until it times out. A line that is not
-    JSON, or nests too deep, names no id."""
+    JSON, or nests too deep to read, gets the spec's parse error (id null); a blank one asks
+    nothing."""
     try:
-        value = json.loads(line)
+        value = json.loads(line)  # past ~1,000 levels: RecursionError, nothing held
     except (ValueError, RecursionError):
-        return []
+        return [_UNPARSEABLE] if line.strip() else []
     batch = isinstance(value, list)
     if batch or exc is None:
         why = "a batch (MCP has none): send one JSON-RPC message a line"
