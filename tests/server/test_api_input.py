@@ -70,3 +70,20 @@ async def test_a_good_exec_body_runs(exec_route: tuple[Any, FakeSandbox]) -> Non
     status, _ = await call_handler(handler, request, None)
     assert status == 200
     assert sandbox.ran == [(ArgvCommand(argv=("echo", "hi")), 5.0)]
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[1]", b"{", b'"x"'])
+async def test_a_body_that_is_no_json_object_is_refused_by_any_route(body: bytes) -> None:
+    # A route that takes no body (POST /v1/pool/drain, /v1/shutdown, a cancel) ignored
+    # one that was not JSON and acted; the others refuse such a body with a 400.
+    ran: list[ApiRequest] = []
+
+    async def takes_no_body(request: ApiRequest) -> Any:
+        ran.append(request)
+        return {}
+
+    request = ApiRequest("POST", "/v1/pool/drain", {}, {}, body)
+    status, payload = await call_handler(takes_no_body, request, None)
+    assert (status, payload["error"]["code"]) == (400, "config_invalid"), payload
+    assert "request body" in payload["error"]["message"]
+    assert ran == [], "acted on a body it could not read"

@@ -84,8 +84,14 @@ def _env(body: dict[str, Any]) -> dict[str, str]:
 
 
 def _int(value: Any, name: str, default: int) -> int:
+    """A whole number, ``default`` when absent; an empty one is refused (``"count": ""``
+    and ``?after_seq=`` were read as the default, and the request answered as if left out)."""
+    if value is None:
+        return default
+    if value == "":
+        raise ConfigError(f"{name} must be a whole number (it is empty)")
     try:
-        return default if value in (None, "") else int(value)
+        return int(value)
     except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: 1e400 is inf
         raise ConfigError(f"{name} must be a whole number") from exc
 
@@ -138,7 +144,7 @@ def _quiet(wake: str | None) -> frozenset[str]:
 
 def _wait(value: str | None) -> float:
     try:
-        wait = float(value) if value else 0.0
+        wait = float(value) if value is not None else 0.0  # "" is refused
     except ValueError as exc:
         raise ConfigError("wait must be a number of seconds") from exc
     if not 0 <= wait <= MAX_WAIT_S:  # also refuses nan
@@ -248,7 +254,7 @@ def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
         tasks = await asyncio.to_thread(
             service.list,
             status=wanted.split(",") if wanted else None,
-            limit=_count(limit, "limit", LIMIT_MAX, LIMIT_MAX) if limit else None,
+            limit=_count(limit, "limit", LIMIT_MAX, LIMIT_MAX) if limit is not None else None,
         )
         return [task_json(t) for t in tasks]
 

@@ -48,7 +48,7 @@ def _text(body: dict[str, Any], name: str, *, required: bool = True) -> str | No
 
 def _number(value: str | None, name: str, *, top: float) -> float:
     try:
-        number = float(value) if value else 0.0
+        number = float(value) if value is not None else 0.0  # "" is refused
     except ValueError as exc:
         raise ConfigError(f"{name} must be a number") from exc
     if not 0 <= number <= top:
@@ -138,7 +138,7 @@ def add_hive_routes(router: Router, daemon: Daemon) -> None:
         return message.model_dump(mode="json")
 
     async def inbox(request: Request) -> Any:
-        name = request.query.get("name") or OPERATOR
+        name = request.name("name") or OPERATOR
         every, mark = request.flag("all"), request.flag("mark")
         if name != OPERATOR:
             await asyncio.to_thread(get_agent, daemon.store, name)
@@ -156,8 +156,8 @@ def add_hive_routes(router: Router, daemon: Daemon) -> None:
         )
 
     async def reminders(request: Request) -> Any:
-        name = request.query.get("agent") or None
-        recent = _number(request.query.get("recent_s") or "86400", "recent_s", top=RECENT_MAX_S)
+        name = request.name("agent")
+        recent = _number(request.query.get("recent_s", "86400"), "recent_s", top=RECENT_MAX_S)
         if name is not None:
             await asyncio.to_thread(get_agent, daemon.store, name)
         found = await asyncio.to_thread(list_reminders, daemon.store, name, pending_only=False)

@@ -58,9 +58,15 @@ class ApiRequest:
     body: bytes = b""
     params: dict[str, str] = field(default_factory=dict)
     """Values of ``{name}`` segments of the matched route."""
+    _data: dict[str, Any] | None = field(default=None, init=False, repr=False)
 
     def json(self) -> dict[str, Any]:
-        """The body as a JSON object (an empty body is ``{}``)."""
+        """The body as a JSON object (an empty body is ``{}``), read once."""
+        if self._data is None:
+            self._data = self._parse()
+        return self._data
+
+    def _parse(self) -> dict[str, Any]:
         if not self.body:
             return {}
         try:
@@ -80,6 +86,14 @@ class ApiRequest:
                 hint="send text as UTF-8, or escape a character past U+FFFF as a surrogate pair",
             )
         return data
+
+    def name(self, key: str) -> str | None:
+        """A name query parameter: None when absent; an empty one is refused (``?agent=``
+        was read as left out, and answered for every agent)."""
+        value = self.query.get(key)
+        if value == "":
+            raise ConfigError(f"{key} must be a name (or left out)")
+        return value
 
     def flag(self, name: str) -> bool:
         """A yes/no query parameter: ``1`` or ``true`` is yes; ``0``, ``false``, empty or
@@ -193,8 +207,10 @@ def internal_error(
 async def call_handler(
     handler: Handler, request: ApiRequest, log_file: str | None
 ) -> tuple[int, Any]:
-    """Run ``handler``, mapping errors to a status and an error body."""
+    """Run ``handler``, mapping errors to a status and an error body. A body is read as
+    JSON first whatever the route (one that takes none ignored a body that was not JSON)."""
     try:
+        request.json()
         return 200, await handler(request)
     except HalError as exc:
         return status_for(exc), {"error": exc.to_dict()}

@@ -353,8 +353,8 @@ async def event_stream(
 def parse_after(request: Request) -> int | None:
     """Where a stream resumes: ``Last-Event-ID`` (a reconnecting browser), else ``?after=``."""
     value = request.headers.get("last-event-id") or request.query_params.get("after")
-    if value is None or value == "":
-        return None
+    if value is None or (value == "" and "after" not in request.query_params):
+        return None  # an empty Last-Event-ID is none; an empty ?after= is refused
     if not value.isascii() or not value.isdigit() or len(value) > 18:
         raise ConfigError("Last-Event-ID (or after) must be an event's gseq (0 or more)")
     return int(value)

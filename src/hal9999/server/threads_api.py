@@ -96,7 +96,7 @@ def add_thread_routes(router: Router, daemon: Daemon) -> None:
         return done.model_dump(mode="json")
 
     async def threads(request: Request) -> Any:
-        agent = request.query.get("agent") or None
+        agent = request.name("agent")
         if agent not in (None, OPERATOR):  # a misspelt name is not an agent with no threads
             await asyncio.to_thread(get_agent, daemon.store, agent)
         found = await asyncio.to_thread(open_threads, daemon.store, agent)
