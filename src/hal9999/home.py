@@ -116,13 +116,32 @@ def _mkdir_private(path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
         path.chmod(0o700)
     except OSError as exc:
+        loop = _symlink_loop(path) if exc.errno in (errno.EEXIST, errno.ELOOP) else None
+        if loop is not None:  # was "a file of that name is in the way"
+            raise HomeError(
+                f"cannot create {path}: {loop} is a symlink loop (it leads back to itself)",
+                hint=f"remove the symlink {loop} or point it at a directory, or {_HOME_FIX}",
+                path=str(path),
+            ) from exc
         raise HomeError(
-            f"cannot create {path}: {_why(exc)}", hint=_HOME_FIX, path=str(path)
+            f"cannot create {path}: {_why(exc, path)}", hint=_HOME_FIX, path=str(path)
         ) from exc
 
 
-def _why(exc: OSError) -> str:
+def _symlink_loop(path: Path) -> Path | None:
+    """The first of ``path`` and its parents that is a symlink loop (None: none is)."""
+    for part in [*reversed(path.parents), path]:
+        try:
+            os.stat(part)
+        except OSError as exc:
+            return part if exc.errno == errno.ELOOP else None
+    return None
+
+
+def _why(exc: OSError, path: Path) -> str:
     """What went wrong, in words a user can act on."""
+    if exc.errno == errno.EEXIST and path.is_symlink():
+        return f"it is a symlink to {os.readlink(path)}, which does not exist"
     if exc.errno == errno.EEXIST:
         return "a file of that name is in the way"
     if exc.errno == errno.ENOTDIR:

@@ -33,6 +33,22 @@ def test_hal_home_that_cannot_be_a_directory(
     assert "HAL_HOME" in line
 
 
+@pytest.mark.parametrize("where", ["home", "below", "dangling"])
+def test_a_symlink_loop_hal_home_is_named_as_one(hal: Hal, tmp_path: Path, where: str) -> None:
+    # A HAL_HOME that is a symlink loop was "a file of that name is in the way".
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "nowhere" if where == "dangling" else link)
+    home = link / "home" if where == "below" else link
+    out = hal("task", "list", env={"HAL_HOME": str(home)})
+    assert out.returncode == 2
+    line = one_error_line(out)
+    assert "in the way" not in line and "HAL_HOME" in line
+    if where == "dangling":
+        assert f"it is a symlink to {tmp_path / 'nowhere'}, which does not exist" in line
+    else:
+        assert f"{link} is a symlink loop" in line and f"remove the symlink {link}" in line
+
+
 @pytest.mark.parametrize("where", ["below-file", "symlink-loop"])
 def test_doctor_reports_a_bad_hal_home_instead_of_crashing(
     hal: Hal, tmp_path: Path, where: str
