@@ -16,8 +16,8 @@ import pytest
 
 from hal9999.events.models import AgentSession, ToolCall, Usage
 from hal9999.process.launch import SUPERVISOR
-from hal9999.process.supervisor import read_parsed
 from hal9999.tasks.context import Totals
+from hal9999.tasks.output import read_parsed
 
 SECRET = "sk-hal-Zq8xW3pL0vN7"
 """The run's API key, given to the supervisor as a secret variable."""

@@ -32,13 +32,13 @@ from hal9999.events.models import Message, Output, Phase, Usage
 from hal9999.events.reader import read_events
 from hal9999.pool import WarmPool
 from hal9999.process.base import ProcessManager, ProcessStatus
-from hal9999.process.supervisor import parsed_offset_after
 from hal9999.providers.base import Provider, Sandbox
 from hal9999.spec import ArgvCommand, ProcessSpec
 from hal9999.store import TaskRecord
 from hal9999.tasks.alive import runner_alive
 from hal9999.tasks.claim import claim
 from hal9999.tasks.context import Adopted, Totals, process_spec
+from hal9999.tasks.output import parsed_offset_after
 from hal9999.tasks.plugins import load_process_manager, load_provider_for
 from hal9999.tasks.sandboxes import PoolSource
 from hal9999.tasks.service import TaskService
