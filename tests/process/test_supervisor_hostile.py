@@ -163,3 +163,28 @@ def test_an_event_longer_than_a_read_is_read_whole(tmp_path: Path) -> None:
     assert [event.type for _, event, _ in records] == ["tool_result", "usage"]
     assert records[0][1].output == text  # type: ignore[union-attr]
     assert end == path.stat().st_size
+
+
+def test_an_event_too_long_to_record_is_noted_and_a_flood_of_them_briefly(
+    tmp_path: Path,
+) -> None:
+    # A parsed record over 8 MiB (40 fields of 256 Ki characters, each 1.5 MB as JSON) was
+    # written, then skipped by the reader without a word. Now it is not written, the log
+    # says so with its size, and a flood of them is a few lines and a count.
+    from hal9999.process.supervisor import MAX_PARSED_RECORD, SKIPPED_NOTES, ParsedEvents
+
+    path = tmp_path / "parsed.jsonl"
+    parsed = ParsedEvents("claude", str(path), None)
+    huge = ToolCall(name="edit", input={f"f{n}": "漢" * 300_000 for n in range(40)})
+    for n in range(SKIPPED_NOTES + 5):
+        parsed._run(lambda parser: [huge], n)
+        parsed._run(lambda parser: [Usage(input_tokens=1)], n)
+    parsed.close(99)
+    records, end = read_parsed(path, 0)
+    assert [event.type for _, event, _ in records] == ["usage"] * (SKIPPED_NOTES + 5)
+    assert end == path.stat().st_size
+    notes = [p for p in parsed.problems if "not recorded" in p]
+    assert len(notes) == SKIPPED_NOTES + 1, parsed.problems
+    size = int(notes[0].split(" event of ")[1].split()[0])
+    assert size > MAX_PARSED_RECORD and "tool_call" in notes[0]
+    assert notes[-1] == "hal: 5 more parsed events were not recorded\n"

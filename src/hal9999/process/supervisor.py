@@ -198,6 +198,8 @@ class ParsedEvents:
         self._held: dict[str, Event] = {}
         """Past the cap: the last run total, the sum of the steps since, the last session."""
         self._messages_past_cap = 0
+        self._skipped = 0
+        """Events not recorded (too deep, too long): the first few are named in the log."""
         if agent is None or path is None:
             return
         _site()
@@ -223,8 +225,18 @@ class ParsedEvents:
         if self._held and self._file is not None:
             held, self._held = self._held, {}
             self._write(list(held.values()), log_end)
+        if self._skipped > SKIPPED_NOTES:
+            more = self._skipped - SKIPPED_NOTES
+            self.problems.append(f"hal: {more} more parsed events were not recorded\n")
         if self._file is not None:
             self._file.close()
+
+    def _skip(self, why: str) -> None:
+        """Note an event not recorded: the first :data:`SKIPPED_NOTES` in the log, then a
+        count at the end (a flood of them must not flood the log)."""
+        self._skipped += 1
+        if self._skipped <= SKIPPED_NOTES:
+            self.problems.append(f"hal: {why}\n")
 
     def _run(self, step: Callable[[OutputParser], list[Event]], log_end: int) -> None:
         assert self._parser is not None
@@ -288,7 +300,12 @@ class ParsedEvents:
                 data = _clip(event.model_dump(mode="json"))
                 line = json.dumps({"log_end": log_end, "event": data}) + "\n"
             except (ValueError, RecursionError):
-                self.problems.append("hal: an event too deep to record was skipped\n")
+                self._skip("an event too deep to record was skipped")
+                continue
+            if len(line) > MAX_PARSED_RECORD:  # the reader would skip it without a word
+                self._skip(f"a parsed {event.type} event of {len(line)} bytes (over "
+                           f"{MAX_PARSED_RECORD >> 20} MiB) was not recorded; the output "
+                           "it came from is in this log")  # fmt: skip
                 continue
             self._file.write(line)
             self._written += len(line)
@@ -301,6 +318,10 @@ MAX_EVENT_TEXT = 256 * 1024
 PARSED_CAP = 64 * 1024 * 1024
 """Bytes of parsed events one run writes before only usage, the session and a few messages
 are kept."""
+
+SKIPPED_NOTES = 10
+"""Events not recorded (too deep or too long) named one by one in the log; the rest are
+counted in one line at the end."""
 
 MESSAGES_PAST_CAP = 1000
 """Messages (errors the agent reported) written past :data:`PARSED_CAP`; usage and the
@@ -320,9 +341,9 @@ def _clip(value: Any) -> Any:
 
 
 MAX_PARSED_RECORD = 8 << 20
-"""The longest record of a parsed-events file read (longer ones are skipped). A record may
-be longer than a chunk: a text field keeps 256 Ki characters, up to 1.5 MB as JSON (6 bytes
-a non-ASCII character), and such an event was dropped without a word."""
+"""The longest record of a parsed-events file: a longer event is not written (the log says
+so) and the reader skips one. A record may be longer than a read: a text field keeps 256 Ki
+characters, up to 1.5 MB as JSON (6 bytes a non-ASCII character), and many fields more."""
 
 
 def supervise(argv: list[str]) -> int:
