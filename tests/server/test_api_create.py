@@ -182,3 +182,24 @@ async def test_a_resume_dispatched_before_its_submission_runs_with_its_prompt_an
 
     runs = await runs_dispatched_at(service, monkeypatch, "set_status", resume)
     assert runs == [({"GIVEN": "v"}, "and now the tests")]
+
+
+async def test_a_resume_blames_a_setting_on_the_file_or_variable_that_set_it(
+    tmp_path: Path, service: TaskService
+) -> None:
+    # Which file or variable set each of a task's settings was not kept with it: the
+    # daemon's resume read them back without it and blamed a bad one on "config".
+    from hal9999.config import source_of
+
+    caller = HalConfig(home=service.config.home, default_provider="bwrap", timeout_s=77)
+    origin = [{"key": ["default_provider"], "source": "HAL_PROVIDER"},
+              {"key": ["timeout_s"], "source": "/work/hal.toml"}]  # fmt: skip
+    sent = caller.model_dump(mode="json")
+    status, payload = await post(service, queue(), tmp_path / "repo", config=sent,
+                                 config_origin=origin)  # fmt: skip
+    assert status == 200, payload
+    config = service.config_for(service.store.get_task(payload["id"]))
+    assert config.timeout_s == 77
+    assert source_of(config, "default_provider") == "HAL_PROVIDER"
+    assert source_of(config, "timeout_s") == "/work/hal.toml"
+    assert source_of(config, "default_agent") == "config"  # set by no file or variable

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from hal9999 import agentfs
 from hal9999.agents.registry import resolve_agent
-from hal9999.config import HalConfig
+from hal9999.config import HalConfig, origin_json, with_origin
 from hal9999.credentials import EnvKinds, forwarded_env, iter_unique
 from hal9999.errors import ConfigError, HalError, TaskStateError, UsageError
 from hal9999.events.log import EventLog
@@ -50,6 +50,8 @@ if TYPE_CHECKING:  # only the daemon passes a policy; a run that succeeds never 
 TASK_CONFIG = "config.json"
 """In a session: the settings the task was created with, when they differ from the
 service's (the caller's ``./hal.toml``, say)."""
+TASK_ORIGIN = "config-origin.json"
+"""Beside it: which file or ``HAL_*`` variable set each of them, for the errors of a resume."""
 INDEX_BATCH = 256
 """Event index rows per store write for task event logs (phase and end events flush, and
 no event waits longer than the log's ``max_delay``): a store transaction costs as much as
@@ -100,7 +102,11 @@ class TaskService(TaskSecrets):
                 hint=f"remove {path} to run it with the current settings",
             ) from exc
         # The home is where this service keeps the task, whoever created it.
-        return HalConfig.model_validate({**data, "home": str(self.config.home)})
+        config = HalConfig.model_validate({**data, "home": str(self.config.home)})
+        try:  # none kept (a task from before, or all defaults): its errors name "config"
+            return with_origin(config, json.loads((path.parent / TASK_ORIGIN).read_text()))
+        except (OSError, ValueError, KeyError, TypeError):
+            return config
 
     def runner_for(self, config: HalConfig) -> TaskRunner:
         """A runner applying ``config`` (sharing this service's sandbox source)."""
@@ -212,6 +218,9 @@ class TaskService(TaskSecrets):
             agentfs.write_host_file(
                 session.root / TASK_CONFIG, iter([config.model_dump_json().encode()])
             )
+            if origin := origin_json(config):  # a resume's errors name them as this run's
+                origin_file = session.root / TASK_ORIGIN
+                agentfs.write_host_file(origin_file, iter([json.dumps(origin).encode()]))
         budget = (req.max_tokens, req.max_cost_usd)
         if budget != (None, None) or req.egress or req.egress_only is not None:
             from hal9999.gateway.tasks import save_budget  # it writes nothing for none of them
