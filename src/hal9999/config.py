@@ -34,7 +34,6 @@ from hal9999.values import (
     EnvName,
     Name,
     TimeoutSeconds,
-    describe,
     empty_list,
     is_text,
     toml_checked,
@@ -247,7 +246,8 @@ class HalConfig(_Config):
     hive: dict[str, Any] = Field(default_factory=dict)
     """Hive settings (``[hive]``), validated by :mod:`hal9999.hive.settings`."""
     _origin: dict[tuple[str, ...], str] = PrivateAttr(default_factory=dict)
-    # Which file or variable set each key (kept by copies; lost when sent as JSON).
+    # Which file or variable set each key (kept by copies; lost when sent as JSON); read
+    # by :mod:`hal9999.config_origin`.
 
     def __eq__(self, other: object) -> bool:
         # Equal settings are equal configs, wherever they came from (pydantic would compare
@@ -322,38 +322,6 @@ def _env_layer(environ: Mapping[str, str]) -> list[Layer]:
     return layers
 
 
-def source_of(config: HalConfig, *key: str) -> str:
-    """The file or ``HAL_*`` variable that set ``key`` of ``config`` (``config`` when that is
-    not known: a config sent as JSON to the daemon without its ``config_origin``), for an
-    error that names it."""
-    return _source_of(key, config._origin)
-
-
-def origin_json(config: HalConfig) -> list[dict[str, Any]]:
-    """Which file or variable set each key of ``config``, as JSON: the ``config_origin`` a
-    client sends with the config, so the daemon's errors name them as its own would."""
-    return [{"key": list(key), "source": source} for key, source in config._origin.items()]
-
-
-def with_origin(config: HalConfig, entries: Sequence[Mapping[str, Any]]) -> HalConfig:
-    """``config`` knowing where its keys came from, from :func:`origin_json`'s form."""
-    config._origin = {tuple(str(k) for k in e["key"]): str(e["source"]) for e in entries}
-    return config
-
-
-def fix_hint(source: str) -> str:
-    """How to fix a value that came from ``source`` (a file or a ``HAL_*`` variable)."""
-    return f"fix or unset {source}" if source in ENV_KEYS else f"fix it in {source}"
-
-
-def _source_of(loc: tuple[str | int, ...], origin: Mapping[tuple[str, ...], str]) -> str:
-    keys = tuple(str(part) for part in loc)
-    for end in range(len(keys), 0, -1):
-        if keys[:end] in origin:
-            return origin[keys[:end]]
-    return "config"
-
-
 class ConfigSources(NamedTuple):
     """Where the configuration came from: what ``hal run`` prints and the daemon carries."""
 
@@ -390,18 +358,10 @@ def _without(table: Mapping[str, Any], paths: list[tuple[str, ...]]) -> dict[str
 def _invalid(
     errors: Sequence["ErrorDetails"], origin: Mapping[tuple[str, ...], str]
 ) -> ConfigError:
-    """Every problem of a config that did not validate, each with where it came from."""
-    problems = [
-        f"{_source_of(err['loc'], origin)}: {'.'.join(str(p) for p in err['loc'])}: "
-        f"{describe(err)}"
-        for err in errors
-    ]
-    first = errors[0]
-    return ConfigError(
-        problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
-        hint=f"fix it in {_source_of(first['loc'], origin)}",
-        problems=problems,
-    )
+    # Only for a config that does not validate: off the path of a run (issue 16).
+    from hal9999.config_origin import invalid_config
+
+    return invalid_config(errors, origin)
 
 
 def log_level(environ: Mapping[str, str], default: str = "WARNING") -> str:

@@ -83,6 +83,7 @@ NOT_FOR_A_TEMPLATE_AGENT = (
     "hal9999.server.daemon",
     "hal9999.server.client",  # HAL_NO_DAEMON: no daemon to find or talk to
     "hal9999.trust",  # no ./hal.toml to judge
+    "hal9999.config_origin",  # where a setting came from: only errors name it
     "hal9999.gateway.tasks",  # a command template names no upstream: no gateway route
     "hal9999.gateway.channel",
     "hal9999.tasks.scheduler",  # the daemon's; a run that succeeds is not retried

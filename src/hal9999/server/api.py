@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from hal9999.config import HalConfig, with_origin
+from hal9999.config import HalConfig
+from hal9999.config_origin import with_origin
 from hal9999.errors import ConfigError
 from hal9999.server.client import HAL_OWN
 from hal9999.server.follow import MAX_WAIT_S, events_page, follow_page

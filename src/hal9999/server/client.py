@@ -294,7 +294,7 @@ def run_body(request: RunRequest, env: dict[str, str]) -> dict[str, Any]:
     and where they came from."""
     origin = None
     if request.config is not None:
-        from hal9999.config import origin_json  # loaded with the config that is sent
+        from hal9999.config_origin import origin_json  # loaded with the config that is sent
 
         origin = origin_json(request.config)
     return {

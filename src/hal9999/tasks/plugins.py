@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from hal9999.agents.registry import ENTRY_POINT_GROUP as AGENTS
 from hal9999.agents.registry import available_agents, check_agent_name, is_template
-from hal9999.config import HalConfig, fix_hint, source_of
+from hal9999.config import HalConfig
 from hal9999.entrypoints import find_entry_point
 from hal9999.errors import ConfigError, UnknownAgent
 from hal9999.home import HalPaths
@@ -59,24 +59,33 @@ def _check_defaults(config: HalConfig) -> None:
     """The default provider(s), agent and process manager name installed plugins."""
     for name in provider_list(config.default_provider):
         if find_entry_point(GROUP, name) is None:
-            source = source_of(config, "default_provider")
-            raise ConfigError(
-                f"{source}: default_provider: no provider named {name!r}",
-                hint=f"providers: {', '.join(available_providers())}; {fix_hint(source)}",
+            raise _wrong_default(
+                config,
+                "default_provider",
+                f"no provider named {name!r}",
+                f"providers: {', '.join(available_providers())}",
             )
     try:
         check_agent_name(config.default_agent, lambda name: bool(find_entry_point(AGENTS, name)))
     except UnknownAgent as exc:
-        source = source_of(config, "default_agent")
-        raise ConfigError(
-            f"{source}: default_agent: {exc.message}", hint=f"{exc.hint}; {fix_hint(source)}"
-        ) from exc
+        raise _wrong_default(config, "default_agent", exc.message, str(exc.hint)) from exc
     if find_entry_point(MANAGERS, config.process_manager) is None:
-        source = source_of(config, "process_manager")
-        raise ConfigError(
-            f"{source}: process_manager: unknown process manager {config.process_manager!r}",
-            hint=f"choose one of: {', '.join(available_process_managers())}; " + fix_hint(source),
+        raise _wrong_default(
+            config,
+            "process_manager",
+            f"unknown process manager {config.process_manager!r}",
+            f"choose one of: {', '.join(available_process_managers())}",
         )
+
+
+def _wrong_default(config: HalConfig, key: str, problem: str, hint: str) -> ConfigError:
+    """``problem`` of ``key``, named with the file or variable that set it and how to fix it
+    there."""
+    # Only to report a wrong one: off the path of a run (issue 16).
+    from hal9999.config_origin import fix_hint, source_of
+
+    source = source_of(config, key)
+    return ConfigError(f"{source}: {key}: {problem}", hint=f"{hint}; {fix_hint(source)}")
 
 
 def check_sections(config: HalConfig, environ: Mapping[str, str]) -> None:
