@@ -33,7 +33,6 @@ import os
 import re
 import secrets
 import shutil
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -72,8 +71,6 @@ INIT_USER = "0:0"
 """The init's and its ``sleep``'s user: root with no capability (and ``no-new-privileges``),
 as bwrap's reaper. Not the sandbox's uid: ptrace (and ``/proc/<pid>/mem``) needs the same uid
 or ``CAP_SYS_PTRACE``, so an agent cannot plant code in a process that outlives its task."""
-HOME_ARCHIVE_LIMIT = 20 << 30
-"""Largest home a snapshot takes (bytes of archive) when the sandbox has no disk limit."""
 
 
 class DockerConfig(BaseModel):
@@ -385,7 +382,7 @@ class DockerProvider:
             )  # fmt: skip
         except docker.errors.NotFound:
             pass
-        # A snapshot's staging container that a killed hal left (see _snapshot_blocking),
+        # A snapshot's staging container that a killed hal left (see providers.dockersnap),
         # then the untagged commit under it (kept when a finished snapshot's image is on it).
         api = self.client().api
         staged = {"label": f"{STAGING_LABEL}={sandbox_id}"}
@@ -427,66 +424,18 @@ class DockerProvider:
         """True: a reset replaces the container whole (see :meth:`reset`)."""
         return True
 
-    # -- snapshots ----------------------------------------------------------------------
+    # -- snapshots (providers.dockersnap) -----------------------------------------------
     async def snapshot(self, sandbox_id: str, name: str | None = None) -> str:
-        """Save the sandbox as image ``hal9999:<name>``: its filesystem and its home (a
-        volume, which a commit alone leaves out); the workspace is the session's, not the
-        image's, and ``/tmp`` is temporary."""
-        found = await self._inspect(sandbox_id)
-        name = name or f"snap-{sandbox_id}-{secrets.token_hex(3)}"
-        if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,127}", name):
-            raise ConfigError(f"invalid snapshot name {name!r}", hint="lowercase, digits, .-_")
-        spec = SandboxSpec.model_validate_json(found["Config"]["Labels"][SPEC_LABEL])
-        disk_mb = limits.effective(spec.resources).disk_mb
-        limit = (disk_mb << 20 if disk_mb else HOME_ARCHIVE_LIMIT) + (64 << 20)
-        await self.call("snapshot", self._snapshot_blocking, sandbox_id, name, limit)
-        return f"hal9999:{name}"
+        """Save the sandbox as image ``hal9999:<name>``: its filesystem and its home."""
+        from hal9999.providers import dockersnap
 
-    def _snapshot_blocking(self, sandbox_id: str, name: str, limit: int) -> None:
-        # The home's archive is the agent's to size: a sparse file takes no disk (the disk
-        # watchdog never sees it) but the engine's tar carries every byte of it. Spooled to
-        # a file, never held in memory, and refused past the sandbox's disk limit.
-        api = self.client().api
-        container = container_name(sandbox_id)
-        stream, _ = api.get_archive(container, HOME)
-        with tempfile.TemporaryFile(prefix="hal-snapshot-") as home:
-            size = 0
-            for chunk in stream:
-                size += len(chunk)
-                if size > limit:
-                    stream.close()
-                    raise ProviderError(
-                        f"docker: the home of {container} is over {limit >> 20} MiB as an "
-                        "archive (sparse files count whole); not snapshotted",
-                        hint="remove what the agent left in its home, or snapshot another",
-                    )
-                home.write(chunk)
-            home.seek(0)
-            base = api.commit(container, pause=True)["Id"]
-            # A created, never started, writable container takes the home as a layer on top.
-            labels = {LABEL: "snapshot", STAGING_LABEL: sandbox_id}
-            staging = api.create_container(base, ["true"], labels=labels)["Id"]
-            try:
-                api.put_archive(staging, "/home", home)
-                api.commit(staging, repository="hal9999", tag=name)
-            finally:
-                api.remove_container(staging, force=True, v=True)
+        return await dockersnap.snapshot(self, sandbox_id, name)
 
     async def fork(self, image: str, count: int, spec: SandboxSpec) -> builtins.list[DockerSandbox]:
         """``count`` new sandboxes of ``spec`` from snapshot ``image``, made concurrently."""
-        if count < 1:
-            raise ConfigError("fork needs a count of at least 1")
-        forked = spec.model_copy(update={"image": image})
-        results = await asyncio.gather(
-            *(self.create(forked) for _ in range(count)), return_exceptions=True
-        )
-        made = [r for r in results if isinstance(r, DockerSandbox)]
-        failed = [r for r in results if isinstance(r, BaseException)]
-        if failed:
-            for sandbox in made:
-                await self.destroy(sandbox.id)
-            raise failed[0]
-        return made
+        from hal9999.providers import dockersnap
+
+        return await dockersnap.fork(self, image, count, spec)
 
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -1,0 +1,92 @@
+"""Snapshots and forks of ``docker`` sandboxes.
+
+A snapshot is image ``hal9999:<name>``: the container committed, and its home (a volume,
+which a commit leaves out) layered on top through a staging container. The staging container
+is labelled with the sandbox (:data:`~hal9999.providers.docker.STAGING_LABEL`), so one a
+killed hal left goes with the sandbox (:meth:`DockerProvider._remove`). A fork is a new
+sandbox from the snapshot's image. Imported only when a snapshot or fork is made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import tempfile
+from typing import TYPE_CHECKING
+
+from hal9999.errors import ConfigError, ProviderError
+from hal9999.providers import limits
+from hal9999.providers.docker import HOME, LABEL, SPEC_LABEL, STAGING_LABEL, container_name
+from hal9999.providers.dockerbox import DockerSandbox
+from hal9999.spec import SandboxSpec
+
+if TYPE_CHECKING:
+    from hal9999.providers.docker import DockerProvider
+
+HOME_ARCHIVE_LIMIT = 20 << 30
+"""Largest home a snapshot takes (bytes of archive) when the sandbox has no disk limit."""
+
+
+async def snapshot(provider: DockerProvider, sandbox_id: str, name: str | None) -> str:
+    """Save the sandbox as image ``hal9999:<name>``: its filesystem and its home; the
+    workspace is the session's, not the image's, and ``/tmp`` is temporary."""
+    found = await provider._inspect(sandbox_id)
+    name = name or f"snap-{sandbox_id}-{secrets.token_hex(3)}"
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,127}", name):
+        raise ConfigError(f"invalid snapshot name {name!r}", hint="lowercase, digits, .-_")
+    spec = SandboxSpec.model_validate_json(found["Config"]["Labels"][SPEC_LABEL])
+    disk_mb = limits.effective(spec.resources).disk_mb
+    limit = (disk_mb << 20 if disk_mb else HOME_ARCHIVE_LIMIT) + (64 << 20)
+    await provider.call("snapshot", _commit_with_home, provider, sandbox_id, name, limit)
+    return f"hal9999:{name}"
+
+
+def _commit_with_home(provider: DockerProvider, sandbox_id: str, name: str, limit: int) -> None:
+    # The home's archive is the agent's to size: a sparse file takes no disk (the disk
+    # watchdog never sees it) but the engine's tar carries every byte of it. Spooled to
+    # a file, never held in memory, and refused past the sandbox's disk limit.
+    api = provider.client().api
+    container = container_name(sandbox_id)
+    stream, _ = api.get_archive(container, HOME)
+    with tempfile.TemporaryFile(prefix="hal-snapshot-") as home:
+        size = 0
+        for chunk in stream:
+            size += len(chunk)
+            if size > limit:
+                stream.close()
+                raise ProviderError(
+                    f"docker: the home of {container} is over {limit >> 20} MiB as an "
+                    "archive (sparse files count whole); not snapshotted",
+                    hint="remove what the agent left in its home, or snapshot another",
+                )
+            home.write(chunk)
+        home.seek(0)
+        base = api.commit(container, pause=True)["Id"]
+        # A created, never started, writable container takes the home as a layer on top.
+        labels = {LABEL: "snapshot", STAGING_LABEL: sandbox_id}
+        staging = api.create_container(base, ["true"], labels=labels)["Id"]
+        try:
+            api.put_archive(staging, "/home", home)
+            api.commit(staging, repository="hal9999", tag=name)
+        finally:
+            api.remove_container(staging, force=True, v=True)
+
+
+async def fork(
+    provider: DockerProvider, image: str, count: int, spec: SandboxSpec
+) -> list[DockerSandbox]:
+    """``count`` new sandboxes of ``spec`` from snapshot ``image``, made concurrently."""
+    if count < 1:
+        raise ConfigError("fork needs a count of at least 1")
+    forked = spec.model_copy(update={"image": image})
+    results = await asyncio.gather(
+        *(provider.create(forked) for _ in range(count)), return_exceptions=True
+    )
+    made = [r for r in results if isinstance(r, DockerSandbox)]
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        for sandbox in made:
+            await provider.destroy(sandbox.id)
+        raise failed[0]
+    return made
