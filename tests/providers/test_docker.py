@@ -287,3 +287,34 @@ async def test_a_snapshot_killed_midway_leaves_no_container_once_its_sandbox_goe
     assert not api.containers(all=True, filters={"id": made[0]})
     with pytest.raises(docker.errors.NotFound):
         api.inspect_image(base)
+
+
+async def test_a_failed_snapshot_leaves_no_image_or_container(
+    provider: DockerProvider, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = provider.client().api
+    commits: list[str] = []
+    real_commit = api.commit
+
+    def commit(*args: object, **kwargs: object) -> dict[str, str]:
+        found: dict[str, str] = real_commit(*args, **kwargs)
+        commits.append(found["Id"])
+        return found
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise docker.errors.APIError("no space left on device")
+
+    name = f"test-failed-{os.getpid()}"
+    async with await provider.create(SandboxSpec(provider="docker", workspace=workspace)) as box:
+        with monkeypatch.context() as patch:
+            patch.setattr(api, "commit", commit)
+            patch.setattr(api, "put_archive", full)  # the home's layer cannot be written
+            with pytest.raises(ProviderError, match="no space left"):
+                await provider.snapshot(box.id, name)
+        assert len(commits) == 1, "failed after the container's commit, before the home's"
+        # Nothing of it stays while the sandbox lives on: no staging container, no image.
+        staged = api.containers(all=True, filters={"label": f"hal9999.snapshot-of={box.id}"})
+        assert staged == []
+        images = {i.removeprefix("sha256:") for i in api.images(all=True, quiet=True)}
+        assert commits[0].removeprefix("sha256:") not in images
+        assert not api.images(name=f"hal9999:{name}")

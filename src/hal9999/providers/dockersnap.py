@@ -3,13 +3,15 @@
 A snapshot is image ``hal9999:<name>``: the container committed, and its home (a volume,
 which a commit leaves out) layered on top through a staging container. The staging container
 is labelled with the sandbox (:data:`~hal9999.providers.docker.STAGING_LABEL`), so one a
-killed hal left goes with the sandbox (:meth:`DockerProvider._remove`). A fork is a new
+killed hal left goes with the sandbox (:meth:`DockerProvider._remove`); a snapshot that
+fails removes its staging container and the commit under it. A fork is a new
 sandbox from the snapshot's image. Imported only when a snapshot or fork is made.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import secrets
 import tempfile
@@ -19,6 +21,7 @@ from hal9999.errors import ConfigError, ProviderError
 from hal9999.providers import limits
 from hal9999.providers.docker import HOME, LABEL, SPEC_LABEL, STAGING_LABEL, container_name
 from hal9999.providers.dockerbox import DockerSandbox
+from hal9999.providers.dockerexec import engine_errors
 from hal9999.spec import SandboxSpec
 
 if TYPE_CHECKING:
@@ -63,14 +66,21 @@ def _commit_with_home(provider: DockerProvider, sandbox_id: str, name: str, limi
             home.write(chunk)
         home.seek(0)
         base = api.commit(container, pause=True)["Id"]
-        # A created, never started, writable container takes the home as a layer on top.
-        labels = {LABEL: "snapshot", STAGING_LABEL: sandbox_id}
-        staging = api.create_container(base, ["true"], labels=labels)["Id"]
         try:
-            api.put_archive(staging, "/home", home)
-            api.commit(staging, repository="hal9999", tag=name)
-        finally:
-            api.remove_container(staging, force=True, v=True)
+            # A created, never started, writable container takes the home as a layer on top.
+            labels = {LABEL: "snapshot", STAGING_LABEL: sandbox_id}
+            staging = api.create_container(base, ["true"], labels=labels)["Id"]
+            try:
+                api.put_archive(staging, "/home", home)
+                api.commit(staging, repository="hal9999", tag=name)
+            finally:
+                api.remove_container(staging, force=True, v=True)
+        except Exception:
+            # The untagged commit would stay, unnamed, until someone prunes the engine. (When
+            # the staging container would not go either, both go with the sandbox.)
+            with contextlib.suppress(*engine_errors()):
+                api.remove_image(base)
+            raise
 
 
 async def fork(
