@@ -47,7 +47,7 @@ from hal9999.errors import (
     ProviderUnavailable,
     SandboxNotFound,
 )
-from hal9999.providers import dockerseccomp, limits, sandboxuser
+from hal9999.providers import dockerseccomp, limits, sandboxuser, unfinished
 from hal9999.providers.base import Capabilities, SandboxInfo, SandboxState
 from hal9999.providers.dockerbox import WORKDIR, DockerSandbox
 from hal9999.providers.dockerexec import engine_client, engine_errors
@@ -64,6 +64,8 @@ STAGING_LABEL = "hal9999.snapshot-of"
 """On the staging container of a snapshot: the sandbox it snapshots (removed with it, so a
 hal killed mid-snapshot leaves no container nothing removes)."""
 ID_PATTERN = re.compile(r"[0-9a-f]{12}")
+ALLOCATING = "allocating"
+"""A create's note (:mod:`providers.unfinished`) before its uid is allocated."""
 HOME = "/home/hal"
 VOLUMES = ("/tmp", HOME)
 """Writable places besides the binds: container volumes, so they survive stop and start."""
@@ -179,15 +181,19 @@ class DockerProvider:
     async def create(self, spec: SandboxSpec) -> DockerSandbox:
         """Create and start a container for ``spec``."""
         self.check(spec)
+        await self._undo_abandoned()
         sandbox_id = secrets.token_hex(6)
-        uid = sandboxuser.allocate(f"docker {sandbox_id}") if sandboxuser.privileged() else (
-            os.geteuid()
-        )
+        privileged = sandboxuser.privileged()
+        first = ALLOCATING if privileged else ""
         try:
-            await self._make_container(sandbox_id, spec, uid)
+            with unfinished.noted(self.state_dir, sandbox_id, first) as note:
+                uid = os.geteuid()
+                if privileged:
+                    uid = sandboxuser.allocate(f"docker {sandbox_id}")
+                    note.record(str(uid))
+                await self._make_container(sandbox_id, spec, uid)
         except BaseException:
-            self._release(uid)
-            await self._remove(sandbox_id)
+            await self._undo(sandbox_id)
             raise
         return await self.get(sandbox_id)
 
@@ -320,7 +326,9 @@ class DockerProvider:
         return self._handle(await self._inspect(sandbox_id))
 
     async def list(self) -> builtins.list[SandboxInfo]:
-        """This state dir's sandboxes, oldest first."""
+        """This state dir's sandboxes, oldest first, once what killed hals left half made is
+        undone (the daemon's recovery lists them at start-up)."""
+        await self._undo_abandoned()
         client = self.client()
         scope = {"label": f"{SCOPE_LABEL}={self.scope}"}
         containers = await self.call("list", client.api.containers, all=True, filters=scope)
@@ -372,6 +380,29 @@ class DockerProvider:
                 self._state_path(name, text).unlink(missing_ok=True)
         sandboxuser.release(uid)
 
+    async def _undo(self, sandbox_id: str) -> None:
+        """Undo a create or reset of ``sandbox_id`` that failed, or whose hal was killed (its
+        note in the state dir, see :mod:`providers.unfinished`): the container, whole or
+        half made, goes and the uid is given back. Nothing when another process holds the
+        note (its step still runs) or none is left."""
+        with unfinished.taken(self.state_dir, sandbox_id) as note:
+            if note is None:
+                return
+            await self._remove(sandbox_id)
+            text = note.text()
+            if text.isdigit():
+                self._release(int(text))
+            elif text == ALLOCATING:  # killed inside allocate's window: found by its owner
+                for uid in sandboxuser.held_by(f"docker {sandbox_id}"):
+                    self._release(uid)
+            note.done()
+
+    async def _undo_abandoned(self) -> None:
+        """Undo what killed hals left of their creates and resets (see :meth:`_undo`)."""
+        for sandbox_id in unfinished.pending(self.state_dir):
+            if ID_PATTERN.fullmatch(sandbox_id):
+                await self._undo(sandbox_id)
+
     async def _remove(self, sandbox_id: str) -> None:
         import docker.errors
 
@@ -412,12 +443,19 @@ class DockerProvider:
 
     async def reset(self, sandbox_id: str) -> DockerSandbox:
         """A new container from the image under the same id and uid: fresh root, volumes and
-        processes, so nothing a task left inside survives."""
+        processes, so nothing a task left inside survives. One that fails (or whose hal is
+        killed) midway leaves no sandbox: its container and uid go."""
         found = await self._inspect(sandbox_id)
         labels = found["Config"]["Labels"]
         spec = SandboxSpec.model_validate_json(labels[SPEC_LABEL])
-        await self._remove(sandbox_id)
-        await self._make_container(sandbox_id, spec, int(labels[UID_LABEL]))
+        uid = int(labels[UID_LABEL])
+        try:
+            with unfinished.noted(self.state_dir, sandbox_id, str(uid)):
+                await self._remove(sandbox_id)
+                await self._make_container(sandbox_id, spec, uid)
+        except BaseException:
+            await self._undo(sandbox_id)
+            raise
         return await self.get(sandbox_id)
 
     def resets_safely(self) -> bool:

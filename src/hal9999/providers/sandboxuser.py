@@ -59,6 +59,19 @@ def allocate(owner: str) -> int:
     raise ProviderError(f"no free sandbox uid in {LOCK_DIR} after 64 tries")
 
 
+def held_by(owner: str) -> list[int]:
+    """The uids whose lock files name ``owner``: what a hal killed inside :func:`allocate`'s
+    caller, before it noted the uid anywhere, left (reads every lock file: for that case
+    only)."""
+    found = []
+    with contextlib.suppress(FileNotFoundError), os.scandir(LOCK_DIR) as entries:
+        for entry in entries:
+            with contextlib.suppress(OSError, ValueError):
+                if Path(entry.path).read_text() == owner + "\n":
+                    found.append(int(entry.name))
+    return found
+
+
 def release(uid: int) -> None:
     """Give ``uid`` back to the range (idempotent)."""
     if UID_BASE <= uid < UID_BASE + UID_SLOTS:

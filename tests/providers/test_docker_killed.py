@@ -1,0 +1,145 @@
+"""A ``docker`` create or reset whose hal is killed (SIGKILL) midway, against real Podman:
+the next hal's listing (what the daemon's recovery does at start-up) or create removes the
+container, whole or half made, and gives its uid back."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from tests.providers.test_docker import provider, workspace
+
+import hal9999
+from hal9999.providers import sandboxuser
+from hal9999.providers.docker import LABEL, DockerProvider
+from hal9999.spec import SandboxSpec
+
+__all__ = ["provider", "workspace"]
+pytestmark = [pytest.mark.podman, pytest.mark.timeout(180)]
+
+# `python -c KILLED POINT STATE_DIR WORKSPACE [SANDBOX]`: a create (or a reset of SANDBOX)
+# that SIGKILLs itself at POINT, printing the sandbox's id first. Patches made here, in
+# the killed process: hal has no hook of its own to keep.
+KILLED = """
+import asyncio, os, signal, sys
+from pathlib import Path
+from hal9999.providers import docker, sandboxuser
+from hal9999.spec import SandboxSpec
+
+point, state_dir, workspace, *reset = sys.argv[1:]
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+real_allocate, real_make, real_call = (
+    sandboxuser.allocate, docker.DockerProvider._make_container, docker.DockerProvider.call)
+def allocate(owner):
+    print(owner.split()[-1], flush=True)
+    uid = real_allocate(owner)
+    if point == "allocated":  # before the create notes its uid anywhere
+        die()
+    return uid
+async def make(self, sandbox_id, spec, uid):
+    print(sandbox_id, flush=True)
+    if point == "noted":  # a create's uid noted, or a reset's container removed
+        die()
+    await real_make(self, sandbox_id, spec, uid)
+async def call(self, what, fn, *args, **kwargs):
+    if what == "start" and point == "made":  # the new container made, not started
+        die()
+    return await real_call(self, what, fn, *args, **kwargs)
+sandboxuser.allocate = allocate
+docker.DockerProvider._make_container = make
+docker.DockerProvider.call = call
+provider = docker.DockerProvider(state_dir=Path(state_dir))
+if reset:
+    asyncio.run(provider.reset(reset[0]))
+else:
+    asyncio.run(provider.create(SandboxSpec(provider="docker", workspace=Path(workspace))))
+sys.exit("not killed")
+"""
+
+
+async def _killed(provider: DockerProvider, point: str, workspace: Path, *reset: str) -> str:
+    """Run the killed create (or reset); the sandbox's id."""
+    env = {**os.environ, "PYTHONPATH": str(Path(hal9999.__file__).parents[1])}
+    argv = [point, str(provider.state_dir), str(workspace), *reset]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", KILLED, *argv, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == -9, err.decode()[-2000:]
+    return out.decode().split()[0]
+
+
+def _locked(sandbox_id: str) -> list[Path]:
+    """The uid lock files of ``sandbox_id``."""
+    if not sandboxuser.LOCK_DIR.is_dir():
+        return []
+    owner = f"docker {sandbox_id}\n"
+    return [p for p in sandboxuser.LOCK_DIR.iterdir() if p.read_text() == owner]
+
+
+def _containers(provider: DockerProvider, sandbox_id: str) -> list[dict[str, object]]:
+    found = provider.client().api.containers(all=True, filters={"label": f"{LABEL}={sandbox_id}"})
+    return list(found)
+
+
+@pytest.mark.parametrize("point", ["allocated", "noted", "made"])
+async def test_a_create_killed_midway_is_undone_by_the_next_listing(
+    provider: DockerProvider, workspace: Path, point: str
+) -> None:
+    sandbox_id = await _killed(provider, point, workspace)
+    if sandboxuser.privileged():
+        assert len(_locked(sandbox_id)) == 1, "the killed create holds a uid"
+    assert len(_containers(provider, sandbox_id)) == (point == "made")
+    assert sandbox_id not in [info.id for info in await provider.list()]
+    assert _containers(provider, sandbox_id) == []
+    assert _locked(sandbox_id) == [], "the uid was not given back"
+    assert [p.name for p in provider.state_dir.iterdir() if "unfinished" in p.name] == []
+
+
+async def test_a_create_killed_midway_is_undone_by_the_next_create(
+    provider: DockerProvider, workspace: Path
+) -> None:
+    sandbox_id = await _killed(provider, "made", workspace)
+    assert len(_containers(provider, sandbox_id)) == 1
+    async with await provider.create(SandboxSpec(provider="docker", workspace=workspace)):
+        assert _containers(provider, sandbox_id) == []
+        assert _locked(sandbox_id) == []
+
+
+@pytest.mark.parametrize("point", ["noted", "made"])
+async def test_a_reset_killed_between_its_steps_is_undone_by_the_next_listing(
+    provider: DockerProvider, workspace: Path, point: str
+) -> None:
+    box = await provider.create(SandboxSpec(provider="docker", workspace=workspace))
+    assert await _killed(provider, point, workspace, box.id) == box.id
+    if sandboxuser.privileged():
+        assert len(_locked(box.id)) == 1, "the sandbox's uid is still taken"
+    # The old container is gone; the new one made (not started) or not yet.
+    assert len(_containers(provider, box.id)) == (point == "made")
+    assert box.id not in [info.id for info in await provider.list()]
+    assert _containers(provider, box.id) == []
+    assert _locked(box.id) == [], "the uid was not given back"
+
+
+async def test_a_listing_during_a_create_leaves_it_alone(
+    provider: DockerProvider, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another hal (or this one's daemon) lists while the create runs: its note is held.
+    real = provider._make_container
+    seen: list[list[str]] = []
+
+    async def make(sandbox_id: str, spec: SandboxSpec, uid: int) -> None:
+        await real(sandbox_id, spec, uid)
+        seen.append([info.id for info in await provider.list()])
+
+    monkeypatch.setattr(provider, "_make_container", make)
+    async with await provider.create(SandboxSpec(provider="docker", workspace=workspace)) as box:
+        assert seen == [[box.id]]
+        assert (await provider.get(box.id)).running
+        if sandboxuser.privileged():
+            assert len(_locked(box.id)) == 1
