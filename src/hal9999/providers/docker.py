@@ -32,7 +32,6 @@ import hashlib
 import os
 import re
 import secrets
-import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -44,13 +43,12 @@ from hal9999.errors import (
     CapabilityError,
     ConfigError,
     ProviderError,
-    ProviderUnavailable,
     SandboxNotFound,
 )
 from hal9999.providers import dockerseccomp, limits, sandboxuser, unfinished
 from hal9999.providers.base import Capabilities, SandboxInfo, SandboxState
 from hal9999.providers.dockerbox import WORKDIR, DockerSandbox
-from hal9999.providers.dockerexec import engine_client, engine_errors
+from hal9999.providers.dockerexec import engine_call, engine_client, host_cli
 from hal9999.spec import SandboxSpec
 
 DEFAULT_URL = "unix:///var/run/docker.sock"
@@ -136,35 +134,11 @@ class DockerProvider:
 
     async def call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run a blocking SDK call in a thread, its errors mapped to hal's."""
-        import docker.errors
-
-        try:
-            return await asyncio.to_thread(fn, *args, **kwargs)
-        except docker.errors.NotFound:
-            raise
-        except engine_errors() as exc:
-            text = str(getattr(exc, "explanation", "") or exc)
-            if "connection" in text.lower() or "no such file" in text.lower():
-                raise ProviderUnavailable(
-                    f"no Docker API answers at {self.url}",
-                    hint="start Docker, or Podman's service (scripts/setup-podman.sh), and "
-                    "set HAL_DOCKER_URL or [providers.docker] url",
-                ) from exc
-            raise ProviderError(f"docker: {what} failed: {text}") from exc
+        return await engine_call(self.url, what, fn, *args, **kwargs)
 
     def cli_argv(self) -> list[str]:
         """The host CLI and its engine address, absolute (launch runs with a bare env)."""
-        names = [self.config.cli] if self.config.cli else ["podman", "docker"]
-        for name in names:
-            found = shutil.which(name)
-            if found:
-                flag = "--url" if Path(found).name == "podman" else "-H"
-                remote = ["--remote"] if Path(found).name == "podman" else []
-                return [found, *remote, flag, self.url]
-        raise ProviderUnavailable(
-            "no podman or docker CLI to launch commands with",
-            hint="apt-get install podman (or docker.io), or set [providers.docker] cli",
-        )
+        return host_cli(self.config.cli, self.url)
 
     # -- lifecycle ----------------------------------------------------------------------
     def check(self, spec: SandboxSpec) -> None:

@@ -15,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import shutil
 import socket
 import threading
 from collections.abc import AsyncGenerator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from hal9999.errors import ConfigError, ExecError, ProviderUnavailable
+from hal9999.errors import ConfigError, ExecError, ProviderError, ProviderUnavailable
 from hal9999.providers.base import STDOUT_LIMIT, StreamEvent
 from hal9999.providers.handle import collect
 
@@ -112,6 +114,41 @@ def engine_client(url: str, source: str = "the engine address") -> Any:
             ) from exc
         _CLIENTS[url] = client
     return _CLIENTS[url]
+
+
+async def engine_call(url: str, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a blocking SDK call to the engine at ``url`` in a thread, its errors mapped to
+    hal's (``NotFound`` is left for the caller to judge)."""
+    import docker.errors
+
+    try:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    except docker.errors.NotFound:
+        raise
+    except engine_errors() as exc:
+        text = str(getattr(exc, "explanation", "") or exc)
+        if "connection" in text.lower() or "no such file" in text.lower():
+            raise ProviderUnavailable(
+                f"no Docker API answers at {url}",
+                hint="start Docker, or Podman's service (scripts/setup-podman.sh), and "
+                "set HAL_DOCKER_URL or [providers.docker] url",
+            ) from exc
+        raise ProviderError(f"docker: {what} failed: {text}") from exc
+
+
+def host_cli(cli: str | None, url: str) -> list[str]:
+    """The host CLI (``cli``, else podman or docker, the first found) and its engine
+    address ``url``, absolute (launch runs with a bare env)."""
+    for name in [cli] if cli else ["podman", "docker"]:
+        found = shutil.which(name)
+        if found:
+            flag = "--url" if Path(found).name == "podman" else "-H"
+            remote = ["--remote"] if Path(found).name == "podman" else []
+            return [found, *remote, flag, url]
+    raise ProviderUnavailable(
+        "no podman or docker CLI to launch commands with",
+        hint="apt-get install podman (or docker.io), or set [providers.docker] cli",
+    )
 
 
 def env_block(env: Mapping[str, str]) -> bytes:
