@@ -11,9 +11,12 @@ use it, so an ordinary run never imports it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hal9999 import agentfs
 from hal9999.config import ENV_KEYS, HalConfig
 from hal9999.errors import ConfigError
 from hal9999.values import describe
@@ -70,3 +73,20 @@ def invalid_config(
         hint=f"fix it in {source_at(first['loc'], origin)}",
         problems=problems,
     )
+
+
+def save_origin(config: HalConfig, path: Path) -> None:
+    """Keep where ``config``'s keys came from in ``path`` (a task's own settings, for the
+    errors of its resume); nothing when none is known."""
+    if origin := origin_json(config):
+        agentfs.write_host_file(path, iter([json.dumps(origin).encode()]))
+
+
+def load_origin(config: HalConfig, path: Path) -> HalConfig:
+    """``config`` knowing where its keys came from, as :func:`save_origin` kept in ``path``;
+    as it is when nothing was kept (a task from before, or all defaults: its errors name
+    ``config``) or the file cannot be read."""
+    try:
+        return with_origin(config, json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return config

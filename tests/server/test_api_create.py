@@ -189,7 +189,7 @@ async def test_a_resume_blames_a_setting_on_the_file_or_variable_that_set_it(
 ) -> None:
     # Which file or variable set each of a task's settings was not kept with it: the
     # daemon's resume read them back without it and blamed a bad one on "config".
-    from hal9999.config import source_of
+    from hal9999.config_origin import source_of
 
     caller = HalConfig(home=service.config.home, default_provider="bwrap", timeout_s=77)
     origin = [{"key": ["default_provider"], "source": "HAL_PROVIDER"},

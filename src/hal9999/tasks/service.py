@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from hal9999 import agentfs
 from hal9999.agents.registry import resolve_agent
-from hal9999.config import HalConfig, origin_json, with_origin
+from hal9999.config import HalConfig
 from hal9999.credentials import EnvKinds, forwarded_env, iter_unique
 from hal9999.errors import ConfigError, HalError, TaskStateError, UsageError
 from hal9999.events.log import EventLog
@@ -103,10 +103,9 @@ class TaskService(TaskSecrets):
             ) from exc
         # The home is where this service keeps the task, whoever created it.
         config = HalConfig.model_validate({**data, "home": str(self.config.home)})
-        try:  # none kept (a task from before, or all defaults): its errors name "config"
-            return with_origin(config, json.loads((path.parent / TASK_ORIGIN).read_text()))
-        except (OSError, ValueError, KeyError, TypeError):
-            return config
+        from hal9999.config_origin import load_origin  # a task keeping its settings only
+
+        return load_origin(config, path.parent / TASK_ORIGIN)
 
     def runner_for(self, config: HalConfig) -> TaskRunner:
         """A runner applying ``config`` (sharing this service's sandbox source)."""
@@ -218,9 +217,9 @@ class TaskService(TaskSecrets):
             agentfs.write_host_file(
                 session.root / TASK_CONFIG, iter([config.model_dump_json().encode()])
             )
-            if origin := origin_json(config):  # a resume's errors name them as this run's
-                origin_file = session.root / TASK_ORIGIN
-                agentfs.write_host_file(origin_file, iter([json.dumps(origin).encode()]))
+            from hal9999.config_origin import save_origin
+
+            save_origin(config, session.root / TASK_ORIGIN)  # a resume's errors name them
         budget = (req.max_tokens, req.max_cost_usd)
         if budget != (None, None) or req.egress or req.egress_only is not None:
             from hal9999.gateway.tasks import save_budget  # it writes nothing for none of them
