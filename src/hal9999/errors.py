@@ -57,7 +57,9 @@ Library exceptions are mapped to these at the boundary with ``raise ... from exc
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+TYPE_CHECKING = False  # typing: ~12M instructions of the thin `hal run` (issue 16)
+if TYPE_CHECKING:
+    from typing import Any, ClassVar
 
 
 class HalError(Exception):

@@ -14,9 +14,14 @@ import errno
 import os
 import re
 from pathlib import Path
-from typing import NamedTuple
 
 from hal9999.errors import HomeError, UsageError
+
+TYPE_CHECKING = False  # typing: hal9999.lighttyping says why
+if TYPE_CHECKING:
+    from typing import NamedTuple
+else:
+    from hal9999.lighttyping import NamedTuple
 
 DB_NAME = "hal.db"
 """File name of the store inside the home directory."""

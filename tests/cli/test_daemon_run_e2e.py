@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from tests.cli.conftest import Hal, events_of, start_hal, tasks_json
+from tests.cli.test_daemon_run import THIN_RUN_LEAVES_OUT
 from tests.cli.test_run_imports import RUN_AND_LIST
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.timeout(300)]
@@ -207,6 +208,36 @@ def test_a_run_through_the_daemon_imports_no_models(
             assert len(modules) < 150, len(modules)
         else:
             assert "pydantic" in loaded, "HAL_LOG_LEVEL takes the full path"
+
+
+THIN_MODULES = """
+import atexit, runpy, sys
+atexit.register(lambda: None)  # the thin run then exits as usual, through the lines below
+sys.argv = ["hal", *sys.argv[1:]]
+try:
+    runpy.run_module("hal9999", run_name="__main__")
+except SystemExit as exc:
+    sys.stderr.write("\\nexit " + str(exc.code))
+sys.stderr.write("\\n" + " ".join(sorted(sys.modules)))
+"""
+
+
+def test_a_thin_run_leaves_out_the_standard_modules_it_does_without(
+    served: Hal, hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    # The whole run, from the exec to the summary, in an interpreter that imported only what
+    # `python -m` does (the harness above needs nothing else).
+    (demo_repo / "untracked.txt").write_text("left out\n")  # the host git status has work
+    done = subprocess.run(
+        [sys.executable, "-c", THIN_MODULES, "run", "--agent", "true {{prompt_file}}", "x"],
+        cwd=demo_repo, env=hal_env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    *_, status, listed = done.stderr.splitlines()
+    assert status == "exit 0", done.stderr[-2000:]
+    assert "via hal serve" in done.stderr and "1 uncommitted change(s)" in done.stderr
+    modules = set(listed.split())
+    assert "hal9999.cli.daemon_run" in modules and "click" not in modules  # the thin path
+    assert sorted(modules & THIN_RUN_LEAVES_OUT) == []
 
 
 def _running(hal: Hal, agent: str = "sleep 60") -> str:

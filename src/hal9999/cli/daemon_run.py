@@ -28,21 +28,28 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType, SimpleNamespace
-from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, cast
 
 from hal9999.cli.echo import after_agent_output, echo, emit_json, stream_to_terminal
-from hal9999.cli.task_table import TaskSummary, one_line, summary
+from hal9999.cli.task_table import one_line, summary
 from hal9999.cli.thin_config import THIN_VARS, no_daemon, thin_home
 from hal9999.envvars import forwarded_env, parse_env_option
 from hal9999.errors import ConfigError, HalError, UsageError, exit_status_for
 from hal9999.workdir import current_dir, working_dir
 
+TYPE_CHECKING = False  # typing: hal9999.lighttyping says why
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any, NamedTuple, NoReturn, cast
+
     from hal9999.cli.notices import Uncommitted
+    from hal9999.cli.task_table import TaskSummary  # noqa: F401  # in a cast
     from hal9999.server.client import DaemonClient
+
+    OnData = Callable[[Mapping[str, Any]], None]
+else:
+    from hal9999.lighttyping import NamedTuple, cast
 
 NAME_VARS = {
     "HAL_AGENT": "default_agent",
@@ -264,7 +271,7 @@ def run_planned(args: RunArgs, found: Plan, environ: Mapping[str, str]) -> NoRet
         emit_json(record)
     else:
         echo(after_agent_output())
-        echo(summary(cast(TaskSummary, SimpleNamespace(**record))))
+        echo(summary(cast("TaskSummary", SimpleNamespace(**record))))
     failed = exit_status_for(record.get("error_code")) or 1
     sys.exit(0 if record["status"] == "succeeded" else failed)
 
@@ -296,7 +303,7 @@ def _post(client: DaemonClient, body: dict[str, Any], args: RunArgs) -> dict[str
         _note(args, pending)
         raise
     _note(args, pending)
-    return cast(dict[str, Any], task)
+    return cast("dict[str, Any]", task)
 
 
 def _note(args: RunArgs, pending: Uncommitted | None = None) -> None:
@@ -354,9 +361,6 @@ def request_body(
     return body
 
 
-OnData = Callable[[Mapping[str, Any]], None]
-
-
 def _callbacks(*, raw: bool, quiet: bool) -> tuple[Callable[[str], None] | None, OnData | None]:
     # app.output_callbacks for a template agent, whose output has no structure to render.
     if quiet:
@@ -405,7 +409,7 @@ def see_through(
             break
     # The daemon's last answer carries the record (one from before it did: asked for).
     record = page.get("task") or client.request("GET", f"/v1/tasks/{task_id}")
-    return cast(dict[str, Any], record)
+    return cast("dict[str, Any]", record)
 
 
 class _Terminated(BaseException):

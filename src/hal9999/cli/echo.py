@@ -15,9 +15,11 @@ import contextlib
 import io
 import math
 import sys
-from typing import TYPE_CHECKING, Any, TextIO
 
+TYPE_CHECKING = False  # typing: hal9999.lighttyping says why
 if TYPE_CHECKING:
+    from typing import Any, TextIO
+
     from hal9999.cli.output import TerminalSanitizer
 
 

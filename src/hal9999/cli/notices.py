@@ -7,11 +7,11 @@ from __future__ import annotations
 import subprocess
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from hal9999.cli.echo import echo
 from hal9999.workdir import current_dir
 
+TYPE_CHECKING = False  # typing: hal9999.lighttyping says why
 if TYPE_CHECKING:
     from hal9999.config import ConfigSources
     from hal9999.store import TaskRecord

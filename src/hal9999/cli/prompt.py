@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import BinaryIO
 
 from hal9999.errors import UsageError
+
+TYPE_CHECKING = False  # typing: hal9999.lighttyping says why
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 MAX_PROMPT_BYTES = 8 * 1024 * 1024
 """The largest prompt accepted: far above any model's context, small enough to hold."""

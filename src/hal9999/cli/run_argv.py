@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+
+TYPE_CHECKING = False  # typing: hal9999.lighttyping says why
+if TYPE_CHECKING:
+    from typing import Any
 
 VALUED = {
     "--prompt-file": "prompt_file",

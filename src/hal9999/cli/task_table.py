@@ -5,7 +5,12 @@ and the daemon's JSON without hal's model classes."""
 from __future__ import annotations
 
 import time
-from typing import Protocol
+
+TYPE_CHECKING = False  # typing: hal9999.lighttyping says why
+if TYPE_CHECKING:
+    from typing import Protocol
+else:
+    from hal9999.lighttyping import Protocol
 
 
 class TaskRow(Protocol):

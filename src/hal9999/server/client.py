@@ -13,14 +13,15 @@ import json
 import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from hal9999.errors import HalError
 from hal9999.server.runtime import DaemonFiles, DaemonInfo
 
+TYPE_CHECKING = False  # typing: hal9999.lighttyping says why
 if TYPE_CHECKING:
     import asyncio
+    from typing import Any
 
     from hal9999.config import HalConfig
     from hal9999.events.models import Event

@@ -15,10 +15,15 @@ import fcntl
 import json
 import os
 from pathlib import Path
-from typing import IO, NamedTuple
 
 from hal9999.errors import HalError
 from hal9999.home import HalPaths
+
+TYPE_CHECKING = False  # typing: hal9999.lighttyping says why
+if TYPE_CHECKING:
+    from typing import IO, NamedTuple
+else:
+    from hal9999.lighttyping import NamedTuple
 
 _MAX_SOCKET_PATH = 100
 """Unix socket paths must fit in 108 bytes; longer homes get a socket under the temp dir."""
