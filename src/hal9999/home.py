@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import errno
 import os
-import re
-from pathlib import Path
 
 from hal9999.errors import HomeError, UsageError
 
-TYPE_CHECKING = False  # typing: hal9999.lighttyping says why
+TYPE_CHECKING = False  # typing, re, pathlib: hal9999.lighttyping says why
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import NamedTuple
 else:
     from hal9999.lighttyping import NamedTuple
@@ -26,12 +25,19 @@ else:
 DB_NAME = "hal.db"
 """File name of the store inside the home directory."""
 
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+def _safe_name(name: str) -> bool:
+    # [A-Za-z0-9][A-Za-z0-9._-]* (without `re`: the thin `hal run` imports this module)
+    return (
+        name.isascii()
+        and name[:1].isalnum()
+        and name.replace(".", "a").replace("_", "a").replace("-", "a").isalnum()
+    )
 
 
 def _checked(kind: str, name: str) -> str:
     # Names become path components; refuse anything that could climb out of the home.
-    if not _SAFE_NAME.fullmatch(name) or name in {".", ".."}:
+    if not _safe_name(name) or name in {".", ".."}:
         raise UsageError(f"invalid {kind} {name!r}", hint="use letters, digits, '.', '_' and '-'")
     return name
 

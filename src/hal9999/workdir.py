@@ -1,30 +1,69 @@
 """The directory hal runs in, light (no pydantic): :mod:`hal9999.config` re-exports these, and
-the thin ``hal run`` client (:mod:`hal9999.cli.daemon_run`) uses them without the config."""
+the thin ``hal run`` client (:mod:`hal9999.cli.daemon_run`) uses them without the config.
+
+The thin client works with paths as strings (:func:`pure_path`, :func:`current_path`,
+:func:`working_path`): :mod:`pathlib`, with the ``urllib.parse``, ``ipaddress`` and
+``fnmatch`` it imports, was ~16M of its ~143M instructions (issue 16, target 1).
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 from hal9999.errors import UsageError
+
+TYPE_CHECKING = False  # typing, pathlib: hal9999.lighttyping says why
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def pure_path(*parts: str) -> str:
+    """``str(pathlib.PurePosixPath(*parts))``: the parts joined, a later absolute one
+    starting afresh, empty and ``.`` components dropped, ``..`` kept, and a leading ``//``
+    (exactly two) kept as POSIX allows."""
+    root, names = "", list[str]()
+    for part in parts:
+        if part.startswith("/"):
+            root = "//" if part.startswith("//") and not part.startswith("///") else "/"
+            names = []
+        names.extend(name for name in part.split("/") if name and name != ".")
+    return root + "/".join(names) or "."
+
+
+def current_path() -> str | None:
+    """:func:`current_dir` as a string."""
+    try:
+        return pure_path(os.getcwd())
+    except OSError:
+        return None
 
 
 def current_dir() -> Path | None:
     """The current directory, or ``None`` when it was deleted (or is unreadable)."""
-    try:
-        return Path.cwd()
-    except OSError:
+    here = current_path()
+    if here is None:
         return None
+    from pathlib import Path
+
+    return Path(here)
+
+
+def working_path(repo: str | None) -> str:
+    """:func:`working_dir` as a string."""
+    here = current_path()
+    if here is not None:
+        return here
+    if repo and (repo.startswith("/") or "://" in repo or "@" in repo):
+        return "/"
+    raise UsageError(
+        "the current directory no longer exists",
+        hint="cd to an existing directory, or pass --repo with an absolute path or a URL",
+    )
 
 
 def working_dir(repo: str | None) -> Path:
     """The directory ``--repo`` is relative to; a deleted one is a :class:`UsageError`
     unless ``repo`` needs none (an absolute path or a URL)."""
-    here = current_dir()
-    if here is not None:
-        return here
-    if repo and (Path(repo).is_absolute() or "://" in repo or "@" in repo):
-        return Path("/")
-    raise UsageError(
-        "the current directory no longer exists",
-        hint="cd to an existing directory, or pass --repo with an absolute path or a URL",
-    )
+    from pathlib import Path
+
+    return Path(working_path(repo))

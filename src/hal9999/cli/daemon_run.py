@@ -28,19 +28,19 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 from types import FrameType, SimpleNamespace
 
 from hal9999.cli.echo import after_agent_output, echo, emit_json, stream_to_terminal
 from hal9999.cli.task_table import one_line, summary
-from hal9999.cli.thin_config import THIN_VARS, no_daemon, thin_home
+from hal9999.cli.thin_config import THIN_VARS, home_path, no_daemon
 from hal9999.envvars import forwarded_env, parse_env_option
 from hal9999.errors import ConfigError, HalError, UsageError, exit_status_for
-from hal9999.workdir import current_dir, working_dir
+from hal9999.workdir import current_path, working_path
 
 TYPE_CHECKING = False  # typing: hal9999.lighttyping says why
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
+    from pathlib import Path
     from typing import Any, NamedTuple, NoReturn, cast
 
     from hal9999.cli.notices import Uncommitted
@@ -65,7 +65,7 @@ DEFAULT_TIMEOUT_S = 3600
 """``HalConfig().timeout_s`` as the attribute holds it (a default is not validated: an int)."""
 
 
-def default_config(home: Path) -> dict[str, Any]:
+def default_config(home: str | Path) -> dict[str, Any]:
     """``HalConfig(home=home).model_dump(mode="json")``, without the model (a test keeps
     them equal)."""
     return {
@@ -86,11 +86,11 @@ def default_config(home: Path) -> dict[str, Any]:
 
 
 def simple_config(
-    environ: Mapping[str, str], cwd: Path | None
+    environ: Mapping[str, str], cwd: str | Path | None
 ) -> tuple[dict[str, Any], tuple[str, ...]] | None:
     """The config's JSON and the ``HAL_*`` variables that set it, when it is the defaults
     and name variables; None when the full config must be read (or must report an error)."""
-    home = thin_home(environ, cwd, RUN_VARS)
+    home = home_path(environ, None if cwd is None else str(cwd), RUN_VARS)
     if home is None:
         return None
     config = default_config(home)
@@ -153,7 +153,7 @@ def thin_daemon(
     may talk to the daemon without the config; None when the full path must run it."""
     if no_daemon(environ):
         return None
-    found = simple_config(environ, current_dir())
+    found = simple_config(environ, current_path())
     if found is None:
         return None
     config, applied = found
@@ -161,7 +161,7 @@ def thin_daemon(
     from hal9999.server.client import DaemonClient
 
     try:
-        client = DaemonClient.find(Path(config["home"]))
+        client = DaemonClient.find(config["home"])
     except OSError:
         return None  # a home that cannot be read (a file, say): the full path says why
     return None if client is None else (client, config, applied)
@@ -338,7 +338,7 @@ def request_body(
         "env": {},
         "literal_env": sorted(given),
         "secret_names": secret_names,
-        "cwd": str(working_dir(args.repo)),
+        "cwd": working_path(args.repo),
         "priority": args.priority,
         "retries": args.retries,
         "max_tokens": args.max_tokens,

@@ -4,12 +4,12 @@ Light at import (the thin ``hal run`` client prints the uncommitted-changes line
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
-from pathlib import Path
 
 from hal9999.cli.echo import echo
-from hal9999.workdir import current_dir
+from hal9999.workdir import current_path, pure_path
 
 TYPE_CHECKING = False  # typing: hal9999.lighttyping says why
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ class Uncommitted:
     full ``hal run`` imports the config and the task service (~120 ms of CPU) meanwhile,
     and the line is printed where it always was (issue 16)."""
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: str | None) -> None:
         self.path = path
         self.deadline = time.monotonic() + STATUS_TIMEOUT_S
         self.proc: subprocess.Popen[str] | None = None
@@ -134,16 +134,14 @@ def start_uncommitted(repo: str | None, ref: str | None) -> Uncommitted:
     return Uncommitted(None if ref is not None else _status_dir(repo))
 
 
-def _status_dir(repo: str | None) -> Path | None:
+def _status_dir(repo: str | None) -> str | None:
+    # Strings, not pathlib (the thin `hal run` imports none): pure_path is PurePosixPath's.
     if repo and repo.startswith(_URL_PREFIXES):
         return None
-    here = current_dir()
-    if here is None and not (repo and Path(repo).is_absolute()):
+    here = current_path()
+    if here is None and not (repo and repo.startswith("/")):
         return None
-    path = Path(repo) if repo and Path(repo).is_absolute() else (here or Path("/")) / (repo or "")
-    try:
-        if not path.is_dir():
-            return None  # resolve_source says what is wrong with it
-    except OSError:
-        return None  # a name too long, say: resolve_source says so
+    path = pure_path(repo) if repo and repo.startswith("/") else pure_path(here or "/", repo or "")
+    if not os.path.isdir(path):  # False on any OSError too (a name too long, say)
+        return None  # resolve_source says what is wrong with it
     return path

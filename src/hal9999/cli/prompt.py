@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from hal9999.errors import UsageError
 
 TYPE_CHECKING = False  # typing: hal9999.lighttyping says why
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import BinaryIO
 
 MAX_PROMPT_BYTES = 8 * 1024 * 1024
@@ -23,6 +22,8 @@ def read_prompt(prompt: str | None, prompt_file: str | None, stdin: BinaryIO) ->
     if prompt_file == "-" or (prompt_file is None and prompt == "-"):
         text = _decode(_bounded(stdin, "standard input"), "standard input")
     elif prompt_file is not None:
+        from pathlib import Path  # here: a run from its argument imports no pathlib (issue 16)
+
         text = _decode(_read_file(Path(prompt_file)), f"--prompt-file {prompt_file}")
     elif prompt is None:
         raise UsageError("no prompt given", hint=_HOW)

@@ -10,8 +10,13 @@ the full path's to read, resolve and, when it is wrong, report.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from pathlib import Path
+
+from hal9999.workdir import pure_path
+
+TYPE_CHECKING = False  # typing, pathlib: hal9999.lighttyping says why
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from pathlib import Path
 
 THIN_VARS = frozenset({"HAL_HOME", "HAL_NO_DAEMON"})
 """``HAL_*`` variables every thin path understands."""
@@ -45,31 +50,47 @@ def thin_home(
     """The home the full config would give, when only defaults and ``allowed`` variables
     apply; None when anything else might (then the full path decides). ``cwd`` None: it was
     deleted (no ``./hal.toml`` then)."""
+    home = home_path(environ, None if cwd is None else str(cwd), allowed)
+    if home is None:
+        return None
+    from pathlib import Path
+
+    return Path(home)
+
+
+def home_path(
+    environ: Mapping[str, str], cwd: str | None, allowed: frozenset[str] = THIN_VARS
+) -> str | None:
+    """:func:`thin_home` as a string (the thin ``hal run`` imports no :mod:`pathlib`)."""
     for name, value in environ.items():
         if name.startswith("HAL_") and value and name not in allowed:
             return None
     # lexists: a link to a missing file is the full path's to report, not "no config".
-    user, project = _user_config(environ), cwd / "hal.toml" if cwd is not None else None
+    user, project = _user_config(environ), pure_path(cwd, "hal.toml") if cwd is not None else None
     if os.path.lexists(user) or (project is not None and os.path.lexists(project)):
         return None
     given = environ.get("HAL_HOME", "")
     if given:
         # Relative, `~`, non-ASCII and space-padded homes are the config's to resolve and check.
         plain = given.isascii() and given.startswith("/") and given == given.rstrip()
-        return Path(given) if plain else None
-    home = _xdg(environ, "XDG_DATA_HOME", ".local/share") / "hal9999"
+        return pure_path(given) if plain else None
+    home = pure_path(_xdg(environ, "XDG_DATA_HOME", ".local/share"), "hal9999")
     # The config expands `~` in it (a HOME of `~x`, say): its to resolve, as above.
-    return home if home.is_absolute() and str(home).isascii() else None
+    return home if home.startswith("/") and home.isascii() else None
 
 
-def _xdg(environ: Mapping[str, str], var: str, fallback: str) -> Path:
+def _xdg(environ: Mapping[str, str], var: str, fallback: str) -> str:
     # As hal9999.config._xdg_dir: a relative value is invalid and ignored.
     value = environ.get(var, "")
-    if value and Path(value).is_absolute():
-        return Path(value)
+    if value and value.startswith("/"):
+        return pure_path(value)
     home = environ.get("HOME")
-    return (Path(home) if home else Path.home()) / fallback
+    if not home:
+        from pathlib import Path
+
+        home = str(Path.home())
+    return pure_path(home, fallback)
 
 
-def _user_config(environ: Mapping[str, str]) -> Path:
-    return _xdg(environ, "XDG_CONFIG_HOME", ".config") / "hal9999" / "config.toml"
+def _user_config(environ: Mapping[str, str]) -> str:
+    return pure_path(_xdg(environ, "XDG_CONFIG_HOME", ".config"), "hal9999", "config.toml")

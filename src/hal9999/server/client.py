@@ -12,15 +12,15 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Mapping
-from pathlib import Path
 from urllib.parse import urlencode
 
 from hal9999.errors import HalError
-from hal9999.server.runtime import DaemonFiles, DaemonInfo
+from hal9999.server.runtime import DaemonInfo, find_running
 
 TYPE_CHECKING = False  # typing: hal9999.lighttyping says why
 if TYPE_CHECKING:
     import asyncio
+    from pathlib import Path
     from typing import Any
 
     from hal9999.config import HalConfig
@@ -63,14 +63,10 @@ class DaemonClient:
         self._token = token
 
     @classmethod
-    def find(cls, home: Path) -> DaemonClient | None:
+    def find(cls, home: Path | str) -> DaemonClient | None:
         """A client for the daemon of ``home``, when one is running."""
-        files = DaemonFiles(home)
-        info = files.running()
-        token = files.read_token()
-        if info is None or token is None:
-            return None
-        return cls(info, token)
+        found = find_running(str(home))
+        return None if found is None else cls(*found)
 
     async def call(
         self,

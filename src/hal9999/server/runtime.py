@@ -11,16 +11,18 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
-from pathlib import Path
 
 from hal9999.errors import HalError
 from hal9999.home import HalPaths
+from hal9999.workdir import pure_path
 
-TYPE_CHECKING = False  # typing: hal9999.lighttyping says why
+TYPE_CHECKING = False  # typing, pathlib: hal9999.lighttyping says why
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import IO, NamedTuple
 else:
     from hal9999.lighttyping import NamedTuple
@@ -71,6 +73,7 @@ class DaemonFiles:
             return path
         import hashlib  # here, as tempfile and secrets below: every client imports this
         import tempfile  # module, and those three cost it ~8 ms of start-up (issue 16)
+        from pathlib import Path
 
         digest = hashlib.sha256(str(self.paths.home).encode()).hexdigest()[:16]
         short = Path(tempfile.gettempdir()) / f"hal9999-{os.getuid()}"
@@ -101,10 +104,7 @@ class DaemonFiles:
 
     def read_token(self) -> str | None:
         """The token, if there is one."""
-        try:
-            return self.token_file.read_text().strip() or None
-        except FileNotFoundError:
-            return None
+        return _read_token(str(self.token_file))
 
     def lock(self) -> IO[str]:
         """Take the one-daemon-per-home lock; raises if another daemon holds it."""
@@ -130,27 +130,11 @@ class DaemonFiles:
 
     def read_info(self) -> DaemonInfo | None:
         """The recorded daemon, if any (it may have died since)."""
-        try:
-            return DaemonInfo(**json.loads(self.info_file.read_text()))
-        except (FileNotFoundError, ValueError, TypeError):
-            return None
+        return _read_info(str(self.info_file))
 
     def running(self) -> DaemonInfo | None:
         """The daemon, if one holds the lock now."""
-        info = self.read_info()
-        if info is None or not Path(info.socket).exists():
-            return None
-        try:
-            handle = self.lock_file.open("a")
-        except FileNotFoundError:
-            return None
-        with handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return info  # held: the daemon is alive
-            fcntl.flock(handle, fcntl.LOCK_UN)
-        return None
+        return _running(str(self.info_file), str(self.lock_file))
 
     def clear(self, info: DaemonInfo) -> None:
         """Remove the socket and info file of a daemon that is stopping."""
@@ -158,3 +142,60 @@ class DaemonFiles:
             os.unlink(info.socket)
         with contextlib.suppress(FileNotFoundError):
             self.info_file.unlink()
+
+
+def find_running(home: str) -> tuple[DaemonInfo, str] | None:
+    """The daemon running for ``home`` and its token, as :meth:`DaemonFiles.running` and
+    :meth:`DaemonFiles.read_token` find them; paths as strings: the thin ``hal run`` imports
+    no :mod:`pathlib` (issue 16)."""
+    run = pure_path(home, "run")
+    info = _running(pure_path(run, "serve.json"), pure_path(run, "serve.lock"))
+    token = _read_token(pure_path(home, "token"))
+    return None if info is None or token is None else (info, token)
+
+
+def _read_token(token_file: str) -> str | None:
+    try:
+        with open(token_file) as fh:
+            return fh.read().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def _read_info(info_file: str) -> DaemonInfo | None:
+    try:
+        with open(info_file) as fh:
+            return DaemonInfo(**json.loads(fh.read()))
+    except (FileNotFoundError, ValueError, TypeError):
+        return None
+
+
+def _running(info_file: str, lock_file: str) -> DaemonInfo | None:
+    info = _read_info(info_file)
+    if info is None or not _exists(info.socket):
+        return None
+    try:
+        handle = open(lock_file, "a")  # closed by the with below
+    except FileNotFoundError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return info  # held: the daemon is alive
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
+
+
+def _exists(path: str) -> bool:
+    # pathlib.Path.exists: False for a missing path (or one through a file, a loop, a bad
+    # name); any other error raised.
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP):
+            raise
+        return False
+    except ValueError:
+        return False
+    return True
