@@ -8,12 +8,9 @@ service, without importing pydantic (:mod:`hal9999.values` and
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 
 from hal9999.errors import CredentialsError, UsageError
-
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def is_text(value: str) -> bool:
@@ -29,7 +26,8 @@ def is_text(value: str) -> bool:
 def is_env_name(value: str) -> bool:
     """Whether ``value`` is a usable environment variable name (ASCII letters, digits, _)."""
     # ASCII only: a name the shell and execve agree on, and one SQLite and JSON keep exactly.
-    return _ENV_NAME.fullmatch(value) is not None
+    # [A-Za-z_][A-Za-z0-9_]*, without `re` (the thin `hal run` imports this module).
+    return value.isascii() and value.isidentifier()
 
 
 def absolute_dir(environ: Mapping[str, str], var: str) -> str | None:

@@ -43,7 +43,13 @@ THIN_RUN_LEAVES_OUT = frozenset({
     # Paths as strings (hal9999.workdir.pure_path): pathlib and its fnmatch and ntpath were
     # ~6M instructions more (its urllib.parse the client imported too).
     "pathlib", "fnmatch", "ntpath",
+    # hal9999.plainjson (json's own C encoder and scanner) and the client's own query string:
+    # json, urllib.parse and ipaddress were ~8M more (and kept `re` on the path).
+    "json", "urllib", "ipaddress",
 })  # fmt: skip
+BEFORE_THE_POST = frozenset({"re", "enum", "signal", "subprocess", "threading"})
+"""Modules the thin client has not imported when it posts the task (the host ``git status``
+that needs subprocess runs while the daemon creates it)."""
 """Standard library modules the thin ``hal run`` client does without (issue 16, target 1),
 checked here on import and in ``test_daemon_run_e2e.py`` on a whole run."""
 

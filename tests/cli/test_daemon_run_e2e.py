@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from tests.cli.conftest import Hal, events_of, start_hal, tasks_json
-from tests.cli.test_daemon_run import THIN_RUN_LEAVES_OUT
+from tests.cli.test_daemon_run import BEFORE_THE_POST, THIN_RUN_LEAVES_OUT
 from tests.cli.test_run_imports import RUN_AND_LIST
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.timeout(300)]
@@ -337,6 +337,7 @@ send = DaemonClient.send
 def spy(self, method, path, *rest, **kw):
     if method == "POST":
         sys.stderr.write("\\nsubprocess loaded at the POST: " + str("subprocess" in sys.modules))
+        sys.stderr.write("\\nloaded at the POST: " + " ".join(sorted(sys.modules)))
     return send(self, method, path, *rest, **kw)
 DaemonClient.send = spy
 sys.argv = ["hal", *sys.argv[1:]]
@@ -356,4 +357,7 @@ def test_the_task_is_posted_before_the_host_git_status_starts(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "subprocess loaded at the POST: False" in done.stderr
+    loaded = set(done.stderr.split("\nloaded at the POST: ")[1].splitlines()[0].split())
+    assert "hal9999.server.client" in loaded
+    assert sorted(loaded & (BEFORE_THE_POST | THIN_RUN_LEAVES_OUT)) == []
     assert done.stderr.index("uncommitted change") < done.stderr.index("hal: task ")

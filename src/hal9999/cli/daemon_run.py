@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
 import time
 from types import FrameType, SimpleNamespace
@@ -39,6 +38,7 @@ from hal9999.workdir import current_path, working_path
 
 TYPE_CHECKING = False  # typing: hal9999.lighttyping says why
 if TYPE_CHECKING:
+    import signal
     from collections.abc import Callable, Mapping
     from pathlib import Path
     from typing import Any, NamedTuple, NoReturn, cast
@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 
     OnData = Callable[[Mapping[str, Any]], None]
 else:
+    import _signal as signal  # the C module: signal.py builds three enums at import (issue 16)
+
     from hal9999.lighttyping import NamedTuple, cast
 
 NAME_VARS = {

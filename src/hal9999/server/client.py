@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import _socket  # the C module: socket.py builds four enums at import, ~1.5 ms of a start
 import contextlib
-import json
 import time
 from collections.abc import AsyncIterator, Mapping
-from urllib.parse import urlencode
 
+from hal9999 import plainjson
 from hal9999.errors import HalError
 from hal9999.server.runtime import DaemonInfo, find_running
 
@@ -133,8 +132,8 @@ class DaemonClient:
         self, method: str, path: str, body: dict[str, Any] | None, query: dict[str, Any] | None
     ) -> bytes:
         if query:
-            path += "?" + urlencode({k: v for k, v in query.items() if v is not None}, doseq=True)
-        data = json.dumps(body).encode() if body is not None else b""
+            path += "?" + _query({k: v for k, v in query.items() if v is not None})
+        data = plainjson.dumps(body).encode() if body is not None else b""
         head = (
             f"{method} {path} HTTP/1.1\r\nHost: hal\r\nAuthorization: Bearer {self._token}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
@@ -171,6 +170,28 @@ class Sent:
         self._conn.close()
 
 
+_PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
+"""What ``urllib.parse.quote_plus`` leaves as it is."""
+
+
+def _query(query: dict[str, Any]) -> str:
+    """``urllib.parse.urlencode(query, doseq=True)``; without importing ``urllib.parse``
+    (with its ``re`` and ``ipaddress``: the thin ``hal run``, issue 16) where each name and
+    value (a string or a number) needs no quoting."""
+    pieces = []
+    for key, value in query.items():
+        text = str(value) if type(value) in (str, int, float) else "%"
+        if _PLAIN.issuperset(key) and _PLAIN.issuperset(text):
+            pieces.append(f"{key}={text}")
+            continue
+        from urllib.parse import urlencode
+
+        piece = urlencode({key: value}, doseq=True)
+        if piece:
+            pieces.append(piece)
+    return "&".join(pieces)
+
+
 def _closed(exc: Exception) -> DaemonUnavailable:
     return DaemonUnavailable(
         f"the hal daemon closed the connection: {exc}", hint="see `hal status`"
@@ -204,7 +225,7 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, Any]:
     while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
         length = _content_length(line, length)
     body = await reader.readexactly(length) if length else b""
-    return status, json.loads(body) if body else None
+    return status, plainjson.loads(body) if body else None
 
 
 def _receive(conn: _socket.socket) -> tuple[int, Any]:
@@ -225,7 +246,7 @@ def _receive(conn: _socket.socket) -> tuple[int, Any]:
     if len(body) < length:
         raise ValueError(f"the body ended after {len(body)} of {length} bytes")
     body = body[:length]
-    return status, json.loads(body) if body else None
+    return status, plainjson.loads(body) if body else None
 
 
 def client_secrets(

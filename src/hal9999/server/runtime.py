@@ -13,9 +13,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
 
+from hal9999 import plainjson
 from hal9999.errors import HalError
 from hal9999.home import HalPaths
 from hal9999.workdir import pure_path
@@ -125,6 +125,8 @@ class DaemonFiles:
     def write_info(self, info: DaemonInfo) -> None:
         """Record where the daemon listens (atomically)."""
         tmp = self.info_file.with_suffix(".tmp")
+        import json  # here: only the daemon writes it
+
         tmp.write_text(json.dumps(info._asdict()))
         os.replace(tmp, self.info_file)
 
@@ -165,7 +167,7 @@ def _read_token(token_file: str) -> str | None:
 def _read_info(info_file: str) -> DaemonInfo | None:
     try:
         with open(info_file) as fh:
-            return DaemonInfo(**json.loads(fh.read()))
+            return DaemonInfo(**plainjson.loads(fh.read()))
     except (FileNotFoundError, ValueError, TypeError):
         return None
 
