@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hal9999.cli.notices import STATUS_TIMEOUT_S, start_uncommitted
+from hal9999.cli.notices import STATUS_TIMEOUT_S, HostGit, start_uncommitted
 
 
 def test_a_file_name_that_is_not_utf8_is_counted_not_a_traceback(
@@ -57,3 +57,52 @@ def test_a_status_still_running_at_the_deadline_is_stopped(
     started = time.monotonic()
     assert pending.notice() is None
     assert time.monotonic() - started < 10, "waited for the orphaned child's pipe"
+
+
+SHOW_ITSELF = """#!/bin/sh
+echo "args: $*"
+echo "seen: $HAL_SEEN"
+echo "fds: $(ls /proc/self/fd | sort -n | tr '\\n' ' ')"
+exec grep SigIgn /proc/self/status
+"""
+
+
+def _masked(out: str) -> str:
+    # glibc's own signals (32, 33) left out: its posix_spawn (2.36) starts a child with them
+    # ignored, and glibc installs its handler for them where it uses them.
+    head, _, ignored = out.rpartition("SigIgn:\t")
+    return f"{head}ignored: {int(ignored, 16) & ~(0b11 << 31):#x}"
+
+
+def test_the_host_git_starts_as_popen_started_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # HostGit is Popen's child without subprocess (issue 16): the same descriptors (an
+    # inheritable one of hal's closed), signals (SIGPIPE back to its default), environment.
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "git").write_text(SHOW_ITSELF)
+    (fake / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    monkeypatch.setenv("HAL_SEEN", "1")
+    leaked = os.open(os.devnull, os.O_RDONLY)
+    os.set_inheritable(leaked, True)
+    try:
+        ours = HostGit(["status", "--porcelain"], cwd=str(tmp_path))
+        theirs = subprocess.Popen(
+            ["git", "-C", str(tmp_path), "status", "--porcelain"], stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, text=True, errors="replace",
+        )  # fmt: skip
+    finally:
+        os.close(leaked)
+    out, _ = theirs.communicate(timeout=60)
+    fds = out.split("fds: ")[1].split("\n")[0].split()
+    assert "seen: 1" in out and str(leaked) not in fds[3:] and _masked(out).endswith(": 0x0")
+    assert _masked(ours.communicate(timeout=60) or "") == _masked(out)
+    assert ours.returncode == theirs.returncode == 0
+
+
+def test_no_git_on_the_path_is_no_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    pending = start_uncommitted(str(tmp_path), None)
+    assert pending.proc is None and pending.notice() is None

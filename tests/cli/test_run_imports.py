@@ -53,14 +53,15 @@ sys.stderr.write("\\n" + json.dumps(found))
 """
 
 STATUS_ORDER = """
-import subprocess, sys
+import sys
+from hal9999.cli import notices
 started = []
-real = subprocess.Popen.__init__
+real = notices.HostGit.__init__
 def spy(self, args, *rest, **kw):
     if "status" in args:
         started.append("hal9999.config" in sys.modules)
     real(self, args, *rest, **kw)
-subprocess.Popen.__init__ = spy
+notices.HostGit.__init__ = spy
 sys.argv = ["hal", *sys.argv[1:]]
 from hal9999.cli.main import _main
 try:

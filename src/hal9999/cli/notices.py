@@ -5,7 +5,6 @@ Light at import (the thin ``hal run`` client prints the uncommitted-changes line
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 
 from hal9999.cli.echo import echo
@@ -13,9 +12,13 @@ from hal9999.workdir import current_path, pure_path
 
 TYPE_CHECKING = False  # typing: hal9999.lighttyping says why
 if TYPE_CHECKING:
+    import signal as _signal
+
     from hal9999.config import ConfigSources
     from hal9999.store import TaskRecord
     from hal9999.tasks.service import TaskService
+else:
+    import _signal  # the C module: signal.py builds three enums at import (issue 16)
 
 _URL_PREFIXES = ("http://", "https://", "ssh://", "git://", "file://", "git@")
 
@@ -75,18 +78,16 @@ class Uncommitted:
     def __init__(self, path: str | None) -> None:
         self.path = path
         self.deadline = time.monotonic() + STATUS_TIMEOUT_S
-        self.proc: subprocess.Popen[str] | None = None
+        self.proc: HostGit | None = None
         if path is None:
             return
         try:
             # Host git on the user's own checkout, with nothing of it run: no hooks, no fsmonitor.
-            self.proc = subprocess.Popen(
-                ["git", "-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null",
-                 "status", "--porcelain", "--untracked-files=normal"],
-                cwd=path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                errors="replace",
+            self.proc = HostGit(
+                ["-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null",
+                 "status", "--porcelain", "--untracked-files=normal"], cwd=path,
             )  # fmt: skip
-        except (OSError, subprocess.SubprocessError):
+        except OSError:
             self.proc = None
 
     def notice(self) -> str | None:
@@ -99,10 +100,9 @@ class Uncommitted:
             # git ended in time: only its output is left to read, however long hal itself
             # took to get here (a loaded machine: the line was dropped though git was done).
             timeout = max(timeout, READ_S)
-        try:
-            out, _ = proc.communicate(timeout=max(0.0, timeout))
-        except subprocess.TimeoutExpired:
-            _stop(proc)
+        out = proc.communicate(timeout=max(0.0, timeout))
+        if out is None:
+            proc.stop()
             return None
         changes = [line for line in out.splitlines() if line.strip()]
         if proc.returncode != 0 or not changes:
@@ -116,16 +116,110 @@ class Uncommitted:
         """Stop the check if its line is not wanted any more (the command failed first)."""
         proc, self.proc = self.proc, None
         if proc is not None:
-            _stop(proc)
+            proc.stop()
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
-    # Not communicate(): a child git started (a submodule's status) would hold the pipe
-    # open, and the line is not wanted any more anyway.
-    proc.kill()
-    proc.wait()
-    if proc.stdout is not None:
-        proc.stdout.close()
+class HostGit:
+    """``subprocess.Popen(["git", *args], cwd=cwd, stdout=PIPE, stderr=DEVNULL, text=True,
+    errors="replace")``, as much of it as the check uses, without :mod:`subprocess`: with
+    its ``signal``, ``threading``, ``selectors`` and ``locale`` (and their ``re`` and
+    ``enum``), ~19M of the thin ``hal run``'s ~99M instructions (issue 16). Started by
+    ``posix_spawnp`` with what Popen gives its child: the signals Python ignores back to
+    their defaults, no inherited descriptor but the standard three (``close_fds``), this
+    process's environment; ``git -C`` for the working directory (posix_spawn has none)."""
+
+    def __init__(self, args: list[str], cwd: str) -> None:
+        self.returncode: int | None = None
+        read, write = os.pipe()
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            try:
+                actions: list[tuple[int, ...]] = [
+                    (os.POSIX_SPAWN_DUP2, write, 1), (os.POSIX_SPAWN_DUP2, null, 2)
+                ]  # fmt: skip
+                actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inherited(read, write, null)]
+                self.pid = os.posix_spawnp(
+                    "git", ["git", "-C", cwd, *args], os.environ, file_actions=actions,
+                    setsigdef=(_signal.SIGPIPE, _signal.SIGXFSZ),
+                )  # fmt: skip
+            finally:
+                os.close(null)
+        except BaseException:
+            os.close(read)
+            raise
+        finally:
+            os.close(write)
+        self.stdout: int | None = read
+
+    def poll(self) -> int | None:
+        """Its exit status, or None while it runs."""
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self) -> int:
+        """Its exit status, once it ended."""
+        if self.returncode is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def communicate(self, timeout: float) -> str | None:
+        """Its output, decoded as Popen's text mode does, once it ended; None when it has
+        not within ``timeout`` seconds (as ``TimeoutExpired``)."""
+        import io
+        import select
+
+        deadline = time.monotonic() + timeout
+        assert self.stdout is not None
+        chunks = []
+        poller = select.poll()
+        poller.register(self.stdout, select.POLLIN)
+        while True:
+            if not poller.poll(max(0.0, deadline - time.monotonic()) * 1000):
+                return None
+            chunk = os.read(self.stdout, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        delay = 0.0005  # as Popen.wait(timeout): it closed its output, its end is near
+        while self.poll() is None:
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        os.close(self.stdout)
+        self.stdout = None
+        # Popen's TextIOWrapper: the locale's encoding, errors replaced, universal newlines.
+        return io.TextIOWrapper(io.BytesIO(b"".join(chunks)), errors="replace").read()
+
+    def stop(self) -> None:
+        """Kill it and wait for it; its output is not wanted any more."""
+        # Not reading to the end: a child git started (a submodule's status) would hold the
+        # pipe open.
+        if self.returncode is None:
+            os.kill(self.pid, _signal.SIGKILL)
+        self.wait()
+        if self.stdout is not None:
+            os.close(self.stdout)
+            self.stdout = None
+
+
+def _inherited(*ours: int) -> list[int]:
+    """This process's descriptors past the standard three that a child would inherit (the
+    ones Popen's ``close_fds`` closes; the others close on exec)."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in ours:
+            try:
+                if os.get_inheritable(fd):
+                    found.append(fd)
+            except OSError:
+                pass  # listdir's own, closed since
+    return found
 
 
 def start_uncommitted(repo: str | None, ref: str | None) -> Uncommitted:
