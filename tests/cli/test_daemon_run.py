@@ -49,6 +49,7 @@ THIN_RUN_LEAVES_OUT = frozenset({
     # The host git status started by posix_spawnp (cli.notices.HostGit), not subprocess:
     # it and its signal, threading, selectors, locale, re and enum were ~19M more.
     "subprocess", "signal", "threading", "selectors", "locale", "re", "enum",
+    "math",  # a shared library to load; only --json's document uses it (cli.echo)
 })  # fmt: skip
 BEFORE_THE_POST = frozenset({"hal9999.cli.notices", "select"})
 """Modules the thin client has not imported when it posts the task (the host ``git status``

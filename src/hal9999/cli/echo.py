@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import math
 import sys
 
 TYPE_CHECKING = False  # typing: hal9999.lighttyping says why
@@ -57,6 +56,8 @@ def emit_json(data: Any) -> None:
 
 
 def _finite(data: Any) -> Any:
+    import math  # here: only --json's document needs it (a run's start does not, issue 16)
+
     if isinstance(data, float) and not math.isfinite(data):
         return None
     if isinstance(data, dict):
