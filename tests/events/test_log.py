@@ -214,6 +214,30 @@ def test_close_fsyncs_what_was_written_since_the_last_fsync(
     assert len(calls) == 3
 
 
+def test_a_background_writer_closes_without_waiting_for_its_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A daemon's task creation closes its writer after `task_created`: the API's answer
+    # and the task's start no longer wait for that fsync, which the flusher thread does.
+    synced: list[str] = []
+    done = threading.Event()
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        real_fsync(fd)
+        synced.append(threading.current_thread().name)
+        done.set()
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    path = tmp_path / "events.jsonl"
+    log = EventLog(path, "t1", background=True)
+    log.emit(Output(text="not a phase: no fsync of its own"))
+    log.close()
+    assert [e.seq for e in read_events(path)] == [1]  # written before close returned
+    assert done.wait(30)
+    assert synced == ["hal-event-flusher"]  # and forced to disk, once, on the flusher
+
+
 def test_concurrent_emits_get_unique_ordered_seqs(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     with EventLog(path, "t1") as log:

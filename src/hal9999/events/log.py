@@ -130,7 +130,8 @@ class EventLog:
         self.max_delay = max_delay
         self.background = background
         """Write every batch on the flusher thread, never on the emitting one (a daemon's
-        event loop must not wait for the database)."""
+        event loop must not wait for the database); the fsync a :meth:`close` owes is the
+        flusher's too (the closing thread returns once the lines are written)."""
         self._pending: list[Event] = []
         self._io_lock = threading.RLock()
         # Re-entrant so a sink that emits (a warning about itself, say) cannot deadlock.
@@ -322,14 +323,21 @@ class EventLog:
             with self._io_lock, self._lock:
                 FLUSHER.cancel(self)
                 if self._file is not None:
+                    owed = not self._synced
                     try:
                         self._file.flush()
-                        if not self._synced:
+                        if owed and not self.background:
                             os.fsync(self._file.fileno())
                     finally:
                         self._unlock_file()
-                        self._file.close()
-                        self._file = None
+                        file, self._file = self._file, None
+                        if owed and self.background:
+                            # Written, so every reader sees it now; forced to disk on the
+                            # flusher, as a background writer's phase events are: a daemon's
+                            # new task was answered and started only after it (issue 16).
+                            FLUSHER.sync_and_close(file)
+                        else:
+                            file.close()
 
     def __enter__(self) -> EventLog:
         return self
@@ -349,6 +357,8 @@ class _Flusher:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._due: dict[EventLog, float] = {}
+        self._closing: list[BinaryIO] = []
+        """Files of closed background writers still to be fsync'ed and closed."""
         self._thread: threading.Thread | None = None
         self._until = math.inf
         """The deadline the thread sleeps until (infinity while it is not asleep)."""
@@ -359,15 +369,23 @@ class _Flusher:
         """Write ``log``'s batch at ``when`` (monotonic) unless it is written before."""
         with self._cond:
             self._due[log] = min(when, self._due.get(log, when))
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._run, name="hal-event-flusher", daemon=True
-                )
-                self._thread.start()
-            elif when < self._until:
-                # Waking the thread for a deadline after the one it sleeps until would only
-                # send it back to sleep: a thread switch per event of a busy daemon.
-                self._cond.notify()
+            # Waking the thread for a deadline after the one it sleeps until would only
+            # send it back to sleep: a thread switch per event of a busy daemon.
+            if self._thread is None or not self._thread.is_alive() or when < self._until:
+                self._wake()
+
+    def sync_and_close(self, file: BinaryIO) -> None:
+        """Force ``file`` (written and flushed) to disk and close it, on the thread."""
+        with self._cond:
+            self._closing.append(file)
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="hal-event-flusher", daemon=True)
+            self._thread.start()
+        else:
+            self._cond.notify()
 
     def cancel(self, log: EventLog) -> None:
         """Forget ``log``'s deadline (its batch was written)."""
@@ -382,7 +400,8 @@ class _Flusher:
                 ready = [log for log, when in self._due.items() if when <= now]
                 for log in ready:
                     del self._due[log]
-                if not ready:
+                closing, self._closing = self._closing, []
+                if not ready and not closing:
                     self._until = min(self._due.values(), default=now + 60)
                     try:
                         self._cond.wait(self._until - now)
@@ -394,6 +413,13 @@ class _Flusher:
                     log.flush()
                 except Exception:
                     logger.exception("%s: writing a batch of events failed", log.path)
+            for file in closing:
+                try:
+                    os.fsync(file.fileno())
+                except OSError:
+                    logger.exception("%s: forcing events to disk failed", file.name)
+                finally:
+                    file.close()
 
 
 FLUSHER = _Flusher()
