@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -434,3 +435,47 @@ async def test_tasks_of_one_service_share_their_provider_and_a_reset_reads_its_r
         store.close()
     assert len(reset_loads) == 2 and all(n <= 4 for n in reset_loads), reset_loads
     assert built == ["bwrap"], built
+
+
+@pytest.mark.bwrap
+@pytest.mark.parametrize("acquired", [True, False])
+async def test_a_borrowed_checkout_is_made_while_the_sandbox_is_acquired(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, acquired: bool
+) -> None:
+    # Issue 16: the checkout needs no sandbox, and was made only once one was acquired.
+    # A run whose acquire fails meanwhile ends its checkout before it ends (no git left).
+    from hal9999.errors import ProviderError
+
+    repo = git_repo(tmp_path / "repo")
+    store, service, _, _ = pooled_service(tmp_path / "home", "bwrap")
+    started, ended = asyncio.Event(), asyncio.Event()
+    real_clone = gitrepo.clone
+
+    async def clone(*args: Any, **kwargs: Any) -> str:
+        started.set()
+        try:
+            return await real_clone(*args, **kwargs)
+        finally:
+            ended.set()
+
+    monkeypatch.setattr(gitrepo, "clone", clone)
+    source = service.runner.sandboxes
+    real_acquire = source.acquire
+    seen: list[bool] = []
+
+    async def acquire(*args: Any) -> Any:
+        awaited = ended if acquired else started
+        with contextlib.suppress(TimeoutError):  # a bound for the code before: it never ends
+            await asyncio.wait_for(awaited.wait(), 20)
+        seen.append(awaited.is_set())
+        if not acquired:
+            raise ProviderError("no sandbox today")
+        return await real_acquire(*args)
+
+    monkeypatch.setattr(source, "acquire", acquire)
+    task = await service.create(trivial_request(repo))
+    done = await service.run(task.id)
+    store.close()
+    assert seen == [True]
+    assert ended.is_set()
+    assert done.status == ("succeeded" if acquired else "failed"), done.error_message

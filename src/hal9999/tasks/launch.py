@@ -17,6 +17,7 @@ from hal9999.hive.mcp.channel import route_for as mcp_route_for
 from hal9999.process.base import ProcessManager
 from hal9999.process.caplog import log_cap_from
 from hal9999.providers.base import Provider, Sandbox
+from hal9999.spec import SandboxSpec
 from hal9999.tasks import gitrepo, mirror
 from hal9999.tasks.context import (
     RunContext,
@@ -48,7 +49,7 @@ class LaunchSteps(RunnerCore):
         task = ctx.task
         await self.transition(ctx, TaskStatus.PROVISIONING)
         spec = sandbox_spec(self.config, task, ctx.session, self.environ)
-        fresh = task.base_commit is None  # its clone is made (again) in prepare()
+        fresh = task.base_commit is None  # its clone is made (again) by checkout()
         snap: Path | None = None
         if fresh and borrows_objects(task):
             # The session's link to the snapshot the clone will borrow from, made now: it is
@@ -69,6 +70,41 @@ class LaunchSteps(RunnerCore):
                 f"it cannot go on in {task.provider}",
                 hint=f"start a new task from its result (`hal run --ref {task.branch}`)",
             )
+        # A checkout borrowing from the snapshot needs no sandbox (a bwrap sandbox binds the
+        # workspace, whatever is in it): made while one is acquired, not after (issue 16).
+        checkout = asyncio.create_task(self.checkout(ctx, snap)) if snap is not None else None
+        try:
+            offline = await self._acquire(ctx, provider, agent, spec)
+        except BaseException:
+            if checkout is not None:
+                await _dropped(checkout)
+            raise
+        assert ctx.sandbox is not None
+        launch = await self.prepare(ctx, ctx.sandbox, agent, prompt, snap, checkout)
+        await self.transition(ctx, TaskStatus.RUNNING, detail=f"agent {agent.name}")
+        given = {**ctx.secrets, **(ctx.gateway.secrets() if ctx.gateway else {})}
+        missing = [name for name in launch.secret_env if name not in given]
+        secrets = {**forwarded_env(missing, self.environ), **given}
+        # The agent's own key variables are secrets however they were given.
+        for name in launch.secret_env:
+            ctx.masker.add(secrets[name])
+        ctx.pspec = process_spec(ctx.task, ctx.session, launch.command).model_copy(
+            update={
+                "mask_vars": tuple(sorted({*ctx.mask_names, *launch.secret_env})),
+                "mask_files": tuple(cred.source for cred in self.config.credentials),
+                "log_cap": log_cap_from(self.environ),
+            }
+        )
+        ctx.log_start = file_size(ctx.session.log)
+        await manager.start(ctx.sandbox, ctx.pspec, env=secrets)
+        return offline
+
+    async def _acquire(
+        self, ctx: RunContext, provider: Provider, agent: Agent, spec: SandboxSpec
+    ) -> bool:
+        """The run's routes and sandbox, recorded with ``preparing``; returns whether the
+        sandbox is offline."""
+        task = ctx.task
         ctx.gateway = None
         if getattr(agent, "gateway_upstream", None) is not None:
             # Only an agent that names an upstream can have a route (a command template
@@ -105,23 +141,6 @@ class LaunchSteps(RunnerCore):
         # run's own release (which knows it), the `hal.task` label of a sandbox made for the
         # task, or recovery's sweep of every sandbox no live run keeps (a pooled one).
         await self.transition(ctx, TaskStatus.PREPARING, sandbox_id=sandbox.id)
-        launch = await self.prepare(ctx, sandbox, agent, prompt, snap)
-        await self.transition(ctx, TaskStatus.RUNNING, detail=f"agent {agent.name}")
-        given = {**ctx.secrets, **(ctx.gateway.secrets() if ctx.gateway else {})}
-        missing = [name for name in launch.secret_env if name not in given]
-        secrets = {**forwarded_env(missing, self.environ), **given}
-        # The agent's own key variables are secrets however they were given.
-        for name in launch.secret_env:
-            ctx.masker.add(secrets[name])
-        ctx.pspec = process_spec(ctx.task, ctx.session, launch.command).model_copy(
-            update={
-                "mask_vars": tuple(sorted({*ctx.mask_names, *launch.secret_env})),
-                "mask_files": tuple(cred.source for cred in self.config.credentials),
-                "log_cap": log_cap_from(self.environ),
-            }
-        )
-        ctx.log_start = file_size(ctx.session.log)
-        await manager.start(sandbox, ctx.pspec, env=secrets)
         return offline
 
     async def remove_credentials(self, ctx: RunContext) -> None:
@@ -137,6 +156,24 @@ class LaunchSteps(RunnerCore):
             text = f"credential files left in the session (not regular files): {', '.join(left)}"
             ctx.events.emit(Message(level="warning", text=text))
 
+    async def checkout(self, ctx: RunContext, snap: Path | None) -> str:
+        """Clone the task's source into its (agent-free) workspace, borrowing from
+        ``snap``, the snapshot :meth:`launch` linked, if any; returns the base commit. It
+        changes nothing of ``ctx``: :meth:`launch` runs it while the run's own steps go on."""
+        task, session = ctx.task, ctx.session
+        # No clone finished, so no agent ever ran here: a clone cut short (timeout,
+        # SIGTERM, kill -9) left only its own files, which would block cloning again.
+        if _has_entries(session.workspace):  # a fresh task's is empty: no thread hop
+            await asyncio.to_thread(_empty, session.workspace)
+        source = gitrepo.RepoSource(task.repo_kind, task.repo)
+        base = await gitrepo.clone(
+            source, task.ref, session.workspace, task.branch, borrow=snap,
+            alternates=mirror.ALTERNATES,
+        )  # fmt: skip
+        if snap is not None and not mirror.alternates_pointed(session.workspace):
+            await asyncio.to_thread(mirror.point_alternates, session.workspace)
+        return base
+
     async def prepare(
         self,
         ctx: RunContext,
@@ -144,23 +181,15 @@ class LaunchSteps(RunnerCore):
         agent: Agent,
         prompt: str | None,
         snap: Path | None = None,
+        checkout: asyncio.Task[str] | None = None,
     ) -> AgentLaunch:
         """Repo, prompt, agent config and credentials into the session and the sandbox;
-        a fresh clone borrows from ``snap``, the snapshot :meth:`launch` linked, if any."""
+        a fresh clone borrows from ``snap``, the snapshot :meth:`launch` linked, if any
+        (``checkout``: that clone, started already)."""
         task, session = ctx.task, ctx.session
         cloned = task.base_commit is None
         if task.base_commit is None:
-            # No clone finished, so no agent ever ran here: a clone cut short (timeout,
-            # SIGTERM, kill -9) left only its own files, which would block cloning again.
-            if _has_entries(session.workspace):  # a fresh task's is empty: no thread hop
-                await asyncio.to_thread(_empty, session.workspace)
-            source = gitrepo.RepoSource(task.repo_kind, task.repo)
-            base = await gitrepo.clone(
-                source, task.ref, session.workspace, task.branch, borrow=snap,
-                alternates=mirror.ALTERNATES,
-            )  # fmt: skip
-            if snap is not None and not mirror.alternates_pointed(session.workspace):
-                await asyncio.to_thread(mirror.point_alternates, session.workspace)
+            base = await (checkout if checkout is not None else self.checkout(ctx, snap))
             # Recorded with `running` (a write fewer): should the run end before, no agent
             # has run here, and a later run clones again as it would after a clone cut short.
             ctx.unsaved["base_commit"] = base
@@ -243,6 +272,15 @@ def missing_program(
         f"agent program {program!r} is not installed in the {provider} sandbox",
         hint=agent.install_hint,
     )
+
+
+async def _dropped(task: asyncio.Task[str]) -> None:
+    """Cancel ``task`` and wait for its end (a git it runs is killed, :func:`gitrepo.git`);
+    whatever it raised is not the caller's error."""
+    task.cancel()
+    await asyncio.wait({task})
+    if not task.cancelled():
+        task.exception()  # retrieved: its failure is not reported as never seen
 
 
 def _has_entries(directory: Path) -> bool:
