@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from hal9999.pool import ProviderSettings, SlotDir, WarmPool
+import pytest
+
+from hal9999.pool import ProviderSettings, SlotDir, WarmPool, lending
 from hal9999.providers.base import Sandbox
 from hal9999.providers.fake import FakeProvider
 from hal9999.spec import Bind, SandboxSpec
@@ -95,3 +97,30 @@ async def test_a_pool_drained_during_a_background_reset_destroys_it_at_close(
     provider.gate.set()
     await pool.close()
     assert provider.destroyed == [lease.sandbox.id] and pool.entries == []
+
+
+async def test_a_reset_nobody_waits_for_waits_out_its_grace_unless_a_claim_wants_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 16: the reset's first steps ran alongside the answer to the run's follower;
+    # a claim of the sandbox's key that finds none idle starts the reset at once.
+    monkeypatch.setattr(lending, "RESET_GRACE_S", 3600.0)  # only a claim can start it here
+    provider, pool = make(tmp_path, max_size=2)
+    provider.gate.set()
+    source = PoolSource(pool)
+    lease = await source.acquire(provider, spec_of(tmp_path, 1), "t1")
+    assert lease is not None
+    assert await source.release(lease.sandbox, reuse=True)
+    await asyncio.sleep(0.05)  # turns of the loop, ample for a reset that started
+    assert provider.resets == 0 and [e.state for e in pool.entries] == ["resetting"]
+    other = await pool.claim(spec_of(tmp_path, 2), task_id="t2")  # room: a new one
+    assert not other.warm
+
+    async def reset_done() -> None:
+        while pool.entries[0].state != "idle":
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(reset_done(), 10)  # started by the claim, not the grace
+    assert provider.resets == 1 and [e.state for e in pool.entries] == ["idle", "leased"]
+    await pool.release(other)
+    await pool.close()

@@ -150,6 +150,8 @@ class WarmPool(PoolLending):
     async def close(self) -> None:
         """Wait for background resets and destroys (a shutdown leaves in-use sandboxes to
         reconcile)."""
+        for start in self._deferred.values():  # no grace to wait out: nothing to answer
+            start.set()
         while self._background:  # a reset may end in a destroy of its own
             await asyncio.gather(*self._background, return_exceptions=True)
 
