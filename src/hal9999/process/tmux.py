@@ -40,6 +40,13 @@ NO_UTMP_BUILT = Path(__file__).resolve().parents[3] / "build" / "hal-noutmp.so"
 """Where ``scripts/setup.sh`` builds ``scripts/hal-noutmp.c`` in a source checkout."""
 
 
+def _verbatim(arg: str) -> str:
+    """``arg`` as tmux reads it back from its command line: tmux takes an argument ending in
+    ``;`` for the end of a command (the ``;`` dropped, the next argument a tmux command
+    run on the host), unless the ``;`` is escaped as ``\\;``."""
+    return arg[:-1] + "\\;" if arg.endswith(";") else arg
+
+
 class TmuxProcessManager:
     """Runs each process in a detached tmux session on the host."""
 
@@ -113,7 +120,7 @@ class TmuxProcessManager:
                 "-c",
                 cwd,
                 "--",
-                *launch.argv,
+                *map(_verbatim, launch.argv),
             ],
             env=server_env,
         )
