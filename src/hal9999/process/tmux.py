@@ -39,6 +39,15 @@ _SOCKET_DIR = Path(tempfile.gettempdir()) / f"hal9999-tmux-{os.getuid()}"
 NO_UTMP_BUILT = Path(__file__).resolve().parents[3] / "build" / "hal-noutmp.so"
 """Where ``scripts/setup.sh`` builds ``scripts/hal-noutmp.c`` in a source checkout."""
 
+_NO_ESCAPES = (
+    # Before the agent's pane exists: the agent must not write the clipboard of whoever
+    # attaches (OSC 52 passes through to the outer terminal otherwise), nor pass any
+    # sequence through tmux to that terminal (`ESC P tmux; ...`), whatever a tmux.conf the
+    # server loaded says (-q: a tmux before 3.3 has no such option, and passes nothing).
+    *("set-option", "-s", "set-clipboard", "off", ";"),
+    *("set-option", "-gq", "allow-passthrough", "off", ";"),
+)
+
 
 def _verbatim(arg: str) -> str:
     """``arg`` as tmux reads it back from its command line: tmux takes an argument ending in
@@ -59,6 +68,8 @@ class TmuxProcessManager:
         self._no_utmp = trusted_program(NO_UTMP_BUILT)
         self._panes: dict[Path, tuple[int, int]] = {}
         """Per socket, the pane's process and its start time (a reused pid has another)."""
+        self._early: dict[Path, dict[str, str]] = {}
+        """Per socket, the environment of a server :meth:`prestart` left without a session."""
 
     def socket(self, spec: ProcessSpec) -> Path:
         """The tmux socket of the process (derived from its log path and name)."""
@@ -70,42 +81,63 @@ class TmuxProcessManager:
             raise ProcessError("tmux is not installed", hint="apt-get install tmux")
         return [self._tmux, "-S", str(self.socket(spec))]
 
-    async def start(
-        self, sandbox: Sandbox, spec: ProcessSpec, *, env: Mapping[str, str] | None = None
-    ) -> None:
-        """Start ``spec`` in a new tmux server; its pane runs the supervised command."""
-        base = self._base(spec)
-        _SOCKET_DIR.mkdir(mode=0o700, exist_ok=True)
-        await self.stop(spec)
-        launch = supervised(sandbox, spec, env)
-        server_env = dict(launch.env)
+    def _server_env(self, pane_env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+        """The server's environment (the pane's, and ``LD_PRELOAD`` for the server alone) and
+        the commands that drop the preload before the pane opens."""
+        server_env = dict(pane_env)
         server_env.setdefault("TERM", "xterm-256color")
         preload: list[str] = []
         if self._no_utmp is not None and "LD_PRELOAD" not in server_env:
             server_env["LD_PRELOAD"] = self._no_utmp
             preload = ["set-environment", "-g", "-u", "LD_PRELOAD", ";"]  # not the pane's
+        return server_env, preload
+
+    async def prestart(
+        self, sandbox: Sandbox, spec: ProcessSpec, *, env: Mapping[str, str] | None = None
+    ) -> None:
+        """Start the server :meth:`start` will open ``spec``'s session in, with the same
+        environment, while the caller does other work (a task's checkout): the server's own
+        start (~10 ms of CPU on a slow host, its option tables and key bindings) leaves the
+        run's path (issue 16). ``exit-empty`` is off until :meth:`start` has opened the
+        session, so the server waits without one; whoever ends the run before that stops
+        it with :meth:`stop`, as any run (the socket is the same)."""
+        base = self._base(spec)
+        _SOCKET_DIR.mkdir(mode=0o700, exist_ok=True)
+        server_env, preload = self._server_env(sandbox.launch(spec.command, env=env).env)
+        await self.stop(spec)
+        await run_host(
+            [*base, "start-server", ";", "set-option", "-s", "exit-empty", "off", ";",
+             *preload, *_NO_ESCAPES],
+            env=server_env,
+        )  # fmt: skip
+        self._early[self.socket(spec)] = server_env
+
+    async def start(
+        self, sandbox: Sandbox, spec: ProcessSpec, *, env: Mapping[str, str] | None = None
+    ) -> None:
+        """Start ``spec`` in a new tmux server (or the one :meth:`prestart` started with the
+        same environment); its pane runs the supervised command."""
+        base = self._base(spec)
+        _SOCKET_DIR.mkdir(mode=0o700, exist_ok=True)
+        early = self._early.pop(self.socket(spec), None)
+        if early is None:  # a server of an earlier run goes first
+            await self.stop(spec)
+        launch = supervised(sandbox, spec, env)
+        server_env, preload = self._server_env(launch.env)
+        if early is not None and early != server_env:  # never its pane's environment
+            await self.stop(spec)
+            early = None
         cwd = str(launch.cwd) if launch.cwd else str(spec.log_path.parent)
         _, out = await run_host(
             [
                 *base,
-                # Before the agent's pane exists: the agent must not write the clipboard of
-                # whoever attaches (OSC 52 passes through to the outer terminal otherwise),
-                # nor pass any sequence through tmux to that terminal (`ESC P tmux; ...`),
-                # whatever a tmux.conf the server loaded says (-q: a tmux before 3.3 has no
-                # such option, and passes nothing through).
+                # The options again, before the agent's pane exists, whether or not the
+                # server is the one prestart left (a server that died meanwhile is started
+                # again by this command, without them otherwise).
                 "start-server",
                 ";",
                 *preload,
-                "set-option",
-                "-s",
-                "set-clipboard",
-                "off",
-                ";",
-                "set-option",
-                "-gq",
-                "allow-passthrough",
-                "off",
-                ";",
+                *_NO_ESCAPES,
                 "new-session",
                 "-d",
                 "-P",  # print the pane's process, to be watched through /proc
@@ -121,6 +153,8 @@ class TmuxProcessManager:
                 cwd,
                 "--",
                 *map(_verbatim, launch.argv),
+                # A prestarted server ends with its last session again from now on.
+                *([";", "set-option", "-s", "exit-empty", "on"] if early is not None else []),
             ],
             env=server_env,
         )
@@ -164,6 +198,7 @@ class TmuxProcessManager:
         """Kill the tmux server; the supervisor passes SIGHUP on to the process group."""
         sock = self.socket(spec)
         self._panes.pop(sock, None)
+        self._early.pop(sock, None)
         if self._tmux is None or not sock.exists():
             return
         await run_host([*self._base(spec), "kill-server"], check=False)
