@@ -19,18 +19,20 @@ token-like values are secrets too.
 from __future__ import annotations
 
 import codecs
-import os
-import stat
+import posix
 import sys
 
-from hal9999.process.caplog import CappedLog
+from hal9999.process.caplog import CappedLog, beside
 
 # Every task starts this program, so at run time it imports only what a run uses: no
 # argparse, subprocess, typing or pathlib, and the masker only when there is a secret to mask
 # (issue 16: ~115 modules and ~100 ms of CPU per task before). The agents' code, the event
-# models and the credential reader come only with a parser or mask files.
+# models and the credential reader come only with a parser or mask files. Not even `os`
+# (`posix` has its calls): with `posixpath` and `_collections_abc` it was 6.3M of the 38.5M
+# instructions of a trivial run's supervisor (issue 16).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import os
     import signal
     from collections.abc import Callable
     from pathlib import Path
@@ -54,35 +56,38 @@ def ended_path(exit_file: str | os.PathLike[str]) -> str:
     """The FIFO beside ``exit_file`` that hal makes before a start and listens on: once the
     exit status is written, a byte there wakes the follower at once instead of at its next
     poll (issue 16)."""
-    folder, name = os.path.split(os.fspath(exit_file))
-    return os.path.join(folder, f".{name}.ended")
+    path = posix.fspath(exit_file)
+    return beside(path, f".{path.rpartition('/')[2]}.ended")
 
 
 def write_exit_status(path: str | os.PathLike[str], status: int) -> None:
     """Record ``status`` at ``path`` atomically, then wake whoever listens for it."""
-    path = os.fspath(path)
-    folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".{name}.tmp")
+    path = posix.fspath(path)
+    tmp = beside(path, f".{path.rpartition('/')[2]}.tmp")
     with open(tmp, "w") as file:
         file.write(f"{status}\n")
-    os.replace(tmp, path)
+    posix.replace(tmp, path)
     _notify_ended(ended_path(path))
+
+
+_S_IFMT, _S_IFIFO = 0o170000, 0o010000  # stat.S_IFMT's mask, stat.S_IFIFO
 
 
 def _notify_ended(fifo: str) -> None:
     # Never blocks: no reader (ENXIO), no FIFO (a hal from before), or anything not a FIFO
     # where one is expected means the follower polls the exit file as it always did.
     try:
-        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        flags = posix.O_WRONLY | posix.O_NONBLOCK | posix.O_NOFOLLOW | posix.O_CLOEXEC
+        fd = posix.open(fifo, flags)
     except OSError:
         return
     try:
-        if stat.S_ISFIFO(os.fstat(fd).st_mode):
-            os.write(fd, b"\n")
+        if posix.fstat(fd).st_mode & _S_IFMT == _S_IFIFO:
+            posix.write(fd, b"\n")
     except OSError:
         pass
     finally:
-        os.close(fd)
+        posix.close(fd)
 
 
 class Options:
@@ -154,7 +159,13 @@ def parse_options(argv: list[str]) -> Options:
 
 def _masker(options: Options) -> SecretMasker | None:
     """The run's secrets, or None when there is none (nothing to mask, nothing imported)."""
-    values = [value for name in options.mask_var if (value := os.environ.get(name))]
+    # os.environ's values, read as it does (bytes decoded as file names are).
+    coding = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+    values = [
+        raw.decode(*coding)
+        for name in options.mask_var
+        if (raw := posix.environ.get(name.encode(*coding)))
+    ]
     if options.mask_file:  # only then: hal9999.credentials brings the config's models
         _site()
         from pathlib import Path
@@ -209,8 +220,8 @@ class ParsedEvents:
         except Exception as exc:  # a broken plugin must not stop the agent
             self.problems.append(f"hal: no parsed events for this run: {exc}\n")
             return
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        self._file = os.fdopen(fd, "w", encoding="utf-8")
+        flags = posix.O_WRONLY | posix.O_CREAT | posix.O_APPEND | posix.O_CLOEXEC
+        self._file = open(posix.open(path, flags, 0o600), "w", encoding="utf-8")
 
     def feed(self, text: str, log_end: int) -> None:
         """Parse a chunk of raw output; ``log_end`` is where the log stands after it."""
@@ -415,7 +426,7 @@ def supervise(argv: list[str]) -> int:
     def forward(signum: int, _frame: object) -> None:
         # The child runs in its own session so a terminal's signals reach it only through us.
         try:
-            os.killpg(child, signum)
+            posix.killpg(child, signum)
         except ProcessLookupError:
             pass
 
@@ -424,7 +435,7 @@ def supervise(argv: list[str]) -> int:
 
     final = False
     while not final:
-        chunk = os.read(output, 65536)
+        chunk = posix.read(output, 65536)
         final = not chunk
         raw = decoder.decode(chunk, final=final)
         if stream is None:
@@ -438,8 +449,8 @@ def supervise(argv: list[str]) -> int:
         parsed.feed(raw, log.size)
         while parsed.problems:
             log.write(masked(parsed.problems.pop(0)).encode())
-    os.close(output)
-    status = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+    posix.close(output)
+    status = posix.waitstatus_to_exitcode(posix.waitpid(child, 0)[1])
     if status < 0:
         status = 128 - status
     parsed.close(log.size)
@@ -453,20 +464,23 @@ def supervise(argv: list[str]) -> int:
 def _spawn(command: list[str]) -> tuple[int, int]:
     """Start ``command`` in a new session, stdout and stderr into a pipe, stdin from
     /dev/null unless it is a terminal; its pid and the pipe's read end."""
-    read, write = os.pipe()  # both close-on-exec; the child's copies on 1 and 2 are not
+    read, write = posix.pipe()  # both close-on-exec; the child's copies on 1 and 2 are not
     actions: list[tuple[Any, ...]] = [
-        (os.POSIX_SPAWN_DUP2, write, 1),
-        (os.POSIX_SPAWN_DUP2, write, 2),
+        (posix.POSIX_SPAWN_DUP2, write, 1),
+        (posix.POSIX_SPAWN_DUP2, write, 2),
     ]
-    if not os.isatty(0):
-        actions.append((os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0))
+    if not posix.isatty(0):
+        actions.append((posix.POSIX_SPAWN_OPEN, 0, "/dev/null", posix.O_RDONLY, 0))
     try:
-        pid = os.posix_spawnp(command[0], command, os.environ, file_actions=actions, setsid=True)
+        # This process's environment as it started (bytes; the supervisor never changes it).
+        pid = posix.posix_spawnp(
+            command[0], command, posix.environ, file_actions=actions, setsid=True
+        )
     except BaseException:
-        os.close(read)
+        posix.close(read)
         raise
     finally:
-        os.close(write)
+        posix.close(write)
     return pid, read
 
 
@@ -483,7 +497,7 @@ def main() -> None:
     """Entry point of the supervisor process (see :func:`hal9999.process.launch.supervised`)."""
     # Nothing this process inherited past stdio is the agent's (subprocess's close_fds did
     # this in the child; posix_spawn does not).
-    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+    posix.closerange(3, posix.sysconf("SC_OPEN_MAX"))
     raise SystemExit(supervise(sys.argv[1:]))
 
 
