@@ -12,7 +12,8 @@ import pytest
 from hal9999.errors import ConfigError
 from hal9999.events.models import Usage
 from hal9999.process.caplog import CappedLog, log_cap_from
-from hal9999.process.supervisor import parsed_offset_after, read_parsed, supervise
+from hal9999.process.parsed import parsed_offset_after, read_parsed
+from hal9999.process.supervisor import supervise
 
 CAPTURED_CLAUDE = Path(__file__).parents[1] / "agents" / "captured" / "claude" / "stdout.jsonl"
 

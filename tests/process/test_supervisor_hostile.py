@@ -16,7 +16,7 @@ import pytest
 
 from hal9999.events.models import AgentSession, ToolCall, Usage
 from hal9999.process.launch import SUPERVISOR
-from hal9999.process.supervisor import read_parsed
+from hal9999.process.parsed import read_parsed
 from hal9999.tasks.context import Totals
 
 SECRET = "sk-hal-Zq8xW3pL0vN7"

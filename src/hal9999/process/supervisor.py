@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     import os
     import signal
     from collections.abc import Callable
-    from pathlib import Path
     from typing import Any, TextIO
 
     from hal9999.agents.base import OutputParser
@@ -48,7 +47,7 @@ else:
 
 USAGE = (
     "usage: hal-supervisor --log LOG --exit EXIT [--mask-var NAME]... [--mask-file PATH]... "
-    "[--parser AGENT --events PATH] [--log-cap BYTES] -- COMMAND..."
+    "[--parser AGENT --events PATH] [--log-cap BYTES] [--go FIFO] -- COMMAND..."
 )
 
 
@@ -58,6 +57,34 @@ def ended_path(exit_file: str | os.PathLike[str]) -> str:
     poll (issue 16)."""
     path = posix.fspath(exit_file)
     return beside(path, f".{path.rpartition('/')[2]}.ended")
+
+
+def go_path(exit_file: str | os.PathLike[str]) -> str:
+    """The FIFO beside ``exit_file`` a supervisor started ahead of its run (``--go``) waits
+    on: a ``g`` there starts the command; its end without one (its writer, hal, gone or
+    done with the run) ends the supervisor without starting anything (issue 16)."""
+    path = posix.fspath(exit_file)
+    return beside(path, f".{path.rpartition('/')[2]}.go")
+
+
+def wait_go(fifo: str) -> bool:
+    """Whether the run may start: a ``g`` read from ``fifo``. Opened without waiting for a
+    writer, so a hal that died before it held the FIFO cannot leave this waiting for good."""
+    try:
+        fd = posix.open(
+            fifo, posix.O_RDONLY | posix.O_NONBLOCK | posix.O_NOFOLLOW | posix.O_CLOEXEC
+        )
+    except OSError:
+        return False
+    try:
+        if posix.fstat(fd).st_mode & _S_IFMT != _S_IFIFO:
+            return False
+        posix.set_blocking(fd, True)
+        return posix.read(fd, 1) == b"g"
+    except OSError:
+        return False
+    finally:
+        posix.close(fd)
 
 
 def write_exit_status(path: str | os.PathLike[str], status: int) -> None:
@@ -104,6 +131,8 @@ class Options:
         """Where parsed events go (JSON lines)."""
         self.log_cap: int | None = None
         """Bytes of output kept in the log per run."""
+        self.go: str | None = None
+        """A FIFO to wait on before the command starts (see :func:`go_path`)."""
         self.command: list[str] = []
 
 
@@ -114,7 +143,7 @@ class UsageError(Exception):
 _LISTS = {"--mask-var": "mask_var", "--mask-file": "mask_file"}
 _VALUES = {
     "--log": "log", "--exit": "exit_file", "--parser": "parser", "--events": "events",
-    "--log-cap": "log_cap",
+    "--log-cap": "log_cap", "--go": "go",
 }  # fmt: skip
 
 
@@ -331,73 +360,6 @@ def _clip(value: Any) -> Any:
     return value
 
 
-PARSED_CHUNK = 1 << 20
-"""Bytes of the parsed-events file read per step."""
-
-MAX_PARSED_RECORD = 8 << 20
-"""The longest record of a parsed-events file read (longer ones are skipped). A record may
-be longer than a chunk: a text field keeps 256 Ki characters, up to 1.5 MB as JSON (6 bytes
-a non-ASCII character), and such an event was dropped without a word."""
-
-
-def read_parsed(path: Path, offset: int) -> tuple[list[tuple[int, Event, int]], int]:
-    """Complete records of a parsed-events file from ``offset``: (log offset, event, file
-    offset past the record) triples and the offset past the last complete line read.
-    Unreadable lines are skipped."""
-    import json
-
-    from hal9999.events.models import EVENT_ADAPTER
-
-    try:
-        with path.open("rb") as handle:
-            handle.seek(offset)
-            data = handle.read(PARSED_CHUNK)
-            if b"\n" not in data and len(data) == PARSED_CHUNK:  # a record past a chunk
-                data += handle.read(MAX_PARSED_RECORD - len(data))
-    except FileNotFoundError:
-        return [], offset
-    end = data.rfind(b"\n")
-    if end < 0:
-        if len(data) >= MAX_PARSED_RECORD:  # a record too long to read: skip it whole
-            return [], offset + len(data)
-        return [], offset
-    records: list[tuple[int, Event, int]] = []
-    position = offset
-    for line in data[: end + 1].splitlines(keepends=True):
-        position += len(line)
-        try:
-            record = json.loads(line)
-            event = EVENT_ADAPTER.validate_python(record["event"])
-            records.append((int(record["log_end"]), event, position))
-        except (ValueError, KeyError, TypeError):
-            continue
-    return records, offset + end + 1
-
-
-def parsed_offset_after(path: Path, log_end: int) -> int:
-    """The offset in a parsed-events file of the first record not covered by ``log_end``
-    (where an adopted run carries on)."""
-    import json
-
-    offset = 0
-    try:
-        handle = path.open("rb")
-    except FileNotFoundError:
-        return 0
-    with handle:
-        for line in handle:
-            if not line.endswith(b"\n"):
-                break
-            try:
-                covered = int(json.loads(line)["log_end"]) <= log_end
-            except (ValueError, KeyError, TypeError):
-                covered = True
-            if not covered:
-                break
-            offset += len(line)
-    return offset
-
-
 def supervise(argv: list[str]) -> int:
     """Run the command described by ``argv``; return its exit status."""
     try:
@@ -413,6 +375,13 @@ def supervise(argv: list[str]) -> int:
 
     def masked(text: str) -> str:
         return masker.mask(text) if masker is not None else text
+
+    if args.go is not None and not wait_go(args.go):
+        # Started ahead of a run that never came (it failed first, or hal is gone): nothing
+        # ran, so no exit status either.
+        log.close()
+        parsed.close(log.size)
+        return 0
 
     try:
         child, output = _spawn(args.command)

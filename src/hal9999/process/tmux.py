@@ -30,7 +30,8 @@ from pathlib import Path
 from hal9999.errors import ProcessError
 from hal9999.process.base import ProcessStatus, process_started, read_exit_status
 from hal9999.process.launch import run_host, supervised
-from hal9999.providers.base import Sandbox
+from hal9999.process.supervisor import go_path
+from hal9999.providers.base import Launch, Sandbox
 from hal9999.providers.sandboxuser import trusted_program
 from hal9999.spec import ProcessSpec
 
@@ -39,14 +40,12 @@ _SOCKET_DIR = Path(tempfile.gettempdir()) / f"hal9999-tmux-{os.getuid()}"
 NO_UTMP_BUILT = Path(__file__).resolve().parents[3] / "build" / "hal-noutmp.so"
 """Where ``scripts/setup.sh`` builds ``scripts/hal-noutmp.c`` in a source checkout."""
 
-_NO_ESCAPES = (
-    # Before the agent's pane exists: the agent must not write the clipboard of whoever
-    # attaches (OSC 52 passes through to the outer terminal otherwise), nor pass any
-    # sequence through tmux to that terminal (`ESC P tmux; ...`), whatever a tmux.conf the
-    # server loaded says (-q: a tmux before 3.3 has no such option, and passes nothing).
-    *("set-option", "-s", "set-clipboard", "off", ";"),
-    *("set-option", "-gq", "allow-passthrough", "off", ";"),
-)
+
+def _run_key(
+    sandbox: Sandbox, spec: ProcessSpec, env: Mapping[str, str] | None
+) -> tuple[object, ...]:
+    """What a prestarted pane was opened for: its supervisor's command and environment."""
+    return (sandbox.id, spec, dict(env or {}))
 
 
 def _verbatim(arg: str) -> str:
@@ -68,8 +67,10 @@ class TmuxProcessManager:
         self._no_utmp = trusted_program(NO_UTMP_BUILT)
         self._panes: dict[Path, tuple[int, int]] = {}
         """Per socket, the pane's process and its start time (a reused pid has another)."""
-        self._early: dict[Path, dict[str, str]] = {}
-        """Per socket, the environment of a server :meth:`prestart` left without a session."""
+        self._early: dict[Path, tuple[int, tuple[object, ...]]] = {}
+        """Per socket, a run :meth:`prestart` opened: its FIFO and what it was opened for."""
+        self._go: dict[Path, int] = {}
+        """Per socket, the FIFO of a run :meth:`start` let start, held until it ended."""
 
     def socket(self, spec: ProcessSpec) -> Path:
         """The tmux socket of the process (derived from its log path and name)."""
@@ -81,63 +82,79 @@ class TmuxProcessManager:
             raise ProcessError("tmux is not installed", hint="apt-get install tmux")
         return [self._tmux, "-S", str(self.socket(spec))]
 
-    def _server_env(self, pane_env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
-        """The server's environment (the pane's, and ``LD_PRELOAD`` for the server alone) and
-        the commands that drop the preload before the pane opens."""
-        server_env = dict(pane_env)
+    async def prestart(
+        self, sandbox: Sandbox, spec: ProcessSpec, *, env: Mapping[str, str] | None = None
+    ) -> None:
+        """Open ``spec``'s session while the caller does other work (a task's checkout), its
+        supervisor waiting on a FIFO (``--go``) until :meth:`start` with the same sandbox,
+        spec and environment lets the command start: the server's start (its option tables
+        and key bindings) and the supervisor's interpreter leave the run's path (issue 16).
+
+        The FIFO is held open here until the run has ended or is stopped: should this
+        process end first, the waiting supervisor reads the FIFO's end and exits without
+        starting anything (no exit status), its pane and server with it."""
+        await self.stop(spec)
+        launch = supervised(sandbox, spec, env, go=True)
+        flags = os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW  # never waits
+        go = os.open(go_path(spec.exit_path), flags)
+        try:
+            await self._open(spec, launch)
+        except BaseException:
+            os.close(go)
+            raise
+        self._early[self.socket(spec)] = (go, _run_key(sandbox, spec, env))
+
+    async def start(
+        self, sandbox: Sandbox, spec: ProcessSpec, *, env: Mapping[str, str] | None = None
+    ) -> None:
+        """Start ``spec`` in a new tmux server, or let the one :meth:`prestart` opened for
+        the same sandbox, spec and environment start; its pane runs the supervised command."""
+        socket = self.socket(spec)
+        early = self._early.pop(socket, None)
+        if early is not None:
+            go, key = early
+            pane = self._panes.get(socket)
+            alive = pane is not None and process_started(pane[0]) == pane[1]
+            if alive and key == _run_key(sandbox, spec, env):
+                os.write(go, b"g")
+                self._go[socket] = go  # until the supervisor has surely read it
+                return
+            os.close(go)  # another run's pane, or one already gone: not this run's
+        await self.stop(spec)
+        await self._open(spec, supervised(sandbox, spec, env))
+
+    async def _open(self, spec: ProcessSpec, launch: Launch) -> None:
+        """A new server and session for ``spec`` whose pane runs ``launch``."""
+        base = self._base(spec)
+        _SOCKET_DIR.mkdir(mode=0o700, exist_ok=True)
+        server_env = dict(launch.env)
         server_env.setdefault("TERM", "xterm-256color")
         preload: list[str] = []
         if self._no_utmp is not None and "LD_PRELOAD" not in server_env:
             server_env["LD_PRELOAD"] = self._no_utmp
             preload = ["set-environment", "-g", "-u", "LD_PRELOAD", ";"]  # not the pane's
-        return server_env, preload
-
-    async def prestart(
-        self, sandbox: Sandbox, spec: ProcessSpec, *, env: Mapping[str, str] | None = None
-    ) -> None:
-        """Start the server :meth:`start` will open ``spec``'s session in, with the same
-        environment, while the caller does other work (a task's checkout): the server's own
-        start (~10 ms of CPU on a slow host, its option tables and key bindings) leaves the
-        run's path (issue 16). ``exit-empty`` is off until :meth:`start` has opened the
-        session, so the server waits without one; whoever ends the run before that stops
-        it with :meth:`stop`, as any run (the socket is the same)."""
-        base = self._base(spec)
-        _SOCKET_DIR.mkdir(mode=0o700, exist_ok=True)
-        server_env, preload = self._server_env(sandbox.launch(spec.command, env=env).env)
-        await self.stop(spec)
-        await run_host(
-            [*base, "start-server", ";", "set-option", "-s", "exit-empty", "off", ";",
-             *preload, *_NO_ESCAPES],
-            env=server_env,
-        )  # fmt: skip
-        self._early[self.socket(spec)] = server_env
-
-    async def start(
-        self, sandbox: Sandbox, spec: ProcessSpec, *, env: Mapping[str, str] | None = None
-    ) -> None:
-        """Start ``spec`` in a new tmux server (or the one :meth:`prestart` started with the
-        same environment); its pane runs the supervised command."""
-        base = self._base(spec)
-        _SOCKET_DIR.mkdir(mode=0o700, exist_ok=True)
-        early = self._early.pop(self.socket(spec), None)
-        if early is None:  # a server of an earlier run goes first
-            await self.stop(spec)
-        launch = supervised(sandbox, spec, env)
-        server_env, preload = self._server_env(launch.env)
-        if early is not None and early != server_env:  # never its pane's environment
-            await self.stop(spec)
-            early = None
         cwd = str(launch.cwd) if launch.cwd else str(spec.log_path.parent)
         _, out = await run_host(
             [
                 *base,
-                # The options again, before the agent's pane exists, whether or not the
-                # server is the one prestart left (a server that died meanwhile is started
-                # again by this command, without them otherwise).
+                # Before the agent's pane exists: the agent must not write the clipboard of
+                # whoever attaches (OSC 52 passes through to the outer terminal otherwise),
+                # nor pass any sequence through tmux to that terminal (`ESC P tmux; ...`),
+                # whatever a tmux.conf the server loaded says (-q: a tmux before 3.3 has no
+                # such option, and passes nothing through).
                 "start-server",
                 ";",
                 *preload,
-                *_NO_ESCAPES,
+                "set-option",
+                "-s",
+                "set-clipboard",
+                "off",
+                ";",
+                "set-option",
+                "-gq",
+                "allow-passthrough",
+                "off",
+                ";",
                 "new-session",
                 "-d",
                 "-P",  # print the pane's process, to be watched through /proc
@@ -153,8 +170,6 @@ class TmuxProcessManager:
                 cwd,
                 "--",
                 *map(_verbatim, launch.argv),
-                # A prestarted server ends with its last session again from now on.
-                *([";", "set-option", "-s", "exit-empty", "on"] if early is not None else []),
             ],
             env=server_env,
         )
@@ -164,6 +179,7 @@ class TmuxProcessManager:
         """Exited (with status) once the exit file exists; running while the session lives."""
         code = read_exit_status(spec.exit_path)
         if code is not None:
+            self._let_go(self.socket(spec))
             return ProcessStatus("exited", code)
         socket = self.socket(spec)
         pane = self._panes.get(socket)
@@ -180,6 +196,7 @@ class TmuxProcessManager:
         if pane is not None and process_started(pane[0]) == pane[1]:
             return ProcessStatus("running")
         self._panes.pop(socket, None)
+        self._let_go(socket)
         # The process may have ended, writing its status, since the first read.
         code = read_exit_status(spec.exit_path)
         return ProcessStatus("exited", code) if code is not None else ProcessStatus("missing")
@@ -194,11 +211,18 @@ class TmuxProcessManager:
             if started is not None:
                 self._panes[self.socket(spec)] = (pid, started)
 
+    def _let_go(self, socket: Path) -> None:
+        """Close the FIFO of the run at ``socket``: a supervisor still waiting on it ends."""
+        early = self._early.pop(socket, None)
+        for fd in (early[0] if early is not None else None, self._go.pop(socket, None)):
+            if fd is not None:
+                os.close(fd)
+
     async def stop(self, spec: ProcessSpec) -> None:
         """Kill the tmux server; the supervisor passes SIGHUP on to the process group."""
         sock = self.socket(spec)
         self._panes.pop(sock, None)
-        self._early.pop(sock, None)
+        self._let_go(sock)
         if self._tmux is None or not sock.exists():
             return
         await run_host([*self._base(spec), "kill-server"], check=False)

@@ -120,8 +120,9 @@ class LaunchSteps(RunnerCore):
                 "log_cap": log_cap_from(self.environ),
             }
         )
-        # A manager that can start its part of the run ahead (tmux: the server) does so
-        # while the session is prepared (issue 16); a run ended before its start stops it.
+        # A manager that can start its part of the run ahead (tmux: the server, the pane and
+        # the supervisor, which waits for the start) does so while the session is prepared
+        # (issue 16); a run ended before its start stops it.
         prestart = getattr(manager, "prestart", None)
         early = None
         if prestart is not None:

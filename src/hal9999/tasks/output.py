@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from hal9999.events.models import Event, Message, Output
-from hal9999.process.supervisor import read_parsed
+from hal9999.process.parsed import read_parsed
 from hal9999.spec import ProcessSpec
 from hal9999.tasks.context import RunContext
 

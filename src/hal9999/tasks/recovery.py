@@ -32,7 +32,7 @@ from hal9999.events.models import Message, Output, Phase, Usage
 from hal9999.events.reader import read_events
 from hal9999.pool import WarmPool
 from hal9999.process.base import ProcessManager, ProcessStatus
-from hal9999.process.supervisor import parsed_offset_after
+from hal9999.process.parsed import parsed_offset_after
 from hal9999.providers.base import Provider, Sandbox
 from hal9999.spec import ArgvCommand, ProcessSpec
 from hal9999.store import TaskRecord
