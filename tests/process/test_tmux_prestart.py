@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -64,6 +65,15 @@ async def gone(socket: Path, timeout: float = 10) -> bool:
     while servers(socket) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     return not servers(socket)
+
+
+def _reads(pid: int, fifo: Path) -> bool:
+    """Whether process ``pid`` has ``fifo`` open (it waits on it)."""
+    try:
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}") == str(fifo)
+                   for fd in os.listdir(f"/proc/{pid}/fd"))  # fmt: skip
+    except OSError:
+        return False
 
 
 def marking(tmp_path: Path, script: str = "") -> tuple[ProcessSpec, Path]:
@@ -186,6 +196,21 @@ def test_the_supervisor_waits_for_its_go_and_without_one_runs_nothing(tmp_path: 
     os.close(held)
     assert waiting.wait(timeout=60) == 0
     assert not marker.exists() and not exit_file.exists()
+    # A ^C in the pane while it waits (someone attached) is not the end of the run.
+    held = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+    waiting = subprocess.Popen(argv)
+    try:
+        deadline = time.monotonic() + 60
+        while not _reads(waiting.pid, fifo) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        waiting.send_signal(signal.SIGINT)
+        os.write(held, b"g")
+        assert waiting.wait(timeout=60) == 0
+    finally:
+        os.close(held)
+    assert marker.exists() and exit_file.read_text() == "0\n"
+    marker.unlink()
+    exit_file.unlink()
     # The byte, written even before the supervisor opens the FIFO: the command runs.
     held = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
     os.write(held, b"g")

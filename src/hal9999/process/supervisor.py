@@ -80,7 +80,12 @@ def wait_go(fifo: str) -> bool:
         if posix.fstat(fd).st_mode & _S_IFMT != _S_IFIFO:
             return False
         posix.set_blocking(fd, True)
-        return posix.read(fd, 1) == b"g"
+        # A ^C in the pane (someone attached) has no command yet to be passed on to.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            return posix.read(fd, 1) == b"g"
+        finally:
+            signal.signal(signal.SIGINT, previous)
     except OSError:
         return False
     finally:
