@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hal9999.agents import parsing
 from hal9999.agents.registry import resolve_agent
 from hal9999.events.models import EVENT_ADAPTER, AgentText, Event, ToolCall, Usage
-from hal9999.process import supervisor
+from hal9999.process import parsedevents
 
 PRESETS = ["claude", "codex", "gemini", "opencode", "aider", "goose"]
 
@@ -84,7 +84,7 @@ def _check(events: list[Event]) -> None:
             cost = event.cost_usd
             assert cost is None or (math.isfinite(cost) and 0 <= cost <= parsing.MAX_COST_USD)
         try:
-            data = supervisor._clip(event.model_dump(mode="json"))
+            data = parsedevents._clip(event.model_dump(mode="json"))
         except (ValueError, RecursionError):  # the supervisor skips these, saying so
             continue
         line = json.dumps({"log_end": 0, "event": data})

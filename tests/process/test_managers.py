@@ -142,6 +142,19 @@ def _zombie(pid: int) -> bool:
         return True
 
 
+async def test_arguments_reach_the_command_verbatim(
+    manager: ProcessManager, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    # tmux reads an argument ending in `;` as the end of a command: the run failed to start
+    # (the next argument taken for a tmux command, run on the host) unless it is escaped.
+    args = ("a;", "b\\;", ";", "kill-server", "d")
+    script = 'printf "<%s>" "$@"'
+    spec = spec_for(tmp_path, ArgvCommand(argv=("sh", "-c", script, "sh", *args)))
+    await manager.start(sandbox, spec)
+    assert await wait_exit(manager, spec) == 0
+    assert spec.log_path.read_text() == "".join(f"<{arg}>" for arg in args)
+
+
 async def test_missing_program_reports_127(
     manager: ProcessManager, sandbox: Sandbox, tmp_path: Path
 ) -> None:

@@ -145,10 +145,10 @@ def test_a_parser_that_cannot_load_never_stops_the_agent(tmp_path: Path) -> None
 def test_parsed_events_are_bounded_but_usage_stays_exact(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hal9999.process import supervisor
+    from hal9999.process import parsedevents
 
-    monkeypatch.setattr(supervisor, "MAX_EVENT_TEXT", 20)
-    monkeypatch.setattr(supervisor, "PARSED_CAP", 600)
+    monkeypatch.setattr(parsedevents, "MAX_EVENT_TEXT", 20)
+    monkeypatch.setattr(parsedevents, "PARSED_CAP", 600)
     script = f"import sys; sys.stdout.write(open({str(CAPTURED_CLAUDE)!r}).read())"
     parsed = tmp_path / "parsed.jsonl"
     assert _run(tmp_path, script, "--parser", "claude", "--events", str(parsed)) == 0

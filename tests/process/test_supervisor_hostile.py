@@ -96,10 +96,10 @@ def test_past_the_cap_usage_is_summed_and_errors_are_few(
     # by one: an agent printing a step or an error a line grew the events file, the task's
     # events and the store's index without end. Now they are folded (usage), held (the
     # session) or few (messages), and the run's totals are the same.
-    from hal9999.process import supervisor
+    from hal9999.process import parsedevents, supervisor
 
-    monkeypatch.setattr(supervisor, "PARSED_CAP", 2000)
-    monkeypatch.setattr(supervisor, "MESSAGES_PAST_CAP", 3, raising=False)
+    monkeypatch.setattr(parsedevents, "PARSED_CAP", 2000)
+    monkeypatch.setattr(parsedevents, "MESSAGES_PAST_CAP", 3)
     step = {"type": "step_finish", "part": {"cost": 0.5, "tokens": {"input": 2, "output": 1}}}
     lines = [json.dumps({"type": "text", "sessionID": f"s{n}", "part": {"text": "hi"}})
              for n in range(20)]  # fmt: skip
@@ -126,10 +126,10 @@ def test_past_the_cap_usage_is_summed_and_errors_are_few(
 def test_a_total_past_the_cap_replaces_the_steps_before_it_as_the_runner_reads_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hal9999.process import supervisor
+    from hal9999.process import parsedevents
 
-    monkeypatch.setattr(supervisor, "PARSED_CAP", 1)
-    events = supervisor.ParsedEvents("claude", str(tmp_path / "parsed.jsonl"), None)
+    monkeypatch.setattr(parsedevents, "PARSED_CAP", 1)
+    events = parsedevents.ParsedEvents("claude", str(tmp_path / "parsed.jsonl"), None)
     figures = [Usage(input_tokens=5), Usage(input_tokens=100, total=True, cost_usd=1.0),
                Usage(input_tokens=7, cost_usd=0.25), Usage(input_tokens=1)]  # fmt: skip
     expected = Totals()
@@ -148,7 +148,7 @@ def test_an_event_longer_than_a_read_is_read_whole(tmp_path: Path) -> None:
     # A text field keeps 256 Ki characters, but as JSON a non-ASCII one takes 6 bytes: a
     # tool's output of 200,000 CJK characters was a 1.2 MB record, past the 1 MiB the
     # reader took at once, and the event was dropped without a word.
-    from hal9999.process.supervisor import ParsedEvents
+    from hal9999.process.parsedevents import ParsedEvents
 
     path = tmp_path / "parsed.jsonl"
     parsed = ParsedEvents("claude", str(path), None)
@@ -171,7 +171,7 @@ def test_an_event_too_long_to_record_is_noted_and_a_flood_of_them_briefly(
     # A parsed record over 8 MiB (40 fields of 256 Ki characters, each 1.5 MB as JSON) was
     # written, then skipped by the reader without a word. Now it is not written, the log
     # says so with its size, and a flood of them is a few lines and a count.
-    from hal9999.process.supervisor import MAX_PARSED_RECORD, SKIPPED_NOTES, ParsedEvents
+    from hal9999.process.parsedevents import MAX_PARSED_RECORD, SKIPPED_NOTES, ParsedEvents
 
     path = tmp_path / "parsed.jsonl"
     parsed = ParsedEvents("claude", str(path), None)

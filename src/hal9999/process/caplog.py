@@ -11,10 +11,13 @@ when the run ends the log gets a marker line and the kept tail.
 
 from __future__ import annotations
 
-import os
+# `posix`, not `os`: the supervisor imports this module on every task's path, and `os` (with
+# `posixpath` and `_collections_abc`) was a fifth of its interpreter's start-up (issue 16).
+import posix
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:  # the supervisor imports this module on every task's path: no pathlib
+if TYPE_CHECKING:  # no pathlib either
+    import os
     from collections.abc import Mapping
 
 DEFAULT_LOG_CAP = 256 * 1024 * 1024
@@ -56,14 +59,15 @@ class CappedLog:
     """Appends a run's output to ``path``, keeping the head and the tail within ``cap`` bytes."""
 
     def __init__(self, path: str | os.PathLike[str], cap: int | None) -> None:
-        path = os.fspath(path)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        self.size = os.fstat(self._fd).st_size
+        path = posix.fspath(path)
+        flags = posix.O_WRONLY | posix.O_CREAT | posix.O_APPEND | posix.O_CLOEXEC
+        self._fd = posix.open(path, flags, 0o600)
+        self.size = posix.fstat(self._fd).st_size
         """Bytes in the log file now (what the reader can see)."""
         self._head_left = cap // 2 if cap is not None else None
         self._segment_cap = max(1, cap // 4) if cap is not None else 0
-        folder, name = os.path.split(path)
-        self._segments = [os.path.join(folder, f".{name}.tail-{n}") for n in (0, 1)]
+        name = path.rpartition("/")[2]
+        self._segments = [beside(path, f".{name}.tail-{n}") for n in (0, 1)]
         for segment in self._segments:
             _unlink(segment)
         self._current = 0
@@ -96,33 +100,33 @@ class CappedLog:
         """Write the marker and the kept tail into the log; return the bytes dropped."""
         dropped = 0
         if self._tail_fd is not None:
-            os.close(self._tail_fd)
+            posix.close(self._tail_fd)
             self._tail_fd = None
             older = self._segments[1 - self._current]
             newer = self._segments[self._current]
-            kept = [p for p in (older, newer) if os.path.exists(p)]
-            dropped = self._tail_total - sum(os.stat(p).st_size for p in kept)
+            sizes = {p: size for p in (older, newer) if (size := _size(p)) is not None}
+            kept = list(sizes)
+            dropped = self._tail_total - sum(sizes.values())
             if dropped > 0:
                 self._write_log(dropped_marker(dropped))
             for part in kept:
-                fd = os.open(part, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                fd = posix.open(part, posix.O_RDONLY | posix.O_NOFOLLOW | posix.O_CLOEXEC)
                 try:
-                    while chunk := os.read(fd, 1 << 20):
+                    while chunk := posix.read(fd, 1 << 20):
                         self._write_log(chunk)
                 finally:
-                    os.close(fd)
-                os.unlink(part)
-        os.close(self._fd)
+                    posix.close(fd)
+                posix.unlink(part)
+        posix.close(self._fd)
         return dropped
 
     def _rotate(self) -> None:
         if self._tail_fd is not None:
-            os.close(self._tail_fd)
+            posix.close(self._tail_fd)
             self._current = 1 - self._current
         path = self._segments[self._current]
-        self._tail_fd = os.open(
-            path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-        )
+        flags = posix.O_WRONLY | posix.O_CREAT | posix.O_TRUNC | posix.O_NOFOLLOW | posix.O_CLOEXEC
+        self._tail_fd = posix.open(path, flags, 0o600)
         self._current_size = 0
 
     def _write_log(self, data: bytes) -> None:
@@ -130,9 +134,22 @@ class CappedLog:
         self.size += len(data)
 
 
+def beside(path: str, name: str) -> str:
+    """``name`` in the folder of ``path`` (``os.path.join(os.path.dirname(path), name)``)."""
+    folder, slash, _ = path.rpartition("/")
+    return f"{folder}{slash}{name}"
+
+
+def _size(path: str) -> int | None:
+    try:
+        return posix.stat(path).st_size
+    except FileNotFoundError:
+        return None
+
+
 def _unlink(path: str) -> None:
     try:
-        os.unlink(path)
+        posix.unlink(path)
     except FileNotFoundError:
         pass
 
@@ -140,4 +157,4 @@ def _unlink(path: str) -> None:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view) :]
+        view = view[posix.write(fd, view) :]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import hal9999
 from hal9999.errors import CapabilityError, ProcessError
-from hal9999.process.supervisor import ended_path
+from hal9999.process.supervisor import ended_path, go_path
 from hal9999.providers.base import Launch, Sandbox
 from hal9999.spec import ProcessSpec
 
@@ -22,6 +22,7 @@ def supervised(
     env: Mapping[str, str] | None,
     *,
     ended_fifo: bool = True,
+    go: bool = False,
 ) -> Launch:
     """The host command that runs ``spec`` inside ``sandbox`` under the supervisor.
 
@@ -29,7 +30,10 @@ def supervised(
     are passed to the supervisor, which masks their values; with ``spec.parser`` it also
     parses the raw output into ``spec.events_path``. Without ``ended_fifo`` no FIFO is made
     beside the exit file (a manager that knows the supervisor's pid wakes its follower
-    through a pidfd instead; see :meth:`DirectProcessManager.ended_fd`).
+    through a pidfd instead; see :meth:`DirectProcessManager.ended_fd`). With ``go`` the
+    supervisor waits for a ``g`` on the FIFO :func:`go_path` names, made here, before it
+    starts the command (a manager that starts it ahead of the run; see
+    :meth:`TmuxProcessManager.prestart`).
     """
     try:
         inner = sandbox.launch(spec.command, env=env)
@@ -47,6 +51,10 @@ def supervised(
             os.mkfifo(ended, 0o600)
     if spec.events_path is not None:
         spec.events_path.unlink(missing_ok=True)
+    if go:
+        fifo = Path(go_path(spec.exit_path))
+        fifo.unlink(missing_ok=True)
+        os.mkfifo(fifo, 0o600)
     names = sorted(env or {}) if spec.mask_vars is None else sorted(spec.mask_vars)
     options = [arg for name in names for arg in ("--mask-var", name)]
     options += [arg for path in spec.mask_files for arg in ("--mask-file", str(path))]
@@ -54,6 +62,8 @@ def supervised(
         options += ["--parser", spec.parser, "--events", str(spec.events_path)]
     if spec.log_cap is not None:
         options += ["--log-cap", str(spec.log_cap)]
+    if go:
+        options += ["--go", go_path(spec.exit_path)]
     argv = [
         *SUPERVISOR,
         "--log",

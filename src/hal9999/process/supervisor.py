@@ -19,24 +19,24 @@ token-like values are secrets too.
 from __future__ import annotations
 
 import codecs
-import os
-import stat
+import posix
 import sys
 
-from hal9999.process.caplog import CappedLog
+from hal9999.process.caplog import CappedLog, beside
+from hal9999.process.parsedevents import ParsedEvents, load_site
 
 # Every task starts this program, so at run time it imports only what a run uses: no
 # argparse, subprocess, typing or pathlib, and the masker only when there is a secret to mask
 # (issue 16: ~115 modules and ~100 ms of CPU per task before). The agents' code, the event
-# models and the credential reader come only with a parser or mask files.
+# models and the credential reader come only with a parser or mask files. Not even `os`
+# (`posix` has its calls): with `posixpath` and `_collections_abc` it was 6.3M of the 38.5M
+# instructions of a trivial run's supervisor (issue 16).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import os
     import signal
-    from collections.abc import Callable
     from typing import Any, TextIO
 
-    from hal9999.agents.base import OutputParser
-    from hal9999.events.models import Event
     from hal9999.redact import SecretMasker
 else:
     # The C module under `signal` (same names), which builds its enums at import with
@@ -45,7 +45,7 @@ else:
 
 USAGE = (
     "usage: hal-supervisor --log LOG --exit EXIT [--mask-var NAME]... [--mask-file PATH]... "
-    "[--parser AGENT --events PATH] [--log-cap BYTES] -- COMMAND..."
+    "[--parser AGENT --events PATH] [--log-cap BYTES] [--go FIFO] -- COMMAND..."
 )
 
 
@@ -53,35 +53,71 @@ def ended_path(exit_file: str | os.PathLike[str]) -> str:
     """The FIFO beside ``exit_file`` that hal makes before a start and listens on: once the
     exit status is written, a byte there wakes the follower at once instead of at its next
     poll (issue 16)."""
-    folder, name = os.path.split(os.fspath(exit_file))
-    return os.path.join(folder, f".{name}.ended")
+    path = posix.fspath(exit_file)
+    return beside(path, f".{path.rpartition('/')[2]}.ended")
+
+
+def go_path(exit_file: str | os.PathLike[str]) -> str:
+    """The FIFO beside ``exit_file`` a supervisor started ahead of its run (``--go``) waits
+    on: a ``g`` there starts the command; its end without one (its writer, hal, gone or
+    done with the run) ends the supervisor without starting anything (issue 16)."""
+    path = posix.fspath(exit_file)
+    return beside(path, f".{path.rpartition('/')[2]}.go")
+
+
+def wait_go(fifo: str) -> bool:
+    """Whether the run may start: a ``g`` read from ``fifo``. Opened without waiting for a
+    writer, so a hal that died before it held the FIFO cannot leave this waiting for good."""
+    try:
+        fd = posix.open(
+            fifo, posix.O_RDONLY | posix.O_NONBLOCK | posix.O_NOFOLLOW | posix.O_CLOEXEC
+        )
+    except OSError:
+        return False
+    try:
+        if posix.fstat(fd).st_mode & _S_IFMT != _S_IFIFO:
+            return False
+        posix.set_blocking(fd, True)
+        # A ^C in the pane (someone attached) has no command yet to be passed on to.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            return posix.read(fd, 1) == b"g"
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    except OSError:
+        return False
+    finally:
+        posix.close(fd)
 
 
 def write_exit_status(path: str | os.PathLike[str], status: int) -> None:
     """Record ``status`` at ``path`` atomically, then wake whoever listens for it."""
-    path = os.fspath(path)
-    folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".{name}.tmp")
+    path = posix.fspath(path)
+    tmp = beside(path, f".{path.rpartition('/')[2]}.tmp")
     with open(tmp, "w") as file:
         file.write(f"{status}\n")
-    os.replace(tmp, path)
+    posix.replace(tmp, path)
     _notify_ended(ended_path(path))
+
+
+_S_IFMT, _S_IFIFO = 0o170000, 0o010000  # stat.S_IFMT's mask, stat.S_IFIFO
 
 
 def _notify_ended(fifo: str) -> None:
     # Never blocks: no reader (ENXIO), no FIFO (a hal from before), or anything not a FIFO
     # where one is expected means the follower polls the exit file as it always did.
     try:
-        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        flags = posix.O_WRONLY | posix.O_NONBLOCK | posix.O_NOFOLLOW | posix.O_CLOEXEC
+        fd = posix.open(fifo, flags)
     except OSError:
         return
     try:
-        if stat.S_ISFIFO(os.fstat(fd).st_mode):
-            os.write(fd, b"\n")
+        if posix.fstat(fd).st_mode & _S_IFMT == _S_IFIFO:
+            posix.write(fd, b"\n")
     except OSError:
         pass
     finally:
-        os.close(fd)
+        posix.close(fd)
 
 
 class Options:
@@ -98,6 +134,8 @@ class Options:
         """Where parsed events go (JSON lines)."""
         self.log_cap: int | None = None
         """Bytes of output kept in the log per run."""
+        self.go: str | None = None
+        """A FIFO to wait on before the command starts (see :func:`go_path`)."""
         self.command: list[str] = []
 
 
@@ -108,7 +146,7 @@ class UsageError(Exception):
 _LISTS = {"--mask-var": "mask_var", "--mask-file": "mask_file"}
 _VALUES = {
     "--log": "log", "--exit": "exit_file", "--parser": "parser", "--events": "events",
-    "--log-cap": "log_cap",
+    "--log-cap": "log_cap", "--go": "go",
 }  # fmt: skip
 
 
@@ -153,9 +191,15 @@ def parse_options(argv: list[str]) -> Options:
 
 def _masker(options: Options) -> SecretMasker | None:
     """The run's secrets, or None when there is none (nothing to mask, nothing imported)."""
-    values = [value for name in options.mask_var if (value := os.environ.get(name))]
+    # os.environ's values, read as it does (bytes decoded as file names are).
+    coding = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+    values = [
+        raw.decode(*coding)
+        for name in options.mask_var
+        if (raw := posix.environ.get(name.encode(*coding)))
+    ]
     if options.mask_file:  # only then: hal9999.credentials brings the config's models
-        _site()
+        load_site()
         from pathlib import Path
 
         from hal9999.credentials import file_secrets
@@ -170,180 +214,6 @@ def _masker(options: Options) -> SecretMasker | None:
     for value in values:
         masker.add(value)
     return masker
-
-
-def _site() -> None:
-    """Make the installed packages importable (a parser's models need pydantic) when started
-    without :mod:`site` (``python -S``, as :func:`hal9999.process.launch.supervised` does)."""
-    if sys.flags.no_site and "site" not in sys.modules:
-        import site
-
-        site.main()
-
-
-class ParsedEvents:
-    """Runs the agent's parser on raw output; appends masked events to the events file.
-
-    A parser that cannot be loaded or that breaks is dropped with a note in ``problems``: the
-    agent's run and its log must never depend on it."""
-
-    def __init__(self, agent: str | None, path: str | None, masker: SecretMasker | None) -> None:
-        self._parser: OutputParser | None = None
-        self._file: TextIO | None = None
-        self._masker = masker
-        self.problems: list[str] = []
-        """What went wrong with parsing (written to the log by the caller)."""
-        self._written = 0
-        self._capped = False
-        self._held: dict[str, Event] = {}
-        """Past the cap: the last run total, the sum of the steps since, the last session."""
-        self._messages_past_cap = 0
-        self._skipped = 0
-        """Events not recorded (too deep, too long): the first few are named in the log."""
-        if agent is None or path is None:
-            return
-        _site()
-        from hal9999.agents.registry import resolve_agent
-
-        try:
-            self._parser = resolve_agent(agent).parser()
-        except Exception as exc:  # a broken plugin must not stop the agent
-            self.problems.append(f"hal: no parsed events for this run: {exc}\n")
-            return
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        self._file = os.fdopen(fd, "w", encoding="utf-8")
-
-    def feed(self, text: str, log_end: int) -> None:
-        """Parse a chunk of raw output; ``log_end`` is where the log stands after it."""
-        if self._parser is not None:
-            self._run(lambda parser: parser.feed(text), log_end)
-
-    def close(self, log_end: int) -> None:
-        """End of output: flush the parser's held state (and the usage held past the cap)."""
-        if self._parser is not None:
-            self._run(lambda parser: parser.close(), log_end)
-        if self._held and self._file is not None:
-            held, self._held = self._held, {}
-            self._write(list(held.values()), log_end)
-        if self._skipped > SKIPPED_NOTES:
-            more = self._skipped - SKIPPED_NOTES
-            self.problems.append(f"hal: {more} more parsed events were not recorded\n")
-        if self._file is not None:
-            self._file.close()
-
-    def _skip(self, why: str) -> None:
-        """Note an event not recorded: the first :data:`SKIPPED_NOTES` in the log, then a
-        count at the end (a flood of them must not flood the log)."""
-        self._skipped += 1
-        if self._skipped <= SKIPPED_NOTES:
-            self.problems.append(f"hal: {why}\n")
-
-    def _run(self, step: Callable[[OutputParser], list[Event]], log_end: int) -> None:
-        assert self._parser is not None
-        try:
-            events = step(self._parser)
-        except Exception as exc:  # parsers must not raise; one that does is dropped
-            self._parser = None
-            self.problems.append(f"hal: the output parser failed and was stopped: {exc!r}\n")
-            return
-        if events and self._file is not None:
-            self._write(events, log_end, capped=True)
-
-    def _keep_past_cap(self, event: Event) -> bool:
-        """Past :data:`PARSED_CAP`: whether to write ``event`` now. Usage is folded (the last
-        total, then the sum of the steps since, as the runner's totals read them) and the
-        last session held, both written at the end; a few messages pass. Each was written
-        as it came, without end: a line per error or step the agent printed, in the events
-        file, the task's events and the store's index."""
-        if not self._capped:
-            self._capped = True
-            self.problems.append(
-                f"hal: parsed events past {PARSED_CAP} bytes keep only usage (summed), "
-                f"the session and {MESSAGES_PAST_CAP} messages\n"
-            )
-        if event.type == "agent_session":
-            self._held["agent_session"] = event
-        elif event.type == "usage":
-            self._fold(event)
-        elif event.type == "message" and self._messages_past_cap < MESSAGES_PAST_CAP:
-            self._messages_past_cap += 1
-            return True
-        return False
-
-    def _fold(self, usage: Any) -> None:
-        if usage.total:
-            self._held.pop("steps", None)
-            self._held["total"] = usage
-            return
-        from hal9999.agents.parsing import add_counts
-
-        steps: Any = self._held.get("steps")
-        if steps is None:
-            self._held["steps"] = usage
-            return
-        counts = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
-        summed = {name: add_counts(getattr(steps, name), getattr(usage, name)) for name in counts}
-        if usage.cost_usd is not None:
-            summed["cost_usd"] = (steps.cost_usd or 0.0) + usage.cost_usd
-        self._held["steps"] = steps.model_copy(update=summed)
-
-    def _write(self, events: list[Event], log_end: int, *, capped: bool = False) -> None:
-        assert self._file is not None
-        import json  # loaded with the parser already
-
-        for event in events:
-            if capped and self._written >= PARSED_CAP and not self._keep_past_cap(event):
-                continue
-            try:  # a raw record nested past the serialiser's depth is the agent's doing
-                if self._masker is not None:
-                    event = self._masker.mask_model(event)
-                data = _clip(event.model_dump(mode="json"))
-                line = json.dumps({"log_end": log_end, "event": data}) + "\n"
-            except (ValueError, RecursionError):
-                self._skip("an event too deep to record was skipped")
-                continue
-            if len(line) > MAX_PARSED_RECORD:  # the reader would skip it without a word
-                self._skip(f"a parsed {event.type} event of {len(line)} bytes (over "
-                           f"{MAX_PARSED_RECORD >> 20} MiB) was not recorded; the output "
-                           "it came from is in this log")  # fmt: skip
-                continue
-            self._file.write(line)
-            self._written += len(line)
-        self._file.flush()
-
-
-MAX_EVENT_TEXT = 256 * 1024
-"""Characters of one text field a parsed event keeps (the whole text is in the log)."""
-
-PARSED_CAP = 64 * 1024 * 1024
-"""Bytes of parsed events one run writes before only usage, the session and a few messages
-are kept."""
-
-SKIPPED_NOTES = 10
-"""Events not recorded (too deep or too long) named one by one in the log; the rest are
-counted in one line at the end."""
-
-MESSAGES_PAST_CAP = 1000
-"""Messages (errors the agent reported) written past :data:`PARSED_CAP`; usage and the
-session are kept too, held and written at the end, so usage and cost stay exact."""
-
-
-def _clip(value: Any) -> Any:
-    """``value`` with every string longer than :data:`MAX_EVENT_TEXT` cut, saying so."""
-    if isinstance(value, str) and len(value) > MAX_EVENT_TEXT:
-        left = len(value) - MAX_EVENT_TEXT
-        return value[:MAX_EVENT_TEXT] + f"… [hal: {left} more characters in the log]"
-    if isinstance(value, dict):
-        return {key: _clip(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_clip(item) for item in value]
-    return value
-
-
-MAX_PARSED_RECORD = 8 << 20
-"""The longest record of a parsed-events file: a longer event is not written (the log says
-so) and the reader skips one. A record may be longer than a read: a text field keeps 256 Ki
-characters, up to 1.5 MB as JSON (6 bytes a non-ASCII character), and many fields more."""
 
 
 def supervise(argv: list[str]) -> int:
@@ -362,6 +232,13 @@ def supervise(argv: list[str]) -> int:
     def masked(text: str) -> str:
         return masker.mask(text) if masker is not None else text
 
+    if args.go is not None and not wait_go(args.go):
+        # Started ahead of a run that never came (it failed first, or hal is gone): nothing
+        # ran, so no exit status either.
+        log.close()
+        parsed.close(log.size)
+        return 0
+
     try:
         child, output = _spawn(args.command)
     except OSError as exc:
@@ -374,7 +251,7 @@ def supervise(argv: list[str]) -> int:
     def forward(signum: int, _frame: object) -> None:
         # The child runs in its own session so a terminal's signals reach it only through us.
         try:
-            os.killpg(child, signum)
+            posix.killpg(child, signum)
         except ProcessLookupError:
             pass
 
@@ -383,7 +260,7 @@ def supervise(argv: list[str]) -> int:
 
     final = False
     while not final:
-        chunk = os.read(output, 65536)
+        chunk = posix.read(output, 65536)
         final = not chunk
         raw = decoder.decode(chunk, final=final)
         if stream is None:
@@ -397,8 +274,8 @@ def supervise(argv: list[str]) -> int:
         parsed.feed(raw, log.size)
         while parsed.problems:
             log.write(masked(parsed.problems.pop(0)).encode())
-    os.close(output)
-    status = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+    posix.close(output)
+    status = posix.waitstatus_to_exitcode(posix.waitpid(child, 0)[1])
     if status < 0:
         status = 128 - status
     parsed.close(log.size)
@@ -412,20 +289,23 @@ def supervise(argv: list[str]) -> int:
 def _spawn(command: list[str]) -> tuple[int, int]:
     """Start ``command`` in a new session, stdout and stderr into a pipe, stdin from
     /dev/null unless it is a terminal; its pid and the pipe's read end."""
-    read, write = os.pipe()  # both close-on-exec; the child's copies on 1 and 2 are not
+    read, write = posix.pipe()  # both close-on-exec; the child's copies on 1 and 2 are not
     actions: list[tuple[Any, ...]] = [
-        (os.POSIX_SPAWN_DUP2, write, 1),
-        (os.POSIX_SPAWN_DUP2, write, 2),
+        (posix.POSIX_SPAWN_DUP2, write, 1),
+        (posix.POSIX_SPAWN_DUP2, write, 2),
     ]
-    if not os.isatty(0):
-        actions.append((os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0))
+    if not posix.isatty(0):
+        actions.append((posix.POSIX_SPAWN_OPEN, 0, "/dev/null", posix.O_RDONLY, 0))
     try:
-        pid = os.posix_spawnp(command[0], command, os.environ, file_actions=actions, setsid=True)
+        # This process's environment as it started (bytes; the supervisor never changes it).
+        pid = posix.posix_spawnp(
+            command[0], command, posix.environ, file_actions=actions, setsid=True
+        )
     except BaseException:
-        os.close(read)
+        posix.close(read)
         raise
     finally:
-        os.close(write)
+        posix.close(write)
     return pid, read
 
 
@@ -442,7 +322,7 @@ def main() -> None:
     """Entry point of the supervisor process (see :func:`hal9999.process.launch.supervised`)."""
     # Nothing this process inherited past stdio is the agent's (subprocess's close_fds did
     # this in the child; posix_spawn does not).
-    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+    posix.closerange(3, posix.sysconf("SC_OPEN_MAX"))
     raise SystemExit(supervise(sys.argv[1:]))
 
 

@@ -30,7 +30,8 @@ from pathlib import Path
 from hal9999.errors import ProcessError
 from hal9999.process.base import ProcessStatus, process_started, read_exit_status
 from hal9999.process.launch import run_host, supervised
-from hal9999.providers.base import Sandbox
+from hal9999.process.supervisor import go_path
+from hal9999.providers.base import Launch, Sandbox
 from hal9999.providers.sandboxuser import trusted_program
 from hal9999.spec import ProcessSpec
 
@@ -38,6 +39,20 @@ from hal9999.spec import ProcessSpec
 _SOCKET_DIR = Path(tempfile.gettempdir()) / f"hal9999-tmux-{os.getuid()}"
 NO_UTMP_BUILT = Path(__file__).resolve().parents[3] / "build" / "hal-noutmp.so"
 """Where ``scripts/setup.sh`` builds ``scripts/hal-noutmp.c`` in a source checkout."""
+
+
+def _run_key(
+    sandbox: Sandbox, spec: ProcessSpec, env: Mapping[str, str] | None
+) -> tuple[object, ...]:
+    """What a prestarted pane was opened for: its supervisor's command and environment."""
+    return (sandbox.id, spec, dict(env or {}))
+
+
+def _verbatim(arg: str) -> str:
+    """``arg`` as tmux reads it back from its command line: tmux takes an argument ending in
+    ``;`` for the end of a command (the ``;`` dropped, the next argument a tmux command
+    run on the host), unless the ``;`` is escaped as ``\\;``."""
+    return arg[:-1] + "\\;" if arg.endswith(";") else arg
 
 
 class TmuxProcessManager:
@@ -52,6 +67,10 @@ class TmuxProcessManager:
         self._no_utmp = trusted_program(NO_UTMP_BUILT)
         self._panes: dict[Path, tuple[int, int]] = {}
         """Per socket, the pane's process and its start time (a reused pid has another)."""
+        self._early: dict[Path, tuple[int, tuple[object, ...]]] = {}
+        """Per socket, a run :meth:`prestart` opened: its FIFO and what it was opened for."""
+        self._go: dict[Path, int] = {}
+        """Per socket, the FIFO of a run :meth:`start` let start, held until it ended."""
 
     def socket(self, spec: ProcessSpec) -> Path:
         """The tmux socket of the process (derived from its log path and name)."""
@@ -63,14 +82,51 @@ class TmuxProcessManager:
             raise ProcessError("tmux is not installed", hint="apt-get install tmux")
         return [self._tmux, "-S", str(self.socket(spec))]
 
+    async def prestart(
+        self, sandbox: Sandbox, spec: ProcessSpec, *, env: Mapping[str, str] | None = None
+    ) -> None:
+        """Open ``spec``'s session while the caller does other work (a task's checkout), its
+        supervisor waiting on a FIFO (``--go``) until :meth:`start` with the same sandbox,
+        spec and environment lets the command start: the server's start (its option tables
+        and key bindings) and the supervisor's interpreter leave the run's path (issue 16).
+
+        The FIFO is held open here until the run has ended or is stopped: should this
+        process end first, the waiting supervisor reads the FIFO's end and exits without
+        starting anything (no exit status), its pane and server with it."""
+        await self.stop(spec)
+        launch = supervised(sandbox, spec, env, go=True)
+        flags = os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW  # never waits
+        go = os.open(go_path(spec.exit_path), flags)
+        try:
+            await self._open(spec, launch)
+        except BaseException:
+            os.close(go)
+            raise
+        self._early[self.socket(spec)] = (go, _run_key(sandbox, spec, env))
+
     async def start(
         self, sandbox: Sandbox, spec: ProcessSpec, *, env: Mapping[str, str] | None = None
     ) -> None:
-        """Start ``spec`` in a new tmux server; its pane runs the supervised command."""
+        """Start ``spec`` in a new tmux server, or let the one :meth:`prestart` opened for
+        the same sandbox, spec and environment start; its pane runs the supervised command."""
+        socket = self.socket(spec)
+        early = self._early.pop(socket, None)
+        if early is not None:
+            go, key = early
+            pane = self._panes.get(socket)
+            alive = pane is not None and process_started(pane[0]) == pane[1]
+            if alive and key == _run_key(sandbox, spec, env):
+                os.write(go, b"g")
+                self._go[socket] = go  # until the supervisor has surely read it
+                return
+            os.close(go)  # another run's pane, or one already gone: not this run's
+        await self.stop(spec)
+        await self._open(spec, supervised(sandbox, spec, env))
+
+    async def _open(self, spec: ProcessSpec, launch: Launch) -> None:
+        """A new server and session for ``spec`` whose pane runs ``launch``."""
         base = self._base(spec)
         _SOCKET_DIR.mkdir(mode=0o700, exist_ok=True)
-        await self.stop(spec)
-        launch = supervised(sandbox, spec, env)
         server_env = dict(launch.env)
         server_env.setdefault("TERM", "xterm-256color")
         preload: list[str] = []
@@ -113,7 +169,7 @@ class TmuxProcessManager:
                 "-c",
                 cwd,
                 "--",
-                *launch.argv,
+                *map(_verbatim, launch.argv),
             ],
             env=server_env,
         )
@@ -123,6 +179,7 @@ class TmuxProcessManager:
         """Exited (with status) once the exit file exists; running while the session lives."""
         code = read_exit_status(spec.exit_path)
         if code is not None:
+            self._let_go(self.socket(spec))
             return ProcessStatus("exited", code)
         socket = self.socket(spec)
         pane = self._panes.get(socket)
@@ -139,6 +196,7 @@ class TmuxProcessManager:
         if pane is not None and process_started(pane[0]) == pane[1]:
             return ProcessStatus("running")
         self._panes.pop(socket, None)
+        self._let_go(socket)
         # The process may have ended, writing its status, since the first read.
         code = read_exit_status(spec.exit_path)
         return ProcessStatus("exited", code) if code is not None else ProcessStatus("missing")
@@ -153,10 +211,18 @@ class TmuxProcessManager:
             if started is not None:
                 self._panes[self.socket(spec)] = (pid, started)
 
+    def _let_go(self, socket: Path) -> None:
+        """Close the FIFO of the run at ``socket``: a supervisor still waiting on it ends."""
+        early = self._early.pop(socket, None)
+        for fd in (early[0] if early is not None else None, self._go.pop(socket, None)):
+            if fd is not None:
+                os.close(fd)
+
     async def stop(self, spec: ProcessSpec) -> None:
         """Kill the tmux server; the supervisor passes SIGHUP on to the process group."""
         sock = self.socket(spec)
         self._panes.pop(sock, None)
+        self._let_go(sock)
         if self._tmux is None or not sock.exists():
             return
         await run_host([*self._base(spec), "kill-server"], check=False)

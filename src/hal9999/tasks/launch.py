@@ -4,6 +4,7 @@ credentials), start the agent under its process manager."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 from dataclasses import replace
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from hal9999.agents.base import Agent, AgentContext, AgentLaunch, needs_network
 from hal9999.credentials import forwarded_env, install_files, remove_files
-from hal9999.errors import AgentNotInstalled, RepoError
+from hal9999.errors import AgentNotInstalled, HalError, RepoError
 from hal9999.events.models import Message, SandboxAcquired
 from hal9999.hive.mcp.channel import route_for as mcp_route_for
 from hal9999.process.base import ProcessManager
@@ -80,23 +81,45 @@ class LaunchSteps(RunnerCore):
                 await _dropped(checkout)
             raise
         assert ctx.sandbox is not None
-        launch = await self.prepare(ctx, ctx.sandbox, agent, prompt, snap, checkout)
-        await self.transition(ctx, TaskStatus.RUNNING, detail=f"agent {agent.name}")
-        given = {**ctx.secrets, **(ctx.gateway.secrets() if ctx.gateway else {})}
-        missing = [name for name in launch.secret_env if name not in given]
-        secrets = {**forwarded_env(missing, self.environ), **given}
-        # The agent's own key variables are secrets however they were given.
-        for name in launch.secret_env:
-            ctx.masker.add(secrets[name])
-        ctx.pspec = process_spec(ctx.task, ctx.session, launch.command).model_copy(
-            update={
-                "mask_vars": tuple(sorted({*ctx.mask_names, *launch.secret_env})),
-                "mask_files": tuple(cred.source for cred in self.config.credentials),
-                "log_cap": log_cap_from(self.environ),
-            }
-        )
+        sandbox = ctx.sandbox
+        early: asyncio.Task[None] | None = None
+        try:
+            launch, prompt_text = self.plan(ctx, sandbox, agent, prompt)
+            given = {**ctx.secrets, **(ctx.gateway.secrets() if ctx.gateway else {})}
+            missing = [name for name in launch.secret_env if name not in given]
+            secrets = {**forwarded_env(missing, self.environ), **given}
+            # The agent's own key variables are secrets however they were given.
+            for name in launch.secret_env:
+                ctx.masker.add(secrets[name])
+            pspec = process_spec(ctx.task, ctx.session, launch.command).model_copy(
+                update={
+                    "mask_vars": tuple(sorted({*ctx.mask_names, *launch.secret_env})),
+                    "mask_files": tuple(cred.source for cred in self.config.credentials),
+                    "log_cap": log_cap_from(self.environ),
+                }
+            )
+            # A manager that can start its part of the run ahead (tmux: the server, the pane
+            # and the supervisor, which waits for the start) does so while the session is
+            # prepared (issue 16); a run ended before its start stops it.
+            prestart = getattr(manager, "prestart", None)
+            if prestart is not None:
+                early = asyncio.create_task(prestart(sandbox, pspec, env=secrets))
+            await self.prepare(ctx, sandbox, launch, prompt_text, snap, checkout)
+            await self.transition(ctx, TaskStatus.RUNNING, detail=f"agent {agent.name}")
+            if early is not None:
+                with contextlib.suppress(HalError):  # the start tries again, and says why
+                    await early
+        except BaseException:
+            if checkout is not None and not checkout.done():  # ended before prepare took it
+                await _dropped(checkout)
+            if early is not None:
+                with contextlib.suppress(BaseException):  # its client ends in a moment
+                    await early
+                await manager.stop(pspec)
+            raise
+        ctx.pspec = pspec
         ctx.log_start = file_size(ctx.session.log)
-        await manager.start(ctx.sandbox, ctx.pspec, env=secrets)
+        await manager.start(sandbox, ctx.pspec, env=secrets)
         return offline
 
     async def _acquire(
@@ -174,18 +197,56 @@ class LaunchSteps(RunnerCore):
             await asyncio.to_thread(mirror.point_alternates, session.workspace)
         return base
 
+    def plan(
+        self, ctx: RunContext, sandbox: Sandbox, agent: Agent, prompt: str | None
+    ) -> tuple[AgentLaunch, str]:
+        """What the agent's run will be (its command, environment and files) and the text
+        of its prompt file, before :meth:`prepare` makes the session ready for it; no I/O."""
+        task = ctx.task
+        prompt_text = text = prompt or task.prompt
+        resume = task.agent_session_id if task.resumes and agent.supports_resume else None
+        if task.resumes and resume is None and prompt is None:
+            text = task.prompt
+        actx = AgentContext(
+            task_id=task.id,
+            prompt=text,
+            prompt_file=sandbox.path(INPUT_TARGET) + "/prompt.txt",
+            workspace=sandbox.workdir,
+            home=sandbox.path(HOME_TARGET),
+            resume_session=resume,
+            settings=self.config.agent_settings(task.agent),
+        )
+        if ctx.gateway is not None:
+            actx = replace(actx, settings=ctx.gateway.agent_settings(actx.settings))
+        if ctx.mcp is not None:
+            actx = replace(actx, mcp=ctx.mcp.server())
+        launch = agent.build(actx)
+        # Whether the agent's program is installed is checked by the launcher itself, in the
+        # agent's own sandbox start (no sandbox start of its own: issue 16); see
+        # :func:`missing_program`.
+        no_network = sandbox.spec.network == "none"
+        gateway_env = ctx.gateway.launcher_env(egress=no_network) if ctx.gateway else {}
+        if "HAL_GATEWAY_DIR" in gateway_env:  # a pod sees the channel in its mirror
+            gateway_env["HAL_GATEWAY_DIR"] = sandbox.path(gateway_env["HAL_GATEWAY_DIR"])
+        env = {**launch.env, **launch.command.env, **gateway_env}
+        command = launch.command.model_copy(update={"env": env})
+        planned = AgentLaunch(
+            command=command, env=launch.env, files=launch.files, secret_env=launch.secret_env
+        )
+        return planned, prompt_text
+
     async def prepare(
         self,
         ctx: RunContext,
         sandbox: Sandbox,
-        agent: Agent,
-        prompt: str | None,
+        launch: AgentLaunch,
+        prompt_text: str,
         snap: Path | None = None,
         checkout: asyncio.Task[str] | None = None,
-    ) -> AgentLaunch:
-        """Repo, prompt, agent config and credentials into the session and the sandbox;
-        a fresh clone borrows from ``snap``, the snapshot :meth:`launch` linked, if any
-        (``checkout``: that clone, started already)."""
+    ) -> None:
+        """Repo, prompt, agent files and credentials into the session and the sandbox, for
+        the run :meth:`plan` made; a fresh clone borrows from ``snap``, the snapshot
+        :meth:`launch` linked, if any (``checkout``: that clone, started already)."""
         task, session = ctx.task, ctx.session
         cloned = task.base_commit is None
         if task.base_commit is None:
@@ -205,40 +266,10 @@ class LaunchSteps(RunnerCore):
             warning = await gitrepo.init_submodules(sandbox)
             if warning is not None:
                 self.emit(ctx, Message(level="warning", text=warning))
-        text = prompt or task.prompt
-        session.prompt_file.write_text(text)
-        resume = task.agent_session_id if task.resumes and agent.supports_resume else None
-        if task.resumes and resume is None and prompt is None:
-            text = task.prompt
-        actx = AgentContext(
-            task_id=task.id,
-            prompt=text,
-            prompt_file=sandbox.path(INPUT_TARGET) + "/prompt.txt",
-            workspace=sandbox.workdir,
-            home=sandbox.path(HOME_TARGET),
-            resume_session=resume,
-            settings=self.config.agent_settings(task.agent),
-        )
-        if ctx.gateway is not None:
-            actx = replace(actx, settings=ctx.gateway.agent_settings(actx.settings))
-        if ctx.mcp is not None:
-            actx = replace(actx, mcp=ctx.mcp.server())
-        launch = agent.build(actx)
+        session.prompt_file.write_text(prompt_text)
         for path, data in launch.files.items():
             await sandbox.write_file_atomic(path, data, mode=0o600)
-        await install_files(sandbox, self.config.credentials, actx.home)
-        # Whether the agent's program is installed is checked by the launcher itself, in the
-        # agent's own sandbox start (no sandbox start of its own: issue 16); see
-        # :func:`missing_program`.
-        no_network = sandbox.spec.network == "none"
-        gateway_env = ctx.gateway.launcher_env(egress=no_network) if ctx.gateway else {}
-        if "HAL_GATEWAY_DIR" in gateway_env:  # a pod sees the channel in its mirror
-            gateway_env["HAL_GATEWAY_DIR"] = sandbox.path(gateway_env["HAL_GATEWAY_DIR"])
-        env = {**launch.env, **launch.command.env, **gateway_env}
-        command = launch.command.model_copy(update={"env": env})
-        return AgentLaunch(
-            command=command, env=launch.env, files=launch.files, secret_env=launch.secret_env
-        )
+        await install_files(sandbox, self.config.credentials, sandbox.path(HOME_TARGET))
 
 
 MISSING_STATUS = 127

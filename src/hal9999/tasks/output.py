@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from hal9999.events.models import EVENT_ADAPTER, Event, Message, Output
-from hal9999.process.supervisor import MAX_PARSED_RECORD
+from hal9999.process.parsedevents import MAX_PARSED_RECORD
 from hal9999.spec import ProcessSpec
 from hal9999.tasks.context import RunContext
 
