@@ -112,6 +112,7 @@ async def scan(
                                 place = f"directory {where}" if where else f"tree {name[:12]}"
                                 hit = f"a submodule's commit id in {place}"
                             linked = ids[-overlap:] if overlap else ""
+                            await asyncio.sleep(0)  # and after this match too
                     await proc.stdout.readexactly(1)  # the newline after each object
             finally:
                 if not feeder.done():
