@@ -550,3 +550,24 @@ async def test_a_line_that_is_not_json_gets_a_parse_error_whatever_its_depth(
     assert replies[4] == {"jsonrpc": "2.0", "id": 8, "result": {}}
     assert peak < 8 << 20, f"{peak >> 20} MiB to refuse a 100,000-deep line"
     writer.close()
+
+
+async def test_a_late_retire_leaves_the_agent_made_again_under_its_name(hub: McpHub) -> None:
+    # The old agent's removal retires it after the new one of its name was served (its first
+    # turn, or a sync, took the hub's lock first): the new one's socket, sessions and
+    # sub-task list stayed closed and removed until the next sync.
+    from hal9999.hive import subtasks
+
+    await hub.serve("alpha", born=1.0)
+    await hub.ensure("alpha", born=2.0)
+    new = await _open_session(hub.paths.socket("alpha"))
+    subtasks.own(hub.hive.home, "alpha", "newtask1")
+    await hub.retire("alpha", born=1.0)
+    assert hub.served == ["alpha"] and hub.paths.socket("alpha").exists()
+    assert subtasks.owned(hub.hive.home, "alpha") == ["newtask1"]
+    reader, writer = new
+    writer.write((json.dumps(tool_call(2, "inbox", {})) + "\n").encode())
+    assert json.loads(await asyncio.wait_for(reader.readline(), 10))["id"] == 2  # still served
+    await hub.retire("alpha", born=2.0)  # its own removal
+    assert await _hung_up(*new)
+    assert hub.served == [] and subtasks.owned(hub.hive.home, "alpha") == []

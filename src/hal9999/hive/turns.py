@@ -87,7 +87,7 @@ class HiveLoop:
         self.before_turn: Callable[[AgentRecord], Awaitable[object]] | None = None
         """Called before a turn's run starts (the daemon's MCP hub: the agent's socket must
         be there before its sandbox starts, which a pod's socket channel lists once)."""
-        self.after_remove: Callable[[str], Awaitable[object]] | None = None  # the hub: retire
+        self.after_remove: Callable[[AgentRecord], Awaitable[object]] | None = None  # hub.retire
 
     def hold_warm(self, pool: PoolSource) -> WarmHolds:
         """The sandbox source for the daemon's runs: ``pool``'s, keeping warm agents'
@@ -496,5 +496,5 @@ class HiveLoop:
         await asyncio.to_thread(close_for_removed, self.store, name, spare=spare)
         await asyncio.to_thread(forget, self.store, self.home, name, also=also)
         if self.after_remove is not None:
-            await self.after_remove(name)
+            await self.after_remove(agent)
         return agent

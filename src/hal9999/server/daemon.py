@@ -215,9 +215,9 @@ class Daemon:
             except (HalError, OSError, ValueError) as exc:  # as the sync loop: logged
                 logger.warning("mcp: %s", exc)
 
-        async def removed(name: str) -> None:
-            try:
-                await hub.retire(name)
+        async def removed(agent: AgentRecord) -> None:
+            try:  # not an agent made again under its name since, served meanwhile
+                await hub.retire(agent.name, born=agent.created_at)
             except (HalError, OSError, ValueError) as exc:  # the next sync does it again
                 logger.warning("mcp: %s", exc)
 

@@ -338,8 +338,11 @@ class McpHub:
         of its name removed since (``born`` differs: its sessions end and its files go).
         Under the same lock as :meth:`serve`: a sync opening it meanwhile is waited for."""
         async with self._serving:
-            if agent not in self._servers or self._replaced(agent, born):
-                await self._serve(agent, manager=manager, born=born)
+            await self._ensure(agent, manager=manager, born=born)
+
+    async def _ensure(self, agent: str, *, manager: bool, born: float | None) -> None:
+        if agent not in self._servers or self._replaced(agent, born):
+            await self._serve(agent, manager=manager, born=born)
 
     def _replaced(self, agent: str, born: float | None) -> bool:
         """Whether ``agent`` is served for another agent of its name than the one ``born``."""
@@ -420,10 +423,14 @@ class McpHub:
             task.cancel()
         await asyncio.gather(*sessions, return_exceptions=True)
 
-    async def retire(self, agent: str) -> None:
-        """An agent was removed: close its socket (its sessions end) and remove its files.
-        Under the lock: a sync or a first turn serving it meanwhile is waited for."""
+    async def retire(self, agent: str, *, born: float | None = None) -> None:
+        """An agent (``born``: its record's ``created_at``) was removed: close its socket
+        (its sessions end) and remove its files. Under the lock: a sync or a first turn
+        serving it meanwhile is waited for; one that served an agent made again under its
+        name since is left alone (its socket and files are the new agent's)."""
         async with self._serving:
+            if self._replaced(agent, born):
+                return
             await self.close(agent)
             await self.hive.db(self._forget, agent)
 
@@ -431,6 +438,8 @@ class McpHub:
         """Serve every agent of the hive, and only those (called at start and periodically)."""
         from hal9999.hive.store import list_agents
 
+        # Listed and applied under the lock: an agent's first turn serving it between the
+        # two (a new agent, or one made again under its name) was undone by the older list.
         records = await self.hive.db(list_agents, self.hive.store)
         wanted = {r.name: (r.kind == "manager", r.created_at) for r in records}
         for name in [n for n in self._servers if n not in wanted]:
