@@ -571,3 +571,39 @@ async def test_a_late_retire_leaves_the_agent_made_again_under_its_name(hub: Mcp
     await hub.retire("alpha", born=2.0)  # its own removal
     assert await _hung_up(*new)
     assert hub.served == [] and subtasks.owned(hub.hive.home, "alpha") == []
+
+
+async def test_a_sync_never_acts_on_a_listing_older_than_a_serve(hub: McpHub) -> None:
+    # A sync listed the agents, then an agent spawned meanwhile was served for its first turn
+    # (and a removed one made again under its name, for its own): the sync, acting on its
+    # older listing, closed the new agent's socket (and served the old one's again).
+    from hal9999.hive.store import AgentRecord, insert_agent, list_agents
+
+    def make(name: str, created: float) -> AgentRecord:
+        record = AgentRecord(
+            name=name, agent="custom", provider="local", created_at=created, updated_at=created
+        )
+        insert_agent(hub.hive.store, record)
+        return record
+
+    make("alpha", 1.0)
+    await hub.sync()
+    real_db, turns = hub.hive.db, []
+
+    async def db(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        found = await real_db(fn, *args, **kwargs)
+        if fn is list_agents and not turns:  # the agents change as the listing returns
+            from hal9999.hive.store import delete_agent
+
+            await real_db(delete_agent, hub.hive.store, "alpha")
+            for record in (make("alpha", 2.0), make("beta", 3.0)):
+                ensure = hub.ensure(record.name, born=record.created_at)
+                turns.append(asyncio.create_task(ensure))
+            await asyncio.sleep(0.1)  # their first turns: served now, or after the sync
+        return found
+
+    hub.hive.db = db  # type: ignore[method-assign]
+    await hub.sync()
+    await asyncio.gather(*turns)
+    assert hub.served == ["alpha", "beta"]
+    assert hub._born == {"alpha": 2.0, "beta": 3.0}

@@ -440,13 +440,14 @@ class McpHub:
 
         # Listed and applied under the lock: an agent's first turn serving it between the
         # two (a new agent, or one made again under its name) was undone by the older list.
-        records = await self.hive.db(list_agents, self.hive.store)
-        wanted = {r.name: (r.kind == "manager", r.created_at) for r in records}
-        for name in [n for n in self._servers if n not in wanted]:
-            await self.close(name)
-        await self.hive.db(self._forget_removed, set(wanted))
-        for name, (manager, born) in wanted.items():
-            await self.ensure(name, manager=manager, born=born)
+        async with self._serving:
+            records = await self.hive.db(list_agents, self.hive.store)
+            wanted = {r.name: (r.kind == "manager", r.created_at) for r in records}
+            for name in [n for n in self._servers if n not in wanted]:
+                await self.close(name)
+            await self.hive.db(self._forget_removed, set(wanted))
+            for name, (manager, born) in wanted.items():
+                await self._ensure(name, manager=manager, born=born)
 
     def _forget(self, agent: str) -> None:
         """Remove ``agent``'s directory and sub-task list (as :meth:`_forget_removed`)."""
