@@ -364,9 +364,11 @@ class DockerProvider:
                 return
             await self._remove(sandbox_id)
             text = note.text()
-            if text.isdigit():
+            if text.isascii() and text.isdigit():
                 self._release(int(text))
-            elif text == ALLOCATING:  # killed inside allocate's window: found by its owner
+            elif sandboxuser.privileged():
+                # ALLOCATING (killed inside allocate's window), or empty (killed between the
+                # note's truncate and its write of the uid), or garbled: found by its owner.
                 for uid in sandboxuser.held_by(f"docker {sandbox_id}"):
                     self._release(uid)
             note.done()
