@@ -33,8 +33,11 @@ from hal9999.providers.stdinfeed import stdin_chunks
 
 def _arguments(argv: list[str]) -> argparse.Namespace:
     parser = relaycore.arguments("hal-ssh-relay")
-    parser.add_argument("--session", action="store_true",
-                        help="hold the run in a tmux session on the host (see .session)")
+    parser.add_argument(
+        "--session",
+        action="store_true",
+        help="hold the run in a tmux session on the host (see .session)",
+    )
     return parser.parse_args(argv)
 
 
@@ -78,7 +81,7 @@ class _SshRun:
             # the relay follows its output. The command gets the remote pane as its terminal.
             argv = ["sh", "-c", session.START, "hal-session",
                     session.run_dir(record.root, self.token), session.PANE,
-                    *sandbox.remote_argv(command, tty=False)]  # fmt: skip
+                    *map(session.verbatim, sandbox.remote_argv(command, tty=False))]  # fmt: skip
         else:
             argv = sandbox.remote_argv(command, tty=interactive)
         size = os.get_terminal_size(0) if interactive else None
@@ -147,8 +150,10 @@ async def _forward_sockets(conn: Any, record: SshRecord) -> list[Any]:
                 listeners.append(await conn.forward_remote_path(where, path))
             except (HalError, OSError, asyncssh.Error, asyncssh.ChannelListenError) as exc:
                 # The agent runs all the same; its calls through this socket will fail.
-                relaycore.say(f"cannot forward {mount.target}/{name} to the ssh host ({exc}); its "
-                     "sshd must allow remote forwarding (AllowTcpForwarding yes or remote)")
+                relaycore.say(
+                    f"cannot forward {mount.target}/{name} to the ssh host ({exc}); its "
+                    "sshd must allow remote forwarding (AllowTcpForwarding yes or remote)"
+                )
     return listeners
 
 
