@@ -1,11 +1,14 @@
-"""How the qemu provider tells its own QEMU processes from everything else (no QEMU needed)."""
+"""How the qemu provider tells its own QEMU processes from everything else, and the command
+line it gives QEMU (no QEMU needed but for the parse of its options)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -124,3 +127,36 @@ def test_a_relative_hal_qemu_run_dir_is_refused(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("HAL_QEMU_RUN_DIR", "run")
     with pytest.raises(ConfigError, match="HAL_QEMU_RUN_DIR: expected an absolute directory"):
         qemuvm.run_root()
+
+
+def test_paths_with_commas_reach_qemu_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """QEMU splits an option list at each comma: every path in one is escaped (``,,``), so a
+    ``HAL_HOME`` or run directory holding one starts QEMU instead of failing its parse."""
+    missing = [tool for tool in ("qemu-system-x86_64", "qemu-img") if not shutil.which(tool)]
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"{missing} missing in CI")
+        pytest.skip(f"needs {missing}")
+    # Short (unix socket paths are limited to 107 bytes), with a comma at every level.
+    root = Path(tempfile.mkdtemp(prefix="hal-q,", dir="/tmp"))
+    try:
+        monkeypatch.setenv("HAL_QEMU_RUN_DIR", str(root / "r,un"))
+        disk = root / "d,isk.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "16M"], check=True)
+        (root / "k,ernel").write_bytes(b"")  # QEMU stops at it: every option parsed by then
+        (root / "sh,are").mkdir()
+        run = qemuvm.RunDir("abc")
+        run.path.mkdir(parents=True)
+        args = qemuvm.argv(
+            qemu="qemu-system-x86_64", vm_id="abc",
+            boot=qemuvm.Boot(root / "k,ernel", root / "k,ernel"),
+            shape=qemuvm.Shape("tcg", 1, 256, "none"), disk=disk,
+            shares=[qemuvm.Share(root / "sh,are", True)], empty=root, run=run,
+            console=root / "con,sole", pidfile=root / "p,id", exec_ports=1,
+        )  # fmt: skip
+        out = subprocess.run(args, capture_output=True, text=True, timeout=60)
+        assert "could not load kernel" in out.stderr, out.stderr
+        assert "Invalid parameter" not in out.stderr
+        assert (root / "con,sole").exists()  # the console chardev opened its whole path
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -215,7 +215,7 @@ async def probe_kvm(image: Image, files: Path) -> tuple[bool, str]:
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-kernel", str(image.kernel), "-initrd", str(image.initrd),
         "-append", f"console=ttyS0 quiet panic=-1 hal.probe tsc_early_khz={qemuvm.tsc_khz()}",
-        "-chardev", f"file,id=con,path={console}", "-serial", "chardev:con",
+        "-chardev", f"file,id=con,path={qemuvm.opt(console)}", "-serial", "chardev:con",
     ]  # fmt: skip
     proc = await asyncio.create_subprocess_exec(
         *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT

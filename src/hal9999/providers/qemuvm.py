@@ -118,6 +118,14 @@ def run_root() -> Path:
     return root
 
 
+def opt(value: object) -> str:
+    """``value`` (a path) as one value of a QEMU option list (``key=value,key=value``): each
+    comma doubled, as QEMU reads it back. A single comma ended the value there, so a path
+    holding one (a ``HAL_HOME`` of ``/srv/a,b``) failed the start ("Invalid parameter"), and
+    what followed it was read as more keys of the option (``,readonly=off``)."""
+    return str(value).replace(",", ",,")
+
+
 def argv(
     *,
     qemu: str,
@@ -147,23 +155,23 @@ def argv(
         "-smp", str(shape.cpus), "-m", str(shape.memory_mb),
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-kernel", str(boot.kernel), "-initrd", str(boot.initrd), "-append", append,
-        "-chardev", f"file,id=con,path={console}", "-serial", "chardev:con",
-        "-drive", f"id=root,file={disk},format=qcow2,if=none,discard=unmap",
+        "-chardev", f"file,id=con,path={opt(console)}", "-serial", "chardev:con",
+        "-drive", f"id=root,file={opt(disk)},format=qcow2,if=none,discard=unmap",
         "-device", "virtio-blk-device,drive=root",
         "-device", "virtio-serial-device",
-        "-chardev", f"socket,id=ssh,path={run.channel},server=on,wait=off",
+        "-chardev", f"socket,id=ssh,path={opt(run.channel)},server=on,wait=off",
         "-device", "virtserialport,chardev=ssh,name=hal.ssh",
     ]  # fmt: skip
     for index in range(exec_ports):
         args += [
-            "-chardev", f"socket,id=exec{index},path={run.agent(index)},server=on,wait=off",
+            "-chardev", f"socket,id=exec{index},path={opt(run.agent(index))},server=on,wait=off",
             "-device", f"virtserialport,chardev=exec{index},name=hal.exec.{index}",
         ]  # fmt: skip
     args += [
         "-device", "virtio-rng-device",
         "-netdev", f"user,id=net0,restrict={'on' if shape.net == 'none' else 'off'}",
         "-device", "virtio-net-device,netdev=net0",
-        "-qmp", f"unix:{run.qmp},server=on,wait=off",
+        "-qmp", f"unix:{opt(run.qmp)},server=on,wait=off",
         "-pidfile", str(pidfile),
     ]  # fmt: skip
     for index in range(SHARES):
@@ -171,7 +179,7 @@ def argv(
         path, ro = (share.path, share.read_only) if share is not None else (empty, True)
         readonly = ",readonly=on" if ro else ""
         args += [
-            "-fsdev", f"local,id=fs{index},path={path},security_model=none{readonly}",
+            "-fsdev", f"local,id=fs{index},path={opt(path)},security_model=none{readonly}",
             "-device", f"virtio-9p-device,fsdev=fs{index},mount_tag={SHARE_TAG.format(index)}",
         ]  # fmt: skip
     if incoming is not None:
