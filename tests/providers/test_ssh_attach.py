@@ -75,9 +75,7 @@ def _remote_processes(server: Sshd, name: str) -> list[str]:
     return found
 
 
-def test_attach_opens_the_agents_tmux_on_the_remote_host(
-    sshd_server: Sshd, tmp_path: Path
-) -> None:
+def test_attach_opens_the_agents_tmux_on_the_remote_host(sshd_server: Sshd, tmp_path: Path) -> None:
     config = tmp_path / "xdg" / "hal9999" / "config.toml"
     config.parent.mkdir(parents=True)
     config.write_text(toml_host(sshd_server))
@@ -107,7 +105,7 @@ def test_attach_opens_the_agents_tmux_on_the_remote_host(
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             assert Path(cmdline[0].decode()).name == "ssh", cmdline
             assert b"StrictHostKeyChecking=yes" in cmdline and b"BatchMode=yes" in cmdline
-            [known] = [a[len(b"UserKnownHostsFile="):] for a in cmdline
+            [known] = [a[len(b"UserKnownHostsFile="):].strip(b'"') for a in cmdline
                        if a.startswith(b"UserKnownHostsFile=")]  # fmt: skip
             assert Path(known.decode()).read_text().split()[1:] == sshd_server.host_key.split()
             assert Path(known.decode()).stat().st_mode & 0o077 == 0

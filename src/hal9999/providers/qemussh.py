@@ -34,6 +34,7 @@ from hal9999.errors import ExecError, ProviderError
 from hal9999.providers import hostexec
 from hal9999.providers.base import Launch
 from hal9999.providers.qemuvm import RunDir, tail
+from hal9999.providers.sshconfig import config_value, literal
 
 SSH = "/usr/bin/ssh"
 HAL_EXEC = "/usr/local/bin/hal-exec"
@@ -95,16 +96,17 @@ def write_config(run: RunDir, *, key: Path, known_hosts: Path) -> Path:
         "HostName": "hal",
         "User": "root",
         "HostKeyAlias": "hal",
-        "UserKnownHostsFile": f'"{known_hosts}"',
+        "UserKnownHostsFile": config_value(known_hosts),
         "GlobalKnownHostsFile": "/dev/null",
         "StrictHostKeyChecking": "yes",
         "UpdateHostKeys": "no",
-        "IdentityFile": f'"{key}"',
+        "IdentityFile": config_value(key),
         "IdentitiesOnly": "yes",
         "BatchMode": "yes",
         "PasswordAuthentication": "no",
-        "ControlPath": f'"{run.control}"',
-        "ProxyCommand": shlex.join([sys.executable, "-I", str(proxy), str(run.channel)]),
+        "ControlPath": config_value(run.control),
+        # A shell line, in which ssh first expands its own % tokens.
+        "ProxyCommand": literal(shlex.join([sys.executable, "-I", str(proxy), str(run.channel)])),
         "ProxyUseFdpass": "yes",
         "LogLevel": "ERROR",
         "ForwardAgent": "no",

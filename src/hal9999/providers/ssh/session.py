@@ -23,6 +23,7 @@ from pathlib import Path
 
 from hal9999.errors import ProviderError
 from hal9999.providers.ssh.config import SshHost
+from hal9999.providers.sshconfig import config_value
 
 PANE = (
     'd=$1; shift; { HAL_EXEC="${HAL_EXEC}p" "$@"; s=$?; printf "%s\\n" "$s" > "$d/status.tmp"; '
@@ -105,11 +106,13 @@ def attach_argv(host: SshHost, root: str, state_dir: Path, *, ssh: str = "ssh") 
     ever added to it."""
     known = known_hosts_file(host, state_dir)
     options = {
+        # Not `-i`: ssh looks for that file before it expands the `%` tokens in its name.
+        "IdentityFile": config_value(host.key_file),
         "BatchMode": "yes",
         "IdentitiesOnly": "yes",
         "IdentityAgent": "none",
         "StrictHostKeyChecking": "yes",
-        "UserKnownHostsFile": str(known),
+        "UserKnownHostsFile": config_value(known),
         "GlobalKnownHostsFile": "/dev/null",
         "UpdateHostKeys": "no",
         "CheckHostIP": "no",
@@ -118,8 +121,7 @@ def attach_argv(host: SshHost, root: str, state_dir: Path, *, ssh: str = "ssh") 
         "ForwardX11": "no",
         "ClearAllForwardings": "yes",
     }
-    argv = [ssh, "-F", "/dev/null", "-i", str(host.key_file), "-p", str(host.port),
-            "-l", host.user]  # fmt: skip
+    argv = [ssh, "-F", "/dev/null", "-p", str(host.port), "-l", host.user]
     for key, value in options.items():
         argv += ["-o", f"{key}={value}"]
     command = shlex.join(["sh", "-c", ATTACH, "hal-attach", root])
