@@ -41,9 +41,7 @@ def router() -> Router:
     return r
 
 
-def http_server(
-    r: Router, token: str, *, log_file: str | None = None, **limits: Any
-) -> HalServer:
+def http_server(r: Router, token: str, *, log_file: str | None = None, **limits: Any) -> HalServer:
     """The daemon's server stack serving ``r`` (no dashboard)."""
     ctx = ServerContext(home=Path("/nonexistent"), token=token, log_file=log_file)
     return HalServer(build_app(ctx, r, dashboard=False), **limits)
@@ -102,6 +100,22 @@ async def test_client_maps_errors_back(tmp_path: Path) -> None:
         await client.call("GET", "/v1/boom")
     assert "secret internals" not in str(internal.value)
     assert json.loads(json.dumps(await client.call("POST", "/v1/echo/b")))["body"] == {}
+    await server.close()
+
+
+async def test_the_client_sends_an_id_whatever_it_holds(tmp_path: Path) -> None:
+    """A task id is the user's text (``hal task show ID``): spliced into the request line, a
+    space made it "malformed request", a ``?`` started a query (``abc?force=1`` asked for
+    ``abc`` with ``force``) and a CR LF began a header of the user's."""
+    files = DaemonFiles(tmp_path)
+    token = files.ensure_token()
+    server = http_server(router(), token)
+    sock = str(files.socket_path())
+    await server.listen_unix(sock)
+    client = DaemonClient(DaemonInfo(1, sock, 0, 0.0), token)
+    for odd in ("a b", "a?x=1", "a#b", "a%20b", "a\r\nX-Extra: 1", "é"):
+        echoed = await client.call("POST", f"/v1/echo/{odd}", query={"q": "1"})
+        assert (echoed["id"], echoed["q"]) == (odd, {"q": "1"})
     await server.close()
 
 

@@ -131,6 +131,9 @@ class DaemonClient:
     def _request_bytes(
         self, method: str, path: str, body: dict[str, Any] | None, query: dict[str, Any] | None
     ) -> bytes:
+        # The path holds the user's text (a task id as typed): escaped, a space, `?`, `#`
+        # or CR LF in it is that text, not the request line's syntax (the server unescapes).
+        path = _path(path)
         if query:
             path += "?" + _query({k: v for k, v in query.items() if v is not None})
         data = plainjson.dumps(body).encode() if body is not None else b""
@@ -172,6 +175,16 @@ class Sent:
 
 _PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
 """What ``urllib.parse.quote_plus`` leaves as it is."""
+
+
+def _path(path: str) -> str:
+    """``urllib.parse.quote(path, safe="/")``; without importing ``urllib.parse`` where the
+    path needs no quoting (every path hal itself makes: the thin ``hal run``, issue 16)."""
+    if _PLAIN.issuperset(path.replace("/", "")):
+        return path
+    from urllib.parse import quote
+
+    return quote(path, safe="/")
 
 
 def _query(query: dict[str, Any]) -> str:
