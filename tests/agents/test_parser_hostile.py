@@ -217,3 +217,26 @@ def test_codex_remembers_a_bounded_number_of_started_items() -> None:
             "command": "ls", "aggregated_output": "x", "exit_code": 0}  # fmt: skip
     events = parser.feed(json.dumps({"type": "item.completed", "item": done}) + "\n")
     assert [event.type for event in events] == ["tool_result"]  # its call came at the start
+
+
+def _sessions(agent: str, session: str) -> list[Event]:
+    """The session events ``agent``'s parser yields for a line naming ``session``."""
+    record = {
+        "claude": {"type": "system", "subtype": "init", "session_id": session},
+        "codex": {"type": "thread.started", "thread_id": session},
+        "gemini": {"type": "init", "session_id": session, "model": "m"},
+        "opencode": {"type": "step_start", "sessionID": session, "part": {}},
+    }[agent]
+    events = resolve_agent(agent).parser().feed(json.dumps(record) + "\n")
+    return [event for event in events if event.type == "agent_session"]
+
+
+@pytest.mark.parametrize("agent", ["claude", "codex", "gemini", "opencode"])
+@pytest.mark.parametrize("session", ["-c", "--config=model_provider=x", "x;", "a b", "x\ny",
+                                     "", "é", "a" * 257])  # fmt: skip
+def test_a_session_id_that_would_be_read_as_syntax_is_never_kept(agent: str, session: str) -> None:
+    # A resumed run passes the id back on the agent's command line: `codex exec resume ID`
+    # read `--config=...` as its option, and tmux took `x;` for the end of its command.
+    assert _sessions(agent, session) == []
+    assert len(_sessions(agent, "0199a213-81c0-7800-8aa1-bbab2a035a53")) == 1
+    assert len(_sessions(agent, "ses_dfdc967d7ffeJ2A3dCvPIirXK4")) == 1

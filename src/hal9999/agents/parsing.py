@@ -31,6 +31,10 @@ _RECOVERABLE = (KeyError, TypeError, ValueError, AttributeError, IndexError)
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 """A JSON escape of a UTF-16 surrogate: the only way a lone one gets into decoded text."""
 _SURROGATE = re.compile("[\ud800-\udfff]")
+SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,255}")
+"""What an agent session id may be (UUIDs, ``ses_...``): the id is the agent's own output,
+and a resumed run passes it back as an argument of the agent's command, where ``--x`` was an
+option of the CLI (``codex exec resume`` takes it bare) and ``x;`` tmux syntax."""
 
 
 MAX_LINE_CHARS = 16 * 1024 * 1024
@@ -172,8 +176,11 @@ class JsonLinesParser(LineParser):
         """The events one decoded JSON object yields."""
 
     def session(self, session_id: object) -> list[Event]:
-        """An :class:`AgentSession` event the first time a new session id is seen."""
-        if not isinstance(session_id, str) or not session_id or session_id == self._session_id:
+        """An :class:`AgentSession` event the first time a new session id is seen (one of
+        the form :data:`SESSION_ID` only: another is never resumed)."""
+        if not isinstance(session_id, str) or session_id == self._session_id:
+            return []
+        if not SESSION_ID.fullmatch(session_id):
             return []
         self._session_id = session_id
         return [AgentSession(session_id=session_id)]
