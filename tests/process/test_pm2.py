@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -14,11 +15,13 @@ from pathlib import Path
 import pytest
 
 from hal9999.errors import ProcessError
+from hal9999.process import launch
+from hal9999.process.base import ProcessStatus
 from hal9999.process.pm2 import Pm2ProcessManager
 from hal9999.providers.base import Sandbox
 from hal9999.providers.local import LocalProvider
 from hal9999.providers.registry import load_provider
-from hal9999.spec import ProcessSpec, RestartPolicy, SandboxSpec, ShellCommand
+from hal9999.spec import ArgvCommand, ProcessSpec, RestartPolicy, SandboxSpec, ShellCommand
 
 pytestmark = [pytest.mark.pm2, pytest.mark.timeout(120)]
 
@@ -137,3 +140,22 @@ async def test_a_bwrap_sandbox_runs_under_pm2_from_the_host(
         assert (await pm2.status(spec)).exit_code == 0
         assert (workspace / "made-by-agent").read_text() == "inside\n"
         assert "PM2" not in spec.log_path.read_text(), "PID 1 inside is bwrap's, not PM2's"
+
+
+async def test_a_program_path_with_a_space_runs_with_its_arguments(
+    pm2: Pm2ProcessManager, sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PM2 turns a `script` holding a space into `bash -c SCRIPT` and drops its args: hal
+    # installed under such a path (the supervisor is its python) failed every run with 127.
+    spaced = tmp_path / "my tools; $(x)"
+    spaced.mkdir()
+    (spaced / "python").symlink_to(sys.executable)
+    monkeypatch.setattr(launch, "SUPERVISOR", (str(spaced / "python"), *launch.SUPERVISOR[1:]))
+    command = ArgvCommand(argv=("sh", "-c", 'echo "ran with $# args: $1"', "hal", "a b", "c;"))
+    spec = spec_for(tmp_path, "true").model_copy(update={"command": command})
+    await pm2.start(sandbox, spec)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and (await pm2.status(spec)).state != "exited":
+        await asyncio.sleep(0.1)
+    assert (await pm2.status(spec)) == ProcessStatus("exited", 0)
+    assert spec.log_path.read_text().strip() == "ran with 2 args: a b"

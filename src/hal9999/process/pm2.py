@@ -89,10 +89,11 @@ class Pm2ProcessManager:
         restart = spec.restart.mode == "on-failure"
         logs = self.home / "logs"
         name = self.app_name(spec)
+        script, args = pm2inside.script_and_args(argv)
         app: dict[str, Any] = {
             "name": name,
-            "script": argv[0],
-            "args": argv[1:],
+            "script": script,
+            "args": args,
             "interpreter": "none",
             "cwd": cwd,
             "env": dict(env),

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,16 +104,25 @@ async def has_pm2(sandbox: Sandbox) -> bool:
         return False
 
 
+def script_and_args(argv: Sequence[str]) -> tuple[str, list[str]]:
+    """An app's ``script`` and ``args`` that run ``argv`` exactly. PM2 runs a script holding
+    a space as ``bash -c SCRIPT`` and drops its args (hal installed under such a path: the
+    host's supervisor is its python, and every run failed with 127): ``sh`` execs it whole."""
+    if " " in argv[0]:
+        return "/bin/sh", ["-c", 'exec "$0" "$@"', *argv]
+    return argv[0], list(argv[1:])
+
+
 def payload(spec: ProcessSpec, name: str, cwd: str, min_uptime_ms: int,
             kill_timeout_ms: int) -> dict[str, Any]:  # fmt: skip
     """The app's ecosystem document without ``env`` (the follower adds it inside)."""
     from hal9999.spec import to_argv
 
-    argv = to_argv(spec.command)
+    script, args = script_and_args(to_argv(spec.command))
     log = f"{HOME}/{name}.log"
     restart = spec.restart.mode == "on-failure"
     app: dict[str, Any] = {
-        "name": name, "script": argv[0], "args": list(argv[1:]), "interpreter": "none",
+        "name": name, "script": script, "args": args, "interpreter": "none",
         "cwd": cwd, "autorestart": restart, "kill_timeout": kill_timeout_ms, "treekill": True,
         # Relative to the daemon's cwd is not reliable: PM2 resolves ~ to its HOME.
         "out_file": f"~/{log}", "error_file": f"~/{log}",
