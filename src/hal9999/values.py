@@ -214,6 +214,9 @@ def _no_nul(value: str | None) -> str | None:
 
 PathText = Annotated[str | None, AfterValidator(_no_nul)]
 """A path or URL as text (no NUL: it could never name a file)."""
+EnvValue = Annotated[str, AfterValidator(_no_nul)]
+"""A variable's value (no NUL: no environment holds one; the exec that started the agent
+raised, and the task was reported "interrupted" as if hal had died)."""
 
 
 class ConfigNotes(BaseModel):
@@ -262,7 +265,7 @@ class RunBody(BaseModel):
     """Time limit in seconds."""
     env_names: list[EnvName] | None = None
     """Forwarded variable names."""
-    env: dict[EnvName, str] | None = None
+    env: dict[EnvName, EnvValue] | None = None
     """Variable values the caller sends."""
     secret_names: list[EnvName] | None = None
     """Variables marked secret."""

@@ -95,6 +95,10 @@ CASES = [
     ("POST", "/v1/tasks/nosuch/resume", '{"prompt": 5}', 400, "config_invalid", "prompt"),
     ("POST", "/v1/tasks/nosuch/resume", '{"prompt": ["a"]}', 400, "config_invalid", "prompt"),
     ("POST", "/v1/tasks/nosuch/resume", '{"env": {"1BAD": "x"}}', 400, "usage", "variable name"),
+    # No environment holds a NUL: the task was created, its exec raised in the runner and it
+    # was reported "interrupted" (hal died), with a traceback in the daemon's log.
+    ("POST", "/v1/tasks", '{"prompt": "x", "env": {"A": "x\\u0000y"}}', 400, "usage", "NUL"),
+    ("POST", "/v1/tasks/nosuch/resume", '{"env": {"A": "\\u0000"}}', 400, "usage", "NUL"),
     ("POST", "/v1/hive/agents", '{"name": "a/b"}', 400, "hive_error", "not a valid agent name"),
     ("POST", "/v1/hive/agents", '{"name": "operator"}', 400, "hive_error", "reserved"),
     ("POST", "/v1/hive/agents", '{"name": "alice"}', 400, "hive_error", "already exists"),
