@@ -48,10 +48,11 @@ def _run_key(
     return (sandbox.id, spec, dict(env or {}))
 
 
-def _verbatim(arg: str) -> str:
+def verbatim(arg: str) -> str:
     """``arg`` as tmux reads it back from its command line: tmux takes an argument ending in
-    ``;`` for the end of a command (the ``;`` dropped, the next argument a tmux command
-    run on the host), unless the ``;`` is escaped as ``\\;``."""
+    ``;`` for the end of a command (the ``;`` dropped, the arguments after it a tmux command,
+    ``run-shell`` say, run on the host outside the sandbox), unless it is escaped as ``\\;``.
+    For every argument of an agent's command hal hands tmux, here and on an ssh host."""
     return arg[:-1] + "\\;" if arg.endswith(";") else arg
 
 
@@ -169,7 +170,7 @@ class TmuxProcessManager:
                 "-c",
                 cwd,
                 "--",
-                *map(_verbatim, launch.argv),
+                *map(verbatim, launch.argv),
             ],
             env=server_env,
         )

@@ -22,6 +22,7 @@ import tty
 from typing import Any
 
 from hal9999.errors import HalError
+from hal9999.process.tmux import verbatim
 from hal9999.providers import relaycore
 from hal9999.providers.hostexec import EXEC_MARKER_VAR
 from hal9999.providers.ssh import channel, mirror, remote, session
@@ -81,7 +82,7 @@ class _SshRun:
             # the relay follows its output. The command gets the remote pane as its terminal.
             argv = ["sh", "-c", session.START, "hal-session",
                     session.run_dir(record.root, self.token), session.PANE,
-                    *map(session.verbatim, sandbox.remote_argv(command, tty=False))]  # fmt: skip
+                    *map(verbatim, sandbox.remote_argv(command, tty=False))]  # fmt: skip
         else:
             argv = sandbox.remote_argv(command, tty=interactive)
         size = os.get_terminal_size(0) if interactive else None

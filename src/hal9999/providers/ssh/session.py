@@ -59,14 +59,6 @@ HAS_TMUX = "command -v tmux >/dev/null 2>&1"
 """Whether the host can hold the run in tmux (otherwise the relay runs it directly)."""
 
 
-def verbatim(arg: str) -> str:
-    """``arg`` as tmux reads it back from its command line: tmux takes an argument ending in
-    ``;`` for the end of a command (the ``;`` dropped, the arguments after it a tmux command,
-    ``run-shell`` say, run on the host outside the sandbox), unless it is escaped as ``\\;``.
-    For every argument of the agent's command that :data:`START` hands tmux."""
-    return arg[:-1] + "\\;" if arg.endswith(";") else arg
-
-
 def inner_token(token: str) -> str:
     """The exec marker of the command inside the session whose own marker is ``token``."""
     return f"{token}p"
