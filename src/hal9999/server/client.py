@@ -131,9 +131,7 @@ class DaemonClient:
     def _request_bytes(
         self, method: str, path: str, body: dict[str, Any] | None, query: dict[str, Any] | None
     ) -> bytes:
-        # The path holds the user's text (a task id as typed): escaped, a space, `?`, `#`
-        # or CR LF in it is that text, not the request line's syntax (the server unescapes).
-        path = _path(path)
+        path = _path(path)  # the user's text (a task id as typed), escaped
         if query:
             path += "?" + _query({k: v for k, v in query.items() if v is not None})
         data = plainjson.dumps(body).encode() if body is not None else b""
@@ -178,8 +176,8 @@ _PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234567
 
 
 def _path(path: str) -> str:
-    """``urllib.parse.quote(path, safe="/")``; without importing ``urllib.parse`` where the
-    path needs no quoting (every path hal itself makes: the thin ``hal run``, issue 16)."""
+    """``urllib.parse.quote(path, safe="/")`` (a ``?`` or CR LF in a task id as typed is text,
+    not syntax), without importing ``urllib.parse`` where nothing needs quoting (issue 16)."""
     if _PLAIN.issuperset(path.replace("/", "")):
         return path
     from urllib.parse import quote
