@@ -64,6 +64,12 @@ def hal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hal]:
     h.base = info["dashboard"].split("/login")[0]  # type: ignore[attr-defined]
     yield h
     h("serve", "--stop")
+    # The last test's hive turn may still be collecting: a stopped daemon leaves its sandbox
+    # for the next one to adopt, and no next one comes. Stopped here, by the home's records.
+    from tests.processes import pointing_into, stop_everything_of
+
+    stop_everything_of(h.home, h.env)
+    assert pointing_into(h.home) == {}, f"processes left running in {h.home}"
 
 
 def screen_shows(page: Any, text: str, timeout: float = 15.0) -> bool:
