@@ -8,25 +8,15 @@ import contextlib
 import json
 import os
 import stat
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.hive import test_mcp_transport
 from tests.hive.mcp_client import INIT, READY, connect, tool_call
 
 from hal9999.hive.mcp.server import McpHub
-from hal9999.hive.mcp.tools import Hive
-from hal9999.store import Store
 
-
-@pytest.fixture
-async def hub(tmp_path: Path) -> AsyncIterator[McpHub]:
-    store = Store.open(tmp_path / "home")
-    hub = McpHub(Hive(store=store, home=tmp_path / "home"))
-    yield hub
-    await hub.close_all()
-    store.close()
+hub = test_mcp_transport.hub  # the same fixture: a hub over a fresh store
 
 
 async def test_ensure_serves_an_agent_not_served_yet_and_keeps_a_served_one(
