@@ -7,11 +7,11 @@ files move. What a provider can do is declared in :class:`Capabilities`, never p
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, TypeVar, runtime_checkable
 
 from hal9999.spec import ArgvCommand, SandboxSpec, ShellCommand
 
@@ -226,3 +226,33 @@ class Provider(Protocol):
     async def destroy(self, sandbox_id: str) -> None:
         """Stop and remove the sandbox; never touches the spec's workspace. Idempotent."""
         ...
+
+
+_S = TypeVar("_S", bound=Sandbox)
+
+
+async def fork_all(
+    create: Callable[[SandboxSpec], Awaitable[_S]],
+    destroy: Callable[[str], Awaitable[object]],
+    image: str,
+    count: int,
+    spec: SandboxSpec,
+) -> list[_S]:
+    """``count`` sandboxes of ``spec`` made from snapshot ``image`` at once, all or none:
+    when one fails, those made are destroyed and the first error is raised (a provider's
+    ``fork``)."""
+    import asyncio
+
+    from hal9999.errors import ConfigError
+
+    if count < 1:
+        raise ConfigError("fork needs a count of at least 1")
+    forked = spec.model_copy(update={"image": image})
+    results = await asyncio.gather(*(create(forked) for _ in range(count)), return_exceptions=True)
+    made = [r for r in results if not isinstance(r, BaseException)]
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        for sandbox in made:
+            await destroy(sandbox.id)
+        raise failed[0]
+    return made

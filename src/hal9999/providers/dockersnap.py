@@ -10,7 +10,6 @@ sandbox from the snapshot's image. Imported only when a snapshot or fork is made
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 import secrets
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from hal9999.errors import ConfigError, ProviderError
 from hal9999.providers import limits
+from hal9999.providers.base import fork_all
 from hal9999.providers.docker import HOME, LABEL, SPEC_LABEL, STAGING_LABEL, container_name
 from hal9999.providers.dockerbox import DockerSandbox
 from hal9999.providers.dockerexec import engine_errors
@@ -87,16 +87,4 @@ async def fork(
     provider: DockerProvider, image: str, count: int, spec: SandboxSpec
 ) -> list[DockerSandbox]:
     """``count`` new sandboxes of ``spec`` from snapshot ``image``, made concurrently."""
-    if count < 1:
-        raise ConfigError("fork needs a count of at least 1")
-    forked = spec.model_copy(update={"image": image})
-    results = await asyncio.gather(
-        *(provider.create(forked) for _ in range(count)), return_exceptions=True
-    )
-    made = [r for r in results if isinstance(r, DockerSandbox)]
-    failed = [r for r in results if isinstance(r, BaseException)]
-    if failed:
-        for sandbox in made:
-            await provider.destroy(sandbox.id)
-        raise failed[0]
-    return made
+    return await fork_all(provider.create, provider.destroy, image, count, spec)

@@ -24,7 +24,7 @@ from typing import Literal
 from pydantic import ConfigDict, Field
 
 from hal9999.errors import CloudNotFound, ConfigError, ProviderError, SandboxNotFound
-from hal9999.providers.base import Capabilities
+from hal9999.providers.base import Capabilities, fork_all
 from hal9999.providers.cloudhost import CloudHostConfig, CloudHostProvider
 from hal9999.providers.morph_api import Instance, MorphApi
 from hal9999.providers.ssh.config import SshHost
@@ -186,15 +186,4 @@ class MorphProvider(CloudHostProvider[MorphApi, MorphConfig]):
 
     async def fork(self, image: str, count: int, spec: SandboxSpec) -> builtins.list[SshSandbox]:
         """``count`` new sandboxes booted from snapshot ``image``, concurrently."""
-        if count < 1:
-            raise ConfigError("fork needs a count of at least 1")
-        forked = spec.model_copy(update={"image": image})
-        results = await asyncio.gather(*(self.create(forked) for _ in range(count)),
-                                       return_exceptions=True)  # fmt: skip
-        made = [r for r in results if isinstance(r, SshSandbox)]
-        failed = [r for r in results if isinstance(r, BaseException)]
-        if failed:
-            for sandbox in made:
-                await self.destroy(sandbox.id)
-            raise failed[0]
-        return made
+        return await fork_all(self.create, self.destroy, image, count, spec)

@@ -16,9 +16,10 @@ import shutil
 import time
 from typing import TYPE_CHECKING
 
-from hal9999.errors import ConfigError, ExecError
+from hal9999.errors import ExecError
 from hal9999.images.store import ImageMeta, now
 from hal9999.providers import qemussh, qemuvm
+from hal9999.providers.base import fork_all
 from hal9999.providers.qemustate import overlay, save_and_quit
 from hal9999.providers.qemuvm import RunDir, Shape
 from hal9999.spec import SandboxSpec
@@ -90,17 +91,6 @@ async def fork(
     provider: QemuProvider, image: str, count: int, spec: SandboxSpec
 ) -> list[QemuSandbox]:
     """``count`` sandboxes of ``spec`` started from snapshot ``image``, concurrently."""
-    if count < 1:
-        raise ConfigError("fork needs a count of at least 1")
-    provider.images.get(image)
-    forked = spec.model_copy(update={"image": image})
-    results = await asyncio.gather(
-        *(provider.create(forked) for _ in range(count)), return_exceptions=True
-    )
-    made = [r for r in results if not isinstance(r, BaseException)]
-    failed = [r for r in results if isinstance(r, BaseException)]
-    if failed:
-        for sandbox in made:
-            await provider.destroy(sandbox.id)
-        raise failed[0]
-    return made
+    if count >= 1:
+        provider.images.get(image)  # a missing image is named before anything starts
+    return await fork_all(provider.create, provider.destroy, image, count, spec)
