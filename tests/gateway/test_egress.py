@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from hal9999.events.models import EgressDenied, Event
 from hal9999.gateway.channel import Grant, new_token
 from hal9999.gateway.egress import EgressProxy, allowed
 from hal9999.gateway.proxy import Gateway
 from hal9999.gateway.refusal import REFUSALS_PER_MINUTE
+from hal9999.gateway.tasks import GatewayUsage
 from hal9999.store import Store
+from hal9999.store.gateway import GatewayRequest
 
 
 def test_allow_list_rules() -> None:
@@ -220,3 +224,68 @@ async def test_an_over_long_name_under_an_allowed_wildcard_is_refused_and_record
     await gateway.drain()
     rows = gateway.store.gateway_requests("t1")
     assert [(r.path, r.status, r.error) for r in rows] == [(target, 403, "egress_denied")]
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["1.2.3.4\x00.example.com:443", "a\x01b.example.com:443", "a\x7f.example.com:443",
+     "a b.example.com:443", "\xfc.example.com:443", "a..example.com:443",
+     "a.example.com:\xb2", "a.example.com:443\xb3", "a.example.com:70000", "a.example.com:+443",
+     "a.example.com:0", "a.example.com:" + "4" * 5000, "[a.example.com]:443",
+     "[fe80::1%\x00]:443", "x" * 5000 + ".example.com:443"],
+    ids=["nul", "control", "del", "space", "non-ascii", "empty-label", "superscript-port",
+         "superscript-in-port", "port-too-big", "signed-port", "port-0", "port-5000-digits",
+         "bracketed-name", "zone-index", "very-long"],
+)  # fmt: skip
+async def test_a_malformed_target_under_an_allowed_wildcard_is_refused_in_one_line(
+    egress: tuple[Gateway, str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    target: str,
+) -> None:
+    # A NUL ends the name for the C resolver ("1.2.3.4\0.example.com" is 1.2.3.4), a
+    # superscript digit passes str.isdigit() but not int(): the proxy must judge the name
+    # and the port it was given, refuse the rest with one recorded line, never a traceback.
+    gateway, sock = egress
+    loop = asyncio.get_running_loop()
+    asked: list[object] = []
+
+    async def resolved(host: str, port: int, **_: object) -> list[tuple[object, ...]]:
+        asked.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.1", port))]
+
+    monkeypatch.setattr(loop, "getaddrinfo", resolved)
+    grant = Grant(task_id="t1", token=new_token(), upstream="https://x", key="k",
+                  egress=["*.example.com", "*.example.com:70000", "*.example.com:0"])  # fmt: skip
+    gateway.register(grant)
+    auth = base64.b64encode(f"hal:{grant.token}".encode()).decode()
+    reader, writer = await asyncio.open_unix_connection(sock)
+    head = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Basic {auth}"
+    writer.write((head + "\r\n\r\n").encode("latin-1"))
+    answer = await reader.read()
+    writer.close()
+    await gateway.drain()
+    assert answer.startswith(b"HTTP/1.1 403"), answer[:200]
+    assert b"not a valid" in answer and len(answer) < 600, answer[:200]
+    assert asked == [], "nothing malformed reaches the resolver"
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    rows = gateway.store.gateway_requests("t1")
+    assert [(r.status, r.error) for r in rows] == [(403, "egress_denied")]
+    assert rows[0].path.isprintable() and rows[0].path.isascii() and len(rows[0].path) <= 300
+    events: list[Event] = []
+    GatewayUsage(gateway.store, "t1", after=0).pump(events.append, final=True)
+    assert len(events) == 1 and isinstance(events[0], EgressDenied)
+
+
+def test_a_refusal_recorded_with_a_superscript_port_becomes_an_event(tmp_path: Path) -> None:
+    # A row a gateway before this check recorded unescaped: "²" passes str.isdigit().
+    store = Store.open(tmp_path / "home")
+    try:
+        store.add_gateway_request(GatewayRequest(
+            task_id="t1", ts=0.0, method="CONNECT", path="a.example.com:\xb2", status=403,
+            latency_ms=0.0, error="egress_denied"))  # fmt: skip
+        events: list[Event] = []
+        GatewayUsage(store, "t1", after=0).pump(events.append, final=True)
+    finally:
+        store.close()
+    assert events == [EgressDenied(host="a.example.com", port=None, method="CONNECT")]

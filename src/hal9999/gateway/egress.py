@@ -13,8 +13,9 @@ through untouched. Every refusal is recorded (``CONNECT host:port``, status 403,
 A name on the allow-list that resolves to a loopback, link-local, multicast or unspecified
 address, or one in 0.0.0.0/8, is refused, written as IPv4 or inside IPv6 (``::ffff:127.0.0.1``,
 NAT64's ``64:ff9b::127.0.0.1``): an allowed name must not become a way to the host's own
-services. A name no resolver can take (a label over 63 characters under an allowed wildcard)
-is refused too.
+services. A target that is no plain ``host:port`` (a NUL, which ends a name for the C
+resolver, a control or non-ASCII character, a label over 63 characters, a port outside
+1-65535) is refused before the allow-list is asked, echoed and recorded escaped.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import asyncio
 import base64
 import contextlib
 import ipaddress
+import logging
+import re
 import socket
 import time
 
@@ -34,6 +37,8 @@ from hal9999.gateway.proxy import Gateway
 from hal9999.gateway.refusal import REFUSALS_PER_MINUTE
 from hal9999.store.gateway import GatewayRequest
 
+logger = logging.getLogger(__name__)
+
 MAX_HEAD = 16 << 10
 CONNECT_TIMEOUT_S = 15.0
 PROXY_AUTH_REQUIRED = (
@@ -44,6 +49,40 @@ PROXY_AUTH_REQUIRED = (
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
+
+
+_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)\Z")
+
+
+def parse_target(target: str) -> tuple[str, int, str]:
+    """A CONNECT target's host and port, or why it is no valid ``host:port`` (else "").
+
+    The name must be plain ASCII DNS labels (an international name in its ``xn--`` form) or an
+    IP address (IPv6 in brackets) and the port ASCII digits in 1-65535: anything else (a NUL,
+    which ends the name for the C resolver, a control character, a superscript digit that
+    ``str.isdigit`` takes and ``int`` does not) is refused before the allow-list is asked.
+    """
+    host, _, port_text = target.rpartition(":")
+    digits = port_text.isascii() and port_text.isdigit() and len(port_text) <= 5
+    port = int(port_text) if digits else 0
+    if not 0 < port < 65536:
+        return "", 0, "not a valid port"
+    if host.startswith("[") and host.endswith("]") and "%" not in host:  # no zone index
+        with contextlib.suppress(ValueError):
+            if isinstance(ipaddress.ip_address(host[1:-1]), ipaddress.IPv6Address):
+                return host[1:-1], port, ""
+        return "", 0, "not a valid IPv6 address"
+    name = host.lower().removesuffix(".")
+    if not host.isascii() or len(name) > 253 or not all(_LABEL.match(label) for label in
+                                                         name.split(".")):  # fmt: skip
+        return "", 0, "not a valid host name; an international name goes in its xn-- form"
+    return host, port, ""
+
+
+def printable(text: str, limit: int = 300) -> str:
+    """``text`` as the agent sent it, control and non-ASCII characters escaped, cut at
+    ``limit``: what a refusal echoes and records."""
+    return text.encode("unicode_escape").decode("ascii")[:limit]
 
 
 def _unsafe(address: str) -> bool:
@@ -88,6 +127,9 @@ class EgressProxy:
             await self._handle(head, reader, writer)
         except (ConnectionError, OSError):
             pass
+        except Exception as exc:  # an agent's request must never flood the log with tracebacks
+            logger.warning("egress: a connection failed (%s: %s)", type(exc).__name__,
+                           printable(str(exc), 200))  # fmt: skip
         finally:
             writer.close()
 
@@ -101,18 +143,31 @@ class EgressProxy:
         if grant is None:
             writer.write(PROXY_AUTH_REQUIRED)
             return
-        host, _, port_text = target.rpartition(":")
-        host = host.strip("[]")
-        port = int(port_text) if port_text.isdigit() else 0
         started = time.monotonic()
-        if method != "CONNECT" or not host or not allowed(host, port, grant.egress):
-            await self._deny(writer, grant, method, target, started,
-                             "not on the allow-list; allow it with [gateway] egress")
+        host, port, bad = parse_target(target)
+        if method == "CONNECT" and bad:  # before the allow-list: NUL ends a name for the resolver
+            await self._deny(writer, grant, method, target, started, bad)
+            return
+        if method != "CONNECT" or not allowed(host, port, grant.egress):
+            await self._deny(
+                writer,
+                grant,
+                method,
+                target,
+                started,
+                "not on the allow-list; allow it with [gateway] egress",
+            )
             return
         if grant.egress_only is not None and not allowed(host, port, grant.egress_only):
             # Config allows it, but this task (or its project) narrowed its list.
-            await self._deny(writer, grant, method, target, started,
-                             "the task's egress list drops it; add it to --egress-only")
+            await self._deny(
+                writer,
+                grant,
+                method,
+                target,
+                started,
+                "the task's egress list drops it; add it to --egress-only",
+            )
             return
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
@@ -161,6 +216,7 @@ class EgressProxy:
         started: float,
         why: str,
     ) -> None:
+        target = printable(target)
         text = f"hal egress: {target} is refused ({why})"
         status, extra = b"403 Forbidden", b""
         seen, wait_s = self.gateway.refusals.count(grant.task_id, started)
@@ -176,6 +232,6 @@ class EgressProxy:
             return
         record = GatewayRequest(
             task_id=grant.task_id, ts=time.time(), method=method[:16] or "?",
-            path=target[:300], status=403, latency_ms=0.0, error="egress_denied",
+            path=target, status=403, latency_ms=0.0, error="egress_denied",
         )  # fmt: skip
         self.gateway.record_call(record, started, status=int(status[:3]))

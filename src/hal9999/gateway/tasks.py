@@ -350,8 +350,8 @@ class GatewayUsage:
             self.last_id = row.id or self.last_id
             if row.error == "egress_denied":
                 host, _, port = row.path.rpartition(":")
-                emit(EgressDenied(host=host or row.path, port=int(port) if port.isdigit() else None,
-                                  method=row.method))  # fmt: skip
+                number = int(port) if port.isascii() and port.isdigit() else None  # not "²"
+                emit(EgressDenied(host=host or row.path, port=number, method=row.method))
                 continue
             emit(
                 Usage(
