@@ -8,7 +8,7 @@ service, without importing pydantic (:mod:`hal9999.values` and
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from hal9999.errors import CredentialsError, UsageError
 
@@ -79,3 +79,32 @@ def parse_env_option(
             given[key] = value
         names.append(key)
     return names, given
+
+
+ENV_PROGRAM = "/usr/bin/env"
+# Run through sh, which sets PWD to the working directory: put it back as it was given, or
+# unset it when it was not (dash adds nothing else).
+_EXEC_KEEPING_PWD = 'export PWD="$0"; exec "$@"'
+_EXEC_WITHOUT_PWD = 'unset PWD; exec "$@"'
+
+
+def env_argv(
+    env: Mapping[str, str], argv: Sequence[str], *, clear: bool = True, cwd: str | None = None
+) -> list[str]:
+    """``/usr/bin/env [-i] [-C cwd] K=V ... argv``: runs ``argv`` with exactly ``env`` (with
+    ``clear``) in ``cwd``.
+
+    env takes every argument holding ``=`` before the command as one more assignment, so a
+    command path holding one (an interpreter under a directory named ``a=b``) would be set,
+    not run: such a command runs through ``/bin/sh``, which execs it with the same
+    environment.
+    """
+    head = [ENV_PROGRAM, *(["-i"] if clear else []), *(["-C", cwd] if cwd else [])]
+    head += [f"{key}={value}" for key, value in env.items()]
+    if "=" not in argv[0]:
+        return [*head, *argv]
+    if not clear:
+        return [*head, "/bin/sh", "-c", 'exec "$@"', "sh", *argv]
+    if "PWD" in env:
+        return [*head, "/bin/sh", "-c", _EXEC_KEEPING_PWD, env["PWD"], *argv]
+    return [*head, "/bin/sh", "-c", _EXEC_WITHOUT_PWD, "sh", *argv]

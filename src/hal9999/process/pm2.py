@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hal9999.envvars import absolute_dir
+from hal9999.envvars import absolute_dir, env_argv
 from hal9999.errors import ProcessError
 from hal9999.process import pm2inside
 from hal9999.process.base import ProcessStatus, read_exit_status
@@ -195,8 +195,8 @@ class Pm2ProcessManager:
         """PM2 has no terminal to attach: this follows the app's output instead."""
         if self._pm2 is None:
             return None
-        env = [f"{key}={value}" for key, value in self._env().items()]
-        return ["/usr/bin/env", *env, self._pm2, "logs", self.app_name(spec), "--raw"]
+        argv = [self._pm2, "logs", self.app_name(spec), "--raw"]
+        return env_argv(self._env(), argv, clear=False)
 
     async def kill_daemon(self) -> None:
         """End the PM2 daemon and every app it runs (tests, and `hal` housekeeping)."""

@@ -24,6 +24,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from hal9999.envvars import env_argv
 from hal9999.errors import HalError, ProviderError, ProviderUnavailable, SandboxNotFound
 from hal9999.providers import (
     hostetc,
@@ -243,8 +244,7 @@ class BwrapSandbox(HostSandbox):
         """An interactive bash inside; it keeps the terminal, which job control needs."""
         shell = ArgvCommand(argv=("bash", "-i"))
         exact = self.command_env(shell, None)
-        pairs = [f"{k}={v}" for k, v in exact.items()]
-        return ["/usr/bin/env", "-i", *pairs, *self._argv(shell, exact, new_session=False)]
+        return env_argv(exact, self._argv(shell, exact, new_session=False))
 
     def oom_kills(self) -> int:
         """How many processes inside the kernel has killed for exceeding the memory limit."""

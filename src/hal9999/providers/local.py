@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from hal9999.envvars import env_argv
 from hal9999.providers import hostexec, hostfs
 from hal9999.providers.base import Capabilities, Command, Launch
 from hal9999.providers.hostsandbox import HostProvider, HostSandbox, SandboxRecord
@@ -81,9 +82,8 @@ class LocalSandbox(HostSandbox):
     def attach_command(self) -> list[str]:
         """An interactive bash in the workdir, with the sandbox environment."""
         env = self.command_env(ArgvCommand(argv=("bash",)), None)
-        pairs = [f"{key}={value}" for key, value in env.items()]
         shell = hostexec.launcher_argv(self.id, self._procs, ["bash", "-i"])
-        return ["/usr/bin/env", "-i", "-C", self.workdir, *pairs, *shell]
+        return env_argv(env, shell, cwd=self.workdir)
 
 
 class LocalProvider(HostProvider):

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hal9999.envvars import env_argv
 from hal9999.providers import hostexec, hostfs, qemuagent, qemussh
 from hal9999.providers.base import STDOUT_LIMIT, Command, ExecResult, Launch, StreamEvent
 from hal9999.providers.hostsandbox import HostSandbox, SandboxRecord
@@ -199,4 +200,4 @@ class QemuSandbox(HostSandbox):
         if aliased:
             argv = qemussh.ensured(self._run, argv, log=self.dir / "qemu.log")
         values = qemussh.ssh_env(guest, aliased=aliased)
-        return ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in values.items()), *argv]
+        return env_argv(values, argv)

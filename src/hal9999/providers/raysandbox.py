@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict
 
 from hal9999 import errors
+from hal9999.envvars import env_argv
 from hal9999.errors import ExecError, HalError, ProviderError
 from hal9999.providers.base import STDOUT_LIMIT, Command, ExecResult, Launch, StreamEvent
 from hal9999.providers.ssh import mirror
@@ -230,7 +231,7 @@ class RaySandbox:
         """An interactive bash inside, through the relay (its stdin goes to the node)."""
         launch = self.launch(ArgvCommand(argv=("bash", "-i")))
         argv = [launch.argv[0], *launch.argv[1:3], "--stdin", *launch.argv[3:]]
-        return ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in launch.env.items()), *argv]
+        return env_argv(launch.env, argv)
 
     # -- files ------------------------------------------------------------------------------
     async def read_file(self, path: str) -> bytes:

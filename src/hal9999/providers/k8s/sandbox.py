@@ -32,6 +32,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from hal9999.envvars import env_argv
 from hal9999.errors import CloudNotFound, ExecError
 from hal9999.providers import limits
 from hal9999.providers.base import (
@@ -272,8 +273,7 @@ class KubeSandbox(MirrorFiles, SandboxHandle):
         """An interactive bash in the pod through the relay (no terminal: the exec stream
         is opened without one)."""
         launch = self.launch(ArgvCommand(argv=("bash", "-i")))
-        return ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in launch.env.items()),
-                *launch.argv]  # fmt: skip
+        return env_argv(launch.env, launch.argv)
 
     # -- files (as commands inside the pod) --------------------------------------------------
     def _target(self, path: str, *, write: bool = False) -> str:
@@ -311,4 +311,3 @@ class KubeSandbox(MirrorFiles, SandboxHandle):
         events = self.raw(["sh", "-c", mirror.PULL, "hal-pull", mount.remote])
         disk_mb = limits.effective(self.spec.resources).disk_mb
         await mirror.pull_into(events, mount.target, mirror.host_dir(mount.host), disk_mb)
-

@@ -17,6 +17,7 @@ import secrets
 import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 
+from hal9999.envvars import env_argv
 from hal9999.errors import ExecError, HalError
 from hal9999.providers import limits
 from hal9999.providers.base import STDOUT_LIMIT, Command, ExecResult, Launch, StreamEvent
@@ -126,8 +127,11 @@ class SshSandbox(MirrorFiles, SandboxHandle):
         dirs = [mount.remote for mount in self._record.mounts if mount.writable]
         conn = await self._pool.get(self._record.host)
         # du exits 1 past an unreadable part (a 000 dir): the total of the rest stands.
-        _, out, _ = await channel.run(conn, remote.plain(["du", "-s", "-x", "-c", "-B1", "--",
-                                                          *dirs]), what="measuring disk use")
+        _, out, _ = await channel.run(
+            conn,
+            remote.plain(["du", "-s", "-x", "-c", "-B1", "--", *dirs]),
+            what="measuring disk use",
+        )
         try:
             used = int(out.decode().splitlines()[-1].split()[0])
         except (IndexError, ValueError):
@@ -254,7 +258,7 @@ class SshSandbox(MirrorFiles, SandboxHandle):
         """An interactive bash inside, through the relay (a terminal when the caller has one)."""
         launch = self.launch(ArgvCommand(argv=("bash", "-i")))
         argv = [arg for arg in launch.argv if arg != "--session"]
-        return ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in launch.env.items()), *argv]
+        return env_argv(launch.env, argv)
 
     def session_attach_command(self) -> list[str]:
         """The system ``ssh`` command line that opens the live run's tmux session on the
@@ -306,5 +310,3 @@ class SshSandbox(MirrorFiles, SandboxHandle):
         from hal9999.providers.ssh.provider import destroy_record
 
         await destroy_record(self._records, self._pool, self.id)
-
-
