@@ -50,6 +50,20 @@ async def call(self, what, fn, *args, **kwargs):
     if what == "start" and point == "made":  # the new container made, not started
         die()
     return await real_call(self, what, fn, *args, **kwargs)
+real_open, real_link = os.open, os.link
+def locked(path):  # a uid's lock file made, by either way of writing it
+    made = Path(path)
+    if point == "locking" and made.parent == sandboxuser.LOCK_DIR and made.name.isdigit():
+        print(path, flush=True)
+        die()
+def opened(path, *args, **kwargs):
+    fd = real_open(path, *args, **kwargs)
+    locked(path)
+    return fd
+def linked(source, path, *args, **kwargs):
+    real_link(source, path, *args, **kwargs)
+    locked(path)
+os.open, os.link = opened, linked
 sandboxuser.allocate = allocate
 docker.DockerProvider._make_container = make
 docker.DockerProvider.call = call
@@ -64,6 +78,13 @@ sys.exit("not killed")
 
 async def _killed(provider: DockerProvider, point: str, workspace: Path, *reset: str) -> str:
     """Run the killed create (or reset); the sandbox's id."""
+    return (await _killed_saying(provider, point, workspace, *reset))[0]
+
+
+async def _killed_saying(
+    provider: DockerProvider, point: str, workspace: Path, *reset: str
+) -> list[str]:
+    """Run the killed create (or reset); what it printed: the sandbox's id, then more."""
     env = {**os.environ, "PYTHONPATH": str(Path(hal9999.__file__).parents[1])}
     argv = [point, str(provider.state_dir), str(workspace), *reset]
     proc = await asyncio.create_subprocess_exec(
@@ -72,7 +93,7 @@ async def _killed(provider: DockerProvider, point: str, workspace: Path, *reset:
     )  # fmt: skip
     out, err = await proc.communicate()
     assert proc.returncode == -9, err.decode()[-2000:]
-    return out.decode().split()[0]
+    return out.decode().split()
 
 
 def _locked(sandbox_id: str) -> list[Path]:
@@ -146,6 +167,23 @@ async def test_a_listing_during_a_create_leaves_it_alone(
             assert len(_locked(box.id)) == 1
 
 
+async def test_a_create_killed_inside_its_uid_allocation_gives_the_uid_back(
+    provider: DockerProvider, workspace: Path
+) -> None:
+    # Killed between the lock file's creation and the write of its owner, a create left an
+    # empty lock file: a uid nobody could name, taken for ever.
+    if not sandboxuser.privileged():
+        pytest.skip("a sandbox has a uid of its own only under a root hal")
+    sandbox_id, lock = await _killed_saying(provider, "locking", workspace)
+    assert Path(lock).exists()
+    assert sandbox_id not in [info.id for info in await provider.list()]
+    assert not Path(lock).exists(), "the uid was not given back"
+    assert _locked(sandbox_id) == []
+    draft = sandboxuser._draft(f"docker {sandbox_id}")
+    assert [p for p in sandboxuser.LOCK_DIR.iterdir() if p.name.startswith(draft)] == []
+    assert [p.name for p in provider.state_dir.iterdir() if "unfinished" in p.name] == []
+
+
 @pytest.mark.parametrize("text", ["", "²", "garbage"])
 async def test_a_note_cut_short_or_garbled_still_gives_its_uid_back(
     provider: DockerProvider, text: str
@@ -162,3 +200,51 @@ async def test_a_note_cut_short_or_garbled_still_gives_its_uid_back(
     assert sandbox_id not in [info.id for info in await provider.list()]
     assert _locked(sandbox_id) == [], "the uid was not given back"
     assert [p.name for p in provider.state_dir.iterdir() if "unfinished" in p.name] == []
+
+
+# `python -c SNAPSHOT_KILLED STATE_DIR SANDBOX`: a snapshot of SANDBOX that SIGKILLs itself
+# right after the engine's commit of the container, before its staging container is made,
+# printing the commit's id first.
+SNAPSHOT_KILLED = """
+import asyncio, os, signal, sys
+from pathlib import Path
+from docker.api.client import APIClient
+from hal9999.providers import docker
+
+state_dir, sandbox_id = sys.argv[1:]
+real_commit = APIClient.commit
+def commit(self, *args, **kwargs):
+    found = real_commit(self, *args, **kwargs)
+    print(found["Id"], flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+APIClient.commit = commit
+provider = docker.DockerProvider(state_dir=Path(state_dir))
+asyncio.run(provider.snapshot(sandbox_id, "test-killed-commit-%d" % os.getpid()))
+sys.exit("not killed")
+"""
+
+
+async def test_a_snapshot_killed_after_its_commit_is_undone_by_the_next_listing(
+    provider: DockerProvider, workspace: Path
+) -> None:
+    # Between the commit and the labelled staging container the commit belonged to nothing:
+    # a hal killed there left an untagged image no destroy or prune of hal's ever removed.
+    api = provider.client().api
+
+    def images() -> set[str]:
+        return {i.removeprefix("sha256:") for i in api.images(all=True, quiet=True)}
+
+    async with await provider.create(SandboxSpec(provider="docker", workspace=workspace)) as box:
+        env = {**os.environ, "PYTHONPATH": str(Path(hal9999.__file__).parents[1])}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", SNAPSHOT_KILLED, str(provider.state_dir), box.id, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await proc.communicate()
+        assert proc.returncode == -9, err.decode()[-2000:]
+        base = out.decode().split()[0].removeprefix("sha256:")
+        assert base in images(), "the killed snapshot's commit is there"
+        assert [info.id for info in await provider.list()] == [box.id], "the sandbox stays"
+        assert base not in images(), "the killed snapshot's commit was left for ever"
+        assert [p.name for p in provider.state_dir.iterdir() if "unfinished" in p.name] == []
+        assert (await provider.get(box.id)).running

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from tests.pool.test_reset import dig
 
-from hal9999.providers import scratch
+from hal9999.providers import sandboxuser, scratch
 from hal9999.providers.sandboxuser import adopt, own_created
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root")
@@ -90,3 +90,23 @@ def test_a_tree_under_a_slot_link_is_handed_over_without_resolving_it_in_python(
     with pytest.raises(NotADirectoryError):
         adopt(tmp_path / "outside", 54321)
     assert (tmp_path / "outside").stat().st_uid == 54321  # handed over, then refused, as before
+
+
+def test_allocate_leaves_a_whole_lock_file_and_held_by_finds_what_a_kill_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sandboxuser, "LOCK_DIR", tmp_path / "uids")
+    uid = sandboxuser.allocate("docker aaaaaaaaaaaa")
+    assert os.listdir(tmp_path / "uids") == [str(uid)], "no draft stays"
+    assert (tmp_path / "uids" / str(uid)).read_text() == "docker aaaaaaaaaaaa\n"
+    # A kill after the link, before the draft went; and an older hal's empty lock file.
+    draft = tmp_path / "uids" / (sandboxuser._draft("docker bbbbbbbbbbbb") + "x")
+    draft.write_text("docker bbbbbbbbbbbb\n")
+    empty, fresh = tmp_path / "uids" / str(uid + 1), tmp_path / "uids" / str(uid + 2)
+    empty.touch()
+    fresh.touch()
+    os.utime(empty, (1, 1))
+    assert sandboxuser.held_by("docker bbbbbbbbbbbb") == []
+    assert sorted(os.listdir(tmp_path / "uids")) == sorted([str(uid), fresh.name]), (
+        "the draft and the old empty lock go; one being written now stays"
+    )

@@ -374,10 +374,16 @@ class DockerProvider:
             note.done()
 
     async def _undo_abandoned(self) -> None:
-        """Undo what killed hals left of their creates and resets (see :meth:`_undo`)."""
-        for sandbox_id in unfinished.pending(self.state_dir):
-            if ID_PATTERN.fullmatch(sandbox_id):
-                await self._undo(sandbox_id)
+        """Undo what killed hals left of their creates, resets (see :meth:`_undo`) and
+        snapshots (:func:`.dockersnap.undo`)."""
+        for name in unfinished.pending(self.state_dir):
+            if ID_PATTERN.fullmatch(name):
+                await self._undo(name)
+            elif name.startswith("snapshot-"):
+                from hal9999.providers import dockersnap
+
+                if dockersnap.STEP_PATTERN.fullmatch(name):
+                    await dockersnap.undo(self, name)
 
     async def _remove(self, sandbox_id: str) -> None:
         import docker.errors

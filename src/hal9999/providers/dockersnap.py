@@ -4,8 +4,12 @@ A snapshot is image ``hal9999:<name>``: the container committed, and its home (a
 which a commit leaves out) layered on top through a staging container. The staging container
 is labelled with the sandbox (:data:`~hal9999.providers.docker.STAGING_LABEL`), so one a
 killed hal left goes with the sandbox (:meth:`DockerProvider._remove`); a snapshot that
-fails removes its staging container and the commit under it. A fork is a new
-sandbox from the snapshot's image. Imported only when a snapshot or fork is made.
+fails removes its staging container and the commit under it. A hal killed between the
+commit and its staging container (the commit's image then belongs to nothing) is covered by a
+note of the step (:mod:`~hal9999.providers.unfinished`, ``snapshot-<sandbox>-<token>``) and a
+:data:`STEP_LABEL` on the commit and the staging container: the next listing or create takes
+the note its process no longer holds and removes both (:func:`undo`). A fork is a new
+sandbox from the snapshot's image. Imported only when a snapshot or fork is made, or undone.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import tempfile
 from typing import TYPE_CHECKING
 
 from hal9999.errors import ConfigError, ProviderError
-from hal9999.providers import limits
+from hal9999.providers import limits, unfinished
 from hal9999.providers.base import fork_all
 from hal9999.providers.docker import HOME, LABEL, SPEC_LABEL, STAGING_LABEL, container_name
 from hal9999.providers.dockerbox import DockerSandbox
@@ -26,6 +30,10 @@ from hal9999.spec import SandboxSpec
 
 if TYPE_CHECKING:
     from hal9999.providers.docker import DockerProvider
+
+STEP_LABEL = "hal9999.snapshot-step"
+"""On a snapshot's commit and staging container: the step's note, whose undo removes them."""
+STEP_PATTERN = re.compile(r"snapshot-[0-9a-f]{12}-[0-9a-f]{12}")
 
 HOME_ARCHIVE_LIMIT = 20 << 30
 """Largest home a snapshot takes (bytes of archive) when the sandbox has no disk limit."""
@@ -41,11 +49,37 @@ async def snapshot(provider: DockerProvider, sandbox_id: str, name: str | None) 
     spec = SandboxSpec.model_validate_json(found["Config"]["Labels"][SPEC_LABEL])
     disk_mb = limits.effective(spec.resources).disk_mb
     limit = (disk_mb << 20 if disk_mb else HOME_ARCHIVE_LIMIT) + (64 << 20)
-    await provider.call("snapshot", _commit_with_home, provider, sandbox_id, name, limit)
+    step = f"snapshot-{sandbox_id}-{secrets.token_hex(6)}"
+    with unfinished.noted(provider.state_dir, step):
+        await provider.call("snapshot", _commit_with_home, provider, sandbox_id, name, limit, step)
     return f"hal9999:{name}"
 
 
-def _commit_with_home(provider: DockerProvider, sandbox_id: str, name: str, limit: int) -> None:
+async def undo(provider: DockerProvider, step: str) -> None:
+    """Remove what the snapshot step of a killed hal left (its note no process holds): its
+    staging container and its untagged commit; a snapshot it finished (tagged) stays."""
+    import docker.errors
+
+    with unfinished.taken(provider.state_dir, step) as note:
+        if note is None:
+            return
+        api = provider.client().api
+        mine = {"label": f"{STEP_LABEL}={step}"}
+        for found in await provider.call("list", api.containers, all=True, filters=mine):
+            with contextlib.suppress(docker.errors.NotFound):
+                await provider.call("remove", api.remove_container, found["Id"], force=True,
+                                    v=True)  # fmt: skip
+        left = {**mine, "dangling": True}
+        for image in await provider.call("list images", api.images, filters=left, quiet=True):
+            # Under a finished snapshot's image the commit is its parent: the engine keeps it.
+            with contextlib.suppress(docker.errors.NotFound, ProviderError):
+                await provider.call("remove image", api.remove_image, image)
+        note.done()
+
+
+def _commit_with_home(
+    provider: DockerProvider, sandbox_id: str, name: str, limit: int, step: str
+) -> None:
     # The home's archive is the agent's to size: a sparse file takes no disk (the disk
     # watchdog never sees it) but the engine's tar carries every byte of it. Spooled to
     # a file, never held in memory, and refused past the sandbox's disk limit.
@@ -65,10 +99,10 @@ def _commit_with_home(provider: DockerProvider, sandbox_id: str, name: str, limi
                 )
             home.write(chunk)
         home.seek(0)
-        base = api.commit(container, pause=True)["Id"]
+        base = api.commit(container, pause=True, changes=[f"LABEL {STEP_LABEL}={step}"])["Id"]
         try:
             # A created, never started, writable container takes the home as a layer on top.
-            labels = {LABEL: "snapshot", STAGING_LABEL: sandbox_id}
+            labels = {LABEL: "snapshot", STAGING_LABEL: sandbox_id, STEP_LABEL: step}
             staging = api.create_container(base, ["true"], labels=labels)["Id"]
             try:
                 api.put_archive(staging, "/home", home)

@@ -17,6 +17,7 @@ import os
 import secrets
 import shutil
 import stat
+import time
 from pathlib import Path
 
 from hal9999.errors import ProviderError
@@ -45,31 +46,59 @@ def privileged() -> bool:
 
 
 def allocate(owner: str) -> int:
-    """A uid no live sandbox on this host has; ``owner`` is noted in its lock file."""
+    """A uid no live sandbox on this host has; ``owner`` is noted in its lock file.
+
+    The lock file appears whole: written under a name of the owner's (:func:`_draft`), then
+    hard-linked to the uid's name, which fails when the uid is taken. A hal killed between
+    creating the lock and writing its owner left an empty one, a uid nobody could ever
+    find; now a kill leaves at most the draft, which :func:`held_by` removes.
+    """
     LOCK_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for _ in range(64):
-        uid = UID_BASE + secrets.randbelow(UID_SLOTS)
-        try:
-            fd = os.open(LOCK_DIR / str(uid), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            continue
+    draft = LOCK_DIR / f"{_draft(owner)}{secrets.token_hex(4)}"
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
         with os.fdopen(fd, "w") as handle:
             handle.write(owner + "\n")
-        return uid
+        for _ in range(64):
+            uid = UID_BASE + secrets.randbelow(UID_SLOTS)
+            try:
+                os.link(draft, LOCK_DIR / str(uid))
+            except FileExistsError:
+                continue
+            return uid
+    finally:
+        draft.unlink()
     raise ProviderError(f"no free sandbox uid in {LOCK_DIR} after 64 tries")
 
 
 def held_by(owner: str) -> list[int]:
     """The uids whose lock files name ``owner``: what a hal killed inside :func:`allocate`'s
     caller, before it noted the uid anywhere, left (reads every lock file: for that case
-    only)."""
+    only). ``owner``'s drafts go; so does an empty lock file, which only a kill inside an
+    older hal's allocate left, once it is :data:`EMPTY_STALE_S` old."""
     found = []
+    draft = _draft(owner)
     with contextlib.suppress(FileNotFoundError), os.scandir(LOCK_DIR) as entries:
         for entry in entries:
             with contextlib.suppress(OSError, ValueError):
-                if Path(entry.path).read_text() == owner + "\n":
+                if entry.name.startswith(draft):
+                    os.unlink(entry.path)
+                    continue
+                text = Path(entry.path).read_text()
+                if text == owner + "\n":
                     found.append(int(entry.name))
+                elif not text and time.time() - entry.stat().st_mtime > EMPTY_STALE_S:
+                    release(int(entry.name))
     return found
+
+
+EMPTY_STALE_S = 3600
+"""Age past which an empty uid lock file (written by no hal now) is given back."""
+
+
+def _draft(owner: str) -> str:
+    """The start of the name of ``owner``'s lock file while :func:`allocate` writes it."""
+    return f".draft-{hashlib.sha256(owner.encode()).hexdigest()[:16]}-"
 
 
 def release(uid: int) -> None:
