@@ -210,27 +210,6 @@ async def test_unregister_aborts_calls_in_flight(
     assert row.error == "aborted"
 
 
-async def test_grants_of_tasks_at_rest_are_withdrawn(tmp_path: Path) -> None:
-    from tests.store.test_store import make_task
-
-    from hal9999.gateway.channel import GatewayPaths
-    from hal9999.gateway.server import GatewayServer
-
-    server = GatewayServer(GatewayPaths(tmp_path / "home"))
-    server.store.insert_task(make_task("running1", status="running"))
-    server.store.insert_task(make_task("crashed1", status="interrupted"))
-    grants = [
-        Grant(task_id=task, token=new_token(), upstream="http://x", key=KEY)
-        for task in ("running1", "crashed1", "not-a-task")
-    ]
-    for grant in grants:
-        server.gateway.register(grant)
-    server.drop_stale_grants()  # a runner killed before withdrawing its grant
-    assert sorted(g.task_id for g in server.gateway.grants.values()) == ["not-a-task", "running1"]
-    await server.gateway.aclose()
-    server.store.close()
-
-
 async def raw_call(sock: str, target: str, token: str) -> bytes:
     """One request with a request target no HTTP client would send; the whole answer."""
     body = b'{"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": []}'
@@ -450,8 +429,12 @@ async def test_an_agent_looping_on_a_refusal_is_throttled_and_stored_a_bounded_n
         assert (await call(http, grant.token, model="claude-opus-4-1")).status_code == 403
     await gw.drain()
     assert len(gw.store.gateway_requests("t1")) == limit + 2
+
+
 async def test_a_task_whose_spend_the_store_refuses_gets_no_more_calls(
-    gateway: tuple[Gateway, str], upstream: StormUpstream, monkeypatch: pytest.MonkeyPatch,
+    gateway: tuple[Gateway, str],
+    upstream: StormUpstream,
+    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # The disk fails under t1's rows (on the loop's own connection and in the thread): its
@@ -461,10 +444,15 @@ async def test_a_task_whose_spend_the_store_refuses_gets_no_more_calls(
             if any(r.task_id == "t1" for r in (rows if isinstance(rows, list) else [rows])):
                 raise sqlite3.OperationalError("disk I/O error")
             return real(self, rows)
+
         return add
 
-    for cls, name in [(Store, "add_gateway_requests"), (Store, "add_gateway_request"),
-                      (ledger._Writer, "add_gateway_requests"), (ledger._Writer, "add_one")]:
+    for cls, name in [
+        (Store, "add_gateway_requests"),
+        (Store, "add_gateway_request"),
+        (ledger._Writer, "add_gateway_requests"),
+        (ledger._Writer, "add_one"),
+    ]:
         monkeypatch.setattr(cls, name, failing(getattr(cls, name)))  # fmt: skip
     gw, sock = gateway
     first, second = grant_for(upstream, "t1", max_tokens=1000), grant_for(upstream, "t2")
@@ -482,4 +470,3 @@ async def test_a_task_whose_spend_the_store_refuses_gets_no_more_calls(
     assert "could not record a call of task t1; its further calls are refused" in caplog.text
     await gw.drain()
     assert [r.status for r in gw.store.gateway_requests("t2")] == [200]
-

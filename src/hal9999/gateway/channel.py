@@ -22,10 +22,12 @@ and exits after a while with no registered task.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import secrets
+import socket
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -147,6 +149,18 @@ async def _call(paths: GatewayPaths, message: dict[str, Any]) -> dict[str, Any]:
     if not answer.get("ok"):
         raise GatewayError(f"the LLM gateway refused: {answer.get('error')}")
     return answer
+
+
+def tell_rested(home: Path, task_id: str) -> None:
+    """Tell the gateway of ``home``, if one runs, that ``task_id`` came to rest: it withdraws
+    the task's grants at once (a runner killed before it could withdraw its own) rather than
+    at its next check. Never blocks, never raises, waits for no answer: a gateway that is
+    not there, or whose socket's queue is full, is left to that check."""
+    message = json.dumps({"op": "rested", "task_id": task_id}).encode() + b"\n"
+    flags = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, flags) as sock:
+        sock.connect(str(GatewayPaths(home).control))
+        sock.send(message)
 
 
 async def gateway_pid(paths: GatewayPaths) -> int | None:

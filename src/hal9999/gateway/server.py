@@ -1,7 +1,8 @@
 """The gateway process: one per HAL_HOME, held by a lock, listening on two unix sockets.
 
 ``control.sock`` (in the 0700 gateway directory, host only) takes JSON lines: ``ping``,
-``register`` (a :class:`Grant`, key included) and ``unregister``. ``channel/llm.sock`` is the
+``register`` (a :class:`Grant`, key included), ``unregister`` and ``rested`` (a task came to
+rest: its grants go, see :meth:`GatewayServer.drop_stale_grants`). ``channel/llm.sock`` is the
 data plane, bound into sandboxes; a request there is only served with a registered token.
 The process exits after ``HAL_GATEWAY_IDLE_S`` seconds (default 600) with no grant.
 """
@@ -29,6 +30,8 @@ from hal9999.tasks.state import RESTING
 logger = logging.getLogger(__name__)
 
 DEFAULT_IDLE_S = 600.0
+STALE_CHECK_S = 5.0
+"""How often the grants of tasks at rest are looked for (what no ``rested`` told)."""
 MAX_CONTROL_LINE = 1 << 20
 
 
@@ -96,16 +99,23 @@ class GatewayServer:
         if op == "unregister":
             self.gateway.unregister(str(message["token"]))
             return {"ok": True}
+        if op == "rested":  # a task came to rest (see channel.tell_rested)
+            self.drop_stale_grants(str(message["task_id"]))
+            return {"ok": True}
         if op == "stats":
             peaks = {name: lim.peak for name, lim in self.gateway.limiters.items()}
             return {"ok": True, "grants": len(self.gateway.grants), "peaks": peaks}
         return {"ok": False, "error": f"unknown op {op!r}"}
 
-    def drop_stale_grants(self) -> None:
-        """Withdraw the grants of tasks that have come to rest (a runner killed before it
-        could withdraw its own; the reaper marks its task interrupted): their tokens stop
-        working and the gateway can go idle."""
+    def drop_stale_grants(self, task_id: str | None = None) -> None:
+        """Withdraw the grants of tasks (or of ``task_id``) that have come to rest (a runner
+        killed before it could withdraw its own; the reaper marks its task interrupted):
+        their tokens stop working and the gateway can go idle. Told by whoever puts a task
+        to rest (``rested``), checked every :data:`STALE_CHECK_S` for one killed before it
+        could tell."""
         for token, grant in list(self.gateway.grants.items()):
+            if task_id is not None and grant.task_id != task_id:
+                continue
             try:
                 status = self.store.get_task(grant.task_id).status
             except HalError:
@@ -135,7 +145,7 @@ class GatewayServer:
             os.close(ready)
         async with data, egress, control:
             while True:
-                await asyncio.sleep(min(5.0, self.idle_s))
+                await asyncio.sleep(min(STALE_CHECK_S, self.idle_s))
                 self.drop_stale_grants()
                 if not self.paths.lock.exists():
                     break  # the HAL_HOME was removed: nobody can reach or need this gateway

@@ -115,7 +115,9 @@ def transition(
     ``expect``, the task must also be in one of those states (a runner expects the state it
     put the task in; anything else means the task was taken from it). Raises
     :class:`TaskStateError` when the move is not allowed. ``fields`` are written in the
-    same statement; a resting state is committed durably. Then the ``phase`` event.
+    same statement; a resting state is committed durably, and the LLM gateway told (its
+    grants of the task go at once: :func:`~hal9999.gateway.channel.tell_rested`). Then the
+    ``phase`` event.
 
     With ``via``, the task passes through ``via`` to ``target`` in that one write (a run
     that fails and is queued again for its retry: ``failed`` alone would be final to every
@@ -143,6 +145,10 @@ def transition(
         updated = store.set_status(task_id, target.value, expect=current, durable=durable, **fields)
         if updated is not None:
             break
+    if target in RESTING:  # its grant at the gateway goes now (its runner may be dead)
+        from hal9999.gateway.channel import tell_rested
+
+        tell_rested(store.path.parent, task_id)
     if events is not None:
         shown = via or target
         events.emit(Phase(phase=shown.value, previous=current, detail=detail))
