@@ -354,7 +354,7 @@ async def test_tmux_status_asks_the_kernel_not_tmux(
 async def test_a_tmux_config_cannot_let_the_agents_escapes_through(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    # hal's tmux server loads a tmux.conf (the system's, and the one under the HOME it is
+    # hal's tmux server loaded a tmux.conf (the system's, and the one under the HOME it was
     # started with); one with `allow-passthrough on` let an agent's `ESC P tmux; ...` reach
     # the terminal of whoever attached, an OSC 52 clipboard write inside it past
     # `set-clipboard off`.
@@ -372,3 +372,30 @@ async def test_a_tmux_config_cannot_let_the_agents_escapes_through(
             assert shown.stdout.strip() == f"{option} off"
     finally:
         await manager.stop(spec)
+
+
+@pytest.mark.tmux
+async def test_a_users_tmux_conf_never_reaches_hals_sessions(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    # Nor any of its hooks, run-shell or options: loaded (tmux's default: /etc/tmux.conf,
+    # ~/.tmux.conf, XDG's), they ran host commands in hal's sessions.
+    home = tmp_path / "home"
+    marker = tmp_path / "marker"
+    for conf in (home / ".tmux.conf", home / ".config" / "tmux" / "tmux.conf"):
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        conf.write_text(
+            f'run-shell "echo loaded {conf} >> {marker}"\n'
+            f"set-hook -g session-created 'run-shell \"echo hook >> {marker}\"'\n"
+            "set-option -g remain-on-exit on\n"
+        )
+    env = {"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")}
+    manager = TmuxProcessManager()
+    spec = spec_for(tmp_path, ShellCommand(script=f'test "$HOME" = {home} && echo same-home'))
+    await manager.start(sandbox, spec, env=env)
+    try:
+        assert await wait_exit(manager, spec) == 0
+        assert "same-home" in spec.log_path.read_text(), "the server had that HOME"
+    finally:
+        await manager.stop(spec)
+    assert not marker.exists(), marker.read_text()

@@ -5,6 +5,10 @@ inherits, holds exactly that process's exec-time environment, and ``kill-server`
 everything of that run. The server is a daemon, so the agent outlives the ``hal`` process
 that started it, and ``hal task attach`` opens the live pane.
 
+The server reads no tmux configuration (``-f /dev/null``): a host's or user's ``tmux.conf``
+could set hooks or ``run-shell`` commands that run on the host in hal's sessions, or change
+how a run ends (``remain-on-exit``, ``default-command``).
+
 The server loads :data:`NO_UTMP_BUILT` where ``scripts/setup.sh`` built it: tmux records no
 utmp login for the pane through libutempter's setgid helper (an agent is not a login; two
 processes and ~1.5 ms of CPU a task, issue 16). ``LD_PRELOAD`` names it for the server only:
@@ -81,7 +85,10 @@ class TmuxProcessManager:
     def _base(self, spec: ProcessSpec) -> list[str]:
         if self._tmux is None:
             raise ProcessError("tmux is not installed", hint="apt-get install tmux")
-        return [self._tmux, "-S", str(self.socket(spec))]
+        # -f: the server hal starts loads no /etc/tmux.conf, ~/.tmux.conf or XDG's, whose
+        # hooks, run-shell or default-command would run host commands in hal's sessions
+        # (only a starting server reads it: a client attaching is unaffected).
+        return [self._tmux, "-S", str(self.socket(spec)), "-f", "/dev/null"]
 
     async def prestart(
         self, sandbox: Sandbox, spec: ProcessSpec, *, env: Mapping[str, str] | None = None
@@ -141,8 +148,8 @@ class TmuxProcessManager:
                 # Before the agent's pane exists: the agent must not write the clipboard of
                 # whoever attaches (OSC 52 passes through to the outer terminal otherwise),
                 # nor pass any sequence through tmux to that terminal (`ESC P tmux; ...`),
-                # whatever a tmux.conf the server loaded says (-q: a tmux before 3.3 has no
-                # such option, and passes nothing through).
+                # whatever the defaults of this tmux say (-q: a tmux before 3.3 has no such
+                # option, and passes nothing through).
                 "start-server",
                 ";",
                 *preload,
