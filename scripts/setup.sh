@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 need=()
 for pair in bwrap:bubblewrap tmux:tmux git:git ps:procps prlimit:util-linux \
     setpriv:util-linux slirp4netns:slirp4netns strace:strace gcc:gcc musl-gcc:musl-tools \
-    chromium:chromium; do  # chromium: the dashboard's browser tests; strace: benchmark counts
+    chromium:chromium tcsh:tcsh fish:fish; do  # chromium: the dashboard's browser tests;
+    # strace: benchmark counts; tcsh, fish: an ssh host's login shell (test_ssh_login_shell)
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 [ -f /usr/include/stdio.h ] || need+=(libc6-dev)  # headers and libc.a for build/hal-drop

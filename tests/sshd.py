@@ -168,10 +168,13 @@ def _free_block(subnet: str) -> int:
 
 
 @contextlib.contextmanager
-def running_sshd(subnet: str = "169.254.77", *, login_path: str | None = None) -> Iterator[Sshd]:
+def running_sshd(
+    subnet: str = "169.254.77", *, login_path: str | None = None, login_shell: str = "/bin/sh"
+) -> Iterator[Sshd]:
     """Start sshd in a fresh namespace (a random /30 of ``subnet``.0/24, a link-local
     block); stop and remove everything afterwards. ``login_path``: the PATH its sessions
-    get (sshd's ``SetEnv``), to stand for a host that lacks a program."""
+    get (sshd's ``SetEnv``), to stand for a host that lacks a program; ``login_shell``: the
+    test user's shell, which runs every command sshd is given."""
     # Not pytest's tmp_path: its parents are mode 700, and the test user must reach its
     # HOME and sshd must read the authorized keys as that user.
     tmp = Path(tempfile.mkdtemp(prefix="hal-sshd-"))
@@ -192,7 +195,7 @@ def running_sshd(subnet: str = "169.254.77", *, login_path: str | None = None) -
     (etc / "authorized_keys").write_text(client_pub + "\n")
     etc.chmod(0o755)
     (etc / "authorized_keys").chmod(0o644)
-    for name, line in (("passwd", f"{USER}:x:{uid}:{uid}::{home}:/bin/sh\n"),
+    for name, line in (("passwd", f"{USER}:x:{uid}:{uid}::{home}:{login_shell}\n"),
                        ("group", f"{USER}:x:{uid}:\n"),
                        ("shadow", f"{USER}:*:19000:0:99999:7:::\n")):  # fmt: skip
         (etc / name).write_text(Path(f"/etc/{name}").read_text() + line)

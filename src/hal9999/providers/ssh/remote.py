@@ -1,6 +1,8 @@
 """Command lines for the remote host, built on the hal host; quoting happens here only.
 
-Every remote command is ``sh -c WRAPPER hal-ssh ARGV...``. The wrapper reads one line from
+Every remote command is ``sh -c WRAPPER hal-ssh ARGV...``, written so that any login shell
+of the ssh user (sshd runs it with ``$SHELL -c``: fish, csh and tcsh too) hands it to ``sh``
+unchanged (:func:`any_shell`). The wrapper reads one line from
 stdin: the command's whole environment as ``export NAME='value'`` lines, base64-encoded.
 It drops the login environment sshd gave it, applies that one, and execs ARGV (which reads
 the rest of stdin). So values, secrets included, cross over the ssh channel's data and never
@@ -13,6 +15,7 @@ from __future__ import annotations
 import base64
 import functools
 import posixpath
+import re
 import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,7 +33,7 @@ WRAPPER = (
 """The constant remote wrapper (see the module docstring)."""
 
 KILL = (
-    'for round in 1 2 3 4 5 6 7 8 9 10; do '
+    "for round in 1 2 3 4 5 6 7 8 9 10; do "
     'pids=$(grep -lzxF -- "$1=$2" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3); '
     '[ -z "$pids" ] && exit 0; kill -9 $pids 2>/dev/null; sleep 0.05; done; exit 1'
 )
@@ -106,12 +109,30 @@ def check_name(name: str) -> None:
 
 def wrapped(argv: Sequence[str]) -> str:
     """The remote command string that runs ``argv`` under the wrapper."""
-    return shlex.join(["sh", "-c", WRAPPER, "hal-ssh", *argv])
+    return any_shell(["sh", "-c", WRAPPER, "hal-ssh", *argv])
 
 
 def plain(argv: Sequence[str]) -> str:
     """A remote command string for hal's own steps (no secrets, login environment)."""
-    return shlex.join(list(argv))
+    return any_shell(list(argv))
+
+
+# What some login shell reads otherwise than sh inside single quotes, or at all: a newline
+# (csh and tcsh: "Unmatched '"), "!" (their history), "\\" and "\'" (fish's escapes there),
+# any other control or non-ASCII character.
+_NOT_FOR_EVERY_SHELL = re.compile(r"[^\x20-\x7e]|!|\\[\\']")
+
+
+def any_shell(argv: Sequence[str]) -> str:
+    """``argv`` as a command string that the ssh user's login shell, which sshd hands it to
+    (``$SHELL -c``), runs as ``argv`` whether it is sh, bash, zsh, fish, csh or tcsh: the
+    plain shell words when every such shell reads them as sh does, else the same words
+    base64-encoded for ``sh`` to decode (``base64``, as the wrapper's, is on the host)."""
+    text = shlex.join(argv)
+    if not _NOT_FOR_EVERY_SHELL.search(text):
+        return text
+    encoded = base64.b64encode(text.encode()).decode()
+    return f"sh -c 'eval \"$(echo {encoded} | base64 -d)\"'"
 
 
 class Mounts:

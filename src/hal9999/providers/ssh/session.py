@@ -18,10 +18,10 @@ which opens :data:`ATTACH` with a terminal.
 from __future__ import annotations
 
 import os
-import shlex
 from pathlib import Path
 
 from hal9999.errors import ProviderError
+from hal9999.providers.ssh import remote
 from hal9999.providers.ssh.config import SshHost
 from hal9999.providers.sshconfig import config_value
 
@@ -116,5 +116,5 @@ def attach_argv(host: SshHost, root: str, state_dir: Path, *, ssh: str = "ssh") 
     argv = [ssh, "-F", "/dev/null", "-p", str(host.port), "-l", host.user]
     for key, value in options.items():
         argv += ["-o", f"{key}={value}"]
-    command = shlex.join(["sh", "-c", ATTACH, "hal-attach", root])
+    command = remote.any_shell(["sh", "-c", ATTACH, "hal-attach", root])
     return [*argv, "-t", "--", host.address, command]
