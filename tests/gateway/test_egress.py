@@ -289,3 +289,21 @@ def test_a_refusal_recorded_with_a_superscript_port_becomes_an_event(tmp_path: P
     finally:
         store.close()
     assert events == [EgressDenied(host="a.example.com", port=None, method="CONNECT")]
+
+
+async def test_a_method_with_control_characters_is_recorded_escaped(
+    egress: tuple[Gateway, str],
+) -> None:
+    gateway, sock = egress
+    grant = Grant(task_id="t1", token=new_token(), upstream="https://x", key="k",
+                  egress=["*.example.com"])  # fmt: skip
+    gateway.register(grant)
+    auth = base64.b64encode(f"hal:{grant.token}".encode()).decode()
+    reader, writer = await asyncio.open_unix_connection(sock)
+    writer.write(f"CON\x00\x1b[2J a.example.com:443 HTTP/1.1\r\nProxy-Authorization: Basic "
+                 f"{auth}\r\n\r\n".encode())  # fmt: skip
+    assert (await reader.read()).startswith(b"HTTP/1.1 403")
+    writer.close()
+    await gateway.drain()
+    [row] = gateway.store.gateway_requests("t1")
+    assert row.method == "CON\\x00\\x1b[2J"

@@ -231,7 +231,7 @@ class EgressProxy:
         if seen > REFUSALS_PER_MINUTE + 1:
             return
         record = GatewayRequest(
-            task_id=grant.task_id, ts=time.time(), method=method[:16] or "?",
+            task_id=grant.task_id, ts=time.time(), method=printable(method, 16) or "?",
             path=target, status=403, latency_ms=0.0, error="egress_denied",
         )  # fmt: skip
         self.gateway.record_call(record, started, status=int(status[:3]))
