@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import re
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
 from hal9999 import agentfs
@@ -158,9 +159,15 @@ async def collect(
     branch: str,
     task_id: str,
     full_bundle: bool,
+    alongside: Callable[[Collected], Awaitable[object]] | None = None,
 ) -> Collected:
     """Inside the sandbox: commit leftovers, point ``branch`` at HEAD, write patch and bundle;
-    then copy both into the session (by fd, bounded, fsynced)."""
+    then copy both into the session (by fd, bounded, fsynced).
+
+    ``alongside``, the caller's next step (the bring-back), is given an unchanged result
+    (known once the script has said so) while the session's empty patch is written, and
+    awaited with it; the patch's error comes first. It is not called for a changed result,
+    whose copies come first."""
     out = f".hal-result-{secrets.token_hex(8)}"
     message = f"hal: uncommitted changes left by task {task_id}"
     args = (
@@ -187,18 +194,19 @@ async def collect(
         ):
             raise _script_error(result.stderr, session)
         head, committed, files = (field.decode() for field in line.groups()[:3])
-        try:
-            if unchanged:  # no result directory: an empty patch, no bundle
-                patch_bytes, bundle_bytes, nested = await asyncio.to_thread(_nothing, session, out)
-                out = ""  # removed there, in the same thread hop
-            else:
-                copied = await asyncio.to_thread(_copy_out, session, out)
-                patch_bytes, bundle_bytes, nested = copied
-        except UnsafePath as exc:
-            # The checkout itself is intact: only the copies the script made were tampered
-            # with (or are too large), so say where the work still is.
-            hint = f"the commits are in the session checkout {session.workspace}"
-            raise UnsafePath(f"collecting the result: {exc.message}", hint=hint) from exc
+        if unchanged:  # no result directory: an empty patch, no bundle
+            # Its two fsyncs in a thread while the bring-back's git moves the branch (they
+            # touch nothing of each other's), not one after the other (issue 16).
+            writing = asyncio.ensure_future(asyncio.to_thread(_nothing, session, out))
+            out = ""  # removed there, in the same thread hop
+            try:
+                if alongside is not None:
+                    await alongside(Collected(head, 0, False, 0, None, ()))
+            finally:
+                patch_bytes, bundle_bytes, nested = await _copied(writing, session)
+        else:
+            copying = asyncio.to_thread(_copy_out, session, out)
+            patch_bytes, bundle_bytes, nested = await _copied(copying, session)
     finally:
         if out:
             with contextlib.suppress(HalError, OSError):
@@ -211,6 +219,20 @@ async def collect(
         bundle_bytes=bundle_bytes,
         nested=nested,
     )
+
+
+async def _copied(
+    copying: Awaitable[tuple[int, int | None, tuple[str, ...]]], session: Session
+) -> tuple[int, int | None, tuple[str, ...]]:
+    """What ``copying`` (:func:`_copy_out` or :func:`_nothing` in a thread) returns, its
+    refusal of a tampered copy saying where the work still is."""
+    try:
+        return await copying
+    except UnsafePath as exc:
+        # The checkout itself is intact: only the copies the script made were tampered
+        # with (or are too large), so say where the work still is.
+        hint = f"the commits are in the session checkout {session.workspace}"
+        raise UnsafePath(f"collecting the result: {exc.message}", hint=hint) from exc
 
 
 _DISK_FULL = ("no space left on device", "out of diskspace", "disk quota exceeded")

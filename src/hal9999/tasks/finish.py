@@ -21,6 +21,7 @@ from hal9999.spec import ArgvCommand
 from hal9999.store import TaskRecord
 from hal9999.tasks import bringback, collect, gitrepo, resultscan
 from hal9999.tasks.context import RunContext
+from hal9999.tasks.landing import BroughtBack
 from hal9999.tasks.state import TaskStatus
 
 logger = logging.getLogger(__name__)
@@ -81,38 +82,51 @@ async def collect_result(ctx: RunContext, sandbox: Sandbox, update: Update) -> i
     assert task.base_commit is not None
     if ctx.checks_patch:  # until this collection's scan clears it (TaskService.shown_patch)
         await asyncio.to_thread(session.patch_checked.unlink, missing_ok=True)
+    base = task.base_commit
+    landed: list[BroughtBack | None] = []
+
+    async def land(result: collect.Collected) -> None:
+        # Written with the final status (a failure from here on is recorded with it too).
+        ctx.unsaved["files_changed"] = result.files_changed
+        # Sizes, never the diff itself: a 300 MB patch stays in result.patch.
+        sizes = f"patch {result.patch_bytes} bytes"
+        if result.bundle_bytes is not None:
+            sizes += f", bundle {result.bundle_bytes} bytes"
+        count = result.files_changed
+        files = f"{count} changed file{'' if count == 1 else 's'}"
+        ctx.events.emit(Message(text=f"collected {files}; {sizes}"))
+        if result.nested:
+            raise RepoError(
+                "the agent changed nested repositories or submodules whose work the branch "
+                f"cannot carry: {', '.join(result.nested[:5])}; nothing was brought back",
+                hint=collect.safe_in_session(session),
+            )
+        landed.append(
+            await bringback.bring_back(
+                gitrepo.RepoSource(task.repo_kind, task.repo),
+                session,
+                task_id=task.id,
+                branch=task.branch,
+                head=result.head,
+                base=base,
+                masker=ctx.masker,
+            )
+        )
+
+    # An unchanged result is brought back while its empty patch is written (issue 16); a
+    # changed one once its copies are made.
     result = await collect.collect(
         sandbox,
         session,
-        base=task.base_commit,
+        base=base,
         branch=task.branch,
         task_id=task.id,
         full_bundle=task.repo_kind == "url",
+        alongside=land,
     )
-    # Written with the final status (a failure from here on is recorded with it too).
-    ctx.unsaved["files_changed"] = result.files_changed
-    # Sizes, never the diff itself: a 300 MB patch stays in result.patch.
-    sizes = f"patch {result.patch_bytes} bytes"
-    if result.bundle_bytes is not None:
-        sizes += f", bundle {result.bundle_bytes} bytes"
-    count = result.files_changed
-    files = f"{count} changed file{'' if count == 1 else 's'}"
-    ctx.events.emit(Message(text=f"collected {files}; {sizes}"))
-    if result.nested:
-        raise RepoError(
-            "the agent changed nested repositories or submodules whose work the branch "
-            f"cannot carry: {', '.join(result.nested[:5])}; nothing was brought back",
-            hint=collect.safe_in_session(session),
-        )
-    brought = await bringback.bring_back(
-        gitrepo.RepoSource(task.repo_kind, task.repo),
-        session,
-        task_id=task.id,
-        branch=task.branch,
-        head=result.head,
-        base=task.base_commit,
-        masker=ctx.masker,
-    )
+    if not landed:
+        await land(result)
+    brought = landed[0]
     if brought is None:  # a URL source: the session's bundle is the result, scan it too
         scan = resultscan.patch_holds_secret
         holder = await asyncio.to_thread(scan, session.patch, ctx.masker)

@@ -1,0 +1,74 @@
+"""What a run does side by side rather than one after the other (issue 16): the bring-back
+and an unchanged result's empty patch. Pinned by the order of their steps, not by time, so
+load cannot make these pass or fail."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.cli.conftest import git
+from tests.tasks.test_halt import git_repo
+from tests.tasks.test_hot_path import trivial_request
+from tests.tasks.test_recovery import pooled_service
+
+from hal9999.errors import UnsafePath
+from hal9999.tasks import collect, landing
+from hal9999.tasks.session import Session
+
+
+@pytest.mark.bwrap
+async def test_an_unchanged_results_branch_moves_while_its_empty_patch_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 16: the empty patch's write (a thread, two fsyncs) and the bring-back's
+    # `update-ref` (a git in the source) ran one after the other on every unchanged run.
+    repo = git_repo(tmp_path / "repo")
+    store, service, _, _ = pooled_service(tmp_path / "home", "bwrap")
+    moving = threading.Event()
+    seen: list[bool] = []
+    real_git, real_nothing = landing.git, collect._nothing
+
+    async def counted_git(args: list[str], **kwargs: Any) -> str:
+        if args[0] == "update-ref":
+            moving.set()
+        return await real_git(args, **kwargs)
+
+    def nothing(session: Session, out: str) -> Any:
+        seen.append(moving.wait(20))  # a bound for the code before: it never moved first
+        return real_nothing(session, out)
+
+    monkeypatch.setattr(landing, "git", counted_git)
+    monkeypatch.setattr(collect, "_nothing", nothing)
+    task = await service.create(trivial_request(repo))
+    done = await service.run(task.id)
+    store.close()
+    assert seen == [True]
+    assert done.status == "succeeded", done.error_message
+    assert done.files_changed == 0
+    session = Session(Path(done.session_dir))
+    assert session.patch.read_bytes() == b""
+    assert git(repo, "rev-parse", done.branch) == git(repo, "rev-parse", "HEAD")
+
+
+@pytest.mark.bwrap
+async def test_an_unchanged_results_patch_that_cannot_be_written_fails_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Written alongside the bring-back, its error is still the run's, as before.
+    repo = git_repo(tmp_path / "repo")
+    store, service, _, _ = pooled_service(tmp_path / "home", "bwrap")
+
+    def refused(session: Session, out: str) -> Any:
+        raise UnsafePath("result.patch is not a regular file")
+
+    monkeypatch.setattr(collect, "_nothing", refused)
+    task = await service.create(trivial_request(repo))
+    done = await service.run(task.id)
+    store.close()
+    assert done.status == "failed"
+    assert done.error_code == UnsafePath.code
+    assert done.error_message is not None
+    assert done.error_message.startswith("collecting the result: result.patch")
