@@ -1,9 +1,13 @@
-"""What a run does side by side rather than one after the other (issue 16): the bring-back
-and an unchanged result's empty patch. Pinned by the order of their steps, not by time, so
-load cannot make these pass or fail."""
+"""What a run does side by side rather than one after the other (issue 16): the tmux
+session's start and the `preparing` write, the bring-back and an unchanged result's empty
+patch. Pinned by the order of their steps, not by time, so load cannot make these pass or
+fail."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import threading
 from pathlib import Path
 from typing import Any
@@ -72,3 +76,41 @@ async def test_an_unchanged_results_patch_that_cannot_be_written_fails_the_run(
     assert done.error_code == UnsafePath.code
     assert done.error_message is not None
     assert done.error_message.startswith("collecting the result: result.patch")
+
+
+@pytest.mark.bwrap
+@pytest.mark.tmux
+async def test_the_tmux_session_opens_while_preparing_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 16: the running phase waits on the prestarted session (tmux's start, the
+    # supervisor's interpreter), which began only once `preparing` was written.
+    from hal9999.process.tmux import TmuxProcessManager
+    from hal9999.tasks.runcore import RunnerCore
+    from hal9999.tasks.state import TaskStatus
+
+    repo = git_repo(tmp_path / "repo")
+    store, service, _, _ = pooled_service(tmp_path / "home", "bwrap")
+    real_prestart, real_transition = TmuxProcessManager.prestart, RunnerCore.transition
+    opening = asyncio.Event()
+    seen: list[bool] = []
+
+    async def prestart(self: TmuxProcessManager, *args: Any, **kw: Any) -> None:
+        opening.set()
+        await real_prestart(self, *args, **kw)
+
+    async def transition(self: RunnerCore, ctx: Any, target: TaskStatus, *a: Any, **kw: Any) -> Any:
+        if target is TaskStatus.PREPARING:
+            with contextlib.suppress(TimeoutError):  # a bound for the code before
+                await asyncio.wait_for(opening.wait(), 20)
+            seen.append(opening.is_set())
+        return await real_transition(self, ctx, target, *a, **kw)
+
+    monkeypatch.setattr(TmuxProcessManager, "prestart", prestart)
+    monkeypatch.setattr(RunnerCore, "transition", transition)
+    request = trivial_request(repo)
+    task = await service.create(dataclasses.replace(request, process_manager="tmux"))
+    done = await service.run(task.id)
+    store.close()
+    assert seen == [True]
+    assert done.status == "succeeded", done.error_message

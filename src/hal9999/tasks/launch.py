@@ -104,6 +104,9 @@ class LaunchSteps(RunnerCore):
             prestart = getattr(manager, "prestart", None)
             if prestart is not None:
                 early = asyncio.create_task(prestart(sandbox, pspec, env=secrets))
+            # After the prestart is on its way: its tmux and interpreter start are the run's
+            # longest wait, this write a thread hop (issue 16).
+            await self.transition(ctx, TaskStatus.PREPARING, sandbox_id=sandbox.id)
             await self.prepare(ctx, sandbox, launch, prompt_text, snap, checkout)
             await self.transition(ctx, TaskStatus.RUNNING, detail=f"agent {agent.name}")
             if early is not None:
@@ -125,8 +128,8 @@ class LaunchSteps(RunnerCore):
     async def _acquire(
         self, ctx: RunContext, provider: Provider, agent: Agent, spec: SandboxSpec
     ) -> bool:
-        """The run's routes and sandbox, recorded with ``preparing``; returns whether the
-        sandbox is offline."""
+        """The run's routes and sandbox (``ctx.sandbox``, recorded by the caller with
+        ``preparing``); returns whether the sandbox is offline."""
         task = ctx.task
         ctx.gateway = None
         if getattr(agent, "gateway_upstream", None) is not None:
@@ -159,11 +162,11 @@ class LaunchSteps(RunnerCore):
         if ctx.mcp is not None:
             await ctx.mcp.connect(sandbox)
 
-        # The sandbox is recorded with the next status, one write (issue 16: each is a thread
-        # hop and a commit). Until then a crash or a stop finds it as before the record: the
-        # run's own release (which knows it), the `hal.task` label of a sandbox made for the
-        # task, or recovery's sweep of every sandbox no live run keeps (a pooled one).
-        await self.transition(ctx, TaskStatus.PREPARING, sandbox_id=sandbox.id)
+        # The sandbox is recorded with the next status (`launch`), one write (issue 16: each
+        # is a thread hop and a commit). Until then a crash or a stop finds it as before the
+        # record: the run's own release (which knows it), the `hal.task` label of a sandbox
+        # made for the task, or recovery's sweep of every sandbox no live run keeps (a
+        # pooled one).
         return offline
 
     async def remove_credentials(self, ctx: RunContext) -> None:
