@@ -200,6 +200,7 @@ async def collect(
             writing = asyncio.ensure_future(asyncio.to_thread(_nothing, session, out))
             out = ""  # removed there, in the same thread hop
             try:
+                await asyncio.sleep(0)  # handed to its thread before the bring-back's git
                 if alongside is not None:
                     await alongside(Collected(head, 0, False, 0, None, ()))
             finally:
