@@ -22,18 +22,17 @@ and exits after a while with no registered task.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
 import secrets
-import socket
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hal9999.errors import GatewayError
+from hal9999.gateway.rested import CONTROL_SOCK, GATEWAY_DIR
 
 CHANNEL_TARGET = "/hal-gateway"
 """Where the channel directory appears inside a sandbox."""
@@ -53,7 +52,7 @@ class GatewayPaths:
     @property
     def root(self) -> Path:
         """The gateway's directory."""
-        return self.home / "gateway"
+        return self.home / GATEWAY_DIR
 
     @property
     def lock(self) -> Path:
@@ -63,7 +62,7 @@ class GatewayPaths:
     @property
     def control(self) -> Path:
         """The host-only control socket."""
-        return self.root / "control.sock"
+        return self.root / CONTROL_SOCK
 
     @property
     def log(self) -> Path:
@@ -149,18 +148,6 @@ async def _call(paths: GatewayPaths, message: dict[str, Any]) -> dict[str, Any]:
     if not answer.get("ok"):
         raise GatewayError(f"the LLM gateway refused: {answer.get('error')}")
     return answer
-
-
-def tell_rested(home: Path, task_id: str) -> None:
-    """Tell the gateway of ``home``, if one runs, that ``task_id`` came to rest: it withdraws
-    the task's grants at once (a runner killed before it could withdraw its own) rather than
-    at its next check. Never blocks, never raises, waits for no answer: a gateway that is
-    not there, or whose socket's queue is full, is left to that check."""
-    message = json.dumps({"op": "rested", "task_id": task_id}).encode() + b"\n"
-    flags = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, flags) as sock:
-        sock.connect(str(GatewayPaths(home).control))
-        sock.send(message)
 
 
 async def gateway_pid(paths: GatewayPaths) -> int | None:

@@ -99,7 +99,7 @@ class GatewayServer:
         if op == "unregister":
             self.gateway.unregister(str(message["token"]))
             return {"ok": True}
-        if op == "rested":  # a task came to rest (see channel.tell_rested)
+        if op == "rested":  # a task came to rest (see rested.tell_rested)
             self.drop_stale_grants(str(message["task_id"]))
             return {"ok": True}
         if op == "stats":

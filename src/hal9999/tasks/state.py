@@ -116,7 +116,7 @@ def transition(
     put the task in; anything else means the task was taken from it). Raises
     :class:`TaskStateError` when the move is not allowed. ``fields`` are written in the
     same statement; a resting state is committed durably, and the LLM gateway told (its
-    grants of the task go at once: :func:`~hal9999.gateway.channel.tell_rested`). Then the
+    grants of the task go at once: :func:`~hal9999.gateway.rested.tell_rested`). Then the
     ``phase`` event.
 
     With ``via``, the task passes through ``via`` to ``target`` in that one write (a run
@@ -146,7 +146,7 @@ def transition(
         if updated is not None:
             break
     if target in RESTING:  # its grant at the gateway goes now (its runner may be dead)
-        from hal9999.gateway.channel import tell_rested
+        from hal9999.gateway.rested import tell_rested
 
         tell_rested(store.path.parent, task_id)
     if events is not None:
