@@ -17,6 +17,7 @@ from hal9999.providers import hostexec, scratch
 from hal9999.providers.base import Provider
 from hal9999.providers.bwrap import BwrapProvider
 from hal9999.providers.fake import FakeProvider
+from hal9999.providers.hostrecords import SandboxRecord
 from hal9999.providers.local import LocalProvider
 from hal9999.spec import ArgvCommand, SandboxSpec
 
@@ -218,6 +219,29 @@ async def test_a_stop_whose_record_goes_meanwhile_still_returns(
     monkeypatch.setattr(provider, "_kill", kill_and_lose_the_record)
     await provider.stop(sandbox.id)
     monkeypatch.undo()
+    await provider.destroy(sandbox.id)
+
+
+async def test_a_start_during_the_stops_kill_leaves_the_reset_a_full_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The reset takes the record the pool's stop saved (not read again) and skips its own
+    # stop only while the file is the one that stop wrote: a start by another hal process
+    # during the kill saves another, and the reset then stops in full.
+    provider = FakeProvider(state_dir=tmp_path / "state")
+    sandbox = await provider.create(SandboxSpec(provider="fake"))
+    real_kill = provider._kill
+
+    async def kill_then_started_elsewhere(record: SandboxRecord) -> None:
+        await real_kill(record)
+        await FakeProvider(state_dir=tmp_path / "state").start(sandbox.id)
+
+    monkeypatch.setattr(provider, "_kill", kill_then_started_elsewhere)
+    await provider.stop(sandbox.id)
+    monkeypatch.undo()
+    assert provider._still_stopped(sandbox.id) is None
+    await provider.stop(sandbox.id)
+    assert provider._still_stopped(sandbox.id) == provider.store.load(sandbox.id)
     await provider.destroy(sandbox.id)
 
 

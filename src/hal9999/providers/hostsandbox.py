@@ -256,9 +256,9 @@ class HostProvider:
         self.store = RecordStore(state_dir)
         self._cgroup_mode = cgroup
         self._cgroup_host: cgroups.CgroupHost | Literal[False] | None = False
-        self._stopped: dict[str, tuple[int, int, int]] = {}
+        self._stopped: dict[str, tuple[tuple[int, int, int], SandboxRecord]] = {}
         """Sandboxes this object's :meth:`stop` has emptied, with their record file as that
-        stop left it (see :meth:`reset`)."""
+        stop saved it, and the record it saved (see :meth:`reset`)."""
         self._fresh: dict[str, dict[str, scratch.Stamp | None]] = {}
         """Per sandbox, its own directories as this object's last :meth:`reset` (or
         :meth:`create`) left them, fresh (see :func:`scratch.untouched`)."""
@@ -374,29 +374,31 @@ class HostProvider:
         self._stopped.pop(sandbox_id, None)
         # First, so no new command starts while we kill; the running record is kept for
         # the start that follows (a pool reset) to take back without writing a new file.
+        # Stamped before the kill: a save by anyone during it makes the stamp stale.
         self.store.save(record, keep_previous=True)
+        stamp = self._record_stamp(sandbox_id)
         await self._kill(record)
-        with contextlib.suppress(OSError):  # gone meanwhile (a destroy): nothing to skip
-            self._stopped[sandbox_id] = self._record_stamp(sandbox_id)
+        if stamp is not None:  # else gone meanwhile (a destroy): nothing to skip
+            self._stopped[sandbox_id] = (stamp, record)
 
-    def _record_stamp(self, sandbox_id: str) -> tuple[int, int, int]:
-        """What changes whenever anyone saves the record (each save is a fresh file)."""
-        st = os.stat(self.store.path(sandbox_id))
+    def _record_stamp(self, sandbox_id: str) -> tuple[int, int, int] | None:
+        """What changes whenever anyone saves the record (each save is a fresh file); None
+        when the file is gone."""
+        try:
+            st = os.stat(self.store.path(sandbox_id))
+        except OSError:
+            return None
         return st.st_ino, st.st_mtime_ns, st.st_ctime_ns
 
     def _still_stopped(self, sandbox_id: str) -> SandboxRecord | None:
         """The record, when this object's last :meth:`stop` of the sandbox killed every
         process of it and nobody has saved its record since (no start, by any ``hal``
         process: a command needs the sandbox running, and only a start, which saves the
-        record, makes it so); else None."""
-        stamp = self._stopped.get(sandbox_id)
-        try:
-            if stamp is None or stamp != self._record_stamp(sandbox_id):
-                return None
-        except OSError:
+        record, makes it so); else None. The record that stop saved: not read again."""
+        stopped = self._stopped.get(sandbox_id)
+        if stopped is None or stopped[0] != self._record_stamp(sandbox_id):
             return None
-        record = self.store.load(sandbox_id)
-        return record if record.state == "stopped" else None
+        return stopped[1]
 
     async def start(self, sandbox_id: str) -> HostSandbox:
         """Start a stopped sandbox (re-creating its cgroup if, say, the host rebooted)."""
@@ -454,7 +456,7 @@ class HostProvider:
         gone = [old for old in retired if old is not None]
         if gone:  # one thread hop for all of them
             await asyncio.to_thread(scratch.remove_trees, gone)
-        self._verify_reset(self.store.load(sandbox_id), names)
+        self._verify_reset(sandbox._record, names)  # the record the start has just saved
         self._remember_fresh(sandbox_id, names)
         return sandbox
 
