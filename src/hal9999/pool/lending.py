@@ -60,6 +60,8 @@ class Entry:
     created_at: float = field(default_factory=time.time)
     last_used_at: float = field(default_factory=time.time)
     destroy_on_return: bool = False
+    ready: Sandbox | None = None
+    """The handle its last reset made, for the claim that takes it next (see :meth:`_reset`)."""
 
 
 @dataclass
@@ -248,7 +250,9 @@ class PoolLending:
             entry.slot.point(spec)  # host-side paths of the sandbox go through the links
         if isinstance(provider, WorkspaceAttach):
             await provider.attach_workspace(entry.id, spec)
-        sandbox = await provider.get(entry.id)
+        sandbox, entry.ready = entry.ready, None
+        if sandbox is None:
+            sandbox = await provider.get(entry.id)
         entry.last_used_at = time.time()  # state and task were set by the claim
         self._spawn(self._record_behind(entry))
         return sandbox
@@ -320,7 +324,11 @@ class PoolLending:
         entry.slot.clear(entry.template)
         # The provider swaps the sandbox's own dirs from the host and verifies the result; a
         # wipe from inside cannot pass the 000 and 555 directories a task may leave.
-        await provider.reset(entry.id)
+        ready = await provider.reset(entry.id)
+        # Handed to the next claim as the reset made it: a `get` read and validated its
+        # record again and built the same handle (issue 16). Not where a claim attaches the
+        # workspace, which changes the sandbox.
+        entry.ready = None if isinstance(provider, WorkspaceAttach) else ready
         if isinstance(provider, SandboxPrime) and not self._waiting:
             # Primed again (bwrap: a fresh keeper) while nobody waits for it; a claim that
             # waits takes it as it is: under a queue, a prime would cost more than it saves.

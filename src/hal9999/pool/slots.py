@@ -23,9 +23,12 @@ import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from hal9999.spec import Bind, SandboxSpec
+
+if TYPE_CHECKING:
+    from hal9999.providers.base import Sandbox
 
 _PLACEHOLDER = Path("/")
 SLOT_LABEL = "hal.slot"
@@ -101,9 +104,9 @@ class SandboxPrime(Protocol):
 class SandboxReset(Protocol):
     """Optional provider hook: make a used sandbox as good as new for the next task."""
 
-    async def reset(self, sandbox_id: str) -> object:
+    async def reset(self, sandbox_id: str) -> Sandbox:
         """Nothing running, the sandbox's own dirs fresh, limits as specced; raises when it
-        cannot verify that (the pool then destroys the sandbox)."""
+        cannot verify that (the pool then destroys the sandbox). Returns its handle."""
         ...
 
     def resets_safely(self) -> bool:
