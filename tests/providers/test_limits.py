@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -125,3 +127,23 @@ async def test_a_tree_slow_to_walk_is_walked_less_often(
     assert slow and set(slow[1:]) == {30}, slow
     huge = await walked_at(5.0, 400)
     assert huge and set(huge[1:]) == {65}, huge  # 5 s of walk, then the 60 s cap
+
+
+async def test_the_disk_reserve_is_made_once_then_only_looked_at(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 16: every task's watchdog hopped to a thread to find the reserve already there.
+    hops: list[object] = []
+    real = asyncio.to_thread
+
+    async def counted(func: Any, *args: Any) -> Any:
+        hops.append(func)
+        return await real(func, *args)
+
+    monkeypatch.setattr(limits.asyncio, "to_thread", counted)
+    monkeypatch.setattr(limits, "free_bytes", lambda path: 1 << 40)
+    await limits.DiskWatchdog(None, tmp_path).start()
+    assert (tmp_path / limits.BALLAST_NAME).stat().st_size == limits.BALLAST_BYTES
+    assert len(hops) == 1
+    await limits.DiskWatchdog(None, tmp_path).start()
+    assert len(hops) == 1  # reserved already: a stat on the loop, no thread hop

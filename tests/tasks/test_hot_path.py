@@ -380,7 +380,8 @@ async def test_a_trivial_tasks_run_takes_few_thread_hops(
     for gone in ("_empty", "write_git_dir", "new_branch", "drop_reflogs", "point_alternates"):
         assert gone not in hops, hops
     assert "base_without_gitlinks" not in hops, hops
-    assert len(hops) <= 19, hops
+    assert "Ballast.ensure" not in hops, hops  # the disk reserve is there: a stat, no hop
+    assert len(hops) <= 18, hops
 
 
 @pytest.mark.bwrap

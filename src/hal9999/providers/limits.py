@@ -188,8 +188,10 @@ class DiskWatchdog:
         self._due = time.monotonic() + self._interval
 
     async def start(self) -> None:
-        """Reserve the space given up when the disk fills."""
-        await asyncio.to_thread(self.ballast.ensure)
+        """Reserve the space given up when the disk fills. Reserved already (every task but
+        the first): one ``stat`` here, no thread hop (issue 16)."""
+        if not self.ballast.path.exists():
+            await asyncio.to_thread(self.ballast.ensure)
 
     async def check(self) -> None:
         """:class:`DiskFull` or :class:`DiskLimitExceeded` when the task must stop."""
