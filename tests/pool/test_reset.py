@@ -287,3 +287,32 @@ def test_untouched_needs_the_same_stamp_an_empty_dir_and_no_xattr(tmp_path: Path
     assert not scratch.untouched(path, fresh)
     os.removexattr(path, "user.left")
     assert not scratch.untouched(path, fresh)  # the ctime moved: swap all the same
+
+
+@pytest.mark.bwrap
+async def test_a_prime_takes_the_starts_handle_only_while_nobody_saved_the_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 16: the prime after a pool reset read and validated the record the reset's start
+    # had just saved and built the same handle again. A save since (another hal process)
+    # means a fresh read.
+    provider = BwrapProvider(state_dir=tmp_path / "state")
+    sandbox = await provider.create(spec_for(tmp_path, "bwrap", 1))
+    loads: list[str] = []
+    real_load = provider.store.load
+    monkeypatch.setattr(provider.store, "load", lambda i: loads.append(i) or real_load(i))
+    try:
+        await provider.stop(sandbox.id)
+        await provider.start(sandbox.id)
+        loads.clear()
+        await provider.prime(sandbox.id)
+        assert loads == []
+        await provider.stop(sandbox.id)
+        await provider.start(sandbox.id)
+        other = BwrapProvider(state_dir=tmp_path / "state")
+        other.store.save(other.store.load(sandbox.id))
+        loads.clear()
+        await provider.prime(sandbox.id)
+        assert loads == [sandbox.id]
+    finally:
+        await provider.destroy(sandbox.id)

@@ -297,6 +297,9 @@ class BwrapProvider(HostProvider):
         super().__init__(state_dir=state_dir, cgroup=self.config.cgroup)
         self.etc = hostetc.EtcView(state_dir)
         """The curated /etc every sandbox without a rootfs binds (see :mod:`hostetc`)."""
+        self._started: dict[str, tuple[tuple[int, int, int] | None, BwrapSandbox]] = {}
+        """The handle each sandbox's last start made, with its record file as the start
+        saved it: the prime after a pool reset takes it (see :meth:`prime`)."""
         self.shared = hostetc.shared_for(state_dir)
         """The read-only files each sandbox's ``etc`` links to rather than copies."""
         self.drop_helper = sandboxuser.drop_helper()
@@ -399,23 +402,33 @@ class BwrapProvider(HostProvider):
             with contextlib.suppress(OSError):
                 self.drop_file = self.shared / sandboxuser.installed_name(self.drop_helper)
 
+    async def _start(self, record: SandboxRecord) -> HostSandbox:
+        sandbox = await super()._start(record)
+        assert isinstance(sandbox, BwrapSandbox)
+        self._started[record.id] = (self._record_stamp(record.id), sandbox)
+        return sandbox
+
     async def prime(self, sandbox_id: str) -> None:
         """Start a new pooled sandbox's keeper (:mod:`keeper`) while it waits idle, so that
         its commands enter it rather than each start bwrap. A keeper that cannot start is
         logged, not raised: the sandbox is whole without one (each command is a bwrap)."""
-        record = self.store.load(sandbox_id)
+        stamp, handle = self._started.pop(sandbox_id, (None, None))
+        if handle is None or stamp is None or stamp != self._record_stamp(sandbox_id):
+            # Not the handle the last start (a pool reset) made while nobody saved the
+            # record since: read it (issue 16: a read, a validation and a handle, ~0.2 ms).
+            handle = self._handle(self.store.load(sandbox_id))
+        record = handle._record
         if not keeps(record):
             return
         try:
-            await self._start_keeper(record)
+            await self._start_keeper(record, handle)
         except (ProviderError, OSError) as exc:
             logger.warning("sandbox %s runs without a keeper: %s", sandbox_id, exc)
 
-    async def _start_keeper(self, record: SandboxRecord) -> None:
+    async def _start_keeper(self, record: SandboxRecord, handle: BwrapSandbox) -> None:
         directory = self.store.dir(record.id) / RUN_DIR
         directory.mkdir(mode=0o700, exist_ok=True)  # here, not at create: one inode less
         keepers.stop(directory)
-        handle = self._handle(record)
         env = {keepers.MARKER_VAR: str(self.store.dir(record.id)), "PATH": "/usr/bin:/bin"}
         await asyncio.to_thread(keepers.sweep)
         helper = hostexec.launch_helper()
@@ -431,6 +444,7 @@ class BwrapProvider(HostProvider):
 
     async def destroy(self, sandbox_id: str) -> None:
         """Stop and remove the sandbox, and give its uid back. Idempotent."""
+        self._started.pop(sandbox_id, None)
         try:
             uid = self.store.load(sandbox_id).uid
         except (SandboxNotFound, ProviderError):
