@@ -4,6 +4,7 @@ nothing the agent reported is lost or recorded twice, and usage stays exact."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -68,3 +69,36 @@ def test_adopted_run_emits_each_parsed_event_once(
     assert len([e for e in events if e["type"] == "agent_session"]) == 1
     texts = [e["text"] for e in events if e["type"] == "agent_text"]
     assert texts == ["Done: add() now returns a + b and the test passes."]
+
+
+def test_a_recorded_session_id_that_is_no_plain_token_never_reaches_the_agents_command_line(
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    # The id is the agent's own output: the parsers keep only plain ones now, but one
+    # recorded by a hal before that check (or by a plugin's parser) was passed back as an
+    # argument of the resumed agent's command, where `--config=...` is an option of the CLI.
+    (demo_repo / "claude-stream.jsonl").write_bytes(CAPTURED_CLAUDE.read_bytes())
+    script = demo_repo / "fake-claude"
+    script.write_text(
+        '#!/bin/sh\nprintf "%s\\n" "$@" >> "$HOME/argv"\ncat /workspace/claude-stream.jsonl\n'
+    )
+    script.chmod(0o755)
+    subprocess.run(["git", "-C", str(demo_repo), "add", "."], check=True)
+    subprocess.run(["git", "-C", str(demo_repo), "commit", "-qm", "fake claude"], check=True)
+    config = Path(hal_env["XDG_CONFIG_HOME"]) / "hal9999" / "config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text('[agents.claude]\ncommand = "/workspace/fake-claude"\n')
+    out = hal("run", "--agent", "claude", "fix it", "--json")
+    assert out.returncode == 0, out.stderr
+    task = json.loads(out.stdout)
+    assert task["agent_session_id"] == "d132bc1e-04d0-4164-aa9f-94c96618212b"
+    with sqlite3.connect(Path(hal_env["HAL_HOME"]) / "hal.db") as db:
+        db.execute("UPDATE tasks SET agent_session_id = ? WHERE id = ?", ("--config=x", task["id"]))
+    db.close()
+    out = hal("task", "resume", task["id"], "more", "--json")
+    assert out.returncode == 0, out.stderr
+    argv = Path(task["session_dir"], "home", "argv").read_text().splitlines()
+    assert "--config=x" not in argv
+    assert "--resume" not in argv
+    said = [e.get("text", "") for e in events_of(hal, task["id"])]
+    assert any("not a plain id" in text for text in said), said

@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from hal9999.agents.base import Agent, AgentContext, AgentLaunch, needs_network
+from hal9999.agents.parsing import SESSION_ID
 from hal9999.credentials import forwarded_env, install_files, remove_files
 from hal9999.errors import AgentNotInstalled, HalError, RepoError
 from hal9999.events.models import Message, SandboxAcquired
@@ -204,10 +205,16 @@ class LaunchSteps(RunnerCore):
         self, ctx: RunContext, sandbox: Sandbox, agent: Agent, prompt: str | None
     ) -> tuple[AgentLaunch, str]:
         """What the agent's run will be (its command, environment and files) and the text
-        of its prompt file, before :meth:`prepare` makes the session ready for it; no I/O."""
+        of its prompt file, before :meth:`prepare` makes the session ready for it; no I/O
+        but a warning event when the recorded agent session cannot be resumed."""
         task = ctx.task
         prompt_text = text = prompt or task.prompt
         resume = task.agent_session_id if task.resumes and agent.supports_resume else None
+        if resume is not None and not SESSION_ID.fullmatch(resume):
+            # The id is the agent's own output and goes on its command line: one recorded
+            # by a hal before the parser's check, or by a plugin's parser, is never resumed.
+            self.emit(ctx, Message(level="warning", text=_UNRESUMABLE))
+            resume = None
         if task.resumes and resume is None and prompt is None:
             text = task.prompt
         actx = AgentContext(
@@ -274,6 +281,11 @@ class LaunchSteps(RunnerCore):
             await sandbox.write_file_atomic(path, data, mode=0o600)
         await install_files(sandbox, self.config.credentials, sandbox.path(HOME_TARGET))
 
+
+_UNRESUMABLE = (
+    "the agent session recorded for this task is not a plain id (its own output, which would "
+    "reach the agent's command line); the agent starts a new session with the task's prompt"
+)
 
 MISSING_STATUS = 127
 """The launcher's exit status when the agent's program is not installed."""
