@@ -9,14 +9,18 @@ import contextlib
 import os
 import secrets
 import socket
+import ssl
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from tests.server.test_http_hardening import AUTH, TOKEN, http_server, router
 
 from hal9999.errors import CapabilityError
 from hal9999.providers import sandboxuser, usernet
 from hal9999.providers.bwrap import BwrapConfig, BwrapProvider, BwrapSandbox
+from hal9999.server.listen import MAX_PER_PEER
 from hal9999.spec import SandboxSpec, ShellCommand
 
 pytestmark = pytest.mark.bwrap
@@ -127,3 +131,90 @@ async def test_shared_host_network_is_an_explicit_choice(hal_home: Path) -> None
         assert "127.0.0.1 REACHED shared" in result.stdout.decode()
     finally:
         await shared.destroy(sandbox.id)
+
+
+FLOOD = r"""
+import socket, ssl, sys, time
+host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+held = [socket.create_connection((host, port), 10) for _ in range(count)]  # no handshake
+tls = ssl.create_default_context()
+tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE
+for _ in range(count):  # a handshake, then silence
+    try:
+        held.append(tls.wrap_socket(socket.create_connection((host, port), 10)))
+    except OSError:
+        pass
+open("/workspace/flooding", "w").close()
+time.sleep(120)
+"""
+
+
+def _host_address() -> str | None:
+    """An IPv4 address of this host that is not loopback (what ``--listen`` would name)."""
+    out = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show", "scope", "global"], capture_output=True, text=True
+    )
+    fields = [line.split() for line in out.stdout.splitlines()]
+    return next((f[3].split("/")[0] for f in fields if len(f) > 3), None)
+
+
+def _sockets() -> int:
+    """Sockets this process holds open."""
+    return sum(os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+               for fd in os.listdir("/proc/self/fd") if fd.isdigit()
+               and os.path.exists(f"/proc/self/fd/{fd}"))  # fmt: skip
+
+
+async def test_a_host_mode_agent_cannot_hold_the_daemons_tls_listener(
+    hal_home: Path, tmp_path: Path
+) -> None:
+    # `hal serve --listen` on an address that is not loopback is reachable from a sandbox
+    # with network "host" (slirp connects from the host's own address). Its connections that
+    # never began a TLS handshake were counted nowhere (asyncio handshakes before the
+    # protocol sees one), each a descriptor of the daemon until the deadline; those that
+    # completed one and sent nothing took every one of the listener's places, and the
+    # operator's dashboard answered 503.
+    address = _host_address()
+    if not _usernet_works() or address is None:
+        pytest.skip("slirp4netns and an address of the host other than loopback")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout", str(key),
+         "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    server = http_server(router(), TOKEN, head_timeout_s=120)  # the agent's, not the clock's
+    port = await server.listen_tcp("0.0.0.0", 0, tls=tls)
+    provider = BwrapProvider(state_dir=hal_home / "sandboxes" / "bwrap")
+    sandbox = await provider.create(SandboxSpec(network="host"))
+    flood: asyncio.Task[object] | None = None
+    try:
+        await sandbox.write_file_atomic("/workspace/flood.py", FLOOD.encode())
+        before = _sockets()
+        script = f"python3 flood.py {address} {port} 40"
+        flood = asyncio.create_task(sandbox.exec(ShellCommand(script=script), timeout=180))
+        async with asyncio.timeout(120):
+            while not await sandbox.exists("/workspace/flooding"):
+                assert not flood.done(), flood.result()
+                await asyncio.sleep(0.1)
+        # What the daemon holds for the agent: its places for one address, no more.
+        assert _sockets() - before <= MAX_PER_PEER
+        client = ssl.create_default_context()
+        client.check_hostname, client.verify_mode = False, ssl.CERT_NONE
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client)
+        writer.write(
+            b"POST /v1/echo HTTP/1.1\r\nHost: hal\r\n%sContent-Length: 2\r\n"
+            b"Connection: close\r\n\r\n{}" % AUTH
+        )
+        answer = await asyncio.wait_for(reader.read(), 30)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+    finally:
+        if flood is not None:
+            flood.cancel()
+            await asyncio.gather(flood, return_exceptions=True)
+        await provider.destroy(sandbox.id)
+        await server.close()

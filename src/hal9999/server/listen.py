@@ -3,9 +3,16 @@
 Each listener (the unix socket, 127.0.0.1) counts its own connections that have not yet
 shown credentials, so a flood on the TCP port cannot lock the owner out of the unix socket:
 
-- at most ``max_unauthenticated`` at once; one more is answered 503 ``busy`` and closed
-  before a byte of it is read;
-- each is closed when it has not authenticated within ``head_timeout_s`` (slowloris);
+- at most ``max_unauthenticated`` at once, and at most ``max_per_peer`` of them from one
+  address (TCP): one more is answered 503 ``busy`` and closed before a byte of it is read (on
+  TLS closed before its handshake: no answer can be sent without one). A sandbox with
+  ``network = "host"`` reaches a ``--listen`` address that is not loopback, from the host's own
+  address, so one agent holding every place locked its operator out of the dashboard;
+- each is closed when it has not authenticated within ``head_timeout_s`` (slowloris), its
+  TLS handshake included: the handshake starts only once the connection is counted (asyncio's
+  TLS server handshakes before the protocol sees the connection, so connections that never
+  began one were counted nowhere, and a sandbox could hold as many of hal's descriptors as it
+  opened connections);
 - a request head larger than :data:`MAX_HEAD` is refused with 431 by h11's own buffer limit,
   and a malformed one with 400, as one JSON error and without a log line above DEBUG.
 
@@ -17,12 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import os
 import socket
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import h11
@@ -37,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 MAX_UNAUTHENTICATED = 32
 """Connections at once per listener that have not shown credentials yet."""
+MAX_PER_PEER = 8
+"""Of those, how many may come from one address (TCP; a browser opens at most 6 at once)."""
 HEAD_TIMEOUT_S = 10.0
 """A connection that has not authenticated is closed after this long."""
 KEEP_ALIVE_S = 30.0
@@ -64,14 +74,60 @@ class ListenerLimits:
     name: str
     max_unauthenticated: int = MAX_UNAUTHENTICATED
     head_timeout_s: float = HEAD_TIMEOUT_S
+    max_per_peer: int = MAX_PER_PEER
     unauthenticated: int = 0
+    per_peer: dict[str, int] = field(default_factory=dict)
+    """Unauthenticated connections per remote address (TCP only)."""
+    handshaking: set[asyncio.Transport] = field(default_factory=set)
+    """Connections counted whose TLS handshake is under way (closed with the listener)."""
+
+    def admit(self, peer: str | None) -> bool:
+        """Count one more unauthenticated connection from ``peer``; False (nothing counted)
+        when that would pass a bound."""
+        if self.unauthenticated >= self.max_unauthenticated:
+            return False
+        if peer is not None:
+            if self.per_peer.get(peer, 0) >= self.max_per_peer:
+                return False
+            self.per_peer[peer] = self.per_peer.get(peer, 0) + 1
+        self.unauthenticated += 1
+        return True
+
+    def leave(self, peer: str | None) -> None:
+        """A connection :meth:`admit` counted no longer is."""
+        self.unauthenticated -= 1
+        if peer is not None:
+            left = self.per_peer.pop(peer, 1) - 1
+            if left > 0:
+                self.per_peer[peer] = left
+
+
+def peer_of(transport: asyncio.BaseTransport) -> str | None:
+    """The remote address of a TCP connection whose places are counted apart: None for a
+    unix socket's and a loopback one's (the host's own processes, which no sandbox is: a
+    ``network = "host"`` sandbox reaches the host from one of its other addresses)."""
+    peername = transport.get_extra_info("peername")
+    if not isinstance(peername, tuple) or not peername:
+        return None
+    try:
+        address = ipaddress.ip_address(str(peername[0]).split("%")[0])
+    except ValueError:
+        return str(peername[0])
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1 on a dual-stack socket
+    return None if (mapped or address).is_loopback else str(peername[0])
 
 
 class GuardedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol, with a cap and a deadline for unauthenticated connections and
     JSON answers to malformed or oversized heads."""
 
-    def __init__(self, config: Config, server_state: ServerState, limits: ListenerLimits) -> None:
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        limits: ListenerLimits,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         super().__init__(config, server_state, app_state={})
         # Each request's scope gets a copy of this dict: the guard reaches its connection.
         self.app_state = {CONNECTION_KEY: self}
@@ -80,6 +136,13 @@ class GuardedH11Protocol(H11Protocol):
         self._counted = False
         self._refused = False
         self._deadline: asyncio.TimerHandle | None = None
+        self._tls = tls
+        self._raw: asyncio.Transport | None = None
+        """The connection as accepted (under TLS, what the handshake runs over)."""
+        self._peer: str | None = None
+        self._handshake: asyncio.Task[None] | None = None
+        self._early: bytearray | None = None
+        """Under TLS, what arrived with the handshake's end, before HTTP took the connection."""
         next_event = self.conn.next_event
 
         def checked_next_event() -> Any:
@@ -94,17 +157,54 @@ class GuardedH11Protocol(H11Protocol):
         self.conn.next_event = checked_next_event  # type: ignore[method-assign]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Refuse at once when the listener is full; else count and start the deadline."""
+        """Refuse at once when the listener (or its place for this address) is full; else
+        count, start the deadline, and (TLS) the handshake."""
         assert isinstance(transport, asyncio.Transport)
-        if self.limits.unauthenticated >= self.limits.max_unauthenticated:
+        peer = peer_of(transport)
+        if not self.limits.admit(peer):
             self._refused = True
-            transport.write(_BUSY)
+            if self._tls is None:  # no handshake, no answer: TLS is only closed
+                transport.write(_BUSY)
             transport.close()
             return
-        super().connection_made(transport)
-        self.limits.unauthenticated += 1
-        self._counted = True
+        self._counted, self._peer, self._raw = True, peer, transport
         self._deadline = self.loop.call_later(self.limits.head_timeout_s, self._too_slow)
+        if self._tls is None:
+            super().connection_made(transport)
+            return
+        self.limits.handshaking.add(transport)
+        self._early = bytearray()
+        self._handshake = self.loop.create_task(self._start_tls(transport, self._tls))
+
+    async def _start_tls(self, raw: asyncio.Transport, tls: ssl.SSLContext) -> None:
+        """The TLS handshake of a counted connection, then HTTP over it; a handshake that
+        fails, or that the deadline cuts, ends the connection and its place."""
+        try:
+            secure = await self.loop.start_tls(
+                raw, self, tls, server_side=True,
+                ssl_handshake_timeout=self.limits.head_timeout_s,
+            )  # fmt: skip
+        except Exception as exc:  # the client's doing: nothing to log above DEBUG
+            logger.debug("TLS handshake failed: %s", exc)
+            secure = None
+        finally:
+            self.limits.handshaking.discard(raw)
+        if secure is None or raw.is_closing():
+            self._release()
+            raw.close()
+            return
+        early, self._early = self._early, None
+        super().connection_made(secure)
+        if early:
+            super().data_received(bytes(early))
+
+    def data_received(self, data: bytes) -> None:
+        """Handled by HTTP; under TLS, held until the handshake's end reaches HTTP (the TLS
+        layer hands on what came with its last flight before ``start_tls`` returns)."""
+        if self._early is not None:
+            self._early += data
+            return
+        super().data_received(data)
 
     def mark_authenticated(self) -> None:
         """Credentials were shown: no longer counted, no deadline (idempotent)."""
@@ -114,15 +214,19 @@ class GuardedH11Protocol(H11Protocol):
     def _release(self) -> None:
         if self._counted:
             self._counted = False
-            self.limits.unauthenticated -= 1
+            self.limits.leave(self._peer)
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
 
     def _too_slow(self) -> None:
         self._deadline = None
-        if not self.authenticated and not self.transport.is_closing():
-            self.transport.close()
+        if self.authenticated or self._raw is None:
+            return
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()  # under TLS, ends the session and the raw connection
+        elif not self._raw.is_closing():
+            self._raw.close()  # a handshake still under way
 
     def _protocol_error(self, exc: h11.RemoteProtocolError) -> None:
         if self.transport.is_closing():
@@ -203,13 +307,10 @@ class Listener:
     async def start(self, sock: socket.socket, tls: ssl.SSLContext | None = None) -> None:
         """Accept connections on ``sock`` (with TLS when ``tls`` is given)."""
         loop = asyncio.get_running_loop()
-        # A TLS handshake happens before the connection is counted: it gets the same
-        # deadline as an unauthenticated head, not asyncio's default minute.
+        # The protocol starts a TLS handshake itself, once it has counted the connection
+        # (asyncio's own would run before the protocol sees the connection, uncounted).
         self.server = await loop.create_server(
-            lambda: GuardedH11Protocol(self.config, self.state, self.limits),
-            sock=sock,
-            ssl=tls,
-            ssl_handshake_timeout=self.limits.head_timeout_s if tls is not None else None,
+            lambda: GuardedH11Protocol(self.config, self.state, self.limits, tls), sock=sock
         )
 
     async def close(self) -> None:
@@ -217,6 +318,8 @@ class Listener:
         if self.server is None:
             return
         self.server.close()
+        for raw in list(self.limits.handshaking):
+            raw.close()
         for connection in list(self.state.connections):
             connection.shutdown()
         if self.state.tasks:
@@ -240,10 +343,12 @@ class HalServer:
         *,
         max_unauthenticated: int = MAX_UNAUTHENTICATED,
         head_timeout_s: float = HEAD_TIMEOUT_S,
+        max_per_peer: int = MAX_PER_PEER,
     ) -> None:
         self.app = app
         self.max_unauthenticated = max_unauthenticated
         self.head_timeout_s = head_timeout_s
+        self.max_per_peer = max_per_peer
         self.listeners: list[Listener] = []
 
     @property
@@ -252,7 +357,9 @@ class HalServer:
         return sum(listener.requests for listener in self.listeners)
 
     def _listener(self, name: str, app: ASGIApp | None = None) -> Listener:
-        limits = ListenerLimits(name, self.max_unauthenticated, self.head_timeout_s)
+        limits = ListenerLimits(
+            name, self.max_unauthenticated, self.head_timeout_s, self.max_per_peer
+        )
         listener = Listener(app or self.app, limits)
         self.listeners.append(listener)
         return listener
