@@ -17,10 +17,13 @@ from tests.e2e.conftest import KEY_VAR, HalCli, files_containing, git
 from tests.gateway.test_egress import host_address
 from tests.gateway.upstream import StormUpstream
 
+from hal9999.gateway.egress import MAX_TUNNELS
+
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.slow, pytest.mark.timeout(240)]
 
 CALLER = Path(__file__).with_name("caller_agent.py")
 EGRESS_AGENT = Path(__file__).with_name("egress_agent.py")
+TUNNEL_FLOOD = Path(__file__).with_name("tunnel_flood_agent.py")
 
 
 @pytest.fixture
@@ -60,7 +63,9 @@ def test_budget_ends_the_task_and_keeps_its_work(
 
     calls = json.loads(hal_cli("task", "requests", task["id"], "--json").stdout)
     assert [(c["status"], c["error"]) for c in calls] == [
-        (200, None), (200, None), (400, "budget_exceeded")
+        (200, None),
+        (200, None),
+        (400, "budget_exceeded"),
     ]
     table = hal_cli("task", "requests", task["id"]).stdout
     assert "budget_exceeded" in table and "3 calls" in table
@@ -115,3 +120,39 @@ def _echo_once(listener: socket.socket) -> None:
     conn, _ = listener.accept()
     with conn:
         conn.sendall(b"echo:" + conn.recv(4096))
+
+
+def test_an_agent_holds_a_bounded_number_of_tunnels(
+    hal_cli: HalCli, bug_repo: Path, upstream: StormUpstream
+) -> None:
+    # One allowed host was enough: a tunnel, once open, is not waiting at the gateway's door,
+    # and each held two of the gateway's descriptors (every task's model calls go through
+    # that one process) for as long as the agent kept it, however many it opened.
+    address = host_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback address to tunnel to")
+    held: list[socket.socket] = []
+    with socket.create_server((address, 0), backlog=512) as listener:
+        port = listener.getsockname()[1]
+        target = f"{address}:{port}"
+        threading.Thread(target=_hold, args=(listener, held), daemon=True).start()
+        use_caller(hal_cli, bug_repo, upstream, f"[gateway]\negress = [{json.dumps(target)}]\n")
+        shutil.copy(TUNNEL_FLOOD, bug_repo / "caller.py")
+        (bug_repo / "caller.py").chmod(0o755)
+        git(bug_repo, "commit", "-qam", "tunnel flood agent")
+        out = hal_cli("run", "--agent", "claude", f"{target} {MAX_TUNNELS + 36}")
+    for conn in held:
+        conn.close()
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    task = json.loads(hal_cli("task", "list", "--json").stdout)[0]
+    logs = hal_cli("task", "logs", task["id"]).stdout
+    assert f"TUNNELS {MAX_TUNNELS} 36" in logs, logs[-2000:]
+
+
+def _hold(listener: socket.socket, held: list[socket.socket]) -> None:
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        held.append(conn)

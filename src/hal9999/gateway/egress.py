@@ -16,6 +16,11 @@ NAT64's ``64:ff9b::127.0.0.1``): an allowed name must not become a way to the ho
 services. A target that is no plain ``host:port`` (a NUL, which ends a name for the C
 resolver, a control or non-ASCII character, a label over 63 characters, a port outside
 1-65535) is refused before the allow-list is asked, echoed and recorded escaped.
+
+A task holds at most :data:`MAX_TUNNELS` tunnels at once: one past them is answered 429
+``too_many_tunnels`` (a tunnel, once open, is not waiting at the door: without this, one agent
+with a single allowed host held two of the gateway's descriptors per tunnel, as many as it
+opened, until every task's model calls found none).
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ from hal9999.store.gateway import GatewayRequest
 logger = logging.getLogger(__name__)
 
 MAX_HEAD = 16 << 10
+MAX_TUNNELS = 64
+"""Tunnels one task may hold open at once (a package manager opens a few at a time)."""
 CONNECT_TIMEOUT_S = 15.0
 PROXY_AUTH_REQUIRED = (
     b"HTTP/1.1 407 Proxy Authentication Required\r\n"
@@ -104,6 +111,8 @@ class EgressProxy:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        self.tunnels: dict[str, int] = {}
+        """Tunnels open (or connecting) by task."""
 
     async def serve_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -169,6 +178,32 @@ class EgressProxy:
                 "the task's egress list drops it; add it to --egress-only",
             )
             return
+        task = grant.task_id
+        if self.tunnels.get(task, 0) >= MAX_TUNNELS:
+            body = f"hal egress: this task has {MAX_TUNNELS} tunnels open; close one".encode()
+            writer.write(b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\n"
+                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)  # fmt: skip
+            return
+        self.tunnels[task] = self.tunnels.get(task, 0) + 1
+        try:
+            await self._tunnel(writer, reader, grant, method, target, host, port, started)
+        finally:
+            left = self.tunnels.pop(task, 1) - 1
+            if left > 0:
+                self.tunnels[task] = left
+
+    async def _tunnel(
+        self,
+        writer: asyncio.StreamWriter,
+        reader: asyncio.StreamReader,
+        grant: Grant,
+        method: str,
+        target: str,
+        host: str,
+        port: int,
+        started: float,
+    ) -> None:
+        """Connect to the allowed ``host`` (never a local address) and pump both ways."""
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 infos = await asyncio.get_running_loop().getaddrinfo(
