@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,12 +19,14 @@ from tests.gateway.test_egress import host_address
 from tests.gateway.upstream import StormUpstream
 
 from hal9999.gateway.egress import MAX_TUNNELS
+from hal9999.gateway.proxy import MAX_CALLS
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.slow, pytest.mark.timeout(240)]
 
 CALLER = Path(__file__).with_name("caller_agent.py")
 EGRESS_AGENT = Path(__file__).with_name("egress_agent.py")
 TUNNEL_FLOOD = Path(__file__).with_name("tunnel_flood_agent.py")
+CALLS_FLOOD = Path(__file__).with_name("calls_flood_agent.py")
 
 
 @pytest.fixture
@@ -156,3 +159,38 @@ def _hold(listener: socket.socket, held: list[socket.socket]) -> None:
         except OSError:
             return
         held.append(conn)
+
+
+def test_an_agent_has_a_bounded_number_of_calls_in_flight(
+    hal_cli: HalCli, bug_repo: Path, upstream: StormUpstream
+) -> None:
+    # Each call in flight held a connection (a descriptor of the gateway every task's calls
+    # go through) and a place in the upstream's queue ahead of other tasks' calls, as many
+    # as the agent sent at once. The upstream holds every call until the agent has seen its
+    # refusals, so which calls are refused depends on no clock.
+    upstream.gate = threading.Event()
+    use_caller(hal_cli, bug_repo, upstream, f"[gateway]\nconcurrency = {MAX_CALLS}\n")
+    shutil.copy(CALLS_FLOOD, bug_repo / "caller.py")
+    (bug_repo / "caller.py").chmod(0o755)
+    git(bug_repo, "commit", "-qam", "calls flood agent")
+    argv = [sys.executable, "-m", "hal9999", "run", "--agent", "claude", str(MAX_CALLS + 36)]
+    run = subprocess.Popen(argv, cwd=bug_repo, env=hal_cli.env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while "REFUSED 36 " not in _agent_log(hal_cli.home):
+            assert run.poll() is None and time.monotonic() < deadline, "no 36 refusals"
+            time.sleep(0.2)
+    finally:
+        upstream.gate.set()
+        out, err = run.communicate(timeout=180)
+    assert run.returncode == 0, out[-2000:] + err[-2000:]
+    log = _agent_log(hal_cli.home)
+    assert f"CALLS {MAX_CALLS} 36" in log, log[-2000:]
+    assert len(upstream.seen) == MAX_CALLS
+    assert " 429\n" in log  # the gateway's own answer, not only its door's
+
+
+def _agent_log(home: Path) -> str:
+    logs = list((home / "sessions").glob("*/agent.log"))
+    return logs[0].read_text(errors="replace") if logs else ""

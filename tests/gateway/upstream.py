@@ -38,6 +38,8 @@ class StormUpstream:
     """Serve HTTPS with this context (a self-signed certificate in the TLS test)."""
     set_cookie: str | None = None
     """A ``set-cookie`` header sent with every JSON answer (the cookie-jar test)."""
+    gate: threading.Event | None = None
+    """Hold every call (before its answer) until this is set."""
     echo_key: bool = False
     """Echo the ``x-api-key`` it was sent: a JSON answer is a 401 naming it in its body and
     a header, a stream carries it split across two writes."""
@@ -78,6 +80,8 @@ class StormUpstream:
                             {"retry-after": upstream.retry_after},
                         )
                         return
+                    if upstream.gate is not None:
+                        upstream.gate.wait(120)
                     time.sleep(upstream.delay_s)
                     echoed = self.headers.get("x-api-key", "") if upstream.echo_key else ""
                     if body.get("stream"):

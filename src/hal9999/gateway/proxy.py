@@ -58,6 +58,10 @@ _KEY_HEADERS = ("x-api-key", "x-goog-api-key", "api-key")
 
 
 MAX_MODEL_CHARS = 200
+MAX_CALLS = 64
+"""Calls one task may have in flight at once (queued for the upstream's limiter included):
+past them 429 ``too_many_calls``. Each held a connection (a descriptor of the gateway every
+task's calls go through) and a place in the limiter's queue, ahead of other tasks' calls."""
 """The longest model name a call's row keeps (a refused one is the agent's own text)."""
 
 
@@ -223,6 +227,9 @@ class Gateway:
         if grant.task_id in self.ledger.unrecorded:  # its refused rows are written again
             await self.ledger.recover(grant.task_id)
         problem = unreadable or self._refused(grant, wants)
+        if problem is None and len(self.inflight.get(token, ())) >= MAX_CALLS:
+            problem = 429, "too_many_calls", (f"hal gateway: this task has {MAX_CALLS} calls "
+                                              "in flight; wait for one to end")  # fmt: skip
         if problem is not None:
             await self._refuse(out, record, started, *problem)
             return
