@@ -5,6 +5,7 @@ shape, network modes, no TCP ports, stop/start, boot deadline, orphans, snapshot
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.gateway.test_egress import host_address
 from tests.providers.qemu_helpers import (
     assert_nothing_left,
     box_fixture,  # noqa: F401  (the fixture box)
@@ -108,23 +110,61 @@ def loopback_server() -> Iterator[int]:
     server.close()
 
 
-# QEMU's user-mode network maps the guest's gateway 10.0.2.2 to the host's loopback; the
-# packets never leave the QEMU process.
-REACH = "timeout 10 bash -c 'exec 3<>/dev/tcp/10.0.2.2/{port}; head -c 5 <&3'"
+# QEMU's user-mode network maps the guest's gateway 10.0.2.2 (and every other address of its
+# virtual network but the guest's and the resolver's) to the host's loopback; the packets
+# never leave the QEMU process.
+REACH = "timeout 10 bash -c 'exec 3<>/dev/tcp/{host}/{port}; head -c 5 <&3'"
 
 
 async def test_network_is_off_by_default_and_user_mode_when_asked(
     provider: QemuProvider, workspace: Path, loopback_server: int
 ) -> None:
-    script = REACH.format(port=loopback_server)
+    script = REACH.format(host="10.0.2.2", port=loopback_server)
     async with await provider.create(SandboxSpec(provider="qemu", workspace=workspace)) as box:
         closed = await box.exec(sh(script))
         assert closed.exit_code != 0 and closed.text() == ""
-    spec = SandboxSpec(provider="qemu", workspace=workspace, network="host")
-    async with await provider.create(spec) as box:
-        opened = await box.exec(sh(script))
-        assert opened.exit_code == 0, opened.stderr
-        assert opened.text() == "hello"
+    address = host_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback address to reach through the NAT")
+    with _greeter(address) as port:
+        spec = SandboxSpec(provider="qemu", workspace=workspace, network="host")
+        async with await provider.create(spec) as box:
+            opened = await box.exec(sh(REACH.format(host=address, port=port)))
+            assert opened.exit_code == 0, opened.stderr
+            assert opened.text() == "hello"
+            # As bwrap's host mode: outbound through the NAT, never the host's loopback
+            # (10.0.2.2 was one connection away from any 127.0.0.1 listener: the daemon's
+            # port, another program's service), by any address QEMU maps to it.
+            for host in ("10.0.2.2", "10.0.2.77", "[fec0::2]"):
+                probe = REACH.format(host=host.strip("[]"), port=loopback_server)
+                refused = await box.exec(sh(probe))
+                assert refused.exit_code != 0 and refused.text() == "", host
+
+
+@contextlib.contextmanager
+def _greeter(address: str) -> Iterator[int]:
+    """A TCP server on ``address`` that greets with ``hello``; yields its port."""
+    server = socket.create_server((address, 0))
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.sendall(b"hello")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
 
 
 def tcp_listeners(pid: int) -> list[str]:

@@ -339,6 +339,9 @@ class QemuProvider(HostProvider):
                            restored=incoming is not None)  # fmt: skip
             if record.uid is not None:
                 await run_root(run, ports, self.adopt_argv(record), pings=pings, time_limit=60)
+            if record.spec.network != "none":  # NAT, never the host's loopback
+                await run_root(run, ports, list(qemuvm.NO_HOST_LOOPBACK), pings=pings,
+                               time_limit=60)  # fmt: skip
         except ProviderError as exc:
             await qemuvm.kill(pid, record.id)
             raise ProviderError(

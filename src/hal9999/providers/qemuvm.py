@@ -189,6 +189,23 @@ def argv(
     return args
 
 
+NO_HOST_LOOPBACK = (
+    "sh", "-c",
+    "ip rule add pref 100 to 10.0.2.3 ipproto 17 dport 53 lookup main"
+    " && ip rule add pref 100 to 10.0.2.3 ipproto 6 dport 53 lookup main"
+    " && ip rule add pref 101 prohibit to 10.0.2.0/24"
+    " && { [ ! -e /proc/net/if_inet6 ] || ip -6 rule add pref 101 prohibit to fec0::/64; }",
+)  # fmt: skip
+"""Guest root's step for ``network = "host"``: QEMU's user-mode network takes every address
+of its virtual network but the guest's and the resolver's (10.0.2.2 above all, the default
+gateway's; fec0::/64 over IPv6) for the host's own loopback, so any listener on the host's
+127.0.0.1 (the daemon's port, another program's service) was one connection away, which
+bwrap's host mode refuses. Packets *to* those addresses are refused in the guest (its agent
+is never root there); packets routed *through* the gateway go out as before, and the
+resolver's port 53 is kept (10.0.2.3 is the host's resolver, at any port: on a host whose
+resolver listens on loopback, another port of it would be the host's loopback too)."""
+
+
 async def spawn(args: list[str], log: Path, *, pass_fds: Sequence[int] = ()) -> int:
     """Start QEMU detached (own session, re-parented to init); its pid. ``pass_fds`` are
     inherited by QEMU (at the same numbers, which must be 10 or above: the shell that
