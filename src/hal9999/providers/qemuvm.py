@@ -191,7 +191,10 @@ def argv(
 
 NO_HOST_LOOPBACK = (
     "sh", "-c",
-    "ip rule add pref 100 to 10.0.2.3 ipproto 17 dport 53 lookup main"
+    # Again on a guest that has them already (a fork of a running VM): replaced, not added.
+    "for v in 4 6; do for p in 100 101; do while ip -$v rule del pref $p 2>/dev/null; do :;"
+    " done; done; done;"
+    " ip rule add pref 100 to 10.0.2.3 ipproto 17 dport 53 lookup main"
     " && ip rule add pref 100 to 10.0.2.3 ipproto 6 dport 53 lookup main"
     " && ip rule add pref 101 prohibit to 10.0.2.0/24"
     " && { [ ! -e /proc/net/if_inet6 ] || ip -6 rule add pref 101 prohibit to fec0::/64; }",
