@@ -198,6 +198,16 @@ class GuardedH11Protocol(H11Protocol):
         if early:
             super().data_received(bytes(early))
 
+    def pause_writing(self) -> None:
+        """HTTP's flow control, once HTTP has the connection (not during a handshake)."""
+        if self._early is None:
+            super().pause_writing()
+
+    def resume_writing(self) -> None:
+        """HTTP's flow control, once HTTP has the connection (not during a handshake)."""
+        if self._early is None:
+            super().resume_writing()
+
     def data_received(self, data: bytes) -> None:
         """Handled by HTTP; under TLS, held until the handshake's end reaches HTTP (the TLS
         layer hands on what came with its last flight before ``start_tls`` returns)."""
