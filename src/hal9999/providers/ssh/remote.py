@@ -20,7 +20,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from hal9999.errors import ProviderError
+from hal9999.errors import ExecError, ProviderError
 
 WRAPPER = (
     "IFS= read -r hal_env || exit 125; "
@@ -119,20 +119,41 @@ def plain(argv: Sequence[str]) -> str:
 
 # What some login shell reads otherwise than sh inside single quotes, or at all: a newline
 # (csh and tcsh: "Unmatched '"), "!" (their history), "\\" and "\'" (fish's escapes there),
-# any other control or non-ASCII character.
+# any other control or non-ASCII character (a name that is no UTF-8 too: its bytes go encoded).
 _NOT_FOR_EVERY_SHELL = re.compile(r"[^\x20-\x7e]|!|\\[\\']")
+# A word every shell reads bare as itself: shlex's set without "=" (zsh's "=ls" is ls's path,
+# csh's "=1" its directory stack) and "%" (fish's "%self" is its pid).
+_BARE = re.compile(r"[A-Za-z0-9_@+:,./-]+")
+MAX_COMMAND = (32 << 12) - 1
+"""The longest command string the host's exec takes: sshd hands it to the login shell as one
+argument, and Linux refuses one past MAX_ARG_STRLEN (32 pages, its NUL included)."""
+
+
+def _word(arg: str) -> str:
+    if _BARE.fullmatch(arg):
+        return arg
+    return "'" + arg.replace("'", "'\"'\"'") + "'"
 
 
 def any_shell(argv: Sequence[str]) -> str:
     """``argv`` as a command string that the ssh user's login shell, which sshd hands it to
     (``$SHELL -c``), runs as ``argv`` whether it is sh, bash, zsh, fish, csh or tcsh: the
     plain shell words when every such shell reads them as sh does, else the same words
-    base64-encoded for ``sh`` to decode (``base64``, as the wrapper's, is on the host)."""
-    text = shlex.join(argv)
-    if not _NOT_FOR_EVERY_SHELL.search(text):
-        return text
-    encoded = base64.b64encode(text.encode()).decode()
-    return f"sh -c 'eval \"$(echo {encoded} | base64 -d)\"'"
+    base64-encoded for ``sh`` to decode (``base64``, as the wrapper's, is on the host).
+    Raises :class:`ExecError` for one longer than the host's exec takes (:data:`MAX_COMMAND`,
+    the encoding a third longer), which would fail there as "Argument list too long"."""
+    text = " ".join(map(_word, argv))
+    if _NOT_FOR_EVERY_SHELL.search(text):
+        encoded = base64.b64encode(text.encode("utf-8", "surrogateescape")).decode()
+        text = f"sh -c 'eval \"$(echo {encoded} | base64 -d)\"'"
+    if len(text) > MAX_COMMAND:
+        raise ExecError(
+            f"the command is too long for the ssh host: {len(text)} bytes as its login shell "
+            f"gets it, at most {MAX_COMMAND} (a word with a newline, '!', a backslash or "
+            "non-ASCII text goes base64-encoded, a third longer)",
+            hint="pass long data on the command's stdin or in a file in the sandbox",
+        )
+    return text
 
 
 class Mounts:
