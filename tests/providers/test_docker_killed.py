@@ -5,6 +5,7 @@ container, whole or half made, and gives its uid back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import sys
@@ -15,7 +16,7 @@ from tests.providers.test_docker import provider, workspace
 
 import hal9999
 from hal9999.providers import sandboxuser
-from hal9999.providers.docker import LABEL, DockerProvider
+from hal9999.providers.docker import LABEL, DockerProvider, container_name
 from hal9999.spec import SandboxSpec
 
 __all__ = ["provider", "workspace"]
@@ -248,3 +249,33 @@ async def test_a_snapshot_killed_after_its_commit_is_undone_by_the_next_listing(
         assert base not in images(), "the killed snapshot's commit was left for ever"
         assert [p.name for p in provider.state_dir.iterdir() if "unfinished" in p.name] == []
         assert (await provider.get(box.id)).running
+
+
+async def test_an_unfinished_snapshot_step_never_takes_the_forks_of_its_image(
+    provider: DockerProvider, workspace: Path
+) -> None:
+    # The step's label went on into the tagged image (its commit's, then the staging
+    # container's), so every fork of the snapshot carried it too: a step's undo (its hal
+    # killed after the tag, its note left; the fork made meanwhile by another process, past
+    # its own create's undo) force-removed those forks with the step's staging container.
+    from hal9999.providers import dockersnap, unfinished
+
+    spec = SandboxSpec(provider="docker", workspace=workspace)
+    name = f"test-step-{os.getpid()}"
+    async with await provider.create(spec) as box:
+        image = await provider.snapshot(box.id, name)
+    api = provider.client().api
+    try:
+        [fork] = await provider.fork(image, 1, spec)
+        made = (api.inspect_image(image), api.inspect_container(container_name(fork.id)))
+        labels = [found["Config"]["Labels"] or {} for found in made]
+        # The step's note as a hal killed after the tag, before the note went, leaves it.
+        step = labels[1].get(dockersnap.STEP_LABEL) or f"snapshot-{box.id}-{secrets.token_hex(6)}"
+        with contextlib.suppress(RuntimeError), unfinished.noted(provider.state_dir, step):
+            raise RuntimeError
+        assert [info.id for info in await provider.list()] == [fork.id], "the fork stays"
+        assert (await provider.get(fork.id)).running
+        assert [found.get(dockersnap.STEP_LABEL, "") for found in labels] == ["", ""]
+        await provider.destroy(fork.id)
+    finally:
+        api.remove_image(image, force=True)

@@ -7,8 +7,9 @@ killed hal left goes with the sandbox (:meth:`DockerProvider._remove`); a snapsh
 fails removes its staging container and the commit under it. A hal killed between the
 commit and its staging container (the commit's image then belongs to nothing) is covered by a
 note of the step (:mod:`~hal9999.providers.unfinished`, ``snapshot-<sandbox>-<token>``) and a
-:data:`STEP_LABEL` on the commit and the staging container: the next listing or create takes
-the note its process no longer holds and removes both (:func:`undo`). A fork is a new
+:data:`STEP_LABEL` on the commit and the staging container (emptied on the tagged snapshot,
+which its forks inherit): the next listing or create takes the note its process no longer
+holds and removes both (:func:`undo`). A fork is a new
 sandbox from the snapshot's image. Imported only when a snapshot or fork is made, or undone.
 """
 
@@ -106,7 +107,10 @@ def _commit_with_home(
             staging = api.create_container(base, ["true"], labels=labels)["Id"]
             try:
                 api.put_archive(staging, "/home", home)
-                api.commit(staging, repository="hal9999", tag=name)
+                # The step's label ends here: the snapshot, and every fork of it, would carry
+                # it on, and the step's undo remove those forks with its staging container.
+                done = [f'LABEL {STEP_LABEL}=""']
+                api.commit(staging, repository="hal9999", tag=name, changes=done)
             finally:
                 api.remove_container(staging, force=True, v=True)
         except Exception:
