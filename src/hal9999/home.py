@@ -160,3 +160,14 @@ def _why(exc: OSError, path: Path) -> str:
     if exc.errno == errno.EROFS:
         return "the file system is read-only"
     return exc.strerror or str(exc)
+
+
+def unusable_session_file(path: Path, exc: OSError) -> HomeError:
+    """The error for a file of a task's session that cannot be opened (a directory in its
+    place, no permission, a symlink loop): one line naming it, not a crash report."""
+    why = "it is a directory" if exc.errno == errno.EISDIR else _why(exc, path)
+    return HomeError(
+        f"cannot open {path}: {why}",
+        hint=f"give {path} back to hal as a readable file, or move it aside",
+        path=str(path),
+    )

@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import IO, Any
 
 import click
 
@@ -112,7 +113,7 @@ def logs(task_id: str, follow: bool) -> None:
     if not follow:
         # Streamed in chunks (the log can be large), sanitised for the terminal.
         if log.exists():
-            with log.open("r", encoding="utf-8", errors="replace") as handle:
+            with _open_session_file(log, "r", encoding="utf-8", errors="replace") as handle:
                 while chunk := handle.read(1 << 20):
                     stream_to_terminal(chunk)
             end_terminal_stream()
@@ -208,8 +209,12 @@ def _remote_attach(a: App, record: TaskRecord) -> list[str] | None:
 @task.command()
 @click.argument("task_id")
 @click.argument("prompt", required=False)
-@click.option("--env", "env", multiple=True,
-              help="KEY=VALUE given to this run, or KEY to give it this shell's value.")
+@click.option(
+    "--env",
+    "env",
+    multiple=True,
+    help="KEY=VALUE given to this run, or KEY to give it this shell's value.",
+)
 @click.option("--detach", is_flag=True, help="Return at once; the task runs in the background.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def resume(
@@ -273,6 +278,16 @@ def run_detached(task_id: str, prompt: str | None, adopt: bool) -> None:
     click.echo(f"task {record.id}: {record.status}")
 
 
+def _open_session_file(path: Path, mode: str, **how: Any) -> IO[Any]:
+    """``path`` of a task's session opened; one it cannot open is a :class:`HomeError`."""
+    try:
+        return path.open(mode, **how)
+    except OSError as exc:
+        from hal9999.home import unusable_session_file
+
+        raise unusable_session_file(path, exc) from exc
+
+
 def _no_patch_hint(record: TaskRecord) -> str:
     """Why a task has no patch, by its state (a stopped task is collected only on resume)."""
     workspace = Path(record.session_dir) / "workspace"
@@ -300,13 +315,15 @@ def diff(task_id: str) -> None:
     # wrote its files: on a terminal the patch is a view, sanitised like the log (an OSC 52
     # in a changed line wrote the clipboard); piped, it is the exact bytes `git apply` needs.
     if sys.stdout.isatty():
-        with patch.open("r", encoding="utf-8", errors="replace", newline="") as handle:
+        with _open_session_file(
+            patch, "r", encoding="utf-8", errors="replace", newline=""
+        ) as handle:
             while text := handle.read(1 << 20):
                 stream_to_terminal(text)
         end_terminal_stream()
         return
     sys.stdout.flush()
-    with patch.open("rb") as source:
+    with _open_session_file(patch, "rb") as source:
         while chunk := source.read(1 << 20):
             sys.stdout.buffer.write(chunk)
     sys.stdout.buffer.flush()

@@ -35,6 +35,7 @@ from typing import BinaryIO
 
 from hal9999.events.models import Event
 from hal9999.events.reader import lines_backwards, parse_line, read_events
+from hal9999.home import unusable_session_file
 from hal9999.redact import SecretMasker
 from hal9999.store import Store
 
@@ -138,7 +139,10 @@ class EventLog:
         self._lock = threading.RLock()
         self._sinks: list[Sink] = []
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError as exc:  # a directory in its place, say: one line, not a crash
+            raise unusable_session_file(path, exc) from exc
         self._file: BinaryIO | None = os.fdopen(fd, "ab")
         self._locked = False
         self._seq = 0

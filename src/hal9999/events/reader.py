@@ -17,6 +17,7 @@ from typing import BinaryIO
 from pydantic import ValidationError
 
 from hal9999.events.models import Event, parse_event
+from hal9999.home import unusable_session_file
 from hal9999.redact import SecretMasker
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ def read_events(path: Path, *, after_seq: int = 0) -> list[Event]:
         data = path.read_bytes()
     except FileNotFoundError:
         return []
+    except OSError as exc:
+        raise unusable_session_file(path, exc) from exc
     *lines, _partial = data.split(b"\n")
     events = []
     for line in lines:
@@ -75,6 +78,8 @@ def events_after_seq(path: Path, after_seq: int) -> list[Event]:
         file = path.open("rb")
     except FileNotFoundError:
         return []
+    except OSError as exc:
+        raise unusable_session_file(path, exc) from exc
     found: list[Event] = []
     with file:
         size = file.seek(0, os.SEEK_END)
@@ -102,6 +107,8 @@ def _read_chunk(path: Path, offset: int) -> tuple[bytes, int] | None:
             return file.read(_CHUNK), size
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise unusable_session_file(path, exc) from exc
 
 
 async def follow_events(
