@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, tasks_json
+from tests.cli.conftest import Hal, one_error_line, tasks_json
 from tests.cli.test_failures import assert_no_leftovers
 
 from hal9999.providers import cgroups
@@ -122,3 +122,20 @@ def test_a_store_that_cannot_open_on_a_full_disk_says_the_disk_is_full(
     lines = [line for line in out.stderr.splitlines() if line.startswith("hal: error:")]
     assert len(lines) == 1 and "the disk holding it is full" in lines[0], out.stderr
     assert "free space on the filesystem of HAL_HOME" in lines[0]
+
+
+def test_serve_detach_on_a_full_disk_says_the_disk_is_full(hal: Hal, small_home: Path) -> None:
+    """The daemon could not write even its error to its log: the line sent the user to an
+    empty serve.log ("hal serve did not start (see .../serve.log)"), with status 1."""
+    assert hal("task", "list").returncode == 0
+    fill(small_home, "filler")
+    try:
+        out = hal("serve", "--detach")
+    finally:
+        hal("serve", "--stop")
+    assert out.returncode == 10, out.stderr
+    line = one_error_line(out)
+    assert "hal serve did not start: the disk holding hal's home is full" in line, line
+    assert "free space on the filesystem of HAL_HOME" in line, line
+    (small_home / "filler").unlink()
+    assert hal("task", "list").returncode == 0

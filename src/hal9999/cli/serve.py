@@ -15,7 +15,7 @@ import click
 
 from hal9999.cli.main import app, cli, emit_json, run_async
 from hal9999.config import load_config, log_level
-from hal9999.errors import HalError, UsageError, error_class_for_status
+from hal9999.errors import DiskFull, HalError, UsageError, error_class_for_status
 from hal9999.redact import configure_logging
 from hal9999.server.runtime import DaemonFiles
 
@@ -31,10 +31,14 @@ START_TIMEOUT_S = 30.0
 @click.option("--ray", "ray_address", metavar="HOST:PORT",
               help="Ray cluster for the ray provider (sets HAL_RAY_ADDRESS).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--listen", metavar="HOST:PORT",
-              help="Also serve the dashboard and API there, over TLS only.")
-@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False),
-              help="PEM certificate for --listen (default: one hal makes).")
+@click.option(
+    "--listen", metavar="HOST:PORT", help="Also serve the dashboard and API there, over TLS only."
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False),
+    help="PEM certificate for --listen (default: one hal makes).",
+)
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False),
               help="PEM private key of --tls-cert.")  # fmt: skip
 def serve(
@@ -126,6 +130,14 @@ def _detach(
             break
         time.sleep(0.05)
     tail = files.log_file.read_text(errors="replace").strip().splitlines()[-5:]
+    if not tail:
+        from hal9999.store.sqlite import no_room
+
+        if no_room(files.paths.home):  # nothing, not even its error, fitted in its log
+            raise DiskFull(
+                "hal serve did not start: the disk holding hal's home is full",
+                hint="free space on the filesystem of HAL_HOME",
+            )
     # The daemon's own status (2 for a bad config or --listen), as `hal serve` gives it.
     failed = proc.returncode if proc.returncode is not None and proc.returncode > 0 else 1
     raise error_class_for_status(failed)(

@@ -106,7 +106,7 @@ def _merged(row: sqlite3.Row, fields: dict[str, Any]) -> tuple[TaskRecord, dict[
     return updated, values
 
 
-def _no_room(directory: Path) -> bool:
+def no_room(directory: Path) -> bool:
     """Whether the filesystem of ``directory`` has (next to) no space left for this user."""
     try:
         st = os.statvfs(directory)
@@ -143,7 +143,7 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
         except (sqlite3.Error, OSError) as exc:
             self.close()
             damaged = getattr(exc, "sqlite_errorname", "") in ("SQLITE_NOTADB", "SQLITE_CORRUPT")
-            if not damaged and _no_room(path.parent):
+            if not damaged and no_room(path.parent):
                 # SQLite says "disk I/O error" when its -shm file cannot grow on a full disk.
                 raise DiskFull(
                     f"cannot open the database {path}: the disk holding it is full",
