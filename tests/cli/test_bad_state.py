@@ -5,6 +5,7 @@ was: ``hal task list`` still shows it unchanged."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from tests.cli.conftest import Hal, one_error_line, tasks_json
@@ -39,3 +40,22 @@ def test_a_session_file_that_is_a_directory_is_one_line(hal: Hal) -> None:
     [listed] = tasks_json(hal)
     assert listed["status"] == "succeeded" and listed["files_changed"] == 1, listed
     assert not list(session.parent.parent.glob("run/hal-crash-*"))
+
+
+def test_a_task_whose_session_directory_is_gone_does_not_resume(hal: Hal) -> None:
+    """The resume ran anyway (the directory made again, empty) and turned the succeeded task
+    into a failed one ("bind source ... does not exist"), with no error line."""
+    out = hal(*WORK, env={"HAL_LOCAL_NETWORK": "host"})
+    assert out.returncode == 0, out.stderr
+    task = json.loads(out.stdout)
+    session = Path(task["session_dir"])
+    shutil.rmtree(session)
+    for detach in ((), ("--detach",)):
+        out = hal("task", "resume", *detach, task["id"], "more", timeout=30)
+        assert out.returncode == 9, out.stderr
+        line = one_error_line(out)
+        assert f"its session directory {session} is gone" in line, line
+        assert f"hal task rm {task['id']}" in line, line
+    [listed] = tasks_json(hal)
+    assert listed["status"] == "succeeded" and listed["resumes"] == 0, listed
+    assert not session.exists()

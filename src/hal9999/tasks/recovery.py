@@ -435,6 +435,11 @@ async def resume(
     found = await asyncio.to_thread(service.find, task_id)
     if prompt is not None:
         await asyncio.to_thread(service.check_resume_prompt, found, prompt, env)
+    if not (root := service.session(found).root).is_dir():  # (the lock would make it)
+        raise TaskStateError(  # a run would fail on it, the task no longer as it was
+            f"task {found.id} cannot resume: its session directory {root} is gone",
+            hint=f"start a new task with `hal run`, or forget it: `hal task rm {found.id}`",
+        )
     with resume_lock(service.session(found), found.id):
         task = await asyncio.to_thread(service.find, found.id)  # fresh, under the lock
         status = ProcessStatus("missing")
