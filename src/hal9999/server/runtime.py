@@ -16,7 +16,7 @@ import fcntl
 import os
 
 from hal9999 import plainjson
-from hal9999.errors import HalError
+from hal9999.errors import HalError, HomeError
 from hal9999.home import HalPaths
 from hal9999.workdir import pure_path
 
@@ -162,6 +162,8 @@ def _read_token(token_file: str) -> str | None:
             return fh.read().strip() or None
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise _unreadable(token_file, exc) from exc
 
 
 def _read_info(info_file: str) -> DaemonInfo | None:
@@ -170,6 +172,17 @@ def _read_info(info_file: str) -> DaemonInfo | None:
             return DaemonInfo(**plainjson.loads(fh.read()))
     except (FileNotFoundError, ValueError, TypeError):
         return None
+    except OSError as exc:  # no permission, a directory in its place
+        raise _unreadable(info_file, exc) from exc
+
+
+def _unreadable(path: str, exc: OSError) -> HomeError:
+    """The one-line error for a file of the daemon's that hal cannot read."""
+    return HomeError(
+        f"cannot read {path}: {exc.strerror or exc}",
+        hint="give hal back its data directory (HAL_HOME) readable and writable, or set"
+        " HAL_HOME to one that is",
+    )
 
 
 def _running(info_file: str, lock_file: str) -> DaemonInfo | None:
@@ -180,6 +193,8 @@ def _running(info_file: str, lock_file: str) -> DaemonInfo | None:
         handle = open(lock_file, "a")  # closed by the with below
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise _unreadable(lock_file, exc) from exc
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -30,6 +30,7 @@ from hal9999.agents.registry import resolve_agent
 from hal9999.errors import HalError, TaskNotFound, TaskStateError
 from hal9999.events.models import Message, Output, Phase, Usage
 from hal9999.events.reader import read_events
+from hal9999.home import unusable_session_file
 from hal9999.pool import WarmPool
 from hal9999.process.base import ProcessManager, ProcessStatus
 from hal9999.providers.base import Provider, Sandbox
@@ -397,8 +398,12 @@ def mark_adopted(service: TaskService, task: TaskRecord, by: str) -> TaskRecord:
 def resume_lock(session: Session, task_id: str) -> Iterator[None]:
     """Held while one process decides how to resume a task, so two resumes never both
     start (or adopt) a run over the same workspace."""
-    session.run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(session.run_dir / "resume.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    lock = session.run_dir / "resume.lock"
+    try:
+        session.run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:  # the session's directory not hal's to write (mode 000, say)
+        raise unusable_session_file(lock, exc) from exc
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
