@@ -385,8 +385,9 @@ async def test_a_trivial_tasks_run_takes_few_thread_hops(
 
 
 @pytest.mark.bwrap
+@pytest.mark.parametrize("sends_config", [False, True])  # True: as an in-process `hal run`
 async def test_tasks_of_one_service_share_their_provider_and_a_reset_reads_its_record_less(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sends_config: bool
 ) -> None:
     # Issue 16: each task built its provider twice (its creation's check and its run; its
     # settings validated, its helpers and the host checked each time), and a pool reset read
@@ -430,7 +431,8 @@ async def test_tasks_of_one_service_share_their_provider_and_a_reset_reads_its_r
     monkeypatch.setattr(lending.PoolLending, "_reset", counted_reset)
     try:
         for _ in range(2):
-            task = await service.create(trivial_request(repo))
+            config = {"config": service.config} if sends_config else {}
+            task = await service.create(trivial_request(repo, **config))
             done = await service.run(task.id)
             assert done.status == "succeeded", done.error_message
             while pool._background:  # the reset after the run's end

@@ -156,8 +156,12 @@ class TaskService(TaskSecrets):
         resolve_agent(req.agent, config.agent_settings(req.agent))
         self.check_prompt(req, config)
         providers = provider_list(req.provider)
+        # The request's copy of this service's settings (an in-process `hal run` sends its
+        # config; a daemon's client sends the same settings) runs on this service's runner
+        # (runner_for): its provider is the runner's, not one more built to be thrown away.
+        shared = config is self.config or config == self.config
         for name in providers:
-            if config is self.config:
+            if shared:
                 self.runner.provider(name)  # the one its runs use: built once
             else:
                 load_provider_for(config, name)
