@@ -16,6 +16,7 @@ Conventions shared by the presets' parsers:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -30,7 +31,6 @@ _RECOVERABLE = (KeyError, TypeError, ValueError, AttributeError, IndexError)
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 """A JSON escape of a UTF-16 surrogate: the only way a lone one gets into decoded text."""
-_SURROGATE = re.compile("[\ud800-\udfff]")
 SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,255}")
 """What an agent session id may be (UUIDs, ``ses_...``): the id is the agent's own output,
 and a resumed run passes it back as an argument of the agent's command, where ``--x`` was an
@@ -186,24 +186,33 @@ class JsonLinesParser(LineParser):
         return [AgentSession(session_id=session_id)]
 
 
+@functools.cache
+def _surrogate() -> re.Pattern[str]:
+    """A lone UTF-16 surrogate, compiled when a record first has one to mend: the class of
+    2,048 code points was ~2.2M instructions at import, on the path of every run whose
+    agent never prints one (issue 16)."""
+    return re.compile("[\ud800-\udfff]")
+
+
 def mend_surrogates(record: dict[str, Any] | list[Any]) -> None:
     """Replace, in place, each lone surrogate in the strings (keys too) of decoded JSON with
     U+FFFD. ``json.loads`` turns an escape such as ``\\ud800`` into one; no file, database
     or JSON encoder takes it, so an agent printing one made the run fail when it wrote
     the event (walked without recursion: a record may nest as deep as the parser allows)."""
+    surrogate = _surrogate()
     stack: list[dict[str, Any] | list[Any]] = [record]
     while stack:
         node = stack.pop()
-        if isinstance(node, dict) and any(_SURROGATE.search(key) for key in node):
-            items = [(_SURROGATE.sub("\ufffd", key), value) for key, value in node.items()]
+        if isinstance(node, dict) and any(surrogate.search(key) for key in node):
+            items = [(surrogate.sub("\ufffd", key), value) for key, value in node.items()]
             node.clear()
             node.update(items)
         pairs = node.items() if isinstance(node, dict) else enumerate(node)
         mended = []
         for key, value in pairs:
             if isinstance(value, str):
-                if _SURROGATE.search(value):
-                    mended.append((key, _SURROGATE.sub("\ufffd", value)))
+                if surrogate.search(value):
+                    mended.append((key, surrogate.sub("\ufffd", value)))
             elif isinstance(value, dict | list):
                 stack.append(value)
         for key, value in mended:
