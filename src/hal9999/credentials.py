@@ -14,6 +14,7 @@ netrc files, and any long high-entropy word), not the whole file.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import posixpath
@@ -41,8 +42,6 @@ MAX_CREDENTIAL_BYTES = 1 << 20
 """Credential files larger than this are refused (they are logins and keys, not data)."""
 
 _SECRET_KEY_WORDS = ("PRIVATE", "COOKIE", "SESSION", "BEARER", "APIKEY", "PASS")
-_ASSIGNMENT = re.compile(r"""^\s*(?:export\s+)?["']?([\w.\-]+)["']?\s*[:=]\s*(.*?)\s*$""")
-_NETRC_SECRET = re.compile(r"\b(?:password|passwd|account)\s+(\S+)")
 
 
 def read_credential(source: Path) -> bytes:
@@ -143,6 +142,17 @@ def file_secrets(source: Path) -> list[str]:
     return secrets_in_text(data.decode("utf-8", "replace"))
 
 
+@functools.cache
+def _line_patterns() -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """A ``KEY=VALUE`` (or ``key: value``) line and a netrc secret, compiled when a
+    credential file is first read: ~1.3M instructions at import, on the path of every run
+    that installs none (issue 16)."""
+    return (
+        re.compile(r"""^\s*(?:export\s+)?["']?([\w.\-]+)["']?\s*[:=]\s*(.*?)\s*$"""),
+        re.compile(r"\b(?:password|passwd|account)\s+(\S+)"),
+    )
+
+
 def secrets_in_text(text: str) -> list[str]:
     """The values in a credential file's text that are secrets (see the module docstring)."""
     found: dict[str, None] = {}
@@ -154,12 +164,13 @@ def secrets_in_text(text: str) -> list[str]:
         _walk_json(json.loads(text), None, found)
     except ValueError:
         pass
+    assignment, netrc_secret = _line_patterns()
     for line in text.splitlines():
-        if (match := _ASSIGNMENT.match(line)) is not None:
+        if (match := assignment.match(line)) is not None:
             value = match.group(2).strip().strip("'\"").rstrip(",").strip("'\"")
             if _secret_key(match.group(1)):
                 found[value] = None
-        for netrc in _NETRC_SECRET.finditer(line):
+        for netrc in netrc_secret.finditer(line):
             found[netrc.group(1)] = None
     for word in re.findall(r"[^\s\"',;:=<>()\[\]{}]+", text):
         if high_entropy(word):
