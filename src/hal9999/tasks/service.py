@@ -156,9 +156,8 @@ class TaskService(TaskSecrets):
         resolve_agent(req.agent, config.agent_settings(req.agent))
         self.check_prompt(req, config)
         providers = provider_list(req.provider)
-        # The request's copy of this service's settings (an in-process `hal run` sends its
-        # config; a daemon's client sends the same settings) runs on this service's runner
-        # (runner_for): its provider is the runner's, not one more built to be thrown away.
+        # Settings equal to the service's (an in-process `hal run` sends a copy) run on its
+        # runner (runner_for): the provider is the runner's, not one more built and dropped.
         shared = config is self.config or config == self.config
         for name in providers:
             if shared:
