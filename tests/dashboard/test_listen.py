@@ -17,7 +17,8 @@ import pytest
 from tests.dashboard.conftest import proof_in
 
 from hal9999.dashboard.auth import PROOF_HEADER
-from hal9999.dashboard.tls import _self_signed
+from hal9999.dashboard.tls import _self_signed, parse_listen
+from hal9999.errors import ConfigError
 
 
 def free_port() -> int:
@@ -105,6 +106,20 @@ def test_listen_flags_are_checked(tmp_path: Path) -> None:
     assert unpaired.returncode == 2 and "go together" in unpaired.stderr
 
 
+@pytest.mark.parametrize("value", ["0.0.0.0:8443", "[::]:8443", "[0:0::0]:8443"])
+def test_listen_on_every_address_is_refused_with_the_fix(value: str) -> None:
+    """The Host check accepts only the name --listen gives: on 0.0.0.0 every browser
+    elsewhere got 421 and the login link named https://0.0.0.0:PORT. Say so, and the fix."""
+    with pytest.raises(ConfigError) as refused:
+        parse_listen(value)
+    assert "means every address" in str(refused.value)
+    assert refused.value.hint is not None and "--listen 192.168.1.10:8443" in refused.value.hint
+    with pytest.raises(ConfigError) as variable:
+        parse_listen(value, "HAL_LISTEN")
+    assert variable.value.hint is not None and "HAL_LISTEN=192.168.1.10:8443" in variable.value.hint
+    assert parse_listen("192.168.1.10:8443") == ("192.168.1.10", 8443)
+
+
 @pytest.mark.parametrize("where", ["busy", "not-here", "unknown"])
 def test_listen_where_hal_cannot_is_one_line(tmp_path: Path, where: str) -> None:
     env = hal_env(tmp_path / "home")
@@ -153,7 +168,7 @@ def test_listen_errors_name_the_variable_the_user_set(tmp_path: Path) -> None:
     env = hal_env(tmp_path / "home")
     bad = hal({**env, "HAL_LISTEN": "nope"}, "serve")
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
-        "hal: error: HAL_LISTEN 'nope' is not HOST:PORT (for example HAL_LISTEN=0.0.0.0:8443)"
+        "hal: error: HAL_LISTEN 'nope' is not HOST:PORT (for example HAL_LISTEN=192.168.1.10:8443)"
     ]
     cert, _ = _self_signed(tmp_path / "mine", "localhost")
     half = hal({**env, "HAL_LISTEN": "127.0.0.1:8443", "HAL_TLS_CERT": str(cert)}, "serve")

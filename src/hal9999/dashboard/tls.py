@@ -11,6 +11,7 @@ others, and a session cookie must not cross the network in clear.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import os
@@ -65,11 +66,24 @@ def parse_listen(value: str, name: str = "--listen") -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        example = f"{name} 0.0.0.0:8443" if name.startswith("--") else f"{name}=0.0.0.0:8443"
-        raise ConfigError(f"{name} {value!r} is not HOST:PORT", hint=f"for example {example}")
+        raise ConfigError(f"{name} {value!r} is not HOST:PORT", hint=_example(name))
     if any(c in host for c in "/@ []") or len(host) > 253:
         raise ConfigError(f"{name} host {host!r} is not a host name or address")
+    with contextlib.suppress(ValueError):
+        if ipaddress.ip_address(host).is_unspecified:
+            # The Host check (DNS rebinding) accepts only the name given here: on "every
+            # address", a browser elsewhere would get 421 and the login link would name 0.0.0.0.
+            raise ConfigError(
+                f"{name} host {host!r} means every address, and the dashboard answers only to "
+                "the one name it is given (its Host check)",
+                hint=f"name the address or host name the browser will use: {_example(name)}",
+            )
     return host, int(port)
+
+
+def _example(name: str) -> str:
+    """An example value of the option or variable ``name``."""
+    return f"for example {name}{' ' if name.startswith('--') else '='}192.168.1.10:8443"
 
 
 def _pair(cert: str | None, key: str | None, names: tuple[str, str]) -> tuple[Path, Path] | None:
