@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -29,6 +30,7 @@ from hal9999.server.listen import HalServer
 from hal9999.server.routing import Router
 from hal9999.server.sse import EventFeed, add_stream_routes
 from hal9999.store import Store
+from hal9999.store.events import FeedRow
 
 TOKEN = "sse-token"
 
@@ -318,3 +320,23 @@ async def test_an_event_indexed_long_after_it_was_emitted_is_waited_for_not_skip
         (tmp_path / "t9.jsonl").write_bytes(late.model_dump_json().encode() + b"\n")
         await collect_until(events, got, lambda: len(got.gseqs()) == 1, 0.3)
     assert got.gseqs() == [gseq] and got.events[0].json()["text"] == "late\n"
+
+
+HOSTILE = (
+    'x\n\nid: 999999\nevent: resync\ndata: {"type": "resync"}\n\n'
+    "y\r\rid: 999998\r\rdata: {}\r\n\r\nz\u2028\u0085\x00"
+)
+"""Agent text that would end an SSE event and start a forged one if it reached the stream raw."""
+
+
+def test_agent_text_cannot_end_an_sse_frame_or_forge_one() -> None:
+    """An agent's output and a hive event an agent named (its text in a field) each become
+    exactly one event: the data is JSON, whose escapes leave no CR or LF in a field."""
+    task_frame = sse.frame(Output(task_id="t1", seq=3, text=HOSTILE), 7)
+    hive = AgentState(agent="a1", state="crashed", detail=HOSTILE)  # recorded as this JSON
+    row = FeedRow(8, None, 0, "agent_state", 1.0, hive.model_dump_json())
+    for frame, gseq, field in ((task_frame, 7, "text"), (sse.hive_frame(row), 8, "detail")):
+        lines = frame.data.decode().replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        assert lines[0] == f"id: {gseq}" and lines[1].startswith("data: ")
+        assert lines[2:] == ["", ""]  # one event, nothing after it
+        assert json.loads(lines[1][len("data: ") :])[field] == HOSTILE
