@@ -109,10 +109,10 @@ def test_a_used_link_stays_used_after_a_restart(tmp_path: Path) -> None:
 
     home = tmp_path / "home"
     token = login_token(home)
-    assert SessionKeeper(home).redeem(token) is not None
-    assert SessionKeeper(home).redeem(token) is None  # a new daemon remembers it
-    assert SessionKeeper(home).redeem(login_token(home)) is not None
-    assert SessionKeeper(home).redeem("garbage") is None
+    assert SessionKeeper(home).redeem(token, "127.0.0.1:8080") is not None
+    assert SessionKeeper(home).redeem(token, "127.0.0.1:8080") is None  # a new daemon remembers it
+    assert SessionKeeper(home).redeem(login_token(home), "127.0.0.1:8080") is not None
+    assert SessionKeeper(home).redeem("garbage", "127.0.0.1:8080") is None
 
 
 def test_logout_revokes_the_session_even_a_copied_cookie_and_after_a_restart(

@@ -31,6 +31,8 @@ READS = ("/api/tasks", "/api/tasks/t1", "/api/hive/inbox?all=1&mark=1", "/api/st
          "/files/tasks/t1/patch")  # fmt: skip
 CHANGES = ("/api/tasks/t1/cancel", "/api/hive/approvals/a1/approve", "/logout")
 TERMINALS = ("/terminal/t1", "/terminal/t1?write=1")
+HOST = "127.0.0.1:8080"
+"""The Host a login link is opened on in the tests of SessionKeeper alone."""
 
 
 class FakeDaemon:
@@ -143,33 +145,78 @@ def test_the_cookie_alone_with_forged_headers_is_refused_everywhere(
 def test_the_proof_belongs_to_its_session_and_dies_with_the_key(tmp_path: Path) -> None:
     home = tmp_path / "home"
     keeper = SessionKeeper(home)
-    first, second = (keeper.redeem(login_token(home)) for _ in range(2))
+    first, second = (keeper.redeem(login_token(home), HOST) for _ in range(2))
     assert first is not None and second is not None and first.proof != second.proof
     session = keeper.check(first.cookie)
     assert session is not None
-    assert keeper.proof_ok(session, first.proof)
-    assert not keeper.proof_ok(session, second.proof)
-    assert not keeper.proof_ok(None, first.proof)
-    assert not keeper.proof_ok(session, first.proof[:-1])
-    assert not keeper.proof_ok(session, "é" * 64)  # not ASCII: refused, not an exception
-    assert SessionKeeper(home).proof_ok(session, first.proof)  # a restart keeps it valid
+    assert keeper.proof_ok(session, first.proof, HOST)
+    assert not keeper.proof_ok(session, second.proof, HOST)
+    assert not keeper.proof_ok(session, first.proof, "127.0.0.1:8081")  # another origin
+    assert not keeper.proof_ok(None, first.proof, HOST)
+    assert not keeper.proof_ok(session, first.proof[:-1], HOST)
+    assert not keeper.proof_ok(session, "é" * 64, HOST)  # not ASCII: refused, not an exception
+    assert SessionKeeper(home).proof_ok(session, first.proof, HOST)  # a restart keeps it valid
     (home / "dashboard.key").unlink()  # logs every browser out
     after = SessionKeeper(home)
     assert after.check(first.cookie) is None
-    assert not after.proof_ok(DashboardSession(session.id), first.proof)
+    assert not after.proof_ok(DashboardSession(session.id), first.proof, HOST)
 
 
 def test_deleting_the_key_logs_out_a_running_daemons_browsers_at_once(tmp_path: Path) -> None:
     home = tmp_path / "home"
     keeper = SessionKeeper(home)  # the daemon's, kept for its life
-    old = keeper.redeem(login_token(home))
+    old = keeper.redeem(login_token(home), HOST)
     assert old is not None and keeper.check(old.cookie) is not None
     (home / "dashboard.key").unlink()
     assert keeper.check(old.cookie) is None  # not only after a restart
     stale = login_token(home)  # `hal dashboard` after the deletion: a new key signs it
     assert keeper.check(old.cookie) is None  # the old cookie stays refused under the new key
-    fresh = keeper.redeem(stale)
+    fresh = keeper.redeem(stale, HOST)
     assert fresh is not None, "a link signed with the new key is accepted without a restart"
     session = keeper.check(fresh.cookie)
-    assert session is not None and keeper.proof_ok(session, fresh.proof)
-    assert not keeper.proof_ok(session, old.proof)
+    assert session is not None and keeper.proof_ok(session, fresh.proof, HOST)
+    assert not keeper.proof_ok(session, old.proof, HOST)
+
+
+def test_a_proof_left_in_an_old_pages_origin_is_refused_by_the_restarted_daemon(
+    tmp_path: Path,
+) -> None:
+    """The daemon listens on a new free port after a restart. The open page of the old one
+    keeps reconnecting to the old port, with the cookie and the proof, and whatever takes
+    that port next gets both (and reads the proof from the old origin's localStorage when
+    the page is reloaded). The proof is bound to the origin it was handed to: the new daemon
+    refuses it, and a login there gives a proof that port accepts."""
+    from hal9999.dashboard.app import dashboard_app
+
+    home = tmp_path / "halhome"
+    home.mkdir()
+    api = FakeApi()
+    api.add_task(task("t1"))
+    before = Served(dashboard_app(home=home, api=api.app, token=TOKEN))
+    try:
+        cookie, proof = login(before, home)
+        with httpx.Client(base_url=before.base) as page:  # valid where it was handed out
+            headers = {**forged(before, cookie), PROOF_HEADER: proof}
+            assert page.get("/api/tasks", headers=headers).status_code == 200
+    finally:
+        before.close()
+    after = Served(dashboard_app(home=home, api=api.app, token=TOKEN))
+    try:
+        assert after.port != before.port
+        with httpx.Client(base_url=after.base) as squatter:
+            headers = {**forged(after, cookie), PROOF_HEADER: proof}
+            for path in READS[:3]:
+                assert refused_with_proof_required(squatter.get(path, headers=headers)), path
+            changed = squatter.post("/api/tasks/t1/cancel", headers=headers)
+            assert refused_with_proof_required(changed)
+            localhost = {**headers, "host": f"localhost:{after.port}"}  # another origin too
+            assert refused_with_proof_required(squatter.get("/api/tasks", headers=localhost))
+        assert [c[:2] for c in api.calls] == [("GET", "/v1/tasks")]
+        fresh_cookie, fresh_proof = login(after, home)
+        with httpx.Client(base_url=after.base) as page:
+            headers = {**forged(after, fresh_cookie), PROOF_HEADER: fresh_proof}
+            assert page.get("/api/tasks", headers=headers).status_code == 200
+            elsewhere = {**headers, "host": f"localhost:{after.port}"}
+            assert refused_with_proof_required(page.get("/api/tasks", headers=elsewhere))
+    finally:
+        after.close()

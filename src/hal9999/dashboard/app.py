@@ -119,7 +119,7 @@ def dashboard_app(
         hosts = [*hosts, *([address.host] if address is not None else [])]
 
     async def login(request: Request) -> Response:
-        new = sessions.redeem(request.query_params.get("t", ""))
+        new = sessions.redeem(request.query_params.get("t", ""), request.headers["host"])
         if new is None:
             return HTMLResponse(
                 "<!doctype html><title>hal</title><p>This login link is not valid (used, "

@@ -4,14 +4,18 @@
 the home's dashboard key (``<home>/dashboard.key``, random, mode 600), carries a random nonce
 and expires after :data:`LOGIN_MAX_AGE_S`; the daemon accepts each nonce once. Redeeming it sets
 a signed, HTTP-only, ``SameSite=Strict`` session cookie, and hands the page (in the answer's
-body, never in a cookie) the session's proof: an HMAC of the session id under the key.
+body, never in a cookie) the session's proof: an HMAC of the session id and the ``Host`` the
+link was opened on (the page's origin) under the key.
 
 Why both: browsers send a host's cookies to every port of it, so any server on another port
 of 127.0.0.1 that the browser visits gets the cookie (readable: it is signed, not encrypted).
 The page keeps the proof in ``localStorage``, which is per scheme, host *and port*, and sends
 it with every request for data (:data:`PROOF_HEADER`, or for the terminal's websocket a
 subprotocol :data:`PROOF_PROTOCOL` ``+ proof``). Deriving it from the key (not storing it)
-makes it outlive a restart and die with the key, exactly as the cookie does.
+makes it outlive a restart and die with the key, exactly as the cookie does. Binding it to
+the origin: a restarted daemon listens on a new port, while the old port's open pages keep
+sending their proof there (and keep it in that origin's storage) for whatever listens on it
+next; a proof is accepted only on the host and port it was handed out on.
 Only this module knows the key; ``hal dashboard`` signs a link without asking the daemon
 (anyone who can read the key can already read the bearer token beside it).
 """
@@ -149,8 +153,9 @@ class SessionKeeper:
             self._use_key(key)
         return True
 
-    def redeem(self, token: str) -> NewSession | None:
-        """A new session for a valid, unused login token; else None."""
+    def redeem(self, token: str, where: str) -> NewSession | None:
+        """A new session for a valid, unused login token opened on the ``Host`` ``where``
+        (its proof is for that origin); else None."""
         from itsdangerous import BadSignature
 
         if not self._key_current(create=True):
@@ -172,17 +177,20 @@ class SessionKeeper:
             _write_stamped(self._used_file, self._used)
         sid = secrets.token_hex(16)
         cookie = str(self._session.dumps({"sid": sid}))
-        return NewSession(cookie, self.proof(DashboardSession(sid)))
+        return NewSession(cookie, self.proof(DashboardSession(sid), where))
 
-    def proof(self, session: DashboardSession) -> str:
-        """The session's proof (hex: it is also a valid websocket subprotocol token)."""
-        return hmac.new(self._proof_key, session.id.encode(), hashlib.sha256).hexdigest()
+    def proof(self, session: DashboardSession, where: str) -> str:
+        """The session's proof on the origin whose ``Host`` is ``where`` (hex: it is also a
+        valid websocket subprotocol token)."""
+        message = session.id.encode() + b"\0" + where.lower().encode("utf-8", "replace")
+        return hmac.new(self._proof_key, message, hashlib.sha256).hexdigest()
 
-    def proof_ok(self, session: DashboardSession | None, proof: str | None) -> bool:
-        """Whether ``proof`` is the session's (compared in constant time)."""
+    def proof_ok(self, session: DashboardSession | None, proof: str | None, where: str) -> bool:
+        """Whether ``proof`` is the session's on the ``Host`` ``where`` (in constant time)."""
         if session is None or not proof:
             return False
-        return hmac.compare_digest(self.proof(session).encode(), proof.encode("utf-8", "replace"))
+        expected = self.proof(session, where).encode()
+        return hmac.compare_digest(expected, proof.encode("utf-8", "replace"))
 
     def revoke(self, session: DashboardSession) -> None:
         """Log a session out: its cookie is refused from now on (a copy of it included)."""

@@ -153,7 +153,7 @@ class DashboardGuard:
             return
         reads_or_changes = websocket or path.startswith(DATA_PREFIXES) or unsafe
         if reads_or_changes and path != "/login":
-            if not self.sessions.proof_ok(session, _proof_of(headers)):
+            if not self.sessions.proof_ok(session, _proof_of(headers), host):
                 await self._refuse(scope, send, 401, "proof_required", PROOF_REFUSED)
                 return
         scope.setdefault("state", {})["hal_session"] = session
