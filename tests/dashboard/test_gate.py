@@ -70,6 +70,12 @@ def test_host_origin_and_proof_refusals(fake_dashboard: Dashboard) -> None:
         assert rebound.status_code == 421 and "host_refused" in rebound.text
         assert client.get("/", headers={"host": f"localhost:{served.port}"}).status_code == 200
         assert client.get("/", headers={"host": "127.0.0.1:1"}).status_code == 421
+        tunnel = client.get("/", headers={"host": "localhost:1"})  # ssh -L 1:127.0.0.1:PORT
+        assert tunnel.status_code == 421
+        assert (
+            f"open it as 127.0.0.1:{served.port}, [::1]:{served.port}, localhost:{served.port}"
+            in tunnel.json()["error"]["message"]
+        )
         origin = {"origin": served.base, PROOF_HEADER: proof}
         ok = client.post("/api/tasks/t1/cancel", headers=origin)
         assert ok.status_code == 200

@@ -126,7 +126,7 @@ class DashboardGuard:
         method = "WEBSOCKET" if websocket else scope["method"]
         path = scope["path"]
         if not _host_ok(host, scope, self.hosts):
-            await self._refuse(scope, send, 421, "host_refused", "this Host is not the dashboard")
+            await self._refuse(scope, send, 421, "host_refused", self._host_refused(scope))
             return
         fetched_by = headers.get("sec-fetch-site", "same-origin")
         if path.startswith(DATA_PREFIXES) and fetched_by not in ("same-origin", "none"):
@@ -164,6 +164,18 @@ class DashboardGuard:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+    def _host_refused(self, scope: Scope) -> str:
+        """The 421's line: the Host is not ours, and the addresses that are (an SSH tunnel or
+        a proxy on another port got a bare "not the dashboard" and no way forward)."""
+        server = scope.get("server")
+        port = server[1] if isinstance(server, (tuple, list)) and len(server) == 2 else None
+        names = sorted(f"[{h}]" if ":" in h else h for h in self.hosts)
+        where = ", ".join(f"{name}:{port}" if port else name for name in names)
+        return (
+            f"this Host is not the dashboard: open it as {where} (a forwarded port must keep "
+            "the same number; a DNS-rebinding page is refused here)"
+        )
 
     async def _refuse(self, scope: Scope, send: Any, status: int, code: str, text: str) -> None:
         """One JSON line naming the problem (a websocket is closed instead)."""
