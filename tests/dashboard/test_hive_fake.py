@@ -269,3 +269,40 @@ def test_a_page_without_its_own_stream_still_follows_the_hive(
     api.emit_hive(type="approval_added", agent="worker", approval_id="a1", kind="apply")
     page.wait_for_function("() => document.title.startsWith('(1) ')", timeout=10000)
     assert not [path for _, path, _ in api.calls if path.startswith("/v1/hive/events")]
+
+
+def test_an_approval_shows_all_of_its_title_whatever_its_characters(
+    browser: Any, fake_dashboard: Dashboard, shot: Any
+) -> None:
+    """A proposer writes its approval's title (up to 200 characters). One without a break
+    point ran past the card, whose overflow is hidden: the operator saw a harmless start and
+    never the end ("..._then_delete_the_production_database"). Every line of it stays inside
+    the card, on a phone and on a desk; the payload's text is inside its box too."""
+    served, api, home = fake_dashboard
+    title = "update_readme_typo" + "_" * 140 + "_then_delete_the_production_database"
+    tail = "then_delete_the_production_database"
+    api.hive["approvals"].append(
+        approval("a1", kind="tool", title=title, payload={"command": "x" * 300})
+    )
+    for width in (390, 1280):
+        page = hive_page(browser, served, home, viewport={"width": width, "height": 844})
+        page.wait_for_selector("[data-approval='a1'] .payload")
+        overflow = page.evaluate(
+            """() => {
+                const card = document.querySelector("[data-approval='a1']");
+                const right = card.getBoundingClientRect().right;
+                const out = [];
+                for (const sel of [".title", ".payload"]) {
+                    const node = card.querySelector(sel);
+                    const range = document.createRange();
+                    range.selectNodeContents(node);
+                    for (const r of range.getClientRects())
+                        if (r.right > right + 0.5) out.push(sel);
+                }
+                return out;
+            }"""
+        )
+        assert overflow == [], (width, overflow)
+        assert tail in page.inner_text("[data-approval='a1'] .title")
+        shot(page, f"w{width}")
+        page.close()
