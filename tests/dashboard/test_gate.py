@@ -150,3 +150,24 @@ def test_a_static_file_that_is_not_there_is_a_404_not_a_500(fake_dashboard: Dash
             assert answer.status_code == 404, (path, answer.text)
             assert answer.json()["error"]["code"] == "not_found", answer.text
         assert client.get("/static/js/core.js").status_code == 200
+
+
+def test_no_answer_grants_another_origin_cors(fake_dashboard: Dashboard) -> None:
+    """Another site's page reads nothing through CORS: a preflight (which carries no cookie)
+    and a request with the session both get no Access-Control-Allow-* header."""
+    served, _, home = fake_dashboard
+    evil = {"origin": "http://evil.example", "access-control-request-method": "POST",
+            "access-control-request-headers": PROOF_HEADER}  # fmt: skip
+    with logged_in(served, home) as (client, proof):
+        answers = [
+            httpx.options(served.base + "/api/tasks/t1/cancel", headers=evil),
+            httpx.options(served.base + "/v1/tasks", headers=evil),
+            client.get(
+                "/api/tasks", headers={"origin": "http://evil.example", PROOF_HEADER: proof}
+            ),
+            client.get("/", headers={"origin": "http://evil.example"}),
+        ]
+    for answer in answers:
+        assert answer.status_code in (200, 401, 403, 404, 405), answer.status_code
+        granted = [k for k in answer.headers if k.lower().startswith("access-control-allow")]
+        assert granted == [], (answer.request.url, granted)
