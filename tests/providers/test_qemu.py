@@ -89,25 +89,8 @@ async def test_resources_set_the_vm_shape_and_the_pid_limit(
 @pytest.fixture
 def loopback_server() -> Iterator[int]:
     """A TCP server on the host's 127.0.0.1 that greets with ``hello``."""
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.2)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.sendall(b"hello")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield server.getsockname()[1]
-    stop.set()
-    thread.join()
-    server.close()
+    with _greeter("127.0.0.1") as port:
+        yield port
 
 
 # QEMU's user-mode network maps the guest's gateway 10.0.2.2 (and every other address of its
