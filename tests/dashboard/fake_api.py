@@ -183,7 +183,19 @@ class FakeApi:
                                  "p95_ms": 3000, "tool_calls": 7, "cost_usd": 0.5})  # fmt: skip
 
         async def inbox(request: Request) -> Response:
-            return JSONResponse(self.hive["messages"])
+            shown = [dict(m) for m in self.hive["messages"]]
+            if request.query_params.get("mark") in ("1", "true"):  # as the daemon does
+                for m in self.hive["messages"]:
+                    if m["recipient"] == "operator":
+                        m["state"] = "read"
+            return JSONResponse(shown)
+
+        async def read(request: Request) -> Response:
+            ids = (await request.json())["ids"]
+            for m in self.hive["messages"]:
+                if m["id"] in ids and m["recipient"] == "operator":
+                    m["state"] = "read"
+            return JSONResponse({"marked": ids})
 
         async def send(request: Request) -> Response:
             body = await request.json()
@@ -206,6 +218,7 @@ class FakeApi:
             Route("/v1/hive/agents", authed(hive_list)),
             Route("/v1/hive/agents/{name}/stats", authed(stats)),
             Route("/v1/hive/inbox", authed(inbox)),
+            Route("/v1/hive/inbox/read", authed(read), methods=["POST"]),
             Route("/v1/hive/messages", authed(send), methods=["POST"]),
             Route("/v1/hive/reminders", authed(reminders)),
             Route("/v1/tasks", authed(list_tasks)),

@@ -107,6 +107,25 @@ def test_hostile_hive_data_never_runs(browser: Any, fake_dashboard: Dashboard, s
     shot(page)
 
 
+def test_opening_the_page_marks_nothing_read(browser: Any, fake_dashboard: Dashboard) -> None:
+    """A page on another port of this host can open /hive in a popup: the page's own load
+    must not mark the operator's messages read (it did, with ``mark=1``); the operator's
+    click on "Mark read" does, with a POST."""
+    served, api, home = fake_dashboard
+    for n in (1, 2):
+        api.hive["messages"].append({"id": f"m{n}", "sender": "worker", "recipient": "operator",
+                                     "kind": "message", "body": f"note {n}", "ref": None,
+                                     "state": "sent", "created": time.time()})  # fmt: skip
+    page = hive_page(browser, served, home)
+    page.wait_for_selector(".msg[data-message='m2']")
+    assert [m["state"] for m in api.hive["messages"]] == ["sent", "sent"]
+    page.wait_for_selector("#mark-read:not([disabled])")
+    page.click("#mark-read")
+    page.wait_for_selector(".msg[data-message='m2'][data-state='read']")
+    assert [m["state"] for m in api.hive["messages"]] == ["read", "read"]
+    assert ("POST", "/v1/hive/inbox/read", {"ids": ["m1", "m2"]}) in api.calls
+
+
 def test_hive_page_and_overview_at_phone_width(
     browser: Any, fake_dashboard: Dashboard, shot: Any
 ) -> None:

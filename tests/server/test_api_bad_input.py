@@ -141,6 +141,7 @@ CASES = [
     ("GET", "/v1/hive/inbox?mark=yes", None, 400, "config_invalid", "mark must be 1 or true"),
     ("GET", "/v1/hive/inbox?name=alice&all=Y", None, 400, "config_invalid", "all must be"),
     ("DELETE", "/v1/tasks/nosuch?force=yes", None, 400, "config_invalid", "force must be"),
+    ("POST", "/v1/hive/inbox/read", '{"ids": "m1"}', 400, "config_invalid", "ids must be a list"),
     # A path or method the API does not have: the message was the bare "POST /v1/taks".
     ("POST", "/v1/taks", "{}", 404, "no_route", "the daemon has no route POST /v1/taks"),
     ("PUT", "/v1/tasks", "{}", 405, "method_not_allowed", "PUT is not allowed on /v1/tasks"),
@@ -167,6 +168,20 @@ def test_nothing_was_done_for_a_refused_request(api: tuple[Call, Store]) -> None
     assert call("GET", "/v1/hive/inbox?name=alice&all=1")[1] == []
     for agent in ("alice", "operator"):
         assert call("GET", f"/v1/hive/threads?agent={agent}")[0] == 200
+
+
+def test_marking_read_is_a_post_of_the_operators_listed_messages(api: tuple[Call, Store]) -> None:
+    """The dashboard marks read with this POST on the operator's click (its page load marked
+    them with a GET); ids of other messages or none at all mark nothing."""
+    from hal9999.hive import broker
+
+    call, store = api
+    one = broker.send(store, sender="alice", recipient="operator", body="first")
+    two = broker.send(store, sender="alice", recipient="operator", body="second")
+    status, payload = call("POST", "/v1/hive/inbox/read", json.dumps({"ids": [one.id, "m-x"]}))
+    assert (status, payload) == (200, {"marked": [one.id]})
+    assert [m["id"] for m in call("GET", "/v1/hive/inbox")[1]] == [two.id]
+    call("POST", "/v1/hive/inbox/read", json.dumps({"ids": [two.id]}))
 
 
 def test_deciding_a_decided_proposal_is_a_409(api: tuple[Call, Store]) -> None:

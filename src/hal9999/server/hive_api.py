@@ -148,12 +148,24 @@ def add_hive_routes(router: Router, daemon: Daemon) -> None:
             await asyncio.to_thread(broker.mark, daemon.store, unread, "read")
         return [m.model_dump(mode="json") for m in found]
 
+    async def read(request: Request) -> Any:
+        # The dashboard marks read with this POST on the operator's click: its page load
+        # only reads (a page on another port could open it in a popup; a GET changes nothing).
+        ids = request.json().get("ids")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ConfigError("ids must be a list of message ids (strings)")
+        wanted = set(ids)
+        unread = await asyncio.to_thread(broker.inbox, daemon.store, OPERATOR)
+        chosen = [m.id for m in unread if m.id in wanted]
+        await asyncio.to_thread(broker.mark, daemon.store, chosen, "read")
+        return {"marked": chosen}
+
     async def run_vacuum(request: Request) -> Any:
         body = request.json()
         return await asyncio.to_thread(
             vacuum, daemon.store, daemon.hive_settings, home=daemon.config.home,
             dry_run=_flag(body, "dry_run"),
-        )
+        )  # fmt: skip
 
     async def reminders(request: Request) -> Any:
         name = request.name("agent")
@@ -220,8 +232,13 @@ def add_hive_routes(router: Router, daemon: Daemon) -> None:
         }}, response=obj)  # fmt: skip
     add("GET", "/v1/hive/inbox", inbox, "A mailbox (the operator's by default).",
         query=("name", "all", "mark"), response=objs)  # fmt: skip
+    add("POST", "/v1/hive/inbox/read", read,
+        "Mark the operator's listed unread messages read (the others are left as they are).",
+        body={"type": "object", "required": ["ids"], "properties": {
+            "ids": {"type": "array", "items": {"type": "string"}}}}, response=obj)  # fmt: skip
     add("POST", "/v1/hive/vacuum", run_vacuum, "Apply the hive's retention.",
-        body={"type": "object", "properties": {"dry_run": {"type": "boolean"}}}, response=obj)
+        body={"type": "object", "properties": {"dry_run": {"type": "boolean"}}},
+        response=obj)  # fmt: skip
     add("GET", "/v1/hive/reminders", reminders,
         "Reminders: pending (by due time), then delivered in the last recent_s seconds"
         " (default a day); of one agent with agent=.",

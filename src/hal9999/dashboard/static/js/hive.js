@@ -127,12 +127,19 @@
       try { await hal.api("POST", "/hive/messages", { to: m[1], body: m[2] }); compose.value = ""; await drawMessages(); }
       catch (err) { hal.flash(err.message); }
     } });
+    // Loading this page only reads the inbox: a page on another port of this host could open
+    // it in a popup, so marking read waits for the operator's click (a POST with the proof).
+    let unread = [];
+    const markRead = el("button", { type: "button", id: "mark-read", text: "Mark read", disabled: true, onclick: async () => {
+      try { await hal.api("POST", "/hive/inbox/read", { ids: unread }); await drawMessages(); }
+      catch (err) { hal.flash(err.message); }
+    } });
     hal.clear(main).append(
       el("section", { class: "card" }, el("h1", { text: "Waiting for you" }),
         el("h2", { text: "Approvals" }), approvals, el("h2", { text: "Questions" }), questions),
       el("section", { class: "card" }, el("h2", { text: "Agents" }), agents),
       el("section", { class: "card" }, el("h2", { text: "Messages" }), messages,
-        el("div", { class: "actions" }, compose, send)),
+        el("div", { class: "actions" }, compose, send, markRead)),
       el("section", { class: "card" }, el("h2", { text: "Reminders" }), reminders));
 
     /** Brings a list of cards in line with ``items`` without touching the cards that stay
@@ -163,8 +170,10 @@
       }
     }
     async function drawMessages() {
-      const list = await hal.api("GET", "/hive/inbox?all=1&mark=1");
-      hal.clear(messages).append(...list.map((m) => el("li", { class: "msg", "data-message": m.id },
+      const list = await hal.api("GET", "/hive/inbox?all=1");
+      unread = list.filter((m) => m.recipient === "operator" && m.state !== "read").map((m) => m.id);
+      markRead.disabled = !unread.length;
+      hal.clear(messages).append(...list.map((m) => el("li", { class: "msg", "data-message": m.id, "data-state": m.state },
         el("span", { class: "who", text: m.sender + " → " + m.recipient }), " ",
         el("span", { class: "muted", text: m.kind + " · " + hal.fmtAgo(m.created) }),
         el("pre", { class: "body", text: m.body }))));
