@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,39 @@ def test_allocate_leaves_a_whole_lock_file_and_held_by_finds_what_a_kill_left(
     assert sorted(os.listdir(tmp_path / "uids")) == sorted([str(uid), fresh.name]), (
         "the draft and the old empty lock go; one being written now stays"
     )
+
+
+def test_drafts_of_dead_writers_go_at_the_sweep_and_a_live_ones_stays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bwrap or qemu hal killed inside allocate left its draft until reboot (held_by, which
+    removes drafts, is called for docker owners only). The daemon's start sweep removes the
+    drafts whose writer is dead; an allocate under way keeps its own."""
+    uids = tmp_path / "uids"
+    monkeypatch.setattr(sandboxuser, "LOCK_DIR", uids)
+    child = subprocess.Popen(["true"])
+    child.wait()  # reaped: its pid no longer runs
+    dead_pid = child.pid
+    ours = sandboxuser._started(os.getpid())
+    seen: list[bool] = []
+    real_link = os.link
+
+    def link_and_sweep(src: str, dst: str) -> None:
+        assert sandboxuser.sweep_drafts() == 0  # the live allocate's own draft stays
+        seen.append(Path(src).exists())
+        real_link(src, dst)
+
+    monkeypatch.setattr(os, "link", link_and_sweep)
+    uid = sandboxuser.allocate("/home/state/bwrap aaaa")
+    monkeypatch.setattr(os, "link", real_link)
+    assert seen == [True]
+    prefix = sandboxuser._draft("/home/state/qemu bbbb")
+    killed = uids / f"{prefix}{dead_pid}.{ours}-0001"  # its writer is gone
+    reused = uids / f"{prefix}{os.getpid()}.1-0002"  # the pid runs, but another process
+    alive = uids / f"{prefix}{os.getpid()}.{ours}-0003"  # a writer still at work
+    old, young = uids / f"{prefix}0004", uids / f"{prefix}0005"  # an older hal's, no writer
+    for path in (killed, reused, alive, old, young):
+        path.write_text("owner\n")
+    os.utime(old, (1, 1))
+    assert sandboxuser.sweep_drafts() == 3
+    assert sorted(os.listdir(uids)) == sorted([str(uid), alive.name, young.name])

@@ -51,10 +51,12 @@ def allocate(owner: str) -> int:
     The lock file appears whole: written under a name of the owner's (:func:`_draft`), then
     hard-linked to the uid's name, which fails when the uid is taken. A hal killed between
     creating the lock and writing its owner left an empty one, a uid nobody could ever
-    find; now a kill leaves at most the draft, which :func:`held_by` removes.
+    find; now a kill leaves at most the draft, which :func:`held_by` (its owner's) or
+    :func:`sweep_drafts` (a dead writer's, named in it) removes.
     """
     LOCK_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
-    draft = LOCK_DIR / f"{_draft(owner)}{secrets.token_hex(4)}"
+    pid = os.getpid()
+    draft = LOCK_DIR / f"{_draft(owner)}{pid}.{_started(pid)}-{secrets.token_hex(4)}"
     fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "w") as handle:
@@ -98,7 +100,50 @@ EMPTY_STALE_S = 3600
 
 def _draft(owner: str) -> str:
     """The start of the name of ``owner``'s lock file while :func:`allocate` writes it."""
-    return f".draft-{hashlib.sha256(owner.encode()).hexdigest()[:16]}-"
+    return f"{_DRAFT}{hashlib.sha256(owner.encode()).hexdigest()[:16]}-"
+
+
+_DRAFT = ".draft-"
+
+
+def _started(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks after boot), None when it is gone or a
+    zombie: with the pid, it names one process even after the pid is reused."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return fields[19].decode()
+
+
+def sweep_drafts() -> int:
+    """Remove the drafts (any owner's) whose writer, named in the draft, is dead; how many.
+
+    :func:`held_by` removes only its owner's drafts, and only docker calls it: a bwrap or
+    qemu hal killed inside :func:`allocate` left its draft until reboot. This lists the
+    directory, so it runs where a scan is paid once (the daemon's start), never per sandbox.
+    A draft of an older hal, without its writer in the name, goes once
+    :data:`EMPTY_STALE_S` old.
+    """
+    removed = 0
+    with contextlib.suppress(OSError), os.scandir(LOCK_DIR) as entries:
+        for entry in entries:
+            if not entry.name.startswith(_DRAFT):
+                continue
+            writer = entry.name[len(_DRAFT) + 17 :].split("-", 1)[0]
+            pid, _, started = writer.partition(".")
+            with contextlib.suppress(OSError):
+                if pid.isdigit() and started:
+                    if _started(int(pid)) == started:
+                        continue  # its writer is alive: an allocate under way
+                elif time.time() - entry.stat().st_mtime <= EMPTY_STALE_S:
+                    continue
+                os.unlink(entry.path)
+                removed += 1
+    return removed
 
 
 def release(uid: int) -> None:

@@ -170,6 +170,7 @@ class Daemon:
         )  # fmt: skip
         self.recovery, adoptions = await recovery.run()
         await self._sweep_pins()
+        await self._sweep_uid_drafts()
         # The server stack is imported here: only `hal serve` pays for Starlette and uvicorn.
         from hal9999.server.app import ServerContext, build_app
         from hal9999.server.listen import HalServer
@@ -239,6 +240,16 @@ class Daemon:
             return
         if removed:
             logger.info("hal serve: removed %d stale approval pin(s)", removed)
+
+    async def _sweep_uid_drafts(self) -> None:
+        """Uid lock drafts of hals killed inside ``allocate`` go (a root hal only: the
+        others allocate no uids)."""
+        from hal9999.providers import sandboxuser
+
+        if sandboxuser.privileged():
+            removed = await asyncio.to_thread(sandboxuser.sweep_drafts)
+            if removed:
+                logger.info("hal serve: removed %d dead hal(s)' uid lock draft(s)", removed)
 
     def start_hive(self) -> None:
         """Wire the broker and hive events to this daemon; start the turn loop and vacuum."""
