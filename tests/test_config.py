@@ -131,10 +131,29 @@ def test_every_hal_variable(tmp_path: Path, user_home: Path, project: Path) -> N
 
 
 def test_empty_variables_count_as_unset(user_home: Path, project: Path) -> None:
-    write(project / "hal.toml", 'default_agent = "goose"\n')
-    config = load_config({"HOME": str(user_home), "HAL_AGENT": "", "HAL_HOME": ""}, project)
-    assert config.default_agent == "goose"
+    write(user_file(user_home), 'default_provider = "local"\n')
+    config = load_config({"HOME": str(user_home), "HAL_PROVIDER": "", "HAL_HOME": ""}, project)
+    assert config.default_provider == "local"
     assert config.home == user_home / ".local" / "share" / "hal9999"
+
+
+def test_an_empty_hal_agent_is_refused(user_home: Path, project: Path) -> None:
+    """``HAL_AGENT=$AGENT`` with AGENT unset ran the default agent (claude, on its account)
+    without a word: most likely a mistake, so one line says so and how to fix it."""
+    with pytest.raises(ConfigError) as info:
+        load_config({"HOME": str(user_home), "HAL_AGENT": ""}, project)
+    assert info.value.message == "HAL_AGENT is set but empty"
+    assert "unset HAL_AGENT" in (info.value.hint or "")
+
+
+@pytest.mark.parametrize("key", ["max_tokens", "daily_max_tokens"])
+def test_a_token_budget_past_any_real_one_is_refused(
+    user_home: Path, project: Path, key: str
+) -> None:
+    write(user_file(user_home), f"[gateway]\n{key} = 99999999999999999999\n")
+    with pytest.raises(ConfigError) as info:
+        load_config({"HOME": str(user_home)}, project)
+    assert f"gateway.{key}: " in info.value.message and "1000000000000" in info.value.message
 
 
 def test_home_from_file_expands_user_and_relative_paths(

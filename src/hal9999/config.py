@@ -30,6 +30,7 @@ from hal9999.errors import ConfigError
 from hal9999.spec import Resources
 from hal9999.values import (
     AGENT_HOME,
+    MAX_TOKENS,
     EgressHost,
     EnvName,
     Name,
@@ -174,11 +175,11 @@ class GatewayConfig(_Config):
     """Retries of a 429/529/5xx answer (honouring ``retry-after``) before the agent sees it."""
     max_cost_usd: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     """Default budget of one task in dollars (``hal run --max-cost`` overrides)."""
-    max_tokens: int | None = Field(default=None, gt=0)
+    max_tokens: int | None = Field(default=None, gt=0, le=MAX_TOKENS)
     """Default budget of one task in tokens (``hal run --max-tokens`` overrides)."""
     daily_max_cost_usd: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     """Dollars all tasks may spend per UTC day."""
-    daily_max_tokens: int | None = Field(default=None, gt=0)
+    daily_max_tokens: int | None = Field(default=None, gt=0, le=MAX_TOKENS)
     """Tokens all tasks may use per UTC day."""
     assumed_max_output_tokens: int = Field(default=128_000, gt=0, le=100_000_000)
     """The output tokens a call that sets no output cap (no ``max_tokens``,
@@ -306,11 +307,21 @@ def default_home(environ: Mapping[str, str]) -> Path:
     """The data directory when neither config nor ``HAL_HOME`` sets one."""
     return _xdg_dir(environ, "XDG_DATA_HOME", ".local/share") / "hal9999"
 
+REFUSED_EMPTY = {
+    "HAL_AGENT": "set it to an agent (claude, codex, ...) or a command template, or unset it "
+    "(`unset HAL_AGENT`) for the default",
+}
+"""Variables whose empty value is refused, not read as unset (with the hint): an empty
+``HAL_AGENT`` (``HAL_AGENT=$AGENT`` with ``AGENT`` unset) ran the default agent, ``claude``,
+and spent on its account, where the user meant another one."""
+
 
 def _env_layer(environ: Mapping[str, str]) -> list[Layer]:
     layers: list[Layer] = []
     for var, key in ENV_KEYS.items():
         value = environ.get(var, "")
+        if not value and var in REFUSED_EMPTY and var in environ:
+            raise ConfigError(f"{var} is set but empty", hint=REFUSED_EMPTY[var])
         if not value:
             continue  # An empty variable means unset, as shells make it easy to produce.
         if not is_text(value):

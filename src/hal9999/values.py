@@ -34,6 +34,11 @@ AGENT_HOME = "/home/hal"
 MAX_TIMEOUT_S = 366 * 24 * 3600
 """The longest timeout accepted (a year): larger values overflow the event loop's timers."""
 
+MAX_TOKENS = 10**12
+"""The largest token budget accepted (a million times a long session, far below SQLite's
+64-bit integers): a larger one is a typo (``99999999999999999999999`` was taken as no limit
+on the CLI and overflowed the store's integers)."""
+
 
 def _env_name(value: str) -> str:
     if not is_env_name(value):
@@ -122,7 +127,7 @@ class RunOptions(BaseModel):
     """Queue order under the daemon."""
     retries: int = Field(default=0, ge=0, le=100)
     """Retries of an agent failure."""
-    max_tokens: int | None = Field(default=None, gt=0)
+    max_tokens: int | None = Field(default=None, gt=0, le=MAX_TOKENS)
     """The task's token budget at the LLM gateway."""
     max_cost_usd: Dollars | None = None
     """The task's cost budget in dollars at the LLM gateway."""

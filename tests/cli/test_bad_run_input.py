@@ -257,3 +257,27 @@ def test_of_several_egress_hosts_the_bad_one_is_named(hal: Hal, option: str) -> 
     assert out.returncode == 2
     line = one_error_line(out)
     assert "'bad host:x' is not HOST, HOST:PORT" in line and option in line, line
+
+
+@pytest.mark.parametrize("value", ["0", "99999999999999999999999"])
+def test_a_token_budget_out_of_range_is_refused_naming_it(
+    hal: Hal, hal_env: dict[str, str], value: str
+) -> None:
+    """10^23 tokens was taken (past any real budget and SQLite's 64-bit integers)."""
+    out = hal("run", "--max-tokens", value, "--detach", "--agent", "true {{prompt_file}}", "x")
+    assert out.returncode == 2
+    line = one_error_line(out)
+    assert "'--max-tokens'" in line and value in line and "1000000000000" in line, line
+    assert tasks_json(hal) == [] and no_sessions(hal_env)
+
+
+@pytest.mark.parametrize("where", [{}, {"HAL_NO_DAEMON": "1"}])
+def test_an_empty_hal_agent_is_refused_not_read_as_the_default(
+    hal: Hal, hal_env: dict[str, str], where: dict[str, str]
+) -> None:
+    """``HAL_AGENT=$AGENT`` with AGENT unset ran claude, the default, without a word."""
+    out = hal("run", "--detach", "x", env={"HAL_AGENT": "", **where})
+    assert out.returncode == 2
+    line = one_error_line(out)
+    assert "HAL_AGENT is set but empty" in line and "unset HAL_AGENT" in line, line
+    assert tasks_json(hal) == [] and no_sessions(hal_env)

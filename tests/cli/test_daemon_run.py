@@ -75,7 +75,7 @@ SIMPLE = [
     {"HAL_HOME": "/srv/hal/"},
     {"HAL_PROVIDER": "bwrap"},
     {"HAL_AGENT": "x y", "HAL_PROVIDER": "local,bwrap", "HAL_PROCESS_MANAGER": "direct"},
-    {"HAL_AGENT": "", "HAL_NO_DAEMON": "0", "HAL_HOME": "/a//b"},
+    {"HAL_PROVIDER": "", "HAL_NO_DAEMON": "0", "HAL_HOME": "/a//b"},
 ]
 
 

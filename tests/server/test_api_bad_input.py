@@ -142,6 +142,9 @@ CASES = [
     ("GET", "/v1/hive/inbox?name=alice&all=Y", None, 400, "config_invalid", "all must be"),
     ("DELETE", "/v1/tasks/nosuch?force=yes", None, 400, "config_invalid", "force must be"),
     ("POST", "/v1/hive/inbox/read", '{"ids": "m1"}', 400, "config_invalid", "ids must be a list"),
+    # A token budget past any real one (and SQLite's 64-bit integers) was taken.
+    ("POST", "/v1/tasks", '{"prompt": "x", "max_tokens": 99999999999999999999999}', 400, "usage",
+     "max_tokens: "),
     # A path or method the API does not have: the message was the bare "POST /v1/taks".
     ("POST", "/v1/taks", "{}", 404, "no_route", "the daemon has no route POST /v1/taks"),
     ("PUT", "/v1/tasks", "{}", 405, "method_not_allowed", "PUT is not allowed on /v1/tasks"),

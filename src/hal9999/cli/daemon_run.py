@@ -99,6 +99,8 @@ def simple_config(
     applied = ["HAL_HOME"] if environ.get("HAL_HOME") else []
     for var, key in NAME_VARS.items():
         value = environ.get(var, "")
+        if not value and var == "HAL_AGENT" and var in environ:
+            return None  # refused (``config.REFUSED_EMPTY``): the full path says so
         if not value:
             continue  # empty means unset, as in the config
         if not value.isascii() or not value.strip():

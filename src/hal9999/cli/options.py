@@ -20,6 +20,8 @@ MIN_TIMEOUT_S = 1.0
 """``values.MIN_TIMEOUT_S`` (a test keeps them equal; that module imports pydantic)."""
 MAX_TIMEOUT_S = 366 * 24 * 3600
 """``values.MAX_TIMEOUT_S``."""
+MAX_TOKENS = 10**12
+"""``values.MAX_TOKENS``."""
 TASK_STATES = (
     "queued", "provisioning", "preparing", "running", "collecting", "succeeded", "failed",
     "cancelled", "timed_out", "stopped", "interrupted",
@@ -75,6 +77,8 @@ MAX_COST = ModelChecked("Dollars", "dollars", click.FLOAT, _dollars_ok)
 """``--max-cost``: a finite number of dollars greater than 0."""
 NAME = ModelChecked("Name", "name", plain=_name_ok)
 """``--agent``, ``--provider``, ``--process-manager``: not empty."""
+MAX_TOKENS_OPTION = click.IntRange(1, MAX_TOKENS)
+"""``--max-tokens``: a whole number of tokens from 1 to :data:`MAX_TOKENS`."""
 RETRIES = click.IntRange(0, 100)
 """``--retries``: how often an agent failure is retried."""
 PRIORITY = click.IntRange(-1_000_000, 1_000_000)

@@ -15,7 +15,7 @@ import click
 
 from hal9999.cli.daemon_run import RunArgs
 from hal9999.cli.main import cli
-from hal9999.cli.options import MAX_COST, NAME, PRIORITY, RETRIES, TIMEOUT
+from hal9999.cli.options import MAX_COST, MAX_TOKENS_OPTION, NAME, PRIORITY, RETRIES, TIMEOUT
 
 
 @cli.command()
@@ -46,11 +46,16 @@ from hal9999.cli.options import MAX_COST, NAME, PRIORITY, RETRIES, TIMEOUT
 @click.option("--events", "as_events", is_flag=True, help="Print hal's events as JSON lines.")
 @click.option("--detach", is_flag=True, help="Return at once; the task runs in the background.")
 @click.option(
-    "--priority", type=PRIORITY, default=0, help="Queue order under hal serve (higher first)."
+    "--priority",
+    type=PRIORITY,
+    default=0,
+    help="Queue order under hal serve: higher first (default 0; a negative one waits).",
 )
 @click.option("--retries", type=RETRIES, default=0, help="Retry an agent failure up to N times.")
 @click.option("--max-cost", type=MAX_COST, help="Budget of the task in USD.")
-@click.option("--max-tokens", type=click.IntRange(min=1), help="Budget of the task in tokens.")
+@click.option(
+    "--max-tokens", type=MAX_TOKENS_OPTION, help="Budget of the task in tokens (up to 10^12)."
+)
 @click.option(
     "--egress",
     multiple=True,
