@@ -5,6 +5,7 @@ task or session behind when it is refused up front."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -281,3 +282,17 @@ def test_an_empty_hal_agent_is_refused_not_read_as_the_default(
     line = one_error_line(out)
     assert "HAL_AGENT is set but empty" in line and "unset HAL_AGENT" in line, line
     assert tasks_json(hal) == [] and no_sessions(hal_env)
+
+
+def test_diff_of_a_task_whose_session_was_deleted_says_it_is_gone(hal: Hal) -> None:
+    """The hint pointed at the workspace under the deleted session directory."""
+    out = hal("run", "--provider", "local", "--agent", "true {{prompt_file}}", "x", "--json")
+    task = json.loads(out.stdout)
+    session = Path(task["session_dir"])
+    assert session.is_dir()
+    shutil.rmtree(session)
+    diff = hal("task", "diff", task["id"])
+    assert diff.returncode == 9
+    line = one_error_line(diff)
+    assert f"its session directory {session} is gone" in line, line
+    assert f"hal task rm {task['id']}" in line and "work, if any, is in" not in line, line

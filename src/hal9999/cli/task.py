@@ -290,7 +290,17 @@ def _open_session_file(path: Path, mode: str, **how: Any) -> IO[Any]:
 
 def _no_patch_hint(record: TaskRecord) -> str:
     """Why a task has no patch, by its state (a stopped task is collected only on resume)."""
-    workspace = Path(record.session_dir) / "workspace"
+    session = Path(record.session_dir)
+    workspace = session / "workspace"
+    if not session.is_dir():
+        # Deleted outside hal: pointing at its workspace sent the user to a path not there.
+        kept = f"what was collected is on branch {record.branch}" if record.branch else ""
+        kept += f" of {record.repo}" if kept and record.repo_kind == "local" else ""
+        return (
+            f"its session directory {session} is gone (deleted outside hal), and the patch "
+            f"and the agent's work with it; {kept + ', if any; ' if kept else ''}"
+            f"hal task rm {record.id} forgets the task"
+        )
     if record.status in ACTIVE:
         return "the patch is written when the task finishes, fails or times out"
     if record.status in ("stopped", "interrupted"):
