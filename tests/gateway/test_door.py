@@ -4,6 +4,10 @@ and how many of one sandbox may wait at once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import shutil
+import sys
 
 import pytest
 from tests.gateway import test_proxy
@@ -57,3 +61,88 @@ async def test_one_sandboxs_silent_connections_cannot_take_the_room_of_every_cal
         assert (await call(http, grant.token)).status_code == 200
     for _, other in silent:
         other.close()
+
+
+CHILD = """
+import socket, subprocess, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+print("connected", flush=True)
+if len(sys.argv) > 2:  # a namespace of its own inside this one: still this sandbox
+    inner = ["unshare", *sys.argv[2:], sys.executable, "-c", CODE, sys.argv[1]]
+    sys.exit(subprocess.run(inner).returncode)
+sys.stdout.write(s.recv(200).decode(errors="replace"))
+"""
+CHILD = f"CODE = {CHILD!r}\n{CHILD}"
+
+
+async def test_a_sandbox_in_its_own_pid_namespace_has_its_own_places(
+    gateway: tuple[Gateway, str],
+) -> None:
+    """Keyed by uid, every sandbox of a hal running as an ordinary user (all one uid) shared
+    the places: one agent's silent connections refused every other's. A peer is now its pid
+    namespace (a bwrap sandbox's own), read from a pidfd of the connecting process."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1)")
+    gw, sock = gateway
+    gw.door.per_peer = 2
+    here = [await asyncio.open_unix_connection(sock) for _ in range(2)]  # this one's full
+    async with asyncio.timeout(10):
+        while gw.door.total < 2:
+            await asyncio.sleep(0.01)
+    flags = ["--pid", "--fork", "--kill-child"]
+    if os.geteuid() != 0:
+        flags += ["--user", "--map-root-user"]
+    child = await asyncio.create_subprocess_exec(
+        "unshare", *flags, sys.executable, "-c", CHILD, sock,
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None
+        async with asyncio.timeout(20):
+            line = await child.stdout.readline()
+            assert line == b"connected\n", line
+            while gw.door.total < 3 and child.returncode is None:
+                await asyncio.sleep(0.01)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.01):
+                        refused = await child.stdout.read()
+                        assert not refused.startswith(b"HTTP/1.1 503"), refused
+        assert gw.door.total == 3  # admitted: its sandbox's own places
+        assert len(gw.door.waiting) == 2
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            child.kill()
+        await child.wait()
+        for _, writer in here:
+            writer.close()
+
+
+async def test_a_namespace_made_inside_a_sandbox_is_still_that_sandbox(
+    gateway: tuple[Gateway, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that makes a pid namespace inside its sandbox (a root hal's sandbox may make
+    user namespaces) would be a new peer with places of its own, and enough of them every
+    place of the gateway: it counts as the sandbox it is in."""
+    from hal9999.gateway import door
+
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1)")
+    gw, sock = gateway
+    gw.door.per_peer = 1
+    monkeypatch.setattr(door, "REQUEST_S", 3.0)  # an admitted silent one ends the test soon
+    flags = ["--pid", "--fork", "--kill-child"]
+    if os.geteuid() != 0:
+        flags += ["--user", "--map-root-user"]
+    child = await asyncio.create_subprocess_exec(
+        "unshare", *flags, sys.executable, "-c", CHILD, sock, *flags,
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(30):
+            said, _ = await child.communicate()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            child.kill()
+        await child.wait()
+    assert said.startswith(b"connected\nconnected\nHTTP/1.1 503"), said

@@ -7,35 +7,106 @@ connection held a file descriptor and a task of the gateway for ever, and enough
 from one sandbox, left no room for the model calls of every task on the host. Now a
 connection has :data:`REQUEST_S` to send each request (the idle time before it included:
 agents' HTTP clients drop an idle connection after a few seconds themselves), and at most
-:data:`PER_PEER` connections of one peer (a sandbox's own uid under bwrap, read from the
-socket's ``SO_PEERCRED``) and :data:`IN_ALL` in all may be waiting at once; one past either
-is answered 503 at once and closed. A request being answered is not waiting: the gateway's
-upstream limits and budgets bound those.
+:data:`PER_PEER` connections of one peer and :data:`IN_ALL` in all may be waiting at once;
+one past either is answered 503 at once and closed. A request being answered is not waiting:
+the gateway's upstream limits and budgets bound those.
+
+A peer is the sandbox the connecting process runs in: its pid namespace (from the socket's
+``SO_PEERPIDFD``, a pidfd of the very process that connected, so a pid reused since cannot
+point at another sandbox), or the one just below the gateway's when that process made
+namespaces of its own: a sandbox is one peer however many it nests. A peer in the gateway's
+own pid namespace (a host process, or a provider whose processes reach the socket from the
+host) is its uid, as are all peers on a kernel older than 6.11 (no pid namespace from a
+pidfd). Keyed by uid alone, every
+sandbox of a hal running as an ordinary user shared one uid: one agent filled the 64 places
+of them all. The grant's token cannot key them: a waiting connection has sent no request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import os
 import socket
 import struct
+from typing import Any
 
 REQUEST_S = 60.0
 """The longest a connection may take to send one request (waiting for it included)."""
 PER_PEER = 64
-"""Connections of one peer (uid) that may be waiting for their request at once."""
+"""Connections of one peer (sandbox) that may be waiting for their request at once."""
 IN_ALL = 1024
 """Connections that may be waiting for their request at once, all peers together."""
 
 
-def peer_of(writer: asyncio.StreamWriter) -> int | None:
-    """The uid of the process at the other end of a unix socket, or None when unknown."""
+SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
+"""A pidfd of the process that connected (Linux 6.5; Python names it from 3.13 on)."""
+PIDFD_GET_PID_NAMESPACE = 0xFF05
+"""``_IO(PIDFS_IOCTL_MAGIC, 5)``: the pid namespace of a pidfd's process (Linux 6.11)."""
+NS_GET_PARENT = 0xB702
+"""``_IO(NSIO, 2)``: the parent of a pid namespace."""
+
+Peer = tuple[str, int] | None
+"""``("pidns", inode)`` of a sandbox, ``("uid", uid)`` otherwise, None when unknown."""
+
+
+def peer_of(writer: asyncio.StreamWriter) -> Peer:
+    """Who is at the other end of a unix socket (see the module's docstring)."""
     sock = writer.get_extra_info("socket")
     try:
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     except (AttributeError, OSError):
         return None
     _pid, uid, _gid = struct.unpack("3i", creds)
-    return int(uid)
+    namespace = _pid_namespace(sock)
+    if namespace is not None and namespace != _own_pid_namespace():
+        return ("pidns", namespace)
+    return ("uid", int(uid))
+
+
+def _pid_namespace(sock: Any) -> int | None:
+    """The inode of the connecting process's pid namespace; None when the kernel cannot say
+    (or that process has exited)."""
+    try:
+        pidfd = sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
+    except OSError:
+        return None
+    try:
+        nsfd = fcntl.ioctl(pidfd, PIDFD_GET_PID_NAMESPACE)
+    except OSError:
+        return None
+    finally:
+        os.close(pidfd)
+    # The namespace just below the gateway's: a process that made a namespace of its own
+    # inside its sandbox (a root hal's sandbox may make user namespaces) is still that
+    # sandbox, not a new peer with 64 more places.
+    own = _own_pid_namespace()
+    try:
+        for _ in range(33):  # pid namespaces nest 32 deep at most
+            try:
+                parent = fcntl.ioctl(nsfd, NS_GET_PARENT)
+            except OSError:  # the top, or a parent outside the gateway's view
+                break
+            if os.fstat(parent).st_ino == own:
+                os.close(parent)
+                break
+            os.close(nsfd)
+            nsfd = parent
+        return os.fstat(nsfd).st_ino
+    finally:
+        os.close(nsfd)
+
+
+_own: list[int] = []
+
+
+def _own_pid_namespace() -> int | None:
+    """The gateway's own pid namespace (read once)."""
+    if not _own:
+        with contextlib.suppress(OSError):
+            _own.append(os.stat("/proc/self/ns/pid").st_ino)
+    return _own[0] if _own else None
 
 
 class Door:
@@ -44,10 +115,10 @@ class Door:
     def __init__(self, *, per_peer: int = PER_PEER, in_all: int = IN_ALL) -> None:
         self.per_peer = per_peer
         self.in_all = in_all
-        self.waiting: dict[int | None, int] = {}
+        self.waiting: dict[Peer, int] = {}
         self.total = 0
 
-    def enter(self, peer: int | None) -> bool:
+    def enter(self, peer: Peer) -> bool:
         """Count one more connection of ``peer`` as waiting; False (nothing counted) when
         that would be past a bound."""
         if self.total >= self.in_all or self.waiting.get(peer, 0) >= self.per_peer:
@@ -56,7 +127,7 @@ class Door:
         self.total += 1
         return True
 
-    def leave(self, peer: int | None) -> None:
+    def leave(self, peer: Peer) -> None:
         """A connection of ``peer`` counted by :meth:`enter` is no longer waiting."""
         left = self.waiting.get(peer, 0) - 1
         if left > 0:
