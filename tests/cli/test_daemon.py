@@ -470,3 +470,30 @@ def test_a_queued_task_whose_env_values_a_restart_dropped_fails_once_and_says_ho
     shown = subprocess.run(["git", "show", f"hal/{queued}:foo.txt"], cwd=demo_repo,
                            capture_output=True, text=True, check=True)  # fmt: skip
     assert shown.stdout == "FOO=again\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="uid lock drafts exist only under a root hal")
+def test_the_daemons_start_removes_uid_lock_drafts_of_dead_hals(hal: Hal) -> None:
+    """A bwrap or qemu hal killed inside ``allocate`` leaves its draft lock file; ``hal
+    serve``'s start removes it (``sandboxuser.sweep_drafts``) and leaves a live writer's."""
+    from hal9999.providers import sandboxuser
+
+    child = subprocess.Popen(["true"])
+    child.wait()  # reaped: a writer that is gone
+    started = sandboxuser._started(os.getpid())
+    sandboxuser.LOCK_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    prefix = sandboxuser._draft(f"test-daemon {os.getpid()}")
+    dead = sandboxuser.LOCK_DIR / f"{prefix}{child.pid}.{started}-0001"
+    alive = sandboxuser.LOCK_DIR / f"{prefix}{os.getpid()}.{started}-0002"
+    try:
+        for draft in (dead, alive):
+            draft.write_text("owner\n")
+        assert hal("serve", "--detach").returncode == 0
+        try:
+            assert not dead.exists(), "the dead writer's draft stayed"
+            assert alive.exists(), "a live writer's draft was taken"
+        finally:
+            assert hal("serve", "--stop").returncode == 0
+    finally:
+        dead.unlink(missing_ok=True)
+        alive.unlink(missing_ok=True)
