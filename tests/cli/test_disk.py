@@ -139,3 +139,26 @@ def test_serve_detach_on_a_full_disk_says_the_disk_is_full(hal: Hal, small_home:
     assert "free space on the filesystem of HAL_HOME" in line, line
     (small_home / "filler").unlink()
     assert hal("task", "list").returncode == 0
+
+
+def test_serve_detach_on_a_full_disk_is_not_told_an_earlier_daemons_error(
+    hal: Hal, small_home: Path
+) -> None:
+    """serve.log is appended to: a log holding an earlier daemon's lines was "not empty", so
+    a full disk (nothing of this start's fitted) was reported as that earlier line, status
+    and all, sending the user after a problem long fixed."""
+    assert hal("task", "list").returncode == 0
+    log = small_home / "run" / "serve.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    old = b"hal: error: --listen '0.0.0.0:8443' an earlier mistake, fixed since\n"
+    log.write_bytes(b"x" * (4096 - len(old) - 1) + b"\n" + old)  # its block full: no room
+    fill(small_home, "filler")
+    try:
+        out = hal("serve", "--detach")
+    finally:
+        hal("serve", "--stop")
+    assert out.returncode == 10, out.stderr
+    line = one_error_line(out)
+    assert "the disk holding hal's home is full" in line, line
+    assert "earlier mistake" not in line, line
+    (small_home / "filler").unlink()

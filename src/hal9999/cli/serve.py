@@ -102,6 +102,7 @@ def _detach(
 ) -> None:
     files.paths.ensure()
     with files.log_file.open("ab") as log:
+        start = log.seek(0, os.SEEK_END)  # earlier daemons' lines are not this start's
         proc = subprocess.Popen(
             [sys.executable, "-m", "hal9999", "serve", *options],
             stdin=subprocess.DEVNULL,
@@ -129,7 +130,9 @@ def _detach(
         if proc.poll() is not None:
             break
         time.sleep(0.05)
-    tail = files.log_file.read_text(errors="replace").strip().splitlines()[-5:]
+    with files.log_file.open("rb") as log:
+        log.seek(start)
+        tail = log.read().decode(errors="replace").strip().splitlines()[-5:]
     if not tail:
         from hal9999.store.sqlite import no_room
 
