@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from hal9999.events.models import EgressDenied, Event
+from hal9999.gateway import egress as egress_module
 from hal9999.gateway.channel import Grant, new_token
 from hal9999.gateway.egress import EgressProxy, allowed
 from hal9999.gateway.proxy import Gateway
@@ -307,3 +308,47 @@ async def test_a_method_with_control_characters_is_recorded_escaped(
     await gateway.drain()
     [row] = gateway.store.gateway_requests("t1")
     assert row.method == "CON\\x00\\x1b[2J"
+
+
+async def test_a_task_past_its_tunnels_is_refused_recorded_and_given_room_back(
+    egress: tuple[Gateway, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The 429 past a task's tunnels was answered and forgotten: no row, no egress_denied
+    # event, so the operator saw a tool fail on an allowed host with nothing recorded.
+    address = host_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback address to tunnel to")
+    gateway, sock = egress
+    monkeypatch.setattr(egress_module, "MAX_TUNNELS", 2)
+
+    async def until_eof(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # holds the tunnel until the agent's side ends it
+        writer.close()
+
+    server = await asyncio.start_server(until_eof, address, 0)
+    target = f"{address}:{server.sockets[0].getsockname()[1]}"
+    grant = Grant(task_id="t1", token=new_token(), upstream="https://x", key="k",
+                  egress=[target])  # fmt: skip
+    gateway.register(grant)
+    async with server:
+        held = [await connect(sock, target, grant.token) for _ in range(2)]
+        assert all(status.startswith(b"HTTP/1.1 200") for status, _, _ in held)
+        status, reader, writer = await connect(sock, target, grant.token)
+        body = await reader.read()
+        writer.close()
+        assert status.startswith(b"HTTP/1.1 429"), status
+        assert b"2 tunnels open" in body, body
+        await gateway.drain()
+        rows = gateway.store.gateway_requests("t1")
+        assert [(r.path, r.status, r.error) for r in rows] == [(target, 429, "egress_denied")]
+        # A tunnel the agent ends gives its place back (the count is never left behind).
+        held[0][2].close()
+        for _ in range(200):
+            status, _, writer = await connect(sock, target, grant.token)
+            if status.startswith(b"HTTP/1.1 200"):
+                break
+            writer.close()
+            await asyncio.sleep(0.01)
+        assert status.startswith(b"HTTP/1.1 200"), status
+        writer.close()
+        held[1][2].close()

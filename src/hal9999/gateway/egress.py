@@ -17,10 +17,10 @@ services. A target that is no plain ``host:port`` (a NUL, which ends a name for 
 resolver, a control or non-ASCII character, a label over 63 characters, a port outside
 1-65535) is refused before the allow-list is asked, echoed and recorded escaped.
 
-A task holds at most :data:`MAX_TUNNELS` tunnels at once: one past them is answered 429
-``too_many_tunnels`` (a tunnel, once open, is not waiting at the door: without this, one agent
-with a single allowed host held two of the gateway's descriptors per tunnel, as many as it
-opened, until every task's model calls found none).
+A task holds at most :data:`MAX_TUNNELS` tunnels at once: one past them is answered 429 and
+recorded like every refusal (a tunnel, once open, is not waiting at the door: without this,
+one agent with a single allowed host held two of the gateway's descriptors per tunnel, as
+many as it opened, until every task's model calls found none).
 """
 
 from __future__ import annotations
@@ -179,10 +179,9 @@ class EgressProxy:
             )
             return
         task = grant.task_id
-        if self.tunnels.get(task, 0) >= MAX_TUNNELS:
-            body = f"hal egress: this task has {MAX_TUNNELS} tunnels open; close one".encode()
-            writer.write(b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\n"
-                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)  # fmt: skip
+        if self.tunnels.get(task, 0) >= MAX_TUNNELS:  # recorded: the operator sees why
+            why = f"this task has {MAX_TUNNELS} tunnels open; close one"
+            await self._deny(writer, grant, method, target, started, why, too_many=True)
             return
         self.tunnels[task] = self.tunnels.get(task, 0) + 1
         try:
@@ -250,10 +249,15 @@ class EgressProxy:
         target: str,
         started: float,
         why: str,
+        *,
+        too_many: bool = False,
     ) -> None:
+        """Refuse the connection (403, or 429 ``too_many``) and record it (an
+        ``egress_denied`` event), both throttled for an agent looping on refusals."""
         target = printable(target)
         text = f"hal egress: {target} is refused ({why})"
-        status, extra = b"403 Forbidden", b""
+        status = b"429 Too Many Requests" if too_many else b"403 Forbidden"
+        extra = b""
         seen, wait_s = self.gateway.refusals.count(grant.task_id, started)
         if seen > REFUSALS_PER_MINUTE:  # an agent looping on a refusal: see RefusalLimit
             text = f"hal egress: too many refused connections this minute; wait {wait_s:.0f} s"
