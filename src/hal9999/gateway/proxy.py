@@ -58,11 +58,11 @@ _KEY_HEADERS = ("x-api-key", "x-goog-api-key", "api-key")
 
 
 MAX_MODEL_CHARS = 200
+"""The longest model name a call's row keeps (a refused one is the agent's own text)."""
 MAX_CALLS = 64
 """Calls one task may have in flight at once (queued for the upstream's limiter included):
 past them 429 ``too_many_calls``. Each held a connection (a descriptor of the gateway every
 task's calls go through) and a place in the limiter's queue, ahead of other tasks' calls."""
-"""The longest model name a call's row keeps (a refused one is the agent's own text)."""
 
 
 class Gateway:
