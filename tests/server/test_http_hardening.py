@@ -6,9 +6,12 @@ token can hold only a bounded number of connections, for a bounded time."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import socket
 import ssl
+import struct
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -36,9 +39,7 @@ def router() -> Router:
     return r
 
 
-def http_server(
-    r: Router, token: str, *, log_file: str | None = None, **limits: Any
-) -> HalServer:
+def http_server(r: Router, token: str, *, log_file: str | None = None, **limits: Any) -> HalServer:
     """The daemon's server stack serving ``r`` (no dashboard)."""
     ctx = ServerContext(home=Path("/nonexistent"), token=token, log_file=log_file)
     return HalServer(build_app(ctx, r, dashboard=False), **limits)
@@ -213,5 +214,91 @@ async def test_a_tls_handshake_that_never_comes_is_cut_at_the_head_deadline(
         reader, writer = await asyncio.open_connection("127.0.0.1", port)  # no handshake
         assert await asyncio.wait_for(reader.read(), 3.0) == b""  # closed (not after 60 s)
         writer.close()
+    finally:
+        await server.close()
+
+
+def _host_address() -> str | None:
+    """An IPv4 address of this machine other than loopback (a peer counted apart), if any."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("192.0.2.123", 9))  # no packet is sent: only picks the route
+        address = str(probe.getsockname()[0])
+    except OSError:
+        return None
+    finally:
+        probe.close()
+    return None if address.startswith("127.") else address
+
+
+async def test_every_way_a_tls_connection_ends_gives_its_peers_place_back(
+    tmp_path: Path,
+) -> None:
+    # An address other than loopback holds few places: one leaked per failed handshake, reset
+    # or deadline would lock that address (an operator's browser, a NAT) out for good.
+    address = _host_address()
+    if address is None:
+        pytest.skip("this machine has no address other than loopback")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout", str(key),
+         "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    client = ssl.create_default_context()
+    client.check_hostname, client.verify_mode = False, ssl.CERT_NONE
+    server = http_server(router(), TOKEN, head_timeout_s=0.5, max_per_peer=2)
+    port = await server.listen_tcp(address, 0, tls=tls)
+    limits = server.listeners[0].limits
+
+    async def settled() -> None:
+        for _ in range(300):
+            if limits.unauthenticated == 0 and not limits.per_peer and not limits.handshaking:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError((limits.unauthenticated, limits.per_peer, limits.handshaking))
+
+    async def garbage() -> None:  # no TLS at all: the handshake fails
+        reader, writer = await asyncio.open_connection(address, port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: hal\r\n\r\n")
+        await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+
+    async def reset() -> None:  # gone mid-handshake, abortively
+        sock = socket.create_connection((address, port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.send(b"\x16\x03\x01\x00\xff")  # a ClientHello's record header, then nothing
+        await asyncio.sleep(0.05)
+        sock.close()
+
+    async def silent() -> None:  # a handshake, then nothing: the deadline ends it
+        with contextlib.suppress(OSError):  # the one past the places: refused at once
+            reader, writer = await asyncio.open_connection(address, port, ssl=client)
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+
+    async def never() -> None:  # no handshake begun: the deadline ends it
+        reader, writer = await asyncio.open_connection(address, port)
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+
+    async def handshaken_then_reset() -> None:
+        with contextlib.suppress(OSError):  # the one past the places: refused at once
+            _, writer = await asyncio.open_connection(address, port, ssl=client)
+            writer.transport.abort()
+
+    try:
+        for attack in (garbage, reset, silent, never, handshaken_then_reset):
+            await asyncio.gather(attack(), attack(), attack())  # one more than the places
+            await settled()
+        reader, writer = await asyncio.open_connection(address, port, ssl=client)
+        writer.write(b"POST /v1/echo HTTP/1.1\r\nHost: hal\r\n%sContent-Length: 2\r\n"
+                     b"Connection: close\r\n\r\n{}" % AUTH)  # fmt: skip
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 200"), answer
     finally:
         await server.close()
