@@ -326,3 +326,57 @@ async def test_a_warm_vm_is_handed_the_next_tasks_workspace(
     for name in ("one", "two"):
         assert sorted(p.name for p in (tmp_path / name).iterdir()) == ["result.txt", "task.txt"]
     assert [p for p in provider.state_dir.iterdir()] == []
+
+
+@contextlib.contextmanager
+def _udp_echo() -> Iterator[tuple[int, list[bytes]]]:
+    """A UDP server on the host's 127.0.0.1 answering ``pong``: its port and what it got."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    got: list[bytes] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                data, peer = server.recvfrom(100)
+            except TimeoutError:
+                continue
+            got.append(data)
+            server.sendto(b"pong", peer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1], got
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
+
+
+async def test_host_mode_keeps_the_hosts_loopback_shut_to_the_agent_every_other_way(
+    provider: QemuProvider, workspace: Path, loopback_server: int
+) -> None:
+    # Beyond 10.0.2.2 over TCP: QEMU takes the resolver's address at any port but 53 for the
+    # host's resolver (on loopback, 127.0.0.53, on many hosts), an IPv4-mapped IPv6 address
+    # goes out as IPv4, UDP is mapped too; and the agent cannot take the rules away.
+    port = loopback_server
+    reach = "timeout 5 bash -c 'exec 3<>/dev/{proto}/{host}/{port}; {talk}'"
+    with _udp_echo() as (udp_port, got):
+        spec = SandboxSpec(provider="qemu", workspace=workspace, network="host")
+        async with await provider.create(spec) as box:
+            for proto, host, to, talk in (
+                ("tcp", "10.0.2.3", port, "head -c 5 <&3"),
+                ("tcp", "::ffff:10.0.2.2", port, "head -c 5 <&3"),
+                ("udp", "10.0.2.2", udp_port, "echo ping >&3; head -c 4 <&3"),
+            ):
+                probe = reach.format(proto=proto, host=host, port=to, talk=talk)
+                refused = await box.exec(sh(probe))
+                assert refused.exit_code != 0 and refused.text() == "", (proto, host)
+            removed = await box.exec(sh("ip rule del pref 101"))
+            assert removed.exit_code != 0, "the agent is not guest root"
+            rules = await box.exec(sh("ip rule"))
+            assert "10.0.2.0/24 prohibit" in rules.text(), rules.text()
+    assert got == [], "a UDP packet reached the host's loopback"
