@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import httpx
 import pytest
 from tests.gateway.upstream import StormUpstream
 
-from hal9999.gateway import ledger, refusal
+from hal9999.gateway import ledger, proxy, refusal
 from hal9999.gateway.channel import Grant, new_token
 from hal9999.gateway.proxy import Gateway
 from hal9999.store import Store
@@ -470,3 +471,43 @@ async def test_a_task_whose_spend_the_store_refuses_gets_no_more_calls(
     assert "could not record a call of task t1; its further calls are refused" in caplog.text
     await gw.drain()
     assert [r.status for r in gw.store.gateway_requests("t2")] == [200]
+
+
+async def test_calls_past_a_tasks_cap_are_refused_recorded_and_abandoned_ones_give_room_back(
+    gateway: tuple[Gateway, str], upstream: StormUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An agent that sends calls and hangs up (a client reset mid-call, a stream cut) must not
+    # keep its places: past them every later call of the task was 429 too_many_calls.
+    gw, sock = gateway
+    monkeypatch.setattr(proxy, "MAX_CALLS", 2)
+    upstream.gate = threading.Event()
+    grant = grant_for(upstream)
+    gw.register(grant)
+    body = b'{"model": "claude-sonnet-4-5", "max_tokens": 10, "stream": true, "messages": []}'
+    head = b"POST /v1/messages HTTP/1.1\r\nHost: gw\r\ncontent-type: application/json\r\n"
+    head += b"x-api-key: %s\r\ncontent-length: %d\r\n\r\n" % (grant.token.encode(), len(body))
+    held = []
+    for _ in range(2):
+        reader, writer = await asyncio.open_unix_connection(sock)
+        writer.write(head + body)
+        held.append((reader, writer))
+    for _ in range(200):
+        if len(gw.inflight.get(grant.token, ())) == 2:
+            break
+        await asyncio.sleep(0.01)
+    async with client(sock) as http:
+        refused = await call(http, grant.token)
+        assert refused.status_code == 429 and "too_many_calls" in refused.text, refused.text
+        for _, writer in held:  # hung up while the upstream holds the calls
+            writer.transport.abort()
+        upstream.gate.set()
+        for _ in range(300):
+            if not gw.inflight.get(grant.token):
+                break
+            await asyncio.sleep(0.01)
+        assert not gw.inflight.get(grant.token), gw.inflight
+        answer = await call(http, grant.token)
+        assert answer.status_code == 200, answer.text
+    await gw.drain()
+    rows = gw.store.gateway_requests("t1")
+    assert [r.error for r in rows].count("too_many_calls") == 1, rows
