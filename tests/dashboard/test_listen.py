@@ -120,6 +120,20 @@ def test_listen_on_every_address_is_refused_with_the_fix(value: str) -> None:
     assert parse_listen("192.168.1.10:8443") == ("192.168.1.10", 8443)
 
 
+@pytest.mark.parametrize(
+    "value",
+    ["0:8443", "0.0:8443", "00.0.0.0:8443", "0x0:8443", "[::ffff:0.0.0.0]:8443"],
+)
+def test_every_address_in_another_spelling_is_refused_too(value: str) -> None:
+    """The refusal asked only ``ipaddress``, which reads none of these as an address, while
+    the socket binds each to every address (``0`` is how many write 0.0.0.0): the daemon
+    listened everywhere, answered 421 to every browser elsewhere, and linked https://0:8443."""
+    with pytest.raises(ConfigError) as refused:
+        parse_listen(value)
+    assert "means every address" in str(refused.value), refused.value
+    assert parse_listen("10:8443") == ("10", 8443)  # 0.0.0.10, a name like any other
+
+
 @pytest.mark.parametrize("where", ["busy", "not-here", "unknown"])
 def test_listen_where_hal_cannot_is_one_line(tmp_path: Path, where: str) -> None:
     env = hal_env(tmp_path / "home")

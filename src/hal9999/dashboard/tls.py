@@ -15,6 +15,7 @@ import contextlib
 import datetime
 import ipaddress
 import os
+import socket
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -69,16 +70,28 @@ def parse_listen(value: str, name: str = "--listen") -> tuple[str, int]:
         raise ConfigError(f"{name} {value!r} is not HOST:PORT", hint=_example(name))
     if any(c in host for c in "/@ []") or len(host) > 253:
         raise ConfigError(f"{name} host {host!r} is not a host name or address")
-    with contextlib.suppress(ValueError):
-        if ipaddress.ip_address(host).is_unspecified:
-            # The Host check (DNS rebinding) accepts only the name given here: on "every
-            # address", a browser elsewhere would get 421 and the login link would name 0.0.0.0.
-            raise ConfigError(
-                f"{name} host {host!r} means every address, and the dashboard answers only to "
-                "the one name it is given (its Host check)",
-                hint=f"name the address or host name the browser will use: {_example(name)}",
-            )
+    if _every_address(host):
+        # The Host check (DNS rebinding) accepts only the name given here: on "every
+        # address", a browser elsewhere would get 421 and the login link would name 0.0.0.0.
+        raise ConfigError(
+            f"{name} host {host!r} means every address, and the dashboard answers only to "
+            "the one name it is given (its Host check)",
+            hint=f"name the address or host name the browser will use: {_example(name)}",
+        )
     return host, int(port)
+
+
+def _every_address(host: str) -> bool:
+    """Whether binding ``host`` binds every address: 0.0.0.0 and :: in any spelling the
+    socket takes (``0``, ``0x0``, ``0.0``: the C library's, which ``ipaddress`` refuses;
+    ``::ffff:0.0.0.0``, IPv4's every address over IPv6)."""
+    with contextlib.suppress(ValueError):
+        address = ipaddress.ip_address(host)
+        return bool((getattr(address, "ipv4_mapped", None) or address).is_unspecified)
+    try:
+        return socket.inet_aton(host) == bytes(4)
+    except OSError:  # a host name
+        return False
 
 
 def _example(name: str) -> str:
