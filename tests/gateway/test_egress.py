@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import socket
 from collections.abc import AsyncIterator
@@ -321,7 +322,10 @@ async def test_a_task_past_its_tunnels_is_refused_recorded_and_given_room_back(
     gateway, sock = egress
     monkeypatch.setattr(egress_module, "MAX_TUNNELS", 2)
 
+    far_ends: list[asyncio.StreamWriter] = []
+
     async def until_eof(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        far_ends.append(writer)
         await reader.read()  # holds the tunnel until the agent's side ends it
         writer.close()
 
@@ -350,5 +354,7 @@ async def test_a_task_past_its_tunnels_is_refused_recorded_and_given_room_back(
             writer.close()
             await asyncio.sleep(0.01)
         assert status.startswith(b"HTTP/1.1 200"), status
-        writer.close()
-        held[1][2].close()
+        for end in (writer, held[1][2], *far_ends):
+            end.close()
+            with contextlib.suppress(OSError):
+                await end.wait_closed()
