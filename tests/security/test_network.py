@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from tests.server.selfsigned import server_tls
 from tests.server.test_http_hardening import AUTH, TOKEN, http_server, router
 
 from hal9999.errors import CapabilityError
@@ -177,15 +178,7 @@ async def test_a_host_mode_agent_cannot_hold_the_daemons_tls_listener(
     address = _host_address()
     if not _usernet_works() or address is None:
         pytest.skip("slirp4netns and an address of the host other than loopback")
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout", str(key),
-         "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    tls.load_cert_chain(cert, key)
+    tls = server_tls(tmp_path)
     server = http_server(router(), TOKEN, head_timeout_s=120)  # the agent's, not the clock's
     port = await server.listen_tcp("0.0.0.0", 0, tls=tls)
     provider = BwrapProvider(state_dir=hal_home / "sandboxes" / "bwrap")

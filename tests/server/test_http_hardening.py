@@ -12,12 +12,12 @@ import logging
 import socket
 import ssl
 import struct
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.server.selfsigned import server_tls
 
 from hal9999.server.app import ServerContext, build_app
 from hal9999.server.listen import HalServer
@@ -200,14 +200,7 @@ async def test_a_flood_on_the_tcp_port_does_not_lock_the_owner_out_of_the_unix_s
 async def test_a_tls_handshake_that_never_comes_is_cut_at_the_head_deadline(
     tmp_path: Path,
 ) -> None:
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-         "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    tls.load_cert_chain(cert, key)
+    tls = server_tls(tmp_path)
     server = http_server(router(), TOKEN, head_timeout_s=0.5)
     port = await server.listen_tcp("127.0.0.1", 0, tls=tls)
     try:
@@ -239,15 +232,7 @@ async def test_every_way_a_tls_connection_ends_gives_its_peers_place_back(
     address = _host_address()
     if address is None:
         pytest.skip("this machine has no address other than loopback")
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout", str(key),
-         "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    tls.load_cert_chain(cert, key)
+    tls = server_tls(tmp_path)
     client = ssl.create_default_context()
     client.check_hostname, client.verify_mode = False, ssl.CERT_NONE
     server = http_server(router(), TOKEN, head_timeout_s=0.5, max_per_peer=2)
