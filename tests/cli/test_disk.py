@@ -124,17 +124,23 @@ def test_a_store_that_cannot_open_on_a_full_disk_says_the_disk_is_full(
     assert "free space on the filesystem of HAL_HOME" in lines[0]
 
 
-def test_serve_detach_on_a_full_disk_says_the_disk_is_full(hal: Hal, small_home: Path) -> None:
-    """The daemon could not write even its error to its log: the line sent the user to an
-    empty serve.log ("hal serve did not start (see .../serve.log)"), with status 1."""
-    assert hal("task", "list").returncode == 0
+def serve_on_a_full_disk(hal: Hal, small_home: Path) -> str:
+    """``hal serve --detach`` with ``small_home``'s disk filled (``filler``): its one error
+    line, the start having failed with status 10."""
     fill(small_home, "filler")
     try:
         out = hal("serve", "--detach")
     finally:
         hal("serve", "--stop")
     assert out.returncode == 10, out.stderr
-    line = one_error_line(out)
+    return one_error_line(out)
+
+
+def test_serve_detach_on_a_full_disk_says_the_disk_is_full(hal: Hal, small_home: Path) -> None:
+    """The daemon could not write even its error to its log: the line sent the user to an
+    empty serve.log ("hal serve did not start (see .../serve.log)"), with status 1."""
+    assert hal("task", "list").returncode == 0
+    line = serve_on_a_full_disk(hal, small_home)
     assert "hal serve did not start: the disk holding hal's home is full" in line, line
     assert "free space on the filesystem of HAL_HOME" in line, line
     (small_home / "filler").unlink()
@@ -152,13 +158,7 @@ def test_serve_detach_on_a_full_disk_is_not_told_an_earlier_daemons_error(
     log.parent.mkdir(parents=True, exist_ok=True)
     old = b"hal: error: --listen '0.0.0.0:8443' an earlier mistake, fixed since\n"
     log.write_bytes(b"x" * (4096 - len(old) - 1) + b"\n" + old)  # its block full: no room
-    fill(small_home, "filler")
-    try:
-        out = hal("serve", "--detach")
-    finally:
-        hal("serve", "--stop")
-    assert out.returncode == 10, out.stderr
-    line = one_error_line(out)
+    line = serve_on_a_full_disk(hal, small_home)
     assert "the disk holding hal's home is full" in line, line
     assert "earlier mistake" not in line, line
     (small_home / "filler").unlink()

@@ -19,14 +19,22 @@ pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 
 def _pausing_claude(hal_env: dict[str, str], demo_repo: Path) -> None:
     """A claude preset replaying a captured run: three records, a pause until `go`, the rest."""
-    (demo_repo / "claude-stream.jsonl").write_bytes(CAPTURED_CLAUDE.read_bytes())
-    script = demo_repo / "fake-claude"
-    script.write_text(
+    _fake_claude(
+        hal_env,
+        demo_repo,
         "#!/bin/sh\nhead -n 3 /workspace/claude-stream.jsonl\n"
         "while [ ! -f /workspace/go ]; do sleep 0.1; done\n"
-        "tail -n +4 /workspace/claude-stream.jsonl\n"
+        "tail -n +4 /workspace/claude-stream.jsonl\n",
     )
-    script.chmod(0o755)
+
+
+def _fake_claude(hal_env: dict[str, str], demo_repo: Path, script: str) -> None:
+    """The claude preset's command is ``script`` (committed with the captured run beside it,
+    ``/workspace/claude-stream.jsonl``)."""
+    (demo_repo / "claude-stream.jsonl").write_bytes(CAPTURED_CLAUDE.read_bytes())
+    path = demo_repo / "fake-claude"
+    path.write_text(script)
+    path.chmod(0o755)
     subprocess.run(["git", "-C", str(demo_repo), "add", "."], check=True)
     subprocess.run(["git", "-C", str(demo_repo), "commit", "-qm", "fake claude"], check=True)
     config = Path(hal_env["XDG_CONFIG_HOME"]) / "hal9999" / "config.toml"
@@ -77,17 +85,11 @@ def test_a_recorded_session_id_that_is_no_plain_token_never_reaches_the_agents_c
     # The id is the agent's own output: the parsers keep only plain ones now, but one
     # recorded by a hal before that check (or by a plugin's parser) was passed back as an
     # argument of the resumed agent's command, where `--config=...` is an option of the CLI.
-    (demo_repo / "claude-stream.jsonl").write_bytes(CAPTURED_CLAUDE.read_bytes())
-    script = demo_repo / "fake-claude"
-    script.write_text(
-        '#!/bin/sh\nprintf "%s\\n" "$@" >> "$HOME/argv"\ncat /workspace/claude-stream.jsonl\n'
+    _fake_claude(
+        hal_env,
+        demo_repo,
+        '#!/bin/sh\nprintf "%s\\n" "$@" >> "$HOME/argv"\ncat /workspace/claude-stream.jsonl\n',
     )
-    script.chmod(0o755)
-    subprocess.run(["git", "-C", str(demo_repo), "add", "."], check=True)
-    subprocess.run(["git", "-C", str(demo_repo), "commit", "-qm", "fake claude"], check=True)
-    config = Path(hal_env["XDG_CONFIG_HOME"]) / "hal9999" / "config.toml"
-    config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text('[agents.claude]\ncommand = "/workspace/fake-claude"\n')
     out = hal("run", "--agent", "claude", "fix it", "--json")
     assert out.returncode == 0, out.stderr
     task = json.loads(out.stdout)
