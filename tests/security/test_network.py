@@ -10,11 +10,11 @@ import os
 import secrets
 import socket
 import ssl
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from tests.gateway.test_egress import host_address
 from tests.server.selfsigned import server_tls
 from tests.server.test_http_hardening import AUTH, TOKEN, http_server, router
 
@@ -150,15 +150,6 @@ time.sleep(120)
 """
 
 
-def _host_address() -> str | None:
-    """An IPv4 address of this host that is not loopback (what ``--listen`` would name)."""
-    out = subprocess.run(
-        ["ip", "-4", "-o", "addr", "show", "scope", "global"], capture_output=True, text=True
-    )
-    fields = [line.split() for line in out.stdout.splitlines()]
-    return next((f[3].split("/")[0] for f in fields if len(f) > 3), None)
-
-
 def _sockets() -> int:
     """Sockets this process holds open."""
     return sum(os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
@@ -175,7 +166,7 @@ async def test_a_host_mode_agent_cannot_hold_the_daemons_tls_listener(
     # protocol sees one), each a descriptor of the daemon until the deadline; those that
     # completed one and sent nothing took every one of the listener's places, and the
     # operator's dashboard answered 503.
-    address = _host_address()
+    address = host_address()
     if not _usernet_works() or address is None:
         pytest.skip("slirp4netns and an address of the host other than loopback")
     tls = server_tls(tmp_path)

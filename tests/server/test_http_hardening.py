@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.gateway.test_egress import host_address
 from tests.server.selfsigned import server_tls
 
 from hal9999.server.app import ServerContext, build_app
@@ -211,25 +212,12 @@ async def test_a_tls_handshake_that_never_comes_is_cut_at_the_head_deadline(
         await server.close()
 
 
-def _host_address() -> str | None:
-    """An IPv4 address of this machine other than loopback (a peer counted apart), if any."""
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        probe.connect(("192.0.2.123", 9))  # no packet is sent: only picks the route
-        address = str(probe.getsockname()[0])
-    except OSError:
-        return None
-    finally:
-        probe.close()
-    return None if address.startswith("127.") else address
-
-
 async def test_every_way_a_tls_connection_ends_gives_its_peers_place_back(
     tmp_path: Path,
 ) -> None:
     # An address other than loopback holds few places: one leaked per failed handshake, reset
     # or deadline would lock that address (an operator's browser, a NAT) out for good.
-    address = _host_address()
+    address = host_address()
     if address is None:
         pytest.skip("this machine has no address other than loopback")
     tls = server_tls(tmp_path)
