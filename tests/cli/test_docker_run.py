@@ -63,10 +63,12 @@ def test_doctor_covers_the_docker_provider_and_pm2(docker_env: dict[str, str], h
 
 
 # The agent leaves a writer that cleared its environment (no exec token finds it) in its own
-# session, then hangs until the timeout stops it.
+# session, then hangs until the timeout stops it. Each tick is written aside and renamed into
+# place: a plain `>` empties the file before `date` writes it, and a stop landing between the
+# two left an empty tick, a patch with no line to compare.
 LINGER = (
-    "sh -c \"(env -i setsid sh -c 'while :; do date +%s%N > /workspace/tick; sleep 0.05; done' "
-    '>/dev/null 2>&1 &) ; sleep 600"'
+    "sh -c \"(env -i setsid sh -c 'while :; do date +%s%N > /workspace/.t; "
+    "mv /workspace/.t /workspace/tick; sleep 0.05; done' >/dev/null 2>&1 &) ; sleep 600\""
 )
 
 
@@ -82,7 +84,8 @@ def test_a_timed_out_agent_and_what_it_left_stop_before_its_work_is_collected(
     assert task["status"] == "timed_out", task
     session = Path(task["session_dir"])
     patch = (session / "result.patch").read_text()  # a timed-out run's work stays there
-    [collected] = [line[1:] for line in patch.splitlines() if line[:1] == "+" and "+++" not in line]
+    tick = patch.split("+++ b/tick\n", 1)[1].split("diff --git", 1)[0]
+    [collected] = [line[1:] for line in tick.splitlines() if line[:1] == "+"]
     left = (session / "workspace" / "tick").read_text().strip()
     assert left == collected, "the workspace changed after its work was collected"
 
