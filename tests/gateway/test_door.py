@@ -6,8 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
+import socket
+import struct
+import subprocess
 import sys
+from pathlib import Path
+from typing import cast
 
 import pytest
 from tests.gateway import test_proxy
@@ -146,3 +152,66 @@ async def test_a_namespace_made_inside_a_sandbox_is_still_that_sandbox(
             child.kill()
         await child.wait()
     assert said.startswith(b"connected\nconnected\nHTTP/1.1 503"), said
+
+
+HOLDER = """
+import os, socket, sys, time
+if os.fork():  # the namespace's first process stays (its exit would end the namespace)
+    time.sleep(30)
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+if os.fork() == 0:  # the child holds the socket; the process that connected exits
+    print("held", flush=True)
+    time.sleep(30)
+os._exit(0)
+"""
+
+
+def test_a_connection_whose_connecting_process_exited_is_not_its_uids_peer(
+    tmp_path: Path,
+) -> None:
+    """A sandbox process that connects, forks a child to hold the socket and exits has no pid
+    namespace to read: it was keyed by its uid, the peer every forwarded sandbox (qemu,
+    docker, ssh: the host's forwarder connects) and host process of that uid shares, so one
+    agent under a hal running as an ordinary user filled their 64 places. It is
+    ``("exited", uid)``, a peer of its own."""
+    from hal9999.gateway import door
+
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1)")
+    if tuple(int(n) for n in re.findall(r"\d+", os.uname().release)[:2]) < (6, 5):
+        pytest.skip("SO_PEERPIDFD is Linux 6.5")
+    path = str(tmp_path / "door.sock")
+    flags = ["--pid", "--fork", "--kill-child"]
+    if os.geteuid() != 0:
+        flags += ["--user", "--map-root-user"]
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(path)
+        server.listen()
+        child = subprocess.Popen(
+            ["unshare", *flags, sys.executable, "-c", HOLDER, path], stdout=subprocess.PIPE
+        )
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline() == b"held\n"
+            conn, _ = server.accept()  # the connecting process is gone (no accept before it)
+            with conn:
+                uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET,
+                                                          socket.SO_PEERCRED, 12))[1]  # fmt: skip
+                peer = door.peer_of(cast(asyncio.StreamWriter, _Writer(conn)))
+        finally:
+            child.kill()
+            child.wait()
+            if child.stdout is not None:
+                child.stdout.close()
+    assert peer == ("exited", uid)
+
+
+class _Writer:
+    """What :func:`door.peer_of` reads of an asyncio writer: its socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def get_extra_info(self, name: str) -> socket.socket:
+        return self.sock

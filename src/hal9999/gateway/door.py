@@ -20,12 +20,16 @@ host) is its uid, as are all peers on a kernel older than 6.11 (no pid namespace
 pidfd). Keyed by uid alone, every
 sandbox of a hal running as an ordinary user shared one uid: one agent filled the 64 places
 of them all. The grant's token cannot key them: a waiting connection has sent no request.
+A connection whose connecting process has exited (a sandbox process that connects, forks a
+child to hold the socket and exits) has no namespace to read: it is ``("exited", uid)``, never
+its uid's peer, which every forwarded sandbox (qemu, docker, ssh) and host process shares.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import os
 import socket
@@ -48,7 +52,11 @@ NS_GET_PARENT = 0xB702
 """``_IO(NSIO, 2)``: the parent of a pid namespace."""
 
 Peer = tuple[str, int] | None
-"""``("pidns", inode)`` of a sandbox, ``("uid", uid)`` otherwise, None when unknown."""
+"""``("pidns", inode)`` of a sandbox, ``("exited", uid)`` when the connecting process is
+gone, ``("uid", uid)`` otherwise, None when unknown."""
+
+EXITED = -1
+""":func:`_pid_namespace`'s answer when the connecting process has exited."""
 
 
 def peer_of(writer: asyncio.StreamWriter) -> Peer:
@@ -60,22 +68,25 @@ def peer_of(writer: asyncio.StreamWriter) -> Peer:
         return None
     _pid, uid, _gid = struct.unpack("3i", creds)
     namespace = _pid_namespace(sock)
+    if namespace == EXITED:  # its socket held by another process: whose, nobody can say
+        return ("exited", int(uid))
     if namespace is not None and namespace != _own_pid_namespace():
         return ("pidns", namespace)
     return ("uid", int(uid))
 
 
 def _pid_namespace(sock: Any) -> int | None:
-    """The inode of the connecting process's pid namespace; None when the kernel cannot say
-    (or that process has exited)."""
+    """The inode of the connecting process's pid namespace; :data:`EXITED` when that process
+    has exited (ESRCH: from the pidfd's ioctl, or, before Linux 6.16, from SO_PEERPIDFD
+    itself), None when the kernel cannot say."""
     try:
         pidfd = sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
-    except OSError:
-        return None
+    except OSError as exc:
+        return EXITED if exc.errno == errno.ESRCH else None
     try:
         nsfd = fcntl.ioctl(pidfd, PIDFD_GET_PID_NAMESPACE)
-    except OSError:
-        return None
+    except OSError as exc:
+        return EXITED if exc.errno == errno.ESRCH else None
     finally:
         os.close(pidfd)
     # The namespace just below the gateway's: a process that made a namespace of its own
