@@ -358,3 +358,39 @@ async def test_a_task_past_its_tunnels_is_refused_recorded_and_given_room_back(
             end.close()
             with contextlib.suppress(OSError):
                 await end.wait_closed()
+
+
+async def test_a_withdrawn_grants_tunnels_are_closed(egress: tuple[Gateway, str]) -> None:
+    # A withdrawn grant (its task at rest: ended, stopped, its runner killed) aborted its model
+    # calls, but its tunnels went on: one to a host that keeps a connection open kept two of
+    # the gateway's descriptors and a place of the task, ended or not, until that host hung up.
+    address = host_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback address to tunnel to")
+    gateway, sock = egress
+    upstream_got: list[bytes] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_got.append(await reader.readexactly(5))
+        upstream_got.append(await reader.read())  # never hangs up itself
+        writer.close()
+
+    server = await asyncio.start_server(silent, address, 0)
+    target = f"{address}:{server.sockets[0].getsockname()[1]}"
+    grant = Grant(task_id="t1", token=new_token(), upstream="https://x", key="k",
+                  egress=[target])  # fmt: skip
+    gateway.register(grant)
+    async with server:
+        status, reader, writer = await connect(sock, target, grant.token)
+        assert status.startswith(b"HTTP/1.1 200"), status
+        writer.write(b"hello")
+        async with asyncio.timeout(10):
+            while not upstream_got:  # the tunnel is open and pumping
+                await asyncio.sleep(0.01)
+            gateway.unregister(grant.token)
+            assert await reader.read() == b""  # the gateway closed the agent's side
+            while len(upstream_got) < 2:
+                await asyncio.sleep(0.01)
+        writer.close()
+    assert upstream_got == [b"hello", b""]  # and the host's
+    assert gateway.tunnels == {}

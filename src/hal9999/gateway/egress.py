@@ -20,7 +20,9 @@ resolver, a control or non-ASCII character, a label over 63 characters, a port o
 A task holds at most :data:`MAX_TUNNELS` tunnels at once: one past them is answered 429 and
 recorded like every refusal (a tunnel, once open, is not waiting at the door: without this,
 one agent with a single allowed host held two of the gateway's descriptors per tunnel, as
-many as it opened, until every task's model calls found none).
+many as it opened, until every task's model calls found none). A grant withdrawn (its task
+at rest) closes its tunnels, as it aborts its model calls: one to a host that never hangs up
+held its descriptors and its task's place, ended or not, for as long as that host kept it.
 """
 
 from __future__ import annotations
@@ -184,12 +186,19 @@ class EgressProxy:
             await self._deny(writer, grant, method, target, started, why, too_many=True)
             return
         self.tunnels[task] = self.tunnels.get(task, 0) + 1
+        this = asyncio.current_task()
+        assert this is not None
+        open_ = self.gateway.tunnels.setdefault(grant.token, set())
+        open_.add(this)  # withdrawing the grant closes it (Gateway.unregister)
         try:
             await self._tunnel(writer, reader, grant, method, target, host, port, started)
         finally:
             left = self.tunnels.pop(task, 1) - 1
             if left > 0:
                 self.tunnels[task] = left
+            open_.discard(this)
+            if not open_ and self.gateway.tunnels.get(grant.token) is open_:
+                del self.gateway.tunnels[grant.token]
 
     async def _tunnel(
         self,

@@ -75,6 +75,8 @@ class Gateway:
         self._limiter_of: dict[str, UpstreamLimiter] = {}
         """Each grant's limiter, by token (naming it hashes the key: once per grant)."""
         self.inflight: dict[str, set[asyncio.Task[Any]]] = {}
+        self.tunnels: dict[str, set[asyncio.Task[Any]]] = {}
+        """The egress proxy's open tunnels, by token: closed with their grant."""
         self.held: dict[str, int] = {}
         """Bytes of request bodies read or being read, by token (see :class:`HeldBodies`)."""
         # The calls the store refuses are kept in the gateway's directory across a restart.
@@ -106,7 +108,7 @@ class Gateway:
         self.last_active = time.monotonic()
 
     def unregister(self, token: str) -> None:
-        """Refuse ``token`` from now on and abort its calls in flight."""
+        """Refuse ``token`` from now on and abort its calls in flight and its tunnels."""
         grant = self.grants.pop(token, None)
         if grant is not None:
             self.refusals.forget(grant.task_id)
@@ -114,7 +116,7 @@ class Gateway:
         self.relay.forget(token)
         self.bodies.forget(token)
         self.prices.forget(token)
-        for task in self.inflight.pop(token, set()):
+        for task in (*self.inflight.pop(token, ()), *self.tunnels.pop(token, ())):
             task.cancel()
         self.last_active = time.monotonic()
 
