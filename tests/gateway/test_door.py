@@ -157,11 +157,13 @@ async def test_a_namespace_made_inside_a_sandbox_is_still_that_sandbox(
 HOLDER = """
 import os, socket, sys, time
 if os.fork():  # the namespace's first process stays (its exit would end the namespace)
+    os.wait()  # the process that connected has exited and is reaped
+    print("held", flush=True)
     time.sleep(30)
+    os._exit(0)
 s = socket.socket(socket.AF_UNIX)
 s.connect(sys.argv[1])
 if os.fork() == 0:  # the child holds the socket; the process that connected exits
-    print("held", flush=True)
     time.sleep(30)
 os._exit(0)
 """
