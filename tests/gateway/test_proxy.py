@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -398,3 +399,42 @@ async def test_the_key_an_upstream_echoes_never_reaches_the_agent(
     await gw.drain()
     rows = gw.store.gateway_requests("t1")
     assert [(r.status, r.output_tokens) for r in rows] == [(401, 0), (200, 7)]
+
+
+async def test_a_tasks_calls_in_flight_are_its_own_and_their_places_come_back(
+    gateway: tuple[Gateway, str], upstream: StormUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What held of the cap on a task's calls in flight (proxy.MAX_CALLS): it is the task's
+    (another task's call is not refused), and a call's place comes back when it ends, one the
+    agent hung up on included."""
+    from hal9999.gateway import proxy
+
+    gw, sock = gateway
+    monkeypatch.setattr(proxy, "MAX_CALLS", 1)
+    upstream.gate = threading.Event()
+    mine, other = grant_for(upstream, "t1"), grant_for(upstream, "t2")
+    gw.register(mine)
+    gw.register(other)
+
+    async def in_flight(token: str, count: int) -> None:
+        while len(gw.inflight.get(token, ())) != count:
+            await asyncio.sleep(0.01)
+
+    async with client(sock) as http, asyncio.timeout(30):
+        held = asyncio.create_task(call(http, mine.token))
+        await in_flight(mine.token, 1)
+        refused = await call(http, mine.token)
+        assert refused.status_code == 429 and "too_many_calls" in refused.text, refused.text
+        theirs = asyncio.create_task(call(http, other.token))
+        await in_flight(other.token, 1)  # admitted: the other task's place is its own
+        upstream.gate.set()
+        assert (await held).status_code == 200 and (await theirs).status_code == 200
+        assert (await call(http, mine.token)).status_code == 200  # its place came back
+        upstream.gate.clear()
+        hung = asyncio.create_task(call(http, mine.token))
+        await in_flight(mine.token, 1)
+        hung.cancel()  # the agent hangs up while the upstream is still answering
+        await asyncio.gather(hung, return_exceptions=True)
+        upstream.gate.set()
+        await in_flight(mine.token, 0)
+        assert (await call(http, mine.token)).status_code == 200
