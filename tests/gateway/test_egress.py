@@ -394,3 +394,25 @@ async def test_a_withdrawn_grants_tunnels_are_closed(egress: tuple[Gateway, str]
         writer.close()
     assert upstream_got == [b"hello", b""]  # and the host's
     assert gateway.tunnels == {}
+
+
+async def test_a_tunnel_that_never_opened_gives_its_place_back(
+    egress: tuple[Gateway, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What held: a CONNECT answered 502 (nothing listens) leaves no place of its task behind.
+    address = host_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback address to tunnel to")
+    gateway, sock = egress
+    monkeypatch.setattr(egress_module, "MAX_TUNNELS", 1)
+    with socket.socket() as closed:
+        closed.bind((address, 0))  # a port nothing listens on
+        target = f"{address}:{closed.getsockname()[1]}"
+        grant = Grant(task_id="t1", token=new_token(), upstream="https://x", key="k",
+                      egress=[target])  # fmt: skip
+        gateway.register(grant)
+        for _ in range(3):
+            status, _, writer = await connect(sock, target, grant.token)
+            writer.close()
+            assert status.startswith(b"HTTP/1.1 502"), status
+    assert gateway.tunnels == {}
