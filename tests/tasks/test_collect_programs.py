@@ -183,3 +183,33 @@ async def test_an_unchanged_checkout_with_a_gitlink_still_looks_inside_it(
     (ws / "vendor" / "lib" / "patch.c").write_text("int x;\n")
     result = await run_collect(w, sandbox)
     assert result.head == w.base and "vendor/lib" in result.nested
+
+
+async def test_a_substitution_that_is_one_git_forks_no_second_shell(
+    world: tuple[World, HostileSandbox], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 16: `state=$(g status ...)` forked the substitution's subshell, which forked
+    # again for the function's git: two processes for one git on every collection.
+    shims = tmp_path / "ancestry"
+    shims.mkdir()
+    log = tmp_path / "shells.log"
+    real = shutil.which("git")
+    assert real is not None
+    shim = shims / "git"
+    # The shells between this git and the process that runs the script (sh's builtins only:
+    # another program here would be one more process to count).
+    shim.write_text(
+        "#!/bin/sh\n"
+        "p=$PPID shells=0\n"
+        "while read -r _ comm _ parent _ < /proc/$p/stat && [ \"$comm\" = '(sh)' ]; do\n"
+        "  shells=$((shells + 1)) p=$parent\n"
+        "done\n"
+        f'for arg; do case $arg in status|ls-files) echo "$arg $shells" >> {log};; esac; done\n'
+        f'exec {real} "$@"\n'
+    )
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shims}:{os.environ['PATH']}")
+    w, sandbox = world
+    result = await run_collect(w, sandbox)
+    assert result.head == w.base and result.files_changed == 0
+    assert sorted(log.read_text().splitlines()) == ["ls-files 1", "status 1"]

@@ -43,12 +43,16 @@ step() { echo "hal-step: $1" >&2; }
 # rename a task, issue 16); what it reports is the same, and add and commit still lock.
 g() { git --no-optional-locks -c core.hooksPath=/dev/null -c core.fsmonitor=false \
   -c user.name=hal9999 -c user.email=hal9999@localhost "$@"; }
+# The same git for a command substitution that is one git: the substitution's subshell
+# becomes it (sh forks that subshell, then forks again for a function's command: issue 16).
+gx() { exec git --no-optional-locks -c core.hooksPath=/dev/null -c core.fsmonitor=false \
+  -c user.name=hal9999 -c user.email=hal9999@localhost "$@"; }
 nl='
 '
 step "reading the changes"
 # One git for HEAD and every change, whatever the checkout's config hides (submodules,
 # untracked files): when it lists none, nothing changed.
-state=$(g status --porcelain=v2 --branch --no-ahead-behind --untracked-files=normal \
+state=$(gx status --porcelain=v2 --branch --no-ahead-behind --untracked-files=normal \
   --ignore-submodules=none)
 head=${state#"# branch.oid "}; head=${head%%"$nl"*}
 dirty=
@@ -57,14 +61,14 @@ committed=0 changes=$dirty
 case $state in *"$nl"[12u]\ ??\ S*)
   # A submodule changed: what is committed is what `status` shows under the checkout's
   # own submodule settings, as always.
-  changes=$(g status --porcelain) ;;
+  changes=$(gx status --porcelain) ;;
 esac
 if [ -n "$changes" ]; then
   step "staging leftover changes"; g add -A
   step "committing leftover changes"; g commit --quiet --no-verify -m "$message" >&2
   committed=1 head=
 fi
-case $head in *[!0-9a-f]*|'') step "reading HEAD"; head=$(g rev-parse --verify HEAD) ;; esac
+case $head in *[!0-9a-f]*|'') step "reading HEAD"; head=$(gx rev-parse --verify HEAD) ;; esac
 # HEAD a plain file naming the branch: the branch is HEAD already, nothing to move.
 symbolic=
 if [ -f .git/HEAD ] && [ ! -h .git/HEAD ]; then IFS= read -r symbolic < .git/HEAD || :; fi
@@ -77,7 +81,7 @@ if [ -z "$dirty" ] && [ "$head" = "$base" ] && [ "$full" = 0 ]; then
   # is the base's tree here: the host may know it has none).
   if [ "$nolinks" = 1 ]; then printf '%s 0 0 unchanged\n' "$head"; exit 0; fi
   step "checking nested repositories"
-  case $(g ls-files -s) in 160000\ *|*"$nl"160000\ *) ;; *)
+  case $(gx ls-files -s) in 160000\ *|*"$nl"160000\ *) ;; *)
     printf '%s 0 0 unchanged\n' "$head"; exit 0 ;;
   esac
 fi
