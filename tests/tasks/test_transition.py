@@ -100,6 +100,40 @@ def test_compare_and_set_rechecks_when_the_status_moved_underneath(
         assert calls == ["succeeded"]
 
 
+def test_a_runners_move_writes_without_reading_the_status_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 16: every move of a run read the status, then read the row again inside its
+    # write transaction; a runner knows the state it put the task in, and the write's
+    # compare-and-set checks it: four statements a move, not five.
+    with Store.open(tmp_path) as store:
+        store.insert_task(make_task(tmp_path, "t1", "running"))
+        store.insert_task(make_task(tmp_path, "t2", "running"))
+        statements: list[str] = []
+        store._db().set_trace_callback(statements.append)
+        before, after = transition(store, None, "t1", TaskStatus.COLLECTING, expect="running")
+        assert (before, after.status) == ("running", "collecting")
+        assert statements[0] == "BEGIN IMMEDIATE" and len(statements) == 4, statements
+        assert not any(s.startswith("SELECT status") for s in statements)
+        # Taken meanwhile (stopped by another process): not written, and said so.
+        store.update_task("t2", status="stopped")
+        writes: list[str] = []
+        real_set = store.set_status
+
+        def recorded(task_id: str, target: str, **kwargs: Any) -> Any:
+            writes.append(target)
+            return real_set(task_id, target, **kwargs)
+
+        monkeypatch.setattr(store, "set_status", recorded)
+        with pytest.raises(TaskStateError, match="t2 is stopped, not running"):
+            transition(store, None, "t2", TaskStatus.COLLECTING, expect="running")
+        assert store.get_task("t2").status == "stopped" and writes == ["collecting"]
+        # A move the table refuses from the expected state is never tried.
+        with pytest.raises(TaskStateError, match="a collecting task cannot become running"):
+            transition(store, None, "t1", TaskStatus.RUNNING, expect="collecting")
+        assert store.get_task("t1").status == "collecting" and writes == ["collecting"]
+
+
 def test_a_resting_state_is_committed_durably(tmp_path: Path) -> None:
     with Store.open(tmp_path) as store:
         store.insert_task(make_task(tmp_path, "t1", "running"))

@@ -84,6 +84,17 @@ def check_transition(current: str, target: str) -> TaskStatus:
     return dst
 
 
+def _allowed(current: str, target: TaskStatus, via: TaskStatus | None) -> bool:
+    """Whether the move from ``current`` (through ``via``) to ``target`` is in the table."""
+    try:
+        src = TaskStatus(current)
+    except ValueError:
+        return False
+    if via is None:
+        return target in TRANSITIONS[src]
+    return via in TRANSITIONS[src] and target in TRANSITIONS[via]
+
+
 RESTING = FINAL | {TaskStatus.STOPPED, TaskStatus.INTERRUPTED}
 """States a task stays in until someone acts; reaching one is committed durably (fsync)."""
 
@@ -113,7 +124,9 @@ def transition(
     written*: the write is ``UPDATE ... WHERE status = <the status just read>``, and when
     another process changed it in between, the check runs again on the new status. With
     ``expect``, the task must also be in one of those states (a runner expects the state it
-    put the task in; anything else means the task was taken from it). Raises
+    put the task in; anything else means the task was taken from it); one state expected is
+    checked and written without the read first, the write's compare-and-set being the
+    check that the task is still in it. Raises
     :class:`TaskStateError` when the move is not allowed. ``fields`` are written in the
     same statement; a resting state is committed durably, and the LLM gateway told (its
     grants of the task go at once: :func:`~hal9999.gateway.rested.tell_rested`). Then the
@@ -128,7 +141,19 @@ def transition(
     """
     wanted = {expect} if isinstance(expect, str) else set(expect) if expect is not None else None
     durable = target in RESTING or via in RESTING
-    while True:
+    updated = None
+    if wanted is not None and len(wanted) == 1:
+        # A runner's move from the state it put the task in: checked against the table on
+        # that state, then written with it as the compare-and-set's expectation, without
+        # reading the status first (issue 16: a statement a move, five a task). A task
+        # moved meanwhile is not written (set_status's read in its transaction) and goes
+        # the way below, which reads its status and says why.
+        (current,) = wanted
+        if _allowed(current, target, via):
+            updated = store.set_status(
+                task_id, target.value, expect=current, durable=durable, **fields
+            )
+    while updated is None:
         # The status alone: set_status reads the whole record in its write transaction
         # (issue 16: a task's every step read and validated its record twice).
         current = store.task_status(task_id)
@@ -143,8 +168,6 @@ def transition(
         else:
             check_transition(current, target)
         updated = store.set_status(task_id, target.value, expect=current, durable=durable, **fields)
-        if updated is not None:
-            break
     if target in RESTING:  # its grant at the gateway goes now (its runner may be dead)
         from hal9999.gateway.rested import tell_rested
 
