@@ -102,6 +102,8 @@ class PoolLending:
         """Claims waiting for a sandbox to come free (a reset then hands it over unprimed)."""
         self._writes = asyncio.Lock()
         """Orders the sandbox records' writes, which run in threads (off the event loop)."""
+        self._owed: dict[Entry, None] = {}
+        """Entries whose row is to be written: the next write takes them all (in order)."""
         self._background: set[asyncio.Task[Any]] = set()
         self._deferred: dict[Entry, asyncio.Event] = {}
         """Sandboxes given back whose reset waits out :data:`RESET_GRACE_S`; set: start it."""
@@ -154,22 +156,34 @@ class PoolLending:
         store = self.store
         if store is None or entry.id is None:
             return
-        # The row is built under the lock, so the last write carries the entry's latest
+        # The rows are built under the lock, so the last write carries the entry's latest
         # state; a thread does the write, so another process's write lock stalls no loop.
+        # Rows owed while a write runs go in the next one, one transaction and one thread
+        # hop for them all (issue 16: two rows a task, at 16 tasks at once mostly waiting
+        # here for each other): whoever takes the lock first writes them; an entry taken
+        # by another's write is written once the lock is free again.
+        self._owed[entry] = None
         async with self._writes:
-            if entry.state == "gone":  # forgotten meanwhile: do not bring the row back
+            if entry not in self._owed:
                 return
-            row = SandboxRow(
-                provider=entry.provider,
-                id=entry.id,
-                pool_key=entry.key,
-                state=entry.state,
-                task_id=entry.task_id,
-                owner_pid=os.getpid(),
-                created_at=entry.created_at,
-                last_used_at=entry.last_used_at,
-            )
-            await asyncio.to_thread(store.put_sandbox, row)
+            entries, self._owed = self._owed, {}
+            rows = [
+                SandboxRow(
+                    provider=owed.provider,
+                    id=owed.id,
+                    pool_key=owed.key,
+                    state=owed.state,
+                    task_id=owed.task_id,
+                    owner_pid=os.getpid(),
+                    created_at=owed.created_at,
+                    last_used_at=owed.last_used_at,
+                )
+                for owed in entries
+                # forgotten meanwhile: do not bring the row back
+                if owed.state != "gone" and owed.id is not None
+            ]
+            if rows:
+                await asyncio.to_thread(store.put_sandboxes, rows)
 
     async def _record_behind(self, entry: Entry) -> None:
         """:meth:`_record` of the entry as it is by then, awaited by nobody: no claim waits for

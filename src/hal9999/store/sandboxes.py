@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -27,11 +27,16 @@ class SandboxTable:
 
     def put_sandbox(self, row: SandboxRow) -> None:
         """Insert or replace the record of one sandbox."""
+        self.put_sandboxes([row])
+
+    def put_sandboxes(self, rows: Sequence[SandboxRow]) -> None:
+        """Insert or replace the records of some sandboxes, in order, in one transaction."""
         names = ", ".join(_COLUMNS)
         values = ", ".join(f":{name}" for name in _COLUMNS)
         with self._write() as conn:
-            conn.execute(
-                f"INSERT OR REPLACE INTO sandboxes ({names}) VALUES ({values})", row.model_dump()
+            conn.executemany(
+                f"INSERT OR REPLACE INTO sandboxes ({names}) VALUES ({values})",
+                [row.model_dump() for row in rows],
             )
 
     def update_sandbox(self, provider: str, sandbox_id: str, **fields: Any) -> None:
