@@ -49,7 +49,12 @@ class LaunchSteps(RunnerCore):
     ) -> bool:
         """Provision, prepare and start the agent; returns whether the sandbox is offline."""
         task = ctx.task
-        await self.transition(ctx, TaskStatus.PROVISIONING)
+
+        def find_mcp_route() -> None:  # a hive agent's run: its own MCP socket
+            ctx.mcp = mcp_route_for(self.config.home, ctx.session.run_dir, self.store, task.id)
+
+        # The MCP route (a marker file and a row read) found in the move's thread hop.
+        await self.transition(ctx, TaskStatus.PROVISIONING, then=find_mcp_route)
         spec = sandbox_spec(self.config, task, ctx.session, self.environ)
         fresh = task.base_commit is None  # its clone is made (again) by checkout()
         snap: Path | None = None
@@ -129,8 +134,8 @@ class LaunchSteps(RunnerCore):
     async def _acquire(
         self, ctx: RunContext, provider: Provider, agent: Agent, spec: SandboxSpec
     ) -> bool:
-        """The run's routes and sandbox (``ctx.sandbox``, recorded by the caller with
-        ``preparing``); returns whether the sandbox is offline."""
+        """The run's routes (``ctx.mcp`` found by the caller) and sandbox (``ctx.sandbox``,
+        recorded by the caller with ``preparing``); returns whether the sandbox is offline."""
         task = ctx.task
         ctx.gateway = None
         if getattr(agent, "gateway_upstream", None) is not None:
@@ -146,10 +151,7 @@ class LaunchSteps(RunnerCore):
                 ctx.gateway.usage = GatewayUsage(self.store, task.id)  # calls from here on
                 await ctx.gateway.open()
                 spec = spec.model_copy(update={"binds": (*spec.binds, ctx.gateway.bind())})
-        ctx.mcp = await asyncio.to_thread(
-            mcp_route_for, self.config.home, ctx.session.run_dir, self.store, task.id
-        )
-        if ctx.mcp is not None:  # a hive agent's run: its own MCP socket, and no other
+        if ctx.mcp is not None:  # a hive agent's run (found by launch): its own MCP socket
             spec = spec.model_copy(update={"binds": (*spec.binds, ctx.mcp.bind())})
         offline = spec.network == "none" and needs_network(agent) and ctx.gateway is None
         if offline:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from hal9999.config import HalConfig
@@ -47,12 +47,29 @@ class RunnerCore:
 
     # -- state -------------------------------------------------------------------------
     async def transition(
-        self, ctx: RunContext, target: TaskStatus, detail: str | None = None, **fields: Any
+        self,
+        ctx: RunContext,
+        target: TaskStatus,
+        detail: str | None = None,
+        *,
+        then: Callable[[], object] | None = None,
+        **fields: Any,
     ) -> TaskRecord:
         """Move the task on from the state this run put it in (compare-and-set); raises
         :class:`Superseded` when another process took the task meanwhile. The database work
-        runs in a thread: a write lock held elsewhere must not stall the event loop."""
-        return await asyncio.to_thread(self._transition, ctx, target, detail, **fields)
+        runs in a thread: a write lock held elsewhere must not stall the event loop.
+        ``then``: the blocking step the run takes next, once the move is written, in the
+        same thread hop (issue 16: each hop costs a busy daemon its thread's wake-up and GIL
+        hand-overs)."""
+        if then is None:
+            return await asyncio.to_thread(self._transition, ctx, target, detail, **fields)
+
+        def moved_then() -> TaskRecord:
+            record = self._transition(ctx, target, detail, **fields)
+            then()
+            return record
+
+        return await asyncio.to_thread(moved_then)
 
     def _transition(
         self, ctx: RunContext, target: TaskStatus, detail: str | None, **fields: Any
