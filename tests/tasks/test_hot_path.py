@@ -488,3 +488,40 @@ async def test_a_borrowed_checkout_is_made_while_the_sandbox_is_acquired(
     assert seen == [True]
     assert ended.is_set()
     assert done.status == ("succeeded" if acquired else "failed"), done.error_message
+
+
+@pytest.mark.bwrap
+async def test_a_command_templates_task_parses_its_template_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 16: a template (split by shlex) was built five times a task: the request's
+    # check, the prompt's secrets check and twice at the run's start asked it for an API
+    # key variable, which a command template never names; the run's start also read the
+    # task's secret names twice. Now the request's check and the run's agent (each checks
+    # the template as it is then configured).
+    from hal9999.agents.custom import TemplateAgent
+
+    repo = git_repo(tmp_path / "repo")
+    store, service, _, _ = pooled_service(tmp_path / "home", "bwrap")
+    built: list[str] = []
+    real = TemplateAgent.__init__
+
+    def counted(self: TemplateAgent, template: str, *args: Any, **kwargs: Any) -> None:
+        built.append(template)
+        real(self, template, *args, **kwargs)
+
+    monkeypatch.setattr(TemplateAgent, "__init__", counted)
+    candidates: list[str] = []
+    real_candidates = type(service)._candidates
+
+    def counted_candidates(self: Any, task: Any) -> Any:
+        candidates.append(task.id)
+        return real_candidates(self, task)
+
+    monkeypatch.setattr(type(service), "_candidates", counted_candidates)
+    task = service.create_blocking(trivial_request(repo))
+    done = await service.run(task.id)
+    store.close()
+    assert done.status == "succeeded", done.error_message
+    assert len(built) == 2, built
+    assert candidates == [task.id], candidates

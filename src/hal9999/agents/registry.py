@@ -96,6 +96,10 @@ def upstream_key_env(config: HalConfig, agent_name: str) -> str | None:
     settings = config.agent_settings(agent_name)
     if settings.api_key_env:
         return settings.api_key_env
+    if is_template(agent_name) and getattr(TemplateAgent, "gateway_upstream", None) is None:
+        # A command template names no API (valid or not): not parsed for nothing (issue 16:
+        # a template's parse, three times a task, where a run checks and builds it twice).
+        return None
     try:
         agent = resolve_agent(agent_name, settings)
     except HalError:

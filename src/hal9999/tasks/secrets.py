@@ -57,6 +57,12 @@ class TaskSecrets:
         self, task: TaskRecord, values: Mapping[str, str] | None = None
     ) -> dict[str, str]:
         """The task's exec-time variables that are secrets, by name (see :meth:`masker`)."""
+        return self.secrets_of(task, values)[1]
+
+    def secrets_of(
+        self, task: TaskRecord, values: Mapping[str, str] | None = None
+    ) -> tuple[list[str], dict[str, str]]:
+        """:meth:`secret_names` and :meth:`secret_values` at once (a run needs both)."""
         names, marked = self._candidates(task)
         given = values or {}
         found: dict[str, str] = {}
@@ -64,7 +70,7 @@ class TaskSecrets:
             value = given.get(name, self.environ.get(name))
             if value and (name in marked or forwarded_is_secret(name, value)):
                 found[name] = value
-        return found
+        return names, found
 
     def secret_names(self, task: TaskRecord) -> list[str]:
         """The task's variables whose values may be secrets: all but a literal ``--env``."""

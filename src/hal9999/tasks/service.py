@@ -274,7 +274,7 @@ class TaskService(TaskSecrets):
         for name in self.config.secrets:
             if name not in secrets_env and name in self.environ:
                 secrets_env[name] = self.environ[name]
-        found = self.secret_values(task, secrets_env)
+        names, found = self.secrets_of(task, secrets_env)
         masker = self.masker_of(found.values())
         with self.events(task, masker) as events:
             ctx = RunContext(
@@ -286,7 +286,7 @@ class TaskService(TaskSecrets):
                 on_output=on_output,
                 on_event=on_event,
                 mask_names=tuple(sorted(found)),
-                checks_patch=bool(self.secret_names(task)),
+                checks_patch=bool(names),
                 adopted=adopted,
                 retry=retry,
             )
