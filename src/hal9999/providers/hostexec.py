@@ -71,6 +71,8 @@ command's bwrap argv, run when the keeper is gone by the time the launcher opens
 older build would take ``--enter`` for a sandbox name, or ``--else`` for one."""
 LAUNCH_HELPER_DATA = b"hal-launch abi: data"
 """What a build that takes ``--data`` holds; a build without it is not used at all."""
+LAUNCH_HELPER_DIES = b"hal-launch abi: dies-with"
+"""What a build that takes ``--dies-with`` holds (see :func:`dies_with_helper`)."""
 DATA_FDS = range(3, 9)
 """The fds ``--data`` may fill: a shell's redirections name one digit, and 9 is the filter's."""
 DATA_MAX = 4096
@@ -88,6 +90,19 @@ def launch_helper_enters() -> bool:
 @functools.cache
 def _takes_enter(helper: str) -> bool:
     return _holds(helper, LAUNCH_HELPER_ENTER)
+
+
+def dies_with_helper() -> str | None:
+    """The static launcher (:func:`launch_helper`) when its build takes ``--dies-with
+    PARENT -- PROGRAM``: PROGRAM killed when PARENT dies, and not run when PARENT died
+    first (one exec, where ``setpriv`` and ``sh`` are two more)."""
+    helper = launch_helper()
+    return helper if helper is not None and _takes_dies(helper) else None
+
+
+@functools.cache
+def _takes_dies(helper: str) -> bool:
+    return _holds(helper, LAUNCH_HELPER_DIES)
 
 
 def _holds(helper: str, abi: bytes) -> bool:

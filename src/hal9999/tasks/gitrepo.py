@@ -113,15 +113,22 @@ _STILL_OURS = '[ "$PPID" = "$1" ] || exit 137; shift; exec "$@"'
 
 
 def dying_with_hal() -> tuple[str, ...]:
-    """``setpriv --pdeathsig KILL``: the git it execs is killed when hal dies (``kill -9``,
-    the OOM killer), where a cancelled run kills it itself. For git writing the task's
-    checkout, which a resume empties and clones again: a clone left running would write
-    into the new one. The signal is tied to the *thread* that spawned the process, which
-    here is the event loop's, awaiting git to its end (:func:`git` kills it when cancelled);
-    a hal that died before setpriv set it is seen by the ``sh`` after it (its parent is no
-    longer hal), which then runs nothing. git's own helpers (a URL's ``git-remote-https``,
-    ``index-pack``) end on their broken pipes. Nothing where the host has no ``setpriv``
-    (util-linux)."""
+    """The prefix that makes the git it runs die when hal dies (``kill -9``, the OOM
+    killer), where a cancelled run kills it itself. For git writing the task's checkout,
+    which a resume empties and clones again: a clone left running would write into the new
+    one. The signal is tied to the *thread* that spawned the process, which here is the
+    event loop's, awaiting git to its end (:func:`git` kills it when cancelled); a hal that
+    died before the signal was set is seen after it (its parent is no longer hal), and then
+    nothing runs. git's own helpers (a URL's ``git-remote-https``, ``index-pack``) end on
+    their broken pipes. The static launcher's ``--dies-with`` does all this in one exec
+    (issue 16); without a build that takes it, ``setpriv --pdeathsig KILL`` and an ``sh``
+    that checks its parent; nothing where the host has neither (``setpriv`` is
+    util-linux's)."""
+    from hal9999.providers.hostexec import dies_with_helper
+
+    helper = dies_with_helper()
+    if helper is not None:
+        return (helper, "--dies-with", str(os.getpid()), "--")
     found = _setpriv()
     if found is None:
         return ()
