@@ -61,7 +61,7 @@
  * set, then PARENT checked to be this process's parent still (a hal that died before the
  * signal was set is seen here, and PROGRAM does not run: exit 137), then PROGRAM executed
  * (PATH searched), nothing else changed. What `setpriv --pdeathsig KILL -- sh -c '[ "$PPID" =
- * "$1" ] || exit 137; ...'` did, in one exec instead of three.
+ * "$1" ] || exit 137; ...'` did, in one exec instead of two.
  */
 #define _GNU_SOURCE
 #include <errno.h>

@@ -1,6 +1,6 @@
 """The checkout's host git dies with its hal (issue 16): the static launcher's ``--dies-with``
 sets the death signal and checks hal is still its parent in one exec, where ``setpriv`` and
-an ``sh`` took two more; a launcher built without it keeps that chain. Counted, not timed.
+an ``sh`` took two; a launcher built without it keeps that chain. Counted, not timed.
 
 The launcher is built here from ``scripts/hal-launch.c`` (the shared ``build/`` may predate
 the option)."""

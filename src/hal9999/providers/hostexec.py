@@ -95,7 +95,7 @@ def _takes_enter(helper: str) -> bool:
 def dies_with_helper() -> str | None:
     """The static launcher (:func:`launch_helper`) when its build takes ``--dies-with
     PARENT -- PROGRAM``: PROGRAM killed when PARENT dies, and not run when PARENT died
-    first (one exec, where ``setpriv`` and ``sh`` are two more)."""
+    first (one exec, where ``setpriv`` and ``sh`` are two)."""
     helper = launch_helper()
     return helper if helper is not None and _takes_dies(helper) else None
 
