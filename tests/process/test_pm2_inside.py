@@ -156,3 +156,33 @@ async def test_a_missing_program_is_127(
     code = await wait_exit(manager, spec, timeout=60)
     assert code == 127, spec.log_path.read_text()
     assert "definitely-not-a-program-xyz" in spec.log_path.read_text()
+
+
+async def test_an_agent_that_silences_its_pm2_daemon_cannot_hang_the_stop(
+    manager: Pm2ProcessManager, container: object, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The daemon inside is the agent's: its home is under the agent's HOME. An agent that
+    kills it and listens on its ``rpc.sock`` without answering made ``pm2 delete`` inside wait
+    for ever, and with it the stop of a task that timed out (the task never ended, its
+    container never went) and `hal task stop`."""
+    from hal9999.process import pm2inside
+
+    monkeypatch.setattr(pm2inside, "STOP_TIMEOUT_S", 3.0)
+    home = f"$HOME/{HOME}"
+    script = (
+        f"node -e \"require('net').createServer(()=>{{}}).listen(process.argv[1])\" "
+        f"{home}/mute.sock & "
+        f"while ! test -S {home}/mute.sock; do sleep 0.1; done; "
+        f"kill -9 $(cat {home}/pm2.pid); mv -f {home}/mute.sock {home}/rpc.sock; "
+        "touch /tmp/muted; sleep 300"
+    )
+    spec = spec_for(tmp_path, ShellCommand(script=script))
+    await manager.start(container, spec)  # type: ignore[arg-type]
+    for _ in range(300):
+        if (await _inside(container, "test -e /tmp/muted && echo yes")).strip():
+            break
+        await asyncio.sleep(0.1)
+    assert (await _inside(container, "test -e /tmp/muted && echo yes")).strip() == "yes"
+    # pm2 inside now waits for an answer that never comes (seen: `pm2 jlist` there hangs).
+    await asyncio.wait_for(manager.stop(spec), timeout=60)
+    assert (await manager.status(spec)).state in ("exited", "missing")

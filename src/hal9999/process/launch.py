@@ -105,9 +105,17 @@ as the supervisor is."""
 
 
 async def run_host(
-    argv: Sequence[str], *, env: Mapping[str, str] | None = None, check: bool = True
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    check: bool = True,
+    limit_s: float | None = None,
 ) -> tuple[int, str]:
-    """Run a host helper command (tmux, kill) and return its status and combined output."""
+    """Run a host helper command (tmux, kill) and return its status and combined output.
+
+    With ``limit_s``, a command still running after that many seconds is killed and a
+    :class:`ProcessError` says so (a command that reaches into a sandbox talks to what the
+    agent controls there, which may never answer)."""
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -115,12 +123,23 @@ async def run_host(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             env=dict(env) if env is not None else None,
+            # Bounded: a group of its own, all of it killed at the bound (a wrapper's child,
+            # an engine's client, held the output pipe open past the wrapper's death).
+            start_new_session=limit_s is not None,
         )
     except FileNotFoundError as exc:
         raise ProcessError(
             f"{argv[0]} is not installed", hint=f"apt-get install {Path(argv[0]).name}"
         ) from exc
-    out, _ = await proc.communicate()
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), limit_s)
+    except TimeoutError:
+        from hal9999.procs import kill_group_until_gone
+
+        await kill_group_until_gone(proc)
+        raise ProcessError(
+            f"{argv[0]} {argv[1] if len(argv) > 1 else ''} did not finish in {limit_s:g} s"
+        ) from None
     text = out.decode("utf-8", "replace")
     status = proc.returncode if proc.returncode is not None else -1
     if check and status != 0:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +32,8 @@ from hal9999.errors import HalError, ProcessError
 from hal9999.process.launch import run_host
 from hal9999.providers.base import Sandbox
 from hal9999.spec import ArgvCommand, ProcessSpec, RestartPolicy
+
+logger = logging.getLogger(__name__)
 
 HOME = ".hal-pm2"
 """The in-sandbox daemon's home, under the sandbox user's HOME."""
@@ -84,6 +87,13 @@ the variables."""
 STOP = 'export PM2_HOME="$HOME/' + HOME + '"; command -v pm2 >/dev/null || exit 0; ' \
     'pm2 delete "$1" >/dev/null 2>&1; exit 0'  # fmt: skip
 """Delete the app inside (idempotent)."""
+
+STOP_TIMEOUT_S = 30.0
+"""How long the host waits for ``pm2`` inside to stop or show the app. Its daemon and home
+are the agent's (under the agent's HOME): an agent that listens on its ``rpc.sock`` without
+answering made ``pm2 delete`` wait for ever, and with it the stop of a task past its time
+limit (the task never ended, its container never went). Past the bound the host goes on:
+the sandbox is restarted or removed next, which ends whatever ran inside."""
 
 LOGS = 'export PM2_HOME="$HOME/' + HOME + '"; exec pm2 logs "$1" --nostream --raw --lines "$2"'
 """The app's last lines as PM2 kept them inside."""
@@ -176,7 +186,13 @@ async def stop_inside(spec: ProcessSpec, name: str) -> None:
     control = _control(spec, name)
     if control is None:
         return
-    await run_host(control["stop"]["argv"], env=control["stop"]["env"], check=False)
+    try:
+        await run_host(
+            control["stop"]["argv"], env=control["stop"]["env"], check=False,
+            limit_s=STOP_TIMEOUT_S,
+        )  # fmt: skip
+    except ProcessError as exc:  # the agent's daemon did not answer: its sandbox goes next
+        logger.warning("pm2 inside the sandbox did not stop the app %s: %s", name, exc)
     control_path(spec, name).unlink(missing_ok=True)
 
 
@@ -186,7 +202,9 @@ async def logs_inside(spec: ProcessSpec, name: str, lines: int) -> str | None:
     if control is None:
         return None
     argv = [str(lines) if arg == "LINES" else arg for arg in control["logs"]["argv"]]
-    status, out = await run_host(argv, env=control["logs"]["env"], check=False)
+    status, out = await run_host(
+        argv, env=control["logs"]["env"], check=False, limit_s=STOP_TIMEOUT_S
+    )
     if status != 0:
         raise ProcessError(f"pm2 logs inside the sandbox failed (exit {status})")
     return out
