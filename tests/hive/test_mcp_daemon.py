@@ -106,3 +106,48 @@ async def test_task_result_never_hands_over_a_sub_tasks_secret(
     assert "secret" in result.get("error", ""), result
     assert secret not in str(result)
     assert "+[REDACTED]" in result["patch"]
+
+
+async def test_a_sub_task_never_starts_from_what_the_agent_was_not_given(
+    served: Path, demo_repo: Path
+) -> None:
+    # The operator's stash (work never committed: the snapshots every sandbox borrows are
+    # pruned of it), another agent's branch and another task's result are not the agent's:
+    # a sub-task from one of them was cloned from the source whole, and its patch (files
+    # copied out of that checkout) came back to the agent. Its own branches and the
+    # repository's stay open.
+    import subprocess
+
+    git = ["git", "-C", str(demo_repo), "-c", "user.name=op", "-c", "user.email=op@localhost"]
+    (demo_repo / "private.txt").write_text("operator-stash-note\n")
+    subprocess.run([*git, "add", "private.txt"], check=True)
+    subprocess.run([*git, "stash"], check=True, capture_output=True)
+    subprocess.run([*git, "checkout", "-q", "-b", "hal/agent/beta"], check=True)
+    (demo_repo / "private.txt").write_text("beta-private-work\n")
+    subprocess.run([*git, "add", "private.txt"], check=True)
+    subprocess.run([*git, "commit", "-qm", "beta's work"], check=True)
+    subprocess.run([*git, "checkout", "-q", "main"], check=True)
+    store = Store.open(served)
+    now = time.time()
+    record = AgentRecord(
+        name="alpha", agent="sh -c 'cat private.txt > leaked.txt || echo none > leaked.txt'",
+        provider="bwrap",
+        repo=str(demo_repo), created_at=now, updated_at=now,
+    )  # fmt: skip
+    insert_agent(store, record)
+    sock = McpPaths(served).socket("alpha")
+    poll("alpha's MCP socket", sock.exists, timeout=15)
+    stash = subprocess.run([*git, "rev-parse", "stash"], capture_output=True, text=True).stdout
+    try:
+        async with connect(sock) as alpha:
+            for ref in ("stash", "refs/stash", "stash@{0}", stash.strip(), "hal/agent/beta"):
+                failed, said = await call(alpha, "run_task", prompt="copy it", ref=ref)
+                assert failed and "not yours to start from" in str(said), (ref, said)
+            failed, started = await call(alpha, "run_task", prompt="copy it", ref="main")
+            assert not failed, started
+            result = await finished_result(alpha, started["task"])
+    finally:
+        store.close()
+    assert result["status"] == "succeeded", result
+    assert "+none" in result["patch"] and "operator-stash-note" not in str(result)
+    assert "beta-private-work" not in str(result)

@@ -188,12 +188,39 @@ async def test_two_calls_at_once_never_take_the_same_message(
     assert [m["body"] for _, answer in answers for m in answer["messages"]] == ["once"]
 
 
-async def test_sub_tasks_belong_to_the_agent_that_started_them(world: World) -> None:
+def _git_repo(path: Path, *branches: str) -> dict[str, str]:
+    """``path`` made a repository: a commit on main, then one more on each of ``branches``
+    (each from main); the commit of each branch, by name."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        run = subprocess.run(
+            ["git", "-C", str(path), "-c", "user.name=t", "-c", "user.email=t@localhost", *args],
+            check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        return run.stdout.strip()
+
+    git("init", "-q", "-b", "main")
+    git("commit", "-q", "--allow-empty", "-m", "base")
+    heads = {"main": git("rev-parse", "HEAD")}
+    for branch in branches:
+        git("checkout", "-q", "-b", branch, "main")
+        git("commit", "-q", "--allow-empty", "-m", f"work of {branch}")
+        heads[branch] = git("rev-parse", "HEAD")
+    git("checkout", "-q", "main")
+    return heads
+
+
+async def test_sub_tasks_belong_to_the_agent_that_started_them(
+    world: World, tmp_path: Path
+) -> None:
+    main = _git_repo(tmp_path)["main"]
     async with connect(world.socks["alpha"]) as alpha:
         failed, started = await call(alpha, "run_task", prompt="write the docs", ref="main")
         assert not failed and started["status"] == "queued"
         [request] = world.tasks.created
-        assert (request.prompt, request.ref, request.agent) == ("write the docs", "main", "claude")
+        # The commit checked, never a name that may move before the clone.
+        assert (request.prompt, request.ref, request.agent) == ("write the docs", main, "claude")
         failed, status = await call(alpha, "task_status", id=started["task"])
         assert not failed and status["branch"] == started["branch"]
         failed, result = await call(alpha, "task_result", id=started["task"])
@@ -206,6 +233,42 @@ async def test_sub_tasks_belong_to_the_agent_that_started_them(world: World) -> 
         assert failed and text.startswith("usage: no sub-task")
         failed, text = await call(beta, "task_result", id=started["task"])
         assert failed and text.startswith("usage: no sub-task")
+
+
+async def test_a_sub_task_starts_only_where_the_agent_may_look(
+    world: World, tmp_path: Path
+) -> None:
+    # Another agent's branch, another task's result, the stash: cloned whole for the
+    # sub-task, their files came back to the agent in its patch.
+    heads = _git_repo(tmp_path, "hal/agent/alpha", "hal/agent/beta", "hal/t9999999", "topic")
+    async with connect(world.socks["alpha"]) as alpha:
+        for ref in ("hal/agent/beta", "hal/t9999999", heads["hal/agent/beta"][:12]):
+            failed, text = await call(alpha, "run_task", prompt="copy", ref=ref)
+            assert failed and text.startswith(f"usage: ref {ref!r} is not yours"), text
+            assert "\n" not in text
+        failed, text = await call(alpha, "run_task", prompt="copy", ref="no-such-branch")
+        assert failed and "names no commit of your repository" in text
+        for ref in ("hal/agent/alpha", "topic", "main"):
+            failed, started = await call(alpha, "run_task", prompt="work", ref=ref)
+            assert not failed, (ref, started)
+        # Its own sub-task's branch, once it has one in the repository.
+        first = started["branch"]
+        _git_repo_branch(tmp_path, first)
+        assert not (await call(alpha, "run_task", prompt="go on", ref=first))[0]
+    wanted = [heads["hal/agent/alpha"], heads["topic"], heads["main"]]
+    assert [r.ref for r in world.tasks.created[:3]] == wanted
+    async with connect(world.socks["beta"]) as beta:  # alpha's sub-task is not beta's
+        failed, text = await call(beta, "run_task", prompt="copy", ref=first)
+        assert failed and "is not yours" in text
+
+
+def _git_repo_branch(path: Path, branch: str) -> None:
+    import subprocess
+
+    git = ["git", "-C", str(path), "-c", "user.name=t", "-c", "user.email=t@localhost"]
+    subprocess.run([*git, "checkout", "-q", "-b", branch, "main"], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "sub"], check=True)
+    subprocess.run([*git, "checkout", "-q", "main"], check=True)
 
 
 async def test_the_manager_lists_agents_and_others_cannot(world: World) -> None:

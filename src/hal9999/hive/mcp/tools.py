@@ -275,6 +275,8 @@ async def run_task(caller: Caller, args: RunTaskArgs) -> str:
         cwd=Path(record.repo) if Path(record.repo).is_dir() else hive.home,
         **fields,
     )
+    if args.ref is not None and Path(record.repo).is_dir():
+        request.ref = await _start_point(caller, args.ref)
     if hive.over_budget is not None and (why := await hive.db(hive.over_budget)):
         raise HiveLimited(f"{why}: no sub-task starts", hint="wait until it frees up")
     async with hive.starting.setdefault(caller.agent, asyncio.Lock()):
@@ -299,6 +301,48 @@ async def run_task(caller: Caller, args: RunTaskArgs) -> str:
         task = await tasks.create(request)
         await hive.db(subtasks.own, hive.home, caller.agent, task.id)
     return dump({"task": task.id, "status": task.status, "branch": task.branch})
+
+
+async def _start_point(caller: Caller, ref: str) -> str:
+    """The commit ``ref`` names in the caller's repository, when the caller may start a
+    sub-task there: one its sandboxes were given (a branch or tag of the repository, not
+    hal's), or on its own branch or a sub-task's of its own. A sub-task's checkout is cloned
+    from the source whole, so ``hal/agent/<another>``, another task's ``hal/<id>`` or the
+    operator's stash by its id (none of them in the snapshots sandboxes borrow) handed
+    their files to the sub-task and, through its patch, to the agent."""
+    from hal9999.hive.approvals import agent_branch
+    from hal9999.hive.store import get_agent
+    from hal9999.tasks.gitrepo import check_ref, git
+    from hal9999.tasks.mirror import RESULTS
+
+    hive = caller.hive
+    repo = Path((await hive.db(get_agent, hive.store, caller.agent)).repo or "")
+    check_ref(ref)
+    hint = "name a branch or tag of the repository, or your own branch"
+    try:
+        commit = await git(
+            ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"],
+            cwd=repo,
+        )
+        holders = await git(
+            ["for-each-ref", "--format=%(refname)", f"--contains={commit}", "refs/heads/",
+             "refs/tags/"], cwd=repo,
+        )  # fmt: skip
+    except HalError:
+        raise UsageError(f"ref {ref!r} names no commit of your repository", hint=hint) from None
+    own = {f"refs/heads/{await hive.db(agent_branch, hive.store, caller.agent)}"}
+    for task_id in await hive.db(_owned, hive, caller.agent):
+        with contextlib.suppress(HalError):
+            if branch := (await _own_task(caller, task_id)).branch:
+                own.add(f"refs/heads/{branch}")
+    for holder in holders.splitlines():
+        if not holder.startswith(RESULTS) or holder in own:
+            return commit  # the commit checked, not a name that may move before the clone
+    raise UsageError(
+        f"ref {ref!r} is not yours to start from: no branch or tag of the repository (hal's "
+        "result branches aside), your own branch or a sub-task's of yours holds it",
+        hint=hint,
+    )
 
 
 async def _own_task(caller: Caller, task_id: str) -> TaskRecord:
