@@ -262,6 +262,34 @@ async def test_a_sub_task_starts_only_where_the_agent_may_look(
         assert failed and "is not yours" in text
 
 
+async def test_an_agents_ref_checks_run_one_at_a_time(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A refused ref counts against no bound: calls in flight at once each ran host git.
+    from hal9999.tasks import gitrepo
+
+    _git_repo(tmp_path, "hal/agent/beta")
+    running = most = 0
+    real = gitrepo.git
+
+    async def counted(*args: Any, **kwargs: Any) -> str:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        try:
+            await asyncio.sleep(0.05)
+            return await real(*args, **kwargs)
+        finally:
+            running -= 1
+
+    monkeypatch.setattr(gitrepo, "git", counted)
+    async with connect(world.socks["alpha"]) as alpha:
+        calls = [call(alpha, "run_task", prompt="x", ref="hal/agent/beta") for _ in range(8)]
+        answers = await asyncio.gather(*calls)
+    assert all(failed and "is not yours" in text for failed, text in answers)
+    assert most == 1
+
+
 def _git_repo_branch(path: Path, branch: str) -> None:
     import subprocess
 

@@ -275,11 +275,13 @@ async def run_task(caller: Caller, args: RunTaskArgs) -> str:
         cwd=Path(record.repo) if Path(record.repo).is_dir() else hive.home,
         **fields,
     )
-    if args.ref is not None and Path(record.repo).is_dir():
-        request.ref = await _start_point(caller, args.ref)
     if hive.over_budget is not None and (why := await hive.db(hive.over_budget)):
         raise HiveLimited(f"{why}: no sub-task starts", hint="wait until it frees up")
     async with hive.starting.setdefault(caller.agent, asyncio.Lock()):
+        # Under the lock: host git, one at a time per agent (a refused ref counts against
+        # no bound, and one agent may have 128 calls in flight).
+        if args.ref is not None and Path(record.repo).is_dir():
+            request.ref = await _start_point(caller, args.ref)
         active = {s.value for s in ACTIVE}
         running = today = 0
         for task_id in await hive.db(_owned, hive, caller.agent):
