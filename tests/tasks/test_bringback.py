@@ -308,19 +308,22 @@ async def test_a_first_bring_back_without_changes_runs_one_git(
     assert git(world.source, "rev-parse", BRANCH) == head
     # Was bundle verify, list-heads, fetch, rev-parse, rev-parse, update-ref (move),
     # update-ref (drop the private ref): the header is read in Python, the fetch verifies,
-    # and one transaction moves the branch and drops the private ref.
-    assert [args[0] for args in calls] == ["fetch", "rev-parse", "rev-parse", "update-ref"]
+    # and one transaction moves the branch and drops the private ref. The bundle's pack is
+    # indexed once more, strictly (the fetch checks no object of a bundle: stop 38).
+    assert [args[0] for args in calls] == [
+        "index-pack", "fetch", "rev-parse", "rev-parse", "update-ref"
+    ]  # fmt: skip
     assert git(world.source, "for-each-ref", "refs/hal-incoming") == ""
-    fetch = calls[0]
+    fetch = calls[1]
     assert "maintenance.auto=false" in fetch  # no `git maintenance run --auto` child
-    # A first result with commits: fetch, rev-parse, one update-ref (create + drop).
+    # A first result with commits: the strict index, fetch, rev-parse, one update-ref.
     calls.clear()
     git(world.source, "branch", "-D", BRANCH)
     (world.session.root / "brought-back.json").unlink(missing_ok=True)
     world.session.brought_back.unlink(missing_ok=True)
     brought = await world.bring_back(head)
     assert isinstance(brought, landing.BroughtBack) and brought.branch == BRANCH
-    assert [args[0] for args in calls] == ["fetch", "rev-parse", "update-ref"]
+    assert [args[0] for args in calls] == ["index-pack", "fetch", "rev-parse", "update-ref"]
     assert git(world.source, "rev-parse", BRANCH) == head
     assert git(world.source, "for-each-ref", "refs/hal-incoming") == ""
 

@@ -267,3 +267,25 @@ async def test_a_secret_split_at_a_reads_end_inside_a_character_is_found(
     patch = tmp_path / "result.patch"
     patch.write_bytes(head + b"+" * (at - len(head)) + UTF8_SECRET.encode() + b"\n")
     assert resultscan.patch_holds_secret(patch, masker) == "notes.txt"
+
+
+@pytest.mark.parametrize("name", [".GIT", "git~1", ".git\u200c", ".Git\u200d", "GIT~1", ".."])
+async def test_a_tree_holding_a_git_directory_in_another_spelling_is_refused(
+    world: World, name: str
+) -> None:
+    # A directory a checkout on a case-insensitive (macOS, Windows), NTFS or HFS+ filesystem
+    # takes for `.git` (its hooks run by the operator's next git there), or `..`: the fetch's
+    # object checks do not reach a bundle (git 2.39), and the branch was brought back.
+    ws = world.session.workspace
+    hook = blob(ws, "#!/bin/sh\ntouch /tmp/pwned\n")
+    hooks = mktree(ws, [("100755", hook, "post-checkout")])
+    head = commit_tree(world, [("040000", mktree(ws, [("040000", hooks, "hooks")]), name)])
+    with pytest.raises(RepoError) as refused:
+        await world.bring_back(head)
+    assert "objects git's checks refuse" in refused.value.message
+    assert git(world.source, "for-each-ref", "refs/heads/hal/", "refs/hal-incoming/") == ""
+    # With secrets to look for (the objects in a quarantine): refused the same.
+    masker = SecretMasker(["some-secret-value"])
+    with pytest.raises(RepoError):
+        await world.bring_back(head, masker)
+    assert git(world.source, "for-each-ref", "refs/heads/hal/", "refs/hal-incoming/") == ""
