@@ -182,6 +182,18 @@ async def test_an_agent_can_only_propose_its_own_branch(store: Store, repo: Path
     assert approvals.list_approvals(store) == []
 
 
+async def test_an_agent_never_proposes_onto_one_of_hals_branches(store: Store, repo: Path) -> None:
+    # Another agent's branch, or a task's result: approved, alice's commits moved bob's
+    # branch, whose next result then went aside as a branch moved outside hal.
+    agent_commit(repo, "bob", {"bob.txt": "bob's\n"})
+    agent_commit(repo, "alice", {"new.txt": "alice's\n"})
+    git(repo, "branch", "hal/t1234567", "main")
+    for target in ("hal/agent/bob", "hal/t1234567"):
+        with pytest.raises(UsageError, match=f"onto {target}: it is one of hal's branches"):
+            await approvals.propose_apply(store, proposer="alice", repo=repo, target=target)
+    assert approvals.list_approvals(store) == []
+
+
 async def test_the_branch_is_the_one_collection_recorded_for_the_agents_task(
     store: Store, repo: Path, tmp_path: Path
 ) -> None:

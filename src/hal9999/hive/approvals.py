@@ -164,6 +164,11 @@ async def propose_apply(
     await asyncio.to_thread(check_participant, store, proposer, "the proposer")
     if proposer == OPERATOR:
         raise UsageError("an apply proposal is an agent's, for its own branch")
+    if target.startswith("hal/"):  # another agent's work, a task's result: never a target
+        raise UsageError(
+            f"an apply proposal cannot merge onto {target}: it is one of hal's branches",
+            hint="name a branch of the repository's own, like main",
+        )
     await asyncio.to_thread(_check_room, store, proposer)
     if summary:
         check_text(summary, "summary")
