@@ -178,9 +178,13 @@ async def test_a_direct_run_makes_no_fifo_and_its_pidfd_wakes_the_follower(
     async with await provider.create(
         SandboxSpec(provider="local", network="host", workspace=workspace)
     ) as sandbox:
+        # The run ends when the test lets it, once the pidfd is open: with a fixed sleep, a
+        # loaded machine that paused the test longer saw the supervisor gone (and reaped)
+        # before the pidfd could be had, so there was no signal at all.
+        gate = tmp_path / "go"
         spec = ProcessSpec(
             name="hal-pidfd",
-            command=ShellCommand(script="sleep 0.3; exit 4"),
+            command=ShellCommand(script=f"until [ -e {gate} ]; do sleep 0.01; done; exit 4"),
             log_path=tmp_path / "run" / "out.log",
             exit_path=tmp_path / "run" / "exit-1",
         )
@@ -189,6 +193,7 @@ async def test_a_direct_run_makes_no_fifo_and_its_pidfd_wakes_the_follower(
         signal = _EndedSignal.open(spec.exit_path, lambda: manager.ended_fd(spec))
         assert signal is not None
         try:
+            gate.touch()
             started = time.monotonic()
             await signal.nap(20)
             assert time.monotonic() - started < 10  # woken, not timed out
