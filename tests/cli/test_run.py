@@ -75,11 +75,20 @@ def test_direct_process_manager(hal: Hal, demo_repo: Path) -> None:
 
 
 def test_detach_returns_at_once_and_task_finishes(hal: Hal, demo_repo: Path) -> None:
-    start = time.monotonic()
-    out = hal("run", "--detach", "--agent", "sh -c 'sleep 1; sh agent.sh x'", "fix")
+    # The agent works only once the test lets it: --detach must have returned while the task
+    # still waits (a clock could not tell: a loaded machine took 5 to 7 s to start hal).
+    agent = "sh -c 'while [ ! -e gate ]; do sleep 0.1; done; rm gate; sh agent.sh x'"
+    out = hal("run", "--detach", "--agent", agent, "fix")
     assert out.returncode == 0, out.stderr
     task_id = out.stdout.strip()
-    assert time.monotonic() - start < 5
+    deadline = time.monotonic() + 40
+    while (task := json.loads(hal("task", "show", task_id, "--json").stdout))[
+        "status"
+    ] != "running":
+        assert task["status"] in ("queued", "provisioning", "preparing"), task["status"]
+        assert time.monotonic() < deadline, "the detached task never ran"
+        time.sleep(0.3)
+    Path(task["session_dir"], "workspace", "gate").touch()
     deadline = time.monotonic() + 40
     while time.monotonic() < deadline:
         status = json.loads(hal("task", "show", task_id, "--json").stdout)["status"]
