@@ -93,10 +93,13 @@ def test_serve_routes_run_and_task_commands(daemon: Hal, hal_env: dict[str, str]
 def test_detach_queue_limit_priority_and_cancel(hal: Hal, hal_env: dict[str, str]) -> None:
     env = {"HAL_MAX_CONCURRENT": "1"}
     assert hal("serve", "--detach", env=env).returncode == 0
+    first = ""
     try:
-        first = hal("run", "--detach", "--agent", "sleep 30", "blocker").stdout.strip()
-        # Returned while the blocker has its 30 s to go (a clock could not tell: a loaded
-        # machine takes over 5 s to start hal).
+        # The blocker runs until the test cancels it: a 'sleep 30' ended first on a loaded
+        # machine (the hal calls before the cancel took over 30 s), so the cancel was refused.
+        first = hal("run", "--detach", "--agent", "sleep 600", "blocker").stdout.strip()
+        # Returned while the blocker runs (a clock could not tell: a loaded machine takes
+        # over 5 s to start hal).
         [blocker] = [t for t in tasks_json(hal) if t["id"] == first]
         assert blocker["status"] in ("queued", "provisioning", "preparing", "running"), blocker
         low = hal("run", "--detach", "--agent", "true {{prompt_file}}", "low").stdout.strip()
@@ -118,6 +121,8 @@ def test_detach_queue_limit_priority_and_cancel(hal: Hal, hal_env: dict[str, str
         assert done_high["started_at"] < done_low["started_at"], "higher priority first"
         assert wait_status(hal, doomed, {"cancelled"})["started_at"] is None
     finally:
+        if first:  # ended already when the test passed; left running when it failed
+            hal("task", "cancel", first)
         assert hal("serve", "--stop").returncode == 0
 
 
