@@ -252,7 +252,7 @@ THIN_RUN_HAL_MODULES = frozenset({
 """Every hal module a thin run of a template agent imports (issue 16, stop 36: 19)."""
 
 
-def _running(hal: Hal, agent: str = "sleep 60") -> str:
+def _running(hal: Hal, agent: str = "sleep 600") -> str:
     task_id = hal("run", "--detach", "--agent", agent, "wait").stdout.strip()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
