@@ -158,6 +158,28 @@ def _clone_running() -> None:
     asyncio.create_subprocess_exec = spawn  # type: ignore[assignment]
 
 
+def _prestarted() -> None:
+    """Once the agent's tmux session is open, its supervisor waiting on the ``--go`` FIFO."""
+    from hal9999.process.tmux import TmuxProcessManager
+
+    after(TmuxProcessManager, "prestart")
+
+
+def _patch_writing() -> None:
+    """An unchanged result: while the session's empty patch is written in its thread and the
+    bring-back's ``update-ref`` runs (they overlap), once that git has started."""
+    from hal9999.tasks import collect
+
+    original = collect._nothing
+
+    def nothing(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.5)  # still writing when the branch's git runs
+        return original(*args, **kwargs)
+
+    collect._nothing = nothing  # type: ignore[assignment]
+    _git_running("update-ref")
+
+
 def _event(kind: str) -> None:
     from hal9999.events.log import EventLog
 
@@ -187,6 +209,7 @@ def _service_run(*, done: bool) -> None:
 
 
 COLLECT_STEPS = (
+    "reading the changes",
     "staging leftover changes",
     "committing leftover changes",
     "reading HEAD",
@@ -200,6 +223,7 @@ POINTS: dict[str, Callable[[], None]] = {
     "task_created": lambda: _service_run(done=False),
     "provisioning": lambda: _transition("provisioning", done=True),
     "sandbox_acquired": lambda: _event("sandbox_acquired"),
+    "prestarted": _prestarted,
     "preparing": lambda: _transition("preparing", done=True),
     "clone_running": _clone_running,
     "cloned": lambda: after(_module("gitrepo"), "clone"),
@@ -216,6 +240,7 @@ POINTS: dict[str, Callable[[], None]] = {
     "patch_rewritten": _bringback("write_patch"),
     "kept_quarantine": lambda: _bringback_git("keeping the result"),
     "git_update_ref_running": lambda: _git_running("update-ref"),
+    "patch_writing": _patch_writing,
     "branch_moved": _bringback("_set_ref", "landing"),
     "landed": _bringback("_landed", "landing"),
     "brought_back": lambda: after(_module("finish"), "collect_result"),

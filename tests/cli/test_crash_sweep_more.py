@@ -1,0 +1,118 @@
+"""More moments to kill ``hal run`` at (:mod:`tests.cli.test_crash_sweep`'s checks).
+
+An agent that changes nothing (its result brought back while the session's empty patch is
+written, the two overlapping) killed at each step of its collection and bring-back; and a
+``hal task resume`` killed at each step of the run it carries on, then resumed again.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tests.cli.conftest import Hal, git, tasks_json
+from tests.cli.test_crash_sweep import (
+    IN_FLIGHT,
+    KILLER,
+    assert_repo_whole,
+    has_work,
+    killed_run,
+)
+from tests.cli.test_failures import assert_no_leftovers, hal_processes_of
+
+pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.slow, pytest.mark.timeout(120)]
+
+UNCHANGED = (
+    "agent_ended",
+    "collecting",
+    "collect:reading the changes",
+    "collect:updating the branch",
+    "git_update_ref_running",
+    "patch_writing",
+    "branch_moved",
+    "landed",
+    "collected",
+    "brought_back",
+    "final_status",
+)
+
+
+def run_killed(hal_env: dict[str, str], repo: Path, point: str, *args: str) -> None:
+    done = subprocess.run(
+        [sys.executable, str(KILLER), point, *args], cwd=repo, env=hal_env,
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == -9, f"never reached {point}: {done.stderr}"
+
+
+def carried_on(hal: Hal, hal_env: dict[str, str], task: dict[str, object]) -> dict[str, object]:
+    """The task after the next ``hal task resume`` (if it needs one): succeeded, nothing of
+    it left (killed once succeeded: no process, its sandbox's state left to `hal serve`)."""
+    assert task["status"] not in IN_FLIGHT - {"queued"}, f"nobody runs it: {task}"
+    if task["status"] == "succeeded":
+        assert task["sandbox_id"] is None and hal_processes_of(task) == []
+    else:
+        assert task["status"] in ("queued", "interrupted"), task
+        shown = hal("task", "show", str(task["id"]))
+        assert f"hal task resume {task['id']}" in shown.stdout, shown.stdout
+        resumed = hal("task", "resume", str(task["id"]), env=hal_env)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        [task] = tasks_json(hal)
+        assert task["status"] == "succeeded", task
+        assert_no_leftovers(task)
+    return task
+
+
+@pytest.mark.parametrize("point", UNCHANGED)
+def test_killed_run_of_an_unchanged_result_ends_right(
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path, point: str
+) -> None:
+    hal_env = {**hal_env, "HAL_NO_DAEMON": "1"}
+    main = git(demo_repo, "rev-parse", "main")
+    agent = "sh -c 'git checkout -q --detach; true'" if "updating" in point else "sh -c 'true'"
+    run_killed(hal_env, demo_repo, point, "run", "--agent", agent, "do nothing")
+    assert_repo_whole(demo_repo, main, incoming_ok=True)
+    [task] = tasks_json(hal)
+    if point.startswith("collect:"):
+        assert Path(task["session_dir"], "workspace", ".git", "index.lock").exists()
+    task = carried_on(hal, hal_env, task)
+    assert git(demo_repo, "rev-parse", str(task["branch"])) == main
+    patch = Path(str(task["session_dir"]), "result.patch")
+    assert patch.read_bytes() == b"", "the empty patch is written"
+    assert not Path(str(task["session_dir"]), "result.bundle").exists()
+    assert_repo_whole(demo_repo, main, incoming_ok=False)
+
+
+RESUME_POINTS = (
+    "mid_agent",
+    "agent_ended",
+    "collecting",
+    "collect:committing leftover changes",
+    "collected",
+    "git_update_ref_running",
+    "branch_moved",
+    "landed",
+    "final_status",
+    "final_status_written",
+)
+
+
+@pytest.mark.parametrize("point", RESUME_POINTS)
+def test_a_killed_resume_is_resumed_again(
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path, point: str
+) -> None:
+    """The run dies while its agent works; its resume dies at ``point``; the next resume
+    lands the agent's work (committed and left uncommitted) all the same."""
+    hal_env = {**hal_env, "HAL_NO_DAEMON": "1"}
+    main = git(demo_repo, "rev-parse", "main")
+    killed_run(hal_env, demo_repo, "mid_agent", False)
+    [task] = tasks_json(hal)
+    assert task["status"] == "interrupted", task
+    run_killed(hal_env, demo_repo, point, "task", "resume", task["id"])
+    assert_repo_whole(demo_repo, main, incoming_ok=True)
+    [task] = tasks_json(hal)
+    task = carried_on(hal, hal_env, task)
+    assert has_work(demo_repo, task), f"resumed without its branch: {task}"
+    assert_repo_whole(demo_repo, main, incoming_ok=False)
