@@ -180,6 +180,13 @@ def _patch_writing() -> None:
     _git_running("update-ref")
 
 
+def _stop_recorded() -> None:
+    """``hal task stop`` once it has recorded ``stopped``, before it stops the agent."""
+    from hal9999.tasks import service
+
+    after_sync(service, "transition", lambda *a, **k: str(a[3].value) == "stopped")
+
+
 def _event(kind: str) -> None:
     from hal9999.events.log import EventLog
 
@@ -248,6 +255,7 @@ POINTS: dict[str, Callable[[], None]] = {
     "final_status_written": lambda: _transition("succeeded", done=True),
     "task_end_logged": lambda: _event("task_end"),
     "run_returned": lambda: _service_run(done=True),
+    "stop_recorded": _stop_recorded,
 }
 """Kill points, in the order a successful in-process run passes them."""
 

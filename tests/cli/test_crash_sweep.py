@@ -79,7 +79,7 @@ def assert_repo_whole(repo: Path, main: str, incoming_ok: bool) -> None:
 QUARANTINED = ("git_fetch_running", "fetched", "kept_quarantine", "branch_moved")
 """The bring-back's points again for a task with a secret: its result waits in a quarantine
 of the session's until the scan, and moves into the source with the branch's own update."""
-ELSEWHERE = ("kept_quarantine", "patch_writing")  # a secret's, an unchanged result's
+ELSEWHERE = ("kept_quarantine", "patch_writing", "stop_recorded")  # tested elsewhere
 SWEEP = [(point, False) for point in POINTS if point not in ELSEWHERE] + [
     (point, True) for point in QUARANTINED
 ]

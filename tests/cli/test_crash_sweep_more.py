@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from tests.cli.conftest import Hal, git, tasks_json
 from tests.cli.test_crash_sweep import (
+    AGENT,
     IN_FLIGHT,
     KILLER,
     assert_repo_whole,
@@ -115,4 +116,36 @@ def test_a_killed_resume_is_resumed_again(
     [task] = tasks_json(hal)
     task = carried_on(hal, hal_env, task)
     assert has_work(demo_repo, task), f"resumed without its branch: {task}"
+    assert_repo_whole(demo_repo, main, incoming_ok=False)
+
+
+@pytest.mark.parametrize("stop_again", [False, True])
+def test_a_stop_killed_before_it_stopped_the_agent_leaves_no_second_run(
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path, stop_again: bool
+) -> None:
+    """The run dies while its agent works; ``hal task stop`` dies once it has recorded
+    ``stopped``, the agent still running in its sandbox over the workspace. Another stop
+    stops it; a resume stops it first (never two runs on one workspace) and lands the work."""
+    hal_env = {**hal_env, "HAL_NO_DAEMON": "1"}
+    main = git(demo_repo, "rev-parse", "main")
+    # The first run sleeps (still running when its stop dies), the resumed one does not.
+    slow = AGENT.format(pause="test -e .git/again || { : > .git/again; sleep 60; }; ")
+    run_killed(hal_env, demo_repo, "mid_agent", "run", "--agent", slow, "do it")
+    [task] = tasks_json(hal)
+    run_killed(hal_env, demo_repo, "stop_recorded", "task", "stop", task["id"])
+    [task] = tasks_json(hal)
+    assert task["status"] == "stopped", task
+    assert hal_processes_of(task) != [], "the stop died before it stopped the agent"
+    if stop_again:
+        stopped = hal("task", "stop", task["id"], env=hal_env)
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        [task] = tasks_json(hal)
+        assert task["status"] == "stopped", task
+        assert_no_leftovers(task)
+    resumed = hal("task", "resume", task["id"], env=hal_env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    [task] = tasks_json(hal)
+    assert task["status"] == "succeeded", task
+    assert has_work(demo_repo, task), f"resumed without its branch: {task}"
+    assert_no_leftovers(task)
     assert_repo_whole(demo_repo, main, incoming_ok=False)

@@ -467,9 +467,10 @@ async def resume(
                     f"the agent of task {task.id} is still running but its sandbox is gone",
                     hint=f"stop it with `hal task stop {task.id}`, then resume",
                 )
-        if task.status == TaskStatus.INTERRUPTED:
+        if task.status == TaskStatus.INTERRUPTED or task.sandbox_id:
             # What the dead runner left (an ended agent's tmux server, the old sandbox with
-            # the workspace mounted) goes before a new run starts over the workspace.
+            # the workspace mounted) goes before a new run starts over the workspace; so does
+            # what a `hal task stop` killed after it recorded `stopped` left running.
             await service.kill(task)
         return await asyncio.to_thread(service.prepare_resume, task.id, named), None
 

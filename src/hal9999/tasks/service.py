@@ -333,6 +333,9 @@ class TaskService(TaskSecrets):
         # The database work runs in threads: in a daemon this is on its event loop.
         task = await asyncio.to_thread(self.find, task_id)
         if target is TaskStatus.STOPPED and task.status == TaskStatus.STOPPED:
+            if task.sandbox_id:  # a stop killed before its kill left the agent running
+                await self.kill(task)
+                return await asyncio.to_thread(self.store.get_task, task.id)
             return task
         # Record first (compare-and-set: a runner finishing at this moment either finishes
         # first, and this fails, or sees the task was taken from it).
@@ -353,10 +356,8 @@ class TaskService(TaskSecrets):
     async def kill(self, task: TaskRecord) -> None:
         """Stop the task's process and destroy its sandbox, if any remain."""
         manager = load_process_manager(self.config, task.process_manager)
-        session = self.session(task)
-        await manager.stop(process_spec(task, session, ArgvCommand(argv=("true",))))
-        provider = load_provider_for(self.config, task.provider)
-        await self.destroy_sandboxes(provider, task)
+        await manager.stop(process_spec(task, self.session(task), ArgvCommand(argv=("true",))))
+        await self.destroy_sandboxes(load_provider_for(self.config, task.provider), task)
         await asyncio.to_thread(self.store.update_task, task.id, sandbox_id=None)
 
     async def destroy_sandboxes(self, provider: Provider, task: TaskRecord) -> None:
