@@ -149,3 +149,24 @@ def test_a_stop_killed_before_it_stopped_the_agent_leaves_no_second_run(
     assert has_work(demo_repo, task), f"resumed without its branch: {task}"
     assert_no_leftovers(task)
     assert_repo_whole(demo_repo, main, incoming_ok=False)
+
+
+def test_an_agent_a_killed_stop_left_running_is_ended_by_the_next_daemon(
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path, reaped: None
+) -> None:
+    hal_env = {**hal_env, "HAL_NO_DAEMON": "1"}
+    slow = AGENT.format(pause="sleep 60; ")
+    run_killed(hal_env, demo_repo, "mid_agent", "run", "--agent", slow, "do it")
+    [task] = tasks_json(hal)
+    run_killed(hal_env, demo_repo, "stop_recorded", "task", "stop", task["id"])
+    [task] = tasks_json(hal)
+    assert task["status"] == "stopped" and hal_processes_of(task) != [], task
+    assert hal("serve", "--detach").returncode == 0
+    try:
+        [task] = tasks_json(hal)
+        assert task["status"] == "stopped", task
+        assert_no_leftovers(task)
+    finally:
+        assert hal("serve", "--stop").returncode == 0
+    home = Path(hal_env["HAL_HOME"])
+    assert list((home / "sandboxes").glob("*/*")) == [], "the daemon swept every sandbox"
