@@ -187,6 +187,18 @@ def _stop_recorded() -> None:
     after_sync(service, "transition", lambda *a, **k: str(a[3].value) == "stopped")
 
 
+def _pool_reset(*, cleared: bool) -> None:
+    """A daemon's pool resetting the sandbox a finished run gave back: as it starts, or once
+    its slot points at the empty directory again (the provider's reset next)."""
+    from hal9999.pool.lending import PoolLending
+    from hal9999.pool.slots import Slot
+
+    if cleared:
+        after_sync(Slot, "clear", lambda *a, **k: True)
+    else:
+        before(PoolLending, "_reset")
+
+
 def _event(kind: str) -> None:
     from hal9999.events.log import EventLog
 
@@ -256,6 +268,8 @@ POINTS: dict[str, Callable[[], None]] = {
     "task_end_logged": lambda: _event("task_end"),
     "run_returned": lambda: _service_run(done=True),
     "stop_recorded": _stop_recorded,
+    "pool_reset": lambda: _pool_reset(cleared=False),
+    "pool_slot_cleared": lambda: _pool_reset(cleared=True),
 }
 """Kill points, in the order a successful in-process run passes them."""
 

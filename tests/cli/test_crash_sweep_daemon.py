@@ -43,6 +43,8 @@ POINTS = (
     "landed",
     "final_status",
     "final_status_written",
+    "pool_reset",
+    "pool_slot_cleared",
 )
 """The in-process sweep's points where a daemon's path differs (the pool's sandboxes,
 recovery's adoption) or where the in-process one found the most to check."""
