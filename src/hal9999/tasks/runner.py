@@ -10,6 +10,7 @@ touching it again.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import time
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ from hal9999.agents.parsing import add_counts
 from hal9999.agents.registry import resolve_agent
 from hal9999.errors import (
     AgentFailed,
+    DiskFull,
     DiskLimitExceeded,
     HalError,
     TaskNotFound,
@@ -131,7 +133,11 @@ class TaskRunner(LaunchSteps, FollowSteps):
             ended = TaskStatus.TIMED_OUT if isinstance(exc, TaskTimeout) else TaskStatus.FAILED
             failure = AgentFailed(str(exc)) if isinstance(exc, Vanished) else exc
             return await self.finish(ctx, ended, started, exit_code, error=failure, files=files)
-        except HalError as exc:
+        except (HalError, OSError) as exc:
+            if isinstance(exc, OSError):  # a host write of hal's (a session file) found
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):  # the disk full: say so
+                    raise
+                exc = _disk_full(exc, ctx)  # (else the task read "interrupted": hal died)
             if ctx.pspec is not None:
                 await manager.stop(ctx.pspec)
             return await self.finish(ctx, TaskStatus.FAILED, started, exit_code, error=exc)
@@ -285,3 +291,15 @@ def _loop_deadline(timeout_s: float | None, started: float) -> float | None:
     if timeout_s is None:
         return None
     return asyncio.get_running_loop().time() + (started + timeout_s - time.monotonic())
+
+
+def _disk_full(exc: OSError, ctx: RunContext) -> DiskFull:
+    """A failed host write for lack of space, said as the collection's own disk full is."""
+    where = f" writing {exc.filename}" if exc.filename else ""
+    again = (
+        f"`hal task resume {ctx.task.id}` runs its agent there again and collects what it leaves"
+    )
+    hint = f"free space on it; the work is safe in the session checkout {ctx.session.workspace}"
+    return DiskFull(
+        f"the disk holding hal's home is full ({exc.strerror}{where})", hint=f"{hint}; {again}"
+    )

@@ -1,0 +1,34 @@
+"""``python full_disk_hal.py NAME hal ARGS...``: ``hal ARGS...`` whose host write of the
+session file ``NAME`` (``agentfs.write_host_file``) fails with ENOSPC, as on a full disk.
+
+Test-only, like :mod:`tests.cli.killed_hal`: a patch made in this wrapper process."""
+
+from __future__ import annotations
+
+import errno
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def main() -> None:
+    name, *args = sys.argv[1:]
+    from hal9999 import agentfs
+
+    real = agentfs.write_host_file
+
+    def write(path: Any, *a: Any, **k: Any) -> Any:
+        if Path(path).name == name:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, *a, **k)
+
+    agentfs.write_host_file = write  # type: ignore[assignment]
+    sys.argv = ["hal", *args]
+    from hal9999.cli.entry import main as hal
+
+    hal()
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    main()
