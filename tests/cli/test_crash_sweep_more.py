@@ -87,6 +87,7 @@ def test_killed_run_of_an_unchanged_result_ends_right(
 
 
 RESUME_POINTS = (
+    "task_created",
     "mid_agent",
     "agent_ended",
     "collecting",
@@ -170,3 +171,22 @@ def test_an_agent_a_killed_stop_left_running_is_ended_by_the_next_daemon(
         assert hal("serve", "--stop").returncode == 0
     home = Path(hal_env["HAL_HOME"])
     assert list((home / "sandboxes").glob("*/*")) == [], "the daemon swept every sandbox"
+
+
+@pytest.mark.parametrize("point", ["task_created", "running_recorded", "mid_agent", "collected"])
+def test_a_killed_resume_of_a_stopped_task_is_resumed_again(
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path, point: str
+) -> None:
+    """A stopped task's resume (a new run of its agent over the workspace) dies at ``point``;
+    the next resume lands the work of both runs."""
+    hal_env = {**hal_env, "HAL_NO_DAEMON": "1"}
+    main = git(demo_repo, "rev-parse", "main")
+    killed_run(hal_env, demo_repo, "mid_agent", False)
+    [task] = tasks_json(hal)
+    assert hal("task", "stop", task["id"], env=hal_env).returncode == 0
+    run_killed(hal_env, demo_repo, point, "task", "resume", task["id"])
+    assert_repo_whole(demo_repo, main, incoming_ok=True)
+    [task] = tasks_json(hal)
+    task = carried_on(hal, hal_env, task)
+    assert has_work(demo_repo, task), f"resumed without its branch: {task}"
+    assert_repo_whole(demo_repo, main, incoming_ok=False)
