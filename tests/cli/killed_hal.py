@@ -180,11 +180,11 @@ def _patch_writing() -> None:
     _git_running("update-ref")
 
 
-def _stop_recorded() -> None:
-    """``hal task stop`` once it has recorded ``stopped``, before it stops the agent."""
+def _halt_recorded(status: str) -> None:
+    """``hal task stop|cancel`` once it has recorded ``status``, before it stops the agent."""
     from hal9999.tasks import service
 
-    after_sync(service, "transition", lambda *a, **k: str(a[3].value) == "stopped")
+    after_sync(service, "transition", lambda *a, **k: str(a[3].value) == status)
 
 
 def _pool_reset(*, cleared: bool) -> None:
@@ -267,7 +267,8 @@ POINTS: dict[str, Callable[[], None]] = {
     "final_status_written": lambda: _transition("succeeded", done=True),
     "task_end_logged": lambda: _event("task_end"),
     "run_returned": lambda: _service_run(done=True),
-    "stop_recorded": _stop_recorded,
+    "stop_recorded": lambda: _halt_recorded("stopped"),
+    "cancel_recorded": lambda: _halt_recorded("cancelled"),
     "pool_reset": lambda: _pool_reset(cleared=False),
     "pool_slot_cleared": lambda: _pool_reset(cleared=True),
 }

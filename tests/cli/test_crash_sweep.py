@@ -80,7 +80,7 @@ QUARANTINED = ("git_fetch_running", "fetched", "kept_quarantine", "branch_moved"
 """The bring-back's points again for a task with a secret: its result waits in a quarantine
 of the session's until the scan, and moves into the source with the branch's own update."""
 ELSEWHERE = ("kept_quarantine", "patch_writing", "stop_recorded")  # tested elsewhere
-ELSEWHERE += ("pool_reset", "pool_slot_cleared")  # a daemon's
+ELSEWHERE += ("pool_reset", "pool_slot_cleared", "cancel_recorded")
 SWEEP = [(point, False) for point in POINTS if point not in ELSEWHERE] + [
     (point, True) for point in QUARANTINED
 ]

@@ -190,3 +190,22 @@ def test_a_killed_resume_of_a_stopped_task_is_resumed_again(
     task = carried_on(hal, hal_env, task)
     assert has_work(demo_repo, task), f"resumed without its branch: {task}"
     assert_repo_whole(demo_repo, main, incoming_ok=False)
+
+
+def test_a_cancel_killed_before_it_stopped_the_agent_is_finished_by_the_next(
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    """``hal task cancel`` dies once it has recorded ``cancelled``, the agent still running:
+    cancelling again ends it (it was refused: a cancelled task cannot become cancelled)."""
+    hal_env = {**hal_env, "HAL_NO_DAEMON": "1"}
+    slow = AGENT.format(pause="sleep 60; ")
+    run_killed(hal_env, demo_repo, "mid_agent", "run", "--agent", slow, "do it")
+    [task] = tasks_json(hal)
+    run_killed(hal_env, demo_repo, "cancel_recorded", "task", "cancel", task["id"])
+    [task] = tasks_json(hal)
+    assert task["status"] == "cancelled" and hal_processes_of(task) != [], task
+    again = hal("task", "cancel", task["id"], env=hal_env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    [task] = tasks_json(hal)
+    assert task["status"] == "cancelled", task
+    assert_no_leftovers(task)

@@ -332,10 +332,10 @@ class TaskService(TaskSecrets):
         """Stop the agent, destroy the sandbox, keep the session; record ``target``."""
         # The database work runs in threads: in a daemon this is on its event loop.
         task = await asyncio.to_thread(self.find, task_id)
+        if task.status == target and task.sandbox_id:  # a stop or cancel killed before its
+            await self.kill(task)  # kill left the agent running: this one ends it
+            return await asyncio.to_thread(self.store.get_task, task.id)
         if target is TaskStatus.STOPPED and task.status == TaskStatus.STOPPED:
-            if task.sandbox_id:  # a stop killed before its kill left the agent running
-                await self.kill(task)
-                return await asyncio.to_thread(self.store.get_task, task.id)
             return task
         # Record first (compare-and-set: a runner finishing at this moment either finishes
         # first, and this fails, or sees the task was taken from it).
