@@ -330,8 +330,7 @@ class TaskService(TaskSecrets):
     # -- control -----------------------------------------------------------------------
     async def halt(self, task_id: str, target: TaskStatus, reason: str) -> TaskRecord:
         """Stop the agent, destroy the sandbox, keep the session; record ``target``."""
-        # The database work runs in threads: in a daemon this is on its event loop.
-        task = await asyncio.to_thread(self.find, task_id)
+        task = await asyncio.to_thread(self.find, task_id)  # threads: a daemon's event loop
         if task.status == target and task.sandbox_id:  # a stop or cancel killed before its
             await self.kill(task)  # kill left the agent running: this one ends it
             return await asyncio.to_thread(self.store.get_task, task.id)
