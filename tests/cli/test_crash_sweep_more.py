@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.cli.conftest import Hal, git, tasks_json
@@ -46,6 +47,21 @@ def run_killed(hal_env: dict[str, str], repo: Path, point: str, *args: str) -> N
         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert done.returncode == -9, f"never reached {point}: {done.stderr}"
+
+
+def halted_half_way(
+    hal: Hal, hal_env: dict[str, str], repo: Path, action: str, pause: str = "sleep 60; "
+) -> dict[str, Any]:
+    """A run killed while its agent works, then ``hal task <action>`` (stop or cancel) killed
+    once it has recorded its state: the task, its agent still running in its sandbox."""
+    run_killed(hal_env, repo, "mid_agent", "run", "--agent", AGENT.format(pause=pause), "do it")
+    [task] = tasks_json(hal)
+    state = {"stop": "stopped", "cancel": "cancelled"}[action]
+    run_killed(hal_env, repo, f"{action}_recorded", "task", action, task["id"])
+    [task] = tasks_json(hal)
+    assert task["status"] == state, task
+    assert hal_processes_of(task) != [], f"the {action} died before it stopped the agent"
+    return task
 
 
 def carried_on(hal: Hal, hal_env: dict[str, str], task: dict[str, object]) -> dict[str, object]:
@@ -130,13 +146,8 @@ def test_a_stop_killed_before_it_stopped_the_agent_leaves_no_second_run(
     hal_env = {**hal_env, "HAL_NO_DAEMON": "1"}
     main = git(demo_repo, "rev-parse", "main")
     # The first run sleeps (still running when its stop dies), the resumed one does not.
-    slow = AGENT.format(pause="test -e .git/again || { : > .git/again; sleep 60; }; ")
-    run_killed(hal_env, demo_repo, "mid_agent", "run", "--agent", slow, "do it")
-    [task] = tasks_json(hal)
-    run_killed(hal_env, demo_repo, "stop_recorded", "task", "stop", task["id"])
-    [task] = tasks_json(hal)
-    assert task["status"] == "stopped", task
-    assert hal_processes_of(task) != [], "the stop died before it stopped the agent"
+    again = "test -e .git/again || { : > .git/again; sleep 60; }; "
+    task = halted_half_way(hal, hal_env, demo_repo, "stop", pause=again)
     if stop_again:
         stopped = hal("task", "stop", task["id"], env=hal_env)
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
@@ -156,12 +167,7 @@ def test_an_agent_a_killed_stop_left_running_is_ended_by_the_next_daemon(
     hal: Hal, hal_env: dict[str, str], demo_repo: Path, reaped: None
 ) -> None:
     hal_env = {**hal_env, "HAL_NO_DAEMON": "1"}
-    slow = AGENT.format(pause="sleep 60; ")
-    run_killed(hal_env, demo_repo, "mid_agent", "run", "--agent", slow, "do it")
-    [task] = tasks_json(hal)
-    run_killed(hal_env, demo_repo, "stop_recorded", "task", "stop", task["id"])
-    [task] = tasks_json(hal)
-    assert task["status"] == "stopped" and hal_processes_of(task) != [], task
+    task = halted_half_way(hal, hal_env, demo_repo, "stop")
     assert hal("serve", "--detach").returncode == 0
     try:
         [task] = tasks_json(hal)
@@ -198,12 +204,7 @@ def test_a_cancel_killed_before_it_stopped_the_agent_is_finished_by_the_next(
     """``hal task cancel`` dies once it has recorded ``cancelled``, the agent still running:
     cancelling again ends it (it was refused: a cancelled task cannot become cancelled)."""
     hal_env = {**hal_env, "HAL_NO_DAEMON": "1"}
-    slow = AGENT.format(pause="sleep 60; ")
-    run_killed(hal_env, demo_repo, "mid_agent", "run", "--agent", slow, "do it")
-    [task] = tasks_json(hal)
-    run_killed(hal_env, demo_repo, "cancel_recorded", "task", "cancel", task["id"])
-    [task] = tasks_json(hal)
-    assert task["status"] == "cancelled" and hal_processes_of(task) != [], task
+    task = halted_half_way(hal, hal_env, demo_repo, "cancel")
     again = hal("task", "cancel", task["id"], env=hal_env)
     assert again.returncode == 0, again.stdout + again.stderr
     [task] = tasks_json(hal)
