@@ -83,6 +83,18 @@ def agent_commit(repo: Path, agent: str, files: dict[str, str], *, start: str = 
     return head
 
 
+def user_advances_main(repo: Path) -> str:
+    """The user commits a file (NOTES) on main meanwhile and goes back to ``work``; returns
+    main's new head."""
+    git(repo, "checkout", "-q", "main")
+    (repo / "NOTES").write_text("user's notes\n")
+    git(repo, "add", "NOTES")
+    git(repo, "commit", "-qm", "notes")
+    head = git(repo, "rev-parse", "main")
+    git(repo, "checkout", "-q", "work")
+    return head
+
+
 THREAD_EVENTS = {"approval_added", "approval_resolved", "question_asked", "question_answered",
                  "question_expired", "reminder_set", "reminder_due"}  # fmt: skip
 

@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from tests.hive.conftest import agent_commit, git
+from tests.hive.conftest import agent_commit, git, user_advances_main
 from tests.hive.crash_helpers import killed
 
 from hal9999.errors import MergeRefused, RepoError, ThreadNotFound, ThreadStateError, UsageError
@@ -29,12 +29,7 @@ async def test_an_approved_branch_lands_on_the_target_and_the_worktree_is_untouc
 ) -> None:
     head = agent_commit(repo, "alice", {"app.py": "def add(a, b):\n    return a + b\n"})
     # The user advanced main meanwhile (another file) and has uncommitted work in `work`.
-    git(repo, "checkout", "-q", "main")
-    (repo / "NOTES").write_text("user's notes\n")
-    git(repo, "add", "NOTES")
-    git(repo, "commit", "-qm", "notes")
-    user_main = git(repo, "rev-parse", "main")
-    git(repo, "checkout", "-q", "work")
+    user_main = user_advances_main(repo)
     (repo / "README").write_text("uncommitted edit\n")
     before = snapshot(repo)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.hive.conftest import agent_commit, git
+from tests.hive.conftest import agent_commit, git, user_advances_main
 from tests.hive.crash_helpers import killed
 
 from hal9999.hive import approvals, broker
@@ -29,12 +29,7 @@ async def test_an_approval_killed_after_its_merge_is_settled_by_the_next_approve
     store: Store, repo: Path, tmp_path: Path
 ) -> None:
     head = agent_commit(repo, "alice", {"app.py": "x = 1\n"})
-    git(repo, "checkout", "-q", "main")
-    (repo / "NOTES").write_text("user's notes\n")
-    git(repo, "add", "NOTES")
-    git(repo, "commit", "-qm", "notes")
-    user_main = git(repo, "rev-parse", "main")
-    git(repo, "checkout", "-q", "work")
+    user_main = user_advances_main(repo)
     proposal = await approvals.propose_apply(store, proposer="alice", repo=repo, target="main")
 
     run = killed(tmp_path / "halhome", DIES_AFTER_THE_MERGE, proposal.id, 0)
