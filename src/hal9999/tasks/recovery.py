@@ -44,7 +44,7 @@ from hal9999.tasks.plugins import load_process_manager, load_provider_for
 from hal9999.tasks.sandboxes import PoolSource
 from hal9999.tasks.service import TaskService
 from hal9999.tasks.session import Session
-from hal9999.tasks.state import ACTIVE, TaskStatus, transition
+from hal9999.tasks.state import ACTIVE, RESTING, TaskStatus, transition
 
 logger = logging.getLogger(__name__)
 
@@ -467,10 +467,11 @@ async def resume(
                     f"the agent of task {task.id} is still running but its sandbox is gone",
                     hint=f"stop it with `hal task stop {task.id}`, then resume",
                 )
-        if task.status == TaskStatus.INTERRUPTED or task.sandbox_id:
+        if task.status == TaskStatus.INTERRUPTED or (task.sandbox_id and task.status in RESTING):
             # What the dead runner left (an ended agent's tmux server, the old sandbox with
             # the workspace mounted) goes before a new run starts over the workspace; so does
-            # what a `hal task stop` killed after it recorded `stopped` left running.
+            # what a `hal task stop` killed after it recorded `stopped` left running. Never a
+            # task another process runs (a racing resume's adoption): that one is refused.
             await service.kill(task)
         return await asyncio.to_thread(service.prepare_resume, task.id, named), None
 
