@@ -82,6 +82,19 @@ def carried_on(hal: Hal, hal_env: dict[str, str], task: dict[str, object]) -> di
     return task
 
 
+def resumed_again_after(
+    hal: Hal, hal_env: dict[str, str], repo: Path, main: str, point: str, task_id: str
+) -> None:
+    """``hal task resume`` of the task dies at ``point``; the repository stays whole, and the
+    task carries on (resumed again if it needs it) to its work on its branch."""
+    run_killed(hal_env, repo, point, "task", "resume", task_id)
+    assert_repo_whole(repo, main, incoming_ok=True)
+    [task] = tasks_json(hal)
+    task = carried_on(hal, hal_env, task)
+    assert has_work(repo, task), f"resumed without its branch: {task}"
+    assert_repo_whole(repo, main, incoming_ok=False)
+
+
 @pytest.mark.parametrize("point", UNCHANGED)
 def test_killed_run_of_an_unchanged_result_ends_right(
     hal: Hal, hal_env: dict[str, str], demo_repo: Path, point: str
@@ -128,12 +141,7 @@ def test_a_killed_resume_is_resumed_again(
     killed_run(hal_env, demo_repo, "mid_agent", False)
     [task] = tasks_json(hal)
     assert task["status"] == "interrupted", task
-    run_killed(hal_env, demo_repo, point, "task", "resume", task["id"])
-    assert_repo_whole(demo_repo, main, incoming_ok=True)
-    [task] = tasks_json(hal)
-    task = carried_on(hal, hal_env, task)
-    assert has_work(demo_repo, task), f"resumed without its branch: {task}"
-    assert_repo_whole(demo_repo, main, incoming_ok=False)
+    resumed_again_after(hal, hal_env, demo_repo, main, point, str(task["id"]))
 
 
 @pytest.mark.parametrize("stop_again", [False, True])
@@ -190,12 +198,7 @@ def test_a_killed_resume_of_a_stopped_task_is_resumed_again(
     killed_run(hal_env, demo_repo, "mid_agent", False)
     [task] = tasks_json(hal)
     assert hal("task", "stop", task["id"], env=hal_env).returncode == 0
-    run_killed(hal_env, demo_repo, point, "task", "resume", task["id"])
-    assert_repo_whole(demo_repo, main, incoming_ok=True)
-    [task] = tasks_json(hal)
-    task = carried_on(hal, hal_env, task)
-    assert has_work(demo_repo, task), f"resumed without its branch: {task}"
-    assert_repo_whole(demo_repo, main, incoming_ok=False)
+    resumed_again_after(hal, hal_env, demo_repo, main, point, str(task["id"]))
 
 
 def test_a_cancel_killed_before_it_stopped_the_agent_is_finished_by_the_next(
