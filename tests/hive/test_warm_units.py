@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -151,6 +152,33 @@ async def test_shutdown_releases_every_held_sandbox(hive: Hive) -> None:
     await hive.turn()
     assert await hive.source.release_all() == 1
     assert hive.provider.destroyed == 1 and hive.store.list_sandboxes() == []
+
+
+async def test_a_runs_end_looks_for_its_agent_on_the_loop_with_no_thread_hop(
+    hive: Hive, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Every run's end through the daemon asks whether a warm agent keeps its sandbox; the
+    # answer is a read (WAL: never waits for a writer), so it is read on the loop: a thread
+    # hop was one more wake-up of the loop before the run's follower is answered (issue 16).
+    import threading
+
+    threads: list[int] = []
+    query = hive.store._query
+
+    def counted(sql: str, params: Any = ()) -> Any:
+        if "hive_agents" in sql:
+            threads.append(threading.get_ident())
+        return query(sql, params)
+
+    monkeypatch.setattr(hive.store, "_query", counted)
+    other = spec_of(tmp_path / "t2")  # a task that is no agent's: the sandbox goes back
+    lease = await hive.source.acquire(hive.provider, other, "t2")
+    assert lease is not None
+    await hive.source.release(lease.sandbox, reuse=True)
+    assert not hive.source.held and hive.provider.destroyed == 1
+    await hive.turn()  # the agent's own task: held, as before
+    assert list(hive.source.held) == ["t1"]
+    assert threads == [threading.get_ident()] * 2, "looked up in the loop's thread"
 
 
 def test_the_spawn_policy_takes_the_hive_defaults_and_refuses_bad_values() -> None:

@@ -154,6 +154,16 @@ def list_agents(store: Store) -> list[AgentRecord]:
     return [_agent_from(r) for r in store._query("SELECT * FROM hive_agents ORDER BY name")]
 
 
+def agent_of_task(store: Store, task_id: str) -> AgentRecord | None:
+    """The agent whose long-lived task is ``task_id`` (the first by name, as in
+    :func:`list_agents`), or None: one read of the agents' table, no record
+    built for the others (every run's end asks, nearly always of no agent's task)."""
+    rows = store._query(
+        "SELECT * FROM hive_agents WHERE task_id = ? ORDER BY name LIMIT 1", (task_id,)
+    )
+    return _agent_from(rows[0]) if rows else None
+
+
 def update_agent(
     store: Store, name: str, *, expect: str | None = None, also: InTransaction | None = None,
     **fields: Any,

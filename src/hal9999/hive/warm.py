@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from hal9999.errors import ConfigError, HalError, TaskNotFound
 from hal9999.hive.settings import HiveSettings
-from hal9999.hive.store import AgentPolicy, AgentRecord, list_agents
+from hal9999.hive.store import AgentPolicy, AgentRecord, agent_of_task, list_agents
 from hal9999.hive.watch import crash_reason
 from hal9999.pool import Lease
 from hal9999.pool.slots import WorkspaceAttach, pool_key
@@ -103,7 +103,10 @@ class WarmHolds:
         spec = self.specs.pop(sandbox.id, None)
         lease = self.inner.leases.get(sandbox.id)
         if reuse and lease is not None and spec is not None and lease.entry.task_id:
-            agent = await asyncio.to_thread(self._holder, lease.entry.task_id)
+            # On the loop: reads only, which never wait for a writer in WAL mode. A thread
+            # hop here was one more wake-up of the loop at every run's end, on the way to
+            # the answer of the run's follower (issue 16), for nearly always no agent.
+            agent = self._holder(lease.entry.task_id)
             if agent is not None:
                 self.inner.leases.pop(sandbox.id, None)
                 self.held[lease.entry.task_id] = Held(agent, lease, spec, time.time())
@@ -114,7 +117,7 @@ class WarmHolds:
     # -- holding -----------------------------------------------------------------------
     def _holder(self, task_id: str) -> str | None:
         """The warm agent whose turn (of ``task_id``) just ended on its own, or None."""
-        agent = _agent_of(list_agents(self.store), task_id)
+        agent = agent_of_task(self.store, task_id)
         if agent is None or not agent.policy.warm or agent.state != "running":
             return None
         try:
