@@ -247,7 +247,7 @@ async def test_a_sub_task_starts_only_where_the_agent_may_look(
             assert failed and text.startswith(f"usage: ref {ref!r} is not yours"), text
             assert "\n" not in text
         failed, text = await call(alpha, "run_task", prompt="copy", ref="no-such-branch")
-        assert failed and "names no commit of your repository" in text
+        assert failed and text.startswith("usage: ref 'no-such-branch' is not yours"), text
         for ref in ("hal/agent/alpha", "topic", "main"):
             failed, started = await call(alpha, "run_task", prompt="work", ref=ref)
             assert not failed, (ref, started)
@@ -288,6 +288,28 @@ async def test_an_agents_ref_checks_run_one_at_a_time(
         answers = await asyncio.gather(*calls)
     assert all(failed and "is not yours" in text for failed, text in answers)
     assert most == 1
+
+
+async def test_a_refused_ref_says_nothing_of_what_it_names(world: World, tmp_path: Path) -> None:
+    # `ref` is resolved against every ref of the repository: a message search (`:/`), an
+    # abbreviated id or a reflog entry finds commits on other agents' branches, the
+    # stash. "names no commit" for one that matches nothing and "not yours" for one that
+    # matches theirs told the agent, a guess at a time, the words of others' commit
+    # messages and their ids. Every refusal now reads the same, whatever the ref names.
+    heads = _git_repo(tmp_path, "hal/agent/beta")
+    theirs, nothing = heads["hal/agent/beta"], "f" * 40
+    probes = [(":/work of hal/agent/beta", ":/nothing committed says this"),
+              (theirs[:7], nothing[:7]), (theirs, nothing),
+              ("hal/agent/beta@{0}", "hal/agent/gamma@{0}")]  # fmt: skip
+    async with connect(world.socks["alpha"]) as alpha:
+        for there, absent in probes:
+            said = []
+            for ref in (there, absent):
+                failed, text = await call(alpha, "run_task", prompt="probe", ref=ref)
+                assert failed, (ref, text)
+                said.append(text.replace(repr(ref), "REF"))
+            assert said[0] == said[1], said
+    assert world.tasks.created == []
 
 
 def _git_repo_branch(path: Path, branch: str) -> None:

@@ -311,7 +311,10 @@ async def _start_point(caller: Caller, ref: str) -> str:
     hal's), or on its own branch or a sub-task's of its own. A sub-task's checkout is cloned
     from the source whole, so ``hal/agent/<another>``, another task's ``hal/<id>`` or the
     operator's stash by its id (none of them in the snapshots sandboxes borrow) handed
-    their files to the sub-task and, through its patch, to the agent."""
+    their files to the sub-task and, through its patch, to the agent. Every refusal reads
+    the same: ``ref`` is resolved against all refs (``:/words``, an abbreviated id, a
+    reflog entry), and "names no commit" against "not yours" told the agent, a guess at a
+    time, the words and ids of others' commits."""
     from hal9999.hive.approvals import agent_branch
     from hal9999.hive.store import get_agent
     from hal9999.tasks.gitrepo import check_ref, git
@@ -320,7 +323,12 @@ async def _start_point(caller: Caller, ref: str) -> str:
     hive = caller.hive
     repo = Path((await hive.db(get_agent, hive.store, caller.agent)).repo or "")
     check_ref(ref)
-    hint = "name a branch or tag of the repository, or your own branch"
+    refused = UsageError(
+        f"ref {ref!r} is not yours to start from: no branch or tag of the repository (hal's "
+        "result branches aside), your own branch or a sub-task's of yours holds a commit of "
+        "that name",
+        hint="name a branch or tag of the repository, or your own branch",
+    )
     try:
         commit = await git(
             ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"],
@@ -331,7 +339,7 @@ async def _start_point(caller: Caller, ref: str) -> str:
              "refs/tags/"], cwd=repo,
         )  # fmt: skip
     except HalError:
-        raise UsageError(f"ref {ref!r} names no commit of your repository", hint=hint) from None
+        raise refused from None
     own = {f"refs/heads/{await hive.db(agent_branch, hive.store, caller.agent)}"}
     for task_id in await hive.db(_owned, hive, caller.agent):
         with contextlib.suppress(HalError):
@@ -340,11 +348,7 @@ async def _start_point(caller: Caller, ref: str) -> str:
     for holder in holders.splitlines():
         if not holder.startswith(RESULTS) or holder in own:
             return commit  # the commit checked, not a name that may move before the clone
-    raise UsageError(
-        f"ref {ref!r} is not yours to start from: no branch or tag of the repository (hal's "
-        "result branches aside), your own branch or a sub-task's of yours holds it",
-        hint=hint,
-    )
+    raise refused
 
 
 async def _own_task(caller: Caller, task_id: str) -> TaskRecord:
