@@ -269,7 +269,19 @@ async def test_a_secret_split_at_a_reads_end_inside_a_character_is_found(
     assert resultscan.patch_holds_secret(patch, masker) == "notes.txt"
 
 
-@pytest.mark.parametrize("name", [".GIT", "git~1", ".git\u200c", ".Git\u200d", "GIT~1", ".."])
+@pytest.mark.parametrize(
+    "name",
+    [
+        ".GIT",
+        "git~1",
+        ".git\u200c",
+        ".Git\u200d",
+        "GIT~1",
+        "..",
+        ".git::$INDEX_ALLOCATION",
+        ".git. . ",
+    ],
+)
 async def test_a_tree_holding_a_git_directory_in_another_spelling_is_refused(
     world: World, name: str
 ) -> None:
