@@ -541,8 +541,9 @@ static void dies_with(int argc, char **argv) {
   char *end = NULL;
   errno = 0;
   long parent = strtol(argv[2], &end, 10);
+  /* Within pid_t's range: a long cut to one named another process (2^32 + a pid, that pid). */
   if (argc < 5 || strcmp(argv[3], "--") != 0 || errno || end == argv[2] || *end ||
-      parent < 1) {
+      parent < 1 || parent != (long)(pid_t)parent) {
     fprintf(stderr, "usage: hal-launch --dies-with PARENT -- PROGRAM [ARG...]\n");
     _exit(125);
   }

@@ -115,6 +115,20 @@ def test_a_bad_parent_is_refused(launcher: Path, tmp_path: Path, parent: str) ->
     assert not ran.exists()
 
 
+def test_a_parent_past_a_pids_range_is_refused(launcher: Path, tmp_path: Path) -> None:
+    # strtol's long was cut to a pid_t: this process's pid plus 2^32 named this process, and
+    # the program ran with a death signal tied to whatever pid the cut left.
+    ran = tmp_path / "ran"
+    parent = str(os.getpid() + (1 << 32))
+    done = subprocess.run(
+        [str(launcher), "--dies-with", parent, "--", "touch", str(ran)],
+        capture_output=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 125, done
+    assert b"usage: hal-launch --dies-with" in done.stderr
+    assert not ran.exists()
+
+
 def _state(pid: int) -> str | None:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
