@@ -130,3 +130,33 @@ async def test_calls_past_a_tasks_cap_are_refused_recorded_and_abandoned_ones_gi
     await gw.drain()
     rows = gw.store.gateway_requests("t1")
     assert [r.error for r in rows].count("too_many_calls") == 1, rows
+
+
+async def test_an_answer_the_agent_hangs_up_on_is_metered_to_its_end(
+    gateway: tuple[Gateway, str], upstream: StormUpstream
+) -> None:
+    # A stream's usage comes at its end (Anthropic's message_delta, OpenAI's last chunk), after
+    # the text an agent wants: one that hung up once it had the text left the call recorded
+    # with what it had read (here 1 output token of 7; OpenAI's, 0 of everything), so every
+    # budget and the hive's counted a fraction of what the upstream billed. The gateway now
+    # reads the answer to its end after the agent left.
+    gw, sock = gateway
+    upstream.delay_s, upstream.texts = 0.3, 2
+    grant = grant_for(upstream)
+    gw.register(grant)
+    body = b'{"model": "claude-sonnet-4-5", "max_tokens": 10, "stream": true, "messages": []}'
+    head = b"POST /v1/messages HTTP/1.1\r\nHost: gw\r\ncontent-type: application/json\r\n"
+    head += b"x-api-key: %s\r\ncontent-length: %d\r\n\r\n" % (grant.token.encode(), len(body))
+    reader, writer = await asyncio.open_unix_connection(sock)
+    writer.write(head + body)
+    seen = b""
+    while b"message_start" not in seen:
+        seen += await asyncio.wait_for(reader.read(4096), 30)
+    writer.transport.abort()  # it has the text; the usage would come next
+    for _ in range(500):
+        if gw.store.gateway_requests("t1") and not gw.inflight.get(grant.token):
+            break
+        await asyncio.sleep(0.01)
+    await gw.drain()
+    [row] = gw.store.gateway_requests("t1")
+    assert (row.input_tokens, row.output_tokens) == (11, 7), row

@@ -40,6 +40,8 @@ class StormUpstream:
     """A ``set-cookie`` header sent with every JSON answer (the cookie-jar test)."""
     gate: threading.Event | None = None
     """Hold every call (before its answer) until this is set."""
+    texts: int = 0
+    """Text events a stream sends between its start and its usage (``message_delta``)."""
     echo_key: bool = False
     """Echo the ``x-api-key`` it was sent: a JSON answer is a 401 naming it in its body and
     a header, a stream carries it split across two writes."""
@@ -130,7 +132,9 @@ class StormUpstream:
                         },
                     },
                 }
-                for event in (start, {"type": "message_delta", "usage": {"output_tokens": 7}}):
+                text = {"type": "content_block_delta", "delta": {"type": "text_delta", "text": "x"}}
+                events = [start, *[text] * upstream.texts]
+                for event in (*events, {"type": "message_delta", "usage": {"output_tokens": 7}}):
                     self.wfile.write(
                         f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
                     )

@@ -82,10 +82,19 @@ class AnswerRelay:
             # The head goes out with the first bytes of the body when they came with it
             # (one write, one wake-up of the agent), else at once.
             out.start(response.status, headers, None, hold=response.ready())
-            while chunk := await response.read():
-                meter.feed(chunk)
-                out.data(masked.feed(chunk.decode("latin-1")).encode("latin-1"))
-                await writer.drain()
+            try:
+                while chunk := await response.read():
+                    meter.feed(chunk)
+                    out.data(masked.feed(chunk.decode("latin-1")).encode("latin-1"))
+                    await writer.drain()
+            except ConnectionError:
+                # The agent hung up mid-answer. A stream's usage comes at its end, after the
+                # text: an agent that left once it had the text had the call recorded with
+                # what was read (OpenAI's: nothing). The rest is read for its usage, within
+                # the call's own cap (its reservation); a withdrawn grant still aborts it.
+                while chunk := await response.read():
+                    meter.feed(chunk)
+                raise
             await response.aclose()
             self.measure(record, meter, grant)
             recorded = True
