@@ -312,6 +312,26 @@ async def test_a_refused_ref_says_nothing_of_what_it_names(world: World, tmp_pat
     assert world.tasks.created == []
 
 
+async def test_a_ref_is_judged_by_the_commit_it_names_never_by_its_spelling(
+    world: World, tmp_path: Path
+) -> None:
+    # Spellings of an allowed commit start from that commit's id; a tag that shares its name
+    # with another agent's branch is what git resolves first, so the commit judged is the
+    # tag's, and that branch spelled out is still refused (stop 39: held).
+    import subprocess
+
+    heads = _git_repo(tmp_path, "hal/agent/beta", "topic")
+    subprocess.run(["git", "-C", str(tmp_path), "tag", "hal/agent/beta", heads["main"]], check=True)
+    async with connect(world.socks["alpha"]) as alpha:
+        failed, text = await call(alpha, "run_task", prompt="copy", ref="refs/heads/hal/agent/beta")
+        assert failed and "not yours to start from" in text, text
+        for ref in ("main~0", "HEAD", "hal/agent/beta", "refs/heads/topic"):  # four at most
+            failed, started = await call(alpha, "run_task", prompt="work", ref=ref)
+            assert not failed, (ref, started)
+    main, topic = heads["main"], heads["topic"]
+    assert [r.ref for r in world.tasks.created] == [main, main, main, topic]
+
+
 def _git_repo_branch(path: Path, branch: str) -> None:
     import subprocess
 
