@@ -434,6 +434,31 @@ async def test_sub_tasks_count_against_the_hive_budget_and_stop_once_it_is_spent
     assert len(world.tasks.created) == 1
 
 
+async def test_a_sub_task_no_gateway_measured_counts_what_its_agent_reported(
+    world: World, tmp_path: Path
+) -> None:
+    # Without a gateway (none configured) a sub-task's spend is what its agent reported, as
+    # for a turn; the hive's budget counted only gateway rows, so sub-tasks spent past it.
+    from hal9999.hive.settings import HiveSettings
+    from hal9999.hive.turns import HiveLoop
+    from hal9999.store import TaskRecord
+
+    loop = HiveLoop.__new__(HiveLoop)  # its budget check only: no daemon
+    loop.store, loop.home = world.store, world.hub.hive.home
+    loop.settings = HiveSettings(daily_budget_tokens=1000)
+    world.hub.hive.over_budget = loop.over_budget
+    async with connect(world.socks["alpha"]) as alpha:
+        failed, started = await call(alpha, "run_task", prompt="spend")
+        assert not failed, started
+    world.store.insert_task(TaskRecord(
+        id=started["task"], prompt="p", agent="claude", provider="bwrap", process_manager="tmux",
+        repo="/r",
+        repo_kind="local", branch="b", status="succeeded", created_at=time.time(),
+        session_dir=str(tmp_path), input_tokens=900, output_tokens=300,
+    ))  # fmt: skip
+    assert "spent 1200 tokens in 24 h" in (loop.over_budget() or "")
+
+
 async def test_sub_tasks_started_at_once_stay_bounded_and_all_owned(world: World) -> None:
     # One agent's calls run concurrently (and it may hold several connections): the
     # bound and the list of its sub-tasks must hold for calls that overlap.

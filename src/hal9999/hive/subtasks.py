@@ -43,8 +43,10 @@ def own(home: Path, agent: str, task_id: str) -> None:
 
 
 def spent(store: Store, home: Path, since: float) -> tuple[int, float]:
-    """Tokens and dollars the gateway recorded for every agent's sub-tasks since ``since``
-    (one sum per 500 sub-tasks: a hive's lists only grow)."""
+    """Tokens and dollars the gateway recorded for every agent's sub-tasks since ``since``,
+    and, for a sub-task made since then that made no call through it (no gateway
+    configured), what its agent reported, as a turn's figures are (one sum per 500
+    sub-tasks: a hive's lists only grow). Before, such a sub-task counted nothing."""
     lists = folder(home)
     paths = sorted(lists.glob("*.json")) if lists.is_dir() else []
     ids = [task_id for path in paths for task_id in owned(home, path.stem)]
@@ -54,6 +56,13 @@ def spent(store: Store, home: Path, since: float) -> tuple[int, float]:
         [row] = store._query(
             "SELECT COALESCE(SUM(input_tokens + output_tokens), 0), COALESCE(SUM(cost_usd), 0)"
             f" FROM gateway_requests WHERE ts >= ? AND task_id IN ({','.join('?' * len(chunk))})",
+            (since, *chunk),
+        )
+        tokens, cost = tokens + int(row[0]), cost + float(row[1])
+        [row] = store._query(
+            "SELECT COALESCE(SUM(input_tokens + output_tokens), 0), COALESCE(SUM(cost_usd), 0)"
+            f" FROM tasks WHERE created_at >= ? AND id IN ({','.join('?' * len(chunk))})"
+            " AND NOT EXISTS (SELECT 1 FROM gateway_requests g WHERE g.task_id = tasks.id)",
             (since, *chunk),
         )
         tokens, cost = tokens + int(row[0]), cost + float(row[1])
