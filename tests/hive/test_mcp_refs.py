@@ -3,9 +3,12 @@ spellings of a ref, and sub-tasks' spend against the hive's budget without a gat
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 from tests.hive.mcp_client import call, connect
 from tests.hive.test_mcp_tools import World, _git_repo, world
 
@@ -77,3 +80,27 @@ async def test_a_sub_task_no_gateway_measured_counts_what_its_agent_reported(
         session_dir=str(tmp_path), input_tokens=900, output_tokens=300,
     ))  # fmt: skip
     assert "spent 1200 tokens in 24 h" in (loop.over_budget() or "")
+
+
+async def test_a_ref_that_searches_commit_messages_is_refused_before_any_git(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `:/regex` and `rev^{/regex}` run the agent's regex over commit messages in host git,
+    # its own brought-back commits' among them: a back-reference pattern such as `(a*)*\1b`
+    # over a message of 200 `a`s ran past 20 s of a host core, with no bound. A ref names a
+    # branch, a tag or a commit: a message search is refused before host git runs.
+    _git_repo(tmp_path)
+    spawned: list[tuple[str, ...]] = []
+    original = asyncio.create_subprocess_exec
+
+    async def recorded(*argv: str, **kwargs: Any) -> asyncio.subprocess.Process:
+        spawned.append(argv)
+        return await original(*argv, **kwargs)
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", recorded)
+    async with connect(world.socks["alpha"]) as alpha:
+        for ref in (":/base", "main^{/base}", "main^{/}"):
+            failed, text = await call(alpha, "run_task", prompt="probe", ref=ref)
+            assert failed and "not yours to start from" in text, (ref, text)
+    assert spawned == []
+    assert world.tasks.created == []

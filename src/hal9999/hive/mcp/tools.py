@@ -329,6 +329,8 @@ async def _start_point(caller: Caller, ref: str) -> str:
         "that name",
         hint="name a branch or tag of the repository, or your own branch",
     )
+    if ":/" in ref or "^{/" in ref:  # a message search: the agent's regex run by host git,
+        raise refused  # over its own commits' messages too (a back-reference ran unbounded)
     try:
         commit = await git(
             ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"],
