@@ -147,3 +147,36 @@ def test_drafts_of_dead_writers_go_at_the_sweep_and_a_live_ones_stays(
     os.utime(old, (1, 1))
     assert sandboxuser.sweep_drafts() == 3
     assert sorted(os.listdir(uids)) == sorted([str(uid), alive.name, young.name])
+
+
+def test_a_draft_written_without_a_readable_proc_is_not_swept_while_its_writer_lives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a host whose /proc this hal cannot read, the draft was named ``<pid>.None``: the
+    sweep read the writer's start as None, not "None", and removed a draft being written
+    (its allocate then failed at the link). Now such a draft names no writer and goes only
+    once :data:`EMPTY_STALE_S` old; the sweep there removes no draft younger."""
+    uids = tmp_path / "uids"
+    monkeypatch.setattr(sandboxuser, "LOCK_DIR", uids)
+    monkeypatch.setattr(sandboxuser, "_started", lambda pid: None)  # no /proc
+    names: list[str] = []
+    real_link = os.link
+
+    def link_and_sweep(src: str, dst: str) -> None:
+        names.append(Path(src).name)
+        assert sandboxuser.sweep_drafts() == 0, "the live allocate's own draft stays"
+        real_link(src, dst)
+
+    monkeypatch.setattr(os, "link", link_and_sweep)
+    uid = sandboxuser.allocate("/home/state/bwrap aaaa")
+    monkeypatch.setattr(os, "link", real_link)
+    assert len(names) == 1 and "None" not in names[0]
+    assert os.listdir(uids) == [str(uid)]
+    prefix = sandboxuser._draft("/home/state/qemu bbbb")
+    written = uids / f"{prefix}{os.getpid()}.12345-0001"  # a writer /proc cannot tell alive
+    old = uids / f"{prefix}{os.getpid()}.12345-0002"
+    for path in (written, old):
+        path.write_text("owner\n")
+    os.utime(old, (1, 1))
+    assert sandboxuser.sweep_drafts() == 1
+    assert sorted(os.listdir(uids)) == sorted([str(uid), written.name])

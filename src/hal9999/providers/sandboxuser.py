@@ -56,7 +56,9 @@ def allocate(owner: str) -> int:
     """
     LOCK_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
     pid = os.getpid()
-    draft = LOCK_DIR / f"{_draft(owner)}{pid}.{_started(pid)}-{secrets.token_hex(4)}"
+    started = _started(pid)  # None without a readable /proc: then the name has no writer
+    writer = f"{pid}.{started}-" if started else ""  # (was "pid.None", swept while it lived)
+    draft = LOCK_DIR / f"{_draft(owner)}{writer}{secrets.token_hex(4)}"
     fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "w") as handle:
@@ -126,9 +128,11 @@ def sweep_drafts() -> int:
     qemu hal killed inside :func:`allocate` left its draft until reboot. This lists the
     directory, so it runs where a scan is paid once (the daemon's start), never per sandbox.
     A draft of an older hal, without its writer in the name, goes once
-    :data:`EMPTY_STALE_S` old.
+    :data:`EMPTY_STALE_S` old, as does every draft on a host where this process cannot read
+    its own start in ``/proc`` (no writer can be told alive there).
     """
     removed = 0
+    proc = _started(os.getpid()) is not None
     with contextlib.suppress(OSError), os.scandir(LOCK_DIR) as entries:
         for entry in entries:
             if not entry.name.startswith(_DRAFT):
@@ -136,7 +140,7 @@ def sweep_drafts() -> int:
             writer = entry.name[len(_DRAFT) + 17 :].split("-", 1)[0]
             pid, _, started = writer.partition(".")
             with contextlib.suppress(OSError):
-                if pid.isdigit() and started:
+                if proc and pid.isdigit() and started:
                     if _started(int(pid)) == started:
                         continue  # its writer is alive: an allocate under way
                 elif time.time() - entry.stat().st_mtime <= EMPTY_STALE_S:
