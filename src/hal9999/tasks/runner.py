@@ -22,6 +22,7 @@ from hal9999.errors import (
     DiskFull,
     DiskLimitExceeded,
     HalError,
+    HomeError,
     TaskNotFound,
     TaskTimeout,
 )
@@ -135,9 +136,9 @@ class TaskRunner(LaunchSteps, FollowSteps):
             return await self.finish(ctx, ended, started, exit_code, error=failure, files=files)
         except (HalError, OSError) as exc:
             if isinstance(exc, OSError):  # a host write of hal's (a session file) found
-                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):  # the disk full: say so
-                    raise
-                exc = _disk_full(exc, ctx)  # (else the task read "interrupted": hal died)
+                if exc.errno not in _UNWRITABLE:  # the disk full or read-only: say so
+                    raise  # (else the task read "interrupted", as if hal had died)
+                exc = _unwritable(exc, ctx)
             if ctx.pspec is not None:
                 await manager.stop(ctx.pspec)
             return await self.finish(ctx, TaskStatus.FAILED, started, exit_code, error=exc)
@@ -293,13 +294,26 @@ def _loop_deadline(timeout_s: float | None, started: float) -> float | None:
     return asyncio.get_running_loop().time() + (started + timeout_s - time.monotonic())
 
 
-def _disk_full(exc: OSError, ctx: RunContext) -> DiskFull:
-    """A failed host write for lack of space, said as the collection's own disk full is."""
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_UNWRITABLE = (*_FULL, errno.EROFS, errno.EACCES, errno.EPERM)
+"""The errnos of a host write of hal's that end the task ``failed`` saying why: the disk
+full (``disk_full``), or hal's home read-only or not writable by hal (``home_unusable``)."""
+
+
+def _unwritable(exc: OSError, ctx: RunContext) -> DiskFull | HomeError:
+    """A failed host write for lack of space, said as the collection's own disk full is, or
+    for a home hal cannot write (read-only, or its permissions), said the same way."""
     where = f" writing {exc.filename}" if exc.filename else ""
     again = (
         f"`hal task resume {ctx.task.id}` runs its agent there again and collects what it leaves"
     )
-    hint = f"free space on it; the work is safe in the session checkout {ctx.session.workspace}"
-    return DiskFull(
-        f"the disk holding hal's home is full ({exc.strerror}{where})", hint=f"{hint}; {again}"
+    safe = f"the work is safe in the session checkout {ctx.session.workspace}"
+    if exc.errno in _FULL:
+        return DiskFull(
+            f"the disk holding hal's home is full ({exc.strerror}{where})",
+            hint=f"free space on it; {safe}; {again}",
+        )
+    return HomeError(
+        f"hal's home cannot be written ({exc.strerror}{where})",
+        hint=f"make it writable by hal (read-only mount or permissions); {safe}; {again}",
     )
