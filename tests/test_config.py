@@ -368,3 +368,26 @@ def test_the_daemon_refuses_a_bad_pool_variable_at_start(tmp_path: Path) -> None
     config = HalConfig(home=tmp_path / "home")
     with pytest.raises(ConfigError, match="HAL_BWRAP_MIN_WARM: expected a number at least 0"):
         Daemon(config, {"HAL_BWRAP_MIN_WARM": "-1"})
+
+
+@pytest.mark.parametrize("where", ["HAL_HOME", "user file"])
+def test_a_home_relative_to_the_current_directory_is_refused(
+    user_home: Path, project: Path, where: str
+) -> None:
+    """``HAL_HOME=home hal run`` recorded its task under ./home, and ``hal task list`` from
+    another directory found (and made) another home there: "no tasks yet". A home that would
+    mean another place from each directory is refused in one line saying how; a project
+    ``hal.toml``'s stays relative to its own directory."""
+    environ = {"HOME": str(user_home)}
+    if where == "HAL_HOME":
+        environ["HAL_HOME"] = "home"
+    else:
+        write(user_file(user_home), 'home = "home"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(environ, project)
+    source = "HAL_HOME" if where == "HAL_HOME" else str(user_file(user_home))
+    assert info.value.message.startswith(f"{source}: home: the relative path home"), info.value
+    assert info.value.hint == f"make it absolute, e.g. {project / 'home'}"
+    assert not (project / "home").exists()
+    environ["HAL_HOME"] = str(project / "home")
+    assert load_config(environ, project).home == project / "home"

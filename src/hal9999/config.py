@@ -467,6 +467,15 @@ def _validate(layers: list[Layer], here: Path | None) -> HalConfig:
     except ValidationError as exc:
         raise _invalid(exc.errors(), origin) from exc
     if not config.home.is_absolute():
+        source = origin.get(("home",), "defaults")
+        if source != CONFIG_FILE_NAME:  # only ./hal.toml's is relative to its own directory
+            # HAL_HOME=home (or the user file's, or a relative HOME's default) meant another
+            # home in each directory: tasks recorded in one, then "no tasks" from another.
+            raise ConfigError(
+                f"{source}: home: the relative path {config.home} would name another"
+                " directory from each current directory",
+                hint=f"make it absolute, e.g. {here / config.home if here else '/srv/hal'}",
+            )
         if here is None:
             raise ConfigError(
                 f"home: the relative path {config.home} needs a current directory, "
