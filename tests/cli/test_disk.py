@@ -122,6 +122,11 @@ def test_a_store_that_cannot_open_on_a_full_disk_says_the_disk_is_full(
     lines = [line for line in out.stderr.splitlines() if line.startswith("hal: error:")]
     assert len(lines) == 1 and "the disk holding it is full" in lines[0], out.stderr
     assert "free space on the filesystem of HAL_HOME" in lines[0]
+    # `task show` (and its --json) likewise: one line, no traceback.
+    for args in (("task", "show", "abcd1234"), ("task", "list", "--json")):
+        out = hal(*args)
+        assert out.returncode == 10 and "Traceback" not in out.stdout + out.stderr, out.stderr
+        assert "the disk holding it is full" in one_error_line(out), out.stderr
 
 
 def serve_on_a_full_disk(hal: Hal, small_home: Path) -> str:
