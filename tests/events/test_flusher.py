@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Any
 
-from hal9999.events.log import _Flusher
+from hal9999.events.flusher import _Flusher
 
 
 class Batch:

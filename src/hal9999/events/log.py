@@ -7,7 +7,9 @@ Writing a batch (one event, or up to ``index_batch`` of them within ``max_delay`
    grew meanwhile the per-task ``seq`` is re-read from its last line;
 2. each event gets the next per-task ``seq`` at once (``emit`` returns it);
 3. the batch is indexed in the store in one transaction that also hands out its global
-   ``gseq`` numbers (:mod:`hal9999.store.events`): commit order is ``gseq`` order;
+   ``gseq`` numbers (:mod:`hal9999.store.events`): commit order is ``gseq`` order; the
+   flusher thread indexes the batches of every log due at once in one transaction, then
+   appends each in that order (:mod:`hal9999.events.flusher`);
 4. the lines, carrying both numbers, are appended and flushed (fsync'ed at phase changes and
    the end), the lock is released, and the sinks (the bus) get the events.
 
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import math
 import os
 import threading
 import time
@@ -33,6 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
+from hal9999.events.flusher import FLUSHER, _numbered
 from hal9999.events.models import Event
 from hal9999.events.reader import lines_backwards, parse_line, read_events
 from hal9999.home import unusable_session_file
@@ -245,28 +247,41 @@ class EventLog:
         # _io_lock orders the batches (and their sinks); _lock is held only to take the
         # batch, so emitting never waits for a write (nor for the database behind it).
         with self._io_lock:
+            batch = self._take()
+            if batch is None:
+                return
+            self._index(batch)
+            self._finish(batch)
+
+    def _take(self) -> list[Event] | None:
+        """The pending batch, taken to be written (None when there is nothing to write);
+        the caller holds ``_io_lock`` and owes :meth:`_finish` after indexing it."""
+        with self._lock:
+            batch, self._pending = self._pending, []
+            FLUSHER.cancel(self)
+            if not batch or self._file is None:
+                return None
+            return batch
+
+    def _finish(self, batch: list[Event]) -> None:
+        """Append an indexed batch, release the file lock when nothing is pending, and hand
+        the batch to the sinks."""
+        try:
+            self._write(batch)
+        finally:
             with self._lock:
-                batch, self._pending = self._pending, []
-                FLUSHER.cancel(self)
-                if not batch or self._file is None:
-                    return
-            try:
-                self._write(batch)
-            finally:
-                with self._lock:
-                    if not self._pending:
-                        self._unlock_file()
-            for stamped in batch:
-                for sink in list(self._sinks):
-                    try:
-                        sink(stamped)
-                    except Exception:
-                        logger.exception(
-                            "event sink %r failed on %s #%d", sink, stamped.type, stamped.seq
-                        )
+                if not self._pending:
+                    self._unlock_file()
+        for stamped in batch:
+            for sink in list(self._sinks):
+                try:
+                    sink(stamped)
+                except Exception:
+                    logger.exception(
+                        "event sink %r failed on %s #%d", sink, stamped.type, stamped.seq
+                    )
 
     def _write(self, batch: list[Event]) -> None:
-        self._index(batch)
         # model_dump_json() without its wrapper and the str round trip (the same bytes).
         data = b"".join(e.__pydantic_serializer__.to_json(e) + b"\n" for e in batch)
         assert self._file is not None
@@ -295,10 +310,7 @@ class EventLog:
         except Exception:
             logger.exception("%s: could not index event #%d", self.path, batch[0].seq)
             return
-        for event, gseq in zip(batch, numbers, strict=True):
-            # As `event.gseq = gseq` does, without pydantic's assignment handler.
-            event.__dict__["gseq"] = gseq
-            event.__pydantic_fields_set__.add("gseq")
+        _numbered(batch, numbers)
 
     def _forget(self, seq: int) -> None:
         if self.store is None:
@@ -353,78 +365,3 @@ class EventLog:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-class _Flusher:
-    """One background thread per process that writes batches whose delay ran out."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._due: dict[EventLog, float] = {}
-        self._closing: list[BinaryIO] = []
-        """Files of closed background writers still to be fsync'ed and closed."""
-        self._thread: threading.Thread | None = None
-        self._until = math.inf
-        """The deadline the thread sleeps until (infinity while it is not asleep)."""
-        self.wakeups = 0
-        """How many times the thread woke (for the benchmarks and tests)."""
-
-    def schedule(self, log: EventLog, when: float) -> None:
-        """Write ``log``'s batch at ``when`` (monotonic) unless it is written before."""
-        with self._cond:
-            self._due[log] = min(when, self._due.get(log, when))
-            # Waking the thread for a deadline after the one it sleeps until would only
-            # send it back to sleep: a thread switch per event of a busy daemon.
-            if self._thread is None or not self._thread.is_alive() or when < self._until:
-                self._wake()
-
-    def sync_and_close(self, file: BinaryIO) -> None:
-        """Force ``file`` (written and flushed) to disk and close it, on the thread."""
-        with self._cond:
-            self._closing.append(file)
-            self._wake()
-
-    def _wake(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._run, name="hal-event-flusher", daemon=True)
-            self._thread.start()
-        else:
-            self._cond.notify()
-
-    def cancel(self, log: EventLog) -> None:
-        """Forget ``log``'s deadline (its batch was written)."""
-        with self._cond:
-            self._due.pop(log, None)
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                self.wakeups += 1
-                now = time.monotonic()
-                ready = [log for log, when in self._due.items() if when <= now]
-                for log in ready:
-                    del self._due[log]
-                closing, self._closing = self._closing, []
-                if not ready and not closing:
-                    self._until = min(self._due.values(), default=now + 60)
-                    try:
-                        self._cond.wait(self._until - now)
-                    finally:
-                        self._until = math.inf
-                    continue
-            for log in ready:
-                try:
-                    log.flush()
-                except Exception:
-                    logger.exception("%s: writing a batch of events failed", log.path)
-            for file in closing:
-                try:
-                    os.fsync(file.fileno())
-                except OSError:
-                    logger.exception("%s: forcing events to disk failed", file.name)
-                finally:
-                    file.close()
-
-
-FLUSHER = _Flusher()
-"""The process's batch flusher."""

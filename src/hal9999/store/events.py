@@ -63,23 +63,38 @@ class EventTable:
         One transaction however many rows: the counter moves by ``len(rows)`` at once. A row
         already indexed keeps its number; the one reserved for it stays unused (a gap).
         """
-        if not rows:
-            return []
+        return self.record_events_of([(task_id, rows)])[0]
+
+    def record_events_of(
+        self, batches: Sequence[tuple[str, Sequence[tuple[int, str, float]]]]
+    ) -> list[list[int]]:
+        """:meth:`record_events` of several tasks' ``(task_id, rows)`` in one transaction
+        (a daemon's flusher writes the batches of every task due at once: issue 16); the
+        numbers follow the order of ``batches``, then of their rows."""
+        total = sum(len(rows) for _, rows in batches)
+        if not total:
+            return [[] for _ in batches]
+        flat: list[tuple[str, int, str, float]] = [
+            (task_id, seq, type_, ts) for task_id, rows in batches for seq, type_, ts in rows
+        ]
         with self._write() as conn:
             (end,) = conn.execute(
                 "UPDATE event_counter SET value = value + ? WHERE id = 1 RETURNING value",
-                (len(rows),),
+                (total,),
             ).fetchone()
-            first = int(end) - len(rows) + 1
-            numbers = range(first, int(end) + 1)
+            first = int(end) - total + 1
             # Many rows per statement: half the cost of a statement per row (issue 16).
-            for start in range(0, len(rows), ROWS_PER_INSERT):
-                chunk = rows[start : start + ROWS_PER_INSERT]
+            for start in range(0, total, ROWS_PER_INSERT):
+                chunk = flat[start : start + ROWS_PER_INSERT]
                 params: list[object] = []
-                for (seq, type_, ts), gseq in zip(chunk, numbers[start:], strict=False):
+                for gseq, (task_id, seq, type_, ts) in enumerate(chunk, first + start):
                     params += (task_id, seq, type_, ts, gseq)
                 conn.execute(_insert_sql(len(chunk)), params)
-        return list(numbers)
+        numbers: list[list[int]] = []
+        for _, rows in batches:
+            numbers.append(list(range(first, first + len(rows))))
+            first += len(rows)
+        return numbers
 
     def index_events(self, task_id: str, rows: Iterable[tuple[int, str, float]]) -> None:
         """Record ``(seq, type, ts)`` of events; rows already indexed are ignored."""
