@@ -392,3 +392,26 @@ def test_a_writer_waiting_for_the_lock_does_not_hold_up_reads(tmp_path: Path) ->
         other.close()
         assert store.get_task("t1").ref == "x"
     assert took < 1.0, f"reads waited {took:.1f}s behind a writer"
+
+
+def test_empty_json_columns_need_no_json_codec(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Most tasks' ``env_keys`` and ``providers`` are empty: written and read without
+    ``json`` (issue 16: 22 ``json.loads`` a task in a daemon); others round-trip."""
+    import hal9999.store.sqlite as sqlite_store
+
+    calls: list[str] = []
+    real_loads, real_dumps = sqlite_store.json.loads, sqlite_store.json.dumps
+    monkeypatch.setattr(sqlite_store.json, "loads", lambda s: calls.append(s) or real_loads(s))
+    monkeypatch.setattr(sqlite_store.json, "dumps", lambda v: calls.append(v) or real_dumps(v))
+    store.insert_task(make_task("t1"))
+    assert store.get_task("t1").env_keys == [] and store.get_task("t1").providers == []
+    store.update_task("t1", env_keys=[])
+    first, second = store.get_task("t1"), store.get_task("t1")
+    first.providers.append("changed")  # a list of its own each read
+    assert second.providers == [] and calls == []
+    store.update_task("t1", env_keys=["A_KEY"], providers=["p1", "p2"])
+    assert store.get_task("t1").env_keys == ["A_KEY"]
+    assert store.get_task("t1").providers == ["p1", "p2"]
+    assert calls  # those went through json

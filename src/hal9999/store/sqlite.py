@@ -75,17 +75,27 @@ def close_open_stores() -> None:
         conn.close()
 
 
+def _dumps(value: Any) -> str:
+    # Most rows hold empty lists: those need no JSON codec (issue 16: a daemon read 22
+    # such columns a task, each a json.loads).
+    return "[]" if value == [] else json.dumps(value)
+
+
+def _loads(text: str) -> Any:
+    return [] if text == "[]" else json.loads(text)
+
+
 def _to_row(record: TaskRecord) -> dict[str, Any]:
     row = record.model_dump()
     for name in _JSON_COLUMNS:
-        row[name] = json.dumps(row[name])
+        row[name] = _dumps(row[name])
     return row
 
 
 def _row_data(row: sqlite3.Row) -> dict[str, Any]:
     data = dict(zip(row.keys(), row, strict=True))
     for name in _JSON_COLUMNS:
-        data[name] = json.loads(data[name])
+        data[name] = _loads(data[name])
     return data
 
 
@@ -102,7 +112,7 @@ def _merged(row: sqlite3.Row, fields: dict[str, Any]) -> tuple[TaskRecord, dict[
     values = updated.model_dump(include=set(names))
     for name in _JSON_COLUMNS:
         if name in values:
-            values[name] = json.dumps(values[name])
+            values[name] = _dumps(values[name])
     return updated, values
 
 
