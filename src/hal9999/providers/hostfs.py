@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -103,6 +103,11 @@ class PathMap:
             if _within(path, mount.target):
                 return mount, path[len(mount.target) :].lstrip("/")
         return None
+
+    def writable_roots(self, targets: Sequence[str]) -> list[Path]:
+        """The host sources of the writable mounts whose targets are among ``targets``."""
+        found = [self.mount_for(target) for target in targets]
+        return [f[0].source for f in found if f is not None and not f[1] and f[0].writable]
 
     def host(self, path: str, *, follow: bool) -> HostPath | None:
         """The host path for ``path``, or None when unmapped or a symlink is on the way.

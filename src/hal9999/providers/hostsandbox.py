@@ -86,12 +86,13 @@ class HostSandbox(SandboxHandle):
         return self._record.uid
 
     async def adopt(self, target: str) -> None:
-        """Hand the host-made files under the writable mount at ``target`` (e.g. a fresh
-        clone in the workspace) to the sandbox's user, so the agent can change them."""
-        found = self._paths.mount_for(target)
-        if self.uid is None or found is None or found[1] or not found[0].writable:
-            return
-        await asyncio.to_thread(sandboxuser.adopt, found[0].source, self.uid)
+        """Hand the host-made files under the writable mount at ``target`` (a fresh clone,
+        say) to the sandbox's user; :meth:`adopt_all`: several in one hop (issue 16)."""
+        await self.adopt_all((target,))
+
+    async def adopt_all(self, targets: Sequence[str]) -> None:
+        if self.uid is not None and (roots := self._paths.writable_roots(targets)):
+            await asyncio.to_thread(sandboxuser.adopt_each, roots, self.uid)
 
     def _own(self, path: str) -> None:
         # What the host just wrote into a writable mount must be the sandbox user's.

@@ -18,6 +18,7 @@ import secrets
 import shutil
 import stat
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from hal9999.errors import ProviderError
@@ -155,6 +156,12 @@ def release(uid: int) -> None:
     if UID_BASE <= uid < UID_BASE + UID_SLOTS:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(LOCK_DIR / str(uid))
+
+
+def adopt_each(roots: Sequence[Path], uid: int) -> None:
+    """:func:`adopt` of each root in turn."""
+    for root in roots:
+        adopt(root, uid)
 
 
 def adopt(root: Path, uid: int) -> None:

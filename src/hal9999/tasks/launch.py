@@ -269,8 +269,13 @@ class LaunchSteps(RunnerCore):
             ctx.task = task = task.model_copy(update={"base_commit": base})
         # The checkout (made by host git) and the home are the agent's to change; a warm
         # sandbox from the pool meets this session's directories only now.
-        for target in (sandbox.workdir, sandbox.path(HOME_TARGET)):
-            await sandbox.adopt(target)
+        targets = (sandbox.workdir, sandbox.path(HOME_TARGET))
+        adopt_all = getattr(sandbox, "adopt_all", None)  # a host sandbox's: one hop
+        if adopt_all is not None:
+            await adopt_all(targets)
+        else:
+            for target in targets:
+                await sandbox.adopt(target)
         # Inside, as the agent's own user, once the checkout is theirs; only when the fresh
         # clone (host git's, no agent has run) names any `.gitmodules`: without one the
         # sandboxed step would only exit 0, at the cost of a sandbox start (issue 16).
