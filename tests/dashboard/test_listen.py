@@ -135,7 +135,34 @@ def test_every_address_in_another_spelling_is_refused_too(value: str) -> None:
     with pytest.raises(ConfigError) as refused:
         parse_listen(value)
     assert "means every address" in str(refused.value), refused.value
-    assert parse_listen("10:8443") == ("10", 8443)  # 0.0.0.10, a name like any other
+    assert parse_listen("10:8443") == ("0.0.0.10", 8443)  # an address, not every one
+
+
+@pytest.mark.parametrize(
+    ("value", "host"),
+    [("127.1:8443", "127.0.0.1"), ("0x7f.1:8443", "127.0.0.1"), ("0X7F.0.0.1:8443", "127.0.0.1"),
+     ("2130706433:8443", "127.0.0.1"), ("0177.0.0.1:8443", "127.0.0.1"),
+     ("127.0.0.1.:8443", "127.0.0.1"), ("[0:0::1]:8443", "::1"), ("[::FFFF:7F00:1]:8443",
+     "::ffff:7f00:1"), ("Box.Example:8443", "box.example"), ("a.b1:8443", "a.b1")],
+)  # fmt: skip
+def test_listen_address_is_written_as_a_browser_writes_it(value: str, host: str) -> None:
+    """A browser rewrites https://127.1:8443 to https://127.0.0.1:8443 (and [0:0::1] to
+    [::1]) and sends that Host, while the Host check accepted only the spelling given to
+    --listen: the login link's every request got 421. The host is kept as the browser
+    writes it, so the link, the certificate and the Host check all name that."""
+    assert parse_listen(value) == (host, 8443)
+    assert parse_listen(value, "HAL_LISTEN") == (host, 8443)
+
+
+@pytest.mark.parametrize("value", ["1.2.3.4.5:8443", "256.1:8443", "4294967296:8443",
+                                   "1.2.0x:8443", "a.0x1g.1:8443"])  # fmt: skip
+def test_a_host_ending_in_a_number_that_is_no_address_is_refused(value: str) -> None:
+    """A browser refuses a host whose last label is a number and that is no IPv4 address;
+    the daemon asked the resolver for it and failed later with "cannot listen"."""
+    with pytest.raises(ConfigError) as refused:
+        parse_listen(value)
+    assert "ends in a number but is no IPv4 address" in str(refused.value), refused.value
+    assert refused.value.hint is not None and "--listen 192.168.1.10:8443" in refused.value.hint
 
 
 @pytest.mark.parametrize("where", ["busy", "not-here", "unknown"])

@@ -78,7 +78,35 @@ def parse_listen(value: str, name: str = "--listen") -> tuple[str, int]:
             "the one name it is given (its Host check)",
             hint=f"name the address or host name the browser will use: {_example(name)}",
         )
-    return host, int(port)
+    return _canonical(host, name), int(port)
+
+
+def _canonical(host: str, name: str) -> str:
+    """``host`` as a browser writes it in the Host header: an IPv4 address in any of the C
+    library's spellings (``127.1``, ``0x7f.1``, ``2130706433``, ``0177.0.0.1``) as its dotted
+    quad, an IPv6 address in its short form. A browser rewrites those in the URL, so the
+    Host check, which accepts only the name given here, refused the login link's every
+    request with 421; a host whose last label is a number and that is no address (``1.2.3.4.5``,
+    ``256.1``) is refused, as a browser refuses it."""
+    with contextlib.suppress(ValueError):
+        return str(ipaddress.ip_address(host))
+    host = host.lower()
+    last = host.removesuffix(".").rpartition(".")[2]
+    if not (last.isdigit() or (last.startswith("0x") and _hex(last[2:]))):
+        return host  # a host name
+    labels = host.removesuffix(".").split(".")
+    if len(labels) <= 4 and all(p.isdigit() or (p[:2] == "0x" and _hex(p[2:])) for p in labels):
+        with contextlib.suppress(OSError):
+            return socket.inet_ntoa(socket.inet_aton(".".join(labels)))
+    raise ConfigError(
+        f"{name} host {host!r} ends in a number but is no IPv4 address",
+        hint=f"write the address as four numbers 0-255: {_example(name)}",
+    )
+
+
+def _hex(digits: str) -> bool:
+    """``digits`` are hexadecimal digits (or none: ``0x`` alone, which the C library refuses)."""
+    return all(c in "0123456789abcdefABCDEF" for c in digits)
 
 
 def _every_address(host: str) -> bool:
