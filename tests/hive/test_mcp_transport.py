@@ -421,3 +421,30 @@ async def test_a_line_that_is_not_json_gets_a_parse_error_whatever_its_depth(
     assert replies[4] == {"jsonrpc": "2.0", "id": 8, "result": {}}
     assert peak < 8 << 20, f"{peak >> 20} MiB to refuse a 100,000-deep line"
     writer.close()
+
+
+async def test_a_line_of_a_million_values_is_refused_before_it_is_validated(hub: McpHub) -> None:
+    # One 4 MiB line of "{}," (1.3 million empty objects in a call's arguments) was validated
+    # twice, by the server and by the SDK: 96 MiB held and 192 MiB at peak each time, from
+    # each of an agent's 8 connections at once. It is refused from a count of its commas.
+    import tracemalloc
+
+    from hal9999.hive.mcp.server import MAX_LINE, MAX_VALUES
+
+    sock = await hub.serve("alpha")
+    reader, writer = await asyncio.open_unix_connection(str(sock))
+    dense = json.dumps(tool_call(2, "inbox", {"a": [{}] * ((MAX_LINE - 200) // 4)}))
+    ping = {"jsonrpc": "2.0", "id": 9, "method": "ping"}
+    tracemalloc.start()
+    try:
+        writer.write((dense + "\n" + json.dumps(ping) + "\n").encode())
+        await writer.drain()
+        replies = [json.loads(await asyncio.wait_for(reader.readline(), 30)) for _ in range(2)]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 25 << 20, f"{peak >> 20} MiB to refuse one dense line"  # 11; 152 before
+    assert replies[0]["id"] is None and replies[0]["error"]["code"] == -32600
+    assert f"over {MAX_VALUES} JSON values in one line" in replies[0]["error"]["message"]
+    assert replies[1] == {"jsonrpc": "2.0", "id": 9, "result": {}}
+    writer.close()

@@ -41,6 +41,10 @@ MAX_IN_FLIGHT = 16
 """Requests of one connection handled at once: the next line is read only when one of them
 is answered (the SDK runs each request in a task of its own; a client pipelining thousands
 of 40 s ``recv`` calls must not become thousands of tasks polling the store)."""
+MAX_VALUES = 1 << 18
+"""The most JSON values one line may hold, counted as its commas, "{" and "[" (in strings
+too: a 64 KiB body of commas is 65,536): 4 MiB of ``{},`` is 1.4 million dicts, 96 MiB
+held and 192 MiB at peak in each of the two validations (``read``'s and the SDK's)."""
 MAX_SESSIONS = 8
 """Connections one agent may hold at once (a CLI uses one; a hostile agent gets no more)."""
 INSTRUCTIONS = (
@@ -128,6 +132,12 @@ _UNPARSEABLE = json.dumps(
     separators=(",", ":"),
 )
 
+_TOO_MANY = json.dumps(
+    {"jsonrpc": "2.0", "id": None, "error": {"code": types.INVALID_REQUEST, "message":
+     f"invalid request: over {MAX_VALUES} JSON values in one line: send a smaller one"}},
+    separators=(",", ":"),
+)  # fmt: skip
+
 
 def _refusals(line: str, exc: ValidationError | None) -> list[str]:
     """JSON-RPC errors for the requests in ``line``, which the SDK refuses: a batch (MCP has
@@ -181,6 +191,8 @@ class _Unanswered:
         SDK itself takes for one; None then. The SDK would drop what does not validate,
         answering nothing: for such a line (not passed on), the error answers owed for the
         request ids it holds."""
+        if sum(map(line.count, ",{[")) > MAX_VALUES:  # never validated: see MAX_VALUES
+            return [_TOO_MANY]
         if line.lstrip().startswith("["):  # not validated: 4 MiB of one took 500 MiB to
             return _refusals(line, None)  # refuse (an error per item and union member)
         try:
