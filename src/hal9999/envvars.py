@@ -97,7 +97,9 @@ def env_argv(
     env takes every argument holding ``=`` before the command as one more assignment, so a
     command path holding one (an interpreter under a directory named ``a=b``) would be set,
     not run: such a command runs through ``/bin/sh``, which execs it with the same
-    environment.
+    environment. (Where ``/bin/sh`` is bash, that one case also gets ``SHLVL=0`` unless
+    ``env`` sets SHLVL: bash's ``exec`` exports it whatever the script unsets, short of a
+    ``readonly`` that prints an error or ``exec -c``, which clears ``env`` too.)
     """
     head = [ENV_PROGRAM, *(["-i"] if clear else []), *(["-C", cwd] if cwd else [])]
     head += [f"{key}={value}" for key, value in env.items()]
