@@ -27,9 +27,11 @@ def in_hals_words(line: str) -> str:
 
 @pytest.mark.parametrize(
     ("toml", "expected", "hint"),
-    [("[pool]\nsize = -1\n", "[pool] size: unknown key", "[pool] takes: max_size, min_warm"),
-     ("[pool.bwrap]\nmax_size = -1\n", "[pool.bwrap] max_size: expected a number at least 0",
-      "fix it in [pool.bwrap]"),
+    [("[pool]\nsize = -1\n", "FILE: [pool] size: unknown key",
+      "[pool] of FILE takes: max_size, min_warm"),
+     ("[pool.bwrap]\nmax_size = -1\n",
+      "FILE: [pool.bwrap] max_size: expected a number at least 0",
+      "fix it in [pool.bwrap] of FILE"),
      ("[providers.bwrap]\nbwrap = 5\n", "[providers.bwrap] bwrap: expected a string",
       "fix it in [providers.bwrap]")],
 )  # fmt: skip
@@ -40,7 +42,11 @@ def test_a_bad_config_table_is_refused_in_hals_words_before_a_task(
     out = hal("run", "--agent", "true {{prompt_file}}", "x")
     assert out.returncode == 2, out.stderr
     line = in_hals_words(one_error_line(out))
-    assert f"hal: error: {expected} ({hint}" in line
+    # The [pool] and [scheduler] errors name the file too: a table alone did not say which
+    # of the config files (the user's, ./hal.toml) to fix.
+    file = str(Path(hal_env["XDG_CONFIG_HOME"], "hal9999", "config.toml"))
+    expected, hint = expected.replace("FILE", file), hint.replace("FILE", file)
+    assert f"hal: error: {expected}" in line and f"({hint}" in line, line
     assert tasks_json(hal) == [] and no_sessions(hal_env)
 
 
@@ -72,7 +78,9 @@ def test_doctor_fails_the_config_on_a_bad_pool_table(hal: Hal, hal_env: dict[str
     out = hal("doctor", "--json", timeout=120)
     assert out.returncode == 1, out.stdout
     checks = {c["name"]: c for c in json.loads(out.stdout)["checks"]}
-    assert not checks["config"]["ok"] and checks["config"]["detail"] == "[pool] size: unknown key"
+    file = Path(hal_env["XDG_CONFIG_HOME"], "hal9999", "config.toml")
+    assert not checks["config"]["ok"]
+    assert checks["config"]["detail"] == f"{file}: [pool] size: unknown key"
 
 
 @pytest.mark.parametrize("table", ["providers.nosuch", "pool.bwrapp"])

@@ -111,8 +111,22 @@ def env_prefix(provider: str) -> str:
     return "HAL_" + provider.upper().replace("-", "_").replace(".", "_") + "_"
 
 
+def _file_of(source: str, key: str, config: HalConfig | None) -> str:
+    """``source`` (``[pool.bwrap]``) prefixed with the config file that set ``key`` in it,
+    when known: a table alone does not say which of the config files to fix."""
+    if config is None:
+        return source
+    from hal9999.config_origin import source_at  # an error's path only
+
+    found = source_at((*source.strip("[]").split("."), key), config._origin)
+    return source if found == "config" else f"{found}: {source}"
+
+
 def _invalid(
-    exc: ValidationError, origin: Mapping[str, str], model: type[BaseModel]
+    exc: ValidationError,
+    origin: Mapping[str, str],
+    model: type[BaseModel],
+    config: HalConfig | None = None,
 ) -> ConfigError:
     """One line naming the table or variable a bad setting came from, in :func:`describe`'s
     words (``[pool.bwrap] size: unknown key``, ``HAL_BWRAP_MIN_WARM: expected a whole
@@ -122,12 +136,19 @@ def _invalid(
     source = origin.get(str(err["loc"][0]) if err["loc"] else "", "")
     if source.startswith("HAL_"):
         return ConfigError(f"{source}: {describe(err)}", hint=f"fix or unset {source}")
+    where = _file_of(source, key, config)
+    table = " of ".join(reversed(where.split(": ", 1)))  # [pool] of FILE
     return ConfigError(
-        f"{source} {key}: {describe(err)}", hint=setting_hint(err, source, model.model_fields)
+        f"{where} {key}: {describe(err)}", hint=setting_hint(err, table, model.model_fields)
     )
 
 
-def _checked(model: type[_Settings], table: dict[str, Any], origin: Mapping[str, str]) -> _Settings:
+def _checked(
+    model: type[_Settings],
+    table: dict[str, Any],
+    origin: Mapping[str, str],
+    config: HalConfig | None = None,
+) -> _Settings:
     """``table`` validated: its config-file values strictly (TOML has real numbers and
     booleans, so ``max_size = "4"`` is a mistake), the variables' text laxly."""
     files = {k: v for k, v in table.items() if not origin[k].startswith("HAL_")}
@@ -135,7 +156,7 @@ def _checked(model: type[_Settings], table: dict[str, Any], origin: Mapping[str,
         checked = model.model_validate(files, strict=True)
         return checked if len(files) == len(table) else model.model_validate(table)
     except ValidationError as exc:
-        raise _invalid(exc, origin, model) from exc
+        raise _invalid(exc, origin, model, config) from exc
 
 
 def provider_settings(
@@ -158,12 +179,14 @@ def provider_settings(
         if value:
             table[name] = value
             origin[name] = var
-    settings = _checked(ProviderSettings, table, origin)
-    _check_floors(settings, origin)
+    settings = _checked(ProviderSettings, table, origin, config)
+    _check_floors(settings, origin, config)
     return settings
 
 
-def _check_floors(settings: ProviderSettings, origin: Mapping[str, str]) -> None:
+def _check_floors(
+    settings: ProviderSettings, origin: Mapping[str, str], config: HalConfig | None = None
+) -> None:
     """A warm floor above its cap cannot be kept: the keeper would try each tick and keep
     fewer without a word. One line naming where the floor came from."""
     key_cap = "key_max_size" if settings.key_max_size is not None else "max_size"
@@ -175,7 +198,8 @@ def _check_floors(settings: ProviderSettings, origin: Mapping[str, str]) -> None
         problem = f"{floor} {wanted} is above {cap} {limit}"
         if source.startswith("HAL_"):
             raise ConfigError(f"{source}: {problem}", hint=f"fix or unset {source}")
-        raise ConfigError(f"{source} {problem}", hint=f"lower {floor} or raise {cap}")
+        where = _file_of(source, floor, config)
+        raise ConfigError(f"{where} {problem}", hint=f"lower {floor} or raise {cap}")
 
 
 def scheduler_settings(config: HalConfig, environ: Mapping[str, str]) -> SchedulerSettings:
@@ -186,7 +210,7 @@ def scheduler_settings(config: HalConfig, environ: Mapping[str, str]) -> Schedul
         if environ.get(var):
             table[name] = environ[var]
             origin[name] = var
-    return _checked(SchedulerSettings, table, origin)
+    return _checked(SchedulerSettings, table, origin, config)
 
 
 def policy_of(provider: str, settings: ProviderSettings) -> Policy:
