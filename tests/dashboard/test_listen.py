@@ -21,12 +21,6 @@ from hal9999.dashboard.tls import _self_signed, parse_listen
 from hal9999.errors import ConfigError
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def hal_env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HAL_")}
     env.update(HAL_HOME=str(home), XDG_CONFIG_HOME=str(home / "xdg"))
@@ -49,11 +43,15 @@ def test_listen_serves_the_dashboard_over_tls_only(
     served: tuple[dict[str, str], Path],
 ) -> None:
     env, home = served
-    port = free_port()
-    out = hal(env, "serve", "--detach", "--json", "--listen", f"127.0.0.1:{port}")
+    # Port 0: the system picks a free one and the daemon reports it (a port picked here and
+    # bound later by the daemon could be taken by another process in between).
+    out = hal(env, "serve", "--detach", "--json", "--listen", "127.0.0.1:0")
     assert out.returncode == 0, out.stderr
     assert "warning: hal serve will also listen on" in out.stderr
-    link = json.loads(out.stdout)["dashboard_tls"]
+    started = json.loads(out.stdout)
+    port, link = started["tls_port"], started["dashboard_tls"]
+    assert port > 0 and port != started["port"]
+    assert json.loads((home / "run" / "serve.json").read_text())["tls_port"] == port
     assert link.startswith(f"https://127.0.0.1:{port}/login?t=")
     cert = home / "tls" / "127.0.0.1.crt"
     assert (home / "tls" / "127.0.0.1.key").stat().st_mode & 0o777 == 0o600
@@ -78,10 +76,10 @@ def test_listen_with_the_users_certificate(
 ) -> None:
     env, _ = served
     cert, key = _self_signed(tmp_path / "mine", "localhost")
-    port = free_port()
-    out = hal(env, "serve", "--detach", "--json", "--listen", f"localhost:{port}",
+    out = hal(env, "serve", "--detach", "--json", "--listen", "localhost:0",
               "--tls-cert", str(cert), "--tls-key", str(key))  # fmt: skip
     assert out.returncode == 0, out.stderr
+    port = json.loads(out.stdout)["tls_port"]
     shown = ssl.get_server_certificate(("127.0.0.1", port))
     assert shown.strip() == cert.read_text().strip()
     link = json.loads(out.stdout)["dashboard_tls"]
@@ -190,9 +188,9 @@ def test_listen_on_ipv6(served: tuple[dict[str, str], Path]) -> None:
     except OSError:
         pytest.skip("no IPv6 loopback here")
     env, _ = served
-    port = free_port()
-    out = hal(env, "serve", "--detach", "--json", "--listen", f"[::1]:{port}")
+    out = hal(env, "serve", "--detach", "--json", "--listen", "[::1]:0")
     assert out.returncode == 0, out.stderr
+    port = json.loads(out.stdout)["tls_port"]
     assert json.loads(out.stdout)["dashboard_tls"].startswith(f"https://[::1]:{port}/login?t=")
     with socket.create_connection(("::1", port), timeout=10):
         pass
@@ -223,7 +221,7 @@ def test_listen_errors_name_the_variable_the_user_set(tmp_path: Path) -> None:
     not_pem = tmp_path / "not.pem"
     not_pem.write_text("not a certificate\n")
     pair = {"HAL_TLS_CERT": str(not_pem), "HAL_TLS_KEY": str(not_pem)}
-    unusable = hal({**env, **pair, "HAL_LISTEN": f"127.0.0.1:{free_port()}"}, "serve")
+    unusable = hal({**env, **pair, "HAL_LISTEN": "127.0.0.1:0"}, "serve")
     [line] = [line for line in unusable.stderr.splitlines() if line.startswith("hal: error:")]
     assert unusable.returncode == 2 and f"certificate {not_pem} (HAL_TLS_CERT)" in line
     assert "set HAL_TLS_CERT to a PEM certificate and HAL_TLS_KEY to its private key" in line

@@ -117,10 +117,13 @@ def _detach(
             from hal9999.cli.dashboard import dashboard_link, listen_link
 
             link = dashboard_link(files.paths.home, info.port)
+            if address is not None and info.tls_port is not None:
+                address = address.bound(info.tls_port)  # --listen HOST:0: the port it got
             elsewhere = listen_link(files.paths.home, address)
             if as_json:
                 emit_json({"pid": info.pid, "socket": info.socket, "port": info.port,
-                           "dashboard": link, "dashboard_tls": elsewhere})  # fmt: skip
+                           "dashboard": link, "dashboard_tls": elsewhere,
+                           "tls_port": info.tls_port})  # fmt: skip
             else:
                 click.echo(f"hal serve: pid {info.pid}, socket {info.socket}, port {info.port}")
                 click.echo(f"dashboard (the link works once): {link}")

@@ -12,6 +12,7 @@ others, and a session cookie must not cross the network in clear.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import ipaddress
 import os
@@ -53,6 +54,10 @@ class ListenAddress:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"https://{host}:{self.port}"
 
+    def bound(self, port: int) -> ListenAddress:
+        """This address on the port the socket bound (the one the system picked for 0)."""
+        return dataclasses.replace(self, port=port)
+
     def cannot_listen(self, reason: str) -> ConfigError:
         """The error for an address this host cannot listen on (busy, not its own, unknown)."""
         return ConfigError(
@@ -63,10 +68,11 @@ class ListenAddress:
 
 def parse_listen(value: str, name: str = "--listen") -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` for IPv6) -> (host, port); a ConfigError naming the fix
-    in ``name``, the option or variable that gave ``value``."""
+    in ``name``, the option or variable that gave ``value``. Port 0 asks for a free port the
+    system picks (the daemon records the one it bound: ``tls_port`` in ``serve.json``)."""
     host, sep, port = value.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ConfigError(f"{name} {value!r} is not HOST:PORT", hint=_example(name))
     if any(c in host for c in "/@ []") or len(host) > 253:
         raise ConfigError(f"{name} host {host!r} is not a host name or address")

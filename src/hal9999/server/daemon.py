@@ -190,7 +190,8 @@ class Daemon:
         await self.http.listen_unix(str(sock), api_only)  # mode 600 from its creation
         port = await self.http.listen_tcp("127.0.0.1", 0)
         await self._listen_elsewhere()
-        self.info = DaemonInfo(os.getpid(), str(sock), port, self.started_at)
+        tls_port = self.listen.port if self.listen is not None else None
+        self.info = DaemonInfo(os.getpid(), str(sock), port, self.started_at, tls_port)
         self.files.write_info(self.info)
         for task, adopted in adoptions:
             self.scheduler.carry_on(task, adopted)
@@ -275,9 +276,10 @@ class Daemon:
         if address is not None and self.http is not None:
             context, cert = server_context(self.config.home, address)
             try:
-                await self.http.listen_tcp(address.host, address.port, context)
+                bound = await self.http.listen_tcp(address.host, address.port, context)
             except OSError as exc:  # a busy port, a host that is not this one or no host
                 raise address.cannot_listen(str(exc.strerror or exc)) from exc
+            self.listen = address = address.bound(bound)  # port 0: the one the system picked
             logger.warning("hal serve also listens on %s (TLS, certificate %s)", address.url, cert)
 
     async def keep(self) -> None:

@@ -38,6 +38,8 @@ class DaemonInfo(NamedTuple):
     socket: str
     port: int
     started_at: float
+    tls_port: int | None = None
+    """The port of ``--listen`` (``HAL_LISTEN``), the system's pick for port 0; None without."""
 
 
 class DaemonFiles:
