@@ -18,29 +18,27 @@ GATEWAY = Path(hal9999.gateway.__file__).parent
 RUNNERS = {"py": [sys.executable, "-I", "-S"], "pl": ["perl"]}
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.mark.parametrize("kind", ["py", "pl"])
 def test_forwarder_carries_bytes_both_ways_and_ends_with_its_launcher(
     tmp_path: Path, kind: str
 ) -> None:
     path = str(tmp_path / "llm.sock")
-    port = _free_port()
     with socket.socket(socket.AF_UNIX) as server:
         server.bind(path)
         server.listen()
         server.settimeout(10)
         script = str(GATEWAY / f"forwarder.{kind}")
         # The launcher: a shell that starts the forwarder, then waits to be killed (the agent).
+        # Port 0: the forwarder binds a free port and prints it (a port picked here and bound
+        # by the forwarder later could be taken by another process in between).
         launcher = subprocess.Popen(
             ["sh", "-c", '"$@" && exec sleep 60', "launcher", *RUNNERS[kind], script,
-             str(port), path],
+             "0", path], stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         try:
+            assert launcher.stdout is not None
+            port = int(launcher.stdout.readline())  # printed before the parent exits
+            assert port > 0
             client = _connect(port)
             with client:
                 client.sendall(b"request")
@@ -55,8 +53,11 @@ def test_forwarder_carries_bytes_both_ways_and_ends_with_its_launcher(
         finally:
             launcher.kill()
             launcher.wait()
+            if launcher.stdout is not None:
+                launcher.stdout.close()
+        # The forwarder (its own session, named by the socket path in its argv) is gone.
         deadline = time.monotonic() + 10
-        while _listening(port):
+        while _serving(path):
             assert time.monotonic() < deadline, "the forwarder outlived its launcher"
             time.sleep(0.2)
 
@@ -71,12 +72,19 @@ def _connect(port: int) -> socket.socket:
             time.sleep(0.05)
 
 
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True
+def _serving(path: str) -> bool:
+    """Whether a process with ``path`` in its argv (the forwarder) is alive."""
+    needle = path.encode() + b"\0"
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+                state = (entry / "stat").read_bytes().rsplit(b") ", 1)[1][:1]
+            except OSError:
+                continue
+            if needle in cmdline and state != b"Z":
+                return True
+    return False
 
 
 def _read_all(conn: socket.socket) -> bytes:

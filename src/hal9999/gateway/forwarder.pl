@@ -4,6 +4,8 @@
 # `perl forwarder.pl PORT SOCKET [PORT SOCKET ...]` binds each 127.0.0.1:PORT, forks a server
 # and returns 0 once they listen; the server lives until the launcher (which became the agent
 # by exec) is gone. One child per connection carries bytes both ways, half-closes included.
+# A PORT of 0 takes a free port the system picks, printed on stdout (one line per 0) before
+# the parent exits.
 # Bytes only: the token, the checks and the real key live on the host.
 use strict;
 use warnings;
@@ -29,9 +31,11 @@ while (@ARGV) {
         exit 1;
     }
     $path_of{fileno $listener} = $path;
+    print $listener->sockport, "\n" if $port == 0;
     push @listeners, $listener;
 }
 my $watched = getppid();
+STDOUT->flush();
 my $pid = fork();
 die "hal: gateway forwarder cannot fork: $!\n" unless defined $pid;
 exit 0 if $pid;

@@ -5,7 +5,9 @@ the same bwrap exec as the agent (an exec has its own network namespace, or one 
 under a keeper, so a listener started by another exec might be invisible; and it ends with
 the agent's exec). It binds first, then forks: the parent exits 0
 once the ports accept connections, so the launcher can ``exec`` the agent right after; the
-child serves until the launcher's process (which became the agent) is gone.
+child serves until the launcher's process (which became the agent) is gone. A PORT of 0
+takes a free port the system picks, printed on stdout (one line per 0, in order) before the
+parent exits: for tests, which must not pick a port that another process may take first.
 
 Dependency-free on purpose (the standard library of the sandbox's ``python3``): the file is
 copied as it is into the gateway's channel directory, read-only inside every sandbox. It
@@ -96,6 +98,8 @@ def main(argv: list[str]) -> int:
         listener.listen(128)
         listener.setblocking(False)
         pairs.append((listener, path))
+        if port == 0:
+            print(listener.getsockname()[1], flush=True)  # noqa: T201
     watched = os.getppid()  # the launcher, which becomes the agent by exec
     if os.fork() != 0:
         return 0
