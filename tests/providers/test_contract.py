@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -176,13 +175,12 @@ async def test_stop_and_start(provider: Provider, sandbox: Sandbox) -> None:
 
 
 async def test_stop_kills_running_commands(provider: Provider, sandbox: Sandbox) -> None:
-    running = asyncio.create_task(sandbox.exec(argv("sleep", "30")))
+    # An hour's sleep: ended within the (generous) bound, it was killed, not waited out.
+    running = asyncio.create_task(sandbox.exec(argv("sleep", "3600")))
     await asyncio.sleep(0.3)
-    started = time.monotonic()
     await provider.stop(sandbox.id)
-    result = await asyncio.wait_for(running, 5)
+    result = await asyncio.wait_for(running, 120)
     assert not result.ok
-    assert time.monotonic() - started < 5
 
 
 @pytest.mark.parametrize(
@@ -292,10 +290,10 @@ async def test_timeout_kills_and_raises(sandbox: Sandbox) -> None:
     # the limit must leave time for `echo early`, or the test measures start-up, not the kill
     # (a Ray node starts its bwrap sandbox after a push, on a machine shared with the run).
     limit = 3.0 if sandbox.provider in ("qemu", "ray") else 0.5
-    started = time.monotonic()
+    # An hour's sleep: raised within the (generous) bound, the command was killed at its
+    # limit, not waited out.
     with pytest.raises(ExecError, match="timed out") as info:
-        await sandbox.exec(sh("echo early; sleep 30"), timeout=limit)
-    assert time.monotonic() - started < limit + 4.5
+        await asyncio.wait_for(sandbox.exec(sh("echo early; sleep 3600"), timeout=limit), 120)
     assert info.value.details["stdout"] == b"early\n"
     assert (await sandbox.exec(argv("true"), timeout=5)).ok
 
@@ -306,10 +304,12 @@ async def test_exec_returns_though_an_escaped_child_holds_its_pipes(
     if provider.capabilities.isolation == "fake":
         pytest.skip("fake commands start no processes")
     async with await provider.create(spec()) as sandbox:
-        started = time.monotonic()
-        result = await sandbox.exec(sh("setsid sleep 30 & sleep 0.2; echo done"), timeout=10)
+        # The escapee sleeps an hour: returned within the (generous) bound, exec did not
+        # wait for the pipes it holds.
+        result = await asyncio.wait_for(
+            sandbox.exec(sh("setsid sleep 3600 & sleep 0.2; echo done"), timeout=60), 120
+        )
         assert result.stdout == b"done\n"
-        assert time.monotonic() - started < 3
     assert hostexec.marked_pids(sandbox.id) == set()  # destroy got the escapee
 
 
