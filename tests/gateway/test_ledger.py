@@ -22,6 +22,7 @@ from hal9999.gateway import ledger as ledger_module
 from hal9999.gateway.ledger import Ledger
 from hal9999.gateway.proxy import Gateway
 from hal9999.store import Store
+from hal9999.store import sqlite as sqlite_store
 from hal9999.store.gateway import GatewayRequest
 
 __all__ = ["gateway", "upstream"]
@@ -80,25 +81,39 @@ async def test_a_call_at_a_time_commits_on_the_loop_without_a_thread_hop(tmp_pat
         store.close()
 
 
-async def test_a_locked_store_never_holds_up_the_loop(tmp_path: Path) -> None:
+async def test_a_locked_store_never_holds_up_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A wait for the lock would last an hour; only the watchdog (after a generous 60 s) would
+    # end it, and say so: the loop that got past its sleep first never waited for the lock.
+    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_S", 3600.0)
     store = Store.open(tmp_path / "home")
     ledger = Ledger(store)
-    other = sqlite3.connect(store.path, isolation_level=None)
+    other = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
+    released: list[bool] = []
+
+    def release() -> None:
+        released.append(True)
+        other.execute("COMMIT")
+
+    watchdog = threading.Timer(60, release)
     try:
-        other.execute("BEGIN IMMEDIATE")  # another process writing (the store's busy timeout: 5 s)
+        other.execute("BEGIN IMMEDIATE")  # another process writing
+        watchdog.start()
         committed = ledger.add(row(1))
         assert committed is not None
-        started = time.monotonic()
         await asyncio.sleep(0.2)
-        assert time.monotonic() - started < 2.5, "the loop waited for the database lock"
+        watchdog.cancel()
+        assert not released, "the loop waited for the database lock"
         assert not committed.done(), "resolved before its row could be committed"
         later = ledger.add(row(2))  # queued behind the batch the thread is waiting to write
         other.execute("COMMIT")
-        await asyncio.wait_for(asyncio.gather(committed, later), 10)
-        await asyncio.wait_for(ledger.drain(), 5)
+        await asyncio.wait_for(asyncio.gather(committed, later), 60)
+        await asyncio.wait_for(ledger.drain(), 60)
         assert [r.path for r in store.gateway_requests("t")] == ["/1", "/2"]
         assert ledger.handed_off >= 1
     finally:
+        watchdog.cancel()
         other.close()
         ledger.close()
         store.close()
