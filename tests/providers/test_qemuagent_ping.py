@@ -25,28 +25,30 @@ async def test_a_guest_that_stops_answering_fails_its_command_within_a_deadline(
     monkeypatch.setattr(qemuagent, "ANSWER_S", 0.5)
     monkeypatch.setattr(qemuagent, "KILL_S", 0.2)
     pings: list[bytes] = []
+    hung: list[bool] = []
 
     async def guest(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await hello(reader, writer)
-        # A quiet command of a live guest lives on past ANSWER_S, its pings answered...
-        until = asyncio.get_running_loop().time() + 1.0
-        while asyncio.get_running_loop().time() < until:
+        # A quiet command of a live guest lives on past ANSWER_S, its pings answered (20 of
+        # them: about 1 s)...
+        while len(pings) < 20:
             kind, payload = await read_frame(reader)
             if kind == b"P":
                 pings.append(payload)
                 writer.write(frame(b"p", payload))
-        await asyncio.sleep(30)  # ...then it hangs: nothing answered, not even the kill
+        hung.append(True)
+        await asyncio.sleep(3600)  # ...then it hangs: nothing answered, not even the kill
 
     async with fake_guest(run_dir, guest):
-        started = asyncio.get_running_loop().time()
+        # Within the (generous) bound, while the guest hangs for an hour: the deadline did it.
         with pytest.raises(ExecError) as caught:
-            await run_cmd(run_dir)
-        took = asyncio.get_running_loop().time() - started
+            async with asyncio.timeout(60):
+                await run_cmd(run_dir)
     assert caught.value.message == (
         "VM vm's exec agent answered nothing for 0.5s, not even a ping: its guest is hung; "
         "the command was abandoned"
     )
-    assert 1.5 <= took < 1.0 + 0.5 + 0.2 + 1.5, took
+    assert hung, "abandoned while its guest still answered its pings"
     assert len(pings) >= 5 and all(len(ping) == qemuagent.PING for ping in pings)
     assert qemuagent.claim(run_dir, 1) is not None, "the port was released"
 
@@ -114,11 +116,11 @@ async def test_an_agent_that_has_answered_a_ping_is_taken_for_hung_whatever_its_
         while (ping := await read_frame(reader))[0] != b"P":
             pass
         writer.write(frame(b"p", ping[1]))
-        await asyncio.sleep(30)  # then it hangs
+        await asyncio.sleep(3600)  # then it hangs
 
     async with fake_guest(run_dir, guest):
         with pytest.raises(ExecError, match=r"0\.3s, not even a ping: its guest is hung"):
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(60):
                 await run_cmd(run_dir, pings=False)
 
 
