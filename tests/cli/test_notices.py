@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -48,15 +50,26 @@ def test_a_status_still_running_at_the_deadline_is_stopped(
     repo.mkdir()
     fake = tmp_path / "bin"
     fake.mkdir()
-    (fake / "git").write_text("#!/bin/sh\nsleep 30\n")  # its child keeps the pipe open
+    orphan = tmp_path / "orphan.pid"
+    # Its child keeps the pipe open for an hour (killed below): notice() returning while it
+    # still lives did not wait for the pipe (the run's 120 s timeout bounds a wait).
+    (fake / "git").write_text(f"#!/bin/sh\nsleep 3600 &\necho $! > {orphan}\nwait\n")
     (fake / "git").chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
     pending = start_uncommitted(str(repo), None)
     assert pending.proc is not None
-    pending.deadline = time.monotonic() + 0.2
-    started = time.monotonic()
-    assert pending.notice() is None
-    assert time.monotonic() - started < 10, "waited for the orphaned child's pipe"
+    deadline = time.monotonic() + 60
+    while not orphan.exists() or not orphan.read_text().strip():
+        assert time.monotonic() < deadline, "the fake git never started its child"
+        time.sleep(0.02)
+    pid = int(orphan.read_text())
+    try:
+        pending.deadline = time.monotonic() + 0.2
+        assert pending.notice() is None
+        os.kill(pid, 0)  # still alive, still holding the pipe: not waited for
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 SHOW_ITSELF = """#!/bin/sh
