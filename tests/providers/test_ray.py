@@ -5,7 +5,6 @@ under a running command. The contract suite runs against it too (test_contract.p
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
@@ -109,14 +108,13 @@ async def test_node_killed_mid_command_fails_clearly_and_loses_nothing(
     assert sandbox.node == "w2"  # type: ignore[attr-defined]
     assert (await sandbox.exec(ShellCommand(script="echo step1 > progress"))).ok
     running = asyncio.create_task(
-        sandbox.exec(ShellCommand(script="echo step2 >> progress; sleep 60"))
+        sandbox.exec(ShellCommand(script="echo step2 >> progress; sleep 3600"))
     )
     await asyncio.sleep(2)
     assert ray_cluster.kill_worker(port)
-    started = time.monotonic()
+    # The command sleeps an hour: failing within the (generous) bound is the node's death.
     with pytest.raises(ExecError, match="ray node w2") as info:
-        await asyncio.wait_for(running, 60)
-    assert time.monotonic() - started < 45
+        await asyncio.wait_for(running, 90)
     assert "\n" not in info.value.one_line() and info.value.hint
     # Nothing lost: the session on the hal host holds what the last sync brought back.
     assert (workspace / "progress").read_text() == "step1\n"
