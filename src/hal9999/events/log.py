@@ -192,13 +192,23 @@ class EventLog:
         # by a writer killed before its file write are dropped. Runs under the file lock.
         if self.store is None:
             return
+        # Lines written while the store failed can sit below an indexed batch (a hole, not
+        # a tail): the index's count of the task's rows against its highest seq finds them
+        # in the same one query, so an open without a hole reads no more of the file. Late
+        # rows get the next global numbers, as any new event (consumers resume by gseq).
         try:
-            indexed = self.store.last_seq(self.task_id)
-            if indexed > self._seq:
+            top, count = self.store.index_extent(self.task_id)
+            if top > self._seq:
                 self.store.forget_events_after(self.task_id, self._seq)
-            elif indexed < self._seq:
-                missing = read_events(self.path, after_seq=indexed)
-                self.store.record_events(self.task_id, [(e.seq, e.type, e.ts) for e in missing])
+                top, count = self.store.index_extent(self.task_id)
+            if count == top == self._seq:
+                return
+            if count == top:  # no hole: only a tail
+                missing = read_events(self.path, after_seq=top)
+            else:
+                have = self.store.indexed_seqs(self.task_id)
+                missing = [e for e in read_events(self.path) if e.seq not in have]
+            self.store.record_events(self.task_id, [(e.seq, e.type, e.ts) for e in missing])
         except Exception:
             logger.exception("%s: could not bring the event index up to date", self.path)
 

@@ -165,3 +165,18 @@ class EventTable:
         """The highest indexed seq of a task (0 when none)."""
         rows = self._query("SELECT COALESCE(MAX(seq), 0) FROM events WHERE task_id = ?", (task_id,))
         return int(rows[0][0])
+
+    def index_extent(self, task_id: str) -> tuple[int, int]:
+        """The highest indexed seq of a task and how many of its rows are indexed, in one
+        query ((0, 0) when none): equal when no seq below the highest is missing."""
+        rows = self._query(
+            "SELECT COALESCE(MAX(seq), 0), COUNT(*) FROM events WHERE task_id = ?", (task_id,)
+        )
+        return int(rows[0][0]), int(rows[0][1])
+
+    def indexed_seqs(self, task_id: str) -> set[int]:
+        """Every indexed seq of a task (to find the holes when :meth:`index_extent` shows
+        some)."""
+        return {
+            int(r[0]) for r in self._query("SELECT seq FROM events WHERE task_id = ?", (task_id,))
+        }
