@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from hal9999.events import log as log_module
+from hal9999.events.bus import EventBus, IndexTail
 from hal9999.events.log import EventLog
 from hal9999.events.models import Output
+from hal9999.events.reader import by_gseq
 from hal9999.store import Store
 
 
@@ -89,3 +91,47 @@ def test_an_open_without_a_hole_reads_nothing_of_the_file_for_the_index(
         store._db().set_trace_callback(None)
         assert len(statements) == 1  # the task's count and last seq, in one query
         assert store.event_count("t") == 50
+
+
+async def test_the_bus_publishes_late_indexed_events_with_their_numbers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "e.jsonl"
+    with Store(tmp_path / "hal.db") as store:
+        write_with_a_hole(path, store, monkeypatch)
+        bus = EventBus()
+        sub = bus.subscribe()
+        tail = IndexTail(store, bus, lambda task: path, poll=0.01, patience=0.0)
+        tail.cursor = 2  # a follower that has seen the batch that indexed
+        EventLog(path, "t", store=store).close()
+        # Their lines say gseq 0; the index numbered them 3 and 4 (without the match by seq
+        # they were skipped as lost).
+        assert await tail.step() == 2
+        got = [sub.queue.get_nowait() for _ in range(2)]
+        assert [(e.seq, e.gseq, e.text) for e in got if isinstance(e, Output)] == [
+            (1, 3, "a"),
+            (2, 4, "b"),
+        ]
+
+
+def test_a_numbered_line_is_never_taken_for_another_row_of_its_seq() -> None:
+    lines = [Output(text="x", seq=5, gseq=9), Output(text="y", seq=6)]
+    found = by_gseq(lines, {5: 7, 6: 8})  # 7: a row of seq 5 a killed writer left
+    assert sorted(found) == [8, 9] and found[8].text == "y" and found[8].gseq == 8
+
+
+def test_the_events_api_pages_late_indexed_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from hal9999.server.follow import _bodies
+
+    path = tmp_path / "events.jsonl"
+    with Store(tmp_path / "hal.db") as store:
+        write_with_a_hole(path, store, monkeypatch)
+        EventLog(path, "t", store=store).close()
+        task = SimpleNamespace(session_dir=str(tmp_path))
+        monkeypatch.setattr(store, "get_task", lambda task_id: task)
+        page = _bodies(store, store.events_after(0, limit=100))
+        assert [(e.seq, e.gseq) for e in page] == [(3, 1), (4, 2), (1, 3), (2, 4)]

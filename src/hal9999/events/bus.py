@@ -27,7 +27,7 @@ from typing import TypeVar
 from hal9999.events.hive import HiveEvent
 from hal9999.events.log import Sink
 from hal9999.events.models import Event
-from hal9999.events.reader import events_after_seq
+from hal9999.events.reader import by_gseq, events_after_seq
 from hal9999.store import Store
 
 logger = logging.getLogger(__name__)
@@ -242,16 +242,16 @@ class IndexTail:
         """Publish what was committed since the cursor; returns how many events."""
         rows = await asyncio.to_thread(self.store.events_after, self.cursor, limit=2000)
         wanted = [row for row in rows if not self.bus.seen(row.gseq)]
-        by_task: dict[str, list[int]] = {}
+        by_task: dict[str, dict[int, int]] = {}
         for row in wanted:
-            by_task.setdefault(row.task_id, []).append(row.seq)
+            by_task.setdefault(row.task_id, {})[row.seq] = row.gseq
         found: dict[int, Event] = {}
         for task_id, seqs in by_task.items():
             path = self.path_of(task_id)
             if path is None:
                 continue
             events = await asyncio.to_thread(events_after_seq, path, min(seqs) - 1)
-            found.update({e.gseq: e for e in events if e.gseq})
+            found.update(by_gseq(events, seqs))
         published = 0
         for row in rows:
             if self.bus.seen(row.gseq):

@@ -96,6 +96,24 @@ def events_after_seq(path: Path, after_seq: int) -> list[Event]:
     return found
 
 
+def by_gseq(events: list[Event], gseqs: dict[int, int]) -> dict[int, Event]:
+    """A task's events read from its file, by ``gseq``, for index rows followed by ``gseq``.
+
+    ``gseqs`` maps the wanted rows' seq to their gseq. A line carries its gseq when its batch
+    indexed as it was written; one written while the store failed carries 0 and was indexed
+    later by the next writer (:mod:`hal9999.events.log`): it is matched by its seq and given
+    its row's number. A line with a number is matched by it only (a seq whose row a killed
+    writer left and the next one numbered again is not the row's event)."""
+    found: dict[int, Event] = {}
+    for event in events:
+        if event.gseq:
+            found[event.gseq] = event
+        elif event.seq in gseqs:
+            gseq = gseqs[event.seq]
+            found[gseq] = event.model_copy(update={"gseq": gseq})
+    return found
+
+
 def _read_chunk(path: Path, offset: int) -> tuple[bytes, int] | None:
     """Up to ``_CHUNK`` bytes of ``path`` from ``offset``, and the file's size."""
     try:

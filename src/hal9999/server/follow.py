@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from hal9999.errors import TaskNotFound
 from hal9999.events.bus import Subscription
 from hal9999.events.models import Event
-from hal9999.events.reader import events_after_seq
+from hal9999.events.reader import by_gseq, events_after_seq
 from hal9999.store import Store
 from hal9999.store.events import IndexedEvent
 from hal9999.tasks.state import ACTIVE, TaskStatus
@@ -126,16 +126,16 @@ def _read(store: Store, task_id: str, path: Path, after_seq: int) -> tuple[Any, 
 def _bodies(store: Store, rows: list[IndexedEvent]) -> list[Event]:
     """The events of index rows, read from their tasks' files, in ``gseq`` order; stops at
     one not written yet (a writer commits the index just before the file)."""
-    wanted: dict[str, int] = {}
+    wanted: dict[str, dict[int, int]] = {}
     for row in rows:
-        wanted[row.task_id] = min(wanted.get(row.task_id, row.seq), row.seq)
+        wanted.setdefault(row.task_id, {})[row.seq] = row.gseq
     found: dict[int, Event] = {}
-    for task_id, first in wanted.items():
+    for task_id, seqs in wanted.items():
         try:
             path = Path(store.get_task(task_id).session_dir) / "events.jsonl"
         except TaskNotFound:
             continue  # removed since
-        found.update({e.gseq: e for e in events_after_seq(path, first - 1) if e.gseq})
+        found.update(by_gseq(events_after_seq(path, min(seqs) - 1), seqs))
     events = []
     for row in rows:
         event = found.get(row.gseq)
