@@ -1,9 +1,26 @@
-"""The tmux process manager: each process runs in its own tmux server and session.
+"""The tmux process manager: each process runs in a tmux session of its own.
 
-One server per process (its own socket) means the server's environment, which the pane
-inherits, holds exactly that process's exec-time environment, and ``kill-server`` ends
-everything of that run. The server is a daemon, so the agent outlives the ``hal`` process
-that started it, and ``hal task attach`` opens the live pane.
+In-process (``hal run`` without a daemon) each process has its own tmux server (its own
+socket): the server's environment, which the pane inherits, holds exactly that process's
+exec-time environment, and ``kill-server`` ends everything of that run. The server is a
+daemon, so the agent outlives the ``hal`` process that started it, and ``hal task attach``
+opens the live pane.
+
+``hal serve`` shares one server among its runs (:func:`share_server`, a socket per runtime
+dir): a server's start is ~49M instructions (its option tables and key bindings), a session
+on a live one ~1M, and it was on every task's path (issue 16). The run's socket is then a
+symlink to the shared one, so whoever computes it (``hal task attach``, the next daemon)
+reaches the run's session, ``=<name>-<key>``, exactly. The run's exec-time environment
+reaches the pane through the client's own environment: ``update-environment`` is set to the
+run's variable names in the same command list as its ``new-session`` (one client's commands
+run in a row), so the session's environment is copied from that client, never from argv, and
+the server's global environment is empty but for tmux's ``PWD``. Stopping a run kills its
+session (its pane's SIGHUP reaches the supervisor, which ends the process group), nothing of
+another run's. The server is held by a *holder* session, ``cat`` of a FIFO the daemon keeps
+open: it ends when the daemon does, even by ``kill -9``, so the server ends with its last
+run's session and is never left empty; a next daemon adopts the live server, adding its own
+holder, or starts a new one. A server that dies takes its runs' panes with it: each is then
+``missing`` (status from ``/proc``), as when a per-run server dies.
 
 The server reads no tmux configuration (``-f /dev/null``): a host's or user's ``tmux.conf``
 could set hooks or ``run-shell`` commands that run on the host in hal's sessions, or change
@@ -45,6 +62,94 @@ NO_UTMP_BUILT = Path(__file__).resolve().parents[3] / "build" / "hal-noutmp.so"
 """Where ``scripts/setup.sh`` builds ``scripts/hal-noutmp.c`` in a source checkout."""
 
 
+_SHARED: dict[Path, tuple[Path, int]] = {}
+"""Per runtime dir of a daemon that shares a server: its socket, and the holder's FIFO (held
+open by the daemon; the holder session ends at its end)."""
+
+
+def shared_socket(runtime_dir: Path) -> Path:
+    """The socket of the server the daemon of ``runtime_dir`` shares among its runs."""
+    key = hashlib.sha256(f"shared\0{runtime_dir}".encode()).hexdigest()[:20]
+    return _SOCKET_DIR / f"s-{key}"
+
+
+def _start_argv(tmux: str, socket: Path, preload: bool) -> list[str]:
+    """Start (or find) the server at ``socket`` with the options every hal server has."""
+    return [
+        tmux,
+        "-S",
+        str(socket),
+        "-f",
+        "/dev/null",
+        # Before the agent's pane exists: the agent must not write the clipboard of
+        # whoever attaches (OSC 52 passes through to the outer terminal otherwise),
+        # nor pass any sequence through tmux to that terminal (`ESC P tmux; ...`),
+        # whatever the defaults of this tmux say (-q: a tmux before 3.3 has no such
+        # option, and passes nothing through).
+        "start-server",
+        ";",
+        *(["set-environment", "-g", "-u", "LD_PRELOAD", ";"] if preload else []),
+        "set-option",
+        "-s",
+        "set-clipboard",
+        "off",
+        ";",
+        "set-option",
+        "-gq",
+        "allow-passthrough",
+        "off",
+        ";",
+    ]
+
+
+async def share_server(runtime_dir: Path) -> Path | None:
+    """Start (or adopt) the server the runs of ``runtime_dir``'s daemon share, held by a
+    session of this process's; None when tmux is not installed."""
+    tmux = shutil.which("tmux")
+    if tmux is None:
+        return None
+    await unshare_server(runtime_dir)
+    socket = shared_socket(runtime_dir)
+    runtime_dir.mkdir(parents=True, exist_ok=True)
+    fifo = runtime_dir / f"tmux-holder-{os.getpid()}"
+    fifo.unlink(missing_ok=True)
+    os.mkfifo(fifo, 0o600)
+    # Held here (read and write: never waits): the holder's `cat` reads its end when this
+    # process ends, however it ends.
+    held = os.open(fifo, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        await _start_shared(tmux, socket, fifo)
+    except BaseException:
+        os.close(held)
+        fifo.unlink(missing_ok=True)
+        raise
+    _SHARED[runtime_dir] = (socket, held)
+    return socket
+
+
+async def _start_shared(tmux: str, socket: Path, fifo: Path, *, check: bool = True) -> None:
+    """The shared server at ``socket``, started or found, with a holder reading ``fifo``."""
+    _SOCKET_DIR.mkdir(mode=0o700, exist_ok=True)
+    no_utmp = trusted_program(NO_UTMP_BUILT)
+    # The global environment, every pane's base, holds nothing of hal's (the server
+    # loads the no-utmp library, the pane does not).
+    env = {"LD_PRELOAD": no_utmp} if no_utmp is not None else {}
+    holder = f"hal-holder-{os.getpid()}"
+    cat = shutil.which("cat") or "/bin/cat"
+    argv = _start_argv(tmux, socket, no_utmp is not None)
+    argv += ["new-session", "-d", "-s", holder, "--", cat, str(fifo)]
+    await run_host(argv, env=env, check=check)
+
+
+async def unshare_server(runtime_dir: Path) -> None:
+    """Let the shared server of ``runtime_dir`` go: its holder ends, and the server with
+    its last run (running agents stay, for the next daemon to adopt)."""
+    shared = _SHARED.pop(runtime_dir, None)
+    if shared is not None:
+        os.close(shared[1])
+        (runtime_dir / f"tmux-holder-{os.getpid()}").unlink(missing_ok=True)
+
+
 def _run_key(
     sandbox: Sandbox, spec: ProcessSpec, env: Mapping[str, str] | None
 ) -> tuple[object, ...]:
@@ -68,6 +173,7 @@ class TmuxProcessManager:
 
     def __init__(self, *, runtime_dir: Path | None = None) -> None:
         self._tmux = shutil.which("tmux")
+        self._runtime = runtime_dir
         # As trustworthy as hal's own code, as the launcher must be: tmux runs it.
         self._no_utmp = trusted_program(NO_UTMP_BUILT)
         self._panes: dict[Path, tuple[int, int]] = {}
@@ -81,6 +187,18 @@ class TmuxProcessManager:
         """The tmux socket of the process (derived from its log path and name)."""
         key = hashlib.sha256(f"{spec.log_path}\0{spec.name}".encode()).hexdigest()[:20]
         return _SOCKET_DIR / key
+
+    def target(self, spec: ProcessSpec) -> str:
+        """The session of ``spec``'s run, exactly (``=``: tmux matches prefixes otherwise):
+        on a shared server (the run's socket a link to it) its name has the run's key."""
+        socket = self.socket(spec)
+        if socket.is_symlink():
+            return f"={self._shared_name(spec)}:"  # `:`: its window, for a pane's target
+        return spec.name
+
+    def _shared_name(self, spec: ProcessSpec) -> str:
+        """The session name of ``spec``'s run on a shared server (names are per home)."""
+        return f"{spec.name}-{self.socket(spec).name[:8]}"
 
     def _base(self, spec: ProcessSpec) -> list[str]:
         if self._tmux is None:
@@ -131,57 +249,84 @@ class TmuxProcessManager:
         await self.stop(spec)
         await self._open(spec, supervised(sandbox, spec, env))
 
+    def _session(self, spec: ProcessSpec, launch: Launch, name: str) -> list[str]:
+        """The ``new-session`` command of ``spec``'s pane running ``launch``."""
+        cwd = str(launch.cwd) if launch.cwd else str(spec.log_path.parent)
+        return [
+            "new-session",
+            "-d",
+            "-P",  # print the pane's process, to be watched through /proc
+            "-F",
+            "#{pane_pid}",
+            "-s",
+            name,
+            "-x",
+            "200",
+            "-y",
+            "50",
+            "-c",
+            cwd,
+            "--",
+            *map(verbatim, launch.argv),
+        ]
+
     async def _open(self, spec: ProcessSpec, launch: Launch) -> None:
-        """A new server and session for ``spec`` whose pane runs ``launch``."""
-        base = self._base(spec)
+        """A new session for ``spec`` whose pane runs ``launch``: on the shared server of
+        this manager's daemon, or on a new server of its own."""
+        tmux = self._base(spec)[0]  # raises without tmux
+        shared = _SHARED.get(self._runtime) if self._runtime is not None else None
+        if shared is not None:
+            await self._open_shared(spec, launch, shared[0])
+            return
         _SOCKET_DIR.mkdir(mode=0o700, exist_ok=True)
         server_env = dict(launch.env)
         server_env.setdefault("TERM", "xterm-256color")
-        preload: list[str] = []
-        if self._no_utmp is not None and "LD_PRELOAD" not in server_env:
-            server_env["LD_PRELOAD"] = self._no_utmp
-            preload = ["set-environment", "-g", "-u", "LD_PRELOAD", ";"]  # not the pane's
-        cwd = str(launch.cwd) if launch.cwd else str(spec.log_path.parent)
-        _, out = await run_host(
-            [
-                *base,
-                # Before the agent's pane exists: the agent must not write the clipboard of
-                # whoever attaches (OSC 52 passes through to the outer terminal otherwise),
-                # nor pass any sequence through tmux to that terminal (`ESC P tmux; ...`),
-                # whatever the defaults of this tmux say (-q: a tmux before 3.3 has no such
-                # option, and passes nothing through).
-                "start-server",
-                ";",
-                *preload,
-                "set-option",
-                "-s",
-                "set-clipboard",
-                "off",
-                ";",
-                "set-option",
-                "-gq",
-                "allow-passthrough",
-                "off",
-                ";",
-                "new-session",
-                "-d",
-                "-P",  # print the pane's process, to be watched through /proc
-                "-F",
-                "#{pane_pid}",
-                "-s",
-                spec.name,
-                "-x",
-                "200",
-                "-y",
-                "50",
-                "-c",
-                cwd,
-                "--",
-                *map(verbatim, launch.argv),
-            ],
-            env=server_env,
-        )
+        preload = self._no_utmp is not None and "LD_PRELOAD" not in server_env
+        if preload:
+            server_env["LD_PRELOAD"] = str(self._no_utmp)  # the server's, not the pane's
+        argv = _start_argv(tmux, self.socket(spec), preload)
+        _, out = await run_host([*argv, *self._session(spec, launch, spec.name)], env=server_env)
         self._remember(spec, out)
+
+    async def _open_shared(self, spec: ProcessSpec, launch: Launch, shared: Path) -> None:
+        """``spec``'s session on the daemon's shared server, its socket linked to it."""
+        socket = self.socket(spec)
+        _SOCKET_DIR.mkdir(mode=0o700, exist_ok=True)
+        socket.unlink(missing_ok=True)
+        os.symlink(shared, socket)  # first: a session is never out of reach of its run
+        env = dict(launch.env)
+        env.setdefault("TERM", "xterm-256color")
+        argv = [
+            str(self._tmux),
+            "-N",  # never a server of this environment: the server's would be every pane's
+            "-S",
+            str(shared),
+            # The session's environment is copied from this client's, the run's exact one
+            # (names only in argv; an unset name is unset in the pane).
+            "set-option",
+            "-g",
+            "update-environment",
+            verbatim(" ".join(sorted(env))),
+            ";",
+            *self._session(spec, launch, self._shared_name(spec)),
+        ]
+        try:
+            status, out = await run_host(argv, env=env, check=False)
+            if status != 0 and self._runtime is not None:
+                # The shared server is gone (its runs are missing now): a new one, once (a
+                # live one is found, its holder there already).
+                await _start_shared(str(self._tmux), shared, self._holder_fifo(), check=False)
+                status, out = await run_host(argv, env=env, check=False)
+            if status != 0:
+                raise ProcessError(f"tmux new-session failed: {out.strip()}")
+        except BaseException:
+            socket.unlink(missing_ok=True)
+            raise
+        self._remember(spec, out)
+
+    def _holder_fifo(self) -> Path:
+        assert self._runtime is not None
+        return self._runtime / f"tmux-holder-{os.getpid()}"
 
     async def status(self, spec: ProcessSpec) -> ProcessStatus:
         """Exited (with status) once the exit file exists; running while the session lives."""
@@ -194,8 +339,9 @@ class TmuxProcessManager:
         if pane is None and self._tmux is not None and socket.exists():
             # A run this manager did not start: tmux names its pane once (and fails as
             # has-session did when the session is gone).
+            target = self.target(spec)
             status, out = await run_host(
-                [*self._base(spec), "display-message", "-p", "-t", spec.name, "#{pane_pid}"],
+                [*self._base(spec), "display-message", "-p", "-t", target, "#{pane_pid}"],
                 check=False,
             )
             if status == 0:
@@ -227,15 +373,21 @@ class TmuxProcessManager:
                 os.close(fd)
 
     async def stop(self, spec: ProcessSpec) -> None:
-        """Kill the tmux server; the supervisor passes SIGHUP on to the process group."""
+        """Kill the run's tmux server, or its session on a shared one (nothing of another
+        run's); the supervisor passes the pane's SIGHUP on to the process group."""
         sock = self.socket(spec)
         self._panes.pop(sock, None)
         self._let_go(sock)
-        if self._tmux is None or not sock.exists():
+        if self._tmux is None:
             return
-        await run_host([*self._base(spec), "kill-server"], check=False)
+        if sock.is_symlink():
+            target = self.target(spec)
+            if sock.exists():
+                await run_host([*self._base(spec), "kill-session", "-t", target], check=False)
+        elif sock.exists():
+            await run_host([*self._base(spec), "kill-server"], check=False)
         sock.unlink(missing_ok=True)
 
     def attach_command(self, spec: ProcessSpec) -> list[str] | None:
         """``tmux attach`` to the live session."""
-        return [*self._base(spec), "attach-session", "-t", spec.name]
+        return [*self._base(spec), "attach-session", "-t", self.target(spec)]

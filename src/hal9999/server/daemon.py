@@ -30,6 +30,7 @@ from hal9999.hive.deadlines import DeadlineLoop
 from hal9999.hive.retention import vacuum_forever
 from hal9999.hive.settings import hive_settings
 from hal9999.hive.turns import HiveLoop
+from hal9999.home import HalPaths
 from hal9999.pool import SlotDir, WarmPool
 from hal9999.pool.settings import ProviderSettings, provider_settings, scheduler_settings
 from hal9999.providers.base import Provider
@@ -168,6 +169,10 @@ class Daemon:
             self.service, self.pool, self.source, self.provider,
             retries=self.scheduler.settings.max_infra_retries,
         )  # fmt: skip
+        from hal9999.process.tmux import share_server
+
+        # Before the adoptions and the first run: the runs share one tmux server (issue 16).
+        await share_server(HalPaths(self.config.home).run)
         self.recovery, adoptions = await recovery.run()
         await self._sweep_pins()
         await self._sweep_uid_drafts()
@@ -314,6 +319,9 @@ class Daemon:
         with contextlib.suppress(HalError, OSError):
             await self.pool.drain()
         await self.pool.close()
+        from hal9999.process.tmux import unshare_server
+
+        await unshare_server(HalPaths(self.config.home).run)  # running agents keep it
         if self.info is not None:
             self.files.clear(self.info)
         self.store.close()

@@ -1,0 +1,76 @@
+"""``hal serve`` runs its tasks' agents in one tmux server (issue 16): a server's start (~49M
+instructions) is off every task's path, and a daemon killed with -9 leaves them running in it
+for the next daemon to adopt."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.cli.conftest import Hal, tasks_json
+from tests.cli.test_daemon_run_e2e import _running
+from tests.cli.test_daemon_run_e2e import served as served
+
+pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.timeout(300)]
+
+
+def _panes(home: Path) -> dict[int, int]:
+    """The supervisors of ``home``'s agents: pid -> parent pid (the tmux server of its pane)."""
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes()
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            if _comm(int(pid)) == "tmux: server":  # keeps the argv of the client that forked it
+                continue
+        except OSError:
+            continue
+        if b"hal9999.process.supervisor" in argv and os.fsencode(str(home)) in argv:
+            found[int(pid)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return found
+
+
+def _comm(pid: int) -> str:
+    return Path(f"/proc/{pid}/comm").read_text().strip()
+
+
+@pytest.fixture
+def home(served: Hal, hal_env: dict[str, str]) -> Iterator[Path]:
+    yield Path(hal_env["HAL_HOME"])
+
+
+def test_the_daemons_runs_share_one_tmux_server(served: Hal, home: Path) -> None:
+    ids = [_running(served) for _ in range(3)]
+    panes = _panes(home)
+    assert len(panes) == 3
+    # One server for the three (a server of each run's own was three).
+    (server,) = set(panes.values())
+    assert _comm(server) == "tmux: server"
+    # A task's stop ends its agent alone.
+    assert served("task", "stop", ids[0]).returncode == 0
+    deadline = time.monotonic() + 30
+    while len(_panes(home)) != 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert set(_panes(home).values()) == {server}
+    for task_id in ids[1:]:
+        served("task", "cancel", task_id)
+
+
+def test_a_killed_daemons_agents_run_on_and_are_adopted(
+    served: Hal, home: Path, reaped: None
+) -> None:
+    task_id = _running(served)
+    ((pane, server),) = _panes(home).items()
+    os.kill(json.loads((home / "run" / "serve.json").read_text())["pid"], signal.SIGKILL)
+    time.sleep(0.5)
+    assert _panes(home) == {pane: server}  # the agent runs on, in the same server
+    assert served("serve", "--detach").returncode == 0
+    assert [t["status"] for t in tasks_json(served) if t["id"] == task_id] == ["running"]
+    assert _panes(home) == {pane: server}
+    assert served("task", "cancel", task_id).returncode == 0

@@ -1,0 +1,146 @@
+"""The tmux server a daemon shares among its runs (issue 16): one server start for many runs,
+each pane with exactly its own run's environment (never in argv), a stop that ends one run
+and nothing of another's, and a server that ends with its holder's process and last run."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from tests.process.test_managers import wait_exit
+from tests.process.test_tmux_prestart import sandbox, servers  # noqa: F401 (a fixture)
+
+from hal9999.process import tmux as tmux_module
+from hal9999.process.base import process_started
+from hal9999.process.tmux import TmuxProcessManager, share_server, unshare_server
+from hal9999.providers.base import Sandbox
+from hal9999.spec import ProcessSpec, ShellCommand
+
+pytestmark = pytest.mark.tmux
+
+
+@pytest.fixture
+async def runtime(tmp_path: Path) -> AsyncIterator[Path]:
+    """A daemon's runtime dir with its shared server; the server killed at the end."""
+    run = tmp_path / "home" / "run"
+    socket = await share_server(run)
+    assert socket is not None
+    yield run
+    await unshare_server(run)
+    for pid in servers(socket):
+        os.kill(pid, 9)
+    socket.unlink(missing_ok=True)
+
+
+def run_spec(tmp_path: Path, name: str, script: str) -> ProcessSpec:
+    return ProcessSpec(
+        name=name,
+        command=ShellCommand(script=script),
+        log_path=tmp_path / name / "out.log",
+        exit_path=tmp_path / name / "exit",
+    )
+
+
+async def test_runs_share_one_server_each_pane_its_own_environment(
+    tmp_path: Path, runtime: Path, sandbox: Sandbox  # noqa: F811
+) -> None:
+    manager = TmuxProcessManager(runtime_dir=runtime)
+    shared = tmux_module.shared_socket(runtime)
+    assert len(servers(shared)) == 1
+    script = 'env > "$OUT"; echo "${SECRET_A:-}${SECRET_B:-}"; sleep 30'
+    specs = []
+    for name, var in (("hal-a", "SECRET_A"), ("hal-b", "SECRET_B")):
+        out = tmp_path / f"{name}.env"
+        spec = run_spec(tmp_path, name, script)
+        await manager.start(sandbox, spec, env={var: f"value-of-{name}", "OUT": str(out)})
+        specs.append((spec, out))
+    for spec, out in specs:
+        deadline = time.monotonic() + 20
+        while not out.exists() or "TMUX_PANE" not in out.read_text():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        assert (await manager.status(spec)).state == "running"
+    # One server for both runs (a run's own server would be a second and a third), its
+    # sockets in a directory only this user reaches.
+    assert len(servers(shared)) == 1
+    assert servers(manager.socket(specs[0][0])) == []
+    assert stat.S_IMODE(os.stat(shared.parent).st_mode) == 0o700
+    env_a = specs[0][1].read_text()
+    env_b = specs[1][1].read_text()
+    assert "SECRET_A=value-of-hal-a" in env_a and "SECRET_B" not in env_a
+    assert "SECRET_B=value-of-hal-b" in env_b and "SECRET_A" not in env_b
+    assert "LD_PRELOAD" not in env_a + env_b
+    # No secret on any command line of the server or its clients.
+    for pid in servers(shared):
+        assert b"value-of" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    # Attach names the run's own session on the shared server, exactly.
+    attach = manager.attach_command(specs[0][0])
+    key = manager.socket(specs[0][0]).name[:8]
+    assert attach is not None and attach[-1] == f"=hal-a-{key}:"
+    # Stopping one run ends its session and leaves the other running.
+    pane_b = manager._panes[manager.socket(specs[1][0])]
+    await manager.stop(specs[0][0])
+    await wait_exit(manager, specs[0][0])  # its supervisor ended it, and said so
+    assert process_started(pane_b[0]) == pane_b[1]
+    # A manager of another process (the next daemon, `hal task attach`) finds the run.
+    other = TmuxProcessManager(runtime_dir=runtime)
+    assert (await other.status(specs[1][0])).state == "running"
+    await other.stop(specs[1][0])
+    await wait_exit(manager, specs[1][0])
+    assert len(servers(shared)) == 1  # held by the daemon's holder
+
+
+async def test_a_run_ends_and_its_exit_status_is_read(
+    tmp_path: Path, runtime: Path, sandbox: Sandbox  # noqa: F811
+) -> None:
+    manager = TmuxProcessManager(runtime_dir=runtime)
+    spec = run_spec(tmp_path, "hal-c", "exit 3")
+    await manager.start(sandbox, spec)
+    assert await wait_exit(manager, spec) == 3
+    await manager.stop(spec)
+    assert not manager.socket(spec).is_symlink()
+
+
+async def test_the_server_ends_with_its_holder_and_last_run(
+    tmp_path: Path, runtime: Path, sandbox: Sandbox  # noqa: F811
+) -> None:
+    manager = TmuxProcessManager(runtime_dir=runtime)
+    shared = tmux_module.shared_socket(runtime)
+    spec = run_spec(tmp_path, "hal-d", "sleep 30")
+    await manager.start(sandbox, spec)
+    (server,) = servers(shared)
+    await unshare_server(runtime)  # as the daemon's end (or its death) closes the FIFO
+    await asyncio.sleep(0.3)
+    assert servers(shared) == [server]  # the running agent keeps it
+    assert (await manager.status(spec)).state == "running"
+    await manager.stop(spec)
+    deadline = time.monotonic() + 10
+    while servers(shared):
+        assert time.monotonic() < deadline, "the shared server outlived its last run"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_dead_shared_server_is_started_again(
+    tmp_path: Path, runtime: Path, sandbox: Sandbox  # noqa: F811
+) -> None:
+    manager = TmuxProcessManager(runtime_dir=runtime)
+    shared = tmux_module.shared_socket(runtime)
+    spec = run_spec(tmp_path, "hal-e", "sleep 30")
+    await manager.start(sandbox, spec)
+    (server,) = servers(shared)
+    os.kill(server, 9)
+    deadline = time.monotonic() + 10
+    while (await manager.status(spec)).state == "running":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    assert (await manager.status(spec)).state == "missing"  # not lost silently
+    again = run_spec(tmp_path, "hal-f", "sleep 30")
+    await manager.start(sandbox, again)
+    assert (await manager.status(again)).state == "running"
+    assert len(servers(shared)) == 1
+    await manager.stop(again)
