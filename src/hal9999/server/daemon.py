@@ -172,7 +172,10 @@ class Daemon:
         from hal9999.process.tmux import share_server
 
         # Before the adoptions and the first run: the runs share one tmux server (issue 16).
-        await share_server(HalPaths(self.config.home).run)
+        try:
+            await share_server(HalPaths(self.config.home).run)
+        except (HalError, OSError) as exc:  # each run then starts its own, as in-process
+            logger.warning("tmux: no shared server: %s", exc)
         self.recovery, adoptions = await recovery.run()
         await self._sweep_pins()
         await self._sweep_uid_drafts()
