@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hal9999.agents.base import AgentSettings
-from hal9999.config import AgentConfig, CredentialFile, HalConfig, load_config
+from hal9999.config import AgentConfig, CredentialFile, GatewayConfig, HalConfig, load_config
 from hal9999.errors import ConfigError, UsageError
 from hal9999.home import HalPaths
 from hal9999.spec import Resources
@@ -391,3 +391,17 @@ def test_a_home_relative_to_the_current_directory_is_refused(
     assert not (project / "home").exists()
     environ["HAL_HOME"] = str(project / "home")
     assert load_config(environ, project).home == project / "home"
+
+
+def test_the_gateway_default_is_a_validated_default_config(tmp_path: Path) -> None:
+    # HalConfig's default `gateway` is built without validation (its validator is not built
+    # at import, issue 16): it must be what validating no `[gateway]` gives, field for field,
+    # and no config may share its lists with another.
+    validated = GatewayConfig()
+    first, second = HalConfig(home=tmp_path), HalConfig(home=tmp_path)
+    assert first.gateway == validated
+    assert first.gateway.model_dump() == validated.model_dump()
+    assert first.gateway.model_fields_set == set()
+    first.gateway.egress.append("example.org")
+    assert second.gateway.egress == [] and GatewayConfig().egress == []
+    assert HalConfig.model_validate({"home": tmp_path, "gateway": {}}).gateway == validated

@@ -242,8 +242,11 @@ class HalConfig(_Config):
     one; validated by :mod:`hal9999.pool.settings` (``HAL_<PROVIDER>_*``, ``HAL_*`` win)."""
     scheduler: dict[str, Any] = Field(default_factory=dict)
     """Daemon queue settings (``[scheduler]``), validated by :mod:`hal9999.pool.settings`."""
-    gateway: GatewayConfig = GatewayConfig()
-    """The LLM gateway and egress policy (``[gateway]``)."""
+    gateway: GatewayConfig = GatewayConfig.model_construct()
+    """The LLM gateway and egress policy (``[gateway]``). The default is built from the fields'
+    defaults without validating them, which would build ``GatewayConfig``'s validator (~6M
+    instructions) at import for a run that reads no ``[gateway]`` (issue 16); it equals
+    ``GatewayConfig()`` (``tests/test_config.py``)."""
     hive: dict[str, Any] = Field(default_factory=dict)
     """Hive settings (``[hive]``), validated by :mod:`hal9999.hive.settings`."""
     _origin: dict[tuple[str, ...], str] = PrivateAttr(default_factory=dict)
@@ -280,7 +283,9 @@ class HalConfig(_Config):
 
     def agent_settings(self, name: str) -> AgentSettings:
         """Settings for an agent; defaults when the config has no table for it."""
-        return self.agents.get(name, AgentConfig()).to_settings()
+        table = self.agents.get(name)
+        # `AgentConfig().to_settings()` without building AgentConfig's validator (issue 16).
+        return table.to_settings() if table is not None else AgentSettings()
 
 
 # -- loading ------------------------------------------------------------------------------
