@@ -244,8 +244,8 @@ class HalConfig(_Config):
     """Daemon queue settings (``[scheduler]``), validated by :mod:`hal9999.pool.settings`."""
     gateway: GatewayConfig = GatewayConfig.model_construct()
     """The LLM gateway and egress policy (``[gateway]``). The default is built from the fields'
-    defaults without validating them, which would build ``GatewayConfig``'s validator (~6M
-    instructions) at import for a run that reads no ``[gateway]`` (issue 16); it equals
+    defaults without validating them, which would build ``GatewayConfig``'s own validator and
+    serializer at import for a run that reads no ``[gateway]`` (issue 16); it equals
     ``GatewayConfig()`` (``tests/test_config.py``)."""
     hive: dict[str, Any] = Field(default_factory=dict)
     """Hive settings (``[hive]``), validated by :mod:`hal9999.hive.settings`."""
