@@ -288,6 +288,10 @@ class RunBody(BaseModel):
     the hosts a, b and c."""
     egress_only: list[EgressHost] | None = None
     """The task's narrowing egress list (``--egress-only``)."""
+    max_tokens: int | None = Field(default=None, gt=0, le=MAX_TOKENS)
+    """The task's token budget at the LLM gateway (``--max-tokens``)."""
+    max_cost_usd: Dollars | None = None
+    """The task's cost budget in dollars at the LLM gateway (``--max-cost``)."""
     config_files: list[str] | None = None
     """The config files the caller read, for the task's record."""
     config: dict[str, Any] | None = None

@@ -34,6 +34,7 @@ from hal9999.errors import (
     ThreadStateError,
     UnknownAgent,
     UnknownProvider,
+    UsageError,
 )
 
 if TYPE_CHECKING:
@@ -143,6 +144,13 @@ class ApiRoute:
     """Set for a route that streams (server-sent events) instead of returning JSON."""
     media_type: str = "application/json"
 
+    @property
+    def fields(self) -> frozenset[str] | None:
+        """The names its body may hold (None: it declares no body, and reads none)."""
+        if self.body is None:
+            return None
+        return frozenset(self.body.get("properties", {}))
+
 
 class Router:
     """The route table: ``METHOD /path/{param}`` to handlers."""
@@ -204,13 +212,35 @@ def internal_error(
     )
 
 
+def check_fields(body: dict[str, Any], fields: frozenset[str]) -> None:
+    """Refuse a body with a name its route does not read (a typo such as ``promt`` was a
+    task with an empty prompt, the typo silently dropped): one :class:`UsageError` naming the
+    first unknown name and the known ones."""
+    unknown = [name for name in body if name not in fields]
+    if not unknown:
+        return
+    name = unknown[0] if len(unknown[0]) <= 64 else unknown[0][:64] + "..."
+    more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+    known = ", ".join(sorted(fields)) or "none"
+    raise UsageError(
+        f"unknown field {name!r} in the request body{more}",
+        hint=f"the fields it takes: {known}",
+    )
+
+
 async def call_handler(
-    handler: Handler, request: ApiRequest, log_file: str | None
+    handler: Handler,
+    request: ApiRequest,
+    log_file: str | None,
+    fields: frozenset[str] | None = None,
 ) -> tuple[int, Any]:
     """Run ``handler``, mapping errors to a status and an error body. A body is read as
-    JSON first whatever the route (one that takes none ignored a body that was not JSON)."""
+    JSON first whatever the route (one that takes none ignored a body that was not JSON);
+    with ``fields`` (the route's :attr:`ApiRoute.fields`), a name outside them is refused."""
     try:
-        request.json()
+        body = request.json()
+        if fields is not None:
+            check_fields(body, fields)
         return 200, await handler(request)
     except HalError as exc:
         return status_for(exc), {"error": exc.to_dict()}
@@ -226,7 +256,9 @@ def starlette_routes(router: Router, log_file: str | None = None) -> list[BaseRo
     from starlette.responses import Response
     from starlette.routing import Route
 
-    def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    def endpoint(
+        handler: Handler, fields: frozenset[str] | None
+    ) -> Callable[[Request], Awaitable[Response]]:
         async def run(request: Request) -> Response:
             api_request = ApiRequest(
                 method=request.method,
@@ -236,7 +268,7 @@ def starlette_routes(router: Router, log_file: str | None = None) -> list[BaseRo
                 body=await request.body(),
                 params={k: str(v) for k, v in request.path_params.items()},
             )
-            status, payload = await call_handler(handler, api_request, log_file)
+            status, payload = await call_handler(handler, api_request, log_file, fields)
             body = json.dumps(payload, default=str).encode()
             return Response(body, status, media_type="application/json")
 
@@ -247,7 +279,8 @@ def starlette_routes(router: Router, log_file: str | None = None) -> list[BaseRo
         if route.raw is not None:
             routes.append(Route(route.path, route.raw, methods=[route.method]))
         elif route.handler is not None:
-            routes.append(Route(route.path, endpoint(route.handler), methods=[route.method]))
+            handler = endpoint(route.handler, route.fields)
+            routes.append(Route(route.path, handler, methods=[route.method]))
     return routes
 
 
