@@ -113,7 +113,12 @@ def test_run_options_that_contradict_each_other_are_usage_errors(
     out = hal("run", *args, "--agent", "true {{prompt_file}}", "x")  # --timeout: click parses
     assert out.returncode == 2
     assert expected in one_error_line(out)
-    assert out.stdout == "" and no_sessions(hal_env)
+    # With --json, stdout is the error as one JSON object (README); else nothing.
+    if "--json" in args:
+        assert json.loads(out.stdout)["error"]["code"] == "usage"
+    else:
+        assert out.stdout == ""
+    assert no_sessions(hal_env)
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from hal9999.cli.echo import after_agent_output, echo, stream_to_terminal, to_devnull
 from hal9999.cli.echo import emit_json as emit_json
-from hal9999.errors import DiskFull, HalError, HomeError, exit_status_for
+from hal9999.errors import DiskFull, HalError, HomeError, TaskCancelled, exit_status_for
 
 if TYPE_CHECKING:
     from hal9999.config import ConfigSources, HalConfig
@@ -134,30 +134,56 @@ def run_async(coro: Awaitable[T]) -> T:
     with pidfd_child_watcher():
         return asyncio.run(main())
 
-def report_failure(exc: Exception | KeyboardInterrupt) -> int:
+def report_failure(exc: Exception | KeyboardInterrupt, *, as_json: bool = False) -> int:
     """Print the one line for what a command raised; the exit status it gets. A
     :class:`HalError` is its own line; anything else is the machine's state or, the safety
-    net, a bug said in one line (a traceback is a bug)."""
-    if isinstance(exc, HalError):
-        from hal9999.cli.output import error_line  # it may quote any bytes
-
-        echo(f"hal: error: {error_line(exc.one_line())}", err=True)
-        return exc.exit_status
-    if isinstance(exc, KeyboardInterrupt):
-        echo("hal: interrupted", err=True)
-        return 130
+    net, a bug said in one line (a traceback is a bug). With ``as_json`` (the command was
+    given ``--json``) the error is also one JSON object on stdout, in the API's shape
+    (:func:`error_json`), so a script reading stdout gets something to parse."""
     if isinstance(exc, BrokenPipeError) and stdout_closed():
         # Whoever read the output went away (`hal task events ID | head`): no error of hal's
         # to report. Ended quietly, as a process killed by SIGPIPE, and with stdout on
         # /dev/null so the flush at exit does not fail once more.
         to_devnull(sys.stdout)
         return 128 + 13  # SIGPIPE
-    from hal9999.cli.crash import internal_error
-    from hal9999.cli.output import error_line
+    from hal9999.cli.output import error_line  # it may quote any bytes
 
-    error = known_failure(exc) or internal_error(exc, os.environ)
-    echo(f"hal: error: {error_line(error.one_line())}", err=True)
+    if isinstance(exc, KeyboardInterrupt):
+        error: HalError = TaskCancelled("interrupted")
+        echo("hal: interrupted", err=True)
+    else:
+        if isinstance(exc, HalError):
+            error = exc
+        else:
+            from hal9999.cli.crash import internal_error
+
+            error = known_failure(exc) or internal_error(exc, os.environ)
+        echo(f"hal: error: {error_line(error.one_line())}", err=True)
+    if as_json:
+        error_json(error)
     return error.exit_status
+
+
+def cancelled(task_id: str, session_dir: object) -> HalError:
+    """The error of a foreground run cancelled by Ctrl-C or SIGTERM, for ``--json``."""
+    return TaskCancelled(f"task {task_id} cancelled", hint=f"session kept at {session_dir}")
+
+
+def error_json(error: HalError) -> None:
+    """Print ``error`` as the one JSON object of a failed ``--json`` command: ``{"error":
+    {"code", "message", "hint"}}``, the shape of the API's error bodies; a long value in
+    the message is cut as on the line (click quotes a 100 KB value whole)."""
+    from hal9999.cli.output import shorten_values
+
+    body = error.to_dict()
+    for key in ("message", "hint"):
+        if isinstance(body[key], str):
+            body[key] = shorten_values(body[key])
+    try:
+        emit_json({"error": body})
+    except (OSError, ValueError):  # no stdout to write to: the line on stderr says it
+        to_devnull(sys.stdout)
+
 
 def stdout_closed() -> bool:
     """Whether stdout is a pipe whose reading end is closed (writing to it fails: EPIPE)."""
@@ -284,6 +310,8 @@ def finish_run(
             f"\nhal: task {task_id} cancelled; session kept at {started.task.session_dir}",
             err=True,
         )
+        if as_json:
+            error_json(cancelled(task_id, started.task.session_dir))
         sys.exit(130 if isinstance(exc, KeyboardInterrupt) else 128 + signal.SIGTERM)
     if as_json:
         from hal9999.cli.render import task_json

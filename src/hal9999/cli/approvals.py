@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from hal9999.cli.main import app, cli, emit_json, run_async
+from hal9999.cli.options import json_option
 
 _SGR = re.compile(r"\x1b\[[0-9;:]*m")
 
@@ -49,7 +50,7 @@ def approvals() -> None:
 
 @approvals.command("list")
 @click.option("--all", "show_all", is_flag=True, help="Resolved proposals too, not only pending.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 def list_(show_all: bool, as_json: bool) -> None:
     """List pending proposals (oldest first)."""
     from hal9999.hive.approvals import list_approvals
@@ -69,7 +70,7 @@ def list_(show_all: bool, as_json: bool) -> None:
 
 @approvals.command()
 @click.argument("approval_id")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 def show(approval_id: str, as_json: bool) -> None:
     """Show a proposal; for an apply, its commits and the unified diff that approval merges."""
     from hal9999.hive.approvals import show as view_of
@@ -116,7 +117,7 @@ def _describe(view: dict[str, Any]) -> str:
 @approvals.command()
 @click.argument("approval_id")
 @click.option("--reason", help="Why; the proposing agent receives it.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 def approve(approval_id: str, reason: str | None, as_json: bool) -> None:
     """Approve a proposal and carry it out (an apply merges the exact commit shown).
 
@@ -151,7 +152,7 @@ def approve(approval_id: str, reason: str | None, as_json: bool) -> None:
 @approvals.command()
 @click.argument("approval_id")
 @click.option("--reason", help="Why; the proposing agent receives it.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 def deny(approval_id: str, reason: str | None, as_json: bool) -> None:
     """Deny a proposal; the reason reaches the proposing agent."""
     from hal9999.hive.approvals import deny as deny_

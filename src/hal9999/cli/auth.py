@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from hal9999.cli.main import cli, emit_json, run_async
-from hal9999.cli.options import TIMEOUT
+from hal9999.cli.options import TIMEOUT, json_option
 from hal9999.config import load_config
 from hal9999.errors import CredentialsError, UsageError
 
@@ -75,7 +75,7 @@ def login(method: str, token_stdin: bool, no_browser: bool, timeout: float) -> N
 
 
 @claude.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 def status(as_json: bool) -> None:
     """Whether Claude credentials are stored, how obtained, and when they expire."""
     from hal9999.auth import claude as auth_claude

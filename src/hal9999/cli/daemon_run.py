@@ -270,6 +270,10 @@ def run_planned(args: RunArgs, found: Plan, environ: Mapping[str, str]) -> NoRet
                 f"\nhal: task {task['id']} cancelled; session kept at {task['session_dir']}",
                 err=True,
             )
+            if args.as_json:
+                from hal9999.cli.app import cancelled, error_json
+
+                error_json(cancelled(task["id"], task["session_dir"]))
             sys.exit(130 if isinstance(exc, KeyboardInterrupt) else 128 + signal.SIGTERM)
     if args.as_json:
         emit_json(record)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from hal9999.cli.main import cli, emit_json
+from hal9999.cli.options import json_option
 from hal9999.config import load_config
 from hal9999.errors import HalError, UsageError
 from hal9999.server.runtime import DaemonFiles
@@ -28,7 +29,7 @@ def dashboard_link(home: Path, port: int) -> str:
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 def dashboard(as_json: bool) -> None:
     """Print a one-time link that logs a browser in to the dashboard of hal serve."""
     config = load_config()

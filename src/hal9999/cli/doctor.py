@@ -14,6 +14,7 @@ import click
 
 from hal9999.agents.registry import available_agents, resolve_agent
 from hal9999.cli.main import cli, emit_json, run_async
+from hal9999.cli.options import json_option
 from hal9999.config import load_config
 from hal9999.errors import HalError
 from hal9999.home import HalPaths
@@ -367,7 +368,7 @@ async def _agent(name: str) -> Check:
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 def doctor(as_json: bool) -> None:
     """Check what hal needs and say how to fix what is missing."""
     checks = run_async(gather())

@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from hal9999.cli.main import App, app, cli, emit_json, run_async
-from hal9999.cli.options import NAME
+from hal9999.cli.options import NAME, json_option
 from hal9999.errors import HalError, HiveError, RepoError, UsageError
 from hal9999.server.client import DaemonClient
 
@@ -143,7 +143,7 @@ def agent() -> None:
 @click.option("--warm-idle", "warm_idle", metavar="DURATION",
               help="Release a warm sandbox after this long with no turn: 90s, 10m, 2h "
                    "(default: [hive] warm_idle_s, 10m).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 def spawn(name: str, preset: str | None, repo: str | None, role: Path | None,
           provider: str | None, keep_warm: bool | None, warm_idle: str | None,
           as_json: bool) -> None:  # fmt: skip
@@ -190,7 +190,7 @@ def _repo_arg(repo: str | None) -> str | None:
 
 
 @agent.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 def list_(as_json: bool) -> None:
     """Every agent and its state."""
     from hal9999.hive.store import list_agents
@@ -206,7 +206,7 @@ def list_(as_json: bool) -> None:
 
 @agent.command()
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 def show(name: str, as_json: bool) -> None:
     """One agent: state, task, unread mail, recent turns."""
     from hal9999.hive import stats
@@ -254,7 +254,7 @@ def _control(name: str, action: str, as_json: bool) -> None:
 
 @agent.command()
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 def stop(name: str, as_json: bool) -> None:
     """Stop NAME: a turn in progress is stopped, and it wakes for nothing until started."""
     _control(name, "stop", as_json)
@@ -262,7 +262,7 @@ def stop(name: str, as_json: bool) -> None:
 
 @agent.command()
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 def start(name: str, as_json: bool) -> None:
     """Let a stopped or crashed NAME wake again (mail waiting wakes it at once)."""
     _control(name, "start", as_json)
@@ -270,7 +270,7 @@ def start(name: str, as_json: bool) -> None:
 
 @agent.command()
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 def rm(name: str, as_json: bool) -> None:
     """Remove NAME: its task and session, its state directory and its record."""
     _control(name, "rm", as_json)
@@ -308,7 +308,7 @@ def attach(ctx: click.Context, name: str) -> None:
 
 @agent.command("stats")
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 def agent_stats(name: str, as_json: bool) -> None:
     """Turn statistics of NAME: totals, results, tokens, cost, tools, p50/p95 turn time."""
     from hal9999.cli.approvals import plain
@@ -347,7 +347,7 @@ def msg() -> None:
 @msg.command()
 @click.argument("name")
 @click.argument("text")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 def send(name: str, text: str, as_json: bool) -> None:
     """Send TEXT to agent NAME (it wakes for it)."""
     import secrets
@@ -408,7 +408,7 @@ def _send(a: App, client: DaemonClient | None, name: str, text: str, key: str) -
 @msg.command("inbox")
 @click.argument("name", required=False)
 @click.option("--all", "every", is_flag=True, help="Read messages too (the newest 100).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 def inbox_(name: str | None, every: bool, as_json: bool) -> None:
     """Your unread messages (marked read once shown), or agent NAME's mailbox."""
     from hal9999.cli.approvals import plain
@@ -451,7 +451,7 @@ def hive() -> None:
               help="Agent preset for the manager (default: config).")
 @click.option("--provider", type=NAME, help="Sandbox provider (default: config).")
 @click.option("--repo", help="Repository the manager works on (default: its own new one).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 def init(preset: str | None, provider: str | None, repo: str | None, as_json: bool) -> None:
     """Create the manager agent, which coordinates the hive."""
     from hal9999.hive.store import agent_exists
@@ -474,7 +474,7 @@ def init(preset: str | None, provider: str | None, repo: str | None, as_json: bo
 
 @cli.command()
 @click.option("--dry-run", is_flag=True, help="Only count what would be removed.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 def vacuum(dry_run: bool, as_json: bool) -> None:
     """Remove read messages, hive events, turn stats and closed threads past their
     retention ([hive]); nothing pending is ever removed."""

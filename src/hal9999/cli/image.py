@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from hal9999.cli.main import cancel_on_sigterm, cli, emit_json, run_async
+from hal9999.cli.options import json_option
 from hal9999.config import HalConfig, load_config
 from hal9999.errors import ConfigError
 from hal9999.images.store import Image, ImageStore, images_root
@@ -51,7 +52,7 @@ def image() -> None:
 @click.option("--suite", default="bookworm", show_default=True, help="Debian release.")
 @click.option("--mirror", help="Debian mirror (default: the one apt uses here).")
 @click.option("--no-state", is_flag=True, help="Skip booting once to save a VM state.")
-@click.option("--json", "as_json", is_flag=True, help="Print the image as JSON when done.")
+@json_option("Print the image as JSON when done.")
 def image_build(
     name: str,
     packages: tuple[str, ...],
@@ -92,7 +93,7 @@ def image_build(
 
 
 @image.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 def image_list(as_json: bool) -> None:
     """Every image: golden ones and snapshots (with their parent)."""
     store = image_store(load_config())

@@ -28,6 +28,7 @@ from hal9999.cli.app import spawn_runner as spawn_runner
 from hal9999.cli.echo import emit_json as emit_json
 from hal9999.cli.echo import stream_to_terminal as stream_to_terminal
 from hal9999.cli.lazy import LazyGroup
+from hal9999.cli.options import JSON_META, wants_json
 from hal9999.errors import UsageError
 
 
@@ -41,7 +42,7 @@ class HalGroup(LazyGroup):
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except (Exception, KeyboardInterrupt) as exc:
-            ctx.exit(report_failure(exc))
+            ctx.exit(report_failure(exc, as_json=bool(ctx.meta.get(JSON_META))))
 
 
 @click.group(cls=HalGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -74,6 +75,11 @@ def _main() -> None:
         if not _is_text(arg):
             click.echo(f"hal: error: argument {position} is not UTF-8 text "
                        "(pass names, paths and values as UTF-8)", err=True)  # fmt: skip
+            if "--json" in sys.argv[1:]:  # not parsed yet: any --json asks for the object
+                from hal9999.cli.app import error_json
+
+                error_json(UsageError(f"argument {position} is not UTF-8 text",
+                                      hint="pass names, paths and values as UTF-8"))  # fmt: skip
             sys.exit(UsageError.exit_status)
     try:
         status = cli.main(prog_name="hal", standalone_mode=False)
@@ -86,6 +92,10 @@ def _main() -> None:
 
         message = error_line(exc.format_message())
         click.echo(f"hal: error: {message} (see: {where} --help)", err=True)
+        if isinstance(exc, click.UsageError) and wants_json(exc.ctx):
+            from hal9999.cli.app import error_json
+
+            error_json(UsageError(exc.format_message(), hint=f"see: {where} --help"))
         sys.exit(exc.exit_code)
     except click.Abort:
         click.echo("hal: interrupted", err=True)

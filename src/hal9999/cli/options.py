@@ -118,3 +118,36 @@ MEMORY_MB = ResourceLimit("memory_mb", click.INT)
 """``--memory``: 0 (no limit) or MiB from the minimum."""
 COUNT = click.IntRange(1, 1024)
 """How many sandboxes one command creates."""
+
+
+JSON_META = "hal9999.json"
+"""Where :func:`json_option` notes, in the click context's ``meta`` (shared by a command's
+context and its groups'), that ``--json`` was given: the failure's handler reads it."""
+
+
+def _note_json(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    if value:
+        ctx.meta[JSON_META] = True
+    return value
+
+
+def json_option(help: str = "Print JSON.") -> Callable[[Any], Any]:  # click's word
+    """``--json`` (the ``as_json`` parameter): a command's output as JSON, and a failure as
+    one JSON error object on stdout too (:func:`hal9999.cli.app.error_json`)."""
+    return click.option("--json", "as_json", is_flag=True, help=help, callback=_note_json)
+
+
+def wants_json(ctx: click.Context | None) -> bool:
+    """Whether the command of ``ctx`` (or under it) was given ``--json``: noted by its
+    option, or, for a command line click refused before reading the option
+    (``--limit x --json``), a ``--json`` before any ``--`` of a command that takes it."""
+    if ctx is None:
+        return False
+    if ctx.meta.get(JSON_META):
+        return True
+    if not any(param.name == "as_json" for param in ctx.command.params):
+        return False
+    import sys
+
+    argv = sys.argv[1:]
+    return "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv

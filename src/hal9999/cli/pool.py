@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from hal9999.cli.main import App, app, cli, emit_json, run_async
-from hal9999.cli.options import COUNT, CPUS, MEMORY_MB, NAME
+from hal9999.cli.options import COUNT, CPUS, MEMORY_MB, NAME, json_option
 from hal9999.errors import HalError, SandboxNotFound
 from hal9999.server.client import DaemonClient
 from hal9999.spec import ArgvCommand
@@ -31,7 +31,7 @@ def pool() -> None:
 
 
 @pool.command("status")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 def pool_status(as_json: bool) -> None:
     """Sandboxes per provider and per spec, by state."""
     data = run_async(_need_daemon(app()).call("GET", "/v1/pool"))
@@ -62,7 +62,7 @@ def pool_status(as_json: bool) -> None:
 @pool.command()
 @click.argument("count", type=COUNT)
 @click.option("--provider", type=NAME, help="Provider to warm (default: the configured ones).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 def warm(count: int, provider: str | None, as_json: bool) -> None:
     """Create up to COUNT idle sandboxes of the default spec (within the caps)."""
     body: dict[str, Any] = {"count": count, "provider": provider}
@@ -75,7 +75,7 @@ def warm(count: int, provider: str | None, as_json: bool) -> None:
 
 
 @pool.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 def drain(as_json: bool) -> None:
     """Destroy idle sandboxes and keep none warm; in-use ones go when their task ends."""
     data = run_async(_need_daemon(app()).call("POST", "/v1/pool/drain"))
@@ -123,7 +123,7 @@ async def _all_sandboxes(a: App) -> list[dict[str, Any]]:
 
 
 @sandbox.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 def sandbox_list(as_json: bool) -> None:
     """Every sandbox any provider holds under this hal home."""
     rows = run_async(_all_sandboxes(app()))
@@ -208,7 +208,7 @@ def _snapshotting(a: App, name: str) -> Any:
 @click.argument("sandbox_id")
 @click.option("--name", help="Name of the new image (generated when not given).")
 @click.option("--provider", type=NAME, help="The sandbox's provider (found when not given).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 def sandbox_snapshot(
     sandbox_id: str, name: str | None, provider: str | None, as_json: bool
 ) -> None:
@@ -233,7 +233,7 @@ def sandbox_snapshot(
 @click.option("--provider", default="qemu", show_default=True, help="Provider of the image.")
 @click.option("--cpus", type=CPUS, help="vCPUs of each copy.")
 @click.option("--memory", "memory_mb", type=MEMORY_MB, help="Memory of each copy, in MiB.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 def sandbox_fork(
     image: str,
     count: int,

@@ -7,6 +7,7 @@ import click
 
 from hal9999.cli.approvals import plain, when
 from hal9999.cli.main import app, cli, emit_json
+from hal9999.cli.options import json_option
 
 
 @cli.group()
@@ -16,7 +17,7 @@ def questions() -> None:
 
 @questions.command("list")
 @click.option("--all", "show_all", is_flag=True, help="Answered and expired ones too.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 def list_(show_all: bool, as_json: bool) -> None:
     """List unanswered questions, to the operator and between agents (oldest first)."""
     from hal9999.hive.questions import list_questions
@@ -39,7 +40,7 @@ def list_(show_all: bool, as_json: bool) -> None:
 @questions.command()
 @click.argument("question_id")
 @click.argument("text")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 def answer(question_id: str, text: str, as_json: bool) -> None:
     """Answer question QUESTION_ID with TEXT (as the operator; for a question between agents
     this overrides its target)."""

@@ -5,12 +5,13 @@ from __future__ import annotations
 import click
 
 from hal9999.cli.main import app, emit_json
+from hal9999.cli.options import json_option
 from hal9999.cli.task_group import task
 
 
 @task.command()
 @click.argument("task_id")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 @click.option(
     "--bodies", is_flag=True, help="With --json: each call's stored (masked) request body."
 )

@@ -15,7 +15,15 @@ import click
 
 from hal9999.cli.daemon_run import RunArgs
 from hal9999.cli.main import cli
-from hal9999.cli.options import MAX_COST, MAX_TOKENS_OPTION, NAME, PRIORITY, RETRIES, TIMEOUT
+from hal9999.cli.options import (
+    MAX_COST,
+    MAX_TOKENS_OPTION,
+    NAME,
+    PRIORITY,
+    RETRIES,
+    TIMEOUT,
+    json_option,
+)
 
 
 @cli.command()
@@ -66,7 +74,7 @@ from hal9999.cli.options import MAX_COST, MAX_TOKENS_OPTION, NAME, PRIORITY, RET
     multiple=True,
     help="Narrow egress: only these of the hosts config allows (repeatable; 'none' for none).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@json_option("Print JSON instead of text.")
 def run(
     prompt: str | None,
     prompt_file: str | None,

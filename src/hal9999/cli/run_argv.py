@@ -114,5 +114,5 @@ def run_without_click(argv: list[str]) -> None:
         # What hal's click group does with an error of a command: its one line and status.
         from hal9999.cli.app import report_failure
 
-        sys.exit(report_failure(exc))
+        sys.exit(report_failure(exc, as_json=args.as_json))
     sys.exit(0)  # a detached run returns

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import click
 
 from hal9999.cli.main import app, cli, emit_json, run_async
+from hal9999.cli.options import json_option
 from hal9999.config import load_config, log_level
 from hal9999.errors import DiskFull, HalError, UsageError, error_class_for_status
 from hal9999.redact import configure_logging
@@ -30,7 +31,7 @@ START_TIMEOUT_S = 30.0
 @click.option("--stop", is_flag=True, help="Stop the running daemon (agents keep running).")
 @click.option("--ray", "ray_address", metavar="HOST:PORT",
               help="Ray cluster for the ray provider (sets HAL_RAY_ADDRESS).")  # fmt: skip
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 @click.option(
     "--listen", metavar="HOST:PORT", help="Also serve the dashboard and API there, over TLS only."
 )
@@ -173,7 +174,7 @@ def _stop(files: DaemonFiles, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 def status(as_json: bool) -> None:
     """Is the daemon up, and what is it doing? (exit 1 when it is not running)"""
     client = app().daemon()

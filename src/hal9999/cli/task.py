@@ -26,6 +26,7 @@ from hal9999.cli.main import (
     run_async,
     stream_to_terminal,
 )
+from hal9999.cli.options import json_option
 from hal9999.cli.output import escape_json_line
 from hal9999.cli.render import event_line, task_json
 from hal9999.cli.task_group import task
@@ -129,7 +130,7 @@ def logs(task_id: str, follow: bool) -> None:
 @task.command()
 @click.argument("task_id")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing while the task runs.")
-@click.option("--json", "as_json", is_flag=True, help="Raw JSONL instead of text.")
+@json_option("Raw JSONL instead of text.")
 @click.option("--output", "with_output", is_flag=True, help="Include raw output chunks.")
 def events(task_id: str, follow: bool, as_json: bool, with_output: bool) -> None:
     """Print the task's events."""
@@ -216,7 +217,7 @@ def _remote_attach(a: App, record: TaskRecord) -> list[str] | None:
     help="KEY=VALUE given to this run, or KEY to give it this shell's value.",
 )
 @click.option("--detach", is_flag=True, help="Return at once; the task runs in the background.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 def resume(
     task_id: str, prompt: str | None, env: tuple[str, ...], detach: bool, as_json: bool
 ) -> None:
@@ -342,7 +343,7 @@ def diff(task_id: str) -> None:
 @task.command()
 @click.argument("task_id")
 @click.option("--force", is_flag=True, help="Cancel a running task first.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 def rm(task_id: str, force: bool, as_json: bool) -> None:
     """Delete a task and its session directory."""
     gone = run_async(app().tasks().remove(task_id, force=force))

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 import click
 
 from hal9999.cli.main import emit_json
+from hal9999.cli.options import json_option
 from hal9999.cli.task_group import task
 from hal9999.cli.task_table import TaskSummary, summary
 from hal9999.tasks.alive import waits_for_runner
@@ -47,7 +48,7 @@ def _shown(data: dict[str, Any], record: TaskRecord | None) -> TaskSummary:
 
 @task.command()
 @click.argument("task_id")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 def show(task_id: str, as_json: bool) -> None:
     """Show one task."""
     data, record = ask("GET", f"/v1/tasks/{task_id}", lambda api: api.get(task_id))
@@ -68,7 +69,7 @@ def show(task_id: str, as_json: bool) -> None:
 
 @task.command()
 @click.argument("task_id")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 def stop(task_id: str, as_json: bool) -> None:
     """Stop a task: its sandbox goes, its session stays; resume it later."""
     data, _ = ask("POST", f"/v1/tasks/{task_id}/stop", lambda api: api.stop(task_id))
@@ -78,7 +79,7 @@ def stop(task_id: str, as_json: bool) -> None:
 
 @task.command()
 @click.argument("task_id")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 def cancel(task_id: str, as_json: bool) -> None:
     """Cancel a task (queued or running): its sandbox goes, its session stays."""
     data, _ = ask("POST", f"/v1/tasks/{task_id}/cancel", lambda api: api.cancel(task_id))

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import click
 
-from hal9999.cli.options import TASK_STATES
+from hal9999.cli.options import TASK_STATES, json_option
 from hal9999.cli.task_group import task
 from hal9999.cli.task_table import task_table
 from hal9999.cli.thin_config import THIN_VARS as THIN_VARS  # re-exported (tests)
@@ -64,7 +64,7 @@ class Row:
     help="Only tasks in this state.",
 )  # fmt: skip
 @click.option("--limit", type=click.IntRange(1, 1_000_000), help="At most this many tasks.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 def list_(statuses: tuple[str, ...], limit: int | None, as_json: bool) -> None:
     """List tasks, newest first."""
     rows = None if as_json else thin_rows(os.environ, _here(), statuses, limit)

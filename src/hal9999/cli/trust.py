@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from hal9999.cli.main import cli, emit_json
+from hal9999.cli.options import json_option
 from hal9999.config import CONFIG_FILE_NAME, current_dir, load_config_sources, user_config_path
 from hal9999.configfile import read_regular
 from hal9999.errors import ConfigError, NotFoundError, UsageError
@@ -65,7 +66,7 @@ def _read_toml(file: Path) -> bytes:
 @click.argument("path", required=False)
 @click.option("--revoke", is_flag=True, help="Forget the trust; the file is narrowed again.")
 @click.option("--show", is_flag=True, help="Say whether the file is trusted and what is ignored.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 def trust(path: str | None, revoke: bool, show: bool, as_json: bool) -> None:
     """Trust ./hal.toml (or PATH): apply all of it, not only the keys that narrow a task.
 
