@@ -32,8 +32,10 @@ def in_hals_words(line: str) -> str:
      ("[pool.bwrap]\nmax_size = -1\n",
       "FILE: [pool.bwrap] max_size: expected a number at least 0",
       "fix it in [pool.bwrap] of FILE"),
-     ("[providers.bwrap]\nbwrap = 5\n", "[providers.bwrap] bwrap: expected a string",
-      "fix it in [providers.bwrap]")],
+     ("[providers.bwrap]\nbwrap = 5\n", "FILE: [providers.bwrap] bwrap: expected a string",
+      "fix it in [providers.bwrap] of FILE"),
+     ("[providers.bwrap]\nfoo = 1\n", "FILE: [providers.bwrap] foo: unknown key",
+      "[providers.bwrap] of FILE takes: ")],
 )  # fmt: skip
 def test_a_bad_config_table_is_refused_in_hals_words_before_a_task(
     hal: Hal, hal_env: dict[str, str], toml: str, expected: str, hint: str
@@ -42,8 +44,8 @@ def test_a_bad_config_table_is_refused_in_hals_words_before_a_task(
     out = hal("run", "--agent", "true {{prompt_file}}", "x")
     assert out.returncode == 2, out.stderr
     line = in_hals_words(one_error_line(out))
-    # The [pool] and [scheduler] errors name the file too: a table alone did not say which
-    # of the config files (the user's, ./hal.toml) to fix.
+    # The [pool], [scheduler] and [providers.*] errors name the file too: a table alone did
+    # not say which of the config files (the user's, ./hal.toml) to fix.
     file = str(Path(hal_env["XDG_CONFIG_HOME"], "hal9999", "config.toml"))
     expected, hint = expected.replace("FILE", file), hint.replace("FILE", file)
     assert f"hal: error: {expected}" in line and f"({hint}" in line, line
@@ -59,10 +61,14 @@ def test_a_bad_pool_variable_is_named(hal: Hal) -> None:
 
 @pytest.mark.parametrize(
     ("toml", "expected"),
-    [("[hive]\nfoo = 1\n", "[hive] foo: unknown key ([hive] takes: daily_budget_usd"),
-     ("[hive]\nrate_per_minute = -1\n", "[hive] rate_per_minute: expected a number at least 0"),
-     ("[hive]\nsubtasks_per_day = 0\n", "[hive] subtasks_per_day: expected a number at least 1"),
-     ("[hive]\nsubtasks_per_day = 2.5\n", "[hive] subtasks_per_day: expected a whole number")],
+    [("[hive]\nfoo = 1\n",
+      "FILE: [hive] foo: unknown key ([hive] of FILE takes: daily_budget_usd"),
+     ("[hive]\nrate_per_minute = -1\n",
+      "FILE: [hive] rate_per_minute: expected a number at least 0 (fix it in [hive] of FILE;"),
+     ("[hive]\nsubtasks_per_day = 0\n",
+      "FILE: [hive] subtasks_per_day: expected a number at least 1"),
+     ("[hive]\nsubtasks_per_day = 2.5\n",
+      "FILE: [hive] subtasks_per_day: expected a whole number")],
 )  # fmt: skip
 def test_a_bad_hive_setting_is_in_hals_words(
     hal: Hal, hal_env: dict[str, str], toml: str, expected: str
@@ -70,7 +76,9 @@ def test_a_bad_hive_setting_is_in_hals_words(
     write_config(hal_env, toml)
     out = hal("vacuum")
     assert out.returncode == 2
-    assert expected in in_hals_words(one_error_line(out))
+    # The file too, as [pool]'s: a table alone did not say which config file to fix.
+    file = str(Path(hal_env["XDG_CONFIG_HOME"], "hal9999", "config.toml"))
+    assert f"hal: error: {expected.replace('FILE', file)}" in in_hals_words(one_error_line(out))
 
 
 def test_doctor_fails_the_config_on_a_bad_pool_table(hal: Hal, hal_env: dict[str, str]) -> None:

@@ -24,7 +24,9 @@ def image_store(config: HalConfig) -> ImageStore:
     from hal9999.providers.qemu import QemuConfig
     from hal9999.providers.registry import checked_settings
 
-    settings = checked_settings("qemu", QemuConfig, config.providers.get("qemu") or {})
+    settings = checked_settings(
+        "qemu", QemuConfig, config.providers.get("qemu") or {}, config._origin
+    )
     return ImageStore(settings.images_dir or images_root(config.home))
 
 
@@ -171,7 +173,9 @@ def image_container(
     from hal9999.providers.registry import checked_settings
 
     config = load_config()
-    settings = checked_settings("docker", DockerConfig, config.providers.get("docker") or {})
+    settings = checked_settings(
+        "docker", DockerConfig, config.providers.get("docker") or {}, config._origin
+    )
     client = engine_client(*settings.engine_address())
     wanted = [p.strip() for group in packages for p in group.split(",") if p.strip()]
     started = time.monotonic()

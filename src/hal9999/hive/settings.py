@@ -69,9 +69,15 @@ def hive_settings(config: HalConfig) -> HiveSettings:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
+        # The file that set it too: a table alone does not say which config file to fix.
+        from hal9999.config_origin import source_at  # an error's path only
+
+        found = source_at(("hive", *map(str, first["loc"])), config._origin)
+        known = found != "config"
+        table, prefix = (f"[hive] of {found}", f"{found}: ") if known else ("[hive]", "")
         hint = (
-            setting_hint(first, "[hive]", HiveSettings.model_fields)
+            setting_hint(first, table, HiveSettings.model_fields)
             if first["type"] == "extra_forbidden"
-            else "see docs/hive.md for the hive settings"
+            else f"fix it in {table}; see docs/hive.md for the hive settings"
         )
-        raise ConfigError(f"[hive] {where}: {describe(first)}", hint=hint) from exc
+        raise ConfigError(f"{prefix}[hive] {where}: {describe(first)}", hint=hint) from exc

@@ -26,11 +26,16 @@ def available_providers() -> list[str]:
 
 
 def load_provider(
-    name: str, *, state_dir: Path, settings: Mapping[str, Any] | None = None
+    name: str,
+    *,
+    state_dir: Path,
+    settings: Mapping[str, Any] | None = None,
+    origin: Mapping[tuple[str, ...], str] | None = None,
 ) -> Provider:
     """The provider ``name``, its ``settings`` validated by its ``config_model``.
 
-    ``state_dir`` is the provider's private directory for its sandbox records.
+    ``state_dir`` is the provider's private directory for its sandbox records; ``origin``
+    (the config's) says which file set each key, for an error to name it.
     """
     entry = find_entry_point(GROUP, name)  # a scan found it, or finds it now
     if entry is None:
@@ -48,9 +53,12 @@ def load_provider(
     model = cast(type[BaseModel] | None, getattr(cls, "config_model", None))
     config: BaseModel | None = None
     if model is not None:
-        config = checked_settings(name, model, settings or {})
+        config = checked_settings(name, model, settings or {}, origin)
     elif settings:
-        raise ConfigError(f"provider {name!r} takes no settings", hint=f"remove [providers.{name}]")
+        table = _in_file(f"[providers.{name}]", ("providers", name), origin)
+        raise ConfigError(
+            f"provider {name!r} takes no settings", hint=f"remove {' of '.join(table[::-1])}"
+        )
     state_dir.mkdir(parents=True, exist_ok=True)
     provider = cls(state_dir=state_dir, config=config) if model else cls(state_dir=state_dir)
     if not isinstance(provider, Provider):
@@ -58,15 +66,35 @@ def load_provider(
     return provider
 
 
-def checked_settings(name: str, model: type[_Settings], settings: Mapping[str, Any]) -> _Settings:
+def checked_settings(
+    name: str,
+    model: type[_Settings],
+    settings: Mapping[str, Any],
+    origin: Mapping[tuple[str, ...], str] | None = None,
+) -> _Settings:
     """The ``[providers.<name>]`` table validated by the provider's ``model``, with TOML's
-    own types; a :class:`ConfigError` naming the table and key when it is not valid."""
+    own types; a :class:`ConfigError` naming the table and key, and the config file that
+    set it when ``origin`` (the config's) knows, when it is not valid."""
     try:
         return toml_checked(model, settings)
     except ValidationError as exc:
-        err, table = exc.errors()[0], f"[providers.{name}]"
+        err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
+        table = _in_file(f"[providers.{name}]", ("providers", name, *map(str, err["loc"])), origin)
         raise ConfigError(
-            f"{table}{' ' + key if key else ''}: {describe(err)}",
-            hint=setting_hint(err, table, model.model_fields),
+            f"{': '.join(table)}{' ' + key if key else ''}: {describe(err)}",
+            hint=setting_hint(err, " of ".join(table[::-1]), model.model_fields),
         ) from exc
+
+
+def _in_file(
+    table: str, loc: tuple[str, ...], origin: Mapping[tuple[str, ...], str] | None
+) -> tuple[str, ...]:
+    """``(FILE, table)`` when ``origin`` knows the file that set ``loc``, else ``(table,)``:
+    a table alone does not say which of the config files (the user's, ./hal.toml) to fix."""
+    if not origin:
+        return (table,)
+    from hal9999.config_origin import source_at  # an error's path only
+
+    found = source_at(loc, origin)
+    return (table,) if found == "config" else (found, table)

@@ -23,7 +23,10 @@ def load_provider_for(config: HalConfig, name: str) -> Provider:
     """The provider ``name`` with its state dir and ``[providers.<name>]`` settings."""
     paths = HalPaths(config.home)
     return load_provider(
-        name, state_dir=paths.sandbox_state(name), settings=config.providers.get(name)
+        name,
+        state_dir=paths.sandbox_state(name),
+        settings=config.providers.get(name),
+        origin=config._origin,
     )
 
 
