@@ -5,11 +5,14 @@ the same exit status as without ``--json``."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.cli.conftest import Hal, one_error_line
+from tests.cli.conftest import Hal, one_error_line, start_hal
+from tests.cli.test_failures import wait_for_status
 
 from hal9999.cli.lazy import COMMANDS
 
@@ -96,3 +99,17 @@ def test_every_json_option_notes_itself() -> None:
         assert command is not None
         walk(command)
     assert found > 30
+
+
+def test_ctrl_c_of_a_foreground_json_run_prints_the_cancelled_object(
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    proc = start_hal(hal_env, demo_repo, "run", "--json", "--agent", "sleep 60", "wait")
+    task = wait_for_status(hal, "running")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert f"task {task['id']} cancelled" in err and "Traceback" not in err
+    error = json.loads(out)["error"]
+    assert error == {"code": "cancelled", "message": f"task {task['id']} cancelled",
+                     "hint": f"session kept at {task['session_dir']}"}  # fmt: skip
