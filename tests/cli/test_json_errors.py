@@ -21,6 +21,8 @@ def error_object(out: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     """The one JSON error object on stdout (asserting the one line on stderr too)."""
     one_error_line(out)
     data = json.loads(out.stdout)  # the whole of stdout: one object, nothing else
+    # On one line: a JSON-lines reader (`hal task events --json`) parses it too.
+    assert out.stdout.count("\n") == 1, out.stdout
     assert set(data) == {"error"}, data
     assert set(data["error"]) == {"code", "message", "hint"}, data
     return dict(data["error"])

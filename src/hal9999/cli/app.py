@@ -171,16 +171,20 @@ def cancelled(task_id: str, session_dir: object) -> HalError:
 
 def error_json(error: HalError) -> None:
     """Print ``error`` as the one JSON object of a failed ``--json`` command: ``{"error":
-    {"code", "message", "hint"}}``, the shape of the API's error bodies; a long value in
-    the message is cut as on the line (click quotes a 100 KB value whole)."""
+    {"code", "message", "hint"}}`` on one line, the shape of the API's error bodies; a long
+    value in the message is cut as on the line (click quotes a 100 KB value whole)."""
     from hal9999.cli.output import shorten_values
 
     body = error.to_dict()
     for key in ("message", "hint"):
         if isinstance(body[key], str):
             body[key] = shorten_values(body[key])
+    import json
+
     try:
-        emit_json({"error": body})
+        # One line: whole-document readers parse it, and so do readers of a JSON-lines
+        # command's output (`hal task events --json`), where an indented object would not.
+        echo(json.dumps({"error": body}))
     except (OSError, ValueError):  # no stdout to write to: the line on stderr says it
         to_devnull(sys.stdout)
 
