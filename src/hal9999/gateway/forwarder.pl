@@ -13,7 +13,18 @@ use IO::Select;
 use IO::Socket::INET;
 use IO::Socket::UNIX;
 use POSIX ();
-use Socket qw(IPPROTO_TCP SOCK_STREAM TCP_NODELAY);
+use Socket qw(AF_UNIX IPPROTO_TCP SOCK_STREAM SOL_SOCKET SO_SNDTIMEO TCP_NODELAY
+    pack_sockaddr_un);
+
+# How long a connection waits for room in the gateway's listen backlog (a blocking unix
+# connect waits up to the socket's send timeout), and the answer when it found none, or
+# nothing listens: a 503 the agents' clients retry, never a close with no answer.
+my $CONNECT_S = 10;
+my $BUSY_BODY = '{"type": "error", "error": {"type": "overloaded_error", "code": '
+    . '"gateway_busy", "message": "hal gateway: busy, try again"}}';
+my $BUSY = "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+    . "retry-after: 1\r\nconnection: close\r\ncontent-length: " . length($BUSY_BODY)
+    . "\r\n\r\n" . $BUSY_BODY;
 
 if (!@ARGV || @ARGV % 2) {
     print STDERR "usage: forwarder.pl PORT SOCKET [PORT SOCKET ...]\n";
@@ -62,7 +73,16 @@ exit 0;
 
 sub serve {
     my ($client, $path) = @_;
-    my $upstream = IO::Socket::UNIX->new(Peer => $path, Type => SOCK_STREAM) or return;
+    my $upstream = connect_upstream($path);
+    if (!$upstream) {
+        syswrite($client, $BUSY);
+        shutdown($client, 1);
+        my $select = IO::Select->new($client);    # read what it still sends: a close with
+        while ($select->can_read($CONNECT_S)) {    # its request unread would reset the answer
+            last unless sysread($client, my $ignored, 65536);
+        }
+        return;
+    }
     setsockopt($client, IPPROTO_TCP, TCP_NODELAY, 1);
     my %peer = (fileno($client) => $upstream, fileno($upstream) => $client);
     my $select = IO::Select->new($client, $upstream);
@@ -83,4 +103,13 @@ sub serve {
             }
         }
     }
+}
+
+sub connect_upstream {
+    my ($path) = @_;
+    socket(my $upstream, AF_UNIX, SOCK_STREAM, 0) or return;
+    setsockopt($upstream, SOL_SOCKET, SO_SNDTIMEO, pack('l!l!', $CONNECT_S, 0));
+    connect($upstream, pack_sockaddr_un($path)) or return;
+    setsockopt($upstream, SOL_SOCKET, SO_SNDTIMEO, pack('l!l!', 0, 0));
+    return $upstream;
 }

@@ -22,6 +22,21 @@ import socket
 import sys
 
 CHUNK = 1 << 16
+CONNECT_S = 10.0
+"""How long a connection waits for room in the gateway's listen backlog before it is answered
+:data:`BUSY`. Past the backlog a unix connect fails at once (EAGAIN); asyncio took that for a
+connect in progress and handed back an unconnected socket, so the agent's call was closed
+with no answer at all."""
+_BUSY_BODY = (
+    b'{"type": "error", "error": {"type": "overloaded_error", "code": "gateway_busy", '
+    b'"message": "hal gateway: busy, try again"}}'
+)
+BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+    b"retry-after: 1\r\nconnection: close\r\ncontent-length: "
+    + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY
+)
+"""The answer when the gateway cannot be reached: a 503 the agents' clients retry."""
 
 
 async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -41,9 +56,9 @@ async def _serve_one(
     path: str, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
 ) -> None:
     try:
-        up_r, up_w = await asyncio.open_unix_connection(path)
+        up_r, up_w = await asyncio.open_unix_connection(sock=await _connect(path))
     except OSError:
-        client_w.close()
+        await _busy(client_r, client_w)
         return
     sock = client_w.get_extra_info("socket")
     if sock is not None:
@@ -51,6 +66,47 @@ async def _serve_one(
     await asyncio.gather(pump(client_r, up_w), pump(up_r, client_w))
     for w in (up_w, client_w):
         w.close()
+
+
+async def _busy(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+    """Answer :data:`BUSY`, then read what the client still sends (a close with its request
+    unread would reset the connection, and the answer with it)."""
+    try:
+        client_w.write(BUSY)
+        client_w.write_eof()
+        await client_w.drain()
+        await asyncio.wait_for(_drain_reader(client_r), CONNECT_S)  # 3.11's timeout: newer
+    except (OSError, asyncio.TimeoutError):  # noqa: UP041 (a sandbox's python may be < 3.11)
+        pass
+    client_w.close()
+
+
+async def _drain_reader(reader: asyncio.StreamReader) -> None:
+    while await reader.read(CHUNK):
+        pass
+
+
+async def _connect(path: str) -> socket.socket:
+    """A socket connected to ``path``, waiting up to :data:`CONNECT_S` for room in its
+    backlog (OSError past that, or when nothing listens)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CONNECT_S
+    delay = 0.01
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.connect(path)
+            return sock
+        except BlockingIOError:  # the backlog is full: the gateway has not accepted yet
+            sock.close()
+            if loop.time() + delay > deadline:
+                raise
+        except OSError:
+            sock.close()
+            raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.2)
 
 
 async def _watch(pid: int) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from hal9999.errors import HalError
+from hal9999.gateway import door
 from hal9999.gateway.channel import GatewayPaths, Grant
 from hal9999.gateway.egress import MAX_HEAD, EgressProxy
 from hal9999.gateway.proxy import Gateway
@@ -33,6 +34,12 @@ DEFAULT_IDLE_S = 600.0
 STALE_CHECK_S = 5.0
 """How often the grants of tasks at rest are looked for (what no ``rested`` told)."""
 MAX_CONTROL_LINE = 1 << 20
+BACKLOG = door.IN_ALL
+"""Connections the kernel holds for the sandbox sockets before the gateway accepts them.
+asyncio's default (100) filled in a burst of calls while the loop was busy, and a unix connect
+past it fails at once: the in-sandbox forwarder then closed the agent's call with no answer.
+Sized to the door's bound, which is where accepted connections are counted (and refused,
+with an answer) anyway; the kernel caps it at ``net.core.somaxconn`` (4096 by default)."""
 
 
 def take_lock(paths: GatewayPaths) -> int | None:
@@ -127,13 +134,15 @@ class GatewayServer:
     async def run(self, ready: int | None = None) -> None:
         """Serve until idle."""
         data = await asyncio.start_unix_server(
-            self.gateway.serve_connection, path=str(self.paths.socket), limit=1 << 16
+            self.gateway.serve_connection, path=str(self.paths.socket), limit=1 << 16,
+            backlog=BACKLOG,
         )
         os.chmod(self.paths.socket, 0o666)  # tokens, not file modes, decide who is served
         egress = await asyncio.start_unix_server(
             EgressProxy(self.gateway).serve_connection,
             path=str(self.paths.egress_socket),
             limit=MAX_HEAD,
+            backlog=BACKLOG,
         )
         os.chmod(self.paths.egress_socket, 0o666)
         control = await asyncio.start_unix_server(
