@@ -199,6 +199,26 @@ def _pool_reset(*, cleared: bool) -> None:
         before(PoolLending, "_reset")
 
 
+def _pool_record(state: str, *, done: bool) -> None:
+    """A daemon's pool writing a sandbox's row as ``state``: a sandbox it created, before
+    its row (``leased``, not done) or after it; a sandbox it destroys, its row saying so
+    (``destroying``) before the provider's destroy."""
+    from hal9999.pool.lending import PoolLending
+
+    def when(_self: Any, _entry: Any, **changes: Any) -> bool:
+        return changes.get("state") == state
+
+    (after if done else before)(PoolLending, "_record", when)
+
+
+def _pool_destroyed() -> None:
+    """A daemon's pool once the provider destroyed a sandbox, before its row goes (the
+    first destroy of a fresh home's daemon is its pool's)."""
+    from hal9999.providers.bwrap import BwrapProvider
+
+    after(BwrapProvider, "destroy")
+
+
 def _event(kind: str) -> None:
     from hal9999.events.log import EventLog
 
@@ -271,6 +291,11 @@ POINTS: dict[str, Callable[[], None]] = {
     "cancel_recorded": lambda: _halt_recorded("cancelled"),
     "pool_reset": lambda: _pool_reset(cleared=False),
     "pool_slot_cleared": lambda: _pool_reset(cleared=True),
+    "failed_written": lambda: _transition("failed", done=True),
+    "pool_created_unrecorded": lambda: _pool_record("leased", done=False),
+    "pool_recorded": lambda: _pool_record("leased", done=True),
+    "pool_destroying": lambda: _pool_record("destroying", done=True),
+    "pool_destroyed": _pool_destroyed,
 }
 """Kill points, in the order a successful in-process run passes them."""
 

@@ -16,11 +16,11 @@ from tests.cli.test_entry import IMPORTED
 from tests.tasks.test_recovery import make_task
 
 from hal9999.cli.lazy import TASK_COMMANDS
-from hal9999.cli.task_list import ACTIVE_STATES, TASK_STATES, thin_home, thin_rows
+from hal9999.cli.task_list import ACTIVE_STATES, FINAL_STATES, TASK_STATES, thin_home, thin_rows
 from hal9999.config import load_config
 from hal9999.home import DB_NAME
 from hal9999.store import Store
-from hal9999.tasks.state import ACTIVE, TaskStatus
+from hal9999.tasks.state import ACTIVE, FINAL_VALUES, TaskStatus
 
 MODELS = {"pydantic", "pydantic_core", "httpx", "asyncio", "anyio"}
 """What the thin path has no use for (the full path imports all of them)."""
@@ -90,6 +90,26 @@ def test_a_task_whose_runner_died_is_still_reconciled(home: Path) -> None:
         assert store.get_task("dead0001").status == "interrupted"
 
 
+@pytest.mark.parametrize("runner", ["dead", "live"])
+def test_a_killed_runs_sandbox_takes_the_full_path_which_sweeps_it(
+    home: Path, runner: str
+) -> None:
+    # A run killed between its final status and its sandbox's destroy: its record names
+    # the sandbox and its dead runner; the thin path does not destroy, the full one does
+    # (tasks/deadruns.py). A live runner's (a run in that moment) is not owed: thin.
+    live = subprocess.Popen(["hal-live-runner", "60"], executable="/bin/sleep")
+    pid = 2**22 + 7 if runner == "dead" else live.pid
+    try:
+        with Store.open(home) as store:
+            store.insert_task(make_task(home, "kill0001", "failed", created_at=2_000.0,
+                                        runner_pid=pid, sandbox_id="gone0001"))  # fmt: skip
+        rows = thin_rows(_env(home), home.parent / "here", (), None)
+        assert (rows is None) == (runner == "dead")
+    finally:
+        live.kill()
+        live.wait()
+
+
 def test_a_bad_hal_variable_is_still_one_clear_error(home: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "hal9999", "task", "list"], env=_env(home, HAL_LOG_LEVEL="loud"),
@@ -145,6 +165,7 @@ def test_no_thin_rows_for_a_missing_or_newer_store(tmp_path: Path) -> None:
 def test_the_state_names_are_the_state_machines() -> None:
     assert list(TASK_STATES) == [state.value for state in TaskStatus]
     assert ACTIVE_STATES == {state.value for state in ACTIVE}
+    assert FINAL_STATES == FINAL_VALUES
 
 
 def test_the_task_table_names_every_task_command_and_its_module() -> None:

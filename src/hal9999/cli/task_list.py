@@ -12,7 +12,8 @@ exactly what the full path would (issue 16, target 4):
 - the store exists and is at this hal's schema version (else the full path creates or
   migrates it, or says it is newer);
 - no listed task needs reconciling (an active task whose runner died is marked
-  ``interrupted`` by the full path, a write the thin path does not do);
+  ``interrupted`` by the full path, a write the thin path does not do), and no run killed
+  after its final status left a sandbox (the full path destroys it, ``tasks/deadruns.py``);
 - the output is the table, not ``--json`` (whose form is the record model's own).
 
 Anything else falls back to the full path, so what is printed never depends on the path.
@@ -40,6 +41,13 @@ ACTIVE_STATES = frozenset({"queued", "provisioning", "preparing", "running", "co
 """``tasks.state.ACTIVE``, as names (a test keeps them equal)."""
 QUEUED_GRACE_S = 10.0
 """``TaskService.reconcile`` leaves a queued task without a runner alone this long."""
+FINAL_STATES = ("cancelled", "failed", "succeeded", "timed_out")
+"""``tasks.state.FINAL``, as names (a test keeps them equal)."""
+_OWED_SQL = (
+    "SELECT runner_pid FROM tasks WHERE sandbox_id IS NOT NULL AND status IN"
+    f" ({', '.join(repr(state) for state in FINAL_STATES)})"
+)
+"""The runners of final tasks whose record still names a sandbox (see tasks/deadruns.py)."""
 _COLUMNS = "id, status, agent, provider, prompt, created_at, started_at, finished_at, runner_pid"
 
 
@@ -129,12 +137,15 @@ def thin_rows(
             if version != MIGRATIONS[-1].version:
                 return None
             rows = [Row(*found) for found in conn.execute(sql, params)]
+            owed = conn.execute(_OWED_SQL).fetchall()
         finally:
             conn.close()
     except sqlite3.Error:
         return None  # the full path reports it as one clear line
     if any(_needs_reconciling(row) for row in rows):
         return None
+    if any(not runner_alive(pid) for (pid,) in owed):
+        return None  # a killed run's sandbox to sweep (tasks/deadruns.py), on the full path
     return rows
 
 

@@ -97,6 +97,10 @@ class WarmHolds:
             self.specs[lease.sandbox.id] = spec
         return lease
 
+    def holds(self, sandbox: Sandbox) -> bool:
+        """Whether ``sandbox`` is leased from the pool (its row records it)."""
+        return self.inner.holds(sandbox)
+
     async def release(self, sandbox: Sandbox, *, reuse: bool) -> bool:
         """Hold the sandbox for its warm agent when its run ended on its own; else hand
         it back to the pool."""

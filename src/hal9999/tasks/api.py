@@ -21,7 +21,7 @@ from hal9999.store import TaskRecord
 from hal9999.tasks.context import Adopted
 from hal9999.tasks.request import RunRequest
 from hal9999.tasks.service import TaskService
-from hal9999.tasks.state import ACTIVE, TaskStatus
+from hal9999.tasks.state import ACTIVE, FINAL_VALUES, TaskStatus
 
 OnStart = Callable[[TaskRecord], None]
 """Told the task once it exists (or, on resume, once it is queued or adopted)."""
@@ -111,6 +111,7 @@ class LocalTaskAPI:
     async def create(self, request: RunRequest) -> TaskRecord:
         """Create the task and start a detached runner for it (the task is this process's
         until the runner's pid is recorded, so no daemon starts it meanwhile)."""
+        await self.sweep_dead_runs()
         task = await self.service.create(dataclasses.replace(request, runner_pid=os.getpid()))
         self.spawn(task, [], dict(request.given_env))
         return self.service.store.get_task(task.id)
@@ -126,6 +127,7 @@ class LocalTaskAPI:
         """Create the task and run it here, to its end. It is created as this process's
         (``runner_pid``): a daemon on the same home never starts a queued task whose runner
         lives, so the two cannot both take it from ``queued``."""
+        await self.sweep_dead_runs()
         task = await self.service.create(dataclasses.replace(request, runner_pid=os.getpid()))
         if on_start is not None:
             on_start(task)
@@ -169,8 +171,17 @@ class LocalTaskAPI:
     async def list(
         self, *, status: list[str] | None = None, limit: int | None = None
     ) -> list[TaskRecord]:
-        """Tasks, newest first."""
+        """Tasks, newest first (the sandboxes of runs killed after their end swept first)."""
+        await self.sweep_dead_runs()
         return self.service.list(status=status, limit=limit)
+
+    async def sweep_dead_runs(self) -> None:
+        """Destroy what runs killed after their final status left (tasks/deadruns.py): one
+        indexed query when there is nothing, and no import."""
+        if self.service.store.held_by_tasks(FINAL_VALUES):
+            from hal9999.tasks import deadruns
+
+            await deadruns.sweep(self.service)
 
     async def stop(self, task_id: str) -> TaskRecord:
         """Stop a task wherever it runs (its runner notices)."""

@@ -53,7 +53,11 @@ class TaskRunner(LaunchSteps, FollowSteps):
     # -- the run -----------------------------------------------------------------------
     async def run(self, ctx: RunContext, prompt: str | None = None) -> TaskRecord:
         """Run the task once (or carry on an adopted run); returns the record in its final or
-        resting state."""
+        resting state, as the run's last write left it (its runner and sandbox cleared)."""
+        record = await self._run(ctx, prompt)
+        return ctx.task if ctx.task.status == record.status else record
+
+    async def _run(self, ctx: RunContext, prompt: str | None) -> TaskRecord:
         task = ctx.task  # claimed by this process (TaskService.run)
         agent = resolve_agent(task.agent, self.config.agent_settings(task.agent))
         provider = self.provider(task.provider)
@@ -179,7 +183,7 @@ class TaskRunner(LaunchSteps, FollowSteps):
             if unsaved or any(getattr(ctx.task, name) != value for name, value in left.items()):
                 # One write for all; the runner's own fields only while the task is still
                 # this process's (a resume since names its run there).
-                await self.update(task.id, held_by=os.getpid(), **left, **unsaved)
+                ctx.task = await self.update(task.id, held_by=os.getpid(), **left, **unsaved)
 
     async def release(self, provider: Provider, sandbox: Sandbox, *, reuse: bool = True) -> None:
         """Give the sandbox back to where it came from (the pool, which keeps it for reuse
@@ -241,10 +245,16 @@ class TaskRunner(LaunchSteps, FollowSteps):
             else:
                 # What the end of `run` would write next, in this write: the run's follower
                 # is answered once the run is over, and a second write was ~1-2.5 ms of
-                # that wait (issue 16). A final task's runner and sandbox are nobody's to
-                # look up any more (recovery looks at active tasks only; the pool's own row
-                # tracks the sandbox).
-                gone = {} if ctx.detached else {"runner_pid": None, "sandbox_id": None}
+                # that wait (issue 16). A pool's sandbox is its row's (the next daemon
+                # resets or destroys it). One made for this run alone is named by nothing
+                # but this record: the runner and it stay on it until the sandbox is gone
+                # (the end of `run` clears both), so a run killed in between leaves a final
+                # task naming a sandbox and a dead runner, which the next hal command
+                # sweeps (tasks/deadruns.py); cleared here, only `hal serve` found it.
+                keep = ctx.detached or (
+                    ctx.sandbox is not None and not self.sandboxes.holds(ctx.sandbox)
+                )
+                gone = {} if keep else {"runner_pid": None, "sandbox_id": None}
                 record = self._transition(
                     ctx,
                     status,

@@ -22,6 +22,10 @@ class SandboxSource(Protocol):
         """Take ``sandbox`` back; False when it is not this source's (destroy it directly)."""
         ...
 
+    def holds(self, sandbox: Sandbox) -> bool:
+        """Whether ``sandbox`` is this source's lease (a pool's row records it)."""
+        ...
+
 
 class DirectSource:
     """No pool: every run creates its sandbox and destroys it afterwards (in-process runs)."""
@@ -32,6 +36,10 @@ class DirectSource:
 
     async def release(self, sandbox: Sandbox, *, reuse: bool) -> bool:
         """Never ours: the runner destroys the sandbox itself."""
+        return False
+
+    def holds(self, sandbox: Sandbox) -> bool:
+        """Never ours: only the task's record names the sandbox."""
         return False
 
 
@@ -58,6 +66,10 @@ class PoolSource:
         lease = self.leases.pop(sandbox.id, None)
         if lease is not None:
             await self.pool.disown(lease)
+
+    def holds(self, sandbox: Sandbox) -> bool:
+        """Whether ``sandbox`` is leased from the pool (its row records it)."""
+        return sandbox.id in self.leases
 
     async def release(self, sandbox: Sandbox, *, reuse: bool) -> bool:
         """Return the sandbox to the pool (reset or destroyed, per provider policy); a reset

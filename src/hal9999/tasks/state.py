@@ -95,6 +95,8 @@ def _allowed(current: str, target: TaskStatus, via: TaskStatus | None) -> bool:
     return via in TRANSITIONS[src] and target in TRANSITIONS[via]
 
 
+FINAL_VALUES = tuple(sorted(state.value for state in FINAL))
+""":data:`FINAL` as names, in one order (for SQL)."""
 RESTING = FINAL | {TaskStatus.STOPPED, TaskStatus.INTERRUPTED}
 """States a task stays in until someone acts; reaching one is committed durably (fsync)."""
 

@@ -1,0 +1,76 @@
+"""The sandboxes of runs killed after their final status, swept by the next hal command.
+
+A run writes its final status (its record still naming its runner and its sandbox), then
+destroys its sandbox, then clears both. Killed in between (``kill -9``, the OOM killer), it
+left the sandbox (its state directory, a keeper, a uid) with nothing but the next ``hal
+serve``'s sweep of orphans to remove it; an in-process user may never start one. Every
+``hal task list`` (and each in-process ``hal run``, before its own) now sweeps them: a task
+in a final state whose record names a sandbox and whose runner is no live hal process.
+
+Never a live run's: the runner's pid stays on the record until its sandbox is gone, and a
+sweeper first claims the task's ``runner_pid`` (a compare-and-set from the dead pid to its
+own), so of two sweepers, or a sweeper and a resume, one goes on. Never a pool's: a sandbox
+the ``sandboxes`` table records is a warm pool's, its daemon's to reset or destroy. Never an
+interrupted task's (its sandbox may hold an agent to adopt). The provider's own ``destroy``
+removes the directory, which follows no link the agent made (it is the destroy every run's
+end calls).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from hal9999.errors import HalError
+from hal9999.tasks.alive import runner_alive
+from hal9999.tasks.state import FINAL_VALUES
+
+if TYPE_CHECKING:
+    from hal9999.store import Store
+    from hal9999.tasks.service import TaskService
+
+logger = logging.getLogger(__name__)
+
+
+def owed(store: Store) -> list[tuple[str, str, str, int | None]]:
+    """The final tasks whose record names a sandbox and whose runner is dead."""
+    held = store.held_by_tasks(FINAL_VALUES)
+    return [row for row in held if not runner_alive(row[3])]
+
+
+async def sweep(service: TaskService) -> list[str]:
+    """Destroy the sandboxes of :func:`owed` tasks that no pool records; ``provider:id`` of
+    each destroyed. Errors are logged, never raised: the command that sweeps goes on."""
+    from hal9999.tasks.plugins import load_provider_for
+
+    store = service.store
+    rows = owed(store)
+    if not rows:
+        return []
+    pooled = {(row.provider, row.id) for row in store.list_sandboxes()}
+    me, swept = os.getpid(), []
+    for task_id, provider_name, sandbox_id, runner in rows:
+        if await asyncio.to_thread(store.swap_runner, task_id, runner, me) is None:
+            continue  # another sweeper, or a resume, took it first
+        if (provider_name, sandbox_id) in pooled:  # its daemon's: only the record's link goes
+            await asyncio.to_thread(
+                store.update_task, task_id, held_by=me, runner_pid=None, sandbox_id=None
+            )
+            continue
+        try:
+            provider = load_provider_for(service.config, provider_name)
+            await provider.destroy(sandbox_id)
+        except HalError as exc:
+            logger.warning("cannot destroy sandbox %s:%s of task %s, left by a killed run: %s",
+                           provider_name, sandbox_id, task_id, exc.one_line())  # fmt: skip
+            await asyncio.to_thread(store.swap_runner, task_id, me, None)
+            continue
+        await asyncio.to_thread(
+            store.update_task, task_id, held_by=me, runner_pid=None, sandbox_id=None
+        )
+        logger.info("destroyed sandbox %s:%s, left by task %s's killed run",
+                    provider_name, sandbox_id, task_id)  # fmt: skip
+        swept.append(f"{provider_name}:{sandbox_id}")
+    return swept

@@ -1,0 +1,53 @@
+"""What a run killed after its final status left (its sandbox: a directory, a uid, maybe a
+keeper) is swept by the next hal command, not only by the next ``hal serve``
+(tasks/deadruns.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tests.cli.conftest import Hal, tasks_json
+from tests.cli.test_crash_sweep import KILLER
+from tests.cli.test_failures import hal_processes_of
+
+pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.slow]
+
+
+def _left(hal_env: dict[str, str]) -> list[str]:
+    state = Path(hal_env["HAL_HOME"]) / "sandboxes" / "bwrap"
+    return sorted(p.name for p in state.iterdir()) if state.exists() else []
+
+
+def _killed_after_its_end(hal_env: dict[str, str], repo: Path, point: str) -> dict[str, object]:
+    agent = "sh -c 'exit 3'" if point == "failed_written" else "sh -c 'exit 0'"
+    done = subprocess.run(
+        [sys.executable, str(KILLER), point, "run", "--agent", agent, "do it"],
+        cwd=repo, env=hal_env, capture_output=True, text=True, timeout=60,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == -9, done.stderr
+    return {"status": "failed" if point == "failed_written" else "succeeded"}
+
+
+@pytest.mark.parametrize("point", ["failed_written", "final_status_written"])
+@pytest.mark.parametrize("command", ["list", "run"])
+def test_a_run_killed_before_its_sandbox_went_is_swept_by_the_next_command(
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path, point: str, command: str
+) -> None:
+    hal_env = {**hal_env, "HAL_NO_DAEMON": "1"}
+    wanted = _killed_after_its_end(hal_env, demo_repo, point)
+    [sandbox] = _left(hal_env)  # the killed run's
+    if command == "list":
+        listed = hal("task", "list", env=hal_env)  # the table: the thin path steps aside
+        assert listed.returncode == 0, listed.stderr
+    else:
+        again = hal("run", "--agent", "sh -c 'exit 0'", "again", env=hal_env)
+        assert again.returncode == 0, again.stderr
+    assert _left(hal_env) == [], f"{sandbox} left"
+    task = tasks_json(hal)[-1]
+    assert task["status"] == wanted["status"]
+    assert (task["sandbox_id"], task["runner_pid"]) == (None, None)
+    assert hal_processes_of(task) == []

@@ -1,0 +1,96 @@
+"""The sweep of what runs killed after their final status left (tasks/deadruns.py): only a
+final task's sandbox, only with its runner dead, never a pool's, one sweeper at a time."""
+
+from __future__ import annotations
+
+import subprocess
+import types
+from pathlib import Path
+
+import pytest
+from tests.store.test_store import make_task
+
+from hal9999.store import Store
+from hal9999.store.records import SandboxRow
+from hal9999.tasks import deadruns, plugins
+
+DEAD = 2**22 + 7  # above pid_max's default: no process has it
+
+
+class Recording:
+    def __init__(self) -> None:
+        self.destroyed: list[str] = []
+
+    async def destroy(self, sandbox_id: str) -> None:
+        self.destroyed.append(sandbox_id)
+
+
+def _live_runner() -> subprocess.Popen[bytes]:
+    """A live process that passes for a hal runner ("hal" in its command line)."""
+    return subprocess.Popen(["hal-live-runner", "60"], executable="/bin/sleep")
+
+
+async def test_only_a_final_tasks_sandbox_with_its_runner_dead_and_no_pools_is_destroyed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provider = Recording()
+    monkeypatch.setattr(plugins, "load_provider_for", lambda config, name: provider)
+    live = _live_runner()
+    store = Store.open(tmp_path / "home")
+    try:
+        tasks = {  # task -> (status, sandbox, runner)
+            "killed": ("failed", "s1", DEAD),
+            "ending": ("succeeded", "s2", live.pid),  # a live run between its end and destroy
+            "pooled": ("failed", "s3", DEAD),
+            "adoptable": ("interrupted", "s4", DEAD),
+            "inflight": ("running", "s5", DEAD),
+            "nobody": ("cancelled", "s6", None),
+        }
+        for task_id, (status, sandbox, runner) in tasks.items():
+            store.insert_task(
+                make_task(task_id, status=status, sandbox_id=sandbox, runner_pid=runner)
+            )
+        store.put_sandbox(SandboxRow(provider="bwrap", id="s3", pool_key="k", state="leased",
+                                     task_id="pooled", created_at=1.0,
+                                     last_used_at=1.0))  # fmt: skip
+        service = types.SimpleNamespace(store=store, config=None)
+        swept = await deadruns.sweep(service)  # type: ignore[arg-type]
+        assert sorted(swept) == ["bwrap:s1", "bwrap:s6"]
+        assert sorted(provider.destroyed) == ["s1", "s6"]  # never the pool's s3
+        after = {t: (store.get_task(t).sandbox_id, store.get_task(t).runner_pid) for t in tasks}
+        assert after == {
+            "killed": (None, None),
+            "ending": ("s2", live.pid),
+            "pooled": (None, None),  # its daemon's pool keeps the sandbox; the link goes
+            "adoptable": ("s4", DEAD),
+            "inflight": ("s5", DEAD),
+            "nobody": (None, None),
+        }
+        assert await deadruns.sweep(service) == []  # type: ignore[arg-type]
+        assert deadruns.owed(store) == []  # s2's runner lives: not owed, only held
+    finally:
+        store.close()
+        live.kill()
+        live.wait()
+
+
+async def test_a_task_another_process_claimed_first_is_left_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provider = Recording()
+    monkeypatch.setattr(plugins, "load_provider_for", lambda config, name: provider)
+    store = Store.open(tmp_path / "home")
+    try:
+        store.insert_task(make_task("killed", status="failed", sandbox_id="s1", runner_pid=DEAD))
+        original = store.swap_runner
+
+        def raced(task_id: str, seen: int | None, new: int | None) -> object:
+            original(task_id, seen, DEAD + 1)  # a resume (or a second sweeper) got there first
+            return original(task_id, seen, new)
+
+        monkeypatch.setattr(store, "swap_runner", raced)
+        service = types.SimpleNamespace(store=store, config=None)
+        assert await deadruns.sweep(service) == []  # type: ignore[arg-type]
+        assert provider.destroyed == []
+    finally:
+        store.close()
