@@ -211,9 +211,9 @@ def _pool_record(state: str, *, done: bool) -> None:
     (after if done else before)(PoolLending, "_record", when)
 
 
-def _pool_destroyed() -> None:
-    """A daemon's pool once the provider destroyed a sandbox, before its row goes (the
-    first destroy of a fresh home's daemon is its pool's)."""
+def _bwrap_destroyed() -> None:
+    """Once bwrap destroyed a sandbox: a run's, before its record is cleared; a daemon
+    pool's, before its row goes (the first destroy of a fresh home's daemon is its pool's)."""
     from hal9999.providers.bwrap import BwrapProvider
 
     after(BwrapProvider, "destroy")
@@ -295,7 +295,7 @@ POINTS: dict[str, Callable[[], None]] = {
     "pool_created_unrecorded": lambda: _pool_record("leased", done=False),
     "pool_recorded": lambda: _pool_record("leased", done=True),
     "pool_destroying": lambda: _pool_record("destroying", done=True),
-    "pool_destroyed": _pool_destroyed,
+    "bwrap_destroyed": _bwrap_destroyed,
 }
 """Kill points, in the order a successful in-process run passes them."""
 

@@ -23,7 +23,7 @@ POINTS = {
     # the run is over; the pool destroys the sandbox (policy destroy): its row says so
     "pool_destroying": {"HAL_BWRAP_POOL_POLICY": "destroy"},
     # destroyed, its row not yet gone
-    "pool_destroyed": {"HAL_BWRAP_POOL_POLICY": "destroy"},
+    "bwrap_destroyed": {"HAL_BWRAP_POOL_POLICY": "destroy"},
 }
 
 
@@ -52,7 +52,7 @@ def test_a_daemon_killed_in_its_pools_create_or_destroy_leaks_nothing(
     task_id = killed_daemon(hal, hal_env, demo_repo, point)
     state = home / "sandboxes" / "bwrap"
     made = {p.name for p in state.iterdir()} if state.exists() else set()
-    if point != "pool_destroyed":
+    if point != "bwrap_destroyed":
         assert made, "the killed daemon left its sandbox (else this point tests nothing)"
     assert hal("serve", "--detach", env=hal_env).returncode == 0
     try:

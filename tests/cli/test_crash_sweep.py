@@ -81,7 +81,8 @@ QUARANTINED = ("git_fetch_running", "fetched", "kept_quarantine", "branch_moved"
 of the session's until the scan, and moves into the source with the branch's own update."""
 ELSEWHERE = ("kept_quarantine", "patch_writing", "stop_recorded")  # tested elsewhere
 ELSEWHERE += ("pool_reset", "pool_slot_cleared", "cancel_recorded", "failed_written")
-ELSEWHERE += ("pool_created_unrecorded", "pool_recorded", "pool_destroying", "pool_destroyed")
+ELSEWHERE += ("pool_created_unrecorded", "pool_recorded", "pool_destroying")
+ELSEWHERE += ("bwrap_destroyed",)
 SWEEP = [(point, False) for point in POINTS if point not in ELSEWHERE] + [
     (point, True) for point in QUARANTINED
 ]
