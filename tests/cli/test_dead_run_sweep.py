@@ -54,3 +54,26 @@ def test_a_run_killed_before_its_sandbox_went_is_swept_by_the_next_command(
     assert task["status"] == wanted["status"]
     assert (task["sandbox_id"], task["runner_pid"]) == (None, None)
     assert hal_processes_of(task) == []
+
+
+def test_the_sweep_takes_the_credential_files_out_of_the_killed_runs_session(
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path, tmp_path: Path
+) -> None:
+    # The run's end takes them out before it destroys the sandbox: killed after its final
+    # status, it left them in the session's agent home too.
+    hal_env = {**hal_env, "HAL_NO_DAEMON": "1"}
+    cred = tmp_path / "token.json"
+    cred.write_text('{"token": "cred-file-canary"}')
+    config_dir = Path(hal_env["XDG_CONFIG_HOME"]) / "hal9999"
+    config_dir.mkdir(parents=True)
+    (config_dir / "config.toml").write_text(
+        f'[[credentials]]\nsource = "{cred}"\ntarget = ".config/tool/token.json"\n'
+    )
+    _killed_after_its_end(hal_env, demo_repo, "failed_written")
+    # Found without hal (any `hal task list`, `--json` too, sweeps).
+    [session] = (Path(hal_env["HAL_HOME"]) / "sessions").iterdir()
+    left = session / "home" / ".config" / "tool" / "token.json"
+    assert left.exists(), "the killed run's end had not taken it out yet"
+    assert hal("task", "list", env=hal_env).returncode == 0
+    assert not left.exists()
+    assert _left(hal_env) == []

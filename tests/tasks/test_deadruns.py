@@ -53,7 +53,7 @@ async def test_only_a_final_tasks_sandbox_with_its_runner_dead_and_no_pools_is_d
         store.put_sandbox(SandboxRow(provider="bwrap", id="s3", pool_key="k", state="leased",
                                      task_id="pooled", created_at=1.0,
                                      last_used_at=1.0))  # fmt: skip
-        service = types.SimpleNamespace(store=store, config=None)
+        service = types.SimpleNamespace(store=store, config=types.SimpleNamespace(credentials=()))
         swept = await deadruns.sweep(service)  # type: ignore[arg-type]
         assert sorted(swept) == ["bwrap:s1", "bwrap:s6"]
         assert sorted(provider.destroyed) == ["s1", "s6"]  # never the pool's s3
@@ -89,7 +89,7 @@ async def test_a_task_another_process_claimed_first_is_left_to_it(
             return original(task_id, seen, new)
 
         monkeypatch.setattr(store, "swap_runner", raced)
-        service = types.SimpleNamespace(store=store, config=None)
+        service = types.SimpleNamespace(store=store, config=types.SimpleNamespace(credentials=()))
         assert await deadruns.sweep(service) == []  # type: ignore[arg-type]
         assert provider.destroyed == []
     finally:

@@ -5,7 +5,8 @@ destroys its sandbox, then clears both. Killed in between (``kill -9``, the OOM 
 left the sandbox (its state directory, a keeper, a uid) with nothing but the next ``hal
 serve``'s sweep of orphans to remove it; an in-process user may never start one. Every
 ``hal task list`` (and each in-process ``hal run``, before its own) now sweeps them: a task
-in a final state whose record names a sandbox and whose runner is no live hal process.
+in a final state whose record names a sandbox and whose runner is no live hal process. The
+credential files the run's end had still to take out of its session go too.
 
 Never a live run's: the runner's pid stays on the record until its sandbox is gone, and a
 sweeper first claims the task's ``runner_pid`` (a compare-and-set from the dead pid to its
@@ -67,6 +68,7 @@ async def sweep(service: TaskService) -> list[str]:
                            provider_name, sandbox_id, task_id, exc.one_line())  # fmt: skip
             await asyncio.to_thread(store.swap_runner, task_id, me, None)
             continue
+        await asyncio.to_thread(_remove_credentials, service, task_id)
         await asyncio.to_thread(
             store.update_task, task_id, held_by=me, runner_pid=None, sandbox_id=None
         )
@@ -74,3 +76,18 @@ async def sweep(service: TaskService) -> list[str]:
                     provider_name, sandbox_id, task_id)  # fmt: skip
         swept.append(f"{provider_name}:{sandbox_id}")
     return swept
+
+
+def _remove_credentials(service: TaskService, task_id: str) -> None:
+    """The credential files the killed run's end had still to take out of its session (it
+    dies before that as well as before the destroy)."""
+    if not service.config.credentials:
+        return
+    from hal9999.credentials import remove_files
+    from hal9999.tasks.session import HOME_TARGET
+
+    session = service.session(service.store.get_task(task_id))
+    left = remove_files(session.home, service.config.credentials, HOME_TARGET)
+    if left:
+        logger.warning("credential files left in the session of task %s (not regular files):"
+                       " %s", task_id, ", ".join(left))  # fmt: skip
