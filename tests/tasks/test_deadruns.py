@@ -94,3 +94,23 @@ async def test_a_task_another_process_claimed_first_is_left_to_it(
         assert provider.destroyed == []
     finally:
         store.close()
+
+
+async def test_a_destroy_that_fails_is_logged_and_tried_again_by_the_next_sweep(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Failing(Recording):
+        async def destroy(self, sandbox_id: str) -> None:
+            raise PermissionError(13, "Permission denied", sandbox_id)
+
+    monkeypatch.setattr(plugins, "load_provider_for", lambda config, name: Failing())
+    store = Store.open(tmp_path / "home")
+    try:
+        store.insert_task(make_task("killed", status="failed", sandbox_id="s1", runner_pid=DEAD))
+        service = types.SimpleNamespace(store=store, config=types.SimpleNamespace(credentials=()))
+        assert await deadruns.sweep(service) == []  # type: ignore[arg-type]  # no raise
+        record = store.get_task("killed")
+        assert (record.sandbox_id, record.runner_pid) == ("s1", None)  # owed still
+        assert [row[0] for row in deadruns.owed(store)] == ["killed"]
+    finally:
+        store.close()

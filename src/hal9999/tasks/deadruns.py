@@ -63,12 +63,16 @@ async def sweep(service: TaskService) -> list[str]:
         try:
             provider = load_provider_for(service.config, provider_name)
             await provider.destroy(sandbox_id)
-        except HalError as exc:
+        except (HalError, OSError) as exc:
+            text = exc.one_line() if isinstance(exc, HalError) else str(exc)
             logger.warning("cannot destroy sandbox %s:%s of task %s, left by a killed run: %s",
-                           provider_name, sandbox_id, task_id, exc.one_line())  # fmt: skip
+                           provider_name, sandbox_id, task_id, text)  # fmt: skip
             await asyncio.to_thread(store.swap_runner, task_id, me, None)
             continue
-        await asyncio.to_thread(_remove_credentials, service, task_id)
+        try:
+            await asyncio.to_thread(_remove_credentials, service, task_id)
+        except (HalError, OSError) as exc:
+            logger.warning("credential files of task %s not removed: %s", task_id, exc)
         await asyncio.to_thread(
             store.update_task, task_id, held_by=me, runner_pid=None, sandbox_id=None
         )
