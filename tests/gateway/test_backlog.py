@@ -157,6 +157,6 @@ async def test_the_forwarder_gives_up_on_a_backlog_full_past_its_bound(
         gateway.listen(0)
         held = _fill(path)
         with pytest.raises(BlockingIOError):  # and not an unconnected socket
-            await forwarder._connect(path)
+            await forwarder.connect_unix(path)
         for conn in held:
             conn.close()

@@ -213,3 +213,41 @@ async def test_without_python_in_the_image_one_line_and_the_agent_runs_on(
         await channel.stop()
     assert len(said) == 1 and "python3: not found" in said[0], said
     assert os.path.exists(echo_dir / "echo.sock")
+
+
+async def test_a_host_socket_with_a_full_backlog_is_waited_for_not_lost(tmp_path: Path) -> None:
+    # A unix connect past a full backlog fails at once (EAGAIN); asyncio's connect took it
+    # for one in progress, and the pod's connection got an unconnected socket: its bytes
+    # went nowhere and it was closed. Now the mux waits (bounded) for room.
+    path = str(tmp_path / "llm.sock")
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(path)
+        server.listen(0)
+        held = []
+        while True:  # the host's listener busy: its backlog full
+            conn = socket.socket(socket.AF_UNIX)
+            conn.setblocking(False)
+            try:
+                conn.connect(path)
+            except BlockingIOError:
+                conn.close()
+                break
+            held.append(conn)
+        mux = HostMux([path])
+        mux.received(encode(Frame(OPEN, 1, b"\x00")))
+        mux.received(encode(Frame(DATA, 1, b"hello")))  # kept until it is connected
+        await asyncio.sleep(0.3)  # the mux's connect finds no room meanwhile
+        for conn in held:
+            conn.close()
+        server.settimeout(10)
+        got = b""
+        for _ in range(len(held) + 1):  # the held ones (closed: nothing), then the mux's
+            accepted, _ = await asyncio.to_thread(server.accept)
+            with accepted:
+                accepted.settimeout(10)
+                got = await asyncio.to_thread(accepted.recv, 5)
+            if got:
+                break
+        assert got == b"hello"
+        mux.close_all()
+        await asyncio.sleep(0)

@@ -56,7 +56,7 @@ async def _serve_one(
     path: str, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
 ) -> None:
     try:
-        up_r, up_w = await asyncio.open_unix_connection(sock=await _connect(path))
+        up_r, up_w = await asyncio.open_unix_connection(sock=await connect_unix(path))
     except OSError:
         await _busy(client_r, client_w)
         return
@@ -86,7 +86,7 @@ async def _drain_reader(reader: asyncio.StreamReader) -> None:
         pass
 
 
-async def _connect(path: str) -> socket.socket:
+async def connect_unix(path: str) -> socket.socket:
     """A socket connected to ``path``, waiting up to :data:`CONNECT_S` for room in its
     backlog (OSError past that, or when nothing listens)."""
     loop = asyncio.get_running_loop()

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hal9999.errors import HalError
+from hal9999.gateway.forwarder import connect_unix
 from hal9999.providers.hostexec import EXEC_MARKER_VAR
 from hal9999.providers.ssh import mirror
 
@@ -186,8 +187,10 @@ class HostMux:
 
     async def _connect(self, cid: int, conn: _Conn, path: str) -> None:
         try:
+            # Waits (bounded) for room in the socket's backlog: asyncio's own connect took a
+            # full backlog's EAGAIN for a connect in progress (an unconnected socket).
             conn.reader, conn.writer = await asyncio.open_unix_connection(
-                path, limit=MAX_PAYLOAD)  # fmt: skip
+                sock=await connect_unix(path), limit=MAX_PAYLOAD)  # fmt: skip
         except OSError:
             if self._conns.pop(cid, None) is not None:
                 self._send(CLOSE, cid)
