@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,21 +17,32 @@ from tests.cli.conftest import Hal, tasks_json
 from tests.cli.test_daemon_run_e2e import _running
 from tests.cli.test_daemon_run_e2e import served as served
 
+from hal9999.process.tmux import shared_socket
+
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.timeout(300)]
 
 
 def _panes(home: Path) -> dict[int, int]:
-    """The supervisors of ``home``'s agents: pid -> parent pid (the tmux server of its pane)."""
+    """The supervisors of ``home``'s agents: pid -> parent pid (the tmux server of its pane).
+
+    The panes of the runs' sessions on the daemon's shared server (not its holder's, nor an
+    idle warm pane's, which is no run's: a claimed one is renamed as its run's session)."""
+    listed = subprocess.run(
+        ["tmux", "-S", str(shared_socket(home / "run")), "list-panes", "-a", "-F",
+         "#{session_name} #{pane_pid}"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
     found = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+    for line in listed.stdout.splitlines():
+        session, pid = line.split()
+        if session.startswith(("hal-holder-", "hal-warm-")):
+            continue
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes()
             stat = Path(f"/proc/{pid}/stat").read_text()
-            if _comm(int(pid)) == "tmux: server":  # keeps the argv of the client that forked it
-                continue
         except OSError:
             continue
-        if b"hal9999.process.supervisor" in argv and os.fsencode(str(home)) in argv:
+        if b"hal9999.process.supervisor" in argv:
             found[int(pid)] = int(stat.rsplit(")", 1)[1].split()[1])
     return found
 

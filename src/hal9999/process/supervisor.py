@@ -90,6 +90,54 @@ def wait_go(fifo: str) -> bool:
         posix.close(fd)
 
 
+def wait_warm(fifo: str) -> tuple[list[str], dict[bytes, bytes]] | None:
+    """The run a *warm* supervisor (``--warm FIFO``, started before its run was known, see
+    :mod:`hal9999.process.tmuxwarm`) is handed: its options and command, and the exact
+    environment of its command, read from ``fifo`` (never argv). None when the FIFO ends
+    first (its writer, the daemon, gone or done with the pane): nothing is to run.
+
+    The message is ``LENGTH\n`` then ``LENGTH`` bytes: the working directory, the number of
+    arguments, the arguments and the ``NAME=value`` variables, each ended by a NUL. The
+    working directory is entered here (a pane's is the one it was opened in)."""
+    try:
+        fd = posix.open(
+            fifo, posix.O_RDONLY | posix.O_NONBLOCK | posix.O_NOFOLLOW | posix.O_CLOEXEC
+        )
+    except OSError:
+        return None
+    try:
+        if posix.fstat(fd).st_mode & _S_IFMT != _S_IFIFO:
+            return None
+        posix.set_blocking(fd, True)
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as wait_go's
+        try:
+            data = b""
+            while b"\n" not in data:
+                chunk = posix.read(fd, 64)
+                if not chunk:
+                    return None
+                data += chunk
+            head, _, data = data.partition(b"\n")
+            length = int(head)
+            while len(data) < length:
+                chunk = posix.read(fd, length - len(data))
+                if not chunk:
+                    return None
+                data += chunk
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        fields = data[:length].split(b"\0")[:-1]
+        count = int(fields[1])
+        argv = [arg.decode(*_CODING) for arg in fields[2 : 2 + count]]
+        env = dict(item.partition(b"=")[::2] for item in fields[2 + count :])
+        posix.chdir(fields[0])
+        return argv, env
+    except (OSError, ValueError, IndexError):
+        return None
+    finally:
+        posix.close(fd)
+
+
 def write_exit_status(path: str | os.PathLike[str], status: int) -> None:
     """Record ``status`` at ``path`` atomically, then wake whoever listens for it."""
     path = posix.fspath(path)
@@ -101,6 +149,7 @@ def write_exit_status(path: str | os.PathLike[str], status: int) -> None:
 
 
 _S_IFMT, _S_IFIFO = 0o170000, 0o010000  # stat.S_IFMT's mask, stat.S_IFIFO
+_CODING = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()  # as os.fsdecode's
 
 
 def _notify_ended(fifo: str) -> None:
@@ -189,14 +238,13 @@ def parse_options(argv: list[str]) -> Options:
     return options
 
 
-def _masker(options: Options) -> SecretMasker | None:
+def _masker(options: Options, environ: dict[bytes, bytes]) -> SecretMasker | None:
     """The run's secrets, or None when there is none (nothing to mask, nothing imported)."""
     # os.environ's values, read as it does (bytes decoded as file names are).
-    coding = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
     values = [
-        raw.decode(*coding)
+        raw.decode(*_CODING)
         for name in options.mask_var
-        if (raw := posix.environ.get(name.encode(*coding)))
+        if (raw := environ.get(name.encode(*_CODING)))
     ]
     if options.mask_file:  # only then: hal9999.credentials brings the config's models
         load_site()
@@ -216,14 +264,17 @@ def _masker(options: Options) -> SecretMasker | None:
     return masker
 
 
-def supervise(argv: list[str]) -> int:
-    """Run the command described by ``argv``; return its exit status."""
+def supervise(argv: list[str], environ: dict[bytes, bytes] | None = None) -> int:
+    """Run the command described by ``argv`` with ``environ`` (this process's own, as it
+    started, by default); return its exit status."""
     try:
         args = parse_options(argv)
     except UsageError as exc:
         sys.stderr.write(f"{USAGE}\nhal-supervisor: error: {exc}\n")
         return 2
-    masker = _masker(args)
+    if environ is None:
+        environ = posix.environ  # bytes; the supervisor never changes it
+    masker = _masker(args, environ)
     stream = masker.stream() if masker is not None else None
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
     log = CappedLog(args.log, args.log_cap)
@@ -240,7 +291,7 @@ def supervise(argv: list[str]) -> int:
         return 0
 
     try:
-        child, output = _spawn(args.command)
+        child, output = _spawn(args.command, environ)
     except OSError as exc:
         log.write(f"hal: cannot start {args.command[0]}: {exc.strerror}\n".encode())
         log.close()
@@ -286,7 +337,7 @@ def supervise(argv: list[str]) -> int:
     return status
 
 
-def _spawn(command: list[str]) -> tuple[int, int]:
+def _spawn(command: list[str], environ: dict[bytes, bytes]) -> tuple[int, int]:
     """Start ``command`` in a new session, stdout and stderr into a pipe, stdin from
     /dev/null unless it is a terminal; its pid and the pipe's read end."""
     read, write = posix.pipe()  # both close-on-exec; the child's copies on 1 and 2 are not
@@ -297,10 +348,7 @@ def _spawn(command: list[str]) -> tuple[int, int]:
     if not posix.isatty(0):
         actions.append((posix.POSIX_SPAWN_OPEN, 0, "/dev/null", posix.O_RDONLY, 0))
     try:
-        # This process's environment as it started (bytes; the supervisor never changes it).
-        pid = posix.posix_spawnp(
-            command[0], command, posix.environ, file_actions=actions, setsid=True
-        )
+        pid = posix.posix_spawnp(command[0], command, environ, file_actions=actions, setsid=True)
     except BaseException:
         posix.close(read)
         raise
@@ -323,7 +371,28 @@ def main() -> None:
     # Nothing this process inherited past stdio is the agent's (subprocess's close_fds did
     # this in the child; posix_spawn does not).
     posix.closerange(3, posix.sysconf("SC_OPEN_MAX"))
-    raise SystemExit(supervise(sys.argv[1:]))
+    argv = sys.argv[1:]
+    if len(argv) == 2 and argv[0] == "--warm":
+        # Started before its run (a daemon's warm pane): the run comes through the FIFO.
+        run = wait_warm(argv[1])
+        if run is None:
+            raise SystemExit(0)  # no run came: nothing ran, no exit status
+        raise SystemExit(supervise(run[0], _warm_environ(run[1])))
+    raise SystemExit(supervise(argv))
+
+
+_PANE_VARIABLES = (b"TERM", b"TMUX", b"TMUX_PANE")
+"""What tmux sets in every pane's environment, over the session's (the run's)."""
+
+
+def _warm_environ(run: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    """The environment a pane opened for the run would have had: the server's global one
+    (this pane's, which has nothing of hal's), the run's over it, tmux's own over both."""
+    environ = {**posix.environ, **run}
+    for name in _PANE_VARIABLES:
+        if name in posix.environ:
+            environ[name] = posix.environ[name]
+    return environ
 
 
 if __name__ == "__main__":

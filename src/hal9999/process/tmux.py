@@ -41,17 +41,20 @@ agents use ~0.4 of a core (issue 16).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from hal9999.errors import ProcessError
+from hal9999.errors import HalError, ProcessError
 from hal9999.process.base import ProcessStatus, process_started, read_exit_status
 from hal9999.process.launch import run_host, supervised
 from hal9999.process.supervisor import go_path
+from hal9999.process.tmuxwarm import MESSAGE_MAX, WarmPane, WarmPanes, let_go, message
 from hal9999.providers.base import Launch, Sandbox
 from hal9999.providers.sandboxuser import trusted_program
 from hal9999.spec import ProcessSpec
@@ -62,9 +65,42 @@ NO_UTMP_BUILT = Path(__file__).resolve().parents[3] / "build" / "hal-noutmp.so"
 """Where ``scripts/setup.sh`` builds ``scripts/hal-noutmp.c`` in a source checkout."""
 
 
+logger = logging.getLogger(__name__)
+
 _SHARED: dict[Path, tuple[Path, int]] = {}
 """Per runtime dir of a daemon that shares a server: its socket, and the holder's FIFO (held
 open by the daemon; the holder session ends at its end)."""
+
+_WARM: dict[Path, WarmPanes] = {}
+"""Per runtime dir of a daemon that shares a server: its warm panes."""
+
+_LAZY: dict[Path, asyncio.Lock] = {}
+"""The runtime dirs of daemons whose server is started at their first tmux run."""
+
+
+def share_lazily(runtime_dir: Path) -> None:
+    """Share a server among the runs of ``runtime_dir``'s daemon, started (or adopted) at
+    its first tmux run: a daemon whose runs use another manager starts none."""
+    _LAZY.setdefault(runtime_dir, asyncio.Lock())
+
+
+async def _shared_of(runtime_dir: Path | None) -> tuple[Path, int] | None:
+    """The shared server of ``runtime_dir``'s daemon, started now if it shares lazily; None
+    when it shares none (or cannot: each run then starts its own, as in-process)."""
+    if runtime_dir is None:
+        return None
+    shared = _SHARED.get(runtime_dir)
+    lock = _LAZY.get(runtime_dir)
+    if shared is not None or lock is None:
+        return shared
+    async with lock:
+        if runtime_dir not in _SHARED and runtime_dir in _LAZY:
+            try:
+                await share_server(runtime_dir)
+            except (HalError, OSError) as exc:
+                logger.warning("tmux: no shared server: %s", exc)
+                _LAZY.pop(runtime_dir, None)  # not tried again for every run
+    return _SHARED.get(runtime_dir)
 
 
 def shared_socket(runtime_dir: Path) -> Path:
@@ -108,7 +144,7 @@ async def share_server(runtime_dir: Path) -> Path | None:
     tmux = shutil.which("tmux")
     if tmux is None:
         return None
-    await unshare_server(runtime_dir)
+    await _release(runtime_dir)
     socket = shared_socket(runtime_dir)
     runtime_dir.mkdir(parents=True, exist_ok=True)
     fifo = runtime_dir / f"tmux-holder-{os.getpid()}"
@@ -124,6 +160,8 @@ async def share_server(runtime_dir: Path) -> Path | None:
         fifo.unlink(missing_ok=True)
         raise
     _SHARED[runtime_dir] = (socket, held)
+    warm = _WARM[runtime_dir] = WarmPanes(tmux, socket)
+    warm.sweep()
     return socket
 
 
@@ -142,8 +180,16 @@ async def _start_shared(tmux: str, socket: Path, fifo: Path, *, check: bool = Tr
 
 
 async def unshare_server(runtime_dir: Path) -> None:
-    """Let the shared server of ``runtime_dir`` go: its holder ends, and the server with
-    its last run (running agents stay, for the next daemon to adopt)."""
+    """Let the shared server of ``runtime_dir`` go: its holder and warm panes end, and the
+    server with its last run (running agents stay, for the next daemon to adopt)."""
+    _LAZY.pop(runtime_dir, None)
+    await _release(runtime_dir)
+
+
+async def _release(runtime_dir: Path) -> None:
+    warm = _WARM.pop(runtime_dir, None)
+    if warm is not None:
+        await warm.close()
     shared = _SHARED.pop(runtime_dir, None)
     if shared is not None:
         os.close(shared[1])
@@ -182,6 +228,8 @@ class TmuxProcessManager:
         """Per socket, a run :meth:`prestart` opened: its FIFO and what it was opened for."""
         self._go: dict[Path, int] = {}
         """Per socket, the FIFO of a run :meth:`start` let start, held until it ended."""
+        self._claimed: dict[Path, WarmPane] = {}
+        """Per socket, the warm pane a run claimed (its FIFO held until the run ended)."""
 
     def socket(self, spec: ProcessSpec) -> Path:
         """The tmux socket of the process (derived from its log path and name)."""
@@ -218,17 +266,56 @@ class TmuxProcessManager:
 
         The FIFO is held open here until the run has ended or is stopped: should this
         process end first, the waiting supervisor reads the FIFO's end and exits without
-        starting anything (no exit status), its pane and server with it."""
+        starting anything (no exit status), its pane and server with it.
+
+        On a daemon's shared server the run claims a warm pane when one is idle
+        (:mod:`hal9999.process.tmuxwarm`): its supervisor has started already."""
         await self.stop(spec)
         launch = supervised(sandbox, spec, env, go=True)
         flags = os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW  # never waits
         go = os.open(go_path(spec.exit_path), flags)
         try:
-            await self._open(spec, launch)
+            if not await self._claim(spec, launch):
+                await self._open(spec, launch)
         except BaseException:
             os.close(go)
             raise
         self._early[self.socket(spec)] = (go, _run_key(sandbox, spec, env))
+
+    async def _claim(self, spec: ProcessSpec, launch: Launch) -> bool:
+        """Hand ``spec``'s run to an idle warm pane of the shared server, renamed as the
+        run's session; False when there is none (or the run does not fit one)."""
+        shared = await _shared_of(self._runtime)
+        warm = _WARM.get(self._runtime) if self._runtime is not None else None
+        if shared is None or warm is None:
+            return False
+        cwd = str(launch.cwd) if launch.cwd else str(spec.log_path.parent)
+        handed = message(launch, cwd)
+        if len(handed) > MESSAGE_MAX:
+            return False
+        pane = warm.claim()
+        if pane is None:
+            return False
+        socket = self.socket(spec)
+        _SOCKET_DIR.mkdir(mode=0o700, exist_ok=True)
+        socket.unlink(missing_ok=True)
+        os.symlink(shared[0], socket)  # first: a session is never out of reach of its run
+        self._claimed[socket] = pane
+        self._panes[socket] = (pane.pid, pane.started)
+        try:
+            # One write into an empty pipe of 64 KiB: all of it, at once.
+            if os.write(pane.fd, handed) != len(handed):
+                raise ProcessError("the warm pane took part of its run")
+            argv = [str(self._tmux), "-N", "-S", str(shared[0]), "rename-session", "-t",
+                    f"={pane.name}", self._shared_name(spec)]  # fmt: skip
+            await run_host(argv, env={})
+        except (HalError, OSError):
+            await self.stop(spec)  # its FIFOs and link (the pane ends); the run opens its own
+            return False
+        except BaseException:
+            await self.stop(spec)
+            raise
+        return True
 
     async def start(
         self, sandbox: Sandbox, spec: ProcessSpec, *, env: Mapping[str, str] | None = None
@@ -244,10 +331,18 @@ class TmuxProcessManager:
             if alive and key == _run_key(sandbox, spec, env):
                 os.write(go, b"g")
                 self._go[socket] = go  # until the supervisor has surely read it
+                self._refill()
                 return
             os.close(go)  # another run's pane, or one already gone: not this run's
         await self.stop(spec)
         await self._open(spec, supervised(sandbox, spec, env))
+        self._refill()
+
+    def _refill(self) -> None:
+        """The next warm pane, opened now that this run has been let start."""
+        warm = _WARM.get(self._runtime) if self._runtime is not None else None
+        if warm is not None:
+            warm.refill()
 
     def _session(self, spec: ProcessSpec, launch: Launch, name: str) -> list[str]:
         """The ``new-session`` command of ``spec``'s pane running ``launch``."""
@@ -274,7 +369,7 @@ class TmuxProcessManager:
         """A new session for ``spec`` whose pane runs ``launch``: on the shared server of
         this manager's daemon, or on a new server of its own."""
         tmux = self._base(spec)[0]  # raises without tmux
-        shared = _SHARED.get(self._runtime) if self._runtime is not None else None
+        shared = await _shared_of(self._runtime)
         if shared is not None:
             await self._open_shared(spec, launch, shared[0])
             return
@@ -371,6 +466,9 @@ class TmuxProcessManager:
         for fd in (early[0] if early is not None else None, self._go.pop(socket, None)):
             if fd is not None:
                 os.close(fd)
+        pane = self._claimed.pop(socket, None)
+        if pane is not None:
+            let_go(pane.fd, pane.fifo)
 
     async def stop(self, spec: ProcessSpec) -> None:
         """Kill the run's tmux server, or its session on a shared one (nothing of another

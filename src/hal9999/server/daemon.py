@@ -169,13 +169,11 @@ class Daemon:
             self.service, self.pool, self.source, self.provider,
             retries=self.scheduler.settings.max_infra_retries,
         )  # fmt: skip
-        from hal9999.process.tmux import share_server
+        from hal9999.process.tmux import share_lazily
 
-        # Before the adoptions and the first run: the runs share one tmux server (issue 16).
-        try:
-            await share_server(HalPaths(self.config.home).run)
-        except (HalError, OSError) as exc:  # each run then starts its own, as in-process
-            logger.warning("tmux: no shared server: %s", exc)
+        # The runs share one tmux server (issue 16), started (or adopted) at the first tmux
+        # run, with the warm panes; a daemon of another manager starts none.
+        share_lazily(HalPaths(self.config.home).run)
         self.recovery, adoptions = await recovery.run()
         await self._sweep_pins()
         await self._sweep_uid_drafts()
