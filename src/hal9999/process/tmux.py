@@ -7,8 +7,12 @@ daemon, so the agent outlives the ``hal`` process that started it, and ``hal tas
 opens the live pane.
 
 ``hal serve`` shares one server among its runs (:func:`share_server`, a socket per runtime
-dir): a server's start is ~49M instructions (its option tables and key bindings), a session
-on a live one ~1M, and it was on every task's path (issue 16). The run's socket is then a
+dir, started or adopted at the daemon's first tmux run: :func:`share_lazily`), and keeps an
+idle *warm pane* there whose supervisor has started, for the next run's prestart to claim
+(:mod:`hal9999.process.tmuxwarm`: the run's command and environment reach it through a
+private FIFO, so no interpreter starts on the run's path). A server's start is ~49M
+instructions (its option tables and key bindings), a session on a live one ~1M, and it was on
+every task's path (issue 16). The run's socket is then a
 symlink to the shared one, so whoever computes it (``hal task attach``, the next daemon)
 reaches the run's session, ``=<name>-<key>``, exactly. The run's exec-time environment
 reaches the pane through the client's own environment: ``update-environment`` is set to the
