@@ -18,6 +18,7 @@ from tests.process.test_managers import wait_exit
 from tests.process.test_tmux_prestart import _reads, sandbox, servers  # noqa: F401 (a fixture)
 from tests.process.test_tmux_shared import run_spec, runtime  # noqa: F401 (a fixture)
 
+from hal9999.errors import ProcessError
 from hal9999.process import tmux as tmux_module
 from hal9999.process.base import process_started
 from hal9999.process.launch import SUPERVISOR
@@ -215,3 +216,37 @@ async def test_a_lazily_shared_server_starts_at_the_first_run(
         for pid in servers(shared):
             os.kill(pid, signal.SIGKILL)
         shared.unlink(missing_ok=True)
+
+
+async def test_a_failed_hand_over_runs_the_command_once_in_the_runs_own_pane(
+    tmp_path: Path,
+    runtime: Path,  # noqa: F811
+    sandbox: Sandbox,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    manager = TmuxProcessManager(runtime_dir=runtime)
+    pane = await warm_pane(runtime)
+    marker = tmp_path / "ran"
+    spec = run_spec(tmp_path, "hal-f", f"echo once >> {marker}")
+    real_run_host = tmux_module.run_host
+
+    async def failing_rename(argv: list[str], **kwargs: object) -> tuple[int, str]:
+        if "rename-session" in argv:
+            await asyncio.sleep(0.5)  # the warm supervisor has read its run meanwhile
+            raise ProcessError("tmux rename-session failed")
+        return await real_run_host(argv, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tmux_module, "run_host", failing_rename)
+    with pytest.raises(ProcessError):
+        await manager.prestart(sandbox, spec)
+    monkeypatch.setattr(tmux_module, "run_host", real_run_host)
+    await manager.start(sandbox, spec)  # as a task's start does after a failed prestart
+    assert manager._panes[manager.socket(spec)][0] != pane.pid
+    assert await wait_exit(manager, spec) == 0
+    deadline = time.monotonic() + 10
+    while process_started(pane.pid) == pane.started:
+        assert time.monotonic() < deadline, "the claimed pane outlived its failed hand-over"
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    assert marker.read_text() == "once\n", "the command ran once, in the run's own pane"
+    await manager.stop(spec)

@@ -46,6 +46,7 @@ agents use ~0.4 of a core (issue 16).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -288,7 +289,8 @@ class TmuxProcessManager:
 
     async def _claim(self, spec: ProcessSpec, launch: Launch) -> bool:
         """Hand ``spec``'s run to an idle warm pane of the shared server, renamed as the
-        run's session; False when there is none (or the run does not fit one)."""
+        run's session; False when there is none (or the run does not fit one). A hand-over
+        that fails raises: the prestart fails, and the start opens the run's own pane."""
         shared = await _shared_of(self._runtime)
         warm = _WARM.get(self._runtime) if self._runtime is not None else None
         if shared is None or warm is None:
@@ -306,18 +308,19 @@ class TmuxProcessManager:
         os.symlink(shared[0], socket)  # first: a session is never out of reach of its run
         self._claimed[socket] = pane
         self._panes[socket] = (pane.pid, pane.started)
+        client = [str(self._tmux), "-N", "-S", str(shared[0])]
         try:
             # One write into an empty pipe of 64 KiB: all of it, at once.
             if os.write(pane.fd, handed) != len(handed):
                 raise ProcessError("the warm pane took part of its run")
-            argv = [str(self._tmux), "-N", "-S", str(shared[0]), "rename-session", "-t",
-                    f"={pane.name}", self._shared_name(spec)]  # fmt: skip
-            await run_host(argv, env={})
-        except (HalError, OSError):
-            await self.stop(spec)  # its FIFOs and link (the pane ends); the run opens its own
-            return False
+            rename = ["rename-session", "-t", f"={pane.name}", self._shared_name(spec)]
+            await run_host([*client, *rename], env={})
         except BaseException:
-            await self.stop(spec)
+            # Not a pane opened anew on the same go FIFO (the claimed supervisor may wait
+            # on it): the prestart fails, its go ends, and the start opens the run's own.
+            with contextlib.suppress(HalError, OSError):
+                await run_host([*client, "kill-session", "-t", f"={pane.name}"], check=False)
+            await self.stop(spec)  # its FIFOs and link
             raise
         return True
 
