@@ -16,6 +16,7 @@ import pytest
 from tests.cli.conftest import Hal, tasks_json
 from tests.cli.test_daemon_run_e2e import _running
 from tests.cli.test_daemon_run_e2e import served as served
+from tests.process.test_tmux_prestart import servers
 
 from hal9999.process.tmux import shared_socket
 
@@ -86,3 +87,18 @@ def test_a_killed_daemons_agents_run_on_and_are_adopted(
     assert [t["status"] for t in tasks_json(served) if t["id"] == task_id] == ["running"]
     assert _panes(home) == {pane: server}
     assert served("task", "cancel", task_id).returncode == 0
+
+
+def test_a_daemon_of_the_direct_manager_starts_no_tmux_server(
+    hal: Hal, hal_env: dict[str, str]
+) -> None:
+    direct = {"HAL_PROCESS_MANAGER": "direct"}
+    assert hal("serve", "--detach", env=direct).returncode == 0
+    try:
+        shared = shared_socket(Path(hal_env["HAL_HOME"]) / "run")
+        done = hal("run", "--agent", "true {{prompt_file}}", "x", env=direct)
+        assert done.returncode == 0, done.stderr
+        # Started at the first tmux run (none here), not at the daemon's start.
+        assert servers(shared) == []
+    finally:
+        assert hal("serve", "--stop", env=direct).returncode == 0
