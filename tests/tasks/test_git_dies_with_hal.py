@@ -7,14 +7,13 @@ the option)."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +49,13 @@ def launcher(built: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def spawned(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, ...]]]:
     """The argv of every process :func:`gitrepo.git` spawns."""
     calls: list[tuple[str, ...]] = []
-    original = asyncio.create_subprocess_exec
+    original = gitrepo.run_captured
 
-    async def recorded(*argv: str, **kwargs: Any) -> asyncio.subprocess.Process:
-        calls.append(argv)
-        return await original(*argv, **kwargs)
+    async def recorded(argv: Sequence[str], **kwargs: Any) -> tuple[int, bytes, bytes]:
+        calls.append(tuple(argv))
+        return await original(argv, **kwargs)
 
-    monkeypatch.setattr(asyncio, "create_subprocess_exec", recorded)
+    monkeypatch.setattr(gitrepo, "run_captured", recorded)
     yield calls
 
 

@@ -472,3 +472,31 @@ async def test_a_command_templates_task_parses_its_template_twice(
     assert done.status == "succeeded", done.error_message
     assert len(built) == 2, built
     assert candidates == [task.id], candidates
+
+
+@pytest.mark.bwrap
+async def test_a_trivial_tasks_host_gits_take_no_asyncio_subprocess_transport(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 16, stop 40: the checkout's read-tree and the bring-back's update-ref were each
+    # started through asyncio's subprocess transports (~1.1 ms of the daemon's CPU a process
+    # here); procs.run_captured reads their pipes and pidfd on the loop (~0.5 ms).
+    transported: list[tuple[Any, ...]] = []
+    subprocess_exec = asyncio.base_events.BaseEventLoop.subprocess_exec
+
+    def counted(self: Any, protocol: Any, *argv: Any, **kwargs: Any) -> Any:
+        transported.append(argv)
+        return subprocess_exec(self, protocol, *argv, **kwargs)
+
+    gits: list[Any] = []
+    run_captured = gitrepo.run_captured
+
+    async def captured(argv: Any, **kwargs: Any) -> Any:
+        gits.append(argv)
+        return await run_captured(argv, **kwargs)
+
+    monkeypatch.setattr(asyncio.base_events.BaseEventLoop, "subprocess_exec", counted)
+    monkeypatch.setattr(gitrepo, "run_captured", captured)
+    await run_trivial_task(tmp_path, git_repo(tmp_path / "repo"))
+    assert len(gits) >= 2, gits  # the checkout's and the bring-back's, at least
+    assert not [a for a in transported if "core.hooksPath=/dev/null" in a], transported
