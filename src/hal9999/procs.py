@@ -73,8 +73,9 @@ async def run_captured(
         assert proc.returncode is not None
         return proc.returncode, out, err
     # Started on the loop's thread as asyncio's own does (vfork: the daemon is not copied).
+    # Unbuffered: only their descriptors are used (no isatty, no lseek for each).
     child = subprocess.Popen(  # noqa: ASYNC220
-        argv, cwd=cwd, env=env, start_new_session=True,
+        argv, cwd=cwd, env=env, start_new_session=True, bufsize=0,
         stdin=subprocess.PIPE if isinstance(stdin, bytes) else stdin or subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
