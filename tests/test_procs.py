@@ -122,3 +122,23 @@ async def test_it_takes_no_asyncio_subprocess_transport(monkeypatch: pytest.Monk
     monkeypatch.setattr(asyncio.base_events.BaseEventLoop, "subprocess_exec", counted)
     assert await procs.run_captured(["echo", "hi"]) == (0, b"hi\n", b"")
     assert calls == []
+
+
+async def test_its_pipes_are_unbuffered(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 16, stop 40: a buffered pipe object costs an ioctl and an lseek each (three a
+    # command) for descriptors only their numbers are used of.
+    import io
+    import subprocess
+
+    made: list[subprocess.Popen[bytes]] = []
+    real = subprocess.Popen
+
+    class Seen(real):  # type: ignore[valid-type,misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(subprocess, "Popen", Seen)
+    assert await procs.run_captured(["cat"], stdin=b"x") == (0, b"x", b"")
+    (child,) = made
+    assert all(type(p) is io.FileIO for p in (child.stdin, child.stdout, child.stderr))
