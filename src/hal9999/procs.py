@@ -2,7 +2,9 @@
 
 Used wherever hal starts a helper that may block on the network or a disk (git, image build
 steps): when the caller is cancelled (a timeout, Ctrl-C, SIGTERM), the helper and everything
-it started must end too, and hal must not return before they have.
+it started must end too, and hal must not return before they have. :func:`run_captured`
+runs one to its end that way on the event loop without asyncio's subprocess transports
+(host git, issue 16).
 """
 
 from __future__ import annotations
