@@ -29,6 +29,7 @@ from hal9999.store.gateway import GatewayTable
 from hal9999.store.migrations import MIGRATIONS, Migration
 from hal9999.store.records import TaskRecord
 from hal9999.store.sandboxes import SandboxTable
+from hal9999.store.writelock import writers_of
 
 BUSY_TIMEOUT_S = 5.0
 """How long a writer waits for another process's write lock."""
@@ -137,6 +138,7 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._writers = writers_of(path)
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._closed = False
@@ -227,20 +229,26 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
         path but not for "this task is finished".
         """
         conn = self._db()
-        if durable:
-            conn.execute("PRAGMA synchronous = FULL")
+        writers = self._writers
+        queued = writers.acquire(timeout=BUSY_TIMEOUT_S)
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        finally:
             if durable:
-                conn.execute("PRAGMA synchronous = NORMAL")
+                conn.execute("PRAGMA synchronous = FULL")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            finally:
+                if durable:
+                    conn.execute("PRAGMA synchronous = NORMAL")
+        finally:
+            if queued:
+                writers.release()
 
     def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         return self._db().execute(sql, tuple(params)).fetchall()
