@@ -67,7 +67,7 @@ async def test_what_cannot_start_raises_oserror_and_leaks_nothing(way: str, tmp_
 
 
 async def test_cancelled_its_group_is_killed_and_it_is_reaped(way: str, tmp_path: Path) -> None:
-    before = open_fds()
+    before, children = open_fds(), set(_children_left())  # an earlier test's may be there
     pid_file = tmp_path / "pid"
     # The shell's background sleep holds the pipes open: only killing the group ends it.
     script = f"sleep 60 & echo $! > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; wait"
@@ -83,7 +83,7 @@ async def test_cancelled_its_group_is_killed_and_it_is_reaped(way: str, tmp_path
         await asyncio.sleep(0.01)
     assert not _alive(sleeper)
     assert open_fds() == before
-    assert not _children_left()
+    assert set(_children_left()) <= children
 
 
 def _alive(pid: int) -> bool:
