@@ -12,7 +12,9 @@ bash scripts/install-agents.sh
 [ ! -f scripts/install-pm2.sh ] || bash scripts/install-pm2.sh
 .venv/bin/ruff check src tests
 .venv/bin/mypy
-.venv/bin/python -m pytest --durations=40 "$@"
+# Two workers (pytest-xdist): most tests wait on subprocesses, so a 2-core machine overlaps
+# them. loadgroup keeps each xdist_group (tests/conftest.py's XDIST_GROUPS) on one worker.
+.venv/bin/python -m pytest -n 2 --dist loadgroup --durations=40 "$@"
 # The boundary again as an ordinary user (a root hal and a user's hal sandbox differently);
 # only on a full run, since arguments above pick a subset.
 [ "$#" -gt 0 ] || bash scripts/test-nonroot.sh

@@ -174,6 +174,24 @@ REQUIREMENTS: dict[str, Callable[[], str | None]] = {
 """Marker name -> why the component is unusable here (None when it is fine)."""
 
 
+XDIST_GROUPS = {"ray": "ray"}
+"""Marker -> the ``xdist_group`` its tests share under ``-n`` (``--dist loadgroup``, see
+scripts/test.sh), so one worker runs them all. ``ray``: one session cluster (two workers
+would start two), and its tests add and kill worker nodes of it."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist, put the tests of each marker in ``XDIST_GROUPS`` in their group (the
+    ``xdist_group`` mark exists only with the plugin: ``-p no:xdist`` runs are left as is)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    for item in items:
+        for marker, group in XDIST_GROUPS.items():
+            if item.get_closest_marker(marker) is not None:
+                item.add_marker(pytest.mark.xdist_group(group))
+                break
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Build the qemu test image before any test runs (outside every test's timeout)."""
     if any(item.get_closest_marker("qemu") for item in session.items):
@@ -184,13 +202,21 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         from tests.podman_env import prepare as prepare_podman
 
         prepare_podman()
-    if any(item.get_closest_marker("ray") for item in session.items) and not _missing_ray():
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[object]:
+    """Start the run's Ray cluster before the first Ray test, outside its timeout (this
+    wrapper runs before pytest-timeout's starts the clock). Not at collection: under xdist
+    every worker collects every test, and only the one given the ``ray`` group needs it."""
+    if item.get_closest_marker("ray") is not None and not _missing_ray():
         from tests.ray_cluster import session_cluster
 
         # A failure here is reported by each Ray test (through the fixture), not as an
         # internal error of the run.
         with contextlib.suppress(pytest.fail.Exception):
             session_cluster()
+    return (yield)
 
 
 CRASH_LOGS_SHOWN = 5
@@ -271,7 +297,8 @@ def left_nothing() -> Iterator[LeftNothing]:
 @pytest.fixture(scope="session")
 def ray_cluster() -> object:
     """A real two-node Ray cluster on loopback (tests/ray_cluster.py), started once per
-    run before the tests (outside their timeouts) and stopped at the end."""
+    run (per xdist worker running Ray tests: their group keeps that to one) before the
+    first Ray test, outside its timeout, and stopped at the end."""
     from tests.ray_cluster import session_cluster
 
     return session_cluster()

@@ -10,6 +10,7 @@ share when the engine lacks it, and exports ``HAL_DOCKER_URL`` for every docker 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gc
 import os
 import shutil
@@ -19,6 +20,7 @@ import sys
 import time
 import urllib.error
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 SOCKET = Path(os.environ.get("HAL_PODMAN_SOCKET", "/run/hal-podman/podman.sock"))
@@ -35,14 +37,35 @@ def problem() -> str | None:
 
 
 def prepare() -> None:
-    """Start the service and build the image once per run."""
+    """Start the service and build the image once per run (per process: xdist's workers
+    and runs beside this one take turns by a lock, so one starts or builds, the others
+    find it done)."""
     if "problem" not in _state:
         # Probing a service that is still starting leaves the docker SDK's half-made clients
         # behind; they are collected here, so no later test inherits their ResourceWarnings.
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _prepare_lock():
             warnings.simplefilter("ignore", ResourceWarning)
             _state["problem"] = _prepare()
             gc.collect()
+
+
+@contextlib.contextmanager
+def _prepare_lock() -> Iterator[None]:
+    """Held while one process prepares (a lock file beside the qemu test images); without
+    a place for it, no lock (a lone run needs none)."""
+    from tests.qemu_image import ROOT
+
+    try:
+        ROOT.mkdir(parents=True, exist_ok=True)
+        fd = os.open(ROOT / ".podman.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _answers() -> bool:

@@ -178,7 +178,7 @@ _FAILED: list[str] = []
 
 
 def session_cluster() -> RayCluster:
-    """The run's cluster, started on first call (from ``pytest_collection_finish``). A
+    """The run's cluster, started on first call (from ``pytest_runtest_protocol``). A
     cluster that would not start fails each Ray test with the reason, once tried."""
     import pytest
 
