@@ -13,7 +13,7 @@ bash scripts/install-agents.sh
 .venv/bin/ruff check src tests
 .venv/bin/mypy
 # Two workers (pytest-xdist): most tests wait on subprocesses, so a 2-core machine overlaps
-# them. loadgroup keeps each xdist_group (tests/conftest.py's XDIST_GROUPS) on one worker.
+# them. loadgroup keeps each group of tests/xdist_groups.py (the Ray tests) on one worker.
 .venv/bin/python -m pytest -n 2 --dist loadgroup --durations=40 "$@"
 # The boundary again as an ordinary user (a root hal and a user's hal sandbox differently);
 # only on a full run, since arguments above pick a subset.

@@ -174,22 +174,20 @@ REQUIREMENTS: dict[str, Callable[[], str | None]] = {
 """Marker name -> why the component is unusable here (None when it is fine)."""
 
 
-XDIST_GROUPS = {"ray": "ray"}
-"""Marker -> the ``xdist_group`` its tests share under ``-n`` (``--dist loadgroup``, see
-scripts/test.sh), so one worker runs them all. ``ray``: one session cluster (two workers
-would start two), and its tests add and kill worker nodes of it."""
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """Under ``-n 2 --dist loadgroup`` (scripts/test.sh), the Ray tests on one worker
+    (tests/xdist_groups.py); first, before xdist's own (the first answer is taken)."""
+    from tests.xdist_groups import make_scheduler
+
+    return make_scheduler(config, log)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under xdist, put the tests of each marker in ``XDIST_GROUPS`` in their group (the
-    ``xdist_group`` mark exists only with the plugin: ``-p no:xdist`` runs are left as is)."""
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        return
-    for item in items:
-        for marker, group in XDIST_GROUPS.items():
-            if item.get_closest_marker(marker) is not None:
-                item.add_marker(pytest.mark.xdist_group(group))
-                break
+    """Every Ray test is in its xdist group (a cheap check, in every run)."""
+    from tests.xdist_groups import check
+
+    check(items)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
