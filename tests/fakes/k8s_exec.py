@@ -61,8 +61,12 @@ class PodRuntime:
     _view: Any
 
     async def _boot(self, pod: FakePod) -> None:
-        """The pod's namespaces: a bubblewrap whose pid 1 holds them (its main process)."""
+        """The pod's namespaces: a bubblewrap whose pid 1 holds them (its main process).
+        Running once its command has started: bwrap reports the child's pid before that
+        child has built the root, and an exec entering it then found no ``mkdir`` (seen on
+        a loaded machine)."""
         read, write = os.pipe()
+        ready_read, ready_write = os.pipe()
         system = ["--ro-bind", "/usr", "/usr"]
         for name in ("bin", "sbin", "lib", "lib64"):
             system += ["--ro-bind-try", f"/{name}", f"/{name}"]
@@ -71,13 +75,15 @@ class PodRuntime:
                 "--dev", "/dev", "--bind", str(pod.root / "hal"), "/hal",
                 "--bind", str(pod.root / "tmp"), "/tmp", "--chdir", "/hal",
                 "--info-fd", str(write), "--",
-                "sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"]
+                "sh", "-c", f"echo ready >/proc/self/fd/{ready_write}; trap 'exit 0' TERM; "
+                "while :; do sleep 3600 & wait $!; done"]  # fmt: skip
         try:
             pod.init = await asyncio.create_subprocess_exec(
-                *argv, pass_fds=(write,), env={"PATH": "/usr/bin:/bin"},
+                *argv, pass_fds=(write, ready_write), env={"PATH": "/usr/bin:/bin"},
                 stdin=asyncio.subprocess.DEVNULL)  # fmt: skip
         finally:
             os.close(write)
+            os.close(ready_write)
         raw = b""
         try:
             while b"}" not in raw:  # bwrap writes its info JSON in pieces
@@ -85,8 +91,11 @@ class PodRuntime:
                 if not chunk:
                     raise RuntimeError("bwrap gave no info (did it start?)")
                 raw += chunk
+            if not await asyncio.to_thread(os.read, ready_read, 16):
+                raise RuntimeError("the pod's command did not start")
         finally:
             os.close(read)
+            os.close(ready_read)
         info, _ = json.JSONDecoder().raw_decode(raw.decode())
         pod.child_pid = int(info["child-pid"])
 
