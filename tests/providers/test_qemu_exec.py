@@ -29,18 +29,24 @@ from hal9999.providers.qemusandbox import QemuSandbox
 from hal9999.spec import ArgvCommand, SandboxSpec
 
 pytestmark = [pytest.mark.qemu, pytest.mark.timeout(300)]
+SSH_ONLY = "ssh-only-"
+"""The prefix of the ssh-only image's name; the rest is the pid of the run that made it."""
 
 
 @pytest.fixture(scope="session")
 def ssh_only_image() -> Iterator[str]:
     """An image as built before the exec agent: its guest serves no agent port, so its
     saved state (made on first use, a cold boot) has none and every command goes over ssh.
-    Its disk is an overlay of the test image's (the agent binary there is never started)."""
+    Its disk is an overlay of the test image's (the agent binary there is never started).
+    Named by this process: the store is shared by xdist's workers (and by runs beside this
+    one), and one fixed name had a worker remove the image the other was booting."""
     store = ImageStore(Path(os.environ["HAL_QEMU_IMAGES"]))
     base = store.get("default")
-    name = "ssh-only"
-    if store.path(name).exists():
-        store.remove(name)
+    for image in store.all():  # a killed run's (its process is gone)
+        pid = image.name.removeprefix(SSH_ONLY)
+        if image.name.startswith(SSH_ONLY) and pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            store.remove(image.name)
+    name = f"{SSH_ONLY}{os.getpid()}"
     target = store.new_dir(name)
     subprocess.run(
         ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base.disk),
