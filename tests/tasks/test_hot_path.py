@@ -139,11 +139,10 @@ async def test_a_daemon_task_writes_its_row_once_per_step(
     await pool.drain()  # a leased one went back to the pool: nothing of it outlives the test
     store.close()
     assert done.status == "succeeded", done.error_message
-    # Stop 40: a sandbox made for this run alone (no pool's lease: not `leased`) stays named on
-    # the record, with its runner, until it is destroyed, then both are cleared: one more
-    # write, without which a run killed between its final status and the destroy left the
-    # sandbox to nobody but the next `hal serve` (tests/cli/test_dead_run_sweep.py). A
-    # pool's sandbox is its row's: cleared with the final status, as before.
+    # Stop 40: a sandbox made for this run alone (not `leased`) stays on the record, with its
+    # runner, until destroyed, then both are cleared: one more write, without which a run
+    # killed between its final status and the destroy left the sandbox to nobody but the next
+    # `hal serve` (tests/cli/test_dead_run_sweep.py). A pool's is cleared with the status.
     assert writes == [
         "provisioning", "preparing", "running", "collecting", "succeeded",
         *([] if leased else ["held_by,runner_pid,sandbox_id"]),
@@ -327,8 +326,7 @@ async def test_a_trivial_tasks_run_takes_few_thread_hops(
     assert "route_for" not in hops, hops  # the MCP route: in the provisioning move's hop
     if os.geteuid() == 0:  # a sandbox user of its own: the checkout and home, one hop
         assert hops.count("adopt_each") == 1 and "adopt" not in hops, hops
-    # 17 since stop 40: the write clearing a sandbox made for the run alone, once it is
-    # destroyed (see test_a_daemon_task_writes_its_row_once_per_step).
+    # 17 since stop 40: clearing a run's own sandbox once destroyed (see the row writes).
     assert len(hops) <= 17, hops
 
 
