@@ -12,9 +12,10 @@ bash scripts/install-agents.sh
 [ ! -f scripts/install-pm2.sh ] || bash scripts/install-pm2.sh
 .venv/bin/ruff check src tests
 .venv/bin/mypy
-# Two workers (pytest-xdist): most tests wait on subprocesses, so a 2-core machine overlaps
-# them. loadgroup keeps each group of tests/xdist_groups.py (the Ray tests) on one worker.
-.venv/bin/python -m pytest -n 2 --dist loadgroup --durations=40 "$@"
+# One process: on two workers (pytest-xdist, `-n 2 --dist loadgroup`) a 2-core CI machine
+# was no faster (the suite is CPU-bound there) and twelve tests failed (docs/benchmarks.md,
+# stop 40). Developers may still pass `-n 2 --dist loadgroup` (tests/xdist_groups.py).
+.venv/bin/python -m pytest --durations=40 "$@"
 # The boundary again as an ordinary user (a root hal and a user's hal sandbox differently);
 # only on a full run, since arguments above pick a subset.
 [ "$#" -gt 0 ] || bash scripts/test-nonroot.sh

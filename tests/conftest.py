@@ -176,7 +176,7 @@ REQUIREMENTS: dict[str, Callable[[], str | None]] = {
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
-    """Under ``-n 2 --dist loadgroup`` (scripts/test.sh), the Ray tests on one worker
+    """Under ``-n 2 --dist loadgroup`` (a developer's choice), the Ray tests on one worker
     (tests/xdist_groups.py); first, before xdist's own (the first answer is taken)."""
     from tests.xdist_groups import make_scheduler
 

@@ -1,4 +1,4 @@
-"""The suite on two workers (scripts/test.sh: ``pytest -n 2 --dist loadgroup``): the Ray
+"""The suite on two workers (``pytest -n 2 --dist loadgroup``, on request): the Ray
 tests reach one worker as one group (tests/xdist_groups.py)."""
 
 from __future__ import annotations
