@@ -121,19 +121,32 @@ def _bringback_git(what: str) -> None:
     after(incoming, "git", lambda *a, **k: k.get("what") == what)
 
 
+def _on_spawn(
+    rewrite: Callable[[list[str]], list[str]], dies: Callable[[list[str], dict[str, Any]], bool]
+) -> None:
+    """Every process hal starts (``subprocess.Popen``, under asyncio's subprocesses and
+    :func:`hal9999.procs.run_captured` alike): its argv through ``rewrite``, and death once
+    it has started when ``dies(argv, kwargs)``."""
+    import subprocess
+
+    class Spawned(subprocess.Popen):  # type: ignore[type-arg]
+        def __init__(self, args: Any, *rest: Any, **kwargs: Any) -> None:
+            argv = [os.fsdecode(a) for a in args] if isinstance(args, (list, tuple)) else []
+            super().__init__(rewrite(argv) if argv else args, *rest, **kwargs)
+            if argv and dies(argv, kwargs):
+                die()
+
+    subprocess.Popen = Spawned  # type: ignore[misc]
+
+
 def _git_running(command: str) -> None:
     """Die once host git runs ``command`` in the source repository (hal runs in it): that
     git lives on (its own session) and finishes after hal is gone, perhaps while the next
     hal recovers."""
-    original = asyncio.create_subprocess_exec
-
-    async def spawn(*argv: Any, **kwargs: Any) -> Any:
-        proc = await original(*argv, **kwargs)
-        if command in argv and Path(kwargs.get("cwd") or "/") == Path.cwd():
-            die()
-        return proc
-
-    asyncio.create_subprocess_exec = spawn  # type: ignore[assignment]
+    _on_spawn(
+        lambda argv: argv,
+        lambda argv, kw: command in argv and Path(kw.get("cwd") or "/") == Path.cwd(),
+    )
 
 
 SLOW_GIT = Path(__file__).with_name("slow_git.py")
@@ -143,19 +156,17 @@ def _clone_running() -> None:
     """Die once host git starts filling the task's checkout (the ``read-tree`` after a
     snapshot's clone, or git's own ``clone``; not the snapshot's ``clone --bare``), that git
     slowed (:data:`SLOW_GIT`) so that it still runs when hal dies, as a big clone would."""
-    original = asyncio.create_subprocess_exec
 
-    async def spawn(*argv: Any, **kwargs: Any) -> Any:
-        filling = "read-tree" in argv or ("clone" in argv and "--bare" not in argv)
-        if filling:
-            at = argv.index("git")
-            argv = (*argv[:at], sys.executable, str(SLOW_GIT), *argv[at + 1 :])
-        proc = await original(*argv, **kwargs)
-        if filling:
-            die()
-        return proc
+    def filling(argv: list[str]) -> bool:
+        return "read-tree" in argv or ("clone" in argv and "--bare" not in argv)
 
-    asyncio.create_subprocess_exec = spawn  # type: ignore[assignment]
+    def slowed(argv: list[str]) -> list[str]:
+        if not filling(argv) or "git" not in argv:
+            return argv
+        at = argv.index("git")
+        return [*argv[:at], sys.executable, str(SLOW_GIT), *argv[at + 1 :]]
+
+    _on_spawn(slowed, lambda argv, kw: filling(argv))
 
 
 def _prestarted() -> None:
