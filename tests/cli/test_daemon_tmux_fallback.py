@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from tests.cli.conftest import Hal, tasks_json
 from tests.cli.test_daemon_run_e2e import _running
-from tests.cli.test_daemon_tmux import _comm, _panes
+from tests.cli.test_daemon_tmux import _comm
 
 from hal9999.process.tmux import shared_socket
 
@@ -27,6 +27,24 @@ def blocked(hal_env: dict[str, str]) -> Iterator[Path]:
     socket.mkdir()
     yield socket
     shutil.rmtree(socket, ignore_errors=True)
+
+
+def _panes(home: Path) -> dict[int, int]:
+    """The supervisors of ``home``'s agents, found by their argv (which names the home: with
+    no shared server there is no warm pane, whose argv names only its FIFO): pid -> parent
+    pid (the tmux server of its pane)."""
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes()
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            if _comm(int(pid)) == "tmux: server":  # keeps the argv of the client that forked it
+                continue
+        except OSError:
+            continue
+        if b"hal9999.process.supervisor" in argv and os.fsencode(str(home)) in argv:
+            found[int(pid)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return found
 
 
 def _servers_of(home: Path) -> list[int]:
