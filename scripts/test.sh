@@ -12,9 +12,9 @@ bash scripts/install-agents.sh
 [ ! -f scripts/install-pm2.sh ] || bash scripts/install-pm2.sh
 .venv/bin/ruff check src tests
 .venv/bin/mypy
-# One process: on two workers (pytest-xdist, `-n 2 --dist loadgroup`) a 2-core CI machine
-# was no faster (the suite is CPU-bound there) and twelve tests failed (docs/benchmarks.md,
-# stop 40). Developers may still pass `-n 2 --dist loadgroup` (tests/xdist_groups.py).
+# One process. Two workers (pytest-xdist, `-n 2 --dist loadgroup`, tests/xdist_groups.py)
+# were well ahead on a 2-core machine, but no full run on two workers has passed yet
+# (docs/benchmarks.md, stop 40). Developers may pass `-n 2 --dist loadgroup`.
 .venv/bin/python -m pytest --durations=40 "$@"
 # The boundary again as an ordinary user (a root hal and a user's hal sandbox differently);
 # only on a full run, since arguments above pick a subset.
