@@ -150,6 +150,7 @@ def test_an_operator_message_wakes_the_agent_and_turns_resume_its_workspace(
 KILL_DURING_DELIVERY = """
 import os, signal, sys
 from pathlib import Path
+from hal9999.errors import HalError
 from hal9999.config import load_config
 from hal9999.hive import turns
 from hal9999.hive.settings import HiveSettings
@@ -258,6 +259,7 @@ def test_hive_events_long_poll_wakes_on_a_new_event(
     import asyncio
     import threading
 
+    from hal9999.errors import HalError
     from hal9999.server.client import DaemonClient
 
     hal = serve
@@ -283,8 +285,11 @@ def test_hive_events_long_poll_wakes_on_a_new_event(
     assert "wake the poll" not in json.dumps(page)  # bodies stay in the broker
 
     # Whoever holds the daemon's token is the operator: a body naming another sender is
-    # ignored, never a way to speak as an agent (or as hal).
+    # refused (since stop 40 a route refuses a name it does not read), never a way to speak
+    # as an agent (or as hal); without it the message is the operator's.
     for forged in ("dave", "hal", "manager"):
-        made = asyncio.run(client.call("POST", "/v1/hive/messages",
-                                       {"to": "dave", "body": "hi", "sender": forged}))  # fmt: skip
-        assert made["sender"] == "operator"
+        with pytest.raises(HalError, match="unknown field 'sender' in the request body"):
+            asyncio.run(client.call("POST", "/v1/hive/messages",
+                                    {"to": "dave", "body": "hi", "sender": forged}))  # fmt: skip
+    made = asyncio.run(client.call("POST", "/v1/hive/messages", {"to": "dave", "body": "hi"}))
+    assert made["sender"] == "operator"
