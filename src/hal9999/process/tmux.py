@@ -59,7 +59,14 @@ from hal9999.errors import HalError, ProcessError
 from hal9999.process.base import ProcessStatus, process_started, read_exit_status
 from hal9999.process.launch import run_host, supervised
 from hal9999.process.supervisor import go_path
-from hal9999.process.tmuxwarm import MESSAGE_MAX, WarmPane, WarmPanes, let_go, message
+from hal9999.process.tmuxwarm import (
+    MESSAGE_MAX,
+    WarmPane,
+    WarmPanes,
+    let_go,
+    message,
+    new_session,
+)
 from hal9999.providers.base import Launch, Sandbox
 from hal9999.providers.sandboxuser import trusted_program
 from hal9999.spec import ProcessSpec
@@ -354,23 +361,7 @@ class TmuxProcessManager:
     def _session(self, spec: ProcessSpec, launch: Launch, name: str) -> list[str]:
         """The ``new-session`` command of ``spec``'s pane running ``launch``."""
         cwd = str(launch.cwd) if launch.cwd else str(spec.log_path.parent)
-        return [
-            "new-session",
-            "-d",
-            "-P",  # print the pane's process, to be watched through /proc
-            "-F",
-            "#{pane_pid}",
-            "-s",
-            name,
-            "-x",
-            "200",
-            "-y",
-            "50",
-            "-c",
-            cwd,
-            "--",
-            *map(verbatim, launch.argv),
-        ]
+        return [*new_session(name, cwd), *map(verbatim, launch.argv)]
 
     async def _open(self, spec: ProcessSpec, launch: Launch) -> None:
         """A new session for ``spec`` whose pane runs ``launch``: on the shared server of

@@ -67,6 +67,13 @@ def message(launch: Launch, cwd: str) -> bytes:
     return b"%d\n" % len(body) + body
 
 
+def new_session(name: str, cwd: str) -> list[str]:
+    """tmux's ``new-session`` of a detached 200x50 session ``name`` in ``cwd``, printing its
+    pane's process (to be watched through /proc), up to the ``--`` its command follows."""
+    return ["new-session", "-d", "-P", "-F", "#{pane_pid}", "-s", name,
+            "-x", "200", "-y", "50", "-c", cwd, "--"]  # fmt: skip
+
+
 class WarmPanes:
     """The warm panes of one daemon's shared server (at ``socket``)."""
 
@@ -139,20 +146,7 @@ class WarmPanes:
                 "update-environment",
                 "TERM",
                 ";",
-                "new-session",
-                "-d",
-                "-P",
-                "-F",
-                "#{pane_pid}",
-                "-s",
-                name,
-                "-x",
-                "200",
-                "-y",
-                "50",
-                "-c",
-                str(self._socket.parent),
-                "--",
+                *new_session(name, str(self._socket.parent)),
                 *SUPERVISOR,
                 "--warm",
                 str(fifo),
