@@ -258,3 +258,18 @@ def test_a_value_holding_a_line_break_stays_on_the_error_line(
     line = one_error_line(out)
     assert expected in line and line.endswith(")"), line
     assert out.stderr.splitlines()[-1] == line, out.stderr
+
+
+@pytest.mark.parametrize(
+    "args", [("pool", "warm", "-1"), ("sandbox", "fork", "img", "-2"), ("pool", "warm", "-10")]
+)
+def test_a_negative_count_is_refused_as_a_count(hal: Hal, args: tuple[str, ...]) -> None:
+    # click's parser took -1 for an option: "No such option: -1".
+    out = hal(*args)
+    assert out.returncode == 2
+    line = one_error_line(out)
+    assert f"COUNT must be from 1 to 1024, not {args[-1]}" in line and "option" not in line, line
+
+
+def test_an_unknown_option_of_a_count_command_is_still_one(hal: Hal) -> None:
+    assert "No such option" in one_error_line(hal("pool", "warm", "--bogus"))

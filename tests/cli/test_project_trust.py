@@ -140,3 +140,16 @@ def test_a_hal_toml_hal_cannot_read_is_named(
     assert out.returncode == 2
     line = one_error_line(out)
     assert expected in line and "hal.toml/hal.toml" not in line, line
+
+
+@pytest.mark.parametrize("flag", [(), ("--show",), ("--revoke",)])
+def test_hal_trust_refuses_an_empty_path(hal: Hal, demo_repo: Path, flag: tuple[str, ...]) -> None:
+    # '' was taken as no path: `hal trust ''` trusted the current directory's hal.toml.
+    (demo_repo / "hal.toml").write_text("timeout_s = 30\n")
+    revoking = flag == ("--revoke",)
+    if revoking:  # `hal trust --revoke ''` revoked it
+        assert hal("trust").returncode == 0
+    out = hal("trust", *flag, "")
+    assert out.returncode == 2
+    assert "the path is empty" in one_error_line(out)
+    assert json.loads(hal("trust", "--show", "--json").stdout)["trusted"] is revoking

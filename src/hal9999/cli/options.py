@@ -120,6 +120,27 @@ COUNT = click.IntRange(1, 1024)
 """How many sandboxes one command creates."""
 
 
+class CountCommand(click.Command):
+    """A command with a ``COUNT`` argument: a negative count (``-1``), which click's parser
+    takes for an unknown option ("No such option: -1"), is refused as a count out of range."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Parse as click does; a negative number where an option was looked for is a count."""
+        given = list(args)  # click's parser consumes it
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as exc:
+            # -10 reaches here as -1 (short options are split): name what was typed
+            typed = next((a for a in given if a[1:].isdecimal() and a.isascii()
+                          and a.startswith(exc.option_name)), None)  # fmt: skip
+            if typed is None:
+                raise
+            raise click.UsageError(
+                f"COUNT must be from {COUNT.min} to {COUNT.max}, not {typed}: "
+                f"give a count of {COUNT.min} or more", ctx,
+            ) from None
+
+
 JSON_META = "hal9999.json"
 """Where :func:`json_option` notes, in the click context's ``meta`` (shared by a command's
 context and its groups'), that ``--json`` was given: the failure's handler reads it."""

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from hal9999.cli.main import App, app, cli, emit_json, run_async
-from hal9999.cli.options import COUNT, CPUS, MEMORY_MB, NAME, json_option
+from hal9999.cli.options import COUNT, CPUS, MEMORY_MB, NAME, CountCommand, json_option
 from hal9999.errors import HalError, SandboxNotFound
 from hal9999.server.client import DaemonClient
 from hal9999.spec import ArgvCommand
@@ -59,7 +59,7 @@ def pool_status(as_json: bool) -> None:
             click.echo(f"{name}: {counts['free']} free warm sandbox(es), kept by the provider")
 
 
-@pool.command()
+@pool.command(cls=CountCommand)
 @click.argument("count", type=COUNT)
 @click.option("--provider", type=NAME, help="Provider to warm (default: the configured ones).")
 @json_option("Print JSON.")
@@ -227,7 +227,7 @@ def sandbox_snapshot(
         click.echo(image)
 
 
-@sandbox.command("fork")
+@sandbox.command("fork", cls=CountCommand)
 @click.argument("image")
 @click.argument("count", type=COUNT, default=1)
 @click.option("--provider", default="qemu", show_default=True, help="Provider of the image.")

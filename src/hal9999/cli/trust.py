@@ -17,6 +17,9 @@ from hal9999.trust import TrustStore, digest
 
 
 def _project_file(path: str | None) -> Path:
+    if path is not None and not path:  # '' would be taken as no path: ./hal.toml, not named
+        raise UsageError("the path is empty", hint=f"give the path of a {CONFIG_FILE_NAME}, "
+                         f"or none for the current directory's")  # fmt: skip
     here = current_dir()
     if here is None and not (path and Path(path).is_absolute()):
         raise UsageError("the current directory no longer exists", hint="cd to the project")
