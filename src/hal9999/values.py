@@ -59,11 +59,24 @@ _EGRESS_HOST = re.compile(r"(\*\.)?[A-Za-z0-9][A-Za-z0-9.-]{0,252}(:[0-9]{1,5})?
 
 
 def _egress_host(value: str) -> str:
-    if not _EGRESS_HOST.fullmatch(value):
+    if not _EGRESS_HOST.fullmatch(value) and not _ipv6_entry(value):
         # Named: of several --egress (or a list in the config), which one is wrong.
         shown = value if len(value) <= 60 else value[:60] + "…"
-        raise ValueError(f"{shown!r} is not HOST, HOST:PORT or *.DOMAIN[:PORT]")
+        raise ValueError(f"{shown!r} is not HOST, HOST:PORT, [IPV6]:PORT or *.DOMAIN[:PORT]")
     return value
+
+
+def _ipv6_entry(value: str) -> bool:
+    """``[IPV6]`` or ``[IPV6]:PORT`` (an IPv6 address in brackets, no zone)."""
+    import ipaddress
+
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]{2,45})\](:[0-9]{1,5})?", value)
+    if match is None:
+        return False
+    try:
+        return isinstance(ipaddress.ip_address(match[1]), ipaddress.IPv6Address)
+    except ValueError:
+        return False
 
 
 EgressHost = Annotated[str, AfterValidator(_egress_host)]

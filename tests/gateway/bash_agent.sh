@@ -35,7 +35,9 @@ tunnel() {
 }
 tunnel denied.example:443
 tunnel "$allowed"
-if (exec 5<>"/dev/tcp/${allowed%:*}/${allowed##*:}") 2>/dev/null; then
+host=${allowed%:*}
+host=${host#[}
+if (exec 5<>"/dev/tcp/${host%]}/${allowed##*:}") 2>/dev/null; then
   echo "DIRECT $allowed direct connected"
 else
   echo "DIRECT $allowed direct refused"

@@ -32,7 +32,7 @@ def tunnel(target: str) -> str:
 def direct(target: str) -> str:
     host, _, port = target.rpartition(":")
     try:
-        socket.create_connection((host, int(port)), timeout=5).close()
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
     except OSError as exc:
         return f"direct refused: {type(exc).__name__}"
     return "direct connected"

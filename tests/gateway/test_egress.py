@@ -8,10 +8,11 @@ import base64
 import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from tests.ula_host import UlaHost, missing, ula_host
 
 from hal9999.events.models import EgressDenied, Event
 from hal9999.gateway import egress as egress_module
@@ -46,6 +47,15 @@ def host_address() -> str | None:
     finally:
         probe.close()
     return None if address.startswith("127.") else address
+
+
+@pytest.fixture
+def ula() -> Iterator[UlaHost]:
+    """A host the proxy may tunnel to: this host's own addresses are refused (local.py)."""
+    if (why := missing()) is not None:
+        pytest.skip(why)
+    with ula_host() as host:
+        yield host
 
 
 @pytest.fixture
@@ -100,10 +110,7 @@ async def test_denied_hosts_are_refused_and_recorded(egress: tuple[Gateway, str]
     ]
 
 
-async def test_allowed_host_gets_a_raw_tunnel(egress: tuple[Gateway, str]) -> None:
-    address = host_address()
-    if address is None:
-        pytest.skip("this machine has no non-loopback address to tunnel to")
+async def test_allowed_host_gets_a_raw_tunnel(egress: tuple[Gateway, str], ula: UlaHost) -> None:
     gateway, sock = egress
 
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -111,13 +118,13 @@ async def test_allowed_host_gets_a_raw_tunnel(egress: tuple[Gateway, str]) -> No
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(echo, address, 0)
-    port = server.sockets[0].getsockname()[1]
+    server = await asyncio.start_server(echo, sock=ula.listen())
+    target = ula.target(server.sockets[0].getsockname()[1])
     grant = Grant(task_id="t1", token=new_token(), upstream="https://x", key="k",
-                  egress=[f"{address}:{port}"])  # fmt: skip
+                  egress=[target])  # fmt: skip
     gateway.register(grant)
     async with server:
-        status, reader, writer = await connect(sock, f"{address}:{port}", grant.token)
+        status, reader, writer = await connect(sock, target, grant.token)
         assert status.startswith(b"HTTP/1.1 200")
         writer.write(b"bytes untouched\n")
         assert await reader.readline() == b"echo:bytes untouched\n"
@@ -312,13 +319,10 @@ async def test_a_method_with_control_characters_is_recorded_escaped(
 
 
 async def test_a_task_past_its_tunnels_is_refused_recorded_and_given_room_back(
-    egress: tuple[Gateway, str], monkeypatch: pytest.MonkeyPatch
+    egress: tuple[Gateway, str], monkeypatch: pytest.MonkeyPatch, ula: UlaHost
 ) -> None:
     # The 429 past a task's tunnels was answered and forgotten: no row, no egress_denied
     # event, so the operator saw a tool fail on an allowed host with nothing recorded.
-    address = host_address()
-    if address is None:
-        pytest.skip("this machine has no non-loopback address to tunnel to")
     gateway, sock = egress
     monkeypatch.setattr(egress_module, "MAX_TUNNELS", 2)
 
@@ -329,8 +333,8 @@ async def test_a_task_past_its_tunnels_is_refused_recorded_and_given_room_back(
         await reader.read()  # holds the tunnel until the agent's side ends it
         writer.close()
 
-    server = await asyncio.start_server(until_eof, address, 0)
-    target = f"{address}:{server.sockets[0].getsockname()[1]}"
+    server = await asyncio.start_server(until_eof, sock=ula.listen())
+    target = ula.target(server.sockets[0].getsockname()[1])
     grant = Grant(task_id="t1", token=new_token(), upstream="https://x", key="k",
                   egress=[target])  # fmt: skip
     gateway.register(grant)
@@ -360,13 +364,12 @@ async def test_a_task_past_its_tunnels_is_refused_recorded_and_given_room_back(
                 await end.wait_closed()
 
 
-async def test_a_withdrawn_grants_tunnels_are_closed(egress: tuple[Gateway, str]) -> None:
+async def test_a_withdrawn_grants_tunnels_are_closed(
+    egress: tuple[Gateway, str], ula: UlaHost
+) -> None:
     # A withdrawn grant (its task at rest: ended, stopped, its runner killed) aborted its model
     # calls, but its tunnels went on: one to a host that keeps a connection open kept two of
     # the gateway's descriptors and a place of the task, ended or not, until that host hung up.
-    address = host_address()
-    if address is None:
-        pytest.skip("this machine has no non-loopback address to tunnel to")
     gateway, sock = egress
     upstream_got: list[bytes] = []
 
@@ -375,8 +378,8 @@ async def test_a_withdrawn_grants_tunnels_are_closed(egress: tuple[Gateway, str]
         upstream_got.append(await reader.read())  # never hangs up itself
         writer.close()
 
-    server = await asyncio.start_server(silent, address, 0)
-    target = f"{address}:{server.sockets[0].getsockname()[1]}"
+    server = await asyncio.start_server(silent, sock=ula.listen())
+    target = ula.target(server.sockets[0].getsockname()[1])
     grant = Grant(task_id="t1", token=new_token(), upstream="https://x", key="k",
                   egress=[target])  # fmt: skip
     gateway.register(grant)
@@ -397,17 +400,14 @@ async def test_a_withdrawn_grants_tunnels_are_closed(egress: tuple[Gateway, str]
 
 
 async def test_a_tunnel_that_never_opened_gives_its_place_back(
-    egress: tuple[Gateway, str], monkeypatch: pytest.MonkeyPatch
+    egress: tuple[Gateway, str], monkeypatch: pytest.MonkeyPatch, ula: UlaHost
 ) -> None:
     # What held: a CONNECT answered 502 (nothing listens) leaves no place of its task behind.
-    address = host_address()
-    if address is None:
-        pytest.skip("this machine has no non-loopback address to tunnel to")
     gateway, sock = egress
     monkeypatch.setattr(egress_module, "MAX_TUNNELS", 1)
-    with socket.socket() as closed:
-        closed.bind((address, 0))  # a port nothing listens on
-        target = f"{address}:{closed.getsockname()[1]}"
+    with ula.listen() as closed:
+        target = ula.target(closed.getsockname()[1])
+        closed.close()  # a port nothing listens on (the namespace is the test's)
         grant = Grant(task_id="t1", token=new_token(), upstream="https://x", key="k",
                       egress=[target])  # fmt: skip
         gateway.register(grant)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 from tests.e2e.conftest import KEY_VAR, HalCli, files_containing, git
-from tests.gateway.test_egress import host_address
 from tests.gateway.upstream import StormUpstream
+from tests.ula_host import missing, ula_host
 
 from hal9999.gateway.egress import MAX_TUNNELS
 from hal9999.gateway.proxy import MAX_CALLS
@@ -96,12 +96,10 @@ def test_eight_agents_ride_out_a_429_storm(
 def test_egress_goes_through_the_allow_list(
     hal_cli: HalCli, bug_repo: Path, upstream: StormUpstream
 ) -> None:
-    address = host_address()
-    if address is None:
-        pytest.skip("this machine has no non-loopback address to tunnel to")
-    with socket.create_server((address, 0)) as listener:
-        port = listener.getsockname()[1]
-        target = f"{address}:{port}"
+    if (why := missing()) is not None:  # the target: this host's own addresses are refused
+        pytest.skip(why)
+    with ula_host() as ula, ula.listen() as listener:
+        target = ula.target(listener.getsockname()[1])
         threading.Thread(target=_echo_once, args=(listener,), daemon=True).start()
         use_caller(hal_cli, bug_repo, upstream, f"[gateway]\negress = [{json.dumps(target)}]\n")
         shutil.copy(EGRESS_AGENT, bug_repo / "caller.py")
@@ -131,13 +129,11 @@ def test_an_agent_holds_a_bounded_number_of_tunnels(
     # One allowed host was enough: a tunnel, once open, is not waiting at the gateway's door,
     # and each held two of the gateway's descriptors (every task's model calls go through
     # that one process) for as long as the agent kept it, however many it opened.
-    address = host_address()
-    if address is None:
-        pytest.skip("this machine has no non-loopback address to tunnel to")
+    if (why := missing()) is not None:  # the target: this host's own addresses are refused
+        pytest.skip(why)
     held: list[socket.socket] = []
-    with socket.create_server((address, 0), backlog=512) as listener:
-        port = listener.getsockname()[1]
-        target = f"{address}:{port}"
+    with ula_host() as ula, ula.listen(backlog=512) as listener:
+        target = ula.target(listener.getsockname()[1])
         threading.Thread(target=_hold, args=(listener, held), daemon=True).start()
         use_caller(hal_cli, bug_repo, upstream, f"[gateway]\negress = [{json.dumps(target)}]\n")
         shutil.copy(TUNNEL_FLOOD, bug_repo / "caller.py")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 from tests.e2e.conftest import KEY_VAR, HalCli, files_containing, git
-from tests.gateway.test_egress import host_address
 from tests.gateway.upstream import StormUpstream
+from tests.ula_host import missing, ula_host
 
 pytestmark = [pytest.mark.tmux, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -53,14 +53,13 @@ def run_bash_agent(
     a direct connection; checks each outcome, the records, the events and the canary.
     ``more_config`` ends the config file (the provider's own settings); ``command`` is the
     agent's program where the sandbox sees the workspace."""
-    address = host_address()
-    if address is None:
-        pytest.skip("this machine has no non-loopback address to tunnel to")
+    if (why := missing()) is not None:  # the target: this host's own addresses are refused
+        pytest.skip(why)
     shutil.copy(AGENT, bug_repo / "caller.sh")
     git(bug_repo, "add", "caller.sh")
     git(bug_repo, "commit", "-qm", "bash agent")
-    with socket.create_server((address, 0)) as listener:
-        target = f"{address}:{listener.getsockname()[1]}"
+    with ula_host() as ula, ula.listen() as listener:
+        target = ula.target(listener.getsockname()[1])
         threading.Thread(target=_echo_once, args=(listener,), daemon=True).start()
         hal_cli.config_file.parent.mkdir(parents=True, exist_ok=True)
         hal_cli.config_file.write_text(

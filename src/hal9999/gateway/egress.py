@@ -12,8 +12,9 @@ through untouched. Every refusal is recorded (``CONNECT host:port``, status 403,
 
 A name on the allow-list that resolves to a loopback, link-local, multicast or unspecified
 address, or one in 0.0.0.0/8, is refused, written as IPv4 or inside IPv6 (``::ffff:127.0.0.1``,
-NAT64's ``64:ff9b::127.0.0.1``): an allowed name must not become a way to the host's own
-services. A target that is no plain ``host:port`` (a NUL, which ends a name for the C
+NAT64's ``64:ff9b::127.0.0.1``), or one the kernel routes to this host (its interfaces'
+addresses, see :mod:`~hal9999.gateway.local`): an allowed name must not become a way to the
+host's own services. A target that is no plain ``host:port`` (a NUL, which ends a name for the C
 resolver, a control or non-ASCII character, a label over 63 characters, a port outside
 1-65535) is refused before the allow-list is asked, echoed and recorded escaped.
 
@@ -40,6 +41,7 @@ from hal9999.gateway import door
 from hal9999.gateway.allowlist import allowed
 from hal9999.gateway.channel import Grant
 from hal9999.gateway.forwarder import pump
+from hal9999.gateway.local import is_local
 from hal9999.gateway.proxy import Gateway
 from hal9999.gateway.refusal import REFUSALS_PER_MINUTE
 from hal9999.store.gateway import GatewayRequest
@@ -94,18 +96,26 @@ def printable(text: str, limit: int = 300) -> str:
     return text.encode("unicode_escape").decode("ascii")[:limit]
 
 
-def _unsafe(address: str) -> bool:
+def _unsafe(address: str) -> str:
+    """Why ``address`` is no tunnel's target ("" when it may be one)."""
     ip = ipaddress.ip_address(address)
+    judged = [ip]
     if isinstance(ip, ipaddress.IPv6Address):
         # ::ffff:127.0.0.1 is the loopback, which is_loopback misses; a NAT64 gateway turns
         # 64:ff9b::127.0.0.1 into its own 127.0.0.1: both are judged by the IPv4 address.
         if ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
+            judged = [ip]  # connected to over IPv4
         elif ip in _NAT64:
             ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+            judged.append(ip)
     if ip.version == 4 and ip in _THIS_NETWORK:  # 0.x.y.z: Linux connects to itself on them
-        return True
-    return ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified
+        return "a local address"
+    if ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified:
+        return "a local address"
+    # The host's own addresses (eth0's, a prefix routed to the host), as the kernel routes
+    # them: a host service listening on every address is no sandbox's to reach.
+    return "an address of this host" if any(is_local(one) for one in judged) else ""
 
 
 class EgressProxy:
@@ -218,8 +228,10 @@ class EgressProxy:
                     host, port, type=socket.SOCK_STREAM
                 )
                 addresses = [str(info[4][0]) for info in infos]
-                if not addresses or any(_unsafe(a) for a in addresses):
-                    await self._deny(writer, grant, method, target, started, "a local address")
+                # Every address judged (the one connected to among them), no second lookup.
+                why = next(filter(None, map(_unsafe, addresses)), "" if addresses else "no address")
+                if why:
+                    await self._deny(writer, grant, method, target, started, why)
                     return
                 up_reader, up_writer = await asyncio.open_connection(addresses[0], port)
         except UnicodeError:  # the name cannot be encoded (a label over 63 characters)
