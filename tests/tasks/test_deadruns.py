@@ -114,3 +114,35 @@ async def test_a_destroy_that_fails_is_logged_and_tried_again_by_the_next_sweep(
         assert [row[0] for row in deadruns.owed(store)] == ["killed"]
     finally:
         store.close()
+
+
+async def test_a_daemons_start_takes_out_credentials_only_of_tasks_at_rest_and_unclaimed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live = _live_runner()
+    store = Store.open(tmp_path / "home")
+    removed: list[str] = []
+    monkeypatch.setattr(deadruns, "_remove_credentials", lambda service, task: removed.append(task))
+    try:
+        tasks = {  # task -> (status, runner)
+            "final": ("succeeded", None),
+            "interrupted": ("interrupted", None),
+            "resumed": ("interrupted", live.pid),  # a resume took it: its run's files
+            "requeued": ("queued", None),  # its next run installs and removes them
+            "adopted": ("running", None),
+        }
+        for task_id, (status, runner) in tasks.items():
+            store.insert_task(make_task(task_id, status=status, runner_pid=runner))
+        service = types.SimpleNamespace(store=store, config=types.SimpleNamespace(credentials=[1]))
+        owed = [*tasks, "gone"]
+        swept = await deadruns.take_out_credentials(service, owed)  # type: ignore[arg-type]
+        assert swept == ["final", "interrupted"]
+        assert sorted(removed) == ["final", "interrupted"]
+        runners = {t: store.get_task(t).runner_pid for t in tasks}
+        assert runners == {t: r for t, (_, r) in tasks.items()}  # claims given back
+        service.config.credentials = []
+        assert await deadruns.take_out_credentials(service, owed) == []  # type: ignore[arg-type]
+    finally:
+        live.kill()
+        live.wait()
+        store.close()

@@ -174,7 +174,15 @@ class Daemon:
         # The runs share one tmux server (issue 16), started (or adopted) at the first tmux
         # run, with the warm panes; a daemon of another manager starts none.
         share_lazily(HalPaths(self.config.home).run)
+        # The tasks the pool's rows name: a run killed with its daemon before its end took
+        # the credential files out of its session (its record names no sandbox by then).
+        leased = {row.task_id for row in await asyncio.to_thread(self.store.list_sandboxes)}
         self.recovery, adoptions = await recovery.run()
+        owed = (leased | set(self.recovery.interrupted)) - {t.id for t, _ in adoptions}
+        if self.config.credentials and owed - {None}:
+            from hal9999.tasks.deadruns import take_out_credentials
+
+            await take_out_credentials(self.service, (t for t in owed if t is not None))
         await self._sweep_pins()
         await self._sweep_uid_drafts()
         # The server stack is imported here: only `hal serve` pays for Starlette and uvicorn.

@@ -6,7 +6,9 @@ left the sandbox (its state directory, a keeper, a uid) with nothing but the nex
 serve``'s sweep of orphans to remove it; an in-process user may never start one. Every
 ``hal task list`` (and each in-process ``hal run``, before its own) now sweeps them: a task
 in a final state whose record names a sandbox and whose runner is no live hal process. The
-credential files the run's end had still to take out of its session go too.
+credential files the run's end had still to take out of its session go too; a daemon's
+pooled run, whose final status leaves nothing on its record to find it by, has them taken
+out by the next daemon's start (:func:`take_out_credentials`).
 
 Never a live run's: the runner's pid stays on the record until its sandbox is gone, and a
 sweeper first claims the task's ``runner_pid`` (a compare-and-set from the dead pid to its
@@ -22,11 +24,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from hal9999.errors import HalError
 from hal9999.tasks.alive import runner_alive
-from hal9999.tasks.state import FINAL_VALUES
+from hal9999.tasks.state import FINAL_VALUES, RESTING
 
 if TYPE_CHECKING:
     from hal9999.store import Store
@@ -79,6 +82,36 @@ async def sweep(service: TaskService) -> list[str]:
         logger.info("destroyed sandbox %s:%s, left by task %s's killed run",
                     provider_name, sandbox_id, task_id)  # fmt: skip
         swept.append(f"{provider_name}:{sandbox_id}")
+    return swept
+
+
+async def take_out_credentials(service: TaskService, task_ids: Iterable[str]) -> list[str]:
+    """At a daemon's start: the credential files its killed predecessor's runs had still to
+    take out of their sessions (a pooled run's final status clears its record's runner and
+    sandbox, so nothing above finds it; a run in flight becomes ``interrupted``). Of each of
+    ``task_ids`` (the tasks the pool's rows named, those recovery interrupted) that is at
+    rest with no runner, claimed first (:meth:`Store.swap_runner`), so never a run's that a
+    resume started meanwhile (it installs them again). Errors are logged, never raised; the
+    ids whose session was swept are returned."""
+    if not service.config.credentials:
+        return []
+    me, swept = os.getpid(), []
+    for task_id in sorted(set(task_ids)):
+        try:
+            task = await asyncio.to_thread(service.store.get_task, task_id)
+        except HalError:
+            continue  # removed meanwhile
+        if task.status not in RESTING or task.runner_pid is not None:
+            continue  # adopted, queued again, or a live run's (it removes its own)
+        if await asyncio.to_thread(service.store.swap_runner, task_id, None, me) is None:
+            continue  # a resume took it first
+        try:
+            await asyncio.to_thread(_remove_credentials, service, task_id)
+            swept.append(task_id)
+        except (HalError, OSError) as exc:
+            logger.warning("credential files of task %s not removed: %s", task_id, exc)
+        finally:
+            await asyncio.to_thread(service.store.swap_runner, task_id, me, None)
     return swept
 
 
