@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,13 +71,17 @@ async def test_kill_ends_the_vm_process_and_spares_a_pid_that_is_not_it() -> Non
         other.wait()
 
 
-def _argv(tmp_path: Path, incoming: int | None) -> list[str]:
-    return qemuvm.argv(
+def _kwargs(tmp_path: Path, incoming: int | None) -> dict[str, Any]:
+    return dict(
         qemu="qemu-system-x86_64", vm_id="abc", boot=qemuvm.Boot(tmp_path / "k", tmp_path / "i"),
         shape=qemuvm.Shape("tcg", 1, 512, "none"), disk=tmp_path / "d.qcow2", shares=[],
         empty=tmp_path, run=qemuvm.RunDir("abc"), console=tmp_path / "c", pidfile=tmp_path / "p",
         incoming=incoming,
     )  # fmt: skip
+
+
+def _argv(tmp_path: Path, incoming: int | None) -> list[str]:
+    return qemuvm.argv(**_kwargs(tmp_path, incoming))
 
 
 def test_a_restore_reads_the_saved_state_from_an_inherited_descriptor(tmp_path: Path) -> None:
@@ -85,6 +90,30 @@ def test_a_restore_reads_the_saved_state_from_an_inherited_descriptor(tmp_path: 
     assert args[args.index("-incoming") + 1] == "fd:17"
     assert not any(arg.startswith("exec:") for arg in args)
     assert "-incoming" not in _argv(tmp_path, None)
+
+
+def test_a_state_with_a_ram_file_is_restored_from_a_private_mapping_of_it(
+    tmp_path: Path,
+) -> None:
+    """Issue 16: the guest's memory is mapped from the saved state's RAM file, copy-on-write
+    (``share=off``: nothing a restored guest writes reaches the file), and the state's load
+    waits for QMP, which sets the capability it was saved with; the VM that makes the state
+    maps the file shared (its memory is what the state keeps)."""
+    ram = tmp_path / "st,ate" / "ram"
+
+    def backend(args: list[str]) -> str:
+        assert args[args.index("-machine") + 1] == f"memory-backend={qemuvm.RAM_ID}"
+        return args[args.index("-object") + 1]
+
+    restore = qemuvm.argv(**{**_kwargs(tmp_path, 17), "ram": ram})
+    assert restore[restore.index("-incoming") + 1] == "defer"
+    assert backend(restore) == (
+        f"memory-backend-file,id=microvm.ram,size=512M,mem-path={tmp_path}/st,,ate/ram,share=off"
+    )
+    made = qemuvm.argv(**{**_kwargs(tmp_path, None), "ram": ram})
+    assert "-incoming" not in made
+    assert backend(made).endswith(",share=on")
+    assert "-object" not in _argv(tmp_path, 17)  # a state without one: plain memory
 
 
 async def test_only_descriptors_the_starting_shell_leaves_alone_reach_qemu(

@@ -40,6 +40,7 @@ from hal9999.providers.qemustate import (
     forced_accel,
     overlay,
     spawn_vm,
+    state_ram,
     wait_vm,
 )
 from hal9999.providers.qemuvm import RunDir, Shape, Share
@@ -303,7 +304,8 @@ class QemuProvider(HostProvider):
         """Start the VM, connect its channel, mount the shares."""
         shares, guest_binds = self.exports(record)
         plan = VmPlan(record.id, image, shape, disk, self.store.dir(record.id),
-                      [s for s, _ in shares], incoming)  # fmt: skip
+                      [s for s, _ in shares], incoming,
+                      state_ram(incoming) if incoming else None)  # fmt: skip
         started = time.monotonic()
         limit = self.config.boot_timeout_s if incoming is None else default_limit(plan)
         deadline = started + limit

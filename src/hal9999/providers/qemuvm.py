@@ -34,6 +34,13 @@ can only be restored into a VM with exactly the same devices."""
 READY = "HAL-READY"
 """What the guest init prints on the console once the exec channel is waiting."""
 SHARE_TAG = "hal{}"
+RAM_ID = "microvm.ram"
+"""The id of a microvm's memory backend, the name its RAM block has in a saved state: the one
+QEMU gives the memory ``-m`` alone makes, so states saved with and without a RAM file name the
+same block (a snapshot of a VM restored from a RAM file restores into plain memory)."""
+IGNORE_SHARED = "x-ignore-shared"
+"""The migration capability that leaves RAM mapped shared from a file out of a saved state
+(the file holds it), and that a state saved with it must be loaded with."""
 
 
 def qemu_binary() -> str:
@@ -141,19 +148,24 @@ def argv(
     incoming: int | None = None,
     cmdline: str = "",
     exec_ports: int = 0,
+    ram: Path | None = None,
 ) -> list[str]:
     """The full QEMU command line. Devices are always the same, in the same order.
 
     ``incoming`` is a file descriptor QEMU inherits, open on a saved VM state to restore.
     ``exec_ports`` virtio-serial ports for the guest's exec agent follow the ssh port (an
     image's saved states have exactly as many as its guest serves: images built before the
-    agent have none)."""
+    agent have none). ``ram``: a file the guest's memory is mapped from: shared (the guest
+    writes it) while a state is made, private (copy-on-write: the file is never written) when
+    ``incoming`` restores the state saved with it, whose loading then waits for
+    :func:`load_state` (the capability it needs is set over QMP, before the load)."""
     accel = "kvm" if shape.accel == "kvm" else "tcg,tb-size=256"
     append = f"console=ttyS0 quiet panic=-1 tsc_early_khz={tsc_khz()} {cmdline}".strip()
     args = [
         qemu, "-name", f"hal-{vm_id}", "-M", "microvm", "-accel", accel, "-cpu", "max",
         "-smp", str(shape.cpus), "-m", str(shape.memory_mb),
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        *(ram_args(ram, shape.memory_mb, shared=incoming is None) if ram else ()),
         "-kernel", str(boot.kernel), "-initrd", str(boot.initrd), "-append", append,
         "-chardev", f"file,id=con,path={opt(console)}", "-serial", "chardev:con",
         "-drive", f"id=root,file={opt(disk)},format=qcow2,if=none,discard=unmap",
@@ -185,8 +197,28 @@ def argv(
     if incoming is not None:
         # QEMU 7.2 has no file: migration URI, and exec:cat would cost a shell, a cat and
         # a pipe copy of the whole state per restore: QEMU reads the file itself.
-        args += ["-incoming", f"fd:{incoming}"]
+        args += ["-incoming", "defer" if ram else f"fd:{incoming}"]
     return args
+
+
+def ram_args(ram: Path, memory_mb: int, *, shared: bool) -> list[str]:
+    """QEMU options mapping the guest's memory from the file ``ram`` (see :func:`argv`)."""
+    backend = (f"memory-backend-file,id={RAM_ID},size={memory_mb}M,mem-path={opt(ram)},"
+               f"share={'on' if shared else 'off'}")  # fmt: skip
+    return ["-object", backend, "-machine", f"memory-backend={RAM_ID}"]
+
+
+async def load_state(qmp: Qmp, fd: int) -> None:
+    """Start loading, from descriptor ``fd``, a state saved with its RAM in a file (a VM
+    started with ``-incoming defer``)."""
+    await set_ignore_shared(qmp, True)
+    await qmp.call("migrate-incoming", uri=f"fd:{fd}")
+
+
+async def set_ignore_shared(qmp: Qmp, on: bool) -> None:
+    """Set :data:`IGNORE_SHARED` (a VM keeps what it was loaded with for what it saves)."""
+    await qmp.call("migrate-set-capabilities", capabilities=[{"capability": IGNORE_SHARED,
+                                                              "state": on}])  # fmt: skip
 
 
 NO_HOST_LOOPBACK = (
@@ -400,9 +432,13 @@ async def wait_restored(qmp: Qmp, *, vm_id: str, deadline: float) -> None:
         await asyncio.sleep(0.01)
 
 
-async def save(qmp: Qmp, state: Path, *, vm_id: str) -> None:
-    """Write the VM's state to ``state`` (the VM is left paused)."""
+async def save(qmp: Qmp, state: Path, *, vm_id: str, ram_file: bool = False) -> None:
+    """Write the VM's state to ``state`` (the VM is left paused). ``ram_file``: its RAM is
+    mapped shared from a file, which holds it: the state leaves it out. Otherwise the
+    state holds every page, also of a VM restored from a state with a RAM file (its
+    private copy): a fork of its snapshot restores into plain memory."""
     tmp = state.with_name(state.name + ".tmp")
+    await set_ignore_shared(qmp, ram_file)
     await qmp.call("migrate", uri=f"exec:cat > {shlex.quote(str(tmp))}")
     while True:
         info = await qmp.call("query-migrate")

@@ -1,0 +1,78 @@
+"""The saved state's memory file (issue 16): every VM restored from a state maps the guest's
+memory from the state's ``ram`` file copy-on-write instead of reading and copying it out of
+``vm.state``, so what one guest writes to its memory reaches neither the file nor another
+guest restored from it."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from tests.providers.qemu_helpers import (
+    provider_fixture,  # noqa: F401  (the fixture provider)
+    sh,
+)
+
+from hal9999.providers.qemu import QemuProvider
+from hal9999.providers.qemusandbox import QemuSandbox
+from hal9999.spec import SandboxSpec
+
+pytestmark = [pytest.mark.qemu, pytest.mark.timeout(300)]
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha1()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _private_maps(provider: QemuProvider, sandbox: QemuSandbox, ram: Path) -> list[str]:
+    vm = provider.vm_record(sandbox.id)
+    assert vm is not None and vm.started == "restore"
+    lines = Path(f"/proc/{vm.pid}/maps").read_text().splitlines()
+    mapped = [line.split()[1] for line in lines if line.endswith(f" {ram}")]
+    assert mapped, "the guest's memory is not mapped from the state's RAM file"
+    return mapped
+
+
+async def test_restored_guests_map_the_saved_memory_privately_and_never_write_it(
+    provider: QemuProvider, tmp_path: Path
+) -> None:
+    def spec(n: int) -> SandboxSpec:
+        workspace = tmp_path / f"ws{n}"
+        workspace.mkdir()
+        return SandboxSpec(provider="qemu", workspace=workspace)
+
+    first = await provider.create(spec(1))  # makes the state when it is missing
+    sandboxes = [first]
+    try:
+        image = provider.images.get("default")
+        state = image.state_dir((await provider.shape(spec(0), image)).key)
+        ram = state / "ram"
+        assert ram.is_file() and ram.stat().st_mode & 0o077 == 0, "a private RAM file"
+        assert (state / "vm.state").stat().st_size < 16 << 20, "the memory is not in vm.state"
+        before = _digest(ram)
+        second = await provider.create(spec(2))
+        sandboxes.append(second)
+        for sandbox in sandboxes:
+            assert set(_private_maps(provider, sandbox, ram)) == {"rw-p"}, "copy-on-write"
+        # Many pages written in one guest's memory (a tmpfs), one of them marked.
+        out = await first.exec(sh("head -c 32M /dev/zero | tr '\\0' a > /dev/shm/fill"
+                                  " && echo first-only > /dev/shm/mark && cat /dev/shm/mark"))  # fmt: skip
+        assert out.text() == "first-only\n"
+        out = await second.exec(sh("ls /dev/shm; cat /dev/shm/mark 2>/dev/null; echo end"))
+        assert out.text() == "end\n", "a guest saw another guest's memory"
+        for sandbox in sandboxes:
+            await provider.destroy(sandbox.id)
+        sandboxes.clear()
+        assert _digest(ram) == before, "a restored guest wrote the saved state's memory"
+        third = await provider.create(spec(3))
+        sandboxes.append(third)
+        out = await third.exec(sh("ls /dev/shm; echo end"))
+        assert out.text() == "end\n"
+    finally:
+        for sandbox in sandboxes:
+            await provider.destroy(sandbox.id)
