@@ -60,8 +60,8 @@ async def test_restored_guests_map_the_saved_memory_privately_and_never_write_it
         for sandbox in sandboxes:
             assert set(_private_maps(provider, sandbox, ram)) == {"rw-p"}, "copy-on-write"
         # Many pages written in one guest's memory (a tmpfs), one of them marked.
-        out = await first.exec(sh("head -c 32M /dev/zero | tr '\\0' a > /dev/shm/fill"
-                                  " && echo first-only > /dev/shm/mark && cat /dev/shm/mark"))  # fmt: skip
+        fill = "head -c 32M /dev/zero | tr '\\0' a > /dev/shm/fill && echo first-only"
+        out = await first.exec(sh(f"{fill} > /dev/shm/mark && cat /dev/shm/mark"))
         assert out.text() == "first-only\n"
         out = await second.exec(sh("ls /dev/shm; cat /dev/shm/mark 2>/dev/null; echo end"))
         assert out.text() == "end\n", "a guest saw another guest's memory"
