@@ -41,14 +41,16 @@ def test_everything_else_goes_to_click(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HAL_")}
     env.update(HAL_HOME=str(tmp_path))
     said: dict[str, str] = {}
-    for args in (["--version", "--help"], ["--help"]):
+    # `hal --help` and `hal -h` alone are printed without click (test_root_help.py).
+    for args in (["--version", "--help"], ["task", "--help"], ["--help", "-h"]):
         done = subprocess.run(
             [sys.executable, "-c", IMPORTED, *args], env=env, capture_output=True, text=True,
             timeout=60, check=False,
         )  # fmt: skip
         assert "click" in json.loads(done.stderr.strip().splitlines()[-1])
         said[" ".join(args)] = done.stdout
-    assert said["--help"].startswith("Usage: hal")
+    assert said["task --help"].startswith("Usage: hal task")
+    assert said["--help -h"].startswith("Usage: hal")
     assert said["--version --help"] == CliRunner().invoke(cli, ["--version", "--help"]).output
 
 

@@ -4,10 +4,11 @@
 Everything else goes to :func:`hal9999.cli.main.main`. Click alone is most of what a bare
 ``hal --version`` imported (issue 16, target 4: ``hal --version`` within 40 ms of a bare
 interpreter); the line printed is exactly click's ``version_option`` line
-(``tests/cli/test_startup.py`` compares them). ``hal run`` through a running ``hal serve``
-is parsed by :mod:`hal9999.cli.run_argv` when its options are ones that parser reads exactly
-as click would (issue 16, target 1); any other form, and any run the daemon does not take
-thinly, goes to click as before.
+(``tests/cli/test_startup.py`` compares them). ``hal --help`` and ``hal -h`` are printed
+without click too (:mod:`hal9999.cli.root_help`, the page click prints). ``hal run``
+through a running ``hal serve`` is parsed by :mod:`hal9999.cli.run_argv` when its options
+are ones that parser reads exactly as click would (issue 16, target 1); any other form, and
+any run the daemon does not take thinly, goes to click as before.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ if TYPE_CHECKING:
     from types import ModuleType
     from typing import NoReturn
 
+HELP_OPTIONS = ("-h", "--help")
+"""``hal --help`` and ``hal -h``: printed by :mod:`hal9999.cli.root_help`, without click
+(``tests/cli/test_root_help.py`` checks these are ``command_table.HELP_OPTIONS``)."""
 VERSION_LINE = "hal, version {version}\n"
 """What click's ``version_option(prog_name="hal")`` prints."""
 
@@ -38,6 +42,10 @@ def main() -> None:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(128 + 13)  # as killed by SIGPIPE
         sys.exit(0)
+    if len(sys.argv) == 2 and sys.argv[1] in HELP_OPTIONS:
+        from hal9999.cli.root_help import print_help
+
+        print_help()
     if PYDANTIC_PLUGIN_LOADER not in sys.modules and NoPydanticPlugins not in sys.meta_path:
         sys.meta_path.insert(0, NoPydanticPlugins)
     if sys.argv[1:2] == ["run"]:

@@ -25,6 +25,7 @@ from hal9999.cli.app import output_callbacks as output_callbacks
 from hal9999.cli.app import report_failure
 from hal9999.cli.app import run_async as run_async
 from hal9999.cli.app import spawn_runner as spawn_runner
+from hal9999.cli.command_table import HELP_OPTIONS, ROOT_HELP
 from hal9999.cli.echo import emit_json as emit_json
 from hal9999.cli.echo import stream_to_terminal as stream_to_terminal
 from hal9999.cli.lazy import LazyGroup
@@ -45,10 +46,12 @@ class HalGroup(LazyGroup):
             ctx.exit(report_failure(exc, as_json=bool(ctx.meta.get(JSON_META))))
 
 
-@click.group(cls=HalGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=HalGroup, help=ROOT_HELP, context_settings={"help_option_names": list(HELP_OPTIONS)}
+)
 @click.version_option(__version__, prog_name="hal")
 def cli() -> None:
-    """hal9999: hand coding work to agents in isolated sandboxes."""
+    """The ``hal`` command (its help is :data:`ROOT_HELP`)."""
 
 
 def _is_text(arg: str) -> bool:
