@@ -7,9 +7,11 @@ import :mod:`hal9999.store.migrations` without the pydantic record models.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # typing is ~8M instructions of the thin `hal task list` (issue 16)
 if TYPE_CHECKING:
+    from typing import Any
+
     from hal9999.store.records import RepoKind, SandboxRow, TaskRecord
     from hal9999.store.sqlite import Store
 

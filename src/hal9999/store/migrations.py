@@ -8,7 +8,11 @@ with the next version number.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+TYPE_CHECKING = False  # typing: hal9999.lighttyping says why (the thin `hal task list`)
+if TYPE_CHECKING:
+    from typing import NamedTuple
+else:
+    from hal9999.lighttyping import NamedTuple
 
 
 class Migration(NamedTuple):
