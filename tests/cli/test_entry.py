@@ -62,28 +62,59 @@ def test_the_installed_script_uses_the_light_entry() -> None:
 
 
 EXITS = """
-import atexit, sys
+import atexit, os, sys, time
 from hal9999.cli.entry import exit_at_once
-if sys.argv[1] == "handler":
-    atexit.register(lambda: print("handler ran"))
-sys.stdout.write("buffered, no newline")
+class Marker:
+    def __del__(self, write=os.write):  # the teardown may have cleared os by then
+        write(1, b" torn down")
+sys.teardown_marker = Marker()  # freed as the teardown clears sys (no cycle holds it)
+if "handler" in sys.argv[1]:
+    atexit.register(lambda: print("handler ran", end=""))
+if "logging" in sys.argv[1]:
+    import logging
+    class Closing(logging.Handler):
+        def emit(self, record): pass
+        def close(self):
+            print("logging closed", end="")
+            super().close()
+    logging.getLogger("x").addHandler(Closing())
+if "file" in sys.argv[1]:
+    sys.left_file = open(sys.argv[3], "w")  # never closed: the teardown flushes it
+    sys.left_file.write("kept")
+if "flusher" in sys.argv[1]:
+    from hal9999.events.flusher import FLUSHER
+    FLUSHER.schedule("a log", time.monotonic() + 3600)  # a batch still to write
+    if "idle" in sys.argv[1]:
+        FLUSHER.cancel("a log")
+        while not FLUSHER.idle():  # the thread asleep with nothing to write
+            time.sleep(0.01)
+sys.stdout.write("buffered, no newline ")
 exit_at_once(SystemExit(int(sys.argv[2]) if sys.argv[2:] else None))
 """
 
 
-def test_the_thin_runs_exit_keeps_its_output_status_and_handlers() -> None:
+def test_the_thin_runs_exit_keeps_its_output_status_and_handlers(tmp_path: Path) -> None:
     # Without teardown (os._exit) only when nothing is left for it: the streams are
-    # flushed, the status is the one asked for, and a registered handler means a usual exit.
+    # flushed, the status is the one asked for, logging's handlers are closed, and a
+    # handler of another's, a regular file left open or an event batch still to write
+    # means a usual exit.
+    left = tmp_path / "left"
     for argv, out, status in (
-        (["plain", "3"], "buffered, no newline", 3),
-        (["plain"], "buffered, no newline", 0),
-        (["handler", "4"], "buffered, no newlinehandler ran\n", 4),
+        (["plain", "3"], "buffered, no newline ", 3),
+        (["plain"], "buffered, no newline ", 0),
+        (["handler", "4"], "buffered, no newline handler ran torn down", 4),
+        (["logging", "5"], "buffered, no newline logging closed", 5),
+        (["logging+handler", "6"], "buffered, no newline logging closedhandler ran torn down", 6),
+        (["file", "7", str(left)], "buffered, no newline  torn down", 7),
+        (["flusher", "8"], "buffered, no newline  torn down", 8),
+        (["flusher idle", "9"], "buffered, no newline ", 9),
     ):
         done = subprocess.run(
             [sys.executable, "-c", EXITS, *argv], capture_output=True, text=True, timeout=60,
             check=False,
         )  # fmt: skip
-        assert (done.stdout, done.returncode) == (out, status), done.stderr
+        assert (done.stdout, done.returncode) == (out, status), (argv, done.stderr)
+    assert left.read_text() == "kept"
 
 
 NO_PLUGINS = """

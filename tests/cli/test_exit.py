@@ -37,6 +37,45 @@ def test_objects_are_frozen_before_the_exit(args: list[str], tmp_path: Path) -> 
     assert counts["left"] < 100
 
 
+TORN_DOWN = """
+import os, sys
+class Marker:
+    def __del__(self, write=os.write):  # the teardown may have cleared os by then
+        write(2, b"\\ntorn down")
+sys.teardown_marker = Marker()  # freed as the teardown clears sys (no cycle holds it)
+sys.argv = ["hal", *sys.argv[1:]]
+from hal9999.cli.entry import main
+main()
+"""
+
+
+@pytest.mark.bwrap
+def test_an_in_process_run_ends_without_the_teardown_and_keeps_its_record(
+    hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    # Its only atexit handler is logging's, run at the end as the exit would, and its event
+    # flusher sleeps with nothing to write: os._exit, not ~11.8M instructions of the
+    # interpreter freeing every module's objects (issue 16). Nothing of the run is lost.
+    env = {**hal_env, "HAL_NO_DAEMON": "1"}
+    argv = ["run", "--agent", "true {{prompt_file}}", "--process-manager", "direct", "x"]
+    done = subprocess.run(
+        [sys.executable, "-c", TORN_DOWN, *argv],
+        cwd=demo_repo, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "succeeded" in done.stdout
+    assert "torn down" not in done.stderr
+    home = Path(env["HAL_HOME"])
+    assert not (home / "hal.db-wal").exists()  # the stores were closed: checkpointed
+    (task_id,) = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("task ")]
+    shown = subprocess.run(
+        [sys.executable, "-m", "hal9999", "task", "events", task_id, "--json"],
+        cwd=demo_repo, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    kinds = [json.loads(line)["type"] for line in shown.stdout.splitlines()]
+    assert kinds[-1] == "task_end", (kinds, shown.stderr[-2000:])
+
+
 def test_the_database_is_checkpointed_at_the_exit(tmp_path: Path) -> None:
     """The store's connections are closed before the objects are frozen: the database's
     pages are in ``hal.db``, not left in its WAL (which a backup of hal.db alone, or

@@ -128,6 +128,19 @@ class _Flusher:
         else:
             self._cond.notify()
 
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The background thread, once one started."""
+        return self._thread
+
+    def idle(self) -> bool:
+        """Whether nothing is left to write or close and the thread (if any) is asleep: a
+        process may then end without waiting for it (:func:`hal9999.cli.entry.exit_at_once`)."""
+        with self._cond:
+            thread = self._thread
+            asleep = thread is None or not thread.is_alive() or self._until != math.inf
+            return asleep and not self._due and not self._closing
+
     def cancel(self, log: EventLog) -> None:
         """Forget ``log``'s deadline (its batch was written)."""
         with self._cond:
