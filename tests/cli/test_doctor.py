@@ -141,3 +141,22 @@ def test_doctor_names_each_qemu_image_built_before_pings_and_how_to_rebuild_it(
     assert [(c.name, c.ok, c.required) for c in found] == [("qemu image old", False, False)]
     assert "a command whose VM hangs waits forever" in found[0].detail
     assert found[0].fix == "rebuild it (as root): hal image rm old && hal image build --name old"
+
+
+async def test_a_tool_slow_to_print_its_version_is_said_to_be_slow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On a loaded machine the agents' CLIs, asked all at once, took longer than the doctor
+    # waited, and an installed agent was reported as one that "does not run" (CI, stop 41).
+    from hal9999.cli import doctor
+
+    slow = tmp_path / "slow-cli"
+    pid_file = tmp_path / "pid"
+    slow.write_text(f"#!/bin/sh\necho $$ > {pid_file}\nexec sleep 60\n")
+    slow.chmod(0o755)
+    monkeypatch.setattr(doctor, "VERSION_TIMEOUT_S", 0.5)
+    check = await doctor._tool("agent slow", [str(slow), "--version"], "fix it")
+    assert not check.ok
+    assert check.detail == f"{slow} --version printed nothing in 0.5 s", check
+    pid = int(pid_file.read_text())
+    assert not Path(f"/proc/{pid}").exists(), "the slow tool was left running"

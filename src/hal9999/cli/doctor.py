@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import sqlite3
@@ -22,6 +23,14 @@ from hal9999.images.store import Image, ImageStore, hang_notice
 from hal9999.store.migrations import MIGRATIONS
 
 _CGROUP = Path("/sys/fs/cgroup")
+VERSION_TIMEOUT_S = 60.0
+"""How long a tool may take to print its version. The agents' CLIs (node, python) start in
+1-2 s of CPU each, and the doctor asks them all at once: on a busy 2-core machine (load 24)
+three of six took more than 20 s and were reported as not running."""
+
+
+class _Slow:
+    """``_version``'s answer for a tool that printed nothing in time."""
 
 
 @dataclass
@@ -35,7 +44,9 @@ class Check:
     required: bool = True
 
 
-async def _version(argv: list[str]) -> str | None:
+async def _version(argv: list[str]) -> str | _Slow | None:
+    """The first line ``argv`` prints; None when it fails, ``_Slow`` when it is still
+    running after :data:`VERSION_TIMEOUT_S` (it is killed)."""
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -43,9 +54,15 @@ async def _version(argv: list[str]) -> str | None:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
-        out, _ = await asyncio.wait_for(proc.communicate(), 20)
-    except (OSError, TimeoutError):
+    except OSError:
         return None
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), VERSION_TIMEOUT_S)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        return _Slow()
     if proc.returncode != 0:
         return None
     lines = out.decode(errors="replace").strip().splitlines()
@@ -57,6 +74,9 @@ async def _tool(name: str, argv: list[str], fix: str, required: bool = True) -> 
     if path is None:
         return Check(name, False, "not installed", fix, required)
     version = await _version([path, *argv[1:]])
+    if isinstance(version, _Slow):
+        detail = f"{path} {' '.join(argv[1:])} printed nothing in {VERSION_TIMEOUT_S:g} s"
+        return Check(name, False, detail, fix, required)
     return Check(name, version is not None, version or f"{path} does not run", fix, required)
 
 
