@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from hal9999.gateway.channel import GatewayPaths
@@ -59,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     code = 1
     try:
         code = _serve(paths, write_end)
+    except BaseException:
+        # os._exit below prints nothing: the reason goes to the log (stderr is the log).
+        traceback.print_exc()
+        sys.stderr.flush()
     finally:
         os._exit(code)
 

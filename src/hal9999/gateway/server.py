@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,24 @@ def prepare_channel(paths: GatewayPaths) -> None:
         tmp.replace(paths.channel / name)
     for sock in (paths.socket, paths.egress_socket, paths.control):
         sock.unlink(missing_ok=True)
+
+
+def bound(path: Path) -> socket.socket:
+    """A unix socket bound at ``path`` whatever its length: bound through its directory's
+    descriptor (``/proc/self/fd/N/name``), since ``sun_path`` holds 107 bytes and a deep
+    HAL_HOME's ``gateway/channel/egress.sock`` went past them (a test's under xdist's
+    ``popen-gwN``): the gateway then exited before listening and hal waited 60 s for it."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        directory = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            sock.bind(f"/proc/self/fd/{directory}/{path.name}")
+        finally:
+            os.close(directory)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class GatewayServer:
@@ -134,19 +153,19 @@ class GatewayServer:
     async def run(self, ready: int | None = None) -> None:
         """Serve until idle."""
         data = await asyncio.start_unix_server(
-            self.gateway.serve_connection, path=str(self.paths.socket), limit=1 << 16,
+            self.gateway.serve_connection, sock=bound(self.paths.socket), limit=1 << 16,
             backlog=BACKLOG,
         )
         os.chmod(self.paths.socket, 0o666)  # tokens, not file modes, decide who is served
         egress = await asyncio.start_unix_server(
             EgressProxy(self.gateway).serve_connection,
-            path=str(self.paths.egress_socket),
+            sock=bound(self.paths.egress_socket),
             limit=MAX_HEAD,
             backlog=BACKLOG,
         )
         os.chmod(self.paths.egress_socket, 0o666)
         control = await asyncio.start_unix_server(
-            self.control, path=str(self.paths.control), limit=MAX_CONTROL_LINE
+            self.control, sock=bound(self.paths.control), limit=MAX_CONTROL_LINE
         )
         os.chmod(self.paths.control, 0o600)
         if ready is not None:
