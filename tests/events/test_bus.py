@@ -20,11 +20,13 @@ async def test_writers_publish_to_subscribers_in_order(tmp_path: Path) -> None:
     only_b = bus.subscribe("b")
     with Store.open(tmp_path) as store:
         a = EventLog(tmp_path / "a.jsonl", "a", store=store)
-        b = EventLog(tmp_path / "b.jsonl", "b", store=store, index_batch=64, max_delay=0.01)
+        # 1 s, not 10 ms: on a loaded host (the two-worker suite, stop 41) the flusher wrote
+        # b's event before a's next emit, a few statements later, ran (gseq 2, not 3).
+        b = EventLog(tmp_path / "b.jsonl", "b", store=store, index_batch=64, max_delay=1.0)
         a.add_sink(bus.sink)
         b.add_sink(bus.sink)
         a.emit(Phase(phase="running"))
-        b.emit(Output(text="from b"))  # written by the flusher thread after 10 ms
+        b.emit(Output(text="from b"))  # written by the flusher thread after 1 s
         a.emit(TaskEnd(status="succeeded"))
         got = [await asyncio.wait_for(everything.get(), 5) for _ in range(3)]
         first_b = await asyncio.wait_for(only_b.get(), 5)
