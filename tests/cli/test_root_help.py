@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
+from tests.cli.closed_stdout import closed_and_broken
 
 from hal9999.cli import command_table, entry, root_help
 from hal9999.cli.main import cli
@@ -121,19 +122,5 @@ def test_closed_and_broken_output_end_as_clicks_do(tmp_path: Path) -> None:
         [sys.executable, "-m", "hal9999", "--help"],
         [sys.executable, "-c", CLICK_HELP, "--help"],
     ):
-        closed = subprocess.run(
-            argv, env=env_with(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            timeout=60, check=False, pass_fds=(), close_fds=True,
-            preexec_fn=lambda: os.close(1),
-        )  # fmt: skip
-        assert (closed.returncode, closed.stderr) == (0, b""), argv
-        read, write = os.pipe()
-        os.close(read)
-        try:
-            broken = subprocess.run(
-                argv, env=env_with(tmp_path), stdout=write, stderr=subprocess.PIPE, timeout=60,
-                check=False,
-            )  # fmt: skip
-        finally:
-            os.close(write)
-        assert (broken.returncode, broken.stderr) == (1, b""), argv
+        closed, broken = closed_and_broken(argv, env=env_with(tmp_path))
+        assert (closed, broken) == ((0, b""), (1, b"")), argv

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.cli.closed_stdout import closed_and_broken
 from tests.cli.test_entry import IMPORTED
 from tests.tasks.test_recovery import make_task
 
@@ -92,18 +93,5 @@ def test_closed_and_broken_output_end_as_clicks_do(home: Path) -> None:
         [sys.executable, "-m", "hal9999", "task", "list"],
         [sys.executable, "-c", CLICK_PATH, "task", "list"],
     ):
-        closed = subprocess.run(
-            argv, env=_env(home), cwd=home.parent / "here", stderr=subprocess.PIPE, timeout=60,
-            check=False, preexec_fn=lambda: os.close(1),
-        )  # fmt: skip
-        assert (closed.returncode, closed.stderr) == (0, b""), argv
-        read, write = os.pipe()
-        os.close(read)
-        try:
-            broken = subprocess.run(
-                argv, env=_env(home), cwd=home.parent / "here", stdout=write,
-                stderr=subprocess.PIPE, timeout=60, check=False,
-            )  # fmt: skip
-        finally:
-            os.close(write)
-        assert (broken.returncode, broken.stderr) == (141, b""), argv
+        closed, broken = closed_and_broken(argv, env=_env(home), cwd=home.parent / "here")
+        assert (closed, broken) == ((0, b""), (141, b"")), argv

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ipaddress
 import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -36,17 +37,19 @@ def test_allow_list_rules() -> None:
     assert not allowed("pypi.org.evil.example", 443, rules)
 
 
-def host_address() -> str | None:
-    """A non-loopback address of this machine (the tunnel test's target), if any."""
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        probe.connect(("192.0.2.123", 9))  # no packet is sent: only picks the route
+def host_address(family: socket.AddressFamily = socket.AF_INET) -> str | None:
+    """A non-loopback, non-link-local address of this machine (IPv4, or IPv6 with
+    ``socket.AF_INET6``), if it has one: the route to a documentation address picks it."""
+    probe = socket.socket(family, socket.SOCK_DGRAM)
+    try:  # no packet is sent: connect only picks the route
+        probe.connect(("192.0.2.123" if family == socket.AF_INET else "2001:db8::123", 9))
         address = str(probe.getsockname()[0])
     except OSError:
         return None
     finally:
         probe.close()
-    return None if address.startswith("127.") else address
+    ip = ipaddress.ip_address(address)
+    return None if ip.is_loopback or ip.is_link_local else address
 
 
 @pytest.fixture
