@@ -27,6 +27,8 @@ def test_whether_the_agent_answers_pings_is_kept_and_absent_means_it_does_not(
     fields = {"name": "old", "kind": "golden", "created_at": 1.0, "exec_ports": 4}
     (old / "meta.json").write_text(json.dumps(fields))
     assert store.get("old").meta.agent_pings is False
+    # Nor whether its hal-setup hands a root hal's uid its files: a find/chown does it.
+    assert store.get("old").meta.setup_adopts is False
 
 
 def test_an_image_built_before_pings_is_named_with_the_command_that_rebuilds_it() -> None:

@@ -15,9 +15,11 @@ from tests.providers.qemu_helpers import (
     sh,
 )
 
-from hal9999.providers import sandboxuser
+from hal9999.images.store import Image, ImageStore
+from hal9999.providers import qemu, sandboxuser
 from hal9999.providers.qemu import QemuProvider
 from hal9999.providers.qemusandbox import QemuSandbox
+from hal9999.spec import SandboxSpec
 
 pytestmark = [
     pytest.mark.qemu,
@@ -44,3 +46,87 @@ async def test_a_root_hals_guest_cannot_plant_a_setuid_root_file_on_a_share(
     assert (workspace / "README").stat().st_uid == uid, "the workspace was handed over"
     await provider.destroy(box.id)
     assert not (sandboxuser.LOCK_DIR / str(uid)).exists(), "the uid was given back"
+
+
+async def test_the_uid_is_handed_its_files_in_the_setup_step_links_never_followed(
+    provider: QemuProvider, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What each start runs as guest root: one hal-setup, whose argv does the hand-over (no
+    # find/chown command: two more execs under TCG).
+    argvs: list[list[str]] = []
+    real = qemu.run_root
+
+    async def recording(run, ports, argv, **kwargs):  # type: ignore[no-untyped-def]
+        argvs.append(list(argv))
+        return await real(run, ports, argv, **kwargs)
+
+    monkeypatch.setattr(qemu, "run_root", recording)
+    assert provider.images.get("default").meta.setup_adopts
+    box = await provider.create(SandboxSpec(provider="qemu", workspace=workspace))
+    name = f"test-adopt-{box.id}"
+    try:
+        uid = provider.store.load(box.id).uid
+        assert [a[0] for a in argvs] == [qemu.SETUP], "one guest root command at a start"
+        assert argvs[0][-9:] == ["adopt", str(uid), qemu.HOME, "adopt", str(uid), "/tmp",
+                                 "adopt", str(uid), "/var/tmp"]  # fmt: skip
+        # Links to a root file and to another uid's (this one's, in /dev/shm: a fork runs
+        # as a uid of its own) are planted for the fork below.
+        script = (
+            "stat -c %u ~; echo x > ~/f; echo x > /tmp/f; echo x > /var/tmp/f; "
+            "mkdir /dev/shm/d; echo x > /dev/shm/d/f; ln -s /etc/shadow ~/shadow; "
+            "ln -s /dev/shm/d/f /tmp/to-file; ln -s /dev/shm/d ~/to-dir"
+        )
+        out = (await box.exec(sh(script), timeout=60)).text().split()
+        assert out == [str(uid)], "the image's home (uid 1000's) is the sandbox's"
+        await provider.snapshot(box.id, name)
+        assert provider.images.get(name).meta.setup_adopts, "a snapshot has its parent's"
+        argvs.clear()
+        (fork,) = await provider.fork(name, 1, SandboxSpec(provider="qemu", workspace=workspace))
+        try:
+            other = provider.store.load(fork.id).uid
+            assert other is not None and other != uid
+            assert [a[0] for a in argvs] == [qemu.SETUP]
+            check = (
+                "stat -c %u ~/f /tmp/f /var/tmp/f ~/shadow /tmp/to-file ~/to-dir "
+                "/etc/shadow /dev/shm/d /dev/shm/d/f"
+            )
+            seen = (await fork.exec(sh(check), timeout=60)).text().split()
+            # The parent's files are the fork's uid's, the links themselves included; what
+            # they point to is untouched (a walk that followed them would have chowned both).
+            assert seen == [str(other)] * 6 + ["0", str(uid), str(uid)]
+        finally:
+            await provider.destroy(fork.id)
+    finally:
+        await provider.destroy(box.id)
+        if provider.images.path(name).exists():
+            provider.images.remove(name)
+
+
+async def test_an_image_whose_setup_predates_adopt_gets_the_find_chown_command(
+    provider: QemuProvider, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its meta.json has no setup_adopts: its hal-setup would refuse the adopt steps.
+    real_get = ImageStore.get
+
+    def old_get(self: ImageStore, name: str) -> Image:
+        image = real_get(self, name)
+        image.meta = image.meta.model_copy(update={"setup_adopts": False})
+        return image
+
+    argvs: list[list[str]] = []
+    real = qemu.run_root
+
+    async def recording(run, ports, argv, **kwargs):  # type: ignore[no-untyped-def]
+        argvs.append(list(argv))
+        return await real(run, ports, argv, **kwargs)
+
+    monkeypatch.setattr(ImageStore, "get", old_get)
+    monkeypatch.setattr(qemu, "run_root", recording)
+    box = await provider.create(SandboxSpec(provider="qemu", workspace=workspace))
+    try:
+        assert [a[0] for a in argvs] == [qemu.SETUP, "find"]
+        assert "adopt" not in argvs[0]
+        uid = provider.store.load(box.id).uid
+        assert (await box.exec(sh("stat -c %u ~"), timeout=60)).text() == f"{uid}\n"
+    finally:
+        await provider.destroy(box.id)

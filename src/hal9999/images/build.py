@@ -377,6 +377,7 @@ async def _build_into(
         packages=sorted(packages),
         exec_ports=AGENT_PORTS,
         agent_pings=True,
+        setup_adopts=True,
     )
     image = Image(image_dir, meta)
     if save_state:

@@ -69,6 +69,11 @@ class ImageMeta(BaseModel):
     whose guest answers nothing for a while is taken for hung; false for images built
     before, whose agent takes a ping for a no-op (their quiet commands are never failed).
     A snapshot has its parent's."""
+    setup_adopts: bool = False
+    """Whether its guest's hal-setup knows the ``adopt UID DIR`` step (a root hal's sandbox
+    hands its files to its uid in that one process); false for images built before, whose
+    sandboxes run a find/chown command for it (two more execs at every start). A snapshot
+    has its parent's."""
 
 
 def hang_notice(meta: ImageMeta) -> tuple[str, str] | None:

@@ -337,9 +337,12 @@ class QemuProvider(HostProvider):
                 await (master if master is not None else self.connect(run, plan.log))
             # Fresh host entropy on stdin: guests restored from one saved state share its RNG.
             setup = self.setup_argv(record, shares, guest_binds)
+            if record.uid is not None and image.meta.setup_adopts:  # no find/chown execs
+                uid = str(record.uid)
+                setup += [a for d in self.adopt_places(record) for a in ("adopt", uid, d)]
             await run_root(run, ports, setup, pings=pings, stdin=os.urandom(64), time_limit=60,
                            restored=incoming is not None)  # fmt: skip
-            if record.uid is not None:
+            if record.uid is not None and not image.meta.setup_adopts:
                 await run_root(run, ports, self.adopt_argv(record), pings=pings, time_limit=60)
             if record.spec.network != "none":  # NAT, never the host's loopback
                 await run_root(run, ports, list(qemuvm.NO_HOST_LOOPBACK), pings=pings,
@@ -376,15 +379,19 @@ class QemuProvider(HostProvider):
             args += ["bind", source, target]
         return args
 
-    def adopt_argv(self, record: SandboxRecord) -> builtins.list[str]:
-        """The guest's step that hands its user's files on the VM's disk to the sandbox's
-        uid (a root hal): the image's home is its uid 1000's, and a fork's files are the
-        uid's of the sandbox it was snapshotted from. Links are changed, never followed."""
-        assert record.uid is not None
+    def adopt_places(self, record: SandboxRecord) -> builtins.list[str]:
+        """Where the guest hands its user's files on the VM's disk to the sandbox's uid (a
+        root hal): the image's home is its uid 1000's, and a fork's files are the uid's of
+        the sandbox it was snapshotted from. Not the shares (the host hands those over)."""
         shared = {target for _, target in self.shares(record.spec)}
-        places = [d for d in (HOME, "/tmp", "/var/tmp") if d not in shared]
+        return [d for d in (HOME, "/tmp", "/var/tmp") if d not in shared]
+
+    def adopt_argv(self, record: SandboxRecord) -> builtins.list[str]:
+        """That hand-over as a command of its own, for images whose hal-setup predates its
+        ``adopt`` step (``setup_adopts`` false). Links are changed, never followed."""
+        assert record.uid is not None
         uid = str(record.uid)
-        return ["find", *places, "-xdev", "!", "-uid", "0", "!", "-uid", uid,
+        return ["find", *self.adopt_places(record), "-xdev", "!", "-uid", "0", "!", "-uid", uid,
                 "-exec", "chown", "-h", f"{uid}:{uid}", "{}", "+"]  # fmt: skip
 
     async def _kill(self, record: SandboxRecord) -> None:

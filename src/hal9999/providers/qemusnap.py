@@ -75,6 +75,7 @@ async def snapshot(provider: QemuProvider, sandbox_id: str, name: str | None) ->
             name=name, kind="snapshot", created_at=now(), parent=base.name,
             suite=base.meta.suite, kernel=base.meta.kernel, packages=base.meta.packages,
             exec_ports=base.meta.exec_ports, agent_pings=base.meta.agent_pings,
+            setup_adopts=base.meta.setup_adopts,
         )  # fmt: skip
         provider.images.save_meta(target, meta)
     except BaseException:

@@ -1,7 +1,7 @@
 /* hal-setup: what the host has done in a qemu sandbox each time it starts, as root, in one
  * static process (under TCG every extra dynamically linked program costs ~40 ms).
  *
- * usage: hal-setup EPOCH PIDS_MAX [9p TAG TARGET ro|rw | bind SOURCE TARGET]...
+ * usage: hal-setup EPOCH PIDS_MAX [9p TAG TARGET ro|rw | bind SOURCE TARGET | adopt UID DIR]...
  *
  * 1. Mixes what arrives on stdin (host entropy, at most 4 KiB) into the kernel's pool:
  *    guests restored from one saved VM state would otherwise share its RNG state.
@@ -9,12 +9,19 @@
  * 3. Writes PIDS_MAX into the commands' cgroup (/sys/fs/cgroup/hal/pids.max).
  * 4. Mounts each virtio-9p share TAG on TARGET (read-only with "ro"), then makes each
  *    bind mount, in the order given; targets are created as needed.
+ * 5. "adopt UID DIR" (a root hal's sandbox, which runs commands as UID) hands every entry
+ *    under DIR, DIR included, owned by neither root nor UID to UID:UID: links are changed,
+ *    never followed, and the walk never leaves DIR's filesystem (what "find DIR -xdev ! -uid
+ *    0 ! -uid UID -exec chown -h UID:UID {} +" did, without its two execs; a mount point
+ *    under DIR is left whole, its root included).
  *
  * Any failure prints "hal-setup: WHAT ARG: REASON" and exits 1.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,7 +39,7 @@ static void fail(const char *what, const char *arg) {
 
 static void usage(void) {
     fprintf(stderr, "usage: hal-setup EPOCH PIDS_MAX "
-                    "[9p TAG TARGET ro|rw | bind SOURCE TARGET]...\n");
+                    "[9p TAG TARGET ro|rw | bind SOURCE TARGET | adopt UID DIR]...\n");
     exit(1);
 }
 
@@ -91,6 +98,29 @@ static void make_dirs(const char *target) {
     }
 }
 
+static uid_t adopt_uid;
+
+static int adopt_entry(const char *path, const struct stat *st, int type, struct FTW *ftw) {
+    (void)ftw;
+    if (type == FTW_NS) fail("cannot stat", path);
+    if (type == FTW_DNR) fail("cannot read", path);
+    if (st->st_uid != 0 && st->st_uid != adopt_uid && lchown(path, adopt_uid, adopt_uid) != 0)
+        fail("cannot chown", path);
+    return 0;
+}
+
+static void adopt(const char *uid, const char *dir) {
+    char *end;
+    errno = 0;
+    unsigned long value = strtoul(uid, &end, 10);
+    if (errno || *end || !*uid || uid[0] == '-' || value == 0 || value >= UINT_MAX) {
+        errno = EINVAL;
+        fail("bad UID", uid);
+    }
+    adopt_uid = (uid_t)value;
+    if (nftw(dir, adopt_entry, 32, FTW_PHYS | FTW_MOUNT) != 0) fail("cannot walk", dir);
+}
+
 int main(int argc, char **argv) {
     if (argc < 3 || argv[1][0] == '-') usage();
     mix_entropy();
@@ -108,6 +138,9 @@ int main(int argc, char **argv) {
             const char *source = argv[i + 1], *target = argv[i + 2];
             make_dirs(target);
             if (mount(source, target, NULL, MS_BIND, NULL) != 0) fail("cannot bind", source);
+            i += 3;
+        } else if (strcmp(argv[i], "adopt") == 0 && i + 2 < argc) {
+            adopt(argv[i + 1], argv[i + 2]);
             i += 3;
         } else {
             usage();
