@@ -9,6 +9,7 @@ The namespace and the veth go in the finalizer.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import os
@@ -47,6 +48,18 @@ class UlaHost:
     def target(self, port: int) -> str:
         """``[address]:port``, as a CONNECT target and an allow-list entry."""
         return f"[{self.address}]:{port}"
+
+    async def echo_server(self) -> tuple[asyncio.Server, str]:
+        """A server in the namespace answering ``echo:`` and the first line it reads, and
+        its CONNECT target."""
+
+        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"echo:" + await reader.readline())
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(echo, sock=self.listen())
+        return server, self.target(server.sockets[0].getsockname()[1])
 
     def listen(self, backlog: int = 128) -> socket.socket:
         """A TCP listener on the namespace's address, on a free port."""

@@ -116,13 +116,7 @@ async def test_denied_hosts_are_refused_and_recorded(egress: tuple[Gateway, str]
 async def test_allowed_host_gets_a_raw_tunnel(egress: tuple[Gateway, str], ula: UlaHost) -> None:
     gateway, sock = egress
 
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"echo:" + await reader.readline())
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(echo, sock=ula.listen())
-    target = ula.target(server.sockets[0].getsockname()[1])
+    server, target = await ula.echo_server()
     grant = Grant(task_id="t1", token=new_token(), upstream="https://x", key="k",
                   egress=[target])  # fmt: skip
     gateway.register(grant)

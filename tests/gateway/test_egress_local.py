@@ -72,13 +72,7 @@ async def test_a_host_in_a_namespace_of_the_test_is_reached(
 ) -> None:
     gateway, sock = egress
 
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"echo:" + await reader.readline())
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(echo, sock=ula.listen())
-    target = ula.target(server.sockets[0].getsockname()[1])
+    server, target = await ula.echo_server()
     spelled = target.replace("::2]", ":0:0:0:0002]")  # any spelling of the allowed address
     grant = Grant(task_id="t1", token=new_token(), upstream="https://x", key="k",
                   egress=[target])  # fmt: skip
