@@ -48,11 +48,8 @@ async def test_a_root_hals_guest_cannot_plant_a_setuid_root_file_on_a_share(
     assert not (sandboxuser.LOCK_DIR / str(uid)).exists(), "the uid was given back"
 
 
-async def test_the_uid_is_handed_its_files_in_the_setup_step_links_never_followed(
-    provider: QemuProvider, workspace: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # What each start runs as guest root: one hal-setup, whose argv does the hand-over (no
-    # find/chown command: two more execs under TCG).
+def record_root_commands(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The argv of every command the provider runs as guest root from now on, in order."""
     argvs: list[list[str]] = []
     real = qemu.run_root
 
@@ -61,6 +58,15 @@ async def test_the_uid_is_handed_its_files_in_the_setup_step_links_never_followe
         return await real(run, ports, argv, **kwargs)
 
     monkeypatch.setattr(qemu, "run_root", recording)
+    return argvs
+
+
+async def test_the_uid_is_handed_its_files_in_the_setup_step_links_never_followed(
+    provider: QemuProvider, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What each start runs as guest root: one hal-setup, whose argv does the hand-over (no
+    # find/chown command: two more execs under TCG).
+    argvs = record_root_commands(monkeypatch)
     assert provider.images.get("default").meta.setup_adopts
     box = await provider.create(SandboxSpec(provider="qemu", workspace=workspace))
     name = f"test-adopt-{box.id}"
@@ -113,15 +119,8 @@ async def test_an_image_whose_setup_predates_adopt_gets_the_find_chown_command(
         image.meta = image.meta.model_copy(update={"setup_adopts": False})
         return image
 
-    argvs: list[list[str]] = []
-    real = qemu.run_root
-
-    async def recording(run, ports, argv, **kwargs):  # type: ignore[no-untyped-def]
-        argvs.append(list(argv))
-        return await real(run, ports, argv, **kwargs)
-
     monkeypatch.setattr(ImageStore, "get", old_get)
-    monkeypatch.setattr(qemu, "run_root", recording)
+    argvs = record_root_commands(monkeypatch)
     box = await provider.create(SandboxSpec(provider="qemu", workspace=workspace))
     try:
         assert [a[0] for a in argvs] == [qemu.SETUP, "find"]
