@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from hal9999.gateway.egress import MAX_HEAD, EgressProxy
 from hal9999.gateway.proxy import Gateway
 from hal9999.store import Store
 from hal9999.tasks.state import RESTING
+from hal9999.unixsock import bound
 
 logger = logging.getLogger(__name__)
 
@@ -67,24 +67,6 @@ def prepare_channel(paths: GatewayPaths) -> None:
         tmp.replace(paths.channel / name)
     for sock in (paths.socket, paths.egress_socket, paths.control):
         sock.unlink(missing_ok=True)
-
-
-def bound(path: Path) -> socket.socket:
-    """A unix socket bound at ``path`` whatever its length: bound through its directory's
-    descriptor (``/proc/self/fd/N/name``), since ``sun_path`` holds 107 bytes and a deep
-    HAL_HOME's ``gateway/channel/egress.sock`` went past them (a test's under xdist's
-    ``popen-gwN``): the gateway then exited before listening and hal waited 60 s for it."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        directory = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            sock.bind(f"/proc/self/fd/{directory}/{path.name}")
-        finally:
-            os.close(directory)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 class GatewayServer:

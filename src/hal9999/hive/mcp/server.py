@@ -29,6 +29,7 @@ from hal9999.hive import subtasks
 from hal9999.hive.mcp.channel import SOCKET_NAME, McpPaths, checked_name
 from hal9999.hive.mcp.thread_tools import THREAD_TOOLS
 from hal9999.hive.mcp.tools import Caller, Hive, Tool, tools_for
+from hal9999.unixsock import bound
 
 logger = logging.getLogger(__name__)
 
@@ -307,8 +308,7 @@ def _bind(directory: Path) -> socket.socket:
     try:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(SOCKET_NAME, dir_fd=fd)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(f"/proc/self/fd/{fd}/{SOCKET_NAME}")
+        sock = bound(directory / SOCKET_NAME)
         os.chmod(SOCKET_NAME, 0o666, dir_fd=fd)  # the sandbox's own uid connects
     finally:
         os.close(fd)
