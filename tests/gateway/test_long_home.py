@@ -50,3 +50,62 @@ def test_a_gateway_that_cannot_start_says_why(tmp_path: Path) -> None:
     assert detach(home, log) == 1
     said = log.read_text()
     assert "Traceback" in said and "FileExistsError" in said, said
+
+
+def deep_socket(tmp_path: Path) -> Path:
+    """A listening socket's path of 130 bytes (bound through its directory)."""
+    directory = tmp_path / ("d" * (120 - len(str(tmp_path))))
+    directory.mkdir()
+    return directory / "egress.sock"
+
+
+async def test_the_host_side_connects_a_socket_past_sun_path(tmp_path: Path) -> None:
+    # The Kubernetes socket mux and the gateway's forwarders reach egress.sock through
+    # connect_unix: on a deep home its path went to connect() whole and failed.
+    from hal9999.gateway.forwarder import connect_unix
+    from hal9999.unixsock import bound
+
+    path = deep_socket(tmp_path)
+    assert len(str(path)) > 107
+    server = bound(path)
+    server.listen()
+    with server, await connect_unix(str(path)) as client:
+        peer, _ = server.accept()
+        with peer:
+            client.setblocking(True)
+            client.sendall(b"hi")
+            assert peer.recv(2) == b"hi"
+
+
+def test_a_held_path_reaches_a_deep_socket_for_the_process(tmp_path: Path) -> None:
+    # The ssh relay hands asyncssh a path to connect for every forwarded connection.
+    import socket
+
+    from hal9999.unixsock import bound, held
+
+    path = deep_socket(tmp_path)
+    server = bound(path)
+    server.listen()
+    short = held(path)
+    assert len(short) <= 107 and held(tmp_path / "s") == str(tmp_path / "s")
+    for _ in range(2):  # still reachable after the first connection
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(short)
+            server.accept()[0].close()
+    server.close()
+
+
+def test_a_deep_socket_is_forwarded_by_a_path_relative_to_the_master(tmp_path: Path) -> None:
+    # ssh refused `-R 127.0.0.1:PORT:<108-byte path>` ("Bad remote forwarding
+    # specification"): the QEMU provider's forward to egress.sock on a deep home.
+    from hal9999.unixsock import relative
+
+    path = deep_socket(tmp_path)
+    run = tmp_path / "home" / "qemu" / "runs" / "r1"
+    assert relative(tmp_path / "s", run) == str(tmp_path / "s")
+    rel = relative(path, run)
+    assert rel.startswith("../") and len(rel) <= 107
+    assert (run / rel).resolve() == path.resolve()
+    assert relative(path, path.parent) == "./egress.sock"  # a '/' makes it a path to ssh
+    with pytest.raises(OSError, match="too long"):
+        relative(path, Path("/" + "x" * 200))

@@ -86,6 +86,22 @@ async def _drain_reader(reader: asyncio.StreamReader) -> None:
         pass
 
 
+def connect_at(sock: socket.socket, path: str) -> None:
+    """``sock.connect(path)`` for a path of any length: one past ``sun_path``'s 107 bytes
+    (a deep ``HAL_HOME``'s ``egress.sock``, reached from the host) is connected through a
+    descriptor of its directory. (``hal9999.unixsock`` does the same for binds; this file
+    stays dependency-free.)"""
+    if len(os.fsencode(path)) <= 107:
+        sock.connect(path)
+        return
+    head, name = os.path.split(path)
+    directory = os.open(head or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        sock.connect(f"/proc/self/fd/{directory}/{name}")
+    finally:
+        os.close(directory)
+
+
 async def connect_unix(path: str) -> socket.socket:
     """A socket connected to ``path``, waiting up to :data:`CONNECT_S` for room in its
     backlog (OSError past that, or when nothing listens)."""
@@ -96,7 +112,7 @@ async def connect_unix(path: str) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.setblocking(False)
         try:
-            sock.connect(path)
+            connect_at(sock, path)
             return sock
         except BlockingIOError:  # the backlog is full: the gateway has not accepted yet
             sock.close()

@@ -30,6 +30,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from hal9999 import unixsock
 from hal9999.errors import ExecError, ProviderError
 from hal9999.providers import hostexec
 from hal9999.providers.base import Launch
@@ -67,7 +68,8 @@ ENSURE = (
     "        env = {'PATH': '/usr/bin:/bin', 'HOME': os.path.dirname(ctl)}\n"
     "        with open(log, 'ab') as errors:\n"
     "            done = subprocess.run(master, stdin=subprocess.DEVNULL, stdout=errors,\n"
-    "                                  stderr=errors, env=env, start_new_session=True)\n"
+    "                                  stderr=errors, env=env, start_new_session=True,\n"
+    "                                  cwd=os.path.dirname(ctl))\n"
     "        if done.returncode != 0:\n"
     "            sys.exit('hal: cannot connect ssh to the VM, see ' + log)\n"
     "    os.close(fd)\n"
@@ -187,6 +189,7 @@ async def start_master(run: RunDir, *, log: Path, time_limit: float) -> None:
             stderr=errors,
             env={"PATH": "/usr/bin:/bin", "HOME": str(run.path)},
             start_new_session=True,
+            cwd=run.path,  # forward_socket's relative paths are the master's to resolve
         )
     try:
         code = await asyncio.wait_for(proc.wait(), time_limit)
@@ -225,7 +228,13 @@ async def forward_socket(run: RunDir, port: int, socket: Path) -> None:
     connected afresh per connection, so a restarted listener on the same path is reached."""
     if not 0 < port < 65536 or ":" in str(socket) or not socket.is_absolute():
         raise ProviderError(f"cannot forward guest port {port} to {socket}")
-    spec = f"127.0.0.1:{port}:{socket}"
+    try:
+        # The master connects the path; one past sun_path (a deep HAL_HOME) is given
+        # relative to the run directory, which masters run in.
+        where = unixsock.relative(socket, run.path)
+    except OSError as exc:
+        raise ProviderError(f"cannot forward guest port {port}: {exc}") from None
+    spec = f"127.0.0.1:{port}:{where}"
     base = [SSH, "-F", str(config_path(run))]
     env = {"PATH": "/usr/bin:/bin", "HOME": str(run.path)}
     null = asyncio.subprocess.DEVNULL

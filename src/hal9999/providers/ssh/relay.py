@@ -21,6 +21,7 @@ import termios
 import tty
 from typing import Any
 
+from hal9999 import unixsock
 from hal9999.errors import HalError
 from hal9999.process.tmux import verbatim
 from hal9999.providers import relaycore
@@ -148,7 +149,7 @@ async def _forward_sockets(conn: Any, record: SshRecord) -> list[Any]:
             try:
                 # A stale socket of an earlier run would make sshd's bind fail.
                 await channel.run(conn, remote.plain(["rm", "-f", "--", where]), what="rm")
-                listeners.append(await conn.forward_remote_path(where, path))
+                listeners.append(await conn.forward_remote_path(where, unixsock.held(path)))
             except (HalError, OSError, asyncssh.Error, asyncssh.ChannelListenError) as exc:
                 # The agent runs all the same; its calls through this socket will fail.
                 relaycore.say(
