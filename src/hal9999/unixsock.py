@@ -4,11 +4,12 @@
 ``gateway/channel/egress.sock``, a hive agent's ``mcp.sock``) can be longer. Bound or
 connected through their directory's descriptor (``/proc/self/fd/N/name``), they are reached
 where the path says whatever its length. Another process (ssh's master) is given a path
-relative to a directory it runs in instead: :func:`relative`.
+through a link in a private directory of a short path instead: :func:`linked`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 from pathlib import Path
@@ -48,14 +49,21 @@ def held(path: str | Path) -> str:
     directory = os.open(where.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     return f"/proc/self/fd/{directory}/{where.name}"
 
-def relative(path: Path, cwd: Path) -> str:
-    """``path`` as another process running in ``cwd`` can reach it: absolute when it fits
-    (so a process started elsewhere reaches it too), else relative to ``cwd``. Raises
-    OSError when neither fits."""
+def linked(path: Path, directory: Path) -> str:
+    """``path`` as another process can connect it: itself when it fits, else through a link
+    to its directory made in ``directory`` (a private directory with a short path, such as
+    a VM's run directory: nobody else can replace the link). Raises OSError when neither
+    fits."""
     if fits(path):
         return str(path)
-    rel = os.path.relpath(path, cwd)
-    shown = rel if rel.startswith("../") else f"./{rel}"  # a '/' marks a path to ssh
-    if not fits(shown):
-        raise OSError(f"the socket path {path} is too long to reach from {cwd}")
-    return shown
+    tag = hashlib.sha256(os.fsencode(path.parent)).hexdigest()[:12]
+    link = directory / f"sock-{tag}"
+    short = link / path.name
+    if not fits(short):
+        raise OSError(f"the socket path {path} is too long, and so is {short}")
+    if not (link.is_symlink() and os.readlink(link) == str(path.parent)):
+        spare = directory / f".sock-{tag}-{os.getpid()}"
+        spare.unlink(missing_ok=True)
+        spare.symlink_to(path.parent)
+        spare.replace(link)
+    return str(short)

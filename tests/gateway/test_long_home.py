@@ -95,17 +95,24 @@ def test_a_held_path_reaches_a_deep_socket_for_the_process(tmp_path: Path) -> No
     server.close()
 
 
-def test_a_deep_socket_is_forwarded_by_a_path_relative_to_the_master(tmp_path: Path) -> None:
+def test_a_deep_socket_is_forwarded_through_a_link_in_the_run_directory(tmp_path: Path) -> None:
     # ssh refused `-R 127.0.0.1:PORT:<108-byte path>` ("Bad remote forwarding
     # specification"): the QEMU provider's forward to egress.sock on a deep home.
-    from hal9999.unixsock import relative
+    import socket
+
+    from hal9999.unixsock import bound, linked
 
     path = deep_socket(tmp_path)
-    run = tmp_path / "home" / "qemu" / "runs" / "r1"
-    assert relative(tmp_path / "s", run) == str(tmp_path / "s")
-    rel = relative(path, run)
-    assert rel.startswith("../") and len(rel) <= 107
-    assert (run / rel).resolve() == path.resolve()
-    assert relative(path, path.parent) == "./egress.sock"  # a '/' makes it a path to ssh
+    server = bound(path)
+    server.listen()
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    assert linked(tmp_path / "s", run) == str(tmp_path / "s")  # a path that fits, as it is
+    short = linked(path, run)
+    assert len(short) <= 107 and short.startswith(str(run))
+    assert linked(path, run) == short  # the link is made once
+    with server, socket.socket(socket.AF_UNIX) as client:  # another process could, too
+        client.connect(short)
+        server.accept()[0].close()
     with pytest.raises(OSError, match="too long"):
-        relative(path, Path("/" + "x" * 200))
+        linked(path, tmp_path / ("r" * 100))

@@ -18,6 +18,8 @@ from tests.e2e.conftest import KEY_VAR, HalCli, files_containing, git
 from tests.gateway.upstream import StormUpstream
 from tests.ula_host import missing, ula_host
 
+from hal9999.gateway.channel import GatewayPaths
+
 pytestmark = [pytest.mark.tmux, pytest.mark.slow, pytest.mark.timeout(300)]
 
 AGENT = Path(__file__).with_name("bash_agent.sh")
@@ -34,6 +36,12 @@ def test_a_vm_task_calls_the_model_and_egress_through_the_gateway(
     hal_cli: HalCli, bug_repo: Path, upstream: StormUpstream, dummy_key: str
 ) -> None:
     hal_cli.env |= {"HAL_PROVIDER": "qemu", "HAL_QEMU_IMAGES": os.environ["HAL_QEMU_IMAGES"]}
+    # A home deep enough that egress.sock's path passes sun_path: ssh refused to forward the
+    # guest's port to it ("Bad remote forwarding specification"), as on xdist's deeper homes.
+    deep = hal_cli.home.parent / ("h" * max(1, 82 - len(str(hal_cli.home.parent))))
+    assert len(str(GatewayPaths(deep).egress_socket)) > 107
+    hal_cli.home = deep
+    hal_cli.env["HAL_HOME"] = str(deep)
     run_bash_agent(hal_cli, bug_repo, upstream, dummy_key, "qemu")
 
 

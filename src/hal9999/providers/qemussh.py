@@ -68,8 +68,7 @@ ENSURE = (
     "        env = {'PATH': '/usr/bin:/bin', 'HOME': os.path.dirname(ctl)}\n"
     "        with open(log, 'ab') as errors:\n"
     "            done = subprocess.run(master, stdin=subprocess.DEVNULL, stdout=errors,\n"
-    "                                  stderr=errors, env=env, start_new_session=True,\n"
-    "                                  cwd=os.path.dirname(ctl))\n"
+    "                                  stderr=errors, env=env, start_new_session=True)\n"
     "        if done.returncode != 0:\n"
     "            sys.exit('hal: cannot connect ssh to the VM, see ' + log)\n"
     "    os.close(fd)\n"
@@ -189,7 +188,6 @@ async def start_master(run: RunDir, *, log: Path, time_limit: float) -> None:
             stderr=errors,
             env={"PATH": "/usr/bin:/bin", "HOME": str(run.path)},
             start_new_session=True,
-            cwd=run.path,  # forward_socket's relative paths are the master's to resolve
         )
     try:
         code = await asyncio.wait_for(proc.wait(), time_limit)
@@ -230,8 +228,8 @@ async def forward_socket(run: RunDir, port: int, socket: Path) -> None:
         raise ProviderError(f"cannot forward guest port {port} to {socket}")
     try:
         # The master connects the path; one past sun_path (a deep HAL_HOME) is given
-        # relative to the run directory, which masters run in.
-        where = unixsock.relative(socket, run.path)
+        # through a link in the run directory (mode 700, a short path).
+        where = unixsock.linked(socket, run.path)
     except OSError as exc:
         raise ProviderError(f"cannot forward guest port {port}: {exc}") from None
     spec = f"127.0.0.1:{port}:{where}"
