@@ -127,20 +127,46 @@ def test_doctor_names_the_slow_cgroup_move_and_its_fix_on_v2() -> None:
 def test_doctor_names_each_qemu_image_built_before_pings_and_how_to_rebuild_it(
     tmp_path: Path,
 ) -> None:
-    from hal9999.cli.doctor import unpinged_images
+    from hal9999.cli.doctor import outdated_images
     from hal9999.images.store import Image, ImageMeta
 
     def image(name: str, **fields: Any) -> Image:
-        meta = ImageMeta(name=name, kind="golden", created_at=1.0, **fields)
+        meta = ImageMeta(name=name, kind="golden", created_at=1.0, setup_adopts=True, **fields)
         return Image(tmp_path / name, meta)
 
-    found = unpinged_images([
+    found = outdated_images([
         image("old", exec_ports=4), image("new", exec_ports=4, agent_pings=True),
         image("ssh-only"),
-    ])  # fmt: skip
+    ], root=True)  # fmt: skip
     assert [(c.name, c.ok, c.required) for c in found] == [("qemu image old", False, False)]
     assert "a command whose VM hangs waits forever" in found[0].detail
     assert found[0].fix == "rebuild it (as root): hal image rm old && hal image build --name old"
+
+
+def test_doctor_names_each_qemu_image_built_before_adopt_to_a_root_hal(tmp_path: Path) -> None:
+    # Images built before stop 41 have no setup_adopts: a root hal's start, restore or fork
+    # of one ran a separate find/chown in the guest (~200-400 ms of its CPU) without a word.
+    from hal9999.cli.doctor import outdated_images
+    from hal9999.images.store import Image, ImageMeta
+
+    def image(name: str, **fields: Any) -> Image:
+        meta = ImageMeta(**{"name": name, "kind": "golden", "created_at": 1.0,
+                            "exec_ports": 4, "agent_pings": True, **fields})  # fmt: skip
+        return Image(tmp_path / name, meta)
+
+    old, new = image("old", packages=["make"]), image("new", setup_adopts=True)
+    snap = image("snap", kind="snapshot", parent="old")
+    found = outdated_images([old, new, snap], root=True)
+    assert [(c.name, c.ok, c.required) for c in found] == [
+        ("qemu image old", False, False), ("qemu image snap", False, False)]  # fmt: skip
+    assert found[0].detail.startswith("qemu image 'old' was built before its guest setup")
+    assert "separate find/chown in the guest" in found[0].detail
+    assert found[0].fix == (
+        "rebuild it (as root): hal image rm old && hal image build --name old --packages make"
+    )
+    assert found[1].fix is not None and "snapshot (of 'old')" in found[1].fix
+    # Not root: its sandboxes have no uid of their own, so there is nothing to hand over.
+    assert outdated_images([old, new, snap], root=False) == []
 
 
 async def test_a_tool_slow_to_print_its_version_is_said_to_be_slow(

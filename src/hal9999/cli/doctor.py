@@ -19,7 +19,8 @@ from hal9999.cli.options import json_option
 from hal9999.config import load_config
 from hal9999.errors import HalError
 from hal9999.home import HalPaths
-from hal9999.images.store import Image, ImageStore, hang_notice
+from hal9999.images.store import Image, ImageStore
+from hal9999.providers.qemunotice import notices
 from hal9999.store.migrations import MIGRATIONS
 
 _CGROUP = Path("/sys/fs/cgroup")
@@ -342,19 +343,22 @@ async def _qemu() -> list[Check]:
     else:
         checks.append(Check("qemu images", False, f"none in {store.root}",
                             "hal image build (as root)", required=False))  # fmt: skip
-    checks += unpinged_images(images)
+    from hal9999.providers.sandboxuser import privileged  # what the provider asks
+
+    checks += outdated_images(images, root=privileged())
     if golden:
         checks.append(Check("guest kernel", True, golden[0].meta.kernel, required=False))
     checks.append(await _kvm(store, golden[0] if golden else None))
     return checks
 
 
-def unpinged_images(images: list[Image]) -> list[Check]:
-    """One line per image whose exec agent predates pings: a hung VM of it is never noticed
-    (its commands wait forever), and rebuilding it is the fix."""
-    found = [(i.name, n) for i in images if (n := hang_notice(i.meta)) is not None]
-    return [Check(f"qemu image {name}", False, what, fix, required=False)
-            for name, (what, fix) in found]  # fmt: skip
+def outdated_images(images: list[Image], *, root: bool) -> list[Check]:
+    """One line per thing an image lacks that a rebuild gives it: an exec agent that
+    answers pings (a hung VM of it is never noticed, its commands wait forever) and, for a
+    ``root`` hal, ``hal-setup``'s ``adopt`` step (each start, restore or fork runs a separate
+    find/chown in the guest). Each says the command that rebuilds it."""
+    return [Check(f"qemu image {i.name}", False, what, fix, required=False)
+            for i in images for what, fix in notices(i.meta, root=root)]  # fmt: skip
 
 
 async def _kvm(store: ImageStore, image: Image | None) -> Check:

@@ -31,13 +31,24 @@ def image_store(config: HalConfig) -> ImageStore:
 
 
 def image_json(image: Image) -> dict[str, Any]:
-    """One image as a JSON document."""
+    """One image as a JSON document; ``notices``: what a rebuild would give it, each with
+    the command (:func:`image_notices`)."""
     return {
         **image.meta.model_dump(mode="json"),
         "dir": str(image.dir),
         "size_bytes": image.size_bytes(),
         "states": image.states(),
+        "notices": [{"what": what, "fix": fix} for what, fix in image_notices(image)],
     }
+
+
+def image_notices(image: Image) -> list[tuple[str, str]]:
+    """What ``hal doctor`` says of ``image`` (built before pings; before ``adopt``, for a
+    root hal), each with the command that rebuilds it."""
+    from hal9999.providers.qemunotice import notices
+    from hal9999.providers.sandboxuser import privileged  # what the qemu provider asks
+
+    return notices(image.meta, root=privileged())
 
 
 @cli.group()
@@ -112,6 +123,8 @@ def image_list(as_json: bool) -> None:
         size = i.size_bytes() / (1 << 20)
         click.echo(f"{i.name:<20} {i.meta.kind:<8} {origin:<18} {size:7.0f} MiB  "
                    f"kernel {i.meta.kernel or '?'}  states: {states}")  # fmt: skip
+        for what, fix in image_notices(i):
+            click.echo(f"  warn: {what}\n    fix: {fix}")
 
 
 @image.command("rm")
