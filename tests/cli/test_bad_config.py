@@ -119,6 +119,25 @@ def test_doctor_names_an_unknown_provider_table_and_passes_known_ones(
     assert "config" not in checks and checks["HAL_HOME"]["ok"], checks.get("config")
 
 
+def test_doctor_checks_the_table_of_a_provider_no_run_uses_today(
+    hal: Hal, hal_env: dict[str, str]
+) -> None:
+    # The runs here use bwrap: a typo in [providers.qemu] was found only the day a run or
+    # the daemon's pool first loaded qemu (stop 41).
+    write_config(hal_env, "[providers.qemu]\nboot_timout_s = 9\n")
+    found = doctor_checks(hal)["config"]
+    file = Path(hal_env["XDG_CONFIG_HOME"], "hal9999", "config.toml")
+    expected = f"{file}: [providers.qemu] boot_timout_s: unknown key"
+    assert not found["ok"] and found["detail"] == expected, found
+    assert found["fix"].startswith(f"[providers.qemu] of {file} takes: "), found
+    assert "boot_timeout_s" in found["fix"], found
+    # The daemon, which may be asked for any provider, refuses to start on it too.
+    out = hal("serve")
+    assert out.returncode == 2, out.stderr
+    assert expected in one_error_line(out)
+    assert not Path(hal_env["HAL_HOME"], "run", "serve.json").exists()
+
+
 @pytest.mark.parametrize(
     ("toml", "args", "expected"),
     [("[hive]\nkeep_warm = \"yes\"\n", ("vacuum",), "[hive] keep_warm: expected true or false"),

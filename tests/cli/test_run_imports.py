@@ -199,3 +199,27 @@ def test_an_in_process_run_checks_for_uncommitted_changes_while_it_imports(
     )  # fmt: skip
     assert "1 uncommitted change(s)" in done.stderr, done.stderr[-2000:]
     assert done.stderr.splitlines()[-1] == "status started with the config loaded: [False]"
+
+
+@pytest.mark.bwrap
+def test_a_run_does_not_import_the_providers_whose_tables_it_does_not_use(
+    hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    # `hal doctor` and `hal serve` check every [providers.*] table (tasks.plugins.
+    # check_sections); a run checks only its own: importing qemu's or kubernetes's module to
+    # check their tables cost 29 and 125 ms of CPU a run (docs/benchmarks.md, stop 42).
+    config = Path(hal_env["XDG_CONFIG_HOME"], "hal9999", "config.toml")
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text("[providers.qemu]\nboot = \"cold\"\n[providers.kubernetes]\n")
+    env = {**hal_env, "HAL_NO_DAEMON": "1"}
+    argv = ["run", "--agent", "true {{prompt_file}}", "--process-manager", "direct", "x"]
+    done = subprocess.run(
+        [sys.executable, "-c", RUN_AND_LIST, *argv],
+        cwd=demo_repo, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    *_, status, listed, _models = done.stderr.splitlines()
+    assert status in ("exit 0", "exit None"), done.stderr[-2000:]
+    modules = set(json.loads(listed))
+    assert "hal9999.providers.bwrap" in modules  # the run did load its own provider
+    unused = {"hal9999.providers.qemu", "hal9999.providers.k8s.provider"}
+    assert not modules & unused, sorted(modules & unused)

@@ -51,19 +51,48 @@ def load_provider(
             hint=f"reinstall the package that provides it ({entry.value})",
         ) from exc
     model = cast(type[BaseModel] | None, getattr(cls, "config_model", None))
-    config: BaseModel | None = None
-    if model is not None:
-        config = checked_settings(name, model, settings or {}, origin)
-    elif settings:
-        table = _in_file(f"[providers.{name}]", ("providers", name), origin)
-        raise ConfigError(
-            f"provider {name!r} takes no settings", hint=f"remove {' of '.join(table[::-1])}"
-        )
+    config = _settings_of(name, model, settings, origin)
     state_dir.mkdir(parents=True, exist_ok=True)
     provider = cls(state_dir=state_dir, config=config) if model else cls(state_dir=state_dir)
     if not isinstance(provider, Provider):
         raise ProviderUnavailable(f"{entry.value} does not implement the provider contract")
     return provider
+
+
+def check_table(
+    name: str, settings: Mapping[str, Any], origin: Mapping[tuple[str, ...], str] | None = None
+) -> None:
+    """Refuse what :func:`load_provider` would refuse of ``[providers.<name>]`` (a key the
+    provider does not take, a value of the wrong type), for a provider no run loads today:
+    a typo in its table would otherwise be found only the day it is used. A name no package
+    registers, or a provider that cannot be imported here, is left to what loads it
+    (``check_provider_tables`` names the first; a run of it says the second)."""
+    entry = find_entry_point(GROUP, name)
+    if entry is None:
+        return
+    try:
+        cls = entry.load()
+    except ImportError:
+        return
+    _settings_of(name, cast(type[BaseModel] | None, getattr(cls, "config_model", None)),
+                 settings, origin)  # fmt: skip
+
+
+def _settings_of(
+    name: str,
+    model: type[BaseModel] | None,
+    settings: Mapping[str, Any] | None,
+    origin: Mapping[tuple[str, ...], str] | None,
+) -> BaseModel | None:
+    """``settings`` validated by the provider's ``model``; a provider without one takes none."""
+    if model is not None:
+        return checked_settings(name, model, settings or {}, origin)
+    if settings:
+        table = _in_file(f"[providers.{name}]", ("providers", name), origin)
+        raise ConfigError(
+            f"provider {name!r} takes no settings", hint=f"remove {' of '.join(table[::-1])}"
+        )
+    return None
 
 
 def checked_settings(

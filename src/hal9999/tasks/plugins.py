@@ -15,7 +15,7 @@ from hal9999.process.registry import GROUP as MANAGERS
 from hal9999.process.registry import available_process_managers
 from hal9999.process.registry import load_process_manager as _load_manager
 from hal9999.providers.base import Provider
-from hal9999.providers.registry import GROUP, available_providers, load_provider
+from hal9999.providers.registry import GROUP, available_providers, check_table, load_provider
 from hal9999.tasks.request import provider_list
 
 
@@ -92,15 +92,19 @@ def _wrong_default(config: HalConfig, key: str, problem: str, hint: str) -> Conf
 
 
 def check_sections(config: HalConfig, environ: Mapping[str, str]) -> None:
-    """Check what the config's model leaves to its readers (``[providers.*]``, ``[pool]``
-    with the ``HAL_<P>_*`` variables, ``[scheduler]``, ``[hive]``, ``[gateway] ca_file``), so
-    ``hal doctor`` and ``hal serve`` refuse at once what a run or the daemon's pool would
-    refuse later, or use without a word."""
+    """Check what the config's model leaves to its readers (every ``[providers.*]`` table,
+    ``[pool]`` with the ``HAL_<P>_*`` variables, ``[scheduler]``, ``[hive]``, ``[gateway]
+    ca_file``), so ``hal doctor`` and ``hal serve`` refuse at once what a run or the daemon's
+    pool would refuse later, or use without a word. A run checks only its own provider's
+    table: importing every other provider that has one would cost it 5-125 ms each
+    (docs/benchmarks.md)."""
     from hal9999.hive.settings import hive_settings
     from hal9999.pool.settings import provider_settings, scheduler_settings
     from hal9999.process.caplog import log_cap_from
 
     check_provider_tables(config)
+    for name, table in config.providers.items():  # each table, not only those in use today
+        check_table(name, table, config._origin)
     if config.gateway.ca_file is not None:  # else every call of every agent is refused
         from hal9999.gateway.upstream import UpstreamPool, ca_file_error
 
