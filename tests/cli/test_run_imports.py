@@ -207,7 +207,7 @@ def test_a_run_does_not_import_the_providers_whose_tables_it_does_not_use(
 ) -> None:
     # `hal doctor` and `hal serve` check every [providers.*] table (tasks.plugins.
     # check_sections); a run checks only its own: importing qemu's or kubernetes's module to
-    # check their tables cost 29 and 125 ms of CPU a run (docs/benchmarks.md, stop 42).
+    # check their tables cost 19 and 105 ms of CPU a run (docs/benchmarks.md, stop 42).
     config = Path(hal_env["XDG_CONFIG_HOME"], "hal9999", "config.toml")
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text("[providers.qemu]\nboot = \"cold\"\n[providers.kubernetes]\n")

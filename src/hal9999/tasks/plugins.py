@@ -96,7 +96,7 @@ def check_sections(config: HalConfig, environ: Mapping[str, str]) -> None:
     ``[pool]`` with the ``HAL_<P>_*`` variables, ``[scheduler]``, ``[hive]``, ``[gateway]
     ca_file``), so ``hal doctor`` and ``hal serve`` refuse at once what a run or the daemon's
     pool would refuse later, or use without a word. A run checks only its own provider's
-    table: importing every other provider that has one would cost it 5-125 ms each
+    table: importing every other provider that has one would cost it 3-120 ms each
     (docs/benchmarks.md)."""
     from hal9999.hive.settings import hive_settings
     from hal9999.pool.settings import provider_settings, scheduler_settings
