@@ -46,3 +46,22 @@ def test_image_list_names_an_image_built_before_adopt_and_the_rebuild(
         assert warned[1] == f"    fix: {fix}" and len(warned) == 2, lines
     else:
         assert warned == [], lines
+
+
+def test_doctor_names_an_image_built_before_adopt_and_the_rebuild(
+    hal: Hal, tmp_path: Path
+) -> None:
+    # A snapshot alone: no golden image, so the doctor boots nothing to probe KVM with.
+    store = ImageStore(tmp_path / "images")
+    meta = ImageMeta(name="snap", kind="snapshot", parent="gone", created_at=1.0,
+                     exec_ports=4, agent_pings=True)  # fmt: skip
+    store.save_meta(store.new_dir("snap"), meta)
+    out = hal("doctor", "--json", env={"HAL_QEMU_IMAGES": str(store.root)}, timeout=180)
+    checks = {c["name"]: c for c in json.loads(out.stdout)["checks"]}
+    found = checks.get("qemu image snap")
+    if os.geteuid() != 0:
+        assert found is None, found
+        return
+    assert found is not None and not found["ok"] and not found["required"], checks.keys()
+    assert found["detail"].startswith("qemu image 'snap' was built before its guest setup")
+    assert found["fix"].startswith("it is a snapshot (of 'gone'): rebuild the image"), found
