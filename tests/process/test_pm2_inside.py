@@ -186,3 +186,18 @@ async def test_an_agent_that_silences_its_pm2_daemon_cannot_hang_the_stop(
     # pm2 inside now waits for an answer that never comes (seen: `pm2 jlist` there hangs).
     await asyncio.wait_for(manager.stop(spec), timeout=60)
     assert (await manager.status(spec)).state in ("exited", "missing")
+
+
+async def test_the_last_output_of_every_run_reaches_the_log(
+    manager: Pm2ProcessManager, container: object, tmp_path: Path
+) -> None:
+    """PM2 copied the app's output to its log and destroyed its streams when the app exited,
+    dropping what it had read but not yet written: the end of a run that printed fast and
+    exited (an agent's last lines, its result) never reached hal. The app now appends to
+    the log itself (pm2inside.APP)."""
+    spec = spec_for(tmp_path, ShellCommand(script="seq 1 300000; exit 3"))
+    spec = spec.model_copy(update={"restart": RestartPolicy(mode="on-failure", max_restarts=2)})
+    await manager.start(container, spec)  # type: ignore[arg-type]
+    assert await wait_exit(manager, spec, timeout=180) == 3
+    lines = spec.log_path.read_text().splitlines()
+    assert len(lines) == 900_000 and lines.count("300000") == 3, (len(lines), lines[-1])

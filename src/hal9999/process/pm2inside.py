@@ -7,6 +7,9 @@ app of :mod:`.pm2` runs a small follower inside (:data:`FOLLOW`, through the san
 ``launch``): it builds the app's ecosystem payload, ``pm2 start``\\ s it, copies the app's
 output to its own until the app has stopped for good, and exits with the app's status.
 
+PM2 is not the copier of the app's output: the program appends it to the log itself
+(:data:`APP`), so all of it is in the file once the program has exited.
+
 Secrets: the follower gets the exec-time environment as every launched command does (never
 an argv); node writes the payload with the values (``env``) mode 600 under the daemon's
 home, ``pm2 start`` reads it and it is removed. The payload template crossing argv holds
@@ -38,12 +41,21 @@ logger = logging.getLogger(__name__)
 HOME = ".hal-pm2"
 """The in-sandbox daemon's home, under the sandbox user's HOME."""
 
+APP = 'exec "$@" >>"$0" 2>&1'
+"""The app's command: ``sh -c APP LOG PROGRAM ARGS...`` runs the program with its output
+appended to the log by the program itself. PM2 is not the copier: it destroys its log streams
+when the app exits and drops what it had read but not yet written (seen: 1,994,376 of
+2,000,000 lines of ``seq`` reached PM2's log), while what the program wrote is in the file
+once it has exited."""
+
 BUILD = (
-    "const e=JSON.parse(Buffer.from(process.argv[1],'base64').toString());"
-    "const env={};for(const n of process.argv.slice(2)){if(n in process.env)env[n]=process.env[n]}"
-    "e.apps[0].env=env;process.stdout.write(JSON.stringify(e))"
+    "const e=JSON.parse(Buffer.from(process.argv[1],'base64').toString()),a=e.apps[0];"
+    "const log=process.argv[2],env={};"
+    "for(const n of process.argv.slice(3)){if(n in process.env)env[n]=process.env[n]}"
+    "a.env=env;a.args[2]=log;a.out_file=a.error_file=log;process.stdout.write(JSON.stringify(e))"
 )
-"""node: the payload template (argv[1], base64) with ``env`` filled from this process's
+"""node: the payload template (argv[1], base64) with the log's path (argv[2]) as the app's
+``$0`` (see :data:`APP`) and PM2's log files, and ``env`` filled from this process's
 environment for the names that follow."""
 
 STATE = (
@@ -64,7 +76,7 @@ FOLLOW = (
     "if ! command -v pm2 >/dev/null || ! command -v node >/dev/null; then "
     'echo "hal: pm2 or node is missing inside the sandbox" >&2; exit 127; fi; '
     'mkdir -p -- "$PM2_HOME" || exit 125; log="$PM2_HOME/$name.log"; f="$PM2_HOME/$name.json"; '
-    'node -e "$build" "$eco" "$@" > "$f" || exit 125; : > "$log"; '
+    'node -e "$build" "$eco" "$log" "$@" > "$f" || exit 125; : > "$log"; '
     'HAL_EXEC="${HAL_EXEC:-}d" pm2 start "$f" > "$PM2_HOME/$name.start" 2>&1; s=$?; '
     'rm -f -- "$f"; if [ $s -ne 0 ]; then tail -n 3 "$PM2_HOME/$name.start" >&2; exit 125; fi; '
     'tail -c +1 -F -s 0.2 -- "$log" 2>/dev/null & t=$!; '
@@ -125,17 +137,17 @@ def script_and_args(argv: Sequence[str]) -> tuple[str, list[str]]:
 
 def payload(spec: ProcessSpec, name: str, cwd: str, min_uptime_ms: int,
             kill_timeout_ms: int) -> dict[str, Any]:  # fmt: skip
-    """The app's ecosystem document without ``env`` (the follower adds it inside)."""
+    """The app's ecosystem document without ``env`` and the log's path (the follower adds
+    them inside)."""
     from hal9999.spec import to_argv
 
-    script, args = script_and_args(to_argv(spec.command))
-    log = f"{HOME}/{name}.log"
     restart = spec.restart.mode == "on-failure"
+    # The program writes its own output to the log (APP, its $0 the log's path, and PM2's log
+    # files: the follower fills them in inside, where it knows the daemon's home).
     app: dict[str, Any] = {
-        "name": name, "script": script, "args": args, "interpreter": "none",
-        "cwd": cwd, "autorestart": restart, "kill_timeout": kill_timeout_ms, "treekill": True,
-        # Relative to the daemon's cwd is not reliable: PM2 resolves ~ to its HOME.
-        "out_file": f"~/{log}", "error_file": f"~/{log}",
+        "name": name, "script": "/bin/sh", "args": ["-c", APP, "", *to_argv(spec.command)],
+        "interpreter": "none", "cwd": cwd, "autorestart": restart,
+        "kill_timeout": kill_timeout_ms, "treekill": True,
     }  # fmt: skip
     if restart:
         app |= {"max_restarts": spec.restart.max_restarts + 1, "min_uptime": min_uptime_ms,
@@ -146,9 +158,11 @@ def payload(spec: ProcessSpec, name: str, cwd: str, min_uptime_ms: int,
 def follower_spec(spec: ProcessSpec, document: dict[str, Any], names: list[str]) -> ProcessSpec:
     """``spec`` with the follower as its command and no restart of its own (PM2 inside
     restarts the app; the follower only ends when the app has stopped for good)."""
+    from hal9999.spec import to_argv
+
     name = document["apps"][0]["name"]
     template = base64.b64encode(json.dumps(document).encode()).decode()
-    program = document["apps"][0]["script"]
+    program = to_argv(spec.command)[0]
     argv = ("sh", "-c", FOLLOW, "hal-pm2", name, template, BUILD, STATE, program, *names)
     return spec.model_copy(update={"command": ArgvCommand(argv=argv), "restart": RestartPolicy()})
 
