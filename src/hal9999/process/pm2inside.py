@@ -7,8 +7,15 @@ app of :mod:`.pm2` runs a small follower inside (:data:`FOLLOW`, through the san
 ``launch``): it builds the app's ecosystem payload, ``pm2 start``\\ s it, copies the app's
 output to its own until the app has stopped for good, and exits with the app's status.
 
-PM2 is not the copier of the app's output: the program appends it to the log itself
-(:data:`APP`), so all of it is in the file once the program has exited.
+The end is PM2's word, never a pause that looked long enough: the app is over when ``pm2
+jlist`` shows it ``errored`` (too many unstable restarts) or ``stopped`` with no restart to
+come, or no longer lists it (:data:`STATE`); a ``stopped`` app with a restart pending is
+waited for (a second's "hold" of the state ended the follower before a late restart ran;
+only a restart still pending after some 200 looks, a minute or more, is given up on). The
+copy is exact: the program appends its own output to the log (:data:`APP`), so all of it is
+in the file once PM2 reports the exit, and ``tail --pid`` follows the log until the watcher
+has ended, then reads it to its end and exits by itself (a ``sleep 0.5`` before killing
+``tail`` lost the lines a slow reader downstream had not taken yet).
 
 Secrets: the follower gets the exec-time environment as every launched command does (never
 an argv); node writes the payload with the values (``env``) mode 600 under the daemon's
@@ -59,14 +66,20 @@ BUILD = (
 environment for the names that follow."""
 
 STATE = (
-    "let d='';process.stdin.on('data',c=>d+=c).on('end',()=>{let a;"
-    "try{a=JSON.parse(d.slice(d.indexOf('['))).find(x=>x.name===process.argv[1])}catch(e){}"
-    "if(!a){console.log('missing 255');return}const s=a.pm2_env.status.replace(/ /g,'-');"
-    "console.log(s+' '+(s==='online'?a.pid:(a.pm2_env.exit_code??255))+' '+"
-    "(a.pm2_env.restart_time??0))})"
+    "let d='';process.stdin.on('data',c=>d+=c).on('end',()=>{let l;"
+    "try{l=JSON.parse(d.slice(d.lastIndexOf('\\n[')+1))}catch(e){}"
+    "if(!Array.isArray(l)){console.log('unknown 255');return}"
+    "const a=l.find(x=>x.name===process.argv[1]);if(!a){console.log('missing 255');return}"
+    "const e=a.pm2_env,s=e.status.replace(/ /g,'-'),c=e.exit_code??255;"
+    "const stops=[].concat(e.stop_exit_codes??[]).map(Number);"
+    "const again=s==='stopped'&&a.pid>0&&e.autorestart!==false&&e.autorestart!=='false'"
+    "&&!stops.includes(c);console.log((again?'restarting':s)+' '+(s==='online'?a.pid:c))})"
 )
-"""node: ``pm2 jlist`` on stdin to ``STATUS PID RESTARTS`` while online, else
-``STATUS EXIT_CODE RESTARTS``."""
+"""node: ``pm2 jlist`` on stdin to ``STATUS PID`` while online, else ``STATUS EXIT_CODE``.
+``restarting`` is PM2's ``stopped`` with a restart to come: PM2 zeroes the pid of an app it
+will not restart (stopped on request, autorestart off, an exit code of ``stop_exit_codes``,
+too many unstable restarts: ``errored``) and keeps it while the restart is pending.
+``unknown``: no list could be read (``pm2`` failed); ``missing``: the app is not listed."""
 
 FOLLOW = (
     "set -u; umask 077; name=$1; eco=$2; build=$3; state=$4; prog=$5; shift 5; "
@@ -79,18 +92,21 @@ FOLLOW = (
     'node -e "$build" "$eco" "$log" "$@" > "$f" || exit 125; : > "$log"; '
     'HAL_EXEC="${HAL_EXEC:-}d" pm2 start "$f" > "$PM2_HOME/$name.start" 2>&1; s=$?; '
     'rm -f -- "$f"; if [ $s -ne 0 ]; then tail -n 3 "$PM2_HOME/$name.start" >&2; exit 125; fi; '
-    'tail -c +1 -F -s 0.2 -- "$log" 2>/dev/null & t=$!; '
-    'while :; do set -- $(pm2 jlist 2>/dev/null | node -e "$state" "$name"); '
-    "case ${1:-missing} in online|launching|waiting-restart|one-launch-status) "
-    'if [ "${2:-0}" -gt 0 ] 2>/dev/null; then '
+    # The watcher: ends, with the app's status, once PM2 says it is over for good.
+    '( u=0; p=0; while :; do set -- $(pm2 jlist 2>/dev/null | node -e "$state" "$name"); '
+    "case ${1:-unknown} in "
+    'online) u=0; p=0; if [ "${2:-0}" -gt 0 ] 2>/dev/null; then '
     'while kill -0 "$2" 2>/dev/null; do sleep 0.2; done; else sleep 0.3; fi ;; '
-    # Between a run's exit and its restart PM2 may show it stopped for a moment: only a
-    # state that holds (same restart count a second later) is the end.
-    '*) r=${3:-0}; sleep 1; set -- $(pm2 jlist 2>/dev/null | node -e "$state" "$name"); '
-    "case ${1:-missing} in online|launching|waiting-restart|one-launch-status) continue ;; "
-    'esac; [ "${3:-0}" = "$r" ] && break ;; esac; done; '
-    "sleep 0.5; kill $t 2>/dev/null; "
-    'case ${2:-255} in ""|*[!0-9]*) exit 255 ;; *) exit "$2" ;; esac'
+    "launching|waiting-restart|one-launch-status|stopping) u=0; p=0; sleep 0.3 ;; "
+    # Bounds for what should not last: a restart PM2 never carries out, pm2 failing.
+    "restarting) u=0; p=$((p + 1)); [ $p -lt 200 ] || break; sleep 0.3 ;; "
+    "unknown) p=0; u=$((u + 1)); [ $u -lt 5 ] || break; sleep 1 ;; "
+    "*) break ;; esac; done; "
+    'case ${2:-255} in ""|*[!0-9]*) exit 255 ;; *) exit "$2" ;; esac ) & w=$!; '
+    # The copier: once the watcher is gone (reaped by `wait`), tail reads the log to its end
+    # and exits by itself, so the follower ends on the log's final size, not after a sleep.
+    'tail -c +1 -F -s 0.2 --pid=$w -- "$log" 2>/dev/null & t=$!; '
+    "wait $w; s=$?; wait $t; exit $s"
 )
 """The follower (see the module docstring); ``$1`` the app's name, ``$2`` the payload
 template, ``$3``/``$4`` :data:`BUILD`/:data:`STATE`, ``$5`` the program, then the names of
