@@ -201,3 +201,14 @@ async def test_the_last_output_of_every_run_reaches_the_log(
     assert await wait_exit(manager, spec, timeout=180) == 3
     lines = spec.log_path.read_text().splitlines()
     assert len(lines) == 900_000 and lines.count("300000") == 3, (len(lines), lines[-1])
+
+
+async def test_an_app_killed_by_a_signal_is_not_a_success(
+    manager: Pm2ProcessManager, container: object, tmp_path: Path
+) -> None:
+    """PM2 reports an app a signal ended as exit 0 (fork mode's ``code || 0``): an agent the
+    OOM killer ended came back as a success. It is 128+n, as the supervisor reports it."""
+    spec = spec_for(tmp_path, ShellCommand(script="echo dying; kill -9 $$"))
+    await manager.start(container, spec)  # type: ignore[arg-type]
+    assert await wait_exit(manager, spec, timeout=60) == 137
+    assert "dying" in spec.log_path.read_text()

@@ -48,12 +48,14 @@ logger = logging.getLogger(__name__)
 HOME = ".hal-pm2"
 """The in-sandbox daemon's home, under the sandbox user's HOME."""
 
-APP = 'exec "$@" >>"$0" 2>&1'
+APP = '"$@" >>"$0" 2>&1; exit $?'
 """The app's command: ``sh -c APP LOG PROGRAM ARGS...`` runs the program with its output
 appended to the log by the program itself. PM2 is not the copier: it destroys its log streams
 when the app exits and drops what it had read but not yet written (seen: 1,994,376 of
 2,000,000 lines of ``seq`` reached PM2's log), while what the program wrote is in the file
-once it has exited."""
+once it has exited. ``sh`` stays the program's parent and exits with its status, a death by
+signal as 128+n: PM2 reports an app killed by a signal as exit 0 (fork mode's ``code || 0``),
+so an agent the OOM killer ended came back as a success, and was not restarted."""
 
 BUILD = (
     "const e=JSON.parse(Buffer.from(process.argv[1],'base64').toString()),a=e.apps[0];"
