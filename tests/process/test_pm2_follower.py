@@ -78,6 +78,9 @@ def _follow(tmp_path: Path, plan: dict[str, Any], read_delay_s: float = 0.0) -> 
     node = shutil.which("node")
     assert node is not None
     os.symlink(node, fake / "node")
+    sleep = fake / "sleep"  # counts the follower's naps
+    sleep.write_text('#!/bin/sh\necho >> "$HOME/sleeps"\nexec /bin/sleep "$@"\n')
+    sleep.chmod(0o755)
     spec = spec_for(tmp_path, ShellCommand(script="echo run; exit 3"))
     document = pm2inside.payload(spec, "hal-test-app", str(tmp_path), 5000, 3000)
     argv = pm2inside.follower_spec(spec, document, []).command.argv  # type: ignore[union-attr]
@@ -135,3 +138,16 @@ def test_pm2_failing_for_a_moment_is_not_the_end(tmp_path: Path) -> None:
     later = {**_app("errored", 0, 3, 2), "append": "two\n"}
     plan = {"start": "one\n", "jlist": [garbage, garbage, garbage, later]}
     assert _follow(tmp_path, plan) == (3, "one\ntwo\n")
+
+
+def test_a_running_app_is_waited_for_by_one_process(tmp_path: Path) -> None:
+    """While the app ran the follower checked it with ``kill -0`` and a ``sleep 0.2``: five
+    processes a second in the sandbox for the whole run. One ``tail --pid`` waits now."""
+    app = subprocess.Popen(["/bin/sleep", "2"])
+    reaper = threading.Thread(target=app.wait)  # reaped at once: a zombie would look alive
+    reaper.start()
+    plan = {"start": "up\n", "jlist": [_app("online", app.pid, 0, 0), _app("errored", 0, 3, 0)]}
+    assert _follow(tmp_path, plan) == (3, "up\n")
+    reaper.join()
+    sleeps = tmp_path / "home" / "sleeps"
+    assert not sleeps.exists(), f"{len(sleeps.read_text())} naps"

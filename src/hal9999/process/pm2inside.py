@@ -97,7 +97,9 @@ FOLLOW = (
     # The watcher: ends, with the app's status, once PM2 says it is over for good.
     '( u=0; p=0; while :; do set -- $(pm2 jlist 2>/dev/null | node -e "$state" "$name"); '
     "case ${1:-unknown} in "
+    # One waiting process for the whole run (a `sleep` 5 times a second was ~18,000 an hour).
     'online) u=0; p=0; if [ "${2:-0}" -gt 0 ] 2>/dev/null; then '
+    'tail --pid="$2" -s 0.2 -f /dev/null 2>/dev/null || '
     'while kill -0 "$2" 2>/dev/null; do sleep 0.2; done; else sleep 0.3; fi ;; '
     "launching|waiting-restart|one-launch-status|stopping) u=0; p=0; sleep 0.3 ;; "
     # Bounds for what should not last: a restart PM2 never carries out, pm2 failing.
