@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import threading
 import time
@@ -171,6 +172,45 @@ async def test_a_reconnect_mid_stream_gets_exactly_what_it_missed(
     assert total == 600 and got == s.all_gseqs()  # every one, once, in gseq order
     body = first.events[0].json()
     assert body["type"] == "output" and body["gseq"] == int(first.events[0].id or 0)
+
+
+async def test_without_a_stream_the_feed_reads_the_index_at_most_every_poll(
+    served: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 16: every batch of every task woke the feed into a thread hop reading the index
+    # and a frame a event, with no stream to send them to (a daemon with no dashboard open).
+    s = await served()
+    reads: list[float] = []
+    feed_after = s.store.feed_after
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        reads.append(time.monotonic())
+        return feed_after(*args, **kwargs)
+
+    monkeypatch.setattr(s.store, "feed_after", counted)
+    log = s.writer("t1", batch=1)
+    started = time.monotonic()
+    for i in range(20):  # 20 batches of one, each published to the bus apart from the others
+        log.emit(Output(text=f"idle {i}\n"))
+        await asyncio.sleep(0.03)
+    log.close()
+    took = time.monotonic() - started
+    assert len(reads) <= 2 + took / sse._POLL_S  # one a wake before (20)
+    # A stream "from now" opened after that starts at the index's end: it gets what comes
+    # next, none of the earlier events; one resuming from 0 gets every one, once, in order.
+    now, resumed = Stream(), Stream()
+    async with s.stream(now) as events, s.stream(resumed, after=0) as old:
+        later = s.writer("t2")
+        later.emit(Output(text="after\n"))
+        later.close()
+        await collect_until(events, now, lambda: len(now.gseqs()) == 1, grace=0.3)
+        await collect_until(old, resumed, lambda: len(resumed.gseqs()) == 21, grace=0.3)
+    assert now.gseqs() == s.all_gseqs("t2")
+    assert resumed.gseqs() == s.all_gseqs()
+    async with asyncio.timeout(10):  # a closed stream's body ends when it is collected
+        while s.feed.streams:
+            gc.collect()
+            await asyncio.sleep(0.05)
 
 
 async def test_a_restarted_daemon_resumes_from_the_durable_gseq(

@@ -61,7 +61,8 @@ it was lost (its writer died between the index commit and the file write; the ne
 drops such rows). Counted from the wait, not from the event's time: a writer that fell
 behind under load is slow, not lost."""
 _POLL_S = 1.0
-"""The feed looks at the index at least this often, bus or not."""
+"""The feed looks at the index at least this often, bus or not; and, while no stream is
+open, at most this often (a stream's start catches it up first)."""
 _STEP_EVERY_S = 0.02
 """...and at most this often: with many busy tasks, one read of the index and one wake-up
 of every stream per 20 ms, not one per event (fan-out to 50 clients stays cheap)."""
@@ -146,6 +147,10 @@ class EventFeed:
         self._changed = asyncio.Event()
         self._bodies: dict[tuple[str, int], Event] = {}
         self._stalled_since: float | None = None
+        self.streams = 0
+        """Streams open now (:meth:`attach`)."""
+        self._stepped = 0.0
+        self._stepping = asyncio.Lock()
 
     async def start(self) -> None:
         """Begin at the index's end (what came before is history, read on demand)."""
@@ -195,12 +200,13 @@ class EventFeed:
                     hive.queue.get_nowait()
                 self._trim()
                 stepped = time.monotonic()
-                try:
-                    while await self.step():
-                        pass
-                except Exception:
-                    logger.exception("the event feed failed to read the index; retrying")
-                    await asyncio.sleep(_POLL_S)
+                # Without a stream, what the bus brings is only kept (a dict insert): the
+                # index is read at most every _POLL_S, not a thread hop and a frame per
+                # event of every task (issue 16: ~5 hops and ~7 ms of the daemon's CPU a
+                # task, with no dashboard open). A stream's start catches up (attach).
+                if self.streams or stepped - self._stepped >= _POLL_S:
+                    if not await self._catch_up():
+                        await asyncio.sleep(_POLL_S)
                 await asyncio.sleep(max(0.0, stepped + _STEP_EVERY_S - time.monotonic()))
         finally:
             if hive_woke is not None:
@@ -209,6 +215,32 @@ class EventFeed:
                 subscription.close()
             if hive is not None:
                 hive.close()
+
+    async def _catch_up(self) -> bool:
+        """Step until the index has nothing more ready (one stepper at a time); False when
+        the index could not be read (logged)."""
+        async with self._stepping:
+            self._stepped = time.monotonic()
+            try:
+                while await self.step():
+                    pass
+            except Exception:
+                logger.exception("the event feed failed to read the index; retrying")
+                return False
+        return True
+
+    @contextlib.asynccontextmanager
+    async def attach(self) -> AsyncIterator[None]:
+        """Count a stream open while in the block, the feed caught up with the index at its
+        start (a stream "from now" starts at the index's end, as with a feed that stepped
+        at every event)."""
+        self.streams += 1
+        try:
+            if self.streams == 1:
+                await self._catch_up()
+            yield
+        finally:
+            self.streams -= 1
 
     def _trim(self) -> None:
         """Bodies the index has passed are let go; and if the index stays unreadable, all of
@@ -315,39 +347,40 @@ async def event_stream(
 ) -> AsyncIterator[bytes]:
     """The SSE body: what was missed after ``after`` (None: from now), then live events."""
     ping_s = PING_S if ping_s is None else ping_s
-    changed = feed.changed()
-    sent = feed.cursor if after is None else after
-    yield b"retry: 2000\n\n"
-    if sent > feed.cursor and sent > await asyncio.to_thread(feed.store.last_gseq):
-        sent = feed.cursor
-        yield resync_frame(sent, "unknown event id")
-    while not feed.closed:
-        frames = feed.since(sent)
-        if frames is None:
-            floor = feed.floor  # the window has everything above it (it may move meanwhile)
-            frames, too_many = await feed.history(sent, floor, task_id)
-            if too_many:
+    async with feed.attach():
+        changed = feed.changed()
+        sent = feed.cursor if after is None else after
+        yield b"retry: 2000\n\n"
+        if sent > feed.cursor and sent > await asyncio.to_thread(feed.store.last_gseq):
+            sent = feed.cursor
+            yield resync_frame(sent, "unknown event id")
+        while not feed.closed:
+            frames = feed.since(sent)
+            if frames is None:
+                floor = feed.floor  # the window has everything above it (it may move meanwhile)
+                frames, too_many = await feed.history(sent, floor, task_id)
+                if too_many:
+                    sent = floor
+                    yield resync_frame(sent, f"more than {MAX_REPLAY} events were missed")
+                    continue
+                chunk = [f.data for f in frames]
                 sent = floor
-                yield resync_frame(sent, f"more than {MAX_REPLAY} events were missed")
+                if chunk:
+                    yield b"".join(chunk)
                 continue
-            chunk = [f.data for f in frames]
-            sent = floor
+            chunk = [f.data for f in frames if task_id is None or f.task_id == task_id]
+            if frames:
+                sent = max(sent, frames[-1].gseq)
             if chunk:
                 yield b"".join(chunk)
-            continue
-        chunk = [f.data for f in frames if task_id is None or f.task_id == task_id]
-        if frames:
-            sent = max(sent, frames[-1].gseq)
-        if chunk:
-            yield b"".join(chunk)
-            continue  # more may have arrived while this was sent
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(ping_s):
-                await changed.wait()
-                changed = feed.changed()
-                continue
-        changed = feed.changed()
-        yield b": ping\n\n"
+                continue  # more may have arrived while this was sent
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(ping_s):
+                    await changed.wait()
+                    changed = feed.changed()
+                    continue
+            changed = feed.changed()
+            yield b": ping\n\n"
 
 
 def parse_after(request: Request) -> int | None:
