@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ from hal9999.events.models import Event
 from hal9999.events.reader import by_gseq, events_after_seq
 from hal9999.store import Store
 from hal9999.store.events import IndexedEvent
+from hal9999.tasks.alive import runner_alive
 from hal9999.tasks.state import ACTIVE, TaskStatus
 
 if TYPE_CHECKING:
@@ -54,7 +56,7 @@ async def follow_page(
     Events of a ``quiet`` type do not end the wait (the caller shows none of them): a page
     of only those waits for another event, the run's end or the end of ``wait``."""
     service = daemon.service
-    task = await asyncio.to_thread(service.find, task_id)
+    task = await _find(service, task_id)
     subscription = daemon.bus.subscribe(task.id)
     path = service.session(task).events
     releasing = True  # a page that ends the run may wait for it once (below)
@@ -116,6 +118,18 @@ async def follow_page(
     if done:
         answer["record"] = record  # as the run left it: read after the run was over
     return answer
+
+
+async def _find(service: Any, task_id: str) -> Any:
+    """The task by id or unique prefix, read on the loop (WAL: a read never waits for a
+    writer; issue 16: this thread hop fell in the run's preparing, where the client's first
+    follow comes); a thread only when reconciling it writes (an active task whose runner
+    died is marked interrupted)."""
+    task = service.store.find_task(task_id)
+    mine = task.runner_pid == os.getpid()  # this daemon's run: its runner lives
+    if task.status in ACTIVE and not mine and not runner_alive(task.runner_pid):
+        return await asyncio.to_thread(service.reconcile, task)
+    return task
 
 
 def _read(store: Store, task_id: str, path: Path, after_seq: int) -> tuple[Any, list[Event]]:
