@@ -323,11 +323,11 @@ async def test_a_trivial_tasks_run_takes_few_thread_hops(
         assert gone not in hops, hops
     assert "base_without_gitlinks" not in hops, hops
     assert "Ballast.ensure" not in hops, hops  # the disk reserve is there: a stat, no hop
-    assert "route_for" not in hops, hops  # the MCP route: in the provisioning move's hop
+    assert not {"route_for", "identify"} & set(hops), hops  # in the provisioning move's hop
     if os.geteuid() == 0:  # a sandbox user of its own: the checkout and home, one hop
         assert hops.count("adopt_each") == 1 and "adopt" not in hops, hops
-    # 17 since stop 40: clearing a run's own sandbox once destroyed (see the row writes).
-    assert len(hops) <= 17, hops
+    # 16 since stop 42: the source's fingerprint in the provisioning move's hop.
+    assert len(hops) <= 16, hops
 
 
 @pytest.mark.bwrap

@@ -49,21 +49,27 @@ class LaunchSteps(RunnerCore):
     ) -> bool:
         """Provision, prepare and start the agent; returns whether the sandbox is offline."""
         task = ctx.task
-
-        def find_mcp_route() -> None:  # a hive agent's run: its own MCP socket
-            ctx.mcp = mcp_route_for(self.config.home, ctx.session.run_dir, self.store, task.id)
-
-        # The MCP route (a marker file and a row read) found in the move's thread hop.
-        await self.transition(ctx, TaskStatus.PROVISIONING, then=find_mcp_route)
-        spec = sandbox_spec(self.config, task, ctx.session, self.environ)
         fresh = task.base_commit is None  # its clone is made (again) by checkout()
+        borrows = fresh and borrows_objects(task)
+        identified: list[tuple[str | None, str]] = []
+
+        def provisioned() -> None:
+            # A hive agent's run: its own MCP socket.
+            ctx.mcp = mcp_route_for(self.config.home, ctx.session.run_dir, self.store, task.id)
+            if borrows:  # the source's fingerprint, for its snapshot
+                identified.append(mirror.identify(self.config.home, task.repo, ctx.session.root))
+
+        # The MCP route (a marker file and a row read) and the source's fingerprint found in
+        # the move's thread hop (issue 16: the fingerprint was a hop of its own).
+        await self.transition(ctx, TaskStatus.PROVISIONING, then=provisioned)
+        spec = sandbox_spec(self.config, task, ctx.session, self.environ)
         snap: Path | None = None
-        if fresh and borrows_objects(task):
+        if borrows:
             # The session's link to the snapshot the clone will borrow from, made now: it is
             # the mount's source, there before the first command, and not an empty directory
             # first and a link later (issue 16: an inode less a task).
             snap = await mirror.snapshot_for(
-                self.config.home, task.repo, ctx.session.root, task.ref
+                self.config.home, task.repo, ctx.session.root, task.ref, identified[0]
             )
         elif mounts_objects(task.provider):  # the mount's source, before the first command
             await asyncio.to_thread(

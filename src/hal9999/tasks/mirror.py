@@ -136,13 +136,22 @@ async def locked(base: Path) -> AsyncIterator[None]:
         yield
 
 
-async def snapshot_for(home: Path, top: str, session_root: Path, ref: str | None) -> Path | None:
+async def snapshot_for(
+    home: Path,
+    top: str,
+    session_root: Path,
+    ref: str | None,
+    identified: tuple[str | None, str] | None = None,
+) -> Path | None:
     """Link ``session_root`` to the newest snapshot of the local repository ``top`` (made
     now when the source's refs changed since) and return the snapshot; None, with the
     session's link an empty directory, when the source is not in a layout this follows or
     ``ref`` is not in the snapshot (a commit no branch or tag reaches): the caller clones
-    the source whole then, with the errors it gives."""
-    fp, name = await asyncio.to_thread(_identify, home, top, session_root)
+    the source whole then, with the errors it gives. ``identified``: :func:`identify`'s
+    answer, when the caller had it read in a thread hop of its own (issue 16)."""
+    if identified is None:
+        identified = await asyncio.to_thread(identify, home, top, session_root)
+    fp, name = identified
     if fp is None:
         return None
     base = mirrors_dir(home) / name
@@ -168,9 +177,9 @@ async def snapshot_for(home: Path, top: str, session_root: Path, ref: str | None
     return snap
 
 
-def _identify(home: Path, top: str, session_root: Path) -> tuple[str | None, str]:
-    """The source's fingerprint and its snapshots' directory name, in one thread hop; a
-    source this does not follow gets the session's empty link (and no name)."""
+def identify(home: Path, top: str, session_root: Path) -> tuple[str | None, str]:
+    """The source's fingerprint and its snapshots' directory name (blocking: for a thread
+    hop); a source this does not follow gets the session's empty link (and no name)."""
     fp = fingerprint(Path(top))
     if fp is None:
         link_empty(session_root)
