@@ -68,9 +68,10 @@ class RestartPolicy(_Frozen):
     """Whether a process is restarted when it exits."""
 
     mode: Literal["never", "on-failure"] = "never"
-    """``never`` (agents) or ``on-failure`` (services)."""
+    """``never`` (agents) or ``on-failure`` (services). Only the ``pm2`` process manager
+    restarts; ``tmux`` and ``direct`` run a process once, as ``never``."""
     max_restarts: int = 0
-    """Restarts allowed before giving up."""
+    """Restarts allowed before giving up, whatever each run lasts: 2 is three runs in all."""
 
 
 class ProcessSpec(_Frozen):

@@ -89,6 +89,30 @@ async def test_restart_policy_comes_from_the_spec(
     await pm2.stop(once)
 
 
+async def test_max_restarts_holds_for_runs_longer_than_pm2s_min_uptime(
+    pm2: Pm2ProcessManager, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    # PM2 counts an exit toward max_restarts only when its run was shorter than min_uptime
+    # (hal's was 5 s): runs failing after 5.5 s were restarted for ever.
+    counter = tmp_path / "runs"
+    spec = spec_for(
+        tmp_path, f"echo run >> {counter}; sleep 5.5; exit 3",
+        RestartPolicy(mode="on-failure", max_restarts=1),
+    )  # fmt: skip
+    await pm2.start(sandbox, spec)
+    deadline = time.monotonic() + 25
+    state = None
+    while time.monotonic() < deadline and await runs(counter, 0) < 3:
+        app = await pm2._app(spec)
+        state = (app or {}).get("pm2_env", {}).get("status")
+        if state == "errored":
+            break
+        await asyncio.sleep(0.3)
+    assert len(counter.read_text().splitlines()) == 2, "the first run and one restart"
+    assert state == "errored", "PM2 gave up after max_restarts"
+    await pm2.stop(spec)
+
+
 async def test_the_ecosystem_payload_leaves_nothing_on_disk_and_logs_are_masked(
     pm2: Pm2ProcessManager, sandbox: Sandbox, tmp_path: Path
 ) -> None:

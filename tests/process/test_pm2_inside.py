@@ -127,6 +127,18 @@ async def test_restart_policy_acts_inside(
     assert spec.log_path.read_text().count("run") == 3
 
 
+async def test_max_restarts_holds_inside_for_runs_longer_than_pm2s_min_uptime(
+    manager: Pm2ProcessManager, container: object, tmp_path: Path
+) -> None:
+    # PM2 counts an exit toward max_restarts only when its run was shorter than min_uptime
+    # (hal's was 5 s): runs failing after 5.5 s were restarted for ever.
+    spec = spec_for(tmp_path, ShellCommand(script="echo run; sleep 5.5; exit 3"))
+    spec = spec.model_copy(update={"restart": RestartPolicy(mode="on-failure", max_restarts=1)})
+    await manager.start(container, spec)  # type: ignore[arg-type]
+    assert await wait_exit(manager, spec, timeout=40) == 3
+    assert spec.log_path.read_text().count("run") == 2, "the first run and one restart"
+
+
 async def test_stop_kills_the_app_inside(
     manager: Pm2ProcessManager, container: object, tmp_path: Path
 ) -> None:

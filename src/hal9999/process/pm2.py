@@ -37,8 +37,13 @@ from hal9999.process.launch import run_host, supervised
 from hal9999.providers.base import Sandbox
 from hal9999.spec import ProcessSpec
 
-MIN_UPTIME_MS = 5000
-"""A restarted run shorter than this counts as a failed start (PM2's ``min_uptime``)."""
+MIN_UPTIME_MS = 100 * 365 * 24 * 3600 * 1000
+"""PM2's ``min_uptime`` for an ``on-failure`` app: a century, longer than any run. PM2 counts
+an exit toward ``max_restarts`` only when its run lasted less than ``min_uptime`` and it came
+within ``min_uptime x max_restarts`` of the first start: with the 5 s hal set before, a
+service whose runs failed after more than 5 s was restarted for ever. Now every exit counts,
+so ``max_restarts=n`` is n restarts (n + 1 runs) whatever the runs last, as
+:class:`hal9999.spec.RestartPolicy` says."""
 KILL_TIMEOUT_MS = 3000
 """Grace between PM2's SIGINT and its SIGKILL when stopping."""
 
@@ -106,8 +111,9 @@ class Pm2ProcessManager:
         }
         if restart:
             app |= {
-                # PM2 stops once its count of unstable starts reaches max_restarts, and the
-                # first start counts: n restarts after the first run are n + 1 starts.
+                # PM2 stops once its count of unstable runs reaches max_restarts, and the
+                # first run counts: n restarts after the first run are n + 1 runs. Every run
+                # is unstable to PM2 with this min_uptime (see MIN_UPTIME_MS).
                 "max_restarts": spec.restart.max_restarts + 1,
                 "min_uptime": MIN_UPTIME_MS,
                 "stop_exit_codes": [0],
