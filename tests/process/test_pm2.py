@@ -5,7 +5,9 @@ host-side run for bwrap sandboxes."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -110,6 +112,34 @@ async def test_max_restarts_holds_for_runs_longer_than_pm2s_min_uptime(
         await asyncio.sleep(0.3)
     assert len(counter.read_text().splitlines()) == 2, "the first run and one restart"
     assert state == "errored", "PM2 gave up after max_restarts"
+    await pm2.stop(spec)
+
+
+async def test_a_supervisor_killed_by_a_signal_is_a_failure_to_pm2(
+    pm2: Pm2ProcessManager, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    # PM2 reports an app killed by a signal as exit 0: a supervisor the OOM killer ended was
+    # a success to it, and an on-failure app was not restarted.
+    counter = tmp_path / "runs"
+    spec = spec_for(
+        tmp_path, f"echo run >> {counter}; sleep 6; exit 3",
+        RestartPolicy(mode="on-failure", max_restarts=1),
+    )  # fmt: skip
+    await pm2.start(sandbox, spec)
+    assert await runs(counter, 1) == 1
+    supervisors = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[0] == launch.SUPERVISOR[0].encode() and str(spec.exit_path).encode() in argv:
+            supervisors.append(int(pid))
+    [supervisor] = supervisors
+    os.kill(supervisor, signal.SIGKILL)
+    assert await runs(counter, 2) == 2, "restarted: a death by signal is a failure"
+    app = await pm2._app(spec)
+    assert app is not None and app["pm2_env"]["exit_code"] == 128 + signal.SIGKILL
     await pm2.stop(spec)
 
 

@@ -44,6 +44,13 @@ within ``min_uptime x max_restarts`` of the first start: with the 5 s hal set be
 service whose runs failed after more than 5 s was restarted for ever. Now every exit counts,
 so ``max_restarts=n`` is n restarts (n + 1 runs) whatever the runs last, as
 :class:`hal9999.spec.RestartPolicy` says."""
+APP = '"$@"; exit $?'
+"""The app's command: ``sh -c APP hal-pm2 SUPERVISOR...``. PM2 reports an app killed by a
+signal as exit 0 (fork mode's ``code || 0``), so a supervisor the OOM killer (or a stray
+``kill``) ended was a success to PM2: an ``on-failure`` app was not restarted, and hal,
+finding no exit file, reported it vanished. ``sh`` stays its parent and exits with its status,
+a death by signal as 128+n. It also runs a program whose path holds a space with its
+arguments (PM2 runs such a ``script`` as ``bash -c SCRIPT`` and drops its args)."""
 KILL_TIMEOUT_MS = 3000
 """Grace between PM2's SIGINT and its SIGKILL when stopping."""
 
@@ -94,11 +101,10 @@ class Pm2ProcessManager:
         restart = spec.restart.mode == "on-failure"
         logs = self.home / "logs"
         name = self.app_name(spec)
-        script, args = pm2inside.script_and_args(argv)
         app: dict[str, Any] = {
             "name": name,
-            "script": script,
-            "args": args,
+            "script": "/bin/sh",
+            "args": ["-c", APP, "hal-pm2", *argv],
             "interpreter": "none",
             "cwd": cwd,
             "env": dict(env),

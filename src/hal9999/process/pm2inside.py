@@ -34,7 +34,6 @@ import base64
 import json
 import logging
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -144,15 +143,6 @@ async def has_pm2(sandbox: Sandbox) -> bool:
         return (await sandbox.exec(probe, timeout=60)).ok
     except HalError:  # a sandbox that cannot say has no pm2 for us
         return False
-
-
-def script_and_args(argv: Sequence[str]) -> tuple[str, list[str]]:
-    """An app's ``script`` and ``args`` that run ``argv`` exactly. PM2 runs a script holding
-    a space as ``bash -c SCRIPT`` and drops its args (hal installed under such a path: the
-    host's supervisor is its python, and every run failed with 127): ``sh`` execs it whole."""
-    if " " in argv[0]:
-        return "/bin/sh", ["-c", 'exec "$0" "$@"', *argv]
-    return argv[0], list(argv[1:])
 
 
 def payload(spec: ProcessSpec, name: str, cwd: str, min_uptime_ms: int,
