@@ -115,6 +115,28 @@ async def test_max_restarts_holds_for_runs_longer_than_pm2s_min_uptime(
     await pm2.stop(spec)
 
 
+async def test_a_failed_run_with_a_restart_to_come_is_still_running(
+    pm2: Pm2ProcessManager, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    # Each run's supervisor writes the exit file: status() read it first, and a service was
+    # "exited" while PM2 restarted it (hal's follower then stopped it).
+    counter = tmp_path / "runs"
+    spec = spec_for(
+        tmp_path, f"echo run >> {counter}; sleep 2; exit 3",
+        RestartPolicy(mode="on-failure", max_restarts=1),
+    )  # fmt: skip
+    await pm2.start(sandbox, spec)
+    assert await runs(counter, 2) == 2
+    assert spec.exit_path.read_text().strip() == "3", "the first run's exit file is there"
+    assert (await pm2.status(spec)).state == "running"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and (await pm2.status(spec)).state == "running":
+        await asyncio.sleep(0.2)
+    assert (await pm2.status(spec)) == ProcessStatus("exited", 3)
+    assert len(counter.read_text().splitlines()) == 2
+    await pm2.stop(spec)
+
+
 async def test_a_supervisor_killed_by_a_signal_is_a_failure_to_pm2(
     pm2: Pm2ProcessManager, sandbox: Sandbox, tmp_path: Path
 ) -> None:

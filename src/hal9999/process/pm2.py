@@ -168,15 +168,18 @@ class Pm2ProcessManager:
         return None
 
     async def status(self, spec: ProcessSpec) -> ProcessStatus:
-        """Exited once the exit file exists; running while PM2 has the app online."""
-        code = read_exit_status(spec.exit_path)
+        """Exited once the exit file exists; running while PM2 has the app online. Each run's
+        supervisor writes the exit file, so for an ``on-failure`` app PM2 is asked first: a
+        run that failed with a restart to come is still running, not exited."""
+        restarts = spec.restart.mode == "on-failure"
+        code = None if restarts else read_exit_status(spec.exit_path)
         if code is not None:
             return ProcessStatus("exited", code)
         if self._pm2 is None or not (self.home / "rpc.sock").exists():
-            return ProcessStatus("missing")  # no daemon: nothing to ask, none to start
-        app = await self._app(spec)
-        state = (app or {}).get("pm2_env", {}).get("status")
-        if state in ("online", "launching", "waiting restart", "one-launch-status"):
+            # No daemon: nothing to ask, none to start (and no restart to come).
+            code = read_exit_status(spec.exit_path)
+            return ProcessStatus("exited", code) if code is not None else ProcessStatus("missing")
+        if _running(await self._app(spec)):
             return ProcessStatus("running")
         code = read_exit_status(spec.exit_path)
         return ProcessStatus("exited", code) if code is not None else ProcessStatus("missing")
@@ -221,6 +224,23 @@ class Pm2ProcessManager:
         if pid is not None:
             # `pm2 kill` can return while the daemon still winds down (and rewrites its home).
             await _daemon_gone(pid)
+
+
+def _running(app: dict[str, Any] | None) -> bool:
+    """Whether ``app`` (its ``pm2 jlist`` entry) runs or will run again: online or starting,
+    or ``stopped`` with a restart to come (PM2 zeroes the pid of an app it will not restart:
+    stopped on request, autorestart off, an exit code of ``stop_exit_codes``; too many
+    unstable restarts is ``errored``), as :data:`pm2inside.STATE` reads it inside."""
+    env = (app or {}).get("pm2_env", {})
+    state = env.get("status")
+    if state in ("online", "launching", "waiting restart", "one-launch-status", "stopping"):
+        return True
+    stops = env.get("stop_exit_codes") or []
+    stops = [int(code) for code in (stops if isinstance(stops, list) else [stops])]
+    return (
+        state == "stopped" and int((app or {}).get("pid") or 0) > 0
+        and env.get("autorestart") not in (False, "false") and env.get("exit_code") not in stops
+    )  # fmt: skip
 
 
 def _is_daemon(pid: int) -> bool:
