@@ -19,7 +19,7 @@ import pytest
 from hal9999.errors import ProcessError
 from hal9999.process import launch
 from hal9999.process.base import ProcessStatus
-from hal9999.process.pm2 import Pm2ProcessManager
+from hal9999.process.pm2 import Pm2ProcessManager, last_lines
 from hal9999.providers.base import Sandbox
 from hal9999.providers.local import LocalProvider
 from hal9999.providers.registry import load_provider
@@ -189,14 +189,46 @@ async def test_the_ecosystem_payload_leaves_nothing_on_disk_and_logs_are_masked(
     await pm2.stop(spec)  # idempotent
 
 
-async def test_errors_are_one_line(pm2: Pm2ProcessManager, tmp_path: Path) -> None:
+async def test_logs_are_hals_capped_log_and_pm2_keeps_no_copy(
+    pm2: Pm2ProcessManager, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    # PM2 kept its own copy of the output: all of it, past the log cap (1.3 MB here), in a
+    # file per task under HAL_PM2_HOME that nothing removed; logs() returned that copy.
+    spec = spec_for(tmp_path, "seq 200000").model_copy(update={"log_cap": 65536})
+    await pm2.start(sandbox, spec)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (await pm2.status(spec)).state != "exited":
+        await asyncio.sleep(0.1)
+    assert (await pm2.status(spec)) == ProcessStatus("exited", 0)
+    assert await pm2.logs(spec, lines=3) == "199998\n199999\n200000\n"
+    assert spec.log_path.stat().st_size < 65536
+    kept = sum(p.stat().st_size for p in pm2.home.rglob("*") if p.is_file())
+    assert kept < 65536, f"PM2's home holds {kept} bytes"
+    await pm2.stop(spec)
+
+
+def test_logs_of_a_capped_run_going_on_end_with_its_tail_segments(tmp_path: Path) -> None:
+    log = tmp_path / "out.log"
+    log.write_text("head-1\nhead-2\n")  # the head; the live tail is in the segments
+    older, newer = tmp_path / ".out.log.tail-1", tmp_path / ".out.log.tail-0"
+    older.write_text("tail-1\ntail-2\n")
+    newer.write_text("tail-3\n")
+    os.utime(older, ns=(1_000_000_000, 1_000_000_000))
+    assert last_lines(log, 3) == "tail-1\ntail-2\ntail-3\n"
+    assert last_lines(log, 5) == "head-1\nhead-2\ntail-1\ntail-2\ntail-3\n"
+    assert last_lines(tmp_path / "none.log", 3) == ""
+
+
+async def test_errors_are_one_line(
+    pm2: Pm2ProcessManager, sandbox: Sandbox, tmp_path: Path
+) -> None:
     spec = spec_for(tmp_path, "true")
     assert (await pm2.status(spec)).state == "missing"  # no daemon yet: none is started
     assert not (pm2.home / "rpc.sock").exists()
     missing = Pm2ProcessManager(home=pm2.home)
     missing._pm2 = None
     with pytest.raises(ProcessError) as info:
-        await missing.logs(spec)
+        await missing.start(sandbox, spec)  # logs() reads hal's log: no PM2 needed there
     assert info.value.hint == "bash scripts/install-pm2.sh"
 
 

@@ -3,7 +3,7 @@ with the host's node and the pinned PM2 of scripts/install-pm2.sh bound in read-
 
 The process-manager contract (output and status, secrets masked and in no argv, stop kills
 the tree, a missing program is 127) plus what is PM2's own: the restart policy, ``pm2 jlist``
-and ``pm2 logs --nostream`` inside, no payload left behind, the daemon inside the container.
+and the output through ``logs()``, no payload left behind, the daemon inside the container.
 """
 
 from __future__ import annotations

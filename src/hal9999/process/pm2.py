@@ -33,6 +33,7 @@ from hal9999.envvars import absolute_dir, env_argv
 from hal9999.errors import ProcessError
 from hal9999.process import pm2inside
 from hal9999.process.base import ProcessStatus, read_exit_status
+from hal9999.process.caplog import beside
 from hal9999.process.launch import run_host, supervised
 from hal9999.providers.base import Sandbox
 from hal9999.spec import ProcessSpec
@@ -99,7 +100,6 @@ class Pm2ProcessManager:
                   cwd: str) -> dict[str, Any]:  # fmt: skip
         """The app's ecosystem document (see the module docstring)."""
         restart = spec.restart.mode == "on-failure"
-        logs = self.home / "logs"
         name = self.app_name(spec)
         app: dict[str, Any] = {
             "name": name,
@@ -110,8 +110,10 @@ class Pm2ProcessManager:
             "env": dict(env),
             "filter_env": True,
             "autorestart": restart,
-            "out_file": str(logs / f"{name}-out.log"),
-            "error_file": str(logs / f"{name}-error.log"),
+            # No copy of PM2's own: it was the whole output, past the log cap, in one file per
+            # task that nothing removed; hal's log is the one kept (see logs()).
+            "out_file": "/dev/null",
+            "error_file": "/dev/null",
             "kill_timeout": KILL_TIMEOUT_MS,
             "treekill": True,
         }
@@ -185,16 +187,11 @@ class Pm2ProcessManager:
         return ProcessStatus("exited", code) if code is not None else ProcessStatus("missing")
 
     async def logs(self, spec: ProcessSpec, lines: int = 100) -> str:
-        """The app's last output lines as PM2 kept them: on the host, the supervisor's
-        masked output; inside a sandbox, the app's own output there (unmasked: hal's log is
-        the host's)."""
-        inside = await pm2inside.logs_inside(spec, self.app_name(spec), lines)
-        if inside is not None:
-            return inside
-        _, out = await self._run(
-            "logs", self.app_name(spec), "--nostream", "--raw", "--lines", str(lines)
-        )
-        return out
+        """The run's last output lines as hal keeps them: its log (masked, capped), and while a
+        capped run goes on, the tail segments beside it (:mod:`hal9999.process.caplog`). On
+        the host and inside a sandbox alike: PM2's copy was the whole output past the cap,
+        with its own header lines, and inside, unmasked."""
+        return last_lines(spec.log_path, lines)
 
     async def stop(self, spec: ProcessSpec) -> None:
         """Stop and forget the app; PM2 kills its whole process tree. Idempotent."""
@@ -224,6 +221,36 @@ class Pm2ProcessManager:
         if pid is not None:
             # `pm2 kill` can return while the daemon still winds down (and rewrites its home).
             await _daemon_gone(pid)
+
+
+def last_lines(log: Path, lines: int) -> str:
+    """The last ``lines`` lines of ``log`` followed by its live tail segments, if any."""
+    segments = [Path(beside(str(log), f".{log.name}.tail-{n}")) for n in (0, 1)]
+    found = [(part.stat().st_mtime_ns, part) for part in segments if part.exists()]
+    parts = [log, *(part for _, part in sorted(found))]
+    kept = b""
+    for part in reversed(parts):
+        kept = _tail(part, lines + 1) + kept
+        if kept.count(b"\n") > lines:
+            break
+    text = b"\n".join(kept.splitlines()[-lines:]) if lines > 0 else b""
+    return text.decode("utf-8", "replace") + ("\n" if text else "")
+
+
+def _tail(path: Path, lines: int, block: int = 65536) -> bytes:
+    """The end of ``path`` holding at least ``lines`` line ends (all of it when shorter)."""
+    try:
+        with open(path, "rb") as file:
+            end = file.seek(0, os.SEEK_END)
+            start = end
+            data = b""
+            while start > 0 and data.count(b"\n") <= lines:
+                start = max(0, start - block)
+                file.seek(start)
+                data = file.read(end - start)
+            return data
+    except FileNotFoundError:
+        return b""
 
 
 def _running(app: dict[str, Any] | None) -> bool:

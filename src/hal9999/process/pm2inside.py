@@ -126,10 +126,6 @@ answering made ``pm2 delete`` wait for ever, and with it the stop of a task past
 limit (the task never ended, its container never went). Past the bound the host goes on:
 the sandbox is restarted or removed next, which ends whatever ran inside."""
 
-LOGS = 'export PM2_HOME="$HOME/' + HOME + '"; exec pm2 logs "$1" --nostream --raw --lines "$2"'
-"""The app's last lines as PM2 kept them inside."""
-
-
 def hosts_daemons(sandbox: Sandbox) -> bool:
     """Whether a daemon started by one command of ``sandbox`` outlives it (declared by the
     sandbox handle: containers and bare ssh hosts do; bwrap's pid namespaces do not)."""
@@ -178,17 +174,15 @@ def follower_spec(spec: ProcessSpec, document: dict[str, Any], names: list[str])
 
 
 def control_path(spec: ProcessSpec, name: str) -> Path:
-    """Where the host keeps how to reach the app inside (for ``stop`` and ``logs``)."""
+    """Where the host keeps how to reach the app inside (for ``stop``)."""
     return spec.log_path.parent / f".pm2-inside-{name}.json"
 
 
 def save_control(sandbox: Sandbox, spec: ProcessSpec, name: str) -> None:
-    """Record the launch command lines that stop the app and read its logs (no secrets:
-    no exec-time environment is given to them)."""
+    """Record the launch command line that stops the app (no secret: no exec-time
+    environment is given to it)."""
     stop = sandbox.launch(ArgvCommand(argv=("sh", "-c", STOP, "hal-pm2-stop", name)))
-    logs = sandbox.launch(ArgvCommand(argv=("sh", "-c", LOGS, "hal-pm2-logs", name, "LINES")))
-    data = {"stop": {"argv": stop.argv, "env": stop.env},
-            "logs": {"argv": logs.argv, "env": logs.env}}  # fmt: skip
+    data = {"stop": {"argv": stop.argv, "env": stop.env}}
     path = control_path(spec, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp")
@@ -218,17 +212,3 @@ async def stop_inside(spec: ProcessSpec, name: str) -> None:
     except ProcessError as exc:  # the agent's daemon did not answer: its sandbox goes next
         logger.warning("pm2 inside the sandbox did not stop the app %s: %s", name, exc)
     control_path(spec, name).unlink(missing_ok=True)
-
-
-async def logs_inside(spec: ProcessSpec, name: str, lines: int) -> str | None:
-    """``pm2 logs --nostream`` run inside; None when the app was not started there."""
-    control = _control(spec, name)
-    if control is None:
-        return None
-    argv = [str(lines) if arg == "LINES" else arg for arg in control["logs"]["argv"]]
-    status, out = await run_host(
-        argv, env=control["logs"]["env"], check=False, limit_s=STOP_TIMEOUT_S
-    )
-    if status != 0:
-        raise ProcessError(f"pm2 logs inside the sandbox failed (exit {status})")
-    return out
