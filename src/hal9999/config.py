@@ -223,7 +223,7 @@ class HalConfig(_Config):
     """Default run time limit of a task, in seconds (``HAL_TIMEOUT``)."""
     network: Literal["none", "host"] = "none"
     """Default network access of sandboxes (``HAL_NETWORK``)."""
-    resources: Resources = Resources()
+    resources: Resources = Resources.model_construct()  # Resources(), unbuilt (spec.py)
     """Default resource limits (``HAL_MEMORY_MB``, ``HAL_CPUS``, ``HAL_PIDS``, ``HAL_DISK_MB``);
     unset ones get safe defaults, ``0`` means unlimited (see :mod:`hal9999.providers.limits`)."""
     agents: dict[str, AgentConfig] = Field(default_factory=dict)

@@ -81,8 +81,10 @@ class ProcessSpec(_Frozen):
     """Unique name within a sandbox, e.g. ``hal-<task-id>``."""
     command: ArgvCommand | ShellCommand = Field(discriminator="kind")
     """What to run."""
-    restart: RestartPolicy = RestartPolicy()
-    """Restart policy."""
+    restart: RestartPolicy = RestartPolicy.model_construct()
+    """Restart policy. The default is built from the fields' defaults without validating
+    them, which would build ``RestartPolicy``'s own validator and serializer at import
+    (issue 16); it equals ``RestartPolicy()`` (``tests/test_spec.py``)."""
     log_path: Path
     """Host file that receives the process's combined stdout and stderr."""
     exit_path: Path
@@ -184,8 +186,9 @@ class SandboxSpec(_Frozen):
     """Image name for VM and container providers."""
     rootfs: Path | None = None
     """A root filesystem directory for namespace providers (host ``/usr`` when unset)."""
-    resources: Resources = Resources()
-    """CPU, memory and pid limits."""
+    resources: Resources = Resources.model_construct()
+    """CPU, memory and pid limits (``Resources()``, not validated at import: see
+    ``ProcessSpec.restart``)."""
     network: NetworkMode | tuple[str, ...] = "none"
     """``none``, ``host``, or an allow-list of ``host:port`` endpoints."""
     workspace: Path | None = None

@@ -118,6 +118,10 @@ NOT_BUILT = (
     "hal9999.config.CredentialFile",
     "hal9999.config.GatewayConfig",  # HalConfig's default is built without validation
     "hal9999.config.ModelPrice",
+    "hal9999.pool.settings.ProviderSettings",  # no [pool] table, no HAL_* pool setting:
+    "hal9999.pool.settings.SchedulerSettings",  # the defaults (values.defaults_of)
+    "hal9999.providers.bwrap.BwrapConfig",  # no [providers.bwrap] table: likewise
+    "hal9999.spec.RestartPolicy",  # ProcessSpec's default is built without validation
     "hal9999.spec.ShellCommand",
     "hal9999.store.gateway.GatewayRequest",
     "hal9999.store.records.SandboxRow",

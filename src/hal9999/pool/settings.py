@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from hal9999.config import HalConfig
 from hal9999.errors import ConfigError
 from hal9999.spec import NetworkMode, Resources
-from hal9999.values import describe, setting_hint
+from hal9999.values import defaults_of, describe, setting_hint
 
 Policy = Literal["reset", "destroy"]
 
@@ -150,9 +150,12 @@ def _checked(
     config: HalConfig | None = None,
 ) -> _Settings:
     """``table`` validated: its config-file values strictly (TOML has real numbers and
-    booleans, so ``max_size = "4"`` is a mistake), the variables' text laxly."""
+    booleans, so ``max_size = "4"`` is a mistake), the variables' text laxly. Nothing set:
+    the defaults, without building the model's validator (:func:`defaults_of`)."""
     files = {k: v for k, v in table.items() if not origin[k].startswith("HAL_")}
     try:
+        if not table:
+            return defaults_of(model)
         checked = model.model_validate(files, strict=True)
         return checked if len(files) == len(table) else model.model_validate(table)
     except ValidationError as exc:

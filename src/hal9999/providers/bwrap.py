@@ -74,7 +74,7 @@ SECCOMP_FILE = "seccomp.bpf"
 class BwrapConfig(BaseModel):
     """Settings of the ``bwrap`` provider."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     kind: Literal["bwrap"] = "bwrap"
     """Provider kind."""

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 from hal9999.entrypoints import find_entry_point
 from hal9999.errors import ConfigError, ProviderUnavailable, UnknownProvider
 from hal9999.providers.base import Provider
-from hal9999.values import describe, setting_hint, toml_checked
+from hal9999.values import defaults_of, describe, setting_hint, toml_checked
 
 GROUP = "hal9999.providers"
 _Settings = TypeVar("_Settings", bound=BaseModel)
@@ -103,9 +103,10 @@ def checked_settings(
 ) -> _Settings:
     """The ``[providers.<name>]`` table validated by the provider's ``model``, with TOML's
     own types; a :class:`ConfigError` naming the table and key, and the config file that
-    set it when ``origin`` (the config's) knows, when it is not valid."""
+    set it when ``origin`` (the config's) knows, when it is not valid. No table: the model's
+    defaults, without building its validator where they need none (:func:`defaults_of`)."""
     try:
-        return toml_checked(model, settings)
+        return toml_checked(model, settings) if settings else defaults_of(model)
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
