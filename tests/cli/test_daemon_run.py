@@ -22,6 +22,7 @@ from hal9999.cli.daemon_run import (
     simple_config,
 )
 from hal9999.config import HalConfig, load_config_sources
+from hal9999.runbody import ConfigNotes, check_run_body
 from hal9999.server.client import DaemonClient, client_secrets, run_body
 from hal9999.server.runtime import DaemonInfo
 from hal9999.tasks.request import RunRequest
@@ -30,10 +31,8 @@ from hal9999.values import (
     MAX_TIMEOUT_S,
     MAX_TOKENS,
     MIN_TIMEOUT_S,
-    ConfigNotes,
     Name,
     TimeoutSeconds,
-    check_run_body,
     check_value,
 )
 

@@ -101,6 +101,10 @@ NOT_FOR_A_TEMPLATE_AGENT = (
     "email.message",
     "zipfile",
     "tomllib",  # no config file to parse (hal9999.configfile imports it where one is)
+    # Models such a run never defines (each a few million instructions even unbuilt): the
+    # daemon API's request body, the gateway's row (the store mixes in its table alone).
+    "hal9999.runbody",
+    "hal9999.store.gateway",
 )
 
 NOT_BUILT = (
@@ -123,10 +127,7 @@ NOT_BUILT = (
     "hal9999.providers.bwrap.BwrapConfig",  # no [providers.bwrap] table: likewise
     "hal9999.spec.RestartPolicy",  # ProcessSpec's default is built without validation
     "hal9999.spec.ShellCommand",
-    "hal9999.store.gateway.GatewayRequest",
     "hal9999.store.records.SandboxRow",
-    "hal9999.values.ConfigNotes",
-    "hal9999.values.RunBody",
 )
 """Pydantic models an in-process run of a template agent has no use for: built on first
 use (``defer_build``), not at import (issue 16)."""

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from hal9999.config import HalConfig
 from hal9999.config_origin import with_origin
 from hal9999.errors import ConfigError
+from hal9999.runbody import check_run_body
 from hal9999.server.client import HAL_OWN
 from hal9999.server.follow import MAX_WAIT_S, events_page, follow_page
 from hal9999.server.hive_api import add_hive_routes
@@ -24,7 +25,7 @@ from hal9999.store import TaskRecord
 from hal9999.tasks.recovery import Recovery
 from hal9999.tasks.recovery import resume as resume_task
 from hal9999.tasks.request import RunRequest
-from hal9999.values import check_run_body, describe
+from hal9999.values import describe
 
 if TYPE_CHECKING:
     from hal9999.events.models import Event
@@ -195,7 +196,7 @@ def _config_notes(notes: dict[str, Any] | None) -> list[Event]:
 
 def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
     """Every route of the API, bound to ``daemon`` (the event streams need ``ctx``)."""
-    from hal9999.values import RunBody
+    from hal9999.runbody import RunBody
 
     router = Router()
     service, scheduler, pool = daemon.service, daemon.scheduler, daemon.pool

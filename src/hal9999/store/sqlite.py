@@ -25,7 +25,7 @@ from hal9999.errors import AmbiguousTaskId, DiskFull, HalError, TaskNotFound
 from hal9999.home import HalPaths
 from hal9999.store.cloud import CloudMachineTable
 from hal9999.store.events import EventTable
-from hal9999.store.gateway import GatewayTable
+from hal9999.store.gatewaytable import GatewayTable
 from hal9999.store.migrations import MIGRATIONS, Migration
 from hal9999.store.records import TaskRecord
 from hal9999.store.sandboxes import SandboxTable
