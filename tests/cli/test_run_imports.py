@@ -105,6 +105,7 @@ NOT_FOR_A_TEMPLATE_AGENT = (
     # daemon API's request body, the gateway's row (the store mixes in its table alone).
     "hal9999.runbody",
     "hal9999.store.gateway",
+    "hal9999.store.sandboxrow",  # the warm pool's row (the store mixes in its table alone)
 )
 
 NOT_BUILT = (
@@ -127,7 +128,6 @@ NOT_BUILT = (
     "hal9999.providers.bwrap.BwrapConfig",  # no [providers.bwrap] table: likewise
     "hal9999.spec.RestartPolicy",  # ProcessSpec's default is built without validation
     "hal9999.spec.ShellCommand",
-    "hal9999.store.records.SandboxRow",
 )
 """Pydantic models an in-process run of a template agent has no use for: built on first
 use (``defer_build``), not at import (issue 16)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 from tests.pool.test_background_reset import make, spec_of
 
 from hal9999.store import Store
-from hal9999.store.records import SandboxRow
+from hal9999.store.sandboxrow import SandboxRow
 
 
 class HeldWrites(Store):

@@ -13,7 +13,7 @@ import pytest
 
 from hal9999.store import Store
 from hal9999.store import sqlite as sqlite_store
-from hal9999.store.records import SandboxRow
+from hal9999.store.sandboxrow import SandboxRow
 
 
 def test_writers_of_one_process_never_meet_sqlites_busy_handler(tmp_path: Path) -> None:

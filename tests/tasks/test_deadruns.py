@@ -11,7 +11,7 @@ import pytest
 from tests.store.test_store import make_task
 
 from hal9999.store import Store
-from hal9999.store.records import SandboxRow
+from hal9999.store.sandboxrow import SandboxRow
 from hal9999.tasks import deadruns, plugins
 
 DEAD = 2**22 + 7  # above pid_max's default: no process has it

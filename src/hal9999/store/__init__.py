@@ -12,14 +12,15 @@ TYPE_CHECKING = False  # typing is ~8M instructions of the thin `hal task list` 
 if TYPE_CHECKING:
     from typing import Any
 
-    from hal9999.store.records import RepoKind, SandboxRow, TaskRecord
+    from hal9999.store.records import RepoKind, TaskRecord
+    from hal9999.store.sandboxrow import SandboxRow
     from hal9999.store.sqlite import Store
 
 __all__ = ["RepoKind", "SandboxRow", "Store", "TaskRecord"]
 
 _HOMES = {
     "RepoKind": "hal9999.store.records",
-    "SandboxRow": "hal9999.store.records",
+    "SandboxRow": "hal9999.store.sandboxrow",
     "TaskRecord": "hal9999.store.records",
     "Store": "hal9999.store.sqlite",
 }

@@ -101,28 +101,3 @@ class TaskRecord(BaseModel):
 
 SandboxState = Literal["creating", "idle", "leased", "resetting", "destroying", "gone"]
 """Where a pooled sandbox is in its life (see :mod:`hal9999.pool`)."""
-
-
-class SandboxRow(BaseModel):
-    """A sandbox the warm pool or a daemon-run task holds, as the store keeps it."""
-
-    model_config = ConfigDict(extra="forbid", defer_build=True)
-
-    provider: str
-    """Provider that owns it."""
-    id: str
-    """The provider's sandbox id."""
-    pool_key: str
-    """The pool key of its spec (provider, image, resources, network...)."""
-    state: SandboxState
-    """Lifecycle state in the pool."""
-    task_id: str | None = None
-    """The task it is leased to, if any."""
-    owner_pid: int | None = None
-    """Pid of the daemon that holds it."""
-    created_at: float
-    """Unix time it was created."""
-    last_used_at: float
-    """Unix time it was last handed out or returned."""
-    detail: str | None = None
-    """A short human note (why it was reaped, what failed)."""

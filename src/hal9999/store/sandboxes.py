@@ -5,14 +5,25 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-from hal9999.store.records import SandboxRow
+if TYPE_CHECKING:
+    from hal9999.store.sandboxrow import SandboxRow
 
-_COLUMNS: tuple[str, ...] = tuple(SandboxRow.model_fields)
+
+@cache
+def _columns() -> tuple[str, ...]:
+    """The table's columns: the row model's fields, in their order (the model imported on
+    first use: :mod:`hal9999.store.sandboxrow`)."""
+    from hal9999.store.sandboxrow import SandboxRow
+
+    return tuple(SandboxRow.model_fields)
 
 
 def _row(row: sqlite3.Row) -> SandboxRow:
+    from hal9999.store.sandboxrow import SandboxRow
+
     return SandboxRow.model_validate(dict(zip(row.keys(), row, strict=True)))
 
 
@@ -31,8 +42,8 @@ class SandboxTable:
 
     def put_sandboxes(self, rows: Sequence[SandboxRow]) -> None:
         """Insert or replace the records of some sandboxes, in order, in one transaction."""
-        names = ", ".join(_COLUMNS)
-        values = ", ".join(f":{name}" for name in _COLUMNS)
+        names = ", ".join(_columns())
+        values = ", ".join(f":{name}" for name in _columns())
         with self._write() as conn:
             conn.executemany(
                 f"INSERT OR REPLACE INTO sandboxes ({names}) VALUES ({values})",
@@ -41,7 +52,7 @@ class SandboxTable:
 
     def update_sandbox(self, provider: str, sandbox_id: str, **fields: Any) -> None:
         """Set some fields of a sandbox record (no error when it is gone)."""
-        unknown = sorted(set(fields) - set(_COLUMNS) | ({"provider", "id"} & set(fields)))
+        unknown = sorted(set(fields) - set(_columns()) | ({"provider", "id"} & set(fields)))
         if unknown:
             raise ValueError(f"cannot set sandbox field(s): {', '.join(unknown)}")
         if not fields:
