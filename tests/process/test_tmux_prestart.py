@@ -256,3 +256,40 @@ async def test_a_task_failing_between_its_sessions_opening_and_its_start_leaves_
     assert await gone(opened[0])
     assert not pspec.exit_path.exists(), "the agent never started"
     store.close()
+
+
+# A ^C that lands just after the FIFO is opened (stood in for by one the supervisor sends
+# itself from its fstat of the FIFO): in the full suite on two workers it came between the
+# open and the SIGINT ignore, and the supervisor died with a KeyboardInterrupt.
+_CTRL_C_AFTER_OPEN = """
+import os, signal, sys
+from hal9999.process import supervisor
+real = supervisor.posix
+class Posix:
+    def __getattr__(self, name):
+        return getattr(real, name)
+    def fstat(self, fd):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real.fstat(fd)
+supervisor.posix = Posix()
+fifo = sys.argv[1]
+held = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+if sys.argv[2:]:  # a warm supervisor's wait for its run (no arguments, no variables)
+    os.write(held, b"4\\n/\\x000\\x00")
+    print(supervisor.wait_warm(fifo))
+else:
+    os.write(held, b"g")
+    print(supervisor.wait_go(fifo))
+"""
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_a_ctrl_c_just_after_the_fifo_is_opened_does_not_end_the_wait(
+    tmp_path: Path, warm: bool
+) -> None:
+    fifo = tmp_path / "go"
+    os.mkfifo(fifo, 0o600)
+    argv = [sys.executable, "-c", _CTRL_C_AFTER_OPEN, str(fifo), *(["warm"] if warm else [])]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["([], {})" if warm else "True"]

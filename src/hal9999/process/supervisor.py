@@ -67,7 +67,18 @@ def go_path(exit_file: str | os.PathLike[str]) -> str:
 
 def wait_go(fifo: str) -> bool:
     """Whether the run may start: a ``g`` read from ``fifo``. Opened without waiting for a
-    writer, so a hal that died before it held the FIFO cannot leave this waiting for good."""
+    writer, so a hal that died before it held the FIFO cannot leave this waiting for good.
+    A ^C in the pane (someone attached) has no command yet to be passed on to: SIGINT is
+    ignored from before the FIFO is opened (one that came between the open and the read
+    ended the supervisor with a traceback)."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return _read_go(fifo)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _read_go(fifo: str) -> bool:
     try:
         fd = posix.open(
             fifo, posix.O_RDONLY | posix.O_NONBLOCK | posix.O_NOFOLLOW | posix.O_CLOEXEC
@@ -78,12 +89,7 @@ def wait_go(fifo: str) -> bool:
         if posix.fstat(fd).st_mode & _S_IFMT != _S_IFIFO:
             return False
         posix.set_blocking(fd, True)
-        # A ^C in the pane (someone attached) has no command yet to be passed on to.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            return posix.read(fd, 1) == b"g"
-        finally:
-            signal.signal(signal.SIGINT, previous)
+        return posix.read(fd, 1) == b"g"
     except OSError:
         return False
     finally:
@@ -99,6 +105,14 @@ def wait_warm(fifo: str) -> tuple[list[str], dict[bytes, bytes]] | None:
     The message is ``LENGTH\n`` then ``LENGTH`` bytes: the working directory, the number of
     arguments, the arguments and the ``NAME=value`` variables, each ended by a NUL. The
     working directory is entered here (a pane's is the one it was opened in)."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as wait_go's
+    try:
+        return _read_warm(fifo)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _read_warm(fifo: str) -> tuple[list[str], dict[bytes, bytes]] | None:
     try:
         fd = posix.open(
             fifo, posix.O_RDONLY | posix.O_NONBLOCK | posix.O_NOFOLLOW | posix.O_CLOEXEC
@@ -109,23 +123,19 @@ def wait_warm(fifo: str) -> tuple[list[str], dict[bytes, bytes]] | None:
         if posix.fstat(fd).st_mode & _S_IFMT != _S_IFIFO:
             return None
         posix.set_blocking(fd, True)
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as wait_go's
-        try:
-            data = b""
-            while b"\n" not in data:
-                chunk = posix.read(fd, 64)
-                if not chunk:
-                    return None
-                data += chunk
-            head, _, data = data.partition(b"\n")
-            length = int(head)
-            while len(data) < length:
-                chunk = posix.read(fd, length - len(data))
-                if not chunk:
-                    return None
-                data += chunk
-        finally:
-            signal.signal(signal.SIGINT, previous)
+        data = b""
+        while b"\n" not in data:
+            chunk = posix.read(fd, 64)
+            if not chunk:
+                return None
+            data += chunk
+        head, _, data = data.partition(b"\n")
+        length = int(head)
+        while len(data) < length:
+            chunk = posix.read(fd, length - len(data))
+            if not chunk:
+                return None
+            data += chunk
         fields = data[:length].split(b"\0")[:-1]
         count = int(fields[1])
         argv = [arg.decode(*_CODING) for arg in fields[2 : 2 + count]]
