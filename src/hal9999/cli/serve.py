@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -161,11 +162,25 @@ def _stop(files: DaemonFiles, as_json: bool) -> None:
         else:
             click.echo("hal serve is not running")
         return
-    os.kill(info.pid, signal.SIGTERM)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while files.running() is not None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if files.running() is not None:
+    try:  # held from before the signal, so a reused pid is never waited for
+        process: int | None = os.pidfd_open(info.pid)
+    except ProcessLookupError:
+        process = None
+    try:
+        if process is not None:
+            signal.pidfd_send_signal(process, signal.SIGTERM)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while files.running() is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # The daemon lets go of its files before its process ends: "stopped" is said once
+        # the process is gone (a script's next check found it still there).
+        gone = process is None or bool(
+            select.select([process], [], [], max(0.0, deadline - time.monotonic()))[0]
+        )
+    finally:
+        if process is not None:
+            os.close(process)
+    if files.running() is not None or not gone:
         raise HalError(f"hal serve (pid {info.pid}) did not stop", hint=f"kill {info.pid}")
     if as_json:
         emit_json({"stopped": info.pid})
