@@ -30,7 +30,8 @@
  * mount bwrap would make for a command. PID is the keeper on the host; it must hold the
  * mount namespace MNT_INO, checked before and after its namespaces are opened, so a PID
  * reused by another process is refused. The command then gets what bwrap gives each one: a
- * PID namespace of its own (a minimal init as PID 1 reaps, the command is PID 2), its own
+ * PID namespace of its own (a minimal init as PID 1 reaps, with no capability and the filter
+ * before the command starts; the command is PID 2), its own
  * copy of the mounts with a fresh /proc (its host-wide writers read-only), its own cgroup
  * namespace (rooted at the cgroups joined above); the keeper's network, IPC and UTS
  * namespaces (one per sandbox). Then, as bwrap does: a new session when SESSION is 1, CWD,
@@ -302,8 +303,10 @@ static int status_of(int status) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
-/* PID 2: the command's own set-up, then PROGRAM. */
-static void run_command(char **program) {
+/* PID 2: the command's own set-up, then PROGRAM once PID 1 has dropped everything (its byte on
+ * DROPPED; an end of file without it means PID 1 failed, and nothing runs), so that no command
+ * ever sees it privileged. */
+static void run_command(char **program, int dropped) {
   if (E.session && setsid() < 0) die("setsid", "");
   if (chdir(E.cwd) != 0) die("chdir", E.cwd);
   for (int i = 0; i < E.nunset; i++) unsetenv(E.unset[i]);
@@ -316,6 +319,11 @@ static void run_command(char **program) {
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) die("set", "no_new_privs");
   if (E.prog.len && prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &E.prog, 0, 0) != 0)
     die("load", "seccomp filter");
+  char byte;
+  ssize_t got;
+  while ((got = read(dropped, &byte, 1)) < 0 && errno == EINTR) {
+  }
+  if (got != 1) _exit(125);
   execvp(program[0], program);
   int saved = errno;
   fprintf(stderr, "hal-launch: failed to execute %s: %s\n", program[0], strerror(saved));
@@ -367,9 +375,15 @@ static void run_init(char **program, int alive) {
     if (mount(NULL, path, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | nx, NULL) != 0)
       die("remount", path);
   }
+  int dropped[2];
+  if (pipe2(dropped, O_CLOEXEC) != 0) die("pipe", "");
   pid_t child = fork();
   if (child < 0) die("fork", "");
-  if (child == 0) run_command(program);
+  if (child == 0) {
+    close(dropped[1]);
+    run_command(program, dropped[0]);
+  }
+  close(dropped[0]);
   /* From here this process only waits: as bwrap's reaper, uid 0 with no capability,
    * no_new_privs and the filter (the command cannot signal or trace it: another uid). */
   for (int cap = 0; cap <= 63; cap++) {
@@ -383,6 +397,8 @@ static void run_init(char **program, int alive) {
   if (syscall(SYS_capset, &header, none) != 0 || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
     _exit(125);
   if (E.prog.len && prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &E.prog, 0, 0) != 0) _exit(125);
+  if (write(dropped[1], "1", 1) != 1) _exit(125); /* PID 2 may run its command now */
+  close(dropped[1]);
   for (;;) {
     int status;
     pid_t done = waitpid(-1, &status, 0);

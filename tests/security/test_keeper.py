@@ -24,7 +24,7 @@ from hal9999.errors import ProviderError
 from hal9999.pool import WarmPool
 from hal9999.providers import hostexec, keeper, seccomp
 from hal9999.providers.bwrap import RUN_DIR, BwrapProvider, BwrapSandbox
-from hal9999.spec import Bind, SandboxSpec, ShellCommand
+from hal9999.spec import ArgvCommand, Bind, SandboxSpec, ShellCommand
 
 pytestmark = pytest.mark.bwrap
 
@@ -80,6 +80,25 @@ async def test_each_command_has_its_own_pid_namespace_and_proc(
         "CapPrm:": "0000000000000000", "CapEff:": "0000000000000000",
         "CapBnd:": "0000000000000000", "NoNewPrivs:": "1", "Seccomp:": "2",
     }, status  # fmt: skip
+
+
+async def test_a_command_never_sees_its_init_privileged(
+    provider: BwrapProvider, tmp_path: Path
+) -> None:
+    # PID 1 drops its capabilities and loads the filter after it forks the command, which
+    # used to run without waiting for that: 38 of 200 quick commands saw their init with
+    # every capability, no no_new_privs and no filter (the order left to the scheduler).
+    box = await kept(provider, tmp_path)
+    probe = ArgvCommand(
+        argv=("grep", "-E", "^(CapEff|CapBnd|NoNewPrivs|Seccomp):", "/proc/1/status")
+    )
+    seen: list[list[str]] = []
+    for _ in range(100):
+        result = await box.exec(probe, timeout=60)
+        assert result.ok, result.stderr.decode()
+        seen.append(result.text().split())
+    dropped = ["CapEff:", "0" * 16, "CapBnd:", "0" * 16, "NoNewPrivs:", "1", "Seccomp:", "2"]
+    assert [s for s in seen if s != dropped] == []
 
 
 async def test_a_claimed_session_is_what_the_next_command_sees(
