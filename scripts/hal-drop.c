@@ -11,135 +11,15 @@
  * running PROGRAM, so a command never runs with more than the sandbox uid's rights.
  */
 #define _GNU_SOURCE
-#include <errno.h>
-#include <grp.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/prctl.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-
-/* The kernel's capget/capset ABI (linux/capability.h), spelled out so that any libc's headers
- * build it. */
-#define CAP_VERSION_3 0x20080522
-struct cap_header {
-  unsigned int version;
-  int pid;
-};
-struct cap_data {
-  unsigned int effective, permitted, inheritable;
-};
-
-static void die(const char *what) {
-  fprintf(stderr, "hal-drop: %s: %s\n", what, strerror(errno));
-  _exit(125);
-}
-
-/* execv, and a file the kernel cannot execute (a script without #!) run by /bin/sh. */
-static void exec_file(const char *path, char **args) {
-  execv(path, args);
-  if (errno != ENOEXEC) return;
-  int n = 0;
-  while (args[n]) n++;
-  char **sh = calloc(n + 2, sizeof *sh);
-  if (!sh) return;
-  sh[0] = "/bin/sh";
-  sh[1] = (char *)path;
-  for (int i = 1; i < n; i++) sh[i + 1] = args[i];
-  execv("/bin/sh", sh);
-  free(sh);
-  errno = ENOEXEC;
-}
-
-/* execvp as glibc does it (musl's runs no script without #!): PATH searched, an entry that
- * is not there or not a directory skipped, EACCES kept if nothing else ran. */
-static void exec_path(char **args) {
-  const char *file = args[0];
-  if (!*file) {
-    errno = ENOENT;
-    return;
-  }
-  if (strchr(file, '/')) {
-    exec_file(file, args);
-    return;
-  }
-  const char *path = getenv("PATH");
-  if (!path) path = "/bin:/usr/bin";
-  size_t flen = strlen(file);
-  int eacces = 0;
-  for (const char *p = path;;) {
-    const char *z = strchrnul(p, ':');
-    size_t dlen = (size_t)(z - p);
-    char buf[4096];
-    if (dlen + flen + 2 <= sizeof buf) {
-      memcpy(buf, p, dlen);
-      size_t at = dlen ? dlen + 1 : 0; /* an empty entry is the current directory */
-      if (dlen) buf[dlen] = '/';
-      memcpy(buf + at, file, flen + 1);
-      exec_file(buf, args);
-      if (errno == EACCES)
-        eacces = 1;
-      else if (errno != ENOENT && errno != ENOTDIR)
-        return;
-    }
-    if (!*z) break;
-    p = z + 1;
-  }
-  errno = eacces ? EACCES : ENOENT;
-}
+#define DROP_NAME "hal-drop"
+#include "hal-drop.h" /* drop_uid, drop_to, exec_path: shared with hal-launch --enter --uid */
 
 int main(int argc, char **argv) {
   if (argc < 4 || strcmp(argv[2], "--") != 0) {
     fprintf(stderr, "usage: hal-drop UID -- PROGRAM [ARG...]\n");
     return 125;
   }
-  char *end = NULL;
-  errno = 0;
-  unsigned long parsed = strtoul(argv[1], &end, 10);
-  if (errno || end == argv[1] || *end || argv[1][0] == '-' || parsed == 0 ||
-      parsed >= 0xffffffffUL) {
-    fprintf(stderr, "hal-drop: bad uid %s\n", argv[1]);
-    return 125;
-  }
-  uid_t uid = (uid_t)parsed;
-
-  if (setgroups(0, NULL) != 0) die("setgroups");
-  if (setresgid(uid, uid, uid) != 0) die("setresgid");
-  /* The bounding set first: dropping needs CAP_SETPCAP, which the uid change takes away. */
-  for (int cap = 0; cap <= 63; cap++) {
-    if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EINVAL) die("bounding set");
-  }
-  if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL)
-    die("ambient capabilities");
-  /* Leaving uid 0 (no keep-caps) clears the permitted and effective sets. */
-  if (setresuid(uid, uid, uid) != 0) die("setresuid");
-  struct cap_header header = {CAP_VERSION_3, 0};
-  struct cap_data data[2];
-  memset(data, 0, sizeof data);
-  if (syscall(SYS_capset, &header, data) != 0) die("capset");
-
-  /* Checked, not assumed. */
-  uid_t ru, eu, su;
-  gid_t rg, eg, sg;
-  if (getresuid(&ru, &eu, &su) != 0 || ru != uid || eu != uid || su != uid) die("uid check");
-  if (getresgid(&rg, &eg, &sg) != 0 || rg != uid || eg != uid || sg != uid) die("gid check");
-  if (getgroups(0, NULL) != 0) die("groups check");
-  if (syscall(SYS_capget, &header, data) != 0) die("capget");
-  for (int i = 0; i < 2; i++) {
-    if (data[i].effective || data[i].permitted || data[i].inheritable) {
-      errno = EPERM;
-      die("capabilities check");
-    }
-  }
-  for (int cap = 0; cap <= 63; cap++) {
-    int in = prctl(PR_CAPBSET_READ, cap, 0, 0, 0);
-    if (in > 0) {
-      errno = EPERM;
-      die("bounding set check");
-    }
-  }
-
+  drop_to(drop_uid(argv[1]));
   exec_path(argv + 3);
   int saved = errno;
   fprintf(stderr, "hal-drop: failed to execute %s: %s\n", argv[3], strerror(saved));

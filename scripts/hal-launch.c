@@ -1,6 +1,7 @@
 /*
  * hal-launch [--data FD TEXT]...
- *            [--enter PID MNT_INO CWD SESSION [--unsetenv NAME]... [--attach SRC DST RO]...
+ *            [--enter PID MNT_INO CWD SESSION [--uid UID] [--unsetenv NAME]...
+ *                     [--attach SRC DST RO]...
  *                     [--else N BWRAP ARG...]]
  *            SANDBOX SECCOMP_FILE FSIZE_BLOCKS [JOIN_FILE...] -- PROGRAM [ARG...]
  * hal-launch [--data FD TEXT]... --keep RECORD -- BWRAP [ARG...]
@@ -36,7 +37,11 @@
  * namespace (rooted at the cgroups joined above); the keeper's network, IPC and UTS
  * namespaces (one per sandbox). Then, as bwrap does: a new session when SESSION is 1, CWD,
  * the variables named by --unsetenv unset, the bounding set cut to what the uid switch
- * needs, no_new_privs, the seccomp filter read from SECCOMP_FILE. This process stays
+ * needs, no_new_privs, the seccomp filter read from SECCOMP_FILE. With --uid, the command's
+ * process switches to UID itself, as hal-drop does (scripts/hal-drop.h: groups cleared, the
+ * whole bounding set, the ambient and every other set emptied, each step checked), before
+ * no_new_privs and the filter, and PROGRAM is the command (execvp as glibc's, as hal-drop
+ * runs it) rather than hal-drop: one exec fewer a command. This process stays
  * outside, waits and exits with the command's status (128+N for signal N), and its death
  * kills the command's whole PID namespace.
  *
@@ -65,6 +70,8 @@
  * "$1" ] || exit 137; ...'` did, in one exec instead of two.
  */
 #define _GNU_SOURCE
+#define DROP_NAME "hal-launch"
+#include "hal-drop.h" /* drop_uid, drop_to, exec_path (--enter --uid) */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -97,6 +104,9 @@ __attribute__((used)) const char hal_launch_abi_else[] = "hal-launch abi: enter-
 /* ... and this before it passes --dies-with (a build without it would take the option for a
  * sandbox name). */
 __attribute__((used)) const char hal_launch_abi_dies[] = "hal-launch abi: dies-with";
+/* ... and this before it passes --enter ... --uid (a build without it would take --uid for
+ * the sandbox's name). */
+__attribute__((used)) const char hal_launch_abi_uid[] = "hal-launch abi: enter-uid";
 
 static void die(const char *what, const char *name) {
   fprintf(stderr, "hal-launch: %s %s: %s\n", what, name, strerror(errno));
@@ -173,6 +183,7 @@ static const int DROP_CAPS[] = {6, 7, 8};
 struct enter {
   const char *pid, *ino, *cwd;
   int session;
+  uid_t uid; /* --uid: the uid the command switches to itself (0: none, PROGRAM does) */
   char **fallback; /* --else: the command's bwrap argv, NULL-terminated */
   char **unset;
   int nunset;
@@ -310,7 +321,8 @@ static void run_command(char **program, int dropped) {
   if (E.session && setsid() < 0) die("setsid", "");
   if (chdir(E.cwd) != 0) die("chdir", E.cwd);
   for (int i = 0; i < E.nunset; i++) unsetenv(E.unset[i]);
-  for (int cap = 0; cap <= 63; cap++) {
+  if (E.uid) drop_to(E.uid); /* every capability gone: the loop below finds none to drop */
+  for (int cap = 0; cap <= 63 && !E.uid; cap++) {
     int keep = 0;
     for (size_t j = 0; j < sizeof DROP_CAPS / sizeof DROP_CAPS[0]; j++) keep |= cap == DROP_CAPS[j];
     if (!keep && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EINVAL)
@@ -324,7 +336,10 @@ static void run_command(char **program, int dropped) {
   while ((got = read(dropped, &byte, 1)) < 0 && errno == EINTR) {
   }
   if (got != 1) _exit(125);
-  execvp(program[0], program);
+  if (E.uid)
+    exec_path(program);
+  else
+    execvp(program[0], program);
   int saved = errno;
   fprintf(stderr, "hal-launch: failed to execute %s: %s\n", program[0], strerror(saved));
   _exit(saved == ENOENT ? 127 : 126);
@@ -439,6 +454,10 @@ static int enter_options(int argc, char **argv) {
   E.cwd = argv[4];
   E.session = strcmp(argv[5], "1") == 0;
   int at = 6;
+  if (at + 1 < argc && strcmp(argv[at], "--uid") == 0) {
+    E.uid = drop_uid(argv[at + 1]);
+    at += 2;
+  }
   E.unset = argv + at; /* names are packed here, over the options already read */
   while (at + 1 < argc && strcmp(argv[at], "--unsetenv") == 0) {
     E.unset[E.nunset++] = argv[at + 1];

@@ -41,7 +41,9 @@ fi
 # source is newer; a failure leaves the fallback in use, never a broken file.
 cc=gcc; command -v musl-gcc >/dev/null 2>&1 && cc=musl-gcc
 for prog in hal-drop hal-launch; do
-  if [ ! -x "build/$prog" ] || [ "scripts/$prog.c" -nt "build/$prog" ]; then
+  # Both include scripts/hal-drop.h (the uid switch).
+  if [ ! -x "build/$prog" ] || [ "scripts/$prog.c" -nt "build/$prog" ] ||
+    [ scripts/hal-drop.h -nt "build/$prog" ]; then
     mkdir -p build
     if $cc -static -O2 -Wall -Werror -o "build/$prog.tmp" "scripts/$prog.c"; then
       chmod 755 "build/$prog.tmp" && mv "build/$prog.tmp" "build/$prog"

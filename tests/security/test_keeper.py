@@ -12,6 +12,7 @@ import asyncio
 import fcntl
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -99,6 +100,41 @@ async def test_a_command_never_sees_its_init_privileged(
         seen.append(result.text().split())
     dropped = ["CapEff:", "0" * 16, "CapBnd:", "0" * 16, "NoNewPrivs:", "1", "Seccomp:", "2"]
     assert [s for s in seen if s != dropped] == []
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+async def test_a_command_is_two_execs_the_launcher_and_the_command(
+    provider: BwrapProvider, tmp_path: Path
+) -> None:
+    # The launcher switches the command's process to the sandbox uid itself (hal-drop.h), so
+    # a command is the launcher's exec and the command's: hal-drop's exec in between is gone
+    # (3 execs before); and what hal-drop left it (and its PID 1) is what it has.
+    box = await kept(provider, tmp_path)
+    if not hostexec.launch_helper_drops() or provider.drop_helper is None:
+        pytest.skip("no build/hal-launch with --uid, or no build/hal-drop")
+    launch = box.launch(ArgvCommand(argv=("cat", "/proc/self/status", "/proc/1/status")))
+    log = tmp_path / "trace"
+    done = subprocess.run(
+        ["strace", "-f", "-qq", "-e", "trace=execve", "-e", "status=successful", "-o", str(log),
+         *launch.argv],
+        env=launch.env, cwd=launch.cwd, capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    programs = [line.split('"')[1] for line in log.read_text().splitlines() if "execve(" in line]
+    assert programs == [launch.argv[0], "/usr/bin/cat"], programs
+    own, init = done.stdout.decode().split("Name:")[1:]
+    uid = str(box.uid)
+    for line in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert f"{line}:\t0000000000000000" in own, own
+    for line in ("CapPrm", "CapEff", "CapBnd"):
+        assert f"{line}:\t0000000000000000" in init, init
+    for status in (own, init):
+        assert "NoNewPrivs:\t1" in status and "Seccomp:\t2" in status, status
+    ids = [line.split() for line in own.splitlines() if line.startswith(("Uid", "Gid"))]
+    assert all(field == uid for row in ids for field in row[1:]), ids
+    assert [line.split() for line in own.splitlines() if line.startswith("Groups:")] == [
+        ["Groups:"]
+    ]
 
 
 async def test_a_claimed_session_is_what_the_next_command_sees(

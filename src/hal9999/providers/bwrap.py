@@ -205,10 +205,15 @@ class BwrapSandbox(HostSandbox):
         ]  # fmt: skip
         if keeper is not None and stale is not None:
             enter = [str(keeper.pid), str(keeper.mnt_ino), cwd, "1" if new_session else "0"]
+            inside = [*self._drop, *to_argv(command)]
+            if self._drop[:1] == [sandboxuser.DROP_HELPER] and hostexec.launch_helper_drops():
+                # The launcher switches the command's process to the uid itself, as hal-drop
+                # would (the same code, scripts/hal-drop.h): one exec fewer a command.
+                enter += ["--uid", self._drop[1]]
+                inside = list(to_argv(command))
             # The keeper may die (a reset, a restart, a kill) between its read here and the
             # launcher's open of its namespaces: then the launcher runs this bwrap instead.
             enter += [*unset, *stale, "--else", str(len(bwrap)), *bwrap]
-            inside = [*self._drop, *to_argv(command)]
             return hostexec.launcher_argv(
                 self.id, self._procs, inside, seccomp=self._seccomp,
                 max_file_bytes=self._max_file, enter=enter, data=self.data,

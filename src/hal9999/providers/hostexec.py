@@ -73,6 +73,9 @@ LAUNCH_HELPER_DATA = b"hal-launch abi: data"
 """What a build that takes ``--data`` holds; a build without it is not used at all."""
 LAUNCH_HELPER_DIES = b"hal-launch abi: dies-with"
 """What a build that takes ``--dies-with`` holds (see :func:`dies_with_helper`)."""
+LAUNCH_HELPER_UID = b"hal-launch abi: enter-uid"
+"""What a build that takes ``--enter ... --uid UID`` holds: the command's process switches to
+UID itself (``scripts/hal-drop.h``) and execs the command, not ``hal-drop``."""
 DATA_FDS = range(3, 9)
 """The fds ``--data`` may fill: a shell's redirections name one digit, and 9 is the filter's."""
 DATA_MAX = 4096
@@ -90,6 +93,17 @@ def launch_helper_enters() -> bool:
 @functools.cache
 def _takes_enter(helper: str) -> bool:
     return _holds(helper, LAUNCH_HELPER_ENTER)
+
+
+def launch_helper_drops() -> bool:
+    """Whether the launcher's ``--enter`` also takes ``--uid`` (see :data:`LAUNCH_HELPER_UID`)."""
+    helper = launch_helper()
+    return helper is not None and _takes_uid(helper)
+
+
+@functools.cache
+def _takes_uid(helper: str) -> bool:
+    return _holds(helper, LAUNCH_HELPER_UID)
 
 
 def dies_with_helper() -> str | None:
