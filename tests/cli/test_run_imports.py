@@ -152,10 +152,9 @@ dataclass's methods by compiling their source at import, ~0.5 ms a class on the 
 host; hal's other records on this path are named tuples or plain classes (issue 16)."""
 
 
-@pytest.mark.bwrap
-def test_an_in_process_run_imports_no_gateway_or_hive_store_and_builds_only_its_models(
-    hal_env: dict[str, str], demo_repo: Path
-) -> None:
+def _run_and_list(hal_env: dict[str, str], demo_repo: Path) -> tuple[set[str], str]:
+    """An in-process run of a template agent (``RUN_AND_LIST``): the modules it imported,
+    and its models' JSON line."""
     env = {**hal_env, "HAL_NO_DAEMON": "1"}
     argv = ["run", "--agent", "true {{prompt_file}}", "--process-manager", "direct", "x"]
     done = subprocess.run(
@@ -164,7 +163,14 @@ def test_an_in_process_run_imports_no_gateway_or_hive_store_and_builds_only_its_
     )  # fmt: skip
     *_, status, listed, models = done.stderr.splitlines()
     assert status in ("exit 0", "exit None"), done.stderr[-2000:]
-    modules = set(json.loads(listed))
+    return set(json.loads(listed)), models
+
+
+@pytest.mark.bwrap
+def test_an_in_process_run_imports_no_gateway_or_hive_store_and_builds_only_its_models(
+    hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    modules, models = _run_and_list(hal_env, demo_repo)
     assert "hal9999.tasks.runner" in modules  # the run did happen in this process
     assert not modules & set(NOT_FOR_A_TEMPLATE_AGENT), sorted(
         modules & set(NOT_FOR_A_TEMPLATE_AGENT)
@@ -216,15 +222,7 @@ def test_a_run_does_not_import_the_providers_whose_tables_it_does_not_use(
     config = Path(hal_env["XDG_CONFIG_HOME"], "hal9999", "config.toml")
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text("[providers.qemu]\nboot = \"cold\"\n[providers.kubernetes]\n")
-    env = {**hal_env, "HAL_NO_DAEMON": "1"}
-    argv = ["run", "--agent", "true {{prompt_file}}", "--process-manager", "direct", "x"]
-    done = subprocess.run(
-        [sys.executable, "-c", RUN_AND_LIST, *argv],
-        cwd=demo_repo, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    *_, status, listed, _models = done.stderr.splitlines()
-    assert status in ("exit 0", "exit None"), done.stderr[-2000:]
-    modules = set(json.loads(listed))
+    modules, _ = _run_and_list(hal_env, demo_repo)
     assert "hal9999.providers.bwrap" in modules  # the run did load its own provider
     unused = {"hal9999.providers.qemu", "hal9999.providers.k8s.provider"}
     assert not modules & unused, sorted(modules & unused)
