@@ -49,6 +49,7 @@ def held(path: str | Path) -> str:
     directory = os.open(where.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     return f"/proc/self/fd/{directory}/{where.name}"
 
+
 def linked(path: Path, directory: Path) -> str:
     """``path`` as another process can connect it: itself when it fits, else through a link
     to its directory made in ``directory`` (a private directory with a short path, such as
