@@ -59,6 +59,17 @@ def spec_for(tmp_path: Path, script: str, restart: RestartPolicy | None = None) 
     )
 
 
+def failing_runs(tmp_path: Path, seconds: float) -> tuple[Path, ProcessSpec]:
+    """A spec whose every run adds a line to the returned counter file, sleeps ``seconds``
+    and fails (exit 3), restarted on failure once."""
+    counter = tmp_path / "runs"
+    spec = spec_for(
+        tmp_path, f"echo run >> {counter}; sleep {seconds:g}; exit 3",
+        RestartPolicy(mode="on-failure", max_restarts=1),
+    )  # fmt: skip
+    return counter, spec
+
+
 async def runs(counter: Path, want: int, timeout: float = 20) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -96,11 +107,7 @@ async def test_max_restarts_holds_for_runs_longer_than_pm2s_min_uptime(
 ) -> None:
     # PM2 counts an exit toward max_restarts only when its run was shorter than min_uptime
     # (hal's was 5 s): runs failing after 5.5 s were restarted for ever.
-    counter = tmp_path / "runs"
-    spec = spec_for(
-        tmp_path, f"echo run >> {counter}; sleep 5.5; exit 3",
-        RestartPolicy(mode="on-failure", max_restarts=1),
-    )  # fmt: skip
+    counter, spec = failing_runs(tmp_path, 5.5)
     await pm2.start(sandbox, spec)
     deadline = time.monotonic() + 25
     state = None
@@ -120,11 +127,7 @@ async def test_a_failed_run_with_a_restart_to_come_is_still_running(
 ) -> None:
     # Each run's supervisor writes the exit file: status() read it first, and a service was
     # "exited" while PM2 restarted it (hal's follower then stopped it).
-    counter = tmp_path / "runs"
-    spec = spec_for(
-        tmp_path, f"echo run >> {counter}; sleep 2; exit 3",
-        RestartPolicy(mode="on-failure", max_restarts=1),
-    )  # fmt: skip
+    counter, spec = failing_runs(tmp_path, 2)
     await pm2.start(sandbox, spec)
     assert await runs(counter, 2) == 2
     assert spec.exit_path.read_text().strip() == "3", "the first run's exit file is there"
@@ -142,11 +145,7 @@ async def test_a_supervisor_killed_by_a_signal_is_a_failure_to_pm2(
 ) -> None:
     # PM2 reports an app killed by a signal as exit 0: a supervisor the OOM killer ended was
     # a success to it, and an on-failure app was not restarted.
-    counter = tmp_path / "runs"
-    spec = spec_for(
-        tmp_path, f"echo run >> {counter}; sleep 6; exit 3",
-        RestartPolicy(mode="on-failure", max_restarts=1),
-    )  # fmt: skip
+    counter, spec = failing_runs(tmp_path, 6)
     await pm2.start(sandbox, spec)
     assert await runs(counter, 1) == 1
     supervisors = []
