@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from tests.conftest import LeftNothing
+from tests.hang_report import hang_report
 
 AGENT = """#!/bin/sh
 # A tiny custom agent: reads its prompt, fixes the bug, runs the test.
@@ -92,15 +93,27 @@ def hal(hal_env: dict[str, str], demo_repo: Path) -> Hal:
     def run(
         *args: str, env: dict[str, str] | None = None, timeout: float = 60, cwd: Path | None = None
     ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "hal9999", *args],
+        argv = [sys.executable, "-m", "hal9999", *args]
+        with subprocess.Popen(
+            argv,
             cwd=cwd or demo_repo,
             env={**hal_env, **(env or {})},
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=timeout,
             stdin=subprocess.DEVNULL,
-        )
+        ) as proc:
+            try:
+                out, err = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                # What it and its home were doing, taken before the kill.
+                report = hang_report(Path(hal_env["HAL_HOME"]), proc.pid)
+                proc.kill()
+                out, err = proc.communicate()
+                pytest.fail(
+                    f"hal {' '.join(args)} ran past {timeout} s\n--- its stderr\n{err}\n{report}"
+                )
+        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
     return run
 
