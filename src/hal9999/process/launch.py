@@ -13,6 +13,7 @@ import hal9999
 from hal9999.errors import CapabilityError, ProcessError
 from hal9999.process.supervisor import ended_path, go_path
 from hal9999.providers.base import Launch, Sandbox
+from hal9999.providers.hostexec import dies_with_helper
 from hal9999.spec import ProcessSpec
 
 
@@ -64,6 +65,10 @@ def supervised(
         options += ["--log-cap", str(spec.log_cap)]
     if go:
         options += ["--go", go_path(spec.exit_path)]
+    # The command dies with its supervisor (a `kill -9` of it left the agent running).
+    dies = dies_with_helper()
+    if dies is not None:
+        options += ["--dies-with", dies]
     argv = [
         *SUPERVISOR,
         "--log",

@@ -45,7 +45,8 @@ else:
 
 USAGE = (
     "usage: hal-supervisor --log LOG --exit EXIT [--mask-var NAME]... [--mask-file PATH]... "
-    "[--parser AGENT --events PATH] [--log-cap BYTES] [--go FIFO] -- COMMAND..."
+    "[--parser AGENT --events PATH] [--log-cap BYTES] [--go FIFO] [--dies-with LAUNCHER] "
+    "-- COMMAND..."
 )
 
 
@@ -195,6 +196,10 @@ class Options:
         """Bytes of output kept in the log per run."""
         self.go: str | None = None
         """A FIFO to wait on before the command starts (see :func:`go_path`)."""
+        self.dies_with: str | None = None
+        """The static launcher (``hal-launch``, a build that takes ``--dies-with``): the
+        command is run through ``LAUNCHER --dies-with <this pid> --``, so that it is killed
+        when this process is (see :func:`dying_command`)."""
         self.command: list[str] = []
 
 
@@ -205,7 +210,7 @@ class UsageError(Exception):
 _LISTS = {"--mask-var": "mask_var", "--mask-file": "mask_file"}
 _VALUES = {
     "--log": "log", "--exit": "exit_file", "--parser": "parser", "--events": "events",
-    "--log-cap": "log_cap", "--go": "go",
+    "--log-cap": "log_cap", "--go": "go", "--dies-with": "dies_with",
 }  # fmt: skip
 
 
@@ -301,7 +306,7 @@ def supervise(argv: list[str], environ: dict[bytes, bytes] | None = None) -> int
         return 0
 
     try:
-        child, output = _spawn(args.command, environ)
+        child, output = _spawn(dying_command(args), environ)
     except OSError as exc:
         log.write(f"hal: cannot start {args.command[0]}: {exc.strerror}\n".encode())
         log.close()
@@ -345,6 +350,20 @@ def supervise(argv: list[str], environ: dict[bytes, bytes] | None = None) -> int
     log.close()
     write_exit_status(args.exit_file, status)
     return status
+
+
+def dying_command(options: Options) -> list[str]:
+    """The command as it is spawned: with ``--dies-with``, under the launcher that sets its
+    death signal (SIGKILL) tied to this process, then checks this process is its parent
+    still, then ``exec``s it. A supervisor that is killed (``kill -9``, the OOM killer)
+    cannot forward a signal: without it the command, in a session of its own, lived on
+    unseen. For a bwrap sandbox (its own ``--die-with-parent``) or a keeper's (the launcher
+    entering its namespaces is the PID namespace's monitor) the whole tree dies with it; for
+    other providers, the process the launcher ``exec``s (the local command, the ssh or
+    container client), the rest going when the sandbox is restarted after the run."""
+    if options.dies_with is None:
+        return options.command
+    return [options.dies_with, "--dies-with", str(posix.getpid()), "--", *options.command]
 
 
 def _spawn(command: list[str], environ: dict[bytes, bytes]) -> tuple[int, int]:

@@ -1,0 +1,81 @@
+"""A supervisor that is killed (``kill -9``, the OOM killer) takes its command with it, under
+tmux and direct alike: the command, in a session of its own, lived on unseen (stop 43)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from tests.process.test_managers import spec_for
+
+from hal9999.process.base import ProcessManager, process_started
+from hal9999.process.direct import DirectProcessManager
+from hal9999.process.tmux import TmuxProcessManager
+from hal9999.providers.base import Sandbox
+from hal9999.providers.hostexec import dies_with_helper
+from hal9999.providers.local import LocalProvider
+from hal9999.spec import SandboxSpec, ShellCommand
+
+pytestmark = pytest.mark.skipif(
+    dies_with_helper() is None, reason="needs the static launcher (scripts/setup.sh)"
+)
+
+
+@pytest.fixture
+async def sandbox(tmp_path: Path) -> AsyncIterator[Sandbox]:
+    """A local sandbox (its launcher ``exec``s the command: nothing else kills it)."""
+    provider = LocalProvider(state_dir=tmp_path / "state")
+    (tmp_path / "ws").mkdir()
+    spec = SandboxSpec(provider="local", network="host", workspace=tmp_path / "ws")
+    async with await provider.create(spec) as created:
+        yield created
+
+
+def supervisor_of(log: Path) -> int | None:
+    """The pid of the supervisor writing ``log``."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ours = any(b"process.supervisor" in arg for arg in argv[:5]) and b"--log" in argv
+        if ours and argv[argv.index(b"--log") + 1] == str(log).encode():
+            return int(pid)
+    return None
+
+
+async def until(check: object, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not check() and time.monotonic() < deadline:  # type: ignore[operator]
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    "manager", [pytest.param(TmuxProcessManager(), marks=pytest.mark.tmux, id="tmux"),
+                pytest.param(DirectProcessManager(), id="direct")],
+)  # fmt: skip
+async def test_the_command_dies_with_its_killed_supervisor(
+    manager: ProcessManager, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    marker = tmp_path / "agent-pid"
+    spec = spec_for(tmp_path, ShellCommand(script=f"echo $$ > {marker}; exec sleep 300"))
+    await manager.start(sandbox, spec)
+    agent = 0
+    try:
+        await until(lambda: marker.exists() and marker.read_text().strip())
+        agent = int(marker.read_text())
+        supervisor = supervisor_of(spec.log_path)
+        assert supervisor is not None and process_started(agent) is not None
+        os.kill(supervisor, signal.SIGKILL)
+        await until(lambda: process_started(agent) is None)
+        assert process_started(agent) is None, "the agent outlived its supervisor"
+        assert (await manager.status(spec)).state == "missing"  # no exit status: not a success
+    finally:
+        await manager.stop(spec)
+        if agent and process_started(agent) is not None:  # failed: leave nothing running
+            os.kill(agent, signal.SIGKILL)
