@@ -68,8 +68,9 @@ class RestartPolicy(_Frozen):
     """Whether a process is restarted when it exits."""
 
     mode: Literal["never", "on-failure"] = "never"
-    """``never`` (agents) or ``on-failure`` (services). Only the ``pm2`` process manager
-    restarts; ``tmux`` and ``direct`` run a process once, as ``never``."""
+    """``never`` (agents) or ``on-failure`` (services): a run that fails (any status but 0;
+    a death by signal n is 128+n) is run again at once, by PM2 under ``pm2`` and by the
+    supervisor under ``tmux`` and ``direct``."""
     max_restarts: int = 0
     """Restarts allowed before giving up, whatever each run lasts: 2 is three runs in all."""
 

@@ -68,7 +68,7 @@ class DirectProcessManager:
         """Spawn the supervised command in its own process group."""
         # No FIFO beside the exit file (an inode a run, issue 16): the follower waits on a
         # pidfd of the supervisor instead (see ended_fd).
-        launch = supervised(sandbox, spec, env, ended_fifo=False)
+        launch = supervised(sandbox, spec, env, ended_fifo=False, restarts=True)
         pid: int | None = None
         if _STARTS.another() and launch.argv[: len(SUPERVISOR)] == list(SUPERVISOR):
             args = launch.argv[len(SUPERVISOR) :]

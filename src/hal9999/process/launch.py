@@ -24,6 +24,7 @@ def supervised(
     *,
     ended_fifo: bool = True,
     go: bool = False,
+    restarts: bool = False,
 ) -> Launch:
     """The host command that runs ``spec`` inside ``sandbox`` under the supervisor.
 
@@ -34,7 +35,8 @@ def supervised(
     through a pidfd instead; see :meth:`DirectProcessManager.ended_fd`). With ``go`` the
     supervisor waits for a ``g`` on the FIFO :func:`go_path` names, made here, before it
     starts the command (a manager that starts it ahead of the run; see
-    :meth:`TmuxProcessManager.prestart`).
+    :meth:`TmuxProcessManager.prestart`). With ``restarts`` the supervisor runs a failed
+    command again as ``spec.restart`` says (tmux and direct; PM2 restarts its app itself).
     """
     try:
         inner = sandbox.launch(spec.command, env=env)
@@ -65,6 +67,8 @@ def supervised(
         options += ["--log-cap", str(spec.log_cap)]
     if go:
         options += ["--go", go_path(spec.exit_path)]
+    if restarts and spec.restart.mode == "on-failure" and spec.restart.max_restarts > 0:
+        options += ["--restarts", str(spec.restart.max_restarts)]
     # The command dies with its supervisor (a `kill -9` of it left the agent running).
     dies = dies_with_helper()
     if dies is not None:

@@ -45,7 +45,8 @@ else:
 
 USAGE = (
     "usage: hal-supervisor --log LOG --exit EXIT [--mask-var NAME]... [--mask-file PATH]... "
-    "[--parser AGENT --events PATH] [--log-cap BYTES] [--go FIFO] [--dies-with LAUNCHER] "
+    "[--parser AGENT --events PATH] [--log-cap BYTES] [--go FIFO] [--restarts N] "
+    "[--dies-with LAUNCHER] "
     "-- COMMAND..."
 )
 
@@ -196,6 +197,9 @@ class Options:
         """Bytes of output kept in the log per run."""
         self.go: str | None = None
         """A FIFO to wait on before the command starts (see :func:`go_path`)."""
+        self.restarts = 0
+        """Runs again after a failed one (``--restarts``, a :class:`RestartPolicy`'s
+        ``max_restarts`` for ``on-failure``)."""
         self.dies_with: str | None = None
         """The static launcher (``hal-launch``, a build that takes ``--dies-with``): the
         command is run through ``LAUNCHER --dies-with <this pid> --``, so that it is killed
@@ -211,6 +215,7 @@ _LISTS = {"--mask-var": "mask_var", "--mask-file": "mask_file"}
 _VALUES = {
     "--log": "log", "--exit": "exit_file", "--parser": "parser", "--events": "events",
     "--log-cap": "log_cap", "--go": "go", "--dies-with": "dies_with",
+    "--restarts": "restarts",
 }  # fmt: skip
 
 
@@ -236,11 +241,11 @@ def parse_options(argv: list[str]) -> Options:
             value = argv[index]
         if name in _LISTS:
             getattr(options, _LISTS[name]).append(value)
-        elif name == "--log-cap":
+        elif name in ("--log-cap", "--restarts"):
             try:
-                options.log_cap = int(value)
+                setattr(options, _VALUES[name], int(value))
             except ValueError:
-                raise UsageError(f"argument --log-cap: invalid int value: {value!r}") from None
+                raise UsageError(f"argument {name}: invalid int value: {value!r}") from None
         else:
             setattr(options, _VALUES[name], value)
         index += 1
@@ -281,7 +286,12 @@ def _masker(options: Options, environ: dict[bytes, bytes]) -> SecretMasker | Non
 
 def supervise(argv: list[str], environ: dict[bytes, bytes] | None = None) -> int:
     """Run the command described by ``argv`` with ``environ`` (this process's own, as it
-    started, by default); return its exit status."""
+    started, by default); return its exit status.
+
+    With ``--restarts N`` a failed run (any status but 0; a death by signal n is 128+n) is
+    run again, at once, up to N times, as PM2 runs an ``on-failure`` app for hal: each run's
+    output goes on in the same log and events, and the exit status, written once, is the
+    last run's. A signal forwarded to the command (a stop) ends the restarts."""
     try:
         args = parse_options(argv)
     except UsageError as exc:
@@ -290,8 +300,6 @@ def supervise(argv: list[str], environ: dict[bytes, bytes] | None = None) -> int
     if environ is None:
         environ = posix.environ  # bytes; the supervisor never changes it
     masker = _masker(args, environ)
-    stream = masker.stream() if masker is not None else None
-    decoder = codecs.getincrementaldecoder("utf-8")("replace")
     log = CappedLog(args.log, args.log_cap)
     parsed = ParsedEvents(args.parser, args.events, masker)
 
@@ -305,25 +313,47 @@ def supervise(argv: list[str], environ: dict[bytes, bytes] | None = None) -> int
         parsed.close(log.size)
         return 0
 
-    try:
-        child, output = _spawn(dying_command(args), environ)
-    except OSError as exc:
-        log.write(f"hal: cannot start {args.command[0]}: {exc.strerror}\n".encode())
-        log.close()
-        parsed.close(log.size)
-        write_exit_status(args.exit_file, 127)
-        return 127
+    child = [0]  # the running command's pid (its group's), for the signal handler
+    stopped: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
         # The child runs in its own session so a terminal's signals reach it only through us.
+        stopped.append(signum)
         try:
-            posix.killpg(child, signum)
+            posix.killpg(child[0], signum)
         except ProcessLookupError:
             pass
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, forward)
+    restarts = args.restarts
+    while True:
+        try:
+            child[0], output = _spawn(dying_command(args), environ)
+        except OSError as exc:
+            log.write(f"hal: cannot start {args.command[0]}: {exc.strerror}\n".encode())
+            status = 127
+            break
+        if stopped:  # a stop came while the run restarted: it ends this run too
+            forward(stopped[-1], None)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, forward)
+        status = _follow(child[0], output, log, parsed, masker)
+        if status == 0 or restarts <= 0 or stopped:
+            break
+        restarts -= 1
+    parsed.close(log.size)
+    for problem in parsed.problems:
+        log.write(masked(problem).encode())
+    log.close()
+    write_exit_status(args.exit_file, status)
+    return status
 
+
+def _follow(
+    child: int, output: int, log: CappedLog, parsed: ParsedEvents, masker: SecretMasker | None
+) -> int:
+    """Copy one run's output (parsed, then masked) until it ends; its exit status."""
+    stream = masker.stream() if masker is not None else None
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
     final = False
     while not final:
         chunk = posix.read(output, 65536)
@@ -339,17 +369,11 @@ def supervise(argv: list[str], environ: dict[bytes, bytes] | None = None) -> int
             _emit(text, sys.stdout)
         parsed.feed(raw, log.size)
         while parsed.problems:
-            log.write(masked(parsed.problems.pop(0)).encode())
+            problem = parsed.problems.pop(0)
+            log.write((masker.mask(problem) if masker is not None else problem).encode())
     posix.close(output)
     status = posix.waitstatus_to_exitcode(posix.waitpid(child, 0)[1])
-    if status < 0:
-        status = 128 - status
-    parsed.close(log.size)
-    for problem in parsed.problems:
-        log.write(masked(problem).encode())
-    log.close()
-    write_exit_status(args.exit_file, status)
-    return status
+    return 128 - status if status < 0 else status
 
 
 def dying_command(options: Options) -> list[str]:

@@ -283,7 +283,7 @@ class TmuxProcessManager:
         On a daemon's shared server the run claims a warm pane when one is idle
         (:mod:`hal9999.process.tmuxwarm`): its supervisor has started already."""
         await self.stop(spec)
-        launch = supervised(sandbox, spec, env, go=True)
+        launch = supervised(sandbox, spec, env, go=True, restarts=True)
         flags = os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW  # never waits
         go = os.open(go_path(spec.exit_path), flags)
         try:
@@ -349,7 +349,7 @@ class TmuxProcessManager:
                 return
             os.close(go)  # another run's pane, or one already gone: not this run's
         await self.stop(spec)
-        await self._open(spec, supervised(sandbox, spec, env))
+        await self._open(spec, supervised(sandbox, spec, env, restarts=True))
         self._refill()
 
     def _refill(self) -> None:
