@@ -15,7 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, 
 
 from hal9999.envvars import is_env_name as is_env_name  # re-exported (light module)
 from hal9999.envvars import is_text as is_text
-from hal9999.errors import UsageError
+from hal9999.errors import ConfigError, HalError, UsageError
 
 
 def empty_list() -> list[Any]:
@@ -239,3 +239,16 @@ def setting_hint(error: Mapping[str, Any], where: str, keys: Iterable[str]) -> s
     if error.get("type") == "extra_forbidden":
         return f"{where} takes: {', '.join(keys)}"
     return f"fix it in {where}"
+
+
+def with_others(found: list[ConfigError]) -> ConfigError:
+    """The first of ``found`` (one error per bad key of a table), carrying the others: a run
+    says the first, ``hal doctor`` every one (:func:`every_error`)."""
+    first = found[0]
+    first.details["others"] = tuple(found[1:])
+    return first
+
+
+def every_error(exc: HalError) -> list[HalError]:
+    """``exc`` and the others it carries (:func:`with_others`)."""
+    return [exc, *exc.details.get("others", ())]

@@ -285,3 +285,30 @@ def test_through_the_daemon_an_unknown_default_name_is_blamed_on_its_origin(
         config.unlink(missing_ok=True)
         assert hal("serve", "--stop").returncode == 0
     assert tasks_json(hal) == [] and no_sessions(hal_env)
+
+
+def test_doctor_names_every_bad_table_and_key_in_one_run(hal: Hal, hal_env: dict[str, str]) -> None:
+    """One line each, where doctor said the first and stopped (a run still stops at it)."""
+    write_config(hal_env, "[pool]\nsize = -1\n[pool.nosuch]\nmax_size = 1\n"
+                          "[providers.bwrap]\nfoo = 1\nbwrap = 5\n"
+                          "[providers.qemu]\nboot_timout_s = 9\n"
+                          "[hive]\nfoo = 1\nrate_per_minute = -1\n")  # fmt: skip
+    out = hal("doctor", "--json", timeout=120)
+    assert out.returncode == 1, out.stdout
+    file = Path(hal_env["XDG_CONFIG_HOME"], "hal9999", "config.toml")
+    found = [c["detail"] for c in json.loads(out.stdout)["checks"] if c["name"] == "config"]
+    expected = ["[pool.nosuch]: no provider named 'nosuch'",
+                f"{file}: [providers.bwrap] bwrap: expected a string",
+                f"{file}: [providers.bwrap] foo: unknown key",
+                f"{file}: [providers.qemu] boot_timout_s: unknown key",
+                f"{file}: [hive] foo: unknown key",
+                f"{file}: [hive] rate_per_minute: expected a number at least 0",
+                f"{file}: [pool] size: unknown key"]  # fmt: skip
+    assert sorted(found) == sorted(expected), found
+    text = hal("doctor", timeout=120)
+    assert text.returncode == 1
+    lines = [line for line in text.stdout.splitlines() if line.startswith("FAIL  config")]
+    assert len(lines) == len(expected), text.stdout
+    run = hal(*RUN)
+    assert run.returncode == 2
+    assert "[pool.nosuch]: no provider named 'nosuch'" in one_error_line(run)

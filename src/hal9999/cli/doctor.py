@@ -220,14 +220,20 @@ def _cgroup_moves() -> Check:
 
 
 def _home() -> list[Check]:
-    """The config, the data directory and the database: each a line, never a traceback."""
-    from hal9999.tasks.plugins import check_sections
+    """The config, the data directory and the database: each a line, never a traceback.
+    Every bad table and key of the config is a line of its own (a run stops at the first)."""
+    from hal9999.tasks.plugins import section_problems
 
     try:
         config = load_config()
-        check_sections(config, os.environ)
     except HalError as exc:  # a broken config is itself the finding
-        return [Check("config", False, exc.message, exc.hint or "fix the file named above")]
+        problems = exc.details.get("problems") or [exc.message]
+        fix = exc.hint or "fix the file named above"
+        return [Check("config", False, problem, fix) for problem in problems]
+    found = section_problems(config, os.environ)
+    if found:
+        return [Check("config", False, exc.message, exc.hint or "fix the file named above")
+                for exc in found]  # fmt: skip
     home = config.home
     try:
         paths = HalPaths(home).ensure()

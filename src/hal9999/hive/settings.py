@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hal9999.config import HalConfig
 from hal9999.errors import ConfigError
-from hal9999.values import describe, setting_hint
+from hal9999.values import describe, setting_hint, with_others
 
 
 class HiveSettings(BaseModel):
@@ -67,17 +69,21 @@ def hive_settings(config: HalConfig) -> HiveSettings:
     try:
         return HiveSettings.model_validate(config.hive)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        # The file that set it too: a table alone does not say which config file to fix.
-        from hal9999.config_origin import source_at  # an error's path only
+        # Each bad key (hal doctor says them all; a run the first).
+        raise with_others([_invalid(err, config) for err in exc.errors()]) from exc
 
-        found = source_at(("hive", *map(str, first["loc"])), config._origin)
-        known = found != "config"
-        table, prefix = (f"[hive] of {found}", f"{found}: ") if known else ("[hive]", "")
-        hint = (
-            setting_hint(first, table, HiveSettings.model_fields)
-            if first["type"] == "extra_forbidden"
-            else f"fix it in {table}; see docs/hive.md for the hive settings"
-        )
-        raise ConfigError(f"{prefix}[hive] {where}: {describe(first)}", hint=hint) from exc
+
+def _invalid(err: Any, config: HalConfig) -> ConfigError:
+    where = ".".join(str(p) for p in err["loc"])
+    # The file that set it too: a table alone does not say which config file to fix.
+    from hal9999.config_origin import source_at  # an error's path only
+
+    found = source_at(("hive", *map(str, err["loc"])), config._origin)
+    known = found != "config"
+    table, prefix = (f"[hive] of {found}", f"{found}: ") if known else ("[hive]", "")
+    hint = (
+        setting_hint(err, table, HiveSettings.model_fields)
+        if err["type"] == "extra_forbidden"
+        else f"fix it in {table}; see docs/hive.md for the hive settings"
+    )
+    return ConfigError(f"{prefix}[hive] {where}: {describe(err)}", hint=hint)

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from hal9999.config import HalConfig
 from hal9999.errors import ConfigError
 from hal9999.spec import NetworkMode, Resources
-from hal9999.values import defaults_of, describe, setting_hint
+from hal9999.values import defaults_of, describe, setting_hint, with_others
 
 Policy = Literal["reset", "destroy"]
 
@@ -131,7 +131,13 @@ def _invalid(
     """One line naming the table or variable a bad setting came from, in :func:`describe`'s
     words (``[pool.bwrap] size: unknown key``, ``HAL_BWRAP_MIN_WARM: expected a whole
     number``)."""
-    err = exc.errors()[0]
+    found = [_one_invalid(err, origin, model, config) for err in exc.errors()]
+    return with_others(found)
+
+
+def _one_invalid(
+    err: Any, origin: Mapping[str, str], model: type[BaseModel], config: HalConfig | None
+) -> ConfigError:
     key = ".".join(str(p) for p in err["loc"])
     source = origin.get(str(err["loc"][0]) if err["loc"] else "", "")
     if source.startswith("HAL_"):

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 from hal9999.entrypoints import find_entry_point
 from hal9999.errors import ConfigError, ProviderUnavailable, UnknownProvider
 from hal9999.providers.base import Provider
-from hal9999.values import defaults_of, describe, setting_hint, toml_checked
+from hal9999.values import defaults_of, describe, setting_hint, toml_checked, with_others
 
 GROUP = "hal9999.providers"
 _Settings = TypeVar("_Settings", bound=BaseModel)
@@ -108,13 +108,16 @@ def checked_settings(
     try:
         return toml_checked(model, settings) if settings else defaults_of(model)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        table = _in_file(f"[providers.{name}]", ("providers", name, *map(str, err["loc"])), origin)
-        raise ConfigError(
-            f"{': '.join(table)}{' ' + key if key else ''}: {describe(err)}",
-            hint=setting_hint(err, " of ".join(table[::-1]), model.model_fields),
-        ) from exc
+        found = []
+        for err in exc.errors():  # each bad key (hal doctor says them all)
+            key = ".".join(str(p) for p in err["loc"])
+            loc = ("providers", name, *map(str, err["loc"]))
+            table = _in_file(f"[providers.{name}]", loc, origin)
+            found.append(ConfigError(
+                f"{': '.join(table)}{' ' + key if key else ''}: {describe(err)}",
+                hint=setting_hint(err, " of ".join(table[::-1]), model.model_fields),
+            ))  # fmt: skip
+        raise with_others(found) from exc
 
 
 def _in_file(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 
 from hal9999.agents.registry import ENTRY_POINT_GROUP as AGENTS
 from hal9999.agents.registry import available_agents, check_agent_name, is_template
 from hal9999.config import HalConfig
 from hal9999.entrypoints import find_entry_point
-from hal9999.errors import ConfigError, UnknownAgent
+from hal9999.errors import ConfigError, HalError, UnknownAgent
 from hal9999.home import HalPaths
 from hal9999.process.base import ProcessManager
 from hal9999.process.registry import GROUP as MANAGERS
@@ -17,6 +18,7 @@ from hal9999.process.registry import load_process_manager as _load_manager
 from hal9999.providers.base import Provider
 from hal9999.providers.registry import GROUP, available_providers, check_table, load_provider
 from hal9999.tasks.request import provider_list
+from hal9999.values import every_error
 
 
 def load_provider_for(config: HalConfig, name: str) -> Provider:
@@ -35,7 +37,16 @@ def check_provider_tables(config: HalConfig) -> None:
     naming the file or variable it came from: a table of a provider (``[providers.<name>]``,
     ``[pool.<name>]``, ``[gateway.provider_egress] <name>``) or of an agent preset
     (``[agents.<name>]``) would be ignored without a word, and a default (``default_provider``,
-    ``default_agent``, ``process_manager``) would fail a run without saying where it is set."""
+    ``default_agent``, ``process_manager``) would fail a run without saying where it is set.
+    The first such name (:func:`table_problems` has them all)."""
+    found = table_problems(config)
+    if found:
+        raise found[0]
+
+
+def table_problems(config: HalConfig) -> list[ConfigError]:
+    """Each name :func:`check_provider_tables` refuses, in its order."""
+    found = []
     pooled = [name for name, table in config.pool.items() if isinstance(table, dict)]
     provider_egress = config.gateway.provider_egress
     tables = [
@@ -45,40 +56,44 @@ def check_provider_tables(config: HalConfig) -> None:
     ]
     for where, name, what in tables:
         if find_entry_point(GROUP, name) is None:
-            raise ConfigError(
+            found.append(ConfigError(
                 f"{where}: no provider named {name!r}",
                 hint=f"providers: {', '.join(available_providers())}; or remove the {what}",
-            )
+            ))  # fmt: skip
     for name in config.agents:
         if not is_template(name) and find_entry_point(AGENTS, name) is None:
-            raise ConfigError(
+            found.append(ConfigError(
                 f"[agents.{name}]: no agent preset named {name!r}",
                 hint=f"presets: {', '.join(available_agents())}; or remove the table",
-            )
-    _check_defaults(config)
+            ))  # fmt: skip
+    return found + _wrong_defaults(config)
 
 
-def _check_defaults(config: HalConfig) -> None:
-    """The default provider(s), agent and process manager name installed plugins."""
+def _wrong_defaults(config: HalConfig) -> list[ConfigError]:
+    """Of the default provider(s), agent and process manager, those no installed plugin
+    names."""
+    found = []
     for name in provider_list(config.default_provider):
         if find_entry_point(GROUP, name) is None:
-            raise _wrong_default(
+            found.append(_wrong_default(
                 config,
                 "default_provider",
                 f"no provider named {name!r}",
                 f"providers: {', '.join(available_providers())}",
-            )
+            ))  # fmt: skip
+            break  # one line for the key
     try:
         check_agent_name(config.default_agent, lambda name: bool(find_entry_point(AGENTS, name)))
     except UnknownAgent as exc:
-        raise _wrong_default(config, "default_agent", exc.message, str(exc.hint)) from exc
+        found.append(_wrong_default(config, "default_agent", exc.message, str(exc.hint)))
     if find_entry_point(MANAGERS, config.process_manager) is None:
-        raise _wrong_default(
+        found.append(_wrong_default(
             config,
             "process_manager",
             f"unknown process manager {config.process_manager!r}",
             f"choose one of: {', '.join(available_process_managers())}",
-        )
+        ))  # fmt: skip
+    return found
 
 
 def _wrong_default(config: HalConfig, key: str, problem: str, hint: str) -> ConfigError:
@@ -97,27 +112,50 @@ def check_sections(config: HalConfig, environ: Mapping[str, str]) -> None:
     ca_file``), so ``hal doctor`` and ``hal serve`` refuse at once what a run or the daemon's
     pool would refuse later, or use without a word. A run checks only its own provider's
     table: importing every other provider that has one would cost it 3-120 ms each
-    (docs/benchmarks.md)."""
+    (docs/benchmarks.md). The first problem (:func:`section_problems` has them all)."""
+    found = section_problems(config, environ)
+    if found:
+        raise found[0]
+
+
+def section_problems(config: HalConfig, environ: Mapping[str, str]) -> list[HalError]:
+    """Every problem :func:`check_sections` finds, each a line (each bad table, each bad key
+    of it), in its order, none twice: ``hal doctor`` says them all in one run."""
     from hal9999.hive.settings import hive_settings
     from hal9999.pool.settings import provider_settings, scheduler_settings
     from hal9999.process.caplog import log_cap_from
 
-    check_provider_tables(config)
-    for name, table in config.providers.items():  # each table, not only those in use today
-        check_table(name, table, config._origin)
-    if config.gateway.ca_file is not None:  # else every call of every agent is refused
+    found: list[HalError] = list(table_problems(config))
+    checks: list[Callable[[], object]] = [
+        # each table, not only those in use today
+        *(partial(check_table, name, table, config._origin)
+          for name, table in config.providers.items()),
+        partial(_check_ca_file, config),  # else every call of every agent is refused
+        partial(scheduler_settings, config, environ),
+        partial(log_cap_from, environ),
+        partial(hive_settings, config),
+    ]  # fmt: skip
+    pooled = [name for name, table in config.pool.items() if isinstance(table, dict)]
+    for name in dict.fromkeys([*provider_list(config.default_provider), *pooled]):
+        if find_entry_point(GROUP, name) is not None:  # else named above
+            checks.append(partial(provider_settings, config, environ, name))
+    for check in checks:
+        try:
+            check()
+        except HalError as exc:
+            found += every_error(exc)
+    # [pool]'s own keys are every provider's: one line each, not one per provider.
+    return list({error.one_line(): error for error in found}.values())
+
+
+def _check_ca_file(config: HalConfig) -> None:
+    if config.gateway.ca_file is not None:
         from hal9999.gateway.upstream import UpstreamPool, ca_file_error
 
         try:
             UpstreamPool(str(config.gateway.ca_file))
         except OSError as exc:
             raise ca_file_error(config.gateway.ca_file, exc) from exc
-    scheduler_settings(config, environ)
-    log_cap_from(environ)
-    hive_settings(config)
-    pooled = [name for name, table in config.pool.items() if isinstance(table, dict)]
-    for name in dict.fromkeys([*provider_list(config.default_provider), *pooled]):
-        provider_settings(config, environ, name)
 
 
 def load_process_manager(config: HalConfig, name: str) -> ProcessManager:
