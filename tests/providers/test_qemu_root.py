@@ -16,7 +16,7 @@ from tests.providers.qemu_helpers import (
 )
 
 from hal9999.images.store import Image, ImageStore
-from hal9999.providers import qemu, sandboxuser
+from hal9999.providers import qemu, qemunotice, sandboxuser
 from hal9999.providers.qemu import QemuProvider
 from hal9999.providers.qemusandbox import QemuSandbox
 from hal9999.spec import SandboxSpec
@@ -109,7 +109,10 @@ async def test_the_uid_is_handed_its_files_in_the_setup_step_links_never_followe
 
 
 async def test_an_image_whose_setup_predates_adopt_gets_the_find_chown_command(
-    provider: QemuProvider, workspace: Path, monkeypatch: pytest.MonkeyPatch
+    provider: QemuProvider,
+    workspace: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     # Its meta.json has no setup_adopts: its hal-setup would refuse the adopt steps.
     real_get = ImageStore.get
@@ -120,11 +123,15 @@ async def test_an_image_whose_setup_predates_adopt_gets_the_find_chown_command(
         return image
 
     monkeypatch.setattr(ImageStore, "get", old_get)
+    monkeypatch.setattr(qemunotice, "_NOTED", set())
     argvs = record_root_commands(monkeypatch)
     box = await provider.create(SandboxSpec(provider="qemu", workspace=workspace))
     try:
         assert [a[0] for a in argvs] == [qemu.SETUP, "find"]
         assert "adopt" not in argvs[0]
+        # Said once, with the rebuild (tests/providers/test_qemunotice.py: not per VM).
+        notes = [line for line in capsys.readouterr().err.splitlines() if "hal: note:" in line]
+        assert len(notes) == 1 and "hal image build --name default" in notes[0], notes
         uid = provider.store.load(box.id).uid
         assert (await box.exec(sh("stat -c %u ~"), timeout=60)).text() == f"{uid}\n"
     finally:

@@ -29,6 +29,7 @@ from hal9999.images.store import Image, ImageStore, hang_notice, images_root
 from hal9999.providers import hostfs, qemumount, qemussh, qemuvm, sandboxuser
 from hal9999.providers.base import Capabilities, SandboxInfo
 from hal9999.providers.hostsandbox import HostProvider, SandboxRecord, check_spec
+from hal9999.providers.qemunotice import note_unadopted
 from hal9999.providers.qemusandbox import HOME, WORKDIR, QemuSandbox, run_root
 from hal9999.providers.qemustate import (
     DEFAULT_CPUS,
@@ -343,6 +344,7 @@ class QemuProvider(HostProvider):
             await run_root(run, ports, setup, pings=pings, stdin=os.urandom(64), time_limit=60,
                            restored=incoming is not None)  # fmt: skip
             if record.uid is not None and not image.meta.setup_adopts:
+                note_unadopted(image)
                 await run_root(run, ports, self.adopt_argv(record), pings=pings, time_limit=60)
             if record.spec.network != "none":  # NAT, never the host's loopback
                 await run_root(run, ports, list(qemuvm.NO_HOST_LOOPBACK), pings=pings,

@@ -6,7 +6,13 @@ Kept out of ``hal9999.images``: every file there goes into the qemu test image's
 
 from __future__ import annotations
 
-from hal9999.images.store import ImageMeta, hang_notice
+import sys
+from pathlib import Path
+
+from hal9999.images.store import Image, ImageMeta, hang_notice
+
+_NOTED: set[Path] = set()
+"""Images this process has said :func:`note_unadopted` of (once each, not every VM)."""
 
 
 def adopt_notice(meta: ImageMeta) -> tuple[str, str] | None:
@@ -38,3 +44,17 @@ def notices(meta: ImageMeta, *, root: bool) -> list[tuple[str, str]]:
     only a root hal's sandboxes have a uid of their own to hand the files to)."""
     found = [hang_notice(meta), adopt_notice(meta) if root else None]
     return [notice for notice in found if notice is not None]
+
+
+def note_unadopted(image: Image) -> None:
+    """Say on stderr, in one ``hal: note:`` line with the command that rebuilds it, that a
+    root hal's VM of ``image`` runs the separate find/chown (:func:`adopt_notice`): once per
+    process and image, at the first VM's start, restore or fork (its meta is read anyway;
+    before stop 43 only ``hal doctor`` and ``hal image list`` said it)."""
+    if image.meta.setup_adopts or image.dir in _NOTED:
+        return
+    _NOTED.add(image.dir)
+    found = adopt_notice(image.meta)
+    if found is not None:
+        sys.stderr.write(f"hal: note: {found[0]}; {found[1]}\n")
+        sys.stderr.flush()
