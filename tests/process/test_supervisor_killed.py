@@ -19,7 +19,7 @@ from hal9999.process.tmux import TmuxProcessManager
 from hal9999.providers.base import Sandbox
 from hal9999.providers.hostexec import dies_with_helper
 from hal9999.providers.local import LocalProvider
-from hal9999.spec import SandboxSpec, ShellCommand
+from hal9999.spec import ProcessSpec, SandboxSpec, ShellCommand
 
 pytestmark = pytest.mark.skipif(
     dies_with_helper() is None, reason="needs the static launcher (scripts/setup.sh)"
@@ -55,6 +55,14 @@ async def until(check: object, seconds: float = 20) -> None:
         await asyncio.sleep(0.05)
 
 
+def supervisor_pid(manager: ProcessManager, spec: ProcessSpec) -> int | None:
+    """The run's supervisor: exec'd (tmux, a process's first direct run) or forked by the
+    fork server (its later ones), whose command line is the server's."""
+    if isinstance(manager, DirectProcessManager):
+        return manager._pid(spec)
+    return supervisor_of(spec.log_path)
+
+
 @pytest.mark.parametrize(
     "manager", [pytest.param(TmuxProcessManager(), marks=pytest.mark.tmux, id="tmux"),
                 pytest.param(DirectProcessManager(), id="direct")],
@@ -62,20 +70,24 @@ async def until(check: object, seconds: float = 20) -> None:
 async def test_the_command_dies_with_its_killed_supervisor(
     manager: ProcessManager, sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    marker = tmp_path / "agent-pid"
-    spec = spec_for(tmp_path, ShellCommand(script=f"echo $$ > {marker}; exec sleep 300"))
-    await manager.start(sandbox, spec)
-    agent = 0
-    try:
-        await until(lambda: marker.exists() and marker.read_text().strip())
-        agent = int(marker.read_text())
-        supervisor = supervisor_of(spec.log_path)
-        assert supervisor is not None and process_started(agent) is not None
-        os.kill(supervisor, signal.SIGKILL)
-        await until(lambda: process_started(agent) is None)
-        assert process_started(agent) is None, "the agent outlived its supervisor"
-        assert (await manager.status(spec)).state == "missing"  # no exit status: not a success
-    finally:
-        await manager.stop(spec)
-        if agent and process_started(agent) is not None:  # failed: leave nothing running
-            os.kill(agent, signal.SIGKILL)
+    # Twice: direct's second run in a process is forked by its fork server.
+    for run in ("first", "second"):
+        marker = tmp_path / run / "agent-pid"
+        marker.parent.mkdir()
+        script = f"echo $$ > {marker}; exec sleep 300"
+        spec = spec_for(tmp_path / run, ShellCommand(script=script))
+        await manager.start(sandbox, spec)
+        agent = 0
+        try:
+            await until(lambda m=marker: m.exists() and m.read_text().strip())
+            agent = int(marker.read_text())
+            supervisor = supervisor_pid(manager, spec)
+            assert supervisor is not None and process_started(agent) is not None
+            os.kill(supervisor, signal.SIGKILL)
+            await until(lambda a=agent: process_started(a) is None)
+            assert process_started(agent) is None, f"the {run} agent outlived its supervisor"
+            assert (await manager.status(spec)).state == "missing"  # no exit status
+        finally:
+            await manager.stop(spec)
+            if agent and process_started(agent) is not None:  # failed: leave nothing running
+                os.kill(agent, signal.SIGKILL)
