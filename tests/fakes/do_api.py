@@ -23,12 +23,9 @@ the rate-limit window.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import signal
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,6 +33,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
+from tests.fakes.sshd_reload import reload_sshd
 from tests.fakes.vendor_api import Answer, FakeVendorApi
 from tests.sshd import Sshd
 
@@ -234,14 +232,7 @@ def _apply_cloud_init(user_data: str, machine: Sshd) -> None:
     fd = os.open(machine.host_key_file, os.O_WRONLY | os.O_TRUNC | os.O_CREAT, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(private)
-    os.kill(machine.proc.pid, signal.SIGHUP)
-    time.sleep(0.3)  # sshd re-executes itself on SIGHUP
-    for _ in range(100):
-        with socket.socket() as probe, contextlib.suppress(OSError):
-            probe.settimeout(0.2)
-            if probe.connect_ex((machine.address, 22)) == 0:
-                return
-        time.sleep(0.05)
+    reload_sshd(machine.proc.pid)  # it re-executes itself, with the new key
 
 
 _MESSAGES = {

@@ -16,18 +16,16 @@ sshd's (``FAKE_LIMA_HOST_KEY``) and restarts it (SIGHUP to ``FAKE_LIMA_SSHD_PID`
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from sshd_reload import reload_sshd  # beside this script (sys.path[0])
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -85,22 +83,10 @@ def boot(name: str) -> None:
         key = scratch / "ssh_host_ed25519_key"
         if key.exists():
             shutil.copyfile(key, os.environ["FAKE_LIMA_HOST_KEY"])
-            os.kill(int(os.environ["FAKE_LIMA_SSHD_PID"]), signal.SIGHUP)
-            wait_for_ssh()
+            port = int(os.environ.get("FAKE_LIMA_SSH_PORT", "22"))
+            reload_sshd(int(os.environ["FAKE_LIMA_SSHD_PID"]), port)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-def wait_for_ssh() -> None:
-    address = os.environ["FAKE_LIMA_SSH_ADDRESS"]
-    port = int(os.environ.get("FAKE_LIMA_SSH_PORT", "22"))
-    time.sleep(0.2)  # sshd re-executes itself on SIGHUP
-    for _ in range(100):
-        with socket.socket() as probe, contextlib.suppress(OSError):
-            probe.settimeout(0.2)
-            if probe.connect_ex((address, port)) == 0:
-                return
-        time.sleep(0.05)
 
 
 def start(args: list[str]) -> int:
