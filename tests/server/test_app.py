@@ -108,3 +108,32 @@ async def test_the_unix_socket_serves_the_api_alone(tmp_path: Path) -> None:
         assert b"login_required" in tcp and b"content-security-policy" in tcp  # the dashboard
     finally:
         await server.close()
+
+
+async def test_the_openapi_document_is_built_at_its_first_request_not_with_the_app(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Each daemon built it at its start (~60-100 ms of CPU), for a document few clients
+    fetch (issue 16, stop 43): now the first request builds it, once."""
+    import hal9999.server.openapi as openapi
+
+    built: list[object] = []
+    real = openapi.openapi_schema
+
+    def counted(router: Any) -> dict[str, Any]:
+        built.append(router)
+        return real(router)
+
+    monkeypatch.setattr(openapi, "openapi_schema", counted)
+    router = daemon_router()
+    server = HalServer(build_app(ServerContext(home=tmp_path, token="tok"), router))
+    assert built == []
+    sock = str(tmp_path / "api.sock")
+    await server.listen_unix(sock)
+    try:
+        client = DaemonClient(DaemonInfo(1, sock, 0, 0.0), "tok")
+        first = await client.call("GET", "/v1/openapi.json")
+        assert await client.call("GET", "/v1/openapi.json") == first == real(router)
+        assert len(built) == 1
+    finally:
+        await server.close()

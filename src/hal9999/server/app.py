@@ -15,6 +15,7 @@ what every part of the server may use.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 from collections.abc import Callable
@@ -93,10 +94,16 @@ def build_api(ctx: ServerContext, router: Router) -> ASGIApp:
 
     from hal9999.server.openapi import openapi_schema
 
-    schema = openapi_schema(router)
+    built: list[dict[str, Any]] = []
 
     async def openapi(request: Request) -> Response:
-        return JSONResponse(schema)
+        # Built at the first request, off the loop, not at each daemon's start (~60-100 ms
+        # of CPU for a document few clients ask for).
+        if not built:
+            schema = await asyncio.to_thread(openapi_schema, router)
+            if not built:
+                built.append(schema)
+        return JSONResponse(built[0])
 
     routes = [*starlette_routes(router, ctx.log_file), Route("/v1/openapi.json", openapi)]
     app = Starlette(
