@@ -14,8 +14,15 @@ from pathlib import Path
 
 import pytest
 from tests.cli.conftest import Hal, one_error_line
+from tests.cli.quick_agents import quick_agents_path
 
 BWRAP = shutil.which("bwrap")
+
+
+def quick(directory: Path) -> str:
+    """The PATH of a doctor run here: the agent CLIs answer at once (tests/cli/quick_agents.py);
+    these tests are about HAL_HOME and the database."""
+    return quick_agents_path(directory / "quick-agents", os.environ.get("PATH", "/usr/bin:/bin"))
 
 
 @pytest.mark.parametrize("where", ["file", "below-file"])
@@ -60,7 +67,8 @@ def test_doctor_reports_a_bad_hal_home_instead_of_crashing(
         blocker.symlink_to(blocker)
     else:
         blocker.write_text("")
-    out = hal("doctor", "--json", env={"HAL_HOME": str(blocker / "home")}, timeout=120)
+    env = {"HAL_HOME": str(blocker / "home"), "PATH": quick(tmp_path)}
+    out = hal("doctor", "--json", env=env, timeout=120)
     assert "Traceback" not in out.stderr
     assert out.returncode == 1
     checks = {c["name"]: c for c in json.loads(out.stdout)["checks"]}
@@ -71,7 +79,9 @@ def test_doctor_fails_on_a_corrupt_database(hal: Hal, hal_env: dict[str, str]) -
     assert hal("task", "list").returncode == 0  # creates a healthy hal.db
     db = Path(hal_env["HAL_HOME"], "hal.db")
     db.write_bytes(b"SQLite format 3\x00" + b"\xff" * 8192)
-    out = hal("doctor", "--json", timeout=120)
+    out = hal(
+        "doctor", "--json", env={"PATH": quick(Path(hal_env["HAL_HOME"]).parent)}, timeout=120
+    )
     assert out.returncode == 1, out.stdout
     checks = {c["name"]: c for c in json.loads(out.stdout)["checks"]}
     assert not checks["database"]["ok"] and "move" in checks["database"]["fix"]
@@ -88,7 +98,9 @@ def test_doctor_fails_on_a_database_of_a_newer_hal(hal: Hal, hal_env: dict[str, 
         conn.execute("INSERT INTO schema_migrations VALUES (999, 'from the future', 0)")
     listed = hal("task", "list")
     assert listed.returncode != 0 and "newer than this hal knows" in one_error_line(listed)
-    out = hal("doctor", "--json", timeout=120)
+    out = hal(
+        "doctor", "--json", env={"PATH": quick(Path(hal_env["HAL_HOME"]).parent)}, timeout=120
+    )
     assert out.returncode == 1, out.stdout
     checks = {c["name"]: c for c in json.loads(out.stdout)["checks"]}
     assert not checks["database"]["ok"] and "999" in checks["database"]["detail"]
@@ -122,8 +134,9 @@ def test_hal_home_on_a_read_only_mount(hal_env: dict[str, str], tmp_path: Path) 
     argv = [str(BWRAP), "--dev-bind", "/", "/", "--ro-bind", str(home), str(home),
             sys.executable, "-m", "hal9999"]  # fmt: skip
     for command in (["task", "list"], ["doctor"]):
+        env = hal_env | {"PATH": quick(tmp_path)}
         out = subprocess.run(
-            [*argv, *command], env=hal_env, capture_output=True, text=True, timeout=120
+            [*argv, *command], env=env, capture_output=True, text=True, timeout=120
         )
         assert "Traceback" not in out.stderr, out.stderr
         if command == ["doctor"]:

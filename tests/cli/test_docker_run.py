@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from tests.cli.conftest import Hal, git, tasks_json
+from tests.cli.quick_agents import quick_agents_path
 
 pytestmark = [pytest.mark.podman, pytest.mark.tmux, pytest.mark.timeout(300)]
 
@@ -49,15 +50,19 @@ def test_run_in_a_container_brings_back_the_branch(
         client.close()
 
 
-def test_doctor_covers_the_docker_provider_and_pm2(docker_env: dict[str, str], hal: Hal) -> None:
+def test_doctor_covers_the_docker_provider_and_pm2(
+    docker_env: dict[str, str], hal: Hal, tmp_path: Path
+) -> None:
     import json
 
-    out = hal("doctor", "--json", timeout=120)
+    # The agent CLIs answer at once (tests/cli/quick_agents.py): this is about docker and PM2.
+    quick = {"PATH": quick_agents_path(tmp_path / "quick-agents", os.environ["PATH"])}
+    out = hal("doctor", "--json", env=quick, timeout=120)
     checks = {c["name"]: c for c in json.loads(out.stdout)["checks"]}
     assert checks["docker engine"]["ok"] and "Podman" in checks["docker engine"]["detail"]
     assert checks["docker image"]["ok"] and checks["docker image"]["detail"] == "hal9999:default"
     assert checks["docker sandboxes"]["detail"].startswith("0 ")
-    silent = hal("doctor", "--json", env={"HAL_DOCKER_URL": "unix:///nonexistent.sock"})
+    silent = hal("doctor", "--json", env=quick | {"HAL_DOCKER_URL": "unix:///nonexistent.sock"})
     checks = {c["name"]: c for c in json.loads(silent.stdout)["checks"]}
     assert not checks["docker engine"]["ok"] and "setup-podman.sh" in checks["docker engine"]["fix"]
 

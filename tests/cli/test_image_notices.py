@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from tests.cli.conftest import Hal
+from tests.cli.quick_agents import quick_agents_path
 
 from hal9999.images.store import ImageMeta, ImageStore
 
@@ -48,15 +49,16 @@ def test_image_list_names_an_image_built_before_adopt_and_the_rebuild(
         assert warned == [], lines
 
 
-def test_doctor_names_an_image_built_before_adopt_and_the_rebuild(
-    hal: Hal, tmp_path: Path
-) -> None:
+def test_doctor_names_an_image_built_before_adopt_and_the_rebuild(hal: Hal, tmp_path: Path) -> None:
     # A snapshot alone: no golden image, so the doctor boots nothing to probe KVM with.
     store = ImageStore(tmp_path / "images")
     meta = ImageMeta(name="snap", kind="snapshot", parent="gone", created_at=1.0,
                      exec_ports=4, agent_pings=True)  # fmt: skip
     store.save_meta(store.new_dir("snap"), meta)
-    out = hal("doctor", "--json", env={"HAL_QEMU_IMAGES": str(store.root)}, timeout=180)
+    # The agent CLIs answer at once (tests/cli/quick_agents.py): this is about images.
+    path = quick_agents_path(tmp_path / "quick-agents", os.environ["PATH"])
+    env = {"HAL_QEMU_IMAGES": str(store.root), "PATH": path}
+    out = hal("doctor", "--json", env=env, timeout=180)
     checks = {c["name"]: c for c in json.loads(out.stdout)["checks"]}
     found = checks.get("qemu image snap")
     if os.geteuid() != 0:
