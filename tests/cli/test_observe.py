@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from tests.cli.conftest import Hal, tasks_json
+from tests.cli.quick_agents import quick_agents_path
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 
@@ -87,7 +89,7 @@ def test_attach_opens_the_live_agent(hal: Hal, hal_env: dict[str, str], tmp_path
     assert again.returncode == 9 and "nothing to attach" in again.stderr
 
 
-def test_doctor_reports_tools_and_agents(hal: Hal) -> None:
+def test_doctor_reports_tools_and_agents(hal: Hal, tmp_path: Path) -> None:
     out = hal("doctor", "--json", timeout=120)
     report = json.loads(out.stdout)
     checks = {c["name"]: c for c in report["checks"]}
@@ -97,7 +99,10 @@ def test_doctor_reports_tools_and_agents(hal: Hal) -> None:
     for agent in ("claude", "codex", "opencode", "aider", "goose", "gemini"):
         check = checks[f"agent {agent}"]
         assert check["ok"] or check["fix"], check
-    text = hal("doctor", timeout=120).stdout
+    # The text form of the same report: the agent CLIs answer at once this time
+    # (tests/cli/quick_agents.py), the real ones were asked above.
+    quick = quick_agents_path(tmp_path / "quick-agents", os.environ["PATH"])
+    text = hal("doctor", env={"PATH": quick}, timeout=120).stdout
     assert "bubblewrap" in text and "required checks passed" in text
 
 
