@@ -4,11 +4,13 @@ hal's own words naming the table and key, refused before a task exists."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tests.cli.conftest import Hal, no_sessions, one_error_line, tasks_json
+from tests.cli.quick_agents import quick_agents_path
 
 RUN = ("run", "--agent", "true {{prompt_file}}", "x")
 PYDANTIC_WORDS = ("Extra inputs", "Input should", "valid string", "pool settings of")
@@ -83,7 +85,7 @@ def test_a_bad_hive_setting_is_in_hals_words(
 
 def test_doctor_fails_the_config_on_a_bad_pool_table(hal: Hal, hal_env: dict[str, str]) -> None:
     write_config(hal_env, "[pool]\nsize = -1\n")
-    out = hal("doctor", "--json", timeout=120)
+    out = hal("doctor", "--json", env={"PATH": quick_path(hal_env)}, timeout=120)
     assert out.returncode == 1, out.stdout
     checks = {c["name"]: c for c in json.loads(out.stdout)["checks"]}
     file = Path(hal_env["XDG_CONFIG_HOME"], "hal9999", "config.toml")
@@ -103,8 +105,15 @@ def test_a_table_of_an_unknown_provider_is_refused(
     assert tasks_json(hal) == [] and no_sessions(hal_env)
 
 
-def doctor_checks(hal: Hal) -> dict[str, dict[str, Any]]:
-    out = hal("doctor", "--json", timeout=120)
+def quick_path(hal_env: dict[str, str]) -> str:
+    """The PATH of the doctor runs here, which look at the config check: the agent CLIs
+    answer at once (tests/cli/quick_agents.py)."""
+    stubs = Path(hal_env["HAL_HOME"]).parent / "quick-agents"
+    return quick_agents_path(stubs, os.environ.get("PATH", "/usr/bin:/bin"))
+
+
+def doctor_checks(hal: Hal, hal_env: dict[str, str]) -> dict[str, dict[str, Any]]:
+    out = hal("doctor", "--json", env={"PATH": quick_path(hal_env)}, timeout=120)
     return {c["name"]: c for c in json.loads(out.stdout)["checks"]}
 
 
@@ -112,10 +121,10 @@ def test_doctor_names_an_unknown_provider_table_and_passes_known_ones(
     hal: Hal, hal_env: dict[str, str]
 ) -> None:
     write_config(hal_env, "[providers.nosuch]\n")
-    found = doctor_checks(hal)["config"]
+    found = doctor_checks(hal, hal_env)["config"]
     assert not found["ok"] and found["detail"] == "[providers.nosuch]: no provider named 'nosuch'"
     write_config(hal_env, "[providers.docker]\n[pool.local]\nmax_size = 1\n")
-    checks = doctor_checks(hal)
+    checks = doctor_checks(hal, hal_env)
     assert "config" not in checks and checks["HAL_HOME"]["ok"], checks.get("config")
 
 
@@ -125,7 +134,7 @@ def test_doctor_checks_the_table_of_a_provider_no_run_uses_today(
     # The runs here use bwrap: a typo in [providers.qemu] was found only the day a run or
     # the daemon's pool first loaded qemu (stop 41).
     write_config(hal_env, "[providers.qemu]\nboot_timout_s = 9\n")
-    found = doctor_checks(hal)["config"]
+    found = doctor_checks(hal, hal_env)["config"]
     file = Path(hal_env["XDG_CONFIG_HOME"], "hal9999", "config.toml")
     expected = f"{file}: [providers.qemu] boot_timout_s: unknown key"
     assert not found["ok"] and found["detail"] == expected, found
@@ -180,7 +189,7 @@ def test_doctor_fails_a_gateway_ca_file_that_cannot_be_used(
     not_pem.write_text("not a certificate\n")
     for ca_file in (tmp_path / "missing.pem", tmp_path, not_pem):
         write_config(hal_env, f'[gateway]\nca_file = "{ca_file}"\n')
-        found = doctor_checks(hal)["config"]
+        found = doctor_checks(hal, hal_env)["config"]
         assert not found["ok"], found
         assert found["detail"].startswith(f"[gateway] ca_file {ca_file} cannot be used: ")
         assert "PEM" in found["fix"]
@@ -237,7 +246,7 @@ def test_a_misspelt_name_in_the_config_is_refused_not_ignored(
     assert out.returncode == 2, out.stderr
     assert expected in one_error_line(out)
     assert tasks_json(hal) == [] and no_sessions(hal_env)
-    found = doctor_checks(hal)["config"]
+    found = doctor_checks(hal, hal_env)["config"]
     assert not found["ok"] and expected in found["detail"], found
 
 
