@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from tests.cli.conftest import Hal
+from tests.cli.quick_agents import quick_agents_path
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 
@@ -85,10 +86,13 @@ def test_doctor_shows_installed_versions(hal: Hal) -> None:
             assert version in check["detail"] and "tested with" not in check["detail"], check
 
 
-def test_doctor_says_who_sandboxes_run_as_and_what_network_host_exposes(hal: Hal) -> None:
-    report = {
-        c["name"]: c for c in json.loads(hal("doctor", "--json", timeout=120).stdout)["checks"]
-    }
+def test_doctor_says_who_sandboxes_run_as_and_what_network_host_exposes(
+    hal: Hal, tmp_path: Path
+) -> None:
+    # The agent CLIs answer at once (tests/cli/quick_agents.py): this is about sandboxes.
+    quick = {"PATH": quick_agents_path(tmp_path / "quick-agents", os.environ["PATH"])}
+    out = hal("doctor", "--json", env=quick, timeout=120)
+    report = {c["name"]: c for c in json.loads(out.stdout)["checks"]}
     user = report["sandbox user"]["detail"]
     assert ("never root" in user) if os.geteuid() == 0 else (f"uid {os.getuid()}" in user)
     assert "loopback only" in report["network none"]["detail"]
