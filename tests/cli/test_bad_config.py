@@ -302,7 +302,8 @@ def test_doctor_names_every_bad_table_and_key_in_one_run(hal: Hal, hal_env: dict
                           "[providers.bwrap]\nfoo = 1\nbwrap = 5\n"
                           "[providers.qemu]\nboot_timout_s = 9\n"
                           "[hive]\nfoo = 1\nrate_per_minute = -1\n")  # fmt: skip
-    out = hal("doctor", "--json", timeout=120)
+    quick = {"PATH": quick_path(hal_env)}
+    out = hal("doctor", "--json", env=quick, timeout=120)
     assert out.returncode == 1, out.stdout
     file = Path(hal_env["XDG_CONFIG_HOME"], "hal9999", "config.toml")
     found = [c["detail"] for c in json.loads(out.stdout)["checks"] if c["name"] == "config"]
@@ -314,7 +315,7 @@ def test_doctor_names_every_bad_table_and_key_in_one_run(hal: Hal, hal_env: dict
                 f"{file}: [hive] rate_per_minute: expected a number at least 0",
                 f"{file}: [pool] size: unknown key"]  # fmt: skip
     assert sorted(found) == sorted(expected), found
-    text = hal("doctor", timeout=120)
+    text = hal("doctor", env=quick, timeout=120)
     assert text.returncode == 1
     lines = [line for line in text.stdout.splitlines() if line.startswith("FAIL  config")]
     assert len(lines) == len(expected), text.stdout
