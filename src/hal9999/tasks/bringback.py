@@ -32,7 +32,7 @@ from hal9999.redact import SecretMasker
 from hal9999.tasks.collect import safe_in_session
 from hal9999.tasks.gitrepo import RepoSource, git
 from hal9999.tasks.incoming import QUARANTINE, SCANNED, fetch_verified, keep, quarantine_env
-from hal9999.tasks.landing import BroughtBack, Drop, move_branch, note
+from hal9999.tasks.landing import BroughtBack, Drop, Owe, move_branch, note
 from hal9999.tasks.resultscan import scan, write_patch
 from hal9999.tasks.session import Session
 
@@ -46,8 +46,10 @@ async def bring_back(
     head: str,
     base: str,
     masker: SecretMasker,
+    owe: Owe | None = None,
 ) -> BroughtBack | None:
-    """Verify the bundle, scan it for secrets and move a branch of a local source to ``head``."""
+    """Verify the bundle, scan it for secrets and move a branch of a local source to ``head``
+    (the record of the move given to ``owe``, when set: :func:`landing._landed`)."""
     if source.kind != "local":
         return None
     repo = Path(source.location)
@@ -79,7 +81,7 @@ async def bring_back(
             await write_patch(repo, base, target, session.patch, env)
             if listed is not None and seen:
                 await keep(repo, objects, listed, env or {}, safe)
-        brought = await move_branch(repo, session, branch, head, safe, drop, note(task_id))
+        brought = await move_branch(repo, session, branch, head, safe, drop, note(task_id), owe)
         landed = True
         return brought
     finally:

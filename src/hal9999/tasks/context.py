@@ -121,6 +121,10 @@ class RunContext:
     collection's ``files_changed``), written with its next status instead of alone (issue
     16: each write is a thread hop and a commit on the task's way); a run that ends without
     one (taken away by another process) writes them at its end."""
+    owed: list[Callable[[], object]]
+    """Blocking host writes the run owes before its next status write, made first in that
+    write's thread hop (the record of the branch the bring-back moved: with the final
+    status, issue 16); a run that ends without one writes them at its end."""
 
     def __init__(
         self,
@@ -167,6 +171,7 @@ class RunContext:
         self.mcp = mcp
         self.session_id = session_id
         self.unsaved = {} if unsaved is None else unsaved
+        self.owed = []
 
 
 class Adopted:

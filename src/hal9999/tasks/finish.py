@@ -110,6 +110,8 @@ async def collect_result(ctx: RunContext, sandbox: Sandbox, update: Update) -> i
                 head=result.head,
                 base=base,
                 masker=ctx.masker,
+                # The record of the move: written with the final status (runner._finish).
+                owe=ctx.owed.append,
             )
         )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -27,6 +28,11 @@ class BroughtBack(NamedTuple):
     """True when the result is not on the task's own branch (see ``why``)."""
     why: str = ""
     """Why the task's own branch was left alone (the user moved it, or a ref is in the way)."""
+
+
+Owe = Callable[[Callable[[], object]], None]
+"""Takes a blocking write the caller makes in its next thread hop, before its next status
+write (the record of the branch hal moved, with the run's final status: issue 16)."""
 
 
 class Drop:
@@ -106,10 +112,18 @@ async def _left_by(repo: Path, name: str, current: str, note: str) -> bool:
 
 
 async def move_branch(
-    repo: Path, session: Session, branch: str, head: str, safe: str, drop: Drop, note: str
+    repo: Path,
+    session: Session,
+    branch: str,
+    head: str,
+    safe: str,
+    drop: Drop,
+    note: str,
+    owe: Owe | None = None,
 ) -> BroughtBack:
     """Move ``branch`` (or the first free ``hal/<id>-<n>``) to ``head`` by compare-and-set,
-    dropping ``drop.ref`` in the same transaction."""
+    dropping ``drop.ref`` in the same transaction; the record of the move is written here,
+    or given to ``owe`` (see :func:`_landed`)."""
     record = _load_record(session)
     last_error = ""
     why = ""
@@ -117,7 +131,7 @@ async def move_branch(
         for name in family:
             if name not in record and await _create(repo, name, head, drop, note):
                 # A name hal never moved, created where none was: one git (issue 16).
-                return await _landed(session, record, name, branch, head, why)
+                return await _landed(session, record, name, branch, head, why, owe)
             current = await _current(repo, name)
             if (
                 current is not None
@@ -136,7 +150,7 @@ async def move_branch(
                     # A ref in the way of the whole family (e.g. a branch `hal`).
                     why = f"the source repository cannot hold {name} ({exc.message})"
                     break
-            return await _landed(session, record, name, branch, head, why)
+            return await _landed(session, record, name, branch, head, why, owe)
     raise RepoError(
         f"cannot create a branch for the result in {repo}: {last_error or 'every name is taken'}",
         hint=safe,
@@ -144,10 +158,28 @@ async def move_branch(
 
 
 async def _landed(
-    session: Session, record: dict[str, str], name: str, branch: str, head: str, why: str
+    session: Session,
+    record: dict[str, str],
+    name: str,
+    branch: str,
+    head: str,
+    why: str,
+    owe: Owe | None = None,
 ) -> BroughtBack:
-    """Remember that hal left ``name`` at ``head`` (the next run's compare-and-set)."""
+    """Remember that hal left ``name`` at ``head`` (the next run's compare-and-set): in a
+    thread hop of its own, or, given ``owe``, in the caller's next one, which writes it
+    (fsynced, as here) before its next status (a task's run: with its final status, one
+    hop fewer on the way to its end, issue 16). A run killed before it noted nothing, as
+    one killed between the move and this write always could: the next run reads the
+    branch's reflog (:func:`_left_by`), or finds the branch at ``head`` already."""
     record[name] = head
     data = json.dumps(record, indent=1).encode()
-    await asyncio.to_thread(agentfs.write_host_file, session.brought_back, iter([data]))
+
+    def write() -> None:
+        agentfs.write_host_file(session.brought_back, iter([data]))
+
+    if owe is None:
+        await asyncio.to_thread(write)
+    else:
+        owe(write)
     return BroughtBack(name, head, moved_aside=name != branch, why=why)

@@ -179,6 +179,8 @@ class TaskRunner(LaunchSteps, FollowSteps):
             if ctx.session_id is not None:  # a run cut short between a pump and its save
                 left["agent_session_id"] = ctx.session_id
                 ctx.session_id = None
+            if ctx.owed:  # a run taken away before its final status
+                await asyncio.to_thread(pay_owed, ctx)
             unsaved, ctx.unsaved = ctx.unsaved, {}  # a run taken away before its final status
             if unsaved or any(getattr(ctx.task, name) != value for name, value in left.items()):
                 # One write for all; the runner's own fields only while the task is still
@@ -218,6 +220,10 @@ class TaskRunner(LaunchSteps, FollowSteps):
         files: int | None,
         note: str | None,
     ) -> TaskRecord:
+        # What the run owes before its final status (the record of the branch it moved),
+        # in this hop and in that order: its failure (a full disk) is the run's, as when it
+        # was written in its own hop (issue 16: one hop fewer on the way to the end).
+        pay_owed(ctx)
         current = self.store.get_task(ctx.task.id)
         totals = ctx.totals
         usage = {
@@ -294,6 +300,13 @@ class TaskRunner(LaunchSteps, FollowSteps):
             return None
         code = error.code if error else None
         return ctx.retry(current.model_copy(update={"status": status.value, "error_code": code}))
+
+
+def pay_owed(ctx: RunContext) -> None:
+    """Make the blocking writes the run owes (:attr:`RunContext.owed`), in order, once."""
+    owed, ctx.owed = ctx.owed, []
+    for write in owed:
+        write()
 
 
 def _loop_deadline(timeout_s: float | None, started: float) -> float | None:
