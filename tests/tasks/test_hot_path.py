@@ -324,10 +324,10 @@ async def test_a_trivial_tasks_run_takes_few_thread_hops(
     assert "base_without_gitlinks" not in hops, hops
     assert "Ballast.ensure" not in hops, hops  # the disk reserve is there: a stat, no hop
     assert not {"route_for", "identify"} & set(hops), hops  # in the provisioning move's hop
-    if os.geteuid() == 0:  # a sandbox user of its own: the checkout and home, one hop
-        assert hops.count("adopt_each") == 1 and "adopt" not in hops, hops
-    # 15 since stop 43: the landing's record written in the final status' hop (runner).
-    assert not any("_landed" in h or "write_host_file" in h for h in hops) and len(hops) <= 15, hops
+    moved = hops.count("RunnerCore.transition.<locals>.moved_then")  # provisioning (running)
+    assert not {"adopt_each", "adopt"} & set(hops) and moved == 1 + (os.geteuid() == 0), hops
+    # 14 since stop 43: the landing's record in the final status' hop, the adoption in running's.
+    assert not any("_landed" in h or "write_host_file" in h for h in hops) and len(hops) <= 14, hops
 
 
 @pytest.mark.bwrap

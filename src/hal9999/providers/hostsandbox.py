@@ -16,7 +16,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import ClassVar, Literal, get_args
 
@@ -91,8 +91,17 @@ class HostSandbox(SandboxHandle):
         await self.adopt_all((target,))
 
     async def adopt_all(self, targets: Sequence[str]) -> None:
-        if self.uid is not None and (roots := self._paths.writable_roots(targets)):
-            await asyncio.to_thread(sandboxuser.adopt_each, roots, self.uid)
+        adopting = self.adoption(targets)
+        if adopting is not None:
+            await asyncio.to_thread(adopting)
+
+    def adoption(self, targets: Sequence[str]) -> Callable[[], None] | None:
+        """:meth:`adopt_all` as a blocking step for the caller's own thread hop (a task's
+        run: in its ``running`` move's, issue 16); None when there is nothing to adopt."""
+        uid = self.uid
+        if uid is None or not (roots := self._paths.writable_roots(targets)):
+            return None
+        return lambda: sandboxuser.adopt_each(roots, uid)
 
     def _own(self, path: str) -> None:
         # What the host just wrote into a writable mount must be the sandbox user's.

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -119,8 +120,10 @@ class LaunchSteps(RunnerCore):
             # After the prestart is on its way: its tmux and interpreter start are the run's
             # longest wait, this write a thread hop (issue 16).
             await self.transition(ctx, TaskStatus.PREPARING, sandbox_id=sandbox.id)
-            await self.prepare(ctx, sandbox, launch, prompt_text, snap, checkout)
-            await self.transition(ctx, TaskStatus.RUNNING, detail=f"agent {agent.name}")
+            adopting = await self.prepare(ctx, sandbox, launch, prompt_text, snap, checkout)
+            await self.transition(
+                ctx, TaskStatus.RUNNING, detail=f"agent {agent.name}", first=adopting
+            )
             if early is not None:
                 with contextlib.suppress(HalError):  # the start tries again, and says why
                     await early
@@ -261,10 +264,13 @@ class LaunchSteps(RunnerCore):
         prompt_text: str,
         snap: Path | None = None,
         checkout: asyncio.Task[str] | None = None,
-    ) -> None:
+    ) -> Callable[[], None] | None:
         """Repo, prompt, agent files and credentials into the session and the sandbox, for
         the run :meth:`plan` made; a fresh clone borrows from ``snap``, the snapshot
-        :meth:`launch` linked, if any (``checkout``: that clone, started already)."""
+        :meth:`launch` linked, if any (``checkout``: that clone, started already). Returns
+        the handing of the checkout and home to the sandbox's user when it is left to the
+        caller's ``running`` move (in that move's thread hop, before it is written: issue
+        16), which it is when nothing here comes after it."""
         task, session = ctx.task, ctx.session
         cloned = task.base_commit is None
         if task.base_commit is None:
@@ -276,16 +282,23 @@ class LaunchSteps(RunnerCore):
         # The checkout (made by host git) and the home are the agent's to change; a warm
         # sandbox from the pool meets this session's directories only now.
         targets = (sandbox.workdir, sandbox.path(HOME_TARGET))
-        adopt_all = getattr(sandbox, "adopt_all", None)  # a host sandbox's: one hop
-        if adopt_all is not None:
-            await adopt_all(targets)
-        else:
-            for target in targets:
-                await sandbox.adopt(target)
         # Inside, as the agent's own user, once the checkout is theirs; only when the fresh
         # clone (host git's, no agent has run) names any `.gitmodules`: without one the
         # sandboxed step would only exit 0, at the cost of a sandbox start (issue 16).
-        if cloned and os.path.lexists(session.workspace / ".gitmodules"):
+        submodules = cloned and os.path.lexists(session.workspace / ".gitmodules")
+        # A host sandbox's, as a blocking step: left to the move's hop when nothing below
+        # writes into the trees it hands over.
+        adoption = getattr(sandbox, "adoption", None)
+        if submodules or launch.files or self.config.credentials:
+            adoption = None
+        if adoption is None:
+            adopt_all = getattr(sandbox, "adopt_all", None)  # a host sandbox's: one hop
+            if adopt_all is not None:
+                await adopt_all(targets)
+            else:
+                for target in targets:
+                    await sandbox.adopt(target)
+        if submodules:
             warning = await gitrepo.init_submodules(sandbox)
             if warning is not None:
                 self.emit(ctx, Message(level="warning", text=warning))
@@ -293,6 +306,8 @@ class LaunchSteps(RunnerCore):
         for path, data in launch.files.items():
             await sandbox.write_file_atomic(path, data, mode=0o600)
         await install_files(sandbox, self.config.credentials, sandbox.path(HOME_TARGET))
+        adopting: Callable[[], None] | None = adoption(targets) if adoption else None
+        return adopting
 
 
 _UNRESUMABLE = (

@@ -53,6 +53,7 @@ class RunnerCore:
         detail: str | None = None,
         *,
         then: Callable[[], object] | None = None,
+        first: Callable[[], object] | None = None,
         **fields: Any,
     ) -> TaskRecord:
         """Move the task on from the state this run put it in (compare-and-set); raises
@@ -60,13 +61,17 @@ class RunnerCore:
         runs in a thread: a write lock held elsewhere must not stall the event loop.
         ``then``: the blocking step the run takes next, once the move is written, in the
         same thread hop (issue 16: each hop costs a busy daemon its thread's wake-up and GIL
-        hand-overs)."""
-        if then is None:
+        hand-overs). ``first``: the blocking step the move waits for, made in the same hop
+        before it is written (its failure leaves the task where it was)."""
+        if then is None and first is None:
             return await asyncio.to_thread(self._transition, ctx, target, detail, **fields)
 
         def moved_then() -> TaskRecord:
+            if first is not None:
+                first()
             record = self._transition(ctx, target, detail, **fields)
-            then()
+            if then is not None:
+                then()
             return record
 
         return await asyncio.to_thread(moved_then)
