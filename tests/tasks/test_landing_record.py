@@ -4,6 +4,7 @@ fewer on the way to a task's end). Ordered, not timed."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from pathlib import Path
@@ -72,3 +73,31 @@ def test_a_run_pays_what_it_owes_once_in_order(tmp_path: Path) -> None:
     runner.pay_owed(ctx)
     runner.pay_owed(ctx)
     assert paid == [1, 2] and ctx.owed == []
+
+
+async def test_a_secret_tasks_patch_marker_takes_no_hop_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 16: with secrets to look for, the patch's marker (``run/patch-checked``) was
+    # removed in a hop after the `collecting` move and made in one before the final status:
+    # now in those two moves' hops. The marker is there at the end: the scan cleared it.
+    repo = git_repo(tmp_path / "repo")
+    store, service, _, _ = pooled_service(tmp_path / "home", "bwrap")
+    hops: list[str] = []
+    run_in_executor = asyncio.base_events.BaseEventLoop.run_in_executor
+
+    def counted(self: Any, executor: Any, func: Any, *args: Any) -> Any:
+        inner = getattr(func, "args", None)  # to_thread's partial(context.run, func, ...)
+        target = inner[0] if inner else func
+        hops.append(getattr(getattr(target, "func", target), "__qualname__", repr(func)))
+        return run_in_executor(self, executor, func, *args)
+
+    service.environ["H1_TOKEN"] = "a-secret-value-4711"  # type: ignore[index]  # the host's
+    task = await service.create(trivial_request(repo, secret_names=["H1_TOKEN"]))
+    monkeypatch.setattr(asyncio.base_events.BaseEventLoop, "run_in_executor", counted)
+    done = await service.run(task.id)
+    monkeypatch.undo()
+    store.close()
+    assert done.status == "succeeded", done.error_message
+    assert not {"Path.unlink", "Path.touch"} & set(hops), hops
+    assert Session(Path(done.session_dir)).patch_checked.exists()

@@ -72,15 +72,18 @@ async def end_leftovers(provider: Provider, sandbox: Sandbox) -> Sandbox:
     return await quiet_ended(provider, sandbox)
 
 
-async def collect_result(ctx: RunContext, sandbox: Sandbox, update: Update) -> int:
+async def collect_result(
+    ctx: RunContext, sandbox: Sandbox, update: Update, *, unchecked: bool = False
+) -> int:
     """Commit leftovers, write patch and bundle, bring the branch back; return files changed.
+    ``unchecked``: the caller has removed the patch's marker (``patch_checked``) already.
 
     Work the branch cannot carry (nested repositories, submodules) fails the task loudly,
     with the work kept in the session; so does a result that holds a secret's value.
     """
     task, session = ctx.task, ctx.session
     assert task.base_commit is not None
-    if ctx.checks_patch:  # until this collection's scan clears it (TaskService.shown_patch)
+    if ctx.checks_patch and not unchecked:  # until its scan clears it (TaskService.shown_patch)
         await asyncio.to_thread(session.patch_checked.unlink, missing_ok=True)
     base = task.base_commit
     landed: list[BroughtBack | None] = []
@@ -137,8 +140,8 @@ async def collect_result(ctx: RunContext, sandbox: Sandbox, update: Update) -> i
                 f"the result holds the value of one of the task's secrets, in {holder}",
                 hint=f"remove it from the branch's history; {collect.safe_in_session(session)}",
             )
-    if ctx.checks_patch:
-        await asyncio.to_thread(session.patch_checked.touch)
+    if ctx.checks_patch:  # scanned clean: with the final status, in its hop (issue 16)
+        ctx.owed.append(session.patch_checked.touch)
     if brought is not None and brought.moved_aside:
         ctx.task = await update(task.id, branch=brought.branch)
         text = f"{brought.why}; the result is on {brought.branch}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import os
 import time
 from typing import TYPE_CHECKING, Any
@@ -94,8 +95,15 @@ class TaskRunner(LaunchSteps, FollowSteps):
                         )
                     assert ctx.sandbox is not None
                     ctx.sandbox = await finish.end_leftovers(provider, ctx.sandbox)
-                    await self.transition(ctx, TaskStatus.COLLECTING)
-                    files = await finish.collect_result(ctx, ctx.sandbox, self.update)
+                    # The patch is the agent's until this collection's scan clears it: its
+                    # marker goes in the move's hop (issue 16: a hop of its own).
+                    marker = ctx.session.patch_checked
+                    unmark = functools.partial(marker.unlink, missing_ok=True)
+                    then = unmark if ctx.checks_patch else None
+                    await self.transition(ctx, TaskStatus.COLLECTING, then=then)
+                    files = await finish.collect_result(
+                        ctx, ctx.sandbox, self.update, unchecked=then is not None
+                    )
             except TimeoutError as exc:
                 if not deadline.expired():
                     raise
