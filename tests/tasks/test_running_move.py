@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.tasks.test_claim import credentialed
 from tests.tasks.test_halt import git_repo
 from tests.tasks.test_hot_path import trivial_request
 from tests.tasks.test_recovery import pooled_service
@@ -82,3 +83,37 @@ async def test_a_failed_adoption_leaves_the_task_preparing(
     assert "running" not in written, written
     assert written[-1] == "failed" and done.status == "failed", (written, done)
     assert "refused by the test" in (done.error_message or ""), done.error_message
+
+
+async def test_with_a_credential_file_the_adoption_comes_first_in_a_hop_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The credential file is written into the home after it is handed over (and given to
+    # the sandbox's user itself): the handing cannot wait for the move's hop then.
+    from hal9999.tasks import launch
+
+    repo = git_repo(tmp_path / "repo")
+    store, service = credentialed(tmp_path, tmp_path / "home")
+    seen: list[str] = []
+    real_adopt, real_install = sandboxuser.adopt_each, launch.install_files
+
+    def adopt_each(roots: Any, uid: int) -> None:
+        frame, caller = sys._getframe(1), "hop"
+        while frame is not None:
+            caller = "move" if frame.f_code.co_name == "moved_then" else caller
+            frame = frame.f_back
+        seen.append(f"adopt in {caller}")
+        real_adopt(roots, uid)
+
+    async def install_files(sandbox: Any, files: Any, home: str) -> None:
+        seen.append("install")
+        await real_install(sandbox, files, home)
+
+    monkeypatch.setattr(sandboxuser, "adopt_each", adopt_each)
+    monkeypatch.setattr(launch, "install_files", install_files)
+    task = await service.create(trivial_request(repo))
+    done = await service.run(task.id)
+    monkeypatch.undo()
+    store.close()
+    assert done.status == "succeeded", done.error_message
+    assert seen == ["adopt in hop", "install"], seen

@@ -86,22 +86,13 @@ class HostSandbox(SandboxHandle):
         return self._record.uid
 
     async def adopt(self, target: str) -> None:
-        """Hand the host-made files under the writable mount at ``target`` (a fresh clone,
-        say) to the sandbox's user; :meth:`adopt_all`: several in one hop (issue 16)."""
-        await self.adopt_all((target,))
-
-    async def adopt_all(self, targets: Sequence[str]) -> None:
-        adopting = self.adoption(targets)
-        if adopting is not None:
+        """Hand the host-made files under the writable mount at ``target`` to its user."""
+        if (adopting := self.adoption((target,))) is not None:
             await asyncio.to_thread(adopting)
 
     def adoption(self, targets: Sequence[str]) -> Callable[[], None] | None:
-        """:meth:`adopt_all` as a blocking step for the caller's own thread hop (a task's
-        run: in its ``running`` move's, issue 16); None when there is nothing to adopt."""
-        uid = self.uid
-        if uid is None or not (roots := self._paths.writable_roots(targets)):
-            return None
-        return lambda: sandboxuser.adopt_each(roots, uid)
+        """:meth:`adopt` of ``targets``, one blocking step for the caller's hop (issue 16)."""
+        return sandboxuser.adoption(self._paths.writable_roots(targets), self.uid)
 
     def _own(self, path: str) -> None:
         # What the host just wrote into a writable mount must be the sandbox user's.

@@ -18,7 +18,7 @@ import secrets
 import shutil
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hal9999.errors import ProviderError
@@ -156,6 +156,13 @@ def release(uid: int) -> None:
     if UID_BASE <= uid < UID_BASE + UID_SLOTS:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(LOCK_DIR / str(uid))
+
+
+def adoption(roots: Sequence[Path], uid: int | None) -> Callable[[], None] | None:
+    """:func:`adopt_each` of ``roots`` as a step to make later (None: nothing to adopt)."""
+    if uid is None or not roots:
+        return None
+    return lambda: adopt_each(roots, uid)
 
 
 def adopt_each(roots: Sequence[Path], uid: int) -> None:

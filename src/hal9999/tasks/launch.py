@@ -286,18 +286,16 @@ class LaunchSteps(RunnerCore):
         # clone (host git's, no agent has run) names any `.gitmodules`: without one the
         # sandboxed step would only exit 0, at the cost of a sandbox start (issue 16).
         submodules = cloned and os.path.lexists(session.workspace / ".gitmodules")
-        # A host sandbox's, as a blocking step: left to the move's hop when nothing below
-        # writes into the trees it hands over.
+        # A host sandbox's, as one blocking step: left to the move's hop when nothing below
+        # writes into the trees it hands over, else in a hop of its own now.
         adoption = getattr(sandbox, "adoption", None)
-        if submodules or launch.files or self.config.credentials:
-            adoption = None
+        adopting: Callable[[], None] | None = adoption(targets) if adoption else None
         if adoption is None:
-            adopt_all = getattr(sandbox, "adopt_all", None)  # a host sandbox's: one hop
-            if adopt_all is not None:
-                await adopt_all(targets)
-            else:
-                for target in targets:
-                    await sandbox.adopt(target)
+            for target in targets:
+                await sandbox.adopt(target)
+        elif adopting is not None and (submodules or launch.files or self.config.credentials):
+            await asyncio.to_thread(adopting)
+            adopting = None
         if submodules:
             warning = await gitrepo.init_submodules(sandbox)
             if warning is not None:
@@ -306,7 +304,6 @@ class LaunchSteps(RunnerCore):
         for path, data in launch.files.items():
             await sandbox.write_file_atomic(path, data, mode=0o600)
         await install_files(sandbox, self.config.credentials, sandbox.path(HOME_TARGET))
-        adopting: Callable[[], None] | None = adoption(targets) if adoption else None
         return adopting
 
 
