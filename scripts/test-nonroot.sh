@@ -23,7 +23,15 @@ id -u "$user" >/dev/null 2>&1 || useradd --system --user-group --create-home \
 work=$(mktemp -d /tmp/hal-nonroot.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - | tar -xf - -C "$work"
-uv_bin=$(python3 -c 'import uv; print(uv.find_uv_bin())' 2>/dev/null || command -v uv)
+# uv's own binary: a shim (pyenv's is a script calling into /root) does not run as the user.
+uv_bin=""
+for found in "$(python3 -c 'import uv; print(uv.find_uv_bin())' 2>/dev/null)" \
+    "$(command -v uv)" "$(pyenv which uv 2>/dev/null)"; do
+  if [ -n "$found" ] && [ "$(head -c 4 "$found" 2>/dev/null)" = "$(printf '\177ELF')" ]; then
+    uv_bin=$found; break
+  fi
+done
+[ -n "$uv_bin" ] || { echo "test-nonroot: no uv binary found (pip install uv)" >&2; exit 1; }
 install -m 755 "$uv_bin" "$work/.uv"
 chmod 755 "$work"
 chown -R "$user:$user" "$work"

@@ -167,6 +167,8 @@ def test_terminal_is_read_only_until_asked_and_checks_origin(
     task_id = out.stdout.strip()
     base = hal.base  # type: ignore[attr-defined]
     page = browser.new_context().new_page()
+    sent: list[str] = []  # the terminal's frames, for a failure's message
+    page.on("websocket", lambda ws: ws.on("framesent", lambda frame: sent.append(str(frame))))
     page.goto(hal.link())
     page.goto(f"{base}/tasks/{task_id}")
     page.wait_for_selector("#task-status .badge-running", timeout=30000)
@@ -182,7 +184,7 @@ def test_terminal_is_read_only_until_asked_and_checks_origin(
     assert screen_shows(page, "ticking")
     focus_terminal(page)
     page.keyboard.type("typed")
-    assert screen_shows(page, "typed")
+    assert screen_shows(page, "typed"), (sent, page.text_content(".xterm-rows"))
     shot(page, "typing")
 
     # The websocket by hand: a foreign Origin, no cookie, or the cookie without the page's
