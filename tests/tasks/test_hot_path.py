@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from tests import inodes
 from tests.cli.conftest import git
+from tests.tasks.hops import hop_counter
 from tests.tasks.test_halt import git_repo
 from tests.tasks.test_recovery import make_task, pooled_service
 
@@ -304,12 +305,7 @@ async def test_a_trivial_tasks_run_takes_few_thread_hops(
     repo = git_repo(tmp_path / "repo")
     store, service, _, _ = pooled_service(tmp_path / "home", "bwrap")
     hops: list[str] = []
-    run_in_executor = asyncio.base_events.BaseEventLoop.run_in_executor
-
-    def counted(self: Any, executor: Any, func: Any, *args: Any) -> Any:
-        inner = getattr(func, "args", None)  # to_thread's partial(context.run, func, ...)
-        hops.append(getattr(inner[0] if inner else func, "__qualname__", repr(func)))
-        return run_in_executor(self, executor, func, *args)
+    counted = hop_counter(hops)
 
     for _ in range(2):  # the second finds the snapshot and the pool's sandbox made
         task = await service.create(trivial_request(repo))

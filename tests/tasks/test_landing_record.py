@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from tests.cli.conftest import git
+from tests.tasks.hops import hop_counter
 from tests.tasks.test_halt import git_repo
 from tests.tasks.test_hot_path import trivial_request
 from tests.tasks.test_recovery import pooled_service
@@ -84,13 +85,7 @@ async def test_a_secret_tasks_patch_marker_takes_no_hop_of_its_own(
     repo = git_repo(tmp_path / "repo")
     store, service, _, _ = pooled_service(tmp_path / "home", "bwrap")
     hops: list[str] = []
-    run_in_executor = asyncio.base_events.BaseEventLoop.run_in_executor
-
-    def counted(self: Any, executor: Any, func: Any, *args: Any) -> Any:
-        inner = getattr(func, "args", None)  # to_thread's partial(context.run, func, ...)
-        target = inner[0] if inner else func
-        hops.append(getattr(getattr(target, "func", target), "__qualname__", repr(func)))
-        return run_in_executor(self, executor, func, *args)
+    counted = hop_counter(hops)
 
     service.environ["H1_TOKEN"] = "a-secret-value-4711"  # type: ignore[index]  # the host's
     task = await service.create(trivial_request(repo, secret_names=["H1_TOKEN"]))
