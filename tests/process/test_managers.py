@@ -21,7 +21,7 @@ from hal9999.process.registry import available_process_managers, load_process_ma
 from hal9999.process.tmux import TmuxProcessManager
 from hal9999.providers.base import Sandbox
 from hal9999.providers.local import LocalProvider
-from hal9999.spec import ArgvCommand, ProcessSpec, SandboxSpec, ShellCommand
+from hal9999.spec import ArgvCommand, ProcessSpec, ShellCommand
 
 
 @pytest.fixture(
@@ -46,18 +46,6 @@ async def manager(request: pytest.FixtureRequest) -> AsyncIterator[ProcessManage
             shutil.rmtree(home, ignore_errors=True)
     else:
         yield DirectProcessManager()
-
-
-@pytest.fixture
-async def sandbox(tmp_path: Path) -> AsyncIterator[Sandbox]:
-    """A local sandbox over a temporary workspace."""
-    provider = LocalProvider(state_dir=tmp_path / "state")
-    workspace = tmp_path / "ws"
-    workspace.mkdir()
-    async with await provider.create(
-        SandboxSpec(provider="local", network="host", workspace=workspace)
-    ) as sb:
-        yield sb
 
 
 def spec_for(tmp_path: Path, command: ArgvCommand | ShellCommand) -> ProcessSpec:

@@ -21,7 +21,6 @@ from hal9999.process import launch
 from hal9999.process.base import ProcessStatus
 from hal9999.process.pm2 import Pm2ProcessManager, last_lines
 from hal9999.providers.base import Sandbox
-from hal9999.providers.local import LocalProvider
 from hal9999.providers.registry import load_provider
 from hal9999.spec import ArgvCommand, ProcessSpec, RestartPolicy, SandboxSpec, ShellCommand
 
@@ -37,16 +36,6 @@ async def pm2() -> AsyncIterator[Pm2ProcessManager]:
     finally:
         await manager.kill_daemon()
         shutil.rmtree(home, ignore_errors=True)
-
-
-@pytest.fixture
-async def sandbox(tmp_path: Path) -> AsyncIterator[Sandbox]:
-    provider = LocalProvider(state_dir=tmp_path / "state")
-    workspace = tmp_path / "ws"
-    workspace.mkdir()
-    spec = SandboxSpec(provider="local", network="host", workspace=workspace)
-    async with await provider.create(spec) as sb:
-        yield sb
 
 
 def spec_for(tmp_path: Path, script: str, restart: RestartPolicy | None = None) -> ProcessSpec:

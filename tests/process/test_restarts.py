@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,8 +16,7 @@ from hal9999.process.base import ProcessManager, ProcessStatus
 from hal9999.process.direct import DirectProcessManager
 from hal9999.process.tmux import TmuxProcessManager
 from hal9999.providers.base import Sandbox
-from hal9999.providers.local import LocalProvider
-from hal9999.spec import RestartPolicy, SandboxSpec
+from hal9999.spec import RestartPolicy
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -28,15 +26,6 @@ pytestmark = pytest.mark.timeout(120)
 )  # fmt: skip
 def manager(request: pytest.FixtureRequest) -> ProcessManager:
     return TmuxProcessManager() if request.param == "tmux" else DirectProcessManager()
-
-
-@pytest.fixture
-async def sandbox(tmp_path: Path) -> AsyncIterator[Sandbox]:
-    provider = LocalProvider(state_dir=tmp_path / "state")
-    (tmp_path / "ws").mkdir()
-    spec = SandboxSpec(provider="local", network="host", workspace=tmp_path / "ws")
-    async with await provider.create(spec) as created:
-        yield created
 
 
 async def ended(manager: ProcessManager, spec: object, timeout: float = 30) -> ProcessStatus:

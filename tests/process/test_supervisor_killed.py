@@ -7,7 +7,6 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -18,22 +17,11 @@ from hal9999.process.direct import DirectProcessManager
 from hal9999.process.tmux import TmuxProcessManager
 from hal9999.providers.base import Sandbox
 from hal9999.providers.hostexec import dies_with_helper
-from hal9999.providers.local import LocalProvider
-from hal9999.spec import ProcessSpec, SandboxSpec, ShellCommand
+from hal9999.spec import ProcessSpec, ShellCommand
 
 pytestmark = pytest.mark.skipif(
     dies_with_helper() is None, reason="needs the static launcher (scripts/setup.sh)"
 )
-
-
-@pytest.fixture
-async def sandbox(tmp_path: Path) -> AsyncIterator[Sandbox]:
-    """A local sandbox (its launcher ``exec``s the command: nothing else kills it)."""
-    provider = LocalProvider(state_dir=tmp_path / "state")
-    (tmp_path / "ws").mkdir()
-    spec = SandboxSpec(provider="local", network="host", workspace=tmp_path / "ws")
-    async with await provider.create(spec) as created:
-        yield created
 
 
 def supervisor_of(log: Path) -> int | None:

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,22 +26,10 @@ from hal9999.process.launch import SUPERVISOR
 from hal9999.process.supervisor import go_path
 from hal9999.process.tmux import TmuxProcessManager
 from hal9999.providers.base import Sandbox
-from hal9999.providers.local import LocalProvider
-from hal9999.spec import ArgvCommand, ProcessSpec, SandboxSpec, ShellCommand
+from hal9999.spec import ArgvCommand, ProcessSpec, ShellCommand
 from hal9999.tasks import gitrepo
 from hal9999.tasks.context import process_spec
 from hal9999.tasks.session import Session
-
-
-@pytest.fixture
-async def sandbox(tmp_path: Path) -> AsyncIterator[Sandbox]:
-    provider = LocalProvider(state_dir=tmp_path / "state")
-    workspace = tmp_path / "ws"
-    workspace.mkdir()
-    async with await provider.create(
-        SandboxSpec(provider="local", network="host", workspace=workspace)
-    ) as sb:
-        yield sb
 
 
 def servers(socket: Path) -> list[int]:
