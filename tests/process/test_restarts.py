@@ -13,19 +13,10 @@ import pytest
 from tests.process.test_pm2 import failing_runs, runs, spec_for
 
 from hal9999.process.base import ProcessManager, ProcessStatus
-from hal9999.process.direct import DirectProcessManager
-from hal9999.process.tmux import TmuxProcessManager
 from hal9999.providers.base import Sandbox
 from hal9999.spec import RestartPolicy
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(
-    params=[pytest.param("tmux", marks=pytest.mark.tmux), pytest.param("direct")]
-)  # fmt: skip
-def manager(request: pytest.FixtureRequest) -> ProcessManager:
-    return TmuxProcessManager() if request.param == "tmux" else DirectProcessManager()
 
 
 async def ended(manager: ProcessManager, spec: object, timeout: float = 30) -> ProcessStatus:

@@ -14,7 +14,6 @@ from tests.process.test_managers import spec_for
 
 from hal9999.process.base import ProcessManager, process_started
 from hal9999.process.direct import DirectProcessManager
-from hal9999.process.tmux import TmuxProcessManager
 from hal9999.providers.base import Sandbox
 from hal9999.providers.hostexec import dies_with_helper
 from hal9999.spec import ProcessSpec, ShellCommand
@@ -51,10 +50,6 @@ def supervisor_pid(manager: ProcessManager, spec: ProcessSpec) -> int | None:
     return supervisor_of(spec.log_path)
 
 
-@pytest.mark.parametrize(
-    "manager", [pytest.param(TmuxProcessManager(), marks=pytest.mark.tmux, id="tmux"),
-                pytest.param(DirectProcessManager(), id="direct")],
-)  # fmt: skip
 async def test_the_command_dies_with_its_killed_supervisor(
     manager: ProcessManager, sandbox: Sandbox, tmp_path: Path
 ) -> None:

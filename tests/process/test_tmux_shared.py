@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from tests.process.test_managers import wait_exit
-from tests.process.test_tmux_prestart import sandbox, servers  # noqa: F401 (a fixture)
+from tests.process.test_tmux_prestart import servers
 
 from hal9999.process import tmux as tmux_module
 from hal9999.process.base import process_started
@@ -47,7 +47,7 @@ def run_spec(tmp_path: Path, name: str, script: str) -> ProcessSpec:
 
 
 async def test_runs_share_one_server_each_pane_its_own_environment(
-    tmp_path: Path, runtime: Path, sandbox: Sandbox  # noqa: F811
+    tmp_path: Path, runtime: Path, sandbox: Sandbox
 ) -> None:
     manager = TmuxProcessManager(runtime_dir=runtime)
     shared = tmux_module.shared_socket(runtime)
@@ -96,7 +96,7 @@ async def test_runs_share_one_server_each_pane_its_own_environment(
 
 
 async def test_a_run_ends_and_its_exit_status_is_read(
-    tmp_path: Path, runtime: Path, sandbox: Sandbox  # noqa: F811
+    tmp_path: Path, runtime: Path, sandbox: Sandbox
 ) -> None:
     manager = TmuxProcessManager(runtime_dir=runtime)
     spec = run_spec(tmp_path, "hal-c", "exit 3")
@@ -107,7 +107,7 @@ async def test_a_run_ends_and_its_exit_status_is_read(
 
 
 async def test_the_server_ends_with_its_holder_and_last_run(
-    tmp_path: Path, runtime: Path, sandbox: Sandbox  # noqa: F811
+    tmp_path: Path, runtime: Path, sandbox: Sandbox
 ) -> None:
     manager = TmuxProcessManager(runtime_dir=runtime)
     shared = tmux_module.shared_socket(runtime)
@@ -126,7 +126,7 @@ async def test_the_server_ends_with_its_holder_and_last_run(
 
 
 async def test_a_dead_shared_server_is_started_again(
-    tmp_path: Path, runtime: Path, sandbox: Sandbox  # noqa: F811
+    tmp_path: Path, runtime: Path, sandbox: Sandbox
 ) -> None:
     manager = TmuxProcessManager(runtime_dir=runtime)
     shared = tmux_module.shared_socket(runtime)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from tests.process.test_managers import wait_exit
-from tests.process.test_tmux_prestart import _reads, sandbox, servers  # noqa: F401 (a fixture)
+from tests.process.test_tmux_prestart import _reads, servers
 from tests.process.test_tmux_shared import run_spec, runtime  # noqa: F401 (a fixture)
 
 from hal9999.errors import ProcessError
@@ -51,7 +51,7 @@ def session_names(socket: Path) -> list[str]:
 async def test_a_run_claims_a_warm_pane_and_starts_no_supervisor(
     tmp_path: Path,
     runtime: Path,  # noqa: F811
-    sandbox: Sandbox,  # noqa: F811
+    sandbox: Sandbox,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     manager = TmuxProcessManager(runtime_dir=runtime)
@@ -97,7 +97,7 @@ async def test_a_run_claims_a_warm_pane_and_starts_no_supervisor(
 async def test_two_warm_runs_each_see_only_their_own_environment(
     tmp_path: Path,
     runtime: Path,  # noqa: F811
-    sandbox: Sandbox,  # noqa: F811
+    sandbox: Sandbox,
 ) -> None:
     manager = TmuxProcessManager(runtime_dir=runtime)
     shared = tmux_module.shared_socket(runtime)
@@ -135,7 +135,7 @@ async def test_two_warm_runs_each_see_only_their_own_environment(
 async def test_a_claimed_pane_whose_go_never_comes_runs_nothing(
     tmp_path: Path,
     runtime: Path,  # noqa: F811
-    sandbox: Sandbox,  # noqa: F811
+    sandbox: Sandbox,
 ) -> None:
     manager = TmuxProcessManager(runtime_dir=runtime)
     pane = await warm_pane(runtime)
@@ -197,7 +197,7 @@ asyncio.run(main())
 
 async def test_a_lazily_shared_server_starts_at_the_first_run(
     tmp_path: Path,
-    sandbox: Sandbox,  # noqa: F811
+    sandbox: Sandbox,
 ) -> None:
     run = tmp_path / "home" / "run"
     shared = tmux_module.shared_socket(run)
@@ -221,7 +221,7 @@ async def test_a_lazily_shared_server_starts_at_the_first_run(
 async def test_a_failed_hand_over_runs_the_command_once_in_the_runs_own_pane(
     tmp_path: Path,
     runtime: Path,  # noqa: F811
-    sandbox: Sandbox,  # noqa: F811
+    sandbox: Sandbox,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     manager = TmuxProcessManager(runtime_dir=runtime)
