@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from hal9999.events.flusher import FLUSHER, _numbered
 from hal9999.events.models import Event
@@ -108,6 +108,29 @@ def recover(path: Path) -> int:
     return 0
 
 
+class Left(NamedTuple):
+    """A closed log's file as its writer left it, and its last ``seq``: a writer that
+    opens the same file in the same state (the same inode, size, and change and
+    modification times: anyone's append, truncation or replacement changes one of them)
+    knows its last ``seq`` without reading it back (:func:`recover`)."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    seq: int
+
+    @classmethod
+    def of(cls, st: os.stat_result, seq: int) -> Left:
+        """The state ``st`` describes, with its last ``seq``."""
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, seq)
+
+    def holds(self, st: os.stat_result) -> bool:
+        """Whether ``st`` describes the file in this state."""
+        return self[:5] == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 class EventLog:
     """Records a task's events: stamps, masks, indexes, appends and fans out."""
 
@@ -121,6 +144,7 @@ class EventLog:
         index_batch: int = 1,
         max_delay: float = 0.02,
         background: bool = False,
+        left: Left | None = None,
     ) -> None:
         self.path = path
         self.task_id = task_id
@@ -153,7 +177,9 @@ class EventLog:
         """Whether everything written through this writer is on disk (a batch ending with a
         ``phase`` or ``task_end`` was fsync'ed): then :meth:`close` needs no fsync of its own
         (issue 16: a run's end, which a follower waits for, did two in a row)."""
-        self._lock_file()
+        self.left: Left | None = None
+        """The file as :meth:`close` left it (set there): see :class:`Left`."""
+        self._lock_file(left)
         try:
             self._catch_up_index()
         finally:
@@ -172,13 +198,18 @@ class EventLog:
 
     # -- the file lock -------------------------------------------------------------------
 
-    def _lock_file(self) -> None:
+    def _lock_file(self, left: Left | None = None) -> None:
         """Take the cross-process lock and catch up with what other writers appended."""
         assert self._file is not None
         fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)
         self._locked = True
-        size = os.fstat(self._file.fileno()).st_size
-        if size != self._size:
+        st = os.fstat(self._file.fileno())
+        size = st.st_size
+        if left is not None and left.holds(st):
+            # The file as this process's last writer of it left it: its last seq is known
+            # (issue 16: a daemon's run re-read and parsed the line its creation wrote).
+            self._seq, self._size = left.seq, size
+        elif size != self._size:
             self._seq = recover(self.path)
             self._size = os.fstat(self._file.fileno()).st_size
 
@@ -352,6 +383,11 @@ class EventLog:
                     owed = not self._synced
                     try:
                         self._file.flush()
+                        st = os.fstat(self._file.fileno())
+                        if not self._pending and st.st_size == self._size:
+                            # Only lines of ours (or that we read back) since the size we
+                            # know: another process's append, unlocked, would be past it.
+                            self.left = Left.of(st, self._seq)
                         if owed and not self.background:
                             os.fsync(self._file.fileno())
                     finally:

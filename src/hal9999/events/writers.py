@@ -9,13 +9,17 @@ file's lock (see :mod:`hal9999.events.log`).
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from hal9999.events.log import EventLog, Sink
+from hal9999.events.log import EventLog, Left, Sink
 from hal9999.redact import SecretMasker
 from hal9999.store import Store
+
+LEFT_KEPT = 256
+"""How many closed logs' states a process keeps (a few dozen bytes each)."""
 
 
 class _Open:
@@ -39,6 +43,10 @@ class EventWriters:
         self.background = False
         """Writers write on the flusher thread only (set by the daemon: see ``EventLog``)."""
         self._open: dict[str, _Open] = {}
+        self._left: OrderedDict[str, tuple[Path, Left]] = OrderedDict()
+        """The logs closed last, as they were left (see :class:`Left`), for a next open of
+        the same file: a daemon's new task's log, closed once its creation is recorded,
+        opened again when its run starts."""
         self._lock = threading.Lock()
 
     @contextmanager
@@ -50,6 +58,7 @@ class EventWriters:
         with self._lock:
             entry = self._open.get(task_id)
             if entry is None:
+                known = self._left.pop(task_id, None)
                 log = EventLog(
                     path,
                     task_id,
@@ -57,6 +66,7 @@ class EventWriters:
                     masker=masker,
                     index_batch=self.index_batch,
                     background=self.background,
+                    left=known[1] if known is not None and known[0] == path else None,
                 )
                 for sink in self.sinks:
                     log.add_sink(sink)
@@ -74,6 +84,11 @@ class EventWriters:
                     del self._open[task_id]
             if last:
                 entry.log.close()
+                if entry.log.left is not None:
+                    with self._lock:
+                        self._left[task_id] = (path, entry.log.left)
+                        if len(self._left) > LEFT_KEPT:
+                            self._left.popitem(last=False)
 
     def is_open(self, task_id: str) -> bool:
         """Whether some user in this process holds the task's writer."""
