@@ -6,7 +6,11 @@ from __future__ import annotations
 import asyncio
 import sys
 import textwrap
+import threading
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from hal9999.events.bus import EventBus, IndexTail
 from hal9999.events.log import EventLog
@@ -102,3 +106,42 @@ async def test_events_written_by_another_process_reach_the_bus(tmp_path: Path) -
     assert [e.gseq for e in other] == sorted(e.gseq for e in other)
     assert [e.type for e in got if e.task_id == "t1"] == ["output"]  # "meanwhile", once
     assert sub.queue.empty()
+
+
+async def test_a_threads_burst_of_events_wakes_the_loop_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Issue 16: a flusher's batch was one loop callback (a self-pipe write and a wake-up)
+    # an event. Published while the loop is busy, a burst is one callback, still in order,
+    # and an event published on the loop after it comes after it.
+    bus = EventBus()
+    sub = bus.subscribe()
+    loop = asyncio.get_running_loop()
+    wakes: list[object] = []
+    original = loop.call_soon_threadsafe
+
+    def counted(callback: Any, *args: Any, **kwargs: Any) -> asyncio.Handle:
+        wakes.append(callback)
+        return original(callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", counted)
+
+    def burst() -> None:
+        for n in range(1, 21):
+            bus.publish(Output(text="x", seq=n, gseq=n, task_id="t"))
+
+    thread = threading.Thread(target=burst)
+    thread.start()
+    thread.join()  # the loop runs nothing meanwhile: the burst waits for it
+    bus.publish(Output(text="on the loop", seq=21, gseq=21, task_id="t"))
+    await asyncio.sleep(0)
+    got = [sub.queue.get_nowait() for _ in range(sub.queue.qsize())]
+    assert [e.seq for e in got if e] == list(range(1, 22))
+    assert len(wakes) == 1  # without the change, 20
+    thread = threading.Thread(
+        target=bus.publish, args=(Output(text="y", seq=22, gseq=22, task_id="t"),)
+    )
+    thread.start()
+    thread.join()
+    await asyncio.sleep(0)
+    assert len(wakes) == 2 and sub.queue.get_nowait().seq == 22  # type: ignore[union-attr]

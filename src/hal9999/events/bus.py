@@ -15,14 +15,13 @@ resumes from the last ``gseq`` it saw.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from hal9999.events.hive import HiveEvent
 from hal9999.events.log import Sink
@@ -113,6 +112,9 @@ class EventBus:
         self._seen: set[int] = set()
         self._order: deque[int] = deque()
         self._lock = threading.Lock()
+        self._handed: list[tuple[Callable[[Any], None], Any]] = []
+        """What other threads published, in their order, not yet delivered on the loop."""
+        self._hand_lock = threading.Lock()
         self.last_gseq = 0
         """The highest ``gseq`` delivered so far."""
 
@@ -143,10 +145,31 @@ class EventBus:
         except RuntimeError:
             running = None
         if running is loop:
+            if self._handed:  # after what other threads published before it
+                self._drain()
             deliver(event)
-        else:
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(deliver, event)
+            return
+        # One wake-up of the loop for what other threads publish before it drains (issue
+        # 16: a flusher's batch was one loop callback, and one self-pipe write, an event).
+        with self._hand_lock:
+            self._handed.append((deliver, event))
+            first = len(self._handed) == 1
+        if first:
+            try:
+                loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # the loop closed meanwhile: nothing is delivered
+                with self._hand_lock:
+                    self._handed.clear()
+
+    def _drain(self) -> None:
+        """Deliver, in order, what other threads handed over (on the loop)."""
+        with self._hand_lock:
+            handed, self._handed = self._handed, []
+        for deliver, event in handed:
+            try:
+                deliver(event)
+            except Exception:  # as the loop would log a callback's: the rest still go
+                logger.exception("delivering %s failed", type(event).__name__)
 
     def _deliver_hive(self, event: HiveEvent) -> None:
         if event.gseq and not self._remember(event.gseq):
