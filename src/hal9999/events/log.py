@@ -209,6 +209,8 @@ class EventLog:
             # The file as this process's last writer of it left it: its last seq is known
             # (issue 16: a daemon's run re-read and parsed the line its creation wrote).
             self._seq, self._size = left.seq, size
+        elif size == 0:  # a new log (held locked: nobody writes it meanwhile)
+            self._seq, self._size = 0, 0
         elif size != self._size:
             self._seq = recover(self.path)
             self._size = os.fstat(self._file.fileno()).st_size
