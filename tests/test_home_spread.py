@@ -66,3 +66,22 @@ def test_the_flag_is_asked_for_once_a_process(
 def test_a_directory_the_flag_cannot_be_set_on_is_left_as_it_was(tmp_path: Path) -> None:
     assert not home.spread_subdirs(tmp_path / "missing")
     assert not home.spread_subdirs(Path("/proc/self"))  # procfs: no such flag
+
+
+def test_the_pools_slots_and_a_providers_sandboxes_are_spread_too(flaggable: Path) -> None:
+    # A slot makes and frees a symlink every task (`cur`), a sandbox's record is saved anew
+    # at each stop and start: each in a block group of its own, not all in their parent's.
+    from hal9999.pool.slots import SlotDir
+    from hal9999.providers.hostrecords import RecordStore
+
+    slots = SlotDir(flaggable / "pool")
+    first = slots.new()
+    slots.new()
+    assert flags(slots.root) & home._TOPDIR_FL  # without the change, not set
+    assert not flags(first.root) & home._TOPDIR_FL
+    store = RecordStore(flaggable / "sandboxes" / "bwrap")
+    made = store.make_dir("0123456789ab")
+    assert made == store.dir("0123456789ab") and made.is_dir()
+    assert flags(store.root) & home._TOPDIR_FL
+    with pytest.raises(FileExistsError):
+        store.make_dir("0123456789ab")

@@ -336,8 +336,7 @@ class HostProvider:
         """Create and start a sandbox."""
         check_spec(self.name, self.capabilities, spec)
         sandbox_id = self.new_id(spec)
-        directory = self.store.dir(sandbox_id)
-        directory.mkdir(parents=True)
+        self.store.make_dir(sandbox_id)
         record = SandboxRecord(
             id=sandbox_id, provider=self.name, state="running", spec=spec, created_at=time.time()
         )
