@@ -6,6 +6,13 @@ typing. Either way the gate has checked the Origin, the cookie and the session's
 as a subprotocol, ``hal-proof.<proof>``, beside ``hal``, the one the server answers).
 Frames: binary from the server are terminal output; text from the browser is JSON,
 ``{"data": "keys"}`` or ``{"resize": [cols, rows]}``.
+
+Keys reach tmux byte for byte, in order, never dropped: the pty is put in raw input mode
+before the attach starts (tmux does so itself when it takes the terminal, but a key written
+before that met the line discipline: Enter read as Ctrl-J, a backspace or Ctrl-U editing the
+keys before it, Ctrl-C or Ctrl-Z flushing them, Ctrl-S stopping the output, each echoed back
+to the page), and a write the pty cannot take whole (a paste while tmux is slow to read)
+waits for room for the rest instead of losing it (or ending the terminal).
 """
 
 from __future__ import annotations
@@ -55,6 +62,50 @@ def attach_argv(daemon: Daemon, task_id: str, *, write: bool) -> list[str]:
     return [*argv[:at], "-f", flags, *argv[at:]]
 
 
+RAW_IFLAG_OFF = termios.ICRNL | termios.INLCR | termios.IGNCR | termios.IXON | termios.ISTRIP
+RAW_LFLAG_OFF = termios.ICANON | termios.ECHO | termios.ISIG | termios.IEXTEN
+"""The input processing the pty's line discipline would do to keys (what tmux turns off)."""
+
+
+def open_pty() -> tuple[int, int]:
+    """A pty (master, slave) whose input side is raw from the start; output processing stays
+    (a message of a failed attach reads right) until tmux takes the terminal."""
+    master, slave = os.openpty()
+    mode = termios.tcgetattr(slave)
+    mode[0] &= ~RAW_IFLAG_OFF
+    mode[3] &= ~RAW_LFLAG_OFF
+    mode[6][termios.VMIN], mode[6][termios.VTIME] = 1, 0
+    termios.tcsetattr(slave, termios.TCSANOW, mode)
+    _resize(master, 120, 32)
+    return master, slave
+
+
+async def write_all(master: int, data: bytes) -> None:
+    """All of ``data`` to the pty, waiting for room when its input queue is full (~14 KiB:
+    tmux not reading yet or slow to) rather than dropping the rest."""
+    loop = asyncio.get_running_loop()
+    view = memoryview(data)
+    while view:
+        with contextlib.suppress(BlockingIOError):
+            view = view[os.write(master, view) :]
+            continue
+        await _writable(loop, master)
+
+
+async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    room = loop.create_future()
+
+    def ready() -> None:
+        if not room.done():
+            room.set_result(None)
+
+    loop.add_writer(fd, ready)
+    try:
+        await room
+    finally:
+        loop.remove_writer(fd)
+
+
 def _resize(fd: int, cols: int, rows: int) -> None:
     cols, rows = max(2, min(cols, 500)), max(2, min(rows, 200))
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
@@ -99,7 +150,7 @@ async def _pump_in(master: int, websocket: WebSocket, write: bool) -> None:
             _resize(master, size[0], size[1])
         data = frame.get("data")
         if write and isinstance(data, str):
-            os.write(master, data.encode())
+            await write_all(master, data.encode())
 
 
 def terminal_endpoint(daemon: Daemon | None) -> Any:
@@ -124,8 +175,7 @@ def terminal_endpoint(daemon: Daemon | None) -> Any:
             return
         from starlette.websockets import WebSocketDisconnect
 
-        master, slave = os.openpty()
-        _resize(master, 120, 32)
+        master, slave = open_pty()
         env = {**os.environ, "TERM": "xterm-256color"}
         env.pop("TMUX", None)
         proc = await asyncio.create_subprocess_exec(
