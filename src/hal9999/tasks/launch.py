@@ -20,7 +20,7 @@ from hal9999.hive.mcp.channel import route_for as mcp_route_for
 from hal9999.process.base import ProcessManager
 from hal9999.process.caplog import log_cap_from
 from hal9999.providers.base import Provider, Sandbox
-from hal9999.spec import SandboxSpec
+from hal9999.spec import ProcessSpec, SandboxSpec
 from hal9999.tasks import gitrepo, mirror
 from hal9999.tasks.context import (
     RunContext,
@@ -96,6 +96,8 @@ class LaunchSteps(RunnerCore):
         assert ctx.sandbox is not None
         sandbox = ctx.sandbox
         early: asyncio.Task[None] | None = None
+        made: ProcessSpec | None = None  # the run's spec, once made
+        moving = False  # whether the task may be recorded `running` (see below)
         try:
             launch, prompt_text = self.plan(ctx, sandbox, agent, prompt)
             given = {**ctx.secrets, **(ctx.gateway.secrets() if ctx.gateway else {})}
@@ -111,6 +113,7 @@ class LaunchSteps(RunnerCore):
                     "log_cap": log_cap_from(self.environ),
                 }
             )
+            made = pspec
             # A manager that can start its part of the run ahead (tmux: the server, the pane
             # and the supervisor, which waits for the start) does so while the session is
             # prepared (issue 16); a run ended before its start stops it.
@@ -121,24 +124,76 @@ class LaunchSteps(RunnerCore):
             # longest wait, this write a thread hop (issue 16).
             await self.transition(ctx, TaskStatus.PREPARING, sandbox_id=sandbox.id)
             adopting = await self.prepare(ctx, sandbox, launch, prompt_text, snap, checkout)
+            moving = True  # from here on the task may be recorded `running`
             await self.transition(
                 ctx, TaskStatus.RUNNING, detail=f"agent {agent.name}", first=adopting
             )
             if early is not None:
                 with contextlib.suppress(HalError):  # the start tries again, and says why
                     await early
+        except asyncio.CancelledError:
+            if moving and ctx.detached and self._recorded_running(ctx):
+                # A daemon shutting down (SIGTERM) left this run between its `running` and
+                # its start: the next daemon adopts agents that run, and would find none
+                # here (the task interrupted, for a resume by hand). The agent starts now.
+                assert made is not None  # made before `moving`
+                await self._start_detached(ctx, manager, sandbox, made, secrets, early)
+                raise
+            await self._launch_failed(manager, checkout, early, made)
+            raise
         except BaseException:
-            if checkout is not None and not checkout.done():  # ended before prepare took it
-                await _dropped(checkout)
-            if early is not None:
-                with contextlib.suppress(BaseException):  # its client ends in a moment
-                    await early
-                await manager.stop(pspec)
+            await self._launch_failed(manager, checkout, early, made)
             raise
         ctx.pspec = pspec
         ctx.log_start = file_size(ctx.session.log)
         await manager.start(sandbox, ctx.pspec, env=secrets)
         return offline
+
+    async def _launch_failed(
+        self,
+        manager: ProcessManager,
+        checkout: asyncio.Task[str] | None,
+        early: asyncio.Task[None] | None,
+        pspec: ProcessSpec | None,
+    ) -> None:
+        """What a launch that ended before its start leaves: no checkout, no pane."""
+        if checkout is not None and not checkout.done():  # ended before prepare took it
+            await _dropped(checkout)
+        if early is not None:
+            with contextlib.suppress(BaseException):  # its client ends in a moment
+                await early
+            assert pspec is not None  # made before the prestart
+            await manager.stop(pspec)
+
+    def _recorded_running(self, ctx: RunContext) -> bool:
+        """Whether the store holds this run's `running` (its write's hop may have ended
+        after the cancel reached the run: the thread writes on)."""
+        try:
+            return self.store.get_task(ctx.task.id).status == TaskStatus.RUNNING
+        except HalError:
+            return False
+
+    async def _start_detached(
+        self,
+        ctx: RunContext,
+        manager: ProcessManager,
+        sandbox: Sandbox,
+        pspec: ProcessSpec,
+        secrets: dict[str, str],
+        early: asyncio.Task[None] | None,
+    ) -> None:
+        """Start the agent of a run recorded `running` that its daemon's shutdown cut off
+        (see :meth:`launch`); a start that fails leaves the task as before (interrupted by
+        the next daemon, resumable)."""
+        if early is not None:
+            with contextlib.suppress(BaseException):  # its pane, when it opened
+                await early
+        ctx.pspec = pspec
+        try:
+            await manager.start(sandbox, pspec, env=secrets)
+        except (HalError, OSError):
+            with contextlib.suppress(HalError, OSError):
+                await manager.stop(pspec)
 
     async def _acquire(
         self, ctx: RunContext, provider: Provider, agent: Agent, spec: SandboxSpec
