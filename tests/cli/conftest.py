@@ -115,6 +115,7 @@ def hal(hal_env: dict[str, str], demo_repo: Path) -> Hal:
                 )
         return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
+    run.hal_env = hal_env  # type: ignore[attr-defined]  # for env_of
     return run
 
 
@@ -131,6 +132,39 @@ def events_of(hal: Hal, task_id: str) -> list[dict[str, Any]]:
     out = hal("task", "events", task_id, "--json")
     assert out.returncode == 0, out.stderr
     return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+def env_of(hal: Hal) -> Mapping[str, str] | None:
+    """The environment a ``hal`` of this conftest's fixture runs with (None for another).
+    An attribute of the function, not a table here: pytest loads this file as a conftest
+    and the tests import it again, as a second module."""
+    env: Mapping[str, str] | None = getattr(hal, "hal_env", None)
+    return env
+
+
+def daemon_tasks(hal: Hal) -> list[dict[str, Any]] | None:
+    """``hal task list --json``'s document as the daemon of ``hal``'s home answers it (the
+    same ``GET /v1/tasks`` that command sends it), asked from this process: a poll that
+    starts no ``hal`` (each start ~0.3 s of CPU, taken from the work polled on a 2-core CI
+    host). None when no daemon answers there."""
+    from hal9999.errors import HalError
+    from hal9999.server.client import DaemonClient
+
+    env = env_of(hal)
+    client = None if env is None else DaemonClient.find(env["HAL_HOME"])
+    if client is None:
+        return None
+    try:
+        found: list[dict[str, Any]] = client.request("GET", "/v1/tasks")
+    except HalError:  # it went away
+        return None
+    return found
+
+
+def tasks_now(hal: Hal) -> list[dict[str, Any]]:
+    """The home's tasks for a poll: :func:`daemon_tasks`, else ``hal task list --json``."""
+    found = daemon_tasks(hal)
+    return tasks_json(hal) if found is None else found
 
 
 def one_error_line(out: subprocess.CompletedProcess[str]) -> str:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, git, start_hal, tasks_json
+from tests.cli.conftest import Hal, git, start_hal, tasks_json, tasks_now
 from tests.cli.test_failures import assert_no_leftovers, wait_for_status
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
@@ -88,7 +88,7 @@ def test_kill_9_leaves_agent_attachable_followable_and_resume_adopts_it(
 
     # Two resumes at once: one adopts the live agent, the other is refused...
     racing = [start_hal(hal_env, demo_repo, "task", "resume", task_id, "--json") for _ in range(2)]
-    wait_until(lambda: tasks_json(hal)[0]["status"] == "running", "the adoption")
+    wait_until(lambda: tasks_now(hal)[0]["status"] == "running", "the adoption")
     # ...and so is another one while that run lives.
     second = hal("task", "resume", task_id)
     assert second.returncode == 9, second.stderr
@@ -129,9 +129,7 @@ def test_resume_through_hal_serve_adopts_too(
 
         resumer = start_hal(hal_env, demo_repo, "task", "resume", task_id, "--json")
         daemon_pid = json.loads(Path(hal_env["HAL_HOME"], "run", "serve.json").read_text())["pid"]
-        wait_until(
-            lambda: tasks_json(hal)[0]["runner_pid"] == daemon_pid, "the daemon's adoption"
-        )
+        wait_until(lambda: tasks_now(hal)[0]["runner_pid"] == daemon_pid, "the daemon's adoption")
         assert tasks_json(hal)[0]["status"] == "running"
         Path(str(task["session_dir"]), "workspace", "go").touch()
         out, err = resumer.communicate(timeout=60)
@@ -175,7 +173,7 @@ def test_a_daemon_killed_while_collecting_collects_again_after_restart(
 
         assert hal("serve", "--detach").returncode == 0
         Path(str(task["session_dir"]), "workspace", ".git", "go").touch()
-        wait_until(lambda: tasks_json(hal)[0]["status"] != "collecting", "the adoption", 60)
+        wait_until(lambda: tasks_now(hal)[0]["status"] != "collecting", "the adoption", 60)
         final = wait_for_status(hal, "succeeded", timeout=60)
     finally:
         assert hal("serve", "--stop").returncode == 0
@@ -206,7 +204,7 @@ def test_a_run_killed_while_collecting_is_collected_by_its_resume(
     runner.communicate()
     task_id = str(task["id"])
     resumer = start_hal(alone, demo_repo, "task", "resume", task_id, "--json")
-    wait_until(lambda: tasks_json(hal)[0]["runner_pid"] == resumer.pid, "the resume's claim")
+    wait_until(lambda: tasks_now(hal)[0]["runner_pid"] == resumer.pid, "the resume's claim")
     Path(str(task["session_dir"]), "workspace", ".git", "go").touch()
     out, err = resumer.communicate(timeout=90)
     final = json.loads(out)

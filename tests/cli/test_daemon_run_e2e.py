@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, events_of, start_hal, tasks_json
+from tests.cli.conftest import Hal, daemon_tasks, events_of, start_hal, tasks_json
 from tests.cli.test_daemon_run import BEFORE_THE_POST, THIN_RUN_LEAVES_OUT
 from tests.cli.test_run_imports import RUN_AND_LIST
 
@@ -46,11 +46,11 @@ def _normal(text: str, ids: set[str]) -> str:
 
 def _both(hal: Hal, *args: str) -> None:
     """Run ``hal ARGS`` thin and full; the same output, errors and status, up to ids and
-    times."""
-    before = {t["id"] for t in tasks_json(hal)}
+    times (the new tasks' ids, to blank them, asked of the daemon from this process)."""
+    before = _task_ids(hal)
     thin = hal(*args)
     full = hal(*args, env=FULL)
-    ids = {t["id"] for t in tasks_json(hal)} - before
+    ids = _task_ids(hal) - before
     assert thin.returncode == full.returncode, (thin.stderr, full.stderr)
     assert _normal(thin.stderr, ids) == _normal(full.stderr, ids)
     if "--json" in args and thin.stdout.startswith("{"):
@@ -64,6 +64,13 @@ def _both(hal: Hal, *args: str) -> None:
         assert differ == [], [(k, thin_doc[k], full_doc[k]) for k in differ]
     else:
         assert _normal(thin.stdout, ids) == _normal(full.stdout, ids)
+
+
+def _task_ids(hal: Hal) -> set[str]:
+    """The ids of the served home's tasks (``served``'s daemon runs throughout)."""
+    found = daemon_tasks(hal)
+    assert found is not None, "the daemon is gone"
+    return {task["id"] for task in found}
 
 
 AGENT = "sh agent.sh {{prompt_file}}"

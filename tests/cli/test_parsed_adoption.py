@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, events_of, start_hal, tasks_json
+from tests.cli.conftest import Hal, events_of, start_hal, tasks_json, tasks_now
 from tests.cli.test_adopt import wait_until
 from tests.cli.test_failures import wait_for_status
 from tests.cli.test_secrets import CAPTURED_CLAUDE
@@ -59,7 +59,7 @@ def test_adopted_run_emits_each_parsed_event_once(
     assert tasks_json(hal)[0]["status"] == "interrupted"
 
     resumer = start_hal(hal_env, demo_repo, "task", "resume", task_id, "--json")
-    wait_until(lambda: tasks_json(hal)[0]["status"] == "running", "the adoption", timeout=60)
+    wait_until(lambda: tasks_now(hal)[0]["status"] == "running", "the adoption", timeout=60)
     Path(str(task["session_dir"]), "workspace", "go").touch()
     out, err = resumer.communicate(timeout=60)
     assert resumer.returncode == 0, err

@@ -21,6 +21,7 @@ import tests.cli.conftest as cli_fixtures
 from tests.cli.conftest import Hal, git
 from tests.hive import serve_helpers
 from tests.hive.serve_helpers import (
+    agent_now,
     agent_of,
     as_json,
     commit_agent,
@@ -198,7 +199,7 @@ def test_a_message_is_delivered_once_across_kill_9_during_delivery(
 
         # kill -9 of the daemon in the middle of a turn: the next one finishes that turn.
         assert hal("msg", "send", "bob", "take your time").returncode == 0
-        poll("bob's second turn", lambda: agent_of(hal, "bob")["state"] == "running")
+        poll("bob's second turn", lambda: agent_now(hal, "bob")["state"] == "running")
         pid = json.loads((Path(hal_env["HAL_HOME"]) / "run" / "serve.json").read_text())["pid"]
         os.kill(pid, signal.SIGKILL)
         poll("the daemon to die", lambda: not Path(f"/proc/{pid}").exists() or
@@ -243,7 +244,7 @@ def test_crash_watch_restarts_a_killed_agent_and_stops_a_crash_loop(
     for n in range(3):
         poll(f"carol's agent to run ({n})", kill_sleeper)
         time.sleep(0.5)
-    final = poll("carol to be given up on", lambda: agent_of(hal, "carol")["state"] == "crashed")
+    final = poll("carol to be given up on", lambda: agent_now(hal, "carol")["state"] == "crashed")
     assert final
     carol = agent_of(hal, "carol")
     assert "crash loop: 3 crashes" in carol["detail"]
