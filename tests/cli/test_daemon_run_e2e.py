@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, daemon_tasks, events_of, start_hal, tasks_json
+from tests.cli.conftest import Hal, daemon_tasks, events_of, start_hal, tasks_json, tasks_now
 from tests.cli.test_daemon_run import BEFORE_THE_POST, THIN_RUN_LEAVES_OUT
 from tests.cli.test_run_imports import RUN_AND_LIST
 
@@ -32,7 +32,7 @@ def served(hal: Hal) -> Iterator[Hal]:
     """``hal`` with a ``hal serve --detach`` running for its home."""
     assert hal("serve", "--detach").returncode == 0
     yield hal
-    for task in tasks_json(hal):
+    for task in tasks_now(hal):
         if task["status"] in ("running", "queued"):
             hal("task", "cancel", task["id"])
     assert hal("serve", "--stop").returncode == 0
