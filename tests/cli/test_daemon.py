@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.cli.conftest import Hal, events_of, tasks_json
+from tests.cli.conftest import Hal, events_of, tasks_json, tasks_now
 from tests.cli.test_failures import hal_processes_of
 
 from hal9999.errors import ConfigError
@@ -57,7 +57,7 @@ def daemon(hal: Hal, hal_env: dict[str, str]) -> Iterator[Hal]:
 
 def wait_status(hal: Hal, task_id: str, wanted: set[str], timeout: float = 30) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
-        found = [t for t in tasks_json(hal) if t["id"] == task_id]
+        found = [t for t in tasks_now(hal) if t["id"] == task_id]
         return found[0] if found and found[0]["status"] in wanted else None
 
     return poll(f"task {task_id} to become {wanted}", check, timeout)  # type: ignore[no-any-return]
