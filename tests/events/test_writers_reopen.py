@@ -5,6 +5,7 @@ it since, by anyone, and it is, as before. Counted, not timed."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,20 @@ def recovers(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     return calls
 
 
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    """A fresh home's store, closed after the test."""
+    opened = Store.open(tmp_path / "home")
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    """Where the task's log is written."""
+    return tmp_path / "s" / "events.jsonl"
+
+
 def created() -> TaskCreated:
     return TaskCreated(prompt_chars=1, agent="a", provider="bwrap", repo="/r", ref=None)
 
@@ -39,11 +54,9 @@ def seqs(path: Path) -> list[int]:
 
 
 def test_a_log_opened_again_as_it_was_left_is_not_read_back(
-    tmp_path: Path, recovers: list[Path]
+    store: Store, path: Path, recovers: list[Path]
 ) -> None:
-    store = Store.open(tmp_path / "home")
     writers = EventWriters(store)
-    path = tmp_path / "s" / "events.jsonl"
     with writers.open("t1", path) as log:
         log.emit(created())
     assert recovers == []  # a new, empty file: nothing to read back
@@ -58,13 +71,12 @@ def test_a_log_opened_again_as_it_was_left_is_not_read_back(
         log.emit(Phase(phase="preparing", previous="provisioning"))
     assert recovers == []
     assert seqs(path) == [1, 2, 3, 4]
-    store.close()
 
 
-def test_a_log_changed_since_it_was_left_is_read_back(tmp_path: Path, recovers: list[Path]) -> None:
-    store = Store.open(tmp_path / "home")
+def test_a_log_changed_since_it_was_left_is_read_back(
+    store: Store, path: Path, recovers: list[Path]
+) -> None:
     writers = EventWriters(store)
-    path = tmp_path / "s" / "events.jsonl"
     with writers.open("t1", path) as log:
         log.emit(created())
     # Another process's writer appends meanwhile (its own open reads the file back).
@@ -91,17 +103,14 @@ def test_a_log_changed_since_it_was_left_is_read_back(tmp_path: Path, recovers: 
     with writers.open("t1", path) as log:
         assert log.last_seq == 4
     assert len(recovers) == 4
-    store.close()
 
 
 def test_a_log_left_with_another_writers_lines_past_its_own_is_not_trusted(
-    tmp_path: Path, recovers: list[Path]
+    store: Store, path: Path, recovers: list[Path]
 ) -> None:
     # Between our last batch (the file lock released) and our close, another process
     # appends: what our writer knows ends before the file does, so the state is not kept.
-    store = Store.open(tmp_path / "home")
     writers = EventWriters(store)
-    path = tmp_path / "s" / "events.jsonl"
     with writers.open("t1", path) as log:
         log.emit(created())
         log.flush()
@@ -111,4 +120,3 @@ def test_a_log_left_with_another_writers_lines_past_its_own_is_not_trusted(
     with writers.open("t1", path) as log:
         assert log.last_seq == 2
     assert len(recovers) == 2
-    store.close()
