@@ -90,9 +90,7 @@ class HalPaths(NamedTuple):
         """
         for directory in (self.home, self.sessions, self.sandboxes, self.run):
             _mkdir_private(directory)
-        if str(self.sessions) not in _SPREAD:  # once a process (an open, an ioctl or two)
-            _SPREAD.add(str(self.sessions))
-            spread_subdirs(self.sessions)
+        spread_once(self.sessions)
         for directory in (self.home, self.sessions, self.run):
             # access() reports EROFS even for root, so a read-only mount is caught here and
             # not as a traceback from SQLite or a half-made session directory later.
@@ -122,7 +120,7 @@ class HalPaths(NamedTuple):
 _HOME_FIX = "set HAL_HOME (or `home` in your user config) to a writable directory"
 
 _SPREAD: set[str] = set()
-"""The sessions directories :meth:`HalPaths.ensure` has flagged in this process."""
+"""The directories :func:`spread_once` has flagged (or tried to) in this process."""
 _TOPDIR_FL = 0x00020000  # FS_TOPDIR_FL, `chattr +T`
 _FS_IOC_GETFLAGS = 0x80086601
 _FS_IOC_SETFLAGS = 0x40086602
@@ -156,6 +154,14 @@ def spread_subdirs(path: Path) -> bool:
         return False
     finally:
         os.close(fd)
+
+
+def spread_once(path: Path) -> None:
+    """:func:`spread_subdirs` of ``path``, the first time this process asks (an open and an
+    ioctl or two; the sessions directory is ensured at every task's creation)."""
+    if str(path) not in _SPREAD:
+        _SPREAD.add(str(path))
+        spread_subdirs(path)
 
 
 def _mkdir_private(path: Path) -> None:

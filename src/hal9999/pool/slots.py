@@ -25,7 +25,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from hal9999.home import spread_subdirs
+from hal9999.home import spread_once
 from hal9999.spec import Bind, SandboxSpec
 
 if TYPE_CHECKING:
@@ -245,7 +245,6 @@ class SlotDir:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._spread = False
 
     def own_warm(self) -> set[str]:
         """The providers a daemon of this home asked for warm sandboxes they keep themselves
@@ -266,11 +265,9 @@ class SlotDir:
     def new(self) -> Slot:
         """A fresh, empty slot."""
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not self._spread:
-            # Each slot in a block group of its own: a slot makes a symlink and frees one
-            # every task (``cur``), and a group's freed inodes slow its next ones (home.py).
-            self._spread = True
-            spread_subdirs(self.root)
+        # Each slot in a block group of its own: a slot makes a symlink and frees one every
+        # task (``cur``), and a group's freed inodes slow its next ones (home.py).
+        spread_once(self.root)
         slot = Slot(self.root / secrets.token_hex(6))
         slot.root.mkdir(mode=0o700)
         slot.empty.mkdir(mode=0o755)

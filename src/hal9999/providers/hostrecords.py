@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from hal9999.errors import CapabilityError, ConfigError
-from hal9999.home import spread_subdirs
+from hal9999.home import spread_once
 from hal9999.providers import cgroups, hostfs
 from hal9999.providers.base import Capabilities, SandboxInfo, SandboxState
 from hal9999.providers.records import JsonRecords
@@ -48,7 +48,6 @@ class RecordStore(JsonRecords[SandboxRecord]):
 
     def __init__(self, root: Path) -> None:
         super().__init__(root, SandboxRecord, layout="dir")
-        self._spread = False
 
     def dir(self, sandbox_id: str) -> Path:
         """The directory of ``sandbox_id`` (which must look like an id: no path tricks)."""
@@ -56,14 +55,12 @@ class RecordStore(JsonRecords[SandboxRecord]):
 
     def make_dir(self, sandbox_id: str) -> Path:
         """Create the directory of a new sandbox (``FileExistsError`` when it exists); the
-        first of this object's flags the state dir so that each lands in a block group of
+        first of this process's flags the state dir so that each lands in a block group of
         its own (its record is saved again at each stop and start: see
         :func:`hal9999.home.spread_subdirs`)."""
         directory = self.dir(sandbox_id)
         directory.mkdir(parents=True)
-        if not self._spread:
-            self._spread = True
-            spread_subdirs(self.root)
+        spread_once(self.root)
         return directory
 
 
