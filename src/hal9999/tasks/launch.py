@@ -97,7 +97,6 @@ class LaunchSteps(RunnerCore):
         sandbox = ctx.sandbox
         early: asyncio.Task[None] | None = None
         made: ProcessSpec | None = None  # the run's spec, once made
-        moving = False  # whether the task may be recorded `running` (see below)
         try:
             launch, prompt_text = self.plan(ctx, sandbox, agent, prompt)
             given = {**ctx.secrets, **(ctx.gateway.secrets() if ctx.gateway else {})}
@@ -124,7 +123,6 @@ class LaunchSteps(RunnerCore):
             # longest wait, this write a thread hop (issue 16).
             await self.transition(ctx, TaskStatus.PREPARING, sandbox_id=sandbox.id)
             adopting = await self.prepare(ctx, sandbox, launch, prompt_text, snap, checkout)
-            moving = True  # from here on the task may be recorded `running`
             await self.transition(
                 ctx, TaskStatus.RUNNING, detail=f"agent {agent.name}", first=adopting
             )
@@ -132,11 +130,10 @@ class LaunchSteps(RunnerCore):
                 with contextlib.suppress(HalError):  # the start tries again, and says why
                     await early
         except asyncio.CancelledError:
-            if moving and ctx.detached and self._recorded_running(ctx):
+            if made is not None and ctx.detached and self._recorded_running(ctx):
                 # A daemon shutting down (SIGTERM) left this run between its `running` and
                 # its start: the next daemon adopts agents that run, and would find none
                 # here (the task interrupted, for a resume by hand). The agent starts now.
-                assert made is not None  # made before `moving`
                 await self._start_detached(ctx, manager, sandbox, made, secrets, early)
                 raise
             await self._launch_failed(manager, checkout, early, made)
@@ -167,7 +164,8 @@ class LaunchSteps(RunnerCore):
 
     def _recorded_running(self, ctx: RunContext) -> bool:
         """Whether the store holds this run's `running` (its write's hop may have ended
-        after the cancel reached the run: the thread writes on)."""
+        after the cancel reached the run: the thread writes on). Only this launch writes it:
+        the task was `preparing` or earlier when it began."""
         try:
             return self.store.get_task(ctx.task.id).status == TaskStatus.RUNNING
         except HalError:
