@@ -58,6 +58,11 @@ KILLED_SERVE = textwrap.dedent(
                 die()
             return real_update(store, name, **fields)
         turns.update_agent = update
+    elif point == "before-the-agent-starts":  # `running`, its supervisor waiting for a `g`
+        from hal9999.process import tmux
+        def start(*args, **kwargs):
+            die()
+        tmux.TmuxProcessManager.start = start
     elif point == "after-the-cursor":  # the turn's mail is taken in the ledger
         agents.AgentDir.set_cursor = after(agents.AgentDir.set_cursor)
     elif point == "after-the-turn-row":  # the turn's row is closed
@@ -98,8 +103,8 @@ def settled(hal: Hal, name: str) -> dict[str, object] | None:
 
 @pytest.mark.parametrize(
     "point",
-    ["before-the-run-is-queued", "before-the-agent-names-its-task", "after-the-cursor",
-     "after-the-turn-row"],
+    ["before-the-run-is-queued", "before-the-agent-names-its-task", "before-the-agent-starts",
+     "after-the-cursor", "after-the-turn-row"],
 )  # fmt: skip
 def test_a_message_reaches_the_agent_once_whatever_moment_the_daemon_is_killed(
     daemon: Hal, hal_env: dict[str, str], hive_repo: Path, point: str, reaped: None
@@ -126,3 +131,7 @@ def test_a_message_reaches_the_agent_once_whatever_moment_the_daemon_is_killed(
     assert seen_in_all_sessions(hal_env, "the message that must arrive once") == 1
     tasks = as_json(hal, "task", "list")
     assert [t["id"] for t in tasks] == [agent["task_id"]], "one long-lived task"
+    if point == "before-the-agent-starts":
+        # No agent ran: its supervisor said so, and the next daemon ran the turn's task
+        # again (the same turn), not a crash of the agent's (backoff, the manager told).
+        assert [t["result"] for t in agent["recent_turns"]] == ["ok", "ok"]

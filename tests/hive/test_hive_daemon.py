@@ -200,8 +200,9 @@ def test_a_message_is_delivered_once_across_kill_9_during_delivery(
         # kill -9 of the daemon in the middle of a turn: the next one finishes that turn.
         assert hal("msg", "send", "bob", "take your time").returncode == 0
         poll("bob's second turn", lambda: agent_now(hal, "bob")["state"] == "running")
-        # ... its agent running (`running` comes before the launch, and a kill in between
-        # leaves a turn no agent saw: left to the hive's owners, docs/benchmarks.md, stop 44).
+        # ... its agent running: the message seen, so never delivered again. (A kill between
+        # the task's `running` and its agent's start: test_hive_crash.py, whose point
+        # before-the-agent-starts kills the daemon in exactly that window.)
         poll("bob's agent", lambda: "take your time" in seen(hal_env, agent["task_id"]))
         pid = json.loads((Path(hal_env["HAL_HOME"]) / "run" / "serve.json").read_text())["pid"]
         os.kill(pid, signal.SIGKILL)

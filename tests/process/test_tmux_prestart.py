@@ -22,8 +22,9 @@ from tests.tasks.test_recovery import pooled_service
 
 from hal9999.errors import RepoError
 from hal9999.process import tmux as tmux_module
-from hal9999.process.launch import SUPERVISOR
-from hal9999.process.supervisor import go_path
+from hal9999.process.base import never_started
+from hal9999.process.launch import SUPERVISOR, supervised
+from hal9999.process.supervisor import go_path, unstarted_path
 from hal9999.process.tmux import TmuxProcessManager
 from hal9999.providers.base import Sandbox
 from hal9999.spec import ArgvCommand, ProcessSpec, ShellCommand
@@ -206,6 +207,35 @@ def test_the_supervisor_waits_for_its_go_and_without_one_runs_nothing(tmp_path: 
     finally:
         os.close(held)
     assert marker.exists() and exit_file.read_text() == "0\n"
+
+
+async def test_a_supervisor_whose_go_never_came_says_its_command_never_started(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    # What a next daemon reads after a kill -9 of the one that was to write the `g` (its
+    # task `running` already): the run left no agent, not one that may have run and gone.
+    spec, marker = marking(tmp_path)
+    argv = supervised(sandbox, spec, None, go=True).argv
+    held = os.open(go_path(spec.exit_path), os.O_RDWR | os.O_NONBLOCK)
+    waiting = await asyncio.create_subprocess_exec(*argv)
+    os.close(held)  # the daemon's end of the FIFO, closed by its death
+    assert await asyncio.wait_for(waiting.wait(), 60) == 0
+    assert not marker.exists() and not spec.exit_path.exists()
+    assert never_started(spec.exit_path)
+    # The next try of the same run (an infra retry: the same exit file) starts clean, and a
+    # run that got its `g` is never said to have not started.
+    argv = supervised(sandbox, spec, None, go=True).argv
+    assert not never_started(spec.exit_path)
+    held = os.open(go_path(spec.exit_path), os.O_RDWR | os.O_NONBLOCK)
+    try:
+        os.write(held, b"g")
+        started = await asyncio.create_subprocess_exec(*argv)
+        assert await asyncio.wait_for(started.wait(), 60) == 0
+    finally:
+        os.close(held)
+    assert marker.exists() and spec.exit_path.read_text() == "0\n"
+    assert not os.path.lexists(unstarted_path(spec.exit_path))
+    assert not never_started(spec.exit_path)
 
 
 @pytest.mark.tmux

@@ -17,6 +17,7 @@ from hal9999.events.models import Phase
 from hal9999.events.reader import read_events
 from hal9999.pool import ProviderSettings, SlotDir, WarmPool
 from hal9999.process.base import ProcessStatus
+from hal9999.process.supervisor import mark_unstarted
 from hal9999.providers.base import Provider
 from hal9999.spec import SandboxSpec
 from hal9999.store import SandboxRow, Store, TaskRecord
@@ -279,6 +280,39 @@ async def test_a_task_whose_agent_had_not_started_is_queued_again_up_to_the_retr
     spent = store.get_task("prep1234")
     assert spent.status == "interrupted" and spent.infra_retries == 1, "its retries are spent"
     assert store.get_task("runs1234").status == "interrupted", "its agent had started"
+    store.close()
+
+
+async def test_a_running_task_whose_supervisor_never_got_its_start_is_queued_again(
+    tmp_path: Path,
+) -> None:
+    # Its runner killed -9 after `running` and before the supervisor's `g`: the supervisor
+    # left its marker (no exit status); another's agent had started (no marker).
+    home = tmp_path / "home"
+    store, service, fake, pool = pooled_service(home, "fake")
+    for task_id in ("nogo1234", "runs1234"):
+        store.insert_task(make_task(home, task_id, "running", runner_pid=DEAD_PID))
+    exit_file = Session(home / "sessions" / "nogo1234").exit_file(0)
+    exit_file.parent.mkdir(parents=True, exist_ok=True)
+    mark_unstarted(str(exit_file))
+    recovering = Recovery(service, pool, PoolSource(pool), lambda n: fake, retries=1)
+    report, adoptions = await recovering.run()
+
+    assert adoptions == [] and report.requeued == ["nogo1234"]
+    assert report.interrupted == ["runs1234"]
+    again = store.get_task("nogo1234")
+    assert again.status == "queued" and again.runner_pid == os.getpid()
+    assert again.infra_retries == 1 and again.exit_code is None
+    assert phase_steps(again) == [("running", "interrupted"), ("interrupted", "queued")]
+    assert store.get_task("runs1234").status == "interrupted", "its agent had started"
+    # Said plainly by a `hal` that reconciles it without a daemon (no retry there).
+    store.insert_task(make_task(home, "cli01234", "running", runner_pid=DEAD_PID))
+    exit_file = Session(home / "sessions" / "cli01234").exit_file(0)
+    exit_file.parent.mkdir(parents=True, exist_ok=True)
+    mark_unstarted(str(exit_file))
+    told = service.reconcile(store.get_task("cli01234"))
+    assert told.status == "interrupted"
+    assert "the agent had not started" in (told.error_message or "")
     store.close()
 
 

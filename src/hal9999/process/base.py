@@ -7,6 +7,7 @@ can be read back after the ``hal`` process that started it is gone.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,15 @@ def read_exit_status(path: Path) -> int | None:
         return int(text)
     except ValueError:
         return None
+
+
+def never_started(exit_path: Path) -> bool:
+    """Whether the run whose exit file is ``exit_path`` never started its command: its
+    supervisor, started ahead of it, ended without its ``g`` (the hal that was to give it
+    died first) and no exit status is recorded. False when unknown (no marker)."""
+    from hal9999.process.supervisor import unstarted_path
+
+    return os.path.lexists(unstarted_path(exit_path)) and not exit_path.exists()
 
 
 def process_started(pid: int) -> int | None:

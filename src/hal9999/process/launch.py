@@ -11,7 +11,7 @@ from pathlib import Path
 
 import hal9999
 from hal9999.errors import CapabilityError, ProcessError
-from hal9999.process.supervisor import ended_path, go_path
+from hal9999.process.supervisor import ended_path, go_path, unstarted_path
 from hal9999.providers.base import Launch, Sandbox
 from hal9999.providers.hostexec import dies_with_helper
 from hal9999.spec import ProcessSpec
@@ -47,6 +47,7 @@ def supervised(
         ) from exc
     spec.log_path.parent.mkdir(parents=True, exist_ok=True)
     spec.exit_path.unlink(missing_ok=True)
+    Path(unstarted_path(spec.exit_path)).unlink(missing_ok=True)  # an earlier try's
     ended = Path(ended_path(spec.exit_path))
     with contextlib.suppress(OSError):  # no FIFO here: the follower polls the exit file
         ended.unlink(missing_ok=True)

@@ -67,6 +67,25 @@ def go_path(exit_file: str | os.PathLike[str]) -> str:
     return beside(path, f".{path.rpartition('/')[2]}.go")
 
 
+def unstarted_path(exit_file: str | os.PathLike[str]) -> str:
+    """The marker beside ``exit_file`` a supervisor started ahead of its run (``--go``)
+    makes when its go FIFO ends without a ``g``: its command never started, so a next
+    daemon knows the run left no agent (nothing ran, no exit status) rather than one that
+    may have run and gone (issue 16, stop 45)."""
+    path = posix.fspath(exit_file)
+    return beside(path, f".{path.rpartition('/')[2]}.unstarted")
+
+
+def mark_unstarted(exit_file: str) -> None:
+    """Make the :func:`unstarted_path` marker of ``exit_file`` (one ``open``: there or not;
+    never through a link). Best effort: without it the run's end is what it always was."""
+    flags = posix.O_WRONLY | posix.O_CREAT | posix.O_NOFOLLOW | posix.O_CLOEXEC
+    try:
+        posix.close(posix.open(unstarted_path(exit_file), flags, 0o600))
+    except OSError:
+        pass
+
+
 def wait_go(fifo: str) -> bool:
     """Whether the run may start: a ``g`` read from ``fifo``. Opened without waiting for a
     writer, so a hal that died before it held the FIFO cannot leave this waiting for good.
@@ -308,9 +327,10 @@ def supervise(argv: list[str], environ: dict[bytes, bytes] | None = None) -> int
 
     if args.go is not None and not wait_go(args.go):
         # Started ahead of a run that never came (it failed first, or hal is gone): nothing
-        # ran, so no exit status either.
+        # ran, so no exit status either, but a marker saying the command never started.
         log.close()
         parsed.close(log.size)
+        mark_unstarted(args.exit_file)
         return 0
 
     child = [0]  # the running command's pid (its group's), for the signal handler

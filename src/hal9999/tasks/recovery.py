@@ -9,8 +9,9 @@ Every task gets a truthful state and every sandbox an owner:
   stop, and it is collected and finished as if nothing had happened (a collecting one is
   collected again; its agent never runs twice);
 - any other task that was in flight is marked ``interrupted`` (resumable), and its process and
-  sandbox are removed; one whose agent had not started (provisioning, preparing) is then
-  queued again, up to the scheduler's ``max_infra_retries`` times a task;
+  sandbox are removed; one whose agent had not started (provisioning, preparing, or running
+  with its supervisor ended before the start: :func:`never_started`) is then queued again,
+  up to the scheduler's ``max_infra_retries`` times a task;
 - a sandbox no adopted or live task holds is an orphan and is destroyed; a sandbox recorded
   in the store but gone from its provider is forgotten, with a log line saying so.
 """
@@ -32,7 +33,7 @@ from hal9999.events.models import Message, Output, Phase, Usage
 from hal9999.events.reader import read_events
 from hal9999.home import unusable_session_file
 from hal9999.pool import WarmPool
-from hal9999.process.base import ProcessManager, ProcessStatus
+from hal9999.process.base import ProcessManager, ProcessStatus, never_started
 from hal9999.providers.base import Provider, Sandbox
 from hal9999.spec import ArgvCommand, ProcessSpec
 from hal9999.store import TaskRecord
@@ -163,7 +164,12 @@ class Recovery:
                     if collecting:
                         report.interrupted.append(task.id)
                 else:
-                    unstarted = task.status in (TaskStatus.PROVISIONING, TaskStatus.PREPARING)
+                    # Its agent had not started: before its start, or `running` with its
+                    # supervisor left waiting for the start by a runner killed -9 (it said so).
+                    exit_file = self.service.session(task).exit_file(task.resumes)
+                    unstarted = task.status in (TaskStatus.PROVISIONING, TaskStatus.PREPARING) or (
+                        task.status == TaskStatus.RUNNING and never_started(exit_file)
+                    )
                     await self.interrupt(task)
                     if unstarted and await asyncio.to_thread(self.requeue, task.id):
                         report.requeued.append(task.id)
@@ -226,16 +232,9 @@ class Recovery:
         # In a thread: a write lock held by another process must not stall the loop.
         with self.service.events(task) as events:
             _, record = transition(
-                self.store,
-                events,
-                task.id,
-                TaskStatus.INTERRUPTED,
-                expect=task.status,
-                detail=reason,
-                runner_pid=None,
-                error_code="interrupted",
-                error_message=reason,
-            )
+                self.store, events, task.id, TaskStatus.INTERRUPTED, expect=task.status,
+                detail=reason, runner_pid=None, error_code="interrupted", error_message=reason,
+            )  # fmt: skip
         return record
 
     def requeue(self, task_id: str) -> bool:

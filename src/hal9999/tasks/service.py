@@ -21,7 +21,7 @@ from hal9999.events.models import Event, Message, TaskCreated, TaskEnd
 from hal9999.events.writers import EventWriters
 from hal9999.home import HalPaths
 from hal9999.pool.settings import provider_settings
-from hal9999.process.base import read_exit_status
+from hal9999.process.base import never_started, read_exit_status
 from hal9999.process.caplog import log_cap_from
 from hal9999.providers.base import Provider
 from hal9999.redact import SecretMasker
@@ -452,9 +452,12 @@ class TaskService(TaskSecrets):
             # `hal task resume` runs it here; marking it interrupted would keep both from it
             # (a retry a crashed daemon had queued, listed before the daemon came back).
             return task
-        exit_code = read_exit_status(self.session(task).exit_file(task.resumes))
+        exit_file = self.session(task).exit_file(task.resumes)
+        exit_code = read_exit_status(exit_file)
         if exit_code is not None:
             agent = f"the agent exited with status {exit_code}"
+        elif task.status == TaskStatus.RUNNING and never_started(exit_file):
+            agent = "the agent had not started (its supervisor never got the start)"
         elif task.status in (TaskStatus.RUNNING, TaskStatus.COLLECTING):
             agent = "the agent may still be running"
         else:  # it died while acquiring a sandbox or cloning: no agent was ever started
@@ -468,16 +471,9 @@ class TaskService(TaskSecrets):
         with self.events(task) as events:
             try:
                 _, interrupted = transition(
-                    self.store,
-                    events,
-                    task.id,
-                    TaskStatus.INTERRUPTED,
-                    expect=task.status,
-                    detail=message,
-                    runner_pid=None,
-                    error_code="interrupted",
-                    error_message=told,
-                )
+                    self.store, events, task.id, TaskStatus.INTERRUPTED, expect=task.status,
+                    detail=message, runner_pid=None, error_code="interrupted", error_message=told,
+                )  # fmt: skip
             except TaskStateError:
                 return self.store.get_task(task.id)  # it moved meanwhile: that is the truth
             events.emit(Message(level="warning", text=told))
