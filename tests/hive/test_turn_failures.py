@@ -164,3 +164,32 @@ def test_a_restarted_daemon_waits_out_the_backoff_a_crash_started_before_it(
 
         asyncio.run(restart())
         assert get_agent(store, "bob").crashes == 2
+
+
+def test_a_turn_cancelled_by_the_daemons_stop_starts_no_other(tmp_path: Path) -> None:
+    # `hal serve` stopping (SIGTERM) cancels the turns in progress; one cancelled before its
+    # agent moved to `running` (bob sleeps, with mail) started another turn from its end,
+    # after the stop had gathered them: a turn begun on a daemon going away.
+    home = tmp_path / "home"
+    with Store.open(home) as store:
+        make_agent(store, "bob")
+        AgentDir.of(home, "bob").root.mkdir(parents=True)
+        broker.send(store, sender="operator", recipient="bob", body="hello")
+        hive, attempts = hive_of(store, home, HiveSettings())
+        hive.over_budget = lambda: time.sleep(0.3)  # type: ignore[assignment,method-assign,func-returns-value]
+
+        async def main() -> None:
+            hive._loop = asyncio.get_running_loop()
+            hive.wake("bob")
+            await until(lambda: attempts)
+            turn = hive.turns["bob"]
+            turn.cancel()  # as Daemon.stop does
+            await asyncio.gather(turn, return_exceptions=True)
+            await asyncio.sleep(0.5)
+            assert attempts == ["bob"] and hive.turns == {}, "no turn after the stop's cancel"
+
+        asyncio.run(main())
+        bob = get_agent(store, "bob")
+        assert bob.state == "sleeping"
+        # Its mail is delivered, not read: the next daemon's first turn takes it.
+        assert [m.state for m in broker.inbox(store, "bob")] == ["delivered"]

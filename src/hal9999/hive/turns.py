@@ -180,8 +180,10 @@ class HiveLoop:
                 await asyncio.to_thread(self._failed, name, why)
         finally:
             self.turns.pop(name, None)
-            # Mail that arrived during the turn (or a crashed turn's) gets a turn of its own.
-            if await asyncio.to_thread(self._wants_turn, name):
+            # Mail that arrived during the turn (or a crashed turn's) gets a turn of its own;
+            # not after a cancel (the daemon's stop): that turn would begin as it went away.
+            stopping = (current := asyncio.current_task()) is not None and current.cancelling()
+            if not stopping and await asyncio.to_thread(self._wants_turn, name):
                 self._wake_now(name)
 
     def _abandon(
@@ -370,10 +372,8 @@ class HiveLoop:
             if task.status == TaskStatus.QUEUED:
                 self.scheduler.submit(task_id)
         task = await self._wait(task_id)
-        result = watch.turn_result(task)
-        await asyncio.to_thread(
-            self._close, name, row.id, task, result, row.started_at, 0, row.messages
-        )
+        await asyncio.to_thread(self._close, name, row.id, task, watch.turn_result(task),
+                                row.started_at, 0, row.messages)  # fmt: skip
 
     def _turn_task(self, row: stats.TurnRow, task_id: str | None) -> TaskRecord | None:
         """The task an open turn runs as, or None when its run was never queued: no task
