@@ -59,8 +59,14 @@ KILLED_SERVE = textwrap.dedent(
             return real_update(store, name, **fields)
         turns.update_agent = update
     elif point == "before-the-agent-starts":  # `running`, its supervisor waiting for a `g`
+        from pathlib import Path
         from hal9999.process import tmux
-        def start(*args, **kwargs):
+        from hal9999.store import Store
+        def start(manager, sandbox, spec, **kwargs):
+            home = Path(os.environ["HAL_HOME"])
+            with Store.open(home) as store:  # the status the kill meets, for the test
+                task = store.get_task(spec.name.removeprefix("hal-"))
+            (home / "killed-at").write_text(task.status)
             die()
         tmux.TmuxProcessManager.start = start
     elif point == "stopped-in-the-agents-start":  # SIGTERM (`hal serve --stop`) meets it
@@ -131,6 +137,8 @@ def test_a_message_reaches_the_agent_once_whatever_moment_the_daemon_is_killed(
         [sys.executable, "-c", KILLED_SERVE, point], capture_output=True, text=True,
         env={**hal_env, "PYTHONPATH": os.pathsep.join(sys.path)}, timeout=120,
     )  # fmt: skip
+    if point == "before-the-agent-starts":
+        assert (Path(hal_env["HAL_HOME"]) / "killed-at").read_text() == "running"
     stopped = point.startswith("stopped-")
     assert killed.returncode == (0 if stopped else -signal.SIGKILL), killed.stderr[-2000:]
 
