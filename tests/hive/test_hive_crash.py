@@ -69,6 +69,20 @@ KILLED_SERVE = textwrap.dedent(
             (home / "killed-at").write_text(task.status)
             die()
         tmux.TmuxProcessManager.start = start
+    elif point == "at-running-its-pane-slow":  # killed as `running` is written
+        import asyncio
+        from hal9999.process import tmux
+        from hal9999.store import Store
+        real_prestart, real_set = tmux.TmuxProcessManager.prestart, Store.set_status
+        async def prestart(*args, **kwargs):
+            await asyncio.sleep(1.5)  # the pane opens after the run's checkout
+            return await real_prestart(*args, **kwargs)
+        def set_status(self, task_id, target, **kwargs):
+            written = real_set(self, task_id, target, **kwargs)
+            if target == "running":
+                die()
+            return written
+        tmux.TmuxProcessManager.prestart, Store.set_status = prestart, set_status
     elif point == "stopped-in-the-agents-start":  # SIGTERM (`hal serve --stop`) meets it
         import asyncio
         from hal9999.process import tmux
@@ -117,7 +131,8 @@ def settled(hal: Hal, name: str) -> dict[str, object] | None:
 @pytest.mark.parametrize(
     "point",
     ["before-the-run-is-queued", "before-the-agent-names-its-task", "before-the-agent-starts",
-     "stopped-in-the-agents-start", "after-the-cursor", "after-the-turn-row"],
+     "at-running-its-pane-slow", "stopped-in-the-agents-start", "after-the-cursor",
+     "after-the-turn-row"],
 )  # fmt: skip
 def test_a_message_reaches_the_agent_once_whatever_moment_the_daemon_is_killed(
     daemon: Hal, hal_env: dict[str, str], hive_repo: Path, point: str, reaped: None
@@ -147,7 +162,8 @@ def test_a_message_reaches_the_agent_once_whatever_moment_the_daemon_is_killed(
     assert seen_in_all_sessions(hal_env, "the message that must arrive once") == 1
     tasks = as_json(hal, "task", "list")
     assert [t["id"] for t in tasks] == [agent["task_id"]], "one long-lived task"
-    if point in ("before-the-agent-starts", "stopped-in-the-agents-start"):
+    if point in ("before-the-agent-starts", "at-running-its-pane-slow",
+                 "stopped-in-the-agents-start"):  # fmt: skip
         # No agent ran: its supervisor said so, and the next daemon ran the turn's task
         # again (the same turn), not a crash of the agent's (backoff, the manager told).
         assert [t["result"] for t in agent["recent_turns"]] == ["ok", "ok"]

@@ -123,12 +123,15 @@ class LaunchSteps(RunnerCore):
             # longest wait, this write a thread hop (issue 16).
             await self.transition(ctx, TaskStatus.PREPARING, sandbox_id=sandbox.id)
             adopting = await self.prepare(ctx, sandbox, launch, prompt_text, snap, checkout)
+            if early is not None:
+                # Before `running`: a runner killed -9 after it leaves a supervisor waiting
+                # for the start, which says the agent never started when its FIFO ends (the
+                # next daemon queues the task again); killed while the pane opened, none.
+                with contextlib.suppress(HalError):  # the start tries again, and says why
+                    await early
             await self.transition(
                 ctx, TaskStatus.RUNNING, detail=f"agent {agent.name}", first=adopting
             )
-            if early is not None:
-                with contextlib.suppress(HalError):  # the start tries again, and says why
-                    await early
         except asyncio.CancelledError:
             if made is not None and ctx.detached and self._recorded_running(ctx):
                 # A daemon shutting down (SIGTERM) left this run between its `running` and
