@@ -31,7 +31,7 @@ from types import FrameType, SimpleNamespace
 
 from hal9999.cli.echo import after_agent_output, echo, emit_json, stream_to_terminal
 from hal9999.cli.task_table import one_line, summary
-from hal9999.cli.thin_config import THIN_VARS, home_path, no_daemon
+from hal9999.cli.thin_config import NAME_AND_THIN_VARS, NAME_VARS, home_path, names_set, no_daemon
 from hal9999.envvars import forwarded_env, parse_env_option
 from hal9999.errors import ConfigError, HalError, UsageError, exit_status_for
 from hal9999.workdir import current_path, working_path
@@ -53,15 +53,9 @@ else:
 
     from hal9999.lighttyping import NamedTuple, cast
 
-NAME_VARS = {
-    "HAL_AGENT": "default_agent",
-    "HAL_PROVIDER": "default_provider",
-    "HAL_PROCESS_MANAGER": "process_manager",
-}
-"""The name settings this path reads from ``HAL_*`` (``config.ENV_KEYS``' order)."""
 ORIGIN_KEYS = {"HAL_HOME": "home", **NAME_VARS}
 """The config key each variable this path applies sets (``config.ENV_KEYS``' own)."""
-RUN_VARS = THIN_VARS | frozenset(NAME_VARS)
+RUN_VARS = NAME_AND_THIN_VARS
 """Every ``HAL_*`` variable this path understands."""
 DEFAULT_TIMEOUT_S = 3600
 """``HalConfig().timeout_s`` as the attribute holds it (a default is not validated: an int)."""
@@ -95,17 +89,13 @@ def simple_config(
     home = home_path(environ, None if cwd is None else str(cwd), RUN_VARS)
     if home is None:
         return None
+    names = names_set(environ)
+    if names is None:
+        return None
     config = default_config(home)
     applied = ["HAL_HOME"] if environ.get("HAL_HOME") else []
-    for var, key in NAME_VARS.items():
-        value = environ.get(var, "")
-        if not value and var == "HAL_AGENT" and var in environ:
-            return None  # refused (``config.REFUSED_EMPTY``): the full path says so
-        if not value:
-            continue  # empty means unset, as in the config
-        if not value.isascii() or not value.strip():
-            return None  # the full path says what is wrong with it
-        config[key] = value
+    for var, value in names.items():
+        config[NAME_VARS[var]] = value
         applied.append(var)
     return config, tuple(applied)
 

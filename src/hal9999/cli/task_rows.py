@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 from hal9999.cli.task_table import task_table
-from hal9999.cli.thin_config import home_path
+from hal9999.cli.thin_config import listing_home
 from hal9999.cli.thin_config import thin_home as thin_home  # re-exported (tests)
 from hal9999.home import DB_NAME
 from hal9999.tasks.alive import runner_alive
@@ -23,7 +22,9 @@ from hal9999.workdir import pure_path
 TYPE_CHECKING = False  # typing: hal9999.lighttyping says why
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
-    from typing import NamedTuple
+    from typing import Any, NamedTuple
+
+    from hal9999.cli.task_doc import ListArgs
 else:
     from hal9999.lighttyping import NamedTuple
 
@@ -32,8 +33,6 @@ NO_TASKS = 'no tasks yet; start one with: hal run "PROMPT"'
 
 ACTIVE_STATES = frozenset({"queued", "provisioning", "preparing", "running", "collecting"})
 """``tasks.state.ACTIVE``, as names (a test keeps them equal)."""
-QUEUED_GRACE_S = 10.0
-"""``TaskService.reconcile`` leaves a queued task without a runner alone this long."""
 FINAL_STATES = ("cancelled", "failed", "succeeded", "timed_out")
 """``tasks.state.FINAL``, as names (a test keeps them equal)."""
 _OWED_SQL = (
@@ -75,7 +74,39 @@ def thin_rows(
 ) -> list[Row] | None:
     """The rows ``hal task list`` shows, read with the standard library; None when the
     full path must answer (see the module's docstring)."""
-    home = home_path(environ, None if cwd is None else os.fspath(cwd))
+    found = _select(environ, cwd, statuses, limit, whole=False)
+    return None if found is None else [row for row, _ in found[0]]
+
+
+def thin_tasks(
+    environ: Mapping[str, str],
+    cwd: str | os.PathLike[str] | None,
+    statuses: Sequence[str],
+    limit: int | None,
+) -> list[dict[str, Any]] | None:
+    """The document ``hal task list --json`` prints (:mod:`hal9999.cli.task_doc`), when
+    :func:`thin_rows` would answer and every row is one the thin path vouches for."""
+    found = _select(environ, cwd, statuses, limit, whole=True)
+    if found is None:
+        return None
+    from hal9999.cli.task_doc import Unsure, task_doc
+
+    rows, names = found
+    try:
+        return [task_doc(names, whole) for _, whole in rows]
+    except Unsure:
+        return None
+
+
+def _select(
+    environ: Mapping[str, str],
+    cwd: str | os.PathLike[str] | None,
+    statuses: Sequence[str],
+    limit: int | None,
+    whole: bool,
+) -> tuple[list[tuple[Row, tuple[Any, ...]]], list[str]] | None:
+    """The listed tasks' rows (and with ``whole``, every column and the columns' names)."""
+    home = listing_home(environ, None if cwd is None else os.fspath(cwd))
     if home is None:
         return None
     import sqlite3
@@ -85,7 +116,7 @@ def thin_rows(
     db = pure_path(home, DB_NAME)
     if not os.path.isfile(db):  # False on any OSError too (a name too long, say)
         return None  # the full path creates it (and the home), or says why it cannot
-    sql = f"SELECT {_COLUMNS} FROM tasks"
+    sql = f"SELECT {_COLUMNS}{', *' if whole else ''} FROM tasks"
     params: list[object] = list(statuses)
     if statuses:
         sql += f" WHERE status IN ({', '.join('?' * len(statuses))})"
@@ -93,6 +124,7 @@ def thin_rows(
     if limit is not None:
         sql += " LIMIT ?"
         params.append(limit)
+    width = len(Row._fields)
     try:
         # mode=rw: never create a database; the full path owns creating and migrating.
         conn = sqlite3.connect(f"file:{db}?mode=rw", uri=True, timeout=5.0)
@@ -100,39 +132,51 @@ def thin_rows(
             version = conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0]
             if version != MIGRATIONS[-1].version:
                 return None
-            rows = [Row(*found) for found in conn.execute(sql, params)]
+            cursor = conn.execute(sql, params)
+            names = [column[0] for column in cursor.description[width:]]
+            rows = [(Row(*found[:width]), found[width:]) for found in cursor]
             owed = conn.execute(_OWED_SQL).fetchall()
         finally:
             conn.close()
     except sqlite3.Error:
         return None  # the full path reports it as one clear line
-    if any(_needs_reconciling(row) for row in rows):
+    if any(_needs_reconciling(row) for row, _ in rows):
         return None
     if any(not runner_alive(pid) for (pid,) in owed):
         return None  # a killed run's sandbox to sweep (tasks/deadruns.py), on the full path
-    return rows
+    return rows, names
 
 
 def _needs_reconciling(row: Row) -> bool:
-    # The test of TaskService.reconcile, without its write.
-    if row.status not in ACTIVE_STATES or runner_alive(row.runner_pid):
-        return False
-    if row.runner_pid is None and row.status == "queued":
-        return time.time() - row.created_at >= QUEUED_GRACE_S
-    return True
+    # The test of TaskService.reconcile, without its write: a queued task is left as it is,
+    # with or without a runner (the next `hal serve` or `hal task resume` starts it).
+    return (
+        row.status in ACTIVE_STATES and row.status != "queued" and not runner_alive(row.runner_pid)
+    )
 
 
-def list_without_click() -> None:
-    """``hal task list`` with no option, when :func:`thin_rows` answers: print the table (or
-    that there are no tasks) as click's ``echo`` would and exit 0 (a reader that went away:
-    status 141, quietly, as the click path's; no standard output: nothing, 0). Returns when
-    the full path must answer, having printed nothing: anything :func:`thin_rows` raises is
-    the full path's to meet again and report as one line."""
+def list_without_click(argv: Sequence[str]) -> None:
+    """``hal task list ARGV`` in the forms :func:`task_doc.list_args` reads, when
+    :func:`thin_rows` (or, for ``--json``, :func:`thin_tasks`) answers: print the table (or
+    that there are no tasks, or the JSON document) as click's ``echo`` would and exit 0 (a
+    reader that went away: status 141, quietly, as the click path's; no standard output:
+    nothing, 0). Returns when the full path must answer, having printed nothing: anything
+    raised here is the full path's to meet again and report as one line."""
     if sys.stdout is not None and (sys.stdout.encoding or "").lower() not in ("utf-8", "utf8"):
         return  # click's echo copes with a stream that cannot take every character
     try:
-        rows = thin_rows(os.environ, here(), (), None)
-        text = None if rows is None else task_table(list(rows)) if rows else NO_TASKS
+        args = _args(argv)
+        if args is None:
+            return
+        statuses, limit = args.statuses, args.limit
+        if args.as_json:
+            from hal9999.cli.echo import json_text  # emit_json's: the same bytes
+
+            tasks = thin_tasks(os.environ, here(), statuses, limit)
+            text = None if tasks is None else json_text(tasks)
+        else:
+            rows = thin_rows(os.environ, here(), statuses, limit)
+            text = None if rows is None else task_table(list(rows)) if rows else NO_TASKS
     except Exception:
         return
     if text is None:
@@ -146,3 +190,13 @@ def list_without_click() -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(128 + 13)
     sys.exit(0)
+
+
+def _args(argv: Sequence[str]) -> ListArgs | None:
+    if not argv:
+        from hal9999.cli.task_doc import ListArgs
+
+        return ListArgs()
+    from hal9999.cli.task_doc import list_args
+
+    return list_args(argv)

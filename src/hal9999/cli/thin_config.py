@@ -20,6 +20,15 @@ if TYPE_CHECKING:
 
 THIN_VARS = frozenset({"HAL_HOME", "HAL_NO_DAEMON"})
 """``HAL_*`` variables every thin path understands."""
+NAME_VARS = {
+    "HAL_AGENT": "default_agent",
+    "HAL_PROVIDER": "default_provider",
+    "HAL_PROCESS_MANAGER": "process_manager",
+}
+"""The name settings a thin path reads from ``HAL_*`` (``config.ENV_KEYS``' order)."""
+NAME_AND_THIN_VARS = THIN_VARS | frozenset(NAME_VARS)
+"""``THIN_VARS`` and the name settings: what the thin ``hal run`` and ``hal task list``
+understand."""
 
 NO_DAEMON_VAR = "HAL_NO_DAEMON"
 """Set to 1 to work in-process even while a daemon runs."""
@@ -42,6 +51,34 @@ def no_daemon(environ: Mapping[str, str]) -> bool:
         f"{NO_DAEMON_VAR}: expected 1 or 0, got {value!r}",
         hint=f"{NO_DAEMON_VAR}=1 works without the daemon; unset it to use a running one",
     )
+
+
+def names_set(environ: Mapping[str, str]) -> dict[str, str] | None:
+    """The name variables that apply (variable: value, in ``NAME_VARS``' order), when the
+    full config would take each of them as it is; None when one is the full path's to judge
+    (and, for most, to refuse in one line: ``HAL_PROVIDER: default_provider: must not be
+    empty``, ``HAL_AGENT is set but empty``, ``HAL_PROVIDER: not UTF-8 text``)."""
+    applied: dict[str, str] = {}
+    for var in NAME_VARS:
+        value = environ.get(var, "")
+        if not value and var == "HAL_AGENT" and var in environ:
+            return None  # refused (``config.REFUSED_EMPTY``)
+        if not value:
+            continue  # empty means unset, as in the config
+        if not value.isascii() or not value.strip():
+            return None  # blank, or maybe not UTF-8 (an escaped byte): the full path says so
+        applied[var] = value
+    return applied
+
+
+def listing_home(environ: Mapping[str, str], cwd: str | None) -> str | None:
+    """:func:`home_path` for a command that reads the store and no setting but the home
+    (``hal task list``): the name variables cannot change what it shows, and are taken when
+    the full config would take them as they are (:func:`names_set`)."""
+    if environ.get(NO_DAEMON_VAR, "").lower() not in _YES | _NO:
+        return None  # the full path refuses it (:func:`no_daemon`), even for a listing
+    home = home_path(environ, cwd, NAME_AND_THIN_VARS)
+    return None if home is None or names_set(environ) is None else home
 
 
 def thin_home(
