@@ -18,6 +18,7 @@ from click.testing import CliRunner
 import hal9999.cli
 from hal9999.cli.lazy import COMMANDS
 from hal9999.cli.main import cli
+from hal9999.store import Store
 
 HEAVY = {"pydantic", "pydantic_core", "httpx", "asyncssh", "docker", "starlette", "uvicorn",
          "mcp", "anyio", "asyncio", "sqlite3"}  # fmt: skip
@@ -131,3 +132,28 @@ def test_an_unknown_command_is_one_line(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.strip() == "hal: error: No such command 'nope'. (see: hal --help)"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["task", "list"], ["task", "list", "--json"],
+     ["task", "list", "--status", "failed", "--limit=5", "--json"]],
+)  # fmt: skip
+def test_task_list_with_a_provider_set_imports_neither_click_nor_pydantic(
+    args: list[str], tmp_path: Path
+) -> None:
+    # HAL_PROVIDER (which every hal the suite starts has, and users export) cannot change a
+    # listing: it took the full click + pydantic CLI, ~0.45 s a start (issue 16, stop 45).
+    Store.open(tmp_path).close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HAL_", "XDG_"))}
+    env.update(HAL_HOME=str(tmp_path), HOME=str(tmp_path), HAL_PROVIDER="bwrap",
+               HAL_AGENT="claude", HAL_PROCESS_MANAGER="direct")  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORTED, *args], env=env, cwd=tmp_path, capture_output=True,
+        text=True, timeout=60, check=False,
+    )  # fmt: skip
+    *_, modules = done.stderr.strip().splitlines()
+    loaded = set(json.loads(modules))
+    assert done.stdout.startswith(("no tasks yet", "[]")), done.stdout
+    assert loaded & {"click", "pydantic", "pydantic_core"} == set()
+    assert loaded & HEAVY == {"sqlite3"}
