@@ -251,5 +251,12 @@ def test_through_a_running_daemon_the_document_is_the_full_clients(
         assert [task["id"] for task in json.loads(thin.stdout)] == [
             "full0001", "d0000003", "d0000002", "d0000001", "d0000000"
         ]  # fmt: skip  # the last form's: every task
+        for form in (("full0001",), ("--json", "d0000001")):
+            # `hal task show` is the click command's through a daemon (its thin client).
+            args = [sys.executable, "-c", IMPORTED, "task", "show", *form]
+            thin = subprocess.run(args, env=hal_env, check=False, **run)  # type: ignore[call-overload]
+            full = subprocess.run(args, env={**hal_env, **FULL}, check=False, **run)  # type: ignore[call-overload]
+            assert "click" in json.loads(thin.stderr.splitlines()[-1])
+            assert thin.stdout == full.stdout and form[-1] in thin.stdout
     finally:
         assert hal("serve", "--stop").returncode == 0

@@ -106,6 +106,29 @@ def _select(
     whole: bool,
 ) -> tuple[list[tuple[Row, tuple[Any, ...]]], list[str]] | None:
     """The listed tasks' rows (and with ``whole``, every column and the columns' names)."""
+    clause = ""
+    params: list[object] = list(statuses)
+    if statuses:
+        clause += f" WHERE status IN ({', '.join('?' * len(statuses))})"
+    clause += " ORDER BY created_at DESC, rowid DESC"
+    if limit is not None:
+        clause += " LIMIT ?"
+        params.append(limit)
+    return read_tasks(environ, cwd, [(clause, params)], whole, sweep=True)
+
+
+def read_tasks(
+    environ: Mapping[str, str],
+    cwd: str | os.PathLike[str] | None,
+    queries: Sequence[tuple[str, Sequence[object]]],
+    whole: bool,
+    sweep: bool,
+) -> tuple[list[tuple[Row, tuple[Any, ...]]], list[str]] | None:
+    """The rows of the first of ``queries`` (a clause after ``FROM tasks`` and its
+    parameters) that finds any (or the last's none), each :class:`Row` and with ``whole``
+    every column, and the columns' names; None when the full path must answer: a config it
+    must read, no store or another schema, a row it would reconcile, and with ``sweep`` a
+    killed run's sandbox it would destroy first."""
     home = listing_home(environ, None if cwd is None else os.fspath(cwd))
     if home is None:
         return None
@@ -116,14 +139,7 @@ def _select(
     db = pure_path(home, DB_NAME)
     if not os.path.isfile(db):  # False on any OSError too (a name too long, say)
         return None  # the full path creates it (and the home), or says why it cannot
-    sql = f"SELECT {_COLUMNS}{', *' if whole else ''} FROM tasks"
-    params: list[object] = list(statuses)
-    if statuses:
-        sql += f" WHERE status IN ({', '.join('?' * len(statuses))})"
-    sql += " ORDER BY created_at DESC, rowid DESC"
-    if limit is not None:
-        sql += " LIMIT ?"
-        params.append(limit)
+    select = f"SELECT {_COLUMNS}{', *' if whole else ''} FROM tasks"
     width = len(Row._fields)
     try:
         # mode=rw: never create a database; the full path owns creating and migrating.
@@ -132,10 +148,13 @@ def _select(
             version = conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0]
             if version != MIGRATIONS[-1].version:
                 return None
-            cursor = conn.execute(sql, params)
-            names = [column[0] for column in cursor.description[width:]]
-            rows = [(Row(*found[:width]), found[width:]) for found in cursor]
-            owed = conn.execute(_OWED_SQL).fetchall()
+            for clause, params in queries:
+                cursor = conn.execute(select + clause, params)
+                names = [column[0] for column in cursor.description[width:]]
+                rows = [(Row(*found[:width]), found[width:]) for found in cursor]
+                if rows:
+                    break
+            owed = conn.execute(_OWED_SQL).fetchall() if sweep else []
         finally:
             conn.close()
     except sqlite3.Error:

@@ -63,6 +63,21 @@ _CONTROLS = dict.fromkeys([*range(0x20), *range(0x7F, 0xA0)], "?")
 """Control characters (C0, DEL, C1): shown as ``?``, never sent to the terminal."""
 
 
+_UNSAFE = frozenset(map(chr, [*range(0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0)]))
+"""What :func:`hal9999.cli.output.sanitize` acts on: every escape sequence starts with ESC,
+one of these."""
+
+
+def sanitized(text: str) -> str:
+    """``output.sanitize(text)``, importing that module (~250 of a thin command's start-up's
+    modules' worth of ``re``, ``pathlib`` and ``typing``) only for a text it would change."""
+    if _UNSAFE.isdisjoint(text):
+        return text
+    from hal9999.cli.output import sanitize
+
+    return sanitize(text)
+
+
 def one_line(text: str) -> str:
     """``text`` on one line with no control character: a prompt a hive agent gave its
     sub-task (``run_task``) reached the operator's terminal raw in ``hal task list``, an
@@ -140,8 +155,6 @@ def summary(task: TaskSummary) -> str:
     if task.error_message:
         # The agent can write into it (git's messages from collection, a bundle's ref names):
         # cleaned as any viewer cleans the agent's output.
-        from hal9999.cli.output import sanitize
-
-        lines.append(f"error     {sanitize(task.error_message)}")
+        lines.append(f"error     {sanitized(task.error_message)}")
     lines.append(f"session   {task.session_dir}")
     return "\n".join(lines)
