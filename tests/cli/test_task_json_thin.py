@@ -20,6 +20,7 @@ from tests.cli.test_entry import IMPORTED
 from tests.tasks.test_recovery import make_task
 
 from hal9999.cli import task_doc
+from hal9999.cli.echo import _finite
 from hal9999.cli.options import TASK_STATES
 from hal9999.cli.task_list import list_
 from hal9999.cli.task_rows import thin_tasks
@@ -83,6 +84,19 @@ def test_options_are_read_as_click_reads_them_or_left_to_it(argv: tuple[str, ...
         thin.statuses,
         thin.limit,
         thin.as_json,
+    )
+
+
+@pytest.mark.parametrize(
+    "data",
+    [[], {}, [{}], [[]], None, True, False, 0, -7, 2**70, 0.1 + 0.2, -0.0, 1e20, 1e-7, 5e-324,
+     float("inf"), float("-inf"), float("nan"), "", "é\u2028\x00\x1b[2J🚀\"\\/",
+     [{"a": [1, [2, {"b": None}]], "c": {"d": []}, "é": "x"}, {"e": 1.5}],
+     {"k": [None, True, "s", 3, 4.25, [], {}]}],
+)  # fmt: skip
+def test_the_json_text_is_emit_jsons(data: object) -> None:
+    assert task_doc.json_text(data) == json.dumps(
+        _finite(data), indent=2, default=str, allow_nan=False
     )
 
 

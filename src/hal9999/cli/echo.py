@@ -50,14 +50,9 @@ def _plain(stream: TextIO, text: str) -> bool:
 def emit_json(data: Any) -> None:
     """Print one JSON document: strict JSON (a non-finite number, which older databases may
     hold, becomes null instead of the invalid ``Infinity``)."""
-    echo(json_text(data))
-
-
-def json_text(data: Any) -> str:
-    """The text :func:`emit_json` prints, without its newline."""
     import json
 
-    return json.dumps(_finite(data), indent=2, default=str, allow_nan=False)
+    echo(json.dumps(_finite(data), indent=2, default=str, allow_nan=False))
 
 
 def _finite(data: Any) -> Any:

@@ -189,7 +189,7 @@ def list_without_click(argv: Sequence[str]) -> None:
             return
         statuses, limit = args.statuses, args.limit
         if args.as_json:
-            from hal9999.cli.echo import json_text  # emit_json's: the same bytes
+            from hal9999.cli.task_doc import json_text  # emit_json's text
 
             tasks = thin_tasks(os.environ, here(), statuses, limit)
             text = None if tasks is None else json_text(tasks)

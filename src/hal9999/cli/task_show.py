@@ -105,7 +105,8 @@ def show_without_click(argv: Sequence[str]) -> None:
         doc = None if args is None else thin_task(os.environ, here(), args[0])
         if doc is None or args is None:
             return
-        from hal9999.cli.echo import echo, json_text
+        from hal9999.cli.echo import echo
+        from hal9999.cli.task_doc import json_text
 
         lines = [json_text(doc)] if args[1] else show_lines(doc)
     except Exception:
