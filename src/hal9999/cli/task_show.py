@@ -50,6 +50,10 @@ def thin_task(environ: Mapping[str, str], cwd: str | None, task_id: str) -> dict
     key = task_id.strip()  # as the store's find_task
     if not key:
         return None
+    # The daemon first: through one, the click command's thin client answers, and this
+    # process had better not have imported the store's modules (test_daemon_run_e2e.py).
+    if not no_daemon(environ) and _daemon_runs(environ, cwd):
+        return None
     found = read_tasks(
         environ,
         cwd,
@@ -59,8 +63,6 @@ def thin_task(environ: Mapping[str, str], cwd: str | None, task_id: str) -> dict
     )
     if found is None or len(found[0]) != 1:
         return None  # no such task, or several: the full path says so
-    if not no_daemon(environ) and _daemon_runs(environ, cwd):
-        return None
     from hal9999.cli.task_doc import Unsure, task_doc
 
     rows, names = found
