@@ -21,13 +21,12 @@ import posixpath
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hal9999.config import CredentialFile, HalConfig
 from hal9999.envvars import forwarded_env as forwarded_env  # re-exported (light module)
 from hal9999.envvars import parse_env_option as parse_env_option
 from hal9999.errors import CredentialsError, HalError
-from hal9999.providers.base import Sandbox
 from hal9999.redact import (
     MIN_SECRET_LEN,
     SecretMasker,
@@ -35,6 +34,9 @@ from hal9999.redact import (
     high_entropy,
     secret_like_name,
 )
+
+if TYPE_CHECKING:  # not at run time: the CLI's log masker has no sandbox (issue 16)
+    from hal9999.providers.base import Sandbox
 
 logger = logging.getLogger(__name__)
 

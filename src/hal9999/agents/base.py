@@ -7,10 +7,12 @@ An agent knows nothing of providers. It is told where things are *inside* the sa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from hal9999.events.models import Event
 from hal9999.spec import ArgvCommand, ShellCommand
+
+if TYPE_CHECKING:  # the config imports this module; the event models are a parser's
+    from hal9999.events.models import Event
 
 
 @dataclass(frozen=True)

@@ -39,23 +39,59 @@ class App:
         self,
         config: HalConfig,
         store: Store,
-        service: TaskService,
+        service: TaskService | None = None,
         sources: ConfigSources | None = None,
         via_daemon: bool = False,
     ) -> None:
         self.config = config
         self.store = store
-        self.service = service
+        self._service = service
         self.sources = _no_sources() if sources is None else sources
         """Which config files and variables applied, and what of ./hal.toml was ignored."""
         self.via_daemon = via_daemon
         """Set once :meth:`tasks` found a running ``hal serve``."""
 
-    def daemon(self) -> DaemonClient | None:
-        """The running ``hal serve`` of this home, if any (``HAL_NO_DAEMON=1`` ignores it)."""
-        from hal9999.cli.via_daemon import find_daemon
+    @property
+    def service(self) -> TaskService:
+        """The in-process task service, built on first use: a command that reads the store
+        (``hal task show``, ``logs``, ``events``) or asks a running daemon never needs it,
+        and :mod:`hal9999.tasks.service` with what it imports was ~40 ms of such a
+        command's start (issue 16)."""
+        if self._service is None:
+            from hal9999.tasks.service import TaskService
 
-        return find_daemon(self.config, os.environ)
+            self._service = TaskService(self.config, self.store, os.environ)
+        return self._service
+
+    def find(self, task_id: str) -> TaskRecord:
+        """One task by id or unique prefix, reconciled, as :meth:`TaskService.find` gives
+        it; the task service is built only for a task in flight whose runner died (the one
+        case :meth:`TaskService.reconcile` changes)."""
+        from hal9999.tasks.alive import runner_alive
+        from hal9999.tasks.state import ACTIVE, TaskStatus
+
+        record = self.store.find_task(task_id)
+        if (
+            record.status not in ACTIVE
+            or record.status == TaskStatus.QUEUED
+            or runner_alive(record.runner_pid)
+        ):
+            return record
+        return self.service.reconcile(record)
+
+    def daemon(self) -> DaemonClient | None:
+        """The running ``hal serve`` of this home, if any (``HAL_NO_DAEMON=1`` ignores it).
+
+        As :func:`hal9999.cli.via_daemon.find_daemon`, without importing that module: it
+        imports the in-process task API (the task service and the event models) at its
+        top, which a command that only asks whether a daemon runs never uses (issue 16)."""
+        from hal9999.cli.thin_config import no_daemon
+
+        if no_daemon(os.environ):
+            return None
+        from hal9999.server.client import DaemonClient
+
+        return DaemonClient.find(self.config.home)
 
     def tasks(self) -> TaskAPI:
         """The task API every command calls: through ``hal serve`` when it runs, else here."""
@@ -74,7 +110,6 @@ def app() -> App:
     from hal9999.credentials import host_log_masker
     from hal9999.providers import limits
     from hal9999.redact import configure_logging
-    from hal9999.tasks.service import TaskService
 
     config, sources = load_config_sources()
     # Every log sink masks every secret hal may forward (see redact.MaskingFilter).
@@ -82,7 +117,7 @@ def app() -> App:
     configure_logging(masker, level=log_level(os.environ))
     limits.release_if_full(config.home)  # on a full disk: room for the store to open
     store = open_store(config)
-    return App(config, store, TaskService(config, store, os.environ), sources)
+    return App(config, store, sources=sources)
 
 def open_store(config: HalConfig) -> Store:
     """The store of the config's home; an unusable home or database is a :class:`HomeError`."""

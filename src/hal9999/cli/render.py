@@ -4,31 +4,36 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hal9999.cli.output import sanitize
 from hal9999.cli.task_table import short
 from hal9999.cli.task_table import summary as summary  # re-exported: light, in task_table
-from hal9999.events.models import (
-    AgentSession,
-    AgentText,
-    Event,
-    Message,
-    Output,
-    Phase,
-    RawEvent,
-    SandboxAcquired,
-    TaskCreated,
-    TaskEnd,
-    ToolCall,
-    ToolResult,
-    Usage,
-)
-from hal9999.store import TaskRecord
+
+if TYPE_CHECKING:
+    from hal9999.events.models import Event
+    from hal9999.store import TaskRecord
 
 
 def event_line(event: Event) -> str | None:
     """One line for an event; None for events not worth a line (raw output chunks)."""
+    # Here, not at import: ``--json``'s task (:func:`task_json`) needs no event model, and
+    # the models are most of what this module cost a ``hal task show`` (issue 16).
+    from hal9999.events.models import (
+        AgentSession,
+        AgentText,
+        Message,
+        Output,
+        Phase,
+        RawEvent,
+        SandboxAcquired,
+        TaskCreated,
+        TaskEnd,
+        ToolCall,
+        ToolResult,
+        Usage,
+    )
+
     stamp = time.strftime("%H:%M:%S", time.localtime(event.ts))
     body: str
     match event:

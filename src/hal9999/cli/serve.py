@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import os
 import select
 import signal
@@ -16,9 +14,8 @@ import click
 
 from hal9999.cli.main import app, cli, emit_json, run_async
 from hal9999.cli.options import json_option
-from hal9999.config import load_config, log_level
+from hal9999.config import load_config
 from hal9999.errors import DiskFull, HalError, UsageError, error_class_for_status
-from hal9999.redact import configure_logging
 from hal9999.server.runtime import DaemonFiles
 
 if TYPE_CHECKING:
@@ -79,8 +76,14 @@ def serve(
     if detach:
         _detach(files, as_json, options, address)
         return
+    # The daemon's own: `hal serve --stop`, `--detach` and `hal status` need none of these.
+    import asyncio
+    import logging
+
     from hal9999.cli.dashboard import announce_when_up
+    from hal9999.config import log_level
     from hal9999.credentials import host_log_masker
+    from hal9999.redact import configure_logging
     from hal9999.server.daemon import Daemon
 
     configure_logging(

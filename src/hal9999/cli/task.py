@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 
@@ -27,19 +25,18 @@ from hal9999.cli.main import (
     stream_to_terminal,
 )
 from hal9999.cli.options import json_option
-from hal9999.cli.output import escape_json_line
-from hal9999.cli.render import event_line, task_json
+from hal9999.cli.render import task_json
 from hal9999.cli.task_group import task
-from hal9999.credentials import forwarded_env, parse_env_option
 from hal9999.errors import ProcessError, TaskStateError
-from hal9999.events.reader import follow_events, follow_text, read_events
-from hal9999.process.registry import load_process_manager
-from hal9999.spec import ArgvCommand
-from hal9999.store import TaskRecord
 from hal9999.tasks.alive import waits_for_runner
-from hal9999.tasks.context import process_spec
 from hal9999.tasks.session import Session
 from hal9999.tasks.state import ACTIVE, TaskStatus
+
+# What only some commands use is imported where they use it (issue 16): the event models
+# and their reader (``events``), asyncio (``-f`` and the commands that run or resume), the
+# process managers and run specs (``attach``), the credentials (``resume``).
+if TYPE_CHECKING:
+    from hal9999.store import TaskRecord
 
 
 async def _still_going(task_id: str) -> bool:
@@ -49,7 +46,7 @@ async def _still_going(task_id: str) -> bool:
 
     a = app()
     try:
-        record = a.service.find(task_id)
+        record = a.find(task_id)
         if waits_for_runner(record.status, record.runner_pid):
             return False  # nothing of it runs, nor will until a runner takes it
         if record.status in ACTIVE:
@@ -75,6 +72,8 @@ class _Liveness:
 
     async def watch(self) -> None:
         """Keep ``going`` current until the task is over."""
+        import asyncio
+
         while self.going:
             self.going = await _still_going(self.task_id)
             await asyncio.sleep(self.every)
@@ -82,6 +81,9 @@ class _Liveness:
 
 async def _following(task_id: str, follow: Callable[[_Liveness], Awaitable[None]]) -> None:
     """Run ``follow`` while a watcher keeps the task's liveness current."""
+    import asyncio
+    import contextlib
+
     live = _Liveness(task_id)
     live.going = await _still_going(task_id)
     watcher = asyncio.create_task(live.watch())
@@ -93,7 +95,7 @@ async def _following(task_id: str, follow: Callable[[_Liveness], Awaitable[None]
             await watcher
     a = app()
     try:
-        record = a.service.find(task_id)
+        record = a.find(task_id)
     finally:
         a.store.close()
     if waits_for_runner(record.status, record.runner_pid):
@@ -109,7 +111,7 @@ async def _following(task_id: str, follow: Callable[[_Liveness], Awaitable[None]
 @click.option("-f", "--follow", is_flag=True, help="Keep printing while the task runs.")
 def logs(task_id: str, follow: bool) -> None:
     """Print the agent's output."""
-    record = app().service.find(task_id)
+    record = app().find(task_id)
     log = Session(Path(record.session_dir)).log
     if not follow:
         # Streamed in chunks (the log can be large), sanitised for the terminal.
@@ -119,6 +121,8 @@ def logs(task_id: str, follow: bool) -> None:
                     stream_to_terminal(chunk)
             end_terminal_stream()
         return
+
+    from hal9999.events.reader import follow_text
 
     async def tail(live: _Liveness) -> None:
         async for chunk in follow_text(log, stop=live.stopped):
@@ -134,7 +138,11 @@ def logs(task_id: str, follow: bool) -> None:
 @click.option("--output", "with_output", is_flag=True, help="Include raw output chunks.")
 def events(task_id: str, follow: bool, as_json: bool, with_output: bool) -> None:
     """Print the task's events."""
-    record = app().service.find(task_id)
+    from hal9999.cli.output import escape_json_line
+    from hal9999.cli.render import event_line
+    from hal9999.events.reader import follow_events, read_events
+
+    record = app().find(task_id)
     path = Session(Path(record.session_dir)).events
 
     def show(event: object) -> None:
@@ -169,7 +177,7 @@ def attach(task_id: str) -> None:
     from hal9999.tasks.recovery import agent_status
 
     a = app()
-    record = a.service.find(task_id)
+    record = a.find(task_id)
     # A task whose runner died (interrupted) may still have its agent running in tmux.
     live = record.status in ACTIVE or (
         record.status == TaskStatus.INTERRUPTED
@@ -180,6 +188,10 @@ def attach(task_id: str) -> None:
             f"task {record.id} is {record.status}, there is nothing to attach to",
             hint=f"read its output with `hal task logs {record.id}`",
         )
+    from hal9999.process.registry import load_process_manager
+    from hal9999.spec import ArgvCommand
+    from hal9999.tasks.context import process_spec
+
     manager = load_process_manager(record.process_manager, runtime_dir=None)
     spec = process_spec(record, Session(Path(record.session_dir)), ArgvCommand(argv=("true",)))
     argv = _remote_attach(a, record) or manager.attach_command(spec)
@@ -222,6 +234,8 @@ def resume(
     task_id: str, prompt: str | None, env: tuple[str, ...], detach: bool, as_json: bool
 ) -> None:
     """Run a stopped or finished task again in a new sandbox over the same session."""
+    from hal9999.envvars import forwarded_env, parse_env_option
+
     a = app()
     names, given = parse_env_option(env)
     # A bare KEY, as `hal run --env KEY` takes it, was dropped without a word.
@@ -316,7 +330,7 @@ def _no_patch_hint(record: TaskRecord) -> str:
 @click.argument("task_id")
 def diff(task_id: str) -> None:
     """Print the task's patch."""
-    record = app().service.find(task_id)
+    record = app().find(task_id)
     patch = Session(Path(record.session_dir)).patch
     if not patch.exists():
         raise TaskStateError(

@@ -21,15 +21,20 @@ from hal9999.cli.task_table import TaskSummary, summary
 from hal9999.tasks.alive import waits_for_runner
 
 if TYPE_CHECKING:
+    from hal9999.cli.app import App
     from hal9999.store import TaskRecord
     from hal9999.tasks.api import TaskAPI
 
 
 def ask(
-    method: str, path: str, full: Callable[[TaskAPI], Any]
+    method: str,
+    path: str,
+    full: Callable[[TaskAPI], Any],
+    local: Callable[[App], TaskRecord] | None = None,
 ) -> tuple[dict[str, Any], TaskRecord | None]:
     """The daemon's JSON of a task (and None) through the thin client; else the task API's
-    record (``full`` awaited) and its JSON."""
+    record (``full`` awaited) and its JSON. With no daemon running, ``local`` (when given)
+    reads the record instead, without the task API or asyncio (a read needs neither)."""
     from hal9999.cli.daemon_run import thin_daemon
 
     found = thin_daemon(os.environ)
@@ -38,7 +43,12 @@ def ask(
     from hal9999.cli.main import app, run_async
     from hal9999.cli.render import task_json
 
-    record: TaskRecord = run_async(full(app().tasks()))
+    a = app()
+    record: TaskRecord
+    if local is not None and a.daemon() is None:
+        record = local(a)
+    else:
+        record = run_async(full(a.tasks()))
     return task_json(record), record
 
 
@@ -51,7 +61,9 @@ def _shown(data: dict[str, Any], record: TaskRecord | None) -> TaskSummary:
 @json_option("Print JSON.")
 def show(task_id: str, as_json: bool) -> None:
     """Show one task."""
-    data, record = ask("GET", f"/v1/tasks/{task_id}", lambda api: api.get(task_id))
+    data, record = ask(
+        "GET", f"/v1/tasks/{task_id}", lambda api: api.get(task_id), lambda a: a.find(task_id)
+    )
     if as_json:
         emit_json(data)
     else:

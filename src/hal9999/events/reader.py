@@ -6,7 +6,6 @@ leave one); an incomplete trailing line is never parsed, only held until it is f
 
 from __future__ import annotations
 
-import asyncio
 import codecs
 import logging
 import os
@@ -141,6 +140,8 @@ async def follow_events(
     Ends once ``stop()`` is true and everything written before that has been yielded.
     Each seq is yielded at most once, in increasing order.
     """
+    import asyncio  # here: a reader that does not follow (`hal task events`) needs none
+
     offset = 0
     pending = b""
     last = after_seq
@@ -197,6 +198,8 @@ async def follow_text(
     Waits for a file that does not exist yet. Ends once ``stop()`` is true and the file is
     drained. With a ``masker``, secrets are masked even when split across reads.
     """
+    import asyncio
+
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
     stream = masker.stream() if masker is not None else None
     while True:

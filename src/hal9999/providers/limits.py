@@ -12,7 +12,6 @@ host, while leaving a normal build its room:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import time
@@ -116,6 +115,8 @@ async def measure(dirs: Sequence[Path]) -> int:
     followed, a file linked twice counted once)."""
     if not dirs:
         return 0
+    import asyncio  # here: the CLI imports this module for release_if_full alone
+
     proc = await asyncio.create_subprocess_exec(
         "du", "-s", "-x", "-c", "-B1", "--", *map(str, dirs),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
@@ -191,6 +192,8 @@ class DiskWatchdog:
         """Reserve the space given up when the disk fills. Reserved already (every task but
         the first): one ``stat`` here, no thread hop (issue 16)."""
         if not self.ballast.path.exists():
+            import asyncio
+
             await asyncio.to_thread(self.ballast.ensure)
 
     async def check(self) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hal9999.errors import TaskStateError
-from hal9999.events.models import Event, Phase
-from hal9999.store import Store, TaskRecord
+
+if TYPE_CHECKING:  # the states alone are light: `hal task show` asks them (issue 16)
+    from hal9999.events.models import Event
+    from hal9999.store import Store, TaskRecord
 
 
 class TaskStatus(StrEnum):
@@ -175,6 +177,8 @@ def transition(
 
         tell_rested(store.path.parent, task_id)
     if events is not None:
+        from hal9999.events.models import Phase
+
         shown = via or target
         events.emit(Phase(phase=shown.value, previous=current, detail=detail))
     return current, updated
