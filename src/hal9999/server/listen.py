@@ -31,7 +31,7 @@ import os
 import socket
 import ssl
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import h11
 from uvicorn.config import Config
@@ -289,6 +289,17 @@ def tcp_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     return sock
 
 
+def websocket_protocol(**made: Any) -> asyncio.Protocol:
+    """uvicorn's websocket protocol (its ``ws="auto"``: websockets' sans-I/O one), imported
+    at the first websocket (the dashboard's terminal) instead of at the daemon's start:
+    :mod:`websockets` was ~6 % of the instructions before ``hal serve`` answers (issue 16)."""
+    from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
+
+    if AutoWebSocketsProtocol is None:  # neither websockets nor wsproto: not installed
+        raise RuntimeError("no websocket library is installed")
+    return AutoWebSocketsProtocol(**made)
+
+
 class Listener:
     """Serves an ASGI app on one socket with its own :class:`ListenerLimits`."""
 
@@ -297,6 +308,7 @@ class Listener:
         self.config = Config(
             app,
             lifespan="off",
+            ws=cast(Any, websocket_protocol),  # a factory, called as its class would be
             proxy_headers=False,
             server_header=False,
             date_header=False,
