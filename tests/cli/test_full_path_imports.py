@@ -109,3 +109,14 @@ def test_a_task_whose_runner_died_is_still_reconciled_by_show(home: Path) -> Non
     loaded, out, _ = imported(home, "task", "show", "h3task02")
     assert "interrupted" in out
     assert "hal9999.tasks.service" in loaded
+
+
+def test_serve_detach_waits_without_a_loop(home: Path) -> None:
+    """The client of ``hal serve --detach`` starts the daemon and reads its files: none of
+    the daemon's own modules, nor asyncio."""
+    try:
+        loaded, out, _ = imported(home, "serve", "--detach")
+        assert out.startswith("hal serve: pid ")
+        assert loaded & {*SERVICE, *LOOP, *MODELS, "hal9999.server.daemon"} == set()
+    finally:
+        imported(home, "serve", "--stop")

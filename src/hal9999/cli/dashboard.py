@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from pathlib import Path
@@ -51,6 +50,8 @@ def dashboard(as_json: bool) -> None:
 async def announce_when_up(daemon: Daemon, home: Path) -> None:
     """Print the login link once ``daemon`` listens (only to a terminal: the link is a
     credential and must not end up in a log file)."""
+    import asyncio  # the daemon's: `hal serve --detach` imports this module for its links
+
     while daemon.info is None:  # noqa: ASYNC110  (the daemon has no "listening" event to await)
         await asyncio.sleep(0.05)
     if sys.stdout.isatty():
