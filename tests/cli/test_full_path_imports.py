@@ -43,10 +43,10 @@ MODELS = ("hal9999.events.models",)
 """The event models (pydantic's discriminated union): only a command that reads events."""
 
 
-def imported(home: Path, *args: str) -> tuple[set[str], str, str]:
+def imported(home: Path, *args: str, **env_vars: str) -> tuple[set[str], str, str]:
     """The modules a real ``hal ARGS`` has imported when it exits, its stdout and status."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HAL_")}
-    env.update(HAL_HOME=str(home), HAL_PROVIDER="bwrap")
+    env.update(HAL_HOME=str(home), HAL_PROVIDER="bwrap", **env_vars)
     done = subprocess.run(
         [sys.executable, "-c", IMPORTED, *args], env=env, cwd=home, capture_output=True,
         text=True, timeout=60, check=False,
@@ -118,5 +118,21 @@ def test_serve_detach_waits_without_a_loop(home: Path) -> None:
         loaded, out, _ = imported(home, "serve", "--detach")
         assert out.startswith("hal serve: pid ")
         assert loaded & {*SERVICE, *LOOP, *MODELS, "hal9999.server.daemon"} == set()
+    finally:
+        imported(home, "serve", "--stop")
+
+
+@pytest.mark.parametrize("args", [[], ["--json"]])
+def test_task_show_through_a_daemon_builds_no_task_api(home: Path, args: list[str]) -> None:
+    """With a daemon running, found through the full config (``HAL_LOG_LEVEL`` is one the
+    thin client leaves to it), ``task show`` sends the daemon's task API's request without
+    an event loop or the task API."""
+    try:
+        imported(home, "serve", "--detach")
+        loaded, out, _ = imported(home, "task", "show", "h3task01", *args, HAL_LOG_LEVEL="ERROR")
+        assert "hal9999.config" in loaded  # the full path
+        assert "h3task01" in out and "succeeded" in out
+        assert "hal9999.server.client" in loaded  # it did ask the daemon
+        assert loaded & {*SERVICE, *LOOP, *MODELS} == set()
     finally:
         imported(home, "serve", "--stop")

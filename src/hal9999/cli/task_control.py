@@ -32,9 +32,11 @@ def ask(
     full: Callable[[TaskAPI], Any],
     local: Callable[[App], TaskRecord] | None = None,
 ) -> tuple[dict[str, Any], TaskRecord | None]:
-    """The daemon's JSON of a task (and None) through the thin client; else the task API's
-    record (``full`` awaited) and its JSON. With no daemon running, ``local`` (when given)
-    reads the record instead, without the task API or asyncio (a read needs neither)."""
+    """The daemon's JSON of a task (and None) through the thin client; else the record and
+    its JSON: from the daemon the config finds (the request the daemon's task API sends,
+    sent without an event loop), or else from the task API in this process (``full``
+    awaited), or read by ``local`` when given (a read needs neither the task API nor
+    asyncio). Neither way imports the in-process task service's modules for a daemon."""
     from hal9999.cli.daemon_run import thin_daemon
 
     found = thin_daemon(os.environ)
@@ -45,7 +47,12 @@ def ask(
 
     a = app()
     record: TaskRecord
-    if local is not None and a.daemon() is None:
+    client = a.daemon()
+    if client is not None:
+        from hal9999.store import TaskRecord
+
+        record = TaskRecord.model_validate(client.request(method, path))
+    elif local is not None:
         record = local(a)
     else:
         record = run_async(full(a.tasks()))
