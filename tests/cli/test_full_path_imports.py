@@ -136,3 +136,15 @@ def test_task_show_through_a_daemon_builds_no_task_api(home: Path, args: list[st
         assert loaded & {*SERVICE, *LOOP, *MODELS} == set()
     finally:
         imported(home, "serve", "--stop")
+
+
+def test_task_requests_reads_the_store_alone(home: Path) -> None:
+    loaded, out, _ = imported(home, "task", "requests", "h3task01")
+    assert out == "no model calls through the gateway for task h3task01\n"
+    assert loaded & {*SERVICE, *LOOP, *MODELS} == set()
+
+
+def test_sandbox_list_builds_no_task_service(home: Path) -> None:
+    loaded, out, _ = imported(home, "sandbox", "list", "--json")
+    assert out.strip() == "[]"
+    assert loaded & set(SERVICE) == set()

@@ -91,7 +91,9 @@ def sandbox() -> None:
 
 
 def _providers(a: App) -> list[str]:
-    state = a.service.paths.sandboxes
+    from hal9999.home import HalPaths  # the service's paths, without building the service
+
+    state = HalPaths(a.config.home).sandboxes
     return sorted(p.name for p in state.iterdir() if p.is_dir()) if state.exists() else []
 
 

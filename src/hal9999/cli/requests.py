@@ -21,8 +21,8 @@ def requests(task_id: str, as_json: bool, bodies: bool) -> None:
     from hal9999.cli.approvals import plain
 
     a = app()
-    found = a.service.find(task_id)
-    rows = a.service.store.gateway_requests(found.id)
+    found = a.find(task_id)  # the task service only for a task whose runner died
+    rows = a.store.gateway_requests(found.id)
     if as_json:
         emit_json([row.model_dump(exclude=set() if bodies else {"body"}) for row in rows])
         return
