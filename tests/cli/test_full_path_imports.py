@@ -148,3 +148,13 @@ def test_sandbox_list_builds_no_task_service(home: Path) -> None:
     loaded, out, _ = imported(home, "sandbox", "list", "--json")
     assert out.strip() == "[]"
     assert loaded & set(SERVICE) == set()
+
+
+def test_status_asks_the_daemon_without_a_loop(home: Path) -> None:
+    try:
+        imported(home, "serve", "--detach")
+        loaded, out, _ = imported(home, "status", "--json")
+        assert isinstance(json.loads(out)["pid"], int)  # the daemon's answer
+        assert loaded & {*SERVICE, *LOOP, *MODELS} == set()
+    finally:
+        imported(home, "serve", "--stop")

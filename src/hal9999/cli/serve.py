@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from hal9999.cli.main import app, cli, emit_json, run_async
+from hal9999.cli.main import app, cli, emit_json
 from hal9999.cli.options import json_option
 from hal9999.config import load_config
 from hal9999.errors import DiskFull, HalError, UsageError, error_class_for_status
@@ -206,7 +206,7 @@ def status(as_json: bool) -> None:
         else:
             click.echo("hal serve is not running (start it with `hal serve --detach`)")
         sys.exit(1)
-    data = run_async(client.call("GET", "/v1/status"))
+    data = client.request("GET", "/v1/status")  # blocking: no event loop for one request
     if as_json:
         emit_json({"running": True, **data})
         return
