@@ -89,7 +89,7 @@ def _operation(route: ApiRoute, components: dict[str, Any]) -> dict[str, Any]:
     if route.body is not None:
         operation["requestBody"] = {
             "required": False,
-            "content": {"application/json": {"schema": route.body}},
+            "content": {"application/json": {"schema": route.body_schema()}},
         }
     return operation
 

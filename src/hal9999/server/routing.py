@@ -134,8 +134,9 @@ class ApiRoute:
     path: str
     handler: Handler | None
     summary: str
-    body: dict[str, Any] | None = None
-    """JSON schema of the request body (None: no body)."""
+    body: dict[str, Any] | Callable[[], dict[str, Any]] | None = None
+    """JSON schema of the request body (None: no body), or what makes it when the OpenAPI
+    document is asked for (then ``body_fields`` names its properties)."""
     response: dict[str, Any] | None = None
     """JSON schema of the 200 answer (None: any JSON)."""
     query: tuple[str, ...] = ()
@@ -143,13 +144,22 @@ class ApiRoute:
     raw: Raw | None = None
     """Set for a route that streams (server-sent events) instead of returning JSON."""
     media_type: str = "application/json"
+    body_fields: frozenset[str] | None = None
+    """The properties of a ``body`` made on demand (read at the route's build)."""
 
     @property
     def fields(self) -> frozenset[str] | None:
         """The names its body may hold (None: it declares no body, and reads none)."""
         if self.body is None:
             return None
-        return frozenset(self.body.get("properties", {}))
+        if self.body_fields is not None:
+            return self.body_fields
+        return frozenset(self.body_schema().get("properties", {}))
+
+    def body_schema(self) -> dict[str, Any]:
+        """The JSON schema of its body, made now if it is made on demand."""
+        assert self.body is not None
+        return self.body() if callable(self.body) else self.body
 
 
 class Router:
