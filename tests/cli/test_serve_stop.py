@@ -3,12 +3,14 @@ by its exit; ``--detach`` returns soon after the daemon is up."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from tests.cli.conftest import Hal
 
 from hal9999.cli import serve
 
@@ -119,3 +121,12 @@ def test_detach_looks_for_the_daemon_often(
             child.kill()
     assert f"pid {child.pid}" in capsys.readouterr().out
     assert len(slept) == 2 and max(slept) <= 0.01
+
+
+def test_status_json_says_down_as_up_false(hal: Hal) -> None:
+    """``hal status --json`` without a daemon: ``{"up": false}`` and exit 1 (its ``up`` is
+    never overwritten by the daemon's own ``running``, the list of tasks it runs:
+    ``test_daemon.py`` checks the up side on an idle daemon)."""
+    out = hal("status", "--json")
+    assert out.returncode == 1, out.stderr
+    assert json.loads(out.stdout) == {"up": False}

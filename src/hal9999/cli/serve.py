@@ -198,17 +198,22 @@ def _stop(files: DaemonFiles, as_json: bool) -> None:
 @cli.command()
 @json_option("Print JSON.")
 def status(as_json: bool) -> None:
-    """Is the daemon up, and what is it doing? (exit 1 when it is not running)"""
+    """Is the daemon up, and what is it doing? (exit 1 when it is not running)
+
+    ``--json``: ``{"up": false}``, or ``{"up": true, ...}`` with the daemon's own status
+    (``GET /v1/status``: its ``running`` is the list of tasks it runs). ``up`` was
+    ``running`` once, which the daemon's list of running tasks overwrote: an idle daemon read
+    as down to a script testing it."""
     client = app().daemon()
     if client is None:
         if as_json:
-            emit_json({"running": False})
+            emit_json({"up": False})
         else:
             click.echo("hal serve is not running (start it with `hal serve --detach`)")
         sys.exit(1)
     data = client.request("GET", "/v1/status")  # blocking: no event loop for one request
     if as_json:
-        emit_json({"running": True, **data})
+        emit_json({"up": True, **data})
         return
     click.echo(
         f"hal serve: pid {data['pid']}, up {data['uptime_s']:.0f}s, "
