@@ -34,7 +34,6 @@ SERVICE = (
     "hal9999.tasks.service",  # the in-process task service: runs, stops, resumes
     "hal9999.tasks.api",
     "hal9999.tasks.runner",
-    "hal9999.cli.via_daemon",  # imports the task API at its top
 )
 """What builds or runs tasks in this process: a read of the store needs none of it."""
 LOOP = ("asyncio",)
@@ -158,3 +157,17 @@ def test_status_asks_the_daemon_without_a_loop(home: Path) -> None:
         assert loaded & {*SERVICE, *LOOP, *MODELS} == set()
     finally:
         imported(home, "serve", "--stop")
+
+
+def test_choosing_the_task_api_imports_the_in_process_one_only_for_itself() -> None:
+    """``cli.via_daemon`` (which API a command calls) imported the in-process task API, the
+    task service and the event models at its top: ``hal task resume --detach`` or ``task rm``
+    through a daemon loaded all of it to send one request."""
+    probe = (
+        "import json, sys; import hal9999.cli.via_daemon; "
+        "print(json.dumps(sorted(sys.modules)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert set(json.loads(done.stdout)) & {*SERVICE, *LOOP, *MODELS} == set()

@@ -80,18 +80,10 @@ class App:
         return self.service.reconcile(record)
 
     def daemon(self) -> DaemonClient | None:
-        """The running ``hal serve`` of this home, if any (``HAL_NO_DAEMON=1`` ignores it).
+        """The running ``hal serve`` of this home, if any (``HAL_NO_DAEMON=1`` ignores it)."""
+        from hal9999.cli.via_daemon import find_daemon  # light: the task API is imported late
 
-        As :func:`hal9999.cli.via_daemon.find_daemon`, without importing that module: it
-        imports the in-process task API (the task service and the event models) at its
-        top, which a command that only asks whether a daemon runs never uses (issue 16)."""
-        from hal9999.cli.thin_config import no_daemon
-
-        if no_daemon(os.environ):
-            return None
-        from hal9999.server.client import DaemonClient
-
-        return DaemonClient.find(self.config.home)
+        return find_daemon(self.config, os.environ)
 
     def tasks(self) -> TaskAPI:
         """The task API every command calls: through ``hal serve`` when it runs, else here."""

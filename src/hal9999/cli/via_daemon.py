@@ -11,12 +11,11 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from hal9999.config import HalConfig
-from hal9999.tasks.api import LocalTaskAPI, TaskAPI
-
 if TYPE_CHECKING:
     from hal9999.cli.app import App
+    from hal9999.config import HalConfig
     from hal9999.server.client import DaemonClient
+    from hal9999.tasks.api import TaskAPI
 
 from hal9999.cli.thin_config import no_daemon
 
@@ -40,4 +39,6 @@ def task_api(app_: App) -> TaskAPI:
 
         app_.via_daemon = True
         return DaemonTaskAPI(client, app_.config, os.environ)
+    from hal9999.tasks.api import LocalTaskAPI  # the in-process API: the service, asyncio
+
     return LocalTaskAPI(app_.service, lambda task, args, env: spawn_runner(app_, task, args, env))
