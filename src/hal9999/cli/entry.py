@@ -7,11 +7,11 @@ interpreter); the line printed is exactly click's ``version_option`` line
 (``tests/cli/test_startup.py`` compares them). ``hal --help`` and ``hal -h`` are printed
 without click too (:mod:`hal9999.cli.root_help`, the page click prints), and so is
 ``hal task list`` (bare, or with ``--json``, ``--status``, ``--limit``) and ``hal task show
-ID`` when they can read the store alone (:mod:`hal9999.cli.task_rows`,
-:mod:`hal9999.cli.task_show`). ``hal run``
-through a running ``hal serve`` is parsed by :mod:`hal9999.cli.run_argv` when its options
-are ones that parser reads exactly as click would (issue 16, target 1); any other form, and
-any run the daemon does not take thinly, goes to click as before.
+ID`` and ``hal task logs ID`` when they can read the store alone
+(:mod:`hal9999.cli.task_rows`, :mod:`hal9999.cli.task_show`, :mod:`hal9999.cli.task_logs`).
+``hal run`` through a running ``hal serve`` is parsed by :mod:`hal9999.cli.run_argv` when its
+options are ones that parser reads exactly as click would (issue 16, target 1); any other
+form, and any run the daemon does not take thinly, goes to click as before.
 """
 
 from __future__ import annotations
@@ -57,6 +57,10 @@ def main() -> None:
         from hal9999.cli.task_show import show_without_click
 
         show_without_click(sys.argv[3:])  # exits when it printed the task
+    if sys.argv[1:3] == ["task", "logs"]:
+        from hal9999.cli.task_logs import logs_without_click
+
+        logs_without_click(sys.argv[3:])  # exits when it printed the log
     if PYDANTIC_PLUGIN_LOADER not in sys.modules and NoPydanticPlugins not in sys.meta_path:
         sys.meta_path.insert(0, NoPydanticPlugins)
     if sys.argv[1:2] == ["run"]:
