@@ -120,3 +120,19 @@ def test_through_a_running_daemon_the_logs_are_the_click_commands(
         assert thin.stdout == full.stdout == "from the daemon's home ü\n"
     finally:
         assert hal("serve", "--stop").returncode == 0
+
+
+def test_a_reader_gone_ends_both_paths_quietly_with_141(home: Path) -> None:
+    _write_logs(home)
+    ends = []
+    for extra in ({}, FULL):
+        hal = subprocess.Popen(
+            [sys.executable, "-m", "hal9999", "task", "logs", "full0001"], env=_env(home, **extra),
+            cwd=home.parent / "here", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        assert hal.stdout is not None and hal.stderr is not None
+        assert hal.stdout.read(10) == b"y" * 10
+        hal.stdout.close()  # the reader goes away mid-log
+        ends.append((hal.wait(timeout=60), hal.stderr.read()))
+        hal.stderr.close()
+    assert ends[0] == ends[1] == (141, b"")
