@@ -13,7 +13,7 @@ bash scripts/install-agents.sh
 .venv/bin/ruff check src tests
 .venv/bin/mypy
 # One process. Two workers (pytest-xdist, `-n 2 --dist loadgroup`, tests/xdist_groups.py)
-# take 30 minutes where one takes 42, but three of the four full runs on two workers so far
+# take 30 minutes where one takes 42-46, but three of the four full runs on two workers so far
 # failed a test that passes alone (docs/benchmarks.md, stops 42 and 43). Developers may pass
 # `-n 2 --dist loadgroup`.
 .venv/bin/python -m pytest --durations=40 "$@"
