@@ -20,6 +20,7 @@ import sys
 
 TYPE_CHECKING = False  # `typing` itself is ~1.5 ms of `hal --version`'s start
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from importlib.machinery import ModuleSpec
     from types import ModuleType
     from typing import NoReturn
@@ -36,15 +37,7 @@ def main() -> None:
     if sys.argv[1:] == ["--version"]:
         from hal9999 import __version__
 
-        try:
-            sys.stdout.write(VERSION_LINE.format(version=__version__))
-            sys.stdout.flush()
-        except BrokenPipeError:  # nobody reads it (`hal --version | true`): no traceback
-            import os
-
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            sys.exit(128 + 13)  # as killed by SIGPIPE
-        sys.exit(0)
+        exit_after(lambda: sys.stdout.write(VERSION_LINE.format(version=__version__)))
     if len(sys.argv) == 2 and sys.argv[1] in HELP_OPTIONS:
         from hal9999.cli.root_help import print_help
 
@@ -111,6 +104,23 @@ class NoPydanticPlugins:
     def exec_module(module: ModuleType) -> None:
         """The stand-in: no plugins."""
         module.get_plugins = tuple  # type: ignore[attr-defined]  # tuple() is ()
+
+
+def exit_after(write: Callable[[], object]) -> NoReturn:
+    """Run ``write`` (a click-free answer's output to standard output), flush, and exit 0.
+    Nobody reading it (`hal --version | true`, `hal task list | head`) ends it quietly with
+    status 141, as killed by SIGPIPE, as hal's ``report_failure`` ends the click path: no
+    traceback, and no second one when Python flushes the stream at exit."""
+    try:
+        write()
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(128 + 13)
+    sys.exit(0)
 
 
 def exit_at_once(done: SystemExit) -> NoReturn:

@@ -74,14 +74,14 @@ def logs_without_click(argv: Sequence[str]) -> None:
         if handle is None:
             return
         from hal9999.cli.echo import end_terminal_stream, stream_to_terminal
+        from hal9999.cli.entry import exit_after
     except Exception:
         return
-    try:
+
+    def stream() -> None:
         with handle:
             while chunk := handle.read(CHUNK):
                 stream_to_terminal(chunk)
         end_terminal_stream()  # nothing when nothing was streamed
-    except BrokenPipeError:  # as hal's report_failure ends it: quietly, as killed by SIGPIPE
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(128 + 13)
-    sys.exit(0)
+
+    exit_after(stream)

@@ -204,13 +204,9 @@ def list_without_click(argv: Sequence[str]) -> None:
         return
     if sys.stdout is None:
         sys.exit(0)
-    try:
-        sys.stdout.write(text + "\n")
-        sys.stdout.flush()
-    except BrokenPipeError:  # as hal's report_failure ends it: quietly, as killed by SIGPIPE
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(128 + 13)
-    sys.exit(0)
+    from hal9999.cli.entry import exit_after
+
+    exit_after(lambda: sys.stdout.write(text + "\n"))
 
 
 def _args(argv: Sequence[str]) -> ListArgs | None:

@@ -108,15 +108,15 @@ def show_without_click(argv: Sequence[str]) -> None:
         if doc is None or args is None:
             return
         from hal9999.cli.echo import echo
+        from hal9999.cli.entry import exit_after
         from hal9999.cli.task_doc import json_text
 
         lines = [json_text(doc)] if args[1] else show_lines(doc)
     except Exception:
         return
-    try:
+
+    def write() -> None:
         for line in lines:
             echo(line)
-    except BrokenPipeError:  # as hal's report_failure ends it: quietly, as killed by SIGPIPE
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(128 + 13)
-    sys.exit(0)
+
+    exit_after(write)
