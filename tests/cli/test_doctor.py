@@ -29,6 +29,9 @@ def fake_bin(tmp_path: Path) -> str:
     """A PATH whose `claude` is of another version, whose `codex` fails, and without aider.
 
     /usr/bin stays on it: the bwrap check runs `true` inside a sandbox, which sees only /usr.
+    The other agent CLIs installed there answer at once (tests/cli/quick_agents.py): only
+    their install hints are checked here, and the real ones (gemini and opencode, ~6 s of
+    CPU a doctor) are asked in test_doctor_shows_installed_versions.
     """
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(parents=True)
@@ -40,7 +43,10 @@ def fake_bin(tmp_path: Path) -> str:
     for name, body in scripts.items():
         (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
         (bin_dir / name).chmod(0o755)
-    return f"{bin_dir}:/usr/bin:/bin"
+    rest = quick_agents_path(tmp_path / "quick-agents", "/usr/bin:/bin")
+    for name in ("claude", "codex", "aider"):  # as above: faked, failing, missing
+        (tmp_path / "quick-agents" / name).unlink(missing_ok=True)
+    return f"{bin_dir}:{rest}"
 
 
 def agent_checks(out_json: str) -> dict[str, dict[str, Any]]:
