@@ -28,3 +28,16 @@ def test_doctor_on_the_quick_path_asks_only_the_stubs(hal: Hal, tmp_path: Path) 
         else:
             assert check["ok"] and check["detail"].startswith(f"{name} (a stub of the test)")
     assert checks["git"]["ok"] and checks["bwrap sandbox"]["ok"]  # the rest as before
+
+
+def test_the_agent_versions_tests_path_runs_no_installed_agent_cli(tmp_path: Path) -> None:
+    """test_doctor.py's fake PATH: its claude and codex are the test's, aider is missing, and
+    every other agent CLI is a stub (issue 16 stop 46: gemini and opencode from /usr/bin
+    cost its two doctors ~12 s of CPU). Fails with the real CLIs back on that PATH."""
+    from tests.cli.test_doctor import fake_bin
+
+    path = fake_bin(tmp_path)
+    for name in AGENTS:
+        found = shutil.which(name, path=path)
+        assert found is None or Path(found).is_relative_to(tmp_path), (name, found)
+    assert shutil.which("aider", path=path) is None
