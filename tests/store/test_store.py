@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import stat
 import subprocess
@@ -351,25 +352,38 @@ def test_closed_store_refuses_use(tmp_path: Path) -> None:
 
 def test_processes_opening_a_new_database_at_once_all_succeed(tmp_path: Path) -> None:
     """The first opens race to switch a new file to WAL; none may fail with "locked"."""
+    # Each opener imports the store, says so, and blocks reading a pipe whose end this
+    # process then closes: all six wake at once (they spun until a shared start time:
+    # ~1.5 s a round and a core each meanwhile, issue 16 stop 46).
     opener = (
-        "import sys, time\n"
+        "import os, sys\n"
         "from pathlib import Path\n"
         "from hal9999.store import Store\n"
-        "while time.time() < float(sys.argv[2]): pass\n"  # start together
+        "print('ready', flush=True)\n"
+        "os.read(int(sys.argv[2]), 1)\n"  # start together: EOF once the write end closes
         "Store(Path(sys.argv[1])).close()\n"
     )
     for round_ in range(5):
         db = tmp_path / f"hal-{round_}.db"
-        start = f"{time.time() + 1.5:.3f}"
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-c", opener, str(db), start],
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(6)
-        ]
+        gate, release = os.pipe()
+        try:
+            procs = [
+                subprocess.Popen(
+                    [sys.executable, "-c", opener, str(db), str(gate)],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    pass_fds=(gate,),
+                )
+                for _ in range(6)
+            ]
+            ready = [p.stdout.readline() if p.stdout else "" for p in procs]
+            early = db.exists()  # an open before the release
+        finally:
+            os.close(gate)
+            os.close(release)
         errors = [p.communicate(timeout=60)[1] for p in procs]
+        assert ready == ["ready\n"] * 6 and not early, errors
         assert [p.returncode for p in procs] == [0] * 6, errors
         with Store(db) as store:
             assert store.journal_mode() == "wal"
