@@ -207,14 +207,21 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     """Start the run's Ray cluster before the first Ray test, outside its timeout (this
     wrapper runs before pytest-timeout's starts the clock). Not at collection: under xdist
     every worker collects every test, and only the one given the ``ray`` group needs it."""
-    if item.get_closest_marker("ray") is not None and not _missing_ray():
+    ray = item.get_closest_marker("ray") is not None and not _missing_ray()
+    if ray:
         from tests.ray_cluster import session_cluster
 
         # A failure here is reported by each Ray test (through the fixture), not as an
         # internal error of the run.
         with contextlib.suppress(pytest.fail.Exception):
             session_cluster()
-    return (yield)
+    try:
+        return (yield)
+    finally:
+        if ray:
+            from tests.ray_cluster import stop_when_idle
+
+            stop_when_idle(item)
 
 
 CRASH_LOGS_SHOWN = 5
@@ -292,11 +299,12 @@ def left_nothing() -> Iterator[LeftNothing]:
         assert pointing_into(home) == {}, f"processes left running in {home}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def ray_cluster() -> object:
-    """A real two-node Ray cluster on loopback (tests/ray_cluster.py), started once per
-    run (per xdist worker running Ray tests: their group keeps that to one) before the
-    first Ray test, outside its timeout, and stopped at the end."""
+    """A real two-node Ray cluster on loopback (tests/ray_cluster.py), started before the
+    first Ray test, outside its timeout, and shared by the Ray tests that follow (per xdist
+    worker running Ray tests: their group keeps that to one); in a one-process run it is
+    stopped after the last Ray test (``stop_when_idle``), else at the end."""
     from tests.ray_cluster import session_cluster
 
     return session_cluster()
