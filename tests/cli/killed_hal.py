@@ -176,6 +176,15 @@ def _prestarted() -> None:
     after(TmuxProcessManager, "prestart")
 
 
+def _supervisor_made() -> None:
+    """In the direct or PM2 manager's start, once the supervisor's command line is made
+    (its run's files cleared), before anything is spawned."""
+    from hal9999.process import direct, pm2
+
+    for module in (direct, pm2):
+        after_sync(module, "supervised", lambda *a, **k: True)
+
+
 def _patch_writing() -> None:
     """An unchanged result: while the session's empty patch is written in its thread and the
     bring-back's ``update-ref`` runs (they overlap), once that git has started."""
@@ -278,6 +287,7 @@ POINTS: dict[str, Callable[[], None]] = {
     "clone_running": _clone_running,
     "cloned": lambda: after(_module("gitrepo"), "clone"),
     "running_recorded": lambda: _transition("running", done=True),
+    "supervisor_made": _supervisor_made,
     "agent_started": lambda: after(_module("launch").LaunchSteps, "launch"),
     "mid_agent": _mid_agent,
     "agent_ended": lambda: _transition("collecting", done=False),

@@ -16,8 +16,8 @@ from hal9999.errors import TaskStateError
 from hal9999.events.models import Phase
 from hal9999.events.reader import read_events
 from hal9999.pool import ProviderSettings, SlotDir, WarmPool
-from hal9999.process.base import ProcessStatus
-from hal9999.process.supervisor import mark_unstarted
+from hal9999.process.base import ProcessStatus, arm_start
+from hal9999.process.supervisor import mark_unstarted, unstarted_path
 from hal9999.providers.base import Provider
 from hal9999.spec import SandboxSpec
 from hal9999.store import SandboxRow, Store, TaskRecord
@@ -313,6 +313,40 @@ async def test_a_running_task_whose_supervisor_never_got_its_start_is_queued_aga
     told = service.reconcile(store.get_task("cli01234"))
     assert told.status == "interrupted"
     assert "the agent had not started" in (told.error_message or "")
+    store.close()
+
+
+async def test_a_run_no_supervisor_took_is_queued_again_and_taken(tmp_path: Path) -> None:
+    # Direct and PM2 (issue 16, stop 46): hal marks the start before `running`, its
+    # supervisor takes the mark just before the agent starts. A runner killed -9 between
+    # leaves it: the next daemon takes it (a supervisor coming later starts nothing) and
+    # queues the task again, also when a `hal` reconciled the task `interrupted` before
+    # that daemon came; one whose supervisor took it (its agent started) stays interrupted.
+    home = tmp_path / "home"
+    store, service, fake, pool = pooled_service(home, "fake")
+    for task_id in ("armd1234", "took1234", "seen1234"):
+        store.insert_task(make_task(home, task_id, "running", runner_pid=DEAD_PID))
+    marks: dict[str, Path] = {}
+    for task_id in ("armd1234", "took1234", "seen1234"):
+        exit_file = Session(home / "sessions" / task_id).exit_file(0)
+        exit_file.parent.mkdir(parents=True, exist_ok=True)
+        arm_start(exit_file)
+        marks[task_id] = Path(unstarted_path(exit_file))
+    marks["took1234"].unlink()  # its supervisor's take
+    told = service.reconcile(store.get_task("seen1234"))
+    assert told.status == "interrupted" and "had not started" in (told.error_message or "")
+    assert marks["seen1234"].exists(), "a hal's look takes nothing"
+    report, adoptions = await Recovery(
+        service, pool, PoolSource(pool), lambda n: fake, retries=1
+    ).run()
+
+    assert adoptions == [] and sorted(report.requeued) == ["armd1234", "seen1234"]
+    assert report.interrupted == ["took1234"]
+    for task_id in ("armd1234", "seen1234"):
+        again = store.get_task(task_id)
+        assert again.status == "queued" and again.infra_retries == 1
+        assert not marks[task_id].exists(), "taken: a late supervisor starts nothing"
+    assert store.get_task("took1234").status == "interrupted", "its agent had started"
     store.close()
 
 

@@ -88,12 +88,49 @@ def read_exit_status(path: Path) -> int | None:
 
 
 def never_started(exit_path: Path) -> bool:
-    """Whether the run whose exit file is ``exit_path`` never started its command: its
-    supervisor, started ahead of it, ended without its ``g`` (the hal that was to give it
-    died first) and no exit status is recorded. False when unknown (no marker)."""
+    """Whether the run whose exit file is ``exit_path`` had not started its command when
+    looked at: its :func:`~hal9999.process.supervisor.unstarted_path` marker is there and no
+    exit status is recorded. The marker is left by a supervisor started ahead of its run
+    that ended without its ``g`` (tmux), or is the one hal made before recording the run
+    ``running`` that no supervisor has taken yet (:func:`arm_start`: direct, PM2; such a
+    supervisor may still come to its start: :func:`take_unstarted` settles it). False when
+    unknown (no marker)."""
     from hal9999.process.supervisor import unstarted_path
 
     return os.path.lexists(unstarted_path(exit_path)) and not exit_path.exists()
+
+
+def take_unstarted(exit_path: Path) -> bool:
+    """Whether the run whose exit file is ``exit_path`` never started its command, and never
+    will: as :func:`never_started`, and its marker is taken here (removed by one ``unlink``,
+    as its supervisor takes it just before a start: only one of the two has it), so a
+    supervisor that comes to its start later starts nothing. For a run whose runner is
+    dead, by the one that queues it again."""
+    from hal9999.process.supervisor import unstarted_path
+
+    if exit_path.exists():
+        return False
+    try:
+        os.unlink(unstarted_path(exit_path))
+    except OSError:  # none, or a supervisor took it (its command may have started)
+        return False
+    return not exit_path.exists()
+
+
+def arm_start(exit_path: Path) -> None:
+    """Before a run is recorded ``running``, for a manager that starts nothing ahead of it:
+    make the marker that says its command has not started. Its supervisor (``--claim``)
+    takes it just before the start; a runner killed -9 before then leaves it for the next
+    daemon, which queues the task again (:func:`take_unstarted`). Made with ``O_EXCL`` and
+    never through a link; one already there (an earlier try's) says the same. Best effort:
+    without it, such a kill leaves the task ``interrupted``, as before."""
+    from hal9999.process.supervisor import unstarted_path
+
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        os.close(os.open(unstarted_path(exit_path), flags, 0o600))
+    except OSError:
+        pass
 
 
 def process_started(pid: int) -> int | None:

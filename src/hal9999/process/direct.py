@@ -22,6 +22,7 @@ from hal9999.errors import ProcessError
 from hal9999.process.base import ProcessStatus, process_started, read_exit_status
 from hal9999.process.forkserver import ForkServerClient, ServerUnavailable
 from hal9999.process.launch import FORK_SERVER, SUPERVISOR, supervised
+from hal9999.process.supervisor import unstarted_path
 from hal9999.providers.base import Sandbox
 from hal9999.spec import ProcessSpec
 
@@ -33,6 +34,23 @@ def _pid_file(spec: ProcessSpec) -> Path:
 def _alive(pid: int) -> bool:
     # Not kill(0): a zombie child still answers it, and it has ended all the same.
     return process_started(pid) is not None
+
+
+def _into_mark(spec: ProcessSpec, pid: int) -> bool:
+    """Write ``pid`` into the run's mark, or into the pid file it became (the supervisor's
+    rename may come between the two opens, or between an open and its write: the inode is
+    the same); False when neither is there. No inode is made."""
+    for path in (unstarted_path(spec.exit_path), _pid_file(spec)):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            os.write(fd, str(pid).encode())
+        finally:
+            os.close(fd)
+        return True
+    return False
 
 
 class _Starts:
@@ -68,7 +86,15 @@ class DirectProcessManager:
         """Spawn the supervised command in its own process group."""
         # No FIFO beside the exit file (an inode a run, issue 16): the follower waits on a
         # pidfd of the supervisor instead (see ended_fd).
-        launch = supervised(sandbox, spec, env, ended_fifo=False, restarts=True)
+        # A run armed before its `running` (process.base.arm_start): its supervisor takes the
+        # mark by renaming it to the pid file, the one inode of both (issue 16, stop 46).
+        pid_file = _pid_file(spec)
+        launch = supervised(
+            sandbox, spec, env, ended_fifo=False, restarts=True, claim=True, claim_as=pid_file
+        )
+        armed = os.path.lexists(unstarted_path(spec.exit_path))
+        if armed:
+            pid_file.unlink(missing_ok=True)  # an earlier try's: read before the mark
         pid: int | None = None
         if _STARTS.another() and launch.argv[: len(SUPERVISOR)] == list(SUPERVISOR):
             args = launch.argv[len(SUPERVISOR) :]
@@ -92,7 +118,8 @@ class DirectProcessManager:
             )
             self._children[spec.name] = proc
             pid = proc.pid
-        _pid_file(spec).write_text(str(pid))
+        if not (armed and _into_mark(spec, pid)):
+            pid_file.write_text(str(pid))
 
     async def status(self, spec: ProcessSpec) -> ProcessStatus:
         """Exited once the exit file exists; running while the supervisor lives."""
@@ -143,10 +170,17 @@ class DirectProcessManager:
         return None
 
     def _pid(self, spec: ProcessSpec) -> int | None:
-        try:
-            return int(_pid_file(spec).read_text())
-        except (FileNotFoundError, ValueError):
-            return None
+        # The pid file; before its supervisor's start, the mark it is renamed from (the pid
+        # file again: the rename may fall between the first two reads).
+        pid_file = _pid_file(spec)
+        for path in (pid_file, Path(unstarted_path(spec.exit_path)), pid_file):
+            try:
+                return int(path.read_text())
+            except FileNotFoundError:
+                continue
+            except ValueError:
+                return None
+        return None
 
     async def _reap(self, spec: ProcessSpec) -> None:
         proc = self._children.pop(spec.name, None)

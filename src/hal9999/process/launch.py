@@ -25,6 +25,8 @@ def supervised(
     ended_fifo: bool = True,
     go: bool = False,
     restarts: bool = False,
+    claim: bool = False,
+    claim_as: Path | None = None,
 ) -> Launch:
     """The host command that runs ``spec`` inside ``sandbox`` under the supervisor.
 
@@ -37,6 +39,11 @@ def supervised(
     starts the command (a manager that starts it ahead of the run; see
     :meth:`TmuxProcessManager.prestart`). With ``restarts`` the supervisor runs a failed
     command again as ``spec.restart`` says (tmux and direct; PM2 restarts its app itself).
+    With ``claim``, a run hal marked not started before recording it ``running``
+    (:func:`hal9999.process.base.arm_start`) is started only if its supervisor takes that
+    marker first (``--claim``; a run with no marker starts as before), renamed to
+    ``claim_as`` when given: a supervisor run once a start (direct, and PM2 for an app it
+    does not restart).
     """
     try:
         inner = sandbox.launch(spec.command, env=env)
@@ -47,7 +54,11 @@ def supervised(
         ) from exc
     spec.log_path.parent.mkdir(parents=True, exist_ok=True)
     spec.exit_path.unlink(missing_ok=True)
-    Path(unstarted_path(spec.exit_path)).unlink(missing_ok=True)  # an earlier try's
+    unstarted = unstarted_path(spec.exit_path)
+    # Armed by hal for this start (the supervisor takes it), or an earlier try's (removed).
+    claimed = claim and not go and os.path.lexists(unstarted)
+    if not claimed:
+        Path(unstarted).unlink(missing_ok=True)
     ended = Path(ended_path(spec.exit_path))
     with contextlib.suppress(OSError):  # no FIFO here: the follower polls the exit file
         ended.unlink(missing_ok=True)
@@ -68,6 +79,9 @@ def supervised(
         options += ["--log-cap", str(spec.log_cap)]
     if go:
         options += ["--go", go_path(spec.exit_path)]
+    if claimed:
+        options += ["--claim", unstarted]
+        options += ["--claim-as", str(claim_as)] if claim_as is not None else []
     if restarts and spec.restart.mode == "on-failure" and spec.restart.max_restarts > 0:
         options += ["--restarts", str(spec.restart.max_restarts)]
     # The command dies with its supervisor (a `kill -9` of it left the agent running).

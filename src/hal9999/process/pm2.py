@@ -141,7 +141,9 @@ class Pm2ProcessManager:
             names = sorted(set(env or {}) | set(spec.command.env))
             pm2inside.save_control(sandbox, spec, name)
             spec = pm2inside.follower_spec(spec, document, names)
-        launch = supervised(sandbox, spec, env)
+        # A restarted app's next run finds the marker taken: claimed only by an app PM2
+        # runs once.
+        launch = supervised(sandbox, spec, env, claim=spec.restart.mode == "never")
         cwd = str(launch.cwd) if launch.cwd else str(spec.log_path.parent)
         document = self.ecosystem(spec, launch.argv, launch.env, cwd)
         private = self.home / "apps"

@@ -46,7 +46,7 @@ else:
 USAGE = (
     "usage: hal-supervisor --log LOG --exit EXIT [--mask-var NAME]... [--mask-file PATH]... "
     "[--parser AGENT --events PATH] [--log-cap BYTES] [--go FIFO] [--restarts N] "
-    "[--dies-with LAUNCHER] "
+    "[--dies-with LAUNCHER] [--claim MARKER [--claim-as PATH]] "
     "-- COMMAND..."
 )
 
@@ -84,6 +84,24 @@ def mark_unstarted(exit_file: str) -> None:
         posix.close(posix.open(unstarted_path(exit_file), flags, 0o600))
     except OSError:
         pass
+
+
+def claim_start(marker: str, keep_as: str | None = None) -> bool:
+    """Whether this run may start its command: the :func:`unstarted_path` marker hal made
+    before recording the run ``running`` (``--claim``, the direct and PM2 managers) is
+    taken here, by one ``unlink``, or a ``rename`` to ``keep_as`` (``--claim-as``: the
+    direct manager's pid file, the one inode of both). Recovery takes a dead runner's run
+    the same way (:func:`hal9999.process.base.take_unstarted`), so exactly one of them has
+    it: the command starts, or the next daemon queues the task again, never both (issue
+    16, stop 46)."""
+    try:
+        if keep_as is None:
+            posix.unlink(marker)
+        else:
+            posix.rename(marker, keep_as)
+    except OSError:  # taken (gone) or not to be had: nothing may start
+        return False
+    return True
 
 
 def wait_go(fifo: str) -> bool:
@@ -219,6 +237,9 @@ class Options:
         self.restarts = 0
         """Runs again after a failed one (``--restarts``, a :class:`RestartPolicy`'s
         ``max_restarts`` for ``on-failure``)."""
+        self.claim: str | None = None
+        """The marker to take before the command starts (see :func:`claim_start`)."""
+        self.claim_as: str | None = None
         self.dies_with: str | None = None
         """The static launcher (``hal-launch``, a build that takes ``--dies-with``): the
         command is run through ``LAUNCHER --dies-with <this pid> --``, so that it is killed
@@ -234,7 +255,7 @@ _LISTS = {"--mask-var": "mask_var", "--mask-file": "mask_file"}
 _VALUES = {
     "--log": "log", "--exit": "exit_file", "--parser": "parser", "--events": "events",
     "--log-cap": "log_cap", "--go": "go", "--dies-with": "dies_with",
-    "--restarts": "restarts",
+    "--restarts": "restarts", "--claim": "claim", "--claim-as": "claim_as",
 }  # fmt: skip
 
 
@@ -316,6 +337,10 @@ def supervise(argv: list[str], environ: dict[bytes, bytes] | None = None) -> int
     except UsageError as exc:
         sys.stderr.write(f"{USAGE}\nhal-supervisor: error: {exc}\n")
         return 2
+    if args.claim is not None and not claim_start(args.claim, args.claim_as):
+        # Its run was taken by a next daemon's recovery (queued again): nothing starts and
+        # nothing of the run is touched (its log, its events, its exit file).
+        return 0
     if environ is None:
         environ = posix.environ  # bytes; the supervisor never changes it
     masker = _masker(args, environ)

@@ -17,7 +17,7 @@ from hal9999.credentials import forwarded_env, install_files, remove_files
 from hal9999.errors import AgentNotInstalled, HalError, RepoError
 from hal9999.events.models import Message, SandboxAcquired
 from hal9999.hive.mcp.channel import route_for as mcp_route_for
-from hal9999.process.base import ProcessManager
+from hal9999.process.base import ProcessManager, arm_start
 from hal9999.process.caplog import log_cap_from
 from hal9999.providers.base import Provider, Sandbox
 from hal9999.spec import ProcessSpec, SandboxSpec
@@ -130,8 +130,9 @@ class LaunchSteps(RunnerCore):
                 with contextlib.suppress(HalError):  # the start tries again, and says why
                     await early
             await self.transition(
-                ctx, TaskStatus.RUNNING, detail=f"agent {agent.name}", first=adopting
-            )
+                ctx, TaskStatus.RUNNING, detail=f"agent {agent.name}",
+                first=_armed(pspec, adopting) if early is None else adopting,
+            )  # fmt: skip
         except asyncio.CancelledError:
             if made is not None and ctx.detached and self._recorded_running(ctx):
                 # A daemon shutting down (SIGTERM) left this run between its `running` and
@@ -361,6 +362,20 @@ class LaunchSteps(RunnerCore):
             await sandbox.write_file_atomic(path, data, mode=0o600)
         await install_files(sandbox, self.config.credentials, sandbox.path(HOME_TARGET))
         return adopting
+
+
+def _armed(pspec: ProcessSpec, adopting: Callable[[], None] | None) -> Callable[[], None]:
+    """What the ``running`` move of a run that nothing started ahead (direct, PM2) makes
+    first, in its thread hop: the marker its supervisor takes at its start (a runner killed
+    -9 before then leaves it for the next daemon, which queues the task again; see
+    :func:`arm_start`), then the prepared files' adoption, if any."""
+
+    def first() -> None:
+        arm_start(pspec.exit_path)
+        if adopting is not None:
+            adopting()
+
+    return first
 
 
 _UNRESUMABLE = (

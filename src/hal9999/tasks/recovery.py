@@ -9,9 +9,9 @@ Every task gets a truthful state and every sandbox an owner:
   stop, and it is collected and finished as if nothing had happened (a collecting one is
   collected again; its agent never runs twice);
 - any other task that was in flight is marked ``interrupted`` (resumable), and its process and
-  sandbox are removed; one whose agent had not started (provisioning, preparing, or running
-  with its supervisor ended before the start: :func:`never_started`) is then queued again,
-  up to the scheduler's ``max_infra_retries`` times a task;
+  sandbox are removed; one whose agent had not started (provisioning, preparing, or the mark
+  of its start there: :func:`take_unstarted`, also once a ``hal`` reconciled it) is then
+  queued again, up to the scheduler's ``max_infra_retries`` times a task;
 - a sandbox no adopted or live task holds is an orphan and is destroyed; a sandbox recorded
   in the store but gone from its provider is forgotten, with a log line saying so.
 """
@@ -33,7 +33,7 @@ from hal9999.events.models import Message, Output, Phase, Usage
 from hal9999.events.reader import read_events
 from hal9999.home import unusable_session_file
 from hal9999.pool import WarmPool
-from hal9999.process.base import ProcessManager, ProcessStatus, never_started
+from hal9999.process.base import ProcessManager, ProcessStatus, take_unstarted
 from hal9999.providers.base import Provider, Sandbox
 from hal9999.spec import ArgvCommand, ProcessSpec
 from hal9999.store import TaskRecord
@@ -158,17 +158,23 @@ class Recovery:
                     adoptions.append((marked, adopted))
                     report.adopted.append(task.id)
                     continue
+                exit_file = self.service.session(task).exit_file(task.resumes)
                 if task.status == TaskStatus.INTERRUPTED:
+                    # Reconciled by a `hal` before this daemon, its start's mark still there.
+                    unstarted = not collecting and task.error_code == "interrupted"
+                    unstarted = unstarted and take_unstarted(exit_file)
                     if task.sandbox_id or task.runner_pid:
                         await self.clean(task)
-                    if collecting:
+                    if unstarted and await asyncio.to_thread(self.requeue, task.id):
+                        report.requeued.append(task.id)
+                    elif collecting or unstarted:
                         report.interrupted.append(task.id)
                 else:
-                    # Its agent had not started: before its start, or `running` with its
-                    # supervisor left waiting for the start by a runner killed -9 (it said so).
-                    exit_file = self.service.session(task).exit_file(task.resumes)
+                    # Its agent had not started: before its start, or `running` with the mark
+                    # of its start there (a runner killed -9 before its supervisor took it,
+                    # or a prestarted supervisor's that never got its `g`).
                     unstarted = task.status in (TaskStatus.PROVISIONING, TaskStatus.PREPARING) or (
-                        task.status == TaskStatus.RUNNING and never_started(exit_file)
+                        task.status == TaskStatus.RUNNING and take_unstarted(exit_file)
                     )
                     await self.interrupt(task)
                     if unstarted and await asyncio.to_thread(self.requeue, task.id):
@@ -378,15 +384,10 @@ def mark_adopted(service: TaskService, task: TaskRecord, by: str) -> TaskRecord:
             # runner's pid, even for a moment, is one any hal process reconciles back to
             # interrupted, and a second resume then adopted it again.
             _, record = transition(
-                service.store,
-                events,
-                task.id,
-                TaskStatus.RUNNING,
-                expect=TaskStatus.INTERRUPTED,
-                detail="adopted",
-                error_code=None,
+                service.store, events, task.id, TaskStatus.RUNNING,
+                expect=TaskStatus.INTERRUPTED, detail="adopted", error_code=None,
                 error_message=None,
-            )
+            )  # fmt: skip
         # Said of a live agent and of one that ended with its runner (collected again) alike.
         text = f"adopted by {by} (pid {os.getpid()}); its sandbox lived on, its agent runs once"
         events.emit(Message(text=text))

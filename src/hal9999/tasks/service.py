@@ -457,7 +457,7 @@ class TaskService(TaskSecrets):
         if exit_code is not None:
             agent = f"the agent exited with status {exit_code}"
         elif task.status == TaskStatus.RUNNING and never_started(exit_file):
-            agent = "the agent had not started (its supervisor never got the start)"
+            agent = "the agent had not started (its start never came)"
         elif task.status in (TaskStatus.RUNNING, TaskStatus.COLLECTING):
             agent = "the agent may still be running"
         else:  # it died while acquiring a sandbox or cloning: no agent was ever started

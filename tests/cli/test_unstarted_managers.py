@@ -1,0 +1,69 @@
+"""``hal serve`` killed -9 between a task's ``running`` and its agent's start under the
+``direct`` and ``pm2`` managers (issue 16, stop 46): nothing of the agent ran, so the next
+daemon queues the task again (an infra retry) and it succeeds with no resume by hand, as
+under tmux (whose prestarted supervisor says so, stop 45)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.cli.conftest import Hal, tasks_json
+from tests.cli.test_crash_sweep import assert_repo_whole, has_work
+from tests.cli.test_crash_sweep_daemon import killed_daemon, settle
+from tests.cli.test_failures import hal_processes_of
+
+from hal9999.process.pm2 import Pm2ProcessManager
+
+pytestmark = [pytest.mark.bwrap, pytest.mark.slow, pytest.mark.timeout(180)]
+
+
+@pytest.fixture(params=["direct", pytest.param("pm2", marks=pytest.mark.pm2)])
+def managed(request: pytest.FixtureRequest, hal_env: dict[str, str]) -> Iterator[str]:
+    """``hal_env`` set to run agents under the manager (PM2: a daemon of the test's own)."""
+    hal_env["HAL_PROCESS_MANAGER"] = request.param
+    if request.param != "pm2":
+        yield request.param
+        return
+    home = Path(tempfile.mkdtemp(prefix="hal-pm2-", dir="/tmp"))
+    hal_env["HAL_PM2_HOME"] = str(home)
+    try:
+        yield request.param
+    finally:
+        asyncio.run(Pm2ProcessManager(home=home).kill_daemon())
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.mark.parametrize("point", ["running_recorded", "supervisor_made"])
+def test_a_run_killed_before_its_agent_started_is_queued_again(
+    managed: str, hal: Hal, hal_env: dict[str, str], demo_repo: Path, point: str, reaped: None
+) -> None:
+    home = Path(hal_env["HAL_HOME"])
+    main = git_main(demo_repo)
+    task_id = killed_daemon(hal, hal_env, demo_repo, point)  # listed: reconciled by a hal
+    [task] = tasks_json(hal)
+    assert task["status"] == "interrupted", task
+    assert "the agent had not started" in task["error_message"], task
+
+    assert hal("serve", "--detach").returncode == 0
+    try:
+        task = settle(hal, task_id)
+        # Before: `interrupted` ("the agent may still be running"), for a resume by hand.
+        assert task["status"] == "succeeded", task
+        assert task["infra_retries"] == 1, "queued again by the next daemon"
+        assert has_work(demo_repo, task)
+    finally:
+        assert hal("serve", "--stop").returncode == 0
+    assert_repo_whole(demo_repo, main, incoming_ok=False)
+    assert hal_processes_of(task) == []
+    assert list((home / "sandboxes").glob("*/*")) == [], "the restart swept every sandbox"
+
+
+def git_main(repo: Path) -> str:
+    from tests.cli.conftest import git
+
+    return git(repo, "rev-parse", "main")

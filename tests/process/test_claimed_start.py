@@ -1,0 +1,163 @@
+"""A run the direct and PM2 managers start with no supervisor ahead of it (issue 16, stop 46):
+hal marks it not started (:func:`arm_start`) before recording it ``running``; its supervisor
+takes the mark just before the command starts, and a next daemon that finds the mark takes
+it instead (:func:`take_unstarted`), so exactly one of them has the run: the agent starts, or
+the task is queued again, never both."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hal9999.process.base import ProcessManager, arm_start, never_started, take_unstarted
+from hal9999.process.direct import DirectProcessManager
+from hal9999.process.launch import supervised
+from hal9999.process.pm2 import Pm2ProcessManager
+from hal9999.process.supervisor import unstarted_path
+from hal9999.providers.base import Launch, Sandbox
+from hal9999.spec import ProcessSpec, RestartPolicy, ShellCommand
+
+pytestmark = [pytest.mark.timeout(120)]
+
+
+def marking(tmp_path: Path) -> tuple[ProcessSpec, Path]:
+    """A spec whose command leaves a file (it ran) and says something in its log."""
+    ran = tmp_path / "ran"
+    spec = ProcessSpec(
+        name="hal-claim",
+        command=ShellCommand(script=f"touch {ran}; echo the-agent-ran"),
+        log_path=tmp_path / "run" / "out.log",
+        exit_path=tmp_path / "run" / "exit-0",
+    )
+    spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+    return spec, ran
+
+
+@pytest.fixture(params=["direct", pytest.param("pm2", marks=pytest.mark.pm2)])
+async def manager(request: pytest.FixtureRequest) -> AsyncIterator[ProcessManager]:
+    if request.param == "direct":
+        yield DirectProcessManager()
+        return
+    home = Path(tempfile.mkdtemp(prefix="hal-pm2-", dir="/tmp"))
+    pm2 = Pm2ProcessManager(home=home)
+    try:
+        yield pm2
+    finally:
+        await pm2.kill_daemon()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+async def ended(manager: ProcessManager, spec: ProcessSpec) -> str:
+    """The run's state once it is no longer running."""
+    for _ in range(600):
+        state = (await manager.status(spec)).state
+        if state != "running":
+            return state
+        await asyncio.sleep(0.05)
+    raise AssertionError("the run never ended")
+
+
+async def test_an_armed_run_starts_and_its_supervisor_takes_the_mark(
+    manager: ProcessManager, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    spec, ran = marking(tmp_path)
+    arm_start(spec.exit_path)  # as the run's `running` move does, before it is written
+    assert os.path.lexists(unstarted_path(spec.exit_path))
+    await manager.start(sandbox, spec)
+    try:
+        assert await ended(manager, spec) == "exited"
+        assert ran.exists() and spec.exit_path.read_text() == "0\n"
+        assert not os.path.lexists(unstarted_path(spec.exit_path)), "taken by its supervisor"
+        assert not never_started(spec.exit_path)
+        assert not take_unstarted(spec.exit_path), "a run that started is never queued again"
+        if isinstance(manager, DirectProcessManager):  # the mark became its pid file
+            pid_file = spec.exit_path.with_name(".exit-0.pid")
+            assert int(pid_file.read_text()) > 0
+    finally:
+        await manager.stop(spec)
+
+
+async def test_a_run_recovery_took_never_starts(
+    manager: ProcessManager, sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The runner killed -9 between `running` and its supervisor's start: the next daemon
+    # takes the mark (the task is queued again); a supervisor that comes to its start after
+    # that (PM2's `pm2 start`, or a fork, outliving its hal) starts nothing and touches
+    # nothing of the run.
+    spec, ran = marking(tmp_path)
+    arm_start(spec.exit_path)
+    taken: list[bool] = []
+    module = importlib.import_module(type(manager).__module__)
+
+    def recovered_meanwhile(*args: Any, **kwargs: Any) -> Launch:
+        launch = supervised(*args, **kwargs)  # the supervisor's command line, then the take
+        taken.extend((take_unstarted(spec.exit_path), take_unstarted(spec.exit_path)))
+        spec.log_path.write_text("the next try's log\n")
+        return launch
+
+    monkeypatch.setattr(module, "supervised", recovered_meanwhile)
+    await manager.start(sandbox, spec)
+    assert taken == [True, False], "taken once"
+    try:
+        assert await ended(manager, spec) == "missing"
+        assert not ran.exists() and not spec.exit_path.exists()
+        assert spec.log_path.read_text() == "the next try's log\n"
+    finally:
+        await manager.stop(spec)
+
+
+async def test_a_run_nothing_armed_starts_as_before(
+    manager: ProcessManager, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    # A process that is no task's run (or a mark an earlier try left, removed by the
+    # start): no `--claim`, the command runs.
+    spec, ran = marking(tmp_path)
+    assert "--claim" not in supervised(sandbox, spec, None, claim=True).argv
+    await manager.start(sandbox, spec)
+    try:
+        assert await ended(manager, spec) == "exited" and ran.exists()
+    finally:
+        await manager.stop(spec)
+
+
+async def test_an_armed_run_that_restarts_starts(
+    manager: ProcessManager, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    # PM2 runs a restarted app's supervisor again (the second would find the mark taken):
+    # its start claims nothing. The direct supervisor restarts inside one process: it does.
+    spec, ran = marking(tmp_path)
+    spec = spec.model_copy(update={"restart": RestartPolicy(mode="on-failure", max_restarts=1)})
+    arm_start(spec.exit_path)
+    await manager.start(sandbox, spec)
+    try:
+        assert await ended(manager, spec) == "exited" and ran.exists()
+        assert not os.path.lexists(unstarted_path(spec.exit_path))
+    finally:
+        await manager.stop(spec)
+
+
+def test_the_supervisor_is_told_what_to_take(sandbox: Sandbox, tmp_path: Path) -> None:
+    spec, _ = marking(tmp_path)
+    arm_start(spec.exit_path)
+    argv = supervised(sandbox, spec, None, claim=True).argv
+    assert argv[argv.index("--claim") + 1] == unstarted_path(spec.exit_path)
+    assert os.path.lexists(unstarted_path(spec.exit_path)), "left for the supervisor"
+    assert "--claim" not in supervised(sandbox, spec, None).argv
+    assert not os.path.lexists(unstarted_path(spec.exit_path)), "an unclaimed start clears it"
+
+
+def test_the_mark_is_never_made_through_a_link(tmp_path: Path) -> None:
+    # The run directory is hal's, but the mark is made as if the agent could reach it.
+    exit_file = tmp_path / "exit-0"
+    target = tmp_path / "elsewhere"
+    os.symlink(target, unstarted_path(exit_file))
+    arm_start(exit_file)
+    assert not target.exists() and os.path.islink(unstarted_path(exit_file))
