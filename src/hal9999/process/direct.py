@@ -92,7 +92,7 @@ class DirectProcessManager:
         launch = supervised(
             sandbox, spec, env, ended_fifo=False, restarts=True, claim=True, claim_as=pid_file
         )
-        armed = os.path.lexists(unstarted_path(spec.exit_path))
+        armed = "--claim-as" in launch.argv[: launch.argv.index("--")]  # the mark was there
         if armed:
             pid_file.unlink(missing_ok=True)  # an earlier try's: read before the mark
         pid: int | None = None
