@@ -7,6 +7,7 @@ the task is queued again, never both."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import os
 import shutil
@@ -21,7 +22,7 @@ from hal9999.process.base import ProcessManager, arm_start, never_started, take_
 from hal9999.process.direct import DirectProcessManager
 from hal9999.process.launch import supervised
 from hal9999.process.pm2 import Pm2ProcessManager
-from hal9999.process.supervisor import unstarted_path
+from hal9999.process.supervisor import go_path, unstarted_path
 from hal9999.providers.base import Launch, Sandbox
 from hal9999.spec import ProcessSpec, RestartPolicy, ShellCommand
 
@@ -161,3 +162,33 @@ def test_the_mark_is_never_made_through_a_link(tmp_path: Path) -> None:
     os.symlink(target, unstarted_path(exit_file))
     arm_start(exit_file)
     assert not target.exists() and os.path.islink(unstarted_path(exit_file))
+
+
+async def test_a_dropped_prestarted_supervisor_marks_no_later_try(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    # Stop 45's left race (tmux): a prestarted pane dropped, its supervisor outliving tmux's
+    # SIGHUP, its go FIFO ending only after the run's next try (the same exit file) made its
+    # own. Its mark said that later try never started: a next daemon finding that try's
+    # agent gone would have queued it again (run twice).
+    spec, ran = marking(tmp_path)
+    fifo = go_path(spec.exit_path)
+    argv = supervised(sandbox, spec, None, go=True).argv
+    held = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # the dropping hal's end
+    dropped = await asyncio.create_subprocess_exec(*argv)
+    try:
+        for _ in range(1200):  # until it waits on its FIFO
+            fds = Path(f"/proc/{dropped.pid}/fd")
+            with contextlib.suppress(OSError):
+                if any(os.readlink(fd) == fifo for fd in fds.iterdir()):
+                    break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the supervisor never opened its FIFO")
+        supervised(sandbox, spec, None, go=True)  # the next try's files, its own FIFO
+    finally:
+        os.close(held)
+    assert await asyncio.wait_for(dropped.wait(), 60) == 0
+    assert not ran.exists()
+    assert not os.path.lexists(unstarted_path(spec.exit_path)), "no mark for the later try"
+    assert not never_started(spec.exit_path)

@@ -87,13 +87,11 @@ def mark_unstarted(exit_file: str) -> None:
 
 
 def claim_start(marker: str, keep_as: str | None = None) -> bool:
-    """Whether this run may start its command: the :func:`unstarted_path` marker hal made
-    before recording the run ``running`` (``--claim``, the direct and PM2 managers) is
-    taken here, by one ``unlink``, or a ``rename`` to ``keep_as`` (``--claim-as``: the
-    direct manager's pid file, the one inode of both). Recovery takes a dead runner's run
-    the same way (:func:`hal9999.process.base.take_unstarted`), so exactly one of them has
-    it: the command starts, or the next daemon queues the task again, never both (issue
-    16, stop 46)."""
+    """Whether this run may start: the :func:`unstarted_path` marker hal made before the
+    run's ``running`` (``--claim``: direct, PM2) taken here by an ``unlink``, or a
+    ``rename`` to ``keep_as`` (``--claim-as``: direct's pid file, one inode for both).
+    Recovery takes it as well (:func:`hal9999.process.base.take_unstarted`): the command
+    starts or the task is queued again, never both (issue 16, stop 46)."""
     try:
         if keep_as is None:
             posix.unlink(marker)
@@ -104,9 +102,10 @@ def claim_start(marker: str, keep_as: str | None = None) -> bool:
     return True
 
 
-def wait_go(fifo: str) -> bool:
-    """Whether the run may start: a ``g`` read from ``fifo``. Opened without waiting for a
-    writer, so a hal that died before it held the FIFO cannot leave this waiting for good.
+def wait_go(fifo: str) -> bool | None:
+    """Whether the run may start: a ``g`` read from ``fifo``; None when it ended without one
+    and ``fifo`` names another (a later try's: this one was dropped). Opened without waiting
+    for a writer, so a hal that died before it held the FIFO cannot leave this waiting.
     A ^C in the pane (someone attached) has no command yet to be passed on to: SIGINT is
     ignored from before the FIFO is opened (one that came between the open and the read
     ended the supervisor with a traceback)."""
@@ -117,7 +116,7 @@ def wait_go(fifo: str) -> bool:
         signal.signal(signal.SIGINT, previous)
 
 
-def _read_go(fifo: str) -> bool:
+def _read_go(fifo: str) -> bool | None:
     try:
         fd = posix.open(
             fifo, posix.O_RDONLY | posix.O_NONBLOCK | posix.O_NOFOLLOW | posix.O_CLOEXEC
@@ -125,10 +124,17 @@ def _read_go(fifo: str) -> bool:
     except OSError:
         return False
     try:
-        if posix.fstat(fd).st_mode & _S_IFMT != _S_IFIFO:
+        held = posix.fstat(fd)
+        if held.st_mode & _S_IFMT != _S_IFIFO:
             return False
         posix.set_blocking(fd, True)
-        return posix.read(fd, 1) == b"g"
+        if posix.read(fd, 1) == b"g":
+            return True
+        try:
+            named = posix.stat(fifo, follow_symlinks=False)
+        except OSError:
+            return None
+        return False if (named.st_ino, named.st_dev) == (held.st_ino, held.st_dev) else None
     except OSError:
         return False
     finally:
@@ -226,19 +232,14 @@ class Options:
         self.exit_file = ""
         self.mask_var: list[str] = []
         self.mask_file: list[str] = []
-        self.parser: str | None = None
-        """Agent (preset name or template) whose parser to run."""
-        self.events: str | None = None
-        """Where parsed events go (JSON lines)."""
-        self.log_cap: int | None = None
-        """Bytes of output kept in the log per run."""
-        self.go: str | None = None
-        """A FIFO to wait on before the command starts (see :func:`go_path`)."""
+        self.parser: str | None = None  # the agent (preset or template) whose parser runs
+        self.events: str | None = None  # where parsed events go (JSON lines)
+        self.log_cap: int | None = None  # bytes of output kept in the log per run
+        self.go: str | None = None  # a FIFO to wait on before the start (go_path)
         self.restarts = 0
         """Runs again after a failed one (``--restarts``, a :class:`RestartPolicy`'s
         ``max_restarts`` for ``on-failure``)."""
-        self.claim: str | None = None
-        """The marker to take before the command starts (see :func:`claim_start`)."""
+        self.claim: str | None = None  # the marker taken before the start (claim_start)
         self.claim_as: str | None = None
         self.dies_with: str | None = None
         """The static launcher (``hal-launch``, a build that takes ``--dies-with``): the
@@ -350,12 +351,13 @@ def supervise(argv: list[str], environ: dict[bytes, bytes] | None = None) -> int
     def masked(text: str) -> str:
         return masker.mask(text) if masker is not None else text
 
-    if args.go is not None and not wait_go(args.go):
+    if args.go is not None and not (go := wait_go(args.go)):
         # Started ahead of a run that never came (it failed first, or hal is gone): nothing
-        # ran, so no exit status either, but a marker saying the command never started.
+        # ran, no exit status, but a marker saying so (not when a later try's FIFO is there).
         log.close()
         parsed.close(log.size)
-        mark_unstarted(args.exit_file)
+        if go is False:
+            mark_unstarted(args.exit_file)
         return 0
 
     child = [0]  # the running command's pid (its group's), for the signal handler
