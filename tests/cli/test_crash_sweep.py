@@ -82,7 +82,7 @@ of the session's until the scan, and moves into the source with the branch's own
 ELSEWHERE = ("kept_quarantine", "patch_writing", "stop_recorded")  # tested elsewhere
 ELSEWHERE += ("pool_reset", "pool_slot_cleared", "cancel_recorded", "failed_written")
 ELSEWHERE += ("pool_created_unrecorded", "pool_recorded", "pool_destroying")
-ELSEWHERE += ("bwrap_destroyed",)
+ELSEWHERE += ("bwrap_destroyed", "supervisor_made")  # supervisor_made: direct and PM2 only
 SWEEP = [(point, False) for point in POINTS if point not in ELSEWHERE] + [
     (point, True) for point in QUARANTINED
 ]
