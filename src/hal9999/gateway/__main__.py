@@ -7,23 +7,28 @@ the lock), so the caller can wait for it like any short command.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import os
 import sys
-import traceback
-from pathlib import Path
 
-from hal9999.gateway.channel import GatewayPaths
-from hal9999.gateway.server import GatewayServer, idle_seconds, prepare_channel, take_lock
+from hal9999.gateway.lock import take_lock
 
 
-def _serve(paths: GatewayPaths, ready: int | None) -> int:
-    lock = take_lock(paths)
+def _serve(home: str, ready: int | None) -> int:
+    lock = take_lock(home)
     if lock is None:
         if ready is not None:
             os.write(ready, b"busy\n")
         return 0  # another gateway holds this HAL_HOME
+    # Only the winner imports the server (Starlette, httpx, the store: ~0.4 s of CPU): in a
+    # start race (tens of runs at once) every loser stops above (issue 16, stop 46).
+    import asyncio
+    import logging
+    from pathlib import Path
+
+    from hal9999.gateway.channel import GatewayPaths
+    from hal9999.gateway.server import GatewayServer, idle_seconds, prepare_channel
+
+    paths = GatewayPaths(Path(home))
     prepare_channel(paths)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s gateway[%(process)d] %(levelname)s %(message)s"
@@ -39,12 +44,11 @@ def _serve(paths: GatewayPaths, ready: int | None) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     parser = argparse.ArgumentParser(prog="python -m hal9999.gateway")
-    parser.add_argument("--home", required=True, type=Path)
+    parser.add_argument("--home", required=True)
     parser.add_argument("--detach", action="store_true")
     args = parser.parse_args(argv)
-    paths = GatewayPaths(args.home)
     if not args.detach:
-        return _serve(paths, None)
+        return _serve(args.home, None)
     read_end, write_end = os.pipe()
     if os.fork() != 0:
         os.close(write_end)
@@ -59,8 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     os.dup2(devnull, 0)
     code = 1
     try:
-        code = _serve(paths, write_end)
+        code = _serve(args.home, write_end)
     except BaseException:
+        import traceback  # only now: a loser of a start race never needs it
+
         # os._exit below prints nothing: the reason goes to the log (stderr is the log).
         traceback.print_exc()
         sys.stderr.flush()

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from hal9999.errors import GatewayError
-from hal9999.gateway.rested import CONTROL_SOCK, GATEWAY_DIR
+from hal9999.gateway.lock import GATEWAY_DIR, LOCK_FILE
+from hal9999.gateway.rested import CONTROL_SOCK
 
 CHANNEL_TARGET = "/hal-gateway"
 """Where the channel directory appears inside a sandbox."""
@@ -57,7 +58,7 @@ class GatewayPaths:
     @property
     def lock(self) -> Path:
         """Held by the running gateway."""
-        return self.root / "lock"
+        return self.root / LOCK_FILE
 
     @property
     def control(self) -> Path:

@@ -12,10 +12,10 @@ import json
 import os
 import socket
 
-GATEWAY_DIR = "gateway"
-"""The gateway's directory under a HAL_HOME."""
+from hal9999.gateway.lock import GATEWAY_DIR
+
 CONTROL_SOCK = "control.sock"
-"""Its host-only control socket, in that directory."""
+"""Its host-only control socket, in the gateway's directory."""
 
 
 def tell_rested(home: str | os.PathLike[str], task_id: str) -> None:

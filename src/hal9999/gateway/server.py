@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -41,18 +40,6 @@ asyncio's default (100) filled in a burst of calls while the loop was busy, and 
 past it fails at once: the in-sandbox forwarder then closed the agent's call with no answer.
 Sized to the door's bound, which is where accepted connections are counted (and refused,
 with an answer) anyway; the kernel caps it at ``net.core.somaxconn`` (4096 by default)."""
-
-
-def take_lock(paths: GatewayPaths) -> int | None:
-    """The held lock's fd, or None when another gateway holds it."""
-    paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
 
 
 def prepare_channel(paths: GatewayPaths) -> None:
