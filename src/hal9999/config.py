@@ -352,6 +352,14 @@ class ConfigSources(NamedTuple):
         """One line: ``config: <file>, <file>, HAL_X`` (or ``config: defaults``)."""
         return "config: " + (", ".join([*self.files, *self.env]) or "defaults")
 
+    def notes(self) -> dict[str, str | None]:
+        """What a run's events record of them (a request's ``config_sources``): this line,
+        and what of ``./hal.toml`` was ignored, if anything."""
+        return {
+            "describe": self.describe(),
+            "notice": self.project.notice() if self.project else None,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready form (for events and the daemon's API)."""
         project = self.project.to_dict() if self.project else None

@@ -94,7 +94,8 @@ class RunBody(BaseModel):
     """Retries of an agent failure."""
     config_sources: ConfigNotes | None = None
     """Which config the caller applied, recorded in the task's events when it is created
-    (the thin ``hal run`` client's way to record it; the full client writes them itself)."""
+    (both clients send it: written by the client after the post, it could follow a fast
+    run's ``task_end``)."""
     egress: list[EgressHost] | None = None
     """Hosts this task may reach too (``--egress``); a string was iterated: ``"abc"`` was
     the hosts a, b and c."""

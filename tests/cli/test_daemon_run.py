@@ -202,12 +202,13 @@ def test_the_body_is_the_full_clients(
         secret_names=secret_names, cwd=tmp_path, config=config,
         config_files=list(sources.files), max_tokens=args.max_tokens,
         max_cost_usd=args.max_cost, egress=[], egress_only=None,
+        config_sources=sources.notes(),  # as run_full's request carries them (stop 46)
     )  # fmt: skip
     full = run_body(request, client_secrets(config, request, environ))
-    notes = thin.pop("config_sources")
     assert json.dumps(thin) == json.dumps(full)  # the same document, to the key order
+    notes = thin["config_sources"]
     assert notes == {"describe": sources.describe(), "notice": None}
-    check_run_body({**thin, "config_sources": notes})
+    check_run_body(thin)
     ConfigNotes.model_validate(notes)
 
 

@@ -129,6 +129,49 @@ def test_the_config_that_applied_is_in_the_tasks_events(served: Hal) -> None:
     assert messages[0]["text"] == "config: HAL_HOME, HAL_PROVIDER"
 
 
+LATE_START = """
+import sys, time
+from pathlib import Path
+
+import hal9999.cli.run_full as run_full
+from hal9999.cli.entry import main
+
+class Late(run_full.Started):
+    # Told of the task only once its run wrote task_end: a client slow to get its answer
+    # (a loaded host) while the run of a fast agent ends meanwhile.
+    def __call__(self, task):
+        events = Path(task.session_dir, "events.jsonl")
+        deadline = time.monotonic() + 30
+        while '"task_end"' not in (events.read_text() if events.exists() else ""):
+            assert time.monotonic() < deadline, "the run never ended"
+            time.sleep(0.05)
+        super().__call__(task)
+
+run_full.Started = Late
+main()
+"""
+
+
+def test_a_run_over_before_the_full_client_hears_of_it_ends_it(
+    served: Hal, hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    # Stop 46: the full client wrote which config applied into the task's events once it had
+    # the posted task; after a fast run's task_end, and the daemon, which ends a follow at a
+    # task_end last, never told it done: `hal run` hung (test_a_run_prints_and_exits_as_
+    # the_full_client on two workers, and stop 42's two hangs). The note is now the
+    # daemon's to write, with task_created.
+    done = subprocess.run(
+        [sys.executable, "-c", LATE_START, "run", "--agent", "true {{prompt_file}}", "--json",
+         "quick"],
+        cwd=demo_repo, env={**hal_env, **FULL}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    events = events_of(served, json.loads(done.stdout)["id"])
+    kinds = [(e["type"], e.get("text")) for e in events]
+    assert kinds[:2] == [("task_created", None), ("message", "config: HAL_HOME, HAL_PROVIDER")]
+    assert kinds[-1][0] == "task_end", kinds
+
+
 def test_a_prompt_from_standard_input_or_a_file(
     served: Hal, hal_env: dict[str, str], demo_repo: Path, tmp_path: Path
 ) -> None:

@@ -16,7 +16,7 @@ from tests.tasks.test_scheduler import ScriptedService, ended, until
 
 from hal9999.events.bus import EventBus, Subscription
 from hal9999.events.log import EventLog
-from hal9999.events.models import Event, Phase, TaskEnd
+from hal9999.events.models import Event, Message, Phase, TaskEnd
 from hal9999.pool.settings import SchedulerSettings
 from hal9999.server.follow import follow_page
 from hal9999.store import Store, TaskRecord
@@ -156,4 +156,32 @@ async def test_the_page_of_a_run_queued_again_goes_at_once_not_done(tmp_path: Pa
     )
     assert [e["type"] for e in page["events"]] == ["phase", "task_end"]
     assert page["done"] is False
+    store.close()
+
+
+async def test_a_note_after_the_runs_end_still_ends_the_follow(tmp_path: Path) -> None:
+    # Stop 46: the full `hal run` client wrote which config applied once the task was
+    # posted; a fast run's task_end came first, and the client, following the task, was
+    # never told done (its `hal run` hung, 2 of 2 two-worker runs of test_daemon_run_e2e).
+    # Tasks recorded so, and older clients, must not hang a follower: done, at once, both
+    # for the first page and for a caller that has the note already.
+    store, service, scheduler, daemon = daemon_of(tmp_path)
+    daemon.bus.attach(asyncio.get_running_loop())
+    store.insert_task(make_task(tmp_path, "noteaaaa", "queued"))
+    assert scheduler.dispatch() == 1
+    await asyncio.wait_for(service.ended.wait(), 30)
+    service.release.set()
+    await until(lambda: not scheduler.running)
+    task = store.get_task("noteaaaa")
+    with EventLog(Session(Path(task.session_dir)).events, task.id, store=store) as log:
+        log.emit(Message(level="info", text="config: HAL_HOME"))
+    page = await asyncio.wait_for(follow_page(daemon, task.id, after_seq=0, wait=LONG_POLL), 30)
+    assert [e["type"] for e in page["events"]] == ["phase", "task_end", "message"]
+    assert page["done"] is True
+    note = page["events"][-1]["seq"]
+    for after in (note, note - 1):
+        again = await asyncio.wait_for(
+            follow_page(daemon, task.id, after_seq=after, wait=LONG_POLL), 30
+        )
+        assert again["done"] is True, after
     store.close()

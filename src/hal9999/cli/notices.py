@@ -15,8 +15,6 @@ if TYPE_CHECKING:
     import signal as _signal
 
     from hal9999.config import ConfigSources
-    from hal9999.store import TaskRecord
-    from hal9999.tasks.service import TaskService
 else:
     import _signal  # the C module: signal.py builds three enums at import (issue 16)
 
@@ -45,18 +43,6 @@ def print_uncommitted(
         left_out = (pending or start_uncommitted(repo, ref)).notice()
         if left_out:
             echo(f"hal: note: {left_out}", err=True)
-
-
-def record_config_sources(service: TaskService, task: TaskRecord, sources: ConfigSources) -> None:
-    """Put which config applied, and what of ./hal.toml was ignored, in the task's events
-    (``hal task events --json`` shows them; the line on stderr is only for a person)."""
-    from hal9999.events.models import Message
-
-    notice = sources.project.notice() if sources.project else None
-    with service.events(task) as log:
-        log.emit(Message(level="info", text=sources.describe()))
-        if notice:
-            log.emit(Message(level="warning", text=notice))
 
 
 def uncommitted_notice(repo: str | None) -> str | None:

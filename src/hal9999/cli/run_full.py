@@ -82,6 +82,7 @@ def _prepare(args: RunArgs, pending: Uncommitted) -> tuple[App, RunRequest, Task
         cwd=working_dir(args.repo),
         config=a.config,
         config_files=list(a.sources.files),
+        config_sources=a.sources.notes(),  # recorded with task_created, before any end
         max_tokens=args.max_tokens,
         max_cost_usd=args.max_cost,
         egress=[check_value(EgressHost, host, "--egress") for host in args.egress],
@@ -100,20 +101,16 @@ def _prepare(args: RunArgs, pending: Uncommitted) -> tuple[App, RunRequest, Task
 
 
 def _full_run(args: RunArgs, pending: Uncommitted) -> None:
-    from hal9999.cli.notices import record_config_sources
-
     with collector_paused():
         a, request, api = _prepare(args, pending)
     if args.detach:
         task = run_async(api.create(request))
-        record_config_sources(a.service, task, a.sources)
         print_detached(task, args.as_json)
         return
     started = Started()
 
     def announce(task: TaskRecord) -> None:
         started(task)
-        record_config_sources(a.service, task, a.sources)
         if args.as_json:
             return
         via = ", via hal serve" if a.via_daemon else ""

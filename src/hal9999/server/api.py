@@ -29,7 +29,6 @@ from hal9999.tasks.request import RunRequest
 from hal9999.values import describe
 
 if TYPE_CHECKING:
-    from hal9999.events.models import Event
     from hal9999.server.app import ServerContext
     from hal9999.server.daemon import Daemon
 
@@ -182,19 +181,6 @@ def _caller_config(body: dict[str, Any], own: HalConfig) -> HalConfig | None:
     return with_origin(config, body.get("config_origin") or [])
 
 
-def _config_notes(notes: dict[str, Any] | None) -> list[Event]:
-    """The caller's ``config_sources`` (checked by ``check_run_body``) as the messages
-    ``hal run`` in-process records: the task's events have them before it runs."""
-    from hal9999.events.models import Message
-
-    if notes is None:
-        return []
-    made: list[Event] = [Message(level="info", text=notes["describe"])]
-    if notes.get("notice"):
-        made.append(Message(level="warning", text=notes["notice"]))
-    return made
-
-
 @functools.cache
 def run_body_schema() -> dict[str, Any]:
     """The JSON schema of ``POST /v1/tasks``' body (:class:`~hal9999.runbody.RunBody`)."""
@@ -246,15 +232,15 @@ def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
             egress=[str(h) for h in body.get("egress") or []],
             egress_only=_egress_only(body.get("egress_only")),
             runner_pid=os.getpid(),  # this daemon runs it
+            # With task_created, in one write of its event log (a second open, lock and
+            # fsync was ~1.5 ms before the task could start, issue 16).
+            config_sources=body.get("config_sources"),
         )
-        # With task_created, in one write of its event log (a second open, lock and fsync
-        # was ~1.5 ms before the task could start, issue 16).
-        notes = _config_notes(body.get("config_sources"))
         # In a worker thread: creating writes the store (and the session), which must not
         # hold up this loop while another process holds the write lock.
         # Its env is the scheduler's before its row is (Scheduler.hold).
         task = await asyncio.to_thread(
-            service.create_blocking, run, notes, lambda name: scheduler.hold(name, run.given_env)
+            service.create_blocking, run, (), lambda name: scheduler.hold(name, run.given_env)
         )
         scheduler.submit(task.id, run.given_env)
         return task_json(task)

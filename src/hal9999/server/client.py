@@ -348,6 +348,7 @@ def run_body(request: RunRequest, env: dict[str, str]) -> dict[str, Any]:
         "config": request.config.model_dump(mode="json") if request.config else None,
         "config_files": request.config_files,
         "config_origin": origin,
+        "config_sources": request.config_sources,
     }
 
 

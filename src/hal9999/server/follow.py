@@ -77,6 +77,13 @@ async def follow_page(
             ended = status == TaskStatus.INTERRUPTED or (
                 last is not None and last.type == "task_end"
             )
+            if over and not ended and last is not None and last.type == "message":
+                # Notes after the run's end (_ends); only notes since the caller's last
+                # event: is a task_end before them? (The whole file, once, in that case.)
+                ended = _ends(tail) or (
+                    _ends(tail) is None
+                    and bool(_ends(await asyncio.to_thread(events_after_seq, path, 0)))
+                )
             done = over and len(newer) <= PAGE and ended
             runner = daemon.scheduler.running.get(task.id)
             if page and ended and not done and releasing and wait > 0 and status not in ACTIVE:
@@ -118,6 +125,18 @@ async def follow_page(
     if done:
         answer["record"] = record  # as the run left it: read after the run was over
     return answer
+
+
+def _ends(events: list[Event]) -> bool | None:
+    """Whether the last of ``events`` that is not a ``message`` is a ``task_end`` (None:
+    only messages). A resting task's events can end in a note: a client from before stop
+    46 wrote which config applied once the task was posted, after a fast run's
+    ``task_end``, and the task's followers, waiting for a ``task_end`` last, were never
+    told ``done`` (the client that wrote it among them: ``hal run`` hung)."""
+    for event in reversed(events):
+        if event.type != "message":
+            return event.type == "task_end"
+    return None
 
 
 async def _find(service: Any, task_id: str) -> Any:

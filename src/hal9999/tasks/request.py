@@ -7,9 +7,13 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hal9999.config import HalConfig
 from hal9999.errors import ConfigError
+
+if TYPE_CHECKING:
+    from hal9999.events.models import Event
 
 _ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 
@@ -57,6 +61,26 @@ class RunRequest:
     branch: str | None = None
     """The task's branch, recorded with it (a hive agent's ``hal/agent/NAME``); None:
     ``hal/<task id>``."""
+    config_sources: dict[str, str | None] | None = None
+    """Which config the caller applied, as ``POST /v1/tasks`` takes it (``describe``, and
+    ``notice``: what of ``./hal.toml`` was ignored): messages recorded with the task's
+    ``task_created``. Written by the client once the task was posted, a fast run's
+    ``task_end`` could come first, and a follower through the daemon, waiting for a
+    ``task_end`` last, waited forever (stop 46)."""
+
+
+def config_notes(sources: dict[str, str | None] | None) -> list[Event]:
+    """A request's ``config_sources`` as the messages its task's events record after
+    ``task_created``: an ``info`` line of the config that applied, a ``warning`` of what of
+    ``./hal.toml`` was ignored."""
+    if sources is None:
+        return []
+    from hal9999.events.models import Message
+
+    made: list[Event] = [Message(level="info", text=str(sources["describe"]))]
+    if sources.get("notice"):
+        made.append(Message(level="warning", text=str(sources["notice"])))
+    return made
 
 
 def new_task_id(taken: Callable[[str], bool]) -> str:

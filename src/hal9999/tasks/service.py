@@ -37,7 +37,7 @@ from hal9999.tasks.plugins import (
     load_process_manager,
     load_provider_for,
 )
-from hal9999.tasks.request import RunRequest, new_task_id, provider_list
+from hal9999.tasks.request import RunRequest, config_notes, new_task_id, provider_list
 from hal9999.tasks.runner import TaskRunner
 from hal9999.tasks.secrets import TaskSecrets
 from hal9999.tasks.session import Session
@@ -240,7 +240,7 @@ class TaskService(TaskSecrets):
                     ref=req.ref,
                 )
             )
-            for note in notes:
+            for note in (*config_notes(req.config_sources), *notes):
                 log.emit(note)
         return record
 
