@@ -114,6 +114,35 @@ async def test_the_callers_config_notes_are_written_with_task_created(
     ]
 
 
+async def test_an_in_process_runs_config_notes_are_written_with_task_created(
+    tmp_path: Path, service: TaskService
+) -> None:
+    # Stop 46: the full `hal run` wrote them in a second open of the log once the task
+    # existed (after a fast run's task_end, through a daemon: its follow never ended; in
+    # process, a second open, lock and fsyncs a run). Now the request carries them.
+    from hal9999.tasks.request import RunRequest
+
+    opened: list[str] = []
+    events = service.events
+
+    def counted(task: Any, *args: Any, **kw: Any) -> Any:
+        opened.append(task.id)
+        return events(task, *args, **kw)
+
+    service.events = counted  # type: ignore[method-assign]
+    notes = {"describe": "config: HAL_HOME", "notice": None}
+    request = RunRequest(
+        prompt="x", repo=str(git_repo(tmp_path / "repo")), ref=None,
+        agent="true {{prompt_file}}", provider="bwrap", process_manager="direct",
+        timeout_s=None, config_sources=notes,
+    )  # fmt: skip
+    task = await service.create(request)
+    assert opened == [task.id]
+    lines = Path(task.session_dir, "events.jsonl").read_text().splitlines()
+    written = [(e["type"], e.get("text")) for e in map(json.loads, lines)]
+    assert written == [("task_created", None), ("message", "config: HAL_HOME")]
+
+
 async def runs_dispatched_at(
     service: TaskService,
     monkeypatch: pytest.MonkeyPatch,
