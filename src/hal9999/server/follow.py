@@ -80,10 +80,10 @@ async def follow_page(
             if over and not ended and last is not None and last.type == "message":
                 # Notes after the run's end (_ends); only notes since the caller's last
                 # event: is a task_end before them? (The whole file, once, in that case.)
-                ended = _ends(tail) or (
-                    _ends(tail) is None
-                    and bool(_ends(await asyncio.to_thread(events_after_seq, path, 0)))
-                )
+                trailing = _ends(tail)
+                if trailing is None:
+                    trailing = _ends(await asyncio.to_thread(events_after_seq, path, 0))
+                ended = bool(trailing)
             done = over and len(newer) <= PAGE and ended
             runner = daemon.scheduler.running.get(task.id)
             if page and ended and not done and releasing and wait > 0 and status not in ACTIVE:
