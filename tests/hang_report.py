@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from tests.processes import pointing_into
@@ -22,7 +23,9 @@ def _tail(path: Path, lines: int = _TAIL) -> str:
 
 
 def _stack(pid: int) -> str:
-    spy = shutil.which("py-spy")
+    # The venv's own (a dev dependency: CI's PATH need not have the venv's bin), else PATH's.
+    beside = Path(sys.executable).with_name("py-spy")
+    spy = str(beside) if beside.exists() else shutil.which("py-spy")
     if spy is None:
         return "(py-spy not installed)"
     try:
