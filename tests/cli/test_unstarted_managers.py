@@ -6,8 +6,6 @@ under tmux (whose prestarted supervisor says so, stop 45)."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,8 +14,7 @@ from tests.cli.conftest import Hal, tasks_json
 from tests.cli.test_crash_sweep import assert_repo_whole, has_work
 from tests.cli.test_crash_sweep_daemon import killed_daemon, settle
 from tests.cli.test_failures import hal_processes_of
-
-from hal9999.process.pm2 import Pm2ProcessManager
+from tests.pm2_home import end, new_home
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -29,13 +26,12 @@ def managed(request: pytest.FixtureRequest, hal_env: dict[str, str]) -> Iterator
     if request.param != "pm2":
         yield request.param
         return
-    home = Path(tempfile.mkdtemp(prefix="hal-pm2-", dir="/tmp"))
+    home = new_home()
     hal_env["HAL_PM2_HOME"] = str(home)
     try:
         yield request.param
     finally:
-        asyncio.run(Pm2ProcessManager(home=home).kill_daemon())
-        shutil.rmtree(home, ignore_errors=True)
+        asyncio.run(end(home))
 
 
 @pytest.mark.parametrize("point", ["running_recorded", "supervisor_made"])

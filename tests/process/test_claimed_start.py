@@ -10,18 +10,16 @@ import asyncio
 import contextlib
 import importlib
 import os
-import shutil
-import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.pm2_home import pm2_manager
 
 from hal9999.process.base import ProcessManager, arm_start, never_started, take_unstarted
 from hal9999.process.direct import DirectProcessManager
 from hal9999.process.launch import supervised
-from hal9999.process.pm2 import Pm2ProcessManager
 from hal9999.process.supervisor import go_path, unstarted_path
 from hal9999.providers.base import Launch, Sandbox
 from hal9999.spec import ProcessSpec, RestartPolicy, ShellCommand
@@ -47,13 +45,8 @@ async def manager(request: pytest.FixtureRequest) -> AsyncIterator[ProcessManage
     if request.param == "direct":
         yield DirectProcessManager()
         return
-    home = Path(tempfile.mkdtemp(prefix="hal-pm2-", dir="/tmp"))
-    pm2 = Pm2ProcessManager(home=home)
-    try:
+    async with pm2_manager() as pm2:
         yield pm2
-    finally:
-        await pm2.kill_daemon()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 async def ended(manager: ProcessManager, spec: ProcessSpec) -> str:

@@ -7,16 +7,15 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from tests.pm2_home import pm2_manager
 
 from hal9999.process.base import ProcessManager
 from hal9999.process.direct import DirectProcessManager
-from hal9999.process.pm2 import Pm2ProcessManager
 from hal9999.process.registry import available_process_managers, load_process_manager
 from hal9999.process.tmux import TmuxProcessManager
 from hal9999.providers.base import Sandbox
@@ -36,14 +35,8 @@ async def manager(request: pytest.FixtureRequest) -> AsyncIterator[ProcessManage
     if request.param == "tmux":
         yield TmuxProcessManager()
     elif request.param == "pm2":
-        # A short home: PM2's unix sockets live there.
-        home = Path(tempfile.mkdtemp(prefix="hal-pm2-", dir="/tmp"))
-        pm2 = Pm2ProcessManager(home=home)
-        try:
+        async with pm2_manager() as pm2:
             yield pm2
-        finally:
-            await pm2.kill_daemon()
-            shutil.rmtree(home, ignore_errors=True)
     else:
         yield DirectProcessManager()
 

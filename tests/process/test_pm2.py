@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from tests.pm2_home import pm2_manager
 
 from hal9999.errors import ProcessError
 from hal9999.process import launch
@@ -29,13 +28,8 @@ pytestmark = [pytest.mark.pm2, pytest.mark.timeout(120)]
 
 @pytest.fixture
 async def pm2() -> AsyncIterator[Pm2ProcessManager]:
-    home = Path(tempfile.mkdtemp(prefix="hal-pm2-", dir="/tmp"))
-    manager = Pm2ProcessManager(home=home)
-    try:
+    async with pm2_manager() as manager:
         yield manager
-    finally:
-        await manager.kill_daemon()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def spec_for(tmp_path: Path, script: str, restart: RestartPolicy | None = None) -> ProcessSpec:

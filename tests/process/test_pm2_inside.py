@@ -12,12 +12,12 @@ import asyncio
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.pm2_home import pm2_manager
 from tests.process.test_managers import spec_for, wait_exit
 
 from hal9999.process.pm2 import Pm2ProcessManager
@@ -41,13 +41,8 @@ def _pm2_prefix() -> Path:
 @pytest.fixture
 async def manager() -> AsyncIterator[Pm2ProcessManager]:
     """The host-side PM2 daemon (it runs the supervisor of the follower) of this test."""
-    home = Path(tempfile.mkdtemp(prefix="hal-pm2-", dir="/tmp"))
-    pm2 = Pm2ProcessManager(home=home)
-    try:
+    async with pm2_manager() as pm2:
         yield pm2
-    finally:
-        await pm2.kill_daemon()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture

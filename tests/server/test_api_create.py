@@ -88,11 +88,8 @@ async def test_a_submission_is_one_task_write_with_the_daemon_as_runner(
     assert submitted == [payload["id"]]
 
 
-async def test_the_callers_config_notes_are_written_with_task_created(
-    tmp_path: Path, service: TaskService
-) -> None:
-    # One open of the event log per submission (each was an open, a lock and an fsync before
-    # the task could start, issue 16), the notes right after task_created as before.
+def opens_counted(service: TaskService) -> list[str]:
+    """The ids of the tasks whose event log ``service`` opens from now on, in order."""
     opened: list[str] = []
     events = service.events
 
@@ -101,6 +98,15 @@ async def test_the_callers_config_notes_are_written_with_task_created(
         return events(task, *args, **kw)
 
     service.events = counted  # type: ignore[method-assign]
+    return opened
+
+
+async def test_the_callers_config_notes_are_written_with_task_created(
+    tmp_path: Path, service: TaskService
+) -> None:
+    # One open of the event log per submission (each was an open, a lock and an fsync before
+    # the task could start, issue 16), the notes right after task_created as before.
+    opened = opens_counted(service)
     notes = {"describe": "config: HAL_HOME", "notice": "./hal.toml: ignored keys"}
     status, payload = await post(service, queue(), tmp_path / "repo", config_sources=notes)
     assert status == 200, payload
@@ -122,14 +128,7 @@ async def test_an_in_process_runs_config_notes_are_written_with_task_created(
     # process, a second open, lock and fsyncs a run). Now the request carries them.
     from hal9999.tasks.request import RunRequest
 
-    opened: list[str] = []
-    events = service.events
-
-    def counted(task: Any, *args: Any, **kw: Any) -> Any:
-        opened.append(task.id)
-        return events(task, *args, **kw)
-
-    service.events = counted  # type: ignore[method-assign]
+    opened = opens_counted(service)
     notes = {"describe": "config: HAL_HOME", "notice": None}
     request = RunRequest(
         prompt="x", repo=str(git_repo(tmp_path / "repo")), ref=None,
