@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from tests.cli.conftest import Hal, start_hal, tasks_json
 from tests.cli.test_failures import assert_no_leftovers, wait_for_status
+from tests.fakes.vendor_api import SHUTDOWN_POLL_S
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 
@@ -47,7 +48,9 @@ class GitServer:
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, args=(SHUTDOWN_POLL_S,), daemon=True
+        )
         self.thread.start()
 
     def serve(self, directory: Path) -> None:
