@@ -155,6 +155,20 @@ echo done > result.txt
 """
 
 
+def wait_for_stalled_collection(task: dict[str, object]) -> None:
+    """Until the collection's clean filter has run once: it left ``HEAD.lock`` and holds
+    ``git add``. The status says ``collecting`` before the collection's command starts (and
+    its filter runs inside it tens of ms later, more on a busy host), so a kill at the status
+    alone can land first: the next collection's filter is then the first, leaves the lock
+    itself, after the resume dropped the stale ones, and that collection's commit fails on
+    it (the two-worker CI run of stop 46). The kill must interrupt the collection that
+    left the lock."""
+    git_dir = Path(str(task["session_dir"]), "workspace", ".git")
+    # `touch` makes `once` first, then the lock.
+    wait_until(lambda: (git_dir / "HEAD.lock").exists(), "the collection's clean filter", 30)
+    assert (git_dir / "once").exists()
+
+
 def test_a_daemon_killed_while_collecting_collects_again_after_restart(
     hal: Hal, hal_env: dict[str, str], demo_repo: Path
 ) -> None:
@@ -167,6 +181,7 @@ def test_a_daemon_killed_while_collecting_collects_again_after_restart(
         assert run.returncode == 0, run.stderr
         task_id = run.stdout.strip()
         task = wait_for_status(hal, "collecting")
+        wait_for_stalled_collection(task)
         pid = json.loads((home / "run" / "serve.json").read_text())["pid"]
         os.kill(pid, signal.SIGKILL)
         wait_until(lambda: not Path(f"/proc/{pid}").exists(), "the daemon to die")
@@ -200,6 +215,7 @@ def test_a_run_killed_while_collecting_is_collected_by_its_resume(
     runner = start_hal(alone, demo_repo, "run", "--agent", "sh {{prompt_file}}",
                        STALLED_COLLECTION)  # fmt: skip
     task = wait_for_status(hal, "collecting")
+    wait_for_stalled_collection(task)
     runner.kill()
     runner.communicate()
     task_id = str(task["id"])
