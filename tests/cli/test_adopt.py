@@ -209,8 +209,10 @@ def test_a_daemon_killed_while_collecting_collects_again_after_restart(
 def test_a_run_killed_while_collecting_is_collected_by_its_resume(
     hal: Hal, hal_env: dict[str, str], demo_repo: Path
 ) -> None:
-    # The dead runner's collection lives on in the sandbox (its `git add` holds the index
-    # lock): the resume kills it and collects alone, without running the agent again.
+    # The dead runner's collection was killed mid-way (a bwrap command dies with its hal; in
+    # a keeper or a container it would live on, holding the index lock, and the resume's
+    # stop ends it): the resume drops its locks and collects alone, without running the
+    # agent again.
     alone = {**hal_env, "HAL_NO_DAEMON": "1"}
     runner = start_hal(alone, demo_repo, "run", "--agent", "sh {{prompt_file}}",
                        STALLED_COLLECTION)  # fmt: skip
