@@ -311,7 +311,7 @@ class HiveLoop:
             # row exists: a daemon killed before the agent's record names it leaves the
             # next one the task to adopt (see _finish_adopted), not a second one to make.
             named = partial(stats.set_turn_task, self.store, turn_id)
-            task = await asyncio.to_thread(self.service.create_blocking, request, (), named)
+            task = await asyncio.to_thread(self.service.create_blocking, request, named)
             await asyncio.to_thread(update_agent, self.store, agent.name, task_id=task.id)
             self.scheduler.submit(task.id)
             return task.id

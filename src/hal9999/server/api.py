@@ -240,7 +240,7 @@ def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
         # hold up this loop while another process holds the write lock.
         # Its env is the scheduler's before its row is (Scheduler.hold).
         task = await asyncio.to_thread(
-            service.create_blocking, run, (), lambda name: scheduler.hold(name, run.given_env)
+            service.create_blocking, run, lambda name: scheduler.hold(name, run.given_env)
         )
         scheduler.submit(task.id, run.given_env)
         return task_json(task)

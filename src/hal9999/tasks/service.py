@@ -6,7 +6,7 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -131,7 +131,6 @@ class TaskService(TaskSecrets):
     def create_blocking(
         self,
         req: RunRequest,
-        notes: Sequence[Event] = (),
         named: Callable[[str], None] | None = None,
     ) -> TaskRecord:
         """:meth:`create` for a caller in a worker thread (the daemon's API: the store's
@@ -141,7 +140,7 @@ class TaskService(TaskSecrets):
         scheduler must run it with: a dispatch may start it before this returns)."""
         config, providers = self._check(req)
         source = gitrepo.resolve_source_blocking(req.repo, req.cwd)
-        return self._make(req, config, providers, source, notes, named)
+        return self._make(req, config, providers, source, named)
 
     def _check(self, req: RunRequest) -> tuple[HalConfig, list[str]]:
         """The request's settings and providers, once everything but its source is valid."""
@@ -180,11 +179,10 @@ class TaskService(TaskSecrets):
         config: HalConfig,
         providers: list[str],
         source: gitrepo.RepoSource,
-        notes: Sequence[Event] = (),
         named: Callable[[str], None] | None = None,
     ) -> TaskRecord:
-        """The record, session and first event of a checked request (``notes``: events to
-        record right after it, in the same write of the event log)."""
+        """The record, session and first event of a checked request (with the request's
+        config notes right after it, in the same write of the event log)."""
         task_id = new_task_id(self.store.has_task)
         if named is not None:
             named(task_id)
@@ -240,7 +238,7 @@ class TaskService(TaskSecrets):
                     ref=req.ref,
                 )
             )
-            for note in (*config_notes(req.config_sources), *notes):
+            for note in config_notes(req.config_sources):
                 log.emit(note)
         return record
 

@@ -31,7 +31,7 @@ class DaemonTasks:
         mine = dataclasses.replace(request, runner_pid=os.getpid())
         scheduler, env = daemon.scheduler, request.given_env
         task = await asyncio.to_thread(
-            daemon.service.create_blocking, mine, (), lambda name: scheduler.hold(name, env)
+            daemon.service.create_blocking, mine, lambda name: scheduler.hold(name, env)
         )
         scheduler.submit(task.id, env)
         return task
