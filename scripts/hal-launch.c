@@ -67,7 +67,11 @@
  * set, then PARENT checked to be this process's parent still (a hal that died before the
  * signal was set is seen here, and PROGRAM does not run: exit 137), then PROGRAM executed
  * (PATH searched), nothing else changed. What `setpriv --pdeathsig KILL -- sh -c '[ "$PPID" =
- * "$1" ] || exit 137; ...'` did, in one exec instead of two.
+ * "$1" ] || exit 137; ...'` did, in one exec instead of two. A PROGRAM that is this launcher
+ * itself (the same file: a supervisor's sandbox command, src/hal9999/process/supervisor.py)
+ * is not executed again: this process goes on with its arguments as that exec would have
+ * (nothing of this process's state is set yet but the death signal, which an exec keeps),
+ * one exec fewer a run.
  */
 #define _GNU_SOURCE
 #define DROP_NAME "hal-launch"
@@ -571,7 +575,16 @@ static void seccomp_fd(const char *file) {
   }
 }
 
-/* --dies-with PARENT -- PROGRAM [ARG...]: see the top. Never returns. */
+/* Whether PROGRAM (named by path) is the file this process runs. */
+static int is_this_launcher(const char *program) {
+  struct stat self, other;
+  if (!strchr(program, '/')) return 0; /* a PATH search: never this launcher's argv */
+  if (stat("/proc/self/exe", &self) != 0 || stat(program, &other) != 0) return 0;
+  return self.st_dev == other.st_dev && self.st_ino == other.st_ino;
+}
+
+/* --dies-with PARENT -- PROGRAM [ARG...]: see the top. Returns only when PROGRAM is this
+ * launcher, which then carries on with argv + 4 (see main). */
 static void dies_with(int argc, char **argv) {
   char *end = NULL;
   errno = 0;
@@ -585,6 +598,7 @@ static void dies_with(int argc, char **argv) {
   if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) die("prctl", "PR_SET_PDEATHSIG");
   /* Set before the check: a parent that dies after it kills this process. */
   if (getppid() != (pid_t)parent) _exit(137);
+  if (is_this_launcher(argv[4])) return;
   execvp(argv[4], argv + 4);
   int saved = errno;
   fprintf(stderr, "hal-launch: failed to execute %s: %s\n", argv[4], strerror(saved));
@@ -592,7 +606,11 @@ static void dies_with(int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
-  if (argc > 2 && strcmp(argv[1], "--dies-with") == 0) dies_with(argc, argv);
+  while (argc > 2 && strcmp(argv[1], "--dies-with") == 0) {
+    dies_with(argc, argv); /* returned: PROGRAM is this launcher, argv[4] its argv[0] */
+    argv += 4;
+    argc -= 4;
+  }
   int given = 0;
   while (argc - given > 3 && strcmp(argv[1 + given], "--data") == 0) {
     if (ndata == (int)(sizeof DATA / sizeof DATA[0])) {

@@ -153,14 +153,48 @@ def _until(done: Callable[[], bool], limit: float = 30) -> bool:
     return True
 
 
-def test_the_program_is_killed_when_its_hal_dies(launcher: Path) -> None:
+def _through_itself(launcher: Path) -> list[str]:
+    """The launcher's own sandbox form, as a supervisor runs a command under ``--dies-with``
+    (no sandbox: a name, no filter, no limit, no cgroup)."""
+    return [str(launcher), "sbx", "", "", "--"]
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+def test_the_launcher_as_its_own_program_is_not_executed_again(
+    launcher: Path, tmp_path: Path
+) -> None:
+    # A supervisor's command is `hal-launch --dies-with PID -- hal-launch ... -- bwrap ...`:
+    # the second exec of the same file was one of a run's four hal-launch execs (issue 16).
+    trace = tmp_path / "execs"
+    command = [*_through_itself(launcher), "sh", "-c", 'echo "$HAL_SANDBOX"']
+    parent = (
+        "import os, subprocess, sys\n"
+        f"argv = [{str(launcher)!r}, '--dies-with', str(os.getpid()), '--', *{command!r}]\n"
+        "sys.exit(subprocess.run(argv).returncode)\n"
+    )
+    done = subprocess.run(
+        ["strace", "-f", "-qq", "-e", "trace=execve", "-o", str(trace), sys.executable, "-c",
+         parent],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done
+    assert done.stdout == "sbx\n"  # the sandbox form ran: HAL_SANDBOX set
+    execs = [line for line in trace.read_text().splitlines() if "execve(" in line]
+    assert sum(f'execve("{launcher}"' in line for line in execs) == 1
+    assert any('execve("/usr/bin/sh"' in line or '/sh", ["sh"' in line for line in execs)
+
+
+@pytest.mark.parametrize("through_itself", [False, True])
+def test_the_program_is_killed_when_its_hal_dies(launcher: Path, through_itself: bool) -> None:
     # A stand-in hal spawns `sleep` through the launcher naming itself, says its pid and
-    # waits; killed by SIGKILL, its sleep must end with it (the death signal, not a cleanup).
+    # waits; killed by SIGKILL, its sleep must end with it (the death signal, not a cleanup),
+    # also when the launcher goes on as its own program rather than executing it.
+    program = [*(_through_itself(launcher) if through_itself else []), "sleep", "600"]
     hal = subprocess.Popen(
         [sys.executable, "-c",
          "import os, subprocess, sys\n"
          f"p = subprocess.Popen([{str(launcher)!r}, '--dies-with', str(os.getpid()), '--',"
-         " 'sleep', '600'])\n"
+         f" *{program!r}])\n"
          "print(p.pid, flush=True)\n"
          "p.wait()\n"],
         stdout=subprocess.PIPE, text=True,
