@@ -275,12 +275,19 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
 
     def _migrate(self) -> None:
         latest = MIGRATIONS[-1].version if MIGRATIONS else 0
-        with self._write() as conn:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
-            )
-        current = self.schema_version()
+        try:
+            # Read first: a database already at this hal's schema (every open but the first)
+            # takes no write lock, so an open never waits behind another process's writer.
+            current = self.schema_version()
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):
+                raise
+            with self._write() as conn:
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+                )
+            current = self.schema_version()
         if current > latest:
             raise HalError(
                 f"the database {self.path} has schema version {current}, newer than this"
