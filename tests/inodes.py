@@ -1,5 +1,6 @@
 """Counting the inodes hal creates under a directory (issue 16: on some hosts each new inode
-costs 0.3-0.6 ms, a link or rename ~0.015 ms), so a test can pin a path's count.
+costs 0.3-0.6 ms, a link or rename ~0.015 ms), so a test can pin a path's count; and the
+files it opens there (:func:`opened`).
 
 One process-wide audit hook (``sys.addaudithook`` cannot be removed), live only inside
 :func:`created`. It sees ``os.mkdir``, ``os.symlink`` and every ``open`` with ``O_CREAT`` of a
@@ -18,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 _active: list[tuple[str, list[str]]] = []
+_opening: list[tuple[str, list[str]]] = []
 _lock = threading.Lock()
 _installed = False
 
@@ -34,6 +36,8 @@ def _absolute(path: object, dir_fd: object) -> str | None:
 
 
 def _hook(event: str, args: tuple[object, ...]) -> None:
+    if _opening and event == "open":
+        _note(_opening, _absolute(args[0], None))
     if not _active:
         return
     if event == "open":
@@ -50,8 +54,14 @@ def _hook(event: str, args: tuple[object, ...]) -> None:
     # Not there yet, in a directory that is (``mkdir(parents=True)`` tries first and fails).
     if path is None or os.path.lexists(path) or not os.path.isdir(os.path.dirname(path)):
         return
+    _note(_active, path)
+
+
+def _note(watched: list[tuple[str, list[str]]], path: str | None) -> None:
+    if path is None:
+        return
     with _lock:
-        for root, found in _active:
+        for root, found in watched:
             if path == root or path.startswith(root + os.sep):
                 found.append(os.path.relpath(path, root))
 
@@ -59,15 +69,29 @@ def _hook(event: str, args: tuple[object, ...]) -> None:
 @contextmanager
 def created(root: Path) -> Iterator[list[str]]:
     """The paths (relative to ``root``) of the inodes made under ``root`` inside the block."""
+    with _watching(_active, root) as found:
+        yield found
+
+
+@contextmanager
+def opened(root: Path) -> Iterator[list[str]]:
+    """The paths (relative to ``root``) of every ``open`` under ``root`` inside the block, one
+    entry an open (read, written or made; by ``open``, ``Path.open`` or ``os.open``)."""
+    with _watching(_opening, root) as found:
+        yield found
+
+
+@contextmanager
+def _watching(watched: list[tuple[str, list[str]]], root: Path) -> Iterator[list[str]]:
     global _installed
     if not _installed:
         sys.addaudithook(_hook)
         _installed = True
-    entry = (os.path.realpath(root), [])
+    entry: tuple[str, list[str]] = (os.path.realpath(root), [])
     with _lock:
-        _active.append(entry)
+        watched.append(entry)
     try:
         yield entry[1]
     finally:
         with _lock:
-            _active.remove(entry)
+            watched.remove(entry)

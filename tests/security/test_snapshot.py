@@ -5,6 +5,7 @@ tag of the source reaches. Here so that the ordinary-user run covers it too."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.tasks.conftest import git
@@ -87,10 +88,14 @@ async def test_the_checkout_hal_writes_never_writes_outside_it(
     snap = await mirror.snapshot_for(tmp_path / "home", str(repo), session, None)
     assert snap is not None
     made: list[bool] = []
-    write_git_dir = gitdir.write_git_dir
-    monkeypatch.setattr(
-        gitdir, "write_git_dir", lambda *a: made.append(write_git_dir(*a)) or made[-1]
-    )
+    write_git_dir = gitdir._write_git_dir
+
+    def noted(*args: Any) -> tuple[bool, str | None]:
+        written = write_git_dir(*args)
+        made.append(written[0])
+        return written
+
+    monkeypatch.setattr(gitdir, "_write_git_dir", noted)
     source = gitrepo.RepoSource("local", str(repo))
     try:
         await gitrepo.clone(source, None, session / "workspace", "hal/x", borrow=snap)

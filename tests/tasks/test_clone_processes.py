@@ -187,7 +187,7 @@ async def test_a_borrowed_checkout_is_what_clone_shared_made_with_one_git(
     mine_calls = list(git_calls)
     git_calls.clear()
     with monkeypatch.context() as patch:
-        patch.setattr(gitdir, "write_git_dir", lambda *a: False)
+        patch.setattr(gitdir, "_write_git_dir", lambda *a: (False, None))
         assert await gitrepo.clone(src, ref, theirs, BRANCH, borrow=snap) == base
     # Issue 16: was clone (with sh and git-upload-pack) [+ rev-parse, checkout --detach];
     # a ref is looked up as before (itself, then origin/REF).
@@ -341,14 +341,14 @@ async def test_a_borrowed_checkout_names_the_sessions_link_from_its_first_write(
     # one naming the session's link, and HEAD was replaced (through HEAD.lock) once or twice
     # more: a new inode and a freed one each, per task.
     written: list[int] = []
-    write_git_dir = gitdir.write_git_dir
+    write_git_dir = gitdir._write_git_dir
 
-    def noted(*args: Any) -> bool:
+    def noted(*args: Any) -> tuple[bool, str | None]:
         made = write_git_dir(*args)
         written.append(os.lstat(args[1] / ".git" / "HEAD").st_ino)
         return made
 
-    monkeypatch.setattr(gitdir, "write_git_dir", noted)
+    monkeypatch.setattr(gitdir, "_write_git_dir", noted)
     source, _ = _snapshot_repo(tmp_path)
     session = tmp_path / "session"
     (session / "workspace").mkdir(parents=True)
@@ -458,3 +458,40 @@ def test_the_branched_git_dir_falls_back_step_by_step(tmp_path: Path) -> None:
     dest.mkdir()
     assert gitdir.write_branched_git_dir(snap, dest, None, "hal/x..y") == (True, False, None)
     assert git(dest, "-c", f"safe.directory={dest}", "symbolic-ref", "HEAD") == "refs/heads/main"
+
+
+def test_a_branched_git_dir_writes_each_file_once_and_reads_none_back(tmp_path: Path) -> None:
+    # Issue 16: the branch's step read back the packed-refs and HEAD just written and
+    # rewrote them, and the commit's step read them (and tried a loose ref) again: ten opens
+    # of the .git's files a task where six are writes.
+    _, snap = _snapshot_repo(tmp_path, detached=False)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with inodes.opened(dest) as opened:
+        written = gitdir.write_branched_git_dir(snap, dest, None, "hal/x1")
+    main = git(dest, "-c", f"safe.directory={dest}", "rev-parse", "refs/heads/main")
+    assert written == (True, True, main)
+    assert sorted(opened) == sorted(
+        f".git/{name}" for name in ("objects/info/alternates", "info/exclude", "packed-refs",
+                                    "refs/remotes/origin/HEAD", "config", "HEAD")
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("detached", [False, True])
+def test_a_branched_git_dir_is_the_one_new_branch_makes(tmp_path: Path, detached: bool) -> None:
+    # The branch written with the .git in one go: byte for byte what write_git_dir and then
+    # new_branch(pack=True) write, for names sorted first, last, between refs, and taken.
+    _, snap = _snapshot_repo(tmp_path, detached=detached)
+    for n, branch in enumerate(("hal/x1", "a", "zz/top", "main", "side", "feat", "feat/x/y")):
+        together, apart = tmp_path / f"together{n}", tmp_path / f"apart{n}"
+        together.mkdir()
+        apart.mkdir()
+        written, branched, commit = gitdir.write_branched_git_dir(snap, together, None, branch)
+        assert gitdir.write_git_dir(snap, apart)
+        made = gitdir.new_branch(apart / ".git", branch, pack=True)
+        assert (written, branched) == (True, made)
+        assert commit == (gitdir.drop_reflogs(apart / ".git", branch) if made else None)
+        files = sorted(p.relative_to(together) for p in together.rglob("*") if p.is_file())
+        assert files == sorted(p.relative_to(apart) for p in apart.rglob("*") if p.is_file())
+        for name in files:
+            assert (together / name).read_bytes() == (apart / name).read_bytes(), (branch, name)

@@ -85,17 +85,39 @@ def write_git_dir(snap: Path, dest: Path, alternates: str | None = None) -> bool
     ``alternates`` when given), with nothing checked out; False, leaving ``dest`` empty,
     when the snapshot is not in the form hal's snapshots have (refs all packed, branches and
     tags only, HEAD a packed branch or a commit)."""
+    return _write_git_dir(snap, dest, alternates, None)[0]
+
+
+def write_branched_git_dir(
+    snap: Path, dest: Path, alternates: str | None, branch: str
+) -> tuple[bool, bool, str | None]:
+    """:func:`write_git_dir` and :func:`new_branch` (packed) in one thread hop where a clone
+    of ``snap`` at its HEAD took three, each file written once with what it ends up holding
+    (issue 16: the branch's step read back and rewrote the packed-refs and HEAD just
+    written, and the commit's read them again): whether the ``.git`` was written, whether
+    the branch was made, and its commit (None when it was not). Nothing is read or checked
+    out: the caller's ``read-tree`` fills the index and the work tree."""
+    written, commit = _write_git_dir(snap, dest, alternates, branch)
+    return written, commit is not None, commit
+
+
+def _write_git_dir(
+    snap: Path, dest: Path, alternates: str | None, branch: str | None
+) -> tuple[bool, str | None]:
+    """:func:`write_git_dir`, with ``branch`` (when given, and one :func:`new_branch` would
+    pack: a plain name no packed ref is in the way of) made at HEAD's commit and HEAD
+    naming it; whether the ``.git`` was written, and the branch's commit when it was made."""
     try:
         if os.listdir(dest) or os.listdir(snap / "refs" / "heads"):
-            return False
+            return False, None
         if os.listdir(snap / "refs" / "tags"):
-            return False
+            return False, None
         head = (snap / "HEAD").read_text()
         lines = (snap / "packed-refs").read_text().splitlines(keepends=True)
     except (OSError, UnicodeDecodeError):
-        return False
+        return False, None
     if not lines or lines[0] != _PACKED_HEADER:
-        return False
+        return False, None
     remotes: list[str] = []
     tags: list[str] = []
     heads: dict[str, str] = {}
@@ -107,7 +129,7 @@ def write_git_dir(snap: Path, dest: Path, alternates: str | None = None) -> bool
             continue
         match = _SNAPSHOT_REF.fullmatch(line.rstrip("\n"))
         if match is None or not line.endswith("\n"):
-            return False
+            return False, None
         commit, kind, name = match.groups()
         if kind == "heads":
             heads[name] = commit
@@ -119,17 +141,30 @@ def write_git_dir(snap: Path, dest: Path, alternates: str | None = None) -> bool
     if head.startswith("ref: refs/heads/"):
         default: str | None = head[len("ref: refs/heads/") :].rstrip("\n")
         if default not in heads or not _PLAIN_BRANCH.fullmatch(default):
-            return False
+            return False, None
         local = heads[default]
     elif _COMMIT.fullmatch(head.rstrip("\n")):
         default, local = None, head.rstrip("\n")
     else:
-        return False
+        return False, None
     config = (
         "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n"
         "\tlogallrefupdates = true\n[user]\n\tname = hal9999\n\temail = hal9999@localhost\n"
         '[remote "origin"]\n\tfetch = +refs/heads/*:refs/remotes/origin/*\n'
     )
+    # The local branch packed too, not a loose file (issue 16: an inode a task); the new
+    # branch beside it. Each ref is packed with its name as git sorts them.
+    packed = [] if default is None else [f"{local} refs/heads/{default}\n"]
+    packed += remotes + tags
+    made = None
+    if branch is not None and _packable(branch, [line.split(" ")[1][:-1] for line in packed
+                                                 if line[0] != "^"]):  # fmt: skip
+        made = f"refs/heads/{branch}"
+        at = next(
+            (n for n, line in enumerate(packed) if line[0] != "^" and line.split(" ")[1] > made),
+            len(packed),
+        )  # a peeled line stays after its tag
+        packed.insert(at, f"{local} {made}\n")
     git_dir = dest / ".git"
     try:
         # Not git's empty hooks/, objects/pack/, refs/heads/ and refs/tags/ (the branches
@@ -138,40 +173,42 @@ def write_git_dir(snap: Path, dest: Path, alternates: str | None = None) -> bool
         for sub in ("objects/info", "refs", "info"):
             (git_dir / sub).mkdir(parents=True)
         entry = alternates or f"{snap / 'objects'}\n"
-        (git_dir / "objects" / "info" / "alternates").write_text(entry)
-        (git_dir / "info" / "exclude").write_text(_EXCLUDE)
-        # The local branch packed too (sorted first: refs/heads < refs/remotes < refs/tags),
-        # not a loose file (issue 16: an inode a task).
-        local_head = [] if default is None else [f"{local} refs/heads/{default}\n"]
-        (git_dir / "packed-refs").write_text(_PACKED_HEADER + "".join(local_head + remotes + tags))
+        _write(git_dir / "objects" / "info" / "alternates", entry)
+        _write(git_dir / "info" / "exclude", _EXCLUDE)
+        _write(git_dir / "packed-refs", _PACKED_HEADER + "".join(packed))
         if default is not None:
             origin_head = git_dir / "refs" / "remotes" / "origin" / "HEAD"
             origin_head.parent.mkdir(parents=True)
-            origin_head.write_text(f"ref: refs/remotes/origin/{default}\n")
+            _write(origin_head, f"ref: refs/remotes/origin/{default}\n")
             config += f'[branch "{default}"]\n\tremote = origin\n\tmerge = refs/heads/{default}\n'
-        (git_dir / "config").write_text(config)
-        (git_dir / "HEAD").write_text(f"ref: refs/heads/{default}\n" if default else f"{local}\n")
+        _write(git_dir / "config", config)
+        named = made or (f"refs/heads/{default}" if default else None)
+        _write(git_dir / "HEAD", f"ref: {named}\n" if named else f"{local}\n")
     except OSError:
         shutil.rmtree(git_dir, ignore_errors=True)
-        return False
-    return True
+        return False, None
+    return True, local if made else None
 
 
-def write_branched_git_dir(
-    snap: Path, dest: Path, alternates: str | None, branch: str
-) -> tuple[bool, bool, str | None]:
-    """:func:`write_git_dir`, then :func:`new_branch` (packed) and the new branch's commit
-    (:func:`drop_reflogs`), in one thread hop where a clone of ``snap`` at its HEAD took
-    three (issue 16: each hop costs the daemon ~1-2 ms of CPU at 16 tasks at once): whether
-    the ``.git`` was written, whether the branch was made, and its commit (None when it is
-    not to be had here). Nothing is read or checked out: the caller's ``read-tree`` fills
-    the index and the work tree, which no step here needs (none of them writes a reflog)."""
-    if not write_git_dir(snap, dest, alternates):
-        return False, False, None
-    git_dir = dest / ".git"
-    if not new_branch(git_dir, branch, True):
-        return True, False, None
-    return True, True, drop_reflogs(git_dir, branch)
+def _packable(branch: str, refs: list[str]) -> bool:
+    """Whether :func:`new_branch` packs ``branch`` beside ``refs``: a plain name, and neither
+    it nor a ref on its path or below its name taken."""
+    name = f"refs/heads/{branch}"
+    return _PLAIN_BRANCH.fullmatch(branch) is not None and not any(
+        ref == name or ref.startswith(name + "/") or name.startswith(ref + "/") for ref in refs
+    )
+
+
+def _write(path: Path, text: str) -> None:
+    """Write a new file of a fresh ``.git`` as ``Path.write_text`` does, without the buffered
+    file's system calls (its ``fstat``, ``ioctl`` and ``lseek``) and objects."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    try:
+        data = memoryview(text.encode())
+        while data:
+            data = data[os.write(fd, data) :]
+    finally:
+        os.close(fd)
 
 
 _ORIGIN = '[remote "origin"]'
