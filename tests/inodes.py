@@ -20,6 +20,7 @@ from pathlib import Path
 
 _active: list[tuple[str, list[str]]] = []
 _opening: list[tuple[str, list[str]]] = []
+_buffered: list[tuple[str, list[str]]] = []
 _lock = threading.Lock()
 _installed = False
 
@@ -36,8 +37,10 @@ def _absolute(path: object, dir_fd: object) -> str | None:
 
 
 def _hook(event: str, args: tuple[object, ...]) -> None:
-    if _opening and event == "open":
+    if event == "open":
         _note(_opening, _absolute(args[0], None))
+        if isinstance(args[1], str):  # a mode: ``open``'s file object, not ``os.open``
+            _note(_buffered, _absolute(args[0], None))
     if not _active:
         return
     if event == "open":
@@ -58,7 +61,7 @@ def _hook(event: str, args: tuple[object, ...]) -> None:
 
 
 def _note(watched: list[tuple[str, list[str]]], path: str | None) -> None:
-    if path is None:
+    if path is None or not watched:
         return
     with _lock:
         for root, found in watched:
@@ -78,6 +81,15 @@ def opened(root: Path) -> Iterator[list[str]]:
     """The paths (relative to ``root``) of every ``open`` under ``root`` inside the block, one
     entry an open (read, written or made; by ``open``, ``Path.open`` or ``os.open``)."""
     with _watching(_opening, root) as found:
+        yield found
+
+
+@contextmanager
+def buffered_opens(root: Path) -> Iterator[list[str]]:
+    """As :func:`opened`, only the opens that make a file object (``open``, ``Path.open``,
+    ``Path.read_text``...: each an ``fstat``, an ``ioctl`` and ``lseek``s more than
+    ``os.open``'s, and the objects)."""
+    with _watching(_buffered, root) as found:
         yield found
 
 

@@ -24,6 +24,7 @@ from hal9999.process.forkserver import ForkServerClient, ServerUnavailable
 from hal9999.process.launch import FORK_SERVER, SUPERVISOR, supervised
 from hal9999.process.supervisor import unstarted_path
 from hal9999.providers.base import Sandbox
+from hal9999.providers.hostread import read_all
 from hal9999.spec import ProcessSpec
 
 
@@ -175,7 +176,7 @@ class DirectProcessManager:
         pid_file = _pid_file(spec)
         for path in (pid_file, Path(unstarted_path(spec.exit_path)), pid_file):
             try:
-                return int(path.read_text())
+                return int(read_all(str(path)))
             except FileNotFoundError:
                 continue
             except ValueError:

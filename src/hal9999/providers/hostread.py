@@ -36,6 +36,12 @@ def read_all(path: str) -> bytes:
         os.close(fd)
 
 
+def read_text(path: str | os.PathLike[str]) -> str:
+    """The whole file at ``path`` as UTF-8 text (strict, as ``Path.read_text`` decodes it
+    here, but no newline translation: a ``\r`` stays), by :func:`read_all`."""
+    return read_all(os.fspath(path)).decode()
+
+
 def _holds(path: Path, data: bytes, mode: int) -> os.stat_result | None:
     """The ``lstat`` of ``path`` when it is a regular file of ours holding exactly ``data``
     with ``mode``, else None."""

@@ -39,6 +39,7 @@ from typing import NamedTuple
 
 from hal9999.errors import ProviderError
 from hal9999.providers import hostexec
+from hal9999.providers.hostread import read_all
 
 MARKER_VAR = "HAL_KEEPER"
 """In a keeper's environment: the sandbox's host directory (not ``HAL_SANDBOX``: it is hal's
@@ -80,7 +81,7 @@ def kernel_ok(release: str | None = None) -> bool:
 def read(directory: Path) -> Keeper | None:
     """The keeper recorded in the sandbox's directory, if it is alive."""
     try:
-        pid, ino = (int(word) for word in (directory / KEEPER_FILE).read_text().split())
+        pid, ino = (int(word) for word in read_all(str(directory / KEEPER_FILE)).split())
     except (OSError, ValueError):
         return None
     keeper = Keeper(pid, ino)
@@ -214,7 +215,7 @@ def stop(directory: Path) -> bool:
     whether there was a record of one."""
     path = directory / KEEPER_FILE
     try:
-        pid, ino = (int(word) for word in path.read_text().split())
+        pid, ino = (int(word) for word in read_all(str(path)).split())
     except (OSError, ValueError):
         return False
     with contextlib.suppress(OSError):

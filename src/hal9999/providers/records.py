@@ -56,7 +56,7 @@ class JsonRecords(Generic[R]):
         """The record; :class:`SandboxNotFound` when gone."""
         path = self.path(sandbox_id)
         try:
-            return self.model.model_validate_json(path.read_bytes())
+            return self.model.model_validate_json(read_all(str(path)))
         except FileNotFoundError:
             raise SandboxNotFound(f"no sandbox {sandbox_id} under {self.root}") from None
         except ValidationError as exc:

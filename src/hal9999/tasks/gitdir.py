@@ -16,6 +16,8 @@ import shutil
 import stat
 from pathlib import Path
 
+from hal9999.providers.hostread import read_text
+
 # A key may follow its section's header on the same line; extensions.worktreeConfig has git
 # read config.worktree too, which may set core.worktree.
 _CONFIG_ASIDE = re.compile(
@@ -112,8 +114,8 @@ def _write_git_dir(
             return False, None
         if os.listdir(snap / "refs" / "tags"):
             return False, None
-        head = (snap / "HEAD").read_text()
-        lines = (snap / "packed-refs").read_text().splitlines(keepends=True)
+        head = read_text(snap / "HEAD")
+        lines = read_text(snap / "packed-refs").splitlines(keepends=True)
     except (OSError, UnicodeDecodeError):
         return False, None
     if not lines or lines[0] != _PACKED_HEADER:

@@ -41,6 +41,7 @@ from pathlib import Path
 from hal9999 import flock
 from hal9999.errors import RepoError
 from hal9999.home import HalPaths
+from hal9999.providers.hostread import read_all, read_text
 from hal9999.tasks.gitrepo import git
 
 OBJECTS_LINK = ".hal-objects"
@@ -78,7 +79,7 @@ def fingerprint(top: Path) -> str | None:
         if (git_dir / "reftable").exists() or (git_dir / "commondir").exists():
             return None
         lines = [_stat_line(git_dir, "HEAD"), _stat_line(git_dir, "packed-refs")]
-        head = (git_dir / "HEAD").read_text().strip()
+        head = read_text(git_dir / "HEAD").strip()
         if head.startswith(f"ref: {RESULTS}"):  # the user is on a result branch
             lines.append(_stat_line(git_dir, head[len("ref: ") :]))
         for sub in ("refs/heads", "refs/tags"):
@@ -108,7 +109,7 @@ def source_name(home: Path, top: str) -> str:
     repository's host path."""
     key_path = mirrors_dir(home) / ".key"
     try:
-        key = key_path.read_bytes()
+        key = read_all(str(key_path))
     except FileNotFoundError:
         key_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fresh = key_path.with_name(f".key.{secrets.token_hex(4)}")
@@ -191,9 +192,9 @@ def _current(base: Path, fp: str, session_root: Path, link: bool) -> tuple[Path 
     """The current snapshot when it is of the source's refs ``fp``, and whether it is
     linked now (``link``: with the session's link pointed at it when there is one)."""
     try:
-        name = (base / "current").read_text().strip()
+        name = read_text(base / "current").strip()
         snap = base / name
-        if not name or (snap / REFS_FILE).read_text() != fp:
+        if not name or read_text(snap / REFS_FILE) != fp:
             return None, False
     except OSError:
         return None, False
@@ -256,7 +257,7 @@ def base_without_gitlinks(session_root: Path, base: str) -> bool:
     if snap is None:
         return False
     try:
-        return (snap / GITLINKS_FILE).read_text() == f"{base} 0\n"
+        return read_text(snap / GITLINKS_FILE) == f"{base} 0\n"
     except (OSError, UnicodeDecodeError):
         return False
 
@@ -377,7 +378,7 @@ def alternates_pointed(workspace: Path) -> bool:
     rather than hop to a thread for :func:`point_alternates` (issue 16)."""
     path = workspace / ".git" / "objects" / "info" / "alternates"
     try:
-        return path.read_text() == ALTERNATES
+        return read_text(path) == ALTERNATES
     except (OSError, UnicodeDecodeError):
         return False
 
