@@ -37,10 +37,11 @@ def _absolute(path: object, dir_fd: object) -> str | None:
 
 
 def _hook(event: str, args: tuple[object, ...]) -> None:
-    if event == "open":
-        _note(_opening, _absolute(args[0], None))
+    if event == "open" and (_opening or _buffered):
+        path = _absolute(args[0], None)
+        _note(_opening, path)
         if isinstance(args[1], str):  # a mode: ``open``'s file object, not ``os.open``
-            _note(_buffered, _absolute(args[0], None))
+            _note(_buffered, path)
     if not _active:
         return
     if event == "open":
