@@ -1,10 +1,10 @@
 /*
- * hal-launch [--data FD TEXT]...
+ * hal-launch [--parent PARENT] [--data FD TEXT]...
  *            [--enter PID MNT_INO CWD SESSION [--uid UID] [--unsetenv NAME]...
  *                     [--attach SRC DST RO]...
  *                     [--else N BWRAP ARG...]]
  *            SANDBOX SECCOMP_FILE FSIZE_BLOCKS [JOIN_FILE...] -- PROGRAM [ARG...]
- * hal-launch [--data FD TEXT]... --keep RECORD -- BWRAP [ARG...]
+ * hal-launch [--parent PARENT] [--data FD TEXT]... --keep RECORD -- BWRAP [ARG...]
  * hal-launch --dies-with PARENT -- PROGRAM [ARG...]
  *
  * What hal's launcher script (LAUNCHER_SCRIPT in src/hal9999/providers/hostexec.py) does
@@ -14,7 +14,18 @@
  * It runs on the host with hal's own rights, and only ever executes bwrap (or the network
  * wiring's launcher), named by path, or with --dies-with hal's host git.
  *
- * --data, first: FD (3 to 8) is the read end of a pipe that holds TEXT and a newline, and
+ * --parent, first: PARENT is the hal that spawned this process. Once the cgroups are joined,
+ * before anything runs (bwrap, the network wiring, or the command in a keeper's namespaces),
+ * the death signal (SIGKILL) is set and PARENT checked to be this process's parent still: a
+ * hal that died after the fork (its stop's cgroup kill and marker scan saw nothing of this
+ * process: it was not yet in the cgroup, its marker not yet in an environment /proc shows)
+ * means nothing runs (exit 137), and one that dies later kills this process, whatever it
+ * has become by exec (bwrap keeps the signal, and the network wiring, and this process as
+ * an entered command's monitor). With --keep, PARENT is checked before the keeper is
+ * started, and no death signal is set: the keeper outlives hal, and this process must
+ * live to record it.
+ *
+ * --data, first after --parent: FD (3 to 8) is the read end of a pipe that holds TEXT and a newline, and
  * nothing more (its write end closed), left open for PROGRAM: how bwrap's --file gets a
  * sandbox's own small files (its passwd and group) without a file on disk per sandbox.
  *
@@ -111,10 +122,30 @@ __attribute__((used)) const char hal_launch_abi_dies[] = "hal-launch abi: dies-w
 /* ... and this before it passes --enter ... --uid (a build without it would take --uid for
  * the sandbox's name). */
 __attribute__((used)) const char hal_launch_abi_uid[] = "hal-launch abi: enter-uid";
+/* ... and this before it uses the build at all: every launch then carries --parent (a build
+ * without it would take --parent for a sandbox name). */
+__attribute__((used)) const char hal_launch_abi_parent[] = "hal-launch abi: parent";
 
 static void die(const char *what, const char *name) {
   fprintf(stderr, "hal-launch: %s %s: %s\n", what, name, strerror(errno));
   _exit(125);
+}
+
+/* PARENT (--dies-with, --parent): a pid within pid_t's range (a long cut to one named another
+ * process: 2^32 + a pid, that pid); 0 when it is not one. */
+static pid_t parent_pid(const char *text) {
+  char *end = NULL;
+  errno = 0;
+  long parent = strtol(text, &end, 10);
+  if (errno || end == text || *end || parent < 1 || parent != (long)(pid_t)parent) return 0;
+  return (pid_t)parent;
+}
+
+/* The death signal set, then PARENT checked: set before the check, so a parent that dies
+ * after it kills this process, and one that died before is seen (exit 137, nothing run). */
+static void dies_with_parent(pid_t parent) {
+  if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) die("prctl", "PR_SET_PDEATHSIG");
+  if (getppid() != parent) _exit(137);
 }
 
 /* --data ------------------------------------------------------------------------------ */
@@ -586,18 +617,12 @@ static int is_this_launcher(const char *program) {
 /* --dies-with PARENT -- PROGRAM [ARG...]: see the top. Returns only when PROGRAM is this
  * launcher, which then carries on with argv + 4 (see main). */
 static void dies_with(int argc, char **argv) {
-  char *end = NULL;
-  errno = 0;
-  long parent = strtol(argv[2], &end, 10);
-  /* Within pid_t's range: a long cut to one named another process (2^32 + a pid, that pid). */
-  if (argc < 5 || strcmp(argv[3], "--") != 0 || errno || end == argv[2] || *end ||
-      parent < 1 || parent != (long)(pid_t)parent) {
+  pid_t parent = parent_pid(argv[2]);
+  if (argc < 5 || strcmp(argv[3], "--") != 0 || !parent) {
     fprintf(stderr, "usage: hal-launch --dies-with PARENT -- PROGRAM [ARG...]\n");
     _exit(125);
   }
-  if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) die("prctl", "PR_SET_PDEATHSIG");
-  /* Set before the check: a parent that dies after it kills this process. */
-  if (getppid() != (pid_t)parent) _exit(137);
+  dies_with_parent(parent);
   if (is_this_launcher(argv[4])) return;
   execvp(argv[4], argv + 4);
   int saved = errno;
@@ -611,7 +636,16 @@ int main(int argc, char **argv) {
     argv += 4;
     argc -= 4;
   }
+  pid_t parent = 0; /* --parent: none given, no check (a launch by hand) */
   int given = 0;
+  if (argc > 3 && strcmp(argv[1], "--parent") == 0) {
+    parent = parent_pid(argv[2]);
+    if (!parent) {
+      fprintf(stderr, "hal-launch: bad parent %s\n", argv[2]);
+      return 125;
+    }
+    given = 2;
+  }
   while (argc - given > 3 && strcmp(argv[1 + given], "--data") == 0) {
     if (ndata == (int)(sizeof DATA / sizeof DATA[0])) {
       fprintf(stderr, "hal-launch: more than %d --data\n", ndata);
@@ -630,8 +664,10 @@ int main(int argc, char **argv) {
   int entering = taken > 0;
   /* The pipes (bwrap's --file) for bwrap only: an entered command gets no extra fds. */
   if (!entering) apply_data();
-  if (argc > 4 && strcmp(argv[1], "--keep") == 0 && strcmp(argv[3], "--") == 0)
+  if (argc > 4 && strcmp(argv[1], "--keep") == 0 && strcmp(argv[3], "--") == 0) {
+    if (parent && getppid() != parent) return 137; /* no keeper for a hal already dead */
     return keep(argv[2], argv + 4);
+  }
   if (entering) {
     argv[taken] = argv[0];
     argv += taken;
@@ -672,6 +708,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "hal-launch: no -- PROGRAM\n");
     return 125;
   }
+  if (parent) dies_with_parent(parent); /* in the cgroups: from here, a stop sees us */
 
   if (entering) {
     open_keeper(argv[2]);

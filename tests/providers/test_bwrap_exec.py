@@ -130,10 +130,18 @@ def test_an_untrusted_or_older_launcher_is_not_used(tmp_path: Path) -> None:
     # A build from before --data would take the option for a sandbox name.
     assert hostexec.launch_helper.__wrapped__(prog) is None
     prog.write_text("#!/bin/sh\n# hal-launch abi: enter hal-launch abi: data\n")
+    # A build from before --parent would take it for a sandbox name, and ran a command for a
+    # hal that died while it was in flight: the script launcher checks.
+    assert hostexec.launch_helper.__wrapped__(prog) is None
+    prog.write_text(
+        "#!/bin/sh\n# hal-launch abi: enter hal-launch abi: data hal-launch abi: parent\n"
+    )
     assert hostexec.launch_helper.__wrapped__(prog) == str(prog)
     # A build from before --else would take it for a sandbox name: its sandboxes get no keeper.
     assert not hostexec._takes_enter.__wrapped__(str(prog))
-    prog.write_text("#!/bin/sh\n# hal-launch abi: enter-else hal-launch abi: data\n")
+    prog.write_text(
+        "#!/bin/sh\n# hal-launch abi: enter-else hal-launch abi: data hal-launch abi: parent\n"
+    )
     assert hostexec._takes_enter.__wrapped__(str(prog))
     prog.chmod(0o775)  # group-writable
     assert hostexec.launch_helper.__wrapped__(prog) is None

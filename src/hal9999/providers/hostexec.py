@@ -25,17 +25,25 @@ from hal9999.providers.hostread import read_all
 from hal9999.providers.sandboxuser import trusted_program
 
 LAUNCHER_SCRIPT = (
+    'f=; if [ "$1" = --parent ]; then [ "$2" = "$PPID" ] || exit 137; f=$2; shift 2; fi; '
     'while [ "$1" = --data ]; do case $2 in [3-8]) ;; *) exit 125 ;; esac; '
     'eval "exec $2<<HAL_DATA\n\\$3\nHAL_DATA\n" || exit 125; shift 3; done; '
     "HAL_SANDBOX=$1; export HAL_SANDBOX; "
     '[ -z "$2" ] || exec 9<"$2" || exit 125; [ -z "$3" ] || ulimit -f "$3" || exit 125; '
     "shift 3; "
-    'for f; do [ "$f" = -- ] && break; echo 0 > "$f" || exit 125; shift; done; shift; exec "$@"'
+    'while [ "$1" != -- ]; do echo 0 > "$1" || exit 125; shift; done; shift; '
+    '[ -z "$f" ] || { read -r f < /proc/$$/stat && f=${f##*) } && f=${f#* } && '
+    '[ "${f%% *}" = "$PPID" ]; } || exit 137; exec "$@"'
 )
-"""Gives each ``--data FD TEXT`` (FD 3 to 8) a pipe holding TEXT and a newline on fd FD (a
+"""Takes the pid of the hal that spawned it after ``--parent`` (see :func:`parented`), gives
+each ``--data FD TEXT`` (FD 3 to 8) a pipe holding TEXT and a newline on fd FD (a
 here-document; the fd's number checked before ``eval`` sees it, the text never parsed), marks
 the process, opens the seccomp filter (if any) as fd 9, caps the size of any one file (if
-asked), joins the cgroups named before ``--``, then execs the rest.
+asked), joins the cgroups named before ``--``, checks that its parent is still that hal, then
+execs the rest. ``$PPID`` is the parent the shell started with: checked to be the hal at the
+start, then against the parent at the end (``/proc/$$/stat``'s fourth field, after the
+command name's closing parenthesis). ``f`` is the one scratch variable, as the join loop's
+was before: nothing else the command's environment might carry is set.
 
 A constant, never interpolated: everything variable is a positional argument. Writing
 itself (``0``) into the cgroups before exec means the sandboxed program and all it forks
@@ -44,11 +52,16 @@ The marker is set here, not in the launch env, so a host wrapper around the laun
 process manager's supervisor) is not mistaken for a sandbox process. The filter travels as
 an fd because bwrap's ``--seccomp`` reads it from one (and closes it before the command
 runs). The file size cap is the shell's own ``ulimit -f`` (POSIX: 512-byte blocks, soft and
-hard limit alike) rather than a ``prlimit`` exec: one process less per command.
+hard limit alike) rather than a ``prlimit`` exec: one process less per command. The parent's
+check after the joins: a hal that died while this process was in flight (forked, not yet in
+its cgroup: its stop's cgroup kill and marker scan did not see it) means nothing runs (exit
+137). A shell cannot set the death signal the static launcher sets with it: a hal that dies
+after the check leaves bwrap to set its own (``--die-with-parent``) as it starts.
 
 :data:`LAUNCH_HELPER_BUILT` does the same as one static program (no shell, no loader) and
 is used in its place whenever it is there (:func:`launch_helper`).
 """
+_SCRIPT_PREFIX = ["/bin/sh", "-c", LAUNCHER_SCRIPT, "hal-launch"]
 LAUNCH_HELPER_BUILT = Path(__file__).resolve().parents[3] / "build" / "hal-launch"
 """Where ``scripts/setup.sh`` builds ``scripts/hal-launch.c`` in a source checkout."""
 FSIZE_BLOCK = 512
@@ -71,6 +84,9 @@ command's bwrap argv, run when the keeper is gone by the time the launcher opens
 older build would take ``--enter`` for a sandbox name, or ``--else`` for one."""
 LAUNCH_HELPER_DATA = b"hal-launch abi: data"
 """What a build that takes ``--data`` holds; a build without it is not used at all."""
+LAUNCH_HELPER_PARENT = b"hal-launch abi: parent"
+"""What a build that takes ``--parent PID`` holds (see :func:`parented`); a build without it
+is not used at all either: a launch without the check would run a command for a dead hal."""
 LAUNCH_HELPER_DIES = b"hal-launch abi: dies-with"
 """What a build that takes ``--dies-with`` holds (see :func:`dies_with_helper`)."""
 LAUNCH_HELPER_UID = b"hal-launch abi: enter-uid"
@@ -131,10 +147,12 @@ def _holds(helper: str, abi: bytes) -> bool:
 def launch_helper(path: Path = LAUNCH_HELPER_BUILT) -> str | None:
     """The static launcher (``scripts/hal-launch.c``) when it is there, as trustworthy as
     hal's own code (a regular, executable file of root's or ours that nobody else can
-    write: it runs with hal's rights) and built to take ``--data``. None means ``sh`` and
-    :data:`LAUNCHER_SCRIPT`."""
+    write: it runs with hal's rights) and built to take ``--data`` and ``--parent``. None
+    means ``sh`` and :data:`LAUNCHER_SCRIPT`."""
     found = trusted_program(path)
-    return found if found is not None and _holds(found, LAUNCH_HELPER_DATA) else None
+    if found is None or not _holds(found, LAUNCH_HELPER_DATA):
+        return None
+    return found if _holds(found, LAUNCH_HELPER_PARENT) else None
 
 
 def launcher_argv(
@@ -159,13 +177,28 @@ def launcher_argv(
     blocks = str(-(-max_file_bytes // FSIZE_BLOCK)) if max_file_bytes > 0 else ""
     if helper == "auto":
         helper = launch_helper()
-    launcher = [helper] if helper else ["/bin/sh", "-c", LAUNCHER_SCRIPT, "hal-launch"]
+    launcher = [helper] if helper else list(_SCRIPT_PREFIX)
     launcher += data_args(data)
     if enter:
         if not helper:
             raise ValueError("only the static launcher enters a keeper")
         launcher += ["--enter", *enter]
     return [*launcher, sandbox_id, seccomp, blocks, *join_files, "--", *argv]
+
+
+def parented(argv: Sequence[str]) -> list[str]:
+    """``argv`` as this process spawns it: a launcher's (:func:`launcher_argv`) with
+    ``--parent`` and this process's pid first, so that it runs nothing should this process
+    die before it is in the sandbox's cgroups, and dies with it after (the static launcher:
+    the death signal; see scripts/hal-launch.c). Any other argv as it is. Only for a
+    launcher this process spawns itself: a wrapper's (the supervisor's ``--dies-with``, a
+    terminal's) parent is another process."""
+    helper = launch_helper()
+    if helper is not None and argv[:1] == [helper]:
+        return [helper, "--parent", str(os.getpid()), *argv[1:]]
+    if list(argv[:4]) == _SCRIPT_PREFIX:
+        return [*_SCRIPT_PREFIX, "--parent", str(os.getpid()), *argv[4:]]
+    return list(argv)
 
 
 def data_args(data: Sequence[tuple[int, str]]) -> list[str]:
@@ -258,7 +291,7 @@ async def stream(
     try:
         transport, pipes = await loop.subprocess_exec(
             _Pipes,
-            *launch.argv,
+            *parented(launch.argv),
             stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

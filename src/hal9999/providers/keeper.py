@@ -175,8 +175,10 @@ async def start(
     what bwrap reads from the launcher's pipes (``hostexec.data_args``)."""
     record = directory / KEEPER_FILE
     options = hostexec.data_args(data)
+    # --parent: no keeper for a hal that died while this launcher was in flight.
+    keep = hostexec.parented([helper, *options, "--keep", str(record), "--", *argv])
     proc = await asyncio.create_subprocess_exec(
-        helper, *options, "--keep", str(record), "--", *argv, env=dict(env), cwd="/",
+        *keep, env=dict(env), cwd="/",
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip

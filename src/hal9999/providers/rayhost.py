@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from hal9999.errors import ExecError, HalError, SandboxNotFound
-from hal9999.providers import limits
+from hal9999.providers import hostexec, limits
 from hal9999.providers.base import STDOUT_LIMIT, Command, StreamEvent
 from hal9999.providers.ssh import mirror
 from hal9999.spec import ArgvCommand, Bind, SandboxSpec
@@ -210,7 +210,8 @@ class NodeHost:
                      token: str) -> asyncio.subprocess.Process:  # fmt: skip
         launch = sandbox.launch(command, env=self._env(env))
         proc = await asyncio.create_subprocess_exec(
-            *launch.argv, env=launch.env, cwd=launch.cwd, stdin=asyncio.subprocess.PIPE,
+            *hostexec.parented(launch.argv), env=launch.env, cwd=launch.cwd,
+            stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         self.procs[token] = proc
