@@ -127,25 +127,18 @@ def _reaped(
     return result
 
 
+@pytest.mark.parametrize("mode", ["dies", "lives"])
 @pytest.mark.parametrize("kind", ["static", "sh"])
-def test_a_launcher_whose_hal_died_before_its_join_runs_nothing(
-    built: Path, tmp_path: Path, kind: str
+def test_a_launcher_runs_its_command_only_for_a_hal_alive_after_its_join(
+    built: Path, tmp_path: Path, kind: str, mode: str
 ) -> None:
     ran = tmp_path / "ran"
-    result = _run("dies", _launcher(kind, built), tmp_path, ["touch", str(ran)])
-    # It joined (its "0" reached the cgroup's file), then saw its hal gone: nothing ran.
-    assert result == {"status": 137, "joined": "0\n" if kind == "sh" else "0"}
-    assert not ran.exists()
-
-
-@pytest.mark.parametrize("kind", ["static", "sh"])
-def test_a_launcher_whose_hal_lives_runs_its_command(
-    built: Path, tmp_path: Path, kind: str
-) -> None:
-    ran = tmp_path / "ran"
-    result = _run("lives", _launcher(kind, built), tmp_path, ["touch", str(ran)])
-    assert result["status"] == 0
-    assert ran.exists()
+    result = _run(mode, _launcher(kind, built), tmp_path, ["touch", str(ran)])
+    # It joined (its "0" reached the cgroup's file), then saw its hal gone: nothing ran. With
+    # its hal alive, the command ran.
+    joined = "0\n" if kind == "sh" else "0"
+    assert result == {"status": 137 if mode == "dies" else 0, "joined": joined}
+    assert ran.exists() == (mode == "lives")
 
 
 def test_a_hal_that_dies_after_the_join_kills_the_static_launchers_command(
