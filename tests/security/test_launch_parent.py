@@ -56,11 +56,17 @@ if hal == 0:
     os.close(w)
     # Past its start (the script checks $PPID there) and on its way to the FIFO's join: its
     # filter is open as fd 9 just before.
+    # (Bounded, as every wait here: a launcher gone first fails the test, never hangs it.)
+    deadline = time.monotonic() + 20
     while fifo != "-" and not os.path.exists(f"/proc/{launcher.pid}/fd/9"):
+        if launcher.poll() is not None or time.monotonic() > deadline:
+            os._exit(3)
         time.sleep(0.001)
     if mode == "lives":
         os._exit(launcher.wait() & 0xFF)
     while mode == "dies-after" and not os.path.exists(started):
+        if launcher.poll() is not None or time.monotonic() > deadline:
+            os._exit(3)
         time.sleep(0.01)
     os._exit(0)
 os.close(w)
