@@ -57,8 +57,10 @@ if hal == 0:
     # Past its start (the script checks $PPID there) and on its way to the FIFO's join: its
     # filter is open as fd 9 just before.
     # (Bounded, as every wait here: a launcher gone first fails the test, never hangs it.)
+    # A hal that lives has nothing to wait for: the FIFO is opened at once, so its launcher
+    # may be through its join and done before fd 9 is seen.
     deadline = time.monotonic() + 20
-    while fifo != "-" and not os.path.exists(f"/proc/{launcher.pid}/fd/9"):
+    while mode != "lives" and fifo != "-" and not os.path.exists(f"/proc/{launcher.pid}/fd/9"):
         if launcher.poll() is not None or time.monotonic() > deadline:
             os._exit(3)
         time.sleep(0.001)
