@@ -1,5 +1,6 @@
 /*
  * hal-drop UID -- PROGRAM [ARG...]
+ * hal-drop UID --wait
  *
  * What `setpriv --reuid=UID --regid=UID --clear-groups --inh-caps=-all --bounding-set=-all --`
  * does for a root hal's bwrap sandbox (src/hal9999/providers/sandboxuser.py), as one small
@@ -9,17 +10,26 @@
  *
  * Every step is checked, and checked again at the end: any failure exits 125 without
  * running PROGRAM, so a command never runs with more than the sandbox uid's rights.
+ *
+ * --wait, after the same switch, waits for a signal to end it, running nothing: a pooled
+ * sandbox's keeper (src/hal9999/providers/keeper.py), which ran `sleep infinity`, one exec
+ * (and a dynamic loader's start) more for every keeper, one a task.
  */
 #define _GNU_SOURCE
 #define DROP_NAME "hal-drop"
 #include "hal-drop.h" /* drop_uid, drop_to, exec_path: shared with hal-launch --enter --uid */
 
+/* hal looks for this before it passes --wait (a build without it refuses the option). */
+__attribute__((used)) const char hal_drop_abi_wait[] = "hal-drop abi: wait";
+
 int main(int argc, char **argv) {
-  if (argc < 4 || strcmp(argv[2], "--") != 0) {
-    fprintf(stderr, "usage: hal-drop UID -- PROGRAM [ARG...]\n");
+  int wait = argc == 3 && strcmp(argv[2], "--wait") == 0;
+  if (!wait && (argc < 4 || strcmp(argv[2], "--") != 0)) {
+    fprintf(stderr, "usage: hal-drop UID -- PROGRAM [ARG...] | hal-drop UID --wait\n");
     return 125;
   }
   drop_to(drop_uid(argv[1]));
+  while (wait) pause();
   exec_path(argv + 3);
   int saved = errno;
   fprintf(stderr, "hal-drop: failed to execute %s: %s\n", argv[3], strerror(saved));

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hal9999.providers.sandboxuser import install_helper
+from hal9999.providers.sandboxuser import DROP_HELPER_WAITS, install_helper, waits
 
 
 @pytest.fixture
@@ -67,3 +67,12 @@ def test_on_one_filesystem_it_is_a_link_to_the_program(tmp_path: Path) -> None:
     install_helper(helper, target)
     install_helper(helper, target)
     assert os.path.samestat(target.stat(), os.stat(helper))
+
+
+def test_a_keeper_waits_in_the_switch_only_when_its_build_says_it_can(tmp_path: Path) -> None:
+    # An older build would take `--wait` for a usage error: the keeper then died at once.
+    program = built(tmp_path / "hal-drop", b"\x7fELF old build", 1_000_000_000)
+    assert not waits(program)
+    # Rebuilt in place (another size and time): read again, not the first answer kept.
+    built(tmp_path / "hal-drop", b"\x7fELF " + DROP_HELPER_WAITS + b" new", 2_000_000_000)
+    assert waits(program)

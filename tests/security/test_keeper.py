@@ -23,7 +23,7 @@ from tests.security.conftest import pool_of, primed, require_keeper, session_spe
 
 from hal9999.errors import ProviderError
 from hal9999.pool import WarmPool
-from hal9999.providers import hostexec, keeper, seccomp
+from hal9999.providers import hostexec, keeper, sandboxuser, seccomp
 from hal9999.providers.bwrap import RUN_DIR, BwrapProvider, BwrapSandbox
 from hal9999.spec import ArgvCommand, Bind, SandboxSpec, ShellCommand
 
@@ -445,3 +445,46 @@ async def test_a_keepers_bwrap_is_a_commands_without_the_filter_fd_or_die_with_p
     at = command.index("--seccomp") if "--seccomp" in command else len(command)
     without = [a for a in command[:at] + command[at + 2 :] if a != "--die-with-parent"]
     assert kept == without
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+async def test_a_keeper_is_the_launchers_bwraps_and_the_uid_switchs_execs(
+    provider: BwrapProvider, tmp_path: Path
+) -> None:
+    # The uid switch waits itself (`hal-drop UID --wait`): its exec of `sleep infinity` is
+    # gone (4 execs before, one a task: the pool starts a keeper at each reset).
+    (tmp_path / "a").mkdir()
+    box = await provider.create(SandboxSpec(workspace=tmp_path / "a"))
+    assert isinstance(box, BwrapSandbox)
+    require_keeper(provider, box.id)
+    if provider.drop_helper is None:
+        pytest.skip("no build/hal-drop")
+    helper = hostexec.launch_helper()
+    assert helper is not None
+    run, log = tmp_path / "run", tmp_path / "trace"
+    run.mkdir()
+    env = {keeper.MARKER_VAR: str(provider.store.dir(box.id)), "PATH": "/usr/bin:/bin"}
+    traced = await asyncio.create_subprocess_exec(
+        "strace", "-f", "-qq", "-e", "trace=execve", "-e", "status=successful", "-o", str(log),
+        helper, *hostexec.data_args(box.data), "--keep", str(run / keeper.KEEPER_FILE), "--",
+        *box.keeper_argv(), env=env, cwd="/", stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while (kept := keeper.read(run)) is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert kept is not None, "the keeper did not start"
+        # Recorded once bwrap forked it: its switch (and any exec) may still be under way
+        # until it sleeps, switched.
+        uid = f"Uid:\t{box.uid}\t{box.uid}\t{box.uid}\t{box.uid}"
+        while not {uid, "State:\tS (sleeping)"} <= set(
+            (status := Path(f"/proc/{kept.pid}/status").read_text()).splitlines()
+        ):
+            assert time.monotonic() < deadline, status
+            await asyncio.sleep(0.05)
+        assert "CapBnd:\t0000000000000000" in status, status
+    finally:
+        keeper.stop(run)
+        await asyncio.wait_for(traced.wait(), 30)
+    programs = [line.split('"')[1] for line in log.read_text().splitlines() if "execve(" in line]
+    assert programs == [helper, provider.bwrap, sandboxuser.DROP_HELPER], programs

@@ -168,6 +168,7 @@ class BwrapSandbox(HostSandbox):
         self._drop = sandboxuser.drop_privileges(
             record.uid, rootfs=spec.rootfs is not None, helper=helper
         )
+        self._drop_file = str(drop) if helper else None
 
     def _bwrap_args(self, namespaces: list[str] | None = None) -> list[str]:
         """The namespace and mount options of a command now (the current /etc view); with
@@ -225,8 +226,8 @@ class BwrapSandbox(HostSandbox):
 
     def keeper_argv(self) -> list[str]:
         """The argv of the sandbox's keeper (see :mod:`keeper`): the sandbox as a command
-        would get it, running ``sleep``; its pid on fd 3; no seccomp fd, and it outlives its
-        parent."""
+        would get it, running ``sleep`` (or the uid switch waiting itself, one exec fewer);
+        its pid on fd 3; no seccomp fd, and it outlives its parent."""
         namespaces = namespace_args(
             self._record,
             seccomp_fd=False,
@@ -235,9 +236,13 @@ class BwrapSandbox(HostSandbox):
             die_with_parent=False,
         )
         unset = [a for name in HOST_SESSION_VARS for a in ("--unsetenv", name)]
+        keep = [*self._drop, "sleep", "infinity"]
+        with contextlib.suppress(OSError):  # gone meanwhile: made again, or setpriv, later
+            if self._drop_file is not None and sandboxuser.waits(self._drop_file):
+                keep = [*self._drop[:2], "--wait"]
         return [
             self._bwrap, "--new-session", *self._bwrap_args(namespaces), *unset,
-            "--chdir", "/", "--info-fd", "3", "--", *self._drop, "sleep", "infinity",
+            "--chdir", "/", "--info-fd", "3", "--", *keep,
         ]  # fmt: skip
 
     def launch(self, command: Command, *, env: Mapping[str, str] | None = None) -> Launch:

@@ -3,7 +3,8 @@
 A bwrap command costs a fresh set of namespaces and every mount of the sandbox (~14 binds,
 each followed by a walk of the mount table): about 1.6x a bare ``bwrap true``. While a root
 hal's sandbox waits in the pool, hal starts its *keeper*: the same bwrap sandbox running
-nothing but ``sleep`` (as the sandbox's uid, marked as the sandbox's, outside its cgroup).
+nothing but ``sleep``, or the uid switch waiting itself (as the sandbox's uid, marked as the
+sandbox's, outside its cgroup).
 Each command then enters the keeper's mount, network, IPC and UTS namespaces through the
 static launcher (``hal-launch --enter``, scripts/hal-launch.c) and still gets what bwrap
 gives it: a PID namespace of its own, its own copy of the mounts with a fresh ``/proc``, a

@@ -12,6 +12,7 @@ When ``hal`` runs as an ordinary user, sandboxes run as that user and nothing he
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import secrets
@@ -305,6 +306,23 @@ def drop_helper(path: Path = DROP_HELPER_BUILT) -> str | None:
     write. It runs as root inside the sandbox until it drops, so anything else means setpriv.
     """
     return trusted_program(path)
+
+
+DROP_HELPER_WAITS = b"hal-drop abi: wait"
+"""What a build of the uid switch that takes ``UID --wait`` holds (see :func:`waits`)."""
+
+
+def waits(program: str) -> bool:
+    """Whether the uid switch ``program`` (a host path) takes ``UID --wait``: switch, then
+    wait for a signal running nothing (a keeper, one exec fewer than ``sleep``)."""
+    st = os.stat(program)
+    return _holds_wait(program, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@functools.cache
+def _holds_wait(program: str, *version: int) -> bool:
+    with open(program, "rb") as file:
+        return DROP_HELPER_WAITS in file.read()
 
 
 def trusted_program(path: Path) -> str | None:
