@@ -1,7 +1,8 @@
 """The saved state's memory file (issue 16): every VM restored from a state maps the guest's
 memory from the state's ``ram`` file copy-on-write instead of reading and copying it out of
 ``vm.state``, so what one guest writes to its memory reaches neither the file nor another
-guest restored from it."""
+guest restored from it. A snapshot's state gets a RAM file of its own, which its forks map
+the same way."""
 
 from __future__ import annotations
 
@@ -76,3 +77,55 @@ async def test_restored_guests_map_the_saved_memory_privately_and_never_write_it
     finally:
         for sandbox in sandboxes:
             await provider.destroy(sandbox.id)
+
+
+async def test_forks_map_their_snapshots_memory_privately_and_see_no_other_forks_writes(
+    provider: QemuProvider, tmp_path: Path
+) -> None:
+    """Issue 16, stop 47: a snapshot's memory is moved out of its ``vm.state`` into a RAM file
+    of its own (it was in ``vm.state``, and every fork loaded and copied each page). Each fork
+    and the snapshotted sandbox, which goes on from the snapshot, map it copy-on-write: what
+    one of them writes reaches neither the file nor any other."""
+
+    def spec(n: int) -> SandboxSpec:
+        workspace = tmp_path / f"ws{n}"
+        workspace.mkdir()
+        return SandboxSpec(provider="qemu", workspace=workspace)
+
+    source = await provider.create(spec(1))
+    name = f"test-ramsnap-{source.id}"
+    sandboxes = [source]
+    try:
+        await source.exec(sh("echo snapshotted > /dev/shm/kept"))  # in the guest's memory
+        await provider.snapshot(source.id, name)
+        image = provider.images.get(name)
+        state = image.state_dir((await provider.shape(spec(0), image)).key)
+        ram = state / "ram"
+        assert ram.is_file() and ram.stat().st_mode & 0o077 == 0, "a private RAM file"
+        assert (state / "vm.state").stat().st_size < 16 << 20, "the memory is not in vm.state"
+        before = _digest(ram)
+        forks = await provider.fork(name, 2, spec(2))
+        sandboxes += forks
+        for sandbox in sandboxes:
+            assert set(_private_maps(provider, sandbox, ram)) == {"rw-p"}, "copy-on-write"
+            out = await sandbox.exec(sh("cat /dev/shm/kept"))
+            assert out.text() == "snapshotted\n", "the snapshot's memory came back"
+        fill = "head -c 32M /dev/zero | tr '\\0' b > /dev/shm/fill && echo first-fork-only"
+        out = await forks[0].exec(sh(f"{fill} > /dev/shm/mark && cat /dev/shm/mark"))
+        assert out.text() == "first-fork-only\n"
+        for other in (forks[1], source):
+            out = await other.exec(sh("ls /dev/shm; cat /dev/shm/mark 2>/dev/null; echo end"))
+            assert out.text() == "kept\nend\n", "a guest saw another guest's memory"
+        for fork in forks:
+            await provider.destroy(fork.id)
+            sandboxes.remove(fork)
+        assert _digest(ram) == before, "a fork wrote the snapshot's memory"
+        [later] = await provider.fork(name, 1, spec(3))
+        sandboxes.append(later)
+        out = await later.exec(sh("ls /dev/shm; echo end"))
+        assert out.text() == "kept\nend\n"
+    finally:
+        for sandbox in sandboxes:
+            await provider.destroy(sandbox.id)
+        if provider.images.path(name).exists():
+            provider.images.remove(name)

@@ -114,6 +114,10 @@ def test_a_state_with_a_ram_file_is_restored_from_a_private_mapping_of_it(
     assert "-incoming" not in made
     assert backend(made).endswith(",share=on")
     assert "-object" not in _argv(tmp_path, 17)  # a state without one: plain memory
+    # A snapshot's state moved into a RAM file of its own: loaded into a shared mapping.
+    moved = qemuvm.argv(**{**_kwargs(tmp_path, 17), "ram": ram, "write_ram": True})
+    assert moved[moved.index("-incoming") + 1] == "defer"
+    assert backend(moved).endswith(",share=on")
 
 
 async def test_only_descriptors_the_starting_shell_leaves_alone_reach_qemu(

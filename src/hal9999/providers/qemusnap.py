@@ -5,23 +5,30 @@ with 9p mounted), flushes the guest, saves the VM state and ends the VM. The san
 overlay *is* the new image's disk (a layer over the image it came from), with the saved
 state next to it; the sandbox then goes on restored from that state. A fork is a sandbox
 created from the snapshot image: a fresh overlay on its layer and a restore, no boot.
+
+The snapshot's guest memory is moved into a RAM file of its own, as an image's state keeps
+it (:mod:`qemustate`): every fork maps it copy-on-write instead of loading and copying each
+page out of ``vm.state``, and forks started at once share its page cache.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import os
 import secrets
 import shutil
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hal9999.errors import ExecError
-from hal9999.images.store import ImageMeta, now
+from hal9999.errors import ExecError, ProviderError
+from hal9999.images.store import Image, ImageMeta, now
 from hal9999.providers import qemussh, qemuvm
 from hal9999.providers.base import fork_all
-from hal9999.providers.qemustate import overlay, save_and_quit
-from hal9999.providers.qemuvm import RunDir, Shape
+from hal9999.providers.qemustate import RAM_FILE, overlay, save_and_quit, sync_private
+from hal9999.providers.qemuvm import Boot, RunDir, Shape
 from hal9999.spec import SandboxSpec
 
 if TYPE_CHECKING:
@@ -68,6 +75,7 @@ async def snapshot(provider: QemuProvider, sandbox_id: str, name: str | None) ->
         (target / "disk.qcow2").chmod(0o444)
         await overlay(target / "disk.qcow2", state_dir / "disk.qcow2")
         (state_dir / "disk.qcow2").chmod(0o444)
+        await ram_apart(base, shape, state_dir, directory / "ram-apart")
         for part in ("vmlinuz", "initrd.img", "id_ed25519", "id_ed25519.pub", "known_hosts"):
             if (base.dir / part).exists():
                 shutil.copy2(base.dir / part, target / part)
@@ -95,3 +103,62 @@ async def fork(
     if count >= 1:
         provider.images.get(image)  # a missing image is named before anything starts
     return await fork_all(provider.create, provider.destroy, image, count, spec)
+
+
+async def ram_apart(image: Image, shape: Shape, state_dir: Path, files: Path) -> None:
+    """Move the guest memory of ``state_dir``'s ``vm.state`` (a snapshot's: its VM ran on a
+    private mapping or plain memory, so every page is in it) into a RAM file beside it.
+
+    A QEMU that never runs the guest loads the state into memory mapped shared from the new
+    file, then saves it again with :data:`qemuvm.IGNORE_SHARED` (the memory left out). Its
+    disk is a throwaway overlay on the snapshot's layer, which it never writes."""
+    files.mkdir(exist_ok=True)
+    try:
+        await overlay(state_dir / "disk.qcow2", files / "disk.qcow2")
+        vm_id = "m" + secrets.token_hex(6)
+        run = RunDir(vm_id)
+        run.path.mkdir(mode=0o700, parents=True)
+        opened = os.open(state_dir / "vm.state", os.O_RDONLY | os.O_CLOEXEC)
+        fd = fcntl.fcntl(opened, fcntl.F_DUPFD_CLOEXEC, 10)
+        os.close(opened)
+        try:
+            empty = files / "empty"
+            empty.mkdir(exist_ok=True)
+            args = qemuvm.argv(
+                qemu=qemuvm.qemu_binary(), vm_id=vm_id, boot=Boot(image.kernel, image.initrd),
+                shape=shape, disk=files / "disk.qcow2", shares=[], empty=empty, run=run,
+                console=files / "console.log", pidfile=files / "qemu.pid", incoming=fd,
+                exec_ports=image.meta.exec_ports, ram=state_dir / RAM_FILE, write_ram=True,
+            )  # fmt: skip
+            pid = await qemuvm.spawn(args, files / "qemu.log", pass_fds=[fd])
+        finally:
+            os.close(fd)
+        try:
+            qmp = await qemuvm.Qmp.connect(run.qmp, deadline=time.monotonic() + 30)
+            try:
+                await qmp.call("migrate-incoming", uri=f"fd:{fd}")
+                await _loaded_paused(qmp, vm_id, deadline=time.monotonic() + 60)
+                await qemuvm.save(qmp, state_dir / "vm.state", vm_id=vm_id, ram_file=True)
+                with contextlib.suppress(ProviderError, OSError):
+                    await qmp.call("quit")
+            finally:
+                await qmp.close()
+        finally:
+            await qemuvm.kill(pid, vm_id)
+            shutil.rmtree(run.path, ignore_errors=True)
+        await asyncio.to_thread(sync_private, state_dir / RAM_FILE)
+    finally:
+        await asyncio.to_thread(shutil.rmtree, files, True)
+
+
+async def _loaded_paused(qmp: qemuvm.Qmp, vm_id: str, *, deadline: float) -> None:
+    """Wait until the state's load is done; the guest stays paused, as it was saved."""
+    while True:
+        status = (await qmp.call("query-status"))["status"]
+        if status == "paused":
+            return
+        if status != "inmigrate":
+            raise ProviderError(f"VM {vm_id}: moving the snapshot's memory out failed: {status}")
+        if time.monotonic() > deadline:
+            raise ProviderError(f"VM {vm_id}: moving the snapshot's memory out took too long")
+        await asyncio.sleep(0.01)

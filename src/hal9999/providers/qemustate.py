@@ -46,7 +46,7 @@ def state_ram(state: Path) -> Path | None:
     return ram if ram.is_file() else None
 
 
-def _sync(path: Path) -> None:
+def sync_private(path: Path) -> None:
     """Flush ``path`` to disk (QEMU wrote it through a shared mapping and never syncs) and
     make it private, as ``vm.state`` is (the guest's memory)."""
     fd = os.open(path, os.O_RDONLY)
@@ -233,7 +233,7 @@ async def ensure_state(image: Image, shape: Shape) -> float:
         finally:
             await qemuvm.kill(pid, plan.vm_id)
             shutil.rmtree(RunDir(plan.vm_id).path, ignore_errors=True)
-        await asyncio.to_thread(_sync, work / RAM_FILE)
+        await asyncio.to_thread(sync_private, work / RAM_FILE)
         (work / "disk.qcow2").chmod(0o444)  # a layer now: nothing may write to it
         (work / "boot.json").write_text(json.dumps({"boot_s": round(seconds, 2)}))
         work.rename(final)

@@ -149,6 +149,7 @@ def argv(
     cmdline: str = "",
     exec_ports: int = 0,
     ram: Path | None = None,
+    write_ram: bool = False,
 ) -> list[str]:
     """The full QEMU command line. Devices are always the same, in the same order.
 
@@ -158,14 +159,16 @@ def argv(
     agent have none). ``ram``: a file the guest's memory is mapped from: shared (the guest
     writes it) while a state is made, private (copy-on-write: the file is never written) when
     ``incoming`` restores the state saved with it, whose loading then waits for
-    :func:`load_state` (the capability it needs is set over QMP, before the load)."""
+    :func:`load_state` (the capability it needs is set over QMP, before the load).
+    ``write_ram``: shared even with ``incoming``, whose load (started over QMP) then writes
+    the state's memory into the file (a snapshot's state given a RAM file of its own)."""
     accel = "kvm" if shape.accel == "kvm" else "tcg,tb-size=256"
     append = f"console=ttyS0 quiet panic=-1 tsc_early_khz={tsc_khz()} {cmdline}".strip()
     args = [
         qemu, "-name", f"hal-{vm_id}", "-M", "microvm", "-accel", accel, "-cpu", "max",
         "-smp", str(shape.cpus), "-m", str(shape.memory_mb),
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-        *(ram_args(ram, shape.memory_mb, shared=incoming is None) if ram else ()),
+        *(ram_args(ram, shape.memory_mb, shared=incoming is None or write_ram) if ram else ()),
         "-kernel", str(boot.kernel), "-initrd", str(boot.initrd), "-append", append,
         "-chardev", f"file,id=con,path={opt(console)}", "-serial", "chardev:con",
         "-drive", f"id=root,file={opt(disk)},format=qcow2,if=none,discard=unmap",
