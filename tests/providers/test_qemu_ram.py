@@ -97,6 +97,8 @@ async def test_forks_map_their_snapshots_memory_privately_and_see_no_other_forks
     sandboxes = [source]
     try:
         await source.exec(sh("echo snapshotted > /dev/shm/kept"))  # in the guest's memory
+        # And a file on its disk, in its page cache, which the snapshot keeps too.
+        await source.exec(sh("head -c 4M /dev/urandom > /var/tmp/blob && sync"))
         await provider.snapshot(source.id, name)
         image = provider.images.get(name)
         state = image.state_dir((await provider.shape(spec(0), image)).key)
@@ -110,6 +112,10 @@ async def test_forks_map_their_snapshots_memory_privately_and_see_no_other_forks
             assert set(_private_maps(provider, sandbox, ram)) == {"rw-p"}, "copy-on-write"
             out = await sandbox.exec(sh("cat /dev/shm/kept"))
             assert out.text() == "snapshotted\n", "the snapshot's memory came back"
+        # Read without a disk read (KiB paged in, /proc/vmstat): the cache came back.
+        reads = "awk '/^pgpgin /{print $2}' /proc/vmstat"
+        read = f"a=$({reads}); cat /var/tmp/blob > /dev/null; echo $(($({reads}) - a))"
+        assert int((await forks[1].exec(sh(read))).text()) < 1024, "the page cache was dropped"
         fill = "head -c 32M /dev/zero | tr '\\0' b > /dev/shm/fill && echo first-fork-only"
         out = await forks[0].exec(sh(f"{fill} > /dev/shm/mark && cat /dev/shm/mark"))
         assert out.text() == "first-fork-only\n"
