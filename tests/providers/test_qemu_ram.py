@@ -7,6 +7,7 @@ the same way."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,22 +40,36 @@ def _private_maps(provider: QemuProvider, sandbox: QemuSandbox, ram: Path) -> li
     return mapped
 
 
-async def test_restored_guests_map_the_saved_memory_privately_and_never_write_it(
-    provider: QemuProvider, tmp_path: Path
-) -> None:
+def _specs(tmp_path: Path) -> Callable[[int], SandboxSpec]:
+    """Specs of sandboxes, the n-th with a workspace of its own."""
+
     def spec(n: int) -> SandboxSpec:
         workspace = tmp_path / f"ws{n}"
         workspace.mkdir()
         return SandboxSpec(provider="qemu", workspace=workspace)
 
+    return spec
+
+
+async def _state_ram(provider: QemuProvider, image_name: str, spec: SandboxSpec) -> Path:
+    """The RAM file of ``image_name``'s saved state for ``spec``'s shape: private, and the
+    memory left out of its ``vm.state``."""
+    image = provider.images.get(image_name)
+    state = image.state_dir((await provider.shape(spec, image)).key)
+    ram = state / "ram"
+    assert ram.is_file() and ram.stat().st_mode & 0o077 == 0, "a private RAM file"
+    assert (state / "vm.state").stat().st_size < 16 << 20, "the memory is not in vm.state"
+    return ram
+
+
+async def test_restored_guests_map_the_saved_memory_privately_and_never_write_it(
+    provider: QemuProvider, tmp_path: Path
+) -> None:
+    spec = _specs(tmp_path)
     first = await provider.create(spec(1))  # makes the state when it is missing
     sandboxes = [first]
     try:
-        image = provider.images.get("default")
-        state = image.state_dir((await provider.shape(spec(0), image)).key)
-        ram = state / "ram"
-        assert ram.is_file() and ram.stat().st_mode & 0o077 == 0, "a private RAM file"
-        assert (state / "vm.state").stat().st_size < 16 << 20, "the memory is not in vm.state"
+        ram = await _state_ram(provider, "default", spec(0))
         before = _digest(ram)
         second = await provider.create(spec(2))
         sandboxes.append(second)
@@ -85,13 +100,10 @@ async def test_forks_map_their_snapshots_memory_privately_and_see_no_other_forks
     """Issue 16, stop 47: a snapshot's memory is moved out of its ``vm.state`` into a RAM file
     of its own (it was in ``vm.state``, and every fork loaded and copied each page). Each fork
     and the snapshotted sandbox, which goes on from the snapshot, map it copy-on-write: what
-    one of them writes reaches neither the file nor any other."""
-
-    def spec(n: int) -> SandboxSpec:
-        workspace = tmp_path / f"ws{n}"
-        workspace.mkdir()
-        return SandboxSpec(provider="qemu", workspace=workspace)
-
+    one of them writes reaches neither the file nor any other. The guest's page cache is kept
+    in it (quiesce drops it no more): a fork reads what its source had read without a disk
+    read."""
+    spec = _specs(tmp_path)
     source = await provider.create(spec(1))
     name = f"test-ramsnap-{source.id}"
     sandboxes = [source]
@@ -100,11 +112,7 @@ async def test_forks_map_their_snapshots_memory_privately_and_see_no_other_forks
         # And a file on its disk, in its page cache, which the snapshot keeps too.
         await source.exec(sh("head -c 4M /dev/urandom > /var/tmp/blob && sync"))
         await provider.snapshot(source.id, name)
-        image = provider.images.get(name)
-        state = image.state_dir((await provider.shape(spec(0), image)).key)
-        ram = state / "ram"
-        assert ram.is_file() and ram.stat().st_mode & 0o077 == 0, "a private RAM file"
-        assert (state / "vm.state").stat().st_size < 16 << 20, "the memory is not in vm.state"
+        ram = await _state_ram(provider, name, spec(0))
         before = _digest(ram)
         forks = await provider.fork(name, 2, spec(2))
         sandboxes += forks
