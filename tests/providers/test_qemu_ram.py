@@ -16,6 +16,8 @@ from tests.providers.qemu_helpers import (
     sh,
 )
 
+from hal9999.errors import ProviderError
+from hal9999.providers import qemusnap
 from hal9999.providers.qemu import QemuProvider
 from hal9999.providers.qemusandbox import QemuSandbox
 from hal9999.spec import SandboxSpec
@@ -138,6 +140,38 @@ async def test_forks_map_their_snapshots_memory_privately_and_see_no_other_forks
         sandboxes.append(later)
         out = await later.exec(sh("ls /dev/shm; echo end"))
         assert out.text() == "kept\nend\n"
+    finally:
+        for sandbox in sandboxes:
+            await provider.destroy(sandbox.id)
+        if provider.images.path(name).exists():
+            provider.images.remove(name)
+
+
+async def test_a_snapshot_whose_memory_cannot_be_moved_out_keeps_it_in_its_state(
+    provider: QemuProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Moving a snapshot's memory into a RAM file is a speed-up: when its QEMU fails, the
+    snapshot is still made, with its memory in ``vm.state`` and no RAM file, and forks."""
+
+    async def failed(*args: object, **kwargs: object) -> None:
+        raise ProviderError("the state did not load")
+
+    monkeypatch.setattr(qemusnap, "_loaded_paused", failed)
+    spec = _specs(tmp_path)
+    source = await provider.create(spec(1))
+    name = f"test-ramfail-{source.id}"
+    sandboxes = [source]
+    try:
+        await source.exec(sh("echo snapshotted > /dev/shm/kept"))
+        await provider.snapshot(source.id, name)
+        image = provider.images.get(name)
+        state = image.state_dir((await provider.shape(spec(0), image)).key)
+        assert sorted(p.name for p in state.iterdir()) == ["disk.qcow2", "vm.state"]
+        assert (state / "vm.state").stat().st_size > 16 << 20, "the memory is in vm.state"
+        [fork] = await provider.fork(name, 1, spec(2))
+        sandboxes.append(fork)
+        for sandbox in sandboxes:
+            assert (await sandbox.exec(sh("cat /dev/shm/kept"))).text() == "snapshotted\n"
     finally:
         for sandbox in sandboxes:
             await provider.destroy(sandbox.id)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import os
 import secrets
 import shutil
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from hal9999.providers.qemu import QemuProvider
     from hal9999.providers.qemusandbox import QemuSandbox
 
+logger = logging.getLogger(__name__)
 QUIESCE = "/usr/local/lib/hal/quiesce"
 
 
@@ -111,7 +113,11 @@ async def ram_apart(image: Image, shape: Shape, state_dir: Path, files: Path) ->
 
     A QEMU that never runs the guest loads the state into memory mapped shared from the new
     file, then saves it again with :data:`qemuvm.IGNORE_SHARED` (the memory left out). Its
-    disk is a throwaway overlay on the snapshot's layer, which it never writes."""
+    disk is a throwaway overlay on the snapshot's layer, which it never writes.
+
+    When that fails, the snapshot keeps its memory in ``vm.state`` (forks load it, as they
+    did before): the new state replaces it only once the RAM file is whole on disk."""
+    ram, moved = state_dir / RAM_FILE, state_dir / "vm.state.apart"
     files.mkdir(exist_ok=True)
     try:
         await overlay(state_dir / "disk.qcow2", files / "disk.qcow2")
@@ -128,7 +134,7 @@ async def ram_apart(image: Image, shape: Shape, state_dir: Path, files: Path) ->
                 qemu=qemuvm.qemu_binary(), vm_id=vm_id, boot=Boot(image.kernel, image.initrd),
                 shape=shape, disk=files / "disk.qcow2", shares=[], empty=empty, run=run,
                 console=files / "console.log", pidfile=files / "qemu.pid", incoming=fd,
-                exec_ports=image.meta.exec_ports, ram=state_dir / RAM_FILE, write_ram=True,
+                exec_ports=image.meta.exec_ports, ram=ram, write_ram=True,
             )  # fmt: skip
             pid = await qemuvm.spawn(args, files / "qemu.log", pass_fds=[fd])
         finally:
@@ -138,7 +144,7 @@ async def ram_apart(image: Image, shape: Shape, state_dir: Path, files: Path) ->
             try:
                 await qmp.call("migrate-incoming", uri=f"fd:{fd}")
                 await _loaded_paused(qmp, vm_id, deadline=time.monotonic() + 60)
-                await qemuvm.save(qmp, state_dir / "vm.state", vm_id=vm_id, ram_file=True)
+                await qemuvm.save(qmp, moved, vm_id=vm_id, ram_file=True)
                 with contextlib.suppress(ProviderError, OSError):
                     await qmp.call("quit")
             finally:
@@ -146,7 +152,13 @@ async def ram_apart(image: Image, shape: Shape, state_dir: Path, files: Path) ->
         finally:
             await qemuvm.kill(pid, vm_id)
             shutil.rmtree(run.path, ignore_errors=True)
-        await asyncio.to_thread(sync_private, state_dir / RAM_FILE)
+        await asyncio.to_thread(sync_private, ram)
+        os.replace(moved, state_dir / "vm.state")
+    except (ProviderError, OSError) as exc:
+        name = state_dir.parent.parent.name
+        logger.warning("snapshot %s: its memory stays in vm.state: %s", name, exc)
+        for left in (ram, moved, moved.with_name(moved.name + ".tmp")):
+            left.unlink(missing_ok=True)
     finally:
         await asyncio.to_thread(shutil.rmtree, files, True)
 
