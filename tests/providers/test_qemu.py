@@ -293,6 +293,29 @@ async def test_snapshot_saves_a_layer_and_fork_starts_copies_from_it(
             provider.images.remove(name)
 
 
+async def test_a_snapshot_that_fails_after_taking_the_disk_gives_it_back(
+    provider: QemuProvider, box: QemuSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sandbox's disk is moved into the snapshot before the snapshot's own layer is made:
+    a failure from there on deleted the unfinished snapshot with the sandbox's disk in it."""
+    from hal9999.providers import qemusnap
+
+    async def failed(*args: object) -> None:
+        raise ProviderError("qemu-img create failed: no space left")
+
+    disk = provider.store.dir(box.id) / "disk.qcow2"
+    inode = disk.stat().st_ino
+    monkeypatch.setattr(qemusnap, "overlay", failed)
+    name = f"test-snapfail-{box.id}"
+    try:
+        with pytest.raises(ProviderError, match="no space left"):
+            await provider.snapshot(box.id, name)
+        assert disk.stat().st_ino == inode, "the sandbox's own disk, back in its place"
+        assert not provider.images.path(name).exists()
+    finally:
+        await provider.destroy(box.id)
+
+
 async def test_a_warm_vm_is_handed_the_next_tasks_workspace(
     provider: QemuProvider, tmp_path: Path
 ) -> None:

@@ -49,6 +49,7 @@ async def snapshot(provider: QemuProvider, sandbox_id: str, name: str | None) ->
     base = provider.images.get(vm.image)
     name = name or f"{base.name}-snap-{secrets.token_hex(3)}"
     target = provider.images.new_dir(name)
+    directory = provider.store.dir(sandbox_id)
     try:
         shape = Shape(**vm.shape)  # type: ignore[arg-type]
         state_dir = target / "states" / shape.key
@@ -71,7 +72,6 @@ async def snapshot(provider: QemuProvider, sandbox_id: str, name: str | None) ->
         )  # fmt: skip
         await save_and_quit(sandbox_id, state_dir / "vm.state")
         await qemuvm.kill(vm.pid, sandbox_id)
-        directory = provider.store.dir(sandbox_id)
         # The overlay becomes the snapshot's disk; its backing chain stays as it was.
         os.replace(directory / "disk.qcow2", target / "disk.qcow2")
         (target / "disk.qcow2").chmod(0o444)
@@ -89,6 +89,12 @@ async def snapshot(provider: QemuProvider, sandbox_id: str, name: str | None) ->
         )  # fmt: skip
         provider.images.save_meta(target, meta)
     except BaseException:
+        # The sandbox's disk goes back if it was moved in already: it holds the sandbox's
+        # files (its VM is gone; a start boots it again).
+        moved = target / "disk.qcow2"
+        if moved.exists() and not (directory / "disk.qcow2").exists():
+            moved.chmod(0o600)
+            os.replace(moved, directory / "disk.qcow2")
         await asyncio.to_thread(shutil.rmtree, target, True)
         raise
     # The sandbox goes on from its own snapshot: a new overlay and a restore.
