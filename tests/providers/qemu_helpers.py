@@ -43,6 +43,16 @@ async def box_fixture(provider: QemuProvider, workspace: Path) -> AsyncIterator[
         await provider.destroy(sandbox.id)
 
 
+async def remove_all(
+    provider: QemuProvider, sandboxes: list[QemuSandbox], image: str | None = None
+) -> None:
+    """Destroy ``sandboxes``, then remove the snapshot ``image`` if it was made."""
+    for sandbox in sandboxes:
+        await provider.destroy(sandbox.id)
+    if image is not None and provider.images.path(image).exists():
+        provider.images.remove(image)
+
+
 def vms_of(provider: QemuProvider) -> dict[str, int]:
     """Running QEMUs whose command line is under this provider's state dir."""
     mine = f"{provider.state_dir}/".encode()

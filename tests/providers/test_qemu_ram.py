@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from tests.providers.qemu_helpers import (
     provider_fixture,  # noqa: F401  (the fixture provider)
+    remove_all,
     sh,
 )
 
@@ -92,8 +93,7 @@ async def test_restored_guests_map_the_saved_memory_privately_and_never_write_it
         out = await third.exec(sh("ls /dev/shm; echo end"))
         assert out.text() == "end\n"
     finally:
-        for sandbox in sandboxes:
-            await provider.destroy(sandbox.id)
+        await remove_all(provider, sandboxes)
 
 
 async def test_forks_map_their_snapshots_memory_privately_and_see_no_other_forks_writes(
@@ -141,10 +141,7 @@ async def test_forks_map_their_snapshots_memory_privately_and_see_no_other_forks
         out = await later.exec(sh("ls /dev/shm; echo end"))
         assert out.text() == "kept\nend\n"
     finally:
-        for sandbox in sandboxes:
-            await provider.destroy(sandbox.id)
-        if provider.images.path(name).exists():
-            provider.images.remove(name)
+        await remove_all(provider, sandboxes, name)
 
 
 async def test_a_snapshot_whose_memory_cannot_be_moved_out_keeps_it_in_its_state(
@@ -173,7 +170,4 @@ async def test_a_snapshot_whose_memory_cannot_be_moved_out_keeps_it_in_its_state
         for sandbox in sandboxes:
             assert (await sandbox.exec(sh("cat /dev/shm/kept"))).text() == "snapshotted\n"
     finally:
-        for sandbox in sandboxes:
-            await provider.destroy(sandbox.id)
-        if provider.images.path(name).exists():
-            provider.images.remove(name)
+        await remove_all(provider, sandboxes, name)
