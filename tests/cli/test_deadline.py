@@ -183,6 +183,7 @@ def test_sigterm_to_a_detached_runner_ends_cleanly(hal: Hal, silent_server: int)
     runner = task["runner_pid"]
     assert isinstance(runner, int)
     os.kill(runner, signal.SIGTERM)
-    final = wait_for_status(hal, "cancelled")
+    # Its sandbox is destroyed after `cancelled` is written: read once the run is over.
+    final = wait_for_status(hal, "cancelled", ended=True)
     assert "SIGTERM" in str(final["error_message"]) and final["sandbox_id"] is None
     assert_clean(hal, final, url)

@@ -107,12 +107,17 @@ def assert_no_leftovers(task: dict[str, object]) -> None:
     assert leftovers == [], f"sandboxes left behind: {leftovers}"
 
 
-def wait_for_status(hal: Hal, wanted: str, timeout: float = 30) -> dict[str, object]:
-    """Poll until the only task reaches ``wanted``."""
+def wait_for_status(
+    hal: Hal, wanted: str, timeout: float = 30, *, ended: bool = False
+) -> dict[str, object]:
+    """Poll until the only task reaches ``wanted``; with ``ended``, until its run is over
+    too (``runner_pid`` cleared). A run ended before its sandbox is gone writes its final
+    status first and clears the runner and a sandbox made for it alone once that sandbox is
+    destroyed (``TaskRunner._finish``): in between the record names both."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         tasks = tasks_json(hal)
-        if tasks and tasks[0]["status"] == wanted:
+        if tasks and tasks[0]["status"] == wanted and not (ended and tasks[0]["runner_pid"]):
             return tasks[0]
         time.sleep(0.2)
     pytest.fail(f"task never became {wanted}: {tasks_json(hal)}")
