@@ -204,8 +204,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[object]:
-    """Start the run's Ray cluster before the first Ray test, outside its timeout (this
-    wrapper runs before pytest-timeout's starts the clock). Not at collection: under xdist
+    """Start the run's Ray cluster before the first Ray test, and the nodes a Ray test's
+    ``ray_node`` marks ask for before that test, outside its timeout (this wrapper runs
+    before pytest-timeout's starts the clock). Not at collection: under xdist
     every worker collects every test, and only the one given the ``ray`` group needs it."""
     ray = item.get_closest_marker("ray") is not None and not _missing_ray()
     if ray:
@@ -216,11 +217,16 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         with contextlib.suppress(pytest.fail.Exception):
             session_cluster()
     try:
+        if ray:
+            from tests.ray_cluster import start_marked_nodes
+
+            start_marked_nodes(item)  # outside the timeout too
         return (yield)
     finally:
         if ray:
-            from tests.ray_cluster import stop_when_idle
+            from tests.ray_cluster import stop_marked_nodes, stop_when_idle
 
+            stop_marked_nodes()
             stop_when_idle(item)
 
 

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -81,6 +81,10 @@ class RayCluster:
     temp_dir: Path
     worker_port: int
     node_dir: Path
+    added: dict[str, int] = field(default_factory=dict)
+    """Nodes started for the running test (its ``ray_node`` marks): name -> raylet port."""
+    failed: dict[str, str] = field(default_factory=dict)
+    """The running test's nodes that did not start: name -> why."""
 
     def settings(self, **extra: object) -> dict[str, object]:
         """``[providers.ray]`` settings for this cluster."""
@@ -103,6 +107,17 @@ class RayCluster:
                 if attempt == ATTEMPTS:
                     raise
         raise AssertionError("unreachable")
+
+    def node_port(self, name: str) -> int:
+        """The raylet port of node ``name``, started for this test by its ``ray_node``
+        mark (:func:`start_marked_nodes`)."""
+        import pytest
+
+        if name in self.failed:
+            pytest.fail(f"ray node {name} did not start: {self.failed[name]}", pytrace=False)
+        if name not in self.added:
+            raise AssertionError(f"no node {name!r}: mark the test @pytest.mark.ray_node")
+        return self.added[name]
 
     def kill_worker(self, port: int) -> list[int]:
         """SIGKILL the raylet of the worker node at ``port`` and every process it started
@@ -206,6 +221,53 @@ def stop_session_cluster() -> None:
     while _SESSION:
         stack, _ = _SESSION.pop()
         stack.close()
+
+
+def start_marked_nodes(item: pytest.Item) -> None:
+    """Before the test ``item``'s clock starts: the nodes its ``ray_node(name, capacity)``
+    marks ask for, each with its host actor running. On a loaded machine (the suite on two
+    workers) ``ray start`` of a node took 14-26 s and its host actor's first answer over 8 s
+    (the kill tests' ``call_timeout_s``: the sandbox went to another node); both were in
+    the test's 120 s, the start in a thread its event loop's close waits for. A real cluster
+    has its nodes up before the tasks come."""
+    marks = list(item.iter_markers("ray_node"))
+    if not marks or not _SESSION:
+        return
+    from hal9999.errors import HalError
+
+    cluster = _SESSION[0][1]
+    for mark in marks:
+        name, capacity = mark.args
+        try:
+            cluster.added[name] = cluster.add_worker(name, capacity)
+            _start_host_actor(cluster, name)
+        except (RuntimeError, OSError, subprocess.SubprocessError, HalError) as exc:
+            cluster.failed[name] = str(exc)  # the test fails with it (node_port)
+
+
+def _start_host_actor(cluster: RayCluster, node: str) -> None:
+    import asyncio
+
+    from hal9999.providers.ray import RayConfig, RayProvider
+
+    # Found by name (``get_if_exists``) by the test's providers and hal processes, whose
+    # settings are the cluster's: the same namespace and node directory.
+    config = RayConfig(address=cluster.address, node_dir=str(cluster.node_dir),
+                       call_timeout_s=120)  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="hal-ray-records-") as records:
+        asyncio.run(RayProvider(state_dir=Path(records), config=config).actor(node))
+
+
+def stop_marked_nodes() -> None:
+    """After the test: kill the nodes it had (it kills them itself, unless it failed
+    first); a live one with the most room would take the next tests' sandboxes."""
+    if not _SESSION:
+        return
+    cluster = _SESSION[0][1]
+    for port in cluster.added.values():
+        cluster.kill_worker(port)
+    cluster.added.clear()
+    cluster.failed.clear()
 
 
 def stop_when_idle(item: pytest.Item) -> None:

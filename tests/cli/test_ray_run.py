@@ -145,11 +145,11 @@ sleep 120
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.ray_node("w3", 60)  # the most room, so the task goes there
 def test_a_node_killed_mid_task_fails_it_clearly_and_keeps_the_last_sync(
     ray_cluster: RayCluster, hal: Hal, hal_env: dict[str, str], demo_repo: Path
 ) -> None:
-    # A node with the most room, so the task goes there; killed under the running agent.
-    port = ray_cluster.add_worker("w3", 60)
+    port = ray_cluster.node_port("w3")  # killed under the running agent
     use_cluster(hal_env, ray_cluster, call_timeout_s=8, checkpoint_s=1)
     (demo_repo / "slow.sh").write_text(SLOW_AGENT)
     git(demo_repo, "add", "slow.sh")

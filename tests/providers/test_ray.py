@@ -95,11 +95,11 @@ async def test_ray_ports_are_out_of_reach_of_every_sandbox(
     assert await provider.list() == []
 
 
+@pytest.mark.ray_node("w2", 50)  # a third node, with the most room: sandboxes go there first
 async def test_node_killed_mid_command_fails_clearly_and_loses_nothing(
     ray_cluster: RayCluster, hal_home: Path, tmp_path: Path
 ) -> None:
-    # A third node, with the most room so sandboxes go there first; killed below.
-    port = await asyncio.to_thread(ray_cluster.add_worker, "w2", 50)
+    port = ray_cluster.node_port("w2")  # killed below
     provider: Provider = ray_provider(ray_cluster, hal_home, call_timeout_s=8)
     workspace = tmp_path / "ws"
     workspace.mkdir()
