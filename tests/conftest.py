@@ -33,10 +33,17 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Remove earlier sessions' tmp dirs before pytest's own clean-up does: hostile-agent tests
-    leave directory chains thousands of levels deep, and pytest's ``shutil.rmtree`` recurses
-    once a level, so a later session ended in a RecursionError after every test passed.
-    ``rm -rf`` walks any depth; the newest dirs pytest keeps are left to it."""
+    """Stop the Ray cluster, if this process started one: here, before an xdist worker
+    reports its end (after this hook), as well as in ``pytest_unconfigure``, which a worker
+    ended by the controller (execnet interrupts it 5 s after) did not reach, leaving the
+    cluster running. Then remove earlier sessions' tmp dirs before pytest's own clean-up
+    does: hostile-agent tests leave directory chains thousands of levels deep, and pytest's
+    ``shutil.rmtree`` recurses once a level, so a later session ended in a RecursionError
+    after every test passed. ``rm -rf`` walks any depth; the newest dirs pytest keeps are
+    left to it."""
+    from tests import ray_cluster
+
+    ray_cluster.stop_session_cluster()
     factory = getattr(session.config, "_tmp_path_factory", None)
     base = getattr(factory, "_basetemp", None)
     if base is None or getattr(factory, "_given_basetemp", None) is not None:
