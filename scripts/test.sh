@@ -12,12 +12,10 @@ bash scripts/install-agents.sh
 [ ! -f scripts/install-pm2.sh ] || bash scripts/install-pm2.sh
 .venv/bin/ruff check src tests
 .venv/bin/mypy
-# One process (42-48 minutes). Two workers (`-n 2 --dist loadgroup`, tests/xdist_groups.py)
-# take ~30, but full runs on two workers still fail tests that pass alone: stop 46 fixed the
-# daemon-run hang (hal's) and test_adopt's race (the test's), and its last run on two workers
-# failed two others (passing alone; docs/benchmarks.md, "Issue 16, stop 46: the suite on two workers").
-# Developers may pass `-n 2 --dist loadgroup`.
-.venv/bin/python -m pytest --durations=40 "$@"
+# Two workers (~30 minutes; one process takes 42-48): the Ray tests (one shared cluster) on
+# one of them (`tests/xdist_groups.py`). Stop 47 found the last two-worker failures to be the
+# tests' races (docs/benchmarks.md, "Issue 16, stop 47: the suite on two workers").
+.venv/bin/python -m pytest --durations=40 -n 2 --dist loadgroup "$@"
 # The boundary again as an ordinary user (a root hal and a user's hal sandbox differently);
 # only on a full run, since arguments above pick a subset.
 [ "$#" -gt 0 ] || bash scripts/test-nonroot.sh

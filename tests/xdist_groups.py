@@ -1,5 +1,5 @@
 """Which tests share one xdist worker when the suite runs on two (``pytest -n 2 --dist
-loadgroup``; CI runs it in one process, see scripts/test.sh).
+loadgroup``; as CI runs it, see scripts/test.sh).
 
 The ``ray`` tests share the run's one Ray cluster (tests/ray_cluster.py; its tests add and
 kill worker nodes of it), so they run on one worker, which alone starts the cluster. The
