@@ -141,11 +141,16 @@ async def test_an_armed_run_that_restarts_starts(
 def test_the_supervisor_is_told_what_to_take(sandbox: Sandbox, tmp_path: Path) -> None:
     spec, _ = marking(tmp_path)
     arm_start(spec.exit_path)
-    argv = supervised(sandbox, spec, None, claim=True).argv
+    launch = supervised(sandbox, spec, None, claim=True)
+    argv = launch.argv
     assert argv[argv.index("--claim") + 1] == unstarted_path(spec.exit_path)
+    assert launch.claims, "the manager is told, not left to read the command line"
     assert os.path.lexists(unstarted_path(spec.exit_path)), "left for the supervisor"
-    assert "--claim" not in supervised(sandbox, spec, None).argv
+    unclaimed = supervised(sandbox, spec, None)
+    assert "--claim" not in unclaimed.argv and not unclaimed.claims
     assert not os.path.lexists(unstarted_path(spec.exit_path)), "an unclaimed start clears it"
+    arm_start(spec.exit_path)
+    assert not supervised(sandbox, spec, None, claim=True, go=True).claims, "a go FIFO's"
 
 
 def test_the_mark_is_never_made_through_a_link(tmp_path: Path) -> None:

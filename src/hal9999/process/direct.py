@@ -93,8 +93,7 @@ class DirectProcessManager:
         launch = supervised(
             sandbox, spec, env, ended_fifo=False, restarts=True, claim=True, claim_as=pid_file
         )
-        armed = "--claim-as" in launch.argv[: launch.argv.index("--")]  # the mark was there
-        if armed:
+        if launch.claims:  # the mark was there
             pid_file.unlink(missing_ok=True)  # an earlier try's: read before the mark
         pid: int | None = None
         if _STARTS.another() and launch.argv[: len(SUPERVISOR)] == list(SUPERVISOR):
@@ -119,7 +118,7 @@ class DirectProcessManager:
             )
             self._children[spec.name] = proc
             pid = proc.pid
-        if not (armed and _into_mark(spec, pid)):
+        if not (launch.claims and _into_mark(spec, pid)):
             pid_file.write_text(str(pid))
 
     async def status(self, spec: ProcessSpec) -> ProcessStatus:

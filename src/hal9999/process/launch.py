@@ -7,6 +7,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import hal9999
@@ -15,6 +16,16 @@ from hal9999.process.supervisor import ended_path, go_path, unstarted_path
 from hal9999.providers.base import Launch, Sandbox
 from hal9999.providers.hostexec import dies_with_helper
 from hal9999.spec import ProcessSpec
+
+
+@dataclass(frozen=True)
+class SupervisedLaunch(Launch):
+    """The supervisor's host command line, and whether its start takes the run's marker."""
+
+    claims: bool = False
+    """Whether the supervisor starts the command only once it has taken the run's
+    :func:`~hal9999.process.supervisor.unstarted_path` marker (``--claim``): the run was
+    armed (:func:`hal9999.process.base.arm_start`) and a claim was asked for."""
 
 
 def supervised(
@@ -27,7 +38,7 @@ def supervised(
     restarts: bool = False,
     claim: bool = False,
     claim_as: Path | None = None,
-) -> Launch:
+) -> SupervisedLaunch:
     """The host command that runs ``spec`` inside ``sandbox`` under the supervisor.
 
     The names of the secret exec-time variables (``spec.mask_vars``, or every one when unset)
@@ -42,8 +53,9 @@ def supervised(
     With ``claim``, a run hal marked not started before recording it ``running``
     (:func:`hal9999.process.base.arm_start`) is started only if its supervisor takes that
     marker first (``--claim``; a run with no marker starts as before), renamed to
-    ``claim_as`` when given: a supervisor run once a start (direct, and PM2 for an app it
-    does not restart).
+    ``claim_as`` when given (the supervisor writes its pid into it first): a supervisor
+    run once a start (direct, and PM2 for an app it does not restart). The answer's
+    ``claims`` says whether this start claims.
     """
     try:
         inner = sandbox.launch(spec.command, env=env)
@@ -98,7 +110,7 @@ def supervised(
         "--",
         *inner.argv,
     ]
-    return Launch(argv=argv, env=inner.env, cwd=inner.cwd)
+    return SupervisedLaunch(argv=argv, env=inner.env, cwd=inner.cwd, claims=claimed)
 
 
 _PACKAGES = os.path.dirname(os.path.dirname(hal9999.__file__))
