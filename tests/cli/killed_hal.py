@@ -185,6 +185,23 @@ def _supervisor_made() -> None:
         after_sync(module, "supervised", lambda *a, **k: True)
 
 
+def _supervisor_claimed() -> None:
+    """In the direct manager's start, once the supervisor has taken its run's mark (renamed
+    it to the pid file), before hal writes the pid there."""
+    from hal9999.process import direct
+
+    def into_mark(spec: Any, pid: int) -> bool:
+        deadline = time.monotonic() + 30
+        while not os.path.lexists(direct._pid_file(spec)):
+            if time.monotonic() > deadline:
+                sys.exit("killed_hal: the supervisor never took its mark")
+            time.sleep(0.005)
+        die()
+        return False
+
+    direct._into_mark = into_mark  # type: ignore[assignment]
+
+
 def _patch_writing() -> None:
     """An unchanged result: while the session's empty patch is written in its thread and the
     bring-back's ``update-ref`` runs (they overlap), once that git has started."""
@@ -288,6 +305,7 @@ POINTS: dict[str, Callable[[], None]] = {
     "cloned": lambda: after(_module("gitrepo"), "clone"),
     "running_recorded": lambda: _transition("running", done=True),
     "supervisor_made": _supervisor_made,
+    "supervisor_claimed": _supervisor_claimed,
     "agent_started": lambda: after(_module("launch").LaunchSteps, "launch"),
     "mid_agent": _mid_agent,
     "agent_ended": lambda: _transition("collecting", done=False),

@@ -34,9 +34,14 @@ AGENT = (
 IN_FLIGHT = {"queued", "provisioning", "preparing", "running", "collecting"}
 
 
-PAUSES = {"mid_agent": "sleep 1; ", "collect:updating the branch": "git checkout -q --detach; "}
-"""What the agent does before its last file at some points: runs on a little while hal dies;
-leaves HEAD detached (else the branch is HEAD and collection has no branch to update)."""
+PAUSES = {
+    "mid_agent": "sleep 1; ",
+    "supervisor_claimed": "sleep 5; ",
+    "collect:updating the branch": "git checkout -q --detach; ",
+}
+"""What the agent does before its last file at some points: runs on a little while hal dies
+(still running when the next daemon looks, after a kill at its start); leaves HEAD detached
+(else the branch is HEAD and collection has no branch to update)."""
 
 
 def killed_run(hal_env: dict[str, str], repo: Path, point: str, secret: bool) -> None:

@@ -59,6 +59,33 @@ def test_a_run_killed_before_its_agent_started_is_queued_again(
     assert list((home / "sandboxes").glob("*/*")) == [], "the restart swept every sandbox"
 
 
+def test_a_run_killed_after_its_supervisor_took_the_mark_is_carried_on(
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path, reaped: None
+) -> None:
+    # Direct: the supervisor renamed the mark to the pid file, then hal died before writing
+    # the pid into it (stop 48). An empty pid file left the task `interrupted` with a
+    # supervisor nobody could stop or adopt; the supervisor's own pid now names it.
+    hal_env["HAL_PROCESS_MANAGER"] = "direct"
+    home = Path(hal_env["HAL_HOME"])
+    main = git_main(demo_repo)
+    task_id = killed_daemon(hal, hal_env, demo_repo, "supervisor_claimed")
+    [pid_file] = home.rglob(".exit-0.pid")
+    assert int(pid_file.read_text()) > 0, "the pid file names the supervisor"
+
+    assert hal("serve", "--detach").returncode == 0
+    try:
+        task = settle(hal, task_id)
+        # Before: `interrupted` ("the agent may still be running"), its agent out of reach.
+        assert task["status"] == "succeeded", task
+        assert task["infra_retries"] == 0, "its agent ran once, adopted by the next daemon"
+        assert has_work(demo_repo, task)
+    finally:
+        assert hal("serve", "--stop").returncode == 0
+    assert_repo_whole(demo_repo, main, incoming_ok=False)
+    assert hal_processes_of(task) == []
+    assert list((home / "sandboxes").glob("*/*")) == [], "the restart swept every sandbox"
+
+
 def git_main(repo: Path) -> str:
     from tests.cli.conftest import git
 

@@ -20,7 +20,7 @@ from tests.pm2_home import pm2_manager
 from hal9999.process.base import ProcessManager, arm_start, never_started, take_unstarted
 from hal9999.process.direct import DirectProcessManager
 from hal9999.process.launch import supervised
-from hal9999.process.supervisor import go_path, unstarted_path
+from hal9999.process.supervisor import claim_start, go_path, unstarted_path
 from hal9999.providers.base import Launch, Sandbox
 from hal9999.spec import ProcessSpec, RestartPolicy, ShellCommand
 
@@ -151,6 +151,26 @@ def test_the_supervisor_is_told_what_to_take(sandbox: Sandbox, tmp_path: Path) -
     assert not os.path.lexists(unstarted_path(spec.exit_path)), "an unclaimed start clears it"
     arm_start(spec.exit_path)
     assert not supervised(sandbox, spec, None, claim=True, go=True).claims, "a go FIFO's"
+
+
+def test_a_mark_renamed_to_the_pid_file_names_its_claimer_first(tmp_path: Path) -> None:
+    # Direct's supervisor (stop 48): hal writes the pid only once its spawn returns; killed
+    # before that, it left the claimed run's pid file empty (no pid to adopt or stop).
+    exit_file = tmp_path / "exit-0"
+    arm_start(exit_file)
+    pid_file = tmp_path / ".exit-0.pid"
+    assert claim_start(unstarted_path(exit_file), str(pid_file))
+    assert pid_file.read_text() == str(os.getpid())
+    assert not os.path.lexists(unstarted_path(exit_file))
+
+
+def test_a_mark_that_is_a_link_is_never_claimed(tmp_path: Path) -> None:
+    exit_file = tmp_path / "exit-0"
+    target = tmp_path / "elsewhere"
+    target.write_text("")
+    os.symlink(target, unstarted_path(exit_file))
+    assert not claim_start(unstarted_path(exit_file), str(tmp_path / ".exit-0.pid"))
+    assert target.read_text() == "" and not (tmp_path / ".exit-0.pid").exists()
 
 
 def test_the_mark_is_never_made_through_a_link(tmp_path: Path) -> None:

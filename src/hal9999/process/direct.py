@@ -40,7 +40,9 @@ def _alive(pid: int) -> bool:
 def _into_mark(spec: ProcessSpec, pid: int) -> bool:
     """Write ``pid`` into the run's mark, or into the pid file it became (the supervisor's
     rename may come between the two opens, or between an open and its write: the inode is
-    the same); False when neither is there. No inode is made."""
+    the same); False when neither is there. No inode is made. The supervisor writes the same
+    pid there before its rename (a hal killed before this write left a claimed run's pid file
+    empty); this write is for a stop or status before the supervisor's claim."""
     for path in (unstarted_path(spec.exit_path), _pid_file(spec)):
         try:
             fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)

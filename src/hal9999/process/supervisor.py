@@ -29,8 +29,7 @@ from hal9999.process.parsedevents import ParsedEvents, load_site
 # argparse, subprocess, typing or pathlib, and the masker only when there is a secret to mask
 # (issue 16: ~115 modules and ~100 ms of CPU per task before). The agents' code, the event
 # models and the credential reader come only with a parser or mask files. Not even `os`
-# (`posix` has its calls): with `posixpath` and `_collections_abc` it was 6.3M of the 38.5M
-# instructions of a trivial run's supervisor (issue 16).
+# (`posix` has its calls): with `posixpath` and `_collections_abc`, 6.3M of 38.5M instructions.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import os
@@ -46,8 +45,7 @@ else:
 USAGE = (
     "usage: hal-supervisor --log LOG --exit EXIT [--mask-var NAME]... [--mask-file PATH]... "
     "[--parser AGENT --events PATH] [--log-cap BYTES] [--go FIFO] [--restarts N] "
-    "[--dies-with LAUNCHER] [--claim MARKER [--claim-as PATH]] "
-    "-- COMMAND..."
+    "[--dies-with LAUNCHER] [--claim MARKER [--claim-as PATH]] -- COMMAND..."
 )
 
 
@@ -96,6 +94,13 @@ def claim_start(marker: str, keep_as: str | None = None) -> bool:
         if keep_as is None:
             posix.unlink(marker)
         else:
+            # Its pid in first (hal writes the same once its spawn returns: one killed before
+            # then left the pid file empty, a run no next daemon could adopt or stop).
+            fd = posix.open(marker, posix.O_WRONLY | posix.O_NOFOLLOW | posix.O_CLOEXEC)
+            try:
+                posix.write(fd, str(posix.getpid()).encode())
+            finally:
+                posix.close(fd)
             posix.rename(marker, keep_as)
     except OSError:  # taken (gone) or not to be had: nothing may start
         return False
@@ -236,15 +241,10 @@ class Options:
         self.events: str | None = None  # where parsed events go (JSON lines)
         self.log_cap: int | None = None  # bytes of output kept in the log per run
         self.go: str | None = None  # a FIFO to wait on before the start (go_path)
-        self.restarts = 0
-        """Runs again after a failed one (``--restarts``, a :class:`RestartPolicy`'s
-        ``max_restarts`` for ``on-failure``)."""
+        self.restarts = 0  # runs again after a failed one (on-failure's max_restarts)
         self.claim: str | None = None  # the marker taken before the start (claim_start)
-        self.claim_as: str | None = None
-        self.dies_with: str | None = None
-        """The static launcher (``hal-launch``, a build that takes ``--dies-with``): the
-        command is run through ``LAUNCHER --dies-with <this pid> --``, so that it is killed
-        when this process is (see :func:`dying_command`)."""
+        self.claim_as: str | None = None  # where it goes, this process's pid in it
+        self.dies_with: str | None = None  # the launcher it dies with (dying_command)
         self.command: list[str] = []
 
 
