@@ -38,9 +38,12 @@ d=$1 slirp=$2 unshare=$3; shift 3
 info=$d/info.$$ block=$d/block.$$ gone=$d/exit.$$
 rm -f "$info" "$block" "$gone"
 mkfifo -m 600 "$info" "$block" "$gone" || exit 125
-exec 7<>"$gone" 6<>"$block"
+# All three held open here before the helper starts (read-write: no open waits), so no open
+# of the helper's waits on this shell: killed before its exec (hal's death), its ends close,
+# the helper reads the end of `info` and starts nothing. bwrap's 5 is write-only again.
+exec 7<>"$gone" 6<>"$block" 5<>"$info"
 (
-  exec 7>&- 9<&- 4<"$gone" 5<"$info"
+  exec 4<"$gone" 5<"$info" 7>&- 9<&-
   pid=
   while read -r line <&5; do
     case $line in *'"child-pid"'*) pid=${line##*: }; pid=${pid%,}; break ;; esac
