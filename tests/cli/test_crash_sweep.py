@@ -88,6 +88,7 @@ ELSEWHERE = ("kept_quarantine", "patch_writing", "stop_recorded")  # tested else
 ELSEWHERE += ("pool_reset", "pool_slot_cleared", "cancel_recorded", "failed_written")
 ELSEWHERE += ("pool_created_unrecorded", "pool_recorded", "pool_destroying")
 ELSEWHERE += ("bwrap_destroyed", "supervisor_made")  # supervisor_made: direct and PM2 only
+ELSEWHERE += ("supervisor_claimed",)  # direct only: test_unstarted_managers.py
 SWEEP = [(point, False) for point in POINTS if point not in ELSEWHERE] + [
     (point, True) for point in QUARANTINED
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.cli.conftest import Hal, tasks_json
@@ -38,25 +39,15 @@ def managed(request: pytest.FixtureRequest, hal_env: dict[str, str]) -> Iterator
 def test_a_run_killed_before_its_agent_started_is_queued_again(
     managed: str, hal: Hal, hal_env: dict[str, str], demo_repo: Path, point: str, reaped: None
 ) -> None:
-    home = Path(hal_env["HAL_HOME"])
     main = git_main(demo_repo)
     task_id = killed_daemon(hal, hal_env, demo_repo, point)  # listed: reconciled by a hal
     [task] = tasks_json(hal)
     assert task["status"] == "interrupted", task
     assert "the agent had not started" in task["error_message"], task
 
-    assert hal("serve", "--detach").returncode == 0
-    try:
-        task = settle(hal, task_id)
-        # Before: `interrupted` ("the agent may still be running"), for a resume by hand.
-        assert task["status"] == "succeeded", task
-        assert task["infra_retries"] == 1, "queued again by the next daemon"
-        assert has_work(demo_repo, task)
-    finally:
-        assert hal("serve", "--stop").returncode == 0
-    assert_repo_whole(demo_repo, main, incoming_ok=False)
-    assert hal_processes_of(task) == []
-    assert list((home / "sandboxes").glob("*/*")) == [], "the restart swept every sandbox"
+    # Before: `interrupted` ("the agent may still be running"), for a resume by hand.
+    task = succeeds_after_a_restart(hal, demo_repo, task_id, main)
+    assert task["infra_retries"] == 1, "queued again by the next daemon"
 
 
 def test_a_run_killed_after_its_supervisor_took_the_mark_is_carried_on(
@@ -72,18 +63,26 @@ def test_a_run_killed_after_its_supervisor_took_the_mark_is_carried_on(
     [pid_file] = home.rglob(".exit-0.pid")
     assert int(pid_file.read_text()) > 0, "the pid file names the supervisor"
 
+    # Before: `interrupted` ("the agent may still be running"), its agent out of reach.
+    task = succeeds_after_a_restart(hal, demo_repo, task_id, main)
+    assert task["infra_retries"] == 0, "its agent ran once, adopted by the next daemon"
+
+
+def succeeds_after_a_restart(hal: Hal, repo: Path, task_id: str, main: str) -> dict[str, Any]:
+    """The task once a next ``hal serve`` has carried it on: ``succeeded`` with its work,
+    the repository whole, nothing of it running and every sandbox swept."""
     assert hal("serve", "--detach").returncode == 0
     try:
         task = settle(hal, task_id)
-        # Before: `interrupted` ("the agent may still be running"), its agent out of reach.
         assert task["status"] == "succeeded", task
-        assert task["infra_retries"] == 0, "its agent ran once, adopted by the next daemon"
-        assert has_work(demo_repo, task)
+        assert has_work(repo, task)
     finally:
         assert hal("serve", "--stop").returncode == 0
-    assert_repo_whole(demo_repo, main, incoming_ok=False)
+    assert_repo_whole(repo, main, incoming_ok=False)
     assert hal_processes_of(task) == []
+    home = Path(str(task["session_dir"])).parents[1]
     assert list((home / "sandboxes").glob("*/*")) == [], "the restart swept every sandbox"
+    return task
 
 
 def git_main(repo: Path) -> str:
