@@ -131,6 +131,25 @@ class Left(NamedTuple):
         return self[:5] == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+def _open_append(path: Path) -> int:
+    """A descriptor appending to ``path``, made (with its directory) when missing: the
+    directory is made only when the open finds none (asking first was an ``mkdir`` and a
+    ``stat`` at each open, three or more a task; issue 16)."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, 0o600)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, flags, 0o600)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write ``data`` whole (a regular file's ``write`` may take only part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 class EventLog:
     """Records a task's events: stamps, masks, indexes, appends and fans out."""
 
@@ -164,12 +183,13 @@ class EventLog:
         # Re-entrant so a sink that emits (a warning about itself, say) cannot deadlock.
         self._lock = threading.RLock()
         self._sinks: list[Sink] = []
-        path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = _open_append(path)
         except OSError as exc:  # a directory in its place, say: one line, not a crash
             raise unusable_session_file(path, exc) from exc
-        self._file: BinaryIO | None = os.fdopen(fd, "ab")
+        # Unbuffered: every batch is written whole at once (_write), and a buffered file's
+        # open asks whether it is a terminal and where it stands (issue 16).
+        self._file: BinaryIO | None = os.fdopen(fd, "ab", buffering=0)
         self._locked = False
         self._seq = 0
         self._size = -1  # unknown: the first lock reads the file's last seq
@@ -329,8 +349,7 @@ class EventLog:
         data = b"".join(e.__pydantic_serializer__.to_json(e) + b"\n" for e in batch)
         assert self._file is not None
         try:
-            self._file.write(data)
-            self._file.flush()
+            _write_all(self._file.fileno(), data)
             self._synced = False
             if any(e.type in FSYNC_TYPES for e in batch):
                 os.fsync(self._file.fileno())
@@ -384,7 +403,6 @@ class EventLog:
                 if self._file is not None:
                     owed = not self._synced
                     try:
-                        self._file.flush()
                         st = os.fstat(self._file.fileno())
                         if not self._pending and st.st_size == self._size:
                             # Only lines of ours (or that we read back) since the size we
