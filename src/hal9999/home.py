@@ -103,10 +103,19 @@ class HalPaths(NamedTuple):
         return self
 
     def ensure_session(self, task_id: str) -> Path:
-        """Create a task's session directory (mode 700) and return it."""
-        self.ensure()
+        """Create a task's session directory (mode 700) and return it.
+
+        One ``mkdir`` while the home is in place; only when it fails are the home and its
+        directories checked (and made) as :meth:`ensure` does, with its errors (issue 16:
+        checking them at every submission was 8 system calls a task)."""
         path = self.session(task_id)
-        _mkdir_private(path)
+        try:
+            os.mkdir(path, 0o700)
+        except OSError:
+            self.ensure()
+            _mkdir_private(path)
+            return path
+        os.chmod(path, 0o700)  # as _mkdir_private does: 700 whatever the umask
         return path
 
     def ensure_sandbox_state(self, provider: str) -> Path:

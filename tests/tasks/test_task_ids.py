@@ -16,16 +16,32 @@ from hal9999.tasks.request import RunRequest, new_task_id
 
 
 def test_a_taken_id_is_never_handed_out(monkeypatch: pytest.MonkeyPatch) -> None:
-    letters = iter("A" * 8 + "B" * 8)
-    monkeypatch.setattr(request_module.secrets, "choice", lambda alphabet: next(letters))
+    # One read of 40 random bits a candidate, five a letter (issue 16: a read a letter).
+    reads: list[int] = []
+    draws = iter([bytes(5), bytes([0x08, 0x42, 0x10, 0x84, 0x21])])
+
+    def token_bytes(count: int) -> bytes:
+        reads.append(count)
+        return next(draws)
+
+    monkeypatch.setattr(request_module.secrets, "token_bytes", token_bytes)
     asked: list[str] = []
 
     def taken(candidate: str) -> bool:
         asked.append(candidate)
-        return candidate == "AAAAAAAA"
+        return candidate == "00000000"
 
-    assert new_task_id(taken) == "BBBBBBBB"
-    assert asked == ["AAAAAAAA", "BBBBBBBB"]
+    assert new_task_id(taken) == "11111111"
+    assert asked == ["00000000", "11111111"]
+    assert reads == [5, 5]
+
+
+def test_every_letter_of_an_id_is_drawn_alike() -> None:
+    seen: list[set[str]] = [set() for _ in range(8)]
+    for _ in range(2000):
+        for place, letter in enumerate(new_task_id(lambda candidate: False)):
+            seen[place].add(letter)
+    assert all(len(letters) == 32 for letters in seen)  # each place takes every letter
 
 
 async def test_submitting_a_task_reads_no_other_tasks_row(tmp_path: Path) -> None:

@@ -35,9 +35,10 @@ def plain_top(path: Path) -> str | None:
     answers then, with its own errors."""
     uid = os.geteuid()
     try:
-        device = path.stat().st_dev
+        first = path.stat()
+        device = first.st_dev
         for top in (path, *path.parents):
-            info = top.stat()
+            info = first if top is path else top.stat()
             if info.st_dev != device:
                 return None  # git stops at a filesystem boundary
             dot = top / ".git"

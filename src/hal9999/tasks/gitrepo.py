@@ -11,10 +11,12 @@ the fresh checkout's ``.git`` itself where it can (:mod:`hal9999.tasks.gitdir`).
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import os
 import re
 import shutil
+import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO, Literal, NamedTuple
@@ -170,24 +172,39 @@ def _source_or_path(repo: str | None, cwd: Path) -> RepoSource | Path:
         return RepoSource("url", repo)
     try:
         path = (cwd / repo).resolve() if repo else cwd.resolve()
-        exists, is_dir = path.exists(), path.is_dir()
+        mode = _mode(path)
     except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, a NUL byte, ...
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise RepoError(
             f"cannot use --repo {repo or cwd}: {reason}",
             hint="pass --repo with a path to a git repository or a git URL",
         ) from exc
-    if not exists:
+    if mode is None:
         raise RepoError(
             f"repository path does not exist: {path}",
             hint="pass --repo with a path to a git repository or a git URL",
         )
-    if not is_dir:
+    if not stat.S_ISDIR(mode):
         raise RepoError(
             f"--repo names a file, not a repository: {path}",
             hint="pass --repo with the repository's directory or a git URL",
         )
     return path
+
+
+_MISSING = frozenset((errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP))
+"""What ``Path.exists`` takes for "not there" (any other error is raised)."""
+
+
+def _mode(path: Path) -> int | None:
+    """``path``'s mode, None when it is not there: one ``stat`` where ``exists`` and
+    ``is_dir`` made two (issue 16)."""
+    try:
+        return path.stat().st_mode
+    except OSError as exc:
+        if exc.errno not in _MISSING:
+            raise
+        return None
 
 
 _TOKEN_USERS = ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "glpat-", "x-access-token")

@@ -96,9 +96,15 @@ class Session(NamedTuple):
         return self.root / "result.bundle"
 
     def create(self) -> None:
-        """Create the directory tree (private to the user)."""
-        for path in (self.root, self.home, self.input, self.run_dir):
-            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        """Create the directory tree (private to the user); its root may be there already
+        (``HalPaths.ensure_session`` made it: asking again was an ``mkdir`` and a ``stat``)."""
+        below = (self.home, self.input, self.run_dir)
+        try:
+            for path in below:
+                path.mkdir(exist_ok=True, mode=0o700)
+        except FileNotFoundError:  # no root yet
+            for path in (self.root, *below):
+                path.mkdir(parents=True, exist_ok=True, mode=0o700)
         # Readable by a sandbox's own uid (hal as root); the root above keeps others out.
         self.input.chmod(0o755)
 
