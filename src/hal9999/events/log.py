@@ -38,6 +38,7 @@ from hal9999.events.flusher import FLUSHER, _numbered
 from hal9999.events.models import Event
 from hal9999.events.reader import lines_backwards, parse_line, read_events
 from hal9999.home import unusable_session_file
+from hal9999.providers.hostread import write_all
 from hal9999.redact import SecretMasker
 from hal9999.store import Store
 
@@ -141,13 +142,6 @@ def _open_append(path: Path) -> int:
     except FileNotFoundError:
         path.parent.mkdir(parents=True, exist_ok=True)
         return os.open(path, flags, 0o600)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """Write ``data`` whole (a regular file's ``write`` may take only part of it)."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 class EventLog:
@@ -349,7 +343,7 @@ class EventLog:
         data = b"".join(e.__pydantic_serializer__.to_json(e) + b"\n" for e in batch)
         assert self._file is not None
         try:
-            _write_all(self._file.fileno(), data)
+            write_all(self._file.fileno(), data)
             self._synced = False
             if any(e.type in FSYNC_TYPES for e in batch):
                 os.fsync(self._file.fileno())

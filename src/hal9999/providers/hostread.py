@@ -1,5 +1,5 @@
-"""Small host files read whole with one ``open``, ``read`` and ``close``, and written only
-when their contents change.
+"""Small host files read whole with one ``open``, ``read`` and ``close``, written with one
+``open``, ``write`` and ``close``, or written only when their contents change.
 
 For what hal reads on every command or for every host process (``/proc/<pid>/environ``,
 cgroup counters, a sandbox's record): a buffered file object makes seven system calls
@@ -40,6 +40,24 @@ def read_text(path: str | os.PathLike[str]) -> str:
     """The whole file at ``path`` as UTF-8 text (strict, as ``Path.read_text`` decodes it
     here, but no newline translation: a ``\r`` stays), by :func:`read_all`."""
     return read_all(os.fspath(path)).decode()
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """All of ``data`` to ``fd`` (a pipe, or a regular file's ``write``, may take it in parts)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """``text`` as the whole of ``path`` in UTF-8, as ``Path.write_text`` writes it (made or
+    emptied, mode 666 less the umask), without a buffered file's ``fstat``, ``ioctl``,
+    ``lseek``s and objects."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    try:
+        write_all(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
 def _holds(path: Path, data: bytes, mode: int) -> os.stat_result | None:

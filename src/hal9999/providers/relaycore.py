@@ -23,6 +23,7 @@ from typing import Any
 
 from hal9999.errors import HalError
 from hal9999.providers.base import StreamEvent
+from hal9999.providers.hostread import write_all
 from hal9999.spec import ArgvCommand
 
 STOPPED = 143
@@ -124,13 +125,6 @@ async def write_events(events: AsyncGenerator[StreamEvent, None]) -> int:
                 await asyncio.to_thread(write_all, 1 if event.kind == "stdout" else 2,
                                         event.data)  # fmt: skip
     return code
-
-
-def write_all(fd: int, data: bytes) -> None:
-    """All of ``data`` to ``fd`` (a pipe may take it in parts)."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def say(text: str) -> None:

@@ -16,7 +16,7 @@ import shutil
 import stat
 from pathlib import Path
 
-from hal9999.providers.hostread import read_text
+from hal9999.providers.hostread import read_text, write_text
 
 # A key may follow its section's header on the same line; extensions.worktreeConfig has git
 # read config.worktree too, which may set core.worktree.
@@ -176,17 +176,17 @@ def _write_git_dir(
         for sub in ("objects/info", "refs", "info"):
             (git_dir / sub).mkdir(parents=True)
         entry = alternates or f"{snap / 'objects'}\n"
-        _write(git_dir / "objects" / "info" / "alternates", entry)
-        _write(git_dir / "info" / "exclude", _EXCLUDE)
-        _write(git_dir / "packed-refs", _PACKED_HEADER + "".join(packed))
+        write_text(git_dir / "objects" / "info" / "alternates", entry)
+        write_text(git_dir / "info" / "exclude", _EXCLUDE)
+        write_text(git_dir / "packed-refs", _PACKED_HEADER + "".join(packed))
         if default is not None:
             origin_head = git_dir / "refs" / "remotes" / "origin" / "HEAD"
             origin_head.parent.mkdir(parents=True)
-            _write(origin_head, f"ref: refs/remotes/origin/{default}\n")
+            write_text(origin_head, f"ref: refs/remotes/origin/{default}\n")
             config += f'[branch "{default}"]\n\tremote = origin\n\tmerge = refs/heads/{default}\n'
-        _write(git_dir / "config", config)
+        write_text(git_dir / "config", config)
         named = made or (f"refs/heads/{default}" if default else None)
-        _write(git_dir / "HEAD", f"ref: {named}\n" if named else f"{local}\n")
+        write_text(git_dir / "HEAD", f"ref: {named}\n" if named else f"{local}\n")
     except OSError:
         shutil.rmtree(git_dir, ignore_errors=True)
         return False, None
@@ -200,18 +200,6 @@ def _packable(branch: str, refs: list[str]) -> bool:
     return _PLAIN_BRANCH.fullmatch(branch) is not None and not any(
         ref == name or ref.startswith(name + "/") or name.startswith(ref + "/") for ref in refs
     )
-
-
-def _write(path: Path, text: str) -> None:
-    """Write a new file of a fresh ``.git`` as ``Path.write_text`` does, without the buffered
-    file's system calls (its ``fstat``, ``ioctl`` and ``lseek``) and objects."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
-    try:
-        data = memoryview(text.encode())
-        while data:
-            data = data[os.write(fd, data) :]
-    finally:
-        os.close(fd)
 
 
 _ORIGIN = '[remote "origin"]'

@@ -24,6 +24,7 @@ from hal9999.pool.settings import provider_settings
 from hal9999.process.base import never_started, read_exit_status
 from hal9999.process.caplog import log_cap_from
 from hal9999.providers.base import Provider
+from hal9999.providers.hostread import write_text
 from hal9999.redact import SecretMasker
 from hal9999.spec import ArgvCommand
 from hal9999.store import Store, TaskRecord
@@ -227,7 +228,7 @@ class TaskService(TaskSecrets):
 
             save_budget(session.run_dir, *budget, req.egress, req.egress_only)
         self.store.insert_task(record)
-        session.prompt_file.write_text(req.prompt)
+        write_text(session.prompt_file, req.prompt)  # no file object (issue 16)
         with self.events(record) as log:
             log.emit(
                 TaskCreated(

@@ -26,6 +26,7 @@ from hal9999.errors import HalError
 from hal9999.process.tmux import verbatim
 from hal9999.providers import relaycore
 from hal9999.providers.hostexec import EXEC_MARKER_VAR
+from hal9999.providers.hostread import write_all
 from hal9999.providers.ssh import channel, mirror, remote, session
 from hal9999.providers.ssh.connections import ConnectionPool, load_asyncssh
 from hal9999.providers.ssh.records import SshRecord, SshRecords
@@ -176,7 +177,7 @@ async def _copy_in(proc: Any) -> None:
 async def _copy_out(reader: Any, fd: int) -> None:
     with contextlib.suppress(Exception):
         while data := await reader.read(65536):
-            await asyncio.to_thread(relaycore.write_all, fd, data)
+            await asyncio.to_thread(write_all, fd, data)
 
 
 async def _finish(proc: Any, outputs: list[asyncio.Task[None]]) -> None:
