@@ -415,7 +415,7 @@ class BwrapProvider(HostProvider):
     async def _start(self, record: SandboxRecord) -> HostSandbox:
         sandbox = await super()._start(record)
         assert isinstance(sandbox, BwrapSandbox)
-        self._started[record.id] = (self._record_stamp(record.id), sandbox)
+        self._started[record.id] = (self.store.stamp(record.id), sandbox)
         return sandbox
 
     async def prime(self, sandbox_id: str) -> None:
@@ -423,7 +423,7 @@ class BwrapProvider(HostProvider):
         its commands enter it rather than each start bwrap. A keeper that cannot start is
         logged, not raised: the sandbox is whole without one (each command is a bwrap)."""
         stamp, handle = self._started.pop(sandbox_id, (None, None))
-        if handle is None or stamp is None or stamp != self._record_stamp(sandbox_id):
+        if handle is None or stamp is None or stamp != self.store.stamp(sandbox_id):
             # Not the handle the last start (a pool reset) made while nobody saved the
             # record since: read it (issue 16: a read, a validation and a handle, ~0.2 ms).
             handle = self._handle(self.store.load(sandbox_id))

@@ -4,6 +4,7 @@ handle and the lifecycle)."""
 
 # No `from __future__ import annotations` here: pydantic would then evaluate each field's
 # annotation from its text, a compile each, on every run's path (issue 16).
+import os
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,15 @@ class RecordStore(JsonRecords[SandboxRecord]):
     def dir(self, sandbox_id: str) -> Path:
         """The directory of ``sandbox_id`` (which must look like an id: no path tricks)."""
         return self.root / self.check_id(sandbox_id)
+
+    def stamp(self, sandbox_id: str) -> tuple[int, int, int] | None:
+        """What changes whenever anyone saves the record of ``sandbox_id`` (each save is a
+        fresh file); None when the file is gone."""
+        try:
+            st = os.stat(self.path(sandbox_id))
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_ctime_ns
 
     def make_dir(self, sandbox_id: str) -> Path:
         """Create the directory of a new sandbox (``FileExistsError`` when it exists); the

@@ -18,7 +18,7 @@ import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import ClassVar, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel
 
@@ -263,6 +263,8 @@ class HostProvider:
         self._fresh: dict[str, dict[str, scratch.Stamp | None]] = {}
         """Per sandbox, its own directories as this object's last :meth:`reset` (or
         :meth:`create`) left them, fresh (see :func:`scratch.untouched`)."""
+        self._cgroup_made: dict[str, dict[str, Any]] = {}
+        """Sandboxes this object created with a cgroup in their first record, and that cgroup."""
 
     def _handle(self, record: SandboxRecord) -> HostSandbox:
         raise NotImplementedError
@@ -329,8 +331,15 @@ class HostProvider:
         cgroup = self.cgroup(record)
         if cgroup is not None:
             await cgroup.kill_all()
-        # Also without a cgroup: a process the cgroup lost track of is still ours to end.
-        await hostexec.kill_marked(record.id)
+        if cgroup is None or not self.cgroup_holds_all(record):  # one may be outside it
+            await hostexec.kill_marked(record.id)
+
+    def cgroup_holds_all(self, record: SandboxRecord) -> bool:
+        """Whether no process of the sandbox can be outside its cgroup (no scan of every host
+        process then, issue 16): made here with it in its first record (so each handle, in any
+        hal, joins it before its marker shows in /proc), run as a uid of its own, owning none
+        of the cgroup tree (not the same user's: on v2 it can nest a cgroup; not another hal's)."""
+        return record.uid is not None and self._cgroup_made.get(record.id, False) == record.cgroup
 
     async def create(self, spec: SandboxSpec) -> HostSandbox:
         """Create and start a sandbox."""
@@ -349,6 +358,7 @@ class HostProvider:
             if host is not None:
                 planned = host.cgroup(sandbox_id).to_record()
                 record = record.model_copy(update={"cgroup": planned})
+                self._cgroup_made[sandbox_id] = planned
             self.store.save(record)
             prepared = await self._prepare(record)
             if prepared != record:
@@ -376,19 +386,10 @@ class HostProvider:
         # the start that follows (a pool reset) to take back without writing a new file.
         # Stamped before the kill: a save by anyone during it makes the stamp stale.
         self.store.save(record, keep_previous=True)
-        stamp = self._record_stamp(sandbox_id)
+        stamp = self.store.stamp(sandbox_id)
         await self._kill(record)
         if stamp is not None:  # else gone meanwhile (a destroy): nothing to skip
             self._stopped[sandbox_id] = (stamp, record)
-
-    def _record_stamp(self, sandbox_id: str) -> tuple[int, int, int] | None:
-        """What changes whenever anyone saves the record (each save is a fresh file); None
-        when the file is gone."""
-        try:
-            st = os.stat(self.store.path(sandbox_id))
-        except OSError:
-            return None
-        return st.st_ino, st.st_mtime_ns, st.st_ctime_ns
 
     def _still_stopped(self, sandbox_id: str) -> SandboxRecord | None:
         """The record, when this object's last :meth:`stop` of the sandbox killed every
@@ -396,9 +397,8 @@ class HostProvider:
         process: a command needs the sandbox running, and only a start, which saves the
         record, makes it so); else None. The record that stop saved: not read again."""
         stopped = self._stopped.get(sandbox_id)
-        if stopped is None or stopped[0] != self._record_stamp(sandbox_id):
-            return None
-        return stopped[1]
+        fresh = stopped is not None and stopped[0] == self.store.stamp(sandbox_id)
+        return stopped[1] if stopped is not None and fresh else None
 
     async def start(self, sandbox_id: str) -> HostSandbox:
         """Start a stopped sandbox (re-creating its cgroup if, say, the host rebooted)."""
@@ -491,6 +491,7 @@ class HostProvider:
             cgroup = self.cgroup(record)
             if cgroup is not None:
                 await cgroup.remove()
+        self._cgroup_made.pop(sandbox_id, None)
         # Never follows a link (a workspace linked from here is safe) and gets past the
         # 000 and 555 directories and the deep trees a task may leave.
         try:
