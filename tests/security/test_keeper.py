@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.security.conftest import pool_of, primed, require_keeper, session_spec
@@ -423,6 +424,30 @@ async def test_destroying_a_sandbox_that_never_had_a_keeper_scans_for_none(
     monkeypatch.setattr(hostexec, "kill_marked_by", counted)
     await provider.destroy(box.id)
     assert keeper.MARKER_VAR not in scans, "a scan of every process for a keeper never started"
+
+
+async def test_a_prime_starts_a_thread_for_the_keepers_sweep_only_when_one_is_due(
+    provider: BwrapProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "a").mkdir()
+    box = await provider.create(SandboxSpec(workspace=tmp_path / "a"))
+    require_keeper(provider, box.id)
+    hops: list[object] = []
+    real = asyncio.to_thread
+
+    async def counted(func: Any, /, *args: Any, **kwargs: Any) -> Any:
+        hops.append(func)
+        return await real(func, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", counted)
+    # Swept just now: the sweep would return at once, and no thread is woken for it (issue
+    # 16: one hop of every pool reset's prime).
+    monkeypatch.setattr(keeper, "_swept", [time.monotonic()])
+    await provider.prime(box.id)
+    assert keeper.sweep not in hops
+    monkeypatch.setattr(keeper, "_swept", [time.monotonic() - keeper.SWEEP_EVERY])
+    await provider.prime(box.id)
+    assert hops.count(keeper.sweep) == 1
 
 
 async def test_a_keepers_bwrap_is_a_commands_without_the_filter_fd_or_die_with_parent(

@@ -440,7 +440,8 @@ class BwrapProvider(HostProvider):
         directory.mkdir(mode=0o700, exist_ok=True)  # here, not at create: one inode less
         keepers.stop(directory)
         env = {keepers.MARKER_VAR: str(self.store.dir(record.id)), "PATH": "/usr/bin:/bin"}
-        await asyncio.to_thread(keepers.sweep)
+        if keepers.sweep_due():  # once a minute: no thread hop for the other primes
+            await asyncio.to_thread(keepers.sweep)
         helper = hostexec.launch_helper()
         assert helper is not None  # keeps() holds
         await keepers.start(helper, handle.keeper_argv(), env, directory, data=handle.data)

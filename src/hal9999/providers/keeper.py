@@ -193,11 +193,16 @@ async def start(
     return keeper
 
 
+def sweep_due(now: float | None = None) -> bool:
+    """Whether :func:`sweep` would scan now (else it returns at once: no thread for it)."""
+    return (time.monotonic() if now is None else now) - _swept[0] >= SWEEP_EVERY
+
+
 def sweep(*, now: float | None = None) -> int:
     """Kill keepers whose sandbox directory is gone (a ``HAL_HOME`` removed by hand, a test's
     temporary one), at most every :data:`SWEEP_EVERY` seconds; how many."""
     now = time.monotonic() if now is None else now
-    if now - _swept[0] < SWEEP_EVERY:
+    if not sweep_due(now):
         return 0
     _swept[0] = now
     doomed: set[int] = set()  # a pid once, however many entries name a gone directory
