@@ -361,12 +361,33 @@ async def test_nothing_of_a_keeper_outlives_its_sandbox(
         away.rename(third.dir)  # for the fixture's destroy (its cgroup, its uid)
 
 
-async def test_a_keeper_that_cannot_start_leaves_a_whole_sandbox(
-    provider: BwrapProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def keepable(provider: BwrapProvider, tmp_path: Path) -> BwrapSandbox:
+    """A new sandbox over ``tmp_path/a``, with no keeper yet (skips where it can have none)."""
     (tmp_path / "a").mkdir()
     box = await provider.create(SandboxSpec(workspace=tmp_path / "a"))
     require_keeper(provider, box.id)
+    assert isinstance(box, BwrapSandbox)
+    return box
+
+
+def calls_of(monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> list[tuple[Any, ...]]:
+    """The positional arguments of each call of the coroutine function ``owner.name`` from now
+    on (each still runs it)."""
+    calls: list[tuple[Any, ...]] = []
+    real = getattr(owner, name)
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls
+
+
+async def test_a_keeper_that_cannot_start_leaves_a_whole_sandbox(
+    provider: BwrapProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    box = await keepable(provider, tmp_path)
 
     async def fails(*args: object, **kwargs: object) -> None:
         raise ProviderError("bwrap: no keeper today")
@@ -411,43 +432,26 @@ async def test_a_nested_bind_without_its_mount_point_runs_under_bwrap_first(
 async def test_destroying_a_sandbox_that_never_had_a_keeper_scans_for_none(
     provider: BwrapProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (tmp_path / "a").mkdir()
-    box = await provider.create(SandboxSpec(workspace=tmp_path / "a"))
-    require_keeper(provider, box.id)
-    scans: list[str] = []
-    real = hostexec.kill_marked_by
-
-    async def counted(var: str, value: str, *, what: str) -> None:
-        scans.append(var)
-        await real(var, value, what=what)
-
-    monkeypatch.setattr(hostexec, "kill_marked_by", counted)
+    box = await keepable(provider, tmp_path)
+    scans = calls_of(monkeypatch, hostexec, "kill_marked_by")
     await provider.destroy(box.id)
-    assert keeper.MARKER_VAR not in scans, "a scan of every process for a keeper never started"
+    scanned = [args[0] for args in scans]
+    assert keeper.MARKER_VAR not in scanned, "a scan of every process for a keeper never started"
 
 
 async def test_a_prime_starts_a_thread_for_the_keepers_sweep_only_when_one_is_due(
     provider: BwrapProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (tmp_path / "a").mkdir()
-    box = await provider.create(SandboxSpec(workspace=tmp_path / "a"))
-    require_keeper(provider, box.id)
-    hops: list[object] = []
-    real = asyncio.to_thread
-
-    async def counted(func: Any, /, *args: Any, **kwargs: Any) -> Any:
-        hops.append(func)
-        return await real(func, *args, **kwargs)
-
-    monkeypatch.setattr(asyncio, "to_thread", counted)
+    box = await keepable(provider, tmp_path)
+    hops = calls_of(monkeypatch, asyncio, "to_thread")
     # Swept just now: the sweep would return at once, and no thread is woken for it (issue
     # 16: one hop of every pool reset's prime).
     monkeypatch.setattr(keeper, "_swept", [time.monotonic()])
     await provider.prime(box.id)
-    assert keeper.sweep not in hops
+    assert keeper.sweep not in [args[0] for args in hops]
     monkeypatch.setattr(keeper, "_swept", [time.monotonic() - keeper.SWEEP_EVERY])
     await provider.prime(box.id)
-    assert hops.count(keeper.sweep) == 1
+    assert [args[0] for args in hops].count(keeper.sweep) == 1
 
 
 async def test_a_keepers_bwrap_is_a_commands_without_the_filter_fd_or_die_with_parent(
