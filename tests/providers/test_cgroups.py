@@ -49,6 +49,30 @@ def test_a_v1_launcher_joins_through_tasks_not_cgroup_procs(tmp_path: Path) -> N
     assert cgroup.procs_files() == [str(d / "cgroup.procs") for d in dirs]
 
 
+def test_a_v1_cgroup_the_host_makes_writes_its_limits_without_looking_for_controllers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each reset writes the limits again: which hierarchy holds each controller is the
+    # host's mount table's answer, not a probe of each directory's files (issue 16).
+    _, v1 = hierarchy(tmp_path / "h", "")
+    host = cgroups.CgroupHost(1, v1, frozenset(v1))
+    probed: list[str] = []
+    real = Path.exists
+
+    def exists(path: Path) -> bool:
+        probed.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(Path, "exists", exists)
+    limits = cgroups.CgroupLimits(memory_bytes=64 << 20, pids=10, cpu_quota_us=50_000)
+    host.create("abc", limits)
+    assert probed == ["memory.memsw.limit_in_bytes"]  # swap accounting may be off
+    made = {c: path / cgroups.PARENT / "abc" for c, path in v1.items()}
+    assert (made["memory"] / "memory.limit_in_bytes").read_text() == f"{64 << 20}\n"
+    assert (made["pids"] / "pids.max").read_text() == "10\n"
+    assert (made["cpu"] / "cpu.cfs_quota_us").read_text() == "50000\n"
+
+
 def test_limits_from_resources() -> None:
     limits = cgroups.CgroupLimits.from_resources(Resources(cpus=1.5, memory_mb=64, pids=10))
     assert (limits.memory_bytes, limits.pids, limits.cpu_quota_us) == (64 << 20, 10, 150_000)

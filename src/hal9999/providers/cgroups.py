@@ -139,13 +139,18 @@ class CgroupV1(Cgroup):
 
     version: Literal[1, 2] = 1
 
-    def __init__(self, dirs: list[Path]) -> None:
+    def __init__(self, dirs: list[Path], controllers: dict[str, Path] | None = None) -> None:
         super().__init__(dirs)
+        self._controllers = controllers
+        """Which of ``dirs`` holds each controller, when the host said (see
+        :meth:`CgroupHost.cgroup`); None: looked up by its files (a cgroup from a record)."""
         self._oom_file: str | None = None
         """Where the memory hierarchy's OOM counter is ("": none), once looked up: it is
         read before every command with a memory limit."""
 
     def _dir(self, controller: str) -> Path | None:
+        if self._controllers is not None:  # every reset writes the limits (issue 16)
+            return self._controllers.get(controller)
         for path in self.dirs:
             if (path / f"{controller}.{'max' if controller == 'pids' else 'stat'}").exists():
                 return path
@@ -261,8 +266,8 @@ class CgroupHost(NamedTuple):
         depend on the name alone, so a record can name them before they exist."""
         if self.version == 1:
             # dict.fromkeys dedupes hierarchies that mount several controllers together.
-            mounts = [self.roots[c] for c in V1_CONTROLLERS if c in self.roots]
-            return CgroupV1(list(dict.fromkeys(mount / PARENT / name for mount in mounts)))
+            dirs = {c: self.roots[c] / PARENT / name for c in V1_CONTROLLERS if c in self.roots}
+            return CgroupV1(list(dict.fromkeys(dirs.values())), dirs)
         return CgroupV2([self.roots["unified"] / PARENT / name])
 
     def _mkdirs(self, name: str, needed: set[str]) -> Cgroup:
