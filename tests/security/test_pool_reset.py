@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,56 @@ async def test_the_next_task_on_a_warm_sandbox_sees_nothing_the_last_one_left(
     finally:
         await pool.release(second, reuse=False)
     assert not provider.store.dir(second.sandbox.id).exists()
+
+
+LEAVE_THE_CGROUP = r"""
+for f in /sys/fs/cgroup/tasks /sys/fs/cgroup/cgroup.procs /sys/fs/cgroup/*/tasks \
+         /sys/fs/cgroup/*/cgroup.procs /sys/fs/cgroup/*/hal9999/tasks; do
+  (echo $$ > "$f") 2>/dev/null && echo "moved through $f"
+done
+mkdir -p /tmp/cg
+mount -t cgroup2 none /tmp/cg 2>/dev/null && echo "mounted cgroup2"
+mount -t cgroup -o pids none /tmp/cg 2>/dev/null && echo "mounted the pids hierarchy"
+unshare -Urm --cgroup sh -c 'mount -t cgroup2 none /tmp/cg && mkdir /tmp/cg/out &&
+  echo $$ > /tmp/cg/out/cgroup.procs && echo "nested a cgroup" && exec sleep 1000' 2>/dev/null &
+sleep 0.5
+setsid nohup sleep 1000 >/dev/null 2>&1 < /dev/null &
+echo planted
+exec sleep 1000
+"""
+
+
+async def test_a_task_trying_every_way_out_of_its_cgroup_leaves_nothing_after_the_reset(
+    provider: BwrapProvider, hal_home: Path, tmp_path: Path
+) -> None:
+    # A root hal's pool reset kills by the cgroup alone (no scan of every host process for
+    # the marker: HostProvider.cgroup_holds_all); that holds only while no process of the
+    # sandbox can leave its cgroup or nest one below it. The same user's sandboxes are
+    # still scanned, so this holds for them too. The task is still running at the release,
+    # as an agent killed at its timeout is (a command that ends takes its PID namespace,
+    # and all in it, along).
+    pool = pool_of(provider, hal_home)
+    first = await pool.claim(task_spec(tmp_path, 1), task_id="t1")
+    launch = first.sandbox.launch(ShellCommand(script=LEAVE_THE_CGROUP))
+    agent = await asyncio.create_subprocess_exec(
+        *launch.argv, env=launch.env, cwd=launch.cwd, stdout=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert agent.stdout is not None
+        said = await asyncio.wait_for(agent.stdout.readuntil(b"planted\n"), 30)
+        assert said == b"planted\n", said
+    finally:
+        await pool.release(first)
+    try:
+        assert await asyncio.wait_for(agent.wait(), 5) != 0
+        second = await pool.claim(task_spec(tmp_path, 2), task_id="t2")
+        assert second.sandbox.id == first.sandbox.id, "the same warm sandbox"
+        assert hostexec._pids_marked(hostexec.MARKER_VAR, second.sandbox.id) == set()
+        cgroup = provider.cgroup(provider.store.load(second.sandbox.id))
+        assert cgroup is None or cgroup.pids() == set()
+        await pool.release(second, reuse=False)
+    finally:
+        if agent.returncode is None:
+            agent.kill()
+            await agent.wait()
