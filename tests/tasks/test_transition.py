@@ -105,7 +105,8 @@ def test_a_runners_move_writes_without_reading_the_status_first(
 ) -> None:
     # Issue 16: every move of a run read the status, then read the row again inside its
     # write transaction; a runner knows the state it put the task in, and the write's
-    # compare-and-set checks it: four statements a move, not five.
+    # compare-and-set checks it: four statements a move, not five; three since stop 48 (the
+    # row comes back from the write, not from a read before it).
     with Store.open(tmp_path) as store:
         store.insert_task(make_task(tmp_path, "t1", "running"))
         store.insert_task(make_task(tmp_path, "t2", "running"))
@@ -113,7 +114,7 @@ def test_a_runners_move_writes_without_reading_the_status_first(
         store._db().set_trace_callback(statements.append)
         before, after = transition(store, None, "t1", TaskStatus.COLLECTING, expect="running")
         assert (before, after.status) == ("running", "collecting")
-        assert statements[0] == "BEGIN IMMEDIATE" and len(statements) == 4, statements
+        assert statements[0] == "BEGIN IMMEDIATE" and len(statements) == 3, statements
         assert not any(s.startswith("SELECT status") for s in statements)
         # Taken meanwhile (stopped by another process): not written, and said so.
         store.update_task("t2", status="stopped")
@@ -166,7 +167,9 @@ def test_a_move_reads_and_validates_the_record_once(
         )
         before, after = transition(store, None, "t1", TaskStatus.COLLECTING, files_changed=2)
         monkeypatch.undo()
-        assert len([s for s in statements if s.startswith("SELECT *")]) == 1, statements
+        # Stop 48: the row read once, as the write returns it.
+        assert not any(s.startswith("SELECT *") for s in statements), statements
+        assert len([s for s in statements if s.endswith("RETURNING *")]) == 1, statements
         assert len(validated) == 1
         assert (before, after.status, after.files_changed) == ("running", "collecting", 2)
         kept = store.get_task("t1")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # typing: hal9999.lighttyping says why (the thin `hal task list`)
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import NamedTuple
 else:
     from hal9999.lighttyping import NamedTuple
@@ -24,6 +25,21 @@ class Migration(NamedTuple):
     """Short description, recorded with the version."""
     sql: str
     """Statements separated by ``;``."""
+
+    def statements(self) -> Iterator[str]:
+        """The statements of :attr:`sql`; ``;`` inside strings, comments or triggers is
+        kept."""
+        import sqlite3  # with the store, which has it loaded
+
+        pending = ""
+        for part in self.sql.split(";"):
+            pending += part + ";"
+            if sqlite3.complete_statement(pending):
+                if pending.strip(" \t\r\n;"):
+                    yield pending
+                pending = ""
+        if pending.strip(" \t\r\n;"):
+            raise ValueError(f"incomplete SQL statement in migration: {pending.strip()!r}")
 
 
 MIGRATIONS: tuple[Migration, ...] = (

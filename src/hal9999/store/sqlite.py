@@ -8,7 +8,6 @@ other instead of failing.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import sqlite3
@@ -28,31 +27,15 @@ from hal9999.store.events import EventTable
 from hal9999.store.gatewaytable import GatewayTable
 from hal9999.store.migrations import MIGRATIONS, Migration
 from hal9999.store.records import TaskRecord
+from hal9999.store.rows import TASK_COLUMNS, check_fields, from_row, merged, stored, to_row
 from hal9999.store.sandboxes import SandboxTable
-from hal9999.store.writelock import writers_of
+from hal9999.store.writelock import WriteBusy, writers_of
 
 BUSY_TIMEOUT_S = 5.0
 """How long a writer waits for another process's write lock."""
 
-_TASK_COLUMNS: tuple[str, ...] = tuple(TaskRecord.model_fields)
 _LIST_HINT = "list tasks with `hal task list`"
 _AMBIGUOUS_SHOWN = 10
-
-
-def _split_statements(sql: str) -> Iterator[str]:
-    """The statements of a script; ``;`` inside strings, comments or triggers is kept."""
-    pending = ""
-    for part in sql.split(";"):
-        pending += part + ";"
-        if sqlite3.complete_statement(pending):
-            if pending.strip(" \t\r\n;"):
-                yield pending
-            pending = ""
-    if pending.strip(" \t\r\n;"):
-        raise ValueError(f"incomplete SQL statement in migration: {pending.strip()!r}")
-
-
-_JSON_COLUMNS = ("env_keys", "providers")
 
 
 class _Connection(sqlite3.Connection):
@@ -74,47 +57,6 @@ def close_open_stores() -> None:
     checkpoints the WAL and removes it, as SQLite does for any clean close."""
     for conn in list(_OPEN):
         conn.close()
-
-
-def _dumps(value: Any) -> str:
-    # Most rows hold empty lists: those need no JSON codec (issue 16: a daemon read 22
-    # such columns a task, each a json.loads).
-    return "[]" if value == [] else json.dumps(value)
-
-
-def _loads(text: str) -> Any:
-    return [] if text == "[]" else json.loads(text)
-
-
-def _to_row(record: TaskRecord) -> dict[str, Any]:
-    row = record.model_dump()
-    for name in _JSON_COLUMNS:
-        row[name] = _dumps(row[name])
-    return row
-
-
-def _row_data(row: sqlite3.Row) -> dict[str, Any]:
-    data = dict(zip(row.keys(), row, strict=True))
-    for name in _JSON_COLUMNS:
-        data[name] = _loads(data[name])
-    return data
-
-
-def _from_row(row: sqlite3.Row) -> TaskRecord:
-    return TaskRecord.model_validate(_row_data(row))
-
-
-def _merged(row: sqlite3.Row, fields: dict[str, Any]) -> tuple[TaskRecord, dict[str, Any]]:
-    """The record ``row`` holds with ``fields`` changed, validated once (not the row, then
-    the row with the fields: issue 16, a task's every step writes its row); and the
-    changed columns (with ``id``) as the table stores them."""
-    updated = TaskRecord.model_validate({**_row_data(row), **fields})
-    names = (*fields, "id")
-    values = updated.model_dump(include=set(names))
-    for name in _JSON_COLUMNS:
-        if name in values:
-            values[name] = _dumps(values[name])
-    return updated, values
 
 
 def no_room(directory: Path) -> bool:
@@ -198,44 +140,57 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
 
     # -- plumbing -------------------------------------------------------------------------
 
-    def _db(self) -> sqlite3.Connection:
+    def _db(self, *, quick: bool = False) -> sqlite3.Connection:
         """This thread's connection. One per thread, so a thread waiting for another
         process's write lock (up to the busy timeout) never holds up reads elsewhere: a
-        daemon's event loop keeps reading while a worker thread waits to write."""
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        daemon's event loop keeps reading while a worker thread waits to write. ``quick``: its
+        second, for writes that never wait nor checkpoint (the WAL's fsyncs are the others')."""
+        name = "quick" if quick else "conn"
+        conn: sqlite3.Connection | None = getattr(self._local, name, None)
         if conn is None or self._closed:
             with self._lock:
                 if self._closed:
                     raise ValueError("the store is closed")
                 conn = sqlite3.connect(
-                    self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                    self.path, timeout=0 if quick else BUSY_TIMEOUT_S, isolation_level=None,
                     check_same_thread=False, factory=_Connection,
                 )  # fmt: skip
                 self._conns.append(conn)
                 _OPEN.add(conn)
             conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            conn.execute(f"PRAGMA busy_timeout = {0 if quick else int(BUSY_TIMEOUT_S * 1000)}")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
-            self._local.conn = conn
+            if quick:
+                conn.execute("PRAGMA wal_autocheckpoint = 0")
+            setattr(self._local, name, conn)
         return conn
 
     @contextmanager
-    def _write(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
+    def _write(self, *, durable: bool = False, wait: bool = True) -> Iterator[sqlite3.Connection]:
         """A write transaction; IMMEDIATE takes the lock up front, so no upgrade deadlock.
 
         ``durable`` fsyncs the WAL at this commit (and so every commit before it): in WAL
         mode ``synchronous = NORMAL`` only syncs at checkpoints, which is right for the hot
-        path but not for "this task is finished".
+        path but not for "this task is finished". ``wait=False`` (not with ``durable``):
+        raise :class:`WriteBusy` at once when a thread of this process or another process
+        holds the write lock, before anything is written.
         """
-        conn = self._db()
+        conn = self._db(quick=not wait)
         writers = self._writers
-        queued = writers.acquire(timeout=BUSY_TIMEOUT_S)
+        queued = writers.acquire(timeout=BUSY_TIMEOUT_S) if wait else writers.acquire(False)
+        if not (wait or queued):
+            raise WriteBusy("a thread of this process holds the write lock")
         try:
             if durable:
                 conn.execute("PRAGMA synchronous = FULL")
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as exc:
+                    if wait or not exc.sqlite_errorname.startswith("SQLITE_BUSY"):
+                        raise
+                    raise WriteBusy(str(exc)) from exc
                 try:
                     yield conn
                 except BaseException:
@@ -306,7 +261,7 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
             ).fetchone()
             if done:
                 return
-            for statement in _split_statements(migration.sql):
+            for statement in migration.statements():
                 conn.execute(statement)
             conn.execute(
                 "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
@@ -331,11 +286,11 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
 
     def insert_task(self, record: TaskRecord) -> None:
         """Add a new task; its id must be unused."""
-        columns = ", ".join(_TASK_COLUMNS)
-        values = ", ".join(f":{name}" for name in _TASK_COLUMNS)
+        columns = ", ".join(TASK_COLUMNS)
+        values = ", ".join(f":{name}" for name in TASK_COLUMNS)
         try:
             with self._write() as conn:
-                conn.execute(f"INSERT INTO tasks ({columns}) VALUES ({values})", _to_row(record))
+                conn.execute(f"INSERT INTO tasks ({columns}) VALUES ({values})", to_row(record))
         except sqlite3.IntegrityError as exc:
             raise ValueError(f"task {record.id} already exists") from exc
 
@@ -344,7 +299,7 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
         rows = self._query("SELECT * FROM tasks WHERE id = ?", (task_id,))
         if not rows:
             raise TaskNotFound(f"no task {task_id!r}", hint=_LIST_HINT, task_id=task_id)
-        return _from_row(rows[0])
+        return from_row(rows[0])
 
     def task_status(self, task_id: str) -> str:
         """The status of the task with exactly this id (one column read, no record built)."""
@@ -360,7 +315,7 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
             raise TaskNotFound("no task id given", hint=_LIST_HINT)
         rows = self._query("SELECT * FROM tasks WHERE id = ?", (key,))
         if rows:
-            return _from_row(rows[0])
+            return from_row(rows[0])
         rows = self._query(
             "SELECT * FROM tasks WHERE substr(id, 1, ?) = ? ORDER BY created_at DESC",
             (len(key), key),
@@ -377,7 +332,7 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
                 hint="type more characters of the task id",
                 candidates=ids,
             )
-        return _from_row(rows[0])
+        return from_row(rows[0])
 
     def list_tasks(
         self, *, status: Collection[str] | None = None, limit: int | None = None
@@ -394,7 +349,7 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
-        return [_from_row(row) for row in self._query(sql, params)]
+        return [from_row(row) for row in self._query(sql, params)]
 
     def update_task(self, task_id: str, *, held_by: int | None = None, **fields: Any) -> TaskRecord:
         """Set some fields of a task; returns the updated record.
@@ -405,11 +360,7 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
         for a name that is not a :class:`TaskRecord` field (or ``id``) and pydantic's
         ``ValidationError`` for a value of the wrong type.
         """
-        unknown = sorted(set(fields) - set(_TASK_COLUMNS))
-        if unknown:
-            raise ValueError(f"unknown task field(s): {', '.join(unknown)}")
-        if "id" in fields:
-            raise ValueError("a task's id cannot change")
+        check_fields(fields)
         with self._write() as conn:
             rows = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchall()
             if not rows:
@@ -417,8 +368,8 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
             if held_by is not None and rows[0]["runner_pid"] not in (None, held_by):
                 fields = {k: v for k, v in fields.items() if k not in RUNNER_FIELDS}
             if not fields:
-                return _from_row(rows[0])
-            updated, values = _merged(rows[0], fields)
+                return from_row(rows[0])
+            updated, values = merged(rows[0], fields)
             # Only the named columns are written, so concurrent updates of other fields
             # by other processes are not overwritten with stale values.
             assignments = ", ".join(f"{name} = :{name}" for name in fields)
@@ -426,31 +377,37 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
         return updated
 
     def set_status(
-        self, task_id: str, target: str, *, expect: str, durable: bool = False, **fields: Any
+        self,
+        task_id: str,
+        target: str,
+        *,
+        expect: str,
+        durable: bool = False,
+        wait: bool = True,
+        **fields: Any,
     ) -> TaskRecord | None:
         """Compare-and-set: move the task from ``expect`` to ``target`` (with ``fields``) in
-        one statement; returns the new record, or None when its status was not ``expect``.
+        one statement; returns the new record, or None when its status was not ``expect``
+        (``wait``: see :meth:`_write`).
 
         Callers check the move against the state table first (:mod:`hal9999.tasks.state`);
         this only guarantees that nobody changed the status in between.
         """
         fields = {**fields, "status": target}
-        unknown = sorted(set(fields) - set(_TASK_COLUMNS) | ({"id"} & set(fields)))
-        if unknown:
-            raise ValueError(f"unknown task field(s): {', '.join(unknown)}")
-        with self._write(durable=durable) as conn:
-            rows = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchall()
+        check_fields(fields)
+        values = stored(fields)
+        assignments = ", ".join(f"{name} = :{name}" for name in fields)
+        # The row as written comes back from the write itself (issue 16: a read of the row
+        # in the transaction, then the write, was two statements a move).
+        sql = f"UPDATE tasks SET {assignments} WHERE id = :id AND status = :expect RETURNING *"
+        with self._write(durable=durable, wait=wait) as conn:
+            rows = conn.execute(sql, {**values, "id": task_id, "expect": expect}).fetchall()
             if not rows:
-                raise TaskNotFound(f"no task {task_id!r}", hint=_LIST_HINT, task_id=task_id)
-            if rows[0]["status"] != expect:  # read in the write transaction: it holds
+                if not conn.execute("SELECT 1 FROM tasks WHERE id = ?", (task_id,)).fetchall():
+                    raise TaskNotFound(f"no task {task_id!r}", hint=_LIST_HINT, task_id=task_id)
                 return None
-            updated, values = _merged(rows[0], fields)
-            assignments = ", ".join(f"{name} = :{name}" for name in fields)
-            changed = conn.execute(
-                f"UPDATE tasks SET {assignments} WHERE id = :id AND status = :expect",
-                {**values, "expect": expect},
-            ).rowcount
-        return updated if changed == 1 else None
+            # Validated before the commit: a value of the wrong type is never written.
+            return from_row(rows[0])
 
     def swap_runner(self, task_id: str, seen: int | None, new: int | None) -> TaskRecord | None:
         """Compare-and-set of ``runner_pid``: ``new`` only if it is still ``seen`` (one
@@ -461,7 +418,7 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
                 "UPDATE tasks SET runner_pid = ? WHERE id = ? AND runner_pid IS ? RETURNING *",
                 (new, task_id, seen),
             ).fetchall()
-        return _from_row(rows[0]) if rows else None
+        return from_row(rows[0]) if rows else None
 
     def delete_task(self, task_id: str) -> None:
         """Remove a task and its event index rows."""
@@ -480,7 +437,7 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
             " ORDER BY priority DESC, created_at ASC, rowid ASC LIMIT ?",
             (now, limit),
         )
-        return [_from_row(row) for row in rows]
+        return [from_row(row) for row in rows]
 
     def next_not_before(self) -> float | None:
         """The earliest backoff deadline among queued tasks (None when none waits)."""

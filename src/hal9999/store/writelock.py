@@ -25,3 +25,9 @@ def writers_of(path: Path) -> threading.RLock:
     key = os.path.abspath(path)
     with _WRITERS_LOCK:
         return _WRITERS.setdefault(key, threading.RLock())
+
+
+class WriteBusy(Exception):
+    """A write told not to wait (``wait=False``) found the write lock taken, by a thread of
+    this process or by another process; nothing was written. Not a :class:`HalError`: the
+    caller makes the same write again, waiting (in a thread)."""

@@ -9,6 +9,7 @@ started or adopted run to its end).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -18,10 +19,11 @@ from hal9999.errors import TaskStateError
 from hal9999.events.models import AgentSession, Event, Usage
 from hal9999.providers.base import Provider
 from hal9999.store import Store, TaskRecord
+from hal9999.store.writelock import WriteBusy
 from hal9999.tasks.context import RunContext, Superseded, taken_from_us
 from hal9999.tasks.plugins import load_provider_for
 from hal9999.tasks.sandboxes import DirectSource, SandboxSource
-from hal9999.tasks.state import TaskStatus, transition
+from hal9999.tasks.state import RESTING, TaskStatus, transition
 
 
 class RunnerCore:
@@ -58,12 +60,20 @@ class RunnerCore:
     ) -> TaskRecord:
         """Move the task on from the state this run put it in (compare-and-set); raises
         :class:`Superseded` when another process took the task meanwhile. The database work
-        runs in a thread: a write lock held elsewhere must not stall the event loop.
+        runs in a thread: a write lock held elsewhere must not stall the event loop; a
+        daemon's move that is not durable is written on the loop when the lock is free at
+        once (its phase event is the flusher's to write), else in a thread as well.
         ``then``: the blocking step the run takes next, once the move is written, in the
         same thread hop (issue 16: each hop costs a busy daemon its thread's wake-up and GIL
         hand-overs). ``first``: the blocking step the move waits for, made in the same hop
         before it is written (its failure leaves the task where it was)."""
         if then is None and first is None:
+            if target not in RESTING and getattr(ctx.events, "background", False):
+                # No fsync to wait for, the event written by the flusher: a commit without
+                # the hop when nobody holds the write lock (issue 16: the hop cost a busy
+                # daemon more CPU than the move); when another writer holds it, in a thread.
+                with contextlib.suppress(WriteBusy):
+                    return self._move(ctx, target, detail, fields, wait=False)
             return await asyncio.to_thread(self._transition, ctx, target, detail, **fields)
 
         def moved_then() -> TaskRecord:
@@ -79,6 +89,17 @@ class RunnerCore:
     def _transition(
         self, ctx: RunContext, target: TaskStatus, detail: str | None, **fields: Any
     ) -> TaskRecord:
+        return self._move(ctx, target, detail, fields)
+
+    def _move(
+        self,
+        ctx: RunContext,
+        target: TaskStatus,
+        detail: str | None,
+        fields: dict[str, Any],
+        *,
+        wait: bool = True,
+    ) -> TaskRecord:
         if target is TaskStatus.RUNNING:
             fields.setdefault("started_at", time.time())
         try:
@@ -89,6 +110,7 @@ class RunnerCore:
                 target,
                 expect=ctx.task.status,
                 detail=detail,
+                wait=wait,
                 **{**ctx.unsaved, **fields},
             )
             ctx.unsaved.clear()

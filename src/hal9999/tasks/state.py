@@ -120,6 +120,7 @@ def transition(
     expect: str | Collection[str] | None = None,
     detail: str | None = None,
     via: TaskStatus | None = None,
+    wait: bool = True,
     **fields: Any,
 ) -> tuple[str, TaskRecord]:
     """Move a task to ``target``; returns its status before and its record after.
@@ -142,6 +143,10 @@ def transition(
     the write is durable when either state is resting; the ``phase`` event is ``via``'s
     (``detail`` says why it came to that), and the caller records the rest of the way
     (a run's ``task_end``, then ``target``'s phase).
+
+    ``wait=False`` (a move that is not durable): raise
+    :class:`~hal9999.store.writelock.WriteBusy` at once, before anything is written or
+    emitted, when another writer holds the write lock (see ``Store.set_status``).
     """
     wanted = {expect} if isinstance(expect, str) else set(expect) if expect is not None else None
     durable = target in RESTING or via in RESTING
@@ -155,7 +160,7 @@ def transition(
         (current,) = wanted
         if _allowed(current, target, via):
             updated = store.set_status(
-                task_id, target.value, expect=current, durable=durable, **fields
+                task_id, target.value, expect=current, durable=durable, wait=wait, **fields
             )
     while updated is None:
         # The status alone: set_status reads the whole record in its write transaction
@@ -171,7 +176,9 @@ def transition(
             check_transition(via, target)
         else:
             check_transition(current, target)
-        updated = store.set_status(task_id, target.value, expect=current, durable=durable, **fields)
+        updated = store.set_status(
+            task_id, target.value, expect=current, durable=durable, wait=wait, **fields
+        )
     if target in RESTING:  # its grant at the gateway goes now (its runner may be dead)
         from hal9999.gateway.rested import tell_rested
 
