@@ -20,7 +20,6 @@ from hal9999.errors import AmbiguousTaskId, HalError, TaskNotFound
 from hal9999.store import Store, TaskRecord
 from hal9999.store import sqlite as sqlite_store
 from hal9999.store.migrations import MIGRATIONS
-from hal9999.store.writelock import WriteBusy
 
 
 def make_task(task_id: str, created_at: float = 1000.0, **overrides: Any) -> TaskRecord:
@@ -224,44 +223,6 @@ def test_a_status_move_is_one_statement_and_never_writes_a_bad_value(store: Stor
     with pytest.raises(TaskNotFound):
         store.set_status("missing", "succeeded", expect="collecting")
     assert store.get_task("t1") == moved
-
-
-def test_a_move_told_not_to_wait_is_refused_while_another_writer_holds_the_lock(
-    tmp_path: Path,
-) -> None:
-    # Issue 16, stop 48: a daemon's moves that are not durable are tried on its event loop,
-    # which must never wait for the lock (another process's, or a thread's of its own).
-    with Store(tmp_path / "hal.db") as store:
-        store.insert_task(make_task("t1", status="running"))
-        other = sqlite3.connect(tmp_path / "hal.db", isolation_level=None)
-        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
-        try:
-            with pytest.raises(WriteBusy):
-                store.set_status("t1", "collecting", expect="running", wait=False)
-        finally:
-            other.execute("ROLLBACK")
-            other.close()
-        held, release = threading.Event(), threading.Event()
-
-        def hold() -> None:  # a thread of this process writes
-            with store._writers:
-                held.set()
-                release.wait(60)
-
-        holder = threading.Thread(target=hold)
-        holder.start()
-        held.wait(60)
-        try:
-            with pytest.raises(WriteBusy):
-                store.set_status("t1", "collecting", expect="running", wait=False)
-        finally:
-            release.set()
-            holder.join(60)
-        assert store.get_task("t1").status == "running"
-        moved = store.set_status("t1", "collecting", expect="running", wait=False)
-        assert moved is not None and moved.status == "collecting"
-        # That connection never checkpoints: the WAL's syncs are the waiting writers'.
-        assert store._db(quick=True).execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
 
 
 def test_update_writes_only_named_columns(tmp_path: Path) -> None:

@@ -7,13 +7,17 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
+from tests.store.test_store import make_task
 
 from hal9999.store import Store
 from hal9999.store import sqlite as sqlite_store
 from hal9999.store.sandboxrow import SandboxRow
+from hal9999.store.writelock import WriteBusy
 
 
 def test_writers_of_one_process_never_meet_sqlites_busy_handler(tmp_path: Path) -> None:
@@ -48,29 +52,59 @@ def test_writers_of_one_process_never_meet_sqlites_busy_handler(tmp_path: Path) 
         store.close()
 
 
+@contextmanager
+def held(lock: AbstractContextManager[object]) -> Iterator[None]:
+    """``lock`` held by another thread of this process while the block runs."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            holding.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait(60)
+    try:
+        yield
+    finally:
+        release.set()
+        holder.join()
+
+
 def test_a_writer_held_past_the_busy_timeout_goes_on_to_sqlite(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A writer that never ends makes the others fail as SQLite's busy timeout did, not hang.
     monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_S", 0.2)
     store = Store(tmp_path / "hal.db")
-    holding, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with store._write():
-            holding.set()
-            release.wait(10)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    holding.wait(10)
-    try:
+    with held(store._write()), pytest.raises(sqlite3.OperationalError, match="locked"):
         now = time.time()
-        with pytest.raises(sqlite3.OperationalError, match="locked"):
-            row = SandboxRow(provider="fake", id="0" * 12, pool_key="fake:x", state="idle",
-                             created_at=now, last_used_at=now)  # fmt: skip
-            store.put_sandbox(row)
-    finally:
-        release.set()
-        holder.join()
+        row = SandboxRow(provider="fake", id="0" * 12, pool_key="fake:x", state="idle",
+                         created_at=now, last_used_at=now)  # fmt: skip
+        store.put_sandbox(row)
     store.close()
+
+
+def test_a_move_told_not_to_wait_is_refused_while_another_writer_holds_the_lock(
+    tmp_path: Path,
+) -> None:
+    # Issue 16, stop 48: a daemon's moves that are not durable are tried on its event loop,
+    # which must never wait for the lock (another process's, or a thread's of its own).
+    with Store(tmp_path / "hal.db") as store:
+        store.insert_task(make_task("t1", status="running"))
+        other = sqlite3.connect(tmp_path / "hal.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        try:
+            with pytest.raises(WriteBusy):
+                store.set_status("t1", "collecting", expect="running", wait=False)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        with held(store._writers), pytest.raises(WriteBusy):  # a thread of this process
+            store.set_status("t1", "collecting", expect="running", wait=False)
+        assert store.get_task("t1").status == "running"
+        moved = store.set_status("t1", "collecting", expect="running", wait=False)
+        assert moved is not None and moved.status == "collecting"
+        # That connection never checkpoints: the WAL's syncs are the waiting writers'.
+        assert store._db(quick=True).execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
