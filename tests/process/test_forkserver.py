@@ -16,7 +16,7 @@ from hal9999.process import direct
 from hal9999.process.base import read_exit_status
 from hal9999.process.direct import DirectProcessManager
 from hal9999.process.forkserver import ForkServerClient, ServerUnavailable
-from hal9999.process.launch import FORK_SERVER, SUPERVISOR
+from hal9999.process.supervisorargv import FORK_SERVER, SUPERVISOR
 from hal9999.providers.local import LocalProvider
 from hal9999.spec import ProcessSpec, SandboxSpec, ShellCommand
 

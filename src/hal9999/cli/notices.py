@@ -8,15 +8,12 @@ import os
 import time
 
 from hal9999.cli.echo import echo
+from hal9999.hostchild import HostChild
 from hal9999.workdir import current_path, pure_path
 
 TYPE_CHECKING = False  # typing: hal9999.lighttyping says why
 if TYPE_CHECKING:
-    import signal as _signal
-
     from hal9999.config import ConfigSources
-else:
-    import _signal  # the C module: signal.py builds three enums at import (issue 16)
 
 _URL_PREFIXES = ("http://", "https://", "ssh://", "git://", "file://", "git@")
 
@@ -105,52 +102,16 @@ class Uncommitted:
             proc.stop()
 
 
-class HostGit:
+class HostGit(HostChild):
     """``subprocess.Popen(["git", *args], cwd=cwd, stdout=PIPE, stderr=DEVNULL, text=True,
     errors="replace")``, as much of it as the check uses, without :mod:`subprocess`: with
     its ``signal``, ``threading``, ``selectors`` and ``locale`` (and their ``re`` and
-    ``enum``), ~19M of the thin ``hal run``'s ~99M instructions (issue 16). Started by
-    ``posix_spawnp`` with what Popen gives its child: the signals Python ignores back to
-    their defaults, no inherited descriptor but the standard three (``close_fds``), this
-    process's environment; ``git -C`` for the working directory (posix_spawn has none)."""
+    ``enum``), ~19M of the thin ``hal run``'s ~99M instructions (issue 16). Started as a
+    :class:`~hal9999.hostchild.HostChild` with this process's environment; ``git -C`` for
+    the working directory (posix_spawn has none)."""
 
     def __init__(self, args: list[str], cwd: str) -> None:
-        self.returncode: int | None = None
-        read, write = os.pipe()
-        try:
-            null = os.open(os.devnull, os.O_WRONLY)
-            try:
-                actions: list[tuple[int, ...]] = [
-                    (os.POSIX_SPAWN_DUP2, write, 1), (os.POSIX_SPAWN_DUP2, null, 2)
-                ]  # fmt: skip
-                actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inherited(read, write, null)]
-                self.pid = os.posix_spawnp(
-                    "git", ["git", "-C", cwd, *args], os.environ, file_actions=actions,
-                    setsigdef=(_signal.SIGPIPE, _signal.SIGXFSZ),
-                )  # fmt: skip
-            finally:
-                os.close(null)
-        except BaseException:
-            os.close(read)
-            raise
-        finally:
-            os.close(write)
-        self.stdout: int | None = read
-
-    def poll(self) -> int | None:
-        """Its exit status, or None while it runs."""
-        if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self) -> int:
-        """Its exit status, once it ended."""
-        if self.returncode is None:
-            _, status = os.waitpid(self.pid, 0)
-            self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
+        super().__init__("git", ["git", "-C", cwd, *args], os.environ)
 
     def communicate(self, timeout: float) -> str | None:
         """Its output, decoded as Popen's text mode does, once it ended; None when it has
@@ -180,32 +141,6 @@ class HostGit:
         self.stdout = None
         # Popen's TextIOWrapper: the locale's encoding, errors replaced, universal newlines.
         return io.TextIOWrapper(io.BytesIO(b"".join(chunks)), errors="replace").read()
-
-    def stop(self) -> None:
-        """Kill it and wait for it; its output is not wanted any more."""
-        # Not reading to the end: a child git started (a submodule's status) would hold the
-        # pipe open.
-        if self.returncode is None:
-            os.kill(self.pid, _signal.SIGKILL)
-        self.wait()
-        if self.stdout is not None:
-            os.close(self.stdout)
-            self.stdout = None
-
-
-def _inherited(*ours: int) -> list[int]:
-    """This process's descriptors past the standard three that a child would inherit (the
-    ones Popen's ``close_fds`` closes; the others close on exec)."""
-    found = []
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd > 2 and fd not in ours:
-            try:
-                if os.get_inheritable(fd):
-                    found.append(fd)
-            except OSError:
-                pass  # listdir's own, closed since
-    return found
 
 
 def start_uncommitted(repo: str | None, ref: str | None) -> Uncommitted:

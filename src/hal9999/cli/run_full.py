@@ -48,10 +48,43 @@ def full_run(args: RunArgs) -> None:
     from hal9999.cli.notices import start_uncommitted
 
     pending = start_uncommitted(args.repo, args.ref)  # runs while the imports below load
+    early = open_early_pane(args)
     try:
         _full_run(args, pending)
     finally:
         pending.close()
+        if early:
+            from hal9999.process.tmuxearly import let_early_go
+
+            let_early_go()
+
+
+def open_early_pane(args: RunArgs) -> bool:
+    """Start the tmux server and pane of a foreground in-process run that will be tmux's,
+    as far as the options and ``HAL_*`` variables tell, while the imports below load
+    (:mod:`hal9999.process.tmuxearly`); whether it was tried. A config file that names
+    another process manager leaves the pane unclaimed: it is let go at the end."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    from hal9999.cli.thin_config import no_daemon
+    from hal9999.errors import HalError
+
+    manager = args.process_manager or os.environ.get("HAL_PROCESS_MANAGER") or "tmux"
+    try:
+        if args.detach or manager != "tmux" or not no_daemon(os.environ):
+            return False  # a runner process of its own, another manager, or the daemon's run
+    except HalError:
+        return False  # the full path says what is wrong with HAL_NO_DAEMON
+    tmux = shutil.which("tmux")  # as the manager finds it (a pane of another is let go)
+    if tmux is None:
+        return False
+    from hal9999.process.tmuxearly import NO_UTMP_BUILT, open_early
+    from hal9999.providers.sandboxuser import trusted_program
+
+    open_early(tmux, trusted_program(Path(NO_UTMP_BUILT)))
+    return True
 
 
 def _prepare(args: RunArgs, pending: Uncommitted) -> tuple[App, RunRequest, TaskAPI]:

@@ -21,8 +21,9 @@ from pathlib import Path
 from hal9999.errors import ProcessError
 from hal9999.process.base import ProcessStatus, process_started, read_exit_status
 from hal9999.process.forkserver import ForkServerClient, ServerUnavailable
-from hal9999.process.launch import FORK_SERVER, SUPERVISOR, supervised
+from hal9999.process.launch import supervised
 from hal9999.process.supervisor import unstarted_path
+from hal9999.process.supervisorargv import FORK_SERVER, SUPERVISOR
 from hal9999.providers.base import Sandbox
 from hal9999.providers.hostread import read_all
 from hal9999.spec import ProcessSpec

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import hal9999
 from hal9999.errors import CapabilityError, ProcessError
 from hal9999.process.supervisor import ended_path, go_path, unstarted_path
+from hal9999.process.supervisorargv import SUPERVISOR as SUPERVISOR  # tests patch it here
 from hal9999.providers.base import Launch, Sandbox
 from hal9999.providers.hostexec import dies_with_helper
 from hal9999.spec import ProcessSpec
@@ -111,33 +110,6 @@ def supervised(
         *inner.argv,
     ]
     return SupervisedLaunch(argv=argv, env=inner.env, cwd=inner.cwd, claims=claimed)
-
-
-_PACKAGES = os.path.dirname(os.path.dirname(hal9999.__file__))
-SUPERVISOR = (
-    sys.executable,
-    # Isolated (no current directory or PYTHON* variables on its path) and without `site`
-    # (its start-up is a fifth of the interpreter's): the supervisor finds hal9999 where this
-    # process did, after the standard library, and loads `site` itself only for a parser or
-    # mask files, whose models need the installed packages (issue 16).
-    "-I",
-    "-S",
-    "-c",
-    f"import sys; sys.path.append({_PACKAGES!r}); "
-    "from hal9999.process.supervisor import main; main()",
-)
-"""The start of the supervisor's command line; its options and the command follow."""
-
-FORK_SERVER = (
-    sys.executable,
-    "-I",
-    "-S",
-    "-c",
-    f"import sys; sys.path.append({_PACKAGES!r}); "
-    "from hal9999.process.forkserver import main; main()",
-)
-"""The command line of :mod:`hal9999.process.forkserver` (the socket's fd follows), started
-as the supervisor is."""
 
 
 async def run_host(

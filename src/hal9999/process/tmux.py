@@ -1,10 +1,13 @@
 """The tmux process manager: each process runs in a tmux session of its own.
 
 In-process (``hal run`` without a daemon) each process has its own tmux server (its own
-socket): the server's environment, which the pane inherits, holds exactly that process's
-exec-time environment, and ``kill-server`` ends everything of that run. The server is a
-daemon, so the agent outlives the ``hal`` process that started it, and ``hal task attach``
-opens the live pane.
+socket), and ``kill-server`` ends everything of that run. The server is a daemon, so the
+agent outlives the ``hal`` process that started it, and ``hal task attach`` opens the live
+pane. A foreground ``hal run`` opens that server with a warm pane while it imports
+(:mod:`hal9999.process.tmuxearly`): its prestart claims the pane (the socket renamed to the
+run's, the session to the run's name) and hands it the run through a private FIFO, as a
+daemon's warm pane; otherwise the server's environment, which the pane inherits, holds
+exactly the process's exec-time environment.
 
 ``hal serve`` shares one server among its runs (:func:`share_server`, a socket per runtime
 dir, started or adopted at the daemon's first tmux run: :func:`share_lazily`), and keeps an
@@ -51,30 +54,22 @@ import hashlib
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 from hal9999.errors import HalError, ProcessError
+from hal9999.process import tmuxearly
 from hal9999.process.base import ProcessStatus, process_started, read_exit_status
 from hal9999.process.launch import run_host, supervised
 from hal9999.process.supervisor import go_path
-from hal9999.process.tmuxwarm import (
-    MESSAGE_MAX,
-    WarmPane,
-    WarmPanes,
-    let_go,
-    message,
-    new_session,
-)
+from hal9999.process.tmuxearly import new_session, start_argv
+from hal9999.process.tmuxwarm import MESSAGE_MAX, WarmPane, WarmPanes, let_go, message
 from hal9999.providers.base import Launch, Sandbox
 from hal9999.providers.sandboxuser import trusted_program
 from hal9999.spec import ProcessSpec
 
-# Unix socket paths are limited to 107 bytes, so sockets live in a short per-user dir.
-_SOCKET_DIR = Path(tempfile.gettempdir()) / f"hal9999-tmux-{os.getuid()}"
-NO_UTMP_BUILT = Path(__file__).resolve().parents[3] / "build" / "hal-noutmp.so"
-"""Where ``scripts/setup.sh`` builds ``scripts/hal-noutmp.c`` in a source checkout."""
+_SOCKET_DIR = Path(tmuxearly.SOCKET_DIR)
+NO_UTMP_BUILT = Path(tmuxearly.NO_UTMP_BUILT)
 
 
 logger = logging.getLogger(__name__)
@@ -121,35 +116,6 @@ def shared_socket(runtime_dir: Path) -> Path:
     return _SOCKET_DIR / f"s-{key}"
 
 
-def _start_argv(tmux: str, socket: Path, preload: bool) -> list[str]:
-    """Start (or find) the server at ``socket`` with the options every hal server has."""
-    return [
-        tmux,
-        "-S",
-        str(socket),
-        "-f",
-        "/dev/null",
-        # Before the agent's pane exists: the agent must not write the clipboard of
-        # whoever attaches (OSC 52 passes through to the outer terminal otherwise),
-        # nor pass any sequence through tmux to that terminal (`ESC P tmux; ...`),
-        # whatever the defaults of this tmux say (-q: a tmux before 3.3 has no such
-        # option, and passes nothing through).
-        "start-server",
-        ";",
-        *(["set-environment", "-g", "-u", "LD_PRELOAD", ";"] if preload else []),
-        "set-option",
-        "-s",
-        "set-clipboard",
-        "off",
-        ";",
-        "set-option",
-        "-gq",
-        "allow-passthrough",
-        "off",
-        ";",
-    ]
-
-
 async def share_server(runtime_dir: Path) -> Path | None:
     """Start (or adopt) the server the runs of ``runtime_dir``'s daemon share, held by a
     session of this process's; None when tmux is not installed."""
@@ -186,7 +152,7 @@ async def _start_shared(tmux: str, socket: Path, fifo: Path, *, check: bool = Tr
     env = {"LD_PRELOAD": no_utmp} if no_utmp is not None else {}
     holder = f"hal-holder-{os.getpid()}"
     cat = shutil.which("cat") or "/bin/cat"
-    argv = _start_argv(tmux, socket, no_utmp is not None)
+    argv = start_argv(tmux, str(socket), no_utmp is not None)
     argv += ["new-session", "-d", "-s", holder, "--", cat, str(fifo)]
     await run_host(argv, env=env, check=check)
 
@@ -296,11 +262,14 @@ class TmuxProcessManager:
 
     async def _claim(self, spec: ProcessSpec, launch: Launch) -> bool:
         """Hand ``spec``'s run to an idle warm pane of the shared server, renamed as the
-        run's session; False when there is none (or the run does not fit one). A hand-over
+        run's session, or without a shared server to this process's early pane; False when
+        there is none (or the run does not fit one). A hand-over
         that fails raises: the prestart fails, and the start opens the run's own pane."""
         shared = await _shared_of(self._runtime)
+        if shared is None:  # in-process: the pane opened while hal imported, if any
+            return await self._claim_early(spec, launch)
         warm = _WARM.get(self._runtime) if self._runtime is not None else None
-        if shared is None or warm is None:
+        if warm is None:
             return False
         cwd = str(launch.cwd) if launch.cwd else str(spec.log_path.parent)
         handed = message(launch, cwd)
@@ -328,6 +297,45 @@ class TmuxProcessManager:
             with contextlib.suppress(HalError, OSError):
                 await run_host([*client, "kill-session", "-t", f"={pane.name}"], check=False)
             await self.stop(spec)  # its FIFOs and link
+            raise
+        return True
+
+    async def _claim_early(self, spec: ProcessSpec, launch: Launch) -> bool:
+        """Hand ``spec``'s run to the pane this process opened while it imported
+        (:mod:`hal9999.process.tmuxearly`): its server, renamed to the run's socket, is the
+        run's own from here on. False when there is none (or the run does not fit it)."""
+        early = tmuxearly.take_early(self._tmux)
+        if early is None:
+            return False
+        cwd = str(launch.cwd) if launch.cwd else str(spec.log_path.parent)
+        handed = message(launch, cwd)
+        try:
+            printed = await early.printed()
+        except OSError:
+            printed = None
+        lines = printed.strip().splitlines() if printed is not None else []
+        pid = int(lines[-1]) if lines and lines[-1].strip().isdigit() else None
+        started = process_started(pid) if pid is not None else None
+        if pid is None or started is None or len(handed) > MESSAGE_MAX:
+            early.let_go()
+            return False
+        pane = WarmPane(early.name, Path(early.fifo), early.fd, pid, started)
+        socket = self.socket(spec)
+        try:
+            os.replace(early.socket, socket)  # first: a session is never out of its run's reach
+        except OSError:
+            early.let_go()
+            return False
+        self._claimed[socket] = pane
+        self._panes[socket] = (pid, started)
+        client = [str(self._tmux), "-N", "-S", str(socket)]
+        try:
+            # One write into an empty pipe of 64 KiB: all of it, at once.
+            if os.write(pane.fd, handed) != len(handed):
+                raise ProcessError("the early pane took part of its run")
+            await run_host([*client, "rename-session", "-t", f"={pane.name}", spec.name], env={})
+        except BaseException:
+            await self.stop(spec)  # its server, FIFOs and socket
             raise
         return True
 
@@ -377,7 +385,7 @@ class TmuxProcessManager:
         preload = self._no_utmp is not None and "LD_PRELOAD" not in server_env
         if preload:
             server_env["LD_PRELOAD"] = str(self._no_utmp)  # the server's, not the pane's
-        argv = _start_argv(tmux, self.socket(spec), preload)
+        argv = start_argv(tmux, str(self.socket(spec)), preload)
         _, out = await run_host([*argv, *self._session(spec, launch, spec.name)], env=server_env)
         self._remember(spec, out)
 

@@ -34,7 +34,9 @@ from pathlib import Path
 
 from hal9999.errors import HalError
 from hal9999.process.base import process_started
-from hal9999.process.launch import SUPERVISOR, run_host
+from hal9999.process.launch import run_host
+from hal9999.process.supervisorargv import SUPERVISOR
+from hal9999.process.tmuxearly import new_session as new_session  # its old home
 from hal9999.providers.base import Launch
 
 WARM_PANES = 1
@@ -65,13 +67,6 @@ def message(launch: Launch, cwd: str) -> bytes:
     fields = [cwd, str(len(argv)), *argv, *(f"{k}={v}" for k, v in launch.env.items())]
     body = b"".join(os.fsencode(field) + b"\0" for field in fields)
     return b"%d\n" % len(body) + body
-
-
-def new_session(name: str, cwd: str) -> list[str]:
-    """tmux's ``new-session`` of a detached 200x50 session ``name`` in ``cwd``, printing its
-    pane's process (to be watched through /proc), up to the ``--`` its command follows."""
-    return ["new-session", "-d", "-P", "-F", "#{pane_pid}", "-s", name,
-            "-x", "200", "-y", "50", "-c", cwd, "--"]  # fmt: skip
 
 
 class WarmPanes:

@@ -1,0 +1,126 @@
+"""An in-process ``hal run`` opens its tmux server and its pane's supervisor while it imports
+(issue 16, :mod:`hal9999.process.tmuxearly`): the run claims that pane, starts no second
+server, hands it only its own environment, and leaves nothing behind; a pane no run claims
+ends with it. Counted in a subprocess, so load cannot make this pass or fail."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hal9999.process.tmuxearly import SOCKET_DIR
+
+pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
+
+RUN_AND_WATCH = """
+import atexit, json, runpy, sys
+atexit.register(lambda: None)  # the run then exits as usual, through the lines below
+from hal9999.process import tmux, tmuxearly
+opened = []  # whether the config had been imported when the pane was opened
+real_open = tmuxearly.open_early
+def open_early(*args):
+    opened.append("hal9999.config" in sys.modules)
+    real_open(*args)
+tmuxearly.open_early = open_early
+clients = []  # the tmux clients the manager ran (after the early one)
+real_run_host = tmux.run_host
+async def run_host(argv, **kw):
+    clients.append([str(arg) for arg in argv])
+    return await real_run_host(argv, **kw)
+tmux.run_host = run_host
+sys.argv = ["hal", *sys.argv[1:]]
+try:
+    runpy.run_module("hal9999", run_name="__main__")
+except SystemExit as exc:
+    sys.stderr.write("\\nexit " + str(exc.code))
+found = {"opened": opened, "clients": clients, "left": tmuxearly._early is not None}
+sys.stderr.write("\\n" + json.dumps(found))
+"""
+
+
+def _run(env: dict[str, str], repo: Path, *argv: str) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, "-c", RUN_AND_WATCH, "run", *argv],
+        cwd=repo, env={**env, "HAL_NO_DAEMON": "1"}, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    *_, status, found = done.stderr.splitlines()
+    assert status in ("exit 0", "exit None"), done.stderr[-2000:]
+    result: dict[str, object] = json.loads(found)
+    return result
+
+
+def _early_files() -> set[str]:
+    return {name for name in os.listdir(SOCKET_DIR) if name.startswith("e-")}
+
+
+def _early_servers(before: set[str]) -> list[int]:
+    """tmux servers of an early socket not in ``before`` (a server keeps the argv of the
+    client that forked it, which names its first socket)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        named = [arg for arg in argv if arg.startswith(os.fsencode(SOCKET_DIR) + b"/e-")]
+        if comm == "tmux: server" and any(os.path.basename(a) not in before for a in named):
+            found.append(int(pid))
+    return found
+
+
+def test_the_run_claims_the_pane_it_opened_while_it_imported(
+    hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    os.makedirs(SOCKET_DIR, mode=0o700, exist_ok=True)
+    before = _early_files()
+    env = {**hal_env, "HAL_TEST_NOT_FORWARDED": "hal-only-9f2c"}
+    agent = "sh -c 'env; test -n \"$GIVEN\"' {{prompt_file}}"
+    found = _run({**env, "GIVEN": "given-5e1a"}, demo_repo, "--agent", agent, "--env", "GIVEN", "x")
+    assert found["opened"] == [False]  # before the config (and the rest) was imported
+    clients = found["clients"]
+    assert isinstance(clients, list)
+    # The run's session is the early pane, renamed: no tmux server started on its path.
+    assert not [argv for argv in clients if "start-server" in argv], clients
+    assert [argv for argv in clients if "rename-session" in argv], clients
+    assert found["left"] is False
+    assert _early_files() <= before  # its socket and FIFO renamed or removed
+    # The pane's command had the run's environment, never hal's own (only the run's
+    # variables come through the FIFO; the server's global environment is empty).
+    (session,) = Path(hal_env["HAL_HOME"], "sessions").iterdir()
+    log = (session / "agent.log").read_text()
+    assert "GIVEN=" in log
+    assert "hal-only-9f2c" not in log and "HAL_TEST_NOT_FORWARDED" not in log
+
+
+def test_a_pane_no_run_claims_ends_with_the_run(hal_env: dict[str, str], demo_repo: Path) -> None:
+    # The config names another process manager: the pane, opened before the config was
+    # read, is let go at the end: its supervisor reads its FIFO's end, its server ends.
+    config = Path(hal_env["XDG_CONFIG_HOME"], "hal9999", "config.toml")
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text('process_manager = "direct"\n')
+    os.makedirs(SOCKET_DIR, mode=0o700, exist_ok=True)
+    before = _early_files()
+    found = _run(hal_env, demo_repo, "--agent", "true {{prompt_file}}", "x")
+    assert found["opened"] == [False]
+    assert found["clients"] == []  # direct ran it
+    assert found["left"] is False
+    assert _early_files() <= before
+    deadline = time.monotonic() + 20
+    while _early_servers(before):
+        assert time.monotonic() < deadline, "the unclaimed pane's server outlived the run"
+        time.sleep(0.05)
+
+
+def test_no_pane_is_opened_for_another_process_manager(
+    hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    argv = ("--agent", "true {{prompt_file}}", "--process-manager", "direct", "x")
+    assert _run(hal_env, demo_repo, *argv)["opened"] == []
