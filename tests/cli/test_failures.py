@@ -163,18 +163,21 @@ def test_kill_9_then_list_tells_truth_and_stop_cleans(
 
 
 def supervisor_of(task: dict[str, object]) -> int | None:
-    """The pid of the supervisor of the task's agent (it records the agent's exit status)."""
-    log = str(Path(str(task["session_dir"]), "agent.log")).encode()
+    """The pid of the supervisor of the task's agent (it records the agent's exit status):
+    the one writing the task's log (a warm pane's names only its FIFO in its argv)."""
+    log = str(Path(str(task["session_dir"]), "agent.log"))
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            # Not the tmux server, whose command line holds the supervisor's too.
+            if not any(b"process.supervisor" in arg for arg in argv[:5]):
+                continue
+            fds = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
         except OSError:
             continue
-        # Not the tmux server, whose command line holds the supervisor's too.
-        ours = any(b"process.supervisor" in arg for arg in argv[:5]) and b"--log" in argv
-        if ours and argv[argv.index(b"--log") + 1] == log:
+        if log in fds:
             return int(pid)
     return None
 

@@ -44,11 +44,11 @@ sys.stderr.write("\\n" + json.dumps(found))
 """
 
 
-def _run(env: dict[str, str], repo: Path, *argv: str) -> dict[str, object]:
+def _run(env: dict[str, str], repo: Path, *argv: str, daemonless: bool = True) -> dict[str, object]:
+    more = {"HAL_NO_DAEMON": "1"} if daemonless else {}
     done = subprocess.run(
         [sys.executable, "-c", RUN_AND_WATCH, "run", *argv],
-        cwd=repo, env={**env, "HAL_NO_DAEMON": "1"}, capture_output=True, text=True,
-        timeout=120,
+        cwd=repo, env={**env, **more}, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     *_, status, found = done.stderr.splitlines()
     assert status in ("exit 0", "exit None"), done.stderr[-2000:]
@@ -124,3 +124,15 @@ def test_no_pane_is_opened_for_another_process_manager(
 ) -> None:
     argv = ("--agent", "true {{prompt_file}}", "--process-manager", "direct", "x")
     assert _run(hal_env, demo_repo, *argv)["opened"] == []
+
+
+def test_a_run_with_no_daemon_running_claims_one_too(
+    hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    # Without HAL_NO_DAEMON: no daemon runs for the home, so the run is this process's.
+    found = _run(hal_env, demo_repo, "--agent", "true {{prompt_file}}", "x", daemonless=False)
+    assert found["opened"] == [False]
+    clients = found["clients"]
+    assert isinstance(clients, list)
+    assert [argv for argv in clients if "rename-session" in argv], clients
+    assert not [argv for argv in clients if "start-server" in argv], clients

@@ -9,7 +9,7 @@ command (:mod:`hal9999.cli.run`) comes here for every other form.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from hal9999.cli.app import (
@@ -68,15 +68,16 @@ def open_early_pane(args: RunArgs) -> bool:
     import shutil
     from pathlib import Path
 
-    from hal9999.cli.thin_config import no_daemon
     from hal9999.errors import HalError
 
     manager = args.process_manager or os.environ.get("HAL_PROCESS_MANAGER") or "tmux"
+    if args.detach or manager != "tmux":
+        return False  # a runner process of its own, or another manager
     try:
-        if args.detach or manager != "tmux" or not no_daemon(os.environ):
-            return False  # a runner process of its own, another manager, or the daemon's run
-    except HalError:
-        return False  # the full path says what is wrong with HAL_NO_DAEMON
+        if not _in_process(os.environ):
+            return False
+    except (HalError, OSError):
+        return False  # the full path says what is wrong
     tmux = shutil.which("tmux")  # as the manager finds it (a pane of another is let go)
     if tmux is None:
         return False
@@ -85,6 +86,21 @@ def open_early_pane(args: RunArgs) -> bool:
 
     open_early(tmux, trusted_program(Path(NO_UTMP_BUILT)))
     return True
+
+
+def _in_process(environ: Mapping[str, str]) -> bool:
+    """Whether the run will be this process's: ``HAL_NO_DAEMON``, or no daemon runs for the
+    home the defaults and ``HAL_*`` variables name (with a config file, not known here)."""
+    from hal9999.cli.daemon_run import simple_config
+    from hal9999.cli.thin_config import no_daemon
+    from hal9999.workdir import current_path
+
+    if no_daemon(environ):
+        return True
+    from hal9999.server.runtime import find_running  # the thin path's, imported already
+
+    found = simple_config(environ, current_path())
+    return found is not None and find_running(str(found[0]["home"])) is None
 
 
 def _prepare(args: RunArgs, pending: Uncommitted) -> tuple[App, RunRequest, TaskAPI]:
