@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.process.test_tmux_prestart import servers
 
 from hal9999.process.tmuxearly import SOCKET_DIR
 
@@ -23,10 +24,12 @@ import atexit, json, runpy, sys
 atexit.register(lambda: None)  # the run then exits as usual, through the lines below
 from hal9999.process import tmux, tmuxearly
 opened = []  # whether the config had been imported when the pane was opened
+sockets = []  # the early server's socket
 real_open = tmuxearly.open_early
 def open_early(*args):
     opened.append("hal9999.config" in sys.modules)
     real_open(*args)
+    sockets.append(tmuxearly._early.socket)
 tmuxearly.open_early = open_early
 clients = []  # the tmux clients the manager ran (after the early one)
 real_run_host = tmux.run_host
@@ -39,7 +42,8 @@ try:
     runpy.run_module("hal9999", run_name="__main__")
 except SystemExit as exc:
     sys.stderr.write("\\nexit " + str(exc.code))
-found = {"opened": opened, "clients": clients, "left": tmuxearly._early is not None}
+found = {"opened": opened, "clients": clients, "left": tmuxearly._early is not None,
+         "sockets": sockets}
 sys.stderr.write("\\n" + json.dumps(found))
 """
 
@@ -58,22 +62,6 @@ def _run(env: dict[str, str], repo: Path, *argv: str, daemonless: bool = True) -
 
 def _early_files() -> set[str]:
     return {name for name in os.listdir(SOCKET_DIR) if name.startswith("e-")}
-
-
-def _early_servers(before: set[str]) -> list[int]:
-    """tmux servers of an early socket not in ``before`` (a server keeps the argv of the
-    client that forked it, which names its first socket)."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            comm = Path(f"/proc/{pid}/comm").read_text().strip()
-        except OSError:
-            continue
-        named = [arg for arg in argv if arg.startswith(os.fsencode(SOCKET_DIR) + b"/e-")]
-        if comm == "tmux: server" and any(os.path.basename(a) not in before for a in named):
-            found.append(int(pid))
-    return found
 
 
 def test_the_run_claims_the_pane_it_opened_while_it_imported(
@@ -113,8 +101,10 @@ def test_a_pane_no_run_claims_ends_with_the_run(hal_env: dict[str, str], demo_re
     assert found["clients"] == []  # direct ran it
     assert found["left"] is False
     assert _early_files() <= before
+    sockets = found["sockets"]
+    assert isinstance(sockets, list) and len(sockets) == 1
     deadline = time.monotonic() + 20
-    while _early_servers(before):
+    while servers(Path(sockets[0])):
         assert time.monotonic() < deadline, "the unclaimed pane's server outlived the run"
         time.sleep(0.05)
 
