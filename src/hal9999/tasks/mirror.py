@@ -205,9 +205,9 @@ def _current(base: Path, fp: str, session_root: Path, link: bool) -> tuple[Path 
 
 async def _make(base: Path, top: str, fp: str) -> Path:
     """A new snapshot of ``top``, never changed afterwards: git's local copy of its object
-    store (as fast as the per-task copy it replaces), without hal's result branches, then
-    pruned of the loose objects no branch, tag or HEAD reaches; readable by a sandbox's
-    own uid."""
+    store (as fast as the per-task copy it replaces), without hal's result branches nor
+    the objects only they reach (:mod:`unreached`), then pruned of the loose objects no
+    branch, tag or HEAD reaches; readable by a sandbox's own uid."""
     name = f"s-{secrets.token_hex(6)}"
     work = base / f".{name}.tmp"
     try:
@@ -218,14 +218,19 @@ async def _make(base: Path, top: str, fp: str) -> Path:
             what=f"copying {top}",
         )
         results = await git(
-            ["for-each-ref", "--format=%(refname)", RESULTS], cwd=work, what="making a snapshot"
-        )
+            ["for-each-ref", "--format=%(objectname) %(refname)", RESULTS], cwd=work,
+            what="making a snapshot",
+        )  # fmt: skip
         if (work / "HEAD").read_text().startswith(f"ref: {RESULTS}"):  # on a result branch
             commit = await git(["rev-parse", "--verify", "HEAD^{commit}"], cwd=work)
             (work / "HEAD").write_text(f"{commit}\n")
         if results:
-            script = "".join(f"delete {ref}\n" for ref in results.splitlines())
+            tips, refs = zip(*(line.split(" ", 1) for line in results.splitlines()), strict=True)
+            script = "".join(f"delete {ref}\n" for ref in refs)
             await git(["update-ref", "--stdin"], cwd=work, stdin=script.encode())
+            from hal9999.tasks.unreached import drop_only_reached_by  # only with results
+
+            await drop_only_reached_by(work, work / "objects", tips)
         await git(["prune", "--expire=now"], cwd=work, what="making a snapshot")
         await _count_gitlinks(work)
         await asyncio.to_thread(_finish, work, fp)

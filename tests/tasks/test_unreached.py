@@ -1,0 +1,85 @@
+"""The objects only deleted result refs reached, taken out of a copy of a source (stop 48):
+a result's own pack is deleted with no git rewriting anything; a pack holding them among
+the source's own objects is rewritten by one repack, the clean packs left as they are."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.tasks.conftest import git
+
+from hal9999.tasks import unreached
+
+
+@pytest.fixture
+def git_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    original = unreached.git
+
+    async def counted(args: Sequence[str], **kwargs: Any) -> str:
+        calls.append(next(a for a in args if a != "-c" and "=" not in a))
+        return await original(args, **kwargs)
+
+    monkeypatch.setattr(unreached, "git", counted)
+    return calls
+
+
+def _copy_with_a_result(tmp_path: Path, gc: bool) -> tuple[Path, str, str]:
+    """A bare copy of a source whose `hal/x` result was brought back as a pack of its own
+    (and, with ``gc``, packed with the rest by the source's gc); the copy, the result's
+    commit and its file's blob."""
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "README").write_text("hello\n")
+    git(source, "init", "-q", "-b", "main")
+    git(source, "add", "-A")
+    git(source, "commit", "-qm", "init")
+    git(source, "repack", "-a", "-d", "-q")
+    work = tmp_path / "work"
+    git(tmp_path, "clone", "-q", str(source), str(work))
+    (work / "secret.txt").write_text("another task's work\n")
+    git(work, "add", "-A")
+    git(work, "commit", "-qm", "result")
+    git(work, "bundle", "create", "-q", str(tmp_path / "r.bundle"), "main", "^main~1")
+    git(source, "fetch", "-q", str(tmp_path / "r.bundle"), "main:refs/heads/hal/x")
+    if gc:
+        git(source, "gc", "-q")
+    copy = tmp_path / "copy.git"
+    git(tmp_path, "clone", "-q", "--bare", "--no-hardlinks", str(source), str(copy))
+    tip = git(copy, "rev-parse", "hal/x")
+    blob = git(copy, "rev-parse", "hal/x:secret.txt")
+    git(copy, "update-ref", "-d", "refs/heads/hal/x")
+    return copy, tip, blob
+
+
+@pytest.mark.parametrize("gc", [False, True], ids=["own-pack", "packed-with-the-source"])
+def test_only_the_objects_the_results_alone_reach_go(
+    tmp_path: Path, git_calls: list[str], gc: bool
+) -> None:
+    copy, tip, blob = _copy_with_a_result(tmp_path, gc)
+    packs = sorted((copy / "objects" / "pack").glob("*.pack"))
+    assert len(packs) == (1 if gc else 2)
+    asyncio.run(unreached.drop_only_reached_by(copy, copy / "objects", [tip]))
+    assert git_calls == (["rev-list", "repack"] if gc else ["rev-list"])
+    listed = git(copy, "cat-file", "--batch-all-objects", "--batch-check=%(objectname)")
+    assert tip not in listed and blob not in listed
+    assert git(copy, "show", "main:README") == "hello"
+    git(copy, "fsck", "--strict")
+    if not gc:  # the result's pack gone, the source's own one kept as it was
+        [left] = (copy / "objects" / "pack").glob("*.pack")
+        assert left in packs
+
+
+def test_nothing_runs_past_the_listing_when_the_results_reach_nothing_new(
+    tmp_path: Path, git_calls: list[str]
+) -> None:
+    copy, tip, _blob = _copy_with_a_result(tmp_path, False)
+    git(copy, "update-ref", "refs/heads/merged", tip)  # the result was merged
+    before = sorted(p.name for p in (copy / "objects" / "pack").iterdir())
+    asyncio.run(unreached.drop_only_reached_by(copy, copy / "objects", [tip]))
+    assert git_calls == ["rev-list"]
+    assert sorted(p.name for p in (copy / "objects" / "pack").iterdir()) == before
