@@ -59,3 +59,24 @@ def test_a_task_reads_no_other_tasks_result(tmp_path: Path) -> None:
     assert task["status"] == "succeeded" and "second-9c4a2f" in log, log
     assert "first-3b7d1e" not in log
     assert first not in log and "origin/hal/" not in log, log
+
+
+def test_a_task_reads_nothing_the_source_keeps_aside(tmp_path: Path) -> None:
+    """What the source holds but no branch or tag reaches, once its gc packed it with the
+    rest: the operator's stash and a commit dropped from a branch (still in its reflog)."""
+    repo = make_repo(tmp_path)
+    _commit(repo, "dropped-41c9e7")
+    git(repo, "reset", "-q", "--hard", "HEAD~1")
+    (repo / "README").write_text("stashed-8d02b5\n")
+    git(repo, "stash", "-q")
+    git(repo, "checkout", "-q", "--detach")
+    _commit(repo, "detached-0f5b3c")  # a start no snapshot holds: a whole clone
+    start = git(repo, "rev-parse", "HEAD")
+    git(repo, "checkout", "-q", "main")
+    subprocess.run(["git", "gc", "-q"], cwd=repo, check=True)
+    task, log = _run(tmp_path, repo, LOOK)
+    assert task["status"] == "succeeded" and "hello" in log, log
+    assert "dropped-41c9e7" not in log and "stashed-8d02b5" not in log
+    task, log = _run(tmp_path, repo, LOOK, "--ref", start)
+    assert task["status"] == "succeeded" and "detached-0f5b3c" in log, log
+    assert "dropped-41c9e7" not in log and "stashed-8d02b5" not in log

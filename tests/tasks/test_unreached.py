@@ -12,19 +12,19 @@ from typing import Any
 import pytest
 from tests.tasks.conftest import git
 
-from hal9999.tasks import unreached
+from hal9999.tasks import gitrepo, unreached
 
 
 @pytest.fixture
 def git_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
-    original = unreached.git
+    original = gitrepo.git
 
     async def counted(args: Sequence[str], **kwargs: Any) -> str:
         calls.append(next(a for a in args if a != "-c" and "=" not in a))
         return await original(args, **kwargs)
 
-    monkeypatch.setattr(unreached, "git", counted)
+    monkeypatch.setattr(gitrepo, "git", counted)
     return calls
 
 

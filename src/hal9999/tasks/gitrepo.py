@@ -365,10 +365,10 @@ async def clone(
             cwd=dest,
             what="hiding the source",
         )
-    if not written and source.kind == "local":
+    if borrow is None and source.kind == "local":  # a snapshot is left clean already
         from hal9999.tasks.unreached import hide_remote_results
 
-        await hide_remote_results(dest, here)
+        await hide_remote_results(dest, here, location)
     if not head:
         head = await asyncio.to_thread(gitdir.drop_reflogs, git_dir, branch)
     if head:

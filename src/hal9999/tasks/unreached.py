@@ -24,7 +24,8 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from hal9999.tasks.gitrepo import git
+from hal9999.errors import RepoError
+from hal9999.tasks import gitrepo
 
 _PACK_FILES = (".pack", ".idx", ".rev", ".bitmap", ".keep", ".promisor", ".mtimes")
 
@@ -37,7 +38,7 @@ async def drop_only_reached_by(
     the refs naming ``tips`` first. ``config``: options before git's command."""
     if not tips:
         return
-    listed = await git(
+    listed = await gitrepo.git(
         [*config, "rev-list", "--objects", "--no-object-names", "--stdin", "--not", "--all"],
         cwd=repo, stdin="".join(f"{tip}\n" for tip in tips).encode(),
         what="leaving other tasks' results out",
@@ -48,10 +49,33 @@ async def drop_only_reached_by(
     mixed, clean = await asyncio.to_thread(_drop, objects, only)
     if mixed:
         keep = [f"--keep-pack={name}" for name in clean]
-        await git(
+        await gitrepo.git(
             [*config, "repack", "-a", "-d", "-q", "--no-write-bitmap-index", *keep],
             cwd=repo, what="leaving other tasks' results out",
         )  # fmt: skip
+
+
+async def kept_aside(top: str) -> list[str] | None:
+    """The commits the source ``top`` keeps outside its branches and tags, which its local
+    copy has the objects of but no ref to: other refs' (the operator's stash,
+    ``refs/hal-incoming/...``, its own remote-tracking branches) and every reflog's entries
+    (the stash's older ones, a commit dropped or amended). None when git cannot tell."""
+    try:
+        listed = await gitrepo.git(
+            ["-c", f"safe.directory={top}", "rev-list", "--no-walk", "--reflog",
+             "--exclude=refs/heads/*", "--exclude=refs/tags/*", "--all"],
+            cwd=Path(top), what="leaving what no branch reaches out",
+        )  # fmt: skip
+    except RepoError:
+        return None
+    return listed.split()
+
+
+async def drop_unreachable(repo: Path, config: Sequence[str] = ()) -> None:
+    """Remove from ``repo`` every packed object its refs and HEAD do not reach (one
+    ``repack -a -d``: a walk of the whole store), for when the tips are not known."""
+    await gitrepo.git([*config, "repack", "-a", "-d", "-q", "--no-write-bitmap-index"], cwd=repo,
+              what="leaving what no branch reaches out")  # fmt: skip
 
 
 def _drop(objects: Path, only: set[bytes]) -> tuple[bool, list[str]]:
@@ -125,17 +149,21 @@ REMOTE_RESULTS = "refs/remotes/origin/hal/"
 """Where a whole clone of a local source keeps the source's result branches."""
 
 
-async def hide_remote_results(dest: Path, config: Sequence[str]) -> None:
+async def hide_remote_results(dest: Path, config: Sequence[str], top: str) -> None:
     """Delete a fresh whole clone's remote-tracking refs of hal's result branches (another
     task's result, another hive agent's branch, each by its name under ``origin/hal/``) and
-    the objects only they reach. ``config``: options before git's command."""
+    the objects only they, or what the source ``top`` keeps aside (:func:`kept_aside`),
+    reach. ``config``: options before git's command."""
     found = await asyncio.to_thread(_remote_results, dest / ".git")
-    if not found:
+    if found:
+        script = "".join(f"delete {ref}\n" for _tip, ref in found)
+        await gitrepo.git([*config, "update-ref", "--stdin"], cwd=dest, stdin=script.encode(),
+                  what="leaving other tasks' results out")  # fmt: skip
+    aside = await kept_aside(top)
+    if aside is None:
+        await drop_unreachable(dest, config)
         return
-    script = "".join(f"delete {ref}\n" for _tip, ref in found)
-    await git([*config, "update-ref", "--stdin"], cwd=dest, stdin=script.encode(),
-              what="leaving other tasks' results out")  # fmt: skip
-    tips = sorted({tip for tip, _ref in found})
+    tips = sorted({tip for tip, _ref in found} | set(aside))
     await drop_only_reached_by(dest, dest / ".git" / "objects", tips, config)
 
 
