@@ -5,27 +5,15 @@ the source's own objects is rewritten by one repack, the clean packs left as the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
-from tests.tasks.conftest import git
+from tests.tasks.conftest import git, make_repo
+from tests.tasks.test_clone_processes import git_calls
 
-from hal9999.tasks import gitrepo, unreached
+from hal9999.tasks import unreached
 
-
-@pytest.fixture
-def git_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    calls: list[str] = []
-    original = gitrepo.git
-
-    async def counted(args: Sequence[str], **kwargs: Any) -> str:
-        calls.append(next(a for a in args if a != "-c" and "=" not in a))
-        return await original(args, **kwargs)
-
-    monkeypatch.setattr(gitrepo, "git", counted)
-    return calls
+__all__ = ["git_calls"]  # the fixture these tests take
 
 
 def _copy_with_a_result(tmp_path: Path, gc: bool) -> tuple[Path, str, str]:
@@ -33,11 +21,7 @@ def _copy_with_a_result(tmp_path: Path, gc: bool) -> tuple[Path, str, str]:
     (and, with ``gc``, packed with the rest by the source's gc); the copy, the result's
     commit and its file's blob."""
     source = tmp_path / "source"
-    source.mkdir()
-    (source / "README").write_text("hello\n")
-    git(source, "init", "-q", "-b", "main")
-    git(source, "add", "-A")
-    git(source, "commit", "-qm", "init")
+    make_repo(source, {"README": "hello\n"})
     git(source, "repack", "-a", "-d", "-q")
     work = tmp_path / "work"
     git(tmp_path, "clone", "-q", str(source), str(work))
