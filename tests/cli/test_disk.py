@@ -167,3 +167,29 @@ def test_serve_detach_on_a_full_disk_is_not_told_an_earlier_daemons_error(
     assert "the disk holding hal's home is full" in line, line
     assert "earlier mistake" not in line, line
     (small_home / "filler").unlink()
+
+
+def test_a_disk_out_of_files_ends_the_task_cleanly(hal: Hal, hal_env: dict[str, str]) -> None:
+    """An agent's empty files take no space the disk limit or the free-space guard see,
+    but an inode each: it filled the disk of hal's home (stop 48), and ran on."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs as HAL_HOME needs root")
+    home = Path(hal_env["HAL_HOME"])
+    home.mkdir(parents=True)
+    options = "size=256m,nr_inodes=6000"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(home)], check=True)
+    try:
+        many = (
+            "sh -c 'echo kept > kept.txt; mkdir many; i=0; "
+            "while : > many/f$i 2>/dev/null; do i=$((i+1)); done; sleep 60; echo ran-on'"
+        )
+        out = hal("run", "--agent", many, "x", "--json")
+        assert "Traceback" not in out.stderr + out.stdout, out.stderr
+        [task] = tasks_json(hal)
+        assert task["status"] == "failed" and task["error_code"] == "disk_full", task
+        assert "inodes" in task["error_message"], task
+        log = Path(task["session_dir"], "agent.log").read_text()
+        assert "ran-on" not in log, "the agent was not stopped"
+        assert_no_leftovers(task)
+    finally:
+        subprocess.run(["umount", "-l", str(home)], check=False)

@@ -41,6 +41,12 @@ BALLAST_BYTES = 4 << 20
 """Reserved in hal's home: room to record a task's end and clean up on a full disk."""
 FULL_BELOW_BYTES = 1 << 20
 """Less free space than this on the disk of hal's home counts as full."""
+FULL_BELOW_FILES = 1024
+FULL_BELOW_FILES_SHARE = 0.005
+"""Fewer free inodes than this share of the filesystem's (and never fewer than
+:data:`FULL_BELOW_FILES`) on the disk of hal's home counts as full too: a file takes one
+whatever its size, and an agent's millions of empty files (stop 48) fill a disk that no
+byte count (``du``, free space) sees filling."""
 
 
 @cache
@@ -166,7 +172,7 @@ def release_if_full(home: Path) -> None:
     """Give up the reserve in ``home`` when its disk is full, so hal can still open its store
     (even a read needs room for SQLite's shared-memory file) and say what is wrong."""
     with contextlib.suppress(OSError):
-        if free_bytes(home) < FULL_BELOW_BYTES:
+        if full_of(home) is not None:
             Ballast(home).release()
 
 
@@ -174,6 +180,18 @@ def free_bytes(path: Path) -> int:
     """Space an unprivileged writer still has on the filesystem of ``path``."""
     info = os.statvfs(path)
     return info.f_bavail * info.f_frsize
+
+
+def full_of(path: Path) -> str | None:
+    """What the filesystem of ``path`` is full of ("space", "files"), or None; a filesystem
+    that counts no inodes (``f_files`` 0: btrfs) is never full of files."""
+    info = os.statvfs(path)
+    if info.f_bavail * info.f_frsize < FULL_BELOW_BYTES:
+        return "space"
+    least = max(FULL_BELOW_FILES, int(info.f_files * FULL_BELOW_FILES_SHARE))
+    if info.f_files and info.f_favail < least:
+        return "files"
+    return None
 
 
 class DiskWatchdog:
@@ -199,15 +217,22 @@ class DiskWatchdog:
     async def check(self) -> None:
         """:class:`DiskFull` or :class:`DiskLimitExceeded` when the task must stop."""
         try:
-            full = free_bytes(self.home) < FULL_BELOW_BYTES
+            full = full_of(self.home)
         except OSError:
-            full = False
-        if full:
+            full = None
+        if full == "space":
             self.ballast.release()
             raise DiskFull(
                 f"the disk holding hal's home ({self.home}) is full; the task was stopped",
                 hint="free space there (the task's session is kept), or lower disk_mb under "
                 "[resources] so a task stops before the disk fills",
+            )
+        if full == "files":
+            self.ballast.release()
+            raise DiskFull(
+                f"the disk holding hal's home ({self.home}) has almost no files (inodes) "
+                "left; the task was stopped",
+                hint="remove files there (a task's session may hold many: `hal task rm`)",
             )
         if self.sandbox is None or time.monotonic() < self._due:
             return
