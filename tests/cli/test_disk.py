@@ -191,5 +191,13 @@ def test_a_disk_out_of_files_ends_the_task_cleanly(hal: Hal, hal_env: dict[str, 
         log = Path(task["session_dir"], "agent.log").read_text()
         assert "ran-on" not in log, "the agent was not stopped"
         assert_no_leftovers(task)
+        # With no inode left at all, a store that cannot open says why, in one line (it
+        # said to check that HAL_HOME is writable and not on a network filesystem).
+        with contextlib.suppress(OSError):
+            for n in range(10**6):
+                (home / f"filler{n}").touch()
+        out = hal("task", "list")
+        assert out.returncode == 10, out.stderr
+        assert "the disk holding it is full" in one_error_line(out), out.stderr
     finally:
         subprocess.run(["umount", "-l", str(home)], check=False)

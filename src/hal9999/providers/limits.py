@@ -41,7 +41,7 @@ BALLAST_BYTES = 4 << 20
 """Reserved in hal's home: room to record a task's end and clean up on a full disk."""
 FULL_BELOW_BYTES = 1 << 20
 """Less free space than this on the disk of hal's home counts as full."""
-FULL_BELOW_FILES = 1024
+FULL_BELOW_FILES = 64
 FULL_BELOW_FILES_SHARE = 0.005
 """Fewer free inodes than this share of the filesystem's (and never fewer than
 :data:`FULL_BELOW_FILES`) on the disk of hal's home counts as full too: a file takes one
