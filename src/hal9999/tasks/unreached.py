@@ -105,7 +105,8 @@ def _drop(objects: Path, only: set[bytes]) -> tuple[bool, list[str]]:
             for suffix in _PACK_FILES:
                 (pack_dir / f"{base}{suffix}").unlink(missing_ok=True)
         else:
-            mixed = True
+            mixed = True  # rewritten by the repack, which a .keep would stop
+            (pack_dir / f"{base}.keep").unlink(missing_ok=True)
     return mixed, clean
 
 
