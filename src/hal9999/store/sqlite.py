@@ -60,15 +60,14 @@ def close_open_stores() -> None:
 
 
 def no_room(directory: Path) -> bool:
-    """Whether the filesystem of ``directory`` has (next to) no space, or no inode (a file
-    takes one whatever its size), left for this user."""
+    """Whether the filesystem of ``directory`` has (next to) no space, or no inode (an
+    agent's empty files take one each), left for this user."""
     try:
         st = os.statvfs(directory)
     except OSError:
         return False
     root = os.geteuid() == 0
-    free = st.f_bfree if root else st.f_bavail
-    files = st.f_ffree if root else st.f_favail
+    free, files = (st.f_bfree, st.f_ffree) if root else (st.f_bavail, st.f_favail)
     return free * st.f_frsize < 64 * 1024 or (st.f_files > 0 and files < 16)
 
 
