@@ -316,8 +316,9 @@ async def clone(
             dies_with_hal=True,
         )
     # dest itself may already belong to the sandbox's own uid (hal as root); what is in it
-    # was just made by this clone, so host git may work there.
-    here = ["-c", f"safe.directory={dest}"]
+    # was just made by this clone, so host git may work there. By its real path, the one git
+    # judges: a HAL_HOME behind a symlink made every task as root "dubious ownership".
+    here = ["-c", f"safe.directory={os.path.realpath(dest)}"]
     if ref:
         for candidate in (ref, f"origin/{ref}"):
             try:
