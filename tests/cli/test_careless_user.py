@@ -1,13 +1,15 @@
-"""What a careless or hurried user does to hal (a home behind a symlink, ...) ends in the
+"""What a careless or hurried user does to hal (a home behind a symlink, a stuck daemon) ends in the
 task's work or in one clear line and the documented status, never a failure hal made."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, git
+from tests.cli.conftest import Hal, git, one_error_line
 
 
 @pytest.mark.bwrap
@@ -26,3 +28,24 @@ def test_a_hal_home_behind_a_symlink_runs_tasks(
     task = json.loads(out.stdout)
     assert (out.returncode, task["status"]) == (0, "succeeded"), task["error_message"]
     assert "a + b" in git(demo_repo, "show", f"hal/{task['id']}:calc.py")
+
+
+@pytest.mark.slow
+def test_status_of_a_stuck_daemon_says_so_rather_than_wait_forever(
+    hal: Hal, hal_env: dict[str, str]
+) -> None:
+    # A daemon stopped (Ctrl-Z in its terminal, SIGSTOP) or stuck: `hal status`, the command
+    # every daemon error's hint names, waited for its answer without end.
+    assert hal("serve", "--detach").returncode == 0
+    pid = json.loads(Path(hal_env["HAL_HOME"], "run", "serve.json").read_text())["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        out = hal("status", "--json", timeout=40)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        hal("serve", "--stop")
+    assert out.returncode == 1
+    line = one_error_line(out)
+    assert f"the hal daemon (pid {pid}) did not answer in 10 s" in line
+    assert "hal serve --stop" in line
+    assert json.loads(out.stdout)["error"]["code"] == "daemon_unavailable"

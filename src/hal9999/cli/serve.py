@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from hal9999.dashboard.tls import ListenAddress
 
 START_TIMEOUT_S = 30.0
+STATUS_TIMEOUT_S = 10.0
+"""How long ``hal status`` waits for the daemon's answer (a few ms when it is well)."""
 START_POLL_S = 0.01
 """How often ``--detach`` looks for the daemon's info file: its wait ends this long at
 most after the daemon is up (it was 50 ms: 25 ms of every detach on average; a look is a
@@ -211,7 +213,9 @@ def status(as_json: bool) -> None:
         else:
             click.echo("hal serve is not running (start it with `hal serve --detach`)")
         sys.exit(1)
-    data = client.request("GET", "/v1/status")  # blocking: no event loop for one request
+    # Blocking: no event loop for one request. Bounded: the command a stuck daemon's user
+    # reaches for (the hints say `hal status`) waited for it without end.
+    data = client.request("GET", "/v1/status", timeout_s=STATUS_TIMEOUT_S)
     if as_json:
         emit_json({"up": True, **data})
         return
