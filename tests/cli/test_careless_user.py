@@ -1,5 +1,6 @@
-"""What a careless or hurried user does to hal (a home behind a symlink, a stuck daemon) ends in the
-task's work or in one clear line and the documented status, never a failure hal made."""
+"""What a careless or hurried user does to hal (a home behind a symlink, a stuck daemon, an
+attach from no terminal) ends in the task's work or in one clear line and the documented
+status, never a failure hal made."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from tests.cli.conftest import Hal, git, one_error_line
+from tests.cli.test_failures import wait_for_status
 
 
 @pytest.mark.bwrap
@@ -49,3 +51,21 @@ def test_status_of_a_stuck_daemon_says_so_rather_than_wait_forever(
     assert f"the hal daemon (pid {pid}) did not answer in 10 s" in line
     assert "hal serve --stop" in line
     assert json.loads(out.stdout)["error"]["code"] == "daemon_unavailable"
+
+
+@pytest.mark.bwrap
+@pytest.mark.tmux
+def test_attach_without_a_terminal_says_so_in_one_line(hal: Hal) -> None:
+    # `hal task attach ID` from a script, an editor's task runner or `< /dev/null`: tmux's
+    # own "open terminal failed: not a terminal" and exit 1, no hal line, no way on.
+    out = hal("run", "--detach", "--json", "--agent", "sh -c 'sleep 60' {{prompt_file}}", "wait")
+    task_id = json.loads(out.stdout)["id"]
+    try:
+        wait_for_status(hal, "running")
+        out = hal("task", "attach", task_id)  # stdin is /dev/null
+    finally:
+        hal("task", "cancel", task_id)
+    assert out.returncode == 2
+    line = one_error_line(out)
+    assert "hal task attach needs a terminal" in line
+    assert f"hal task logs -f {task_id}" in line

@@ -27,7 +27,7 @@ from hal9999.cli.main import (
 from hal9999.cli.options import json_option
 from hal9999.cli.render import task_json
 from hal9999.cli.task_group import task
-from hal9999.errors import ProcessError, TaskStateError
+from hal9999.errors import ProcessError, TaskStateError, UsageError
 from hal9999.tasks.alive import waits_for_runner
 from hal9999.tasks.session import Session
 from hal9999.tasks.state import ACTIVE, TaskStatus
@@ -187,6 +187,11 @@ def attach(task_id: str) -> None:
         raise TaskStateError(
             f"task {record.id} is {record.status}, there is nothing to attach to",
             hint=f"read its output with `hal task logs {record.id}`",
+        )
+    if not os.isatty(0):  # else tmux's own "open terminal failed: not a terminal", exit 1
+        raise UsageError(
+            "hal task attach needs a terminal, and its standard input is not one",
+            hint=f"run it in a terminal, or follow the output with `hal task logs -f {record.id}`",
         )
     from hal9999.process.registry import load_process_manager
     from hal9999.spec import ArgvCommand
