@@ -1,6 +1,6 @@
 """What a careless or hurried user does to hal (a home behind a symlink, a stuck daemon, an
-attach from no terminal) ends in the task's work or in one clear line and the documented
-status, never a failure hal made."""
+attach from no terminal, an empty ``--repo``) ends in the task's work or in one clear line and
+the documented status, never a failure hal made."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, git, one_error_line
+from tests.cli.conftest import Hal, git, no_sessions, one_error_line
 from tests.cli.test_failures import wait_for_status
 
 
@@ -69,3 +69,16 @@ def test_attach_without_a_terminal_says_so_in_one_line(hal: Hal) -> None:
     line = one_error_line(out)
     assert "hal task attach needs a terminal" in line
     assert f"hal task logs -f {task_id}" in line
+
+
+@pytest.mark.parametrize("form", [("--repo", ""), ("--repo=",)])
+def test_an_empty_repo_is_refused_not_read_as_the_current_one(
+    hal: Hal, hal_env: dict[str, str], form: tuple[str, ...]
+) -> None:
+    # `hal run --repo "$REPO"` with REPO unset: the agent worked on whatever repository the
+    # shell stood in, and the task succeeded there.
+    out = hal("run", "--json", *form, "--agent", "true {{prompt_file}}", "x")
+    assert out.returncode == 4
+    assert "hal: error: --repo is empty (" in one_error_line(out)
+    assert json.loads(out.stdout)["error"]["code"] == "repo_invalid"
+    assert no_sessions(hal_env)

@@ -167,6 +167,12 @@ def resolve_source_blocking(repo: str | None, cwd: Path) -> RepoSource:
 
 def _source_or_path(repo: str | None, cwd: Path) -> RepoSource | Path:
     """A URL's source, or the existing directory a local ``--repo`` (or ``cwd``) names."""
+    if repo == "":  # `--repo "$REPO"` with REPO unset: the task ran on the current directory
+        raise RepoError(
+            "--repo is empty",
+            hint="pass --repo with a path to a git repository or a git URL, or leave it out "
+            "to use the current repository",
+        )
     if repo and _URL.match(repo):
         _refuse_credentials(repo)
         return RepoSource("url", repo)
