@@ -1,6 +1,6 @@
 """What a careless or hurried user does to hal (a home behind a symlink, a stuck daemon, an
-attach from no terminal, an empty ``--repo``) ends in the task's work or in one clear line and
-the documented status, never a failure hal made."""
+attach from no terminal, an empty ``--repo``, a daemon killed under a run) ends in the task's
+work or in one clear line and the documented status, never a failure hal made."""
 
 from __future__ import annotations
 
@@ -12,6 +12,10 @@ from pathlib import Path
 import pytest
 from tests.cli.conftest import Hal, git, no_sessions, one_error_line
 from tests.cli.test_failures import wait_for_status
+
+from hal9999.cli import daemon_run
+from hal9999.server import client
+from hal9999.server.client import DaemonUnavailable
 
 
 @pytest.mark.bwrap
@@ -82,3 +86,28 @@ def test_an_empty_repo_is_refused_not_read_as_the_current_one(
     assert "hal: error: --repo is empty (" in one_error_line(out)
     assert json.loads(out.stdout)["error"]["code"] == "repo_invalid"
     assert no_sessions(hal_env)
+
+
+class _GoneDaemon:
+    """A daemon client whose daemon was killed (-9) while its task ran."""
+
+    def request(self, *args: object, **kwargs: object) -> object:
+        raise DaemonUnavailable("cannot reach the hal daemon at x.sock: Connection refused")
+
+
+def test_a_run_whose_daemon_died_says_so_and_names_its_task(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `hal run` through a daemon killed mid-task: a minute without a word, then "cannot
+    # reach the hal daemon", naming neither the task nor that its work is still to be had.
+    monkeypatch.setattr(client, "RECONNECT_S", 0.0)
+    monkeypatch.setattr(daemon_run.time, "sleep", lambda s: None)
+    with pytest.raises(DaemonUnavailable) as raised:
+        daemon_run.see_through(_GoneDaemon(), "ab12cd34", None, None)  # type: ignore[arg-type]
+    err = capsys.readouterr().err
+    assert err.count("hal: note: the hal daemon went away; waiting up to 0 s") == 1
+    assert "task ab12cd34 goes on without it" in err
+    error = raised.value
+    assert "went away while task ab12cd34 ran" in str(error) and "Connection refused" in str(error)
+    assert error.hint is not None and "hal serve --detach" in error.hint
+    assert "hal task show ab12cd34" in error.hint

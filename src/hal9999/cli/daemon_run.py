@@ -388,12 +388,21 @@ def see_through(
         query = {"after_seq": after_seq, "wait": FOLLOW_WAIT_S, "wake": "agent"}
         try:
             page = client.request("GET", f"/v1/tasks/{task_id}/events", query=query)
-        except DaemonUnavailable:
-            # A restarting daemon (it adopts running agents): keep following a while.
+        except DaemonUnavailable as exc:
+            # A restarting daemon (it adopts running agents): keep following a while, saying
+            # so (a minute of silence looked like a hang), then name the task to go back to.
             now = time.monotonic()
-            gone_since = gone_since or now
+            if gone_since is None:
+                gone_since = now
+                echo(f"hal: note: the hal daemon went away; waiting up to {RECONNECT_S:g} s for "
+                     f"it to come back (task {task_id} goes on without it)", err=True)  # fmt: skip
             if now - gone_since > RECONNECT_S:
-                raise
+                raise DaemonUnavailable(
+                    f"the hal daemon went away while task {task_id} ran and did not come back"
+                    f" ({exc})",
+                    hint=f"start it with `hal serve --detach`: it brings the task's work back;"
+                    f" then `hal task show {task_id}`",
+                ) from exc
             time.sleep(0.5)
             continue
         gone_since = None
