@@ -1,12 +1,16 @@
 """What a careless or hurried user does to hal (a home behind a symlink, a stuck daemon, an
-attach from no terminal, an empty ``--repo``, a daemon killed under a run) ends in the task's
-work or in one clear line and the documented status, never a failure hal made."""
+attach from no terminal, an empty ``--repo``, a daemon killed under a run, a read-only
+repository) ends in the task's work or in one clear line and the documented status, never a
+failure hal made."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -111,3 +115,26 @@ def test_a_run_whose_daemon_died_says_so_and_names_its_task(
     assert "went away while task ab12cd34 ran" in str(error) and "Connection refused" in str(error)
     assert error.hint is not None and "hal serve --detach" in error.hint
     assert "hal task show ab12cd34" in error.hint
+
+
+@pytest.mark.bwrap
+@pytest.mark.tmux
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bwrap for a read-only mount")
+def test_a_read_only_repository_says_where_the_work_is(
+    hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    # A checkout on a read-only mount: the result's fetch failed, saying where the work is
+    # safe, and the clean-up of its private ref failed too, in its place: the line said only
+    # "dropping the private ref failed", and not where the finished work was.
+    argv = [str(shutil.which("bwrap")), "--dev-bind", "/", "/",
+            "--ro-bind", str(demo_repo), str(demo_repo), "--chdir", str(demo_repo),
+            sys.executable, "-m", "hal9999",
+            "run", "--json", "--agent", "sh agent.sh {{prompt_file}}", "fix it"]  # fmt: skip
+    out = subprocess.run(argv, env=hal_env, capture_output=True, text=True, timeout=120,
+                         stdin=subprocess.DEVNULL)  # fmt: skip
+    assert out.returncode == 4, out.stderr
+    task = json.loads(out.stdout)
+    assert task["error_code"] == "repo_invalid"
+    assert "Read-only file system" in task["error_message"]
+    assert f"the work is safe in the session: {task['session_dir']}" in task["error_message"]
+    assert "a + b" in Path(task["session_dir"], "result.patch").read_text()

@@ -67,7 +67,7 @@ async def bring_back(
     # its fetch and its move left it, and this landing supersedes it (else it stayed for good).
     drop = Drop(incoming)
     fetched = head != base and quarantine is None
-    landed = False
+    landed = failed = False
     try:
         if head != base:
             env: dict[str, str] | None = None
@@ -84,9 +84,18 @@ async def bring_back(
         brought = await move_branch(repo, session, branch, head, safe, drop, note(task_id), owe)
         landed = True
         return brought
+    except BaseException:
+        failed = True
+        raise
     finally:
         if not drop.done and (fetched or landed):
-            await git(["update-ref", "-d", incoming], cwd=repo, what="dropping the private ref")
+            try:
+                await git(["update-ref", "-d", incoming], cwd=repo, what="dropping the private ref")
+            except RepoError:
+                # Never in place of the error that cut the landing short, which says where
+                # the work is safe: a read-only source failed both, and only this one was said.
+                if not failed:
+                    raise
         if quarantine is not None:
             await asyncio.to_thread(shutil.rmtree, quarantine, True)
 
