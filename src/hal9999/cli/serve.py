@@ -206,6 +206,8 @@ def status(as_json: bool) -> None:
     (``GET /v1/status``: its ``running`` is the list of tasks it runs). ``up`` was
     ``running`` once, which the daemon's list of running tasks overwrote: an idle daemon read
     as down to a script testing it."""
+    from hal9999.server.client import DaemonUnavailable
+
     client = app().daemon()
     if client is None:
         if as_json:
@@ -215,7 +217,17 @@ def status(as_json: bool) -> None:
         sys.exit(1)
     # Blocking: no event loop for one request. Bounded: the command a stuck daemon's user
     # reaches for (the hints say `hal status`) waited for it without end.
-    data = client.request("GET", "/v1/status", timeout_s=STATUS_TIMEOUT_S)
+    client.timeout_s = STATUS_TIMEOUT_S
+    try:
+        data = client.request("GET", "/v1/status")
+    except DaemonUnavailable as exc:
+        if not isinstance(exc.__cause__, TimeoutError):
+            raise
+        raise DaemonUnavailable(
+            f"the hal daemon (pid {client.info.pid}) did not answer in {STATUS_TIMEOUT_S:g} s",
+            hint=f"it may be stuck: stop it with `hal serve --stop` (or kill {client.info.pid})"
+            ", then start it with `hal serve --detach`",
+        ) from exc
     if as_json:
         emit_json({"up": True, **data})
         return

@@ -56,6 +56,7 @@ def error_class(code: str) -> type[HalError]:
 
 class DaemonClient:
     """Calls the daemon's API; errors come back as the :class:`HalError` they were."""
+    timeout_s: float | None = None  # of each step of a blocking request, when set (hal status)
 
     def __init__(self, info: DaemonInfo, token: str) -> None:
         self.info = info
@@ -97,20 +98,9 @@ class DaemonClient:
         path: str,
         body: dict[str, Any] | None = None,
         query: dict[str, Any] | None = None,
-        *,
-        timeout_s: float | None = None,
     ) -> Any:
-        """:meth:`call`, blocking (the thin ``hal run`` client, which runs no event loop);
-        with ``timeout_s``, a daemon that has not answered by then (stopped, stuck) is
-        :class:`DaemonUnavailable` rather than a wait without end."""
-        try:
-            return self.send(method, path, body, query, timeout_s=timeout_s).answer()
-        except TimeoutError as exc:
-            raise DaemonUnavailable(
-                f"the hal daemon (pid {self.info.pid}) did not answer in {timeout_s:g} s",
-                hint=f"it may be stuck: stop it with `hal serve --stop` (or kill {self.info.pid})"
-                ", then start it with `hal serve --detach`",
-            ) from exc
+        """:meth:`call`, blocking (the thin ``hal run`` client, which runs no event loop)."""
+        return self.send(method, path, body, query).answer()
 
     def send(
         self,
@@ -118,28 +108,21 @@ class DaemonClient:
         path: str,
         body: dict[str, Any] | None = None,
         query: dict[str, Any] | None = None,
-        *,
-        timeout_s: float | None = None,
     ) -> Sent:
         """Send one request, blocking; its answer is read by :meth:`Sent.answer`, so the
-        caller can do other work while the daemon handles it (each step within
-        ``timeout_s``, else :class:`TimeoutError`)."""
+        caller can do other work while the daemon handles it."""
         try:
             conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         except OSError as exc:
             raise self._unreachable(exc) from exc
-        conn.settimeout(timeout_s)
+        conn.settimeout(self.timeout_s)
         try:
             try:
                 conn.connect(str(self.info.socket))
-            except TimeoutError:
-                raise
             except OSError as exc:
                 raise self._unreachable(exc) from exc
             try:
                 conn.sendall(self._request_bytes(method, path, body, query))
-            except TimeoutError:
-                raise
             except OSError as exc:
                 raise _closed(exc) from exc
         except BaseException:
@@ -176,15 +159,11 @@ class Sent:
 
     def answer(self) -> Any:
         """The response's JSON, or the :class:`HalError` it carries."""
-        try:
+        with contextlib.closing(self._conn):
             try:
                 status, payload = _receive(self._conn)
-            except TimeoutError:
-                raise
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError) as exc:  # a timeout too: its __cause__
                 raise _closed(exc) from exc
-        finally:
-            self._conn.close()
         return _payload(status, payload)
 
     def close(self) -> None:
