@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,6 +74,27 @@ def test_the_daemons_runs_share_one_tmux_server(served: Hal, home: Path) -> None
     assert set(_panes(home).values()) == {server}
     for task_id in ids[1:]:
         served("task", "cancel", task_id)
+
+
+@pytest.fixture
+def own_tmp(hal_env: dict[str, str]) -> Iterator[Path]:
+    """A private TMPDIR for the test's hal (set before ``served`` starts the daemon): the
+    socket directory (tempfile.gettempdir()'s) is the test's own. Short, as a Unix socket's
+    path must be."""
+    with tempfile.TemporaryDirectory(dir="/tmp", prefix="h") as tmp:
+        hal_env["TMPDIR"] = tmp
+        yield Path(tmp, f"hal9999-tmux-{os.getuid()}")
+
+
+def test_a_daemons_run_leaves_no_link_to_its_server(own_tmp: Path, served: Hal) -> None:
+    for _ in range(2):
+        done = served("run", "--agent", "true {{prompt_file}}", "x")
+        assert done.returncode == 0, done.stderr
+    # The shared server's socket, its warm panes' FIFOs: no run's own entry (a link).
+    entries = sorted(os.listdir(own_tmp))
+    assert [name for name in entries if name.startswith("s-")], entries  # it was shared
+    assert [name for name in entries if (own_tmp / name).is_symlink()] == []
+    assert [name for name in entries if not name.startswith(("s-", "w-"))] == []
 
 
 def test_a_killed_daemons_agents_run_on_and_are_adopted(

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -126,3 +127,18 @@ def test_a_run_with_no_daemon_running_claims_one_too(
     assert isinstance(clients, list)
     assert [argv for argv in clients if "rename-session" in argv], clients
     assert not [argv for argv in clients if "start-server" in argv], clients
+
+
+def test_a_run_leaves_no_entry_in_the_socket_directory(
+    hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    # A private TMPDIR: the socket directory (tempfile.gettempdir()'s) is this test's own.
+    # Short, as a Unix socket's path must be.
+    with tempfile.TemporaryDirectory(dir="/tmp", prefix="h") as tmp:
+        found = _run({**hal_env, "TMPDIR": tmp}, demo_repo, "--agent", "true {{prompt_file}}", "x")
+        clients = found["clients"]
+        assert isinstance(clients, list)
+        assert [argv for argv in clients if "rename-session" in argv], clients  # its server
+        sockets = Path(tmp, f"hal9999-tmux-{os.getuid()}")
+        assert sockets.is_dir()
+        assert sorted(os.listdir(sockets)) == []  # the run's socket went with its end

@@ -63,6 +63,7 @@ from hal9999.process.base import ProcessStatus, process_started, read_exit_statu
 from hal9999.process.launch import run_host, supervised
 from hal9999.process.supervisor import go_path
 from hal9999.process.tmuxearly import new_session, start_argv
+from hal9999.process.tmuxowned import OwnSockets
 from hal9999.process.tmuxwarm import MESSAGE_MAX, WarmPane, WarmPanes, let_go, message
 from hal9999.providers.base import Launch, Sandbox
 from hal9999.providers.sandboxuser import trusted_program
@@ -208,6 +209,7 @@ class TmuxProcessManager:
         """Per socket, the FIFO of a run :meth:`start` let start, held until it ended."""
         self._claimed: dict[Path, WarmPane] = {}
         """Per socket, the warm pane a run claimed (its FIFO held until the run ended)."""
+        self._own = OwnSockets()  # the entries it made: removed when it sees the run end
 
     def socket(self, spec: ProcessSpec) -> Path:
         """The tmux socket of the process (derived from its log path and name)."""
@@ -282,6 +284,7 @@ class TmuxProcessManager:
         _SOCKET_DIR.mkdir(mode=0o700, exist_ok=True)
         socket.unlink(missing_ok=True)
         os.symlink(shared[0], socket)  # first: a session is never out of reach of its run
+        self._own.note(socket)
         self._claimed[socket] = pane
         self._panes[socket] = (pane.pid, pane.started)
         client = [str(self._tmux), "-N", "-S", str(shared[0])]
@@ -326,6 +329,7 @@ class TmuxProcessManager:
         except OSError:
             early.let_go()
             return False
+        self._own.note(socket)
         self._claimed[socket] = pane
         self._panes[socket] = (pid, started)
         client = [str(self._tmux), "-N", "-S", str(socket)]
@@ -387,6 +391,7 @@ class TmuxProcessManager:
             server_env["LD_PRELOAD"] = str(self._no_utmp)  # the server's, not the pane's
         argv = start_argv(tmux, str(self.socket(spec)), preload)
         _, out = await run_host([*argv, *self._session(spec, launch, spec.name)], env=server_env)
+        self._own.note(self.socket(spec))
         self._remember(spec, out)
 
     async def _open_shared(self, spec: ProcessSpec, launch: Launch, shared: Path) -> None:
@@ -395,22 +400,16 @@ class TmuxProcessManager:
         _SOCKET_DIR.mkdir(mode=0o700, exist_ok=True)
         socket.unlink(missing_ok=True)
         os.symlink(shared, socket)  # first: a session is never out of reach of its run
+        self._own.note(socket)
         env = dict(launch.env)
         env.setdefault("TERM", "xterm-256color")
-        argv = [
-            str(self._tmux),
-            "-N",  # never a server of this environment: the server's would be every pane's
-            "-S",
-            str(shared),
-            # The session's environment is copied from this client's, the run's exact one
-            # (names only in argv; an unset name is unset in the pane).
-            "set-option",
-            "-g",
-            "update-environment",
-            verbatim(" ".join(sorted(env))),
-            ";",
-            *self._session(spec, launch, self._shared_name(spec)),
-        ]
+        # -N: never a server of this environment (the server's would be every pane's). The
+        # session's environment is copied from this client's, the run's exact one (names
+        # only in argv; an unset name is unset in the pane).
+        names = verbatim(" ".join(sorted(env)))
+        argv = [str(self._tmux), "-N", "-S", str(shared),
+                "set-option", "-g", "update-environment", names, ";",
+                *self._session(spec, launch, self._shared_name(spec))]  # fmt: skip
         try:
             status, out = await run_host(argv, env=env, check=False)
             if status != 0 and self._runtime is not None:
@@ -467,7 +466,9 @@ class TmuxProcessManager:
                 self._panes[self.socket(spec)] = (pid, started)
 
     def _let_go(self, socket: Path) -> None:
-        """Close the FIFO of the run at ``socket``: a supervisor still waiting on it ends."""
+        """Close the FIFO of the run at ``socket``: a supervisor still waiting on it ends; its
+        socket entry goes if this manager made it (the run has ended, or :meth:`stop` ends it)."""
+        self._own.remove(socket)
         early = self._early.pop(socket, None)
         for fd in (early[0] if early is not None else None, self._go.pop(socket, None)):
             if fd is not None:
@@ -481,6 +482,7 @@ class TmuxProcessManager:
         run's); the supervisor passes the pane's SIGHUP on to the process group."""
         sock = self.socket(spec)
         self._panes.pop(sock, None)
+        self._own.forget(sock)  # not before its server or session is killed: unlinked below
         self._let_go(sock)
         if self._tmux is None:
             return
