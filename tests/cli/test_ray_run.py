@@ -119,7 +119,7 @@ def test_twenty_tasks_through_serve_spread_over_both_nodes(
     assert len(set(ids)) == 20
     tasks = wait_final(hal, ids, timeout=240)
     assert {t["status"] for t in tasks.values()} == {"succeeded"}, [
-        (t["status"], t["error"]) for t in tasks.values() if t["status"] != "succeeded"
+        (t["status"], t.get("error")) for t in tasks.values() if t["status"] != "succeeded"
     ]
     with ThreadPoolExecutor(SPREAD) as pool:
         logs = list(pool.map(lambda task_id: hal("task", "logs", task_id).stdout, ids))

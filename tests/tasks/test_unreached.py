@@ -69,3 +69,17 @@ def test_nothing_runs_past_the_listing_when_the_results_reach_nothing_new(
     asyncio.run(unreached.drop_only_reached_by(copy, copy / "objects", [tip]))
     assert git_calls == ["rev-list"]
     assert sorted(p.name for p in (copy / "objects" / "pack").iterdir()) == before
+
+
+def test_a_tip_the_copy_has_not_got_is_passed_over(tmp_path: Path, git_calls: list[str]) -> None:
+    # The source gained a ref (a result brought back, an incoming ref) after its copy was
+    # made: read from the source at its present, that tip's commit is not in the copy. Its
+    # objects are not there either; the tips the copy has still go. (Before: `fatal: bad
+    # object`, and the task failed repo_invalid, under 20 ray tasks at once.)
+    copy, tip, blob = _copy_with_a_result(tmp_path, False)
+    absent = "cd25e239c3f7dadef01d5392232752ac75258ea8"
+    asyncio.run(unreached.drop_only_reached_by(copy, copy / "objects", [absent, tip]))
+    assert git_calls == ["rev-list"]
+    listed = git(copy, "cat-file", "--batch-all-objects", "--batch-check=%(objectname)")
+    assert tip not in listed and blob not in listed
+    git(copy, "fsck", "--strict")

@@ -39,7 +39,8 @@ async def drop_only_reached_by(
     if not tips:
         return
     listed = await gitrepo.git(
-        [*config, "rev-list", "--objects", "--no-object-names", "--stdin", "--not", "--all"],
+        [*config, "rev-list", "--objects", "--no-object-names", "--ignore-missing", "--stdin",
+         "--not", "--all"],
         cwd=repo, stdin="".join(f"{tip}\n" for tip in tips).encode(),
         what="leaving other tasks' results out",
     )  # fmt: skip
