@@ -44,12 +44,14 @@ built = sorted(
 )
 events = sys.modules.get("hal9999.events.models")  # none in a thin run
 union = events.EVENT_ADAPTER.pydantic_complete if events is not None else None
-from dataclasses import is_dataclass
+# Classes @dataclass made (its parameters in the class's own namespace: it compiled their
+# methods), not plain subclasses of one, which inherit its fields and compile nothing.
 dataclasses = sorted(
     f"{name}.{value.__name__}"
     for name, module in list(sys.modules.items()) if name.startswith("hal9999")
     for value in list(vars(module).values())
-    if isinstance(value, type) and is_dataclass(value) and value.__module__ == name
+    if isinstance(value, type) and "__dataclass_params__" in vars(value)
+    and value.__module__ == name
 )
 found = {"built": built, "union": union, "collections": loading, "tokenized": len(parsed),
          "dataclasses": dataclasses, "patterns": [repr(p) for p in patterns]}

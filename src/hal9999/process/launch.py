@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from hal9999.errors import CapabilityError, ProcessError
@@ -17,14 +16,23 @@ from hal9999.providers.hostexec import dies_with_helper
 from hal9999.spec import ProcessSpec
 
 
-@dataclass(frozen=True)
 class SupervisedLaunch(Launch):
-    """The supervisor's host command line, and whether its start takes the run's marker."""
+    """The supervisor's host command line, and whether its start takes the run's marker.
 
-    claims: bool = False
+    A plain subclass, not a dataclass: an in-process run makes it, and Python 3.11 compiles
+    each dataclass's methods at import (``tests/cli/test_run_imports.py``'s ``DATACLASSES``).
+    Equality and ``repr`` are :class:`Launch`'s."""
+
+    claims: bool
     """Whether the supervisor starts the command only once it has taken the run's
     :func:`~hal9999.process.supervisor.unstarted_path` marker (``--claim``): the run was
     armed (:func:`hal9999.process.base.arm_start`) and a claim was asked for."""
+
+    def __init__(
+        self, argv: list[str], env: dict[str, str], cwd: Path | None, *, claims: bool = False
+    ) -> None:
+        super().__init__(argv=argv, env=env, cwd=cwd)
+        object.__setattr__(self, "claims", claims)  # frozen, as Launch's fields
 
 
 def supervised(
