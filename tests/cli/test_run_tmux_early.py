@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -61,15 +62,26 @@ def _run(env: dict[str, str], repo: Path, *argv: str, daemonless: bool = True) -
     return result
 
 
-def _early_files() -> set[str]:
-    return {name for name in os.listdir(SOCKET_DIR) if name.startswith("e-")}
+@pytest.fixture
+def private_tmp(hal_env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """``hal_env`` with a TMPDIR of the test's own, so the socket directory
+    (``tempfile.gettempdir()``'s) holds only this test's run's files: another worker's runs
+    open and claim panes in the shared one meanwhile. Short, as a Unix socket's path must be."""
+    with tempfile.TemporaryDirectory(dir="/tmp", prefix="h") as tmp:
+        yield {**hal_env, "TMPDIR": tmp}
+
+
+def _early_files(env: dict[str, str]) -> set[str]:
+    """The early panes' sockets and FIFOs in ``env``'s socket directory."""
+    directory = Path(env["TMPDIR"], Path(SOCKET_DIR).name)
+    names = os.listdir(directory) if directory.is_dir() else []
+    return {name for name in names if name.startswith("e-")}
 
 
 def test_the_run_claims_the_pane_it_opened_while_it_imported(
-    hal_env: dict[str, str], demo_repo: Path
+    private_tmp: dict[str, str], demo_repo: Path
 ) -> None:
-    os.makedirs(SOCKET_DIR, mode=0o700, exist_ok=True)
-    before = _early_files()
+    hal_env = private_tmp
     env = {**hal_env, "HAL_TEST_NOT_FORWARDED": "hal-only-9f2c"}
     agent = "sh -c 'env; test -n \"$GIVEN\"' {{prompt_file}}"
     found = _run({**env, "GIVEN": "given-5e1a"}, demo_repo, "--agent", agent, "--env", "GIVEN", "x")
@@ -80,7 +92,7 @@ def test_the_run_claims_the_pane_it_opened_while_it_imported(
     assert not [argv for argv in clients if "start-server" in argv], clients
     assert [argv for argv in clients if "rename-session" in argv], clients
     assert found["left"] is False
-    assert _early_files() <= before  # its socket and FIFO renamed or removed
+    assert _early_files(hal_env) == set()  # its socket and FIFO renamed or removed
     # The pane's command had the run's environment, never hal's own (only the run's
     # variables come through the FIFO; the server's global environment is empty).
     (session,) = Path(hal_env["HAL_HOME"], "sessions").iterdir()
@@ -89,19 +101,20 @@ def test_the_run_claims_the_pane_it_opened_while_it_imported(
     assert "hal-only-9f2c" not in log and "HAL_TEST_NOT_FORWARDED" not in log
 
 
-def test_a_pane_no_run_claims_ends_with_the_run(hal_env: dict[str, str], demo_repo: Path) -> None:
+def test_a_pane_no_run_claims_ends_with_the_run(
+    private_tmp: dict[str, str], demo_repo: Path
+) -> None:
     # The config names another process manager: the pane, opened before the config was
     # read, is let go at the end: its supervisor reads its FIFO's end, its server ends.
+    hal_env = private_tmp
     config = Path(hal_env["XDG_CONFIG_HOME"], "hal9999", "config.toml")
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text('process_manager = "direct"\n')
-    os.makedirs(SOCKET_DIR, mode=0o700, exist_ok=True)
-    before = _early_files()
     found = _run(hal_env, demo_repo, "--agent", "true {{prompt_file}}", "x")
     assert found["opened"] == [False]
     assert found["clients"] == []  # direct ran it
     assert found["left"] is False
-    assert _early_files() <= before
+    assert _early_files(hal_env) == set()
     sockets = found["sockets"]
     assert isinstance(sockets, list) and len(sockets) == 1
     deadline = time.monotonic() + 20
