@@ -1,4 +1,4 @@
-"""The tasks table's rows as :class:`TaskRecord`\ s and back: its list columns as JSON text,
+"""The tasks table's rows as :class:`TaskRecord` objects and back: its list columns as JSON text,
 and the names a write may set."""
 
 from __future__ import annotations
