@@ -35,17 +35,22 @@ from hal9999.tasks.session import Session
 
 def servers(socket: Path) -> list[int]:
     """The tmux servers of ``socket`` (a server keeps the argv of the client that forked
-    it, which names the socket), whether or not the socket file is still there."""
-    found = []
+    it, which names the socket), whether or not the socket file is still there.
+
+    A pane's process the server has forked and not yet exec'd has the server's name and argv
+    too (on a loaded host for some milliseconds): one whose parent is such a server is not
+    counted."""
+    found: dict[int, int] = {}  # pid -> parent's pid
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             continue
         if comm == "tmux: server" and str(socket).encode() in argv:
-            found.append(int(pid))
-    return found
+            found[int(pid)] = int(stat.rpartition(")")[2].split()[1])
+    return [pid for pid, parent in found.items() if parent not in found]
 
 
 async def gone(socket: Path, timeout: float = 10) -> bool:
