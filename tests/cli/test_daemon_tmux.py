@@ -97,6 +97,29 @@ def test_a_daemons_run_leaves_no_link_to_its_server(own_tmp: Path, served: Hal) 
     assert [name for name in entries if not name.startswith(("s-", "w-"))] == []
 
 
+@pytest.fixture
+def left(own_tmp: Path) -> list[str]:
+    """Early and warm pane FIFOs of hals that are gone, left before the daemon starts (and
+    one of this live process's)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    own_tmp.mkdir(mode=0o700)
+    names = [f"e-{child.pid}-0a1b2c3d.fifo", f"w-001122334455-{child.pid}-1"]
+    for name in [*names, f"e-{os.getpid()}-0a1b2c3d.fifo"]:
+        os.mkfifo(own_tmp / name)
+    return names
+
+
+def test_a_starting_daemon_sweeps_what_dead_hals_left(
+    own_tmp: Path, left: list[str], served: Hal
+) -> None:
+    deadline = time.monotonic() + 60
+    while set(left) & set(os.listdir(own_tmp)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert set(left) & set(os.listdir(own_tmp)) == set()
+    assert f"e-{os.getpid()}-0a1b2c3d.fifo" in os.listdir(own_tmp)  # a live hal's stays
+
+
 def test_a_killed_daemons_agents_run_on_and_are_adopted(
     served: Hal, home: Path, reaped: None
 ) -> None:

@@ -20,8 +20,8 @@ run's own socket, the session renamed to the run's, and from there the run is th
 server of its own, as before. A pane nobody claims (a config naming another process manager,
 a command that failed first) is let go by :func:`let_early_go`. A ``hal`` killed before
 its run claimed the pane leaves the socket and FIFO files behind; nothing sweeps the directory
-on the run's path (a run's own entry goes at its end, :mod:`hal9999.process.tmuxowned`, but
-old ones stay: ~2,900 here, ~15M instructions to list).
+on the run's path (a run's own entry goes at its end, :mod:`hal9999.process.tmuxowned`; the
+rest a daemon's sweep removes off any run's path, :mod:`hal9999.process.tmuxsweep`).
 
 Light at import: ``os``, ``tempfile`` and :mod:`hal9999.hostchild`; the event loop only where
 the pane is claimed.

@@ -12,7 +12,7 @@ at once; a server's socket changes mode as clients attach, and its time with it)
 run of the same spec (a resumed task's, by another ``hal``) may have made its own there.
 Another process that only asks the status (``hal task show``, a restarted daemon that adopted
 the run) removes nothing: entries of runs adopted by a restarted daemon, of a killed ``hal``,
-and those left before this change stay (nothing sweeps the directory).
+and those left before this change are the daemon's sweep's (:mod:`hal9999.process.tmuxsweep`).
 """
 
 from __future__ import annotations

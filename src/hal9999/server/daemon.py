@@ -98,6 +98,7 @@ class Daemon:
         self.mcp: McpHub | None = None
         """Each hive agent's MCP socket (set by :meth:`start`)."""
         self.info: DaemonInfo | None = None
+        self._tmux_due = 0.0  # monotonic time of the next tmux socket sweep: the first round
         self.recovery = RecoveryReport()
         self.started_at = time.time()
         self.stopping = asyncio.Event()
@@ -307,7 +308,22 @@ class Daemon:
                 await self.scheduler.reap_stuck()
             except (HalError, OSError) as exc:
                 logger.warning("keeper: %s", exc)
+            await self._sweep_tmux()
             await asyncio.sleep(interval)
+
+    async def _sweep_tmux(self) -> None:
+        """Dead entries of the per-user tmux socket directory go (a killed hal's, adopted
+        runs', a killed daemon's): at the keeper's first round, then hourly (sooner while a
+        pass stops at its bound), in a thread."""
+        from hal9999.process import tmuxsweep
+
+        now = time.monotonic()
+        if now < self._tmux_due:
+            return
+        swept = await asyncio.to_thread(tmuxsweep.sweep)
+        self._tmux_due = now + (tmuxsweep.SWEEP_SOON if swept.more else tmuxsweep.SWEEP_EVERY)
+        if swept.removed:
+            logger.info("hal serve: removed %d dead tmux socket entries", swept.removed)
 
     async def stop(self) -> None:
         """Stop serving; running agents stay in tmux for the next daemon to adopt."""
