@@ -4,10 +4,11 @@ A run's entry goes at its end when the manager that made it sees that end
 (:mod:`hal9999.process.tmuxowned`); the rest stayed for ever: entries of runs a restarted
 daemon adopted, of a killed ``hal`` (its run's socket, its early pane's socket and FIFO), a
 killed daemon's warm-pane FIFOs, the shared servers' sockets once their last run ended,
-tmux's lock files of a killed client, and everything from before (4,778 entries here,
-listed by every start that lists the directory). :func:`sweep` removes one only when it is
-provably dead and provably hal's, and runs where a pass costs nothing on a task's path: in a
-thread of the daemon, at its keeper's first round and then every :data:`SWEEP_EVERY` s.
+tmux's lock files of a killed client, and everything from before (4,782 entries here; the
+warm panes' sweep at a daemon's first tmux run lists them: ~5 ms of CPU). :func:`sweep`
+removes one only when it is provably dead and provably hal's, and runs where a pass costs
+nothing on a task's path: in a thread of the daemon, at its keeper's first round and then
+every :data:`SWEEP_EVERY` s.
 
 Provably hal's: the directory is this uid's (not a link), the entry is this uid's and has a
 name only hal gives (a run's ``<20 hex>``, a shared server's ``s-``, an early pane's ``e-``, a
@@ -64,8 +65,8 @@ MIN_AGE_S = 60.0
 """An entry changed more recently than this may be one being made right now: left."""
 
 PASS_MOST = 2_000
-"""Entries one pass probes (the listing stops there): ~0.25 s of CPU when all are dead; an
-entry only listed (not hal's, or too young) costs its lstat (~6 µs)."""
+"""Entries one pass probes (the listing stops there): ~0.3 s of CPU here when all are dead;
+an entry only listed (not hal's, or too young) costs its lstat (~6 µs)."""
 
 ASK_MOST = 4
 """Live shared servers one pass asks for their sessions (a tmux client each)."""
