@@ -148,3 +148,20 @@ async def test_a_dead_shared_server_is_started_again(
     assert (await manager.status(again)).state == "running"
     assert len(servers(shared)) == 1
     await manager.stop(again)
+
+
+async def test_an_adopted_runs_link_goes_when_its_adopter_sees_it_end(
+    tmp_path: Path, runtime: Path, sandbox: Sandbox
+) -> None:
+    flag = tmp_path / "end"
+    script = f"while [ ! -e {flag} ]; do sleep 0.05; done"
+    manager = TmuxProcessManager(runtime_dir=runtime)
+    spec = run_spec(tmp_path, "hal-e", script)
+    await manager.start(sandbox, spec)
+    link = manager.socket(spec)
+    assert link.is_symlink()
+    adopter = TmuxProcessManager(runtime_dir=runtime)  # the next daemon's: it did not start it
+    assert (await adopter.status(spec)).state == "running"
+    flag.touch()
+    assert await wait_exit(adopter, spec) == 0
+    assert not os.path.lexists(link)  # its maker never saw the end: its adopter removed it

@@ -9,25 +9,24 @@ run's, the session to the run's name) and hands it the run through a private FIF
 daemon's warm pane; otherwise the server's environment, which the pane inherits, holds
 exactly the process's exec-time environment.
 
-``hal serve`` shares one server among its runs (:func:`share_server`, a socket per runtime
-dir, started or adopted at the daemon's first tmux run: :func:`share_lazily`), and keeps an
-idle *warm pane* there whose supervisor has started, for the next run's prestart to claim
-(:mod:`hal9999.process.tmuxwarm`: the run's command and environment reach it through a
-private FIFO, so no interpreter starts on the run's path). A server's start is ~49M
-instructions (its option tables and key bindings), a session on a live one ~1M, and it was on
-every task's path (issue 16). The run's socket is then a
-symlink to the shared one, so whoever computes it (``hal task attach``, the next daemon)
-reaches the run's session, ``=<name>-<key>``, exactly. The run's exec-time environment
-reaches the pane through the client's own environment: ``update-environment`` is set to the
-run's variable names in the same command list as its ``new-session`` (one client's commands
-run in a row), so the session's environment is copied from that client, never from argv, and
-the server's global environment is empty but for tmux's ``PWD``. Stopping a run kills its
-session (its pane's SIGHUP reaches the supervisor, which ends the process group), nothing of
-another run's. The server is held by a *holder* session, ``cat`` of a FIFO the daemon keeps
-open: it ends when the daemon does, even by ``kill -9``, so the server ends with its last
-run's session and is never left empty; a next daemon adopts the live server, adding its own
-holder, or starts a new one. A server that dies takes its runs' panes with it: each is then
-``missing`` (status from ``/proc``), as when a per-run server dies.
+``hal serve`` shares one server among its runs (:func:`share_server`, a socket per runtime dir,
+started or adopted at the daemon's first tmux run: :func:`share_lazily`), and keeps an idle
+*warm pane* there whose supervisor has started, for the next run's prestart to claim
+(:mod:`hal9999.process.tmuxwarm`: the run's command and environment reach it through a private
+FIFO, so no interpreter starts on the run's path). A server's start is ~49M instructions (its
+option tables and key bindings), a session on a live one ~1M, and it was on every task's path
+(issue 16). The run's socket is then a symlink to the shared one, so whoever computes it
+(``hal task attach``, the next daemon) reaches the run's session, ``=<name>-<key>``, exactly.
+The run's exec-time environment reaches the pane through the client's own environment:
+``update-environment`` is set to the run's variable names in the same command list as its
+``new-session`` (one client's commands run in a row), so the session's environment is copied
+from that client, never from argv, and the server's global environment is empty but for tmux's
+``PWD``. Stopping a run kills its session (its pane's SIGHUP reaches the supervisor, which ends
+the process group), nothing of another run's. The server is held by a *holder* session, ``cat``
+of a FIFO the daemon keeps open: it ends when the daemon does, even by ``kill -9``, so the
+server ends with its last run's session and is never left empty; a next daemon adopts the live
+server, adding its own holder, or starts a new one. A server that dies takes its runs' panes
+with it: each is then ``missing`` (status from ``/proc``), as when a per-run server dies.
 
 The server reads no tmux configuration (``-f /dev/null``): a host's or user's ``tmux.conf``
 could set hooks or ``run-shell`` commands that run on the host in hal's sessions, or change
@@ -446,6 +445,7 @@ class TmuxProcessManager:
             )
             if status == 0:
                 self._remember(spec, out)
+                self._own.note(socket)  # an adopted run's entry, as its maker's: gone at its end
                 pane = self._panes.get(socket)
         if pane is not None and process_started(pane[0]) == pane[1]:
             return ProcessStatus("running")

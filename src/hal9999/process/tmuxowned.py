@@ -7,12 +7,12 @@ directory held an entry for every run there had ever been (~3,900 here; listing 
 an early pane's socket to the run's, or linked the run's socket to the shared server) removes
 it once its :meth:`status` has seen the run end: the exit status is read or the pane's process
 is gone, so no session is left to attach to. Only while the entry is the one it made (its
-inode and type, and a link's change time: tmpfs gives a freed inode number to the next file
-at once; a server's socket changes mode as clients attach, and its time with it): a later
-run of the same spec (a resumed task's, by another ``hal``) may have made its own there.
-Another process that only asks the status (``hal task show``, a restarted daemon that adopted
-the run) removes nothing: entries of runs adopted by a restarted daemon, of a killed ``hal``,
-and those left before this change are the daemon's sweep's (:mod:`hal9999.process.tmuxsweep`).
+inode, type and modification time, :func:`identity`): a later run of the same spec (a resumed
+task's, by another ``hal``) may have made its own there. A manager that adopts a run (its
+status asks tmux for the pane of a run it did not start: a restarted daemon) notes the entry
+then, and removes it likewise when it sees that run end; a one-off ``hal task show`` notes it
+and ends. Entries of a killed ``hal``, and those left before, are the daemon's sweep's
+(:mod:`hal9999.process.tmuxsweep`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class OwnSockets:
     def note(self, socket: Path) -> None:
         """``socket`` was made now by this manager, for its run."""
         with contextlib.suppress(OSError):
-            self._made[socket] = _identity(os.lstat(socket))
+            self._made[socket] = identity(os.lstat(socket))
 
     def forget(self, socket: Path) -> None:
         """``socket`` is no longer this manager's to remove (its stop removes it anyway)."""
@@ -45,10 +45,13 @@ class OwnSockets:
         if made is None:
             return
         with contextlib.suppress(OSError):
-            if made == _identity(os.lstat(socket)):
+            if made == identity(os.lstat(socket)):
                 socket.unlink()
 
 
-def _identity(made: os.stat_result) -> tuple[int, ...]:
-    link = stat.S_ISLNK(made.st_mode)
-    return (made.st_dev, made.st_ino, stat.S_IFMT(made.st_mode), made.st_ctime_ns if link else 0)
+def identity(made: os.stat_result) -> tuple[int, ...]:
+    """What tells a socket entry from another made at its path since: its inode and type
+    (a file system may give a freed inode number to the next file at once) and its
+    modification time, which neither a server's mode changes (as clients attach) nor a
+    rename or a link change, as they change its change time."""
+    return (made.st_dev, made.st_ino, stat.S_IFMT(made.st_mode), made.st_mtime_ns)

@@ -33,9 +33,9 @@ Provably dead:
   :meth:`WarmPanes.sweep`, this takes the directory's hals to share this pid namespace);
 - a lock file nobody holds, older than :data:`MIN_AGE_S`.
 
-The entry removed is the one checked: it is renamed aside (atomic), compared (device, inode,
-type, and modification time, which a rename leaves: a freed inode number may go to the next
-file at once) and only then unlinked; one
+The entry removed is the one checked: it is renamed aside (atomic), compared
+(:func:`tmuxowned.identity`: inode, type, and modification time, which a rename leaves) and
+only then unlinked; one
 made at its path meanwhile (a resumed run of the same spec, an early pane renamed to a run's
 socket) is linked back. A sweep killed in between leaves a ``.swept-`` name, removed by the
 next. Bounded per pass: at most ``most`` entries probed (the listing stops there; the
@@ -60,6 +60,7 @@ from typing import NamedTuple
 
 from hal9999.process.base import process_started
 from hal9999.process.tmuxearly import SOCKET_DIR
+from hal9999.process.tmuxowned import identity
 
 MIN_AGE_S = 60.0
 """An entry changed more recently than this may be one being made right now: left."""
@@ -169,7 +170,7 @@ def _look_at_link(sweep_pass: _Pass, path: str, made: os.stat_result) -> None:
     if server == "dead":  # none of its sessions is anywhere: a new server has none
         sweep_pass.removed += _remove(path, made)
     elif server == "live":
-        sweep_pass.links.setdefault(shared, []).append((path, _identity(made)))
+        sweep_pass.links.setdefault(shared, []).append((path, identity(made)))
 
 
 def _server(shared: str, now: float) -> str:
@@ -201,9 +202,9 @@ def _sweep_links(sweep_pass: _Pass, shared: str, links: list[tuple[str, tuple[in
     if listed.returncode != 0:
         return  # not told: nothing is proven
     keys = {name.rpartition("-")[2] for name in listed.stdout.decode(errors="replace").splitlines()}
-    for path, identity in links:
+    for path, checked in links:
         if os.path.basename(path)[:8] not in keys:
-            sweep_pass.removed += _remove_if(path, identity)
+            sweep_pass.removed += _remove_if(path, checked)
 
 
 def _remove_dead_socket(path: str, made: os.stat_result) -> int:
@@ -260,11 +261,11 @@ def _refused(path: str) -> bool:
 
 
 def _remove(path: str, made: os.stat_result) -> int:
-    return _remove_if(path, _identity(made))
+    return _remove_if(path, identity(made))
 
 
-def _remove_if(path: str, identity: tuple[int, ...]) -> int:
-    """Unlink the entry at ``path`` if it is still the one of ``identity``; 1 if it was.
+def _remove_if(path: str, checked: tuple[int, ...]) -> int:
+    """Unlink the entry at ``path`` if it is still the ``checked`` one; 1 if it was.
     Renamed aside first (atomic): what it was is known before anything is unlinked, and an
     entry made at ``path`` meanwhile is linked back (unless a newer one is there)."""
     grave = os.path.join(os.path.dirname(path), f"{_GRAVE}{os.getpid()}-{next(_graves)}")
@@ -273,7 +274,7 @@ def _remove_if(path: str, identity: tuple[int, ...]) -> int:
     except OSError:
         return 0
     try:
-        same = _identity(os.lstat(grave)) == identity
+        same = identity(os.lstat(grave)) == checked
     except OSError:
         return 0
     if not same:
@@ -288,9 +289,3 @@ def _remove_if(path: str, identity: tuple[int, ...]) -> int:
     with contextlib.suppress(OSError):
         os.unlink(grave)
     return 1 if same else 0
-
-
-def _identity(made: os.stat_result) -> tuple[int, ...]:
-    """What tells an entry from one made at its path since: its inode, type and modification
-    time (a rename changes the change time, not this; tmpfs reuses inode numbers at once)."""
-    return (made.st_dev, made.st_ino, stat.S_IFMT(made.st_mode), made.st_mtime_ns)
