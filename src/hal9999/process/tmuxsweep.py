@@ -1,8 +1,8 @@
 """The sweep of the per-user tmux socket directory: entries no live run, server or hal needs.
 
-A run's entry goes at its end when the manager that made it sees that end
-(:mod:`hal9999.process.tmuxowned`); the rest stayed for ever: entries of runs a restarted
-daemon adopted, of a killed ``hal`` (its run's socket, its early pane's socket and FIFO), a
+A run's entry goes at its end when the manager that made or adopted it sees that end
+(:mod:`hal9999.process.tmuxowned`); the rest stayed for ever: entries of runs whose end no
+such manager saw, of a killed ``hal`` (its run's socket, its early pane's socket and FIFO), a
 killed daemon's warm-pane FIFOs, the shared servers' sockets once their last run ended,
 tmux's lock files of a killed client, and everything from before (4,782 entries here; the
 warm panes' sweep at a daemon's first tmux run lists them: ~5 ms of CPU). :func:`sweep`
@@ -35,12 +35,11 @@ Provably dead:
 
 The entry removed is the one checked: it is renamed aside (atomic), compared
 (:func:`tmuxowned.identity`: inode, type, and modification time, which a rename leaves) and
-only then unlinked; one
-made at its path meanwhile (a resumed run of the same spec, an early pane renamed to a run's
-socket) is linked back. A sweep killed in between leaves a ``.swept-`` name, removed by the
-next. Bounded per pass: at most ``most`` entries probed (the listing stops there; the
-daemon's next pass comes :data:`SWEEP_SOON` after one that stopped there: the dead ones
-probed are gone by then) and :data:`ASK_MOST` tmux clients.
+only then unlinked; one made at its path meanwhile (a resumed run of the same spec, an early
+pane renamed to a run's socket) is linked back. A sweep killed in between leaves a
+``.swept-`` name, removed by the next. Bounded per pass: at most ``most`` entries probed
+(the listing stops there; the daemon's next pass comes :data:`SWEEP_SOON` after one that
+stopped there: the dead ones probed are gone by then) and :data:`ASK_MOST` tmux clients.
 """
 
 from __future__ import annotations
