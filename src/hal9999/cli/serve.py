@@ -86,6 +86,7 @@ def serve(
     import asyncio
     import logging
 
+    from hal9999.cli.app import collect_less_often
     from hal9999.cli.dashboard import announce_when_up
     from hal9999.config import log_level
     from hal9999.credentials import host_log_masker
@@ -96,6 +97,7 @@ def serve(
         host_log_masker(config, os.environ), level=log_level(os.environ, default="INFO")
     )
     logging.getLogger(__name__).info("hal serve starting for %s", config.home)
+    collect_less_often()
 
     async def main() -> None:
         daemon = Daemon(config, os.environ, listen=address)
