@@ -20,6 +20,7 @@ from hal9999.hive.mcp.channel import route_for as mcp_route_for
 from hal9999.process.base import ProcessManager, arm_start
 from hal9999.process.caplog import log_cap_from
 from hal9999.providers.base import Provider, Sandbox
+from hal9999.providers.hostread import write_text
 from hal9999.spec import ProcessSpec, SandboxSpec
 from hal9999.tasks import gitrepo, mirror
 from hal9999.tasks.context import (
@@ -357,7 +358,7 @@ class LaunchSteps(RunnerCore):
             warning = await gitrepo.init_submodules(sandbox)
             if warning is not None:
                 self.emit(ctx, Message(level="warning", text=warning))
-        session.prompt_file.write_text(prompt_text)
+        write_text(session.prompt_file, prompt_text)  # no file object (issue 16)
         for path, data in launch.files.items():
             await sandbox.write_file_atomic(path, data, mode=0o600)
         await install_files(sandbox, self.config.credentials, sandbox.path(HOME_TARGET))
