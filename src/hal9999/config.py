@@ -61,6 +61,7 @@ ENV_KEYS: dict[str, tuple[str, ...]] = {
     "HAL_CPUS": ("resources", "cpus"),
     "HAL_PIDS": ("resources", "pids"),
     "HAL_DISK_MB": ("resources", "disk_mb"),
+    "HAL_DISK_FILES": ("resources", "disk_files"),
 }
 """Environment variables and the config key each one sets."""
 
@@ -105,12 +106,9 @@ class AgentConfig(_Config):
     def to_settings(self) -> AgentSettings:
         """The agent-facing form of these settings."""
         return AgentSettings(
-            model=self.model,
-            base_url=self.base_url,
-            api_key_env=self.api_key_env,
-            command=self.command,
-            extra_args=tuple(self.extra_args),
-        )
+            model=self.model, base_url=self.base_url, api_key_env=self.api_key_env,
+            command=self.command, extra_args=tuple(self.extra_args),
+        )  # fmt: skip
 
 
 class CredentialFile(_Config):
@@ -224,8 +222,8 @@ class HalConfig(_Config):
     network: Literal["none", "host"] = "none"
     """Default network access of sandboxes (``HAL_NETWORK``)."""
     resources: Resources = Resources.model_construct()  # Resources(), unbuilt (spec.py)
-    """Default resource limits (``HAL_MEMORY_MB``, ``HAL_CPUS``, ``HAL_PIDS``, ``HAL_DISK_MB``);
-    unset ones get safe defaults, ``0`` means unlimited (see :mod:`hal9999.providers.limits`)."""
+    """Default resource limits (``HAL_MEMORY_MB``, ``HAL_CPUS``, ``HAL_PIDS``, ``HAL_DISK_MB``,
+    ``HAL_DISK_FILES``); unset ones get safe defaults, ``0`` means unlimited (limits.py)."""
     agents: dict[str, AgentConfig] = Field(default_factory=dict)
     """Per-agent settings, keyed by agent name."""
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -317,8 +315,8 @@ REFUSED_EMPTY = {
     "(`unset HAL_AGENT`) for the default",
 }
 """Variables whose empty value is refused, not read as unset (with the hint): an empty
-``HAL_AGENT`` (``HAL_AGENT=$AGENT`` with ``AGENT`` unset) ran the default agent, ``claude``,
-and spent on its account, where the user meant another one."""
+``HAL_AGENT`` (``HAL_AGENT=$AGENT``, ``AGENT`` unset) ran the default agent, ``claude``, and
+spent on its account, where the user meant another one."""
 
 
 def _env_layer(environ: Mapping[str, str]) -> list[Layer]:

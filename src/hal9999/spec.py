@@ -112,12 +112,14 @@ MAX_MEMORY_MB = 1 << 30
 """A petabyte in MiB: keeps the byte count inside the 64-bit cgroup value (disk too)."""
 MAX_PIDS = 4_194_304
 """The kernel's largest ``pid_max``."""
+MAX_DISK_FILES = 1 << 40
+"""More inodes than any filesystem hands one directory tree."""
 
 
 class Resources(_Frozen):
     """Resource limits. ``None`` (unset) means the safe default of a provider that enforces
     limits (:mod:`hal9999.providers.limits`: pids 4096, half the host's memory, every core,
-    20 GiB of disk); ``0`` means unlimited."""
+    20 GiB of disk in 1 Mi files); ``0`` means unlimited."""
 
     cpus: float | None = None
     """CPU quota in cores (e.g. 1.5)."""
@@ -128,6 +130,9 @@ class Resources(_Frozen):
     disk_mb: int | None = None
     """Disk the sandbox may fill, in MiB: its workspace, home and scratch space together
     (checked while the task runs), and no single file larger."""
+    disk_files: int | None = None
+    """Files, directories and links (inodes) the sandbox may make in the same places
+    (checked while the task runs)."""
 
     # Validators apart from the fields and their defaults: one rule for CLI, config and env.
     # 0 asks for no limit (see providers.limits); anything else must be a real limit.
@@ -161,6 +166,13 @@ class Resources(_Frozen):
     def _disk(cls, value: int | None) -> int | None:
         if value is not None and not (0 <= value <= MAX_MEMORY_MB):
             raise ValueError(f"expected 0 (no limit) or MiB up to {MAX_MEMORY_MB}")
+        return value
+
+    @field_validator("disk_files")
+    @classmethod
+    def _disk_files(cls, value: int | None) -> int | None:
+        if value is not None and not (0 <= value <= MAX_DISK_FILES):
+            raise ValueError(f"expected 0 (no limit) or a number of files up to {MAX_DISK_FILES}")
         return value
 
 

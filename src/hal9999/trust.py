@@ -35,13 +35,14 @@ NARROWING_KEYS = (
     "resources.cpus",
     "resources.pids",
     "resources.disk_mb",
+    "resources.disk_files",
     "default_agent",
     "agents.<name>.model",
     "gateway.egress_only",
 )
 """What an untrusted ``hal.toml`` may set; limits only downwards, the agent only by preset."""
 
-_LIMITS = ("memory_mb", "cpus", "pids", "disk_mb")
+_LIMITS = ("memory_mb", "cpus", "pids", "disk_mb", "disk_files")
 # A preset name, never a command template (a template is a command line hal would run).
 _PRESET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # A model name never starts with '-', so it cannot turn into an option of the agent's CLI.

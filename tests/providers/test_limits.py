@@ -24,7 +24,8 @@ def test_unset_fields_get_the_defaults_and_zero_means_unlimited() -> None:
     assert got.memory_mb == max(limits.MIN_DEFAULT_MEMORY_MB, memory // 2)
     assert got.cpus == len(os.sched_getaffinity(0))
     assert got.disk_mb == limits.DEFAULT_DISK_MB
-    asked = Resources(pids=0, memory_mb=256, cpus=0, disk_mb=0)
+    assert got.disk_files == limits.DEFAULT_DISK_FILES
+    asked = Resources(pids=0, memory_mb=256, cpus=0, disk_mb=0, disk_files=0)
     assert limits.effective(asked) == Resources(memory_mb=256)
     assert limits.explicit(Resources(pids=10, cpus=0)) == Resources(pids=10)
 

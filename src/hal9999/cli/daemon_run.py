@@ -67,7 +67,9 @@ def default_config(home: str | Path) -> dict[str, Any]:
     return {
         "home": str(home), "default_agent": "claude", "default_provider": "bwrap",
         "process_manager": "tmux", "timeout_s": 3600.0, "network": "none",
-        "resources": {"cpus": None, "memory_mb": None, "pids": None, "disk_mb": None},
+        "resources": {
+            "cpus": None, "memory_mb": None, "pids": None, "disk_mb": None, "disk_files": None,
+        },
         "agents": {}, "providers": {}, "credentials": [], "forward_env": [], "secrets": [],
         "pool": {}, "scheduler": {},
         "gateway": {

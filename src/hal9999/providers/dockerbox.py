@@ -135,7 +135,7 @@ class DockerSandbox(SandboxHandle):
     async def disk_use(self) -> limits.DiskUse:
         """What the container's writable places hold now (the workspace and writable binds,
         and its volumes, /tmp and the home, where the engine keeps them on this host),
-        against its disk limit. The root is read-only, so nothing else grows."""
+        against its disk limits. The root is read-only, so nothing else grows."""
         found = await self._owner.call("inspect", self._owner.client().api.inspect_container,
                                        self.container)  # fmt: skip
         dirs = []
@@ -143,9 +143,8 @@ class DockerSandbox(SandboxHandle):
             source = Path(str(mount.get("Source") or ""))
             if mount.get("RW", True) and source.is_absolute() and source.is_dir():
                 dirs.append(Path(os.path.realpath(source)))
-        used = await limits.measure(list(dict.fromkeys(dirs)))
-        disk_mb = limits.effective(self._spec.resources).disk_mb
-        return limits.DiskUse(used, disk_mb << 20 if disk_mb else None)
+        resources = limits.effective(self._spec.resources)
+        return await limits.use_of(list(dict.fromkeys(dirs)), resources)
 
     def attach_command(self) -> list[str]:
         """An interactive bash in the workspace (a terminal when the caller has one)."""

@@ -234,12 +234,10 @@ class HostSandbox(SandboxHandle):
 
     async def disk_use(self) -> limits.DiskUse:
         """What the sandbox's writable host dirs (workspace, home, scratch, writable binds)
-        hold now, against its disk limit."""
+        hold now, against its disk limits."""
         dirs = list(dict.fromkeys(Path(os.path.realpath(m.source)) for m in self._paths.mounts
                                   if m.writable))  # fmt: skip
-        disk_mb = self._owner.resources(self.spec).disk_mb
-        used = await limits.measure(dirs)
-        return limits.DiskUse(used, None if disk_mb is None else disk_mb << 20)
+        return await limits.use_of(dirs, self._owner.resources(self.spec))
 
     async def _destroy_self(self) -> None:
         await self._owner.destroy(self.id)

@@ -7,13 +7,17 @@ host, while leaving a normal build its room:
 - ``pids`` 4096: far above what a compiler or test runner forks, far below a fork bomb's need;
 - ``memory_mb`` half the host's RAM: one task cannot push the host into its OOM killer;
 - ``cpus`` every core: no slowdown, but a quota the task cannot raise;
-- ``disk_mb`` 20 GiB: workspace, home and scratch together, and no single file larger.
+- ``disk_mb`` 20 GiB: workspace, home and scratch together, and no single file larger;
+- ``disk_files`` 1 Mi files (inodes) in the same places: about the inodes 20 GiB brings on
+  ext4 (one per 16 KiB), so one agent's empty files cannot use up the disk's inodes and stop
+  every other task with ``disk_full`` (a checkout of a large monorepo is a few 100k).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from functools import cache
@@ -27,6 +31,7 @@ DEFAULT_PIDS = 4096
 DEFAULT_MEMORY_SHARE = 0.5
 """Share of the host's RAM a sandbox may use by default."""
 DEFAULT_DISK_MB = 20 << 10
+DEFAULT_DISK_FILES = 1 << 20
 MIN_DEFAULT_MEMORY_MB = 512
 FIRST_DISK_CHECK_S = 1.0
 DISK_CHECK_S = 10.0
@@ -72,6 +77,7 @@ def defaults() -> Resources:
         memory_mb=None if share is None else max(MIN_DEFAULT_MEMORY_MB, share),
         pids=DEFAULT_PIDS,
         disk_mb=DEFAULT_DISK_MB,
+        disk_files=DEFAULT_DISK_FILES,
     )
 
 
@@ -95,16 +101,25 @@ def explicit(resources: Resources) -> Resources:
 
 
 class DiskUse(NamedTuple):
-    """How much disk a sandbox's writable host dirs hold, against its limit."""
+    """How much disk a sandbox's writable host dirs hold, against its limits."""
 
     used_bytes: int
     limit_bytes: int | None
     """None when the sandbox has no disk limit."""
+    used_files: int = 0
+    """Files, directories and links (inodes: a file linked twice is one)."""
+    limit_files: int | None = None
+    """None when the sandbox has no limit on files."""
 
     @property
     def over(self) -> bool:
-        """Whether the sandbox holds more than its limit."""
+        """Whether the sandbox holds more bytes than its limit."""
         return self.limit_bytes is not None and self.used_bytes > self.limit_bytes
+
+    @property
+    def over_files(self) -> bool:
+        """Whether the sandbox holds more files than its limit."""
+        return self.limit_files is not None and self.used_files > self.limit_files
 
 
 @runtime_checkable
@@ -116,25 +131,48 @@ class DiskWatched(Protocol):
         ...
 
 
-async def measure(dirs: Sequence[Path]) -> int:
-    """Bytes allocated under ``dirs`` together (``du``: one filesystem each, links never
-    followed, a file linked twice counted once)."""
+async def use_of(dirs: Sequence[Path], resources: Resources) -> DiskUse:
+    """What ``dirs`` hold together (bytes and files, two ``du`` walks side by side),
+    against the disk limits of ``resources`` (limits already made effective)."""
+    import asyncio
+
+    wanted = [["-B1"], ["--inodes"] if resources.disk_files else None]
+    counts = await asyncio.gather(*(_du(flags, dirs) for flags in wanted if flags))
+    disk_mb, files = resources.disk_mb, resources.disk_files
+    used_files = counts[1] if files else 0
+    return DiskUse(counts[0], disk_mb << 20 if disk_mb else None, used_files, files or None)
+
+
+async def _du(flags: list[str], dirs: Sequence[Path]) -> int:
+    """``du``'s total for ``dirs`` (one filesystem each, links never followed, a file
+    linked twice counted once). A part ``du`` could not read (a 000 directory the agent
+    made, where files hide from the count) is read again as root of a user namespace of
+    hal's own: that root may read any file hal's user owns, and nothing more."""
     if not dirs:
         return 0
+    argv = ["du", "-s", "-x", "-c", *flags, "--", *map(str, dirs)]
+    total, complete = await _total(argv)
+    if not complete and os.geteuid() != 0 and shutil.which("unshare"):
+        again, _ = await _total(["unshare", "--user", "--map-root-user", "--", *argv])
+        total = max(total, again)
+    return total
+
+
+async def _total(argv: list[str]) -> tuple[int, bool]:
+    """The last line's number of ``du``'s output (0 if none), and whether it read all."""
     import asyncio  # here: the CLI imports this module for release_if_full alone
 
     proc = await asyncio.create_subprocess_exec(
-        "du", "-s", "-x", "-c", "-B1", "--", *map(str, dirs),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+    )
     out, _ = await proc.communicate()
-    # du exits 1 when it could not read a part (a 000 directory the agent made): the total
-    # of what it could read still stands, and the unread part is at most the limit's slack.
+    # du exits 1 when it could not read a part (or a file went away while it walked): the
+    # total of what it could read still stands.
     lines = out.decode(errors="replace").splitlines()
     try:
-        return int(lines[-1].split()[0])
+        return int(lines[-1].split()[0]), proc.returncode == 0
     except (IndexError, ValueError):
-        return 0
+        return 0, False
 
 
 class Ballast:
@@ -242,12 +280,19 @@ class DiskWatchdog:
         self._interval = min(self._interval * 2, DISK_CHECK_S)
         walk = min((ended - began) / DISK_CHECK_SHARE, MAX_DISK_CHECK_S)
         self._due = ended + max(self._interval, walk)
-        if use.limit_bytes is None:
-            self.sandbox = None  # no limit: nothing more to measure
-        elif use.over:
+        if use.over_files:
+            raise DiskLimitExceeded(
+                f"the sandbox holds {use.used_files} files, directories and links, over its "
+                f"limit of {use.limit_files} (disk_files; workspace, home and /tmp together)",
+                hint="raise disk_files under [resources] (HAL_DISK_FILES; 0 for no limit), "
+                "or have the task clean up after itself",
+            )
+        if use.limit_bytes is not None and use.over:
             raise DiskLimitExceeded(
                 f"the sandbox holds {use.used_bytes >> 20} MiB of files, over its disk limit "
                 f"of {use.limit_bytes >> 20} MiB (workspace, home and /tmp together)",
                 hint="raise disk_mb under [resources] (0 for no limit), or have the task "
                 "clean up after itself",
             )
+        if use.limit_bytes is None and use.limit_files is None:
+            self.sandbox = None  # no limit: nothing more to measure
