@@ -131,7 +131,7 @@ class Resources(_Frozen):
     """Disk the sandbox may fill, in MiB: its workspace, home and scratch space together
     (checked while the task runs), and no single file larger."""
     disk_files: int | None = None
-    """Files, directories and links (inodes) the sandbox may make in the same places
+    """Files, directories and links (each name) the sandbox may make in the same places
     (checked while the task runs)."""
 
     # Validators apart from the fields and their defaults: one rule for CLI, config and env.

@@ -1,4 +1,4 @@
-"""The per-sandbox limit on files (``disk_files``): the watchdog's count sees every inode the
+"""The per-sandbox limit on files (``disk_files``): the watchdog's count sees every name the
 sandbox made in its writable dirs, however the agent hides them, and the task past it stops
 with ``disk_limit`` naming the limit and its setting."""
 
@@ -16,19 +16,19 @@ from hal9999.spec import Resources
 
 
 def made(root: Path) -> int:
-    """Lay out 10 hidden ways to hold files: returns how many inodes ``root`` holds."""
+    """Lay out ways to hide files in ``root``: returns how many names it holds."""
     (root / "plain").mkdir()
     for n in range(3):
         (root / "plain" / f"f{n}").touch()
     (root / "plain" / "f0").rename(root / "plain" / "g0")
-    os.link(root / "plain" / "g0", root / "plain" / "same")  # a second name, no new inode
+    os.link(root / "plain" / "g0", root / "plain" / "same")  # a second name counts too
     (root / "link").symlink_to("/etc")  # a link is an inode; /etc is not walked
     (root / "shut").mkdir()
     for n in range(4):
         (root / "shut" / f"h{n}").touch()
     (root / "shut").chmod(0)  # unreadable: the files inside still count
-    # root, plain, its 3 files, link, shut and its 4 files
-    return 1 + 1 + 3 + 1 + 1 + 4
+    # root, plain, its 3 files and the second name, link, shut and its 4 files
+    return 1 + 1 + 4 + 1 + 1 + 4
 
 
 def test_every_inode_counts_however_it_is_hidden(tmp_path: Path) -> None:
@@ -73,3 +73,14 @@ def test_the_watchdog_stops_a_task_over_its_file_limit(tmp_path: Path) -> None:
     message = str(raised.value)
     assert "2001 files" in message and "limit of 2000" in message
     assert "disk_files" in message and "disk_files" in (raised.value.hint or "")
+
+
+def test_an_untrusted_project_may_only_lower_the_file_limit() -> None:
+    from hal9999.trust import narrow_project_table
+
+    base = limits.defaults().model_dump()
+    lower = {"resources": {"disk_files": 1000}}
+    assert narrow_project_table(lower, {}, base) == (lower, [])
+    for asked in (limits.DEFAULT_DISK_FILES + 1, 0):
+        kept, ignored = narrow_project_table({"resources": {"disk_files": asked}}, {}, base)
+        assert "resources" not in kept and ignored and "resources.disk_files" in ignored[0]

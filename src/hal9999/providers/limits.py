@@ -8,7 +8,7 @@ host, while leaving a normal build its room:
 - ``memory_mb`` half the host's RAM: one task cannot push the host into its OOM killer;
 - ``cpus`` every core: no slowdown, but a quota the task cannot raise;
 - ``disk_mb`` 20 GiB: workspace, home and scratch together, and no single file larger;
-- ``disk_files`` 1 Mi files (inodes) in the same places: about the inodes 20 GiB brings on
+- ``disk_files`` 1 Mi files (names) in the same places: about the inodes 20 GiB brings on
   ext4 (one per 16 KiB), so one agent's empty files cannot use up the disk's inodes and stop
   every other task with ``disk_full`` (a checkout of a large monorepo is a few 100k).
 """
@@ -19,7 +19,7 @@ import contextlib
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
 from typing import NamedTuple, Protocol, runtime_checkable
@@ -107,7 +107,7 @@ class DiskUse(NamedTuple):
     limit_bytes: int | None
     """None when the sandbox has no disk limit."""
     used_files: int = 0
-    """Files, directories and links (inodes: a file linked twice is one)."""
+    """Files, directories and links (names: a file linked twice counts twice)."""
     limit_files: int | None = None
     """None when the sandbox has no limit on files."""
 
@@ -132,47 +132,57 @@ class DiskWatched(Protocol):
 
 
 async def use_of(dirs: Sequence[Path], resources: Resources) -> DiskUse:
-    """What ``dirs`` hold together (bytes and files, two ``du`` walks side by side),
-    against the disk limits of ``resources`` (limits already made effective)."""
+    """What ``dirs`` hold together, against the disk limits of ``resources`` (limits
+    already made effective): bytes (``du``: a file linked twice counted once) and names
+    (``find``: files, directories and links, each name once), two walks side by side, each
+    on one filesystem per dir, links never followed. Names, not inodes: ``find`` reads the
+    directories alone, where ``du --inodes`` stats every file (0.36 s of CPU against 0.14 s
+    for 100k files), and a second name for a file the agent made only counts against it."""
     import asyncio
 
-    wanted = [["-B1"], ["--inodes"] if resources.disk_files else None]
-    counts = await asyncio.gather(*(_du(flags, dirs) for flags in wanted if flags))
+    if not dirs:
+        return DiskUse(0, None)
+    paths = [str(Path(d).absolute()) for d in dirs]  # never an option of find
+    walks = [_walk(["du", "-s", "-x", "-c", "-B1", "--", *paths], _du_total)]
+    if resources.disk_files:
+        walks.append(_walk(["find", *paths, "-xdev", "-printf", "x"], len))
+    counts = await asyncio.gather(*walks)
     disk_mb, files = resources.disk_mb, resources.disk_files
     used_files = counts[1] if files else 0
     return DiskUse(counts[0], disk_mb << 20 if disk_mb else None, used_files, files or None)
 
 
-async def _du(flags: list[str], dirs: Sequence[Path]) -> int:
-    """``du``'s total for ``dirs`` (one filesystem each, links never followed, a file
-    linked twice counted once). A part ``du`` could not read (a 000 directory the agent
-    made, where files hide from the count) is read again as root of a user namespace of
-    hal's own: that root may read any file hal's user owns, and nothing more."""
-    if not dirs:
-        return 0
-    argv = ["du", "-s", "-x", "-c", *flags, "--", *map(str, dirs)]
-    total, complete = await _total(argv)
+async def _walk(argv: list[str], read: Callable[[bytes], int]) -> int:
+    """What ``read`` makes of the output of the walk ``argv``. A part it could not read (a
+    000 directory the agent made, where files hide from the count) is read again as root of
+    a user namespace of hal's own: that root may read any file hal's user owns, and nothing
+    more."""
+    count, complete = await _run(argv, read)
     if not complete and os.geteuid() != 0 and shutil.which("unshare"):
-        again, _ = await _total(["unshare", "--user", "--map-root-user", "--", *argv])
-        total = max(total, again)
-    return total
+        again, _ = await _run(["unshare", "--user", "--map-root-user", "--", *argv], read)
+        count = max(count, again)
+    return count
 
 
-async def _total(argv: list[str]) -> tuple[int, bool]:
-    """The last line's number of ``du``'s output (0 if none), and whether it read all."""
+async def _run(argv: list[str], read: Callable[[bytes], int]) -> tuple[int, bool]:
+    """``read`` of the output of ``argv``, and whether it exited 0 (``du`` and ``find`` exit
+    1 past a part they could not read, or a file gone while they walked: the count of what
+    they read still stands)."""
     import asyncio  # here: the CLI imports this module for release_if_full alone
 
     proc = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
     )
     out, _ = await proc.communicate()
-    # du exits 1 when it could not read a part (or a file went away while it walked): the
-    # total of what it could read still stands.
-    lines = out.decode(errors="replace").splitlines()
+    return read(out), proc.returncode == 0
+
+
+def _du_total(out: bytes) -> int:
+    """The number on the last line of ``du -c``'s output (0 if none)."""
     try:
-        return int(lines[-1].split()[0]), proc.returncode == 0
+        return int(out.decode(errors="replace").splitlines()[-1].split()[0])
     except (IndexError, ValueError):
-        return 0, False
+        return 0
 
 
 class Ballast:
