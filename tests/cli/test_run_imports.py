@@ -28,6 +28,18 @@ import re._compiler
 patterns = []  # every regex compiled from here on (`re` compiles a pattern's text once)
 real_re = re._compiler.compile
 re._compiler.compile = lambda pattern, flags=0: patterns.append(pattern) or real_re(pattern, flags)
+import typing
+forward = []  # hal modules whose body made a typing.ForwardRef: a compile() of its text each
+real_forward = typing.ForwardRef.__init__
+def counted(self, arg, *rest, **kw):
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_name != "<module>":
+        frame = frame.f_back
+    name = frame.f_globals.get("__name__", "") if frame is not None else ""
+    if name.startswith("hal9999.") and name != "hal9999.__main__":
+        forward.append(name)
+    real_forward(self, arg, *rest, **kw)
+typing.ForwardRef.__init__ = counted
 sys.argv = ["hal", *sys.argv[1:]]
 try:
     runpy.run_module("hal9999", run_name="__main__")
@@ -54,7 +66,8 @@ dataclasses = sorted(
     and value.__module__ == name
 )
 found = {"built": built, "union": union, "collections": loading, "tokenized": len(parsed),
-         "dataclasses": dataclasses, "patterns": [repr(p) for p in patterns]}
+         "dataclasses": dataclasses, "forward": forward,
+         "patterns": [repr(p) for p in patterns]}
 sys.stderr.write("\\n" + json.dumps(found))
 """
 
@@ -109,6 +122,14 @@ NOT_FOR_A_TEMPLATE_AGENT = (
     "hal9999.store.gateway",
     "hal9999.store.sandboxrow",  # the warm pool's row (the store mixes in its table alone)
 )
+
+FORWARD_REFS = (
+    "hal9999.config",  # ConfigSources.project: ProjectConfig (hal9999.trust, not imported)
+    "hal9999.hive.mcp.channel",  # McpPaths.home: its module imports Sandbox to type-check
+    "hal9999.redact",  # the TypeVar bound to BaseModel (pydantic imported where needed)
+)
+"""Modules of hal whose body makes a ``typing.ForwardRef`` in an in-process run of a
+template agent, once each."""
 
 NOT_BUILT = (
     # Event models of kinds the run does not make (it reads none back through the union).
@@ -188,6 +209,11 @@ def test_an_in_process_run_imports_no_gateway_or_hive_store_and_builds_only_its_
     # No model's default factory is a builtin whose signature pydantic has parsed from its
     # text (values.empty_list in place of list).
     assert found["tokenized"] == 0
+    # A NamedTuple (or model) defined under `from __future__ import annotations` turns each
+    # field's annotation text into a typing.ForwardRef, one compile() each (~57k instructions):
+    # 63 on this path before the run's NamedTuple modules evaluated their annotations (issue
+    # 16, stop 49). What is left names a class imported only for type checking.
+    assert sorted(found["forward"]) == sorted(FORWARD_REFS), found["forward"]
     # Patterns compiled on first use, which a template run has none of: the lone-surrogate
     # class (~2.2M instructions; a JSON record to mend), a credential file's lines (~1.3M).
     from hal9999.agents.parsing import _surrogate

@@ -22,7 +22,6 @@ logged and never breaks a task: the line is then written with ``gseq`` 0 and ind
 next writer that opens the log.
 """
 
-from __future__ import annotations
 
 import fcntl
 import logging
@@ -123,7 +122,7 @@ class Left(NamedTuple):
     seq: int
 
     @classmethod
-    def of(cls, st: os.stat_result, seq: int) -> Left:
+    def of(cls, st: os.stat_result, seq: int) -> "Left":
         """The state ``st`` describes, with its last ``seq``."""
         return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, seq)
 
@@ -415,7 +414,7 @@ class EventLog:
                         else:
                             file.close()
 
-    def __enter__(self) -> EventLog:
+    def __enter__(self) -> "EventLog":
         return self
 
     def __exit__(

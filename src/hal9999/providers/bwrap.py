@@ -10,7 +10,6 @@ per-command cost is bwrap's. The options each command's bwrap gets are built in
 :mod:`bwrapargs`.
 """
 
-from __future__ import annotations
 
 import asyncio
 import contextlib
@@ -110,7 +109,7 @@ class BwrapSandbox(HostSandbox):
 
     home = HOME
 
-    def __init__(self, owner: BwrapProvider, record: SandboxRecord) -> None:
+    def __init__(self, owner: "BwrapProvider", record: SandboxRecord) -> None:
         spec = record.spec
         directory = owner.store.dir(record.id)
         mounts = sandbox_mounts(record, directory)

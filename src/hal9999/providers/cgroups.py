@@ -6,7 +6,6 @@ itself into :meth:`Cgroup.join_files` before it execs the sandboxed program, so 
 descendant is born inside the group and cannot leave it without privilege.
 """
 
-from __future__ import annotations
 
 import asyncio
 import contextlib
@@ -41,7 +40,7 @@ class CgroupLimits(NamedTuple):
     cpu_period_us: int = CPU_PERIOD_US
 
     @classmethod
-    def from_resources(cls, resources: Resources) -> CgroupLimits:
+    def from_resources(cls, resources: Resources) -> "CgroupLimits":
         """The limits that enforce ``resources`` as given (unset and ``0`` mean no limit;
         :func:`hal9999.providers.limits.effective` fills in the defaults first)."""
         return cls(
@@ -128,7 +127,7 @@ class Cgroup(ABC):
         return {"version": self.version, "dirs": [str(path) for path in self.dirs]}
 
     @staticmethod
-    def from_record(record: dict[str, Any]) -> Cgroup:
+    def from_record(record: dict[str, Any]) -> "Cgroup":
         """The cgroup described by :meth:`to_record`."""
         dirs = [Path(path) for path in record["dirs"]]
         return CgroupV2(dirs) if record["version"] == 2 else CgroupV1(dirs)

@@ -27,7 +27,6 @@ it and starts a fresh one (nothing of a task's namespaces is left for the next),
 it with the rest of the sandbox's marked processes, destroy kills it.
 """
 
-from __future__ import annotations
 
 import asyncio
 import contextlib

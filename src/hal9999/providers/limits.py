@@ -13,7 +13,6 @@ host, while leaving a normal build its room:
   every other task with ``disk_full`` (a checkout of a large monorepo is a few 100k).
 """
 
-from __future__ import annotations
 
 import contextlib
 import os

@@ -10,7 +10,6 @@ whole. Denied calls fail with ``EPERM``, so tools see an ordinary error, not a c
 and C libraries then fall back to ``clone``, whose flags the filter does check.
 """
 
-from __future__ import annotations
 
 import errno
 import functools

@@ -8,7 +8,6 @@ link and a bounded size, and copies them into the session root, which no sandbox
 Nothing large passes through memory: the patch and bundle are files, stdout is one line.
 """
 
-from __future__ import annotations
 
 import asyncio
 import contextlib

@@ -13,7 +13,6 @@
       result.bundle  the branch as a git bundle (for URL sources)
 """
 
-from __future__ import annotations
 
 from pathlib import Path
 from typing import NamedTuple
