@@ -44,9 +44,9 @@ async def test_a_local_clone_runs_git_once_and_keeps_no_host_path(
     src = gitrepo.RepoSource("local", str(w.source))
     base = await gitrepo.clone(src, None, w.session.workspace, BRANCH)
     # Was: + checkout -b (fourth pass), config --unset-all, rev-parse HEAD (third pass).
-    # Stop 48: what the source keeps aside (stash, reflogs) and the objects only that
-    # reaches, which the clone copied, to leave out.
-    assert git_calls == ["clone", "rev-list", "rev-list"]
+    # Stop 49: the objects its refs reach, the rest of what the clone copied to leave out
+    # (stop 48: two, the source's refs aside and what only they reach).
+    assert git_calls == ["clone", "rev-list"]
     assert git(w.session.workspace, "status", "--porcelain") == ""
     assert base == w.base == git(w.session.workspace, "rev-parse", "HEAD")
     _no_source_path(w)
@@ -74,8 +74,8 @@ async def test_a_clone_at_a_ref_branches_from_that_commit(
     first = git(w.source, "rev-list", "--max-parents=0", "HEAD")
     src = gitrepo.RepoSource("local", str(w.source))
     base = await gitrepo.clone(src, first, w.session.workspace, BRANCH)
-    # The detach; the branch in Python; stop 48's two (the source's refs aside, the objects).
-    assert git_calls == ["clone", "rev-parse", "checkout", "rev-list", "rev-list"]
+    # The detach; the branch in Python; stop 49's one (the objects the refs reach).
+    assert git_calls == ["clone", "rev-parse", "checkout", "rev-list"]
     assert base == first == git(w.session.workspace, "rev-parse", f"refs/heads/{BRANCH}")
     assert git(w.session.workspace, "symbolic-ref", "HEAD") == f"refs/heads/{BRANCH}"
 
@@ -91,7 +91,7 @@ async def test_a_branch_not_in_the_plain_form_is_left_to_git(
     refused = branch != "hal/x.y"
     with pytest.raises(RepoError) if refused else contextlib.nullcontext():
         await gitrepo.clone(src, None, w.session.workspace, branch)
-    assert git_calls == ["clone", "checkout"] + ["rev-list", "rev-list"] * (not refused)
+    assert git_calls == ["clone", "checkout"] + ["rev-list"] * (not refused)
     if not refused:
         assert git(w.session.workspace, "symbolic-ref", "HEAD") == f"refs/heads/{branch}"
 

@@ -374,7 +374,7 @@ async def clone(
     if borrow is None and source.kind == "local":  # a snapshot is left clean already
         from hal9999.tasks.unreached import hide_remote_results
 
-        await hide_remote_results(dest, here, location)
+        await hide_remote_results(dest, here)
     if not head:
         head = await asyncio.to_thread(gitdir.drop_reflogs, git_dir, branch)
     if head:

@@ -3,12 +3,11 @@
 A bwrap task on a local repository used to copy the repository's whole object store into
 its checkout: a thousand tasks on a 1 GiB repository wrote a thousand GiB. Now hal keeps,
 per source repository, *snapshots*: git's local copy of the source's object store (the
-copy each task used to make), without hal's own result branches, and without the objects
-only they, the source's other refs or its reflogs reach (:mod:`unreached`: another task's
-result, a stash, a commit dropped with a secret in it), then pruned of the loose objects
-no branch, tag or HEAD reaches. A task's
-checkout is a ``clone --shared`` of the newest snapshot: it borrows the snapshot's objects
-through ``objects/info/alternates`` and holds only what its agent adds. The snapshot is mounted
+copy each task used to make), without hal's own result branches, and without any object
+its branches, tags and HEAD do not reach (:mod:`unreached`: another task's result, a
+stash, a commit dropped, amended or reset past with a secret in it). A task's checkout
+is a ``clone --shared`` of the newest snapshot: it borrows the snapshot's objects through
+``objects/info/alternates`` and holds only what its agent adds. The snapshot is mounted
 read-only inside the sandbox at :data:`OBJECTS_TARGET`; the alternates entry is the relative
 ``../../../.hal-objects``, which names that mount inside and, on the host, the session's
 link to the snapshot (so no host path is written into the checkout)::
@@ -207,9 +206,8 @@ def _current(base: Path, fp: str, session_root: Path, link: bool) -> tuple[Path 
 async def _make(base: Path, top: str, fp: str) -> Path:
     """A new snapshot of ``top``, never changed afterwards: git's local copy of its object
     store (as fast as the per-task copy it replaces), without hal's result branches nor
-    the objects only they or what the source keeps aside reach (:mod:`unreached`), then
-    pruned of the loose objects no branch, tag or HEAD reaches; readable by a sandbox's
-    own uid."""
+    any object its branches, tags and HEAD do not reach (:mod:`unreached`); readable by a
+    sandbox's own uid."""
     name = f"s-{secrets.token_hex(6)}"
     work = base / f".{name}.tmp"
     try:
@@ -232,13 +230,7 @@ async def _make(base: Path, top: str, fp: str) -> Path:
             await git(["update-ref", "--stdin"], cwd=work, stdin=script.encode())
         from hal9999.tasks import unreached  # a snapshot's making only
 
-        tips = [tip for tip, _ref in pairs]
-        aside = await unreached.kept_aside(top)
-        if aside is None:
-            await unreached.drop_unreachable(work)
-        else:
-            await unreached.drop_only_reached_by(work, work / "objects", tips + aside)
-        await git(["prune", "--expire=now"], cwd=work, what="making a snapshot")
+        await unreached.keep_only_reachable(work, work / "objects")
         await _count_gitlinks(work)
         await asyncio.to_thread(_finish, work, fp)
         await asyncio.to_thread(os.rename, work, base / name)

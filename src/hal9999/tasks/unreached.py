@@ -1,172 +1,161 @@
-"""Other tasks' results taken out of a copy of a source's object store before a sandbox
-sees it (stop 48).
+"""What no ref reaches taken out of a copy of a source's object store before a sandbox
+sees it (stops 48 and 49).
 
-Every result hal brings back lands in the source as a pack of its own (a bundle is always
-unbundled into a pack), and git's local copy of a repository (``clone --local``, what a
-snapshot and a whole clone are) copies every pack. Dropping hal's ``hal/...`` refs from the
-copy hid their names but not their objects: ``git cat-file --batch-all-objects`` in any
-later task's checkout read every other task's result, a hive agent's branch included. So
-the objects only those refs reached are removed from the copy here: a loose one is
-unlinked, a pack that holds nothing else is deleted whole (a brought-back result's own
-pack: no git runs), and only a pack that holds them among others (the source's own
-``git gc`` packed them together) makes ``git repack -a -d`` rewrite it, the clean packs
-kept as they are.
+Git's local copy of a repository (``clone --local``, what a snapshot and a whole clone are)
+copies every pack and loose object of the source, whatever reaches them: another task's
+result (each lands in the source as a pack of its own, its ``hal/...`` ref deleted from
+the copy), the operator's stash, a commit dropped, amended or reset past, its reflog
+expired or not, a ``stash drop``, a loose object nothing names. ``git cat-file
+--batch-all-objects`` or ``git fsck --lost-found`` in the checkout read each. So after the
+copy's refs are what the agent is meant to see, one ``rev-list --objects --all`` lists what
+they reach and every other object goes: a loose one is unlinked, a pack that holds nothing
+else is deleted whole, and only a pack that holds both (the source's own ``git gc`` packed
+them together) is rewritten, by ``pack-objects`` of the listed objects it holds (no second
+walk). When the store's object count is the count listed, nothing else is read.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
-import contextlib
-import mmap
 import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from hal9999.errors import RepoError
 from hal9999.tasks import gitrepo
 
 _PACK_FILES = (".pack", ".idx", ".rev", ".bitmap", ".keep", ".promisor", ".mtimes")
+_WHAT = "leaving out what no branch reaches"
 
 
-async def drop_only_reached_by(
-    repo: Path, objects: Path, tips: Sequence[str], config: Sequence[str] = ()
-) -> None:
-    """Remove from ``repo`` (whose object store is ``objects``, unshared) every object that
-    the commits ``tips`` reach and none of its refs or its HEAD does; the caller deleted
-    the refs naming ``tips`` first. ``config``: options before git's command."""
-    if not tips:
-        return
+async def keep_only_reachable(repo: Path, objects: Path, config: Sequence[str] = ()) -> None:
+    """Remove from ``repo`` (whose object store is ``objects``, unshared) every object its
+    refs and HEAD do not reach. ``config``: options before git's command."""
     listed = await gitrepo.git(
-        [*config, "rev-list", "--objects", "--no-object-names", "--ignore-missing", "--stdin",
-         "--not", "--all"],
-        cwd=repo, stdin="".join(f"{tip}\n" for tip in tips).encode(),
-        what="leaving other tasks' results out",
-    )  # fmt: skip
-    only = {bytes.fromhex(line) for line in listed.split()}
-    if not only:
+        [*config, "rev-list", "--objects", "--no-object-names", "--all"], cwd=repo, what=_WHAT
+    )
+    reached = {bytes.fromhex(line) for line in listed.split()}
+    rewrite = await asyncio.to_thread(_drop, objects, reached)
+    if rewrite is None:
         return
-    mixed, clean = await asyncio.to_thread(_drop, objects, only)
-    if mixed:
-        keep = [f"--keep-pack={name}" for name in clean]
-        await gitrepo.git(
-            [*config, "repack", "-a", "-d", "-q", "--no-write-bitmap-index", *keep],
-            cwd=repo, what="leaving other tasks' results out",
+    keep, mixed = rewrite
+    if mixed is None:  # an index in a form not read here: git rewrites every pack
+        await gitrepo.git([*config, "repack", "-a", "-d", "-q", "--no-write-bitmap-index"],
+                          cwd=repo, what=_WHAT)  # fmt: skip
+        return
+    if keep:
+        made = await gitrepo.git(
+            [*config, "pack-objects", "-q", "--delta-base-offset", str(objects / "pack" / "pack")],
+            cwd=repo, stdin="".join(f"{oid.hex()}\n" for oid in keep).encode(), what=_WHAT,
         )  # fmt: skip
+        mixed = [base for base in mixed if base != f"pack-{made.strip()}"]
+    await asyncio.to_thread(_unlink_packs, objects / "pack", mixed)
 
 
-async def kept_aside(top: str) -> list[str] | None:
-    """The commits the source ``top`` keeps outside its branches and tags, which its local
-    copy has the objects of but no ref to: other refs' (the operator's stash,
-    ``refs/hal-incoming/...``, its own remote-tracking branches) and every reflog's entries
-    (the stash's older ones, a commit dropped or amended). None when git cannot tell."""
-    try:
-        listed = await gitrepo.git(
-            ["-c", f"safe.directory={top}", "rev-list", "--no-walk", "--reflog",
-             "--exclude=refs/heads/*", "--exclude=refs/tags/*", "--all"],
-            cwd=Path(top), what="leaving what no branch reaches out",
-        )  # fmt: skip
-    except RepoError:
-        return None
-    return listed.split()
-
-
-async def drop_unreachable(repo: Path, config: Sequence[str] = ()) -> None:
-    """Remove from ``repo`` every packed object its refs and HEAD do not reach (one
-    ``repack -a -d``: a walk of the whole store), for when the tips are not known."""
-    await gitrepo.git([*config, "repack", "-a", "-d", "-q", "--no-write-bitmap-index"], cwd=repo,
-              what="leaving what no branch reaches out")  # fmt: skip
-
-
-def _drop(objects: Path, only: set[bytes]) -> tuple[bool, list[str]]:
-    """Unlink the loose objects in ``only`` and the packs holding nothing else; whether a
-    pack holds some of them among others, and the names of the packs holding none."""
-    # Indexes over the whole store list the objects going (the source's gc writes a
-    # commit-graph; git fails on a commit it lists and cannot read): git works without them.
-    (objects / "info" / "commit-graph").unlink(missing_ok=True)
-    shutil.rmtree(objects / "info" / "commit-graphs", ignore_errors=True)
-    for index in (objects / "pack").glob("multi-pack-index*"):
-        index.unlink()
-    for oid in only:
-        name = oid.hex()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(objects / name[:2] / name[2:])
-    mixed, clean = False, []
+def _drop(objects: Path, reached: set[bytes]) -> tuple[set[bytes], list[str] | None] | None:
+    """Unlink the loose objects not in ``reached``; None when the store held nothing else,
+    else the reached objects of the packs holding others and those packs' names (None for
+    the names: a pack index not read here, every pack left to git's repack)."""
     pack_dir = objects / "pack"
-    size = len(next(iter(only)))
-    for entry in sorted(os.listdir(pack_dir)) if pack_dir.is_dir() else []:
-        if not entry.endswith(".idx"):
-            continue
-        base = entry[: -len(".idx")]
-        found = _found(pack_dir / entry, only, size)
-        if found == (0, False):
-            clean.append(f"{base}.pack")
-        elif found[1]:  # every object of the pack is one of them
-            for suffix in _PACK_FILES:
-                (pack_dir / f"{base}{suffix}").unlink(missing_ok=True)
-        else:
-            mixed = True  # rewritten by the repack, which a .keep would stop
-            (pack_dir / f"{base}.keep").unlink(missing_ok=True)
-    return mixed, clean
+    entries = os.listdir(pack_dir) if pack_dir.is_dir() else []
+    indexes = sorted(entry for entry in entries if entry.endswith(".idx"))
+    loose = _loose(objects)
+    counts = [_count(pack_dir / name) for name in indexes]
+    borrowed = (objects / "info" / "alternates").exists()  # reached objects kept elsewhere
+    if not borrowed and -1 not in counts and sum(counts) + len(loose) == len(reached):
+        return None  # every object is a reached one: nothing to read further
+    for oid, path in loose.items():
+        if oid not in reached:
+            os.unlink(path)
+    for entry in entries:
+        if entry.startswith("tmp_"):  # a pack the source was writing: any object at all
+            os.unlink(pack_dir / entry)
+    # Indexes over the whole store list the objects going (git fails on a commit the
+    # commit-graph lists and it cannot read): git works without them.
+    (objects / "info" / "commit-graph").unlink(missing_ok=True)
+    (objects / "info" / "packs").unlink(missing_ok=True)
+    shutil.rmtree(objects / "info" / "commit-graphs", ignore_errors=True)
+    for index in pack_dir.glob("multi-pack-index*"):
+        index.unlink()
+    if -1 in counts:
+        return set(), None
+    size = len(next(iter(reached))) if reached else 20
+    keep: set[bytes] = set()
+    mixed: list[str] = []
+    for name, count in zip(indexes, counts, strict=True):
+        held = reached.intersection(_names(pack_dir / name, count, size))
+        if len(held) != count:
+            mixed.append(name[: -len(".idx")])
+            keep |= held
+    return keep, mixed
 
 
-class _Names:
-    """The sorted object names of a version 2 pack index, read in place."""
+def _unlink_packs(pack_dir: Path, bases: Sequence[str]) -> None:
+    for base in bases:
+        for suffix in _PACK_FILES:
+            (pack_dir / f"{base}{suffix}").unlink(missing_ok=True)
 
-    def __init__(self, data: mmap.mmap, size: int, count: int) -> None:
-        self.data, self.size, self.count = data, size, count
 
-    def __len__(self) -> int:
-        return self.count
-
-    def __getitem__(self, index: int) -> bytes:
-        at = _NAMES + index * self.size
-        return self.data[at : at + self.size]
+def _loose(objects: Path) -> dict[bytes, str]:
+    """The store's loose objects by name, anything else in their folders (a temporary
+    object being written) under a name no object has; a folder of objects the source was
+    receiving (a push's quarantine) removed."""
+    found: dict[bytes, str] = {}
+    with os.scandir(objects) as folders:
+        for folder in folders:
+            if folder.name in ("pack", "info") or not folder.is_dir(follow_symlinks=False):
+                continue
+            if len(folder.name) != 2:
+                shutil.rmtree(folder.path)
+                continue
+            for entry in os.listdir(folder.path):
+                path = os.path.join(folder.path, entry)
+                try:
+                    found[bytes.fromhex(folder.name + entry)] = path
+                except ValueError:
+                    found[path.encode()] = path  # never a reached name: unlinked
+    return found
 
 
 _NAMES = 8 + 256 * 4
-"""Where a version 2 index's names start: after its header and its fan-out table."""
+"""Where a version 2 pack index's names start: after its header and its fan-out table."""
+_V2 = b"\377tOc\0\0\0\2"
 
 
-def _found(path: Path, only: set[bytes], size: int) -> tuple[int, bool]:
-    """How many of ``only`` the pack indexed at ``path`` holds, and whether it holds
-    nothing else; (-1, False) for an index not in version 2's form (git rewrites that pack
-    then, never a guess here)."""
-    with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        if data[:8] != b"\377tOc\0\0\0\2" or len(data) < _NAMES:
-            return -1, False
-        count = int.from_bytes(data[_NAMES - 4 : _NAMES], "big")
-        if len(data) < _NAMES + count * size:
-            return -1, False
-        names = _Names(data, size, count)
-        hits = 0
-        for oid in only:
-            at = bisect.bisect_left(names, oid)
-            hits += at < count and names[at] == oid
-        return hits, hits == count
+def _count(path: Path) -> int:
+    """The number of objects the pack indexed at ``path`` holds; -1 for an index not in
+    version 2's form."""
+    with open(path, "rb") as file:
+        head = file.read(_NAMES)
+    if head[:8] != _V2 or len(head) < _NAMES:
+        return -1
+    return int.from_bytes(head[_NAMES - 4 :], "big")
+
+
+def _names(path: Path, count: int, size: int) -> list[bytes]:
+    """The ``count`` object names, ``size`` bytes each, of the version 2 pack index at
+    ``path``."""
+    with open(path, "rb") as file:
+        file.seek(_NAMES)
+        data = file.read(count * size)
+    return [data[at : at + size] for at in range(0, len(data), size)]
 
 
 REMOTE_RESULTS = "refs/remotes/origin/hal/"
 """Where a whole clone of a local source keeps the source's result branches."""
 
 
-async def hide_remote_results(dest: Path, config: Sequence[str], top: str) -> None:
+async def hide_remote_results(dest: Path, config: Sequence[str]) -> None:
     """Delete a fresh whole clone's remote-tracking refs of hal's result branches (another
-    task's result, another hive agent's branch, each by its name under ``origin/hal/``) and
-    the objects only they, or what the source ``top`` keeps aside (:func:`kept_aside`),
-    reach. ``config``: options before git's command."""
+    task's result, another hive agent's branch, each by its name under ``origin/hal/``),
+    then every object its refs left do not reach (:func:`keep_only_reachable`).
+    ``config``: options before git's command."""
     found = await asyncio.to_thread(_remote_results, dest / ".git")
     if found:
         script = "".join(f"delete {ref}\n" for _tip, ref in found)
         await gitrepo.git([*config, "update-ref", "--stdin"], cwd=dest, stdin=script.encode(),
                   what="leaving other tasks' results out")  # fmt: skip
-    aside = await kept_aside(top)
-    if aside is None:
-        await drop_unreachable(dest, config)
-        return
-    tips = sorted({tip for tip, _ref in found} | set(aside))
-    await drop_only_reached_by(dest, dest / ".git" / "objects", tips, config)
+    await keep_only_reachable(dest, dest / ".git" / "objects", config)
 
 
 def _remote_results(git_dir: Path) -> list[tuple[str, str]]:
