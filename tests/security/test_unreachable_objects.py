@@ -14,8 +14,11 @@ from pathlib import Path
 
 import pytest
 from tests.tasks.conftest import git, make_repo
+from tests.tasks.test_clone_processes import git_calls
 
 from hal9999.tasks import gitrepo, mirror
+
+__all__ = ["git_calls"]  # a fixture the tests take
 
 SECRETS = ("dropped-5e1a", "stashed-77c0", "amended-0b93", "loose-a4d2", "own-pack-3f68")
 
@@ -66,6 +69,10 @@ def _every_object(repo: Path) -> str:
 def _assert_only_reached(repo: Path) -> None:
     every = _every_object(repo)
     assert not [secret for secret in SECRETS if secret in every]
+    _assert_exactly_reached(repo)
+
+
+def _assert_exactly_reached(repo: Path) -> None:
     names = git(repo, "cat-file", "--batch-all-objects", "--batch-check=%(objectname)")
     listed = set(names.split())
     assert listed == set(git(repo, "rev-list", "--objects", "--no-object-names", "--all").split())
@@ -96,3 +103,45 @@ def test_a_whole_clone_holds_only_what_its_refs_reach(tmp_path: Path, source: Pa
     src = gitrepo.RepoSource("local", str(source))
     asyncio.run(gitrepo.clone(src, None, dest, "hal/t1"))
     _assert_only_reached(dest)
+
+
+def _snapshots_across(tmp_path: Path, change: str) -> tuple[Path, Path]:
+    """A snapshot of a source, then the next one after the source's refs ``change``d."""
+    source = tmp_path / "source"
+    make_repo(source, {"README": "hello\n"})
+    (source / "key").write_text("dropped-5e1a\n")
+    git(source, "add", "key")
+    git(source, "commit", "-qm", "secret")
+    git(source, "tag", "-a", "-m", "stashed-77c0", "v1", "HEAD~1")
+    base = tmp_path / "mirrors"
+    base.mkdir()
+    first = asyncio.run(mirror._make(base, str(source), "fp1"))
+    if change == "reset":  # the commit with the secret dropped, its reflog expired
+        git(source, "reset", "-q", "--hard", "HEAD~1")
+        git(source, "reflog", "expire", "--expire=now", "--all")
+    elif change == "tag":  # the tag with the secret deleted
+        git(source, "tag", "-d", "v1")
+    (source / "more").write_text("more\n")
+    git(source, "add", "more")
+    git(source, "commit", "-qm", "more")
+    return first, asyncio.run(mirror._make(base, str(source), "fp2"))
+
+
+def test_the_next_snapshot_walks_only_what_is_new(tmp_path: Path, git_calls: list[str]) -> None:
+    _first, second = _snapshots_across(tmp_path, "commit")
+    listings = [call for call in git_calls if call == "rev-list"]
+    assert listings == ["rev-list"] * 3  # the first's walk; the second's check and listing
+    assert "dropped-5e1a" in _every_object(second)  # still on the branch
+    _assert_exactly_reached(second)
+    assert git(second, "show", "HEAD:more") == "more"
+
+
+@pytest.mark.parametrize("change", ["reset", "tag"])
+def test_what_the_last_snapshot_reached_and_this_one_does_not_goes(
+    tmp_path: Path, change: str
+) -> None:
+    first, second = _snapshots_across(tmp_path, change)
+    secret = "dropped-5e1a" if change == "reset" else "stashed-77c0"
+    assert secret in _every_object(first)
+    assert secret not in _every_object(second)
+    _assert_exactly_reached(second)

@@ -54,6 +54,9 @@ relative entry against the objects directory): the session's link on the host, t
 inside the sandbox, whose workspace is ``/workspace``."""
 REFS_FILE = "hal-refs"
 GITLINKS_FILE = "hal-gitlinks"
+REACHED_FILE = "hal-reached"
+"""In a snapshot made since stop 49: it holds only the objects its refs and HEAD reach, so
+the next snapshot walks only what is new (:func:`unreached.keep_only_reachable`)."""
 """In a snapshot: ``<HEAD's commit> <gitlinks in its tree>``, so that collecting a task
 that changed nothing from that commit needs no ``ls-files`` (:mod:`hal9999.tasks.collect`)."""
 RESULTS = "refs/heads/hal/"
@@ -230,7 +233,8 @@ async def _make(base: Path, top: str, fp: str) -> Path:
             await git(["update-ref", "--stdin"], cwd=work, stdin=script.encode())
         from hal9999.tasks import unreached  # a snapshot's making only
 
-        await unreached.keep_only_reachable(work, work / "objects")
+        since = await asyncio.to_thread(_previous, base)
+        await unreached.keep_only_reachable(work, work / "objects", since=since)
         await _count_gitlinks(work)
         await asyncio.to_thread(_finish, work, fp)
         await asyncio.to_thread(os.rename, work, base / name)
@@ -266,8 +270,18 @@ def base_without_gitlinks(session_root: Path, base: str) -> bool:
         return False
 
 
+def _previous(base: Path) -> Path | None:
+    """The current snapshot when it holds only what its refs reach (:data:`REACHED_FILE`)."""
+    try:
+        snap = base / read_text(base / "current").strip()
+    except OSError:
+        return None
+    return snap if (snap / REACHED_FILE).is_file() else None
+
+
 def _finish(work: Path, fp: str) -> None:
     (work / REFS_FILE).write_text(fp)
+    (work / REACHED_FILE).touch()
     # The sandbox's own uid (hal as root) reads it through the read-only mount.
     for folder, _dirs, files in os.walk(work / "objects"):
         os.chmod(folder, 0o755)

@@ -22,19 +22,27 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from hal9999.errors import RepoError
 from hal9999.tasks import gitrepo
 
 _PACK_FILES = (".pack", ".idx", ".rev", ".bitmap", ".keep", ".promisor", ".mtimes")
 _WHAT = "leaving out what no branch reaches"
 
 
-async def keep_only_reachable(repo: Path, objects: Path, config: Sequence[str] = ()) -> None:
+async def keep_only_reachable(
+    repo: Path, objects: Path, config: Sequence[str] = (), since: Path | None = None
+) -> None:
     """Remove from ``repo`` (whose object store is ``objects``, unshared) every object its
-    refs and HEAD do not reach. ``config``: options before git's command."""
-    listed = await gitrepo.git(
-        [*config, "rev-list", "--objects", "--no-object-names", "--all"], cwd=repo, what=_WHAT
-    )
-    reached = {bytes.fromhex(line) for line in listed.split()}
+    refs and HEAD do not reach. ``config``: options before git's command. ``since``: an
+    earlier copy of the same source holding exactly what its own refs reached, its refs all
+    packed; when every object those reached is reached here too, only what is new since is
+    walked."""
+    reached = await _reached_since(repo, since, config) if since is not None else None
+    if reached is None:
+        listed = await gitrepo.git(
+            [*config, "rev-list", "--objects", "--no-object-names", "--all"], cwd=repo, what=_WHAT
+        )
+        reached = {bytes.fromhex(line) for line in listed.split()}
     rewrite = await asyncio.to_thread(_drop, objects, reached)
     if rewrite is None:
         return
@@ -50,6 +58,65 @@ async def keep_only_reachable(repo: Path, objects: Path, config: Sequence[str] =
         )  # fmt: skip
         mixed = [base for base in mixed if base != f"pack-{made.strip()}"]
     await asyncio.to_thread(_unlink_packs, objects / "pack", mixed)
+
+
+async def _reached_since(repo: Path, since: Path, config: Sequence[str]) -> set[bytes] | None:
+    """The objects ``repo``'s refs and HEAD reach, from ``since``'s objects and a walk of
+    what is new; None when something ``since`` reached is reached no more (a branch reset
+    or deleted, a tag deleted), or ``since`` is not in the form this reads."""
+    tips = await asyncio.to_thread(_tips, since)
+    if not tips:
+        return None
+    stdin = "".join(f"{tip}\n" for tip in tips).encode()
+    try:  # what the earlier refs reached and these do not: nothing, else a whole walk
+        gone = await gitrepo.git(
+            [*config, "rev-list", "--objects", "--count", "--stdin", "--not", "--all"],
+            cwd=repo, stdin=stdin, what=_WHAT,
+        )  # fmt: skip
+        if gone.strip() != "0":
+            return None
+        listed = await gitrepo.git(
+            [*config, "rev-list", "--objects", "--no-object-names", "--all", "--stdin"],
+            cwd=repo, stdin="".join(f"^{tip}\n" for tip in tips).encode(), what=_WHAT,
+        )  # fmt: skip
+    except RepoError:  # an earlier tip this copy has not got
+        return None
+    reached = await asyncio.to_thread(_store, since / "objects", len(tips[0]) // 2)
+    return None if reached is None else reached | {bytes.fromhex(line) for line in listed.split()}
+
+
+def _tips(repo: Path) -> list[str]:
+    """The values of the bare ``repo``'s refs and of a detached HEAD, all its refs packed;
+    none when a ref is loose (not the form of a snapshot)."""
+    for _folder, _dirs, files in os.walk(repo / "refs"):
+        if files:
+            return []
+    tips = []
+    try:
+        with open(repo / "packed-refs", encoding="ascii") as packed:
+            tips = [line.split(" ", 1)[0] for line in packed if line[:1] not in "#^"]
+    except FileNotFoundError:
+        pass
+    except (OSError, UnicodeDecodeError):
+        return []
+    head = (repo / "HEAD").read_text(encoding="ascii", errors="replace").strip()
+    if not head.startswith("ref:"):
+        tips.append(head)
+    return [tip for tip in tips if tip and all(c in "0123456789abcdef" for c in tip)]
+
+
+def _store(objects: Path, size: int) -> set[bytes] | None:
+    """Every name, ``size`` bytes, of an object in the store ``objects`` (read only); None
+    when a pack index is not read here."""
+    pack_dir = objects / "pack"
+    found = {oid for oid in _loose(objects, remove=False) if len(oid) == size}
+    for name in os.listdir(pack_dir) if pack_dir.is_dir() else []:
+        if name.endswith(".idx"):
+            count = _count(pack_dir / name)
+            if count < 0:
+                return None
+            found.update(_names(pack_dir / name, count, size))
+    return found
 
 
 def _drop(objects: Path, reached: set[bytes]) -> tuple[set[bytes], list[str] | None] | None:
@@ -96,17 +163,18 @@ def _unlink_packs(pack_dir: Path, bases: Sequence[str]) -> None:
             (pack_dir / f"{base}{suffix}").unlink(missing_ok=True)
 
 
-def _loose(objects: Path) -> dict[bytes, str]:
+def _loose(objects: Path, remove: bool = True) -> dict[bytes, str]:
     """The store's loose objects by name, anything else in their folders (a temporary
-    object being written) under a name no object has; a folder of objects the source was
-    receiving (a push's quarantine) removed."""
+    object being written) under a name no object has; with ``remove``, a folder of objects
+    the source was receiving (a push's quarantine) removed."""
     found: dict[bytes, str] = {}
     with os.scandir(objects) as folders:
         for folder in folders:
             if folder.name in ("pack", "info") or not folder.is_dir(follow_symlinks=False):
                 continue
             if len(folder.name) != 2:
-                shutil.rmtree(folder.path)
+                if remove:
+                    shutil.rmtree(folder.path)
                 continue
             for entry in os.listdir(folder.path):
                 path = os.path.join(folder.path, entry)
