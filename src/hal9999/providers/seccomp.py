@@ -35,6 +35,9 @@ DENIED = (
     "keyctl", "add_key", "request_key",
     # Kernel attack surface an agent never needs.
     "bpf", "perf_event_open", "userfaultfd",
+    # io_uring: a large kernel surface, and its operations (socket, connect, openat...) run
+    # past any filter, so a call denied here could be made through a ring instead.
+    "io_uring_setup", "io_uring_enter", "io_uring_register",
     "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
     # Mounting: the sandbox's view of the filesystem is fixed by bwrap.
     "mount", "umount", "umount2", "pivot_root", "move_mount", "open_tree",
@@ -47,7 +50,8 @@ DENIED = (
 SYSCALLS: dict[int, dict[str, int]] = {
     AUDIT_ARCH_X86_64: {
         "keyctl": 250, "add_key": 248, "request_key": 249, "bpf": 321, "perf_event_open": 298,
-        "userfaultfd": 323, "kexec_load": 246, "kexec_file_load": 320, "init_module": 175,
+        "userfaultfd": 323, "io_uring_setup": 425, "io_uring_enter": 426,
+        "io_uring_register": 427, "kexec_load": 246, "kexec_file_load": 320, "init_module": 175,
         "finit_module": 313, "delete_module": 176, "mount": 165, "umount2": 166,
         "pivot_root": 155, "move_mount": 429, "open_tree": 428, "fsopen": 430, "fsconfig": 431,
         "fsmount": 432, "fspick": 433, "mount_setattr": 442, "open_by_handle_at": 304,
@@ -56,7 +60,8 @@ SYSCALLS: dict[int, dict[str, int]] = {
     },
     AUDIT_ARCH_I386: {
         "keyctl": 288, "add_key": 286, "request_key": 287, "bpf": 357, "perf_event_open": 336,
-        "userfaultfd": 374, "kexec_load": 283, "init_module": 128, "finit_module": 350,
+        "userfaultfd": 374, "io_uring_setup": 425, "io_uring_enter": 426,
+        "io_uring_register": 427, "kexec_load": 283, "init_module": 128, "finit_module": 350,
         "delete_module": 129, "mount": 21, "umount": 22, "umount2": 52, "pivot_root": 217,
         "move_mount": 429, "open_tree": 428, "fsopen": 430, "fsconfig": 431, "fsmount": 432,
         "fspick": 433, "mount_setattr": 442, "open_by_handle_at": 342, "swapon": 87,
