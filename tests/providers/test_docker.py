@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import platform
+import shlex
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,6 +20,14 @@ from hal9999.providers.registry import load_provider
 from hal9999.spec import ArgvCommand, Resources, SandboxSpec, ShellCommand
 
 pytestmark = [pytest.mark.podman, pytest.mark.timeout(180)]
+
+
+# The image has perl, not python: a ring set up (io_uring_setup with zeroed parameters),
+# and N_TTY set on a pty's master (TIOCSETD).
+IO_URING = "perl -e " + shlex.quote('my $p = "\\0" x 120; exit(syscall(425, 4, $p) < 0)')
+TIOCSETD = "perl -e " + shlex.quote(
+    'open(my $m, "+<", "/dev/ptmx") or die; my $d = pack("i", 0); ioctl($m, 0x5423, $d) or exit 1'
+)
 
 
 def sh(script: str) -> ShellCommand:
@@ -60,6 +69,9 @@ async def test_a_hostile_agent_meets_the_boundary(
             "network": "test $(ls /sys/class/net | grep -vx lo | wc -l) -gt 0",
             "raw socket to the host": "exec 3<>/dev/tcp/169.254.1.1/80",
             "setuid root": "su -c true root </dev/null",
+            # Kernel surface bwrap's filter refuses as well (providers/seccomp.py).
+            "io_uring": IO_URING,
+            "line discipline": TIOCSETD,
         }
         for what, script in attacks.items():
             result = await box.exec(sh(script), timeout=20)

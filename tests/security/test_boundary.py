@@ -328,6 +328,21 @@ async def test_ioctl_tiocsti_is_refused(sandbox: BwrapSandbox) -> None:
     assert await sh(sandbox, "python3 tiocsti.py") == "EPERM\n"
 
 
+async def test_no_line_discipline_can_be_set(sandbox: BwrapSandbox) -> None:
+    # Even N_TTY, the one every kernel has: a module's discipline (n_hdlc, n_gsm) loads on
+    # demand where the kernel allows it, and none may be reached from inside.
+    code = (
+        "import fcntl, os, struct, termios, errno\n"
+        "master, slave = os.openpty()\n"
+        "try:\n"
+        "    fcntl.ioctl(slave, termios.TIOCSETD, struct.pack('i', 0)); print('set')\n"
+        "except OSError as e:\n"
+        "    print(errno.errorcode[e.errno])\n"
+    )
+    await sandbox.write_file_atomic("/workspace/tiocsetd.py", code.encode())
+    assert await sh(sandbox, "python3 tiocsetd.py") == "EPERM\n"
+
+
 async def test_files_the_host_writes_belong_to_the_sandbox_user(sandbox: BwrapSandbox) -> None:
     await sandbox.write_file_atomic("/home/hal/.config/agent/settings.json", b"{}", mode=0o600)
     await sandbox.mkdir("/workspace/made/by/host")

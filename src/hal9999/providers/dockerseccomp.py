@@ -5,7 +5,8 @@ namespace; Docker's does not), so hal sends its own: the system calls
 :mod:`hal9999.providers.seccomp` denies to bwrap sandboxes fail with ``EPERM`` here too,
 ``clone``/``unshare`` with ``CLONE_NEWUSER`` are refused, ``clone3`` fails with ``ENOSYS``
 (its flags sit behind a pointer; C libraries fall back to ``clone``), and the ``TIOCSTI`` and
-``TIOCLINUX`` ioctls that push keystrokes into a terminal are refused.
+``TIOCLINUX`` ioctls that push keystrokes into a terminal, and ``TIOCSETD`` that picks a
+terminal's line discipline, are refused.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import errno
 import functools
 import json
 
-from hal9999.providers.seccomp import CLONE_NEWUSER, DENIED, TIOCLINUX, TIOCSTI
+from hal9999.providers.seccomp import CLONE_NEWUSER, DENIED, TIOCLINUX, TIOCSETD, TIOCSTI
 
 
 def _masked(index: int, bits: int) -> dict[str, object]:
@@ -36,6 +37,7 @@ def profile() -> str:
         {"names": ["clone"], **eperm, "args": [_masked(0, CLONE_NEWUSER)]},
         {"names": ["ioctl"], **eperm, "args": [_equal(1, TIOCSTI)]},
         {"names": ["ioctl"], **eperm, "args": [_equal(1, TIOCLINUX)]},
+        {"names": ["ioctl"], **eperm, "args": [_equal(1, TIOCSETD)]},
     ]
     return json.dumps(
         {

@@ -27,6 +27,11 @@ TIOCSTI = 0x5412
 TIOCLINUX = 0x541C
 """Can do the same on a Linux console (selection paste)."""
 
+TIOCSETD = 0x5423
+"""Sets a terminal's line discipline: on a pty the agent opens (or the pane's), the kernel
+loads on demand (``CONFIG_LDISC_AUTOLOAD``) and runs n_hdlc, n_gsm, hci_uart, slip and
+the like, a surface with a history of local-root bugs; no agent tool sets one."""
+
 RET_ALLOW = 0x7FFF0000
 RET_ERRNO = 0x00050000
 
@@ -152,7 +157,8 @@ def build(*, deny_userns: bool = True) -> bytes:
     prog.label("ioctl")
     prog.add(_LD_W_ABS, _arg_low(1))
     prog.add(_JEQ_K, TIOCSTI, "eperm", 0)
-    prog.add(_JEQ_K, TIOCLINUX, "eperm", "allow")
+    prog.add(_JEQ_K, TIOCLINUX, "eperm", 0)
+    prog.add(_JEQ_K, TIOCSETD, "eperm", "allow")
     prog.label("allow")
     prog.add(_RET_K, RET_ALLOW)
     prog.label("eperm")
