@@ -315,32 +315,29 @@ async def test_only_workspace_home_and_tmp_are_writable(sandbox: BwrapSandbox) -
     assert root_listing == ""
 
 
-async def test_ioctl_tiocsti_is_refused(sandbox: BwrapSandbox) -> None:
+async def ioctl_on_its_own_pty(sandbox: BwrapSandbox, request: str, arg: str) -> str:
+    """What ``ioctl(slave, termios.<request>, <arg>)`` on a pty the command opens gives:
+    ``done``, or the errno's name."""
     code = (
-        "import fcntl, os, termios, errno\n"
+        "import fcntl, os, struct, termios, errno\n"
         "master, slave = os.openpty()\n"
         "try:\n"
-        "    fcntl.ioctl(slave, termios.TIOCSTI, b'x'); print('pushed')\n"
+        f"    fcntl.ioctl(slave, termios.{request}, {arg}); print('done')\n"
         "except OSError as e:\n"
         "    print(errno.errorcode[e.errno])\n"
     )
-    await sandbox.write_file_atomic("/workspace/tiocsti.py", code.encode())
-    assert await sh(sandbox, "python3 tiocsti.py") == "EPERM\n"
+    await sandbox.write_file_atomic("/workspace/ioctl.py", code.encode())
+    return await sh(sandbox, "python3 ioctl.py")
+
+
+async def test_ioctl_tiocsti_is_refused(sandbox: BwrapSandbox) -> None:
+    assert await ioctl_on_its_own_pty(sandbox, "TIOCSTI", "b'x'") == "EPERM\n"
 
 
 async def test_no_line_discipline_can_be_set(sandbox: BwrapSandbox) -> None:
     # Even N_TTY, the one every kernel has: a module's discipline (n_hdlc, n_gsm) loads on
     # demand where the kernel allows it, and none may be reached from inside.
-    code = (
-        "import fcntl, os, struct, termios, errno\n"
-        "master, slave = os.openpty()\n"
-        "try:\n"
-        "    fcntl.ioctl(slave, termios.TIOCSETD, struct.pack('i', 0)); print('set')\n"
-        "except OSError as e:\n"
-        "    print(errno.errorcode[e.errno])\n"
-    )
-    await sandbox.write_file_atomic("/workspace/tiocsetd.py", code.encode())
-    assert await sh(sandbox, "python3 tiocsetd.py") == "EPERM\n"
+    assert await ioctl_on_its_own_pty(sandbox, "TIOCSETD", "struct.pack('i', 0)") == "EPERM\n"
 
 
 async def test_files_the_host_writes_belong_to_the_sandbox_user(sandbox: BwrapSandbox) -> None:
