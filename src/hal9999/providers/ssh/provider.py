@@ -10,12 +10,14 @@ one connection per host (:mod:`.connections`), by default inside bubblewrap ther
 
 from __future__ import annotations
 
+import base64
 import logging
 import secrets
 import time
 from pathlib import Path
 
 from hal9999.errors import HalError, HostUnreachable, ProviderError, SandboxNotFound
+from hal9999.providers import seccomp
 from hal9999.providers.base import Capabilities, SandboxInfo
 from hal9999.providers.hostexec import MARKER_VAR
 from hal9999.providers.hostsandbox import check_spec
@@ -146,13 +148,16 @@ class SshProvider:
             created_at=time.time(), host=host, root=root, mounts=mounts,
             isolation=self.config.isolation, bwrap=self.config.bwrap,
             checkpoint_s=self.config.checkpoint_s, reaper=python.strip() == "python3",
+            seccomp=True,
         )  # fmt: skip
         # Recorded before anything is made on the host: hal killed after the mkdir leaves a
         # record the next daemon's sweep destroys, never a mirror nothing knows of.
         self.records.save(record)
-        code, _, err = await channel.run(
-            conn, remote.plain(["mkdir", "-p", "-m", "700", "--", root, *dirs]), what="mkdir"
-        )
+        # The filter goes in with the directories: a command never finds the one without
+        # the other (bwrap would not start without it).
+        filter_text = base64.b64encode(seccomp.build()).decode()
+        make = ["sh", "-c", remote.MAKE_ROOT, filter_text, root, *dirs]
+        code, _, err = await channel.run(conn, remote.plain(make), what="mkdir")
         if code != 0:
             raise ProviderError(f"cannot create {root} on {host.name!r}: {err.decode()}")
         sandbox = self._handle(record)

@@ -60,6 +60,9 @@ class SshRecord(BaseModel):
     """The bubblewrap program on the remote host."""
     checkpoint_s: float = 60.0
     """How often the relay pulls a running agent's work back."""
+    seccomp: bool = False
+    """Whether the sandbox's root holds bwrap's filter (made by a hal of stop 49 or later),
+    which every bwrap command then runs under; an older sandbox's commands run as before."""
     reaper: bool = False
     """Whether the host had python3 when the sandbox was made, so a bare command runs under
     :mod:`.reaper`, which ends all it left (nothing left to hunt by marker after it)."""

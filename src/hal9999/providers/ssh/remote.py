@@ -195,6 +195,17 @@ class Mounts:
         return posixpath.join(best[1], rest) if rest else best[1]
 
 
+SECCOMP_FILE = "seccomp.bpf"
+"""The filter's file in a sandbox's root on the host, beside (never inside) its binds."""
+
+MAKE_ROOT = 'mkdir -p -m 700 -- "$@" && printf %s "$0" | base64 -d > "$1/seccomp.bpf"'
+"""Make a sandbox's root (``$1``) and directories, and write bwrap's filter (``$0``'s
+base64, as :mod:`hal9999.providers.seccomp` builds it) into the root."""
+
+WITH_FILTER = 'f=$1; shift; exec "$@" 9<"$f"'
+"""Exec bwrap (``$@``) with the filter's file (``$1``) open on fd 9, for ``--seccomp 9``."""
+
+
 def bwrap_argv(
     bwrap: str,
     mounts: Mounts,
@@ -203,11 +214,17 @@ def bwrap_argv(
     network: bool,
     tty: bool,
     argv: Sequence[str],
+    root: str | None,
 ) -> list[str]:
     """bubblewrap on the remote host: all namespaces unshared, read-only system, the mirror's
-    directories bound at their targets, the command last. The environment is inherited
-    from the wrapper (bwrap's ``--setenv`` would put values in its argv)."""
+    directories bound at their targets, the command last, under the seccomp filter a local
+    bwrap sandbox has (written into ``root`` by :data:`MAKE_ROOT`; none without a ``root``:
+    a sandbox an older hal made). The environment is inherited from the wrapper (bwrap's
+    ``--setenv`` would put values in its argv)."""
     args = [bwrap, "--unshare-all", "--die-with-parent", "--cap-drop", "ALL"]
+    if root is not None:
+        args = ["sh", "-c", WITH_FILTER, "hal-bwrap", f"{root}/{SECCOMP_FILE}", *args]
+        args += ["--seccomp", "9"]
     if network:
         args.append("--share-net")
     if not tty:

@@ -116,8 +116,9 @@ class SshSandbox(MirrorFiles, SandboxHandle):
             inner = ["sh", "-c", remote.BARE_REAPED, "hal-run", remote.reaper_source(), cwd, *argv]
         else:
             network = self.spec.network == "host"
+            root = self._record.root if self._record.seccomp else None
             inner = remote.bwrap_argv(self._record.bwrap, self._mounts, cwd=cwd,
-                                      network=network, tty=tty, argv=argv)  # fmt: skip
+                                      network=network, tty=tty, argv=argv, root=root)  # fmt: skip
         disk_mb = limits.effective(self.spec.resources).disk_mb
         return ["prlimit", f"--fsize={disk_mb << 20}", "--", *inner] if disk_mb else inner
 
