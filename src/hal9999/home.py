@@ -88,6 +88,7 @@ class HalPaths(NamedTuple):
         Raises :class:`HomeError` naming the directory and the fix when the home is a file,
         lies below a file, or is not writable (a read-only mount, say).
         """
+        _refuse_system_directory(self.home)
         for directory in (self.home, self.sessions, self.sandboxes, self.run):
             _mkdir_private(directory)
         spread_once(self.sessions)
@@ -127,6 +128,26 @@ class HalPaths(NamedTuple):
 
 
 _HOME_FIX = "set HAL_HOME (or `home` in your user config) to a writable directory"
+
+SYSTEM_DIRECTORIES = frozenset(
+    ["/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/opt", "/proc", "/run",
+     "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var", "/var/lib", "/var/tmp"]
+    + [f"/usr/{name}" for name in ("bin", "lib", "lib64", "local", "sbin", "share", "src")]
+)  # fmt: skip
+"""Directories hal refuses as its home, by real path: it would put ``sessions``, ``run`` and
+``hal.db`` among the system's own files (as root, ``HAL_HOME=/`` did)."""
+
+
+def _refuse_system_directory(home: Path) -> None:
+    real = os.path.realpath(home)
+    if real in SYSTEM_DIRECTORIES:
+        raise HomeError(
+            f"hal's data directory {home} is a system directory ({real}), not one of its own",
+            hint="set HAL_HOME (or `home` in your user config) to a directory of its own, "
+            "such as ~/.local/share/hal9999",
+            path=str(home),
+        )
+
 
 _SPREAD: set[str] = set()
 """The directories :func:`spread_once` has flagged (or tried to) in this process."""

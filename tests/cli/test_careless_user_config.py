@@ -1,0 +1,64 @@
+"""More of what a careless user does (see ``test_careless_user.py``): a home that is a
+system directory, a typo in ``[hive]``, a bad agent name: one clear line and status 2, never
+a task made or a file written where it does not belong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tests.cli.conftest import Hal, no_sessions, one_error_line
+
+import hal9999.home
+from hal9999.errors import HomeError
+from hal9999.home import HalPaths
+
+
+def never_made(path: Path) -> None:
+    raise AssertionError(f"hal would have made {path}")  # not in the real / as root, ever
+
+
+@pytest.mark.parametrize("home", ["/", "/usr", "/usr/", "/etc", "/var/lib"])
+def test_a_system_directory_is_refused_as_the_home(
+    home: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # HAL_HOME=/ as root made /sessions, /sandboxes and /hal.db among the system's files.
+    monkeypatch.setattr(hal9999.home, "_mkdir_private", never_made)
+    with pytest.raises(HomeError, match="is a system directory"):
+        HalPaths(Path(home)).ensure()
+
+
+def test_a_link_to_a_system_directory_is_refused_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hal9999.home, "_mkdir_private", never_made)
+    link = tmp_path / "home"
+    link.symlink_to("/usr")
+    with pytest.raises(HomeError, match=r"is a system directory \(/usr\)"):
+        HalPaths(link).ensure()
+
+
+def test_a_system_home_is_one_line_and_status_2(hal: Hal) -> None:
+    # /proc: a system directory nothing can be made in, so this never writes one, fix or not
+    out = hal("task", "list", env={"HAL_HOME": "/proc"})
+    assert out.returncode == 2
+    assert "hal's data directory /proc is a system directory" in one_error_line(out)
+
+
+def test_an_unknown_hive_key_refuses_the_run(hal: Hal, hal_env: dict[str, str]) -> None:
+    # Every other table's typo was refused; [hive] keep_wram = true made a task as if unset.
+    config = Path(hal_env["XDG_CONFIG_HOME"], "hal9999", "config.toml")
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text("[hive]\nkeep_wram = true\n")
+    out = hal("run", "--agent", "sh agent.sh {{prompt_file}}", "fix it")
+    assert out.returncode == 2
+    line = one_error_line(out)
+    assert "[hive] keep_wram: unknown key" in line
+    assert "keep_warm" in line
+    assert no_sessions(hal_env)
+
+
+def test_a_bad_agent_name_is_a_usage_error(hal: Hal) -> None:
+    out = hal("agent", "spawn", "Bad Name!")
+    assert out.returncode == 2
+    assert "'Bad Name!' is not a valid agent name" in one_error_line(out)
