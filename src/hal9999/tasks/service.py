@@ -153,6 +153,10 @@ class TaskService(TaskSecrets):
             config = req.config.model_copy(update={"home": self.config.home})
         check_provider_tables(config)  # names the config's own mistakes before the request's
         log_cap_from(self.environ)  # a bad HAL_LOG_CAP_MB fails here, not at the launch
+        if config.hive:  # a typo in [hive] is named as in every other table (none: no import)
+            from hal9999.hive.settings import hive_settings
+
+            hive_settings(config)
         resolve_agent(req.agent, config.agent_settings(req.agent))
         self.check_prompt(req, config)
         providers = provider_list(req.provider)
