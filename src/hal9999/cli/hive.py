@@ -150,7 +150,10 @@ def spawn(name: str, preset: str | None, repo: str | None, role: Path | None,
     """Create agent NAME, asleep until its first message."""
     from hal9999.hive.store import check_name
 
-    check_name(name)
+    try:
+        check_name(name)
+    except HiveError as bad:  # a name typed on the command line: a usage error (status 2)
+        raise UsageError(bad.message, hint=bad.hint) from None
     if keep_warm is False and warm_idle is not None:  # the idle time of a sandbox never kept
         raise UsageError(
             "--warm-idle and --no-keep-warm cannot be combined",
