@@ -4,6 +4,8 @@ a task made or a file written where it does not belong."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,3 +64,42 @@ def test_a_bad_agent_name_is_a_usage_error(hal: Hal) -> None:
     out = hal("agent", "spawn", "Bad Name!")
     assert out.returncode == 2
     assert "'Bad Name!' is not a valid agent name" in one_error_line(out)
+
+
+INTERRUPTED_AT_IMPORT = """
+import sys
+
+MODULE = sys.argv[1]
+
+class Interrupt:  # Ctrl-C landing while hal imports MODULE
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name == MODULE:
+            raise KeyboardInterrupt
+        return None
+
+sys.meta_path.insert(0, Interrupt)
+sys.argv[:2] = ["hal"]
+from hal9999.cli.entry import main
+main()
+"""
+
+
+@pytest.mark.parametrize(
+    ("module", "args"),
+    [
+        ("click", ["status"]),
+        ("hal9999.cli.root_help", ["--help"]),
+        ("hal9999.cli.run_argv", ["run", "fix it"]),
+        ("hal9999.cli.task_rows", ["task", "list"]),
+    ],
+)
+def test_ctrl_c_while_hal_starts_is_interrupted_and_130(
+    hal_env: dict[str, str], module: str, args: list[str]
+) -> None:
+    # An interrupt in the first ~50 ms of `hal` (its imports) printed the import's traceback.
+    out = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_AT_IMPORT, module, *args],
+        env=hal_env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert (out.returncode, out.stderr, out.stdout) == (130, "hal: interrupted\n", "")

@@ -33,7 +33,29 @@ VERSION_LINE = "hal, version {version}\n"
 
 
 def main() -> None:
-    """Run ``hal``."""
+    """Run ``hal``. Ctrl-C at any point of its start (an import, a click-free answer) ends
+    it with ``hal: interrupted`` and status 130, as one during a command does, not with a
+    traceback of whichever import it landed in."""
+    try:
+        _main()
+    except KeyboardInterrupt:
+        interrupted()
+
+
+def interrupted() -> NoReturn:
+    """Say ``hal: interrupted`` and exit 130 at once: no teardown, no flush at exit (of a
+    stream the interrupt may have left mid-write) where a second Ctrl-C could print a
+    traceback. (``os`` is imported already: ``site`` imports it.)"""
+    import os
+
+    try:
+        os.write(2, b"hal: interrupted\n")
+    except OSError:
+        pass
+    os._exit(130)
+
+
+def _main() -> None:
     if sys.argv[1:] == ["--version"]:
         from hal9999 import __version__
 
