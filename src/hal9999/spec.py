@@ -111,6 +111,9 @@ MIN_MEMORY_MB = 8
 MAX_MEMORY_MB = 1 << 30
 """A petabyte in MiB: keeps the byte count inside the 64-bit cgroup value (disk too)."""
 MAX_PIDS = 4_194_304
+MIN_PIDS = 8
+"""Fewer cannot start a sandbox's launcher, the agent's shell and the collection after it
+(1: bwrap cannot make its namespaces; 4: the collection cannot fork)."""
 """The kernel's largest ``pid_max``."""
 MAX_DISK_FILES = 1 << 40
 """More inodes than any filesystem hands one directory tree."""
@@ -157,8 +160,10 @@ class Resources(_Frozen):
     @field_validator("pids")
     @classmethod
     def _pids(cls, value: int | None) -> int | None:
-        if value is not None and not (0 <= value <= MAX_PIDS):
-            raise ValueError(f"expected 0 (no limit) or a number of processes up to {MAX_PIDS}")
+        if value is not None and value != 0 and not (MIN_PIDS <= value <= MAX_PIDS):
+            raise ValueError(
+                f"expected 0 (no limit) or a number of processes from {MIN_PIDS} to {MAX_PIDS}"
+            )
         return value
 
     @field_validator("disk_mb")

@@ -103,3 +103,17 @@ def test_ctrl_c_while_hal_starts_is_interrupted_and_130(
         env=hal_env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert (out.returncode, out.stderr, out.stdout) == (130, "hal: interrupted\n", "")
+
+
+@pytest.mark.parametrize("env", [{"HAL_PIDS": "1"}, {"HAL_BWRAP_PIDS": "4"}])
+def test_a_process_limit_too_small_to_start_is_refused_by_name(
+    hal: Hal, hal_env: dict[str, str], env: dict[str, str]
+) -> None:
+    # pids = 1 failed the task at its collection ("Cannot fork") without naming the limit.
+    out = hal("run", "--provider", "bwrap", "--agent", "sh agent.sh {{prompt_file}}", "fix it",
+              env=env)  # fmt: skip
+    assert out.returncode == 2
+    line = one_error_line(out)
+    assert next(iter(env)) in line
+    assert "a number of processes from 8" in line
+    assert no_sessions(hal_env)

@@ -14,7 +14,7 @@ so ``HAL_BWRAP_MAX_POOL_SIZE=4`` caps bwrap alone and ``HAL_MAX_POOL_SIZE=4`` ev
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from hal9999.config import HalConfig
 from hal9999.errors import ConfigError
@@ -60,6 +60,16 @@ class ProviderSettings(BaseModel):
     """Process limit override for this provider."""
     disk_mb: int | None = Field(default=None, ge=0)
     """Disk limit override for this provider (``0``, like for the others: no limit)."""
+
+    @field_validator("memory_mb", "cpus", "pids", "disk_mb")
+    @classmethod
+    def _limit(cls, value: float | None, info: ValidationInfo) -> float | None:
+        # The rule of [resources] itself (pids = 1 could start nothing): one rule for both.
+        try:
+            Resources.model_validate({info.field_name: value})
+        except ValidationError as exc:
+            raise ValueError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+        return value
 
 
 class SchedulerSettings(BaseModel):
