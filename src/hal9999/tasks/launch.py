@@ -130,10 +130,18 @@ class LaunchSteps(RunnerCore):
                 # next daemon queues the task again); killed while the pane opened, none.
                 with contextlib.suppress(HalError):  # the start tries again, and says why
                     await early
-            await self.transition(
+            moving = asyncio.ensure_future(self.transition(
                 ctx, TaskStatus.RUNNING, detail=f"agent {agent.name}",
                 first=_armed(pspec, adopting) if early is None else adopting,
-            )  # fmt: skip
+            ))  # fmt: skip
+            try:
+                await asyncio.shield(moving)
+            except asyncio.CancelledError:
+                # Its thread writes on: what the store holds once it is done decides below
+                # (read before, a `running` written after left the task with no agent).
+                with contextlib.suppress(BaseException):
+                    await moving
+                raise
         except asyncio.CancelledError:
             if made is not None and ctx.detached and self._recorded_running(ctx):
                 # A daemon shutting down (SIGTERM) left this run between its `running` and
