@@ -25,6 +25,8 @@ pytestmark = [pytest.mark.podman, pytest.mark.timeout(180)]
 # The image has perl, not python: a ring set up (io_uring_setup with zeroed parameters),
 # and N_TTY set on a pty's master (TIOCSETD).
 IO_URING = "perl -e " + shlex.quote('my $p = "\\0" x 120; exit(syscall(425, 4, $p) < 0)')
+# vmsplice of nothing into stdout, which the engine's own default refuses.
+VMSPLICE = "perl -e " + shlex.quote("exit(syscall(278, 1, 0, 0, 0) < 0)")
 TIOCSETD = "perl -e " + shlex.quote(
     'open(my $m, "+<", "/dev/ptmx") or die; my $d = pack("i", 0); ioctl($m, 0x5423, $d) or exit 1'
 )
@@ -72,6 +74,7 @@ async def test_a_hostile_agent_meets_the_boundary(
             # Kernel surface bwrap's filter refuses as well (providers/seccomp.py).
             "io_uring": IO_URING,
             "line discipline": TIOCSETD,
+            "vmsplice": VMSPLICE,
         }
         for what, script in attacks.items():
             result = await box.exec(sh(script), timeout=20)

@@ -4,7 +4,8 @@ Engines differ in their defaults (Podman's profile lets an unprivileged process 
 namespace; Docker's does not), so hal sends its own: the system calls
 :mod:`hal9999.providers.seccomp` denies to bwrap sandboxes fail with ``EPERM`` here too,
 ``clone``/``unshare`` with ``CLONE_NEWUSER`` are refused, ``clone3`` fails with ``ENOSYS``
-(its flags sit behind a pointer; C libraries fall back to ``clone``), and the ``TIOCSTI`` and
+(its flags sit behind a pointer; C libraries fall back to ``clone``), as do the calls the
+engine's own default leaves out (:data:`~hal9999.providers.seccomp.ABSENT`), and the ``TIOCSTI`` and
 ``TIOCLINUX`` ioctls that push keystrokes into a terminal, and ``TIOCSETD`` that picks a
 terminal's line discipline, are refused.
 """
@@ -15,7 +16,16 @@ import errno
 import functools
 import json
 
-from hal9999.providers.seccomp import CLONE_NEWUSER, DENIED, TIOCLINUX, TIOCSETD, TIOCSTI
+from hal9999.providers.seccomp import (
+    ABSENT,
+    AUDIT_ARCH_X86_64,
+    CLONE_NEWUSER,
+    DENIED,
+    SYSCALLS,
+    TIOCLINUX,
+    TIOCSETD,
+    TIOCSTI,
+)
 
 
 def _masked(index: int, bits: int) -> dict[str, object]:
@@ -30,9 +40,16 @@ def _equal(index: int, value: int) -> dict[str, object]:
 def profile() -> str:
     """The profile as JSON, for ``security_opt=["seccomp=<json>"]``."""
     eperm = {"action": "SCMP_ACT_ERRNO", "errnoRet": errno.EPERM}
+    # By x86_64 name: the engine resolves each for every ABI of the profile (i386-only
+    # names it cannot: a deny-list profile leaves the legacy i386 calls to the kernel).
+    absent = [name for name in ABSENT if name in SYSCALLS[AUDIT_ARCH_X86_64]]
     rules: list[dict[str, object]] = [
         {"names": sorted(DENIED), **eperm},
-        {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.ENOSYS},
+        {
+            "names": ["clone3", *sorted(absent)],
+            "action": "SCMP_ACT_ERRNO",
+            "errnoRet": errno.ENOSYS,
+        },
         {"names": ["unshare"], **eperm, "args": [_masked(0, CLONE_NEWUSER)]},
         {"names": ["clone"], **eperm, "args": [_masked(0, CLONE_NEWUSER)]},
         {"names": ["ioctl"], **eperm, "args": [_equal(1, TIOCSTI)]},

@@ -49,8 +49,30 @@ DENIED = (
     "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr",
     # Host-wide switches and the classic file-handle escape.
     "open_by_handle_at", "swapon", "swapoff", "reboot", "acct", "iopl", "ioperm", "quotactl",
+    # What the engine's default profile (Podman's) refuses a process without capabilities:
+    # the page-gifting pipe call, NUMA page moves, process comparison and remote madvise,
+    # fanotify, the old AIO wait, and calls a capability gates (chroot, the clock, names).
+    "vmsplice", "migrate_pages", "move_pages", "kcmp", "process_madvise", "fanotify_init",
+    "io_pgetevents", "lookup_dcookie", "nfsservctl", "query_module", "sysfs", "uselib", "ustat",
+    "chroot", "clock_settime", "settimeofday", "sethostname", "setdomainname", "vhangup",
 )  # fmt: skip
 """System calls that fail with EPERM whatever their arguments."""
+
+DENIED_I386 = (
+    "arch_prctl", "bdflush", "clock_settime64", "nice", "oldfstat", "oldlstat", "oldolduname",
+    "oldstat", "olduname", "sgetmask", "ssetmask", "stime", "vm86", "vm86old",
+)  # fmt: skip
+"""Legacy i386 calls the engine's default refuses too (``arch_prctl`` only there: x86_64's
+C library sets up thread storage with it)."""
+
+ABSENT = (
+    "futex_waitv", "set_mempolicy_home_node", "quotactl_fd", "_sysctl", "create_module",
+    "get_kernel_syms", "afs_syscall", "tuxcall", "security", "vserver", "getpmsg", "putpmsg",
+    "io_pgetevents_time64", "break", "ftime", "gtty", "stty", "idle", "lock", "mpx", "prof",
+    "profil", "ulimit",
+)  # fmt: skip
+"""System calls the engine's default does not name and so refuses with ENOSYS: they fail
+as on a kernel without them, and a caller falls back as it would there."""
 
 SYSCALLS: dict[int, dict[str, int]] = {
     AUDIT_ARCH_X86_64: {
@@ -62,6 +84,14 @@ SYSCALLS: dict[int, dict[str, int]] = {
         "fsmount": 432, "fspick": 433, "mount_setattr": 442, "open_by_handle_at": 304,
         "swapon": 167, "swapoff": 168, "reboot": 169, "acct": 163, "iopl": 172, "ioperm": 173,
         "quotactl": 179, "unshare": 272, "clone": 56, "clone3": 435, "ioctl": 16,
+        "vmsplice": 278, "migrate_pages": 256, "move_pages": 279, "kcmp": 312,
+        "process_madvise": 440, "fanotify_init": 300, "io_pgetevents": 333,
+        "lookup_dcookie": 212, "nfsservctl": 180, "query_module": 178, "sysfs": 139,
+        "uselib": 134, "ustat": 136, "chroot": 161, "clock_settime": 227, "settimeofday": 164,
+        "sethostname": 170, "setdomainname": 171, "vhangup": 153, "futex_waitv": 449,
+        "set_mempolicy_home_node": 450, "quotactl_fd": 443, "_sysctl": 156,
+        "create_module": 174, "get_kernel_syms": 177, "afs_syscall": 183, "tuxcall": 184,
+        "security": 185, "vserver": 236, "getpmsg": 181, "putpmsg": 182,
     },
     AUDIT_ARCH_I386: {
         "keyctl": 288, "add_key": 286, "request_key": 287, "bpf": 357, "perf_event_open": 336,
@@ -72,6 +102,19 @@ SYSCALLS: dict[int, dict[str, int]] = {
         "fspick": 433, "mount_setattr": 442, "open_by_handle_at": 342, "swapon": 87,
         "swapoff": 115, "reboot": 88, "acct": 51, "iopl": 110, "ioperm": 101, "quotactl": 131,
         "unshare": 310, "clone": 120, "clone3": 435, "ioctl": 54,
+        "vmsplice": 316, "migrate_pages": 294, "move_pages": 317, "kcmp": 349,
+        "process_madvise": 440, "fanotify_init": 338, "io_pgetevents": 385,
+        "lookup_dcookie": 253, "nfsservctl": 169, "query_module": 167, "sysfs": 135,
+        "uselib": 86, "ustat": 62, "chroot": 61, "clock_settime": 264, "settimeofday": 79,
+        "sethostname": 74, "setdomainname": 121, "vhangup": 111, "arch_prctl": 384,
+        "bdflush": 134, "clock_settime64": 404, "nice": 34, "oldfstat": 28, "oldlstat": 84,
+        "oldolduname": 59, "oldstat": 18, "olduname": 109, "sgetmask": 68, "ssetmask": 69,
+        "stime": 25, "vm86": 166, "vm86old": 113, "futex_waitv": 449,
+        "set_mempolicy_home_node": 450, "quotactl_fd": 443, "_sysctl": 149,
+        "create_module": 127, "get_kernel_syms": 130, "afs_syscall": 137, "vserver": 273,
+        "getpmsg": 188, "putpmsg": 189, "io_pgetevents_time64": 416, "break": 17, "ftime": 35,
+        "gtty": 32, "stty": 31, "idle": 112, "lock": 53, "mpx": 56, "prof": 44, "profil": 98,
+        "ulimit": 58,
     },
 }  # fmt: skip
 """Syscall numbers per ABI (from the kernel's unistd_64.h / unistd_32.h; they never change)."""
@@ -130,9 +173,14 @@ def _arch_section(prog: _Program, arch: int, denied: Iterable[str]) -> None:
     prog.add(_LD_W_ABS, _NR)
     if arch == AUDIT_ARCH_X86_64:
         prog.add(_JGE_K, X32_BIT, "enosys", 0)
+    else:
+        denied = (*denied, *DENIED_I386)
     for name in denied:
         if name in numbers:
             prog.add(_JEQ_K, numbers[name], "eperm", 0)
+    for name in ABSENT:
+        if name in numbers:
+            prog.add(_JEQ_K, numbers[name], "enosys", 0)
     prog.add(_JEQ_K, numbers["clone3"], "enosys", 0)
     # Nested user namespaces: clone(2) and unshare(2) both take the flags as argument 0.
     prog.add(_JEQ_K, numbers["clone"], "flags0", 0)
