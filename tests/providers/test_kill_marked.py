@@ -94,3 +94,43 @@ async def test_the_sweep_kills_a_keeper_whose_directory_is_gone_and_no_other(
         assert keeper.sweep(now=float("inf")) >= 1
         assert await asyncio.wait_for(orphan.wait(), 5) == -9
         assert live.returncode is None
+
+
+# An agent's process: marked, naming a path of its choice, and undumpable (its /proc/PID
+# files are then root's), as a process of another uid.
+AGENT = """
+import ctypes, os, sys, time
+ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0
+sys.stdout.write("ready\\n"); sys.stdout.flush()
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: a process of another uid")
+async def test_the_sweep_never_looks_up_a_path_an_agents_process_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(keeper, "_swept", [0.0])
+    named = f"{tmp_path}/named-by-the-agent"
+    looked_up: list[str] = []
+    real_isdir = os.path.isdir
+
+    def isdir(path: str) -> bool:
+        looked_up.append(os.fsdecode(path))
+        return real_isdir(path)
+
+    monkeypatch.setattr(os.path, "isdir", isdir)
+    proc = await asyncio.create_subprocess_exec(
+        "/usr/bin/python3", "-c", AGENT, env={keeper.MARKER_VAR: named}, user=65534,
+        stdout=asyncio.subprocess.PIPE, cwd="/",
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert await asyncio.wait_for(proc.stdout.readline(), 10) == b"ready\n"
+        assert os.stat(f"/proc/{proc.pid}/environ").st_uid == 0, "undumpable: shown as root's"
+        keeper.sweep(now=float("inf"))
+        assert named not in looked_up
+        assert proc.returncode is None
+    finally:
+        proc.kill()
+        await proc.wait()

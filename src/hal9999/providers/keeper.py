@@ -199,22 +199,55 @@ def sweep_due(now: float | None = None) -> bool:
 
 def sweep(*, now: float | None = None) -> int:
     """Kill keepers whose sandbox directory is gone (a ``HAL_HOME`` removed by hand, a test's
-    temporary one), at most every :data:`SWEEP_EVERY` seconds; how many."""
+    temporary one), at most every :data:`SWEEP_EVERY` seconds; how many.
+
+    Any process may carry the marker, an agent's too, naming any path. Only hal's own
+    processes are judged: a keeper's bwrap (outside and PID 1 inside, whose death ends its
+    namespace) runs as hal's uid, an agent's commands never do, so no path an agent names is
+    looked up by the host. Each is signalled through a pidfd once its owner and marker are
+    read again, so a pid reused since the scan is left alone."""
     now = time.monotonic() if now is None else now
     if not sweep_due(now):
         return 0
     _swept[0] = now
-    doomed: set[int] = set()  # a pid once, however many entries name a gone directory
+    ours = os.geteuid()
+    doomed: dict[int, bytes] = {}  # a pid once, however many entries name a gone directory
     for pid, value in hostexec.environ_values(MARKER_VAR):
         directory = os.fsdecode(value)
-        if directory.startswith("/") and not os.path.isdir(directory):
-            doomed.add(pid)
-    killed = 0
-    for pid in doomed:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-            killed += 1
-    return killed
+        if pid in doomed or not directory.startswith("/") or _owner(pid) != ours:
+            continue
+        if not os.path.isdir(directory):
+            doomed[pid] = value
+    return sum(_kill_if_still(pid, value, ours) for pid, value in doomed.items())
+
+
+def _owner(pid: int) -> int | None:
+    """The process's real uid (not the owner of its ``/proc/PID`` files: a process that
+    makes itself undumpable shows as root's there)."""
+    try:
+        status = read_all(f"/proc/{pid}/status")
+        return int(status.split(b"\nUid:", 1)[1].split(None, 1)[0])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _kill_if_still(pid: int, value: bytes, uid: int) -> bool:
+    """SIGKILL ``pid`` if, pinned by a pidfd, it is still hal's and still carries the marker
+    with ``value``; whether it was signalled."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return False
+    try:
+        entry = f"{MARKER_VAR}=".encode() + value
+        if _owner(pid) != uid or entry not in read_all(f"/proc/{pid}/environ").split(b"\0"):
+            return False
+        signal.pidfd_send_signal(fd, signal.SIGKILL)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def stop(directory: Path) -> bool:
