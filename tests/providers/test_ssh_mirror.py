@@ -15,6 +15,8 @@ import tarfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
+
 from hal9999 import agentfs
 from hal9999.errors import ExecError
 from hal9999.providers.base import StreamEvent
@@ -303,3 +305,66 @@ async def test_a_pull_is_bounded_by_the_sandbox_s_disk_limit(tmp_path: Path) -> 
     await mirror.pull_into(_events(big), "/workspace", target, 0)
     assert [p.name for p in target.iterdir()] == ["big"]
     assert [p.name for p in session.iterdir()] == ["workspace"]
+
+
+def _pax(records: dict[bytes, bytes], *, then: str = "f") -> bytes:
+    """A pax extended header holding ``records`` as written, before a 3-byte file ``then``."""
+    body = b""
+    for key, value in records.items():
+        record = b" " + key + b"=" + value + b"\n"
+        length = len(record) + 1
+        while len(str(length)) + len(record) != length:
+            length += 1
+        body += str(length).encode() + record
+    header = tarfile.TarInfo("././@PaxHeader")
+    header.type, header.size = tarfile.XHDTYPE, len(body)
+    member = tarfile.TarInfo(then)
+    member.size = 3
+    pad = b"\0" * (-len(body) % tarfile.BLOCKSIZE)
+    return (header.tobuf(tarfile.USTAR_FORMAT) + body + pad + member.tobuf(tarfile.USTAR_FORMAT)
+            + b"abc".ljust(tarfile.BLOCKSIZE, b"\0") + b"\0" * 1024)  # fmt: skip
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("records", "why"),
+    [
+        # CVE-2024-6232: tarfile's `\d+ hdrcharset=` search is quadratic in a run of
+        # digits (16 KB: 0.4 s; this one, hours of the daemon's GIL before 3.11.10).
+        ({b"comment": b"1" * 500_000}, "runs of digits"),
+        ({b"comment": b"1 " * (mirror.MAX_NAME_HEADER // 2)}, "extended header of"),
+        # A sparse map tarfile reads to the stream's end, or fails with a ValueError.
+        ({b"GNU.sparse.major": b"1", b"GNU.sparse.minor": b"0"}, "sparse"),
+        ({b"GNU.sparse.size": b"x"}, "sparse"),
+        # Values tarfile takes and no file can: a traceback, not a refusal, before.
+        ({b"mtime": b"1e400"}, "time_t"),
+        ({b"mtime": b"nan"}, "NaN"),
+        ({b"hdrcharset": b"\xff"}, "decode"),
+    ],
+)
+def test_a_forged_extended_header_fails_the_pull_in_one_line(
+    tmp_path: Path, records: dict[bytes, bytes], why: str
+) -> None:
+    target = tmp_path / "s" / "workspace"
+    target.mkdir(parents=True)
+    (target / "kept").write_text("the last pull's\n")
+    with pytest.raises(ExecError, match=why):
+        _unpack(_pax(records), target)
+    assert [p.name for p in target.iterdir()] == ["kept"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["workspace"]
+
+
+def test_pax_headers_of_a_real_tree_come_back_whole(tmp_path: Path) -> None:
+    # Names of digits as long as a file system allows, and a path past the ustar fields:
+    # what a pax-format tar of a real tree holds, within every bound.
+    host = tmp_path / "host"
+    deep = host / ("7" * 255) / ("8" * 255)
+    deep.mkdir(parents=True)
+    for n in range(200):
+        (deep / f"{n:0255d}").write_text(f"{n}\n")
+    target = tmp_path / "s" / "workspace"
+    target.mkdir(parents=True)
+    _unpack(mirror.pack(host), target)
+    back = target / ("7" * 255) / ("8" * 255)
+    assert sorted(p.name for p in back.iterdir()) == [f"{n:0255d}" for n in range(200)]
+    assert (back / f"{199:0255d}").read_text() == "199\n"

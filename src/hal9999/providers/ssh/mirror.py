@@ -20,6 +20,7 @@ import contextlib
 import io
 import os
 import queue
+import re
 import secrets
 import stat
 import tarfile
@@ -314,15 +315,75 @@ class _Keep:
         return member.replace(name=name, **unset, deep=False)
 
 
+MAX_NAME_HEADER = 1 << 20
+"""Largest pax or GNU long-name header of a pull (bytes): tarfile reads each whole into
+memory; a tree's paths, however deep, come nowhere near."""
+PAX_DIGIT_WORK = 1 << 26
+"""What the long digit runs (over 32) of one stream's pax headers may cost tarfile's search
+for ``hdrcharset`` (see :class:`_HeaderGuard`), as the sum of their squares: ~0.2 s of a
+core. Shorter runs cost at most 16 steps a byte (the mtime and lengths of every member
+of a pax tar hal packs); only a name of digits makes a longer one."""
+
+
+class _HeaderGuard(tarfile.TarInfo):
+    """Members of a pull's tar, whose extended headers are read with bounds tarfile lacks
+    before 3.11.10: it searches each pax header with ``\\d+ hdrcharset=``, which takes time
+    quadratic in a run of digits (CVE-2024-6232: 16 KB of them, 0.4 s; 1 MB, half an hour
+    of the daemon's GIL), reads a header of any size whole, and a GNU sparse map of any
+    length. A header over :data:`MAX_NAME_HEADER`, digit runs past :data:`PAX_DIGIT_WORK`
+    and any sparse record (no ``tar -c`` of a pull makes one; :class:`_Keep` refuses
+    sparse members) fail the pull before tarfile reads them."""
+
+    def _proc_pax(self, archive: Any) -> tarfile.TarInfo:
+        buf = _peek(archive.fileobj, self.size)
+        if b"GNU.sparse." in buf:
+            raise _Refused("a sparse file")
+        # Per stream: the TarFile reading it carries the sum so far.
+        work = getattr(archive, "hal_pax_work", 0)
+        work += sum(len(run) ** 2 for run in _DIGITS.findall(buf))
+        if work > PAX_DIGIT_WORK:
+            raise _Refused("pax headers holding runs of digits without end")
+        archive.hal_pax_work = work
+        return super()._proc_pax(archive)  # type: ignore[misc, no-any-return]
+
+    def _proc_gnulong(self, archive: Any) -> tarfile.TarInfo:
+        _peek(archive.fileobj, self.size, read=False)
+        return super()._proc_gnulong(archive)  # type: ignore[misc, no-any-return]
+
+
+class _Refused(tarfile.ReadError):
+    def __init__(self, what: str) -> None:
+        super().__init__(f"the stream holds {what}")
+
+
+_DIGITS = re.compile(rb"\d{33,}")
+
+
+def _peek(fileobj: BinaryIO, size: int, *, read: bool = True) -> bytes:
+    """A header's ``size`` bytes at ``fileobj``'s position (left where it was), refused
+    past :data:`MAX_NAME_HEADER`."""
+    if size > MAX_NAME_HEADER:
+        raise _Refused(f"a name or extended header of {size} bytes")
+    if not read:
+        return b""
+    at = fileobj.tell()
+    try:
+        return fileobj.read(size)
+    finally:
+        fileobj.seek(at)
+
+
 def unpack_into(spool: BinaryIO, target: Path) -> None:
-    """Replace ``target`` by the tree in the tar ``spool`` (unpacked beside it, renamed in)."""
+    """Replace ``target`` by the tree in the tar ``spool`` (unpacked beside it, renamed in).
+    A stream tarfile cannot read, or whose values no file can take (a time past
+    ``time_t``), fails as :class:`ExecError`, the host copy kept as it was."""
     spool.seek(0)
     parent = target.parent
     fresh = parent / f".{target.name}.hal-pull-{secrets.token_hex(4)}"
     old = parent / f".{target.name}.hal-old-{secrets.token_hex(4)}"
     fresh.mkdir(mode=0o700)
     try:
-        with tarfile.open(fileobj=spool, mode="r:") as archive:
+        with tarfile.open(fileobj=spool, mode="r:", tarinfo=_HeaderGuard) as archive:
             archive.extractall(fresh, filter=_Keep())
         mode = target.stat().st_mode & 0o7777 if target.exists() else 0o755
         fresh.chmod(mode)
@@ -334,7 +395,9 @@ def unpack_into(spool: BinaryIO, target: Path) -> None:
             if old.exists() and not target.exists():
                 os.rename(old, target)  # never leave the session without its directory
             raise
-    except (tarfile.TarError, OSError) as exc:
+    except (tarfile.TarError, OSError, ValueError, OverflowError) as exc:
+        # ValueError, OverflowError: what tarfile makes of a forged field (a NaN or
+        # out-of-range time, an undecodable charset, a number past int's digit limit).
         raise ExecError(f"cannot bring back {target}: {exc}") from exc
     finally:
         # The agent's tree: removed through directory fds (no depth exhausts the stack).
