@@ -33,7 +33,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -218,7 +218,7 @@ def sweep(*, now: float | None = None) -> int:
             continue
         if not os.path.isdir(directory):
             doomed[pid] = value
-    return sum(_kill_if_still(pid, value, ours) for pid, value in doomed.items())
+    return sum(_kill_pinned(pid, _still(pid, value, ours)) for pid, value in doomed.items())
 
 
 def _owner(pid: int) -> int | None:
@@ -231,16 +231,21 @@ def _owner(pid: int) -> int | None:
         return None
 
 
-def _kill_if_still(pid: int, value: bytes, uid: int) -> bool:
-    """SIGKILL ``pid`` if, pinned by a pidfd, it is still hal's and still carries the marker
-    with ``value``; whether it was signalled."""
+def _still(pid: int, value: bytes, uid: int) -> Callable[[], bool]:
+    """Whether ``pid`` is still ``uid``'s and still carries the marker with ``value``."""
+    entry = f"{MARKER_VAR}=".encode() + value
+    return lambda: _owner(pid) == uid and entry in read_all(f"/proc/{pid}/environ").split(b"\0")
+
+
+def _kill_pinned(pid: int, still: Callable[[], bool]) -> bool:
+    """SIGKILL ``pid`` if, pinned by a pidfd (checked, then signalled, the same process),
+    ``still()`` holds; whether it was signalled."""
     try:
         fd = os.pidfd_open(pid)
     except OSError:
         return False
     try:
-        entry = f"{MARKER_VAR}=".encode() + value
-        if _owner(pid) != uid or entry not in read_all(f"/proc/{pid}/environ").split(b"\0"):
+        if not still():
             return False
         signal.pidfd_send_signal(fd, signal.SIGKILL)
         return True
@@ -258,14 +263,7 @@ def stop(directory: Path) -> bool:
         pid, ino = (int(word) for word in read_all(str(path)).split())
     except (OSError, ValueError):
         return False
-    with contextlib.suppress(OSError):
-        # The pidfd pins the process: checked, then signalled, the same one.
-        fd = os.pidfd_open(pid)
-        try:
-            if os.stat(f"/proc/{pid}/ns/mnt").st_ino == ino:
-                signal.pidfd_send_signal(fd, signal.SIGKILL)
-        finally:
-            os.close(fd)
+    _kill_pinned(pid, Keeper(pid, ino).alive)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     return True
