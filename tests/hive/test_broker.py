@@ -191,6 +191,37 @@ def test_an_agents_unread_mail_to_the_operator_is_capped_until_the_operator_read
     send(store, sender="alice", recipient=OPERATOR, body="z" * 900)
 
 
+def test_an_agents_unread_mail_to_other_agents_is_capped_until_they_read_it(
+    store: Store,
+) -> None:
+    # A stopped agent takes no turn, so its mail stays unread, and retention never removes
+    # unread mail: another agent sending it 64 KiB 30 times a minute grew the store by
+    # gigabytes a day, for good. Now an agent's unread mail to agents is bounded like its
+    # mail to the operator, and reading it frees the room.
+    broker.limits.rate_per_minute = 0
+    broker.limits.unread_to_agents_chars = 1000
+    for name in ("mallory", "bob", "carol"):
+        add_agent(store, name)
+    set_state(store, "bob", "stopped", "stopped by the operator")
+    sent = [send(store, sender="mallory", recipient="bob", body="x" * 300) for _ in range(3)]
+    with pytest.raises(HiveLimited, match="900 characters of messages to agents not read"):
+        send(store, sender="mallory", recipient="bob", body="y" * 101)
+    with pytest.raises(HiveLimited, match="limit of 1000"):  # another recipient: the same room
+        send(store, sender="mallory", recipient="carol", body="y" * 101)
+    send(store, sender="mallory", recipient="carol", body="y" * 100)  # exactly at the cap
+    assert len(inbox(store, "bob")) == 3
+    # Others' mail to bob, and mallory's to the operator, have their own room.
+    send(store, sender="carol", recipient="bob", body="c" * 1000)
+    send(store, sender="mallory", recipient=OPERATOR, body="m" * 1000)
+    mark(store, [m.id for m in sent], "delivered")  # delivered is not read
+    with pytest.raises(HiveLimited):
+        send(store, sender="mallory", recipient="bob", body="z")
+    mark(store, [m.id for m in sent], "read")
+    send(store, sender="mallory", recipient="bob", body="z" * 900)
+    broker.limits.unread_to_agents_chars = 0  # no limit
+    send(store, sender="mallory", recipient="bob", body="z" * 1000)
+
+
 def test_two_agents_in_a_ping_pong_loop_are_stopped_and_the_operator_told(store: Store) -> None:
     broker.limits.loop_messages = 6
     add_agent(store, "alice")

@@ -34,6 +34,7 @@ from hal9999.events.hive import (
     MessageRead,
     MessageSent,
 )
+from hal9999.hive import unread
 from hal9999.hive.store import (
     agent_exists,
     get_agent,
@@ -86,6 +87,9 @@ class BrokerLimits:
     """Characters of one agent's messages to the operator not read yet past which its next
     one is refused (0: no limit). Retention never removes unread mail, and the rate limit
     alone lets an agent send gigabytes a day that nobody reads."""
+    unread_to_agents_chars: int = 4 << 20
+    """The same for one agent's messages to agents, all of them together: a stopped agent
+    takes no turn, so what is sent to it stays unread, however much (0: no limit)."""
 
 
 limits = BrokerLimits()
@@ -223,8 +227,9 @@ def prepare(
         _check_rate(store, sender, now)
         if _is_agent(recipient):
             _check_loop(store, sender, recipient, now)
-        else:
-            _check_unread(store, sender, len(body))
+        to_agent = _is_agent(recipient)
+        cap = limits.unread_to_agents_chars if to_agent else limits.unread_to_operator_chars
+        unread.check(store, sender, to_agent=to_agent, chars=len(body), cap=cap)
     return message
 
 
@@ -294,25 +299,6 @@ def _check_rate(store: Store, sender: str, now: float) -> None:
             f"agent {sender!r} sent {sent} messages in the last minute (limit"
             f" {limits.rate_per_minute})",
             hint="wait a minute; batch what you have to say into fewer messages",
-        )
-
-
-def _check_unread(store: Store, sender: str, chars: int) -> None:
-    cap = limits.unread_to_operator_chars
-    if cap <= 0:
-        return
-    unread = _count(
-        store,
-        "SELECT COALESCE(SUM(LENGTH(body)), 0) FROM hive_messages"
-        " WHERE recipient = ? AND state != 'read' AND sender = ?",
-        (OPERATOR, sender),
-    )
-    if unread + chars > cap:  # no hive event: a retry loop must not grow the store either
-        raise HiveLimited(
-            f"agent {sender!r} has {unread} characters of messages to the operator not read yet;"
-            f" this one ({chars}) would pass the limit of {cap}",
-            hint="wait until the operator has read your messages; send less, or write long"
-            " text to a file of the workspace and send its path",
         )
 
 

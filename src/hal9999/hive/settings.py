@@ -33,6 +33,9 @@ class HiveSettings(BaseModel):
     """Characters of one agent's messages to the operator not read yet past which its sends
     to the operator are refused, until the operator reads them (0: no limit). Retention
     never removes unread mail."""
+    unread_to_agents_chars: int = Field(default=4 << 20, ge=0)
+    """The same for one agent's messages to agents, all of them together (a stopped agent
+    takes no turn: its mail stays unread until it is started) (0: no limit)."""
     subtasks_per_day: int = Field(default=100, ge=1)
     """Sub-tasks (MCP ``run_task``) one agent may start in any 24 h: each keeps a session
     with a clone of the repository on the host, and one that ends at once frees its place
