@@ -447,3 +447,25 @@ async def test_a_line_of_a_million_values_is_refused_before_it_is_validated(hub:
     assert f"over {MAX_VALUES} JSON values in one line" in replies[0]["error"]["message"]
     assert replies[1] == {"jsonrpc": "2.0", "id": 9, "result": {}}
     writer.close()
+
+
+async def huge(caller: Caller, args: NoArgs) -> str:
+    return "x" * (1 << 20)
+
+
+async def test_an_answer_over_the_bound_is_withheld_in_one_line(tmp_path: Path) -> None:
+    # Answers wait in the daemon until the agent reads them (128 calls of one agent at once):
+    # a tool whose answer is past the bound gives a one-line error instead.
+    from hal9999.hive.mcp.tools import MAX_ANSWER_CHARS
+
+    store = Store.open(tmp_path / "home")
+    hub = McpHub(Hive(store=store, home=tmp_path / "home"),
+                 extra_tools=[Tool("huge", "A long answer.", NoArgs, huge)])  # fmt: skip
+    try:
+        async with connect(await hub.serve("alpha")) as client:
+            failed, text = await call(client, "huge")
+        assert failed and text == (f"internal: huge's answer is over {MAX_ANSWER_CHARS} "
+                                   "characters (see the daemon's log)")  # fmt: skip
+    finally:
+        await hub.close_all()
+        store.close()

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from hal9999.errors import HalError
 from hal9999.hive.mcp.server import DRAIN_S, MAX_IN_FLIGHT, MAX_VALUES, PARSE_ERROR
-from hal9999.hive.mcp.tools import Caller, Tool
+from hal9999.hive.mcp.tools import MAX_ANSWER_CHARS, Caller, Tool
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +92,11 @@ def build_server(caller: Caller, tools: dict[str, Tool]) -> Server[Any]:
         except Exception:
             logger.exception("mcp tool %s of %s failed", tool.name, caller.agent)
             return tool_error(f"internal: {tool.name} failed in hal (see the daemon's log)")
+        if len(text) > MAX_ANSWER_CHARS:  # held until the agent reads it: see the bound
+            logger.warning("mcp tool %s of %s: an answer of %d characters withheld",
+                           tool.name, caller.agent, len(text))  # fmt: skip
+            return tool_error(f"internal: {tool.name}'s answer is over {MAX_ANSWER_CHARS} "
+                              "characters (see the daemon's log)")  # fmt: skip
         return types.CallToolResult(content=[types.TextContent(type="text", text=text)])
 
     return Server(

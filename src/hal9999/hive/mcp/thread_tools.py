@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
 from hal9999.errors import HalError, UsageError
 from hal9999.hive import approvals, gates, questions, reminders, threads
 from hal9999.hive.broker import OPERATOR
-from hal9999.hive.mcp.tools import Caller, NoArgs, Tool, ToolArgs, dump
+from hal9999.hive.mcp.tools import ANSWER_ROOM, MORE, Caller, NoArgs, Tool, ToolArgs, dump, fitting
 from hal9999.hive.store import get_agent
 from hal9999.store import Store
 from hal9999.tasks.session import HOME_TARGET, WORKSPACE_TARGET, Session
@@ -148,18 +148,23 @@ async def open_threads(caller: Caller, args: NoArgs) -> str:
     found = await hive.db(
         threads.open_threads, hive.store, None if caller.manager else caller.agent
     )
-    return dump(
-        {
-            "approvals": [
-                {"id": a.id, "kind": a.kind, "proposer": a.proposer, "title": a.title}
-                for a in found.approvals
-            ],
-            "questions": [
-                {"id": q.id, "from": q.asker, "to": q.target, "question": q.question}
-                for q in found.questions
-            ],
-        }
-    )
+    approvals = [
+        {"id": a.id, "kind": a.kind, "proposer": a.proposer, "title": a.title}
+        for a in found.approvals
+    ]
+    asked = [
+        {"id": q.id, "from": q.asker, "to": q.target, "question": q.question}
+        for q in found.questions
+    ]
+    shown = approvals[: fitting(approvals)]  # questions: in what room the approvals left
+    room = ANSWER_ROOM - sum(len(dump(a)) + 1 for a in shown)
+    data: dict[str, Any] = {
+        "approvals": shown,
+        "questions": asked[: fitting(asked, room, one=not shown)],
+    }
+    if len(data["approvals"]) + len(data["questions"]) < len(approvals) + len(asked):
+        data["note"] = MORE.replace("call again", "answer or resolve some")
+    return dump(data)
 
 
 async def request_spawn(caller: Caller, args: SpawnArgs) -> str:

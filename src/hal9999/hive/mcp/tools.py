@@ -34,6 +34,14 @@ MAX_ACTIVE_SUBTASKS = 4
 the scheduler)."""
 RESULT_PATCH_CHARS = 20_000
 """How much of a sub-task's patch ``task_result`` shows (the rest stays on its branch)."""
+MAX_ANSWER_CHARS = 512 * 1024
+"""The longest answer (its JSON) a tool gives. An answer waits in the daemon until the agent
+reads it, and an agent has 8 connections of up to 16 calls each: 128 ``inbox`` answers of 50
+messages of 64 KiB of control characters (each written as ``\\u0001``) held 3.5 GB of the
+daemon for an agent that never read them. Lists are cut to fit (the rest on the next call);
+one message always fits (64 Ki characters, six each at most)."""
+ANSWER_ROOM = MAX_ANSWER_CHARS - 4096
+"""What a list in an answer may take (the rest: its keys and a note)."""
 
 
 class Lifecycle(Protocol):
@@ -177,6 +185,28 @@ def _message_json(message: Any) -> dict[str, Any]:
     return data
 
 
+def fitting(items: list[dict[str, Any]], room: int = ANSWER_ROOM, *, one: bool = True) -> int:
+    """How many of ``items``, from the first, fit in ``room`` characters of JSON (with
+    ``one``, the first however long: it fits in an answer by itself)."""
+    used = 0
+    for n, item in enumerate(items):
+        used += len(dump(item)) + 1
+        if used > room and (n or not one):
+            return n
+    return len(items)
+
+
+MORE = "more are waiting: call again for the rest"
+"""The note of an answer whose list was cut to fit :data:`MAX_ANSWER_CHARS`."""
+
+
+def _messages(messages: list[Any], more: bool) -> str:
+    data: dict[str, Any] = {"messages": [_message_json(m) for m in messages]}
+    if more:
+        data["note"] = MORE
+    return dump(data)
+
+
 # -- messages ------------------------------------------------------------------------------
 async def send(caller: Caller, args: SendArgs) -> str:
     """Send ``args.body`` to ``args.to`` as the caller."""
@@ -186,15 +216,18 @@ async def send(caller: Caller, args: SendArgs) -> str:
     return dump({"sent": message.id, "to": args.to})
 
 
-async def _take_unread(caller: Caller) -> list[Any]:
+async def _take_unread(caller: Caller) -> tuple[list[Any], bool]:
+    """The new messages this call took, and whether more are waiting (cut to fit)."""
     store = caller.hive.store
     found = await caller.hive.db(broker.inbox, store, caller.agent, limit=100)
     # A delivered message is in the current turn's prompt already: only new ones here.
     messages = [m for m in found if m.state == "sent"][:50]
+    fit = fitting([_message_json(m) for m in messages])
+    more, messages = fit < len(messages), messages[:fit]
     # Taken by the turn, read when it ends: a turn killed first gives them to the next one.
     # Only those this call moved: another call of the agent may have taken some meanwhile.
     taken = set(await caller.hive.db(broker.take, store, caller.agent, [m.id for m in messages]))
-    return [m for m in messages if m.id in taken]
+    return [m for m in messages if m.id in taken], more
 
 
 async def inbox(caller: Caller, args: InboxArgs) -> str:
@@ -205,11 +238,13 @@ async def inbox(caller: Caller, args: InboxArgs) -> str:
         messages = await caller.hive.db(
             broker.inbox, store, caller.agent, include_read=True, limit=50
         )
+        fit = fitting([_message_json(m) for m in reversed(messages)])  # the newest
+        more, messages = fit < len(messages), messages[len(messages) - fit :]
         fresh = [m.id for m in messages if m.state == "sent"]
         await caller.hive.db(broker.take, store, caller.agent, fresh)
     else:
-        messages = await _take_unread(caller)
-    return dump({"messages": [_message_json(m) for m in messages]})
+        messages, more = await _take_unread(caller)
+    return _messages(messages, more)
 
 
 async def recv(caller: Caller, args: RecvArgs) -> str:
@@ -223,9 +258,9 @@ async def recv(caller: Caller, args: RecvArgs) -> str:
         await asyncio.sleep(RECV_POLL_S)
     async with polling:  # free: taken at once (nothing awaited since the check)
         while True:
-            messages = await _take_unread(caller)
+            messages, more = await _take_unread(caller)
             if messages:
-                return dump({"messages": [_message_json(m) for m in messages]})
+                return _messages(messages, more)
             if time.monotonic() >= deadline:
                 return nothing
             await asyncio.sleep(RECV_POLL_S)
