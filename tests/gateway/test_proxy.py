@@ -240,6 +240,24 @@ async def test_a_request_target_cannot_aim_the_key_at_another_host(
     assert upstream.seen == []
 
 
+async def test_an_absolute_or_scheme_relative_target_reaches_the_tasks_upstream_only(
+    gateway: tuple[Gateway, str], upstream: StormUpstream
+) -> None:
+    # Tried at stop 50 and held: the host of an absolute-form target (a proxy request) or of
+    # "//host/path" is ignored; only the path is joined to the task's upstream.
+    gw, sock = gateway
+    grant = grant_for(upstream)
+    gw.register(grant)
+    with StormUpstream() as elsewhere:
+        authority = elsewhere.url.partition("://")[2]
+        for target in (f"http://{authority}/v1/messages", f"//{authority}/v1/messages"):
+            answer = await raw_call(sock, target, grant.token)
+            assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+        assert elsewhere.seen == []
+    assert [s.path for s in upstream.seen] == ["/v1/messages"] * 2
+    assert all(s.headers.get("x-api-key") == grant.key for s in upstream.seen)
+
+
 async def test_parallel_calls_queued_for_the_upstream_cannot_spend_past_the_budget(
     gateway: tuple[Gateway, str], upstream: StormUpstream
 ) -> None:
