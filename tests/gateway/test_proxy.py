@@ -236,19 +236,8 @@ async def test_a_request_target_cannot_aim_the_key_at_another_host(
                        f".localhost:{port}/v1/messages"):  # fmt: skip
             answer = await raw_call(sock, target, grant.token)
             assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
-        assert elsewhere.seen == []
-    assert upstream.seen == []
-
-
-async def test_an_absolute_or_scheme_relative_target_reaches_the_tasks_upstream_only(
-    gateway: tuple[Gateway, str], upstream: StormUpstream
-) -> None:
-    # Tried at stop 50 and held: the host of an absolute-form target (a proxy request) or of
-    # "//host/path" is ignored; only the path is joined to the task's upstream.
-    gw, sock = gateway
-    grant = grant_for(upstream)
-    gw.register(grant)
-    with StormUpstream() as elsewhere:
+        # An absolute-form target (a proxy's request) or "//host/path": the host is ignored,
+        # only the path is joined to the task's upstream (tried at stop 50: held).
         authority = elsewhere.url.partition("://")[2]
         for target in (f"http://{authority}/v1/messages", f"//{authority}/v1/messages"):
             answer = await raw_call(sock, target, grant.token)
