@@ -200,10 +200,14 @@ MORE = "more are waiting: call again for the rest"
 """The note of an answer whose list was cut to fit :data:`MAX_ANSWER_CHARS`."""
 
 
-def _messages(messages: list[Any], more: bool) -> str:
+OLDER_LEFT_OUT = "older messages left out: an answer holds at most 512 Ki characters"
+"""The note of an ``inbox(include_read)`` answer cut to its newest messages."""
+
+
+def _messages(messages: list[Any], note: str | None) -> str:
     data: dict[str, Any] = {"messages": [_message_json(m) for m in messages]}
-    if more:
-        data["note"] = MORE
+    if note:
+        data["note"] = note
     return dump(data)
 
 
@@ -239,12 +243,14 @@ async def inbox(caller: Caller, args: InboxArgs) -> str:
             broker.inbox, store, caller.agent, include_read=True, limit=50
         )
         fit = fitting([_message_json(m) for m in reversed(messages)])  # the newest
-        more, messages = fit < len(messages), messages[len(messages) - fit :]
+        note = OLDER_LEFT_OUT if fit < len(messages) else None
+        messages = messages[len(messages) - fit :]
         fresh = [m.id for m in messages if m.state == "sent"]
         await caller.hive.db(broker.take, store, caller.agent, fresh)
     else:
         messages, more = await _take_unread(caller)
-    return _messages(messages, more)
+        note = MORE if more else None
+    return _messages(messages, note)
 
 
 async def recv(caller: Caller, args: RecvArgs) -> str:
@@ -260,7 +266,7 @@ async def recv(caller: Caller, args: RecvArgs) -> str:
         while True:
             messages, more = await _take_unread(caller)
             if messages:
-                return _messages(messages, more)
+                return _messages(messages, MORE if more else None)
             if time.monotonic() >= deadline:
                 return nothing
             await asyncio.sleep(RECV_POLL_S)
