@@ -14,7 +14,7 @@ import contextlib
 import functools
 import os
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -198,6 +198,37 @@ def _kill_group(child: Any) -> None:
     if child.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             child.kill()
+
+
+def kill_pinned(pid: int, still: Callable[[], bool]) -> bool:
+    """SIGKILL ``pid`` if ``still()`` holds of it; whether it was signalled.
+
+    Checked and signalled through a pidfd, so the process checked is the one signalled,
+    never another that reused the pid after a scan found it (without pidfds, a kernel
+    before 5.3: checked, then signalled by pid). ``still`` may raise ``OSError`` (the
+    process has gone): not signalled.
+    """
+    if not _pidfds():
+        try:
+            if still():
+                os.kill(pid, signal.SIGKILL)
+                return True
+        except OSError:
+            pass
+        return False
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return False
+    try:
+        if not still():
+            return False
+        signal.pidfd_send_signal(fd, signal.SIGKILL)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 @functools.cache

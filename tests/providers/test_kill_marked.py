@@ -134,3 +134,24 @@ async def test_the_sweep_never_looks_up_a_path_an_agents_process_names(
     finally:
         proc.kill()
         await proc.wait()
+
+
+async def test_a_pid_found_marked_is_killed_only_if_it_still_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Between the scan and the kill a marked process may end and its pid go to another
+    process: the kill checks the marker again on the process it signals."""
+    marker = secrets.token_hex(6)
+    unmarked = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import time; time.sleep(60)"
+    )
+    scans = iter([{unmarked.pid}])  # what a scan made before the pid was reused would give
+    monkeypatch.setattr(hostexec, "_pids_marked", lambda var, value: next(scans, set()))
+    try:
+        await hostexec.kill_marked(marker)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(unmarked.wait()), 0.3)
+        assert unmarked.returncode is None
+    finally:
+        unmarked.kill()
+        await unmarked.wait()

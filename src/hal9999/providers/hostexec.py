@@ -14,11 +14,12 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import AsyncGenerator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
 from hal9999.errors import ExecError, ProviderError
+from hal9999.procs import kill_pinned
 from hal9999.providers.base import STDOUT_LIMIT, ExecResult, Launch, StreamEvent
 from hal9999.providers.handle import collect
 from hal9999.providers.hostread import read_all
@@ -371,6 +372,12 @@ def _pids_marked(var: str, value: str) -> set[int]:
     return {pid for pid, found in environ_values(var) if found == wanted}
 
 
+def _marked(pid: int, var: str, value: str) -> Callable[[], bool]:
+    """Whether ``pid``'s environment still has ``var=value``."""
+    entry = f"{var}={value}".encode()
+    return lambda: entry in read_all(f"/proc/{pid}/environ").split(b"\0")
+
+
 def environ_values(var: str) -> Iterator[tuple[int, bytes]]:
     """``(pid, value)`` for each ``var=value`` entry in a host process's environment (each
     one, as a process may list a variable twice); a process that exits meanwhile, or is
@@ -410,8 +417,9 @@ async def kill_marked_by(var: str, value: str, *, what: str) -> None:
     # thread, so a daemon's loop answers requests and moves other tasks meanwhile.
     while pids := await asyncio.to_thread(_pids_marked, var, value) - {os.getpid()}:
         for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+            # Pinned: a marked process that ended since the scan may have left its pid
+            # to an unrelated one, which must not be killed.
+            kill_pinned(pid, _marked(pid, var, value))
         if time.monotonic() > deadline:
             raise ProviderError(f"processes {sorted(pids)} of {what} {value} survived")
         await asyncio.sleep(0.01)

@@ -31,13 +31,13 @@ it with the rest of the sandbox's marked processes, destroy kills it.
 import asyncio
 import contextlib
 import os
-import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 from hal9999.errors import ProviderError
+from hal9999.procs import kill_pinned
 from hal9999.providers import hostexec
 from hal9999.providers.hostread import read_all
 
@@ -218,7 +218,7 @@ def sweep(*, now: float | None = None) -> int:
             continue
         if not os.path.isdir(directory):
             doomed[pid] = value
-    return sum(_kill_pinned(pid, _still(pid, value, ours)) for pid, value in doomed.items())
+    return sum(kill_pinned(pid, _still(pid, value, ours)) for pid, value in doomed.items())
 
 
 def _owner(pid: int) -> int | None:
@@ -237,24 +237,6 @@ def _still(pid: int, value: bytes, uid: int) -> Callable[[], bool]:
     return lambda: _owner(pid) == uid and entry in read_all(f"/proc/{pid}/environ").split(b"\0")
 
 
-def _kill_pinned(pid: int, still: Callable[[], bool]) -> bool:
-    """SIGKILL ``pid`` if, pinned by a pidfd (checked, then signalled, the same process),
-    ``still()`` holds; whether it was signalled."""
-    try:
-        fd = os.pidfd_open(pid)
-    except OSError:
-        return False
-    try:
-        if not still():
-            return False
-        signal.pidfd_send_signal(fd, signal.SIGKILL)
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-
 def stop(directory: Path) -> bool:
     """Kill the sandbox's keeper (if alive: a reused pid is left alone) and forget it;
     whether there was a record of one."""
@@ -263,7 +245,7 @@ def stop(directory: Path) -> bool:
         pid, ino = (int(word) for word in read_all(str(path)).split())
     except (OSError, ValueError):
         return False
-    _kill_pinned(pid, Keeper(pid, ino).alive)
+    kill_pinned(pid, Keeper(pid, ino).alive)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     return True
