@@ -337,3 +337,37 @@ def test_a_link_never_leaves_the_dashboard_whatever_its_characters(
     )
     assert origins == [served.base] * len(hrefs)
     assert page.evaluate("hal.safeHref('/tasks/t1')") == "/tasks/t1"
+
+
+def test_many_edits_in_the_timeline_keep_the_page_bounded(
+    browser: Any, fake_dashboard: Dashboard, shot: Any
+) -> None:
+    """One capped diff per tool call was not a bound: a MultiEdit's edits each got their own
+    5000 rows, and each of the 2000 timeline entries too (millions of rows froze the page)."""
+    served, api, home = fake_dashboard
+    api.add_task(task("t1"))
+    page = open_logged_in(browser, served, home)
+    page.goto(served.base + "/tasks/t1")
+    page.wait_for_selector("#live-state[data-state='live']")
+    lines = "\n".join(f"line {n}" for n in range(300))
+    edits = [{"old_string": "", "new_string": lines} for _ in range(40)]  # 12,000 rows
+    api.emit(task_id="t1", type="tool_call", name="MultiEdit",
+             input={"file_path": "many.txt", "edits": edits})  # fmt: skip
+    for n in range(12):  # 48,000 rows
+        content = "\n".join(f"file {n} line {k}" for k in range(4000))
+        api.emit(task_id="t1", type="tool_call", name="Write",
+                 input={"file_path": f"f{n}.txt", "content": content})  # fmt: skip
+    api.emit(task_id="t1", type="tool_call", name="Edit",
+             input={"file_path": "last.txt", "old_string": "a", "new_string": "THE END"})  # fmt: skip
+    page.wait_for_selector("#timeline .ev-tool:nth-child(14)", timeout=60000)
+    rows = page.locator("#timeline .diff-table tr").count()
+    assert rows <= 20_000, rows
+    cut = page.locator("#timeline .ev-tool").nth(0).inner_text()
+    assert "`hal task diff` has all of them" in cut  # the MultiEdit's own cut, said
+    # A call past the timeline's budget offers its diff, built when asked for.
+    last = page.locator("#timeline .ev-tool").nth(13)
+    last.locator("button.show-diff").click()
+    assert "THE END" in last.locator(".diff-table").inner_text()
+    assert page.evaluate("1 + 1") == 2
+    page.evaluate("document.querySelectorAll('#timeline details').forEach(d => d.open = false)")
+    shot(page)

@@ -47,12 +47,18 @@
    * table that size freezes the page for a minute (`hal task diff` shows all of it). */
   hal.DIFF_ROWS = 5000;
 
-  /** A side-by-side table for a unified diff (at most hal.DIFF_ROWS rows of it). */
-  hal.renderDiff = function (text) {
+  /** Most rows the timeline's inline diffs hold at once, every tool call's together: one
+   * cap a diff was no bound on a page of 2000 entries (nor on a MultiEdit's many edits). */
+  hal.TIMELINE_DIFF_ROWS = 20000;
+
+  /** A side-by-side table for a unified diff (at most ``limit`` rows of it, hal.DIFF_ROWS
+   * by default); the box's ``rows`` says how many it built. */
+  hal.renderDiff = function (text, limit) {
     const files = hal.parseDiff(text);
     const box = el("div", { class: "diff" });
     if (!files.length) box.append(el("p", { class: "muted", text: "no changes" }));
-    let budget = hal.DIFF_ROWS;
+    const most = limit === undefined ? hal.DIFF_ROWS : Math.max(0, Math.min(limit, hal.DIFF_ROWS));
+    let budget = most;
     const total = files.reduce((n, f) => n + f.hunks.reduce((m, h) => m + 1 + h.rows.length, 0), 0);
     for (const file of files) {
       if (budget <= 0) break;
@@ -72,8 +78,9 @@
       }
       box.append(el("details", { class: "diff-file", open: true }, el("summary", { class: "file-name", text: file.name }), table));
     }
-    if (total > hal.DIFF_ROWS)
-      box.append(el("p", { class: "muted diff-cut", text: "Only the first " + hal.DIFF_ROWS + " of " + total + " lines are shown: `hal task diff` has all of them." }));
+    box.rows = most - Math.max(0, budget);
+    if (total > most)
+      box.append(el("p", { class: "muted diff-cut", text: "Only the first " + most + " of " + total + " lines are shown: `hal task diff` has all of them." }));
     return box;
   };
   /** old/new strings -> a tiny unified diff (line level), for an Edit tool call. */
@@ -92,33 +99,56 @@
 
   const EDIT_TOOLS = /^(edit|multiedit|str_replace|write|create|write_file|apply_patch|patch)$/i;
 
-  /** The inline diff of a tool call that edits or writes a file, or null. */
-  hal.toolDiff = function (event) {
+  /** The unified diff of a tool call that edits or writes a file (a MultiEdit's edits in
+   * one, under one cap), or null. */
+  hal.toolDiffText = function (event) {
     const input = event.input || {};
     if (!EDIT_TOOLS.test(event.name || "")) return null;
     const name = String(input.file_path || input.path || input.filename || "(file)");
-    if (typeof input.patch === "string" || typeof input.input === "string") return hal.renderDiff(input.patch || input.input);
+    if (typeof input.patch === "string" || typeof input.input === "string") return input.patch || input.input;
     if (typeof input.old_string === "string" || typeof input.new_string === "string")
-      return hal.renderDiff(hal.editDiff(name, input.old_string, input.new_string));
+      return hal.editDiff(name, input.old_string, input.new_string);
     if (Array.isArray(input.edits))
-      return el("div", {}, input.edits.map((e) => hal.renderDiff(hal.editDiff(name, e.old_string, e.new_string))));
+      return input.edits.map((e) => hal.editDiff(name, e && e.old_string, e && e.new_string)).join("\n");
     if (typeof input.content === "string" || typeof input.file_text === "string")
-      return hal.renderDiff(hal.editDiff(name, "", input.content || input.file_text));
+      return hal.editDiff(name, "", input.content || input.file_text);
     return null;
+  };
+
+  /** The inline diff of a tool call, or null: built while ``budget.left`` (the timeline's
+   * rows, hal.TIMELINE_DIFF_ROWS) lasts, and taken from it; past it, a button builds it. */
+  hal.toolDiff = function (event, budget) {
+    if (!EDIT_TOOLS.test(event.name || "")) return null;
+    if (!budget || budget.left > 0) {
+      const text = hal.toolDiffText(event);
+      if (text === null) return null;
+      const view = hal.renderDiff(text, budget ? budget.left : undefined);
+      if (budget) budget.left -= view.rows;
+      return view;
+    }
+    if (hal.toolDiffText(event) === null) return null;
+    const later = el("div", { class: "diff-later" });
+    later.append(el("button", { type: "button", class: "small show-diff", text: "Show the diff",
+      onclick: () => hal.clear(later).append(hal.renderDiff(hal.toolDiffText(event))) }));
+    return later;
   };
 
   const short = (value, n) => { const s = typeof value === "string" ? value : JSON.stringify(value); return s.length > n ? s.slice(0, n) + "…" : s; };
 
-  /** One timeline entry for a parsed event (null for events the log shows instead). */
-  hal.renderEvent = function (event) {
+  /** One timeline entry for a parsed event (null for events the log shows instead); an
+   * inline diff takes its rows from ``budget`` (see hal.toolDiff), and the entry's
+   * ``diffRows`` says how many. */
+  hal.renderEvent = function (event, budget) {
     const when = el("time", { class: "when", text: event.ts ? new Date(event.ts * 1000).toLocaleTimeString() : "" });
     const row = (kind, ...body) => el("li", { class: "ev ev-" + kind, "data-seq": event.seq }, when, el("span", { class: "kind", text: kind }), ...body);
     switch (event.type) {
       case "agent_text": return row("agent", el("div", { class: "prose", text: short(event.text || "", 20000) }));
       case "tool_call": {
-        const diff = hal.toolDiff(event);
-        return row("tool", el("code", { class: "tool-name", text: event.name }),
+        const diff = hal.toolDiff(event, budget);
+        const item = row("tool", el("code", { class: "tool-name", text: event.name }),
           diff || el("pre", { class: "tool-input", text: short(event.input || {}, 2000) }));
+        item.diffRows = diff && diff.rows ? diff.rows : 0;
+        return item;
       }
       case "tool_result": return row(event.is_error ? "tool-error" : "result", el("pre", { class: "tool-output", text: short(event.output || "", 2000) }));
       case "usage": return row("usage", el("span", { text: (event.input_tokens || 0) + " in / " + (event.output_tokens || 0) + " out" + (event.cost_usd != null ? " · " + hal.fmtCost(event.cost_usd) : "") + (event.model ? " · " + event.model : "") }));

@@ -27,6 +27,7 @@
     let scrolling = 0;
     const follow = el("input", { type: "checkbox", id: "follow", checked: true });
     const timeline = el("ol", { class: "timeline", id: "timeline" });
+    const diffBudget = { left: hal.TIMELINE_DIFF_ROWS }; // rows the inline diffs may still build
     const diffBox = el("div", { id: "result-diff" }, el("p", { class: "muted", text: "The diff appears when the task ends." }));
     const termBox = el("div", { id: "terminal", class: "term-box" });
     const resumePrompt = el("textarea", { id: "resume-prompt", rows: 2, placeholder: "Follow-up prompt (optional)" });
@@ -102,9 +103,12 @@
           scrolling = requestAnimationFrame(() => { scrolling = 0; if (follow.checked) log.scrollTop = log.scrollHeight; });
         return;
       }
-      const item = hal.renderEvent(event);
+      const item = hal.renderEvent(event, diffBudget);
       if (item) timeline.append(item);
-      while (timeline.childElementCount > TIMELINE_ITEMS) timeline.firstElementChild.remove();
+      while (timeline.childElementCount > TIMELINE_ITEMS) { // its diff's rows are free again
+        diffBudget.left += timeline.firstElementChild.diffRows || 0;
+        timeline.firstElementChild.remove();
+      }
       if (event.type === "phase" || event.type === "task_end") {
         record.status = event.type === "phase" ? event.phase : event.status;
         showRecord();
