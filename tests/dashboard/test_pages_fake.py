@@ -371,3 +371,22 @@ def test_many_edits_in_the_timeline_keep_the_page_bounded(
     assert page.evaluate("1 + 1") == 2
     page.evaluate("document.querySelectorAll('#timeline details').forEach(d => d.open = false)")
     shot(page)
+
+
+def test_a_written_line_that_looks_like_a_header_is_shown_in_the_timeline(
+    browser: Any, fake_dashboard: Dashboard
+) -> None:
+    """The inline diff of a Write had "@@ -1 +1 @@" (no counts): a written line "++ b/x"
+    became "+++ b/x", read as the file's name, and was not shown."""
+    served, api, home = fake_dashboard
+    api.add_task(task("t1"))
+    page = open_logged_in(browser, served, home)
+    page.goto(served.base + "/tasks/t1")
+    page.wait_for_selector("#live-state[data-state='live']")
+    content = "b = 1\n++ b/README.md\n-- not a header either"
+    api.emit(task_id="t1", type="tool_call", name="Write",
+             input={"file_path": "run.py", "content": content})  # fmt: skip
+    page.wait_for_selector("#timeline .diff-table")
+    assert page.locator("#timeline .file-name").all_inner_texts() == ["run.py"]
+    added = page.locator("#timeline td.add").all_inner_texts()
+    assert added == ["b = 1", "++ b/README.md", "-- not a header either"]

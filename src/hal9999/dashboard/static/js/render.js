@@ -5,10 +5,15 @@
   const hal = (window.hal = window.hal || {});
   const el = (...args) => hal.el(...args);
 
-  /** Unified diff text -> [{name, hunks: [{header, rows: [[kind, oldNo, oldText, newNo, newText]]}]}] */
+  /** Unified diff text -> [{name, hunks: [{header, rows: [[kind, oldNo, oldText, newNo, newText]]}]}]
+   * A hunk holds as many lines as its "@@ -a,b +c,d @@" counts: inside it, a changed line
+   * that reads as a header ("--- x" removed, "+++ b/x" added: an agent's "++ b/x") is a
+   * changed line, never a file name. A hunk without counts (an apply_patch's "@@") runs on
+   * while its lines start with "+", "-" or " ". */
   hal.parseDiff = function (text) {
     const files = [];
     let file = null, hunk = null, oldNo = 0, newNo = 0, dels = [], adds = [];
+    let oldLeft = 0, newLeft = 0, counted = false;
     const flush = () => {
       if (!hunk) return;
       const n = Math.max(dels.length, adds.length);
@@ -18,26 +23,35 @@
       }
       dels = []; adds = [];
     };
+    const newFile = (name) => { flush(); hunk = null; file = { name, hunks: [] }; files.push(file); };
+    const inHunk = (line) => hunk !== null && (counted ? oldLeft > 0 || newLeft > 0 : /^([-+ \\]|$)/.test(line));
     for (const line of String(text).split("\n")) {
-      if (line.startsWith("diff --git ")) {
-        flush(); hunk = null;
-        file = { name: line.replace(/^diff --git a\/(.*) b\/.*$/, "$1"), hunks: [] };
-        files.push(file);
-      } else if (line.startsWith("+++ ") && file) {
+      if (inHunk(line)) {
+        if (line.startsWith("-")) { dels.push([oldNo++, line.slice(1)]); oldLeft--; continue; }
+        if (line.startsWith("+")) { adds.push([newNo++, line.slice(1)]); newLeft--; continue; }
+        if (line.startsWith(" ") || (counted && line === "")) { // a blank context line, as patch(1) reads it
+          flush(); hunk.rows.push(["same", oldNo++, line.slice(1), newNo++, line.slice(1)]); oldLeft--; newLeft--; continue;
+        }
+        if (line.startsWith("\\") || line === "") continue; // "\ No newline at end of file"
+        flush(); hunk = null; // fewer lines than its counts said (a cut diff): this one is read below
+      }
+      if (line.startsWith("diff --git ")) newFile(line.replace(/^diff --git a\/(.*) b\/.*$/, "$1"));
+      else if (line.startsWith("--- ")) {
+        if (!file || file.hunks.length) newFile(line.slice(4).replace(/^a\//, ""));
+      } else if (line.startsWith("+++ ") && file && !file.hunks.length) {
         const name = line.slice(4).replace(/^b\//, "");
         if (name !== "/dev/null") file.name = name;
-      } else if (line.startsWith("--- ") && (!hunk || (!dels.length && !adds.length && hunk.rows.length === 0))) {
-        if (!file) { file = { name: line.slice(4).replace(/^a\//, ""), hunks: [] }; files.push(file); }
       } else if (line.startsWith("@@")) {
         flush();
-        const m = /^@@ -(\d+)(?:,\d+)? \+(\d+)(?:,\d+)? @@(.*)$/.exec(line);
-        oldNo = m ? parseInt(m[1], 10) : 1; newNo = m ? parseInt(m[2], 10) : 1;
+        const m = /^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@(.*)$/.exec(line);
+        oldNo = m ? parseInt(m[1], 10) : 1; newNo = m ? parseInt(m[3], 10) : 1;
+        counted = m !== null;
+        oldLeft = m ? (m[2] === undefined ? 1 : parseInt(m[2], 10)) : 0;
+        newLeft = m ? (m[4] === undefined ? 1 : parseInt(m[4], 10)) : 0;
         if (!file) { file = { name: "(file)", hunks: [] }; files.push(file); }
         hunk = { header: line, rows: [] };
         file.hunks.push(hunk);
-      } else if (hunk && line.startsWith("-")) dels.push([oldNo++, line.slice(1)]);
-      else if (hunk && line.startsWith("+")) adds.push([newNo++, line.slice(1)]);
-      else if (hunk && line.startsWith(" ")) { flush(); hunk.rows.push(["same", oldNo++, line.slice(1), newNo++, line.slice(1)]); }
+      }
     }
     flush();
     return files;
@@ -91,7 +105,7 @@
     let endA = a.length - 1, endB = b.length - 1;
     while (endA >= start && endB >= start && a[endA] === b[endB]) { endA--; endB--; }
     const lines = ["diff --git a/" + name + " b/" + name, "--- a/" + name, "+++ b/" + name,
-      "@@ -" + (start + 1) + " +" + (start + 1) + " @@"];
+      "@@ -" + (start + 1) + "," + (endA - start + 1) + " +" + (start + 1) + "," + (endB - start + 1) + " @@"];
     for (let i = start; i <= endA; i++) lines.push("-" + a[i]);
     for (let i = start; i <= endB; i++) lines.push("+" + b[i]);
     return lines.join("\n");
