@@ -52,6 +52,27 @@ def test_escape_sequences_that_act_on_the_terminal_are_dropped(name: str) -> Non
     assert clean.startswith("before") and clean.endswith("after\n")
 
 
+BIDI = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+
+
+def test_bidirectional_controls_are_spelled_out_on_every_terminal_path() -> None:
+    """A terminal that does bidi (Konsole, mlterm, VTE's) reorders the text after an RLO:
+    in `hal task diff` a line of an agent's code read as a comment ("Trojan Source")."""
+    from hal9999.cli.approvals import plain
+    from hal9999.cli.task_table import one_line, sanitized
+
+    line = 'if access != "user\u202e \u2066// admin\u2069 \u2066":\n'
+    shown = line.replace("\u202e", "\u27e8U+202E\u27e9").replace("\u2066", "\u27e8U+2066\u27e9")
+    shown = shown.replace("\u2069", "\u27e8U+2069\u27e9")
+    stream = TerminalSanitizer()
+    streamed = "".join(stream.feed(c) for c in line) + stream.flush()
+    for clean in (sanitize(line), streamed, sanitized(line), plain(line)):
+        assert clean == shown
+    assert one_line(line) == shown.rstrip("\n")
+    assert not any(c in BIDI for c in sanitize(BIDI) + one_line(BIDI))
+    assert sanitize(BIDI).count("\u27e8U+") == len(BIDI)
+
+
 def test_colours_newlines_and_tabs_are_kept() -> None:
     text = "\x1b[31mred\x1b[0m\tand \x1b[1;38;5;208mbold orange\x1b[m\nnext"
     assert sanitize(text) == text

@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from hal9999.cli.task_table import BIDI_SHOWN
+
 if TYPE_CHECKING:
     from hal9999.events.models import Event
     from hal9999.store import TaskRecord
@@ -46,7 +48,10 @@ RESET = "\x1b[0m"
 
 
 def _strip(text: str) -> str:
-    return _UNSAFE.sub(lambda m: m.group(0) if _SGR.fullmatch(m.group(0)) else "", text)
+    """``text`` without escapes but SGR and controls but newline and tab, its bidirectional
+    controls spelled out (``task_table.BIDI_SHOWN``: a terminal that does bidi obeyed them)."""
+    kept = _UNSAFE.sub(lambda m: m.group(0) if _SGR.fullmatch(m.group(0)) else "", text)
+    return kept.translate(BIDI_SHOWN)
 
 
 def _style_open(text: str) -> bool:

@@ -59,13 +59,23 @@ class TaskSummary(TaskRow, Protocol):
     def session_dir(self) -> str: ...
 
 
-_CONTROLS = dict.fromkeys([*range(0x20), *range(0x7F, 0xA0)], "?")
-"""Control characters (C0, DEL, C1): shown as ``?``, never sent to the terminal."""
+BIDI_CONTROLS = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+"""Bidirectional controls (marks, embeddings, overrides, isolates): a terminal that lays out
+bidirectional text (Konsole, mlterm, VTE's) reorders what follows them, so a line of an
+agent's code reads as a comment while it is code ("Trojan Source")."""
+BIDI_SHOWN = {c: f"\u27e8U+{c:04X}\u27e9" for c in BIDI_CONTROLS}
+"""Each bidirectional control spelled out (``⟨U+202E⟩``), as the dashboard shows it."""
+
+_CONTROLS = {**dict.fromkeys([*range(0x20), *range(0x7F, 0xA0)], "?"), **BIDI_SHOWN}
+"""Control characters (C0, DEL, C1): shown as ``?``, never sent to the terminal; the
+bidirectional ones spelled out."""
 
 
-_UNSAFE = frozenset(map(chr, [*range(0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0)]))
+_UNSAFE = frozenset(
+    map(chr, [*range(0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0), *BIDI_CONTROLS])
+)
 """What :func:`hal9999.cli.output.sanitize` acts on: every escape sequence starts with ESC,
-one of these."""
+one of these; and the bidirectional controls."""
 
 
 def sanitized(text: str) -> str:
