@@ -357,8 +357,8 @@ def test_many_edits_in_the_timeline_keep_the_page_bounded(
         content = "\n".join(f"file {n} line {k}" for k in range(4000))
         api.emit(task_id="t1", type="tool_call", name="Write",
                  input={"file_path": f"f{n}.txt", "content": content})  # fmt: skip
-    api.emit(task_id="t1", type="tool_call", name="Edit",
-             input={"file_path": "last.txt", "old_string": "a", "new_string": "THE END"})  # fmt: skip
+    last_edit = {"file_path": "last.txt", "old_string": "a", "new_string": "THE END"}
+    api.emit(task_id="t1", type="tool_call", name="Edit", input=last_edit)
     page.wait_for_selector("#timeline .ev-tool:nth-child(14)", timeout=60000)
     rows = page.locator("#timeline .diff-table tr").count()
     assert rows <= 20_000, rows
