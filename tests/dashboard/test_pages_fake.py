@@ -390,3 +390,28 @@ def test_a_written_line_that_looks_like_a_header_is_shown_in_the_timeline(
     assert page.locator("#timeline .file-name").all_inner_texts() == ["run.py"]
     added = page.locator("#timeline td.add").all_inner_texts()
     assert added == ["b = 1", "++ b/README.md", "-- not a header either"]
+
+
+def test_a_flood_of_usage_events_reads_each_task_a_bounded_number_of_times(
+    browser: Any, fake_dashboard: Dashboard
+) -> None:
+    """The overview read a task once per event that changed it, every read in flight at
+    once: an agent printing usage a line made each open overview send as many requests."""
+    served, api, home = fake_dashboard
+    api.add_task(task("t1"))
+    page = open_logged_in(browser, served, home)
+    page.wait_for_selector("#live-state[data-state='live']")
+    page.wait_for_selector("[data-task='t1']")
+    before = len(api.calls)
+    for n in range(1500):
+        api.emit(task_id="t1", type="usage", input_tokens=n, output_tokens=1)
+    api.tasks["t1"]["status"] = "succeeded"
+    api.emit(task_id="t1", type="phase", phase="succeeded")
+    page.wait_for_function("() => hal.live.stats.events >= 1501", timeout=60000, polling=100)
+    page.wait_for_selector("[data-task='t1'] .badge-succeeded", timeout=60000)
+    settled, seen = 0, -1
+    while settled < 5:  # the reads the events started have all come in
+        time.sleep(0.2)
+        settled, seen = (settled + 1, seen) if len(api.calls) == seen else (0, len(api.calls))
+    reads = [c for c in api.calls[before:] if c[:2] == ("GET", "/v1/tasks/t1")]
+    assert 1 <= len(reads) <= 50, len(reads)
