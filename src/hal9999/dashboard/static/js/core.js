@@ -58,6 +58,18 @@
 
   hal.clear = (node) => { while (node.firstChild) node.removeChild(node.firstChild); return node; };
 
+  /** ``read`` (an async function) called for events: one call in flight, and one more after
+   * it when events came meanwhile. A read per event, all at once, let an agent's flood of
+   * events make every open page send the daemon a request per event. */
+  hal.coalesce = function (read) {
+    let running = null, again = false;
+    const run = async () => {
+      do { again = false; try { await read(); } catch (err) { /* the next event reads again */ } } while (again);
+      running = null;
+    };
+    return () => { if (running) again = true; else running = run(); return running; };
+  };
+
   /** Calls the daemon's JSON API (as /api/...); throws an Error with its one-line message. */
   hal.api = async function (method, path, body) {
     const init = { method, credentials: "same-origin", headers: hal.proofHeaders() };

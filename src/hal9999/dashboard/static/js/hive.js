@@ -20,10 +20,8 @@
   hal.watchWaiting = async function () {
     const live = hal.stream();
     const count = (t) => t.approvals.length + t.questions.filter((q) => q.target === "operator").length;
-    let counting = Promise.resolve();
-    const recount = () => { // one read at a time, so an older answer never lands last
-      counting = counting.then(() => hal.api("GET", "/hive/threads")).then((t) => hal.setWaiting(count(t)), () => {});
-    };
+    // One read at a time (an older answer never lands last), one more for what came meanwhile.
+    const recount = hal.coalesce(async () => hal.setWaiting(count(await hal.api("GET", "/hive/threads"))));
     live.listen((event) => {
       if (event.task_id) return; // a task's event: the hive's are the ones without a task
       if (event.type === "approval_added") hal.notify("Approval waiting", event.agent + " proposes a " + event.kind, "/hive");
@@ -33,8 +31,7 @@
       if (hal.onHiveEvent) hal.onHiveEvent(event);
     }, () => { recount(); if (hal.onHiveResync) hal.onHiveResync(); });
     await live.connected; // subscribed: the snapshot read next misses nothing
-    recount();
-    await counting;
+    await recount();
     if (live.ownedByHive) live.release();
     hal.hiveReady = true; // from here on, every newer hive event is delivered
   };
@@ -196,11 +193,14 @@
       for (const node of document.querySelectorAll(".time-left[data-expires]"))
         if (node.dataset.expires) node.textContent = left(Number(node.dataset.expires));
     }, 1000);
+    // An event makes its list be read again: one read in flight per list (hal.coalesce).
+    const [threadsLater, agentsLater, messagesLater, remindersLater] =
+      [drawThreads, drawAgents, drawMessages, drawReminders].map(hal.coalesce);
     hal.onHiveEvent = (event) => {
-      if (THREAD_EVENTS.includes(event.type)) drawThreads().catch(() => {});
-      if (["agent_state", "agent_crashed", "turn_finished"].includes(event.type)) drawAgents().catch(() => {});
-      if (event.type.startsWith("message_") || event.type === "question_answered") drawMessages().catch(() => {});
-      if (event.type.startsWith("reminder_")) drawReminders().catch(() => {});
+      if (THREAD_EVENTS.includes(event.type)) threadsLater();
+      if (["agent_state", "agent_crashed", "turn_finished"].includes(event.type)) agentsLater();
+      if (event.type.startsWith("message_") || event.type === "question_answered") messagesLater();
+      if (event.type.startsWith("reminder_")) remindersLater();
     };
     hal.onHiveResync = redraw;
     await connected;

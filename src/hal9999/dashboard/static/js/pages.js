@@ -74,26 +74,19 @@
       refreshing = setTimeout(() => { refreshing = null; drawPool().catch(() => {}); }, 300);
     }
 
-    // Tasks an event said changed, read in rounds: one round in flight, the tasks marked
-    // meanwhile read in the next. One read per event, all at once, let an agent printing
-    // usage a line make every open overview send the daemon a request per line.
+    // Tasks an event said changed, read in rounds (hal.coalesce): one round in flight, the
+    // tasks marked meanwhile read in the next. One read per event, all at once, let an agent
+    // printing usage a line make every open overview send the daemon a request per line.
     const stale = new Set();
-    let reading = null;
-    function refetch(taskId) {
-      stale.add(taskId);
-      if (!reading) reading = readStale();
-    }
-    async function readStale() {
-      while (stale.size) {
-        const ids = [...stale];
-        stale.clear();
-        await Promise.all(ids.map(async (id) => {
-          try { tasks.set(id, await hal.api("GET", "/tasks/" + id)); } catch (err) { tasks.delete(id); }
-        }));
-        redraw();
-      }
-      reading = null;
-    }
+    const readStale = hal.coalesce(async () => {
+      const ids = [...stale];
+      stale.clear();
+      await Promise.all(ids.map(async (id) => {
+        try { tasks.set(id, await hal.api("GET", "/tasks/" + id)); } catch (err) { tasks.delete(id); }
+      }));
+      redraw();
+    });
+    const refetch = (taskId) => { stale.add(taskId); readStale(); };
 
     const live = new hal.Live((event) => {
       if (!event.task_id) return;
