@@ -40,6 +40,25 @@ def open_logged_in(browser: Any, served: Served, home: Path, **context: Any) -> 
     return page
 
 
+def live_task_page(browser: Any, fake_dashboard: Dashboard) -> tuple[Any, Any]:
+    """(page, fake api): the page of a running task t1, its event stream live."""
+    served, api, home = fake_dashboard
+    api.add_task(task("t1"))
+    page = open_logged_in(browser, served, home)
+    page.goto(served.base + "/tasks/t1")
+    page.wait_for_selector("#live-state[data-state='live']")
+    return page, api
+
+
+def quiet(api: Any) -> None:
+    """Wait until the page has sent no request to the fake API for a second: the reads
+    the events started have all come in."""
+    settled, seen = 0, -1
+    while settled < 5:
+        time.sleep(0.2)
+        settled, seen = (settled + 1, seen) if len(api.calls) == seen else (0, len(api.calls))
+
+
 def test_login_link_opens_the_overview(browser: Any, fake_dashboard: Dashboard, shot: Any) -> None:
     served, api, home = fake_dashboard
     api.add_task(task("t1", status="succeeded", prompt="make it faster"))
@@ -203,11 +222,7 @@ def test_bidi_controls_in_agent_text_are_shown_not_obeyed(
 def test_a_flood_of_output_and_a_huge_file_keep_the_page_bounded(
     browser: Any, fake_dashboard: Dashboard, shot: Any
 ) -> None:
-    served, api, home = fake_dashboard
-    api.add_task(task("t1"))
-    page = open_logged_in(browser, served, home)
-    page.goto(served.base + "/tasks/t1")
-    page.wait_for_selector("#live-state[data-state='live']")
+    page, api = live_task_page(browser, fake_dashboard)
     content = "\n".join(f"line {n}" for n in range(8_000))
     api.emit(
         task_id="t1",
@@ -297,11 +312,7 @@ def test_a_link_the_agent_prints_in_the_terminal_is_inert(
 ) -> None:
     # xterm.js opens an OSC 8 hyperlink on a click (after a confirm naming the URL): an agent
     # could plant a phishing link in its pane. The log drops OSC 8; the terminal must too.
-    served, api, home = fake_dashboard
-    api.add_task(task("t1"))
-    page = open_logged_in(browser, served, home)
-    page.goto(served.base + "/tasks/t1")
-    page.wait_for_selector("#live-state[data-state='live']")
+    page, _ = live_task_page(browser, fake_dashboard)
     page.evaluate(
         """() => new Promise((resolve) => {
           const opened = hal.openTerminal(document.getElementById("terminal"), "t1", false);
@@ -344,11 +355,7 @@ def test_many_edits_in_the_timeline_keep_the_page_bounded(
 ) -> None:
     """One capped diff per tool call was not a bound: a MultiEdit's edits each got their own
     5000 rows, and each of the 2000 timeline entries too (millions of rows froze the page)."""
-    served, api, home = fake_dashboard
-    api.add_task(task("t1"))
-    page = open_logged_in(browser, served, home)
-    page.goto(served.base + "/tasks/t1")
-    page.wait_for_selector("#live-state[data-state='live']")
+    page, api = live_task_page(browser, fake_dashboard)
     lines = "\n".join(f"line {n}" for n in range(300))
     edits = [{"old_string": "", "new_string": lines} for _ in range(40)]  # 12,000 rows
     api.emit(task_id="t1", type="tool_call", name="MultiEdit",
@@ -378,11 +385,7 @@ def test_a_written_line_that_looks_like_a_header_is_shown_in_the_timeline(
 ) -> None:
     """The inline diff of a Write had "@@ -1 +1 @@" (no counts): a written line "++ b/x"
     became "+++ b/x", read as the file's name, and was not shown."""
-    served, api, home = fake_dashboard
-    api.add_task(task("t1"))
-    page = open_logged_in(browser, served, home)
-    page.goto(served.base + "/tasks/t1")
-    page.wait_for_selector("#live-state[data-state='live']")
+    page, api = live_task_page(browser, fake_dashboard)
     content = "b = 1\n++ b/README.md\n-- not a header either"
     api.emit(task_id="t1", type="tool_call", name="Write",
              input={"file_path": "run.py", "content": content})  # fmt: skip
@@ -409,9 +412,6 @@ def test_a_flood_of_usage_events_reads_each_task_a_bounded_number_of_times(
     api.emit(task_id="t1", type="phase", phase="succeeded")
     page.wait_for_function("() => hal.live.stats.events >= 1501", timeout=60000, polling=100)
     page.wait_for_selector("[data-task='t1'] .badge-succeeded", timeout=60000)
-    settled, seen = 0, -1
-    while settled < 5:  # the reads the events started have all come in
-        time.sleep(0.2)
-        settled, seen = (settled + 1, seen) if len(api.calls) == seen else (0, len(api.calls))
+    quiet(api)
     reads = [c for c in api.calls[before:] if c[:2] == ("GET", "/v1/tasks/t1")]
     assert 1 <= len(reads) <= 50, len(reads)
