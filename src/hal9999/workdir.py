@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 
-from hal9999.errors import UsageError
+from hal9999.envvars import is_text
+from hal9999.errors import RepoError, UsageError
 
 TYPE_CHECKING = False  # typing, pathlib: hal9999.lighttyping says why
 if TYPE_CHECKING:
@@ -51,13 +52,25 @@ def current_dir() -> Path | None:
 def working_path(repo: str | None) -> str:
     """:func:`working_dir` as a string."""
     here = current_path()
-    if here is not None:
+    if here is not None and is_text(here):
         return here
     if repo and (repo.startswith("/") or "://" in repo or "@" in repo):
         return "/"
+    if here is not None:  # the daemon's API, the task's record, its events hold only text
+        raise path_not_text(here)
     raise UsageError(
         "the current directory no longer exists",
         hint="cd to an existing directory, or pass --repo with an absolute path or a URL",
+    )
+
+
+def path_not_text(path: str) -> RepoError:
+    """The error for a repository whose path holds bytes that are not UTF-8."""
+    shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+    return RepoError(
+        f"the repository's path is not UTF-8 text: {shown}",
+        hint="rename the directories with non-UTF-8 names (hal records the path in the "
+        "task's record and events)",
     )
 
 

@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import BinaryIO, Literal, NamedTuple
 from urllib.parse import urlsplit
 
+from hal9999.envvars import is_text
 from hal9999.errors import RepoError
 from hal9999.procs import run_captured
 from hal9999.providers.base import Sandbox
 from hal9999.spec import ArgvCommand
 from hal9999.tasks import gitdir
+from hal9999.workdir import path_not_text
 
 _URL = re.compile(r"^([a-z][a-z0-9+.-]*://|[\w.-]+@[\w.-]+:)", re.IGNORECASE)
 # Host-side git never runs repository hooks and never prompts for credentials. No
@@ -184,6 +186,8 @@ def _source_or_path(repo: str | None, cwd: Path) -> RepoSource | Path:
             f"cannot use --repo {repo or cwd}: {reason}",
             hint="pass --repo with a path to a git repository or a git URL",
         ) from exc
+    if not is_text(str(path)):  # a link's target (argv and the directory are checked)
+        raise path_not_text(str(path))
     if mode is None:
         raise RepoError(
             f"repository path does not exist: {path}",
@@ -240,7 +244,9 @@ async def _git_top(path: Path) -> RepoSource:
     leaves to git)."""
     try:
         top = await git(["rev-parse", "--show-toplevel"], cwd=path, what="finding the repository")
-    except RepoError:
+    except RepoError as exc:
+        if "dubious ownership" in str(exc):
+            raise _foreign(path, str(exc)) from None
         if await _is_bare(path):
             raise RepoError(
                 f"{path} is a bare repository (it has no working tree to start from)",
@@ -251,6 +257,21 @@ async def _git_top(path: Path) -> RepoSource:
             hint="run hal inside a git repository, or pass --repo PATH|URL",
         ) from None
     return RepoSource("local", top)
+
+
+def _foreign(path: Path, message: str) -> RepoError:
+    """The error for a repository git refuses as another user's (``safe.directory``), named
+    by the top level git names in ``message`` (else ``path``)."""
+    found = _DUBIOUS.search(message)
+    top = found.group(1) if found else str(path)
+    return RepoError(
+        f"{top} is another user's repository, and git reads no other user's repository "
+        "(its config could run their commands)",
+        hint=f'run hal as its owner, or make it yours: `chown -R "$(id -un)" {top}`',
+    )
+
+
+_DUBIOUS = re.compile(r"dubious ownership in repository at '([^']*)'")
 
 
 def check_ref(ref: str) -> str:
@@ -381,11 +402,20 @@ async def clone(
         return head
     try:
         return await git([*here, "rev-parse", "HEAD"], cwd=dest)
-    except RepoError:  # cloned, on its new branch: only a repository with no commit has no HEAD
+    except RepoError:  # cloned, on its new branch: only a HEAD with no commit has none
+        listed = await git([*here, "for-each-ref", "--count=2", "--format=%(refname:lstrip=3)",
+                            "refs/remotes/origin"], cwd=dest)  # fmt: skip
+    others = [name for name in listed.splitlines() if name != "HEAD"]
+    if others:  # `git checkout --orphan`, or a HEAD naming a branch never made
         raise RepoError(
-            f"{location} has no commits yet",
-            hint="commit something first: a task starts from the repository's last commit",
-        ) from None
+            f"the current branch of {location} has no commits yet",
+            hint=f"pass --ref with a branch that has them (such as {others[0]!r}), or commit "
+            "on this one first",
+        )
+    raise RepoError(
+        f"{location} has no commits yet",
+        hint="commit something first: a task starts from the repository's last commit",
+    )
 
 
 SUBMODULES_SCRIPT = r"""
