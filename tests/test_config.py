@@ -132,9 +132,9 @@ def test_every_hal_variable(tmp_path: Path, user_home: Path, project: Path) -> N
 
 def test_empty_variables_count_as_unset(user_home: Path, project: Path) -> None:
     write(user_file(user_home), 'default_provider = "local"\n')
-    config = load_config({"HOME": str(user_home), "HAL_PROVIDER": "", "HAL_HOME": ""}, project)
+    config = load_config({"HOME": str(user_home), "HAL_PROVIDER": "", "HAL_TIMEOUT": ""}, project)
     assert config.default_provider == "local"
-    assert config.home == user_home / ".local" / "share" / "hal9999"
+    assert config.timeout_s == HalConfig.model_fields["timeout_s"].default
 
 
 def test_an_empty_hal_agent_is_refused(user_home: Path, project: Path) -> None:
@@ -144,6 +144,15 @@ def test_an_empty_hal_agent_is_refused(user_home: Path, project: Path) -> None:
         load_config({"HOME": str(user_home), "HAL_AGENT": ""}, project)
     assert info.value.message == "HAL_AGENT is set but empty"
     assert "unset HAL_AGENT" in (info.value.hint or "")
+
+
+def test_an_empty_hal_home_is_refused(user_home: Path, project: Path) -> None:
+    """``HAL_HOME=$DIR`` with DIR unset ran in the user's own home (its daemon, its
+    credentials) where a script meant a private one."""
+    with pytest.raises(ConfigError) as info:
+        load_config({"HOME": str(user_home), "HAL_HOME": ""}, project)
+    assert info.value.message == "HAL_HOME is set but empty"
+    assert "`unset HAL_HOME`" in (info.value.hint or "")
 
 
 @pytest.mark.parametrize("key", ["max_tokens", "daily_max_tokens"])

@@ -313,10 +313,11 @@ def default_home(environ: Mapping[str, str]) -> Path:
 REFUSED_EMPTY = {
     "HAL_AGENT": "set it to an agent (claude, codex, ...) or a command template, or unset it "
     "(`unset HAL_AGENT`) for the default",
+    "HAL_HOME": "set it to hal's data directory, or unset it (`unset HAL_HOME`) for the default",
 }
 """Variables whose empty value is refused, not read as unset (with the hint): an empty
 ``HAL_AGENT`` (``HAL_AGENT=$AGENT``, ``AGENT`` unset) ran the default agent, ``claude``, and
-spent on its account, where the user meant another one."""
+spent on its account; an empty ``HAL_HOME`` ran in the user's own home and daemon."""
 
 
 def _env_layer(environ: Mapping[str, str]) -> list[Layer]:

@@ -47,6 +47,24 @@ def test_a_system_home_is_one_line_and_status_2(hal: Hal) -> None:
     assert "hal's data directory /proc is a system directory" in one_error_line(out)
 
 
+@pytest.mark.parametrize(
+    "args",
+    [("run", "--agent", "true {{prompt_file}}", "x"), ("task", "list"), ("task", "list", "--json"),
+     ("task", "show", "x"), ("task", "logs", "x"), ("status",)],
+)  # fmt: skip
+def test_an_empty_hal_home_is_refused_not_read_as_the_default(
+    hal: Hal, tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    # `HAL_HOME="$DIR"` with DIR unset: the task ran in the user's own home (its daemon, its
+    # credentials), where the script meant a private one.
+    default = tmp_path / "data"
+    out = hal(*args, env={"HAL_HOME": "", "XDG_DATA_HOME": str(default)})
+    assert out.returncode == 2, out.stderr
+    line = one_error_line(out)
+    assert line.startswith("hal: error: HAL_HOME is set but empty (set it to hal's data"), line
+    assert not default.exists()
+
+
 def test_an_unknown_hive_key_refuses_the_run(hal: Hal, hal_env: dict[str, str]) -> None:
     # Every other table's typo was refused; [hive] keep_wram = true made a task as if unset.
     config = Path(hal_env["XDG_CONFIG_HOME"], "hal9999", "config.toml")

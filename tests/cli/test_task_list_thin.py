@@ -129,12 +129,13 @@ def test_the_thin_home_is_the_configs_home_or_none(tmp_path: Path) -> None:
         {"HOME": str(user), "XDG_DATA_HOME": "relative/ignored"},
         {"HOME": str(user), "HAL_HOME": str(tmp_path / "h")},
         {"HOME": str(user), "HAL_HOME": str(tmp_path / "h"), "HAL_NO_DAEMON": "1"},
-        {"HOME": str(user), "HAL_HOME": "", "HAL_MAX_CONCURRENT": ""},
+        {"HOME": str(user), "HAL_MAX_CONCURRENT": ""},
     ]
     for env in cases:
         assert thin_home(env, here) == load_config(env, here).home, env
     # What only the full config can resolve or check: no thin home.
     assert thin_home({"HOME": str(user), "HAL_HOME": "rel/home"}, here) is None
+    assert thin_home({"HOME": str(user), "HAL_HOME": ""}, here) is None  # refused
     assert thin_home({"HOME": str(user), "HAL_HOME": "~/h"}, here) is None
     assert thin_home({"HOME": str(user), "HAL_HOME": f"{tmp_path}/h "}, here) is None  # refused
     assert thin_home({"HOME": str(user), "HAL_LOG_LEVEL": "DEBUG"}, here) is None

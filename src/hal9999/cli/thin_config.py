@@ -107,6 +107,8 @@ def home_path(
     if os.path.lexists(user) or (project is not None and os.path.lexists(project)):
         return None
     given = environ.get("HAL_HOME", "")
+    if "HAL_HOME" in environ and not given:
+        return None  # refused by the full path (``config.REFUSED_EMPTY``)
     if given:
         # Relative, `~`, non-ASCII and space-padded homes are the config's to resolve and check.
         plain = given.isascii() and given.startswith("/") and given == given.rstrip()
