@@ -75,6 +75,16 @@ def test_status_and_limit_filter_as_the_full_path_does(home: Path) -> None:
     assert [line.split()[0] for line in thin.splitlines()] == ["ID", "t0000002"]
 
 
+def test_a_filter_nothing_matches_says_so_not_that_there_are_no_tasks(home: Path) -> None:
+    # It said "no tasks yet; start one", of a home holding three.
+    here = home.parent / "here"
+    args = ("task", "list", "--status", "running", "--status", "timed_out")
+    thin, loaded, _ = _hal(home, *args, cwd=here)
+    full, _, _ = _hal(home, *args, cwd=here, HAL_LOG_LEVEL="WARNING")
+    assert "pydantic" not in loaded
+    assert thin == full == "no running or timed_out tasks (`hal task list` lists every task)\n"
+
+
 def test_a_task_whose_runner_died_is_still_reconciled(home: Path) -> None:
     # The thin path does not write: a dead runner sends `list` down the full path, which
     # marks the task interrupted, exactly as before.

@@ -36,7 +36,7 @@ from hal9999.cli.options import json_option
 from hal9999.cli.task_group import task
 from hal9999.cli.task_rows import ACTIVE_STATES as ACTIVE_STATES  # re-exported (tests)
 from hal9999.cli.task_rows import FINAL_STATES as FINAL_STATES
-from hal9999.cli.task_rows import NO_TASKS, here, thin_rows, thin_tasks
+from hal9999.cli.task_rows import here, no_tasks, thin_rows, thin_tasks
 from hal9999.cli.task_rows import thin_home as thin_home
 from hal9999.cli.task_table import task_table
 from hal9999.cli.thin_config import THIN_VARS as THIN_VARS  # re-exported (tests)
@@ -64,7 +64,7 @@ def list_(statuses: tuple[str, ...], limit: int | None, as_json: bool) -> None:
     elif rows:
         click.echo(task_table(list(rows)))
     else:
-        click.echo(NO_TASKS)
+        click.echo(no_tasks(statuses))
 
 
 def _full_list(statuses: tuple[str, ...], limit: int | None, as_json: bool) -> None:
@@ -78,4 +78,4 @@ def _full_list(statuses: tuple[str, ...], limit: int | None, as_json: bool) -> N
     elif tasks:
         click.echo(task_table(list(tasks)))
     else:
-        click.echo(NO_TASKS)
+        click.echo(no_tasks(statuses))

@@ -33,6 +33,14 @@ else:
 NO_TASKS = 'no tasks yet; start one with: hal run "PROMPT"'
 """What ``hal task list`` says of an empty store."""
 
+
+def no_tasks(statuses: Sequence[str]) -> str:
+    """What ``hal task list`` says when nothing is listed: of a ``--status`` filter, that
+    nothing matched it (the store may hold other tasks: "no tasks yet" said it held none)."""
+    if not statuses:
+        return NO_TASKS
+    return f"no {' or '.join(statuses)} tasks (`hal task list` lists every task)"
+
 ACTIVE_STATES = frozenset({"queued", "provisioning", "preparing", "running", "collecting"})
 """``tasks.state.ACTIVE``, as names (a test keeps them equal)."""
 FINAL_STATES = ("cancelled", "failed", "succeeded", "timed_out")
@@ -197,7 +205,7 @@ def list_without_click(argv: Sequence[str]) -> None:
             text = None if tasks is None else json_text(tasks)
         else:
             rows = thin_rows(os.environ, here(), statuses, limit)
-            text = None if rows is None else task_table(list(rows)) if rows else NO_TASKS
+            text = None if rows is None else task_table(list(rows)) if rows else no_tasks(statuses)
     except Exception:
         return
     if text is None:
