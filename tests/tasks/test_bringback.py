@@ -9,6 +9,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+from tests.second_filesystem import second_filesystem
 from tests.tasks.conftest import BRANCH, TASK, git, make_repo
 
 from hal9999.errors import RepoError, SecretInResult
@@ -20,10 +21,10 @@ from hal9999.tasks.session import Session
 class World:
     """A source repository, a task session with its clone, and helpers to play the agent."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, sessions: Path | None = None) -> None:
         self.source = root / "source"
         self.base = make_repo(self.source, {"a.txt": "one\n"})
-        self.session = Session(root / "session")
+        self.session = Session((sessions or root) / "session")
         self.session.create()
 
     async def clone(self) -> None:
@@ -471,3 +472,23 @@ async def test_a_source_whose_path_has_a_colon_is_still_quarantined_and_brought_
     await w.bring_back(head, SecretMasker(["sk-live-not-in-it-42"]))
     assert git(w.source, "rev-parse", BRANCH) == head
     git(w.source, "fsck", "--connectivity-only", "--no-progress")
+
+
+@pytest.mark.parametrize("fillers", [0, 150])  # loose objects in the quarantine, or a pack
+async def test_a_scanned_result_is_brought_back_into_a_source_on_another_filesystem(
+    tmp_path: Path, fillers: int
+) -> None:
+    # The quarantine is in the session (under HAL_HOME) and the source anywhere: the pack of
+    # what the scan saw was written in the quarantine and renamed into the source, which
+    # fails across filesystems (EXDEV): every task with a secret and a change failed there.
+    with second_filesystem(tmp_path) as other:
+        w = World(tmp_path, sessions=other)
+        await w.clone()
+        head = w.agent_commits(
+            {f"f{n}.txt": f"filler {n}\n" for n in range(fillers)} | {"a.txt": "two\n"}
+        )
+        w.bundle()
+        await w.bring_back(head, SecretMasker(["sk-live-not-in-it-42"]))
+    assert git(w.source, "rev-parse", BRANCH) == head
+    git(w.source, "fsck", "--connectivity-only", "--no-progress")
+    assert list((w.source / ".git" / "objects" / "pack").glob("tmp_*")) == []

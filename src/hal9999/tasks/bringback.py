@@ -79,8 +79,8 @@ async def bring_back(
             listed = quarantine / SCANNED if quarantine is not None else None
             seen = await scan(repo, target, base, masker, safe, env, listed)
             await write_patch(repo, base, target, session.patch, env)
-            if listed is not None and seen:
-                await keep(repo, objects, listed, env or {}, safe)
+            if quarantine is not None and seen:
+                await keep(repo, objects, quarantine, safe)
         brought = await move_branch(repo, session, branch, head, safe, drop, note(task_id), owe)
         landed = True
         return brought

@@ -65,12 +65,23 @@ SCANNED = "scanned"
 """In the quarantine: the ``rev-list --objects`` lines of the objects the scan saw."""
 
 
-async def keep(repo: Path, objects: Path, listed: Path, env: dict[str, str], safe: str) -> None:
-    """Copy the quarantined objects the scan saw (their ``rev-list --objects`` lines in the
-    file ``listed``) into the source's object directory ``objects``, one pack."""
-    with listed.open("rb") as seen:
+async def keep(repo: Path, objects: Path, quarantine: Path, safe: str) -> None:
+    """Copy the quarantined objects the scan saw (their ``rev-list --objects`` lines in its
+    file :data:`SCANNED`) into the source's object directory ``objects``, one pack.
+
+    git writes a pack in its object directory and renames it into place, so it runs with the
+    source's as its own and borrows the quarantine's: the other way round (the quarantine's
+    own, ``--local`` leaving out the source's objects) the rename crossed from the session to
+    the source, which fails when they are on two filesystems (a ``HAL_HOME`` and a repository
+    on different disks). Only the listed objects are packed either way; one the source
+    already holds elsewhere is packed again (``git gc`` drops the copy)."""
+    env = {
+        "GIT_OBJECT_DIRECTORY": str(objects),
+        "GIT_ALTERNATE_OBJECT_DIRECTORIES": _alternate(quarantine),
+    }
+    with (quarantine / SCANNED).open("rb") as seen:
         await git(
-            ["pack-objects", "--quiet", "--local", str(objects / "pack" / "pack")],
+            ["pack-objects", "--quiet", str(objects / "pack" / "pack")],
             cwd=repo, stdin=seen, env=env, what="keeping the result", hint=safe, heap=HEAP,
         )  # fmt: skip
 
