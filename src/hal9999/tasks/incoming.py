@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import re
 import shutil
+import time
 from asyncio.subprocess import Process
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from hal9999.errors import RepoError
 from hal9999.procs import kill_group_until_gone
 from hal9999.tasks.collect import RESULT_LIMIT
 from hal9999.tasks.gitrepo import _GIT_SAFE, bounded, git
+from hal9999.tasks.partialpack import drop_partial_packs
 
 # Fetch from a bundle file only: no transport helpers, no remote protocols (a bundle is read
 # through the "file" transport), and every received object checked.
@@ -80,10 +82,11 @@ async def keep(repo: Path, objects: Path, quarantine: Path, safe: str) -> None:
         "GIT_ALTERNATE_OBJECT_DIRECTORIES": _alternate(quarantine),
     }
     with (quarantine / SCANNED).open("rb") as seen:
-        await git(
-            ["pack-objects", "--quiet", str(objects / "pack" / "pack")],
-            cwd=repo, stdin=seen, env=env, what="keeping the result", hint=safe, heap=HEAP,
-        )  # fmt: skip
+        async with _no_partial_pack(repo, objects):
+            await git(
+                ["pack-objects", "--quiet", str(objects / "pack" / "pack")],
+                cwd=repo, stdin=seen, env=env, what="keeping the result", hint=safe, heap=HEAP,
+            )  # fmt: skip
 
 
 def _fresh_dir(path: Path) -> None:
@@ -151,6 +154,19 @@ async def fetch_verified(
     # Before the fetch: after it, the source has the objects, and index-pack compares each
     # with its copy there (twice the time).
     await check_objects(repo, bundle, session_root, safe, env)
+    # Into the source itself (no quarantine's env): a fetch that fails must leave no partial
+    # pack there (a quarantine's goes with it).
+    writes = _no_partial_pack(repo) if env is None else contextlib.nullcontext()
+    async with writes:
+        await _fetch(repo, bundle, branch, incoming, safe, env)
+    fetched = await git(["rev-parse", "--verify", f"{incoming}^{{commit}}"], cwd=repo, env=env)
+    if fetched != head:
+        raise RepoError(f"the fetched result is {fetched[:12]}, not {head[:12]}", hint=safe)
+
+
+async def _fetch(
+    repo: Path, bundle: Path, branch: str, incoming: str, safe: str, env: dict[str, str] | None
+) -> None:
     await git(
         [
             *_FETCH_SAFE,
@@ -169,9 +185,20 @@ async def fetch_verified(
         env=env,
         heap=HEAP,
     )
-    fetched = await git(["rev-parse", "--verify", f"{incoming}^{{commit}}"], cwd=repo, env=env)
-    if fetched != head:
-        raise RepoError(f"the fetched result is {fetched[:12]}, not {head[:12]}", hint=safe)
+
+
+@contextlib.asynccontextmanager
+async def _no_partial_pack(repo: Path, objects: Path | None = None) -> AsyncIterator[None]:
+    """Around a host git that writes a pack into the source's object directory (``objects``,
+    found only if it fails): if it fails or is cancelled, the partial pack it left is removed
+    (:mod:`hal9999.tasks.partialpack`)."""
+    began = time.time()
+    try:
+        yield
+    except BaseException:
+        where = objects or await _objects_dir(repo)
+        await asyncio.to_thread(drop_partial_packs, where / "pack", began)
+        raise
 
 
 CHECKED = "incoming-check"
