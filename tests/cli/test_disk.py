@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, one_error_line, tasks_json
+from tests.cli.conftest import Hal, commit_repo, git, one_error_line, tasks_json
 from tests.cli.test_failures import assert_no_leftovers
 
 from hal9999.providers import cgroups
@@ -201,3 +201,24 @@ def test_a_disk_out_of_files_ends_the_task_cleanly(hal: Hal, hal_env: dict[str, 
         assert "the disk holding it is full" in one_error_line(out), out.stderr
     finally:
         subprocess.run(["umount", "-l", str(home)], check=False)
+
+
+def test_a_disk_filled_by_the_clone_records_the_tasks_failure(
+    hal: Hal, small_home: Path, tmp_path: Path
+) -> None:
+    """The watchdog gives up the reserve only while an agent runs: a disk that the clone
+    filled left no room to record the end, and the task read "interrupted", its hal having
+    "died" (it had printed the real error and exited)."""
+    first = hal("run", "--agent", "true {{prompt_file}}", "x")
+    assert first.returncode == 0, first.stderr
+    assert (small_home / ".disk-reserve").exists()
+    repo = commit_repo(tmp_path / "big", {"a.txt": "a\n"})
+    (repo / "big.bin").write_bytes(os.urandom(12 << 20))  # its snapshot and checkout: 24 MiB
+    git(repo, "add", "big.bin")
+    git(repo, "commit", "-qm", "big")
+    out = hal("run", "--agent", "true {{prompt_file}}", "x", cwd=repo)
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
+    failed = next(t for t in tasks_json(hal) if t["repo"] == str(repo))
+    assert failed["status"] == "failed", failed
+    assert "unable to write" in failed["error_message"] or "full" in failed["error_message"]
+    assert_no_leftovers(failed)

@@ -30,6 +30,7 @@ from hal9999.errors import (
 from hal9999.events.models import Phase, TaskEnd
 from hal9999.process import pm2inside
 from hal9999.providers.base import Provider, Sandbox
+from hal9999.providers.limits import release_if_full
 from hal9999.store import TaskRecord
 from hal9999.tasks import finish
 from hal9999.tasks.context import (
@@ -153,6 +154,10 @@ class TaskRunner(LaunchSteps, FollowSteps):
                 exc = _unwritable(exc, ctx)
             if ctx.pspec is not None:
                 await manager.stop(ctx.pspec)
+            # A disk that filled outside the agent's watch (the clone, the collection): the
+            # reserve the watchdog would have given up is what records this end (else the
+            # task read "interrupted", the hal process "died", its reason lost).
+            release_if_full(self.config.home)
             return await self.finish(ctx, TaskStatus.FAILED, started, exit_code, error=exc)
         except asyncio.CancelledError as cancelled:
             if ctx.detached:
