@@ -220,5 +220,6 @@ def test_a_disk_filled_by_the_clone_records_the_tasks_failure(
     assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
     failed = next(t for t in tasks_json(hal) if t["repo"] == str(repo))
     assert failed["status"] == "failed", failed
-    assert "unable to write" in failed["error_message"] or "full" in failed["error_message"]
+    assert failed["error_code"] == "disk_full", failed
+    assert "the disk holding hal's home is full" in failed["error_message"], failed
     assert_no_leftovers(failed)

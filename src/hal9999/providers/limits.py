@@ -215,12 +215,15 @@ class Ballast:
             self.path.unlink()
 
 
-def release_if_full(home: Path) -> None:
+def release_if_full(home: Path) -> bool:
     """Give up the reserve in ``home`` when its disk is full, so hal can still open its store
-    (even a read needs room for SQLite's shared-memory file) and say what is wrong."""
+    (even a read needs room for SQLite's shared-memory file) and say what is wrong; whether
+    it was full."""
     with contextlib.suppress(OSError):
         if full_of(home) is not None:
             Ballast(home).release()
+            return True
+    return False
 
 
 def free_bytes(path: Path) -> int:

@@ -156,8 +156,13 @@ class TaskRunner(LaunchSteps, FollowSteps):
                 await manager.stop(ctx.pspec)
             # A disk that filled outside the agent's watch (the clone, the collection): the
             # reserve the watchdog would have given up is what records this end (else the
-            # task read "interrupted", the hal process "died", its reason lost).
-            release_if_full(self.config.home)
+            # task read "interrupted", the hal process "died", its reason lost), and the
+            # end says the disk is full, not only what git failed to write.
+            if release_if_full(self.config.home) and not isinstance(exc, DiskFull):
+                exc = DiskFull(
+                    f"the disk holding hal's home is full ({exc})",
+                    hint=f"free space on it, then `hal task resume {task.id}`",
+                )
             return await self.finish(ctx, TaskStatus.FAILED, started, exit_code, error=exc)
         except asyncio.CancelledError as cancelled:
             if ctx.detached:
