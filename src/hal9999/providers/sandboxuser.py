@@ -308,8 +308,10 @@ def drop_helper(path: Path = DROP_HELPER_BUILT) -> str | None:
     return trusted_program(path)
 
 
-DROP_HELPER_WAITS = b"hal-drop abi: wait"
-"""What a build of the uid switch that takes ``UID --wait`` holds (see :func:`waits`)."""
+DROP_HELPER_WAITS = b"hal-drop abi: wait-closes"
+"""What a build of the uid switch that takes ``UID --wait`` holds (see :func:`waits`): one
+that closes its fds above 2 first, which the keeper's launcher waits for (an older build's
+``--wait`` would keep them, and the launcher would wait 10 s)."""
 
 
 def waits(program: str) -> bool:
