@@ -140,12 +140,12 @@ async def test_a_keepers_bwrap_is_a_commands_without_the_filter_fd_or_die_with_p
     assert kept == without
 
 
-@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
-async def test_a_keeper_is_the_launchers_bwraps_and_the_uid_switchs_execs(
-    provider: BwrapProvider, tmp_path: Path
-) -> None:
-    # The uid switch waits itself (`hal-drop UID --wait`): its exec of `sleep infinity` is
-    # gone (4 execs before, one a task: the pool starts a keeper at each reset).
+async def traced_keeper(
+    provider: BwrapProvider, tmp_path: Path, *options: str
+) -> tuple[BwrapSandbox, str, Path, Path, asyncio.subprocess.Process]:
+    """A new sandbox's keeper, its launcher run by hand under ``strace options`` (skips where
+    it can have no keeper, or no build/hal-drop): the sandbox, the launcher, the directory of
+    the keeper's record, the trace, and strace's process."""
     (tmp_path / "a").mkdir()
     box = await provider.create(SandboxSpec(workspace=tmp_path / "a"))
     assert isinstance(box, BwrapSandbox)
@@ -158,17 +158,28 @@ async def test_a_keeper_is_the_launchers_bwraps_and_the_uid_switchs_execs(
     run.mkdir()
     env = {keeper.MARKER_VAR: str(provider.store.dir(box.id)), "PATH": "/usr/bin:/bin"}
     traced = await asyncio.create_subprocess_exec(
-        "strace", "-f", "-qq", "-e", "trace=execve", "-e", "status=successful", "-o", str(log),
+        "strace", *options, "-o", str(log),
         helper, *hostexec.data_args(box.data), "--keep", str(run / keeper.KEEPER_FILE), "--",
         *box.keeper_argv(), env=env, cwd="/", stdin=subprocess.DEVNULL,
     )  # fmt: skip
+    return box, helper, run, log, traced
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+async def test_a_keeper_is_the_launchers_bwraps_and_the_uid_switchs_execs(
+    provider: BwrapProvider, tmp_path: Path
+) -> None:
+    # The uid switch waits itself (`hal-drop UID --wait`): its exec of `sleep infinity` is
+    # gone (4 execs before, one a task: the pool starts a keeper at each reset).
+    box, helper, run, log, traced = await traced_keeper(
+        provider, tmp_path, "-f", "-qq", "-e", "trace=execve", "-e", "status=successful"
+    )
     try:
         deadline = time.monotonic() + 30
         while (kept := keeper.read(run)) is None and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         assert kept is not None, "the keeper did not start"
-        # Recorded once bwrap forked it: its switch (and any exec) may still be under way
-        # until it sleeps, switched.
+        # Recorded once switched: it may still be on its way to sleep.
         uid = f"Uid:\t{box.uid}\t{box.uid}\t{box.uid}\t{box.uid}"
         while not {uid, "State:\tS (sleeping)"} <= set(
             (status := Path(f"/proc/{kept.pid}/status").read_text()).splitlines()
@@ -191,26 +202,12 @@ async def test_a_keepers_launcher_waits_for_the_uid_switch_to_close_its_fds(
     # waiting uid switch holds last (it closes every fd above 2), then reads bwrap's PID 1's
     # children once: no reading them every 0.2 ms while bwrap sets the sandbox up (under
     # strace, dozens of reads a keeper before).
-    (tmp_path / "a").mkdir()
-    box = await provider.create(SandboxSpec(workspace=tmp_path / "a"))
-    assert isinstance(box, BwrapSandbox)
-    require_keeper(provider, box.id)
-    if provider.drop_helper is None:
-        pytest.skip("no build/hal-drop")
-    helper = hostexec.launch_helper()
-    assert helper is not None
-    argv = box.keeper_argv()
-    assert argv[-1] == "--wait", argv
-    run, log = tmp_path / "run", tmp_path / "trace"
-    run.mkdir()
-    env = {keeper.MARKER_VAR: str(provider.store.dir(box.id)), "PATH": "/usr/bin:/bin"}
-    traced = await asyncio.create_subprocess_exec(
-        "strace", "-qq", "-e", "trace=open,openat,nanosleep,clock_nanosleep", "-o", str(log),
-        helper, *hostexec.data_args(box.data), "--keep", str(run / keeper.KEEPER_FILE), "--",
-        *argv, env=env, cwd="/", stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    box, _, run, log, traced = await traced_keeper(
+        provider, tmp_path, "-qq", "-e", "trace=open,openat,nanosleep,clock_nanosleep"
+    )
     try:
         assert await asyncio.wait_for(traced.wait(), 30) == 0
+        assert box.keeper_argv()[-1] == "--wait"
         kept = keeper.read(run)
         assert kept is not None, "the keeper did not start"
         # Recorded once switched, holding nothing but its standard fds (it may not be
