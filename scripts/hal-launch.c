@@ -77,7 +77,7 @@
  * close and the switch closes once it waits: its end of file says the keeper is up, one
  * read of PID 1's children finds it. Any other command (`sleep`) keeps the fd it would get,
  * so for it PID 1's children are read every 0.2 ms until there is one, as for every keeper
- * before (~1-2 ms of CPU a keeper at a load of 10-20, the reads' and the wake-ups').
+ * before (~2-4 ms of CPU a keeper at a load of 14, the reads' and the wake-ups').
  *
  * --dies-with runs PROGRAM (a host git writing a task's checkout, src/hal9999/tasks/gitrepo.py)
  * so that it is killed when PARENT, the hal that spawned it, dies: the death signal (SIGKILL)
@@ -595,10 +595,12 @@ static int keep(const char *record, char **program) {
   if (child == 0) {
     /* The keeper outlives us: its own session, its errors to a file (a pipe of our
      * caller's would stay open for its whole life), its info on fd 3, the pipe that says
-     * it is up on READY_FD (dup2 clears close-on-exec; both pipes' ends are below 10). */
+     * it is up on READY_FD, close-on-exec cleared (dup2 clears it; a pipe end that is
+     * READY_FD already keeps it). */
     int fd = open(err, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0 || dup2(fd, 2) != 2 || setsid() < 0 || dup2(info[1], 3) != 3) _exit(125);
-    if (ready[1] >= 0 && (ready[1] == READY_FD || dup2(ready[1], READY_FD) != READY_FD))
+    if (ready[1] >= 0 && (ready[1] == READY_FD ? fcntl(READY_FD, F_SETFD, 0) != 0
+                                               : dup2(ready[1], READY_FD) != READY_FD))
       _exit(125);
     execvp(program[0], program);
     _exit(127);
