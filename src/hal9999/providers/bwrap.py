@@ -414,7 +414,7 @@ class BwrapProvider(HostProvider):
     async def _start(self, record: SandboxRecord) -> HostSandbox:
         sandbox = await super()._start(record)
         assert isinstance(sandbox, BwrapSandbox)
-        self._started[record.id] = (self.store.stamp(record.id), sandbox)
+        self._started[record.id] = (self.store.kept_stamp(record.id), sandbox)
         return sandbox
 
     async def prime(self, sandbox_id: str) -> None:

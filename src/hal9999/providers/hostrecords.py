@@ -49,6 +49,52 @@ class RecordStore(JsonRecords[SandboxRecord]):
 
     def __init__(self, root: Path) -> None:
         super().__init__(root, SandboxRecord, layout="dir")
+        self._kept: dict[str, tuple[tuple[int, int, int], SandboxRecord]] = {}
+        """Per sandbox, the record :meth:`save_kept` wrote last and its file's stamp then."""
+        self._cgroups: dict[str, tuple[dict[str, Any], cgroups.Cgroup]] = {}
+        """Per sandbox, the cgroup object :meth:`cgroup` built, with the record's entry."""
+
+    def save_kept(self, record: SandboxRecord) -> None:
+        """:meth:`save`, and keep the record for :meth:`current` while its file is the one
+        written here."""
+        self.save(record)
+        stamp = self.stamp(record.id)
+        if stamp is None:  # gone meanwhile (a destroy): nothing to take later
+            self._kept.pop(record.id, None)
+        else:
+            self._kept[record.id] = (stamp, record)
+
+    def kept_stamp(self, sandbox_id: str) -> tuple[int, int, int] | None:
+        """The stamp of the file :meth:`save_kept` last wrote for ``sandbox_id`` (None: none)."""
+        kept = self._kept.get(sandbox_id)
+        return None if kept is None else kept[0]
+
+    def current(self, sandbox_id: str) -> SandboxRecord:
+        """The record: the one :meth:`save_kept` wrote while its file is still that one (no
+        save since, by any ``hal`` process: each save is a fresh file), else :meth:`load`
+        (issue 16: a read and a validation of the record a pool reset's start had saved)."""
+        kept = self._kept.get(sandbox_id)
+        if kept is not None and kept[0] == self.stamp(sandbox_id):
+            return kept[1]
+        return self.load(sandbox_id)
+
+    def cgroup(self, record: SandboxRecord) -> cgroups.Cgroup | None:
+        """The cgroup ``record`` names, if any: one object per sandbox while its records name
+        the same one (issue 16: built four times a pool reset, a path per hierarchy each, and
+        its memory hierarchy looked up again by each handle's first command)."""
+        if record.cgroup is None:
+            return None
+        known = self._cgroups.get(record.id)
+        if known is not None and known[0] == record.cgroup:
+            return known[1]
+        cgroup = cgroups.Cgroup.from_record(record.cgroup)
+        self._cgroups[record.id] = (record.cgroup, cgroup)
+        return cgroup
+
+    def forget(self, sandbox_id: str) -> None:
+        """Drop what :meth:`save_kept` and :meth:`cgroup` keep of a destroyed sandbox."""
+        self._kept.pop(sandbox_id, None)
+        self._cgroups.pop(sandbox_id, None)
 
     def dir(self, sandbox_id: str) -> Path:
         """The directory of ``sandbox_id`` (which must look like an id: no path tricks)."""

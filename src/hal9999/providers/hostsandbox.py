@@ -279,7 +279,7 @@ class HostProvider:
 
     def cgroup(self, record: SandboxRecord) -> cgroups.Cgroup | None:
         """The cgroup of the sandbox, if it has one."""
-        return None if record.cgroup is None else cgroups.Cgroup.from_record(record.cgroup)
+        return self.store.cgroup(record)
 
     def resources(self, spec: SandboxSpec) -> Resources:
         """The limits a sandbox of ``spec`` gets here: where this provider enforces limits,
@@ -378,7 +378,7 @@ class HostProvider:
 
     async def stop(self, sandbox_id: str) -> None:
         """Stop every process inside; the sandbox can be started again."""
-        record = self.store.load(sandbox_id).model_copy(update={"state": "stopped"})
+        record = self.store.current(sandbox_id).model_copy(update={"state": "stopped"})
         self._stopped.pop(sandbox_id, None)
         # First, so no new command starts while we kill; the running record is kept for
         # the start that follows (a pool reset) to take back without writing a new file.
@@ -406,7 +406,7 @@ class HostProvider:
         self._stopped.pop(record.id, None)
         record = await self._prepare(record)
         record = record.model_copy(update={"state": "running"})
-        self.store.save(record)
+        self.store.save_kept(record)  # the next stop takes it from there
         return self._handle(record)
 
     def resets_safely(self) -> bool:
@@ -490,6 +490,7 @@ class HostProvider:
             if cgroup is not None:
                 await cgroup.remove()
         self._cgroup_made.pop(sandbox_id, None)
+        self.store.forget(sandbox_id)
         # Never follows a link (a workspace linked from here is safe) and gets past the
         # 000 and 555 directories and the deep trees a task may leave.
         try:
