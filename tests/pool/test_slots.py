@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from hal9999.pool import SlotDir
 from hal9999.spec import Bind, SandboxSpec
 
@@ -91,3 +93,45 @@ def test_a_slot_of_an_older_hal_gets_its_idle_link_at_its_first_clear(tmp_path: 
     slot.point(spec_of(tmp_path / "t"))
     assert os.readlink(slot.root / "ws") == "cur/workspace"
     assert (slot.root / "ws").resolve() == tmp_path / "t" / "workspace"
+
+
+def test_a_clear_makes_the_empty_directories_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 16, stop 50: each clear made empty/ and every directory a link through cur shows
+    # again (a mkdir and a stat each, ~50 us a clear).
+    slot = SlotDir(tmp_path / "pool").new()
+    spec = spec_of(tmp_path / "s0")
+    slot.point(spec)
+    slot.clear(spec)
+    made: list[str] = []
+    real_mkdir = os.mkdir
+    monkeypatch.setattr(
+        os, "mkdir", lambda path, *a, **k: made.append(str(path)) or real_mkdir(path, *a, **k)
+    )
+    for n in range(1, 4):
+        spec = spec_of(tmp_path / f"s{n}")
+        made.clear()
+        slot.point(spec)
+        slot.clear(spec)
+        assert not [p for p in made if p.startswith(str(slot.root))]
+        for name in ("ws", "b0", "b1"):
+            assert (slot.root / name).resolve().is_relative_to(slot.empty)
+            assert (slot.root / name).is_dir()
+    # A link to a new place in the session gets its empty directory at its first clear.
+    other = spec.model_copy(
+        update={
+            "binds": (
+                *spec.binds,
+                spec.binds[0].model_copy(
+                    update={"source": tmp_path / "s3" / "input" / "deeper", "target": "/deeper"}
+                ),
+            )
+        }
+    )
+    (tmp_path / "s3" / "input" / "deeper").mkdir()
+    slot.point(other)
+    made.clear()
+    slot.clear(other)
+    assert made == [str(slot.empty / "input" / "deeper")]
+    assert (slot.root / "b2").is_dir()

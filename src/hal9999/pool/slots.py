@@ -120,6 +120,10 @@ class Slot:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._made: set[str] = set()
+        """The directories under ``empty/`` (``""``: itself) :meth:`clear` made or found: each
+        made once per slot, not at every clear (issue 16: a ``mkdir`` and a ``stat`` each;
+        nothing but hal writes in the slot, and a sandbox cannot remove them)."""
 
     @property
     def name(self) -> str:
@@ -177,15 +181,19 @@ class Slot:
         it: no new symlink, where each new inode on ext4 without a journal (this machine's)
         scans past the inodes its group freed in the last minute, which a pool turning over
         tasks fills (issue 16)."""
-        self.empty.mkdir(mode=0o755, exist_ok=True)
+        made = self._made
+        if "" not in made:
+            self.empty.mkdir(mode=0o755, exist_ok=True)
+            made.add("")
         idle = self._idle_link()
         for link in self._links(spec):
             target = _readlink(link)
             rel = _below_cur(target)
             if rel is None:
                 _hard_relink(link, idle)
-            else:
+            elif str(rel) not in made:
                 (self.empty / rel).mkdir(mode=0o755, parents=True, exist_ok=True)
+                made.add(str(rel))
         _hard_relink(self.root / CUR_LINK, idle)
 
     def _idle_link(self) -> Path:
