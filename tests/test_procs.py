@@ -142,3 +142,14 @@ async def test_its_pipes_are_unbuffered(monkeypatch: pytest.MonkeyPatch) -> None
     assert await procs.run_captured(["cat"], stdin=b"x") == (0, b"x", b"")
     (child,) = made
     assert all(type(p) is io.FileIO for p in (child.stdin, child.stdout, child.stderr))
+
+
+async def test_a_discarded_stdout_is_not_waited_for(way: str) -> None:
+    # The keeper's launcher (issue 16, stop 50) leaves a process behind holding its stdout:
+    # on a pipe, the run would last as long as that process.
+    script = "sleep 30 2>/dev/null & echo $! >&2; echo out"
+    code, out, err = await asyncio.wait_for(
+        procs.run_captured(["sh", "-c", script], discard_stdout=True), 20
+    )
+    os.kill(int(err), 9)
+    assert (code, out) == (0, b"")

@@ -47,12 +47,15 @@ async def run_captured(
     cwd: Path | None = None,
     stdin: bytes | BinaryIO | None = None,
     env: Mapping[str, str] | None = None,
+    discard_stdout: bool = False,
 ) -> tuple[int, bytes, bytes]:
     """Run ``argv`` to its end in a session (and process group) of its own, ``stdin`` (bytes
     written to it, an open file, or nothing) its input: its exit status (negative for a
     signal), its stdout and its stderr, once it has exited and closed both. ``OSError`` as
     :class:`subprocess.Popen` raises it (no such program or ``cwd``). Cancelled (a timeout,
     Ctrl-C, SIGTERM), its group is killed and it is reaped, as :func:`kill_group_until_gone`.
+    ``discard_stdout``: its stdout is ``/dev/null`` (for a child that leaves a process behind
+    with it, as the keeper's launcher does: a pipe would not end while that process lives).
 
     ``asyncio.create_subprocess_exec`` and ``communicate`` with less of the daemon's CPU
     (issue 16: ~0.5-0.7 ms a process of the ~1.1 ms asyncio's transports, protocols and
@@ -65,7 +68,8 @@ async def run_captured(
         proc = await asyncio.create_subprocess_exec(
             *argv, cwd=cwd, env=env, start_new_session=True,
             stdin=subprocess.PIPE if isinstance(stdin, bytes) else stdin or subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL if discard_stdout else subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )  # fmt: skip
         try:
             out, err = await proc.communicate(stdin if isinstance(stdin, bytes) else None)
@@ -73,13 +77,14 @@ async def run_captured(
             await kill_group_until_gone(proc)
             raise
         assert proc.returncode is not None
-        return proc.returncode, out, err
+        return proc.returncode, out or b"", err  # None when discarded
     # Started on the loop's thread as asyncio's own does (vfork: the daemon is not copied).
     # Unbuffered: only their descriptors are used (no isatty, no lseek for each).
     child = subprocess.Popen(  # noqa: ASYNC220
         argv, cwd=cwd, env=env, start_new_session=True, bufsize=0,
         stdin=subprocess.PIPE if isinstance(stdin, bytes) else stdin or subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL if discard_stdout else subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )  # fmt: skip
     watched = _Watched(loop, child, stdin if isinstance(stdin, bytes) else None)
     try:
@@ -110,8 +115,9 @@ class _Watched:
             child.wait()
             self._close_pipes()
             raise
-        self.pending = 3
-        for pipe, chunks in ((child.stdout, self.out), (child.stderr, self.err)):
+        outputs = [(p, c) for p, c in ((child.stdout, self.out), (child.stderr, self.err)) if p]
+        self.pending = 1 + len(outputs)
+        for pipe, chunks in outputs:
             os.set_blocking(pipe.fileno(), False)
             self._watch(pipe.fileno(), self._read, pipe.fileno(), chunks)
         self._watch(self.pidfd, self._exit)

@@ -120,3 +120,33 @@ async def test_a_failed_prime_after_a_reset_keeps_the_sandbox(tmp_path: Path) ->
     assert [e.id for e in pool.entries if e.state == "idle"] == [lease.sandbox.id]
     assert provider.destroyed == []
     await pool.drain()
+
+
+@pytest.mark.bwrap
+async def test_a_keepers_start_takes_no_asyncio_subprocess_transport(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 16, stop 50: the keeper's launcher through create_subprocess_exec and communicate
+    # cost ~0.58 ms of the daemon's CPU a prime; procs.run_captured ~0.25 ms.
+    from tests.security.conftest import require_keeper
+
+    from hal9999.providers import keeper
+
+    (tmp_path / "ws").mkdir()
+    provider = BwrapProvider(state_dir=tmp_path / "state")
+    sandbox = await provider.create(SandboxSpec(provider="bwrap", workspace=tmp_path / "ws"))
+    try:
+        require_keeper(provider, sandbox.id)
+        calls: list[object] = []
+        original = asyncio.base_events.BaseEventLoop.subprocess_exec
+
+        def counted(self: object, *args: object, **kwargs: object) -> object:
+            calls.append(args)
+            return original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(asyncio.base_events.BaseEventLoop, "subprocess_exec", counted)
+        await provider.prime(sandbox.id)
+        assert keeper.read(provider.store.dir(sandbox.id) / "run") is not None
+        assert calls == []
+    finally:
+        await provider.destroy(sandbox.id)

@@ -27,8 +27,6 @@ it and starts a fresh one (nothing of a task's namespaces is left for the next),
 it with the rest of the sandbox's marked processes, destroy kills it.
 """
 
-
-import asyncio
 import contextlib
 import os
 import time
@@ -37,7 +35,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from hal9999.errors import ProviderError
-from hal9999.procs import kill_pinned
+from hal9999.procs import kill_pinned, run_captured
 from hal9999.providers import hostexec
 from hal9999.providers.hostread import read_all
 
@@ -177,13 +175,10 @@ async def start(
     options = hostexec.data_args(data)
     # --parent: no keeper for a hal that died while this launcher was in flight.
     keep = hostexec.parented([helper, *options, "--keep", str(record), "--", *argv])
-    proc = await asyncio.create_subprocess_exec(
-        *keep, env=dict(env), cwd="/",
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    _, err = await proc.communicate()
-    keeper = read(directory) if proc.returncode == 0 else None
+    # Not through asyncio's transports (issue 16: ~0.3 ms less of the daemon's CPU a start).
+    # Its stdout is /dev/null: the keeper keeps it (its stderr goes to KEEPER_FILE.err).
+    returncode, _, err = await run_captured(keep, cwd=Path("/"), env=env, discard_stdout=True)
+    keeper = read(directory) if returncode == 0 else None
     if keeper is None:
         said = err.decode(errors="replace").strip()
         with contextlib.suppress(OSError):
