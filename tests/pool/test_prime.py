@@ -150,3 +150,34 @@ async def test_a_keepers_start_takes_no_asyncio_subprocess_transport(
         assert calls == []
     finally:
         await provider.destroy(sandbox.id)
+
+
+@pytest.mark.bwrap
+async def test_a_keepers_start_cancelled_anywhere_leaves_no_keeper_after_the_destroy(
+    tmp_path: Path,
+) -> None:
+    # run_captured kills the launcher's group when its caller is cancelled (asyncio's
+    # communicate left it running): a keeper it had started but not yet recorded lives on,
+    # as when hal dies mid-start (the launcher's --parent), until the sandbox's destroy
+    # finds it by its marker. Here delays of 2-20 ms left such a keeper (three marked
+    # processes, no record), longer ones a recorded keeper, none nothing.
+    from tests.security.conftest import require_keeper
+
+    from hal9999.providers import hostexec, keeper
+
+    (tmp_path / "ws").mkdir()
+    provider = BwrapProvider(state_dir=tmp_path / "state")
+    for delay in (0.0, 0.002, 0.005, 0.01, 0.02, 0.05):
+        sandbox = await provider.create(SandboxSpec(provider="bwrap", workspace=tmp_path / "ws"))
+        marker = str(provider.store.dir(sandbox.id)).encode()
+        try:
+            require_keeper(provider, sandbox.id)
+            prime = asyncio.ensure_future(provider.prime(sandbox.id))
+            await asyncio.sleep(delay)
+            prime.cancel()
+            await asyncio.gather(prime, return_exceptions=True)
+        finally:
+            await provider.destroy(sandbox.id)
+        await asyncio.sleep(0.2)  # a launcher killed mid-fork: its child is gone by now
+        left = [pid for pid, value in hostexec.environ_values(keeper.MARKER_VAR) if value == marker]
+        assert left == [], delay
