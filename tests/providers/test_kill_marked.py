@@ -59,10 +59,12 @@ ctypes.CDLL(None).execve(b"/bin/sleep", argv, (ctypes.c_char_p * len(entries))(*
 async def _with_environ(*entries: str) -> AsyncIterator[asyncio.subprocess.Process]:
     proc = await asyncio.create_subprocess_exec(sys.executable, "-c", EXEC_RAW, *entries)
     try:
-        for _ in range(500):  # until the exec
+        for _ in range(3000):  # until the exec (seconds on a loaded host)
             if os.readlink(f"/proc/{proc.pid}/exe").endswith("sleep"):
                 break
             await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the environment's exec did not happen in 30 s")
         yield proc
     finally:
         if proc.returncode is None:
@@ -87,7 +89,12 @@ async def test_the_sweep_kills_a_keeper_whose_directory_is_gone_and_no_other(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(keeper, "_swept", [0.0])  # this test's sweep leaves the next alone
+    # "gone" exists on disk and only this process's sweep is told otherwise: a sweep of
+    # another process (the other test worker's pools) must not kill the orphan first.
     gone = tmp_path / "gone"
+    gone.mkdir()
+    real_isdir = os.path.isdir
+    monkeypatch.setattr(os.path, "isdir", lambda path: path != str(gone) and real_isdir(path))
     ours = (f"{keeper.MARKER_VAR}={tmp_path}", "PATH=/usr/bin:/bin")
     theirs = (f"{keeper.MARKER_VAR}={gone}", f"{keeper.MARKER_VAR}={gone}")  # listed twice
     async with _with_environ(*ours) as live, _with_environ(*theirs) as orphan:

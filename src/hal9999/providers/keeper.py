@@ -27,6 +27,7 @@ it and starts a fresh one (nothing of a task's namespaces is left for the next),
 it with the rest of the sandbox's marked processes, destroy kills it.
 """
 
+import asyncio
 import contextlib
 import os
 import time
@@ -177,7 +178,16 @@ async def start(
     keep = hostexec.parented([helper, *options, "--keep", str(record), "--", *argv])
     # Not through asyncio's transports (issue 16: ~0.3 ms less of the daemon's CPU a start).
     # Its stdout is /dev/null: the keeper keeps it (its stderr goes to KEEPER_FILE.err).
-    returncode, _, err = await run_captured(keep, cwd=Path("/"), env=env, discard_stdout=True)
+    launch = asyncio.ensure_future(run_captured(keep, cwd=Path("/"), env=env, discard_stdout=True))
+    try:
+        returncode, _, err = await asyncio.shield(launch)
+    except asyncio.CancelledError:
+        # A cancelled start lets the launcher end (milliseconds; its own deadline bounds it):
+        # killed mid-start, it could leave a keeper forked but not yet recorded, which a
+        # destroy's marker scan may miss while it is still starting (an exec in flight
+        # reads as an empty environment). Ended, its keeper is recorded, or none was made.
+        await asyncio.wait({launch})
+        raise
     keeper = read(directory) if returncode == 0 else None
     if keeper is None:
         said = err.decode(errors="replace").strip()
