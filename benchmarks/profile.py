@@ -24,6 +24,9 @@ import resource
 import shutil
 import subprocess
 import tempfile
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +48,36 @@ def children_cpu_ms() -> float:
     """User + system CPU time of every reaped descendant so far, in ms."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return (usage.ru_utime + usage.ru_stime) * 1000
+
+
+@contextlib.contextmanager
+def orphans_reaped() -> Iterator[list[float]]:
+    """While inside, a thread reaps each orphan this process adopts as it ends (a daemon's
+    detached keepers; this process a subreaper, :func:`become_subreaper`, before the
+    daemon starts, so the daemon and what it leaves are its descendants). The one-item
+    list holds their CPU time so far, in ms (user + system, with what they waited for).
+    Inside, this process must start no child of its own: the thread reaps any child."""
+    total = [0.0]
+    done = threading.Event()
+
+    def reap() -> None:
+        while not done.is_set():
+            try:
+                pid, _, usage = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                pid = 0
+            if pid:
+                total[0] += (usage.ru_utime + usage.ru_stime) * 1000
+            else:
+                time.sleep(0.05)
+
+    reaper = threading.Thread(target=reap, daemon=True)
+    reaper.start()
+    try:
+        yield total
+    finally:
+        done.set()
+        reaper.join()
 
 
 def daemon_cpu_ms(pid: int) -> tuple[float, float]:
