@@ -527,6 +527,12 @@ async def test_a_result_too_large_for_the_sources_disk_leaves_no_partial_pack_th
     # bring-back began, is not hal's to remove.
     (pack_dir / "tmp_pack_Before").write_bytes(b"PACK")
     os.utime(pack_dir / "tmp_pack_Before", (time.time() - 60, time.time() - 60))
+    # Another user's (a shared repository), written now and not held open where hal can
+    # see: a non-root hal cannot read that user's /proc/PID/fd, so it is never hal's.
+    other = pack_dir / "tmp_pack_Other"
+    other.write_bytes(b"PACK")
+    os.chown(other, 65534, 65534)
+    os.utime(other, (time.time() + 60, time.time() + 60))
     theirs = pack_dir / "tmp_pack_Theirs"
     held = os.open(theirs, os.O_CREAT | os.O_WRONLY, 0o444)
     try:
@@ -537,6 +543,6 @@ async def test_a_result_too_large_for_the_sources_disk_leaves_no_partial_pack_th
         left = sorted(p.name for p in pack_dir.iterdir() if p.name.startswith("tmp_"))
     finally:
         os.close(held)
-    assert left == ["tmp_pack_Before", "tmp_pack_Theirs"]
+    assert left == ["tmp_pack_Before", "tmp_pack_Other", "tmp_pack_Theirs"]
     assert git(w.source, "branch", "--list", BRANCH) == ""
     git(w.source, "fsck", "--no-progress")

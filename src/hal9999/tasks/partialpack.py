@@ -22,7 +22,8 @@ TEMPORARY = ("tmp_pack_", "tmp_idx_", "tmp_rev_", "tmp_mtimes_")
 
 def drop_partial_packs(pack_dir: Path, since: float) -> list[str]:
     """Remove git's temporary pack files in ``pack_dir`` changed at or after ``since`` (less a
-    second: a filesystem's coarse clock) that no process holds open; their names."""
+    second: a filesystem's coarse clock), owned by this process's user, that no process
+    holds open; their names."""
     candidates: dict[tuple[int, int], str] = {}
     try:
         names = os.listdir(pack_dir)
@@ -33,7 +34,9 @@ def drop_partial_packs(pack_dir: Path, since: float) -> list[str]:
             continue
         with contextlib.suppress(OSError):
             st = os.lstat(pack_dir / name)
-            if st.st_mtime >= since - 1:
+            # Only hal's own: another user's git (a shared repository) may hold its open
+            # where this process cannot look (its /proc/PID/fd is not ours to read).
+            if st.st_mtime >= since - 1 and st.st_uid == os.geteuid():
                 candidates[(st.st_dev, st.st_ino)] = name
     for key in _held_open(candidates):
         del candidates[key]
