@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from hal9999.providers import limits
-from hal9999.providers.bwrap import BwrapProvider, BwrapSandbox
+from hal9999.providers.bwrap import BwrapConfig, BwrapProvider, BwrapSandbox
 from hal9999.spec import Resources, SandboxSpec, ShellCommand
 
 
@@ -148,3 +148,48 @@ async def test_the_disk_reserve_is_made_once_then_only_looked_at(
     assert len(hops) == 1
     await limits.DiskWatchdog(None, tmp_path).start()
     assert len(hops) == 1  # reserved already: a stat on the loop, no thread hop
+
+
+def test_a_providers_limits_are_worked_out_once_and_again_when_the_host_changes(
+    hal_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = BwrapConfig(cgroup="off")
+    provider = BwrapProvider(state_dir=hal_home / "sandboxes" / "bwrap", config=config)
+    made: list[Resources] = []
+    granted = limits.granted
+
+    def counted(resources: Resources, offered: frozenset[str], cpus: float | None = None) -> Any:
+        made.append(resources)
+        return granted(resources, offered, cpus)
+
+    monkeypatch.setattr(limits, "granted", counted)
+    spec = SandboxSpec(workspace=tmp_path, resources=Resources(pids=10))
+    first = provider.resources(spec)
+    # Each handle and each disk check asks again: the same answer, not worked out again.
+    for _ in range(5):
+        assert provider.resources(spec) == first
+    same = SandboxSpec(workspace=tmp_path, resources=Resources(pids=10))
+    assert provider.resources(same) == first
+    assert len(made) == 1
+    assert first == granted(Resources(pids=10), frozenset())
+    assert first.pids == 10 and first.disk_mb == limits.DEFAULT_DISK_MB
+    assert first.memory_mb is None  # cgroups off: no controller, no default needing one
+    # Other limits asked: worked out for them.
+    other = provider.resources(SandboxSpec(workspace=tmp_path, resources=Resources(disk_mb=5)))
+    assert other.disk_mb == 5 and len(made) == 2
+    # The host's cores changed (taskset): the kept answer is stale and not given.
+    cores = os.sched_getaffinity(0)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(len(cores) + 3)))
+    again = provider.resources(spec)
+    assert len(made) == 3
+    assert again == granted(Resources(pids=10), frozenset(), len(cores) + 3.0)
+    assert again.cpus is None  # cgroups off: no default quota, whatever the cores
+
+
+def test_kept_limits_follow_the_hosts_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    kept = limits.GrantedLimits()
+    cores = len(os.sched_getaffinity(0))
+    assert kept.get(Resources(), frozenset({"cpu"})).cpus == cores
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores + 3)))
+    assert kept.get(Resources(), frozenset({"cpu"})).cpus == cores + 3
+    assert kept.get(Resources(), frozenset()).cpus is None  # no controller to enforce it

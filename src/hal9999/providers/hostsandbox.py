@@ -255,6 +255,7 @@ class HostProvider:
         self.store = RecordStore(state_dir)
         self._cgroup_mode = cgroup
         self._cgroup_host: cgroups.CgroupHost | Literal[False] | None = False
+        self._granted = limits.GrantedLimits()
         self._stopped: dict[str, tuple[tuple[int, int, int], SandboxRecord]] = {}
         """Sandboxes this object's :meth:`stop` has emptied, with their record file as that
         stop saved it, and the record it saved (see :meth:`reset`)."""
@@ -284,22 +285,11 @@ class HostProvider:
     def resources(self, spec: SandboxSpec) -> Resources:
         """The limits a sandbox of ``spec`` gets here: where this provider enforces limits,
         the defaults for what ``spec`` leaves unset, as far as the host allows (a cgroup with
-        the controller; the disk limit needs none)."""
-        asked = limits.explicit(spec.resources)
+        the controller; the disk limit needs none): :func:`limits.granted`."""
         if not self.capabilities.resource_limits:
-            return asked
+            return limits.explicit(spec.resources)
         host = self.cgroup_host()
-        offered = set() if host is None else host.controllers
-        # A default the host has no controller for is dropped (what was asked is not: that
-        # fails in _prepare with the controller named).
-        controller = {"memory_mb": "memory", "pids": "pids", "cpus": "cpu"}
-        return limits.effective(spec.resources).model_copy(
-            update={
-                name: None
-                for name, needed in controller.items()
-                if getattr(asked, name) is None and needed not in offered
-            }
-        )
+        return self._granted.get(spec.resources, frozenset() if host is None else host.controllers)
 
     async def _prepare(self, record: SandboxRecord) -> SandboxRecord:
         """Make the sandbox runnable (dirs, cgroup); also used by start(), so idempotent."""

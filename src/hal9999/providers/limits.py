@@ -67,12 +67,19 @@ def host_memory_mb() -> int | None:
     return None
 
 
-def defaults() -> Resources:
-    """The limits a sandbox gets for every field its spec leaves unset."""
+def host_cpus() -> float:
+    """The cores this process may run on (read each time: ``taskset`` or a cgroup's cpuset
+    can change them while hal runs)."""
+    return float(len(os.sched_getaffinity(0)) or 1)
+
+
+def defaults(cpus: float | None = None) -> Resources:
+    """The limits a sandbox gets for every field its spec leaves unset (``cpus``: the host's
+    cores as the caller read them, else read here)."""
     memory = host_memory_mb()
     share = None if memory is None else int(memory * DEFAULT_MEMORY_SHARE)
     return Resources(
-        cpus=float(len(os.sched_getaffinity(0)) or 1),
+        cpus=host_cpus() if cpus is None else cpus,
         memory_mb=None if share is None else max(MIN_DEFAULT_MEMORY_MB, share),
         pids=DEFAULT_PIDS,
         disk_mb=DEFAULT_DISK_MB,
@@ -80,9 +87,9 @@ def defaults() -> Resources:
     )
 
 
-def effective(resources: Resources) -> Resources:
+def effective(resources: Resources, cpus: float | None = None) -> Resources:
     """``resources`` with unset fields defaulted and ``0`` turned into ``None`` (no limit)."""
-    base = defaults()
+    base = defaults(cpus)
     values = {}
     for name in Resources.model_fields:
         value = getattr(resources, name)
@@ -97,6 +104,49 @@ def explicit(resources: Resources) -> Resources:
     return Resources.model_validate(
         {name: getattr(resources, name) or None for name in Resources.model_fields}
     )
+
+
+_CONTROLLER = {"memory_mb": "memory", "pids": "pids", "cpus": "cpu"}
+
+
+def granted(resources: Resources, offered: frozenset[str], cpus: float | None = None) -> Resources:
+    """The limits a sandbox asking for ``resources`` gets on a provider that enforces them,
+    where the host's cgroups offer the controllers ``offered``: the defaults for what it leaves
+    unset, but not a default the host has no controller for (what was asked is kept: the
+    provider refuses it with the controller named)."""
+    asked = explicit(resources)
+    return effective(resources, cpus).model_copy(
+        update={
+            name: None
+            for name, needed in _CONTROLLER.items()
+            if getattr(asked, name) is None and needed not in offered
+        }
+    )
+
+
+class GrantedLimits:
+    """:func:`granted`, kept by what it depends on: the limits asked, the controllers offered
+    and the host's cores, read again at each look-up (one ``sched_getaffinity``), so a kept
+    answer is never stale; the host's memory is read once a process (:func:`host_memory_mb`).
+    Each sandbox handle and each disk check asks (issue 16: three model validations and the
+    host's state read again each time were ~0.1-0.4 ms a task)."""
+
+    MAX_KEPT = 64
+    """A daemon sees few distinct limits; a client sending many only empties the cache."""
+
+    def __init__(self) -> None:
+        self._kept: dict[tuple[Resources, frozenset[str], float], Resources] = {}
+
+    def get(self, resources: Resources, offered: frozenset[str]) -> Resources:
+        """What :func:`granted` returns for these, now."""
+        cpus = host_cpus()
+        key = (resources, offered, cpus)
+        kept = self._kept.get(key)
+        if kept is None:
+            if len(self._kept) >= self.MAX_KEPT:
+                self._kept.clear()
+            kept = self._kept[key] = granted(resources, offered, cpus)
+        return kept
 
 
 class DiskUse(NamedTuple):
