@@ -4,6 +4,7 @@ and the daemon's JSON without hal's model classes."""
 
 from __future__ import annotations
 
+import os
 import time
 
 TYPE_CHECKING = False  # typing: hal9999.lighttyping says why
@@ -43,6 +44,8 @@ class TaskSummary(TaskRow, Protocol):
     def repo(self) -> str: ...
     @property
     def ref(self) -> str | None: ...
+    @property
+    def repo_kind(self) -> str: ...
     @property
     def branch(self) -> str: ...
     @property
@@ -146,6 +149,26 @@ def task_table(tasks: list[TaskRow]) -> str:
     )
 
 
+BRANCH_MARKS = {"local": "run/brought-back.json", "url": "result.bundle"}
+"""Per kind of source, the session file that exists once the task's branch was made:
+``Session.brought_back`` (a local source's branch moved, its record fsynced with the
+status) and ``Session.bundle`` (a URL source's branch); a test keeps them equal."""
+_ENDED = {"succeeded": "succeeded", "failed": "failed", "cancelled": "was cancelled",
+          "timed_out": "timed out"}  # fmt: skip
+"""The states a run ends in for good (``tasks.state``: no resume brings it back), as said."""
+
+
+def branch_shown(task: TaskSummary) -> str:
+    """The summary's branch: its name only once it was made; else that none was, and why."""
+    mark = BRANCH_MARKS.get(task.repo_kind)
+    if mark is not None and os.path.exists(os.path.join(task.session_dir, mark)):
+        return task.branch
+    if task.status not in _ENDED:
+        return f"none yet ({task.branch} is made when the task's work is brought back)"
+    why = f"the task {_ENDED[task.status]} before its work was brought back"
+    return f"none: no branch was made ({why})"
+
+
 def summary(task: TaskSummary) -> str:
     """The block printed when a run ends, and by ``hal task show``."""
     lines = [
@@ -154,7 +177,7 @@ def summary(task: TaskSummary) -> str:
         + (f" (exit {task.exit_code})" if task.exit_code is not None else ""),
         f"agent     {one_line(task.agent)} on {task.provider}",
         f"repo      {one_line(task.repo)}" + (f" @ {one_line(task.ref)}" if task.ref else ""),
-        f"branch    {task.branch}",
+        f"branch    {branch_shown(task)}",
         f"duration  {duration(task)}",
         f"files     {task.files_changed} changed",
     ]
