@@ -16,6 +16,7 @@ from hal9999.pool.settings import (
     scheduler_settings,
 )
 from hal9999.spec import Resources
+from hal9999.trust import narrow_project_table
 
 
 def config(tmp_path: Path, **fields: object) -> HalConfig:
@@ -45,6 +46,27 @@ def test_network_resources_and_policy_per_provider(tmp_path: Path) -> None:
     assert policy_of("local", provider_settings(cfg, {"HAL_POOL_POLICY": "reset"}, "local")) == (
         "reset"
     )
+
+
+def test_a_provider_overrides_the_file_limit_under_the_resources_rule(tmp_path: Path) -> None:
+    # Stop 50: [pool.<p>] refused disk_files (extra="forbid") and HAL_<P>_DISK_FILES was
+    # never read, so a provider's sandboxes could not get a file limit of their own.
+    cfg = config(tmp_path, resources={"disk_files": 5000}, pool={"bwrap": {"disk_files": 300}})
+    bwrap = resources_of(cfg, provider_settings(cfg, {}, "bwrap"))
+    assert bwrap == Resources(disk_files=300)
+    assert resources_of(cfg, provider_settings(cfg, {}, "local")) == Resources(disk_files=5000)
+    env = {"HAL_BWRAP_DISK_FILES": "40", "HAL_DISK_FILES": "7"}
+    settings = provider_settings(cfg, env, "bwrap")
+    assert resources_of(cfg, settings) == Resources(disk_files=40), "HAL_<P>_ beats [pool.<p>]"
+    # HAL_DISK_FILES is [resources]' own (the config's load reads it), not a pool setting.
+    assert resources_of(cfg, provider_settings(cfg, env, "local")).disk_files == 5000
+    refused = ((-1, "a number at least 0"), (1 << 41, "0 .no limit. or a number of files up to"))
+    for bad, said in refused:
+        with pytest.raises(ConfigError, match=f"disk_files: expected {said}"):
+            provider_settings(config(tmp_path, pool={"bwrap": {"disk_files": bad}}), {}, "bwrap")
+    # An untrusted hal.toml sets no pool setting at all, so it cannot raise a provider's.
+    untrusted = {"pool": {"bwrap": {"disk_files": 0}}}
+    assert narrow_project_table(untrusted, {}) == ({}, ["pool"])
 
 
 def test_bad_values_say_where(tmp_path: Path) -> None:

@@ -31,6 +31,10 @@ providers without isolation (``local``) are destroyed and replaced instead, sinc
 have changed the host itself."""
 
 
+RESOURCE_OVERRIDES = ("memory_mb", "cpus", "pids", "disk_mb", "disk_files")
+"""The ``[resources]`` limits a provider's settings may override (each under its rule)."""
+
+
 class ProviderSettings(BaseModel):
     """How many sandboxes of one provider exist, and how they are placed and returned."""
 
@@ -60,8 +64,10 @@ class ProviderSettings(BaseModel):
     """Process limit override for this provider."""
     disk_mb: int | None = Field(default=None, ge=0)
     """Disk limit override for this provider (``0``, like for the others: no limit)."""
+    disk_files: int | None = Field(default=None, ge=0)
+    """File-count limit override for this provider (``[resources] disk_files``' rule)."""
 
-    @field_validator("memory_mb", "cpus", "pids", "disk_mb")
+    @field_validator(*RESOURCE_OVERRIDES)
     @classmethod
     def _limit(cls, value: float | None, info: ValidationInfo) -> float | None:
         # The rule of [resources] itself (pids = 1 could start nothing): one rule for both.
@@ -106,10 +112,11 @@ ENV_NAMES: dict[str, str] = {
     "cpus": "CPUS",
     "pids": "PIDS",
     "disk_mb": "DISK_MB",
+    "disk_files": "DISK_FILES",
 }
 """Setting name -> environment suffix (``HAL_<P>_<SUFFIX>``, ``HAL_<SUFFIX>``)."""
 
-_NO_GLOBAL_ENV = frozenset({"max_concurrent", "network", "memory_mb", "cpus", "pids", "disk_mb"})
+_NO_GLOBAL_ENV = frozenset({"max_concurrent", "network", *RESOURCE_OVERRIDES})
 """Settings whose ``HAL_<NAME>`` means something else (the global limit, the config's
 defaults), so only ``HAL_<P>_<NAME>`` sets them per provider."""
 
@@ -241,7 +248,7 @@ def resources_of(config: HalConfig, settings: ProviderSettings) -> Resources:
     """The config's resource limits with the provider's overrides applied."""
     overrides = {
         name: getattr(settings, name)
-        for name in ("memory_mb", "cpus", "pids", "disk_mb")
+        for name in RESOURCE_OVERRIDES
         if getattr(settings, name) is not None
     }
     return config.resources.model_copy(update=overrides)
