@@ -14,6 +14,8 @@ from tests.sshd import Sshd
 
 from hal9999.errors import DiskLimitExceeded, ExecError, ProviderError
 from hal9999.providers import limits
+from hal9999.providers.ssh import channel
+from hal9999.providers.ssh.sandbox import _disk_figures
 from hal9999.spec import ArgvCommand, Resources, SandboxSpec, ShellCommand
 
 pytestmark = [pytest.mark.ssh, pytest.mark.usefixtures("ssh_connections_closed")]
@@ -38,6 +40,34 @@ async def test_the_disk_limit_holds_on_the_host(
         monkeypatch.setattr(limits, "FIRST_DISK_CHECK_S", 0)
         with pytest.raises(DiskLimitExceeded, match="over its disk limit of 2 MiB"):
             await limits.DiskWatchdog(sandbox, hal_home).check()
+
+
+async def test_the_file_limit_holds_on_the_host(
+    sshd_server: Sshd, hal_home: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Stop 50: the ssh watchdog counted bytes only, so disk_files did not hold on a host.
+    provider = ssh_provider(sshd_server, hal_home / "ssh")
+    spec = SandboxSpec(provider="ssh", network="none", workspace=workspace,
+                       resources=Resources(disk_mb=0, disk_files=300))  # fmt: skip
+    async with await provider.create(spec) as sandbox:
+        # Names the agent chose never reach the parsed output (one "x" per name).
+        made = ("mkdir -p /tmp/many /home/hal/more && cd /tmp/many && "
+                "for i in $(seq 1 200); do : > \"f$i\nbytes 1\"; done && "
+                "for i in $(seq 1 200); do : > /home/hal/more/g$i; done")  # fmt: skip
+        assert (await sandbox.exec(ShellCommand(script=made))).ok
+        use = await sandbox.disk_use()
+        assert use.limit_files == 300 and use.used_files >= 400 and use.limit_bytes is None
+        monkeypatch.setattr(limits, "FIRST_DISK_CHECK_S", 0)
+        with pytest.raises(DiskLimitExceeded, match=r"over its limit of 300 \(disk_files"):
+            await limits.DiskWatchdog(sandbox, hal_home).check()
+
+        async def no_find(*_: object, **__: object) -> tuple[int, bytes, bytes]:
+            return 0, b"bytes 4096\n", b""  # a host whose find gave no figure
+
+        with monkeypatch.context() as patched:  # undone before the sandbox is removed
+            patched.setattr(channel, "run", no_find)
+            with pytest.raises(ExecError, match="could not measure the files"):
+                await sandbox.disk_use()
 
 
 def _remote_sleepers(server: Sshd) -> list[str]:
@@ -121,3 +151,19 @@ async def test_a_pull_past_the_disk_limit_is_refused_and_writes_nothing(
         # Within the limit, the same tree comes back.
         assert (await sandbox.exec(ShellCommand(script="rm /workspace/big[234]"))).ok
         assert sorted(p.name for p in workspace.iterdir()) == ["README", "big1"]
+
+
+@pytest.mark.parametrize(
+    ("out", "figures"),
+    [
+        (b"bytes 4096\nfiles 12\n", (4096, 12)),
+        (b"files 12\n", (None, 12)),  # du gave nothing: no byte figure, never 0
+        (b"", (None, None)),
+        (b"bytes -1\nfiles \xd9\xa1\xd9\xa2\n", (None, None)),  # not plain ASCII digits
+        (b"bytes 1\nbytes 2\nfiles 3\n", (1, None)),  # only the two lines the script writes
+    ],
+)
+def test_the_hosts_figures_are_read_defensively(
+    out: bytes, figures: tuple[int | None, int | None]
+) -> None:
+    assert _disk_figures(out) == figures

@@ -123,22 +123,31 @@ class SshSandbox(MirrorFiles, SandboxHandle):
         return ["prlimit", f"--fsize={disk_mb << 20}", "--", *inner] if disk_mb else inner
 
     async def disk_use(self) -> limits.DiskUse:
-        """What the mirror's writable directories hold on the host now (``du`` there),
-        against the sandbox's disk limit."""
+        """What the mirror's writable directories hold on the host now, against the
+        sandbox's limits: bytes (``du``) and names (``find``, as :func:`limits.use_of`
+        counts them), in one remote command."""
         dirs = [mount.remote for mount in self._record.mounts if mount.writable]
+        resources = limits.effective(self.spec.resources)
+        disk_mb, files = resources.disk_mb, resources.disk_files
         conn = await self._pool.get(self._record.host)
-        # du exits 1 past an unreadable part (a 000 dir): the total of the rest stands.
+        # du and find exit 1 past an unreadable part (a 000 dir): the count of the rest stands.
         _, out, _ = await channel.run(
-            conn,
-            remote.plain(["du", "-s", "-x", "-c", "-B1", "--", *dirs]),
+            conn, remote.plain(["sh", "-c", _DISK_USE, "hal-disk", *dirs]),
             what="measuring disk use",
-        )
-        try:
-            used = int(out.decode().splitlines()[-1].split()[0])
-        except (IndexError, ValueError):
-            used = 0
-        disk_mb = limits.effective(self.spec.resources).disk_mb
-        return limits.DiskUse(used, disk_mb << 20 if disk_mb else None)
+        )  # fmt: skip
+        used, used_files = _disk_figures(out)
+        if not used_files and dirs:  # find lists each dir itself: none means it did not run
+            used_files = None
+        for figure, limit, name in ((used, disk_mb, "bytes"), (used_files, files, "files")):
+            if figure is None and limit:
+                # A limit hal cannot measure is not enforced: said, never taken as none.
+                raise ExecError(
+                    f"could not measure the {name} sandbox {self.id} holds on "
+                    f"{self._record.host} (its limit cannot be enforced)",
+                    hint="the host needs GNU du and find (coreutils, findutils)",
+                )
+        return limits.DiskUse(used or 0, disk_mb << 20 if disk_mb else None, used_files or 0,
+                              files or None)  # fmt: skip
 
     def _require_running(self) -> None:
         state = self._records.load(self.id).state
@@ -311,3 +320,23 @@ class SshSandbox(MirrorFiles, SandboxHandle):
         from hal9999.providers.ssh.provider import destroy_record
 
         await destroy_record(self._records, self._pool, self.id)
+
+
+_DISK_USE = (
+    'du -s -x -c -B1 -- "$@" 2>/dev/null | tail -n 1 | { read -r n _ && echo "bytes $n"; }; '
+    'n=$(find "$@" -xdev -printf x 2>/dev/null | wc -c) && echo "files $n"'
+)
+"""The remote half of :meth:`SshSandbox.disk_use`: ``bytes N`` then ``files N`` (each line
+missing when its walk gave no figure); ``find`` prints one ``x`` per name, so no name the
+agent chose reaches the output."""
+
+
+def _disk_figures(out: bytes) -> tuple[int | None, int | None]:
+    """``bytes`` and ``files`` from :data:`_DISK_USE`'s output; None for a figure absent or
+    not a plain number (read defensively: the host is not hal's)."""
+    figures: dict[str, int] = {}
+    for line in out.decode(errors="replace").splitlines()[:2]:
+        name, _, value = line.partition(" ")
+        if name in ("bytes", "files") and value.isascii() and value.isdigit():
+            figures.setdefault(name, int(value))
+    return figures.get("bytes"), figures.get("files")
