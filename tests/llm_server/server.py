@@ -256,6 +256,7 @@ def _models(model: str) -> dict[str, Any]:
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # a real server's backlog (socketserver's 5 drops a burst's SYNs)
     llm: ScriptedLLMServer
 
 
