@@ -51,10 +51,11 @@ class Served:
         self.sock.close()
 
 
-def proof_in(login_answer: str) -> str:
-    """The session's proof a login answer hands its page (in a ``<meta>``; never a cookie)."""
-    match = re.search(r'<meta name="hal-proof" content="([0-9a-f]{64})">', login_answer)
-    assert match, "the login answer carries no proof"
+def credential_in(login_answer: str) -> str:
+    """The session's credential a login answer hands its page (in a ``<meta>``; never a
+    cookie)."""
+    match = re.search(r'<meta name="hal-session" content="([A-Za-z0-9_.-]{40,})">', login_answer)
+    assert match, "the login answer carries no credential"
     return match.group(1)
 
 

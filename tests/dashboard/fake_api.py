@@ -46,6 +46,8 @@ class FakeApi:
         """What ``/v1/pool`` says providers keep warm themselves (kubernetes' free pods)."""
         self.events: list[dict[str, Any]] = []
         self.calls: list[tuple[str, str, Any]] = []
+        self.header_names: list[set[str]] = []
+        """The names of the headers each call in ``calls`` came with."""
         self.loop: asyncio.AbstractEventLoop | None = None
         self.changed: asyncio.Event | None = None
         """Set (and replaced by a new one) on every event: a stream waits on the one it saw
@@ -91,6 +93,7 @@ class FakeApi:
                     self.changed = asyncio.Event()
                 body = await request.body()
                 self.calls.append((request.method, request.url.path, body and json.loads(body)))
+                self.header_names.append({name.lower() for name in request.headers})
                 return await handler(request)  # type: ignore[no-any-return]
 
             return endpoint

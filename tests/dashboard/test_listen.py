@@ -14,9 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.dashboard.conftest import proof_in
+from tests.dashboard.conftest import credential_in
 
-from hal9999.dashboard.auth import PROOF_HEADER
+from hal9999.dashboard.auth import SESSION_HEADER
 from hal9999.dashboard.tls import _self_signed, parse_listen
 from hal9999.errors import ConfigError
 
@@ -59,12 +59,15 @@ def test_listen_serves_the_dashboard_over_tls_only(
     with httpx.Client(verify=trust, timeout=30) as client:  # a loaded machine is slow
         login = client.get(link)
         assert login.status_code == 200
-        cookie = login.headers["set-cookie"].lower()
-        assert "secure" in cookie and "httponly" in cookie  # never sent over plain HTTP
+        assert "set-cookie" not in login.headers
         assert client.get(f"https://127.0.0.1:{port}/").status_code == 200
         status = f"https://127.0.0.1:{port}/api/status"
-        assert client.get(status).status_code == 401  # the cookie alone
-        assert client.get(status, headers={PROOF_HEADER: proof_in(login.text)}).status_code == 200
+        assert client.get(status).status_code == 401
+        credential = credential_in(login.text)
+        assert client.get(status, headers={SESSION_HEADER: credential}).status_code == 200
+        # It is this origin's: the plain-HTTP port of the same daemon refuses it.
+        plain = f"http://127.0.0.1:{started['port']}/api/status"
+        assert client.get(plain, headers={SESSION_HEADER: credential}).status_code == 401
         rebound = client.get(f"https://127.0.0.1:{port}/", headers={"host": f"evil.example:{port}"})
         assert rebound.status_code == 421
     with pytest.raises(httpx.HTTPError):  # no plain HTTP on that port
@@ -85,7 +88,7 @@ def test_listen_with_the_users_certificate(
     link = json.loads(out.stdout)["dashboard_tls"]
     with httpx.Client(verify=ssl.create_default_context(cafile=str(cert)), timeout=30) as client:
         login = client.get(link)
-        assert login.status_code == 200 and proof_in(login.text)
+        assert login.status_code == 200 and credential_in(login.text)
 
 
 def test_listen_flags_are_checked(tmp_path: Path) -> None:

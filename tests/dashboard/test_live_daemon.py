@@ -16,9 +16,9 @@ from typing import Any
 import httpx
 import pytest
 from tests.cli.conftest import BUGGY_CALC, commit_repo, git, private_env
-from tests.dashboard.conftest import proof_in
+from tests.dashboard.conftest import credential_in
 
-from hal9999.dashboard.auth import PROOF_HEADER
+from hal9999.dashboard.auth import SESSION_HEADER
 
 pytestmark = [pytest.mark.browser, pytest.mark.bwrap, pytest.mark.tmux]
 
@@ -194,28 +194,25 @@ def test_terminal_is_read_only_until_asked_and_checks_origin(
     assert screen_shows(page, "typed", between=TICK), (sent, page.text_content(".xterm-rows"))
     shot(page, "typing")
 
-    # The websocket by hand: a foreign Origin, no cookie, or the cookie without the page's
-    # proof (what a server on another port of 127.0.0.1 gets from the browser) is refused.
+    # The websocket by hand: a foreign Origin, or no credential of the page's (whatever
+    # cookie comes along, as a server on another port of 127.0.0.1 gets them) is refused.
     from websockets.exceptions import InvalidStatus
     from websockets.sync.client import connect
 
-    cookies = page.context.cookies()
-    cookie = "; ".join(f"{c['name']}={c['value']}" for c in cookies)
-    proof = page.evaluate("localStorage.getItem('hal-proof')")
+    assert page.context.cookies() == []  # the dashboard set none
+    credential = page.evaluate("localStorage.getItem('hal-session')")
     url = base.replace("http", "ws") + f"/terminal/{task_id}"
-    headers = {"cookie": cookie}
-    proven = ["hal", f"hal-proof.{proof}"]
+    headers = {"cookie": f"hal_session={credential}"}
+    proven = ["hal", f"hal-session.{credential}"]
     with pytest.raises(InvalidStatus) as refused:
         connect(url, origin="http://evil.example", additional_headers=headers, subprotocols=proven)  # type: ignore[arg-type, list-item]
     assert refused.value.response.status_code == 403
-    with pytest.raises(InvalidStatus):
-        connect(url, origin=base, additional_headers={}, subprotocols=proven)  # type: ignore[arg-type, list-item]  # no cookie
     for path in ("", "?write=1"):
-        for protocols in (["hal"], ["hal", "hal-proof." + "0" * 64]):
+        for protocols in (["hal"], ["hal", "hal-session." + "0" * 64]):
             with pytest.raises(InvalidStatus) as refused:
                 connect(url + path, origin=base, additional_headers=headers, subprotocols=protocols)  # type: ignore[arg-type, list-item]
             assert refused.value.response.status_code == 403
-    with connect(url, origin=base, additional_headers=headers, subprotocols=proven) as ws:  # type: ignore[arg-type, list-item]
+    with connect(url, origin=base, additional_headers={}, subprotocols=proven) as ws:  # type: ignore[arg-type, list-item]
         assert ws.recv(timeout=10)  # the screen arrives
     page.click("#cancel")
     page.wait_for_selector("#task-status .badge-cancelled", timeout=30000)
@@ -259,8 +256,8 @@ def test_a_patch_the_scan_refused_is_never_shown_unmasked(hal: Hal) -> None:
     with httpx.Client(base_url=hal.base, follow_redirects=False) as client:  # type: ignore[attr-defined]
         login = client.get(hal.link())
         assert login.status_code == 200
-        assert client.get(f"/files/tasks/{clean['id']}/patch").status_code == 401  # no proof
-        client.headers[PROOF_HEADER] = proof_in(login.text)
+        assert client.get(f"/files/tasks/{clean['id']}/patch").status_code == 401  # no session
+        client.headers[SESSION_HEADER] = credential_in(login.text)
         refused = client.get(f"/files/tasks/{leaked['id']}/patch")
         shown = client.get(f"/files/tasks/{clean['id']}/patch")
     assert secret not in refused.text

@@ -63,8 +63,8 @@ def test_login_link_opens_the_overview(browser: Any, fake_dashboard: Dashboard, 
     served, api, home = fake_dashboard
     api.add_task(task("t1", status="succeeded", prompt="make it faster"))
     page = browser.new_context().new_page()
-    page.goto(served.base + "/")
-    assert "login_required" in page.content()
+    page.goto(served.base + "/")  # the shell holds nothing: without a session, no data
+    page.wait_for_selector("#main :text('Logged out')")
     page.goto(login_url(home, served.base))
     assert page.url == served.base + "/"  # the token left the address bar
     page.wait_for_selector("tr[data-task='t1']")
@@ -248,26 +248,32 @@ def test_a_flood_of_output_and_a_huge_file_keep_the_page_bounded(
     shot(page)  # (with 5000 rows open, a full-page screenshot takes seconds)
 
 
+def evil_server(html: str, cookie: str | None = None) -> Served:
+    """Another web server on 127.0.0.1 (another port), serving one page for every path."""
+    from starlette.responses import HTMLResponse
+
+    async def evil(scope: Any, receive: Any, send: Any) -> None:
+        answer = HTMLResponse(html)
+        if cookie is not None:
+            answer.headers.append("set-cookie", cookie)
+        await answer(scope, receive, send)
+
+    return Served(evil)
+
+
 def test_a_page_on_another_local_port_cannot_use_the_session(
     browser: Any, fake_dashboard: Dashboard
 ) -> None:
-    """Cookies ignore ports: a page served on another port of 127.0.0.1 is "same-site", so
-    SameSite=Strict sends it the session cookie. A GET that changes state (the inbox marks
-    what it shows read) or that leaks by its size or timing must not be answered for it."""
-    from starlette.responses import HTMLResponse
-
+    """A page served on another port of 127.0.0.1 is "same-site". A GET that changes state
+    (the inbox marks what it shows read) or that leaks by its size or timing must not be
+    answered for it."""
     served, api, home = fake_dashboard
     target = served.base + "/api/hive/inbox?all=1&mark=1"
-    evil_page = (
+    other = evil_server(
         f'<!doctype html><img id="a" src="{target}"><link rel="stylesheet" href="{target}">'
         f'<script>fetch("{target}", {{mode: "no-cors", credentials: "include"}})'
         '.finally(() => { document.title = "done"; });</script>'
     )
-
-    async def evil(scope: Any, receive: Any, send: Any) -> None:
-        await HTMLResponse(evil_page)(scope, receive, send)
-
-    other = Served(evil)
     try:
         page = open_logged_in(browser, served, home)
         page.wait_for_selector("#live-state[data-state='live']")
@@ -283,25 +289,54 @@ def test_a_page_on_another_local_port_cannot_use_the_session(
         other.close()
 
 
-def test_every_tab_of_the_origin_shares_the_proof_and_a_new_login_replaces_it(
+def test_a_junk_session_cookie_from_another_port_does_not_log_the_operator_out(
+    browser: Any, fake_dashboard: Dashboard
+) -> None:
+    """Cookies ignore the port: a page on another port of 127.0.0.1 can set one for the
+    dashboard's host (the red team of stop 50 logged the operator out with
+    ``Set-Cookie: hal_session=junk``). The dashboard holds no cookie to overwrite."""
+    served, api, home = fake_dashboard
+    api.add_task(task("t1"))
+    other = evil_server("<!doctype html><title>set</title>", "hal_session=junk; Path=/")
+    try:
+        page = open_logged_in(browser, served, home)
+        page.wait_for_selector("tr[data-task='t1']")
+        assert page.context.cookies() == []  # logging in set none
+        page.goto(other.base + "/")
+        junk = page.context.cookies()
+        assert [(c["name"], c["value"], c["domain"]) for c in junk] == [
+            ("hal_session", "junk", "127.0.0.1")
+        ]  # the browser took it, for every port of the host
+        page.goto(served.base + "/tasks/t1")
+        page.wait_for_selector("#live-state[data-state='live']")
+        page.wait_for_selector("#task-status .badge-running")
+        page.goto(served.base + "/")
+        page.wait_for_selector("tr[data-task='t1']")
+        assert page.locator("#main :text('Logged out')").count() == 0
+        assert page.evaluate("hal.api('GET', '/tasks').then((tasks) => tasks.length)") == 1
+    finally:
+        other.close()
+
+
+def test_every_tab_of_the_origin_shares_the_session_and_a_new_login_replaces_it(
     browser: Any, fake_dashboard: Dashboard
 ) -> None:
     served, api, home = fake_dashboard
     api.add_task(task("t1"))
     page = open_logged_in(browser, served, home)
     page.wait_for_selector("tr[data-task='t1']")
-    first = page.evaluate("localStorage.getItem('hal-proof')")
-    assert len(first) == 64 and first not in page.content()  # stored, its <meta> removed
+    first = page.evaluate("localStorage.getItem('hal-session')")
+    assert len(first) > 40 and first not in page.content()  # stored, its <meta> removed
     tab = page.context.new_page()  # a second tab reads it from the origin's storage
     tab.goto(served.base + "/tasks/t1")
     tab.wait_for_selector("#task-status .badge-running")
-    tab.goto(login_url(home, served.base))  # a new login: a new cookie and a new proof
+    tab.goto(login_url(home, served.base))  # a new login: a new credential
     tab.wait_for_selector("tr[data-task='t1']")
-    assert tab.evaluate("localStorage.getItem('hal-proof')") != first
-    # The first tab, not reloaded, sends the new pair from now on.
+    assert tab.evaluate("localStorage.getItem('hal-session')") != first
+    # The first tab, not reloaded, sends the new one from now on.
     assert page.evaluate("hal.api('GET', '/tasks').then((tasks) => tasks.length)") == 1
-    # The cookie without the proof (what another port's server gets) reads nothing.
-    page.evaluate("localStorage.removeItem('hal-proof')")
+    # Without the credential (storage cleared, another profile) the pages read nothing.
+    page.evaluate("localStorage.removeItem('hal-session')")
     page.reload()
     page.wait_for_selector("#main :text('Logged out')")
     assert page.locator("tr[data-task='t1']").count() == 0

@@ -3,8 +3,9 @@
 Pages are fixed HTML shells; the scripts in ``static/js`` fill them from the JSON API and the
 event stream, building every element with ``textContent`` (agent data is never parsed as
 HTML). ``/api/X`` is the daemon's ``/v1/X`` for a logged-in browser: the gate has checked the
-session (and the CSRF token of a state-changing request), the bearer token is added here, so
-the browser never holds it and the dashboard has exactly the API's routes (hive ones included).
+session's credential (a header no other page can send: it is the CSRF token too), the bearer
+token is added here, so the browser never holds it and the dashboard has exactly the API's
+routes (hive ones included). No cookie is set or read.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hal9999.dashboard.auth import COOKIE, PROOF_HEADER, SESSION_MAX_AGE_S, SessionKeeper
+from hal9999.dashboard.auth import SESSION_HEADER, SessionKeeper
 from hal9999.dashboard.guard import DashboardGuard, session_of
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ PAGES = {
     "/hive": ("hive", "Hive"),
 }
 """Fixed pages: path -> (page name, title)."""
-_DROPPED = {b"cookie", b"authorization", b"origin", b"referer", PROOF_HEADER.encode()}
+_DROPPED = {b"cookie", b"authorization", b"origin", b"referer", SESSION_HEADER.encode()}
 """Browser headers the API never sees (it gets the bearer token instead)."""
 SCRIPTS = (
     "ansi.js", "core.js", "live.js", "render.js", "pages.js", "task.js", "terminal.js", "hive.js",
@@ -45,9 +46,10 @@ def static_dir() -> Path:
     return Path(str(resources.files("hal9999.dashboard") / "static"))
 
 
-def shell(page: str, title: str, arg: str = "", proof: str = "") -> str:
+def shell(page: str, title: str, arg: str = "", credential: str = "") -> str:
     """The HTML of one page: no inline script, no data but the page's name and argument (and
-    in the answer to a login link only, the session's proof, which core.js moves to storage)."""
+    in the answer to a login link only, the session's credential, which core.js moves to
+    storage)."""
     vendor = [
         "/static/vendor/xterm-xterm/xterm.js",
         "/static/vendor/xterm-addon-fit/addon-fit.js",
@@ -58,11 +60,11 @@ def shell(page: str, title: str, arg: str = "", proof: str = "") -> str:
         for src in (*vendor, *(f"/static/js/{name}" for name in SCRIPTS))
     )
     e = html.escape
-    proof_meta = f'<meta name="hal-proof" content="{e(proof)}">' if proof else ""
+    handed = f'<meta name="hal-session" content="{e(credential)}">' if credential else ""
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f'{proof_meta}<meta name="hal-page" content="{e(page)}">'
+        f'{handed}<meta name="hal-page" content="{e(page)}">'
         f'<meta name="hal-arg" content="{e(arg)}"><title>{e(title)} · hal</title>'
         '<link rel="stylesheet" href="/static/app.css">'
         '<link rel="stylesheet" href="/static/vendor/xterm-xterm/xterm.css">'
@@ -119,34 +121,26 @@ def dashboard_app(
         hosts = [*hosts, *([address.host] if address is not None else [])]
 
     async def login(request: Request) -> Response:
-        new = sessions.redeem(request.query_params.get("t", ""), request.headers["host"])
-        if new is None:
+        credential = sessions.redeem(request.query_params.get("t", ""), request.headers["host"])
+        if credential is None:
             return HTMLResponse(
                 "<!doctype html><title>hal</title><p>This login link is not valid (used, "
                 "expired or mistyped). Run <code>hal dashboard</code> for a fresh one.</p>",
                 status_code=403,
             )
-        # The overview, with the proof for core.js to keep in this origin's localStorage (and
-        # replace the address by "/", so the token leaves the address bar and the history).
-        # Not a redirect: the proof must reach only this page, never a URL or a cookie.
+        # The overview, with the credential for core.js to keep in this origin's localStorage
+        # (and replace the address by "/", so the token leaves the address bar and the
+        # history). Not a redirect: it must reach only this page, never a URL or a cookie.
         name, title = PAGES["/"]
-        response = HTMLResponse(
-            shell(name, title, proof=new.proof), headers={"cache-control": "no-store"}
+        return HTMLResponse(
+            shell(name, title, credential=credential), headers={"cache-control": "no-store"}
         )
-        secure = request.url.scheme == "https"
-        response.set_cookie(
-            COOKIE, new.cookie, max_age=SESSION_MAX_AGE_S, httponly=True, samesite="strict",
-            secure=secure, path="/",
-        )  # fmt: skip
-        return response
 
     async def logout(request: Request) -> Response:
         session = session_of(request.scope)
         if session is not None:
             sessions.revoke(session)
-        response = JSONResponse({"logged_out": True})
-        response.delete_cookie(COOKIE, path="/")
-        return response
+        return JSONResponse({"logged_out": True})
 
     def page(name: str, title: str) -> Any:
         async def endpoint(request: Request) -> Response:

@@ -1,21 +1,22 @@
-"""Dashboard login: one-time links, signed session cookies and per-origin proofs.
+"""Dashboard login: one-time links and per-origin session credentials (no cookie).
 
 ``hal serve`` and ``hal dashboard`` print a link ``/login?t=TOKEN``. The token is signed with
 the home's dashboard key (``<home>/dashboard.key``, random, mode 600), carries a random nonce
-and expires after :data:`LOGIN_MAX_AGE_S`; the daemon accepts each nonce once. Redeeming it sets
-a signed, HTTP-only, ``SameSite=Strict`` session cookie, and hands the page (in the answer's
-body, never in a cookie) the session's proof: an HMAC of the session id and the ``Host`` the
-link was opened on (the page's origin) under the key.
+and expires after :data:`LOGIN_MAX_AGE_S`; the daemon accepts each nonce once. Redeeming it
+hands the page (in the answer's body: never a cookie, a URL or a log) the session's
+credential: the session id and the ``Host`` the link was opened on (the page's origin),
+signed with the key and timed (:data:`SESSION_MAX_AGE_S`).
 
-Why both: browsers send a host's cookies to every port of it, so any server on another port
-of 127.0.0.1 that the browser visits gets the cookie (readable: it is signed, not encrypted).
-The page keeps the proof in ``localStorage``, which is per scheme, host *and port*, and sends
-it with every request for data (:data:`PROOF_HEADER`, or for the terminal's websocket a
-subprotocol :data:`PROOF_PROTOCOL` ``+ proof``). Deriving it from the key (not storing it)
-makes it outlive a restart and die with the key, exactly as the cookie does. Binding it to
+Why no cookie: browsers send a host's cookies to every port of it, and let a page on any
+port of 127.0.0.1 *set* them. So a server on another port that the browser visits got the
+session cookie (and could replay it), and its page could overwrite it with junk and log the
+operator out. The page keeps the credential in ``localStorage``, which is per scheme, host
+*and port*, and sends it with every request for data (:data:`SESSION_HEADER`, or for the
+terminal's websocket a subprotocol :data:`SESSION_PROTOCOL` ``+ credential``). Signing it
+with the key (not storing it) makes it outlive a restart and die with the key. Binding it to
 the origin: a restarted daemon listens on a new port, while the old port's open pages keep
-sending their proof there (and keep it in that origin's storage) for whatever listens on it
-next; a proof is accepted only on the host and port it was handed out on.
+sending their credential there (and keep it in that origin's storage) for whatever listens
+on it next; a credential is accepted only on the host and port it was handed out on.
 Only this module knows the key; ``hal dashboard`` signs a link without asking the daemon
 (anyone who can read the key can already read the bearer token beside it).
 """
@@ -23,8 +24,6 @@ Only this module knows the key; ``hal dashboard`` signs a link without asking th
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
 import os
 import secrets
 import threading
@@ -38,19 +37,17 @@ if TYPE_CHECKING:
 
 KEY_NAME = "dashboard.key"
 """The signing key's file name in the hal home."""
-COOKIE = "hal_session"
-"""The session cookie's name."""
-PROOF_HEADER = "x-hal-proof"
-"""The header every request for data or a change carries the session's proof in."""
-PROOF_PROTOCOL = "hal-proof."
-"""Prefix of the websocket subprotocol that carries the proof (a browser's WebSocket cannot
-send headers; the server answers with :data:`TERMINAL_PROTOCOL`, never with this one)."""
+SESSION_HEADER = "x-hal-session"
+"""The header every request for data or a change carries the session's credential in."""
+SESSION_PROTOCOL = "hal-session."
+"""Prefix of the websocket subprotocol that carries the credential (a browser's WebSocket
+cannot send headers; the server answers with :data:`TERMINAL_PROTOCOL`, never this one)."""
 TERMINAL_PROTOCOL = "hal"
 """The subprotocol the terminal's websocket speaks."""
 LOGIN_MAX_AGE_S = 15 * 60
 """How long a printed login link stays valid."""
 SESSION_MAX_AGE_S = 7 * 24 * 3600
-"""How long a session cookie stays valid."""
+"""How long a session's credential stays valid."""
 
 
 def dashboard_key(home: Path) -> str:
@@ -98,16 +95,8 @@ class DashboardSession:
     id: str
 
 
-@dataclass(frozen=True)
-class NewSession:
-    """What a redeemed login link gives the browser: the cookie, and the proof for its page."""
-
-    cookie: str
-    proof: str
-
-
 class SessionKeeper:
-    """Redeems login tokens (each once), checks session cookies and proofs, for one daemon."""
+    """Redeems login tokens (each once) and checks session credentials, for one daemon."""
 
     def __init__(self, home: Path) -> None:
         self._home = home
@@ -118,7 +107,7 @@ class SessionKeeper:
         """Nonces already redeemed, with when: a restarted daemon must not accept them again."""
         self._used = _read_stamped(self._used_file, LOGIN_MAX_AGE_S + 60)
         self._revoked_file = home / "run" / "dashboard-revoked"
-        """Sessions logged out, with when: their cookies are signed and would stay valid."""
+        """Sessions logged out, with when: their credentials are signed and would stay valid."""
         self._revoked = _read_stamped(self._revoked_file, SESSION_MAX_AGE_S + 60)
         self._lock = threading.Lock()
 
@@ -126,10 +115,10 @@ class SessionKeeper:
         with contextlib.suppress(OSError):
             found = (self._home / KEY_NAME).stat()
             self._key_stamp = (found.st_ino, found.st_mtime_ns, found.st_size)
-        self._proof_key = hashlib.sha256(b"hal-proof\0" + key.encode()).digest()
-        """Proofs get their own key, derived, apart from the signatures of links and cookies."""
         self._login = _serializer(key, "hal-login")
-        self._session = _serializer(key, "hal-session")
+        # Not "hal-session", the salt of the cookies of hal before: a browser may still hold
+        # one, and its signature must not pass for a credential's.
+        self._session = _serializer(key, "hal-dashboard-session")
 
     def _key_current(self, *, create: bool) -> bool:
         """Follow the key file: deleting it logs every browser out at once, and the key a
@@ -153,9 +142,9 @@ class SessionKeeper:
             self._use_key(key)
         return True
 
-    def redeem(self, token: str, where: str) -> NewSession | None:
-        """A new session for a valid, unused login token opened on the ``Host`` ``where``
-        (its proof is for that origin); else None."""
+    def redeem(self, token: str, where: str) -> str | None:
+        """The credential of a new session for a valid, unused login token opened on the
+        ``Host`` ``where`` (it is valid on that origin only); else None."""
         from itsdangerous import BadSignature
 
         if not self._key_current(create=True):
@@ -175,25 +164,11 @@ class SessionKeeper:
                 return None
             self._used[nonce] = now
             _write_stamped(self._used_file, self._used)
-        sid = secrets.token_hex(16)
-        cookie = str(self._session.dumps({"sid": sid}))
-        return NewSession(cookie, self.proof(DashboardSession(sid), where))
-
-    def proof(self, session: DashboardSession, where: str) -> str:
-        """The session's proof on the origin whose ``Host`` is ``where`` (hex: it is also a
-        valid websocket subprotocol token)."""
-        message = session.id.encode() + b"\0" + where.lower().encode("utf-8", "replace")
-        return hmac.new(self._proof_key, message, hashlib.sha256).hexdigest()
-
-    def proof_ok(self, session: DashboardSession | None, proof: str | None, where: str) -> bool:
-        """Whether ``proof`` is the session's on the ``Host`` ``where`` (in constant time)."""
-        if session is None or not proof:
-            return False
-        expected = self.proof(session, where).encode()
-        return hmac.compare_digest(expected, proof.encode("utf-8", "replace"))
+        session = {"sid": secrets.token_hex(16), "host": where.lower()}
+        return str(self._session.dumps(session))
 
     def revoke(self, session: DashboardSession) -> None:
-        """Log a session out: its cookie is refused from now on (a copy of it included)."""
+        """Log a session out: its credential is refused from now on (a copy of it included)."""
         now = time.time()
         with self._lock:
             self._revoked = {s: t for s, t in self._revoked.items()
@@ -201,17 +176,18 @@ class SessionKeeper:
             self._revoked[session.id] = now
             _write_stamped(self._revoked_file, self._revoked)
 
-    def check(self, cookie: str | None) -> DashboardSession | None:
-        """The session a cookie value proves, or None."""
-        from itsdangerous import BadSignature
+    def check(self, credential: str | None, where: str) -> DashboardSession | None:
+        """The session a credential proves on the ``Host`` ``where``, or None (its signature
+        is compared in constant time)."""
+        from itsdangerous import BadData
 
-        if not cookie or not self._key_current(create=False):
+        if not credential or not self._key_current(create=False):
             return None
         try:
-            data = self._session.loads(cookie, max_age=SESSION_MAX_AGE_S)
-        except BadSignature:
+            data = self._session.loads(credential, max_age=SESSION_MAX_AGE_S)
+        except BadData:  # a bad or expired signature, or a payload that is not JSON
             return None
-        if not isinstance(data, dict):
+        if not isinstance(data, dict) or data.get("host") != where.lower():
             return None
         sid = data.get("sid")
         if not isinstance(sid, str) or sid in self._revoked:

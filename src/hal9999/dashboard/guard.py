@@ -2,28 +2,27 @@
 
 In order: the ``Host`` must name this server (a DNS-rebinding page reaches 127.0.0.1 under its
 own host name); ``/api/`` and ``/files/`` refuse what a browser marks as fetched by another
-site's page (``Sec-Fetch-Site``: a page on another port of 127.0.0.1 gets the cookie sent); a
-state-changing request or a websocket must come with an ``Origin`` of this server; every route
-but the login and the static files needs a valid session cookie; and everything that reads or
-changes data (``/api/``, ``/files/``, the terminal's websocket, any state-changing request)
-needs the session's proof as well (see :mod:`hal9999.dashboard.auth`): the cookie alone, which
-any server on another port of the host receives, reads and changes nothing. The proof also
-does what a CSRF token would: no other page can send it. Every answer gets the security
-headers (a Content-Security-Policy without inline scripts among them).
+site's page (``Sec-Fetch-Site``: a page on another port of 127.0.0.1 is "same-site"); a
+state-changing request or a websocket must come with an ``Origin`` of this server; and
+everything that reads or changes data (``/api/``, ``/files/``, the terminal's websocket, any
+state-changing request) needs the session's credential (see :mod:`hal9999.dashboard.auth`),
+which the page keeps in its origin's storage and sends in a header. No cookie is read: one
+reaches (and can be set by) every port of the host. The credential also does what a CSRF
+token would: no other page can send it. The page shells, the login and the static files hold
+no data and need nothing. Every answer gets the security headers (a Content-Security-Policy
+without inline scripts among them).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, MutableMapping
-from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import urlsplit
 
 from hal9999.dashboard.auth import (
-    COOKIE,
-    PROOF_HEADER,
-    PROOF_PROTOCOL,
+    SESSION_HEADER,
+    SESSION_PROTOCOL,
     DashboardSession,
     SessionKeeper,
 )
@@ -47,13 +46,11 @@ SECURITY_HEADERS = [
     (b"cross-origin-resource-policy", b"same-origin"),
 ]
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-PUBLIC_PREFIXES = ("/login", "/static/", "/favicon.ico")
-"""Paths a browser may fetch without a session."""
 DATA_PREFIXES = ("/api/", "/files/")
 """Paths only the dashboard's own scripts fetch (a browser says who asked in Sec-Fetch-Site)."""
-PROOF_REFUSED = (
-    f"the session cookie alone is not enough: send this session's proof in {PROOF_HEADER} "
-    "(a page of the dashboard does; log in again with the link `hal dashboard` prints)"
+LOGIN_REQUIRED = (
+    f"no valid session in {SESSION_HEADER} (a page of the dashboard sends the one it keeps; "
+    "log in with the link `hal dashboard` prints)"
 )
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
@@ -89,25 +86,25 @@ def _origin_ok(origin: str | None, host: str, scope: Scope) -> bool:
     return parts.scheme == ("https" if secure else "http") and parts.netloc.lower() == host.lower()
 
 
-def _proof_of(headers: dict[str, str]) -> str | None:
-    """The proof a request carries: its header, or a websocket's subprotocol."""
-    if PROOF_HEADER in headers:
-        return headers[PROOF_HEADER]
+def _credential_of(headers: dict[str, str]) -> str | None:
+    """The session credential a request carries: its header, or a websocket's subprotocol."""
+    if SESSION_HEADER in headers:
+        return headers[SESSION_HEADER]
     for offered in headers.get("sec-websocket-protocol", "").split(","):
         offered = offered.strip()
-        if offered.startswith(PROOF_PROTOCOL):
-            return offered[len(PROOF_PROTOCOL) :]
+        if offered.startswith(SESSION_PROTOCOL):
+            return offered[len(SESSION_PROTOCOL) :]
     return None
 
 
 def session_of(scope: Scope) -> DashboardSession | None:
-    """The session the gate found for this request (None on public paths without one)."""
+    """The session the gate found for this request (None on the paths that need none)."""
     found = scope.get("state", {}).get("hal_session")
     return found if isinstance(found, DashboardSession) else None
 
 
 class DashboardGuard:
-    """ASGI middleware: Host, Origin, session and proof checks, and security headers."""
+    """ASGI middleware: Host, Origin and session checks, and security headers."""
 
     def __init__(self, app: Any, sessions: SessionKeeper, hosts: Iterable[str] = ()) -> None:
         self.app = app
@@ -130,31 +127,19 @@ class DashboardGuard:
             return
         fetched_by = headers.get("sec-fetch-site", "same-origin")
         if path.startswith(DATA_PREFIXES) and fetched_by not in ("same-origin", "none"):
-            # Cookies ignore the port: a page on another 127.0.0.1 port is "same-site" and
-            # its <img src=/api/...> comes with the session cookie. Only our own pages read data.
+            # Only our own pages read data. A page on another 127.0.0.1 port is "same-site";
+            # its <img src=/api/...> carries no credential anyway, and is refused before it.
             await self._refuse(scope, send, 403, "origin_refused", "cross-site request refused")
             return
         unsafe = websocket or method not in SAFE_METHODS
         if unsafe and not _origin_ok(headers.get("origin"), host, scope):
             await self._refuse(scope, send, 403, "origin_refused", "cross-origin request refused")
             return
-        cookie = SimpleCookie()
-        try:
-            cookie.load(headers.get("cookie", ""))
-        except Exception:  # a malformed Cookie header is just no session
-            cookie = SimpleCookie()
-        morsel = cookie.get(COOKIE)
-        session = self.sessions.check(morsel.value if morsel else None)
-        public = path == "/login" or path.startswith(PUBLIC_PREFIXES[1:])
-        if session is None and not public:
-            await self._refuse(
-                scope, send, 401, "login_required", "log in with the link `hal dashboard` prints"
-            )
-            return
-        reads_or_changes = websocket or path.startswith(DATA_PREFIXES) or unsafe
-        if reads_or_changes and path != "/login":
-            if not self.sessions.proof_ok(session, _proof_of(headers), host):
-                await self._refuse(scope, send, 401, "proof_required", PROOF_REFUSED)
+        session = None
+        if unsafe or path.startswith(DATA_PREFIXES):
+            session = self.sessions.check(_credential_of(headers), host)
+            if session is None:
+                await self._refuse(scope, send, 401, "login_required", LOGIN_REQUIRED)
                 return
         scope.setdefault("state", {})["hal_session"] = session
 

@@ -2,8 +2,10 @@
 
 Read-only by default (``tmux attach -f read-only,ignore-size``: keys are dropped by tmux
 itself, and the browser's size never shrinks the agent's window). ``?write=1`` attaches for
-typing. Either way the gate has checked the Origin, the cookie and the session's proof (sent
-as a subprotocol, ``hal-proof.<proof>``, beside ``hal``, the one the server answers).
+typing. Either way the gate has checked the Origin and the session's credential (sent as a
+subprotocol, ``hal-session.<credential>``, beside ``hal``, the one the server answers): in
+the handshake, so a socket without it is never accepted (an accepted websocket leaves the
+listener's count of unauthenticated connections).
 Frames: binary from the server are terminal output; text from the browser is JSON,
 ``{"data": "keys"}`` or ``{"resize": [cols, rows]}``.
 
@@ -162,7 +164,7 @@ def terminal_endpoint(daemon: Daemon | None) -> Any:
         if daemon is None or session is None:
             await websocket.close(code=4401)
             return
-        # A browser wants one of the subprotocols it offered back: `hal`, never the proof's.
+        # A browser wants one of the subprotocols it offered back: `hal`, never the credential.
         offered = websocket.scope.get("subprotocols") or []
         await websocket.accept(TERMINAL_PROTOCOL if TERMINAL_PROTOCOL in offered else None)
         try:

@@ -6,7 +6,7 @@ started with the same options. A :class:`ListenAddress` remembers which the user
 error names the option or the variable to fix. Without a certificate of the user's, hal makes
 a self-signed one for the host (``<home>/tls/``, key mode 600) and reuses it while it names the
 same host. Plain HTTP is never served there: every address but 127.0.0.1 is reachable by
-others, and a session cookie must not cross the network in clear.
+others, and a login link or a session credential must not cross the network in clear.
 """
 
 from __future__ import annotations

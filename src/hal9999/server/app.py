@@ -4,7 +4,7 @@
 
     FramingGuard                     every request: header count, framing, body size
       /v1/...  -> TokenGuard -> API   bearer token before the body; routes of api.py + SSE
-      anything else -> dashboard      hal9999.dashboard (its own login, cookie + proof),
+      anything else -> dashboard      hal9999.dashboard (its own login, a per-origin session),
                                       or the API (so: 401 / 404) when there is none
 
 The seam for the dashboard is :func:`dashboard_for`: it calls

@@ -49,7 +49,7 @@ def connection_of(scope: Scope) -> Any:
 def mark_authenticated(scope: Scope) -> None:
     """Tell the listener this request's connection showed valid credentials: it no longer
     counts against the cap on unauthenticated connections nor their deadline. The dashboard
-    calls it for a valid session cookie; :class:`TokenGuard` for the bearer token."""
+    could call it for a valid session; :class:`TokenGuard` does for the bearer token."""
     connection = connection_of(scope)
     if connection is not None:
         connection.mark_authenticated()

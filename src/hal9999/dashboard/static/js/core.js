@@ -8,19 +8,22 @@
     return node ? node.getAttribute("content") : "";
   };
 
-  // The session's proof: the cookie reaches every port of this host, localStorage only this
-  // origin (scheme, host and port). A login answer carries it in a <meta>: keep it, drop the
-  // tag, and show "/" instead of the one-time link. Every tab of this origin reads it here.
-  const PROOF = "hal-proof";
-  const handed = document.querySelector('meta[name="' + PROOF + '"]');
+  // The session's credential. Not a cookie: cookies reach every port of this host, and a page
+  // on any of them can overwrite one (logging the operator out). localStorage is this
+  // origin's alone (scheme, host and port). A login answer carries the credential in a
+  // <meta>: keep it, drop the tag, and show "/" instead of the one-time link. Every tab of
+  // this origin reads it here, at each request (a new login in one tab serves them all).
+  const SESSION = "hal-session";
+  const handed = document.querySelector('meta[name="' + SESSION + '"]');
   if (handed) {
-    localStorage.setItem(PROOF, handed.getAttribute("content"));
+    localStorage.setItem(SESSION, handed.getAttribute("content"));
     handed.remove();
     history.replaceState(null, "", "/");
   }
-  hal.proof = () => localStorage.getItem(PROOF) || "";
-  /** The headers that prove a request comes from a page of this dashboard. */
-  hal.proofHeaders = () => ({ "x-hal-proof": hal.proof() });
+  localStorage.removeItem("hal-proof"); // what hal kept before: it proves nothing now
+  hal.credential = () => localStorage.getItem(SESSION) || "";
+  /** The headers that prove a request comes from a page of this dashboard's session. */
+  hal.sessionHeaders = () => ({ "x-hal-session": hal.credential() });
 
   /** Only links inside this dashboard: a "javascript:" or foreign URL becomes inert. A URL
    * parser drops tabs and line breaks and reads "\\" as "/": "/\t/evil.example" is "//evil...". */
@@ -72,7 +75,7 @@
 
   /** Calls the daemon's JSON API (as /api/...); throws an Error with its one-line message. */
   hal.api = async function (method, path, body) {
-    const init = { method, credentials: "same-origin", headers: hal.proofHeaders() };
+    const init = { method, credentials: "omit", headers: hal.sessionHeaders() };
     if (body !== undefined) {
       init.headers["content-type"] = "application/json";
       init.body = JSON.stringify(body);

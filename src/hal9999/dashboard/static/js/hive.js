@@ -125,7 +125,7 @@
       catch (err) { hal.flash(err.message); }
     } });
     // Loading this page only reads the inbox: a page on another port of this host could open
-    // it in a popup, so marking read waits for the operator's click (a POST with the proof).
+    // it in a popup, so marking read waits for the operator's click (a POST with the session).
     let unread = [];
     const markRead = el("button", { type: "button", id: "mark-read", text: "Mark read", disabled: true, onclick: async () => {
       try { await hal.api("POST", "/hive/inbox/read", { ids: unread }); await drawMessages(); }

@@ -55,9 +55,9 @@
       while (!this.stopped) {
         this.controller = new AbortController();
         try {
-          const headers = { ...hal.proofHeaders(), accept: "text/event-stream" };
+          const headers = { ...hal.sessionHeaders(), accept: "text/event-stream" };
           if (this.lastGseq > 0) headers["last-event-id"] = String(this.lastGseq);
-          const response = await fetch("/api/events/stream", { headers, credentials: "same-origin", signal: this.controller.signal, cache: "no-store" });
+          const response = await fetch("/api/events/stream", { headers, credentials: "omit", signal: this.controller.signal, cache: "no-store" });
           if (response.status === 401) { hal.loggedOut(); this._ready(); return; }
           if (!response.ok || !response.body) throw new Error("HTTP " + response.status);
           this.stats.connects++;

@@ -25,8 +25,9 @@
     const scheme = location.protocol === "https:" ? "wss://" : "ws://";
     let url = scheme + location.host + "/terminal/" + encodeURIComponent(taskId);
     if (write) url += "?write=1";
-    // A WebSocket cannot send headers: the proof goes as a subprotocol (the server answers "hal").
-    const socket = new WebSocket(url, ["hal", "hal-proof." + hal.proof()]);
+    // A WebSocket cannot send headers: the credential goes as a subprotocol, checked in the
+    // handshake (the server answers "hal").
+    const socket = new WebSocket(url, ["hal", "hal-session." + hal.credential()]);
     socket.binaryType = "arraybuffer";
     socket.onopen = () => socket.send(JSON.stringify({ resize: [term.cols, term.rows] }));
     socket.onmessage = (msg) => {
