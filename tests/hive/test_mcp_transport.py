@@ -91,10 +91,9 @@ def test_the_forwarder_says_in_one_line_when_no_socket_comes(tmp_path: Path) -> 
 
 
 async def test_one_agent_gets_a_bounded_number_of_connections(hub: McpHub) -> None:
-    from hal9999.hive.mcp.server import MAX_SESSIONS
-
     sock = await hub.serve("alpha")
-    held = [await asyncio.open_unix_connection(str(sock)) for _ in range(MAX_SESSIONS)]
+    most = hub.budget.limits.connections_per_agent
+    held = [await asyncio.open_unix_connection(str(sock)) for _ in range(most)]
     await asyncio.sleep(0.2)
     reader, extra = await asyncio.open_unix_connection(str(sock))
     assert await asyncio.wait_for(reader.read(), 5) == b""  # hung up at once

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from hal9999.errors import HalError
 from hal9999.hive import subtasks
+from hal9999.hive.mcp.budget import McpBudget, McpLimits
 from hal9999.hive.mcp.channel import SOCKET_NAME, McpPaths, checked_name
 from hal9999.hive.mcp.thread_tools import THREAD_TOOLS
 from hal9999.hive.mcp.tools import Caller, Hive, Tool, tools_for
@@ -45,8 +46,6 @@ MAX_VALUES = 1 << 18
 """The most JSON values one line may hold, counted as its commas, "{" and "[" (in strings
 too: a 64 KiB body of commas is 65,536): 4 MiB of ``{},`` is 1.4 million dicts, 96 MiB
 held and 192 MiB at peak in each of the two validations (``read``'s and the SDK's)."""
-MAX_SESSIONS = 8
-"""Connections one agent may hold at once (a CLI uses one; a hostile agent gets no more)."""
 PARSE_ERROR = "parse error: not one JSON value a line (or nested too deep to read)"
 
 
@@ -69,8 +68,12 @@ def _bind(directory: Path) -> socket.socket:
 class McpHub:
     """The daemon's per-agent MCP sockets."""
 
-    def __init__(self, hive: Hive, extra_tools: list[Tool] | None = None) -> None:
+    def __init__(
+        self, hive: Hive, extra_tools: list[Tool] | None = None, limits: McpLimits | None = None
+    ) -> None:
         self.hive = hive
+        self.budget = McpBudget(limits)
+        """Connections and unread answers, bounded per agent and daemon-wide."""
         self.paths = McpPaths(hive.home)
         self.extra_tools = [*THREAD_TOOLS, *(extra_tools or [])]
         self._servers: dict[str, asyncio.Server] = {}
@@ -126,7 +129,7 @@ class McpHub:
 
         async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             task = asyncio.current_task()
-            if task is None or len(mine) >= MAX_SESSIONS:
+            if task is None or not self.budget.connect(agent):
                 writer.close()
                 return
             mine.add(task)
@@ -138,6 +141,7 @@ class McpHub:
             except Exception:  # a broken session must not take the listener with it
                 logger.debug("mcp session of %s ended", agent, exc_info=True)
             finally:
+                self.budget.disconnect(agent)
                 mine.discard(task)
                 self._conns.discard(task)
 
@@ -160,7 +164,7 @@ class McpHub:
         except BaseException:
             writer.close()
             raise
-        await run_session(caller, tools, reader, writer)
+        await run_session(caller, tools, reader, writer, self.budget)
 
     async def close(self, agent: str) -> None:
         """Close ``agent``'s socket (its file goes with it; open sessions end)."""

@@ -18,6 +18,7 @@ from mcp.server.stdio import stdio_server
 from pydantic import BaseModel, ValidationError
 
 from hal9999.errors import HalError
+from hal9999.hive.mcp.budget import McpBudget
 from hal9999.hive.mcp.server import DRAIN_S, MAX_IN_FLIGHT, MAX_VALUES, PARSE_ERROR
 from hal9999.hive.mcp.tools import MAX_ANSWER_CHARS, Caller, Tool
 
@@ -154,13 +155,21 @@ class _Unanswered:
     answer; the SDK ends a connection at the end of its input and answers what is in flight
     with "Connection closed". So the end of input is held back until every request read has
     been answered (or cancelled by the client), for at most :data:`DRAIN_S`. The same count
-    bounds the requests in flight (:meth:`room`): an id sent twice counts twice.
+    bounds the requests in flight (:meth:`room`): an id sent twice counts twice. Each
+    request is also counted in the daemon's :class:`~.budget.McpBudget` (as ``agent``'s)
+    from when it is read until its answer has been drained to the socket.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, budget: McpBudget, agent: str) -> None:
         self.ids: dict[str, int] = {}
         self.count = 0
         self.changed = asyncio.Event()
+        self.budget = budget
+        self.agent = agent
+        self.reserved = 0
+        """Requests counted in the budget and not released yet."""
+        self.sent = 0
+        """Of those, the ones answered: released once the answer is drained."""
 
     @staticmethod
     def _key(value: object) -> str:
@@ -188,7 +197,8 @@ class _Unanswered:
             and message.method == "notifications/cancelled"
             and "requestId" in (message.params or {})
         ):  # never answered: forget it
-            self._done(self._key((message.params or {})["requestId"]))
+            if self._done(self._key((message.params or {})["requestId"])):
+                self.release(1)
         return None
 
     def written(self, text: str) -> None:
@@ -198,15 +208,34 @@ class _Unanswered:
         except ValueError:
             return
         if isinstance(message, dict) and "method" not in message and "id" in message:
-            self._done(self._key(message["id"]))
+            if self._done(self._key(message["id"])):
+                self.sent += 1
 
-    def _done(self, key: str) -> None:
+    def _done(self, key: str) -> bool:
+        """Forget one request of id ``key``; whether there was one."""
         left = self.ids.pop(key, 0)
         if left:
             self.count -= 1
             if left > 1:
                 self.ids[key] = left - 1
         self.changed.set()
+        return bool(left)
+
+    async def reserve(self) -> None:
+        """Count a request read in the budget, once it fits (back-pressure till then)."""
+        await self.budget.reserve(self.agent)
+        self.reserved += 1
+
+    def release(self, requests: int) -> None:
+        """Give back to the budget ``requests`` counted ones (answered, dropped, forgotten)."""
+        requests = min(requests, self.reserved)
+        self.reserved -= requests
+        self.budget.release(self.agent, requests)
+
+    def drained(self) -> None:
+        """The answers written so far have left the daemon (the writer drained)."""
+        self.release(self.sent)
+        self.sent = 0
 
     async def _fewer_than(self, most: int) -> None:
         """Return once fewer than ``most`` requests are unanswered, or after :data:`DRAIN_S`
@@ -218,6 +247,7 @@ class _Unanswered:
                     self.changed.clear()
                     await self.changed.wait()
         except TimeoutError:
+            self.release(self.count)
             self.ids.clear()
             self.count = 0
 
@@ -226,7 +256,7 @@ class _Unanswered:
         if self.count >= MAX_IN_FLIGHT:
             await self._fewer_than(MAX_IN_FLIGHT)
 
-    async def drained(self) -> None:
+    async def answered(self) -> None:
         """Return once every request read has been answered, or after :data:`DRAIN_S`."""
         await self._fewer_than(1)
         await asyncio.sleep(0)  # the writer's flush of the last answer runs first
@@ -251,11 +281,14 @@ class _Lines:
             except (ValueError, ConnectionError):  # a line past MAX_LINE, a reset: hang up
                 raise StopAsyncIteration from None
             if not line:
-                await self.unanswered.drained()  # a half-close still gets its answers
+                await self.unanswered.answered()  # a half-close still gets its answers
                 raise StopAsyncIteration
             text = line.decode("utf-8", "replace")
+            before = self.unanswered.count
             refusals = self.unanswered.read(text)
             if refusals is None:
+                if self.unanswered.count > before:  # a request: past a bound, wait
+                    await self.unanswered.reserve()
                 return text
             try:  # one whole line each (never inside another answer), drained as it goes:
                 for answer in refusals:  # a 4 MiB batch holds ~200,000 ids
@@ -278,6 +311,7 @@ class _Out:
 
     async def flush(self) -> None:
         await self.writer.drain()
+        self.unanswered.drained()
 
 
 async def run_session(
@@ -285,10 +319,12 @@ async def run_session(
     tools: dict[str, Tool],
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
+    budget: McpBudget,
 ) -> None:
-    """Serve one connection as ``caller`` until it ends (the writer is closed at the end)."""
+    """Serve one connection as ``caller`` until it ends (the writer is closed at the end);
+    its requests are counted in ``budget``."""
     server = build_server(caller, tools)
-    unanswered = _Unanswered()
+    unanswered = _Unanswered(budget, caller.agent)
     out = _Out(writer, unanswered)
     lines = _Lines(reader, unanswered, out)
     try:
@@ -300,4 +336,5 @@ async def run_session(
     except (ConnectionError, OSError):
         pass  # the agent CLI went away mid-call
     finally:
+        unanswered.release(unanswered.reserved)
         writer.close()

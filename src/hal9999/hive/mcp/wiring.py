@@ -8,6 +8,7 @@ import dataclasses
 import os
 from typing import TYPE_CHECKING, Any
 
+from hal9999.hive.mcp.budget import McpLimits
 from hal9999.hive.mcp.server import McpHub
 from hal9999.hive.mcp.tools import Hive
 from hal9999.store import TaskRecord
@@ -61,4 +62,11 @@ def hub_for(daemon: Daemon) -> McpHub:
         lifecycle=getattr(daemon, "hive", None),  # the turn loop: the manager's stop/restart
         over_budget=getattr(getattr(daemon, "hive", None), "over_budget", None),
     )
-    return McpHub(hive)
+    s = daemon.hive_settings
+    limits = McpLimits(
+        connections_per_agent=s.mcp_connections_per_agent,
+        connections=s.mcp_connections,
+        answer_bytes_per_agent=s.mcp_answer_bytes_per_agent,
+        answer_bytes=s.mcp_answer_bytes,
+    )
+    return McpHub(hive, limits=limits)
