@@ -4,6 +4,8 @@ for each syscall number of the kernel's headers) and the docker provider's profi
 
 from __future__ import annotations
 
+import errno
+import itertools
 import json
 import re
 import struct
@@ -47,9 +49,9 @@ def _refused_by_default(arch: str) -> set[str]:
     return allowed
 
 
-def _run(program: bytes, arch: int, nr: int) -> int:
-    """What a classic-BPF seccomp program returns for a call with every argument 0."""
-    data = struct.pack("=iIQ6Q", nr, arch, 0, *[0] * 6)
+def _run(program: bytes, arch: int, nr: int, args: tuple[int, ...] = ()) -> int:
+    """What a classic-BPF seccomp program returns for a call with these arguments (0 after)."""
+    data = struct.pack("=iIQ6Q", nr, arch, 0, *args, *[0] * (6 - len(args)))
     insns = [struct.unpack_from("=HBBI", program, at) for at in range(0, len(program), 8)]
     pc, acc = 0, 0
     while True:
@@ -91,3 +93,76 @@ def test_the_docker_profile_refuses_what_the_engines_default_refuses() -> None:
         for name in rule["names"]
     }
     assert sorted(set(numbers) - allowed - CONDITIONAL - refused) == []
+    audit = [
+        {(a["index"], a["value"]) for a in rule["args"]}
+        for rule in json.loads(dockerseccomp.profile())["syscalls"]
+        if rule["names"] == ["socket"] and rule.get("errnoRet") == errno.EINVAL
+    ]
+    assert audit == [{(0, seccomp.AF_NETLINK), (2, seccomp.NETLINK_AUDIT)}]
+
+
+_OPS = {"SCMP_CMP_EQ": int.__eq__, "SCMP_CMP_NE": int.__ne__}
+
+
+def _argument_rules(name: str) -> list[dict]:
+    """The default's rules for ``name`` that hold for a process without capabilities."""
+    return [
+        rule
+        for rule in json.loads(ENGINE_DEFAULT.read_text())["syscalls"]
+        if name in rule["names"]
+        and not (rule.get("includes") or {}).get("caps")
+        and not (rule.get("includes") or {}).get("arches")
+    ]
+
+
+def _engine_verdict(rules: list[dict], args: tuple[int, ...]) -> int:
+    """What the default answers (a matching refusal wins over an allow; else ENOSYS)."""
+    matched = [
+        rule
+        for rule in rules
+        if all(_OPS[a["op"]](args[a["index"]], a["value"]) for a in rule["args"])
+    ]
+    for rule in matched:
+        if rule["action"] == "SCMP_ACT_ERRNO":
+            return seccomp.RET_ERRNO | rule["errnoRet"]
+    if matched:
+        return seccomp.RET_ALLOW
+    return seccomp.RET_ERRNO | errno.ENOSYS
+
+
+def _probes(rules: list[dict], wide: bool) -> list[tuple[int, ...]]:
+    """Argument vectors around every value the rules name: the value, a bit off, 0 and,
+    on a 64-bit ABI, the value with an upper half set."""
+    around: dict[int, set[int]] = {}
+    for rule in rules:
+        for a in rule["args"]:
+            v = a["value"]
+            around.setdefault(a["index"], {0}).update({v, v ^ 1, v ^ 2, v | 0x1000})
+            if wide:
+                around[a["index"]].add(v | 1 << 32)
+    width = max(around) + 1
+    choices = [sorted(around.get(index, {0})) for index in range(width)]
+    return list(itertools.product(*choices))
+
+
+@pytest.mark.parametrize("abi", sorted(ABIS))
+@pytest.mark.parametrize("name", sorted(CONDITIONAL))
+def test_the_bwrap_filter_answers_argument_rules_as_the_engines_default(
+    abi: str, name: str
+) -> None:
+    """``personality`` and ``socket``, which the default allows for some arguments only:
+    what it refuses, the filter refuses with its errno; what it allows still runs (the
+    one place stricter: a socket's ints with a set upper half, which the kernel ignores)."""
+    audit, _, header = ABIS[abi]
+    nr = _numbers(header)[name]
+    rules = _argument_rules(name)
+    program = seccomp.build()
+    wrong = []
+    for args in _probes(rules, wide=abi == "x86_64"):
+        want = _engine_verdict(rules, args)
+        if want == seccomp.RET_ALLOW and name == "socket" and max(args) >> 32:
+            want = _engine_verdict(rules, tuple(a & 0xFFFFFFFF for a in args))
+        got = _run(program, audit, nr, args)
+        if got != want:
+            wrong.append((args, hex(want), hex(got)))
+    assert wrong == []

@@ -7,7 +7,9 @@ namespace; Docker's does not), so hal sends its own: the system calls
 (its flags sit behind a pointer; C libraries fall back to ``clone``), as do the calls the
 engine's own default leaves out (:data:`~hal9999.providers.seccomp.ABSENT`), and the ``TIOCSTI`` and
 ``TIOCLINUX`` ioctls that push keystrokes into a terminal, and ``TIOCSETD`` that picks a
-terminal's line discipline, are refused.
+terminal's line discipline, are refused, as is an audit socket (``EINVAL``, as the engine's
+default answers). ``personality`` is not narrowed here: a deny-list takes one comparison
+per argument and a rule, and the five values the engine allows cannot be written so.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import json
 
 from hal9999.providers.seccomp import (
     ABSENT,
+    AF_NETLINK,
     AUDIT_ARCH_X86_64,
     CLONE_NEWUSER,
     DENIED,
+    NETLINK_AUDIT,
     SYSCALLS,
     TIOCLINUX,
     TIOCSETD,
@@ -55,6 +59,12 @@ def profile() -> str:
         {"names": ["ioctl"], **eperm, "args": [_equal(1, TIOCSTI)]},
         {"names": ["ioctl"], **eperm, "args": [_equal(1, TIOCLINUX)]},
         {"names": ["ioctl"], **eperm, "args": [_equal(1, TIOCSETD)]},
+        {
+            "names": ["socket"],
+            "action": "SCMP_ACT_ERRNO",
+            "errnoRet": errno.EINVAL,
+            "args": [_equal(0, AF_NETLINK), _equal(2, NETLINK_AUDIT)],
+        },
     ]
     return json.dumps(
         {

@@ -10,7 +10,6 @@ whole. Denied calls fail with ``EPERM``, so tools see an ordinary error, not a c
 and C libraries then fall back to ``clone``, whose flags the filter does check.
 """
 
-
 import errno
 import functools
 import platform
@@ -31,6 +30,16 @@ TIOCSETD = 0x5423
 """Sets a terminal's line discipline: on a pty the agent opens (or the pane's), the kernel
 loads on demand (``CONFIG_LDISC_AUTOLOAD``) and runs n_hdlc, n_gsm, hci_uart, slip and
 the like, a surface with a history of local-root bugs; no agent tool sets one."""
+
+PERSONALITIES = (0x0, 0x8, 0x20000, 0x20008)
+"""``personality`` values the engine's default allows (``PER_LINUX``, ``PER_LINUX32``,
+``UNAME26`` and both), plus the query ``0xffffffff``; any other (``ADDR_NO_RANDOMIZE``,
+``READ_IMPLIES_EXEC``...) fails with ENOSYS, as there."""
+PERSONALITY_QUERY = 0xFFFFFFFF
+AF_NETLINK = 16
+NETLINK_AUDIT = 9
+"""``socket(AF_NETLINK, *, NETLINK_AUDIT)`` fails with EINVAL, as the engine's default
+answers a process without ``CAP_AUDIT_WRITE``."""
 
 RET_ALLOW = 0x7FFF0000
 RET_ERRNO = 0x00050000
@@ -92,6 +101,7 @@ SYSCALLS: dict[int, dict[str, int]] = {
         "set_mempolicy_home_node": 450, "quotactl_fd": 443, "_sysctl": 156,
         "create_module": 174, "get_kernel_syms": 177, "afs_syscall": 183, "tuxcall": 184,
         "security": 185, "vserver": 236, "getpmsg": 181, "putpmsg": 182,
+        "personality": 135, "socket": 41,
     },
     AUDIT_ARCH_I386: {
         "keyctl": 288, "add_key": 286, "request_key": 287, "bpf": 357, "perf_event_open": 336,
@@ -114,7 +124,7 @@ SYSCALLS: dict[int, dict[str, int]] = {
         "create_module": 127, "get_kernel_syms": 130, "afs_syscall": 137, "vserver": 273,
         "getpmsg": 188, "putpmsg": 189, "io_pgetevents_time64": 416, "break": 17, "ftime": 35,
         "gtty": 32, "stty": 31, "idle": 112, "lock": 53, "mpx": 56, "prof": 44, "profil": 98,
-        "ulimit": 58,
+        "ulimit": 58, "personality": 136, "socket": 359,
     },
 }  # fmt: skip
 """Syscall numbers per ABI (from the kernel's unistd_64.h / unistd_32.h; they never change)."""
@@ -131,6 +141,10 @@ _NR, _ARCH = 0, 4
 def _arg_low(index: int) -> int:
     # seccomp_data.args[i] is 64-bit at offset 16 + 8i; the low half comes first (little endian).
     return 16 + 8 * index
+
+
+def _arg_high(index: int) -> int:
+    return _arg_low(index) + 4
 
 
 class _Insn(NamedTuple):
@@ -185,6 +199,8 @@ def _arch_section(prog: _Program, arch: int, denied: Iterable[str]) -> None:
     # Nested user namespaces: clone(2) and unshare(2) both take the flags as argument 0.
     prog.add(_JEQ_K, numbers["clone"], "flags0", 0)
     prog.add(_JEQ_K, numbers["unshare"], "flags0", 0)
+    prog.add(_JEQ_K, numbers["personality"], "personality", 0)
+    prog.add(_JEQ_K, numbers["socket"], "socket", 0)
     prog.add(_JEQ_K, numbers["ioctl"], "ioctl", "allow")
 
 
@@ -202,6 +218,22 @@ def build(*, deny_userns: bool = True) -> bytes:
     prog.label("flags0")
     prog.add(_LD_W_ABS, _arg_low(0))
     prog.add(_JSET_K, CLONE_NEWUSER if deny_userns else 0, "eperm", "allow")
+    # personality(2): the engine's five values, compared on all 64 bits as it does (the
+    # kernel reads 32; an i386 caller's upper half is always 0).
+    prog.label("personality")
+    prog.add(_LD_W_ABS, _arg_high(0))
+    prog.add(_JEQ_K, 0, 0, "enosys")
+    prog.add(_LD_W_ABS, _arg_low(0))
+    prog.add(_JEQ_K, PERSONALITY_QUERY, "allow", 0)
+    flags = functools.reduce(int.__or__, PERSONALITIES)
+    prog.add(_JSET_K, ~flags & 0xFFFFFFFF, "enosys", "allow")
+    # socket(2): domain and protocol are ints, so only their low halves count (the engine
+    # compares all 64 bits and lets a set upper half through; this does not).
+    prog.label("socket")
+    prog.add(_LD_W_ABS, _arg_low(0))
+    prog.add(_JEQ_K, AF_NETLINK, 0, "allow")
+    prog.add(_LD_W_ABS, _arg_low(2))
+    prog.add(_JEQ_K, NETLINK_AUDIT, "einval", "allow")
     prog.label("ioctl")
     prog.add(_LD_W_ABS, _arg_low(1))
     prog.add(_JEQ_K, TIOCSTI, "eperm", 0)
@@ -213,6 +245,8 @@ def build(*, deny_userns: bool = True) -> bytes:
     prog.add(_RET_K, RET_ERRNO | errno.EPERM)
     prog.label("enosys")
     prog.add(_RET_K, RET_ERRNO | errno.ENOSYS)
+    prog.label("einval")
+    prog.add(_RET_K, RET_ERRNO | errno.EINVAL)
     return prog.assemble()
 
 
