@@ -70,6 +70,27 @@ async def test_the_file_limit_holds_on_the_host(
                 await sandbox.disk_use()
 
 
+async def test_an_unreadable_directory_hides_nothing_from_the_count(
+    sshd_server: Sshd, hal_home: Path, workspace: Path
+) -> None:
+    # Stop 51: du and find, run as the ssh user, could not enter a directory the agent made
+    # 000 (nor one 300 nor 600), so what it held escaped both limits.
+    provider = ssh_provider(sshd_server, hal_home / "ssh")
+    spec = SandboxSpec(provider="ssh", network="none", workspace=workspace,
+                       resources=Resources(disk_mb=2, disk_files=300))  # fmt: skip
+    async with await provider.create(spec) as sandbox:
+        hide = ("mkdir -p /tmp/hid /home/hal/deep/er /workspace/wx && "
+                "head -c 1500000 /dev/zero > /tmp/hid/a && "
+                "head -c 1500000 /dev/zero > /tmp/hid/b && "
+                "for i in $(seq 1 400); do : > /home/hal/deep/er/f$i; done && "
+                "for i in $(seq 1 50); do : > /workspace/wx/g$i; done && "
+                "chmod 000 /tmp/hid /home/hal/deep/er /home/hal/deep && "
+                "chmod 300 /workspace/wx")  # fmt: skip
+        assert (await sandbox.exec(ShellCommand(script=hide))).ok
+        use = await sandbox.disk_use()
+        assert use.used_bytes >= 3_000_000 and use.used_files >= 450, use
+
+
 def _remote_sleepers(server: Sshd) -> list[str]:
     found = []
     for entry in Path("/proc").iterdir():

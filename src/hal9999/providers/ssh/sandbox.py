@@ -323,12 +323,15 @@ class SshSandbox(MirrorFiles, SandboxHandle):
 
 
 _DISK_USE = (
-    'du -s -x -c -B1 -- "$@" 2>/dev/null | tail -n 1 | { read -r n _ && echo "bytes $n"; }; '
-    'n=$(find "$@" -xdev -printf x 2>/dev/null | wc -c) && echo "files $n"'
+    # As root of a user namespace of the ssh user's own where the host allows one: that root
+    # reads the 000 directories the agent made (it owns them), and nothing the user could not.
+    'u=; unshare --user --map-root-user true 2>/dev/null && u="unshare --user --map-root-user --"; '
+    '$u du -s -x -c -B1 -- "$@" 2>/dev/null | tail -n 1 | { read -r n _ && echo "bytes $n"; }; '
+    'n=$($u find "$@" -xdev -printf x 2>/dev/null | wc -c) && echo "files $n"'
 )
 """The remote half of :meth:`SshSandbox.disk_use`: ``bytes N`` then ``files N`` (each line
 missing when its walk gave no figure); ``find`` prints one ``x`` per name, so no name the
-agent chose reaches the output."""
+agent chose reaches the output. Neither walk follows a link; the paths are the record's."""
 
 
 def _disk_figures(out: bytes) -> tuple[int | None, int | None]:
