@@ -42,13 +42,13 @@ class HiveSettings(BaseModel):
     among the active ones (an agent looping on ``run_task`` filled the host's disk)."""
     mcp_connections_per_agent: int = Field(default=8, ge=1)
     """MCP connections one agent may hold at once (a CLI uses one); one more is closed."""
-    mcp_connections: int = Field(default=512, ge=1)
+    mcp_connections: int = Field(default=4096, ge=1)
     """MCP connections of all agents together; one more is closed."""
     mcp_answer_bytes_per_agent: int = Field(default=16 << 20, ge=1 << 20)
     """Bytes of MCP answers one agent's requests may hold in the daemon until it reads them,
     each request counted as its largest answer (1 MiB) until that answer has left; past it
     the agent's connections read no more requests until it reads (see docs/hive.md)."""
-    mcp_answer_bytes: int = Field(default=256 << 20, ge=1 << 20)
+    mcp_answer_bytes: int = Field(default=2048 << 20, ge=1 << 20)
     """The same for all agents together: the daemon's memory for MCP answers."""
     crash_backoff_s: float = Field(default=2.0, ge=0)
     """First restart delay after a crash; doubles with each crash in the window."""

@@ -27,9 +27,9 @@ class McpLimits(NamedTuple):
     """The bounds of ``[hive]`` (see :class:`~hal9999.hive.settings.HiveSettings`)."""
 
     connections_per_agent: int = 8
-    connections: int = 512
+    connections: int = 4096
     answer_bytes_per_agent: int = 16 * ANSWER_BYTES
-    answer_bytes: int = 256 * ANSWER_BYTES
+    answer_bytes: int = 2048 * ANSWER_BYTES
 
 
 class McpBudget:
