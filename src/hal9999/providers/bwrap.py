@@ -226,7 +226,8 @@ class BwrapSandbox(HostSandbox):
     def keeper_argv(self) -> list[str]:
         """The argv of the sandbox's keeper (see :mod:`keeper`): the sandbox as a command
         would get it, running ``sleep`` (or the uid switch waiting itself, one exec fewer);
-        its pid on fd 3; no seccomp fd, and it outlives its parent."""
+        its pid on fd 3; no seccomp fd, it outlives its parent, and no /proc of its own
+        (:func:`keeper.without_proc`: each command mounts one)."""
         namespaces = namespace_args(
             self._record,
             seccomp_fd=False,
@@ -235,12 +236,13 @@ class BwrapSandbox(HostSandbox):
             die_with_parent=False,
         )
         unset = [a for name in HOST_SESSION_VARS for a in ("--unsetenv", name)]
+        sandbox = keepers.without_proc(self._bwrap_args(namespaces))
         keep = [*self._drop, "sleep", "infinity"]
         with contextlib.suppress(OSError):  # gone meanwhile: made again, or setpriv, later
             if self._drop_file is not None and sandboxuser.waits(self._drop_file):
                 keep = [*self._drop[:2], "--wait"]
         return [
-            self._bwrap, "--new-session", *self._bwrap_args(namespaces), *unset,
+            self._bwrap, "--new-session", *sandbox, *unset,
             "--chdir", "/", "--info-fd", "3", "--", *keep,
         ]  # fmt: skip
 

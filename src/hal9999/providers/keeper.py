@@ -2,9 +2,9 @@
 
 A bwrap command costs a fresh set of namespaces and every mount of the sandbox (~14 binds,
 each followed by a walk of the mount table): about 1.6x a bare ``bwrap true``. While a root
-hal's sandbox waits in the pool, hal starts its *keeper*: the same bwrap sandbox running
-nothing but ``sleep``, or the uid switch waiting itself (as the sandbox's uid, marked as the
-sandbox's, outside its cgroup).
+hal's sandbox waits in the pool, hal starts its *keeper*: the same bwrap sandbox (but for
+its ``/proc``, :func:`without_proc`) running nothing but ``sleep``, or the uid switch
+waiting itself (as the sandbox's uid, marked as the sandbox's, outside its cgroup).
 Each command then enters the keeper's mount, network, IPC and UTS namespaces through the
 static launcher (``hal-launch --enter``, scripts/hal-launch.c) and still gets what bwrap
 gives it: a PID namespace of its own, its own copy of the mounts with a fresh ``/proc``, a
@@ -113,6 +113,28 @@ def binds(argv: Sequence[str]) -> list[tuple[str, str, bool]] | None:
     return out
 
 
+def without_proc(args: Sequence[str]) -> list[str]:
+    """``args`` (a root hal's bwrap options) with ``/proc`` left an empty directory: no
+    ``--proc``, no bind under ``/proc``. A keeper's ``/proc`` is never seen by a command,
+    which mounts a fresh one over it (its host-wide writers bound read-only) before anything
+    of the sandbox runs, and what waits in the keeper reads nothing there; each of those
+    binds costs bwrap a mount, a remount and a read of the whole mount table. ``args``
+    unchanged if it holds an option :func:`binds` does not know."""
+    out: list[str] = []
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        width = 3 if arg in _TWO_VALUES else 2 if arg in _ONE_VALUE else 1
+        if arg not in _TWO_VALUES | _ONE_VALUE | _NO_VALUE:
+            return list(args)
+        if arg == "--proc":
+            out += ["--dir", args[index + 1]]
+        elif not (arg in _BINDS and args[index + 2].startswith("/proc/")):
+            out += args[index : index + width]
+        index += width
+    return out
+
+
 _NO_VALUE = frozenset({
     "--new-session", "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try",
     "--unshare-net", "--die-with-parent",
@@ -121,6 +143,8 @@ _ONE_VALUE = frozenset({
     "--cap-drop", "--cap-add", "--seccomp", "--dir", "--proc", "--dev", "--hostname",
     "--remount-ro", "--unsetenv", "--chdir", "--perms",
 })  # fmt: skip
+_BINDS = frozenset({"--bind", "--ro-bind", "--ro-bind-try"})
+_TWO_VALUES = _BINDS | {"--symlink", "--file"}
 """The options of a root hal's bwrap commands (providers/bwrap.py)."""
 
 
