@@ -116,3 +116,23 @@ def test_a_deep_socket_is_forwarded_through_a_link_in_the_run_directory(tmp_path
         server.accept()[0].close()
     with pytest.raises(OSError, match="too long"):
         linked(path, tmp_path / ("r" * 100))
+
+
+def test_a_rested_task_is_told_to_the_control_socket_of_a_deep_home(tmp_path: Path) -> None:
+    # tell_rested connected control.sock by its path: past sun_path it failed (silently, by
+    # design), and a killed runner's grant lived on until the gateway's next check.
+    from hal9999.gateway.rested import tell_rested
+    from hal9999.unixsock import bound
+
+    home = tmp_path / ("h" * (100 - len(str(tmp_path))))
+    paths = GatewayPaths(home)
+    paths.root.mkdir(parents=True)
+    assert len(str(paths.control)) > 107
+    server = bound(paths.control)
+    server.listen()
+    server.settimeout(10)
+    with server:
+        tell_rested(home, "t-1")
+        peer, _ = server.accept()
+        with peer:
+            assert peer.recv(200) == b'{"op": "rested", "task_id": "t-1"}\n'

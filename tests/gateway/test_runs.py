@@ -18,6 +18,7 @@ from tests.e2e.conftest import KEY_VAR, HalCli, files_containing, git
 from tests.gateway.upstream import StormUpstream
 from tests.ula_host import missing, ula_host
 
+from hal9999.gateway.channel import GatewayPaths
 from hal9999.gateway.egress import MAX_TUNNELS
 from hal9999.gateway.proxy import MAX_CALLS
 
@@ -194,3 +195,28 @@ def test_an_agent_has_a_bounded_number_of_calls_in_flight(
 def _agent_log(home: Path) -> str:
     logs = list((home / "sessions").glob("*/agent.log"))
     return logs[0].read_text(errors="replace") if logs else ""
+
+
+def test_a_deep_home_runs_tasks_in_process_and_served(
+    hal_cli: HalCli, bug_repo: Path, upstream: StormUpstream
+) -> None:
+    # A HAL_HOME of 112 bytes (a home on a network share, a CI workspace): every socket of
+    # its gateway and its daemon is past sun_path's 107. The gateway listened through its
+    # directory's descriptor, but hal pinged control.sock by its path, failed each time, and
+    # said "the LLM gateway did not start" after 60 s (its log empty: nothing had failed).
+    deep = hal_cli.home.parent / ("h" * (112 - len(str(hal_cli.home.parent)) - 1))
+    assert len(str(GatewayPaths(deep).control)) > 107
+    hal_cli.home = deep
+    hal_cli.env["HAL_HOME"] = str(deep)
+    use_caller(hal_cli, bug_repo, upstream)
+    in_process = hal_cli("run", "--agent", "claude", "call", "--json", timeout=120)
+    assert in_process.returncode == 0, in_process.stderr[-800:]
+    assert hal_cli("serve", "--detach").returncode == 0
+    try:
+        served = hal_cli("run", "--agent", "claude", "call", "--json", timeout=120)
+    finally:
+        stopped = hal_cli("serve", "--stop")
+    assert served.returncode == 0 and stopped.returncode == 0, served.stderr[-800:]
+    tasks = json.loads(hal_cli("task", "list", "--json").stdout)
+    assert sorted(t["status"] for t in tasks) == ["succeeded"] * 2
+    assert len(upstream.seen) == 2 * 3  # 3 calls each, all through the gateway

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from hal9999.errors import GatewayError
+from hal9999.gateway.forwarder import connect_unix
 from hal9999.gateway.lock import GATEWAY_DIR, LOCK_FILE
 from hal9999.gateway.rested import CONTROL_SOCK
 
@@ -136,7 +137,10 @@ def forward_port(task_id: str) -> int:
 
 async def _call(paths: GatewayPaths, message: dict[str, Any]) -> dict[str, Any]:
     async with asyncio.timeout(CONTROL_TIMEOUT_S):
-        reader, writer = await asyncio.open_unix_connection(str(paths.control))
+        # connect_unix: a deep HAL_HOME's control.sock is past sun_path's 107 bytes (the
+        # gateway listened, every ping failed, and hal said "did not start" after 60 s).
+        sock = await connect_unix(str(paths.control))
+        reader, writer = await asyncio.open_unix_connection(sock=sock)
         try:
             writer.write(json.dumps(message).encode() + b"\n")
             await writer.drain()

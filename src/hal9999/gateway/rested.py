@@ -13,6 +13,7 @@ import os
 import socket
 
 from hal9999.gateway.lock import GATEWAY_DIR
+from hal9999.unixsock import connect
 
 CONTROL_SOCK = "control.sock"
 """Its host-only control socket, in the gateway's directory."""
@@ -26,5 +27,5 @@ def tell_rested(home: str | os.PathLike[str], task_id: str) -> None:
     line = json.dumps({"op": "rested", "task_id": task_id}) + "\n"
     flags = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
     with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, flags) as sock:
-        sock.connect(os.path.join(home, GATEWAY_DIR, CONTROL_SOCK))
+        connect(sock, os.path.join(home, GATEWAY_DIR, CONTROL_SOCK))  # a deep home's, too
         sock.send(line.encode())
