@@ -143,6 +143,18 @@ def fake_lima(lima_sshd: Sshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 @pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    """A private directory (mode 700) of a short path for the test's unix sockets: under
+    pytest's tmp_path, as deep as a deep TMPDIR or xdist makes it, a socket's path passed
+    ``sun_path``'s 107 bytes and its bind failed. Removed afterwards."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="hal-s-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
 async def ssh_connections_closed() -> AsyncIterator[None]:
     """Close the test's ssh connections in its own event loop before that loop ends."""
     yield

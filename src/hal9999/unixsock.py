@@ -9,8 +9,10 @@ through a link in a private directory of a short path instead: :func:`linked`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import stat
 from pathlib import Path
 
 SUN_PATH = 107
@@ -45,6 +47,18 @@ def connect(sock: socket.socket, path: str | Path) -> None:
         sock.connect(f"/proc/self/fd/{directory}/{name}")
     finally:
         os.close(directory)
+
+
+def private_dir(path: Path) -> Path:
+    """``path``, made (mode 700) or found as this user's own directory that no one else can
+    enter: a short home for sockets in a shared place such as /tmp, where anyone could have
+    made it first and would then replace a socket in it. PermissionError when it is not."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    found = os.lstat(path)
+    if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.geteuid() or found.st_mode & 0o077:
+        raise PermissionError(f"{path} is not a directory of this user's alone (mode 700)")
+    return path
 
 
 def fits(path: str | Path) -> bool:

@@ -125,6 +125,29 @@ def test_long_homes_get_a_short_socket(tmp_path: Path) -> None:
     assert len(str(sock)) < 108 and sock.name.endswith(".sock")
 
 
+@pytest.mark.parametrize("mode", [0o755, 0o777])
+def test_a_long_home_socket_is_never_put_where_others_reach(
+    tmp_path: Path, sock_dir: Path, monkeypatch: pytest.MonkeyPatch, mode: int
+) -> None:
+    # The short directory in /tmp was taken as found (mkdir exist_ok): one made first by
+    # someone else, open to them, let them replace the socket and take the clients' token.
+    import os
+    import tempfile
+
+    from hal9999.errors import HomeError
+
+    monkeypatch.setattr(tempfile, "tempdir", str(sock_dir))
+    short = sock_dir / f"hal9999-{os.getuid()}"
+    short.mkdir()
+    short.chmod(mode)
+    files = DaemonFiles(tmp_path / ("x" * 120))
+    with pytest.raises(HomeError, match="not a directory of this user's alone") as caught:
+        files.socket_path()
+    assert "shorter HAL_HOME" in (caught.value.hint or "")
+    short.chmod(0o700)
+    assert files.socket_path().parent == short
+
+
 async def test_internal_error_names_the_log_file_and_the_task(tmp_path: Path) -> None:
     files = DaemonFiles(tmp_path)
     token = files.ensure_token()

@@ -69,7 +69,8 @@ class DaemonFiles:
         return self.paths.run / "serve.log"
 
     def socket_path(self) -> Path:
-        """The unix socket: under ``run/``, or the temp dir when that path is too long."""
+        """The unix socket: under ``run/``, or this user's private directory in the temp dir
+        when that path is too long (HomeError if someone else holds that directory)."""
         path = self.paths.run / "hal.sock"
         if len(str(path)) <= _MAX_SOCKET_PATH:
             return path
@@ -77,10 +78,20 @@ class DaemonFiles:
         import tempfile  # module, and those three cost it ~8 ms of start-up (issue 16)
         from pathlib import Path
 
+        from hal9999.unixsock import private_dir
+
         digest = hashlib.sha256(str(self.paths.home).encode()).hexdigest()[:16]
         short = Path(tempfile.gettempdir()) / f"hal9999-{os.getuid()}"
-        short.mkdir(mode=0o700, exist_ok=True)
-        return short / f"{digest}.sock"
+        try:
+            if len(str(short / f"{digest}.sock")) > _MAX_SOCKET_PATH:
+                raise OSError(f"so is its place in the temp dir, {short}")
+            return private_dir(short) / f"{digest}.sock"
+        except OSError as exc:
+            raise HomeError(
+                f"the daemon's socket {path} is {len(str(path))} bytes, past the"
+                f" {_MAX_SOCKET_PATH} a unix socket's path may take here, and {exc}",
+                hint=f"use a shorter HAL_HOME, or remove {short} if it is not yours",
+            ) from exc
 
     def ensure_token(self) -> str:
         """The token, created (random, mode 600, atomically) when missing."""
