@@ -186,7 +186,7 @@ def test_the_route_holds_a_reference_never_the_token(tmp_path: Path) -> None:
 
 
 async def test_the_gateway_sends_the_fresh_token_as_bearer_upstream(
-    oauth: FakeOAuth, tmp_path: Path
+    oauth: FakeOAuth, tmp_path: Path, sock_dir: Path
 ) -> None:
     oauth.expires_in = 1
     file = await signed_in(oauth, tmp_path / "home")
@@ -194,7 +194,7 @@ async def test_the_gateway_sends_the_fresh_token_as_bearer_upstream(
     with StormUpstream() as upstream:
         store = Store.open(tmp_path / "home")
         gw = Gateway(store)
-        sock = str(tmp_path / "llm.sock")
+        sock = str(sock_dir / "llm.sock")
         server = await asyncio.start_unix_server(gw.serve_connection, path=sock)
         from hal9999.gateway.channel import Grant
 

@@ -35,11 +35,11 @@ def wait_until(check: object, what: str, timeout: float = 20) -> None:
     pytest.fail(f"timed out waiting for {what}")
 
 
-def attach_screen(hal_env: dict[str, str], task_id: str, tmp_path: Path, want: str) -> str:
+def attach_screen(hal_env: dict[str, str], task_id: str, sock_dir: Path, want: str) -> str:
     """Run ``hal task attach`` in a detached outer tmux and return what its screen shows."""
     tmux = shutil.which("tmux")
     assert tmux is not None
-    outer = [tmux, "-S", str(tmp_path / "outer.sock")]
+    outer = [tmux, "-S", str(sock_dir / "outer.sock")]
     env_args = [
         arg for key in ("HAL_HOME", "XDG_CONFIG_HOME") for arg in ("-e", f"{key}={hal_env[key]}")
     ]
@@ -61,7 +61,7 @@ def attach_screen(hal_env: dict[str, str], task_id: str, tmp_path: Path, want: s
 
 
 def test_kill_9_leaves_agent_attachable_followable_and_resume_adopts_it(
-    hal: Hal, hal_env: dict[str, str], demo_repo: Path, tmp_path: Path
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path, sock_dir: Path
 ) -> None:
     runner = start_hal(hal_env, demo_repo, "run", "--agent", AGENT, "work")
     task = wait_for_status(hal, "running")
@@ -74,7 +74,7 @@ def test_kill_9_leaves_agent_attachable_followable_and_resume_adopts_it(
     assert task["status"] == "interrupted"
 
     # attach opens the live agent's pane.
-    assert "agent-started" in attach_screen(hal_env, task_id, tmp_path, "agent-started")
+    assert "agent-started" in attach_screen(hal_env, task_id, sock_dir, "agent-started")
 
     # logs -f keeps following while the agent lives.
     follower = start_hal(hal_env, demo_repo, "task", "logs", "-f", task_id)

@@ -45,14 +45,14 @@ def test_events_follow_pretty_and_json(hal: Hal) -> None:
     assert all(f"line-{i}" in text for i in range(1, 6))
 
 
-def test_attach_opens_the_live_agent(hal: Hal, hal_env: dict[str, str], tmp_path: Path) -> None:
+def test_attach_opens_the_live_agent(hal: Hal, hal_env: dict[str, str], sock_dir: Path) -> None:
     task_id = start_detached(hal, "sh -c 'echo attached-view; sleep 30'")
     deadline = time.monotonic() + 20
     while tasks_json(hal)[0]["status"] != "running" and time.monotonic() < deadline:
         time.sleep(0.1)
     tmux = shutil.which("tmux")
     assert tmux is not None
-    outer = [tmux, "-S", str(tmp_path / "outer.sock")]
+    outer = [tmux, "-S", str(sock_dir / "outer.sock")]
     env_args = [
         arg for key in ("HAL_HOME", "XDG_CONFIG_HOME") for arg in ("-e", f"{key}={hal_env[key]}")
     ]

@@ -26,10 +26,10 @@ from hal9999.gateway.channel import GatewayPaths
 
 
 async def test_the_gateways_sockets_hold_a_burst_past_asyncios_default_backlog(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sock_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(gateway_server, "STALE_CHECK_S", 3600.0)
-    paths = GatewayPaths(tmp_path / "home")
+    paths = GatewayPaths(sock_dir / "home")  # connected by path below
     paths.root.mkdir(parents=True)
     gateway_server.prepare_channel(paths)
     server = gateway_server.GatewayServer(paths, idle_s=3600.0)
@@ -97,8 +97,8 @@ def _fill(path: str) -> list[socket.socket]:
 
 
 @pytest.mark.parametrize("kind", ["py", "pl"])
-def test_the_forwarder_waits_for_room_in_a_full_backlog(tmp_path: Path, kind: str) -> None:
-    path = str(tmp_path / "llm.sock")
+def test_the_forwarder_waits_for_room_in_a_full_backlog(sock_dir: Path, kind: str) -> None:
+    path = str(sock_dir / "llm.sock")
     with socket.socket(socket.AF_UNIX) as gateway, _forwarder(kind, path) as port:
         gateway.bind(path)
         gateway.listen(0)
@@ -135,9 +135,9 @@ def test_the_forwarder_waits_for_room_in_a_full_backlog(tmp_path: Path, kind: st
 
 @pytest.mark.parametrize("kind", ["py", "pl"])
 def test_the_forwarder_answers_503_when_the_gateway_cannot_be_reached(
-    tmp_path: Path, kind: str
+    sock_dir: Path, kind: str
 ) -> None:
-    path = str(tmp_path / "llm.sock")  # nothing listens there (a gateway restarting)
+    path = str(sock_dir / "llm.sock")  # nothing listens there (a gateway restarting)
     with _forwarder(kind, path) as port, _connect(port) as client:
         client.settimeout(30)
         client.sendall(b"POST /v1/messages HTTP/1.1\r\nhost: gw\r\ncontent-length: 2\r\n\r\n{}")
@@ -148,10 +148,10 @@ def test_the_forwarder_answers_503_when_the_gateway_cannot_be_reached(
 
 
 async def test_the_forwarder_gives_up_on_a_backlog_full_past_its_bound(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sock_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(forwarder, "CONNECT_S", 0.3)
-    path = str(tmp_path / "llm.sock")
+    path = str(sock_dir / "llm.sock")
     with socket.socket(socket.AF_UNIX) as gateway:
         gateway.bind(path)
         gateway.listen(0)

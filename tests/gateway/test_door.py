@@ -170,7 +170,7 @@ os._exit(0)
 
 
 def test_a_connection_whose_connecting_process_exited_is_not_its_uids_peer(
-    tmp_path: Path,
+    sock_dir: Path,
 ) -> None:
     """A sandbox process that connects, forks a child to hold the socket and exits has no pid
     namespace to read: it was keyed by its uid, the peer every forwarded sandbox (qemu,
@@ -183,7 +183,7 @@ def test_a_connection_whose_connecting_process_exited_is_not_its_uids_peer(
         pytest.skip("needs unshare(1)")
     if tuple(int(n) for n in re.findall(r"\d+", os.uname().release)[:2]) < (6, 5):
         pytest.skip("SO_PEERPIDFD is Linux 6.5")
-    path = str(tmp_path / "door.sock")
+    path = str(sock_dir / "door.sock")
     flags = ["--pid", "--fork", "--kill-child"]
     if os.geteuid() != 0:
         flags += ["--user", "--map-root-user"]

@@ -62,10 +62,10 @@ def ula() -> Iterator[UlaHost]:
 
 
 @pytest.fixture
-async def egress(tmp_path: Path) -> AsyncIterator[tuple[Gateway, str]]:
+async def egress(tmp_path: Path, sock_dir: Path) -> AsyncIterator[tuple[Gateway, str]]:
     store = Store.open(tmp_path / "home")
     gateway = Gateway(store)
-    sock = str(tmp_path / "egress.sock")
+    sock = str(sock_dir / "egress.sock")
     server = await asyncio.start_unix_server(EgressProxy(gateway).serve_connection, path=sock)
     async with server:
         yield gateway, sock

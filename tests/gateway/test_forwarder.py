@@ -20,9 +20,9 @@ RUNNERS = {"py": [sys.executable, "-I", "-S"], "pl": ["perl"]}
 
 @pytest.mark.parametrize("kind", ["py", "pl"])
 def test_forwarder_carries_bytes_both_ways_and_ends_with_its_launcher(
-    tmp_path: Path, kind: str
+    sock_dir: Path, kind: str
 ) -> None:
-    path = str(tmp_path / "llm.sock")
+    path = str(sock_dir / "llm.sock")
     with socket.socket(socket.AF_UNIX) as server:
         server.bind(path)
         server.listen()

@@ -185,11 +185,11 @@ async def serving(home: Path, sock: str) -> AsyncIterator[Gateway]:
 
 
 async def test_spend_the_store_refused_survives_a_restart_and_its_task_stays_refused(
-    tmp_path: Path, upstream: StormUpstream, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, sock_dir: Path, upstream: StormUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The refused rows lived only in the gateway's memory: a restart forgot them, so the
     # task was served again and its spend (and budget) never counted that call.
-    home, sock = tmp_path / "home", str(tmp_path / "llm.sock")
+    home, sock = tmp_path / "home", str(sock_dir / "llm.sock")
     kept = home / "gateway" / "unrecorded.jsonl"
     store_state = break_the_store(monkeypatch)
     grant = grant_for(upstream, "t1", max_tokens=40)  # 23 tokens a call

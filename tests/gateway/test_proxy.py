@@ -29,10 +29,10 @@ def upstream() -> Iterator[StormUpstream]:
 
 
 @pytest.fixture
-async def gateway(tmp_path: Path) -> AsyncIterator[tuple[Gateway, str]]:
+async def gateway(tmp_path: Path, sock_dir: Path) -> AsyncIterator[tuple[Gateway, str]]:
     store = Store.open(tmp_path / "home")
     gw = Gateway(store)
-    sock = str(tmp_path / "llm.sock")
+    sock = str(sock_dir / "llm.sock")
     server = await asyncio.start_unix_server(gw.serve_connection, path=sock)
     async with server:
         yield gw, sock

@@ -15,6 +15,7 @@ import pytest
 from tests.gateway.upstream import StormUpstream
 
 from hal9999.gateway.channel import GatewayPaths, Grant, new_token, register, unregister
+from hal9999.gateway.forwarder import connect_unix
 from hal9999.store import Store
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -28,8 +29,9 @@ def upstream() -> Iterator[StormUpstream]:
 
 
 async def gateway_pid(paths: GatewayPaths) -> int:
-    """The running gateway's pid, from its control socket."""
-    reader, writer = await asyncio.open_unix_connection(str(paths.control))
+    """The running gateway's pid, from its control socket (of any depth: a test's home)."""
+    sock = await connect_unix(str(paths.control))
+    reader, writer = await asyncio.open_unix_connection(sock=sock)
     writer.write(b'{"op": "ping"}\n')
     answer = json.loads(await reader.readline())
     writer.close()
@@ -45,10 +47,10 @@ async def call(paths: GatewayPaths, token: str) -> int:
 
 
 async def test_a_killed_gateway_loses_no_spend(
-    tmp_path: Path, upstream: StormUpstream, monkeypatch: pytest.MonkeyPatch
+    sock_dir: Path, upstream: StormUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HAL_GATEWAY_IDLE_S", "2")
-    paths = GatewayPaths(tmp_path / "home")
+    paths = GatewayPaths(sock_dir / "home")  # llm.sock is called by its path below
     # Each call costs 23 tokens: two fit under 50, the third still starts (46 < 50), the
     # fourth is refused.
     grant = Grant(task_id="t-budget", token=new_token(), upstream=upstream.url, key=KEY,

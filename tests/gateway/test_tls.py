@@ -46,10 +46,12 @@ def tls_upstream(certificate: tuple[Path, Path]) -> Iterator[StormUpstream]:
 
 
 @pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[tuple[Gateway, httpx.AsyncClient]]:
+async def served(
+    tmp_path: Path, sock_dir: Path
+) -> AsyncIterator[tuple[Gateway, httpx.AsyncClient]]:
     store = Store.open(tmp_path / "home")
     gateway = Gateway(store)
-    sock = str(tmp_path / "llm.sock")
+    sock = str(sock_dir / "llm.sock")
     server = await asyncio.start_unix_server(gateway.serve_connection, path=sock)
     transport = httpx.AsyncHTTPTransport(uds=sock)
     async with server, httpx.AsyncClient(transport=transport, base_url="http://gw") as http:

@@ -27,12 +27,14 @@ def upstream() -> Iterator[StormUpstream]:
 
 
 @pytest.fixture
-async def served(tmp_path: Path, upstream: StormUpstream) -> AsyncIterator[tuple[str, str]]:
+async def served(
+    tmp_path: Path, sock_dir: Path, upstream: StormUpstream
+) -> AsyncIterator[tuple[str, str]]:
     store = Store.open(tmp_path / "home")
     gateway = Gateway(store)
     grant = Grant(task_id="t1", token=new_token(), upstream=upstream.url, key=KEY)
     gateway.register(grant)
-    sock = str(tmp_path / "llm.sock")
+    sock = str(sock_dir / "llm.sock")
     server = await asyncio.start_unix_server(gateway.serve_connection, path=sock)
     async with server:
         yield sock, grant.token

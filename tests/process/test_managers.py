@@ -145,7 +145,9 @@ async def test_missing_program_reports_127(
 
 
 @pytest.mark.tmux
-async def test_tmux_process_outlives_its_starter_and_can_be_attached(tmp_path: Path) -> None:
+async def test_tmux_process_outlives_its_starter_and_can_be_attached(
+    tmp_path: Path, sock_dir: Path
+) -> None:
     """A separate process starts the agent and exits; the pane lives on and shows output."""
     spec_dir = tmp_path / "run"
     starter = f"""
@@ -180,7 +182,7 @@ asyncio.run(main())
         attach = manager.attach_command(spec)
         assert attach is not None and "attach-session" in attach
         # Attach for real from an outer tmux session and read the screen.
-        outer = [attach[0], "-S", str(tmp_path / "outer.sock")]
+        outer = [attach[0], "-S", str(sock_dir / "outer.sock")]
         subprocess.run([*outer, "new-session", "-d", "-x", "120", "-y", "20", *attach], check=True)
         screen = ""
         deadline = time.monotonic() + 10

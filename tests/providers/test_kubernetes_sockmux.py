@@ -215,11 +215,11 @@ async def test_without_python_in_the_image_one_line_and_the_agent_runs_on(
     assert os.path.exists(echo_dir / "echo.sock")
 
 
-async def test_a_host_socket_with_a_full_backlog_is_waited_for_not_lost(tmp_path: Path) -> None:
+async def test_a_host_socket_with_a_full_backlog_is_waited_for_not_lost(sock_dir: Path) -> None:
     # A unix connect past a full backlog fails at once (EAGAIN); asyncio's connect took it
     # for one in progress, and the pod's connection got an unconnected socket: its bytes
     # went nowhere and it was closed. Now the mux waits (bounded) for room.
-    path = str(tmp_path / "llm.sock")
+    path = str(sock_dir / "llm.sock")
     with socket.socket(socket.AF_UNIX) as server:
         server.bind(path)
         server.listen(0)

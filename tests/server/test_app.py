@@ -56,10 +56,11 @@ def test_every_route_is_in_a_valid_openapi_document() -> None:
 
 async def test_openapi_is_served_behind_the_token_and_the_socket_is_private(
     tmp_path: Path,
+    sock_dir: Path,
 ) -> None:
     router = daemon_router()
     server = HalServer(build_app(ServerContext(home=tmp_path, token="tok"), router))
-    sock = str(tmp_path / "api.sock")
+    sock = str(sock_dir / "api.sock")
     await server.listen_unix(sock)
     try:
         assert stat.S_IMODE(Path(sock).stat().st_mode) == 0o600
@@ -87,11 +88,11 @@ async def test_openapi_is_served_behind_the_token_and_the_socket_is_private(
         await server.close()
 
 
-async def test_the_unix_socket_serves_the_api_alone(tmp_path: Path) -> None:
+async def test_the_unix_socket_serves_the_api_alone(tmp_path: Path, sock_dir: Path) -> None:
     router = daemon_router()
     ctx = ServerContext(home=tmp_path, token="tok")
     server = HalServer(build_app(ctx, router))  # TCP: API + dashboard
-    sock = str(tmp_path / "api.sock")
+    sock = str(sock_dir / "api.sock")
     await server.listen_unix(sock, build_app(ctx, router, dashboard=False))
     port = await server.listen_tcp()
     request = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n\r\n" % port
@@ -112,7 +113,7 @@ async def test_the_unix_socket_serves_the_api_alone(tmp_path: Path) -> None:
 
 
 async def test_the_openapi_document_is_built_at_its_first_request_not_with_the_app(
-    tmp_path: Path, monkeypatch: Any
+    tmp_path: Path, sock_dir: Path, monkeypatch: Any
 ) -> None:
     """Each daemon built it at its start (~60-100 ms of CPU), for a document few clients
     fetch (issue 16, stop 43): now the first request builds it, once."""
@@ -129,7 +130,7 @@ async def test_the_openapi_document_is_built_at_its_first_request_not_with_the_a
     router = daemon_router()
     server = HalServer(build_app(ServerContext(home=tmp_path, token="tok"), router))
     assert built == []
-    sock = str(tmp_path / "api.sock")
+    sock = str(sock_dir / "api.sock")
     await server.listen_unix(sock)
     try:
         client = DaemonClient(DaemonInfo(1, sock, 0, 0.0), "tok")

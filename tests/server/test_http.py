@@ -169,7 +169,7 @@ async def test_internal_error_names_the_log_file_and_the_task(tmp_path: Path) ->
     await server.close()
 
 
-def test_the_blocking_client_reads_a_response_however_it_arrives(tmp_path: Path) -> None:
+def test_the_blocking_client_reads_a_response_however_it_arrives(sock_dir: Path) -> None:
     # The thin client's reader (on the C socket module, no makefile): headers and body in
     # pieces, a body past one read, a response cut short, the JSON errors mapped back.
     import socket
@@ -186,7 +186,7 @@ def test_the_blocking_client_reads_a_response_however_it_arrives(tmp_path: Path)
         [b"HTTP/1.1 200 OK\r\ncontent-length: 20\r\n\r\n{}"],
         [b"HTTP/1.1 200 OK\r\ncontent-"],
     ]
-    sock = str(tmp_path / "s.sock")
+    sock = str(sock_dir / "s.sock")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(sock)
     listener.listen()

@@ -48,7 +48,7 @@ def http_server(r: Router, token: str, *, log_file: str | None = None, **limits:
 
 @pytest.fixture(params=["tcp", "unix"])
 async def serve(
-    request: pytest.FixtureRequest, tmp_path: Path
+    request: pytest.FixtureRequest, sock_dir: Path
 ) -> AsyncIterator[Callable[..., Awaitable[Connect]]]:
     servers: list[HalServer] = []
 
@@ -58,7 +58,7 @@ async def serve(
         if request.param == "tcp":
             port = await server.listen_tcp()
             return lambda: asyncio.open_connection("127.0.0.1", port)
-        path = str(tmp_path / "api.sock")
+        path = str(sock_dir / "api.sock")
         await server.listen_unix(path)
         return lambda: asyncio.open_unix_connection(path)
 
@@ -175,11 +175,11 @@ async def test_connections_without_the_token_are_few_and_short(
 
 
 async def test_a_flood_on_the_tcp_port_does_not_lock_the_owner_out_of_the_unix_socket(
-    tmp_path: Path,
+    sock_dir: Path,
 ) -> None:
     server = http_server(router(), TOKEN, max_unauthenticated=3, head_timeout_s=5.0)
     port = await server.listen_tcp()
-    path = str(tmp_path / "api.sock")
+    path = str(sock_dir / "api.sock")
     await server.listen_unix(path)
     flood = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
     try:
