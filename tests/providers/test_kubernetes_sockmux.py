@@ -112,9 +112,9 @@ async def test_the_host_opens_only_its_own_sockets_and_bounds_the_pod() -> None:
 
 
 @pytest.fixture
-def echo_dir(tmp_path: Path) -> Iterator[Path]:
+def echo_dir(sock_dir: Path) -> Iterator[Path]:
     """A directory with an echo server's unix socket (answers "echo:" + all it read)."""
-    where = tmp_path / "chan"
+    where = sock_dir / "chan"
     where.mkdir()
     server = socket.socket(socket.AF_UNIX)
     server.bind(str(where / "echo.sock"))
