@@ -37,6 +37,7 @@ from hal9999.process.caplog import beside
 from hal9999.process.launch import run_host, supervised
 from hal9999.providers.base import Sandbox
 from hal9999.spec import ProcessSpec
+from hal9999.unixsock import private_dir
 
 MIN_UPTIME_MS = 100 * 365 * 24 * 3600 * 1000
 """PM2's ``min_uptime`` for an ``on-failure`` app: a century, longer than any run. PM2 counts
@@ -61,6 +62,11 @@ def default_home() -> Path:
     override = absolute_dir(os.environ, "HAL_PM2_HOME")
     if override:
         return Path(override)
+    return shared_home()
+
+
+def shared_home() -> Path:
+    """The default PM2 home, in the shared temporary directory."""
     return Path(tempfile.gettempdir()) / f"hal9999-pm2-{os.getuid()}"
 
 
@@ -83,10 +89,25 @@ class Pm2ProcessManager:
         # The daemon starts from the first command's environment: nothing of hal's own.
         return {"PM2_HOME": str(self.home), "HOME": str(self.home), "PATH": os.environ["PATH"]}
 
+    def _make_home(self) -> None:
+        """The PM2 home, made (mode 700). The default is in ``/tmp``, where whoever made it
+        first could replace PM2's sockets and run anything as this user, so there it must
+        be this user's alone."""
+        if self.home != shared_home():
+            self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+            return
+        try:
+            private_dir(self.home)
+        except PermissionError as refused:
+            raise ProcessError(
+                f"{refused}: hal does not run PM2 where others can replace its sockets",
+                hint="remove it (another user made it) or set HAL_PM2_HOME to a directory of yours",
+            ) from None
+
     async def _run(self, *args: str, check: bool = True) -> tuple[int, str]:
         if self._pm2 is None:
             raise ProcessError("PM2 is not installed", hint="bash scripts/install-pm2.sh")
-        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._make_home()
         status, out = await run_host([self._pm2, *args], env=self._env(), check=False)
         if check and status != 0:
             lines = [line for line in out.splitlines() if line.strip()]

@@ -145,7 +145,7 @@ async def share_server(runtime_dir: Path) -> Path | None:
 
 async def _start_shared(tmux: str, socket: Path, fifo: Path, *, check: bool = True) -> None:
     """The shared server at ``socket``, started or found, with a holder reading ``fifo``."""
-    _SOCKET_DIR.mkdir(mode=0o700, exist_ok=True)
+    tmuxearly.own_socket_dir()
     no_utmp = trusted_program(NO_UTMP_BUILT)
     # The global environment, every pane's base, holds nothing of hal's (the server
     # loads the no-utmp library, the pane does not).
@@ -280,7 +280,7 @@ class TmuxProcessManager:
         if pane is None:
             return False
         socket = self.socket(spec)
-        _SOCKET_DIR.mkdir(mode=0o700, exist_ok=True)
+        tmuxearly.own_socket_dir()
         socket.unlink(missing_ok=True)
         os.symlink(shared[0], socket)  # first: a session is never out of reach of its run
         self._own.note(socket)
@@ -382,7 +382,7 @@ class TmuxProcessManager:
         if shared is not None:
             await self._open_shared(spec, launch, shared[0])
             return
-        _SOCKET_DIR.mkdir(mode=0o700, exist_ok=True)
+        tmuxearly.own_socket_dir()
         server_env = dict(launch.env)
         server_env.setdefault("TERM", "xterm-256color")
         preload = self._no_utmp is not None and "LD_PRELOAD" not in server_env
@@ -396,7 +396,7 @@ class TmuxProcessManager:
     async def _open_shared(self, spec: ProcessSpec, launch: Launch, shared: Path) -> None:
         """``spec``'s session on the daemon's shared server, its socket linked to it."""
         socket = self.socket(spec)
-        _SOCKET_DIR.mkdir(mode=0o700, exist_ok=True)
+        tmuxearly.own_socket_dir()
         socket.unlink(missing_ok=True)
         os.symlink(shared, socket)  # first: a session is never out of reach of its run
         self._own.note(socket)

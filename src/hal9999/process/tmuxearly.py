@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from pathlib import Path
 from typing import Any
 
 from hal9999.hostchild import HostChild
@@ -40,6 +41,30 @@ from hal9999.process.supervisorargv import SUPERVISOR
 SOCKET_DIR = os.path.join(tempfile.gettempdir(), f"hal9999-tmux-{os.getuid()}")
 """The per-user directory of hal's tmux sockets (Unix socket paths are limited to 107 bytes,
 so they live in a short one)."""
+
+
+def socket_dir() -> str:
+    """:data:`SOCKET_DIR`, made (mode 700) or found as this user's alone. It is in a shared
+    place (``/tmp``): whoever made it first could replace hal's sockets in it and take the
+    panes of every agent, so one that is not is refused (``PermissionError``)."""
+    from hal9999.unixsock import private_dir  # here: the early start must stay light
+
+    return str(private_dir(Path(SOCKET_DIR)))
+
+
+def own_socket_dir() -> None:
+    """:func:`socket_dir`, with a refusal as hal's one-line error and its fix."""
+    try:
+        socket_dir()
+    except PermissionError as refused:
+        from hal9999.errors import ProcessError
+
+        raise ProcessError(
+            f"{refused}: hal does not put tmux's sockets where others can replace them",
+            hint=f"remove {SOCKET_DIR} (another user made it) or set TMPDIR to a dir of yours",
+        ) from None
+
+
 NO_UTMP_BUILT = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))),
     "build",
@@ -149,8 +174,10 @@ def open_early(tmux: str, no_utmp: str | None) -> None:
     global _early
     if _early is not None:
         return
-    with contextlib.suppress(OSError):
-        os.mkdir(SOCKET_DIR, 0o700)
+    try:
+        socket_dir()
+    except (OSError, ValueError):
+        return
     key = f"{_PREFIX}{os.getpid()}-{os.urandom(4).hex()}"
     socket = os.path.join(SOCKET_DIR, key)
     fifo = f"{socket}.fifo"

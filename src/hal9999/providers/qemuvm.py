@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from hal9999.envvars import absolute_dir
 from hal9999.errors import ProviderError, ProviderUnavailable
+from hal9999.unixsock import private_dir
 
 QEMU = "qemu-system-x86_64"
 QEMU_IMG = "qemu-img"
@@ -118,11 +119,26 @@ class RunDir:
         return self.path / f"exec{index}"
 
 
+SHARED_RUN_ROOT = "/tmp/hal9999-qemu-{uid}"
+"""The default of :func:`run_root`, in the shared ``/tmp`` (a short path: sockets)."""
+
+
 def run_root() -> Path:
-    """Where every VM's run directory lives (mode 700)."""
-    root = Path(absolute_dir(os.environ, "HAL_QEMU_RUN_DIR") or f"/tmp/hal9999-qemu-{os.getuid()}")
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return root
+    """Where every VM's run directory lives (mode 700). The default is in ``/tmp``, where
+    whoever made it first could replace a VM's sockets (its monitor, its exec ports), so
+    there it must be this user's alone."""
+    chosen = absolute_dir(os.environ, "HAL_QEMU_RUN_DIR")
+    if chosen:
+        root = Path(chosen)
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return root
+    try:
+        return private_dir(Path(SHARED_RUN_ROOT.format(uid=os.getuid())))
+    except PermissionError as refused:
+        raise ProviderError(
+            f"{refused}: hal does not put VMs' sockets where others can replace them",
+            hint="remove it (another user made it) or set HAL_QEMU_RUN_DIR to a directory of yours",
+        ) from None
 
 
 def opt(value: object) -> str:
