@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import re
 import shutil
-import time
 from asyncio.subprocess import Process
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from hal9999.errors import RepoError
 from hal9999.procs import kill_group_until_gone
 from hal9999.tasks.collect import RESULT_LIMIT
 from hal9999.tasks.gitrepo import _GIT_SAFE, bounded, git
-from hal9999.tasks.partialpack import drop_partial_packs
+from hal9999.tasks.partialpack import Mark, drop_partial_packs
 
 # Fetch from a bundle file only: no transport helpers, no remote protocols (a bundle is read
 # through the "file" transport), and every received object checked.
@@ -154,8 +153,8 @@ async def fetch_verified(
     # Before the fetch: after it, the source has the objects, and index-pack compares each
     # with its copy there (twice the time).
     await check_objects(repo, bundle, session_root, safe, env)
-    # Into the source itself (no quarantine's env): a fetch that fails must leave no partial
-    # pack there (a quarantine's goes with it).
+    # Into the source itself (no quarantine's env): a fetch that fails, or a hal killed
+    # during it, must leave no partial pack there (a quarantine's goes with it).
     writes = _no_partial_pack(repo) if env is None else contextlib.nullcontext()
     async with writes:
         await _fetch(repo, bundle, branch, incoming, safe, env)
@@ -189,16 +188,19 @@ async def _fetch(
 
 @contextlib.asynccontextmanager
 async def _no_partial_pack(repo: Path, objects: Path | None = None) -> AsyncIterator[None]:
-    """Around a host git that writes a pack into the source's object directory (``objects``,
-    found only if it fails): if it fails or is cancelled, the partial pack it left is removed
+    """Around a host git that writes a pack into the source's object directory ``objects``:
+    what writes of hals killed before left there is removed first, this write is marked while
+    it runs, and if it fails or is cancelled, the partial pack it left is removed
     (:mod:`hal9999.tasks.partialpack`)."""
-    began = time.time()
+    where = objects or await _objects_dir(repo)
+    mark = await asyncio.to_thread(Mark, where)
     try:
         yield
     except BaseException:
-        where = objects or await _objects_dir(repo)
-        await asyncio.to_thread(drop_partial_packs, where / "pack", began)
+        await asyncio.to_thread(drop_partial_packs, where / "pack", mark.began)
         raise
+    finally:
+        mark.end()
 
 
 CHECKED = "incoming-check"
