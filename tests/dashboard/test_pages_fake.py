@@ -450,3 +450,25 @@ def test_a_flood_of_usage_events_reads_each_task_a_bounded_number_of_times(
     quiet(api)
     reads = [c for c in api.calls[before:] if c[:2] == ("GET", "/v1/tasks/t1")]
     assert 1 <= len(reads) <= 50, len(reads)
+
+
+@pytest.mark.parametrize(
+    ("fields", "said"),
+    [
+        ({"status": "failed", "branch_made": False},
+         "none: no branch was made (the task ended before its work was brought back)"),
+        ({"status": "running", "branch_made": False},
+         "none yet (hal/t1 is made when the task's work is brought back)"),
+        ({"status": "succeeded", "branch_made": True}, "hal/t1"),
+    ],
+)  # fmt: skip
+def test_the_task_page_names_the_branch_only_once_it_was_made(
+    browser: Any, fake_dashboard: Dashboard, fields: dict[str, Any], said: str
+) -> None:
+    served, api, home = fake_dashboard
+    api.add_task(task("t1", **fields))
+    page = open_logged_in(browser, served, home)
+    page.goto(served.base + "/tasks/t1")
+    page.wait_for_selector("#live-state[data-state='live']")
+    facts = page.locator("dt").all_inner_texts()
+    assert page.locator("dd").all_inner_texts()[facts.index("branch")] == said

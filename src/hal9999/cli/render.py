@@ -70,5 +70,7 @@ def event_line(event: Event) -> str | None:
 
 
 def task_json(task: TaskRecord) -> dict[str, Any]:
-    """The JSON form of a task for ``--json``."""
-    return task.model_dump(mode="json")
+    """The JSON form of a task for ``--json``: its record's fields and ``branch_made``."""
+    from hal9999.cli.task_doc import with_branch_made
+
+    return with_branch_made(task.model_dump(mode="json"))

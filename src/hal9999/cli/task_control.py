@@ -49,9 +49,9 @@ def ask(
     record: TaskRecord
     client = a.daemon()
     if client is not None:
-        from hal9999.store import TaskRecord
+        from hal9999.server.client import task_record
 
-        record = TaskRecord.model_validate(client.request(method, path))
+        record = task_record(client.request(method, path))
     elif local is not None:
         record = local(a)
     else:

@@ -48,6 +48,15 @@ LIMIT_MAX = 1_000_000
 """The largest ``--limit`` (``click.IntRange(1, 1_000_000)``)."""
 
 
+def with_branch_made(doc: dict[str, Any]) -> dict[str, Any]:
+    """A task's JSON (its record's fields) with ``branch_made`` added, after them: every
+    surface's ``--json`` and the API's task carry it."""
+    from hal9999.cli.task_table import branch_made
+
+    doc["branch_made"] = branch_made(doc["repo_kind"], doc["session_dir"])
+    return doc
+
+
 class Unsure(Exception):
     """A row the thin path cannot vouch for: the full path answers."""
 
@@ -101,7 +110,7 @@ def task_doc(names: Sequence[str], values: Sequence[Any]) -> dict[str, Any]:
     if len(names) != len(FIELDS) or _NAMES.difference(names):
         raise Unsure  # another schema: the model refuses (or fills) what it does not know
     row = dict(zip(names, values, strict=True))
-    return {name: _value(kind, row[name]) for name, kind in FIELDS}
+    return with_branch_made({name: _value(kind, row[name]) for name, kind in FIELDS})
 
 
 def _value(kind: int, value: Any) -> Any:

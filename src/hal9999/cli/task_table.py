@@ -153,6 +153,14 @@ BRANCH_MARKS = {"local": "run/brought-back.json", "url": "result.bundle"}
 """Per kind of source, the session file that exists once the task's branch was made:
 ``Session.brought_back`` (a local source's branch moved, its record fsynced with the
 status) and ``Session.bundle`` (a URL source's branch); a test keeps them equal."""
+
+
+def branch_made(repo_kind: str, session_dir: str) -> bool:
+    """Whether the task's branch (its ``branch``, the name it uses) was made."""
+    mark = BRANCH_MARKS.get(repo_kind)
+    return mark is not None and os.path.exists(os.path.join(session_dir, mark))
+
+
 _ENDED = {"succeeded": "succeeded", "failed": "failed", "cancelled": "was cancelled",
           "timed_out": "timed out"}  # fmt: skip
 """The states a run ends in for good (``tasks.state``: no resume brings it back), as said."""
@@ -160,8 +168,7 @@ _ENDED = {"succeeded": "succeeded", "failed": "failed", "cancelled": "was cancel
 
 def branch_shown(task: TaskSummary) -> str:
     """The summary's branch: its name only once it was made; else that none was, and why."""
-    mark = BRANCH_MARKS.get(task.repo_kind)
-    if mark is not None and os.path.exists(os.path.join(task.session_dir, mark)):
+    if branch_made(task.repo_kind, task.session_dir):
         return task.branch
     if task.status not in _ENDED:
         return f"none yet ({task.branch} is made when the task's work is brought back)"

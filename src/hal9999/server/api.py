@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from hal9999.cli.task_doc import with_branch_made
 from hal9999.config import HalConfig
 from hal9999.config_origin import with_origin
 from hal9999.errors import ConfigError
@@ -74,8 +75,8 @@ EXEC_BODY = {
 
 
 def task_json(task: TaskRecord) -> dict[str, Any]:
-    """A task as the API returns it."""
-    return task.model_dump(mode="json")
+    """A task as the API returns it: its record's fields and ``branch_made``."""
+    return with_branch_made(task.model_dump(mode="json"))
 
 
 def _env(body: dict[str, Any]) -> dict[str, str]:

@@ -352,9 +352,13 @@ def run_body(request: RunRequest, env: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def _record(data: Any) -> TaskRecord:
+def task_record(data: Any) -> TaskRecord:
+    """The record of a task the API answered."""
     from hal9999.store import TaskRecord
 
+    # The API's task is the record and whether its branch was made (read from the session).
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k != "branch_made"}
     return TaskRecord.model_validate(data)
 
 
@@ -369,7 +373,7 @@ class DaemonTaskAPI:
     async def create(self, request: RunRequest) -> TaskRecord:
         """Queue the task with the daemon (with this shell's secrets and settings)."""
         body = run_body(request, client_secrets(self.config, request, self.environ))
-        return _record(await self.client.call("POST", "/v1/tasks", body))
+        return task_record(await self.client.call("POST", "/v1/tasks", body))
 
     async def run(
         self,
@@ -412,22 +416,22 @@ class DaemonTaskAPI:
 
     async def get(self, task_id: str) -> TaskRecord:
         """One task."""
-        return _record(await self.client.call("GET", f"/v1/tasks/{task_id}"))
+        return task_record(await self.client.call("GET", f"/v1/tasks/{task_id}"))
 
     async def list(
         self, *, status: list[str] | None = None, limit: int | None = None
     ) -> list[TaskRecord]:
         """Tasks, newest first."""
         query = {"status": ",".join(status) if status else None, "limit": limit}
-        return [_record(t) for t in await self.client.call("GET", "/v1/tasks", query=query)]
+        return [task_record(t) for t in await self.client.call("GET", "/v1/tasks", query=query)]
 
     async def stop(self, task_id: str) -> TaskRecord:
         """Stop a task."""
-        return _record(await self.client.call("POST", f"/v1/tasks/{task_id}/stop"))
+        return task_record(await self.client.call("POST", f"/v1/tasks/{task_id}/stop"))
 
     async def cancel(self, task_id: str) -> TaskRecord:
         """Cancel a task."""
-        return _record(await self.client.call("POST", f"/v1/tasks/{task_id}/cancel"))
+        return task_record(await self.client.call("POST", f"/v1/tasks/{task_id}/cancel"))
 
     async def resume(
         self,
@@ -460,7 +464,7 @@ class DaemonTaskAPI:
             async for event in self.follow(task_id):
                 seen = event.seq
         body = {"prompt": prompt, "env": values}
-        queued = _record(await self.client.call("POST", f"/v1/tasks/{task_id}/resume", body))
+        queued = task_record(await self.client.call("POST", f"/v1/tasks/{task_id}/resume", body))
         if detach:
             return queued
         if on_start is not None:
@@ -470,7 +474,7 @@ class DaemonTaskAPI:
     async def remove(self, task_id: str, *, force: bool = False) -> TaskRecord:
         """Delete a task and its session."""
         query = {"force": "1" if force else None}
-        return _record(await self.client.call("DELETE", f"/v1/tasks/{task_id}", query=query))
+        return task_record(await self.client.call("DELETE", f"/v1/tasks/{task_id}", query=query))
 
     async def follow(self, task_id: str, *, after_seq: int = 0) -> AsyncIterator[Event]:
         """Long-polls the task's events until the daemon says it is over (retries done)."""

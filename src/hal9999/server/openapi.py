@@ -94,6 +94,22 @@ def _operation(route: ApiRoute, components: dict[str, Any]) -> dict[str, Any]:
     return operation
 
 
+def _with_branch_made(task: dict[str, Any]) -> None:
+    """The API's task is its record and ``branch_made`` (:func:`task_doc.with_branch_made`)."""
+    task["properties"]["branch"]["description"] = (
+        "The name of the task's branch: the one its run uses (a retry or a resume needs it), "
+        "made or not; see branch_made."
+    )
+    task["properties"]["branch_made"] = {
+        "type": "boolean",
+        "title": "Branch Made",
+        "description": "Whether the branch named by branch was made: the task's work was "
+        "brought back (at its base commit when the agent changed nothing); false for a task "
+        "that failed or was cancelled before that, or has not got there yet.",
+    }
+    task["required"].append("branch_made")
+
+
 def openapi_schema(router: Router) -> dict[str, Any]:
     """The OpenAPI document of every route of ``router`` (and of itself)."""
     from hal9999.events.models import EVENT_ADAPTER
@@ -101,6 +117,7 @@ def openapi_schema(router: Router) -> dict[str, Any]:
 
     components: dict[str, Any] = {"Error": ERROR}
     model_schema(TaskRecord, components)
+    _with_branch_made(components["TaskRecord"])
     model_schema(EVENT_ADAPTER, components)
     paths: dict[str, dict[str, Any]] = {}
     for route in router.routes:

@@ -6,6 +6,7 @@
   const el = (...args) => hal.el(...args);
   const ACTIVE = ["queued", "provisioning", "preparing", "running", "collecting"];
   const RESTING = ["stopped", "failed", "succeeded", "cancelled", "timed_out", "interrupted"];
+  const ENDED = ["succeeded", "failed", "cancelled", "timed_out"];
   // An agent writes as much as it likes: the page keeps the newest part of the log and of the
   // timeline, so a flood of output never freezes the browser (`hal task logs` has it all).
   const LOG_CHARS = 1 << 20;
@@ -57,13 +58,21 @@
       el("section", { class: "card" }, el("h2", { text: "Timeline" }), timeline),
       el("section", { class: "card" }, el("h2", { text: "Result" }), diffBox));
 
+    // As the CLI's summary: the name only once the branch was made (an older daemon's
+    // record, without branch_made, shows the name).
+    function branchShown(r) {
+      if (r.branch_made !== false) return r.branch;
+      if (ENDED.includes(r.status)) return "none: no branch was made (the task ended before its work was brought back)";
+      return "none yet (" + r.branch + " is made when the task's work is brought back)";
+    }
+
     function showRecord() {
       hal.clear(status).append(hal.badge(record.status));
       document.title = (hal.waiting ? "(" + hal.waiting + ") " : "") + "Task " + record.id + " · hal";
       hal.clear(facts);
       const fact = (k, v) => facts.append(el("dt", { text: k }), el("dd", { text: v }));
       fact("agent", record.agent); fact("provider", record.provider);
-      fact("repo", record.repo + (record.ref ? " @ " + record.ref : "")); fact("branch", record.branch);
+      fact("repo", record.repo + (record.ref ? " @ " + record.ref : "")); fact("branch", branchShown(record));
       fact("created", hal.fmtTime(record.created_at));
       fact("tokens", record.input_tokens + " in / " + record.output_tokens + " out");
       fact("cost", hal.fmtCost(record.cost_usd));
