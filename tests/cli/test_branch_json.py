@@ -24,6 +24,9 @@ CASES = {
     # The agent exits without touching the repository: its branch is made at the base.
     "unchanged": (("--agent", "true {{prompt_file}}"), True),
     "result": (("--agent", "sh agent.sh {{prompt_file}}"), True),
+    # The agent fails, and again when retried (--retries): what it left (nothing) is
+    # brought back all the same, its branch at the base.
+    "retried": (("--agent", "false {{prompt_file}}", "--retries", "1"), True),
 }
 
 
@@ -59,6 +62,8 @@ async def test_every_json_surface_says_whether_the_branch_was_made(
     ran = hal("run", *args, "--json", "x")
     run_doc = json.loads(ran.stdout)
     task_id = run_doc["id"]
+    if case == "retried":
+        assert (run_doc["status"], run_doc["agent_retries"]) == ("failed", 1), ran.stderr
     for resumed in (False, True):
         if resumed:
             again = hal("task", "resume", task_id, "--json")
