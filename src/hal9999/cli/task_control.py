@@ -49,7 +49,7 @@ def ask(
     record: TaskRecord
     client = a.daemon()
     if client is not None:
-        from hal9999.server.client import task_record
+        from hal9999.store.records import task_record
 
         record = task_record(client.request(method, path))
     elif local is not None:

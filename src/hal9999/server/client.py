@@ -352,14 +352,10 @@ def run_body(request: RunRequest, env: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def task_record(data: Any) -> TaskRecord:
-    """The record of a task the API answered."""
-    from hal9999.store import TaskRecord
+def _record(data: Any) -> TaskRecord:
+    from hal9999.store.records import task_record
 
-    # The API's task is the record and whether its branch was made (read from the session).
-    if isinstance(data, dict):
-        data = {k: v for k, v in data.items() if k != "branch_made"}
-    return TaskRecord.model_validate(data)
+    return task_record(data)
 
 
 class DaemonTaskAPI:
@@ -373,7 +369,7 @@ class DaemonTaskAPI:
     async def create(self, request: RunRequest) -> TaskRecord:
         """Queue the task with the daemon (with this shell's secrets and settings)."""
         body = run_body(request, client_secrets(self.config, request, self.environ))
-        return task_record(await self.client.call("POST", "/v1/tasks", body))
+        return _record(await self.client.call("POST", "/v1/tasks", body))
 
     async def run(
         self,
@@ -416,22 +412,22 @@ class DaemonTaskAPI:
 
     async def get(self, task_id: str) -> TaskRecord:
         """One task."""
-        return task_record(await self.client.call("GET", f"/v1/tasks/{task_id}"))
+        return _record(await self.client.call("GET", f"/v1/tasks/{task_id}"))
 
     async def list(
         self, *, status: list[str] | None = None, limit: int | None = None
     ) -> list[TaskRecord]:
         """Tasks, newest first."""
         query = {"status": ",".join(status) if status else None, "limit": limit}
-        return [task_record(t) for t in await self.client.call("GET", "/v1/tasks", query=query)]
+        return [_record(t) for t in await self.client.call("GET", "/v1/tasks", query=query)]
 
     async def stop(self, task_id: str) -> TaskRecord:
         """Stop a task."""
-        return task_record(await self.client.call("POST", f"/v1/tasks/{task_id}/stop"))
+        return _record(await self.client.call("POST", f"/v1/tasks/{task_id}/stop"))
 
     async def cancel(self, task_id: str) -> TaskRecord:
         """Cancel a task."""
-        return task_record(await self.client.call("POST", f"/v1/tasks/{task_id}/cancel"))
+        return _record(await self.client.call("POST", f"/v1/tasks/{task_id}/cancel"))
 
     async def resume(
         self,
@@ -464,7 +460,7 @@ class DaemonTaskAPI:
             async for event in self.follow(task_id):
                 seen = event.seq
         body = {"prompt": prompt, "env": values}
-        queued = task_record(await self.client.call("POST", f"/v1/tasks/{task_id}/resume", body))
+        queued = _record(await self.client.call("POST", f"/v1/tasks/{task_id}/resume", body))
         if detach:
             return queued
         if on_start is not None:
@@ -474,7 +470,7 @@ class DaemonTaskAPI:
     async def remove(self, task_id: str, *, force: bool = False) -> TaskRecord:
         """Delete a task and its session."""
         query = {"force": "1" if force else None}
-        return task_record(await self.client.call("DELETE", f"/v1/tasks/{task_id}", query=query))
+        return _record(await self.client.call("DELETE", f"/v1/tasks/{task_id}", query=query))
 
     async def follow(self, task_id: str, *, after_seq: int = 0) -> AsyncIterator[Event]:
         """Long-polls the task's events until the daemon says it is over (retries done)."""

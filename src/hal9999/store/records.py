@@ -3,7 +3,7 @@
 # No `from __future__ import annotations` here: pydantic would then evaluate each field's
 # annotation from its text, a compile each, on every run's path (issue 16).
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -101,3 +101,9 @@ class TaskRecord(BaseModel):
 
 SandboxState = Literal["creating", "idle", "leased", "resetting", "destroying", "gone"]
 """Where a pooled sandbox is in its life (see :mod:`hal9999.pool`)."""
+
+
+def task_record(doc: dict[str, Any]) -> TaskRecord:
+    """The record of a task as the API or ``--json`` gives it: its fields and
+    ``branch_made`` (read from the session when given, not the record's)."""
+    return TaskRecord.model_validate({k: v for k, v in doc.items() if k != "branch_made"})
