@@ -67,6 +67,7 @@ async def test_the_daemon_serves_agents_and_runs_their_sub_tasks(
         assert not failed, started
         result = await finished_result(alpha, started["task"])
     assert result["status"] == "succeeded", result
+    assert result["branch_made"] is True, result
     assert "+    return a + b" in result["patch"]
     assert [m.sender for m in broker.inbox(store, "operator")] == ["alpha"]
     store.close()

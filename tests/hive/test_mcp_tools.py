@@ -221,6 +221,7 @@ async def test_sub_tasks_belong_to_the_agent_that_started_them(
         assert (request.prompt, request.ref, request.agent) == ("write the docs", main, "claude")
         failed, status = await call(alpha, "task_status", id=started["task"])
         assert not failed and status["branch"] == started["branch"]
+        assert status["branch_made"] is False  # queued: nothing checked out yet
         failed, result = await call(alpha, "task_result", id=started["task"])
         assert not failed and "still running" in result["note"]
         world.tasks.records[started["task"]].status = "succeeded"
