@@ -14,6 +14,10 @@ import os
 import socket
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hal9999.errors import HalError
 
 SUN_PATH = 107
 """The longest path ``connect`` and ``bind`` take (``sun_path`` less its terminating NUL)."""
@@ -59,6 +63,23 @@ def private_dir(path: Path) -> Path:
     if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.geteuid() or found.st_mode & 0o077:
         raise PermissionError(f"{path} is not a directory of this user's alone (mode 700)")
     return path
+
+
+def own_dir(
+    path: Path, sockets: str, setting: str, error: type[HalError] | None = None
+) -> Path:
+    """:func:`private_dir`, refused as hal's one-line error (``error``, a ``ProcessError``
+    by default) naming whose ``sockets`` would live there and the ``setting`` that puts
+    them elsewhere."""
+    try:
+        return private_dir(path)
+    except PermissionError as refused:
+        from hal9999.errors import ProcessError  # here: tmux's early start imports this
+
+        raise (error or ProcessError)(
+            f"{refused}: hal does not put {sockets} where others can replace them",
+            hint=f"remove it (another user made it) or set {setting} to a directory of yours",
+        ) from None
 
 
 def fits(path: str | Path) -> bool:

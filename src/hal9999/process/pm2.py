@@ -37,7 +37,7 @@ from hal9999.process.caplog import beside
 from hal9999.process.launch import run_host, supervised
 from hal9999.providers.base import Sandbox
 from hal9999.spec import ProcessSpec
-from hal9999.unixsock import private_dir
+from hal9999.unixsock import own_dir
 
 MIN_UPTIME_MS = 100 * 365 * 24 * 3600 * 1000
 """PM2's ``min_uptime`` for an ``on-failure`` app: a century, longer than any run. PM2 counts
@@ -96,13 +96,7 @@ class Pm2ProcessManager:
         if self.home != shared_home():
             self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
             return
-        try:
-            private_dir(self.home)
-        except PermissionError as refused:
-            raise ProcessError(
-                f"{refused}: hal does not run PM2 where others can replace its sockets",
-                hint="remove it (another user made it) or set HAL_PM2_HOME to a directory of yours",
-            ) from None
+        own_dir(self.home, "PM2's sockets", "HAL_PM2_HOME")
 
     async def _run(self, *args: str, check: bool = True) -> tuple[int, str]:
         if self._pm2 is None:

@@ -43,26 +43,13 @@ SOCKET_DIR = os.path.join(tempfile.gettempdir(), f"hal9999-tmux-{os.getuid()}")
 so they live in a short one)."""
 
 
-def socket_dir() -> str:
+def own_socket_dir() -> None:
     """:data:`SOCKET_DIR`, made (mode 700) or found as this user's alone. It is in a shared
     place (``/tmp``): whoever made it first could replace hal's sockets in it and take the
-    panes of every agent, so one that is not is refused (``PermissionError``)."""
-    from hal9999.unixsock import private_dir  # here: the early start must stay light
+    panes of every agent, so one that is not is refused in one line (``ProcessError``)."""
+    from hal9999.unixsock import own_dir  # here: the early start must stay light
 
-    return str(private_dir(Path(SOCKET_DIR)))
-
-
-def own_socket_dir() -> None:
-    """:func:`socket_dir`, with a refusal as hal's one-line error and its fix."""
-    try:
-        socket_dir()
-    except PermissionError as refused:
-        from hal9999.errors import ProcessError
-
-        raise ProcessError(
-            f"{refused}: hal does not put tmux's sockets where others can replace them",
-            hint=f"remove {SOCKET_DIR} (another user made it) or set TMPDIR to a dir of yours",
-        ) from None
+    own_dir(Path(SOCKET_DIR), "tmux's sockets", "TMPDIR")
 
 
 NO_UTMP_BUILT = os.path.join(
@@ -174,9 +161,11 @@ def open_early(tmux: str, no_utmp: str | None) -> None:
     global _early
     if _early is not None:
         return
-    try:
-        socket_dir()
-    except (OSError, ValueError):
+    from hal9999.unixsock import private_dir
+
+    try:  # not this user's alone: no early pane (the run refuses it in one line)
+        private_dir(Path(SOCKET_DIR))
+    except OSError:
         return
     key = f"{_PREFIX}{os.getpid()}-{os.urandom(4).hex()}"
     socket = os.path.join(SOCKET_DIR, key)

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from hal9999.envvars import absolute_dir
 from hal9999.errors import ProviderError, ProviderUnavailable
-from hal9999.unixsock import private_dir
+from hal9999.unixsock import own_dir
 
 QEMU = "qemu-system-x86_64"
 QEMU_IMG = "qemu-img"
@@ -132,13 +132,8 @@ def run_root() -> Path:
         root = Path(chosen)
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         return root
-    try:
-        return private_dir(Path(SHARED_RUN_ROOT.format(uid=os.getuid())))
-    except PermissionError as refused:
-        raise ProviderError(
-            f"{refused}: hal does not put VMs' sockets where others can replace them",
-            hint="remove it (another user made it) or set HAL_QEMU_RUN_DIR to a directory of yours",
-        ) from None
+    shared = Path(SHARED_RUN_ROOT.format(uid=os.getuid()))
+    return own_dir(shared, "VMs' sockets", "HAL_QEMU_RUN_DIR", ProviderError)
 
 
 def opt(value: object) -> str:
