@@ -89,8 +89,8 @@ async def _drain_reader(reader: asyncio.StreamReader) -> None:
 def connect_at(sock: socket.socket, path: str) -> None:
     """``sock.connect(path)`` for a path of any length: one past ``sun_path``'s 107 bytes
     (a deep ``HAL_HOME``'s ``egress.sock``, reached from the host) is connected through a
-    descriptor of its directory. (``hal9999.unixsock`` does the same for binds; this file
-    stays dependency-free.)"""
+    descriptor of its directory. Host code calls ``hal9999.unixsock.connect``, its twin:
+    this file is copied into sandboxes and stays dependency-free."""
     if len(os.fsencode(path)) <= 107:
         sock.connect(path)
         return
