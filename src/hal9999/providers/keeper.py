@@ -92,24 +92,16 @@ def binds(argv: Sequence[str]) -> list[tuple[str, str, bool]] | None:
     keeper must have as the command would: all but ``/proc``'s (each command mounts its own
     /proc) and ``/usr``. None for an argv with an option this does not know: such a command
     runs under bwrap itself."""
+    options = _options(argv)
+    if options is None:
+        return None
     out: list[tuple[str, str, bool]] = []
-    index = 0
-    while index < len(argv) and argv[index] != "--":
-        arg = argv[index]
-        if arg in ("--bind", "--ro-bind", "--ro-bind-try"):
-            source, target = argv[index + 1], argv[index + 2]
+    for option in options:
+        if option[0] in _BINDS:
+            arg, source, target = option
             if not target.startswith("/proc/") and target != "/usr":
                 if arg != "--ro-bind-try" or os.path.exists(source):
                     out.append((source, target, arg != "--bind"))
-            index += 3
-        elif arg in ("--symlink", "--file"):
-            index += 3
-        elif arg in _ONE_VALUE:
-            index += 2
-        elif arg in _NO_VALUE:
-            index += 1
-        else:
-            return None
     return out
 
 
@@ -120,17 +112,34 @@ def without_proc(args: Sequence[str]) -> list[str]:
     of the sandbox runs, and what waits in the keeper reads nothing there; each of those
     binds costs bwrap a mount, a remount and a read of the whole mount table. ``args``
     unchanged if it holds an option :func:`binds` does not know."""
+    options = _options(args)
+    if options is None or sum(map(len, options)) != len(args):
+        return list(args)
     out: list[str] = []
+    for option in options:
+        if option[0] == "--proc":
+            out += ["--dir", option[1]]
+        elif not (option[0] in _BINDS and option[2].startswith("/proc/")):
+            out += option
+    return out
+
+
+def _options(argv: Sequence[str]) -> list[Sequence[str]] | None:
+    """The options of a bwrap argv up to ``--``, each with its values; None for an argv with
+    an option this module does not know."""
+    out: list[Sequence[str]] = []
     index = 0
-    while index < len(args):
-        arg = args[index]
-        width = 3 if arg in _TWO_VALUES else 2 if arg in _ONE_VALUE else 1
-        if arg not in _TWO_VALUES | _ONE_VALUE | _NO_VALUE:
-            return list(args)
-        if arg == "--proc":
-            out += ["--dir", args[index + 1]]
-        elif not (arg in _BINDS and args[index + 2].startswith("/proc/")):
-            out += args[index : index + width]
+    while index < len(argv) and argv[index] != "--":
+        arg = argv[index]
+        if arg in _TWO_VALUES:
+            width = 3
+        elif arg in _ONE_VALUE:
+            width = 2
+        elif arg in _NO_VALUE:
+            width = 1
+        else:
+            return None
+        out.append(argv[index : index + width])
         index += width
     return out
 
