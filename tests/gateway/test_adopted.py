@@ -107,15 +107,19 @@ def test_an_adopted_run_registers_its_token_again(
     started = hal_cli("run", "--detach", "--agent", "claude", "wait")
     assert started.returncode == 0, started.stderr
     task_id = started.stdout.strip()
-    wait_for("the first call", lambda: len(upstream.seen) == 1)
-    wait_for("the first usage event", lambda: len(gateway_usage(hal_cli, task_id)) == 1)
-    runner = only_task(hal_cli)["runner_pid"]
-    os.kill(runner, signal.SIGKILL)  # the runner, then the gateway: nobody holds the grant
-    kill_gateway(hal_cli.home)
-    resumed = hal_cli("task", "resume", task_id, "--detach")
-    assert resumed.returncode == 0, resumed.stderr
-    Path(only_task(hal_cli)["session_dir"], "workspace", "go").touch()
-    wait_for("the end", lambda: only_task(hal_cli)["status"] not in ("running", "interrupted"))
+    try:
+        wait_for("the first call", lambda: len(upstream.seen) == 1)
+        wait_for("the first usage event", lambda: len(gateway_usage(hal_cli, task_id)) == 1)
+        runner = only_task(hal_cli)["runner_pid"]
+        os.kill(runner, signal.SIGKILL)  # the runner, then the gateway: nobody holds the grant
+        kill_gateway(hal_cli.home)
+        resumed = hal_cli("task", "resume", task_id, "--detach")
+        assert resumed.returncode == 0, resumed.stderr
+        Path(only_task(hal_cli)["session_dir"], "workspace", "go").touch()
+        wait_for("the end", lambda: only_task(hal_cli)["status"] not in ("running", "interrupted"))
+    finally:
+        if only_task(hal_cli)["status"] in ("queued", "running", "interrupted"):
+            hal_cli("task", "stop", task_id)  # a failed wait: its agent would outlive the test
     task = only_task(hal_cli)
     logs = hal_cli("task", "logs", task_id).stdout
     assert task["status"] == "succeeded", logs[-2000:]
