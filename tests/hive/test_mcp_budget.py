@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from tests.hive.mcp_client import INIT, READY, connect, tool_call
 
-from hal9999.hive.mcp.budget import ANSWER_BYTES, McpLimits
+from hal9999.hive.mcp.budget import ANSWER_BYTES, MAX_LINE, McpLimits
 from hal9999.hive.mcp.server import McpHub
 from hal9999.hive.mcp.tools import MAX_ANSWER_CHARS, Caller, Hive, NoArgs, Tool
 from hal9999.store import Store
@@ -149,11 +149,15 @@ def test_the_bounds_are_hive_settings_the_daemon_hands_to_its_hub(tmp_path: Path
     from hal9999.server.daemon import Daemon
 
     bounds = {"mcp_connections_per_agent": 2, "mcp_connections": 5,
-              "mcp_answer_bytes_per_agent": 3 << 20, "mcp_answer_bytes": 7 << 20}  # fmt: skip
+              "mcp_answer_bytes_per_agent": 3 << 20, "mcp_answer_bytes": 7 << 20,
+              "mcp_read_bytes_per_agent": 5 << 20, "mcp_read_bytes": 9 << 20}  # fmt: skip
     daemon = Daemon(HalConfig(home=tmp_path / "home", hive=bounds), {})
     try:
-        assert hub_for(daemon).budget.limits == McpLimits(2, 5, 3 << 20, 7 << 20)
+        limits = McpLimits(2, 5, 3 << 20, 7 << 20, 5 << 20, 9 << 20)
+        assert hub_for(daemon).budget.limits == limits
     finally:
         daemon.store.close()
     with pytest.raises(ConfigError):  # less than one answer: no request could ever be read
         hive_settings(HalConfig(home=tmp_path, hive={"mcp_answer_bytes": ANSWER_BYTES - 1}))
+    with pytest.raises(ConfigError):  # less than one whole line: a long one never ends
+        hive_settings(HalConfig(home=tmp_path, hive={"mcp_read_bytes": MAX_LINE - 1}))

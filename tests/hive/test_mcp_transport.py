@@ -120,7 +120,7 @@ async def test_without_python_the_perl_forwarder_carries_the_session(
 
 
 async def test_hostile_bytes_get_errors_or_a_hang_up_and_others_go_on(hub: McpHub) -> None:
-    from hal9999.hive.mcp.server import MAX_LINE
+    from hal9999.hive.mcp.budget import MAX_LINE
 
     sock = await hub.serve("alpha")
     reader, writer = await asyncio.open_unix_connection(str(sock), limit=1 << 20)
@@ -427,7 +427,8 @@ async def test_a_line_of_a_million_values_is_refused_before_it_is_validated(hub:
     # each of an agent's 8 connections at once. It is refused from a count of its commas.
     import tracemalloc
 
-    from hal9999.hive.mcp.server import MAX_LINE, MAX_VALUES
+    from hal9999.hive.mcp.budget import MAX_LINE
+    from hal9999.hive.mcp.server import MAX_VALUES
 
     sock = await hub.serve("alpha")
     reader, writer = await asyncio.open_unix_connection(str(sock))

@@ -50,6 +50,12 @@ class HiveSettings(BaseModel):
     the agent's connections read no more requests until it reads (see docs/hive.md)."""
     mcp_answer_bytes: int = Field(default=2048 << 20, ge=1 << 20)
     """The same for all agents together: the daemon's memory for MCP answers."""
+    mcp_read_bytes_per_agent: int = Field(default=8 << 20, ge=4 << 20)
+    """Bytes of MCP request lines one agent's connections may hold in the daemon before
+    their newline comes, past the first 32 KiB of each (at least one whole line, 4 MiB);
+    a connection whose line would pass it is answered an error and hung up (docs/hive.md)."""
+    mcp_read_bytes: int = Field(default=256 << 20, ge=4 << 20)
+    """The same for all agents together: the daemon's memory for unended MCP lines."""
     crash_backoff_s: float = Field(default=2.0, ge=0)
     """First restart delay after a crash; doubles with each crash in the window."""
     crash_backoff_max_s: float = Field(default=300.0, ge=0)

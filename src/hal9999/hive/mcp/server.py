@@ -22,7 +22,7 @@ from pathlib import Path
 
 from hal9999.errors import HalError
 from hal9999.hive import subtasks
-from hal9999.hive.mcp.budget import McpBudget, McpLimits
+from hal9999.hive.mcp.budget import READ_CHUNK, McpBudget, McpLimits
 from hal9999.hive.mcp.channel import SOCKET_NAME, McpPaths, checked_name
 from hal9999.hive.mcp.thread_tools import THREAD_TOOLS
 from hal9999.hive.mcp.tools import Caller, Hive, Tool, tools_for
@@ -33,8 +33,6 @@ logger = logging.getLogger(__name__)
 _SESSION = "hal9999.hive.mcp.session"
 """The module of a connection's session, with the MCP SDK (imported at a first connection)."""
 
-MAX_LINE = 4 << 20
-"""The longest JSON-RPC line a connection accepts (a message body is at most 64 KiB)."""
 SYNC_INTERVAL_S = 2.0
 DRAIN_S = 60.0
 """How long a half-closed connection waits for its last answers (``recv`` takes <= 45 s)."""
@@ -47,6 +45,26 @@ MAX_VALUES = 1 << 18
 too: a 64 KiB body of commas is 65,536): 4 MiB of ``{},`` is 1.4 million dicts, 96 MiB
 held and 192 MiB at peak in each of the two validations (``read``'s and the SDK's)."""
 PARSE_ERROR = "parse error: not one JSON value a line (or nested too deep to read)"
+
+
+_READ = bytearray(16 << 10)
+"""What every MCP connection's socket is read into, then copied to its stream: the loop is
+one thread and the copy is made at once, so one buffer serves them all."""
+
+
+class _BoundedStream(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
+    """A connection's stream, read from its socket at most :data:`_READ` at a time. The
+    stream stops reading past twice its bound (:data:`READ_CHUNK`), but asyncio's own read
+    took up to 256 KiB past that (what a hostile sender's socket buffer holds): a connection
+    held ~270 KiB uncounted (measured); now at most 2 x 32 + 16 KiB."""
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        """Where the next read of the socket goes."""
+        return _READ
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` were read into :data:`_READ`: they go to the stream."""
+        self.data_received(bytes(memoryview(_READ)[:nbytes]))
 
 
 def _bind(directory: Path) -> socket.socket:
@@ -73,7 +91,7 @@ class McpHub:
     ) -> None:
         self.hive = hive
         self.budget = McpBudget(limits)
-        """Connections and unread answers, bounded per agent and daemon-wide."""
+        """Connections, unread answers and unended lines, bounded per agent and daemon-wide."""
         self.paths = McpPaths(hive.home)
         self.extra_tools = [*THREAD_TOOLS, *(extra_tools or [])]
         self._servers: dict[str, asyncio.Server] = {}
@@ -145,9 +163,11 @@ class McpHub:
                 mine.discard(task)
                 self._conns.discard(task)
 
-        self._servers[agent] = await asyncio.start_unix_server(
-            connected, sock=listener, limit=MAX_LINE
-        )
+        def stream() -> _BoundedStream:  # a longer line is read on, counted in the budget
+            return _BoundedStream(asyncio.StreamReader(limit=READ_CHUNK), connected)
+
+        loop = asyncio.get_running_loop()
+        self._servers[agent] = await loop.create_unix_server(stream, sock=listener)
         return directory / SOCKET_NAME
 
     async def _session(

@@ -18,7 +18,7 @@ from mcp.server.stdio import stdio_server
 from pydantic import BaseModel, ValidationError
 
 from hal9999.errors import HalError
-from hal9999.hive.mcp.budget import McpBudget
+from hal9999.hive.mcp.budget import MAX_LINE, READ_CHUNK, McpBudget
 from hal9999.hive.mcp.server import DRAIN_S, MAX_IN_FLIGHT, MAX_VALUES, PARSE_ERROR
 from hal9999.hive.mcp.tools import MAX_ANSWER_CHARS, Caller, Tool
 
@@ -118,6 +118,19 @@ _TOO_MANY = json.dumps(
      f"invalid request: over {MAX_VALUES} JSON values in one line: send a smaller one"}},
     separators=(",", ":"),
 )  # fmt: skip
+
+
+_OVER_READ = json.dumps(
+    {"jsonrpc": "2.0", "id": None, "error": {"code": types.INVALID_REQUEST, "message":
+     f"invalid request: a line past {READ_CHUNK} bytes is read only while the lines not yet "
+     "ended fit [hive] mcp_read_bytes_per_agent (this agent's) and mcp_read_bytes (all "
+     "agents'); this one did not and was dropped: connect again and resend it"}},
+    separators=(",", ":"),
+)  # fmt: skip
+
+
+class _OverRead(Exception):
+    """A line being read would pass a bound of :attr:`.McpBudget.reading`."""
 
 
 def _refusals(line: str, exc: ValidationError | None) -> list[str]:
@@ -269,15 +282,46 @@ class _Lines:
         self.reader = reader
         self.unanswered = unanswered
         self.out = out
+        self.reading = unanswered.budget.reading
 
     def __aiter__(self) -> _Lines:
         return self
+
+    async def _line(self) -> bytes:
+        """The next line, newline included (b"" at the end of input; ValueError past
+        :data:`MAX_LINE`). The stream buffers :data:`READ_CHUNK` of it uncounted; each part
+        read past that is counted as the agent's in the budget's ``reading`` until the
+        newline comes; :class:`_OverRead` when it does not fit."""
+        parts: list[bytes] = []
+        agent, counted = self.unanswered.agent, 0
+        try:
+            while True:
+                try:
+                    parts.append(await self.reader.readuntil(b"\n"))
+                except asyncio.IncompleteReadError as exc:  # the end: a last line without \n
+                    parts.append(exc.partial)
+                except asyncio.LimitOverrunError as exc:  # no newline in the stream's buffer
+                    if counted + exc.consumed > MAX_LINE:
+                        raise ValueError("a line past MAX_LINE") from None
+                    if not self.reading.claim(agent, exc.consumed):
+                        raise _OverRead from None
+                    counted += exc.consumed
+                    parts.append(await self.reader.readexactly(exc.consumed))
+                    continue
+                if sum(map(len, parts)) > MAX_LINE + 1:
+                    raise ValueError("a line past MAX_LINE")
+                return b"".join(parts)
+        finally:
+            self.reading.give(agent, counted)
 
     async def __anext__(self) -> str:
         while True:
             await self.unanswered.room()
             try:
-                line = await self.reader.readline()
+                line = await self._line()
+            except _OverRead:  # said, not drained (an agent reading nothing): then hung up
+                await self.out.write(_OVER_READ + "\n")
+                raise StopAsyncIteration from None
             except (ValueError, ConnectionError):  # a line past MAX_LINE, a reset: hang up
                 raise StopAsyncIteration from None
             if not line:

@@ -68,5 +68,7 @@ def hub_for(daemon: Daemon) -> McpHub:
         connections=s.mcp_connections,
         answer_bytes_per_agent=s.mcp_answer_bytes_per_agent,
         answer_bytes=s.mcp_answer_bytes,
+        read_bytes_per_agent=s.mcp_read_bytes_per_agent,
+        read_bytes=s.mcp_read_bytes,
     )
     return McpHub(hive, limits=limits)
