@@ -357,6 +357,40 @@ async def test_a_body_is_not_read_without_a_token_nor_past_the_tasks_share(
         assert again.status_code == 200
 
 
+async def test_the_bodies_of_all_tasks_together_are_bounded_and_counted_as_they_arrive(
+    gateway: tuple[Gateway, str], upstream: StormUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each task had its share (256 MiB) and nothing bounded them together: sixteen tasks'
+    # agents held 4 GiB; and a head declaring 64 MiB took all of it before a byte came.
+    from hal9999.gateway.wire import BODY_PIECE
+
+    gw, sock = gateway
+    monkeypatch.setattr("hal9999.gateway.held.MAX_HELD_IN_ALL", 4 * BODY_PIECE)
+    head = "POST /v1/messages HTTP/1.1\r\nhost: gw\r\nx-api-key: {}\r\ncontent-length: {}\r\n\r\n"
+    hostile = [grant_for(upstream, task_id=f"h{i}") for i in range(2)]
+    conns = []
+    for grant in hostile:
+        gw.register(grant)
+        reader, writer = await asyncio.open_unix_connection(sock)
+        writer.write(head.format(grant.token, 64 << 20).encode() + b"x" * (BODY_PIECE + 1))
+        conns.append((reader, writer))
+    async with asyncio.timeout(10):  # a piece read, the next held: 2 MiB each, not 64
+        while sorted(gw.held.values()) != [2 * BODY_PIECE] * 2:
+            await asyncio.sleep(0.02)
+    grant = grant_for(upstream)
+    gw.register(grant)
+    async with client(sock) as http:
+        refused = await call(http, grant.token)
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "too_many_bodies"
+        for _, writer in conns:
+            writer.close()
+        async with asyncio.timeout(10):
+            while gw.held:
+                await asyncio.sleep(0.02)
+        assert (await call(http, grant.token)).status_code == 200
+
+
 async def test_a_refused_models_name_is_stored_short_and_listed_sanitised(
     gateway: tuple[Gateway, str], upstream: StormUpstream
 ) -> None:

@@ -13,6 +13,13 @@ MAX_HELD_BODIES = 256 << 20
 largest): past it a call is answered 429 before its body is read, so an agent opening many
 connections cannot exhaust the memory every task's calls share."""
 
+MAX_HELD_IN_ALL = 1 << 30
+"""The request bodies all tasks' calls may hold in the gateway's memory at once (four tasks
+at their share): past it a call is answered 429 before more of its body is read. Each task
+had its own share and nothing bounded them together: sixteen tasks' agents held 4 GiB.
+Bodies are counted as they arrive (``wire.BODY_PIECE`` at a time), so filling it takes
+sending a gigabyte, not heads that declare one."""
+
 GrantOf = Callable[[list[tuple[str, str]], str], tuple[str, Grant | None]]
 """The token a request's headers and target carry, and its grant (None: no grant's)."""
 
@@ -38,6 +45,9 @@ class HeldBodies:
         held = self.held
         if held.get(self.token, 0) + size > MAX_HELD_BODIES:
             raise BadRequest(429, "this task's calls hold too many request bodies; try again",
+                             "too_many_bodies")  # fmt: skip
+        if sum(held.values()) + size > MAX_HELD_IN_ALL:
+            raise BadRequest(429, "the gateway holds too many request bodies; try again",
                              "too_many_bodies")  # fmt: skip
         held[self.token] = held.get(self.token, 0) + size
         self.size += size

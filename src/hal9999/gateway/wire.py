@@ -23,6 +23,10 @@ from http import HTTPStatus
 
 MAX_REQUEST_BODY = 64 << 20
 """The largest request an agent may send (long conversations with images stay below this)."""
+BODY_PIECE = 1 << 20
+"""A body is read (and counted by its :data:`Hold`) this much at a time: counted as it
+arrives, not as declared, since the gateway-wide bound is shared by every task (a head
+declaring 64 MiB, then nothing, took 64 MiB of it for the 60 s a request may take)."""
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TARGET = re.compile(rb"(?:/|https?://)[\x21-\x7e]*")
 """A target the upstream's origin is joined to: anything else (``@host/...``, ``:port/...``,
@@ -57,7 +61,7 @@ class Request:
 
 Hold = Callable[[str, list[tuple[str, str]], int], None]
 """Called with the target, the headers and a size before that many more bytes of a body are
-read (the whole ``content-length``, or each chunk); raises :class:`BadRequest` to refuse."""
+read (each :data:`BODY_PIECE` of it); raises :class:`BadRequest` to refuse."""
 
 
 async def read_request(
@@ -114,18 +118,36 @@ async def read_request(
         if hold is not None:
             hold(target, headers, size)
 
-    if length:
-        more(length)
+    first = min(length or 0, BODY_PIECE)
+    if first:
+        more(first)  # refused before the agent is told to go on
     if expect and (chunked or length):
         writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     try:
         if chunked:
             body = await _chunked_body(reader, more)
         else:
-            body = await reader.readexactly(length) if length else b""
+            body = await _pieces(reader, length or 0, more, held=first)
     except (asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
         raise BadRequest(400, "the request body was cut short") from exc
     return Request(parts[0].decode("ascii"), target, headers, body, keep_alive)
+
+
+async def _pieces(
+    reader: asyncio.StreamReader, size: int, hold: Callable[[int], None], held: int = 0
+) -> bytes:
+    """``size`` bytes of a body, read :data:`BODY_PIECE` at a time, each held before it is
+    read (the first ``held`` bytes were held already)."""
+    parts: list[bytes] = []
+    done = 0
+    while done < size:
+        piece = min(BODY_PIECE, size - done)
+        if piece > held:
+            hold(piece - held)
+        held = 0
+        parts.append(await reader.readexactly(piece))
+        done += piece
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 async def _chunked_body(reader: asyncio.StreamReader, hold: Callable[[int], None]) -> bytes:
@@ -141,8 +163,7 @@ async def _chunked_body(reader: asyncio.StreamReader, hold: Callable[[int], None
             return bytes(body)
         if len(body) + size > MAX_REQUEST_BODY:
             raise BadRequest(413, "the request body is too large")
-        hold(size)
-        body += await reader.readexactly(size)
+        body += await _pieces(reader, size, hold)
         if await reader.readexactly(2) != b"\r\n":
             raise BadRequest(400, "a chunk not followed by CRLF")
 
