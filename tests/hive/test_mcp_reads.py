@@ -16,11 +16,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from tests.hive.mcp_client import connect
+from tests.hive.mcp_client import INIT, READY, connect, tool_call
 
 from hal9999.hive.mcp.budget import MAX_LINE, McpLimits
 from hal9999.hive.mcp.server import McpHub
-from hal9999.hive.mcp.tools import Hive
+from hal9999.hive.mcp.tools import Caller, Hive, NoArgs, Tool
 from hal9999.store import Store
 
 SLACK = 1 << 20
@@ -39,21 +39,22 @@ async def made(tmp_path: Path) -> AsyncIterator[McpHub]:
 
 
 class Sender:
-    """A raw connection sending :data:`LONG` as far as the daemon takes it."""
+    """A raw connection sending ``data`` (:data:`LONG`) as far as the daemon takes it."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, data: bytes = LONG) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(str(path))
         self.sock.setblocking(False)
+        self.data = data
         self.sent = 0
         self.open = True
 
     def push(self) -> int:
         """Send what the socket takes now; how many bytes that was."""
         before = self.sent
-        while self.open and self.sent < len(LONG):
+        while self.open and self.sent < len(self.data):
             try:
-                self.sent += self.sock.send(LONG[self.sent : self.sent + (64 << 10)])
+                self.sent += self.sock.send(self.data[self.sent : self.sent + (64 << 10)])
             except BlockingIOError:
                 break
             except (BrokenPipeError, ConnectionResetError):
@@ -127,3 +128,26 @@ async def test_many_agents_long_lines_hold_the_daemons_bound(made: McpHub) -> No
     async with connect(await hub.serve("omega")) as omega:  # short lines are never refused
         assert (await omega.list_tools()).tools
     await _shut(hub, senders)
+
+
+async def test_lines_sent_while_requests_are_in_flight_wait_in_the_socket(
+    made: McpHub,
+) -> None:
+    # A connection with 16 requests in flight is not read, but its stream took what came
+    # until it held twice its limit: 8 MiB of pipelined lines waited in the daemon.
+    hub = made
+    release = asyncio.Event()
+
+    async def held(caller: Caller, args: NoArgs) -> str:
+        await release.wait()
+        return "done"
+
+    hub.extra_tools.append(Tool("held", "Answer once released.", NoArgs, held))
+    calls = [INIT, READY, *(tool_call(i, "held", {}) for i in range(2, 18))]
+    prelude = "".join(json.dumps(m) + "\n" for m in calls).encode()
+    pings = b"".join(b'{"jsonrpc":"2.0","id":%d,"method":"ping"}\n' % i for i in range(10**5))
+    sender = Sender(await hub.serve("alpha"), prelude + pings)
+    sent = await _stalled([sender])
+    assert len(prelude) < sent <= len(prelude) + SLACK, f"{sent - len(prelude)} bytes waited"
+    release.set()
+    sender.sock.close()
