@@ -5,13 +5,17 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from tests.cli.conftest import private_env
 
 from hal9999.store import Store
+
+if TYPE_CHECKING:
+    from hal9999.hive.mcp.server import McpHub
 
 
 def git(repo: Path, *args: str) -> str:
@@ -105,3 +109,16 @@ def hive_events(store: Store) -> list[dict[str, object]]:
 
     events = [event.model_dump() for event in hive_events_after(store, 0)]
     return [event for event in events if event["type"] in THREAD_EVENTS]
+
+
+@pytest.fixture
+async def hub(tmp_path: Path) -> AsyncIterator[McpHub]:
+    """An MCP hub on a fresh store (no agent records), every socket closed at the end."""
+    from hal9999.hive.mcp.server import McpHub
+    from hal9999.hive.mcp.tools import Hive
+
+    store = Store.open(tmp_path / "home")
+    hub = McpHub(Hive(store=store, home=tmp_path / "home"))
+    yield hub
+    await hub.close_all()
+    store.close()

@@ -12,30 +12,18 @@ import asyncio
 import contextlib
 import json
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 from tests.hive.mcp_client import INIT, READY, connect, tool_call
 
 from hal9999.hive.mcp.budget import MAX_LINE, McpLimits
 from hal9999.hive.mcp.server import McpHub
-from hal9999.hive.mcp.tools import Caller, Hive, NoArgs, Tool
-from hal9999.store import Store
+from hal9999.hive.mcp.tools import Caller, NoArgs, Tool
 
 SLACK = 1 << 20
 """What one connection may take besides the counted bytes: its stream's uncounted part
 (at most 80 KiB) and the kernel's socket buffers (~200 KiB on each side)."""
 LONG = b"x" * (MAX_LINE - 1)  # as long as a line may be, and never ended
-
-
-@pytest.fixture
-async def made(tmp_path: Path) -> AsyncIterator[McpHub]:
-    store = Store.open(tmp_path / "home")
-    hub = McpHub(Hive(store=store, home=tmp_path / "home"))
-    yield hub
-    await hub.close_all()
-    store.close()
 
 
 class Sender:
@@ -102,8 +90,7 @@ async def _shut(hub: McpHub, senders: list[Sender]) -> None:
             await asyncio.sleep(0.05)
 
 
-async def test_one_agents_long_lines_hold_its_bound_and_others_go_on(made: McpHub) -> None:
-    hub = made
+async def test_one_agents_long_lines_hold_its_bound_and_others_go_on(hub: McpHub) -> None:
     hub.budget = type(hub.budget)(McpLimits(read_bytes_per_agent=MAX_LINE))
     sock = await hub.serve("alpha")
     senders = [Sender(sock) for _ in range(4)]
@@ -117,8 +104,7 @@ async def test_one_agents_long_lines_hold_its_bound_and_others_go_on(made: McpHu
     await _shut(hub, senders)
 
 
-async def test_many_agents_long_lines_hold_the_daemons_bound(made: McpHub) -> None:
-    hub = made
+async def test_many_agents_long_lines_hold_the_daemons_bound(hub: McpHub) -> None:
     hub.budget = type(hub.budget)(McpLimits(read_bytes=MAX_LINE))
     senders = [Sender(await hub.serve(name)) for name in ("alpha", "beta", "gamma", "delta")]
     held = await _stalled(senders)
@@ -131,11 +117,10 @@ async def test_many_agents_long_lines_hold_the_daemons_bound(made: McpHub) -> No
 
 
 async def test_lines_sent_while_requests_are_in_flight_wait_in_the_socket(
-    made: McpHub,
+    hub: McpHub,
 ) -> None:
     # A connection with 16 requests in flight is not read, but its stream took what came
     # until it held twice its limit: 8 MiB of pipelined lines waited in the daemon.
-    hub = made
     release = asyncio.Event()
 
     async def held(caller: Caller, args: NoArgs) -> str:

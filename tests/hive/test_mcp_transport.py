@@ -21,15 +21,6 @@ from hal9999.hive.mcp.tools import Caller, Hive, NoArgs, Tool
 from hal9999.store import Store
 
 
-@pytest.fixture
-async def hub(tmp_path: Path) -> AsyncIterator[McpHub]:
-    store = Store.open(tmp_path / "home")
-    hub = McpHub(Hive(store=store, home=tmp_path / "home"))
-    yield hub
-    await hub.close_all()
-    store.close()
-
-
 async def test_lists_the_agent_tools_and_hides_the_manager_ones(hub: McpHub) -> None:
     sock = await hub.serve("alpha")
     boss = await hub.serve("boss", manager=True)
