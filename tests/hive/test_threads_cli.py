@@ -127,9 +127,11 @@ def test_an_agents_tool_names_and_crash_detail_reach_the_terminal_sanitised(
     from hal9999.hive.store import update_agent
 
     # A tool name is what the agent printed in its stream-json; `hal agent stats` printed it
-    # raw (a clipboard write, a cleared screen).
+    # raw (a clipboard write, a cleared screen), and its line break began a forged line.
+    forged = "mallory          idle      claude     bwrap    task -"
     line = json.dumps({"type": "assistant", "message": {"content": [
-        {"type": "tool_use", "id": "t1", "name": "Bash\x1b]52;c;ZXZpbA==\x07\x1b[2J\x9b2J",
+        {"type": "tool_use", "id": "t1",
+         "name": f"Bash\x1b]52;c;ZXZpbA==\x07\x1b[2J\x9b2J\n{forged}",
          "input": {}}]}})  # fmt: skip
     [call] = [e for e in resolve_agent("claude").parser().parse_line(line)
               if isinstance(e, ToolCall)]  # fmt: skip
@@ -137,7 +139,7 @@ def test_an_agents_tool_names_and_crash_detail_reach_the_terminal_sanitised(
     stats.finish_turn(store, turn, "ok", {"tool_calls": 1, "tools": {call.name: 1}}, 0)
     # A crash's detail quotes the task's error, which the agent can write into.
     update_agent(store, "alice", state="crashed",
-                 detail="the turn failed before the agent ran: \x1b]0;owned\x07boom")  # fmt: skip
+                 detail=f"the turn failed before the agent ran: \x1b]0;owned\x07boom\n{forged}")
     views = [(("agent", "stats", "alice"), "tool calls: 1 (Bash"), (("agent", "list"), "boom"),
              (("agent", "show", "alice"), "boom")]  # fmt: skip
     for args, shown in views:
@@ -145,6 +147,7 @@ def test_an_agents_tool_names_and_crash_detail_reach_the_terminal_sanitised(
         assert out.returncode == 0, out.stderr
         assert shown in out.stdout, out.stdout
         assert not [c for c in ("\x1b", "\x07", "\x9b") if c in out.stdout], out.stdout
+        assert not [li for li in out.stdout.splitlines() if li.startswith(forged)], out.stdout
 
 
 def test_an_agents_newlines_cannot_forge_lines_of_the_approval_queue(

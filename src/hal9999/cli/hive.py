@@ -113,9 +113,9 @@ def parse_duration(text: str) -> float:
 
 
 def _agent_line(data: dict[str, Any]) -> str:
-    from hal9999.cli.approvals import plain
+    from hal9999.cli.approvals import one_line, plain
 
-    detail = f"  ({data['detail']})" if data.get("detail") else ""
+    detail = f"  ({one_line(data['detail'])})" if data.get("detail") else ""
     kind = " [manager]" if data.get("kind") == "manager" else ""
     # Sanitised: the detail can quote a task's error, which the agent can write into, and
     # an agent's spawn proposal names the new agent's preset (a command template).
@@ -314,7 +314,7 @@ def attach(ctx: click.Context, name: str) -> None:
 @json_option("Print JSON.")
 def agent_stats(name: str, as_json: bool) -> None:
     """Turn statistics of NAME: totals, results, tokens, cost, tools, p50/p95 turn time."""
-    from hal9999.cli.approvals import plain
+    from hal9999.cli.approvals import one_line, plain
     from hal9999.hive import stats
     from hal9999.hive.store import get_agent
 
@@ -336,8 +336,9 @@ def agent_stats(name: str, as_json: bool) -> None:
     click.echo(f"  tokens: in {data['input_tokens']}, out {data['output_tokens']}, cache read "
                f"{data['cache_read_tokens']}, cache write {data['cache_write_tokens']};"
                f" cost {cost}")  # fmt: skip
-    tools = ", ".join(f"{k} {n}" for k, n in data["tools"].items()) or "none"
-    # Tool names are what the agent printed (its stream-json): an agent's bytes.
+    tools = ", ".join(f"{one_line(k)} {n}" for k, n in data["tools"].items()) or "none"
+    # Tool names are what the agent printed (its stream-json): an agent's bytes, whose line
+    # break began a line of its choosing under hal's.
     click.echo(plain(f"  tool calls: {data['tool_calls']} ({tools})"))
 
 

@@ -94,7 +94,13 @@ def shorten_values(text: str) -> str:
 def error_line(text: str) -> str:
     """``text`` as the one line of ``hal: error:``: sanitised, long values cut, and a line
     break a value carried (a path or name holding ``\\n``) shown escaped, so it stays one line."""
-    line = shorten_values(sanitize(text))
+    return breaks_shown(shorten_values(sanitize(text)))
+
+
+def breaks_shown(line: str) -> str:
+    """``line`` (sanitised) kept one line: each line break in it written as ``\\n`` (or
+    ``\\r``), a tab as a space; a break the agent put in a name or a message began a line
+    of its choosing under hal's, such as a forged ``end: succeeded``."""
     return line.replace("\r", "\\r").replace("\n", "\\n").replace("\t", " ")
 
 
@@ -143,9 +149,12 @@ class TerminalSanitizer:
 
 
 def _one_line(text: str, limit: int) -> str:
-    text = " ".join(sanitize(text).split())
-    # Sanitised again when cut: the cut may fall inside a colour or drop its reset.
-    return text if len(text) <= limit else sanitize(text[: limit - 1] + "…")
+    """``text`` (the agent's) as a field of a line hal writes: one line, cut to ``limit``,
+    with no escape sequence at all. The agent's colours too: its line break in a tool's name
+    began a line of its own under hal's (a fake summary), and its conceal there hid the rest
+    of hal's line."""
+    text = " ".join(_SGR.sub("", _strip(text)).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 _TARGET_KEYS = ("command", "cmd", "file_path", "path", "filePath", "pattern", "url", "query")
@@ -207,7 +216,7 @@ class EventRenderer:
                 return sanitize(data["text"]).rstrip("\n") + "\n"
             case "tool_call":
                 target = _one_line(tool_target(data["input"]), 100)
-                return self.paint(f"▸ {sanitize(data['name'])}", DIM) + f" {target}\n"
+                return self.paint(f"▸ {_one_line(data['name'], 60)}", DIM) + f" {target}\n"
             case "tool_result":
                 if data["is_error"]:
                     return self.paint(f"  ✗ {result_summary(data['output'])}", RED) + "\n"

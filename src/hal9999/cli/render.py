@@ -6,7 +6,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from hal9999.cli.output import sanitize
+from hal9999.cli.output import breaks_shown, sanitize
 from hal9999.cli.task_table import short
 from hal9999.cli.task_table import summary as summary  # re-exported: light, in task_table
 
@@ -65,8 +65,9 @@ def event_line(event: Event) -> str | None:
         case TaskEnd():
             tail = f" — {event.error}" if event.error else ""
             body = f"end: {event.status} (exit {event.exit_code}){tail}"
-    # Agent text, tool output and messages come from the agent: no escape sequences pass.
-    return sanitize(f"{event.seq:>5} {stamp} {body}")
+    # Agent text, tool names and output, messages and errors come from the agent: no escape
+    # sequence passes, and no line break, which began a line of the agent's own here.
+    return breaks_shown(sanitize(f"{event.seq:>5} {stamp} {body}".rstrip()))
 
 
 def task_json(task: TaskRecord) -> dict[str, Any]:
