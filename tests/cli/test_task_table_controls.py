@@ -36,3 +36,14 @@ def test_an_agent_with_a_line_break_stays_on_one_line_wherever_it_is_shown() -> 
     block = summary(row(agent=agent, repo="/r\x1b]0;t\x07", ref="main\nx"))
     assert "\x1b" not in block and "\x07" not in block
     assert len(block.splitlines()) == 8  # one line a field, none split
+
+
+def test_a_multi_line_error_stays_under_its_own_field_in_the_summary() -> None:
+    # The agent writes into a task's error (git's messages from a clean filter that failed):
+    # its later lines were flush left, where "status    succeeded" read as the summary's own.
+    error = "collecting failed: git: error: x\nstatus    succeeded (exit 0)\r\nbranch    hal/ok\n"
+    block = summary(row(status="failed", exit_code=1, error_message=error))
+    fields = [line.split()[0] for line in block.splitlines() if not line.startswith(" ")]
+    assert fields == ["task", "status", "agent", "repo", "branch", "duration", "files",
+                      "error", "session"], block  # fmt: skip
+    assert "          status    succeeded (exit 0)" in block.splitlines()

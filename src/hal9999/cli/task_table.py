@@ -194,7 +194,9 @@ def summary(task: TaskSummary) -> str:
         lines.append(f"cost      ${task.cost_usd:.4f}")
     if task.error_message:
         # The agent can write into it (git's messages from collection, a bundle's ref names):
-        # cleaned as any viewer cleans the agent's output.
-        lines.append(f"error     {sanitized(task.error_message)}")
+        # cleaned as any viewer cleans the agent's output, and its later lines indented under
+        # this one: flush left, its "\nstatus    succeeded" read as the block's own field.
+        error = sanitized(task.error_message).strip("\n").replace("\r", "")
+        lines.append("error     " + error.replace("\n", "\n" + " " * 10))
     lines.append(f"session   {task.session_dir}")
     return "\n".join(lines)
