@@ -228,3 +228,20 @@ def test_what_hal_prints_after_the_agents_text_is_never_hidden(
     streamed = "".join(stream.feed(text) for text in texts) + stream.flush()
     assert not _hidden_at_end(streamed), streamed
     assert not _hidden_at_end(event_line(AgentText(seq=1, text=texts[0])) or "")
+
+
+def test_invisible_characters_are_spelled_out_and_joiners_kept() -> None:
+    """A zero width space, a BOM or tag characters draw as nothing: `main` and `main\u200b`
+    read the same, and tags spell ASCII only the next model reads."""
+    from hal9999.cli.approvals import plain
+    from hal9999.cli.task_table import one_line, sanitized
+
+    hidden = "".join(chr(0xE0000 + ord(c)) for c in "rm -rf")
+    line = f"ok\u200b{hidden}\ufeff\u2060 👨\u200d👩\u200d👧 ❤\ufe0f\n"
+    shown = "ok⟨U+200B⟩" + "".join(f"⟨U+{0xE0000 + ord(c):05X}⟩" for c in "rm -rf")
+    shown += "⟨U+FEFF⟩⟨U+2060⟩ 👨\u200d👩\u200d👧 ❤\ufe0f\n"
+    stream = TerminalSanitizer()
+    streamed = "".join(stream.feed(c) for c in line) + stream.flush()
+    for clean in (sanitize(line), streamed, sanitized(line), plain(line)):
+        assert clean == shown
+    assert one_line(line) == shown.rstrip("\n")

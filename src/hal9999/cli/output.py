@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from hal9999.cli.task_table import BIDI_SHOWN
+from hal9999.cli.task_table import SPELLED_OUT
 
 if TYPE_CHECKING:
     from hal9999.events.models import Event
@@ -49,9 +49,10 @@ RESET = "\x1b[0m"
 
 def _strip(text: str) -> str:
     """``text`` without escapes but SGR and controls but newline and tab, its bidirectional
-    controls spelled out (``task_table.BIDI_SHOWN``: a terminal that does bidi obeyed them)."""
+    controls (a terminal that does bidi obeyed them) and invisible characters spelled out
+    (``task_table.SPELLED_OUT``)."""
     kept = _UNSAFE.sub(lambda m: m.group(0) if _SGR.fullmatch(m.group(0)) else "", text)
-    return kept.translate(BIDI_SHOWN)
+    return kept.translate(SPELLED_OUT)
 
 
 def _style_open(text: str) -> bool:

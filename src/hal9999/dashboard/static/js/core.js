@@ -34,10 +34,14 @@
 
   // Bidirectional controls (embeddings, overrides, isolates, marks) reorder the text around
   // them: a line of agent code can read as a comment while it is code ("Trojan Source").
-  // Agent text is shown with each of them spelled out, so what is seen is what is there.
-  const BIDI = /[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
-  /** ``text`` with every bidirectional control made visible as ⟨U+XXXX⟩. */
-  hal.visible = (text) => String(text).replace(BIDI, (c) => "\u27e8U+" + c.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0") + "\u27e9");
+  // Invisible characters (zero width space, word joiner, BOM, soft hyphen, fillers, tags)
+  // make two names read the same, or carry text the operator never sees (tags spell ASCII).
+  // Agent text is shown with each of them spelled out, so what is seen is what is there
+  // (the same list as the CLI's, cli/task_table.py; the joiners and variation selectors,
+  // which scripts and emoji need, are kept).
+  const SPELLED = /[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180e\u200b\u2060-\u2064\u206a-\u206f\u3164\ufeff\uffa0\ufff9-\ufffb\u{1d173}-\u{1d17a}\u{e0001}\u{e0020}-\u{e007f}]/gu;
+  /** ``text`` with every bidirectional control and invisible character made visible as ⟨U+XXXX⟩. */
+  hal.visible = (text) => String(text).replace(SPELLED, (c) => "\u27e8U+" + c.codePointAt(0).toString(16).toUpperCase().padStart(4, "0") + "\u27e9");
 
   /** el("div", {class: "x", text: "y", onclick: f}, child, "text") */
   hal.el = function (tag, attrs, ...children) {
