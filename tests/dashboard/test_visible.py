@@ -58,3 +58,28 @@ def test_invisible_characters_in_agent_text_are_shown(
     assert "setup⟨U+200B⟩.py" in page.inner_text("#timeline .file-name")
     assert f"done⟨U+2060⟩{tags} 👨\u200d👩\u200d👧" in shown  # joiners kept: emoji whole
     shot(page)
+
+
+@pytest.mark.browser
+def test_no_colour_pair_of_the_agents_draws_its_text_in_its_background(
+    browser: Any, fake_dashboard: Dashboard
+) -> None:
+    # `ESC[30;47m` was grey (#6e7681) on grey (#6e7681): the agent's line in the log was
+    # there, and the operator reading it saw a blank.
+    served, api, home = fake_dashboard
+    api.add_task(task("t1", status="running"))
+    page = open_logged_in(browser, served, home)
+    page.goto(served.base + "/tasks/t1")
+    page.wait_for_selector("#live-state[data-state='live']")
+    pairs = [(fg, bg) for fg in (*range(30, 38), *range(90, 98)) for bg in range(40, 48)]
+    text = "".join(f"\x1b[{fg};{bg}m{fg}-{bg}\x1b[0m " for fg, bg in pairs)
+    api.emit(task_id="t1", type="output", text=text + "\n")
+    page.wait_for_selector("#log span:has-text('97-47')")
+    drawn = page.eval_on_selector_all(
+        "#log span",
+        "spans => spans.map(s => [s.textContent, getComputedStyle(s).color,"
+        " getComputedStyle(s).backgroundColor])",
+    )
+    hidden = [t for t, colour, background in drawn if t.strip() and colour == background]
+    assert len([t for t, _, _ in drawn if "-" in t]) == len(pairs)
+    assert not hidden, hidden

@@ -34,7 +34,9 @@
 
   function classes(state) {
     const out = [];
-    if (state.fg !== null) out.push("ansi-fg" + state.fg);
+    // A foreground only on the log's own background: the agent's text in its background's
+    // colour (30;47 is grey on grey here, like black on black) was there but never seen.
+    if (state.fg !== null && state.bg === null) out.push("ansi-fg" + state.fg);
     if (state.bg !== null) out.push("ansi-bg" + state.bg);
     if (state.bold) out.push("ansi-bold");
     if (state.dim) out.push("ansi-dim");
