@@ -222,6 +222,52 @@ async def test_tmux_session_never_passes_the_clipboard_escape(
         await manager.stop(spec)
 
 
+TITLE = "hal: run succeeded"
+SETS_TITLE = f"printf '\\033]2;{TITLE}\\033\\\\'; sleep 5"
+"""A pane command that sets the pane's title (OSC 2), as any agent may."""
+
+
+def _status_line(socket: Path | str, target: str) -> str:
+    """The status line of an attached client, expanded (its left and right parts)."""
+    shown = subprocess.run(
+        ["tmux", "-S", str(socket), "display-message", "-p", "-t", target,
+         "#{T:status-left}#{T:status-right}"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return shown.stdout
+
+
+@pytest.mark.tmux
+async def test_the_agents_pane_title_never_reaches_the_status_line(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    # tmux's default status line shows the pane's title, which the agent sets: whoever
+    # attached (hal task attach, the dashboard's terminal) read "hal: run succeeded" there.
+    manager = TmuxProcessManager()
+    spec = spec_for(tmp_path, ShellCommand(script=SETS_TITLE))
+    await manager.start(sandbox, spec)
+    try:
+        socket = manager.socket(spec)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and TITLE not in _pane_title(socket):
+            await asyncio.sleep(0.05)
+        assert TITLE in _pane_title(socket)  # the agent did set it
+        assert TITLE not in _status_line(socket, _session(socket))
+    finally:
+        await manager.stop(spec)
+
+
+def _pane_title(socket: Path | str) -> str:
+    """The titles of the server's panes ("" while it is not up)."""
+    argv = ["tmux", "-S", str(socket), "list-panes", "-a", "-F", "#{pane_title}"]
+    return subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+
+
+def _session(socket: Path | str) -> str:
+    argv = ["tmux", "-S", str(socket), "list-sessions", "-F", "#{session_name}"]
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.split()[0]
+
+
 def _links_utempter(program: str) -> bool:
     linked = subprocess.run(["ldd", program], capture_output=True, text=True, check=False)
     return "libutempter" in linked.stdout

@@ -63,6 +63,10 @@ _PREFIX = "e-"
 other hal file in the directory starts with."""
 
 
+STATUS_RIGHT = "%H:%M %d-%b-%y"
+"""tmux's default right of the status line but the pane's title (the agent's to set)."""
+
+
 def start_argv(tmux: str, socket: str, preload: bool) -> list[str]:
     """Start (or find) the server at ``socket`` with the options every hal server has."""
     return [
@@ -88,6 +92,13 @@ def start_argv(tmux: str, socket: str, preload: bool) -> list[str]:
         "-gq",
         "allow-passthrough",
         "off",
+        ";",
+        # tmux's status line shows the pane's title, which the agent sets (OSC 2): "hal: run
+        # succeeded" in the status line of whoever attaches. The same line without it.
+        "set-option",
+        "-g",
+        "status-right",
+        STATUS_RIGHT,
         ";",
     ]
 

@@ -37,8 +37,10 @@ take the session and the relay's ``tail`` along."""
 START = (
     'd=$1; pane=$2; shift 2; umask 077; mkdir -p -- "$d" && : > "$d/out" || exit 125; '
     # The clipboard option before the pane exists: the agent must not write the clipboard
-    # of whoever attaches (OSC 52 would pass through to the outer terminal).
+    # of whoever attaches (OSC 52 would pass through to the outer terminal); the status line
+    # without the pane's title, which the agent sets (tmuxearly.STATUS_RIGHT).
     'tmux -S "$d/sock" -f /dev/null start-server \\; set-option -s set-clipboard off \\; '
+    "set-option -g status-right '%H:%M %d-%b-%y' \\; "
     'new-session -d -s hal -x 200 -y 50 -- sh -c "$pane" hal-pane "$d" "$@" || exit 125; '
     "pid=$(tmux -S \"$d/sock\" display-message -p -t hal '#{pane_pid}' 2>/dev/null); "
     'if [ -n "$pid" ]; then tail -s 0.2 -c +1 --pid="$pid" -f -- "$d/out"; '
