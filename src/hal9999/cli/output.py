@@ -14,6 +14,7 @@ summarised, errors in red. Usage and cost are in the summary printed at the end.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -107,9 +108,26 @@ def breaks_shown(line: str) -> str:
 
 def escape_json_line(line: str) -> str:
     """A JSON line with C1 controls escaped too (JSON only requires C0 to be escaped, but a
-    terminal may act on U+0080-U+009F); valid JSON either way, since they only occur inside
-    strings."""
-    return re.sub(r"[\x7f-\x9f]", lambda m: f"\\u{ord(m.group(0)):04x}", line)
+    terminal may act on U+0080-U+009F), and the bidirectional and invisible characters
+    (``task_table.SPELLED_OUT``), as the ASCII JSON of ``--json`` has them: a terminal that
+    does bidi reordered the line, an invisible one hid what a string holds. Valid JSON either
+    way, since they only occur inside strings."""
+    return _json_unsafe().sub(_json_escape, line)
+
+
+@functools.cache
+def _json_unsafe() -> re.Pattern[str]:
+    """What :func:`escape_json_line` escapes (compiled at its first use: ``hal run --events``
+    only)."""
+    return re.compile("[\\x7f-\\x9f" + "".join(map(chr, SPELLED_OUT)) + "]")
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    code = ord(match.group(0))
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # JSON spells a code point past U+FFFF as a UTF-16 surrogate pair
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
 
 
 class TerminalSanitizer:
