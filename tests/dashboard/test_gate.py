@@ -177,3 +177,13 @@ def test_no_answer_grants_another_origin_cors(fake_dashboard: Dashboard) -> None
         assert answer.status_code in (200, 401, 403, 404, 405), answer.status_code
         granted = [k for k in answer.headers if k.lower().startswith("access-control-allow")]
         assert granted == [], (answer.request.url, granted)
+
+
+def test_the_data_is_never_kept_in_the_browsers_cache(fake_dashboard: Dashboard) -> None:
+    # The answers of /api and /files (prompts, logs, the patch of the user's code) had no
+    # cache-control: a browser may write them to its disk cache, kept after the session ends.
+    served, _, home = fake_dashboard
+    with logged_in(served, home) as (client, credential):
+        for path in ("/api/tasks", "/files/tasks/abc/patch"):
+            answer = client.get(path, headers={SESSION_HEADER: credential})
+            assert answer.headers.get_list("cache-control") == ["no-store"], path

@@ -45,6 +45,9 @@ SECURITY_HEADERS = [
     (b"cross-origin-opener-policy", b"same-origin"),
     (b"cross-origin-resource-policy", b"same-origin"),
 ]
+NOT_STORED = [(b"cache-control", b"no-store")]
+"""On the data's answers: the task data (prompts, logs, the patch of the user's code) is not
+written to the browser's disk cache, where it stayed after the session ended."""
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 DATA_PREFIXES = ("/api/", "/files/")
 """Paths only the dashboard's own scripts fetch (a browser says who asked in Sec-Fetch-Site)."""
@@ -142,10 +145,16 @@ class DashboardGuard:
                 await self._refuse(scope, send, 401, "login_required", LOGIN_REQUIRED)
                 return
         scope.setdefault("state", {})["hal_session"] = session
+        extra = [*SECURITY_HEADERS, *(NOT_STORED if path.startswith(DATA_PREFIXES) else [])]
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+                given = message.get("headers", [])
+                if any(name.lower() == b"cache-control" for name, _ in given):
+                    added = SECURITY_HEADERS  # the event stream's own no-cache
+                else:
+                    added = extra
+                message = {**message, "headers": [*given, *added]}
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
