@@ -199,6 +199,33 @@ def test_fsync_on_phase_and_task_end_only(tmp_path: Path, fsyncs: list[int]) -> 
     assert len(calls) == 2  # everything was on disk already: no fsync of the close's own
 
 
+def test_events_emitted_together_are_one_batch_with_one_fsync(
+    tmp_path: Path, fsyncs: list[int]
+) -> None:
+    # Issue 16: a run's final phase and task_end, each a batch of its own before (two
+    # index transactions, two appends, two fsyncs).
+    with Store(tmp_path / "hal.db") as store:
+        log = EventLog(tmp_path / "events.jsonl", "t1", store=store)
+        with log.together():
+            log.emit(Phase(phase="succeeded", previous="collecting"))
+            log.emit(TaskEnd(status="succeeded"))
+            assert fsyncs == [] and not (tmp_path / "events.jsonl").read_bytes()
+        assert len(fsyncs) == 1
+        assert [e.type for e in read_events(tmp_path / "events.jsonl")] == ["phase", "task_end"]
+        assert store.index_extent("t1") == (2, 2)
+        log.close()
+    assert len(fsyncs) == 1
+
+
+def test_events_emitted_together_are_written_when_the_block_raises(tmp_path: Path) -> None:
+    log = EventLog(tmp_path / "events.jsonl", "t1")
+    with pytest.raises(RuntimeError), log.together():
+        log.emit(Phase(phase="failed"))
+        raise RuntimeError("after the phase")
+    assert [e.seq for e in read_events(tmp_path / "events.jsonl")] == [1]  # before the close
+    log.close()
+
+
 def test_close_fsyncs_what_was_written_since_the_last_fsync(
     tmp_path: Path, fsyncs: list[int]
 ) -> None:

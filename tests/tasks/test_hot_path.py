@@ -124,6 +124,34 @@ async def test_what_a_run_learnt_is_recorded_with_a_failure_too(
     assert (kept.runner_pid, kept.sandbox_id, kept.started_at) == (None, None, None)
 
 
+@pytest.mark.bwrap
+async def test_a_runs_final_phase_and_task_end_are_written_as_one_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 16: the final status's phase and task_end were two batches back to back (two
+    # index transactions, two appends, two fsyncs of events.jsonl) at the end the run's
+    # caller waits for; one now (EventLog.together).
+    from hal9999.store import Store
+
+    repo = git_repo(tmp_path / "repo")
+    store, service, _, _ = pooled_service(tmp_path / "home", "bwrap")
+    task = await service.create(trivial_request(repo))
+    batches: list[list[str]] = []
+    original = Store.record_events
+
+    def counted(self: Store, task_id: str, rows: list[Any]) -> Any:
+        batches.append([kind for _, kind, _ in rows])
+        return original(self, task_id, rows)
+
+    monkeypatch.setattr(Store, "record_events", counted)
+    done = await service.run(task.id)
+    monkeypatch.undo()
+    store.close()
+    assert done.status == "succeeded", done.error_message
+    assert batches[-1][-2:] == ["phase", "task_end"], batches
+    assert ["task_end"] not in batches
+
+
 async def run_trivial_task(tmp_path: Path, repo: Path) -> None:
     """One `true` agent run through a pooled bwrap service, to its success."""
     store, service, _, _ = pooled_service(tmp_path / "home", "bwrap")

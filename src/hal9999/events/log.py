@@ -28,7 +28,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, NamedTuple
@@ -172,6 +173,8 @@ class EventLog:
         event loop must not wait for the database); the fsync a :meth:`close` owes is the
         flusher's too (the closing thread returns once the lines are written)."""
         self._pending: list[Event] = []
+        self._together = 0
+        """Open :meth:`together` blocks: a ``phase`` or ``task_end`` waits for their end."""
         self._io_lock = threading.RLock()
         # Re-entrant so a sink that emits (a warning about itself, say) cannot deadlock.
         self._lock = threading.RLock()
@@ -289,14 +292,45 @@ class EventLog:
             stamped = _stamped(masked, seq, time.time(), self.task_id)
             self._seq = seq
             self._pending.append(stamped)
-            due = len(self._pending) >= self.index_batch or stamped.type in FSYNC_TYPES
+            held = self._together > 0  # written when the together() block ends
+            due = not held and (
+                len(self._pending) >= self.index_batch or stamped.type in FSYNC_TYPES
+            )
             if due and self.background:
                 FLUSHER.schedule(self, 0.0)
-            elif not due and len(self._pending) == 1:
+            elif not due and not held and len(self._pending) == 1:
                 FLUSHER.schedule(self, time.monotonic() + self.max_delay)
         if due and not self.background:
             self.flush()
         return stamped
+
+    @contextmanager
+    def together(self) -> Iterator[None]:
+        """Write the events emitted inside as one batch when it ends: one index transaction,
+        one append and one fsync for a run's final ``phase`` and ``task_end``, where each
+        took its own (issue 16: the end a run's caller waits for). Written as the last of
+        them would have been: on this thread, or on the flusher's for a background writer;
+        written all the same when the block raises."""
+        with self._lock:
+            self._together += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._together -= 1
+                due = not self._together and self._due()
+                if due and self.background:
+                    FLUSHER.schedule(self, 0.0)
+                elif not due and not self._together and self._pending:
+                    FLUSHER.schedule(self, time.monotonic() + self.max_delay)
+            if due and not self.background:
+                self.flush()
+
+    def _due(self) -> bool:
+        """Whether the pending batch, held by :meth:`together`, is due now (as its last event
+        would have made it); the caller holds ``_lock``."""
+        pending = self._pending
+        return len(pending) >= self.index_batch or any(e.type in FSYNC_TYPES for e in pending)
 
     def flush(self) -> None:
         """Write the pending batch now (on this thread)."""

@@ -251,62 +251,65 @@ class TaskRunner(LaunchSteps, FollowSteps):
         }
         message = ctx.masker.mask(error.one_line()) if error else note
         retry = self._retry(ctx, status, current, error)
-        try:
-            if retry is not None:
-                # Failed, and queued again for the retry in the same write: a process that
-                # dies after it leaves a queued task (recovery takes it on), never a
-                # `failed` one whose retry is owed. The sandbox goes back in `run`.
-                record = self._transition(
-                    ctx,
-                    TaskStatus.QUEUED,
-                    note,
-                    via=TaskStatus.FAILED,
-                    sandbox_id=None,
-                    **retry.fields(time.time()),
-                    **usage,
-                )
-                ctx.retried = retry
-            else:
-                # What the end of `run` would write next, in this write: the run's follower
-                # is answered once the run is over, and a second write was ~1-2.5 ms of
-                # that wait (issue 16). A pool's sandbox is its row's (the next daemon
-                # resets or destroys it). One made for this run alone is named by nothing
-                # but this record: the runner and it stay on it until the sandbox is gone
-                # (the end of `run` clears both), so a run killed in between leaves a final
-                # task naming a sandbox and a dead runner, which the next hal command
-                # sweeps (tasks/deadruns.py); cleared here, only `hal serve` found it.
-                keep = ctx.detached or (
-                    ctx.sandbox is not None and not self.sandboxes.holds(ctx.sandbox)
-                )
-                gone = {} if keep else {"runner_pid": None, "sandbox_id": None}
-                record = self._transition(
-                    ctx,
-                    status,
-                    note,
-                    **gone,
-                    finished_at=time.time(),
+        # The final phase and task_end (and a retry's phase) in one batch of the event log:
+        # one index transaction and one fsync where each took its own (issue 16).
+        with ctx.events.together():
+            try:
+                if retry is not None:
+                    # Failed, and queued again for the retry in the same write: a process that
+                    # dies after it leaves a queued task (recovery takes it on), never a
+                    # `failed` one whose retry is owed. The sandbox goes back in `run`.
+                    record = self._transition(
+                        ctx,
+                        TaskStatus.QUEUED,
+                        note,
+                        via=TaskStatus.FAILED,
+                        sandbox_id=None,
+                        **retry.fields(time.time()),
+                        **usage,
+                    )
+                    ctx.retried = retry
+                else:
+                    # What the end of `run` would write next, in this write: the run's follower
+                    # is answered once the run is over, and a second write was ~1-2.5 ms of
+                    # that wait (issue 16). A pool's sandbox is its row's (the next daemon
+                    # resets or destroys it). One made for this run alone is named by nothing
+                    # but this record: the runner and it stay on it until the sandbox is gone
+                    # (the end of `run` clears both), so a run killed in between leaves a final
+                    # task naming a sandbox and a dead runner, which the next hal command
+                    # sweeps (tasks/deadruns.py); cleared here, only `hal serve` found it.
+                    keep = ctx.detached or (
+                        ctx.sandbox is not None and not self.sandboxes.holds(ctx.sandbox)
+                    )
+                    gone = {} if keep else {"runner_pid": None, "sandbox_id": None}
+                    record = self._transition(
+                        ctx,
+                        status,
+                        note,
+                        **gone,
+                        finished_at=time.time(),
+                        exit_code=exit_code,
+                        error_code=error.code if error else None,
+                        error_message=message,
+                        **usage,
+                    )
+            except Superseded:
+                return self.store.get_task(ctx.task.id)
+            ctx.events.emit(
+                TaskEnd(
+                    status=status.value,
                     exit_code=exit_code,
                     error_code=error.code if error else None,
-                    error_message=message,
-                    **usage,
+                    error=error.one_line() if error else note,
+                    files_changed=files if files is not None else record.files_changed,
+                    duration_s=round(time.monotonic() - started, 3),
                 )
-        except Superseded:
-            return self.store.get_task(ctx.task.id)
-        ctx.events.emit(
-            TaskEnd(
-                status=status.value,
-                exit_code=exit_code,
-                error_code=error.code if error else None,
-                error=error.one_line() if error else note,
-                files_changed=files if files is not None else record.files_changed,
-                duration_s=round(time.monotonic() - started, 3),
             )
-        )
-        if retry is not None:
-            previous = TaskStatus.FAILED.value
-            phase = Phase(phase=record.status, previous=previous, detail=retry.detail(message))
-            ctx.events.emit(phase)
-        return record
+            if retry is not None:
+                previous = TaskStatus.FAILED.value
+                phase = Phase(phase=record.status, previous=previous, detail=retry.detail(message))
+                ctx.events.emit(phase)
+            return record
 
     @staticmethod
     def _retry(
