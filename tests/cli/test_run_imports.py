@@ -175,11 +175,13 @@ dataclass's methods by compiling their source at import, ~0.5 ms a class on the 
 host; hal's other records on this path are named tuples or plain classes (issue 16)."""
 
 
-def _run_and_list(hal_env: dict[str, str], demo_repo: Path) -> tuple[set[str], str]:
-    """An in-process run of a template agent (``RUN_AND_LIST``): the modules it imported,
-    and its models' JSON line."""
+def _run_and_list(
+    hal_env: dict[str, str], demo_repo: Path, manager: str = "direct"
+) -> tuple[set[str], str]:
+    """An in-process run of a template agent (``RUN_AND_LIST``) under process manager
+    ``manager``: the modules it imported, and its models' JSON line."""
     env = {**hal_env, "HAL_NO_DAEMON": "1"}
-    argv = ["run", "--agent", "true {{prompt_file}}", "--process-manager", "direct", "x"]
+    argv = ["run", "--agent", "true {{prompt_file}}", "--process-manager", manager, "x"]
     done = subprocess.run(
         [sys.executable, "-c", RUN_AND_LIST, *argv],
         cwd=demo_repo, env=env, capture_output=True, text=True, timeout=120,
@@ -221,6 +223,23 @@ def test_an_in_process_run_imports_no_gateway_or_hive_store_and_builds_only_its_
 
     lazy = {repr(p.pattern) for p in (_surrogate(), *_line_patterns())}
     assert not lazy & set(found["patterns"]), sorted(lazy & set(found["patterns"]))
+
+
+@pytest.mark.bwrap
+@pytest.mark.tmux
+def test_an_in_process_run_in_a_tmux_pane_compiles_no_dataclass_beyond_the_contract(
+    hal_env: dict[str, str], demo_repo: Path, reaped: None
+) -> None:
+    # The benchmark's row (`hal run` in-process, tmux its default manager): the pane's
+    # modules (tmux, tmuxearly, tmuxwarm, tmuxowned) define records that are not the plugin
+    # contract's as named tuples or plain classes (tmuxwarm.WarmPane was a frozen dataclass).
+    modules, models = _run_and_list(hal_env, demo_repo, "tmux")
+    assert "hal9999.process.tmuxwarm" in modules  # the run did go through tmux's manager
+    found = json.loads(models)
+    assert set(found["dataclasses"]) <= DATACLASSES, sorted(set(found["dataclasses"]) - DATACLASSES)
+    assert not modules & set(NOT_FOR_A_TEMPLATE_AGENT), sorted(
+        modules & set(NOT_FOR_A_TEMPLATE_AGENT)
+    )
 
 
 @pytest.mark.bwrap
