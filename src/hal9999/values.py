@@ -55,11 +55,11 @@ def _not_blank(value: str) -> str:
 EnvName = Annotated[str, AfterValidator(_env_name)]
 """An environment variable name (``--env``, ``forward_env``, ``api_key_env``)."""
 
-_EGRESS_HOST = re.compile(r"(\*\.)?[A-Za-z0-9][A-Za-z0-9.-]{0,252}(:[0-9]{1,5})?")
+_EGRESS_HOST = r"(\*\.)?[A-Za-z0-9][A-Za-z0-9.-]{0,252}(:[0-9]{1,5})?"  # compiled on first use
 
 
 def _egress_host(value: str) -> str:
-    if not _EGRESS_HOST.fullmatch(value) and not _ipv6_entry(value):
+    if not re.fullmatch(_EGRESS_HOST, value) and not _ipv6_entry(value):
         # Named: of several --egress (or a list in the config), which one is wrong.
         shown = value if len(value) <= 60 else value[:60] + "…"
         raise ValueError(f"{shown!r} is not HOST, HOST:PORT, [IPV6]:PORT or *.DOMAIN[:PORT]")

@@ -49,9 +49,10 @@ output (``[],``), and the record is copied a few times on its way to the events 
 15 MB line of ``[{},{},...]`` took 1.2 GB and 15 s of the supervisor, a process outside
 the sandbox's limits; no record an agent really prints comes near (text is one string)."""
 
-_JSON_STRING = re.compile(r'"[^"]*"')
+_JSON_STRING = r'"[^"]*"'
 """A JSON string once its escaped backslashes and quotes are gone (no backtracking: a
-quote that never closes is one scan to the end, and no quote follows it)."""
+quote that never closes is one scan to the end, and no quote follows it). Compiled on first
+use (a line past the bound only), through ``re``'s cache."""
 
 
 def too_many_values(text: str) -> bool:
@@ -62,7 +63,7 @@ def too_many_values(text: str) -> bool:
     if text.count(",") + text.count("[") + text.count("{") <= MAX_JSON_VALUES:
         return False
     # Left to right, as JSON reads them: "\\" is one backslash, then "\"" a quote.
-    bare = _JSON_STRING.sub("", text.replace("\\\\", "").replace('\\"', ""))
+    bare = re.sub(_JSON_STRING, "", text.replace("\\\\", "").replace('\\"', ""))
     return bare.count(",") + bare.count("[") + bare.count("{") > MAX_JSON_VALUES
 
 

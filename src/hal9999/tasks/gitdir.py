@@ -203,7 +203,7 @@ def _packable(branch: str, refs: list[str]) -> bool:
 
 
 _ORIGIN = '[remote "origin"]'
-_URL_KEY = re.compile(r"\s*url\s*=", re.IGNORECASE)
+_URL_KEY = r"(?i)\s*url\s*="  # a clone from a URL's; compiled on first use
 _COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
@@ -223,7 +223,7 @@ def forget_origin_url(git_dir: Path) -> bool:
         stripped = line.strip()
         if stripped.startswith("["):
             section = stripped
-        if section == _ORIGIN and _URL_KEY.match(line):
+        if section == _ORIGIN and re.match(_URL_KEY, line):
             dropped += 1
             continue
         if section.startswith(_ORIGIN[:-1]) and section != _ORIGIN:

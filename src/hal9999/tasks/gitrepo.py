@@ -29,7 +29,7 @@ from hal9999.spec import ArgvCommand
 from hal9999.tasks import gitdir
 from hal9999.workdir import path_not_text
 
-_URL = re.compile(r"^([a-z][a-z0-9+.-]*://|[\w.-]+@[\w.-]+:)", re.IGNORECASE)
+_URL = r"(?i)^([a-z][a-z0-9+.-]*://|[\w.-]+@[\w.-]+:)"  # a --repo URL; compiled on first use
 # Host-side git never runs repository hooks and never prompts for credentials. No
 # `protocol.file.allow=always`: a repository's `.gitmodules` must never make host git copy
 # another host repository (git's default allows local paths only for the user's own command).
@@ -174,7 +174,7 @@ def _source_or_path(repo: str | None, cwd: Path) -> RepoSource | Path:
             hint="pass --repo with a path to a git repository or a git URL, or leave it out "
             "to use the current repository",
         )
-    if repo and _URL.match(repo):
+    if repo and re.match(_URL, repo):
         _refuse_credentials(repo)
         return RepoSource("url", repo)
     try:
@@ -262,7 +262,7 @@ async def _git_top(path: Path) -> RepoSource:
 def _foreign(path: Path, message: str) -> RepoError:
     """The error for a repository git refuses as another user's (``safe.directory``), named
     by the top level git names in ``message`` (else ``path``)."""
-    found = _DUBIOUS.search(message)
+    found = re.search(_DUBIOUS, message)
     top = found.group(1) if found else str(path)
     return RepoError(
         f"{top} is another user's repository, and git reads no other user's repository "
@@ -271,7 +271,7 @@ def _foreign(path: Path, message: str) -> RepoError:
     )
 
 
-_DUBIOUS = re.compile(r"dubious ownership in repository at '([^']*)'")
+_DUBIOUS = r"dubious ownership in repository at '([^']*)'"  # an error's; compiled on first use
 
 
 def check_ref(ref: str) -> str:

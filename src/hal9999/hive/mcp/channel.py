@@ -49,7 +49,9 @@ MARKER = "mcp.json"
 """In a task's run directory: the hive agent the task's runs belong to."""
 SERVER_NAME = "hal"
 """The server's key in the agent CLI's config (tools are ``mcp__hal__<tool>``)."""
-AGENT_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
+AGENT_NAME = r"[a-z][a-z0-9-]{0,31}"
+"""A hive agent's name (a path component); compiled on first use, through ``re``'s cache:
+an ordinary run asks for its task's agent and finds none (issue 16)."""
 
 
 class McpPaths(NamedTuple):
@@ -91,7 +93,7 @@ class McpPaths(NamedTuple):
 
 def checked_name(agent: str) -> str:
     """``agent`` if it is a valid agent name (it becomes a path component), else ValueError."""
-    if not AGENT_NAME.fullmatch(agent):
+    if not re.fullmatch(AGENT_NAME, agent):
         raise ValueError(f"not an agent name: {agent!r}")
     return agent
 
@@ -183,6 +185,6 @@ def _agent_of_task(store: Store, task_id: str) -> str | None:
     # hive's store module and models cost an ordinary `hal run` ~25 ms to import (issue 16).
     sql = "SELECT name FROM hive_agents WHERE task_id = ? ORDER BY name"
     for row in store._query(sql, (task_id,)):
-        if AGENT_NAME.fullmatch(row["name"]):
+        if re.fullmatch(AGENT_NAME, row["name"]):
             return str(row["name"])
     return None
