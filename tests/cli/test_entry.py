@@ -145,3 +145,22 @@ def test_pydantic_in_hal_loads_no_plugins_and_does_not_scan_for_them() -> None:
         [sys.executable, "-c", NO_PLUGINS], capture_output=True, text=True, timeout=60
     )
     assert done.stdout == "() False\n", done.stderr[-2000:]
+
+
+def test_python_m_hal_imports_nothing_from_the_working_directory(tmp_path: Path) -> None:
+    """``python -m hal9999`` in a repository whose files shadow standard modules (an agent's
+    branch checked out) runs hal, not those files: ``-m`` puts the directory first on the
+    path, the console script does not."""
+    shadows = ("typing", "json", "textwrap", "shutil", "enum", "dataclasses", "pathlib")
+    for name in shadows:
+        (tmp_path / f"{name}.py").write_text(f"raise SystemExit('ran the repository\\'s {name}')\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HAL_")}
+    env.update(HAL_HOME=str(tmp_path / "home"))
+    env.pop("PYTHONSAFEPATH", None)
+    for argv in (["--help"], ["task", "list", "--json"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "hal9999", *argv],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert "repository's" not in done.stderr + done.stdout, done.stderr
+        assert done.returncode == 0, done.stderr
