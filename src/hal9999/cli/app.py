@@ -313,11 +313,13 @@ def spawn_runner(app_: App, task: TaskRecord, args: list[str], env: dict[str, st
     import subprocess
     from pathlib import Path
 
+    from hal9999.pymodule import module_argv
+
     log_path = Path(task.session_dir) / "run" / "runner.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "hal9999", "task", "_run", task.id, *args],
+            module_argv("hal9999", "task", "_run", task.id, *args),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,

@@ -16,6 +16,7 @@ from hal9999.cli.main import app, cli, emit_json
 from hal9999.cli.options import json_option
 from hal9999.config import load_config
 from hal9999.errors import DiskFull, HalError, UsageError, error_class_for_status
+from hal9999.pymodule import module_argv
 from hal9999.server.runtime import DaemonFiles
 
 if TYPE_CHECKING:
@@ -117,7 +118,7 @@ def _detach(
     with files.log_file.open("ab") as log:
         start = log.seek(0, os.SEEK_END)  # earlier daemons' lines are not this start's
         proc = subprocess.Popen(
-            [sys.executable, "-m", "hal9999", "serve", *options],
+            module_argv("hal9999", "serve", *options),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,

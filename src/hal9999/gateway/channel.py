@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import secrets
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from hal9999.errors import GatewayError
 from hal9999.gateway.forwarder import connect_unix
 from hal9999.gateway.lock import GATEWAY_DIR, LOCK_FILE
 from hal9999.gateway.rested import CONTROL_SOCK
+from hal9999.pymodule import module_argv
 
 CHANNEL_TARGET = "/hal-gateway"
 """Where the channel directory appears inside a sandbox."""
@@ -179,7 +179,7 @@ async def _spawn(paths: GatewayPaths) -> None:
     with paths.log.open("ab") as log:
         os.chmod(paths.log, 0o600)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "hal9999.gateway", "--home", str(paths.home), "--detach",
+            *module_argv("hal9999.gateway", "--home", str(paths.home), "--detach"),
             stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
         )  # fmt: skip
         await proc.wait()  # returns once the detached gateway listens (or another holds it)

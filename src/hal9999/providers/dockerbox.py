@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +18,7 @@ from hal9999.providers import hostfs, limits, sandboxuser
 from hal9999.providers.base import STDOUT_LIMIT, Command, ExecResult, Launch, StreamEvent
 from hal9999.providers.dockerexec import ENV_WRAPPER, SETTLE_SCRIPT, ContainerExec
 from hal9999.providers.handle import SandboxHandle, reading_file
+from hal9999.pymodule import module_argv
 from hal9999.spec import SandboxSpec, to_argv
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ class DockerSandbox(SandboxHandle):
         argv, values in its environment, handed to the command over stdin."""
         values = self._env(command, env)
         argv = [
-            sys.executable, "-m", "hal9999.providers.dockerlaunch", ",".join(values), "--",
+            *module_argv("hal9999.providers.dockerlaunch", ",".join(values), "--"),
             *self._owner.cli_argv(), "exec", "-i", "-u", f"{self.uid}:{self.uid}",
             "-w", command.cwd or WORKDIR, "-e", f"HAL_SANDBOX={self._id}", self.container,
             "bash", "-c", ENV_WRAPPER, "hal-env", *to_argv(command),

@@ -8,7 +8,6 @@ import contextlib
 import importlib
 import os
 import re
-import sys
 import tempfile
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from pathlib import Path
@@ -22,6 +21,7 @@ from hal9999.envvars import env_argv
 from hal9999.errors import ExecError, HalError, ProviderError
 from hal9999.providers.base import STDOUT_LIMIT, Command, ExecResult, Launch, StreamEvent
 from hal9999.providers.ssh import mirror
+from hal9999.pymodule import module_argv
 from hal9999.spec import ArgvCommand, SandboxSpec, to_argv
 
 if TYPE_CHECKING:
@@ -214,7 +214,7 @@ class RaySandbox:
         full = {**command.env, **dict(env or {})}
         owner = self._owner
         config = owner.config.model_copy(update={"address": owner.address})
-        argv = [sys.executable, "-m", "hal9999.providers.rayrelay", "--records",
+        argv = [*module_argv("hal9999.providers.rayrelay"), "--records",
                 str(owner.records.root), "--config", config.model_dump_json(), "--id",
                 self.id]  # fmt: skip
         for name in sorted(full):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-import sys
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -53,6 +52,7 @@ from hal9999.providers.mirrorfiles import MirrorFiles
 from hal9999.providers.records import JsonRecords
 from hal9999.providers.ssh import mirror, remote
 from hal9999.providers.ssh.records import MountRecord
+from hal9999.pymodule import module_argv
 from hal9999.spec import ArgvCommand, SandboxSpec, display, to_argv
 
 WORKDIR, HOME = "/workspace", "/home/hal"
@@ -260,7 +260,7 @@ class KubeSandbox(MirrorFiles, SandboxHandle):
         """The relay (:mod:`.relay`) running ``command`` in the pod: values ride in its
         environment, names in argv; it pushes, checkpoints and pulls as the ssh relay does."""
         full = self.command_env(command, env)
-        argv = [sys.executable, "-m", "hal9999.providers.k8s.relay", "--records",
+        argv = [*module_argv("hal9999.providers.k8s.relay"), "--records",
                 str(self._records.root), "--id", self.id]  # fmt: skip
         for name in sorted(full):
             remote.check_name(name)

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 
 from hal9999.envvars import env_argv
@@ -27,6 +26,7 @@ from hal9999.providers.mirrorfiles import MirrorFiles
 from hal9999.providers.ssh import channel, mirror, remote, session
 from hal9999.providers.ssh.connections import ConnectionPool
 from hal9999.providers.ssh.records import MountRecord, SshRecord, SshRecords
+from hal9999.pymodule import module_argv
 from hal9999.spec import ArgvCommand, SandboxSpec, display, to_argv
 
 logger = logging.getLogger(__name__)
@@ -255,7 +255,7 @@ class SshSandbox(MirrorFiles, SandboxHandle):
         """The relay (:mod:`.relay`) running ``command`` here: it reaches the host itself,
         so the run outlives this process; values ride in its environment, names in argv."""
         full = self.command_env(command, env)
-        argv = [sys.executable, "-m", "hal9999.providers.ssh.relay", "--records",
+        argv = [*module_argv("hal9999.providers.ssh.relay"), "--records",
                 str(self._records.root), "--id", self.id, "--session"]  # fmt: skip
         for name in sorted(full):
             remote.check_name(name)
