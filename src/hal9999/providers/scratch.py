@@ -5,7 +5,8 @@ hostile: modes that lock its owner out (000, 555), setuid files, FIFOs, links to
 Wiping it from inside does not work (the sandbox has no ``CAP_DAC_OVERRIDE``), so the host
 moves the whole directory away with one ``rename`` (atomic: the next command sees either the
 old directory or none), lets the provider create a fresh one, and deletes the old tree
-through directory fds: never following a link, making each directory 700 before reading it.
+through directory fds (:func:`hal9999.agentfs.remove_tree`): never following a link, opening up
+each directory hal owns that it cannot enter.
 """
 
 from __future__ import annotations
@@ -16,13 +17,11 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
-from hal9999.errors import ProviderError
+from hal9999 import agentfs
+from hal9999.errors import ProviderError, UnsafePath
 
 RETIRED_PREFIX = ".retired-"
 """Name prefix of a directory moved away by :func:`retire`, waiting for :func:`remove_tree`."""
-MAX_DEPTH = 64
-"""Directories deeper than this are moved up to the top of the tree being removed and taken
-apart from there: any depth goes, with at most this many descriptors and frames in use."""
 
 
 Stamp = tuple[int, ...]
@@ -77,29 +76,13 @@ def remove_trees(paths: Sequence[Path]) -> None:
 
 
 def remove_tree(path: Path) -> None:
-    """Delete ``path`` and everything below it without following a link, at any depth;
-    ProviderError when something cannot go (an immutable file)."""
-    parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    """Delete ``path`` and everything below it without following a link, at any depth
+    (:func:`hal9999.agentfs.remove_tree`); ProviderError when something cannot go (an
+    immutable file)."""
     try:
-        info = os.stat(path.name, dir_fd=parent, follow_symlinks=False)
-        if stat.S_ISDIR(info.st_mode):
-            top = _open_dir_for_removal(parent, path.name)
-            try:
-                # Each pass removes what it can reach and moves deeper subtrees up into the
-                # top directory, where the next pass finds them.
-                while os.listdir(top):
-                    _empty(top, top, 0)
-            finally:
-                os.close(top)
-            os.rmdir(path.name, dir_fd=parent)
-        else:
-            os.unlink(path.name, dir_fd=parent)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise ProviderError(f"cannot remove {path}: {exc}") from exc
-    finally:
-        os.close(parent)
+        agentfs.remove_tree(path)
+    except UnsafePath as exc:
+        raise ProviderError(exc.message) from exc
 
 
 def holds_no_files(path: Path) -> bool:
@@ -118,33 +101,3 @@ def holds_no_files(path: Path) -> bool:
                     return False
                 pending.append(Path(entry.path))
     return True
-
-
-def _empty(dir_fd: int, top: int, depth: int) -> None:
-    for name in os.listdir(dir_fd):
-        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        if not stat.S_ISDIR(info.st_mode):
-            os.unlink(name, dir_fd=dir_fd)
-        elif depth >= MAX_DEPTH:
-            moved = f"{RETIRED_PREFIX}deep-{secrets.token_hex(6)}"
-            os.rename(name, moved, src_dir_fd=dir_fd, dst_dir_fd=top)
-        else:
-            fd = _open_dir_for_removal(dir_fd, name)
-            try:
-                _empty(fd, top, depth + 1)
-            finally:
-                os.close(fd)
-            os.rmdir(name, dir_fd=dir_fd)
-
-
-def _open_dir_for_removal(dir_fd: int, name: str) -> int:
-    # O_PATH needs no permission on the directory itself, so a mode-000 directory can still be
-    # reached; chmod through its /proc/self/fd entry changes exactly the inode we hold (no
-    # path to swap), and only then is it opened for reading.
-    handle = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY, dir_fd=dir_fd)
-    try:
-        own = f"/proc/self/fd/{handle}"
-        os.chmod(own, 0o700)
-        return os.open(own, os.O_RDONLY | os.O_DIRECTORY)
-    finally:
-        os.close(handle)
