@@ -256,3 +256,39 @@ def test_a_hex_secret_hidden_as_a_submodule_id_keeps_the_branch_out(
     assert "submodule" in task["error_message"]
     assert value not in out.stdout + out.stderr
     assert git(demo_repo, "branch", "--list", task["branch"]) == ""
+
+
+UTF7_MESSAGE = """import base64, os, subprocess
+def git(*args, data=None):
+    done = subprocess.run(["git", *args], input=data, capture_output=True, check=True)
+    return done.stdout.decode().strip()
+shifted = base64.b64encode(os.environ["API_TOKEN"].encode("utf-16-be")).rstrip(b"=")
+with open("calc.py", "a") as source:
+    source.write("# harmless\\n")
+git("add", "calc.py")
+who = "a <a@a> 1 -0000"
+head = f"tree {git('write-tree')}\\nparent {git('rev-parse', 'HEAD')}\\nauthor {who}\\n"
+head += f"committer {who}\\nencoding UTF-7\\n\\n"
+message = b"fix: +" + shifted + b"-\\n"
+made = git("hash-object", "-t", "commit", "-w", "--stdin", data=head.encode() + message)
+git("update-ref", "HEAD", made)
+"""
+
+
+def test_a_secret_in_a_message_git_shows_converted_keeps_the_branch_out(
+    hal: Hal, demo_repo: Path
+) -> None:
+    """A commit message in UTF-7 (every character shifted) held none of the secret's forms
+    the scan knows, and the branch came back: `git log` on it printed the secret."""
+    value = "tok-4f9c1e7a2b8d"
+    commit_agent(demo_repo, "utf7.py", UTF7_MESSAGE)
+    out = hal(
+        "run", "--provider", "bwrap", "--env", "API_TOKEN", "--agent", "python3 utf7.py", "go",
+        "--json", env={"API_TOKEN": value},
+    )  # fmt: skip
+    assert "Traceback" not in out.stderr
+    task = json.loads(out.stdout)
+    assert task["status"] == "failed" and task["error_code"] == "secret_in_result", task
+    assert "the commit" in task["error_message"]
+    assert value not in out.stdout + out.stderr
+    assert git(demo_repo, "branch", "--list", task["branch"]) == ""

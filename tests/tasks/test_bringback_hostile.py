@@ -301,3 +301,92 @@ async def test_a_tree_holding_a_git_directory_in_another_spelling_is_refused(
     with pytest.raises(RepoError):
         await world.bring_back(head, masker)
     assert git(world.source, "for-each-ref", "refs/heads/hal/", "refs/hal-incoming/") == ""
+
+
+def raw_commit(world: World, headers: str, message: bytes) -> str:
+    """A commit on the task's branch written byte for byte: the base's tree, ``headers``
+    after the committer's line, and ``message``."""
+    ws = world.session.workspace
+    tree, parent = git(ws, "rev-parse", "HEAD^{tree}"), git(ws, "rev-parse", "HEAD")
+    who = "a <a@a> 1 -0000"  # no '+': it would open a UTF-7 shift in the header too
+    head = f"tree {tree}\nparent {parent}\nauthor {who}\ncommitter {who}\n{headers}\n"
+    made = subprocess.run(
+        ["git", "hash-object", "-t", "commit", "-w", "--stdin"], cwd=ws,
+        input=head.encode() + message, capture_output=True, check=True,
+    ).stdout.decode().strip()  # fmt: skip
+    git(ws, "update-ref", f"refs/heads/{BRANCH}", made)
+    world.bundle()
+    return made
+
+
+def utf7(text: str) -> bytes:
+    """``text`` in UTF-7 with every character shifted: no byte of it reads as ``text``."""
+    import base64
+
+    return b"+" + base64.b64encode(text.encode("utf-16-be")).rstrip(b"=") + b"-"
+
+
+@pytest.mark.parametrize("where", ["message", "long headers"])
+async def test_a_secret_git_shows_converted_from_a_commits_encoding_is_found(
+    world: World, where: str
+) -> None:
+    # A commit naming another encoding is converted by git for `log` and `show`, headers and
+    # message: a message in UTF-7 is the secret in plain there, while its bytes hold none of
+    # the forms the scan knows, and the branch came back. Headers longer than the piece the
+    # scan reads first hide the `encoding` line from its look: git is asked then too.
+    pad = "x-pad " + "p" * (resultscan._MATCH_CHUNK + 10) + "\n" if where == "long headers" else ""
+    head = raw_commit(world, f"{pad}encoding UTF-7\n", b"fix: " + utf7(SECRET) + b"\n")
+    assert SECRET in git(world.session.workspace, "log", "-1", "--format=%B", head)
+    with pytest.raises(SecretInResult, match=f"the commit {head[:12]}") as caught:
+        await world.bring_back(head, SecretMasker([SECRET]))
+    assert SECRET not in caught.value.one_line()
+    assert git(world.source, "for-each-ref", "refs/heads/hal/", "refs/hal-incoming/") == ""
+    assert not has_object(world.source, head)
+
+
+async def test_commits_git_shows_as_written_take_no_git_of_their_own(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only a commit that names another encoding (or whose headers the scan's first piece
+    # does not hold) takes the `git log` of the check above; one converted from Latin-1
+    # without a secret comes back.
+    asked: list[list[str]] = []
+    check = resultscan._recoded_hit
+
+    async def counted(repo: Path, commits: list[str], *args: object) -> str | None:
+        asked.append(commits)
+        return await check(repo, commits, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(resultscan, "_recoded_hit", counted)
+    masker = SecretMasker([SECRET])
+    plain = world.agent_commits({"a.txt": "two\n"}, message="plain work")
+    declared = raw_commit(world, "encoding UTF-8\n", "caf\u00e9 fix\n".encode())
+    await world.bring_back(declared, masker)
+    assert asked == []
+    head = raw_commit(world, "encoding ISO-8859-1\n", "caf\u00e9 fix\n".encode("latin-1"))
+    await world.bring_back(head, masker)
+    assert asked == [[head]]
+    assert git(world.source, "rev-parse", BRANCH) == head
+    assert plain in git(world.source, "rev-list", head)
+
+
+async def test_commits_to_show_converted_are_held_a_batch_at_a_time(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Their number is the agent's: their ids went whole into hal's memory before git was
+    # asked. The secret in the first of five commits (listed last) is found in the third.
+    asked: list[int] = []
+    check = resultscan._recoded_hit
+
+    async def counted(repo: Path, commits: list[str], *args: object) -> str | None:
+        asked.append(len(commits))
+        return await check(repo, commits, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(resultscan, "_recoded_hit", counted)
+    monkeypatch.setattr(resultscan, "_RECODED_BATCH", 2)
+    for n in range(5):
+        text = utf7(SECRET) if n == 0 else b"clean"
+        head = raw_commit(world, "encoding UTF-7\n", b"step %d: %s\n" % (n, text))
+    with pytest.raises(SecretInResult, match="the commit"):
+        await world.bring_back(head, SecretMasker([SECRET]))
+    assert asked == [2, 2, 1]

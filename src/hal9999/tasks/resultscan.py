@@ -8,6 +8,7 @@ import asyncio
 import codecs
 import contextlib
 import os
+import re
 from asyncio.subprocess import DEVNULL, PIPE
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import BinaryIO
 
 from hal9999 import agentfs
 from hal9999.errors import RepoError, SecretInResult
+from hal9999.procs import kill_group_until_gone
 from hal9999.redact import SecretMasker
 from hal9999.tasks.collect import RESULT_LIMIT
 from hal9999.tasks.gitrepo import git_message
@@ -33,6 +35,13 @@ client) for ~80 ms, again and again for as long as an agent's result was (its si
 agent's to choose); 64 KiB is ~5 ms."""
 _LINE_LIMIT = 4096
 """The most of a ``rev-list --objects`` line (an id and a path) the scan keeps."""
+_ENCODING = re.compile(rb"^encoding (.*)$", re.MULTILINE)
+_RECODED = ["log", "--no-walk=unsorted", "--stdin", "--pretty=raw", "--encoding=UTF-8",
+            "--no-show-signature", "--no-mailmap", "--no-color"]  # fmt: skip
+"""Commits as ``git log`` shows them: converted from the encoding their header names."""
+_RECODED_BATCH = 4096
+"""The most commits of that kind the scan holds before it has git show them: their number
+is the agent's to choose, and their ids are in hal's memory until then."""
 PATCH_LIMIT = RESULT_LIMIT
 """The largest ``result.patch`` host git writes from the fetched objects (bytes): the
 agent's blobs inflate about a thousandfold from a pack (a text blob of 400 MB is some
@@ -83,6 +92,7 @@ async def scan(
     batch = ["cat-file", "--batch=%(objectname) %(objecttype) %(objectsize) %(rest)"]
     overlap = max(masker.max_len - 1, 0)
     hit: str | None = None
+    recoded: list[str] = []  # commits git shows converted from another encoding
     pipes = {"stdin": PIPE, "stdout": PIPE, "stderr": DEVNULL}
     with contextlib.ExitStack() as files:
         kept = files.enter_context(record.open("wb")) if record is not None else None
@@ -100,6 +110,8 @@ async def scan(
                     utf8 = _utf8()
                     while left > 0:
                         chunk = await proc.stdout.readexactly(min(left, _MATCH_CHUNK))
+                        if kind == "commit" and left == int(size) and _recoded(chunk):
+                            recoded.append(name)
                         left -= len(chunk)
                         text = tail + utf8.decode(chunk, final=left == 0)
                         if hit is None and masker.spans(text):
@@ -114,12 +126,18 @@ async def scan(
                             linked = ids[-overlap:] if overlap else ""
                             await asyncio.sleep(0)  # and after this match too
                     await proc.stdout.readexactly(1)  # the newline after each object
+                    if len(recoded) >= _RECODED_BATCH:
+                        if hit is None:
+                            hit = await _recoded_hit(repo, recoded, masker, env)
+                        recoded.clear()
             finally:
                 if not feeder.done():
                     feeder.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await feeder
             await proc.wait()
+    if hit is None and recoded:
+        hit = await _recoded_hit(repo, recoded, masker, env)
     if hit is not None:
         raise SecretInResult(
             f"the result holds the value of one of the task's secrets, in {hit}; "
@@ -129,6 +147,55 @@ async def scan(
             f"--soft {base[:12]}` and commit again); {safe}",
         )
     return seen
+
+
+def _recoded(start: bytes) -> bool:
+    """Whether git may show the commit whose raw object begins with ``start`` converted
+    from another encoding: it names one other than UTF-8 in an ``encoding`` header, or its
+    headers run past ``start``. git converts the whole commit, headers and message, for
+    ``log`` and ``show``: a message in UTF-7 (``+AHMAaw-``) is a secret in plain there."""
+    end = start.find(b"\n\n")
+    if end == -1:
+        return True
+    found = _ENCODING.finditer(start, 0, end + 1)
+    return any(m[1].lower() not in (b"utf-8", b"utf8") for m in found)
+
+
+async def _recoded_hit(
+    repo: Path, commits: list[str], masker: SecretMasker, env: dict[str, str] | None
+) -> str | None:
+    """Where a secret's value is in ``commits`` as git shows them converted to UTF-8 (one
+    git for all of them, matched in pieces with overlap as the objects are), or None."""
+    overlap = max(masker.max_len - 1, 0)
+    pipes = {"stdin": PIPE, "stdout": PIPE, "stderr": PIPE}
+    async with git_proc(_RECODED, repo, env, **pipes) as proc:
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        feeder = asyncio.create_task(_feed(proc.stdin, _ids(commits), None))
+        tail, where, utf8 = "", commits[0], _utf8()
+        try:
+            while chunk := await proc.stdout.read(_MATCH_CHUNK):
+                text = tail + utf8.decode(chunk)
+                if spans := masker.spans(text):
+                    await kill_group_until_gone(proc)
+                    # A message's lines are indented there: git wrote each "commit" line.
+                    return f"the commit {_last_after('commit ', text[: spans[0][0]], where)[:12]}"
+                where = _last_after("commit ", text, where)
+                await asyncio.sleep(0)  # the loop's turn between matches
+                tail = text[-overlap:] if overlap else ""
+            err = await proc.stderr.read()
+        finally:
+            if not feeder.done():
+                feeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await feeder
+        if await proc.wait() != 0:
+            raise RepoError(f"git log failed: {git_message(err)}")
+    return None
+
+
+async def _ids(commits: list[str]) -> AsyncIterator[bytes]:
+    for commit in commits:
+        yield f"{commit}\n".encode()
 
 
 class _Gitlinks:
@@ -193,7 +260,7 @@ def patch_holds_secret(patch: Path, masker: SecretMasker) -> str | None:
             text = tail + utf8.decode(chunk)
             spans = masker.spans(text)
             # The file a hit belongs to is the last header before it.
-            where = _last_header(text[: spans[0][0]] if spans else text, where)
+            where = _last_after("+++ b/", text[: spans[0][0]] if spans else text, where)
             if spans:
                 return where
             tail = text[-overlap:] if overlap else ""
@@ -208,13 +275,16 @@ def _utf8() -> codecs.IncrementalDecoder:
     return codecs.getincrementaldecoder("utf-8")("replace")
 
 
-def _last_header(text: str, default: str) -> str:
-    at = text.rfind("\n+++ b/")
-    start = at + 1 if at != -1 else (0 if text.startswith("+++ b/") else -1)
+def _last_after(prefix: str, text: str, default: str) -> str:
+    """The rest of the last line of ``text`` that starts with ``prefix`` (a patch's
+    ``+++ b/<file>``, ``log --pretty=raw``'s ``commit <id>``: where a hit is), else
+    ``default``."""
+    at = text.rfind("\n" + prefix)
+    start = at + 1 if at != -1 else (0 if text.startswith(prefix) else -1)
     if start == -1:
         return default
     end = text.find("\n", start)
-    return text[start + len("+++ b/") : end if end != -1 else len(text)]
+    return text[start + len(prefix) : end if end != -1 else len(text)]
 
 
 async def _feed(
