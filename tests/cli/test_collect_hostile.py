@@ -246,16 +246,22 @@ def test_a_hex_secret_hidden_as_a_submodule_id_keeps_the_branch_out(
 ) -> None:
     value = "3f9a1c7e5b2d4086a1f3c5e7d9b0a2c4e6f8d0b1"
     commit_agent(demo_repo, "link.sh", HEX_IN_GITLINK)
+    keeps_the_branch_out(hal, demo_repo, "sh link.sh", value, "submodule")
+
+
+def keeps_the_branch_out(hal: Hal, repo: Path, agent: str, value: str, said: str) -> None:
+    """``agent``, run with ``value`` as its secret ``API_TOKEN``, fails its task with
+    ``secret_in_result`` (the error naming ``said``) and brings no branch back."""
     out = hal(
-        "run", "--provider", "bwrap", "--env", "API_TOKEN", "--agent", "sh link.sh", "go",
-        "--json", env={"API_TOKEN": value},
+        "run", "--provider", "bwrap", "--env", "API_TOKEN", "--agent", agent, "go", "--json",
+        env={"API_TOKEN": value},
     )  # fmt: skip
     assert "Traceback" not in out.stderr
     task = json.loads(out.stdout)
     assert task["status"] == "failed" and task["error_code"] == "secret_in_result", task
-    assert "submodule" in task["error_message"]
+    assert said in task["error_message"]
     assert value not in out.stdout + out.stderr
-    assert git(demo_repo, "branch", "--list", task["branch"]) == ""
+    assert git(repo, "branch", "--list", task["branch"]) == ""
 
 
 UTF7_MESSAGE = """import base64, os, subprocess
@@ -280,15 +286,5 @@ def test_a_secret_in_a_message_git_shows_converted_keeps_the_branch_out(
 ) -> None:
     """A commit message in UTF-7 (every character shifted) held none of the secret's forms
     the scan knows, and the branch came back: `git log` on it printed the secret."""
-    value = "tok-4f9c1e7a2b8d"
     commit_agent(demo_repo, "utf7.py", UTF7_MESSAGE)
-    out = hal(
-        "run", "--provider", "bwrap", "--env", "API_TOKEN", "--agent", "python3 utf7.py", "go",
-        "--json", env={"API_TOKEN": value},
-    )  # fmt: skip
-    assert "Traceback" not in out.stderr
-    task = json.loads(out.stdout)
-    assert task["status"] == "failed" and task["error_code"] == "secret_in_result", task
-    assert "the commit" in task["error_message"]
-    assert value not in out.stdout + out.stderr
-    assert git(demo_repo, "branch", "--list", task["branch"]) == ""
+    keeps_the_branch_out(hal, demo_repo, "python3 utf7.py", "tok-4f9c1e7a2b8d", "the commit")
