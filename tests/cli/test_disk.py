@@ -223,3 +223,33 @@ def test_a_disk_filled_by_the_clone_records_the_tasks_failure(
     assert failed["error_code"] == "disk_full", failed
     assert "the disk holding hal's home is full" in failed["error_message"], failed
     assert_no_leftovers(failed)
+
+
+# The agent's run writes one small file; the clean filter it sets in its checkout's config
+# runs again as the agent in the collection's `git add`, which wrote for as long as it liked
+# (20 s here, a megabyte at a time), past the disk limit, with no watchdog looking.
+FILTERED = r"""#!/bin/sh
+git config filter.fill.clean \
+  'end=$(($(date +%s) + 20)); while [ $(date +%s) -lt $end ]; do
+     head -c 1000000 /dev/zero > "$HOME/f$$-$(date +%s%N)"; done; cat'
+echo '*.txt filter=fill' > .gitattributes
+echo hi > note.txt
+"""
+
+
+def test_what_the_agents_filter_writes_while_collecting_meets_the_disk_limit(
+    hal: Hal, demo_repo: Path
+) -> None:
+    (demo_repo / "filtered.sh").write_text(FILTERED)
+    git(demo_repo, "add", "filtered.sh")
+    git(demo_repo, "commit", "-qm", "add filtered.sh")
+    out = hal("run", "--agent", "sh filtered.sh", "x", "--json", env={"HAL_DISK_MB": "10"},
+              timeout=120)  # fmt: skip
+    assert "Traceback" not in out.stderr
+    task = json.loads(out.stdout)
+    assert task["status"] == "failed" and task["error_code"] == "disk_limit", task
+    assert "collect" in task["error_message"]
+    home = Path(task["session_dir"], "home")
+    held = sum(f.stat().st_size for f in home.iterdir() if f.is_file())
+    assert held < 200 << 20, held  # stopped within seconds, not 20 s of writing
+    assert_no_leftovers(task)

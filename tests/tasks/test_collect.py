@@ -9,6 +9,7 @@ test_collect_programs.py; their shared world is in conftest.py.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 from pathlib import Path
@@ -142,3 +143,40 @@ async def test_a_full_disk_is_named_with_what_to_do(world: tuple[World, HostileS
         ["git", "-C", str(w.session.workspace), "show", "--stat", "HEAD"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
+
+
+async def test_a_running_collection_is_watched_and_ends_with_its_watchs_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The agent's code runs in the collection (a clean filter in `git add`): the disk check
+    # that watches its run watches this too, and its refusal ends the script.
+    from hal9999.errors import DiskLimitExceeded
+    from hal9999.providers.base import ExecResult
+    from hal9999.tasks import collect
+
+    calls: list[None] = []
+
+    async def watch() -> None:
+        calls.append(None)
+        if len(calls) == 2:
+            raise DiskLimitExceeded("over")
+
+    async def done() -> ExecResult:
+        return ExecResult(0, b"", b"")
+
+    assert (await collect._watched(done(), watch)).exit_code == 0
+    assert calls == []  # one that ends within the first period is never looked at
+    monkeypatch.setattr(collect, "WATCH_S", 0.01)
+    ended: list[str] = []
+
+    async def endless() -> ExecResult:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            ended.append("cancelled")
+            raise
+        raise AssertionError("unreachable")
+
+    with pytest.raises(DiskLimitExceeded):
+        await collect._watched(endless(), watch)
+    assert len(calls) == 2 and ended == ["cancelled"]

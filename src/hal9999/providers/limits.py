@@ -314,8 +314,10 @@ class DiskWatchdog:
 
             await asyncio.to_thread(self.ballast.ensure)
 
-    async def check(self) -> None:
-        """:class:`DiskFull` or :class:`DiskLimitExceeded` when the task must stop."""
+    async def check(self, room: int = 1) -> None:
+        """:class:`DiskFull` or :class:`DiskLimitExceeded` when the task must stop: its
+        sandbox holds more than ``room`` times its limits (more than 1 while its result is
+        collected, whose copies are written there too)."""
         try:
             full = full_of(self.home)
         except OSError:
@@ -342,17 +344,21 @@ class DiskWatchdog:
         self._interval = min(self._interval * 2, DISK_CHECK_S)
         walk = min((ended - began) / DISK_CHECK_SHARE, MAX_DISK_CHECK_S)
         self._due = ended + max(self._interval, walk)
-        if use.over_files:
+        over = "" if room == 1 else f"{room} times "
+        during = "" if room == 1 else " while its result was collected"
+        if use.limit_files is not None and use.used_files > use.limit_files * room:
             raise DiskLimitExceeded(
-                f"the sandbox holds {use.used_files} files, directories and links, over its "
-                f"limit of {use.limit_files} (disk_files; workspace, home and /tmp together)",
+                f"the sandbox holds {use.used_files} files, directories and links, over "
+                f"{over}its limit of {use.limit_files} (disk_files; workspace, home and /tmp "
+                f"together){during}",
                 hint="raise disk_files under [resources] (HAL_DISK_FILES; 0 for no limit), "
                 "or have the task clean up after itself",
             )
-        if use.limit_bytes is not None and use.over:
+        if use.limit_bytes is not None and use.used_bytes > use.limit_bytes * room:
             raise DiskLimitExceeded(
-                f"the sandbox holds {use.used_bytes >> 20} MiB of files, over its disk limit "
-                f"of {use.limit_bytes >> 20} MiB (workspace, home and /tmp together)",
+                f"the sandbox holds {use.used_bytes >> 20} MiB of files, over {over}its disk "
+                f"limit of {use.limit_bytes >> 20} MiB (workspace, home and /tmp together)"
+                f"{during}",
                 hint="raise disk_mb under [resources] (0 for no limit), or have the task "
                 "clean up after itself",
             )

@@ -18,12 +18,14 @@ from typing import NamedTuple
 
 from hal9999 import agentfs
 from hal9999.errors import DiskFull, HalError, RepoError, UnsafePath
-from hal9999.providers.base import Sandbox
+from hal9999.providers.base import ExecResult, Sandbox
 from hal9999.spec import ArgvCommand
 from hal9999.tasks import mirror
 from hal9999.tasks.gitrepo import git_message
 from hal9999.tasks.session import HOME_TARGET, Session
 
+WATCH_S = 1.0
+"""How often a running collection is looked at (its disk use, the disk's free space)."""
 RESULT_LIMIT = 4 << 30
 """Largest patch or bundle hal copies out of a sandbox (bytes)."""
 _NESTED_LIMIT = 64 << 10
@@ -163,6 +165,7 @@ async def collect(
     task_id: str,
     full_bundle: bool,
     alongside: Callable[[Collected], Awaitable[object]] | None = None,
+    watch: Callable[[], Awaitable[None]] | None = None,
 ) -> Collected:
     """Inside the sandbox: commit leftovers, point ``branch`` at HEAD, write patch and bundle;
     then copy both into the session (by fd, bounded, fsynced).
@@ -170,7 +173,9 @@ async def collect(
     ``alongside``, the caller's next step (the bring-back), is given an unchanged result
     (known once the script has said so) while the session's empty patch is written, and
     awaited with it; the patch's error comes first. It is not called for a changed result,
-    whose copies come first."""
+    whose copies come first. ``watch`` is called every :data:`WATCH_S` while the script runs
+    (the agent's code runs in it: a clean filter of the checkout's config); what it raises
+    ends the script."""
     out = f".hal-result-{secrets.token_hex(8)}"
     message = f"hal: uncommitted changes left by task {task_id}"
     args = (
@@ -188,7 +193,8 @@ async def collect(
         env={"GIT_TERMINAL_PROMPT": "0"},
     )
     try:
-        result = await sandbox.exec(command, timeout=300)
+        running = sandbox.exec(command, timeout=300)
+        result = await (running if watch is None else _watched(running, watch))
         line = _RESULT_LINE.fullmatch(result.stdout) if result.ok else None
         unchanged = line is not None and line[4] is not None
         # "Unchanged" is the base itself, with nothing committed, changed or to bundle.
@@ -223,6 +229,24 @@ async def collect(
         bundle_bytes=bundle_bytes,
         nested=nested,
     )
+
+
+async def _watched(
+    running: Awaitable[ExecResult], watch: Callable[[], Awaitable[None]]
+) -> ExecResult:
+    """``running``'s result, ``watch`` called every :data:`WATCH_S` until it comes; what
+    ``watch`` raises cancels ``running`` (its command killed) and is raised. A collection
+    that ends within the first period costs no call."""
+    script = asyncio.ensure_future(running)
+    try:
+        while not (await asyncio.wait({script}, timeout=WATCH_S))[0]:
+            await watch()
+        return script.result()
+    finally:
+        if not script.done():
+            script.cancel()
+            with contextlib.suppress(BaseException):  # its own end, not the caller's
+                await script
 
 
 async def _copied(

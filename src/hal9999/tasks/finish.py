@@ -10,12 +10,15 @@ agent that vanished) did. Both write to the task's record only through the runne
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from hal9999.errors import HalError, RepoError, SecretInResult, TaskTimeout
 from hal9999.events.models import Message
 from hal9999.process import pm2inside
+from hal9999.providers import limits
 from hal9999.providers.base import Provider, Sandbox
 from hal9999.spec import ArgvCommand
 from hal9999.store import TaskRecord
@@ -30,6 +33,17 @@ Update = Callable[..., Awaitable[TaskRecord]]
 """The runner's ``update(task_id, **fields)``."""
 COLLECT_GRACE_S = 60.0
 """How long collecting may take after a timeout (the agent's work is still brought back)."""
+COLLECT_ROOM = 3
+"""How many times its disk limits a sandbox may hold while its result is collected: the
+commit of leftovers, the bundle and the patch are copies of the work written there too.
+The agent's code runs again then (a clean filter of its checkout's config, in `git add`),
+and wrote without any limit but the collection's time (stop 52)."""
+
+
+def _watch(sandbox: Sandbox, home: Path) -> Callable[[], Awaitable[None]]:
+    """The check a collection in ``sandbox`` makes while it runs (:func:`collect.collect`)."""
+    disk = limits.DiskWatchdog(sandbox, home)
+    return functools.partial(disk.check, room=COLLECT_ROOM)
 
 
 async def quiet_ended(provider: Provider, sandbox: Sandbox) -> Sandbox:
@@ -73,10 +87,17 @@ async def end_leftovers(provider: Provider, sandbox: Sandbox) -> Sandbox:
 
 
 async def collect_result(
-    ctx: RunContext, sandbox: Sandbox, update: Update, *, unchecked: bool = False
+    ctx: RunContext,
+    sandbox: Sandbox,
+    update: Update,
+    *,
+    unchecked: bool = False,
+    home: Path | None = None,
 ) -> int:
     """Commit leftovers, write patch and bundle, bring the branch back; return files changed.
     ``unchecked``: the caller has removed the patch's marker (``patch_checked``) already.
+    ``home``: hal's, whose disk (and the sandbox's use of it, up to :data:`COLLECT_ROOM`
+    times its limits) is watched while the collection runs, as while the agent did.
 
     Work the branch cannot carry (nested repositories, submodules) fails the task loudly,
     with the work kept in the session; so does a result that holds a secret's value.
@@ -128,6 +149,7 @@ async def collect_result(
         task_id=task.id,
         full_bundle=task.repo_kind == "url",
         alongside=land,
+        watch=None if home is None else _watch(sandbox, home),
     )
     if not landed:
         await land(result)
@@ -149,18 +171,22 @@ async def collect_result(
     return result.files_changed
 
 
-async def collect_quietly(ctx: RunContext, sandbox: Sandbox | None, update: Update) -> int:
+async def collect_quietly(
+    ctx: RunContext, sandbox: Sandbox | None, update: Update, home: Path | None = None
+) -> int:
     """Collect what a timed-out run left, reporting (not raising) a failure."""
     if sandbox is None or ctx.task.base_commit is None:
         return 0
     try:
-        return await collect_result(ctx, sandbox, update)
+        return await collect_result(ctx, sandbox, update, home=home)
     except HalError as exc:
         ctx.events.emit(Message(level="warning", text=f"collecting failed: {exc.one_line()}"))
         return 0
 
 
-async def collect_leftovers(ctx: RunContext, update: Update, quiet: Provider | None = None) -> int:
+async def collect_leftovers(
+    ctx: RunContext, update: Update, quiet: Provider | None = None, home: Path | None = None
+) -> int:
     """After a timeout or a disk limit (which a watchdog enforces, so collection still has
     room to write), or an agent that vanished: keep what the agent did, within
     :data:`COLLECT_GRACE_S`. With ``quiet`` (the sandbox's provider) the sandbox is
@@ -178,7 +204,7 @@ async def collect_leftovers(ctx: RunContext, update: Update, quiet: Provider | N
                     text = f"collecting failed: {exc.one_line()}"
                     ctx.events.emit(Message(level="warning", text=text))
                     return 0
-            return await collect_quietly(ctx, ctx.sandbox, update)
+            return await collect_quietly(ctx, ctx.sandbox, update, home)
     except TimeoutError:
         ctx.events.emit(Message(level="warning", text="collecting after the timeout took too long"))
         return 0

@@ -103,8 +103,9 @@ class TaskRunner(LaunchSteps, FollowSteps):
                     then = unmark if ctx.checks_patch else None
                     await self.transition(ctx, TaskStatus.COLLECTING, then=then)
                     files = await finish.collect_result(
-                        ctx, ctx.sandbox, self.update, unchecked=then is not None
-                    )
+                        ctx, ctx.sandbox, self.update, unchecked=then is not None,
+                        home=self.config.home,
+                    )  # fmt: skip
             except TimeoutError as exc:
                 if not deadline.expired():
                     raise
@@ -143,7 +144,9 @@ class TaskRunner(LaunchSteps, FollowSteps):
             # work is collected, past the limit that stopped it.
             outlives = ctx.sandbox is not None and pm2inside.hosts_daemons(ctx.sandbox)
             quiet = provider if isinstance(exc, Vanished) or outlives else None
-            files = await finish.collect_leftovers(ctx, self.update, quiet=quiet)
+            files = await finish.collect_leftovers(
+                ctx, self.update, quiet=quiet, home=self.config.home
+            )
             ended = TaskStatus.TIMED_OUT if isinstance(exc, TaskTimeout) else TaskStatus.FAILED
             failure = AgentFailed(str(exc)) if isinstance(exc, Vanished) else exc
             return await self.finish(ctx, ended, started, exit_code, error=failure, files=files)
