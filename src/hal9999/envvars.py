@@ -110,3 +110,19 @@ def env_argv(
     if "PWD" in env:
         return [*head, "/bin/sh", "-c", _EXEC_KEEPING_PWD, env["PWD"], *argv]
     return [*head, "/bin/sh", "-c", _EXEC_WITHOUT_PWD, "sh", *argv]
+
+
+def kept_env(
+    environ: Mapping[str, str], names: Iterable[str], prefixes: tuple[str, ...] = ()
+) -> dict[str, str]:
+    """Only the variables of ``environ`` named in ``names`` or starting with one of
+    ``prefixes``: the environment of a process hal detaches (the gateway, a VM), which
+    outlives the command that starts it and needs none of its ``--secret`` or ``--env``
+    values, nor its keys, nor any token of the user's shell (all readable in
+    ``/proc/PID/environ`` for as long as it lives)."""
+    kept = frozenset(names)
+    return {
+        name: value
+        for name, value in environ.items()
+        if name in kept or (prefixes and name.startswith(prefixes))
+    }

@@ -127,6 +127,23 @@ async def test_only_descriptors_the_starting_shell_leaves_alone_reach_qemu(
         await qemuvm.spawn(["/bin/true"], tmp_path / "log", pass_fds=[3])
 
 
+async def test_a_started_qemu_holds_none_of_its_starters_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A warm VM outlives the run that started it (and serves later ones): it used to hold
+    # that run's --secret values, forwarded keys and shell tokens in /proc/PID/environ.
+    planted = {"LEAK_SECRET": "qemu-env-secret-4be1a9", "MY_API_KEY": "qemu-env-key-07cd35"}
+    for name, value in planted.items():
+        monkeypatch.setenv(name, value)
+    pid = await qemuvm.spawn(["/bin/sleep", "60"], tmp_path / "log")
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    assert not [value for value in planted.values() if value.encode() in environ]
+    assert b"PATH=" in environ
+
+
 @pytest.mark.parametrize(
     ("value", "forced"), [("", None), ("kvm", "kvm"), ("TCG", "tcg"), ("KVM ", "bad"), ("x", "bad")]
 )

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hal9999.envvars import kept_env
 from hal9999.errors import GatewayError
 from hal9999.gateway.forwarder import connect_unix
 from hal9999.gateway.lock import GATEWAY_DIR, LOCK_FILE
@@ -174,6 +175,18 @@ async def ping(paths: GatewayPaths) -> bool:
     return True
 
 
+_PROXY_VARS = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY")
+_KEPT_VARS = (
+    "PATH", "HOME", "LANG", "TZ", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR", "HAL_GATEWAY_IDLE_S",
+    *_PROXY_VARS, *(var.lower() for var in _PROXY_VARS),
+)  # fmt: skip
+"""What a gateway keeps of the environment of the hal command that starts it (with ``LC_*``
+and ``PYTHON*``): its trust store, locale, idle time and interpreter, and the proxy a stored
+sign-in's refresh goes through (``auth.claude``'s client reads the environment's). The rest
+stayed in a detached gateway's ``/proc/PID/environ`` while it served every later run: its
+starter's ``--secret`` values, forwarded keys, shell tokens (keys reach it in grants)."""
+
+
 async def _spawn(paths: GatewayPaths) -> None:
     paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
     with paths.log.open("ab") as log:
@@ -181,6 +194,7 @@ async def _spawn(paths: GatewayPaths) -> None:
         proc = await asyncio.create_subprocess_exec(
             *module_argv("hal9999.gateway", "--home", str(paths.home), "--detach"),
             stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+            env=kept_env(os.environ, _KEPT_VARS, ("LC_", "PYTHON")),
         )  # fmt: skip
         await proc.wait()  # returns once the detached gateway listens (or another holds it)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from hal9999.envvars import absolute_dir
+from hal9999.envvars import absolute_dir, kept_env
 from hal9999.errors import ProviderError, ProviderUnavailable
 from hal9999.unixsock import own_dir
 
@@ -265,6 +265,7 @@ async def spawn(args: list[str], log: Path, *, pass_fds: Sequence[int] = ()) -> 
     proc = await asyncio.create_subprocess_exec(
         "/bin/sh", "-c", script, str(log), *args,
         stdout=asyncio.subprocess.PIPE, start_new_session=True, pass_fds=pass_fds,
+        env=kept_env(os.environ, ("PATH", "TMPDIR")),  # a warm VM outlives its starter
     )  # fmt: skip
     out, _ = await proc.communicate()
     try:
