@@ -50,6 +50,16 @@ adopts the live agent needs to register the same token again (never the key)."""
 logger = logging.getLogger(__name__)
 
 
+def saved_token(run_dir: Path) -> str | None:
+    """The placeholder token a run in ``run_dir`` holds (its :data:`ROUTE_FILE`'s), or None."""
+    try:
+        saved = json.loads((run_dir / ROUTE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    token = saved.get("token") if isinstance(saved, dict) else None
+    return token if isinstance(token, str) and token.startswith(TOKEN_PREFIX) else None
+
+
 @dataclass
 class GatewayRoute:
     """One task's way to its LLM through the gateway."""

@@ -86,6 +86,10 @@ def build_server(caller: Caller, tools: dict[str, Tool]) -> Server[Any]:
             args = tool.args.model_validate(arguments)
         except ValidationError as exc:
             return tool_error(_validation_line(tool.name, exc))
+        hive = caller.hive
+        if hive.masker_of is not None:  # before anything keeps it: the store, a prompt, a page
+            masker = await hive.db(hive.masker_of, caller.agent)
+            args = args if masker is None else masker.mask_model(args)
         try:
             text = await tool.run(caller, args)
         except HalError as exc:

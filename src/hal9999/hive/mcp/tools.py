@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from hal9999.errors import HalError, HiveLimited, TaskStateError, UsageError
 from hal9999.hive import broker, subtasks
 from hal9999.hive.settings import HiveSettings
+from hal9999.redact import SecretMasker
 from hal9999.store import Store, TaskRecord
 from hal9999.tasks.request import RunRequest
 
@@ -97,6 +98,9 @@ class Hive:
     """Per agent: held by the ``recv`` that polls the store for it; its other ``recv`` calls
     wait their turn without polling (one agent may have 128 calls in flight, each polling
     twice a second, on the daemon's threads)."""
+    masker_of: Callable[[str], SecretMasker | None] | None = None
+    """The masker of an agent's secrets, as its turns' output is masked (blocking: it reads
+    the store); None: what an agent sends is kept as sent (no daemon, no secrets)."""
     applying: dict[str, asyncio.Lock] = field(default_factory=dict)
     """Per agent: held while an ``apply`` proposal resolves and pins its range (host git,
     several processes), so one agent runs one at a time, not as many as it has calls in

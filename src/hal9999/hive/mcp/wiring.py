@@ -6,11 +6,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hal9999.gateway.tasks import saved_token
 from hal9999.hive.mcp.budget import McpLimits
 from hal9999.hive.mcp.server import McpHub
 from hal9999.hive.mcp.tools import Hive
+from hal9999.hive.store import get_agent
+from hal9999.redact import SecretMasker
 from hal9999.store import TaskRecord
 from hal9999.tasks.request import RunRequest
 
@@ -46,6 +51,30 @@ class DaemonTasks:
         return await asyncio.to_thread(self.daemon.service.shown_patch, task, text)
 
 
+def agent_maskers(daemon: Daemon) -> Callable[[str], SecretMasker | None]:
+    """What :attr:`Hive.masker_of` answers in the daemon: the masker of the agent's task, as
+    its turns' output is masked (its secrets, forwarded keys, credential files' tokens and
+    its gateway placeholder), kept while the task and token are the same (blocking)."""
+    made: dict[tuple[str, str | None], SecretMasker] = {}
+
+    def masker_of(name: str) -> SecretMasker | None:
+        task_id = get_agent(daemon.store, name).task_id
+        if task_id is None:
+            return None
+        task = daemon.store.get_task(task_id)
+        token = saved_token(Path(task.session_dir) / "run")
+        key = (task_id, token)
+        if key not in made:
+            masker = daemon.service.masker(task)
+            if token is not None:
+                masker.add(token)
+            made.clear()  # the turn's token changed: the old one serves no call
+            made[key] = masker
+        return made[key]
+
+    return masker_of
+
+
 def hub_for(daemon: Daemon) -> McpHub:
     """The daemon's MCP hub (serving starts with :meth:`McpHub.run_forever`)."""
     config = daemon.config
@@ -61,6 +90,7 @@ def hub_for(daemon: Daemon) -> McpHub:
         subtasks_per_day=daemon.hive_settings.subtasks_per_day,
         lifecycle=getattr(daemon, "hive", None),  # the turn loop: the manager's stop/restart
         over_budget=getattr(getattr(daemon, "hive", None), "over_budget", None),
+        masker_of=agent_maskers(daemon),
     )
     s = daemon.hive_settings
     limits = McpLimits(
