@@ -8,6 +8,8 @@ import base64
 import json
 import os
 import subprocess
+import sys
+import time
 import urllib.parse
 from collections.abc import Iterable
 from pathlib import Path
@@ -91,6 +93,16 @@ def files_holding(root: Path, secrets: Iterable[str]) -> dict[str, list[str]]:
     return held
 
 
+def others_can_read(path: Path, root: Path) -> bool:
+    """Whether another local user (of the group, or any) can read ``path``: every directory
+    from ``root`` down to it lets them through, and the file lets them read."""
+    for bits_x, bits_r in ((0o010, 0o040), (0o001, 0o004)):
+        dirs = [root, *[p for p in path.parents if root in p.parents]]
+        if all(d.stat().st_mode & bits_x for d in dirs) and path.stat().st_mode & bits_r:
+            return True
+    return False
+
+
 def repo_text(repo: Path) -> bytes:
     """Everything the user's repository keeps: every object, every ref, every reflog."""
     objects = subprocess.run(
@@ -129,11 +141,11 @@ def host_processes() -> dict[int, tuple[int, bytes, bytes]]:
     return found
 
 
-def outside(run: int, procs: dict[int, tuple[int, bytes, bytes]]) -> set[int]:
+def outside(roots: set[int], procs: dict[int, tuple[int, bytes, bytes]]) -> set[int]:
     """The pids of ``procs`` outside the trees that start the agent with its variables: the
-    run ``run`` and its descendants, and a task's tmux server and its panes (the server
-    starts each pane with them, and lives as long as its run)."""
-    inside = {run} | {pid for pid, (_, argv, _) in procs.items() if argv.startswith(b"tmux\0")}
+    ``roots`` (the run) and their descendants, and a task's tmux server and its panes (the
+    server starts each pane with them, and lives as long as its run)."""
+    inside = roots | {pid for pid, (_, argv, _) in procs.items() if argv.startswith(b"tmux\0")}
     inside |= {
         pid for pid, (_, argv, _) in procs.items() if argv.split(b"\0")[0].endswith(b"/tmux")
     }
@@ -143,3 +155,68 @@ def outside(run: int, procs: dict[int, tuple[int, bytes, bytes]]) -> set[int]:
         inside |= more
         grew = bool(more)
     return set(procs) - inside
+
+
+SECRET = 'sweep-Secret"7f/3a+9e c5'
+"""A ``--secret``: a quote, a slash, a plus and a space, so its JSON-escaped, percent-encoded
+and base64 forms all differ from it."""
+FORWARDED = "sweep-fwd-key-41d2b8e06a"
+"""Forwarded with ``--env MY_API_KEY`` (a secret by its name)."""
+REAL_KEY = "sk-ant-api03-sweepRealKey5c0e9a71"
+"""The claude preset's ``api_key_env``: stays on the host, the agent gets a placeholder."""
+CRED = "sweep-cred-token-b3f9e21c77"
+"""A credential file's token."""
+UNRELATED = "sweep-shell-token-0a6e4d92"
+"""A token of the user's shell that no task is given."""
+CAP = 256 * 1024
+
+
+def configure(hal_env: dict[str, str], repo: Path, tmp_path: Path) -> None:
+    (repo / "fake-claude").write_text(LEAKY_CLAUDE)
+    (repo / "fake-claude").chmod(0o755)
+    subprocess.run(["git", "-C", str(repo), "add", "."], check=True)
+    subprocess.run(["git", "-C", str(repo), "commit", "-qm", "fake claude"], check=True)
+    (tmp_path / "token.json").write_text(CRED)
+    config = Path(hal_env["XDG_CONFIG_HOME"]) / "hal9999" / "config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(
+        '[agents.claude]\ncommand = "/workspace/fake-claude"\n'
+        f'[[credentials]]\nsource = "{tmp_path / "token.json"}"\n'
+        'target = ".config/tool/token.json"\n'
+    )
+
+
+def run_watched(
+    hal_env: dict[str, str], repo: Path, extra: dict[str, str], daemon: int | None = None
+) -> tuple[subprocess.CompletedProcess[bytes], set[str], set[str]]:
+    """``hal run`` of the leaky agent (``extra`` set and forwarded); while it runs, which
+    secrets any process showed in its command line, and which a process outside the run's
+    own tree (and the launches of the ``daemon`` it goes through) held in its environment."""
+    env = {
+        **hal_env, "LEAK_SECRET": SECRET, "MY_API_KEY": FORWARDED, "ANTHROPIC_API_KEY": REAL_KEY,
+        "UNRELATED_TOKEN": UNRELATED, "HAL_LOG_CAP_MB": str(CAP / 2**20),
+        "HAL_GATEWAY_IDLE_S": "600", **extra,
+    }  # fmt: skip
+    more = [arg for name in extra for arg in ("--env", name)]
+    argv = [sys.executable, "-m", "hal9999", "run", "--secret", "LEAK_SECRET", "--env",
+            "MY_API_KEY", *more, "--agent", "claude", "leak everything"]  # fmt: skip
+    everything = [SECRET, FORWARDED, REAL_KEY, CRED, UNRELATED]
+    in_argv: set[str] = set()
+    in_environ: set[str] = set()
+    # Files, not pipes: the agent prints past the log cap, and a pipe nobody reads blocks it.
+    out, err = (repo.parent / f"{repo.name}.{name}" for name in ("out", "err"))
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        proc = subprocess.Popen(argv, cwd=repo, env=env, stdout=stdout, stderr=stderr)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        procs = host_processes()
+        roots = {proc.pid} | {pid for pid, (ppid, _, _) in procs.items() if ppid == daemon}
+        for pid in outside(roots, procs) - {os.getpid()}:
+            if hits := found_in(procs[pid][2], everything):
+                in_environ.update(f"{hit} in {procs[pid][1][:200]!r}" for hit in hits)
+        for _, cmdline, _ in procs.values():
+            in_argv.update(found_in(cmdline, everything))
+        time.sleep(0.02)
+    proc.wait(timeout=30)
+    done = subprocess.CompletedProcess(argv, proc.returncode, out.read_bytes(), err.read_bytes())
+    return done, in_argv, in_environ
