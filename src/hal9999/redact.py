@@ -9,8 +9,9 @@ at each of the three byte alignments, so a secret inside a longer encoded blob i
 hex (either case) and reversed. Every form is also matched "spaced": up to two separator
 characters (whitespace, ``.``, ``_``, ``:``, ``-``) between any two of its characters, which
 covers ``s e c r e t``, ``od -An -tx1`` and ``xxd -p`` dumps and wrapped base64 (not a dump
-with offset and ASCII columns, ``xxd`` or ``hexdump -C``: docs/security.md, item 10). Where occurrences overlap the union of
-them is replaced, so no character of any secret survives.
+with offset and ASCII columns, ``xxd`` or ``hexdump -C``: docs/security.md, item 10).
+Where occurrences overlap the union of them is replaced, so no character of any secret
+survives.
 
 Output arrives in chunks that may split a secret; :class:`StreamMasker` holds back the few
 characters that could be the start of one until the next chunk decides.
