@@ -249,3 +249,23 @@ async def test_a_program_path_with_a_space_runs_with_its_arguments(
         await asyncio.sleep(0.1)
     assert (await pm2.status(spec)) == ProcessStatus("exited", 0)
     assert spec.log_path.read_text().strip() == "ran with 2 args: a b"
+
+
+async def test_a_run_that_ended_leaves_no_app_holding_its_secrets_in_the_daemon(
+    pm2: Pm2ProcessManager, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    # A stopped app kept its env (the run's secrets) in PM2's daemon for as long as the
+    # daemon lived, shown by `pm2 jlist` to any process of this user (stop 52's sweep).
+    secret = "pm2-ended-secret-5e8a1c07"
+    for round_ in range(2):  # and again for the next run of the same spec (a resume)
+        spec = spec_for(tmp_path, 'echo "token=$API_KEY"')
+        spec.exit_path.unlink(missing_ok=True)
+        await pm2.start(sandbox, spec, env={"API_KEY": secret})
+        deadline = time.monotonic() + 20
+        while (status := await pm2.status(spec)).state != "exited":
+            assert time.monotonic() < deadline, f"round {round_}: still {status}"
+            await asyncio.sleep(0.1)
+        assert status.exit_code == 0
+        assert await pm2._app(spec) is None, f"round {round_}: the ended app is still in PM2"
+        _, listed = await pm2._run("jlist")
+        assert secret not in listed

@@ -9,7 +9,8 @@ outlives ``hal``; PM2's restart policy comes from the :class:`ProcessSpec`.
 The app is described by a JSON ecosystem file (name, program, args, cwd, env, restart
 policy), never by inline flags: exec-time secrets travel in its ``env``, so they are in no
 argv. The file is written mode 600 in a private directory and removed once PM2 has read it;
-the values then live in the daemon's memory, as they live in a tmux server's environment.
+the values then live in the daemon's memory, as they live in a tmux server's environment,
+until the run has ended: its app is deleted then (:meth:`Pm2ProcessManager.status`).
 The daemon's state is under ``HAL_PM2_HOME`` (default a short per-user directory in /tmp:
 PM2's sockets live there and unix socket paths are short).
 """
@@ -79,6 +80,8 @@ class Pm2ProcessManager:
     def __init__(self, *, runtime_dir: Path | None = None, home: Path | None = None) -> None:
         self._pm2 = shutil.which("pm2")
         self.home = home or default_home()
+        self._forgotten: set[str] = set()
+        """Apps this manager deleted once their run had ended (:meth:`_forget_ended`)."""
 
     def app_name(self, spec: ProcessSpec) -> str:
         """PM2 names are global in a daemon: the spec's name plus a digest of its log path."""
@@ -149,6 +152,7 @@ class Pm2ProcessManager:
         """Start ``spec`` as a PM2 app running the supervised command; inside the sandbox
         when it hosts daemons and has node and pm2 (:mod:`.pm2inside`), else on the host."""
         await self.stop(spec)
+        self._forgotten.discard(self.app_name(spec))  # this run's app goes when it ends too
         if pm2inside.hosts_daemons(sandbox) and await pm2inside.has_pm2(sandbox):
             name = self.app_name(spec)
             document = pm2inside.payload(spec, name, sandbox.workdir, MIN_UPTIME_MS,
@@ -193,6 +197,7 @@ class Pm2ProcessManager:
         restarts = spec.restart.mode == "on-failure"
         code = None if restarts else read_exit_status(spec.exit_path)
         if code is not None:
+            await self._forget_ended(spec)
             return ProcessStatus("exited", code)
         if self._pm2 is None or not (self.home / "rpc.sock").exists():
             # No daemon: nothing to ask, none to start (and no restart to come).
@@ -201,7 +206,22 @@ class Pm2ProcessManager:
         if _running(await self._app(spec)):
             return ProcessStatus("running")
         code = read_exit_status(spec.exit_path)
-        return ProcessStatus("exited", code) if code is not None else ProcessStatus("missing")
+        if code is None:
+            return ProcessStatus("missing")
+        await self._forget_ended(spec)
+        return ProcessStatus("exited", code)
+
+    async def _forget_ended(self, spec: ProcessSpec) -> None:
+        """Delete the app of a run that has ended for good (its exit file is written, no
+        restart to come), once. A stopped app stays in PM2's daemon with its ``env``, the
+        run's secrets among it, for as long as the daemon lives (``pm2 jlist`` shows it to
+        any process of this user, ``pm2 save`` writes it to disk): found by stop 52's sweep."""
+        name = self.app_name(spec)
+        if name in self._forgotten or self._pm2 is None:
+            return
+        self._forgotten.add(name)
+        if (self.home / "rpc.sock").exists():
+            await self._run("delete", name, check=False)
 
     async def logs(self, spec: ProcessSpec, lines: int = 100) -> str:
         """The run's last output lines as hal keeps them: its log (masked, capped), and while a
