@@ -133,3 +133,49 @@ def test_no_git_on_the_path_is_no_line(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("PATH", str(tmp_path))
     pending = start_uncommitted(str(tmp_path), None)
     assert pending.proc is None and pending.notice() is None
+
+
+def _commit_all(repo: Path) -> None:
+    subprocess.run(["git", "-C", str(repo), "-c", "advice.addEmbeddedRepo=false", "add", "-A"],
+                   check=True)  # fmt: skip
+    subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=u", "-c", "user.email=u@u", "commit", "-qm", "i"],
+        check=True,
+    )
+
+
+def test_a_status_stopped_mid_way_leaves_the_users_index_untouched(tmp_path: Path) -> None:
+    # The check is SIGKILLed when it is late or not wanted (a run that failed first). A
+    # plain `git status` holds index.lock while it compares the work tree, to write the
+    # refreshed index after: killed there, the lock stayed and the user's next `git commit`
+    # failed ("index.lock: File exists"). A slow comparison: a changed file of a submodule
+    # whose clean filter never ends (git runs the submodule's status while it compares).
+    repo, sub = tmp_path / "repo", tmp_path / "repo" / "sub"
+    sub.mkdir(parents=True)
+    for path in (repo, sub):
+        subprocess.run(["git", "init", "-q", str(path)], check=True)
+    (sub / ".gitattributes").write_text("a filter=slow\n")
+    (sub / "a").write_text("one\n")
+    _commit_all(sub)
+    _commit_all(repo)
+    blocked = tmp_path / "blocked.pid"
+    clean = f"sh -c 'echo $$ > {blocked}.tmp; mv {blocked}.tmp {blocked}; exec sleep 60'"
+    subprocess.run(["git", "-C", str(sub), "config", "filter.slow.clean", clean], check=True)
+    (sub / "a").write_text("two\n")  # the same size, a later time: only the content tells
+    later = time.time() + 10
+    os.utime(sub / "a", (later, later))
+    index = repo / ".git" / "index"
+    before = (index.read_bytes(), index.stat().st_mtime_ns)
+    pending = start_uncommitted(str(repo), None)
+    try:
+        deadline = time.monotonic() + 60
+        while not blocked.exists():
+            assert time.monotonic() < deadline, "git never ran the submodule's filter"
+            time.sleep(0.02)
+        pending.close()  # as hal stops it: SIGKILL
+    finally:
+        if blocked.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(blocked.read_text()), signal.SIGKILL)
+    assert not (repo / ".git" / "index.lock").exists()
+    assert (index.read_bytes(), index.stat().st_mtime_ns) == before

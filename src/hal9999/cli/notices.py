@@ -66,9 +66,13 @@ class Uncommitted:
             return
         try:
             # Host git on the user's own checkout, with nothing of it run: no hooks, no fsmonitor.
+            # --no-optional-locks: the index only read. A plain `status` holds index.lock while
+            # it compares (to write the refreshed index after), and this check is SIGKILLed
+            # when late or not wanted (`stop`): the lock would stay, failing the user's git.
             self.proc = HostGit(
-                ["-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null",
-                 "status", "--porcelain", "--untracked-files=normal"], cwd=path,
+                ["--no-optional-locks", "-c", "core.fsmonitor=false", "-c",
+                 "core.hooksPath=/dev/null", "status", "--porcelain", "--untracked-files=normal"],
+                cwd=path,
             )  # fmt: skip
         except OSError:
             self.proc = None
