@@ -145,3 +145,25 @@ def test_a_killed_run_is_carried_on_by_the_next_daemon(
     assert git(demo_repo, "for-each-ref", "refs/hal-incoming/") == ""
     assert hal_processes_of(task) == []
     assert list((home / "sandboxes").glob("*/*")) == [], "the daemon swept every sandbox"
+
+
+@pytest.mark.parametrize("point", ["sandbox_acquired", "preparing"])
+def test_a_task_listed_before_the_next_daemon_is_queued_again_by_it(
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path, point: str, reaped: None
+) -> None:
+    # A daemon killed before the agent started; `hal task list` (the user looking) marks
+    # the task interrupted ("the agent had not started") before `hal serve` is started
+    # again. That daemon queues it again and runs it, as it does one nobody listed: it
+    # was left interrupted, to be resumed by hand.
+    task_id = killed_daemon(hal, hal_env, demo_repo, point)
+    [task] = tasks_json(hal)
+    assert task["status"] == "interrupted", task
+    assert "the agent had not started" in task["error_message"], task
+    assert hal("serve", "--detach").returncode == 0
+    try:
+        task = settle(hal, task_id)
+        assert task["status"] == "succeeded", task
+        assert has_work(demo_repo, task)
+    finally:
+        assert hal("serve", "--stop").returncode == 0
+    assert hal_processes_of(task) == []

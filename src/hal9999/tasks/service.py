@@ -21,7 +21,7 @@ from hal9999.events.models import Event, Message, TaskCreated, TaskEnd
 from hal9999.events.writers import EventWriters
 from hal9999.home import HalPaths
 from hal9999.pool.settings import provider_settings
-from hal9999.process.base import never_started, read_exit_status
+from hal9999.process.base import arm_start, never_started, read_exit_status
 from hal9999.process.caplog import log_cap_from
 from hal9999.providers.base import Provider
 from hal9999.providers.hostread import write_text
@@ -480,6 +480,8 @@ class TaskService(TaskSecrets):
             except TaskStateError:
                 return self.store.get_task(task.id)  # it moved meanwhile: that is the truth
             events.emit(Message(level="warning", text=told))
+        if task.status in (TaskStatus.PROVISIONING, TaskStatus.PREPARING):  # nothing to start:
+            arm_start(exit_file)  # its mark has the next daemon queue it again, as if unlisted
         return interrupted
 
     def list(
