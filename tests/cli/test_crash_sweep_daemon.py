@@ -155,15 +155,27 @@ def test_a_task_listed_before_the_next_daemon_is_queued_again_by_it(
     # the task interrupted ("the agent had not started") before `hal serve` is started
     # again. That daemon queues it again and runs it, as it does one nobody listed: it
     # was left interrupted, to be resumed by hand.
+    main = git(demo_repo, "rev-parse", "main")
     task_id = killed_daemon(hal, hal_env, demo_repo, point)
     [task] = tasks_json(hal)
     assert task["status"] == "interrupted", task
     assert "the agent had not started" in task["error_message"], task
+    task = succeeds_after_a_restart(hal, demo_repo, task_id, main)
+    assert task["infra_retries"] == 1, "queued again by the next daemon"
+
+
+def succeeds_after_a_restart(hal: Hal, repo: Path, task_id: str, main: str) -> dict[str, Any]:
+    """The task once a next ``hal serve`` has carried it on: ``succeeded`` with its work,
+    the repository whole, nothing of it running and every sandbox swept."""
     assert hal("serve", "--detach").returncode == 0
     try:
         task = settle(hal, task_id)
         assert task["status"] == "succeeded", task
-        assert has_work(demo_repo, task)
+        assert has_work(repo, task)
     finally:
         assert hal("serve", "--stop").returncode == 0
+    assert_repo_whole(repo, main, incoming_ok=False)
     assert hal_processes_of(task) == []
+    home = Path(str(task["session_dir"])).parents[1]
+    assert list((home / "sandboxes").glob("*/*")) == [], "the restart swept every sandbox"
+    return task

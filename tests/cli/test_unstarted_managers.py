@@ -8,13 +8,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from tests.cli.conftest import Hal, tasks_json
-from tests.cli.test_crash_sweep import assert_repo_whole, has_work
-from tests.cli.test_crash_sweep_daemon import killed_daemon, settle
-from tests.cli.test_failures import hal_processes_of
+from tests.cli.test_crash_sweep_daemon import killed_daemon, succeeds_after_a_restart
 from tests.pm2_home import end, new_home
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.slow, pytest.mark.timeout(180)]
@@ -66,23 +63,6 @@ def test_a_run_killed_after_its_supervisor_took_the_mark_is_carried_on(
     # Before: `interrupted` ("the agent may still be running"), its agent out of reach.
     task = succeeds_after_a_restart(hal, demo_repo, task_id, main)
     assert task["infra_retries"] == 0, "its agent ran once, adopted by the next daemon"
-
-
-def succeeds_after_a_restart(hal: Hal, repo: Path, task_id: str, main: str) -> dict[str, Any]:
-    """The task once a next ``hal serve`` has carried it on: ``succeeded`` with its work,
-    the repository whole, nothing of it running and every sandbox swept."""
-    assert hal("serve", "--detach").returncode == 0
-    try:
-        task = settle(hal, task_id)
-        assert task["status"] == "succeeded", task
-        assert has_work(repo, task)
-    finally:
-        assert hal("serve", "--stop").returncode == 0
-    assert_repo_whole(repo, main, incoming_ok=False)
-    assert hal_processes_of(task) == []
-    home = Path(str(task["session_dir"])).parents[1]
-    assert list((home / "sandboxes").glob("*/*")) == [], "the restart swept every sandbox"
-    return task
 
 
 def git_main(repo: Path) -> str:
