@@ -72,18 +72,44 @@ async def test_cancelled_its_group_is_killed_and_it_is_reaped(way: str, tmp_path
     # The shell's background sleep holds the pipes open: only killing the group ends it.
     script = f"sleep 60 & echo $! > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; wait"
     running = asyncio.ensure_future(procs.run_captured(["sh", "-c", script]))
+    sleeper = await _cancelled_once_started(running, pid_file)
+    assert not _alive(sleeper)
+    assert open_fds() == before
+    assert set(_children_left()) <= children
+
+
+async def test_given_term_s_its_group_is_sent_sigterm_first_then_killed(
+    way: str, tmp_path: Path
+) -> None:
+    # A git removes its lock files on SIGTERM (not on SIGKILL): the shell here says it got
+    # one; its child ignores it and is killed after term_s.
+    before, children = open_fds(), set(_children_left())
+    pid_file, termed = tmp_path / "pid", tmp_path / "termed"
+    script = (
+        f"trap 'echo yes > {termed}; exit 0' TERM; (trap '' TERM; exec sleep 60) & "
+        f"echo $! > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; wait"
+    )
+    running = asyncio.ensure_future(procs.run_captured(["sh", "-c", script], term_s=0.5))
+    stubborn = await _cancelled_once_started(running, pid_file)
+    assert termed.read_text() == "yes\n"
+    assert not _alive(stubborn)
+    assert open_fds() == before
+    assert set(_children_left()) <= children
+
+
+async def _cancelled_once_started(running: asyncio.Future[Any], pid_file: Path) -> int:
+    """``running`` cancelled once its script wrote ``pid_file``; that pid, once it is gone
+    (or 10 s have passed)."""
     while not pid_file.exists():
         await asyncio.sleep(0.01)
-    sleeper = int(pid_file.read_text())
+    pid = int(pid_file.read_text())
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
         await running
     deadline = time.monotonic() + 10
-    while _alive(sleeper) and time.monotonic() < deadline:
+    while _alive(pid) and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
-    assert not _alive(sleeper)
-    assert open_fds() == before
-    assert set(_children_left()) <= children
+    return pid
 
 
 def _alive(pid: int) -> bool:

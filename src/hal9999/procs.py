@@ -21,17 +21,23 @@ from typing import Any, BinaryIO
 _GONE_WAIT_S = 5.0
 
 
-async def kill_group_until_gone(proc: asyncio.subprocess.Process) -> None:
+async def kill_group_until_gone(proc: asyncio.subprocess.Process, term_s: float = 0.0) -> None:
     """SIGKILL the process group ``proc`` leads (started with ``start_new_session=True``)
-    and reap ``proc``; safe to call when it has already exited.
+    and reap ``proc``; safe to call when it has already exited. With ``term_s``, the group
+    is sent SIGTERM first and ``proc`` given that long to end.
 
     Shielded from cancellation: it runs while the caller is being cancelled, and a second
     cancellation must not leave the group running.
     """
-    await asyncio.shield(_kill_and_reap(proc))
+    await asyncio.shield(_kill_and_reap(proc, term_s))
 
 
-async def _kill_and_reap(proc: asyncio.subprocess.Process) -> None:
+async def _kill_and_reap(proc: asyncio.subprocess.Process, term_s: float) -> None:
+    if term_s and proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), term_s)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     if proc.returncode is None:
@@ -39,6 +45,11 @@ async def _kill_and_reap(proc: asyncio.subprocess.Process) -> None:
             proc.kill()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(proc.wait(), _GONE_WAIT_S)
+    if term_s:  # it may have ended before the rest of its group, which held its pipes
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stream.read(), _GONE_WAIT_S)
 
 
 async def run_captured(
@@ -48,12 +59,14 @@ async def run_captured(
     stdin: bytes | BinaryIO | None = None,
     env: Mapping[str, str] | None = None,
     discard_stdout: bool = False,
+    term_s: float = 0.0,
 ) -> tuple[int, bytes, bytes]:
     """Run ``argv`` to its end in a session (and process group) of its own, ``stdin`` (bytes
     written to it, an open file, or nothing) its input: its exit status (negative for a
     signal), its stdout and its stderr, once it has exited and closed both. ``OSError`` as
     :class:`subprocess.Popen` raises it (no such program or ``cwd``). Cancelled (a timeout,
-    Ctrl-C, SIGTERM), its group is killed and it is reaped, as :func:`kill_group_until_gone`.
+    Ctrl-C, SIGTERM), its group is killed and it is reaped, as :func:`kill_group_until_gone`
+    (``term_s``: SIGTERM first, and that long to end: a git removes its lock files on it).
     ``discard_stdout``: its stdout is ``/dev/null`` (for a child that leaves a process behind
     with it, as the keeper's launcher does: a pipe would not end while that process lives).
 
@@ -74,7 +87,7 @@ async def run_captured(
         try:
             out, err = await proc.communicate(stdin if isinstance(stdin, bytes) else None)
         except BaseException:
-            await kill_group_until_gone(proc)
+            await kill_group_until_gone(proc, term_s)
             raise
         assert proc.returncode is not None
         return proc.returncode, out or b"", err  # None when discarded
@@ -90,8 +103,8 @@ async def run_captured(
     try:
         await watched.done
     except BaseException:
-        _kill_group(child)  # at once; reaped (and the pipes closed) even if cancelled again
-        await asyncio.shield(watched.reap())
+        # Killed and reaped (the pipes closed) even if cancelled again.
+        await asyncio.shield(watched.end(term_s))
         raise
     watched.close()
     return child.wait(), b"".join(watched.out), b"".join(watched.err)
@@ -172,6 +185,16 @@ class _Watched:
             self.writing = False
             stdin.close()
 
+    async def end(self, term_s: float) -> None:
+        """Its group killed (SIGTERM and ``term_s`` seconds to exit first, when given) and
+        the child reaped."""
+        if term_s and not self.exited.done():
+            _kill_group(self.child, signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.exited), term_s)
+        _kill_group(self.child)
+        await self.reap()
+
     async def reap(self) -> None:
         try:
             with contextlib.suppress(TimeoutError):
@@ -198,12 +221,12 @@ class _Watched:
                 pipe.close()
 
 
-def _kill_group(child: Any) -> None:
+def _kill_group(child: Any, sig: int = signal.SIGKILL) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(child.pid, signal.SIGKILL)
+        os.killpg(child.pid, sig)
     if child.returncode is None:
         with contextlib.suppress(ProcessLookupError):
-            child.kill()
+            child.send_signal(sig)
 
 
 def kill_pinned(pid: int, still: Callable[[], bool]) -> bool:

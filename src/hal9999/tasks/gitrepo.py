@@ -34,6 +34,8 @@ _URL = r"(?i)^([a-z][a-z0-9+.-]*://|[\w.-]+@[\w.-]+:)"  # a --repo URL; compiled
 # `protocol.file.allow=always`: a repository's `.gitmodules` must never make host git copy
 # another host repository (git's default allows local paths only for the user's own command).
 _GIT_SAFE = ["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false"]
+GIT_TERM_S = 2.0
+"""How long a cancelled host git has to end on SIGTERM (removing its locks) before SIGKILL."""
 # How much of git's stderr an error keeps: the whole relevant message, never megabytes.
 _ERROR_LINES = 12
 _ERROR_CHARS = 1500
@@ -68,7 +70,8 @@ async def git(
         # Not asyncio's subprocess transports (issue 16: ~0.5-0.7 ms of the daemon's CPU
         # fewer a git, two a task): see run_captured. Cancelled (a timeout, Ctrl-C,
         # SIGTERM), it kills git's group: a clone stuck on the network must not outlive the
-        # task.
+        # task. SIGTERM first: a git killed in a ref's update left its lock in the user's
+        # repository (`refs/heads/hal/ID.lock`; the resume's update then failed on it).
         returncode, out, err = await run_captured(
             [*(dying_with_hal() if dies_with_hal else ()), *bounded(heap), "git", *_GIT_SAFE,
              *args],
@@ -80,6 +83,7 @@ async def git(
                 "HOME": "/",
                 **(env or {}),
             },
+            term_s=GIT_TERM_S,
         )  # fmt: skip
     except OSError as exc:
         # A directory that moved or vanished (the source repository, say) is a repository
