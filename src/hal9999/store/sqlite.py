@@ -200,12 +200,27 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
                         conn.execute("ROLLBACK")
                     raise
                 conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if self._out_of_room(exc):
+                    raise DiskFull(
+                        f"cannot write to the database {self.path}: the disk holding it is full",
+                        hint="free space on the filesystem of HAL_HOME",
+                    ) from exc
+                raise
             finally:
                 if durable:
                     conn.execute("PRAGMA synchronous = NORMAL")
         finally:
             if queued:
                 writers.release()
+
+    def _out_of_room(self, exc: sqlite3.OperationalError) -> bool:
+        """Whether SQLite failed a write for want of disk space ("database or disk is full";
+        "disk I/O error" when its -shm or -wal file could not grow)."""
+        name = getattr(exc, "sqlite_errorname", "")
+        if name == "SQLITE_FULL":
+            return True
+        return name.startswith("SQLITE_IOERR") and no_room(self.path.parent)
 
     def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         return self._db().execute(sql, tuple(params)).fetchall()
