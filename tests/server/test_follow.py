@@ -11,9 +11,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from tests.tasks.test_recovery import make_task
 from tests.tasks.test_scheduler import ScriptedService, ended, until
 
+from hal9999.errors import DiskFull
 from hal9999.events.bus import EventBus, Subscription
 from hal9999.events.log import EventLog
 from hal9999.events.models import Event, Message, Phase, TaskEnd
@@ -184,4 +186,27 @@ async def test_a_note_after_the_runs_end_still_ends_the_follow(tmp_path: Path) -
             follow_page(daemon, task.id, after_seq=after, wait=LONG_POLL), 30
         )
         assert again["done"] is True, after
+    store.close()
+
+
+async def test_a_run_that_could_not_record_its_end_is_told_to_its_follower(
+    tmp_path: Path,
+) -> None:
+    # A daemon's disk full: the run's end could not be written, the task stayed `running`
+    # (held by the live daemon, so never swept), and `hal run` through the daemon followed
+    # it for good. Now the next request for its events is the run's error.
+    store, service, scheduler, daemon = daemon_of(tmp_path)
+    daemon.bus.attach(asyncio.get_running_loop())
+
+    async def full(task_id: str, **_: Any) -> TaskRecord:
+        store.update_task(task_id, status="running")
+        raise DiskFull("cannot write to the database: the disk holding it is full")
+
+    service.run = full  # type: ignore[method-assign]
+    store.insert_task(make_task(tmp_path, "fullaaaa", "queued"))
+    assert scheduler.dispatch() == 1
+    await until(lambda: not scheduler.running)
+    assert store.get_task("fullaaaa").status == "running"
+    with pytest.raises(DiskFull, match=r"task fullaaaa: .*the disk holding it is full"):
+        await asyncio.wait_for(follow_page(daemon, "fullaaaa", after_seq=0, wait=LONG_POLL), 30)
     store.close()

@@ -37,7 +37,7 @@ def _daemon(tmp_path: Path, running: dict[str, asyncio.Task[None]]) -> Any:
         store=store,
     )
     return SimpleNamespace(
-        service=service, bus=EventBus(), scheduler=SimpleNamespace(running=running)
+        service=service, bus=EventBus(), scheduler=SimpleNamespace(running=running, unrecorded={})
     )
 
 
@@ -107,7 +107,7 @@ async def test_a_follower_that_shows_only_the_agent_is_not_woken_by_hals_own_eve
     runner = asyncio.create_task(asyncio.sleep(LONG_POLL_S))
     bus = EventBus()
     bus.attach(asyncio.get_running_loop())
-    scheduler = SimpleNamespace(running={"t1": runner})
+    scheduler = SimpleNamespace(running={"t1": runner}, unrecorded={})
     daemon = SimpleNamespace(service=service, bus=bus, scheduler=scheduler)
     # Without `quiet`, the phase alone is a page, at once.
     page = await asyncio.wait_for(follow_page(daemon, "t1", after_seq=0, wait=LONG_POLL_S), 10)

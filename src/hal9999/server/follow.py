@@ -57,6 +57,10 @@ async def follow_page(
     of only those waits for another event, the run's end or the end of ``wait``."""
     service = daemon.service
     task = await _find(service, task_id)
+    unrecorded = daemon.scheduler.unrecorded.get(task.id)
+    if unrecorded is not None and task.status in ACTIVE and task.id not in daemon.scheduler.running:
+        # Its run is over and could not record its end: no event will come to end a wait.
+        raise type(unrecorded)(f"task {task.id}: {unrecorded.message}", hint=unrecorded.hint)
     subscription = daemon.bus.subscribe(task.id)
     path = service.session(task).events
     releasing = True  # a page that ends the run may wait for it once (below)

@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from hal9999.errors import HalError
+from hal9999.errors import HalError, InternalError
 from hal9999.pool.settings import SchedulerSettings
 from hal9999.store import TaskRecord
 from hal9999.tasks.alive import runner_alive
@@ -65,6 +65,10 @@ class Scheduler:
         """Provider -> how many of :attr:`placed` run on it (kept with it: counting
         :attr:`placed` at every placement grew with the fleet)."""
         self.submissions: dict[str, Submission] = {}
+        self.unrecorded: dict[str, HalError] = {}
+        """Task id -> why a run of this process ended that could not record its end (the
+        disk holding the store full): told to the task's followers, who else wait on a
+        task that stays active for as long as this process lives."""
         self.started = 0
         self.finished = 0
         self.dispatches = 0
@@ -190,6 +194,7 @@ class Scheduler:
         self, task_id: str, adopted: Adopted | None = None, *, provider: str | None = None
     ) -> None:
         submission = self.submissions.get(task_id, Submission())
+        self.unrecorded.pop(task_id, None)
         try:
             if provider is not None:  # off the loop: another process may hold the write lock
                 await asyncio.to_thread(self.move, task_id, provider)
@@ -207,14 +212,19 @@ class Scheduler:
                 self.submissions.pop(task_id, None)
         except HalError as exc:
             logger.warning("task %s: %s", task_id, exc.one_line())
+            self.unrecorded[task_id] = exc
             self.submissions.pop(task_id, None)
             # A run that failed before its task left `queued` (a value given with --env that
             # a restart dropped, an agent or provider gone from the config since): recorded,
             # or the wake below starts it again at once, thousands of times a second.
             with contextlib.suppress(HalError):
                 await asyncio.to_thread(self.service.fail_unstarted, task_id, exc)
-        except Exception:
+        except Exception as exc:
             logger.exception("task %s: the runner failed", task_id)
+            self.unrecorded[task_id] = InternalError(
+                f"the run of task {task_id} failed ({type(exc).__name__})",
+                hint="this is a bug in hal: the traceback is in the daemon's log",
+            )
             self.submissions.pop(task_id, None)
         finally:
             self.running.pop(task_id, None)
