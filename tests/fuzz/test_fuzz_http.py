@@ -22,7 +22,7 @@ from tests.cli.conftest import AGENT, BUGGY_CALC, commit_repo, private_env
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 
-DOCUMENTED = {200, 400, 401, 403, 404, 405, 409, 413, 429, 431}
+DOCUMENTED = {200, 400, 401, 403, 404, 405, 409, 413, 429, 431, 507}
 """What the API answers to a request; 500 or 503 only for an operational failure with its
 own error code (a provider that failed), never ``internal`` (an unexpected exception)."""
 UNFINISHED = {"queued", "provisioning", "preparing", "running", "collecting"}

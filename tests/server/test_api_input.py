@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from hal9999.errors import DiskFull
 from hal9999.server.api import build_router
 from hal9999.server.app import ServerContext
 from hal9999.server.routing import ApiRequest, call_handler
@@ -87,3 +90,22 @@ async def test_a_body_that_is_no_json_object_is_refused_by_any_route(body: bytes
     assert (status, payload["error"]["code"]) == (400, "config_invalid"), payload
     assert "request body" in payload["error"]["message"]
     assert ran == [], "acted on a body it could not read"
+
+
+@pytest.mark.parametrize(("raised", "status", "code"), [
+    (OSError(errno.ENOSPC, "No space left on device", "/home/sessions/x/prompt.txt"), 507,
+     "disk_full"),
+    (DiskFull("cannot write to the database: the disk holding it is full"), 507, "disk_full"),
+    (sqlite3.OperationalError("database is locked"), 503, "home_unusable"),
+])  # fmt: skip
+async def test_the_machines_state_is_its_own_error_not_a_bug(
+    raised: Exception, status: int, code: str
+) -> None:
+    # A full disk under `hal serve` was 500 `internal` ("this is a bug in hal"), the
+    # traceback in a log that had no room for it either; the CLI said the same in one line.
+    async def fails(request: ApiRequest) -> Any:
+        raise raised
+
+    request = ApiRequest("POST", "/v1/tasks", {}, {}, b"{}")
+    answered, payload = await call_handler(fails, request, None)
+    assert (answered, payload["error"]["code"]) == (status, code), payload

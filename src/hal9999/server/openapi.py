@@ -36,7 +36,8 @@ _ERRORS = {
     "413": "the body is too large",
     "431": "the request head is too large",
     "500": "a bug in hal (the daemon's log has the traceback)",
-    "503": "too many connections waiting to authenticate",
+    "503": "too many connections waiting to authenticate, or hal's database locked or damaged",
+    "507": "the disk holding hal's home is full",
 }
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from hal9999.errors import (
     ConfigError,
+    DiskFull,
     HalError,
     HiveError,
     HiveLimited,
@@ -188,6 +189,8 @@ def status_for(error: HalError) -> int:
     """The HTTP status of an error."""
     if isinstance(error, NotFoundError | SandboxNotFound):
         return 404
+    if isinstance(error, DiskFull):
+        return 507
     if isinstance(error, TaskStateError | ThreadStateError):
         return 409
     if isinstance(error, ThreadForbidden):
@@ -255,6 +258,12 @@ async def call_handler(
     except HalError as exc:
         return status_for(exc), {"error": exc.to_dict()}
     except Exception as exc:
+        from hal9999.failures import known_failure
+
+        if (known := known_failure(exc)) is not None:  # the machine's state, not a bug
+            logger.warning("%s %s: %s", request.method, request.path, known.one_line())
+            status = status_for(known) if isinstance(known, DiskFull) else 503
+            return status, {"error": known.to_dict()}
         logger.exception("%s %s failed", request.method, request.path)
         task = request.params.get("id")
         message = internal_error(type(exc).__name__, request.method, request.path, task, log_file)
