@@ -77,3 +77,27 @@ def test_what_hals_clients_send_to_create_a_task_is_known(keys: list[str]) -> No
     )
     assert set(run_body(request, {})) <= create.fields
     assert set(keys) <= create.fields
+
+
+async def test_a_route_that_takes_no_body_refuses_a_name_in_one() -> None:
+    # `{"provider": "docker"}` to POST /v1/pool/drain drained every provider's idle
+    # sandboxes: a route that declares no body read none, and ignored what it was sent.
+    called: list[ApiRequest] = []
+
+    async def drain(request: ApiRequest) -> Any:
+        called.append(request)
+        return {}
+
+    router = Router()
+    router.add("POST", "/v1/pool/drain", drain)
+    [route] = router.routes
+    request = ApiRequest("POST", "/v1/pool/drain", {}, {}, b'{"provider": "docker"}')
+    status, payload = await call_handler(drain, request, None, route.fields)
+    assert (status, payload["error"]["code"]) == (400, "usage"), payload
+    assert payload["error"]["message"] == "unknown field 'provider' in the request body"
+    assert payload["error"]["hint"] == "the fields it takes: none"
+    assert called == []
+    for body in (b"", b"{}"):  # what hal's clients and the dashboard send
+        request = ApiRequest("POST", "/v1/pool/drain", {}, {}, body)
+        assert (await call_handler(drain, request, None, route.fields))[0] == 200
+    assert len(called) == 2

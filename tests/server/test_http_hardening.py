@@ -36,7 +36,7 @@ def router() -> Router:
     async def echo(request: Request) -> Any:
         return {"body": request.json()}
 
-    r.add("POST", "/v1/echo", echo)
+    r.add("POST", "/v1/echo", echo, body_fields=frozenset({"a"}), body={})  # reads "a"
     return r
 
 

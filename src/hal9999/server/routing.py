@@ -149,10 +149,11 @@ class ApiRoute:
     """The properties of a ``body`` made on demand (read at the route's build)."""
 
     @property
-    def fields(self) -> frozenset[str] | None:
-        """The names its body may hold (None: it declares no body, and reads none)."""
+    def fields(self) -> frozenset[str]:
+        """The names its body may hold: none when it declares no body (``{"provider": ...}``
+        to ``POST /v1/pool/drain`` drained every provider, the name unread)."""
         if self.body is None:
-            return None
+            return frozenset()
         if self.body_fields is not None:
             return self.body_fields
         return frozenset(self.body_schema().get("properties", {}))
