@@ -414,3 +414,22 @@ def test_the_gateway_default_is_a_validated_default_config(tmp_path: Path) -> No
     first.gateway.egress.append("example.org")
     assert second.gateway.egress == [] and GatewayConfig().egress == []
     assert HalConfig.model_validate({"home": tmp_path, "gateway": {}}).gateway == validated
+
+
+@pytest.mark.parametrize(("text", "where"), [
+    ('home = "/tmp/\\u0000x"\n', "home"),
+    ('[resources]\ncpus = 1\n[egress]\nallow = ["a.example", "b\\u0000.example"]\n',
+     "egress.allow.1"),
+    ('"a\\u0000b" = 1\n', "a\\u0000b"),
+])  # fmt: skip
+def test_a_nul_anywhere_in_a_config_file_is_named(
+    user_home: Path, project: Path, text: str, where: str
+) -> None:
+    # TOML writes one as \u0000; a home holding one was an internal error deep in the run
+    # (ValueError: embedded null byte, from os.statvfs).
+    write(user_file(user_home), text)
+    with pytest.raises(ConfigError) as info:
+        load_config({"HOME": str(user_home)}, project)
+    label = user_file(user_home)
+    assert info.value.message == f"{label}: {where}: contains a NUL character (\\u0000)"
+    assert info.value.hint == f"remove it from {user_file(user_home)}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ def read_toml(path: Path, label: str) -> tuple[dict[str, Any], bytes] | None:
     import tomllib  # only where a file is: ~1.5 ms of a run without one (issue 16)
 
     try:
-        return tomllib.loads(data.decode("utf-8")), data
+        table = tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise ConfigError(
             f"{label}: not UTF-8 text", hint=f"save {path} as UTF-8", path=str(path)
@@ -54,6 +54,34 @@ def read_toml(path: Path, label: str) -> tuple[dict[str, Any], bytes] | None:
         raise ConfigError(
             f"{label}: nested too deeply to read", hint=f"fix {path}", path=str(path)
         ) from exc
+    if (where := _nul_at(table)) is not None:
+        # TOML writes one as \u0000; no path, command or name can hold it (a home of
+        # "/tmp/\u0000x" was an internal error, ValueError: embedded null byte).
+        raise ConfigError(
+            f"{label}: {where}: contains a NUL character (\\u0000)",
+            hint=f"remove it from {path}",
+            path=str(path),
+        )
+    return table, data
+
+
+def _nul_at(value: Any, where: str = "") -> str | None:
+    """The dotted name of the first key or string in ``value`` holding a NUL, or None."""
+    if isinstance(value, str):
+        return (where or "a value") if "\0" in value else None
+    if isinstance(value, dict):
+        items: Iterable[tuple[Any, Any]] = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        name = f"{where}.{key}" if where else str(key)
+        if isinstance(key, str) and "\0" in key:
+            return name.replace("\0", "\\u0000")
+        if (found := _nul_at(item, name)) is not None:
+            return found
+    return None
 
 
 def read_regular(path: Path, label: str) -> bytes:
