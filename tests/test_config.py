@@ -433,3 +433,11 @@ def test_a_nul_anywhere_in_a_config_file_is_named(
     label = user_file(user_home)
     assert info.value.message == f"{label}: {where}: contains a NUL character (\\u0000)"
     assert info.value.hint == f"remove it from {user_file(user_home)}"
+
+
+def test_a_number_too_long_to_read_is_named(user_home: Path, project: Path) -> None:
+    # tomllib's int() of 5,000 digits raised a bare ValueError: an internal error.
+    write(project / "hal.toml", "timeout_s = " + "9" * 5000 + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_config({"HOME": str(user_home)}, project)
+    assert info.value.message == "hal.toml: holds a number too long to read (more than 4300 digits)"

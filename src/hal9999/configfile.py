@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,13 @@ def read_toml(path: Path, label: str) -> tuple[dict[str, Any], bytes] | None:
     except RecursionError as exc:
         raise ConfigError(
             f"{label}: nested too deeply to read", hint=f"fix {path}", path=str(path)
+        ) from exc
+    except ValueError as exc:  # int() of a number past Python's 4300 digits
+        raise ConfigError(
+            f"{label}: holds a number too long to read (more than {sys.get_int_max_str_digits()}"
+            " digits)",
+            hint=f"fix {path}",
+            path=str(path),
         ) from exc
     if (where := _nul_at(table)) is not None:
         # TOML writes one as \u0000; no path, command or name can hold it (a home of

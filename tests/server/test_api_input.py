@@ -109,3 +109,18 @@ async def test_the_machines_state_is_its_own_error_not_a_bug(
     request = ApiRequest("POST", "/v1/tasks", {}, {}, b"{}")
     answered, payload = await call_handler(fails, request, None)
     assert (answered, payload["error"]["code"]) == (status, code), payload
+
+
+async def test_a_number_too_long_to_read_is_a_400_without_pythons_advice() -> None:
+    # Python's message ended "use sys.set_int_max_str_digits() to increase the limit",
+    # advice for the daemon's code, not for the client.
+    async def create(request: ApiRequest) -> Any:
+        return request.json()
+
+    body = b'{"priority": ' + b"9" * 5000 + b"}"
+    request = ApiRequest("POST", "/v1/tasks", {}, {}, body)
+    status, payload = await call_handler(create, request, None)
+    assert status == 400
+    assert payload["error"]["message"] == (
+        "the request body holds a number too long to read (more than 4300 digits)"
+    )

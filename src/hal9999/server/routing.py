@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -74,6 +75,12 @@ class ApiRequest:
         try:
             data = json.loads(self.body)
         except ValueError as exc:
+            if "int_max_str_digits" in str(exc):  # its advice is for the daemon's code
+                raise ConfigError(
+                    "the request body holds a number too long to read (more than "
+                    f"{sys.get_int_max_str_digits()} digits)",
+                    hint="send numbers within the ranges of their fields",
+                ) from exc
             raise ConfigError(f"the request body is not JSON: {exc}") from exc
         except RecursionError as exc:  # [[[[... deeper than the parser's stack
             raise ConfigError(
