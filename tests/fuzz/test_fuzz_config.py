@@ -30,7 +30,16 @@ KNOWN_KEYS = [
 NESTED_KEYS = ["memory_mb", "cpus", "pids", "model", "base_url", "api_key_env", "command",
                "extra_args", "claude", "bwrap", "source", "target", "mode", "max_size"]  # fmt: skip
 
+HUGE = "9" * 5000
+"""An integer past Python's 4300-digit limit (written as TOML, never built as an int)."""
+
+
+class Huge:
+    """Stands for :data:`HUGE` among the values."""
+
+
 scalars = st.one_of(
+    st.just(Huge()),
     st.booleans(),
     st.integers(min_value=-(2**63), max_value=2**63 - 1),
     st.floats(allow_nan=True, allow_infinity=True),
@@ -48,6 +57,8 @@ tables = st.dictionaries(st.one_of(st.sampled_from(KNOWN_KEYS), keys), values, m
 
 def toml_value(value: Any) -> str:
     """Inline TOML for ``value`` (strings as JSON, which TOML basic strings accept)."""
+    if isinstance(value, Huge):
+        return HUGE
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -70,9 +81,13 @@ def toml(table: dict[str, Any]) -> str:
 
 
 def load_or_error(environ: dict[str, str], cwd: Path) -> HalConfig | None:
-    """The config, or None after checking the ConfigError is one clear line."""
+    """The config, or None after checking the ConfigError is one clear line. A config that
+    loads holds no NUL: no path, command or name takes one (a home with one was an internal
+    error later in the run)."""
     try:
-        return load_config(environ, cwd)
+        config = load_config(environ, cwd)
+        assert "\\u0000" not in config.model_dump_json(), config
+        return config
     except ConfigError as exc:
         assert exc.message and "\n" not in exc.one_line(), exc.one_line()
         assert "Traceback" not in exc.one_line()
