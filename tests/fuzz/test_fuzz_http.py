@@ -97,8 +97,13 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     assert list((d.home / "sandboxes").glob("*/*")) == []
 
 
+texts = st.one_of(
+    st.text(max_size=12),
+    # Lone surrogates (JSON escapes them as \ud800, which SQLite and UTF-8 refuse) and NULs.
+    st.text(st.characters(min_codepoint=0, max_codepoint=0xDFFF), max_size=4),
+)
 json_values = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=12)),
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), texts),
     lambda inner: st.one_of(st.lists(inner, max_size=3),
                             st.dictionaries(st.text(max_size=6), inner, max_size=3)),
     max_leaves=6,
@@ -132,8 +137,17 @@ def requests(draw: st.DrawFn, repo: Path) -> tuple[str, str, bytes]:
         ("DELETE", f"/v1/tasks/{task_id}"), ("GET", "/v1/pool"), ("GET", "/v1/sandboxes"),
         ("POST", f"/v1/sandboxes/bwrap/{task_id}/exec"), ("DELETE", f"/v1/sandboxes/x/{task_id}"),
         ("PUT", "/v1/tasks"), ("GET", "/v2/nothing"), ("GET", "/"),
+        # Routes that take no body (sent one below) and the hive's, but none that starts
+        # anything (spawn, a message that wakes an agent) or stops the daemon.
+        ("POST", "/v1/pool/drain"), ("GET", f"/v1/hive/agents/{task_id}"),
+        ("POST", f"/v1/hive/agents/{task_id}/stop"), ("DELETE", f"/v1/hive/agents/{task_id}"),
+        ("GET", "/v1/hive/inbox"), ("POST", "/v1/hive/inbox/read"), ("POST", "/v1/hive/vacuum"),
+        ("GET", "/v1/hive/reminders"), ("GET", "/v1/hive/events"), ("GET", "/v1/hive/threads"),
+        ("GET", f"/v1/hive/approvals/{task_id}"), ("POST", f"/v1/hive/approvals/{task_id}/deny"),
+        ("POST", f"/v1/hive/questions/{task_id}/answer"), ("GET", "/v1/events"),
     ]))  # fmt: skip
-    query = draw(st.dictionaries(st.sampled_from(["status", "limit", "force"]),
+    query = draw(st.dictionaries(st.sampled_from(["status", "limit", "force", "after",
+                                                  "name", "all", "agent", "recent_s"]),
                                  st.one_of(st.sampled_from(["queued", "bogus", "-1", "x", "1"]),
                                            st.text(max_size=8)), max_size=2))  # fmt: skip
     target = path + ("?" + urlencode(query) if query else "")
