@@ -5,12 +5,11 @@ and the connection it failed on writes again once there is room."""
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.small_tmpfs import small_tmpfs
 from tests.store.test_store import make_task
 
 from hal9999.errors import DiskFull
@@ -47,15 +46,8 @@ def test_a_write_past_the_room_left_is_disk_full_and_the_store_writes_again(
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 4 MiB tmpfs (root only: it mounts one)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], check=True)
-    try:
+    with small_tmpfs(tmp_path / "disk", "4m") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_on_a_full_disk_a_write_is_disk_full_and_writes_work_once_there_is_room(

@@ -4,13 +4,13 @@ when its disk fills: the result lands, or nothing of a failed write is left in t
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from tests.second_filesystem import second_filesystem
+from tests.small_tmpfs import small_tmpfs
 from tests.tasks.conftest import BRANCH, git
 from tests.tasks.test_bringback import World
 
@@ -41,15 +41,8 @@ async def test_a_scanned_result_is_brought_back_into_a_source_on_another_filesys
 @pytest.fixture
 def small_source(tmp_path: Path) -> Iterator[Path]:
     """Where a source on a 1 MiB tmpfs goes (root only: it mounts one)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
-    try:
+    with small_tmpfs(tmp_path / "small", "1m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.mark.parametrize("masked", [False, True])  # the fetch's index-pack, or the keep's pack
