@@ -59,7 +59,9 @@ _EGRESS_HOST = r"(\*\.)?[A-Za-z0-9][A-Za-z0-9.-]{0,252}(:[0-9]{1,5})?"  # compil
 
 
 def _egress_host(value: str) -> str:
-    if not re.fullmatch(_EGRESS_HOST, value) and not _ipv6_entry(value):
+    port = value.rpartition(":")[2] if value.rpartition("]")[2].count(":") == 1 else ""
+    fits = not port.isdigit() or 1 <= int(port) <= 65535  # api.example.com:99999 was taken
+    if not fits or (not re.fullmatch(_EGRESS_HOST, value) and not _ipv6_entry(value)):
         # Named: of several --egress (or a list in the config), which one is wrong.
         shown = value if len(value) <= 60 else value[:60] + "…"
         raise ValueError(f"{shown!r} is not HOST, HOST:PORT, [IPV6]:PORT or *.DOMAIN[:PORT]")
