@@ -47,7 +47,8 @@ def absolute_dir(environ: Mapping[str, str], var: str) -> str | None:
 
 
 def forwarded_env(names: Iterable[str], environ: Mapping[str, str]) -> dict[str, str]:
-    """The values of ``names`` from the host; a missing one is a clear error."""
+    """The values of ``names`` from the host; a missing one, or one that is not text, is a
+    clear error."""
     env: dict[str, str] = {}
     for name in names:
         if name not in environ:
@@ -56,8 +57,21 @@ def forwarded_env(names: Iterable[str], environ: Mapping[str, str]) -> dict[str,
                 hint=f"export {name}=... before running hal, or leave {name} out of --env and"
                 " --secret",
             )
-        env[name] = environ[name]
+        env[name] = host_text(name, environ[name])
     return env
+
+
+def host_text(name: str, value: str) -> str:
+    """``value`` of the host's variable ``name``, which hal is to forward: refused unless it
+    is text. No JSON body to hal serve carries it, and a secret that is no text cannot be
+    masked (its masker raised: an internal error before the task was made)."""
+    if not is_text(value):
+        raise CredentialsError(
+            f"environment variable {name} is not UTF-8 text",
+            hint=f"hal forwards variables as text: set {name} to UTF-8, or leave it out of"
+            " --env, --secret and the config's forward_env and secrets",
+        )
+    return value
 
 
 def parse_env_option(

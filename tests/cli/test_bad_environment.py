@@ -186,6 +186,25 @@ def test_a_hal_variable_that_is_not_utf8(hal_env: dict[str, str], demo_repo: Pat
     assert "HAL_AGENT: not UTF-8 text" in one_error_line(out)
 
 
+@pytest.mark.parametrize("option", ["--secret", "--env"])
+def test_a_forwarded_variable_that_is_not_utf8_is_named(
+    hal_env: dict[str, str], demo_repo: Path, option: str
+) -> None:
+    """``--secret`` of one was an internal error (its masker could not encode it), and
+    through ``hal serve`` either option was refused as "a lone UTF-16 surrogate" in the
+    request body, naming no variable."""
+    env = {k.encode(): v.encode() for k, v in hal_env.items()}
+    env[b"MY_T_TOKEN"] = b"sk-\xff\xfe-not-text-42"
+    out = subprocess.run(
+        [sys.executable, "-m", "hal9999", "run", option, "MY_T_TOKEN", "--agent",
+         "true {{prompt_file}}", "x"],
+        cwd=demo_repo, env=env, capture_output=True, text=True, errors="replace",
+    )  # fmt: skip
+    assert out.returncode == 8, out.stderr
+    assert "environment variable MY_T_TOKEN is not UTF-8 text" in one_error_line(out)
+    assert "not-text-42" not in out.stdout + out.stderr
+
+
 def test_task_list_json_is_strict_even_for_an_old_infinite_timeout(
     hal: Hal, hal_env: dict[str, str]
 ) -> None:

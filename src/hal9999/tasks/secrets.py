@@ -13,6 +13,7 @@ from pathlib import Path
 from hal9999.agents.registry import upstream_key_env
 from hal9999.config import HalConfig
 from hal9999.credentials import EnvKinds, file_secrets, iter_unique
+from hal9999.envvars import host_text
 from hal9999.errors import CredentialsError, TaskStateError, UsageError
 from hal9999.redact import SecretMasker, forwarded_is_secret
 from hal9999.store import TaskRecord
@@ -97,6 +98,7 @@ class TaskSecrets:
             value = req.given_env.get(name, self.environ.get(name))
             if name in literal - marked or not value:
                 continue
+            host_text(name, value)
             if name in marked or forwarded_is_secret(name, value):
                 values[name] = value
         _refuse_secret_in(req.prompt, values)

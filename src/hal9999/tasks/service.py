@@ -15,6 +15,7 @@ from hal9999 import agentfs
 from hal9999.agents.registry import resolve_agent
 from hal9999.config import HalConfig
 from hal9999.credentials import EnvKinds, forwarded_env, iter_unique
+from hal9999.envvars import host_text
 from hal9999.errors import ConfigError, HalError, TaskStateError, UsageError
 from hal9999.events.log import EventLog
 from hal9999.events.models import Event, Message, TaskCreated, TaskEnd
@@ -276,7 +277,7 @@ class TaskService(TaskSecrets):
         # Config secrets are forwarded when set (not required, unlike --env and --secret).
         for name in self.config.secrets:
             if name not in secrets_env and name in self.environ:
-                secrets_env[name] = self.environ[name]
+                secrets_env[name] = host_text(name, self.environ[name])
         names, found = self.secrets_of(task, secrets_env)
         masker = self.masker_of(found.values())
         with self.events(task, masker) as events:
