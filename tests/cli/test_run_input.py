@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -52,6 +53,27 @@ def test_prompt_file(hal: Hal, demo_repo: Path, tmp_path: Path) -> None:
 def test_prompt_file_dash_reads_stdin(hal_env: dict[str, str], demo_repo: Path) -> None:
     out = run_with_stdin(hal_env, demo_repo, b"from stdin", *AGENT, "--json", "--prompt-file", "-")
     assert prompt_of(out) == "from stdin"
+
+
+def run_without_stdin(
+    hal_env: dict[str, str], repo: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """``hal run ARGS`` started with its standard input closed (``<&-``, some schedulers)."""
+    return subprocess.run(
+        [sys.executable, "-m", "hal9999", "run", *args], cwd=repo, env=hal_env,
+        preexec_fn=lambda: os.close(0), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_a_run_started_with_stdin_closed_runs_or_says_there_is_no_prompt(
+    hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    """Python then has no ``sys.stdin``: every ``hal run`` was an internal error
+    (AttributeError: 'NoneType' object has no attribute 'buffer')."""
+    assert prompt_of(run_without_stdin(hal_env, demo_repo, *AGENT, "--json", "fix it")) == "fix it"
+    out = run_without_stdin(hal_env, demo_repo, *AGENT, "-")
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith("hal: error: standard input is closed"), out.stderr
 
 
 def test_uncommitted_changes_are_named(hal: Hal, demo_repo: Path) -> None:
