@@ -56,12 +56,13 @@ def test_prompt_file_dash_reads_stdin(hal_env: dict[str, str], demo_repo: Path) 
 
 
 def run_without_stdin(
-    hal_env: dict[str, str], repo: Path, *args: str
+    hal_env: dict[str, str], repo: Path, *args: str, fd: int = 0
 ) -> subprocess.CompletedProcess[str]:
-    """``hal run ARGS`` started with its standard input closed (``<&-``, some schedulers)."""
+    """``hal run ARGS`` started with its standard input (or ``fd``) closed (``<&-``,
+    ``>&-``, some schedulers)."""
     return subprocess.run(
         [sys.executable, "-m", "hal9999", "run", *args], cwd=repo, env=hal_env,
-        preexec_fn=lambda: os.close(0), capture_output=True, text=True, timeout=120,
+        preexec_fn=lambda: os.close(fd), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
 
 
@@ -74,6 +75,21 @@ def test_a_run_started_with_stdin_closed_runs_or_says_there_is_no_prompt(
     out = run_without_stdin(hal_env, demo_repo, *AGENT, "-")
     assert out.returncode == 2, out.stderr
     assert out.stderr.startswith("hal: error: standard input is closed"), out.stderr
+
+
+def test_a_run_started_with_stdout_closed_runs_and_writes_nothing_into_its_files(
+    hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    """``sys.stdout.isatty()`` was an internal error; and descriptor 1 left free goes to
+    the first file hal opens, where its lines would have landed."""
+    out = run_without_stdin(hal_env, demo_repo, *AGENT, "fix it", fd=1)
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr and "internal error" not in out.stderr
+    [task] = json.loads(subprocess.run(
+        [sys.executable, "-m", "hal9999", "task", "list", "--json"], env=hal_env,
+        capture_output=True, text=True, check=True,
+    ).stdout)  # fmt: skip
+    assert task["status"] == "succeeded", task
 
 
 def test_uncommitted_changes_are_named(hal: Hal, demo_repo: Path) -> None:

@@ -42,6 +42,30 @@ def main() -> None:
         interrupted()
 
 
+def fill_closed_descriptors() -> None:
+    """Put ``/dev/null`` on standard descriptors hal was started without (``>&-``, ``<&-``;
+    Python then makes that ``sys`` stream None). Left free, the first file hal opens takes
+    the number (``hal.db`` as descriptor 1), and whatever writes to it, hal's own lines or
+    a child's output, lands in that file; and ``sys.stdout.isatty()`` was an internal error
+    of ``hal run >&-``. ``sys.stdin`` stays None: a prompt from ``-`` says stdin is closed."""
+    import os
+
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        if getattr(sys, name) is not None:
+            continue
+        try:
+            os.fstat(fd)
+            continue  # taken since the start by a file of the interpreter's: leave it
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        if fd:
+            setattr(sys, name, open(fd, "w", encoding="utf-8", errors="replace", closefd=False))
+
+
 def interrupted() -> NoReturn:
     """Say ``hal: interrupted`` and exit 130 at once: no teardown, no flush at exit (of a
     stream the interrupt may have left mid-write) where a second Ctrl-C could print a
@@ -56,6 +80,8 @@ def interrupted() -> NoReturn:
 
 
 def _main() -> None:
+    if sys.stdout is None or sys.stderr is None or sys.stdin is None:
+        fill_closed_descriptors()
     if sys.argv[1:] == ["--version"]:
         from hal9999 import __version__
 
