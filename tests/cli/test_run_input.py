@@ -66,15 +66,16 @@ def run_without_stdin(
     )  # fmt: skip
 
 
-def test_a_run_started_with_stdin_closed_runs_or_says_there_is_no_prompt(
+def test_a_run_started_with_stdin_closed_runs_or_says_the_prompt_is_empty(
     hal_env: dict[str, str], demo_repo: Path
 ) -> None:
     """Python then has no ``sys.stdin``: every ``hal run`` was an internal error
-    (AttributeError: 'NoneType' object has no attribute 'buffer')."""
+    (AttributeError: 'NoneType' object has no attribute 'buffer'). A closed stdin reads
+    as empty."""
     assert prompt_of(run_without_stdin(hal_env, demo_repo, *AGENT, "--json", "fix it")) == "fix it"
     out = run_without_stdin(hal_env, demo_repo, *AGENT, "-")
     assert out.returncode == 2, out.stderr
-    assert out.stderr.startswith("hal: error: standard input is closed"), out.stderr
+    assert out.stderr.startswith("hal: error: the prompt is empty"), out.stderr
 
 
 def test_a_run_started_with_stdout_closed_runs_and_writes_nothing_into_its_files(

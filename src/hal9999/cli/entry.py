@@ -46,8 +46,9 @@ def fill_closed_descriptors() -> None:
     """Put ``/dev/null`` on standard descriptors hal was started without (``>&-``, ``<&-``;
     Python then makes that ``sys`` stream None). Left free, the first file hal opens takes
     the number (``hal.db`` as descriptor 1), and whatever writes to it, hal's own lines or
-    a child's output, lands in that file; and ``sys.stdout.isatty()`` was an internal error
-    of ``hal run >&-``. ``sys.stdin`` stays None: a prompt from ``-`` says stdin is closed."""
+    a child's output, lands in that file; and ``sys.stdout.isatty()`` (``hal run >&-``),
+    ``sys.stdin.buffer`` (every ``hal run <&-``) and ``sys.stdin.isatty()`` (``hal auth
+    claude login <&-``) were internal errors. A closed stdin reads as empty."""
     import os
 
     for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
@@ -62,8 +63,8 @@ def fill_closed_descriptors() -> None:
         if null != fd:
             os.dup2(null, fd)
             os.close(null)
-        if fd:
-            setattr(sys, name, open(fd, "w", encoding="utf-8", errors="replace", closefd=False))
+        mode = "w" if fd else "r"
+        setattr(sys, name, open(fd, mode, encoding="utf-8", errors="replace", closefd=False))
 
 
 def interrupted() -> NoReturn:

@@ -15,23 +15,11 @@ MAX_PROMPT_BYTES = 8 * 1024 * 1024
 _HOW = 'hal run "PROMPT", hal run - < FILE, or hal run --prompt-file FILE'
 
 
-def standard_input() -> BinaryIO | None:
-    """The binary standard input, or None when hal was started with it closed (``<&-``, some
-    schedulers): ``sys.stdin`` is then None, and ``sys.stdin.buffer`` was an internal error
-    of every ``hal run``, with a prompt from stdin or not."""
-    import sys
-
-    stdin = sys.stdin
-    return None if stdin is None else stdin.buffer
-
-
-def read_prompt(prompt: str | None, prompt_file: str | None, stdin: BinaryIO | None) -> str:
+def read_prompt(prompt: str | None, prompt_file: str | None, stdin: BinaryIO) -> str:
     """The prompt text from exactly one source; bad or empty input is a :class:`UsageError`."""
     if prompt is not None and prompt_file is not None:
         raise UsageError("the prompt is given twice (PROMPT and --prompt-file)", hint=_HOW)
     if prompt_file == "-" or (prompt_file is None and prompt == "-"):
-        if stdin is None:
-            raise UsageError("standard input is closed: there is no prompt to read", hint=_HOW)
         text = _decode(_bounded(stdin, "standard input"), "standard input")
     elif prompt_file is not None:
         from pathlib import Path  # here: a run from its argument imports no pathlib (issue 16)

@@ -9,6 +9,8 @@ without click, from :mod:`hal9999.cli.run_argv`, when the options are plain.
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from hal9999.cli.daemon_run import RunArgs
@@ -101,9 +103,9 @@ def run(
     PROVIDER may be a list in priority order (``bwrap,local``): the first fills up to its
     limits and the rest take the overflow (under ``hal serve``)."""
     from hal9999.cli.daemon_run import thin_run
-    from hal9999.cli.prompt import read_prompt, standard_input
+    from hal9999.cli.prompt import read_prompt
 
-    prompt = read_prompt(prompt, prompt_file, standard_input())
+    prompt = read_prompt(prompt, prompt_file, sys.stdin.buffer)
     args = RunArgs(
         prompt, repo, ref, agent, provider, process_manager, timeout, env, secret, raw,
         as_events, detach, priority, retries, max_cost, max_tokens, egress, egress_only, as_json,

@@ -99,11 +99,11 @@ def run_without_click(argv: list[str]) -> None:
         prompt="", timeout=None, priority=0, retries=0, max_cost=None, max_tokens=None, **params
     )
     try:
-        from hal9999.cli.prompt import read_prompt, standard_input
+        from hal9999.cli.prompt import read_prompt
 
         # What the click command does, in its order: the prompt, then the thin path or
         # the full one.
-        args = args._replace(prompt=read_prompt(prompt, prompt_file, standard_input()))
+        args = args._replace(prompt=read_prompt(prompt, prompt_file, sys.stdin.buffer))
         found = plan(args, os.environ)
         if found is not None:
             run_planned(args, found, os.environ)
