@@ -468,10 +468,8 @@ class TaskService(TaskSecrets):
             agent = f"the agent had not started (the task was {task.status})"
         message = f"the hal process running this task died; {agent}"
         # What to do is in the record (`hal task show` prints it), not only in its events.
-        told = (
-            f"{message}; `hal task resume {task.id}` continues it, "
-            f"`hal task stop {task.id}` stops it"
-        )
+        told = (f"{message}; `hal task resume {task.id}` continues it, "
+                f"`hal task stop {task.id}` stops it")  # fmt: skip
         with self.events(task) as events:
             try:
                 _, interrupted = transition(
