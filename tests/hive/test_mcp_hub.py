@@ -11,12 +11,9 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from tests.hive import test_mcp_transport
 from tests.hive.mcp_client import INIT, READY, connect, tool_call
 
 from hal9999.hive.mcp.server import McpHub
-
-hub = test_mcp_transport.hub  # the same fixture: a hub over a fresh store
 
 
 async def test_ensure_serves_an_agent_not_served_yet_and_keeps_a_served_one(
