@@ -24,6 +24,9 @@ from hal9999.providers.ssh import mirror
 from hal9999.pymodule import module_argv
 from hal9999.spec import ArgvCommand, SandboxSpec, to_argv
 
+_RELAY = "hal9999.providers.rayrelay"
+"""The module that runs a command on the node (:mod:`.rayrelay`)."""
+
 if TYPE_CHECKING:
     from hal9999.providers.ray import RayProvider, RayRecord
 
@@ -214,7 +217,7 @@ class RaySandbox:
         full = {**command.env, **dict(env or {})}
         owner = self._owner
         config = owner.config.model_copy(update={"address": owner.address})
-        argv = [*module_argv("hal9999.providers.rayrelay"), "--records",
+        argv = [*module_argv(_RELAY), "--records",
                 str(owner.records.root), "--config", config.model_dump_json(), "--id",
                 self.id]  # fmt: skip
         for name in sorted(full):
@@ -230,7 +233,8 @@ class RaySandbox:
     def attach_command(self) -> list[str]:
         """An interactive bash inside, through the relay (its stdin goes to the node)."""
         launch = self.launch(ArgvCommand(argv=("bash", "-i")))
-        argv = [launch.argv[0], *launch.argv[1:3], "--stdin", *launch.argv[3:]]
+        head = len(module_argv(_RELAY))  # the relay's options follow its module's name
+        argv = [*launch.argv[:head], "--stdin", *launch.argv[head:]]
         return env_argv(launch.env, argv)
 
     # -- files ------------------------------------------------------------------------------
