@@ -58,9 +58,13 @@ ctypes.CDLL(None).execve(b"/bin/sleep", argv, (ctypes.c_char_p * len(entries))(*
 @contextlib.asynccontextmanager
 async def _with_environ(*entries: str) -> AsyncIterator[asyncio.subprocess.Process]:
     proc = await asyncio.create_subprocess_exec(sys.executable, "-c", EXEC_RAW, *entries)
+    # Until the exec has set the environment up, not only its executable: in between,
+    # /proc/PID/exe already names sleep while /proc/PID/environ still reads empty (a sweep
+    # there found nothing to kill under CI's load).
+    whole = b"".join(entry.encode() + b"\0" for entry in entries)
     try:
-        for _ in range(3000):  # until the exec (seconds on a loaded host)
-            if os.readlink(f"/proc/{proc.pid}/exe").endswith("sleep"):
+        for _ in range(3000):  # seconds on a loaded host
+            if Path(f"/proc/{proc.pid}/environ").read_bytes() == whole:
                 break
             await asyncio.sleep(0.01)
         else:

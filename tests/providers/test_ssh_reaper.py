@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from hal9999.providers.ssh import remote
 
@@ -94,3 +97,58 @@ def test_end_takes_the_whole_tree_of_a_marked_process(tmp_path: Path) -> None:
     finally:
         other.kill()
         other.wait()
+
+
+# A parent waiting on its vfork child (dash runs a simple command so) is in "D", not "T",
+# however long a SIGSTOP waits: this child stops itself before its exec, as SIGSTOP can
+# land there, and the parent stays in "D" until the child ends.
+VFORK_WAIT = r"""
+#include <signal.h>
+#include <unistd.h>
+int main(void) {
+    if (vfork() == 0) {
+        kill(getpid(), SIGSTOP);
+        _exit(0);
+    }
+    pause();
+    return 0;
+}
+"""
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_end_takes_a_tree_whose_parent_waits_on_a_stopped_vfork_child(tmp_path: Path) -> None:
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        assert os.environ.get("CI", "").lower() != "true", "CI=true but no C compiler"
+        pytest.skip("no C compiler (scripts/setup.sh installs gcc)")
+    (tmp_path / "vfork.c").write_text(VFORK_WAIT)
+    program = tmp_path / "vfork-wait"
+    subprocess.run([cc, "-O2", "-o", str(program), str(tmp_path / "vfork.c")], check=True)
+    marker = secrets.token_hex(4)
+    proc = subprocess.Popen([program], env={"HAL_SANDBOX": marker}, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (_state(proc.pid) == "D" and _children_stopped(proc.pid)):
+            assert time.monotonic() < deadline, "the vfork child never stopped"
+            time.sleep(0.01)
+        started = time.monotonic()
+        ended = reaper("end", "HAL_SANDBOX", marker)
+        assert ended.returncode == 0, ended.stderr
+        assert time.monotonic() - started < 10  # not the reaper's whole END_S of waiting
+        assert proc.wait(5) == -9
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            proc.wait()
+
+
+def _children_stopped(pid: int) -> bool:
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return False
+    return bool(children) and all(_state(int(child)) in "Tt" for child in children)

@@ -162,6 +162,18 @@ def _tree(entry: bytes, me: int) -> tuple[dict[int, tuple[str, int]], set[int]]:
     return processes, tree
 
 
+def _stopped(pid: int, processes: dict[int, tuple[str, int]], tree: set[int]) -> bool:
+    """Whether ``pid`` of ``tree`` runs nothing more: stopped, or a parent waiting on its
+    stopped vfork child (dash runs simple commands so; a SIGSTOP may land on the child
+    before its exec), which stays in "D" until that child ends."""
+    state = processes[pid][0]
+    if state in "Tt":
+        return True
+    return state == "D" and any(
+        processes[child][1] == pid and processes[child][0] in "Tt" for child in tree
+    )
+
+
 def end(var: str, value: str) -> int:
     """End every process marked ``var=value`` and all under them; 0 once none is left."""
     entry = f"{var}={value}".encode()
@@ -178,7 +190,7 @@ def end(var: str, value: str) -> int:
         stopped |= fresh
         # Killed only once the whole tree is seen stopped: none of it forks any more, and
         # none is re-parented out of it (to init) while the rest is killed.
-        if not fresh and all(processes[pid][0] in "Tt" for pid in tree):
+        if not fresh and all(_stopped(pid, processes, tree) for pid in tree):
             for pid in tree:
                 _kill(pid, signal.SIGKILL)
             stopped -= tree
