@@ -157,16 +157,20 @@ def outside(roots: set[int], procs: dict[int, tuple[int, bytes, bytes]]) -> set[
     return set(procs) - inside
 
 
-SECRET = 'sweep-Secret"7f/3a+9e c5'
+ONLY_HERE = os.urandom(4).hex()
+"""Ends every value below: each test process's own, as both sweep tests (in-process and
+through ``hal serve``) look through every process of the host, and on two xdist workers one
+found the other's ``hal run`` holding the same values (its own, rightly) outside its tree."""
+SECRET = f'sweep-Secret"7f/3a+9e c5{ONLY_HERE}'
 """A ``--secret``: a quote, a slash, a plus and a space, so its JSON-escaped, percent-encoded
 and base64 forms all differ from it."""
-FORWARDED = "sweep-fwd-key-41d2b8e06a"
+FORWARDED = f"sweep-fwd-key-41d2b8e06a{ONLY_HERE}"
 """Forwarded with ``--env MY_API_KEY`` (a secret by its name)."""
-REAL_KEY = "sk-ant-api03-sweepRealKey5c0e9a71"
+REAL_KEY = f"sk-ant-api03-sweepRealKey5c0e9a71{ONLY_HERE}"
 """The claude preset's ``api_key_env``: stays on the host, the agent gets a placeholder."""
-CRED = "sweep-cred-token-b3f9e21c77"
+CRED = f"sweep-cred-token-b3f9e21c77{ONLY_HERE}"
 """A credential file's token."""
-UNRELATED = "sweep-shell-token-0a6e4d92"
+UNRELATED = f"sweep-shell-token-0a6e4d92{ONLY_HERE}"
 """A token of the user's shell that no task is given."""
 CAP = 256 * 1024
 
