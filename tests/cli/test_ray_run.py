@@ -94,6 +94,17 @@ def wait_final(hal: Hal, ids: list[str], timeout: float) -> dict[str, dict[str, 
         time.sleep(0.5)
 
 
+def unsucceeded(hal: Hal, tasks: dict[str, dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """What a failure shows of each task that did not succeed: its status, error, agent's
+    exit code and the end of its log (a failed agent records no error of hal's)."""
+    shown = []
+    for t in tasks.values():
+        if t["status"] != "succeeded":
+            log = hal("task", "logs", t["id"]).stdout[-1500:]
+            shown.append((t["status"], t.get("error"), t.get("exit_code"), log))
+    return shown
+
+
 SPREAD = 4
 """The ``hal`` commands the 20-task test runs at once (as many as the daemon's tasks): the
 same commands and checks as one at a time, on both of a CI host's cores."""
@@ -118,9 +129,7 @@ def test_twenty_tasks_through_serve_spread_over_both_nodes(
     ids = [out.stdout.strip() for out in runs]
     assert len(set(ids)) == 20
     tasks = wait_final(hal, ids, timeout=240)
-    assert {t["status"] for t in tasks.values()} == {"succeeded"}, [
-        (t["status"], t.get("error")) for t in tasks.values() if t["status"] != "succeeded"
-    ]
+    assert {t["status"] for t in tasks.values()} == {"succeeded"}, unsucceeded(hal, tasks)
     with ThreadPoolExecutor(SPREAD) as pool:
         logs = list(pool.map(lambda task_id: hal("task", "logs", task_id).stdout, ids))
         events = list(pool.map(lambda task_id: events_of(hal, task_id), ids))
