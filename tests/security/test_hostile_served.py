@@ -19,7 +19,9 @@ from hal9999.process.tmux import shared_socket
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.timeout(300)]
 __all__ = ["demo_repo", "hal", "hal_env"]  # the fixtures these tests take
 
-MARK = "hal-hostile-leftover-7f3a"
+# This test process's own: the check below looks at every host process, and another session
+# running this test at the same moment has its own leftovers alive until its run ends.
+MARK = f"hal-hostile-leftover-{os.urandom(4).hex()}"
 HOSTILE = rf"""#!/bin/sh
 # Looks for the shared tmux server and tries to outlive its run; changes nothing on the host.
 {{
