@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import time
 from pathlib import Path
@@ -46,8 +47,10 @@ async def test_the_whole_tree_dies_with_its_killed_supervisor(
     manager: ProcessManager, provider: BwrapProvider, tmp_path: Path
 ) -> None:
     box = await kept(provider, tmp_path)
-    # Unique arguments: the tree's pids inside are its own namespace's.
-    token = str(40000 + os.getpid() % 20000)
+    # Unique arguments: the tree's pids inside are its own namespace's. Random, not from this
+    # process's pid: two workers' pids can agree modulo anything, and the sweep at the end
+    # kills every process with these arguments.
+    token = str(10**8 + secrets.randbelow(9 * 10**8))
     child, agent = (b"sleep", f"{token}1".encode()), (b"sleep", f"{token}2".encode())
     spec = spec_for(tmp_path / "run", ShellCommand(script=f"sleep {token}1 & sleep {token}2"))
     await manager.start(box, spec)
