@@ -151,20 +151,31 @@ def _free_uid() -> int:
     raise RuntimeError(f"no free uid left in {UIDS} (leftover test servers?)")
 
 
-def _free_block(subnet: str) -> int:
-    """A /30 of ``subnet``.0/24 no live veth of this machine uses.
+def _free_block(subnet: str) -> tuple[int, socket.socket]:
+    """A /30 of ``subnet``.0/24 no live veth of this machine uses, and what reserves it.
 
     Two servers alive at once (a session's droplets and a test's host) must never share a
     block: the host would route the test's address to the other server. The choice is
-    random from the OS, not from ``random``, whose state tests may seed."""
+    random from the OS, not from ``random``, whose state tests may seed. A block is free
+    from when it is chosen until its address is on the veth: two servers starting at the
+    same moment (the other xdist worker's) chose the same one (3 rounds of 4 of 8 started
+    at once). So each holds, while it lives, a unix socket in the abstract namespace named
+    for its block: a block whose name is taken is another server's."""
     shown = subprocess.run(
         ["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, check=False
     ).stdout
     used = {int(last) // 4 * 4 for last in re.findall(rf"inet {re.escape(subnet)}\.(\d+)/", shown)}
     free = [block for block in range(0, 256, 4) if block not in used]
-    if not free:
-        raise RuntimeError(f"no free /30 left in {subnet}.0/24 (leftover test namespaces?)")
-    return free[secrets.randbelow(len(free))]
+    while free:
+        block = free.pop(secrets.randbelow(len(free)))
+        claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            claim.bind(f"\0hal-test-sshd-{subnet}.{block}")
+        except OSError:
+            claim.close()
+            continue
+        return block, claim
+    raise RuntimeError(f"no free /30 left in {subnet}.0/24 (leftover test namespaces?)")
 
 
 @contextlib.contextmanager
@@ -181,7 +192,7 @@ def running_sshd(
     tmp.chmod(0o755)
     tag = os.urandom(3).hex()
     netns, host_veth, ns_veth = f"halssh-{tag}", f"hsh{tag}", f"hsn{tag}"
-    block = _free_block(subnet)
+    block, claim = _free_block(subnet)
     host_ip, ns_ip = f"{subnet}.{block + 1}", f"{subnet}.{block + 2}"
     etc = tmp / "etc"
     etc.mkdir()
@@ -253,6 +264,7 @@ def running_sshd(
         log.close()
         subprocess.run(["ip", "link", "del", host_veth], capture_output=True)
         subprocess.run(["ip", "netns", "del", netns], capture_output=True)
+        claim.close()  # the block is free again once its veth is gone
         shutil.rmtree(tmp, ignore_errors=True)
 
 
