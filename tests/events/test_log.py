@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from hal9999.errors import DiskFull
 from hal9999.events.log import EventLog, recover
 from hal9999.events.models import AgentText, Event, Message, Output, Phase, TaskEnd, ToolCall
 from hal9999.events.reader import read_events
@@ -146,6 +147,29 @@ def test_failing_store_does_not_break_emit(
     with EventLog(tmp_path / "events.jsonl", "t1", store=store) as log:
         assert log.emit(Output(text="still recorded")).seq == 1
     assert "could not index event #1" in caplog.text
+
+
+def test_a_full_disk_under_the_index_is_one_line_not_a_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # CI's test_disk saw hal print a traceback for a full disk while indexing an event.
+    with Store(tmp_path / "hal.db") as store:
+
+        def full(*args: object) -> None:
+            raise DiskFull("cannot write to the database: the disk holding it is full")
+
+        monkeypatch.setattr(store, "record_events", full)
+        monkeypatch.setattr(store, "forget_events_after", full)
+        with EventLog(tmp_path / "events.jsonl", "t1", store=store) as log:
+            assert log.emit(Output(text="still recorded")).seq == 1
+            log._forget(0)
+    said = [r for r in caplog.records if r.name == "hal9999.events.log"]
+    assert [r.getMessage().split(": ", 1)[1] for r in said] == [
+        "could not index event #1: cannot write to the database: the disk holding it is full",
+        "could not drop index rows past #0: cannot write to the database: the disk holding "
+        "it is full",
+    ]
+    assert all(r.exc_info is None for r in said)
     assert len(read_events(tmp_path / "events.jsonl")) == 1
 
 

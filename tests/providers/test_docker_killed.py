@@ -102,7 +102,14 @@ def _locked(sandbox_id: str) -> list[Path]:
     if not sandboxuser.LOCK_DIR.is_dir():
         return []
     owner = f"docker {sandbox_id}\n"
-    return [p for p in sandboxuser.LOCK_DIR.iterdir() if p.read_text() == owner]
+    found = []
+    for path in sandboxuser.LOCK_DIR.iterdir():
+        try:
+            if path.read_text() == owner:
+                found.append(path)
+        except FileNotFoundError:  # another sandbox's (the other test worker's) released
+            continue
+    return found
 
 
 def _containers(provider: DockerProvider, sandbox_id: str) -> list[dict[str, object]]:

@@ -11,6 +11,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, BinaryIO
 
+from hal9999.errors import HalError
+
 if TYPE_CHECKING:
     from hal9999.events.log import EventLog
     from hal9999.events.models import Event
@@ -55,6 +57,8 @@ def flush_together(logs: list[EventLog]) -> None:
             log, batch = taken[0]
             try:
                 log._finish(batch)
+            except (OSError, HalError) as exc:  # a full disk: one line, not a traceback
+                logger.error("%s: writing a batch of events failed: %s", log.path, _said(exc))
             except Exception:
                 logger.exception("%s: writing a batch of events failed", log.path)
             finally:
@@ -66,8 +70,14 @@ def flush_together(logs: list[EventLog]) -> None:
     for log in alone:
         try:
             log.flush()
+        except (OSError, HalError) as exc:
+            logger.error("%s: writing a batch of events failed: %s", log.path, _said(exc))
         except Exception:
             logger.exception("%s: writing a batch of events failed", log.path)
+
+
+def _said(exc: OSError | HalError) -> str:
+    return exc.one_line() if isinstance(exc, HalError) else str(exc)
 
 
 def _index_together(taken: list[tuple[EventLog, list[Event]]]) -> None:

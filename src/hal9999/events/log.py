@@ -34,6 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, NamedTuple
 
+from hal9999.errors import HalError
 from hal9999.events.flusher import FLUSHER, _numbered
 from hal9999.events.models import Event
 from hal9999.events.reader import lines_backwards, parse_line, read_events
@@ -258,6 +259,9 @@ class EventLog:
                 have = self.store.indexed_seqs(self.task_id)
                 missing = [e for e in read_events(self.path) if e.seq not in have]
             self.store.record_events(self.task_id, [(e.seq, e.type, e.ts) for e in missing])
+        except HalError as exc:  # a full disk, say
+            logger.error("%s: could not bring the event index up to date: %s", self.path,
+                         exc.one_line())  # fmt: skip
         except Exception:
             logger.exception("%s: could not bring the event index up to date", self.path)
 
@@ -396,6 +400,10 @@ class EventLog:
             return
         try:
             numbers = self.store.record_events(self.task_id, [(e.seq, e.type, e.ts) for e in batch])
+        except HalError as exc:  # a full disk, say: one line, as hal says its own failures
+            logger.error("%s: could not index event #%d: %s", self.path, batch[0].seq,
+                         exc.one_line())  # fmt: skip
+            return
         except Exception:
             logger.exception("%s: could not index event #%d", self.path, batch[0].seq)
             return
@@ -406,6 +414,9 @@ class EventLog:
             return
         try:
             self.store.forget_events_after(self.task_id, seq)
+        except HalError as exc:
+            logger.error("%s: could not drop index rows past #%d: %s", self.path, seq,
+                         exc.one_line())  # fmt: skip
         except Exception:
             logger.exception("%s: could not drop index rows past #%d", self.path, seq)
 
