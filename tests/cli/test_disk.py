@@ -249,7 +249,10 @@ def test_what_the_agents_filter_writes_while_collecting_meets_the_disk_limit(
     task = json.loads(out.stdout)
     assert task["status"] == "failed" and task["error_code"] == "disk_limit", task
     assert "collect" in task["error_message"]
+    # Stopped within seconds, not 20 s of writing: told by when the filter wrote its files
+    # (their names), not by how much, which is the disk's speed (210 MB in CI's ~2 s).
     home = Path(task["session_dir"], "home")
-    held = sum(f.stat().st_size for f in home.iterdir() if f.is_file())
-    assert held < 200 << 20, held  # stopped within seconds, not 20 s of writing
+    written = sorted(int(f.name.rsplit("-", 1)[1]) for f in home.glob("f*-*") if f.is_file())
+    assert written, "the filter wrote nothing"
+    assert (written[-1] - written[0]) / 1e9 < 10, len(written)
     assert_no_leftovers(task)
