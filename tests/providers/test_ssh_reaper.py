@@ -4,6 +4,7 @@ however it hid but for PM2's marker, and ``end`` taking a marked process's whole
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -130,17 +131,22 @@ def test_end_takes_a_tree_whose_parent_waits_on_a_stopped_vfork_child(tmp_path: 
     subprocess.run([cc, "-O2", "-o", str(program), str(tmp_path / "vfork.c")], check=True)
     marker = secrets.token_hex(4)
     proc = subprocess.Popen([program], env={"HAL_SANDBOX": marker}, start_new_session=True)
+    children: list[str] = []
     try:
         deadline = time.monotonic() + 30
         while not (_state(proc.pid) == "D" and _children_stopped(proc.pid)):
             assert time.monotonic() < deadline, "the vfork child never stopped"
             time.sleep(0.01)
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
         started = time.monotonic()
         ended = reaper("end", "HAL_SANDBOX", marker)
         assert ended.returncode == 0, ended.stderr
         assert time.monotonic() - started < 10  # not the reaper's whole END_S of waiting
         assert proc.wait(5) == -9
     finally:
+        for child in children:  # stopped, it would outlive its killed parent
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(child), signal.SIGKILL)
         if proc.returncode is None:
             proc.kill()
             proc.wait()
