@@ -134,10 +134,9 @@ def test_end_takes_a_tree_whose_parent_waits_on_a_stopped_vfork_child(tmp_path: 
     children: list[str] = []
     try:
         deadline = time.monotonic() + 30
-        while not (_state(proc.pid) == "D" and _children_stopped(proc.pid)):
+        while not (_state(proc.pid) == "D" and (children := _stopped_children(proc.pid))):
             assert time.monotonic() < deadline, "the vfork child never stopped"
             time.sleep(0.01)
-        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
         started = time.monotonic()
         ended = reaper("end", "HAL_SANDBOX", marker)
         assert ended.returncode == 0, ended.stderr
@@ -152,9 +151,10 @@ def test_end_takes_a_tree_whose_parent_waits_on_a_stopped_vfork_child(tmp_path: 
             proc.wait()
 
 
-def _children_stopped(pid: int) -> bool:
+def _stopped_children(pid: int) -> list[str]:
+    """``pid``'s children once each is stopped, else none."""
     try:
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:
-        return False
-    return bool(children) and all(_state(int(child)) in "Tt" for child in children)
+        return []
+    return children if all(_state(int(child)) in "Tt" for child in children) else []
