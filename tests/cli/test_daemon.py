@@ -141,9 +141,12 @@ def test_pool_warm_drain_and_sandbox_commands(daemon: Hal) -> None:
     assert json.loads(daemon("sandbox", "list", "--json").stdout) == []
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_sigterm_leaves_agents_running_and_restart_adopts(
-    hal: Hal, hal_env: dict[str, str], demo_repo: Path
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path, sig: signal.Signals
 ) -> None:
+    """SIGTERM, and SIGHUP (hal serve reloads nothing: a `kill -HUP` meant as a reload), stop
+    the daemon cleanly: its log says which signal, its info file goes, agents run on."""
     home = Path(hal_env["HAL_HOME"])
     assert hal("serve", "--detach").returncode == 0
     agent = "sh -c 'while [ ! -e gate ]; do sleep 0.1; done; rm gate; echo adopted-output; touch a'"
@@ -151,9 +154,11 @@ def test_sigterm_leaves_agents_running_and_restart_adopts(
     task = wait_status(hal, task_id, {"running"})
     gate = Path(task["session_dir"], "workspace", "gate")
     pid = serve_info(home)["pid"]
-    os.kill(pid, signal.SIGTERM)
+    os.kill(pid, sig)
     poll("the daemon to exit", lambda: not Path(f"/proc/{pid}").exists())
     assert hal_processes_of(task), "the agent keeps running in tmux"
+    assert f"{sig.name} received" in (home / "run" / "serve.log").read_text()
+    assert not (home / "run" / "serve.json").exists()
     gate.touch()
     assert hal("serve", "--detach").returncode == 0
     try:

@@ -2,7 +2,7 @@
 and the HTTP API (a unix socket, and 127.0.0.1 on a free port, both behind a bearer token).
 
 On start it reconciles what an earlier daemon left (see :mod:`hal9999.tasks.recovery`). On
-SIGTERM or SIGINT it stops accepting work, leaves running agents running in tmux (the next
+SIGTERM, SIGINT or SIGHUP it stops accepting work, leaves running agents running in tmux (the next
 daemon adopts them), destroys its idle warm sandboxes and exits.
 """
 
@@ -355,10 +355,13 @@ class Daemon:
             self._lock.close()
 
     async def serve_forever(self, ready: Path | None = None) -> None:
-        """Run until SIGTERM/SIGINT (or a shutdown request)."""
+        """Run until SIGTERM, SIGINT or SIGHUP (or a shutdown request)."""
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stopping.set)
+        # SIGHUP stops it as SIGTERM does: a foreground daemon's terminal closing, or a `kill
+        # -HUP` meant as a reload (it reloads nothing: new settings need a restart), ended it
+        # without a line in its log and left its info file behind.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, self._signalled, sig)
         # No waiter thread per subprocess (about nine a task): see children.py.
         with pidfd_child_watcher():
             await self.start()
@@ -368,6 +371,16 @@ class Daemon:
                 await self.stopping.wait()
             finally:
                 await self.stop()
+
+    def _signalled(self, sig: signal.Signals) -> None:
+        """Stop on ``sig``, saying so in the log (running agents are left to the next start)."""
+        if not self.stopping.is_set():
+            logger.info(
+                "hal serve: %s received: stopping; running agents keep running and the next "
+                "`hal serve` adopts them (it reloads no settings: stop and start it again)",
+                sig.name,
+            )
+        self.stopping.set()
 
     def status(self, queued: int | None = None) -> dict[str, Any]:
         """What the daemon is doing, for ``hal status`` (``queued``: the count, when the
