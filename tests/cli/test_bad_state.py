@@ -104,7 +104,8 @@ def test_files_hal_may_not_read_are_one_line(hal: Hal, hal_env: dict[str, str]) 
             out = hal_without_file_powers(hal_env, *args)
             assert out.returncode == 2, out.stderr
             line = one_error_line(out)
-            assert f"cannot read {home / 'run' / 'serve.json'}: Permission denied" in line, line
+            # The lock is read first: whether a daemon holds it decides, not the info file.
+            assert f"cannot read {home / 'run' / 'serve.lock'}: Permission denied" in line, line
     finally:
         (home / "run").chmod(0o700)
     from hal9999.server.runtime import DaemonFiles, DaemonInfo

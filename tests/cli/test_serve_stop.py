@@ -26,9 +26,9 @@ class _Files:
     def __init__(self, pid: int) -> None:
         self.info: _Info | None = _Info(pid)
 
-    def running(self) -> _Info | None:
+    def holder(self) -> int | None:
         info, self.info = self.info, None
-        return info
+        return None if info is None else info.pid
 
 
 def test_stop_returns_once_the_process_is_gone(capsys: pytest.CaptureFixture[str]) -> None:
@@ -59,9 +59,9 @@ class _HeldFiles:
         self.daemon = daemon
         self.looks = 0
 
-    def running(self) -> _Info | None:
+    def holder(self) -> int | None:
         self.looks += 1
-        return _Info(self.daemon.pid) if self.daemon.poll() is None else None
+        return self.daemon.pid if self.daemon.poll() is None else None
 
 
 def test_stop_waits_on_the_process_not_in_polls(

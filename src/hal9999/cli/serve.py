@@ -167,15 +167,17 @@ def _detach(
 
 
 def _stop(files: DaemonFiles, as_json: bool) -> None:
-    info = files.running()
-    if info is None:
+    # The lock's holder, not the info file's pid: a daemon whose info file or socket is
+    # gone or garbled is stopped all the same.
+    pid = files.holder()
+    if pid is None:
         if as_json:
             emit_json({"stopped": None})
         else:
             click.echo("hal serve is not running")
         return
     try:  # held from before the signal, so a reused pid is never waited for
-        process: int | None = os.pidfd_open(info.pid)
+        process: int | None = os.pidfd_open(pid)
     except ProcessLookupError:
         process = None
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -190,14 +192,14 @@ def _stop(files: DaemonFiles, as_json: bool) -> None:
     finally:
         if process is not None:
             os.close(process)
-    while files.running() is not None and time.monotonic() < deadline:
+    while files.holder() is not None and time.monotonic() < deadline:
         time.sleep(0.05)
-    if files.running() is not None or not gone:
-        raise HalError(f"hal serve (pid {info.pid}) did not stop", hint=f"kill {info.pid}")
+    if files.holder() is not None or not gone:
+        raise HalError(f"hal serve (pid {pid}) did not stop", hint=f"kill {pid}")
     if as_json:
-        emit_json({"stopped": info.pid})
+        emit_json({"stopped": pid})
     else:
-        click.echo(f"stopped hal serve (pid {info.pid}); running agents keep running")
+        click.echo(f"stopped hal serve (pid {pid}); running agents keep running")
 
 
 @cli.command()

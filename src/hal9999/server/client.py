@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Mapping
 from hal9999 import plainjson
 from hal9999.errors import HalError
 from hal9999.server.runtime import DaemonInfo, find_running
+from hal9999.workdir import pure_path
 
 TYPE_CHECKING = False  # typing: hal9999.lighttyping says why
 if TYPE_CHECKING:
@@ -58,6 +59,9 @@ class DaemonClient:
     """Calls the daemon's API; errors come back as the :class:`HalError` they were."""
     timeout_s: float | None = None  # of each step of a blocking request, when set (hal status)
 
+    token_file: str | None = None
+    """Where the token came from (named when the daemon refuses it)."""
+
     def __init__(self, info: DaemonInfo, token: str) -> None:
         self.info = info
         self._token = token
@@ -66,7 +70,11 @@ class DaemonClient:
     def find(cls, home: Path | str) -> DaemonClient | None:
         """A client for the daemon of ``home``, when one is running."""
         found = find_running(str(home))
-        return None if found is None else cls(*found)
+        if found is None:
+            return None
+        client = cls(*found)
+        client.token_file = pure_path(str(home), "token")
+        return client
 
     async def call(
         self,
@@ -90,7 +98,7 @@ class DaemonClient:
             raise _closed(exc) from exc
         finally:
             writer.close()
-        return _payload(status, payload)
+        return _payload(status, payload, self.token_file)
 
     def request(
         self,
@@ -128,7 +136,7 @@ class DaemonClient:
         except BaseException:
             conn.close()
             raise
-        return Sent(conn)
+        return Sent(conn, self.token_file)
 
     def _request_bytes(
         self, method: str, path: str, body: dict[str, Any] | None, query: dict[str, Any] | None
@@ -154,8 +162,9 @@ class DaemonClient:
 class Sent:
     """A request sent by :meth:`DaemonClient.send`, its answer still to read."""
 
-    def __init__(self, conn: _socket.socket) -> None:
+    def __init__(self, conn: _socket.socket, token_file: str | None = None) -> None:
         self._conn = conn
+        self._token_file = token_file
 
     def answer(self) -> Any:
         """The response's JSON, or the :class:`HalError` it carries."""
@@ -164,7 +173,7 @@ class Sent:
                 status, payload = _receive(self._conn)
             except (OSError, ValueError) as exc:  # a timeout too: its __cause__
                 raise _closed(exc) from exc
-        return _payload(status, payload)
+        return _payload(status, payload, self._token_file)
 
     def close(self) -> None:
         """Leave the answer unread."""
@@ -209,8 +218,17 @@ def _closed(exc: Exception) -> DaemonUnavailable:
     )
 
 
-def _payload(status: int, payload: Any) -> Any:
-    """The response's JSON, or the :class:`HalError` it carries."""
+def _payload(status: int, payload: Any, token_file: str | None = None) -> Any:
+    """The response's JSON, or the :class:`HalError` it carries (a refused token as the
+    file it came from, ``token_file``, and how to mend it)."""
+    if status == 401 and token_file is not None:
+        from hal9999.errors import HomeError
+
+        raise HomeError(
+            f"hal serve refused the token in {token_file} (changed since the daemon started)",
+            hint="restart it to take the file's token: `hal serve --stop`, then "
+            "`hal serve --detach` (running agents keep running)",
+        )
     if status >= 400:
         error = payload.get("error", {}) if isinstance(payload, dict) else {}
         cls = error_class(str(error.get("code", "hal_error")))

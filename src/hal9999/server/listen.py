@@ -23,7 +23,7 @@ world-writable. Only ``hal serve`` imports this module (it imports uvicorn).
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import errno
 import ipaddress
 import json
 import logging
@@ -38,6 +38,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
+from hal9999.errors import HomeError
 from hal9999.server.guard import CONNECTION_KEY, MAX_HEAD, ASGIApp
 from hal9999.server.routing import error_body
 
@@ -265,18 +266,39 @@ class GuardedH11Protocol(H11Protocol):
 
 
 def unix_socket(path: str) -> socket.socket:
-    """A listening unix socket at ``path``, private to this user from its creation."""
-    with contextlib.suppress(FileNotFoundError):
+    """A listening unix socket at ``path``, private to this user from its creation (what
+    stands there, an earlier daemon's socket, is replaced; a directory is a HomeError)."""
+    try:
         os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise _unusable_socket(path, exc) from exc
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
     try:
         sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        raise _unusable_socket(path, exc) from exc
     finally:
         os.umask(old_umask)
     sock.listen(128)
     sock.setblocking(False)
     return sock
+
+
+def _unusable_socket(path: str, exc: OSError) -> HomeError:
+    """The one line for a socket path hal cannot take (a directory there, no permission)."""
+    if exc.errno in (errno.EISDIR, errno.EPERM) and os.path.isdir(path):
+        return HomeError(
+            f"{path}, where hal serve's socket goes, is a directory",
+            hint=f"remove it (`rmdir {path}`) and start hal serve again",
+        )
+    return HomeError(
+        f"cannot make hal serve's socket {path}: {exc.strerror or exc}",
+        hint="give hal back its data directory (HAL_HOME) writable, or set HAL_HOME to one that is",
+    )
 
 
 def tcp_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:

@@ -148,8 +148,14 @@ class DaemonFiles:
         return _read_info(str(self.info_file))
 
     def running(self) -> DaemonInfo | None:
-        """The daemon, if one holds the lock now."""
+        """The daemon, if one holds the lock now (HomeError when it does and its info file
+        or socket is missing or garbled: it runs, and cannot be reached)."""
         return _running(str(self.info_file), str(self.lock_file))
+
+    def holder(self) -> int | None:
+        """The pid of the process holding the lock (the daemon, whatever became of its other
+        files), None when nobody holds it."""
+        return _holder(str(self.lock_file))
 
     def clear(self, info: DaemonInfo) -> None:
         """Remove the socket and info file of a daemon that is stopping."""
@@ -162,11 +168,30 @@ class DaemonFiles:
 def find_running(home: str) -> tuple[DaemonInfo, str] | None:
     """The daemon running for ``home`` and its token, as :meth:`DaemonFiles.running` and
     :meth:`DaemonFiles.read_token` find them; paths as strings: the thin ``hal run`` imports
-    no :mod:`pathlib` (issue 16)."""
+    no :mod:`pathlib`. A running daemon whose token file is gone is a HomeError: a caller
+    would otherwise take it for no daemon, and run a task in-process beside it."""
     run = pure_path(home, "run")
     info = _running(pure_path(run, "serve.json"), pure_path(run, "serve.lock"))
-    token = _read_token(pure_path(home, "token"))
-    return None if info is None or token is None else (info, token)
+    if info is None:
+        return None
+    token_file = pure_path(home, "token")
+    token = _read_token(token_file)
+    if token is None:
+        raise HomeError(
+            f"hal serve is running (pid {info.pid}) but its token file {token_file} is "
+            "missing or empty",
+            hint=_RESTART,
+        )
+    return info, token
+
+
+_RESTART = (
+    "restart it to write a new one: `hal serve --stop`, then `hal serve --detach` (running "
+    "agents keep running)"
+)
+_BROKEN_WAIT_S = 3.0
+"""How long a daemon that holds its lock may lack its info file or socket before that is an
+error: a daemon starts with the lock and writes them next, and stops removing them first."""
 
 
 def _read_token(token_file: str) -> str | None:
@@ -180,13 +205,30 @@ def _read_token(token_file: str) -> str | None:
 
 
 def _read_info(info_file: str) -> DaemonInfo | None:
+    return _parse_info(info_file)[0]
+
+
+def _parse_info(info_file: str) -> tuple[DaemonInfo | None, str]:
+    """The recorded daemon, or None and what is wrong with the file ("is missing", "is
+    empty", "is not hal's JSON")."""
     try:
-        with open(info_file) as fh:
-            return DaemonInfo(**plainjson.loads(fh.read()))
-    except (FileNotFoundError, ValueError, TypeError):
-        return None
+        with open(info_file, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        return None, "is missing"
     except OSError as exc:  # no permission, a directory in its place
         raise _unreadable(info_file, exc) from exc
+    if not data.strip():
+        return None, "is empty"
+    try:
+        fields = plainjson.loads(data)
+        info = DaemonInfo(**fields)
+        # Fields of the wrong type would fail later, in a connect or a link's port.
+        if not (type(info.pid) is int and type(info.socket) is str and type(info.port) is int):
+            raise TypeError("wrong field types")
+    except (ValueError, TypeError, SystemError, RecursionError):
+        return None, "is not hal's JSON"
+    return info, ""
 
 
 def _unreadable(path: str, exc: OSError) -> HomeError:
@@ -199,21 +241,76 @@ def _unreadable(path: str, exc: OSError) -> HomeError:
 
 
 def _running(info_file: str, lock_file: str) -> DaemonInfo | None:
-    info = _read_info(info_file)
-    if info is None or not _exists(info.socket):
-        return None
+    """The daemon holding ``lock_file``, as its ``info_file`` records it; None when nobody
+    holds the lock (an info file left by a daemon killed -9 is stale, whatever it holds).
+    The lock decides, not the info file: a live daemon whose info file or socket is missing
+    or garbled is a HomeError naming the file, once a start or stop in progress had the
+    time to write or remove them."""
+    deadline = 0.0
+    while True:
+        info, wrong = _parse_info(info_file) if _held(lock_file) else (None, "")
+        if info is not None and _exists(info.socket):
+            return info
+        if not wrong and info is None:
+            return None  # nobody holds the lock
+        if wrong in ("is empty", "is not hal's JSON"):
+            break  # written atomically: never seen so in passing
+        import time  # only here: a daemon starting or stopping
+
+        deadline = deadline or time.monotonic() + _BROKEN_WAIT_S
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.01)  # as often as `hal serve --detach` looks for a starting daemon
+    holder = _holder(lock_file)
+    what = f"{info_file} {wrong}" if info is None else f"its socket {info.socket} is gone"
+    running = f"hal serve is running{f' (pid {holder})' if holder else ''}"
+    raise _broken(f"{running} but {what}", holder, lock_file)
+
+
+def _broken(message: str, holder: int | None, lock_file: str) -> HomeError:
+    """The error for a live daemon that cannot be reached, with how to restart it."""
+    stop = f"`kill {holder}`" if holder else f"stop the process holding {lock_file}"
+    return HomeError(
+        message,
+        hint=f"restart it: {stop}, then `hal serve --detach` (running agents keep running)",
+    )
+
+
+def _held(lock_file: str) -> bool:
+    """Whether a process holds ``lock_file`` (read-only: a look never creates it)."""
     try:
-        handle = open(lock_file, "a")  # closed by the with below
+        fd = os.open(lock_file, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        return None
+        return False
     except OSError as exc:
         raise _unreadable(lock_file, exc) from exc
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return info  # held: the daemon is alive
-        fcntl.flock(handle, fcntl.LOCK_UN)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # lets go of the lock it may have taken
+    return False
+
+
+def _holder(lock_file: str) -> int | None:
+    """The pid holding an flock on ``lock_file``, from ``/proc/locks`` (None: not held, or
+    not found there)."""
+    if not _held(lock_file):
+        return None
+    try:
+        inode = os.stat(lock_file).st_ino
+        with open("/proc/locks") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF": pid, then MAJ:MIN:INODE.
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(
+            inode
+        ):
+            return int(fields[4]) if fields[4].isdigit() else None
     return None
 
 
