@@ -49,6 +49,7 @@ optional ``hint`` that tells the user how to fix the problem::
     ├── ModelNotAllowed           model_not_allowed  exit 11
     ├── HiveError                 hive_error         exit 12
     │   └── HiveLimited           hive_limited       exit 12
+    ├── OutputError               output_failed      exit 74
     ├── TaskTimeout               timed_out          exit 124
     └── TaskCancelled             cancelled          exit 130
 
@@ -335,6 +336,14 @@ class DiskFull(HalError):
 
     code = "disk_full"
     exit_status = 10
+
+
+class OutputError(HalError):
+    """A command's standard output refused its writes (``> /dev/full``, a file on a full
+    disk): nothing of hal's own failed. 74 is EX_IOERR of ``sysexits.h``."""
+
+    code = "output_failed"
+    exit_status = 74
 
 
 class GatewayError(HalError):

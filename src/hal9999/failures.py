@@ -14,7 +14,15 @@ from hal9999.errors import DiskFull, HalError, HomeError
 
 def known_failure(exc: BaseException) -> HalError | None:
     """The error to report for an unexpected ``exc`` that is the machine's state, not a bug
-    in hal: a full disk, or a database another process kept locked; None otherwise."""
+    in hal: standard output refusing writes, a full disk, or a database another process
+    kept locked; None otherwise."""
+    if (where := output_refused(exc)) is not None:
+        from hal9999.errors import OutputError
+
+        return OutputError(
+            f"cannot write the output: standard output ({where}) is full",
+            hint="send it to a disk with free space, or free space on that one",
+        )
     if disk_full(exc):
         return DiskFull(
             "the disk holding hal's home is full", hint="free space on the filesystem of HAL_HOME"
@@ -56,6 +64,29 @@ def disk_full(exc: BaseException) -> bool:
         if sqlite3 is not None and isinstance(current, sqlite3.OperationalError):
             return "full" in str(current)
     return False
+
+
+def output_refused(exc: BaseException) -> str | None:
+    """What standard output is (``/dev/full``, "a file on a full disk") when ``exc`` (or what
+    caused it) is a write refused for lack of space and standard output has none; None
+    otherwise (hal's home may be the full one: :func:`disk_full` says)."""
+    import os
+    import stat
+
+    if not any(
+        isinstance(c, OSError) and c.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        for c in _causes(exc)
+    ):
+        return None
+    try:
+        st = os.fstat(1)
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 7):
+            return "/dev/full"
+        if stat.S_ISREG(st.st_mode) and os.fstatvfs(1).f_bavail == 0:
+            return "a file on a full disk"
+    except OSError:
+        pass
+    return None
 
 
 def store_busy(exc: BaseException) -> bool:

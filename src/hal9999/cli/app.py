@@ -201,6 +201,8 @@ def report_failure(exc: Exception | KeyboardInterrupt, *, as_json: bool = False)
             from hal9999.failures import known_failure
 
             error = known_failure(exc) or internal_error(exc, os.environ)
+        if error.code == "output_failed":
+            to_devnull(sys.stdout)  # its buffer, flushed at exit, would fail once more
         echo(f"hal: error: {error_line(error.one_line())}", err=True)
     if as_json:
         error_json(error)

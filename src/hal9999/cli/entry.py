@@ -169,7 +169,16 @@ def exit_after(write: Callable[[], object]) -> NoReturn:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(128 + 13)
+    except OSError as exc:  # /dev/full, a full disk: one line, as the click path says it
+        failed(exc)
     sys.exit(0)
+
+
+def failed(exc: OSError) -> NoReturn:
+    """Report a click-free answer's failed write as every command reports a failure."""
+    from hal9999.cli.app import report_failure
+
+    sys.exit(report_failure(exc))
 
 
 def exit_at_once(done: SystemExit) -> NoReturn:

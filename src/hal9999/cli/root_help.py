@@ -160,4 +160,8 @@ def print_help() -> None:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
+    except OSError as exc:  # /dev/full, a full disk
+        from hal9999.cli.entry import failed
+
+        failed(exc)
     sys.exit(0)
