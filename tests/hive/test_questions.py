@@ -6,8 +6,10 @@ from __future__ import annotations
 import threading
 import time
 
+from pathlib import Path
+
 import pytest
-from tests.hive.conftest import hive_events
+from tests.hive.conftest import hive_events, make_agent
 
 from hal9999.errors import (
     HiveLimited,
@@ -178,3 +180,29 @@ def test_questions_asked_at_once_stay_within_the_bound(
     with ThreadPoolExecutor(8) as pool:
         asked = list(pool.map(ask, range(8)))
     assert sum(asked) == 2, asked
+
+
+def test_a_new_agent_of_a_removed_ones_name_inherits_none_of_its_history(
+    tmp_path: Path,
+) -> None:
+    """Its mailbox (read mail too), its turns and their statistics go with the old agent;
+    what the old agent sent others stays theirs."""
+    from hal9999.hive import agents, stats
+
+    home = tmp_path / "halhome"
+    with Store.open(home) as store:
+        make_agent(store, "eve")
+        make_agent(store, "bob")
+        for body in ("first life: secret plan", "also old"):
+            broker.send(store, sender="operator", recipient="eve", body=body)
+        broker.mark(store, [m.id for m in broker.inbox(store, "eve")][:1], "read")
+        sent = broker.send(store, sender="eve", recipient="bob", body="hello from the old eve")
+        turn = stats.start_turn(store, "eve", None, "message", [])
+        stats.finish_turn(store, turn, "ok", {}, None)
+        assert stats.turns(store, "eve") and broker.inbox(store, "eve", include_read=True)
+        agents.forget(store, home, "eve")
+        make_agent(store, "eve")
+        assert broker.inbox(store, "eve", include_read=True) == []
+        assert stats.turns(store, "eve") == []
+        assert stats.summary(store, "eve")["turns"] == 0
+        assert [m.id for m in broker.inbox(store, "bob")] == [sent.id]

@@ -453,12 +453,16 @@ def _mark(
 
 
 def retire(conn: sqlite3.Connection, recorded: list[HiveEvent], agent: str) -> None:
-    """In the transaction that removes ``agent``: the mail it will never read is ``read``,
-    so retention removes it in time and a new agent given the name never gets it."""
+    """In the transaction that removes ``agent``: its mailbox and its turns go with it, so a
+    new agent given the name starts with none of its mail (its first turn would get what
+    was unread), its history or its statistics. The mail it never read is ``read`` first,
+    for whoever follows the hive's events; what it sent others stays theirs."""
     rows = conn.execute(
         "SELECT id FROM hive_messages WHERE recipient = ? AND state != 'read'", (agent,)
     ).fetchall()
     _mark(conn, recorded, [str(row[0]) for row in rows], "read")
+    conn.execute("DELETE FROM hive_messages WHERE recipient = ?", (agent,))
+    conn.execute("DELETE FROM hive_turns WHERE agent = ?", (agent,))
 
 
 def take(store: Store, agent: str, ids: Sequence[str]) -> list[str]:
