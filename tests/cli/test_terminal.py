@@ -91,20 +91,32 @@ def test_output_on_disk_is_capped_with_head_and_tail(hal: Hal) -> None:
 
 
 def test_offline_api_agent_is_named_before_it_starts(hal: Hal, hal_env: dict[str, str]) -> None:
+    """With the LLM gateway (the default) the missing key is named, never the network: the
+    gateway needs none in the sandbox; with the gateway off, the network is what lacks."""
     config = Path(hal_env["XDG_CONFIG_HOME"]) / "hal9999" / "config.toml"
     config.parent.mkdir(parents=True)
     config.write_text('network = "none"\n[agents.claude]\ncommand = "false"\n')
-    out = hal("run", "--agent", "claude", "x")
+    env = {"ANTHROPIC_API_KEY": ""}
+    out = hal("run", "--agent", "claude", "x", env=env)
     lines = out.stderr.splitlines()
     [warning] = [i for i, line in enumerate(lines) if line.startswith("hal: warning: agent")]
     [started] = [i for i, line in enumerate(lines) if line.startswith("hal: task ")]
     assert warning < started  # said before the agent starts
-    assert "calls an LLM API" in lines[warning] and 'network = "host"' in lines[warning]
+    assert "has no API key: ANTHROPIC_API_KEY is not set" in lines[warning], lines[warning]
+    assert "hal auth claude login" in lines[warning] and "network" not in lines[warning].split(
+        "needs no network"
+    )[1], lines[warning]
     [task] = tasks_json(hal)
-    again = hal("task", "resume", task["id"])
+    again = hal("task", "resume", task["id"], env=env)
     # Up front: after at most the line naming the config files, before anything else.
     head = again.stderr.splitlines()[:2]
-    assert any(line.startswith("hal: warning: agent claude calls an LLM API") for line in head)
+    assert any(line.startswith("hal: warning: agent claude has no API key") for line in head)
+    config.write_text(
+        'network = "none"\n[gateway]\nenabled = false\n[agents.claude]\ncommand = "false"\n'
+    )
+    out = hal("run", "--agent", "claude", "x", env=env)
+    [warning] = [line for line in out.stderr.splitlines() if line.startswith("hal: warning: agent")]
+    assert "calls an LLM API" in warning and 'network = "host"' in warning, warning
 
 
 def _run_in_terminal(args: list[str], env: dict[str, str], cwd: Path) -> str:

@@ -351,7 +351,7 @@ def offline_notice(config: HalConfig, agent_name: str, provider: str) -> str | N
 
         if goes_through_gateway(config, agent, os.environ):
             return None  # the LLM gateway is the agent's way out
-        return offline_warning(agent.name)
+        return offline_warning(config, agent)
     return None
 
 def output_callbacks(

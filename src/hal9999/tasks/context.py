@@ -23,6 +23,7 @@ from hal9999.tasks.session import Session
 from hal9999.tasks.state import TaskStatus
 
 if TYPE_CHECKING:  # a run loads them only when it has a gateway route or an MCP route
+    from hal9999.agents.base import Agent
     from hal9999.gateway.tasks import GatewayRoute
     from hal9999.hive.mcp.channel import McpRoute
     from hal9999.tasks.retry import Retry, RetryPolicy
@@ -261,9 +262,22 @@ def borrows_objects(task: TaskRecord) -> bool:
     return mounts_objects(task.provider) and task.repo_kind == "local"
 
 
-def offline_warning(agent: str) -> str:
-    """Why an API-calling agent in a sandbox without network is likely to fail, and the fix."""
+def offline_warning(config: HalConfig, agent: Agent) -> str:
+    """Why an API-calling agent in a sandbox without network is likely to fail, and the fix:
+    where the LLM gateway would carry its calls, the key the gateway lacks (a sandbox with
+    network would only hand the agent a key it does not have either); else the network."""
+    settings = config.agent_settings(agent.name)
+    choose = getattr(agent, "gateway_upstream", None)
+    chosen = choose(settings) if choose is not None and config.gateway.enabled else None
+    if chosen is not None:
+        key_env = chosen[1]
+        login = " or `hal auth claude login`" if agent.name == "claude" else ""
+        return (
+            f"agent {agent.name} has no API key: {key_env} is not set here (hal's LLM gateway "
+            f"calls the API from the host, so the sandbox needs no network): export "
+            f"{key_env}=...{login}"
+        )
     return (
-        f'agent {agent} calls an LLM API but the sandbox has no network (network = "none"): '
-        'set network = "host" in hal.toml or HAL_NETWORK=host'
+        f'agent {agent.name} calls an LLM API but the sandbox has no network (network = '
+        '"none"): set network = "host" in hal.toml or HAL_NETWORK=host'
     )

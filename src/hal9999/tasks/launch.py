@@ -230,7 +230,7 @@ class LaunchSteps(RunnerCore):
             spec = spec.model_copy(update={"binds": (*spec.binds, ctx.mcp.bind())})
         offline = spec.network == "none" and needs_network(agent) and ctx.gateway is None
         if offline:
-            self.emit(ctx, Message(level="warning", text=offline_warning(agent.name)))
+            self.emit(ctx, Message(level="warning", text=offline_warning(self.config, agent)))
         lease = await self.sandboxes.acquire(provider, spec, task.id)
         ctx.sandbox = sandbox = lease.sandbox if lease is not None else await provider.create(spec)
         warm = lease is not None and lease.warm

@@ -127,7 +127,7 @@ class TaskRunner(LaunchSteps, FollowSteps):
                 )
             hint = f"see `hal task logs {task.id}`"
             if offline:
-                hint += f"; {offline_warning(agent.name)}"
+                hint += f"; {offline_warning(self.config, agent)}"
             error = AgentFailed(f"agent {agent.name} exited with status {exit_code}", hint=hint)
             return await self.finish(
                 ctx, TaskStatus.FAILED, started, exit_code, error=error, files=files
