@@ -22,7 +22,9 @@ from hal9999.values import every_error
 
 
 def load_provider_for(config: HalConfig, name: str) -> Provider:
-    """The provider ``name`` with its state dir and ``[providers.<name>]`` settings."""
+    """The provider ``name`` with its state dir and ``[providers.<name>]`` settings, and
+    the config's totals in use (the limits every sandbox shares, :func:`use_config_totals`)."""
+    use_config_totals(config)
     paths = HalPaths(config.home)
     return load_provider(
         name,
@@ -30,6 +32,27 @@ def load_provider_for(config: HalConfig, name: str) -> Provider:
         settings=config.providers.get(name),
         origin=config._origin,
     )
+
+
+def use_config_totals(config: HalConfig) -> None:
+    """Use the config's ``[totals]`` in this process, shared by the tasks that may run at
+    once (``[scheduler] max_concurrent``); refused in one line when one exceeds the host."""
+    import os
+
+    from hal9999.pool.settings import scheduler_settings
+    from hal9999.providers import limits
+
+    concurrent = scheduler_settings(config, os.environ).max_concurrent
+    total = limits.Totals.of(config.totals.memory_mb, config.totals.pids, concurrent)
+    for name in ("memory_mb", "pids"):
+        asked, bound = getattr(config.resources, name), getattr(total, name)
+        if asked and bound is not None and asked > bound:
+            raise ConfigError(
+                f"[resources] {name} = {asked} is more than [totals] {name} = {bound}, "
+                "which every sandbox of hal's shares",
+                hint=f"lower [resources] {name}, or raise [totals] {name} (0: no bound)",
+            )
+    limits.use_totals(total)
 
 
 def check_provider_tables(config: HalConfig) -> None:
