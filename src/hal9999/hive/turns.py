@@ -34,6 +34,7 @@ from hal9999.agents.registry import resolve_agent
 from hal9999.errors import HalError, HiveError, TaskNotFound
 from hal9999.events.hive import HiveGuard, TurnFinished
 from hal9999.hive import stats, subtasks, watch
+from hal9999.hive.agentfiles import bound_files, self_wake_ready
 from hal9999.hive.agents import AgentDir, build_prompt, first_batch, set_state
 from hal9999.hive.broker import OPERATOR, SYSTEM, inbox, mark, send
 from hal9999.hive.settings import HiveSettings
@@ -80,6 +81,8 @@ class HiveLoop:
         self._hold: dict[str, float] = {}
         """Agent name -> monotonic time before which it does not wake (crash backoff)."""
         self._held: set[str] = set()
+        self._ended: dict[str, float] = {}
+        """Agent name -> monotonic time its last turn in this process ended."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._budget_told = False
         self.warm: WarmHolds | None = None
@@ -254,6 +257,10 @@ class HiveLoop:
         entries = first_batch(await asyncio.to_thread(self.deliver, name))
         if not entries:
             return
+        ready = self_wake_ready(self._ended.get(name), entries, self.settings.self_wake_min_s)
+        if ready is not None:  # its own reminders alone, too soon: held until then
+            self._hold[name] = max(self._hold.get(name, 0.0), ready)
+            return
         spent = await asyncio.to_thread(self.over_budget)
         if spent is not None:
             await asyncio.to_thread(self._tell_budget, name, spent)
@@ -274,6 +281,8 @@ class HiveLoop:
         resumes = resolve_agent(agent.agent, self.service.config.agent_settings(agent.agent))
         fresh = agent.task_id is None or not resumes.supports_resume
         prompt = build_prompt(agent, role, entries, first=fresh)
+        if agent.task_id is not None:
+            await bound_files(self.service, agent.task_id, self.settings.agent_files_mb)
         since = time.time()
         after_seq = 0
         if agent.task_id is not None:
@@ -295,6 +304,7 @@ class HiveLoop:
         await asyncio.to_thread(
             self._close, name, turn_id, task, watch.turn_result(task), since, after_seq, ids
         )
+        self._ended[name] = time.monotonic()
 
     async def _start(self, agent: AgentRecord, prompt: str, turn_id: int) -> str:
         """Start the turn's run under the scheduler; returns the task id."""

@@ -401,14 +401,24 @@ def full_of(path: Path) -> str | None:
     return None
 
 
+def _file_bytes(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 class DiskWatchdog:
     """Stops a task whose sandbox outgrows its disk limit, or that fills the disk holding
     hal's home. :meth:`check` is called from the loop that follows the agent: free space is a
     ``statvfs`` away and checked every time, the sandbox's use (``du``) now and then."""
 
-    def __init__(self, sandbox: object, home: Path) -> None:
+    def __init__(self, sandbox: object, home: Path, records: Sequence[Path] = ()) -> None:
         self.sandbox = sandbox if isinstance(sandbox, DiskWatched) else None
         self.home = home
+        self.records = records
+        """Host files of the task that count against its disk limit too (its log and
+        events: a hive agent's grow turn after turn)."""
         self.ballast = Ballast(home)
         self._interval = FIRST_DISK_CHECK_S
         self._due = time.monotonic() + self._interval
@@ -447,6 +457,8 @@ class DiskWatchdog:
             return
         began = time.monotonic()
         use = await self.sandbox.disk_use()
+        if self.records:
+            use = use._replace(used_bytes=use.used_bytes + sum(map(_file_bytes, self.records)))
         ended = time.monotonic()
         self._interval = min(self._interval * 2, DISK_CHECK_S)
         walk = min((ended - began) / DISK_CHECK_SHARE, MAX_DISK_CHECK_S)
@@ -464,8 +476,8 @@ class DiskWatchdog:
         if use.limit_bytes is not None and use.used_bytes > use.limit_bytes * room:
             raise DiskLimitExceeded(
                 f"the sandbox holds {use.used_bytes >> 20} MiB of files, over {over}its disk "
-                f"limit of {use.limit_bytes >> 20} MiB (workspace, home and /tmp together)"
-                f"{during}",
+                f"limit of {use.limit_bytes >> 20} MiB (workspace, home and /tmp together"
+                f"{', with its log and events' if self.records else ''}){during}",
                 hint="raise disk_mb under [resources] (0 for no limit), or have the task "
                 "clean up after itself",
             )
