@@ -299,11 +299,11 @@ def _require_components(request: pytest.FixtureRequest) -> None:
 @pytest.fixture(autouse=True)
 def _host_totals() -> Iterator[None]:
     """Each test starts from the host's totals: a config a test loads sets its own for the
-    process (``limits.use_totals``), which would size the next test's defaults."""
+    process (``totals.use_totals``), which would size the next test's defaults."""
     yield
-    from hal9999.providers import limits
+    from hal9999.providers import totals
 
-    limits.use_totals(None)
+    totals.use_totals(None)
 
 
 @pytest.fixture

@@ -40,10 +40,10 @@ def use_config_totals(config: HalConfig) -> None:
     import os
 
     from hal9999.pool.settings import scheduler_settings
-    from hal9999.providers import limits
+    from hal9999.providers import totals
 
     concurrent = scheduler_settings(config, os.environ).max_concurrent
-    total = limits.Totals.of(config.totals.memory_mb, config.totals.pids, concurrent)
+    total = totals.Totals.of(config.totals.memory_mb, config.totals.pids, concurrent)
     for name in ("memory_mb", "pids"):
         asked, bound = getattr(config.resources, name), getattr(total, name)
         if asked and bound is not None and asked > bound:
@@ -52,7 +52,7 @@ def use_config_totals(config: HalConfig) -> None:
                 "which every sandbox of hal's shares",
                 hint=f"lower [resources] {name}, or raise [totals] {name} (0: no bound)",
             )
-    limits.use_totals(total)
+    totals.use_totals(total)
 
 
 def check_provider_tables(config: HalConfig) -> None:
