@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import tests.cli.conftest as cli_fixtures
 from tests.cli.conftest import Hal
+from tests.hive.conftest import make_agent
 from tests.hive.serve_helpers import (
     agent_now,
     as_json,
@@ -23,11 +24,19 @@ from tests.hive.serve_helpers import (
     write_config,
 )
 
+from hal9999.config import HalConfig
 from hal9999.events.log import EventLog
 from hal9999.events.models import Message
 from hal9999.events.reader import events_after_seq, follow_events, follow_text, read_events
 from hal9999.events.rotation import rotate_events, rotate_log, with_rotated
-from hal9999.hive.agentfiles import self_wake_ready
+from hal9999.hive import broker, reminders
+from hal9999.hive.agents import AgentDir
+from hal9999.hive.selfwake import self_wake_ready
+from hal9999.hive.settings import HiveSettings
+from hal9999.hive.store import get_agent
+from hal9999.hive.turns import HiveLoop
+from hal9999.store import Store
+from hal9999.tasks.service import TaskService
 
 demo_repo, hal_env, hal = cli_fixtures.demo_repo, cli_fixtures.hal_env, cli_fixtures.hal
 
@@ -131,11 +140,42 @@ async def _text(chunks: object) -> str:
     return "".join([chunk async for chunk in chunks])  # type: ignore[attr-defined]
 
 
-def test_the_agents_own_reminders_wake_it_no_sooner_than_the_minimum() -> None:
-    reminder, message = {"kind": "reminder"}, {"kind": "message"}
-    ended = time.monotonic()
-    ready = self_wake_ready(ended, [reminder, reminder], 30.0)
-    assert ready is not None and ready >= ended + 30.0
-    assert self_wake_ready(ended, [reminder, message], 30.0) is None  # other mail: now
-    assert self_wake_ready(ended - 31.0, [reminder], 30.0) is None  # long enough ago
-    assert self_wake_ready(None, [reminder], 30.0) is None  # no turn yet
+def test_the_agents_own_reminders_wake_it_no_sooner_than_the_minimum(tmp_path: Path) -> None:
+    # Bob has a mailbox but no role: a turn that starts fails in hal at once (a crash), so
+    # a crash says a turn started.
+    home = tmp_path / "home"
+    with Store.open(home) as store:
+        make_agent(store, "bob")
+        AgentDir.of(home, "bob").root.mkdir(parents=True)
+        config = HalConfig(home=home, process_manager="direct", default_provider="local")
+        settings = HiveSettings(self_wake_min_s=30.0, crash_backoff_s=60.0)
+        hive = HiveLoop(TaskService(config, store, {}), None, settings)  # type: ignore[arg-type]
+        reminders.remind(store, agent="bob", text="again", in_s=0.01)
+        time.sleep(0.05)
+        assert reminders.fire_due(store)
+
+        async def main() -> None:
+            hive._loop = asyncio.get_running_loop()
+            hive.self_wakes.turn_ended("bob")  # as a turn of this loop just did
+            hive.wake("bob")
+            await until(lambda: hive.self_wakes.holds("bob") and "bob" not in hive.turns)
+            await asyncio.sleep(0.5)
+            assert get_agent(store, "bob").crashes == 0  # its reminder alone: no turn yet
+            broker.send(store, sender="operator", recipient="bob", body="look at this")
+            hive.wake("bob")  # other mail: the turn starts at once
+            await until(lambda: get_agent(store, "bob").crashes == 1)
+
+        asyncio.run(main())
+        assert [m.kind for m in broker.inbox(store, "bob")] == ["reminder", "message"]
+        ended = time.monotonic()
+        ready = self_wake_ready(ended, [{"kind": "reminder"}], 30.0)
+        assert ready is not None and ready >= ended + 30.0
+        assert self_wake_ready(ended - 31.0, [{"kind": "reminder"}], 30.0) is None
+
+
+async def until(check: object, timeout: float = 20.0) -> None:
+    """Poll ``check()`` until it is true."""
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)

@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from typing import Any
 
 from hal9999.errors import HalError
 from hal9999.events.models import Message, Output
@@ -57,15 +55,3 @@ async def bound_files(service: TaskService, task_id: str, cap_mb: int) -> None:
         await asyncio.to_thread(rotate_if_due, service, task_id, cap_mb)
     except (OSError, HalError):
         logger.exception("hive: cannot rotate the files of task %s", task_id)
-
-
-def self_wake_ready(
-    ended: float | None, entries: list[dict[str, Any]], min_s: float
-) -> float | None:
-    """When a turn woken by the agent's own reminders alone may start (monotonic), if later
-    than now: ``min_s`` after its last turn ``ended``; None when it may start now (other
-    mail is there, or long enough has passed)."""
-    if ended is None or any(entry.get("kind") != "reminder" for entry in entries):
-        return None
-    ready = ended + min_s
-    return ready if time.monotonic() < ready else None
