@@ -142,3 +142,6 @@ def test_a_total_over_the_host_is_refused_in_one_line(
     assert out.returncode != 0
     assert out.stderr.count("hal: error:") == 1 and said in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
+    doctor = subprocess.run([sys.executable, "-m", "hal9999", "doctor"], cwd=repo, env=env,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert said in doctor.stdout + doctor.stderr
