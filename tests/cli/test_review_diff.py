@@ -67,5 +67,5 @@ def test_the_review_rule_shows_text_with_odd_bytes_and_names_a_real_binary() -> 
               "+++ b/b.png\n@@ -0,0 +1,5 @@\n+" + noise.replace("\n", "\n+") + "\n")  # fmt: skip
     shown = review_text(text + binary)
     assert "+/* \u2400 \u241b[2J \u27e8U+202E\u27e9 */\n+" + EVIL + "\n" in shown
-    assert "index 2222222..3333333" in shown and "binary content:" in shown
+    assert "@@ binary content:" in shown and "(index 2222222..3333333 100644)" in shown
     assert "\x00" not in shown and "\x1b" not in shown and "b/b.png" in shown

@@ -14,8 +14,8 @@ control pictures (``\\x00`` is ``␀``, ESC ``␛``, DEL ``␡``), C1 controls, 
 bidirectional overrides that reorder a line on screen and the characters drawn as nothing
 are spelled out (``⟨U+202E⟩``), as every other viewer of the agent's text does. A file
 section whose changed lines are mostly not text (:data:`BINARY_SHARE`; an image, an
-archive) is shown as binary: its header (the ``index`` line carries both blob ids), and
-its size in changed bytes, in place of its lines. A text file is therefore never shown
+archive) is shown as binary: its header, and one line in place of its lines giving its
+size in changed bytes and its ``index`` line (both blob ids). A text file is therefore never shown
 as binary unless most of what it changes is not text.
 """
 
@@ -78,15 +78,16 @@ def visible(text: str, *, keep_escape: bool = False) -> str:
 
 def _section(text: str, keep_escape: bool) -> str:
     """One file's section, rendered: its lines made visible, or shown as binary."""
-    changed = [line[1:] for line in text.split("\n") if line[:1] in "+-" and line[:4] not in
-               ("+++ ", "--- ")]  # fmt: skip
+    head, _, hunks = text.partition("\n@@")
+    changed = [line[1:] for line in hunks.split("\n") if line.startswith(("+", "-"))]
     size = sum(len(line) + 1 for line in changed)
     odd = sum(len(_ODD.findall(line)) for line in changed)
     if size >= BINARY_MIN_CHARS and odd > size * BINARY_SHARE:
-        head = text.split("\n@@", 1)[0].rstrip("\n")
-        shown = visible(head, keep_escape=keep_escape)
-        return (f"{shown}\n(binary content: {size} bytes of changed lines, {odd} of them "
-                "not text; the patch carries it exactly)\n")  # fmt: skip
+        index = next((line for line in head.split("\n") if line.startswith("index ")), "")
+        # A hunk header of its own, so every viewer (the dashboard's too) shows it.
+        note = (f"@@ binary content: {size} bytes of changed lines, {odd} of them not text"
+                f"{f' ({index})' if index else ''}; the patch carries it exactly @@")  # fmt: skip
+        return f"{visible(head, keep_escape=keep_escape)}\n{visible(note)}\n"
     return visible(text, keep_escape=keep_escape)
 
 
