@@ -102,6 +102,9 @@ async def test_default_sandboxes_at_max_concurrency_fit_the_parent_and_the_paren
     concurrent = 8  # [scheduler] max_concurrent's default
     assert memory * concurrent <= parent_memory <= ram
     assert processes * concurrent <= parent_pids <= pids
+    hierarchy = parent_files()["memory"].with_name("memory.use_hierarchy")
+    if hierarchy.exists():  # v1: the parent's limit holds its children only hierarchically
+        assert hierarchy.read_text().strip() == "1"
 
 
 async def test_configured_totals_bound_the_parent_and_size_each_sandbox(
