@@ -34,7 +34,8 @@ def rotate_if_due(service: TaskService, task_id: str, cap_mb: int) -> bool:
         with contextlib.suppress(FileNotFoundError):
             parsed.unlink()
     held = size_of(session.log) + size_of(session.events)
-    if held <= (cap_mb << 20) // 2:
+    # A writer of this process holding the file would go on appending to the rotated one.
+    if held <= (cap_mb << 20) // 2 or service.writers.is_open(task_id):
         return False
     rotate_log(session.log)
     rotate_events(session.events)
