@@ -45,9 +45,7 @@ SECTION_LIMIT = 8 << 20
 
 _SECTION = "diff --git "
 _SPELLED = {chr(code): text for code, text in SPELLED_OUT.items()}
-_ODD = re.compile(
-    "[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffd" + "".join(map(re.escape, _SPELLED)) + "]"
-)
+_ODD = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffd" + "".join(map(re.escape, _SPELLED)) + "]")
 """What a reader cannot see as it is: control characters (but tab and newline), C1
 controls, the bidirectional and invisible characters every viewer spells out
 (:data:`hal9999.cli.task_table.SPELLED_OUT`), and U+FFFD (bytes that were not UTF-8)."""
