@@ -76,10 +76,10 @@ def test_a_port_that_never_answers_says_so(tmp_path: Path) -> None:
     import asyncio
     import socket
 
+    import asyncssh
+
     from hal9999.errors import HostUnreachable
     from hal9999.providers.ssh.connections import connect
-
-    import asyncssh
 
     made = asyncssh.generate_private_key("ssh-ed25519")
     key = tmp_path / "key"
