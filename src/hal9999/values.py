@@ -159,7 +159,7 @@ class RunOptions(BaseModel):
     egress_only: list[EgressHost] | None = None
     """When set, the only hosts (of those config allows) the task may reach."""
     secret_names: list[EnvName] = Field(default_factory=empty_list)
-    """Host variables forwarded as secrets."""
+    """Variables marked secret (forwarded from the host unless given a value)."""
     given_env: dict[str, Any] = Field(default_factory=dict)
     """Variables given with their values (only the names are read here)."""
     literal_names: list[str] | None = None
@@ -169,13 +169,8 @@ class RunOptions(BaseModel):
     @model_validator(mode="after")
     def _agree(self) -> "RunOptions":
         """Options that contradict each other, refused rather than one silently winning."""
+        # (`--env X=VALUE --secret X` agree: a value given here, masked as a secret.)
         literal = self.given_env if self.literal_names is None else self.literal_names
-        both = sorted(set(self.secret_names) & set(literal))
-        if both:
-            raise ValueError(
-                f"--secret {both[0]} and --env {both[0]}=VALUE name the same variable: give "
-                f"it once (--secret {both[0]} forwards this shell's value, masked)"
-            )
         if self.egress and self.egress_only is not None:
             from hal9999.gateway.allowlist import intersect
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from hal9999.cli.echo import after_agent_output, echo, stream_to_terminal, to_devnull
 from hal9999.cli.echo import emit_json as emit_json
-from hal9999.errors import HalError, HomeError, TaskCancelled, exit_status_for
+from hal9999.errors import HalError, HomeError, TaskCancelled, TaskNotFound
 
 if TYPE_CHECKING:
     from hal9999.config import ConfigSources, HalConfig
@@ -90,10 +90,12 @@ class App:
 
         return task_api(self)
 
+
 def _no_sources() -> ConfigSources:
     from hal9999.config import ConfigSources
 
     return ConfigSources()
+
 
 def app() -> App:
     """Load config and open the store for a command."""
@@ -109,6 +111,7 @@ def app() -> App:
     limits.release_if_full(config.home)  # on a full disk: room for the store to open
     store = open_store(config)
     return App(config, store, sources=sources)
+
 
 def open_store(config: HalConfig) -> Store:
     """The store of the config's home; an unusable home or database is a :class:`HomeError`."""
@@ -126,6 +129,7 @@ def open_store(config: HalConfig) -> Store:
             hint="if it is damaged, move it aside (tasks are forgotten, sessions stay on disk)",
             path=str(paths.db),
         ) from exc
+
 
 @contextmanager
 def collector_paused() -> Iterator[None]:
@@ -146,6 +150,7 @@ def collector_paused() -> Iterator[None]:
     finally:
         gc.freeze()
         gc.enable()
+
 
 DAEMON_YOUNG_THRESHOLD = 10_000
 """Allocations (less deallocations) between two collections of the youngest generation in
@@ -175,6 +180,7 @@ def run_async(coro: Awaitable[T]) -> T:
 
     with pidfd_child_watcher():
         return asyncio.run(main())
+
 
 def report_failure(exc: Exception | KeyboardInterrupt, *, as_json: bool = False) -> int:
     """Print the one line for what a command raised; the exit status it gets. A
@@ -269,6 +275,7 @@ def spawn_runner(app_: App, task: TaskRecord, args: list[str], env: dict[str, st
     app_.store.swap_runner(task.id, os.getpid(), proc.pid)
     return proc.pid
 
+
 class Started:
     """The task a foreground command started, once it exists (for the Ctrl-C message)."""
 
@@ -278,6 +285,7 @@ class Started:
     def __call__(self, task: TaskRecord) -> None:
         self.task = task
 
+
 def finish_run(
     app_: App, started: Started, run: Callable[[], Awaitable[TaskRecord]], as_json: bool
 ) -> None:
@@ -285,10 +293,19 @@ def finish_run(
     import asyncio
     import signal
 
-    from hal9999.cli.task_table import summary  # not cli.render: its event lines go unused
+    from hal9999.cli.task_table import (
+        kept,
+        removed,
+        run_end,
+        summary,  # not cli.render: its event lines go unused
+    )
 
     try:
         record = run_async(cancel_on_sigterm(run))
+    except TaskNotFound:
+        if started.task is None or app_.store.has_task(started.task.id):
+            raise
+        removed(started.task.id)
     except (KeyboardInterrupt, asyncio.CancelledError) as exc:
         if started.task is None:
             raise KeyboardInterrupt from exc
@@ -300,6 +317,10 @@ def finish_run(
         if as_json:
             error_json(cancelled(task_id, started.task.session_dir))
         sys.exit(130 if isinstance(exc, KeyboardInterrupt) else 128 + signal.SIGTERM)
+    status, line = run_end(
+        record.id, record.status, record.error_code,
+        record.status == "succeeded" or kept(record.session_dir, app_.store.has_task(record.id)),
+    )  # fmt: skip
     if as_json:
         from hal9999.cli.render import task_json
 
@@ -307,8 +328,10 @@ def finish_run(
     else:
         echo(after_agent_output())
         echo(summary(record))
-    status = 0 if record.status == "succeeded" else exit_status_for(record.error_code) or 1
+    if line:
+        echo(line, err=True)
     sys.exit(status)
+
 
 async def cancel_on_sigterm(run: Callable[[], Awaitable[T]]) -> T:
     """Run a foreground task so that SIGTERM ends it like Ctrl-C: the run is cancelled,
@@ -332,6 +355,7 @@ async def cancel_on_sigterm(run: Callable[[], Awaitable[T]]) -> T:
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
 
+
 def offline_notice(config: HalConfig, agent_name: str, provider: str) -> str | None:
     """Why the agent is likely to fail (it calls an API, the sandbox has no network), said
     before the agent starts; None when that is not the case."""
@@ -353,6 +377,7 @@ def offline_notice(config: HalConfig, agent_name: str, provider: str) -> str | N
             return None  # the LLM gateway is the agent's way out
         return offline_warning(config, agent)
     return None
+
 
 def output_callbacks(
     agent: str, *, raw: bool, quiet: bool

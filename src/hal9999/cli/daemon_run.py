@@ -33,7 +33,7 @@ from hal9999.cli.echo import after_agent_output, echo, emit_json, stream_to_term
 from hal9999.cli.task_table import one_line, summary
 from hal9999.cli.thin_config import NAME_AND_THIN_VARS, NAME_VARS, home_path, names_set, no_daemon
 from hal9999.envvars import forwarded_env, parse_env_option
-from hal9999.errors import ConfigError, HalError, UsageError, exit_status_for
+from hal9999.errors import ConfigError, HalError, TaskNotFound, UsageError
 from hal9999.workdir import current_path, working_path
 
 TYPE_CHECKING = False  # typing: hal9999.lighttyping says why
@@ -70,6 +70,7 @@ def default_config(home: str | Path) -> dict[str, Any]:
         "resources": {
             "cpus": None, "memory_mb": None, "pids": None, "disk_mb": None, "disk_files": None,
         },
+        "totals": {"memory_mb": None, "pids": None},
         "agents": {}, "providers": {}, "credentials": [], "forward_env": [], "secrets": [],
         "pool": {}, "scheduler": {},
         "gateway": {
@@ -253,6 +254,10 @@ def run_planned(args: RunArgs, found: Plan, environ: Mapping[str, str]) -> NoRet
         on_output, on_event = _callbacks(raw=args.raw, quiet=args.as_json)
         try:
             record = see_through(client, task["id"], on_output, on_event)
+        except TaskNotFound:  # the task it started and followed: removed meanwhile
+            from hal9999.cli.task_table import removed
+
+            removed(task["id"])
         except (KeyboardInterrupt, _Terminated) as exc:
             # Ctrl-C (or SIGTERM) of a foreground run cancels the task, as the full path.
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not stop this
@@ -267,13 +272,22 @@ def run_planned(args: RunArgs, found: Plan, environ: Mapping[str, str]) -> NoRet
 
                 error_json(cancelled(task["id"], task["session_dir"]))
             sys.exit(130 if isinstance(exc, KeyboardInterrupt) else 128 + signal.SIGTERM)
+    from hal9999.cli.task_table import kept, run_end
+
+    # A task removed before the daemon was asked for its end is an error (task_not_found,
+    # above); one removed since has no session left.
+    status, line = run_end(
+        record["id"], record["status"], record.get("error_code"),
+        record["status"] == "succeeded" or kept(record["session_dir"], True),
+    )  # fmt: skip
     if args.as_json:
         emit_json(record)
     else:
         echo(after_agent_output())
         echo(summary(cast("TaskSummary", SimpleNamespace(**record))))
-    failed = exit_status_for(record.get("error_code")) or 1
-    sys.exit(0 if record["status"] == "succeeded" else failed)
+    if line:
+        echo(line, err=True)
+    sys.exit(status)
 
 
 def _post(client: DaemonClient, body: dict[str, Any], args: RunArgs) -> dict[str, Any]:

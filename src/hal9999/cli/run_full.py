@@ -26,7 +26,7 @@ from hal9999.cli.app import (
 from hal9999.cli.daemon_run import RunArgs, env_options
 from hal9999.cli.echo import echo
 from hal9999.cli.task_table import one_line
-from hal9999.errors import exit_status_for
+from hal9999.errors import TaskNotFound
 
 if TYPE_CHECKING:
     from hal9999.cli.notices import Uncommitted
@@ -167,8 +167,22 @@ def _full_run(args: RunArgs, pending: Uncommitted) -> None:
         echo(f"hal: task {task.id} ({agent} on {request.provider}{via})", err=True)
 
     if args.as_events:
-        record = run_async(run_printing_events(api, request, announce))
-        sys.exit(0 if record.status == "succeeded" else exit_status_for(record.error_code) or 1)
+        from hal9999.cli.task_table import kept, removed, run_end
+
+        try:
+            record = run_async(run_printing_events(api, request, announce))
+        except TaskNotFound:
+            if started.task is None or a.store.has_task(started.task.id):
+                raise
+            removed(started.task.id)
+
+        status, line = run_end(
+            record.id, record.status, record.error_code,
+            record.status == "succeeded" or kept(record.session_dir, a.store.has_task(record.id)),
+        )  # fmt: skip
+        if line:
+            echo(line, err=True)
+        sys.exit(status)
 
     on_output, on_event = output_callbacks(request.agent, raw=args.raw, quiet=args.as_json)
     finish_run(

@@ -1,15 +1,21 @@
 """The ``hal task list`` table and the end-of-run summary, light: no pydantic, so the thin
 paths (:mod:`hal9999.cli.task_list`, :mod:`hal9999.cli.daemon_run`) can render store rows
-and the daemon's JSON without hal's model classes."""
+and the daemon's JSON without hal's model classes. And how a foreground ``hal run`` ends
+(:func:`run_end`): its exit status, and the line that says why when another command ended
+its task, one rule for every way a run is followed (in-process, through ``hal serve``,
+``--events``)."""
 
 from __future__ import annotations
 
 import os
+import sys
 import time
+
+from hal9999.errors import TaskCancelled, TaskNotFound, TaskStateError, exit_status_for
 
 TYPE_CHECKING = False  # typing: hal9999.lighttyping says why
 if TYPE_CHECKING:
-    from typing import Protocol
+    from typing import NoReturn, Protocol
 else:
     from hal9999.lighttyping import Protocol
 
@@ -212,3 +218,44 @@ def summary(task: TaskSummary) -> str:
         lines.append("error     " + error.replace("\n", "\n" + " " * 10))
     lines.append(f"session   {task.session_dir}")
     return "\n".join(lines)
+
+
+def run_end(task_id: str, status: str, error_code: str | None, exists: bool) -> tuple[int, str]:
+    """The exit status of a run whose task ended ``status`` (``error_code``: its error's),
+    and the ``hal: ...`` line to print first ("" when the summary says it all). ``exists``:
+    whether the task's record is still there (a ``hal task rm`` elsewhere removes it)."""
+    if not exists:
+        return TaskNotFound.exit_status, (
+            f"hal: task {task_id} was removed by another command (`hal task rm`) while it "
+            "ran; nothing of it is kept"
+        )
+    if status == "succeeded":
+        return 0, ""
+    if error_code is None and status == "stopped":
+        return TaskStateError.exit_status, (
+            f"hal: task {task_id} was stopped by another command (`hal task stop`); its "
+            f"session is kept: `hal task resume {task_id}` goes on"
+        )
+    if error_code is None and status == "cancelled":
+        return TaskCancelled.exit_status, (
+            f"hal: task {task_id} was cancelled by another command (`hal task cancel`, or "
+            "`hal task rm`, which cancels it first)"
+        )
+    return exit_status_for(error_code) or 1, ""
+
+
+def kept(session_dir: str, recorded: bool) -> bool:
+    """Whether a task that ended is still there: ``recorded`` (its record was found) and its
+    session directory too (``hal task rm`` removes the session first, the record last: a run
+    that ended of the removal can find its record still there)."""
+    return recorded and os.path.isdir(session_dir)
+
+
+def removed(task_id: str) -> NoReturn:
+    """End a run whose task was removed while it was followed (its record, asked for at the
+    end, was not found): the line that says so, status 3."""
+    from hal9999.cli.echo import echo
+
+    status, line = run_end(task_id, "", None, False)
+    echo(line, err=True)
+    sys.exit(status)

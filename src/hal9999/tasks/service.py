@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -427,6 +428,12 @@ class TaskService(TaskSecrets):
                 f"task {task.id} is {task.status}",
                 hint=f"cancel it first (`hal task cancel {task.id}`) or pass --force",
             )
+        if task.status in ACTIVE:
+            # Cancelled first, as `hal task cancel` does: its runner ends as taken from it,
+            # never collecting into a session that is going, and a foreground `hal run`
+            # following it says why it ended.
+            with contextlib.suppress(TaskStateError):  # it ended meanwhile
+                task = await self.halt(task.id, TaskStatus.CANCELLED, "removed by the user")
         await self.kill(task)
         await forget_incoming(gitrepo.RepoSource(task.repo_kind, task.repo), task.id)
         borrowed = mirror.linked_snapshot(Path(task.session_dir))
