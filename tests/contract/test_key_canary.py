@@ -130,3 +130,69 @@ async def test_the_callers_key_reaches_the_upstream_and_no_sandbox(
     assert calls, "the call reached the upstream"
     assert [sent_key(api.header, c.headers[api.header]) for c in calls] == [canary] * len(calls)
     assert files_containing(task_path.home, canary.encode()) == []
+
+
+@pytest.mark.parametrize("agent", ["claude", "codex"])
+async def test_a_variable_forwarded_with_the_key_gets_the_placeholder(
+    task_path: TaskPath,
+    llm_server: ScriptedLLMServer,
+    monkeypatch: pytest.MonkeyPatch,
+    agent: str,
+) -> None:
+    # `hal run --env CANARY_LLM_KEY`: the user forwards the key variable by name, as a
+    # gateway-less run would need. With the gateway on, the agent gets the placeholder there.
+    requires_cli(agent)
+    api = PRESETS[agent]
+    canary = canary_key()
+    plant_agent(task_path.repo, api)
+    configure(task_path, agent, api, llm_server)
+    llm_server.script = Script(turns=[Turn.say("hello")], model=api.model)
+    monkeypatch.setenv(KEY_VAR, canary)
+    monkeypatch.setenv("ALSO_THE_KEY", f"Bearer {canary}")  # the key inside another value
+
+    request = task_path.request(
+        "find the key", agent=agent, env_names=[KEY_VAR], secret_names=["ALSO_THE_KEY"]
+    )
+    task = await task_path.api.run(request)
+
+    assert task.status == "succeeded", (task.status, task.error_message)
+    report = report_of(task_path, task.id)
+    assert report["proc_hits"] == [] and report["file_hits"] == [], task_path.name
+    assert report["status"] == [200], report
+    calls = llm_server.requests.all()
+    assert [sent_key(api.header, c.headers[api.header]) for c in calls] == [canary] * len(calls)
+    events = task_path.hal("task", "events", task.id, "--json").stdout
+    warned = [
+        json.loads(line)["text"]
+        for line in events.splitlines()
+        if '"warning"' in line and "upstream key" in line
+    ]
+    assert warned == [
+        f"ALSO_THE_KEY, {KEY_VAR} held the LLM gateway's upstream key; the agent gets its "
+        "placeholder token there instead (the key stays on the host)"
+    ]
+    assert files_containing(task_path.home, canary.encode()) == []
+
+
+async def test_with_the_gateway_off_the_agent_holds_the_callers_key(
+    task_path: TaskPath, llm_server: ScriptedLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `[gateway] enabled = false` is the documented way to hand the agent its key: the
+    # served path still gets it from the caller (the keys field), as the local path does.
+    requires_cli("claude")
+    api = PRESETS["claude"]
+    canary = canary_key()
+    plant_agent(task_path.repo, api)
+    configure(task_path, "claude", api, llm_server)
+    with task_path.config_file.open("a") as config:
+        config.write("[gateway]\nenabled = false\n")
+    monkeypatch.setenv(KEY_VAR, canary)
+
+    task = await task_path.api.run(task_path.request("find the key", agent="claude"))
+
+    assert task.status == "succeeded", (task.status, task.error_message)
+    report = report_of(task_path, task.id)
+    assert report["proc_hits"] != [], "the agent going direct holds its key"
+    assert report["token_prefix"] == "", "no gateway, no placeholder"
+    assert report["status"] == [-1], "no network: the agent's own call reaches nothing"
+    assert llm_server.requests.all() == []
