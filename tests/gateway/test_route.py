@@ -35,6 +35,22 @@ def test_no_key_on_the_host_means_no_route(tmp_path: Path) -> None:
     assert route_for(config, agent, "t1", {}, {}) is None
 
 
+@pytest.mark.parametrize("url", ["api.anthropic.com", "ftp://api.anthropic.com", "not a url"])
+def test_a_route_to_an_unroutable_url_is_refused_not_skipped(tmp_path: Path, url: str) -> None:
+    # Settings that never went through the config's check: refused, never the agent going
+    # direct with the key (and no budget).
+    from hal9999.config import AgentConfig
+    from hal9999.errors import ConfigError
+
+    unchecked = {"claude": AgentConfig.model_construct(base_url=url)}
+    config = HalConfig(home=tmp_path).model_copy(update={"agents": unchecked})
+    agent = resolve_agent("claude", config.agent_settings("claude"))
+    with pytest.raises(ConfigError) as refused:
+        route_for(config, agent, "t1", {"ANTHROPIC_API_KEY": "sk-x"}, {})
+    assert refused.value.message.startswith("[agents.claude] base_url")
+    assert "sk-x" not in refused.value.message + str(refused.value.hint)
+
+
 BAD_OPTIONS: list[dict[str, object]] = [
     {"max_tokens": 0},
     {"max_cost_usd": -1.0},

@@ -36,6 +36,7 @@ from hal9999.gateway.channel import (
 from hal9999.providers.base import Sandbox, SocketForwarding
 from hal9999.spec import Bind
 from hal9999.store import Store
+from hal9999.values import check_base_url
 
 TOKEN_VAR = "HAL_GATEWAY_TOKEN"
 """The exec-time variable carrying the placeholder token (the launcher copies it to the
@@ -218,8 +219,9 @@ def route_for(
         from hal9999.auth.upstream import stored_key
 
         key = stored_key(config.home, agent.name, key_env)
-    if not key or urlsplit(upstream).scheme not in ("http", "https"):
+    if not key:
         return None
+    check_base_url(agent.name, upstream)  # never the agent going direct with the key
     grant = Grant(
         task_id=task_id,
         token=new_token(),

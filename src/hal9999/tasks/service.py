@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydantic import ValidationError
+
 from hal9999 import agentfs
 from hal9999.agents.registry import resolve_agent
 from hal9999.config import HalConfig
@@ -44,7 +46,7 @@ from hal9999.tasks.runner import TaskRunner
 from hal9999.tasks.secrets import TaskSecrets
 from hal9999.tasks.session import Session
 from hal9999.tasks.state import ACTIVE, RESUMABLE, TaskStatus, transition
-from hal9999.values import check_run_options
+from hal9999.values import check_base_url, check_run_options, describe
 
 if TYPE_CHECKING:  # only the daemon passes a policy; a run that succeeds never loads it
     from hal9999.tasks.retry import RetryPolicy
@@ -104,7 +106,16 @@ class TaskService(TaskSecrets):
                 hint=f"remove {path} to run it with the current settings",
             ) from exc
         # The home is where this service keeps the task, whoever created it.
-        config = HalConfig.model_validate({**data, "home": str(self.config.home)})
+        try:
+            config = HalConfig.model_validate({**data, "home": str(self.config.home)})
+        except ValidationError as exc:  # kept by an older hal, whose rules took more
+            error = exc.errors()[0]
+            where = ".".join(str(p) for p in error["loc"])
+            raise ConfigError(
+                f"the settings task {task.id} was created with are refused: {where}: "
+                f"{describe(error)}",
+                hint=f"start a new task with `hal run`, or fix {where} in {path}",
+            ) from exc
         from hal9999.config_origin import load_origin  # a task keeping its settings only
 
         return load_origin(config, path.parent / TASK_ORIGIN)
@@ -158,7 +169,9 @@ class TaskService(TaskSecrets):
             from hal9999.hive.settings import hive_settings
 
             hive_settings(config)
-        resolve_agent(req.agent, config.agent_settings(req.agent))
+        settings = config.agent_settings(req.agent)
+        resolve_agent(req.agent, settings)
+        check_base_url(req.agent, settings.base_url)  # a config object built past its check
         self.check_prompt(req, config)
         providers = provider_list(req.provider)
         # Settings equal to the service's (an in-process `hal run` sends a copy) run on its
