@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -196,3 +197,49 @@ async def test_with_the_gateway_off_the_agent_holds_the_callers_key(
     assert report["token_prefix"] == "", "no gateway, no placeholder"
     assert report["status"] == [-1], "no network: the agent's own call reaches nothing"
     assert llm_server.requests.all() == []
+
+
+def turn_ended(path: TaskPath, name: str) -> dict[str, Any] | None:
+    """Hive agent ``name`` once its first turn ended and it sleeps again, else None."""
+    out = path.hal("agent", "show", name, "--json")
+    assert out.returncode == 0, out.stderr
+    agent: dict[str, Any] = json.loads(out.stdout)
+    ended = [t for t in agent["recent_turns"] if t["result"]]
+    return agent if ended and agent["state"] == "sleeping" else None
+
+
+@pytest.mark.parametrize("task_path", ["served"], indirect=True)
+@pytest.mark.parametrize("agent", sorted(PRESETS))
+def test_a_hive_turn_keeps_the_key_out_of_the_sandbox(
+    task_path: TaskPath, llm_server: ScriptedLLMServer, agent: str
+) -> None:
+    # A turn has no caller: the daemon runs it with its own environment's key.
+    requires_cli(agent)
+    api = PRESETS[agent]
+    canary = canary_key()
+    plant_agent(task_path.repo, api)
+    configure(task_path, agent, api, llm_server)
+    llm_server.script = Script(turns=[Turn.say("hello")], model=api.model)
+    task_path.daemon_env[KEY_VAR] = canary
+    task_path.start_daemon()
+
+    spawned = task_path.hal(
+        "agent", "spawn", "alpha", "--agent", agent, "--repo", str(task_path.repo)
+    )
+    assert spawned.returncode == 0, spawned.stderr
+    assert task_path.hal("msg", "send", "alpha", "find the key").returncode == 0
+    deadline = time.monotonic() + 180
+    while (done := turn_ended(task_path, "alpha")) is None:
+        assert time.monotonic() < deadline, "the turn never ended"
+        time.sleep(0.5)
+
+    report = report_of(task_path, done["task_id"])
+    assert report["proc_hits"] == [] and report["file_hits"] == [], report
+    assert report["token_prefix"] == "hal-gw-"
+    assert report["status"] == [200], report
+    calls = llm_server.requests.all()
+    assert calls and [sent_key(api.header, c.headers[api.header]) for c in calls] == [canary] * len(
+        calls
+    )
+    assert task_path.hal("agent", "stop", "alpha").returncode == 0
+    assert files_containing(task_path.home, canary.encode()) == []
