@@ -17,14 +17,17 @@ Fixture ``task_path`` (parametrised ``local`` and ``served``) gives a :class:`Ta
 - ``path.restart_daemon()``: ``served`` only, stop and start ``hal serve`` again.
 
 The test process's environment is the caller's shell (it is patched for the test: the
-private home and config, ``HAL_PROVIDER=bwrap``, ``HAL_NETWORK=none``). A variable a test
+private home and config, ``HAL_PROVIDER=bwrap``, ``HAL_NETWORK=none``, and the ``local``
+provider, which cannot cut the network off, on the host's). A variable a test
 sets with ``monkeypatch.setenv`` after the fixture is set up is in the caller's shell only:
 the daemon was started with the environment the fixture saw, so a value it gets from the
 caller has to cross the socket as the client sends it.
 
-A test picks its provider in ``path.request(provider=...)``; parametrise it over those that
-run here (``bwrap``, ``local``, ``ssh`` with ``tests/sshd.py``, ``docker`` with podman,
-``ray``, ``qemu`` in the slow tier) with the markers they need.
+A test picks its provider in ``path.request(provider=...)``: parametrise it with
+:data:`PROVIDERS` (``@pytest.mark.parametrize("provider", PROVIDERS)``), which carries the
+markers each needs (a missing component skips locally and fails under ``CI=true``). Those
+that need a config table of their own (``ssh`` with ``tests/sshd.py``, ``ray`` with
+``tests/ray_cluster.py``, ``qemu`` with ``tests/qemu_image.py``) are added there with it.
 """
 
 from __future__ import annotations
@@ -48,6 +51,13 @@ if TYPE_CHECKING:
     from hal9999.tasks.api import TaskAPI
     from hal9999.tasks.request import RunRequest
 
+PROVIDERS = [
+    pytest.param("bwrap", marks=[pytest.mark.bwrap, pytest.mark.tmux]),
+    pytest.param("local", marks=[pytest.mark.tmux]),
+    # Podman's Docker API: tests/podman_env.py exports HAL_DOCKER_URL before the first test.
+    pytest.param("docker", marks=[pytest.mark.podman, pytest.mark.tmux, pytest.mark.slow]),
+]
+"""The providers a body runs on (``provider`` ids), with the markers they need."""
 PATHS = ("local", "served")
 """Every path a task takes from a caller's request (the hive's turn is the third)."""
 SETTLE_S = 120.0
@@ -165,6 +175,8 @@ class TaskPath:
             time.sleep(0.5)
 
 
+_SUITE_VARS = frozenset({"HAL_DOCKER_URL", "HAL_QEMU_IMAGES"})
+"""What the suite's own set-up exports for every test (tests/podman_env.py, qemu_image.py)."""
 _IN_FLIGHT = frozenset({"queued", "provisioning", "preparing", "running", "collecting"})
 
 
@@ -192,13 +204,14 @@ def task_path(
     name = str(request.param)
     home = tmp_path / "halhome"
     config_home = tmp_path / "xdg-config"
-    for key in [k for k in os.environ if k.startswith("HAL_")]:
+    for key in [k for k in os.environ if k.startswith("HAL_") and k not in _SUITE_VARS]:
         monkeypatch.delenv(key)
     monkeypatch.setenv("HAL_HOME", str(home))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(config_home))
     monkeypatch.setenv("HAL_PROVIDER", "bwrap")
     monkeypatch.setenv("HAL_NETWORK", "none")
     monkeypatch.setenv("HAL_GATEWAY_IDLE_S", "2")
+    monkeypatch.setenv("HAL_LOCAL_NETWORK", "host")  # `local` cannot cut the network off
     if name == "local":
         monkeypatch.setenv("HAL_NO_DAEMON", "1")
     config_file = config_home / "hal9999" / "config.toml"
