@@ -35,6 +35,27 @@ def test_no_key_on_the_host_means_no_route(tmp_path: Path) -> None:
     assert route_for(config, agent, "t1", {}, {}) is None
 
 
+def test_the_key_in_any_variable_becomes_the_placeholder(tmp_path: Path) -> None:
+    config = HalConfig(home=tmp_path)
+    agent = resolve_agent("claude", config.agent_settings("claude"))
+    key = "sk-ant-" + "k" * 30
+    route = route_for(config, agent, "t1", {"ANTHROPIC_API_KEY": key}, {})
+    assert route is not None
+    token = route.grant.token
+    env = {"OPENAI_API_KEY": key, "AUTH": f"Bearer {key}", "PATH": "/usr/bin"}
+    assert route.shield(env) == (
+        {"OPENAI_API_KEY": token, "AUTH": f"Bearer {token}", "PATH": "/usr/bin"},
+        ["AUTH", "OPENAI_API_KEY"],
+    )
+    # A short dummy key is replaced only where it is the whole value.
+    short = route_for(config, agent, "t2", {"ANTHROPIC_API_KEY": "usr"}, {})
+    assert short is not None
+    assert short.shield({"K": "usr", "PATH": "/usr/bin"}) == (
+        {"K": short.grant.token, "PATH": "/usr/bin"},
+        ["K"],
+    )
+
+
 @pytest.mark.parametrize("url", ["api.anthropic.com", "ftp://api.anthropic.com", "not a url"])
 def test_a_route_to_an_unroutable_url_is_refused_not_skipped(tmp_path: Path, url: str) -> None:
     # Settings that never went through the config's check: refused, never the agent going

@@ -45,6 +45,10 @@ USAGE_POLL_S = 0.5
 REGISTER_S = 2.0
 """How often a run makes sure the gateway holds its grant (a gateway that died and was
 started again, by this run or another, has none until its runs register again)."""
+SHIELD_MIN_CHARS = 12
+"""A key at least this long is replaced wherever a variable's value holds it (``Bearer
+KEY``); a shorter one (a test's dummy) only where a value is the key: inside other values
+it could be any word."""
 ROUTE_FILE = "gateway.json"
 """A run's token, port and progress, in its session's host-only run dir: what a runner that
 adopts the live agent needs to register the same token again (never the key)."""
@@ -153,9 +157,12 @@ class GatewayRoute:
         holds it, and the names of the variables that did. Replaced, not refused: a
         variable the user forwards for the agent's API (``--env OPENAI_API_KEY``) is what
         the gateway stands in for, and the token works wherever the key would have."""
-        key = self.grant.key
-        shielded = {n: v.replace(key, self.grant.token) if key in v else v for n, v in env.items()}
-        return shielded, sorted(n for n, v in env.items() if key in v)
+        key, token = self.grant.key, self.grant.token
+        if len(key) < SHIELD_MIN_CHARS:  # a short dummy key would match inside any value
+            held = sorted(n for n, v in env.items() if v == key)
+            return {n: token if n in held else v for n, v in env.items()}, held
+        held = sorted(n for n, v in env.items() if key in v)
+        return {n: v.replace(key, token) if n in held else v for n, v in env.items()}, held
 
     async def open(self) -> None:
         """Start the gateway if needed and register the task's grant."""

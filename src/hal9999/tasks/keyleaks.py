@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,22 +40,34 @@ def configured_keys(
     return keys
 
 
-def files_holding(root: Path, keys: Mapping[str, str]) -> dict[Path, list[str]]:
-    """Every regular file under ``root`` holding one of ``keys``' values, with the names of
-    those it holds. Links are never followed (the files are an agent's)."""
+def files_holding(sessions: Path, keys: Mapping[str, str]) -> dict[Path, list[str]]:
+    """Every session file holding one of ``keys``' values, with the names of those it holds:
+    all of a session but its workspace (the agent's home, where a CLI keeps its transcripts
+    and state; the log, events and run records). Not the workspace, a repository checkout
+    that may be large: a result holding the key was refused by the result scan, which knew
+    the key as the run's secret. Links are never followed (the files are an agent's)."""
     found: dict[Path, list[str]] = {}
     needles = {name: value.encode() for name, value in keys.items() if value}
-    if not needles:
+    if not needles or not sessions.is_dir():
         return found
     overlap = max(len(v) for v in needles.values()) - 1
-    for top, dirs, files in os.walk(root, followlinks=False):
-        dirs.sort()
-        for name in sorted(files):
-            path = Path(top, name)
-            held = _held(path, needles, overlap)
-            if held:
-                found[path] = held
+    for session in sorted(sessions.iterdir()):
+        for top, dirs, files in _walk(session):
+            dirs.sort()
+            for name in sorted(files):
+                path = Path(top, name)
+                held = _held(path, needles, overlap)
+                if held:
+                    found[path] = held
     return found
+
+
+def _walk(session: Path) -> Iterator[tuple[str, list[str], list[str]]]:
+    """The session's own files and directories but its workspace, walked without links."""
+    for top, dirs, files in os.walk(session, followlinks=False):
+        if top == str(session):
+            dirs[:] = [d for d in dirs if d != "workspace"]
+        yield top, dirs, files
 
 
 def _held(path: Path, needles: Mapping[str, bytes], overlap: int) -> list[str]:
