@@ -89,12 +89,12 @@ def configure(path: TaskPath, agent: str, api: Api, server: ScriptedLLMServer) -
     )
 
 
-def report_of(path: TaskPath, task_id: str) -> dict[str, Any]:
-    """The hostile agent's findings, from the task's log."""
+def report_of(path: TaskPath, task_id: str, runs: int = 1) -> dict[str, Any]:
+    """The hostile agent's findings in the last of the task's ``runs``, from its log."""
     logs = path.hal("task", "logs", task_id).stdout
     lines = [line for line in logs.splitlines() if line.startswith("CANARY ")]
-    assert len(lines) == 1, logs[-3000:]
-    report: dict[str, Any] = json.loads(lines[0].removeprefix("CANARY "))
+    assert len(lines) == runs, logs[-3000:]
+    report: dict[str, Any] = json.loads(lines[-1].removeprefix("CANARY "))
     return report
 
 
@@ -197,6 +197,36 @@ async def test_with_the_gateway_off_the_agent_holds_the_callers_key(
     assert report["token_prefix"] == "", "no gateway, no placeholder"
     assert report["status"] == [-1], "no network: the agent's own call reaches nothing"
     assert llm_server.requests.all() == []
+
+
+@pytest.mark.parametrize("agent", ["codex"])
+async def test_a_resume_keeps_the_key_out_of_the_sandbox(
+    task_path: TaskPath,
+    llm_server: ScriptedLLMServer,
+    monkeypatch: pytest.MonkeyPatch,
+    agent: str,
+) -> None:
+    # A resume through the daemon sends the caller's key again (the daemon keeps none).
+    requires_cli(agent)
+    api = PRESETS[agent]
+    canary = canary_key()
+    plant_agent(task_path.repo, api)
+    configure(task_path, agent, api, llm_server)
+    llm_server.script = Script(turns=[Turn.say("hello"), Turn.say("again")], model=api.model)
+    monkeypatch.setenv(KEY_VAR, canary)
+    task = await task_path.api.run(task_path.request("find the key", agent=agent))
+    assert task.status == "succeeded", (task.status, task.error_message)
+
+    resumed = await task_path.api.resume(task.id, prompt="look again")
+
+    assert resumed.status == "succeeded", (resumed.status, resumed.error_message)
+    report = report_of(task_path, task.id, runs=2)
+    assert report["proc_hits"] == [] and report["file_hits"] == [], task_path.name
+    assert report["status"] == [200], report
+    calls = llm_server.requests.all()
+    assert len(calls) == 2
+    assert [sent_key(api.header, c.headers[api.header]) for c in calls] == [canary] * 2
+    assert files_containing(task_path.home, canary.encode()) == []
 
 
 def turn_ended(path: TaskPath, name: str) -> dict[str, Any] | None:
