@@ -33,6 +33,7 @@ that need a config table of their own (``ssh`` with ``tests/sshd.py``, ``ray`` w
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
 import sys
@@ -77,6 +78,7 @@ class TaskPath:
         self._app: App | None = None
         self._api: TaskAPI | None = None
         self._serving = False
+        self._logging: tuple[list[logging.Handler], int] = ([], logging.WARNING)
 
     @property
     def api(self) -> TaskAPI:
@@ -87,6 +89,8 @@ class TaskPath:
             from hal9999.cli.app import app
             from hal9999.cli.via_daemon import task_api
 
+            root = logging.getLogger()
+            self._logging = (list(root.handlers), root.level)  # app() installs hal's own
             self._app = app()
             self._api = task_api(self._app)
             assert self._app.via_daemon == (self.name == "served"), self.name
@@ -156,6 +160,12 @@ class TaskPath:
         if self._app is not None:
             with contextlib.suppress(Exception):
                 self._app.store.close()
+            root = logging.getLogger()
+            handlers, level = self._logging
+            for handler in [h for h in root.handlers if h not in handlers]:
+                root.removeHandler(handler)
+                handler.close()
+            root.setLevel(level)
 
     def _settle(self) -> None:
         import json
