@@ -327,9 +327,10 @@ def test_credential_mode_is_bounded() -> None:
 
 
 def test_agent_config_to_settings() -> None:
-    agent = AgentConfig(model="m", base_url="u", api_key_env="K", command="c", extra_args=["-v"])
+    url = "https://u.example/v1"
+    agent = AgentConfig(model="m", base_url=url, api_key_env="K", command="c", extra_args=["-v"])
     assert agent.to_settings() == AgentSettings(
-        model="m", base_url="u", api_key_env="K", command="c", extra_args=("-v",)
+        model="m", base_url=url, api_key_env="K", command="c", extra_args=("-v",)
     )
 
 

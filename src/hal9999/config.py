@@ -31,6 +31,7 @@ from hal9999.spec import Resources
 from hal9999.values import (
     AGENT_HOME,
     MAX_TOKENS,
+    BaseUrl,
     EgressHost,
     EnvName,
     Name,
@@ -96,8 +97,8 @@ class AgentConfig(_Config):
 
     model: str | None = None
     """Model name passed to the agent."""
-    base_url: str | None = None
-    """API endpoint the agent talks to."""
+    base_url: BaseUrl | None = None
+    """API endpoint the agent talks to: an ``http(s)://`` URL (the LLM gateway routes it)."""
     api_key_env: EnvName | None = None
     """Host environment variable holding the API key (forwarded at exec time only)."""
     command: str | None = None

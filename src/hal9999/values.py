@@ -91,6 +91,52 @@ def _ipv6_entry(value: str) -> bool:
 
 EgressHost = Annotated[str, AfterValidator(_egress_host)]
 """An egress allow-list entry (``[gateway] egress``, ``hal run --egress``)."""
+
+
+def url_problem(url: str) -> str | None:
+    """Why the LLM gateway cannot route ``url`` (None: it can): an ``http://`` or
+    ``https://`` URL with a host and, if any, a port number. The rule of ``base_url`` and of
+    the gateway's route alike: one it cannot route must never mean the agent goes direct."""
+    from urllib.parse import urlsplit  # only where a URL is checked (a run may set none)
+
+    try:
+        parts = urlsplit(url)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        return "has no valid host or port"
+    if parts.scheme not in ("http", "https"):
+        return "has no http:// or https:// scheme"
+    if not parts.hostname or not port_ok or any(c.isspace() for c in url):
+        return "has no valid host or port"
+    return None
+
+
+def _base_url(value: str) -> str:
+    problem = url_problem(value)
+    if problem is not None:
+        shown = value if len(value) <= 60 else value[:60] + "…"
+        raise ValueError(
+            f"{shown!r} {problem}: the LLM gateway routes only an http:// or https:// URL "
+            "with a host, e.g. https://api.anthropic.com"
+        )
+    return value
+
+
+def check_base_url(agent: str, url: str | None) -> None:
+    """Refuse ``agent``'s API endpoint ``url`` when the LLM gateway cannot route it (a
+    :class:`ConfigError` naming ``[agents.NAME] base_url``): before any task exists, and
+    again at the gateway's route, for settings that never went through the config's check."""
+    problem = None if url is None else url_problem(url)
+    if problem is not None:
+        shown = url if len(str(url)) <= 60 else str(url)[:60] + "…"
+        raise ConfigError(
+            f"[agents.{agent}] base_url {shown!r} {problem}",
+            hint=f"set [agents.{agent}] base_url to an http:// or https:// URL with a host",
+        )
+
+
+BaseUrl = Annotated[str, AfterValidator(_base_url)]
+"""An agent's API endpoint (``[agents.NAME] base_url``): one the LLM gateway can route."""
 MIN_TIMEOUT_S = 1.0
 """The shortest timeout accepted: less cannot even start a sandbox."""
 

@@ -196,3 +196,35 @@ async def test_a_tool_slow_to_print_its_version_is_said_to_be_slow(
     assert check.detail == f"{slow} --version printed nothing in 0.5 s", check
     pid = int(pid_file.read_text())
     assert not Path(f"/proc/{pid}").exists(), "the slow tool was left running"
+
+
+def test_doctor_names_session_files_holding_an_agents_key_and_says_to_rotate_it(
+    hal: Hal, hal_env: dict[str, str], tmp_path: Path
+) -> None:
+    # What a hal before the key path was closed left: codex, run through `hal serve`, was
+    # given the caller's real key and kept it in its transcript under the session's home.
+    key = "sk-proj-" + "k" * 40
+    sessions = Path(hal_env["HAL_HOME"], "sessions")
+    transcript = sessions / "abcd1234" / "home" / ".codex" / "sessions" / "rollout.jsonl"
+    transcript.parent.mkdir(parents=True)
+    transcript.write_text(json.dumps({"env": {"OPENAI_API_KEY": key}}) + "\n")
+    (sessions / "abcd1234" / "home" / "link").symlink_to(transcript)  # never followed
+    clean = sessions / "efgh5678" / "agent.log"
+    clean.parent.mkdir(parents=True)
+    clean.write_text("nothing here\n")
+    path = quick_agents_path(tmp_path / "quick-agents", os.environ["PATH"])
+
+    out = hal("doctor", "--json", env={"OPENAI_API_KEY": key, "PATH": path}, timeout=120)
+
+    [check] = [c for c in json.loads(out.stdout)["checks"] if c["name"] == "session keys"]
+    assert not check["ok"] and check["required"], check
+    assert check["detail"] == f"1 session file(s) hold the key in OPENAI_API_KEY: {transcript}"
+    assert check["fix"].startswith("rotate the key of OPENAI_API_KEY at its provider")
+    assert key not in out.stdout + out.stderr
+    assert out.returncode == 1
+
+    transcript.unlink()
+    out = hal("doctor", "--json", env={"OPENAI_API_KEY": key, "PATH": path}, timeout=120)
+    [check] = [c for c in json.loads(out.stdout)["checks"] if c["name"] == "session keys"]
+    assert check["ok"] and "OPENAI_API_KEY" in check["detail"], check
+    assert check["detail"].startswith("no session file holds ")

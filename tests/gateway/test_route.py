@@ -35,6 +35,43 @@ def test_no_key_on_the_host_means_no_route(tmp_path: Path) -> None:
     assert route_for(config, agent, "t1", {}, {}) is None
 
 
+def test_the_key_in_any_variable_becomes_the_placeholder(tmp_path: Path) -> None:
+    config = HalConfig(home=tmp_path)
+    agent = resolve_agent("claude", config.agent_settings("claude"))
+    key = "sk-ant-" + "k" * 30
+    route = route_for(config, agent, "t1", {"ANTHROPIC_API_KEY": key}, {})
+    assert route is not None
+    token = route.grant.token
+    env = {"OPENAI_API_KEY": key, "AUTH": f"Bearer {key}", "PATH": "/usr/bin"}
+    assert route.shield(env) == (
+        {"OPENAI_API_KEY": token, "AUTH": f"Bearer {token}", "PATH": "/usr/bin"},
+        ["AUTH", "OPENAI_API_KEY"],
+    )
+    # A short dummy key is replaced only where it is the whole value.
+    short = route_for(config, agent, "t2", {"ANTHROPIC_API_KEY": "usr"}, {})
+    assert short is not None
+    assert short.shield({"K": "usr", "PATH": "/usr/bin"}) == (
+        {"K": short.grant.token, "PATH": "/usr/bin"},
+        ["K"],
+    )
+
+
+@pytest.mark.parametrize("url", ["api.anthropic.com", "ftp://api.anthropic.com", "not a url"])
+def test_a_route_to_an_unroutable_url_is_refused_not_skipped(tmp_path: Path, url: str) -> None:
+    # Settings that never went through the config's check: refused, never the agent going
+    # direct with the key (and no budget).
+    from hal9999.config import AgentConfig
+    from hal9999.errors import ConfigError
+
+    unchecked = {"claude": AgentConfig.model_construct(base_url=url)}
+    config = HalConfig(home=tmp_path).model_copy(update={"agents": unchecked})
+    agent = resolve_agent("claude", config.agent_settings("claude"))
+    with pytest.raises(ConfigError) as refused:
+        route_for(config, agent, "t1", {"ANTHROPIC_API_KEY": "sk-x"}, {})
+    assert refused.value.message.startswith("[agents.claude] base_url")
+    assert "sk-x" not in refused.value.message + str(refused.value.hint)
+
+
 BAD_OPTIONS: list[dict[str, object]] = [
     {"max_tokens": 0},
     {"max_cost_usd": -1.0},
@@ -52,17 +89,21 @@ def test_run_options_refuse_bad_budget_and_egress(bad: dict[str, object]) -> Non
 
 
 def test_the_daemon_is_handed_the_presets_key_when_the_config_names_none(tmp_path: Path) -> None:
-    from hal9999.server.client import client_secrets
+    # Apart from the agent's environment: only the gateway's route reads upstream_keys.
+    from hal9999.server.client import client_secrets, upstream_keys
     from hal9999.tasks.request import RunRequest
 
     config = HalConfig(home=tmp_path)  # no [agents.claude] api_key_env
     request = RunRequest(prompt="p", repo=None, ref=None, agent="claude", provider="bwrap",
                          process_manager="tmux", timeout_s=None)  # fmt: skip
     environ = {"ANTHROPIC_API_KEY": "sk-from-the-shell", "OPENAI_API_KEY": "sk-other"}
-    assert client_secrets(config, request, environ) == {"ANTHROPIC_API_KEY": "sk-from-the-shell"}
+    assert upstream_keys(config, "claude", environ) == {"ANTHROPIC_API_KEY": "sk-from-the-shell"}
+    assert client_secrets(config, request, environ) == {}
     codex = RunRequest(prompt="p", repo=None, ref=None, agent="codex", provider="bwrap",
                        process_manager="tmux", timeout_s=None)  # fmt: skip
-    assert client_secrets(config, codex, environ) == {"OPENAI_API_KEY": "sk-other"}
+    assert upstream_keys(config, "codex", environ) == {"OPENAI_API_KEY": "sk-other"}
+    assert client_secrets(config, codex, environ) == {}
+    assert upstream_keys(config, "sh -c true", environ) == {}  # a template names no API
 
 
 def test_a_resume_through_the_daemon_is_handed_what_a_run_is(tmp_path: Path) -> None:
@@ -83,9 +124,9 @@ def test_a_resume_through_the_daemon_is_handed_what_a_run_is(tmp_path: Path) -> 
                       env_keys=["API_TOKEN", "MODE", "EXTRA"])  # fmt: skip
     environ = {"API_TOKEN": "tok", "MODE": "fast", "OTHER_SECRET": "o",
                "ANTHROPIC_API_KEY": "sk-from-the-shell", "UNRELATED": "u"}  # fmt: skip
+    # The preset's key goes apart, in upstream_keys.
     assert resume_secrets(config, task, {"MODE": "slow"}, environ) == {
         "API_TOKEN": "tok", "MODE": "slow", "OTHER_SECRET": "o",
-        "ANTHROPIC_API_KEY": "sk-from-the-shell",
     }  # fmt: skip
     # forward_env goes when set, as with `hal run`; the task's --env and --secret must be.
     del environ["API_TOKEN"], environ["MODE"]

@@ -16,7 +16,7 @@ import click
 from hal9999.agents.registry import available_agents, resolve_agent
 from hal9999.cli.main import cli, emit_json, run_async
 from hal9999.cli.options import json_option
-from hal9999.config import load_config
+from hal9999.config import HalConfig, load_config
 from hal9999.errors import HalError
 from hal9999.home import HalPaths
 from hal9999.images.store import Image, ImageStore
@@ -239,7 +239,27 @@ def _home() -> list[Check]:
         paths = HalPaths(home).ensure()
     except HalError as exc:
         return [Check("HAL_HOME", False, exc.message, exc.hint)]
-    return [Check("HAL_HOME", True, str(home)), _database(paths.db)]
+    return [Check("HAL_HOME", True, str(home)), _database(paths.db), _key_leaks(config)]
+
+
+def _key_leaks(config: HalConfig) -> Check:
+    """Whether a session holds an agent's API key as set in this shell (a hal from before
+    the key path was closed gave it to agents run through ``hal serve``)."""
+    from hal9999.tasks.keyleaks import configured_keys, files_holding
+
+    keys = configured_keys(config, available_agents(), os.environ)
+    found = files_holding(HalPaths(config.home).sessions, keys)
+    if not found:
+        return Check("session keys", True, f"no session file holds {', '.join(keys) or 'a key'}")
+    names = sorted({name for held in found.values() for name in held})
+    shown = ", ".join(str(path) for path in list(found)[:5])
+    more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+    return Check(
+        "session keys", False,
+        f"{len(found)} session file(s) hold the key in {', '.join(names)}: {shown}{more}",
+        f"rotate the key of {', '.join(names)} at its provider (an agent held it and may have "
+        "sent it on), then remove those files or their tasks (`hal task rm ID`)",
+    )  # fmt: skip
 
 
 def _database(db: Path) -> Check:

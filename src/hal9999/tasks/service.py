@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydantic import ValidationError
+
 from hal9999 import agentfs
 from hal9999.agents.registry import resolve_agent
 from hal9999.config import HalConfig
@@ -45,7 +47,7 @@ from hal9999.tasks.runner import TaskRunner
 from hal9999.tasks.secrets import TaskSecrets
 from hal9999.tasks.session import Session
 from hal9999.tasks.state import ACTIVE, RESUMABLE, TaskStatus, transition
-from hal9999.values import check_run_options
+from hal9999.values import check_base_url, check_run_options, describe
 
 if TYPE_CHECKING:  # only the daemon passes a policy; a run that succeeds never loads it
     from hal9999.tasks.retry import RetryPolicy
@@ -105,7 +107,16 @@ class TaskService(TaskSecrets):
                 hint=f"remove {path} to run it with the current settings",
             ) from exc
         # The home is where this service keeps the task, whoever created it.
-        config = HalConfig.model_validate({**data, "home": str(self.config.home)})
+        try:
+            config = HalConfig.model_validate({**data, "home": str(self.config.home)})
+        except ValidationError as exc:  # kept by an older hal, whose rules took more
+            error = exc.errors()[0]
+            where = ".".join(str(p) for p in error["loc"])
+            raise ConfigError(
+                f"the settings task {task.id} was created with are refused: {where}: "
+                f"{describe(error)}",
+                hint=f"start a new task with `hal run`, or fix {where} in {path}",
+            ) from exc
         from hal9999.config_origin import load_origin  # a task keeping its settings only
 
         return load_origin(config, path.parent / TASK_ORIGIN)
@@ -159,7 +170,9 @@ class TaskService(TaskSecrets):
             from hal9999.hive.settings import hive_settings
 
             hive_settings(config)
-        resolve_agent(req.agent, config.agent_settings(req.agent))
+        settings = config.agent_settings(req.agent)
+        resolve_agent(req.agent, settings)
+        check_base_url(req.agent, settings.base_url)  # a config object built past its check
         self.check_prompt(req, config)
         providers = provider_list(req.provider)
         # Settings equal to the service's (an in-process `hal run` sends a copy) run on its
@@ -261,6 +274,7 @@ class TaskService(TaskSecrets):
         adopted: Adopted | None = None,
         handed_from: int | None = None,
         retry: RetryPolicy | None = None,
+        upstream_keys: Mapping[str, str] | None = None,
     ) -> TaskRecord:
         """Run a queued task (or carry on an ``adopted`` one) to its end in this process.
 
@@ -268,7 +282,8 @@ class TaskService(TaskSecrets):
         that started this one to run it): when another live hal process holds it, this
         raises :class:`TaskStateError` before anything is written, made or opened. With
         ``retry`` (the daemon's policy), a failure it retries ends the run ``queued`` again
-        (see :mod:`hal9999.tasks.retry`)."""
+        (see :mod:`hal9999.tasks.retry`). ``upstream_keys`` are the caller's API keys for the
+        gateway (:attr:`RunRequest.upstream_keys`), masked like the task's secrets."""
         task = self.store.get_task(task_id)
         if task.runner_pid != os.getpid():  # a task this process queued names it already
             task = await asyncio.to_thread(claim, self.store, task_id, handed_from=handed_from)
@@ -279,8 +294,9 @@ class TaskService(TaskSecrets):
         for name in self.config.secrets:
             if name not in secrets_env and name in self.environ:
                 secrets_env[name] = host_text(name, self.environ[name])
-        names, found = self.secrets_of(task, secrets_env)
-        masker = self.masker_of(found.values())
+        keys = dict(upstream_keys or {})
+        names, found = self.secrets_of(task, {**keys, **secrets_env})
+        masker = self.masker_of([*found.values(), *keys.values()])
         with self.events(task, masker) as events:
             ctx = RunContext(
                 task=task,
@@ -288,6 +304,7 @@ class TaskService(TaskSecrets):
                 events=events,
                 masker=masker,
                 secrets=secrets_env,
+                upstream_keys=keys,
                 on_output=on_output,
                 on_event=on_event,
                 mask_names=tuple(sorted(found)),
