@@ -83,7 +83,10 @@ class RunBody(BaseModel):
     env_names: list[EnvName] | None = None
     """Forwarded variable names."""
     env: dict[EnvName, EnvValue] | None = None
-    """Variable values the caller sends."""
+    """Variable values the caller sends (the agent's environment)."""
+    upstream_keys: dict[EnvName, EnvValue] | None = None
+    """The agent's API key from the caller's shell, by variable name: read only by the LLM
+    gateway's route, never put in the agent's environment (unless it goes direct)."""
     secret_names: list[EnvName] | None = None
     """Variables marked secret."""
     literal_env: list[EnvName] | None = None

@@ -52,17 +52,21 @@ def test_run_options_refuse_bad_budget_and_egress(bad: dict[str, object]) -> Non
 
 
 def test_the_daemon_is_handed_the_presets_key_when_the_config_names_none(tmp_path: Path) -> None:
-    from hal9999.server.client import client_secrets
+    # Apart from the agent's environment: only the gateway's route reads upstream_keys.
+    from hal9999.server.client import client_secrets, upstream_keys
     from hal9999.tasks.request import RunRequest
 
     config = HalConfig(home=tmp_path)  # no [agents.claude] api_key_env
     request = RunRequest(prompt="p", repo=None, ref=None, agent="claude", provider="bwrap",
                          process_manager="tmux", timeout_s=None)  # fmt: skip
     environ = {"ANTHROPIC_API_KEY": "sk-from-the-shell", "OPENAI_API_KEY": "sk-other"}
-    assert client_secrets(config, request, environ) == {"ANTHROPIC_API_KEY": "sk-from-the-shell"}
+    assert upstream_keys(config, "claude", environ) == {"ANTHROPIC_API_KEY": "sk-from-the-shell"}
+    assert client_secrets(config, request, environ) == {}
     codex = RunRequest(prompt="p", repo=None, ref=None, agent="codex", provider="bwrap",
                        process_manager="tmux", timeout_s=None)  # fmt: skip
-    assert client_secrets(config, codex, environ) == {"OPENAI_API_KEY": "sk-other"}
+    assert upstream_keys(config, "codex", environ) == {"OPENAI_API_KEY": "sk-other"}
+    assert client_secrets(config, codex, environ) == {}
+    assert upstream_keys(config, "sh -c true", environ) == {}  # a template names no API
 
 
 def test_a_resume_through_the_daemon_is_handed_what_a_run_is(tmp_path: Path) -> None:
@@ -83,9 +87,9 @@ def test_a_resume_through_the_daemon_is_handed_what_a_run_is(tmp_path: Path) -> 
                       env_keys=["API_TOKEN", "MODE", "EXTRA"])  # fmt: skip
     environ = {"API_TOKEN": "tok", "MODE": "fast", "OTHER_SECRET": "o",
                "ANTHROPIC_API_KEY": "sk-from-the-shell", "UNRELATED": "u"}  # fmt: skip
+    # The preset's key goes apart, in upstream_keys.
     assert resume_secrets(config, task, {"MODE": "slow"}, environ) == {
         "API_TOKEN": "tok", "MODE": "slow", "OTHER_SECRET": "o",
-        "ANTHROPIC_API_KEY": "sk-from-the-shell",
     }  # fmt: skip
     # forward_env goes when set, as with `hal run`; the task's --env and --secret must be.
     del environ["API_TOKEN"], environ["MODE"]

@@ -63,7 +63,8 @@ async def test_every_route_with_a_body_refuses_a_stray_name() -> None:
 @pytest.mark.parametrize("keys", [
     # hal9999.server.client.run_body and the thin hal run's body (cli/daemon_run.py)
     ["prompt", "repo", "ref", "agent", "provider", "process_manager", "timeout_s",
-     "env_names", "env", "literal_env", "secret_names", "cwd", "priority", "retries",
+     "env_names", "env", "upstream_keys", "literal_env", "secret_names", "cwd", "priority",
+     "retries",
      "max_tokens", "max_cost_usd", "egress", "egress_only", "config", "config_files",
      "config_origin", "config_sources"],
 ])  # fmt: skip

@@ -336,6 +336,7 @@ def request_body(
         "timeout_s": args.timeout if args.timeout is not None else DEFAULT_TIMEOUT_S,
         "env_names": names,
         "env": {},
+        "upstream_keys": {},  # a template agent names no API key
         "literal_env": sorted(given),
         "secret_names": secret_names,
         "cwd": working_path(args.repo),

@@ -147,6 +147,15 @@ class GatewayRoute:
         """Exec-time variables the agent gets (the token; masked like any secret)."""
         return {TOKEN_VAR: self.grant.token}
 
+    def shield(self, env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+        """``env`` with the upstream key replaced by the placeholder token wherever a value
+        holds it, and the names of the variables that did. Replaced, not refused: a
+        variable the user forwards for the agent's API (``--env OPENAI_API_KEY``) is what
+        the gateway stands in for, and the token works wherever the key would have."""
+        key = self.grant.key
+        shielded = {n: v.replace(key, self.grant.token) if key in v else v for n, v in env.items()}
+        return shielded, sorted(n for n, v in env.items() if key in v)
+
     async def open(self) -> None:
         """Start the gateway if needed and register the task's grant."""
         self.paths.channel.mkdir(parents=True, exist_ok=True)
@@ -188,10 +197,13 @@ def route_for(
     *,
     budget: Path | None = None,
     provider: str | None = None,
+    keys: Mapping[str, str] | None = None,
 ) -> GatewayRoute | None:
     """The gateway route of a task, or None when its agent goes direct (gateway off, an agent
-    that names no upstream, or no key on the host to give the gateway). Its egress hosts are
-    ``[gateway] egress``, the ``provider``'s own list and the task's ``--egress``."""
+    that names no upstream, or no key on the host to give the gateway). The key is the
+    caller's (``keys``: a daemon's client sends it), a value given to the task, or this
+    process's environment's. Its egress hosts are ``[gateway] egress``, the ``provider``'s
+    own list and the task's ``--egress``."""
     gateway = config.gateway
     choose = getattr(agent, "gateway_upstream", None)
     if not gateway.enabled or choose is None:
@@ -201,7 +213,7 @@ def route_for(
         return None
     upstream, key_env = chosen
     max_tokens, max_cost_usd = load_budget(budget) if budget is not None else (None, None)
-    key = secrets.get(key_env) or environ.get(key_env)
+    key = (keys or {}).get(key_env) or secrets.get(key_env) or environ.get(key_env)
     if not key:  # hal auth claude login (its module imports httpx: only when needed)
         from hal9999.auth.upstream import stored_key
 
@@ -251,6 +263,7 @@ def restore_route(
     run_dir: Path,
     store: Store,
     provider: str | None = None,
+    keys: Mapping[str, str] | None = None,
 ) -> GatewayRoute | None:
     """The route of a live run that this process adopts: the same token, port and forwarder
     as when it was launched (from :data:`ROUTE_FILE`), the key read again from this host's
@@ -260,7 +273,9 @@ def restore_route(
         saved = json.loads((run_dir / ROUTE_FILE).read_text())
     except (OSError, ValueError):
         return None
-    route = route_for(config, agent, task_id, environ, secrets, budget=run_dir, provider=provider)
+    route = route_for(
+        config, agent, task_id, environ, secrets, budget=run_dir, provider=provider, keys=keys
+    )
     token = saved.get("token") if isinstance(saved, dict) else None
     if route is None or not isinstance(token, str) or not token.startswith(TOKEN_PREFIX):
         return None

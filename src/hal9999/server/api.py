@@ -58,6 +58,7 @@ RESUME_BODY = {
     "properties": {
         "prompt": {"type": ["string", "null"]},
         "env": {"type": "object", "additionalProperties": {"type": "string"}},
+        "upstream_keys": {"type": "object", "additionalProperties": {"type": "string"}},
     },
 }
 WARM_BODY = {
@@ -79,10 +80,10 @@ def task_json(task: TaskRecord) -> dict[str, Any]:
     return with_branch_made(task.model_dump(mode="json"))
 
 
-def _env(body: dict[str, Any]) -> dict[str, str]:
-    env = body.get("env") or {}
+def _env(body: dict[str, Any], field: str = "env") -> dict[str, str]:
+    env = body.get(field) or {}
     if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
-        raise ConfigError("env must map variable names to strings")
+        raise ConfigError(f"{field} must map variable names to strings")
     return {str(k): v for k, v in env.items()}
 
 
@@ -117,14 +118,15 @@ def _egress_only(value: Any) -> list[str] | None:
     return [str(h) for h in value]
 
 
-def _resume_body(body: dict[str, Any]) -> tuple[dict[str, str], str | None]:
-    """A resume's variables and follow-up prompt, of the types and names a run takes (a
-    prompt of another type reached the runner, which failed on it after the 200)."""
+def _resume_body(body: dict[str, Any]) -> tuple[dict[str, str], str | None, dict[str, str]]:
+    """A resume's variables, follow-up prompt and API keys, of the types and names a run
+    takes (a prompt of another type reached the runner, which failed on it after the 200)."""
     prompt = body.get("prompt")
     if prompt is not None and not isinstance(prompt, str):
         raise ConfigError("prompt must be a string (or null)")
-    check_run_body({"env": body.get("env")})  # names checked as a run's are
-    return _env(body), prompt
+    # Names checked as a run's are.
+    check_run_body({"env": body.get("env"), "upstream_keys": body.get("upstream_keys")})
+    return _env(body), prompt, _env(body, "upstream_keys")
 
 
 def _position(value: str | None, name: str) -> int:
@@ -221,6 +223,7 @@ def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
             timeout_s=body.get("timeout_s", config.timeout_s),
             env_names=[str(n) for n in body.get("env_names") or []],
             given_env=_env(body),
+            upstream_keys=_env(body, "upstream_keys"),
             cwd=Path(str(body.get("cwd") or "/")),
             priority=_int(body.get("priority"), "priority", 0),
             retries=_int(body.get("retries"), "retries", 0),
@@ -241,9 +244,11 @@ def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
         # hold up this loop while another process holds the write lock.
         # Its env is the scheduler's before its row is (Scheduler.hold).
         task = await asyncio.to_thread(
-            service.create_blocking, run, lambda name: scheduler.hold(name, run.given_env)
+            service.create_blocking,
+            run,
+            lambda name: scheduler.hold(name, run.given_env, keys=run.upstream_keys),
         )
-        scheduler.submit(task.id, run.given_env)
+        scheduler.submit(task.id, run.given_env, keys=run.upstream_keys)
         return task_json(task)
 
     async def list_tasks(request: Request) -> Any:
@@ -288,19 +293,20 @@ def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
         return task_json(await scheduler.cancel(request.params["id"], stop=True))
 
     async def resume(request: Request) -> Any:
-        env, prompt = _resume_body(request.json())
+        env, prompt, keys = _resume_body(request.json())
         # A live agent whose runner died (a foreground `hal run` killed) is adopted.
         recovery = Recovery(service, daemon.pool, daemon.source, daemon.provider)
         task, adopted = await resume_task(
             service, request.params["id"], prompt=prompt, env=env,
             take_sandbox=recovery.take_sandbox,
-            named=lambda name: scheduler.hold(name, env, prompt),  # before it is queued
+            named=lambda name: scheduler.hold(name, env, prompt, keys),  # before it is queued
         )  # fmt: skip
         # Queued or adopted, the task names this daemon as its runner already.
         if adopted is not None:
+            scheduler.hold(task.id, keys=keys)  # the adopted run's gateway key
             scheduler.carry_on(task, adopted)
             return task_json(task)
-        scheduler.submit(task.id, env, prompt)
+        scheduler.submit(task.id, env, prompt, keys)
         return task_json(task)
 
     async def remove(request: Request) -> Any:

@@ -294,31 +294,35 @@ def shell_secrets(
     names: list[str],
     environ: Mapping[str, str],
 ) -> dict[str, str]:
-    """The values a run of ``agent`` takes from this shell, for a run (``hal run``) or a
-    resume alike: ``given`` ones, ``names`` (which must be set), ``forward_env``, the
-    ``secrets`` names and the agent's API key variable (when set). Sent over the private
-    socket, held in the daemon's memory for the run, never stored."""
-    from hal9999.agents.registry import resolve_agent
+    """The values a run of ``agent`` takes from this shell into the agent's environment, for
+    a run (``hal run``) or a resume alike: ``given`` ones, ``names`` (which must be set),
+    ``forward_env`` and the ``secrets`` names (when set). Sent over the private socket, held
+    in the daemon's memory for the run, never stored. The agent's API key is not among them
+    unless asked for by name: :func:`upstream_keys` sends it apart, for the gateway."""
     from hal9999.credentials import forwarded_env
-    from hal9999.gateway.tasks import upstream_key_env
 
     values = dict(given)
     values.update(forwarded_env([n for n in names if n not in values], environ))
-    optional = [*config.forward_env, *config.secrets]
-    try:
-        settings = config.agent_settings(agent)
-        resolve_agent(agent, settings)
-        # The preset's own key variable too when the config names none: the daemon's
-        # environment need not hold it (the gateway gets it from this shell).
-        key_env = upstream_key_env(config, agent)
-        if key_env:
-            optional.append(key_env)
-    except HalError:
-        pass  # the daemon reports a bad agent itself
-    for name in optional:
+    for name in [*config.forward_env, *config.secrets]:
         if name in environ and name not in values:
             values[name] = environ[name]
     return values
+
+
+def upstream_keys(config: HalConfig, agent: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """The API key of ``agent`` from this shell, by its variable's name (the config's
+    ``api_key_env`` or the preset's own), when set: the daemon's environment need not hold
+    it. Sent in a field of its own that only the gateway's route reads, so it never joins
+    the agent's environment (an agent with no gateway route, going direct, is given it)."""
+    from hal9999.agents.registry import resolve_agent
+    from hal9999.gateway.tasks import upstream_key_env
+
+    try:
+        resolve_agent(agent, config.agent_settings(agent))
+        key_env = upstream_key_env(config, agent)
+    except HalError:
+        return {}  # the daemon reports a bad agent itself
+    return {key_env: environ[key_env]} if key_env and environ.get(key_env) else {}
 
 
 def resume_secrets(
@@ -336,9 +340,11 @@ def resume_secrets(
     return shell_secrets(config, task.agent, given, names, environ)
 
 
-def run_body(request: RunRequest, env: dict[str, str]) -> dict[str, Any]:
-    """The JSON body of ``POST /v1/tasks``: the request, its secrets, the caller's settings
-    and where they came from."""
+def run_body(
+    request: RunRequest, env: dict[str, str], keys: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The JSON body of ``POST /v1/tasks``: the request, its secrets, the agent's API key
+    apart (``upstream_keys``), the caller's settings and where they came from."""
     origin = None
     if request.config is not None:
         from hal9999.config_origin import origin_json  # loaded with the config that is sent
@@ -354,6 +360,7 @@ def run_body(request: RunRequest, env: dict[str, str]) -> dict[str, Any]:
         "timeout_s": request.timeout_s,
         "env_names": request.env_names,
         "env": env,
+        "upstream_keys": keys or {},
         "literal_env": sorted(request.given_env),
         "secret_names": request.secret_names,
         "cwd": str(request.cwd),
@@ -386,7 +393,8 @@ class DaemonTaskAPI:
 
     async def create(self, request: RunRequest) -> TaskRecord:
         """Queue the task with the daemon (with this shell's secrets and settings)."""
-        body = run_body(request, client_secrets(self.config, request, self.environ))
+        keys = upstream_keys(self.config, request.agent, self.environ)
+        body = run_body(request, client_secrets(self.config, request, self.environ), keys)
         return _record(await self.client.call("POST", "/v1/tasks", body))
 
     async def run(
@@ -477,7 +485,8 @@ class DaemonTaskAPI:
         if not detach and (on_output is not None or on_event is not None):
             async for event in self.follow(task_id):
                 seen = event.seq
-        body = {"prompt": prompt, "env": values}
+        keys = upstream_keys(self.config, task.agent, self.environ)
+        body = {"prompt": prompt, "env": values, "upstream_keys": keys}
         queued = _record(await self.client.call("POST", f"/v1/tasks/{task_id}/resume", body))
         if detach:
             return queued

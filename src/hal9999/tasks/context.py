@@ -83,6 +83,11 @@ class RunContext:
     events: EventLog
     masker: SecretMasker
     secrets: dict[str, str]
+    """The agent's exec-time variables as given (``--env``, ``--secret``, forwarded)."""
+    upstream_keys: dict[str, str]
+    """The caller's API keys for the gateway, by variable name (a daemon's client sends
+    them): read by the gateway's route, never part of the agent's environment (an agent
+    with no route, going direct, takes its own key variable from here)."""
     on_output: Callable[[str], None] | None
     """Called with each chunk of (masked) output as it is read."""
     on_event: Callable[[Event], None] | None
@@ -135,6 +140,7 @@ class RunContext:
         masker: SecretMasker,
         secrets: dict[str, str],
         on_output: Callable[[str], None] | None = None,
+        upstream_keys: dict[str, str] | None = None,
         on_event: Callable[[Event], None] | None = None,
         mask_names: tuple[str, ...] = (),
         checks_patch: bool = False,
@@ -156,6 +162,7 @@ class RunContext:
         self.events = events
         self.masker = masker
         self.secrets = secrets
+        self.upstream_keys = {} if upstream_keys is None else upstream_keys
         self.on_output = on_output
         self.on_event = on_event
         self.mask_names = mask_names

@@ -114,6 +114,7 @@ class FollowSteps(RunnerCore):
         route = restore_route(
             self.config, agent, ctx.task.id, self.environ, ctx.secrets,
             run_dir=ctx.session.run_dir, store=self.store, provider=ctx.task.provider,
+            keys=ctx.upstream_keys,
         )  # fmt: skip
         if route is not None:
             await route.open()

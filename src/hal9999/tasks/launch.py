@@ -100,9 +100,7 @@ class LaunchSteps(RunnerCore):
         made: ProcessSpec | None = None  # the run's spec, once made
         try:
             launch, prompt_text = self.plan(ctx, sandbox, agent, prompt)
-            given = {**ctx.secrets, **(ctx.gateway.secrets() if ctx.gateway else {})}
-            missing = [name for name in launch.secret_env if name not in given]
-            secrets = {**forwarded_env(missing, self.environ), **given}
+            launch, secrets = self.exec_env(ctx, launch)
             # The agent's own key variables are secrets however they were given.
             for name in launch.secret_env:
                 ctx.masker.add(secrets[name])
@@ -158,6 +156,33 @@ class LaunchSteps(RunnerCore):
         ctx.log_start = file_size(ctx.session.log)
         await manager.start(sandbox, ctx.pspec, env=secrets)
         return offline
+
+    def exec_env(self, ctx: RunContext, launch: AgentLaunch) -> tuple[AgentLaunch, dict[str, str]]:
+        """``launch`` and the agent's exec-time variables, the one place they are made for
+        every run (in-process, a daemon's, a hive turn's). An agent with no gateway route
+        (it goes direct) is given its own key variable, from the caller's keys or this
+        process's environment. With a route, no variable the agent gets holds the upstream
+        key: one that does (a forwarded ``--env OPENAI_API_KEY``, however it came) holds the
+        placeholder token instead, with a warning that names it, never the value."""
+        given = {**ctx.secrets, **(ctx.gateway.secrets() if ctx.gateway else {})}
+        missing = [name for name in launch.secret_env if name not in given]
+        direct = {} if ctx.gateway else ctx.upstream_keys
+        found = {n: direct[n] for n in missing if n in direct}
+        missing = [name for name in missing if name not in found]
+        secrets = {**forwarded_env(missing, self.environ), **found, **given}
+        if ctx.gateway is None:
+            return launch, secrets
+        secrets, held = ctx.gateway.shield(secrets)
+        command_env, in_command = ctx.gateway.shield(launch.command.env)
+        held = sorted({*held, *in_command})
+        if in_command:
+            command = launch.command.model_copy(update={"env": command_env})
+            launch = replace(launch, command=command)
+        if held:
+            text = (f"{', '.join(held)} held the LLM gateway's upstream key; the agent gets "
+                    "its placeholder token there instead (the key stays on the host)")  # fmt: skip
+            self.emit(ctx, Message(level="warning", text=text))
+        return launch, secrets
 
     async def _launch_failed(
         self,
@@ -220,7 +245,7 @@ class LaunchSteps(RunnerCore):
 
             ctx.gateway = route_for(
                 self.config, agent, task.id, self.environ, ctx.secrets,
-                budget=ctx.session.run_dir, provider=task.provider,
+                budget=ctx.session.run_dir, provider=task.provider, keys=ctx.upstream_keys,
             )  # fmt: skip
             if ctx.gateway is not None:
                 ctx.gateway.usage = GatewayUsage(self.store, task.id)  # calls from here on

@@ -32,6 +32,11 @@ class RunRequest:
     env_names: list[str] = field(default_factory=list)
     given_env: dict[str, str] = field(default_factory=dict)
     """Values given as ``--env KEY=VALUE`` (never stored)."""
+    upstream_keys: dict[str, str] = field(default_factory=dict)
+    """The agent's API key from the caller's shell, by variable name (a daemon's client sends
+    it; never stored): the LLM gateway's key for the task, kept out of ``given_env`` so it
+    never reaches the agent's environment (only an agent that goes direct, with no gateway
+    route, is given it, as it must be)."""
     cwd: Path = field(default_factory=Path.cwd)
     priority: int = 0
     """Queue order under a daemon: higher starts first."""

@@ -42,6 +42,8 @@ class Submission:
 
     env: dict[str, str] = field(default_factory=dict)
     prompt: str | None = None
+    keys: dict[str, str] = field(default_factory=dict)
+    """The caller's upstream keys (:attr:`RunRequest.upstream_keys`): the gateway's only."""
 
 
 class Scheduler:
@@ -80,19 +82,27 @@ class Scheduler:
 
     # -- intake ------------------------------------------------------------------------
     def submit(
-        self, task_id: str, env: Mapping[str, str] | None = None, prompt: str | None = None
+        self,
+        task_id: str,
+        env: Mapping[str, str] | None = None,
+        prompt: str | None = None,
+        keys: Mapping[str, str] | None = None,
     ) -> None:
         """Note a newly queued task (and its in-memory secrets) and wake the loop."""
-        self.hold(task_id, env, prompt)
+        self.hold(task_id, env, prompt, keys)
         self.wake()
 
     def hold(
-        self, task_id: str, env: Mapping[str, str] | None = None, prompt: str | None = None
+        self,
+        task_id: str,
+        env: Mapping[str, str] | None = None,
+        prompt: str | None = None,
+        keys: Mapping[str, str] | None = None,
     ) -> None:
         """Note what a task is to run with before it is queued, from any thread (a dict
         write, no wake): a dispatch woken by another task's end may start it between its
         row's write and :meth:`submit`, and must not start it without its env."""
-        self.submissions[task_id] = Submission(dict(env or {}), prompt)
+        self.submissions[task_id] = Submission(dict(env or {}), prompt, dict(keys or {}))
 
     def wake(self) -> None:
         """Look at the queue again soon."""
@@ -201,6 +211,7 @@ class Scheduler:
             record = await self.service.run(
                 task_id,
                 given_env=submission.env,
+                upstream_keys=submission.keys,
                 prompt=submission.prompt,
                 adopted=adopted,
                 retry=self.retry,

@@ -260,6 +260,7 @@ class TaskService(TaskSecrets):
         adopted: Adopted | None = None,
         handed_from: int | None = None,
         retry: RetryPolicy | None = None,
+        upstream_keys: Mapping[str, str] | None = None,
     ) -> TaskRecord:
         """Run a queued task (or carry on an ``adopted`` one) to its end in this process.
 
@@ -267,7 +268,8 @@ class TaskService(TaskSecrets):
         that started this one to run it): when another live hal process holds it, this
         raises :class:`TaskStateError` before anything is written, made or opened. With
         ``retry`` (the daemon's policy), a failure it retries ends the run ``queued`` again
-        (see :mod:`hal9999.tasks.retry`)."""
+        (see :mod:`hal9999.tasks.retry`). ``upstream_keys`` are the caller's API keys for the
+        gateway (:attr:`RunRequest.upstream_keys`), masked like the task's secrets."""
         task = self.store.get_task(task_id)
         if task.runner_pid != os.getpid():  # a task this process queued names it already
             task = await asyncio.to_thread(claim, self.store, task_id, handed_from=handed_from)
@@ -278,8 +280,9 @@ class TaskService(TaskSecrets):
         for name in self.config.secrets:
             if name not in secrets_env and name in self.environ:
                 secrets_env[name] = host_text(name, self.environ[name])
-        names, found = self.secrets_of(task, secrets_env)
-        masker = self.masker_of(found.values())
+        keys = dict(upstream_keys or {})
+        names, found = self.secrets_of(task, {**keys, **secrets_env})
+        masker = self.masker_of([*found.values(), *keys.values()])
         with self.events(task, masker) as events:
             ctx = RunContext(
                 task=task,
@@ -287,6 +290,7 @@ class TaskService(TaskSecrets):
                 events=events,
                 masker=masker,
                 secrets=secrets_env,
+                upstream_keys=keys,
                 on_output=on_output,
                 on_event=on_event,
                 mask_names=tuple(sorted(found)),

@@ -35,11 +35,11 @@ class DaemonTasks:
         daemon = self.daemon
         # Born this daemon's (as the API's), not named after: no window for another claim.
         mine = dataclasses.replace(request, runner_pid=os.getpid())
-        scheduler, env = daemon.scheduler, request.given_env
+        scheduler, env, keys = daemon.scheduler, request.given_env, request.upstream_keys
         task = await asyncio.to_thread(
-            daemon.service.create_blocking, mine, lambda name: scheduler.hold(name, env)
+            daemon.service.create_blocking, mine, lambda name: scheduler.hold(name, env, None, keys)
         )
-        scheduler.submit(task.id, env)
+        scheduler.submit(task.id, env, None, keys)
         return task
 
     async def get(self, task_id: str) -> TaskRecord:
