@@ -195,6 +195,10 @@ class TaskRunner(LaunchSteps, FollowSteps):
                     # A task stopped or cancelled from outside: whoever did it destroys the
                     # sandbox too, so it must not go back to the pool for the next task.
                     taken = now is None or taken_from_us(now)
+                    if taken and ctx.pspec is not None:
+                        # Its stopper stops the run too; either stop returns once the run
+                        # has ended, a relay's last bring-back of the work with it.
+                        await manager.stop(ctx.pspec)
                     await self.release(provider, ctx.sandbox, reuse=not taken)
                     left["sandbox_id"] = None
             if ctx.session_id is not None:  # a run cut short between a pump and its save
