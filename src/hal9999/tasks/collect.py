@@ -8,21 +8,25 @@ link and a bounded size, and copies them into the session root, which no sandbox
 Nothing large passes through memory: the patch and bundle are files, stdout is one line.
 """
 
-
 import asyncio
 import contextlib
+import logging
+import os
 import re
 import secrets
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import NamedTuple
 
 from hal9999 import agentfs
-from hal9999.errors import DiskFull, HalError, RepoError, UnsafePath
+from hal9999.errors import CheckoutDamaged, DiskFull, HalError, RepoError, UnsafePath
 from hal9999.providers.base import ExecResult, Sandbox
 from hal9999.spec import ArgvCommand
 from hal9999.tasks import mirror
 from hal9999.tasks.gitrepo import git_message
 from hal9999.tasks.session import HOME_TARGET, Session
+
+logger = logging.getLogger(__name__)
 
 WATCH_S = 1.0
 """How often a running collection is looked at (its disk use, the disk's free space)."""
@@ -147,6 +151,34 @@ class Collected(NamedTuple):
     """Paths of nested repositories or submodules whose work the branch does not carry."""
 
 
+def cut_mark(session: Session) -> Path:
+    """The mark a collection leaves in the session (hal's own run directory, which no
+    sandbox sees) from before its script starts until the script has ended by itself: one
+    still there after the run says hal cut its own git short (a cancel, a stop, a kill)."""
+    return session.run_dir / "collecting"
+
+
+def drop_cut_locks(session: Session, branch: str) -> list[str]:
+    """The git lock files a collection hal cut short left in the session's checkout
+    (:data:`COLLECT_LOCKS` and the branch's ref lock), removed; only after such a cut (its
+    :func:`cut_mark`, then removed too), and only once no git of the session can be alive
+    (its sandbox is gone). The checkout is the agent's: no link in it is followed, and
+    only regular files go. Their names, relative to the checkout."""
+    mark = cut_mark(session)
+    if not mark.exists():
+        return []
+    dropped = []
+    try:
+        with agentfs.AgentDir.open(session.workspace) as checkout:
+            for name in (*COLLECT_LOCKS, f".git/refs/heads/{branch}.lock"):
+                if checkout.kind(name) == "file" and checkout.remove(name):
+                    dropped.append(name)
+    except (HalError, OSError) as exc:  # the checkout gone or unreadable: no lock to drop
+        logger.warning("session %s: stale git locks: %s", session.root.name, exc)
+    mark.unlink(missing_ok=True)
+    return dropped
+
+
 def safe_in_session(session: Session) -> str:
     """Where the work is when bringing it back fails, and how to get it by hand."""
     return (
@@ -192,9 +224,13 @@ async def collect(
         cwd=sandbox.workdir,
         env={"GIT_TERMINAL_PROMPT": "0"},
     )
+    mark = cut_mark(session)
     try:
+        os.close(os.open(mark, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
         running = sandbox.exec(command, timeout=300)
         result = await (running if watch is None else _watched(running, watch))
+        if 0 <= result.exit_code < 128:  # it ended by itself (no signal): so did its git
+            mark.unlink()
         line = _RESULT_LINE.fullmatch(result.stdout) if result.ok else None
         unchanged = line is not None and line[4] is not None
         # "Unchanged" is the base itself, with nothing committed, changed or to bundle.
@@ -263,6 +299,8 @@ async def _copied(
         raise UnsafePath(f"collecting the result: {exc.message}", hint=hint) from exc
 
 
+COLLECT_LOCKS = (".git/index.lock", ".git/HEAD.lock")
+"""The lock files the collection's git takes (``add``, ``commit``) besides its branch's."""
 _DISK_FULL = ("no space left on device", "out of diskspace", "disk quota exceeded")
 """How git and the shell say a write found the disk full (ENOSPC, EDQUOT)."""
 
@@ -313,3 +351,28 @@ def _nothing(session: Session, out: str) -> tuple[int, None, tuple[str, ...]]:
 def _remove_out(session: Session, out: str) -> None:
     with agentfs.AgentDir.open(session.home) as home:
         home.remove(out, recursive=True)
+
+
+VERIFY_HEAD = (
+    'git rev-parse --verify -q "HEAD^{commit}" >/dev/null && git cat-file -e "HEAD^{tree}"'
+)
+"""Inside the sandbox: whether the checkout's ``HEAD`` names a commit whose tree is there
+(the agent's checkout is never read by host git)."""
+
+
+async def verify_checkout(sandbox: Sandbox, task_id: str, workspace: Path) -> None:
+    """Refuse to run again over a checkout whose ``HEAD`` commit or tree is missing (work
+    that was not brought back whole): one line, :class:`CheckoutDamaged`, before any agent
+    runs over it or hal says its work is safe."""
+    command = ArgvCommand(argv=("sh", "-c", VERIFY_HEAD), cwd=sandbox.workdir,
+                          env={"GIT_TERMINAL_PROMPT": "0"})  # fmt: skip
+    result = await sandbox.exec(command, timeout=120)
+    if result.ok:
+        return
+    said = git_message(result.stderr) or f"git exited with status {result.exit_code}"
+    raise CheckoutDamaged(
+        f"the session checkout of task {task_id} has no valid HEAD commit ({said}); "
+        "its work did not come back whole",
+        hint=f"what is left is in {workspace}; start again from the task's branch or prompt "
+        f"with `hal run`, or forget it with `hal task rm {task_id}`",
+    )

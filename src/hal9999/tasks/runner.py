@@ -33,6 +33,7 @@ from hal9999.providers.base import Provider, Sandbox
 from hal9999.providers.limits import release_if_full
 from hal9999.store import TaskRecord
 from hal9999.tasks import finish
+from hal9999.tasks.collect import drop_cut_locks
 from hal9999.tasks.context import (
     RunContext,
     Superseded,
@@ -201,6 +202,10 @@ class TaskRunner(LaunchSteps, FollowSteps):
                         await manager.stop(ctx.pspec)
                     await self.release(provider, ctx.sandbox, reuse=not taken)
                     left["sandbox_id"] = None
+                    if now is None or now.runner_pid in (None, os.getpid()):
+                        # Its sandbox gone, no git of the session lives: a collection cut
+                        # short (a Ctrl-C) leaves no lock for the next run to meet.
+                        await asyncio.to_thread(drop_cut_locks, ctx.session, task.branch)
             if ctx.session_id is not None:  # a run cut short between a pump and its save
                 left["agent_session_id"] = ctx.session_id
                 ctx.session_id = None

@@ -33,6 +33,7 @@ from hal9999.tasks import gitrepo, mirror
 from hal9999.tasks.alive import runner_alive
 from hal9999.tasks.bringback import forget_incoming
 from hal9999.tasks.claim import claim
+from hal9999.tasks.collect import drop_cut_locks
 from hal9999.tasks.context import Adopted, RunContext, process_spec
 from hal9999.tasks.plugins import (
     check_provider_tables,
@@ -366,6 +367,8 @@ class TaskService(TaskSecrets):
         await manager.stop(process_spec(task, self.session(task), ArgvCommand(argv=("true",))))
         await self.destroy_sandboxes(load_provider_for(self.config, task.provider), task)
         await asyncio.to_thread(self.store.update_task, task.id, sandbox_id=None)
+        # No git of the session lives now: a collection this cut short leaves no lock.
+        await asyncio.to_thread(drop_cut_locks, self.session(task), task.branch)
 
     async def destroy_sandboxes(self, provider: Provider, task: TaskRecord) -> None:
         """Destroy every sandbox the provider holds for ``task`` (recorded or labelled)."""
