@@ -98,6 +98,10 @@ class RunContext:
     """The task has variables that may hold secrets: collection marks the patch it scanned
     clean (``run/patch-checked``, see :meth:`TaskService.shown_patch`); a task without any
     never needs the mark, or the inode."""
+    unknown: tuple[str, ...]
+    """Variables of the task that may hold secrets and whose values this process lacks (an
+    adopted run: its agent got them, hal keeps none): the scan cannot clear the patch of
+    them, so it is never marked checked (a reader elsewhere is refused it unless masked)."""
     log_start: int | None
     """Size of the log when this run's agent started (where its output begins)."""
     totals: Totals
@@ -144,6 +148,7 @@ class RunContext:
         on_event: Callable[[Event], None] | None = None,
         mask_names: tuple[str, ...] = (),
         checks_patch: bool = False,
+        unknown: tuple[str, ...] = (),
         log_start: int | None = None,
         totals: Totals | None = None,
         detached: bool = False,
@@ -167,6 +172,7 @@ class RunContext:
         self.on_event = on_event
         self.mask_names = mask_names
         self.checks_patch = checks_patch
+        self.unknown = unknown
         self.log_start = log_start
         self.totals = Totals() if totals is None else totals
         self.detached = detached

@@ -162,7 +162,7 @@ async def collect_result(
                 f"the result holds the value of one of the task's secrets, in {holder}",
                 hint=f"remove it from the branch's history; {collect.safe_in_session(session)}",
             )
-    if ctx.checks_patch:  # scanned clean: with the final status, in its hop (issue 16)
+    if ctx.checks_patch and not ctx.unknown:  # scanned clean: with the final status
         ctx.owed.append(session.patch_checked.touch)
     if brought is not None and brought.moved_aside:
         ctx.task = await update(task.id, branch=brought.branch)

@@ -276,6 +276,13 @@ class TaskService(TaskSecrets):
             task = await asyncio.to_thread(claim, self.store, task_id, handed_from=handed_from)
         given = dict(given_env or {})
         forwarded = [name for name in task.env_keys if name not in given]
+        unknown: tuple[str, ...] = ()
+        if adopted is not None:
+            # Its agent runs with its environment already: carrying it on needs none of the
+            # values (a daemon after a crash has none: they are never stored). Those this
+            # process has mask its output; the others it cannot (see RunContext.unknown).
+            unknown = tuple(name for name in forwarded if name not in self.environ)
+            forwarded = [name for name in forwarded if name not in unknown]
         secrets_env = {**forwarded_env(forwarded, self.environ), **given}
         # Config secrets are forwarded when set (not required, unlike --env and --secret).
         for name in self.config.secrets:
@@ -296,6 +303,7 @@ class TaskService(TaskSecrets):
                 on_event=on_event,
                 mask_names=tuple(sorted(found)),
                 checks_patch=bool(names),
+                unknown=tuple(name for name in unknown if name in names),
                 adopted=adopted,
                 retry=retry,
             )
