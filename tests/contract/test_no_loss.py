@@ -104,7 +104,9 @@ async def settled(path: TaskPath, task_id: str, timeout: float = WORK_TIMEOUT_S)
 async def started(path: TaskPath, agent: str, provider: str, sign: Callable[[TaskRecord], bool],
                   what: str) -> TaskRecord:  # fmt: skip
     """A task of ``agent`` on ``provider`` started on the path, once ``sign`` holds for it."""
-    # `hal run --detach`: its runner is a hal process (a detached one, or the daemon).
+    # `hal run --detach`: its runner is a hal process (a detached one, or the daemon, which
+    # the path's API starts first).
+    assert path.api is not None
     out = path.hal("run", "--detach", "--json", "--provider", provider, "--agent", agent, "work")
     assert out.returncode == 0, out.stderr[-2000:]
     task = await path.api.get(json.loads(out.stdout)["id"])
@@ -142,6 +144,30 @@ def ssh_config(server: Any) -> str:
 async def test_a_stop_keeps_the_work_on_ssh(task_path: TaskPath, sshd_server: Any) -> None:
     task_path.config_file.write_text(ssh_config(sshd_server))
     await stopped_work_is_whole(task_path, "ssh")
+
+
+@pytest.mark.bwrap
+async def test_a_stop_keeps_the_work_on_bwrap(task_path: TaskPath) -> None:
+    await stopped_work_is_whole(task_path, "bwrap")
+
+
+async def test_a_stop_keeps_the_work_on_local(task_path: TaskPath) -> None:
+    task_path.config_file.write_text('[pool.local]\nnetwork = "host"\n')  # it has no other
+    await stopped_work_is_whole(task_path, "local")
+
+
+@pytest.mark.ssh
+async def test_a_stop_keeps_the_work_on_morph(
+    fake_morph: Any, fake_morph_settings: dict[str, Any], task_path: TaskPath
+) -> None:
+    # The fake Morph API runs in this process: the daemon reaches it on loopback.
+    # Its URL in the config: the path's home drops every HAL_* variable of the shell.
+    settings = {**fake_morph_settings, "api_url": fake_morph.url}
+    lines = [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
+    task_path.config_file.write_text(
+        "[providers.morph]\n" + "\n".join(lines) + '\n\n[pool.morph]\nnetwork = "host"\n'
+    )
+    await stopped_work_is_whole(task_path, "morph")
 
 
 async def stopped_work_is_whole(path: TaskPath, provider: str) -> None:
