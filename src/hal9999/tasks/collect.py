@@ -11,7 +11,6 @@ Nothing large passes through memory: the patch and bundle are files, stdout is o
 import asyncio
 import contextlib
 import logging
-import os
 import re
 import secrets
 from collections.abc import Awaitable, Callable
@@ -151,22 +150,12 @@ class Collected(NamedTuple):
     """Paths of nested repositories or submodules whose work the branch does not carry."""
 
 
-def cut_mark(session: Session) -> Path:
-    """The mark a collection leaves in the session (hal's own run directory, which no
-    sandbox sees) from before its script starts until the script has ended by itself: one
-    still there after the run says hal cut its own git short (a cancel, a stop, a kill)."""
-    return session.run_dir / "collecting"
-
-
 def drop_cut_locks(session: Session, branch: str) -> list[str]:
-    """The git lock files a collection hal cut short left in the session's checkout
-    (:data:`COLLECT_LOCKS` and the branch's ref lock), removed; only after such a cut (its
-    :func:`cut_mark`, then removed too), and only once no git of the session can be alive
-    (its sandbox is gone). The checkout is the agent's: no link in it is followed, and
-    only regular files go. Their names, relative to the checkout."""
-    mark = cut_mark(session)
-    if not mark.exists():
-        return []
+    """Remove the git lock files a collection that did not end by itself (cancelled, its
+    sandbox destroyed under it) leaves in the session's checkout: :data:`COLLECT_LOCKS` and
+    the branch's ref lock. Only for such a collection, once no git of the session can be
+    alive (its sandbox is gone): the caller knows both. The checkout is the agent's: no link
+    in it is followed, and only regular files go. Their names, relative to the checkout."""
     dropped = []
     try:
         with agentfs.AgentDir.open(session.workspace) as checkout:
@@ -175,7 +164,6 @@ def drop_cut_locks(session: Session, branch: str) -> list[str]:
                     dropped.append(name)
     except (HalError, OSError) as exc:  # the checkout gone or unreadable: no lock to drop
         logger.warning("session %s: stale git locks: %s", session.root.name, exc)
-    mark.unlink(missing_ok=True)
     return dropped
 
 
@@ -198,6 +186,7 @@ async def collect(
     full_bundle: bool,
     alongside: Callable[[Collected], Awaitable[object]] | None = None,
     watch: Callable[[], Awaitable[None]] | None = None,
+    ended: Callable[[], object] | None = None,
 ) -> Collected:
     """Inside the sandbox: commit leftovers, point ``branch`` at HEAD, write patch and bundle;
     then copy both into the session (by fd, bounded, fsynced).
@@ -207,7 +196,8 @@ async def collect(
     awaited with it; the patch's error comes first. It is not called for a changed result,
     whose copies come first. ``watch`` is called every :data:`WATCH_S` while the script runs
     (the agent's code runs in it: a clean filter of the checkout's config); what it raises
-    ends the script."""
+    ends the script. ``ended`` is called once the script has ended by itself (not killed:
+    its git let go of every lock; else see :func:`drop_cut_locks`)."""
     out = f".hal-result-{secrets.token_hex(8)}"
     message = f"hal: uncommitted changes left by task {task_id}"
     args = (
@@ -224,13 +214,11 @@ async def collect(
         cwd=sandbox.workdir,
         env={"GIT_TERMINAL_PROMPT": "0"},
     )
-    mark = cut_mark(session)
     try:
-        os.close(os.open(mark, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
         running = sandbox.exec(command, timeout=300)
         result = await (running if watch is None else _watched(running, watch))
-        if 0 <= result.exit_code < 128:  # it ended by itself (no signal): so did its git
-            mark.unlink()
+        if ended is not None and 0 <= result.exit_code < 128:  # no signal ended it
+            ended()
         line = _RESULT_LINE.fullmatch(result.stdout) if result.ok else None
         unchanged = line is not None and line[4] is not None
         # "Unchanged" is the base itself, with nothing committed, changed or to bundle.

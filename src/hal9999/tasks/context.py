@@ -102,6 +102,10 @@ class RunContext:
     """Variables of the task that may hold secrets and whose values this process lacks (an
     adopted run: its agent got them, hal keeps none): the scan cannot clear the patch of
     them, so it is never marked checked (a reader elsewhere is refused it unless masked)."""
+    collecting: bool
+    """A collection's script runs (or was cut short: it did not end by itself), so its git
+    may have left its locks in the checkout: whoever ends the run drops them once the
+    sandbox is gone (:func:`~hal9999.tasks.collect.drop_cut_locks`)."""
     log_start: int | None
     """Size of the log when this run's agent started (where its output begins)."""
     totals: Totals
@@ -173,6 +177,7 @@ class RunContext:
         self.mask_names = mask_names
         self.checks_patch = checks_patch
         self.unknown = unknown
+        self.collecting = False
         self.log_start = log_start
         self.totals = Totals() if totals is None else totals
         self.detached = detached

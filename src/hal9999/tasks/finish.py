@@ -141,6 +141,7 @@ async def collect_result(
 
     # An unchanged result is brought back while its empty patch is written (issue 16); a
     # changed one once its copies are made.
+    ctx.collecting = True  # until its script ends by itself (see RunContext.collecting)
     result = await collect.collect(
         sandbox,
         session,
@@ -150,6 +151,7 @@ async def collect_result(
         full_bundle=task.repo_kind == "url",
         alongside=land,
         watch=None if home is None else _watch(sandbox, home),
+        ended=functools.partial(setattr, ctx, "collecting", False),
     )
     if not landed:
         await land(result)
