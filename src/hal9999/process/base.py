@@ -157,13 +157,13 @@ def process_started(pid: int) -> int | None:
 
 async def run_ended(exit_path: Path, limit_s: float = STOP_WAIT_S) -> bool:
     """Wait until the supervisor of the run whose exit file is ``exit_path`` has ended (its
-    :func:`~hal9999.process.supervisor.running_path` lock free), at most ``limit_s``;
+    :func:`~hal9999.process.runlock.running_path` lock free), at most ``limit_s``;
     whether it has. From any process: the lock is the supervisor's, not its starter's. A
     run with no lock file (none started, or a supervisor from before) has ended."""
     import asyncio
     import fcntl
 
-    from hal9999.process.supervisor import running_path
+    from hal9999.process.runlock import running_path
 
     try:
         fd = os.open(running_path(exit_path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)

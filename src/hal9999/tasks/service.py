@@ -365,19 +365,20 @@ class TaskService(TaskSecrets):
             # The move wrote only the status and finished_at, which never_ran does not read.
             killed = not never_ran(halted.model_copy(update={"status": previous}))
             if killed:
-                await self.kill(task, cut=previous == TaskStatus.COLLECTING)
+                await self.kill(task)
+            if killed and previous == TaskStatus.COLLECTING:
+                # Its sandbox gone, no git of the session lives: a collection cut short
+                # leaves no lock for the next run to meet.
+                await asyncio.to_thread(drop_cut_locks, self.session(task), task.branch)
             events.emit(TaskEnd(status=target.value, error_code=None, error=reason))
         return await asyncio.to_thread(self.store.get_task, halted.id) if killed else halted
 
-    async def kill(self, task: TaskRecord, *, cut: bool = False) -> None:
-        """Stop the task's process and destroy its sandbox, if any remain; with ``cut`` (its
-        collection was running) drop the locks that collection's git left."""
+    async def kill(self, task: TaskRecord) -> None:
+        """Stop the task's process and destroy its sandbox, if any remain."""
         manager = load_process_manager(self.config, task.process_manager)
         await manager.stop(process_spec(task, self.session(task), ArgvCommand(argv=("true",))))
         await self.destroy_sandboxes(load_provider_for(self.config, task.provider), task)
         await asyncio.to_thread(self.store.update_task, task.id, sandbox_id=None)
-        if cut:  # no git of the session lives now: a collection cut short leaves no lock
-            await asyncio.to_thread(drop_cut_locks, self.session(task), task.branch)
 
     async def destroy_sandboxes(self, provider: Provider, task: TaskRecord) -> None:
         """Destroy every sandbox the provider holds for ``task`` (recorded or labelled)."""
