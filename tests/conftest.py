@@ -296,6 +296,16 @@ def _require_components(request: pytest.FixtureRequest) -> None:
         pytest.skip(reason)
 
 
+@pytest.fixture(autouse=True)
+def _host_totals() -> Iterator[None]:
+    """Each test starts from the host's totals: a config a test loads sets its own for the
+    process (``totals.use_totals``), which would size the next test's defaults."""
+    yield
+    from hal9999.providers import totals
+
+    totals.use_totals(None)
+
+
 @pytest.fixture
 def hal_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private, empty HAL_HOME for the test."""

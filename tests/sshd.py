@@ -180,12 +180,17 @@ def _free_block(subnet: str) -> tuple[int, socket.socket]:
 
 @contextlib.contextmanager
 def running_sshd(
-    subnet: str = "169.254.77", *, login_path: str | None = None, login_shell: str = "/bin/sh"
+    subnet: str = "169.254.77",
+    *,
+    login_path: str | None = None,
+    login_shell: str = "/bin/sh",
+    root_login: bool = False,
 ) -> Iterator[Sshd]:
     """Start sshd in a fresh namespace (a random /30 of ``subnet``.0/24, a link-local
     block); stop and remove everything afterwards. ``login_path``: the PATH its sessions
     get (sshd's ``SetEnv``), to stand for a host that lacks a program; ``login_shell``: the
-    test user's shell, which runs every command sshd is given."""
+    test user's shell, which runs every command sshd is given; ``root_login``: ``root`` may
+    log in too, with the test user's key (a host configured with ``user = "root"``)."""
     # Not pytest's tmp_path: its parents are mode 700, and the test user must reach its
     # HOME and sshd must read the authorized keys as that user.
     tmp = Path(tempfile.mkdtemp(prefix="hal-sshd-"))
@@ -214,8 +219,10 @@ def running_sshd(
     config.write_text(
         f"ListenAddress {ns_ip}\nPort 22\nHostKey {host_key_file}\nPidFile none\n"
         f"AuthorizedKeysFile {etc}/authorized_keys\nStrictModes no\nUsePAM no\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin no\n"
-        f"AllowUsers {USER}\nMaxSessions 10\nMaxStartups 100\nLogLevel ERROR\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        + ("PermitRootLogin prohibit-password\n" if root_login else "PermitRootLogin no\n")
+        + f"AllowUsers {USER}{' root' if root_login else ''}\n"
+        "MaxSessions 10\nMaxStartups 100\nLogLevel ERROR\n"
         "X11Forwarding no\nAllowAgentForwarding no\n"
         # Remote forwards only (the gateway's socket, see relay.py): sshd ties unix socket
         # forwards to AllowTcpForwarding.

@@ -62,6 +62,8 @@ ENV_KEYS: dict[str, tuple[str, ...]] = {
     "HAL_PIDS": ("resources", "pids"),
     "HAL_DISK_MB": ("resources", "disk_mb"),
     "HAL_DISK_FILES": ("resources", "disk_files"),
+    "HAL_TOTAL_MEMORY_MB": ("totals", "memory_mb"),
+    "HAL_TOTAL_PIDS": ("totals", "pids"),
 }
 """Environment variables and the config key each one sets."""
 
@@ -109,6 +111,19 @@ class AgentConfig(_Config):
             model=self.model, base_url=self.base_url, api_key_env=self.api_key_env,
             command=self.command, extra_args=tuple(self.extra_args),
         )  # fmt: skip
+
+
+class TotalsConfig(_Config):
+    """What every sandbox of hal's on this host may use together (``[totals]``): the limits
+    of the cgroup that holds them all, which also size each sandbox's defaults
+    (:mod:`hal9999.providers.limits`). A value over what the host has is refused."""
+
+    memory_mb: int | None = Field(default=None, ge=0)
+    """Memory of every sandbox together, in MiB (``HAL_TOTAL_MEMORY_MB``); unset: 75% of the
+    host's RAM less 1 GiB; ``0``: no bound."""
+    pids: int | None = Field(default=None, ge=0)
+    """Processes and threads of every sandbox together (``HAL_TOTAL_PIDS``); unset: 75% of
+    the host's ``kernel.pid_max`` (or ``threads-max``, when lower); ``0``: no bound."""
 
 
 class CredentialFile(_Config):
@@ -224,6 +239,9 @@ class HalConfig(_Config):
     resources: Resources = Resources.model_construct()  # Resources(), unbuilt (spec.py)
     """Default resource limits (``HAL_MEMORY_MB``, ``HAL_CPUS``, ``HAL_PIDS``, ``HAL_DISK_MB``,
     ``HAL_DISK_FILES``); unset ones get safe defaults, ``0`` means unlimited (limits.py)."""
+    totals: TotalsConfig = TotalsConfig.model_construct()  # TotalsConfig(), unbuilt
+    """Limits of every sandbox together (``[totals]``, ``HAL_TOTAL_MEMORY_MB``,
+    ``HAL_TOTAL_PIDS``); unset ones get the host's defaults, ``0`` means no bound."""
     agents: dict[str, AgentConfig] = Field(default_factory=dict)
     """Per-agent settings, keyed by agent name."""
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)

@@ -121,8 +121,8 @@ MAX_DISK_FILES = 1 << 40
 
 class Resources(_Frozen):
     """Resource limits. ``None`` (unset) means the safe default of a provider that enforces
-    limits (:mod:`hal9999.providers.limits`: pids 4096, half the host's memory, every core,
-    20 GiB of disk in 1 Mi files); ``0`` means unlimited."""
+    limits (:mod:`hal9999.providers.limits`: pids and memory the share of one concurrent task
+    of the totals, every core, 20 GiB of disk in 1 Mi files); ``0`` means unlimited."""
 
     cpus: float | None = None
     """CPU quota in cores (e.g. 1.5)."""

@@ -53,10 +53,16 @@ def connect(sock: socket.socket, path: str | Path) -> None:
         os.close(directory)
 
 
-def private_dir(path: Path) -> Path:
+def private_dir(path: Path, *, parents: bool = False) -> Path:
     """``path``, made (mode 700) or found as this user's own directory that no one else can
-    enter: a short home for sockets in a shared place such as /tmp, where anyone could have
-    made it first and would then replace a socket in it. PermissionError when it is not."""
+    enter: a home in a shared place such as /tmp, where anyone could have made it first (or
+    planted a link there) and would then replace what hal puts in it. Every part of the path
+    above it must be one no other user can swap: a directory of root's or ours that others
+    cannot write (or sticky, as /tmp), a link only of root's or ours. ``parents``: missing
+    parents are made the same way. PermissionError when it is not."""
+    _check_parents(path)
+    if parents and not os.path.lexists(path.parent):
+        private_dir(path.parent, parents=True)
     with contextlib.suppress(FileExistsError):
         os.mkdir(path, 0o700)
     found = os.lstat(path)
@@ -65,14 +71,36 @@ def private_dir(path: Path) -> Path:
     return path
 
 
+def _check_parents(path: Path) -> None:
+    """PermissionError unless no other user can replace a part of ``path``'s parent."""
+    me = os.geteuid()
+    for part in reversed(path.absolute().parents):
+        try:
+            info = os.lstat(part)
+        except FileNotFoundError:
+            return  # made by us below here
+        if stat.S_ISLNK(info.st_mode):
+            if info.st_uid not in (0, me):
+                raise PermissionError(f"{part} is a link of another user's")
+            info = os.stat(part)
+        shared = info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX
+        if info.st_uid not in (0, me) or shared:
+            raise PermissionError(f"{part} can be replaced by another user")
+
+
 def own_dir(
-    path: Path, sockets: str, setting: str, error: type[HalError] | None = None
+    path: Path,
+    sockets: str,
+    setting: str,
+    error: type[HalError] | None = None,
+    *,
+    parents: bool = False,
 ) -> Path:
     """:func:`private_dir`, refused as hal's one-line error (``error``, a ``ProcessError``
     by default) naming whose ``sockets`` would live there and the ``setting`` that puts
     them elsewhere."""
     try:
-        return private_dir(path)
+        return private_dir(path, parents=parents)
     except PermissionError as refused:
         from hal9999.errors import ProcessError  # here: tmux's early start imports this
 

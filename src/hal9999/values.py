@@ -11,7 +11,15 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from hal9999.envvars import is_env_name as is_env_name  # re-exported (light module)
 from hal9999.envvars import is_text as is_text
@@ -150,6 +158,41 @@ class RunOptions(BaseModel):
     """The task's own egress hosts."""
     egress_only: list[EgressHost] | None = None
     """When set, the only hosts (of those config allows) the task may reach."""
+    secret_names: list[EnvName] = Field(default_factory=empty_list)
+    """Host variables forwarded as secrets."""
+    given_env: dict[str, Any] = Field(default_factory=dict)
+    """Variables given with their values (only the names are read here)."""
+    literal_names: list[str] | None = None
+    """Which of ``given_env`` were ``--env NAME=VALUE`` (None: all of them; a daemon's
+    request carries forwarded values there too)."""
+
+    @model_validator(mode="after")
+    def _agree(self) -> "RunOptions":
+        """Options that contradict each other, refused rather than one silently winning."""
+        literal = self.given_env if self.literal_names is None else self.literal_names
+        both = sorted(set(self.secret_names) & set(literal))
+        if both:
+            raise ValueError(
+                f"--secret {both[0]} and --env {both[0]}=VALUE name the same variable: give "
+                f"it once (--secret {both[0]} forwards this shell's value, masked)"
+            )
+        if self.egress and self.egress_only is not None:
+            from hal9999.gateway.allowlist import intersect
+
+            dropped = [h for h in self.egress if not intersect([h], self.egress_only)]
+            if dropped:
+                only = "none" if not self.egress_only else " ".join(self.egress_only)
+                raise ValueError(
+                    f"--egress {dropped[0]} is outside --egress-only {only}, which would drop "
+                    "it: name the host in --egress-only too, or leave one of them out"
+                )
+        named = [*self.env_names, *self.secret_names, *literal]
+        if "TERM" in named and self.process_manager == "tmux":
+            raise ValueError(
+                "--env TERM would be replaced by tmux's own in the agent's terminal: leave "
+                "it out (an agent that needs another terminal type sets it in its command)"
+            )
+        return self
 
 
 def check_run_options(values: Mapping[str, Any]) -> None:
@@ -160,6 +203,8 @@ def check_run_options(values: Mapping[str, Any]) -> None:
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
+        if not where:  # options that contradict each other: the words say which and how
+            raise UsageError(describe(err)) from exc
         raise UsageError(f"{where}: {describe(err)}", hint=f"fix {where} in the request") from exc
 
 

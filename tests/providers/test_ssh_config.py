@@ -33,6 +33,7 @@ HOST = {
         ("user", "hal admin", "login name"),
         ("user", "hal\n", "login name"),
         ("user", "", "login name"),
+        ("key_file", "", "key_file is empty"),
     ],
 )
 def test_a_careless_address_or_user_is_one_clear_error(
@@ -55,3 +56,42 @@ def test_host_names_and_bare_ip_addresses_are_taken(address: str, tmp_path: Path
     assert argv[-3:-1] == ["--", address]
     line = (tmp_path / "known_hosts" / "box").read_text()
     assert line.split()[0] == (f"[{address}]:2222") and len(line.split()) == 3
+
+
+def test_a_key_file_that_is_no_file_is_one_line_naming_host_and_key(tmp_path: Path) -> None:
+    import asyncio
+
+    from hal9999.errors import ProviderError
+    from hal9999.providers.ssh.connections import connect
+
+    host = SshHost.model_validate({**HOST, "key_file": str(tmp_path)})
+    with pytest.raises(ProviderError) as caught:
+        asyncio.run(connect(host, limit_s=5, keepalive=30))
+    assert caught.value.one_line().startswith(
+        f"the key_file of ssh host 'box', {tmp_path}, is not a readable file"
+    )
+
+
+def test_a_port_that_never_answers_says_so(tmp_path: Path) -> None:
+    import asyncio
+    import socket
+
+    import asyncssh
+
+    from hal9999.errors import HostUnreachable
+    from hal9999.providers.ssh.connections import connect
+
+    made = asyncssh.generate_private_key("ssh-ed25519")
+    key = tmp_path / "key"
+    made.write_private_key(str(key))
+    public = made.export_public_key().decode().strip()
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        host = SshHost.model_validate(
+            {**HOST, "key_file": str(key), "port": port, "host_key": public}
+        )
+        with pytest.raises(HostUnreachable) as caught:
+            asyncio.run(connect(host, limit_s=1, keepalive=30))
+    assert f"(hal@127.0.0.1:{port}): no answer within 1 s" in caught.value.one_line()

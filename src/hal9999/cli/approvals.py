@@ -103,7 +103,7 @@ def _describe(view: dict[str, Any]) -> str:
             lines.append(f"approving now would be refused: {preview['refused']}")
         elif preview:
             lines.append(f"approving now: {preview['how']} of {preview['target']}")
-        lines += ["", "commits:", view["commits"], "", view["diff"]]
+        lines += ["", "commits:", view["commits"], "", view["review"]]
         if view["diff_truncated"]:
             lines.append("... (the diff goes on; see it in the repository with git diff "
                          f"{payload['base'][:12]} {payload['head'][:12]})")  # fmt: skip

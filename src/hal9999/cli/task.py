@@ -342,14 +342,19 @@ def diff(task_id: str) -> None:
             f"task {record.id} has no patch ({record.status})", hint=_no_patch_hint(record)
         )
     # Streamed: a patch can be hundreds of MB and must not be held in memory. The agent
-    # wrote its files: on a terminal the patch is a view, sanitised like the log (an OSC 52
-    # in a changed line wrote the clipboard); piped, it is the exact bytes `git apply` needs.
+    # wrote its files: on a terminal the patch is a view, its odd bytes made visible
+    # (reviewdiff) and sanitised like the log (an OSC 52 in a changed line wrote the
+    # clipboard); piped, it is the exact bytes `git apply` needs.
     if sys.stdout.isatty():
+        from hal9999.tasks.reviewdiff import ReviewRenderer
+
+        view = ReviewRenderer(keep_escape=True)
         with _open_session_file(
             patch, "r", encoding="utf-8", errors="replace", newline=""
         ) as handle:
             while text := handle.read(1 << 20):
-                stream_to_terminal(text)
+                stream_to_terminal(view.feed(text))
+        stream_to_terminal(view.flush())
         end_terminal_stream()
         return
     sys.stdout.flush()

@@ -1,4 +1,5 @@
-"""Files of a task the dashboard shows that the JSON API does not carry: the result patch."""
+"""Files of a task the dashboard shows that the JSON API does not carry: the result patch,
+as a reviewer sees it (:mod:`hal9999.tasks.reviewdiff`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from hal9999.agentfs import AgentDir
 from hal9999.errors import HalError, TaskStateError, UnsafePath
+from hal9999.tasks.reviewdiff import review_text
 from hal9999.tasks.session import Session
 
 if TYPE_CHECKING:
@@ -28,7 +30,8 @@ def _read_patch(daemon: Daemon, task_id: str) -> tuple[str, str | None]:
         if session.kind(patch.name) is None:
             return record.id, None
         data = session.read_bytes(patch.name, limit=PATCH_LIMIT)
-    return record.id, daemon.service.shown_patch(record, data.decode("utf-8", "replace"))
+    masked = daemon.service.shown_patch(record, data.decode("utf-8", "replace"))
+    return record.id, review_text(masked)
 
 
 async def task_patch(daemon: Daemon, task_id: str) -> Response:

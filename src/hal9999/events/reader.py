@@ -38,8 +38,21 @@ def parse_line(line: bytes, path: Path, *, warn: bool = True) -> Event | None:
         return None
 
 
+def rotated(path: Path) -> Path:
+    """Where the older file of a rotated log is kept (``<name>.1``, see
+    :mod:`hal9999.events.rotation`)."""
+    return path.with_name(path.name + ".1")
+
+
 def read_events(path: Path, *, after_seq: int = 0) -> list[Event]:
-    """Every complete event in ``path`` with a seq above ``after_seq`` (none if missing)."""
+    """Every complete event in ``path`` with a seq above ``after_seq`` (none if missing),
+    those of its rotated older file first (the new file's first event, a copy of the older
+    file's last, once)."""
+    older = _read_file(rotated(path), after_seq)
+    return [*older, *_read_file(path, older[-1].seq if older else after_seq)]
+
+
+def _read_file(path: Path, after_seq: int) -> list[Event]:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -72,11 +85,23 @@ def lines_backwards(file: BinaryIO, end: int) -> Iterator[bytes]:
 
 def events_after_seq(path: Path, after_seq: int) -> list[Event]:
     """The complete events of ``path`` above ``after_seq``, read from the end backwards (so
-    the cost is the size of the tail, not of the file)."""
+    the cost is the size of the tail, not of the file); from its rotated older file too
+    when the current one starts above ``after_seq``."""
+    found, reached = _backwards(path, after_seq, None)
+    if not reached:
+        older, _ = _backwards(rotated(path), after_seq, found[-1].seq if found else None)
+        found += older
+    found.reverse()
+    return found
+
+
+def _backwards(path: Path, after_seq: int, below: int | None) -> tuple[list[Event], bool]:
+    """The events of ``path`` above ``after_seq`` (and below ``below``), last first, and
+    whether an event at or under ``after_seq`` was reached."""
     try:
         file = path.open("rb")
     except FileNotFoundError:
-        return []
+        return [], False
     except OSError as exc:
         raise unusable_session_file(path, exc) from exc
     found: list[Event] = []
@@ -89,10 +114,10 @@ def events_after_seq(path: Path, after_seq: int) -> list[Event]:
             if event is None:
                 continue
             if event.seq <= after_seq:
-                break
-            found.append(event)
-    found.reverse()
-    return found
+                return found, True
+            if below is None or event.seq < below:
+                found.append(event)
+    return found, False
 
 
 def by_gseq(events: list[Event], gseqs: dict[int, int]) -> dict[int, Event]:
@@ -113,19 +138,33 @@ def by_gseq(events: list[Event], gseqs: dict[int, int]) -> dict[int, Event]:
     return found
 
 
-def _read_chunk(path: Path, offset: int) -> tuple[bytes, int] | None:
-    """Up to ``_CHUNK`` bytes of ``path`` from ``offset``, and the file's size."""
+def _read_chunk(path: Path, offset: int) -> tuple[bytes, int, int] | None:
+    """Up to ``_CHUNK`` bytes of ``path`` from ``offset``, the file's size and its inode."""
     try:
         with path.open("rb") as file:
-            size = os.fstat(file.fileno()).st_size
-            if offset >= size:
-                return b"", size
+            st = os.fstat(file.fileno())
+            if offset >= st.st_size:
+                return b"", st.st_size, st.st_ino
             file.seek(offset)
-            return file.read(_CHUNK), size
+            return file.read(_CHUNK), st.st_size, st.st_ino
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise unusable_session_file(path, exc) from exc
+
+
+def _rest_of_rotated(path: Path, inode: int, offset: int) -> bytes:
+    """What the file a follower read up to ``offset`` holds past it, when it was rotated
+    (it is ``<name>.1`` now, the same inode): a follower finishes it first."""
+    older = rotated(path)
+    try:
+        with older.open("rb") as file:
+            if os.fstat(file.fileno()).st_ino != inode:
+                return b""
+            file.seek(offset)
+            return file.read()
+    except OSError:
+        return b""
 
 
 async def follow_events(
@@ -146,13 +185,25 @@ async def follow_events(
     pending = b""
     last = after_seq
     retried = -1
+    inode: int | None = None
     while True:
         # Ask before reading: an empty read after stop() turned true means fully drained.
         stopping = stop()
         got = _read_chunk(path, offset)
         data = b""
         if got is not None:
-            data, size = got
+            data, size, now = got
+            if inode is not None and now != inode:
+                # Rotated: the rest of the file read so far, then the new one from its top.
+                rest = (pending + _rest_of_rotated(path, inode, offset)).split(b"\n")
+                for line in rest[:-1]:
+                    event = parse_line(line, path, warn=False)
+                    if event is not None and event.seq > last:
+                        last = event.seq
+                        yield event
+                inode, offset, pending = now, 0, b""
+                continue
+            inode = now
             if size < offset:
                 # The writer cut a crash-truncated line away: re-read from that line's start,
                 # or from the top if the file was replaced (seq dedupe drops repeats).
@@ -202,12 +253,23 @@ async def follow_text(
 
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
     stream = masker.stream() if masker is not None else None
+    inode: int | None = None
     while True:
         stopping = stop()
         got = _read_chunk(path, offset)
         data = b""
         if got is not None:
-            data, size = got
+            data, size, now = got
+            if inode is not None and now != inode:
+                # Rotated: the rest of the file read so far, then the new one from its top.
+                text = decoder.decode(_rest_of_rotated(path, inode, offset))
+                inode, offset = now, 0
+                if stream is not None:
+                    text = stream.feed(text)
+                if text:
+                    yield text
+                continue
+            inode = now
             if size < offset:
                 # Truncated or replaced: start over rather than wait for it to regrow.
                 offset = 0

@@ -39,6 +39,7 @@ from hal9999.hive.threads import (
     notify_deadline,
 )
 from hal9999.store import Store
+from hal9999.tasks.reviewdiff import review_text
 
 DEFAULT_TTL_S = 7 * 86400.0
 """How long a proposal waits for a decision before it expires (and the proposer is told)."""
@@ -230,7 +231,8 @@ async def show(store: Store, approval_id: str, *, limit: int = DIFF_LIMIT) -> di
                                                limit=limit)  # fmt: skip
         except (HalError, OSError) as exc:
             log, diff, cut = "", f"(the commits cannot be shown any more: {exc})", False
-        view.update(commits=log, diff=diff, diff_truncated=cut)
+        # ``diff`` is git's bytes (decoded); ``review`` is what a reader is shown of it.
+        view.update(commits=log, diff=diff, review=review_text(diff), diff_truncated=cut)
         if approval.state == "pending":
             try:
                 view["preview"] = await merge.preview(_range(approval), approval.id)

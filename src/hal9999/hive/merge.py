@@ -33,6 +33,7 @@ from typing import Any
 from hal9999.errors import MergeRefused, RepoError
 from hal9999.procs import kill_group_until_gone
 from hal9999.tasks.gitrepo import _GIT_SAFE, git_message
+from hal9999.tasks.reviewdiff import SHOW_OPTIONS
 
 _ENV = {"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/"}
 # The merge commit is hal's, made on the operator's approval; repository settings that would
@@ -41,8 +42,7 @@ _MERGE_SAFE = [
     "-c", "user.name=hal9999", "-c", "user.email=hal9999@localhost",
     "-c", "commit.gpgSign=false", "-c", "merge.renormalize=false",
 ]  # fmt: skip
-_DIFF = ["diff", "--no-ext-diff", "--no-textconv", "--no-color", "--src-prefix=a/",
-         "--dst-prefix=b/"]  # fmt: skip
+_DIFF = ["diff", *SHOW_OPTIONS]
 _CHANGED = re.compile(r"(\d+) files? changed")
 LOG_LIMIT = 1 << 20
 """The most of a proposal's commit list shown: one commit's message can be gigabytes (a few

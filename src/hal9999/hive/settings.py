@@ -81,6 +81,15 @@ class HiveSettings(BaseModel):
     reminders) older than this are removed; pending ones never."""
     vacuum_interval_s: float = Field(default=3600.0, gt=0)
     """How often the daemon runs the retention job."""
+    agent_files_mb: int = Field(default=256, ge=1)
+    """MiB of one agent's log and event files (its long-lived task's ``agent.log`` and
+    ``events.jsonl``) past which, at the start of its next turn, they are rotated: kept as
+    ``.1``, the older ``.1`` dropped (see docs/hive.md: at most this plus two turns' output
+    on disk)."""
+    self_wake_min_s: float = Field(default=30.0, ge=0)
+    """The least time between the end of an agent's turn and a turn woken by its own
+    reminders alone (other mail wakes it at once): ``remind(in_s=1)`` in every turn cannot
+    make the agent run back to back (0: no wait)."""
 
 
 def hive_settings(config: HalConfig) -> HiveSettings:

@@ -34,8 +34,10 @@ from hal9999.agents.registry import resolve_agent
 from hal9999.errors import HalError, HiveError, TaskNotFound
 from hal9999.events.hive import HiveGuard, TurnFinished
 from hal9999.hive import stats, subtasks, watch
+from hal9999.hive.agentfiles import bound_files
 from hal9999.hive.agents import AgentDir, build_prompt, first_batch, set_state
 from hal9999.hive.broker import OPERATOR, SYSTEM, inbox, mark, send
+from hal9999.hive.selfwake import SelfWakes
 from hal9999.hive.settings import HiveSettings
 from hal9999.hive.store import (
     AgentRecord,
@@ -80,6 +82,7 @@ class HiveLoop:
         self._hold: dict[str, float] = {}
         """Agent name -> monotonic time before which it does not wake (crash backoff)."""
         self._held: set[str] = set()
+        self.self_wakes = SelfWakes(settings.self_wake_min_s)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._budget_told = False
         self.warm: WarmHolds | None = None
@@ -181,9 +184,11 @@ class HiveLoop:
         finally:
             self.turns.pop(name, None)
             # Mail that arrived during the turn (or a crashed turn's) gets a turn of its own;
-            # not after a cancel (the daemon's stop): that turn would begin as it went away.
+            # not after a cancel (the daemon's stop): that turn would begin as it went away;
+            # nor when its own reminders wait for their time (a wake is set for then).
             stopping = (current := asyncio.current_task()) is not None and current.cancelling()
-            if not stopping and await asyncio.to_thread(self._wants_turn, name):
+            held = self.self_wakes.holds(name)
+            if not stopping and not held and await asyncio.to_thread(self._wants_turn, name):
                 self._wake_now(name)
 
     def _abandon(
@@ -254,6 +259,8 @@ class HiveLoop:
         entries = first_batch(await asyncio.to_thread(self.deliver, name))
         if not entries:
             return
+        if self.self_wakes.hold(name, entries, self._wake_now):
+            return  # its own reminders alone, too soon after its last turn
         spent = await asyncio.to_thread(self.over_budget)
         if spent is not None:
             await asyncio.to_thread(self._tell_budget, name, spent)
@@ -274,6 +281,8 @@ class HiveLoop:
         resumes = resolve_agent(agent.agent, self.service.config.agent_settings(agent.agent))
         fresh = agent.task_id is None or not resumes.supports_resume
         prompt = build_prompt(agent, role, entries, first=fresh)
+        if agent.task_id is not None:
+            await bound_files(self.service, agent.task_id, self.settings.agent_files_mb)
         since = time.time()
         after_seq = 0
         if agent.task_id is not None:
@@ -295,6 +304,7 @@ class HiveLoop:
         await asyncio.to_thread(
             self._close, name, turn_id, task, watch.turn_result(task), since, after_seq, ids
         )
+        self.self_wakes.turn_ended(name)
 
     async def _start(self, agent: AgentRecord, prompt: str, turn_id: int) -> str:
         """Start the turn's run under the scheduler; returns the task id."""

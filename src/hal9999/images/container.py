@@ -136,7 +136,9 @@ def _imported_id(reply: str) -> str:
 
 
 def _import(client: Any, tar: Path, name: str) -> str:
-    import docker.errors
+    from hal9999.providers.dockerexec import docker_sdk
+
+    docker = docker_sdk()
 
     try:
         reply = client.api.import_image_from_file(

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from hal9999.config import HalConfig
 from hal9999.errors import ConfigError
+from hal9999.providers.totals import DEFAULT_CONCURRENT
 from hal9999.spec import NetworkMode, Resources
 from hal9999.values import defaults_of, describe, setting_hint, with_others
 
@@ -83,7 +84,7 @@ class SchedulerSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
-    max_concurrent: int = Field(default=8, ge=1)
+    max_concurrent: int = Field(default=DEFAULT_CONCURRENT, ge=1)
     """Tasks running at once over all providers (``HAL_MAX_CONCURRENT``)."""
     max_infra_retries: int = Field(default=5, ge=0)
     """Infrastructure failures (sandbox, provider, process) retried at most this often."""

@@ -132,7 +132,7 @@ class BwrapSandbox(HostSandbox):
         self._net = usernet.prefix(str(directory / RUN_DIR), slirp, userns=userns) if slirp else []
         self._shared_net = shared_net
         namespaces = namespace_args(
-            record,
+            record.uid,
             seccomp_fd=bool(self._seccomp),
             shared_net=shared_net,
             usernet_wired=bool(self._net),
@@ -229,7 +229,7 @@ class BwrapSandbox(HostSandbox):
         its pid on fd 3; no seccomp fd, it outlives its parent, and no /proc of its own
         (:func:`keeper.without_proc`: each command mounts one)."""
         namespaces = namespace_args(
-            self._record,
+            self._record.uid,
             seccomp_fd=False,
             shared_net=self._shared_net,
             usernet_wired=bool(self._net),

@@ -114,16 +114,19 @@ def _parents(target: str) -> list[str]:
 
 
 def namespace_args(
-    record: SandboxRecord,
+    uid: int | None,
     *,
     seccomp_fd: bool,
     shared_net: bool,
     usernet_wired: bool,
     die_with_parent: bool,
+    user_ids: tuple[int, int] | None = None,
 ) -> list[str]:
     """Namespaces, capabilities and the seccomp filter (from the launcher's fd, with
-    ``seccomp_fd``); ``die_with_parent`` for a command, not for a keeper, which outlives
-    the launcher that starts it (:mod:`keeper`).
+    ``seccomp_fd``) of a sandbox whose own host ``uid`` is given when bwrap runs as root;
+    ``die_with_parent`` for a command, not for a keeper, which outlives the launcher that
+    starts it (:mod:`keeper`). ``user_ids``: the uid and gid of the user bwrap runs as (this
+    process's by default; an ssh host's login user there).
 
     Run by an ordinary user, bwrap makes a user namespace mapping that user, and nested ones
     are disabled. Run by root, a user namespace would map the sandbox to host uid 0 (which
@@ -134,13 +137,14 @@ def namespace_args(
     has its own, wired by :mod:`usernet` when ``usernet_wired`` (its launcher runs first).
     """
     network = shared_net
-    if record.uid is None:
+    if uid is None:
         args = ["--unshare-all", "--unshare-user", "--disable-userns"]
         if usernet_wired:
             # Inside the namespaces usernet's `unshare` made: its network, and the user's
             # own ids (there, bwrap's own uid is 0).
             network = True
-            args += ["--uid", str(os.getuid()), "--gid", str(os.getgid())]
+            ids = user_ids or (os.getuid(), os.getgid())
+            args += ["--uid", str(ids[0]), "--gid", str(ids[1])]
         args += ["--share-net"] if network else []
         args += ["--cap-drop", "ALL"]
     else:
@@ -188,15 +192,22 @@ def mount_args(
             args += ["--ro-bind", str(helper), sandboxuser.DROP_HELPER]
     if record.uid is not None and spec.rootfs is not None:
         args += ["--ro-bind", "/usr", sandboxuser.HOST_USR]
-    args += ["--proc", "/proc", "--dev", "/dev"]
-    covered = PROC_COVERED_AS_ROOT if record.uid is not None else ()
-    for name in PROC_READ_ONLY:
-        if name not in covered:
-            args += ["--ro-bind-try", f"/proc/{name}", f"/proc/{name}"]
+    args += proc_args(as_root=record.uid is not None)
     for mount in mounts:
         args += ["--bind" if mount.writable else "--ro-bind", str(mount.source), mount.target]
     # Nothing may be left behind in the root tmpfs: every exec gets a fresh one.
     args += ["--hostname", f"hal-{record.id}", "--remount-ro", "/"]
+    return args
+
+
+def proc_args(*, as_root: bool) -> list[str]:
+    """``/proc`` and ``/dev`` of the sandbox's own, the host-wide writers under ``/proc``
+    read-only (:data:`PROC_READ_ONLY`; those bwrap covers itself when ``as_root``)."""
+    args = ["--proc", "/proc", "--dev", "/dev"]
+    covered = PROC_COVERED_AS_ROOT if as_root else ()
+    for name in PROC_READ_ONLY:
+        if name not in covered:
+            args += ["--ro-bind-try", f"/proc/{name}", f"/proc/{name}"]
     return args
 
 

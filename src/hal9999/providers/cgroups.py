@@ -1,9 +1,13 @@
 """Per-sandbox control groups on cgroup v1 or v2: limits, membership, a reliable kill.
 
 A sandbox's cgroup lives at ``<hierarchy>/hal9999/<sandbox-id>`` (one directory per v1
-hierarchy, one in total on v2). Nothing here moves the calling process: a launcher writes
-itself into :meth:`Cgroup.join_files` before it execs the sandboxed program, so every
-descendant is born inside the group and cannot leave it without privilege.
+hierarchy, one in total on v2). The parent, ``<hierarchy>/hal9999``, carries the totals of
+:func:`hal9999.providers.totals.totals` as its memory and pids limits: whatever each sandbox
+may use, all of them together stay within them.
+
+Nothing here moves the calling process: a launcher writes itself into
+:meth:`Cgroup.join_files` before it execs the sandboxed program, so every descendant is born
+inside the group and cannot leave it without privilege.
 """
 
 
@@ -26,6 +30,8 @@ PARENT = "hal9999"
 """Directory under each hierarchy that holds one cgroup per sandbox."""
 CPU_PERIOD_US = 100_000
 V1_CONTROLLERS = ("memory", "pids", "cpu")
+_parent_written: dict[Path, str] = {}
+"""The limits this process wrote into the parent cgroup, by control file."""
 KILL_DEADLINE = 3.0
 RMDIR_DEADLINE = 1.0
 _ESCAPE = re.compile(r"\\([0-7]{3})")
@@ -269,23 +275,55 @@ class CgroupHost(NamedTuple):
             return CgroupV1(list(dict.fromkeys(dirs.values())), dirs)
         return CgroupV2([self.roots["unified"] / PARENT / name])
 
+    def parent_files(self) -> dict[str, Path]:
+        """The control files of the cgroup holding every sandbox that bound their total
+        (``memory``, ``pids``), where this host offers the controller."""
+        if self.version == 1:
+            files = {"memory": "memory.limit_in_bytes", "pids": "pids.max"}
+            return {c: self.roots[c] / PARENT / f for c, f in files.items() if c in self.roots}
+        parent = self.roots["unified"] / PARENT
+        files = {"memory": "memory.max", "pids": "pids.max"}
+        return {c: parent / f for c, f in files.items() if c in self.controllers}
+
     def _mkdirs(self, name: str, needed: set[str]) -> Cgroup:
         cgroup = self.cgroup(name)
         if self.version == 1:
             for path in cgroup.dirs:
                 path.mkdir(parents=True, exist_ok=True)
+            self._bound_parent()
             return cgroup
         base = self.roots["unified"]
         parent = base / PARENT
         parent.mkdir(exist_ok=True)
         # A child only gets a controller that every ancestor enables for its subtree; enable
-        # just what the limits need, so tracking still works where enabling is refused.
-        enable = " ".join(f"+{c}" for c in sorted(needed))
-        for level in (base, parent) if needed else ():
-            if not needed <= _words(level / "cgroup.subtree_control"):
-                _write(level / "cgroup.subtree_control", enable)
+        # just what the limits need, so tracking still works where enabling is refused. The
+        # parent's own limits need memory and pids enabled in its parent's subtree.
+        bounded = {"memory", "pids"} & self.controllers
+        levels = [(base, needed | bounded), (parent, needed)]
+        for level, wanted in levels:
+            if wanted and not wanted <= _words(level / "cgroup.subtree_control"):
+                _write(level / "cgroup.subtree_control", " ".join(f"+{c}" for c in sorted(wanted)))
+        self._bound_parent()
         cgroup.dirs[0].mkdir(exist_ok=True)
         return cgroup
+
+    def _bound_parent(self) -> None:
+        """Write the totals (:func:`totals.totals`) into the parent's limits, unless this
+        process wrote the same already (one look-up, not two writes, per sandbox)."""
+        from hal9999.providers.totals import totals
+
+        total = totals()
+        values = {
+            "memory": "max" if total.memory_mb is None else str(total.memory_mb << 20),
+            "pids": "max" if total.pids is None else str(total.pids),
+        }
+        for controller, path in self.parent_files().items():
+            value = values[controller]
+            if self.version == 1 and controller == "memory" and value == "max":
+                value = "-1"
+            if _parent_written.get(path) != value:
+                _write(path, value)
+                _parent_written[path] = value
 
 
 def detect(mountinfo: str | None = None) -> CgroupHost | None:

@@ -48,7 +48,7 @@ from hal9999.errors import (
 from hal9999.providers import dockerseccomp, limits, sandboxuser, unfinished
 from hal9999.providers.base import Capabilities, SandboxInfo, SandboxState
 from hal9999.providers.dockerbox import WORKDIR, DockerSandbox
-from hal9999.providers.dockerexec import engine_call, engine_client, host_cli
+from hal9999.providers.dockerexec import docker_sdk, engine_call, engine_client, host_cli
 from hal9999.spec import SandboxSpec
 
 DEFAULT_URL = "unix:///var/run/docker.sock"
@@ -155,6 +155,7 @@ class DockerProvider:
     async def create(self, spec: SandboxSpec) -> DockerSandbox:
         """Create and start a container for ``spec``."""
         self.check(spec)
+        docker_sdk()  # without the SDK, said before anything is recorded
         await self._undo_abandoned()
         sandbox_id = secrets.token_hex(6)
         privileged = sandboxuser.privileged()
@@ -172,7 +173,7 @@ class DockerProvider:
         return await self.get(sandbox_id)
 
     async def _make_container(self, sandbox_id: str, spec: SandboxSpec, uid: int) -> None:
-        from docker.types import Mount
+        Mount = docker_sdk().types.Mount  # the SDK's class
 
         if sandboxuser.privileged():
             writable = [spec.workspace] if spec.workspace else []
@@ -263,7 +264,7 @@ class DockerProvider:
         return path
 
     async def _check_image(self, image: str) -> None:
-        import docker.errors
+        docker = docker_sdk()
 
         try:
             await self.call("image lookup", self.client().images.get, image)
@@ -274,7 +275,7 @@ class DockerProvider:
             ) from exc
 
     async def _inspect(self, sandbox_id: str) -> dict[str, Any]:
-        import docker.errors
+        docker = docker_sdk()
 
         if not ID_PATTERN.fullmatch(sandbox_id):
             raise SandboxNotFound(f"no docker sandbox {sandbox_id!r}")
@@ -386,7 +387,7 @@ class DockerProvider:
                     await dockersnap.undo(self, name)
 
     async def _remove(self, sandbox_id: str) -> None:
-        import docker.errors
+        docker = docker_sdk()
 
         try:
             await self.call(
@@ -473,7 +474,7 @@ def _file_size_limit(disk_mb: int | None) -> list[Any] | None:
     ``nofile`` beyond what its service may grant, so those of scripts/setup-podman.sh go too."""
     if not disk_mb:
         return None
-    from docker.types import Ulimit
+    Ulimit = docker_sdk().types.Ulimit  # the SDK's class
 
     return [
         Ulimit(name="fsize", soft=disk_mb << 20, hard=disk_mb << 20),

@@ -93,15 +93,26 @@ _CLIENTS: dict[str, Any] = {}
 every provider instance and closed only at exit (a client per instance would leak sockets)."""
 
 
-def engine_client(url: str, source: str = "the engine address") -> Any:
-    """The ``docker.DockerClient`` for ``url``; the SDK is imported here only. An address the
-    SDK cannot parse is a ConfigError naming ``source`` (what set it)."""
+def docker_sdk() -> Any:
+    """The docker SDK (``docker`` with its ``errors``, ``types`` and ``utils.socket``),
+    imported on first use; without it (an install without the ``docker`` extra), a
+    :class:`ProviderUnavailable` naming the extra, wherever the provider first needs it."""
     try:
         import docker
+        import docker.errors
+        import docker.types
+        import docker.utils.socket
     except ImportError as exc:
         raise ProviderUnavailable(
             "the docker provider needs the docker SDK", hint=INSTALL_HINT
         ) from exc
+    return docker
+
+
+def engine_client(url: str, source: str = "the engine address") -> Any:
+    """The ``docker.DockerClient`` for ``url``. An address the SDK cannot parse is a
+    ConfigError naming ``source`` (what set it)."""
+    docker = docker_sdk()
     if url not in _CLIENTS:
         # A fixed API version (which Docker and Podman 4+ serve) makes no call here; an engine
         # that does not answer is reported by the first real call, with the provider's hint.
@@ -119,7 +130,7 @@ def engine_client(url: str, source: str = "the engine address") -> Any:
 async def engine_call(url: str, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
     """Run a blocking SDK call to the engine at ``url`` in a thread, its errors mapped to
     hal's (``NotFound`` is left for the caller to judge)."""
-    import docker.errors
+    docker = docker_sdk()
 
     try:
         return await asyncio.to_thread(fn, *args, **kwargs)
@@ -159,8 +170,9 @@ def env_block(env: Mapping[str, str]) -> bytes:
 
 def engine_errors() -> tuple[type[BaseException], ...]:
     """The exceptions the SDK raises for a failed API call or an unreachable engine."""
-    import docker.errors
     import requests.exceptions
+
+    docker = docker_sdk()
 
     return (docker.errors.DockerException, requests.exceptions.RequestException)
 
@@ -230,7 +242,7 @@ class ContainerExec:
     ) -> int:
         """One exec, blocking: create, attach, feed the environment and stdin, demultiplex
         output. Only the kill token and the sandbox id are in the engine's exec record."""
-        from docker.utils.socket import frames_iter
+        frames_iter = docker_sdk().utils.socket.frames_iter
 
         api = self.client.api
         marks = {TOKEN_VAR: token} if token else {}

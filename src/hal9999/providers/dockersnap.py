@@ -26,7 +26,7 @@ from hal9999.providers import limits, unfinished
 from hal9999.providers.base import fork_all
 from hal9999.providers.docker import HOME, LABEL, SPEC_LABEL, STAGING_LABEL, container_name
 from hal9999.providers.dockerbox import DockerSandbox
-from hal9999.providers.dockerexec import engine_errors
+from hal9999.providers.dockerexec import docker_sdk, engine_errors
 from hal9999.spec import SandboxSpec
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ async def snapshot(provider: DockerProvider, sandbox_id: str, name: str | None) 
 async def undo(provider: DockerProvider, step: str) -> None:
     """Remove what the snapshot step of a killed hal left (its note no process holds): its
     staging container and its untagged commit; a snapshot it finished (tagged) stays."""
-    import docker.errors
+    docker = docker_sdk()
 
     with unfinished.taken(provider.state_dir, step) as note:
         if note is None:

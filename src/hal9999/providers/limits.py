@@ -2,10 +2,15 @@
 
 A :class:`Resources` field left unset gets the default below (a sandbox is never unlimited by
 accident); ``0`` asks for no limit. The defaults bound what one runaway task can take from the
-host, while leaving a normal build its room:
+host, and what all of them can take together (:class:`Totals`: the cgroup holding every
+sandbox of hal's has its own memory and pids limits), while leaving a normal build its room:
 
-- ``pids`` 4096: far above what a compiler or test runner forks, far below a fork bomb's need;
-- ``memory_mb`` half the host's RAM: one task cannot push the host into its OOM killer;
+- ``pids`` the total's share of one of the tasks that may run at once (at most 4096, at least
+  256): far above what a compiler or test runner forks, far below a fork bomb's need, and
+  the sandboxes that may run at once cannot use up the host's pids together;
+- ``memory_mb`` the total's share of one task (at most half the host's RAM, at least 512): as
+  many tasks as may run at once, each at its limit, stay within the total, and the total
+  leaves the host its reserve, so no set of tasks pushes the host into its OOM killer;
 - ``cpus`` every core: no slowdown, but a quota the task cannot raise;
 - ``disk_mb`` 20 GiB: workspace, home and scratch together, and no single file larger;
 - ``disk_files`` 1 Mi files (names) in the same places: about the inodes 20 GiB brings on
@@ -19,19 +24,21 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from functools import cache
 from pathlib import Path
 from typing import NamedTuple, Protocol, runtime_checkable
 
 from hal9999.errors import DiskFull, DiskLimitExceeded
+from hal9999.providers.totals import MIN_DEFAULT_MEMORY_MB as MIN_DEFAULT_MEMORY_MB
+from hal9999.providers.totals import MIN_DEFAULT_PIDS, Totals, totals
+from hal9999.providers.totals import host_memory_mb as host_memory_mb
 from hal9999.spec import Resources
 
 DEFAULT_PIDS = 4096
+"""The most pids a sandbox gets by default (less when the total's share is less)."""
 DEFAULT_MEMORY_SHARE = 0.5
-"""Share of the host's RAM a sandbox may use by default."""
+"""Share of the host's RAM a sandbox may use by default, at most."""
 DEFAULT_DISK_MB = 20 << 10
 DEFAULT_DISK_FILES = 1 << 20
-MIN_DEFAULT_MEMORY_MB = 512
 FIRST_DISK_CHECK_S = 1.0
 DISK_CHECK_S = 10.0
 """The watchdog measures after 1 s, then backs off to every 10 s (``du`` walks the tree)."""
@@ -53,20 +60,6 @@ whatever its size, and an agent's millions of empty files (stop 48) fill a disk 
 byte count (``du``, free space) sees filling."""
 
 
-@cache
-def host_memory_mb() -> int | None:
-    """The host's RAM in MiB (None when /proc/meminfo cannot tell)."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                name, _, value = line.partition(":")
-                if name == "MemTotal":
-                    return int(value.split()[0]) >> 10
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def host_cpus() -> float:
     """The cores this process may run on (read each time: ``taskset`` or a cgroup's cpuset
     can change them while hal runs)."""
@@ -77,11 +70,17 @@ def defaults(cpus: float | None = None) -> Resources:
     """The limits a sandbox gets for every field its spec leaves unset (``cpus``: the host's
     cores as the caller read them, else read here)."""
     memory = host_memory_mb()
+    total = totals()
     share = None if memory is None else int(memory * DEFAULT_MEMORY_SHARE)
+    if total.memory_mb is not None:
+        share = min(share or total.memory_mb, total.memory_mb // total.concurrent)
+    pids = DEFAULT_PIDS
+    if total.pids is not None:
+        pids = max(MIN_DEFAULT_PIDS, min(pids, total.pids // total.concurrent))
     return Resources(
         cpus=host_cpus() if cpus is None else cpus,
         memory_mb=None if share is None else max(MIN_DEFAULT_MEMORY_MB, share),
-        pids=DEFAULT_PIDS,
+        pids=pids,
         disk_mb=DEFAULT_DISK_MB,
         disk_files=DEFAULT_DISK_FILES,
     )
@@ -125,9 +124,10 @@ def granted(resources: Resources, offered: frozenset[str], cpus: float | None = 
 
 
 class GrantedLimits:
-    """:func:`granted`, kept by what it depends on: the limits asked, the controllers offered
-    and the host's cores, read again at each look-up (one ``sched_getaffinity``), so a kept
-    answer is never stale; the host's memory is read once a process (:func:`host_memory_mb`).
+    """:func:`granted`, kept by what it depends on: the limits asked, the controllers offered,
+    the totals and the host's cores, read again at each look-up (one ``sched_getaffinity``),
+    so a kept answer is never stale; the host's memory is read once a process
+    (:func:`host_memory_mb`).
     Each sandbox handle and each disk check asks (issue 16: three model validations and the
     host's state read again each time were ~0.1-0.4 ms a task)."""
 
@@ -135,12 +135,12 @@ class GrantedLimits:
     """A daemon sees few distinct limits; a client sending many only empties the cache."""
 
     def __init__(self) -> None:
-        self._kept: dict[tuple[Resources, frozenset[str], float], Resources] = {}
+        self._kept: dict[tuple[Resources, frozenset[str], float, Totals], Resources] = {}
 
     def get(self, resources: Resources, offered: frozenset[str]) -> Resources:
         """What :func:`granted` returns for these, now."""
         cpus = host_cpus()
-        key = (resources, offered, cpus)
+        key = (resources, offered, cpus, totals())
         kept = self._kept.get(key)
         if kept is None:
             if len(self._kept) >= self.MAX_KEPT:
@@ -294,14 +294,24 @@ def full_of(path: Path) -> str | None:
     return None
 
 
+def _file_bytes(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 class DiskWatchdog:
     """Stops a task whose sandbox outgrows its disk limit, or that fills the disk holding
     hal's home. :meth:`check` is called from the loop that follows the agent: free space is a
     ``statvfs`` away and checked every time, the sandbox's use (``du``) now and then."""
 
-    def __init__(self, sandbox: object, home: Path) -> None:
+    def __init__(self, sandbox: object, home: Path, records: Sequence[Path] = ()) -> None:
         self.sandbox = sandbox if isinstance(sandbox, DiskWatched) else None
         self.home = home
+        self.records = records
+        """Host files of the task that count against its disk limit too (its log and
+        events: a hive agent's grow turn after turn)."""
         self.ballast = Ballast(home)
         self._interval = FIRST_DISK_CHECK_S
         self._due = time.monotonic() + self._interval
@@ -340,6 +350,8 @@ class DiskWatchdog:
             return
         began = time.monotonic()
         use = await self.sandbox.disk_use()
+        if self.records:
+            use = use._replace(used_bytes=use.used_bytes + sum(map(_file_bytes, self.records)))
         ended = time.monotonic()
         self._interval = min(self._interval * 2, DISK_CHECK_S)
         walk = min((ended - began) / DISK_CHECK_SHARE, MAX_DISK_CHECK_S)
@@ -357,8 +369,8 @@ class DiskWatchdog:
         if use.limit_bytes is not None and use.used_bytes > use.limit_bytes * room:
             raise DiskLimitExceeded(
                 f"the sandbox holds {use.used_bytes >> 20} MiB of files, over {over}its disk "
-                f"limit of {use.limit_bytes >> 20} MiB (workspace, home and /tmp together)"
-                f"{during}",
+                f"limit of {use.limit_bytes >> 20} MiB (workspace, home and /tmp together"
+                f"{', with its log and events' if self.records else ''}){during}",
                 hint="raise disk_mb under [resources] (0 for no limit), or have the task "
                 "clean up after itself",
             )

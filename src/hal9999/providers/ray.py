@@ -25,12 +25,20 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from hal9999.errors import CapabilityError, ConfigError, HalError, ProviderError, SandboxNotFound
+from hal9999.errors import (
+    CapabilityError,
+    ConfigError,
+    HalError,
+    HostUnreachable,
+    ProviderError,
+    SandboxNotFound,
+)
 from hal9999.providers import rayhost
 from hal9999.providers.base import Capabilities, SandboxInfo, SandboxState
 from hal9999.providers.hostsandbox import check_spec
@@ -64,6 +72,8 @@ class RayConfig(BaseModel):
     """Offer ``network = "host"`` (refused on a node whose Ray ports a sandbox can reach)."""
     call_timeout_s: float = Field(default=60.0, gt=0)
     """Longest wait for a node's answer to anything but a command."""
+    connect_timeout_s: float = Field(default=30.0, gt=0)
+    """Longest wait to join the cluster (its GCS reached, the driver registered)."""
     checkpoint_s: float = Field(default=30.0, gt=0)
     """How often a launched run's writable directories come back to the hal host."""
 
@@ -142,8 +152,17 @@ class RayRecords:
         return sorted(found, key=lambda r: r.created_at)
 
 
-def connect(address: str | None, namespace: str) -> str:
-    """Join the cluster once per process (blocking: call it in a thread); its GCS address."""
+_ADDRESS_HINT = "hal serve --ray HOST:PORT, address in [providers.ray], or HAL_RAY_ADDRESS"
+
+
+def connect(address: str | None, namespace: str, timeout_s: float = 30.0) -> str:
+    """Join the cluster once per process (blocking: call it in a thread); its GCS address.
+    A GCS that refuses or does not take the connection within ``timeout_s`` is a one-line
+    :class:`HostUnreachable` before Ray is asked: Ray itself retries such an address for
+    ever, logging every few seconds."""
+    # Read by Ray's core at its import: its warnings (one every few seconds while a GCS
+    # does not answer) are not the user's to read, hal says in one line what failed.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     try:
         ray = _ray()
     except ImportError as exc:
@@ -153,12 +172,14 @@ def connect(address: str | None, namespace: str) -> str:
     with _CONNECT:
         if not ray.is_initialized():
             if not address:
-                raise ProviderError(
-                    "no Ray cluster address",
-                    hint="hal serve --ray HOST:PORT, address in [providers.ray], "
-                    "or HAL_RAY_ADDRESS",
-                )
+                raise ProviderError("no Ray cluster address", hint=_ADDRESS_HINT)
+            _probe(address, timeout_s)
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+            import logging
+
+            # "SIGTERM handler is not set ..." when joined off the main thread: hal's own
+            # handler is the one that counts there.
+            logging.getLogger("ray").setLevel(logging.ERROR)
             try:
                 ray.init(address=address, namespace=namespace, logging_level="ERROR",
                          log_to_driver=False, configure_logging=False)  # fmt: skip
@@ -168,6 +189,67 @@ def connect(address: str | None, namespace: str) -> str:
                     hint="is `ray start --head` running there?",
                 ) from exc
         return str(ray.get_runtime_context().gcs_address)
+
+
+def _probe(address: str, timeout_s: float) -> None:
+    """Connect to the GCS's port once (closed at once), where Ray will (it joins a loopback
+    address at the node's own IP): a refusal, no route or no answer is a
+    :class:`HostUnreachable` naming the address."""
+    import socket
+
+    target = address.removeprefix("ray://")
+    if target == address:
+        try:
+            from ray._private.services import canonicalize_bootstrap_address
+
+            target = canonicalize_bootstrap_address(address) or address
+        except (ImportError, ValueError, OSError):
+            pass  # the address as given: Ray's own error follows if it differs
+    host, _, port = target.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise _unreachable(address, exc.strerror or str(exc) or type(exc).__name__) from exc
+
+
+def _unreachable(address: str, why: str) -> HostUnreachable:
+    return HostUnreachable(
+        f"cannot reach the Ray cluster at {address}: {why}",
+        hint=f"start it there (`ray start --head`), or give its address ({_ADDRESS_HINT})",
+    )
+
+
+async def _in_daemon_thread(call: Callable[[], str], timeout_s: float, address: str) -> str:
+    """``call()`` in a daemon thread, waited for at most ``timeout_s``: a join Ray never
+    ends (a port that takes the connection and never speaks its protocol) holds neither the
+    caller past its deadline, nor a cancelled run, nor the process's exit, as a thread of
+    the default executor would (the interpreter joins those at its exit)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[str] = loop.create_future()
+
+    def run() -> None:
+        try:
+            result = call()
+        except BaseException as exc:  # handed to the waiter, whatever it is
+            failure = exc
+            loop.call_soon_threadsafe(_settle, done, None, failure)
+            return
+        loop.call_soon_threadsafe(_settle, done, result, None)
+
+    threading.Thread(target=run, name="hal-ray-join", daemon=True).start()
+    try:
+        return await asyncio.wait_for(done, timeout_s)
+    except TimeoutError:
+        raise _unreachable(address, f"no answer within {timeout_s:g} s") from None
+
+
+def _settle(done: asyncio.Future[str], result: str | None, failure: BaseException | None) -> None:
+    if done.done():  # the waiter gave up (its deadline, or it was cancelled)
+        return
+    if failure is not None:
+        done.set_exception(failure)
+    else:
+        done.set_result(str(result))
 
 
 def _env_address() -> str | None:
@@ -206,7 +288,12 @@ class RayProvider:
     # -- the cluster ------------------------------------------------------------------------
     async def _connect(self) -> None:
         if not self._gcs:
-            self._gcs = await asyncio.to_thread(connect, self.address, self.config.namespace)
+            timeout = self.config.connect_timeout_s
+            self._gcs = await _in_daemon_thread(
+                lambda: connect(self.address, self.config.namespace, timeout),
+                timeout,  # the probe's and the join's together
+                self.address or "",
+            )
 
     async def nodes(self) -> dict[str, int]:
         """Alive nodes that take sandboxes: name -> room."""

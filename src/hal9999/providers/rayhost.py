@@ -27,11 +27,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from hal9999.errors import ExecError, HalError, SandboxNotFound
+from hal9999.errors import ExecError, HalError, ProviderError, SandboxNotFound
 from hal9999.providers import hostexec, limits
 from hal9999.providers.base import STDOUT_LIMIT, Command, StreamEvent
 from hal9999.providers.ssh import mirror
 from hal9999.spec import ArgvCommand, Bind, SandboxSpec
+from hal9999.unixsock import own_dir
 
 if TYPE_CHECKING:
     from hal9999.providers.bwrap import BwrapProvider
@@ -90,9 +91,10 @@ class NodeHost:
 
     def __init__(self, node: str, root: str) -> None:
         self.node = node
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.root.chmod(0o700)
+        # In a shared place (/var/tmp by default): never through another user's link, nor
+        # in a directory they made first or can swap (they would hold the mirrors).
+        self.root = own_dir(Path(root), "the Ray node's sandbox mirrors",
+                            "[providers.ray] node_dir", ProviderError, parents=True)  # fmt: skip
         (self.root / "m").mkdir(exist_ok=True, mode=0o711)
         self.local = _node_provider(self.root / "bwrap")
         self.procs: dict[str, asyncio.subprocess.Process] = {}

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         config = RayConfig.model_validate_json(args.config)
         # Joined here, in the main thread: Ray sets its signal handlers only there (and
         # says so on stderr, which is the run's log, when it cannot).
-        connect(config.address, config.namespace)
+        connect(config.address, config.namespace, config.connect_timeout_s)
         return asyncio.run(relay(args))
 
     return relaycore.run_main(body, "ray", errors=(OSError, ValueError))

@@ -124,10 +124,11 @@ def check(*, userns: bool) -> str:
     return found
 
 
-def prefix(run_dir: str, slirp: str, *, userns: bool) -> list[str]:
-    """The argv that runs before bwrap to give its namespace user-mode networking."""
-    unshare = (shutil.which("unshare") or "unshare") if userns else ""
-    return ["/bin/sh", "-c", SCRIPT, "hal-usernet", run_dir, slirp, unshare]
+def prefix(run_dir: str, slirp: str, *, userns: bool, unshare: str | None = None) -> list[str]:
+    """The argv that runs before bwrap to give its namespace user-mode networking;
+    ``unshare``: the program where it runs (found on this host's PATH by default)."""
+    program = (unshare or shutil.which("unshare") or "unshare") if userns else ""
+    return ["/bin/sh", "-c", SCRIPT, "hal-usernet", run_dir, slirp, program]
 
 
 def bwrap_args() -> list[str]:

@@ -23,6 +23,7 @@ from hal9999.providers.base import ExecResult, Sandbox
 from hal9999.spec import ArgvCommand
 from hal9999.tasks import mirror
 from hal9999.tasks.gitrepo import git_message
+from hal9999.tasks.reviewdiff import DIFF_OPTIONS
 from hal9999.tasks.session import HOME_TARGET, Session
 
 logger = logging.getLogger(__name__)
@@ -120,8 +121,7 @@ elif [ "$head" != "$base" ]; then g bundle create --quiet "$out/result.bundle" "
 step "writing the patch"
 if [ "$head" = "$base" ]; then : > "$out/result.patch"
 else
-  g diff --binary --no-ext-diff --no-textconv --no-color --src-prefix=a/ --dst-prefix=b/ \
-    "$base" "$head" > "$out/result.patch"
+  g diff @DIFF_OPTIONS@ "$base" "$head" > "$out/result.patch"
 fi
 printf '%s %s %s\n' "$head" "$committed" "$files"
 """
@@ -135,6 +135,7 @@ runs one git when the base is its snapshot's HEAD, known to have no gitlinks, tw
 (issue 16: was mkdir, three git and awk).
 ``hal-step:`` lines on stderr say which step a failure belongs to.
 """
+COLLECT_SCRIPT = COLLECT_SCRIPT.replace("@DIFF_OPTIONS@", " ".join(DIFF_OPTIONS))
 
 
 class Collected(NamedTuple):

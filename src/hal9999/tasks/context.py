@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from hal9999.agents.parsing import add_counts
 from hal9999.agents.registry import is_template
 from hal9999.config import HalConfig
+from hal9999.errors import AgentFailed
 from hal9999.events.log import EventLog
 from hal9999.events.models import Event, Usage
 from hal9999.pool.settings import network_of, provider_settings, resources_of
@@ -135,6 +136,9 @@ class RunContext:
     collection's ``files_changed``), written with its next status instead of alone (issue
     16: each write is a thread hop and a commit on the task's way); a run that ends without
     one (taken away by another process) writes them at its end."""
+    oom_before: int | None
+    """The sandbox's count of processes its memory limit killed when the agent was started
+    (None: unknown, a provider that does not count them or an adopted run)."""
     owed: list[Callable[[], object]]
     """Blocking host writes the run owes before its next status write, made first in that
     write's thread hop (the record of the branch the bring-back moved: with the final
@@ -190,6 +194,7 @@ class RunContext:
         self.mcp = mcp
         self.session_id = session_id
         self.unsaved = {} if unsaved is None else unsaved
+        self.oom_before = None
         self.owed = []
 
 
@@ -278,6 +283,33 @@ def borrows_objects(task: TaskRecord) -> bool:
     """Whether the task's checkout borrows its objects from a read-only snapshot of the
     source: a local repository in a sandbox that mounts the snapshot (issue 16)."""
     return mounts_objects(task.provider) and task.repo_kind == "local"
+
+
+def oom_count(sandbox: Sandbox | None) -> int | None:
+    """How many processes ``sandbox``'s memory limit has killed, for a provider that counts
+    them (a cgroup's ``oom_kill``); None otherwise."""
+    count = getattr(sandbox, "oom_kills", None)
+    if count is None or getattr(getattr(sandbox, "limits", None), "memory_mb", None) is None:
+        return None
+    try:
+        return int(count())
+    except OSError:
+        return None
+
+
+def memory_killed(ctx: RunContext, agent: str) -> AgentFailed | None:
+    """The error of an agent that ended because its sandbox's memory limit killed one of
+    its processes (a bare status 137 says neither why nor what to raise); None when the
+    limit killed nothing during the run."""
+    after = oom_count(ctx.sandbox)
+    if ctx.oom_before is None or after is None or after <= ctx.oom_before:
+        return None
+    limit = getattr(getattr(ctx.sandbox, "limits", None), "memory_mb", None)
+    return AgentFailed(
+        f"agent {agent} was killed by the sandbox's memory limit ({limit} MiB)",
+        hint="raise memory_mb in [resources] of the config, or HAL_MEMORY_MB; "
+        f"see `hal task logs {ctx.task.id}`",
+    )
 
 
 def offline_warning(config: HalConfig, agent: Agent) -> str:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from hal9999.agents.base import Agent
 from hal9999.errors import TaskTimeout
+from hal9999.events.rotation import with_rotated
 from hal9999.process.base import ProcessManager, read_exit_status
 from hal9999.process.caplog import log_cap_from
 from hal9999.process.supervisor import ended_path
@@ -153,7 +154,8 @@ class FollowSteps(RunnerCore):
         delay = _FIRST_POLL_S
         checked = -_LIVENESS_S if ctx.adopted is not None else time.monotonic()
         heard = time.monotonic()  # when output last came
-        disk = limits.DiskWatchdog(ctx.sandbox, self.config.home)
+        records = with_rotated(ctx.session.log, ctx.session.events)
+        disk = limits.DiskWatchdog(ctx.sandbox, self.config.home, records)
         await disk.start()
         usage = ctx.gateway.usage if ctx.gateway is not None else None
         # Before the first check: no lost wake-up.

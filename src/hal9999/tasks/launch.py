@@ -28,6 +28,7 @@ from hal9999.tasks.context import (
     borrows_objects,
     mounts_objects,
     offline_warning,
+    oom_count,
     process_spec,
     sandbox_spec,
 )
@@ -258,6 +259,7 @@ class LaunchSteps(RunnerCore):
             self.emit(ctx, Message(level="warning", text=offline_warning(self.config, agent)))
         lease = await self.sandboxes.acquire(provider, spec, task.id)
         ctx.sandbox = sandbox = lease.sandbox if lease is not None else await provider.create(spec)
+        ctx.oom_before = oom_count(sandbox)  # a warm sandbox's cgroup counts from before
         warm = lease is not None and lease.warm
         self.emit(ctx, SandboxAcquired(sandbox_id=sandbox.id, provider=sandbox.provider, warm=warm))
         if ctx.gateway is not None:

@@ -17,12 +17,15 @@ from hal9999.process.registry import available_process_managers
 from hal9999.process.registry import load_process_manager as _load_manager
 from hal9999.providers.base import Provider
 from hal9999.providers.registry import GROUP, available_providers, check_table, load_provider
+from hal9999.providers.totals import Totals
 from hal9999.tasks.request import provider_list
 from hal9999.values import every_error
 
 
 def load_provider_for(config: HalConfig, name: str) -> Provider:
-    """The provider ``name`` with its state dir and ``[providers.<name>]`` settings."""
+    """The provider ``name`` with its state dir and ``[providers.<name>]`` settings, and
+    the config's totals in use (the limits every sandbox shares, :func:`use_config_totals`)."""
+    use_config_totals(config)
     paths = HalPaths(config.home)
     return load_provider(
         name,
@@ -30,6 +33,35 @@ def load_provider_for(config: HalConfig, name: str) -> Provider:
         settings=config.providers.get(name),
         origin=config._origin,
     )
+
+
+def use_config_totals(config: HalConfig) -> None:
+    """Use the config's ``[totals]`` in this process (:func:`config_totals`)."""
+    import os
+
+    from hal9999.providers import totals
+
+    totals.use_totals(config_totals(config, os.environ))
+
+
+def config_totals(config: HalConfig, environ: Mapping[str, str]) -> Totals:
+    """The config's ``[totals]``, shared by the tasks that may run at once (``[scheduler]
+    max_concurrent``); refused in one line when one exceeds the host, or a ``[resources]``
+    limit exceeds its total."""
+    from hal9999.pool.settings import scheduler_settings
+    from hal9999.providers import totals
+
+    concurrent = scheduler_settings(config, environ).max_concurrent
+    total = totals.Totals.of(config.totals.memory_mb, config.totals.pids, concurrent)
+    for name in ("memory_mb", "pids"):
+        asked, bound = getattr(config.resources, name), getattr(total, name)
+        if asked and bound is not None and asked > bound:
+            raise ConfigError(
+                f"[resources] {name} = {asked} is more than [totals] {name} = {bound}, "
+                "which every sandbox of hal's shares",
+                hint=f"lower [resources] {name}, or raise [totals] {name} (0: no bound)",
+            )
+    return total
 
 
 def check_provider_tables(config: HalConfig) -> None:
@@ -134,6 +166,7 @@ def section_problems(config: HalConfig, environ: Mapping[str, str]) -> list[HalE
         partial(scheduler_settings, config, environ),
         partial(log_cap_from, environ),
         partial(hive_settings, config),
+        partial(config_totals, config, environ),
     ]  # fmt: skip
     pooled = [name for name, table in config.pool.items() if isinstance(table, dict)]
     for name in dict.fromkeys([*provider_list(config.default_provider), *pooled]):

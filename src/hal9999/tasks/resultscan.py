@@ -21,11 +21,10 @@ from hal9999.redact import SecretMasker
 from hal9999.tasks.collect import RESULT_LIMIT
 from hal9999.tasks.gitrepo import git_message
 from hal9999.tasks.incoming import git_proc
+from hal9999.tasks.reviewdiff import DIFF_OPTIONS
 
-# The same options the sandbox's patch uses (collect.py), pinned against the repository's
-# own diff settings (noprefix, external drivers, colour).
-_DIFF = ["diff", "--binary", "--no-ext-diff", "--no-textconv", "--no-color"]
-_DIFF_FIXED = ["--src-prefix=a/", "--dst-prefix=b/"]
+_DIFF = ["diff", *DIFF_OPTIONS]
+"""The same options the sandbox's patch uses (collect.py)."""
 _CHUNK = agentfs.CHUNK
 _MATCH_CHUNK = 64 << 10
 """The most text one secret match reads at once. A match is one regular expression call,
@@ -308,7 +307,7 @@ async def write_patch(
     limit = PATCH_LIMIT
     try:
         with tmp.open("wb") as out:
-            argv = [*_DIFF, *_DIFF_FIXED, base, incoming, "--"]
+            argv = [*_DIFF, base, incoming, "--"]
             pipes = {"stdin": DEVNULL, "stdout": out, "stderr": PIPE}
             async with git_proc(argv, repo, env, files=limit, **pipes) as proc:
                 _, err = await proc.communicate()

@@ -39,6 +39,7 @@ from hal9999.tasks.context import (
     RunContext,
     Superseded,
     Vanished,
+    memory_killed,
     offline_warning,
     taken_from_us,
 )
@@ -130,7 +131,9 @@ class TaskRunner(LaunchSteps, FollowSteps):
             hint = f"see `hal task logs {task.id}`"
             if offline:
                 hint += f"; {offline_warning(self.config, agent)}"
-            error = AgentFailed(f"agent {agent.name} exited with status {exit_code}", hint=hint)
+            error = memory_killed(ctx, agent.name) or AgentFailed(
+                f"agent {agent.name} exited with status {exit_code}", hint=hint
+            )
             return await self.finish(
                 ctx, TaskStatus.FAILED, started, exit_code, error=error, files=files
             )

@@ -68,6 +68,14 @@ class SshHost(BaseModel):
     def _address(cls, value: str) -> str:
         return check_address(value)
 
+    @field_validator("key_file")
+    @classmethod
+    def _key_file(cls, value: Path) -> Path:
+        # An empty string is Path("."): asyncssh then read the working directory as a key.
+        if str(value) in ("", "."):
+            raise ValueError("key_file is empty: give the path of the private key hal logs in with")
+        return value
+
     @field_validator("user")
     @classmethod
     def _user(cls, value: str) -> str:

@@ -52,6 +52,11 @@ async def connect(
     """A new connection to ``host``; errors mapped to one clear line each."""
     lib = load_asyncssh()
     where = f"{host.user}@{host.address}:{host.port}"
+    if not host.key_file.is_file():  # asyncssh's own words name neither the host nor the key
+        raise ProviderError(
+            f"the key_file of ssh host {host.name!r}, {host.key_file}, is not a readable file",
+            hint=f"give the private key's path in [[providers.ssh.hosts]] name = {host.name!r}",
+        )
     try:
         conn: asyncssh.SSHClientConnection = await lib.connect(
             host.address,
@@ -81,8 +86,15 @@ async def connect(
             f"ssh host {host.name!r} ({where}) refused the key {host.key_file}",
             hint="add its public key to the user's ~/.ssh/authorized_keys on that host",
         ) from exc
-    except (OSError, lib.Error, TimeoutError) as exc:
-        raise HostUnreachable(f"cannot reach ssh host {host.name!r} ({where}): {exc}") from exc
+    except TimeoutError as exc:  # its text is empty
+        raise HostUnreachable(
+            f"cannot reach ssh host {host.name!r} ({where}): no answer within {limit_s:g} s",
+            hint="is sshd running there, and the port right?",
+        ) from exc
+    except (OSError, lib.Error) as exc:
+        raise HostUnreachable(
+            f"cannot reach ssh host {host.name!r} ({where}): {exc or type(exc).__name__}"
+        ) from exc
 
 
 class ConnectionPool:

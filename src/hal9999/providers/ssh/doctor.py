@@ -1,6 +1,7 @@
 """What ``hal doctor`` says of the ``ssh`` and ``lima`` providers: configured, reachable,
-isolated as configured, how many sandboxes. Probes only look: a connection, ``bwrap
---version`` on the host, ``limactl list``; nothing is created or changed."""
+isolated as configured (never as host root), how many sandboxes. Probes only look: a
+connection, ``bwrap --version``, ``id`` and ``command -v`` on the host, ``limactl list``;
+nothing is created or changed."""
 
 from __future__ import annotations
 
@@ -74,13 +75,19 @@ async def _host(pool: ConnectionPool, config: SshConfig, host: SshHost, used: in
     if config.isolation != "bwrap":
         return await _bare(conn, name, f"{where} reachable, isolation {config.isolation}",
                            f"{limits}; {count}")  # fmt: skip
-    code, out, _ = await channel.run(conn, remote.plain([config.bwrap, "--version"]), what="bwrap")
-    if code != 0:
-        return Finding(name, False, f"{where} reachable but has no {config.bwrap}",
-                       "apt-get install bubblewrap on that host")  # fmt: skip
-    version = out.decode().strip()
-    return Finding(name, True, f"{where} reachable, {version} isolates agents; {limits}; "
-                   f"{count}")  # fmt: skip
+    # What create refuses, said here too (a root login above all), and whether
+    # network = "host" (a namespace of its own through slirp4netns) can be given there.
+    probe = remote.plain(["sh", "-c", remote.HOST_FACTS, "hal-facts", config.bwrap])
+    _, out, _ = await channel.run(conn, probe, what="host facts")
+    facts = remote.host_facts(out)
+    refused = facts.bwrap_refused(config.bwrap)
+    if refused is not None:
+        return Finding(name, False, f"{where} reachable but refused: it {refused[0]}", refused[1])
+    missing = facts.network_host_missing()
+    network = ('network "host" through slirp4netns' if missing is None
+               else f'network "host" refused (no {missing} there)')  # fmt: skip
+    return Finding(name, True, f"{where} reachable, {facts.bwrap} isolates agents; {network}; "
+                   f"{limits}; {count}")  # fmt: skip
 
 
 async def _bare(conn: Any, name: str, reached: str, rest: str) -> Finding:

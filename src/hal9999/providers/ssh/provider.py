@@ -16,7 +16,13 @@ import secrets
 import time
 from pathlib import Path
 
-from hal9999.errors import HalError, HostUnreachable, ProviderError, SandboxNotFound
+from hal9999.errors import (
+    CapabilityError,
+    HalError,
+    HostUnreachable,
+    ProviderError,
+    SandboxNotFound,
+)
 from hal9999.providers import seccomp
 from hal9999.providers.base import Capabilities, SandboxInfo
 from hal9999.providers.hostexec import MARKER_VAR
@@ -134,12 +140,13 @@ class SshProvider:
 
     async def _create_on(self, host: SshHost, sandbox_id: str, spec: SandboxSpec) -> SshSandbox:
         conn = await self.pool.get(host)
-        probe = remote.plain(["sh", "-c", remote.HOME_AND_PYTHON])
+        probe = remote.plain(["sh", "-c", remote.HOST_FACTS, "hal-facts", self.config.bwrap])
         code, out, err = await channel.run(conn, probe, what="reading HOME")
-        home, _, python = out.decode().partition("\n")
-        home = home.strip()
+        facts = remote.host_facts(out)
+        home = facts.home
         if code != 0 or not home.startswith("/"):
             raise ProviderError(f"ssh host {host.name!r} has no usable HOME: {err.decode()}")
+        self._check_host(host, facts, spec)
         root = f"{home}/{self.config.remote_dir}/sandboxes/{sandbox_id}"
         mounts = mount_records(spec, root)
         dirs = [m.remote for m in mounts]
@@ -147,8 +154,8 @@ class SshProvider:
             id=sandbox_id, provider=self.name, state="running", spec=spec,
             created_at=time.time(), host=host, root=root, mounts=mounts,
             isolation=self.config.isolation, bwrap=self.config.bwrap,
-            checkpoint_s=self.config.checkpoint_s, reaper=python.strip() == "python3",
-            seccomp=True,
+            checkpoint_s=self.config.checkpoint_s, reaper="python3" in facts.has,
+            seccomp=True, user_ids=None if facts.uid is None else (facts.uid, facts.gid or 0),
         )  # fmt: skip
         # Recorded before anything is made on the host: hal killed after the mkdir leaves a
         # record the next daemon's sweep destroys, never a mirror nothing knows of.
@@ -163,6 +170,23 @@ class SshProvider:
         sandbox = self._handle(record)
         await sandbox.push()
         return sandbox
+
+    def _check_host(self, host: SshHost, facts: remote.HostFacts, spec: SandboxSpec) -> None:
+        """Refuse, in one line, a host where the sandbox would not have a local bwrap
+        sandbox's boundary (:meth:`remote.HostFacts.bwrap_refused`: a root login above
+        all), or lacks what ``network = "host"``'s own namespace needs."""
+        if self.config.isolation != "bwrap":
+            return
+        refused = facts.bwrap_refused(self.config.bwrap)
+        if refused is not None:
+            raise ProviderError(f"ssh host {host.name!r} {refused[0]}", hint=refused[1])
+        missing = facts.network_host_missing() if spec.network == "host" else None
+        if missing is not None:
+            raise CapabilityError(
+                f'network "host" needs {missing} on ssh host {host.name!r}, for the '
+                "sandbox's own network namespace (it never shares the host's)",
+                hint='install it there (slirp4netns, util-linux), or use network "none"',
+            )
 
     def _handle(self, record: SshRecord) -> SshSandbox:
         return SshSandbox(record, self.pool, self.records, self.destroy)

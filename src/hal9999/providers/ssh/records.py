@@ -63,6 +63,9 @@ class SshRecord(BaseModel):
     seccomp: bool = False
     """Whether the sandbox's root holds bwrap's filter (made by a hal of stop 49 or later),
     which every bwrap command then runs under; an older sandbox's commands run as before."""
+    user_ids: tuple[int, int] | None = None
+    """The login user's uid and gid on the host (None: a record of an older hal), which a
+    ``network = "host"`` sandbox's commands run as inside, as a local one's do."""
     reaper: bool = False
     """Whether the host had python3 when the sandbox was made, so a bare command runs under
     :mod:`.reaper`, which ends all it left (nothing left to hunt by marker after it)."""

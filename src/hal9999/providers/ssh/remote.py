@@ -18,9 +18,11 @@ import posixpath
 import re
 import shlex
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from hal9999.errors import ExecError, ProviderError
+from hal9999.providers import bwrapargs, usernet
 
 WRAPPER = (
     "IFS= read -r hal_env || exit 125; "
@@ -48,8 +50,86 @@ BARE = (
 """Without bwrap: run the command in its directory; when it ends, what it left running
 (marked by the command's ``HAL_EXEC``) goes too, as bwrap's pid namespace does."""
 
-HOME_AND_PYTHON = 'printf "%s\n" "$HOME"; command -v python3 >/dev/null 2>&1 && echo python3'
-"""The login HOME, then ``python3`` when the host has it (see :data:`BARE_REAPED`)."""
+HOST_FACTS = (
+    'printf "%s\n" "$HOME"; echo "uid $(id -u)"; echo "gid $(id -g)"; '
+    'for p in python3 slirp4netns unshare; do command -v $p >/dev/null 2>&1 && echo "has $p"; '
+    'done; [ -r /dev/net/tun ] && [ -w /dev/net/tun ] && echo "has tun"; '
+    'v=$("$1" --version 2>/dev/null) && echo "bwrap $v"; true'
+)
+"""What hal needs to know of a host (``$1``: its bubblewrap program), one fact a line: the
+login HOME first, then ``uid N``, ``gid N``, ``has P`` for each of ``python3`` (see
+:data:`BARE_REAPED`), ``slirp4netns``, ``unshare`` and ``tun`` (a ``/dev/net/tun`` the user
+can open) it has, and ``bwrap <its --version>`` (:func:`host_facts` reads it)."""
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What :data:`HOST_FACTS` found on a host."""
+
+    home: str
+    uid: int | None
+    gid: int | None
+    has: frozenset[str]
+    """Which of ``python3``, ``slirp4netns``, ``unshare`` and ``tun`` it has."""
+    bwrap: str | None
+    """What its bubblewrap says it is (``bubblewrap 0.8.0``), None without one."""
+
+    def network_host_missing(self) -> str | None:
+        """What ``network = "host"`` (its own namespace with slirp4netns, as a local bwrap
+        sandbox's) lacks on this host, or None."""
+        if "slirp4netns" not in self.has:
+            return "slirp4netns"
+        if "unshare" not in self.has:
+            return "unshare(1)"
+        return None if "tun" in self.has else "a /dev/net/tun the login user can open"
+
+    def bwrap_refused(self, program: str) -> tuple[str, str] | None:
+        """Why the host cannot give a sandbox a local bwrap sandbox's boundary, and the fix
+        (None: it can): no bubblewrap, a root login (hal switches no uid there, so bwrap
+        would run the agent as host uid 0), or a bubblewrap too old to disable nested user
+        namespaces."""
+        if self.bwrap is None:
+            return f"has no {program} (bubblewrap)", "apt-get install bubblewrap on that host"
+        if self.uid == 0:
+            return ROOT_REFUSED, ROOT_FIX
+        found = re.search(r"(\d+)\.(\d+)", self.bwrap)
+        if found is None or (int(found[1]), int(found[2])) < BWRAP_AT_LEAST:
+            return (
+                f"has {self.bwrap}, older than 0.8: it cannot keep the agent from nesting "
+                "user namespaces",
+                "install bubblewrap 0.8 or later on that host",
+            )
+        return None
+
+
+BWRAP_AT_LEAST = (0, 8)
+"""The first bubblewrap with ``--disable-userns``, which a local sandbox's options hold."""
+ROOT_REFUSED = (
+    "logs in as root: bwrap there would run the agent as host uid 0, with /proc/sys "
+    "writable (hal switches uids only on its own host)"
+)
+ROOT_FIX = 'log in as an ordinary user: user = "..." in [[providers.ssh.hosts]]'
+
+
+def host_facts(out: bytes) -> HostFacts:
+    """:data:`HOST_FACTS`'s output, read defensively (the host is not hal's)."""
+    home, *rest = out.decode(errors="replace").split("\n")
+    facts: dict[str, str] = {}
+    has = set()
+    for line in rest:
+        key, _, value = line.strip().partition(" ")
+        if key == "has":
+            has.add(value)
+        else:
+            facts.setdefault(key, value)
+    ids = [facts.get(key, "") for key in ("uid", "gid")]
+    uid, gid = (int(ids[0]), int(ids[1])) if all(map(_number, ids)) else (None, None)
+    return HostFacts(home.strip(), uid, gid, frozenset(has), facts.get("bwrap"))
+
+
+def _number(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
 
 WITH_REAPER = 'p=$1; shift; command -v python3 >/dev/null 2>&1 && exec python3 -I -S -c "$p" '
 """The start of :data:`BARE_REAPED` and :data:`END`: ``$1`` is :func:`reaper_source`; with
@@ -202,8 +282,14 @@ MAKE_ROOT = 'mkdir -p -m 700 -- "$@" && printf %s "$0" | base64 -d > "$1/seccomp
 """Make a sandbox's root (``$1``) and directories, and write bwrap's filter (``$0``'s
 base64, as :mod:`hal9999.providers.seccomp` builds it) into the root."""
 
-WITH_FILTER = 'f=$1; shift; exec "$@" 9<"$f"'
-"""Exec bwrap (``$@``) with the filter's file (``$1``) open on fd 9, for ``--seccomp 9``."""
+AS_USER = (
+    f'if [ "$(id -u)" = 0 ]; then echo "hal: error: the ssh host {ROOT_REFUSED}" >&2; '
+    'exit 125; fi; f=$1; shift; [ -n "$f" ] || exec "$@"; exec "$@" 9<"$f"'
+)
+"""Exec bwrap (``$@``) with the filter's file (``$1``, none when empty) open on fd 9, for
+``--seccomp 9``; never as root (a sandbox made on the host before it was refused)."""
+USERNET = ("slirp4netns", "unshare")
+"""The programs :mod:`hal9999.providers.usernet`'s wiring runs on the host (on its PATH)."""
 
 
 def bwrap_argv(
@@ -215,18 +301,28 @@ def bwrap_argv(
     tty: bool,
     argv: Sequence[str],
     root: str | None,
+    user_ids: tuple[int, int] | None,
 ) -> list[str]:
-    """bubblewrap on the remote host: all namespaces unshared, read-only system, the mirror's
-    directories bound at their targets, the command last, under the seccomp filter a local
-    bwrap sandbox has (written into ``root`` by :data:`MAKE_ROOT`; none without a ``root``:
-    a sandbox an older hal made). The environment is inherited from the wrapper (bwrap's
-    ``--setenv`` would put values in its argv)."""
-    args = [bwrap, "--unshare-all", "--die-with-parent", "--cap-drop", "ALL"]
-    if root is not None:
-        args = ["sh", "-c", WITH_FILTER, "hal-bwrap", f"{root}/{SECCOMP_FILE}", *args]
-        args += ["--seccomp", "9"]
+    """bubblewrap on the remote host, its namespaces and ``/proc`` as a local bwrap
+    sandbox's of an ordinary user (:mod:`hal9999.providers.bwrapargs`): all namespaces
+    unshared, no nested user namespace, the seccomp filter (written into ``root`` by
+    :data:`MAKE_ROOT`; none without a ``root``: a sandbox an older hal made), ``/proc``'s
+    host-wide writers read-only; with ``network`` a network namespace of its own wired to
+    the outside by slirp4netns (:mod:`hal9999.providers.usernet`, its fifos in the mirror's
+    root), never the host's. Then the read-only system, the mirror's directories bound at
+    their targets, the command last. ``user_ids``: the login user's (None, an older
+    sandbox's record: its own user namespace's root, the login user on the host). The
+    environment is inherited from the wrapper (bwrap's ``--setenv`` would put values in
+    its argv)."""
+    filter_file = f"{root}/{SECCOMP_FILE}" if root is not None else ""
+    args = ["sh", "-c", AS_USER, "hal-bwrap", filter_file]
     if network:
-        args.append("--share-net")
+        args += usernet.prefix(mounts.root, USERNET[0], userns=True, unshare=USERNET[1])
+    args.append(bwrap)
+    args += bwrapargs.namespace_args(
+        None, seccomp_fd=root is not None, shared_net=False, usernet_wired=network,
+        die_with_parent=True, user_ids=user_ids or (0, 0),
+    )  # fmt: skip
     if not tty:
         # Without a terminal of its own, TIOCSTI on an inherited one is the escape to close.
         args.append("--new-session")
@@ -235,7 +331,7 @@ def bwrap_argv(
         args += ["--ro-bind-try", f"/{name}", f"/{name}"]
     for name in ETC:
         args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
-    args += ["--proc", "/proc", "--dev", "/dev"]
+    args += bwrapargs.proc_args(as_root=False)
     for inside, where, writable in mounts.mounts:
         args += ["--bind" if writable else "--ro-bind", where, inside]
     args += ["--dir", "/var", "--symlink", "../tmp", "/var/tmp", "--chdir", cwd, "--", *argv]

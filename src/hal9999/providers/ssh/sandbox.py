@@ -118,7 +118,8 @@ class SshSandbox(MirrorFiles, SandboxHandle):
             network = self.spec.network == "host"
             root = self._record.root if self._record.seccomp else None
             inner = remote.bwrap_argv(self._record.bwrap, self._mounts, cwd=cwd,
-                                      network=network, tty=tty, argv=argv, root=root)  # fmt: skip
+                                      network=network, tty=tty, argv=argv, root=root,
+                                      user_ids=self._record.user_ids)  # fmt: skip
         disk_mb = limits.effective(self.spec.resources).disk_mb
         return ["prlimit", f"--fsize={disk_mb << 20}", "--", *inner] if disk_mb else inner
 

@@ -64,7 +64,7 @@
         el("button", { type: "button", class: "deny", text: "Deny", onclick: decide("deny") })));
     if (approval.kind === "apply") {
       hal.api("GET", "/hive/approvals/" + encodeURIComponent(approval.id)).then((view) => {
-        diff.append(el("pre", { class: "commits", text: view.commits || "" }), hal.renderDiff(view.diff || ""));
+        diff.append(el("pre", { class: "commits", text: view.commits || "" }), hal.renderDiff(view.review || ""));
         if (view.diff_truncated) diff.append(el("p", { class: "muted", text: "(diff cut: see `hal approvals show`)" }));
       }).catch((err) => diff.append(el("p", { class: "error", text: err.message })));
     } else {
