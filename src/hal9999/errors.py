@@ -16,7 +16,8 @@ optional ``hint`` that tells the user how to fix the problem::
     │   └── ThreadNotFound        thread_not_found   exit 3
     ├── RepoError                 repo_invalid       exit 4
     │   ├── SecretInResult        secret_in_result   exit 4
-    │   └── MergeRefused          merge_refused      exit 4
+    │   ├── MergeRefused          merge_refused      exit 4
+    │   └── CheckoutDamaged       checkout_damaged   exit 4
     ├── AgentError                agent_error        exit 5
     │   ├── UnknownAgent          agent_unknown      exit 5
     │   ├── AgentNotInstalled     agent_missing      exit 5
@@ -162,6 +163,12 @@ class MergeRefused(RepoError):
     """An approved branch cannot be merged as shown (conflict, moved, target checked out)."""
 
     code = "merge_refused"
+
+
+class CheckoutDamaged(RepoError):
+    """A session's checkout has no valid ``HEAD`` commit or tree: a resume stops there."""
+
+    code = "checkout_damaged"
 
 
 class AgentError(HalError):

@@ -8,6 +8,7 @@ can be read back after the ``hal`` process that started it is gone.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,9 @@ from hal9999.providers.base import Sandbox
 from hal9999.spec import ProcessSpec
 
 ProcessState = Literal["running", "exited", "missing"]
+STOP_WAIT_S = 120.0
+"""The longest a stop waits for a run to end: past the longest grace a launch asks for
+(:attr:`~hal9999.providers.base.Launch.stop_grace_s`), after which its supervisor kills it."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,9 @@ class ProcessManager(Protocol):
         ...
 
     async def stop(self, spec: ProcessSpec) -> None:
-        """Stop the process and everything it started. Idempotent."""
+        """Stop the process and everything it started, and return once it has ended (a
+        relay's last bring-back of the work included: see :func:`run_ended`), at most
+        :data:`STOP_WAIT_S` later. Idempotent."""
         ...
 
     def attach_command(self, spec: ProcessSpec) -> list[str] | None:
@@ -147,3 +153,32 @@ def process_started(pid: int) -> int | None:
     if fields[0] in (b"Z", b"X", b"x"):
         return None
     return int(fields[19])
+
+
+async def run_ended(exit_path: Path, limit_s: float = STOP_WAIT_S) -> bool:
+    """Wait until the supervisor of the run whose exit file is ``exit_path`` has ended (its
+    :func:`~hal9999.process.runlock.running_path` lock free), at most ``limit_s``;
+    whether it has. From any process: the lock is the supervisor's, not its starter's. A
+    run with no lock file (none started, or a supervisor from before) has ended."""
+    import asyncio
+    import fcntl
+
+    from hal9999.process.runlock import running_path
+
+    try:
+        fd = os.open(running_path(exit_path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return True
+    try:
+        deadline = time.monotonic() + limit_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+            # Polling: another process's lock cannot be awaited as an event here.
+            await asyncio.sleep(0.05)
+    finally:
+        os.close(fd)

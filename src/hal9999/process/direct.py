@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from hal9999.errors import ProcessError
-from hal9999.process.base import ProcessStatus, process_started, read_exit_status
+from hal9999.process.base import STOP_WAIT_S, ProcessStatus, process_started, read_exit_status
 from hal9999.process.forkserver import ForkServerClient, ServerUnavailable
 from hal9999.process.launch import supervised
 from hal9999.process.supervisor import unstarted_path
@@ -141,7 +141,9 @@ class DirectProcessManager:
         pid = self._pid(spec)
         if pid is None:
             return
-        for sig, wait in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 2.0)):
+        # The supervisor kills its command once the launch's grace is over (a relay's is
+        # its last bring-back of the work): SIGKILL here only past the longest of them.
+        for sig, wait in ((signal.SIGTERM, STOP_WAIT_S), (signal.SIGKILL, 2.0)):
             try:
                 os.killpg(pid, sig)
             except ProcessLookupError:

@@ -11,7 +11,7 @@ from pathlib import Path
 from hal9999.errors import CapabilityError, ProcessError
 from hal9999.process.supervisor import ended_path, go_path, unstarted_path
 from hal9999.process.supervisorargv import SUPERVISOR as SUPERVISOR  # tests patch it here
-from hal9999.providers.base import Launch, Sandbox
+from hal9999.providers.base import LOCAL_STOP_GRACE_S, Launch, Sandbox
 from hal9999.providers.hostexec import dies_with_helper
 from hal9999.spec import ProcessSpec
 
@@ -29,9 +29,10 @@ class SupervisedLaunch(Launch):
     armed (:func:`hal9999.process.base.arm_start`) and a claim was asked for."""
 
     def __init__(
-        self, argv: list[str], env: dict[str, str], cwd: Path | None, *, claims: bool = False
-    ) -> None:
-        super().__init__(argv=argv, env=env, cwd=cwd)
+        self, argv: list[str], env: dict[str, str], cwd: Path | None, *, claims: bool = False,
+        stop_grace_s: int = LOCAL_STOP_GRACE_S,
+    ) -> None:  # fmt: skip
+        super().__init__(argv=argv, env=env, cwd=cwd, stop_grace_s=stop_grace_s)
         object.__setattr__(self, "claims", claims)  # frozen, as Launch's fields
 
 
@@ -103,6 +104,7 @@ def supervised(
         options += ["--claim-as", str(claim_as)] if claim_as is not None else []
     if restarts and spec.restart.mode == "on-failure" and spec.restart.max_restarts > 0:
         options += ["--restarts", str(spec.restart.max_restarts)]
+    options += ["--stop-grace", str(inner.stop_grace_s)]
     # The command dies with its supervisor (a `kill -9` of it left the agent running).
     dies = dies_with_helper()
     if dies is not None:
@@ -117,7 +119,8 @@ def supervised(
         "--",
         *inner.argv,
     ]
-    return SupervisedLaunch(argv=argv, env=inner.env, cwd=inner.cwd, claims=claimed)
+    return SupervisedLaunch(argv=argv, env=inner.env, cwd=inner.cwd, claims=claimed,
+                            stop_grace_s=inner.stop_grace_s)  # fmt: skip
 
 
 async def run_host(

@@ -33,7 +33,7 @@ from typing import Any
 from hal9999.envvars import absolute_dir, env_argv
 from hal9999.errors import ProcessError
 from hal9999.process import pm2inside
-from hal9999.process.base import ProcessStatus, read_exit_status
+from hal9999.process.base import STOP_WAIT_S, ProcessStatus, read_exit_status
 from hal9999.process.caplog import beside
 from hal9999.process.launch import run_host, supervised
 from hal9999.providers.base import Sandbox
@@ -132,7 +132,9 @@ class Pm2ProcessManager:
             # task that nothing removed; hal's log is the one kept (see logs()).
             "out_file": "/dev/null",
             "error_file": "/dev/null",
-            "kill_timeout": KILL_TIMEOUT_MS,
+            # The supervisor kills its command once the launch's grace is over (a relay's
+            # is its last bring-back of the work): PM2's SIGKILL only past the longest.
+            "kill_timeout": int(STOP_WAIT_S * 1000),
             "treekill": True,
         }
         if restart:

@@ -24,6 +24,7 @@ import sys
 
 from hal9999.process.caplog import CappedLog, beside
 from hal9999.process.parsedevents import ParsedEvents, load_site
+from hal9999.process.runlock import hold_running
 
 # Every task starts this program, so at run time it imports only what a run uses: no
 # argparse, subprocess, typing or pathlib, and the masker only when there is a secret to mask
@@ -45,7 +46,8 @@ else:
 USAGE = (
     "usage: hal-supervisor --log LOG --exit EXIT [--mask-var NAME]... [--mask-file PATH]... "
     "[--parser AGENT --events PATH] [--log-cap BYTES] [--go FIFO] [--restarts N] "
-    "[--dies-with LAUNCHER] [--claim MARKER [--claim-as PATH]] -- COMMAND..."
+    "[--dies-with LAUNCHER] [--claim MARKER [--claim-as PATH]] [--stop-grace SECONDS] "
+    "-- COMMAND..."
 )
 
 
@@ -245,6 +247,7 @@ class Options:
         self.claim: str | None = None  # the marker taken before the start (claim_start)
         self.claim_as: str | None = None  # where it goes, this process's pid in it
         self.dies_with: str | None = None  # the launcher it dies with (dying_command)
+        self.stop_grace: int | None = None  # seconds a stopped command has, then SIGKILL
         self.command: list[str] = []
 
 
@@ -257,6 +260,7 @@ _VALUES = {
     "--log": "log", "--exit": "exit_file", "--parser": "parser", "--events": "events",
     "--log-cap": "log_cap", "--go": "go", "--dies-with": "dies_with",
     "--restarts": "restarts", "--claim": "claim", "--claim-as": "claim_as",
+    "--stop-grace": "stop_grace",
 }  # fmt: skip
 
 
@@ -282,7 +286,7 @@ def parse_options(argv: list[str]) -> Options:
             value = argv[index]
         if name in _LISTS:
             getattr(options, _LISTS[name]).append(value)
-        elif name in ("--log-cap", "--restarts"):
+        elif name in ("--log-cap", "--restarts", "--stop-grace"):
             try:
                 setattr(options, _VALUES[name], int(value))
             except ValueError:
@@ -362,14 +366,23 @@ def supervise(argv: list[str], environ: dict[bytes, bytes] | None = None) -> int
 
     child = [0]  # the running command's pid (its group's), for the signal handler
     stopped: list[int] = []
+    running = hold_running(args.exit_file)  # released by this process's end, never before
 
     def forward(signum: int, _frame: object) -> None:
         # The child runs in its own session so a terminal's signals reach it only through us.
+        if not stopped and args.stop_grace:
+            # A stopped command has its grace to end by itself (a relay brings the work
+            # back on its way out), then is killed: a stop waits for this process's end.
+            signal.signal(signal.SIGALRM, kill)
+            signal.alarm(args.stop_grace)
         stopped.append(signum)
         try:
             posix.killpg(child[0], signum)
         except ProcessLookupError:
             pass
+
+    def kill(_signum: int, _frame: object) -> None:
+        forward(signal.SIGKILL, None)
 
     restarts = args.restarts
     while True:
@@ -392,6 +405,7 @@ def supervise(argv: list[str], environ: dict[bytes, bytes] | None = None) -> int
         log.write(masked(problem).encode())
     log.close()
     write_exit_status(args.exit_file, status)
+    del running  # held to the end: the process's exit lets go of it
     return status
 
 

@@ -58,7 +58,12 @@ from pathlib import Path
 
 from hal9999.errors import HalError, ProcessError
 from hal9999.process import tmuxearly
-from hal9999.process.base import ProcessStatus, process_started, read_exit_status
+from hal9999.process.base import (
+    ProcessStatus,
+    process_started,
+    read_exit_status,
+    run_ended,
+)
 from hal9999.process.launch import run_host, supervised
 from hal9999.process.supervisor import go_path
 from hal9999.process.tmuxearly import new_session, start_argv
@@ -493,6 +498,9 @@ class TmuxProcessManager:
         elif sock.exists():
             await run_host([*self._base(spec), "kill-server"], check=False)
         sock.unlink(missing_ok=True)
+        # tmux returns once the pane is told: the supervisor ends after its command, a relay
+        # after bringing the work back, which the sandbox must outlast.
+        await run_ended(spec.exit_path)
 
     def attach_command(self, spec: ProcessSpec) -> list[str] | None:
         """``tmux attach`` to the live session."""

@@ -71,6 +71,10 @@ class StreamEvent:
     exit_code: int | None = None
 
 
+LOCAL_STOP_GRACE_S = 5
+"""The grace of a command that works on the session in place (nothing to bring back)."""
+
+
 @dataclass(frozen=True)
 class Launch:
     """A host command line that runs a command inside the sandbox.
@@ -82,6 +86,10 @@ class Launch:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None
+    stop_grace_s: int = LOCAL_STOP_GRACE_S
+    """How long the command has to end by itself once stopped before it is killed: a
+    relay's is long enough for its last bring-back of the work (see
+    :data:`hal9999.providers.relaycore.STOP_GRACE_S`)."""
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from hal9999 import errors
 from hal9999.envvars import env_argv
 from hal9999.errors import ExecError, HalError, ProviderError
+from hal9999.providers import relaycore
 from hal9999.providers.base import STDOUT_LIMIT, Command, ExecResult, Launch, StreamEvent
 from hal9999.providers.ssh import mirror
 from hal9999.pymodule import module_argv
@@ -228,7 +229,8 @@ class RaySandbox:
             argv += ["--cwd", command.cwd]
         host = {name: os.environ[name] for name in RELAY_ENV if name in os.environ}
         return Launch(argv=[*argv, "--", *to_argv(command)],
-                      env=host | {"RAY_USAGE_STATS_ENABLED": "0"} | full)  # fmt: skip
+                      env=host | {"RAY_USAGE_STATS_ENABLED": "0"} | full,
+                      stop_grace_s=relaycore.STOP_GRACE_S)  # fmt: skip
 
     def attach_command(self) -> list[str]:
         """An interactive bash inside, through the relay (its stdin goes to the node)."""

@@ -32,6 +32,12 @@ LOST = 255
 """Exit status when the sandbox's host (node, cluster) could not be reached."""
 FINAL_PULL_S = 60.0
 """How long the last pull may take before the relay ends without it."""
+KILL_S = 20.0
+"""How long ending the command where it runs may take (a host that went silent)."""
+STOP_GRACE_S = int(KILL_S + FINAL_PULL_S) + 10
+"""The grace a relay's launch asks for once stopped (:attr:`Launch.stop_grace_s`): its
+command ended where it runs, then its last pull. Whoever stops a run waits for this before
+the sandbox goes (:func:`hal9999.process.base.run_ended`), or the pull finds it gone."""
 
 
 def arguments(prog: str) -> argparse.ArgumentParser:
@@ -39,8 +45,12 @@ def arguments(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--records", required=True, type=Path)
     parser.add_argument("--id", required=True)
-    parser.add_argument("--env", action="append", default=[],
-                        help="a variable of the command (its value: this environment's)")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        help="a variable of the command (its value: this environment's)",
+    )
     parser.add_argument("--cwd")
     parser.add_argument("command", nargs="+")
     return parser

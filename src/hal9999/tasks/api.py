@@ -206,12 +206,17 @@ class LocalTaskAPI:
         from hal9999.tasks.recovery import resume as resume_task
 
         given = dict(env or {})
-        task = self.service.find(task_id)
-        # The variables the run will read from this shell: refused here, before the task is
-        # queued for a run that could not start (a later daemon would run it without them).
-        self.service.require_resume_env(task, task.env_keys, given, daemon=False)
-        task_id = task.id
-        record, adopted = await resume_task(self.service, task_id, prompt=prompt, env=given)
+
+        def new_run(task: TaskRecord) -> None:
+            # The variables the run will read from this shell: refused before the task is
+            # queued for a run that could not start (a later daemon would run it without
+            # them). An adopted agent has its own already: none is asked for then.
+            self.service.require_resume_env(task, task.env_keys, given, daemon=False)
+
+        task_id = self.service.find(task_id).id
+        record, adopted = await resume_task(
+            self.service, task_id, prompt=prompt, env=given, new_run=new_run
+        )
         if detach:
             args = ["--adopt"] if adopted else [prompt] if prompt else []
             self.spawn(record, args, given)

@@ -8,22 +8,25 @@ link and a bounded size, and copies them into the session root, which no sandbox
 Nothing large passes through memory: the patch and bundle are files, stdout is one line.
 """
 
-
 import asyncio
 import contextlib
+import logging
 import re
 import secrets
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import NamedTuple
 
 from hal9999 import agentfs
-from hal9999.errors import DiskFull, HalError, RepoError, UnsafePath
+from hal9999.errors import CheckoutDamaged, DiskFull, HalError, RepoError, UnsafePath
 from hal9999.providers.base import ExecResult, Sandbox
 from hal9999.spec import ArgvCommand
 from hal9999.tasks import mirror
 from hal9999.tasks.gitrepo import git_message
 from hal9999.tasks.reviewdiff import DIFF_OPTIONS
 from hal9999.tasks.session import HOME_TARGET, Session
+
+logger = logging.getLogger(__name__)
 
 WATCH_S = 1.0
 """How often a running collection is looked at (its disk use, the disk's free space)."""
@@ -148,6 +151,23 @@ class Collected(NamedTuple):
     """Paths of nested repositories or submodules whose work the branch does not carry."""
 
 
+def drop_cut_locks(session: Session, branch: str) -> list[str]:
+    """Remove the git lock files a collection that did not end by itself (cancelled, its
+    sandbox destroyed under it) leaves in the session's checkout: :data:`COLLECT_LOCKS` and
+    the branch's ref lock. Only for such a collection, once no git of the session can be
+    alive (its sandbox is gone): the caller knows both. The checkout is the agent's: no link
+    in it is followed, and only regular files go. Their names, relative to the checkout."""
+    dropped = []
+    try:
+        with agentfs.AgentDir.open(session.workspace) as checkout:
+            for name in (*COLLECT_LOCKS, f".git/refs/heads/{branch}.lock"):
+                if checkout.kind(name) == "file" and checkout.remove(name):
+                    dropped.append(name)
+    except (HalError, OSError) as exc:  # the checkout gone or unreadable: no lock to drop
+        logger.warning("session %s: stale git locks: %s", session.root.name, exc)
+    return dropped
+
+
 def safe_in_session(session: Session) -> str:
     """Where the work is when bringing it back fails, and how to get it by hand."""
     return (
@@ -167,6 +187,7 @@ async def collect(
     full_bundle: bool,
     alongside: Callable[[Collected], Awaitable[object]] | None = None,
     watch: Callable[[], Awaitable[None]] | None = None,
+    ended: Callable[[], object] | None = None,
 ) -> Collected:
     """Inside the sandbox: commit leftovers, point ``branch`` at HEAD, write patch and bundle;
     then copy both into the session (by fd, bounded, fsynced).
@@ -176,7 +197,8 @@ async def collect(
     awaited with it; the patch's error comes first. It is not called for a changed result,
     whose copies come first. ``watch`` is called every :data:`WATCH_S` while the script runs
     (the agent's code runs in it: a clean filter of the checkout's config); what it raises
-    ends the script."""
+    ends the script. ``ended`` is called once the script has ended by itself (not killed:
+    its git let go of every lock; else see :func:`drop_cut_locks`)."""
     out = f".hal-result-{secrets.token_hex(8)}"
     message = f"hal: uncommitted changes left by task {task_id}"
     args = (
@@ -196,6 +218,8 @@ async def collect(
     try:
         running = sandbox.exec(command, timeout=300)
         result = await (running if watch is None else _watched(running, watch))
+        if ended is not None and 0 <= result.exit_code < 128:  # no signal ended it
+            ended()
         line = _RESULT_LINE.fullmatch(result.stdout) if result.ok else None
         unchanged = line is not None and line[4] is not None
         # "Unchanged" is the base itself, with nothing committed, changed or to bundle.
@@ -264,6 +288,8 @@ async def _copied(
         raise UnsafePath(f"collecting the result: {exc.message}", hint=hint) from exc
 
 
+COLLECT_LOCKS = (".git/index.lock", ".git/HEAD.lock")
+"""The lock files the collection's git takes (``add``, ``commit``) besides its branch's."""
 _DISK_FULL = ("no space left on device", "out of diskspace", "disk quota exceeded")
 """How git and the shell say a write found the disk full (ENOSPC, EDQUOT)."""
 
@@ -314,3 +340,28 @@ def _nothing(session: Session, out: str) -> tuple[int, None, tuple[str, ...]]:
 def _remove_out(session: Session, out: str) -> None:
     with agentfs.AgentDir.open(session.home) as home:
         home.remove(out, recursive=True)
+
+
+VERIFY_HEAD = (
+    'git rev-parse --verify -q "HEAD^{commit}" >/dev/null && git cat-file -e "HEAD^{tree}"'
+)
+"""Inside the sandbox: whether the checkout's ``HEAD`` names a commit whose tree is there
+(the agent's checkout is never read by host git)."""
+
+
+async def verify_checkout(sandbox: Sandbox, task_id: str, workspace: Path) -> None:
+    """Refuse to run again over a checkout whose ``HEAD`` commit or tree is missing (work
+    that was not brought back whole): one line, :class:`CheckoutDamaged`, before any agent
+    runs over it or hal says its work is safe."""
+    command = ArgvCommand(argv=("sh", "-c", VERIFY_HEAD), cwd=sandbox.workdir,
+                          env={"GIT_TERMINAL_PROMPT": "0"})  # fmt: skip
+    result = await sandbox.exec(command, timeout=120)
+    if result.ok:
+        return
+    said = git_message(result.stderr) or f"git exited with status {result.exit_code}"
+    raise CheckoutDamaged(
+        f"the session checkout of task {task_id} has no valid HEAD commit ({said}); "
+        "its work did not come back whole",
+        hint=f"what is left is in {workspace}; start again from the task's branch or prompt "
+        f"with `hal run`, or forget it with `hal task rm {task_id}`",
+    )

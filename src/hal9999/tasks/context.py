@@ -99,6 +99,14 @@ class RunContext:
     """The task has variables that may hold secrets: collection marks the patch it scanned
     clean (``run/patch-checked``, see :meth:`TaskService.shown_patch`); a task without any
     never needs the mark, or the inode."""
+    unknown: tuple[str, ...]
+    """Variables of the task that may hold secrets and whose values this process lacks (an
+    adopted run: its agent got them, hal keeps none): the scan cannot clear the patch of
+    them, so it is never marked checked (a reader elsewhere is refused it unless masked)."""
+    collecting: bool
+    """A collection's script runs (or was cut short: it did not end by itself), so its git
+    may have left its locks in the checkout: whoever ends the run drops them once the
+    sandbox is gone (:func:`~hal9999.tasks.collect.drop_cut_locks`)."""
     log_start: int | None
     """Size of the log when this run's agent started (where its output begins)."""
     totals: Totals
@@ -148,6 +156,7 @@ class RunContext:
         on_event: Callable[[Event], None] | None = None,
         mask_names: tuple[str, ...] = (),
         checks_patch: bool = False,
+        unknown: tuple[str, ...] = (),
         log_start: int | None = None,
         totals: Totals | None = None,
         detached: bool = False,
@@ -171,6 +180,8 @@ class RunContext:
         self.on_event = on_event
         self.mask_names = mask_names
         self.checks_patch = checks_patch
+        self.unknown = unknown
+        self.collecting = False
         self.log_start = log_start
         self.totals = Totals() if totals is None else totals
         self.detached = detached

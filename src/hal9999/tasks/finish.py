@@ -141,6 +141,7 @@ async def collect_result(
 
     # An unchanged result is brought back while its empty patch is written (issue 16); a
     # changed one once its copies are made.
+    ctx.collecting = True  # until its script ends by itself (see RunContext.collecting)
     result = await collect.collect(
         sandbox,
         session,
@@ -150,6 +151,7 @@ async def collect_result(
         full_bundle=task.repo_kind == "url",
         alongside=land,
         watch=None if home is None else _watch(sandbox, home),
+        ended=functools.partial(setattr, ctx, "collecting", False),
     )
     if not landed:
         await land(result)
@@ -162,7 +164,7 @@ async def collect_result(
                 f"the result holds the value of one of the task's secrets, in {holder}",
                 hint=f"remove it from the branch's history; {collect.safe_in_session(session)}",
             )
-    if ctx.checks_patch:  # scanned clean: with the final status, in its hop (issue 16)
+    if ctx.checks_patch and not ctx.unknown:  # scanned clean: with the final status
         ctx.owed.append(session.patch_checked.touch)
     if brought is not None and brought.moved_aside:
         ctx.task = await update(task.id, branch=brought.branch)

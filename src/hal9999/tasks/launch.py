@@ -22,7 +22,7 @@ from hal9999.process.caplog import log_cap_from
 from hal9999.providers.base import Provider, Sandbox
 from hal9999.providers.hostread import write_text
 from hal9999.spec import ProcessSpec, SandboxSpec
-from hal9999.tasks import gitrepo, mirror
+from hal9999.tasks import collect, gitrepo, mirror
 from hal9999.tasks.context import (
     RunContext,
     borrows_objects,
@@ -366,6 +366,8 @@ class LaunchSteps(RunnerCore):
         16), which it is when nothing here comes after it."""
         task, session = ctx.task, ctx.session
         cloned = task.base_commit is None
+        if not cloned:
+            await collect.verify_checkout(sandbox, task.id, session.workspace)
         if task.base_commit is None:
             base = await (checkout if checkout is not None else self.checkout(ctx, snap))
             # Recorded with `running` (a write fewer): should the run end before, no agent

@@ -425,6 +425,7 @@ async def resume(
     env: Mapping[str, str] | None = None,
     take_sandbox: Callable[[TaskRecord], Awaitable[Sandbox | None]] | None = None,
     named: Callable[[str], None] | None = None,
+    new_run: Callable[[TaskRecord], None] | None = None,
 ) -> tuple[TaskRecord, Adopted | None]:
     """Resume a resting task. When its runner died but its agent lives (or has ended and
     not been collected), the agent is adopted rather than started again: the returned
@@ -434,6 +435,8 @@ async def resume(
     ``named`` is told the task's id before a new run is queued (``prepare_resume``). A new
     ``prompt`` holding the value of one of the task's secrets (from ``env``, the variables
     the resume was given, or this process's environment) is refused, naming the variable.
+    ``new_run`` checks a task that will run again (not an adoption: a live agent needs
+    none of its variables' values) before anything of it is touched; it raises to refuse.
     """
     take = take_sandbox or (lambda task: _live_sandbox(service, task))
     # The database work runs in threads: in a daemon this is on its event loop.
@@ -467,6 +470,8 @@ async def resume(
                     f"the agent of task {task.id} is still running but its sandbox is gone",
                     hint=f"stop it with `hal task stop {task.id}`, then resume",
                 )
+        if new_run is not None:
+            new_run(task)
         if task.status == TaskStatus.INTERRUPTED or (task.sandbox_id and task.status in RESTING):
             # What the dead runner left (an ended agent's tmux server, the old sandbox with
             # the workspace mounted) goes before a new run starts over the workspace; so does

@@ -29,10 +29,12 @@ from hal9999.errors import (
 )
 from hal9999.events.models import Phase, TaskEnd
 from hal9999.process import pm2inside
+from hal9999.process.base import run_ended
 from hal9999.providers.base import Provider, Sandbox
 from hal9999.providers.limits import release_if_full
 from hal9999.store import TaskRecord
 from hal9999.tasks import finish
+from hal9999.tasks.collect import drop_cut_locks
 from hal9999.tasks.context import (
     RunContext,
     Superseded,
@@ -198,8 +200,16 @@ class TaskRunner(LaunchSteps, FollowSteps):
                     # A task stopped or cancelled from outside: whoever did it destroys the
                     # sandbox too, so it must not go back to the pool for the next task.
                     taken = now is None or taken_from_us(now)
+                    if taken and ctx.pspec is not None:
+                        # Its stopper stops the run (and waits for it): the sandbox goes only
+                        # once the run has ended, a relay's last bring-back of the work with it.
+                        await run_ended(ctx.pspec.exit_path)
                     await self.release(provider, ctx.sandbox, reuse=not taken)
                     left["sandbox_id"] = None
+                    if ctx.collecting and (now is None or now.runner_pid in (None, os.getpid())):
+                        # Its sandbox gone, no git of the session lives: a collection cut
+                        # short (a Ctrl-C) leaves no lock for the next run to meet.
+                        await asyncio.to_thread(drop_cut_locks, ctx.session, task.branch)
             if ctx.session_id is not None:  # a run cut short between a pump and its save
                 left["agent_session_id"] = ctx.session_id
                 ctx.session_id = None

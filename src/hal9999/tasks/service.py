@@ -36,6 +36,7 @@ from hal9999.tasks import gitrepo, mirror
 from hal9999.tasks.alive import runner_alive
 from hal9999.tasks.bringback import forget_incoming
 from hal9999.tasks.claim import claim
+from hal9999.tasks.collect import drop_cut_locks
 from hal9999.tasks.context import Adopted, RunContext, process_spec
 from hal9999.tasks.plugins import (
     check_provider_tables,
@@ -289,6 +290,13 @@ class TaskService(TaskSecrets):
             task = await asyncio.to_thread(claim, self.store, task_id, handed_from=handed_from)
         given = dict(given_env or {})
         forwarded = [name for name in task.env_keys if name not in given]
+        unknown: tuple[str, ...] = ()
+        if adopted is not None:
+            # Its agent runs with its environment already: carrying it on needs none of the
+            # values (a daemon after a crash has none: they are never stored). Those this
+            # process has mask its output; the others it cannot (see RunContext.unknown).
+            unknown = tuple(name for name in forwarded if name not in self.environ)
+            forwarded = [name for name in forwarded if name not in unknown]
         secrets_env = {**forwarded_env(forwarded, self.environ), **given}
         # Config secrets are forwarded when set (not required, unlike --env and --secret).
         for name in self.config.secrets:
@@ -309,6 +317,7 @@ class TaskService(TaskSecrets):
                 on_event=on_event,
                 mask_names=tuple(sorted(found)),
                 checks_patch=bool(names),
+                unknown=tuple(name for name in unknown if name in names),
                 adopted=adopted,
                 retry=retry,
             )
@@ -371,6 +380,10 @@ class TaskService(TaskSecrets):
             killed = not never_ran(halted.model_copy(update={"status": previous}))
             if killed:
                 await self.kill(task)
+            if killed and previous == TaskStatus.COLLECTING:
+                # Its sandbox gone, no git of the session lives: a collection cut short
+                # leaves no lock for the next run to meet.
+                await asyncio.to_thread(drop_cut_locks, self.session(task), task.branch)
             events.emit(TaskEnd(status=target.value, error_code=None, error=reason))
         return await asyncio.to_thread(self.store.get_task, halted.id) if killed else halted
 

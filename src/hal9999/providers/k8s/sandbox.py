@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict
 
 from hal9999.envvars import env_argv
 from hal9999.errors import CloudNotFound, ExecError
-from hal9999.providers import limits
+from hal9999.providers import limits, relaycore
 from hal9999.providers.base import (
     STDOUT_LIMIT,
     Command,
@@ -267,7 +267,8 @@ class KubeSandbox(MirrorFiles, SandboxHandle):
             argv += ["--env", name]
         if command.cwd:
             argv += ["--cwd", command.cwd]
-        return Launch(argv=[*argv, "--", *to_argv(command)], env=full)
+        return Launch(argv=[*argv, "--", *to_argv(command)], env=full,
+                      stop_grace_s=relaycore.STOP_GRACE_S)  # fmt: skip
 
     def attach_command(self) -> list[str]:
         """An interactive bash in the pod through the relay (no terminal: the exec stream

@@ -129,7 +129,7 @@ class _SshRun:
         seconds)."""
         self.pool.forget_name(self.record.host.name, force=lost)
         with contextlib.suppress(HalError, TimeoutError):
-            async with asyncio.timeout(20):
+            async with asyncio.timeout(relaycore.KILL_S):
                 conn = await self.pool.get(self.record.host)
                 await channel.kill_marked(conn, EXEC_MARKER_VAR, self.token)
                 await channel.kill_marked(conn, EXEC_MARKER_VAR, session.inner_token(self.token))

@@ -18,7 +18,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 
 from hal9999.envvars import env_argv
 from hal9999.errors import ExecError, HalError
-from hal9999.providers import limits
+from hal9999.providers import limits, relaycore
 from hal9999.providers.base import STDOUT_LIMIT, Command, ExecResult, Launch, StreamEvent
 from hal9999.providers.handle import SandboxHandle, collect
 from hal9999.providers.hostexec import EXEC_MARKER_VAR, MARKER_VAR
@@ -263,7 +263,8 @@ class SshSandbox(MirrorFiles, SandboxHandle):
             argv += ["--env", name]
         if command.cwd:
             argv += ["--cwd", command.cwd]
-        return Launch(argv=[*argv, "--", *to_argv(command)], env=full)
+        return Launch(argv=[*argv, "--", *to_argv(command)], env=full,
+                      stop_grace_s=relaycore.STOP_GRACE_S)  # fmt: skip
 
     def attach_command(self) -> list[str]:
         """An interactive bash inside, through the relay (a terminal when the caller has one)."""

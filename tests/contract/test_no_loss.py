@@ -1,0 +1,270 @@
+"""No work is lost by a stop, on every path and every provider that runs here: an agent
+commits, leaves a file uncommitted and works on; the task is stopped through the task API
+mid-run; the session's checkout then holds both, its ``HEAD`` and objects whole, and a
+resume carries the same work on to the task's branch."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.cli.conftest import git
+from tests.contract.conftest import TaskPath
+
+from hal9999.store import TaskRecord
+
+pytestmark = [pytest.mark.tmux, pytest.mark.slow, pytest.mark.timeout(420)]
+
+WORK_AGENT = """#!/bin/sh
+# A resumed run finds the work of the stopped one, says so and ends.
+if [ -f uncommitted.txt ] && git log --format=%s | grep -qx "agent commit"; then
+    echo "RESUMED-WITH-THE-WORK"
+    exit 0
+fi
+i=0
+while [ $i -lt 300 ]; do echo "line $i" > "made-$i.txt"; i=$((i + 1)); done
+git add -A
+git -c user.name=agent -c user.email=agent@example.invalid commit -qm "agent commit"
+echo "left for the collection" > uncommitted.txt
+echo "WORK-""DONE"
+exec sleep 600
+"""
+"""Commits many files (objects a cut pull would lose), leaves one uncommitted, then works
+on until it is stopped; run again, it ends at once when the work is there."""
+AGENT = "sh work_agent.sh"
+WORK_TIMEOUT_S = 240.0
+
+
+def plant_agent(repo: Path) -> None:
+    """The working agent, committed to the task's repo."""
+    (repo / "work_agent.sh").write_text(WORK_AGENT)
+    git(repo, "add", "work_agent.sh")
+    git(repo, "commit", "-qm", "working agent")
+
+
+def checkout_problems(workspace: Path) -> list[str]:
+    """What is wrong with the session's checkout: a ``HEAD`` that is not a commit, objects
+    missing, the agent's commit or its uncommitted file absent (empty when all is there)."""
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["git", "-c", "safe.directory=*", "-C", str(workspace), *args],
+                              capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+
+    problems = []
+    head = run("rev-parse", "--verify", "HEAD^{commit}")
+    if head.returncode != 0:
+        return [f"HEAD: {head.stderr.strip()}"]
+    fsck = run("fsck", "--connectivity-only", "--no-dangling")
+    if fsck.returncode != 0:
+        problems.append(f"fsck: {fsck.stderr.strip()[-500:]}")
+    subjects = run("log", "--format=%s").stdout.splitlines()
+    if "agent commit" not in subjects:
+        problems.append(f"the agent's commit is not in HEAD's history: {subjects}")
+    if not (workspace / "uncommitted.txt").is_file():
+        problems.append("the uncommitted file is gone")
+    return problems
+
+
+async def wait_for(check: Callable[[], bool], what: str, timeout: float) -> None:
+    """Poll ``check`` until it holds (or fail naming ``what``)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.2)
+
+
+def log_has(record: TaskRecord, text: str) -> bool:
+    """Whether the task's log (every run's) holds ``text``."""
+    try:
+        return text in (Path(record.session_dir) / "agent.log").read_text(errors="replace")
+    except OSError:
+        return False
+
+
+IN_FLIGHT = frozenset({"queued", "provisioning", "preparing", "running", "collecting"})
+
+
+async def settled(path: TaskPath, task_id: str, timeout: float = WORK_TIMEOUT_S) -> TaskRecord:
+    """The task once no run of it is in flight."""
+    deadline = time.monotonic() + timeout
+    while (task := await path.api.get(task_id)).status in IN_FLIGHT:
+        assert time.monotonic() < deadline, f"task {task_id} still {task.status}"
+        await asyncio.sleep(0.3)
+    return task
+
+
+async def started(path: TaskPath, agent: str, provider: str, sign: Callable[[TaskRecord], bool],
+                  what: str) -> TaskRecord:  # fmt: skip
+    """A task of ``agent`` on ``provider`` started on the path, once ``sign`` holds for it."""
+    # `hal run --detach`: its runner is a hal process (a detached one, or the daemon, which
+    # the path's API starts first).
+    assert path.api is not None
+    out = path.hal("run", "--detach", "--json", "--provider", provider, "--agent", agent, "work")
+    assert out.returncode == 0, out.stderr[-2000:]
+    task = await path.api.get(json.loads(out.stdout)["id"])
+    deadline = time.monotonic() + WORK_TIMEOUT_S
+    while not sign(task):
+        task = await path.api.get(task.id)
+        assert task.status in IN_FLIGHT, (task.status, task.error_message)
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.2)
+    return task
+
+
+async def stop_mid_run(path: TaskPath, provider: str) -> TaskRecord:
+    """Run the working agent on ``provider``, stop it once its work is done; the record."""
+    plant_agent(path.repo)
+    task = await started(path, AGENT, provider, lambda t: log_has(t, "WORK-DONE"),
+                         "the agent's work")  # fmt: skip
+    stopped = await path.api.stop(task.id)
+    assert stopped.status == "stopped", (stopped.status, stopped.error_message)
+    ended = await settled(path, task.id)
+    assert ended.status == "stopped", (ended.status, ended.error_message)
+    return stopped
+
+
+def ssh_config(server: Any) -> str:
+    """The test sshd as the ssh provider's one host, checkpoints off (the stop's own pull
+    is what brings the work back)."""
+    entry = server.host_entry()
+    lines = [f"{key} = {json.dumps(value)}" for key, value in entry.items()]
+    return ("[providers.ssh]\ncheckpoint_s = 3600\n\n[[providers.ssh.hosts]]\n"
+            + "\n".join(lines) + "\n")  # fmt: skip
+
+
+@pytest.mark.ssh
+async def test_a_stop_keeps_the_work_on_ssh(task_path: TaskPath, sshd_server: Any) -> None:
+    task_path.config_file.write_text(ssh_config(sshd_server))
+    await stopped_work_is_whole(task_path, "ssh")
+
+
+@pytest.mark.bwrap
+async def test_a_stop_keeps_the_work_on_bwrap(task_path: TaskPath) -> None:
+    await stopped_work_is_whole(task_path, "bwrap")
+
+
+async def test_a_stop_keeps_the_work_on_local(task_path: TaskPath) -> None:
+    task_path.config_file.write_text('[pool.local]\nnetwork = "host"\n')  # it has no other
+    await stopped_work_is_whole(task_path, "local")
+
+
+@pytest.mark.ssh
+async def test_a_stop_keeps_the_work_on_morph(
+    fake_morph: Any, fake_morph_settings: dict[str, Any], task_path: TaskPath
+) -> None:
+    # The fake Morph API runs in this process: the daemon reaches it on loopback.
+    # Its URL in the config: the path's home drops every HAL_* variable of the shell.
+    settings = {**fake_morph_settings, "api_url": fake_morph.url}
+    lines = [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
+    task_path.config_file.write_text(
+        "[providers.morph]\n" + "\n".join(lines) + '\n\n[pool.morph]\nnetwork = "host"\n'
+    )
+    await stopped_work_is_whole(task_path, "morph")
+
+
+async def stopped_work_is_whole(path: TaskPath, provider: str) -> None:
+    """The body: stop mid-run, the checkout whole, a resume finds the work."""
+    stopped = await stop_mid_run(path, provider)
+    workspace = Path(stopped.session_dir) / "workspace"
+    assert checkout_problems(workspace) == [], f"{path.name}/{provider}: the stop lost work"
+    resumed = await path.api.resume(stopped.id)
+    assert resumed.status == "succeeded", (resumed.status, resumed.error_message)
+    assert log_has(resumed, "RESUMED-WITH-THE-WORK")
+    branch = resumed.branch
+    assert git(path.repo, "show", f"{branch}:uncommitted.txt") == "left for the collection"
+    assert git(path.repo, "show", f"{branch}:made-299.txt") == "line 299"
+
+
+STALLING_AGENT = """#!/bin/sh
+echo run >> runs.log
+# The collection's `git add` runs this filter on result.txt, holding the index lock: the
+# first time it waits (the test cancels meanwhile), then it passes the file through.
+git config filter.wait.clean \\
+  '[ -e .git/once ] && exec cat; touch .git/once; sleep 120; cat'
+mkdir -p .git/info && echo 'result.txt filter=wait' > .git/info/attributes
+echo done > result.txt
+"""
+"""An agent whose first collection stalls in ``git add`` (the index locked)."""
+GIT_LOCKS = ("index.lock", "HEAD.lock")
+
+
+def locks_in(workspace: Path) -> list[str]:
+    """The git lock files in the checkout's git directory."""
+    return sorted(str(p.relative_to(workspace)) for p in (workspace / ".git").rglob("*.lock"))
+
+
+@pytest.mark.bwrap
+@pytest.mark.parametrize("how", ["api", "sigint", "sigterm"])
+async def test_a_cancel_while_collecting_leaves_no_lock_and_resume_collects(
+    task_path: TaskPath, how: str
+) -> None:
+    (task_path.repo / "stall_agent.sh").write_text(STALLING_AGENT)
+    git(task_path.repo, "add", "stall_agent.sh")
+    git(task_path.repo, "commit", "-qm", "stalling agent")
+
+    def stalled(task: TaskRecord) -> bool:
+        return (Path(task.session_dir) / "workspace" / ".git" / "once").exists()
+
+    if how == "api":
+        task = await started(task_path, "sh stall_agent.sh", "bwrap", stalled,
+                             "the collection's git add")  # fmt: skip
+        cancelled = await task_path.api.cancel(task.id)
+        assert cancelled.status == "cancelled", cancelled.status
+    else:  # `hal run` in the foreground, told to end (a Ctrl-C to hal alone, a SIGTERM)
+        caller = subprocess.Popen(  # noqa: ASYNC220 - signalled, then waited in a thread
+            [sys.executable, "-m", "hal9999", "run", "--provider", "bwrap", "--agent",
+             "sh stall_agent.sh", "stall"], cwd=task_path.repo, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + WORK_TIMEOUT_S
+            while not (tasks := await task_path.api.list()) or not stalled(tasks[0]):
+                assert caller.poll() is None, caller.communicate()[1]
+                assert time.monotonic() < deadline, "timed out waiting for the collection"
+                await asyncio.sleep(0.2)
+            task = tasks[0]
+            caller.send_signal(signal.SIGINT if how == "sigint" else signal.SIGTERM)
+            await asyncio.to_thread(caller.wait, WORK_TIMEOUT_S)
+        finally:
+            if caller.poll() is None:
+                caller.kill()
+            caller.communicate()
+    ended = await settled(task_path, task.id)
+    assert ended.status == "cancelled", (ended.status, ended.error_message)
+    workspace = Path(task.session_dir) / "workspace"
+    assert locks_in(workspace) == [], f"{task_path.name}/{how}: a lock is left in the session"
+    resumed = await task_path.api.resume(task.id)
+    assert resumed.status == "succeeded", (resumed.status, resumed.error_message)
+    assert git(task_path.repo, "show", f"{resumed.branch}:result.txt") == "done"
+
+
+@pytest.mark.bwrap
+async def test_a_resume_over_a_checkout_without_its_head_says_so(task_path: TaskPath) -> None:
+    plant_agent(task_path.repo)
+    task = await started(task_path, AGENT, "bwrap", lambda t: log_has(t, "WORK-DONE"),
+                         "the agent's work")  # fmt: skip
+    await task_path.api.stop(task.id)
+    stopped = await settled(task_path, task.id)
+    workspace = Path(stopped.session_dir) / "workspace"
+    # The commit HEAD names is gone (a bring-back cut short loses objects like this).
+    head = subprocess.run(
+        ["git", "-c", "safe.directory=*", "-C", str(workspace), "rev-parse", "HEAD"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.strip()  # fmt: skip
+    loose = workspace / ".git" / "objects" / head[:2] / head[2:]
+    loose.chmod(0o600)
+    loose.unlink()
+    resumed = await task_path.api.resume(stopped.id)
+    assert resumed.status == "failed", resumed.status
+    assert resumed.error_code == "checkout_damaged", (resumed.error_code, resumed.error_message)
+    message = resumed.error_message or ""
+    assert "no valid HEAD commit" in message and "\n" not in message, message
+    assert not log_has(resumed, "RESUMED-WITH-THE-WORK"), "no agent ran over it"
