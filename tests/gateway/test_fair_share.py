@@ -154,4 +154,3 @@ async def test_a_stream_whose_agent_reads_nothing_for_too_long_is_cut(
     rows = gw.store.gateway_requests("a")
     assert [(r.status, r.error) for r in rows] == [(200, "agent_stalled")], rows
     assert rows[0].output_tokens, "the cut call's usage was read to its end and recorded"
-
