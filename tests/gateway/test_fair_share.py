@@ -72,7 +72,7 @@ async def test_a_task_flooding_the_upstream_does_not_queue_ahead_of_another_task
     ) as many:  # fmt: skip
         calls = [asyncio.create_task(call(many, flooder.token)) for _ in range(flood)]
         await until(lambda: len(gw.inflight.get(flooder.token, ())) == flood, "A's calls held")
-        await until(lambda: len(llm_server.requests.model_calls()) == SLOTS, "A holds the slots")
+        await until(lambda: len(llm_server.requests.model_calls()) >= SLOTS, "A holds the slots")
         answer, took = await timed(lambda: call(http, other.token))
         assert answer.status_code == 200, answer.text
         assert took < BOUND_S, f"B's call took {took:.1f}s behind A's {flood} calls"
@@ -117,7 +117,7 @@ async def test_streams_a_task_never_reads_do_not_hold_the_upstream_from_another_
     gw.register(other)
     unread = [_unread_stream(sock, reader.token) for _ in range(SLOTS)]
     try:
-        await until(lambda: len(llm_server.requests.model_calls()) == SLOTS, "A holds the slots")
+        await until(lambda: len(llm_server.requests.model_calls()) >= SLOTS, "A holds the slots")
         async with client(sock) as http:
             answer, took = await timed(lambda: call(http, other.token))
         assert answer.status_code == 200, answer.text
