@@ -93,6 +93,8 @@ class Script:
     anchor: str | None = None
     max_model_calls: int = 100
     """Model calls past this many get HTTP 400, so an agent stuck in a loop stops."""
+    latency_s: float = 0.0
+    """Seconds each model call waits before its answer starts (a slow upstream)."""
 
     def turn_at(self, index: int) -> Turn:
         """The turn to send when the request already carries `index` assistant turns."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import gzip
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -173,6 +174,8 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             turn, side = script.select(index, wire.offered_tools(body))
         self._record(body, api=wire.name, turn_index=index, side=side)
+        if script.latency_s:
+            time.sleep(script.latency_s)
         self._send(wire.render(body, turn, index or 0, script.model))
 
     def _read_body(self) -> bytes:

@@ -42,7 +42,7 @@ from hal9999.gateway.inflight import (
     reservation,
 )
 from hal9999.gateway.ledger import Ledger
-from hal9999.gateway.limits import RETRY_STATUSES, UpstreamLimiter, retry_after_s
+from hal9999.gateway.limits import RETRY_STATUSES, Slot, UpstreamLimiter, retry_after_s
 from hal9999.gateway.model import ModelRequest, Unreadable, check_metered, read_model
 from hal9999.gateway.prices import PriceBook, dearer
 from hal9999.gateway.refusal import send as _send_refusal
@@ -409,10 +409,11 @@ class Gateway:
             self.record_call(record, started, status=400, error="ca_file_unusable")
             return
         limiter = self.limiter(grant)
+        slot = Slot(limiter, grant.task_id)
         retries = int(grant.settings.get("max_retries", 6))
         attempt = 0
         while True:
-            await limiter.acquire()
+            await slot.take()
             try:
                 # Again now that it may leave: calls queued behind this one's slot have spent
                 # since it arrived (else calls fired at once would all pass the budget).
@@ -440,10 +441,10 @@ class Gateway:
                     continue
                 record.retries = attempt
                 masker = self.relay.masker(grant, key)
-                await self.relay.relay(out, response, record, started, grant, masker)
+                await self.relay.relay(out, response, record, started, grant, masker, slot)
                 return
             finally:
-                limiter.release()
+                slot.give_back()
 
     def record_call(
         self, record: GatewayRequest, started: float, *, status: int, **fields: Any

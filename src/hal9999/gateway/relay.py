@@ -5,6 +5,14 @@ An upstream may echo the key it was sent (``invalid x-api-key sk-...``): the ans
 and body are masked with the credentials the call sent, the body as a stream (a key split
 across reads is masked whole; bytes map 1:1 to latin-1 text). Masking changes the length, so
 the agent's answer is chunked (or ends with the connection) whatever the upstream's framing.
+
+A call holds its upstream slot (:class:`~hal9999.gateway.limits.Slot`) while it waits on the
+upstream, not while it waits on its agent: when the agent has not taken what was written to
+it within :data:`GIVE_BACK_S` (a stream it does not read), the call gives its slot back to the
+other calls, and takes one again, fairly, before it reads more of the upstream's answer. An
+agent that takes nothing for :data:`STALLED_S` has its call cut, as if it had hung up (the
+rest of the answer is read for its usage, and recorded with the error ``agent_stalled``), so
+an unread answer holds its place among the task's calls in flight for a bounded time.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from collections.abc import Callable
 
 from hal9999.gateway.channel import Grant
 from hal9999.gateway.ledger import Ledger
+from hal9999.gateway.limits import Slot
 from hal9999.gateway.prices import PriceBook
 from hal9999.gateway.upstream import UpstreamResponse
 from hal9999.gateway.usage import UsageMeter, cost_usd
@@ -29,6 +38,38 @@ HOP_HEADERS = frozenset(
      "upgrade", "host", "content-length", "accept-encoding", "proxy-authorization", "expect"}
 )  # fmt: skip
 """Headers of one hop, never passed on (either way)."""
+
+GIVE_BACK_S = 0.5
+"""How long a write to the agent may wait before its call gives its upstream slot back."""
+STALLED_S = 300.0
+"""How long an agent may take nothing of its answer before the call is cut."""
+
+
+class AgentStalled(ConnectionAbortedError):
+    """The agent took nothing of its answer for :data:`STALLED_S`."""
+
+
+async def drain(writer: asyncio.StreamWriter, slot: Slot) -> None:
+    """Wait until the agent took what was written to it; meanwhile, past
+    :data:`GIVE_BACK_S`, without the call's upstream slot (see the module's docstring)."""
+    transport = writer.transport
+    if not transport.get_write_buffer_size():  # all handed to the socket: no wait, no timer
+        await writer.drain()
+        return
+    try:
+        async with asyncio.timeout(GIVE_BACK_S):
+            await writer.drain()
+        return
+    except TimeoutError:
+        pass
+    slot.give_back()
+    try:
+        async with asyncio.timeout(max(0.0, STALLED_S - GIVE_BACK_S)):
+            await writer.drain()
+    except TimeoutError:
+        raise AgentStalled(f"the agent took nothing of its answer for {STALLED_S:g}s") from None
+    await slot.take()
+
 
 RecordCall = Callable[..., "asyncio.Future[None] | None"]
 """``Gateway.record_call``: stores a call's row; the future resolves once it is committed."""
@@ -67,6 +108,7 @@ class AnswerRelay:
         started: float,
         grant: Grant,
         masker: SecretMasker,
+        slot: Slot,
     ) -> None:
         """Stream ``response`` to the agent masked, and record the call before its end."""
         meter = UsageMeter()
@@ -86,12 +128,15 @@ class AnswerRelay:
                 while chunk := await response.read():
                     meter.feed(chunk)
                     out.data(masked.feed(chunk.decode("latin-1")).encode("latin-1"))
-                    await writer.drain()
-            except ConnectionError:
+                    await drain(writer, slot)
+            except ConnectionError as exc:
                 # The agent hung up mid-answer. A stream's usage comes at its end, after the
                 # text: an agent that left once it had the text had the call recorded with
                 # what was read (OpenAI's: nothing). The rest is read for its usage, within
                 # the call's own cap (its reservation); a withdrawn grant still aborts it.
+                if isinstance(exc, AgentStalled):
+                    record.error = "agent_stalled"
+                await slot.take()  # reading the upstream holds a slot again
                 while chunk := await response.read():
                     meter.feed(chunk)
                 raise
@@ -105,7 +150,7 @@ class AnswerRelay:
                 raise ConnectionAbortedError("withheld: the call's spend was not recorded")
             out.data(masked.flush().encode("latin-1"))
             out.end()
-            await writer.drain()
+            await drain(writer, slot)
         finally:
             await response.aclose()
             if not recorded:  # cut short (the agent left, the task ended): record what was

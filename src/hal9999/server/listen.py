@@ -3,11 +3,15 @@
 Each listener (the unix socket, 127.0.0.1) counts its own connections that have not yet
 shown credentials, so a flood on the TCP port cannot lock the owner out of the unix socket:
 
-- at most ``max_unauthenticated`` at once, and at most ``max_per_peer`` of them from one
-  address (TCP): one more is answered 503 ``busy`` and closed before a byte of it is read (on
-  TLS closed before its handshake: no answer can be sent without one). A sandbox with
-  ``network = "host"`` reaches a ``--listen`` address that is not loopback, from the host's own
-  address, so one agent holding every place locked its operator out of the dashboard;
+- at most ``max_per_peer`` from one peer, and at most ``max_unauthenticated`` from all peers
+  but the owner: one more is answered 503 ``busy`` and closed before a byte of it is read (on
+  TLS closed before its handshake: no answer can be sent without one). A peer is the remote
+  address of a TCP connection, or, on loopback, the local user whose socket connected (see
+  :mod:`.peeruid`). The owner (the daemon's own uid on loopback, anyone on the mode-600 unix
+  socket) has ``max_unauthenticated`` places of its own, which no other peer can take: a
+  sandbox with ``network = "host"`` reaches a ``--listen`` address from the host's own
+  address, and any local user reaches 127.0.0.1; either, holding every shared place, locked
+  the operator out of the dashboard and the API;
 - each is closed when it has not authenticated within ``head_timeout_s`` (slowloris), its
   TLS handshake included: the handshake starts only once the connection is counted (asyncio's
   TLS server handshakes before the protocol sees the connection, so connections that never
@@ -40,6 +44,7 @@ from uvicorn.server import ServerState
 
 from hal9999.errors import HomeError
 from hal9999.server.guard import CONNECTION_KEY, MAX_HEAD, ASGIApp
+from hal9999.server.peeruid import tcp_owner
 from hal9999.server.routing import error_body
 
 logger = logging.getLogger(__name__)
@@ -47,7 +52,8 @@ logger = logging.getLogger(__name__)
 MAX_UNAUTHENTICATED = 32
 """Connections at once per listener that have not shown credentials yet."""
 MAX_PER_PEER = 8
-"""Of those, how many may come from one address (TCP; a browser opens at most 6 at once)."""
+"""Of those, how many may come from one peer other than the owner (an address, a local user;
+a browser opens at most 6 at once)."""
 HEAD_TIMEOUT_S = 10.0
 """A connection that has not authenticated is closed after this long."""
 KEEP_ALIVE_S = 30.0
@@ -68,6 +74,13 @@ def _answer(status: int, reason: str, code: str, message: str) -> bytes:
 _BUSY = _answer(503, "Service Unavailable", "busy", "too many connections waiting to authenticate")
 
 
+Peer = str | None
+"""Whose places a connection takes: ``uid <n>`` (a local user, on loopback), ``loopback``
+(one the kernel could not name), a remote address, or None (the unix socket's owner)."""
+OWNER: Peer = f"uid {os.getuid()}"
+"""The daemon's own user on loopback: the operator, like the unix socket's peer."""
+
+
 @dataclass
 class ListenerLimits:
     """The limits of one listener, and its count of unauthenticated connections."""
@@ -77,36 +90,39 @@ class ListenerLimits:
     head_timeout_s: float = HEAD_TIMEOUT_S
     max_per_peer: int = MAX_PER_PEER
     unauthenticated: int = 0
-    per_peer: dict[str, int] = field(default_factory=dict)
-    """Unauthenticated connections per remote address (TCP only)."""
+    per_peer: dict[Peer, int] = field(default_factory=dict)
+    """Unauthenticated connections per peer (see :data:`Peer`)."""
     handshaking: set[asyncio.Transport] = field(default_factory=set)
     """Connections counted whose TLS handshake is under way (closed with the listener)."""
 
-    def admit(self, peer: str | None) -> bool:
+    def admit(self, peer: Peer) -> bool:
         """Count one more unauthenticated connection from ``peer``; False (nothing counted)
-        when that would pass a bound."""
-        if self.unauthenticated >= self.max_unauthenticated:
-            return False
-        if peer is not None:
-            if self.per_peer.get(peer, 0) >= self.max_per_peer:
+        when that would pass a bound: its own, or (not the owner) the one all share."""
+        held = self.per_peer.get(peer, 0)
+        if peer is None or peer == OWNER:
+            if held >= self.max_unauthenticated:
                 return False
-            self.per_peer[peer] = self.per_peer.get(peer, 0) + 1
+        else:
+            owners = self.per_peer.get(None, 0) + self.per_peer.get(OWNER, 0)
+            if held >= self.max_per_peer or self.unauthenticated - owners >= (
+                self.max_unauthenticated
+            ):
+                return False
+        self.per_peer[peer] = held + 1
         self.unauthenticated += 1
         return True
 
-    def leave(self, peer: str | None) -> None:
+    def leave(self, peer: Peer) -> None:
         """A connection :meth:`admit` counted no longer is."""
         self.unauthenticated -= 1
-        if peer is not None:
-            left = self.per_peer.pop(peer, 1) - 1
-            if left > 0:
-                self.per_peer[peer] = left
+        left = self.per_peer.pop(peer, 1) - 1
+        if left > 0:
+            self.per_peer[peer] = left
 
 
-def peer_of(transport: asyncio.BaseTransport) -> str | None:
-    """The remote address of a TCP connection whose places are counted apart: None for a
-    unix socket's and a loopback one's (the host's own processes, which no sandbox is: a
-    ``network = "host"`` sandbox reaches the host from one of its other addresses)."""
+def peer_of(transport: asyncio.BaseTransport) -> Peer:
+    """Whose places a connection takes (see :data:`Peer`): a loopback connection's local
+    user, a remote one's address, None for a unix socket's."""
     peername = transport.get_extra_info("peername")
     if not isinstance(peername, tuple) or not peername:
         return None
@@ -115,7 +131,10 @@ def peer_of(transport: asyncio.BaseTransport) -> str | None:
     except ValueError:
         return str(peername[0])
     mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1 on a dual-stack socket
-    return None if (mapped or address).is_loopback else str(peername[0])
+    if not (mapped or address).is_loopback:
+        return str(peername[0])
+    uid = tcp_owner(peername, transport.get_extra_info("sockname"))
+    return "loopback" if uid is None else f"uid {uid}"
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -140,7 +159,7 @@ class GuardedH11Protocol(H11Protocol):
         self._tls = tls
         self._raw: asyncio.Transport | None = None
         """The connection as accepted (under TLS, what the handshake runs over)."""
-        self._peer: str | None = None
+        self._peer: Peer = None
         self._handshake: asyncio.Task[None] | None = None
         self._early: bytearray | None = None
         """Under TLS, what arrived with the handshake's end, before HTTP took the connection."""
