@@ -411,8 +411,8 @@ def see_through(
             now = time.monotonic()
             if gone_since is None:
                 gone_since = now
-                echo(f"hal: note: the hal daemon went away; waiting up to {RECONNECT_S:g} s for "
-                     f"it to come back (task {task_id} goes on without it)", err=True)  # fmt: skip
+                echo(f"hal: note: {exc.message}; waiting up to {RECONNECT_S:g} s for it to "
+                     f"come back (task {task_id} goes on without it)", err=True)  # fmt: skip
             if now - gone_since > RECONNECT_S:
                 raise DaemonUnavailable(
                     f"the hal daemon went away while task {task_id} ran and did not come back"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import _socket  # the C module: socket.py builds four enums at import, ~1.5 ms of a start
 import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 from hal9999 import plainjson
 from hal9999.errors import HalError
@@ -36,6 +36,22 @@ RECONNECT_S = 60.0
 """How long a follower waits for a daemon that went away to come back."""
 FOLLOW_WAIT_S = 10.0
 """How long one follow request waits for new events before the daemon answers."""
+ANSWER_S = 30.0
+"""How long a client waits for the daemon's answer (past a long poll's own wait) before it
+says the daemon did not answer (``HAL_DAEMON_TIMEOUT_S`` sets it): a daemon stopped with
+SIGSTOP, or stuck, held ``hal run`` and ``hal task stop`` silent for ever."""
+
+
+def answer_s() -> float:
+    """:data:`ANSWER_S`, or ``HAL_DAEMON_TIMEOUT_S`` when set to a positive number."""
+    import os
+
+    value = os.environ.get("HAL_DAEMON_TIMEOUT_S", "")
+    try:
+        seconds = float(value) if value else ANSWER_S
+    except ValueError:
+        return ANSWER_S
+    return seconds if 0 < seconds < float("inf") else ANSWER_S
 
 
 class DaemonUnavailable(HalError):
@@ -83,22 +99,47 @@ class DaemonClient:
         body: dict[str, Any] | None = None,
         query: dict[str, Any] | None = None,
     ) -> Any:
-        """One request; returns the decoded JSON response."""
+        """One request; returns the decoded JSON response. A daemon that does not answer
+        within :meth:`deadline` is a :class:`DaemonUnavailable` saying what was asked."""
         import asyncio
 
+        limit = self.deadline(query)
         try:
-            reader, writer = await asyncio.open_unix_connection(self.info.socket)
-        except OSError as exc:
-            raise self._unreachable(exc) from exc
-        try:
-            writer.write(self._request_bytes(method, path, body, query))
-            await writer.drain()
-            status, payload = await _read_response(reader)
-        except (ConnectionError, asyncio.IncompleteReadError, ValueError) as exc:
-            raise _closed(exc) from exc
-        finally:
-            writer.close()
+            async with asyncio.timeout(limit):
+                try:
+                    reader, writer = await asyncio.open_unix_connection(self.info.socket)
+                except OSError as exc:
+                    raise self._unreachable(exc) from exc
+                try:
+                    writer.write(self._request_bytes(method, path, body, query))
+                    await writer.drain()
+                    status, payload = await _read_response(reader)
+                except (ConnectionError, asyncio.IncompleteReadError, ValueError) as exc:
+                    raise _closed(exc) from exc
+                finally:
+                    writer.close()
+        except TimeoutError as exc:
+            raise self.silent(method, path, limit) from exc
         return _payload(status, payload, self.token_file)
+
+    def deadline(self, query: dict[str, Any] | None) -> float:
+        """How long a request may wait for its answer: :attr:`timeout_s` (else
+        :func:`answer_s`), past a long poll's own ``wait``."""
+        wait = query.get("wait") if query else None
+        own = float(wait) if isinstance(wait, int | float) else 0.0
+        return (self.timeout_s or answer_s()) + own
+
+    def silent(self, method: str, path: str, limit: float) -> DaemonUnavailable:
+        """The error of a daemon that did not answer ``method path`` within ``limit``."""
+        pid = self.info.pid
+        later = "" if method == "GET" else " (what was asked may still be done when it does)"
+        return DaemonUnavailable(
+            f"hal serve (pid {pid}) did not answer {method} {path.split('?')[0]} within "
+            f"{limit:g} s{later}",
+            hint=f"it may be stopped or stuck: `kill -CONT {pid}` resumes a stopped one; "
+            "`hal serve --stop`, then `hal serve --detach`, restarts it (running agents keep "
+            "running); HAL_DAEMON_TIMEOUT_S waits longer",
+        )
 
     def request(
         self,
@@ -123,20 +164,25 @@ class DaemonClient:
             conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         except OSError as exc:
             raise self._unreachable(exc) from exc
-        conn.settimeout(self.timeout_s)
+        limit = self.deadline(query)
+        conn.settimeout(limit)  # of each step: the connect, each send, each read
         try:
             try:
                 conn.connect(str(self.info.socket))
+            except TimeoutError as exc:  # a full backlog nobody takes from
+                raise self.silent(method, path, limit) from exc
             except OSError as exc:
                 raise self._unreachable(exc) from exc
             try:
                 conn.sendall(self._request_bytes(method, path, body, query))
+            except TimeoutError as exc:  # a buffer nobody reads
+                raise self.silent(method, path, limit) from exc
             except OSError as exc:
                 raise _closed(exc) from exc
         except BaseException:
             conn.close()
             raise
-        return Sent(conn, self.token_file)
+        return Sent(conn, self.token_file, lambda: self.silent(method, path, limit))
 
     def _request_bytes(
         self, method: str, path: str, body: dict[str, Any] | None, query: dict[str, Any] | None
@@ -162,16 +208,26 @@ class DaemonClient:
 class Sent:
     """A request sent by :meth:`DaemonClient.send`, its answer still to read."""
 
-    def __init__(self, conn: _socket.socket, token_file: str | None = None) -> None:
+    def __init__(
+        self,
+        conn: _socket.socket,
+        token_file: str | None = None,
+        silent: Callable[[], DaemonUnavailable] | None = None,
+    ) -> None:
         self._conn = conn
         self._token_file = token_file
+        self._silent = silent
 
     def answer(self) -> Any:
         """The response's JSON, or the :class:`HalError` it carries."""
         with contextlib.closing(self._conn):
             try:
                 status, payload = _receive(self._conn)
-            except (OSError, ValueError) as exc:  # a timeout too: its __cause__
+            except TimeoutError as exc:
+                if self._silent is None:
+                    raise _closed(exc) from exc
+                raise self._silent() from exc
+            except (OSError, ValueError) as exc:
                 raise _closed(exc) from exc
         return _payload(status, payload, self._token_file)
 
