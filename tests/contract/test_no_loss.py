@@ -170,6 +170,56 @@ async def test_a_stop_keeps_the_work_on_morph(
     await stopped_work_is_whole(task_path, "morph")
 
 
+@pytest.mark.ssh
+async def test_a_stop_keeps_the_work_on_digitalocean(
+    fake_do: Any, fake_do_settings: dict[str, Any], task_path: TaskPath,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from tests.fakes.do_api import TOKEN
+
+    # Its token under the name that is not HAL_*: the path's home drops those of the shell.
+    monkeypatch.setenv("DIGITALOCEAN_TOKEN", TOKEN)
+    settings = {**fake_do_settings, "api_url": fake_do.url}
+    lines = [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
+    task_path.config_file.write_text(
+        "[providers.digitalocean]\n" + "\n".join(lines)
+        + '\n\n[pool.digitalocean]\nnetwork = "host"\n'
+    )  # fmt: skip
+    await stopped_work_is_whole(task_path, "digitalocean")
+
+
+@pytest.mark.bwrap
+async def test_a_stop_keeps_the_work_on_kubernetes(
+    fake_k8s: Any, fake_k8s_settings: dict[str, Any], task_path: TaskPath, tmp_path: Path
+) -> None:
+    # The fake's settings in the config: the path's home drops every HAL_* variable.
+    import secrets
+
+    settings = {
+        **fake_k8s_settings,
+        "kubeconfig": str(fake_k8s.kubeconfig(tmp_path / "contract-kubeconfig")),
+        "image": "debian:bookworm",
+        "namespace": f"hal-t{secrets.token_hex(4)}",
+    }
+    lines = [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
+    task_path.config_file.write_text("[providers.kubernetes]\n" + "\n".join(lines) + "\n")
+    await stopped_work_is_whole(task_path, "kubernetes")
+
+
+@pytest.mark.qemu
+async def test_a_stop_keeps_the_work_on_qemu(task_path: TaskPath) -> None:
+    # The test image's directory in the config: the path's home drops every HAL_* variable.
+    from tests.qemu_image import images_dir
+
+    task_path.config_file.write_text(f'[providers.qemu]\nimages_dir = "{images_dir()}"\n')
+    await stopped_work_is_whole(task_path, "qemu")
+
+
+@pytest.mark.podman
+async def test_a_stop_keeps_the_work_on_docker(task_path: TaskPath) -> None:
+    await stopped_work_is_whole(task_path, "docker")
+
+
 async def stopped_work_is_whole(path: TaskPath, provider: str) -> None:
     """The body: stop mid-run, the checkout whole, a resume finds the work."""
     stopped = await stop_mid_run(path, provider)
