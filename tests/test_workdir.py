@@ -10,6 +10,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
+from hal9999.errors import HomeError
 from hal9999.home import _safe_name
 from hal9999.server.runtime import DaemonFiles, DaemonInfo, _exists, find_running
 from hal9999.workdir import current_dir, current_path, pure_path, working_dir, working_path
@@ -64,7 +65,10 @@ def test_find_running_finds_what_daemon_files_find(tmp_path: Path) -> None:
     with (home / "run" / "serve.lock").open("a") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         (home / "token").write_text("\n")
-        assert find_running(str(home)) is None and files.read_token() is None
+        # A live daemon without its token is no "not running": a caller would run beside it.
+        assert files.read_token() is None
+        with pytest.raises(HomeError, match=r"its token file .* is missing or empty"):
+            find_running(str(home))
 
 
 def test_exists_is_pathlibs(tmp_path: Path) -> None:

@@ -241,18 +241,19 @@ def test_api_agent_without_network_is_warned_about(hal: Hal, hal_env: dict[str, 
     config = Path(hal_env["XDG_CONFIG_HOME"]) / "hal9999" / "config.toml"
     config.parent.mkdir(parents=True)
     config.write_text('network = "none"\n[agents.claude]\ncommand = "false"\n')
-    out = hal("run", "--agent", "claude", "x")
+    out = hal("run", "--agent", "claude", "x", env={"ANTHROPIC_API_KEY": ""})
     assert out.returncode == 5, out.stderr
-    assert 'network = "host"' in out.stdout  # the failure says what to change
+    # The failure says what to change: the key the gateway lacks, not the sandbox's network.
+    assert "export ANTHROPIC_API_KEY=..." in out.stdout
     [task] = tasks_json(hal)
-    assert task["status"] == "failed" and "no network" in task["error_message"]
+    assert task["status"] == "failed" and "has no API key" in task["error_message"]
     events = [
         json.loads(line)
         for line in hal("task", "events", task["id"], "--json").stdout.split("\n")
         if line
     ]
     warnings = [e["text"] for e in events if e["type"] == "message" and e["level"] == "warning"]
-    assert len(warnings) == 1 and "HAL_NETWORK=host" in warnings[0]
+    assert len(warnings) == 1 and "ANTHROPIC_API_KEY is not set" in warnings[0]
 
 
 def test_custom_agent_without_network_is_not_warned_about(hal: Hal) -> None:
