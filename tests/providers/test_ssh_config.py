@@ -61,11 +61,11 @@ def test_host_names_and_bare_ip_addresses_are_taken(address: str, tmp_path: Path
 def test_a_key_file_that_is_no_file_is_one_line_naming_host_and_key(tmp_path: Path) -> None:
     import asyncio
 
-    from hal9999.errors import ProviderError
+    from hal9999.errors import HostUnreachable
     from hal9999.providers.ssh.connections import connect
 
     host = SshHost.model_validate({**HOST, "key_file": str(tmp_path)})
-    with pytest.raises(ProviderError) as caught:
+    with pytest.raises(HostUnreachable) as caught:
         asyncio.run(connect(host, limit_s=5, keepalive=30))
     assert caught.value.one_line().startswith(
         f"the key_file of ssh host 'box', {tmp_path}, is not a readable file"

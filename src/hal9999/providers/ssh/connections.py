@@ -53,7 +53,8 @@ async def connect(
     lib = load_asyncssh()
     where = f"{host.user}@{host.address}:{host.port}"
     if not host.key_file.is_file():  # asyncssh's own words name neither the host nor the key
-        raise ProviderError(
+        # Unreachable, as a host is whose key cannot be offered: another host is tried.
+        raise HostUnreachable(
             f"the key_file of ssh host {host.name!r}, {host.key_file}, is not a readable file",
             hint=f"give the private key's path in [[providers.ssh.hosts]] name = {host.name!r}",
         )
