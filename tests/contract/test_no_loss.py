@@ -21,7 +21,12 @@ from tests.contract.conftest import TaskPath
 
 from hal9999.store import TaskRecord
 
-pytestmark = [pytest.mark.tmux, pytest.mark.slow, pytest.mark.timeout(420)]
+# ssh_connections_closed: a stop through the in-process API reaches the ssh, morph and
+# digitalocean hosts from this test's event loop; their connections close with it.
+pytestmark = [
+    pytest.mark.tmux, pytest.mark.slow, pytest.mark.timeout(420),
+    pytest.mark.usefixtures("ssh_connections_closed"),
+]  # fmt: skip
 
 WORK_AGENT = """#!/bin/sh
 # A resumed run finds the work of the stopped one, says so and ends.

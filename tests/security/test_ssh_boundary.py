@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,13 +77,23 @@ def workspace(tmp_path: Path) -> Path:
 def host_services(sshd_server: Sshd) -> Iterator[tuple[int, str]]:
     """(the port on the ssh host's 127.0.0.1, the ``@name`` of its abstract socket)."""
     name = f"@hal-test-{secrets.token_hex(4)}"
-    proc = subprocess.Popen(
-        ["ip", "netns", "exec", sshd_server.netns, sys.executable, "-c", LISTEN, name],
-        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    for _ in range(3):
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", sshd_server.netns, sys.executable, "-c", LISTEN, name],
+            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if line:
+            break
+        # `ip netns exec` can fail its setns with EINVAL while another test process adds or
+        # deletes a namespace (/run/netns is remounted): it printed nothing and ended.
+        proc.wait()
+        proc.stdout.close()
+        time.sleep(0.5)
     try:
         assert proc.stdout is not None
-        port = int(proc.stdout.readline())
+        port = int(line)
         yield port, name
     finally:
         proc.kill()
