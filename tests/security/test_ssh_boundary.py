@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,22 +76,17 @@ def workspace(tmp_path: Path) -> Path:
 def host_services(sshd_server: Sshd) -> Iterator[tuple[int, str]]:
     """(the port on the ssh host's 127.0.0.1, the ``@name`` of its abstract socket)."""
     name = f"@hal-test-{secrets.token_hex(4)}"
-    for _ in range(3):
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", sshd_server.netns, sys.executable, "-c", LISTEN, name],
-            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if line:
-            break
-        # `ip netns exec` can fail its setns with EINVAL while another test process adds or
-        # deletes a namespace (/run/netns is remounted): it printed nothing and ended.
-        proc.wait()
-        proc.stdout.close()
-        time.sleep(0.5)
+    # Into the namespace of the sshd process itself: `ip netns exec NAME` failed its setns
+    # (EINVAL) in the two-worker suite, the name's file under /run/netns not the namespace.
+    netns = f"/proc/{sshd_server.proc.pid}/ns/net"
+    proc = subprocess.Popen(
+        ["nsenter", f"--net={netns}", sys.executable, "-c", LISTEN, name],
+        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
     try:
         assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line, f"the service did not start in {netns}"
         port = int(line)
         yield port, name
     finally:
