@@ -294,8 +294,9 @@ def _held(lock_file: str) -> bool:
 
 
 def _holder(lock_file: str) -> int | None:
-    """The pid holding an flock on ``lock_file``, from ``/proc/locks`` (None: not held, or
-    not found there)."""
+    """The pid holding an flock on ``lock_file``, from ``/proc/locks``, else (not listed
+    there: another pid namespace's) the pid its info file beside it records; None when
+    nobody holds it or neither says."""
     if not _held(lock_file):
         return None
     try:
@@ -303,7 +304,7 @@ def _holder(lock_file: str) -> int | None:
         with open("/proc/locks") as fh:
             lines = fh.read().splitlines()
     except OSError:
-        return None
+        lines = []
     for line in lines:
         # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF": pid, then MAJ:MIN:INODE.
         fields = line.split()
@@ -311,7 +312,8 @@ def _holder(lock_file: str) -> int | None:
             inode
         ):
             return int(fields[4]) if fields[4].isdigit() else None
-    return None
+    info = _parse_info(os.path.join(os.path.dirname(lock_file), "serve.json"))[0]
+    return info.pid if info is not None else None
 
 
 def _exists(path: str) -> bool:
