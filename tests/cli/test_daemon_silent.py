@@ -31,19 +31,19 @@ def stopped_daemon(hal: Hal, hal_env: dict[str, str]) -> Iterator[tuple[int, str
         yield pid, task_id
     finally:
         os.kill(pid, signal.SIGCONT)
-        hal("task", "cancel", task_id)
+        # Its run may only now be starting: the cancel waits for its bring-back.
+        hal("task", "cancel", task_id, timeout=240)
         assert hal("serve", "--stop").returncode == 0
 
 
 @pytest.mark.parametrize(
     ("argv", "asked"),
     [
-        (("task", "stop", "{id}"), "POST /v1/tasks/{id}/stop"),
-        (("task", "cancel", "{id}"), "POST /v1/tasks/{id}/cancel"),
         (("run", "--agent", "true {{prompt_file}}", "y"), "POST /v1/tasks"),
         (("task", "resume", "{id}"), "GET /v1/tasks/{id}"),
+        (("task", "show", "{id}", "--json"), "GET /v1/tasks/{id}"),
     ],
-    ids=["stop", "cancel", "run", "resume"],
+    ids=["run", "resume", "show"],
 )
 def test_a_client_of_a_silent_daemon_gives_up_in_one_line(
     hal: Hal, stopped_daemon: tuple[int, str], argv: tuple[str, ...], asked: str
@@ -57,3 +57,25 @@ def test_a_client_of_a_silent_daemon_gives_up_in_one_line(
     said = f"hal serve (pid {pid}) did not answer {asked.replace('{id}', task_id)} within 2 s"
     assert said in line and f"kill -CONT {pid}" in line, line
     assert took < 30, took
+
+
+def test_each_request_waits_for_what_it_does_and_no_longer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stop waits for the run's bring-back (up to the process managers' wait), a command
+    in a sandbox for its own length; anything else answers within the deadline itself."""
+    from hal9999.process.base import STOP_WAIT_S
+    from hal9999.server import client
+    from hal9999.server.runtime import DaemonInfo
+
+    monkeypatch.setenv("HAL_DAEMON_TIMEOUT_S", "2")
+    daemon = client.DaemonClient(DaemonInfo(1, "s", 1, 0.0), "t")
+    assert client.STOPPING_S >= STOP_WAIT_S  # kept with the managers' own wait
+    for method, path in (("POST", "/v1/tasks/x/stop"), ("POST", "/v1/tasks/x/cancel"),
+                         ("DELETE", "/v1/tasks/x")):  # fmt: skip
+        assert daemon.deadline(method, path, None) == 2 + client.STOPPING_S
+    assert daemon.deadline("POST", "/v1/sandboxes/bwrap/x/exec", None) == 2 + client.WORKING_S
+    assert daemon.deadline("GET", "/v1/tasks/x/events", {"wait": 10.0}) == 12
+    for method, path in (("POST", "/v1/tasks"), ("GET", "/v1/tasks/x"),
+                         ("POST", "/v1/tasks/x/resume"), ("GET", "/v1/pool")):  # fmt: skip
+        assert daemon.deadline(method, path, None) == 2

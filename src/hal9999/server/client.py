@@ -42,6 +42,16 @@ says the daemon did not answer (``HAL_DAEMON_TIMEOUT_S`` sets it): a daemon stop
 SIGSTOP, or stuck, held ``hal run`` and ``hal task stop`` silent for ever."""
 
 
+STOPPING_S = 120.0
+"""What a stop, cancel or removal may take in the daemon past :data:`ANSWER_S`: it waits for
+the run's bring-back (``hal9999.process.base.STOP_WAIT_S``, not imported: this module is the
+thin client's)."""
+WORKING_S = 3600.0
+"""The deadline of a request that does work of its own length (warming the pool, a command
+in a sandbox, a hive agent's start or stop, an approval's merge)."""
+_WORKING = ("/v1/pool/", "/v1/sandboxes/", "/v1/hive/agents", "/v1/hive/approvals/")
+
+
 def answer_s() -> float:
     """:data:`ANSWER_S`, or ``HAL_DAEMON_TIMEOUT_S`` when set to a positive number."""
     import os
@@ -103,7 +113,7 @@ class DaemonClient:
         within :meth:`deadline` is a :class:`DaemonUnavailable` saying what was asked."""
         import asyncio
 
-        limit = self.deadline(query)
+        limit = self.deadline(method, path, query)
         try:
             async with asyncio.timeout(limit):
                 try:
@@ -122,11 +132,17 @@ class DaemonClient:
             raise self.silent(method, path, limit) from exc
         return _payload(status, payload, self.token_file)
 
-    def deadline(self, query: dict[str, Any] | None) -> float:
+    def deadline(self, method: str, path: str, query: dict[str, Any] | None) -> float:
         """How long a request may wait for its answer: :attr:`timeout_s` (else
-        :func:`answer_s`), past a long poll's own ``wait``."""
+        :func:`answer_s`), past what the request itself waits for: a long poll's ``wait``, a
+        stop's bring-back (:data:`STOPPING_S`), work of its own length (:data:`WORKING_S`)."""
         wait = query.get("wait") if query else None
         own = float(wait) if isinstance(wait, int | float) else 0.0
+        task = path.startswith("/v1/tasks/")
+        if task and (method == "DELETE" or path.endswith(("/stop", "/cancel"))):
+            own = STOPPING_S
+        elif method != "GET" and path.startswith(_WORKING):
+            own = WORKING_S
         return (self.timeout_s or answer_s()) + own
 
     def silent(self, method: str, path: str, limit: float) -> DaemonUnavailable:
@@ -164,7 +180,7 @@ class DaemonClient:
             conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         except OSError as exc:
             raise self._unreachable(exc) from exc
-        limit = self.deadline(query)
+        limit = self.deadline(method, path, query)
         conn.settimeout(limit)  # of each step: the connect, each send, each read
         try:
             try:
