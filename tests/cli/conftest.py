@@ -209,3 +209,14 @@ def start_hal(env: dict[str, str], cwd: Path, *args: str) -> subprocess.Popen[st
     )
     _started.append(proc)
     return proc
+
+
+@pytest.fixture(params=["in-process", "served"])
+def cli_path(request: pytest.FixtureRequest, hal: Hal) -> Iterator[str]:
+    """The test's ``hal`` commands run in process, then through a real ``hal serve --detach``
+    on the same home (stopped after): one body, both paths a CLI command takes."""
+    if request.param == "served":
+        assert hal("serve", "--detach").returncode == 0
+    yield str(request.param)
+    if request.param == "served":
+        assert hal("serve", "--stop").returncode == 0

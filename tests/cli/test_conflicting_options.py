@@ -4,22 +4,11 @@ wins over the other."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from tests.cli.conftest import Hal, no_sessions, one_error_line
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 AGENT = ("--agent", "true {{prompt_file}}")
-
-
-@pytest.fixture(params=["in-process", "served"])
-def path(request: pytest.FixtureRequest, hal: Hal) -> Iterator[str]:
-    if request.param == "served":
-        assert hal("serve", "--detach").returncode == 0
-    yield str(request.param)
-    if request.param == "served":
-        assert hal("serve", "--stop").returncode == 0
 
 
 @pytest.mark.parametrize(
@@ -35,18 +24,18 @@ def path(request: pytest.FixtureRequest, hal: Hal) -> Iterator[str]:
     ids=["egress-none", "egress-outside", "term-literal", "term-forwarded"],
 )
 def test_contradicting_options_are_one_line(
-    hal: Hal, hal_env: dict[str, str], path: str, argv: tuple[str, ...], said: str
+    hal: Hal, hal_env: dict[str, str], cli_path: str, argv: tuple[str, ...], said: str
 ) -> None:
     out = hal("run", *AGENT, *argv, "x", env={"HAL_T_X": "1", "TERM": "xterm"})
     line = one_error_line(out)
-    assert out.returncode == 2 and said in line, (path, line)
+    assert out.returncode == 2 and said in line, (cli_path, line)
     assert no_sessions(hal_env), "refused before any task exists"
 
 
-def test_agreeing_options_run(hal: Hal, path: str) -> None:
+def test_agreeing_options_run(hal: Hal, cli_path: str) -> None:
     # `--env X=VALUE --secret X`: a value given here, masked as a secret.
     for argv in (("--secret", "HAL_T_X", "--env", "HAL_T_X=2"),
                  ("--egress-only", "a.example", "--egress", "a.example"),
                  ("--process-manager", "direct", "--env", "TERM=dumb")):  # fmt: skip
         out = hal("run", *AGENT, *argv, "x", env={"HAL_T_X": "1"})
-        assert out.returncode == 0, (path, argv, out.stderr)
+        assert out.returncode == 0, (cli_path, argv, out.stderr)

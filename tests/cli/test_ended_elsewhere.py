@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,15 +15,6 @@ from tests.cli.conftest import Hal
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.timeout(240)]
 AGENT = "sh -c 'sleep 120' {{prompt_file}}"
-
-
-@pytest.fixture(params=["in-process", "served"])
-def path(request: pytest.FixtureRequest, hal: Hal) -> Iterator[str]:
-    if request.param == "served":
-        assert hal("serve", "--detach").returncode == 0
-    yield str(request.param)
-    if request.param == "served":
-        assert hal("serve", "--stop").returncode == 0
 
 
 def running_id(hal: Hal) -> str:
@@ -48,7 +38,7 @@ def running_id(hal: Hal) -> str:
     ids=["stop", "cancel", "rm"],
 )
 def test_a_run_ended_by_another_command_says_so(
-    hal: Hal, hal_env: dict[str, str], demo_repo: Path, path: str,
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path, cli_path: str,
     command: tuple[str, ...], status: int | tuple[int, ...], said: str,
 ) -> None:  # fmt: skip
     with subprocess.Popen(

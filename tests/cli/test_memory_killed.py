@@ -4,7 +4,6 @@ both paths (in-process and through ``hal serve``): not a bare "exited with statu
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 from tests.cli.conftest import Hal
@@ -15,16 +14,7 @@ GREEDY = "python3 -c 'b = bytearray(1 << 30); print(len(b))' {{prompt_file}}"
 MODEST = "sh -c 'exit 137' {{prompt_file}}"  # the same status, its own choice
 
 
-@pytest.fixture(params=["in-process", "served"])
-def path(request: pytest.FixtureRequest, hal: Hal) -> Iterator[str]:
-    if request.param == "served":
-        assert hal("serve", "--detach", env={"HAL_MEMORY_MB": "64"}).returncode == 0
-    yield str(request.param)
-    if request.param == "served":
-        assert hal("serve", "--stop").returncode == 0
-
-
-def test_an_agent_killed_by_the_memory_limit_is_told_so(hal: Hal, path: str) -> None:
+def test_an_agent_killed_by_the_memory_limit_is_told_so(hal: Hal, cli_path: str) -> None:
     out = hal("run", "--agent", GREEDY, "x", "--json", env={"HAL_MEMORY_MB": "64"}, timeout=120)
     task = json.loads(out.stdout)
     assert out.returncode == 5 and task["status"] == "failed", out.stderr
