@@ -79,3 +79,14 @@ def test_each_request_waits_for_what_it_does_and_no_longer(
     for method, path in (("POST", "/v1/tasks"), ("GET", "/v1/tasks/x"),
                          ("POST", "/v1/tasks/x/resume"), ("GET", "/v1/pool")):  # fmt: skip
         assert daemon.deadline(method, path, None) == 2
+
+
+@pytest.mark.parametrize("bad", ["abc", "0", "-3", "inf", "nan"])
+def test_a_bad_daemon_timeout_is_one_line(hal: Hal, bad: str) -> None:
+    assert hal("serve", "--detach").returncode == 0
+    try:
+        out = hal("task", "stop", "nope", env={"HAL_DAEMON_TIMEOUT_S": bad})
+        line = one_error_line(out)
+        assert out.returncode == 2 and "HAL_DAEMON_TIMEOUT_S: expected a number" in line, line
+    finally:
+        assert hal("serve", "--stop").returncode == 0

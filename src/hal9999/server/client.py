@@ -53,15 +53,25 @@ _WORKING = ("/v1/pool/", "/v1/sandboxes/", "/v1/hive/agents", "/v1/hive/approval
 
 
 def answer_s() -> float:
-    """:data:`ANSWER_S`, or ``HAL_DAEMON_TIMEOUT_S`` when set to a positive number."""
+    """:data:`ANSWER_S`, or ``HAL_DAEMON_TIMEOUT_S`` when set; one that is not a finite
+    number of seconds above 0 is a :class:`~hal9999.errors.ConfigError` naming it."""
     import os
 
     value = os.environ.get("HAL_DAEMON_TIMEOUT_S", "")
-    try:
-        seconds = float(value) if value else ANSWER_S
-    except ValueError:
+    if not value:
         return ANSWER_S
-    return seconds if 0 < seconds < float("inf") else ANSWER_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        from hal9999.errors import ConfigError
+
+        raise ConfigError(
+            "HAL_DAEMON_TIMEOUT_S: expected a number of seconds greater than 0",
+            hint="fix or unset HAL_DAEMON_TIMEOUT_S",
+        )
+    return seconds
 
 
 class DaemonUnavailable(HalError):
