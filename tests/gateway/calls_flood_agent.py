@@ -20,14 +20,22 @@ from urllib.parse import urlsplit
 
 
 def status(conn: socket.socket) -> str:
+    """The answer's status, or how the call ended without one (``none-eof`` after N bytes,
+    ``none-reset``, ``none-timeout``): which side closed it tells a failure apart."""
     data = b""
+    started = time.monotonic()
     while b"\r\n" not in data:
-        chunk = conn.recv(4096)
+        try:
+            chunk = conn.recv(4096)
+        except ConnectionResetError:
+            return f"none-reset-{time.monotonic() - started:.1f}s"
+        except TimeoutError:
+            return "none-timeout"
         if not chunk:
-            break
+            return f"none-eof-{len(data)}b-{time.monotonic() - started:.1f}s"
         data += chunk
     parts = data.split(b" ")
-    return parts[1].decode() if len(parts) > 1 else "none"
+    return parts[1].decode() if len(parts) > 1 else "none-garbled"
 
 
 def main() -> int:

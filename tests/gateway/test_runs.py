@@ -189,7 +189,9 @@ def test_an_agent_has_a_bounded_number_of_calls_in_flight(
     assert f"CALLS {MAX_CALLS} 36" in log, log[-2000:]
     assert len(upstream.seen) == MAX_CALLS
     refusals = [line.split()[2] for line in log.splitlines() if line.startswith("REFUSED ")]
-    assert refusals == ["429"] * 36, log[-2000:]  # the gateway's own answer, each time
+    gateway_log = (hal_cli.home / "gateway" / "gateway.log").read_text(errors="replace")
+    # the gateway's own answer, each time
+    assert refusals == ["429"] * 36, log[-2000:] + "\ngateway.log:\n" + gateway_log[-3000:]
 
 
 def _agent_log(home: Path) -> str:
