@@ -63,7 +63,7 @@ async def main(args: argparse.Namespace) -> list[Result]:
         from benchmarks.startup import startup_cases
 
         print("CLI start-up ...", file=sys.stderr)
-        return startup_cases(5 if args.quick else 20)
+        return startup_cases(5 if args.quick else 10)
     if args.sse:
         from benchmarks.sse import sse_cases
 

@@ -14,11 +14,9 @@ from typing import Annotated, Any, TypeVar
 from pydantic import (
     AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
     TypeAdapter,
     ValidationError,
-    model_validator,
 )
 
 from hal9999.envvars import is_env_name as is_env_name  # re-exported (light module)
@@ -169,84 +167,6 @@ def check_value(kind: Any, value: Any, what: str) -> Any:
         return TypeAdapter(kind).validate_python(value)
     except ValidationError as exc:
         raise UsageError(f"{what}: {describe(exc.errors()[0])}", hint=f"fix {what}") from exc
-
-
-class RunOptions(BaseModel):
-    """The per-task values of a run request, checked with the config's own field rules.
-
-    The daemon's API and the CLI both end in :func:`check_run_options`, so a request that
-    bypasses the CLI (``timeout_s: Infinity`` over HTTP, say) is refused the same way.
-    """
-
-    model_config = ConfigDict(extra="ignore", defer_build=True)
-
-    prompt: Name
-    """The prompt text (not blank)."""
-    agent: Name
-    """Agent preset or command template."""
-    provider: Name
-    """Provider name or a comma-separated priority list."""
-    process_manager: Name
-    """Process manager name."""
-    timeout_s: TimeoutSeconds | None = None
-    """Time limit of the task."""
-    env_names: list[EnvName] = Field(default_factory=empty_list)
-    """Forwarded host variable names."""
-    priority: int = Field(default=0, ge=-1_000_000, le=1_000_000)
-    """Queue order under the daemon."""
-    retries: int = Field(default=0, ge=0, le=100)
-    """Retries of an agent failure."""
-    max_tokens: int | None = Field(default=None, gt=0, le=MAX_TOKENS)
-    """The task's token budget at the LLM gateway."""
-    max_cost_usd: Dollars | None = None
-    """The task's cost budget in dollars at the LLM gateway."""
-    egress: list[EgressHost] = Field(default_factory=empty_list)
-    """The task's own egress hosts."""
-    egress_only: list[EgressHost] | None = None
-    """When set, the only hosts (of those config allows) the task may reach."""
-    secret_names: list[EnvName] = Field(default_factory=empty_list)
-    """Variables marked secret (forwarded from the host unless given a value)."""
-    given_env: dict[str, Any] = Field(default_factory=dict)
-    """Variables given with their values (only the names are read here)."""
-    literal_names: list[str] | None = None
-    """Which of ``given_env`` were ``--env NAME=VALUE`` (None: all of them; a daemon's
-    request carries forwarded values there too)."""
-
-    @model_validator(mode="after")
-    def _agree(self) -> "RunOptions":
-        """Options that contradict each other, refused rather than one silently winning."""
-        # (`--env X=VALUE --secret X` agree: a value given here, masked as a secret.)
-        literal = self.given_env if self.literal_names is None else self.literal_names
-        if self.egress and self.egress_only is not None:
-            from hal9999.gateway.allowlist import intersect
-
-            dropped = [h for h in self.egress if not intersect([h], self.egress_only)]
-            if dropped:
-                only = "none" if not self.egress_only else " ".join(self.egress_only)
-                raise ValueError(
-                    f"--egress {dropped[0]} is outside --egress-only {only}, which would drop "
-                    "it: name the host in --egress-only too, or leave one of them out"
-                )
-        named = [*self.env_names, *self.secret_names, *literal]
-        if "TERM" in named and self.process_manager == "tmux":
-            raise ValueError(
-                "--env TERM would be replaced by tmux's own in the agent's terminal: leave "
-                "it out (an agent that needs another terminal type sets it in its command)"
-            )
-        return self
-
-
-def check_run_options(values: Mapping[str, Any]) -> None:
-    """Refuse a run request whose values break the config's rules (a :class:`UsageError`
-    naming the field; the values themselves are never echoed: they may hold secrets)."""
-    try:
-        RunOptions.model_validate(dict(values))
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        if not where:  # options that contradict each other: the words say which and how
-            raise UsageError(describe(err)) from exc
-        raise UsageError(f"{where}: {describe(err)}", hint=f"fix {where} in the request") from exc
 
 
 _EXPECTED: dict[str, str] = {

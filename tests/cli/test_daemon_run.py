@@ -13,19 +13,17 @@ import pytest
 from hal9999.agents.registry import is_template as registry_is_template
 from hal9999.cli import daemon_run, options
 from hal9999.cli.daemon_run import (
-    DEFAULT_TIMEOUT_S,
     Plan,
-    RunArgs,
     default_config,
     is_template,
     request_body,
     simple_config,
 )
 from hal9999.config import HalConfig, load_config_sources
-from hal9999.runbody import ConfigNotes, check_run_body
+from hal9999.runoptions import DEFAULTED, RunArgs, run_wire
 from hal9999.server.client import DaemonClient, client_secrets, run_body
 from hal9999.server.runtime import DaemonInfo
-from hal9999.tasks.request import RunRequest
+from hal9999.tasks.request import ConfigNotes, run_request
 from hal9999.tasks.state import TaskStatus
 from hal9999.values import (
     MAX_TIMEOUT_S,
@@ -61,7 +59,7 @@ checked here on import and in ``test_daemon_run_e2e.py`` on a whole run."""
 def test_the_default_config_is_the_models(tmp_path: Path) -> None:
     model = HalConfig.model_validate({"home": str(tmp_path)})
     assert default_config(tmp_path) == model.model_dump(mode="json")
-    assert model.timeout_s == DEFAULT_TIMEOUT_S and type(model.timeout_s) is int
+    assert model.timeout_s == default_config(tmp_path)["timeout_s"]
 
 
 @pytest.fixture
@@ -150,13 +148,7 @@ def test_option_types_accept_what_the_field_types_accept() -> None:
 
 
 def _args(**given: Any) -> RunArgs:
-    fields: dict[str, Any] = {
-        "prompt": "fix it", "repo": None, "ref": None, "agent": None, "provider": None,
-        "process_manager": None, "timeout": None, "env": (), "secret": (), "raw": False,
-        "as_events": False, "detach": False, "priority": 0, "retries": 0, "max_cost": None,
-        "max_tokens": None, "egress": (), "egress_only": (), "as_json": False,
-    }  # fmt: skip
-    return RunArgs(**(fields | given))
+    return RunArgs.parsed("fix it", **given)
 
 
 @pytest.mark.parametrize(
@@ -193,23 +185,22 @@ def test_the_body_is_the_full_clients(
     thin = request_body(args, plan, environ, (names, values), secret_names)
 
     config, sources = load_config_sources(environ, tmp_path)
-    request = RunRequest(
-        prompt=args.prompt, repo=args.repo, ref=args.ref, agent=agent,
-        provider=args.provider or config.default_provider,
-        process_manager=args.process_manager or config.process_manager,
-        timeout_s=args.timeout if args.timeout is not None else config.timeout_s,
-        env_names=names, given_env=values, priority=args.priority, retries=args.retries,
-        secret_names=secret_names, cwd=tmp_path, config=config,
-        config_files=list(sources.files), max_tokens=args.max_tokens,
-        max_cost_usd=args.max_cost, egress=[], egress_only=None,
-        config_sources=sources.notes(),  # as run_full's request carries them (stop 46)
+    request = run_wire(
+        args, {key: getattr(config, key) for _, key in DEFAULTED}, agent=agent,
+        env_names=names, env=values, literal_env=sorted(values), secret_names=secret_names,
+        cwd=str(tmp_path), config=config, config_files=list(sources.files),
+        config_sources=sources.notes(),  # as run_full's request carries them
     )  # fmt: skip
     full = run_body(request, client_secrets(config, request, environ))
-    assert json.dumps(thin) == json.dumps(full)  # the same document, to the key order
+    full["upstream_keys"] = {}  # a template agent names no API key
+    assert json.loads(json.dumps(thin)) == json.loads(json.dumps(full))
     notes = thin["config_sources"]
     assert notes == {"describe": sources.describe(), "notice": None}
-    check_run_body(thin)
+    run_request(thin, HalConfig(home=tmp_path / "home"))
     ConfigNotes.model_validate(notes)
+
+
+NAMED = {"agent": "a {{prompt}}", "provider": "local", "process_manager": "direct"}
 
 
 def test_a_daemon_refuses_config_notes_of_the_wrong_shape() -> None:
@@ -217,18 +208,18 @@ def test_a_daemon_refuses_config_notes_of_the_wrong_shape() -> None:
 
     for notes in ({"describe": 1}, {"describe": "x", "more": 1}, "config: x"):
         with pytest.raises(UsageError, match="config_sources"):
-            check_run_body({"config_sources": notes})
+            run_request({"config_sources": notes, **NAMED})
 
 
 def test_a_daemon_refuses_a_config_origin_of_the_wrong_shape() -> None:
     from hal9999.errors import UsageError
 
-    check_run_body({"config_origin": [{"key": ["default_agent"], "source": "HAL_AGENT"}]})
+    run_request({"config_origin": [{"key": ["default_agent"], "source": "HAL_AGENT"}], **NAMED})
     for origin in ({"default_agent": "HAL_AGENT"}, [{"key": [], "source": "x"}],
                    [{"key": ["a"], "source": ""}], [{"key": "a", "source": "x"}],
                    [{"key": ["a"], "source": "x", "more": 1}]):  # fmt: skip
         with pytest.raises(UsageError, match="config_origin"):
-            check_run_body({"config_origin": origin})
+            run_request({"config_origin": origin, **NAMED})
 
 
 def test_the_thin_path_imports_no_models_and_no_daemon_side_modules() -> None:

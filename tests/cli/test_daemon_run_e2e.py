@@ -318,11 +318,11 @@ THIN_RUN_HAL_MODULES = frozenset({
     "hal9999.cli.notices", "hal9999.cli.prompt", "hal9999.cli.run_argv",
     "hal9999.cli.task_table", "hal9999.cli.thin_config", "hal9999.envvars", "hal9999.errors",
     "hal9999.home", "hal9999.hostchild", "hal9999.lighttyping", "hal9999.plainjson",
-    "hal9999.server",
+    "hal9999.runoptions", "hal9999.server",
     "hal9999.server.client", "hal9999.server.runtime", "hal9999.workdir",
 })  # fmt: skip
-"""Every hal module a thin run of a template agent imports (issue 16, stop 36: 19; stop 48:
-20, ``hostchild`` being ``cli.notices.HostGit``'s spawn, moved to be shared)."""
+"""Every hal module a thin run of a template agent imports (``runoptions``: the option table
+its parser and its request are made from)."""
 
 
 def _running(hal: Hal, agent: str = "sleep 600") -> str:

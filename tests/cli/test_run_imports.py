@@ -118,7 +118,6 @@ NOT_FOR_A_TEMPLATE_AGENT = (
     "tomllib",  # no config file to parse (hal9999.configfile imports it where one is)
     # Models such a run never defines (each a few million instructions even unbuilt): the
     # daemon API's request body, the gateway's row (the store mixes in its table alone).
-    "hal9999.runbody",
     "hal9999.store.gateway",
     "hal9999.store.sandboxrow",  # the warm pool's row (the store mixes in its table alone)
 )

@@ -11,7 +11,7 @@ Fixture ``task_path`` (parametrised ``local`` and ``served``) gives a :class:`Ta
 - ``path.api``: the task API, built on first use by the CLI's own code
   (:func:`hal9999.cli.app.app` and :func:`hal9999.cli.via_daemon.task_api`, exactly as
   ``hal run`` picks one); for ``served`` the daemon is started then.
-- ``path.request(prompt, agent=..., provider=..., **fields)``: a :class:`RunRequest` on
+- ``path.request(prompt, agent=..., provider=..., **fields)``: a wire request on
   ``path.repo`` with this home's config, as ``hal run`` would build it.
 - ``path.hal(*args)``: the ``hal`` CLI on this home (``task stop``, ``logs``...).
 - ``path.restart_daemon()``: ``served`` only, stop and start ``hal serve`` again.
@@ -50,7 +50,6 @@ from tests.processes import pointing_into
 if TYPE_CHECKING:
     from hal9999.cli.app import App
     from hal9999.tasks.api import TaskAPI
-    from hal9999.tasks.request import RunRequest
 
 PROVIDERS = [
     pytest.param("bwrap", marks=[pytest.mark.bwrap, pytest.mark.tmux]),
@@ -98,26 +97,24 @@ class TaskPath:
 
     def request(
         self, prompt: str, *, agent: str, provider: str = "bwrap", **fields: Any
-    ) -> RunRequest:
-        """A request on :attr:`repo`, with this home's config, as ``hal run`` builds one."""
-        from hal9999.tasks.request import RunRequest
-
+    ) -> dict[str, Any]:
+        """A wire request on :attr:`repo`, with this home's config, as ``hal run`` builds
+        one (:func:`hal9999.runoptions.run_wire`)."""
         api = self.api  # the config is loaded with it
         assert self._app is not None
         config = self._app.config
         del api
-        return RunRequest(
-            prompt=prompt,
-            repo=str(self.repo),
-            ref=None,
-            agent=agent,
-            provider=provider,
-            process_manager=fields.pop("process_manager", config.process_manager),
-            timeout_s=fields.pop("timeout_s", config.timeout_s),
-            cwd=self.repo,
-            config=config,
+        return {
+            "prompt": prompt,
+            "repo": str(self.repo),
+            "agent": agent,
+            "provider": provider,
+            "process_manager": config.process_manager,
+            "timeout_s": config.timeout_s,
+            "cwd": str(self.repo),
+            "config": config,
             **fields,
-        )
+        }
 
     def hal(
         self, *args: str, timeout: float = 120, env: dict[str, str] | None = None

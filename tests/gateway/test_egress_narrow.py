@@ -94,8 +94,9 @@ def test_bad_narrowing_entries_are_refused_in_one_line() -> None:
     import pytest
 
     from hal9999.errors import UsageError
-    from hal9999.values import check_run_options
+    from hal9999.tasks.request import run_request
 
     with pytest.raises(UsageError, match="egress_only"):
-        check_run_options({"prompt": "p", "agent": "claude", "provider": "bwrap",
-                           "process_manager": "tmux", "egress_only": ["-x evil"]})  # fmt: skip
+        request = {"prompt": "p", "agent": "claude", "provider": "bwrap",
+                   "process_manager": "tmux", "egress_only": ["-x evil"]}  # fmt: skip
+        run_request(request, wire=False)

@@ -11,7 +11,7 @@ from hal9999.agents.registry import resolve_agent
 from hal9999.config import GatewayConfig, HalConfig
 from hal9999.errors import UsageError
 from hal9999.gateway.tasks import TOKEN_VAR, route_for, save_budget
-from hal9999.values import check_run_options
+from hal9999.tasks.request import run_request
 
 
 def test_route_carries_the_task_budget_and_egress(tmp_path: Path) -> None:
@@ -84,23 +84,20 @@ BAD_OPTIONS: list[dict[str, object]] = [
 def test_run_options_refuse_bad_budget_and_egress(bad: dict[str, object]) -> None:
     base = {"prompt": "p", "agent": "claude", "provider": "bwrap", "process_manager": "tmux"}
     with pytest.raises(UsageError):
-        check_run_options({**base, **bad})
-    check_run_options({**base, "max_tokens": 10, "egress": ["*.pypi.org", "git.example:22"]})
+        run_request({**base, **bad}, wire=False)
+    run_request({**base, "max_tokens": 10, "egress": ["*.pypi.org", "git.example:22"]}, wire=False)
 
 
 def test_the_daemon_is_handed_the_presets_key_when_the_config_names_none(tmp_path: Path) -> None:
     # Apart from the agent's environment: only the gateway's route reads upstream_keys.
     from hal9999.server.client import client_secrets, upstream_keys
-    from hal9999.tasks.request import RunRequest
 
     config = HalConfig(home=tmp_path)  # no [agents.claude] api_key_env
-    request = RunRequest(prompt="p", repo=None, ref=None, agent="claude", provider="bwrap",
-                         process_manager="tmux", timeout_s=None)  # fmt: skip
+    request = {"prompt": "p", "agent": "claude", "provider": "bwrap"}
     environ = {"ANTHROPIC_API_KEY": "sk-from-the-shell", "OPENAI_API_KEY": "sk-other"}
     assert upstream_keys(config, "claude", environ) == {"ANTHROPIC_API_KEY": "sk-from-the-shell"}
     assert client_secrets(config, request, environ) == {}
-    codex = RunRequest(prompt="p", repo=None, ref=None, agent="codex", provider="bwrap",
-                       process_manager="tmux", timeout_s=None)  # fmt: skip
+    codex = {"prompt": "p", "agent": "codex", "provider": "bwrap"}
     assert upstream_keys(config, "codex", environ) == {"OPENAI_API_KEY": "sk-other"}
     assert client_secrets(config, codex, environ) == {}
     assert upstream_keys(config, "sh -c true", environ) == {}  # a template names no API

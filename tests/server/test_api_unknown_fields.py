@@ -73,10 +73,7 @@ def test_what_hals_clients_send_to_create_a_task_is_known(keys: list[str]) -> No
 
     [create] = [r for r in routes().routes if r.path == "/v1/tasks" and r.method == "POST"]
     assert create.fields is not None
-    request: Any = SimpleNamespace(
-        **{k: None for k in keys}, given_env={}
-    )
-    assert set(run_body(request, {})) <= create.fields
+    assert set(run_body(dict.fromkeys(keys), {})) <= create.fields
     assert set(keys) <= create.fields
 
 

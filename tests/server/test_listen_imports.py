@@ -42,14 +42,16 @@ def test_the_run_bodys_schema_is_made_for_the_openapi_document_only(
     document still has the schema."""
     from tests.server.test_app import daemon_router
 
-    from hal9999.runbody import RunBody
     from hal9999.server import api
     from hal9999.server.openapi import openapi_schema
+    from hal9999.tasks.request import RunRequest
 
     api.run_body_schema.cache_clear()
     made: list[int] = []
-    real = RunBody.model_json_schema
-    monkeypatch.setattr(RunBody, "model_json_schema", lambda **how: made.append(1) or real(**how))
+    real = RunRequest.model_json_schema
+    monkeypatch.setattr(
+        RunRequest, "model_json_schema", lambda **how: made.append(1) or real(**how)
+    )
     router = daemon_router()
     assert made == []
     (create,) = [r for r in router.routes if (r.method, r.path) == ("POST", "/v1/tasks")]

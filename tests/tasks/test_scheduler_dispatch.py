@@ -161,7 +161,7 @@ async def test_an_in_process_run_creates_its_task_as_its_own(tmp_path: Path) -> 
     store, service, _, _ = pooled_service(tmp_path / "home", "bwrap")
     api = LocalTaskAPI(service, spawn=lambda task, argv, env: None)
     first: list[int | None] = []
-    request = trivial_request(repo)
+    request = trivial_request(repo).model_dump(by_alias=True)
     done = await api.run(request, on_start=lambda task: first.append(task.runner_pid))
     store.close()
     assert first == [os.getpid()]

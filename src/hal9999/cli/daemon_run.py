@@ -34,6 +34,7 @@ from hal9999.cli.task_table import one_line, summary
 from hal9999.cli.thin_config import NAME_AND_THIN_VARS, NAME_VARS, home_path, names_set, no_daemon
 from hal9999.envvars import forwarded_env, parse_env_option
 from hal9999.errors import ConfigError, HalError, TaskNotFound, UsageError
+from hal9999.runoptions import RunArgs, run_wire
 from hal9999.workdir import current_path, working_path
 
 TYPE_CHECKING = False  # typing: hal9999.lighttyping says why
@@ -57,8 +58,6 @@ ORIGIN_KEYS = {"HAL_HOME": "home", **NAME_VARS}
 """The config key each variable this path applies sets (``config.ENV_KEYS``' own)."""
 RUN_VARS = NAME_AND_THIN_VARS
 """Every ``HAL_*`` variable this path understands."""
-DEFAULT_TIMEOUT_S = 3600
-"""``HalConfig().timeout_s`` as the attribute holds it (a default is not validated: an int)."""
 
 
 def default_config(home: str | Path) -> dict[str, Any]:
@@ -107,31 +106,6 @@ def is_template(agent: str) -> bool:
     """``agents.registry.is_template`` (a test keeps them equal; that module imports the
     agents' code)."""
     return "{{" in agent or any(c.isspace() for c in agent)
-
-
-class RunArgs(NamedTuple):
-    """The options of ``hal run``, as click parsed them. (A ``NamedTuple``: a frozen
-    dataclass of 19 fields cost the thin client ~1-2 ms to build at import.)"""
-
-    prompt: str
-    repo: str | None
-    ref: str | None
-    agent: str | None
-    provider: str | None
-    process_manager: str | None
-    timeout: float | None
-    env: tuple[str, ...]
-    secret: tuple[str, ...]
-    raw: bool
-    as_events: bool
-    detach: bool
-    priority: int
-    retries: int
-    max_cost: float | None
-    max_tokens: int | None
-    egress: tuple[str, ...]
-    egress_only: tuple[str, ...]
-    as_json: bool
 
 
 class Plan(NamedTuple):
@@ -333,47 +307,31 @@ def request_body(
     env: tuple[list[str], dict[str, str]],
     secret_names: list[str],
 ) -> dict[str, Any]:
-    """The body of ``POST /v1/tasks``: ``client.run_body`` of the full path's request and
-    secrets (a test keeps them equal), and which config applied (``config_sources``)."""
+    """The body of ``POST /v1/tasks`` (:func:`hal9999.runoptions.run_wire`), with the
+    values of this shell's variables, and which config applied (``config_sources``)."""
     names, given = env
-    config = found.config
-    provider = args.provider if args.provider is not None else str(config["default_provider"])
-    body = {
-        "prompt": args.prompt,
-        "repo": args.repo,
-        "ref": args.ref,
-        "agent": found.agent,
-        "provider": provider,
-        "process_manager": (
-            args.process_manager if args.process_manager is not None else config["process_manager"]
-        ),
-        "timeout_s": args.timeout if args.timeout is not None else DEFAULT_TIMEOUT_S,
-        "env_names": names,
-        "env": {},
-        "upstream_keys": {},  # a template agent names no API key
-        "literal_env": sorted(given),
-        "secret_names": secret_names,
-        "cwd": working_path(args.repo),
-        "priority": args.priority,
-        "retries": args.retries,
-        "max_tokens": args.max_tokens,
-        "max_cost_usd": args.max_cost,
-        "egress": [],
-        "egress_only": None,
-        "config": config,
-        "config_files": [],
-        # The variables that set it, so an error of the daemon's names one as hal run would.
-        "config_origin": [{"key": [ORIGIN_KEYS[var]], "source": var} for var in found.applied],
-    }
     # A template agent calls no API (no network notice, no key variable); the config forwards
     # nothing: the secrets are the --env and --secret names (client_secrets' rule).
     wanted = [*names, *secret_names]
-    body["env"] = {**given, **forwarded_env([n for n in wanted if n not in given], environ)}
-    body["config_sources"] = {
-        "describe": "config: " + (", ".join(found.applied) or "defaults"),
-        "notice": None,
-    }
-    return body
+    return run_wire(
+        args,
+        found.config,
+        agent=found.agent,
+        env_names=names,
+        env={**given, **forwarded_env([n for n in wanted if n not in given], environ)},
+        upstream_keys={},  # a template agent names no API key
+        literal_env=sorted(given),
+        secret_names=secret_names,
+        cwd=working_path(args.repo),
+        config=found.config,
+        config_files=[],
+        # The variables that set it, so an error of the daemon's names one as hal run would.
+        config_origin=[{"key": [ORIGIN_KEYS[var]], "source": var} for var in found.applied],
+        config_sources={
+            "describe": "config: " + (", ".join(found.applied) or "defaults"),
+            "notice": None,
+        },
+    )
 
 
 def _callbacks(*, raw: bool, quiet: bool) -> tuple[Callable[[str], None] | None, OnData | None]:

@@ -18,26 +18,20 @@ from __future__ import annotations
 import os
 import sys
 
+from hal9999.runoptions import FLAG, JSON, MULTIPLE, NAME, OPTIONS, VALUE, RunArgs
+
 TYPE_CHECKING = False  # typing: hal9999.lighttyping says why
 if TYPE_CHECKING:
     from typing import Any
 
-VALUED = {
-    "--prompt-file": "prompt_file",
-    "--repo": "repo",
-    "--ref": "ref",
-    "--agent": "agent",
-    "--provider": "provider",
-    "--process-manager": "process_manager",
-}
+
+VALUED = {o.flag: o.dest for o in OPTIONS if o.kind in (VALUE, NAME)}
 """Options with one value (click's default type, or ``NAME``)."""
-NAMES = frozenset({"agent", "provider", "process_manager"})
+NAMES = frozenset(o.dest for o in OPTIONS if o.kind == NAME)
 """Of those, the ``NAME`` ones: click refuses a blank value (left to it here)."""
-MULTIPLE = {
-    "--env": "env", "--secret": "secret", "--egress": "egress", "--egress-only": "egress_only",
-}  # fmt: skip
+MULTIPLES = {o.flag: o.dest for o in OPTIONS if o.kind == MULTIPLE}
 """Options that may be repeated, in order."""
-FLAGS = {"--raw": "raw", "--events": "as_events", "--detach": "detach", "--json": "as_json"}
+FLAGS = {o.flag: o.dest for o in OPTIONS if o.kind in (FLAG, JSON)}
 """Flags."""
 COMPLETE_VAR = "_HAL_COMPLETE"
 """Set by a shell asking click for completions."""
@@ -49,7 +43,7 @@ def parse(argv: list[str]) -> dict[str, Any] | None:
     if not all(arg.isascii() for arg in argv):
         return None  # the entry point's UTF-8 check of non-ASCII arguments needs pydantic
     params: dict[str, Any] = {
-        "prompt": None, **dict.fromkeys(VALUED.values()), **{k: [] for k in MULTIPLE.values()},
+        "prompt": None, **dict.fromkeys(VALUED.values()), **{k: [] for k in MULTIPLES.values()},
         **dict.fromkeys(FLAGS.values(), False),
     }  # fmt: skip
     seen: set[str] = set()
@@ -64,7 +58,7 @@ def parse(argv: list[str]) -> dict[str, Any] | None:
         if name in FLAGS and not equals:
             params[FLAGS[name]] = True
             continue
-        if name not in VALUED and name not in MULTIPLE:
+        if name not in VALUED and name not in MULTIPLES:
             return None
         if not equals:
             value = next(rest, "")
@@ -72,8 +66,8 @@ def parse(argv: list[str]) -> dict[str, Any] | None:
                 return None  # click takes it as the value; said plainly only there
             if not value:
                 return None  # no value at all, or an empty one: click's to word
-        if name in MULTIPLE:
-            params[MULTIPLE[name]].append(value)
+        if name in MULTIPLES:
+            params[MULTIPLES[name]].append(value)
             continue
         key = VALUED[name]
         if key in seen or (key in NAMES and not value.strip()):
@@ -92,18 +86,16 @@ def run_without_click(argv: list[str]) -> None:
     params = parse(argv)
     if params is None:
         return
-    from hal9999.cli.daemon_run import RunArgs, plan, run_planned
+    from hal9999.cli.daemon_run import plan, run_planned
 
     prompt, prompt_file = params.pop("prompt"), params.pop("prompt_file")
-    args = RunArgs(
-        prompt="", timeout=None, priority=0, retries=0, max_cost=None, max_tokens=None, **params
-    )
+    args = RunArgs.parsed("", **params)
     try:
         from hal9999.cli.prompt import read_prompt
 
         # What the click command does, in its order: the prompt, then the thin path or
         # the full one.
-        args = args._replace(prompt=read_prompt(prompt, prompt_file, sys.stdin.buffer))
+        args = args.replace(prompt=read_prompt(prompt, prompt_file, sys.stdin.buffer))
         found = plan(args, os.environ)
         if found is not None:
             run_planned(args, found, os.environ)

@@ -23,16 +23,18 @@ from hal9999.cli.app import (
     output_callbacks,
     run_async,
 )
-from hal9999.cli.daemon_run import RunArgs, env_options
+from hal9999.cli.daemon_run import env_options
 from hal9999.cli.echo import echo
 from hal9999.cli.task_table import one_line
 from hal9999.errors import TaskNotFound
+from hal9999.runoptions import DEFAULTED, RunArgs, run_wire
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from hal9999.cli.notices import Uncommitted
     from hal9999.store import TaskRecord
     from hal9999.tasks.api import TaskAPI
-    from hal9999.tasks.request import RunRequest
 
 
 def print_detached(task: TaskRecord, as_json: bool) -> None:
@@ -103,47 +105,33 @@ def _in_process(environ: Mapping[str, str]) -> bool:
     return found is not None and find_running(str(found[0]["home"])) is None
 
 
-def _prepare(args: RunArgs, pending: Uncommitted) -> tuple[App, RunRequest, TaskAPI]:
+def _prepare(args: RunArgs, pending: Uncommitted) -> tuple[App, dict[str, Any], TaskAPI]:
     """The config, the store, the request and the task API of a run, its notices printed."""
     from hal9999.cli.notices import print_notices
     from hal9999.config import working_dir
-    from hal9999.tasks.request import RunRequest
     from hal9999.values import EgressHost, check_value
 
     a = app()
     names, given, secret_names = env_options(args)
     print_notices(a.sources, args.repo, args.ref, pending)
-    request = RunRequest(
-        prompt=args.prompt,
-        repo=args.repo,
-        ref=args.ref,
-        agent=args.agent if args.agent is not None else a.config.default_agent,
-        provider=args.provider if args.provider is not None else a.config.default_provider,
-        process_manager=(
-            a.config.process_manager if args.process_manager is None else args.process_manager
-        ),
-        timeout_s=args.timeout if args.timeout is not None else a.config.timeout_s,
+    for host in args.egress:  # worded as the option, as click words a bad --timeout
+        check_value(EgressHost, host, "--egress")
+    for host in args.egress_only:
+        if host != "none":
+            check_value(EgressHost, host, "--egress-only")
+    request = run_wire(
+        args,
+        {key: getattr(a.config, key) for _, key in DEFAULTED},
         env_names=names,
-        given_env=given,
-        priority=args.priority,
-        retries=args.retries,
+        env=given,
+        literal_env=sorted(given),
         secret_names=secret_names,
-        cwd=working_dir(args.repo),
+        cwd=str(working_dir(args.repo)),
         config=a.config,
         config_files=list(a.sources.files),
         config_sources=a.sources.notes(),  # recorded with task_created, before any end
-        max_tokens=args.max_tokens,
-        max_cost_usd=args.max_cost,
-        egress=[check_value(EgressHost, host, "--egress") for host in args.egress],
-        egress_only=[
-            check_value(EgressHost, host, "--egress-only")
-            for host in args.egress_only
-            if host != "none"
-        ]
-        if args.egress_only
-        else None,
     )
-    notice = offline_notice(a.config, request.agent, request.provider)
+    notice = offline_notice(a.config, request["agent"], request["provider"])
     if notice is not None and not args.as_json and not args.as_events:
         echo(f"hal: warning: {notice}", err=True)
     return a, request, a.tasks()
@@ -163,8 +151,8 @@ def _full_run(args: RunArgs, pending: Uncommitted) -> None:
         if args.as_json:
             return
         via = ", via hal serve" if a.via_daemon else ""
-        agent = one_line(request.agent)
-        echo(f"hal: task {task.id} ({agent} on {request.provider}{via})", err=True)
+        agent = one_line(request["agent"])
+        echo(f"hal: task {task.id} ({agent} on {request['provider']}{via})", err=True)
 
     if args.as_events:
         from hal9999.cli.task_table import kept, removed, run_end
@@ -184,7 +172,7 @@ def _full_run(args: RunArgs, pending: Uncommitted) -> None:
             echo(line, err=True)
         sys.exit(status)
 
-    on_output, on_event = output_callbacks(request.agent, raw=args.raw, quiet=args.as_json)
+    on_output, on_event = output_callbacks(request["agent"], raw=args.raw, quiet=args.as_json)
     finish_run(
         a,
         started,
@@ -194,7 +182,7 @@ def _full_run(args: RunArgs, pending: Uncommitted) -> None:
 
 
 async def run_printing_events(
-    api: TaskAPI, request: RunRequest, on_start: Callable[[TaskRecord], None]
+    api: TaskAPI, request: dict[str, Any], on_start: Callable[[TaskRecord], None]
 ) -> TaskRecord:
     """Run the task, printing every event it records as a JSON line (``--events``)."""
     import asyncio

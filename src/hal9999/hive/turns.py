@@ -51,7 +51,7 @@ from hal9999.hive.threads import open_count
 from hal9999.hive.warm import WarmHolds
 from hal9999.store import TaskRecord
 from hal9999.tasks.recovery import resume as resume_task
-from hal9999.tasks.request import RunRequest
+from hal9999.tasks.request import run_request
 from hal9999.tasks.sandboxes import PoolSource
 from hal9999.tasks.scheduler import Scheduler
 from hal9999.tasks.service import TaskService
@@ -309,12 +309,12 @@ class HiveLoop:
     async def _start(self, agent: AgentRecord, prompt: str, turn_id: int) -> str:
         """Start the turn's run under the scheduler; returns the task id."""
         if agent.task_id is None:
-            request = RunRequest(
-                prompt=prompt, repo=agent.repo, ref=None, agent=agent.agent,
-                provider=agent.provider, process_manager=self.service.config.process_manager,
-                timeout_s=min(agent.policy.turn_timeout_s, self.settings.turn_timeout_s),
-                cwd=Path("/"), branch=f"hal/agent/{agent.name}", runner_pid=os.getpid(),
-            )  # fmt: skip
+            request = run_request({
+                "prompt": prompt, "repo": agent.repo, "ref": None, "agent": agent.agent,
+                "provider": agent.provider, "process_manager": self.service.config.process_manager,
+                "timeout_s": min(agent.policy.turn_timeout_s, self.settings.turn_timeout_s),
+                "cwd": Path("/"), "branch": f"hal/agent/{agent.name}", "runner_pid": os.getpid(),
+            }, wire=False)  # fmt: skip
             # In a worker thread, as the API's create: it writes the store. Born this
             # daemon's and on the agent's branch, not named so after: this daemon's dispatch
             # may start it before the submission below. The turn names the task before its

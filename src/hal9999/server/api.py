@@ -6,16 +6,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
 from hal9999.cli.task_doc import with_branch_made
-from hal9999.config import HalConfig
-from hal9999.config_origin import with_origin
 from hal9999.errors import ConfigError
-from hal9999.runbody import check_run_body
 from hal9999.server.client import HAL_OWN
 from hal9999.server.follow import MAX_WAIT_S, events_page, follow_page
 from hal9999.server.hive_api import add_hive_routes
@@ -26,8 +20,7 @@ from hal9999.spec import ArgvCommand
 from hal9999.store import TaskRecord
 from hal9999.tasks.recovery import Recovery
 from hal9999.tasks.recovery import resume as resume_task
-from hal9999.tasks.request import RunRequest
-from hal9999.values import describe
+from hal9999.tasks.request import RunRequest, check_env, run_request, wire_fields
 
 if TYPE_CHECKING:
     from hal9999.server.app import ServerContext
@@ -109,23 +102,13 @@ def _count(value: Any, name: str, default: int, top: int) -> int:
     return number
 
 
-def _egress_only(value: Any) -> list[str] | None:
-    """A task's narrowing egress list: absent is no narrowing, ``[]`` is no egress at all."""
-    if value is None:
-        return None
-    if not isinstance(value, list):
-        raise ConfigError("egress_only must be a list of hosts")
-    return [str(h) for h in value]
-
-
 def _resume_body(body: dict[str, Any]) -> tuple[dict[str, str], str | None, dict[str, str]]:
     """A resume's variables, follow-up prompt and API keys, of the types and names a run
     takes (a prompt of another type reached the runner, which failed on it after the 200)."""
     prompt = body.get("prompt")
     if prompt is not None and not isinstance(prompt, str):
         raise ConfigError("prompt must be a string (or null)")
-    # Names checked as a run's are.
-    check_run_body({"env": body.get("env"), "upstream_keys": body.get("upstream_keys")})
+    check_env(body)
     return _env(body), prompt, _env(body, "upstream_keys")
 
 
@@ -166,36 +149,14 @@ def _timeout(value: Any) -> float | None:
     return float(value)
 
 
-def _caller_config(body: dict[str, Any], own: HalConfig) -> HalConfig | None:
-    """The settings the caller resolved (its ``./hal.toml`` included), in this home."""
-    data = body.get("config")
-    if data is None:
-        return None
-    if not isinstance(data, dict):
-        raise ConfigError("config must be an object of hal settings")
-    try:
-        config = HalConfig.model_validate({**data, "home": str(own.home)})
-    except ValidationError as exc:  # in hal's words, not pydantic's multi-line report
-        err = exc.errors()[0]
-        where = ".".join(["config", *(str(p) for p in err["loc"])])
-        raise ConfigError(f"{where}: {describe(err)}", hint=f"fix {where} in the request") from exc
-    # Where the caller's settings came from (checked by check_run_body): an error about one
-    # names the caller's file or variable, as the caller's in-process run would.
-    return with_origin(config, body.get("config_origin") or [])
-
-
 @functools.cache
 def run_body_schema() -> dict[str, Any]:
-    """The JSON schema of ``POST /v1/tasks``' body (:class:`~hal9999.runbody.RunBody`)."""
-    from hal9999.runbody import RunBody
-
-    return RunBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    """The JSON schema of ``POST /v1/tasks``' body (:class:`~hal9999.tasks.request.RunRequest`)."""
+    return RunRequest.model_json_schema(ref_template="#/components/schemas/{model}")
 
 
 def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
     """Every route of the API, bound to ``daemon`` (the event streams need ``ctx``)."""
-    from hal9999.runbody import RunBody
-
     router = Router()
     service, scheduler, pool = daemon.service, daemon.scheduler, daemon.pool
 
@@ -209,37 +170,10 @@ def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
         return daemon.status(len(queued))
 
     async def create(request: Request) -> Any:
-        body = request.json()
-        check_run_body(body)  # types and values first: the same rules as the CLI's
-        caller = _caller_config(body, daemon.config)
-        config = caller or daemon.config
-        run = RunRequest(
-            prompt=str(body.get("prompt", "")),
-            repo=body.get("repo"),
-            ref=body.get("ref"),
-            agent=str(body.get("agent") or config.default_agent),
-            provider=str(body.get("provider") or config.default_provider),
-            process_manager=str(body.get("process_manager") or config.process_manager),
-            timeout_s=body.get("timeout_s", config.timeout_s),
-            env_names=[str(n) for n in body.get("env_names") or []],
-            given_env=_env(body),
-            upstream_keys=_env(body, "upstream_keys"),
-            cwd=Path(str(body.get("cwd") or "/")),
-            priority=_int(body.get("priority"), "priority", 0),
-            retries=_int(body.get("retries"), "retries", 0),
-            secret_names=[str(n) for n in body.get("secret_names") or []],
-            literal_names=[str(n) for n in body.get("literal_env") or []],
-            config=caller,
-            config_files=[str(f) for f in body.get("config_files") or []],
-            max_tokens=body.get("max_tokens"),  # checked by service.create (RunOptions)
-            max_cost_usd=body.get("max_cost_usd"),
-            egress=[str(h) for h in body.get("egress") or []],
-            egress_only=_egress_only(body.get("egress_only")),
-            runner_pid=os.getpid(),  # this daemon runs it
-            # With task_created, in one write of its event log (a second open, lock and
-            # fsync was ~1.5 ms before the task could start, issue 16).
-            config_sources=body.get("config_sources"),
-        )
+        # Validated once, by the request's model (the caller's config, and the defaults
+        # from it or this daemon's).
+        run = run_request(request.json(), daemon.config)
+        run.runner_pid = os.getpid()  # this daemon runs it
         # In a worker thread: creating writes the store (and the session), which must not
         # hold up this loop while another process holds the write lock.
         # Its env is the scheduler's before its row is (Scheduler.hold).
@@ -376,7 +310,7 @@ def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
     # Its schema is made when the OpenAPI document is asked for: ~2-3 % of the instructions
     # of a daemon's start and stop (issue 16); the fields checked are the model's own.
     add("POST", "/v1/tasks", create, "Create a task and queue it.", body=run_body_schema,
-        body_fields=frozenset(RunBody.model_fields), response=TASK)  # fmt: skip
+        body_fields=wire_fields(), response=TASK)  # fmt: skip
     add("GET", "/v1/tasks", list_tasks, "Tasks, newest first.", query=("status", "limit"),
         response=TASKS)
     add("GET", "/v1/tasks/{id}", show, "One task by id or unique prefix.", response=TASK)

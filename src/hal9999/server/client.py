@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from hal9999.events.models import Event
     from hal9999.store import TaskRecord
     from hal9999.tasks.api import OnEvent, OnOutput, OnStart
-    from hal9999.tasks.request import RunRequest
 
 HAL_OWN = frozenset({"task_created", "phase", "sandbox_acquired", "message", "task_end"})
 """Events hal records about the task itself; a foreground run's ``on_event`` gets only the
@@ -361,12 +360,12 @@ def _receive(conn: _socket.socket) -> tuple[int, Any]:
 
 
 def client_secrets(
-    config: HalConfig, request: RunRequest, environ: Mapping[str, str]
+    config: HalConfig, request: Mapping[str, Any], environ: Mapping[str, str]
 ) -> dict[str, str]:
-    """Secret values the daemon needs from this shell for ``request``: ``--env`` and
-    ``--secret`` names (which must be set), see :func:`shell_secrets`."""
-    names = [*request.env_names, *request.secret_names]
-    return shell_secrets(config, request.agent, request.given_env, names, environ)
+    """Secret values the daemon needs from this shell for ``request`` (a wire request):
+    ``--env`` and ``--secret`` names (which must be set), see :func:`shell_secrets`."""
+    names = [*request.get("env_names", []), *request.get("secret_names", [])]
+    return shell_secrets(config, request["agent"], request.get("env", {}), names, environ)
 
 
 def shell_secrets(
@@ -423,40 +422,18 @@ def resume_secrets(
 
 
 def run_body(
-    request: RunRequest, env: dict[str, str], keys: dict[str, str] | None = None
+    request: Mapping[str, Any], env: dict[str, str], keys: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    """The JSON body of ``POST /v1/tasks``: the request, its secrets, the agent's API key
-    apart (``upstream_keys``), the caller's settings and where they came from."""
-    origin = None
-    if request.config is not None:
+    """The JSON body of ``POST /v1/tasks``: the wire request, its secrets, the agent's API
+    key apart (``upstream_keys``), the caller's settings as JSON and where they came from."""
+    body = {**request, "env": env, "upstream_keys": keys or {}}
+    config = request.get("config")
+    if config is not None and not isinstance(config, dict):
         from hal9999.config_origin import origin_json  # loaded with the config that is sent
 
-        origin = origin_json(request.config)
-    return {
-        "prompt": request.prompt,
-        "repo": request.repo,
-        "ref": request.ref,
-        "agent": request.agent,
-        "provider": request.provider,
-        "process_manager": request.process_manager,
-        "timeout_s": request.timeout_s,
-        "env_names": request.env_names,
-        "env": env,
-        "upstream_keys": keys or {},
-        "literal_env": sorted(request.given_env),
-        "secret_names": request.secret_names,
-        "cwd": str(request.cwd),
-        "priority": request.priority,
-        "retries": request.retries,
-        "max_tokens": request.max_tokens,
-        "max_cost_usd": request.max_cost_usd,
-        "egress": request.egress,
-        "egress_only": request.egress_only,
-        "config": request.config.model_dump(mode="json") if request.config else None,
-        "config_files": request.config_files,
-        "config_origin": origin,
-        "config_sources": request.config_sources,
-    }
+        body["config"] = config.model_dump(mode="json")
+        body["config_origin"] = origin_json(config)
+    return body
 
 
 def _record(data: Any) -> TaskRecord:
@@ -473,15 +450,15 @@ class DaemonTaskAPI:
         self.config = config
         self.environ = environ
 
-    async def create(self, request: RunRequest) -> TaskRecord:
+    async def create(self, request: Mapping[str, Any]) -> TaskRecord:
         """Queue the task with the daemon (with this shell's secrets and settings)."""
-        keys = upstream_keys(self.config, request.agent, self.environ)
+        keys = upstream_keys(self.config, request["agent"], self.environ)
         body = run_body(request, client_secrets(self.config, request, self.environ), keys)
         return _record(await self.client.call("POST", "/v1/tasks", body))
 
     async def run(
         self,
-        request: RunRequest,
+        request: Mapping[str, Any],
         *,
         on_start: OnStart | None = None,
         on_output: OnOutput | None = None,

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from hal9999.events.models import Event
 from hal9999.events.reader import follow_events
 from hal9999.pool.settings import SchedulerSettings, scheduler_settings
 from hal9999.store import TaskRecord
 from hal9999.tasks.context import Adopted
-from hal9999.tasks.request import RunRequest
+from hal9999.tasks.request import run_request
 from hal9999.tasks.service import TaskService
 from hal9999.tasks.state import ACTIVE, FINAL_VALUES, TaskStatus
 
@@ -36,13 +35,13 @@ Spawn = Callable[[TaskRecord, list[str], dict[str, str]], int]
 class TaskAPI(Protocol):
     """Create, inspect, control and follow tasks."""
 
-    async def create(self, request: RunRequest) -> TaskRecord:
+    async def create(self, request: Mapping[str, Any]) -> TaskRecord:
         """Create the task and start it in the background; returns it queued."""
         ...
 
     async def run(
         self,
-        request: RunRequest,
+        request: Mapping[str, Any],
         *,
         on_start: OnStart | None = None,
         on_output: OnOutput | None = None,
@@ -108,17 +107,19 @@ class LocalTaskAPI:
         self.settings = settings or scheduler_settings(service.config, service.environ)
         """Backoff and infrastructure-retry limits, as the daemon's scheduler has them."""
 
-    async def create(self, request: RunRequest) -> TaskRecord:
+    async def create(self, request: Mapping[str, Any]) -> TaskRecord:
         """Create the task and start a detached runner for it (the task is this process's
         until the runner's pid is recorded, so no daemon starts it meanwhile)."""
+        req = run_request(request, self.service.config)
         await self.sweep_dead_runs()
-        task = await self.service.create(dataclasses.replace(request, runner_pid=os.getpid()))
-        self.spawn(task, [], dict(request.given_env))
+        req.runner_pid = os.getpid()
+        task = await self.service.create(req)
+        self.spawn(task, [], dict(req.given_env))
         return self.service.store.get_task(task.id)
 
     async def run(
         self,
-        request: RunRequest,
+        request: Mapping[str, Any],
         *,
         on_start: OnStart | None = None,
         on_output: OnOutput | None = None,
@@ -127,11 +128,13 @@ class LocalTaskAPI:
         """Create the task and run it here, to its end. It is created as this process's
         (``runner_pid``): a daemon on the same home never starts a queued task whose runner
         lives, so the two cannot both take it from ``queued``."""
+        req = run_request(request, self.service.config)
         await self.sweep_dead_runs()
-        task = await self.service.create(dataclasses.replace(request, runner_pid=os.getpid()))
+        req.runner_pid = os.getpid()
+        task = await self.service.create(req)
         if on_start is not None:
             on_start(task)
-        return await self._run(task.id, request.given_env, None, on_output, on_event)
+        return await self._run(task.id, req.given_env, None, on_output, on_event)
 
     async def _run(
         self,

@@ -48,7 +48,7 @@ from hal9999.tasks.runner import TaskRunner
 from hal9999.tasks.secrets import TaskSecrets
 from hal9999.tasks.session import Session
 from hal9999.tasks.state import ACTIVE, RESUMABLE, TaskStatus, transition
-from hal9999.values import check_base_url, check_run_options, describe
+from hal9999.values import check_base_url, describe
 
 if TYPE_CHECKING:  # only the daemon passes a policy; a run that succeeds never loads it
     from hal9999.tasks.retry import RetryPolicy
@@ -161,7 +161,6 @@ class TaskService(TaskSecrets):
         """The request's settings and providers, once everything but its source is valid."""
         if not str(req.prompt).strip():
             raise UsageError("the prompt is empty", hint='hal run "describe the work"')
-        check_run_options(vars(req))  # one rule for the CLI and the daemon's API
         config = self.config
         if req.config is not None:
             config = req.config.model_copy(update={"home": self.config.home})

@@ -25,7 +25,7 @@ from hal9999.hive import broker, subtasks
 from hal9999.hive.settings import HiveSettings
 from hal9999.redact import SecretMasker
 from hal9999.store import Store, TaskRecord
-from hal9999.tasks.request import RunRequest
+from hal9999.tasks.request import RunRequest, run_request
 
 RECV_MAX_S = 40.0
 """A long-poll ``recv`` returns by then: MCP clients time a tool call out at about 60 s."""
@@ -311,14 +311,17 @@ async def run_task(caller: Caller, args: RunTaskArgs) -> str:
         "timeout_s": None,
         **hive.request_defaults(),
     }
-    request = RunRequest(
-        prompt=args.prompt,
-        repo=record.repo,
-        ref=args.ref,
-        agent=args.agent or record.agent,
-        provider=record.provider,
-        cwd=Path(record.repo) if Path(record.repo).is_dir() else hive.home,
-        **fields,
+    request = run_request(
+        {
+            "prompt": args.prompt,
+            "repo": record.repo,
+            "ref": args.ref,
+            "agent": args.agent or record.agent,
+            "provider": record.provider,
+            "cwd": Path(record.repo) if Path(record.repo).is_dir() else hive.home,
+            **fields,
+        },
+        wire=False,
     )
     if hive.over_budget is not None and (why := await hive.db(hive.over_budget)):
         raise HiveLimited(f"{why}: no sub-task starts", hint="wait until it frees up")

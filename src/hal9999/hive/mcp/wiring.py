@@ -4,7 +4,6 @@ scheduler, and the per-agent sockets kept in step with the hive."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +33,7 @@ class DaemonTasks:
         """Create the task and hand it to the scheduler."""
         daemon = self.daemon
         # Born this daemon's (as the API's), not named after: no window for another claim.
-        mine = dataclasses.replace(request, runner_pid=os.getpid())
+        mine = request.model_copy(update={"runner_pid": os.getpid()})
         scheduler, env, keys = daemon.scheduler, request.given_env, request.upstream_keys
         task = await asyncio.to_thread(
             daemon.service.create_blocking, mine, lambda name: scheduler.hold(name, env, None, keys)
