@@ -154,8 +154,8 @@ NOT_BUILT = (
 """Pydantic models an in-process run of a template agent has no use for: built on first
 use (``defer_build``), not at import (issue 16)."""
 
-# The plugin contract (agents, providers, process managers make and read these) and the
-# request that `dataclasses.replace` copies: kept as dataclasses.
+# The plugin contract (agents, providers, process managers make and read these): kept as
+# dataclasses.
 DATACLASSES = frozenset({
     "hal9999.agents.base.AgentContext",
     "hal9999.agents.base.AgentLaunch",
@@ -167,7 +167,6 @@ DATACLASSES = frozenset({
     "hal9999.providers.base.Launch",
     "hal9999.providers.base.SandboxInfo",
     "hal9999.providers.base.StreamEvent",
-    "hal9999.tasks.request.RunRequest",
 })  # fmt: skip
 """The only dataclasses an in-process run of a template agent defines. Python 3.11 makes each
 dataclass's methods by compiling their source at import, ~0.5 ms a class on the benchmark's

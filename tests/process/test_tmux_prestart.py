@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -265,7 +264,9 @@ async def test_a_task_failing_between_its_sessions_opening_and_its_start_leaves_
     monkeypatch.setattr(TmuxProcessManager, "prestart", prestart)
     monkeypatch.setattr(gitrepo, "clone", clone)
     store, service, _, _ = pooled_service(tmp_path / "home", "bwrap")
-    request = replace(trivial_request(git_repo(tmp_path / "repo")), process_manager="tmux")
+    request = trivial_request(git_repo(tmp_path / "repo")).model_copy(
+        update={"process_manager": "tmux"}
+    )
     task = await service.create(request)
     if isinstance(error, RepoError):
         done = await service.run(task.id)

@@ -4,7 +4,6 @@ and the process that loses it steps aside without writing, making or removing an
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import subprocess
 import sys
@@ -221,7 +220,7 @@ async def test_a_stopped_run_leaves_the_resumed_runs_fields_and_credentials(
 
     store, service = credentialed(tmp_path, tmp_path / "home")
     request = trivial_request(git_repo(tmp_path / "repo"))
-    task = await service.create(dataclasses.replace(request, agent="sleep 30 {{prompt_file}}"))
+    task = await service.create(request.model_copy(update={"agent": "sleep 30 {{prompt_file}}"}))
     installed = Session(Path(task.session_dir)).home / CREDENTIALS
 
     def resumed_elsewhere() -> None:

@@ -3,7 +3,6 @@ emitted in log order once it comes (issue 16: 100 idle agents used a fifth of a 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import types
 from pathlib import Path
@@ -135,9 +134,8 @@ async def test_a_quiet_run_is_looked_at_less_often_until_it_speaks(
 
     monkeypatch.setattr(follow._EndedSignal, "nap", nap)
     store, service, _, _ = pooled_service(tmp_path / "home", "bwrap")
-    request = dataclasses.replace(
-        trivial_request(git_repo(tmp_path / "repo")),
-        agent="sh -c 'sleep 1.5; echo late; sleep 1.5' {{prompt_file}}",
+    request = trivial_request(git_repo(tmp_path / "repo")).model_copy(
+        update={"agent": "sh -c 'sleep 1.5; echo late; sleep 1.5' {{prompt_file}}"}
     )
     task = await service.create(request)
     emit = follow.FollowSteps.emit

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import threading
 from pathlib import Path
 from typing import Any
@@ -109,7 +108,7 @@ async def test_the_tmux_session_opens_while_preparing_is_written(
     monkeypatch.setattr(TmuxProcessManager, "prestart", prestart)
     monkeypatch.setattr(RunnerCore, "transition", transition)
     request = trivial_request(repo)
-    task = await service.create(dataclasses.replace(request, process_manager="tmux"))
+    task = await service.create(request.model_copy(update={"process_manager": "tmux"}))
     done = await service.run(task.id)
     store.close()
     assert seen == [True]

@@ -362,7 +362,6 @@ def offline_notice(config: HalConfig, agent_name: str, provider: str) -> str | N
     from hal9999.agents.base import needs_network
     from hal9999.agents.registry import resolve_agent
     from hal9999.pool.settings import network_of, provider_settings
-    from hal9999.tasks.context import offline_warning
 
     try:
         agent = resolve_agent(agent_name, config.agent_settings(agent_name))
@@ -375,6 +374,8 @@ def offline_notice(config: HalConfig, agent_name: str, provider: str) -> str | N
 
         if goes_through_gateway(config, agent, os.environ):
             return None  # the LLM gateway is the agent's way out
+        from hal9999.tasks.context import offline_warning  # the run's context: heavy
+
         return offline_warning(config, agent)
     return None
 
