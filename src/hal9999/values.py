@@ -19,6 +19,9 @@ from pydantic import (
     ValidationError,
 )
 
+from hal9999.bounds import MAX_TIMEOUT_S as MAX_TIMEOUT_S  # re-exported (light module)
+from hal9999.bounds import MAX_TOKENS as MAX_TOKENS
+from hal9999.bounds import MIN_TIMEOUT_S as MIN_TIMEOUT_S
 from hal9999.envvars import is_env_name as is_env_name  # re-exported (light module)
 from hal9999.envvars import is_text as is_text
 from hal9999.errors import ConfigError, HalError, UsageError
@@ -36,15 +39,6 @@ def empty_list() -> list[Any]:
 
 AGENT_HOME = "/home/hal"
 """The agent's home inside every sandbox; credential files may only go below it."""
-
-MAX_TIMEOUT_S = 366 * 24 * 3600
-"""The longest timeout accepted (a year): larger values overflow the event loop's timers."""
-
-MAX_TOKENS = 10**12
-"""The largest token budget accepted (a million times a long session, far below SQLite's
-64-bit integers): a larger one is a typo (``99999999999999999999999`` was taken as no limit
-on the CLI and overflowed the store's integers)."""
-
 
 def _env_name(value: str) -> str:
     if not is_env_name(value):
@@ -135,10 +129,6 @@ def check_base_url(agent: str, url: str | None) -> None:
 
 BaseUrl = Annotated[str, AfterValidator(_base_url)]
 """An agent's API endpoint (``[agents.NAME] base_url``): one the LLM gateway can route."""
-MIN_TIMEOUT_S = 1.0
-"""The shortest timeout accepted: less cannot even start a sandbox."""
-
-
 def _at_least_a_second(value: float) -> float:
     if value < MIN_TIMEOUT_S:
         raise ValueError(f"expected at least {MIN_TIMEOUT_S:g} second")

@@ -14,14 +14,9 @@ from typing import Any
 
 import click
 
+from hal9999.bounds import MAX_TIMEOUT_S, MAX_TOKENS, MIN_TIMEOUT_S
 from hal9999.errors import UsageError
 
-MIN_TIMEOUT_S = 1.0
-"""``values.MIN_TIMEOUT_S`` (a test keeps them equal; that module imports pydantic)."""
-MAX_TIMEOUT_S = 366 * 24 * 3600
-"""``values.MAX_TIMEOUT_S``."""
-MAX_TOKENS = 10**12
-"""``values.MAX_TOKENS``."""
 TASK_STATES = (
     "queued", "provisioning", "preparing", "running", "collecting", "succeeded", "failed",
     "cancelled", "timed_out", "stopped", "interrupted",
