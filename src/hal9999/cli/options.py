@@ -16,12 +16,10 @@ import click
 
 from hal9999.bounds import MAX_TIMEOUT_S, MAX_TOKENS, MIN_TIMEOUT_S
 from hal9999.errors import UsageError
+from hal9999.tasks.state import TaskStatus
 
-TASK_STATES = (
-    "queued", "provisioning", "preparing", "running", "collecting", "succeeded", "failed",
-    "cancelled", "timed_out", "stopped", "interrupted",
-)  # fmt: skip
-"""``TaskStatus``'s values (a test keeps them equal; the enum's module imports the models)."""
+TASK_STATES = tuple(state.value for state in TaskStatus)
+"""The states a task can be in (``--status``' choices)."""
 
 
 class ModelChecked(click.ParamType[Any]):

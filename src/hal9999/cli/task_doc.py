@@ -42,8 +42,8 @@ TASK_STATES = (
     "queued", "provisioning", "preparing", "running", "collecting", "succeeded", "failed",
     "cancelled", "timed_out", "stopped", "interrupted",
 )  # fmt: skip
-"""``cli.options.TASK_STATES``, the choices of ``--status`` (a test keeps them equal; that
-module imports click)."""
+"""``TaskStatus``'s values, the choices of ``--status`` (a test keeps them equal; the
+click-free listing imports neither click nor the enum)."""
 LIMIT_MAX = 1_000_000
 """The largest ``--limit`` (``click.IntRange(1, 1_000_000)``)."""
 
