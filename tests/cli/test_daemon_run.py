@@ -10,12 +10,10 @@ from typing import Any
 import click
 import pytest
 
-from hal9999.agents.registry import is_template as registry_is_template
 from hal9999.cli import daemon_run, options
 from hal9999.cli.daemon_run import (
     Plan,
     default_config,
-    is_template,
     request_body,
     simple_config,
 )
@@ -116,13 +114,6 @@ def test_a_config_file_takes_the_full_path(user: dict[str, str], tmp_path: Path)
     config.parent.mkdir(parents=True)
     config.write_text("")
     assert simple_config(user, tmp_path) is None
-
-
-@pytest.mark.parametrize(
-    "agent", ["claude", "true {{prompt_file}}", "my-agent\t-x", "{{prompt}}", "", "a{b}"]
-)
-def test_templates_are_told_apart_as_the_registry_does(agent: str) -> None:
-    assert is_template(agent) == registry_is_template(agent)
 
 
 def test_option_types_accept_what_the_field_types_accept() -> None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from hal9999.agents.base import Agent, AgentSettings
 from hal9999.agents.custom import TemplateAgent
+from hal9999.agents.template import is_template as is_template  # re-exported (light module)
 from hal9999.entrypoints import EntryPointLike
 from hal9999.entrypoints import group_entry_points as entry_points
 from hal9999.errors import AgentError, HalError, UnknownAgent
@@ -30,11 +31,6 @@ def _presets() -> dict[str, EntryPointLike]:
 def available_agents() -> list[str]:
     """Names of the registered presets, sorted."""
     return sorted(_presets())
-
-
-def is_template(name_or_template: str) -> bool:
-    """Whether the string is a command template rather than a preset name."""
-    return "{{" in name_or_template or any(c.isspace() for c in name_or_template)
 
 
 def check_agent_name(name_or_template: str, known: Callable[[str], bool] | None = None) -> None:

@@ -29,6 +29,7 @@ import sys
 import time
 from types import FrameType, SimpleNamespace
 
+from hal9999.agents.template import is_template
 from hal9999.cli.echo import after_agent_output, echo, emit_json, stream_to_terminal
 from hal9999.cli.task_table import one_line, summary
 from hal9999.cli.thin_config import NAME_AND_THIN_VARS, NAME_VARS, home_path, names_set, no_daemon
@@ -100,12 +101,6 @@ def simple_config(
         config[NAME_VARS[var]] = value
         applied.append(var)
     return config, tuple(applied)
-
-
-def is_template(agent: str) -> bool:
-    """``agents.registry.is_template`` (a test keeps them equal; that module imports the
-    agents' code)."""
-    return "{{" in agent or any(c.isspace() for c in agent)
 
 
 class Plan(NamedTuple):
