@@ -2,7 +2,7 @@
 
 Through a running ``hal serve`` the client only posts the task and prints what comes back
 (:mod:`hal9999.cli.daemon_run`), yet click, its command tree and what it imports were about
-a third of the client's start-up before the task was posted (issue 16, target 1); an
+a third of the client's start-up before the task was posted; an
 in-process run (:mod:`hal9999.cli.run_full`) has no use for them either. This
 parser reads the forms click reads the same way without a doubt: long options as
 ``--name VALUE`` or ``--name=VALUE``, flags, and one PROMPT. Anything else (a short or
