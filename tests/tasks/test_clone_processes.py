@@ -190,8 +190,8 @@ async def test_a_borrowed_checkout_is_what_clone_shared_made_with_one_git(
     with monkeypatch.context() as patch:
         patch.setattr(gitdir, "_write_git_dir", lambda *a: (False, None))
         assert await gitrepo.clone(src, ref, theirs, BRANCH, borrow=snap) == base
-    # Was clone (with sh and git-upload-pack) [+ rev-parse, checkout --detach];
-    # a ref is looked up as before (itself, then origin/REF).
+    # One clone (not sh and git-upload-pack besides), no rev-parse or checkout --detach
+    # of its own; a ref is looked up as git does (itself, then origin/REF).
     lookups = git_calls.count("rev-parse")
     assert git_calls == ["clone"] + ["rev-parse"] * lookups + ["checkout"] * (ref is not None)
     assert mine_calls == ["rev-parse"] * lookups + ["read-tree"]

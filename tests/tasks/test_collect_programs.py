@@ -51,9 +51,8 @@ def _program(line: str) -> str:
 async def test_collecting_a_run_that_changed_nothing_runs_two_git(
     world: tuple[World, HostileSandbox], programs: Callable[[], list[str]]
 ) -> None:
-    # Was mkdir, git status, rev-parse, update-ref, diff, awk, status,
-    # cut, ls-files, awk, diff, wc, diff (8 git, 13 programs); fifth: mkdir, git status,
-    # rev-parse, ls-files, awk. Now no result directory either.
+    # Every program of a collection is a cost on every task: no mkdir, rev-parse,
+    # update-ref, diff, awk, cut or wc when nothing changed, and no result directory.
     w, sandbox = world
     w.session.bundle.write_bytes(b"from an earlier run")
     result = await run_collect(w, sandbox)

@@ -152,8 +152,8 @@ def test_a_resting_state_is_committed_durably(tmp_path: Path) -> None:
 def test_a_move_reads_and_validates_the_record_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Every step of a task read its whole row and validated it before the write,
-    # then again inside the write, and validated the merged record a third time.
+    # A step of a task need not read its whole row and validate it before the write,
+    # then again inside the write, and validate the merged record a third time.
     from hal9999.store.records import TaskRecord
 
     with Store.open(tmp_path) as store:

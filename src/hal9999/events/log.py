@@ -311,8 +311,8 @@ class EventLog:
     @contextmanager
     def together(self) -> Iterator[None]:
         """Write the events emitted inside as one batch when it ends: one index transaction,
-        one append and one fsync for a run's final ``phase`` and ``task_end``, where each
-        took its own (the end a run's caller waits for). Written as the last of
+        one append and one fsync for a run's final ``phase`` and ``task_end``, not one
+        each (the end a run's caller waits for). Written as the last of
         them would have been: on this thread, or on the flusher's for a background writer;
         written all the same when the block raises."""
         with self._lock:
@@ -453,8 +453,8 @@ class EventLog:
                         file, self._file = self._file, None
                         if owed and self.background:
                             # Written, so every reader sees it now; forced to disk on the
-                            # flusher, as a background writer's phase events are: a daemon's
-                            # new task was answered and started only after it.
+                            # flusher, as a background writer's phase events are: otherwise a
+                            # daemon's new task would be answered and started only after it.
                             FLUSHER.sync_and_close(file)
                         else:
                             file.close()

@@ -14,7 +14,8 @@ started or adopted at the daemon's first tmux run: :func:`share_lazily`), and ke
 *warm pane* there whose supervisor has started, for the next run's prestart to claim
 (:mod:`hal9999.process.tmuxwarm`: the run's command and environment reach it through a private
 FIFO, so no interpreter starts on the run's path). A server's start is dear (its
-option tables and key bindings), a session on a live one cheap, and it was on every task's path.
+option tables and key bindings), a session on a live one cheap; sharing keeps the start off
+every task's path.
 The run's socket is then a symlink to the shared one, so whoever computes it
 (``hal task attach``, the next daemon) reaches the run's session, ``=<name>-<key>``, exactly.
 The run's exec-time environment reaches the pane through the client's own environment:

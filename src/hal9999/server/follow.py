@@ -70,7 +70,7 @@ async def follow_page(
             # again for a retry) is the run that wrote the task's last task_end, not a retry.
             before = daemon.scheduler.running.get(task.id)
             # The record, then from the last event the caller has, to learn its type (is it
-            # the task_end?): in one thread hop (each hop was a wake-up of the
+            # the task_end?): in one thread hop (each hop is a wake-up of the
             # loop on the way to the answer that ends a run).
             record, tail = await asyncio.to_thread(_read, service.store, task.id, path, after_seq)
             status = record.status

@@ -132,7 +132,7 @@ A constant: everything variable is a positional argument. Stdout is one line,
 When nothing changed (no change ``status`` shows with nothing hidden, HEAD still the base,
 no gitlink in the index) it is ``HEAD 0 0 unchanged`` and there is no ``$out``: the script
 runs one git when the base is its snapshot's HEAD, known to have no gitlinks, two otherwise
-(was mkdir, three git and awk).
+(no mkdir, no awk: each process is a cost on every task).
 ``hal-step:`` lines on stderr say which step a failure belongs to.
 """
 COLLECT_SCRIPT = COLLECT_SCRIPT.replace("@DIFF_OPTIONS@", " ".join(DIFF_OPTIONS))

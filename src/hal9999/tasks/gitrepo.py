@@ -324,8 +324,8 @@ async def clone(
     if ref is not None:
         check_ref(ref)
     # A snapshot is hal's own bare clone in a form hal knows: its checkout's .git is written
-    # here and one `read-tree` fills the index and work tree (`clone --shared` was
-    # git, sh and git-upload-pack), with git's clone for anything else.
+    # here and one `read-tree` fills the index and work tree (`clone --shared` would
+    # run git, sh and git-upload-pack), with git's clone for anything else.
     branched, head = False, None
     if borrow is not None and ref is None:  # the .git, the branch and its commit: one hop
         written, branched, head = await asyncio.to_thread(

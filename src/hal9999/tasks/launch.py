@@ -63,7 +63,7 @@ class LaunchSteps(RunnerCore):
                 identified.append(mirror.identify(self.config.home, task.repo, ctx.session.root))
 
         # The MCP route (a marker file and a row read) and the source's fingerprint found in
-        # the move's thread hop (the fingerprint was a hop of its own).
+        # the move's thread hop (not a hop of their own).
         await self.transition(ctx, TaskStatus.PROVISIONING, then=provisioned)
         spec = sandbox_spec(self.config, task, ctx.session, self.environ)
         snap: Path | None = None

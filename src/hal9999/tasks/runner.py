@@ -255,8 +255,8 @@ class TaskRunner(LaunchSteps, FollowSteps):
         note: str | None,
     ) -> TaskRecord:
         # What the run owes before its final status (the record of the branch it moved),
-        # in this hop and in that order: its failure (a full disk) is the run's, as when it
-        # was written in its own hop (one hop fewer on the way to the end).
+        # in this hop and in that order: its failure (a full disk) is the run's, and
+        # no hop of its own stands on the way to the end.
         pay_owed(ctx)
         current = self.store.get_task(ctx.task.id)
         totals = ctx.totals
@@ -268,7 +268,7 @@ class TaskRunner(LaunchSteps, FollowSteps):
         message = ctx.masker.mask(error.one_line()) if error else note
         retry = self._retry(ctx, status, current, error)
         # The final phase and task_end (and a retry's phase) in one batch of the event log:
-        # one index transaction and one fsync where each took its own.
+        # one index transaction and one fsync, not one each.
         with ctx.events.together():
             try:
                 if retry is not None:
