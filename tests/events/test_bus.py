@@ -111,7 +111,7 @@ async def test_events_written_by_another_process_reach_the_bus(tmp_path: Path) -
 async def test_a_threads_burst_of_events_wakes_the_loop_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # A flusher's batch was one loop callback (a self-pipe write and a wake-up)
+    # A flusher's batch must not be one loop callback (a self-pipe write and a wake-up)
     # an event. Published while the loop is busy, a burst is one callback, still in order,
     # and an event published on the loop after it comes after it.
     bus = EventBus()

@@ -226,7 +226,7 @@ def test_fsync_on_phase_and_task_end_only(tmp_path: Path, fsyncs: list[int]) -> 
 def test_events_emitted_together_are_one_batch_with_one_fsync(
     tmp_path: Path, fsyncs: list[int]
 ) -> None:
-    # A run's final phase and task_end, each a batch of its own before (two
+    # A run's final phase and task_end in one batch, not one each (two
     # index transactions, two appends, two fsyncs).
     with Store(tmp_path / "hal.db") as store:
         log = EventLog(tmp_path / "events.jsonl", "t1", store=store)

@@ -105,7 +105,7 @@ async def test_the_callers_config_notes_are_written_with_task_created(
     tmp_path: Path, service: TaskService
 ) -> None:
     # One open of the event log per submission (each was an open, a lock and an fsync before
-    # the task could start), the notes right after task_created as before.
+    # the task could start), the notes right after task_created.
     opened = opens_counted(service)
     notes = {"describe": "config: HAL_HOME", "notice": "./hal.toml: ignored keys"}
     status, payload = await post(service, queue(), tmp_path / "repo", config_sources=notes)

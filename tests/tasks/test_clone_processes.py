@@ -338,9 +338,9 @@ async def test_a_worktree_set_in_any_form_git_reads_is_left_to_git(
 async def test_a_borrowed_checkout_names_the_sessions_link_from_its_first_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ref: str | None
 ) -> None:
-    # The alternates file was written with the snapshot's path, then replaced by
-    # one naming the session's link, and HEAD was replaced (through HEAD.lock) once or twice
-    # more: a new inode and a freed one each, per task.
+    # The alternates file written with the snapshot's path, then replaced by
+    # one naming the session's link, and HEAD replaced (through HEAD.lock) once or twice
+    # more, would be a new inode and a freed one each, per task.
     written: list[int] = []
     write_git_dir = gitdir._write_git_dir
 

@@ -128,9 +128,9 @@ async def test_what_a_run_learnt_is_recorded_with_a_failure_too(
 async def test_a_runs_final_phase_and_task_end_are_written_as_one_batch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The final status's phase and task_end were two batches back to back (two
-    # index transactions, two appends, two fsyncs of events.jsonl) at the end the run's
-    # caller waits for; one now (EventLog.together).
+    # The final status's phase and task_end as two batches back to back (two
+    # index transactions, two appends, two fsyncs of events.jsonl) would delay the end the
+    # run's caller waits for; they are one (EventLog.together).
     from hal9999.store import Store
 
     repo = git_repo(tmp_path / "repo")

@@ -135,7 +135,7 @@ class Left(NamedTuple):
 
 def _open_append(path: Path) -> int:
     """A descriptor appending to ``path``, made (with its directory) when missing: the
-    directory is made only when the open finds none (asking first was an ``mkdir`` and a
+    directory is made only when the open finds none (asking first would be an ``mkdir`` and a
     ``stat`` at each open, three or more a task)."""
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
     try:
@@ -193,7 +193,7 @@ class EventLog:
         self._synced = False
         """Whether everything written through this writer is on disk (a batch ending with a
         ``phase`` or ``task_end`` was fsync'ed): then :meth:`close` needs no fsync of its own
-        (a run's end, which a follower waits for, did two in a row)."""
+        (a run's end, which a follower waits for, would do two in a row)."""
         self.left: Left | None = None
         """The file as :meth:`close` left it (set there): see :class:`Left`."""
         self._lock_file(left)
@@ -224,7 +224,7 @@ class EventLog:
         size = st.st_size
         if left is not None and left.holds(st):
             # The file as this process's last writer of it left it: its last seq is known
-            # (a daemon's run re-read and parsed the line its creation wrote).
+            # (not re-read and parsed from the line its creation wrote).
             self._seq, self._size = left.seq, size
         elif size == 0:  # a new log (held locked: nobody writes it meanwhile)
             self._seq, self._size = 0, 0

@@ -276,7 +276,7 @@ class PoolLending:
 
         ``wait=False`` returns once the sandbox is the pool's again (``resetting``: no claim
         can take it) and resets it in the background: a run's end, and whoever
-        waits for it, no longer waits for the reset. A destroy is always awaited
+        waits for it, does not wait for the reset. A destroy is always awaited
         (a task taken away must not outlive its sandbox)."""
         entry = lease.entry
         if entry.state not in ("leased", "creating"):
@@ -339,8 +339,8 @@ class PoolLending:
         # The provider swaps the sandbox's own dirs from the host and verifies the result; a
         # wipe from inside cannot pass the 000 and 555 directories a task may leave.
         ready = await provider.reset(entry.id)
-        # Handed to the next claim as the reset made it: a `get` read and validated its
-        # record again and built the same handle. Not where a claim attaches the
+        # Handed to the next claim as the reset made it: a `get` would read and validate its
+        # record again and build the same handle. Not where a claim attaches the
         # workspace, which changes the sandbox.
         entry.ready = None if isinstance(provider, WorkspaceAttach) else ready
         if isinstance(provider, SandboxPrime) and not self._waiting:

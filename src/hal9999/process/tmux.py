@@ -42,8 +42,8 @@ Whether a run still lives is asked of the kernel, not of tmux: the manager learn
 process (the supervisor) and its start time once, from ``new-session -P`` when it starts
 the run, or from one ``display-message`` for a run it did not start (an adopted one), and
 :meth:`status` reads ``/proc`` for it after that. A ``tmux has-session`` (a fork and exec,
-and a tmux client's CPU) every second for every running agent made a daemon with 100 idle
-agents use ~0.4 of a core.
+and a tmux client's CPU) every second for every running agent would make a daemon with many idle
+agents busy.
 """
 
 from __future__ import annotations

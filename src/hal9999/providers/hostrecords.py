@@ -80,7 +80,7 @@ class RecordStore(JsonRecords[SandboxRecord]):
 
     def cgroup(self, record: SandboxRecord) -> cgroups.Cgroup | None:
         """The cgroup ``record`` names, if any: one object per sandbox while its records name
-        the same one (built four times a pool reset, a path per hierarchy each, and
+        the same one (not built four times a pool reset, a path per hierarchy each, nor
         its memory hierarchy looked up again by each handle's first command)."""
         if record.cgroup is None:
             return None

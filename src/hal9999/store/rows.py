@@ -15,8 +15,8 @@ _JSON_COLUMNS = ("env_keys", "providers")
 
 def dumps(value: Any) -> str:
     """A list column's value as the table stores it (JSON text)."""
-    # Most rows hold empty lists: those need no JSON codec (a daemon read 22
-    # such columns a task, each a json.loads).
+    # Most rows hold empty lists: those need no JSON codec (a daemon reads
+    # many such columns a task, each a json.loads otherwise).
     return "[]" if value == [] else json.dumps(value)
 
 

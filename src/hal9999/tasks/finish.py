@@ -37,7 +37,7 @@ COLLECT_ROOM = 3
 """How many times its disk limits a sandbox may hold while its result is collected: the
 commit of leftovers, the bundle and the patch are copies of the work written there too.
 The agent's code runs again then (a clean filter of its checkout's config, in `git add`),
-and wrote without any limit but the collection's time."""
+and would write without any limit but the collection's time."""
 
 
 def _watch(sandbox: Sandbox, home: Path) -> Callable[[], Awaitable[None]]:

@@ -95,9 +95,9 @@ def write_branched_git_dir(
     snap: Path, dest: Path, alternates: str | None, branch: str
 ) -> tuple[bool, bool, str | None]:
     """:func:`write_git_dir` and :func:`new_branch` (packed) in one thread hop where a clone
-    of ``snap`` at its HEAD took three, each file written once with what it ends up holding
-    (the branch's step read back and rewrote the packed-refs and HEAD just
-    written, and the commit's read them again): whether the ``.git`` was written, whether
+    of ``snap`` at its HEAD would take three, each file written once with what it ends up
+    holding (the branch's step does not read back and rewrite the packed-refs and HEAD just
+    written, nor the commit's read them again): whether the ``.git`` was written, whether
     the branch was made, and its commit (None when it was not). Nothing is read or checked
     out: the caller's ``read-tree`` fills the index and the work tree."""
     written, commit = _write_git_dir(snap, dest, alternates, branch)

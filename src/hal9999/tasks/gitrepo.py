@@ -211,7 +211,7 @@ _MISSING = frozenset((errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP))
 
 def _mode(path: Path) -> int | None:
     """``path``'s mode, None when it is not there: one ``stat`` where ``exists`` and
-    ``is_dir`` made two."""
+    ``is_dir`` make two."""
     try:
         return path.stat().st_mode
     except OSError as exc:

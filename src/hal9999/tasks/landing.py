@@ -35,8 +35,8 @@ write (the record of the branch hal moved, with the run's final status)."""
 
 
 class Drop:
-    """The private ref to delete in the same transaction that moves the branch (one git,
-   ); ``done`` once it is gone."""
+    """The private ref to delete in the same transaction that moves the branch (one git);
+    ``done`` once it is gone."""
 
     __slots__ = ("done", "ref")
 

@@ -69,9 +69,9 @@ class RunRequest:
     config_sources: dict[str, str | None] | None = None
     """Which config the caller applied, as ``POST /v1/tasks`` takes it (``describe``, and
     ``notice``: what of ``./hal.toml`` was ignored): messages recorded with the task's
-    ``task_created``. Written by the client once the task was posted, a fast run's
+    ``task_created``. Written by the client once the task is posted, a fast run's
     ``task_end`` could come first, and a follower through the daemon, waiting for a
-    ``task_end`` last, waited forever."""
+    ``task_end`` last, would wait forever."""
 
 
 def config_notes(sources: dict[str, str | None] | None) -> list[Event]:

@@ -70,7 +70,7 @@ class RunnerCore:
         if then is None and first is None:
             if target not in RESTING and getattr(ctx.events, "background", False):
                 # No fsync to wait for, the event written by the flusher: a commit without
-                # the hop when nobody holds the write lock (the hop cost a busy
+                # the hop when nobody holds the write lock (the hop costs a busy
                 # daemon more CPU than the move); when another writer holds it, in a thread.
                 with contextlib.suppress(WriteBusy):
                     return self._move(ctx, target, detail, fields, wait=False)

@@ -100,7 +100,7 @@ class TaskRunner(LaunchSteps, FollowSteps):
                     assert ctx.sandbox is not None
                     ctx.sandbox = await finish.end_leftovers(provider, ctx.sandbox)
                     # The patch is the agent's until this collection's scan clears it: its
-                    # marker goes in the move's hop (a hop of its own).
+                    # marker goes in the move's hop (not a hop of its own).
                     marker = ctx.session.patch_checked
                     unmark = functools.partial(marker.unlink, missing_ok=True)
                     then = unmark if ctx.checks_patch else None

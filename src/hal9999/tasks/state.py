@@ -164,7 +164,7 @@ def transition(
             )
     while updated is None:
         # The status alone: set_status reads the whole record in its write transaction
-        # (a task's every step read and validated its record twice).
+        # (not read and validated twice on a task's every step).
         current = store.task_status(task_id)
         if wanted is not None and current not in wanted:
             raise TaskStateError(
