@@ -211,7 +211,7 @@ class Gateway:
             await _send_refusal(out, 401, "unknown_token", "no valid hal gateway token")
             return
         path = urlsplit(target).path
-        # Parsing a long conversation costs ~1 ms per 100 kB: only for an allow-list or a
+        # Parsing a long conversation costs CPU by its size: only for an allow-list or a
         # cost budget (the response names the model anyway), read strictly (see model.py),
         # or a token budget (the call's output cap: see inflight.py).
         strict = grant.models is not None or _cost_capped(grant)
