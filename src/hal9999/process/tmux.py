@@ -56,6 +56,7 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
+from hal9999 import fs
 from hal9999.errors import HalError, ProcessError
 from hal9999.process import tmuxearly
 from hal9999.process.base import (
@@ -329,7 +330,7 @@ class TmuxProcessManager:
         pane = WarmPane(early.name, Path(early.fifo), early.fd, pid, started)
         socket = self.socket(spec)
         try:
-            os.replace(early.socket, socket)  # first: a session is never out of its run's reach
+            fs.replace(early.socket, socket)  # first: a session is never out of its run's reach
         except OSError:
             early.let_go()
             return False

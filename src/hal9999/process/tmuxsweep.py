@@ -57,6 +57,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from hal9999 import fs
 from hal9999.process.base import process_started
 from hal9999.process.tmuxearly import SOCKET_DIR
 from hal9999.process.tmuxowned import identity
@@ -269,7 +270,7 @@ def _remove_if(path: str, checked: tuple[int, ...]) -> int:
     entry made at ``path`` meanwhile is linked back (unless a newer one is there)."""
     grave = os.path.join(os.path.dirname(path), f"{_GRAVE}{os.getpid()}-{next(_graves)}")
     try:
-        os.rename(path, grave)
+        fs.replace(path, grave)
     except OSError:
         return 0
     try:
@@ -283,7 +284,7 @@ def _remove_if(path: str, checked: tuple[int, ...]) -> int:
             pass  # newer still: the one at the path stands
         except OSError:
             with contextlib.suppress(OSError):
-                os.rename(grave, path)
+                fs.replace(grave, path)
             return 0
     with contextlib.suppress(OSError):
         os.unlink(grave)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from hal9999 import fs
 from hal9999.envvars import absolute_dir, kept_env
 from hal9999.errors import ProviderError, ProviderUnavailable
 from hal9999.unixsock import own_dir
@@ -452,17 +453,15 @@ async def save(qmp: Qmp, state: Path, *, vm_id: str, ram_file: bool = False) -> 
     mapped shared from a file, which holds it: the state leaves it out. Otherwise the
     state holds every page, also of a VM restored from a state with a RAM file (its
     private copy): a fork of its snapshot restores into plain memory."""
-    tmp = state.with_name(state.name + ".tmp")
     await set_ignore_shared(qmp, ram_file)
-    await qmp.call("migrate", uri=f"exec:cat > {shlex.quote(str(tmp))}")
-    while True:
-        info = await qmp.call("query-migrate")
-        status = info.get("status")
-        if status == "completed":
-            break
-        if status in ("failed", "cancelled"):
-            why = info.get("error-desc", status)
-            raise ProviderError(f"VM {vm_id}: saving its state failed: {why}")
-        await asyncio.sleep(0.02)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, state)
+    with fs.atomic(state, mode=0o600, durable=False) as out:  # QEMU's `cat` writes it
+        await qmp.call("migrate", uri=f"exec:cat > {shlex.quote(out.tmp)}")
+        while True:
+            info = await qmp.call("query-migrate")
+            status = info.get("status")
+            if status == "completed":
+                break
+            if status in ("failed", "cancelled"):
+                why = info.get("error-desc", status)
+                raise ProviderError(f"VM {vm_id}: saving its state failed: {why}")
+            await asyncio.sleep(0.02)
