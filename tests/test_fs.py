@@ -160,6 +160,6 @@ def test_writes_relative_to_a_directory_fd(tmp_path: Path) -> None:
 def test_the_supervisor_can_import_it_without_os() -> None:
     # The per-task supervisor runs as `python -I -S` and imports no `os`.
     src = str(Path(fs.__file__).parent.parent)
-    code = f"import sys; sys.path.insert(0, {src!r}); from hal9999 import fs; print('os' in sys.modules)"
+    code = f"import sys; sys.path.insert(0, {src!r}); import hal9999.fs; print('os' in sys.modules)"
     out = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True)
     assert (out.returncode, out.stdout) == (0, b"False\n"), out.stderr

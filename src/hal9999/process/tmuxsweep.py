@@ -57,8 +57,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from hal9999 import fs
-from hal9999.process.base import process_started
+from hal9999 import fs, procs
 from hal9999.process.tmuxearly import SOCKET_DIR
 from hal9999.process.tmuxowned import identity
 
@@ -134,7 +133,7 @@ def _probe(sweep_pass: _Pass, name: str, made: os.stat_result) -> bool:
     path = os.path.join(sweep_pass.directory, name)
     fifo = _FIFO.fullmatch(name)
     if fifo is not None and stat.S_ISFIFO(made.st_mode):
-        if process_started(int(fifo[1] or fifo[2])) is None:
+        if procs.started(int(fifo[1] or fifo[2])) is None:
             sweep_pass.removed += _remove(path, made)
     elif sweep_pass.now - max(made.st_ctime, made.st_mtime) < MIN_AGE_S:
         return False

@@ -15,14 +15,13 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from hal9999 import fs
+from hal9999 import fs, procs
 from hal9999.envvars import absolute_dir, kept_env
 from hal9999.errors import ProviderError, ProviderUnavailable
 from hal9999.unixsock import own_dir
@@ -333,15 +332,11 @@ def find_vms() -> dict[str, int]:
 
 async def kill(pid: int | None, vm_id: str) -> None:
     """SIGKILL the VM's QEMU and wait until it is gone."""
-    deadline = time.monotonic() + 10
-    while alive(pid, vm_id):
-        assert pid is not None
-        if _names(_cmdline(pid), vm_id):  # never a signal to a pid not proven to be this VM's
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        if time.monotonic() > deadline:
-            raise ProviderError(f"QEMU {pid} of VM {vm_id} survived SIGKILL")
-        await asyncio.sleep(0.01)
+    if pid is None or not alive(pid, vm_id):
+        return
+    # Never a signal to a pid not proven to be this VM's.
+    if not await procs.kill_until_gone(pid, still=lambda: alive(pid, vm_id), gone_s=10):
+        raise ProviderError(f"QEMU {pid} of VM {vm_id} survived SIGKILL")
 
 
 def tail(path: Path, lines: int = 15) -> str:
