@@ -11,14 +11,22 @@ runs one to its end that way on the event loop without asyncio's subprocess tran
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import os
-import signal
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import Any, BinaryIO
+
+# Light to import (the thin `hal task list` asks whether runners live): asyncio is imported
+# by what uses it, and the C module under `signal` (same names) is used, not `signal`, which
+# builds its enums at import.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import asyncio
+    import signal
+    from collections.abc import Callable, Mapping, Sequence
+    from pathlib import Path
+    from typing import Any, BinaryIO
+else:
+    import _signal as signal
 
 _GONE_WAIT_S = 5.0
 POLL_S = 0.02
@@ -67,6 +75,8 @@ async def kill_until_gone(
     :func:`started`) and ``still`` (any other proof, such as its command line) are checked
     before each signal, through a pidfd where there are pidfds, so a pid reused meanwhile
     is never signalled."""
+    import asyncio
+
 
     def meant() -> bool:
         if not alive(pid, since):
@@ -116,10 +126,14 @@ async def kill_group_until_gone(proc: asyncio.subprocess.Process, term_s: float 
     Shielded from cancellation: it runs while the caller is being cancelled, and a second
     cancellation must not leave the group running.
     """
+    import asyncio
+
     await asyncio.shield(_kill_and_reap(proc, term_s))
 
 
 async def _kill_and_reap(proc: asyncio.subprocess.Process, term_s: float) -> None:
+    import asyncio
+
     if term_s and proc.returncode is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -161,6 +175,7 @@ async def run_captured(
     (issue 16: ~0.5-0.7 ms a process of the ~1.1 ms asyncio's transports, protocols and
     child watcher take here): the same ``Popen`` (vfork), its pipes and its pidfd read by
     the running loop. Without pidfds (an old kernel), asyncio's way."""
+    import asyncio
     import subprocess
 
     loop = asyncio.get_running_loop()
@@ -275,6 +290,8 @@ class _Watched:
     async def end(self, term_s: float) -> None:
         """Its group killed (SIGTERM and ``term_s`` seconds to exit first, when given) and
         the child reaped."""
+        import asyncio
+
         if term_s and not self.exited.done():
             _kill_group(self.child, signal.SIGTERM)
             with contextlib.suppress(TimeoutError):
@@ -283,6 +300,8 @@ class _Watched:
         await self.reap()
 
     async def reap(self) -> None:
+        import asyncio
+
         try:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self.exited), _GONE_WAIT_S)
