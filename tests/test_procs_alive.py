@@ -74,3 +74,18 @@ async def test_kill_until_gone_never_signals_another_process_at_the_pid() -> Non
     finally:
         child.kill()
         child.wait()
+
+
+async def test_a_signal_waits_for_its_proof_and_the_wait_for_the_end_of_that_process() -> None:
+    # The proof (a command line naming the process) may not hold yet, as in the middle of
+    # an execve: the signal is tried again until it does; the end awaited is the process's.
+    child = _spawn("exec sleep 60")
+    since = procs.started(child.pid)
+    asked: list[int] = []
+
+    def proven() -> bool:
+        asked.append(1)
+        return len(asked) > 3
+
+    assert await procs.kill_until_gone(child.pid, since=since, still=proven, gone_s=30)
+    assert child.wait(timeout=30) == -signal.SIGKILL and len(asked) > 3

@@ -74,26 +74,29 @@ async def kill_until_gone(
     Only the process proven to be the one meant is signalled: ``since`` (its
     :func:`started`) and ``still`` (any other proof, such as its command line) are checked
     before each signal, through a pidfd where there are pidfds, so a pid reused meanwhile
-    is never signalled."""
+    is never signalled; a signal not sent (``still`` does not hold yet) is tried again.
+    With ``since``, it is gone once that process is (``still`` may stop holding before:
+    a process's command line reads empty while it exits); without, once ``still`` fails."""
     import asyncio
-
 
     def meant() -> bool:
         if not alive(pid, since):
             raise ProcessLookupError(pid)
         return still is None or still()
 
+    def running() -> bool:
+        return alive(pid, since) if since is not None else _is_meant(meant)
+
     loop = asyncio.get_running_loop()
     for sig, wait in ((signal.SIGTERM, term_s), (signal.SIGKILL, gone_s)):
         if sig == signal.SIGTERM and not term_s:
             continue
-        if not _signal(pid, sig, meant, group=group):
-            return not _is_meant(meant)
-        deadline = loop.time() + wait
+        deadline, sent = loop.time() + wait, False
         # Polling: another process's exit cannot be awaited as an event here.
-        while _is_meant(meant) and loop.time() < deadline:  # noqa: ASYNC110
+        while running() and loop.time() < deadline:
+            sent = sent or _signal(pid, sig, meant, group=group)
             await asyncio.sleep(POLL_S)
-        if not _is_meant(meant):
+        if not running():
             return True
     return False
 

@@ -332,10 +332,14 @@ def find_vms() -> dict[str, int]:
 
 async def kill(pid: int | None, vm_id: str) -> None:
     """SIGKILL the VM's QEMU and wait until it is gone."""
-    if pid is None or not alive(pid, vm_id):
+    since = procs.started(pid) if pid is not None and alive(pid, vm_id) else None
+    if pid is None or since is None:
         return
-    # Never a signal to a pid not proven to be this VM's.
-    if not await procs.kill_until_gone(pid, still=lambda: alive(pid, vm_id), gone_s=10):
+
+    def proven() -> bool:  # never a signal to a pid not proven to be this VM's (its -name)
+        return _names(_cmdline(pid), vm_id)
+
+    if not await procs.kill_until_gone(pid, since=since, still=proven, gone_s=10):
         raise ProviderError(f"QEMU {pid} of VM {vm_id} survived SIGKILL")
 
 
