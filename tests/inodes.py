@@ -108,3 +108,11 @@ def _watching(watched: list[tuple[str, list[str]]], root: Path) -> Iterator[list
     finally:
         with _lock:
             watched.remove(entry)
+
+
+def steady(paths: list[str]) -> list[str]:
+    """``paths`` sorted, each random part of an atomic write's temp name (``fs.temp_beside``:
+    ``.<name>.<12 hex digits>.hal-tmp``) written ``<tmp>``, so a test can name them."""
+    import re
+
+    return sorted(re.sub(r"\.[0-9a-f]{12}\.hal-tmp$", ".<tmp>", path) for path in paths)

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hal9999 import fs
 from hal9999.config import CredentialFile, HalConfig
 from hal9999.envvars import forwarded_env as forwarded_env  # re-exported (light module)
 from hal9999.envvars import parse_env_option as parse_env_option
@@ -222,10 +223,8 @@ class EnvKinds:
 
     def save(self, path: Path) -> None:
         """Record the names (private, atomically)."""
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps({"literal": self.literal, "secret": self.secret}))
-        tmp.chmod(0o600)
-        tmp.replace(path)
+        data = {"literal": self.literal, "secret": self.secret}
+        fs.write_json(path, data, mode=0o600, durable=False)
 
     @classmethod
     def load(cls, path: Path) -> EnvKinds:

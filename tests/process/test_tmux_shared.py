@@ -15,8 +15,8 @@ import pytest
 from tests.process.test_managers import wait_exit
 from tests.process.test_tmux_prestart import servers
 
+from hal9999 import procs
 from hal9999.process import tmux as tmux_module
-from hal9999.process.base import process_started
 from hal9999.process.tmux import TmuxProcessManager, share_server, unshare_server
 from hal9999.providers.base import Sandbox
 from hal9999.spec import ProcessSpec, ShellCommand
@@ -86,7 +86,7 @@ async def test_runs_share_one_server_each_pane_its_own_environment(
     pane_b = manager._panes[manager.socket(specs[1][0])]
     await manager.stop(specs[0][0])
     await wait_exit(manager, specs[0][0])  # its supervisor ended it, and said so
-    assert process_started(pane_b[0]) == pane_b[1]
+    assert procs.started(pane_b[0]) == pane_b[1]
     # A manager of another process (the next daemon, `hal task attach`) finds the run.
     other = TmuxProcessManager(runtime_dir=runtime)
     assert (await other.status(specs[1][0])).state == "running"

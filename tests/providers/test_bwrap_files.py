@@ -176,9 +176,9 @@ async def test_a_create_makes_only_the_inodes_it_needs(hal_home: Path, tmp_path:
             box = await provider.create(spec)
         try:
             # Nothing anywhere else in the HAL_HOME either (the shared files were made).
-            own = [box.id, *(os.path.join(box.id, n) for n in ("sandbox.tmp", "tmp"))]
+            own = [box.id, *(os.path.join(box.id, n) for n in (".sandbox.json.<tmp>", "tmp"))]
             state = os.path.relpath(provider.state_dir, hal_home)
-            assert sorted(made) == sorted(os.path.join(state, n) for n in own)
+            assert inodes.steady(made) == sorted(os.path.join(state, n) for n in own)
             assert (await box.exec(ArgvCommand(argv=("true",)))).ok
         finally:
             await provider.destroy(box.id)
@@ -237,14 +237,15 @@ async def test_a_stop_and_reset_make_one_record_file_and_a_fresh_tmp_if_used(
             await provider.stop(box.id)
             assert provider.store.load(box.id).state == "stopped"
             await provider.reset(box.id)
-        assert sorted(made) == [os.path.join(box.id, "sandbox.tmp")]
+        assert inodes.steady(made) == [os.path.join(box.id, ".sandbox.json.<tmp>")]
         assert provider.store.path(box.id).read_bytes() == running
         assert not (provider.store.dir(box.id) / ".previous.json").exists()
         assert (await box.exec(ArgvCommand(argv=("touch", "/tmp/used")))).ok
         with inodes.created(provider.state_dir) as made:
             await provider.stop(box.id)
             await provider.reset(box.id)
-        assert sorted(made) == sorted(os.path.join(box.id, n) for n in ("sandbox.tmp", "tmp"))
+        expect = (".sandbox.json.<tmp>", "tmp")
+        assert inodes.steady(made) == sorted(os.path.join(box.id, n) for n in expect)
         assert not os.listdir(provider.store.dir(box.id) / "tmp")
         await provider.stop(box.id)  # a start with a changed record writes it anew
         record = provider.store.load(box.id).model_copy(update={"state": "running"})

@@ -164,7 +164,7 @@ async def test_a_followed_task_whose_runner_died_is_reconciled_in_a_thread(
     # Found on the loop, but an active task whose runner is dead is written `interrupted`
     # by reconcile, a write: that goes to a thread, as `find` did.
     daemon = _daemon(tmp_path, {})
-    dead = SimpleNamespace(id="t1", status="running", runner_pid=2**22 + 1)  # no such pid
+    dead = SimpleNamespace(id="t1", status="running", runner_pid=2**22 + 1, runner_started=None)
     daemon.service.store.find_task = lambda task_id: dead
     threads: list[str] = []
 

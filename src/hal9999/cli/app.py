@@ -73,7 +73,7 @@ class App:
         if (
             record.status not in ACTIVE
             or record.status == TaskStatus.QUEUED
-            or runner_alive(record.runner_pid)
+            or runner_alive(record.runner_pid, record.runner_started)
         ):
             return record
         return self.service.reconcile(record)

@@ -47,7 +47,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from hal9999 import agentfs
+from hal9999 import agentfs, fs
 from hal9999.store import Store
 from hal9999.store.gateway import GatewayRequest, GatewayTable
 
@@ -308,7 +308,7 @@ class Ledger:
                 agentfs.write_host_file(self._spill, iter([lines]))
             elif self._spill.exists():
                 self._spill.unlink()
-                agentfs.fsync_dir(self._spill.parent)
+                fs.fsync_dir(self._spill.parent)
         except Exception as exc:  # OSError, or a row that cannot be written as JSON
             logger.error("gateway: could not keep %d unrecorded calls in %s (%s): a restart "
                          "now forgets them", len(rows), self._spill, exc)  # fmt: skip

@@ -25,6 +25,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from hal9999 import fs
 from hal9999.home import spread_once
 from hal9999.spec import Bind, SandboxSpec
 
@@ -212,16 +213,12 @@ class Slot:
 
 
 def _relink(link: Path, target: Path) -> None:
-    tmp = link.with_name(f".{link.name}.{secrets.token_hex(4)}")
-    os.symlink(target, tmp)
-    os.replace(tmp, link)
+    fs.symlink(target, link)
 
 
 def _hard_relink(link: Path, symlink: Path) -> None:
     """Make ``link`` another name of the symlink ``symlink`` (no new inode), atomically."""
-    tmp = link.with_name(f".{link.name}.{secrets.token_hex(4)}")
-    os.link(symlink, tmp, follow_symlinks=False)  # the symlink itself, not its target
-    os.replace(tmp, link)
+    fs.hardlink(symlink, link)
 
 
 def _readlink(link: Path) -> str | None:
@@ -266,9 +263,8 @@ class SlotDir:
     def set_own_warm(self, names: set[str]) -> None:
         """Record :meth:`own_warm` (atomically)."""
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self.root / f".{OWN_WARM_FILE}.tmp"
-        tmp.write_text("".join(f"{name}\n" for name in sorted(names)))
-        os.replace(tmp, self.root / OWN_WARM_FILE)
+        text = "".join(f"{name}\n" for name in sorted(names))
+        fs.write_text(self.root / OWN_WARM_FILE, text, mode=None, durable=False)
 
     def new(self) -> Slot:
         """A fresh, empty slot."""

@@ -139,22 +139,6 @@ def arm_start(exit_path: Path) -> None:
         pass
 
 
-def process_started(pid: int) -> int | None:
-    """When process ``pid`` started (clock ticks since boot, ``/proc/<pid>/stat`` field 22),
-    or None when there is no such live process (gone, or a zombie): with the pid, it names
-    one process, where a pid alone may name a later one that reused it."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as file:
-            fields = file.read().rsplit(b")", 1)[1].split()
-    except OSError:
-        return None
-    # fields[0] is field 3 (the state); a zombie has ended, whether reaped yet or not
-    # ("x" is how kernels before 4.14 wrote dead).
-    if fields[0] in (b"Z", b"X", b"x"):
-        return None
-    return int(fields[19])
-
-
 async def run_ended(exit_path: Path, limit_s: float = STOP_WAIT_S) -> bool:
     """Wait until the supervisor of the run whose exit file is ``exit_path`` has ended (its
     :func:`~hal9999.process.runlock.running_path` lock free), at most ``limit_s``;

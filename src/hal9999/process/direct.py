@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import threading
 from collections.abc import Mapping
 from pathlib import Path
 
+from hal9999 import procs
 from hal9999.errors import ProcessError
-from hal9999.process.base import STOP_WAIT_S, ProcessStatus, process_started, read_exit_status
+from hal9999.process.base import STOP_WAIT_S, ProcessStatus, read_exit_status
 from hal9999.process.forkserver import ForkServerClient, ServerUnavailable
 from hal9999.process.launch import supervised
 from hal9999.process.supervisor import unstarted_path
@@ -31,11 +31,6 @@ from hal9999.spec import ProcessSpec
 
 def _pid_file(spec: ProcessSpec) -> Path:
     return spec.exit_path.with_name(f".{spec.exit_path.name}.pid")
-
-
-def _alive(pid: int) -> bool:
-    # Not kill(0): a zombie child still answers it, and it has ended all the same.
-    return process_started(pid) is not None
 
 
 def _into_mark(spec: ProcessSpec, pid: int) -> bool:
@@ -131,7 +126,7 @@ class DirectProcessManager:
             await self._reap(spec)
             return ProcessStatus("exited", code)
         pid = self._pid(spec)
-        if pid is not None and _alive(pid):
+        if pid is not None and procs.alive(pid):
             return ProcessStatus("running")
         code = read_exit_status(spec.exit_path)
         return ProcessStatus("exited", code) if code is not None else ProcessStatus("missing")
@@ -143,17 +138,7 @@ class DirectProcessManager:
             return
         # The supervisor kills its command once the launch's grace is over (a relay's is
         # its last bring-back of the work): SIGKILL here only past the longest of them.
-        for sig, wait in ((signal.SIGTERM, STOP_WAIT_S), (signal.SIGKILL, 2.0)):
-            try:
-                os.killpg(pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = asyncio.get_running_loop().time() + wait
-            # Polling: another process's exit cannot be awaited as an event here.
-            while _alive(pid) and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
-            if not _alive(pid):
-                break
+        await procs.kill_until_gone(pid, group=True, term_s=STOP_WAIT_S, gone_s=2.0)
         await self._reap(spec)
         _pid_file(spec).unlink(missing_ok=True)
 

@@ -22,6 +22,7 @@ import codecs
 import posix
 import sys
 
+from hal9999 import fs
 from hal9999.process.caplog import CappedLog, beside
 from hal9999.process.parsedevents import ParsedEvents, load_site
 from hal9999.process.runlock import hold_running
@@ -103,7 +104,7 @@ def claim_start(marker: str, keep_as: str | None = None) -> bool:
                 posix.write(fd, str(posix.getpid()).encode())
             finally:
                 posix.close(fd)
-            posix.rename(marker, keep_as)
+            fs.replace(marker, keep_as)
     except OSError:  # taken (gone) or not to be had: nothing may start
         return False
     return True
@@ -203,10 +204,8 @@ def _read_warm(fifo: str) -> tuple[list[str], dict[bytes, bytes]] | None:
 def write_exit_status(path: str | os.PathLike[str], status: int) -> None:
     """Record ``status`` at ``path`` atomically, then wake whoever listens for it."""
     path = posix.fspath(path)
-    tmp = beside(path, f".{path.rpartition('/')[2]}.tmp")
-    with open(tmp, "w") as file:
-        file.write(f"{status}\n")
-    posix.replace(tmp, path)
+    # Not fsynced: a run's end is on its hot path.
+    fs.write_text(path, f"{status}\n", mode=None, durable=False)
     _notify_ended(ended_path(path))
 
 

@@ -57,11 +57,11 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
+from hal9999 import fs, procs
 from hal9999.errors import HalError, ProcessError
 from hal9999.process import tmuxearly
 from hal9999.process.base import (
     ProcessStatus,
-    process_started,
     read_exit_status,
     run_ended,
 )
@@ -323,14 +323,14 @@ class TmuxProcessManager:
             printed = None
         lines = printed.strip().splitlines() if printed is not None else []
         pid = int(lines[-1]) if lines and lines[-1].strip().isdigit() else None
-        started = process_started(pid) if pid is not None else None
+        started = procs.started(pid) if pid is not None else None
         if pid is None or started is None or len(handed) > MESSAGE_MAX:
             early.let_go()
             return False
         pane = WarmPane(early.name, Path(early.fifo), early.fd, pid, started)
         socket = self.socket(spec)
         try:
-            os.replace(early.socket, socket)  # first: a session is never out of its run's reach
+            fs.replace(early.socket, socket)  # first: a session is never out of its run's reach
         except OSError:
             early.let_go()
             return False
@@ -358,7 +358,7 @@ class TmuxProcessManager:
         if early is not None:
             go, key = early
             pane = self._panes.get(socket)
-            alive = pane is not None and process_started(pane[0]) == pane[1]
+            alive = pane is not None and procs.started(pane[0]) == pane[1]
             if alive and key == _run_key(sandbox, spec, env):
                 os.write(go, b"g")
                 self._go[socket] = go  # until the supervisor has surely read it
@@ -453,7 +453,7 @@ class TmuxProcessManager:
                 self._remember(spec, out)
                 self._own.note(socket)  # an adopted run's entry, as its maker's: gone at its end
                 pane = self._panes.get(socket)
-        if pane is not None and process_started(pane[0]) == pane[1]:
+        if pane is not None and procs.started(pane[0]) == pane[1]:
             return ProcessStatus("running")
         self._panes.pop(socket, None)
         self._let_go(socket)
@@ -467,7 +467,7 @@ class TmuxProcessManager:
         lines = printed.strip().splitlines()
         if lines and lines[-1].strip().isdigit():
             pid = int(lines[-1])
-            started = process_started(pid)
+            started = procs.started(pid)
             if started is not None:
                 self._panes[self.socket(spec)] = (pid, started)
 

@@ -57,7 +57,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from hal9999.process.base import process_started
+from hal9999 import fs, procs
 from hal9999.process.tmuxearly import SOCKET_DIR
 from hal9999.process.tmuxowned import identity
 
@@ -133,7 +133,7 @@ def _probe(sweep_pass: _Pass, name: str, made: os.stat_result) -> bool:
     path = os.path.join(sweep_pass.directory, name)
     fifo = _FIFO.fullmatch(name)
     if fifo is not None and stat.S_ISFIFO(made.st_mode):
-        if process_started(int(fifo[1] or fifo[2])) is None:
+        if procs.started(int(fifo[1] or fifo[2])) is None:
             sweep_pass.removed += _remove(path, made)
     elif sweep_pass.now - max(made.st_ctime, made.st_mtime) < MIN_AGE_S:
         return False
@@ -269,7 +269,7 @@ def _remove_if(path: str, checked: tuple[int, ...]) -> int:
     entry made at ``path`` meanwhile is linked back (unless a newer one is there)."""
     grave = os.path.join(os.path.dirname(path), f"{_GRAVE}{os.getpid()}-{next(_graves)}")
     try:
-        os.rename(path, grave)
+        fs.replace(path, grave)
     except OSError:
         return 0
     try:
@@ -283,7 +283,7 @@ def _remove_if(path: str, checked: tuple[int, ...]) -> int:
             pass  # newer still: the one at the path stands
         except OSError:
             with contextlib.suppress(OSError):
-                os.rename(grave, path)
+                fs.replace(grave, path)
             return 0
     with contextlib.suppress(OSError):
         os.unlink(grave)

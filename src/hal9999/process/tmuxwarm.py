@@ -30,8 +30,8 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
+from hal9999 import procs
 from hal9999.errors import HalError
-from hal9999.process.base import process_started
 from hal9999.process.launch import run_host
 from hal9999.process.supervisorargv import SUPERVISOR
 from hal9999.process.tmuxearly import new_session as new_session  # its old home
@@ -95,7 +95,7 @@ class WarmPanes:
         None when there is none (the dead ones let go)."""
         while self.idle:
             pane = self.idle.pop(0)
-            if process_started(pane.pid) == pane.started:
+            if procs.started(pane.pid) == pane.started:
                 return pane
             let_go(pane.fd, pane.fifo)
         return None
@@ -146,7 +146,7 @@ class WarmPanes:
             ]
             _, out = await run_host(argv, env={"TERM": "xterm-256color"})
             pid = int(out.strip().splitlines()[-1])
-            started = process_started(pid)
+            started = procs.started(pid)
             if started is None:
                 raise OSError(f"warm pane {name} ended at its start")
         except BaseException:

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple, Protocol, runtime_checkable
 
+from hal9999 import fs
 from hal9999.errors import DiskFull, DiskLimitExceeded
 from hal9999.providers.totals import MIN_DEFAULT_MEMORY_MB as MIN_DEFAULT_MEMORY_MB
 from hal9999.providers.totals import MIN_DEFAULT_PIDS, Totals, totals
@@ -245,19 +246,11 @@ class Ballast:
         """Reserve the space, unless it is reserved already or the disk is nearly full."""
         if self.path.exists():
             return
-        tmp = self.path.with_name(f"{BALLAST_NAME}.tmp")
-        try:
+        with contextlib.suppress(OSError):
             if free_bytes(self.path.parent) < 4 * BALLAST_BYTES:
                 return
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            try:
-                os.posix_fallocate(fd, 0, BALLAST_BYTES)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+            with fs.atomic(self.path, mode=0o600, durable=False) as out:
+                os.posix_fallocate(out.fd, 0, BALLAST_BYTES)
 
     def release(self) -> None:
         """Give the space back (for the writes that record and clean up a task)."""

@@ -24,6 +24,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from hal9999 import fs
 from hal9999.errors import ConfigError, ProviderError, SandboxNotFound
 from hal9999.images.store import Image, ImageStore, hang_notice, images_root
 from hal9999.providers import hostfs, qemumount, qemussh, qemuvm, sandboxuser
@@ -227,9 +228,7 @@ class QemuProvider(HostProvider):
     def save_vm(self, sandbox_id: str, vm: VmRecord) -> None:
         """Write ``vm.json`` atomically."""
         path = self.store.dir(sandbox_id) / VM_RECORD
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(vm.model_dump_json(indent=2))
-        os.replace(tmp, path)
+        fs.write_text(path, vm.model_dump_json(indent=2), mode=None, durable=False)
 
     def running(self, sandbox_id: str) -> bool:
         """Whether the sandbox's QEMU is alive."""

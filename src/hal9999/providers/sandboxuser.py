@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from hal9999 import fs
 from hal9999.errors import ProviderError
 
 SETPRIV = "/usr/bin/setpriv"
@@ -379,14 +380,19 @@ def install_helper(helper: str, target: Path) -> None:
         if os.path.samestat(want, have) or _is_copy_of(have, want):
             return
     target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+    tmp = fs.temp_beside(target)
     try:
-        os.link(helper, tmp)
-    except OSError:
-        shutil.copyfile(helper, tmp)
-        os.chmod(tmp, 0o755)
-        os.utime(tmp, ns=(want.st_atime_ns, want.st_mtime_ns))
-    os.replace(tmp, target)
+        try:
+            os.link(helper, tmp)
+        except OSError:
+            shutil.copyfile(helper, tmp)
+            os.chmod(tmp, 0o755)
+            os.utime(tmp, ns=(want.st_atime_ns, want.st_mtime_ns))
+        fs.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _is_copy_of(have: os.stat_result, want: os.stat_result) -> bool:

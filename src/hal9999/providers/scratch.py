@@ -17,7 +17,7 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
-from hal9999 import agentfs
+from hal9999 import agentfs, fs
 from hal9999.errors import ProviderError, UnsafePath
 
 RETIRED_PREFIX = ".retired-"
@@ -63,7 +63,7 @@ def retire(parent: Path, name: str) -> Path | None:
     """
     retired = parent / f"{RETIRED_PREFIX}{name}-{secrets.token_hex(4)}"
     try:
-        os.rename(parent / name, retired)
+        fs.replace(parent / name, retired)
     except FileNotFoundError:
         return None
     return retired

@@ -150,7 +150,11 @@ async def _find(service: Any, task_id: str) -> Any:
     died is marked interrupted)."""
     task = service.store.find_task(task_id)
     mine = task.runner_pid == os.getpid()  # this daemon's run: its runner lives
-    if task.status in ACTIVE and not mine and not runner_alive(task.runner_pid):
+    if (
+        task.status in ACTIVE
+        and not mine
+        and not runner_alive(task.runner_pid, task.runner_started)
+    ):
         return await asyncio.to_thread(service.reconcile, task)
     return task
 

@@ -382,4 +382,13 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE hive_agents ADD COLUMN loop_since REAL;
         """,
     ),
+    Migration(
+        14,
+        "runner start time",
+        """
+        -- When the process runner_pid names started: a pid alone may name a later process
+        -- that reused it (tasks/alive.py).
+        ALTER TABLE tasks ADD COLUMN runner_started INTEGER;
+        """,
+    ),
 )

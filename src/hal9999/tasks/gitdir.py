@@ -16,6 +16,7 @@ import shutil
 import stat
 from pathlib import Path
 
+from hal9999 import fs
 from hal9999.providers.hostread import read_text, write_text
 
 # A key may follow its section's header on the same line; extensions.worktreeConfig has git
@@ -368,7 +369,7 @@ def _write_new(path: Path, text: str) -> None:
     try:
         with tmp.open("x") as file:
             file.write(text)
-        os.replace(tmp, path)
+        fs.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -38,7 +38,7 @@ import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from hal9999 import flock
+from hal9999 import flock, fs
 from hal9999.errors import RepoError
 from hal9999.home import HalPaths
 from hal9999.providers.hostread import read_all, read_text
@@ -291,9 +291,7 @@ def _finish(work: Path, fp: str) -> None:
 
 
 def _write_current(base: Path, name: str) -> None:
-    tmp = base / f".current.{secrets.token_hex(4)}"
-    tmp.write_text(name)
-    os.replace(tmp, base / "current")
+    fs.write_text(base / "current", name, mode=None, durable=False)
 
 
 async def _has_commit(snap: Path, ref: str) -> bool:
@@ -313,9 +311,7 @@ def _link(session_root: Path, objects: Path) -> None:
     link = session_root / OBJECTS_LINK
     if link.is_dir() and not link.is_symlink():
         link.rmdir()
-    tmp = session_root / f".hal-objects.{secrets.token_hex(4)}"
-    os.symlink(objects, tmp)
-    os.replace(tmp, link)
+    fs.symlink(objects, link)
 
 
 def link_empty(session_root: Path) -> None:
@@ -407,12 +403,9 @@ def point_alternates(workspace: Path) -> None:
     if alternates_pointed(workspace):  # written so by hal's own clone: nothing to do
         return
     path = workspace / ".git" / "objects" / "info" / "alternates"
-    tmp = path.with_name(f"alternates.{secrets.token_hex(4)}")
     try:
-        tmp.write_text(ALTERNATES)
-        os.replace(tmp, path)
+        fs.write_text(path, ALTERNATES, mode=None, durable=False)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         if exc.errno != errno.ENOENT:
             raise
         raise RepoError(

@@ -485,7 +485,7 @@ class TaskService(TaskSecrets):
     def reconcile(self, task: TaskRecord) -> TaskRecord:
         """Mark a task in flight whose runner died as ``interrupted`` (a queued one stays
         queued: nothing of it runs); return the fresh record."""
-        if task.status not in ACTIVE or runner_alive(task.runner_pid):
+        if task.status not in ACTIVE or runner_alive(task.runner_pid, task.runner_started):
             return task
         if task.status == TaskStatus.QUEUED:
             # Nothing of it runs: it waits for a runner, whoever queued it. The next `hal

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import posixpath
 import re
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+from hal9999 import fs
 from hal9999.agents.base import McpServer
 from hal9999.spec import Bind
 from hal9999.store import Store
@@ -83,10 +82,8 @@ class McpPaths(NamedTuple):
         directory.mkdir(exist_ok=True)
         directory.chmod(0o755)  # a sandbox runs as its own uid: it must reach the socket
         for name in (FORWARDER_NAME, PERL_FORWARDER_NAME):
-            tmp = directory / f".{name}.tmp"
-            shutil.copyfile(Path(__file__).with_name(name), tmp)
-            tmp.chmod(0o644)
-            tmp.replace(directory / name)
+            source = Path(__file__).with_name(name).read_bytes()
+            fs.write_bytes(directory / name, source, mode=0o644, durable=False)
         return directory
 
 
@@ -155,9 +152,7 @@ class McpRoute:
 def attach(run_dir: Path, agent: str) -> None:
     """Mark the task whose run directory is ``run_dir`` as ``agent``'s (host side only)."""
     run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = run_dir / f".{MARKER}.tmp"
-    tmp.write_text(json.dumps({"agent": checked_name(agent)}))
-    os.replace(tmp, run_dir / MARKER)
+    fs.write_json(run_dir / MARKER, {"agent": checked_name(agent)}, mode=None, durable=False)
 
 
 def route_for(
