@@ -182,8 +182,8 @@ def cgroup_moves(mounts: str, *, v2: bool) -> Check:
 
     On cgroup v2, unless some hierarchy is mounted with ``favordynmods`` (Linux 6.0+), the
     kernel's lock for such moves waits for an RCU grace period whenever it has not been
-    taken for a few milliseconds: measured here, a sandbox command after an idle spell took
-    17 ms instead of 8.5 (docs/benchmarks.md). The option makes forks and exits a little
+    taken for a few milliseconds: measured here, a sandbox command after an idle spell takes
+    about twice as long (docs/benchmarks.md). The option makes forks and exits a little
     dearer, so hal names it and leaves the choice to whoever runs the host. On v1 the
     launcher moves its one thread through ``tasks``, which takes no such lock
     (:meth:`cgroups.CgroupV1.join_files`)."""
@@ -405,8 +405,12 @@ async def _kvm(store: ImageStore, image: Image | None) -> Check:
 
 
 async def _agent(name: str) -> Check:
-    """An agent CLI: installed?, its version, and the version hal is tested with."""
-    agent = resolve_agent(name)
+    """An agent CLI: installed?, its version, and the version hal is tested with. A preset
+    that cannot be loaded is a warning of its own; the others are checked."""
+    try:
+        agent = resolve_agent(name)
+    except HalError as exc:
+        return Check(f"agent {name}", False, exc.message, exc.hint, required=False)
     tested: str | None = getattr(agent, "tested_version", None)
     fix = agent.install_hint
     if tested is not None:

@@ -340,7 +340,7 @@ def new_task_id(taken: Callable[[str], bool]) -> str:
     per candidate: reading every id at each submission grew with the store's history)."""
     while True:
         # 40 random bits read at once, five a letter (a read of the kernel's random source
-        # per letter was 16 system calls a submission, issue 16).
+        # per letter would be 16 system calls a submission).
         bits = int.from_bytes(secrets.token_bytes(5), "big")
         candidate = "".join(_ID_ALPHABET[(bits >> shift) & 31] for shift in range(35, -1, -5))
         if not taken(candidate):
