@@ -419,7 +419,7 @@ async def test_a_message_the_agent_took_through_its_tools_reaches_the_next_turn_
 ) -> None:
     home = world.hub.hive.home
     service = SimpleNamespace(store=world.store, config=SimpleNamespace(home=home))
-    loop = HiveLoop(service, None, HiveSettings())  # type: ignore[arg-type]
+    loop = HiveLoop(SimpleNamespace(service=service), HiveSettings())  # type: ignore[arg-type]
     AgentDir.of(home, "beta").root.mkdir(parents=True)
     first = broker.send(world.store, sender="operator", recipient="beta", body="the prompt")
     ids = [str(e["id"]) for e in loop.deliver("beta")]

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 
 from hal9999 import plainjson
 from hal9999.errors import HalError
+from hal9999.events.own import HAL_OWN
 from hal9999.server.runtime import DaemonInfo, find_running
 from hal9999.workdir import pure_path
 
@@ -29,9 +30,6 @@ if TYPE_CHECKING:
     from hal9999.tasks.api import OnEvent, OnOutput, OnStart
     from hal9999.tasks.request import RunRequest
 
-HAL_OWN = frozenset({"task_created", "phase", "sandbox_acquired", "message", "task_end"})
-"""Events hal records about the task itself; a foreground run's ``on_event`` gets only the
-agent's (its output and what was parsed from it), with or without the daemon."""
 RECONNECT_S = 60.0
 """How long a follower waits for a daemon that went away to come back."""
 FOLLOW_WAIT_S = 10.0

@@ -44,6 +44,7 @@ from hal9999.tasks.recovery import Recovery, RecoveryReport
 from hal9999.tasks.request import provider_list
 from hal9999.tasks.sandboxes import PoolSource
 from hal9999.tasks.scheduler import Scheduler
+from hal9999.tasks.served import ServedTaskAPI
 from hal9999.tasks.service import TaskService
 from hal9999.tasks.session import Session
 from hal9999.tasks.state import TaskStatus
@@ -88,8 +89,13 @@ class Daemon:
         self.scheduler = Scheduler(
             self.service, scheduler_settings(config, environ), self.provider_limit
         )
+        adopting = Recovery(self.service, self.pool, self.source, self.provider)
+        self.tasks = ServedTaskAPI(
+            self.service, self.scheduler, self.bus, take_sandbox=adopting.take_sandbox
+        )
+        """The task API every route, the MCP server, the hive and the dashboard call."""
         self.hive_settings = hive_settings(config)
-        self.hive = HiveLoop(self.service, self.scheduler, self.hive_settings)
+        self.hive = HiveLoop(self.tasks, self.hive_settings)
         """The hive's turn loop (agents woken by their mail)."""
         self.service.runner.sandboxes = self.hive.hold_warm(self.source)  # warm agents
         self.http: HalServer | None = None

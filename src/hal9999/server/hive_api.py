@@ -20,9 +20,9 @@ from hal9999.hive.reminders import list_reminders
 from hal9999.hive.retention import vacuum
 from hal9999.hive.store import get_agent, hive_events_after, list_agents
 from hal9999.hive.warm import warm_policy
-from hal9999.server.follow import MAX_WAIT_S, PAGE
 from hal9999.server.routing import ApiRequest as Request
 from hal9999.server.routing import Router
+from hal9999.tasks.pages import MAX_WAIT_S, PAGE
 
 if TYPE_CHECKING:
     from hal9999.server.daemon import Daemon
