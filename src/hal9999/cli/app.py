@@ -255,6 +255,7 @@ def stdout_closed() -> bool:
 def spawn_runner(app_: App, task: TaskRecord, args: list[str], env: dict[str, str]) -> int:
     """Start a detached ``hal`` process that runs the task; return its pid."""
     import subprocess
+    import threading
     from pathlib import Path
 
     from hal9999.pymodule import module_argv
@@ -270,6 +271,9 @@ def spawn_runner(app_: App, task: TaskRecord, args: list[str], env: dict[str, st
             env={**os.environ, **env},
             start_new_session=True,
         )
+    # Reaped whenever it ends: a process that outlives its runner (a long-lived caller of
+    # the task API) keeps no zombie of it.
+    threading.Thread(target=proc.wait, name=f"reap-{task.id}", daemon=True).start()
     # Handed over only if this process still holds it: the runner may have claimed it
     # (from this process) and even finished already.
     app_.store.swap_runner(task.id, os.getpid(), proc.pid)

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from hal9999.cli.task_doc import with_branch_made
 from hal9999.config import HalConfig
 from hal9999.config_origin import with_origin
 from hal9999.errors import ConfigError
@@ -23,6 +22,7 @@ from hal9999.server.routing import Router
 from hal9999.server.threads_api import add_thread_routes
 from hal9999.spec import ArgvCommand
 from hal9999.store import TaskRecord
+from hal9999.tasks.branchmade import with_branch_made
 from hal9999.tasks.pages import MAX_WAIT_S
 from hal9999.tasks.request import RunRequest
 from hal9999.values import describe
