@@ -448,8 +448,8 @@ def test_the_daily_sub_task_bound_is_a_hive_setting_of_100_by_default() -> None:
 
 
 def test_the_daemon_hands_its_subtasks_per_day_to_the_tools(tmp_path: Path) -> None:
-    from hal9999.hive.mcp.wiring import hub_for
     from hal9999.server.daemon import Daemon
+    from hal9999.server.mcp import hub_for
 
     daemon = Daemon(HalConfig(home=tmp_path / "home", hive={"subtasks_per_day": 2}), {})
     try:

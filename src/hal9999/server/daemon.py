@@ -225,7 +225,7 @@ class Daemon:
             # Hive reminders and expiries: due ones left by a stopped daemon fire now.
             asyncio.create_task(DeadlineLoop(self.store).run(), name="hive-deadlines"),
         ]
-        from hal9999.hive.mcp.wiring import hub_for  # the MCP SDK: `hal serve` only
+        from hal9999.server.mcp import hub_for  # the MCP SDK: `hal serve` only
 
         self.mcp = hub_for(self)
         hub = self.mcp
