@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"pool"},
     {"tasks"},
     {"hive"},
-    {"server", "dashboard"},  # surfaces
+    {"server", "dashboard", "app"},  # surfaces and the composition root
     {"cli", "__main__", "__init__"},
 ]  # fmt: skip
 """Top-level packages and modules of ``hal9999``, lowest layer first (docs/architecture.md)."""
