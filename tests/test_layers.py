@@ -26,8 +26,7 @@ LAYERS: list[set[str]] = [
 """Top-level packages and modules of ``hal9999``, lowest layer first (docs/architecture.md)."""
 
 PENDING = {
-    # The [agents.X] and the narrowing defaults' models live with their adapters.
-    ("hal9999.config", "hal9999.agents.base"),
+    # The narrowing defaults are the host's (the providers-as-packages move).
     ("hal9999.config", "hal9999.providers.limits"),
     # Host file reads beside the provider files (the providers-as-packages move).
     ("hal9999.events.log", "hal9999.providers.hostread"),
