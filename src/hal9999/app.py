@@ -34,6 +34,7 @@ class DaemonParts:
     def __init__(self, config: HalConfig, environ: Mapping[str, str]) -> None:
         # Imported here: an in-process run (local_service) loads none of the daemon's parts.
         from hal9999.events.bus import EventBus
+        from hal9999.hive.api import HiveAPI
         from hal9999.hive.settings import hive_settings
         from hal9999.hive.turns import HiveLoop
         from hal9999.pool import SlotDir, WarmPool
@@ -72,6 +73,8 @@ class DaemonParts:
         self.hive_settings = hive_settings(config)
         self.hive = HiveLoop(self.tasks, self.hive_settings)
         """The hive's turn loop (agents woken by their mail)."""
+        self.hive_api = HiveAPI(self.store, config, self.hive_settings, self.hive, self.bus)
+        """What the operator does with the hive: the hive routes call it."""
         # Runs take sandboxes from the pool, warm agents' kept between their turns.
         self.service.runner.sandboxes = self.hive.hold_warm(self.source)
 

@@ -70,6 +70,8 @@ class Daemon:
         self.tasks = parts.tasks
         """The task API every route, the MCP server, the hive and the dashboard call."""
         self.hive_settings, self.hive = parts.hive_settings, parts.hive
+        self.hive_api = parts.hive_api
+        """What the operator does with the hive: the hive routes call it."""
         self.files = DaemonFiles(config.home)
         self.http: HalServer | None = None
         self.feed: EventFeed | None = None
