@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Callable, Mapping
 
 from hal9999 import plainjson
 from hal9999.errors import HalError
-from hal9999.events.own import HAL_OWN
 from hal9999.server.runtime import DaemonInfo, find_running
+from hal9999.tasks.through import see_through
 from hal9999.workdir import pure_path
 
 TYPE_CHECKING = False  # typing: hal9999.lighttyping says why
@@ -489,32 +489,7 @@ class DaemonTaskAPI:
         task = await self.create(request)
         if on_start is not None:
             on_start(task)
-        return await self._see_through(task.id, on_output, on_event)
-
-    async def _see_through(
-        self,
-        task_id: str,
-        on_output: OnOutput | None,
-        on_event: OnEvent | None,
-        *,
-        after_seq: int = 0,
-    ) -> TaskRecord:
-        import asyncio
-
-        from hal9999.events.models import Output
-
-        try:
-            async for event in self.follow(task_id, after_seq=after_seq):
-                if on_output is not None and isinstance(event, Output):
-                    on_output(event.text)
-                if on_event is not None and event.type not in HAL_OWN:
-                    on_event(event)
-        except asyncio.CancelledError:
-            # Ctrl-C (or SIGTERM) of a foreground run cancels the task, as without a daemon.
-            with contextlib.suppress(HalError):
-                await self.client.call("POST", f"/v1/tasks/{task_id}/cancel")
-            raise
-        return await self.get(task_id)
+        return await see_through(self, task.id, on_output, on_event)
 
     async def get(self, task_id: str) -> TaskRecord:
         """One task."""
@@ -572,7 +547,7 @@ class DaemonTaskAPI:
             return queued
         if on_start is not None:
             on_start(queued)
-        return await self._see_through(queued.id, on_output, on_event, after_seq=seen)
+        return await see_through(self, queued.id, on_output, on_event, after_seq=seen)
 
     async def remove(self, task_id: str, *, force: bool = False) -> TaskRecord:
         """Delete a task and its session."""

@@ -7,19 +7,17 @@ events, the queue's length, a shown patch) serves the daemon's own surfaces."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from hal9999.errors import HalError
-from hal9999.events.models import Event, Output
-from hal9999.events.own import HAL_OWN
+from hal9999.events.models import Event
 from hal9999.store import Store, TaskRecord
 from hal9999.tasks.pages import PAGE, events_page, follow_page
 from hal9999.tasks.request import RunRequest
 from hal9999.tasks.state import TaskStatus
+from hal9999.tasks.through import see_through
 
 if TYPE_CHECKING:
     from hal9999.events.bus import EventBus
@@ -88,22 +86,7 @@ class ServedTaskAPI:
         task = await self.create(request)
         if on_start is not None:
             on_start(task)
-        return await self._see_through(task.id, on_output, on_event)
-
-    async def _see_through(
-        self, task_id: str, on_output: OnOutput | None, on_event: OnEvent | None
-    ) -> TaskRecord:
-        try:
-            async for event in self.follow(task_id):
-                if on_output is not None and isinstance(event, Output):
-                    on_output(event.text)
-                if on_event is not None and event.type not in HAL_OWN:
-                    on_event(event)
-        except asyncio.CancelledError:
-            with contextlib.suppress(HalError):
-                await self.cancel(task_id)
-            raise
-        return await self.get(task_id)
+        return await see_through(self, task.id, on_output, on_event)
 
     async def get(self, task_id: str) -> TaskRecord:
         """One task by id or unique prefix, reconciled."""
@@ -159,7 +142,7 @@ class ServedTaskAPI:
             return task
         if on_start is not None:
             on_start(task)
-        return await self._see_through(task.id, on_output, on_event)
+        return await see_through(self, task.id, on_output, on_event)
 
     async def remove(self, task_id: str, *, force: bool = False) -> TaskRecord:
         """Delete a task and its session."""
