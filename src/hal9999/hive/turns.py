@@ -324,7 +324,7 @@ class HiveLoop:
         # The turn's prompt is the task's own before it is queued: a run the scheduler starts
         # without this submission (a daemon restarted in between) gets it all the same.
         await asyncio.to_thread(self.store.update_task, agent.task_id, prompt=prompt)
-        task = await self.tasks.resume(agent.task_id, prompt=prompt)  # queued or adopted
+        task = await self.tasks.resume(agent.task_id, prompt=prompt, detach=True)  # or adopted
         return task.id
 
     async def _wait(self, task_id: str) -> TaskRecord:

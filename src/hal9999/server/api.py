@@ -280,7 +280,9 @@ def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
     async def resume(request: Request) -> Any:
         env, prompt, keys = _resume_body(request.json())
         # A live agent whose runner died (a foreground `hal run` killed) is adopted.
-        task = await tasks.resume(request.params["id"], prompt=prompt, env=env, upstream_keys=keys)
+        task = await tasks.resume(
+            request.params["id"], prompt=prompt, env=env, detach=True, upstream_keys=keys
+        )
         return task_json(task)
 
     async def remove(request: Request) -> Any:

@@ -116,18 +116,21 @@ class ServedTaskAPI:
         *,
         prompt: str | None = None,
         env: Mapping[str, str] | None = None,
-        detach: bool = True,
+        detach: bool = False,
         on_start: OnStart | None = None,
         on_output: OnOutput | None = None,
         on_event: OnEvent | None = None,
         upstream_keys: Mapping[str, str] | None = None,
     ) -> TaskRecord:
         """Queue a resting task again, or adopt its live agent (a runner that died); with
-        ``detach`` (the default here: a route answers at once) return then, else at its end.
+        ``detach`` return then (a route answers at once), else at its end.
         ``upstream_keys`` are the caller's API keys for the run's gateway."""
         from hal9999.tasks.recovery import resume as resume_task
 
         given, keys, scheduler = dict(env or {}), dict(upstream_keys or {}), self.scheduler
+        seen = 0  # a follower is shown the new run only, not the earlier runs' events again
+        if not detach:
+            seen = await asyncio.to_thread(self.store.last_seq, (await self.get(task_id)).id)
         task, adopted = await resume_task(
             self.service, task_id, prompt=prompt, env=given, take_sandbox=self.take_sandbox,
             named=lambda name: scheduler.hold(name, given, prompt, keys),  # before it is queued
@@ -142,7 +145,7 @@ class ServedTaskAPI:
             return task
         if on_start is not None:
             on_start(task)
-        return await see_through(self, task.id, on_output, on_event)
+        return await see_through(self, task.id, on_output, on_event, after_seq=seen)
 
     async def remove(self, task_id: str, *, force: bool = False) -> TaskRecord:
         """Delete a task and its session."""
