@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from hal9999.config import HalConfig
     from hal9999.events.models import Event
     from hal9999.store import TaskRecord
-    from hal9999.tasks.api import OnEvent, OnOutput, OnStart
+    from hal9999.tasks.api import OnEvent, OnOutput, OnStart, TaskAPI
     from hal9999.tasks.request import RunRequest
 
 RECONNECT_S = 60.0
@@ -580,3 +580,9 @@ class DaemonTaskAPI:
                 yield event
             if page["done"]:
                 return
+
+
+if TYPE_CHECKING:
+
+    def _keeps_the_protocol(api: DaemonTaskAPI) -> TaskAPI:
+        return api  # mypy checks it: the client is a TaskAPI as the local and served ones are

@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from hal9999.events.models import Event
 from hal9999.events.reader import follow_events
@@ -249,3 +249,9 @@ class LocalTaskAPI:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+
+
+if TYPE_CHECKING:
+
+    def _keeps_the_protocol(api: LocalTaskAPI) -> TaskAPI:
+        return api  # mypy checks it (the daemon client and the daemon's own API do the same)

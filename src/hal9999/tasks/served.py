@@ -194,3 +194,10 @@ class ServedTaskAPI:
     async def shown_patch(self, task: TaskRecord, text: str) -> str:
         """A patch's ``text`` masked with the task's secrets, as the dashboard shows it."""
         return await asyncio.to_thread(self.service.shown_patch, task, text)
+
+
+if TYPE_CHECKING:
+    from hal9999.tasks.api import TaskAPI
+
+    def _keeps_the_protocol(api: ServedTaskAPI) -> TaskAPI:
+        return api  # mypy checks it: the daemon's API is a TaskAPI as the other two are
