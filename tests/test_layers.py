@@ -34,9 +34,6 @@ PENDING = {
     # Optional provider interfaces still in pool/slots.py (they move to providers/base.py).
     ("hal9999.providers.qemu", "hal9999.pool.slots"),
     ("hal9999.gateway.server", "hal9999.tasks.state"),
-    # The MCP channel's forwarders sit beside it in hive/mcp/.
-    ("hal9999.tasks.context", "hal9999.hive.mcp.channel"),
-    ("hal9999.tasks.launch", "hal9999.hive.mcp.channel"),
     ("hal9999.tasks.plugins", "hal9999.hive.settings"),
     ("hal9999.tasks.service", "hal9999.hive.settings"),
 }

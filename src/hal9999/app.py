@@ -25,7 +25,15 @@ def local_service(
 ) -> TaskService:
     """The task service of an in-process run (``hal run``, ``hal task ...``), over the
     command's ``plugins`` (its own when none is given)."""
-    return TaskService(config, store, environ, plugins or Plugins(config))
+    return _with_hive(TaskService(config, store, environ, plugins or Plugins(config)))
+
+
+def _with_hive(service: TaskService) -> TaskService:
+    """``service`` whose runs of a hive agent's task reach the agent's MCP server."""
+    from hal9999.hive.mcp.channel import route_for
+
+    service.runner.channel_for = route_for
+    return service
 
 
 class DaemonParts:
@@ -49,7 +57,7 @@ class DaemonParts:
         self.store = Store.open(config.home)
         self.plugins = Plugins(config)
         """The daemon's providers and process managers: its pool's, its runs', its kills'."""
-        self.service = TaskService(config, self.store, environ, self.plugins)
+        self.service = _with_hive(TaskService(config, self.store, environ, self.plugins))
         self.bus = EventBus()
         """Every event of every task: written here, or by another process (via the index)."""
         self.service.writers.sinks.append(self.bus.sink)

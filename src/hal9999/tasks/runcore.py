@@ -20,7 +20,7 @@ from hal9999.events.models import AgentSession, Event, Usage
 from hal9999.providers.base import Provider
 from hal9999.store import Store, TaskRecord
 from hal9999.store.writelock import WriteBusy
-from hal9999.tasks.context import RunContext, Superseded, taken_from_us
+from hal9999.tasks.context import ChannelFinder, RunContext, Superseded, taken_from_us
 from hal9999.tasks.plugins import Plugins
 from hal9999.tasks.sandboxes import DirectSource, SandboxSource
 from hal9999.tasks.state import RESTING, TaskStatus, transition
@@ -43,6 +43,8 @@ class RunnerCore:
         """Where runs get sandboxes: created per run, or the daemon's warm pool."""
         self.plugins = plugins or Plugins(config)
         """This process's providers and process managers (the daemon's own, in a daemon)."""
+        self.channel_for: ChannelFinder | None = None
+        """How a hive agent's run finds its MCP channel (the composition root gives it)."""
 
     def provider(self, name: str) -> Provider:
         """The provider ``name`` under this runner's config, built once (:class:`Plugins`)."""

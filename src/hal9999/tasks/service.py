@@ -138,6 +138,7 @@ class TaskService(TaskSecrets):
             return self.runner
         runner = TaskRunner(config, self.store, self.environ)
         runner.sandboxes = self.runner.sandboxes
+        runner.channel_for = self.runner.channel_for
         return runner
 
     @contextmanager
