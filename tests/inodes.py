@@ -1,5 +1,5 @@
-"""Counting the inodes hal creates under a directory (issue 16: on some hosts each new inode
-costs 0.3-0.6 ms, a link or rename ~0.015 ms), so a test can pin a path's count; and the
+"""Counting the inodes hal creates under a directory (on some hosts each new inode
+is far dearer than a link or rename), so a test can pin a path's count; and the
 files it opens there (:func:`opened`).
 
 One process-wide audit hook (``sys.addaudithook`` cannot be removed), live only inside

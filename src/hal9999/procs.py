@@ -4,7 +4,7 @@ Used wherever hal starts a helper that may block on the network or a disk (git, 
 steps): when the caller is cancelled (a timeout, Ctrl-C, SIGTERM), the helper and everything
 it started must end too, and hal must not return before they have. :func:`run_captured`
 runs one to its end that way on the event loop without asyncio's subprocess transports
-(host git, issue 16).
+(host git).
 """
 
 from __future__ import annotations
@@ -70,9 +70,9 @@ async def run_captured(
     ``discard_stdout``: its stdout is ``/dev/null`` (for a child that leaves a process behind
     with it, as the keeper's launcher does: a pipe would not end while that process lives).
 
-    ``asyncio.create_subprocess_exec`` and ``communicate`` with less of the daemon's CPU
-    (issue 16: ~0.5-0.7 ms a process of the ~1.1 ms asyncio's transports, protocols and
-    child watcher take here): the same ``Popen`` (vfork), its pipes and its pidfd read by
+    ``asyncio.create_subprocess_exec`` and ``communicate`` with about half the daemon's CPU
+    that asyncio's transports, protocols and
+    child watcher take: the same ``Popen`` (vfork), its pipes and its pidfd read by
     the running loop. Without pidfds (an old kernel), asyncio's way."""
     import subprocess
 

@@ -1,6 +1,6 @@
 """``hal task list --json`` (and its filters, and the table with ``HAL_PROVIDER`` and the
 other name variables set) is answered without click and pydantic when the store alone
-answers, and prints byte for byte what the full path prints (issue 16, stop 45)."""
+answers, and prints byte for byte what the full path prints."""
 
 from __future__ import annotations
 

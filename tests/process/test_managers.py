@@ -330,7 +330,7 @@ asyncio.run(main())
 async def test_tmux_status_asks_the_kernel_not_tmux(
     sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Whether a run lives is read from /proc for the pane's process (issue 16: a ``tmux
+    """Whether a run lives is read from /proc for the pane's process (a ``tmux
     has-session`` every second for each running agent): the manager that started the run
     never asks tmux, one that adopts it asks once; a reused pid is not taken for the
     supervisor, and a killed supervisor is seen as gone."""

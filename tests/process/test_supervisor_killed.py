@@ -1,5 +1,5 @@
 """A supervisor that is killed (``kill -9``, the OOM killer) takes its command with it, under
-tmux and direct alike: the command, in a session of its own, lived on unseen (stop 43)."""
+tmux and direct alike: the command, in a session of its own, lived on unseen."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The tmux server a daemon shares among its runs (issue 16): one server start for many runs,
+"""The tmux server a daemon shares among its runs: one server start for many runs,
 each pane with exactly its own run's environment (never in argv), a stop that ends one run
 and nothing of another's, and a server that ends with its holder's process and last run."""
 

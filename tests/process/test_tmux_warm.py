@@ -1,4 +1,4 @@
-"""Warm panes on a daemon's shared tmux server (issue 16): a run claims an idle session whose
+"""Warm panes on a daemon's shared tmux server: a run claims an idle session whose
 supervisor has started, hands it its command and environment through a private FIFO (never
 argv, never the server's environment), and starts no interpreter on its path; an idle pane
 runs nothing and ends with its daemon; the shared server starts at the first tmux run."""

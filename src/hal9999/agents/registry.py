@@ -97,8 +97,8 @@ def upstream_key_env(config: HalConfig, agent_name: str) -> str | None:
     if settings.api_key_env:
         return settings.api_key_env
     if is_template(agent_name) and getattr(TemplateAgent, "gateway_upstream", None) is None:
-        # A command template names no API (valid or not): not parsed for nothing (issue 16:
-        # a template's parse, three times a task, where a run checks and builds it twice).
+        # A command template names no API (valid or not): not parsed for nothing (a
+        # template's parse would otherwise repeat on every task's path).
         return None
     try:
         agent = resolve_agent(agent_name, settings)

@@ -182,8 +182,8 @@ def cgroup_moves(mounts: str, *, v2: bool) -> Check:
 
     On cgroup v2, unless some hierarchy is mounted with ``favordynmods`` (Linux 6.0+), the
     kernel's lock for such moves waits for an RCU grace period whenever it has not been
-    taken for a few milliseconds: measured here, a sandbox command after an idle spell took
-    17 ms instead of 8.5 (docs/benchmarks.md). The option makes forks and exits a little
+    taken for a few milliseconds: measured here, a sandbox command after an idle spell takes
+    about twice as long (docs/benchmarks.md). The option makes forks and exits a little
     dearer, so hal names it and leaves the choice to whoever runs the host. On v1 the
     launcher moves its one thread through ``tasks``, which takes no such lock
     (:meth:`cgroups.CgroupV1.join_files`)."""

@@ -32,7 +32,7 @@ from hal9999.tasks.alive import waits_for_runner
 from hal9999.tasks.session import Session
 from hal9999.tasks.state import ACTIVE, TaskStatus
 
-# What only some commands use is imported where they use it (issue 16): the event models
+# What only some commands use is imported where they use it: the event models
 # and their reader (``events``), asyncio (``-f`` and the commands that run or resume), the
 # process managers and run specs (``attach``), the credentials (``resume``).
 if TYPE_CHECKING:

@@ -154,7 +154,7 @@ def json_text(data: Any) -> str:
     """``echo.emit_json``'s text of ``data`` (``json.dumps`` of it, non-finite numbers as
     null, indented by 2, ASCII), for the dictionaries, lists, text, numbers and None of these
     documents, without :mod:`json`: its decoder compiles regular expressions at import,
-    ~15M instructions, an eighth of a thin ``--json`` start. :class:`Unsure` for any other
+    a large share of a thin ``--json`` start. :class:`Unsure` for any other
     value (a test compares the two texts)."""
     from _json import encode_basestring_ascii  # json's own encoder of text
 

@@ -3,8 +3,8 @@
 The thin path of :mod:`hal9999.cli.task_list` (its docstring says when it is taken), apart
 from the click command so that ``hal task list`` (bare, or in the option forms
 :func:`hal9999.cli.task_doc.list_args` reads) is answered from the entry point without
-importing click (:func:`list_without_click`, issue 16, target 4): click was ~60 of its ~130
-modules. Any other form goes through click and the same :func:`thin_rows` and
+importing click (:func:`list_without_click`): click would be about
+half of its modules. Any other form goes through click and the same :func:`thin_rows` and
 :func:`thin_tasks`; ``hal task show`` reads its record with :func:`read_tasks`
 (:mod:`hal9999.cli.task_show`).
 """

@@ -7,8 +7,8 @@ lost no spend that an agent saw, and a new gateway reads the truth back from the
 The commit is grouped and, when it cannot wait, never on the event loop: rows added in one
 turn of the loop are committed together at the end of that turn, on a connection of the
 ledger's own that never waits for a lock (``busy_timeout = 0``) and never checkpoints (no
-fsync). A WAL commit like that is a write into the page cache, ~0.1 ms, far less than
-handing the batch to a thread (the GIL hand-off and the wake-up cost ~1 ms of CPU and more of
+fsync). A WAL commit like that is a write into the page cache, far cheaper than
+handing the batch to a thread (the GIL hand-off and the wake-up cost CPU and more of
 wall clock per call on a loaded machine). When another process holds the write lock, the
 batch goes to the ledger's thread instead, which waits for the lock there (up to the store's
 busy timeout) while the loop serves on; rows that arrive meanwhile wait for the next commit.

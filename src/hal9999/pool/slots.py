@@ -93,7 +93,7 @@ class OwnWarmPool(Protocol):
 class SandboxPrime(Protocol):
     """Optional provider hook: run what makes a new sandbox's first command as fast as its
     later ones, while the sandbox waits idle in the pool (a restored microVM under TCG
-    translates its command path afresh: its first command took ~54 ms, the next ~35)."""
+    translates its command path afresh: its first command is slower than the next)."""
 
     async def prime(self, sandbox_id: str) -> None:
         """Run a command that changes nothing in the new, idle sandbox; raises when it
@@ -122,7 +122,7 @@ class Slot:
         self.root = root
         self._made: set[str] = set()
         """The directories under ``empty/`` (``""``: itself) :meth:`clear` made or found: each
-        made once per slot, not at every clear (issue 16: a ``mkdir`` and a ``stat`` each;
+        made once per slot, not at every clear (a ``mkdir`` and a ``stat`` each;
         nothing but hal writes in the slot, and a sandbox cannot remove them)."""
 
     @property
@@ -180,7 +180,7 @@ class Slot:
         ``empty/``, so a link through ``cur`` shows an empty directory of ``empty/`` made for
         it: no new symlink, where each new inode on ext4 without a journal (this machine's)
         scans past the inodes its group freed in the last minute, which a pool turning over
-        tasks fills (issue 16)."""
+        tasks fills."""
         made = self._made
         if "" not in made:
             self.empty.mkdir(mode=0o755, exist_ok=True)

@@ -71,7 +71,7 @@ def read_exit_status(path: Path) -> int | None:
     ends, on the way to the collection: one ``open``, ``read`` and ``close`` (a text file
     object made nine system calls: ``fstat`` twice, ``ioctl``, ``lseek`` twice and a second
     ``read``), and ``O_NONBLOCK``, so that anything but a regular file there (a FIFO) is
-    never waited on (issue 16)."""
+    never waited on."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:

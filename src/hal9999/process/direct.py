@@ -5,7 +5,7 @@ machine session (it is started in its own process group so it can be killed as a
 
 A process's first run ``exec``s its supervisor; from its second on (a daemon) the supervisor
 is forked by :mod:`hal9999.process.forkserver` instead, which spares each run an
-interpreter's start (issue 16). Either way the supervisor leads a session of its own and
+interpreter's start. Either way the supervisor leads a session of its own and
 reports through its exit file, so nothing below depends on whose child it is.
 """
 
@@ -88,10 +88,10 @@ class DirectProcessManager:
         self, sandbox: Sandbox, spec: ProcessSpec, *, env: Mapping[str, str] | None = None
     ) -> None:
         """Spawn the supervised command in its own process group."""
-        # No FIFO beside the exit file (an inode a run, issue 16): the follower waits on a
+        # No FIFO beside the exit file (an inode a run): the follower waits on a
         # pidfd of the supervisor instead (see ended_fd).
         # A run armed before its `running` (process.base.arm_start): its supervisor takes the
-        # mark by renaming it to the pid file, the one inode of both (issue 16, stop 46).
+        # mark by renaming it to the pid file, the one inode of both.
         pid_file = _pid_file(spec)
         launch = supervised(
             sandbox, spec, env, ended_fifo=False, restarts=True, claim=True, claim_as=pid_file

@@ -217,7 +217,7 @@ class Pm2ProcessManager:
         """Delete the app of a run that has ended for good (its exit file is written, no
         restart to come), once. A stopped app stays in PM2's daemon with its ``env``, the
         run's secrets among it, for as long as the daemon lives (``pm2 jlist`` shows it to
-        any process of this user, ``pm2 save`` writes it to disk): found by stop 52's sweep."""
+        any process of this user, ``pm2 save`` writes it to disk): the secret sweep checks it."""
         name = self.app_name(spec)
         if name in self._forgotten or self._pm2 is None:
             return

@@ -1,7 +1,7 @@
 """Warm panes: idle sessions on a daemon's shared tmux server whose supervisor has started
-and waits for a run (issue 16).
+and waits for a run.
 
-A run's supervisor is a Python interpreter (~28M instructions to start); opened ahead of the
+A run's supervisor is a Python interpreter (dear to start); opened ahead of the
 run (:meth:`TmuxProcessManager.prestart`) its start still bounded the run's time to
 ``running``. The daemon keeps :data:`WARM_PANES` such sessions ready; a run claims one, and
 its prestart is one write and one tmux client (the session renamed as the run's).
@@ -48,7 +48,7 @@ wait); a run with more (a huge environment) opens its own pane, as before."""
 class WarmPane(NamedTuple):
     """An idle session waiting for a run: its name, its FIFO (held open as ``fd``) and its
     supervisor (pid and start time: a reused pid has another). (A ``NamedTuple``: a frozen
-    dataclass is compiled at import, ~0.5 ms of every in-process run's start: issue 16.)"""
+    dataclass is compiled at import, on every in-process run's start.)"""
 
     name: str
     fifo: Path

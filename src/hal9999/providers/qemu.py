@@ -206,7 +206,7 @@ class QemuProvider(HostProvider):
     async def prime(self, sandbox_id: str) -> None:
         """Run ``true`` in a new pooled VM while it waits idle: under TCG a restored VM
         translates its command path (the guest agent's fork, exec) afresh, so the first
-        command of a claimed VM paid ~20 ms that every later one does not (issue 16)."""
+        command of a claimed VM pays a cost that every later one does not."""
         sandbox = await self.get(sandbox_id)
         result = await sandbox.exec(ArgvCommand(argv=("true",)))
         if not result.ok:

@@ -69,13 +69,13 @@ class JsonRecords(Generic[R]):
         In the ``dir`` layout, ``keep_previous`` keeps the file it replaces as a second name,
         ``.previous.json``, and a save of exactly that file's bytes renames it back instead
         of writing a new file: a stop and the start after it (every pool reset) make one
-        inode, not two (issue 16: each costs 0.3-0.6 ms on some hosts)."""
+        inode, not two (a new inode is dear on some hosts)."""
         path = self.path(_id_of(record))
         if self.layout == "file":
             self.root.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         # pydantic's own JSON (the values json.dumps of model_dump(mode="json") gave, in a
-        # fraction of the time: every create, start, stop and reset saves; issue 16).
+        # fraction of the time: every create, start, stop and reset saves).
         data = record.__pydantic_serializer__.to_json(record, indent=2)
         previous = path.with_name(PREVIOUS)
         if self.layout == "dir" and not keep_previous:

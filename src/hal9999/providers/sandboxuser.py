@@ -181,7 +181,7 @@ def adopt(root: Path, uid: int) -> None:
     link swapped in mid-walk changes the link, never its target. A regular file with other
     hard links is left alone, since its other names may be outside the tree. ``root`` itself
     is a mount source named by hal (possibly a pool slot's link to a session directory), so
-    it is opened through its links (by the kernel, in one call: issue 16, ``realpath``'s
+    it is opened through its links (by the kernel, in one call: ``realpath``'s
     ``lstat`` of every component was most of a task's walk). Any depth (an agent's
     1,500-level home, which ``os.fwalk``'s frame and fd a level crashed on): one directory is
     open at a time and the walk climbs back by ``..``; it ends where ``..`` is not the

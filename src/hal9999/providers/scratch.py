@@ -47,7 +47,7 @@ def stamp(path: Path) -> Stamp | None:
 def untouched(path: Path, fresh: Stamp | None) -> bool:
     """Whether ``path`` is the directory stamped ``fresh`` and nothing changed it: same
     stamp, still empty, no extended attribute (an ACL is one). A reset keeps such a
-    directory instead of swapping it (issue 16: a directory made and one freed a task)."""
+    directory instead of swapping it (a directory made and one freed a task)."""
     if fresh is None or stamp(path) != fresh:
         return False
     try:

@@ -75,7 +75,7 @@ class DaemonFiles:
         if len(str(path)) <= _MAX_SOCKET_PATH:
             return path
         import hashlib  # here, as tempfile and secrets below: every client imports this
-        import tempfile  # module, and those three cost it ~8 ms of start-up (issue 16)
+        import tempfile  # module, and those three are dear at start-up
         from pathlib import Path
 
         from hal9999.unixsock import private_dir

@@ -1,7 +1,7 @@
 """Rows of the store as pydantic models."""
 
 # No `from __future__ import annotations` here: pydantic would then evaluate each field's
-# annotation from its text, a compile each, on every run's path (issue 16).
+# annotation from its text, a compile each, on every run's path.
 import re
 from typing import Any, Literal
 

@@ -15,8 +15,8 @@ _JSON_COLUMNS = ("env_keys", "providers")
 
 def dumps(value: Any) -> str:
     """A list column's value as the table stores it (JSON text)."""
-    # Most rows hold empty lists: those need no JSON codec (issue 16: a daemon read 22
-    # such columns a task, each a json.loads).
+    # Most rows hold empty lists: those need no JSON codec (a daemon reads
+    # many such columns a task, each a json.loads otherwise).
     return "[]" if value == [] else json.dumps(value)
 
 
@@ -45,7 +45,7 @@ def from_row(row: sqlite3.Row) -> TaskRecord:
 
 def merged(row: sqlite3.Row, fields: dict[str, Any]) -> tuple[TaskRecord, dict[str, Any]]:
     """The record ``row`` holds with ``fields`` changed, validated once (not the row, then
-    the row with the fields: issue 16, a task's every step writes its row); and the
+    the row with the fields: a task's every step writes its row); and the
     changed columns (with ``id``) as the table stores them."""
     updated = TaskRecord.model_validate({**row_data(row), **fields})
     names = (*fields, "id")

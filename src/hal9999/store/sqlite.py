@@ -414,8 +414,8 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
         check_fields(fields)
         values = stored(fields)
         assignments = ", ".join(f"{name} = :{name}" for name in fields)
-        # The row as written comes back from the write itself (issue 16: a read of the row
-        # in the transaction, then the write, was two statements a move).
+        # The row as written comes back from the write itself (a read of the row
+        # in the transaction, then the write, would be two statements a move).
         sql = f"UPDATE tasks SET {assignments} WHERE id = :id AND status = :expect RETURNING *"
         with self._write(durable=durable, wait=wait) as conn:
             rows = conn.execute(sql, {**values, "id": task_id, "expect": expect}).fetchall()

@@ -30,8 +30,8 @@ _MATCH_CHUNK = 64 << 10
 """The most text one secret match reads at once. A match is one regular expression call,
 which holds the GIL throughout: over the encodings of a few secrets it reads about 12 MB/s
 on the benchmark host, so a 1 MiB piece stalled a daemon's event loop (every task, every
-client) for ~80 ms, again and again for as long as an agent's result was (its size is the
-agent's to choose); 64 KiB is ~5 ms."""
+client), again and again for as long as an agent's result was (its size is the
+agent's to choose); a 64 KiB piece is short."""
 _LINE_LIMIT = 4096
 """The most of a ``rev-list --objects`` line (an id and a path) the scan keeps."""
 _ENCODING = re.compile(rb"^encoding (.*)$", re.MULTILINE)

@@ -51,15 +51,14 @@ SERVER_NAME = "hal"
 """The server's key in the agent CLI's config (tools are ``mcp__hal__<tool>``)."""
 AGENT_NAME = r"[a-z][a-z0-9-]{0,31}"
 """A hive agent's name (a path component); compiled on first use, through ``re``'s cache:
-an ordinary run asks for its task's agent and finds none (issue 16)."""
+an ordinary run asks for its task's agent and finds none."""
 
 
 class McpPaths(NamedTuple):
     """The MCP sockets of one hal home.
 
     A tuple, and :class:`McpRoute` a plain class, not dataclasses: every in-process ``hal run``
-    imports this module, and a dataclass's generated methods cost ~0.5 ms a class to make
-    (issue 16)."""
+    imports this module, and a dataclass's generated methods are compiled per class."""
 
     home: Path
 
@@ -182,7 +181,7 @@ def route_for(
 
 def _agent_of_task(store: Store, task_id: str) -> str | None:
     # One row read, not every agent's record: every run asks this, and the
-    # hive's store module and models cost an ordinary `hal run` ~25 ms to import (issue 16).
+    # hive's store module and models are dear for an ordinary `hal run` to import.
     sql = "SELECT name FROM hive_agents WHERE task_id = ? ORDER BY name"
     for row in store._query(sql, (task_id,)):
         if re.fullmatch(AGENT_NAME, row["name"]):
