@@ -24,10 +24,9 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from hal9999.agents.base import AgentSettings
 from hal9999.configfile import merge, read_toml
 from hal9999.errors import ConfigError
-from hal9999.spec import Resources
+from hal9999.spec import AgentSettings, Resources
 from hal9999.values import (
     AGENT_HOME,
     MAX_TOKENS,

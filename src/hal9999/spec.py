@@ -8,6 +8,7 @@ opaque command string.
 # No `from __future__ import annotations` here: pydantic would then evaluate each field's
 # annotation from its text, a compile each, on every run's path.
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -217,3 +218,19 @@ class SandboxSpec(_Frozen):
     """Environment for every command (non-secret; secrets go in at exec time)."""
     labels: dict[str, str] = Field(default_factory=dict)
     """Free-form labels recorded with the sandbox (e.g. the task id)."""
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """Per-agent settings from config (``[agents.<name>]``) and the command line."""
+
+    model: str | None = None
+    """Model name passed to the agent."""
+    base_url: str | None = None
+    """API endpoint the agent talks to."""
+    api_key_env: str | None = None
+    """Host environment variable holding the API key (forwarded at exec time only)."""
+    command: str | None = None
+    """Override of the agent's program (path or name)."""
+    extra_args: tuple[str, ...] = ()
+    """Arguments appended to the agent's command line."""

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from hal9999 import fs
+from hal9999.allowlist import intersect
 from hal9999.errors import ConfigError
-from hal9999.gateway.allowlist import intersect
 
 TRUST_FILE_NAME = "trusted.json"
 """The trust record, in the user's hal config directory."""

@@ -16,6 +16,7 @@ from hal9999.server.api import build_router
 from hal9999.server.openapi import openapi_schema
 from hal9999.server.routing import ApiRequest, call_handler
 from hal9999.store import Store
+from hal9999.tasks.served import ServedTaskAPI
 from hal9999.tasks.service import TaskService
 
 CASES = {
@@ -43,8 +44,8 @@ async def api_doc(hal: Hal, task_id: str) -> dict[str, Any]:
     home = Path(hal.hal_env["HAL_HOME"])  # type: ignore[attr-defined]
     with Store.open(home) as store:
         service = TaskService(HalConfig(home=home), store, {})
-        daemon: Any = type("D", (), {"service": service, "scheduler": None, "pool": None,
-                                     "store": store, "config": service.config})()  # fmt: skip
+        tasks = ServedTaskAPI(service, None, None)  # type: ignore[arg-type]
+        daemon: Any = type("D", (), {"tasks": tasks, "pool": None, "config": service.config})()
         [route] = [r for r in build_router(daemon).routes
                    if r.path == "/v1/tasks/{id}" and r.method == "GET"]  # fmt: skip
         request = ApiRequest("GET", f"/v1/tasks/{task_id}", {}, {}, b"", {"id": task_id})
@@ -79,8 +80,7 @@ async def test_every_json_surface_says_whether_the_branch_was_made(
 
 
 def test_the_openapi_task_has_branch_made() -> None:
-    daemon: Any = type("D", (), {"service": None, "scheduler": None, "pool": None,
-                                 "store": None, "config": None})()  # fmt: skip
+    daemon: Any = type("D", (), {"tasks": None, "pool": None, "config": None})()
     task = openapi_schema(build_router(daemon))["components"]["schemas"]["TaskRecord"]
     assert task["properties"]["branch_made"]["type"] == "boolean"
     assert "branch_made" in task["required"] and "branch" in task["required"]

@@ -159,7 +159,7 @@ use (``defer_build``), not at import."""
 DATACLASSES = frozenset({
     "hal9999.agents.base.AgentContext",
     "hal9999.agents.base.AgentLaunch",
-    "hal9999.agents.base.AgentSettings",
+    "hal9999.spec.AgentSettings",
     "hal9999.agents.base.McpServer",
     "hal9999.process.base.ProcessStatus",
     "hal9999.providers.base.Capabilities",

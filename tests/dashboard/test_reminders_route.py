@@ -14,6 +14,7 @@ import pytest
 from tests.hive.conftest import make_agent
 
 from hal9999.hive import reminders
+from hal9999.hive.api import HiveAPI
 from hal9999.server.hive_api import add_hive_routes
 from hal9999.server.openapi import openapi_schema
 from hal9999.server.routing import ApiRequest, Router, call_handler
@@ -27,7 +28,8 @@ def routed(tmp_path: Path) -> Iterator[tuple[Router, Store]]:
         make_agent(store, "alice")
         make_agent(store, "bob")
         router = Router()
-        add_hive_routes(router, SimpleNamespace(store=store))  # type: ignore[arg-type]
+        hive_api = HiveAPI(store, None, None, None, None)  # type: ignore[arg-type]
+        add_hive_routes(router, SimpleNamespace(hive_api=hive_api))  # type: ignore[arg-type]
         yield router, store
 
 

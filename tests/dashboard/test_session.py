@@ -44,10 +44,10 @@ class FakeDaemon:
         self.environ: dict[str, str] = {}
         self.listen = None
 
-        def find(task_id: str) -> Any:
+        async def get(task_id: str) -> Any:
             raise TaskStateError(f"task {task_id} has ended: nothing to attach to")
 
-        self.service = SimpleNamespace(find=find)
+        self.tasks = SimpleNamespace(get=get)
 
 
 @pytest.fixture

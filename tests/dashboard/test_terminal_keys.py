@@ -10,6 +10,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -68,8 +69,13 @@ os.write(1, f"GOT {len(got)} {hashlib.sha256(got).hexdigest()} END\r\n".encode()
 
 def _client(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> TestClient:
     monkeypatch.setattr(terminal, "session_of", lambda scope: object())
-    monkeypatch.setattr(terminal, "attach_argv", lambda daemon, task_id, write: argv)
-    route = WebSocketRoute("/terminal/{task_id:str}", terminal.terminal_endpoint(object()))
+    monkeypatch.setattr(terminal, "attach_argv", lambda record, write: argv)
+
+    async def get(task_id: str) -> str:
+        return task_id
+
+    daemon = SimpleNamespace(tasks=SimpleNamespace(get=get))
+    route = WebSocketRoute("/terminal/{task_id:str}", terminal.terminal_endpoint(daemon))
     return TestClient(Starlette(routes=[route]))
 
 

@@ -125,7 +125,7 @@ def test_the_events_api_pages_late_indexed_events(
 ) -> None:
     from types import SimpleNamespace
 
-    from hal9999.server.follow import _bodies
+    from hal9999.tasks.pages import _bodies
 
     path = tmp_path / "events.jsonl"
     with Store(tmp_path / "hal.db") as store:

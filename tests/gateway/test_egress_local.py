@@ -13,8 +13,8 @@ import pytest
 from tests.gateway.test_egress import connect, egress, host_address, ula  # noqa: F401
 from tests.ula_host import UlaHost
 
+from hal9999.allowlist import allowed, intersect
 from hal9999.events.models import EgressDenied, Event
-from hal9999.gateway.allowlist import allowed, intersect
 from hal9999.gateway.channel import Grant, new_token
 from hal9999.gateway.local import is_local
 from hal9999.gateway.proxy import Gateway

@@ -10,9 +10,9 @@ from pathlib import Path
 from tests.gateway.test_egress import connect, egress
 
 from hal9999.agents.registry import resolve_agent
+from hal9999.allowlist import allowed, intersect
 from hal9999.config import GatewayConfig, HalConfig, load_config_sources
 from hal9999.events.models import EgressDenied, Event
-from hal9999.gateway.allowlist import allowed, intersect
 from hal9999.gateway.channel import Grant, new_token
 from hal9999.gateway.proxy import Gateway
 from hal9999.gateway.tasks import GatewayUsage, route_for, save_budget

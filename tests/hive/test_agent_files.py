@@ -36,6 +36,7 @@ from hal9999.hive.settings import HiveSettings
 from hal9999.hive.store import get_agent
 from hal9999.hive.turns import HiveLoop
 from hal9999.store import Store
+from hal9999.tasks.served import ServedTaskAPI
 from hal9999.tasks.service import TaskService
 
 demo_repo, hal_env, hal = cli_fixtures.demo_repo, cli_fixtures.hal_env, cli_fixtures.hal
@@ -149,7 +150,7 @@ def test_the_agents_own_reminders_wake_it_no_sooner_than_the_minimum(tmp_path: P
         AgentDir.of(home, "bob").root.mkdir(parents=True)
         config = HalConfig(home=home, process_manager="direct", default_provider="local")
         settings = HiveSettings(self_wake_min_s=30.0, crash_backoff_s=60.0)
-        hive = HiveLoop(TaskService(config, store, {}), None, settings)  # type: ignore[arg-type]
+        hive = HiveLoop(ServedTaskAPI(TaskService(config, store, {}), None, None), settings)  # type: ignore[arg-type]
         reminders.remind(store, agent="bob", text="again", in_s=0.01)
         time.sleep(0.05)
         assert reminders.fire_due(store)

@@ -32,12 +32,16 @@ DAEMON = textwrap.dedent(
     from hal9999.hive.settings import HiveSettings
     from hal9999.hive.turns import HiveLoop
     from hal9999.server.threads_api import use_hive_for_agents
+    from hal9999.pool.settings import scheduler_settings
+    from hal9999.tasks.scheduler import Scheduler
+    from hal9999.tasks.served import ServedTaskAPI
     from hal9999.tasks.service import TaskService
 
     config = HalConfig(home=home, process_manager="direct", default_provider="local")
     service = TaskService(config, store, {})
-    daemon = SimpleNamespace(store=store, config=config,
-                             hive=HiveLoop(service, None, HiveSettings()))
+    scheduler = Scheduler(service, scheduler_settings(config, {}), lambda name: 1)
+    tasks = ServedTaskAPI(service, scheduler, None)
+    daemon = SimpleNamespace(store=store, config=config, hive=HiveLoop(tasks, HiveSettings()))
     use_hive_for_agents(daemon)
     """
 )

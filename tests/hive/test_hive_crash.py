@@ -48,9 +48,10 @@ KILLED_SERVE = textwrap.dedent(
 
     point = sys.argv[1]
     if point == "before-the-run-is-queued":  # the turn's row is open, its run not queued
-        def resume(*args, **kwargs):
+        from hal9999.tasks.served import ServedTaskAPI
+        async def resume(*args, **kwargs):
             die()
-        turns.resume_task = resume
+        ServedTaskAPI.resume = resume
     elif point == "before-the-agent-names-its-task":  # the first turn's task was made
         real_update = turns.update_agent
         def update(store, name, **fields):

@@ -156,6 +156,7 @@ from hal9999.config import load_config
 from hal9999.hive import turns
 from hal9999.hive.settings import HiveSettings
 from hal9999.store import Store
+from hal9999.tasks.served import ServedTaskAPI
 from hal9999.tasks.service import TaskService
 
 def die(*args, **kwargs):
@@ -163,7 +164,8 @@ def die(*args, **kwargs):
 
 config = load_config()
 store = Store.open(config.home)
-loop = turns.HiveLoop(TaskService(config, store, os.environ), None, HiveSettings())
+tasks = ServedTaskAPI(TaskService(config, store, os.environ), None, None)
+loop = turns.HiveLoop(tasks, HiveSettings())
 turns.mark = die
 loop.deliver(sys.argv[1])
 """

@@ -18,9 +18,9 @@ from tests.hive.mcp_client import call, connect
 from hal9999.hive import broker
 from hal9999.hive.mcp.server import McpHub
 from hal9999.hive.mcp.tools import Hive
-from hal9999.hive.mcp.wiring import agent_maskers
 from hal9999.hive.store import AgentRecord, insert_agent, update_agent
 from hal9999.redact import SecretMasker
+from hal9999.server.mcp import agent_maskers
 from hal9999.store import Store, TaskRecord
 
 SECRET = "hive-secret-8c41f0d7a2"

@@ -23,6 +23,7 @@ from tests.llm_server.script import Script, Turn
 from tests.llm_server.server import ScriptedLLMServer
 from tests.processes import processes_under
 
+from hal9999.app import local_service
 from hal9999.config import load_config
 from hal9999.gateway.channel import GatewayPaths, gateway_pid
 from hal9999.hive import broker
@@ -92,7 +93,7 @@ async def hal(
     hub = McpHub(Hive(store=store, home=config.home))
     await hub.sync()
     try:
-        yield Hal(store, TaskService(config, store, env), env, bug_repo)
+        yield Hal(store, local_service(config, store, env), env, bug_repo)  # MCP wired
     finally:
         await hub.close_all()
         store.close()

@@ -16,7 +16,7 @@ import asyncio, json, sys
 from pathlib import Path
 
 import hal9999.server.daemon  # what `hal serve` imports...
-from hal9999.hive.mcp.wiring import hub_for  # ...and at its start, for its hub
+from hal9999.server.mcp import hub_for  # ...and at its start, for its hub
 from hal9999.hive.mcp.server import McpHub
 from hal9999.hive.mcp.tools import Hive
 from hal9999.store import Store

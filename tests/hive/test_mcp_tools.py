@@ -419,7 +419,7 @@ async def test_a_message_the_agent_took_through_its_tools_reaches_the_next_turn_
 ) -> None:
     home = world.hub.hive.home
     service = SimpleNamespace(store=world.store, config=SimpleNamespace(home=home))
-    loop = HiveLoop(service, None, HiveSettings())  # type: ignore[arg-type]
+    loop = HiveLoop(SimpleNamespace(service=service), HiveSettings())  # type: ignore[arg-type]
     AgentDir.of(home, "beta").root.mkdir(parents=True)
     first = broker.send(world.store, sender="operator", recipient="beta", body="the prompt")
     ids = [str(e["id"]) for e in loop.deliver("beta")]
@@ -448,8 +448,8 @@ def test_the_daily_sub_task_bound_is_a_hive_setting_of_100_by_default() -> None:
 
 
 def test_the_daemon_hands_its_subtasks_per_day_to_the_tools(tmp_path: Path) -> None:
-    from hal9999.hive.mcp.wiring import hub_for
     from hal9999.server.daemon import Daemon
+    from hal9999.server.mcp import hub_for
 
     daemon = Daemon(HalConfig(home=tmp_path / "home", hive={"subtasks_per_day": 2}), {})
     try:

@@ -8,7 +8,6 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -18,12 +17,12 @@ from tests.tasks.test_hot_path import trivial_request
 
 from hal9999.config import HalConfig
 from hal9999.hive import stats
-from hal9999.hive.mcp.wiring import DaemonTasks
 from hal9999.hive.settings import HiveSettings
 from hal9999.hive.store import AgentRecord, get_agent, insert_agent
 from hal9999.hive.turns import HiveLoop
 from hal9999.store import Store, TaskRecord
 from hal9999.tasks.scheduler import Scheduler
+from hal9999.tasks.served import ServedTaskAPI
 from hal9999.tasks.service import TaskService
 
 
@@ -33,10 +32,10 @@ class Queue:
     def __init__(self) -> None:
         self.submitted: list[str] = []
 
-    def submit(self, task_id: str, *_: Any) -> None:
+    def submit(self, task_id: str, *_: Any, **__: Any) -> None:
         self.submitted.append(task_id)
 
-    def hold(self, task_id: str, *_: Any) -> None:
+    def hold(self, task_id: str, *_: Any, **__: Any) -> None:
         pass
 
 
@@ -74,7 +73,7 @@ async def test_a_turns_task_is_born_held_on_its_agents_branch(
                                             provider="local", repo=str(repo),
                                             created_at=now, updated_at=now))  # fmt: skip
     queue = Queue()
-    loop = HiveLoop(service, queue, HiveSettings())  # type: ignore[arg-type]
+    loop = HiveLoop(ServedTaskAPI(service, queue, None), HiveSettings())  # type: ignore[arg-type]
     inserted = watched(service.store, monkeypatch)
     turn = stats.start_turn(service.store, "alice", None, "message from operator", [])
     task_id = await loop._start(get_agent(service.store, "alice"), "hello", turn)
@@ -91,9 +90,9 @@ async def test_an_mcp_sub_task_is_born_held(
 ) -> None:
     repo = git_repo(tmp_path / "repo")
     queue = Queue()
-    daemon = SimpleNamespace(service=service, store=service.store, scheduler=queue)
+    tasks = ServedTaskAPI(service, queue, None)  # type: ignore[arg-type]
     inserted = watched(service.store, monkeypatch)
-    task = await DaemonTasks(daemon).create(trivial_request(repo, "local"))  # type: ignore[arg-type]
+    task = await tasks.create(trivial_request(repo, "local"))
     [record] = inserted
     assert (record.id, record.branch, record.runner_pid) == (task.id, f"hal/{task.id}", os.getpid())
     assert task.runner_pid == os.getpid() and queue.submitted == [task.id]
@@ -105,8 +104,7 @@ async def test_an_mcp_sub_task_dispatched_before_its_submission_runs_with_its_en
     request = trivial_request(git_repo(tmp_path / "repo"), "local", given_env={"GIVEN": "v"})
 
     async def create(scheduler: Scheduler) -> None:
-        daemon = SimpleNamespace(service=service, store=service.store, scheduler=scheduler)
-        await DaemonTasks(daemon).create(request)  # type: ignore[arg-type]
+        await ServedTaskAPI(service, scheduler, None).create(request)  # type: ignore[arg-type]
 
     runs = await runs_dispatched_at(service, monkeypatch, "insert_task", create)
     assert runs == [({"GIVEN": "v"}, None)]

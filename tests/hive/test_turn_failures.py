@@ -21,6 +21,7 @@ from hal9999.hive.settings import HiveSettings
 from hal9999.hive.store import get_agent, update_agent
 from hal9999.hive.turns import HiveLoop
 from hal9999.store import Store
+from hal9999.tasks.served import ServedTaskAPI
 from hal9999.tasks.service import TaskService
 
 pytestmark = pytest.mark.timeout(60)
@@ -30,7 +31,7 @@ def hive_of(store: Store, home: Path, settings: HiveSettings) -> tuple[HiveLoop,
     """A turn loop (no scheduler: these turns fail before a run) and the list each of its
     turn attempts (deliveries) appends the agent's name to."""
     config = HalConfig(home=home, process_manager="direct", default_provider="local")
-    hive = HiveLoop(TaskService(config, store, {}), None, settings)  # type: ignore[arg-type]
+    hive = HiveLoop(ServedTaskAPI(TaskService(config, store, {}), None, None), settings)  # type: ignore[arg-type]
     attempts: list[str] = []
     real = hive.deliver
 

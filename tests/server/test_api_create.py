@@ -21,6 +21,7 @@ from hal9999.server.api import build_router
 from hal9999.server.routing import ApiRequest, call_handler
 from hal9999.store import Store
 from hal9999.tasks.scheduler import Scheduler
+from hal9999.tasks.served import ServedTaskAPI
 from hal9999.tasks.service import TaskService
 
 
@@ -42,8 +43,8 @@ async def post(
     service: TaskService, scheduler: Any, repo: Path, **extra: Any
 ) -> tuple[int, dict[str, Any]]:
     """``POST /v1/tasks`` of a trivial task of ``repo`` to a daemon of ``service``."""
-    daemon: Any = SimpleNamespace(service=service, scheduler=scheduler, pool=None,
-                                  store=service.store, config=service.config)  # fmt: skip
+    tasks = ServedTaskAPI(service, scheduler, None)  # type: ignore[arg-type]
+    daemon: Any = SimpleNamespace(tasks=tasks, pool=None, config=service.config)
     [route] = [r for r in build_router(daemon).routes
                if r.path == "/v1/tasks" and r.method == "POST"]  # fmt: skip
     body = {"prompt": "x", "agent": "true {{prompt_file}}", "provider": "bwrap",
@@ -195,11 +196,10 @@ async def test_a_resume_dispatched_before_its_submission_runs_with_its_prompt_an
 ) -> None:
     # Without its follow-up prompt, a resumed run would do the task's first prompt again.
     service.store.insert_task(make_task(service.config.home, "stop1234", "stopped"))
-    daemon: Any = SimpleNamespace(service=service, store=service.store, pool=None,
-                                  source=None, provider=None, config=service.config)  # fmt: skip
+    daemon: Any = SimpleNamespace(pool=None, config=service.config)
 
     async def resume(scheduler: Scheduler) -> None:
-        daemon.scheduler = scheduler
+        daemon.tasks = ServedTaskAPI(service, scheduler, None)  # type: ignore[arg-type]
         [route] = [r for r in build_router(daemon).routes
                    if r.path == "/v1/tasks/{id}/resume"]  # fmt: skip
         body = json.dumps({"prompt": "and now the tests", "env": {"GIVEN": "v"}}).encode()

@@ -38,8 +38,7 @@ def exec_route() -> tuple[Any, FakeSandbox]:
         return sandbox
 
     provider = SimpleNamespace(get=get)
-    daemon = SimpleNamespace(service=None, scheduler=None, pool=None,
-                             provider=lambda name: provider)  # fmt: skip
+    daemon = SimpleNamespace(tasks=None, pool=None, provider=lambda name: provider)
     ctx = ServerContext(home=Path("/x"), token="t", feed=EventFeed(None, None, lambda t: None))  # type: ignore[arg-type]
     router = build_router(daemon, ctx)  # type: ignore[arg-type]
     [route] = [r for r in router.routes if r.path.endswith("/exec")]

@@ -19,7 +19,7 @@ from hal9999.server.sse import EventFeed
 
 
 def routes() -> Router:
-    daemon: Any = SimpleNamespace(service=None, scheduler=None, pool=None, store=None)
+    daemon: Any = SimpleNamespace(tasks=None, pool=None, store=None)
     ctx = ServerContext(home=Path("/x"), token="t", feed=EventFeed(None, None, lambda t: None))  # type: ignore[arg-type]
     return build_router(daemon, ctx)
 

@@ -36,7 +36,7 @@ def test_the_cli_does_not_import_the_server_stack() -> None:
 
 def daemon_router() -> Any:
     """The daemon's real route table (handlers are bound, never called here)."""
-    fake = SimpleNamespace(service=None, scheduler=None, pool=None)
+    fake = SimpleNamespace(tasks=None, pool=None)
     ctx = ServerContext(home=Path("/x"), token="t", feed=EventFeed(None, None, lambda t: None))  # type: ignore[arg-type]
     return build_router(fake, ctx)  # type: ignore[arg-type]
 

@@ -20,8 +20,8 @@ from hal9999.events.bus import EventBus, Subscription
 from hal9999.events.log import EventLog
 from hal9999.events.models import Event, Message, Phase, TaskEnd
 from hal9999.pool.settings import SchedulerSettings
-from hal9999.server.follow import follow_page
 from hal9999.store import Store, TaskRecord
+from hal9999.tasks.pages import follow_page
 from hal9999.tasks.retry import Retry
 from hal9999.tasks.scheduler import Scheduler
 from hal9999.tasks.session import Session

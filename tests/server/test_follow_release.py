@@ -15,7 +15,7 @@ import pytest
 
 from hal9999.events.bus import EventBus
 from hal9999.events.models import Output, Phase, TaskEnd
-from hal9999.server.follow import follow_page
+from hal9999.tasks.pages import follow_page
 
 LONG_POLL_S = 30.0
 HOUR_S = 3600.0

@@ -6,13 +6,14 @@ from __future__ import annotations
 import subprocess
 import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.store.test_store import make_task
 
 from hal9999.store import Store
 from hal9999.store.sandboxrow import SandboxRow
-from hal9999.tasks import deadruns, plugins
+from hal9999.tasks import deadruns
 
 DEAD = 2**22 + 7  # above pid_max's default: no process has it
 
@@ -25,6 +26,11 @@ class Recording:
         self.destroyed.append(sandbox_id)
 
 
+def providing(provider: Any) -> Any:
+    """The service's plugins, giving ``provider`` whatever its name."""
+    return types.SimpleNamespace(provider=lambda name: provider)
+
+
 def _live_runner() -> subprocess.Popen[bytes]:
     """A live process that passes for a hal runner ("hal" in its command line)."""
     return subprocess.Popen(["hal-live-runner", "60"], executable="/bin/sleep")
@@ -34,7 +40,6 @@ async def test_only_a_final_tasks_sandbox_with_its_runner_dead_and_no_pools_is_d
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     provider = Recording()
-    monkeypatch.setattr(plugins, "load_provider_for", lambda config, name: provider)
     live = _live_runner()
     store = Store.open(tmp_path / "home")
     try:
@@ -53,7 +58,9 @@ async def test_only_a_final_tasks_sandbox_with_its_runner_dead_and_no_pools_is_d
         store.put_sandbox(SandboxRow(provider="bwrap", id="s3", pool_key="k", state="leased",
                                      task_id="pooled", created_at=1.0,
                                      last_used_at=1.0))  # fmt: skip
-        service = types.SimpleNamespace(store=store, config=types.SimpleNamespace(credentials=()))
+        service = types.SimpleNamespace(
+            store=store, config=types.SimpleNamespace(credentials=()), plugins=providing(provider)
+        )
         swept = await deadruns.sweep(service)  # type: ignore[arg-type]
         assert sorted(swept) == ["bwrap:s1", "bwrap:s6"]
         assert sorted(provider.destroyed) == ["s1", "s6"]  # never the pool's s3
@@ -78,7 +85,6 @@ async def test_a_task_another_process_claimed_first_is_left_to_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     provider = Recording()
-    monkeypatch.setattr(plugins, "load_provider_for", lambda config, name: provider)
     store = Store.open(tmp_path / "home")
     try:
         store.insert_task(make_task("killed", status="failed", sandbox_id="s1", runner_pid=DEAD))
@@ -89,7 +95,9 @@ async def test_a_task_another_process_claimed_first_is_left_to_it(
             return original(task_id, seen, new)
 
         monkeypatch.setattr(store, "swap_runner", raced)
-        service = types.SimpleNamespace(store=store, config=types.SimpleNamespace(credentials=()))
+        service = types.SimpleNamespace(
+            store=store, config=types.SimpleNamespace(credentials=()), plugins=providing(provider)
+        )
         assert await deadruns.sweep(service) == []  # type: ignore[arg-type]
         assert provider.destroyed == []
     finally:
@@ -103,11 +111,13 @@ async def test_a_destroy_that_fails_is_logged_and_tried_again_by_the_next_sweep(
         async def destroy(self, sandbox_id: str) -> None:
             raise PermissionError(13, "Permission denied", sandbox_id)
 
-    monkeypatch.setattr(plugins, "load_provider_for", lambda config, name: Failing())
+    provider = Failing()
     store = Store.open(tmp_path / "home")
     try:
         store.insert_task(make_task("killed", status="failed", sandbox_id="s1", runner_pid=DEAD))
-        service = types.SimpleNamespace(store=store, config=types.SimpleNamespace(credentials=()))
+        service = types.SimpleNamespace(
+            store=store, config=types.SimpleNamespace(credentials=()), plugins=providing(provider)
+        )
         assert await deadruns.sweep(service) == []  # type: ignore[arg-type]  # no raise
         record = store.get_task("killed")
         assert (record.sandbox_id, record.runner_pid) == ("s1", None)  # owed still

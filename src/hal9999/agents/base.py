@@ -9,26 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from hal9999.spec import AgentSettings as AgentSettings
 from hal9999.spec import ArgvCommand, ShellCommand
 
-if TYPE_CHECKING:  # the config imports this module; the event models are a parser's
+if TYPE_CHECKING:  # the event models are a parser's
     from hal9999.events.models import Event
-
-
-@dataclass(frozen=True)
-class AgentSettings:
-    """Per-agent settings from config (``[agents.<name>]``) and the command line."""
-
-    model: str | None = None
-    """Model name passed to the agent."""
-    base_url: str | None = None
-    """API endpoint the agent talks to."""
-    api_key_env: str | None = None
-    """Host environment variable holding the API key (forwarded at exec time only)."""
-    command: str | None = None
-    """Override of the agent's program (path or name)."""
-    extra_args: tuple[str, ...] = ()
-    """Arguments appended to the agent's command line."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +44,7 @@ class AgentContext:
     """A per-session directory used as the agent's HOME and config dir."""
     resume_session: str | None = None
     """The agent's own session id to continue, when resuming."""
-    settings: AgentSettings = AgentSettings()
+    settings: AgentSettings = field(default_factory=AgentSettings)
     mcp: McpServer | None = None
     """hal's MCP server for this run (a hive agent's tools), wired into the CLI's config."""
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from hal9999.server.client import DaemonClient
     from hal9999.store import Store, TaskRecord
     from hal9999.tasks.api import TaskAPI
+    from hal9999.tasks.plugins import Plugins
     from hal9999.tasks.service import TaskService
 
 T = TypeVar("T")
@@ -45,6 +46,7 @@ class App:
         self.config = config
         self.store = store
         self._service = service
+        self._plugins: Plugins | None = service.plugins if service is not None else None
         self.sources = _no_sources() if sources is None else sources
         """Which config files and variables applied, and what of ./hal.toml was ignored."""
         self.via_daemon = via_daemon
@@ -57,10 +59,19 @@ class App:
         and :mod:`hal9999.tasks.service` with what it imports would be most of such a
         command's start."""
         if self._service is None:
-            from hal9999.tasks.service import TaskService
+            from hal9999.app import local_service
 
-            self._service = TaskService(self.config, self.store, os.environ)
+            self._service = local_service(self.config, self.store, os.environ, self.plugins)
         return self._service
+
+    @property
+    def plugins(self) -> Plugins:
+        """This command's providers and process managers, each built once (the service's)."""
+        if self._plugins is None:
+            from hal9999.tasks.plugins import Plugins
+
+            self._plugins = Plugins(self.config)
+        return self._plugins
 
     def find(self, task_id: str) -> TaskRecord:
         """One task by id or unique prefix, reconciled, as :meth:`TaskService.find` gives
@@ -255,6 +266,7 @@ def stdout_closed() -> bool:
 def spawn_runner(app_: App, task: TaskRecord, args: list[str], env: dict[str, str]) -> int:
     """Start a detached ``hal`` process that runs the task; return its pid."""
     import subprocess
+    import threading
     from pathlib import Path
 
     from hal9999.pymodule import module_argv
@@ -270,6 +282,9 @@ def spawn_runner(app_: App, task: TaskRecord, args: list[str], env: dict[str, st
             env={**os.environ, **env},
             start_new_session=True,
         )
+    # Reaped whenever it ends: a process that outlives its runner (a long-lived caller of
+    # the task API) keeps no zombie of it.
+    threading.Thread(target=proc.wait, name=f"reap-{task.id}", daemon=True).start()
     # Handed over only if this process still holds it: the runner may have claimed it
     # (from this process) and even finished already.
     app_.store.swap_runner(task.id, os.getpid(), proc.pid)

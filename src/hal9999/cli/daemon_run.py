@@ -348,7 +348,8 @@ def see_through(
 ) -> dict[str, Any]:
     """Follow the task's events to its end (the daemon retries it); its final record.
     ``DaemonTaskAPI.follow``'s long poll, blocking, on the events' JSON."""
-    from hal9999.server.client import FOLLOW_WAIT_S, HAL_OWN, RECONNECT_S, DaemonUnavailable
+    from hal9999.events.own import HAL_OWN
+    from hal9999.server.client import FOLLOW_WAIT_S, RECONNECT_S, DaemonUnavailable
 
     after_seq = 0
     gone_since: float | None = None

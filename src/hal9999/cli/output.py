@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from hal9999.cli.task_table import SPELLED_OUT
+from hal9999.visible import SPELLED_OUT
 
 if TYPE_CHECKING:
     from hal9999.events.models import Event

@@ -12,7 +12,6 @@ from hal9999.cli.options import COUNT, CPUS, MEMORY_MB, NAME, CountCommand, json
 from hal9999.errors import HalError, SandboxNotFound
 from hal9999.server.client import DaemonClient
 from hal9999.spec import ArgvCommand
-from hal9999.tasks.plugins import load_provider_for
 
 
 def _need_daemon(a: App) -> DaemonClient:
@@ -106,7 +105,7 @@ async def _all_sandboxes(a: App) -> list[dict[str, Any]]:
     found = []
     for name in _providers(a):
         try:
-            infos = await load_provider_for(a.config, name).list()
+            infos = await a.plugins.provider(name).list()
         except HalError:
             continue
         for info in infos:
@@ -142,11 +141,11 @@ def sandbox_list(as_json: bool) -> None:
 async def _locate(a: App, sandbox_id: str, provider: str | None) -> str:
     if provider is not None:
         # Its own error: a misspelt provider was 'no sandbox X' (every error was skipped).
-        await load_provider_for(a.config, provider).get(sandbox_id)
+        await a.plugins.provider(provider).get(sandbox_id)
         return provider
     for name in _providers(a):
         try:
-            await load_provider_for(a.config, name).get(sandbox_id)
+            await a.plugins.provider(name).get(sandbox_id)
             return name
         except HalError:
             continue
@@ -169,7 +168,7 @@ def sandbox_exec(sandbox_id: str, argv: tuple[str, ...], provider: str | None) -
                 "POST", f"/v1/sandboxes/{name}/{sandbox_id}/exec", {"argv": list(argv)}
             )
             return int(out["exit_code"]), out["stdout"], out["stderr"]
-        box = await load_provider_for(a.config, name).get(sandbox_id)
+        box = await a.plugins.provider(name).get(sandbox_id)
         result = await box.exec(ArgvCommand(argv=argv))
         return result.exit_code, result.text(), result.stderr.decode("utf-8", "replace")
 
@@ -192,7 +191,7 @@ def sandbox_destroy(sandbox_id: str, provider: str | None) -> None:
         if client is not None:
             await client.call("DELETE", f"/v1/sandboxes/{name}/{sandbox_id}")
         else:
-            await load_provider_for(a.config, name).destroy(sandbox_id)
+            await a.plugins.provider(name).destroy(sandbox_id)
         return name
 
     name = run_async(go())
@@ -200,7 +199,7 @@ def sandbox_destroy(sandbox_id: str, provider: str | None) -> None:
 
 
 def _snapshotting(a: App, name: str) -> Any:
-    provider = load_provider_for(a.config, name)
+    provider = a.plugins.provider(name)
     if not provider.capabilities.snapshot:
         raise HalError(f"provider {name!r} cannot snapshot sandboxes", hint="use a qemu sandbox")
     return provider

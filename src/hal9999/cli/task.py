@@ -212,12 +212,11 @@ def _remote_attach(a: App, record: TaskRecord) -> list[str] | None:
     """When the task's run lives on another host (an ssh sandbox holds it in tmux there),
     the command that attaches to it there; None when the host-side attach is the one."""
     from hal9999.errors import HalError
-    from hal9999.tasks.plugins import load_provider_for
 
     if not record.sandbox_id or not record.provider:
         return None
     try:
-        sandbox = run_async(load_provider_for(a.config, record.provider).get(record.sandbox_id))
+        sandbox = run_async(a.plugins.provider(record.provider).get(record.sandbox_id))
     except HalError:
         return None
     opener = getattr(sandbox, "session_attach_command", None)

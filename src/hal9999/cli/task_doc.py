@@ -13,6 +13,8 @@ fields and compares the two paths' documents byte for byte.
 
 from __future__ import annotations
 
+from hal9999.tasks.branchmade import with_branch_made as with_branch_made
+
 TYPE_CHECKING = False  # typing: hal9999.lighttyping says why
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -49,15 +51,6 @@ TASK_STATES = (
 click-free listing imports neither click nor the enum)."""
 LIMIT_MAX = 1_000_000
 """The largest ``--limit`` (``click.IntRange(1, 1_000_000)``)."""
-
-
-def with_branch_made(doc: dict[str, Any]) -> dict[str, Any]:
-    """A task's JSON (its record's fields) with ``branch_made`` added, after them: every
-    surface's ``--json`` and the API's task carry it."""
-    from hal9999.cli.task_table import branch_made
-
-    doc["branch_made"] = branch_made(doc["repo_kind"], doc["session_dir"])
-    return doc
 
 
 class Unsure(Exception):

@@ -12,6 +12,11 @@ import sys
 import time
 
 from hal9999.errors import TaskCancelled, TaskNotFound, TaskStateError, exit_status_for
+from hal9999.tasks.branchmade import BRANCH_MARKS as BRANCH_MARKS
+from hal9999.tasks.branchmade import branch_made
+from hal9999.visible import BIDI_CONTROLS as BIDI_CONTROLS
+from hal9999.visible import INVISIBLE as INVISIBLE
+from hal9999.visible import SPELLED_OUT as SPELLED_OUT
 
 TYPE_CHECKING = False  # typing: hal9999.lighttyping says why
 if TYPE_CHECKING:
@@ -67,25 +72,6 @@ class TaskSummary(TaskRow, Protocol):
     @property
     def session_dir(self) -> str: ...
 
-
-BIDI_CONTROLS = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
-"""Bidirectional controls (marks, embeddings, overrides, isolates): a terminal that lays out
-bidirectional text (Konsole, mlterm, VTE's) reorders what follows them, so a line of an
-agent's code reads as a comment while it is code ("Trojan Source")."""
-INVISIBLE = (
-    0x00AD, 0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x180E, 0x200B, *range(0x2060, 0x2065),
-    *range(0x206A, 0x2070), 0x3164, 0xFEFF, 0xFFA0, *range(0xFFF9, 0xFFFC),
-    *range(0x1D173, 0x1D17B), 0xE0001, *range(0xE0020, 0xE0080),
-)  # fmt: skip
-"""Characters a terminal or a page draws as nothing (default-ignorable in Unicode: zero width
-space, word joiner, BOM, soft hyphen, fillers, tags): two names that read the same were
-different (a file, a branch), and text an operator reviewed could carry lines they never saw
-(ASCII spelled in tags, which the next model reads). Kept: the zero width joiner and
-non-joiner and the variation selectors, which scripts and emoji need (so a message can still
-hide bits in variation selectors after a visible character: left)."""
-SPELLED_OUT = {c: f"\u27e8U+{c:04X}\u27e9" for c in (*BIDI_CONTROLS, *INVISIBLE)}
-"""Each bidirectional control and invisible character spelled out (``⟨U+202E⟩``), as the
-dashboard shows it."""
 
 _CONTROLS = {**dict.fromkeys([*range(0x20), *range(0x7F, 0xA0)], "?"), **SPELLED_OUT}
 """Control characters (C0, DEL, C1): shown as ``?``, never sent to the terminal; the
@@ -165,18 +151,6 @@ def task_table(tasks: list[TaskRow]) -> str:
         "  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
         for r in rows
     )
-
-
-BRANCH_MARKS = {"local": "run/brought-back.json", "url": "result.bundle"}
-"""Per kind of source, the session file that exists once the task's branch was made:
-``Session.brought_back`` (a local source's branch moved, its record fsynced with the
-status) and ``Session.bundle`` (a URL source's branch); a test keeps them equal."""
-
-
-def branch_made(repo_kind: str, session_dir: str) -> bool:
-    """Whether the task's branch (its ``branch``, the name it uses) was made."""
-    mark = BRANCH_MARKS.get(repo_kind)
-    return mark is not None and os.path.exists(os.path.join(session_dir, mark))
 
 
 _ENDED = {"succeeded": "succeeded", "failed": "failed", "cancelled": "was cancelled",

@@ -16,22 +16,21 @@ if TYPE_CHECKING:
     from starlette.responses import Response
 
     from hal9999.server.daemon import Daemon
+    from hal9999.store import TaskRecord
 
 PATCH_LIMIT = 8 << 20
 """Largest patch the page renders (a bigger one is for `hal task diff`)."""
 
 
-def _read_patch(daemon: Daemon, task_id: str) -> tuple[str, str | None]:
-    """The task's id and its patch with its secrets masked (None when it has none yet)."""
-    record = daemon.service.find(task_id)
+def _read_patch(record: TaskRecord) -> str | None:
+    """The task's patch as written (None when it has none yet)."""
     patch = Session(Path(record.session_dir)).patch
     # The session directory is bound into sandboxes: open it without following links.
     with AgentDir.open(patch.parent, label=f"session of {record.id}") as session:
         if session.kind(patch.name) is None:
-            return record.id, None
+            return None
         data = session.read_bytes(patch.name, limit=PATCH_LIMIT)
-    masked = daemon.service.shown_patch(record, data.decode("utf-8", "replace"))
-    return record.id, review_text(masked)
+    return data.decode("utf-8", "replace")
 
 
 async def task_patch(daemon: Daemon, task_id: str) -> Response:
@@ -39,12 +38,14 @@ async def task_patch(daemon: Daemon, task_id: str) -> Response:
     from starlette.responses import JSONResponse, PlainTextResponse
 
     try:
-        found, data = await asyncio.to_thread(_read_patch, daemon, task_id)
+        record = await daemon.tasks.get(task_id)
+        text = await asyncio.to_thread(_read_patch, record)
+        data = None if text is None else review_text(await daemon.tasks.shown_patch(record, text))
     except (UnsafePath, TaskStateError) as exc:
         return JSONResponse({"error": {"code": exc.code, "message": str(exc)}}, 409)
     except HalError as exc:
         return JSONResponse({"error": {"code": exc.code, "message": str(exc)}}, 404)
     if data is None:
-        message = f"task {found} has no patch yet"
+        message = f"task {record.id} has no patch yet"
         return JSONResponse({"error": {"code": "no_patch", "message": message}}, 404)
     return PlainTextResponse(data)

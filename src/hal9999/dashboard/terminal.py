@@ -37,12 +37,13 @@ if TYPE_CHECKING:
     from starlette.websockets import WebSocket
 
     from hal9999.server.daemon import Daemon
+    from hal9999.store import TaskRecord
 
 MAX_INPUT = 4096
 """Largest keystroke frame accepted from the browser."""
 
 
-def attach_argv(daemon: Daemon, task_id: str, *, write: bool) -> list[str]:
+def attach_argv(record: TaskRecord, *, write: bool) -> list[str]:
     """The command that attaches to the task's live agent, or a HalError saying why not."""
     from hal9999.errors import ProcessError, TaskStateError
     from hal9999.process.registry import load_process_manager
@@ -51,7 +52,6 @@ def attach_argv(daemon: Daemon, task_id: str, *, write: bool) -> list[str]:
     from hal9999.tasks.session import Session
     from hal9999.tasks.state import ACTIVE
 
-    record = daemon.service.find(task_id)
     if record.status not in ACTIVE:
         raise TaskStateError(f"task {record.id} is {record.status}: nothing to attach to")
     manager = load_process_manager(record.process_manager, runtime_dir=None)
@@ -168,9 +168,8 @@ def terminal_endpoint(daemon: Daemon | None) -> Any:
         offered = websocket.scope.get("subprotocols") or []
         await websocket.accept(TERMINAL_PROTOCOL if TERMINAL_PROTOCOL in offered else None)
         try:
-            argv = await asyncio.to_thread(
-                attach_argv, daemon, websocket.path_params["task_id"], write=write
-            )
+            record = await daemon.tasks.get(websocket.path_params["task_id"])
+            argv = await asyncio.to_thread(attach_argv, record, write=write)
         except HalError as exc:
             await websocket.send_text(json.dumps({"error": str(exc)}))
             await websocket.close(code=4409)

@@ -37,8 +37,8 @@ import re
 import socket
 import time
 
+from hal9999.allowlist import allowed
 from hal9999.gateway import door
-from hal9999.gateway.allowlist import allowed
 from hal9999.gateway.channel import Grant
 from hal9999.gateway.forwarder import pump
 from hal9999.gateway.local import is_local

@@ -18,10 +18,10 @@ from urllib.parse import urlsplit
 from hal9999 import fs
 from hal9999.agents.base import Agent, AgentSettings
 from hal9999.agents.registry import upstream_key_env as upstream_key_env  # re-exported
+from hal9999.allowlist import intersect
 from hal9999.config import HalConfig
 from hal9999.errors import BudgetExceeded, GatewayError, HalError, ModelNotAllowed
 from hal9999.events.models import EgressDenied, Event, Usage
-from hal9999.gateway.allowlist import intersect
 from hal9999.gateway.channel import (
     CHANNEL_TARGET,
     TOKEN_PREFIX,

@@ -50,11 +50,9 @@ from hal9999.hive.store import (
 from hal9999.hive.threads import open_count
 from hal9999.hive.warm import WarmHolds
 from hal9999.store import TaskRecord
-from hal9999.tasks.recovery import resume as resume_task
 from hal9999.tasks.request import run_request
 from hal9999.tasks.sandboxes import PoolSource
-from hal9999.tasks.scheduler import Scheduler
-from hal9999.tasks.service import TaskService
+from hal9999.tasks.served import ServedTaskAPI
 from hal9999.tasks.session import Session
 from hal9999.tasks.state import ACTIVE, TaskStatus
 
@@ -68,13 +66,13 @@ class HiveLoop:
     """The daemon's turn loop over every agent of the hive."""
 
     def __init__(
-        self, service: TaskService, scheduler: Scheduler, settings: HiveSettings,
-        *, poll_s: float = 2.0,
-    ) -> None:  # fmt: skip
-        self.service = service
-        self.store = service.store
-        self.home = service.config.home
-        self.scheduler = scheduler
+        self, tasks: ServedTaskAPI, settings: HiveSettings, *, poll_s: float = 2.0
+    ) -> None:
+        self.tasks = tasks
+        """The daemon's task API: every turn's run is created, queued and stopped through it."""
+        self.service = tasks.service  # the settings and session files of the agents' tasks
+        self.store = self.service.store
+        self.home = self.service.config.home
         self.settings = settings
         self.poll_s = poll_s
         self.turns: dict[str, asyncio.Task[None]] = {}
@@ -315,25 +313,18 @@ class HiveLoop:
                 "timeout_s": min(agent.policy.turn_timeout_s, self.settings.turn_timeout_s),
                 "cwd": Path("/"), "branch": f"hal/agent/{agent.name}", "runner_pid": os.getpid(),
             }, wire=False)  # fmt: skip
-            # In a worker thread, as the API's create: it writes the store. Born this
-            # daemon's and on the agent's branch, not named so after: this daemon's dispatch
-            # may start it before the submission below. The turn names the task before its
+            # Born this daemon's and on the agent's branch, not named so after: this
+            # daemon's dispatch may start it at once. The turn names the task before its
             # row exists: a daemon killed before the agent's record names it leaves the
             # next one the task to adopt (see _finish_adopted), not a second one to make.
             named = partial(stats.set_turn_task, self.store, turn_id)
-            task = await asyncio.to_thread(self.service.create_blocking, request, named)
+            task = await self.tasks.create(request, named=named)
             await asyncio.to_thread(update_agent, self.store, agent.name, task_id=task.id)
-            self.scheduler.submit(task.id)
             return task.id
         # The turn's prompt is the task's own before it is queued: a run the scheduler starts
         # without this submission (a daemon restarted in between) gets it all the same.
         await asyncio.to_thread(self.store.update_task, agent.task_id, prompt=prompt)
-        task, adopted = await resume_task(self.service, agent.task_id, prompt=prompt)
-        # Queued or adopted, the task names this daemon as its runner already.
-        if adopted is not None:
-            self.scheduler.carry_on(task, adopted)
-        else:
-            self.scheduler.submit(task.id, None, prompt)
+        task = await self.tasks.resume(agent.task_id, prompt=prompt, detach=True)  # or adopted
         return task.id
 
     async def _wait(self, task_id: str) -> TaskRecord:
@@ -342,7 +333,7 @@ class HiveLoop:
         orphaned: float | None = None
         while True:
             task = await asyncio.to_thread(self.store.get_task, task_id)
-            running = task_id in self.scheduler.running
+            running = self.tasks.running(task_id)
             if task.status not in ACTIVE and not running:
                 return task
             if running or task.status == TaskStatus.QUEUED:
@@ -351,7 +342,7 @@ class HiveLoop:
                 orphaned = time.monotonic()
             elif time.monotonic() - orphaned > ORPHAN_S:
                 with contextlib.suppress(HalError):
-                    await self.service.halt(
+                    await self.tasks.halt(
                         task_id, TaskStatus.INTERRUPTED, "its runner in hal serve failed"
                     )
             await asyncio.sleep(0.2)
@@ -375,12 +366,12 @@ class HiveLoop:
         if agent.task_id is None:  # the first turn's task, made as the daemon died
             await asyncio.to_thread(update_agent, self.store, name, task_id=task.id)
         task_id = task.id
-        if task.status in ACTIVE and task_id not in self.scheduler.running:
+        if task.status in ACTIVE and not self.tasks.running(task_id):
             # Queued again (a retry) or adopted by recovery a moment from now: give it time.
             await asyncio.sleep(self.poll_s)
             task = await asyncio.to_thread(self.store.get_task, task_id)
             if task.status == TaskStatus.QUEUED:
-                self.scheduler.submit(task_id)
+                self.tasks.submit(task_id)
         task = await self._wait(task_id)
         await asyncio.to_thread(self._close, name, row.id, task, watch.turn_result(task),
                                 row.started_at, 0, row.messages)  # fmt: skip
@@ -464,7 +455,7 @@ class HiveLoop:
                 return await asyncio.to_thread(get_agent, self.store, name)
             if task.status in ACTIVE:
                 with contextlib.suppress(HalError):
-                    await self.scheduler.cancel(agent.task_id, stop=True)
+                    await self.tasks.stop(agent.task_id)
         return await asyncio.to_thread(get_agent, self.store, name)
 
     async def start_agent(self, name: str) -> AgentRecord:
@@ -501,7 +492,7 @@ class HiveLoop:
         await self.release_warm(agent.task_id)  # one a turn ending meanwhile kept
         if agent.task_id is not None:
             with contextlib.suppress(HalError):
-                await self.service.remove(agent.task_id, force=True)
+                await self.tasks.remove(agent.task_id, force=True)
         # Its proposals, questions and reminders close first (askers get a sentinel answer).
         await asyncio.to_thread(close_for_removed, self.store, name, spare=spare)
         await asyncio.to_thread(forget, self.store, self.home, name, also=also)

@@ -8,19 +8,17 @@ import functools
 import os
 from typing import TYPE_CHECKING, Any
 
-from hal9999.cli.task_doc import with_branch_made
 from hal9999.errors import ConfigError
-from hal9999.server.client import HAL_OWN
-from hal9999.server.follow import MAX_WAIT_S, events_page, follow_page
+from hal9999.events.own import HAL_OWN
 from hal9999.server.hive_api import add_hive_routes
 from hal9999.server.routing import ApiRequest as Request
 from hal9999.server.routing import Router
 from hal9999.server.threads_api import add_thread_routes
 from hal9999.spec import ArgvCommand
 from hal9999.store import TaskRecord
-from hal9999.tasks.recovery import Recovery
-from hal9999.tasks.recovery import resume as resume_task
-from hal9999.tasks.request import RunRequest, check_env, run_request, wire_fields
+from hal9999.tasks.branchmade import with_branch_made
+from hal9999.tasks.pages import MAX_WAIT_S
+from hal9999.tasks.request import RunRequest, check_env, wire_fields
 
 if TYPE_CHECKING:
     from hal9999.server.app import ServerContext
@@ -158,7 +156,7 @@ def run_body_schema() -> dict[str, Any]:
 def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
     """Every route of the API, bound to ``daemon`` (the event streams need ``ctx``)."""
     router = Router()
-    service, scheduler, pool = daemon.service, daemon.scheduler, daemon.pool
+    tasks, pool = daemon.tasks, daemon.pool
 
     # Store calls run in a thread: another process holding the database's write lock (for
     # up to the busy timeout) must never freeze the daemon's event loop.
@@ -166,41 +164,27 @@ def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
         return {"ok": True, "pid": os.getpid()}
 
     async def status(request: Request) -> Any:
-        queued = await asyncio.to_thread(daemon.store.list_tasks, status=["queued"])
-        return daemon.status(len(queued))
+        return daemon.status(await tasks.queued())
 
     async def create(request: Request) -> Any:
-        # Validated once, by the request's model (the caller's config, and the defaults
-        # from it or this daemon's).
-        run = run_request(request.json(), daemon.config)
-        run.runner_pid = os.getpid()  # this daemon runs it
-        # In a worker thread: creating writes the store (and the session), which must not
-        # hold up this loop while another process holds the write lock.
-        # Its env is the scheduler's before its row is (Scheduler.hold).
-        task = await asyncio.to_thread(
-            service.create_blocking,
-            run,
-            lambda name: scheduler.hold(name, run.given_env, keys=run.upstream_keys),
-        )
-        scheduler.submit(task.id, run.given_env, keys=run.upstream_keys)
-        return task_json(task)
+        # Validated once, by the request's model, in the daemon's task API (the caller's
+        # config, and the defaults from it or this daemon's); this daemon runs it.
+        return task_json(await tasks.create(request.json()))
 
     async def list_tasks(request: Request) -> Any:
         wanted = request.query.get("status")
         limit = request.query.get("limit")
-        tasks = await asyncio.to_thread(
-            service.list,
+        found = await tasks.list(
             status=wanted.split(",") if wanted else None,
             limit=_count(limit, "limit", LIMIT_MAX, LIMIT_MAX) if limit is not None else None,
         )
-        return [task_json(t) for t in tasks]
+        return [task_json(t) for t in found]
 
     async def show(request: Request) -> Any:
-        return task_json(await asyncio.to_thread(service.find, request.params["id"]))
+        return task_json(await tasks.get(request.params["id"]))
 
     async def task_events(request: Request) -> Any:
-        page = await follow_page(
-            daemon,
+        page = await tasks.page(
             request.params["id"],
             after_seq=_position(request.query.get("after_seq"), "after_seq"),
             wait=_wait(request.query.get("wait")),
@@ -214,40 +198,28 @@ def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
         return page
 
     async def all_events(request: Request) -> Any:
-        return await events_page(
-            daemon,
+        return await tasks.all_events(
             after=_position(request.query.get("after"), "after"),
             wait=_wait(request.query.get("wait")),
         )
 
     async def cancel(request: Request) -> Any:
-        return task_json(await scheduler.cancel(request.params["id"]))
+        return task_json(await tasks.cancel(request.params["id"]))
 
     async def stop(request: Request) -> Any:
-        return task_json(await scheduler.cancel(request.params["id"], stop=True))
+        return task_json(await tasks.stop(request.params["id"]))
 
     async def resume(request: Request) -> Any:
         env, prompt, keys = _resume_body(request.json())
         # A live agent whose runner died (a foreground `hal run` killed) is adopted.
-        recovery = Recovery(service, daemon.pool, daemon.source, daemon.provider)
-        task, adopted = await resume_task(
-            service, request.params["id"], prompt=prompt, env=env,
-            take_sandbox=recovery.take_sandbox,
-            named=lambda name: scheduler.hold(name, env, prompt, keys),  # before it is queued
-        )  # fmt: skip
-        # Queued or adopted, the task names this daemon as its runner already.
-        if adopted is not None:
-            scheduler.hold(task.id, keys=keys)  # the adopted run's gateway key
-            scheduler.carry_on(task, adopted)
-            return task_json(task)
-        scheduler.submit(task.id, env, prompt, keys)
+        task = await tasks.resume(
+            request.params["id"], prompt=prompt, env=env, detach=True, upstream_keys=keys
+        )
         return task_json(task)
 
     async def remove(request: Request) -> Any:
         force = request.flag("force")
-        task = await service.remove(request.params["id"], force=force)
-        scheduler.submissions.pop(task.id, None)
-        return task_json(task)
+        return task_json(await tasks.remove(request.params["id"], force=force))
 
     async def pool_status(request: Request) -> Any:
         return await pool.full_status()

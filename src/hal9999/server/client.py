@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from hal9999 import plainjson
 from hal9999.errors import HalError
 from hal9999.server.runtime import DaemonInfo, find_running
+from hal9999.tasks.through import see_through
 from hal9999.workdir import pure_path
 
 TYPE_CHECKING = False  # typing: hal9999.lighttyping says why
@@ -26,11 +27,8 @@ if TYPE_CHECKING:
     from hal9999.config import HalConfig
     from hal9999.events.models import Event
     from hal9999.store import TaskRecord
-    from hal9999.tasks.api import OnEvent, OnOutput, OnStart
+    from hal9999.tasks.api import OnEvent, OnOutput, OnStart, TaskAPI
 
-HAL_OWN = frozenset({"task_created", "phase", "sandbox_acquired", "message", "task_end"})
-"""Events hal records about the task itself; a foreground run's ``on_event`` gets only the
-agent's (its output and what was parsed from it), with or without the daemon."""
 RECONNECT_S = 60.0
 """How long a follower waits for a daemon that went away to come back."""
 FOLLOW_WAIT_S = 10.0
@@ -468,32 +466,7 @@ class DaemonTaskAPI:
         task = await self.create(request)
         if on_start is not None:
             on_start(task)
-        return await self._see_through(task.id, on_output, on_event)
-
-    async def _see_through(
-        self,
-        task_id: str,
-        on_output: OnOutput | None,
-        on_event: OnEvent | None,
-        *,
-        after_seq: int = 0,
-    ) -> TaskRecord:
-        import asyncio
-
-        from hal9999.events.models import Output
-
-        try:
-            async for event in self.follow(task_id, after_seq=after_seq):
-                if on_output is not None and isinstance(event, Output):
-                    on_output(event.text)
-                if on_event is not None and event.type not in HAL_OWN:
-                    on_event(event)
-        except asyncio.CancelledError:
-            # Ctrl-C (or SIGTERM) of a foreground run cancels the task, as without a daemon.
-            with contextlib.suppress(HalError):
-                await self.client.call("POST", f"/v1/tasks/{task_id}/cancel")
-            raise
-        return await self.get(task_id)
+        return await see_through(self, task.id, on_output, on_event)
 
     async def get(self, task_id: str) -> TaskRecord:
         """One task."""
@@ -551,7 +524,7 @@ class DaemonTaskAPI:
             return queued
         if on_start is not None:
             on_start(queued)
-        return await self._see_through(queued.id, on_output, on_event, after_seq=seen)
+        return await see_through(self, queued.id, on_output, on_event, after_seq=seen)
 
     async def remove(self, task_id: str, *, force: bool = False) -> TaskRecord:
         """Delete a task and its session."""
@@ -584,3 +557,9 @@ class DaemonTaskAPI:
                 yield event
             if page["done"]:
                 return
+
+
+if TYPE_CHECKING:
+
+    def _keeps_the_protocol(api: DaemonTaskAPI) -> TaskAPI:
+        return api  # mypy checks it: the client is a TaskAPI as the local and served ones are

@@ -19,32 +19,27 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from hal9999.app import DaemonParts
 from hal9999.children import pidfd_child_watcher
 from hal9999.config import HalConfig
 from hal9999.dashboard.tls import ListenAddress, listen_address
 from hal9999.errors import HalError, TaskNotFound
-from hal9999.events.bus import EventBus, IndexTail
+from hal9999.events.bus import IndexTail
 from hal9999.hive import broker
 from hal9999.hive import store as hive_store
 from hal9999.hive.deadlines import DeadlineLoop
 from hal9999.hive.retention import vacuum_forever
-from hal9999.hive.settings import hive_settings
-from hal9999.hive.turns import HiveLoop
 from hal9999.home import HalPaths
-from hal9999.pool import SlotDir, WarmPool
-from hal9999.pool.settings import ProviderSettings, provider_settings, scheduler_settings
+from hal9999.pool.settings import ProviderSettings
 from hal9999.providers.base import Provider
 from hal9999.server.runtime import DaemonFiles, DaemonInfo
 from hal9999.server.threads_api import use_hive_for_agents
 from hal9999.spec import SandboxSpec
-from hal9999.store import Store, TaskRecord
+from hal9999.store import TaskRecord
 from hal9999.tasks.context import sandbox_spec
-from hal9999.tasks.plugins import check_sections, load_provider_for
+from hal9999.tasks.plugins import check_sections
 from hal9999.tasks.recovery import Recovery, RecoveryReport
 from hal9999.tasks.request import provider_list
-from hal9999.tasks.sandboxes import PoolSource
-from hal9999.tasks.scheduler import Scheduler
-from hal9999.tasks.service import TaskService
 from hal9999.tasks.session import Session
 from hal9999.tasks.state import TaskStatus
 
@@ -68,30 +63,16 @@ class Daemon:
         self.environ = environ
         self.listen = listen or listen_address(environ)
         """Where else to serve over TLS: ``hal serve --listen``, or else ``HAL_LISTEN``."""
-        self.store = Store.open(config.home)
-        self.service = TaskService(config, self.store, environ)
-        self.bus = EventBus()
-        """Every event of every task: written here, or by another process (via the index)."""
-        self.service.writers.sinks.append(self.bus.sink)
-        self.service.writers.background = True  # event writes never on the event loop
+        parts = DaemonParts(config, environ)  # the composition root (hal9999.app)
+        self.parts = parts
+        self.store, self.service, self.bus = parts.store, parts.service, parts.bus
+        self.pool, self.source, self.scheduler = parts.pool, parts.source, parts.scheduler
+        self.tasks = parts.tasks
+        """The task API every route, the MCP server, the hive and the dashboard call."""
+        self.hive_settings, self.hive = parts.hive_settings, parts.hive
+        self.hive_api = parts.hive_api
+        """What the operator does with the hive: the hive routes call it."""
         self.files = DaemonFiles(config.home)
-        self._providers: dict[str, Provider] = {}
-        self._settings: dict[str, ProviderSettings] = {}
-        self.pool = WarmPool(
-            providers=self.provider,
-            settings=self.settings_of,
-            slots=SlotDir(config.home / "pool"),
-            store=self.store,
-        )
-        self.source = PoolSource(self.pool)
-        self.service.runner.sandboxes = self.source
-        self.scheduler = Scheduler(
-            self.service, scheduler_settings(config, environ), self.provider_limit
-        )
-        self.hive_settings = hive_settings(config)
-        self.hive = HiveLoop(self.service, self.scheduler, self.hive_settings)
-        """The hive's turn loop (agents woken by their mail)."""
-        self.service.runner.sandboxes = self.hive.hold_warm(self.source)  # warm agents
         self.http: HalServer | None = None
         self.feed: EventFeed | None = None
         """Every event in ``gseq`` order for the event streams (set by :meth:`start`)."""
@@ -107,16 +88,12 @@ class Daemon:
 
     # -- composition -------------------------------------------------------------------
     def provider(self, name: str) -> Provider:
-        """The provider ``name``, loaded once."""
-        if name not in self._providers:
-            self._providers[name] = load_provider_for(self.config, name)
-        return self._providers[name]
+        """The provider ``name``, the one instance this daemon uses."""
+        return self.parts.provider(name)
 
     def settings_of(self, name: str) -> ProviderSettings:
         """The resolved pool settings of provider ``name``."""
-        if name not in self._settings:
-            self._settings[name] = provider_settings(self.config, self.environ, name)
-        return self._settings[name]
+        return self.parts.settings_of(name)
 
     def events_path(self, task_id: str) -> Path | None:
         """The events file of a task (None once it is removed)."""
@@ -127,8 +104,7 @@ class Daemon:
 
     def provider_limit(self, name: str) -> int:
         """Tasks that may run on provider ``name`` at once."""
-        settings = self.settings_of(name)
-        return settings.max_concurrent if settings.max_concurrent is not None else settings.max_size
+        return self.parts.provider_limit(name)
 
     def default_spec(self, provider: str) -> SandboxSpec:
         """The spec a task on ``provider`` gets by default (what ``hal pool warm`` warms)."""
@@ -219,7 +195,7 @@ class Daemon:
             # Hive reminders and expiries: due ones left by a stopped daemon fire now.
             asyncio.create_task(DeadlineLoop(self.store).run(), name="hive-deadlines"),
         ]
-        from hal9999.hive.mcp.wiring import hub_for  # the MCP SDK: `hal serve` only
+        from hal9999.server.mcp import hub_for  # the MCP SDK: `hal serve` only
 
         self.mcp = hub_for(self)
         hub = self.mcp

@@ -7,22 +7,14 @@ through their own channel (the MCP server), which attributes their calls by the 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from typing import TYPE_CHECKING, Any, Literal
 
 from hal9999.errors import ConfigError
-from hal9999.events.hive import HiveEvent
-from hal9999.hive import agents, broker, stats
 from hal9999.hive.broker import OPERATOR
-from hal9999.hive.reminders import list_reminders
-from hal9999.hive.retention import vacuum
-from hal9999.hive.store import get_agent, hive_events_after, list_agents
-from hal9999.hive.warm import warm_policy
-from hal9999.server.follow import MAX_WAIT_S, PAGE
 from hal9999.server.routing import ApiRequest as Request
 from hal9999.server.routing import Router
+from hal9999.tasks.pages import MAX_WAIT_S
 
 if TYPE_CHECKING:
     from hal9999.server.daemon import Daemon
@@ -80,7 +72,7 @@ def _message(body: dict[str, Any]) -> str:
 
 
 def add_hive_routes(router: Router, daemon: Daemon) -> None:
-    """Bind the hive routes to ``daemon``'s store and turn loop."""
+    """Bind the hive routes to ``daemon``'s hive API."""
     # Read off the daemon at request time: the router is built before the daemon starts.
 
     async def spawn(request: Request) -> Any:
@@ -88,64 +80,44 @@ def add_hive_routes(router: Router, daemon: Daemon) -> None:
         kind: Literal["agent", "manager"] = "manager" if body.get("kind") == "manager" else "agent"
         if body.get("kind") not in (None, "agent", "manager"):
             raise ConfigError("kind must be agent or manager")
-        record = await agents.spawn(
-            daemon.store, daemon.config, str(_text(body, "name")),
-            agent=_text(body, "agent", required=False) or daemon.config.default_agent,
-            provider=_text(body, "provider", required=False) or daemon.config.default_provider,
+        record = await daemon.hive_api.spawn(
+            str(_text(body, "name")),
+            agent=_text(body, "agent", required=False),
+            provider=_text(body, "provider", required=False),
             repo=_text(body, "repo", required=False), role=_text(body, "role", required=False),
-            kind=kind,
-            policy=warm_policy(body.get("keep_warm"), body.get("warm_idle_s"),
-                               daemon.hive_settings),
+            kind=kind, keep_warm=body.get("keep_warm"), warm_idle_s=body.get("warm_idle_s"),
         )  # fmt: skip
         return record.model_dump(mode="json")
 
     async def list_(request: Request) -> Any:
-        found = await asyncio.to_thread(list_agents, daemon.store)
-        return [a.model_dump(mode="json") for a in found]
+        return [a.model_dump(mode="json") for a in await daemon.hive_api.agents()]
 
     async def show(request: Request) -> Any:
-        name = request.params["name"]
-        record = await asyncio.to_thread(get_agent, daemon.store, name)
-        recent = await asyncio.to_thread(stats.turns, daemon.store, name, limit=5)
-        waiting = await asyncio.to_thread(broker.inbox, daemon.store, name)
-        return {
-            **record.model_dump(mode="json"),
-            "turn_running": name in daemon.hive.turns,
-            "unread": len(waiting),
-            "recent_turns": [t.model_dump(mode="json") for t in recent],
-        }
+        return await daemon.hive_api.agent(request.params["name"])
 
     async def stop(request: Request) -> Any:
-        return (await daemon.hive.stop_agent(request.params["name"])).model_dump(mode="json")
+        return (await daemon.hive_api.stop(request.params["name"])).model_dump(mode="json")
 
     async def start(request: Request) -> Any:
-        return (await daemon.hive.start_agent(request.params["name"])).model_dump(mode="json")
+        return (await daemon.hive_api.start(request.params["name"])).model_dump(mode="json")
 
     async def remove(request: Request) -> Any:
-        return (await daemon.hive.remove_agent(request.params["name"])).model_dump(mode="json")
+        return (await daemon.hive_api.remove(request.params["name"])).model_dump(mode="json")
 
     async def agent_stats(request: Request) -> Any:
-        name = request.params["name"]
-        await asyncio.to_thread(get_agent, daemon.store, name)
-        return await asyncio.to_thread(stats.summary, daemon.store, name)
+        return await daemon.hive_api.stats(request.params["name"])
 
     async def send(request: Request) -> Any:
         body = request.json()
-        message = await asyncio.to_thread(
-            broker.send, daemon.store, sender=OPERATOR, recipient=str(_text(body, "to")),
-            body=_message(body), key=_text(body, "key", required=False),
-        )  # fmt: skip
+        message = await daemon.hive_api.send(
+            str(_text(body, "to")), _message(body), key=_text(body, "key", required=False)
+        )
         return message.model_dump(mode="json")
 
     async def inbox(request: Request) -> Any:
         name = request.name("name") or OPERATOR
         every, mark = request.flag("all"), request.flag("mark")
-        if name != OPERATOR:
-            await asyncio.to_thread(get_agent, daemon.store, name)
-        found = await asyncio.to_thread(broker.inbox, daemon.store, name, include_read=every)
-        if name == OPERATOR and mark:
-            unread = [m.id for m in found if m.state != "read"]
-            await asyncio.to_thread(broker.mark, daemon.store, unread, "read")
+        found = await daemon.hive_api.inbox(name, every=every, mark=mark)
         return [m.model_dump(mode="json") for m in found]
 
     async def read(request: Request) -> Any:
@@ -154,25 +126,16 @@ def add_hive_routes(router: Router, daemon: Daemon) -> None:
         ids = request.json().get("ids")
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise ConfigError("ids must be a list of message ids (strings)")
-        wanted = set(ids)
-        unread = await asyncio.to_thread(broker.inbox, daemon.store, OPERATOR)
-        chosen = [m.id for m in unread if m.id in wanted]
-        await asyncio.to_thread(broker.mark, daemon.store, chosen, "read")
-        return {"marked": chosen}
+        return {"marked": await daemon.hive_api.mark_read(ids)}
 
     async def run_vacuum(request: Request) -> Any:
         body = request.json()
-        return await asyncio.to_thread(
-            vacuum, daemon.store, daemon.hive_settings, home=daemon.config.home,
-            dry_run=_flag(body, "dry_run"),
-        )  # fmt: skip
+        return await daemon.hive_api.vacuum(dry_run=_flag(body, "dry_run"))
 
     async def reminders(request: Request) -> Any:
         name = request.name("agent")
         recent = _number(request.query.get("recent_s", "86400"), "recent_s", top=RECENT_MAX_S)
-        if name is not None:
-            await asyncio.to_thread(get_agent, daemon.store, name)
-        found = await asyncio.to_thread(list_reminders, daemon.store, name, pending_only=False)
+        found = await daemon.hive_api.reminders(name)
         since = time.time() - recent
         pending = [r for r in found if r.state == "pending"]
         done = [r for r in found if r.state != "pending" and (r.delivered or 0) >= since]
@@ -188,24 +151,7 @@ def add_hive_routes(router: Router, daemon: Daemon) -> None:
     async def events(request: Request) -> Any:
         after = _gseq(request.query.get("after"))
         wait = _number(request.query.get("wait"), "wait", top=MAX_WAIT_S)
-        subscription = daemon.bus.subscribe_hive()  # first, then read: nothing falls between
-        try:
-            deadline = time.monotonic() + wait
-            while True:
-                page: list[HiveEvent] = await asyncio.to_thread(
-                    hive_events_after, daemon.store, after, limit=PAGE
-                )
-                left = deadline - time.monotonic()
-                if page or left <= 0:
-                    break
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(left):
-                        while (event := await subscription.get()) is not None:
-                            if event.gseq > after:
-                                break
-        finally:
-            subscription.close()
-        last = page[-1].gseq if page else after
+        page, last = await daemon.hive_api.events(after=after, wait=wait)
         return {"events": [e.model_dump(mode="json") for e in page], "last_gseq": last}
 
     obj: dict[str, Any] = {"type": "object"}

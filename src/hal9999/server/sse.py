@@ -406,7 +406,7 @@ def add_stream_routes(router: Router, ctx: ServerContext) -> None:
         try:
             after = parse_after(request)
             if task_id is not None and ctx.daemon is not None:
-                task_id = (await asyncio.to_thread(ctx.daemon.service.find, task_id)).id
+                task_id = (await ctx.daemon.tasks.get(task_id)).id
         except HalError as exc:
             return JSONResponse({"error": exc.to_dict()}, status_for(exc))
         headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}

@@ -8,14 +8,12 @@ the operator's (a body cannot name another decider). In this process, approved `
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Any
 
 from hal9999.errors import ConfigError
-from hal9999.hive import approvals, questions
-from hal9999.hive.broker import OPERATOR
-from hal9999.hive.store import check_name, get_agent
-from hal9999.hive.threads import Approval, open_threads
+from hal9999.hive import approvals
+from hal9999.hive.store import check_name
+from hal9999.hive.threads import Approval
 from hal9999.server.routing import ApiRequest as Request
 from hal9999.server.routing import Router
 
@@ -57,49 +55,40 @@ def use_hive_for_agents(daemon: Daemon) -> None:
 
 
 def add_thread_routes(router: Router, daemon: Daemon) -> None:
-    """Bind the approval, question and open-thread routes to ``daemon``'s store."""
+    """Bind the approval, question and open-thread routes to ``daemon``'s hive API."""
 
     async def list_approvals(request: Request) -> Any:
         every = request.flag("all")
-        found = await asyncio.to_thread(
-            approvals.list_approvals, daemon.store, state=None if every else "pending"
-        )
+        found = await daemon.hive_api.approvals(every=every)
         return [a.model_dump(mode="json") for a in found]
 
     async def show_approval(request: Request) -> Any:
-        return await approvals.show(daemon.store, request.params["id"])
+        return await daemon.hive_api.approval(request.params["id"])
 
     async def approve(request: Request) -> Any:
         reason = _reason(request.json())
-        done = await approvals.approve(daemon.store, request.params["id"], reason=reason)
+        done = await daemon.hive_api.approve(request.params["id"], reason=reason)
         return done.model_dump(mode="json")
 
     async def deny(request: Request) -> Any:
         reason = _reason(request.json()) or "(no reason given)"
-        done = await asyncio.to_thread(
-            approvals.deny, daemon.store, request.params["id"], reason=reason
-        )
+        done = await daemon.hive_api.deny(request.params["id"], reason=reason)
         return done.model_dump(mode="json")
 
     async def list_questions(request: Request) -> Any:
         every = request.flag("all")
-        found = await asyncio.to_thread(questions.list_questions, daemon.store, open_only=not every)
+        found = await daemon.hive_api.questions(every=every)
         return [q.model_dump(mode="json") for q in found]
 
     async def answer(request: Request) -> Any:
         text = request.json().get("text")
         if not isinstance(text, str):
             raise ConfigError("text must be a string")
-        done = await asyncio.to_thread(
-            questions.answer, daemon.store, request.params["id"], text, answerer=OPERATOR
-        )
+        done = await daemon.hive_api.answer(request.params["id"], text)
         return done.model_dump(mode="json")
 
     async def threads(request: Request) -> Any:
-        agent = request.name("agent")
-        if agent not in (None, OPERATOR):  # a misspelt name is not an agent with no threads
-            await asyncio.to_thread(get_agent, daemon.store, agent)
-        found = await asyncio.to_thread(open_threads, daemon.store, agent)
+        found = await daemon.hive_api.threads(request.name("agent"))
         return found.model_dump(mode="json")
 
     obj: dict[str, Any] = {"type": "object"}

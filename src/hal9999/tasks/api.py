@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hal9999.events.models import Event
 from hal9999.events.reader import follow_events
@@ -252,3 +252,9 @@ class LocalTaskAPI:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+
+
+if TYPE_CHECKING:
+
+    def _keeps_the_protocol(api: LocalTaskAPI) -> TaskAPI:
+        return api  # mypy checks it (the daemon client and the daemon's own API do the same)

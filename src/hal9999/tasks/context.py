@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hal9999.agents.parsing import add_counts
 from hal9999.agents.registry import is_template
@@ -24,10 +24,33 @@ from hal9999.tasks.session import Session
 from hal9999.tasks.state import TaskStatus
 
 if TYPE_CHECKING:  # a run loads them only when it has a gateway route or an MCP route
-    from hal9999.agents.base import Agent
+    from hal9999.agents.base import Agent, McpServer
     from hal9999.gateway.tasks import GatewayRoute
-    from hal9999.hive.mcp.channel import McpRoute
+    from hal9999.providers.base import Sandbox
+    from hal9999.store import Store
     from hal9999.tasks.retry import Retry, RetryPolicy
+
+class AgentChannel(Protocol):
+    """A hive agent's way to its MCP server from inside its sandbox (the hive's
+    ``McpRoute``): a run binds it, connects it once the sandbox exists, and hands the agent
+    CLI its server."""
+
+    def bind(self) -> Bind:
+        """What the sandbox mounts for it."""
+        ...
+
+    async def connect(self, sandbox: Sandbox) -> None:
+        """Reach it from ``sandbox``."""
+        ...
+
+    def server(self) -> McpServer:
+        """The stdio server the agent CLI starts."""
+        ...
+
+
+ChannelFinder = Callable[["Path", "Path", "Store | None", "str | None"], "AgentChannel | None"]
+"""``(home, run_dir, store, task_id)``: the channel of a hive agent's run, None for any
+other run (the hive's ``route_for``, given by the composition root)."""
 
 TAKEN_AWAY = frozenset({TaskStatus.STOPPED, TaskStatus.CANCELLED, TaskStatus.INTERRUPTED})
 """States another process puts a task in while a runner holds it (stop, cancel, the reaper)."""
@@ -126,7 +149,7 @@ class RunContext:
     """The agent's process spec, once known."""
     gateway: GatewayRoute | None
     """The run's way to its LLM through the host's gateway (None: the agent goes direct)."""
-    mcp: McpRoute | None
+    mcp: AgentChannel | None
     """The run's way to its hive agent's MCP server (None: not a hive agent's task)."""
     session_id: str | None
     """An agent session id seen in the output and not yet written to the task's record."""
@@ -165,7 +188,7 @@ class RunContext:
         sandbox: Sandbox | None = None,
         pspec: ProcessSpec | None = None,
         gateway: GatewayRoute | None = None,
-        mcp: McpRoute | None = None,
+        mcp: AgentChannel | None = None,
         session_id: str | None = None,
         unsaved: dict[str, Any] | None = None,
     ) -> None:

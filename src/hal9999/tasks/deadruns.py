@@ -47,8 +47,6 @@ def owed(store: Store) -> list[tuple[str, str, str, int | None, int | None]]:
 async def sweep(service: TaskService) -> list[str]:
     """Destroy the sandboxes of :func:`owed` tasks that no pool records; ``provider:id`` of
     each destroyed. Errors are logged, never raised: the command that sweeps goes on."""
-    from hal9999.tasks.plugins import load_provider_for
-
     store = service.store
     rows = owed(store)
     if not rows:
@@ -64,7 +62,7 @@ async def sweep(service: TaskService) -> list[str]:
             )
             continue
         try:
-            provider = load_provider_for(service.config, provider_name)
+            provider = service.plugins.provider(provider_name)
             await provider.destroy(sandbox_id)
         except (HalError, OSError) as exc:
             text = exc.one_line() if isinstance(exc, HalError) else str(exc)

@@ -16,7 +16,6 @@ from hal9999.agents.parsing import SESSION_ID
 from hal9999.credentials import forwarded_env, install_files, remove_files
 from hal9999.errors import AgentNotInstalled, HalError, RepoError
 from hal9999.events.models import Message, SandboxAcquired
-from hal9999.hive.mcp.channel import route_for as mcp_route_for
 from hal9999.process.base import ProcessManager, arm_start
 from hal9999.process.caplog import log_cap_from
 from hal9999.providers.base import Provider, Sandbox
@@ -58,7 +57,8 @@ class LaunchSteps(RunnerCore):
 
         def provisioned() -> None:
             # A hive agent's run: its own MCP socket.
-            ctx.mcp = mcp_route_for(self.config.home, ctx.session.run_dir, self.store, task.id)
+            if (find := self.channel_for) is not None:
+                ctx.mcp = find(self.config.home, ctx.session.run_dir, self.store, task.id)
             if borrows:  # the source's fingerprint, for its snapshot
                 identified.append(mirror.identify(self.config.home, task.repo, ctx.session.root))
 

@@ -35,6 +35,32 @@ def load_provider_for(config: HalConfig, name: str) -> Provider:
     )
 
 
+class Plugins:
+    """The providers and process managers of one hal process, each built once under its
+    config: the daemon's pool, its runs, their recovery and every stop or kill share one
+    provider object per name (a provider is made to be shared, and building one validates
+    its settings and checks its host). Built by :mod:`hal9999.app`."""
+
+    def __init__(self, config: HalConfig) -> None:
+        self.config = config
+        self._providers: dict[str, Provider] = {}
+        self._managers: dict[str, ProcessManager] = {}
+
+    def provider(self, name: str) -> Provider:
+        """The provider ``name``, built on first use."""
+        found = self._providers.get(name)
+        if found is None:
+            found = self._providers[name] = load_provider_for(self.config, name)
+        return found
+
+    def manager(self, name: str) -> ProcessManager:
+        """The process manager ``name``, built on first use."""
+        found = self._managers.get(name)
+        if found is None:
+            found = self._managers[name] = load_process_manager(self.config, name)
+        return found
+
+
 def use_config_totals(config: HalConfig) -> None:
     """Use the config's ``[totals]`` in this process (:func:`config_totals`)."""
     import os

@@ -41,7 +41,6 @@ from hal9999.tasks.alive import runner_alive
 from hal9999.tasks.claim import claim
 from hal9999.tasks.context import Adopted, Totals, process_spec
 from hal9999.tasks.output import parsed_offset_after
-from hal9999.tasks.plugins import load_process_manager, load_provider_for
 from hal9999.tasks.sandboxes import PoolSource
 from hal9999.tasks.service import TaskService
 from hal9999.tasks.session import Session
@@ -353,7 +352,7 @@ class Recovery:
 
 def current_process(service: TaskService, task: TaskRecord) -> tuple[ProcessManager, ProcessSpec]:
     """The process manager and spec of the task's current run (enough to ask or stop it)."""
-    manager = load_process_manager(service.config, task.process_manager)
+    manager = service.plugins.manager(task.process_manager)
     return manager, process_spec(task, service.session(task), ArgvCommand(argv=("true",)))
 
 
@@ -489,7 +488,7 @@ async def _live_sandbox(service: TaskService, task: TaskRecord) -> Sandbox | Non
     if not task.sandbox_id:
         return None
     try:
-        return await load_provider_for(service.config, task.provider).get(task.sandbox_id)
+        return await service.plugins.provider(task.provider).get(task.sandbox_id)
     except HalError as exc:
         logger.info("task %s: sandbox %s is gone: %s", task.id, task.sandbox_id, exc.one_line())
         return None

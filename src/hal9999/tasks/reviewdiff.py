@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 
-from hal9999.cli.task_table import SPELLED_OUT
+from hal9999.visible import SPELLED_OUT
 
 SHOW_OPTIONS = (
     "--text", "--no-ext-diff", "--no-textconv", "--no-color", "--src-prefix=a/",

@@ -20,8 +20,8 @@ from hal9999.events.models import AgentSession, Event, Usage
 from hal9999.providers.base import Provider
 from hal9999.store import Store, TaskRecord
 from hal9999.store.writelock import WriteBusy
-from hal9999.tasks.context import RunContext, Superseded, taken_from_us
-from hal9999.tasks.plugins import load_provider_for
+from hal9999.tasks.context import ChannelFinder, RunContext, Superseded, taken_from_us
+from hal9999.tasks.plugins import Plugins
 from hal9999.tasks.sandboxes import DirectSource, SandboxSource
 from hal9999.tasks.state import RESTING, TaskStatus, transition
 
@@ -29,23 +29,26 @@ from hal9999.tasks.state import RESTING, TaskStatus, transition
 class RunnerCore:
     """The state a run's steps share, and how they record what happens."""
 
-    def __init__(self, config: HalConfig, store: Store, environ: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        config: HalConfig,
+        store: Store,
+        environ: Mapping[str, str],
+        plugins: Plugins | None = None,
+    ) -> None:
         self.config = config
         self.store = store
         self.environ = environ
         self.sandboxes: SandboxSource = DirectSource()
         """Where runs get sandboxes: created per run, or the daemon's warm pool."""
-        self._providers: dict[str, Provider] = {}
+        self.plugins = plugins or Plugins(config)
+        """This process's providers and process managers (the daemon's own, in a daemon)."""
+        self.channel_for: ChannelFinder | None = None
+        """How a hive agent's run finds its MCP channel (the composition root gives it)."""
 
     def provider(self, name: str) -> Provider:
-        """The provider ``name`` under this runner's config, built once: a provider object
-        is made to be shared (a daemon's pool uses one for all its sandboxes at once), and
-        building one (its settings validated, its helpers and host checked) was most of a
-        task's creation and a part of its run."""
-        found = self._providers.get(name)
-        if found is None:
-            found = self._providers[name] = load_provider_for(self.config, name)
-        return found
+        """The provider ``name`` under this runner's config, built once (:class:`Plugins`)."""
+        return self.plugins.provider(name)
 
     # -- state -------------------------------------------------------------------------
     async def transition(

@@ -45,7 +45,6 @@ from hal9999.tasks.context import (
 )
 from hal9999.tasks.follow import FollowSteps
 from hal9999.tasks.launch import LaunchSteps, missing_program
-from hal9999.tasks.plugins import load_process_manager
 from hal9999.tasks.state import TaskStatus
 
 if TYPE_CHECKING:
@@ -66,7 +65,7 @@ class TaskRunner(LaunchSteps, FollowSteps):
         task = ctx.task  # claimed by this process (TaskService.run)
         agent = resolve_agent(task.agent, self.config.agent_settings(task.agent))
         provider = self.provider(task.provider)
-        manager = load_process_manager(self.config, task.process_manager)
+        manager = self.plugins.manager(task.process_manager)
         started = time.monotonic()
         exit_code: int | None = None
         offline = False

@@ -39,6 +39,7 @@ from hal9999.tasks.claim import claim
 from hal9999.tasks.collect import drop_cut_locks
 from hal9999.tasks.context import Adopted, RunContext, process_spec
 from hal9999.tasks.plugins import (
+    Plugins,
     check_provider_tables,
     load_process_manager,
     load_provider_for,
@@ -85,11 +86,20 @@ def never_ran(task: TaskRecord) -> bool:
 class TaskService(TaskSecrets):
     """The task layer behind the CLI (and, later, the daemon)."""
 
-    def __init__(self, config: HalConfig, store: Store, environ: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        config: HalConfig,
+        store: Store,
+        environ: Mapping[str, str],
+        plugins: Plugins | None = None,
+    ) -> None:
         super().__init__(config, environ)
         self.store = store
         self.paths = HalPaths(config.home).ensure()
-        self.runner = TaskRunner(config, store, environ)
+        self.plugins = plugins or Plugins(config)
+        """This process's providers and process managers: its runs, stops and kills use
+        them (in a daemon, the pool's own)."""
+        self.runner = TaskRunner(config, store, environ, self.plugins)
         self.writers = EventWriters(store, index_batch=INDEX_BATCH)
         """The one event writer of each task in this process (the daemon adds its bus)."""
         self.contexts: dict[str, RunContext] = {}
@@ -128,6 +138,7 @@ class TaskService(TaskSecrets):
             return self.runner
         runner = TaskRunner(config, self.store, self.environ)
         runner.sandboxes = self.runner.sandboxes
+        runner.channel_for = self.runner.channel_for
         return runner
 
     @contextmanager
@@ -184,7 +195,10 @@ class TaskService(TaskSecrets):
             else:
                 load_provider_for(config, name)
             provider_settings(config, self.environ, name)  # [pool]: before any task exists
-        load_process_manager(config, req.process_manager)
+        if shared:
+            self.plugins.manager(req.process_manager)
+        else:
+            load_process_manager(config, req.process_manager)
         forwarded_env(
             [n for n in iter_unique(req.env_names, req.secret_names) if n not in req.given_env],
             self.environ,
@@ -388,9 +402,9 @@ class TaskService(TaskSecrets):
 
     async def kill(self, task: TaskRecord) -> None:
         """Stop the task's process and destroy its sandbox, if any remain."""
-        manager = load_process_manager(self.config, task.process_manager)
+        manager = self.plugins.manager(task.process_manager)
         await manager.stop(process_spec(task, self.session(task), ArgvCommand(argv=("true",))))
-        await self.destroy_sandboxes(load_provider_for(self.config, task.provider), task)
+        await self.destroy_sandboxes(self.plugins.provider(task.provider), task)
         await asyncio.to_thread(self.store.update_task, task.id, sandbox_id=None)
 
     async def destroy_sandboxes(self, provider: Provider, task: TaskRecord) -> None:

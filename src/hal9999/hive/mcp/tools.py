@@ -422,7 +422,7 @@ async def _own_task(caller: Caller, task_id: str) -> TaskRecord:
 def _status(task: TaskRecord) -> dict[str, Any]:
     """A sub-task's state as the CLI's ``--json`` says it (``branch_made``: whether its
     ``branch`` exists yet)."""
-    from hal9999.cli.task_table import branch_made
+    from hal9999.tasks.branchmade import branch_made
 
     data: dict[str, Any] = {"task": task.id, "status": task.status, "branch": task.branch}
     data["branch_made"] = branch_made(task.repo_kind, task.session_dir)

@@ -1,10 +1,8 @@
-"""The MCP hub in ``hal serve``: sub-tasks through the daemon's own task service and
-scheduler, and the per-agent sockets kept in step with the hive."""
+"""The MCP hub in ``hal serve``: sub-tasks through the daemon's own task API, and the
+per-agent sockets kept in step with the hive."""
 
 from __future__ import annotations
 
-import asyncio
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,39 +13,9 @@ from hal9999.hive.mcp.server import McpHub
 from hal9999.hive.mcp.tools import Hive
 from hal9999.hive.store import get_agent
 from hal9999.redact import SecretMasker
-from hal9999.store import TaskRecord
-from hal9999.tasks.request import RunRequest
 
 if TYPE_CHECKING:
     from hal9999.server.daemon import Daemon
-
-
-class DaemonTasks:
-    """Sub-tasks as ``POST /v1/tasks`` makes them: created off the loop, then queued on the
-    daemon's scheduler."""
-
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-
-    async def create(self, request: RunRequest) -> TaskRecord:
-        """Create the task and hand it to the scheduler."""
-        daemon = self.daemon
-        # Born this daemon's (as the API's), not named after: no window for another claim.
-        mine = request.model_copy(update={"runner_pid": os.getpid()})
-        scheduler, env, keys = daemon.scheduler, request.given_env, request.upstream_keys
-        task = await asyncio.to_thread(
-            daemon.service.create_blocking, mine, lambda name: scheduler.hold(name, env, None, keys)
-        )
-        scheduler.submit(task.id, env, None, keys)
-        return task
-
-    async def get(self, task_id: str) -> TaskRecord:
-        """One task, as the store has it."""
-        return await asyncio.to_thread(self.daemon.store.get_task, task_id)
-
-    async def shown_patch(self, task: TaskRecord, text: str) -> str:
-        """The patch's ``text`` masked with the task's secrets, as the dashboard shows it."""
-        return await asyncio.to_thread(self.daemon.service.shown_patch, task, text)
 
 
 def agent_maskers(daemon: Daemon) -> Callable[[str], SecretMasker | None]:
@@ -84,7 +52,7 @@ def hub_for(daemon: Daemon) -> McpHub:
     hive = Hive(
         store=daemon.store,
         home=config.home,
-        tasks=DaemonTasks(daemon),
+        tasks=daemon.tasks,  # the daemon's task API, as its routes use
         request_defaults=defaults,
         subtasks_per_day=daemon.hive_settings.subtasks_per_day,
         lifecycle=getattr(daemon, "hive", None),  # the turn loop: the manager's stop/restart

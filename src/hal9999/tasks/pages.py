@@ -1,7 +1,8 @@
-"""Following events through the daemon: one task's by per-task ``seq``, or everything by
-global ``gseq`` (what a dashboard resumes from). Each request subscribes to the bus *first*,
-then reads the history it asks for, then (when there is nothing new) waits on the
-subscription up to ``wait`` seconds: no event can fall between the read and the wait."""
+"""Pages of events as the daemon's task API answers them: one task's by per-task ``seq``,
+or everything by global ``gseq`` (what a dashboard resumes from). Each request subscribes
+to the bus *first*, then reads the history it asks for, then (when there is nothing new)
+waits on the subscription up to ``wait`` seconds: no event can fall between the read and
+the wait."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import contextlib
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hal9999.errors import TaskNotFound
 from hal9999.events.bus import Subscription
@@ -22,7 +23,22 @@ from hal9999.tasks.alive import runner_alive
 from hal9999.tasks.state import ACTIVE, TaskStatus
 
 if TYPE_CHECKING:
-    from hal9999.server.daemon import Daemon
+    from hal9999.events.bus import EventBus
+    from hal9999.tasks.scheduler import Scheduler
+    from hal9999.tasks.service import TaskService
+
+
+class Served(Protocol):
+    """What a page is read from: the process that runs the tasks (its scheduler and bus)."""
+
+    service: TaskService
+    scheduler: Scheduler
+    bus: EventBus
+
+    @property
+    def store(self) -> Store:
+        """The tasks' store."""
+        ...
 
 PAGE = 1000
 """Events per answer at most; the caller asks again from where the page ends."""
@@ -45,7 +61,7 @@ async def _woken(subscription: Subscription, newer: Any, wait: float) -> bool:
 
 
 async def follow_page(
-    daemon: Daemon,
+    served: Served,
     task_id: str,
     *,
     after_seq: int,
@@ -55,26 +71,26 @@ async def follow_page(
     """Events of one task above ``after_seq``; ``done`` once it is over and all is sent.
     Events of a ``quiet`` type do not end the wait (the caller shows none of them): a page
     of only those waits for another event, the run's end or the end of ``wait``."""
-    service = daemon.service
+    service = served.service
     task = await _find(service, task_id)
-    unrecorded = daemon.scheduler.unrecorded.get(task.id)
-    if unrecorded is not None and task.status in ACTIVE and task.id not in daemon.scheduler.running:
+    unrecorded = served.scheduler.unrecorded.get(task.id)
+    if unrecorded is not None and task.status in ACTIVE and task.id not in served.scheduler.running:
         # Its run is over and could not record its end: no event will come to end a wait.
         raise type(unrecorded)(f"task {task.id}: {unrecorded.message}", hint=unrecorded.hint)
-    subscription = daemon.bus.subscribe(task.id)
+    subscription = served.bus.subscribe(task.id)
     path = service.session(task).events
     releasing = True  # a page that ends the run may wait for it once (below)
     try:
         while True:
             # Looked up before the status: a run the status then shows resting (not queued
             # again for a retry) is the run that wrote the task's last task_end, not a retry.
-            before = daemon.scheduler.running.get(task.id)
+            before = served.scheduler.running.get(task.id)
             # The record, then from the last event the caller has, to learn its type (is it
             # the task_end?): in one thread hop (each hop is a wake-up of the
             # loop on the way to the answer that ends a run).
             record, tail = await asyncio.to_thread(_read, service.store, task.id, path, after_seq)
             status = record.status
-            over = status not in ACTIVE and task.id not in daemon.scheduler.running
+            over = status not in ACTIVE and task.id not in served.scheduler.running
             newer = [e for e in tail if e.seq > after_seq]
             page = newer[:PAGE]
             last = page[-1] if page else (tail[-1] if tail else None)
@@ -89,7 +105,7 @@ async def follow_page(
                     trailing = _ends(await asyncio.to_thread(events_after_seq, path, 0))
                 ended = bool(trailing)
             done = over and len(newer) <= PAGE and ended
-            runner = daemon.scheduler.running.get(task.id)
+            runner = served.scheduler.running.get(task.id)
             if page and ended and not done and releasing and wait > 0 and status not in ACTIVE:
                 # The page ends the run, which is still giving its sandbox back (or was when
                 # its status was read): answered once the run is over, the caller learns it
@@ -111,7 +127,7 @@ async def follow_page(
                 # event will come to wake us, the run's own end does (the client
                 # waited out the whole long poll after every task).
                 await asyncio.wait({runner}, timeout=wait)
-            elif ended and task.id not in daemon.scheduler.running and not over:
+            elif ended and task.id not in served.scheduler.running and not over:
                 # The run ended between the status read above and now (the event file was
                 # read in a thread meanwhile): read again, no event will come to wake us.
                 # Only once: a run still active after that waits for events as any does.
@@ -188,13 +204,13 @@ def _bodies(store: Store, rows: list[IndexedEvent]) -> list[Event]:
     return events
 
 
-async def events_page(daemon: Daemon, *, after: int, wait: float) -> Any:
+async def events_page(served: Served, *, after: int, wait: float) -> Any:
     """Every task's events with a ``gseq`` above ``after``, in commit order."""
-    subscription = daemon.bus.subscribe()
+    subscription = served.bus.subscribe()
     try:
         while True:
-            rows = await asyncio.to_thread(daemon.store.events_after, after, limit=PAGE)
-            page = await asyncio.to_thread(_bodies, daemon.store, rows)
+            rows = await asyncio.to_thread(served.store.events_after, after, limit=PAGE)
+            page = await asyncio.to_thread(_bodies, served.store, rows)
             if page or wait <= 0:
                 break
             started = time.monotonic()
