@@ -29,9 +29,10 @@ if TYPE_CHECKING:
     from hal9999.tasks.api import OnEvent, OnOutput, OnStart
     from hal9999.tasks.request import RunRequest
 
-HAL_OWN = frozenset({"task_created", "phase", "sandbox_acquired", "message", "task_end"})
+HAL_OWN = frozenset({"task_created", "phase", "sandbox_acquired", "task_end"})
 """Events hal records about the task itself; a foreground run's ``on_event`` gets only the
-agent's (its output and what was parsed from it), with or without the daemon."""
+agent's (its output and what was parsed from it) and hal's notes (``message``,
+``upstream_wait``: :data:`hal9999.events.kinds.HAL_NOTES`), with or without the daemon."""
 RECONNECT_S = 60.0
 """How long a follower waits for a daemon that went away to come back."""
 FOLLOW_WAIT_S = 10.0

@@ -249,7 +249,9 @@ class LaunchSteps(RunnerCore):
                 budget=ctx.session.run_dir, provider=task.provider, keys=ctx.upstream_keys,
             )  # fmt: skip
             if ctx.gateway is not None:
-                ctx.gateway.usage = GatewayUsage(self.store, task.id)  # calls from here on
+                ctx.gateway.usage = GatewayUsage(  # calls from here on
+                    self.store, task.id, max_retries=self.config.gateway.max_retries
+                )
                 await ctx.gateway.open()
                 spec = spec.model_copy(update={"binds": (*spec.binds, ctx.gateway.bind())})
         if ctx.mcp is not None:  # a hive agent's run (found by launch): its own MCP socket
