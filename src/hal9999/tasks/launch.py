@@ -22,7 +22,7 @@ from hal9999.process.caplog import log_cap_from
 from hal9999.providers.base import Provider, Sandbox
 from hal9999.providers.hostread import write_text
 from hal9999.spec import ProcessSpec, SandboxSpec
-from hal9999.tasks import collect, gitrepo, mirror
+from hal9999.tasks import collect, gitrepo, indexstat, mirror
 from hal9999.tasks.context import (
     RunContext,
     borrows_objects,
@@ -387,6 +387,10 @@ class LaunchSteps(RunnerCore):
         # writes into the trees it hands over, else in a hop of its own now.
         adoption = getattr(sandbox, "adoption", None)
         adopting: Callable[[], None] | None = adoption(targets) if adoption else None
+        uid = getattr(sandbox, "uid", None)
+        if cloned and adopting is not None and isinstance(uid, int):
+            # The handover makes the fresh index untrue (see indexstat): made true again.
+            adopting = indexstat.refreshed(adopting, session.workspace, uid)
         if adoption is None:
             for target in targets:
                 await sandbox.adopt(target)
