@@ -31,8 +31,9 @@ def upstream() -> Iterator[StormUpstream]:
         yield server
 
 
+@pytest.mark.parametrize("path", ["in-process", "served"])
 def test_a_call_held_by_the_upstreams_429_is_told(
-    hal_cli: HalCli, bug_repo: Path, upstream: StormUpstream
+    hal_cli: HalCli, bug_repo: Path, upstream: StormUpstream, path: str
 ) -> None:
     shutil.copy(CALLER, bug_repo / "caller.py")
     (bug_repo / "caller.py").chmod(0o755)
@@ -45,10 +46,20 @@ def test_a_call_held_by_the_upstreams_429_is_told(
         f'base_url = "{upstream.url}"\n'
         f'api_key_env = "{KEY_VAR}"\n'
     )
+    if path == "served":
+        assert hal_cli("serve", "--detach").returncode == 0
+    try:
+        _told(hal_cli, bug_repo, path)
+    finally:
+        if path == "served":
+            hal_cli("serve", "--stop")
+
+
+def _told(hal_cli: HalCli, bug_repo: Path, path: str) -> None:
     argv = [sys.executable, "-m", "hal9999", "run", "--agent", "claude", "call"]
     run = subprocess.Popen(argv, cwd=bug_repo, env=hal_cli.env, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)  # fmt: skip
-    shown = ""
+    shown, status = "", ""
     try:
         # While the gateway holds the first call (REFUSED waits of WAIT_S), the task says so.
         deadline = time.monotonic() + 120
@@ -57,12 +68,16 @@ def test_a_call_held_by_the_upstreams_429_is_told(
             tasks = json.loads(hal_cli("task", "list", "--json").stdout)
             if tasks:
                 shown = hal_cli("task", "show", tasks[0]["id"]).stdout
+                if path == "served" and "waiting" in shown:
+                    status = hal_cli("status").stdout
             time.sleep(0.3)
     finally:
         out, err = run.communicate(timeout=180)
     assert run.returncode == 0, out[-2000:] + err[-2000:]
     waiting = next(line for line in shown.splitlines() if line.startswith("waiting"))
     assert "429 (rate limited)" in waiting and "the agent waits on it" in waiting, shown
+    if path == "served":  # the daemon's view of its running tasks says it too
+        assert "answered 429 (rate limited)" in status, status
 
     [task] = json.loads(hal_cli("task", "list", "--json").stdout)
     lines = hal_cli("task", "events", task["id"], "--json").stdout.splitlines()
