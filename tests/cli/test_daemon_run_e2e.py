@@ -316,7 +316,8 @@ def test_a_thin_run_leaves_out_the_standard_modules_it_does_without(
 THIN_RUN_HAL_MODULES = frozenset({
     "hal9999", "hal9999.agents", "hal9999.agents.template", "hal9999.cli",
     "hal9999.cli.daemon_run", "hal9999.cli.echo", "hal9999.cli.entry",
-    "hal9999.cli.notices", "hal9999.cli.prompt", "hal9999.cli.run_argv",
+    "hal9999.cli.notices", "hal9999.cli.prompt", "hal9999.cli.run_argv", "hal9999.cli.runnotes",
+    "hal9999.events", "hal9999.events.own",
     "hal9999.cli.task_table", "hal9999.cli.thin_config", "hal9999.envvars", "hal9999.errors",
     "hal9999.home", "hal9999.hostchild", "hal9999.lighttyping", "hal9999.plainjson",
     "hal9999.runoptions", "hal9999.server",

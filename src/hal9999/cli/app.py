@@ -399,11 +399,14 @@ def output_callbacks(
     agent: str, *, raw: bool, quiet: bool
 ) -> tuple[Callable[[str], None] | None, Callable[[Any], None] | None]:
     """How a foreground run shows the agent: nothing (``--json``), its raw output (``--raw``,
-    or when stdout is not a terminal), else events rendered for a person."""
+    or when stdout is not a terminal), else events rendered for a person; and, each way,
+    hal's notes on stderr (:mod:`hal9999.cli.runnotes`)."""
+    from hal9999.cli.runnotes import with_notes
+
     if quiet:
-        return None, None
+        return None, with_notes(None)
     if raw or not sys.stdout.isatty():
-        return stream_to_terminal, None
+        return stream_to_terminal, with_notes(None)
     from hal9999.cli.output import EventRenderer, shows_raw_output
 
-    return None, EventRenderer(sys.stdout, show_output=shows_raw_output(agent))
+    return None, with_notes(EventRenderer(sys.stdout, show_output=shows_raw_output(agent)))

@@ -331,13 +331,15 @@ def request_body(
 
 def _callbacks(*, raw: bool, quiet: bool) -> tuple[Callable[[str], None] | None, OnData | None]:
     # app.output_callbacks for a template agent, whose output has no structure to render.
+    from hal9999.cli.runnotes import with_notes
+
     if quiet:
-        return None, None
+        return None, with_notes(None)
     if raw or not sys.stdout.isatty():
-        return stream_to_terminal, None
+        return stream_to_terminal, with_notes(None)
     from hal9999.cli.output import EventRenderer
 
-    return None, EventRenderer(sys.stdout, show_output=True)
+    return None, with_notes(EventRenderer(sys.stdout, show_output=True))
 
 
 def see_through(

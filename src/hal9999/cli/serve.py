@@ -245,8 +245,15 @@ def status(as_json: bool) -> None:
         f"tasks: {len(running)} running (limit {data['max_concurrent']}), "
         f"{data['queued']} queued, {data['finished']} finished since start"
     )
+    from hal9999.cli.runnotes import upstream_waiting
+    from hal9999.home import HalPaths
+
+    paths = HalPaths(app().config.home)
     for item in running:
         click.echo(f"  {item['id']}  on {item['provider']}")
+        waiting = upstream_waiting(paths.events_path(item["id"]))
+        if waiting is not None:  # a model call held for its upstream: not a hung agent
+            click.echo(f"    waiting {waiting}")
     for name, row in data["pool"]["providers"].items():
         states = ", ".join(f"{n} {s}" for s, n in sorted(row["states"].items()))
         click.echo(f"pool {name}: {states} (max {row['max_size']}, {row['policy']})")

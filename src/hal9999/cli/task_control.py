@@ -16,6 +16,7 @@ import click
 
 from hal9999.cli.main import emit_json
 from hal9999.cli.options import json_option
+from hal9999.cli.runnotes import upstream_note
 from hal9999.cli.task_group import task
 from hal9999.cli.task_table import TaskSummary, summary
 from hal9999.tasks.alive import waits_for_runner
@@ -86,6 +87,9 @@ def show(task_id: str, as_json: bool) -> None:
                 f"waiting   no hal process holds it: `hal serve` starts it, "
                 f"`hal task resume {record.id}` runs it here"
             )
+        upstream = upstream_note(data)
+        if upstream is not None:
+            click.echo(upstream)
 
 
 @task.command()

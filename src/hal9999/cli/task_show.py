@@ -94,6 +94,11 @@ def show_lines(doc: dict[str, Any]) -> list[str]:
             f"waiting   no hal process holds it: `hal serve` starts it, "
             f"`hal task resume {doc['id']}` runs it here"
         )
+    from hal9999.cli.runnotes import upstream_note
+
+    upstream = upstream_note(doc)
+    if upstream is not None:
+        lines.append(upstream)
     return lines
 
 

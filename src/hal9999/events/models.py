@@ -119,6 +119,27 @@ class EgressDenied(_Event):
     method: str = "CONNECT"
 
 
+class UpstreamWait(_Event):
+    """The LLM gateway holds one of the task's model calls: its upstream refused it (429 rate
+    limit, 529 overloaded, another 5xx) or could not be reached, and the gateway tries it
+    again after ``wait_s``. The agent is waiting on its upstream, not hung."""
+
+    type: Literal["upstream_wait"] = "upstream_wait"
+    status: int
+    """The upstream's HTTP status (0: it could not be reached)."""
+    wait_s: float
+    """Seconds before the next attempt (the upstream's ``retry-after``, or a backoff)."""
+    retry: int
+    """The attempt about to be made again (1 for the first retry)."""
+    retries: int | None = None
+    """The most retries the gateway makes (``[gateway] max_retries``) before the agent gets
+    the upstream's answer."""
+    reason: str
+    """What the upstream's answer means (``rate limited``, ``overloaded``, ...)."""
+    model: str | None = None
+    """The model the call asked for."""
+
+
 class AgentSession(_Event):
     """The agent's own session id, used to resume it."""
 
@@ -163,6 +184,7 @@ Event = Annotated[
     | ToolResult
     | Usage
     | EgressDenied
+    | UpstreamWait
     | AgentSession
     | RawEvent
     | Message

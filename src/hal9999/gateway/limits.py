@@ -17,6 +17,11 @@ from collections.abc import Mapping
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
 """Answers that mean "try again later" and that the gateway retries."""
+UPSTREAM_WAIT = "upstream_wait"
+"""The error of a ``gateway_requests`` row that records a call's wait on its upstream, not
+the call's end: its ``latency_ms`` is the wait, its ``retries`` the retry it waits for."""
+RETRY_REASONS = {429: "rate limited", 529: "overloaded", 503: "unavailable", 0: "unreachable"}
+"""What a retried answer means, for the task's ``upstream_wait`` event (others: ``error``)."""
 MAX_RETRY_AFTER_S = 60.0
 """A longer ``retry-after`` is capped (the agent's own timeouts would fire first)."""
 
@@ -71,9 +76,12 @@ class UpstreamLimiter:
         """Calls waiting, by task; in the order tasks are served among equals."""
         self._timer: asyncio.TimerHandle | None = None
 
-    def pause(self, seconds: float) -> None:
-        """Open the circuit: no new call starts for ``seconds``."""
-        self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+    def pause(self, seconds: float) -> float:
+        """Open the circuit: no new call starts for ``seconds``; the seconds until it closes
+        (longer when another call opened it for longer)."""
+        now = time.monotonic()
+        self._paused_until = max(self._paused_until, now + seconds)
+        return self._paused_until - now
 
     def _take_token(self, now: float) -> float:
         """Take a rate token: 0, or the seconds until one is there (none taken)."""

@@ -42,7 +42,13 @@ from hal9999.gateway.inflight import (
     reservation,
 )
 from hal9999.gateway.ledger import Ledger
-from hal9999.gateway.limits import RETRY_STATUSES, Slot, UpstreamLimiter, retry_after_s
+from hal9999.gateway.limits import (
+    RETRY_STATUSES,
+    UPSTREAM_WAIT,
+    Slot,
+    UpstreamLimiter,
+    retry_after_s,
+)
 from hal9999.gateway.model import ModelRequest, Unreadable, check_metered, read_model
 from hal9999.gateway.prices import PriceBook, dearer
 from hal9999.gateway.refusal import send as _send_refusal
@@ -433,17 +439,19 @@ class Gateway:
                     # Nothing reached the upstream: a refused or failed connect is safe to
                     # repeat; a certificate that does not verify will not verify on a retry.
                     if attempt < retries and not exc.sent and not exc.verify_failed:
-                        limiter.pause(retry_after_s({}, attempt))
                         attempt += 1
+                        self._waits(record, 0, limiter.pause(retry_after_s({}, attempt - 1)),
+                                    attempt)  # fmt: skip
                         continue
                     text = f"hal gateway: upstream unreachable: {exc}"
                     await _send_refusal(out, 502, "upstream_unreachable", text)
                     self.record_call(record, started, status=502, error="upstream_unreachable")
                     return
                 if response.status in RETRY_STATUSES and attempt < retries:
-                    limiter.pause(retry_after_s(dict(response.headers), attempt))
+                    wait = limiter.pause(retry_after_s(dict(response.headers), attempt))
                     await response.aclose()
                     attempt += 1
+                    self._waits(record, response.status, wait, attempt)
                     continue
                 record.retries = attempt
                 masker = self.relay.masker(grant, key)
@@ -451,6 +459,15 @@ class Gateway:
                 return
             finally:
                 slot.give_back()
+
+    def _waits(self, record: GatewayRequest, status: int, wait_s: float, retry: int) -> None:
+        """Record that the call waits ``wait_s`` on its upstream (which answered ``status``,
+        0: unreachable) before retry ``retry``: an ``upstream_wait`` row, which the task's
+        runner turns into its event, so the wait shows as the upstream's and not a hung
+        agent. Its ``latency_ms`` is the wait."""
+        row = record.model_copy(update={"ts": time.time(), "retries": retry, "body": None})
+        self.record_call(row, time.monotonic(), status=status, error=UPSTREAM_WAIT,
+                         latency_ms=round(wait_s * 1000, 3))  # fmt: skip
 
     def record_call(
         self, record: GatewayRequest, started: float, *, status: int, **fields: Any

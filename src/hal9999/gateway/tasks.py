@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from hal9999 import fs
@@ -21,7 +22,7 @@ from hal9999.agents.registry import upstream_key_env as upstream_key_env  # re-e
 from hal9999.allowlist import intersect
 from hal9999.config import HalConfig
 from hal9999.errors import BudgetExceeded, GatewayError, HalError, ModelNotAllowed
-from hal9999.events.models import EgressDenied, Event, Usage
+from hal9999.events.models import EgressDenied, Event, UpstreamWait, Usage
 from hal9999.gateway.channel import (
     CHANNEL_TARGET,
     TOKEN_PREFIX,
@@ -37,6 +38,9 @@ from hal9999.providers.base import Sandbox, SocketForwarding
 from hal9999.spec import Bind
 from hal9999.store import Store
 from hal9999.values import check_base_url
+
+if TYPE_CHECKING:
+    from hal9999.store.gateway import GatewayRequest
 
 TOKEN_VAR = "HAL_GATEWAY_TOKEN"
 """The exec-time variable carrying the placeholder token (the launcher copies it to the
@@ -287,7 +291,8 @@ def restore_route(
     route.grant = replace(route.grant, token=token)
     route.port = int(saved.get("port", route.port))
     route.forwarder = bool(saved.get("forwarder", True))
-    route.usage = GatewayUsage(store, task_id, after=int(saved.get("last_id", 0)))
+    route.usage = GatewayUsage(store, task_id, after=int(saved.get("last_id", 0)),
+                               max_retries=config.gateway.max_retries)  # fmt: skip
     route.usage.on_advance = lambda _: route.save()
     return route
 
@@ -356,9 +361,14 @@ def forwarder_path() -> str:
 class GatewayUsage:
     """Turns a task's new ``gateway_requests`` rows into ``usage`` events (polled)."""
 
-    def __init__(self, store: Store, task_id: str, *, after: int | None = None) -> None:
+    def __init__(
+        self, store: Store, task_id: str, *, after: int | None = None,
+        max_retries: int | None = None,
+    ) -> None:  # fmt: skip
         self.store = store
         self.task_id = task_id
+        self.max_retries = max_retries
+        """``[gateway] max_retries`` of the task, told in its ``upstream_wait`` events."""
         if after is None:  # a new run: its own calls, from here on
             after = max((r.id or 0 for r in store.gateway_requests(task_id)), default=0)
         self.last_id = after
@@ -368,7 +378,8 @@ class GatewayUsage:
 
     def pump(self, emit: Callable[[Event], None], *, final: bool = False) -> None:
         """Emit a usage event for each call recorded since the last pump (an
-        ``egress_denied`` event for each refused connection)."""
+        ``egress_denied`` event for each refused connection, an ``upstream_wait`` event for
+        each wait of a call on its upstream)."""
         now = time.monotonic()
         if not final and now - self._polled < USAGE_POLL_S:
             return
@@ -376,6 +387,9 @@ class GatewayUsage:
         first = self.last_id
         for row in self.store.gateway_requests(self.task_id, after=self.last_id):
             self.last_id = row.id or self.last_id
+            if row.error == "upstream_wait":
+                emit(_upstream_wait(row, self.max_retries))
+                continue
             if row.error == "egress_denied":
                 host, _, port = row.path.rpartition(":")
                 number = int(port) if port.isascii() and port.isdigit() else None  # not "²"
@@ -396,3 +410,12 @@ class GatewayUsage:
             )
         if self.last_id != first and self.on_advance is not None:
             self.on_advance(self.last_id)
+
+
+def _upstream_wait(row: GatewayRequest, max_retries: int | None) -> UpstreamWait:
+    """The event of a row recording a call's wait on its upstream (see ``UPSTREAM_WAIT``)."""
+    from hal9999.gateway.limits import RETRY_REASONS
+
+    reason = RETRY_REASONS.get(row.status, "error")
+    return UpstreamWait(status=row.status, wait_s=row.latency_ms / 1000, retry=row.retries,
+                        retries=max_retries, reason=reason, model=row.model)  # fmt: skip

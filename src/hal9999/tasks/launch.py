@@ -21,7 +21,7 @@ from hal9999.process.caplog import log_cap_from
 from hal9999.providers.base import Provider, Sandbox
 from hal9999.providers.hostread import write_text
 from hal9999.spec import ProcessSpec, SandboxSpec
-from hal9999.tasks import collect, gitrepo, mirror
+from hal9999.tasks import collect, gitrepo, indexstat, mirror
 from hal9999.tasks.context import (
     RunContext,
     borrows_objects,
@@ -249,7 +249,9 @@ class LaunchSteps(RunnerCore):
                 budget=ctx.session.run_dir, provider=task.provider, keys=ctx.upstream_keys,
             )  # fmt: skip
             if ctx.gateway is not None:
-                ctx.gateway.usage = GatewayUsage(self.store, task.id)  # calls from here on
+                ctx.gateway.usage = GatewayUsage(  # calls from here on
+                    self.store, task.id, max_retries=self.config.gateway.max_retries
+                )
                 await ctx.gateway.open()
                 spec = spec.model_copy(update={"binds": (*spec.binds, ctx.gateway.bind())})
         if ctx.mcp is not None:  # a hive agent's run (found by launch): its own MCP socket
@@ -385,6 +387,10 @@ class LaunchSteps(RunnerCore):
         # writes into the trees it hands over, else in a hop of its own now.
         adoption = getattr(sandbox, "adoption", None)
         adopting: Callable[[], None] | None = adoption(targets) if adoption else None
+        uid = getattr(sandbox, "uid", None)
+        if cloned and adopting is not None and isinstance(uid, int):
+            # The handover makes the fresh index untrue (see indexstat): made true again.
+            adopting = indexstat.refreshed(adopting, session.workspace, uid)
         if adoption is None:
             for target in targets:
                 await sandbox.adopt(target)

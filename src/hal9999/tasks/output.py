@@ -6,6 +6,7 @@ writer of the task's events and emits them from here, in log order.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from hal9999.events.models import EVENT_ADAPTER, Event, Message, Output
+from hal9999.events.own import HAL_NOTES
 from hal9999.process.parsedevents import MAX_PARSED_RECORD
 from hal9999.spec import ProcessSpec
 from hal9999.tasks.context import RunContext
@@ -133,8 +135,8 @@ class OutputFollower:
             if record_end > log_end and not everything:
                 return False
             self.emit(self.ctx, event)
-            if self.ctx.on_event is not None:
-                self.show(self.ctx.on_event, event)
+            if self.ctx.on_event is not None and event.type not in HAL_NOTES:
+                self.show(self.ctx.on_event, event)  # notes: by the log's sink (shown_notes)
             self.parsed_offset = end
         self.parsed_offset = after
         return everything and after > start
@@ -181,6 +183,20 @@ class OutputFollower:
                     f"the rest is in the log (`hal task logs {ctx.task.id}`)",
                 ),
             )
+
+
+def shown_notes(ctx: RunContext) -> Callable[[Event], None]:
+    """A sink for the run's event log that hands hal's notes (``HAL_NOTES``: a warning, a
+    model call waiting on its upstream) to the run's ``on_event`` as they are recorded,
+    wherever in the run they are made; the agent's own events reach it from the follower."""
+
+    def sink(event: Event) -> None:
+        show = ctx.on_event
+        if show is not None and event.type in HAL_NOTES:
+            with contextlib.suppress(OSError):  # shown where it can be: recorded anyway
+                show(event)
+
+    return sink
 
 
 PARSED_CHUNK = 1 << 20

@@ -236,7 +236,7 @@ class RunRequest(BaseModel):
         # (`--env X=VALUE --secret X` agree: a value given here, masked as a secret.)
         literal = self.given_env if self.literal_names is None else self.literal_names
         if self.egress and self.egress_only is not None:
-            from hal9999.gateway.allowlist import intersect
+            from hal9999.allowlist import intersect
 
             dropped = [h for h in self.egress if not intersect([h], self.egress_only)]
             if dropped:

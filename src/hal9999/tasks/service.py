@@ -38,6 +38,7 @@ from hal9999.tasks.bringback import forget_incoming
 from hal9999.tasks.claim import claim
 from hal9999.tasks.collect import drop_cut_locks
 from hal9999.tasks.context import Adopted, RunContext, process_spec
+from hal9999.tasks.output import shown_notes
 from hal9999.tasks.plugins import (
     Plugins,
     check_provider_tables,
@@ -336,9 +337,12 @@ class TaskService(TaskSecrets):
             )
             self.contexts[task.id] = ctx
             runner = self.runner_for(self.config_for(task))
+            notes = shown_notes(ctx)
+            events.add_sink(notes)
             try:
                 return await runner.run(ctx, prompt)
             finally:
+                events.remove_sink(notes)
                 self.contexts.pop(task.id, None)
 
     def fail_unstarted(self, task_id: str, error: HalError) -> None:
