@@ -13,8 +13,8 @@ LAYERS: list[set[str]] = [
     # contracts and small utilities
     {"errors", "lighttyping", "plainjson", "envvars", "values", "spec", "workdir", "unixsock",
      "home", "pymodule", "entrypoints", "configfile", "config_origin", "config", "trust",
-     "redact", "agentfs", "procs", "children", "hostchild", "flock", "runbody", "visible",
-     "allowlist"},
+     "redact", "agentfs", "procs", "children", "hostchild", "flock", "visible", "allowlist",
+     "fs", "plugins", "bounds", "runoptions"},
     {"events", "store", "failures"},  # records
     {"providers", "process", "agents", "credentials", "images", "auth", "gateway"},  # adapters
     {"pool"},
@@ -30,7 +30,6 @@ PENDING = {
     ("hal9999.config", "hal9999.providers.limits"),
     # Host file reads beside the provider files (the providers-as-packages move).
     ("hal9999.events.log", "hal9999.providers.hostread"),
-    ("hal9999.events.rotation", "hal9999.providers.hostread"),
     # Optional provider interfaces still in pool/slots.py (they move to providers/base.py).
     ("hal9999.providers.qemu", "hal9999.pool.slots"),
     ("hal9999.gateway.server", "hal9999.tasks.state"),
