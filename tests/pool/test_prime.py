@@ -12,7 +12,7 @@ import pytest
 
 from hal9999.errors import ProviderError
 from hal9999.pool import ProviderSettings, SlotDir, WarmPool
-from hal9999.pool.slots import SandboxPrime
+from hal9999.providers.base import SandboxPrime
 from hal9999.providers.bwrap import BwrapProvider
 from hal9999.providers.fake import FakeProvider
 from hal9999.providers.qemu import QemuProvider

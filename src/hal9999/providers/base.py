@@ -236,6 +236,64 @@ class Provider(Protocol):
         ...
 
 
+@runtime_checkable
+class WorkspaceAttach(Protocol):
+    """Optional provider hook: mount a task's workspace and binds into a live sandbox."""
+
+    async def attach_workspace(self, sandbox_id: str, spec: SandboxSpec) -> None:
+        """Make ``spec``'s workspace and binds (same targets as before) the sandbox's."""
+        ...
+
+    def attaches_workspaces(self) -> bool:
+        """Whether attaching works here (else the provider's sandboxes are not pooled)."""
+        ...
+
+
+@runtime_checkable
+class OwnWarmPool(Protocol):
+    """Optional provider hook: the provider keeps warm sandboxes itself (kubernetes' free
+    pods, claimed by label in ``create``, shared by every hal of the same owner); ``hal pool
+    warm``/``drain`` and the keeper's ``min_warm`` ask it instead of holding idle ones."""
+
+    async def fill_warm(self, count: int) -> int:
+        """Make warm sandboxes until ``count`` wait; how many were made."""
+        ...
+
+    async def drain_warm(self) -> int:
+        """Destroy every warm, unclaimed sandbox; how many."""
+        ...
+
+    async def warm_count(self) -> int:
+        """How many warm, unclaimed sandboxes wait."""
+        ...
+
+
+@runtime_checkable
+class SandboxPrime(Protocol):
+    """Optional provider hook: run what makes a new sandbox's first command as fast as its
+    later ones, while the sandbox waits idle in the pool (a restored microVM under TCG
+    translates its command path afresh on its first command)."""
+
+    async def prime(self, sandbox_id: str) -> None:
+        """Run a command that changes nothing in the new, idle sandbox; raises when it
+        fails (the pool then destroys the sandbox)."""
+        ...
+
+
+@runtime_checkable
+class SandboxReset(Protocol):
+    """Optional provider hook: make a used sandbox as good as new for the next task."""
+
+    async def reset(self, sandbox_id: str) -> Sandbox:
+        """Nothing running, the sandbox's own dirs fresh, limits as specced; raises when it
+        cannot verify that (the pool then destroys the sandbox). Returns its handle."""
+        ...
+
+    def resets_safely(self) -> bool:
+        """Whether :meth:`reset` can leave nothing of a task behind with this provider."""
+        ...
+
+
 _S = TypeVar("_S", bound=Sandbox)
 
 
