@@ -14,7 +14,7 @@ from hal9999.errors import ProviderError
 from hal9999.pool import ProviderSettings, SlotDir, WarmPool
 from hal9999.providers.base import SandboxPrime
 from hal9999.providers.bwrap import BwrapProvider
-from hal9999.providers.fake import FakeProvider
+from hal9999.providers.fake.provider import FakeProvider
 from hal9999.providers.qemu import QemuProvider
 from hal9999.spec import SandboxSpec
 

@@ -17,7 +17,7 @@ from hal9999.pool.settings import policy_of
 from hal9999.providers import cgroups, hostexec, scratch
 from hal9999.providers.base import Provider
 from hal9999.providers.bwrap import BwrapProvider
-from hal9999.providers.fake import FakeProvider
+from hal9999.providers.fake.provider import FakeProvider
 from hal9999.providers.hostrecords import SandboxRecord
 from hal9999.providers.hostsandbox import HostProvider
 from hal9999.providers.local import LocalProvider

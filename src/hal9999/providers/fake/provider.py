@@ -27,7 +27,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from hal9999.errors import CapabilityError, ExecError
-from hal9999.providers import fakeshell, hostfs
+from hal9999.providers import hostfs
 from hal9999.providers.base import (
     STDOUT_LIMIT,
     Capabilities,
@@ -36,6 +36,7 @@ from hal9999.providers.base import (
     Launch,
     StreamEvent,
 )
+from hal9999.providers.fake import shell as fakeshell
 from hal9999.providers.hostsandbox import HostProvider, HostSandbox, SandboxRecord
 from hal9999.spec import SandboxSpec, display, to_argv
 

@@ -19,7 +19,7 @@ from hal9999.providers import hostfs
 from hal9999.providers.base import StreamEvent
 
 if TYPE_CHECKING:
-    from hal9999.providers.fake import FakeCall
+    from hal9999.providers.fake.provider import FakeCall
 
 _VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+|\?))")
 _OPERATORS = (";", "&&", "||")
