@@ -89,7 +89,7 @@ class Launch:
     stop_grace_s: int = LOCAL_STOP_GRACE_S
     """How long the command has to end by itself once stopped before it is killed: a
     relay's is long enough for its last bring-back of the work (see
-    :data:`hal9999.providers.relaycore.STOP_GRACE_S`)."""
+    :data:`hal9999.providers.remote.relay.STOP_GRACE_S`)."""
 
 
 @dataclass(frozen=True)

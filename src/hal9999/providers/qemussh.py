@@ -35,7 +35,7 @@ from hal9999.errors import ExecError, ProviderError
 from hal9999.providers import hostexec
 from hal9999.providers.base import Launch
 from hal9999.providers.qemuvm import RunDir, tail
-from hal9999.providers.sshconfig import config_value, literal
+from hal9999.providers.ssh.options import config_value, literal
 
 SSH = "/usr/bin/ssh"
 HAL_EXEC = "/usr/local/bin/hal-exec"

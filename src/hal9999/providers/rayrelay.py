@@ -9,7 +9,7 @@ the command the read-only directories (the prompt) go out; while it runs the wri
 come back every ``checkpoint_s``; when it ends (or this relay is told to stop: the node
 kills the command) they come back once more. A node lost under the run ends the relay with
 status 255 and one line on stderr; the hal host keeps what the last checkpoint brought back.
-The skeleton is :mod:`hal9999.providers.relaycore`'s.
+The skeleton is :mod:`hal9999.providers.remote.relay`'s.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import asyncio
 import os
 import sys
 
-from hal9999.providers import relaycore
-from hal9999.providers.stdinfeed import feed_stdin
+from hal9999.providers.remote import relay as relaycore
+from hal9999.providers.remote.stdin import feed_stdin
 
 
 def _arguments(argv: list[str]) -> argparse.Namespace:

@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict
 from hal9999 import errors
 from hal9999.envvars import env_argv
 from hal9999.errors import ExecError, HalError, ProviderError
-from hal9999.providers import relaycore
 from hal9999.providers.base import STDOUT_LIMIT, Command, ExecResult, Launch, StreamEvent
+from hal9999.providers.remote import relay as relaycore
 from hal9999.providers.ssh import mirror
 from hal9999.pymodule import module_argv
 from hal9999.spec import ArgvCommand, SandboxSpec, to_argv
