@@ -3,7 +3,7 @@
  * hal-drop UID --wait
  *
  * What `setpriv --reuid=UID --regid=UID --clear-groups --inh-caps=-all --bounding-set=-all --`
- * does for a root hal's bwrap sandbox (src/hal9999/providers/sandboxuser.py), as one small
+ * does for a root hal's bwrap sandbox (src/hal9999/providers/host/user.py), as one small
  * static program: no dynamic loader, no locale, no NSS, so a command starts ~2 ms sooner.
  * Built by scripts/setup.sh (musl-gcc -static when there, whose start-up costs ~0.3 ms less
  * than glibc's; else gcc -static); without it hal runs setpriv.

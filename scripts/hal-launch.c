@@ -7,7 +7,7 @@
  * hal-launch [--parent PARENT] [--data FD TEXT]... --keep RECORD -- BWRAP [ARG...]
  * hal-launch --dies-with PARENT -- PROGRAM [ARG...]
  *
- * What hal's launcher script (LAUNCHER_SCRIPT in src/hal9999/providers/hostexec.py) does
+ * What hal's launcher script (LAUNCHER_SCRIPT in src/hal9999/providers/host/exec.py) does
  * before every sandbox command, as one small static program: no shell, no dynamic loader,
  * so a command starts ~0.5 ms sooner (built by scripts/setup.sh with musl-gcc -static, ~0.8 ms:
  * glibc's static start-up alone costs ~0.3 ms). Without it hal runs the script with /bin/sh.

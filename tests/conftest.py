@@ -91,7 +91,7 @@ def _missing_tmux() -> str | None:
 
 @functools.cache
 def _missing_cgroup() -> str | None:
-    from hal9999.providers import cgroups
+    from hal9999.providers.host import cgroups
 
     host = cgroups.detect()
     if host is None:
@@ -301,7 +301,7 @@ def _host_totals() -> Iterator[None]:
     """Each test starts from the host's totals: a config a test loads sets its own for the
     process (``totals.use_totals``), which would size the next test's defaults."""
     yield
-    from hal9999.providers import totals
+    from hal9999.providers.host import totals
 
     totals.use_totals(None)
 

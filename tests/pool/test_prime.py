@@ -163,7 +163,8 @@ async def test_a_keepers_start_cancelled_anywhere_leaves_no_keeper_after_the_des
     # processes, no record), longer ones a recorded keeper, none nothing.
     from tests.security.conftest import require_keeper
 
-    from hal9999.providers import hostexec, keeper
+    from hal9999.providers import keeper
+    from hal9999.providers.host import exec as hostexec
 
     (tmp_path / "ws").mkdir()
     provider = BwrapProvider(state_dir=tmp_path / "state")

@@ -14,12 +14,13 @@ import pytest
 from hal9999.errors import ConfigError, ProviderError, ProviderUnavailable
 from hal9999.pool import ProviderSettings, SlotDir, WarmPool
 from hal9999.pool.settings import policy_of
-from hal9999.providers import cgroups, hostexec, scratch
 from hal9999.providers.base import Provider
 from hal9999.providers.bwrap import BwrapProvider
 from hal9999.providers.fake.provider import FakeProvider
-from hal9999.providers.hostrecords import SandboxRecord
-from hal9999.providers.hostsandbox import HostProvider
+from hal9999.providers.host import cgroups, scratch
+from hal9999.providers.host import exec as hostexec
+from hal9999.providers.host.records import SandboxRecord
+from hal9999.providers.host.sandbox import HostProvider
 from hal9999.providers.local import LocalProvider
 from hal9999.spec import ArgvCommand, SandboxSpec
 

@@ -15,8 +15,8 @@ import pytest
 from tests.providers.test_docker import provider, workspace
 
 import hal9999
-from hal9999.providers import sandboxuser
 from hal9999.providers.docker import LABEL, DockerProvider, container_name
+from hal9999.providers.host import user as sandboxuser
 from hal9999.spec import SandboxSpec
 
 __all__ = ["provider", "workspace"]
@@ -28,7 +28,8 @@ pytestmark = [pytest.mark.podman, pytest.mark.timeout(180)]
 KILLED = """
 import asyncio, os, signal, sys
 from pathlib import Path
-from hal9999.providers import docker, sandboxuser
+from hal9999.providers import docker
+from hal9999.providers.host import user as sandboxuser
 from hal9999.spec import SandboxSpec
 
 point, state_dir, workspace, *reset = sys.argv[1:]

@@ -23,7 +23,8 @@ from tests.providers.qemu_helpers import (
 
 from hal9999.errors import ExecError, ProviderError
 from hal9999.images.store import ImageMeta, ImageStore, now
-from hal9999.providers import hostexec, qemuagent, qemussh, qemuvm
+from hal9999.providers import qemuagent, qemussh, qemuvm
+from hal9999.providers.host import exec as hostexec
 from hal9999.providers.qemu import QemuProvider
 from hal9999.providers.qemusandbox import QemuSandbox
 from hal9999.spec import ArgvCommand, SandboxSpec

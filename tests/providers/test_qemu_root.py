@@ -16,7 +16,8 @@ from tests.providers.qemu_helpers import (
 )
 
 from hal9999.images.store import Image, ImageStore
-from hal9999.providers import qemu, qemunotice, sandboxuser
+from hal9999.providers import qemu, qemunotice
+from hal9999.providers.host import user as sandboxuser
 from hal9999.providers.qemu import QemuProvider
 from hal9999.providers.qemusandbox import QemuSandbox
 from hal9999.spec import SandboxSpec

@@ -21,8 +21,10 @@ from typing import Any
 import pytest
 from tests.security.conftest import primed
 
-from hal9999.providers import cgroups, hostexec, sandboxuser
 from hal9999.providers.bwrap import BwrapProvider, BwrapSandbox
+from hal9999.providers.host import cgroups
+from hal9999.providers.host import exec as hostexec
+from hal9999.providers.host import user as sandboxuser
 from hal9999.spec import Bind, SandboxSpec, ShellCommand
 
 pytestmark = pytest.mark.bwrap

@@ -22,8 +22,9 @@ import pytest
 from tests.security.conftest import pool_of, primed, require_keeper, session_spec
 
 from hal9999.pool import WarmPool
-from hal9999.providers import hostexec, keeper
+from hal9999.providers import keeper
 from hal9999.providers.bwrap import RUN_DIR, BwrapProvider, BwrapSandbox
+from hal9999.providers.host import exec as hostexec
 from hal9999.spec import ArgvCommand, Bind, SandboxSpec, ShellCommand
 
 pytestmark = pytest.mark.bwrap

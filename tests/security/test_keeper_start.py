@@ -18,8 +18,10 @@ from tests.security.conftest import pool_of, require_keeper, session_spec
 from tests.security.test_keeper import claimed, run
 
 from hal9999.errors import ProviderError
-from hal9999.providers import hostexec, keeper, sandboxuser, seccomp
+from hal9999.providers import keeper, seccomp
 from hal9999.providers.bwrap import BwrapProvider, BwrapSandbox
+from hal9999.providers.host import exec as hostexec
+from hal9999.providers.host import user as sandboxuser
 from hal9999.spec import Bind, SandboxSpec, ShellCommand
 
 pytestmark = pytest.mark.bwrap

@@ -107,7 +107,8 @@ async def _bwrap_works() -> Check:
 def _boundary() -> list[Check]:
     """Who sandbox processes run as, what the seccomp filter covers, and what each network
     mode exposes (docs/security.md)."""
-    from hal9999.providers import sandboxuser, seccomp, usernet
+    from hal9999.providers import seccomp, usernet
+    from hal9999.providers.host import user as sandboxuser
 
     if sandboxuser.privileged():
         who = (
@@ -369,7 +370,7 @@ async def _qemu() -> list[Check]:
     else:
         checks.append(Check("qemu images", False, f"none in {store.root}",
                             "hal image build (as root)", required=False))  # fmt: skip
-    from hal9999.providers.sandboxuser import privileged  # what the provider asks
+    from hal9999.providers.host.user import privileged  # what the provider asks
 
     checks += outdated_images(images, root=privileged())
     if golden:

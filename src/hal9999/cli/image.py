@@ -45,8 +45,8 @@ def image_json(image: Image) -> dict[str, Any]:
 def image_notices(image: Image) -> list[tuple[str, str]]:
     """What ``hal doctor`` says of ``image`` (built before pings; before ``adopt``, for a
     root hal), each with the command that rebuilds it."""
+    from hal9999.providers.host.user import privileged  # what the qemu provider asks
     from hal9999.providers.qemunotice import notices
-    from hal9999.providers.sandboxuser import privileged  # what the qemu provider asks
 
     return notices(image.meta, root=privileged())
 

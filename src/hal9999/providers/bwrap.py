@@ -25,15 +25,7 @@ from pydantic import BaseModel, ConfigDict
 
 from hal9999.envvars import env_argv
 from hal9999.errors import HalError, ProviderError, ProviderUnavailable, SandboxNotFound
-from hal9999.providers import (
-    hostetc,
-    hostexec,
-    hostfs,
-    hostread,
-    sandboxuser,
-    seccomp,
-    usernet,
-)
+from hal9999.providers import hostetc, hostread, seccomp, usernet
 from hal9999.providers import keeper as keepers
 from hal9999.providers.base import STDOUT_LIMIT, Capabilities, Command, ExecResult, Launch
 from hal9999.providers.bwrapargs import (
@@ -46,7 +38,10 @@ from hal9999.providers.bwrapargs import (
     sandbox_mounts,
     with_parents,
 )
-from hal9999.providers.hostsandbox import HostProvider, HostSandbox, SandboxRecord
+from hal9999.providers.host import exec as hostexec
+from hal9999.providers.host import fs as hostfs
+from hal9999.providers.host import user as sandboxuser
+from hal9999.providers.host.sandbox import HostProvider, HostSandbox, SandboxRecord
 from hal9999.spec import ArgvCommand, to_argv
 
 logger = logging.getLogger(__name__)

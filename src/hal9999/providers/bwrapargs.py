@@ -10,8 +10,11 @@ import functools
 import os
 from pathlib import Path
 
-from hal9999.providers import hostexec, hostfs, sandboxuser, usernet
-from hal9999.providers.hostsandbox import SandboxRecord
+from hal9999.providers import usernet
+from hal9999.providers.host import exec as hostexec
+from hal9999.providers.host import fs as hostfs
+from hal9999.providers.host import user as sandboxuser
+from hal9999.providers.host.sandbox import SandboxRecord
 
 WORKDIR = "/workspace"
 """The workspace inside, and every command's default working directory."""

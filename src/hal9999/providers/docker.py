@@ -45,10 +45,11 @@ from hal9999.errors import (
     ProviderError,
     SandboxNotFound,
 )
-from hal9999.providers import dockerseccomp, limits, sandboxuser, unfinished
+from hal9999.providers import dockerseccomp, limits, unfinished
 from hal9999.providers.base import Capabilities, SandboxInfo, SandboxState
 from hal9999.providers.dockerbox import WORKDIR, DockerSandbox
 from hal9999.providers.dockerexec import docker_sdk, engine_call, engine_client, host_cli
+from hal9999.providers.host import user as sandboxuser
 from hal9999.spec import SandboxSpec
 
 DEFAULT_URL = "unix:///var/run/docker.sock"

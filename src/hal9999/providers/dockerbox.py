@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hal9999.errors import CapabilityError, ExecError
-from hal9999.providers import hostfs, limits, sandboxuser
+from hal9999.providers import limits
 from hal9999.providers.base import STDOUT_LIMIT, Command, ExecResult, Launch, StreamEvent
 from hal9999.providers.dockerexec import ENV_WRAPPER, SETTLE_SCRIPT, ContainerExec
 from hal9999.providers.handle import SandboxHandle, reading_file
+from hal9999.providers.host import fs as hostfs
+from hal9999.providers.host import user as sandboxuser
 from hal9999.pymodule import module_argv
 from hal9999.spec import SandboxSpec, to_argv
 

@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 from hal9999.errors import ProviderError
 from hal9999.procs import kill_pinned, run_captured
-from hal9999.providers import hostexec
+from hal9999.providers.host import exec as hostexec
 from hal9999.providers.hostread import read_all
 
 MARKER_VAR = "HAL_KEEPER"

@@ -26,9 +26,11 @@ from pydantic import BaseModel, ConfigDict
 
 from hal9999.errors import ConfigError, ProviderError, SandboxNotFound
 from hal9999.images.store import Image, ImageStore, hang_notice, images_root
-from hal9999.providers import hostfs, qemumount, qemussh, qemuvm, sandboxuser
+from hal9999.providers import qemumount, qemussh, qemuvm
 from hal9999.providers.base import Capabilities, SandboxInfo
-from hal9999.providers.hostsandbox import HostProvider, SandboxRecord, check_spec
+from hal9999.providers.host import fs as hostfs
+from hal9999.providers.host import user as sandboxuser
+from hal9999.providers.host.sandbox import HostProvider, SandboxRecord, check_spec
 from hal9999.providers.qemunotice import note_unadopted
 from hal9999.providers.qemusandbox import HOME, WORKDIR, QemuSandbox, run_root
 from hal9999.providers.qemustate import (

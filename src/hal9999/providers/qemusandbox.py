@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hal9999.envvars import env_argv
-from hal9999.providers import hostexec, hostfs, qemuagent, qemussh
+from hal9999.providers import qemuagent, qemussh
 from hal9999.providers.base import STDOUT_LIMIT, Command, ExecResult, Launch, StreamEvent
-from hal9999.providers.hostsandbox import HostSandbox, SandboxRecord
+from hal9999.providers.host import exec as hostexec
+from hal9999.providers.host import fs as hostfs
+from hal9999.providers.host.sandbox import HostSandbox, SandboxRecord
 from hal9999.providers.qemuvm import RunDir
 from hal9999.spec import ArgvCommand, display, to_argv
 

@@ -41,7 +41,7 @@ from hal9999.errors import (
 )
 from hal9999.providers import rayhost
 from hal9999.providers.base import Capabilities, SandboxInfo, SandboxState
-from hal9999.providers.hostsandbox import check_spec
+from hal9999.providers.host.sandbox import check_spec
 from hal9999.providers.rayaddress import check_address
 from hal9999.providers.raysandbox import RayMount, RaySandbox, node_call
 from hal9999.spec import SandboxSpec

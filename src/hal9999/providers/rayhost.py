@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from hal9999.errors import ExecError, HalError, ProviderError, SandboxNotFound
-from hal9999.providers import hostexec, limits
+from hal9999.providers import limits
 from hal9999.providers.base import STDOUT_LIMIT, Command, StreamEvent
+from hal9999.providers.host import exec as hostexec
 from hal9999.providers.ssh import mirror
 from hal9999.spec import ArgvCommand, Bind, SandboxSpec
 from hal9999.unixsock import own_dir

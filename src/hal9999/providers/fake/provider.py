@@ -27,7 +27,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from hal9999.errors import CapabilityError, ExecError
-from hal9999.providers import hostfs
 from hal9999.providers.base import (
     STDOUT_LIMIT,
     Capabilities,
@@ -37,7 +36,8 @@ from hal9999.providers.base import (
     StreamEvent,
 )
 from hal9999.providers.fake import shell as fakeshell
-from hal9999.providers.hostsandbox import HostProvider, HostSandbox, SandboxRecord
+from hal9999.providers.host import fs as hostfs
+from hal9999.providers.host.sandbox import HostProvider, HostSandbox, SandboxRecord
 from hal9999.spec import SandboxSpec, display, to_argv
 
 WORKDIR = "/workspace"

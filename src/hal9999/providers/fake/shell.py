@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hal9999.errors import ExecError
-from hal9999.providers import hostfs
 from hal9999.providers.base import StreamEvent
+from hal9999.providers.host import fs as hostfs
 
 if TYPE_CHECKING:
     from hal9999.providers.fake.provider import FakeCall

@@ -44,7 +44,7 @@ from hal9999.providers.base import (
     StreamEvent,
 )
 from hal9999.providers.handle import SandboxHandle, collect
-from hal9999.providers.hostexec import EXEC_MARKER_VAR, MARKER_VAR
+from hal9999.providers.host.exec import EXEC_MARKER_VAR, MARKER_VAR
 from hal9999.providers.k8s import execws
 from hal9999.providers.k8s.config import Cluster, KubernetesConfig
 from hal9999.providers.k8s.manifests import CONTAINER

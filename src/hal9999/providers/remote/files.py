@@ -8,9 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 from hal9999.errors import ExecError
-from hal9999.providers import hostfs
 from hal9999.providers.base import STDOUT_LIMIT, Command, ExecResult
 from hal9999.providers.handle import reading_file
+from hal9999.providers.host import fs as hostfs
 from hal9999.spec import ArgvCommand
 
 WRITE_ATOMIC = (

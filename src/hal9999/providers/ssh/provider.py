@@ -25,8 +25,8 @@ from hal9999.errors import (
 )
 from hal9999.providers import seccomp
 from hal9999.providers.base import Capabilities, SandboxInfo
-from hal9999.providers.hostexec import MARKER_VAR
-from hal9999.providers.hostsandbox import check_spec
+from hal9999.providers.host.exec import MARKER_VAR
+from hal9999.providers.host.sandbox import check_spec
 from hal9999.providers.ssh import channel, remote
 from hal9999.providers.ssh.config import SshConfig, SshHost
 from hal9999.providers.ssh.connections import ConnectionPool, load_asyncssh

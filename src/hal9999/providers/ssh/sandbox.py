@@ -21,7 +21,7 @@ from hal9999.errors import ExecError, HalError
 from hal9999.providers import limits
 from hal9999.providers.base import STDOUT_LIMIT, Command, ExecResult, Launch, StreamEvent
 from hal9999.providers.handle import SandboxHandle, collect
-from hal9999.providers.hostexec import EXEC_MARKER_VAR, MARKER_VAR
+from hal9999.providers.host.exec import EXEC_MARKER_VAR, MARKER_VAR
 from hal9999.providers.remote import relay as relaycore
 from hal9999.providers.remote.files import MirrorFiles
 from hal9999.providers.ssh import channel, mirror, remote, session

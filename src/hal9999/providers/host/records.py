@@ -1,5 +1,5 @@
 """The host providers' records (``<state_dir>/<id>/sandbox.json``) and the spec check every
-provider applies before making a sandbox (split from :mod:`.hostsandbox`, which keeps the
+provider applies before making a sandbox (split from :mod:`.sandbox`, which keeps the
 handle and the lifecycle)."""
 
 # No `from __future__ import annotations` here: pydantic would then evaluate each field's
@@ -12,8 +12,9 @@ from pydantic import BaseModel, ConfigDict
 
 from hal9999.errors import CapabilityError, ConfigError
 from hal9999.home import spread_once
-from hal9999.providers import cgroups, hostfs
 from hal9999.providers.base import Capabilities, SandboxInfo, SandboxState
+from hal9999.providers.host import cgroups
+from hal9999.providers.host import fs as hostfs
 from hal9999.providers.records import JsonRecords
 from hal9999.spec import SandboxSpec
 

@@ -22,8 +22,8 @@ from hal9999.errors import ExecError, ProviderError
 from hal9999.procs import kill_pinned
 from hal9999.providers.base import STDOUT_LIMIT, ExecResult, Launch, StreamEvent
 from hal9999.providers.handle import collect
+from hal9999.providers.host.user import trusted_program
 from hal9999.providers.hostread import read_all
-from hal9999.providers.sandboxuser import trusted_program
 
 LAUNCHER_SCRIPT = (
     'f=; if [ "$1" = --parent ]; then [ "$2" = "$PPID" ] || exit 137; f=$2; shift 2; fi; '
@@ -63,7 +63,7 @@ after the check leaves bwrap to set its own (``--die-with-parent``) as it starts
 is used in its place whenever it is there (:func:`launch_helper`).
 """
 _SCRIPT_PREFIX = ["/bin/sh", "-c", LAUNCHER_SCRIPT, "hal-launch"]
-LAUNCH_HELPER_BUILT = Path(__file__).resolve().parents[3] / "build" / "hal-launch"
+LAUNCH_HELPER_BUILT = Path(__file__).resolve().parents[4] / "build" / "hal-launch"
 """Where ``scripts/setup.sh`` builds ``scripts/hal-launch.c`` in a source checkout."""
 FSIZE_BLOCK = 512
 """The unit of ``ulimit -f`` in a POSIX shell (dash; bash run as ``sh``)."""

@@ -1,6 +1,6 @@
 """What every sandbox of hal's on this host may use together, and the host facts it is
 drawn from: the cgroup holding every sandbox carries these totals as its limits
-(:mod:`hal9999.providers.cgroups`), and each sandbox's default limits are the totals' share
+(:mod:`hal9999.providers.host.cgroups`), and each sandbox's default limits are the totals' share
 of one of the tasks that may run at once (:func:`hal9999.providers.limits.defaults`)."""
 
 from functools import cache

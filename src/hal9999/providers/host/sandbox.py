@@ -1,5 +1,5 @@
 """What the host-side providers (local, bwrap, fake) share: the handle and the lifecycle
-(records and the spec check: :mod:`.hostrecords`).
+(records and the spec check: :mod:`.records`).
 
 Each sandbox is a directory ``<state_dir>/<id>/`` holding ``sandbox.json`` (id, state,
 spec, created_at, cgroup), so any later ``hal`` process can get, list, stop or destroy a
@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Literal, get_args
 from pydantic import BaseModel
 
 from hal9999.errors import CapabilityError, ExecError, ProviderError, SandboxNotFound
-from hal9999.providers import cgroups, hostexec, hostfs, limits, sandboxuser, scratch
+from hal9999.providers import limits
 from hal9999.providers.base import (
     STDOUT_LIMIT,
     Capabilities,
@@ -35,10 +35,14 @@ from hal9999.providers.base import (
     StreamEvent,
 )
 from hal9999.providers.handle import SandboxHandle, reading_file
+from hal9999.providers.host import cgroups, scratch
+from hal9999.providers.host import exec as hostexec
+from hal9999.providers.host import fs as hostfs
+from hal9999.providers.host import user as sandboxuser
+from hal9999.providers.host.records import RecordStore as RecordStore
+from hal9999.providers.host.records import SandboxRecord as SandboxRecord
+from hal9999.providers.host.records import check_spec as check_spec
 from hal9999.providers.hostread import read_all
-from hal9999.providers.hostrecords import RecordStore as RecordStore
-from hal9999.providers.hostrecords import SandboxRecord as SandboxRecord
-from hal9999.providers.hostrecords import check_spec as check_spec
 from hal9999.spec import ArgvCommand, Resources, SandboxSpec, display
 
 STATES = frozenset(get_args(SandboxState))
