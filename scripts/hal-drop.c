@@ -12,7 +12,7 @@
  * running PROGRAM, so a command never runs with more than the sandbox uid's rights.
  *
  * --wait, after the same switch, waits for a signal to end it, running nothing: a pooled
- * sandbox's keeper (src/hal9999/providers/keeper.py), which ran `sleep infinity`, one exec
+ * sandbox's keeper (src/hal9999/providers/bwrap/keeper.py), which ran `sleep infinity`, one exec
  * (and a dynamic loader's start) more for every keeper, one a task. Switched, it closes every fd
  * above 2: what bwrap passed on, among them the pipe whose end of file tells the launcher
  * that started the keeper that it is up (scripts/hal-launch.c, --keep), rather than its

@@ -268,14 +268,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """Stop the Ray cluster, if this run started one; kill the keepers (providers/keeper.py)
+    """Stop the Ray cluster, if this run started one; kill the keepers (providers/bwrap/keeper.py)
     of sandboxes whose temporary HAL_HOME is gone without a destroy; end the direct process
     manager's supervisor fork server (process/forkserver.py), which a daemon keeps for its
     life, rather than leave it to the interpreter's exit."""
     from tests import ray_cluster
 
     from hal9999.process import direct
-    from hal9999.providers import keeper
+    from hal9999.providers.bwrap import keeper
 
     ray_cluster.stop_session_cluster()
     keeper.sweep(now=float("inf"))

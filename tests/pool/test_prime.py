@@ -13,7 +13,7 @@ import pytest
 from hal9999.errors import ProviderError
 from hal9999.pool import ProviderSettings, SlotDir, WarmPool
 from hal9999.providers.base import SandboxPrime
-from hal9999.providers.bwrap import BwrapProvider
+from hal9999.providers.bwrap.provider import BwrapProvider
 from hal9999.providers.fake.provider import FakeProvider
 from hal9999.providers.qemu import QemuProvider
 from hal9999.spec import SandboxSpec
@@ -130,7 +130,7 @@ async def test_a_keepers_start_takes_no_asyncio_subprocess_transport(
     # cost ~0.58 ms of the daemon's CPU a prime; procs.run_captured ~0.25 ms.
     from tests.security.conftest import require_keeper
 
-    from hal9999.providers import keeper
+    from hal9999.providers.bwrap import keeper
 
     (tmp_path / "ws").mkdir()
     provider = BwrapProvider(state_dir=tmp_path / "state")
@@ -163,7 +163,7 @@ async def test_a_keepers_start_cancelled_anywhere_leaves_no_keeper_after_the_des
     # processes, no record), longer ones a recorded keeper, none nothing.
     from tests.security.conftest import require_keeper
 
-    from hal9999.providers import keeper
+    from hal9999.providers.bwrap import keeper
     from hal9999.providers.host import exec as hostexec
 
     (tmp_path / "ws").mkdir()

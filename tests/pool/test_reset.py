@@ -15,7 +15,7 @@ from hal9999.errors import ConfigError, ProviderError, ProviderUnavailable
 from hal9999.pool import ProviderSettings, SlotDir, WarmPool
 from hal9999.pool.settings import policy_of
 from hal9999.providers.base import Provider
-from hal9999.providers.bwrap import BwrapProvider
+from hal9999.providers.bwrap.provider import BwrapProvider
 from hal9999.providers.fake.provider import FakeProvider
 from hal9999.providers.host import cgroups, scratch
 from hal9999.providers.host import exec as hostexec

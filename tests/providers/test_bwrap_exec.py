@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 
 from hal9999.errors import ExecError
-from hal9999.providers import bwrapargs, hostetc, seccomp
-from hal9999.providers.bwrap import BwrapProvider, BwrapSandbox
-from hal9999.providers.bwrapargs import PROC_READ_ONLY
+from hal9999.providers.bwrap import args as bwrapargs
+from hal9999.providers.bwrap import etc as hostetc
+from hal9999.providers.bwrap import seccomp
+from hal9999.providers.bwrap.args import PROC_READ_ONLY
+from hal9999.providers.bwrap.provider import BwrapProvider, BwrapSandbox
 from hal9999.providers.host import cgroups
 from hal9999.providers.host import exec as hostexec
 from hal9999.providers.host import fs as hostfs

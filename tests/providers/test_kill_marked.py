@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hal9999.providers import keeper
+from hal9999.providers.bwrap import keeper
 from hal9999.providers.host import exec as hostexec
 
 

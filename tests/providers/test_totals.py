@@ -13,7 +13,7 @@ import pytest
 
 from hal9999.config import HalConfig
 from hal9999.providers import limits
-from hal9999.providers.bwrap import BwrapSandbox
+from hal9999.providers.bwrap.provider import BwrapSandbox
 from hal9999.providers.host import cgroups, totals
 from hal9999.spec import SandboxSpec
 from hal9999.tasks.plugins import load_provider_for

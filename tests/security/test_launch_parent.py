@@ -27,7 +27,7 @@ import pytest
 from tests.security.test_keeper import kept
 
 from hal9999.providers.base import Launch
-from hal9999.providers.bwrap import BwrapProvider
+from hal9999.providers.bwrap.provider import BwrapProvider
 from hal9999.providers.host import exec as hostexec
 from hal9999.spec import SandboxSpec, ShellCommand
 

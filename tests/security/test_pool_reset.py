@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tests.security.conftest import pool_of, session_spec
 
-from hal9999.providers.bwrap import RUN_DIR, BwrapProvider, keeps
+from hal9999.providers.bwrap.provider import RUN_DIR, BwrapProvider, keeps
 from hal9999.providers.host import exec as hostexec
 from hal9999.spec import Bind, SandboxSpec, ShellCommand
 

@@ -107,7 +107,7 @@ async def _bwrap_works() -> Check:
 def _boundary() -> list[Check]:
     """Who sandbox processes run as, what the seccomp filter covers, and what each network
     mode exposes (docs/security.md)."""
-    from hal9999.providers import seccomp, usernet
+    from hal9999.providers.bwrap import seccomp, usernet
     from hal9999.providers.host import user as sandboxuser
 
     if sandboxuser.privileged():

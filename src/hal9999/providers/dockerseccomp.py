@@ -2,14 +2,15 @@
 
 Engines differ in their defaults (Podman's profile lets an unprivileged process make a user
 namespace; Docker's does not), so hal sends its own: the system calls
-:mod:`hal9999.providers.seccomp` denies to bwrap sandboxes fail with ``EPERM`` here too,
+:mod:`hal9999.providers.bwrap.seccomp` denies to bwrap sandboxes fail with ``EPERM`` here too,
 ``clone``/``unshare`` with ``CLONE_NEWUSER`` are refused, ``clone3`` fails with ``ENOSYS``
 (its flags sit behind a pointer; C libraries fall back to ``clone``), as do the calls the
-engine's own default leaves out (:data:`~hal9999.providers.seccomp.ABSENT`), and the ``TIOCSTI`` and
-``TIOCLINUX`` ioctls that push keystrokes into a terminal, and ``TIOCSETD`` that picks a
-terminal's line discipline, are refused, as is an audit socket (``EINVAL``, as the engine's
-default answers). ``personality`` is not narrowed here: a deny-list takes one comparison
-per argument and a rule, and the five values the engine allows cannot be written so.
+engine's own default leaves out (:data:`~hal9999.providers.bwrap.seccomp.ABSENT`), and the
+``TIOCSTI`` and ``TIOCLINUX`` ioctls that push keystrokes into a terminal, and ``TIOCSETD``
+that picks a terminal's line discipline, are refused, as is an audit socket (``EINVAL``, as
+the engine's default answers). ``personality`` is not narrowed here: a deny-list takes one
+comparison per argument and a rule, and the five values the engine allows cannot be written
+so.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import errno
 import functools
 import json
 
-from hal9999.providers.seccomp import (
+from hal9999.providers.bwrap.seccomp import (
     ABSENT,
     AF_NETLINK,
     AUDIT_ARCH_X86_64,

@@ -36,7 +36,7 @@ from hal9999.spec import ArgvCommand, Bind, SandboxSpec
 from hal9999.unixsock import own_dir
 
 if TYPE_CHECKING:
-    from hal9999.providers.bwrap import BwrapProvider
+    from hal9999.providers.bwrap.provider import BwrapProvider
 
 PACK = 'cd -- "$1" && exec tar -c --numeric-owner -f - .'
 """Inside the sandbox: the directory ``$1`` as a tar on stdout."""
@@ -72,7 +72,7 @@ def _mirror_spec(spec: SandboxSpec, root: Path) -> SandboxSpec:
 def _node_provider(state_dir: Path) -> BwrapProvider:
     """The node's own bwrap provider; a sandbox there takes the id hal gave it (so
     ``$HAL_SANDBOX`` inside is the id the user sees)."""
-    from hal9999.providers.bwrap import BwrapProvider
+    from hal9999.providers.bwrap.provider import BwrapProvider
 
     class NodeBwrap(BwrapProvider):
         def new_id(self, spec: SandboxSpec) -> str:

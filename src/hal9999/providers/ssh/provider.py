@@ -23,8 +23,8 @@ from hal9999.errors import (
     ProviderError,
     SandboxNotFound,
 )
-from hal9999.providers import seccomp
 from hal9999.providers.base import Capabilities, SandboxInfo
+from hal9999.providers.bwrap import seccomp
 from hal9999.providers.host.exec import MARKER_VAR
 from hal9999.providers.host.sandbox import check_spec
 from hal9999.providers.ssh import channel, remote

@@ -25,10 +25,12 @@ from pydantic import BaseModel, ConfigDict
 
 from hal9999.envvars import env_argv
 from hal9999.errors import HalError, ProviderError, ProviderUnavailable, SandboxNotFound
-from hal9999.providers import hostetc, hostread, seccomp, usernet
-from hal9999.providers import keeper as keepers
+from hal9999.providers import hostread
 from hal9999.providers.base import STDOUT_LIMIT, Capabilities, Command, ExecResult, Launch
-from hal9999.providers.bwrapargs import (
+from hal9999.providers.bwrap import etc as hostetc
+from hal9999.providers.bwrap import keeper as keepers
+from hal9999.providers.bwrap import seccomp, usernet
+from hal9999.providers.bwrap.args import (
     ETC_VIEW,
     HOME,
     WORKDIR,

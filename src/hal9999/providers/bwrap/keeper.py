@@ -154,7 +154,7 @@ _ONE_VALUE = frozenset({
 })  # fmt: skip
 _BINDS = frozenset({"--bind", "--ro-bind", "--ro-bind-try"})
 _TWO_VALUES = _BINDS | {"--symlink", "--file"}
-"""The options of a root hal's bwrap commands (providers/bwrap.py)."""
+"""The options of a root hal's bwrap commands (providers/bwrap/provider.py)."""
 
 
 def stale_mounts(keeper: Keeper, wanted: Sequence[tuple[str, str, bool]]) -> list[str] | None:

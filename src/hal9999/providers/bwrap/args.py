@@ -10,7 +10,7 @@ import functools
 import os
 from pathlib import Path
 
-from hal9999.providers import usernet
+from hal9999.providers.bwrap import usernet
 from hal9999.providers.host import exec as hostexec
 from hal9999.providers.host import fs as hostfs
 from hal9999.providers.host import user as sandboxuser
