@@ -16,7 +16,7 @@ import pytest
 
 from hal9999.errors import CapabilityError, ConfigError, ProviderError
 from hal9999.providers import limits
-from hal9999.providers.docker import DockerProvider, container_name
+from hal9999.providers.docker.provider import DockerProvider, container_name
 from hal9999.providers.host import totals
 from hal9999.providers.registry import load_provider
 from hal9999.spec import ArgvCommand, Resources, SandboxSpec, ShellCommand

@@ -317,7 +317,7 @@ async def gather() -> list[Check]:
 
 async def _containers() -> list[Check]:
     """The ``docker`` provider (SDK, engine, image, sandboxes) and PM2."""
-    from hal9999.providers.dockerdoctor import docker_findings, pm2_finding
+    from hal9999.providers.docker.doctor import docker_findings, pm2_finding
 
     try:
         config = load_config()

@@ -180,9 +180,9 @@ def image_container(
 ) -> None:
     """Build a container image for the docker provider (the qemu images' cached Debian
     rootfs, imported into the engine at [providers.docker] url; no registry)."""
-    from hal9999.images.container import build_container_image
-    from hal9999.providers.docker import DockerConfig
-    from hal9999.providers.dockerexec import engine_client
+    from hal9999.providers.docker.engine import engine_client
+    from hal9999.providers.docker.image import build_container_image
+    from hal9999.providers.docker.provider import DockerConfig
     from hal9999.providers.registry import checked_settings
 
     config = load_config()

@@ -45,10 +45,11 @@ from hal9999.errors import (
     ProviderError,
     SandboxNotFound,
 )
-from hal9999.providers import dockerseccomp, limits, unfinished
+from hal9999.providers import limits, unfinished
 from hal9999.providers.base import Capabilities, SandboxInfo, SandboxState
-from hal9999.providers.dockerbox import WORKDIR, DockerSandbox
-from hal9999.providers.dockerexec import docker_sdk, engine_call, engine_client, host_cli
+from hal9999.providers.docker import seccomp as dockerseccomp
+from hal9999.providers.docker.engine import docker_sdk, engine_call, engine_client, host_cli
+from hal9999.providers.docker.sandbox import WORKDIR, DockerSandbox
 from hal9999.providers.host import user as sandboxuser
 from hal9999.spec import SandboxSpec
 
@@ -377,12 +378,12 @@ class DockerProvider:
 
     async def _undo_abandoned(self) -> None:
         """Undo what killed hals left of their creates, resets (see :meth:`_undo`) and
-        snapshots (:func:`.dockersnap.undo`)."""
+        snapshots (:func:`.snap.undo`)."""
         for name in unfinished.pending(self.state_dir):
             if ID_PATTERN.fullmatch(name):
                 await self._undo(name)
             elif name.startswith("snapshot-"):
-                from hal9999.providers import dockersnap
+                from hal9999.providers.docker import snap as dockersnap
 
                 if dockersnap.STEP_PATTERN.fullmatch(name):
                     await dockersnap.undo(self, name)
@@ -449,13 +450,13 @@ class DockerProvider:
     # -- snapshots (providers.dockersnap) -----------------------------------------------
     async def snapshot(self, sandbox_id: str, name: str | None = None) -> str:
         """Save the sandbox as image ``hal9999:<name>``: its filesystem and its home."""
-        from hal9999.providers import dockersnap
+        from hal9999.providers.docker import snap as dockersnap
 
         return await dockersnap.snapshot(self, sandbox_id, name)
 
     async def fork(self, image: str, count: int, spec: SandboxSpec) -> builtins.list[DockerSandbox]:
         """``count`` new sandboxes of ``spec`` from snapshot ``image``, made concurrently."""
-        from hal9999.providers import dockersnap
+        from hal9999.providers.docker import snap as dockersnap
 
         return await dockersnap.fork(self, image, count, spec)
 

@@ -1,9 +1,9 @@
-"""``python -m hal9999.providers.dockerlaunch NAMES -- CLI...``: the host side of a
+"""``python -m hal9999.providers.docker.launch NAMES -- CLI...``: the host side of a
 ``docker`` sandbox's :meth:`launch`.
 
 It runs the engine CLI's ``exec -i`` (``CLI...``) with an environment that holds none of
 the command's variables, writes those variables (``NAMES``, comma-separated, read from its
-own environment) as the block :data:`hal9999.providers.dockerexec.ENV_WRAPPER` reads first,
+own environment) as the block :data:`hal9999.providers.docker.engine.ENV_WRAPPER` reads first,
 then relays its own stdin. So a secret is in no argv and in no engine exec record.
 """
 
@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 
-from hal9999.providers.dockerexec import env_block
+from hal9999.providers.docker.engine import env_block
 
 KEEP = ("PATH", "HOME", "LANG", "TERM", "XDG_RUNTIME_DIR")
 """What the engine CLI itself may see of this process's environment."""
@@ -23,7 +23,7 @@ KEEP = ("PATH", "HOME", "LANG", "TERM", "XDG_RUNTIME_DIR")
 def main(args: list[str]) -> int:
     """Run the CLI, feed it the block and our stdin; its exit status is ours."""
     if len(args) < 3 or args[1] != "--":
-        sys.stderr.write("usage: python -m hal9999.providers.dockerlaunch NAMES -- CLI...\n")
+        sys.stderr.write("usage: python -m hal9999.providers.docker.launch NAMES -- CLI...\n")
         return 2
     names, cli = args[0], args[2:]
     wanted = [name for name in names.split(",") if name]

@@ -19,7 +19,7 @@ Finding = tuple[str, bool, str, str | None]
 async def docker_findings(settings: Mapping[str, Any] | None, state_dir: Path) -> list[Finding]:
     """The docker provider's lines of the report (never raises)."""
     from hal9999.errors import HalError
-    from hal9999.providers.docker import DockerConfig, DockerProvider
+    from hal9999.providers.docker.provider import DockerConfig, DockerProvider
     from hal9999.providers.registry import checked_settings
 
     try:

@@ -136,7 +136,7 @@ def _imported_id(reply: str) -> str:
 
 
 def _import(client: Any, tar: Path, name: str) -> str:
-    from hal9999.providers.dockerexec import docker_sdk
+    from hal9999.providers.docker.engine import docker_sdk
 
     docker = docker_sdk()
 

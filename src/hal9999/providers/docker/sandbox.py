@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from hal9999.errors import CapabilityError, ExecError
 from hal9999.providers import limits
 from hal9999.providers.base import STDOUT_LIMIT, Command, ExecResult, Launch, StreamEvent
-from hal9999.providers.dockerexec import ENV_WRAPPER, SETTLE_SCRIPT, ContainerExec
+from hal9999.providers.docker.engine import ENV_WRAPPER, SETTLE_SCRIPT, ContainerExec
 from hal9999.providers.handle import SandboxHandle, reading_file
 from hal9999.providers.host import fs as hostfs
 from hal9999.providers.host import user as sandboxuser
@@ -24,7 +24,7 @@ from hal9999.pymodule import module_argv
 from hal9999.spec import SandboxSpec, to_argv
 
 if TYPE_CHECKING:
-    from hal9999.providers.docker import DockerProvider
+    from hal9999.providers.docker.provider import DockerProvider
 
 WORKDIR = "/workspace"
 
@@ -57,7 +57,7 @@ class DockerSandbox(SandboxHandle):
     def __init__(
         self, owner: DockerProvider, sandbox_id: str, spec: SandboxSpec, uid: int, running: bool
     ) -> None:
-        from hal9999.providers.docker import container_name
+        from hal9999.providers.docker.provider import container_name
 
         self._owner = owner
         self._id = sandbox_id
@@ -127,7 +127,7 @@ class DockerSandbox(SandboxHandle):
         argv, values in its environment, handed to the command over stdin."""
         values = self._env(command, env)
         argv = [
-            *module_argv("hal9999.providers.dockerlaunch", ",".join(values), "--"),
+            *module_argv("hal9999.providers.docker.launch", ",".join(values), "--"),
             *self._owner.cli_argv(), "exec", "-i", "-u", f"{self.uid}:{self.uid}",
             "-w", command.cwd or WORKDIR, "-e", f"HAL_SANDBOX={self._id}", self.container,
             "bash", "-c", ENV_WRAPPER, "hal-env", *to_argv(command),

@@ -2,7 +2,7 @@
 
 A snapshot is image ``hal9999:<name>``: the container committed, and its home (a volume,
 which a commit leaves out) layered on top through a staging container. The staging container
-is labelled with the sandbox (:data:`~hal9999.providers.docker.STAGING_LABEL`), so one a
+is labelled with the sandbox (:data:`~hal9999.providers.docker.provider.STAGING_LABEL`), so one a
 killed hal left goes with the sandbox (:meth:`DockerProvider._remove`); a snapshot that
 fails removes its staging container and the commit under it. A hal killed between the
 commit and its staging container (the commit's image then belongs to nothing) is covered by a
@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING
 from hal9999.errors import ConfigError, ProviderError
 from hal9999.providers import limits, unfinished
 from hal9999.providers.base import fork_all
-from hal9999.providers.docker import HOME, LABEL, SPEC_LABEL, STAGING_LABEL, container_name
-from hal9999.providers.dockerbox import DockerSandbox
-from hal9999.providers.dockerexec import docker_sdk, engine_errors
+from hal9999.providers.docker.engine import docker_sdk, engine_errors
+from hal9999.providers.docker.provider import HOME, LABEL, SPEC_LABEL, STAGING_LABEL, container_name
+from hal9999.providers.docker.sandbox import DockerSandbox
 from hal9999.spec import SandboxSpec
 
 if TYPE_CHECKING:
-    from hal9999.providers.docker import DockerProvider
+    from hal9999.providers.docker.provider import DockerProvider
 
 STEP_LABEL = "hal9999.snapshot-step"
 """On a snapshot's commit and staging container: the step's note, whose undo removes them."""
