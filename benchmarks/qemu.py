@@ -20,7 +20,7 @@ from typing import Literal, cast
 from benchmarks.cases import TRUE, Result
 from hal9999.pool import ProviderSettings, SlotDir, WarmPool
 from hal9999.providers.base import Provider
-from hal9999.providers.qemu import QemuConfig, QemuProvider
+from hal9999.providers.qemu.provider import QemuConfig, QemuProvider
 from hal9999.spec import SandboxSpec
 
 
@@ -182,7 +182,7 @@ async def qemu_cases(runs: int, cold_runs: int) -> list[Result]:
 def qemu_ready() -> str | None:
     """Why the qemu benchmarks cannot run (None when they can)."""
     from hal9999.errors import HalError
-    from hal9999.images.store import ImageStore
+    from hal9999.providers.qemu.image.store import ImageStore
 
     try:
         image = ImageStore(images_dir()).get("default")

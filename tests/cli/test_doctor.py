@@ -138,7 +138,7 @@ def test_doctor_names_each_qemu_image_built_before_pings_and_how_to_rebuild_it(
     tmp_path: Path,
 ) -> None:
     from hal9999.cli.doctor import outdated_images
-    from hal9999.images.store import Image, ImageMeta
+    from hal9999.providers.qemu.image.store import Image, ImageMeta
 
     def image(name: str, **fields: Any) -> Image:
         meta = ImageMeta(name=name, kind="golden", created_at=1.0, setup_adopts=True, **fields)
@@ -157,7 +157,7 @@ def test_doctor_names_each_qemu_image_built_before_adopt_to_a_root_hal(tmp_path:
     # Images built before stop 41 have no setup_adopts: a root hal's start, restore or fork
     # of one ran a separate find/chown in the guest (~200-400 ms of its CPU) without a word.
     from hal9999.cli.doctor import outdated_images
-    from hal9999.images.store import Image, ImageMeta
+    from hal9999.providers.qemu.image.store import Image, ImageMeta
 
     def image(name: str, **fields: Any) -> Image:
         meta = ImageMeta(**{"name": name, "kind": "golden", "created_at": 1.0,

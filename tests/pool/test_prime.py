@@ -15,7 +15,7 @@ from hal9999.pool import ProviderSettings, SlotDir, WarmPool
 from hal9999.providers.base import SandboxPrime
 from hal9999.providers.bwrap.provider import BwrapProvider
 from hal9999.providers.fake.provider import FakeProvider
-from hal9999.providers.qemu import QemuProvider
+from hal9999.providers.qemu.provider import QemuProvider
 from hal9999.spec import SandboxSpec
 
 

@@ -96,7 +96,7 @@ async def test_local_refuses_the_reset_policy_and_is_destroyed_by_default(
 async def test_qemu_refuses_the_reset_policy_and_is_destroyed_by_default(
     hal_home: Path, tmp_path: Path
 ) -> None:
-    from hal9999.providers.qemu import QemuProvider
+    from hal9999.providers.qemu.provider import QemuProvider
 
     if shutil.which("qemu-system-x86_64") is None and os.environ.get("CI") != "true":
         pytest.skip("QEMU is not installed")

@@ -19,8 +19,8 @@ from hal9999.cli.options import json_option
 from hal9999.config import HalConfig, load_config
 from hal9999.errors import HalError
 from hal9999.home import HalPaths
-from hal9999.images.store import Image, ImageStore
-from hal9999.providers.qemunotice import notices
+from hal9999.providers.qemu.image.store import Image, ImageStore
+from hal9999.providers.qemu.notice import notices
 from hal9999.store.migrations import MIGRATIONS
 
 _CGROUP = Path("/sys/fs/cgroup")
@@ -397,7 +397,7 @@ async def _kvm(store: ImageStore, image: Image | None) -> Check:
     if image is None or shutil.which("qemu-system-x86_64") is None:
         return Check("kvm", False, "/dev/kvm exists; not probed yet (needs QEMU and an image)",
                      "hal image build", required=False)  # fmt: skip
-    from hal9999.providers.qemustate import accel
+    from hal9999.providers.qemu.state import accel
 
     chosen, why = await accel(store, image)
     return Check("kvm", chosen == "kvm", f"{why}: qemu sandboxes use {chosen}",

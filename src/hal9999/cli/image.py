@@ -15,13 +15,13 @@ from hal9999.cli.main import cancel_on_sigterm, cli, emit_json, run_async
 from hal9999.cli.options import json_option
 from hal9999.config import HalConfig, load_config
 from hal9999.errors import ConfigError
-from hal9999.images.store import Image, ImageStore, images_root
+from hal9999.providers.qemu.image.store import Image, ImageStore, images_root
 
 
 def image_store(config: HalConfig) -> ImageStore:
     """The images of this hal home: ``[providers.qemu] images_dir``, ``HAL_QEMU_IMAGES``,
     else ``HAL_HOME/images`` (the same place the ``qemu`` provider looks)."""
-    from hal9999.providers.qemu import QemuConfig
+    from hal9999.providers.qemu.provider import QemuConfig
     from hal9999.providers.registry import checked_settings
 
     settings = checked_settings(
@@ -46,7 +46,7 @@ def image_notices(image: Image) -> list[tuple[str, str]]:
     """What ``hal doctor`` says of ``image`` (built before pings; before ``adopt``, for a
     root hal), each with the command that rebuilds it."""
     from hal9999.providers.host.user import privileged  # what the qemu provider asks
-    from hal9999.providers.qemunotice import notices
+    from hal9999.providers.qemu.notice import notices
 
     return notices(image.meta, root=privileged())
 
@@ -78,7 +78,7 @@ def image_build(
 
     Cached stages (rootfs, kernel, exec helper) are reused when re-run; progress goes to
     stderr."""
-    from hal9999.images.build import build_image
+    from hal9999.providers.qemu.image.build import build_image
 
     store = image_store(load_config())
     wanted = [p.strip() for group in packages for p in group.split(",") if p.strip()]
@@ -149,7 +149,7 @@ def image_rm(names: tuple[str, ...]) -> None:
 async def _images_in_use(config: HalConfig) -> dict[str, list[str]]:
     """Image name -> the qemu sandboxes whose disks stand on it."""
     from hal9999.home import HalPaths
-    from hal9999.providers.qemu import QemuProvider
+    from hal9999.providers.qemu.provider import QemuProvider
 
     if not HalPaths(config.home).sandbox_state("qemu").is_dir():
         return {}

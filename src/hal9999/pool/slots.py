@@ -13,7 +13,7 @@ This works for every provider that resolves its mounts when a command starts (``
 binds, ``local`` and ``fake`` paths), which is what ``host_launch`` providers do; a provider
 that cannot (a VM mounting its share at boot) implements
 :class:`~hal9999.providers.base.WorkspaceAttach` instead (``qemu``: host bind mounts, see
-:mod:`hal9999.providers.qemumount`), or is not pooled.
+:mod:`hal9999.providers.qemu.mount`), or is not pooled.
 """
 
 from __future__ import annotations

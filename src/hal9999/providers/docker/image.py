@@ -1,8 +1,9 @@
 """``hal image container``: a container image for the ``docker`` provider, no registry needed.
 
-It reuses the cached debootstrap rootfs stage of :mod:`hal9999.images.build` (the same Debian
-the ``qemu`` images run), streams it as a tar with a few changes and hands that to the engine's
-import (``POST /images/create?fromSrc=-``, what ``docker import``/``podman import`` do):
+It reuses the cached debootstrap rootfs stage of the qemu image builder
+(:mod:`hal9999.providers.qemu.image.build`: the same Debian the ``qemu`` images run), streams
+it as a tar with a few changes and hands that to the engine's import
+(``POST /images/create?fromSrc=-``, what ``docker import``/``podman import`` do):
 
 - ``/workspace`` and ``/home/hal`` exist, ``/home/hal`` world-writable with the sticky bit like
   ``/tmp``: the sandbox runs as a uid the image cannot know (a reserved one per sandbox when
@@ -23,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from hal9999.errors import ConfigError, ProviderError
-from hal9999.images import workdirs
-from hal9999.images.build import Builder, default_mirror
-from hal9999.images.store import (
+from hal9999.providers.qemu.image import workdirs
+from hal9999.providers.qemu.image.build import Builder, default_mirror
+from hal9999.providers.qemu.image.store import (
     ImageStore,
     check_mirror,
     check_name,

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Literal
 
 from hal9999.errors import ConfigError, ProviderError
-from hal9999.images.store import Image, ImageStore
-from hal9999.providers import qemuvm
-from hal9999.providers.qemuvm import Boot, RunDir, Shape, Share
+from hal9999.providers.qemu import vm as qemuvm
+from hal9999.providers.qemu.image.store import Image, ImageStore
+from hal9999.providers.qemu.vm import Boot, RunDir, Shape, Share
 
 DEFAULT_CPUS = 1
 DEFAULT_MEMORY_MB = 1024

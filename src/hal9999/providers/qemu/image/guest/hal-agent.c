@@ -20,7 +20,7 @@
  *                  each);  X exit status (4 bytes, big-endian), after all its output;
  *                  p pong: the ping's 8 bytes (the host takes a guest that answers
  *                  nothing for a while, not even a ping, for hung)
- * The host trusts none of what comes back (see providers/qemuagent.py). When the host's
+ * The host trusts none of what comes back (see providers/qemu/agent.py). When the host's
  * connection ends (the port hangs up), or a new hello comes, the command is killed (hal-exec
  * kills its cgroup on SIGTERM) and reaped before anything else is read.
  */

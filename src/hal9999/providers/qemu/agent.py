@@ -1,6 +1,6 @@
 """The exec channel into a QEMU sandbox without ssh: hal's guest agent on virtio-serial.
 
-The guest's init starts ``hal-agent`` (``images/guest/hal-agent.c``) on the ports named
+The guest's init starts ``hal-agent`` (``image/guest/hal-agent.c``) on the ports named
 ``hal.exec.N`` before the image's VM state is saved, so a restored VM runs its first command
 without an ssh handshake (under TCG that handshake and sshd's forks were about 85 % of a
 restore + first command). QEMU exposes each port as a unix socket ``execN`` in the VM's
@@ -32,7 +32,7 @@ from typing import Literal
 from hal9999.errors import ExecError, ProviderError
 from hal9999.providers.base import STDOUT_LIMIT, StreamEvent
 from hal9999.providers.handle import collect
-from hal9999.providers.qemuvm import RunDir
+from hal9999.providers.qemu.vm import RunDir
 
 PORTS = 4
 """Agent ports per VM (``hal.exec.0``..): commands that may run at once over the agent."""

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from hal9999.envvars import absolute_dir
 from hal9999.errors import ConfigError, NotFoundError, ProviderError
-from hal9999.images import workdirs
+from hal9999.providers.qemu.image import workdirs
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SUITE = re.compile(r"[a-z][a-z0-9.-]{0,63}")

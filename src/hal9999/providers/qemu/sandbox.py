@@ -5,7 +5,7 @@ Commands reach the guest over virtio-serial ports: ``exec`` and ``exec_stream`` 
 exec agent (:mod:`qemuagent`) when the image has one and a port is free, else over ssh
 (:mod:`qemussh`), which also carries ``launch``, ``attach`` and port forwards. With the
 agent, ssh connects only when one of those first needs it. The lifecycle is the provider's
-(:mod:`hal9999.providers.qemu`).
+(:mod:`hal9999.providers.qemu.provider`).
 """
 
 from __future__ import annotations
@@ -16,16 +16,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hal9999.envvars import env_argv
-from hal9999.providers import qemuagent, qemussh
 from hal9999.providers.base import STDOUT_LIMIT, Command, ExecResult, Launch, StreamEvent
 from hal9999.providers.host import exec as hostexec
 from hal9999.providers.host import fs as hostfs
 from hal9999.providers.host.sandbox import HostSandbox, SandboxRecord
-from hal9999.providers.qemuvm import RunDir
+from hal9999.providers.qemu import agent as qemuagent
+from hal9999.providers.qemu import ssh as qemussh
+from hal9999.providers.qemu.vm import RunDir
 from hal9999.spec import ArgvCommand, display, to_argv
 
 if TYPE_CHECKING:
-    from hal9999.providers.qemu import QemuProvider
+    from hal9999.providers.qemu.provider import QemuProvider
 
 WORKDIR = "/workspace"
 HOME = "/home/hal"

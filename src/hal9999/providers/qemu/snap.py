@@ -25,16 +25,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hal9999.errors import ExecError, ProviderError
-from hal9999.images.store import Image, ImageMeta, now
-from hal9999.providers import qemussh, qemuvm
 from hal9999.providers.base import fork_all
-from hal9999.providers.qemustate import RAM_FILE, overlay, save_and_quit, sync_private
-from hal9999.providers.qemuvm import Boot, RunDir, Shape
+from hal9999.providers.qemu import ssh as qemussh
+from hal9999.providers.qemu import vm as qemuvm
+from hal9999.providers.qemu.image.store import Image, ImageMeta, now
+from hal9999.providers.qemu.state import RAM_FILE, overlay, save_and_quit, sync_private
+from hal9999.providers.qemu.vm import Boot, RunDir, Shape
 from hal9999.spec import SandboxSpec
 
 if TYPE_CHECKING:
-    from hal9999.providers.qemu import QemuProvider
-    from hal9999.providers.qemusandbox import QemuSandbox
+    from hal9999.providers.qemu.provider import QemuProvider
+    from hal9999.providers.qemu.sandbox import QemuSandbox
 
 logger = logging.getLogger(__name__)
 QUIESCE = "/usr/local/lib/hal/quiesce"

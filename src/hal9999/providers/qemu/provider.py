@@ -25,15 +25,17 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from hal9999.errors import ConfigError, ProviderError, SandboxNotFound
-from hal9999.images.store import Image, ImageStore, hang_notice, images_root
-from hal9999.providers import qemumount, qemussh, qemuvm
 from hal9999.providers.base import Capabilities, SandboxInfo
 from hal9999.providers.host import fs as hostfs
 from hal9999.providers.host import user as sandboxuser
 from hal9999.providers.host.sandbox import HostProvider, SandboxRecord, check_spec
-from hal9999.providers.qemunotice import note_unadopted
-from hal9999.providers.qemusandbox import HOME, WORKDIR, QemuSandbox, run_root
-from hal9999.providers.qemustate import (
+from hal9999.providers.qemu import mount as qemumount
+from hal9999.providers.qemu import ssh as qemussh
+from hal9999.providers.qemu import vm as qemuvm
+from hal9999.providers.qemu.image.store import Image, ImageStore, hang_notice, images_root
+from hal9999.providers.qemu.notice import note_unadopted
+from hal9999.providers.qemu.sandbox import HOME, WORKDIR, QemuSandbox, run_root
+from hal9999.providers.qemu.state import (
     DEFAULT_CPUS,
     DEFAULT_MEMORY_MB,
     VmPlan,
@@ -46,13 +48,13 @@ from hal9999.providers.qemustate import (
     state_ram,
     wait_vm,
 )
-from hal9999.providers.qemuvm import RunDir, Shape, Share
+from hal9999.providers.qemu.vm import RunDir, Shape, Share
 from hal9999.spec import ArgvCommand, SandboxSpec
 
 logger = logging.getLogger(__name__)
 VM_RECORD = "vm.json"
 SETUP = "/usr/local/lib/hal/setup"
-"""The guest's start-up helper (``images/guest/hal-setup.c``): entropy, clock, limits, mounts."""
+"""The guest's start-up helper (``image/guest/hal-setup.c``): entropy, clock, limits, mounts."""
 
 
 _WARNED: set[Path] = set()
@@ -486,12 +488,12 @@ class QemuProvider(HostProvider):
     # -- snapshot and fork ----------------------------------------------------------------
     async def snapshot(self, sandbox_id: str, name: str | None = None) -> str:
         """Save the sandbox's disk and VM state as a new image; the sandbox goes on from it."""
-        from hal9999.providers.qemusnap import snapshot
+        from hal9999.providers.qemu.snap import snapshot
 
         return await snapshot(self, sandbox_id, name)
 
     async def fork(self, image: str, count: int, spec: SandboxSpec) -> builtins.list[QemuSandbox]:
         """``count`` new sandboxes from ``image`` (a snapshot), started concurrently."""
-        from hal9999.providers.qemusnap import fork
+        from hal9999.providers.qemu.snap import fork
 
         return await fork(self, image, count, spec)

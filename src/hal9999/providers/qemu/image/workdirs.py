@@ -20,7 +20,7 @@ from pathlib import Path
 
 from hal9999 import flock
 from hal9999.errors import ConfigError, ProviderError
-from hal9999.providers import qemumount
+from hal9999.providers.qemu import mount as qemumount
 
 _LOCK_POLL_S = 0.5
 

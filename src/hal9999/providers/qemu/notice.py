@@ -1,7 +1,7 @@
 """What a qemu image built by an older hal lacks, read from its ``meta.json``, each with the
 command that rebuilds it (``hal doctor`` and ``hal image list`` say them).
 
-Kept out of ``hal9999.images``: every file there goes into the qemu test image's digest
+Kept out of :mod:`.image`: every file there goes into the qemu test image's digest
 (``tests/qemu_image.py``), so an edit there rebuilds that image."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from hal9999.images.store import Image, ImageMeta, hang_notice
+from hal9999.providers.qemu.image.store import Image, ImageMeta, hang_notice
 
 _NOTED: set[Path] = set()
 """Images this process has said :func:`note_unadopted` of (once each, not every VM)."""

@@ -30,9 +30,11 @@ from importlib import resources
 from pathlib import Path
 
 from hal9999.errors import ConfigError, ProviderError, ProviderUnavailable
-from hal9999.images import workdirs
-from hal9999.images.initramfs import Cpio, module_order, static_busybox
-from hal9999.images.store import (
+from hal9999.procs import kill_group_until_gone
+from hal9999.providers.qemu.agent import PORTS as AGENT_PORTS
+from hal9999.providers.qemu.image import workdirs
+from hal9999.providers.qemu.image.initramfs import Cpio, module_order, static_busybox
+from hal9999.providers.qemu.image.store import (
     Image,
     ImageMeta,
     ImageStore,
@@ -42,8 +44,6 @@ from hal9999.images.store import (
     check_suite,
     now,
 )
-from hal9999.procs import kill_group_until_gone
-from hal9999.providers.qemuagent import PORTS as AGENT_PORTS
 
 BASE_PACKAGES = (
     "openssh-server", "git", "tmux", "bash", "tini", "iproute2", "ca-certificates", "procps",
@@ -65,8 +65,8 @@ Progress = Callable[[str], None]
 
 
 def guest_file(name: str) -> bytes:
-    """A file of the guest side (``hal9999/images/guest/``)."""
-    return resources.files("hal9999.images").joinpath("guest", name).read_bytes()
+    """A file of the guest side (``hal9999/providers/qemu/image/guest/``)."""
+    return resources.files("hal9999.providers.qemu.image").joinpath("guest", name).read_bytes()
 
 
 def default_mirror() -> str:
@@ -381,7 +381,7 @@ async def _build_into(
     )
     image = Image(image_dir, meta)
     if save_state:
-        from hal9999.providers.qemustate import default_shape, ensure_state
+        from hal9999.providers.qemu.state import default_shape, ensure_state
 
         shape = await default_shape(store, image)
         progress(f"state: booting once to save a VM state ({shape.key})")

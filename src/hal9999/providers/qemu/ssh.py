@@ -34,7 +34,7 @@ from hal9999 import unixsock
 from hal9999.errors import ExecError, ProviderError
 from hal9999.providers.base import Launch
 from hal9999.providers.host import exec as hostexec
-from hal9999.providers.qemuvm import RunDir, tail
+from hal9999.providers.qemu.vm import RunDir, tail
 from hal9999.providers.ssh.options import config_value, literal
 
 SSH = "/usr/bin/ssh"
