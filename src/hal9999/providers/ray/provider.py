@@ -3,7 +3,7 @@
 A node offers sandboxes by carrying a custom resource ``<resource_prefix><name>`` whose
 amount is how many it takes at once (``ray start --resources '{"hal_node_a": 8}'``). On
 each such node hal keeps one long-lived, detached host actor (``hal-host-<name>``, placed
-by that resource) owning a local ``bwrap`` provider (:mod:`.rayhost`). The session stays on
+by that resource) owning a local ``bwrap`` provider (:mod:`.host`). The session stays on
 the hal host: its directories are pushed to the node when the sandbox is made (and before
 each command, the read-only ones) and pulled back after every command and file change, as
 the ``ssh`` provider does. A new sandbox goes to the node with the most free room; a node
@@ -39,11 +39,11 @@ from hal9999.errors import (
     ProviderError,
     SandboxNotFound,
 )
-from hal9999.providers import rayhost
 from hal9999.providers.base import Capabilities, SandboxInfo, SandboxState
 from hal9999.providers.host.sandbox import check_spec
-from hal9999.providers.rayaddress import check_address
-from hal9999.providers.raysandbox import RayMount, RaySandbox, node_call
+from hal9999.providers.ray import host as rayhost
+from hal9999.providers.ray.address import check_address
+from hal9999.providers.ray.sandbox import RayMount, RaySandbox, node_call
 from hal9999.spec import SandboxSpec
 
 _ID = re.compile(r"[0-9a-f]{12}")

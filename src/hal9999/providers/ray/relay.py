@@ -1,4 +1,4 @@
-"""``python -m hal9999.providers.rayrelay``: run one command in a ray sandbox from a host
+"""``python -m hal9999.providers.ray.relay``: run one command in a ray sandbox from a host
 process (what a process manager starts; see :meth:`RaySandbox.launch`).
 
 The relay joins the Ray cluster itself, so the run goes on when the hal process that
@@ -33,7 +33,7 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
 
 async def relay(args: argparse.Namespace) -> int:
     """Run the command on its node; its exit status."""
-    from hal9999.providers.ray import RayConfig, RayProvider
+    from hal9999.providers.ray.provider import RayConfig, RayProvider
 
     provider = RayProvider(state_dir=args.records,
                            config=RayConfig.model_validate_json(args.config))  # fmt: skip
@@ -51,7 +51,7 @@ async def relay(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; the command's exit status (255: the node or the cluster was lost)."""
-    from hal9999.providers.ray import RayConfig, connect
+    from hal9999.providers.ray.provider import RayConfig, connect
 
     args = _arguments(sys.argv[1:] if argv is None else argv)
 

@@ -1,5 +1,5 @@
 """A sandbox on a Ray node: every operation is a call to the node's host actor, and the
-session moves between the hal host and the node's mirror as tars (see :mod:`.rayhost`)."""
+session moves between the hal host and the node's mirror as tars (see :mod:`.host`)."""
 
 from __future__ import annotations
 
@@ -25,11 +25,11 @@ from hal9999.providers.ssh import mirror
 from hal9999.pymodule import module_argv
 from hal9999.spec import ArgvCommand, SandboxSpec, to_argv
 
-_RELAY = "hal9999.providers.rayrelay"
-"""The module that runs a command on the node (:mod:`.rayrelay`)."""
+_RELAY = "hal9999.providers.ray.relay"
+"""The module that runs a command on the node (:mod:`.relay`)."""
 
 if TYPE_CHECKING:
-    from hal9999.providers.ray import RayProvider, RayRecord
+    from hal9999.providers.ray.provider import RayProvider, RayRecord
 
 WORKDIR = "/workspace"
 RELAY_ENV = ("PATH", "HOME", "LANG", "TMPDIR", "HAL_HOME")
@@ -212,7 +212,7 @@ class RaySandbox:
                     return
 
     def launch(self, command: Command, *, env: Mapping[str, str] | None = None) -> Launch:
-        """The relay (:mod:`.rayrelay`) running ``command`` here: it joins the cluster
+        """The relay (:mod:`.relay`) running ``command`` here: it joins the cluster
         itself, so the run outlives this process; values ride in its environment, names in
         argv (the node's sandbox adds its own base environment, as for :meth:`exec`)."""
         full = {**command.env, **dict(env or {})}
