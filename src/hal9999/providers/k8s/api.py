@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hal9999.errors import CloudApiError
-from hal9999.providers.cloudapi import CloudApi, RateWindow, RetryPolicy
+from hal9999.providers.cloud.api import CloudApi, RateWindow, RetryPolicy
 from hal9999.providers.k8s.config import Cluster
 
 M = TypeVar("M", bound=BaseModel)

@@ -25,8 +25,8 @@ from pydantic import ConfigDict, Field
 
 from hal9999.errors import CloudNotFound, ConfigError, ProviderError, SandboxNotFound
 from hal9999.providers.base import Capabilities, fork_all
-from hal9999.providers.cloudhost import CloudHostConfig, CloudHostProvider
-from hal9999.providers.morph_api import Instance, MorphApi
+from hal9999.providers.cloud.host import CloudHostConfig, CloudHostProvider
+from hal9999.providers.cloud.morph_api import Instance, MorphApi
 from hal9999.providers.ssh.config import SshHost
 from hal9999.providers.ssh.sandbox import SshSandbox
 from hal9999.spec import SandboxSpec

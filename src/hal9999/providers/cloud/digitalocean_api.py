@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from hal9999.providers.cloudapi import VendorApi
+from hal9999.providers.cloud.api import VendorApi
 
 API_URL = "https://api.digitalocean.com"
 PER_PAGE = 200  # the API's maximum page size

@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from hal9999.providers.cloudapi import VendorApi
+from hal9999.providers.cloud.api import VendorApi
 
 API_URL = "https://cloud.morph.so/api"
 MorphStatus = Literal["pending", "ready", "paused", "saving", "error"]

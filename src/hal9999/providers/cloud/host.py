@@ -38,8 +38,8 @@ from hal9999.errors import (
     SandboxNotFound,
 )
 from hal9999.providers.base import SandboxInfo
-from hal9999.providers.cloudapi import RateWindow, RetryPolicy, VendorApi
-from hal9999.providers.cloudspend import SpendCap, SpendGuard, SpendLedger
+from hal9999.providers.cloud.api import RateWindow, RetryPolicy, VendorApi
+from hal9999.providers.cloud.spend import SpendCap, SpendGuard, SpendLedger
 from hal9999.providers.ssh.config import SshConfig, SshHost
 from hal9999.providers.ssh.provider import SshProvider
 from hal9999.providers.ssh.records import SshRecord
@@ -157,7 +157,7 @@ class CloudHostProvider(SshProvider, Generic[ApiT, ConfigT]):
 
     # -- the spend cap on running machines ---------------------------------------------------
     def spend_guard(self) -> SpendGuard:
-        """This provider's guard of the day's machine-hours (see :mod:`.cloudspend`)."""
+        """This provider's guard of the day's machine-hours (see :mod:`.spend`)."""
         if self._guard is None:
             self._guard = SpendGuard(self.ledger, self._stop_for_cap)
         return self._guard

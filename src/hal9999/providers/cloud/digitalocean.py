@@ -26,8 +26,8 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field
 
 from hal9999.errors import CloudNotFound, ConfigError, ProviderError
-from hal9999.providers.cloudhost import CloudHostConfig, CloudHostProvider
-from hal9999.providers.digitalocean_api import DigitalOceanApi, Droplet
+from hal9999.providers.cloud.digitalocean_api import DigitalOceanApi, Droplet
+from hal9999.providers.cloud.host import CloudHostConfig, CloudHostProvider
 from hal9999.providers.ssh.config import SshHost
 from hal9999.providers.ssh.connections import load_asyncssh
 from hal9999.spec import SandboxSpec
