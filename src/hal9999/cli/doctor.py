@@ -187,7 +187,7 @@ def cgroup_moves(mounts: str, *, v2: bool) -> Check:
     17 ms instead of 8.5 (docs/benchmarks.md). The option makes forks and exits a little
     dearer, so hal names it and leaves the choice to whoever runs the host. On v1 the
     launcher moves its one thread through ``tasks``, which takes no such lock
-    (:meth:`cgroups.CgroupV1.join_files`)."""
+    (:meth:`hal9999.providers.host.cgroups.CgroupV1.join_files`)."""
     if not v2:
         return Check("cgroup moves", True, "v1: commands join through tasks, no wait", None, False)
     for line in mounts.splitlines():

@@ -22,7 +22,7 @@ HOME = "/home/hal"
 """The sandbox user's home inside."""
 MERGED_USR = ("bin", "sbin", "lib", "lib64", "lib32", "libx32")
 ETC_VIEW = "\0etc-view"
-"""Stands for the current :class:`hostetc.EtcView` in a handle's argv until each exec."""
+"""Stands for the current :class:`.etc.EtcView` in a handle's argv until each exec."""
 ROOTFS_SKIP = frozenset({"proc", "dev", "sys", "tmp", "run", "home", "workspace"})
 PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs", "acpi")
 """Host-wide writers under /proc: read-only inside whatever the sandbox's uid (as Docker)."""
@@ -41,7 +41,7 @@ wiring holds 5 to 7, a keeper's start 3, the filter 9)."""
 @functools.lru_cache(maxsize=8)
 def system_args(rootfs: Path | None, ro_paths: tuple[Path, ...]) -> tuple[str, ...]:
     """The read-only system part: host /usr and the curated /etc (:data:`ETC_VIEW`, see
-    :mod:`hostetc`), or the whole of ``rootfs``."""
+    :mod:`.etc`), or the whole of ``rootfs``."""
     args: list[str] = []
     if rootfs is None:
         args += ["--ro-bind", "/usr", "/usr"]
@@ -128,16 +128,17 @@ def namespace_args(
     """Namespaces, capabilities and the seccomp filter (from the launcher's fd, with
     ``seccomp_fd``) of a sandbox whose own host ``uid`` is given when bwrap runs as root;
     ``die_with_parent`` for a command, not for a keeper, which outlives the launcher that
-    starts it (:mod:`keeper`). ``user_ids``: the uid and gid of the user bwrap runs as (this
+    starts it (:mod:`.keeper`). ``user_ids``: the uid and gid of the user bwrap runs as (this
     process's by default; an ssh host's login user there).
 
     Run by an ordinary user, bwrap makes a user namespace mapping that user, and nested ones
     are disabled. Run by root, a user namespace would map the sandbox to host uid 0 (which
     the kernel's sysctl and keyring checks treat as root), so bwrap makes none: it sets up
     the mounts as root and the command drops to the sandbox's own uid (see
-    :func:`sandboxuser.drop_privileges`); the filter then refuses nested user namespaces.
-    The network namespace is the host's only with ``shared_net``; ``host`` mode otherwise
-    has its own, wired by :mod:`usernet` when ``usernet_wired`` (its launcher runs first).
+    :func:`hal9999.providers.host.user.drop_privileges`); the filter then refuses nested user
+    namespaces. The network namespace is the host's only with ``shared_net``; ``host`` mode
+    otherwise has its own, wired by :mod:`.usernet` when ``usernet_wired`` (its launcher runs
+    first).
     """
     network = shared_net
     if uid is None:

@@ -45,7 +45,7 @@ ACCOUNTS = ("passwd", "group")
 ACCOUNTS_AT = "/.hal"
 """Where, with ``accounts``, the view's ``passwd`` and ``group`` lead: each sandbox's own
 account files, which bwrap writes into its read-only root from the launcher's pipes
-(:data:`hal9999.providers.host.user.OWN_DIR`, :func:`bwrapargs.account_data`)."""
+(:data:`hal9999.providers.host.user.OWN_DIR`, :func:`.args.account_data`)."""
 
 
 _State = list[tuple[str, os.stat_result | None]]

@@ -4,10 +4,10 @@ A sandbox is a set of host directories (workspace, home, tmp under
 ``<state_dir>/<id>/``) plus a cgroup; every command is a new ``bwrap`` invocation over
 them, with all namespaces unshared, every capability dropped, a seccomp filter, a read-only
 ``/usr`` and a curated read-only ``/etc``, as a host uid of the sandbox's own when hal runs
-as root (:mod:`sandboxuser`; docs/security.md). Nothing in Python sits in the exec path: a
-small launcher (:func:`hostexec.launcher_argv`) joins the cgroup and execs bwrap, so the
-per-command cost is bwrap's. The options each command's bwrap gets are built in
-:mod:`bwrapargs`.
+as root (:mod:`hal9999.providers.host.user`; docs/security.md). Nothing in Python sits in
+the exec path: a small launcher (:func:`hal9999.providers.host.exec.launcher_argv`) joins
+the cgroup and execs bwrap, so the per-command cost is bwrap's. The options each command's
+bwrap gets are built in :mod:`.args`.
 """
 
 
@@ -57,14 +57,15 @@ HOST_SESSION_VARS = (
 host sockets and paths, so bwrap drops them unless the command's own env sets them."""
 RUN_DIR = "run"
 """Host-side scratch of the launcher (the network wiring's fifos) and the keeper's record
-(:mod:`keeper`), never mounted inside."""
+(:mod:`.keeper`), never mounted inside."""
 DROP_FILE = "hal-drop"
 """The uid switch's name among the provider's shared files without a version (a program
 found gone since); each version is ``hal-drop-<digest>`` (a link to, or copy of, the built
-one), which a root hal's sandboxes bind read-only at :data:`sandboxuser.DROP_HELPER`."""
+one), which a root hal's sandboxes bind read-only at
+:data:`hal9999.providers.host.user.DROP_HELPER`."""
 SECCOMP_FILE = "seccomp.bpf"
 """The compiled filter among the provider's shared files (``-<hash of it>``, see
-:mod:`seccomp`), which the launcher opens for every command."""
+:mod:`.seccomp`), which the launcher opens for every command."""
 
 
 class BwrapConfig(BaseModel):
@@ -89,7 +90,7 @@ class BwrapConfig(BaseModel):
 
 
 def keeps(record: SandboxRecord) -> bool:
-    """Whether the sandbox's commands may enter a keeper (:mod:`keeper`) rather than each
+    """Whether the sandbox's commands may enter a keeper (:mod:`.keeper`) rather than each
     start bwrap: a root hal's sandboxes on the host's /usr without host networking, when the
     static launcher and the kernel can. Otherwise every command is a bwrap."""
     return (
@@ -221,10 +222,10 @@ class BwrapSandbox(HostSandbox):
         )  # fmt: skip
 
     def keeper_argv(self) -> list[str]:
-        """The argv of the sandbox's keeper (see :mod:`keeper`): the sandbox as a command
+        """The argv of the sandbox's keeper (see :mod:`.keeper`): the sandbox as a command
         would get it, running ``sleep`` (or the uid switch waiting itself, one exec fewer);
         its pid on fd 3; no seccomp fd, it outlives its parent, and no /proc of its own
-        (:func:`keeper.without_proc`: each command mounts one)."""
+        (:func:`.keeper.without_proc`: each command mounts one)."""
         namespaces = namespace_args(
             self._record.uid,
             seccomp_fd=False,
@@ -304,7 +305,7 @@ class BwrapProvider(HostProvider):
         self.bwrap = found
         super().__init__(state_dir=state_dir, cgroup=self.config.cgroup)
         self.etc = hostetc.EtcView(state_dir)
-        """The curated /etc every sandbox without a rootfs binds (see :mod:`hostetc`)."""
+        """The curated /etc every sandbox without a rootfs binds (see :mod:`.etc`)."""
         self._started: dict[str, tuple[tuple[int, int, int] | None, BwrapSandbox]] = {}
         """The handle each sandbox's last start made, with its record file as the start
         saved it: the prime after a pool reset takes it (see :meth:`prime`)."""
@@ -314,7 +315,8 @@ class BwrapProvider(HostProvider):
         """The static uid switch a root hal's commands start with, or None for setpriv."""
         self.drop_file = self.shared / DROP_FILE
         """Where the sandboxes find :attr:`drop_helper` among the shared files: a name per
-        version of it (:func:`sandboxuser.installed_name`), set again by :meth:`share`."""
+        version of it (:func:`hal9999.providers.host.user.installed_name`), set again by
+        :meth:`share`."""
         self._name_drop_file()
         self._program = seccomp.build() if seccomp.supported() else None
         program_id = hashlib.sha256(self._program or b"").hexdigest()[:16]
@@ -417,7 +419,7 @@ class BwrapProvider(HostProvider):
         return sandbox
 
     async def prime(self, sandbox_id: str) -> None:
-        """Start a new pooled sandbox's keeper (:mod:`keeper`) while it waits idle, so that
+        """Start a new pooled sandbox's keeper (:mod:`.keeper`) while it waits idle, so that
         its commands enter it rather than each start bwrap. A keeper that cannot start is
         logged, not raised: the sandbox is whole without one (each command is a bwrap)."""
         stamp, handle = self._started.pop(sandbox_id, (None, None))

@@ -10,7 +10,7 @@ Host keys are never learnt: hal makes an ed25519 host key for each droplet and i
 with the droplet's cloud-init user data (``ssh_keys``), then connects verifying exactly that
 key. The ``owner`` tag is random per state directory, so reconcile (on ``list``) deletes
 droplets of *this* hal that have no record (a crash between create and record) and never
-another installation's. Every machine is counted by the spend cap (:mod:`cloudspend`)
+another installation's. Every machine is counted by the spend cap (:mod:`.spend`)
 before it is asked for.
 """
 

@@ -1,4 +1,4 @@
-"""The part of DigitalOcean's v2 API the ``digitalocean`` provider uses, over :mod:`cloudapi`.
+"""The part of DigitalOcean's v2 API the ``digitalocean`` provider uses, over :mod:`.api`.
 
 Endpoints (https://docs.digitalocean.com/reference/api/): ``POST /v2/droplets``,
 ``GET /v2/droplets/{id}``, ``GET /v2/droplets?tag_name=T`` (paged: ``links.pages.next``),

@@ -1,4 +1,4 @@
-"""The part of Morph Cloud's API the ``morph`` provider uses, over :mod:`cloudapi`.
+"""The part of Morph Cloud's API the ``morph`` provider uses, over :mod:`.api`.
 
 Endpoints as the ``morphcloud`` SDK calls them (base ``https://cloud.morph.so/api``,
 bearer ``MORPH_API_KEY``): ``POST /instance?snapshot_id=S`` (``metadata``, ``ttl_seconds``,

@@ -10,7 +10,7 @@ from the debootstrap rootfs; no registry), kept alive by ``tini -s -- sleep infi
 - no network (``network_mode=none``); the gateway issue's unix socket reaches the sandbox as
   an ordinary bind of its host path, which needs no network;
 - every capability dropped, ``no-new-privileges``, and bwrap's seccomp stance
-  (:mod:`providers.dockerseccomp`: keyrings, bpf, mount, modules, nested user namespaces...);
+  (:mod:`.seccomp`: keyrings, bpf, mount, modules, nested user namespaces...);
 - a uid of its own (from hal's reserved range when hal runs as root, else hal's own uid),
   never root, never a login user's uid, for every command; the init and its ``sleep`` run
   as uid 0 with no capability, so the agent's uid can neither trace nor signal them (the
@@ -398,7 +398,7 @@ class DockerProvider:
             )  # fmt: skip
         except docker.errors.NotFound:
             pass
-        # A snapshot's staging container that a killed hal left (see providers.dockersnap),
+        # A snapshot's staging container that a killed hal left (see snap),
         # then the untagged commit under it (kept when a finished snapshot's image is on it).
         api = self.client().api
         staged = {"label": f"{STAGING_LABEL}={sandbox_id}"}
@@ -447,7 +447,7 @@ class DockerProvider:
         """True: a reset replaces the container whole (see :meth:`reset`)."""
         return True
 
-    # -- snapshots (providers.dockersnap) -----------------------------------------------
+    # -- snapshots (snap) -----------------------------------------------
     async def snapshot(self, sandbox_id: str, name: str | None = None) -> str:
         """Save the sandbox as image ``hal9999:<name>``: its filesystem and its home."""
         from hal9999.providers.docker import snap as dockersnap

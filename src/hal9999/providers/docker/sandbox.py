@@ -123,7 +123,7 @@ class DockerSandbox(SandboxHandle):
         return result.ok
 
     def launch(self, command: Command, *, env: Mapping[str, str] | None = None) -> Launch:
-        """The engine CLI's ``exec`` under :mod:`providers.dockerlaunch`: variable names in
+        """The engine CLI's ``exec`` under :mod:`.launch`: variable names in
         argv, values in its environment, handed to the command over stdin."""
         values = self._env(command, env)
         argv = [

@@ -308,7 +308,7 @@ class CgroupHost(NamedTuple):
         return cgroup
 
     def _bound_parent(self) -> None:
-        """Write the totals (:func:`totals.totals`) into the parent's limits, unless this
+        """Write the totals (:func:`.totals.totals`) into the parent's limits, unless this
         process wrote the same already (one look-up, not two writes, per sandbox)."""
         from hal9999.providers.host.totals import totals
 

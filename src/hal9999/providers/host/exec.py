@@ -101,8 +101,8 @@ DATA_MAX = 4096
 
 def launch_helper_enters() -> bool:
     """Whether the static launcher (:func:`launch_helper`) is in use and can run a command
-    in a keeper's namespaces (``--enter``, see :mod:`keeper`); :data:`LAUNCHER_SCRIPT`
-    cannot."""
+    in a keeper's namespaces (``--enter``, see :mod:`hal9999.providers.bwrap.keeper`);
+    :data:`LAUNCHER_SCRIPT` cannot."""
     helper = launch_helper()
     return helper is not None and _takes_enter(helper)
 
@@ -170,11 +170,12 @@ def launcher_argv(
     """The host argv that marks the process as ``sandbox_id``'s, opens ``seccomp`` (a file)
     as :data:`SECCOMP_FD`, limits any one file to ``max_file_bytes`` (rounded up to whole
     :data:`FSIZE_BLOCK`; ``0``: no limit), joins the cgroups of ``join_files`` (see
-    :meth:`cgroups.Cgroup.join_files`), then runs ``argv``: by ``helper`` (``auto``:
+    :meth:`.cgroups.Cgroup.join_files`), then runs ``argv``: by ``helper`` (``auto``:
     :func:`launch_helper`), or ``sh`` when there is none. ``enter``: the options after
-    ``--enter`` that run ``argv`` in a keeper's namespaces instead (see :mod:`keeper`; the
-    caller has checked :func:`launch_helper_enters`). ``data``: ``(fd, text)``, the fd
-    ``argv`` reads ``text`` from (a pipe, see :func:`data_args`)."""
+    ``--enter`` that run ``argv`` in a keeper's namespaces instead (see
+    :mod:`hal9999.providers.bwrap.keeper`; the caller has checked
+    :func:`launch_helper_enters`). ``data``: ``(fd, text)``, the fd ``argv`` reads ``text``
+    from (a pipe, see :func:`data_args`)."""
     blocks = str(-(-max_file_bytes // FSIZE_BLOCK)) if max_file_bytes > 0 else ""
     if helper == "auto":
         helper = launch_helper()

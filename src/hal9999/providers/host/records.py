@@ -38,7 +38,7 @@ class SandboxRecord(BaseModel):
     """The cgroup tracking its processes (:meth:`Cgroup.to_record`), if any."""
     uid: int | None = None
     """The host uid (and gid) its processes run as, when hal runs as root (see
-    :mod:`sandboxuser`); None means they run as the user running hal."""
+    :mod:`.user`); None means they run as the user running hal."""
 
     def info(self) -> SandboxInfo:
         """The public view of this record."""

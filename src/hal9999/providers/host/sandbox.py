@@ -50,7 +50,7 @@ STATES = frozenset(get_args(SandboxState))
 
 
 class HostSandbox(SandboxHandle):
-    """A sandbox handle whose files map onto host directories (see :mod:`hostfs`).
+    """A sandbox handle whose files map onto host directories (see :mod:`.fs`).
 
     File operations on mapped paths run on the host. Paths no mount covers, or whose
     symlinks lead out of their mount, are handled by commands inside the sandbox (``cat``,
@@ -265,7 +265,7 @@ class HostProvider:
         stop saved it, and the record it saved (see :meth:`reset`)."""
         self._fresh: dict[str, dict[str, scratch.Stamp | None]] = {}
         """Per sandbox, its own directories as this object's last :meth:`reset` (or
-        :meth:`create`) left them, fresh (see :func:`scratch.untouched`)."""
+        :meth:`create`) left them, fresh (see :func:`.scratch.untouched`)."""
         self._cgroup_made: dict[str, dict[str, Any]] = {}
         """Sandboxes this object created with a cgroup in their first record, and that cgroup."""
 

@@ -1,4 +1,5 @@
-"""The part of the Kubernetes API the ``kubernetes`` provider uses, over :mod:`cloudapi`.
+"""The part of the Kubernetes API the ``kubernetes`` provider uses, over
+:mod:`hal9999.providers.cloud.api`.
 
 Core v1 pods (``/api/v1/namespaces/{ns}/pods``: create, get, list by ``labelSelector``,
 JSON merge patch, delete) and networking.k8s.io/v1 NetworkPolicies, with the shared

@@ -52,7 +52,7 @@ HELLO_RETRY_S = 0.05
 each time, up to :data:`HELLO_RETRY_MAX_S`."""
 HELLO_RETRY_MAX_S = 0.2
 KEEPALIVE_S = 2.0
-"""After this long with nothing from the guest, a ping nudges it (see qemussh) and asks it
+"""After this long with nothing from the guest, a ping nudges it (see :mod:`.ssh`) and asks it
 to answer (see :data:`ANSWER_S`)."""
 PING = 8
 """Bytes of a ping (``P``), which the agent sends back as its pong (``p``). An agent built
@@ -336,7 +336,7 @@ async def _hello(
     Just after a restore the guest does not answer at once: for 0.4-1.5 s (TCG, loaded
     machine) hellos go unanswered, and one sent before that can stay unanswered after it
     (a hello alone, followed by nothing, got no answer in 20 s in a test, while the next
-    frame sent was answered at once: a lost wakeup like the one :mod:`qemussh` describes
+    frame sent was answered at once: a lost wakeup like the one :mod:`.ssh` describes
     for sshd, or a lost first write). So the first command after a restore says
     ``hellos=2`` at once, any hello unanswered after :data:`HELLO_RETRY_S` (doubling, up to
     :data:`HELLO_RETRY_MAX_S`) is said again with a new nonce (answers to earlier ones are
@@ -415,7 +415,7 @@ async def run_root(
     restored: bool = False,
 ) -> str:
     """Run one of hal's own steps as root in the guest (setup, sync, quiesce): its output,
-    or ProviderError (like :func:`qemussh.run_root`); ``pings`` as :func:`claim`'s."""
+    or ProviderError (like :func:`.ssh.run_root`); ``pings`` as :func:`claim`'s."""
     port = None
     deadline = asyncio.get_running_loop().time() + time_limit
     while port is None:

@@ -6,7 +6,7 @@ virtio-9p: the spec's workspace at ``/workspace`` and each bind at its target. S
 ends the VM and keeps every file (the overlay and the shares); starting boots a new VM over
 them. Commands reach the guest over virtio-serial ports, so no TCP port is ever opened and
 any number of VMs run side by side; the sandbox handle that runs them (over hal's exec agent
-or ssh) is :mod:`qemusandbox`.
+or ssh) is :mod:`.sandbox`.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ class VmRecord(BaseModel):
     agent_pings: bool = False
     """Whether the guest's exec agent answers pings (from the image, see
     :attr:`ImageMeta.agent_pings`): only then does a command whose guest answers nothing
-    for a while fail (:data:`qemuagent.ANSWER_S`)."""
+    for a while fail (:data:`.agent.ANSWER_S`)."""
 
 
 class QemuProvider(HostProvider):
@@ -169,7 +169,7 @@ class QemuProvider(HostProvider):
     ) -> tuple[builtins.list[tuple[Share, str]], builtins.list[tuple[str, str]]]:
         """What the VM exports (share, where the guest mounts it) and the binds the guest
         then makes (from, to). A pooled sandbox exports ``mnt/<i>`` and the host binds each
-        source on ``mnt/<i>/d`` (see :mod:`qemumount`); others export their sources."""
+        source on ``mnt/<i>/d`` (see :mod:`.mount`); others export their sources."""
         shares = self.shares(record.spec)
         if not self.indirect(record.spec):
             return shares, []

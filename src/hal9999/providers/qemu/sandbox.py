@@ -2,8 +2,8 @@
 own root steps in its guest.
 
 Commands reach the guest over virtio-serial ports: ``exec`` and ``exec_stream`` over hal's
-exec agent (:mod:`qemuagent`) when the image has one and a port is free, else over ssh
-(:mod:`qemussh`), which also carries ``launch``, ``attach`` and port forwards. With the
+exec agent (:mod:`.agent`) when the image has one and a port is free, else over ssh
+(:mod:`.ssh`), which also carries ``launch``, ``attach`` and port forwards. With the
 agent, ssh connects only when one of those first needs it. The lifecycle is the provider's
 (:mod:`hal9999.providers.qemu.provider`).
 """
@@ -43,8 +43,8 @@ async def run_root(
     restored: bool = False,
 ) -> str:
     """One of hal's own root steps in the guest, over the exec agent when it has one
-    (``pings``: it answers pings, see :func:`qemuagent.claim`; ``restored``: the first
-    since a restore, see :func:`qemuagent._hello`)."""
+    (``pings``: it answers pings, see :func:`.agent.claim`; ``restored``: the first
+    since a restore, see :func:`.agent._hello`)."""
     if ports:
         return await qemuagent.run_root(
             run, ports, argv, pings=pings, stdin=stdin, time_limit=time_limit,

@@ -7,7 +7,7 @@ state next to it; the sandbox then goes on restored from that state. A fork is a
 created from the snapshot image: a fresh overlay on its layer and a restore, no boot.
 
 The snapshot's guest memory is moved into a RAM file of its own, as an image's state keeps
-it (:mod:`qemustate`): every fork maps it copy-on-write instead of loading and copying each
+it (:mod:`.state`): every fork maps it copy-on-write instead of loading and copying each
 page out of ``vm.state``, and forks started at once share its page cache.
 """
 
@@ -119,7 +119,7 @@ async def ram_apart(image: Image, shape: Shape, state_dir: Path, files: Path) ->
     private mapping or plain memory, so every page is in it) into a RAM file beside it.
 
     A QEMU that never runs the guest loads the state into memory mapped shared from the new
-    file, then saves it again with :data:`qemuvm.IGNORE_SHARED` (the memory left out). Its
+    file, then saves it again with :data:`.vm.IGNORE_SHARED` (the memory left out). Its
     disk is a throwaway overlay on the snapshot's layer, which it never writes.
 
     When that fails, the snapshot keeps its memory in ``vm.state`` (forks load it, as they

@@ -71,7 +71,7 @@ class VmPlan:
     incoming: Path | None = None
     """A saved VM state to restore instead of booting."""
     ram: Path | None = None
-    """A file the guest's memory is mapped from (:func:`qemuvm.argv`): written while a state
+    """A file the guest's memory is mapped from (:func:`.vm.argv`): written while a state
     is made, mapped copy-on-write by every VM restored from it."""
     state_fd: int | None = field(default=None, init=False)
     """The descriptor QEMU holds ``incoming`` open at, for a state with a RAM file (its load
@@ -192,7 +192,7 @@ async def wait_vm(plan: VmPlan, pid: int, *, deadline: float) -> None:
 
 async def save_and_quit(vm_id: str, state: Path, *, ram_file: bool = False) -> None:
     """Save the running VM's state to ``state``, then end the VM (``ram_file``: as
-    :func:`qemuvm.save`)."""
+    :func:`.vm.save`)."""
     run = RunDir(vm_id)
     qmp = await qemuvm.Qmp.connect(run.qmp, deadline=time.monotonic() + 10)
     try:

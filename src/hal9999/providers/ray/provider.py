@@ -13,7 +13,7 @@ session keeps what the last pull brought back).
 Ray has no authentication: anything that can connect to its ports runs code on the
 cluster. Sandboxes get ``network = "none"``; ``network = "host"`` is offered only with
 ``host_network = true`` and then refused on a node where a real host-network sandbox can
-reach any Ray port (:meth:`rayhost.NodeHost.op_probe`).
+reach any Ray port (:meth:`.host.NodeHost.op_probe`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What the remote relays share (``python -m`` of ssh.relay, rayrelay, k8s.relay): each runs
+"""What the remote relays share (``python -m`` of ssh.relay, ray.relay, k8s.relay): each runs
 one command in its sandbox from a host process that a process manager holds.
 
 The skeleton is the same everywhere: the command runs while the writable directories come
