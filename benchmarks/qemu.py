@@ -26,8 +26,8 @@ from hal9999.spec import SandboxSpec
 
 def images_dir() -> Path:
     """The images of the configured hal home (``HAL_QEMU_IMAGES`` wins), as ``hal`` sees them."""
-    from hal9999.cli.image import image_store
     from hal9999.config import load_config
+    from hal9999.providers.qemu.provider import image_store
 
     return image_store(load_config()).root
 

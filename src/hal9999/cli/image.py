@@ -15,19 +15,8 @@ from hal9999.cli.main import cancel_on_sigterm, cli, emit_json, run_async
 from hal9999.cli.options import json_option
 from hal9999.config import HalConfig, load_config
 from hal9999.errors import ConfigError
-from hal9999.providers.qemu.image.store import Image, ImageStore, images_root
-
-
-def image_store(config: HalConfig) -> ImageStore:
-    """The images of this hal home: ``[providers.qemu] images_dir``, ``HAL_QEMU_IMAGES``,
-    else ``HAL_HOME/images`` (the same place the ``qemu`` provider looks)."""
-    from hal9999.providers.qemu.provider import QemuConfig
-    from hal9999.providers.registry import checked_settings
-
-    settings = checked_settings(
-        "qemu", QemuConfig, config.providers.get("qemu") or {}, config._origin
-    )
-    return ImageStore(settings.images_dir or images_root(config.home))
+from hal9999.providers.qemu.image.store import Image
+from hal9999.providers.qemu.provider import image_store
 
 
 def image_json(image: Image) -> dict[str, Any]:

@@ -3,6 +3,11 @@
 A provider knows nothing of agents, tasks, git or events. It turns a :class:`SandboxSpec`
 into a running sandbox and hands back a :class:`Sandbox` through which commands run and
 files move. What a provider can do is declared in :class:`Capabilities`, never probed.
+
+Beside the contract, the optional hooks a provider may implement (the pool and ``hal doctor``
+ask for them with ``isinstance``): :class:`WorkspaceAttach`, :class:`OwnWarmPool`,
+:class:`SandboxPrime`, :class:`SandboxReset` and, on the provider's class,
+:class:`ProviderDoctor`.
 """
 
 from __future__ import annotations
@@ -11,9 +16,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar, runtime_checkable
 
 from hal9999.spec import ArgvCommand, SandboxSpec, ShellCommand
+
+if TYPE_CHECKING:
+    from hal9999.providers.doctor import Check, DoctorScope
 
 Command = ArgvCommand | ShellCommand
 
@@ -291,6 +299,18 @@ class SandboxReset(Protocol):
 
     def resets_safely(self) -> bool:
         """Whether :meth:`reset` can leave nothing of a task behind with this provider."""
+        ...
+
+
+@runtime_checkable
+class ProviderDoctor(Protocol):
+    """Optional provider hook, on the provider's class (``hal doctor`` builds no provider:
+    it reports on the ones that cannot be built too): what the provider needs on this machine,
+    what is missing and how to fix it. It only looks, and says a failure as a line."""
+
+    @staticmethod
+    async def doctor(scope: DoctorScope) -> list[Check]:
+        """The provider's lines of the report."""
         ...
 
 

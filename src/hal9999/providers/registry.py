@@ -11,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from hal9999.entrypoints import find_entry_point
 from hal9999.errors import ConfigError, ProviderUnavailable, UnknownProvider
-from hal9999.providers.base import Provider
+from hal9999.providers.base import Provider, ProviderDoctor
 from hal9999.values import defaults_of, describe, setting_hint, toml_checked, with_others
 
 GROUP = "hal9999.providers"
@@ -23,6 +23,21 @@ def available_providers() -> list[str]:
     from importlib.metadata import entry_points  # for a listing; a run needs none of it
 
     return sorted({ep.name for ep in entry_points(group=GROUP)})
+
+
+def provider_doctors() -> list[tuple[str, ProviderDoctor]]:
+    """Each registered provider's class that has a ``hal doctor`` hook, by name; one that
+    cannot be imported here is left out (a run of it says why)."""
+    found = []
+    for name in available_providers():
+        entry = find_entry_point(GROUP, name)
+        try:
+            cls = entry.load() if entry is not None else None
+        except ImportError:
+            continue
+        if isinstance(cls, ProviderDoctor):
+            found.append((name, cls))
+    return found
 
 
 def load_provider(

@@ -19,7 +19,7 @@ import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -45,6 +45,9 @@ from hal9999.providers.host import fs as hostfs
 from hal9999.providers.host import user as sandboxuser
 from hal9999.providers.host.sandbox import HostProvider, HostSandbox, SandboxRecord
 from hal9999.spec import ArgvCommand, to_argv
+
+if TYPE_CHECKING:
+    from hal9999.providers.doctor import Check, DoctorScope
 
 logger = logging.getLogger(__name__)
 
@@ -293,6 +296,13 @@ class BwrapProvider(HostProvider):
         host_launch=True,
     )
     config_model = BwrapConfig
+
+    @staticmethod
+    async def doctor(scope: "DoctorScope") -> "list[Check]":
+        """bubblewrap, the sandbox boundary here (user, seccomp, networks), cgroups."""
+        from hal9999.providers.bwrap.doctor import checks
+
+        return await checks(scope)
 
     def __init__(self, *, state_dir: Path, config: BwrapConfig | None = None) -> None:
         self.config = config or BwrapConfig()

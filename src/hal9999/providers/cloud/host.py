@@ -24,7 +24,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 
 from pydantic import ConfigDict, Field
 
@@ -45,6 +45,9 @@ from hal9999.providers.ssh.provider import SshProvider
 from hal9999.providers.ssh.records import SshRecord
 from hal9999.providers.ssh.sandbox import SshSandbox
 from hal9999.spec import SandboxSpec
+
+if TYPE_CHECKING:
+    from hal9999.providers.doctor import Check, DoctorScope
 
 logger = logging.getLogger(__name__)
 # A record this young may not show in the vendor's listing yet: reconcile leaves it be.
@@ -108,6 +111,12 @@ class CloudHostProvider(SshProvider, Generic[ApiT, ConfigT]):
     """The variables the API token is read from, the first set one wins."""
     token_missing: tuple[str, str]
     """The error and hint when none of ``token_vars`` is set."""
+
+    @staticmethod
+    async def doctor(scope: DoctorScope) -> list[Check]:
+        """No lines: the ssh hook it would inherit reads ``[providers.ssh]``, not this
+        provider's table."""
+        return []
 
     def __init__(self, *, state_dir: Path, cloud: ConfigT) -> None:
         self.cloud = cloud

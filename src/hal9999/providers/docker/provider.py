@@ -35,7 +35,7 @@ import secrets
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -52,6 +52,9 @@ from hal9999.providers.docker.engine import docker_sdk, engine_call, engine_clie
 from hal9999.providers.docker.sandbox import WORKDIR, DockerSandbox
 from hal9999.providers.host import user as sandboxuser
 from hal9999.spec import SandboxSpec
+
+if TYPE_CHECKING:
+    from hal9999.providers.doctor import Check, DoctorScope
 
 DEFAULT_URL = "unix:///var/run/docker.sock"
 LABEL = "hal9999.sandbox"
@@ -118,6 +121,13 @@ class DockerProvider:
         snapshot=True,
     )
     config_model = DockerConfig
+
+    @staticmethod
+    async def doctor(scope: DoctorScope) -> list[Check]:
+        """The SDK, the engine, the image, the sandboxes."""
+        from hal9999.providers.docker.doctor import checks
+
+        return await checks(scope)
 
     def __init__(self, *, state_dir: Path, config: DockerConfig | None = None) -> None:
         self.state_dir = state_dir

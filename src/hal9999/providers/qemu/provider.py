@@ -20,7 +20,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -50,6 +50,10 @@ from hal9999.providers.qemu.state import (
 )
 from hal9999.providers.qemu.vm import RunDir, Shape, Share
 from hal9999.spec import ArgvCommand, SandboxSpec
+
+if TYPE_CHECKING:
+    from hal9999.config import HalConfig
+    from hal9999.providers.doctor import Check, DoctorScope
 
 logger = logging.getLogger(__name__)
 VM_RECORD = "vm.json"
@@ -88,6 +92,17 @@ class QemuConfig(BaseModel):
     """A VM not ready by then is killed and reported with its console's last lines."""
 
 
+def image_store(config: HalConfig) -> ImageStore:
+    """The images of this hal home: ``[providers.qemu] images_dir``, ``HAL_QEMU_IMAGES``,
+    else ``HAL_HOME/images`` (the same place the provider looks)."""
+    from hal9999.providers.registry import checked_settings
+
+    settings = checked_settings(
+        "qemu", QemuConfig, config.providers.get("qemu") or {}, config._origin
+    )
+    return ImageStore(settings.images_dir or images_root(config.home))
+
+
 class VmRecord(BaseModel):
     """What ``vm.json`` holds about the sandbox's current VM."""
 
@@ -123,6 +138,13 @@ class QemuProvider(HostProvider):
         snapshot=True,
     )
     config_model = QemuConfig
+
+    @staticmethod
+    async def doctor(scope: DoctorScope) -> list[Check]:
+        """QEMU and the image tools, the images (and what a rebuild gives them), KVM."""
+        from hal9999.providers.qemu.doctor import checks
+
+        return await checks(scope)
 
     def __init__(self, *, state_dir: Path, config: QemuConfig | None = None) -> None:
         self.config = config or QemuConfig()
