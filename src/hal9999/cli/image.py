@@ -16,7 +16,6 @@ from hal9999.cli.options import json_option
 from hal9999.config import HalConfig, load_config
 from hal9999.errors import ConfigError
 from hal9999.providers.qemu.image.store import Image
-from hal9999.providers.qemu.provider import image_store
 
 
 def image_json(image: Image) -> dict[str, Any]:
@@ -68,6 +67,7 @@ def image_build(
     Cached stages (rootfs, kernel, exec helper) are reused when re-run; progress goes to
     stderr."""
     from hal9999.providers.qemu.image.build import build_image
+    from hal9999.providers.qemu.provider import image_store
 
     store = image_store(load_config())
     wanted = [p.strip() for group in packages for p in group.split(",") if p.strip()]
@@ -98,6 +98,8 @@ def image_build(
 @json_option("Print JSON.")
 def image_list(as_json: bool) -> None:
     """Every image: golden ones and snapshots (with their parent)."""
+    from hal9999.providers.qemu.provider import image_store
+
     store = image_store(load_config())
     images = store.all() if store.root.is_dir() else []
     if as_json:
@@ -120,6 +122,8 @@ def image_list(as_json: bool) -> None:
 @click.argument("names", nargs=-1, required=True)
 def image_rm(names: tuple[str, ...]) -> None:
     """Remove images (refused for one a snapshot or a sandbox still stands on)."""
+    from hal9999.providers.qemu.provider import image_store
+
     config = load_config()
     store = image_store(config)
     in_use = run_async(_images_in_use(config))
@@ -172,6 +176,7 @@ def image_container(
     from hal9999.providers.docker.engine import engine_client
     from hal9999.providers.docker.image import build_container_image
     from hal9999.providers.docker.provider import DockerConfig
+    from hal9999.providers.qemu.provider import image_store
     from hal9999.providers.registry import checked_settings
 
     config = load_config()
