@@ -4,7 +4,7 @@ On a shared machine the wall time of a task mostly measures the wait for a CPU. 
 do not move with the load: the CPU time the task's processes used (user + system), and how
 many processes it started (forks, execs, sandbox starts). The rows of ``python -m
 benchmarks`` report both beside the wall time, so a quiet run's wall figures can be read
-against them (issue 16).
+against them.
 
 - CPU: this process is made a *child subreaper*, so a descendant that daemonizes (tmux's
   server, a detached runner) is re-parented to it instead of to init; once it exits and is

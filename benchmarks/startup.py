@@ -1,4 +1,4 @@
-"""CLI start-up against a bare ``python -c pass`` of the same interpreter (issue 16, target 4).
+"""CLI start-up against a bare ``python -c pass`` of the same interpreter.
 
 ``python -m benchmarks --startup``: ``hal --version``, ``hal --help`` and ``hal task list``
 with 100 tasks in the store, each run ``runs`` times interleaved with the bare interpreter

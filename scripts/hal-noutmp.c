@@ -5,7 +5,7 @@
  * pane it opens and utempter_remove_record() when the pane closes; each call forks and
  * execs libutempter's setgid helper, which writes the login to utmp and wtmp. An agent's
  * pane is not a login: with many agents running, `who` and `last` would list each one, and
- * the two helper processes were ~1.5 ms of CPU and ~0.8 ms of each task's start (issue 16).
+ * the two helper processes would cost CPU and delay each task's start.
  * tmux has no option to turn this off; these definitions come first in the server's symbol
  * lookup and do nothing. tmux ignores what they return; 1 is libutempter's "done".
  *

@@ -13,8 +13,8 @@ bash scripts/install-agents.sh
 .venv/bin/ruff check src tests
 .venv/bin/mypy
 # Two workers (~30 minutes; one process takes 42-48): the Ray tests (one shared cluster) on
-# one of them (`tests/xdist_groups.py`). Stop 47 found the last two-worker failures to be the
-# tests' races (docs/benchmarks.md, "Issue 16, stop 47: the suite on two workers").
+# one of them (`tests/xdist_groups.py`). A failure seen only on two workers is a race in the
+# tests (docs/benchmarks.md, "The suite on two workers").
 .venv/bin/python -m pytest --durations=40 -n 2 --dist loadgroup "$@"
 # The boundary again as an ordinary user (a root hal and a user's hal sandbox differently);
 # only on a full run, since arguments above pick a subset.

@@ -1,5 +1,5 @@
-"""Counting the inodes hal creates under a directory (issue 16: on some hosts each new inode
-costs 0.3-0.6 ms, a link or rename ~0.015 ms), so a test can pin a path's count; and the
+"""Counting the inodes hal creates under a directory (on some hosts each new inode
+is far dearer than a link or rename), so a test can pin a path's count; and the
 files it opens there (:func:`opened`).
 
 One process-wide audit hook (``sys.addaudithook`` cannot be removed), live only inside
@@ -108,3 +108,11 @@ def _watching(watched: list[tuple[str, list[str]]], root: Path) -> Iterator[list
     finally:
         with _lock:
             watched.remove(entry)
+
+
+def steady(paths: list[str]) -> list[str]:
+    """``paths`` sorted, each random part of an atomic write's temp name (``fs.temp_beside``:
+    ``.<name>.<12 hex digits>.hal-tmp``) written ``<tmp>``, so a test can name them."""
+    import re
+
+    return sorted(re.sub(r"\.[0-9a-f]{12}\.hal-tmp$", ".<tmp>", path) for path in paths)

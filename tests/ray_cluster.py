@@ -31,7 +31,7 @@ COMMON = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--disable-usage-
 """``ray start`` options of every node: loopback, small, no usage stats, no log monitor (it
 pushes the node's worker logs to drivers, and hal's driver asks for none: ``log_to_driver=
 False``; it polled the logs every 0.1 s, ~1.4 % of a core a node for the run's length, and
-a killed node's went on: issue 16 stop 46)."""
+a killed node's went on)."""
 ATTEMPTS = 3
 """Tries to start a node."""
 
@@ -274,7 +274,7 @@ def stop_when_idle(item: pytest.Item) -> None:
     """After the Ray test ``item``: stop the cluster when no Ray test follows in this run,
     rather than keep it to the run's end. In the suite's order the last Ray test
     (tests/providers/test_ray*.py) has ~1,100 tests after it, and a cluster idles at ~2.5 %
-    of a core (its raylets and GCS; measured, issue 16 stop 46). Between the earlier Ray
+    of a core (its raylets and GCS; measured). Between the earlier Ray
     tests it stays: a start costs ~25 s of CPU, as much as ~20 minutes of idling. Not under
     xdist, whose workers get their tests as they go."""
     if hasattr(item.config, "workerinput"):

@@ -405,7 +405,7 @@ def test_a_home_relative_to_the_current_directory_is_refused(
 
 def test_the_gateway_default_is_a_validated_default_config(tmp_path: Path) -> None:
     # HalConfig's default `gateway` is built without validation (its validator is not built
-    # at import, issue 16): it must be what validating no `[gateway]` gives, field for field,
+    # at import): it must be what validating no `[gateway]` gives, field for field,
     # and no config may share its lists with another.
     validated = GatewayConfig()
     first, second = HalConfig(home=tmp_path), HalConfig(home=tmp_path)

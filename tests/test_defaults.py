@@ -1,4 +1,4 @@
-"""Models' defaults made without building the model's validator (issue 16): equal to what
+"""Models' defaults made without building the model's validator: equal to what
 validating nothing gives, and validated as usual where a model needs it."""
 
 from __future__ import annotations

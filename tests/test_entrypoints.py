@@ -1,5 +1,5 @@
-"""hal reads the installed packages' entry points itself (importing importlib.metadata was
-~6 ms of an in-process ``hal run``, issue 16): the same entry points, in the same order and
+"""hal reads the installed packages' entry points itself (importing importlib.metadata is
+dear for an in-process ``hal run``): the same entry points, in the same order and
 with the same precedence, as :func:`importlib.metadata.entry_points`, or that function's own
 scan where sys.path holds what only it reads."""
 

@@ -1,5 +1,5 @@
 """``hal9999.envvars.is_env_name`` accepts what ``[A-Za-z_][A-Za-z0-9_]*`` matched (it checks
-without ``re`` now: the thin ``hal run`` imports none, issue 16); ``env_argv`` runs a command
+without ``re`` now: the thin ``hal run`` imports none); ``env_argv`` runs a command
 with exactly its environment whatever its path holds."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The sessions directory is flagged for the filesystem to spread the directories made in
-it (ext2/3/4's ``chattr +T``; issue 16: a session's inodes cost a busy daemon 15-18 % of
-its CPU in one block group, 6-7 % spread), once a process, and only where the flag exists."""
+it (ext2/3/4's ``chattr +T``: a session's inodes in one block group cost a busy daemon far
+more CPU than spread), once a process, and only where the flag exists."""
 
 from __future__ import annotations
 

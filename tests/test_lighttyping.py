@@ -1,5 +1,5 @@
 """``hal9999.lighttyping`` makes what ``typing`` makes, for the modules of the thin ``hal run``
-that use it instead of ``typing`` (issue 16)."""
+that use it instead of ``typing``."""
 
 from __future__ import annotations
 

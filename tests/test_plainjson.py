@@ -1,5 +1,5 @@
 """``hal9999.plainjson`` gives what ``json.dumps`` and ``json.loads`` give, errors included
-(the thin ``hal run`` imports no ``json``, issue 16)."""
+(the thin ``hal run`` imports no ``json``)."""
 
 from __future__ import annotations
 

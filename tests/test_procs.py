@@ -1,5 +1,5 @@
 """``procs.run_captured``: a host command run to its end on the event loop, its output
-captured, without asyncio's subprocess transports (issue 16), and its whole group killed and
+captured, without asyncio's subprocess transports, and its whole group killed and
 reaped when the caller is cancelled."""
 
 from __future__ import annotations
@@ -136,8 +136,8 @@ def _children_left() -> list[int]:
 
 
 async def test_it_takes_no_asyncio_subprocess_transport(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Issue 16: asyncio's transports, protocols and child watcher were ~1.1 ms of the
-    # daemon's CPU a process; the pidfd's way ~0.5 ms.
+    # Asyncio's transports, protocols and child watcher cost the
+    # daemon twice the CPU a process that the pidfd's way does.
     calls: list[Any] = []
     original = asyncio.base_events.BaseEventLoop.subprocess_exec
 
@@ -151,7 +151,7 @@ async def test_it_takes_no_asyncio_subprocess_transport(monkeypatch: pytest.Monk
 
 
 async def test_its_pipes_are_unbuffered(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Issue 16, stop 40: a buffered pipe object costs an ioctl and an lseek each (three a
+    # A buffered pipe object costs an ioctl and an lseek each (three a
     # command) for descriptors only their numbers are used of.
     import io
     import subprocess
@@ -171,7 +171,7 @@ async def test_its_pipes_are_unbuffered(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 async def test_a_discarded_stdout_is_not_waited_for(way: str) -> None:
-    # The keeper's launcher (issue 16, stop 50) leaves a process behind holding its stdout:
+    # The keeper's launcher leaves a process behind holding its stdout:
     # on a pipe, the run would last as long as that process.
     script = "sleep 30 2>/dev/null & echo $! >&2; echo out"
     code, out, err = await asyncio.wait_for(

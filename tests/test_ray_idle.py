@@ -1,5 +1,5 @@
 """A one-process run stops its Ray cluster after its last Ray test (tests/ray_cluster.py
-``stop_when_idle``, issue 16 stop 46), not at the run's end, and only there. Counted, not
+``stop_when_idle``), not at the run's end, and only there. Counted, not
 timed: which tests' ends stop it."""
 
 from __future__ import annotations

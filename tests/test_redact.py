@@ -260,7 +260,7 @@ def test_masker_from_env_takes_only_named_set_variables() -> None:
     assert masker.mask(f"{SECRET} other-secret-value") == f"{REDACTED} other-secret-value"
 
 
-# -- encodings at any offset (issue 9.10) --------------------------------------------------
+# -- encodings at any offset --------------------------------------------------
 ENCODED_SECRET = "hunter2-Pa55word"
 
 
@@ -409,7 +409,7 @@ def _xxd_plain(raw: bytes, per_line: int = 8) -> str:  # xxd -p -c8
     ids=["od -An -tx1", "xxd -p", "base64 -w10 of echo", "repr(bytes)", "split at a line break"],
 )
 def test_the_dumps_docs_say_are_caught_are_masked(printed: str) -> None:
-    # docs/security.md, item 10 lists what is caught and what is not (stop 52's sweep).
+    # docs/security.md, item 10 lists what is caught and what is not (the secret sweep).
     masked = SecretMasker([DUMPED]).mask(printed)
     assert REDACTED in masked
     for piece in (DUMPED[:8], DUMPED[-8:], DUMPED.encode()[:8].hex(), DUMPED.encode()[-8:].hex()):

@@ -1,6 +1,6 @@
 """The thin ``hal run``'s paths as strings (``hal9999.workdir``, ``hal9999.home``'s name
 check, ``hal9999.server.runtime.find_running``) are pathlib's and ``re``'s own results
-(issue 16: the thin client imports neither)."""
+(the thin client imports neither)."""
 
 from __future__ import annotations
 

@@ -9,10 +9,11 @@ checks what it opened with ``fstat`` (a regular file with one link, of bounded s
 then reads, copies or writes *by fd*. Nothing is resolved by path twice, so nothing can be
 swapped in between.
 
-Writes into an agent place create a fresh file (``O_EXCL``) under a random name and rename it
-over the target, so an existing link or hard link at the target is replaced, never written
-through. Removal uses ``unlinkat`` through directory fds, which never leave the tree, with a
-bounded number of them open at any depth.
+Writes into an agent place are :mod:`hal9999.fs`'s atomic writes through the directory fd: a
+fresh file (``O_EXCL``) under a random name renamed over the target, so an existing link or
+hard link at the target is replaced, never written through. Removal uses ``unlinkat``
+through directory fds, which never leave the tree, with a bounded number of them open at
+any depth.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Literal
 
+from hal9999 import fs
 from hal9999.errors import UnsafePath
 
 Kind = Literal["file", "dir", "symlink", "other"]
@@ -37,7 +39,6 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO the agent planted must not hang the host; O_NOCTTY: a tty
 # must never become ours.
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _parts(relative: str) -> list[str]:
@@ -70,15 +71,6 @@ def _kind(mode: int) -> Kind:
     if stat.S_ISLNK(mode):
         return "symlink"
     return "other"
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or create inside ``path`` (a host directory) durable."""
-    fd = os.open(path, _DIR_FLAGS)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class AgentDir:
@@ -226,22 +218,9 @@ class AgentDir:
         a planted link or hard link is replaced, never written through)."""
         shown = self.name(relative)
         with self._parent(relative, create=parents) as (dfd, name):
-            tmp = f".{name[:40]}.{secrets.token_hex(6)}.hal-tmp"
             try:
-                fd = os.open(tmp, _CREATE_FLAGS, mode & 0o777, dir_fd=dfd)
+                fs.write_bytes(name, data, mode=mode, dir_fd=dfd)
             except OSError as exc:
-                raise _error("write", shown, exc) from exc
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fchmod(handle.fileno(), mode)  # the umask must not decide
-                    os.fsync(handle.fileno())
-                os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
-                os.fsync(dfd)
-            except OSError as exc:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp, dir_fd=dfd)
                 raise _error("write", shown, exc) from exc
 
     def mkdir(self, relative: str, *, mode: int = 0o700) -> None:
@@ -252,7 +231,7 @@ class AgentDir:
         """Rename ``relative`` to ``target`` (both below this directory), never following."""
         with self._parent(relative) as (sfd, sname), self._parent(target) as (tfd, tname):
             try:
-                os.rename(sname, tname, src_dir_fd=sfd, dst_dir_fd=tfd)
+                fs.replace(sname, tname, src_dir_fd=sfd, dst_dir_fd=tfd)
             except OSError as exc:
                 raise _error("rename", self.name(relative), exc) from exc
 
@@ -347,7 +326,7 @@ def _empty(fd: int, top: int, depth: int) -> bool:
         elif depth >= REMOVE_DEPTH:
             _open_up(fd, child)  # a directory moved to another parent must be writable
             up = f".hal-deep-{secrets.token_hex(8)}"
-            os.rename(child, up, src_dir_fd=fd, dst_dir_fd=top)
+            fs.replace(child, up, src_dir_fd=fd, dst_dir_fd=top)
             moved = True
         else:
             sub = _enter(fd, child)
@@ -382,35 +361,8 @@ def _open_up(dfd: int, name: str) -> None:
 def write_host_file(dest: Path, chunks: Iterator[bytes], *, mode: int = 0o600) -> int:
     """Write ``chunks`` to ``dest`` (in a directory only the host writes) through a fresh
     temp file, fsync it, rename it over ``dest`` and fsync the directory. Returns the size."""
-    parent = AgentDir.open(dest.parent)
-    with parent:
-        tmp = f".{dest.name[:40]}.{secrets.token_hex(6)}.hal-tmp"
-        fd = os.open(tmp, _CREATE_FLAGS, mode & 0o777, dir_fd=parent.fd)
-        total = 0
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                for chunk in chunks:
-                    handle.write(chunk)
-                    total += len(chunk)
-                handle.flush()
-                os.fchmod(handle.fileno(), mode)
-                os.fsync(handle.fileno())
-            os.replace(tmp, dest.name, src_dir_fd=parent.fd, dst_dir_fd=parent.fd)
-            os.fsync(parent.fd)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=parent.fd)
-            raise
-    return total
-
-
-def fsync_file(path: Path) -> None:
-    """Flush a host file the host wrote (``result.patch``, a bundle) to disk."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with AgentDir.open(dest.parent) as parent:
+        return fs.write_chunks(dest.name, chunks, mode=mode, dir_fd=parent.fd)
 
 
 def _error(action: str, shown: str, exc: OSError) -> UnsafePath:

@@ -15,7 +15,7 @@ check the command line (:func:`check_value`), so one rule holds for CLI, files a
 """
 
 # No `from __future__ import annotations` here: pydantic would then evaluate each field's
-# annotation from its text, a compile each, on every run's path (issue 16).
+# annotation from its text, a compile each, on every run's path.
 import os
 import posixpath
 from collections.abc import Mapping, Sequence
@@ -262,7 +262,7 @@ class HalConfig(_Config):
     gateway: GatewayConfig = GatewayConfig.model_construct()
     """The LLM gateway and egress policy (``[gateway]``). The default is built from the fields'
     defaults without validating them, which would build ``GatewayConfig``'s own validator and
-    serializer at import for a run that reads no ``[gateway]`` (issue 16); it equals
+    serializer at import for a run that reads no ``[gateway]``; it equals
     ``GatewayConfig()`` (``tests/test_config.py``)."""
     hive: dict[str, Any] = Field(default_factory=dict)
     """Hive settings (``[hive]``), validated by :mod:`hal9999.hive.settings`."""
@@ -301,7 +301,7 @@ class HalConfig(_Config):
     def agent_settings(self, name: str) -> AgentSettings:
         """Settings for an agent; defaults when the config has no table for it."""
         table = self.agents.get(name)
-        # `AgentConfig().to_settings()` without building AgentConfig's validator (issue 16).
+        # `AgentConfig().to_settings()` without building AgentConfig's validator.
         return table.to_settings() if table is not None else AgentSettings()
 
 
@@ -400,7 +400,7 @@ def _without(table: Mapping[str, Any], paths: list[tuple[str, ...]]) -> dict[str
 def _invalid(
     errors: Sequence["ErrorDetails"], origin: Mapping[tuple[str, ...], str]
 ) -> ConfigError:
-    # Only for a config that does not validate: off the path of a run (issue 16).
+    # Only for a config that does not validate: off the path of a run.
     from hal9999.config_origin import invalid_config
 
     return invalid_config(errors, origin)

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hal9999 import fs
 from hal9999.config import CredentialFile, HalConfig
 from hal9999.envvars import forwarded_env as forwarded_env  # re-exported (light module)
 from hal9999.envvars import parse_env_option as parse_env_option
@@ -35,7 +36,7 @@ from hal9999.redact import (
     secret_like_name,
 )
 
-if TYPE_CHECKING:  # not at run time: the CLI's log masker has no sandbox (issue 16)
+if TYPE_CHECKING:  # not at run time: the CLI's log masker has no sandbox
     from hal9999.providers.base import Sandbox
 
 logger = logging.getLogger(__name__)
@@ -147,8 +148,8 @@ def file_secrets(source: Path) -> list[str]:
 @functools.cache
 def _line_patterns() -> tuple[re.Pattern[str], re.Pattern[str]]:
     """A ``KEY=VALUE`` (or ``key: value``) line and a netrc secret, compiled when a
-    credential file is first read: ~1.3M instructions at import, on the path of every run
-    that installs none (issue 16)."""
+    credential file is first read: not at import, on the path of every run
+    that installs none."""
     return (
         re.compile(r"""^\s*(?:export\s+)?["']?([\w.\-]+)["']?\s*[:=]\s*(.*?)\s*$"""),
         re.compile(r"\b(?:password|passwd|account)\s+(\S+)"),
@@ -202,8 +203,8 @@ class EnvKinds:
     A literal ``--env NAME=value`` is configuration and never masked; ``--secret NAME`` is
     always masked; any other forwarded name is masked when it looks like a secret.
 
-    A plain class, not a dataclass: the methods a dataclass generates cost ~0.5 ms a class
-    to make, at the import of every in-process ``hal run`` (issue 16)."""
+    A plain class, not a dataclass: the methods a dataclass generates are compiled
+    per class, at the import of every in-process ``hal run``."""
 
     __slots__ = ("literal", "secret")
     __hash__ = None  # type: ignore[assignment]  # mutable: unhashable, as a dataclass is
@@ -222,10 +223,8 @@ class EnvKinds:
 
     def save(self, path: Path) -> None:
         """Record the names (private, atomically)."""
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps({"literal": self.literal, "secret": self.secret}))
-        tmp.chmod(0o600)
-        tmp.replace(path)
+        data = {"literal": self.literal, "secret": self.secret}
+        fs.write_json(path, data, mode=0o600, durable=False)
 
     @classmethod
     def load(cls, path: Path) -> EnvKinds:

@@ -1,7 +1,7 @@
 """The entry points of hal's plugin groups (providers, process managers, agents), found in one
 scan.
 
-A scan reads every installed package's metadata (~10 M instructions here, issue 16). A
+A scan reads every installed package's metadata. A
 daemon loads a provider and a process manager at every run of every task, an in-process
 ``hal run`` one of each: one scan serves every group and what it found is kept; a name not
 among it scans again (a plugin installed since).
@@ -9,7 +9,7 @@ among it scans again (a plugin installed since).
 The scan reads the ``entry_points.txt`` of each distribution itself, in the order and with
 the precedence of :func:`importlib.metadata.entry_points` (the first distribution of a name
 on ``sys.path`` counts, the last entry point of a name in a group wins), because importing
-:mod:`importlib.metadata` (email, zipfile, csv, ...) was ~6 ms of an in-process ``hal run``
+:mod:`importlib.metadata` (email, zipfile, csv, ...) is dear for an in-process ``hal run``
 that reads three lines of one file. Where ``sys.path`` holds something that module reads
 differently (a zip or an egg, a directory it cannot list, a finder of distributions other
 than the path's, a name its metadata must give), it does the scan.

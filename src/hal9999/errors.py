@@ -59,7 +59,7 @@ Library exceptions are mapped to these at the boundary with ``raise ... from exc
 
 from __future__ import annotations
 
-TYPE_CHECKING = False  # typing: ~12M instructions of the thin `hal run` (issue 16)
+TYPE_CHECKING = False  # typing is dear for the thin `hal run`
 if TYPE_CHECKING:
     from typing import Any, ClassVar
 

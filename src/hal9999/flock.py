@@ -29,9 +29,8 @@ async def held(path: Path, *, poll: float) -> AsyncIterator[None]:
 
     Holders in this process (one event loop) queue on an :class:`asyncio.Lock` first and
     each is handed the lock the moment the one before lets go; only another process's hold
-    is polled for. Polled by each of them, a daemon's tasks on one repository waited 35 ms
-    (median; 230 ms at the 90th percentile) for its snapshot lock at 16 at once, its
-    holds ~15 ms apart (issue 16)."""
+    is polled for. Polled by each of them, a daemon's many tasks on one repository would wait far
+    longer for its snapshot lock than the holds apart."""
     async with _queue(path):
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:

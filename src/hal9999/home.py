@@ -44,8 +44,8 @@ def _checked(kind: str, name: str) -> str:
 
 class HalPaths(NamedTuple):
     """Where hal keeps its database, sessions and per-provider state. (A ``NamedTuple``, not
-    a dataclass: every client imports this module, and ``dataclasses`` with ``inspect`` was
-    ~3 ms of the thin ``hal run``'s start, issue 16.)"""
+    a dataclass: every client imports this module, and ``dataclasses`` with ``inspect`` is
+    dear for the thin ``hal run``'s start.)"""
 
     home: Path
     """The data directory itself."""
@@ -107,8 +107,8 @@ class HalPaths(NamedTuple):
         """Create a task's session directory (mode 700) and return it.
 
         One ``mkdir`` while the home is in place; only when it fails are the home and its
-        directories checked (and made) as :meth:`ensure` does, with its errors (issue 16:
-        checking them at every submission was 8 system calls a task)."""
+        directories checked (and made) as :meth:`ensure` does, with its errors (checking
+        them at every submission would cost system calls on every task)."""
         path = self.session(task_id)
         try:
             os.mkdir(path, 0o700)
@@ -160,7 +160,7 @@ def spread_subdirs(path: Path) -> bool:
     """Flag ``path`` as the top of directory hierarchies (ext2/3/4's ``chattr +T``): the
     filesystem then places each directory made in it in a block group of its own choosing
     (its Orlov allocator, as for the root's), and the inodes made below it there, instead
-    of all in the group of ``path`` itself. Issue 16: every session's ~30 inodes (its
+    of all in the group of ``path`` itself. Without it every session's inodes (its
     directories, ``.git``, events) went to one group, and on ext4 without a journal each new
     inode is found by skipping the inodes its group freed in the last minutes, one buffer
     lookup each: 15-18 % of a busy daemon's CPU here, 6-7 % with the flag. Whether it was

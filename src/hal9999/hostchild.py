@@ -1,9 +1,9 @@
 """A host program started without :mod:`subprocess`, its output on a pipe.
 
 Light at import (``os`` and the C ``_signal``): the thin ``hal run`` starts its host ``git
-status`` this way, and the full in-process run its tmux server, while it imports the rest
-(issue 16). :mod:`subprocess` with its ``signal``, ``threading``, ``selectors`` and
-``locale`` was ~19M of the thin run's ~99M instructions.
+status`` this way, and the full in-process run its tmux server, while it imports the rest.
+:mod:`subprocess` with its ``signal``, ``threading``, ``selectors`` and
+``locale`` would be a large share of the thin run's start.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import signal as _signal
     from collections.abc import Mapping, Sequence
 else:
-    import _signal  # the C module: signal.py builds three enums at import (issue 16)
+    import _signal  # the C module: signal.py builds three enums at import
 
 
 class HostChild:

@@ -3,8 +3,8 @@
 patterns with) where the input is the ordinary kind.
 
 The thin ``hal run`` client (:mod:`hal9999.server.client`) exchanges a few JSON documents
-with the daemon; ``json`` and ``re`` (with ``enum``) were ~15M of its instructions (issue
-16, target 1). The results are ``json``'s own: the same encoder and scanner objects
+with the daemon; ``json`` and ``re`` (with ``enum``) would be a large share of its
+start. The results are ``json``'s own: the same encoder and scanner objects
 ``json.dumps``/``json.loads`` build, with the same settings; anything off the plain path (an
 object ``json`` cannot encode, a document that is not an object or array of UTF-8, one that
 does not parse) is handed to :mod:`json` itself, which returns the same value or raises its

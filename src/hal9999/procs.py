@@ -1,24 +1,124 @@
-"""Host processes: kill a subprocess's whole process group and wait until it is gone.
+"""Host processes: whether one lives (by pid and start time: a pid alone may name a later
+process that reused it), killing one until it is gone, and killing a subprocess's whole
+process group.
 
 Used wherever hal starts a helper that may block on the network or a disk (git, image build
 steps): when the caller is cancelled (a timeout, Ctrl-C, SIGTERM), the helper and everything
 it started must end too, and hal must not return before they have. :func:`run_captured`
 runs one to its end that way on the event loop without asyncio's subprocess transports
-(host git, issue 16).
+(host git).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import os
-import signal
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import Any, BinaryIO
+
+# Light to import (the thin `hal task list` asks whether runners live): asyncio is imported
+# by what uses it, and the C module under `signal` (same names) is used, not `signal`, which
+# builds its enums at import.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import asyncio
+    import signal
+    from collections.abc import Callable, Mapping, Sequence
+    from pathlib import Path
+    from typing import Any, BinaryIO
+else:
+    import _signal as signal
 
 _GONE_WAIT_S = 5.0
+POLL_S = 0.02
+"""How often a wait for another process's end looks again (no event tells it)."""
+
+
+def started(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, ``/proc/<pid>/stat`` field 22),
+    or None when there is no such live process (gone, or a zombie): with the pid, it names
+    one process, where a pid alone may name a later one that reused it."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            fields = file.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    # fields[0] is field 3 (the state); a zombie has ended, whether reaped yet or not
+    # ("x" is how kernels before 4.14 wrote dead).
+    if fields[0] in (b"Z", b"X", b"x"):
+        return None
+    return int(fields[19])
+
+
+def alive(pid: int | None, since: int | None = None) -> bool:
+    """Whether ``pid`` is a live process (a zombie has ended); with ``since`` (its
+    :func:`started`), whether it is still that process, not a later one that reused the pid."""
+    if pid is None or pid <= 0:
+        return False
+    now = started(pid)
+    return now is not None and (since is None or now == since)
+
+
+async def kill_until_gone(
+    pid: int,
+    *,
+    since: int | None = None,
+    still: Callable[[], bool] | None = None,
+    group: bool = False,
+    term_s: float = 0.0,
+    gone_s: float = _GONE_WAIT_S,
+) -> bool:
+    """End process ``pid`` (its process group, with ``group``): SIGTERM and ``term_s``
+    seconds to exit first when ``term_s`` is given, then SIGKILL, and wait until it is gone,
+    at most ``gone_s``. Whether it is gone.
+
+    Only the process proven to be the one meant is signalled: ``since`` (its
+    :func:`started`) and ``still`` (any other proof, such as its command line) are checked
+    before each signal, through a pidfd where there are pidfds, so a pid reused meanwhile
+    is never signalled; a signal not sent (``still`` does not hold yet) is tried again.
+    With ``since``, it is gone once that process is (``still`` may stop holding before:
+    a process's command line reads empty while it exits); without, once ``still`` fails."""
+    import asyncio
+
+    def meant() -> bool:
+        if not alive(pid, since):
+            raise ProcessLookupError(pid)
+        return still is None or still()
+
+    def running() -> bool:
+        return alive(pid, since) if since is not None else _is_meant(meant)
+
+    loop = asyncio.get_running_loop()
+    for sig, wait in ((signal.SIGTERM, term_s), (signal.SIGKILL, gone_s)):
+        if sig == signal.SIGTERM and not term_s:
+            continue
+        deadline, sent = loop.time() + wait, False
+        # Polling: another process's exit cannot be awaited as an event here.
+        while running() and loop.time() < deadline:
+            sent = sent or _signal(pid, sig, meant, group=group)
+            await asyncio.sleep(POLL_S)
+        if not running():
+            return True
+    return False
+
+
+def _is_meant(meant: Callable[[], bool]) -> bool:
+    try:
+        return meant()
+    except OSError:
+        return False
+
+
+def _signal(pid: int, sig: int, meant: Callable[[], bool], *, group: bool) -> bool:
+    """Send ``sig`` to ``pid`` (or its group) if ``meant()`` holds of it; whether it was."""
+    if group:  # a group has no pidfd: checked, then signalled by its leader's pid
+        if not _is_meant(meant):
+            return False
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    return send_pinned(pid, sig, meant)
 
 
 async def kill_group_until_gone(proc: asyncio.subprocess.Process, term_s: float = 0.0) -> None:
@@ -29,10 +129,14 @@ async def kill_group_until_gone(proc: asyncio.subprocess.Process, term_s: float 
     Shielded from cancellation: it runs while the caller is being cancelled, and a second
     cancellation must not leave the group running.
     """
+    import asyncio
+
     await asyncio.shield(_kill_and_reap(proc, term_s))
 
 
 async def _kill_and_reap(proc: asyncio.subprocess.Process, term_s: float) -> None:
+    import asyncio
+
     if term_s and proc.returncode is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -70,10 +174,11 @@ async def run_captured(
     ``discard_stdout``: its stdout is ``/dev/null`` (for a child that leaves a process behind
     with it, as the keeper's launcher does: a pipe would not end while that process lives).
 
-    ``asyncio.create_subprocess_exec`` and ``communicate`` with less of the daemon's CPU
-    (issue 16: ~0.5-0.7 ms a process of the ~1.1 ms asyncio's transports, protocols and
-    child watcher take here): the same ``Popen`` (vfork), its pipes and its pidfd read by
+    ``asyncio.create_subprocess_exec`` and ``communicate`` with about half the daemon's CPU
+    that asyncio's transports, protocols and
+    child watcher take: the same ``Popen`` (vfork), its pipes and its pidfd read by
     the running loop. Without pidfds (an old kernel), asyncio's way."""
+    import asyncio
     import subprocess
 
     loop = asyncio.get_running_loop()
@@ -188,6 +293,8 @@ class _Watched:
     async def end(self, term_s: float) -> None:
         """Its group killed (SIGTERM and ``term_s`` seconds to exit first, when given) and
         the child reaped."""
+        import asyncio
+
         if term_s and not self.exited.done():
             _kill_group(self.child, signal.SIGTERM)
             with contextlib.suppress(TimeoutError):
@@ -196,6 +303,8 @@ class _Watched:
         await self.reap()
 
     async def reap(self) -> None:
+        import asyncio
+
         try:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self.exited), _GONE_WAIT_S)
@@ -230,7 +339,13 @@ def _kill_group(child: Any, sig: int = signal.SIGKILL) -> None:
 
 
 def kill_pinned(pid: int, still: Callable[[], bool]) -> bool:
-    """SIGKILL ``pid`` if ``still()`` holds of it; whether it was signalled.
+    """SIGKILL ``pid`` if ``still()`` holds of it; whether it was signalled (see
+    :func:`send_pinned`)."""
+    return send_pinned(pid, signal.SIGKILL, still)
+
+
+def send_pinned(pid: int, sig: int, still: Callable[[], bool]) -> bool:
+    """Send ``sig`` to ``pid`` if ``still()`` holds of it; whether it was signalled.
 
     Checked and signalled through a pidfd, so the process checked is the one signalled,
     never another that reused the pid after a scan found it (without pidfds, a kernel
@@ -240,7 +355,7 @@ def kill_pinned(pid: int, still: Callable[[], bool]) -> bool:
     if not _pidfds():
         try:
             if still():
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, sig)
                 return True
         except OSError:
             pass
@@ -252,7 +367,7 @@ def kill_pinned(pid: int, still: Callable[[], bool]) -> bool:
     try:
         if not still():
             return False
-        signal.pidfd_send_signal(fd, signal.SIGKILL)
+        signal.pidfd_send_signal(fd, sig)
         return True
     except OSError:
         return False

@@ -1,11 +1,11 @@
 """The JSON body of the daemon's ``POST /v1/tasks``, checked field by field before use.
 
 Its own module: only the daemon's API reads it, so an in-process ``hal run`` never defines
-these models (~6.8M instructions; issue 16). The field rules are :mod:`hal9999.values`'s.
+these models (dear to build). The field rules are :mod:`hal9999.values`'s.
 """
 
 # No `from __future__ import annotations` here: pydantic would then evaluate each field's
-# annotation from its text, a compile each, on every run's path (issue 16).
+# annotation from its text, a compile each, on every run's path.
 from collections.abc import Mapping
 from typing import Annotated, Any
 

@@ -6,7 +6,7 @@ opaque command string.
 """
 
 # No `from __future__ import annotations` here: pydantic would then evaluate each field's
-# annotation from its text, a compile each, on every run's path (issue 16).
+# annotation from its text, a compile each, on every run's path.
 import shlex
 from pathlib import Path
 from typing import Annotated, Literal
@@ -84,8 +84,8 @@ class ProcessSpec(_Frozen):
     """What to run."""
     restart: RestartPolicy = RestartPolicy.model_construct()
     """Restart policy. The default is built from the fields' defaults without validating
-    them, which would build ``RestartPolicy``'s own validator and serializer at import
-    (issue 16); it equals ``RestartPolicy()`` (``tests/test_spec.py``)."""
+    them, which would build ``RestartPolicy``'s own validator and serializer at import;
+    it equals ``RestartPolicy()`` (``tests/test_spec.py``)."""
     log_path: Path
     """Host file that receives the process's combined stdout and stderr."""
     exit_path: Path

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hal9999 import fs
 from hal9999.errors import ConfigError
 from hal9999.gateway.allowlist import intersect
 
@@ -148,16 +147,7 @@ class TrustStore:
     def _write_atomic(self, entries: Mapping[str, str]) -> None:
         # Atomic and private: a torn write must not trust anything it should not.
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".trusted-")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump(dict(sorted(entries.items())), out, indent=2)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        fs.write_json(self.path, dict(sorted(entries.items())), indent=2, mode=0o600)
 
 
 def narrow_project_table(

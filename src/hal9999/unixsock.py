@@ -141,8 +141,7 @@ def linked(path: Path, directory: Path) -> str:
     if not fits(short):
         raise OSError(f"the socket path {path} is too long, and so is {short}")
     if not (link.is_symlink() and os.readlink(link) == str(path.parent)):
-        spare = directory / f".sock-{tag}-{os.getpid()}"
-        spare.unlink(missing_ok=True)
-        spare.symlink_to(path.parent)
-        spare.replace(link)
+        from hal9999 import fs
+
+        fs.symlink(path.parent, link)
     return str(short)

@@ -5,7 +5,7 @@ are refused by one rule with one wording.
 """
 
 # No `from __future__ import annotations` here: pydantic would then evaluate each field's
-# annotation from its text, a compile each, on every run's path (issue 16).
+# annotation from its text, a compile each, on every run's path.
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -31,8 +31,8 @@ def empty_list() -> list[Any]:
 
     pydantic reads a default factory's signature (does it take the validated data?) when it
     builds the model; ``list``'s is parsed from its text signature with :mod:`tokenize`,
-    ~1.3 ms the first time and 0.1 ms after, a Python function's is read directly (issue
-    16). ``tests/cli/test_run_imports.py`` checks that a run parses no such signature."""
+    dear the first time, a Python function's is read directly.
+    ``tests/cli/test_run_imports.py`` checks that a run parses no such signature."""
     return []
 
 
@@ -298,8 +298,8 @@ _Model = TypeVar("_Model", bound=BaseModel)
 
 def defaults_of(model: type[_Model]) -> _Model:
     """``model()``, every field at its default, without building the model's validator and
-    serializer where validating could not change the outcome: ~1.5-3M instructions a model
-    that a run with no such table or setting pays for nothing (issue 16). A model with a
+    serializer where validating could not change the outcome: work for each model
+    that a run with no such table or setting pays for nothing. A model with a
     required field, a model validator, a default validated as input (``validate_default``)
     or fields not yet resolved is validated as ``model()`` would be."""
     fields = model.__pydantic_fields__ if model.__pydantic_fields_complete__ else None

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from importlib.metadata import EntryPoint
+from pathlib import Path
 
 import pytest
+from tests.plugin_package import install_package
 
-from hal9999.agents import registry
 from hal9999.agents.aider import AiderAgent
 from hal9999.agents.base import Agent, AgentContext, AgentLaunch, AgentSettings, OutputParser
 from hal9999.agents.claude import ClaudeCodeAgent
@@ -106,28 +106,34 @@ class EchoAgent(PresetAgent):
         return PlainTextParser()
 
 
-def test_third_party_plugins_load_like_builtins(monkeypatch: pytest.MonkeyPatch) -> None:
-    plugin = EntryPoint(
-        name="echo", value=f"{__name__}:EchoAgent", group=registry.ENTRY_POINT_GROUP
-    )
-    monkeypatch.setattr(registry, "entry_points", lambda group: [plugin])
-    assert available_agents() == ["echo"]
+def _plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *entries: str) -> None:
+    text = "[hal9999.agents]\n" + "".join(f"{entry}\n" for entry in entries)
+    install_package(tmp_path / "site", monkeypatch, text)
+
+
+def test_third_party_plugins_load_like_builtins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _plugins(tmp_path, monkeypatch, f"echo = {__name__}:EchoAgent")
+    assert available_agents() == sorted(["echo", *PRESETS])
     agent = resolve_agent("echo", AgentSettings(command="/bin/echo"))
     assert isinstance(agent, EchoAgent)
     assert agent.program == "/bin/echo"
     with pytest.raises(UnknownAgent):
-        resolve_agent("claude")
+        resolve_agent("echoo")
 
 
-def test_a_plugin_that_is_not_an_agent_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
-    plugin = EntryPoint(name="bad", value="builtins:str", group=registry.ENTRY_POINT_GROUP)
-    monkeypatch.setattr(registry, "entry_points", lambda group: [plugin])
+def test_a_plugin_that_is_not_an_agent_is_rejected(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _plugins(tmp_path, monkeypatch, "bad = builtins:str")
     with pytest.raises(AgentError, match="is not an Agent"):
         resolve_agent("bad")
 
 
-def test_a_plugin_that_fails_to_import_is_an_agent_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    plugin = EntryPoint(name="gone", value="hal9999.nope:Agent", group=registry.ENTRY_POINT_GROUP)
-    monkeypatch.setattr(registry, "entry_points", lambda group: [plugin])
+def test_a_plugin_that_fails_to_import_is_an_agent_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _plugins(tmp_path, monkeypatch, "gone = hal9999.nope:Agent")
     with pytest.raises(AgentError, match="gone"):
         resolve_agent("gone")

@@ -75,7 +75,7 @@ def _transition(value: str, *, done: bool) -> None:
     from hal9999.tasks.runcore import RunnerCore
 
     # `_move`: every runner's move, in its thread or (a daemon's `preparing` and
-    # `collecting`, stop 48) on the event loop; one that finds the lock taken there raises
+    # `collecting`) on the event loop; one that finds the lock taken there raises
     # before it writes, and its move in a thread dies after it.
     if done:
         after_sync(RunnerCore, "_move", _status_is(value))

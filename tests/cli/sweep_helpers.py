@@ -1,4 +1,4 @@
-"""The secret sweep's tools (stop 52): a fake ``claude`` that leaks every value it holds in
+"""The secret sweep's tools: a fake ``claude`` that leaks every value it holds in
 every way it can, each secret's forms as hal documents it masks them, and the places on the
 host that are searched for them."""
 

@@ -161,7 +161,7 @@ def wait_for_stalled_collection(task: dict[str, object]) -> None:
     its filter runs inside it tens of ms later, more on a busy host), so a kill at the status
     alone can land first: the next collection's filter is then the first, leaves the lock
     itself, after the resume dropped the stale ones, and that collection's commit fails on
-    it (the two-worker CI run of stop 46). The kill must interrupt the collection that
+    it (the two-worker CI run of). The kill must interrupt the collection that
     left the lock."""
     git_dir = Path(str(task["session_dir"]), "workspace", ".git")
     # `touch` makes `once` first, then the lock.

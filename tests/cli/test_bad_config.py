@@ -132,7 +132,7 @@ def test_doctor_checks_the_table_of_a_provider_no_run_uses_today(
     hal: Hal, hal_env: dict[str, str]
 ) -> None:
     # The runs here use bwrap: a typo in [providers.qemu] was found only the day a run or
-    # the daemon's pool first loaded qemu (stop 41).
+    # the daemon's pool first loaded qemu.
     write_config(hal_env, "[providers.qemu]\nboot_timout_s = 9\n")
     found = doctor_checks(hal, hal_env)["config"]
     file = Path(hal_env["XDG_CONFIG_HOME"], "hal9999", "config.toml")

@@ -1,4 +1,4 @@
-"""``--json`` and the API say whether a task's branch was made (stop 51: they said
+"""``--json`` and the API say whether a task's branch was made (they said
 ``branch: hal/<id>`` for a task that made none, a branch no repository held). ``branch``
 stays the name the task uses (a resume needs it); ``branch_made`` says whether it exists."""
 

@@ -1,4 +1,4 @@
-"""A summary names a task's branch only once it was made (stop 50: a task whose ``--ref``
+"""A summary names a task's branch only once it was made (a task whose ``--ref``
 does not exist failed with ``branch hal/<id>`` printed, a branch no repository held)."""
 
 from __future__ import annotations

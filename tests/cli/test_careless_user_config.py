@@ -115,7 +115,7 @@ main()
 def test_ctrl_c_while_hal_starts_is_interrupted_and_130(
     hal_env: dict[str, str], module: str, args: list[str]
 ) -> None:
-    # An interrupt in the first ~50 ms of `hal` (its imports) printed the import's traceback.
+    # An interrupt during `hal`'s imports printed the import's traceback.
     out = subprocess.run(
         [sys.executable, "-c", INTERRUPTED_AT_IMPORT, module, *args],
         env=hal_env, capture_output=True, text=True, timeout=60,

@@ -1,7 +1,7 @@
 """Hostile agents against collection, end to end (`hal run --provider bwrap --agent 'sh evil.sh'`).
 
-Each agent here took over something on the host with the code before the fix (issue 9 items
-2, 3 and 10; issue 10 item 3): it plants links under the name the host moved the bundle from,
+Each agent here took over something on the host with the code before the fix: it
+plants links under the name the host moved the bundle from,
 builds a repository that borrows a private host repository's objects, hides work in a nested
 repository, or commits a secret.
 """
@@ -64,7 +64,7 @@ def run_twice(hal: Hal, agent: str) -> dict[str, object]:
 def test_a_planted_bundle_link_never_writes_a_host_file(
     hal: Hal, demo_repo: Path, tmp_path: Path
 ) -> None:
-    """Issue 9 item 2: the link the agent planted used to be moved into the session, and the
+    """The link the agent planted used to be moved into the session, and the
     next run's bundle was then moved through it into any host directory."""
     target = tmp_path / "host-dir"
     target.mkdir()
@@ -81,7 +81,7 @@ def test_a_planted_bundle_link_never_writes_a_host_file(
 def test_an_agent_built_repository_cannot_import_a_private_host_repository(
     hal: Hal, demo_repo: Path, tmp_path: Path
 ) -> None:
-    """Issue 9 item 3: host git fetched from the agent's repository, whose alternates borrowed
+    """Host git fetched from the agent's repository, whose alternates borrowed
     a private host repository's objects, into hal/<id> of the source repository."""
     private = tmp_path / "private"
     private.mkdir()
@@ -103,7 +103,7 @@ def test_an_agent_built_repository_cannot_import_a_private_host_repository(
 def test_work_hidden_in_a_nested_repository_fails_the_task_loudly(
     hal: Hal, demo_repo: Path
 ) -> None:
-    """Issue 10 item 3: this used to report success with the work nowhere."""
+    """This used to report success with the work nowhere."""
     agent = "sh -c 'mkdir sub && cd sub && git init -q && echo x > f && git add f && "
     agent += "git -c user.name=a -c user.email=a@a commit -qm nested'"
     out = hal("run", "--provider", "bwrap", "--agent", agent, "go", "--json")
@@ -121,7 +121,7 @@ def test_work_hidden_in_a_nested_repository_fails_the_task_loudly(
 def test_a_committed_secret_keeps_the_branch_out(
     hal: Hal, demo_repo: Path, hal_env: dict[str, str], source: str
 ) -> None:
-    """Issue 9 item 10: the value of a forwarded secret in the result stops the branch."""
+    """The value of a forwarded secret in the result stops the branch."""
     value = "tok-4f9c1e7a2b8d"
     agent = "sh -c 'mkdir -p conf && printf \"%s\\n\" \"$API_TOKEN\" > conf/token'"
     repo = ["--repo", f"file://{demo_repo}"] if source == "url" else []
@@ -143,7 +143,7 @@ def test_a_committed_secret_keeps_the_branch_out(
 def test_submodules_come_from_inside_the_sandbox_and_dropped_work_fails_loudly(
     hal: Hal, demo_repo: Path, tmp_path: Path
 ) -> None:
-    """Issue 10 item 3: a submodule naming a host repository by path is never copied by host
+    """A submodule naming a host repository by path is never copied by host
     git; files the agent writes into the empty submodule fail the task instead of vanishing."""
     private = tmp_path / "private-lib"
     private.mkdir()
@@ -170,7 +170,7 @@ def test_submodules_come_from_inside_the_sandbox_and_dropped_work_fails_loudly(
 def test_resume_never_moves_a_branch_the_user_changed(
     hal: Hal, demo_repo: Path, tmp_path: Path
 ) -> None:
-    """Issue 10 item 2: the fetch back used to be forced over the user's commit."""
+    """The fetch back used to be forced over the user's commit."""
     commit_agent(demo_repo, "evil.sh", 'echo "# run" >> calc.py\n')
     first = hal("run", "--provider", "bwrap", "--agent", "sh evil.sh", "go", "--json")
     assert first.returncode == 0, first.stderr
@@ -193,7 +193,7 @@ def test_resume_never_moves_a_branch_the_user_changed(
 
 
 def test_a_source_branch_named_hal_still_gets_the_result(hal: Hal, demo_repo: Path) -> None:
-    """Issue 10 item 13: this run used to be reported "failed (exit 0)" with advice to run
+    """This run used to be reported "failed (exit 0)" with advice to run
     `git remote prune`."""
     git(demo_repo, "branch", "hal")
     agent = "sh agent.sh {{prompt_file}}"

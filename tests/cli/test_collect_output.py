@@ -22,7 +22,7 @@ print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 def test_a_large_change_is_reported_by_size_and_diff_streams_it(
     hal: Hal, demo_repo: Path, hal_env: dict[str, str]
 ) -> None:
-    """Issue 10 item 4: a 300 MB file used to pass through memory several times."""
+    """A 300 MB file used to pass through memory several times."""
     agent = "sh -c 'head -c 60000000 /dev/zero | tr \"\\\\0\" x | fold -w 100 > big.txt'"
     out = hal("run", "--provider", "bwrap", "--agent", agent, "go", "--json", timeout=180)
     assert out.returncode == 0, out.stderr

@@ -205,7 +205,7 @@ def test_a_cancel_killed_before_it_stopped_the_agent_is_finished_by_the_next(
     hal: Hal, hal_env: dict[str, str], demo_repo: Path
 ) -> None:
     """``hal task cancel`` dies once it has recorded ``cancelled``, the agent still running:
-    the next hal command ends it (since stop 40, ``hal task list`` destroys the sandbox a
+    the next hal command ends it (``hal task list`` destroys the sandbox a
     dead run left to a final task: tasks/deadruns.py); cancelling again, with nothing left
     to end, says so in one line."""
     hal_env = {**hal_env, "HAL_NO_DAEMON": "1"}

@@ -1,5 +1,5 @@
 """The thin ``hal run`` client (``cli/daemon_run.py``): it sends what the full client sends,
-takes over only where it can, and imports no models (issue 16, target 1)."""
+takes over only where it can, and imports no models."""
 
 from __future__ import annotations
 
@@ -37,11 +37,11 @@ from hal9999.values import (
 )
 
 THIN_RUN_LEAVES_OUT = frozenset({
-    # hal9999.lighttyping: typing and what it imports were ~27M of the ~143M instructions
-    # of the thin client (issue 16); its modules import typing's names only for the checker.
+    # hal9999.lighttyping: typing and what it imports are a large share of the
+    # thin client's start; its modules import typing's names only for the checker.
     "typing",
-    # Paths as strings (hal9999.workdir.pure_path): pathlib and its fnmatch and ntpath were
-    # ~6M instructions more (its urllib.parse the client imported too).
+    # Paths as strings (hal9999.workdir.pure_path): pathlib and its fnmatch and ntpath
+    # are dear too (and import urllib.parse).
     "pathlib", "fnmatch", "ntpath",
     # hal9999.plainjson (json's own C encoder and scanner) and the client's own query string:
     # json, urllib.parse and ipaddress were ~8M more (and kept `re` on the path).
@@ -54,7 +54,7 @@ THIN_RUN_LEAVES_OUT = frozenset({
 BEFORE_THE_POST = frozenset({"hal9999.cli.notices", "select"})
 """Modules the thin client has not imported when it posts the task (the host ``git status``
 runs while the daemon creates it)."""
-"""Standard library modules the thin ``hal run`` client does without (issue 16, target 1),
+"""Standard library modules the thin ``hal run`` client does without,
 checked here on import and in ``test_daemon_run_e2e.py`` on a whole run."""
 
 
@@ -202,7 +202,7 @@ def test_the_body_is_the_full_clients(
         secret_names=secret_names, cwd=tmp_path, config=config,
         config_files=list(sources.files), max_tokens=args.max_tokens,
         max_cost_usd=args.max_cost, egress=[], egress_only=None,
-        config_sources=sources.notes(),  # as run_full's request carries them (stop 46)
+        config_sources=sources.notes(),  # as run_full's request carries them
     )  # fmt: skip
     full = run_body(request, client_secrets(config, request, environ))
     assert json.dumps(thin) == json.dumps(full)  # the same document, to the key order
@@ -232,9 +232,9 @@ def test_a_daemon_refuses_a_config_origin_of_the_wrong_shape() -> None:
 
 
 def test_the_thin_path_imports_no_models_and_no_daemon_side_modules() -> None:
-    # Its whole point is a short start (issue 16): no models, no event loop, and none of what
+    # Its whole point is a short start: no models, no event loop, and none of what
     # only the daemon uses (making the token: secrets; a socket in the temp dir for a long
-    # home path: tempfile, hashlib; ~8 ms together). Counted in a fresh interpreter.
+    # home path: tempfile, hashlib). Counted in a fresh interpreter.
     import subprocess
     import sys
 
@@ -249,8 +249,8 @@ def test_the_thin_path_imports_no_models_and_no_daemon_side_modules() -> None:
     loaded = {name.split(".")[0] for name in done.stdout.split()}
     assert "hal9999.cli.daemon_run" in done.stdout.split()  # it did import the modules
     # Nor click: a run the entry point parsed itself prints without it (cli/echo.py); nor
-    # dataclasses, which brings inspect (~3 ms): home.py and runtime.py use NamedTuples.
+    # dataclasses, which brings inspect: home.py and runtime.py use NamedTuples.
     unused = {"pydantic", "asyncio", "sqlite3", "httpx", "secrets", "tempfile", "hashlib", "click"}
-    unused |= {"dataclasses", "inspect", "socket"}  # socket.py: its enums, ~1.5 ms
+    unused |= {"dataclasses", "inspect", "socket"}  # socket.py: builds its enums
     unused |= THIN_RUN_LEAVES_OUT
     assert loaded & unused == set(), sorted(loaded & unused)

@@ -1,5 +1,5 @@
 """The thin ``hal run`` client against a real ``hal serve``: what it prints, its exit status
-and its errors are the full client's, and it imports no models (issue 16, target 1).
+and its errors are the full client's, and it imports no models.
 
 The full client is forced with ``HAL_LOG_LEVEL=WARNING`` (hal's default level, so nothing
 else changes): the thin path leaves any ``HAL_*`` variable it does not understand to it.
@@ -176,10 +176,10 @@ main()
 def test_a_run_over_before_the_full_client_hears_of_it_ends_it(
     served: Hal, hal_env: dict[str, str], demo_repo: Path
 ) -> None:
-    # Stop 46: the full client wrote which config applied into the task's events once it had
+    # The full client wrote which config applied into the task's events once it had
     # the posted task; after a fast run's task_end, and the daemon, which ends a follow at a
     # task_end last, never told it done: `hal run` hung (test_a_run_prints_and_exits_as_
-    # the_full_client on two workers, and stop 42's two hangs). The note is now the
+    # the_full_client on two workers). The note is now the
     # daemon's to write, with task_created.
     done = subprocess.run(
         [sys.executable, "-c", LATE_START, "run", "--agent", "true {{prompt_file}}", "--json",
@@ -321,8 +321,8 @@ THIN_RUN_HAL_MODULES = frozenset({
     "hal9999.server",
     "hal9999.server.client", "hal9999.server.runtime", "hal9999.workdir",
 })  # fmt: skip
-"""Every hal module a thin run of a template agent imports (issue 16, stop 36: 19; stop 48:
-20, ``hostchild`` being ``cli.notices.HostGit``'s spawn, moved to be shared)."""
+"""Every hal module a thin run of a template agent imports (``hostchild`` is
+``cli.notices.HostGit``'s spawn, shared)."""
 
 
 def _running(hal: Hal, agent: str = "sleep 600") -> str:

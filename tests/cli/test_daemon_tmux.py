@@ -1,5 +1,5 @@
-"""``hal serve`` runs its tasks' agents in one tmux server (issue 16): a server's start (~49M
-instructions) is off every task's path, and a daemon killed with -9 leaves them running in it
+"""``hal serve`` runs its tasks' agents in one tmux server: a server's start (its
+option tables) is off every task's path, and a daemon killed with -9 leaves them running in it
 for the next daemon to adopt."""
 
 from __future__ import annotations

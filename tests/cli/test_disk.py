@@ -185,7 +185,7 @@ def test_serve_detach_on_a_full_disk_is_not_told_an_earlier_daemons_error(
 
 def test_a_disk_out_of_files_ends_the_task_cleanly(hal: Hal, hal_env: dict[str, str]) -> None:
     """An agent's empty files take no space the disk limit or the free-space guard see,
-    but an inode each: it filled the disk of hal's home (stop 48), and ran on."""
+    but an inode each: it filled the disk of hal's home, and ran on."""
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs as HAL_HOME needs root")
     home = Path(hal_env["HAL_HOME"])

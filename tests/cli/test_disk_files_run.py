@@ -1,6 +1,6 @@
 """One agent making empty files by the thousand is stopped at its sandbox's file limit
 (``disk_files``), with ``disk_limit``, while a task running beside it finishes: its files
-no longer use up the inodes of the disk every task shares (stop 48 stopped them all)."""
+no longer use up the inodes of the disk every task shares (which would stop them all)."""
 
 from __future__ import annotations
 

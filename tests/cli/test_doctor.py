@@ -154,8 +154,8 @@ def test_doctor_names_each_qemu_image_built_before_pings_and_how_to_rebuild_it(
 
 
 def test_doctor_names_each_qemu_image_built_before_adopt_to_a_root_hal(tmp_path: Path) -> None:
-    # Images built before stop 41 have no setup_adopts: a root hal's start, restore or fork
-    # of one ran a separate find/chown in the guest (~200-400 ms of its CPU) without a word.
+    # Images built by an older hal have no setup_adopts: a root hal's start, restore or fork
+    # of one ran a separate find/chown in the guest (costly in its CPU) without a word.
     from hal9999.providers.qemu.doctor import outdated_images
     from hal9999.providers.qemu.image.store import Image, ImageMeta
 
@@ -183,7 +183,7 @@ async def test_a_tool_slow_to_print_its_version_is_said_to_be_slow(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # On a loaded machine the agents' CLIs, asked all at once, took longer than the doctor
-    # waited, and an installed agent was reported as one that "does not run" (CI, stop 41).
+    # waited, and an installed agent was reported as one that "does not run" (CI).
     from hal9999.cli import doctor
 
     slow = tmp_path / "slow-cli"

@@ -1,4 +1,4 @@
-"""``hal --version`` answers before click is imported, with click's own line (issue 16)."""
+"""``hal --version`` answers before click is imported, with click's own line."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """A ``hal`` command leaves the interpreter's last garbage collection nothing to walk: the
-objects it made are frozen when it ends (issue 16: that collection was 35-45 ms of every
-foreground ``hal run``, between its summary and its exit)."""
+objects it made are frozen when it ends (that collection would stand in every
+foreground ``hal run`` between its summary and its exit)."""
 
 from __future__ import annotations
 
@@ -54,8 +54,8 @@ def test_an_in_process_run_ends_without_the_teardown_and_keeps_its_record(
     hal_env: dict[str, str], demo_repo: Path
 ) -> None:
     # Its only atexit handler is logging's, run at the end as the exit would, and its event
-    # flusher sleeps with nothing to write: os._exit, not ~11.8M instructions of the
-    # interpreter freeing every module's objects (issue 16). Nothing of the run is lost.
+    # flusher sleeps with nothing to write: os._exit, not the
+    # interpreter freeing every module's objects. Nothing of the run is lost.
     env = {**hal_env, "HAL_NO_DAEMON": "1"}
     argv = ["run", "--agent", "true {{prompt_file}}", "--process-manager", "direct", "x"]
     done = subprocess.run(

@@ -1,5 +1,5 @@
-"""What the full (click) path of the common ``hal task`` and ``hal serve`` commands imports
-(issue 16): a read of the store builds no task service, a command that shows no event builds
+"""What the full (click) path of the common ``hal task`` and ``hal serve`` commands imports:
+a read of the store builds no task service, a command that shows no event builds
 no event model, and nothing that does not wait on a loop imports asyncio. Counted in a fresh
 interpreter, so load cannot make these pass or fail. ``HAL_PROVIDER`` is set, as the suite
 sets it, so the thin paths (:mod:`hal9999.cli.daemon_run`) leave every command to click."""

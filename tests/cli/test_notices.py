@@ -100,7 +100,7 @@ def _started_ignoring() -> int:
 def test_the_host_git_starts_as_popen_started_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # HostGit is Popen's child without subprocess (issue 16): the same descriptors (an
+    # HostGit is Popen's child without subprocess: the same descriptors (an
     # inheritable one of hal's closed), signals (SIGPIPE back to its default), environment.
     fake = tmp_path / "bin"
     fake.mkdir()

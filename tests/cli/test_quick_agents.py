@@ -1,5 +1,5 @@
 """The doctor runs of tests about something else start no real agent CLI
-(tests/cli/quick_agents.py: ~6 s of CPU a doctor less, issue 16 stop 43), and what is not
+(tests/cli/quick_agents.py: ~6 s of CPU a doctor less), and what is not
 installed stays missing. Counted, not timed: which agent checks the stubs answered."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def test_doctor_on_the_quick_path_asks_only_the_stubs(hal: Hal, tmp_path: Path) 
 
 def test_the_agent_versions_tests_path_runs_no_installed_agent_cli(tmp_path: Path) -> None:
     """test_doctor.py's fake PATH: its claude and codex are the test's, aider is missing, and
-    every other agent CLI is a stub (issue 16 stop 46: gemini and opencode from /usr/bin
+    every other agent CLI is a stub (gemini and opencode from /usr/bin
     cost its two doctors ~12 s of CPU). Fails with the real CLIs back on that PATH."""
     from tests.cli.test_doctor import fake_bin
 

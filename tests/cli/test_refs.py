@@ -1,5 +1,5 @@
-"""`--ref` values that look like options are refused before any task exists (issue 10
-item 12: `--ref=-f` "succeeded" at HEAD and was recorded as "@ -f")."""
+"""`--ref` values that look like options are refused before any task exists
+(`--ref=-f` "succeeded" at HEAD and was recorded as "@ -f")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""``hal --help`` and ``hal -h`` print click's page without importing click (issue 16,
-target 4): the same text at every width, the same status, far fewer modules."""
+"""``hal --help`` and ``hal -h`` print click's page without importing click:
+the same text at every width, the same status, far fewer modules."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """``hal run``'s options read without click: every command line the light parser reads, it
-reads as click does; every other one it leaves to click (issue 16, target 1). Either way the
+reads as click does; every other one it leaves to click. Either way the
 run takes the same path: the daemon's thin client, or the full one."""
 
 from __future__ import annotations

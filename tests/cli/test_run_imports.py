@@ -1,4 +1,4 @@
-"""What an in-process ``hal run`` of a command-template agent imports and builds (issue 16):
+"""What an in-process ``hal run`` of a command-template agent imports and builds:
 nothing of click, the LLM gateway, the hive's store or the warm pool, which such a run never uses,
 and none of the pydantic models it does not validate. Counted in a subprocess, so load
 cannot make this pass or fail."""
@@ -116,7 +116,7 @@ NOT_FOR_A_TEMPLATE_AGENT = (
     "email.message",
     "zipfile",
     "tomllib",  # no config file to parse (hal9999.configfile imports it where one is)
-    # Models such a run never defines (each a few million instructions even unbuilt): the
+    # Models such a run never defines (each dear even unbuilt): the
     # daemon API's request body, the gateway's row (the store mixes in its table alone).
     "hal9999.runbody",
     "hal9999.store.gateway",
@@ -153,7 +153,7 @@ NOT_BUILT = (
     "hal9999.spec.ShellCommand",
 )
 """Pydantic models an in-process run of a template agent has no use for: built on first
-use (``defer_build``), not at import (issue 16)."""
+use (``defer_build``), not at import."""
 
 # The plugin contract (agents, providers, process managers make and read these) and the
 # request that `dataclasses.replace` copies: kept as dataclasses.
@@ -171,8 +171,8 @@ DATACLASSES = frozenset({
     "hal9999.tasks.request.RunRequest",
 })  # fmt: skip
 """The only dataclasses an in-process run of a template agent defines. Python 3.11 makes each
-dataclass's methods by compiling their source at import, ~0.5 ms a class on the benchmark's
-host; hal's other records on this path are named tuples or plain classes (issue 16)."""
+dataclass's methods by compiling their source at import, for each
+class; hal's other records on this path are named tuples or plain classes."""
 
 
 def _run_and_list(
@@ -212,14 +212,14 @@ def test_an_in_process_run_imports_no_gateway_or_hive_store_and_builds_only_its_
     # text (values.empty_list in place of list).
     assert found["tokenized"] == 0
     # A NamedTuple (or model) defined under `from __future__ import annotations` turns each
-    # field's annotation text into a typing.ForwardRef, one compile() each (~57k instructions):
+    # field's annotation text into a typing.ForwardRef, one compile() each:
     # 63 on this path before the run's NamedTuple modules evaluated their annotations (issue
-    # 16, stop 49). What is left names a class imported only for type checking.
+    # 16). What is left names a class imported only for type checking.
     assert sorted(found["forward"]) == sorted(FORWARD_REFS), found["forward"]
     # Patterns compiled on first use, which a template run has none of: the lone-surrogate
-    # class (~2.2M instructions; a JSON record to mend), a credential file's lines (~1.3M);
+    # class (for a JSON record to mend), a credential file's lines;
     # a --repo URL, git's refusal of another user's repository, an --egress host, an origin
-    # URL to drop, a JSON line past the bound, a hive agent's name (~0.9 ms together).
+    # URL to drop, a JSON line past the bound, a hive agent's name.
     from hal9999 import values
     from hal9999.agents import parsing
     from hal9999.credentials import _line_patterns
@@ -255,8 +255,8 @@ def test_an_in_process_run_in_a_tmux_pane_compiles_no_dataclass_beyond_the_contr
 def test_an_in_process_run_checks_for_uncommitted_changes_while_it_imports(
     hal_env: dict[str, str], demo_repo: Path
 ) -> None:
-    # The host `git status` runs while the config and the task service load (~5 ms of wall
-    # time less); its line is still printed where it was.
+    # The host `git status` runs while the config and the task service load (less wall
+    # time); its line is still printed where it was.
     (demo_repo / "calc.py").write_text("changed\n")
     env = {**hal_env, "HAL_NO_DAEMON": "1"}
     argv = ["run", "--agent", "true {{prompt_file}}", "--process-manager", "direct", "x"]
@@ -274,7 +274,7 @@ def test_a_run_does_not_import_the_providers_whose_tables_it_does_not_use(
 ) -> None:
     # `hal doctor` and `hal serve` check every [providers.*] table (tasks.plugins.
     # check_sections); a run checks only its own: importing qemu's or kubernetes's module to
-    # check their tables cost 19 and 105 ms of CPU a run (docs/benchmarks.md, stop 42).
+    # check their tables is dear in CPU (docs/benchmarks.md).
     config = Path(hal_env["XDG_CONFIG_HOME"], "hal9999", "config.toml")
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text("[providers.qemu]\nboot = \"cold\"\n[providers.kubernetes]\n")

@@ -1,5 +1,5 @@
 """An in-process ``hal run`` opens its tmux server and its pane's supervisor while it imports
-(issue 16, :mod:`hal9999.process.tmuxearly`): the run claims that pane, starts no second
+(:mod:`hal9999.process.tmuxearly`): the run claims that pane, starts no second
 server, hands it only its own environment, and leaves nothing behind; a pane no run claims
 ends with it. Counted in a subprocess, so load cannot make this pass or fail."""
 

@@ -1,4 +1,4 @@
-"""The secret sweep (stop 52): an agent that leaks every value it holds in every way it can,
+"""The secret sweep: an agent that leaks every value it holds in every way it can,
 run for real (bwrap, the LLM gateway), and every place the host keeps or shows searched for
 each secret in each form hal promises to mask (docs/security.md, section 10, "The sweep")."""
 

@@ -1,4 +1,4 @@
-"""The secret sweep through ``hal serve`` (stop 52): the leaky agent run by a daemon that never
+"""The secret sweep through ``hal serve``: the leaky agent run by a daemon that never
 had the secrets in its environment, and what the daemon keeps and shows searched: its own
 environment, its API's JSON and event streams, the dashboard's pages and its ``/api``, every
 file under HAL_HOME; and its bearer token and the dashboard's session credential kept out of

@@ -67,8 +67,8 @@ class _HeldFiles:
 def test_stop_waits_on_the_process_not_in_polls(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Woken by the daemon's exit on its pidfd (issue 16): no sleep between looks at its
-    files, which ended the wait up to 50 ms after the exit."""
+    """Woken by the daemon's exit on its pidfd: no sleep between looks at its
+    files, which would end the wait a poll after the exit."""
     slept: list[float] = []
     real_sleep = serve.time.sleep
     monkeypatch.setattr(serve.time, "sleep", lambda s: slept.append(s) or real_sleep(s))
@@ -105,8 +105,8 @@ class _Starting:
 def test_detach_looks_for_the_daemon_often(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """``--detach`` returns at most 10 ms after the daemon is up (issue 16: its looks were
-    50 ms apart, 25 ms of every detach on average)."""
+    """``--detach`` returns at most 10 ms after the daemon is up (its looks are
+    close together)."""
     from hal9999.cli import dashboard
 
     slept: list[float] = []

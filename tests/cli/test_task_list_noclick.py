@@ -1,5 +1,5 @@
 """A bare ``hal task list`` that the store alone answers is printed from the entry point,
-without click (issue 16, target 4); everything else about it is click's, as before."""
+without click; everything else about it is click's, as before."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """``hal task list`` reads the store without hal's models when nothing else can apply, and
-prints exactly what the full path prints (issue 16, target 4)."""
+prints exactly what the full path prints."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """``hal task logs ID`` (no ``--follow``) in process is answered without click and pydantic
 when the store alone answers and the task is not in flight, and prints byte for byte what
-the click command prints (issue 16, stop 45)."""
+the click command prints."""
 
 from __future__ import annotations
 

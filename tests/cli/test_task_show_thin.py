@@ -1,6 +1,5 @@
 """``hal task show ID`` (and ``--json``) in process is answered without click and pydantic
-when the store alone answers, and prints byte for byte what the click command prints
-(issue 16, stop 45)."""
+when the store alone answers, and prints byte for byte what the click command prints."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """``hal serve`` killed -9 between a task's ``running`` and its agent's start under the
-``direct`` and ``pm2`` managers (issue 16, stop 46): nothing of the agent ran, so the next
+``direct`` and ``pm2`` managers: nothing of the agent ran, so the next
 daemon queues the task again (an infra retry) and it succeeds with no resume by hand, as
-under tmux (whose prestarted supervisor says so, stop 45)."""
+under tmux (whose prestarted supervisor says so)."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def test_a_run_killed_after_its_supervisor_took_the_mark_is_carried_on(
     hal: Hal, hal_env: dict[str, str], demo_repo: Path, reaped: None
 ) -> None:
     # Direct: the supervisor renamed the mark to the pid file, then hal died before writing
-    # the pid into it (stop 48). An empty pid file left the task `interrupted` with a
+    # the pid into it. An empty pid file left the task `interrupted` with a
     # supervisor nobody could stop or adopt; the supervisor's own pid now names it.
     hal_env["HAL_PROCESS_MANAGER"] = "direct"
     home = Path(hal_env["HAL_HOME"])

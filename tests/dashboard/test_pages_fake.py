@@ -293,7 +293,7 @@ def test_a_junk_session_cookie_from_another_port_does_not_log_the_operator_out(
     browser: Any, fake_dashboard: Dashboard
 ) -> None:
     """Cookies ignore the port: a page on another port of 127.0.0.1 can set one for the
-    dashboard's host (the red team of stop 50 logged the operator out with
+    dashboard's host (a red team logged the operator out with
     ``Set-Cookie: hal_session=junk``). The dashboard holds no cookie to overwrite."""
     served, api, home = fake_dashboard
     api.add_task(task("t1"))

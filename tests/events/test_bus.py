@@ -24,7 +24,7 @@ async def test_writers_publish_to_subscribers_in_order(tmp_path: Path) -> None:
     only_b = bus.subscribe("b")
     with Store.open(tmp_path) as store:
         a = EventLog(tmp_path / "a.jsonl", "a", store=store)
-        # 1 s, not 10 ms: on a loaded host (the two-worker suite, stop 41) the flusher wrote
+        # 1 s, not 10 ms: on a loaded host (the two-worker suite) the flusher wrote
         # b's event before a's next emit, a few statements later, ran (gseq 2, not 3).
         b = EventLog(tmp_path / "b.jsonl", "b", store=store, index_batch=64, max_delay=1.0)
         a.add_sink(bus.sink)
@@ -111,7 +111,7 @@ async def test_events_written_by_another_process_reach_the_bus(tmp_path: Path) -
 async def test_a_threads_burst_of_events_wakes_the_loop_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Issue 16: a flusher's batch was one loop callback (a self-pipe write and a wake-up)
+    # A flusher's batch must not be one loop callback (a self-pipe write and a wake-up)
     # an event. Published while the loop is busy, a burst is one callback, still in order,
     # and an event published on the loop after it comes after it.
     bus = EventBus()

@@ -1,5 +1,5 @@
 """The flusher indexes the batches of every task due at once in one store transaction
-(issue 16: one a batch was 7 transactions a task in a daemon), keeping the global order as
+(one a batch would be several transactions a task in a daemon), keeping the global order as
 consumers see it, the file as the record across a kill, and one task's failure its own."""
 
 from __future__ import annotations

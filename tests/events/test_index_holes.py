@@ -1,6 +1,6 @@
 """The event index comes to hold every event of a task's file: a batch that failed to index
 (its lines written with ``gseq`` 0) is indexed by the next writer even when a later batch of
-the same task indexed (found at stop 39: the catch-up compared only the last ``seq``), and
+the same task indexed (the catch-up must not compare only the last ``seq``), and
 the common case, no hole, costs an open one query and no read of the file."""
 
 from __future__ import annotations

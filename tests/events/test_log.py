@@ -226,7 +226,7 @@ def test_fsync_on_phase_and_task_end_only(tmp_path: Path, fsyncs: list[int]) -> 
 def test_events_emitted_together_are_one_batch_with_one_fsync(
     tmp_path: Path, fsyncs: list[int]
 ) -> None:
-    # Issue 16: a run's final phase and task_end, each a batch of its own before (two
+    # A run's final phase and task_end in one batch, not one each (two
     # index transactions, two appends, two fsyncs).
     with Store(tmp_path / "hal.db") as store:
         log = EventLog(tmp_path / "events.jsonl", "t1", store=store)
@@ -318,7 +318,7 @@ def test_emit_after_close_fails(tmp_path: Path) -> None:
 def test_stamping_copies_like_model_copy_and_leaves_the_callers_event_alone(
     tmp_path: Path,
 ) -> None:
-    # The log stamps events without pydantic's generic copy (issue 16: a third of an event's
+    # The log stamps events without pydantic's generic copy (a third of an event's
     # cost); the stamped event must be what model_copy made, and the caller's untouched.
     from hal9999.events.log import _stamped
 
@@ -334,7 +334,7 @@ def test_stamping_copies_like_model_copy_and_leaves_the_callers_event_alone(
 
 def test_each_line_is_the_models_own_json_with_its_global_number(tmp_path: Path) -> None:
     # The log writes lines with the serializer directly and sets gseq without pydantic's
-    # assignment handler (issue 16); both must give what the model's own methods give.
+    # assignment handler; both must give what the model's own methods give.
     events: list[Event] = [
         Output(text="é\n"),
         Phase(phase="running"),

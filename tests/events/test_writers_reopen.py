@@ -1,5 +1,5 @@
 """A task's log closed and opened again in one process (a daemon's new task: its creation,
-then its run) is not read back when the file is as it was left (issue 16); any change to
+then its run) is not read back when the file is as it was left; any change to
 it since, by anyone, and it is, as before. Counted, not timed."""
 
 from __future__ import annotations

@@ -69,6 +69,43 @@ async def test_one_sandboxs_silent_connections_cannot_take_the_room_of_every_cal
         other.close()
 
 
+async def test_a_refused_connection_still_takes_its_request_so_a_relay_keeps_the_answer(
+    gateway: tuple[Gateway, str], upstream: StormUpstream
+) -> None:
+    # The door answers 503 before reading the request. Closed at once, the client's write
+    # of its request then failed (EPIPE), and the in-sandbox forwarder, relaying that write,
+    # dropped the connection with the 503 it had already received: the agent saw a call
+    # closed with no answer. The gateway now half-closes and reads what still comes.
+    gw, sock = gateway
+    gw.door.per_peer = 1
+    grant = grant_for(upstream)
+    gw.register(grant)
+    silent = await asyncio.open_unix_connection(sock)
+    async with asyncio.timeout(10):
+        while gw.door.total < 1:
+            await asyncio.sleep(0.01)
+    late = socket.socket(socket.AF_UNIX)
+    late.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(late, sock)
+    answer = b""
+    async with asyncio.timeout(10):
+        while chunk := await loop.sock_recv(late, 4096):  # up to the gateway's EOF
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 503") and b"too_many_connections" in answer
+    request = (f"POST /v1/messages HTTP/1.1\r\nhost: gw\r\nx-api-key: {grant.token}\r\n"
+               "content-length: 2\r\n\r\n{}").encode()  # fmt: skip
+    async with asyncio.timeout(10):
+        await loop.sock_sendall(late, request)  # EPIPE when the gateway had closed
+        late.shutdown(socket.SHUT_WR)
+        assert await loop.sock_recv(late, 4096) == b""
+    late.close()
+    async with asyncio.timeout(10):
+        while gw.door.lingering:
+            await asyncio.sleep(0.01)
+    silent[1].close()
+
+
 CHILD = """
 import socket, subprocess, sys
 s = socket.socket(socket.AF_UNIX)

@@ -1,4 +1,4 @@
-"""A detached gateway keeps none of its starter's secrets in its environment (stop 52).
+"""A detached gateway keeps none of its starter's secrets in its environment.
 
 The gateway outlives the run that started it and serves every later one; it used to inherit
 that run's whole environment, so a ``--secret`` value, a forwarded ``*_API_KEY`` and any token

@@ -28,7 +28,7 @@ def detach(home: Path, log: Path) -> int:
 async def test_a_deep_home_has_a_gateway(
     tmp_path: Path, sock_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The two-worker suite (stop 41): every gateway of a home 108 bytes deep exited before
+    # The two-worker suite: every gateway of a home 108 bytes deep exited before
     # listening on egress.sock, and each run failed after 60 s with "did not start".
     monkeypatch.setenv("HAL_GATEWAY_IDLE_S", "60")
     home = sock_dir / ("h" * (82 - len(str(sock_dir)) - 1))

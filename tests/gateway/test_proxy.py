@@ -237,7 +237,7 @@ async def test_a_request_target_cannot_aim_the_key_at_another_host(
             answer = await raw_call(sock, target, grant.token)
             assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
         # An absolute-form target (a proxy's request) or "//host/path": the host is ignored,
-        # only the path is joined to the task's upstream (tried at stop 50: held).
+        # only the path is joined to the task's upstream.
         authority = elsewhere.url.partition("://")[2]
         for target in (f"http://{authority}/v1/messages", f"//{authority}/v1/messages"):
             answer = await raw_call(sock, target, grant.token)

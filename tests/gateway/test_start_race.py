@@ -1,4 +1,4 @@
-"""A gateway start that loses the race for the lock imports nothing heavy (issue 16, stop 46).
+"""A gateway start that loses the race for the lock imports nothing heavy.
 
 Concurrent runs each start ``python -m hal9999.gateway --detach``; all but one find the lock
 held. A loser used to import the whole server (Starlette, httpx, the store: ~380 modules,

@@ -290,7 +290,7 @@ def test_hive_events_long_poll_wakes_on_a_new_event(
     assert "wake the poll" not in json.dumps(page)  # bodies stay in the broker
 
     # Whoever holds the daemon's token is the operator: a body naming another sender is
-    # refused (since stop 40 a route refuses a name it does not read), never a way to speak
+    # refused (a route refuses a name it does not read), never a way to speak
     # as an agent (or as hal); without it the message is the operator's.
     for forged in ("dave", "hal", "manager"):
         with pytest.raises(HalError, match="unknown field 'sender' in the request body"):

@@ -1,5 +1,5 @@
 """What an agent sends through its hive tools is masked with its task's secrets before the hive
-keeps it (stop 52's secret sweep): a message, a question, a proposal went into the store, the
+keeps it (the secret sweep): otherwise a message, a question, a proposal goes into the store, the
 dashboard and another agent's prompt as the agent wrote it."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Stop 39's attacks on ``run_task``: a ref as an oracle on other agents' commits, the
+"""Attacks on ``run_task``: a ref as an oracle on other agents' commits, the
 spellings of a ref, and sub-tasks' spend against the hive's budget without a gateway."""
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ async def test_a_ref_is_judged_by_the_commit_it_names_never_by_its_spelling(
 ) -> None:
     # Spellings of an allowed commit start from that commit's id; a tag that shares its name
     # with another agent's branch is what git resolves first, so the commit judged is the
-    # tag's, and that branch spelled out is still refused (stop 39: held).
+    # tag's, and that branch spelled out is still refused (held).
     import subprocess
 
     heads = _git_repo(tmp_path, "hal/agent/beta", "topic")

@@ -1,6 +1,6 @@
 """The MCP SDK (``mcp``, ``mcp_types``: ~1 s of CPU and ~320 modules at each ``hal serve``
 start, about half of the daemon's imports) is loaded at the daemon's first MCP connection,
-not at its start: most daemons never serve an agent (issue 16, stop 43). Counted, not timed."""
+not at its start: most daemons never serve an agent. Counted, not timed."""
 
 from __future__ import annotations
 

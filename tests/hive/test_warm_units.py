@@ -159,7 +159,7 @@ async def test_a_runs_end_looks_for_its_agent_on_the_loop_with_no_thread_hop(
 ) -> None:
     # Every run's end through the daemon asks whether a warm agent keeps its sandbox; the
     # answer is a read (WAL: never waits for a writer), so it is read on the loop: a thread
-    # hop was one more wake-up of the loop before the run's follower is answered (issue 16).
+    # hop was one more wake-up of the loop before the run's follower is answered.
     import threading
 
     threads: list[int] = []

@@ -1,4 +1,4 @@
-"""A run gives its sandbox back without waiting for the reset (issue 16: the follower of a
+"""A run gives its sandbox back without waiting for the reset (the follower of a
 task waited for the reset after its ``task_end``); the pool hands it out only once reset."""
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ async def test_a_pool_drained_during_a_background_reset_destroys_it_at_close(
 async def test_a_reset_nobody_waits_for_waits_out_its_grace_unless_a_claim_wants_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Issue 16: the reset's first steps ran alongside the answer to the run's follower;
+    # The reset's first steps ran alongside the answer to the run's follower;
     # a claim of the sandbox's key that finds none idle starts the reset at once.
     monkeypatch.setattr(lending, "RESET_GRACE_S", 3600.0)  # only a claim can start it here
     provider, pool = make(tmp_path, max_size=2)

@@ -1,5 +1,5 @@
-"""A claim never waits for the store's write of a sandbox row (issue 16: under load a row's
-write waited ~90 ms for the write lock and a thread, and a reset wrote its sandbox's row
+"""A claim never waits for the store's write of a sandbox row (under load a row's
+write can wait long for the write lock and a thread, and a reset wrote its sandbox's row
 while it held the pool's lock, so every claim waited that long too); the rows still end
 with each sandbox's latest state."""
 
@@ -57,8 +57,8 @@ async def test_a_claim_waits_for_no_row_write_and_the_rows_end_current(tmp_path:
 
 
 async def test_rows_owed_while_a_write_runs_go_in_one_write(tmp_path: Path) -> None:
-    # Issue 16: each sandbox row (two a task) was a write of its own, a thread hop and a
-    # transaction each, queued one behind the other at 16 tasks at once.
+    # Each sandbox row (two a task) as a write of its own, a thread hop and a
+    # transaction each, would queue one behind the other at 16 tasks at once.
     store = HeldWrites(tmp_path / "hal.db")
     provider, pool = make(tmp_path, store, max_size=4)
     provider.gate.set()

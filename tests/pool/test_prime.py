@@ -1,6 +1,6 @@
 """The pool primes a new idle sandbox of a provider that asks for it (a microVM's first
-command pays for translating its command path; a root hal's bwrap sandbox gets its keeper:
-issue 16), and destroys one whose priming fails instead of handing it out; a reset sandbox is
+command pays for translating its command path; a root hal's bwrap sandbox gets its keeper),
+and destroys one whose priming fails instead of handing it out; a reset sandbox is
 primed again unless a claim waits for it."""
 
 from __future__ import annotations
@@ -126,8 +126,8 @@ async def test_a_failed_prime_after_a_reset_keeps_the_sandbox(tmp_path: Path) ->
 async def test_a_keepers_start_takes_no_asyncio_subprocess_transport(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Issue 16, stop 50: the keeper's launcher through create_subprocess_exec and communicate
-    # cost ~0.58 ms of the daemon's CPU a prime; procs.run_captured ~0.25 ms.
+    # The keeper's launcher through create_subprocess_exec and communicate
+    # cost twice the daemon's CPU a prime that procs.run_captured does.
     from tests.security.conftest import require_keeper
 
     from hal9999.providers.bwrap import keeper
@@ -159,7 +159,7 @@ async def test_a_keepers_start_cancelled_anywhere_leaves_no_keeper_after_the_des
     # run_captured kills the launcher's group when its caller is cancelled (asyncio's
     # communicate left it running): a keeper it had started but not yet recorded lives on,
     # as when hal dies mid-start (the launcher's --parent), until the sandbox's destroy
-    # finds it by its marker. Here delays of 2-20 ms left such a keeper (three marked
+    # finds it by its marker. Here short delays left such a keeper (three marked
     # processes, no record), longer ones a recorded keeper, none nothing.
     from tests.security.conftest import require_keeper
 

@@ -255,7 +255,7 @@ async def test_a_start_during_the_stops_kill_leaves_the_reset_a_full_stop(
 
 @pytest.mark.bwrap
 async def test_a_reset_keeps_an_untouched_tmp_and_swaps_any_other(tmp_path: Path) -> None:
-    """A tmp no task changed is kept (issue 16: no directory made and freed a task); one whose
+    """A tmp no task changed is kept (no directory made and freed a task); one whose
     entries, mode or times a task changed, even back to empty, is swapped for a fresh one."""
     provider = BwrapProvider(state_dir=tmp_path / "state")
     pool = pool_of(tmp_path, provider)
@@ -301,7 +301,7 @@ def test_untouched_needs_the_same_stamp_an_empty_dir_and_no_xattr(tmp_path: Path
 async def test_a_prime_takes_the_starts_handle_only_while_nobody_saved_the_record(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Issue 16: the prime after a pool reset read and validated the record the reset's start
+    # The prime after a pool reset read and validated the record the reset's start
     # had just saved and built the same handle again. A save since (another hal process)
     # means a fresh read.
     provider = BwrapProvider(state_dir=tmp_path / "state")
@@ -326,7 +326,7 @@ async def test_a_prime_takes_the_starts_handle_only_while_nobody_saved_the_recor
         await provider.destroy(sandbox.id)
 
 
-# Issue 16, stop 50: what a pool reset reads again. The record its last start saved is taken
+# What a pool reset reads again. The record its last start saved is taken
 # as saved while nobody saved the file since, and a sandbox's cgroup object is built once.
 
 

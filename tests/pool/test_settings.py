@@ -49,7 +49,7 @@ def test_network_resources_and_policy_per_provider(tmp_path: Path) -> None:
 
 
 def test_a_provider_overrides_the_file_limit_under_the_resources_rule(tmp_path: Path) -> None:
-    # Stop 50: [pool.<p>] refused disk_files (extra="forbid") and HAL_<P>_DISK_FILES was
+    # [pool.<p>] refused disk_files (extra="forbid") and HAL_<P>_DISK_FILES was
     # never read, so a provider's sandboxes could not get a file limit of their own.
     cfg = config(tmp_path, resources={"disk_files": 5000}, pool={"bwrap": {"disk_files": 300}})
     bwrap = resources_of(cfg, provider_settings(cfg, {}, "bwrap"))

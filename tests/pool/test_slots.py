@@ -1,4 +1,4 @@
-"""A slot's links: what a hand-over and a clear allocate (issue 16: new inodes are dear on
+"""A slot's links: what a hand-over and a clear allocate (new inodes are dear on
 ext4 without a journal, where each scans past the inodes its group freed in the last
 minute), and that they reach the task's files, or nothing, as before."""
 
@@ -98,8 +98,8 @@ def test_a_slot_of_an_older_hal_gets_its_idle_link_at_its_first_clear(tmp_path: 
 def test_a_clear_makes_the_empty_directories_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Issue 16, stop 50: each clear made empty/ and every directory a link through cur shows
-    # again (a mkdir and a stat each, ~50 us a clear).
+    # Each clear made empty/ and every directory a link through cur shows
+    # again (a mkdir and a stat each).
     slot = SlotDir(tmp_path / "pool").new()
     spec = spec_of(tmp_path / "s0")
     slot.point(spec)

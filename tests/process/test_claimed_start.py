@@ -1,4 +1,4 @@
-"""A run the direct and PM2 managers start with no supervisor ahead of it (issue 16, stop 46):
+"""A run the direct and PM2 managers start with no supervisor ahead of it:
 hal marks it not started (:func:`arm_start`) before recording it ``running``; its supervisor
 takes the mark just before the command starts, and a next daemon that finds the mark takes
 it instead (:func:`take_unstarted`), so exactly one of them has the run: the agent starts, or
@@ -154,7 +154,7 @@ def test_the_supervisor_is_told_what_to_take(sandbox: Sandbox, tmp_path: Path) -
 
 
 def test_a_mark_renamed_to_the_pid_file_names_its_claimer_first(tmp_path: Path) -> None:
-    # Direct's supervisor (stop 48): hal writes the pid only once its spawn returns; killed
+    # Direct's supervisor: hal writes the pid only once its spawn returns; killed
     # before that, it left the claimed run's pid file empty (no pid to adopt or stop).
     exit_file = tmp_path / "exit-0"
     arm_start(exit_file)
@@ -185,7 +185,7 @@ def test_the_mark_is_never_made_through_a_link(tmp_path: Path) -> None:
 async def test_a_dropped_prestarted_supervisor_marks_no_later_try(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    # Stop 45's left race (tmux): a prestarted pane dropped, its supervisor outliving tmux's
+    # A race (tmux): a prestarted pane dropped, its supervisor outliving tmux's
     # SIGHUP, its go FIFO ending only after the run's next try (the same exit file) made its
     # own. Its mark said that later try never started: a next daemon finding that try's
     # agent gone would have queued it again (run twice).

@@ -1,4 +1,4 @@
-"""How a run's exit file is read (issue 16): on every look of the follower and twice more
+"""How a run's exit file is read: on every look of the follower and twice more
 when the agent ends, so with one ``open``, ``read`` and ``close`` and no file object (which
 made nine system calls); anything but a regular file there is never waited on. Counted,
 not timed."""

@@ -166,7 +166,7 @@ def test_no_server_means_nothing_forked(tmp_path: Path) -> None:
 async def test_a_direct_run_makes_no_fifo_and_its_pidfd_wakes_the_follower(
     tmp_path: Path,
 ) -> None:
-    """Issue 16: no FIFO beside a direct run's exit file (an inode a run); the follower
+    """No FIFO beside a direct run's exit file (an inode a run); the follower
     listens on a pidfd of the supervisor, which fires once the exit status is written."""
     from hal9999.process.supervisor import ended_path
     from hal9999.tasks.follow import _EndedSignal

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from tests.pm2_home import pm2_manager
 
+from hal9999 import procs
 from hal9999.process.base import ProcessManager
 from hal9999.process.direct import DirectProcessManager
 from hal9999.process.registry import available_process_managers, load_process_manager
@@ -330,15 +331,14 @@ asyncio.run(main())
 async def test_tmux_status_asks_the_kernel_not_tmux(
     sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Whether a run lives is read from /proc for the pane's process (issue 16: a ``tmux
+    """Whether a run lives is read from /proc for the pane's process (a ``tmux
     has-session`` every second for each running agent): the manager that started the run
     never asks tmux, one that adopts it asks once; a reused pid is not taken for the
     supervisor, and a killed supervisor is seen as gone."""
     import signal
 
     from hal9999.process import tmux as tmux_module
-    from hal9999.process.base import process_started
-
+    
     asked: list[list[str]] = []
     real_run_host = tmux_module.run_host
 
@@ -356,7 +356,7 @@ async def test_tmux_status_asks_the_kernel_not_tmux(
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         pid = int(panes.stdout)
-        started = process_started(pid)
+        started = procs.started(pid)
         assert started is not None
         asked.clear()
         for _ in range(3):

@@ -255,7 +255,7 @@ async def test_a_run_that_ended_leaves_no_app_holding_its_secrets_in_the_daemon(
     pm2: Pm2ProcessManager, sandbox: Sandbox, tmp_path: Path
 ) -> None:
     # A stopped app kept its env (the run's secrets) in PM2's daemon for as long as the
-    # daemon lived, shown by `pm2 jlist` to any process of this user (stop 52's sweep).
+    # daemon lived, shown by `pm2 jlist` to any process of this user.
     secret = "pm2-ended-secret-5e8a1c07"
     for round_ in range(2):  # and again for the next run of the same spec (a resume)
         spec = spec_for(tmp_path, 'echo "token=$API_KEY"')

@@ -3,7 +3,7 @@ a scripted ``pm2``: what ``pm2 jlist`` says, call after call, and what reaches t
 made exact so the follower's end and its copy can be checked without a loaded machine.
 
 Each test names the defect it pins: the follower ended when a state had "held" for a second
-(a restart PM2 carried out later was lost, stop 41's CI flake), it killed its ``tail`` half a
+(a restart PM2 carried out later was lost), it killed its ``tail`` half a
 second after the end whether or not the copy had caught up, and ``pm2`` failing for a moment
 was taken for the app being gone.
 """

@@ -165,7 +165,7 @@ def test_parsed_events_are_bounded_but_usage_stays_exact(
 
 
 async def test_a_follower_wakes_as_soon_as_the_exit_status_is_written(tmp_path: Path) -> None:
-    # The supervisor writes a byte to the FIFO hal made beside the exit file (issue 16): the
+    # The supervisor writes a byte to the FIFO hal made beside the exit file: the
     # follower's nap ends then, not at its next poll.
     import asyncio
     import time

@@ -1,4 +1,4 @@
-"""The supervisor every task starts (issue 16): it imports no models, nor what a run without
+"""The supervisor every task starts: it imports no models, nor what a run without
 secrets or a parser does not use, and still masks and parses when asked; the agent inherits
 none of its descriptors. Counted, not timed. (Moved from tests/tasks/test_hot_path.py.)"""
 
@@ -37,13 +37,13 @@ def test_the_supervisor_without_a_parser_imports_no_models(tmp_path: Path) -> No
     heavy = {m for m in modules if m.split(".")[0] in {"pydantic", "pydantic_core"}}
     assert heavy == set()
     assert "hal9999.events.models" not in modules and "hal9999.config" not in modules
-    # Nor what a run without secrets or a parser does not use (issue 16, fourth pass: the
-    # supervisor was ~115 modules, ~100 ms of CPU per task; `site` alone is a fifth of a bare
+    # Nor what a run without secrets or a parser does not use (the
+    # supervisor is started per task; `site` alone is a fifth of a bare
     # interpreter's start).
-    # `signal` builds its enums with `enum`, `functools` and `collections`: ~7 ms a task.
+    # `signal` builds its enums with `enum`, `functools` and `collections`, on every task.
     unused = {"argparse", "subprocess", "typing", "pathlib", "logging", "json", "re", "site",
               "runpy", "hal9999.redact", "signal", "enum", "functools", "collections",
-              # `os` brings `posixpath` and `_collections_abc`: 6.3M instructions of 38.5M
+              # `os` brings `posixpath` and `_collections_abc`: a sixth of its start
               "os", "posixpath", "_collections_abc", "stat"}  # fmt: skip
     assert modules & unused == set()
     assert len(modules) < 35, len(modules)

@@ -1,5 +1,5 @@
 """A supervisor that is killed (``kill -9``, the OOM killer) takes its command with it, under
-tmux and direct alike: the command, in a session of its own, lived on unseen (stop 43)."""
+tmux and direct alike: the command, in a session of its own, lived on unseen."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from tests.process.test_managers import spec_for
 
-from hal9999.process.base import ProcessManager, process_started
+from hal9999 import procs
+from hal9999.process.base import ProcessManager
 from hal9999.process.direct import DirectProcessManager
 from hal9999.providers.base import Sandbox
 from hal9999.providers.host.exec import dies_with_helper
@@ -65,12 +66,12 @@ async def test_the_command_dies_with_its_killed_supervisor(
             await until(lambda m=marker: m.exists() and m.read_text().strip())
             agent = int(marker.read_text())
             supervisor = supervisor_pid(manager, spec)
-            assert supervisor is not None and process_started(agent) is not None
+            assert supervisor is not None and procs.started(agent) is not None
             os.kill(supervisor, signal.SIGKILL)
-            await until(lambda a=agent: process_started(a) is None)
-            assert process_started(agent) is None, f"the {run} agent outlived its supervisor"
+            await until(lambda a=agent: procs.started(a) is None)
+            assert procs.started(agent) is None, f"the {run} agent outlived its supervisor"
             assert (await manager.status(spec)).state == "missing"  # no exit status
         finally:
             await manager.stop(spec)
-            if agent and process_started(agent) is not None:  # failed: leave nothing running
+            if agent and procs.started(agent) is not None:  # failed: leave nothing running
                 os.kill(agent, signal.SIGKILL)

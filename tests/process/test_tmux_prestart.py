@@ -1,4 +1,4 @@
-"""A task's tmux session opened ahead of its run (issue 16): the server and the supervisor start
+"""A task's tmux session opened ahead of its run: the server and the supervisor start
 while the task's checkout is made, the supervisor waiting on a FIFO (``--go``), so the run's
 start is one byte written; every way a run ends before that leaves no server and runs
 nothing, and the pane's environment is the run's own."""

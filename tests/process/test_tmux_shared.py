@@ -1,4 +1,4 @@
-"""The tmux server a daemon shares among its runs (issue 16): one server start for many runs,
+"""The tmux server a daemon shares among its runs: one server start for many runs,
 each pane with exactly its own run's environment (never in argv), a stop that ends one run
 and nothing of another's, and a server that ends with its holder's process and last run."""
 
@@ -15,8 +15,8 @@ import pytest
 from tests.process.test_managers import wait_exit
 from tests.process.test_tmux_prestart import servers
 
+from hal9999 import procs
 from hal9999.process import tmux as tmux_module
-from hal9999.process.base import process_started
 from hal9999.process.tmux import TmuxProcessManager, share_server, unshare_server
 from hal9999.providers.base import Sandbox
 from hal9999.spec import ProcessSpec, ShellCommand
@@ -86,7 +86,7 @@ async def test_runs_share_one_server_each_pane_its_own_environment(
     pane_b = manager._panes[manager.socket(specs[1][0])]
     await manager.stop(specs[0][0])
     await wait_exit(manager, specs[0][0])  # its supervisor ended it, and said so
-    assert process_started(pane_b[0]) == pane_b[1]
+    assert procs.started(pane_b[0]) == pane_b[1]
     # A manager of another process (the next daemon, `hal task attach`) finds the run.
     other = TmuxProcessManager(runtime_dir=runtime)
     assert (await other.status(specs[1][0])).state == "running"

@@ -1,4 +1,4 @@
-"""Warm panes on a daemon's shared tmux server (issue 16): a run claims an idle session whose
+"""Warm panes on a daemon's shared tmux server: a run claims an idle session whose
 supervisor has started, hands it its command and environment through a private FIFO (never
 argv, never the server's environment), and starts no interpreter on its path; an idle pane
 runs nothing and ends with its daemon; the shared server starts at the first tmux run."""
@@ -18,9 +18,9 @@ from tests.process.test_managers import wait_exit
 from tests.process.test_tmux_prestart import _reads, servers
 from tests.process.test_tmux_shared import run_spec, runtime  # noqa: F401 (a fixture)
 
+from hal9999 import procs
 from hal9999.errors import ProcessError
 from hal9999.process import tmux as tmux_module
-from hal9999.process.base import process_started
 from hal9999.process.launch import SUPERVISOR
 from hal9999.process.tmux import TmuxProcessManager, share_lazily, unshare_server
 from hal9999.process.tmuxwarm import WarmPane, WarmPanes
@@ -145,7 +145,7 @@ async def test_a_claimed_pane_whose_go_never_comes_runs_nothing(
     assert manager._panes[manager.socket(spec)][0] == pane.pid
     await manager.stop(spec)  # a run ended before its start
     deadline = time.monotonic() + 10
-    while process_started(pane.pid) == pane.started:
+    while procs.started(pane.pid) == pane.started:
         assert time.monotonic() < deadline
         await asyncio.sleep(0.05)
     assert not marker.exists() and not spec.exit_path.exists()
@@ -178,7 +178,7 @@ asyncio.run(main())
             time.sleep(0.02)
         os.kill(daemon.pid, signal.SIGKILL)
         daemon.wait()
-        while process_started(int(pid)) == int(started):
+        while procs.started(int(pid)) == int(started):
             assert time.monotonic() < deadline, "the idle pane outlived its daemon"
             time.sleep(0.05)
         while servers(shared):  # its holder and its warm pane gone: the server with them
@@ -244,7 +244,7 @@ async def test_a_failed_hand_over_runs_the_command_once_in_the_runs_own_pane(
     assert manager._panes[manager.socket(spec)][0] != pane.pid
     assert await wait_exit(manager, spec) == 0
     deadline = time.monotonic() + 10
-    while process_started(pane.pid) == pane.started:
+    while procs.started(pane.pid) == pane.started:
         assert time.monotonic() < deadline, "the claimed pane outlived its failed hand-over"
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.3)

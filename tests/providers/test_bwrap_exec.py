@@ -402,7 +402,7 @@ async def test_the_oom_counter_is_looked_up_once_and_read_in_one_call(
 
 
 def test_the_seccomp_filter_is_assembled_once_a_process() -> None:
-    # Issue 16: every bwrap provider object assembled it again (two a task in the daemon).
+    # Every bwrap provider object assembled it again (two a task in the daemon).
 
     assert seccomp.build() is seccomp.build()
     assert seccomp.build(deny_userns=False) != seccomp.build()

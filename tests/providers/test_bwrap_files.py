@@ -1,6 +1,6 @@
 """A bwrap sandbox's own files on the host: the curated /etc view its commands bind, the
 read-only files every sandbox shares, and the inodes a create, a start and a reset make
-(each costs up to 0.5 ms on some hosts, issue 16), with what a create cut short leaves."""
+(each dear on some hosts), with what a create cut short leaves."""
 
 from __future__ import annotations
 
@@ -162,7 +162,7 @@ async def test_a_start_leaves_the_shared_files_alone_and_mends_a_changed_one(
 
 @pytest.mark.bwrap
 async def test_a_create_makes_only_the_inodes_it_needs(hal_home: Path, tmp_path: Path) -> None:
-    # Issue 16: each inode made costs 0.3-0.6 ms on some hosts. One save of the record (its
+    # Each inode made is dear on some hosts. One save of the record (its
     # uid and cgroup named before either is made), the filter and the uid switch the
     # provider's shared files, the account files bwrap's own (through the launcher's pipes),
     # and no own home where a bind is the home (a task's): its directory, record and tmp.
@@ -177,9 +177,9 @@ async def test_a_create_makes_only_the_inodes_it_needs(hal_home: Path, tmp_path:
             box = await provider.create(spec)
         try:
             # Nothing anywhere else in the HAL_HOME either (the shared files were made).
-            own = [box.id, *(os.path.join(box.id, n) for n in ("sandbox.tmp", "tmp"))]
+            own = [box.id, *(os.path.join(box.id, n) for n in (".sandbox.json.<tmp>", "tmp"))]
             state = os.path.relpath(provider.state_dir, hal_home)
-            assert sorted(made) == sorted(os.path.join(state, n) for n in own)
+            assert inodes.steady(made) == sorted(os.path.join(state, n) for n in own)
             assert (await box.exec(ArgvCommand(argv=("true",)))).ok
         finally:
             await provider.destroy(box.id)
@@ -224,7 +224,7 @@ async def test_a_create_cut_short_after_its_one_save_leaves_what_destroy_undoes(
 async def test_a_stop_and_reset_make_one_record_file_and_a_fresh_tmp_if_used(
     hal_home: Path, tmp_path: Path
 ) -> None:
-    # Issue 16: the pool stops a sandbox, then resets it (a start): the start takes back the
+    # The pool stops a sandbox, then resets it (a start): the start takes back the
     # running record the stop kept, by a rename, rather than writing a new file; a tmp no
     # command changed is kept, one a command wrote to is made anew.
     provider = BwrapProvider(state_dir=hal_home / "sandboxes" / "bwrap")
@@ -238,14 +238,15 @@ async def test_a_stop_and_reset_make_one_record_file_and_a_fresh_tmp_if_used(
             await provider.stop(box.id)
             assert provider.store.load(box.id).state == "stopped"
             await provider.reset(box.id)
-        assert sorted(made) == [os.path.join(box.id, "sandbox.tmp")]
+        assert inodes.steady(made) == [os.path.join(box.id, ".sandbox.json.<tmp>")]
         assert provider.store.path(box.id).read_bytes() == running
         assert not (provider.store.dir(box.id) / ".previous.json").exists()
         assert (await box.exec(ArgvCommand(argv=("touch", "/tmp/used")))).ok
         with inodes.created(provider.state_dir) as made:
             await provider.stop(box.id)
             await provider.reset(box.id)
-        assert sorted(made) == sorted(os.path.join(box.id, n) for n in ("sandbox.tmp", "tmp"))
+        expect = (".sandbox.json.<tmp>", "tmp")
+        assert inodes.steady(made) == sorted(os.path.join(box.id, n) for n in expect)
         assert not os.listdir(provider.store.dir(box.id) / "tmp")
         await provider.stop(box.id)  # a start with a changed record writes it anew
         record = provider.store.load(box.id).model_copy(update={"state": "running"})

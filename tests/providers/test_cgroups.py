@@ -43,7 +43,7 @@ def hierarchy(tmp_path: Path, v2_controllers: str) -> tuple[Path, dict[str, Path
 
 def test_a_v1_launcher_joins_through_tasks_not_cgroup_procs(tmp_path: Path) -> None:
     # cgroup.procs moves take a global lock that waits for an RCU grace period after an
-    # idle spell (~10 ms a command); a single thread's own move through tasks does not.
+    # idle spell; a single thread's own move through tasks does not.
     dirs = [tmp_path / c for c in ("memory", "pids")]
     cgroup = cgroups.CgroupV1(dirs)
     assert cgroup.join_files() == [str(d / "tasks") for d in dirs]
@@ -54,7 +54,7 @@ def test_a_v1_cgroup_the_host_makes_writes_its_limits_without_looking_for_contro
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Each reset writes the limits again: which hierarchy holds each controller is the
-    # host's mount table's answer, not a probe of each directory's files (issue 16).
+    # host's mount table's answer, not a probe of each directory's files.
     _, v1 = hierarchy(tmp_path / "h", "")
     host = cgroups.CgroupHost(1, v1, frozenset(v1))
     probed: list[str] = []

@@ -1,4 +1,4 @@
-"""``kill_marked``'s scan of every host process runs off the event loop (issue 16: a daemon's
+"""``kill_marked``'s scan of every host process runs off the event loop (a daemon's
 other tasks and requests waited behind it at every pool reset); it and the keepers' sweep
 read each environment the same way (:func:`hostexec.environ_values`)."""
 

@@ -103,7 +103,7 @@ async def test_zero_means_unlimited_and_no_file_outgrows_the_disk_limit(
 async def test_a_tree_slow_to_walk_is_walked_less_often(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``du`` runs at most DISK_CHECK_SHARE of the time for a task (issue 16): a walk that took
+    """``du`` runs at most DISK_CHECK_SHARE of the time for a task: a walk that took
     0.3 s is next due 30 s later, not 10; a quick one keeps the 10 s; never past a minute."""
     now = [1000.0]
     monkeypatch.setattr(limits.time, "monotonic", lambda: now[0])
@@ -138,7 +138,7 @@ async def test_a_tree_slow_to_walk_is_walked_less_often(
 async def test_the_disk_reserve_is_made_once_then_only_looked_at(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Issue 16: every task's watchdog hopped to a thread to find the reserve already there.
+    # Every task's watchdog hopped to a thread to find the reserve already there.
     hops: list[object] = []
     real = asyncio.to_thread
 

@@ -67,7 +67,7 @@ def ssh_only_image() -> Iterator[str]:
 async def test_a_restore_runs_its_first_commands_over_the_agent_and_connects_no_ssh(
     provider: QemuProvider, workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Issue 16: no ssh handshake on the way to the first command; ssh connects (once) when
+    """No ssh handshake on the way to the first command; ssh connects (once) when
     something needs it (a launch, a forward, every agent port busy)."""
     masters: list[str] = []
     real_master = qemussh.start_master
@@ -169,7 +169,7 @@ async def test_a_restore_starts_ssh_while_qemu_still_loads_the_state(
     monkeypatch: pytest.MonkeyPatch,
     ssh_only_image: str,
 ) -> None:
-    """Issue 16, an image without the exec agent: the ssh master's start overlaps the
+    """An image without the exec agent: the ssh master's start overlaps the
     restore instead of following it, and every command goes over ssh."""
     spec = SandboxSpec(provider="qemu", workspace=workspace, image=ssh_only_image)
     warm = await provider.create(spec)  # its saved state is made now (a cold boot)

@@ -1,4 +1,4 @@
-"""The saved state's memory file (issue 16): every VM restored from a state maps the guest's
+"""The saved state's memory file: every VM restored from a state maps the guest's
 memory from the state's ``ram`` file copy-on-write instead of reading and copying it out of
 ``vm.state``, so what one guest writes to its memory reaches neither the file nor another
 guest restored from it. A snapshot's state gets a RAM file of its own, which its forks map
@@ -99,7 +99,7 @@ async def test_restored_guests_map_the_saved_memory_privately_and_never_write_it
 async def test_forks_map_their_snapshots_memory_privately_and_see_no_other_forks_writes(
     provider: QemuProvider, tmp_path: Path
 ) -> None:
-    """Issue 16, stop 47: a snapshot's memory is moved out of its ``vm.state`` into a RAM file
+    """A snapshot's memory is moved out of its ``vm.state`` into a RAM file
     of its own (it was in ``vm.state``, and every fork loaded and copied each page). Each fork
     and the snapshotted sandbox, which goes on from the snapshot, map it copy-on-write: what
     one of them writes reaches neither the file nor any other. The guest's page cache is kept

@@ -1,5 +1,5 @@
 """A root hal's VM of an image built before hal-setup's adopt step says so, once per process
-and image, on stderr with the command that rebuilds it (stop 43: only ``hal doctor`` and
+and image, on stderr with the command that rebuilds it (only ``hal doctor`` and
 ``hal image list`` said it; each start, restore or fork ran the find/chown without a word)."""
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ def _argv(tmp_path: Path, incoming: int | None) -> list[str]:
 
 
 def test_a_restore_reads_the_saved_state_from_an_inherited_descriptor(tmp_path: Path) -> None:
-    """Issue 16: no shell, no cat and no pipe copy of the whole state per restore."""
+    """No shell, no cat and no pipe copy of the whole state per restore."""
     args = _argv(tmp_path, 17)
     assert args[args.index("-incoming") + 1] == "fd:17"
     assert not any(arg.startswith("exec:") for arg in args)
@@ -95,7 +95,7 @@ def test_a_restore_reads_the_saved_state_from_an_inherited_descriptor(tmp_path: 
 def test_a_state_with_a_ram_file_is_restored_from_a_private_mapping_of_it(
     tmp_path: Path,
 ) -> None:
-    """Issue 16: the guest's memory is mapped from the saved state's RAM file, copy-on-write
+    """The guest's memory is mapped from the saved state's RAM file, copy-on-write
     (``share=off``: nothing a restored guest writes reaches the file), and the state's load
     waits for QMP, which sets the capability it was saved with; the VM that makes the state
     maps the file shared (its memory is what the state keeps)."""

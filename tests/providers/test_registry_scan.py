@@ -1,6 +1,6 @@
 """A daemon loads a provider and a process manager at every run of every task, an in-process
 ``hal run`` one of each: the installed packages' metadata is scanned for them once, in one
-scan for both (a scan was ~18% of the daemon's CPU per task, issue 16), and a plugin
+scan for both (a scan per load is a large share of the daemon's CPU per task), and a plugin
 installed later is still found."""
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ def test_a_tree_deeper_than_the_stack_and_the_descriptors_is_handed_over(
 def test_a_tree_under_a_slot_link_is_handed_over_without_resolving_it_in_python(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Issue 16: realpath's lstat of every component of the mount source (a pool slot's link
+    # Realpath's lstat of every component of the mount source (a pool slot's link
     # to a session) was most of the walk of a trivial task's workspace; the kernel follows
     # the links when the root is opened. A root that is no directory is refused as before.
     session = tmp_path / "sessions" / "t1" / "workspace"

@@ -1,7 +1,7 @@
 """The ssh provider against a real OpenSSH sshd in a network namespace (tests/sshd.py).
 
 The contract suite runs against it too (``test_contract.py``, id ``ssh``); these are the
-promises of issue 14 item 1 that the contract does not cover.
+promises of the ssh provider that the contract does not cover.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ async def test_one_connection_per_host_is_reused(
         for sandbox in (first, second) * 3:
             assert (await sandbox.exec(ArgvCommand(argv=("true",)))).ok
         assert provider.pool.opened == 1  # two sandboxes, eight commands, one connection
-        # What reuse saves (here: ~5-20 ms for a command on the open connection against
-        # ~100-400 ms for a new connection and the same command; loaded machines vary).
+        # What reuse saves: a command on the open connection is far cheaper than a new
+        # connection and the same command (loaded machines vary).
         [host] = provider.hosts()
         conn = await provider.pool.get(host)
         reused = new = float("inf")

@@ -45,7 +45,7 @@ async def test_the_disk_limit_holds_on_the_host(
 async def test_the_file_limit_holds_on_the_host(
     sshd_server: Sshd, hal_home: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Stop 50: the ssh watchdog counted bytes only, so disk_files did not hold on a host.
+    # The ssh watchdog counted bytes only, so disk_files did not hold on a host.
     provider = ssh_provider(sshd_server, hal_home / "ssh")
     spec = SandboxSpec(provider="ssh", network="none", workspace=workspace,
                        resources=Resources(disk_mb=0, disk_files=300))  # fmt: skip
@@ -73,7 +73,7 @@ async def test_the_file_limit_holds_on_the_host(
 async def test_an_unreadable_directory_hides_nothing_from_the_count(
     sshd_server: Sshd, hal_home: Path, workspace: Path
 ) -> None:
-    # Stop 51: du and find, run as the ssh user, could not enter a directory the agent made
+    # Du and find, run as the ssh user, could not enter a directory the agent made
     # 000 (nor one 300 nor 600), so what it held escaped both limits.
     provider = ssh_provider(sshd_server, hal_home / "ssh")
     spec = SandboxSpec(provider="ssh", network="none", workspace=workspace,

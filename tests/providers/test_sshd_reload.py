@@ -1,7 +1,7 @@
 """The fakes' sshd restart (tests/fakes/sshd_reload.py, used by the fake DigitalOcean API and
 the fake limactl when a "VM" gets its host key) waits for the new listener itself, not a
 fixed pause: the suite paid 0.2-0.3 s a boot, and under load the pause could end while the
-old listener was still there (issue 16, stop 43)."""
+old listener was still there."""
 
 from __future__ import annotations
 

@@ -259,7 +259,7 @@ async def test_the_sandbox_user_is_named_by_files_no_create_writes_and_no_agent_
 ) -> None:
     # A root hal's passwd and group reach bwrap through the launcher's pipes and live in its
     # own root (a tmpfs, read-only once the command starts): no file of the sandbox's on the
-    # host (issue 16), and nothing the agent can change, in place or by replacing it.
+    # host, and nothing the agent can change, in place or by replacing it.
     if sandbox.uid is None:
         pytest.skip("an unprivileged hal shows the host's /etc/passwd (its own user is in it)")
     uid = sandbox.uid
@@ -383,7 +383,7 @@ async def test_a_create_that_fails_gives_its_uid_back_and_leaves_nothing(
     hal_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The uid is taken before the record's first save and the directories are made in a
-    # thread while the cgroup is made (issue 16): a failing cgroup must still end with the
+    # thread while the cgroup is made: a failing cgroup must still end with the
     # uid released and the sandbox's directory gone, the thread's work included.
     if not sandboxuser.privileged():
         pytest.skip("only a root hal gives sandboxes uids of their own")
@@ -421,7 +421,7 @@ async def test_a_create_that_fails_gives_its_uid_back_and_leaves_nothing(
 async def test_a_create_whose_directories_fail_leaves_no_cgroup_behind(
     hal_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The cgroup is made while the directories are (issue 16): when the directories fail,
+    # The cgroup is made while the directories are: when the directories fail,
     # the cgroup just made is in no saved record, so the create must remove it itself.
     provider = BwrapProvider(state_dir=hal_home / "sandboxes" / "bwrap")
     host = provider.cgroup_host()

@@ -1,4 +1,4 @@
-"""A hostile agent under ``hal serve``, whose runs share one tmux server (stop 39): it cannot
+"""A hostile agent under ``hal serve``, whose runs share one tmux server: it cannot
 reach that server's socket (so neither another run's pane nor its environment), sees no tmux
 variable, and keeps nothing running, nor a session, after its run."""
 
@@ -79,7 +79,7 @@ def test_a_hostile_agent_cannot_reach_the_shared_tmux_server_nor_outlive_its_run
     hal = served_repo
     shared = shared_socket(Path(hal_env["HAL_HOME"]) / "run")
     other = _running(hal)  # another run's live pane on the same server
-    # The holder and that run's (an idle warm pane, stop 40, is no run's).
+    # The holder and that run's (an idle warm pane is no run's).
     assert len([s for s in _sessions(shared) if not s.startswith("hal-warm-")]) == 2
     done = hal("run", "--agent", "sh hostile.sh", "look around")
     assert done.returncode == 0, done.stdout + done.stderr

@@ -214,7 +214,7 @@ async def test_a_keepers_launcher_waits_for_the_uid_switch_to_close_its_fds(
 ) -> None:
     # The launcher learns that the keeper is up from the end of file of a pipe only the
     # waiting uid switch holds last (it closes every fd above 2), then reads bwrap's PID 1's
-    # children once: no reading them every 0.2 ms while bwrap sets the sandbox up (under
+    # children once: no reading them in a tight loop while bwrap sets the sandbox up (under
     # strace, dozens of reads a keeper before).
     box, _, run, log, traced = await traced_keeper(
         provider, tmp_path, "-qq", "-e", "trace=open,openat,nanosleep,clock_nanosleep"

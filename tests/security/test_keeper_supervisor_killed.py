@@ -1,7 +1,7 @@
 """A task's whole tree in a keeper's sandbox (``hal-launch --enter``) dies with its killed
 supervisor: the launcher outside is the PID namespace's monitor, and nothing tied it to the
-supervisor, so a ``kill -9`` of that left the agent and its children running (stop 43;
-tests/process/test_supervisor_killed.py has the local provider)."""
+supervisor, so a ``kill -9`` of that left the agent and its children running
+(tests/process/test_supervisor_killed.py has the local provider)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """What a command sees in a keeper's namespaces does not depend on the keeper's own /proc:
 the keeper mounts none (providers/bwrap/keeper.py ``without_proc``), each command mounts its own
 over the mount point, so the same command sees the same mounts and the keeper's network, IPC
-and UTS namespaces either way (issue 16, stop 51)."""
+and UTS namespaces either way."""
 
 from __future__ import annotations
 

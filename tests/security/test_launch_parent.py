@@ -1,4 +1,4 @@
-"""A command spawned as its hal dies runs nothing (issue 16, stop 47): the launcher, forked but
+"""A command spawned as its hal dies runs nothing: the launcher, forked but
 not yet in the sandbox's cgroup when hal dies, was seen by neither the stop's cgroup kill nor
 its marker scan, and ran its command once it joined (bwrap's ``--die-with-parent``, set after
 the parent's death, does not fire). Now hal passes ``--parent`` its pid

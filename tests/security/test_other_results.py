@@ -1,4 +1,4 @@
-"""A task reads nothing of another task's result (stop 48): every result lands in the
+"""A task reads nothing of another task's result: every result lands in the
 source as a pack of its own, and git's local copy of the source (the snapshot a bwrap
 checkout borrows, the whole clone of a ref no snapshot holds) copied every pack and named
 each result branch ``origin/hal/<id>``: a later task's agent read every earlier task's work

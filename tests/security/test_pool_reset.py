@@ -79,7 +79,7 @@ async def test_the_next_task_on_a_warm_sandbox_sees_nothing_the_last_one_left(
         # run/: the record of a root hal's sandbox's keeper (renewed by the reset: task 1's
         # IPC objects, which outlive its processes, are not task 2's). No own home: the
         # session's is bound there; no etc/: the filter and uid switch are the provider's,
-        # the account files bwrap's own (issue 16: inodes less a create).
+        # the account files bwrap's own (inodes less a create).
         own = ["sandbox.json", "tmp"]
         if keeps(provider.store.load(second.sandbox.id)):
             own.append(RUN_DIR)

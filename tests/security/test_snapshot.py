@@ -1,4 +1,4 @@
-"""The snapshot a bwrap checkout borrows its objects from (issue 16, `tasks/mirror.py`),
+"""The snapshot a bwrap checkout borrows its objects from (`tasks/mirror.py`),
 against a hostile agent: it cannot change the snapshot, and cannot read what no branch or
 tag of the source reaches. Here so that the ordinary-user run covers it too."""
 

@@ -1,4 +1,4 @@
-"""A checkout holds no object its refs do not reach (stop 49). Git's local copy of a
+"""A checkout holds no object its refs do not reach. Git's local copy of a
 source (the snapshot a bwrap checkout borrows, the whole clone of a ref no snapshot holds)
 copied every pack and loose object of the source: a commit with a secret the operator
 dropped (its reflog expired), a dropped stash, an amended commit, a blob written and never

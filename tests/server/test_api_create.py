@@ -74,8 +74,8 @@ async def test_a_submission_is_one_task_write_with_the_daemon_as_runner(
         loops.append(None)
         return new_loop()
 
-    # Issue 16: a loop per submission (asyncio.run in a worker thread), and the two threads
-    # its executor started and joined, were ~0.5 ms of the daemon's CPU a task.
+    # A loop per submission (asyncio.run in a worker thread), and the two threads
+    # its executor started and joined, cost the daemon's CPU on every task.
     monkeypatch.setattr(asyncio.events, "new_event_loop", counted_loop)
 
     status, payload = await post(service, queue(submitted), tmp_path / "repo")
@@ -105,7 +105,7 @@ async def test_the_callers_config_notes_are_written_with_task_created(
     tmp_path: Path, service: TaskService
 ) -> None:
     # One open of the event log per submission (each was an open, a lock and an fsync before
-    # the task could start, issue 16), the notes right after task_created as before.
+    # the task could start), the notes right after task_created.
     opened = opens_counted(service)
     notes = {"describe": "config: HAL_HOME", "notice": "./hal.toml: ignored keys"}
     status, payload = await post(service, queue(), tmp_path / "repo", config_sources=notes)
@@ -123,7 +123,7 @@ async def test_the_callers_config_notes_are_written_with_task_created(
 async def test_an_in_process_runs_config_notes_are_written_with_task_created(
     tmp_path: Path, service: TaskService
 ) -> None:
-    # Stop 46: the full `hal run` wrote them in a second open of the log once the task
+    # The full `hal run` wrote them in a second open of the log once the task
     # existed (after a fast run's task_end, through a daemon: its follow never ended; in
     # process, a second open, lock and fsyncs a run). Now the request carries them.
     from hal9999.tasks.request import RunRequest

@@ -115,8 +115,8 @@ async def test_the_unix_socket_serves_the_api_alone(tmp_path: Path, sock_dir: Pa
 async def test_the_openapi_document_is_built_at_its_first_request_not_with_the_app(
     tmp_path: Path, sock_dir: Path, monkeypatch: Any
 ) -> None:
-    """Each daemon built it at its start (~60-100 ms of CPU), for a document few clients
-    fetch (issue 16, stop 43): now the first request builds it, once."""
+    """Each daemon built it at its start (dear in CPU), for a document few clients
+    fetch: now the first request builds it, once."""
     import hal9999.server.openapi as openapi
 
     built: list[object] = []

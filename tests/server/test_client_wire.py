@@ -1,5 +1,5 @@
 """The daemon client's query string is ``urllib.parse.urlencode``'s (the thin ``hal run``
-imports no ``urllib.parse``, issue 16)."""
+imports no ``urllib.parse``)."""
 
 from __future__ import annotations
 

@@ -124,7 +124,7 @@ async def test_the_page_that_ends_the_run_is_answered_done_once_the_run_is_over(
     tmp_path: Path,
 ) -> None:
     # The follower gets task_end and `done` in one answer, after the run let go of its
-    # sandbox: it need not ask again (issue 16: a request per `hal run` through the daemon).
+    # sandbox: it need not ask again (a request per `hal run` through the daemon).
     store, service, scheduler, daemon = daemon_of(tmp_path)
     daemon.bus.attach(asyncio.get_running_loop())
     store.insert_task(make_task(tmp_path, "endsaaaa", "queued"))
@@ -162,7 +162,7 @@ async def test_the_page_of_a_run_queued_again_goes_at_once_not_done(tmp_path: Pa
 
 
 async def test_a_note_after_the_runs_end_still_ends_the_follow(tmp_path: Path) -> None:
-    # Stop 46: the full `hal run` client wrote which config applied once the task was
+    # The full `hal run` client wrote which config applied once the task was
     # posted; a fast run's task_end came first, and the client, following the task, was
     # never told done (its `hal run` hung, 2 of 2 two-worker runs of test_daemon_run_e2e).
     # Tasks recorded so, and older clients, must not hang a follower: done, at once, both

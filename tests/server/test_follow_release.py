@@ -1,5 +1,5 @@
 """A follower of a task whose last event is written but whose run is still releasing its
-sandbox is answered when the run ends, not after the whole long poll (issue 16: every
+sandbox is answered when the run ends, not after the whole long poll (every
 ``hal run`` through ``hal serve`` took the client's 10 s wait on top of the task)."""
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ async def test_a_follower_that_shows_only_the_agent_is_not_woken_by_hals_own_eve
     tmp_path: Path,
 ) -> None:
     # `wake=agent` (the thin `hal run`): a page of hal's own events waits for the agent's
-    # output or the run's end instead of costing a request each (issue 16).
+    # output or the run's end instead of costing a request each.
     events = tmp_path / "events.jsonl"
     events.write_text(Phase(seq=1, task_id="t1", phase="running").model_dump_json() + "\n")
     task = SimpleNamespace(id="t1", status="running", runner_pid=os.getpid())
@@ -131,7 +131,7 @@ async def test_a_follower_that_shows_only_the_agent_is_not_woken_by_hals_own_eve
 async def test_the_answer_that_ends_a_run_reads_once_and_carries_the_record(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Issue 16: after the run's end the answer read the status, the events and the record
+    # After the run's end the answer read the status, the events and the record
     # in three thread hops (each a wake-up of the daemon's loop on the client's way out).
     hops: list[str] = []
     original = asyncio.to_thread
@@ -152,7 +152,7 @@ async def test_the_answer_that_ends_a_run_reads_once_and_carries_the_record(
     assert page["done"] is True
     assert page["record"] is daemon.service.store.get_task("t1")
     # A read while the run releases its sandbox, one after it is over; the task is found
-    # on the loop (issue 16: a third hop, in the run's preparing for a `hal run`).
+    # on the loop (a third hop, in the run's preparing for a `hal run`).
     assert hops == ["_read", "_read"], hops
     quick = await follow_page(daemon, "t1", after_seq=0, wait=LONG_POLL_S)
     assert quick["done"] is True and len(hops) == 3, hops
@@ -164,7 +164,7 @@ async def test_a_followed_task_whose_runner_died_is_reconciled_in_a_thread(
     # Found on the loop, but an active task whose runner is dead is written `interrupted`
     # by reconcile, a write: that goes to a thread, as `find` did.
     daemon = _daemon(tmp_path, {})
-    dead = SimpleNamespace(id="t1", status="running", runner_pid=2**22 + 1)  # no such pid
+    dead = SimpleNamespace(id="t1", status="running", runner_pid=2**22 + 1, runner_started=None)
     daemon.service.store.find_task = lambda task_id: dead
     threads: list[str] = []
 

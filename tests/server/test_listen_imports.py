@@ -1,5 +1,5 @@
-"""What a daemon's start leaves for later (issue 16): its listeners load uvicorn's websocket
-protocol at the first websocket (:mod:`websockets` was ~5 % of the instructions of a
+"""What a daemon's start leaves for later: its listeners load uvicorn's websocket
+protocol at the first websocket (:mod:`websockets` is a visible share of a
 daemon's start and stop), and its routes make the run body's JSON schema for the OpenAPI
 document only. Counted, not timed, so load cannot make these pass or fail."""
 
@@ -38,7 +38,7 @@ def test_the_run_bodys_schema_is_made_for_the_openapi_document_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Building the daemon's routes makes no JSON schema of the run body (~2-3 % of a
-    start, issue 16); the fields the route checks are the schema's properties, and the OpenAPI
+    start); the fields the route checks are the schema's properties, and the OpenAPI
     document still has the schema."""
     from tests.server.test_app import daemon_router
 

@@ -177,7 +177,7 @@ async def test_a_reconnect_mid_stream_gets_exactly_what_it_missed(
 async def test_without_a_stream_the_feed_reads_the_index_at_most_every_poll(
     served: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Issue 16: every batch of every task woke the feed into a thread hop reading the index
+    # Every batch of every task woke the feed into a thread hop reading the index
     # and a frame a event, with no stream to send them to (a daemon with no dashboard open).
     s = await served()
     reads: list[float] = []

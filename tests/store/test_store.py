@@ -205,7 +205,7 @@ def test_update_task_rejects_unknown_fields_and_bad_values(store: Store) -> None
 
 
 def test_a_status_move_is_one_statement_and_never_writes_a_bad_value(store: Store) -> None:
-    # Issue 16, stop 48: the move read the row in its transaction, then wrote it (two
+    # The move read the row in its transaction, then wrote it (two
     # statements); the write's RETURNING gives the row, validated before the commit.
     store.insert_task(make_task("t1", status="running"))
     statements: list[str] = []
@@ -375,7 +375,7 @@ def test_processes_opening_a_new_database_at_once_all_succeed(tmp_path: Path) ->
     """The first opens race to switch a new file to WAL; none may fail with "locked"."""
     # Each opener imports the store, says so, and blocks reading a pipe whose end this
     # process then closes: all six wake at once (they spun until a shared start time:
-    # ~1.5 s a round and a core each meanwhile, issue 16 stop 46).
+    # ~1.5 s a round and a core each meanwhile).
     opener = (
         "import os, sys\n"
         "from pathlib import Path\n"
@@ -448,7 +448,7 @@ def test_empty_json_columns_need_no_json_codec(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Most tasks' ``env_keys`` and ``providers`` are empty: written and read without
-    ``json`` (issue 16: 22 ``json.loads`` a task in a daemon); others round-trip."""
+    ``json`` (22 ``json.loads`` a task in a daemon); others round-trip."""
     import hal9999.store.rows as sqlite_store
 
     calls: list[str] = []

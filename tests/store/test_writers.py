@@ -1,5 +1,5 @@
 """This process's writers of one database queue on a lock of their own before SQLite's write
-lock (issue 16): SQLite's busy handler sleeps 1 to 100 ms a poll, a waiter slept on long
+lock: SQLite's busy handler sleeps 1 to 100 ms a poll, a waiter slept on long
 after the lock was free. Counted by what SQLite would refuse, not timed."""
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def test_a_writer_held_past_the_busy_timeout_goes_on_to_sqlite(
 def test_a_move_told_not_to_wait_is_refused_while_another_writer_holds_the_lock(
     tmp_path: Path,
 ) -> None:
-    # Issue 16, stop 48: a daemon's moves that are not durable are tried on its event loop,
+    # A daemon's moves that are not durable are tried on its event loop,
     # which must never wait for the lock (another process's, or a thread's of its own).
     with Store(tmp_path / "hal.db") as store:
         store.insert_task(make_task("t1", status="running"))

@@ -1,4 +1,4 @@
-"""Counting a run's thread hops (issue 16: each hop to the default executor is a thread
+"""Counting a run's thread hops (each hop to the default executor is a thread
 wake-up and a GIL hand-over on the task's way)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A borrowed checkout's git dir written by hal (issue 16): only the inodes git needs, each file
+"""A borrowed checkout's git dir written by hal: only the inodes git needs, each file
 written once and none read back, the same git dir `git branch` makes, and git itself wherever
 the fast path does not recognise the layout. Counted, not timed."""
 
@@ -20,7 +20,7 @@ __all__ = ["git_calls"]  # the fixture these tests take
 
 
 async def test_a_written_git_dir_makes_only_the_inodes_git_needs(tmp_path: Path) -> None:
-    # Issue 16: each inode costs 0.3-0.6 ms on some hosts; no empty hooks/, objects/pack/,
+    # Each inode is dear on some hosts; no empty hooks/, objects/pack/,
     # refs/heads/ or refs/tags/ (git makes each when it first writes there), and the local
     # branch and the task's new one packed (no loose ref, no directory for a name's parts).
     _, snap = _snapshot_repo(tmp_path, detached=False)
@@ -62,7 +62,7 @@ async def test_a_written_git_dir_makes_only_the_inodes_git_needs(tmp_path: Path)
 async def test_a_borrowed_checkout_at_head_takes_one_thread_hop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, git_calls: list[str], ref: str | None
 ) -> None:
-    # Issue 16: each thread hop costs the daemon ~1-2 ms of CPU with 16 tasks at once; the
+    # Each thread hop costs the daemon CPU with 16 tasks at once; the
     # .git, the branch and its commit were three (a --ref still reads the ref with git).
     hops: list[str] = []
     to_thread = asyncio.to_thread
@@ -113,7 +113,7 @@ def test_the_branched_git_dir_falls_back_step_by_step(tmp_path: Path) -> None:
 
 
 def test_a_branched_git_dir_writes_each_file_once_and_reads_none_back(tmp_path: Path) -> None:
-    # Issue 16: the branch's step read back the packed-refs and HEAD just written and
+    # The branch's step read back the packed-refs and HEAD just written and
     # rewrote them, and the commit's step read them (and tried a loose ref) again: ten opens
     # of the .git's files a task where six are writes.
     _, snap = _snapshot_repo(tmp_path, detached=False)

@@ -89,7 +89,7 @@ async def test_an_agent_built_repository_with_alternates_is_never_fetched(
     world: World, tmp_path: Path
 ) -> None:
     """The bundle path leads to an agent-made repository that borrows a private host
-    repository's objects through objects/info/alternates (issue 9 item 3)."""
+    repository's objects through objects/info/alternates."""
     private = tmp_path / "private"
     secret_commit = make_repo(private, {"key.txt": "private key\n"})
     evil = world.session.home / "evil.git"
@@ -120,7 +120,7 @@ async def test_a_bundle_with_other_heads_or_another_tip_is_refused(world: World)
 
 
 async def test_a_branch_the_user_changed_is_never_moved(world: World, tmp_path: Path) -> None:
-    """Resume after the user committed on hal/<id>: the user's commit stays (issue 10 item 2)."""
+    """Resume after the user committed on hal/<id>: the user's commit stays."""
     first = world.agent_commits({"a.txt": "two\n"})
     world.bundle()
     await world.bring_back(first)
@@ -160,7 +160,7 @@ async def test_a_branch_hal_moved_before_is_moved_again(world: World) -> None:
 
 async def test_a_source_branch_named_hal_does_not_break_bringing_back(world: World) -> None:
     """A branch `hal` makes `hal/<id>` impossible; the result lands on `hal-<id>` instead
-    of a failed task with advice to prune remotes (issue 10 item 13)."""
+    of a failed task with advice to prune remotes."""
     git(world.source, "branch", "hal")
     head = world.agent_commits({"a.txt": "two\n"})
     world.bundle()
@@ -179,7 +179,7 @@ async def test_no_change_creates_the_branch_at_the_base(world: World) -> None:
 
 @pytest.mark.parametrize("where", ["file", "history", "message"])
 async def test_a_secret_in_the_result_keeps_the_branch_out(world: World, where: str) -> None:
-    """Issue 9 item 10: the value of a task secret anywhere in the new objects (a file, a
+    """The value of a task secret anywhere in the new objects (a file, a
     file removed again later, a commit message) stops the branch and names where it is."""
     secret = "sk-live-7f3a9c2e1b"
     if where == "file":
@@ -225,7 +225,7 @@ async def test_the_source_repository_gone_says_where_the_work_is(world: World) -
 
 
 async def test_clone_keeps_no_host_path_in_the_checkout(tmp_path: Path) -> None:
-    """Issue 9 item 11: the session clone's git config and reflogs do not name the source."""
+    """The session clone's git config and reflogs do not name the source."""
     w = World(tmp_path)
     await w.clone()
     git_dir = w.session.workspace / ".git"
@@ -237,7 +237,7 @@ async def test_clone_keeps_no_host_path_in_the_checkout(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("ref", ["-f", "--upload-pack=touch /tmp/x", "--orphan=x"])
 async def test_a_ref_never_becomes_an_option(tmp_path: Path, ref: str) -> None:
-    """Issue 10 item 12: `--ref=-f` used to "succeed" at HEAD."""
+    """`--ref=-f` used to "succeed" at HEAD."""
     w = World(tmp_path)
     src = gitrepo.RepoSource("local", str(w.source))
     with pytest.raises(RepoError, match="invalid --ref"):
@@ -253,7 +253,7 @@ async def test_a_ref_that_does_not_exist_is_named(tmp_path: Path) -> None:
 
 
 async def test_git_errors_keep_the_whole_message(tmp_path: Path) -> None:
-    """Issue 10 item 13: not just git's last line."""
+    """Not just git's last line."""
     with pytest.raises(RepoError) as caught:
         await gitrepo.git(["rev-parse", "--verify", "no-such-ref", "also-no"], cwd=tmp_path)
     assert "not a git repository" in caught.value.message
@@ -283,7 +283,7 @@ def test_a_patch_scan_names_the_file_and_finds_a_secret_across_chunks(
 async def test_a_first_bring_back_without_changes_runs_one_git(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Issue 16, fourth pass: the branch is created where none was (update-ref against zero);
+    # The branch is created where none was (update-ref against zero);
     # it was read first (rev-parse), then created.
     calls: list[list[str]] = []
     original = bringback.git
@@ -309,7 +309,7 @@ async def test_a_first_bring_back_without_changes_runs_one_git(
     # Was bundle verify, list-heads, fetch, rev-parse, rev-parse, update-ref (move),
     # update-ref (drop the private ref): the header is read in Python, the fetch verifies,
     # and one transaction moves the branch and drops the private ref. The bundle's pack is
-    # indexed once more, strictly (the fetch checks no object of a bundle: stop 38).
+    # indexed once more, strictly (the fetch checks no object of a bundle).
     assert [args[0] for args in calls] == [
         "index-pack", "fetch", "rev-parse", "rev-parse", "update-ref"
     ]  # fmt: skip

@@ -204,7 +204,7 @@ async def test_a_large_result_is_matched_in_pieces_the_loop_runs_between(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The secret scan matched each 1 MiB read in one regular expression call, on the event
-    # loop, holding the GIL: ~80 ms a MiB on the benchmark host, so a large result (its size
+    # loop, holding the GIL, so a large result (its size
     # the agent's to choose) stalled every task and client of a daemon again and again. Each
     # match now reads a bounded piece, and the loop gets its turn between pieces.
     ws = world.session.workspace

@@ -1,5 +1,5 @@
-"""Bundles shaped to slip a tree past bring-back's ``index-pack --strict`` (stop 39's attacks,
-each of which held): ``.gitmodules`` a link or hostile in any spelling, a refused tree no
+"""Bundles shaped to slip a tree past bring-back's ``index-pack --strict`` (attacks
+that must each be held): ``.gitmodules`` a link or hostile in any spelling, a refused tree no
 commit reaches, a second pack after the first, a hostile ``.gitmodules`` whose blob the
 source already holds (so the bundle does not carry it)."""
 

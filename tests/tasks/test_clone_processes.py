@@ -1,4 +1,4 @@
-"""The session clone's host git processes (issue 16): clone and branch, nothing more; the
+"""The session clone's host git processes: clone and branch, nothing more; the
 source's path is still gone from the checkout, and git still does what the fast path does
 not recognise. Counted, not timed."""
 
@@ -44,8 +44,8 @@ async def test_a_local_clone_runs_git_once_and_keeps_no_host_path(
     src = gitrepo.RepoSource("local", str(w.source))
     base = await gitrepo.clone(src, None, w.session.workspace, BRANCH)
     # Was: + checkout -b (fourth pass), config --unset-all, rev-parse HEAD (third pass).
-    # Stop 49: the objects its refs reach, the rest of what the clone copied to leave out
-    # (stop 48: two, the source's refs aside and what only they reach).
+    # The objects its refs reach, the rest of what the clone copied to leave out
+    # (two, the source's refs aside and what only they reach).
     assert git_calls == ["clone", "rev-list"]
     assert git(w.session.workspace, "status", "--porcelain") == ""
     assert base == w.base == git(w.session.workspace, "rev-parse", "HEAD")
@@ -74,7 +74,7 @@ async def test_a_clone_at_a_ref_branches_from_that_commit(
     first = git(w.source, "rev-list", "--max-parents=0", "HEAD")
     src = gitrepo.RepoSource("local", str(w.source))
     base = await gitrepo.clone(src, first, w.session.workspace, BRANCH)
-    # The detach; the branch in Python; stop 49's one (the objects the refs reach).
+    # The detach; the branch in Python; one for the objects the refs reach.
     assert git_calls == ["clone", "rev-parse", "checkout", "rev-list"]
     assert base == first == git(w.session.workspace, "rev-parse", f"refs/heads/{BRANCH}")
     assert git(w.session.workspace, "symbolic-ref", "HEAD") == f"refs/heads/{BRANCH}"
@@ -190,8 +190,8 @@ async def test_a_borrowed_checkout_is_what_clone_shared_made_with_one_git(
     with monkeypatch.context() as patch:
         patch.setattr(gitdir, "_write_git_dir", lambda *a: (False, None))
         assert await gitrepo.clone(src, ref, theirs, BRANCH, borrow=snap) == base
-    # Issue 16: was clone (with sh and git-upload-pack) [+ rev-parse, checkout --detach];
-    # a ref is looked up as before (itself, then origin/REF).
+    # One clone (not sh and git-upload-pack besides), no rev-parse or checkout --detach
+    # of its own; a ref is looked up as git does (itself, then origin/REF).
     lookups = git_calls.count("rev-parse")
     assert git_calls == ["clone"] + ["rev-parse"] * lookups + ["checkout"] * (ref is not None)
     assert mine_calls == ["rev-parse"] * lookups + ["read-tree"]
@@ -259,7 +259,7 @@ async def test_a_plain_repository_is_found_without_git_as_git_finds_it(
         assert found == gitrepo.RepoSource("local", git(where, "rev-parse", "--show-toplevel"))
         found = await gitrepo.resolve_source(str(where), tmp_path)
         assert found.location == git(where, "rev-parse", "--show-toplevel")
-    assert git_calls == []  # issue 16: was one `rev-parse --show-toplevel` each
+    assert git_calls == []  # no `rev-parse --show-toplevel` each
 
 
 async def test_anything_but_the_plain_layout_is_left_to_git(
@@ -338,9 +338,9 @@ async def test_a_worktree_set_in_any_form_git_reads_is_left_to_git(
 async def test_a_borrowed_checkout_names_the_sessions_link_from_its_first_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ref: str | None
 ) -> None:
-    # Issue 16: the alternates file was written with the snapshot's path, then replaced by
-    # one naming the session's link, and HEAD was replaced (through HEAD.lock) once or twice
-    # more: a new inode and a freed one each, per task.
+    # The alternates file written with the snapshot's path, then replaced by
+    # one naming the session's link, and HEAD replaced (through HEAD.lock) once or twice
+    # more, would be a new inode and a freed one each, per task.
     written: list[int] = []
     write_git_dir = gitdir._write_git_dir
 

@@ -39,7 +39,7 @@ async def test_collect_commits_leftovers_and_copies_patch_and_bundle(
 async def test_a_large_change_never_passes_through_stdout(
     world: tuple[World, HostileSandbox],
 ) -> None:
-    """Issue 10 item 4: the patch is a file copied by fd, stdout is one line."""
+    """The patch is a file copied by fd, stdout is one line."""
     w, sandbox = world
     (w.session.workspace / "big.txt").write_text("line of text\n" * 200_000)  # ~2.6 MB
     result = await run_collect(w, sandbox)
@@ -70,7 +70,7 @@ async def test_a_branch_moved_away_from_head_is_still_pointed_at_head(
 async def test_work_in_a_nested_repository_is_reported(
     world: tuple[World, HostileSandbox],
 ) -> None:
-    """Issue 10 item 3: an agent that commits inside its own nested repository."""
+    """An agent that commits inside its own nested repository."""
     w, sandbox = world
     nested = w.session.workspace / "sub"
     nested.mkdir()

@@ -1,4 +1,4 @@
-"""The programs collection runs (issue 16): no git it does not need, whether the task
+"""The programs collection runs: no git it does not need, whether the task
 changed nothing or left its work uncommitted, and the shortcut for an unchanged checkout
 (one `git status`) taken only where nothing changed: never for a change the checkout's own
 config hides from `status`, a URL source (its whole bundle), or a base whose gitlinks may
@@ -51,9 +51,8 @@ def _program(line: str) -> str:
 async def test_collecting_a_run_that_changed_nothing_runs_two_git(
     world: tuple[World, HostileSandbox], programs: Callable[[], list[str]]
 ) -> None:
-    # Issue 16, fourth pass: was mkdir, git status, rev-parse, update-ref, diff, awk, status,
-    # cut, ls-files, awk, diff, wc, diff (8 git, 13 programs); fifth: mkdir, git status,
-    # rev-parse, ls-files, awk. Now no result directory either.
+    # Every program of a collection is a cost on every task: no mkdir, rev-parse,
+    # update-ref, diff, awk, cut or wc when nothing changed, and no result directory.
     w, sandbox = world
     w.session.bundle.write_bytes(b"from an earlier run")
     result = await run_collect(w, sandbox)
@@ -67,7 +66,7 @@ async def test_collecting_a_run_that_changed_nothing_runs_two_git(
 async def test_collecting_a_run_that_changed_nothing_leaves_the_index_unwritten(
     world: tuple[World, HostileSandbox],
 ) -> None:
-    # Issue 16: `status` found the checkout's index racy (written the second its files
+    # `status` found the checkout's index racy (written the second its files
     # were) and wrote it again, a lock file and a rename each task.
     w, sandbox = world
     tracked = w.session.workspace / "a.txt"
@@ -188,7 +187,7 @@ async def test_an_unchanged_checkout_with_a_gitlink_still_looks_inside_it(
 async def test_a_substitution_that_is_one_git_forks_no_second_shell(
     world: tuple[World, HostileSandbox], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Issue 16: `state=$(g status ...)` forked the substitution's subshell, which forked
+    # `state=$(g status ...)` forked the substitution's subshell, which forked
     # again for the function's git: two processes for one git on every collection.
     shims = tmp_path / "ancestry"
     shims.mkdir()

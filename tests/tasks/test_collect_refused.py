@@ -102,7 +102,7 @@ async def test_a_swap_after_the_script_never_reaches_the_host(
 
 
 async def test_a_planted_old_staging_name_is_ignored(world: tuple[World, HostileSandbox]) -> None:
-    """The name the host used to move from (issue 9 item 2) means nothing any more."""
+    """The name the host used to move from means nothing any more."""
     w, sandbox = world
     target = w.host / "target"
     target.mkdir()

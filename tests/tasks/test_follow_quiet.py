@@ -1,5 +1,5 @@
 """A run with nothing new to read costs two ``stat`` calls a look, and its output is still
-emitted in log order once it comes (issue 16: 100 idle agents used a fifth of a core)."""
+emitted in log order once it comes (100 idle agents used a fifth of a core)."""
 
 from __future__ import annotations
 
@@ -166,7 +166,7 @@ async def test_a_quiet_run_is_looked_at_less_often_until_it_speaks(
 def test_a_large_backlog_is_recorded_a_bounded_piece_a_step(tmp_path: Path) -> None:
     # Each step's output event is masked on the daemon's loop when it is recorded, in one
     # regular expression call that holds the GIL; 4 MiB a step stalled every task and client
-    # for ~70-300 ms (by what the agent printed) as long as a backlog lasted.
+    # (by what the agent printed) as long as a backlog lasted.
     follow, emitted, log, _ = follower(tmp_path)
     log.write_bytes(b"x" * (5 << 20))
     steps = 1

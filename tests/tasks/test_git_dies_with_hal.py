@@ -1,4 +1,4 @@
-"""The checkout's host git dies with its hal (issue 16): the static launcher's ``--dies-with``
+"""The checkout's host git dies with its hal: the static launcher's ``--dies-with``
 sets the death signal and checks hal is still its parent in one exec, where ``setpriv`` and
 an ``sh`` took two; a launcher built without it keeps that chain. Counted, not timed.
 
@@ -164,7 +164,7 @@ def test_the_launcher_as_its_own_program_is_not_executed_again(
     launcher: Path, tmp_path: Path
 ) -> None:
     # A supervisor's command is `hal-launch --dies-with PID -- hal-launch ... -- bwrap ...`:
-    # the second exec of the same file was one of a run's four hal-launch execs (issue 16).
+    # the second exec of the same file was one of a run's four hal-launch execs.
     trace = tmp_path / "execs"
     command = [*_through_itself(launcher), "sh", "-c", 'echo "$HAL_SANDBOX"']
     parent = (

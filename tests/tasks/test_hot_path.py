@@ -1,4 +1,4 @@
-"""What every task pays for on its way (issue 16): no sandbox start without a use, rows,
+"""What every task pays for on its way: no sandbox start without a use, rows,
 reads, thread hops and inodes kept few (the supervisor's imports are pinned in
 tests/process/test_supervisor_imports.py). Counted, not timed, so load cannot make these
 pass or fail."""
@@ -35,7 +35,7 @@ async def test_a_run_execs_in_its_sandbox_only_to_collect(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The launcher checks the agent's program in the agent's own sandbox start; no separate
-    # `command -v` start before it (issue 16). What is left: collection, one exec.
+    # `command -v` start before it. What is left: collection, one exec.
     from hal9999.providers.bwrap.provider import BwrapSandbox
 
     repo = git_repo(tmp_path / "repo")
@@ -56,7 +56,7 @@ async def test_a_run_execs_in_its_sandbox_only_to_collect(
 async def test_a_daemon_task_writes_its_row_once_per_step(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, leased: bool
 ) -> None:
-    # Issue 16: a run rewrote the runner pid the daemon's queueing had recorded, and its end
+    # A run rewrote the runner pid the daemon's queueing had recorded, and its end
     # cleared the sandbox and the runner pid in two writes (each a thread hop and a commit);
     # then in one more after the final status, which the run's follower waited for: now in
     # the final status's own write. The sandbox is recorded with `preparing`, the clone's
@@ -86,7 +86,7 @@ async def test_a_daemon_task_writes_its_row_once_per_step(
     await pool.drain()  # a leased one went back to the pool: nothing of it outlives the test
     store.close()
     assert done.status == "succeeded", done.error_message
-    # Stop 40: a sandbox made for this run alone (not `leased`) stays on the record, with its
+    # A sandbox made for this run alone (not `leased`) stays on the record, with its
     # runner, until destroyed, then both are cleared: one more write, without which a run
     # killed between its final status and the destroy left the sandbox to nobody but the next
     # `hal serve` (tests/cli/test_dead_run_sweep.py). A pool's is cleared with the status.
@@ -128,9 +128,9 @@ async def test_what_a_run_learnt_is_recorded_with_a_failure_too(
 async def test_a_runs_final_phase_and_task_end_are_written_as_one_batch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Issue 16: the final status's phase and task_end were two batches back to back (two
-    # index transactions, two appends, two fsyncs of events.jsonl) at the end the run's
-    # caller waits for; one now (EventLog.together).
+    # The final status's phase and task_end as two batches back to back (two
+    # index transactions, two appends, two fsyncs of events.jsonl) would delay the end the
+    # run's caller waits for; they are one (EventLog.together).
     from hal9999.store import Store
 
     repo = git_repo(tmp_path / "repo")
@@ -166,7 +166,7 @@ async def run_trivial_task(tmp_path: Path, repo: Path) -> None:
 async def test_a_process_just_started_is_not_asked_whether_it_lives(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Issue 16, fourth pass: the follower asked the manager at once (tmux has-session, a
+    # The follower asked the manager at once (tmux has-session, a
     # process) though it had just started the run; now only once the exit file is there or
     # after the liveness interval.
     import time
@@ -197,7 +197,7 @@ async def test_a_process_just_started_is_not_asked_whether_it_lives(
 
 @pytest.mark.bwrap
 async def test_a_tasks_own_inodes_outside_its_checkout(tmp_path: Path) -> None:
-    # Issue 16: each inode made costs 0.3-0.6 ms on some hosts. What a task's run makes in
+    # Each inode made is dear on some hosts. What a task's run makes in
     # hal's own process (git's, the launcher's and the supervisor's files are their own
     # processes'; the checkout's are pinned in test_clone_processes), a sandbox created and
     # destroyed for it.
@@ -217,7 +217,7 @@ async def test_a_tasks_own_inodes_outside_its_checkout(tmp_path: Path) -> None:
     links = [p for p in own if p.startswith(".hal-objects")]
     assert len(links) == 1 and links[0].startswith(".hal-objects."), links
     # The mark of the run's start (made before `running`), which its supervisor renames to
-    # the pid file hal then writes (issue 16, stop 46: the pid file's inode, made earlier).
+    # the pid file hal then writes (the pid file's inode, made earlier).
     assert [p for p in own if not p.startswith(("workspace/", ".hal-objects"))] == [
         "run/.exit-0.unstarted"
     ]
@@ -226,14 +226,15 @@ async def test_a_tasks_own_inodes_outside_its_checkout(tmp_path: Path) -> None:
     box = f"sandboxes/bwrap/{boxes.pop()}"
     # A create's one save, the destroy's, and tmp (no home: the session's is bound; no etc:
     # the filter and uid switch are the provider's, a root hal's account files bwrap's own).
-    expect = ["", "/sandbox.tmp", "/sandbox.tmp", "/tmp"]
-    assert sorted(p for p in made if p.startswith("sandboxes/")) == sorted(box + e for e in expect)
+    expect = ["", "/.sandbox.json.<tmp>", "/.sandbox.json.<tmp>", "/tmp"]
+    boxed = [p for p in made if p.startswith("sandboxes/")]
+    assert inodes.steady(boxed) == sorted(box + e for e in expect)
 
 
 def test_a_fresh_workspace_is_emptied_without_a_thread_hop_only_when_it_holds_something(
     tmp_path: Path,
 ) -> None:
-    # Issue 16: a fresh task's workspace is empty; a clone cut short leaves files (a dangling
+    # A fresh task's workspace is empty; a clone cut short leaves files (a dangling
     # link among them) that must still go before the clone is made again.
     work = tmp_path / "workspace"
     work.mkdir()
@@ -255,8 +256,8 @@ def test_a_fresh_workspace_is_emptied_without_a_thread_hop_only_when_it_holds_so
 async def test_a_trivial_tasks_run_takes_few_thread_hops(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Issue 16: with 16 tasks at once each hop to the default executor costs the daemon
-    # ~1-2 ms of CPU (thread wake-ups and GIL hand-overs); a fresh clone at HEAD is one hop
+    # With 16 tasks at once each hop to the default executor costs the daemon
+    # CPU (thread wake-ups and GIL hand-overs); a fresh clone at HEAD is one hop
     # (was four with the workspace's emptying), a checkout's alternates and collection's
     # gitlinks note are read where they are needed. A pin: lower it when a hop goes, never
     # raise it. The events written by the flusher, as a daemon's are: its moves that are not
@@ -282,9 +283,8 @@ async def test_a_trivial_tasks_run_takes_few_thread_hops(
     assert not {"route_for", "identify"} & set(hops), hops  # in the provisioning move's hop
     moved = hops.count("RunnerCore.transition.<locals>.moved_then")  # provisioning (running)
     assert not {"adopt_each", "adopt"} & set(hops) and moved == 1 + (os.geteuid() == 0), hops
-    assert "RunnerCore._transition" not in hops, hops  # stop 48: `preparing`, `collecting`
-    # 14 since stop 43 (the landing's record in the final status' hop, the adoption in
-    # running's), 12 since stop 48.
+    assert "RunnerCore._transition" not in hops, hops  # `preparing`, `collecting` on the loop
+    # The landing's record goes in the final status' hop, the adoption in running's.
     assert not any("_landed" in h or "write_host_file" in h for h in hops) and len(hops) <= 12, hops
 
 
@@ -293,7 +293,7 @@ async def test_a_trivial_tasks_run_takes_few_thread_hops(
 async def test_tasks_of_one_service_share_their_provider_and_a_reset_reads_its_record_less(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sends_config: bool
 ) -> None:
-    # Issue 16: each task built its provider twice (its creation's check and its run; its
+    # Each task built its provider twice (its creation's check and its run; its
     # settings validated, its helpers and the host checked each time), and a pool reset read
     # and validated the sandbox's record six times (stop, the check that it stayed stopped,
     # again, start, the verification, the prime): the start now takes the record the reset

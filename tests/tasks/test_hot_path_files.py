@@ -1,4 +1,4 @@
-"""The small files a pooled task's run opens through file objects, kept few (issue 16; the
+"""The small files a pooled task's run opens through file objects, kept few (the
 rest of a task's hot path is pinned in tests/tasks/test_hot_path.py). Counted, not timed."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from tests.tasks.test_recovery import pooled_service
 async def test_a_pooled_tasks_run_reads_hals_small_files_without_file_objects(
     tmp_path: Path,
 ) -> None:
-    # Issue 16: a file object's open is an fstat, a TCGETS ioctl and lseeks more than
+    # A file object's open is an fstat, a TCGETS ioctl and lseeks more than
     # os.open's, and its objects; the daemon made ~37 a task, most of them to read a few
     # bytes of hal's own (the keeper's record, the sandbox's, the snapshot's name, refs
     # and notes, the new .git read back, the run's pid file). What is left in a run: the

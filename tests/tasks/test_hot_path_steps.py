@@ -1,4 +1,4 @@
-"""The steps of a task's run that cost something only where they are needed (issue 16): the
+"""The steps of a task's run that cost something only where they are needed: the
 submodule step, the supervisor's parser, the launcher's not-installed line, the kinds file, the
 template's parses, the checkout beside the sandbox's start and the host gits' transports.
 Counted, not timed, so load cannot make these pass or fail."""
@@ -76,7 +76,7 @@ def test_only_the_launchers_own_line_with_its_status_means_not_installed(tmp_pat
 def test_a_task_without_variables_records_no_kinds_file(tmp_path: Path) -> None:
     from hal9999.credentials import EnvKinds
 
-    # Issue 16: an empty env-kinds.json was written (a temp file and a rename) for every
+    # No empty env-kinds.json is written (a temp file and a rename) for every
     # task; a missing one reads as the same nothing.
     repo = git_repo(tmp_path / "repo")
     store, service, _, _ = pooled_service(tmp_path / "home", "fake")
@@ -96,7 +96,7 @@ def test_a_task_without_variables_records_no_kinds_file(tmp_path: Path) -> None:
 async def test_a_borrowed_checkout_is_made_while_the_sandbox_is_acquired(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, acquired: bool
 ) -> None:
-    # Issue 16: the checkout needs no sandbox, and was made only once one was acquired.
+    # The checkout needs no sandbox, so it is made while one is acquired, not after.
     # A run whose acquire fails meanwhile ends its checkout before it ends (no git left).
     from hal9999.errors import ProviderError
 
@@ -139,7 +139,7 @@ async def test_a_borrowed_checkout_is_made_while_the_sandbox_is_acquired(
 async def test_a_command_templates_task_parses_its_template_twice(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Issue 16: a template (split by shlex) was built five times a task: the request's
+    # A template (split by shlex) built five times a task would be waste: the request's
     # check, the prompt's secrets check and twice at the run's start asked it for an API
     # key variable, which a command template never names; the run's start also read the
     # task's secret names twice. Now the request's check and the run's agent (each checks
@@ -176,9 +176,9 @@ async def test_a_command_templates_task_parses_its_template_twice(
 async def test_a_trivial_tasks_host_gits_take_no_asyncio_subprocess_transport(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Issue 16, stop 40: the checkout's read-tree and the bring-back's update-ref were each
-    # started through asyncio's subprocess transports (~1.1 ms of the daemon's CPU a process
-    # here); procs.run_captured reads their pipes and pidfd on the loop (~0.5 ms).
+    # The checkout's read-tree and the bring-back's update-ref, each
+    # started through asyncio's subprocess transports, would be dear in the daemon's
+    # CPU; procs.run_captured reads their pipes and pidfd on the loop (half that).
     transported: list[tuple[Any, ...]] = []
     subprocess_exec = asyncio.base_events.BaseEventLoop.subprocess_exec
 

@@ -1,5 +1,5 @@
 """The record of the branch a run's bring-back moved (``run/brought-back.json``) is written
-in the final status' thread hop, before the status, fsynced as before (issue 16: one hop
+in the final status' thread hop, before the status, fsynced as before (one hop
 fewer on the way to a task's end). Ordered, not timed."""
 
 from __future__ import annotations
@@ -79,9 +79,9 @@ def test_a_run_pays_what_it_owes_once_in_order(tmp_path: Path) -> None:
 async def test_a_secret_tasks_patch_marker_takes_no_hop_of_its_own(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Issue 16: with secrets to look for, the patch's marker (``run/patch-checked``) was
-    # removed in a hop after the `collecting` move and made in one before the final status:
-    # now in those two moves' hops. The marker is there at the end: the scan cleared it.
+    # With secrets to look for, the patch's marker (``run/patch-checked``) is
+    # removed and made in the `collecting` and final moves' hops, not in hops of their
+    # own. The marker is there at the end: the scan cleared it.
     repo = git_repo(tmp_path / "repo")
     store, service, _, _ = pooled_service(tmp_path / "home", "bwrap")
     hops: list[str] = []

@@ -1,6 +1,6 @@
 """A daemon's status moves that are not durable (``preparing``, ``collecting``) are written on
-the event loop when the write lock is free at once, without a thread hop (issue 16, stop 48:
-the hop cost a busy daemon more CPU than the move); when another writer holds the lock, or
+the event loop when the write lock is free at once, without a thread hop (the
+hop costs a busy daemon more CPU than the move); when another writer holds the lock, or
 the phase event would be written on the loop (in-process), in a thread as before. Counted,
 not timed."""
 

@@ -1,4 +1,4 @@
-"""Checkouts that borrow their objects from a read-only snapshot of the source (issue 16):
+"""Checkouts that borrow their objects from a read-only snapshot of the source:
 nothing of the source's object store is copied per task, the snapshot holds only what the
 source's branches and tags reach, the agent cannot change it, a changed source gets a new
 snapshot, and an old one goes once no session borrows from it."""

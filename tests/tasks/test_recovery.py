@@ -317,7 +317,7 @@ async def test_a_running_task_whose_supervisor_never_got_its_start_is_queued_aga
 
 
 async def test_a_run_no_supervisor_took_is_queued_again_and_taken(tmp_path: Path) -> None:
-    # Direct and PM2 (issue 16, stop 46): hal marks the start before `running`, its
+    # Direct and PM2: hal marks the start before `running`, its
     # supervisor takes the mark just before the agent starts. A runner killed -9 between
     # leaves it: the next daemon takes it (a supervisor coming later starts nothing) and
     # queues the task again, also when a `hal` reconciled the task `interrupted` before

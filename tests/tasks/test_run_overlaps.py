@@ -1,4 +1,4 @@
-"""What a run does side by side rather than one after the other (issue 16): the tmux
+"""What a run does side by side rather than one after the other: the tmux
 session's start and the `preparing` write, the bring-back and an unchanged result's empty
 patch. Pinned by the order of their steps, not by time, so load cannot make these pass or
 fail."""
@@ -27,7 +27,7 @@ from hal9999.tasks.session import Session
 async def test_an_unchanged_results_branch_moves_while_its_empty_patch_is_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Issue 16: the empty patch's write (a thread, two fsyncs) and the bring-back's
+    # The empty patch's write (a thread, two fsyncs) and the bring-back's
     # `update-ref` (a git in the source) ran one after the other on every unchanged run.
     repo = git_repo(tmp_path / "repo")
     store, service, _, _ = pooled_service(tmp_path / "home", "bwrap")
@@ -83,7 +83,7 @@ async def test_an_unchanged_results_patch_that_cannot_be_written_fails_the_run(
 async def test_the_tmux_session_opens_while_preparing_is_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Issue 16: the running phase waits on the prestarted session (tmux's start, the
+    # The running phase waits on the prestarted session (tmux's start, the
     # supervisor's interpreter), which began only once `preparing` was written.
     from hal9999.process.tmux import TmuxProcessManager
     from hal9999.tasks.runcore import RunnerCore

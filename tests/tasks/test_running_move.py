@@ -1,5 +1,5 @@
 """A run's checkout and home are handed to the sandbox's user in the ``running`` move's
-thread hop, before the move is written (issue 16: one hop fewer before the agent's start);
+thread hop, before the move is written (one hop fewer before the agent's start);
 a failed handing leaves the task ``preparing``. Ordered and counted, not timed."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""``Scheduler.dispatch`` reads only as many queued rows as there are free slots (issue 16,
-target 2; docs/scale.md found it read up to 4 x free rows at every wake-up)."""
+"""``Scheduler.dispatch`` reads only as many queued rows as there are free slots
+(not a multiple of them at every wake-up: docs/scale.md)."""
 
 from __future__ import annotations
 

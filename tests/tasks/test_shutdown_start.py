@@ -3,7 +3,7 @@ its ``running`` and its agent's start still starts the agent, for the next daemo
 one that reaches it before ``running`` starts nothing (the next daemon queues it again).
 
 Found by the CLI test ``test_sigterm_leaves_agents_running_and_restart_adopts`` polling
-faster (stop 44): the task was left ``running`` with no agent, and the next daemon could only
+faster: the task was left ``running`` with no agent, and the next daemon could only
 mark it interrupted."""
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ async def shut_down_at(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at: str)
 async def test_a_shutdown_after_running_is_written_starts_the_agent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at: str
 ) -> None:
-    # "mid-write": stop 49's CI-way run found a task `running` whose pane's supervisor had
+    # "mid-write": a CI-way run found a task `running` whose pane's supervisor had
     # seen its go end unwritten (`.exit-0.unstarted`) after a SIGTERM; the launch had read
     # the store before the move's thread wrote `running`, and stopped the pane.
     task, spec = await shut_down_at(tmp_path, monkeypatch, at)

@@ -1,5 +1,5 @@
 """The system calls of one submission (``TaskService.create_blocking``, what the daemon's
-``POST /v1/tasks`` does in its worker thread), counted under strace (issue 16: a daemon takes
+``POST /v1/tasks`` does in its worker thread), counted under strace (a daemon takes
 a thousand in a burst, on the same process that runs them). Counted, not timed."""
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def submission_calls(tmp_path: Path) -> Counter[str]:
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
 def test_a_submission_makes_its_session_without_checking_the_home_again(tmp_path: Path) -> None:
-    # Issue 16, on the tree before: ~114 calls besides futex and the resolve. The home's
+    # What a submission need not do: the home's
     # four directories stat'ed and access()ed again at every submission (7), the session's
     # root asked for twice more and the events' directory once more (mkdirs failing with
     # EEXIST, and their stats), the prompt and the events written through buffered files

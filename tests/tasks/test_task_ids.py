@@ -1,6 +1,6 @@
 """A new task's id is checked against the store one candidate at a time: submitting a task
 reads one row, not every task id the store ever held (that read grew with the history, and
-a daemon takes a thousand submissions in a burst; issue 16)."""
+a daemon takes a thousand submissions in a burst)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from hal9999.tasks.request import RunRequest, new_task_id
 
 
 def test_a_taken_id_is_never_handed_out(monkeypatch: pytest.MonkeyPatch) -> None:
-    # One read of 40 random bits a candidate, five a letter (issue 16: a read a letter).
+    # One read of 40 random bits a candidate, five a letter (a read a letter).
     reads: list[int] = []
     draws = iter([bytes(5), bytes([0x08, 0x42, 0x10, 0x84, 0x21])])
 

@@ -103,9 +103,9 @@ def test_compare_and_set_rechecks_when_the_status_moved_underneath(
 def test_a_runners_move_writes_without_reading_the_status_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Issue 16: every move of a run read the status, then read the row again inside its
-    # write transaction; a runner knows the state it put the task in, and the write's
-    # compare-and-set checks it: four statements a move, not five; three since stop 48 (the
+    # A move need not read the status, then the row again inside its
+    # write transaction: a runner knows the state it put the task in, and the write's
+    # compare-and-set checks it: three statements a move (the
     # row comes back from the write, not from a read before it).
     with Store.open(tmp_path) as store:
         store.insert_task(make_task(tmp_path, "t1", "running"))
@@ -152,8 +152,8 @@ def test_a_resting_state_is_committed_durably(tmp_path: Path) -> None:
 def test_a_move_reads_and_validates_the_record_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Issue 16: every step of a task read its whole row and validated it before the write,
-    # then again inside the write, and validated the merged record a third time.
+    # A step of a task need not read its whole row and validate it before the write,
+    # then again inside the write, and validate the merged record a third time.
     from hal9999.store.records import TaskRecord
 
     with Store.open(tmp_path) as store:
@@ -167,7 +167,7 @@ def test_a_move_reads_and_validates_the_record_once(
         )
         before, after = transition(store, None, "t1", TaskStatus.COLLECTING, files_changed=2)
         monkeypatch.undo()
-        # Stop 48: the row read once, as the write returns it.
+        # The row read once, as the write returns it.
         assert not any(s.startswith("SELECT *") for s in statements), statements
         assert len([s for s in statements if s.endswith("RETURNING *")]) == 1, statements
         assert len(validated) == 1

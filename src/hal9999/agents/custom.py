@@ -3,7 +3,7 @@
 Every agent command runs through one fixed POSIX shell launcher (:data:`LAUNCH_SCRIPT`), given
 as an :class:`~hal9999.spec.ArgvCommand` ``sh -c LAUNCH_SCRIPT hal-agent PROGRAM ARGS...``
 (``sh``, not bash: dash starts in about half of bash's CPU time, on every task's path, and
-every image has one; issue 16). The script text never changes; everything variable reaches
+every image has one). The script text never changes; everything variable reaches
 it as exact argv elements or through the environment, so nothing is ever quoted into a shell
 line. It
 

@@ -190,8 +190,8 @@ class JsonLinesParser(LineParser):
 @functools.cache
 def _surrogate() -> re.Pattern[str]:
     """A lone UTF-16 surrogate, compiled when a record first has one to mend: the class of
-    2,048 code points was ~2.2M instructions at import, on the path of every run whose
-    agent never prints one (issue 16)."""
+    2,048 code points is dear to compile at import, on the path of every run whose
+    agent never prints one."""
     return re.compile("[\ud800-\udfff]")
 
 

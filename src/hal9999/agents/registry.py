@@ -10,26 +10,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from hal9999 import plugins
 from hal9999.agents.base import Agent, AgentSettings
 from hal9999.agents.custom import TemplateAgent
-from hal9999.entrypoints import EntryPointLike
-from hal9999.entrypoints import group_entry_points as entry_points
 from hal9999.errors import AgentError, HalError, UnknownAgent
 
 if TYPE_CHECKING:
     from hal9999.config import HalConfig
 
-ENTRY_POINT_GROUP = "hal9999.agents"
+ENTRY_POINT_GROUP = plugins.AGENTS.group
 """The entry point group presets register under."""
-
-
-def _presets() -> dict[str, EntryPointLike]:
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
 def available_agents() -> list[str]:
     """Names of the registered presets, sorted."""
-    return sorted(_presets())
+    return plugins.names(plugins.AGENTS)
 
 
 def is_template(name_or_template: str) -> bool:
@@ -40,7 +35,7 @@ def is_template(name_or_template: str) -> bool:
 def check_agent_name(name_or_template: str, known: Callable[[str], bool] | None = None) -> None:
     """Raise :class:`UnknownAgent` unless ``name_or_template`` is a preset (``known`` says
     which names are; a scan of the entry points by default) or a command template."""
-    is_known = known or (lambda name: name in _presets())
+    is_known = known or (lambda name: plugins.installed(plugins.AGENTS, name))
     if is_template(name_or_template):
         bare = name_or_template.strip()
         if bare and not is_template(bare) and is_known(bare):
@@ -69,20 +64,12 @@ def resolve_agent(name_or_template: str, settings: AgentSettings | None = None) 
     if is_template(name_or_template):
         check_agent_name(name_or_template)  # scans only for a padded preset name
         return TemplateAgent(name_or_template, settings)
-    presets = _presets()
-    check_agent_name(name_or_template, presets.__contains__)
-    entry_point = presets[name_or_template]
-    try:
-        factory = entry_point.load()
-        agent = factory(settings)
-    except Exception as exc:  # a broken plugin must not take the CLI down with a traceback
-        raise AgentError(
-            f"agent preset {name_or_template!r} ({entry_point.value}) failed to load: {exc}",
-            hint="reinstall the package that provides it",
-        ) from exc
+    check_agent_name(name_or_template)
+    agent = plugins.build(plugins.AGENTS, name_or_template, settings)
     if not isinstance(agent, Agent):
+        value = plugins.find(plugins.AGENTS, name_or_template).value
         raise AgentError(
-            f"agent preset {name_or_template!r} ({entry_point.value}) is not an Agent",
+            f"agent preset {name_or_template!r} ({value}) is not an Agent",
             hint="it must provide name, program, install_hint, supports_resume, build, parser",
         )
     return agent
@@ -97,8 +84,8 @@ def upstream_key_env(config: HalConfig, agent_name: str) -> str | None:
     if settings.api_key_env:
         return settings.api_key_env
     if is_template(agent_name) and getattr(TemplateAgent, "gateway_upstream", None) is None:
-        # A command template names no API (valid or not): not parsed for nothing (issue 16:
-        # a template's parse, three times a task, where a run checks and builds it twice).
+        # A command template names no API (valid or not): not parsed for nothing (a
+        # template's parse would otherwise repeat on every task's path).
         return None
     try:
         agent = resolve_agent(agent_name, settings)

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from hal9999 import fs
 from hal9999.auth.pkce import LoopbackReceiver, Pkce
 from hal9999.errors import CredentialsError
 
@@ -121,13 +122,7 @@ class CredentialFile:
         """Write atomically, mode 600, in a mode-700 directory."""
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path.parent.chmod(0o700)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(creds.model_dump_json(indent=1))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self.path)
+        fs.write_text(self.path, creds.model_dump_json(indent=1), mode=0o600)
 
     def delete(self) -> bool:
         """Forget them; whether there were any."""

@@ -2,8 +2,8 @@
 bridge into the async core, the one line a failure prints, the foreground run's ending.
 
 Apart from :mod:`hal9999.cli.main` (click's command tree) so that an in-process ``hal run``
-whose options :mod:`hal9999.cli.run_argv` reads runs without click and what it imports
-(issue 16). It prints through :func:`hal9999.cli.echo.echo`, which writes what
+whose options :mod:`hal9999.cli.run_argv` reads runs without click and what it imports.
+It prints through :func:`hal9999.cli.echo.echo`, which writes what
 ``click.echo`` would. :mod:`hal9999.cli.main` re-exports every name here for the commands.
 """
 
@@ -54,8 +54,8 @@ class App:
     def service(self) -> TaskService:
         """The in-process task service, built on first use: a command that reads the store
         (``hal task show``, ``logs``, ``events``) or asks a running daemon never needs it,
-        and :mod:`hal9999.tasks.service` with what it imports was ~40 ms of such a
-        command's start (issue 16)."""
+        and :mod:`hal9999.tasks.service` with what it imports would be most of such a
+        command's start."""
         if self._service is None:
             from hal9999.tasks.service import TaskService
 
@@ -73,7 +73,7 @@ class App:
         if (
             record.status not in ACTIVE
             or record.status == TaskStatus.QUEUED
-            or runner_alive(record.runner_pid)
+            or runner_alive(record.runner_pid, record.runner_started)
         ):
             return record
         return self.service.reconcile(record)
@@ -137,8 +137,8 @@ def collector_paused() -> Iterator[None]:
 
     For the start of a command that loads its modules, config and store before it works:
     imports make objects by the hundred thousand and next to no garbage cycles, and the
-    collector's passes over them were ~3 % of an in-process ``hal run``'s instructions
-    (issue 16). Frozen (:func:`gc.freeze`), the modules' objects are not walked again by the
+    collector's passes over them are a visible share of an in-process ``hal run``'s CPU.
+    Frozen (:func:`gc.freeze`), the modules' objects are not walked again by the
     collections of the command's own work; a cycle left in the block is kept, as at exit
     (:func:`hal9999.cli.entry.exit_lightly`)."""
     if not gc.isenabled():
@@ -160,9 +160,9 @@ the daemon; Python's default is 700."""
 def collect_less_often() -> None:
     """Let the cyclic collector run less often in a long-lived process that does the same
     work over and over (the daemon). A task's objects are freed by their reference counts
-    within it; at 700 the youngest generation was collected ~0.7 times a task, each pass
-    walking the containers a running task holds (0.66 ms of CPU each, with the older
-    generations' passes ~0.7 ms a task in all; issue 16). At 10,000 the same garbage is found
+    within it; at 700 the youngest generation is collected about once a task, each pass
+    walking every container a running task holds, and the older generations' passes
+    walk them again. At 10,000 the same garbage is found
     in fewer, larger passes; the older generations' thresholds are kept."""
     young, middle, old = gc.get_threshold()
     gc.set_threshold(max(young, DAEMON_YOUNG_THRESHOLD), middle, old)

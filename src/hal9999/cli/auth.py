@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from hal9999 import fs
 from hal9999.cli.main import cli, emit_json, run_async
 from hal9999.cli.options import TIMEOUT, json_option
 from hal9999.config import load_config
@@ -114,14 +115,9 @@ def agent_file(path: str, yes: bool) -> None:
         if not sys.stdin.isatty():
             raise UsageError("the agent file needs your explicit consent", hint="add --yes")
         click.confirm("write it anyway?", abort=True, err=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(auth_claude.agent_credentials(creds))
-        os.replace(tmp, target)
+        fs.write_text(target, auth_claude.agent_credentials(creds), mode=0o600)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise UsageError(
             f"cannot write {target}: {exc.strerror or exc}", hint="give a path you can write"
         ) from exc

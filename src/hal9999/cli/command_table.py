@@ -1,12 +1,12 @@
 """The table of ``hal``'s subcommands: where each is defined and its one-line help.
 
 Apart from :mod:`hal9999.cli.lazy` (which imports click) so that ``hal --help`` can be
-printed from it without click (:mod:`hal9999.cli.root_help`, issue 16, target 4).
+printed from it without click (:mod:`hal9999.cli.root_help`).
 """
 
 from __future__ import annotations
 
-TYPE_CHECKING = False  # `typing` is ~1.5 ms of a thin command's start
+TYPE_CHECKING = False  # `typing` is a visible share of a thin command's start
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import NamedTuple
@@ -96,7 +96,7 @@ COMMANDS: Mapping[str, LazyCommand] = {
 """Every subcommand of ``hal`` and the modules that define it."""
 
 _TASK = ("hal9999.cli.task",)
-# Light: through a running daemon they ask it without hal's models (issue 16).
+# Light: through a running daemon they ask it without hal's models.
 _CONTROL = ("hal9999.cli.task_control",)
 TASK_COMMANDS: Mapping[str, LazyCommand] = {
     "_run": LazyCommand(
@@ -108,7 +108,7 @@ TASK_COMMANDS: Mapping[str, LazyCommand] = {
     ),
     "diff": LazyCommand(_TASK, "Print the task's patch."),
     "events": LazyCommand(_TASK, "Print the task's events."),
-    # Its own light module: `hal task list` reads the store without hal's models (issue 16).
+    # Its own light module: `hal task list` reads the store without hal's models.
     "list": LazyCommand(("hal9999.cli.task_list",), "List tasks, newest first."),
     "logs": LazyCommand(_TASK, "Print the agent's output."),
     "requests": LazyCommand(

@@ -208,8 +208,12 @@ def _pm2() -> Check:
 
 
 async def _agent(name: str) -> Check:
-    """An agent CLI: installed?, its version, and the version hal is tested with."""
-    agent = resolve_agent(name)
+    """An agent CLI: installed?, its version, and the version hal is tested with. A preset
+    that cannot be loaded is a warning of its own; the others are checked."""
+    try:
+        agent = resolve_agent(name)
+    except HalError as exc:
+        return Check(f"agent {name}", False, exc.message, exc.hint, required=False)
     tested: str | None = getattr(agent, "tested_version", None)
     fix = agent.install_hint
     if tested is not None:

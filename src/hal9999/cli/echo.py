@@ -2,7 +2,7 @@
 ``echo`` otherwise.
 
 The thin ``hal run`` through a running daemon (:mod:`hal9999.cli.run_argv`) does not import
-click (issue 16: click and what it imports were ~6 ms of the client's CPU on top of the
+click (click and what it imports would be a large share of the client's CPU on top of the
 modules it shares, and its command tree more), yet prints through here exactly what
 ``click.echo`` would: for a real UTF-8 text stream and a line that needs no stripping of
 terminal styles, ``click.echo`` writes the line and a newline and flushes, which is what
@@ -56,7 +56,7 @@ def emit_json(data: Any) -> None:
 
 
 def _finite(data: Any) -> Any:
-    import math  # here: only --json's document needs it (a run's start does not, issue 16)
+    import math  # here: only --json's document needs it (a run's start does not)
 
     if isinstance(data, float) and not math.isfinite(data):
         return None

@@ -2,15 +2,15 @@
 ``hal run`` the daemon takes in the common forms.
 
 Everything else goes to :func:`hal9999.cli.main.main`. Click alone is most of what a bare
-``hal --version`` imported (issue 16, target 4: ``hal --version`` within 40 ms of a bare
-interpreter); the line printed is exactly click's ``version_option`` line
+``hal --version`` would import (its target is in docs/benchmarks.md); the line printed is
+exactly click's ``version_option`` line
 (``tests/cli/test_startup.py`` compares them). ``hal --help`` and ``hal -h`` are printed
 without click too (:mod:`hal9999.cli.root_help`, the page click prints), and so is
 ``hal task list`` (bare, or with ``--json``, ``--status``, ``--limit``) and ``hal task show
 ID`` and ``hal task logs ID`` when they can read the store alone
 (:mod:`hal9999.cli.task_rows`, :mod:`hal9999.cli.task_show`, :mod:`hal9999.cli.task_logs`).
 ``hal run`` through a running ``hal serve`` is parsed by :mod:`hal9999.cli.run_argv` when its
-options are ones that parser reads exactly as click would (issue 16, target 1); any other
+options are ones that parser reads exactly as click would; any other
 form, and any run the daemon does not take thinly, goes to click as before.
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sys
 
-TYPE_CHECKING = False  # `typing` itself is ~1.5 ms of `hal --version`'s start
+TYPE_CHECKING = False  # `typing` itself is a visible share of `hal --version`'s start
 if TYPE_CHECKING:
     from collections.abc import Callable
     from importlib.machinery import ModuleSpec
@@ -129,7 +129,7 @@ class NoPydanticPlugins:
 
     pydantic imports its plugin loader at the first model it builds; the loader imports
     :mod:`importlib.metadata` and scans every installed package's entry points for the
-    ``pydantic`` group, ~7 ms of an in-process ``hal run`` (issue 16). Not
+    ``pydantic`` group, on every in-process ``hal run``. Not
     ``PYDANTIC_DISABLE_PLUGINS``: the loader honours it but still imports
     :mod:`importlib.metadata`, and the variable would reach the agents' and the daemon's
     children. A finder rather than the stand-in itself, so that a command that never
@@ -187,8 +187,8 @@ def exit_at_once(done: SystemExit) -> NoReturn:
     here instead), no other thread but an idle event flusher, no regular file open once the
     stores are closed, and both standard streams flushed. The thin ``hal run`` is such a
     process, and so is an in-process one; the teardown (every module's objects freed one by
-    one) was ~2 ms of the thin run between its last line and its exit, ~11.8M instructions
-    of the in-process run, which the caller waits for (issue 16). Anything else exits as
+    one) would stand between the run's last line and its exit, which the caller waits
+    for. Anything else exits as
     usual."""
     import atexit
 
@@ -262,7 +262,7 @@ def exit_lightly() -> None:
 
     At exit the interpreter clears each module and then collects every cycle it can find:
     for a foreground ``hal run`` (pydantic's models, the task service, the event loop) that
-    was 35-45 ms between the summary and the process's end (issue 16). Objects frozen here
+    would otherwise stand between the summary and the process's end. Objects frozen here
     are left to the operating system instead; everything else about the exit is unchanged:
     atexit handlers (logging's flush), the joining of worker threads, and every object
     freed by its reference count (open files are flushed and closed). Python never

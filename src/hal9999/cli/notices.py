@@ -55,8 +55,8 @@ READ_S = 1.0
 
 class Uncommitted:
     """The host ``git status`` of the repository a task starts from, started early: the
-    full ``hal run`` imports the config and the task service (~120 ms of CPU) meanwhile,
-    and the line is printed where it always was (issue 16)."""
+    full ``hal run`` imports the config and the task service meanwhile,
+    and the line is printed where it always was."""
 
     def __init__(self, path: str | None) -> None:
         self.path = path
@@ -110,7 +110,7 @@ class HostGit(HostChild):
     """``subprocess.Popen(["git", *args], cwd=cwd, stdout=PIPE, stderr=DEVNULL, text=True,
     errors="replace")``, as much of it as the check uses, without :mod:`subprocess`: with
     its ``signal``, ``threading``, ``selectors`` and ``locale`` (and their ``re`` and
-    ``enum``), ~19M of the thin ``hal run``'s ~99M instructions (issue 16). Started as a
+    ``enum``) would be a large share of the thin ``hal run``'s start. Started as a
     :class:`~hal9999.hostchild.HostChild` with this process's environment; ``git -C`` for
     the working directory (posix_spawn has none)."""
 

@@ -22,7 +22,7 @@ def read_prompt(prompt: str | None, prompt_file: str | None, stdin: BinaryIO) ->
     if prompt_file == "-" or (prompt_file is None and prompt == "-"):
         text = _decode(_bounded(stdin, "standard input"), "standard input")
     elif prompt_file is not None:
-        from pathlib import Path  # here: a run from its argument imports no pathlib (issue 16)
+        from pathlib import Path  # here: a run from its argument imports no pathlib
 
         text = _decode(_read_file(Path(prompt_file)), f"--prompt-file {prompt_file}")
     elif prompt is None:

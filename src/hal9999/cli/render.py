@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 def event_line(event: Event) -> str | None:
     """One line for an event; None for events not worth a line (raw output chunks)."""
     # Here, not at import: ``--json``'s task (:func:`task_json`) needs no event model, and
-    # the models are most of what this module cost a ``hal task show`` (issue 16).
+    # the models are most of what this module cost a ``hal task show``.
     from hal9999.events.models import (
         AgentSession,
         AgentText,

@@ -2,8 +2,8 @@
 
 Click and what it imports (``typing``, ``inspect``, ``ast``, ``datetime``, ``uuid``,
 ``shutil`` with its compressors...) were ~65 of the ~120 modules of a ``hal --help`` and
-nearly all of its start-up over a bare interpreter (issue 16, target 4: ``hal --help``
-within 80 ms of ``python -c pass``; a slower host of this kind was at +81). This module
+nearly all of its start-up over a bare interpreter (the target for
+``hal --help`` is in docs/benchmarks.md). This module
 lays out the same page click's ``HelpFormatter`` does for the root group of
 :mod:`hal9999.cli.main`, with the lazy group's command list (:mod:`hal9999.cli.lazy`):
 the width from the terminal as ``shutil.get_terminal_size`` finds it, each command's
@@ -79,7 +79,7 @@ def short_help(text: str, limit: int) -> str:
 def shorten(text: str, limit: int) -> str:
     """``textwrap.shorten(text, limit, placeholder="...", break_on_hyphens=False)`` of a text
     longer than ``limit``: the words that fit with ``...`` after them. ``textwrap`` (with the
-    ``re`` it imports and compiles) was 30M instructions, more than the rest of the page;
+    ``re`` it imports and compiles) costs more than the rest of the page;
     it is imported only for a first word longer than the line, which it breaks."""
     words = text.split()
     kept: list[str] = []

@@ -1,8 +1,8 @@
 """``hal run``'s options read without click.
 
 Through a running ``hal serve`` the client only posts the task and prints what comes back
-(:mod:`hal9999.cli.daemon_run`), yet click, its command tree and what it imports were about
-a third of the client's start-up before the task was posted (issue 16, target 1); an
+(:mod:`hal9999.cli.daemon_run`), yet click, its command tree and what it imports would be about
+a third of the client's start-up before the task is posted; an
 in-process run (:mod:`hal9999.cli.run_full`) has no use for them either. This
 parser reads the forms click reads the same way without a doubt: long options as
 ``--name VALUE`` or ``--name=VALUE``, flags, and one PROMPT. Anything else (a short or

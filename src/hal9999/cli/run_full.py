@@ -1,7 +1,7 @@
 """The full path of ``hal run``: the config, the store and the task API (this process's, or
 the daemon's when the thin client could not post the run).
 
-Without click (issue 16): an in-process ``hal run`` whose options
+Without click: an in-process ``hal run`` whose options
 :mod:`hal9999.cli.run_argv` reads comes here straight from the entry point, and the click
 command (:mod:`hal9999.cli.run`) comes here for every other form.
 """

@@ -27,8 +27,8 @@ STATUS_TIMEOUT_S = 10.0
 """How long ``hal status`` waits for the daemon's answer (a few ms when it is well)."""
 START_POLL_S = 0.01
 """How often ``--detach`` looks for the daemon's info file: its wait ends this long at
-most after the daemon is up (it was 50 ms: 25 ms of every detach on average; a look is a
-read, a ``stat`` and a ``flock``, some 50 µs)."""
+most after the daemon is up (short, since a look is only a read, a ``stat`` and a
+``flock``)."""
 
 
 @cli.command()
@@ -185,8 +185,8 @@ def _stop(files: DaemonFiles, as_json: bool) -> None:
         if process is not None:
             signal.pidfd_send_signal(process, signal.SIGTERM)
         # "stopped" is said once the process is gone (a script's next check found it still
-        # there), waited for on its pidfd: woken at its exit, not at the next of polls
-        # 50 ms apart (issue 16). The daemon lets go of its files before its process ends,
+        # there), waited for on its pidfd: woken at its exit, not at the next of
+        # several polls. The daemon lets go of its files before its process ends,
         # so they are checked after (polled only when no pidfd could be had).
         gone = process is None or bool(select.select([process], [], [], START_TIMEOUT_S)[0])
     finally:

@@ -32,7 +32,7 @@ from hal9999.tasks.alive import waits_for_runner
 from hal9999.tasks.session import Session
 from hal9999.tasks.state import ACTIVE, TaskStatus
 
-# What only some commands use is imported where they use it (issue 16): the event models
+# What only some commands use is imported where they use it: the event models
 # and their reader (``events``), asyncio (``-f`` and the commands that run or resume), the
 # process managers and run specs (``attach``), the credentials (``resume``).
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ async def _still_going(task_id: str) -> bool:
     a = app()
     try:
         record = a.find(task_id)
-        if waits_for_runner(record.status, record.runner_pid):
+        if waits_for_runner(record.status, record.runner_pid, record.runner_started):
             return False  # nothing of it runs, nor will until a runner takes it
         if record.status in ACTIVE:
             return True
@@ -98,7 +98,7 @@ async def _following(task_id: str, follow: Callable[[_Liveness], Awaitable[None]
         record = a.find(task_id)
     finally:
         a.store.close()
-    if waits_for_runner(record.status, record.runner_pid):
+    if waits_for_runner(record.status, record.runner_pid, record.runner_started):
         click.echo(
             f"hal: task {record.id} is queued and no hal process holds it: `hal serve` "
             f"starts it, `hal task resume {record.id}` runs it here",

@@ -79,7 +79,9 @@ def show(task_id: str, as_json: bool) -> None:
 
         # A hive agent writes the prompts of its sub-tasks: cleaned as the agent's output is.
         click.echo(f"prompt    {sanitize(data['prompt'])}")
-        if record is not None and waits_for_runner(record.status, record.runner_pid):
+        if record is not None and waits_for_runner(
+            record.status, record.runner_pid, record.runner_started
+        ):
             click.echo(
                 f"waiting   no hal process holds it: `hal serve` starts it, "
                 f"`hal task resume {record.id}` runs it here"

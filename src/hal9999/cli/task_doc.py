@@ -34,7 +34,10 @@ FIELDS = (
     ("infra_retries", INT), ("not_before", OPT_FLOAT),
 )  # fmt: skip
 """``TaskRecord``'s fields in its order, each with its kind (a test keeps them equal)."""
+STORE_ONLY = frozenset({"runner_started"})
+"""``TaskRecord``'s fields that the table keeps and no JSON shows (a test keeps them equal)."""
 _NAMES = frozenset(name for name, _ in FIELDS)
+_COLUMNS = _NAMES | STORE_ONLY
 REPO_KINDS = ("local", "url")
 """``records.RepoKind``'s values (a test keeps them equal)."""
 
@@ -107,7 +110,7 @@ def list_args(argv: Sequence[str]) -> ListArgs | None:
 def task_doc(names: Sequence[str], values: Sequence[Any]) -> dict[str, Any]:
     """``task_json(record)`` of the record the store's row (``names``: its columns) holds;
     :class:`Unsure` when the row is not exactly such a record."""
-    if len(names) != len(FIELDS) or _NAMES.difference(names):
+    if len(names) != len(_COLUMNS) or _COLUMNS.difference(names):
         raise Unsure  # another schema: the model refuses (or fills) what it does not know
     row = dict(zip(names, values, strict=True))
     return with_branch_made({name: _value(kind, row[name]) for name, kind in FIELDS})
@@ -161,7 +164,7 @@ def json_text(data: Any) -> str:
     """``echo.emit_json``'s text of ``data`` (``json.dumps`` of it, non-finite numbers as
     null, indented by 2, ASCII), for the dictionaries, lists, text, numbers and None of these
     documents, without :mod:`json`: its decoder compiles regular expressions at import,
-    ~15M instructions, an eighth of a thin ``--json`` start. :class:`Unsure` for any other
+    a large share of a thin ``--json`` start. :class:`Unsure` for any other
     value (a test compares the two texts)."""
     from _json import encode_basestring_ascii  # json's own encoder of text
 

@@ -4,7 +4,7 @@ The full path loads the layered config (pydantic), opens the store through :clas
 (migrations, every record a pydantic model) and asks the task API (the daemon's over HTTP
 when ``hal serve`` runs): about 400 modules for a table of rows. The thin path reads the
 same rows from SQLite with the standard library only, and is taken only when it gives
-exactly what the full path would (issue 16, target 4):
+exactly what the full path would:
 
 - the configuration can only be the defaults plus ``HAL_HOME``, ``HAL_NO_DAEMON`` and the
   name variables (``HAL_AGENT``, ``HAL_PROVIDER``, ``HAL_PROCESS_MANAGER``: they cannot change

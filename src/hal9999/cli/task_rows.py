@@ -3,8 +3,8 @@
 The thin path of :mod:`hal9999.cli.task_list` (its docstring says when it is taken), apart
 from the click command so that ``hal task list`` (bare, or in the option forms
 :func:`hal9999.cli.task_doc.list_args` reads) is answered from the entry point without
-importing click (:func:`list_without_click`, issue 16, target 4): click was ~60 of its ~130
-modules. Any other form goes through click and the same :func:`thin_rows` and
+importing click (:func:`list_without_click`): click would be about
+half of its modules. Any other form goes through click and the same :func:`thin_rows` and
 :func:`thin_tasks`; ``hal task show`` reads its record with :func:`read_tasks`
 (:mod:`hal9999.cli.task_show`).
 """
@@ -46,11 +46,14 @@ ACTIVE_STATES = frozenset({"queued", "provisioning", "preparing", "running", "co
 FINAL_STATES = ("cancelled", "failed", "succeeded", "timed_out")
 """``tasks.state.FINAL``, as names (a test keeps them equal)."""
 _OWED_SQL = (
-    "SELECT runner_pid FROM tasks WHERE sandbox_id IS NOT NULL AND status IN"
+    "SELECT runner_pid, runner_started FROM tasks WHERE sandbox_id IS NOT NULL AND status IN"
     f" ({', '.join(repr(state) for state in FINAL_STATES)})"
 )
 """The runners of final tasks whose record still names a sandbox (see tasks/deadruns.py)."""
-_COLUMNS = "id, status, agent, provider, prompt, created_at, started_at, finished_at, runner_pid"
+_COLUMNS = (
+    "id, status, agent, provider, prompt, created_at, started_at, finished_at, runner_pid,"
+    " runner_started"
+)
 
 
 class Row(NamedTuple):
@@ -65,6 +68,7 @@ class Row(NamedTuple):
     started_at: float | None
     finished_at: float | None
     runner_pid: int | None
+    runner_started: int | None
 
 
 def here() -> str | None:
@@ -171,7 +175,7 @@ def read_tasks(
         return None  # the full path reports it as one clear line
     if any(_needs_reconciling(row) for row, _ in rows):
         return None
-    if any(not runner_alive(pid) for (pid,) in owed):
+    if any(not runner_alive(pid, started) for pid, started in owed):
         return None  # a killed run's sandbox to sweep (tasks/deadruns.py), on the full path
     return rows, names
 
@@ -180,7 +184,9 @@ def _needs_reconciling(row: Row) -> bool:
     # The test of TaskService.reconcile, without its write: a queued task is left as it is,
     # with or without a runner (the next `hal serve` or `hal task resume` starts it).
     return (
-        row.status in ACTIVE_STATES and row.status != "queued" and not runner_alive(row.runner_pid)
+        row.status in ACTIVE_STATES
+        and row.status != "queued"
+        and not runner_alive(row.runner_pid, row.runner_started)
     )
 
 

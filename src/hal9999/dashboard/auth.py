@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hal9999 import fs
+
 if TYPE_CHECKING:
     from itsdangerous import URLSafeTimedSerializer
 
@@ -212,8 +214,5 @@ def _read_stamped(path: Path, max_age_s: float) -> dict[str, float]:
 def _write_stamped(path: Path, entries: dict[str, float]) -> None:
     """Rewrite ``path`` whole, atomically, mode 600 (the lists are short-lived and small)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.writelines(f"{k} {t:.3f}\n" for k, t in entries.items())
-    os.replace(tmp, path)
+    text = "".join(f"{k} {t:.3f}\n" for k, t in entries.items())
+    fs.write_text(path, text, mode=0o600, durable=False)

@@ -29,7 +29,7 @@ def _numbered(batch: list[Event], numbers: list[int]) -> None:
 
 def flush_together(logs: list[EventLog]) -> None:
     """Flush each log, indexing the batches of those sharing a store in one transaction
-    (issue 16: a daemon's flusher did one a batch, 7 a task). Each log's batch is then
+    (one a batch would be several a task in a daemon). Each log's batch is then
     appended and handed to its sinks in that order, which is their ``gseq`` order; a log
     whose writing fails is logged and the others still written. Should the shared
     transaction fail, each batch is indexed alone, so one task's bad batch costs no other

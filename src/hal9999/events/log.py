@@ -135,8 +135,8 @@ class Left(NamedTuple):
 
 def _open_append(path: Path) -> int:
     """A descriptor appending to ``path``, made (with its directory) when missing: the
-    directory is made only when the open finds none (asking first was an ``mkdir`` and a
-    ``stat`` at each open, three or more a task; issue 16)."""
+    directory is made only when the open finds none (asking first would be an ``mkdir`` and a
+    ``stat`` at each open, three or more a task)."""
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
     try:
         return os.open(path, flags, 0o600)
@@ -185,7 +185,7 @@ class EventLog:
         except OSError as exc:  # a directory in its place, say: one line, not a crash
             raise unusable_session_file(path, exc) from exc
         # Unbuffered: every batch is written whole at once (_write), and a buffered file's
-        # open asks whether it is a terminal and where it stands (issue 16).
+        # open asks whether it is a terminal and where it stands.
         self._file: BinaryIO | None = os.fdopen(fd, "ab", buffering=0)
         self._locked = False
         self._seq = 0
@@ -193,7 +193,7 @@ class EventLog:
         self._synced = False
         """Whether everything written through this writer is on disk (a batch ending with a
         ``phase`` or ``task_end`` was fsync'ed): then :meth:`close` needs no fsync of its own
-        (issue 16: a run's end, which a follower waits for, did two in a row)."""
+        (a run's end, which a follower waits for, would do two in a row)."""
         self.left: Left | None = None
         """The file as :meth:`close` left it (set there): see :class:`Left`."""
         self._lock_file(left)
@@ -224,7 +224,7 @@ class EventLog:
         size = st.st_size
         if left is not None and left.holds(st):
             # The file as this process's last writer of it left it: its last seq is known
-            # (issue 16: a daemon's run re-read and parsed the line its creation wrote).
+            # (not re-read and parsed from the line its creation wrote).
             self._seq, self._size = left.seq, size
         elif size == 0:  # a new log (held locked: nobody writes it meanwhile)
             self._seq, self._size = 0, 0
@@ -311,8 +311,8 @@ class EventLog:
     @contextmanager
     def together(self) -> Iterator[None]:
         """Write the events emitted inside as one batch when it ends: one index transaction,
-        one append and one fsync for a run's final ``phase`` and ``task_end``, where each
-        took its own (issue 16: the end a run's caller waits for). Written as the last of
+        one append and one fsync for a run's final ``phase`` and ``task_end``, not one
+        each (the end a run's caller waits for). Written as the last of
         them would have been: on this thread, or on the flusher's for a background writer;
         written all the same when the block raises."""
         with self._lock:
@@ -453,8 +453,8 @@ class EventLog:
                         file, self._file = self._file, None
                         if owed and self.background:
                             # Written, so every reader sees it now; forced to disk on the
-                            # flusher, as a background writer's phase events are: a daemon's
-                            # new task was answered and started only after it (issue 16).
+                            # flusher, as a background writer's phase events are: otherwise a
+                            # daemon's new task would be answered and started only after it.
                             FLUSHER.sync_and_close(file)
                         else:
                             file.close()

@@ -5,7 +5,7 @@ Agents' output parsers produce the payload classes without ``seq``/``ts``/``task
 """
 
 # No `from __future__ import annotations` here: pydantic would then evaluate each field's
-# annotation from its text, a compile each, on every run's path (issue 16).
+# annotation from its text, a compile each, on every run's path.
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -173,7 +173,7 @@ Event = Annotated[
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event, config=ConfigDict(defer_build=True))
 """Validates any event. Built on first use, as every model here is (``defer_build``): a
 plain ``hal run`` makes five kinds of event and reads back none through the union, and
-building all fourteen models and the union was ~60 M instructions of its start (issue 16)."""
+building all fourteen models and the union would be much of its start."""
 
 _BY_TYPE: dict[str, type[_Event]] = {
     model.model_fields["type"].default: model for model in get_args(get_args(Event)[0])

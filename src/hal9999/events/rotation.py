@@ -17,8 +17,8 @@ import fcntl
 import os
 from pathlib import Path
 
+from hal9999 import fs
 from hal9999.events.reader import lines_backwards, parse_line, rotated
-from hal9999.providers.hostread import write_all
 
 
 def with_rotated(*paths: Path) -> list[Path]:
@@ -37,7 +37,7 @@ def size_of(path: Path) -> int:
 def rotate_log(path: Path) -> None:
     """Move the output log ``path`` to :func:`rotated` (nothing writes it between runs)."""
     with contextlib.suppress(FileNotFoundError):
-        os.replace(path, rotated(path))
+        fs.replace(path, rotated(path))
 
 
 def rotate_events(path: Path) -> None:
@@ -57,21 +57,5 @@ def rotate_events(path: Path) -> None:
             if line.strip() and parse_line(line, path, warn=False) is not None:
                 last = line + b"\n"
                 break
-        fresh = path.with_name(f".{path.name}.rotating")
-        side = path.with_name(f".{path.name}.rotated")
-        for leftover in (fresh, side):
-            leftover.unlink(missing_ok=True)
-        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            write_all(fd, last)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.link(path, side)
-        os.replace(side, rotated(path))
-        os.replace(fresh, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fs.hardlink(path, rotated(path))
+        fs.write_bytes(path, last)  # its rename fsyncs the directory: the link's too

@@ -20,7 +20,7 @@ def _serve(home: str, ready: int | None) -> int:
             os.write(ready, b"busy\n")
         return 0  # another gateway holds this HAL_HOME
     # Only the winner imports the server (Starlette, httpx, the store: ~0.4 s of CPU): in a
-    # start race (tens of runs at once) every loser stops above (issue 16, stop 46).
+    # start race (tens of runs at once) every loser stops above.
     import asyncio
     import logging
     from pathlib import Path

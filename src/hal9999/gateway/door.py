@@ -11,6 +11,13 @@ agents' HTTP clients drop an idle connection after a few seconds themselves), an
 one past either is answered 503 at once and closed. A request being answered is not waiting:
 the gateway's upstream limits and budgets bound those.
 
+An answer sent before the request was read whole (that 503, or a refusal of a head or body
+part-way) ends in a lingering close (:func:`linger`): the gateway half-closes and reads what
+the client still sends before it closes. Closed at once, the client's next write of its
+request failed (EPIPE), and a relay in between (the in-sandbox forwarders) dropped the
+connection with the answer it had already received: the agent saw a call closed with no
+answer at all instead of a 503 it retries.
+
 A peer is the sandbox the connecting process runs in: its pid namespace (from the socket's
 ``SO_PEERPIDFD``, a pidfd of the very process that connected, so a pid reused since cannot
 point at another sandbox), or the one just below the gateway's when that process made
@@ -36,6 +43,10 @@ import socket
 import struct
 from typing import Any
 
+LINGER_S = 5.0
+"""How long a lingering close reads what the client still sends (it ends at its EOF)."""
+LINGER_BYTES = 1 << 20
+"""How much a lingering close reads at most: past it the connection closes at once."""
 REQUEST_S = 60.0
 """The longest a connection may take to send one request (waiting for it included)."""
 PER_PEER = 64
@@ -121,13 +132,37 @@ def _own_pid_namespace() -> int | None:
 
 
 class Door:
-    """Counts the connections waiting for a request, per peer and in all."""
+    """Counts the connections waiting for a request, per peer and in all, and those in a
+    lingering close."""
 
     def __init__(self, *, per_peer: int = PER_PEER, in_all: int = IN_ALL) -> None:
         self.per_peer = per_peer
         self.in_all = in_all
         self.waiting: dict[Peer, int] = {}
         self.total = 0
+        self.lingering = 0
+        """Connections in :meth:`linger`: at most :attr:`in_all`, past it they close at
+        once (refused connections must not hold descriptors without bound)."""
+
+    async def linger(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """After an answer sent before its request was read whole: half-close, then read
+        what the client still sends (up to its EOF, :data:`LINGER_BYTES` or
+        :data:`LINGER_S`), so that its write of the request does not fail and take the
+        answer with it. The caller closes the connection."""
+        if self.lingering >= self.in_all:
+            return
+        self.lingering += 1
+        try:
+            if writer.can_write_eof():
+                writer.write_eof()
+            left = LINGER_BYTES
+            async with asyncio.timeout(LINGER_S):
+                while left > 0 and (data := await reader.read(min(left, 1 << 16))):
+                    left -= len(data)
+        except (TimeoutError, ConnectionError, OSError):
+            pass
+        finally:
+            self.lingering -= 1
 
     def enter(self, peer: Peer) -> bool:
         """Count one more connection of ``peer`` as waiting; False (nothing counted) when

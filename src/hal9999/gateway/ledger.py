@@ -7,8 +7,8 @@ lost no spend that an agent saw, and a new gateway reads the truth back from the
 The commit is grouped and, when it cannot wait, never on the event loop: rows added in one
 turn of the loop are committed together at the end of that turn, on a connection of the
 ledger's own that never waits for a lock (``busy_timeout = 0``) and never checkpoints (no
-fsync). A WAL commit like that is a write into the page cache, ~0.1 ms, far less than
-handing the batch to a thread (the GIL hand-off and the wake-up cost ~1 ms of CPU and more of
+fsync). A WAL commit like that is a write into the page cache, far cheaper than
+handing the batch to a thread (the GIL hand-off and the wake-up cost CPU and more of
 wall clock per call on a loaded machine). When another process holds the write lock, the
 batch goes to the ledger's thread instead, which waits for the lock there (up to the store's
 busy timeout) while the loop serves on; rows that arrive meanwhile wait for the next commit.
@@ -47,7 +47,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from hal9999 import agentfs
+from hal9999 import agentfs, fs
 from hal9999.store import Store
 from hal9999.store.gateway import GatewayRequest, GatewayTable
 
@@ -308,7 +308,7 @@ class Ledger:
                 agentfs.write_host_file(self._spill, iter([lines]))
             elif self._spill.exists():
                 self._spill.unlink()
-                agentfs.fsync_dir(self._spill.parent)
+                fs.fsync_dir(self._spill.parent)
         except Exception as exc:  # OSError, or a row that cannot be written as JSON
             logger.error("gateway: could not keep %d unrecorded calls in %s (%s): a restart "
                          "now forgets them", len(rows), self._spill, exc)  # fmt: skip

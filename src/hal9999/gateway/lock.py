@@ -1,6 +1,6 @@
 """The gateway's lock: one gateway per HAL_HOME, the holder of ``$HAL_HOME/gateway/lock``.
 
-Taken before the server is imported (issue 16): concurrent runs each start a gateway and all
+Taken before the server is imported: concurrent runs each start a gateway and all
 but one find the lock held; a loser imports only this (``os``, ``fcntl``) and ``argparse``,
 not Starlette, httpx and the store (~0.4 s of CPU each). Pinned by
 ``tests/gateway/test_start_race.py``. A dead holder's ``flock`` is gone with it, so a stale

@@ -163,18 +163,24 @@ class Gateway:
                     await _send_refusal(Answer(writer, None), 503, "too_many_connections",
                                         "hal gateway: too many connections are waiting to send"
                                         " a request; close the idle ones")  # fmt: skip
+                    await self.door.linger(reader, writer)
                     return
+                refused: BadRequest | None = None
                 try:
                     async with asyncio.timeout(door.REQUEST_S):
                         request = await read_request(reader, writer, held)
                 except TimeoutError:
                     return  # nothing, or too little, sent in time: the connection goes
                 except BadRequest as exc:
-                    await _send_refusal(Answer(writer, None), exc.status, exc.code,
-                                        f"hal gateway: {exc}")  # fmt: skip
-                    return
+                    refused = exc
                 finally:
                     self.door.leave(peer)
+                if refused is not None:  # no longer waiting, and its body no longer held
+                    held.release()
+                    await _send_refusal(Answer(writer, None), refused.status, refused.code,
+                                        f"hal gateway: {refused}")  # fmt: skip
+                    await self.door.linger(reader, writer)
+                    return
                 if request is None:
                     return
                 answer = Answer(writer, request)
@@ -205,7 +211,7 @@ class Gateway:
             await _send_refusal(out, 401, "unknown_token", "no valid hal gateway token")
             return
         path = urlsplit(target).path
-        # Parsing a long conversation costs ~1 ms per 100 kB: only for an allow-list or a
+        # Parsing a long conversation costs CPU by its size: only for an allow-list or a
         # cost budget (the response names the model anyway), read strictly (see model.py),
         # or a token budget (the call's output cap: see inflight.py).
         strict = grant.models is not None or _cost_capped(grant)

@@ -14,11 +14,11 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+from hal9999 import fs
 from hal9999.errors import HalError
 from hal9999.gateway import door
 from hal9999.gateway.channel import GatewayPaths, Grant
@@ -48,10 +48,8 @@ def prepare_channel(paths: GatewayPaths) -> None:
     paths.channel.mkdir(exist_ok=True)
     paths.channel.chmod(0o755)  # a sandbox runs as its own uid: it must reach the socket
     for name in ("forwarder.py", "forwarder.pl"):  # perl: for images without python3
-        tmp = paths.channel / f".{name}.tmp"
-        shutil.copyfile(Path(__file__).with_name(name), tmp)
-        tmp.chmod(0o644)
-        tmp.replace(paths.channel / name)
+        source = Path(__file__).with_name(name).read_bytes()
+        fs.write_bytes(paths.channel / name, source, mode=0o644, durable=False)
     for sock in (paths.socket, paths.egress_socket, paths.control):
         sock.unlink(missing_ok=True)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import posixpath
 import time
 from collections.abc import Callable, Mapping
@@ -16,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from hal9999 import fs
 from hal9999.agents.base import Agent, AgentSettings
 from hal9999.agents.registry import upstream_key_env as upstream_key_env  # re-exported
 from hal9999.config import HalConfig
@@ -124,11 +124,7 @@ class GatewayRoute:
             self.usage.on_advance = lambda _: self.save()
         data = {"token": self.grant.token, "port": self.port, "forwarder": self.forwarder,
                 "last_id": self.usage.last_id if self.usage is not None else 0}  # fmt: skip
-        tmp = self.run_dir / f".{ROUTE_FILE}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(json.dumps(data))
-        tmp.replace(self.run_dir / ROUTE_FILE)
+        fs.write_json(self.run_dir / ROUTE_FILE, data, mode=0o600, durable=False)
 
     async def keep_registered(self) -> None:
         """Hand the grant to the gateway again every :data:`REGISTER_S` (starting one when
@@ -314,9 +310,7 @@ def save_budget(
         return
     data = {"max_tokens": max_tokens, "max_cost_usd": max_cost_usd, "egress": egress or [],
             "egress_only": egress_only}  # fmt: skip
-    tmp = run_dir / f".{BUDGET_FILE}.tmp"
-    tmp.write_text(json.dumps(data))
-    tmp.replace(run_dir / BUDGET_FILE)
+    fs.write_json(run_dir / BUDGET_FILE, data, mode=None, durable=False)
 
 
 def load_budget(run_dir: Path) -> tuple[int | None, float | None]:

@@ -8,7 +8,7 @@ close``) is closed. TLS is the ``ssl`` module's, verifying the upstream's certif
 host name (against the system's CAs, or a private CA file).
 
 Why not httpx: its transport (httpcore's connection state machine, anyio's wrappers, h11's
-event objects, the request and header models) cost about 1 ms of CPU per call in the
+event objects, the request and header models) cost CPU on every call in the
 gateway process, the largest share of what the gateway added to a call. What it gave that
 the gateway needs is here: kept connections, TLS that verifies, timeouts, streaming, and no
 cookie jar, redirects or proxy from the environment (nothing of one task's answer rides

@@ -8,8 +8,8 @@ is framed by one ``content-length`` or by ``transfer-encoding: chunked`` (never 
 at most :data:`MAX_REQUEST_BODY`. Anything else is a :class:`BadRequest`: a 400-class answer
 and the connection closed.
 
-Why not h11: its event objects, state machine and header validation per event cost ~0.4 ms
-of CPU per call in the gateway process (a third of what the gateway added), for a peer that
+Why not h11: its event objects, state machine and header validation per event cost
+CPU on every call in the gateway process (a third of what the gateway added), for a peer that
 sends one kind of request. The checks that matter are the ones above.
 """
 

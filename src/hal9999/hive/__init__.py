@@ -1,4 +1,4 @@
-"""The hive: long-lived named agents with mailboxes, woken per turn (issue 12).
+"""The hive: long-lived named agents with mailboxes, woken per turn.
 
 ``store`` (tables), ``broker`` (messages), ``agents`` (state dirs, lifecycle), ``turns``
 (the turn loop and its stats), ``watch`` (crash watch), ``retention`` (``hal vacuum``).

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from hal9999 import fs
 from hal9999.store import Store
 
 
@@ -37,9 +38,7 @@ def own(home: Path, agent: str, task_id: str) -> None:
     """Record that ``agent`` started sub-task ``task_id``."""
     path = tasks_file(home, agent)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps([*owned(home, agent), task_id]))
-    tmp.replace(path)
+    fs.write_json(path, [*owned(home, agent), task_id], mode=None, durable=False)
 
 
 def spent(store: Store, home: Path, since: float) -> tuple[int, float]:

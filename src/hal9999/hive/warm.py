@@ -109,7 +109,7 @@ class WarmHolds:
         if reuse and lease is not None and spec is not None and lease.entry.task_id:
             # On the loop: reads only, which never wait for a writer in WAL mode. A thread
             # hop here was one more wake-up of the loop at every run's end, on the way to
-            # the answer of the run's follower (issue 16), for nearly always no agent.
+            # the answer of the run's follower, for nearly always no agent.
             agent = self._holder(lease.entry.task_id)
             if agent is not None:
                 self.inner.leases.pop(sandbox.id, None)

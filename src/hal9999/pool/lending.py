@@ -39,9 +39,9 @@ logger = logging.getLogger(__name__)
 
 RESET_GRACE_S = 0.02
 """How long a sandbox a run gave back waits before its reset starts when no claim waits
-for one: the run's end is answered first (issue 16: the reset's first steps, the keeper's
-kill and the scan of every host process for the sandbox's marker, ran alongside that answer
-and made it ~5 ms slower here). A claim of its key that finds no idle sandbox starts it at
+for one: the run's end is answered first (the reset's first steps, the keeper's
+kill and the scan of every host process for the sandbox's marker, would run alongside that answer
+and slow it). A claim of its key that finds no idle sandbox starts it at
 once."""
 
 
@@ -159,7 +159,7 @@ class PoolLending:
         # The rows are built under the lock, so the last write carries the entry's latest
         # state; a thread does the write, so another process's write lock stalls no loop.
         # Rows owed while a write runs go in the next one, one transaction and one thread
-        # hop for them all (issue 16: two rows a task, at 16 tasks at once mostly waiting
+        # hop for them all (two rows a task, at 16 tasks at once mostly waiting
         # here for each other): whoever takes the lock first writes them; an entry taken
         # by another's write is written once the lock is free again.
         self._owed[entry] = None
@@ -187,7 +187,7 @@ class PoolLending:
 
     async def _record_behind(self, entry: Entry) -> None:
         """:meth:`_record` of the entry as it is by then, awaited by nobody: no claim waits for
-        a row (issue 16: under load a write waits ~90 ms for the lock and a thread, and a
+        a row (under load a write waits long for the lock and a thread, and a
         reset writing its row under ``_cond`` held every claim that long). The row is only
         read by a later daemon's recovery, which goes by provider and id."""
         try:
@@ -276,7 +276,7 @@ class PoolLending:
 
         ``wait=False`` returns once the sandbox is the pool's again (``resetting``: no claim
         can take it) and resets it in the background: a run's end, and whoever
-        waits for it, no longer waits for the reset (issue 16). A destroy is always awaited
+        waits for it, does not wait for the reset. A destroy is always awaited
         (a task taken away must not outlive its sandbox)."""
         entry = lease.entry
         if entry.state not in ("leased", "creating"):
@@ -339,8 +339,8 @@ class PoolLending:
         # The provider swaps the sandbox's own dirs from the host and verifies the result; a
         # wipe from inside cannot pass the 000 and 555 directories a task may leave.
         ready = await provider.reset(entry.id)
-        # Handed to the next claim as the reset made it: a `get` read and validated its
-        # record again and built the same handle (issue 16). Not where a claim attaches the
+        # Handed to the next claim as the reset made it: a `get` would read and validate its
+        # record again and build the same handle. Not where a claim attaches the
         # workspace, which changes the sandbox.
         entry.ready = None if isinstance(provider, WorkspaceAttach) else ready
         if isinstance(provider, SandboxPrime) and not self._waiting:

@@ -10,7 +10,7 @@ so ``HAL_BWRAP_MAX_POOL_SIZE=4`` caps bwrap alone and ``HAL_MAX_POOL_SIZE=4`` ev
 """
 
 # No `from __future__ import annotations` here: pydantic would then evaluate each field's
-# annotation from its text, a compile each, on every run's path (issue 16).
+# annotation from its text, a compile each, on every run's path.
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
 

@@ -25,6 +25,7 @@ import secrets
 import shutil
 from pathlib import Path
 
+from hal9999 import fs
 from hal9999.home import spread_once
 from hal9999.spec import Bind, SandboxSpec
 
@@ -61,7 +62,7 @@ class Slot:
         self.root = root
         self._made: set[str] = set()
         """The directories under ``empty/`` (``""``: itself) :meth:`clear` made or found: each
-        made once per slot, not at every clear (issue 16: a ``mkdir`` and a ``stat`` each;
+        made once per slot, not at every clear (a ``mkdir`` and a ``stat`` each;
         nothing but hal writes in the slot, and a sandbox cannot remove them)."""
 
     @property
@@ -119,7 +120,7 @@ class Slot:
         ``empty/``, so a link through ``cur`` shows an empty directory of ``empty/`` made for
         it: no new symlink, where each new inode on ext4 without a journal (this machine's)
         scans past the inodes its group freed in the last minute, which a pool turning over
-        tasks fills (issue 16)."""
+        tasks fills."""
         made = self._made
         if "" not in made:
             self.empty.mkdir(mode=0o755, exist_ok=True)
@@ -151,16 +152,12 @@ class Slot:
 
 
 def _relink(link: Path, target: Path) -> None:
-    tmp = link.with_name(f".{link.name}.{secrets.token_hex(4)}")
-    os.symlink(target, tmp)
-    os.replace(tmp, link)
+    fs.symlink(target, link)
 
 
 def _hard_relink(link: Path, symlink: Path) -> None:
     """Make ``link`` another name of the symlink ``symlink`` (no new inode), atomically."""
-    tmp = link.with_name(f".{link.name}.{secrets.token_hex(4)}")
-    os.link(symlink, tmp, follow_symlinks=False)  # the symlink itself, not its target
-    os.replace(tmp, link)
+    fs.hardlink(symlink, link)
 
 
 def _readlink(link: Path) -> str | None:
@@ -206,9 +203,8 @@ class SlotDir:
     def set_own_warm(self, names: set[str]) -> None:
         """Record :meth:`own_warm` (atomically)."""
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self.root / f".{OWN_WARM_FILE}.tmp"
-        tmp.write_text("".join(f"{name}\n" for name in sorted(names)))
-        os.replace(tmp, self.root / OWN_WARM_FILE)
+        text = "".join(f"{name}\n" for name in sorted(names))
+        fs.write_text(self.root / OWN_WARM_FILE, text, mode=None, durable=False)
 
     def new(self) -> Slot:
         """A fresh, empty slot."""

@@ -71,7 +71,7 @@ def read_exit_status(path: Path) -> int | None:
     ends, on the way to the collection: one ``open``, ``read`` and ``close`` (a text file
     object made nine system calls: ``fstat`` twice, ``ioctl``, ``lseek`` twice and a second
     ``read``), and ``O_NONBLOCK``, so that anything but a regular file there (a FIFO) is
-    never waited on (issue 16)."""
+    never waited on."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -137,22 +137,6 @@ def arm_start(exit_path: Path) -> None:
         os.close(os.open(unstarted_path(exit_path), flags, 0o600))
     except OSError:
         pass
-
-
-def process_started(pid: int) -> int | None:
-    """When process ``pid`` started (clock ticks since boot, ``/proc/<pid>/stat`` field 22),
-    or None when there is no such live process (gone, or a zombie): with the pid, it names
-    one process, where a pid alone may name a later one that reused it."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as file:
-            fields = file.read().rsplit(b")", 1)[1].split()
-    except OSError:
-        return None
-    # fields[0] is field 3 (the state); a zombie has ended, whether reaped yet or not
-    # ("x" is how kernels before 4.14 wrote dead).
-    if fields[0] in (b"Z", b"X", b"x"):
-        return None
-    return int(fields[19])
 
 
 async def run_ended(exit_path: Path, limit_s: float = STOP_WAIT_S) -> bool:

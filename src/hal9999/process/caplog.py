@@ -12,7 +12,7 @@ when the run ends the log gets a marker line and the kept tail.
 from __future__ import annotations
 
 # `posix`, not `os`: the supervisor imports this module on every task's path, and `os` (with
-# `posixpath` and `_collections_abc`) was a fifth of its interpreter's start-up (issue 16).
+# `posixpath` and `_collections_abc`) would be a fifth of its interpreter's start-up.
 import posix
 
 TYPE_CHECKING = False

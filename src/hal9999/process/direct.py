@@ -5,7 +5,7 @@ machine session (it is started in its own process group so it can be killed as a
 
 A process's first run ``exec``s its supervisor; from its second on (a daemon) the supervisor
 is forked by :mod:`hal9999.process.forkserver` instead, which spares each run an
-interpreter's start (issue 16). Either way the supervisor leads a session of its own and
+interpreter's start. Either way the supervisor leads a session of its own and
 reports through its exit file, so nothing below depends on whose child it is.
 """
 
@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import threading
 from collections.abc import Mapping
 from pathlib import Path
 
+from hal9999 import procs
 from hal9999.errors import ProcessError
-from hal9999.process.base import STOP_WAIT_S, ProcessStatus, process_started, read_exit_status
+from hal9999.process.base import STOP_WAIT_S, ProcessStatus, read_exit_status
 from hal9999.process.forkserver import ForkServerClient, ServerUnavailable
 from hal9999.process.launch import supervised
 from hal9999.process.supervisor import unstarted_path
@@ -31,11 +31,6 @@ from hal9999.spec import ProcessSpec
 
 def _pid_file(spec: ProcessSpec) -> Path:
     return spec.exit_path.with_name(f".{spec.exit_path.name}.pid")
-
-
-def _alive(pid: int) -> bool:
-    # Not kill(0): a zombie child still answers it, and it has ended all the same.
-    return process_started(pid) is not None
 
 
 def _into_mark(spec: ProcessSpec, pid: int) -> bool:
@@ -88,10 +83,10 @@ class DirectProcessManager:
         self, sandbox: Sandbox, spec: ProcessSpec, *, env: Mapping[str, str] | None = None
     ) -> None:
         """Spawn the supervised command in its own process group."""
-        # No FIFO beside the exit file (an inode a run, issue 16): the follower waits on a
+        # No FIFO beside the exit file (an inode a run): the follower waits on a
         # pidfd of the supervisor instead (see ended_fd).
         # A run armed before its `running` (process.base.arm_start): its supervisor takes the
-        # mark by renaming it to the pid file, the one inode of both (issue 16, stop 46).
+        # mark by renaming it to the pid file, the one inode of both.
         pid_file = _pid_file(spec)
         launch = supervised(
             sandbox, spec, env, ended_fifo=False, restarts=True, claim=True, claim_as=pid_file
@@ -131,7 +126,7 @@ class DirectProcessManager:
             await self._reap(spec)
             return ProcessStatus("exited", code)
         pid = self._pid(spec)
-        if pid is not None and _alive(pid):
+        if pid is not None and procs.alive(pid):
             return ProcessStatus("running")
         code = read_exit_status(spec.exit_path)
         return ProcessStatus("exited", code) if code is not None else ProcessStatus("missing")
@@ -143,17 +138,7 @@ class DirectProcessManager:
             return
         # The supervisor kills its command once the launch's grace is over (a relay's is
         # its last bring-back of the work): SIGKILL here only past the longest of them.
-        for sig, wait in ((signal.SIGTERM, STOP_WAIT_S), (signal.SIGKILL, 2.0)):
-            try:
-                os.killpg(pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = asyncio.get_running_loop().time() + wait
-            # Polling: another process's exit cannot be awaited as an event here.
-            while _alive(pid) and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
-            if not _alive(pid):
-                break
+        await procs.kill_until_gone(pid, group=True, term_s=STOP_WAIT_S, gone_s=2.0)
         await self._reap(spec)
         _pid_file(spec).unlink(missing_ok=True)
 

@@ -2,8 +2,8 @@
 copy of itself for each run, instead of a new interpreter per run.
 
 Every run of the ``direct`` process manager starts the supervisor (see
-:mod:`hal9999.process.supervisor`); an interpreter's start is ~7-10 ms of CPU on this
-project's 2-core benchmark host, a fork of this small process ~1-2 ms (issue 16: the largest
+:mod:`hal9999.process.supervisor`); an interpreter's start costs several times the CPU of
+a fork of this small process (the largest
 share of a task's processes' CPU through ``hal serve``). A process that starts a second run
 (the daemon) therefore starts this server once, over a socketpair
 (:class:`ForkServerClient`); a process with one run (an in-process ``hal run``) never does.

@@ -18,18 +18,17 @@ PM2's sockets live there and unix socket paths are short).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
 import secrets
 import shutil
-import signal
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from hal9999 import procs
 from hal9999.envvars import absolute_dir, env_argv
 from hal9999.errors import ProcessError
 from hal9999.process import pm2inside
@@ -217,7 +216,7 @@ class Pm2ProcessManager:
         """Delete the app of a run that has ended for good (its exit file is written, no
         restart to come), once. A stopped app stays in PM2's daemon with its ``env``, the
         run's secrets among it, for as long as the daemon lives (``pm2 jlist`` shows it to
-        any process of this user, ``pm2 save`` writes it to disk): found by stop 52's sweep."""
+        any process of this user, ``pm2 save`` writes it to disk): the secret sweep checks it."""
         name = self.app_name(spec)
         if name in self._forgotten or self._pm2 is None:
             return
@@ -320,10 +319,7 @@ async def _daemon_gone(pid: int, wait_s: float = 5.0) -> None:
     """Wait for the PM2 daemon ``pid`` to exit; SIGKILL it when it does not in time."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
-    for _ in range(int(wait_s / 0.05)):
-        if not _is_daemon(pid) or loop.time() >= deadline:
-            break
-        await asyncio.sleep(0.05)
-    if _is_daemon(pid):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
+    # Polling: another process's exit cannot be awaited as an event here.
+    while _is_daemon(pid) and loop.time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(procs.POLL_S)
+    await procs.kill_until_gone(pid, still=lambda: _is_daemon(pid))

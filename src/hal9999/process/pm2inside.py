@@ -33,10 +33,10 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
+from hal9999 import fs
 from hal9999.errors import HalError, ProcessError
 from hal9999.process.launch import run_host
 from hal9999.providers.base import Sandbox
@@ -185,11 +185,7 @@ def save_control(sandbox: Sandbox, spec: ProcessSpec, name: str) -> None:
     data = {"stop": {"argv": stop.argv, "env": stop.env}}
     path = control_path(spec, name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as out:
-        json.dump(data, out)
-    os.replace(tmp, path)
+    fs.write_json(path, data, mode=0o600, durable=False)
 
 
 def _control(spec: ProcessSpec, name: str) -> dict[str, Any] | None:

@@ -4,28 +4,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hal9999.entrypoints import find_entry_point
+from hal9999 import plugins
 from hal9999.errors import ConfigError
 from hal9999.process.base import ProcessManager
 
-GROUP = "hal9999.process_managers"
+GROUP = plugins.PROCESS_MANAGERS.group
 
 
 def available_process_managers() -> list[str]:
     """Names of the installed process managers."""
-    from importlib.metadata import entry_points  # for a listing; a run needs none of it
-
-    return sorted(ep.name for ep in entry_points(group=GROUP))
+    return plugins.names(plugins.PROCESS_MANAGERS)
 
 
 def load_process_manager(name: str, *, runtime_dir: Path | None = None) -> ProcessManager:
     """Instantiate the process manager registered as ``name``."""
-    ep = find_entry_point(GROUP, name)  # kept (a scan at each run of each task was a tenth
-    # of a daemon's CPU)
-    if ep is not None:
-        manager: ProcessManager = ep.load()(runtime_dir=runtime_dir)
-        return manager
-    raise ConfigError(
-        f"unknown process manager {name!r}",
-        hint="choose one of: " + ", ".join(available_process_managers()),
-    )
+    kind = plugins.PROCESS_MANAGERS
+    if not plugins.installed(kind, name):  # the lookup is kept: no scan a task
+        raise ConfigError(
+            f"unknown process manager {name!r}",
+            hint="choose one of: " + ", ".join(available_process_managers()),
+        )
+    manager: ProcessManager = plugins.build(kind, name, runtime_dir=runtime_dir)
+    return manager

@@ -22,15 +22,16 @@ import codecs
 import posix
 import sys
 
+from hal9999 import fs
 from hal9999.process.caplog import CappedLog, beside
 from hal9999.process.parsedevents import ParsedEvents, load_site
 from hal9999.process.runlock import hold_running
 
 # Every task starts this program, so at run time it imports only what a run uses: no
 # argparse, subprocess, typing or pathlib, and the masker only when there is a secret to mask
-# (issue 16: ~115 modules and ~100 ms of CPU per task before). The agents' code, the event
+# (every task starts one). The agents' code, the event
 # models and the credential reader come only with a parser or mask files. Not even `os`
-# (`posix` has its calls): with `posixpath` and `_collections_abc`, 6.3M of 38.5M instructions.
+# (`posix` has its calls): with `posixpath` and `_collections_abc`, a sixth of its start.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import os
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     from hal9999.redact import SecretMasker
 else:
     # The C module under `signal` (same names), which builds its enums at import with
-    # `enum`, `functools` and `collections`: ~7 ms of every task's supervisor start.
+    # `enum`, `functools` and `collections`, on every task's supervisor start.
     import _signal as signal
 
 USAGE = (
@@ -54,7 +55,7 @@ USAGE = (
 def ended_path(exit_file: str | os.PathLike[str]) -> str:
     """The FIFO beside ``exit_file`` that hal makes before a start and listens on: once the
     exit status is written, a byte there wakes the follower at once instead of at its next
-    poll (issue 16)."""
+    poll."""
     path = posix.fspath(exit_file)
     return beside(path, f".{path.rpartition('/')[2]}.ended")
 
@@ -62,7 +63,7 @@ def ended_path(exit_file: str | os.PathLike[str]) -> str:
 def go_path(exit_file: str | os.PathLike[str]) -> str:
     """The FIFO beside ``exit_file`` a supervisor started ahead of its run (``--go``) waits
     on: a ``g`` there starts the command; its end without one (its writer, hal, gone or
-    done with the run) ends the supervisor without starting anything (issue 16)."""
+    done with the run) ends the supervisor without starting anything."""
     path = posix.fspath(exit_file)
     return beside(path, f".{path.rpartition('/')[2]}.go")
 
@@ -71,7 +72,7 @@ def unstarted_path(exit_file: str | os.PathLike[str]) -> str:
     """The marker beside ``exit_file`` a supervisor started ahead of its run (``--go``)
     makes when its go FIFO ends without a ``g``: its command never started, so a next
     daemon knows the run left no agent (nothing ran, no exit status) rather than one that
-    may have run and gone (issue 16, stop 45)."""
+    may have run and gone."""
     path = posix.fspath(exit_file)
     return beside(path, f".{path.rpartition('/')[2]}.unstarted")
 
@@ -91,7 +92,7 @@ def claim_start(marker: str, keep_as: str | None = None) -> bool:
     run's ``running`` (``--claim``: direct, PM2) taken here by an ``unlink``, or a
     ``rename`` to ``keep_as`` (``--claim-as``: direct's pid file, one inode for both).
     Recovery takes it as well (:func:`hal9999.process.base.take_unstarted`): the command
-    starts or the task is queued again, never both (issue 16, stop 46)."""
+    starts or the task is queued again, never both."""
     try:
         if keep_as is None:
             posix.unlink(marker)
@@ -103,7 +104,7 @@ def claim_start(marker: str, keep_as: str | None = None) -> bool:
                 posix.write(fd, str(posix.getpid()).encode())
             finally:
                 posix.close(fd)
-            posix.rename(marker, keep_as)
+            fs.replace(marker, keep_as)
     except OSError:  # taken (gone) or not to be had: nothing may start
         return False
     return True
@@ -203,10 +204,8 @@ def _read_warm(fifo: str) -> tuple[list[str], dict[bytes, bytes]] | None:
 def write_exit_status(path: str | os.PathLike[str], status: int) -> None:
     """Record ``status`` at ``path`` atomically, then wake whoever listens for it."""
     path = posix.fspath(path)
-    tmp = beside(path, f".{path.rpartition('/')[2]}.tmp")
-    with open(tmp, "w") as file:
-        file.write(f"{status}\n")
-    posix.replace(tmp, path)
+    # Not fsynced: a run's end is on its hot path.
+    fs.write_text(path, f"{status}\n", mode=None, durable=False)
     _notify_ended(ended_path(path))
 
 

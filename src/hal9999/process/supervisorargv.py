@@ -15,7 +15,7 @@ SUPERVISOR = (
     # Isolated (no current directory or PYTHON* variables on its path) and without `site`
     # (its start-up is a fifth of the interpreter's): the supervisor finds hal9999 where this
     # process did, after the standard library, and loads `site` itself only for a parser or
-    # mask files, whose models need the installed packages (issue 16).
+    # mask files, whose models need the installed packages.
     "-I",
     "-S",
     "-c",

@@ -13,9 +13,10 @@ exactly the process's exec-time environment.
 started or adopted at the daemon's first tmux run: :func:`share_lazily`), and keeps an idle
 *warm pane* there whose supervisor has started, for the next run's prestart to claim
 (:mod:`hal9999.process.tmuxwarm`: the run's command and environment reach it through a private
-FIFO, so no interpreter starts on the run's path). A server's start is ~49M instructions (its
-option tables and key bindings), a session on a live one ~1M, and it was on every task's path
-(issue 16). The run's socket is then a symlink to the shared one, so whoever computes it
+FIFO, so no interpreter starts on the run's path). A server's start is dear (its
+option tables and key bindings), a session on a live one cheap; sharing keeps the start off
+every task's path.
+The run's socket is then a symlink to the shared one, so whoever computes it
 (``hal task attach``, the next daemon) reaches the run's session, ``=<name>-<key>``, exactly.
 The run's exec-time environment reaches the pane through the client's own environment:
 ``update-environment`` is set to the run's variable names in the same command list as its
@@ -34,15 +35,15 @@ how a run ends (``remain-on-exit``, ``default-command``).
 
 The server loads :data:`NO_UTMP_BUILT` where ``scripts/setup.sh`` built it: tmux records no
 utmp login for the pane through libutempter's setgid helper (an agent is not a login; two
-processes and ~1.5 ms of CPU a task, issue 16). ``LD_PRELOAD`` names it for the server only:
+processes a task). ``LD_PRELOAD`` names it for the server only:
 the server's global environment drops it before the pane opens.
 
 Whether a run still lives is asked of the kernel, not of tmux: the manager learns the pane's
 process (the supervisor) and its start time once, from ``new-session -P`` when it starts
 the run, or from one ``display-message`` for a run it did not start (an adopted one), and
 :meth:`status` reads ``/proc`` for it after that. A ``tmux has-session`` (a fork and exec,
-and a tmux client's CPU) every second for every running agent made a daemon with 100 idle
-agents use ~0.4 of a core (issue 16).
+and a tmux client's CPU) every second for every running agent would make a daemon with many idle
+agents busy.
 """
 
 from __future__ import annotations
@@ -56,11 +57,11 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
+from hal9999 import fs, procs
 from hal9999.errors import HalError, ProcessError
 from hal9999.process import tmuxearly
 from hal9999.process.base import (
     ProcessStatus,
-    process_started,
     read_exit_status,
     run_ended,
 )
@@ -246,7 +247,7 @@ class TmuxProcessManager:
         """Open ``spec``'s session while the caller does other work (a task's checkout), its
         supervisor waiting on a FIFO (``--go``) until :meth:`start` with the same sandbox,
         spec and environment lets the command start: the server's start (its option tables
-        and key bindings) and the supervisor's interpreter leave the run's path (issue 16).
+        and key bindings) and the supervisor's interpreter leave the run's path.
 
         The FIFO is held open here until the run has ended or is stopped: should this
         process end first, the waiting supervisor reads the FIFO's end and exits without
@@ -322,14 +323,14 @@ class TmuxProcessManager:
             printed = None
         lines = printed.strip().splitlines() if printed is not None else []
         pid = int(lines[-1]) if lines and lines[-1].strip().isdigit() else None
-        started = process_started(pid) if pid is not None else None
+        started = procs.started(pid) if pid is not None else None
         if pid is None or started is None or len(handed) > MESSAGE_MAX:
             early.let_go()
             return False
         pane = WarmPane(early.name, Path(early.fifo), early.fd, pid, started)
         socket = self.socket(spec)
         try:
-            os.replace(early.socket, socket)  # first: a session is never out of its run's reach
+            fs.replace(early.socket, socket)  # first: a session is never out of its run's reach
         except OSError:
             early.let_go()
             return False
@@ -357,7 +358,7 @@ class TmuxProcessManager:
         if early is not None:
             go, key = early
             pane = self._panes.get(socket)
-            alive = pane is not None and process_started(pane[0]) == pane[1]
+            alive = pane is not None and procs.started(pane[0]) == pane[1]
             if alive and key == _run_key(sandbox, spec, env):
                 os.write(go, b"g")
                 self._go[socket] = go  # until the supervisor has surely read it
@@ -452,7 +453,7 @@ class TmuxProcessManager:
                 self._remember(spec, out)
                 self._own.note(socket)  # an adopted run's entry, as its maker's: gone at its end
                 pane = self._panes.get(socket)
-        if pane is not None and process_started(pane[0]) == pane[1]:
+        if pane is not None and procs.started(pane[0]) == pane[1]:
             return ProcessStatus("running")
         self._panes.pop(socket, None)
         self._let_go(socket)
@@ -466,7 +467,7 @@ class TmuxProcessManager:
         lines = printed.strip().splitlines()
         if lines and lines[-1].strip().isdigit():
             pid = int(lines[-1])
-            started = process_started(pid)
+            started = procs.started(pid)
             if started is not None:
                 self._panes[self.socket(spec)] = (pid, started)
 

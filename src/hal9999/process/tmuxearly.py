@@ -1,10 +1,9 @@
-"""An in-process ``hal run``'s tmux server and its pane's supervisor, started while it imports
-(issue 16).
+"""An in-process ``hal run``'s tmux server and its pane's supervisor, started while it imports.
 
-Without a daemon, a run's tmux server (~49M instructions: its option tables and key
-bindings) and its pane's supervisor (an interpreter, ~28M) were started by the run's
-prestart, after hal had imported its ~350 modules and made the task and its sandbox: on a
-trivial run's path, ~50-100 ms of wall between the sandbox and the agent's start. Here they
+Without a daemon, a run's tmux server (its option tables and key
+bindings) and its pane's supervisor (an interpreter) would be started by the run's
+prestart, after hal has imported its ~350 modules and made the task and its sandbox: on a
+trivial run's path, most of the wall time between the sandbox and the agent's start. Here they
 start first, in the background, as the uncommitted-changes check does
 (:mod:`hal9999.cli.notices`), so they run on another core while this process imports.
 

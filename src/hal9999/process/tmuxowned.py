@@ -1,9 +1,9 @@
 """The socket entries a tmux manager made for its runs, removed when it sees a run end.
 
 tmux (3.3a) leaves a server's socket file behind when the server exits, and a daemon's run
-leaves the link to the shared server it made: nothing removed either, and the per-user socket
-directory held an entry for every run there had ever been (~3,900 here; listing ~3,000 cost
-~13M instructions, issue 16). The manager that made an entry (opened the run's server, renamed
+leaves the link to the shared server it made: left alone, the per-user socket
+directory would hold an entry for every run there had ever been (thousands on a
+busy host, each listing paid for). The manager that made an entry (opened the run's server, renamed
 an early pane's socket to the run's, or linked the run's socket to the shared server) removes
 it once its :meth:`status` has seen the run end: the exit status is read or the pane's process
 is gone, so no session is left to attach to. Only while the entry is the one it made (its

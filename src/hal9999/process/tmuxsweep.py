@@ -4,8 +4,8 @@ A run's entry goes at its end when the manager that made or adopted it sees that
 (:mod:`hal9999.process.tmuxowned`); the rest stayed for ever: entries of runs whose end no
 such manager saw, of a killed ``hal`` (its run's socket, its early pane's socket and FIFO), a
 killed daemon's warm-pane FIFOs, the shared servers' sockets once their last run ended,
-tmux's lock files of a killed client, and everything from before (4,782 entries here; the
-warm panes' sweep at a daemon's first tmux run lists them: ~5 ms of CPU). :func:`sweep`
+tmux's lock files of a killed client, and everything from before (thousands of entries on a
+busy host; the warm panes' sweep at a daemon's first tmux run lists them). :func:`sweep`
 removes one only when it is provably dead and provably hal's, and runs where a pass costs
 nothing on a task's path: in a thread of the daemon, at its keeper's first round and then
 every :data:`SWEEP_EVERY` s.
@@ -57,7 +57,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from hal9999.process.base import process_started
+from hal9999 import fs, procs
 from hal9999.process.tmuxearly import SOCKET_DIR
 from hal9999.process.tmuxowned import identity
 
@@ -65,8 +65,8 @@ MIN_AGE_S = 60.0
 """An entry changed more recently than this may be one being made right now: left."""
 
 PASS_MOST = 2_000
-"""Entries one pass probes (the listing stops there): ~0.3 s of CPU here when all are dead;
-an entry only listed (not hal's, or too young) costs its lstat (~6 µs)."""
+"""Entries one pass probes (the listing stops there): a probe is dear,
+an entry only listed (not hal's, or too young) costs only its lstat."""
 
 ASK_MOST = 4
 """Live shared servers one pass asks for their sessions (a tmux client each)."""
@@ -133,7 +133,7 @@ def _probe(sweep_pass: _Pass, name: str, made: os.stat_result) -> bool:
     path = os.path.join(sweep_pass.directory, name)
     fifo = _FIFO.fullmatch(name)
     if fifo is not None and stat.S_ISFIFO(made.st_mode):
-        if process_started(int(fifo[1] or fifo[2])) is None:
+        if procs.started(int(fifo[1] or fifo[2])) is None:
             sweep_pass.removed += _remove(path, made)
     elif sweep_pass.now - max(made.st_ctime, made.st_mtime) < MIN_AGE_S:
         return False
@@ -219,7 +219,7 @@ def _remove_dead_socket(path: str, made: os.stat_result) -> int:
 @contextlib.contextmanager
 def _tmux_lock(lock: str, *, remove: bool = False) -> Iterator[bool]:
     """tmux's lock of a socket's path, as its client takes it: yields whether nobody holds it
-    (no lock file: nobody; one is not made here, ~0.3 ms a file on this ext4). A lock taken
+    (no lock file: nobody; one is not made here: a new inode is dear). A lock taken
     is removed at the end with ``remove`` (a leftover: tmux's server removes its own)."""
     try:
         fd = os.open(lock, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
@@ -269,7 +269,7 @@ def _remove_if(path: str, checked: tuple[int, ...]) -> int:
     entry made at ``path`` meanwhile is linked back (unless a newer one is there)."""
     grave = os.path.join(os.path.dirname(path), f"{_GRAVE}{os.getpid()}-{next(_graves)}")
     try:
-        os.rename(path, grave)
+        fs.replace(path, grave)
     except OSError:
         return 0
     try:
@@ -283,7 +283,7 @@ def _remove_if(path: str, checked: tuple[int, ...]) -> int:
             pass  # newer still: the one at the path stands
         except OSError:
             with contextlib.suppress(OSError):
-                os.rename(grave, path)
+                fs.replace(grave, path)
             return 0
     with contextlib.suppress(OSError):
         os.unlink(grave)

@@ -1,7 +1,7 @@
 """Warm panes: idle sessions on a daemon's shared tmux server whose supervisor has started
-and waits for a run (issue 16).
+and waits for a run.
 
-A run's supervisor is a Python interpreter (~28M instructions to start); opened ahead of the
+A run's supervisor is a Python interpreter (dear to start); opened ahead of the
 run (:meth:`TmuxProcessManager.prestart`) its start still bounded the run's time to
 ``running``. The daemon keeps :data:`WARM_PANES` such sessions ready; a run claims one, and
 its prestart is one write and one tmux client (the session renamed as the run's).
@@ -30,8 +30,8 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
+from hal9999 import procs
 from hal9999.errors import HalError
-from hal9999.process.base import process_started
 from hal9999.process.launch import run_host
 from hal9999.process.supervisorargv import SUPERVISOR
 from hal9999.process.tmuxearly import new_session as new_session  # its old home
@@ -48,7 +48,7 @@ wait); a run with more (a huge environment) opens its own pane, as before."""
 class WarmPane(NamedTuple):
     """An idle session waiting for a run: its name, its FIFO (held open as ``fd``) and its
     supervisor (pid and start time: a reused pid has another). (A ``NamedTuple``: a frozen
-    dataclass is compiled at import, ~0.5 ms of every in-process run's start: issue 16.)"""
+    dataclass is compiled at import, on every in-process run's start.)"""
 
     name: str
     fifo: Path
@@ -95,7 +95,7 @@ class WarmPanes:
         None when there is none (the dead ones let go)."""
         while self.idle:
             pane = self.idle.pop(0)
-            if process_started(pane.pid) == pane.started:
+            if procs.started(pane.pid) == pane.started:
                 return pane
             let_go(pane.fd, pane.fifo)
         return None
@@ -146,7 +146,7 @@ class WarmPanes:
             ]
             _, out = await run_host(argv, env={"TERM": "xterm-256color"})
             pid = int(out.strip().splitlines()[-1])
-            started = process_started(pid)
+            started = procs.started(pid)
             if started is None:
                 raise OSError(f"warm pane {name} ended at its start")
         except BaseException:

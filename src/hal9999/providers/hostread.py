@@ -15,6 +15,8 @@ import os
 import stat
 from pathlib import Path
 
+from hal9999 import fs
+
 CHUNK = 65536
 """One read; a longer file takes more."""
 
@@ -75,12 +77,6 @@ def _holds(path: Path, data: bytes, mode: int) -> os.stat_result | None:
     return None
 
 
-def _write_new(path: Path, data: bytes, mode: int, tmp: Path) -> None:
-    tmp.write_bytes(data)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-
-
 def write_shared(path: Path, data: bytes, mode: int = 0o444) -> None:
     """``path`` holding exactly ``data`` with ``mode``, as a file of ours that many sandboxes
     name (bound or opened by path): left alone when it already is, else written under a
@@ -88,6 +84,5 @@ def write_shared(path: Path, data: bytes, mode: int = 0o444) -> None:
     processes may be writing or reading it too)."""
     if _holds(path, data, mode) is not None:
         return
-    tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    _write_new(path, data, mode, tmp)
+    fs.write_bytes(path, data, mode=mode, durable=False)

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple, Protocol, runtime_checkable
 
+from hal9999 import fs
 from hal9999.errors import DiskFull, DiskLimitExceeded
 from hal9999.providers.host.totals import MIN_DEFAULT_MEMORY_MB as MIN_DEFAULT_MEMORY_MB
 from hal9999.providers.host.totals import MIN_DEFAULT_PIDS, Totals, totals
@@ -46,7 +47,7 @@ DISK_CHECK_SHARE = 0.01
 MAX_DISK_CHECK_S = 60.0
 """A tree that takes longer to walk is walked less often: ``du`` runs at most 1 % of the
 time for each task (and at least once a minute), so a thousand agents on large checkouts
-do not keep the host's cores walking trees (issue 16)."""
+do not keep the host's cores walking trees."""
 BALLAST_NAME = ".disk-reserve"
 BALLAST_BYTES = 4 << 20
 """Reserved in hal's home: room to record a task's end and clean up on a full disk."""
@@ -56,7 +57,7 @@ FULL_BELOW_FILES = 64
 FULL_BELOW_FILES_SHARE = 0.005
 """Fewer free inodes than this share of the filesystem's (and never fewer than
 :data:`FULL_BELOW_FILES`) on the disk of hal's home counts as full too: a file takes one
-whatever its size, and an agent's millions of empty files (stop 48) fill a disk that no
+whatever its size, and an agent's millions of empty files fill a disk that no
 byte count (``du``, free space) sees filling."""
 
 
@@ -128,8 +129,8 @@ class GrantedLimits:
     the totals and the host's cores, read again at each look-up (one ``sched_getaffinity``),
     so a kept answer is never stale; the host's memory is read once a process
     (:func:`host_memory_mb`).
-    Each sandbox handle and each disk check asks (issue 16: three model validations and the
-    host's state read again each time were ~0.1-0.4 ms a task)."""
+    Each sandbox handle and each disk check asks (three model validations and the
+    host's state read again each time would be paid by every task)."""
 
     MAX_KEPT = 64
     """A daemon sees few distinct limits; a client sending many only empties the cache."""
@@ -245,19 +246,11 @@ class Ballast:
         """Reserve the space, unless it is reserved already or the disk is nearly full."""
         if self.path.exists():
             return
-        tmp = self.path.with_name(f"{BALLAST_NAME}.tmp")
-        try:
+        with contextlib.suppress(OSError):
             if free_bytes(self.path.parent) < 4 * BALLAST_BYTES:
                 return
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            try:
-                os.posix_fallocate(fd, 0, BALLAST_BYTES)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+            with fs.atomic(self.path, mode=0o600, durable=False) as out:
+                os.posix_fallocate(out.fd, 0, BALLAST_BYTES)
 
     def release(self) -> None:
         """Give the space back (for the writes that record and clean up a task)."""
@@ -318,7 +311,7 @@ class DiskWatchdog:
 
     async def start(self) -> None:
         """Reserve the space given up when the disk fills. Reserved already (every task but
-        the first): one ``stat`` here, no thread hop (issue 16)."""
+        the first): one ``stat`` here, no thread hop."""
         if not self.ballast.path.exists():
             import asyncio
 

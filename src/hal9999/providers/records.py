@@ -17,6 +17,7 @@ from typing import Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from hal9999 import fs
 from hal9999.errors import ProviderError, SandboxNotFound
 from hal9999.providers.hostread import read_all
 
@@ -69,33 +70,27 @@ class JsonRecords(Generic[R]):
         In the ``dir`` layout, ``keep_previous`` keeps the file it replaces as a second name,
         ``.previous.json``, and a save of exactly that file's bytes renames it back instead
         of writing a new file: a stop and the start after it (every pool reset) make one
-        inode, not two (issue 16: each costs 0.3-0.6 ms on some hosts)."""
+        inode, not two (a new inode is dear on some hosts)."""
         path = self.path(_id_of(record))
         if self.layout == "file":
             self.root.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
         # pydantic's own JSON (the values json.dumps of model_dump(mode="json") gave, in a
-        # fraction of the time: every create, start, stop and reset saves; issue 16).
+        # fraction of the time: every create, start, stop and reset saves).
         data = record.__pydantic_serializer__.to_json(record, indent=2)
         previous = path.with_name(PREVIOUS)
         if self.layout == "dir" and not keep_previous:
             with contextlib.suppress(OSError):  # none, or another process took it
                 if read_all(str(previous)) == data:
-                    os.rename(previous, path)
+                    fs.replace(previous, path)
                     return
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
-        if self.layout == "dir" and keep_previous:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(previous)
-            with contextlib.suppress(FileNotFoundError, FileExistsError):
-                os.link(path, previous)  # a second name: no new inode
-        os.replace(tmp, path)
+        # Not fsynced: every create, start, stop and reset of a sandbox saves.
+        with fs.atomic(path, mode=None, durable=False) as out:
+            out.write(data)
+            if self.layout == "dir" and keep_previous:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(previous)
+                with contextlib.suppress(FileNotFoundError, FileExistsError):
+                    os.link(path, previous)  # a second name: no new inode
 
     def delete(self, sandbox_id: str) -> None:
         """Forget the sandbox (its record file only)."""

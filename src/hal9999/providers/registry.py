@@ -9,35 +9,25 @@ from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 
-from hal9999.entrypoints import find_entry_point
-from hal9999.errors import ConfigError, ProviderUnavailable, UnknownProvider
+from hal9999 import plugins
+from hal9999.errors import ConfigError, ProviderUnavailable
 from hal9999.providers.base import Provider, ProviderDoctor
 from hal9999.values import defaults_of, describe, setting_hint, toml_checked, with_others
 
-GROUP = "hal9999.providers"
+GROUP = plugins.PROVIDERS.group
 _Settings = TypeVar("_Settings", bound=BaseModel)
 
 
 def available_providers() -> list[str]:
     """Names of every registered provider, sorted."""
-    from importlib.metadata import entry_points  # for a listing; a run needs none of it
-
-    return sorted({ep.name for ep in entry_points(group=GROUP)})
+    return plugins.names(plugins.PROVIDERS)
 
 
 def provider_doctors() -> list[tuple[str, ProviderDoctor]]:
-    """Each registered provider's class that has a ``hal doctor`` hook, by name; one that
-    cannot be imported here is left out (a run of it says why)."""
-    found = []
-    for name in available_providers():
-        entry = find_entry_point(GROUP, name)
-        try:
-            cls = entry.load() if entry is not None else None
-        except ImportError:
-            continue
-        if isinstance(cls, ProviderDoctor):
-            found.append((name, cls))
-    return found
+    """Each installed provider whose class has a ``hal doctor`` hook, by name; one that
+    cannot be loaded is a warning line and left out (:func:`hal9999.plugins.load_all`)."""
+    loaded = plugins.load_all(plugins.PROVIDERS)
+    return [(name, cls) for name, cls in loaded.items() if isinstance(cls, ProviderDoctor)]
 
 
 def load_provider(
@@ -52,19 +42,8 @@ def load_provider(
     ``state_dir`` is the provider's private directory for its sandbox records; ``origin``
     (the config's) says which file set each key, for an error to name it.
     """
-    entry = find_entry_point(GROUP, name)  # a scan found it, or finds it now
-    if entry is None:
-        raise UnknownProvider(
-            f"no provider named {name!r}",
-            hint=f"available: {', '.join(available_providers()) or 'none'}",
-        )
-    try:
-        cls = entry.load()
-    except ImportError as exc:
-        raise ProviderUnavailable(
-            f"provider {name!r} cannot be imported: {exc}",
-            hint=f"reinstall the package that provides it ({entry.value})",
-        ) from exc
+    entry = plugins.find(plugins.PROVIDERS, name)
+    cls = plugins.load(plugins.PROVIDERS, name)
     model = cast(type[BaseModel] | None, getattr(cls, "config_model", None))
     config = _settings_of(name, model, settings, origin)
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -82,12 +61,11 @@ def check_table(
     a typo in its table would otherwise be found only the day it is used. A name no package
     registers, or a provider that cannot be imported here, is left to what loads it
     (``check_provider_tables`` names the first; a run of it says the second)."""
-    entry = find_entry_point(GROUP, name)
-    if entry is None:
+    if not plugins.installed(plugins.PROVIDERS, name):
         return
     try:
-        cls = entry.load()
-    except ImportError:
+        cls = plugins.load(plugins.PROVIDERS, name)
+    except ProviderUnavailable:
         return
     _settings_of(name, cast(type[BaseModel] | None, getattr(cls, "config_model", None)),
                  settings, origin)  # fmt: skip

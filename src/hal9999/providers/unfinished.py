@@ -23,6 +23,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from hal9999 import fs
+
 PREFIX = "unfinished-"
 STALE_S = 3600
 """Age past which a temporary note (its hal killed before the rename) is removed: nothing
@@ -63,7 +65,7 @@ def noted(directory: Path, sandbox_id: str, text: str = "") -> Iterator[Note]:
         fcntl.flock(fd, fcntl.LOCK_EX)
         note = Note(directory / f"{PREFIX}{sandbox_id}", fd)
         note.record(text)
-        os.replace(tmp, note.path)
+        fs.replace(tmp, note.path)
         yield note
         note.done()
     except BaseException:

@@ -237,7 +237,7 @@ def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
             egress_only=_egress_only(body.get("egress_only")),
             runner_pid=os.getpid(),  # this daemon runs it
             # With task_created, in one write of its event log (a second open, lock and
-            # fsync was ~1.5 ms before the task could start, issue 16).
+            # fsync would delay the task's start).
             config_sources=body.get("config_sources"),
         )
         # In a worker thread: creating writes the store (and the session), which must not
@@ -373,8 +373,8 @@ def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
         query=("after", "wait"), response=PAGE)
     add("GET", "/v1/tasks/{id}/events", task_events, "One task's events after a seq.",
         query=("after_seq", "wait", "wake"), response=TASK_PAGE)
-    # Its schema is made when the OpenAPI document is asked for: ~2-3 % of the instructions
-    # of a daemon's start and stop (issue 16); the fields checked are the model's own.
+    # Its schema is made when the OpenAPI document is asked for, not at every daemon's
+    # start and stop; the fields checked are the model's own.
     add("POST", "/v1/tasks", create, "Create a task and queue it.", body=run_body_schema,
         body_fields=frozenset(RunBody.model_fields), response=TASK)  # fmt: skip
     add("GET", "/v1/tasks", list_tasks, "Tasks, newest first.", query=("status", "limit"),

@@ -97,8 +97,8 @@ def build_api(ctx: ServerContext, router: Router) -> ASGIApp:
     built: list[dict[str, Any]] = []
 
     async def openapi(request: Request) -> Response:
-        # Built at the first request, off the loop, not at each daemon's start (~60-100 ms
-        # of CPU for a document few clients ask for).
+        # Built at the first request, off the loop, not at each daemon's start (dear
+        # in CPU for a document few clients ask for).
         if not built:
             schema = await asyncio.to_thread(openapi_schema, router)
             if not built:

@@ -7,7 +7,7 @@ pydantic nor hal's models loaded; :class:`DaemonTaskAPI` imports those when it i
 
 from __future__ import annotations
 
-import _socket  # the C module: socket.py builds four enums at import, ~1.5 ms of a start
+import _socket  # the C module: socket.py builds four enums at import
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -268,7 +268,7 @@ _PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234567
 
 def _path(path: str) -> str:
     """``urllib.parse.quote(path, safe="/")`` (a ``?`` or CR LF in a task id as typed is text,
-    not syntax), without importing ``urllib.parse`` where nothing needs quoting (issue 16)."""
+    not syntax), without importing ``urllib.parse`` where nothing needs quoting."""
     if _PLAIN.issuperset(path.replace("/", "")):
         return path
     from urllib.parse import quote
@@ -278,7 +278,7 @@ def _path(path: str) -> str:
 
 def _query(query: dict[str, Any]) -> str:
     """``urllib.parse.urlencode(query, doseq=True)``; without importing ``urllib.parse``
-    (with its ``re`` and ``ipaddress``: the thin ``hal run``, issue 16) where each name and
+    (with its ``re`` and ``ipaddress``: the thin ``hal run``) where each name and
     value (a string or a number) needs no quoting."""
     pieces = []
     for key, value in query.items():

@@ -172,7 +172,7 @@ class Daemon:
         )  # fmt: skip
         from hal9999.process.tmux import share_lazily
 
-        # The runs share one tmux server (issue 16), started (or adopted) at the first tmux
+        # The runs share one tmux server, started (or adopted) at the first tmux
         # run, with the warm panes; a daemon of another manager starts none.
         share_lazily(HalPaths(self.config.home).run)
         # The tasks the pool's rows name: a run killed with its daemon before its end took

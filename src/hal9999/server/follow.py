@@ -70,7 +70,7 @@ async def follow_page(
             # again for a retry) is the run that wrote the task's last task_end, not a retry.
             before = daemon.scheduler.running.get(task.id)
             # The record, then from the last event the caller has, to learn its type (is it
-            # the task_end?): in one thread hop (issue 16: each hop was a wake-up of the
+            # the task_end?): in one thread hop (each hop is a wake-up of the
             # loop on the way to the answer that ends a run).
             record, tail = await asyncio.to_thread(_read, service.store, task.id, path, after_seq)
             status = record.status
@@ -93,7 +93,7 @@ async def follow_page(
             if page and ended and not done and releasing and wait > 0 and status not in ACTIVE:
                 # The page ends the run, which is still giving its sandbox back (or was when
                 # its status was read): answered once the run is over, the caller learns it
-                # is done from this answer and need not ask again (issue 16). Only this
+                # is done from this answer and need not ask again. Only this
                 # run's end: a task queued again for a retry is not waited for, and the page
                 # goes as it is then.
                 releasing = False
@@ -108,7 +108,7 @@ async def follow_page(
             started = time.monotonic()
             if ended and runner is not None:
                 # Its last event is written but the run is still releasing its sandbox: no
-                # event will come to wake us, the run's own end does (issue 16: the client
+                # event will come to wake us, the run's own end does (the client
                 # waited out the whole long poll after every task).
                 await asyncio.wait({runner}, timeout=wait)
             elif ended and task.id not in daemon.scheduler.running and not over:
@@ -145,12 +145,16 @@ def _ends(events: list[Event]) -> bool | None:
 
 async def _find(service: Any, task_id: str) -> Any:
     """The task by id or unique prefix, read on the loop (WAL: a read never waits for a
-    writer; issue 16: this thread hop fell in the run's preparing, where the client's first
+    writer; a thread hop here would fall in the run's preparing, where the client's first
     follow comes); a thread only when reconciling it writes (an active task whose runner
     died is marked interrupted)."""
     task = service.store.find_task(task_id)
     mine = task.runner_pid == os.getpid()  # this daemon's run: its runner lives
-    if task.status in ACTIVE and not mine and not runner_alive(task.runner_pid):
+    if (
+        task.status in ACTIVE
+        and not mine
+        and not runner_alive(task.runner_pid, task.runner_started)
+    ):
         return await asyncio.to_thread(service.reconcile, task)
     return task
 

@@ -333,7 +333,7 @@ def tcp_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
 def websocket_protocol(**made: Any) -> asyncio.Protocol:
     """uvicorn's websocket protocol (its ``ws="auto"``: websockets' sans-I/O one), imported
     at the first websocket (the dashboard's terminal) instead of at the daemon's start:
-    :mod:`websockets` was ~6 % of the instructions before ``hal serve`` answers (issue 16)."""
+    :mod:`websockets` is a visible share of the work before ``hal serve`` answers."""
     from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
 
     if AutoWebSocketsProtocol is None:  # neither websockets nor wsproto: not installed

@@ -75,7 +75,7 @@ class DaemonFiles:
         if len(str(path)) <= _MAX_SOCKET_PATH:
             return path
         import hashlib  # here, as tempfile and secrets below: every client imports this
-        import tempfile  # module, and those three cost it ~8 ms of start-up (issue 16)
+        import tempfile  # module, and those three are dear at start-up
         from pathlib import Path
 
         from hal9999.unixsock import private_dir
@@ -137,11 +137,10 @@ class DaemonFiles:
 
     def write_info(self, info: DaemonInfo) -> None:
         """Record where the daemon listens (atomically)."""
-        tmp = self.info_file.with_suffix(".tmp")
-        import json  # here: only the daemon writes it
+        from hal9999 import fs  # here: only the daemon writes it
 
-        tmp.write_text(json.dumps(info._asdict()))
-        os.replace(tmp, self.info_file)
+        # Not durable: a crash ends the daemon it names, and the next writes it anew.
+        fs.write_json(self.info_file, info._asdict(), mode=None, durable=False)
 
     def read_info(self) -> DaemonInfo | None:
         """The recorded daemon, if any (it may have died since)."""

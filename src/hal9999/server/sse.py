@@ -202,7 +202,7 @@ class EventFeed:
                 stepped = time.monotonic()
                 # Without a stream, what the bus brings is only kept (a dict insert): the
                 # index is read at most every _POLL_S, not a thread hop and a frame per
-                # event of every task (issue 16: ~5 hops and ~7 ms of the daemon's CPU a
+                # event of every task (several hops of the daemon's CPU a
                 # task, with no dashboard open). A stream's start catches up (attach).
                 if self.streams or stepped - self._stepped >= _POLL_S:
                     if not await self._catch_up():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-TYPE_CHECKING = False  # typing is ~8M instructions of the thin `hal task list` (issue 16)
+TYPE_CHECKING = False  # typing is dear for the thin `hal task list`
 if TYPE_CHECKING:
     from typing import Any
 

@@ -68,7 +68,7 @@ class EventTable:
         self, batches: Sequence[tuple[str, Sequence[tuple[int, str, float]]]]
     ) -> list[list[int]]:
         """:meth:`record_events` of several tasks' ``(task_id, rows)`` in one transaction
-        (a daemon's flusher writes the batches of every task due at once: issue 16); the
+        (a daemon's flusher writes the batches of every task due at once); the
         numbers follow the order of ``batches``, then of their rows."""
         total = sum(len(rows) for _, rows in batches)
         if not total:
@@ -82,7 +82,7 @@ class EventTable:
                 (total,),
             ).fetchone()
             first = int(end) - total + 1
-            # Many rows per statement: half the cost of a statement per row (issue 16).
+            # Many rows per statement: half the cost of a statement per row.
             for start in range(0, total, ROWS_PER_INSERT):
                 chunk = flat[start : start + ROWS_PER_INSERT]
                 params: list[object] = []

@@ -1,9 +1,9 @@
 """A row of the ``gateway_requests`` table: one model call through the LLM gateway. The
 table's SQL is :mod:`hal9999.store.gatewaytable`, which the store mixes in without this
-model: a run that calls no model never defines it (issue 16)."""
+model: a run that calls no model never defines it."""
 
 # No `from __future__ import annotations` here: pydantic would then evaluate each field's
-# annotation from its text, a compile each, on every run's path (issue 16).
+# annotation from its text, a compile each, on every run's path.
 from pydantic import BaseModel, ConfigDict
 
 from hal9999.store.gatewaytable import GatewayTable as GatewayTable  # re-exported

@@ -2,8 +2,8 @@
 
 Apart from its row model (:class:`hal9999.store.gateway.GatewayRequest`, imported where a row
 is read or written): every store has this table, but only a run whose agent calls a model
-through the gateway writes to it, so the others never define the model (17 fields, ~2.6M
-instructions; issue 16).
+through the gateway writes to it, so the others never define the model (17 fields, dear to
+build).
 """
 
 from __future__ import annotations

@@ -170,7 +170,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         5,
         "hive: agents, messages, turns, hive events",
         """
-        -- Named long-lived agents (issue 12). task_id is the agent's long-lived task whose
+        -- Named long-lived agents. task_id is the agent's long-lived task whose
         -- session (workspace on hal/agent/<name>, agent home) every turn resumes.
         CREATE TABLE hive_agents (
             name         TEXT PRIMARY KEY,
@@ -324,7 +324,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         """
         -- Every event paid for a third b-tree (task, type) that only "the task's last phase"
         -- read: that is the newest phase row, found by walking the task's rows backwards on
-        -- the primary key (issue 16: a tenth of the cost of recording an event).
+        -- the primary key (a tenth of the cost of recording an event).
         DROP INDEX events_task_type;
         """,
     ),
@@ -380,6 +380,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         -- pair's messages from then on, so an agent it stopped does not stop again at its
         -- first message after `hal agent start` for the messages of before (hive/broker.py).
         ALTER TABLE hive_agents ADD COLUMN loop_since REAL;
+        """,
+    ),
+    Migration(
+        14,
+        "runner start time",
+        """
+        -- When the process runner_pid names started: a pid alone may name a later process
+        -- that reused it (tasks/alive.py).
+        ALTER TABLE tasks ADD COLUMN runner_started INTEGER;
         """,
     ),
 )

@@ -1,7 +1,7 @@
 """Rows of the store as pydantic models."""
 
 # No `from __future__ import annotations` here: pydantic would then evaluate each field's
-# annotation from its text, a compile each, on every run's path (issue 16).
+# annotation from its text, a compile each, on every run's path.
 import re
 from typing import Any, Literal
 
@@ -58,6 +58,10 @@ class TaskRecord(BaseModel):
     """The sandbox the task runs or ran in."""
     runner_pid: int | None = None
     """Pid of the hal process driving the task, to detect orphans."""
+    runner_started: int | None = Field(default=None, exclude=True)
+    """When ``runner_pid`` started (:func:`hal9999.procs.started`), which the store records
+    with it: with the pid it names that process, not a later one that reused the pid. Kept
+    in the store only (no JSON of a task shows it)."""
     session_dir: str
     """Host path of the task's session directory."""
     agent_session_id: str | None = None

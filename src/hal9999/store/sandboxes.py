@@ -86,13 +86,15 @@ class SandboxTable:
         for row in self._query("SELECT * FROM sandboxes WHERE task_id = ?", (task_id,)):
             yield _row(row)
 
-    def held_by_tasks(self, statuses: Iterable[str]) -> list[tuple[str, str, str, int | None]]:
-        """``(task id, provider, sandbox id, runner pid)`` of each task in one of
-        ``statuses`` whose record still names a sandbox (the ``tasks_status`` index)."""
+    def held_by_tasks(
+        self, statuses: Iterable[str]
+    ) -> list[tuple[str, str, str, int | None, int | None]]:
+        """``(task id, provider, sandbox id, runner pid, runner start)`` of each task in one
+        of ``statuses`` whose record still names a sandbox (the ``tasks_status`` index)."""
         wanted = list(statuses)
         rows = self._query(
-            "SELECT id, provider, sandbox_id, runner_pid FROM tasks WHERE sandbox_id IS NOT NULL"
-            f" AND status IN ({', '.join('?' * len(wanted))})",
+            "SELECT id, provider, sandbox_id, runner_pid, runner_started FROM tasks"
+            f" WHERE sandbox_id IS NOT NULL AND status IN ({', '.join('?' * len(wanted))})",
             wanted,
         )
-        return [(row[0], row[1], row[2], row[3]) for row in rows]
+        return [(row[0], row[1], row[2], row[3], row[4]) for row in rows]

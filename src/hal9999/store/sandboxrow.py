@@ -2,11 +2,11 @@
 
 Its own module: every store mixes in the table (:mod:`hal9999.store.sandboxes`), but only
 the daemon's warm pool and recovery read or write its rows, so an in-process ``hal run``
-never defines the model (~1.5M instructions; issue 16).
+never defines the model.
 """
 
 # No `from __future__ import annotations` here: pydantic would then evaluate each field's
-# annotation from its text, a compile each, on every run's path (issue 16).
+# annotation from its text, a compile each, on every run's path.
 from pydantic import BaseModel, ConfigDict
 
 from hal9999.store.records import SandboxState

@@ -27,7 +27,15 @@ from hal9999.store.events import EventTable
 from hal9999.store.gatewaytable import GatewayTable
 from hal9999.store.migrations import MIGRATIONS, Migration
 from hal9999.store.records import TaskRecord
-from hal9999.store.rows import TASK_COLUMNS, check_fields, from_row, merged, stored, to_row
+from hal9999.store.rows import (
+    TASK_COLUMNS,
+    check_fields,
+    from_row,
+    merged,
+    stored,
+    to_row,
+    with_runner_started,
+)
 from hal9999.store.sandboxes import SandboxTable
 from hal9999.store.writelock import WriteBusy, writers_of
 
@@ -71,7 +79,7 @@ def no_room(directory: Path) -> bool:
     return free * st.f_frsize < 64 * 1024 or (st.f_files > 0 and files < 16)
 
 
-RUNNER_FIELDS = ("runner_pid", "sandbox_id")
+RUNNER_FIELDS = ("runner_pid", "runner_started", "sandbox_id")
 """What a task's record says of the run that holds it (see ``Store.update_task``'s
 ``held_by``)."""
 
@@ -307,7 +315,8 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
         values = ", ".join(f":{name}" for name in TASK_COLUMNS)
         try:
             with self._write() as conn:
-                conn.execute(f"INSERT INTO tasks ({columns}) VALUES ({values})", to_row(record))
+                row = {**to_row(record), **with_runner_started({"runner_pid": record.runner_pid})}
+                conn.execute(f"INSERT INTO tasks ({columns}) VALUES ({values})", row)
         except sqlite3.IntegrityError as exc:
             raise ValueError(f"task {record.id} already exists") from exc
 
@@ -377,6 +386,7 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
         for a name that is not a :class:`TaskRecord` field (or ``id``) and pydantic's
         ``ValidationError`` for a value of the wrong type.
         """
+        fields = with_runner_started(fields)
         check_fields(fields)
         with self._write() as conn:
             rows = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchall()
@@ -410,12 +420,12 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
         Callers check the move against the state table first (:mod:`hal9999.tasks.state`);
         this only guarantees that nobody changed the status in between.
         """
-        fields = {**fields, "status": target}
+        fields = with_runner_started({**fields, "status": target})
         check_fields(fields)
         values = stored(fields)
         assignments = ", ".join(f"{name} = :{name}" for name in fields)
-        # The row as written comes back from the write itself (issue 16: a read of the row
-        # in the transaction, then the write, was two statements a move).
+        # The row as written comes back from the write itself (a read of the row
+        # in the transaction, then the write, would be two statements a move).
         sql = f"UPDATE tasks SET {assignments} WHERE id = :id AND status = :expect RETURNING *"
         with self._write(durable=durable, wait=wait) as conn:
             rows = conn.execute(sql, {**values, "id": task_id, "expect": expect}).fetchall()
@@ -430,10 +440,12 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
         """Compare-and-set of ``runner_pid``: ``new`` only if it is still ``seen`` (one
         statement); the updated record, or None when another process changed it first (or
         the task is gone). :func:`hal9999.tasks.claim.claim` judges ``seen``."""
+        started = with_runner_started({"runner_pid": new})["runner_started"]
         with self._write() as conn:
             rows = conn.execute(
-                "UPDATE tasks SET runner_pid = ? WHERE id = ? AND runner_pid IS ? RETURNING *",
-                (new, task_id, seen),
+                "UPDATE tasks SET runner_pid = ?, runner_started = ? WHERE id = ?"
+                " AND runner_pid IS ? RETURNING *",
+                (new, started, task_id, seen),
             ).fetchall()
         return from_row(rows[0]) if rows else None
 

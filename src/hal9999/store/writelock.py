@@ -1,7 +1,7 @@
 """The lock this process's writers of one database take before SQLite's write lock.
 
-Issue 16: a daemon's threads (six executor workers and the event flusher, a connection each)
-met on SQLite's write lock, whose busy handler polls with sleeps of 1 to 100 ms (28-45 of
+Why: a daemon's threads (six executor workers and the event flusher, a connection each)
+met on SQLite's write lock, whose busy handler polls with sleeps of 1 to 100 ms (dozens of
 them a throughput task): a waiter slept on long after the lock was free. Queued here instead,
 the next writer of this process is woken as the last one commits; SQLite's own wait is left
 for other processes' writers, and for a writer that waited here past the busy timeout (which

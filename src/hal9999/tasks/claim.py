@@ -37,7 +37,11 @@ def claim(store: Store, task_id: str, *, handed_from: int | None = None) -> Task
         holder = task.runner_pid
         if holder == me:
             return task
-        if holder is not None and holder != handed_from and runner_alive(holder):
+        if (
+            holder is not None
+            and holder != handed_from
+            and runner_alive(holder, task.runner_started)
+        ):
             raise held_elsewhere(task_id, holder)
         claimed = store.swap_runner(task_id, holder, me)
         if claimed is not None:

@@ -45,11 +45,11 @@ base=$1 branch=$2 message=$3 out=$4 full=$5 nolinks=$6
 step() { echo "hal-step: $1" >&2; }
 # --no-optional-locks: `status` reads the index without writing its refreshed stat data
 # back (a checkout's index is racy, written the second its files were: a lock file and a
-# rename a task, issue 16); what it reports is the same, and add and commit still lock.
+# rename a task); what it reports is the same, and add and commit still lock.
 g() { git --no-optional-locks -c core.hooksPath=/dev/null -c core.fsmonitor=false \
   -c user.name=hal9999 -c user.email=hal9999@localhost "$@"; }
 # The same git for a command substitution that is one git: the substitution's subshell
-# becomes it (sh forks that subshell, then forks again for a function's command: issue 16).
+# becomes it (sh forks that subshell, then forks again for a function's command).
 gx() { exec git --no-optional-locks -c core.hooksPath=/dev/null -c core.fsmonitor=false \
   -c user.name=hal9999 -c user.email=hal9999@localhost "$@"; }
 nl='
@@ -132,7 +132,7 @@ A constant: everything variable is a positional argument. Stdout is one line,
 When nothing changed (no change ``status`` shows with nothing hidden, HEAD still the base,
 no gitlink in the index) it is ``HEAD 0 0 unchanged`` and there is no ``$out``: the script
 runs one git when the base is its snapshot's HEAD, known to have no gitlinks, two otherwise
-(issue 16: was mkdir, three git and awk).
+(no mkdir, no awk: each process is a cost on every task).
 ``hal-step:`` lines on stderr say which step a failure belongs to.
 """
 COLLECT_SCRIPT = COLLECT_SCRIPT.replace("@DIFF_OPTIONS@", " ".join(DIFF_OPTIONS))
@@ -207,7 +207,7 @@ async def collect(
         message,
         f"{sandbox.path(HOME_TARGET)}/{out}",
         "1" if full_bundle else "0",
-        # Two small reads of hal's own files: here, not a thread hop (issue 16).
+        # Two small reads of hal's own files: here, not a thread hop.
         "1" if mirror.base_without_gitlinks(session.root, base) else "0",
     )
     command = ArgvCommand(
@@ -230,7 +230,7 @@ async def collect(
         head, committed, files = (field.decode() for field in line.groups()[:3])
         if unchanged:  # no result directory: an empty patch, no bundle
             # Its two fsyncs in a thread while the bring-back's git moves the branch (they
-            # touch nothing of each other's), not one after the other (issue 16).
+            # touch nothing of each other's), not one after the other.
             writing = asyncio.ensure_future(asyncio.to_thread(_nothing, session, out))
             out = ""  # removed there, in the same thread hop
             try:

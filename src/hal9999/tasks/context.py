@@ -52,8 +52,7 @@ class Totals:
     """Token and cost figures gathered from usage events.
 
     This module's classes are plain classes, not dataclasses: the methods a dataclass
-    generates cost ~0.5 ms a class to make, at the import of every in-process ``hal run``
-    (issue 16)."""
+    generates are compiled per class, at the import of every in-process ``hal run``."""
 
     __slots__ = ("cost_usd", "input_tokens", "output_tokens")
 
@@ -142,7 +141,7 @@ class RunContext:
     owed: list[Callable[[], object]]
     """Blocking host writes the run owes before its next status write, made first in that
     write's thread hop (the record of the branch the bring-back moved: with the final
-    status, issue 16); a run that ends without one writes them at its end."""
+    status); a run that ends without one writes them at its end."""
 
     def __init__(
         self,
@@ -239,7 +238,7 @@ def process_spec(
         log_path=session.log,
         exit_path=session.exit_file(task.resumes),
         # A command template's parser (plain text) yields no events: without --parser the
-        # supervisor imports none of the agents' code and models (issue 16: its start-up
+        # supervisor imports none of the agents' code and models (its start-up
         # is on every task's path).
         parser=None if is_template(task.agent) else task.agent,
         events_path=parsed_events_path(session, task.resumes),
@@ -281,7 +280,7 @@ def mounts_objects(provider: str) -> bool:
 
 def borrows_objects(task: TaskRecord) -> bool:
     """Whether the task's checkout borrows its objects from a read-only snapshot of the
-    source: a local repository in a sandbox that mounts the snapshot (issue 16)."""
+    source: a local repository in a sandbox that mounts the snapshot."""
     return mounts_objects(task.provider) and task.repo_kind == "local"
 
 

@@ -38,10 +38,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def owed(store: Store) -> list[tuple[str, str, str, int | None]]:
+def owed(store: Store) -> list[tuple[str, str, str, int | None, int | None]]:
     """The final tasks whose record names a sandbox and whose runner is dead."""
     held = store.held_by_tasks(FINAL_VALUES)
-    return [row for row in held if not runner_alive(row[3])]
+    return [row for row in held if not runner_alive(row[3], row[4])]
 
 
 async def sweep(service: TaskService) -> list[str]:
@@ -55,7 +55,7 @@ async def sweep(service: TaskService) -> list[str]:
         return []
     pooled = {(row.provider, row.id) for row in store.list_sandboxes()}
     me, swept = os.getpid(), []
-    for task_id, provider_name, sandbox_id, runner in rows:
+    for task_id, provider_name, sandbox_id, runner, _started in rows:
         if await asyncio.to_thread(store.swap_runner, task_id, runner, me) is None:
             continue  # another sweeper, or a resume, took it first
         if (provider_name, sandbox_id) in pooled:  # its daemon's: only the record's link goes

@@ -37,7 +37,7 @@ COLLECT_ROOM = 3
 """How many times its disk limits a sandbox may hold while its result is collected: the
 commit of leftovers, the bundle and the patch are copies of the work written there too.
 The agent's code runs again then (a clean filter of its checkout's config, in `git add`),
-and wrote without any limit but the collection's time (stop 52)."""
+and would write without any limit but the collection's time."""
 
 
 def _watch(sandbox: Sandbox, home: Path) -> Callable[[], Awaitable[None]]:
@@ -139,7 +139,7 @@ async def collect_result(
             )
         )
 
-    # An unchanged result is brought back while its empty patch is written (issue 16); a
+    # An unchanged result is brought back while its empty patch is written; a
     # changed one once its copies are made.
     ctx.collecting = True  # until its script ends by itself (see RunContext.collecting)
     result = await collect.collect(

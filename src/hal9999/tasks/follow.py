@@ -34,7 +34,7 @@ _QUIET_AFTER_S = 2.0
 _QUIET_POLL_S = 0.25
 """A run with no new output for ``_QUIET_AFTER_S`` is looked at every ``_QUIET_POLL_S``
 rather than every ``_POLL_S`` (its end still wakes the follower at once through the FIFO or
-pidfd): 100 idle agents cost the daemon a fifth of a core at 50 ms (issue 16)."""
+pidfd): 100 idle agents polled often would cost the daemon a fifth of a core."""
 
 
 class _EndedSignal:
@@ -150,7 +150,7 @@ class FollowSteps(RunnerCore):
         # The exit file is a stat away, so it is checked often (from 5 ms, backing off to
         # _POLL_S); asking the manager whether the process lives can cost a subprocess (tmux
         # has-session), so that happens at most every _LIVENESS_S: for a process the manager
-        # has just started, first after _LIVENESS_S (issue 16); for an adopted one, now.
+        # has just started, first after _LIVENESS_S; for an adopted one, now.
         delay = _FIRST_POLL_S
         checked = -_LIVENESS_S if ctx.adopted is not None else time.monotonic()
         heard = time.monotonic()  # when output last came

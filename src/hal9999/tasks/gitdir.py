@@ -2,8 +2,8 @@
 
 Each function here handles only the plain form host git writes (loose or packed refs as a
 fresh clone has them, a config of one line per key) and says so when it meets anything else
-(``None`` or ``False``, nothing changed), where :mod:`gitrepo` runs git instead: issue 16
-took host git processes off every task's path this way. Only on the host's own source (read)
+(``None`` or ``False``, nothing changed), where :mod:`gitrepo` runs git instead: this keeps
+host git processes off every task's path. Only on the host's own source (read)
 and on a fresh checkout before any agent ran (written): an agent's checkout is untrusted and
 never read here (see :mod:`gitrepo`).
 """
@@ -16,6 +16,7 @@ import shutil
 import stat
 from pathlib import Path
 
+from hal9999 import fs
 from hal9999.providers.hostread import read_text, write_text
 
 # A key may follow its section's header on the same line; extensions.worktreeConfig has git
@@ -28,7 +29,7 @@ _CONFIG_ASIDE = re.compile(
 
 def plain_top(path: Path) -> str | None:
     """What ``git rev-parse --show-toplevel`` says in ``path`` (resolved), found without
-    git for the plain layout only (issue 16: one host git fewer per task): the nearest
+    git for the plain layout only (one host git fewer per task): the nearest
     directory up from ``path``, on its filesystem, whose ``.git`` is a repository directory
     of the current user with no ``core.worktree``, ``core.bare`` or includes in its config.
     None for anything else (a ``.git`` file, a bare repository, another owner, ...): git
@@ -95,9 +96,9 @@ def write_branched_git_dir(
     snap: Path, dest: Path, alternates: str | None, branch: str
 ) -> tuple[bool, bool, str | None]:
     """:func:`write_git_dir` and :func:`new_branch` (packed) in one thread hop where a clone
-    of ``snap`` at its HEAD took three, each file written once with what it ends up holding
-    (issue 16: the branch's step read back and rewrote the packed-refs and HEAD just
-    written, and the commit's read them again): whether the ``.git`` was written, whether
+    of ``snap`` at its HEAD would take three, each file written once with what it ends up
+    holding (the branch's step does not read back and rewrite the packed-refs and HEAD just
+    written, nor the commit's read them again): whether the ``.git`` was written, whether
     the branch was made, and its commit (None when it was not). Nothing is read or checked
     out: the caller's ``read-tree`` fills the index and the work tree."""
     written, commit = _write_git_dir(snap, dest, alternates, branch)
@@ -155,7 +156,7 @@ def _write_git_dir(
         "\tlogallrefupdates = true\n[user]\n\tname = hal9999\n\temail = hal9999@localhost\n"
         '[remote "origin"]\n\tfetch = +refs/heads/*:refs/remotes/origin/*\n'
     )
-    # The local branch packed too, not a loose file (issue 16: an inode a task); the new
+    # The local branch packed too, not a loose file (an inode a task); the new
     # branch beside it. Each ref is packed with its name as git sorts them.
     packed = [] if default is None else [f"{local} refs/heads/{default}\n"]
     packed += remotes + tags
@@ -172,7 +173,7 @@ def _write_git_dir(
     try:
         # Not git's empty hooks/, objects/pack/, refs/heads/ and refs/tags/ (the branches
         # are packed): git needs none of them (only objects/, refs/ and HEAD) and makes each
-        # when it first writes there (issue 16: four inodes a task, ~0.3 ms each here).
+        # when it first writes there (four inodes a task, each dear on some hosts).
         for sub in ("objects/info", "refs", "info"):
             (git_dir / sub).mkdir(parents=True)
         entry = alternates or f"{snap / 'objects'}\n"
@@ -248,7 +249,7 @@ def new_branch(git_dir: Path, branch: str, pack: bool = False) -> bool:
 
     ``pack``: the ``.git`` is one :func:`write_git_dir` wrote (its local branch packed),
     and the new branch is packed beside it, written in place like :func:`rewrite_head`: no
-    loose ref and no directory for its name's parts (issue 16: two inodes a task)."""
+    loose ref and no directory for its name's parts (two inodes a task)."""
     if not _PLAIN_BRANCH.fullmatch(branch):
         return False
     if pack:
@@ -354,7 +355,7 @@ def _rewrite(path: Path, text: str) -> None:
 
 def rewrite_head(git_dir: Path, text: str) -> None:
     """Write HEAD in place, not through a lock file renamed over it (a new inode, and a freed
-    one, per task: dear on ext4 without a journal, issue 16). Only a fresh checkout's HEAD,
+    one, per task: dear on ext4 without a journal). Only a fresh checkout's HEAD,
     before any agent or other git runs there: a clone cut short is emptied and made again
     (its task has no base commit yet), so a torn write cannot outlive it."""
     with (git_dir / "HEAD").open("r+") as head:
@@ -368,7 +369,7 @@ def _write_new(path: Path, text: str) -> None:
     try:
         with tmp.open("x") as file:
             file.write(text)
-        os.replace(tmp, path)
+        fs.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

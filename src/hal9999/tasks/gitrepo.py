@@ -67,8 +67,8 @@ async def git(
     :func:`bounded`; killed should this process die, with ``dies_with_hal``: see
     :func:`dying_with_hal`); raise :class:`RepoError` with git's own message on failure."""
     try:
-        # Not asyncio's subprocess transports (issue 16: ~0.5-0.7 ms of the daemon's CPU
-        # fewer a git, two a task): see run_captured. Cancelled (a timeout, Ctrl-C,
+        # Not asyncio's subprocess transports (less of the daemon's CPU
+        # a git, two a task): see run_captured. Cancelled (a timeout, Ctrl-C,
         # SIGTERM), it kills git's group: a clone stuck on the network must not outlive the
         # task. SIGTERM first: a git killed in a ref's update left its lock in the user's
         # repository (`refs/heads/hal/ID.lock`; the resume's update then failed on it).
@@ -110,8 +110,8 @@ def dying_with_hal() -> tuple[str, ...]:
     event loop's, awaiting git to its end (:func:`git` kills it when cancelled); a hal that
     died before the signal was set is seen after it (its parent is no longer hal), and then
     nothing runs. git's own helpers (a URL's ``git-remote-https``, ``index-pack``) end on
-    their broken pipes. The static launcher's ``--dies-with`` does all this in one exec
-    (issue 16); without a build that takes it, ``setpriv --pdeathsig KILL`` and an ``sh``
+    their broken pipes. The static launcher's ``--dies-with`` does all this in one exec;
+    without a build that takes it, ``setpriv --pdeathsig KILL`` and an ``sh``
     that checks its parent; nothing where the host has neither (``setpriv`` is
     util-linux's)."""
     from hal9999.providers.host.exec import dies_with_helper
@@ -211,7 +211,7 @@ _MISSING = frozenset((errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP))
 
 def _mode(path: Path) -> int | None:
     """``path``'s mode, None when it is not there: one ``stat`` where ``exists`` and
-    ``is_dir`` made two (issue 16)."""
+    ``is_dir`` make two."""
     try:
         return path.stat().st_mode
     except OSError as exc:
@@ -324,8 +324,8 @@ async def clone(
     if ref is not None:
         check_ref(ref)
     # A snapshot is hal's own bare clone in a form hal knows: its checkout's .git is written
-    # here and one `read-tree` fills the index and work tree (issue 16: `clone --shared` was
-    # git, sh and git-upload-pack), with git's clone for anything else.
+    # here and one `read-tree` fills the index and work tree (`clone --shared` would
+    # run git, sh and git-upload-pack), with git's clone for anything else.
     branched, head = False, None
     if borrow is not None and ref is None:  # the .git, the branch and its commit: one hop
         written, branched, head = await asyncio.to_thread(
@@ -381,7 +381,7 @@ async def clone(
                 hint="pass --ref with an existing branch, tag or commit",
             )
     # The clone is host git's own, no agent has run: its config and refs are read and edited
-    # here rather than by three more git processes (issue 16), with git as the fallback for
+    # here rather than by three more git processes, with git as the fallback for
     # anything not in the plain form this git writes.
     git_dir = dest / ".git"
     if not branched and not await asyncio.to_thread(gitdir.new_branch, git_dir, branch, written):

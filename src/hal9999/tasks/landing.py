@@ -31,12 +31,12 @@ class BroughtBack(NamedTuple):
 
 Owe = Callable[[Callable[[], object]], None]
 """Takes a blocking write the caller makes in its next thread hop, before its next status
-write (the record of the branch hal moved, with the run's final status: issue 16)."""
+write (the record of the branch hal moved, with the run's final status)."""
 
 
 class Drop:
-    """The private ref to delete in the same transaction that moves the branch (one git,
-    issue 16); ``done`` once it is gone."""
+    """The private ref to delete in the same transaction that moves the branch (one git);
+    ``done`` once it is gone."""
 
     __slots__ = ("done", "ref")
 
@@ -129,7 +129,7 @@ async def move_branch(
     for family in _candidates(branch):
         for name in family:
             if name not in record and await _create(repo, name, head, drop, note):
-                # A name hal never moved, created where none was: one git (issue 16).
+                # A name hal never moved, created where none was: one git.
                 return await _landed(session, record, name, branch, head, why, owe)
             current = await _current(repo, name)
             if (
@@ -168,7 +168,7 @@ async def _landed(
     """Remember that hal left ``name`` at ``head`` (the next run's compare-and-set): in a
     thread hop of its own, or, given ``owe``, in the caller's next one, which writes it
     (fsynced, as here) before its next status (a task's run: with its final status, one
-    hop fewer on the way to its end, issue 16). A run killed before it noted nothing, as
+    hop fewer on the way to its end). A run killed before it noted nothing, as
     one killed between the move and this write always could: the next run reads the
     branch's reflog (:func:`_left_by`), or finds the branch at ``head`` already."""
     record[name] = head

@@ -63,14 +63,14 @@ class LaunchSteps(RunnerCore):
                 identified.append(mirror.identify(self.config.home, task.repo, ctx.session.root))
 
         # The MCP route (a marker file and a row read) and the source's fingerprint found in
-        # the move's thread hop (issue 16: the fingerprint was a hop of its own).
+        # the move's thread hop (not a hop of their own).
         await self.transition(ctx, TaskStatus.PROVISIONING, then=provisioned)
         spec = sandbox_spec(self.config, task, ctx.session, self.environ)
         snap: Path | None = None
         if borrows:
             # The session's link to the snapshot the clone will borrow from, made now: it is
             # the mount's source, there before the first command, and not an empty directory
-            # first and a link later (issue 16: an inode less a task).
+            # first and a link later (an inode less a task).
             snap = await mirror.snapshot_for(
                 self.config.home, task.repo, ctx.session.root, task.ref, identified[0]
             )
@@ -87,7 +87,7 @@ class LaunchSteps(RunnerCore):
                 hint=f"start a new task from its result (`hal run --ref {task.branch}`)",
             )
         # A checkout borrowing from the snapshot needs no sandbox (a bwrap sandbox binds the
-        # workspace, whatever is in it): made while one is acquired, not after (issue 16).
+        # workspace, whatever is in it): made while one is acquired, not after.
         checkout = asyncio.create_task(self.checkout(ctx, snap)) if snap is not None else None
         try:
             offline = await self._acquire(ctx, provider, agent, spec)
@@ -115,12 +115,12 @@ class LaunchSteps(RunnerCore):
             made = pspec
             # A manager that can start its part of the run ahead (tmux: the server, the pane
             # and the supervisor, which waits for the start) does so while the session is
-            # prepared (issue 16); a run ended before its start stops it.
+            # prepared; a run ended before its start stops it.
             prestart = getattr(manager, "prestart", None)
             if prestart is not None:
                 early = asyncio.create_task(prestart(sandbox, pspec, env=secrets))
             # After the prestart is on its way: its tmux and interpreter start are the run's
-            # longest wait, this write a thread hop (issue 16).
+            # longest wait, this write a thread hop.
             await self.transition(ctx, TaskStatus.PREPARING, sandbox_id=sandbox.id)
             adopting = await self.prepare(ctx, sandbox, launch, prompt_text, snap, checkout)
             if early is not None:
@@ -267,7 +267,7 @@ class LaunchSteps(RunnerCore):
         if ctx.mcp is not None:
             await ctx.mcp.connect(sandbox)
 
-        # The sandbox is recorded with the next status (`launch`), one write (issue 16: each
+        # The sandbox is recorded with the next status (`launch`), one write (each
         # is a thread hop and a commit). Until then a crash or a stop finds it as before the
         # record: the run's own release (which knows it), the `hal.task` label of a sandbox
         # made for the task, or recovery's sweep of every sandbox no live run keeps (a
@@ -336,7 +336,7 @@ class LaunchSteps(RunnerCore):
             actx = replace(actx, mcp=ctx.mcp.server())
         launch = agent.build(actx)
         # Whether the agent's program is installed is checked by the launcher itself, in the
-        # agent's own sandbox start (no sandbox start of its own: issue 16); see
+        # agent's own sandbox start (no sandbox start of its own); see
         # :func:`missing_program`.
         no_network = sandbox.spec.network == "none"
         gateway_env = ctx.gateway.launcher_env(egress=no_network) if ctx.gateway else {}
@@ -379,7 +379,7 @@ class LaunchSteps(RunnerCore):
         targets = (sandbox.workdir, sandbox.path(HOME_TARGET))
         # Inside, as the agent's own user, once the checkout is theirs; only when the fresh
         # clone (host git's, no agent has run) names any `.gitmodules`: without one the
-        # sandboxed step would only exit 0, at the cost of a sandbox start (issue 16).
+        # sandboxed step would only exit 0, at the cost of a sandbox start.
         submodules = cloned and os.path.lexists(session.workspace / ".gitmodules")
         # A host sandbox's, as one blocking step: left to the move's hop when nothing below
         # writes into the trees it hands over, else in a hop of its own now.
@@ -395,7 +395,7 @@ class LaunchSteps(RunnerCore):
             warning = await gitrepo.init_submodules(sandbox)
             if warning is not None:
                 self.emit(ctx, Message(level="warning", text=warning))
-        write_text(session.prompt_file, prompt_text)  # no file object (issue 16)
+        write_text(session.prompt_file, prompt_text)  # no file object
         for path, data in launch.files.items():
             await sandbox.write_file_atomic(path, data, mode=0o600)
         await install_files(sandbox, self.config.credentials, sandbox.path(HOME_TARGET))

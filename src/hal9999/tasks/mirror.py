@@ -1,4 +1,4 @@
-"""Shared, read-only object stores for the checkouts of local repositories (issue 16).
+"""Shared, read-only object stores for the checkouts of local repositories.
 
 A bwrap task on a local repository used to copy the repository's whole object store into
 its checkout: a thousand tasks on a 1 GiB repository wrote a thousand GiB. Now hal keeps,
@@ -38,7 +38,7 @@ import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from hal9999 import flock
+from hal9999 import flock, fs
 from hal9999.errors import RepoError
 from hal9999.home import HalPaths
 from hal9999.providers.hostread import read_all, read_text
@@ -55,7 +55,7 @@ inside the sandbox, whose workspace is ``/workspace``."""
 REFS_FILE = "hal-refs"
 GITLINKS_FILE = "hal-gitlinks"
 REACHED_FILE = "hal-reached"
-"""In a snapshot made since stop 49: it holds only the objects its refs and HEAD reach, so
+"""In a snapshot whose objects were pruned: it holds only the objects its refs and HEAD reach, so
 the next snapshot walks only what is new (:func:`unreached.keep_only_reachable`)."""
 """In a snapshot: ``<HEAD's commit> <gitlinks in its tree>``, so that collecting a task
 that changed nothing from that commit needs no ``ls-files`` (:mod:`hal9999.tasks.collect`)."""
@@ -152,7 +152,7 @@ async def snapshot_for(
     session's link an empty directory, when the source is not in a layout this follows or
     ``ref`` is not in the snapshot (a commit no branch or tag reaches): the caller clones
     the source whole then, with the errors it gives. ``identified``: :func:`identify`'s
-    answer, when the caller had it read in a thread hop of its own (issue 16)."""
+    answer, when the caller had it read in a thread hop of its own."""
     if identified is None:
         identified = await asyncio.to_thread(identify, home, top, session_root)
     fp, name = identified
@@ -161,7 +161,7 @@ async def snapshot_for(
     base = mirrors_dir(home) / name
     async with locked(base):
         # The common case, a current snapshot and any commit, linked in the same thread hop
-        # (issue 16: the lock is held across it, by every task on the repository in turn).
+        # (the lock is held across it, by every task on the repository in turn).
         snap, linked = await asyncio.to_thread(_current, base, fp, session_root, ref is None)
         if linked:
             return snap
@@ -260,7 +260,7 @@ async def _count_gitlinks(work: Path) -> None:
 def base_without_gitlinks(session_root: Path, base: str) -> bool:
     """Whether ``base`` is the HEAD of the snapshot the session borrows from, known to have
     no gitlinks in its tree (the snapshot is the host's, never writable by a sandbox). A
-    ``readlink`` and one small read: a caller on an event loop makes it there (issue 16)."""
+    ``readlink`` and one small read: a caller on an event loop makes it there."""
     snap = linked_snapshot(session_root)
     if snap is None:
         return False
@@ -291,9 +291,7 @@ def _finish(work: Path, fp: str) -> None:
 
 
 def _write_current(base: Path, name: str) -> None:
-    tmp = base / f".current.{secrets.token_hex(4)}"
-    tmp.write_text(name)
-    os.replace(tmp, base / "current")
+    fs.write_text(base / "current", name, mode=None, durable=False)
 
 
 async def _has_commit(snap: Path, ref: str) -> bool:
@@ -313,9 +311,7 @@ def _link(session_root: Path, objects: Path) -> None:
     link = session_root / OBJECTS_LINK
     if link.is_dir() and not link.is_symlink():
         link.rmdir()
-    tmp = session_root / f".hal-objects.{secrets.token_hex(4)}"
-    os.symlink(objects, tmp)
-    os.replace(tmp, link)
+    fs.symlink(objects, link)
 
 
 def link_empty(session_root: Path) -> None:
@@ -393,7 +389,7 @@ async def sweep_after_removal(home: Path, snap: Path) -> None:
 def alternates_pointed(workspace: Path) -> bool:
     """Whether a fresh checkout's alternates already name the session's link (hal's own
     ``.git`` is written so): one small read, which a caller on an event loop makes itself
-    rather than hop to a thread for :func:`point_alternates` (issue 16)."""
+    rather than hop to a thread for :func:`point_alternates`."""
     path = workspace / ".git" / "objects" / "info" / "alternates"
     try:
         return read_text(path) == ALTERNATES
@@ -407,12 +403,9 @@ def point_alternates(workspace: Path) -> None:
     if alternates_pointed(workspace):  # written so by hal's own clone: nothing to do
         return
     path = workspace / ".git" / "objects" / "info" / "alternates"
-    tmp = path.with_name(f"alternates.{secrets.token_hex(4)}")
     try:
-        tmp.write_text(ALTERNATES)
-        os.replace(tmp, path)
+        fs.write_text(path, ALTERNATES, mode=None, durable=False)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         if exc.errno != errno.ENOENT:
             raise
         raise RepoError(

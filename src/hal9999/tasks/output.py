@@ -25,7 +25,7 @@ output is not written to disk twice in full."""
 _READ_CHUNK = 1024 * 1024
 """Log bytes read per step, so a large backlog neither stalls the loop nor fills memory:
 each step's ``output`` event is masked on the loop as it is recorded (one regular expression
-call, holding the GIL: 4 MiB took ~70-300 ms here, by what the agent printed)."""
+call, holding the GIL: a large output would stall the loop)."""
 
 
 def file_size(path: Path) -> int:
@@ -92,7 +92,7 @@ class OutputFollower:
         """Emit what is new; returns whether there may be more to read right away.
 
         Between an agent's bursts of output most pumps find nothing: two ``stat`` calls then
-        stand in for opening and reading both files (issue 16: 100 idle agents)."""
+        stand in for opening and reading both files (100 idle agents)."""
         files = None if final else self._files()
         if files is not None and files == self.idle_since:
             return False

@@ -131,7 +131,7 @@ def _wrong_defaults(config: HalConfig) -> list[ConfigError]:
 def _wrong_default(config: HalConfig, key: str, problem: str, hint: str) -> ConfigError:
     """``problem`` of ``key``, named with the file or variable that set it and how to fix it
     there."""
-    # Only to report a wrong one: off the path of a run (issue 16).
+    # Only to report a wrong one: off the path of a run.
     from hal9999.config_origin import fix_hint, source_of
 
     source = source_of(config, key)
@@ -143,7 +143,7 @@ def check_sections(config: HalConfig, environ: Mapping[str, str]) -> None:
     ``[pool]`` with the ``HAL_<P>_*`` variables, ``[scheduler]``, ``[hive]``, ``[gateway]
     ca_file``), so ``hal doctor`` and ``hal serve`` refuse at once what a run or the daemon's
     pool would refuse later, or use without a word. A run checks only its own provider's
-    table: importing every other provider that has one would cost it 3-120 ms each
+    table: importing every other provider that has one would cost it dearly
     (docs/benchmarks.md). The first problem (:func:`section_problems` has them all)."""
     found = section_problems(config, environ)
     if found:

@@ -126,7 +126,9 @@ class Recovery:
 
         for task in self.store.list_tasks(status=statuses):
             me = os.getpid()
-            if task.runner_pid not in (None, me) and runner_alive(task.runner_pid):
+            if task.runner_pid not in (None, me) and runner_alive(
+                task.runner_pid, task.runner_started
+            ):
                 leave(task)
                 continue
             try:
@@ -298,10 +300,11 @@ class Recovery:
         if task_id in self.elsewhere:
             return True
         try:
-            runner = self.store.get_task(task_id).runner_pid
+            task = self.store.get_task(task_id)
         except TaskNotFound:
             return False
-        if runner in (None, os.getpid()) or not runner_alive(runner):
+        runner = task.runner_pid
+        if runner in (None, os.getpid()) or not runner_alive(runner, task.runner_started):
             return False
         self.elsewhere.add(task_id)
         return True

@@ -69,9 +69,9 @@ class RunRequest:
     config_sources: dict[str, str | None] | None = None
     """Which config the caller applied, as ``POST /v1/tasks`` takes it (``describe``, and
     ``notice``: what of ``./hal.toml`` was ignored): messages recorded with the task's
-    ``task_created``. Written by the client once the task was posted, a fast run's
+    ``task_created``. Written by the client once the task is posted, a fast run's
     ``task_end`` could come first, and a follower through the daemon, waiting for a
-    ``task_end`` last, waited forever (stop 46)."""
+    ``task_end`` last, would wait forever."""
 
 
 def config_notes(sources: dict[str, str | None] | None) -> list[Event]:
@@ -93,7 +93,7 @@ def new_task_id(taken: Callable[[str], bool]) -> str:
     per candidate: reading every id at each submission grew with the store's history)."""
     while True:
         # 40 random bits read at once, five a letter (a read of the kernel's random source
-        # per letter was 16 system calls a submission, issue 16).
+        # per letter would be 16 system calls a submission).
         bits = int.from_bytes(secrets.token_bytes(5), "big")
         candidate = "".join(_ID_ALPHABET[(bits >> shift) & 31] for shift in range(35, -1, -5))
         if not taken(candidate):

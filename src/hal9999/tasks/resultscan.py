@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
 
-from hal9999 import agentfs
+from hal9999 import agentfs, fs
 from hal9999.errors import RepoError, SecretInResult
 from hal9999.procs import kill_group_until_gone
 from hal9999.redact import SecretMasker
@@ -30,8 +30,8 @@ _MATCH_CHUNK = 64 << 10
 """The most text one secret match reads at once. A match is one regular expression call,
 which holds the GIL throughout: over the encodings of a few secrets it reads about 12 MB/s
 on the benchmark host, so a 1 MiB piece stalled a daemon's event loop (every task, every
-client) for ~80 ms, again and again for as long as an agent's result was (its size is the
-agent's to choose); 64 KiB is ~5 ms."""
+client), again and again for as long as an agent's result was (its size is the
+agent's to choose); a 64 KiB piece is short."""
 _LINE_LIMIT = 4096
 """The most of a ``rev-list --objects`` line (an id and a path) the scan keeps."""
 _ENCODING = re.compile(rb"^encoding (.*)$", re.MULTILINE)
@@ -303,26 +303,21 @@ async def write_patch(
     repo: Path, base: str, incoming: str, patch: Path, env: dict[str, str] | None = None
 ) -> None:
     """Rewrite ``result.patch`` from the fetched objects (streamed, fsynced, replaced)."""
-    tmp = patch.with_name(f".{patch.name}.hal-tmp")
     limit = PATCH_LIMIT
-    try:
-        with tmp.open("wb") as out:
-            argv = [*_DIFF, base, incoming, "--"]
-            pipes = {"stdin": DEVNULL, "stdout": out, "stderr": PIPE}
-            async with git_proc(argv, repo, env, files=limit, **pipes) as proc:
-                _, err = await proc.communicate()
-            # Past the limit git is killed (SIGXFSZ) or told EFBIG: the file is full.
-            if proc.returncode != 0 and os.fstat(out.fileno()).st_size >= limit:
-                raise RepoError(
-                    f"the branch's diff is larger than {limit} bytes; nothing was brought back",
-                    hint="the work is in the task's session checkout; leave generated or very "
-                    "large files out of the branch",
-                )
-            if proc.returncode != 0:
-                raise RepoError(f"writing the patch failed: {git_message(err)}")
-            await asyncio.to_thread(os.fsync, out.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    tmp.replace(patch)
-    await asyncio.to_thread(agentfs.fsync_dir, patch.parent)
+    # Fsynced here, off the event loop (fs.atomic's own would block it).
+    with fs.atomic(patch, mode=None, durable=False) as out:
+        argv = [*_DIFF, base, incoming, "--"]
+        pipes = {"stdin": DEVNULL, "stdout": out.fd, "stderr": PIPE}
+        async with git_proc(argv, repo, env, files=limit, **pipes) as proc:
+            _, err = await proc.communicate()
+        # Past the limit git is killed (SIGXFSZ) or told EFBIG: the file is full.
+        if proc.returncode != 0 and os.fstat(out.fd).st_size >= limit:
+            raise RepoError(
+                f"the branch's diff is larger than {limit} bytes; nothing was brought back",
+                hint="the work is in the task's session checkout; leave generated or very "
+                "large files out of the branch",
+            )
+        if proc.returncode != 0:
+            raise RepoError(f"writing the patch failed: {git_message(err)}")
+        await asyncio.to_thread(os.fsync, out.fd)
+    await asyncio.to_thread(fs.fsync_dir, patch.parent)

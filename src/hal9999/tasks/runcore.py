@@ -41,7 +41,7 @@ class RunnerCore:
         """The provider ``name`` under this runner's config, built once: a provider object
         is made to be shared (a daemon's pool uses one for all its sandboxes at once), and
         building one (its settings validated, its helpers and host checked) was most of a
-        task's creation and a part of its run (issue 16)."""
+        task's creation and a part of its run."""
         found = self._providers.get(name)
         if found is None:
             found = self._providers[name] = load_provider_for(self.config, name)
@@ -64,13 +64,13 @@ class RunnerCore:
         daemon's move that is not durable is written on the loop when the lock is free at
         once (its phase event is the flusher's to write), else in a thread as well.
         ``then``: the blocking step the run takes next, once the move is written, in the
-        same thread hop (issue 16: each hop costs a busy daemon its thread's wake-up and GIL
+        same thread hop (each hop costs a busy daemon its thread's wake-up and GIL
         hand-overs). ``first``: the blocking step the move waits for, made in the same hop
         before it is written (its failure leaves the task where it was)."""
         if then is None and first is None:
             if target not in RESTING and getattr(ctx.events, "background", False):
                 # No fsync to wait for, the event written by the flusher: a commit without
-                # the hop when nobody holds the write lock (issue 16: the hop cost a busy
+                # the hop when nobody holds the write lock (the hop costs a busy
                 # daemon more CPU than the move); when another writer holds it, in a thread.
                 with contextlib.suppress(WriteBusy):
                     return self._move(ctx, target, detail, fields, wait=False)

@@ -100,7 +100,7 @@ class TaskRunner(LaunchSteps, FollowSteps):
                     assert ctx.sandbox is not None
                     ctx.sandbox = await finish.end_leftovers(provider, ctx.sandbox)
                     # The patch is the agent's until this collection's scan clears it: its
-                    # marker goes in the move's hop (issue 16: a hop of its own).
+                    # marker goes in the move's hop (not a hop of its own).
                     marker = ctx.session.patch_checked
                     unmark = functools.partial(marker.unlink, missing_ok=True)
                     then = unmark if ctx.checks_patch else None
@@ -255,8 +255,8 @@ class TaskRunner(LaunchSteps, FollowSteps):
         note: str | None,
     ) -> TaskRecord:
         # What the run owes before its final status (the record of the branch it moved),
-        # in this hop and in that order: its failure (a full disk) is the run's, as when it
-        # was written in its own hop (issue 16: one hop fewer on the way to the end).
+        # in this hop and in that order: its failure (a full disk) is the run's, and
+        # no hop of its own stands on the way to the end.
         pay_owed(ctx)
         current = self.store.get_task(ctx.task.id)
         totals = ctx.totals
@@ -268,7 +268,7 @@ class TaskRunner(LaunchSteps, FollowSteps):
         message = ctx.masker.mask(error.one_line()) if error else note
         retry = self._retry(ctx, status, current, error)
         # The final phase and task_end (and a retry's phase) in one batch of the event log:
-        # one index transaction and one fsync where each took its own (issue 16).
+        # one index transaction and one fsync, not one each.
         with ctx.events.together():
             try:
                 if retry is not None:
@@ -287,8 +287,8 @@ class TaskRunner(LaunchSteps, FollowSteps):
                     ctx.retried = retry
                 else:
                     # What the end of `run` would write next, in this write: the run's follower
-                    # is answered once the run is over, and a second write was ~1-2.5 ms of
-                    # that wait (issue 16). A pool's sandbox is its row's (the next daemon
+                    # is answered once the run is over, and a second write would add to
+                    # that wait. A pool's sandbox is its row's (the next daemon
                     # resets or destroys it). One made for this run alone is named by nothing
                     # but this record: the runner and it stay on it until the sandbox is gone
                     # (the end of `run` clears both), so a run killed in between leaves a final

@@ -167,7 +167,7 @@ class Scheduler:
         run`` or ``hal task resume`` that queued it and is about to run it): not this
         daemon's to start (its run's claim would step aside anyway, :mod:`.claim`)."""
         pid = task.runner_pid
-        return pid is not None and pid != os.getpid() and runner_alive(pid)
+        return pid is not None and pid != os.getpid() and runner_alive(pid, task.runner_started)
 
     def place(self, task: TaskRecord) -> str | None:
         """The first of the task's providers with room, or None."""

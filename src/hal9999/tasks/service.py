@@ -61,7 +61,7 @@ TASK_ORIGIN = "config-origin.json"
 INDEX_BATCH = 256
 """Event index rows per store write for task event logs (phase and end events flush, and
 no event waits longer than the log's ``max_delay``): a store transaction costs as much as
-a few dozen rows, so a chatty agent's output is indexed in few of them (issue 16)."""
+a few dozen rows, so a chatty agent's output is indexed in few of them."""
 
 
 def never_ran(task: TaskRecord) -> bool:
@@ -150,7 +150,7 @@ class TaskService(TaskSecrets):
     ) -> TaskRecord:
         """:meth:`create` for a caller in a worker thread (the daemon's API: the store's
         write lock may be held elsewhere), without an event loop of its own (a loop and its
-        executor's threads per submission were ~0.5 ms of the daemon's CPU, issue 16).
+        executor's threads per submission would cost the daemon's CPU).
         ``named`` is told the task's id before its row exists (a daemon notes what its
         scheduler must run it with: a dispatch may start it before this returns)."""
         config, providers = self._check(req)
@@ -248,7 +248,7 @@ class TaskService(TaskSecrets):
 
             save_budget(session.run_dir, *budget, req.egress, req.egress_only)
         self.store.insert_task(record)
-        write_text(session.prompt_file, req.prompt)  # no file object (issue 16)
+        write_text(session.prompt_file, req.prompt)  # no file object
         with self.events(record) as log:
             log.emit(
                 TaskCreated(
@@ -485,7 +485,7 @@ class TaskService(TaskSecrets):
     def reconcile(self, task: TaskRecord) -> TaskRecord:
         """Mark a task in flight whose runner died as ``interrupted`` (a queued one stays
         queued: nothing of it runs); return the fresh record."""
-        if task.status not in ACTIVE or runner_alive(task.runner_pid):
+        if task.status not in ACTIVE or runner_alive(task.runner_pid, task.runner_started):
             return task
         if task.status == TaskStatus.QUEUED:
             # Nothing of it runs: it waits for a runner, whoever queued it. The next `hal

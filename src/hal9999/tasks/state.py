@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from hal9999.errors import TaskStateError
 
-if TYPE_CHECKING:  # the states alone are light: `hal task show` asks them (issue 16)
+if TYPE_CHECKING:  # the states alone are light: `hal task show` asks them
     from hal9999.events.models import Event
     from hal9999.store import Store, TaskRecord
 
@@ -154,7 +154,7 @@ def transition(
     if wanted is not None and len(wanted) == 1:
         # A runner's move from the state it put the task in: checked against the table on
         # that state, then written with it as the compare-and-set's expectation, without
-        # reading the status first (issue 16: a statement a move, five a task). A task
+        # reading the status first (a statement a move, five a task). A task
         # moved meanwhile is not written (set_status's read in its transaction) and goes
         # the way below, which reads its status and says why.
         (current,) = wanted
@@ -164,7 +164,7 @@ def transition(
             )
     while updated is None:
         # The status alone: set_status reads the whole record in its write transaction
-        # (issue 16: a task's every step read and validated its record twice).
+        # (not read and validated twice on a task's every step).
         current = store.task_status(task_id)
         if wanted is not None and current not in wanted:
             raise TaskStateError(

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import posixpath
 import re
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+from hal9999 import fs
 from hal9999.agents.base import McpServer
 from hal9999.spec import Bind
 from hal9999.store import Store
@@ -51,15 +50,14 @@ SERVER_NAME = "hal"
 """The server's key in the agent CLI's config (tools are ``mcp__hal__<tool>``)."""
 AGENT_NAME = r"[a-z][a-z0-9-]{0,31}"
 """A hive agent's name (a path component); compiled on first use, through ``re``'s cache:
-an ordinary run asks for its task's agent and finds none (issue 16)."""
+an ordinary run asks for its task's agent and finds none."""
 
 
 class McpPaths(NamedTuple):
     """The MCP sockets of one hal home.
 
     A tuple, and :class:`McpRoute` a plain class, not dataclasses: every in-process ``hal run``
-    imports this module, and a dataclass's generated methods cost ~0.5 ms a class to make
-    (issue 16)."""
+    imports this module, and a dataclass's generated methods are compiled per class."""
 
     home: Path
 
@@ -84,10 +82,8 @@ class McpPaths(NamedTuple):
         directory.mkdir(exist_ok=True)
         directory.chmod(0o755)  # a sandbox runs as its own uid: it must reach the socket
         for name in (FORWARDER_NAME, PERL_FORWARDER_NAME):
-            tmp = directory / f".{name}.tmp"
-            shutil.copyfile(Path(__file__).with_name(name), tmp)
-            tmp.chmod(0o644)
-            tmp.replace(directory / name)
+            source = Path(__file__).with_name(name).read_bytes()
+            fs.write_bytes(directory / name, source, mode=0o644, durable=False)
         return directory
 
 
@@ -156,9 +152,7 @@ class McpRoute:
 def attach(run_dir: Path, agent: str) -> None:
     """Mark the task whose run directory is ``run_dir`` as ``agent``'s (host side only)."""
     run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = run_dir / f".{MARKER}.tmp"
-    tmp.write_text(json.dumps({"agent": checked_name(agent)}))
-    os.replace(tmp, run_dir / MARKER)
+    fs.write_json(run_dir / MARKER, {"agent": checked_name(agent)}, mode=None, durable=False)
 
 
 def route_for(
@@ -182,7 +176,7 @@ def route_for(
 
 def _agent_of_task(store: Store, task_id: str) -> str | None:
     # One row read, not every agent's record: every run asks this, and the
-    # hive's store module and models cost an ordinary `hal run` ~25 ms to import (issue 16).
+    # hive's store module and models are dear for an ordinary `hal run` to import.
     sql = "SELECT name FROM hive_agents WHERE task_id = ? ORDER BY name"
     for row in store._query(sql, (task_id,)):
         if re.fullmatch(AGENT_NAME, row["name"]):

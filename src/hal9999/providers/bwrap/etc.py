@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from hal9999 import fs
+
 ETC = (
     "passwd", "group", "hosts", "resolv.conf", "nsswitch.conf", "host.conf", "gai.conf",
     "services", "protocols", "ssl", "ca-certificates", "pki", "alternatives", "ld.so.cache",
@@ -163,7 +165,7 @@ class EtcView:
         try:
             _build(self.source, state, tmp, accounts)
             os.chmod(tmp, 0o755)
-            os.rename(tmp, path)
+            fs.replace(tmp, path)
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
             if not path.is_dir():  # not merely another process having made it first

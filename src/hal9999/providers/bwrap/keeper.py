@@ -209,7 +209,7 @@ async def start(
     options = hostexec.data_args(data)
     # --parent: no keeper for a hal that died while this launcher was in flight.
     keep = hostexec.parented([helper, *options, "--keep", str(record), "--", *argv])
-    # Not through asyncio's transports (issue 16: ~0.3 ms less of the daemon's CPU a start).
+    # Not through asyncio's transports (less of the daemon's CPU a start).
     # Its stdout is /dev/null: the keeper keeps it (its stderr goes to KEEPER_FILE.err).
     launch = asyncio.ensure_future(run_captured(keep, cwd=Path("/"), env=env, discard_stdout=True))
     try:

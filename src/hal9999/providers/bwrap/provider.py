@@ -139,7 +139,7 @@ class BwrapSandbox(HostSandbox):
             usernet_wired=bool(self._net),
             die_with_parent=True,
         )
-        # The static uid switch (~2 ms less per command than setpriv's loader and locale),
+        # The static uid switch (cheaper per command than setpriv's loader and locale),
         # when prepared (and as trustworthy as the built one).
         drop = owner.drop_file
         helper = (
@@ -358,7 +358,7 @@ class BwrapProvider(HostProvider):
             record = self._claim_ids(record)
             self.store.save(record)  # now, so that destroy() gives the uid back on failure
         # The directories in a thread while the cgroup is made here: on every create, start
-        # and pool reset, the two are independent (issue 16).
+        # and pool reset, the two are independent.
         dirs = asyncio.ensure_future(asyncio.to_thread(self.prepare_dirs, record))
         fresh = record.cgroup is None
         try:
@@ -392,7 +392,7 @@ class BwrapProvider(HostProvider):
             os.chmod(directory / name, 0o1777 if name == "tmp" else 0o755)
         # The read-only files of the sandbox's commands are the provider's, one of each for
         # all its sandboxes (bound or opened by path), and its account files come through
-        # pipes: no inode of the sandbox's own for them, since each costs (issue 16).
+        # pipes: no inode of the sandbox's own for them, since each costs.
         if record.spec.network == "host":
             (directory / RUN_DIR).mkdir(mode=0o700, exist_ok=True)
         self.share(record)
@@ -435,7 +435,7 @@ class BwrapProvider(HostProvider):
         stamp, handle = self._started.pop(sandbox_id, (None, None))
         if handle is None or stamp is None or stamp != self.store.stamp(sandbox_id):
             # Not the handle the last start (a pool reset) made while nobody saved the
-            # record since: read it (issue 16: a read, a validation and a handle, ~0.2 ms).
+            # record since: read it (a read, a validation and a handle).
             handle = self._handle(self.store.load(sandbox_id))
         record = handle._record
         if not keeps(record):

@@ -207,8 +207,8 @@ def _arch_section(prog: _Program, arch: int, denied: Iterable[str]) -> None:
 @functools.cache
 def build(*, deny_userns: bool = True) -> bytes:
     """The filter as bwrap's ``--seccomp`` wants it: an array of ``struct sock_filter``
-    (assembled once a process: every bwrap provider object, two a task in the daemon, took
-    ~40 us to assemble the same bytes; issue 16)."""
+    (assembled once a process: every bwrap provider object, two a task in the daemon, would
+    assemble the same bytes again)."""
     prog = _Program()
     prog.add(_LD_W_ABS, _ARCH)
     prog.add(_JEQ_K, AUDIT_ARCH_X86_64, f"arch_{AUDIT_ARCH_X86_64:x}", 0)

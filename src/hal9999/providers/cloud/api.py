@@ -39,7 +39,7 @@ from hal9999.errors import (
 
 def default_tls() -> ssl.SSLContext:
     """httpx's context for ``verify=True`` (its CAs, or ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``),
-    made once per process and value of those: making one loads the CA bundle (~10 ms of
+    made once per process and value of those: making one loads the CA bundle (dear in
     CPU), and a provider makes a client per operation. Connections share a context
     (httpcore sets the same ALPN, ``http/1.1``, on it for each)."""
     return _tls_for(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from hal9999 import fs
 from hal9999.errors import (
     CapabilityError,
     ConfigError,
@@ -269,10 +270,7 @@ class DockerProvider:
         path = self._state_path(kind, text, suffix)
         if not path.exists():
             self.state_dir.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-            tmp.write_text(text)
-            tmp.chmod(0o644)
-            os.replace(tmp, path)
+            fs.write_text(path, text, mode=0o644, durable=False)
         return path
 
     async def _check_image(self, image: str) -> None:

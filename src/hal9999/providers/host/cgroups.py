@@ -154,7 +154,7 @@ class CgroupV1(Cgroup):
         read before every command with a memory limit."""
 
     def _dir(self, controller: str) -> Path | None:
-        if self._controllers is not None:  # every reset writes the limits (issue 16)
+        if self._controllers is not None:  # every reset writes the limits
             return self._controllers.get(controller)
         for path in self.dirs:
             if (path / f"{controller}.{'max' if controller == 'pids' else 'stat'}").exists():
@@ -165,7 +165,7 @@ class CgroupV1(Cgroup):
         """Each hierarchy's ``tasks`` file: writing ``0`` there moves the writing thread,
         which is the whole of a single-threaded launcher, and spares the kernel's global
         lock for whole-process moves that ``cgroup.procs`` takes, which waits for an RCU
-        grace period (~10 ms here) whenever it has not been taken for a few milliseconds."""
+        grace period whenever it has not been taken for a few milliseconds."""
         return [str(path / "tasks") for path in self.dirs]
 
     def apply(self, limits: CgroupLimits) -> None:

@@ -3,7 +3,7 @@ provider applies before making a sandbox (split from :mod:`.sandbox`, which keep
 handle and the lifecycle)."""
 
 # No `from __future__ import annotations` here: pydantic would then evaluate each field's
-# annotation from its text, a compile each, on every run's path (issue 16).
+# annotation from its text, a compile each, on every run's path.
 import os
 from pathlib import Path
 from typing import Any
@@ -73,7 +73,7 @@ class RecordStore(JsonRecords[SandboxRecord]):
     def current(self, sandbox_id: str) -> SandboxRecord:
         """The record: the one :meth:`save_kept` wrote while its file is still that one (no
         save since, by any ``hal`` process: each save is a fresh file), else :meth:`load`
-        (issue 16: a read and a validation of the record a pool reset's start had saved)."""
+        (a read and a validation of the record a pool reset's start had saved)."""
         kept = self._kept.get(sandbox_id)
         if kept is not None and kept[0] == self.stamp(sandbox_id):
             return kept[1]
@@ -81,7 +81,7 @@ class RecordStore(JsonRecords[SandboxRecord]):
 
     def cgroup(self, record: SandboxRecord) -> cgroups.Cgroup | None:
         """The cgroup ``record`` names, if any: one object per sandbox while its records name
-        the same one (issue 16: built four times a pool reset, a path per hierarchy each, and
+        the same one (not built four times a pool reset, a path per hierarchy each, nor
         its memory hierarchy looked up again by each handle's first command)."""
         if record.cgroup is None:
             return None

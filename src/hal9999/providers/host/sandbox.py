@@ -95,7 +95,7 @@ class HostSandbox(SandboxHandle):
             await asyncio.to_thread(adopting)
 
     def adoption(self, targets: Sequence[str]) -> Callable[[], None] | None:
-        """:meth:`adopt` of ``targets``, one blocking step for the caller's hop (issue 16)."""
+        """:meth:`adopt` of ``targets``, one blocking step for the caller's hop."""
         return sandboxuser.adoption(self._paths.writable_roots(targets), self.uid)
 
     def _own(self, path: str) -> None:
@@ -128,7 +128,7 @@ class HostSandbox(SandboxHandle):
 
     def _require(self, *, running: bool) -> None:
         # Before every command and file operation: the state alone, from the JSON as it
-        # stands (pydantic checking the whole record took ~0.1 ms); anything but a readable
+        # stands (pydantic checking the whole record is dearer); anything but a readable
         # record goes through the full load, which raises what fits.
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             record = json.loads(read_all(self._record_file))
@@ -328,7 +328,7 @@ class HostProvider:
 
     def cgroup_holds_all(self, record: SandboxRecord) -> bool:
         """Whether no process of the sandbox can be outside its cgroup (no scan of every host
-        process then, issue 16): made here with it in its first record (so each handle, in any
+        process then): made here with it in its first record (so each handle, in any
         hal, joins it before its marker shows in /proc), run as a uid of its own, owning none
         of the cgroup tree (not the same user's: on v2 it can nest a cgroup; not another hal's)."""
         return record.uid is not None and self._cgroup_made.get(record.id, False) == record.cgroup
@@ -344,7 +344,7 @@ class HostProvider:
         try:
             # One save before anything is made, naming all a destroy() must undo (the uid,
             # the cgroup about to be made), and a second only if preparing changed the record:
-            # each save is a new file (issue 16: an inode costs up to 0.5 ms here).
+            # each save is a new file (a new inode is dear on some hosts).
             record = self._claim_ids(record)
             host = self.cgroup_host()
             if host is not None:

@@ -17,7 +17,7 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
-from hal9999 import agentfs
+from hal9999 import agentfs, fs
 from hal9999.errors import ProviderError, UnsafePath
 
 RETIRED_PREFIX = ".retired-"
@@ -47,7 +47,7 @@ def stamp(path: Path) -> Stamp | None:
 def untouched(path: Path, fresh: Stamp | None) -> bool:
     """Whether ``path`` is the directory stamped ``fresh`` and nothing changed it: same
     stamp, still empty, no extended attribute (an ACL is one). A reset keeps such a
-    directory instead of swapping it (issue 16: a directory made and one freed a task)."""
+    directory instead of swapping it (a directory made and one freed a task)."""
     if fresh is None or stamp(path) != fresh:
         return False
     try:
@@ -63,7 +63,7 @@ def retire(parent: Path, name: str) -> Path | None:
     """
     retired = parent / f"{RETIRED_PREFIX}{name}-{secrets.token_hex(4)}"
     try:
-        os.rename(parent / name, retired)
+        fs.replace(parent / name, retired)
     except FileNotFoundError:
         return None
     return retired

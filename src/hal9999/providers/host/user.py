@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from hal9999 import fs
 from hal9999.errors import ProviderError
 
 SETPRIV = "/usr/bin/setpriv"
@@ -181,7 +182,7 @@ def adopt(root: Path, uid: int) -> None:
     link swapped in mid-walk changes the link, never its target. A regular file with other
     hard links is left alone, since its other names may be outside the tree. ``root`` itself
     is a mount source named by hal (possibly a pool slot's link to a session directory), so
-    it is opened through its links (by the kernel, in one call: issue 16, ``realpath``'s
+    it is opened through its links (by the kernel, in one call: ``realpath``'s
     ``lstat`` of every component was most of a task's walk). Any depth (an agent's
     1,500-level home, which ``os.fwalk``'s frame and fd a level crashed on): one directory is
     open at a time and the walk climbs back by ``..``; it ends where ``..`` is not the
@@ -379,14 +380,19 @@ def install_helper(helper: str, target: Path) -> None:
         if os.path.samestat(want, have) or _is_copy_of(have, want):
             return
     target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+    tmp = fs.temp_beside(target)
     try:
-        os.link(helper, tmp)
-    except OSError:
-        shutil.copyfile(helper, tmp)
-        os.chmod(tmp, 0o755)
-        os.utime(tmp, ns=(want.st_atime_ns, want.st_mtime_ns))
-    os.replace(tmp, target)
+        try:
+            os.link(helper, tmp)
+        except OSError:
+            shutil.copyfile(helper, tmp)
+            os.chmod(tmp, 0o755)
+            os.utime(tmp, ns=(want.st_atime_ns, want.st_mtime_ns))
+        fs.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _is_copy_of(have: os.stat_result, want: os.stat_result) -> bool:

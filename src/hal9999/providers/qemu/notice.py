@@ -49,8 +49,8 @@ def notices(meta: ImageMeta, *, root: bool) -> list[tuple[str, str]]:
 def note_unadopted(image: Image) -> None:
     """Say on stderr, in one ``hal: note:`` line with the command that rebuilds it, that a
     root hal's VM of ``image`` runs the separate find/chown (:func:`adopt_notice`): once per
-    process and image, at the first VM's start, restore or fork (its meta is read anyway;
-    before stop 43 only ``hal doctor`` and ``hal image list`` said it)."""
+    process and image, at the first VM's start, restore or fork (its meta is read anyway,
+    and a user who never runs ``hal doctor`` or ``hal image list`` is told too)."""
     if image.meta.setup_adopts or image.dir in _NOTED:
         return
     _NOTED.add(image.dir)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from hal9999 import fs
 from hal9999.errors import ConfigError, ProviderError, SandboxNotFound
 from hal9999.providers.base import Capabilities, SandboxInfo
 from hal9999.providers.host import fs as hostfs
@@ -232,7 +233,7 @@ class QemuProvider(HostProvider):
     async def prime(self, sandbox_id: str) -> None:
         """Run ``true`` in a new pooled VM while it waits idle: under TCG a restored VM
         translates its command path (the guest agent's fork, exec) afresh, so the first
-        command of a claimed VM paid ~20 ms that every later one does not (issue 16)."""
+        command of a claimed VM pays a cost that every later one does not."""
         sandbox = await self.get(sandbox_id)
         result = await sandbox.exec(ArgvCommand(argv=("true",)))
         if not result.ok:
@@ -253,9 +254,7 @@ class QemuProvider(HostProvider):
     def save_vm(self, sandbox_id: str, vm: VmRecord) -> None:
         """Write ``vm.json`` atomically."""
         path = self.store.dir(sandbox_id) / VM_RECORD
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(vm.model_dump_json(indent=2))
-        os.replace(tmp, path)
+        fs.write_text(path, vm.model_dump_json(indent=2), mode=None, durable=False)
 
     def running(self, sandbox_id: str) -> bool:
         """Whether the sandbox's QEMU is alive."""

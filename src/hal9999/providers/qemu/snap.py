@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hal9999 import fs
 from hal9999.errors import ExecError, ProviderError
 from hal9999.providers.base import fork_all
 from hal9999.providers.qemu import ssh as qemussh
@@ -74,7 +75,7 @@ async def snapshot(provider: QemuProvider, sandbox_id: str, name: str | None) ->
         await save_and_quit(sandbox_id, state_dir / "vm.state")
         await qemuvm.kill(vm.pid, sandbox_id)
         # The overlay becomes the snapshot's disk; its backing chain stays as it was.
-        os.replace(directory / "disk.qcow2", target / "disk.qcow2")
+        fs.replace(directory / "disk.qcow2", target / "disk.qcow2")
         (target / "disk.qcow2").chmod(0o444)
         await overlay(target / "disk.qcow2", state_dir / "disk.qcow2")
         (state_dir / "disk.qcow2").chmod(0o444)
@@ -95,7 +96,7 @@ async def snapshot(provider: QemuProvider, sandbox_id: str, name: str | None) ->
         moved = target / "disk.qcow2"
         if moved.exists() and not (directory / "disk.qcow2").exists():
             moved.chmod(0o600)
-            os.replace(moved, directory / "disk.qcow2")
+            fs.replace(moved, directory / "disk.qcow2")
         await asyncio.to_thread(shutil.rmtree, target, True)
         raise
     # The sandbox goes on from its own snapshot: a new overlay and a restore.
@@ -160,11 +161,11 @@ async def ram_apart(image: Image, shape: Shape, state_dir: Path, files: Path) ->
             await qemuvm.kill(pid, vm_id)
             shutil.rmtree(run.path, ignore_errors=True)
         await asyncio.to_thread(sync_private, ram)
-        os.replace(moved, state_dir / "vm.state")
+        fs.replace(moved, state_dir / "vm.state")
     except (ProviderError, OSError) as exc:
         name = state_dir.parent.parent.name
         logger.warning("snapshot %s: its memory stays in vm.state: %s", name, exc)
-        for left in (ram, moved, moved.with_name(moved.name + ".tmp")):
+        for left in (ram, moved):
             left.unlink(missing_ok=True)
     finally:
         await asyncio.to_thread(shutil.rmtree, files, True)

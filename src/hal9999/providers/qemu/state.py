@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from hal9999 import fs
 from hal9999.errors import ConfigError, ProviderError
 from hal9999.providers.qemu import vm as qemuvm
 from hal9999.providers.qemu.image.store import Image, ImageStore
@@ -236,7 +237,7 @@ async def ensure_state(image: Image, shape: Shape) -> float:
         await asyncio.to_thread(sync_private, work / RAM_FILE)
         (work / "disk.qcow2").chmod(0o444)  # a layer now: nothing may write to it
         (work / "boot.json").write_text(json.dumps({"boot_s": round(seconds, 2)}))
-        work.rename(final)
+        fs.replace(work, final)
         return seconds
     finally:
         os.close(lock)

@@ -15,13 +15,13 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from hal9999 import fs, procs
 from hal9999.envvars import absolute_dir, kept_env
 from hal9999.errors import ProviderError, ProviderUnavailable
 from hal9999.unixsock import own_dir
@@ -332,15 +332,15 @@ def find_vms() -> dict[str, int]:
 
 async def kill(pid: int | None, vm_id: str) -> None:
     """SIGKILL the VM's QEMU and wait until it is gone."""
-    deadline = time.monotonic() + 10
-    while alive(pid, vm_id):
-        assert pid is not None
-        if _names(_cmdline(pid), vm_id):  # never a signal to a pid not proven to be this VM's
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        if time.monotonic() > deadline:
-            raise ProviderError(f"QEMU {pid} of VM {vm_id} survived SIGKILL")
-        await asyncio.sleep(0.01)
+    since = procs.started(pid) if pid is not None and alive(pid, vm_id) else None
+    if pid is None or since is None:
+        return
+
+    def proven() -> bool:  # never a signal to a pid not proven to be this VM's (its -name)
+        return _names(_cmdline(pid), vm_id)
+
+    if not await procs.kill_until_gone(pid, since=since, still=proven, gone_s=10):
+        raise ProviderError(f"QEMU {pid} of VM {vm_id} survived SIGKILL")
 
 
 def tail(path: Path, lines: int = 15) -> str:
@@ -452,17 +452,15 @@ async def save(qmp: Qmp, state: Path, *, vm_id: str, ram_file: bool = False) -> 
     mapped shared from a file, which holds it: the state leaves it out. Otherwise the
     state holds every page, also of a VM restored from a state with a RAM file (its
     private copy): a fork of its snapshot restores into plain memory."""
-    tmp = state.with_name(state.name + ".tmp")
     await set_ignore_shared(qmp, ram_file)
-    await qmp.call("migrate", uri=f"exec:cat > {shlex.quote(str(tmp))}")
-    while True:
-        info = await qmp.call("query-migrate")
-        status = info.get("status")
-        if status == "completed":
-            break
-        if status in ("failed", "cancelled"):
-            why = info.get("error-desc", status)
-            raise ProviderError(f"VM {vm_id}: saving its state failed: {why}")
-        await asyncio.sleep(0.02)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, state)
+    with fs.atomic(state, mode=0o600, durable=False) as out:  # QEMU's `cat` writes it
+        await qmp.call("migrate", uri=f"exec:cat > {shlex.quote(out.tmp)}")
+        while True:
+            info = await qmp.call("query-migrate")
+            status = info.get("status")
+            if status == "completed":
+                break
+            if status in ("failed", "cancelled"):
+                why = info.get("error-desc", status)
+                raise ProviderError(f"VM {vm_id}: saving its state failed: {why}")
+            await asyncio.sleep(0.02)

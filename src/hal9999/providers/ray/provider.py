@@ -31,6 +31,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from hal9999 import fs
 from hal9999.errors import (
     CapabilityError,
     ConfigError,
@@ -131,11 +132,7 @@ class RayRecords:
 
     def save(self, record: RayRecord) -> None:
         """Write the record atomically."""
-        tmp = self.root / f".{record.id}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(record.model_dump_json())
-        os.replace(tmp, self.path(record.id))
+        fs.write_text(self.path(record.id), record.model_dump_json(), durable=False)
 
     def delete(self, sandbox_id: str) -> None:
         """Forget the sandbox."""

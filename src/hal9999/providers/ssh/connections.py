@@ -1,7 +1,7 @@
 """One asyncssh connection per host, opened on first use and reused for every command.
 
-A command on an open connection costs one channel (measured here ~5 ms) where a new
-connection costs a key exchange and authentication (~100 ms; see
+A command on an open connection costs one channel where a new
+connection costs a key exchange and authentication (far dearer; see
 ``tests/providers/test_ssh.py::test_one_connection_per_host_is_reused``). Host keys are
 checked against the configured entry only: asyncssh is given that key (or file) and nothing
 else, so an unknown or changed key fails the connection; it is never learnt.

@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from hal9999 import agentfs
+from hal9999 import agentfs, fs
 from hal9999.errors import ExecError, UnsafePath
 from hal9999.providers.base import StreamEvent
 
@@ -388,12 +388,12 @@ def unpack_into(spool: BinaryIO, target: Path) -> None:
         mode = target.stat().st_mode & 0o7777 if target.exists() else 0o755
         fresh.chmod(mode)
         if target.exists():
-            os.rename(target, old)
+            fs.replace(target, old)
         try:
-            os.rename(fresh, target)
+            fs.replace(fresh, target)
         except OSError:
             if old.exists() and not target.exists():
-                os.rename(old, target)  # never leave the session without its directory
+                fs.replace(old, target)  # never leave the session without its directory
             raise
     except (tarfile.TarError, OSError, ValueError, OverflowError) as exc:
         # ValueError, OverflowError: what tarfile makes of a forged field (a NaN or

@@ -61,7 +61,7 @@ class SshRecord(BaseModel):
     checkpoint_s: float = 60.0
     """How often the relay pulls a running agent's work back."""
     seccomp: bool = False
-    """Whether the sandbox's root holds bwrap's filter (made by a hal of stop 49 or later),
+    """Whether the sandbox's root holds bwrap's filter (made by a hal that installs it),
     which every bwrap command then runs under; an older sandbox's commands run as before."""
     user_ids: tuple[int, int] | None = None
     """The login user's uid and gid on the host (None: a record of an older hal), which a

@@ -17,9 +17,9 @@ which opens :data:`ATTACH` with a terminal.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from hal9999 import fs
 from hal9999.errors import ProviderError
 from hal9999.providers.ssh import remote
 from hal9999.providers.ssh.config import SshHost
@@ -84,11 +84,7 @@ def known_hosts_file(host: SshHost, state_dir: Path) -> Path:
     directory = state_dir / "known_hosts"
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = directory / host.name
-    tmp = path.with_name(f".{host.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(f"{name} {fields[0]} {fields[1]}\n")
-    os.replace(tmp, path)
+    fs.write_text(path, f"{name} {fields[0]} {fields[1]}\n", mode=0o600, durable=False)
     return path
 
 

@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 
+from hal9999 import fs
 from hal9999.errors import ConfigError, ProviderError, ProviderUnavailable
 from hal9999.procs import kill_group_until_gone
 from hal9999.providers.qemu.agent import PORTS as AGENT_PORTS
@@ -220,10 +221,9 @@ class Builder:
             src.write_bytes(source)
             for other, text in included.items():  # beside it, for its #include "other.c"
                 (self.store.cache / f"{other}.c").write_bytes(text)
-            tmp = done.with_suffix(".tmp")
-            argv = ["gcc", "-O2", "-static", "-Wall", "-Werror", "-o", str(tmp), str(src)]
-            await self.run(argv, what=f"gcc {name}")
-            tmp.rename(done)
+            with fs.atomic(done, mode=None, durable=False) as out:  # gcc writes it
+                argv = ["gcc", "-O2", "-static", "-Wall", "-Werror", "-o", out.tmp, str(src)]
+                await self.run(argv, what=f"gcc {name}")
         return built
 
     # -- per image ----------------------------------------------------------------------

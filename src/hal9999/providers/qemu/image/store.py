@@ -16,7 +16,6 @@ sandboxes restored from it get a fresh overlay on that layer.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -27,6 +26,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from hal9999 import fs
 from hal9999.envvars import absolute_dir
 from hal9999.errors import ConfigError, NotFoundError, ProviderError
 from hal9999.providers.qemu.image import workdirs
@@ -242,9 +242,7 @@ class ImageStore:
 
     def save_meta(self, root: Path, meta: ImageMeta) -> None:
         """Write ``meta.json`` last and atomically: an image exists once it has one."""
-        tmp = root / (META + ".tmp")
-        tmp.write_text(json.dumps(meta.model_dump(mode="json"), indent=2))
-        os.replace(tmp, root / META)
+        fs.write_json(root / META, meta.model_dump(mode="json"), indent=2, mode=None)
 
     def remove(self, name: str) -> None:
         """Delete an image; refused while a snapshot is layered on it."""

@@ -18,7 +18,7 @@ import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-from hal9999 import flock
+from hal9999 import flock, fs
 from hal9999.errors import ConfigError, ProviderError
 from hal9999.providers.qemu import mount as qemumount
 
@@ -55,7 +55,7 @@ def seal(work: Path, done: Path) -> None:
     """Move a finished stage into the cache, once nothing is mounted under it."""
     unmount_under(work)
     clear(done)
-    work.rename(done)
+    fs.replace(work, done)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,77 @@
+"""The docs stay a guide: every relative link resolves, the guide pages stay short, and no
+source, test or doc line tells the history of the work (that lives in git log)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
+LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
+"""A markdown link's target (images left out: none of the docs has one)."""
+FENCE = re.compile(r"^```.*?^```", re.M | re.S)
+HISTORY = re.compile(r"\b(stop|issue) [0-9]+", re.I)
+HISTORY_MOST = 10
+"""Lines naming a work session or an issue that the whole tree may hold (quoted names of
+third-party issues, say); anything more is history that belongs in git log."""
+TEXT_SUFFIXES = {".py", ".md", ".sh", ".c", ".h", ".js", ".css", ".pl", ".toml", ".txt"}
+
+
+def anchors(page: Path) -> set[str]:
+    """The GitHub anchors of ``page``'s headings."""
+    text = FENCE.sub("", page.read_text(encoding="utf-8"))
+    found = set()
+    for line in text.splitlines():
+        heading = re.match(r"#{1,6} (.*)", line)
+        if heading:
+            slug = re.sub(r"[^\w\- ]", "", heading.group(1).strip().lower()).replace(" ", "-")
+            found.add(slug)
+    return found
+
+
+def links(page: Path) -> list[str]:
+    """The relative link targets of ``page``, outside code blocks."""
+    text = FENCE.sub("", page.read_text(encoding="utf-8"))
+    return [t for t in LINK.findall(text) if not re.match(r"[a-z][a-z0-9+.-]*:", t)]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_relative_link_resolves(page: Path) -> None:
+    broken = []
+    for target in links(page):
+        path, _, anchor = target.partition("#")
+        where = (page.parent / path).resolve() if path else page
+        if not where.exists():
+            broken.append(f"{target}: no such file")
+        elif anchor and where.suffix == ".md" and anchor not in anchors(where):
+            broken.append(f"{target}: no such heading")
+    assert not broken, f"{page.relative_to(ROOT)}: {broken}"
+
+
+def test_the_guide_pages_stay_short() -> None:
+    sizes = {
+        name: len((ROOT / "docs" / name).read_text(encoding="utf-8").splitlines())
+        for name in ("architecture.md", "benchmarks.md")
+    }
+    assert sizes["architecture.md"] <= 500, sizes
+    assert sizes["benchmarks.md"] <= 400, sizes
+
+
+def test_no_line_tells_the_history_of_the_work() -> None:
+    places = [ROOT / d for d in ("src", "tests", "docs", "benchmarks", "scripts")]
+    files = [ROOT / "README.md"]
+    for place in places:
+        files += [
+            p for p in place.rglob("*")
+            if p.suffix in TEXT_SUFFIXES and p.is_file() and "__pycache__" not in p.parts
+        ]  # fmt: skip
+    found = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in files
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
+        if HISTORY.search(line)
+    ]
+    assert len(found) <= HISTORY_MOST, found
