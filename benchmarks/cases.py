@@ -27,7 +27,7 @@ from hal9999.events.models import Output
 from hal9999.pool import ProviderSettings, SlotDir, WarmPool
 from hal9999.process.forkserver import reap_exited
 from hal9999.providers.base import Provider
-from hal9999.providers.bwrap import BwrapProvider
+from hal9999.providers.bwrap.provider import BwrapProvider
 from hal9999.server.client import DaemonClient
 from hal9999.spec import ArgvCommand, Bind, SandboxSpec
 from hal9999.store import Store

@@ -20,14 +20,14 @@ from typing import Literal, cast
 from benchmarks.cases import TRUE, Result
 from hal9999.pool import ProviderSettings, SlotDir, WarmPool
 from hal9999.providers.base import Provider
-from hal9999.providers.qemu import QemuConfig, QemuProvider
+from hal9999.providers.qemu.provider import QemuConfig, QemuProvider
 from hal9999.spec import SandboxSpec
 
 
 def images_dir() -> Path:
     """The images of the configured hal home (``HAL_QEMU_IMAGES`` wins), as ``hal`` sees them."""
-    from hal9999.cli.image import image_store
     from hal9999.config import load_config
+    from hal9999.providers.qemu.provider import image_store
 
     return image_store(load_config()).root
 
@@ -182,7 +182,7 @@ async def qemu_cases(runs: int, cold_runs: int) -> list[Result]:
 def qemu_ready() -> str | None:
     """Why the qemu benchmarks cannot run (None when they can)."""
     from hal9999.errors import HalError
-    from hal9999.images.store import ImageStore
+    from hal9999.providers.qemu.image.store import ImageStore
 
     try:
         image = ImageStore(images_dir()).get("default")

@@ -3,7 +3,7 @@
  * hal-drop UID --wait
  *
  * What `setpriv --reuid=UID --regid=UID --clear-groups --inh-caps=-all --bounding-set=-all --`
- * does for a root hal's bwrap sandbox (src/hal9999/providers/sandboxuser.py), as one small
+ * does for a root hal's bwrap sandbox (src/hal9999/providers/host/user.py), as one small
  * static program: no dynamic loader, no locale, no NSS, so a command starts ~2 ms sooner.
  * Built by scripts/setup.sh (musl-gcc -static when there, whose start-up costs ~0.3 ms less
  * than glibc's; else gcc -static); without it hal runs setpriv.
@@ -12,7 +12,7 @@
  * running PROGRAM, so a command never runs with more than the sandbox uid's rights.
  *
  * --wait, after the same switch, waits for a signal to end it, running nothing: a pooled
- * sandbox's keeper (src/hal9999/providers/keeper.py), which ran `sleep infinity`, one exec
+ * sandbox's keeper (src/hal9999/providers/bwrap/keeper.py), which ran `sleep infinity`, one exec
  * (and a dynamic loader's start) more for every keeper, one a task. Switched, it closes every fd
  * above 2: what bwrap passed on, among them the pipe whose end of file tells the launcher
  * that started the keeper that it is up (scripts/hal-launch.c, --keep), rather than its

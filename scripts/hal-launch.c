@@ -7,7 +7,7 @@
  * hal-launch [--parent PARENT] [--data FD TEXT]... --keep RECORD -- BWRAP [ARG...]
  * hal-launch --dies-with PARENT -- PROGRAM [ARG...]
  *
- * What hal's launcher script (LAUNCHER_SCRIPT in src/hal9999/providers/hostexec.py) does
+ * What hal's launcher script (LAUNCHER_SCRIPT in src/hal9999/providers/host/exec.py) does
  * before every sandbox command, as one small static program: no shell, no dynamic loader,
  * so a command starts ~0.5 ms sooner (built by scripts/setup.sh with musl-gcc -static, ~0.8 ms:
  * glibc's static start-up alone costs ~0.3 ms). Without it hal runs the script with /bin/sh.
@@ -38,7 +38,7 @@
  *
  * --enter runs PROGRAM (the uid switch and the command; never bwrap) in the namespaces of a
  * sandbox's keeper: a bwrap sandbox running only `sleep`, made by hal while the sandbox
- * waits in the pool (src/hal9999/providers/keeper.py), whose mount namespace holds every
+ * waits in the pool (src/hal9999/providers/bwrap/keeper.py), whose mount namespace holds every
  * mount bwrap would make for a command. PID is the keeper on the host; it must hold the
  * mount namespace MNT_INO, checked before and after its namespaces are opened, so a PID
  * reused by another process is refused. The command then gets what bwrap gives each one: a

@@ -91,7 +91,7 @@ def _missing_tmux() -> str | None:
 
 @functools.cache
 def _missing_cgroup() -> str | None:
-    from hal9999.providers import cgroups
+    from hal9999.providers.host import cgroups
 
     host = cgroups.detect()
     if host is None:
@@ -268,14 +268,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """Stop the Ray cluster, if this run started one; kill the keepers (providers/keeper.py)
+    """Stop the Ray cluster, if this run started one; kill the keepers (providers/bwrap/keeper.py)
     of sandboxes whose temporary HAL_HOME is gone without a destroy; end the direct process
     manager's supervisor fork server (process/forkserver.py), which a daemon keeps for its
     life, rather than leave it to the interpreter's exit."""
     from tests import ray_cluster
 
     from hal9999.process import direct
-    from hal9999.providers import keeper
+    from hal9999.providers.bwrap import keeper
 
     ray_cluster.stop_session_cluster()
     keeper.sweep(now=float("inf"))
@@ -301,7 +301,7 @@ def _host_totals() -> Iterator[None]:
     """Each test starts from the host's totals: a config a test loads sets its own for the
     process (``totals.use_totals``), which would size the next test's defaults."""
     yield
-    from hal9999.providers import totals
+    from hal9999.providers.host import totals
 
     totals.use_totals(None)
 

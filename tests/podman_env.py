@@ -99,7 +99,7 @@ def _prepare() -> str | None:
         if failed:
             return failed
     os.environ["HAL_DOCKER_URL"] = URL
-    from hal9999.providers.dockerexec import engine_client
+    from hal9999.providers.docker.engine import engine_client
 
     client = engine_client(URL)
     try:

@@ -78,7 +78,7 @@ def stop_everything_of(home: Path, env: Mapping[str, str]) -> None:
     (a recovered one drains its pool), each sandbox's keeper stopped as hal stops one (its
     recorded pid, checked by its mount namespace), then each process still pointing into
     ``home`` killed by its pid (pinned by a pidfd and checked again before the signal)."""
-    from hal9999.providers import keeper
+    from hal9999.providers.bwrap import keeper
     from hal9999.server.runtime import DaemonFiles
 
     if (home / "run").is_dir() and DaemonFiles(home).running() is not None:

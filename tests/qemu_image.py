@@ -19,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-import hal9999.images
-import hal9999.providers.qemustate
+import hal9999.providers.qemu.image
+import hal9999.providers.qemu.state
 
 ROOT = Path(os.environ.get("HAL_TEST_QEMU_IMAGES", "/var/tmp/hal9999-test-images"))
 IMAGE = "default"
@@ -32,9 +32,9 @@ _state: dict[str, str | None] = {}
 
 def digest() -> str:
     """A digest of the guest files and the code that builds the image."""
-    package = Path(hal9999.images.__file__).parent
+    package = Path(hal9999.providers.qemu.image.__file__).parent
     sources = sorted(package.rglob("*"))
-    sources.append(Path(hal9999.providers.qemustate.__file__))
+    sources.append(Path(hal9999.providers.qemu.state.__file__))
     h = hashlib.sha256()
     for path in sources:
         if path.is_file() and "__pycache__" not in path.parts:
@@ -70,7 +70,7 @@ def prepare() -> None:
 
 def _prepare() -> str | None:
     from hal9999.errors import HalError
-    from hal9999.images.store import ImageStore
+    from hal9999.providers.qemu.image.store import ImageStore
 
     if shutil.which("qemu-system-x86_64") is None or shutil.which("qemu-img") is None:
         return "QEMU is not installed (apt-get install qemu-system-x86 qemu-utils)"

@@ -248,7 +248,7 @@ def start_marked_nodes(item: pytest.Item) -> None:
 def _start_host_actor(cluster: RayCluster, node: str) -> None:
     import asyncio
 
-    from hal9999.providers.ray import RayConfig, RayProvider
+    from hal9999.providers.ray.provider import RayConfig, RayProvider
 
     # Found by name (``get_if_exists``) by the test's providers and hal processes, whose
     # settings are the cluster's: the same namespace and node directory.

@@ -35,7 +35,7 @@ SSHD = "/usr/sbin/sshd"
 USER = "haltest"
 UIDS = range(100_000, 1_000_000)
 """Where a server's uid is drawn from: far from the system's and from the sandbox users'
-(:data:`hal9999.providers.sandboxuser.UID_BASE`)."""
+(:data:`hal9999.providers.host.user.UID_BASE`)."""
 
 
 @functools.cache

@@ -18,7 +18,7 @@ from tests.second_filesystem import second_filesystem
 from hal9999 import agentfs
 from hal9999.agentfs import AgentDir
 from hal9999.errors import UnsafePath
-from hal9999.providers import scratch
+from hal9999.providers.host import scratch
 
 
 @pytest.fixture(params=["same-fs", "other-fs"])

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from hal9999.config import HalConfig
 from hal9999.errors import ConfigError
 from hal9999.pool.settings import ProviderSettings, SchedulerSettings, provider_settings
-from hal9999.providers.bwrap import BwrapConfig
+from hal9999.providers.bwrap.provider import BwrapConfig
 from hal9999.providers.registry import checked_settings
 from hal9999.spec import ArgvCommand, ProcessSpec, Resources, RestartPolicy, SandboxSpec
 from hal9999.values import defaults_of
@@ -90,7 +90,7 @@ import sys
 from hal9999.config import HalConfig
 from hal9999.pool.settings import ProviderSettings, SchedulerSettings, provider_settings
 from hal9999.pool.settings import scheduler_settings
-from hal9999.providers.bwrap import BwrapConfig
+from hal9999.providers.bwrap.provider import BwrapConfig
 from hal9999.providers.registry import checked_settings
 from hal9999.spec import Resources, RestartPolicy
 config = HalConfig(home=sys.argv[1])

@@ -53,7 +53,7 @@ def test_the_installed_packages_read_as_importlib_metadata_reads_them() -> None:
     found = read_entry_points()
     assert found is not None, "this environment's sys.path is plain directories"
     assert by_group(found) == importlib_view()
-    assert ("bwrap", "hal9999.providers.bwrap:BwrapProvider") in by_group(found)[
+    assert ("bwrap", "hal9999.providers.bwrap.provider:BwrapProvider") in by_group(found)[
         "hal9999.providers"
     ]
 

@@ -72,7 +72,7 @@ def test_the_pools_slots_and_a_providers_sandboxes_are_spread_too(flaggable: Pat
     # A slot makes and frees a symlink every task (`cur`), a sandbox's record is saved anew
     # at each stop and start: each in a block group of its own, not all in their parent's.
     from hal9999.pool.slots import SlotDir
-    from hal9999.providers.hostrecords import RecordStore
+    from hal9999.providers.host.records import RecordStore
 
     slots = SlotDir(flaggable / "pool")
     first = slots.new()

@@ -254,7 +254,7 @@ def _pool_record(state: str, *, done: bool) -> None:
 def _bwrap_destroyed() -> None:
     """Once bwrap destroyed a sandbox: a run's, before its record is cleared; a daemon
     pool's, before its row goes (the first destroy of a fresh home's daemon is its pool's)."""
-    from hal9999.providers.bwrap import BwrapProvider
+    from hal9999.providers.bwrap.provider import BwrapProvider
 
     after(BwrapProvider, "destroy")
 

@@ -391,7 +391,7 @@ def test_a_queued_task_whose_env_values_a_restart_dropped_fails_once_and_says_ho
 def test_the_daemons_start_removes_uid_lock_drafts_of_dead_hals(hal: Hal) -> None:
     """A bwrap or qemu hal killed inside ``allocate`` leaves its draft lock file; ``hal
     serve``'s start removes it (``sandboxuser.sweep_drafts``) and leaves a live writer's."""
-    from hal9999.providers import sandboxuser
+    from hal9999.providers.host import user as sandboxuser
 
     child = subprocess.Popen(["true"])
     child.wait()  # reaped: a writer that is gone

@@ -15,7 +15,7 @@ import pytest
 from tests.cli.conftest import Hal, commit_repo, git, one_error_line, tasks_json
 from tests.cli.test_failures import assert_no_leftovers
 
-from hal9999.providers import cgroups
+from hal9999.providers.host import cgroups
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 

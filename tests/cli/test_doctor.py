@@ -117,7 +117,7 @@ cgroup /sys/fs/cgroup/pids cgroup rw,relatime,pids 0 0
 
 
 def test_doctor_names_the_slow_cgroup_move_and_its_fix_on_v2() -> None:
-    from hal9999.cli.doctor import FAVOR_V2, cgroup_moves
+    from hal9999.providers.bwrap.doctor import FAVOR_V2, cgroup_moves
 
     # On v1 a launcher joins through tasks, which takes no global lock: nothing to fix.
     v1 = cgroup_moves(V1_MOUNTS, v2=False)
@@ -137,8 +137,8 @@ def test_doctor_names_the_slow_cgroup_move_and_its_fix_on_v2() -> None:
 def test_doctor_names_each_qemu_image_built_before_pings_and_how_to_rebuild_it(
     tmp_path: Path,
 ) -> None:
-    from hal9999.cli.doctor import outdated_images
-    from hal9999.images.store import Image, ImageMeta
+    from hal9999.providers.qemu.doctor import outdated_images
+    from hal9999.providers.qemu.image.store import Image, ImageMeta
 
     def image(name: str, **fields: Any) -> Image:
         meta = ImageMeta(name=name, kind="golden", created_at=1.0, setup_adopts=True, **fields)
@@ -156,8 +156,8 @@ def test_doctor_names_each_qemu_image_built_before_pings_and_how_to_rebuild_it(
 def test_doctor_names_each_qemu_image_built_before_adopt_to_a_root_hal(tmp_path: Path) -> None:
     # Images built by an older hal have no setup_adopts: a root hal's start, restore or fork
     # of one ran a separate find/chown in the guest (costly in its CPU) without a word.
-    from hal9999.cli.doctor import outdated_images
-    from hal9999.images.store import Image, ImageMeta
+    from hal9999.providers.qemu.doctor import outdated_images
+    from hal9999.providers.qemu.image.store import Image, ImageMeta
 
     def image(name: str, **fields: Any) -> Image:
         meta = ImageMeta(**{"name": name, "kind": "golden", "created_at": 1.0,

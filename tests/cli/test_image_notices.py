@@ -12,7 +12,7 @@ from pathlib import Path
 from tests.cli.conftest import Hal
 from tests.cli.quick_agents import quick_agents_path
 
-from hal9999.images.store import ImageMeta, ImageStore
+from hal9999.providers.qemu.image.store import ImageMeta, ImageStore
 
 
 def test_image_list_names_an_image_built_before_adopt_and_the_rebuild(

@@ -45,7 +45,7 @@ def test_run_in_a_vm_brings_back_the_branch(
 
 
 def _vm_alive(sandbox_id: str) -> bool:
-    from hal9999.providers import qemuvm
+    from hal9999.providers.qemu import vm as qemuvm
 
     return sandbox_id in qemuvm.find_vms()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from tests.cli.conftest import Hal, env_of, git
 
-from hal9999.providers import scratch
+from hal9999.providers.host import scratch
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 

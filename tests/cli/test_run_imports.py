@@ -147,7 +147,7 @@ NOT_BUILT = (
     "hal9999.config.ModelPrice",
     "hal9999.pool.settings.ProviderSettings",  # no [pool] table, no HAL_* pool setting:
     "hal9999.pool.settings.SchedulerSettings",  # the defaults (values.defaults_of)
-    "hal9999.providers.bwrap.BwrapConfig",  # no [providers.bwrap] table: likewise
+    "hal9999.providers.bwrap.provider.BwrapConfig",  # no [providers.bwrap] table: likewise
     "hal9999.spec.RestartPolicy",  # ProcessSpec's default is built without validation
     "hal9999.spec.ShellCommand",
 )
@@ -277,6 +277,6 @@ def test_a_run_does_not_import_the_providers_whose_tables_it_does_not_use(
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text("[providers.qemu]\nboot = \"cold\"\n[providers.kubernetes]\n")
     modules, _ = _run_and_list(hal_env, demo_repo)
-    assert "hal9999.providers.bwrap" in modules  # the run did load its own provider
-    unused = {"hal9999.providers.qemu", "hal9999.providers.k8s.provider"}
+    assert "hal9999.providers.bwrap.provider" in modules  # the run did load its own provider
+    unused = {"hal9999.providers.qemu.provider", "hal9999.providers.k8s.provider"}
     assert not modules & unused, sorted(modules & unused)

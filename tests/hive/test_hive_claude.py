@@ -17,7 +17,7 @@ from tests.llm_server.script import Script, Turn
 from tests.llm_server.scripts import CALC_BUG, PROMPT, fix_bug_script
 from tests.llm_server.server import ScriptedLLMServer
 
-from hal9999.providers.bwrapargs import WORKDIR
+from hal9999.providers.bwrap.args import WORKDIR
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hal9999.providers import sandboxuser
+from hal9999.providers.host import user as sandboxuser
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
 

@@ -16,7 +16,7 @@ from hal9999.hive.mcp.channel import LAUNCH, McpPaths, McpRoute
 from hal9999.hive.mcp.server import McpHub
 from hal9999.hive.mcp.tools import Hive
 from hal9999.hive.store import AgentRecord, insert_agent
-from hal9999.providers.bwrap import BwrapProvider
+from hal9999.providers.bwrap.provider import BwrapProvider
 from hal9999.spec import ArgvCommand, SandboxSpec
 from hal9999.store import Store
 

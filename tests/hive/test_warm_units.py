@@ -16,7 +16,7 @@ from hal9999.hive.settings import HiveSettings
 from hal9999.hive.store import AgentPolicy, AgentRecord, insert_agent, update_agent
 from hal9999.hive.warm import WarmHolds, warm_policy
 from hal9999.pool import ProviderSettings, SlotDir, WarmPool
-from hal9999.providers.fake import FakeProvider, FakeSandbox
+from hal9999.providers.fake.provider import FakeProvider, FakeSandbox
 from hal9999.spec import Bind, SandboxSpec
 from hal9999.store import Store, TaskRecord
 from hal9999.tasks.sandboxes import PoolSource

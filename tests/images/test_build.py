@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from hal9999.errors import ConfigError, ProviderError
-from hal9999.images.build import Builder, build_image
-from hal9999.images.store import ImageStore
-from hal9999.providers.qemumount import mounts_under
+from hal9999.providers.qemu.image.build import Builder, build_image
+from hal9999.providers.qemu.image.store import ImageStore
+from hal9999.providers.qemu.mount import mounts_under
 
 
 @pytest.fixture(autouse=True)
@@ -100,7 +100,7 @@ async def test_a_cached_stage_with_a_leftover_mount_is_unmounted_on_reuse(root: 
     store.cache.mkdir(parents=True)
     builder = Builder(store, progress=progress, log=store.cache / "build.log")
     # What an older build left: a cached rootfs with proc still mounted inside.
-    from hal9999.images.build import BASE_PACKAGES, _digest
+    from hal9999.providers.qemu.image.build import BASE_PACKAGES, _digest
 
     wanted = sorted(BASE_PACKAGES)
     done = store.cache / f"rootfs-{_digest('bookworm', 'http://m', *wanted)}"

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import hal9999.images
+import hal9999.providers.qemu.image
 
-SOURCE = Path(hal9999.images.__file__).parent / "guest" / "hal-exec.c"
+SOURCE = Path(hal9999.providers.qemu.image.__file__).parent / "guest" / "hal-exec.c"
 PRINTF = "/usr/bin/printf"
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hal9999.images.build import guest_file
+from hal9999.providers.qemu.image.build import guest_file
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="chown to other uids needs root"),

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from hal9999.images.store import Image, ImageMeta, ImageStore, hang_notice
-from hal9999.providers import qemu
+from hal9999.providers.qemu import provider as qemu
+from hal9999.providers.qemu.image.store import Image, ImageMeta, ImageStore, hang_notice
 
 
 def test_whether_the_agent_answers_pings_is_kept_and_absent_means_it_does_not(

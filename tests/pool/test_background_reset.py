@@ -10,7 +10,7 @@ import pytest
 
 from hal9999.pool import ProviderSettings, SlotDir, WarmPool, lending
 from hal9999.providers.base import Sandbox
-from hal9999.providers.fake import FakeProvider
+from hal9999.providers.fake.provider import FakeProvider
 from hal9999.spec import Bind, SandboxSpec
 from hal9999.store import Store
 from hal9999.tasks.sandboxes import PoolSource

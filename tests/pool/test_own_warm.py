@@ -8,8 +8,8 @@ from pathlib import Path
 
 from hal9999.errors import CloudServerError, UnknownProvider
 from hal9999.pool import ProviderSettings, SlotDir, WarmPool
-from hal9999.pool.slots import OwnWarmPool
-from hal9999.providers.fake import FakeProvider
+from hal9999.providers.base import OwnWarmPool
+from hal9999.providers.fake.provider import FakeProvider
 from hal9999.spec import SandboxSpec
 
 

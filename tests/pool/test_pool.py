@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hal9999.pool import ProviderSettings, SlotDir, WarmPool, pool_key
-from hal9999.providers.fake import FakeProvider, FakeSandbox
+from hal9999.providers.fake.provider import FakeProvider, FakeSandbox
 from hal9999.spec import ArgvCommand, Bind, Resources, SandboxSpec
 from hal9999.store import Store
 

@@ -12,10 +12,10 @@ import pytest
 
 from hal9999.errors import ProviderError
 from hal9999.pool import ProviderSettings, SlotDir, WarmPool
-from hal9999.pool.slots import SandboxPrime
-from hal9999.providers.bwrap import BwrapProvider
-from hal9999.providers.fake import FakeProvider
-from hal9999.providers.qemu import QemuProvider
+from hal9999.providers.base import SandboxPrime
+from hal9999.providers.bwrap.provider import BwrapProvider
+from hal9999.providers.fake.provider import FakeProvider
+from hal9999.providers.qemu.provider import QemuProvider
 from hal9999.spec import SandboxSpec
 
 
@@ -130,7 +130,7 @@ async def test_a_keepers_start_takes_no_asyncio_subprocess_transport(
     # cost twice the daemon's CPU a prime that procs.run_captured does.
     from tests.security.conftest import require_keeper
 
-    from hal9999.providers import keeper
+    from hal9999.providers.bwrap import keeper
 
     (tmp_path / "ws").mkdir()
     provider = BwrapProvider(state_dir=tmp_path / "state")
@@ -163,7 +163,8 @@ async def test_a_keepers_start_cancelled_anywhere_leaves_no_keeper_after_the_des
     # processes, no record), longer ones a recorded keeper, none nothing.
     from tests.security.conftest import require_keeper
 
-    from hal9999.providers import hostexec, keeper
+    from hal9999.providers.bwrap import keeper
+    from hal9999.providers.host import exec as hostexec
 
     (tmp_path / "ws").mkdir()
     provider = BwrapProvider(state_dir=tmp_path / "state")

@@ -14,12 +14,13 @@ import pytest
 from hal9999.errors import ConfigError, ProviderError, ProviderUnavailable
 from hal9999.pool import ProviderSettings, SlotDir, WarmPool
 from hal9999.pool.settings import policy_of
-from hal9999.providers import cgroups, hostexec, scratch
 from hal9999.providers.base import Provider
-from hal9999.providers.bwrap import BwrapProvider
-from hal9999.providers.fake import FakeProvider
-from hal9999.providers.hostrecords import SandboxRecord
-from hal9999.providers.hostsandbox import HostProvider
+from hal9999.providers.bwrap.provider import BwrapProvider
+from hal9999.providers.fake.provider import FakeProvider
+from hal9999.providers.host import cgroups, scratch
+from hal9999.providers.host import exec as hostexec
+from hal9999.providers.host.records import SandboxRecord
+from hal9999.providers.host.sandbox import HostProvider
 from hal9999.providers.local import LocalProvider
 from hal9999.spec import ArgvCommand, SandboxSpec
 
@@ -95,7 +96,7 @@ async def test_local_refuses_the_reset_policy_and_is_destroyed_by_default(
 async def test_qemu_refuses_the_reset_policy_and_is_destroyed_by_default(
     hal_home: Path, tmp_path: Path
 ) -> None:
-    from hal9999.providers.qemu import QemuProvider
+    from hal9999.providers.qemu.provider import QemuProvider
 
     if shutil.which("qemu-system-x86_64") is None and os.environ.get("CI") != "true":
         pytest.skip("QEMU is not installed")

@@ -22,7 +22,7 @@ from tests.process.test_managers import spec_for, wait_exit
 
 from hal9999.process.pm2 import Pm2ProcessManager
 from hal9999.process.pm2inside import HOME
-from hal9999.providers.docker import DockerProvider
+from hal9999.providers.docker.provider import DockerProvider
 from hal9999.providers.registry import load_provider
 from hal9999.spec import ArgvCommand, Bind, ProcessSpec, RestartPolicy, SandboxSpec, ShellCommand
 

@@ -12,7 +12,7 @@ import pytest
 
 from hal9999.errors import HalError
 from hal9999.process import pm2, tmuxearly
-from hal9999.providers import qemuvm
+from hal9999.providers.qemu import vm as qemuvm
 
 
 @pytest.fixture(params=["tmux", "pm2", "qemu"])

@@ -16,7 +16,7 @@ from hal9999 import procs
 from hal9999.process.base import ProcessManager
 from hal9999.process.direct import DirectProcessManager
 from hal9999.providers.base import Sandbox
-from hal9999.providers.hostexec import dies_with_helper
+from hal9999.providers.host.exec import dies_with_helper
 from hal9999.spec import ProcessSpec, ShellCommand
 
 pytestmark = pytest.mark.skipif(

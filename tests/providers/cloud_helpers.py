@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from tests.fakes.vendor_api import FakeVendorApi
 
-from hal9999.providers.cloudhost import CloudHostProvider
+from hal9999.providers.cloud.host import CloudHostProvider
 from hal9999.providers.registry import load_provider
 from hal9999.spec import SandboxSpec
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hal9999.providers.qemuvm import RunDir
+from hal9999.providers.qemu.vm import RunDir
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from hal9999.providers import qemuagent
-from hal9999.providers.qemuagent import frame
-from hal9999.providers.qemuvm import RunDir
+from hal9999.providers.qemu import agent as qemuagent
+from hal9999.providers.qemu.agent import frame
+from hal9999.providers.qemu.vm import RunDir
 
 Guest = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

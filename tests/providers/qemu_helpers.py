@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from hal9999.providers import qemuvm
-from hal9999.providers.qemu import QemuConfig, QemuProvider
-from hal9999.providers.qemusandbox import QemuSandbox
+from hal9999.providers.qemu import vm as qemuvm
+from hal9999.providers.qemu.provider import QemuConfig, QemuProvider
+from hal9999.providers.qemu.sandbox import QemuSandbox
 from hal9999.spec import SandboxSpec, ShellCommand
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hal9999.providers import hostexec
+from hal9999.providers.host import exec as hostexec
 from hal9999.providers.registry import load_provider
 from hal9999.spec import SandboxSpec
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from hal9999.providers import hostexec
-from hal9999.providers.bwrap import BwrapConfig, BwrapProvider, BwrapSandbox
+from hal9999.providers.bwrap.provider import BwrapConfig, BwrapProvider, BwrapSandbox
+from hal9999.providers.host import exec as hostexec
 from hal9999.spec import ArgvCommand, Resources, SandboxSpec, ShellCommand
 
 pytestmark = pytest.mark.bwrap

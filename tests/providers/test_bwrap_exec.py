@@ -15,10 +15,16 @@ from pathlib import Path
 import pytest
 
 from hal9999.errors import ExecError
-from hal9999.providers import bwrapargs, cgroups, hostetc, hostexec, hostfs, sandboxuser, seccomp
-from hal9999.providers.bwrap import BwrapProvider, BwrapSandbox
-from hal9999.providers.bwrapargs import PROC_READ_ONLY
-from hal9999.providers.hostsandbox import RecordStore
+from hal9999.providers.bwrap import args as bwrapargs
+from hal9999.providers.bwrap import etc as hostetc
+from hal9999.providers.bwrap import seccomp
+from hal9999.providers.bwrap.args import PROC_READ_ONLY
+from hal9999.providers.bwrap.provider import BwrapProvider, BwrapSandbox
+from hal9999.providers.host import cgroups
+from hal9999.providers.host import exec as hostexec
+from hal9999.providers.host import fs as hostfs
+from hal9999.providers.host import user as sandboxuser
+from hal9999.providers.host.sandbox import RecordStore
 from hal9999.spec import ArgvCommand, Resources, SandboxSpec, ShellCommand
 
 
@@ -317,7 +323,7 @@ def test_finding_marked_processes_costs_three_calls_per_process(tmp_path: Path) 
     # Every reset and destroy scans every host process's environment (a boundary guarantee:
     # a process that left the cgroup is still found).
     code = (
-        "import os; from hal9999.providers import hostexec; os.write(1, b'BEGIN');"
+        "import os; from hal9999.providers.host import exec as hostexec; os.write(1, b'BEGIN');"
         "hostexec.marked_pids('none'); os.write(1, b'END')"
     )
     log = tmp_path / "trace"

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from tests import inodes
 
-from hal9999.providers import hostetc, sandboxuser
-from hal9999.providers.bwrap import BwrapProvider, BwrapSandbox
+from hal9999.providers.bwrap import etc as hostetc
+from hal9999.providers.bwrap.provider import BwrapProvider, BwrapSandbox
+from hal9999.providers.host import user as sandboxuser
 from hal9999.spec import ArgvCommand, Bind, SandboxSpec, ShellCommand
 
 

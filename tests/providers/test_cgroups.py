@@ -11,8 +11,9 @@ from typing import Literal
 import pytest
 
 from hal9999.errors import CapabilityError
-from hal9999.providers import cgroups, hostexec
-from hal9999.providers.bwrap import BwrapConfig, BwrapProvider
+from hal9999.providers.bwrap.provider import BwrapConfig, BwrapProvider
+from hal9999.providers.host import cgroups
+from hal9999.providers.host import exec as hostexec
 from hal9999.spec import Resources, SandboxSpec
 
 

@@ -1,4 +1,4 @@
-"""The cloud API client's TLS context for ``verify=True`` (src/hal9999/providers/cloudapi.py)
+"""The cloud API client's TLS context for ``verify=True`` (src/hal9999/providers/cloud/api.py)
 is made once per process and CA setting, not once per client."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 import certifi
 import pytest
 
-from hal9999.providers.cloudapi import CloudApi
+from hal9999.providers.cloud.api import CloudApi
 
 
 async def test_clients_share_one_default_context(

@@ -19,9 +19,9 @@ from hal9999.errors import (
     SandboxNotFound,
     UnknownProvider,
 )
-from hal9999.providers import hostexec
 from hal9999.providers.base import Provider, Sandbox, StreamEvent
-from hal9999.providers.fake import FakeCall, FakeProvider
+from hal9999.providers.fake.provider import FakeCall, FakeProvider
+from hal9999.providers.host import exec as hostexec
 from hal9999.providers.registry import available_providers, load_provider
 from hal9999.spec import ArgvCommand, Bind, Resources, SandboxSpec, ShellCommand
 

@@ -27,7 +27,7 @@ from hal9999.errors import (
     ProviderError,
     SpendCapReached,
 )
-from hal9999.providers.digitalocean import DigitalOceanProvider
+from hal9999.providers.cloud.digitalocean import DigitalOceanProvider
 from hal9999.spec import ArgvCommand
 from hal9999.store.sqlite import Store
 

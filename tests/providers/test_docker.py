@@ -15,8 +15,9 @@ import docker.errors
 import pytest
 
 from hal9999.errors import CapabilityError, ConfigError, ProviderError
-from hal9999.providers import limits, totals
-from hal9999.providers.docker import DockerProvider, container_name
+from hal9999.providers import limits
+from hal9999.providers.docker.provider import DockerProvider, container_name
+from hal9999.providers.host import totals
 from hal9999.providers.registry import load_provider
 from hal9999.spec import ArgvCommand, Resources, SandboxSpec, ShellCommand
 
@@ -72,7 +73,7 @@ async def test_a_hostile_agent_meets_the_boundary(
             "network": "test $(ls /sys/class/net | grep -vx lo | wc -l) -gt 0",
             "raw socket to the host": "exec 3<>/dev/tcp/169.254.1.1/80",
             "setuid root": "su -c true root </dev/null",
-            # Kernel surface bwrap's filter refuses as well (providers/seccomp.py).
+            # Kernel surface bwrap's filter refuses as well (providers/bwrap/seccomp.py).
             "io_uring": IO_URING,
             "line discipline": TIOCSETD,
             "vmsplice": VMSPLICE,

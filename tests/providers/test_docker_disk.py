@@ -16,7 +16,7 @@ from tests.cli.conftest import Hal, demo_repo, hal, hal_env  # noqa: F401  (fixt
 
 from hal9999.errors import DiskLimitExceeded
 from hal9999.providers import limits
-from hal9999.providers.docker import DockerProvider
+from hal9999.providers.docker.provider import DockerProvider
 from hal9999.providers.registry import load_provider
 from hal9999.spec import Resources, SandboxSpec, ShellCommand
 

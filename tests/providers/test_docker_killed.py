@@ -15,8 +15,8 @@ import pytest
 from tests.providers.test_docker import provider, workspace
 
 import hal9999
-from hal9999.providers import sandboxuser
-from hal9999.providers.docker import LABEL, DockerProvider, container_name
+from hal9999.providers.docker.provider import LABEL, DockerProvider, container_name
+from hal9999.providers.host import user as sandboxuser
 from hal9999.spec import SandboxSpec
 
 __all__ = ["provider", "workspace"]
@@ -28,7 +28,8 @@ pytestmark = [pytest.mark.podman, pytest.mark.timeout(180)]
 KILLED = """
 import asyncio, os, signal, sys
 from pathlib import Path
-from hal9999.providers import docker, sandboxuser
+from hal9999.providers.docker import provider as docker
+from hal9999.providers.host import user as sandboxuser
 from hal9999.spec import SandboxSpec
 
 point, state_dir, workspace, *reset = sys.argv[1:]
@@ -217,7 +218,7 @@ SNAPSHOT_KILLED = """
 import asyncio, os, signal, sys
 from pathlib import Path
 from docker.api.client import APIClient
-from hal9999.providers import docker
+from hal9999.providers.docker import provider as docker
 
 state_dir, sandbox_id = sys.argv[1:]
 real_commit = APIClient.commit
@@ -265,7 +266,8 @@ async def test_an_unfinished_snapshot_step_never_takes_the_forks_of_its_image(
     # container's), so every fork of the snapshot carried it too: a step's undo (its hal
     # killed after the tag, its note left; the fork made meanwhile by another process, past
     # its own create's undo) force-removed those forks with the step's staging container.
-    from hal9999.providers import dockersnap, unfinished
+    from hal9999.providers import unfinished
+    from hal9999.providers.docker import snap as dockersnap
 
     spec = SandboxSpec(provider="docker", workspace=workspace)
     name = f"test-step-{os.getpid()}"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from tests.providers.test_docker import provider
 
-from hal9999.providers.docker import DockerProvider, container_name
+from hal9999.providers.docker.provider import DockerProvider, container_name
 from hal9999.spec import SandboxSpec, ShellCommand
 
 __all__ = ["provider"]

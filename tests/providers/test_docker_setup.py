@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from hal9999.errors import CapabilityError, ConfigError, ProviderUnavailable
-from hal9999.providers import dockerexec
+from hal9999.providers.docker import engine as dockerexec
 from hal9999.providers.registry import load_provider
 from hal9999.spec import SandboxSpec
 
@@ -68,6 +68,9 @@ async def test_an_address_the_sdk_cannot_parse_names_what_set_it(
 def test_the_cli_does_not_import_the_sdk() -> None:
     import subprocess
 
-    code = "import sys, hal9999.cli.main, hal9999.providers.docker; print('docker' in sys.modules)"
+    code = (
+        "import sys, hal9999.cli.main, hal9999.providers.docker.provider;"
+        " print('docker' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

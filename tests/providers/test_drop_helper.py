@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hal9999.providers.sandboxuser import DROP_HELPER_WAITS, install_helper, waits
+from hal9999.providers.host.user import DROP_HELPER_WAITS, install_helper, waits
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 from tests.second_filesystem import second_filesystem
 
 from hal9999.errors import ExecError, UnsafePath
-from hal9999.providers import hostfs
+from hal9999.providers.host import fs as hostfs
 
 WS = "/workspace"
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from hal9999.providers import hostexec, keeper
+from hal9999.providers.bwrap import keeper
+from hal9999.providers.host import exec as hostexec
 
 
 async def test_the_scan_runs_in_a_thread_and_still_kills_the_marked(

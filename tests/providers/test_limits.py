@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from hal9999.providers import limits, totals
-from hal9999.providers.bwrap import BwrapConfig, BwrapProvider, BwrapSandbox
+from hal9999.providers import limits
+from hal9999.providers.bwrap.provider import BwrapConfig, BwrapProvider, BwrapSandbox
+from hal9999.providers.host import totals
 from hal9999.spec import Resources, SandboxSpec, ShellCommand
 
 

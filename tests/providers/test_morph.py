@@ -27,9 +27,9 @@ from hal9999.errors import (
     ProviderError,
     SpendCapReached,
 )
-from hal9999.providers.cloudapi import RateWindow, RetryPolicy
-from hal9999.providers.morph import MorphProvider
-from hal9999.providers.morph_api import STATUS, Instance, MorphApi
+from hal9999.providers.cloud.api import RateWindow, RetryPolicy
+from hal9999.providers.cloud.morph import MorphProvider
+from hal9999.providers.cloud.morph_api import STATUS, Instance, MorphApi
 from hal9999.spec import ArgvCommand
 
 pytestmark = [pytest.mark.ssh, pytest.mark.bwrap,

@@ -26,9 +26,10 @@ from tests.providers.qemu_helpers import (
 )
 
 from hal9999.errors import ProviderError
-from hal9999.providers import qemuagent, qemuvm
-from hal9999.providers.qemu import QemuConfig, QemuProvider
-from hal9999.providers.qemusandbox import QemuSandbox
+from hal9999.providers.qemu import agent as qemuagent
+from hal9999.providers.qemu import vm as qemuvm
+from hal9999.providers.qemu.provider import QemuConfig, QemuProvider
+from hal9999.providers.qemu.sandbox import QemuSandbox
 from hal9999.spec import ArgvCommand, Resources, SandboxSpec
 
 pytestmark = [pytest.mark.qemu, pytest.mark.timeout(300)]
@@ -298,7 +299,7 @@ async def test_a_snapshot_that_fails_after_taking_the_disk_gives_it_back(
 ) -> None:
     """The sandbox's disk is moved into the snapshot before the snapshot's own layer is made:
     a failure from there on deleted the unfinished snapshot with the sandbox's disk in it."""
-    from hal9999.providers import qemusnap
+    from hal9999.providers.qemu import snap as qemusnap
 
     async def failed(*args: object) -> None:
         raise ProviderError("qemu-img create failed: no space left")

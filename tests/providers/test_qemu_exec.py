@@ -22,10 +22,13 @@ from tests.providers.qemu_helpers import (
 )
 
 from hal9999.errors import ExecError, ProviderError
-from hal9999.images.store import ImageMeta, ImageStore, now
-from hal9999.providers import hostexec, qemuagent, qemussh, qemuvm
-from hal9999.providers.qemu import QemuProvider
-from hal9999.providers.qemusandbox import QemuSandbox
+from hal9999.providers.host import exec as hostexec
+from hal9999.providers.qemu import agent as qemuagent
+from hal9999.providers.qemu import ssh as qemussh
+from hal9999.providers.qemu import vm as qemuvm
+from hal9999.providers.qemu.image.store import ImageMeta, ImageStore, now
+from hal9999.providers.qemu.provider import QemuProvider
+from hal9999.providers.qemu.sandbox import QemuSandbox
 from hal9999.spec import ArgvCommand, SandboxSpec
 
 pytestmark = [pytest.mark.qemu, pytest.mark.timeout(300)]

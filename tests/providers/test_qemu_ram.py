@@ -18,9 +18,9 @@ from tests.providers.qemu_helpers import (
 )
 
 from hal9999.errors import ProviderError
-from hal9999.providers import qemusnap
-from hal9999.providers.qemu import QemuProvider
-from hal9999.providers.qemusandbox import QemuSandbox
+from hal9999.providers.qemu import snap as qemusnap
+from hal9999.providers.qemu.provider import QemuProvider
+from hal9999.providers.qemu.sandbox import QemuSandbox
 from hal9999.spec import SandboxSpec
 
 pytestmark = [pytest.mark.qemu, pytest.mark.timeout(300)]

@@ -15,10 +15,12 @@ from tests.providers.qemu_helpers import (
     sh,
 )
 
-from hal9999.images.store import Image, ImageStore
-from hal9999.providers import qemu, qemunotice, sandboxuser
-from hal9999.providers.qemu import QemuProvider
-from hal9999.providers.qemusandbox import QemuSandbox
+from hal9999.providers.host import user as sandboxuser
+from hal9999.providers.qemu import notice as qemunotice
+from hal9999.providers.qemu import provider as qemu
+from hal9999.providers.qemu.image.store import Image, ImageStore
+from hal9999.providers.qemu.provider import QemuProvider
+from hal9999.providers.qemu.sandbox import QemuSandbox
 from hal9999.spec import SandboxSpec
 
 pytestmark = [

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from tests.providers.qemu_guests import fake_guest, hello, read_frame, run_cmd
 
 from hal9999.errors import ExecError
-from hal9999.providers import qemuagent
-from hal9999.providers.qemuagent import AgentProtocolError, FrameDecoder, frame
-from hal9999.providers.qemuvm import RunDir
+from hal9999.providers.qemu import agent as qemuagent
+from hal9999.providers.qemu.agent import AgentProtocolError, FrameDecoder, frame
+from hal9999.providers.qemu.vm import RunDir
 
 NONCE = bytes(range(16))
 ACK = frame(b"A", NONCE)

@@ -11,9 +11,9 @@ import pytest
 from tests.providers.qemu_guests import Guest, fake_guest, hello, read_frame, run_cmd
 
 from hal9999.errors import ExecError
-from hal9999.providers import qemuagent
-from hal9999.providers.qemuagent import frame
-from hal9999.providers.qemuvm import RunDir
+from hal9999.providers.qemu import agent as qemuagent
+from hal9999.providers.qemu.agent import frame
+from hal9999.providers.qemu.vm import RunDir
 
 
 async def test_a_guest_that_stops_answering_fails_its_command_within_a_deadline(

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hal9999.images.store import Image, ImageMeta
-from hal9999.providers import qemunotice
+from hal9999.providers.qemu import notice as qemunotice
+from hal9999.providers.qemu.image.store import Image, ImageMeta
 
 
 def test_an_image_before_adopt_is_noted_once_per_process_with_its_rebuild(

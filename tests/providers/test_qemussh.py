@@ -10,9 +10,9 @@ import pytest
 from tests.sshd import USER, Sshd
 
 from hal9999.errors import ProviderError
-from hal9999.providers import qemussh
 from hal9999.providers.base import STDOUT_LIMIT
-from hal9999.providers.qemuvm import RunDir
+from hal9999.providers.qemu import ssh as qemussh
+from hal9999.providers.qemu.vm import RunDir
 
 pytestmark = [pytest.mark.ssh]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from hal9999.providers import qemuvm
+from hal9999.providers.qemu import vm as qemuvm
 
 
 def spawn(*args: str) -> subprocess.Popen[bytes]:
@@ -150,7 +150,7 @@ async def test_a_started_qemu_holds_none_of_its_starters_secrets(
 def test_hal_qemu_accel_is_kvm_tcg_or_refused(value: str, forced: str | None) -> None:
     # A value that was neither (a typo, a trailing space) was probed as if unset.
     from hal9999.errors import ConfigError
-    from hal9999.providers.qemustate import forced_accel
+    from hal9999.providers.qemu.state import forced_accel
 
     if forced != "bad":
         assert forced_accel({"HAL_QEMU_ACCEL": value}) == forced
@@ -163,7 +163,7 @@ def test_the_qemu_provider_refuses_a_bad_hal_qemu_accel_before_any_vm(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from hal9999.errors import ConfigError
-    from hal9999.providers.qemu import QemuProvider
+    from hal9999.providers.qemu.provider import QemuProvider
 
     monkeypatch.setattr(qemuvm, "qemu_binary", lambda: "qemu-system-x86_64")
     monkeypatch.setenv("HAL_QEMU_ACCEL", "kvm,tcg")

@@ -13,8 +13,8 @@ from tests.ray_cluster import RayCluster
 
 from hal9999.errors import CapabilityError, ExecError
 from hal9999.providers.base import Provider
-from hal9999.providers.ray import RayProvider
-from hal9999.providers.rayhost import ray_ports
+from hal9999.providers.ray.host import ray_ports
+from hal9999.providers.ray.provider import RayProvider
 from hal9999.providers.registry import load_provider
 from hal9999.spec import ArgvCommand, Resources, SandboxSpec, ShellCommand
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from hal9999.errors import ConfigError, UsageError
-from hal9999.providers.ray import RayProvider
-from hal9999.providers.rayaddress import check_address
+from hal9999.providers.ray.address import check_address
+from hal9999.providers.ray.provider import RayProvider
 from hal9999.providers.registry import load_provider
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hal9999.errors import ProviderError
-from hal9999.providers.rayhost import NodeHost
+from hal9999.providers.ray.host import NodeHost
 
 pytestmark = [
     pytest.mark.bwrap,

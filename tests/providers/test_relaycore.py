@@ -1,4 +1,4 @@
-"""The skeleton the ssh, ray and kubernetes relays share (providers/relaycore.py), in process:
+"""The skeleton the ssh, ray and kubernetes relays share (providers/remote/relay.py), in process:
 the exit status, checkpoints, a stop, a lost host and the last pull, in their order."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from collections.abc import AsyncGenerator
 import pytest
 
 from hal9999.errors import ExecError
-from hal9999.providers import relaycore
 from hal9999.providers.base import StreamEvent
+from hal9999.providers.remote import relay as relaycore
 
 
 class Journal:

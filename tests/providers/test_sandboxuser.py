@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from tests.pool.test_reset import dig
 
-from hal9999.providers import sandboxuser, scratch
-from hal9999.providers.sandboxuser import adopt, own_created
+from hal9999.providers.host import scratch
+from hal9999.providers.host import user as sandboxuser
+from hal9999.providers.host.user import adopt, own_created
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root")
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from hal9999.providers import dockerseccomp, seccomp
+from hal9999.providers.bwrap import seccomp
+from hal9999.providers.docker import seccomp as dockerseccomp
 
 ENGINE_DEFAULT = Path("/usr/share/containers/seccomp.json")
 HEADERS = Path("/usr/include/x86_64-linux-gnu/asm")

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from hal9999.errors import ExecError, SpendCapReached
-from hal9999.providers.cloudhost import CloudHostProvider
-from hal9999.providers.cloudspend import SpendCap, SpendGuard, SpendLedger, seconds_to_cap
+from hal9999.providers.cloud.host import CloudHostProvider
+from hal9999.providers.cloud.spend import SpendCap, SpendGuard, SpendLedger, seconds_to_cap
 from hal9999.providers.registry import load_provider
 from hal9999.spec import ArgvCommand, SandboxSpec, ShellCommand
 

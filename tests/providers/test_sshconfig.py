@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from hal9999.providers import qemussh
-from hal9999.providers.qemuvm import RunDir
+from hal9999.providers.qemu import ssh as qemussh
+from hal9999.providers.qemu.vm import RunDir
 from hal9999.providers.ssh.config import SshHost
 from hal9999.providers.ssh.session import attach_argv
 

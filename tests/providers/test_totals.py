@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from hal9999.config import HalConfig
-from hal9999.providers import cgroups, limits, totals
-from hal9999.providers.bwrap import BwrapSandbox
+from hal9999.providers import limits
+from hal9999.providers.bwrap.provider import BwrapSandbox
+from hal9999.providers.host import cgroups, totals
 from hal9999.spec import SandboxSpec
 from hal9999.tasks.plugins import load_provider_for
 

@@ -1,5 +1,5 @@
-"""The network wiring's shell (:data:`hal9999.providers.usernet.SCRIPT`) leaves nothing waiting
-when it dies before its ``exec`` of bwrap.
+"""The network wiring's shell (:data:`hal9999.providers.bwrap.usernet.SCRIPT`) leaves nothing
+waiting when it dies before its ``exec`` of bwrap.
 
 The wiring runs after the launcher's parent check and keeps the launcher's death signal; the
 helper it forks (slirp4netns's) has none. A hal that died between the check and the wiring's
@@ -15,7 +15,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from hal9999.providers import usernet
+from hal9999.providers.bwrap import usernet
 
 _EXEC = '[ -n "$unshare" ] && exec'
 SCRIPT_TAIL = (

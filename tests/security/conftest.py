@@ -1,6 +1,6 @@
 """What the boundary tests on bwrap share: a provider that leaves no sandbox behind, a warm
 pool of one, a task's spec for it, and a sandbox's keeper where this host can have one
-(providers/keeper.py)."""
+(providers/bwrap/keeper.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from hal9999.pool import ProviderSettings, SlotDir, WarmPool
-from hal9999.providers.bwrap import BwrapProvider, BwrapSandbox, keeps
+from hal9999.providers.bwrap.provider import BwrapProvider, BwrapSandbox, keeps
 from hal9999.spec import Bind, SandboxSpec, ShellCommand
 
 

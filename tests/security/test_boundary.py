@@ -21,8 +21,10 @@ from typing import Any
 import pytest
 from tests.security.conftest import primed
 
-from hal9999.providers import cgroups, hostexec, sandboxuser
-from hal9999.providers.bwrap import BwrapProvider, BwrapSandbox
+from hal9999.providers.bwrap.provider import BwrapProvider, BwrapSandbox
+from hal9999.providers.host import cgroups
+from hal9999.providers.host import exec as hostexec
+from hal9999.providers.host import user as sandboxuser
 from hal9999.spec import Bind, SandboxSpec, ShellCommand
 
 pytestmark = pytest.mark.bwrap
@@ -34,7 +36,7 @@ async def sandbox(
 ) -> BwrapSandbox:
     """A sandbox shaped like a task's: a workspace and a home bound from a session. Each
     test runs twice: every command a bwrap, and (a root hal's pooled sandbox) every command
-    in the sandbox's keeper's namespaces (providers/keeper.py). The provider destroys it."""
+    in the sandbox's keeper's namespaces (providers/bwrap/keeper.py). The provider destroys it."""
     session = tmp_path / "session"
     for name in ("workspace", "home"):
         (session / name).mkdir(parents=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hal9999.providers import sandboxuser
+from hal9999.providers.host import user as sandboxuser
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 

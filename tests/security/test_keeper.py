@@ -1,5 +1,5 @@
 """A root hal's pooled bwrap sandbox runs its commands in its keeper's namespaces
-(providers/keeper.py, ``hal-launch --enter``): each command still has a PID namespace and a
+(providers/bwrap/keeper.py, ``hal-launch --enter``): each command still has a PID namespace and a
 /proc of its own, a claim's session is what the next command sees (read-only where bound so),
 a keeper that is gone or a record that names anything but a keeper never gives a command the
 host's namespaces, and nothing of a keeper outlives its sandbox.
@@ -22,8 +22,9 @@ import pytest
 from tests.security.conftest import pool_of, primed, require_keeper, session_spec
 
 from hal9999.pool import WarmPool
-from hal9999.providers import hostexec, keeper
-from hal9999.providers.bwrap import RUN_DIR, BwrapProvider, BwrapSandbox
+from hal9999.providers.bwrap import keeper
+from hal9999.providers.bwrap.provider import RUN_DIR, BwrapProvider, BwrapSandbox
+from hal9999.providers.host import exec as hostexec
 from hal9999.spec import ArgvCommand, Bind, SandboxSpec, ShellCommand
 
 pytestmark = pytest.mark.bwrap

@@ -1,4 +1,4 @@
-"""How a root hal's pooled bwrap sandbox gets its keeper (providers/keeper.py): a keeper that
+"""How a root hal's pooled bwrap sandbox gets its keeper (providers/bwrap/keeper.py): a keeper that
 cannot start leaves a whole sandbox, a nested bind without its mount point runs under bwrap
 first, a sandbox that never had a keeper scans for none, the keepers' sweep starts a thread only
 when one is due, and a keeper's bwrap and execs are a command's."""
@@ -18,8 +18,10 @@ from tests.security.conftest import pool_of, require_keeper, session_spec
 from tests.security.test_keeper import claimed, run
 
 from hal9999.errors import ProviderError
-from hal9999.providers import hostexec, keeper, sandboxuser, seccomp
-from hal9999.providers.bwrap import BwrapProvider, BwrapSandbox
+from hal9999.providers.bwrap import keeper, seccomp
+from hal9999.providers.bwrap.provider import BwrapProvider, BwrapSandbox
+from hal9999.providers.host import exec as hostexec
+from hal9999.providers.host import user as sandboxuser
 from hal9999.spec import Bind, SandboxSpec, ShellCommand
 
 pytestmark = pytest.mark.bwrap

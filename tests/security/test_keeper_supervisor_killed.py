@@ -20,7 +20,7 @@ from tests.security.test_keeper import kept
 from hal9999.process.base import ProcessManager
 from hal9999.process.direct import DirectProcessManager
 from hal9999.process.tmux import TmuxProcessManager
-from hal9999.providers.bwrap import BwrapProvider
+from hal9999.providers.bwrap.provider import BwrapProvider
 from hal9999.spec import ShellCommand
 
 pytestmark = pytest.mark.bwrap

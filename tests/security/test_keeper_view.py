@@ -1,5 +1,5 @@
 """What a command sees in a keeper's namespaces does not depend on the keeper's own /proc:
-the keeper mounts none (providers/keeper.py ``without_proc``), each command mounts its own
+the keeper mounts none (providers/bwrap/keeper.py ``without_proc``), each command mounts its own
 over the mount point, so the same command sees the same mounts and the keeper's network, IPC
 and UTS namespaces either way."""
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from tests.security.conftest import primed
 
-from hal9999.providers import keeper
-from hal9999.providers.bwrap import RUN_DIR, BwrapProvider, BwrapSandbox
+from hal9999.providers.bwrap import keeper
+from hal9999.providers.bwrap.provider import RUN_DIR, BwrapProvider, BwrapSandbox
 from hal9999.spec import SandboxSpec, ShellCommand
 
 pytestmark = pytest.mark.bwrap

@@ -26,9 +26,9 @@ from pathlib import Path
 import pytest
 from tests.security.test_keeper import kept
 
-from hal9999.providers import hostexec
 from hal9999.providers.base import Launch
-from hal9999.providers.bwrap import BwrapProvider
+from hal9999.providers.bwrap.provider import BwrapProvider
+from hal9999.providers.host import exec as hostexec
 from hal9999.spec import SandboxSpec, ShellCommand
 
 SOURCE = Path(__file__).resolve().parents[2] / "scripts" / "hal-launch.c"

@@ -19,8 +19,9 @@ from tests.server.selfsigned import server_tls
 from tests.server.test_http_hardening import AUTH, TOKEN, http_server, router
 
 from hal9999.errors import CapabilityError
-from hal9999.providers import sandboxuser, usernet
-from hal9999.providers.bwrap import BwrapConfig, BwrapProvider, BwrapSandbox
+from hal9999.providers.bwrap import usernet
+from hal9999.providers.bwrap.provider import BwrapConfig, BwrapProvider, BwrapSandbox
+from hal9999.providers.host import user as sandboxuser
 from hal9999.server.listen import MAX_PER_PEER
 from hal9999.spec import SandboxSpec, ShellCommand
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from tests.security.conftest import pool_of, session_spec
 
-from hal9999.providers import hostexec
-from hal9999.providers.bwrap import RUN_DIR, BwrapProvider, keeps
+from hal9999.providers.bwrap.provider import RUN_DIR, BwrapProvider, keeps
+from hal9999.providers.host import exec as hostexec
 from hal9999.spec import Bind, SandboxSpec, ShellCommand
 
 # pids=256 below needs a cgroup (an ordinary user running the tests has none).

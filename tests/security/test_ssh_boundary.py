@@ -1,5 +1,5 @@
 """An ssh host's bwrap sandbox keeps the boundary a local one has (providers/ssh/remote.py
-builds its bwrap from providers/bwrapargs.py): ``network = "host"`` is a namespace of its
+builds its bwrap from providers/bwrap/args.py): ``network = "host"`` is a namespace of its
 own with slirp4netns, so nothing on the ssh host's loopback or abstract sockets is in
 reach; the agent is never host root and ``/proc/sys`` is never writable; a host that logs
 in as root is refused in one line (bwrap there would run the agent as host uid 0), by

@@ -20,7 +20,7 @@ from tests.tasks.test_scheduler import until
 from hal9999.config import CredentialFile, HalConfig
 from hal9999.errors import TaskStateError
 from hal9999.pool.settings import SchedulerSettings
-from hal9999.providers.fake import FakeProvider
+from hal9999.providers.fake.provider import FakeProvider
 from hal9999.store import Store
 from hal9999.tasks.scheduler import Scheduler
 from hal9999.tasks.service import TaskService

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from hal9999.providers import hostexec
+from hal9999.providers.host import exec as hostexec
 from hal9999.tasks import gitrepo
 
 SOURCE = Path(__file__).resolve().parents[2] / "scripts" / "hal-launch.c"

@@ -36,7 +36,7 @@ async def test_a_run_execs_in_its_sandbox_only_to_collect(
 ) -> None:
     # The launcher checks the agent's program in the agent's own sandbox start; no separate
     # `command -v` start before it. What is left: collection, one exec.
-    from hal9999.providers.bwrap import BwrapSandbox
+    from hal9999.providers.bwrap.provider import BwrapSandbox
 
     repo = git_repo(tmp_path / "repo")
     execs: list[tuple[str, ...]] = []

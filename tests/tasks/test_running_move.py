@@ -16,7 +16,7 @@ from tests.tasks.test_halt import git_repo
 from tests.tasks.test_hot_path import trivial_request
 from tests.tasks.test_recovery import pooled_service
 
-from hal9999.providers import sandboxuser
+from hal9999.providers.host import user as sandboxuser
 from hal9999.store import Store
 from hal9999.tasks.session import Session
 

@@ -15,19 +15,7 @@ from hal9999.cli.main import cancel_on_sigterm, cli, emit_json, run_async
 from hal9999.cli.options import json_option
 from hal9999.config import HalConfig, load_config
 from hal9999.errors import ConfigError
-from hal9999.images.store import Image, ImageStore, images_root
-
-
-def image_store(config: HalConfig) -> ImageStore:
-    """The images of this hal home: ``[providers.qemu] images_dir``, ``HAL_QEMU_IMAGES``,
-    else ``HAL_HOME/images`` (the same place the ``qemu`` provider looks)."""
-    from hal9999.providers.qemu import QemuConfig
-    from hal9999.providers.registry import checked_settings
-
-    settings = checked_settings(
-        "qemu", QemuConfig, config.providers.get("qemu") or {}, config._origin
-    )
-    return ImageStore(settings.images_dir or images_root(config.home))
+from hal9999.providers.qemu.image.store import Image
 
 
 def image_json(image: Image) -> dict[str, Any]:
@@ -45,8 +33,8 @@ def image_json(image: Image) -> dict[str, Any]:
 def image_notices(image: Image) -> list[tuple[str, str]]:
     """What ``hal doctor`` says of ``image`` (built before pings; before ``adopt``, for a
     root hal), each with the command that rebuilds it."""
-    from hal9999.providers.qemunotice import notices
-    from hal9999.providers.sandboxuser import privileged  # what the qemu provider asks
+    from hal9999.providers.host.user import privileged  # what the qemu provider asks
+    from hal9999.providers.qemu.notice import notices
 
     return notices(image.meta, root=privileged())
 
@@ -78,7 +66,8 @@ def image_build(
 
     Cached stages (rootfs, kernel, exec helper) are reused when re-run; progress goes to
     stderr."""
-    from hal9999.images.build import build_image
+    from hal9999.providers.qemu.image.build import build_image
+    from hal9999.providers.qemu.provider import image_store
 
     store = image_store(load_config())
     wanted = [p.strip() for group in packages for p in group.split(",") if p.strip()]
@@ -109,6 +98,8 @@ def image_build(
 @json_option("Print JSON.")
 def image_list(as_json: bool) -> None:
     """Every image: golden ones and snapshots (with their parent)."""
+    from hal9999.providers.qemu.provider import image_store
+
     store = image_store(load_config())
     images = store.all() if store.root.is_dir() else []
     if as_json:
@@ -131,6 +122,8 @@ def image_list(as_json: bool) -> None:
 @click.argument("names", nargs=-1, required=True)
 def image_rm(names: tuple[str, ...]) -> None:
     """Remove images (refused for one a snapshot or a sandbox still stands on)."""
+    from hal9999.providers.qemu.provider import image_store
+
     config = load_config()
     store = image_store(config)
     in_use = run_async(_images_in_use(config))
@@ -149,7 +142,7 @@ def image_rm(names: tuple[str, ...]) -> None:
 async def _images_in_use(config: HalConfig) -> dict[str, list[str]]:
     """Image name -> the qemu sandboxes whose disks stand on it."""
     from hal9999.home import HalPaths
-    from hal9999.providers.qemu import QemuProvider
+    from hal9999.providers.qemu.provider import QemuProvider
 
     if not HalPaths(config.home).sandbox_state("qemu").is_dir():
         return {}
@@ -180,9 +173,10 @@ def image_container(
 ) -> None:
     """Build a container image for the docker provider (the qemu images' cached Debian
     rootfs, imported into the engine at [providers.docker] url; no registry)."""
-    from hal9999.images.container import build_container_image
-    from hal9999.providers.docker import DockerConfig
-    from hal9999.providers.dockerexec import engine_client
+    from hal9999.providers.docker.engine import engine_client
+    from hal9999.providers.docker.image import build_container_image
+    from hal9999.providers.docker.provider import DockerConfig
+    from hal9999.providers.qemu.provider import image_store
     from hal9999.providers.registry import checked_settings
 
     config = load_config()

@@ -84,7 +84,7 @@ def open_early_pane(args: RunArgs) -> bool:
     if tmux is None:
         return False
     from hal9999.process.tmuxearly import NO_UTMP_BUILT, open_early
-    from hal9999.providers.sandboxuser import trusted_program
+    from hal9999.providers.host.user import trusted_program
 
     open_early(tmux, trusted_program(Path(NO_UTMP_BUILT)))
     return True

@@ -63,7 +63,7 @@ def serve(
             hint="to restart it: hal serve --stop, then hal serve --detach",
         )
     if ray_address is not None:
-        from hal9999.providers.rayaddress import check_address
+        from hal9999.providers.ray.address import check_address
 
         # The daemon (and a detached one, which inherits it) reads it like the config's.
         os.environ["HAL_RAY_ADDRESS"] = check_address(ray_address)

@@ -26,8 +26,8 @@ from hal9999.hive.settings import HiveSettings
 from hal9999.hive.store import AgentPolicy, AgentRecord, agent_of_task, list_agents
 from hal9999.hive.watch import crash_reason
 from hal9999.pool import Lease
-from hal9999.pool.slots import WorkspaceAttach, pool_key
-from hal9999.providers.base import Provider, Sandbox
+from hal9999.pool.slots import pool_key
+from hal9999.providers.base import Provider, Sandbox, WorkspaceAttach
 from hal9999.spec import SandboxSpec
 from hal9999.store import Store
 from hal9999.tasks.context import TAKEN_AWAY

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from hal9999.pool.lending import Entry, Lease
     from hal9999.pool.pool import WarmPool
     from hal9999.pool.settings import ProviderSettings, SchedulerSettings
-    from hal9999.pool.slots import SlotDir, WorkspaceAttach, pool_key
+    from hal9999.pool.slots import SlotDir, pool_key
 
 __all__ = [
     "Entry",
@@ -22,7 +22,6 @@ __all__ = [
     "SchedulerSettings",
     "SlotDir",
     "WarmPool",
-    "WorkspaceAttach",
     "pool_key",
 ]
 
@@ -33,7 +32,6 @@ _HOMES = {
     "ProviderSettings": "hal9999.pool.settings",
     "SchedulerSettings": "hal9999.pool.settings",
     "SlotDir": "hal9999.pool.slots",
-    "WorkspaceAttach": "hal9999.pool.slots",
     "pool_key": "hal9999.pool.slots",
 }
 

@@ -23,15 +23,14 @@ from typing import Any
 
 from hal9999.errors import ConfigError, HalError, ProviderError
 from hal9999.pool.settings import ProviderSettings, env_prefix, policy_of
-from hal9999.pool.slots import (
+from hal9999.pool.slots import Slot, SlotDir, pool_key
+from hal9999.providers.base import (
+    Provider,
+    Sandbox,
     SandboxPrime,
     SandboxReset,
-    Slot,
-    SlotDir,
     WorkspaceAttach,
-    pool_key,
 )
-from hal9999.providers.base import Provider, Sandbox
 from hal9999.spec import SandboxSpec
 from hal9999.store import SandboxRow, Store
 from hal9999.store.records import SandboxState
@@ -108,8 +107,9 @@ class PoolLending:
         self._deferred: dict[Entry, asyncio.Event] = {}
         """Sandboxes given back whose reset waits out :data:`RESET_GRACE_S`; set: start it."""
         self.own_warm: set[str] = slots.own_warm()
-        """Providers whose warm sandboxes they keep themselves (see :class:`OwnWarmPool`),
-        kept on disk: their warm sandboxes outlive the daemon that made them."""
+        """Providers whose warm sandboxes they keep themselves (see
+        :class:`~hal9999.providers.base.OwnWarmPool`), kept on disk: their warm sandboxes
+        outlive the daemon that made them."""
 
     # -- bookkeeping (never awaits between a check and its update) ------------------------
     def count(self, provider: str, key: str | None = None) -> int:

@@ -13,7 +13,8 @@ from typing import Any
 from hal9999.errors import ConfigError, HalError, ProviderError
 from hal9999.pool import report
 from hal9999.pool.lending import Entry, Lease, PoolLending
-from hal9999.pool.slots import OwnWarmPool, SandboxPrime, pool_key
+from hal9999.pool.slots import pool_key
+from hal9999.providers.base import OwnWarmPool, SandboxPrime
 from hal9999.spec import SandboxSpec
 
 __all__ = ["Entry", "Lease", "WarmPool"]

@@ -11,8 +11,9 @@ at the task's session directories: those inside the session through the one link
 to it (``ws`` -> ``cur/workspace``), so a hand-over makes one new symlink, not one per mount.
 This works for every provider that resolves its mounts when a command starts (``bwrap``
 binds, ``local`` and ``fake`` paths), which is what ``host_launch`` providers do; a provider
-that cannot (a VM mounting its share at boot) implements :class:`WorkspaceAttach` instead
-(``qemu``: host bind mounts, see :mod:`hal9999.providers.qemumount`), or is not pooled.
+that cannot (a VM mounting its share at boot) implements
+:class:`~hal9999.providers.base.WorkspaceAttach` instead (``qemu``: host bind mounts, see
+:mod:`hal9999.providers.qemu.mount`), or is not pooled.
 """
 
 from __future__ import annotations
@@ -23,14 +24,10 @@ import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from hal9999 import fs
 from hal9999.home import spread_once
 from hal9999.spec import Bind, SandboxSpec
-
-if TYPE_CHECKING:
-    from hal9999.providers.base import Sandbox
 
 _PLACEHOLDER = Path("/")
 SLOT_LABEL = "hal.slot"
@@ -56,64 +53,6 @@ def pool_key(spec: SandboxSpec) -> str:
     )
     blob = json.dumps(shape.model_dump(mode="json"), sort_keys=True).encode()
     return f"{spec.provider}:{hashlib.sha256(blob).hexdigest()[:12]}"
-
-
-@runtime_checkable
-class WorkspaceAttach(Protocol):
-    """Optional provider hook: mount a task's workspace and binds into a live sandbox."""
-
-    async def attach_workspace(self, sandbox_id: str, spec: SandboxSpec) -> None:
-        """Make ``spec``'s workspace and binds (same targets as before) the sandbox's."""
-        ...
-
-    def attaches_workspaces(self) -> bool:
-        """Whether attaching works here (else the provider's sandboxes are not pooled)."""
-        ...
-
-
-@runtime_checkable
-class OwnWarmPool(Protocol):
-    """Optional provider hook: the provider keeps warm sandboxes itself (kubernetes' free
-    pods, claimed by label in ``create``, shared by every hal of the same owner); ``hal pool
-    warm``/``drain`` and the keeper's ``min_warm`` ask it instead of holding idle ones."""
-
-    async def fill_warm(self, count: int) -> int:
-        """Make warm sandboxes until ``count`` wait; how many were made."""
-        ...
-
-    async def drain_warm(self) -> int:
-        """Destroy every warm, unclaimed sandbox; how many."""
-        ...
-
-    async def warm_count(self) -> int:
-        """How many warm, unclaimed sandboxes wait."""
-        ...
-
-
-@runtime_checkable
-class SandboxPrime(Protocol):
-    """Optional provider hook: run what makes a new sandbox's first command as fast as its
-    later ones, while the sandbox waits idle in the pool (a restored microVM under TCG
-    translates its command path afresh: its first command is slower than the next)."""
-
-    async def prime(self, sandbox_id: str) -> None:
-        """Run a command that changes nothing in the new, idle sandbox; raises when it
-        fails (the pool then destroys the sandbox)."""
-        ...
-
-
-@runtime_checkable
-class SandboxReset(Protocol):
-    """Optional provider hook: make a used sandbox as good as new for the next task."""
-
-    async def reset(self, sandbox_id: str) -> Sandbox:
-        """Nothing running, the sandbox's own dirs fresh, limits as specced; raises when it
-        cannot verify that (the pool then destroys the sandbox). Returns its handle."""
-        ...
-
-    def resets_safely(self) -> bool:
-        """Whether :meth:`reset` can leave nothing of a task behind with this provider."""
-        ...
 
 
 class Slot:
@@ -253,7 +192,8 @@ class SlotDir:
 
     def own_warm(self) -> set[str]:
         """The providers a daemon of this home asked for warm sandboxes they keep themselves
-        (see :class:`OwnWarmPool`): a later daemon still reports and drains them."""
+        (see :class:`~hal9999.providers.base.OwnWarmPool`): a later daemon still reports and
+        drains them."""
         try:
             text = (self.root / OWN_WARM_FILE).read_text()
         except (FileNotFoundError, NotADirectoryError):

@@ -12,7 +12,7 @@ from hal9999.errors import CapabilityError, ProcessError
 from hal9999.process.supervisor import ended_path, go_path, unstarted_path
 from hal9999.process.supervisorargv import SUPERVISOR as SUPERVISOR  # tests patch it here
 from hal9999.providers.base import LOCAL_STOP_GRACE_S, Launch, Sandbox
-from hal9999.providers.hostexec import dies_with_helper
+from hal9999.providers.host.exec import dies_with_helper
 from hal9999.spec import ProcessSpec
 
 

@@ -71,7 +71,7 @@ from hal9999.process.tmuxearly import new_session, start_argv
 from hal9999.process.tmuxowned import OwnSockets
 from hal9999.process.tmuxwarm import MESSAGE_MAX, WarmPane, WarmPanes, let_go, message
 from hal9999.providers.base import Launch, Sandbox
-from hal9999.providers.sandboxuser import trusted_program
+from hal9999.providers.host.user import trusted_program
 from hal9999.spec import ProcessSpec
 
 _SOCKET_DIR = Path(tmuxearly.SOCKET_DIR)

@@ -3,6 +3,11 @@
 A provider knows nothing of agents, tasks, git or events. It turns a :class:`SandboxSpec`
 into a running sandbox and hands back a :class:`Sandbox` through which commands run and
 files move. What a provider can do is declared in :class:`Capabilities`, never probed.
+
+Beside the contract, the optional hooks a provider may implement (the pool and ``hal doctor``
+ask for them with ``isinstance``): :class:`WorkspaceAttach`, :class:`OwnWarmPool`,
+:class:`SandboxPrime`, :class:`SandboxReset` and, on the provider's class,
+:class:`ProviderDoctor`.
 """
 
 from __future__ import annotations
@@ -11,9 +16,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar, runtime_checkable
 
 from hal9999.spec import ArgvCommand, SandboxSpec, ShellCommand
+
+if TYPE_CHECKING:
+    from hal9999.providers.doctor import Check, DoctorScope
 
 Command = ArgvCommand | ShellCommand
 
@@ -89,7 +97,7 @@ class Launch:
     stop_grace_s: int = LOCAL_STOP_GRACE_S
     """How long the command has to end by itself once stopped before it is killed: a
     relay's is long enough for its last bring-back of the work (see
-    :data:`hal9999.providers.relaycore.STOP_GRACE_S`)."""
+    :data:`hal9999.providers.remote.relay.STOP_GRACE_S`)."""
 
 
 @dataclass(frozen=True)
@@ -233,6 +241,76 @@ class Provider(Protocol):
 
     async def destroy(self, sandbox_id: str) -> None:
         """Stop and remove the sandbox; never touches the spec's workspace. Idempotent."""
+        ...
+
+
+@runtime_checkable
+class WorkspaceAttach(Protocol):
+    """Optional provider hook: mount a task's workspace and binds into a live sandbox."""
+
+    async def attach_workspace(self, sandbox_id: str, spec: SandboxSpec) -> None:
+        """Make ``spec``'s workspace and binds (same targets as before) the sandbox's."""
+        ...
+
+    def attaches_workspaces(self) -> bool:
+        """Whether attaching works here (else the provider's sandboxes are not pooled)."""
+        ...
+
+
+@runtime_checkable
+class OwnWarmPool(Protocol):
+    """Optional provider hook: the provider keeps warm sandboxes itself (kubernetes' free
+    pods, claimed by label in ``create``, shared by every hal of the same owner); ``hal pool
+    warm``/``drain`` and the keeper's ``min_warm`` ask it instead of holding idle ones."""
+
+    async def fill_warm(self, count: int) -> int:
+        """Make warm sandboxes until ``count`` wait; how many were made."""
+        ...
+
+    async def drain_warm(self) -> int:
+        """Destroy every warm, unclaimed sandbox; how many."""
+        ...
+
+    async def warm_count(self) -> int:
+        """How many warm, unclaimed sandboxes wait."""
+        ...
+
+
+@runtime_checkable
+class SandboxPrime(Protocol):
+    """Optional provider hook: run what makes a new sandbox's first command as fast as its
+    later ones, while the sandbox waits idle in the pool (a restored microVM under TCG
+    translates its command path afresh on its first command)."""
+
+    async def prime(self, sandbox_id: str) -> None:
+        """Run a command that changes nothing in the new, idle sandbox; raises when it
+        fails (the pool then destroys the sandbox)."""
+        ...
+
+
+@runtime_checkable
+class SandboxReset(Protocol):
+    """Optional provider hook: make a used sandbox as good as new for the next task."""
+
+    async def reset(self, sandbox_id: str) -> Sandbox:
+        """Nothing running, the sandbox's own dirs fresh, limits as specced; raises when it
+        cannot verify that (the pool then destroys the sandbox). Returns its handle."""
+        ...
+
+    def resets_safely(self) -> bool:
+        """Whether :meth:`reset` can leave nothing of a task behind with this provider."""
+        ...
+
+
+@runtime_checkable
+class ProviderDoctor(Protocol):
+    """Optional provider hook, on the provider's class (``hal doctor`` builds no provider:
+    it reports on the ones that cannot be built too): what the provider needs on this machine,
+    what is missing and how to fix it. It only looks, and says a failure as a line."""
+
+    @staticmethod
+    async def doctor(scope: DoctorScope) -> list[Check]:
+        """The provider's lines of the report."""
         ...
 
 

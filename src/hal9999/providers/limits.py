@@ -29,9 +29,9 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 from hal9999 import fs
 from hal9999.errors import DiskFull, DiskLimitExceeded
-from hal9999.providers.totals import MIN_DEFAULT_MEMORY_MB as MIN_DEFAULT_MEMORY_MB
-from hal9999.providers.totals import MIN_DEFAULT_PIDS, Totals, totals
-from hal9999.providers.totals import host_memory_mb as host_memory_mb
+from hal9999.providers.host.totals import MIN_DEFAULT_MEMORY_MB as MIN_DEFAULT_MEMORY_MB
+from hal9999.providers.host.totals import MIN_DEFAULT_PIDS, Totals, totals
+from hal9999.providers.host.totals import host_memory_mb as host_memory_mb
 from hal9999.spec import Resources
 
 DEFAULT_PIDS = 4096

@@ -16,9 +16,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from hal9999.envvars import env_argv
-from hal9999.providers import hostexec, hostfs
 from hal9999.providers.base import Capabilities, Command, Launch
-from hal9999.providers.hostsandbox import HostProvider, HostSandbox, SandboxRecord
+from hal9999.providers.host import exec as hostexec
+from hal9999.providers.host import fs as hostfs
+from hal9999.providers.host.sandbox import HostProvider, HostSandbox, SandboxRecord
 from hal9999.spec import ArgvCommand, to_argv
 
 SANDBOX_HOME = "/home/hal"

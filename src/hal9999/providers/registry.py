@@ -11,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from hal9999 import plugins
 from hal9999.errors import ConfigError, ProviderUnavailable
-from hal9999.providers.base import Provider
+from hal9999.providers.base import Provider, ProviderDoctor
 from hal9999.values import defaults_of, describe, setting_hint, toml_checked, with_others
 
 GROUP = plugins.PROVIDERS.group
@@ -21,6 +21,13 @@ _Settings = TypeVar("_Settings", bound=BaseModel)
 def available_providers() -> list[str]:
     """Names of every registered provider, sorted."""
     return plugins.names(plugins.PROVIDERS)
+
+
+def provider_doctors() -> list[tuple[str, ProviderDoctor]]:
+    """Each installed provider whose class has a ``hal doctor`` hook, by name; one that
+    cannot be loaded is a warning line and left out (:func:`hal9999.plugins.load_all`)."""
+    loaded = plugins.load_all(plugins.PROVIDERS)
+    return [(name, cls) for name, cls in loaded.items() if isinstance(cls, ProviderDoctor)]
 
 
 def load_provider(

@@ -236,7 +236,7 @@ class Daemon:
     async def _sweep_uid_drafts(self) -> None:
         """Uid lock drafts of hals killed inside ``allocate`` go (a root hal only: the
         others allocate no uids)."""
-        from hal9999.providers import sandboxuser
+        from hal9999.providers.host import user as sandboxuser
 
         if sandboxuser.privileged():
             removed = await asyncio.to_thread(sandboxuser.sweep_drafts)

@@ -114,7 +114,7 @@ def dying_with_hal() -> tuple[str, ...]:
     without a build that takes it, ``setpriv --pdeathsig KILL`` and an ``sh``
     that checks its parent; nothing where the host has neither (``setpriv`` is
     util-linux's)."""
-    from hal9999.providers.hostexec import dies_with_helper
+    from hal9999.providers.host.exec import dies_with_helper
 
     helper = dies_with_helper()
     if helper is not None:

@@ -16,8 +16,8 @@ from hal9999.process.registry import GROUP as MANAGERS
 from hal9999.process.registry import available_process_managers
 from hal9999.process.registry import load_process_manager as _load_manager
 from hal9999.providers.base import Provider
+from hal9999.providers.host.totals import Totals
 from hal9999.providers.registry import GROUP, available_providers, check_table, load_provider
-from hal9999.providers.totals import Totals
 from hal9999.tasks.request import provider_list
 from hal9999.values import every_error
 
@@ -65,7 +65,7 @@ def use_config_totals(config: HalConfig) -> None:
     """Use the config's ``[totals]`` in this process (:func:`config_totals`)."""
     import os
 
-    from hal9999.providers import totals
+    from hal9999.providers.host import totals
 
     totals.use_totals(config_totals(config, os.environ))
 
@@ -75,7 +75,7 @@ def config_totals(config: HalConfig, environ: Mapping[str, str]) -> Totals:
     max_concurrent``); refused in one line when one exceeds the host, or a ``[resources]``
     limit exceeds its total."""
     from hal9999.pool.settings import scheduler_settings
-    from hal9999.providers import totals
+    from hal9999.providers.host import totals
 
     concurrent = scheduler_settings(config, environ).max_concurrent
     total = totals.Totals.of(config.totals.memory_mb, config.totals.pids, concurrent)

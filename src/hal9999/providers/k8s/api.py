@@ -1,4 +1,5 @@
-"""The part of the Kubernetes API the ``kubernetes`` provider uses, over :mod:`cloudapi`.
+"""The part of the Kubernetes API the ``kubernetes`` provider uses, over
+:mod:`hal9999.providers.cloud.api`.
 
 Core v1 pods (``/api/v1/namespaces/{ns}/pods``: create, get, list by ``labelSelector``,
 JSON merge patch, delete) and networking.k8s.io/v1 NetworkPolicies, with the shared
@@ -15,7 +16,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hal9999.errors import CloudApiError
-from hal9999.providers.cloudapi import CloudApi, RateWindow, RetryPolicy
+from hal9999.providers.cloud.api import CloudApi, RateWindow, RetryPolicy
 from hal9999.providers.k8s.config import Cluster
 
 M = TypeVar("M", bound=BaseModel)

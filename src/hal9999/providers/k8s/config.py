@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from hal9999.errors import ConfigError, ProviderUnavailable
-from hal9999.providers.cloudspend import SpendCap
+from hal9999.providers.cloud.spend import SpendCap
 from hal9999.values import describe
 
 ENV = {

@@ -36,10 +36,10 @@ from hal9999.errors import (
     SandboxNotFound,
 )
 from hal9999.providers.base import Capabilities, SandboxInfo
-from hal9999.providers.cloudapi import RateWindow, RetryPolicy
-from hal9999.providers.cloudspend import SpendLedger
-from hal9999.providers.hostexec import MARKER_VAR
-from hal9999.providers.hostrecords import check_spec
+from hal9999.providers.cloud.api import RateWindow, RetryPolicy
+from hal9999.providers.cloud.spend import SpendLedger
+from hal9999.providers.host.exec import MARKER_VAR
+from hal9999.providers.host.records import check_spec
 from hal9999.providers.k8s import manifests
 from hal9999.providers.k8s.api import KubeApi, Pod, is_conflict
 from hal9999.providers.k8s.config import Cluster, KubernetesConfig, connect, resolved

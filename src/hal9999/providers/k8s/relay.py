@@ -8,7 +8,7 @@ directories (the prompt) go out; while it runs the writable ones come back every
 the command's processes in the pod are killed. This process's stdin streams to the
 command's (closed at its end with v5's close frame). A lost stream ends the relay with
 status 255 and one line on stderr; the hal host keeps the last checkpoint. The skeleton is
-:mod:`hal9999.providers.relaycore`'s.
+:mod:`hal9999.providers.remote.relay`'s.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import asyncio
 import secrets
 import sys
 
-from hal9999.providers import relaycore
 from hal9999.providers.k8s.config import connect
 from hal9999.providers.k8s.sandbox import KubeRecords, KubeSandbox
 from hal9999.providers.k8s.sockmux import SocketChannel
-from hal9999.providers.stdinfeed import stdin_chunks
+from hal9999.providers.remote import relay as relaycore
+from hal9999.providers.remote.stdin import stdin_chunks
 
 CHECKPOINT_S = 60.0
 """How often a running command's work comes back to the hal host."""

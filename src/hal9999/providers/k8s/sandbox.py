@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict
 
 from hal9999.envvars import env_argv
 from hal9999.errors import CloudNotFound, ExecError
-from hal9999.providers import limits, relaycore
+from hal9999.providers import limits
 from hal9999.providers.base import (
     STDOUT_LIMIT,
     Command,
@@ -44,12 +44,13 @@ from hal9999.providers.base import (
     StreamEvent,
 )
 from hal9999.providers.handle import SandboxHandle, collect
-from hal9999.providers.hostexec import EXEC_MARKER_VAR, MARKER_VAR
+from hal9999.providers.host.exec import EXEC_MARKER_VAR, MARKER_VAR
 from hal9999.providers.k8s import execws
 from hal9999.providers.k8s.config import Cluster, KubernetesConfig
 from hal9999.providers.k8s.manifests import CONTAINER
-from hal9999.providers.mirrorfiles import MirrorFiles
 from hal9999.providers.records import JsonRecords
+from hal9999.providers.remote import relay as relaycore
+from hal9999.providers.remote.files import MirrorFiles
 from hal9999.providers.ssh import mirror, remote
 from hal9999.providers.ssh.records import MountRecord
 from hal9999.pymodule import module_argv

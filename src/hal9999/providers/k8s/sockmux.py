@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from hal9999.errors import HalError
 from hal9999.gateway.forwarder import connect_unix
-from hal9999.providers.hostexec import EXEC_MARKER_VAR
+from hal9999.providers.host.exec import EXEC_MARKER_VAR
 from hal9999.providers.ssh import mirror
 
 if TYPE_CHECKING:

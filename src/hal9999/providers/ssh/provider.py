@@ -15,6 +15,7 @@ import logging
 import secrets
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hal9999.errors import (
     CapabilityError,
@@ -23,16 +24,19 @@ from hal9999.errors import (
     ProviderError,
     SandboxNotFound,
 )
-from hal9999.providers import seccomp
 from hal9999.providers.base import Capabilities, SandboxInfo
-from hal9999.providers.hostexec import MARKER_VAR
-from hal9999.providers.hostsandbox import check_spec
+from hal9999.providers.bwrap import seccomp
+from hal9999.providers.host.exec import MARKER_VAR
+from hal9999.providers.host.sandbox import check_spec
 from hal9999.providers.ssh import channel, remote
 from hal9999.providers.ssh.config import SshConfig, SshHost
 from hal9999.providers.ssh.connections import ConnectionPool, load_asyncssh
 from hal9999.providers.ssh.records import MountRecord, SshRecord, SshRecords
 from hal9999.providers.ssh.sandbox import HOME, WORKDIR, SshSandbox
 from hal9999.spec import SandboxSpec
+
+if TYPE_CHECKING:
+    from hal9999.providers.doctor import Check, DoctorScope
 
 logger = logging.getLogger(__name__)
 ISOLATION = {"bwrap": "namespace", "disposable": "vm", "none": "none"}
@@ -44,6 +48,13 @@ class SshProvider:
     name = "ssh"
     capabilities = Capabilities(isolation="namespace", host_launch=True)
     config_model = SshConfig
+
+    @staticmethod
+    async def doctor(scope: DoctorScope) -> list[Check]:
+        """Each configured host: reachable, isolated as configured, its sandboxes."""
+        from hal9999.providers.ssh.doctor import checks
+
+        return await checks(scope)
 
     def __init__(self, *, state_dir: Path, config: SshConfig | None = None) -> None:
         self.config = config or SshConfig()

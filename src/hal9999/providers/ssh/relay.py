@@ -24,14 +24,14 @@ from typing import Any
 from hal9999 import unixsock
 from hal9999.errors import HalError
 from hal9999.process.tmux import verbatim
-from hal9999.providers import relaycore
-from hal9999.providers.hostexec import EXEC_MARKER_VAR
+from hal9999.providers.host.exec import EXEC_MARKER_VAR
 from hal9999.providers.hostread import write_all
+from hal9999.providers.remote import relay as relaycore
+from hal9999.providers.remote.stdin import stdin_chunks
 from hal9999.providers.ssh import channel, mirror, remote, session
 from hal9999.providers.ssh.connections import ConnectionPool, load_asyncssh
 from hal9999.providers.ssh.records import SshRecord, SshRecords
 from hal9999.providers.ssh.sandbox import SshSandbox
-from hal9999.providers.stdinfeed import stdin_chunks
 
 
 def _arguments(argv: list[str]) -> argparse.Namespace:

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hal9999.errors import ExecError, ProviderError
-from hal9999.providers import bwrapargs, usernet
+from hal9999.providers.bwrap import args as bwrapargs
+from hal9999.providers.bwrap import usernet
 
 WRAPPER = (
     "IFS= read -r hal_env || exit 125; "
@@ -280,7 +281,7 @@ SECCOMP_FILE = "seccomp.bpf"
 
 MAKE_ROOT = 'mkdir -p -m 700 -- "$@" && printf %s "$0" | base64 -d > "$1/seccomp.bpf"'
 """Make a sandbox's root (``$1``) and directories, and write bwrap's filter (``$0``'s
-base64, as :mod:`hal9999.providers.seccomp` builds it) into the root."""
+base64, as :mod:`hal9999.providers.bwrap.seccomp` builds it) into the root."""
 
 AS_USER = (
     f'if [ "$(id -u)" = 0 ]; then echo "hal: error: the ssh host {ROOT_REFUSED}" >&2; '
@@ -289,7 +290,7 @@ AS_USER = (
 """Exec bwrap (``$@``) with the filter's file (``$1``, none when empty) open on fd 9, for
 ``--seccomp 9``; never as root (a sandbox made on the host before it was refused)."""
 USERNET = ("slirp4netns", "unshare")
-"""The programs :mod:`hal9999.providers.usernet`'s wiring runs on the host (on its PATH)."""
+"""The programs :mod:`hal9999.providers.bwrap.usernet`'s wiring runs on the host (on its PATH)."""
 
 
 def bwrap_argv(
@@ -304,11 +305,11 @@ def bwrap_argv(
     user_ids: tuple[int, int] | None,
 ) -> list[str]:
     """bubblewrap on the remote host, its namespaces and ``/proc`` as a local bwrap
-    sandbox's of an ordinary user (:mod:`hal9999.providers.bwrapargs`): all namespaces
+    sandbox's of an ordinary user (:mod:`hal9999.providers.bwrap.args`): all namespaces
     unshared, no nested user namespace, the seccomp filter (written into ``root`` by
     :data:`MAKE_ROOT`; none without a ``root``: a sandbox an older hal made), ``/proc``'s
     host-wide writers read-only; with ``network`` a network namespace of its own wired to
-    the outside by slirp4netns (:mod:`hal9999.providers.usernet`, its fifos in the mirror's
+    the outside by slirp4netns (:mod:`hal9999.providers.bwrap.usernet`, its fifos in the mirror's
     root), never the host's. Then the read-only system, the mirror's directories bound at
     their targets, the command last. ``user_ids``: the login user's (None, an older
     sandbox's record: its own user namespace's root, the login user on the host). The

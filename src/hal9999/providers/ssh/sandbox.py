@@ -18,11 +18,12 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 
 from hal9999.envvars import env_argv
 from hal9999.errors import ExecError, HalError
-from hal9999.providers import limits, relaycore
+from hal9999.providers import limits
 from hal9999.providers.base import STDOUT_LIMIT, Command, ExecResult, Launch, StreamEvent
 from hal9999.providers.handle import SandboxHandle, collect
-from hal9999.providers.hostexec import EXEC_MARKER_VAR, MARKER_VAR
-from hal9999.providers.mirrorfiles import MirrorFiles
+from hal9999.providers.host.exec import EXEC_MARKER_VAR, MARKER_VAR
+from hal9999.providers.remote import relay as relaycore
+from hal9999.providers.remote.files import MirrorFiles
 from hal9999.providers.ssh import channel, mirror, remote, session
 from hal9999.providers.ssh.connections import ConnectionPool
 from hal9999.providers.ssh.records import MountRecord, SshRecord, SshRecords

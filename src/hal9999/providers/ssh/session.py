@@ -23,7 +23,7 @@ from hal9999 import fs
 from hal9999.errors import ProviderError
 from hal9999.providers.ssh import remote
 from hal9999.providers.ssh.config import SshHost
-from hal9999.providers.sshconfig import config_value
+from hal9999.providers.ssh.options import config_value
 
 PANE = (
     'd=$1; shift; { HAL_EXEC="${HAL_EXEC}p" "$@"; s=$?; printf "%s\\n" "$s" > "$d/status.tmp"; '

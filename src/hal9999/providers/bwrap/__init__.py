@@ -1,0 +1,1 @@
+"""The ``bwrap`` provider: sandboxes in Linux namespaces via bubblewrap (see :mod:`.provider`)."""

@@ -1,0 +1,1 @@
+"""The ``fake`` provider: real files, scripted commands, no processes (see :mod:`.provider`)."""

@@ -1,0 +1,1 @@
+"""The ``ray`` provider: sandboxes on the nodes of a Ray cluster (see :mod:`.provider`)."""
