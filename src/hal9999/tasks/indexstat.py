@@ -2,7 +2,7 @@
 
 Host git writes a task's checkout as this process's user (root, for a sandbox with a uid of
 its own), and the index records each file's owner and change time. Handing the files over
-(:mod:`hal9999.providers.sandboxuser`) changes both, so every entry of the index stopped
+(:mod:`hal9999.providers.host.user`) changes both, so every entry of the index stopped
 matching its file: each ``git status`` of the collection then read and hashed the whole
 checkout (twice: its ``status`` writes nothing back, then ``add -A``), and collecting a
 one-line change cost in proportion to the repository, not the change. One refresh as the
