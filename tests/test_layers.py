@@ -30,8 +30,6 @@ PENDING = {
     ("hal9999.config", "hal9999.providers.limits"),
     # Host file reads beside the provider files (the providers-as-packages move).
     ("hal9999.events.log", "hal9999.providers.hostread"),
-    # Optional provider interfaces still in pool/slots.py (they move to providers/base.py).
-    ("hal9999.providers.qemu", "hal9999.pool.slots"),
     ("hal9999.gateway.server", "hal9999.tasks.state"),
     ("hal9999.tasks.plugins", "hal9999.hive.settings"),
     ("hal9999.tasks.service", "hal9999.hive.settings"),

@@ -27,11 +27,10 @@ from pathlib import Path
 
 from hal9999 import fs
 from hal9999.home import spread_once
+from hal9999.providers.base import SLOT_LABEL
 from hal9999.spec import Bind, SandboxSpec
 
 _PLACEHOLDER = Path("/")
-SLOT_LABEL = "hal.slot"
-"""Label naming a pooled sandbox's slot directory."""
 OWN_WARM_FILE = "own-warm"
 """In the slot directory: one provider name per line (see :meth:`SlotDir.own_warm`)."""
 KEY_LABEL = "hal.pool"

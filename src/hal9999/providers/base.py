@@ -44,6 +44,9 @@ class Capabilities:
     """Whether ``snapshot``/``fork`` are available."""
 
 
+SLOT_LABEL = "hal.slot"
+"""Label naming a pooled sandbox's slot directory (the pool sets it; a provider that mounts
+workspaces in place reads it)."""
 STDOUT_LIMIT = 16 << 20
 """The most of a command's stdout :meth:`Sandbox.exec` holds unless its caller allows more:
 past it the command is killed and :class:`~hal9999.errors.ExecError` raised (never cut short,

@@ -183,7 +183,7 @@ class QemuProvider(HostProvider):
     def indirect(self, spec: SandboxSpec) -> bool:
         """Whether the sandbox's shares go through host bind mounts, so a warm VM can be
         handed the next task's directories (pooled sandboxes, when hal may mount)."""
-        from hal9999.pool.slots import SLOT_LABEL
+        from hal9999.providers.base import SLOT_LABEL
 
         return SLOT_LABEL in spec.labels and qemumount.can_mount()
 
