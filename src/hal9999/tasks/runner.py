@@ -61,7 +61,6 @@ class TaskRunner:
     def __init__(self, config: HalConfig, store: Store, environ: Mapping[str, str]) -> None:
         self.config = config
         self.store = store
-        self.environ = environ
         self.record = RunRecorder(store)
         sandboxes = DirectSource()
         self.launcher = AgentLauncher(config, store, environ, self.record, sandboxes)
